@@ -1,0 +1,202 @@
+//! SKUs and coupon batches: definitions, restocks, sale windows, coupon claims, and views.
+
+use super::{Batch, Coupon, Engine, Sku};
+use crate::command::{CreateCouponBatch, CreateSku};
+use crate::outcome::{BatchView, CouponState, CouponView, Outcome, Rejection, SkuView};
+use crate::types::{BatchId, CouponId, SkuId, Timestamp, UserId};
+
+impl Engine {
+    pub(super) fn create_sku(&mut self, create: &CreateSku) -> Result<Outcome, Rejection> {
+        let window_empty = matches!((create.sale_start, create.sale_end), (Some(start), Some(end))
+            if end <= start);
+        if create.sku.0 == 0 || create.payment_timeout_ms == 0 || window_empty {
+            return Err(Rejection::InvalidArgument);
+        }
+        if self.sku_index.contains_key(&create.sku) {
+            return Err(Rejection::SkuExists);
+        }
+        if self.skus.len() == self.config.skus_max as usize {
+            return Err(Rejection::CapacityExhausted);
+        }
+        let slot = self.skus.len() as u32;
+        self.skus.push(Sku {
+            id: create.sku,
+            stock: u64::from(create.stock),
+            available: u64::from(create.stock),
+            reserved: 0,
+            sold: 0,
+            price_cents: create.price_cents,
+            per_user_limit: create.per_user_limit,
+            open: true,
+            payment_timeout_ms: create.payment_timeout_ms,
+            sale_start: create.sale_start,
+            sale_end: create.sale_end,
+        });
+        self.sku_index.insert(create.sku, slot);
+        Ok(Outcome::SkuCreated(self.sku_view(slot)))
+    }
+
+    pub(super) fn restock(&mut self, sku: SkuId, qty: u32) -> Result<Outcome, Rejection> {
+        if qty == 0 {
+            return Err(Rejection::InvalidQty);
+        }
+        let slot = self.sku_slot(sku)?;
+        let record = &mut self.skus[slot as usize];
+        let stock = record.stock.checked_add(u64::from(qty)).ok_or(Rejection::InvalidQty)?;
+        record.stock = stock;
+        record.available += u64::from(qty);
+        Ok(Outcome::Restocked(self.sku_view(slot)))
+    }
+
+    pub(super) fn set_sale_open(&mut self, sku: SkuId, open: bool) -> Result<Outcome, Rejection> {
+        let slot = self.sku_slot(sku)?;
+        self.skus[slot as usize].open = open;
+        Ok(Outcome::SaleChanged(self.sku_view(slot)))
+    }
+
+    /// Whether reservations are accepted now: operator switch first, then the window.
+    pub(super) fn check_sale_open(&self, sku: &Sku) -> Result<(), Rejection> {
+        if !sku.open {
+            return Err(Rejection::SaleClosed);
+        }
+        if sku.sale_start.is_some_and(|start| self.now < start) {
+            return Err(Rejection::SaleNotOpen);
+        }
+        if sku.sale_end.is_some_and(|end| self.now >= end) {
+            return Err(Rejection::SaleClosed);
+        }
+        Ok(())
+    }
+
+    pub(super) fn create_batch(&mut self, create: &CreateCouponBatch) -> Result<Outcome, Rejection> {
+        if create.batch.0 == 0 || create.quantity == 0 || create.valid_until <= create.valid_from {
+            return Err(Rejection::InvalidArgument);
+        }
+        if self.batch_index.contains_key(&create.batch) {
+            return Err(Rejection::BatchExists);
+        }
+        if self.batches.len() == self.config.batches_max as usize {
+            return Err(Rejection::CapacityExhausted);
+        }
+        let slot = self.batches.len() as u32;
+        self.batches.push(Batch {
+            id: create.batch,
+            quantity: create.quantity,
+            remaining: create.quantity,
+            per_user_limit: create.per_user_limit,
+            discount_cents: create.discount_cents,
+            min_amount_cents: create.min_amount_cents,
+            valid_from: create.valid_from,
+            valid_until: create.valid_until,
+        });
+        self.batch_index.insert(create.batch, slot);
+        Ok(Outcome::BatchCreated(self.batch_view(slot)))
+    }
+
+    /// A flash grab of one coupon: same rules as stock (window, remaining count, per-user
+    /// limit), and the coupon id comes from the same snowflake sequence as order ids.
+    pub(super) fn claim_coupon(&mut self, user: UserId, batch: BatchId) -> Result<Outcome, Rejection> {
+        if user.0 == 0 {
+            return Err(Rejection::InvalidArgument);
+        }
+        let batch_slot = self.batch_slot(batch)?;
+        let record = &self.batches[batch_slot as usize];
+        if self.now < record.valid_from {
+            return Err(Rejection::SaleNotOpen);
+        }
+        if self.now >= record.valid_until {
+            return Err(Rejection::SaleClosed);
+        }
+        if record.remaining == 0 {
+            return Err(Rejection::SoldOut);
+        }
+        let claimed = self.claims.get(&(user, batch)).copied().unwrap_or(0);
+        if record.per_user_limit != 0 && claimed >= record.per_user_limit {
+            return Err(Rejection::LimitExceeded);
+        }
+        if self.coupons.len() == self.config.coupons_max as usize {
+            return Err(Rejection::CapacityExhausted);
+        }
+        let valid_until = record.valid_until;
+        let coupon = CouponId(self.ids.next_id(self.now));
+        let slot = self.coupons.len() as u32;
+        self.coupons.push(Coupon { id: coupon, batch_slot, user, state: CouponState::Available });
+        self.coupon_index.insert(coupon, slot);
+        self.batches[batch_slot as usize].remaining -= 1;
+        // At most one claims entry per coupon, so `coupons_max` bounds this map too.
+        *self.claims.entry((user, batch)).or_insert(0) += 1;
+        Ok(Outcome::CouponClaimed { coupon, batch, valid_until })
+    }
+
+    pub(super) fn sku_slot(&self, sku: SkuId) -> Result<u32, Rejection> {
+        self.sku_index.get(&sku).copied().ok_or(Rejection::UnknownSku)
+    }
+
+    pub(super) fn batch_slot(&self, batch: BatchId) -> Result<u32, Rejection> {
+        self.batch_index.get(&batch).copied().ok_or(Rejection::UnknownBatch)
+    }
+
+    pub(super) fn coupon_slot(&self, coupon: CouponId) -> Result<u32, Rejection> {
+        self.coupon_index.get(&coupon).copied().ok_or(Rejection::UnknownCoupon)
+    }
+
+    /// A coupon's state as of now: an unused coupon reads as expired once its batch ended.
+    pub(super) fn coupon_state(&self, coupon: &Coupon) -> CouponState {
+        let valid_until = self.batches[coupon.batch_slot as usize].valid_until;
+        match coupon.state {
+            CouponState::Available if self.now >= valid_until => CouponState::Expired,
+            state => state,
+        }
+    }
+
+    pub(super) fn sku_view(&self, slot: u32) -> SkuView {
+        let sku = &self.skus[slot as usize];
+        assert_eq!(sku.available + sku.reserved + sku.sold, sku.stock);
+        SkuView {
+            sku: sku.id,
+            stock: sku.stock,
+            available: sku.available,
+            reserved: sku.reserved,
+            sold: sku.sold,
+            price_cents: sku.price_cents,
+            per_user_limit: sku.per_user_limit,
+            open: sku.open,
+            payment_timeout_ms: sku.payment_timeout_ms,
+            sale_start: sku.sale_start,
+            sale_end: sku.sale_end,
+        }
+    }
+
+    pub(super) fn batch_view(&self, slot: u32) -> BatchView {
+        let batch = &self.batches[slot as usize];
+        BatchView {
+            batch: batch.id,
+            quantity: batch.quantity,
+            remaining: batch.remaining,
+            per_user_limit: batch.per_user_limit,
+            discount_cents: batch.discount_cents,
+            min_amount_cents: batch.min_amount_cents,
+            valid_from: batch.valid_from,
+            valid_until: batch.valid_until,
+        }
+    }
+
+    pub(super) fn coupon_view(&self, slot: u32) -> CouponView {
+        let coupon = &self.coupons[slot as usize];
+        let batch = &self.batches[coupon.batch_slot as usize];
+        CouponView {
+            coupon: coupon.id,
+            batch: batch.id,
+            user: coupon.user,
+            state: self.coupon_state(coupon),
+            discount_cents: batch.discount_cents,
+            valid_until: batch.valid_until,
+        }
+    }
+
+    /// Whether `timestamp` is within the validity of the coupon's batch.
+    pub(super) fn coupon_valid_at(&self, coupon: &Coupon, timestamp: Timestamp) -> bool {
+        let batch = &self.batches[coupon.batch_slot as usize];
+        batch.valid_from <= timestamp && timestamp < batch.valid_until
+    }
+}

@@ -1,0 +1,223 @@
+//! Snapshots of the engine's full state, and the order-independent state digest.
+//!
+//! An [`EngineImage`] is plain vectors, serializable with rkyv. It keeps every detail that
+//! decides future outcomes (slot layout, the finished-order and request-key queues, pending
+//! deadlines, the id generator), so an engine restored from it behaves exactly like the one it
+//! was taken from. The digest covers the same state but sums per-entry hashes, so it does not
+//! depend on hash-map layout.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::{Hash, Hasher};
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use super::{Batch, Coupon, Deadline, Engine, KeyEntry, Order, Sku};
+use crate::config::EngineConfig;
+use crate::hash::StateHasher;
+use crate::outcome::OrderState;
+use crate::snowflake::Snowflake;
+use crate::types::{BatchId, Sequence, SkuId, Timestamp, UserId};
+
+/// The engine's full state as plain data. Private fields: build one with
+/// [`Engine::to_image`], turn it back with [`Engine::from_image`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EngineImage {
+    shard: u16,
+    now: Timestamp,
+    last_sequence: Sequence,
+    running_hash: u64,
+    ids: Snowflake,
+    skus: Vec<Sku>,
+    orders: Vec<Order>,
+    finished: Vec<u32>,
+    deadlines: Vec<Deadline>,
+    holdings: Vec<(UserId, SkuId, u32)>,
+    batches: Vec<Batch>,
+    coupons: Vec<Coupon>,
+    claims: Vec<(UserId, BatchId, u32)>,
+    keys: Vec<KeyEntry>,
+    keys_head: u64,
+}
+
+/// An image that cannot become an engine under the given configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The image holds more entries than the configuration allows.
+    #[error(
+        "snapshot holds {len} {table} but the configuration allows {max}; \
+         raise the capacity or restore from an older snapshot"
+    )]
+    TooLarge {
+        /// The table.
+        table: &'static str,
+        /// Entries in the image.
+        len: usize,
+        /// Configured capacity.
+        max: usize,
+    },
+    /// The image was taken by a node with another shard id.
+    #[error("snapshot belongs to shard {image} but this node is shard {config}")]
+    ShardMismatch {
+        /// Shard in the image.
+        image: u16,
+        /// Configured shard.
+        config: u16,
+    },
+    /// Internal references do not hold together; the snapshot is damaged.
+    #[error("snapshot is inconsistent: {0}; restore from an older snapshot and replay")]
+    Inconsistent(&'static str),
+}
+
+impl Engine {
+    /// Copies the full state into an image (allocates; taken at a sequence boundary).
+    #[must_use]
+    pub fn to_image(&self) -> EngineImage {
+        let mut holdings: Vec<_> =
+            self.holdings.iter().map(|(&(user, sku), &units)| (user, sku, units)).collect();
+        holdings.sort_unstable();
+        let mut claims: Vec<_> =
+            self.claims.iter().map(|(&(user, batch), &n)| (user, batch, n)).collect();
+        claims.sort_unstable();
+        let mut deadlines: Vec<_> = self.deadlines.iter().map(|Reverse(d)| *d).collect();
+        deadlines.sort_unstable();
+        EngineImage {
+            shard: self.config.shard,
+            now: self.now,
+            last_sequence: self.last_sequence,
+            running_hash: self.running_hash,
+            ids: self.ids,
+            skus: self.skus.clone(),
+            orders: self.orders.clone(),
+            finished: self.finished.iter().copied().collect(),
+            deadlines,
+            holdings,
+            batches: self.batches.clone(),
+            coupons: self.coupons.clone(),
+            claims,
+            keys: self.keys.iter().copied().collect(),
+            keys_head: self.keys_head,
+        }
+    }
+
+    /// Rebuilds an engine from an image, checking it against `config` and itself.
+    pub fn from_image(config: EngineConfig, image: &EngineImage) -> Result<Engine, RestoreError> {
+        if image.shard != config.shard {
+            return Err(RestoreError::ShardMismatch { image: image.shard, config: config.shard });
+        }
+        check_image(&config, image)?;
+        let mut engine = Engine::new(config);
+        engine.now = image.now;
+        engine.last_sequence = image.last_sequence;
+        engine.running_hash = image.running_hash;
+        engine.ids = image.ids;
+        engine.skus.extend_from_slice(&image.skus);
+        engine.orders.extend_from_slice(&image.orders);
+        engine.finished.extend(image.finished.iter().copied());
+        engine.deadlines = BinaryHeap::with_capacity(engine.deadlines.capacity());
+        engine.deadlines.extend(image.deadlines.iter().map(|d| Reverse(*d)));
+        engine.holdings.extend(image.holdings.iter().map(|&(u, s, n)| ((u, s), n)));
+        engine.batches.extend_from_slice(&image.batches);
+        engine.coupons.extend_from_slice(&image.coupons);
+        engine.claims.extend(image.claims.iter().map(|&(u, b, n)| ((u, b), n)));
+        engine.keys.extend(image.keys.iter().copied());
+        engine.keys_head = image.keys_head;
+        engine.rebuild_indexes()?;
+        Ok(engine)
+    }
+
+    fn rebuild_indexes(&mut self) -> Result<(), RestoreError> {
+        for (slot, sku) in self.skus.iter().enumerate() {
+            if self.sku_index.insert(sku.id, slot as u32).is_some() {
+                return Err(RestoreError::Inconsistent("duplicate SKU id"));
+            }
+        }
+        for (slot, order) in self.orders.iter().enumerate() {
+            if self.order_index.insert(order.id, slot as u32).is_some() {
+                return Err(RestoreError::Inconsistent("duplicate order id"));
+            }
+        }
+        self.orders_reserved =
+            self.orders.iter().filter(|o| o.state == OrderState::Reserved).count() as u32;
+        for (slot, batch) in self.batches.iter().enumerate() {
+            if self.batch_index.insert(batch.id, slot as u32).is_some() {
+                return Err(RestoreError::Inconsistent("duplicate batch id"));
+            }
+        }
+        for (slot, coupon) in self.coupons.iter().enumerate() {
+            if self.coupon_index.insert(coupon.id, slot as u32).is_some() {
+                return Err(RestoreError::Inconsistent("duplicate coupon id"));
+            }
+        }
+        for (offset, entry) in self.keys.iter().enumerate() {
+            if self.key_index.insert(entry.key, self.keys_head + offset as u64).is_some() {
+                return Err(RestoreError::Inconsistent("duplicate request key"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A digest of the full state that two nodes (or a node and its snapshot) can compare.
+    /// O(state): for audits, snapshots and tests, not per command.
+    #[must_use]
+    pub fn state_digest(&self) -> u64 {
+        let mut hasher = StateHasher::default();
+        (self.config.shard, self.now, self.last_sequence, self.running_hash, self.ids)
+            .hash(&mut hasher);
+        (sum_of(self.skus.iter()), sum_of(self.orders.iter()), sum_of(self.batches.iter()))
+            .hash(&mut hasher);
+        (sum_of(self.coupons.iter()), sum_of(self.holdings.iter()), sum_of(self.claims.iter()))
+            .hash(&mut hasher);
+        // Queue order decides future evictions, so it is hashed in order.
+        self.finished.iter().for_each(|slot| slot.hash(&mut hasher));
+        self.keys_head.hash(&mut hasher);
+        self.keys.iter().for_each(|entry| entry.hash(&mut hasher));
+        let live_deadlines = self.deadlines.iter().filter(|Reverse((_, order, slot))| {
+            self.deadline_is_live(*order, *slot)
+        });
+        sum_of(live_deadlines).hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// Order-independent combination of per-entry hashes.
+fn sum_of<T: Hash>(items: impl Iterator<Item = T>) -> u64 {
+    items.fold(0u64, |sum, item| sum.wrapping_add(StateHasher::hash_one(&item)))
+}
+
+/// Every size within capacity, every internal slot reference in range.
+fn check_image(config: &EngineConfig, image: &EngineImage) -> Result<(), RestoreError> {
+    let sizes = [
+        ("SKUs", image.skus.len(), config.skus_max),
+        ("orders", image.orders.len(), config.orders_max),
+        ("coupon batches", image.batches.len(), config.batches_max),
+        ("coupons", image.coupons.len(), config.coupons_max),
+        ("holdings", image.holdings.len(), config.holdings_max),
+        ("request keys", image.keys.len(), config.request_keys_max),
+        ("deadlines", image.deadlines.len(), config.orders_max.saturating_mul(2)),
+    ];
+    for (table, len, max) in sizes {
+        if len > max as usize {
+            return Err(RestoreError::TooLarge { table, len, max: max as usize });
+        }
+    }
+    let order_slots = image.orders.len() as u32;
+    let in_range = image.orders.iter().all(|o| {
+        o.sku_slot < image.skus.len() as u32
+            && o.coupon_slot.is_none_or(|slot| slot < image.coupons.len() as u32)
+    }) && image.finished.iter().all(|&slot| slot < order_slots)
+        && image.deadlines.iter().all(|&(_, _, slot)| slot < order_slots)
+        && image.coupons.iter().all(|c| c.batch_slot < image.batches.len() as u32)
+        && image.finished.len() <= image.orders.len();
+    if !in_range {
+        return Err(RestoreError::Inconsistent("a slot reference is out of range"));
+    }
+    let skus_balanced = image.skus.iter().all(|s| {
+        s.available.checked_add(s.reserved).and_then(|n| n.checked_add(s.sold)) == Some(s.stock)
+    });
+    if !skus_balanced {
+        return Err(RestoreError::Inconsistent("a SKU's available + reserved + sold != stock"));
+    }
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! The business-logic processor (BLP): all sale state, changed one command at a time.
+//!
+//! [`Engine::apply`] is the single entry point. It is synchronous, allocation-free after start,
+//! reads no clock and cannot fail: every refusal is an [`Outcome::Rejected`]. Time is the
+//! latest command timestamp (never moving backwards); deadlines fire, oldest first, when a
+//! command moves it past them. The same commands in the same order give the same outcomes and
+//! the same state hash on any node and at any replay.
+
+mod catalog;
+mod image;
+mod orders;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BinaryHeap, VecDeque};
+use std::cmp::Reverse;
+use std::hash::Hash;
+
+use rkyv::{Archive, Deserialize, Serialize};
+use rustc_hash::FxHashMap;
+
+use crate::command::{Action, Command, Query, Sequenced};
+use crate::config::EngineConfig;
+use crate::hash::StateHasher;
+use crate::outcome::{CouponState, OrderState, Outcome, Rejection};
+use crate::snowflake::Snowflake;
+use crate::types::{
+    BatchId, CouponId, OrderId, PaymentRef, RequestKey, Sequence, SkuId, Timestamp, UserId,
+};
+
+pub use image::{EngineImage, RestoreError};
+
+/// Something that happened without a command asking for it, reported to an observer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A reserved order's payment deadline passed; its units went back to available.
+    OrderExpired {
+        /// The order.
+        order: OrderId,
+        /// Its buyer.
+        user: UserId,
+        /// Its SKU.
+        sku: SkuId,
+        /// Units returned.
+        qty: u32,
+    },
+}
+
+/// A point-in-time summary of the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Sequence of the last mutating command applied.
+    pub last_sequence: Sequence,
+    /// Logical time.
+    pub now: Timestamp,
+    /// Running hash folded over every mutating command's outcome and every expiry.
+    pub running_hash: u64,
+    /// SKUs defined.
+    pub skus: u32,
+    /// Orders kept (live and recently finished).
+    pub orders: u32,
+    /// Orders waiting for payment.
+    pub orders_reserved: u32,
+    /// Coupons claimed.
+    pub coupons: u32,
+    /// Request keys remembered.
+    pub request_keys: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Sku {
+    id: SkuId,
+    stock: u64,
+    available: u64,
+    reserved: u64,
+    sold: u64,
+    price_cents: u64,
+    per_user_limit: u32,
+    open: bool,
+    payment_timeout_ms: u64,
+    sale_start: Option<Timestamp>,
+    sale_end: Option<Timestamp>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Order {
+    id: OrderId,
+    user: UserId,
+    sku_slot: u32,
+    qty: u32,
+    amount_cents: u64,
+    state: OrderState,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+    /// Slot of the coupon applied, if any.
+    coupon_slot: Option<u32>,
+    payment_ref: Option<PaymentRef>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Batch {
+    id: BatchId,
+    quantity: u32,
+    remaining: u32,
+    per_user_limit: u32,
+    discount_cents: u64,
+    min_amount_cents: u64,
+    valid_from: Timestamp,
+    valid_until: Timestamp,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Coupon {
+    id: CouponId,
+    batch_slot: u32,
+    user: UserId,
+    /// Stored state; `Available` reads as `Expired` once the batch's validity has ended.
+    state: CouponState,
+}
+
+/// A remembered request key: its command's fingerprint and original outcome.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct KeyEntry {
+    key: RequestKey,
+    expires_at: Timestamp,
+    fingerprint: u64,
+    outcome: Outcome,
+}
+
+/// A payment deadline: (when, which order, its slot). Entries whose order has moved on are
+/// skipped when they surface, and swept out when the heap fills.
+type Deadline = (Timestamp, OrderId, u32);
+
+/// The business-logic processor. See the module documentation.
+pub struct Engine {
+    config: EngineConfig,
+    now: Timestamp,
+    last_sequence: Sequence,
+    running_hash: u64,
+    ids: Snowflake,
+    skus: Vec<Sku>,
+    sku_index: FxHashMap<SkuId, u32>,
+    /// Order slots; grows to `orders_max`, then reuses the oldest finished order's slot.
+    orders: Vec<Order>,
+    order_index: FxHashMap<OrderId, u32>,
+    /// Slots of finished orders, oldest first.
+    finished: VecDeque<u32>,
+    deadlines: BinaryHeap<Reverse<Deadline>>,
+    orders_reserved: u32,
+    /// Units held per (user, SKU) for SKUs with a per-user limit; absent means zero.
+    holdings: FxHashMap<(UserId, SkuId), u32>,
+    batches: Vec<Batch>,
+    batch_index: FxHashMap<BatchId, u32>,
+    coupons: Vec<Coupon>,
+    coupon_index: FxHashMap<CouponId, u32>,
+    /// Coupons claimed per (user, batch).
+    claims: FxHashMap<(UserId, BatchId), u32>,
+    /// Remembered request keys in arrival (and so expiry) order.
+    keys: VecDeque<KeyEntry>,
+    /// Absolute position of `keys.front()`; the index maps a key to its absolute position.
+    keys_head: u64,
+    key_index: FxHashMap<RequestKey, u64>,
+}
+
+/// A hash map that never reallocates while it holds at most `max` entries: at twice the
+/// capacity, tombstones left by removals are always cleared by an in-place rehash.
+fn fixed_map<K, V>(max: u32) -> FxHashMap<K, V> {
+    FxHashMap::with_capacity_and_hasher(2 * max as usize, Default::default())
+}
+
+impl Engine {
+    /// An empty engine with every table allocated. Panics on an invalid configuration: check it
+    /// with [`EngineConfig::validate`] first.
+    #[must_use]
+    pub fn new(config: EngineConfig) -> Engine {
+        if let Err(error) = config.validate() {
+            panic!("invalid engine configuration: {error}");
+        }
+        let orders_max = config.orders_max as usize;
+        Engine {
+            now: Timestamp(0),
+            last_sequence: Sequence(0),
+            running_hash: 0,
+            ids: Snowflake::new(config.shard),
+            skus: Vec::with_capacity(config.skus_max as usize),
+            sku_index: fixed_map(config.skus_max),
+            orders: Vec::with_capacity(orders_max),
+            order_index: fixed_map(config.orders_max),
+            finished: VecDeque::with_capacity(orders_max),
+            deadlines: BinaryHeap::with_capacity(2 * orders_max),
+            orders_reserved: 0,
+            holdings: fixed_map(config.holdings_max),
+            batches: Vec::with_capacity(config.batches_max as usize),
+            batch_index: fixed_map(config.batches_max),
+            coupons: Vec::with_capacity(config.coupons_max as usize),
+            coupon_index: fixed_map(config.coupons_max),
+            claims: fixed_map(config.coupons_max),
+            keys: VecDeque::with_capacity(config.request_keys_max as usize),
+            keys_head: 0,
+            key_index: fixed_map(config.request_keys_max),
+            config,
+        }
+    }
+
+    /// The configuration the engine was started with.
+    #[must_use]
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Applies one sequenced command and returns its outcome.
+    ///
+    /// Panics if `sequence` is not above the last applied one (sequences start at 1): the
+    /// sequencer guarantees order, so anything else is a bug upstream.
+    pub fn apply(&mut self, sequenced: &Sequenced) -> Outcome {
+        self.apply_observed(sequenced, &mut |_| {})
+    }
+
+    /// [`Engine::apply`], reporting expiries that the command's time advance caused.
+    pub fn apply_observed(
+        &mut self,
+        sequenced: &Sequenced,
+        events: &mut dyn FnMut(Event),
+    ) -> Outcome {
+        assert!(
+            sequenced.sequence > self.last_sequence,
+            "sequence {} applied after {}: sequences start at 1 and strictly increase",
+            sequenced.sequence,
+            self.last_sequence
+        );
+        let outcome = match &sequenced.command {
+            Command::Query(query) => return self.query(query),
+            Command::Tick => {
+                self.advance_time(sequenced.timestamp, events);
+                Outcome::Ticked { now: self.now }
+            }
+            Command::Client { key, action } => {
+                self.advance_time(sequenced.timestamp, events);
+                self.apply_keyed(*key, action)
+            }
+        };
+        self.last_sequence = sequenced.sequence;
+        self.fold(&(sequenced.sequence, &outcome));
+        outcome
+    }
+
+    /// Answers a read from current state. Changes nothing.
+    #[must_use]
+    pub fn query(&self, query: &Query) -> Outcome {
+        let answer = match *query {
+            Query::Sku(sku) => self.sku_slot(sku).map(|slot| Outcome::Sku(self.sku_view(slot))),
+            Query::Order(order) => {
+                self.order_slot(order).map(|slot| Outcome::Order(self.order_view(slot)))
+            }
+            Query::Coupon(coupon) => {
+                self.coupon_slot(coupon).map(|slot| Outcome::Coupon(self.coupon_view(slot)))
+            }
+            Query::Batch(batch) => {
+                self.batch_slot(batch).map(|slot| Outcome::Batch(self.batch_view(slot)))
+            }
+        };
+        answer.unwrap_or_else(|rejection| Outcome::Rejected(rejection))
+    }
+
+    /// A summary: last sequence, logical time, running hash and table sizes.
+    #[must_use]
+    pub fn status(&self) -> EngineStatus {
+        EngineStatus {
+            last_sequence: self.last_sequence,
+            now: self.now,
+            running_hash: self.running_hash,
+            skus: self.skus.len() as u32,
+            orders: self.orders.len() as u32,
+            orders_reserved: self.orders_reserved,
+            coupons: self.coupons.len() as u32,
+            request_keys: self.keys.len() as u32,
+        }
+    }
+
+    /// Logical time: the latest command timestamp seen.
+    #[must_use]
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Sequence of the last mutating command applied (zero before the first).
+    #[must_use]
+    pub fn last_sequence(&self) -> Sequence {
+        self.last_sequence
+    }
+
+    /// The running hash, folded over every mutating command's outcome and every expiry. Two
+    /// nodes that applied the same commands agree on it; it is cheap to read at any time.
+    #[must_use]
+    pub fn running_hash(&self) -> u64 {
+        self.running_hash
+    }
+
+    fn fold<T: Hash + ?Sized>(&mut self, value: &T) {
+        let mut hasher = StateHasher::with_seed(self.running_hash);
+        value.hash(&mut hasher);
+        self.running_hash = std::hash::Hasher::finish(&hasher);
+    }
+
+    /// Moves *now* forward (never back) and fires every deadline it passed, oldest first.
+    fn advance_time(&mut self, timestamp: Timestamp, events: &mut dyn FnMut(Event)) {
+        if timestamp <= self.now {
+            return;
+        }
+        self.now = timestamp;
+        while let Some(&Reverse((expires_at, order, slot))) = self.deadlines.peek() {
+            if expires_at > self.now {
+                break;
+            }
+            self.deadlines.pop();
+            if self.deadline_is_live(order, slot) {
+                self.expire_order(slot, events);
+            }
+        }
+        while self.keys.front().is_some_and(|entry| entry.expires_at <= self.now) {
+            let entry = self.keys.pop_front().expect("front checked");
+            let removed = self.key_index.remove(&entry.key);
+            assert_eq!(removed, Some(self.keys_head));
+            self.keys_head += 1;
+        }
+    }
+
+    fn deadline_is_live(&self, order: OrderId, slot: u32) -> bool {
+        let kept = &self.orders[slot as usize];
+        kept.id == order && kept.state == OrderState::Reserved
+    }
+
+    fn push_deadline(&mut self, deadline: Deadline) {
+        if self.deadlines.len() == self.deadlines.capacity() {
+            // Every live deadline belongs to a reserved order and there are at most
+            // `orders_max` of those, so sweeping stale entries frees at least half the heap.
+            let orders = &self.orders;
+            self.deadlines.retain(|Reverse((_, order, slot))| {
+                let kept = &orders[*slot as usize];
+                kept.id == *order && kept.state == OrderState::Reserved
+            });
+            assert!(self.deadlines.len() <= self.config.orders_max as usize);
+        }
+        self.deadlines.push(Reverse(deadline));
+    }
+
+    /// Idempotency: a known key with the same command returns the original outcome; with a
+    /// different command it is refused; a new key is executed and remembered.
+    fn apply_keyed(&mut self, key: RequestKey, action: &Action) -> Outcome {
+        let fingerprint = StateHasher::hash_one(action);
+        if let Some(&position) = self.key_index.get(&key) {
+            let entry = &self.keys[(position - self.keys_head) as usize];
+            assert_eq!(entry.key, key);
+            if entry.fingerprint == fingerprint {
+                return entry.outcome;
+            }
+            return Outcome::Rejected(Rejection::RequestKeyReused);
+        }
+        if self.keys.len() == self.config.request_keys_max as usize {
+            return Outcome::Rejected(Rejection::CapacityExhausted);
+        }
+        let outcome = self.execute(action);
+        // A full table is transient: the retry must be allowed to succeed later.
+        if outcome != Outcome::Rejected(Rejection::CapacityExhausted) {
+            let expires_at = self.now.plus_ms(self.config.request_key_window_ms);
+            let position = self.keys_head + self.keys.len() as u64;
+            self.keys.push_back(KeyEntry { key, expires_at, fingerprint, outcome });
+            self.key_index.insert(key, position);
+        }
+        outcome
+    }
+
+    fn execute(&mut self, action: &Action) -> Outcome {
+        let result = match *action {
+            Action::CreateSku(create) => self.create_sku(&create),
+            Action::Restock { sku, qty } => self.restock(sku, qty),
+            Action::OpenSale { sku } => self.set_sale_open(sku, true),
+            Action::CloseSale { sku } => self.set_sale_open(sku, false),
+            Action::Reserve(reserve) => self.reserve(&reserve),
+            Action::Pay { order, payment_ref, amount_cents } => {
+                self.pay(order, payment_ref, amount_cents)
+            }
+            Action::Cancel { order, user } => self.cancel(order, Some(user)),
+            Action::AdminCancel { order } => self.cancel(order, None),
+            Action::Ship { order } => self.ship(order),
+            Action::Complete { order, user } => self.complete(order, user),
+            Action::Refund { order } => self.refund(order),
+            Action::CreateCouponBatch(create) => self.create_batch(&create),
+            Action::ClaimCoupon { user, batch } => self.claim_coupon(user, batch),
+        };
+        result.unwrap_or_else(|rejection| Outcome::Rejected(rejection))
+    }
+}

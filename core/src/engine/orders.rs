@@ -1,0 +1,280 @@
+//! Orders: the reservation hot path and the order state machine.
+//!
+//! ```text
+//! Reserved ──pay──► Paid ──ship──► Shipped ──complete──► Completed
+//!    │               └──refund──► Refunded
+//!    ├──cancel──► Cancelled
+//!    └──deadline──► Expired
+//! ```
+//! Cancelled, Expired and Refunded return the order's units to *available* and release its
+//! coupon (a refund keeps the coupon spent); the per-user holding drops with them.
+
+use super::{Engine, Event, Order};
+use crate::command::Reserve;
+use crate::outcome::{CouponState, OrderState, OrderView, Outcome, Rejection};
+use crate::types::{OrderId, PaymentRef, UserId};
+
+impl Engine {
+    /// Takes units from *available* into *reserved* for a new order, or refuses with nothing
+    /// changed. Every check runs before the first write, so there is no partial reservation.
+    pub(super) fn reserve(&mut self, reserve: &Reserve) -> Result<Outcome, Rejection> {
+        if reserve.qty == 0 || reserve.qty > self.config.order_qty_max {
+            return Err(Rejection::InvalidQty);
+        }
+        if reserve.user.0 == 0 {
+            return Err(Rejection::InvalidArgument);
+        }
+        let sku_slot = self.sku_slot(reserve.sku)?;
+        let sku = &self.skus[sku_slot as usize];
+        self.check_sale_open(sku)?;
+        let gross = sku.price_cents.checked_mul(u64::from(reserve.qty)).ok_or(Rejection::InvalidQty)?;
+        let holding_key = (reserve.user, reserve.sku);
+        let limited = sku.per_user_limit != 0;
+        let held = if limited { self.holdings.get(&holding_key).copied() } else { None };
+        if limited && held.unwrap_or(0) + reserve.qty > sku.per_user_limit {
+            return Err(Rejection::LimitExceeded);
+        }
+        if sku.available < u64::from(reserve.qty) {
+            return Err(Rejection::SoldOut);
+        }
+        let coupon = match reserve.coupon {
+            Some(coupon) => Some(self.check_coupon(coupon, reserve.user, gross)?),
+            None => None,
+        };
+        if limited && held.is_none() && self.holdings.len() == self.config.holdings_max as usize {
+            return Err(Rejection::CapacityExhausted);
+        }
+        let slot = self.take_order_slot().ok_or(Rejection::CapacityExhausted)?;
+
+        // Commit: nothing below can refuse.
+        let discount = coupon.map_or(0, |(_, discount)| discount);
+        let amount_cents = gross.saturating_sub(discount);
+        let id = OrderId(self.ids.next_id(self.now));
+        let sku = &mut self.skus[sku_slot as usize];
+        let expires_at = self.now.plus_ms(sku.payment_timeout_ms);
+        sku.available -= u64::from(reserve.qty);
+        sku.reserved += u64::from(reserve.qty);
+        if limited {
+            *self.holdings.entry(holding_key).or_insert(0) += reserve.qty;
+        }
+        if let Some((coupon_slot, _)) = coupon {
+            self.coupons[coupon_slot as usize].state = CouponState::Locked(id);
+        }
+        let order = Order {
+            id,
+            user: reserve.user,
+            sku_slot,
+            qty: reserve.qty,
+            amount_cents,
+            state: OrderState::Reserved,
+            created_at: self.now,
+            expires_at,
+            coupon_slot: coupon.map(|(coupon_slot, _)| coupon_slot),
+            payment_ref: None,
+        };
+        if slot as usize == self.orders.len() {
+            self.orders.push(order);
+        } else {
+            self.orders[slot as usize] = order;
+        }
+        self.order_index.insert(id, slot);
+        self.orders_reserved += 1;
+        self.push_deadline((expires_at, id, slot));
+        Ok(Outcome::Reserved { order: id, expires_at, amount_cents })
+    }
+
+    /// A coupon the buyer may apply to an order worth `gross`: its slot and discount.
+    fn check_coupon(
+        &self,
+        coupon: crate::types::CouponId,
+        user: UserId,
+        gross: u64,
+    ) -> Result<(u32, u64), Rejection> {
+        let slot = self.coupon_slot(coupon)?;
+        let record = &self.coupons[slot as usize];
+        let batch = &self.batches[record.batch_slot as usize];
+        let usable = record.user == user
+            && record.state == CouponState::Available
+            && self.coupon_valid_at(record, self.now)
+            && gross >= batch.min_amount_cents;
+        if !usable {
+            return Err(Rejection::CouponInvalid);
+        }
+        Ok((slot, batch.discount_cents))
+    }
+
+    /// A slot for a new order: a fresh one while the table grows, else the oldest finished
+    /// order's, which is forgotten. `None` when every kept order is still live.
+    fn take_order_slot(&mut self) -> Option<u32> {
+        if self.orders.len() < self.config.orders_max as usize {
+            return Some(self.orders.len() as u32);
+        }
+        let slot = self.finished.pop_front()?;
+        let evicted = &self.orders[slot as usize];
+        assert!(evicted.state.is_final());
+        let removed = self.order_index.remove(&evicted.id);
+        assert_eq!(removed, Some(slot));
+        Some(slot)
+    }
+
+    pub(super) fn pay(
+        &mut self,
+        order: OrderId,
+        payment_ref: PaymentRef,
+        amount_cents: u64,
+    ) -> Result<Outcome, Rejection> {
+        let slot = self.order_slot(order)?;
+        let record = &self.orders[slot as usize];
+        match record.state {
+            OrderState::Reserved if record.amount_cents != amount_cents => {
+                Err(Rejection::WrongAmount { expected_cents: record.amount_cents })
+            }
+            OrderState::Reserved => {
+                let (qty, sku_slot, coupon_slot) = (record.qty, record.sku_slot, record.coupon_slot);
+                let record = &mut self.orders[slot as usize];
+                record.state = OrderState::Paid;
+                record.payment_ref = Some(payment_ref);
+                let sku = &mut self.skus[sku_slot as usize];
+                sku.reserved -= u64::from(qty);
+                sku.sold += u64::from(qty);
+                if let Some(coupon_slot) = coupon_slot {
+                    let coupon = &mut self.coupons[coupon_slot as usize];
+                    assert_eq!(coupon.state, CouponState::Locked(order));
+                    coupon.state = CouponState::Used(order);
+                }
+                self.orders_reserved -= 1;
+                Ok(Outcome::Paid { order })
+            }
+            OrderState::Paid | OrderState::Shipped | OrderState::Completed => {
+                if record.payment_ref == Some(payment_ref) {
+                    Ok(Outcome::Paid { order })
+                } else {
+                    Err(Rejection::PaymentConflict)
+                }
+            }
+            current => Err(Rejection::InvalidState { current }),
+        }
+    }
+
+    /// Cancels a reserved order: by its buyer (`Some(user)`) or by an operator (`None`).
+    pub(super) fn cancel(&mut self, order: OrderId, user: Option<UserId>) -> Result<Outcome, Rejection> {
+        let slot = self.order_slot(order)?;
+        let record = &self.orders[slot as usize];
+        if user.is_some_and(|user| user != record.user) {
+            return Err(Rejection::NotOwner);
+        }
+        if record.state != OrderState::Reserved {
+            return Err(Rejection::InvalidState { current: record.state });
+        }
+        self.release_reserved(slot, OrderState::Cancelled);
+        Ok(Outcome::Cancelled { order })
+    }
+
+    pub(super) fn ship(&mut self, order: OrderId) -> Result<Outcome, Rejection> {
+        let slot = self.order_slot(order)?;
+        let record = &mut self.orders[slot as usize];
+        if record.state != OrderState::Paid {
+            return Err(Rejection::InvalidState { current: record.state });
+        }
+        record.state = OrderState::Shipped;
+        Ok(Outcome::Shipped { order })
+    }
+
+    pub(super) fn complete(&mut self, order: OrderId, user: UserId) -> Result<Outcome, Rejection> {
+        let slot = self.order_slot(order)?;
+        let record = &mut self.orders[slot as usize];
+        if record.user != user {
+            return Err(Rejection::NotOwner);
+        }
+        if record.state != OrderState::Shipped {
+            return Err(Rejection::InvalidState { current: record.state });
+        }
+        record.state = OrderState::Completed;
+        self.finished.push_back(slot);
+        Ok(Outcome::Completed { order })
+    }
+
+    /// Refunds a paid order before shipping: its units go back to *available*; its coupon
+    /// stays spent.
+    pub(super) fn refund(&mut self, order: OrderId) -> Result<Outcome, Rejection> {
+        let slot = self.order_slot(order)?;
+        let record = &mut self.orders[slot as usize];
+        if record.state != OrderState::Paid {
+            return Err(Rejection::InvalidState { current: record.state });
+        }
+        record.state = OrderState::Refunded;
+        let (qty, sku_slot, user) = (record.qty, record.sku_slot, record.user);
+        let sku = &mut self.skus[sku_slot as usize];
+        sku.sold -= u64::from(qty);
+        sku.available += u64::from(qty);
+        self.drop_holding(user, sku_slot, qty);
+        self.finished.push_back(slot);
+        Ok(Outcome::Refunded { order })
+    }
+
+    /// A reserved order whose deadline passed: units back, coupon released.
+    pub(super) fn expire_order(&mut self, slot: u32, events: &mut dyn FnMut(Event)) {
+        let record = self.orders[slot as usize];
+        assert_eq!(record.state, OrderState::Reserved);
+        assert!(record.expires_at <= self.now);
+        self.release_reserved(slot, OrderState::Expired);
+        self.fold(&(OrderState::Expired, record.id));
+        let sku = self.skus[record.sku_slot as usize].id;
+        events(Event::OrderExpired { order: record.id, user: record.user, sku, qty: record.qty });
+    }
+
+    /// Ends a reserved order as `Cancelled` or `Expired`, returning what it held.
+    fn release_reserved(&mut self, slot: u32, end: OrderState) {
+        let record = &mut self.orders[slot as usize];
+        assert_eq!(record.state, OrderState::Reserved);
+        assert!(matches!(end, OrderState::Cancelled | OrderState::Expired));
+        record.state = end;
+        let (qty, sku_slot, user, coupon_slot) =
+            (record.qty, record.sku_slot, record.user, record.coupon_slot);
+        let sku = &mut self.skus[sku_slot as usize];
+        sku.reserved -= u64::from(qty);
+        sku.available += u64::from(qty);
+        self.drop_holding(user, sku_slot, qty);
+        if let Some(coupon_slot) = coupon_slot {
+            let coupon = &mut self.coupons[coupon_slot as usize];
+            assert!(matches!(coupon.state, CouponState::Locked(_)));
+            coupon.state = CouponState::Available;
+        }
+        self.orders_reserved -= 1;
+        self.finished.push_back(slot);
+    }
+
+    fn drop_holding(&mut self, user: UserId, sku_slot: u32, qty: u32) {
+        let sku = &self.skus[sku_slot as usize];
+        if sku.per_user_limit == 0 {
+            return;
+        }
+        let key = (user, sku.id);
+        let held = self.holdings.get_mut(&key).expect("a limited SKU's order has a holding");
+        assert!(*held >= qty);
+        *held -= qty;
+        if *held == 0 {
+            self.holdings.remove(&key);
+        }
+    }
+
+    pub(super) fn order_slot(&self, order: OrderId) -> Result<u32, Rejection> {
+        self.order_index.get(&order).copied().ok_or(Rejection::UnknownOrder)
+    }
+
+    pub(super) fn order_view(&self, slot: u32) -> OrderView {
+        let order = &self.orders[slot as usize];
+        OrderView {
+            order: order.id,
+            user: order.user,
+            sku: self.skus[order.sku_slot as usize].id,
+            qty: order.qty,
+            amount_cents: order.amount_cents,
+            state: order.state,
+            created_at: order.created_at,
+            expires_at: order.expires_at,
+            coupon: order.coupon_slot.map(|slot| self.coupons[slot as usize].id),
+            payment_ref: order.payment_ref,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! ringfence's core: the deterministic business-logic processor (BLP).
+//!
+//! [`Engine`] owns all sale state and applies [`Sequenced`] commands one at a time, producing an
+//! [`Outcome`] for each. It does no I/O, starts no threads, reads no clock and uses only
+//! fixed-seed hashing, so the same commands give the same outcomes and the same state hash on
+//! every node and at every replay. Everything around it (ring pipeline, journal, replication,
+//! network) exists to feed it commands in order and to carry its outcomes back.
+
+pub mod command;
+pub mod config;
+pub mod engine;
+pub mod hash;
+pub mod outcome;
+pub mod snowflake;
+pub mod types;
+
+pub use command::{Action, Command, CreateCouponBatch, CreateSku, Query, Reserve, Sequenced};
+pub use config::{ConfigError, EngineConfig};
+pub use engine::{Engine, EngineImage, EngineStatus, Event, RestoreError};
+pub use outcome::{
+    BatchView, CouponState, CouponView, OrderState, OrderView, Outcome, Rejection, SkuView,
+};
+pub use types::{
+    BatchId, CouponId, Epoch, OrderId, PaymentRef, RequestKey, Sequence, SkuId, Timestamp, UserId,
+};

@@ -1,0 +1,5 @@
+//! Network front of ringfence: the mio event loop, the binary wire protocol, the HTTP/JSON API,
+//! admission control, and the blocking client library.
+//!
+//! This crate turns bytes from untrusted sockets into sequenced commands for the node and routes
+//! each outcome back to the connection that asked for it. It never decides business rules.

@@ -1,0 +1,5 @@
+//! The journal: ringfence's database of record.
+//!
+//! Memory-mapped, preallocated segment files of CRC-framed, rkyv-encoded command records;
+//! durability policies; snapshots of the business-logic processor's state; and crash recovery
+//! that replays the journal from the newest valid snapshot.
