@@ -32,6 +32,9 @@ pub enum Command {
     /// A read. Changes nothing, does not advance time, and is not part of the state hash, so a
     /// journal may leave queries out.
     Query(Query),
+    /// Operator: snapshot state at this sequence. Changes nothing in the engine (like a query);
+    /// the node's snapshot hook sees it after it is applied and writes the snapshot.
+    Snapshot,
     /// A mutating client command with its idempotency key.
     Client {
         /// Idempotency key: a retry with the same key returns the original outcome.
@@ -191,13 +194,13 @@ impl Command {
     pub fn request_key(&self) -> Option<RequestKey> {
         match self {
             Command::Client { key, .. } => Some(*key),
-            Command::Tick | Command::Query(_) => None,
+            Command::Tick | Command::Query(_) | Command::Snapshot => None,
         }
     }
 
-    /// Whether the command can change state (and so must be journaled and replicated).
+    /// Whether the command can change engine state (queries and snapshot requests cannot).
     #[must_use]
     pub fn is_mutating(&self) -> bool {
-        !matches!(self, Command::Query(_))
+        matches!(self, Command::Tick | Command::Client { .. })
     }
 }

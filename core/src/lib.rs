@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod hash;
 pub mod outcome;
+pub mod pipeline;
 pub mod snowflake;
 pub mod types;
 

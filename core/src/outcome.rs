@@ -75,6 +75,13 @@ pub enum Outcome {
     Coupon(CouponView),
     /// Answer to [`crate::Query::Batch`].
     Batch(BatchView),
+    /// Answer to [`crate::Command::Snapshot`]: state as of `last_sequence` is being written.
+    SnapshotRequested {
+        /// The last mutating command the snapshot includes.
+        last_sequence: crate::types::Sequence,
+        /// The running hash at that point.
+        running_hash: u64,
+    },
     /// The command was refused; state is unchanged.
     Rejected(Rejection),
 }

@@ -1,12 +1,30 @@
 //! The `ringfence` binary: serve a node, drive it as a client, and inspect or replay journals.
 
-use clap::Parser;
+use std::process::ExitCode;
 
-/// ringfence — an exchange-grade flash-sale engine.
+use clap::{Parser, Subcommand};
+
+/// ringfence — an exchange-grade flash-sale engine: one deterministic business-logic thread,
+/// a lock-free ring, a memory-mapped journal and a hot standby.
 #[derive(Parser, Debug)]
 #[command(name = "ringfence", version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: TopCommand,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Subcommand, Debug)]
+enum TopCommand {
+    /// Print the engine's default capacities and limits.
+    Defaults,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        TopCommand::Defaults => {
+            println!("{:#?}", ringfence_core::EngineConfig::default());
+            ExitCode::SUCCESS
+        }
+    }
 }

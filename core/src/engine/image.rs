@@ -158,13 +158,24 @@ impl Engine {
         Ok(())
     }
 
-    /// A digest of the full state that two nodes (or a node and its snapshot) can compare.
+    /// A digest of the full state that two nodes (or a node and its snapshot) can compare:
+    /// [`Engine::tables_digest`] plus time, last sequence, running hash and the id generator.
     /// O(state): for audits, snapshots and tests, not per command.
     #[must_use]
     pub fn state_digest(&self) -> u64 {
         let mut hasher = StateHasher::default();
         (self.config.shard, self.now, self.last_sequence, self.running_hash, self.ids)
             .hash(&mut hasher);
+        self.tables_digest().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// A digest of the business tables only (SKUs, orders, coupons, holdings, claims, request
+    /// keys, queues, live deadlines), leaving out the clock, the last sequence and the running
+    /// hash. A refused command leaves it unchanged.
+    #[must_use]
+    pub fn tables_digest(&self) -> u64 {
+        let mut hasher = StateHasher::default();
         (sum_of(self.skus.iter()), sum_of(self.orders.iter()), sum_of(self.batches.iter()))
             .hash(&mut hasher);
         (sum_of(self.coupons.iter()), sum_of(self.holdings.iter()), sum_of(self.claims.iter()))

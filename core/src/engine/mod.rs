@@ -230,6 +230,12 @@ impl Engine {
         );
         let outcome = match &sequenced.command {
             Command::Query(query) => return self.query(query),
+            Command::Snapshot => {
+                return Outcome::SnapshotRequested {
+                    last_sequence: self.last_sequence,
+                    running_hash: self.running_hash,
+                };
+            }
             Command::Tick => {
                 self.advance_time(sequenced.timestamp, events);
                 Outcome::Ticked { now: self.now }

@@ -1,0 +1,169 @@
+//! The pluggable stages around the BLP: journal, replicator, snapshot hook.
+//!
+//! The pipeline is generic over these traits; the node runs alone with [`MemoryJournal`] and
+//! [`NoReplicator`], and the journal and replication crates plug real stages in without the
+//! pipeline changing. Each stage sees every sequenced command in order, including queries, so
+//! journal sequences are contiguous.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::command::Sequenced;
+use crate::engine::Engine;
+use crate::types::{Epoch, Sequence};
+
+/// A failure in a stage's I/O. The node stops (loudly, naming the stage) rather than answer a
+/// command it could not make safe.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StageError {
+    /// An operating-system I/O error, with what the stage was doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the stage was doing, e.g. "appending to segment 00000000000000000001.seg".
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Anything else the stage cannot recover from.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// A sequence number shared between threads: written by one stage, read by egress.
+#[derive(Debug, Default)]
+pub struct Watermark(CachePadded<AtomicU64>);
+
+impl Watermark {
+    /// A shared watermark starting at `sequence`.
+    #[must_use]
+    pub fn new(sequence: Sequence) -> Arc<Watermark> {
+        Arc::new(Watermark(CachePadded::new(AtomicU64::new(sequence.0))))
+    }
+
+    /// The current value.
+    #[must_use]
+    pub fn get(&self) -> Sequence {
+        Sequence(self.0.load(Ordering::Acquire))
+    }
+
+    /// Moves the watermark forward to `sequence`; never moves it back.
+    pub fn advance(&self, sequence: Sequence) {
+        self.0.fetch_max(sequence.0, Ordering::AcqRel);
+    }
+}
+
+/// The journaler stage: appends every command, in sequence order, before its answer leaves.
+pub trait Journal: Send + 'static {
+    /// Appends one command record. It need not be durable until [`Journal::flush`].
+    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError>;
+
+    /// Called at the end of every batch: makes records durable as the durability policy says
+    /// and returns the highest sequence that is now durable (egress releases answers up to it).
+    fn flush(&mut self) -> Result<Sequence, StageError>;
+}
+
+/// The replicator stage: streams every command to the standby and tracks what it holds.
+pub trait Replicator: Send + 'static {
+    /// Sends (or queues) one command record for the standby.
+    fn send(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError>;
+
+    /// Called at the end of every batch: pushes queued records out.
+    fn flush(&mut self) -> Result<(), StageError>;
+
+    /// The highest sequence egress may release as far as replication is concerned: what the
+    /// standby acknowledged in sync mode, what was sent in async mode. Advanced by whichever
+    /// thread learns of it (e.g. the one reading acknowledgements).
+    fn safe(&self) -> Arc<Watermark>;
+}
+
+/// Called on the BLP thread after each command is applied, so snapshots are taken at exact
+/// sequence boundaries without the BLP knowing about files.
+pub trait SnapshotHook: Send + 'static {
+    /// `engine` has just applied `command`.
+    fn after_apply(&mut self, engine: &Engine, command: &Sequenced);
+}
+
+/// A journal kept in memory: every record, durable as soon as appended. For tests and for a
+/// node run without persistence.
+#[derive(Debug, Default)]
+pub struct MemoryJournal {
+    records: Vec<(Epoch, Sequenced)>,
+    shared: Option<Arc<std::sync::Mutex<Vec<(Epoch, Sequenced)>>>>,
+}
+
+impl MemoryJournal {
+    /// An empty journal.
+    #[must_use]
+    pub fn new() -> MemoryJournal {
+        MemoryJournal::default()
+    }
+
+    /// A journal that also copies each flushed batch into `shared`, so a test can read what
+    /// was journaled while the node runs.
+    #[must_use]
+    pub fn shared(shared: Arc<std::sync::Mutex<Vec<(Epoch, Sequenced)>>>) -> MemoryJournal {
+        MemoryJournal { records: Vec::new(), shared: Some(shared) }
+    }
+
+    /// Records appended so far.
+    #[must_use]
+    pub fn records(&self) -> &[(Epoch, Sequenced)] {
+        &self.records
+    }
+}
+
+impl Journal for MemoryJournal {
+    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
+        if let Some((_, last)) = self.records.last() {
+            assert_eq!(command.sequence, last.sequence.next(), "journal sequences are contiguous");
+        }
+        self.records.push((epoch, *command));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<Sequence, StageError> {
+        if let Some(shared) = &self.shared {
+            let mut shared = shared.lock().expect("journal copy lock poisoned");
+            let already = shared.len();
+            shared.extend_from_slice(&self.records[already..]);
+        }
+        Ok(self.records.last().map_or(Sequence(0), |(_, command)| command.sequence))
+    }
+}
+
+/// No standby: everything is safe as far as replication is concerned.
+#[derive(Debug)]
+pub struct NoReplicator {
+    safe: Arc<Watermark>,
+}
+
+impl Default for NoReplicator {
+    fn default() -> Self {
+        NoReplicator { safe: Watermark::new(Sequence(u64::MAX)) }
+    }
+}
+
+impl Replicator for NoReplicator {
+    fn send(&mut self, _epoch: Epoch, _command: &Sequenced) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn safe(&self) -> Arc<Watermark> {
+        Arc::clone(&self.safe)
+    }
+}
+
+/// Takes no snapshots.
+#[derive(Debug, Default)]
+pub struct NoSnapshots;
+
+impl SnapshotHook for NoSnapshots {
+    fn after_apply(&mut self, _engine: &Engine, _command: &Sequenced) {}
+}

@@ -1,0 +1,202 @@
+//! Result rows shared by every benchmark: an aligned table for people, JSON lines for machines.
+//!
+//! Every row carries throughput and HdrHistogram percentiles in nanoseconds. With `--json` each
+//! row is one JSON object per line with the fields `scenario`, `variant`, `ops`, `seconds`,
+//! `ops_per_sec`, `p50_ns`, `p90_ns`, `p99_ns`, `p999_ns`, `p9999_ns`, `max_ns` plus any
+//! context fields the benchmark adds (wait strategy, pinning, offered rate, ...).
+
+use hdrhistogram::Histogram;
+use serde_json::{Map, Value, json};
+
+/// A latency histogram in nanoseconds: 1 ns to 60 s at 3 significant figures.
+#[must_use]
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// One measured variant of one scenario.
+pub struct Row {
+    /// What was measured (e.g. `hot_sku`).
+    pub scenario: String,
+    /// How (e.g. `ringfence` or `naive_baseline`).
+    pub variant: String,
+    /// Operations completed.
+    pub ops: u64,
+    /// Wall time for all of them.
+    pub seconds: f64,
+    /// Per-operation latency or service time, in nanoseconds.
+    pub histogram: Histogram<u64>,
+    /// Context printed with the row: wait strategy, pinning, offered rate, ...
+    pub context: Map<String, Value>,
+}
+
+impl Row {
+    /// A row without context.
+    #[must_use]
+    pub fn new(scenario: &str, variant: &str, ops: u64, seconds: f64, histogram: Histogram<u64>) -> Row {
+        Row {
+            scenario: scenario.to_owned(),
+            variant: variant.to_owned(),
+            ops,
+            seconds,
+            histogram,
+            context: Map::new(),
+        }
+    }
+
+    /// Adds one context field.
+    #[must_use]
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Row {
+        self.context.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Operations per second.
+    #[must_use]
+    pub fn ops_per_sec(&self) -> f64 {
+        if self.seconds > 0.0 { self.ops as f64 / self.seconds } else { 0.0 }
+    }
+
+    fn to_json(&self) -> Value {
+        let h = &self.histogram;
+        let mut object = json!({
+            "scenario": self.scenario,
+            "variant": self.variant,
+            "ops": self.ops,
+            "seconds": self.seconds,
+            "ops_per_sec": self.ops_per_sec(),
+            "p50_ns": h.value_at_quantile(0.50),
+            "p90_ns": h.value_at_quantile(0.90),
+            "p99_ns": h.value_at_quantile(0.99),
+            "p999_ns": h.value_at_quantile(0.999),
+            "p9999_ns": h.value_at_quantile(0.9999),
+            "max_ns": h.max(),
+        });
+        let fields = object.as_object_mut().expect("built as an object");
+        for (key, value) in &self.context {
+            fields.insert(key.clone(), value.clone());
+        }
+        object
+    }
+}
+
+/// Collects rows and prints each as soon as it is measured.
+pub struct Report {
+    json: bool,
+    rows: Vec<Row>,
+    header_printed: bool,
+}
+
+impl Report {
+    /// A report printing a table, or JSON lines when `json` is set.
+    #[must_use]
+    pub fn new(json: bool) -> Report {
+        Report { json, rows: Vec::new(), header_printed: false }
+    }
+
+    /// Whether rows are printed as JSON lines.
+    #[must_use]
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Prints a line of context (only in table mode; JSON output stays one object per line).
+    pub fn note(&self, text: &str) {
+        if !self.json {
+            println!("{text}");
+        }
+    }
+
+    /// Prints and keeps a row.
+    pub fn push(&mut self, row: Row) {
+        if self.json {
+            println!("{}", row.to_json());
+        } else {
+            if !self.header_printed {
+                println!(
+                    "{:<22} {:<26} {:>11} {:>13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+                    "scenario", "variant", "ops", "ops/s", "p50", "p90", "p99", "p99.9",
+                    "p99.99", "max"
+                );
+                self.header_printed = true;
+            }
+            let h = &row.histogram;
+            println!(
+                "{:<22} {:<26} {:>11} {:>13.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+                row.scenario,
+                row.variant,
+                row.ops,
+                row.ops_per_sec(),
+                format_ns(h.value_at_quantile(0.50)),
+                format_ns(h.value_at_quantile(0.90)),
+                format_ns(h.value_at_quantile(0.99)),
+                format_ns(h.value_at_quantile(0.999)),
+                format_ns(h.value_at_quantile(0.9999)),
+                format_ns(h.max()),
+            );
+        }
+        self.rows.push(row);
+    }
+
+    /// The kept row for `scenario`/`variant`, if measured.
+    #[must_use]
+    pub fn row(&self, scenario: &str, variant: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.scenario == scenario && r.variant == variant)
+    }
+
+    /// Prints the throughput ratio of two measured variants of a scenario (table mode only).
+    pub fn ratio(&self, scenario: &str, numerator: &str, denominator: &str) {
+        let (Some(a), Some(b)) = (self.row(scenario, numerator), self.row(scenario, denominator))
+        else {
+            return;
+        };
+        if b.ops_per_sec() > 0.0 {
+            self.note(&format!(
+                "  {scenario}: {numerator} / {denominator} throughput = {:.2}x",
+                a.ops_per_sec() / b.ops_per_sec()
+            ));
+        }
+    }
+}
+
+/// Nanoseconds as a short human figure: `830ns`, `12.4us`, `3.1ms`, `1.20s`.
+#[must_use]
+pub fn format_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_row_has_every_documented_field() {
+        // Goal: downstream scripts can rely on the documented field names.
+        let mut histogram = latency_histogram();
+        histogram.record(100).unwrap();
+        histogram.record(300).unwrap();
+        let row = Row::new("hot_sku", "ringfence", 2, 0.5, histogram).with("wait", "blocking");
+        let value = row.to_json();
+        for field in [
+            "scenario", "variant", "ops", "seconds", "ops_per_sec", "p50_ns", "p90_ns", "p99_ns",
+            "p999_ns", "p9999_ns", "max_ns", "wait",
+        ] {
+            assert!(value.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(value["ops_per_sec"], 4.0);
+        assert!(value["max_ns"].as_u64().unwrap() >= 300);
+    }
+
+    #[test]
+    fn nanoseconds_print_in_readable_units() {
+        // Goal: the table uses the unit that keeps figures short.
+        assert_eq!(format_ns(830), "830ns");
+        assert_eq!(format_ns(12_400), "12.4us");
+        assert_eq!(format_ns(3_100_000), "3.1ms");
+    }
+}
