@@ -159,7 +159,8 @@ impl Engine {
     }
 
     /// A digest of the full state that two nodes (or a node and its snapshot) can compare:
-    /// [`Engine::tables_digest`] plus time, last sequence, running hash and the id generator.
+    /// [`Engine::tables_digest`] plus time, last sequence, running hash, the id generator and
+    /// the remembered request keys.
     /// O(state): for audits, snapshots and tests, not per command.
     #[must_use]
     pub fn state_digest(&self) -> u64 {
@@ -167,12 +168,14 @@ impl Engine {
         (self.config.shard, self.now, self.last_sequence, self.running_hash, self.ids)
             .hash(&mut hasher);
         self.tables_digest().hash(&mut hasher);
+        self.keys_head.hash(&mut hasher);
+        self.keys.iter().for_each(|entry| entry.hash(&mut hasher));
         hasher.finish()
     }
 
-    /// A digest of the business tables only (SKUs, orders, coupons, holdings, claims, request
-    /// keys, queues, live deadlines), leaving out the clock, the last sequence and the running
-    /// hash. A refused command leaves it unchanged.
+    /// A digest of the business tables only (SKUs, orders, coupons, batches, holdings, claims,
+    /// the finished-order queue, live deadlines), leaving out the clock, the last sequence, the
+    /// running hash and remembered request keys. A refused command leaves it unchanged.
     #[must_use]
     pub fn tables_digest(&self) -> u64 {
         let mut hasher = StateHasher::default();
@@ -182,8 +185,6 @@ impl Engine {
             .hash(&mut hasher);
         // Queue order decides future evictions, so it is hashed in order.
         self.finished.iter().for_each(|slot| slot.hash(&mut hasher));
-        self.keys_head.hash(&mut hasher);
-        self.keys.iter().for_each(|entry| entry.hash(&mut hasher));
         let live_deadlines = self.deadlines.iter().filter(|Reverse((_, order, slot))| {
             self.deadline_is_live(*order, *slot)
         });
