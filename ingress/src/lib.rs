@@ -3,3 +3,9 @@
 //!
 //! This crate turns bytes from untrusted sockets into sequenced commands for the node and routes
 //! each outcome back to the connection that asked for it. It never decides business rules.
+
+pub mod keys;
+pub mod wire;
+
+#[cfg(test)]
+mod arb;
