@@ -31,7 +31,10 @@ impl Engine {
         let holding_key = (reserve.user, reserve.sku);
         let limited = sku.per_user_limit != 0;
         let held = if limited { self.holdings.get(&holding_key).copied() } else { None };
-        if limited && held.unwrap_or(0) + reserve.qty > sku.per_user_limit {
+        // Summed in u64: with a limit near u32::MAX, u32 addition would wrap into an allowed
+        // amount and corrupt the holding.
+        let wanted = u64::from(held.unwrap_or(0)) + u64::from(reserve.qty);
+        if limited && wanted > u64::from(sku.per_user_limit) {
             return Err(Rejection::LimitExceeded);
         }
         if sku.available < u64::from(reserve.qty) {
