@@ -1,0 +1,1506 @@
+//! Scenario tests for the business-logic processor: every transition and every rejection of the
+//! domain, with every refused command checked to leave the business tables as they were.
+
+use super::{Engine, Event};
+use crate::command::{Action, Command, CreateCouponBatch, CreateSku, Query, Reserve, Sequenced};
+use crate::config::EngineConfig;
+use crate::outcome::{
+    BatchView, CouponState, CouponView, OrderState, OrderView, Outcome, Rejection, SkuView,
+};
+use crate::snowflake::{EPOCH_UNIX_MS, Snowflake, SnowflakeParts};
+use crate::types::{
+    BatchId, CouponId, OrderId, PaymentRef, RequestKey, Sequence, SkuId, Timestamp, UserId,
+};
+
+/// A day after the snowflake epoch, so ids carry a non-zero millisecond.
+const T0: Timestamp = Timestamp(EPOCH_UNIX_MS + 86_400_000);
+const SKU: u64 = 7;
+const OTHER_SKU: u64 = 8;
+const BATCH: u64 = 3;
+const ALICE: u64 = 1;
+const BOB: u64 = 2;
+const STOCK: u32 = 10;
+const PRICE_CENTS: u64 = 1_000;
+const TIMEOUT_MS: u64 = 30_000;
+const DISCOUNT_CENTS: u64 = 300;
+const VALIDITY_MS: u64 = 100_000;
+/// Shard id of `EngineConfig::small()`.
+const SHARD: u16 = 1;
+
+/// A SKU with 10 units at 10.00, no per-user limit, a 30 s payment timeout and no window.
+fn sku_spec(sku: u64) -> CreateSku {
+    CreateSku {
+        sku: SkuId(sku),
+        stock: STOCK,
+        price_cents: PRICE_CENTS,
+        per_user_limit: 0,
+        payment_timeout_ms: TIMEOUT_MS,
+        sale_start: None,
+        sale_end: None,
+    }
+}
+
+/// A batch of 5 coupons worth 3.00 on orders of 10.00 or more, valid for 100 s from `T0`.
+fn batch_spec(batch: u64) -> CreateCouponBatch {
+    CreateCouponBatch {
+        batch: BatchId(batch),
+        quantity: 5,
+        per_user_limit: 0,
+        discount_cents: DISCOUNT_CENTS,
+        min_amount_cents: PRICE_CENTS,
+        valid_from: T0,
+        valid_until: T0.plus_ms(VALIDITY_MS),
+    }
+}
+
+/// Client actions, short to write.
+mod act {
+    use super::*;
+
+    pub fn reserve(user: u64, sku: u64, qty: u32) -> Action {
+        Action::Reserve(Reserve { user: UserId(user), sku: SkuId(sku), qty, coupon: None })
+    }
+
+    pub fn reserve_with(user: u64, sku: u64, qty: u32, coupon: CouponId) -> Action {
+        Action::Reserve(Reserve { user: UserId(user), sku: SkuId(sku), qty, coupon: Some(coupon) })
+    }
+
+    /// The payment reference a test's payment side uses for `order`.
+    pub fn payment_ref(order: OrderId) -> PaymentRef {
+        PaymentRef::from_u128(u128::from(order.0))
+    }
+
+    pub fn pay(order: OrderId, amount_cents: u64) -> Action {
+        Action::Pay { order, payment_ref: payment_ref(order), amount_cents }
+    }
+
+    pub fn pay_ref(order: OrderId, payment_ref: u128, amount_cents: u64) -> Action {
+        Action::Pay { order, payment_ref: PaymentRef::from_u128(payment_ref), amount_cents }
+    }
+
+    pub fn cancel(order: OrderId, user: u64) -> Action {
+        Action::Cancel { order, user: UserId(user) }
+    }
+
+    pub fn complete(order: OrderId, user: u64) -> Action {
+        Action::Complete { order, user: UserId(user) }
+    }
+
+    pub fn claim(user: u64, batch: u64) -> Action {
+        Action::ClaimCoupon { user: UserId(user), batch: BatchId(batch) }
+    }
+
+    pub fn restock(sku: u64, qty: u32) -> Action {
+        Action::Restock { sku: SkuId(sku), qty }
+    }
+}
+
+/// Drives an engine: numbers commands, stamps them with a clock the test moves, issues fresh
+/// request keys and records the expiries the engine reports.
+struct Harness {
+    engine: Engine,
+    sequence: Sequence,
+    /// Timestamp stamped on the next command; moved only by the test.
+    clock: Timestamp,
+    keys_issued: u128,
+    expired: Vec<Event>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with_config(EngineConfig::small())
+    }
+
+    fn with_config(config: EngineConfig) -> Harness {
+        let engine = Engine::new(config);
+        Harness { engine, sequence: Sequence(0), clock: T0, keys_issued: 0, expired: Vec::new() }
+    }
+
+    /// A small engine with one SKU created at `T0`.
+    fn with_sku(create: CreateSku) -> Harness {
+        let mut harness = Harness::new();
+        harness.create_sku(create);
+        harness
+    }
+
+    fn submit(&mut self, command: Command) -> Outcome {
+        self.sequence = self.sequence.next();
+        let sequenced = Sequenced { sequence: self.sequence, timestamp: self.clock, command };
+        let expired = &mut self.expired;
+        self.engine.apply_observed(&sequenced, &mut |event| expired.push(event))
+    }
+
+    /// A request key no other command of this harness used.
+    fn fresh_key(&mut self) -> RequestKey {
+        self.keys_issued += 1;
+        RequestKey::from_u128(self.keys_issued)
+    }
+
+    fn run(&mut self, action: Action) -> Outcome {
+        let key = self.fresh_key();
+        self.run_keyed(key, action)
+    }
+
+    fn run_keyed(&mut self, key: RequestKey, action: Action) -> Outcome {
+        self.submit(Command::Client { key, action })
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.clock = self.clock.plus_ms(ms);
+    }
+
+    fn tick(&mut self) -> Outcome {
+        self.submit(Command::Tick)
+    }
+
+    fn tick_at(&mut self, at: Timestamp) -> Outcome {
+        self.clock = at;
+        self.tick()
+    }
+
+    /// Runs `action` under a fresh key, expecting `rejection` and no change to the tables or
+    /// the id generator.
+    #[track_caller]
+    fn refused(&mut self, action: Action, rejection: Rejection) {
+        let key = self.fresh_key();
+        self.refused_keyed(key, action, rejection);
+    }
+
+    /// [`Harness::refused`] under a given request key.
+    #[track_caller]
+    fn refused_keyed(&mut self, key: RequestKey, action: Action, rejection: Rejection) {
+        // Settle the clock first, so that expiries already due are not taken for changes made
+        // by the refused command.
+        self.tick();
+        let tables = self.engine.tables_digest();
+        let ids = self.engine.ids;
+        let outcome = self.run_keyed(key, action);
+        assert_eq!(outcome, Outcome::Rejected(rejection), "{action:?}");
+        assert_eq!(self.engine.tables_digest(), tables, "refused {action:?} changed the tables");
+        assert_eq!(self.engine.ids, ids, "refused {action:?} consumed an id");
+    }
+
+    fn query(&mut self, query: Query) -> Outcome {
+        self.submit(Command::Query(query))
+    }
+
+    #[track_caller]
+    fn sku(&mut self, sku: u64) -> SkuView {
+        match self.query(Query::Sku(SkuId(sku))) {
+            Outcome::Sku(view) => view,
+            other => panic!("query of SKU {sku}: {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn order(&mut self, order: OrderId) -> OrderView {
+        match self.query(Query::Order(order)) {
+            Outcome::Order(view) => view,
+            other => panic!("query of order {order}: {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn state(&mut self, order: OrderId) -> OrderState {
+        self.order(order).state
+    }
+
+    #[track_caller]
+    fn coupon(&mut self, coupon: CouponId) -> CouponView {
+        match self.query(Query::Coupon(coupon)) {
+            Outcome::Coupon(view) => view,
+            other => panic!("query of coupon {coupon}: {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn coupon_state(&mut self, coupon: CouponId) -> CouponState {
+        self.coupon(coupon).state
+    }
+
+    #[track_caller]
+    fn batch(&mut self, batch: u64) -> BatchView {
+        match self.query(Query::Batch(BatchId(batch))) {
+            Outcome::Batch(view) => view,
+            other => panic!("query of batch {batch}: {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn create_sku(&mut self, create: CreateSku) -> SkuView {
+        match self.run(Action::CreateSku(create)) {
+            Outcome::SkuCreated(view) => view,
+            other => panic!("create {create:?}: {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn create_batch(&mut self, create: CreateCouponBatch) -> BatchView {
+        match self.run(Action::CreateCouponBatch(create)) {
+            Outcome::BatchCreated(view) => view,
+            other => panic!("create {create:?}: {other:?}"),
+        }
+    }
+
+    /// Reserves and expects success; the new order's id.
+    #[track_caller]
+    fn reserved(&mut self, user: u64, sku: u64, qty: u32) -> OrderId {
+        match self.run(act::reserve(user, sku, qty)) {
+            Outcome::Reserved { order, .. } => order,
+            other => panic!("reserve {qty} of SKU {sku} for user {user}: {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn reserved_with(&mut self, user: u64, sku: u64, qty: u32, coupon: CouponId) -> OrderId {
+        match self.run(act::reserve_with(user, sku, qty, coupon)) {
+            Outcome::Reserved { order, .. } => order,
+            other => panic!("reserve with coupon {coupon}: {other:?}"),
+        }
+    }
+
+    /// Pays the order's amount with its standard reference and expects success.
+    #[track_caller]
+    fn paid(&mut self, order: OrderId) {
+        let amount_cents = self.order(order).amount_cents;
+        assert_eq!(self.run(act::pay(order, amount_cents)), Outcome::Paid { order });
+    }
+
+    #[track_caller]
+    fn shipped(&mut self, order: OrderId) {
+        assert_eq!(self.run(Action::Ship { order }), Outcome::Shipped { order });
+    }
+
+    #[track_caller]
+    fn claimed(&mut self, user: u64, batch: u64) -> CouponId {
+        match self.run(act::claim(user, batch)) {
+            Outcome::CouponClaimed { coupon, .. } => coupon,
+            other => panic!("claim from batch {batch} by user {user}: {other:?}"),
+        }
+    }
+
+    /// Orders reported expired so far, in the order the engine reported them.
+    fn expired_orders(&self) -> Vec<OrderId> {
+        self.expired.iter().map(|Event::OrderExpired { order, .. }| *order).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SKUs, restocks and the sale window.
+
+#[test]
+fn create_sku_reports_its_settings_with_all_stock_available() {
+    // Goal: a new SKU is open, has all its stock available, and queries return the same view.
+    let mut h = Harness::new();
+    let create = CreateSku {
+        per_user_limit: 2,
+        sale_start: Some(T0),
+        sale_end: Some(T0.plus_ms(60_000)),
+        ..sku_spec(SKU)
+    };
+    let view = h.create_sku(create);
+    let expected = SkuView {
+        sku: SkuId(SKU),
+        stock: 10,
+        available: 10,
+        reserved: 0,
+        sold: 0,
+        price_cents: PRICE_CENTS,
+        per_user_limit: 2,
+        open: true,
+        payment_timeout_ms: TIMEOUT_MS,
+        sale_start: Some(T0),
+        sale_end: Some(T0.plus_ms(60_000)),
+    };
+    assert_eq!(view, expected);
+    assert_eq!(h.sku(SKU), expected);
+}
+
+#[test]
+fn create_sku_twice_is_sku_exists() {
+    // Goal: an id in use is refused, even with different settings.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.refused(Action::CreateSku(CreateSku { stock: 99, ..sku_spec(SKU) }), Rejection::SkuExists);
+    assert_eq!(h.sku(SKU).stock, 10);
+}
+
+#[test]
+fn create_sku_with_zero_id_zero_timeout_or_empty_window_is_invalid_argument() {
+    // Goal: out-of-range settings are refused: id 0, no payment time, a window ending at or
+    // before its start.
+    let mut h = Harness::new();
+    let bad = [
+        CreateSku { sku: SkuId(0), ..sku_spec(SKU) },
+        CreateSku { payment_timeout_ms: 0, ..sku_spec(SKU) },
+        CreateSku { sale_start: Some(T0), sale_end: Some(T0), ..sku_spec(SKU) },
+        CreateSku { sale_start: Some(T0.plus_ms(1)), sale_end: Some(T0), ..sku_spec(SKU) },
+    ];
+    for create in bad {
+        h.refused(Action::CreateSku(create), Rejection::InvalidArgument);
+    }
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::UnknownSku);
+}
+
+#[test]
+fn create_sku_beyond_skus_max_is_capacity_exhausted() {
+    // Goal: the SKU table is bounded; the SKU past `skus_max` is refused.
+    let mut h = Harness::with_config(EngineConfig { skus_max: 2, ..EngineConfig::small() });
+    h.create_sku(sku_spec(1));
+    h.create_sku(sku_spec(2));
+    h.refused(Action::CreateSku(sku_spec(3)), Rejection::CapacityExhausted);
+    assert_eq!(h.engine.status().skus, 2);
+}
+
+#[test]
+fn restock_adds_units_to_stock_and_available() {
+    // Goal: restocked units can be reserved at once; sold and reserved are untouched.
+    let mut h = Harness::with_sku(CreateSku { stock: 1, ..sku_spec(SKU) });
+    let order = h.reserved(ALICE, SKU, 1);
+    h.paid(order);
+    let Outcome::Restocked(view) = h.run(act::restock(SKU, 5)) else { panic!("not restocked") };
+    assert_eq!((view.stock, view.available, view.reserved, view.sold), (6, 5, 0, 1));
+    h.reserved(BOB, SKU, 5);
+}
+
+#[test]
+fn restock_of_zero_units_or_an_unknown_sku_is_refused() {
+    // Goal: restock needs at least one unit and an existing SKU.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.refused(act::restock(SKU, 0), Rejection::InvalidQty);
+    h.refused(act::restock(99, 5), Rejection::UnknownSku);
+}
+
+#[test]
+fn reserve_before_the_sale_window_is_sale_not_open() {
+    // Goal: the window's start is inclusive: refused one millisecond before, accepted at it.
+    let start = T0.plus_ms(10_000);
+    let mut h = Harness::with_sku(CreateSku { sale_start: Some(start), ..sku_spec(SKU) });
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::SaleNotOpen);
+    h.clock = Timestamp(start.0 - 1);
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::SaleNotOpen);
+    h.clock = start;
+    h.reserved(ALICE, SKU, 1);
+}
+
+#[test]
+fn reserve_at_or_after_the_sale_end_is_sale_closed() {
+    // Goal: the window's end is exclusive: accepted one millisecond before it, refused at it.
+    let end = T0.plus_ms(10_000);
+    let mut h = Harness::with_sku(CreateSku { sale_end: Some(end), ..sku_spec(SKU) });
+    h.clock = Timestamp(end.0 - 1);
+    h.reserved(ALICE, SKU, 1);
+    h.clock = end;
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::SaleClosed);
+    h.advance(1_000_000);
+    h.refused(act::reserve(BOB, SKU, 1), Rejection::SaleClosed);
+}
+
+#[test]
+fn closed_sale_refuses_reservations_until_reopened() {
+    // Goal: an operator's close takes effect at once and a reopen restores sales; orders
+    // already reserved stay payable while the sale is closed.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    let Outcome::SaleChanged(view) = h.run(Action::CloseSale { sku: SkuId(SKU) }) else {
+        panic!("sale not closed")
+    };
+    assert!(!view.open);
+    h.refused(act::reserve(BOB, SKU, 1), Rejection::SaleClosed);
+    h.paid(order);
+    let Outcome::SaleChanged(view) = h.run(Action::OpenSale { sku: SkuId(SKU) }) else {
+        panic!("sale not opened")
+    };
+    assert!(view.open);
+    h.reserved(BOB, SKU, 1);
+}
+
+#[test]
+fn reopening_does_not_override_the_sale_window() {
+    // Goal: `OpenSale` flips the operator switch only; the window still applies on both sides.
+    let (start, end) = (T0.plus_ms(10_000), T0.plus_ms(20_000));
+    let create = CreateSku { sale_start: Some(start), sale_end: Some(end), ..sku_spec(SKU) };
+    let mut h = Harness::with_sku(create);
+    assert!(matches!(h.run(Action::OpenSale { sku: SkuId(SKU) }), Outcome::SaleChanged(_)));
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::SaleNotOpen);
+    h.clock = end;
+    h.run(Action::CloseSale { sku: SkuId(SKU) });
+    h.run(Action::OpenSale { sku: SkuId(SKU) });
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::SaleClosed);
+}
+
+#[test]
+fn opening_or_closing_an_unknown_sku_is_unknown_sku() {
+    // Goal: sale switches need an existing SKU.
+    let mut h = Harness::new();
+    h.refused(Action::OpenSale { sku: SkuId(99) }, Rejection::UnknownSku);
+    h.refused(Action::CloseSale { sku: SkuId(99) }, Rejection::UnknownSku);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reserve: the flash-sale hot path.
+
+#[test]
+fn reserve_takes_units_into_reserved_under_a_snowflake_order_id() {
+    // Goal: a reservation moves units from available to reserved, answers an id in the
+    // snowflake layout of the command's time and shard, and a deadline `now + timeout`.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let Outcome::Reserved { order, expires_at, amount_cents } = h.run(act::reserve(ALICE, SKU, 2))
+    else {
+        panic!("not reserved")
+    };
+    let millis = T0.0 - EPOCH_UNIX_MS;
+    assert_eq!(Snowflake::parts(order.0), SnowflakeParts { millis, shard: SHARD, counter: 0 });
+    assert_eq!(expires_at, T0.plus_ms(TIMEOUT_MS));
+    assert_eq!(amount_cents, 2 * PRICE_CENTS);
+    let view = h.sku(SKU);
+    assert_eq!((view.stock, view.available, view.reserved, view.sold), (10, 8, 2, 0));
+    let expected = OrderView {
+        order,
+        user: UserId(ALICE),
+        sku: SkuId(SKU),
+        qty: 2,
+        amount_cents: 2 * PRICE_CENTS,
+        state: OrderState::Reserved,
+        created_at: T0,
+        expires_at,
+        coupon: None,
+        payment_ref: None,
+    };
+    assert_eq!(h.order(order), expected);
+    // The next id in the same millisecond counts up; a later millisecond starts at zero.
+    let second = h.reserved(BOB, SKU, 1);
+    assert_eq!(Snowflake::parts(second.0), SnowflakeParts { millis, shard: SHARD, counter: 1 });
+    h.advance(1);
+    let third = h.reserved(BOB, SKU, 1);
+    let parts = SnowflakeParts { millis: millis + 1, shard: SHARD, counter: 0 };
+    assert_eq!(Snowflake::parts(third.0), parts);
+}
+
+#[test]
+fn order_ids_past_4096_in_one_millisecond_borrow_the_next_millisecond() {
+    // Goal: a burst larger than the 12-bit counter keeps ids unique and increasing by taking
+    // the next millisecond instead of waiting.
+    let config =
+        EngineConfig { orders_max: 8_192, request_keys_max: 8_192, ..EngineConfig::small() };
+    let mut h = Harness::with_config(config);
+    h.create_sku(CreateSku { stock: 5_000, ..sku_spec(SKU) });
+    let mut last = OrderId(0);
+    for _ in 0..4_097 {
+        let order = h.reserved(ALICE, SKU, 1);
+        assert!(order > last);
+        last = order;
+    }
+    let millis = T0.0 - EPOCH_UNIX_MS + 1;
+    assert_eq!(Snowflake::parts(last.0), SnowflakeParts { millis, shard: SHARD, counter: 0 });
+}
+
+#[test]
+fn sold_out_rejects_the_next_buyer() {
+    // Goal: reservations never take more than is available, and a request for more units than
+    // are left takes none (all or nothing).
+    let mut h = Harness::with_sku(CreateSku { stock: 3, ..sku_spec(SKU) });
+    h.reserved(ALICE, SKU, 2);
+    h.refused(act::reserve(BOB, SKU, 2), Rejection::SoldOut);
+    h.reserved(BOB, SKU, 1);
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::SoldOut);
+    let view = h.sku(SKU);
+    assert_eq!((view.available, view.reserved, view.sold), (0, 3, 0));
+}
+
+#[test]
+fn per_user_limit_counts_every_live_order_of_the_buyer() {
+    // Goal: the limit applies to the sum over a buyer's orders, not to one order, and only to
+    // that buyer.
+    let mut h = Harness::with_sku(CreateSku { per_user_limit: 3, ..sku_spec(SKU) });
+    h.refused(act::reserve(ALICE, SKU, 4), Rejection::LimitExceeded);
+    h.reserved(ALICE, SKU, 2);
+    h.reserved(ALICE, SKU, 1);
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::LimitExceeded);
+    h.reserved(BOB, SKU, 3);
+}
+
+#[test]
+fn per_user_limit_counts_paid_shipped_and_completed_orders() {
+    // Goal: units stay counted against the limit for as long as the order is not cancelled,
+    // expired or refunded — buying and receiving does not make room for more.
+    let mut h = Harness::with_sku(CreateSku { per_user_limit: 1, ..sku_spec(SKU) });
+    let order = h.reserved(ALICE, SKU, 1);
+    h.paid(order);
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::LimitExceeded);
+    h.shipped(order);
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::LimitExceeded);
+    assert_eq!(h.run(act::complete(order, ALICE)), Outcome::Completed { order });
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::LimitExceeded);
+}
+
+#[test]
+fn per_user_limit_is_freed_by_cancel_expiry_and_refund() {
+    // Goal: units returned by a cancel, an expiry or a refund no longer count against the
+    // buyer's limit.
+    let mut h = Harness::with_sku(CreateSku { per_user_limit: 1, ..sku_spec(SKU) });
+    let cancelled = h.reserved(ALICE, SKU, 1);
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::LimitExceeded);
+    assert_eq!(h.run(act::cancel(cancelled, ALICE)), Outcome::Cancelled { order: cancelled });
+
+    let expired = h.reserved(ALICE, SKU, 1);
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::LimitExceeded);
+    h.advance(TIMEOUT_MS);
+    h.tick();
+    assert_eq!(h.state(expired), OrderState::Expired);
+
+    let refunded = h.reserved(ALICE, SKU, 1);
+    h.paid(refunded);
+    h.refused(act::reserve(ALICE, SKU, 1), Rejection::LimitExceeded);
+    assert_eq!(h.run(Action::Refund { order: refunded }), Outcome::Refunded { order: refunded });
+    h.reserved(ALICE, SKU, 1);
+}
+
+#[test]
+fn per_user_limit_near_u32_max_does_not_overflow() {
+    // Goal: a limit at the top of its range is checked without overflow: units beyond it are
+    // refused as `limit_exceeded`, not wrapped around into an allowed amount.
+    let qty = 1 << 30;
+    let config = EngineConfig { order_qty_max: qty, ..EngineConfig::small() };
+    let mut h = Harness::with_config(config);
+    let create = CreateSku { stock: u32::MAX, per_user_limit: u32::MAX, ..sku_spec(SKU) };
+    h.create_sku(CreateSku { price_cents: 1, ..create });
+    h.run(act::restock(SKU, u32::MAX));
+    for _ in 0..3 {
+        h.reserved(ALICE, SKU, qty);
+    }
+    h.refused(act::reserve(ALICE, SKU, qty), Rejection::LimitExceeded);
+    h.reserved(ALICE, SKU, qty - 1);
+}
+
+#[test]
+fn reserve_of_zero_or_more_than_order_qty_max_units_is_invalid_qty() {
+    // Goal: quantities must lie in 1..=order_qty_max; the maximum itself is a valid quantity.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let qty_max = h.engine.config().order_qty_max;
+    h.refused(act::reserve(ALICE, SKU, 0), Rejection::InvalidQty);
+    h.refused(act::reserve(ALICE, SKU, qty_max + 1), Rejection::InvalidQty);
+    h.refused(act::reserve(ALICE, SKU, u32::MAX), Rejection::InvalidQty);
+    h.refused(act::reserve(ALICE, SKU, qty_max), Rejection::SoldOut);
+}
+
+#[test]
+fn reserve_whose_amount_overflows_is_invalid_qty() {
+    // Goal: price times quantity beyond u64 is refused rather than wrapped.
+    let price_cents = u64::MAX / 2 + 1;
+    let mut h = Harness::with_sku(CreateSku { price_cents, ..sku_spec(SKU) });
+    h.refused(act::reserve(ALICE, SKU, 2), Rejection::InvalidQty);
+    let Outcome::Reserved { amount_cents, .. } = h.run(act::reserve(ALICE, SKU, 1)) else {
+        panic!("not reserved")
+    };
+    assert_eq!(amount_cents, price_cents);
+}
+
+#[test]
+fn reserve_of_an_unknown_sku_is_unknown_sku() {
+    // Goal: a SKU id never created is refused.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.refused(act::reserve(ALICE, 99, 1), Rejection::UnknownSku);
+    h.refused(act::reserve(ALICE, 0, 1), Rejection::UnknownSku);
+}
+
+#[test]
+fn reserve_by_user_zero_is_invalid_argument() {
+    // Goal: user 0 is not a valid buyer.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.refused(act::reserve(0, SKU, 1), Rejection::InvalidArgument);
+}
+
+#[test]
+fn reserve_with_every_kept_order_live_is_capacity_exhausted() {
+    // Goal: the order table is bounded; live orders (reserved or paid) are never evicted, so a
+    // new order waits until one of them finishes.
+    let mut h = Harness::with_config(EngineConfig { orders_max: 2, ..EngineConfig::small() });
+    h.create_sku(sku_spec(SKU));
+    let first = h.reserved(ALICE, SKU, 1);
+    h.reserved(BOB, SKU, 1);
+    h.refused(act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    h.paid(first);
+    h.refused(act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    h.run(Action::Refund { order: first });
+    h.reserved(BOB, SKU, 1);
+}
+
+#[test]
+fn reserve_with_the_holdings_table_full_is_capacity_exhausted() {
+    // Goal: a new (user, SKU) holding under a per-user limit needs a free slot; existing
+    // holdings and SKUs without a limit do not.
+    let config = EngineConfig { holdings_max: 1, ..EngineConfig::small() };
+    let mut h = Harness::with_config(config);
+    h.create_sku(CreateSku { per_user_limit: 5, ..sku_spec(SKU) });
+    h.create_sku(sku_spec(OTHER_SKU));
+    let first = h.reserved(ALICE, SKU, 1);
+    h.refused(act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    let second = h.reserved(ALICE, SKU, 1);
+    h.reserved(BOB, OTHER_SKU, 1);
+    h.run(act::cancel(first, ALICE));
+    h.refused(act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    h.run(act::cancel(second, ALICE));
+    h.reserved(BOB, SKU, 1);
+}
+
+#[test]
+fn full_order_table_evicts_the_oldest_finished_order() {
+    // Goal: when the table is full, a new order takes the slot of the order that finished
+    // first (not the one created first); the forgotten order is unknown from then on.
+    let mut h = Harness::with_config(EngineConfig { orders_max: 3, ..EngineConfig::small() });
+    h.create_sku(sku_spec(SKU));
+    let first = h.reserved(ALICE, SKU, 1);
+    let second = h.reserved(ALICE, SKU, 1);
+    let third = h.reserved(BOB, SKU, 1);
+    h.run(act::cancel(second, ALICE));
+    h.run(act::cancel(first, ALICE));
+    let fourth = h.reserved(BOB, SKU, 1);
+    assert_eq!(h.query(Query::Order(second)), Outcome::Rejected(Rejection::UnknownOrder));
+    h.refused(act::pay(second, PRICE_CENTS), Rejection::UnknownOrder);
+    assert_eq!(h.state(first), OrderState::Cancelled);
+    let fifth = h.reserved(BOB, SKU, 1);
+    assert_eq!(h.query(Query::Order(first)), Outcome::Rejected(Rejection::UnknownOrder));
+    h.refused(act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    for order in [third, fourth, fifth] {
+        assert_eq!(h.state(order), OrderState::Reserved);
+    }
+    assert_eq!(h.engine.status().orders, 3);
+}
+
+#[test]
+fn an_evicted_orders_old_deadline_does_not_expire_the_new_order_in_its_slot() {
+    // Goal: a deadline left behind by a cancelled order whose slot was reused fires into
+    // nothing; the slot's new order keeps its own deadline.
+    let mut h = Harness::with_config(EngineConfig { orders_max: 1, ..EngineConfig::small() });
+    h.create_sku(sku_spec(SKU));
+    h.create_sku(CreateSku { payment_timeout_ms: 2 * TIMEOUT_MS, ..sku_spec(OTHER_SKU) });
+    let cancelled = h.reserved(ALICE, SKU, 1);
+    h.run(act::cancel(cancelled, ALICE));
+    h.advance(1);
+    let order = h.reserved(BOB, OTHER_SKU, 1);
+    h.tick_at(T0.plus_ms(TIMEOUT_MS));
+    assert_eq!(h.state(order), OrderState::Reserved);
+    assert!(h.expired.is_empty());
+    h.tick_at(T0.plus_ms(1 + 2 * TIMEOUT_MS));
+    assert_eq!(h.expired_orders(), vec![order]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The order state machine: pay, cancel, ship, complete, refund.
+
+#[test]
+fn pay_moves_units_from_reserved_to_sold() {
+    // Goal: payment of the exact amount sells the units and records the payment reference.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 2);
+    let outcome = h.run(act::pay(order, 2 * PRICE_CENTS));
+    assert_eq!(outcome, Outcome::Paid { order });
+    let view = h.sku(SKU);
+    assert_eq!((view.available, view.reserved, view.sold), (8, 0, 2));
+    let kept = h.order(order);
+    assert_eq!(kept.state, OrderState::Paid);
+    assert_eq!(kept.payment_ref, Some(act::payment_ref(order)));
+    assert_eq!(h.engine.status().orders_reserved, 0);
+}
+
+#[test]
+fn pay_with_a_wrong_amount_is_refused_naming_the_expected_amount() {
+    // Goal: a payment that does not match the order's amount is refused and the order waits.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 2);
+    let expected = Rejection::WrongAmount { expected_cents: 2 * PRICE_CENTS };
+    h.refused(act::pay(order, 2 * PRICE_CENTS - 1), expected);
+    h.refused(act::pay(order, 2 * PRICE_CENTS + 1), expected);
+    h.refused(act::pay(order, 0), expected);
+    assert_eq!(h.state(order), OrderState::Reserved);
+    h.paid(order);
+}
+
+#[test]
+fn paying_again_with_the_same_reference_answers_paid_and_another_is_a_conflict() {
+    // Goal: a payment callback delivered twice is harmless at every later stage of the order;
+    // a second, different payment for the same order is a conflict the payment side must see.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.paid(order);
+    for stage in 0..3 {
+        h.tick();
+        let tables = h.engine.tables_digest();
+        assert_eq!(h.run(act::pay(order, PRICE_CENTS)), Outcome::Paid { order });
+        assert_eq!(h.engine.tables_digest(), tables);
+        h.refused(act::pay_ref(order, 0xFEED, PRICE_CENTS), Rejection::PaymentConflict);
+        match stage {
+            0 => h.shipped(order),
+            1 => assert_eq!(h.run(act::complete(order, ALICE)), Outcome::Completed { order }),
+            _ => {}
+        }
+    }
+    assert_eq!(h.order(order).payment_ref, Some(act::payment_ref(order)));
+    assert_eq!(h.sku(SKU).sold, 1);
+}
+
+#[test]
+fn payment_for_an_expired_order_is_refused_as_expired() {
+    // Goal: a late payment is refused naming the expired state, so the payment side refunds.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.tick_at(T0.plus_ms(TIMEOUT_MS));
+    let expired = Rejection::InvalidState { current: OrderState::Expired };
+    h.refused(act::pay(order, PRICE_CENTS), expired);
+    assert_eq!(h.sku(SKU).available, 10);
+}
+
+#[test]
+fn payment_arriving_at_the_deadline_finds_the_order_expired() {
+    // Goal: the payment's own timestamp moves time to the deadline before it is decided, so a
+    // payment stamped at the deadline is late even without a tick in between.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.clock = T0.plus_ms(TIMEOUT_MS);
+    let outcome = h.run(act::pay(order, PRICE_CENTS));
+    assert_eq!(
+        outcome,
+        Outcome::Rejected(Rejection::InvalidState { current: OrderState::Expired })
+    );
+    assert_eq!(h.expired_orders(), vec![order]);
+}
+
+#[test]
+fn payment_for_a_cancelled_order_is_refused_as_cancelled() {
+    // Goal: a payment racing a cancel loses and is reported as cancelled.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.run(act::cancel(order, ALICE));
+    let cancelled = Rejection::InvalidState { current: OrderState::Cancelled };
+    h.refused(act::pay(order, PRICE_CENTS), cancelled);
+}
+
+#[test]
+fn payment_for_a_refunded_order_is_refused_as_refunded() {
+    // Goal: once refunded, even the original payment reference is refused naming the state.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.paid(order);
+    h.run(Action::Refund { order });
+    let refunded = Rejection::InvalidState { current: OrderState::Refunded };
+    h.refused(act::pay(order, PRICE_CENTS), refunded);
+}
+
+#[test]
+fn payment_for_an_unknown_order_is_unknown_order() {
+    // Goal: an order id never issued is refused.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.refused(act::pay(OrderId(12_345), PRICE_CENTS), Rejection::UnknownOrder);
+}
+
+#[test]
+fn paid_order_does_not_expire_at_its_deadline() {
+    // Goal: a payment disarms the deadline; its units stay sold.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.paid(order);
+    h.tick_at(T0.plus_ms(10 * TIMEOUT_MS));
+    assert_eq!(h.state(order), OrderState::Paid);
+    assert!(h.expired.is_empty());
+    assert_eq!(h.sku(SKU).sold, 1);
+}
+
+#[test]
+fn buyer_cancels_own_reserved_order_and_units_return() {
+    // Goal: a buyer's cancel ends the order and gives its units back to available.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 3);
+    assert_eq!(h.run(act::cancel(order, ALICE)), Outcome::Cancelled { order });
+    assert_eq!(h.state(order), OrderState::Cancelled);
+    let view = h.sku(SKU);
+    assert_eq!((view.available, view.reserved, view.sold), (10, 0, 0));
+    assert_eq!(h.engine.status().orders_reserved, 0);
+    let cancelled = Rejection::InvalidState { current: OrderState::Cancelled };
+    h.refused(act::cancel(order, ALICE), cancelled);
+}
+
+#[test]
+fn cancelling_someone_elses_order_is_not_owner() {
+    // Goal: a buyer cannot cancel another buyer's order.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.refused(act::cancel(order, BOB), Rejection::NotOwner);
+    assert_eq!(h.state(order), OrderState::Reserved);
+}
+
+#[test]
+fn cancel_after_payment_is_invalid_state_paid() {
+    // Goal: a paid order is no longer the buyer's to cancel (a refund is the way back).
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.paid(order);
+    let paid = Rejection::InvalidState { current: OrderState::Paid };
+    h.refused(act::cancel(order, ALICE), paid);
+    h.refused(Action::AdminCancel { order }, paid);
+}
+
+#[test]
+fn cancel_at_the_deadline_finds_the_order_expired() {
+    // Goal: a cancel stamped at the deadline arrives after the expiry it triggered.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.tick_at(T0.plus_ms(TIMEOUT_MS));
+    let expired = Rejection::InvalidState { current: OrderState::Expired };
+    h.refused(act::cancel(order, ALICE), expired);
+    h.refused(Action::AdminCancel { order }, expired);
+}
+
+#[test]
+fn admin_cancel_releases_any_buyers_reserved_order() {
+    // Goal: an operator can cancel a reserved order without being its buyer.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 2);
+    assert_eq!(h.run(Action::AdminCancel { order }), Outcome::Cancelled { order });
+    assert_eq!(h.state(order), OrderState::Cancelled);
+    assert_eq!(h.sku(SKU).available, 10);
+}
+
+#[test]
+fn cancels_of_an_unknown_order_are_unknown_order() {
+    // Goal: cancel, admin cancel, ship, complete and refund of an unknown order are refused.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = OrderId(12_345);
+    h.refused(act::cancel(order, ALICE), Rejection::UnknownOrder);
+    h.refused(Action::AdminCancel { order }, Rejection::UnknownOrder);
+    h.refused(Action::Ship { order }, Rejection::UnknownOrder);
+    h.refused(act::complete(order, ALICE), Rejection::UnknownOrder);
+    h.refused(Action::Refund { order }, Rejection::UnknownOrder);
+}
+
+#[test]
+fn ship_only_from_paid() {
+    // Goal: only a paid order ships, once; the units stay sold.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.refused(Action::Ship { order }, Rejection::InvalidState { current: OrderState::Reserved });
+    h.paid(order);
+    h.shipped(order);
+    assert_eq!(h.state(order), OrderState::Shipped);
+    h.refused(Action::Ship { order }, Rejection::InvalidState { current: OrderState::Shipped });
+    let view = h.sku(SKU);
+    assert_eq!((view.available, view.reserved, view.sold), (9, 0, 1));
+}
+
+#[test]
+fn complete_only_by_the_buyer_after_shipping() {
+    // Goal: receipt is confirmed by the buyer, only for a shipped order, once.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.refused(
+        act::complete(order, ALICE),
+        Rejection::InvalidState { current: OrderState::Reserved },
+    );
+    h.paid(order);
+    h.refused(act::complete(order, ALICE), Rejection::InvalidState { current: OrderState::Paid });
+    h.shipped(order);
+    h.refused(act::complete(order, BOB), Rejection::NotOwner);
+    assert_eq!(h.run(act::complete(order, ALICE)), Outcome::Completed { order });
+    assert_eq!(h.state(order), OrderState::Completed);
+    let completed = Rejection::InvalidState { current: OrderState::Completed };
+    h.refused(act::complete(order, ALICE), completed);
+    h.refused(Action::Refund { order }, completed);
+    h.refused(act::cancel(order, ALICE), completed);
+    assert_eq!(h.sku(SKU).sold, 1);
+}
+
+#[test]
+fn refund_only_from_paid_returns_units_to_available() {
+    // Goal: a paid order can be refunded before shipping, once, giving its units back; a
+    // reserved or shipped order cannot.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 2);
+    let reserved = Rejection::InvalidState { current: OrderState::Reserved };
+    h.refused(Action::Refund { order }, reserved);
+    h.paid(order);
+    assert_eq!(h.run(Action::Refund { order }), Outcome::Refunded { order });
+    assert_eq!(h.state(order), OrderState::Refunded);
+    let view = h.sku(SKU);
+    assert_eq!((view.available, view.reserved, view.sold), (10, 0, 0));
+    let refunded = Rejection::InvalidState { current: OrderState::Refunded };
+    h.refused(Action::Refund { order }, refunded);
+    h.refused(Action::Ship { order }, refunded);
+
+    let shipped = h.reserved(ALICE, SKU, 1);
+    h.paid(shipped);
+    h.shipped(shipped);
+    let refused = Rejection::InvalidState { current: OrderState::Shipped };
+    h.refused(Action::Refund { order: shipped }, refused);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time and payment deadlines.
+
+#[test]
+fn tick_expires_an_order_at_exactly_its_deadline_and_not_before() {
+    // Goal: the deadline fires when time reaches `expires_at`, not a millisecond earlier, and
+    // the expiry is reported with the units it returned.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 2);
+    let deadline = T0.plus_ms(TIMEOUT_MS);
+    assert_eq!(
+        h.tick_at(Timestamp(deadline.0 - 1)),
+        Outcome::Ticked { now: Timestamp(deadline.0 - 1) }
+    );
+    assert_eq!(h.state(order), OrderState::Reserved);
+    assert!(h.expired.is_empty());
+    assert_eq!(h.tick_at(deadline), Outcome::Ticked { now: deadline });
+    assert_eq!(h.state(order), OrderState::Expired);
+    let event = Event::OrderExpired { order, user: UserId(ALICE), sku: SkuId(SKU), qty: 2 };
+    assert_eq!(h.expired, vec![event]);
+    let view = h.sku(SKU);
+    assert_eq!((view.available, view.reserved), (10, 0));
+    assert_eq!(h.engine.status().orders_reserved, 0);
+}
+
+#[test]
+fn any_client_command_that_moves_time_fires_due_expiries() {
+    // Goal: deadlines do not wait for a tick: an unrelated command, even a refused one,
+    // expires every order due at its timestamp before it is decided.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.create_sku(sku_spec(OTHER_SKU));
+    let first = h.reserved(ALICE, SKU, 1);
+    h.advance(TIMEOUT_MS);
+    assert!(matches!(h.run(act::restock(OTHER_SKU, 1)), Outcome::Restocked(_)));
+    assert_eq!(h.expired_orders(), vec![first]);
+
+    let second = h.reserved(ALICE, SKU, 1);
+    h.advance(TIMEOUT_MS);
+    assert_eq!(h.run(act::reserve(ALICE, 99, 1)), Outcome::Rejected(Rejection::UnknownSku));
+    assert_eq!(h.expired_orders(), vec![first, second]);
+    assert_eq!(h.state(second), OrderState::Expired);
+}
+
+#[test]
+fn queries_and_snapshots_do_not_move_time() {
+    // Goal: reads and snapshot requests stamped later than *now* neither advance time nor fire
+    // deadlines, so a journal may leave them out.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    h.advance(2 * TIMEOUT_MS);
+    assert_eq!(h.state(order), OrderState::Reserved);
+    assert!(matches!(h.submit(Command::Snapshot), Outcome::SnapshotRequested { .. }));
+    assert_eq!(h.state(order), OrderState::Reserved);
+    assert_eq!(h.engine.now(), T0);
+    assert!(h.expired.is_empty());
+}
+
+#[test]
+fn expiries_fire_in_deadline_order_then_order_id_order() {
+    // Goal: when one time step passes several deadlines, orders expire earliest deadline
+    // first, and orders with the same deadline in id order, whatever the reservation order.
+    let mut h = Harness::with_sku(CreateSku { payment_timeout_ms: 5_000, ..sku_spec(SKU) });
+    h.create_sku(CreateSku { payment_timeout_ms: 1_000, ..sku_spec(OTHER_SKU) });
+    let late = h.reserved(ALICE, SKU, 1);
+    h.advance(1);
+    let early = h.reserved(BOB, OTHER_SKU, 1);
+    let early_too = h.reserved(ALICE, OTHER_SKU, 1);
+    h.tick_at(T0.plus_ms(10_000));
+    assert_eq!(h.expired_orders(), vec![early, early_too, late]);
+}
+
+#[test]
+fn time_never_moves_backwards_for_a_command_stamped_earlier() {
+    // Goal: producers stamp concurrently, so a command may carry an older timestamp; *now*
+    // stays at the latest stamp and the command is decided at that time.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let later = T0.plus_ms(5_000);
+    h.tick_at(later);
+    h.clock = T0.plus_ms(1_000);
+    assert_eq!(h.tick(), Outcome::Ticked { now: later });
+    let Outcome::Reserved { order, expires_at, .. } = h.run(act::reserve(ALICE, SKU, 1)) else {
+        panic!("not reserved")
+    };
+    assert_eq!(expires_at, later.plus_ms(TIMEOUT_MS));
+    assert_eq!(h.order(order).created_at, later);
+    assert_eq!(Snowflake::parts(order.0).millis, later.0 - EPOCH_UNIX_MS);
+    assert_eq!(h.engine.now(), later);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Coupon batches and claims.
+
+#[test]
+fn create_batch_reports_its_settings_with_every_coupon_remaining() {
+    // Goal: a new batch has all its coupons left and queries return the same view.
+    let mut h = Harness::new();
+    let view = h.create_batch(CreateCouponBatch { per_user_limit: 2, ..batch_spec(BATCH) });
+    let expected = BatchView {
+        batch: BatchId(BATCH),
+        quantity: 5,
+        remaining: 5,
+        per_user_limit: 2,
+        discount_cents: DISCOUNT_CENTS,
+        min_amount_cents: PRICE_CENTS,
+        valid_from: T0,
+        valid_until: T0.plus_ms(VALIDITY_MS),
+    };
+    assert_eq!(view, expected);
+    assert_eq!(h.batch(BATCH), expected);
+}
+
+#[test]
+fn create_batch_twice_is_batch_exists() {
+    // Goal: a batch id in use is refused.
+    let mut h = Harness::new();
+    h.create_batch(batch_spec(BATCH));
+    let again = CreateCouponBatch { quantity: 50, ..batch_spec(BATCH) };
+    h.refused(Action::CreateCouponBatch(again), Rejection::BatchExists);
+    assert_eq!(h.batch(BATCH).quantity, 5);
+}
+
+#[test]
+fn create_batch_with_zero_id_zero_quantity_or_empty_validity_is_invalid_argument() {
+    // Goal: out-of-range batch settings are refused.
+    let mut h = Harness::new();
+    let bad = [
+        CreateCouponBatch { batch: BatchId(0), ..batch_spec(BATCH) },
+        CreateCouponBatch { quantity: 0, ..batch_spec(BATCH) },
+        CreateCouponBatch { valid_until: T0, ..batch_spec(BATCH) },
+        CreateCouponBatch { valid_from: T0.plus_ms(1), valid_until: T0, ..batch_spec(BATCH) },
+    ];
+    for create in bad {
+        h.refused(Action::CreateCouponBatch(create), Rejection::InvalidArgument);
+    }
+    assert_eq!(h.query(Query::Batch(BatchId(BATCH))), Outcome::Rejected(Rejection::UnknownBatch));
+}
+
+#[test]
+fn create_batch_beyond_batches_max_is_capacity_exhausted() {
+    // Goal: the batch table is bounded.
+    let mut h = Harness::with_config(EngineConfig { batches_max: 1, ..EngineConfig::small() });
+    h.create_batch(batch_spec(BATCH));
+    let next = Action::CreateCouponBatch(batch_spec(BATCH + 1));
+    h.refused(next, Rejection::CapacityExhausted);
+}
+
+#[test]
+fn claim_issues_an_available_coupon_under_a_snowflake_id() {
+    // Goal: a claim takes one coupon from the batch, owned by the claimer, with an id from the
+    // same snowflake sequence as orders.
+    let mut h = Harness::new();
+    h.create_batch(batch_spec(BATCH));
+    let valid_until = T0.plus_ms(VALIDITY_MS);
+    let Outcome::CouponClaimed { coupon, batch, valid_until: until } =
+        h.run(act::claim(ALICE, BATCH))
+    else {
+        panic!("not claimed")
+    };
+    assert_eq!((batch, until), (BatchId(BATCH), valid_until));
+    let millis = T0.0 - EPOCH_UNIX_MS;
+    assert_eq!(Snowflake::parts(coupon.0), SnowflakeParts { millis, shard: SHARD, counter: 0 });
+    let expected = CouponView {
+        coupon,
+        batch: BatchId(BATCH),
+        user: UserId(ALICE),
+        state: CouponState::Available,
+        discount_cents: DISCOUNT_CENTS,
+        valid_until,
+    };
+    assert_eq!(h.coupon(coupon), expected);
+    assert_eq!(h.batch(BATCH).remaining, 4);
+}
+
+#[test]
+fn claims_outside_the_validity_are_sale_not_open_or_sale_closed() {
+    // Goal: claims open at `valid_from` (inclusive) and close at `valid_until` (exclusive).
+    let (from, until) = (T0.plus_ms(10_000), T0.plus_ms(20_000));
+    let mut h = Harness::new();
+    let create = CreateCouponBatch { valid_from: from, valid_until: until, ..batch_spec(BATCH) };
+    h.create_batch(create);
+    h.refused(act::claim(ALICE, BATCH), Rejection::SaleNotOpen);
+    h.clock = Timestamp(from.0 - 1);
+    h.refused(act::claim(ALICE, BATCH), Rejection::SaleNotOpen);
+    h.clock = from;
+    h.claimed(ALICE, BATCH);
+    h.clock = Timestamp(until.0 - 1);
+    h.claimed(ALICE, BATCH);
+    h.clock = until;
+    h.refused(act::claim(ALICE, BATCH), Rejection::SaleClosed);
+}
+
+#[test]
+fn claim_from_an_exhausted_batch_is_sold_out() {
+    // Goal: coupons are never over-issued.
+    let mut h = Harness::new();
+    h.create_batch(CreateCouponBatch { quantity: 2, ..batch_spec(BATCH) });
+    h.claimed(ALICE, BATCH);
+    h.claimed(BOB, BATCH);
+    h.refused(act::claim(3, BATCH), Rejection::SoldOut);
+    assert_eq!(h.batch(BATCH).remaining, 0);
+}
+
+#[test]
+fn claims_beyond_the_per_user_limit_are_limit_exceeded() {
+    // Goal: one user claims at most `per_user_limit` coupons of a batch, even after using them.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.create_batch(CreateCouponBatch { per_user_limit: 2, ..batch_spec(BATCH) });
+    let coupon = h.claimed(ALICE, BATCH);
+    let order = h.reserved_with(ALICE, SKU, 1, coupon);
+    h.paid(order);
+    h.claimed(ALICE, BATCH);
+    h.refused(act::claim(ALICE, BATCH), Rejection::LimitExceeded);
+    h.claimed(BOB, BATCH);
+}
+
+#[test]
+fn claim_from_an_unknown_batch_or_by_user_zero_is_refused() {
+    // Goal: a claim needs an existing batch and a valid user.
+    let mut h = Harness::new();
+    h.create_batch(batch_spec(BATCH));
+    h.refused(act::claim(ALICE, 99), Rejection::UnknownBatch);
+    h.refused(act::claim(0, BATCH), Rejection::InvalidArgument);
+}
+
+#[test]
+fn claim_beyond_coupons_max_is_capacity_exhausted() {
+    // Goal: the coupon table is bounded, across batches.
+    let mut h = Harness::with_config(EngineConfig { coupons_max: 2, ..EngineConfig::small() });
+    h.create_batch(batch_spec(BATCH));
+    h.create_batch(batch_spec(BATCH + 1));
+    h.claimed(ALICE, BATCH);
+    h.claimed(BOB, BATCH + 1);
+    h.refused(act::claim(ALICE, BATCH + 1), Rejection::CapacityExhausted);
+    assert_eq!(h.batch(BATCH + 1).remaining, 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Coupons on orders.
+
+/// A harness with the standard SKU and batch, and one coupon claimed by Alice.
+fn with_alices_coupon() -> (Harness, CouponId) {
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.create_batch(batch_spec(BATCH));
+    let coupon = h.claimed(ALICE, BATCH);
+    (h, coupon)
+}
+
+#[test]
+fn coupon_on_reserve_takes_its_discount_and_locks_it() {
+    // Goal: the order's amount is the gross minus the discount and the coupon is locked by it.
+    let (mut h, coupon) = with_alices_coupon();
+    let Outcome::Reserved { order, amount_cents, .. } =
+        h.run(act::reserve_with(ALICE, SKU, 2, coupon))
+    else {
+        panic!("not reserved")
+    };
+    assert_eq!(amount_cents, 2 * PRICE_CENTS - DISCOUNT_CENTS);
+    assert_eq!(h.order(order).coupon, Some(coupon));
+    assert_eq!(h.order(order).amount_cents, amount_cents);
+    assert_eq!(h.coupon_state(coupon), CouponState::Locked(order));
+}
+
+#[test]
+fn paying_uses_the_locked_coupon() {
+    // Goal: the discounted amount pays the order and spends the coupon for good.
+    let (mut h, coupon) = with_alices_coupon();
+    let order = h.reserved_with(ALICE, SKU, 1, coupon);
+    let full = Rejection::WrongAmount { expected_cents: PRICE_CENTS - DISCOUNT_CENTS };
+    h.refused(act::pay(order, PRICE_CENTS), full);
+    assert_eq!(h.run(act::pay(order, PRICE_CENTS - DISCOUNT_CENTS)), Outcome::Paid { order });
+    assert_eq!(h.coupon_state(coupon), CouponState::Used(order));
+    h.tick_at(T0.plus_ms(VALIDITY_MS));
+    assert_eq!(h.coupon_state(coupon), CouponState::Used(order));
+}
+
+#[test]
+fn cancel_and_expiry_release_the_coupon_for_another_order() {
+    // Goal: a coupon locked by an order that is cancelled or expires is free to use again.
+    let (mut h, coupon) = with_alices_coupon();
+    let cancelled = h.reserved_with(ALICE, SKU, 1, coupon);
+    h.run(act::cancel(cancelled, ALICE));
+    assert_eq!(h.coupon_state(coupon), CouponState::Available);
+    let expired = h.reserved_with(ALICE, SKU, 1, coupon);
+    h.tick_at(T0.plus_ms(TIMEOUT_MS));
+    assert_eq!(h.state(expired), OrderState::Expired);
+    assert_eq!(h.coupon_state(coupon), CouponState::Available);
+    let order = h.reserved_with(ALICE, SKU, 1, coupon);
+    assert_eq!(h.coupon_state(coupon), CouponState::Locked(order));
+}
+
+#[test]
+fn refund_keeps_the_coupon_spent() {
+    // Goal: a refund returns units, not the coupon: it stays used by the refunded order.
+    let (mut h, coupon) = with_alices_coupon();
+    let order = h.reserved_with(ALICE, SKU, 1, coupon);
+    h.paid(order);
+    h.run(Action::Refund { order });
+    assert_eq!(h.coupon_state(coupon), CouponState::Used(order));
+    h.refused(act::reserve_with(ALICE, SKU, 1, coupon), Rejection::CouponInvalid);
+}
+
+#[test]
+fn someone_elses_coupon_is_coupon_invalid() {
+    // Goal: a coupon applies only to its owner's orders.
+    let (mut h, coupon) = with_alices_coupon();
+    h.refused(act::reserve_with(BOB, SKU, 1, coupon), Rejection::CouponInvalid);
+}
+
+#[test]
+fn locked_or_used_coupon_is_coupon_invalid() {
+    // Goal: a coupon serves one order at a time, and only one order ever once paid.
+    let (mut h, coupon) = with_alices_coupon();
+    let order = h.reserved_with(ALICE, SKU, 1, coupon);
+    h.refused(act::reserve_with(ALICE, SKU, 1, coupon), Rejection::CouponInvalid);
+    h.paid(order);
+    h.refused(act::reserve_with(ALICE, SKU, 1, coupon), Rejection::CouponInvalid);
+}
+
+#[test]
+fn expired_coupon_is_coupon_invalid() {
+    // Goal: a coupon cannot be applied from its batch's `valid_until` on.
+    let (mut h, coupon) = with_alices_coupon();
+    h.clock = Timestamp(T0.plus_ms(VALIDITY_MS).0 - 1);
+    let order = h.reserved_with(ALICE, SKU, 1, coupon);
+    h.run(act::cancel(order, ALICE));
+    h.clock = T0.plus_ms(VALIDITY_MS);
+    h.refused(act::reserve_with(ALICE, SKU, 1, coupon), Rejection::CouponInvalid);
+}
+
+#[test]
+fn coupon_on_an_order_below_its_minimum_is_coupon_invalid() {
+    // Goal: the minimum is compared with the amount before discount, inclusively.
+    let (mut h, coupon) = with_alices_coupon();
+    h.create_sku(CreateSku { price_cents: PRICE_CENTS / 2, ..sku_spec(OTHER_SKU) });
+    h.refused(act::reserve_with(ALICE, OTHER_SKU, 1, coupon), Rejection::CouponInvalid);
+    let order = h.reserved_with(ALICE, OTHER_SKU, 2, coupon);
+    assert_eq!(h.order(order).amount_cents, PRICE_CENTS - DISCOUNT_CENTS);
+}
+
+#[test]
+fn unknown_coupon_on_reserve_is_unknown_coupon() {
+    // Goal: a coupon id never issued is refused, and the reservation with it is not made.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.refused(act::reserve_with(ALICE, SKU, 1, CouponId(12_345)), Rejection::UnknownCoupon);
+}
+
+#[test]
+fn discount_larger_than_the_order_makes_it_free() {
+    // Goal: the amount never goes below zero; a free order is paid with zero.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let create = CreateCouponBatch { discount_cents: 5 * PRICE_CENTS, ..batch_spec(BATCH) };
+    h.create_batch(create);
+    let coupon = h.claimed(ALICE, BATCH);
+    let order = h.reserved_with(ALICE, SKU, 1, coupon);
+    assert_eq!(h.order(order).amount_cents, 0);
+    assert_eq!(h.run(act::pay(order, 0)), Outcome::Paid { order });
+}
+
+#[test]
+fn unused_coupon_reads_expired_from_the_end_of_its_validity() {
+    // Goal: an available coupon turns expired exactly at `valid_until`; a locked one stays
+    // locked, and reads expired once its order is cancelled after that.
+    let (mut h, coupon) = with_alices_coupon();
+    let locked = h.claimed(ALICE, BATCH);
+    let until = T0.plus_ms(VALIDITY_MS);
+    h.clock = Timestamp(until.0 - 10_000);
+    let order = h.reserved_with(ALICE, SKU, 1, locked);
+    h.tick_at(Timestamp(until.0 - 1));
+    assert_eq!(h.coupon_state(coupon), CouponState::Available);
+    h.tick_at(until);
+    assert_eq!(h.coupon_state(coupon), CouponState::Expired);
+    assert_eq!(h.coupon_state(locked), CouponState::Locked(order));
+    h.run(act::cancel(order, ALICE));
+    assert_eq!(h.coupon_state(locked), CouponState::Expired);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency.
+
+/// A request key far from the ones the harness issues.
+fn client_key(n: u128) -> RequestKey {
+    RequestKey::from_u128((1 << 100) + n)
+}
+
+#[test]
+fn retry_with_the_same_key_returns_the_original_outcome_and_changes_nothing() {
+    // Goal: a retried reservation or claim answers exactly what the first attempt did and
+    // takes no second unit, coupon or id.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.create_batch(batch_spec(BATCH));
+    let actions = [act::reserve(ALICE, SKU, 2), act::claim(ALICE, BATCH)];
+    for (n, action) in actions.into_iter().enumerate() {
+        let key = client_key(n as u128);
+        let original = h.run_keyed(key, action);
+        assert!(!original.is_rejected(), "{original:?}");
+        h.advance(1_000);
+        h.tick();
+        let (tables, ids, status) = (h.engine.tables_digest(), h.engine.ids, h.engine.status());
+        assert_eq!(h.run_keyed(key, action), original);
+        assert_eq!(h.engine.tables_digest(), tables);
+        assert_eq!(h.engine.ids, ids);
+        assert_eq!(h.engine.status().request_keys, status.request_keys);
+    }
+    assert_eq!(h.sku(SKU).available, 8);
+    assert_eq!(h.batch(BATCH).remaining, 4);
+}
+
+#[test]
+fn retry_of_a_refused_command_returns_the_original_refusal() {
+    // Goal: a refusal is an outcome like any other: a retry under the same key answers it
+    // again even when the command would now succeed; a new key is a new attempt.
+    let mut h = Harness::with_sku(CreateSku { stock: 1, ..sku_spec(SKU) });
+    let bobs = h.reserved(BOB, SKU, 1);
+    let key = client_key(1);
+    h.refused_keyed(key, act::reserve(ALICE, SKU, 1), Rejection::SoldOut);
+    h.run(act::cancel(bobs, BOB));
+    h.refused_keyed(key, act::reserve(ALICE, SKU, 1), Rejection::SoldOut);
+    h.reserved(ALICE, SKU, 1);
+}
+
+#[test]
+fn same_key_for_a_different_command_is_request_key_reused() {
+    // Goal: a key names one command; reusing it for another is refused without touching the
+    // original, whose retry still answers the original outcome.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let key = client_key(1);
+    let original = h.run_keyed(key, act::reserve(ALICE, SKU, 1));
+    let reused = Rejection::RequestKeyReused;
+    h.refused_keyed(key, act::reserve(ALICE, SKU, 2), reused);
+    h.refused_keyed(key, act::reserve(BOB, SKU, 1), reused);
+    h.refused_keyed(key, act::restock(SKU, 1), reused);
+    assert_eq!(h.run_keyed(key, act::reserve(ALICE, SKU, 1)), original);
+    assert_eq!(h.sku(SKU).available, 9);
+}
+
+#[test]
+fn request_key_is_forgotten_once_its_window_has_passed() {
+    // Goal: a key is remembered for `request_key_window_ms` of logical time; a retry at the end
+    // of the window executes again as a new command.
+    let mut h = Harness::with_sku(CreateSku { payment_timeout_ms: 1_000_000, ..sku_spec(SKU) });
+    let window_ms = h.engine.config().request_key_window_ms;
+    let key = client_key(1);
+    let Outcome::Reserved { order: first, .. } = h.run_keyed(key, act::reserve(ALICE, SKU, 1))
+    else {
+        panic!("not reserved")
+    };
+    h.clock = T0.plus_ms(window_ms - 1);
+    assert!(matches!(h.run_keyed(key, act::reserve(ALICE, SKU, 1)),
+        Outcome::Reserved { order, .. } if order == first));
+    h.clock = T0.plus_ms(window_ms);
+    let Outcome::Reserved { order: second, .. } = h.run_keyed(key, act::reserve(ALICE, SKU, 1))
+    else {
+        panic!("not reserved again")
+    };
+    assert_ne!(second, first);
+    assert_eq!(h.sku(SKU).reserved, 2);
+}
+
+#[test]
+fn full_key_table_is_capacity_exhausted_and_the_refusal_is_not_remembered() {
+    // Goal: with every remembered key still inside its window a new key is refused, known keys
+    // are still answered, and the refused key succeeds once room frees up.
+    let config = EngineConfig { request_keys_max: 2, ..EngineConfig::small() };
+    let window_ms = config.request_key_window_ms;
+    let mut h = Harness::with_config(config);
+    h.create_sku(sku_spec(SKU));
+    let remembered = client_key(1);
+    let original = h.run_keyed(remembered, act::reserve(ALICE, SKU, 1));
+    assert_eq!(h.engine.status().request_keys, 2);
+    let refused = client_key(2);
+    h.refused_keyed(refused, act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    assert_eq!(h.run_keyed(remembered, act::reserve(ALICE, SKU, 1)), original);
+    h.refused_keyed(refused, act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    h.advance(window_ms);
+    assert!(matches!(h.run_keyed(refused, act::reserve(BOB, SKU, 1)), Outcome::Reserved { .. }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries, snapshots, status and the state hash.
+
+#[test]
+fn queries_answer_views_and_refuse_unknown_ids() {
+    // Goal: every query kind answers the current view, refuses an unknown id with its own
+    // rejection, and changes nothing at all.
+    let (mut h, coupon) = with_alices_coupon();
+    let order = h.reserved(ALICE, SKU, 1);
+    let digest = h.engine.state_digest();
+    assert!(matches!(h.query(Query::Sku(SkuId(SKU))), Outcome::Sku(view) if view.reserved == 1));
+    assert!(matches!(h.query(Query::Order(order)), Outcome::Order(view) if view.order == order));
+    let answer = h.query(Query::Coupon(coupon));
+    assert!(matches!(answer, Outcome::Coupon(view) if view.coupon == coupon));
+    let answer = h.query(Query::Batch(BatchId(BATCH)));
+    assert!(matches!(answer, Outcome::Batch(view) if view.remaining == 4));
+    let unknown = [
+        (Query::Sku(SkuId(99)), Rejection::UnknownSku),
+        (Query::Order(OrderId(12_345)), Rejection::UnknownOrder),
+        (Query::Coupon(CouponId(12_345)), Rejection::UnknownCoupon),
+        (Query::Batch(BatchId(99)), Rejection::UnknownBatch),
+    ];
+    for (query, rejection) in unknown {
+        assert_eq!(h.query(query), Outcome::Rejected(rejection));
+    }
+    assert_eq!(h.engine.state_digest(), digest);
+}
+
+#[test]
+fn snapshot_request_changes_nothing() {
+    // Goal: a snapshot command answers the last mutating sequence and the running hash and
+    // leaves the full state, including time and sequence, as it was.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.reserved(ALICE, SKU, 1);
+    let last_sequence = h.sequence;
+    h.query(Query::Sku(SkuId(SKU)));
+    let digest = h.engine.state_digest();
+    let running_hash = h.engine.running_hash();
+    h.advance(1_000);
+    let outcome = h.submit(Command::Snapshot);
+    assert_eq!(outcome, Outcome::SnapshotRequested { last_sequence, running_hash });
+    assert_eq!(h.engine.state_digest(), digest);
+    assert_eq!(h.engine.last_sequence(), last_sequence);
+}
+
+#[test]
+fn status_reports_sequence_time_hash_and_table_sizes() {
+    // Goal: the summary counts what the tables hold and tracks the last mutating command.
+    let (mut h, _coupon) = with_alices_coupon();
+    let paid = h.reserved(ALICE, SKU, 1);
+    h.paid(paid);
+    h.reserved(BOB, SKU, 2);
+    h.advance(5);
+    h.tick();
+    let last_sequence = h.sequence;
+    h.query(Query::Sku(SkuId(SKU)));
+    let status = h.engine.status();
+    assert_eq!(status.last_sequence, last_sequence);
+    assert_eq!(status.now, T0.plus_ms(5));
+    assert_eq!(status.running_hash, h.engine.running_hash());
+    assert_eq!((status.skus, status.orders, status.orders_reserved), (1, 2, 1));
+    assert_eq!(status.coupons, 1);
+    // create SKU, create batch, claim, reserve, pay, reserve: six keyed commands.
+    assert_eq!(status.request_keys, 6);
+}
+
+/// A short mixed script: every kind of command, including refusals, retries and an expiry.
+fn mixed_script(h: &mut Harness) -> Vec<Outcome> {
+    let mut outcomes = vec![h.run(Action::CreateSku(sku_spec(SKU)))];
+    outcomes.push(h.run(Action::CreateCouponBatch(batch_spec(BATCH))));
+    let coupon = h.claimed(ALICE, BATCH);
+    let paid = h.reserved_with(ALICE, SKU, 2, coupon);
+    outcomes.push(h.run(act::pay(paid, 2 * PRICE_CENTS - DISCOUNT_CENTS)));
+    outcomes.push(h.run_keyed(client_key(1), act::reserve(BOB, SKU, 3)));
+    outcomes.push(h.run_keyed(client_key(1), act::reserve(BOB, SKU, 3)));
+    outcomes.push(h.run(act::reserve(BOB, SKU, 50)));
+    h.advance(TIMEOUT_MS);
+    outcomes.push(h.tick());
+    outcomes.push(h.run(Action::Refund { order: paid }));
+    outcomes
+}
+
+#[test]
+fn same_commands_give_the_same_outcomes_and_hashes() {
+    // Goal: two engines fed the same commands agree on every outcome, the running hash and the
+    // full state digest; one extra command makes the running hash differ.
+    let (mut a, mut b) = (Harness::new(), Harness::new());
+    assert_eq!(mixed_script(&mut a), mixed_script(&mut b));
+    assert_eq!(a.expired_orders(), b.expired_orders());
+    assert_eq!(a.expired_orders().len(), 1);
+    assert_eq!(a.engine.running_hash(), b.engine.running_hash());
+    assert_eq!(a.engine.state_digest(), b.engine.state_digest());
+    b.tick();
+    assert_ne!(a.engine.running_hash(), b.engine.running_hash());
+}
