@@ -4,6 +4,7 @@
 //! This crate turns bytes from untrusted sockets into sequenced commands for the node and routes
 //! each outcome back to the connection that asked for it. It never decides business rules.
 
+pub mod http;
 pub mod keys;
 pub mod wire;
 

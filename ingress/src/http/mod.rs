@@ -1,0 +1,252 @@
+//! HTTP/1.1 framing: request heads parsed with `httparse`, bodies by `Content-Length`,
+//! responses written with explicit lengths so connections can be kept alive and pipelined.
+//!
+//! Limits are enforced while bytes arrive: a head larger than `header_max` is refused with 431
+//! before it is complete, a `Content-Length` above `body_max` with 413 before the body is read.
+//! Chunked request bodies are not accepted (501): every API body is a small JSON object.
+
+pub mod api;
+
+/// Most headers accepted in one request.
+pub const HEADERS_MAX: usize = 32;
+
+/// Size limits for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line plus headers), in bytes.
+    pub header_max: usize,
+    /// Largest request body, in bytes.
+    pub body_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { header_max: 8 * 1024, body_max: 16 * 1024 }
+    }
+}
+
+/// Why a request could not be framed. After any of these the connection is closed, because
+/// where the next request starts is no longer known.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The head is not valid HTTP/1.x.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The head exceeds the limit.
+    #[error("request head exceeds {0} bytes")]
+    HeadersTooLarge(usize),
+    /// More headers than [`HEADERS_MAX`].
+    #[error("more than {HEADERS_MAX} headers")]
+    TooManyHeaders,
+    /// The body exceeds the limit.
+    #[error("request body of {length} bytes exceeds {max} bytes")]
+    BodyTooLarge {
+        /// Announced length.
+        length: u64,
+        /// Largest accepted.
+        max: usize,
+    },
+    /// `Transfer-Encoding` bodies are not accepted.
+    #[error("Transfer-Encoding is not supported; send the body with Content-Length")]
+    TransferEncoding,
+}
+
+impl HttpError {
+    /// Status and snake_case code of the error response.
+    #[must_use]
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            HttpError::Malformed(_) => (400, "malformed_request"),
+            HttpError::HeadersTooLarge(_) | HttpError::TooManyHeaders => (431, "headers_too_large"),
+            HttpError::BodyTooLarge { .. } => (413, "body_too_large"),
+            HttpError::TransferEncoding => (501, "transfer_encoding_not_supported"),
+        }
+    }
+}
+
+/// One framed request, borrowed from the connection's receive buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// `GET`, `POST`, ...
+    pub method: &'a str,
+    /// The request target without the query string.
+    pub path: &'a str,
+    /// The bearer token from `Authorization: Bearer ...`, if any.
+    pub bearer: Option<&'a [u8]>,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+    /// The body (`Content-Length` bytes).
+    pub body: &'a [u8],
+}
+
+/// Frames the next request in `buffer`. `Ok(None)` means more bytes are needed; on `Ok(Some)`
+/// the second value is the number of bytes the request occupied.
+pub fn try_request(
+    buffer: &[u8],
+    limits: Limits,
+) -> Result<Option<(Request<'_>, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(buffer) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buffer.len() > limits.header_max {
+                return Err(HttpError::HeadersTooLarge(limits.header_max));
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(error) => return Err(HttpError::Malformed(error.to_string())),
+    };
+    if head_len > limits.header_max {
+        return Err(HttpError::HeadersTooLarge(limits.header_max));
+    }
+    let method = parsed.method.unwrap_or_default();
+    let target = parsed.path.unwrap_or_default();
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let http_10 = parsed.version == Some(0);
+    let mut head = Head { keep_alive: !http_10, content_length: 0, bearer: None };
+    for header in parsed.headers.iter() {
+        read_header(&mut head, header, http_10)?;
+    }
+    if head.content_length > limits.body_max as u64 {
+        return Err(HttpError::BodyTooLarge { length: head.content_length, max: limits.body_max });
+    }
+    let total = head_len + head.content_length as usize;
+    if buffer.len() < total {
+        return Ok(None);
+    }
+    let request = Request {
+        method,
+        path,
+        bearer: head.bearer,
+        keep_alive: head.keep_alive,
+        body: &buffer[head_len..total],
+    };
+    Ok(Some((request, total)))
+}
+
+struct Head<'a> {
+    keep_alive: bool,
+    content_length: u64,
+    bearer: Option<&'a [u8]>,
+}
+
+fn read_header<'a>(
+    head: &mut Head<'a>,
+    header: &httparse::Header<'a>,
+    http_10: bool,
+) -> Result<(), HttpError> {
+    let name = header.name;
+    if name.eq_ignore_ascii_case("content-length") {
+        let text = std::str::from_utf8(header.value)
+            .map_err(|_| HttpError::Malformed("Content-Length is not ASCII".into()))?;
+        let length = text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| HttpError::Malformed(format!("bad Content-Length {text:?}")))?;
+        head.content_length = length;
+    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        return Err(HttpError::TransferEncoding);
+    } else if name.eq_ignore_ascii_case("connection") {
+        let value = header.value;
+        if value.eq_ignore_ascii_case(b"close") {
+            head.keep_alive = false;
+        } else if http_10 && value.eq_ignore_ascii_case(b"keep-alive") {
+            head.keep_alive = true;
+        }
+    } else if name.eq_ignore_ascii_case("authorization") {
+        let value = header.value;
+        if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
+            head.bearer = Some(value[7..].trim_ascii());
+        }
+    }
+    Ok(())
+}
+
+/// A response ready to be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// `Retry-After` in seconds, for 429 and 503.
+    pub retry_after_s: Option<u32>,
+}
+
+impl Response {
+    /// A JSON response.
+    #[must_use]
+    pub fn json(status: u16, body: &serde_json::Value) -> Response {
+        let mut bytes = serde_json::to_vec(body).expect("JSON values always serialize");
+        bytes.push(b'\n');
+        Response { status, content_type: "application/json", body: bytes, retry_after_s: None }
+    }
+
+    /// The API's error shape: `{"error": code, "message": message}`.
+    #[must_use]
+    pub fn error(status: u16, code: &str, message: &str) -> Response {
+        Response::json(status, &serde_json::json!({ "error": code, "message": message }))
+    }
+
+    /// Adds a `Retry-After` header.
+    #[must_use]
+    pub fn retry_after(mut self, seconds: u32) -> Response {
+        self.retry_after_s = Some(seconds);
+        self
+    }
+
+    /// Appends the response, head and body, to `out`.
+    pub fn write(&self, out: &mut Vec<u8>, keep_alive: bool) {
+        use std::io::Write as _;
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len()
+        );
+        if let Some(seconds) = self.retry_after_s {
+            let _ = write!(out, "retry-after: {seconds}\r\n");
+        }
+        if self.status == 401 {
+            out.extend_from_slice(b"www-authenticate: Bearer\r\n");
+        }
+        let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
+        out.extend_from_slice(b"connection: ");
+        out.extend_from_slice(connection);
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&self.body);
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,258 @@
+use proptest::prelude::*;
+use ringfence_core::{
+    Action, Command, OrderId, OrderState, Outcome, Query, Rejection, Reserve, SkuId, Timestamp,
+    UserId,
+};
+
+use super::api::{AdminToken, Call, KeyMint, render_outcome, route};
+use super::*;
+use crate::arb;
+
+const LIMITS: Limits = Limits { header_max: 1024, body_max: 256 };
+
+fn post(path: &str, body: &str, bearer: Option<&str>) -> Vec<u8> {
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn call(bytes: &[u8], bearer_ok: bool) -> Result<Call, Response> {
+    let (request, used) = try_request(bytes, LIMITS).unwrap().unwrap();
+    assert_eq!(used, bytes.len());
+    let token = AdminToken::new(if bearer_ok { "secret" } else { "other" });
+    route(&request, &token, &mut KeyMint::new(1))
+}
+
+fn error_code(response: &Response) -> String {
+    let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    value["error"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn reserve_maps_to_the_engine_command() {
+    // Goal: POST /v1/orders becomes a keyed Reserve with the hashed request id.
+    let bytes = post("/v1/orders", r#"{"request_id":"r-1","user":7,"sku":1,"qty":2}"#, None);
+    let expected = Command::Client {
+        key: crate::keys::request_key("r-1"),
+        action: Action::Reserve(Reserve { user: UserId(7), sku: SkuId(1), qty: 2, coupon: None }),
+    };
+    assert_eq!(call(&bytes, false).unwrap(), Call::Submit(expected));
+}
+
+#[test]
+fn coupon_ids_are_decimal_strings() {
+    // Goal: coupon_id is accepted as a decimal string and refused as a number.
+    let ok = post(
+        "/v1/orders",
+        r#"{"request_id":"r","user":7,"sku":1,"qty":1,"coupon_id":"18446744073709551615"}"#,
+        None,
+    );
+    let Call::Submit(Command::Client { action: Action::Reserve(r), .. }) =
+        call(&ok, false).unwrap()
+    else {
+        panic!("not a reserve")
+    };
+    assert_eq!(r.coupon.unwrap().0, u64::MAX);
+    let bad =
+        post("/v1/orders", r#"{"request_id":"r","user":7,"sku":1,"qty":1,"coupon_id":5}"#, None);
+    assert_eq!(error_code(&call(&bad, false).unwrap_err()), "invalid_request");
+}
+
+#[test]
+fn bad_json_wrong_types_and_missing_fields_are_400() {
+    // Goal: every malformed body gets a 400 with a code saying which kind of mistake it is.
+    let cases = [
+        (r#"{"request_id":"r","user":7,"sku":1"#, "malformed_json"),
+        (r#"{"request_id":"r","user":"7","sku":1,"qty":1}"#, "invalid_request"),
+        (r#"{"request_id":"r","user":7,"sku":1}"#, "invalid_request"),
+        (r#"{"request_id":"r","user":7,"sku":1,"qty":-1}"#, "invalid_request"),
+        (r#"{"request_id":"r","user":7,"sku":1,"qty":1.5}"#, "invalid_request"),
+        (r#"{"request_id":"","user":7,"sku":1,"qty":1}"#, "invalid_request"),
+        (r#"{"request_id":"r","user":7,"sku":1,"qty":1,"extra":1}"#, "invalid_request"),
+        (r#"[1,2,3]"#, "invalid_request"),
+    ];
+    for (body, code) in cases {
+        let response = call(&post("/v1/orders", body, None), false).unwrap_err();
+        assert_eq!(response.status, 400, "{body}");
+        assert_eq!(error_code(&response), code, "{body}");
+    }
+    let long_id = format!(r#"{{"request_id":"{}","user":7,"sku":1,"qty":1}}"#, "x".repeat(65));
+    assert_eq!(call(&post("/v1/orders", &long_id, None), false).unwrap_err().status, 400);
+}
+
+#[test]
+fn admin_routes_need_the_bearer_token() {
+    // Goal: SKU creation without the token is 401; with it, a command with a minted key.
+    let body =
+        r#"{"sku":1,"stock":10,"price_cents":100,"per_user_limit":1,"payment_timeout_ms":1000}"#;
+    let response = call(&post("/v1/skus", body, None), true).unwrap_err();
+    assert_eq!(response.status, 401);
+    let response = call(&post("/v1/skus", body, Some("wrong")), true).unwrap_err();
+    assert_eq!(response.status, 401);
+    let ok = call(&post("/v1/skus", body, Some("secret")), true).unwrap();
+    assert!(matches!(ok, Call::Submit(Command::Client { action: Action::CreateSku(_), .. })));
+    let ship = post("/v1/orders/5/ship", "", None);
+    assert_eq!(call(&ship, true).unwrap_err().status, 401);
+}
+
+#[test]
+fn minted_admin_keys_are_unique() {
+    // Goal: two admin calls without request_id never share a key.
+    let mut mint = KeyMint::new(42);
+    assert_ne!(mint.next_key(), mint.next_key());
+    assert_ne!(KeyMint::new(1).next_key(), KeyMint::new(2).next_key());
+}
+
+#[test]
+fn reads_and_unknown_paths() {
+    // Goal: GET routes map to queries; unknown paths are 404, wrong methods 405.
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\n\r\n").into_bytes();
+    assert_eq!(
+        call(&get("/v1/skus/9"), false).unwrap(),
+        Call::Submit(Command::Query(Query::Sku(SkuId(9))))
+    );
+    assert_eq!(
+        call(&get("/v1/orders/123?x=1"), false).unwrap(),
+        Call::Submit(Command::Query(Query::Order(OrderId(123))))
+    );
+    assert_eq!(call(&get("/health"), false).unwrap(), Call::Health);
+    assert_eq!(call(&get("/nope"), false).unwrap_err().status, 404);
+    assert_eq!(call(&get("/v1/orders"), false).unwrap_err().status, 405);
+    assert_eq!(call(&get("/v1/skus/+5"), false).unwrap_err().status, 400);
+    assert_eq!(call(&get("/v1/skus/99999999999999999999999"), false).unwrap_err().status, 400);
+}
+
+#[test]
+fn rejections_map_to_statuses_and_codes() {
+    // Goal: the documented status for each rejection, and request_id_reused for reused keys.
+    let cases = [
+        (Rejection::SoldOut, 409, "sold_out"),
+        (Rejection::LimitExceeded, 409, "limit_exceeded"),
+        (Rejection::SaleNotOpen, 409, "sale_not_open"),
+        (Rejection::SaleClosed, 409, "sale_closed"),
+        (Rejection::SkuExists, 409, "sku_exists"),
+        (Rejection::UnknownSku, 404, "unknown_sku"),
+        (Rejection::InvalidQty, 400, "invalid_qty"),
+        (Rejection::RequestKeyReused, 422, "request_id_reused"),
+        (Rejection::InvalidState { current: OrderState::Expired }, 409, "invalid_state"),
+    ];
+    for (rejection, status, code) in cases {
+        let response = render_outcome(&Outcome::Rejected(rejection));
+        assert_eq!(response.status, status);
+        assert_eq!(error_code(&response), code);
+    }
+}
+
+#[test]
+fn reserved_renders_decimal_order_id() {
+    // Goal: a reservation answers 201 with the order id as a decimal string.
+    let outcome =
+        Outcome::Reserved { order: OrderId(u64::MAX), expires_at: Timestamp(5), amount_cents: 100 };
+    let response = render_outcome(&outcome);
+    assert_eq!(response.status, 201);
+    let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(value["order_id"], "18446744073709551615");
+    assert_eq!(value["state"], "reserved");
+    assert_eq!(value["expires_at_ms"], 5);
+}
+
+#[test]
+fn keep_alive_pipelining_and_limits() {
+    // Goal: two pipelined requests frame one after the other; limits give 431 and 413.
+    let mut bytes = b"GET /health HTTP/1.1\r\n\r\n".to_vec();
+    bytes.extend_from_slice(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let (first, used) = try_request(&bytes, LIMITS).unwrap().unwrap();
+    assert!(first.keep_alive);
+    let (second, _) = try_request(&bytes[used..], LIMITS).unwrap().unwrap();
+    assert_eq!(second.path, "/metrics");
+    assert!(!second.keep_alive);
+    let huge_head = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(2000));
+    let error = try_request(huge_head.as_bytes(), LIMITS).unwrap_err();
+    assert_eq!(error.status_and_code().0, 431);
+    let big_body = b"POST /v1/orders HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+    assert_eq!(try_request(big_body, LIMITS).unwrap_err().status_and_code().0, 413);
+    let chunked = b"POST /v1/orders HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(try_request(chunked, LIMITS).unwrap_err().status_and_code().0, 501);
+    assert_eq!(
+        try_request(b"\x00\x01garbage\r\n\r\n", LIMITS).unwrap_err().status_and_code().0,
+        400
+    );
+    let http10 = b"GET /health HTTP/1.0\r\n\r\n";
+    assert!(!try_request(http10, LIMITS).unwrap().unwrap().0.keep_alive);
+}
+
+#[test]
+fn response_has_length_and_retry_after() {
+    // Goal: responses carry Content-Length, Connection, and Retry-After when set.
+    let mut out = Vec::new();
+    Response::error(503, "busy", "ring full").retry_after(1).write(&mut out, true);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+    assert!(text.contains("retry-after: 1\r\n"));
+    assert!(text.contains("connection: keep-alive\r\n"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    assert!(text.contains(&format!("content-length: {}\r\n", body.len())));
+}
+
+fn valid_requests() -> Vec<Vec<u8>> {
+    vec![
+        post("/v1/orders", r#"{"request_id":"r-1","user":7,"sku":1,"qty":2}"#, None),
+        post("/v1/orders/77/pay", r#"{"request_id":"p","payment_ref":"x","amount_cents":5}"#, None),
+        post("/v1/orders/77/cancel", r#"{"request_id":"c","user":7}"#, None),
+        post("/v1/skus/3/restock", r#"{"qty":4}"#, Some("secret")),
+        post("/v1/coupons/claim", r#"{"request_id":"k","user":1,"batch":2}"#, None),
+        b"GET /v1/skus/1 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn random_bytes_never_panic_the_parser_or_router(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        // Goal: arbitrary input frames, waits or errors with a 4xx/5xx; never a panic.
+        match try_request(&bytes, LIMITS) {
+            Ok(Some((request, used))) => {
+                prop_assert!(used <= bytes.len());
+                let _ = route(&request, &AdminToken::new("secret"), &mut KeyMint::new(0));
+            }
+            Ok(None) => prop_assert!(bytes.len() <= LIMITS.header_max + LIMITS.body_max),
+            Err(error) => prop_assert!(error.status_and_code().0 >= 400),
+        }
+    }
+
+    #[test]
+    fn mutated_requests_never_panic(
+        which in 0usize..6,
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..5),
+        cut in any::<usize>(),
+    ) {
+        // Goal: valid requests with corrupted or missing bytes get typed errors, never a panic.
+        let mut bytes = valid_requests()[which].clone();
+        for (at, byte) in flips {
+            let at = at % bytes.len();
+            bytes[at] ^= byte;
+        }
+        bytes.truncate(cut % (bytes.len() + 1));
+        if let Ok(Some((request, _))) = try_request(&bytes, LIMITS) {
+            if let Err(response) = route(&request, &AdminToken::new("secret"), &mut KeyMint::new(0)) {
+                prop_assert!(response.status >= 400);
+                let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+                prop_assert!(value["error"].is_string());
+            }
+        }
+    }
+
+    #[test]
+    fn every_outcome_renders_json(outcome in arb::outcome()) {
+        // Goal: every outcome renders a JSON body with a status in the documented ranges.
+        let response = render_outcome(&outcome);
+        prop_assert!((200..600).contains(&response.status));
+        let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        prop_assert_eq!(value.get("error").is_some(), outcome.is_rejected());
+    }
+}
