@@ -1,7 +1,7 @@
 //! Scenario tests for the business-logic processor: every transition and every rejection of the
 //! domain, with every refused command checked to leave the business tables as they were.
 
-use super::{Engine, Event};
+use super::{Engine, Event, RestoreError};
 use crate::command::{Action, Command, CreateCouponBatch, CreateSku, Query, Reserve, Sequenced};
 use crate::config::EngineConfig;
 use crate::outcome::{
@@ -172,12 +172,31 @@ impl Harness {
         // Settle the clock first, so that expiries already due are not taken for changes made
         // by the refused command.
         self.tick();
-        let tables = self.engine.tables_digest();
-        let ids = self.engine.ids;
+        let (tables, sizes, ids) = (self.engine.tables_digest(), self.sizes(), self.engine.ids);
         let outcome = self.run_keyed(key, action);
         assert_eq!(outcome, Outcome::Rejected(rejection), "{action:?}");
         assert_eq!(self.engine.tables_digest(), tables, "refused {action:?} changed the tables");
+        assert_eq!(self.sizes(), sizes, "refused {action:?} changed a table or index size");
         assert_eq!(self.engine.ids, ids, "refused {action:?} consumed an id");
+    }
+
+    /// Entries in every table and index, which the tables digest does not see.
+    fn sizes(&self) -> [usize; 12] {
+        let e = &self.engine;
+        [
+            e.skus.len(),
+            e.sku_index.len(),
+            e.orders.len(),
+            e.order_index.len(),
+            e.finished.len(),
+            e.orders_reserved as usize,
+            e.holdings.len(),
+            e.batches.len(),
+            e.batch_index.len(),
+            e.coupons.len(),
+            e.coupon_index.len(),
+            e.claims.len(),
+        ]
     }
 
     fn query(&mut self, query: Query) -> Outcome {
@@ -613,16 +632,20 @@ fn reserve_by_user_zero_is_invalid_argument() {
 #[test]
 fn reserve_with_every_kept_order_live_is_capacity_exhausted() {
     // Goal: the order table is bounded; live orders (reserved or paid) are never evicted, so a
-    // new order waits until one of them finishes.
+    // new order waits until one of them finishes. The refusal is transient, so its request key
+    // is not remembered and the same request succeeds once room frees up.
     let mut h = Harness::with_config(EngineConfig { orders_max: 2, ..EngineConfig::small() });
     h.create_sku(sku_spec(SKU));
     let first = h.reserved(ALICE, SKU, 1);
     h.reserved(BOB, SKU, 1);
-    h.refused(act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    let (key, retried) = (client_key(1), act::reserve(BOB, SKU, 1));
+    let keys = h.engine.status().request_keys;
+    h.refused_keyed(key, retried, Rejection::CapacityExhausted);
+    assert_eq!(h.engine.status().request_keys, keys);
     h.paid(first);
-    h.refused(act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    h.refused_keyed(key, retried, Rejection::CapacityExhausted);
     h.run(Action::Refund { order: first });
-    h.reserved(BOB, SKU, 1);
+    assert!(matches!(h.run_keyed(key, retried), Outcome::Reserved { .. }));
 }
 
 #[test]
@@ -683,6 +706,23 @@ fn an_evicted_orders_old_deadline_does_not_expire_the_new_order_in_its_slot() {
     assert!(h.expired.is_empty());
     h.tick_at(T0.plus_ms(1 + 2 * TIMEOUT_MS));
     assert_eq!(h.expired_orders(), vec![order]);
+}
+
+#[test]
+fn stale_deadlines_are_swept_in_place_without_losing_a_live_one() {
+    // Goal: cancelled orders leave their deadlines behind; when those fill the deadline heap
+    // they are swept without growing it, and the live order's deadline still fires on time.
+    let mut h = Harness::with_config(EngineConfig { orders_max: 2, ..EngineConfig::small() });
+    h.create_sku(sku_spec(SKU));
+    let live = h.reserved(ALICE, SKU, 1);
+    let capacity = h.engine.deadlines.capacity();
+    for _ in 0..4 * capacity {
+        let order = h.reserved(BOB, SKU, 1);
+        h.run(act::cancel(order, BOB));
+    }
+    assert_eq!(h.engine.deadlines.capacity(), capacity);
+    h.tick_at(T0.plus_ms(TIMEOUT_MS));
+    assert_eq!(h.expired_orders(), vec![live]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1308,6 +1348,19 @@ fn unused_coupon_reads_expired_from_the_end_of_its_validity() {
     assert_eq!(h.coupon_state(locked), CouponState::Expired);
 }
 
+#[test]
+fn order_that_locked_a_coupon_before_its_expiry_can_still_be_paid() {
+    // Goal: validity is checked when a coupon is applied; the order keeps its discount and
+    // spends the coupon even when paid after the validity ended.
+    let (mut h, coupon) = with_alices_coupon();
+    let until = T0.plus_ms(VALIDITY_MS);
+    h.clock = Timestamp(until.0 - 1);
+    let order = h.reserved_with(ALICE, SKU, 1, coupon);
+    h.clock = until;
+    assert_eq!(h.run(act::pay(order, PRICE_CENTS - DISCOUNT_CENTS)), Outcome::Paid { order });
+    assert_eq!(h.coupon_state(coupon), CouponState::Used(order));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Idempotency.
 
@@ -1503,4 +1556,47 @@ fn same_commands_give_the_same_outcomes_and_hashes() {
     assert_eq!(a.engine.state_digest(), b.engine.state_digest());
     b.tick();
     assert_ne!(a.engine.running_hash(), b.engine.running_hash());
+}
+
+/// Commands after a snapshot: a remembered key, a new order, an expiry, a claim.
+fn continuation(h: &mut Harness) -> Vec<Outcome> {
+    let mut outcomes = vec![h.run_keyed(client_key(1), act::reserve(BOB, SKU, 3))];
+    outcomes.push(h.run(act::reserve(ALICE, SKU, 1)));
+    h.advance(TIMEOUT_MS);
+    outcomes.push(h.tick());
+    outcomes.push(h.run(act::claim(BOB, BATCH)));
+    outcomes
+}
+
+#[test]
+fn restored_image_continues_exactly_like_the_original() {
+    // Goal: an engine rebuilt from a snapshot image has the same full state and answers the
+    // commands that follow exactly as the engine it was taken from.
+    let mut a = Harness::new();
+    mixed_script(&mut a);
+    a.reserved(BOB, SKU, 1);
+    let image = a.engine.to_image();
+    let mut b = Harness::new();
+    b.engine = Engine::from_image(EngineConfig::small(), &image).expect("image restores");
+    (b.sequence, b.clock, b.keys_issued) = (a.sequence, a.clock, a.keys_issued);
+    assert_eq!(b.engine.state_digest(), a.engine.state_digest());
+    a.expired.clear();
+    assert_eq!(continuation(&mut a), continuation(&mut b));
+    assert_eq!(a.expired, b.expired);
+    assert_eq!(a.expired.len(), 2);
+    assert_eq!(a.engine.state_digest(), b.engine.state_digest());
+}
+
+#[test]
+fn image_for_another_shard_or_smaller_tables_is_refused() {
+    // Goal: a snapshot restores only on the shard that took it and into tables that hold it.
+    let mut h = Harness::new();
+    mixed_script(&mut h);
+    let image = h.engine.to_image();
+    let other_shard = EngineConfig { shard: 2, ..EngineConfig::small() };
+    let error = Engine::from_image(other_shard, &image).err();
+    assert_eq!(error, Some(RestoreError::ShardMismatch { image: SHARD, config: 2 }));
+    let too_small = EngineConfig { orders_max: 1, ..EngineConfig::small() };
+    let error = Engine::from_image(too_small, &image).err();
+    assert_eq!(error, Some(RestoreError::TooLarge { table: "orders", len: 2, max: 1 }));
 }
