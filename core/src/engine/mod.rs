@@ -265,7 +265,7 @@ impl Engine {
                 self.batch_slot(batch).map(|slot| Outcome::Batch(self.batch_view(slot)))
             }
         };
-        answer.unwrap_or_else(|rejection| Outcome::Rejected(rejection))
+        answer.unwrap_or_else(Outcome::Rejected)
     }
 
     /// A summary: last sequence, logical time, running hash and table sizes.
@@ -394,6 +394,6 @@ impl Engine {
             Action::CreateCouponBatch(create) => self.create_batch(&create),
             Action::ClaimCoupon { user, batch } => self.claim_coupon(user, batch),
         };
-        result.unwrap_or_else(|rejection| Outcome::Rejected(rejection))
+        result.unwrap_or_else(Outcome::Rejected)
     }
 }

@@ -86,12 +86,15 @@ pub trait SnapshotHook: Send + 'static {
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced);
 }
 
+/// A copy of journaled records a test can read while the node runs.
+pub type SharedRecords = Arc<std::sync::Mutex<Vec<(Epoch, Sequenced)>>>;
+
 /// A journal kept in memory: every record, durable as soon as appended. For tests and for a
 /// node run without persistence.
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     records: Vec<(Epoch, Sequenced)>,
-    shared: Option<Arc<std::sync::Mutex<Vec<(Epoch, Sequenced)>>>>,
+    shared: Option<SharedRecords>,
 }
 
 impl MemoryJournal {
@@ -104,7 +107,7 @@ impl MemoryJournal {
     /// A journal that also copies each flushed batch into `shared`, so a test can read what
     /// was journaled while the node runs.
     #[must_use]
-    pub fn shared(shared: Arc<std::sync::Mutex<Vec<(Epoch, Sequenced)>>>) -> MemoryJournal {
+    pub fn shared(shared: SharedRecords) -> MemoryJournal {
         MemoryJournal { records: Vec::new(), shared: Some(shared) }
     }
 
