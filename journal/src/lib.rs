@@ -3,3 +3,14 @@
 //! Memory-mapped, preallocated segment files of CRC-framed, rkyv-encoded command records;
 //! durability policies; snapshots of the business-logic processor's state; and crash recovery
 //! that replays the journal from the newest valid snapshot.
+
+pub mod codec;
+pub mod error;
+pub mod fault;
+pub mod format;
+pub mod recovery;
+pub mod scan;
+pub mod snapshot;
+pub mod storage;
+pub mod workload;
+pub mod writer;

@@ -1,0 +1,369 @@
+//! The on-disk layout of segments and records: constants, headers, and their checks.
+//!
+//! A segment file is named by the sequence of its first record (`00000000000000000001.seg`),
+//! preallocated to its full size and filled front to back; everything after the last record is
+//! zero. All integers are little-endian.
+//!
+//! ```text
+//! segment file
+//! +----------------------+ 0
+//! | segment header       |   SEGMENT_HEADER_LEN (128) bytes
+//! +----------------------+ 128
+//! | record               |   RECORD_HEADER_LEN + payload, padded to RECORD_ALIGN (16)
+//! | record               |
+//! | ...                  |
+//! | zeros to the end     |
+//! +----------------------+ segment length
+//!
+//! segment header
+//!   0  magic            8  b"RFNCJRNL"
+//!   8  version          4  FORMAT_VERSION
+//!  12  header length    4  128
+//!  16  first sequence   8  sequence of the first record; equals the file name
+//!  24  segment length   8  file size in bytes
+//!  32  epoch            8  epoch of the writer when the segment was created
+//!  40  engine config   40  the capacities replay must use (see `encode_config`)
+//!  80  reserved        44  zero
+//! 124  header CRC32C    4  over bytes 0..124
+//!
+//! record (at a multiple of 16 from the start of the file)
+//!   0  CRC32C           4  over bytes 4..RECORD_HEADER_LEN + padded payload
+//!   4  payload length   4  rkyv bytes, 1..=RECORD_PAYLOAD_MAX
+//!   8  sequence         8
+//!  16  epoch            8
+//!  24  timestamp        8  milliseconds since the Unix epoch
+//!  32  payload          n  rkyv-archived `Command`, validated with bytecheck when read
+//!  32+n padding         zero up to the next multiple of 16 (covered by the CRC)
+//! ```
+//!
+//! A record header whose first 8 bytes are zero marks the end of a segment's records.
+
+use ringfence_core::{EngineConfig, Epoch, Sequence, Timestamp};
+
+/// First bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"RFNCJRNL";
+/// Format version written into, and required of, every segment and snapshot.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Size of the segment header; records start here.
+pub const SEGMENT_HEADER_LEN: usize = 128;
+const SEGMENT_MAGIC_OFFSET: usize = 0;
+const SEGMENT_VERSION_OFFSET: usize = SEGMENT_MAGIC_OFFSET + 8;
+const SEGMENT_HEADER_LEN_OFFSET: usize = SEGMENT_VERSION_OFFSET + 4;
+const SEGMENT_FIRST_SEQUENCE_OFFSET: usize = SEGMENT_HEADER_LEN_OFFSET + 4;
+const SEGMENT_LEN_OFFSET: usize = SEGMENT_FIRST_SEQUENCE_OFFSET + 8;
+const SEGMENT_EPOCH_OFFSET: usize = SEGMENT_LEN_OFFSET + 8;
+const SEGMENT_CONFIG_OFFSET: usize = SEGMENT_EPOCH_OFFSET + 8;
+const SEGMENT_RESERVED_OFFSET: usize = SEGMENT_CONFIG_OFFSET + CONFIG_BLOCK_LEN;
+const SEGMENT_CRC_OFFSET: usize = SEGMENT_HEADER_LEN - 4;
+
+/// Records start at multiples of this many bytes, so rkyv payloads are aligned in the map.
+pub const RECORD_ALIGN: usize = 16;
+/// Size of a record's fixed header.
+pub const RECORD_HEADER_LEN: usize = 32;
+const RECORD_CRC_OFFSET: usize = 0;
+const RECORD_LEN_OFFSET: usize = RECORD_CRC_OFFSET + 4;
+const RECORD_SEQUENCE_OFFSET: usize = RECORD_LEN_OFFSET + 4;
+const RECORD_EPOCH_OFFSET: usize = RECORD_SEQUENCE_OFFSET + 8;
+const RECORD_TIMESTAMP_OFFSET: usize = RECORD_EPOCH_OFFSET + 8;
+/// Largest payload a record may carry; a longer length field is damage, not data.
+pub const RECORD_PAYLOAD_MAX: usize = 1024;
+
+/// Bytes of the engine configuration block in segment and snapshot headers.
+pub const CONFIG_BLOCK_LEN: usize = 40;
+
+/// Smallest segment size accepted: a header and a few largest records.
+pub const SEGMENT_LEN_MIN: u64 = 64 * 1024;
+/// Largest segment size accepted (the map must fit the address space comfortably).
+pub const SEGMENT_LEN_MAX: u64 = 1 << 34;
+
+const _: () = assert!(RECORD_TIMESTAMP_OFFSET + 8 == RECORD_HEADER_LEN);
+const _: () = assert!(RECORD_HEADER_LEN % RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_LEN % RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_RESERVED_OFFSET <= SEGMENT_CRC_OFFSET);
+const _: () = assert!(RECORD_PAYLOAD_MAX % RECORD_ALIGN == 0);
+
+/// The file name of the segment whose first record has `first`.
+#[must_use]
+pub fn segment_name(first: Sequence) -> String {
+    format!("{:020}.seg", first.0)
+}
+
+/// The first sequence a segment file name stands for, if it is one.
+#[must_use]
+pub fn parse_segment_name(name: &str) -> Option<Sequence> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(Sequence)
+}
+
+/// Bytes a record with `payload_len` payload bytes occupies, padding included.
+#[must_use]
+pub const fn record_len(payload_len: usize) -> usize {
+    RECORD_HEADER_LEN + payload_len.next_multiple_of(RECORD_ALIGN)
+}
+
+/// A decoded segment header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Sequence of the segment's first record.
+    pub first_sequence: Sequence,
+    /// File size in bytes.
+    pub segment_len: u64,
+    /// The writer's epoch when the segment was created.
+    pub epoch: Epoch,
+    /// The engine configuration the writer ran with.
+    pub config: EngineConfig,
+}
+
+/// Why a segment header was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderProblem {
+    /// The file is shorter than a header.
+    TooShort,
+    /// All header bytes are zero: the segment was created but its header never reached disk.
+    Zeroed,
+    /// The magic number is wrong: this is not a ringfence segment.
+    BadMagic,
+    /// A version this build cannot read.
+    UnsupportedVersion(u32),
+    /// The header checksum does not match.
+    BadChecksum,
+    /// A field is out of range (header length, segment length).
+    BadField(&'static str),
+}
+
+impl std::fmt::Display for HeaderProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderProblem::TooShort => write!(f, "the file is shorter than a segment header"),
+            HeaderProblem::Zeroed => write!(f, "the segment header is all zeros"),
+            HeaderProblem::BadMagic => write!(f, "the file does not start with the segment magic"),
+            HeaderProblem::UnsupportedVersion(v) => {
+                write!(f, "format version {v} is not supported (this build reads {FORMAT_VERSION})")
+            }
+            HeaderProblem::BadChecksum => write!(f, "the segment header checksum does not match"),
+            HeaderProblem::BadField(field) => write!(f, "header field `{field}` is out of range"),
+        }
+    }
+}
+
+/// Encodes a segment header into the first [`SEGMENT_HEADER_LEN`] bytes of `out`.
+pub fn encode_segment_header(header: &SegmentHeader, out: &mut [u8]) {
+    assert!(out.len() >= SEGMENT_HEADER_LEN);
+    let out = &mut out[..SEGMENT_HEADER_LEN];
+    out.fill(0);
+    out[SEGMENT_MAGIC_OFFSET..][..8].copy_from_slice(&SEGMENT_MAGIC);
+    put_u32(out, SEGMENT_VERSION_OFFSET, FORMAT_VERSION);
+    put_u32(out, SEGMENT_HEADER_LEN_OFFSET, SEGMENT_HEADER_LEN as u32);
+    put_u64(out, SEGMENT_FIRST_SEQUENCE_OFFSET, header.first_sequence.0);
+    put_u64(out, SEGMENT_LEN_OFFSET, header.segment_len);
+    put_u64(out, SEGMENT_EPOCH_OFFSET, header.epoch.0);
+    encode_config(&header.config, &mut out[SEGMENT_CONFIG_OFFSET..][..CONFIG_BLOCK_LEN]);
+    let crc = crc32c::crc32c(&out[..SEGMENT_CRC_OFFSET]);
+    put_u32(out, SEGMENT_CRC_OFFSET, crc);
+    debug_assert_eq!(decode_segment_header(out), Ok(header.clone()));
+}
+
+/// Decodes and checks a segment header.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderProblem> {
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return Err(HeaderProblem::TooShort);
+    }
+    let bytes = &bytes[..SEGMENT_HEADER_LEN];
+    if bytes.iter().all(|&b| b == 0) {
+        return Err(HeaderProblem::Zeroed);
+    }
+    if bytes[..8] != SEGMENT_MAGIC {
+        return Err(HeaderProblem::BadMagic);
+    }
+    if crc32c::crc32c(&bytes[..SEGMENT_CRC_OFFSET]) != get_u32(bytes, SEGMENT_CRC_OFFSET) {
+        return Err(HeaderProblem::BadChecksum);
+    }
+    let version = get_u32(bytes, SEGMENT_VERSION_OFFSET);
+    if version != FORMAT_VERSION {
+        return Err(HeaderProblem::UnsupportedVersion(version));
+    }
+    if get_u32(bytes, SEGMENT_HEADER_LEN_OFFSET) as usize != SEGMENT_HEADER_LEN {
+        return Err(HeaderProblem::BadField("header length"));
+    }
+    let segment_len = get_u64(bytes, SEGMENT_LEN_OFFSET);
+    if !(SEGMENT_LEN_MIN..=SEGMENT_LEN_MAX).contains(&segment_len) {
+        return Err(HeaderProblem::BadField("segment length"));
+    }
+    let config = decode_config(&bytes[SEGMENT_CONFIG_OFFSET..][..CONFIG_BLOCK_LEN])
+        .ok_or(HeaderProblem::BadField("engine config"))?;
+    Ok(SegmentHeader {
+        first_sequence: Sequence(get_u64(bytes, SEGMENT_FIRST_SEQUENCE_OFFSET)),
+        segment_len,
+        epoch: Epoch(get_u64(bytes, SEGMENT_EPOCH_OFFSET)),
+        config,
+    })
+}
+
+/// Encodes the engine configuration into a [`CONFIG_BLOCK_LEN`]-byte block:
+/// shard u16, zero u16, then skus, orders, coupons, batches, holdings, request keys and order
+/// quantity maxima as u32, then the request-key window in ms as u64.
+pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
+    assert_eq!(out.len(), CONFIG_BLOCK_LEN);
+    out[0..2].copy_from_slice(&config.shard.to_le_bytes());
+    out[2..4].fill(0);
+    let maxima = [
+        config.skus_max,
+        config.orders_max,
+        config.coupons_max,
+        config.batches_max,
+        config.holdings_max,
+        config.request_keys_max,
+        config.order_qty_max,
+    ];
+    for (i, value) in maxima.into_iter().enumerate() {
+        put_u32(out, 4 + 4 * i, value);
+    }
+    put_u64(out, 32, config.request_key_window_ms);
+}
+
+/// Decodes a configuration block; `None` if the configuration is not one the engine accepts.
+#[must_use]
+pub fn decode_config(bytes: &[u8]) -> Option<EngineConfig> {
+    assert_eq!(bytes.len(), CONFIG_BLOCK_LEN);
+    let config = EngineConfig {
+        shard: u16::from_le_bytes([bytes[0], bytes[1]]),
+        skus_max: get_u32(bytes, 4),
+        orders_max: get_u32(bytes, 8),
+        coupons_max: get_u32(bytes, 12),
+        batches_max: get_u32(bytes, 16),
+        holdings_max: get_u32(bytes, 20),
+        request_keys_max: get_u32(bytes, 24),
+        order_qty_max: get_u32(bytes, 28),
+        request_key_window_ms: get_u64(bytes, 32),
+    };
+    config.validate().ok().map(|()| config)
+}
+
+/// The fixed fields of a record, as read from its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Stored CRC32C.
+    pub crc: u32,
+    /// Payload bytes (without padding).
+    pub payload_len: usize,
+    /// The command's sequence.
+    pub sequence: Sequence,
+    /// The epoch of the node that wrote it.
+    pub epoch: Epoch,
+    /// When the command was sequenced.
+    pub timestamp: Timestamp,
+}
+
+/// Writes a record header with a zero CRC field (filled in by [`seal_record`]).
+pub fn encode_record_header(header: &RecordHeader, out: &mut [u8]) {
+    assert!(out.len() >= RECORD_HEADER_LEN);
+    assert!((1..=RECORD_PAYLOAD_MAX).contains(&header.payload_len));
+    put_u32(out, RECORD_CRC_OFFSET, 0);
+    put_u32(out, RECORD_LEN_OFFSET, header.payload_len as u32);
+    put_u64(out, RECORD_SEQUENCE_OFFSET, header.sequence.0);
+    put_u64(out, RECORD_EPOCH_OFFSET, header.epoch.0);
+    put_u64(out, RECORD_TIMESTAMP_OFFSET, header.timestamp.0);
+}
+
+/// Computes and stores the CRC of a fully written record occupying all of `record`.
+pub fn seal_record(record: &mut [u8]) -> u32 {
+    assert!(record.len() >= RECORD_HEADER_LEN + RECORD_ALIGN);
+    assert!(record.len() % RECORD_ALIGN == 0);
+    let crc = crc32c::crc32c(&record[RECORD_LEN_OFFSET..]);
+    put_u32(record, RECORD_CRC_OFFSET, crc);
+    crc
+}
+
+/// Reads the fixed header fields at the start of `bytes` (no checks beyond length).
+#[must_use]
+pub fn read_record_header(bytes: &[u8]) -> RecordHeader {
+    assert!(bytes.len() >= RECORD_HEADER_LEN);
+    RecordHeader {
+        crc: get_u32(bytes, RECORD_CRC_OFFSET),
+        payload_len: get_u32(bytes, RECORD_LEN_OFFSET) as usize,
+        sequence: Sequence(get_u64(bytes, RECORD_SEQUENCE_OFFSET)),
+        epoch: Epoch(get_u64(bytes, RECORD_EPOCH_OFFSET)),
+        timestamp: Timestamp(get_u64(bytes, RECORD_TIMESTAMP_OFFSET)),
+    }
+}
+
+/// Whether the record header at the start of `bytes` marks the end of the records: its CRC and
+/// length fields are zero (a real record never has a zero length).
+#[must_use]
+pub fn is_end_marker(bytes: &[u8]) -> bool {
+    bytes.len() < RECORD_HEADER_LEN || get_u64(bytes, RECORD_CRC_OFFSET) == 0
+}
+
+/// Checks the record starting at `bytes[0]`: length in range and CRC matching. Returns its header
+/// and total length, or `None` if it is not an intact record.
+#[must_use]
+pub fn check_record(bytes: &[u8]) -> Option<(RecordHeader, usize)> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return None;
+    }
+    let header = read_record_header(bytes);
+    if !(1..=RECORD_PAYLOAD_MAX).contains(&header.payload_len) {
+        return None;
+    }
+    let len = record_len(header.payload_len);
+    if len > bytes.len() {
+        return None;
+    }
+    let crc = crc32c::crc32c(&bytes[RECORD_LEN_OFFSET..len]);
+    (crc == header.crc).then_some((header, len))
+}
+
+pub(crate) fn put_u32(out: &mut [u8], offset: usize, value: u32) {
+    out[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+pub(crate) fn put_u64(out: &mut [u8], offset: usize, value: u64) {
+    out[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+pub(crate) fn get_u32(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+pub(crate) fn get_u64(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_header_round_trips_and_rejects_damage() {
+        // Goal: a header reads back as written, and any flipped byte is refused.
+        let header = SegmentHeader {
+            first_sequence: Sequence(42),
+            segment_len: 1 << 20,
+            epoch: Epoch(3),
+            config: EngineConfig::small(),
+        };
+        let mut bytes = [0u8; SEGMENT_HEADER_LEN];
+        encode_segment_header(&header, &mut bytes);
+        assert_eq!(decode_segment_header(&bytes), Ok(header));
+        for i in 0..SEGMENT_HEADER_LEN {
+            let mut damaged = bytes;
+            damaged[i] ^= 0x40;
+            assert!(decode_segment_header(&damaged).is_err(), "flip at {i} accepted");
+        }
+        assert_eq!(decode_segment_header(&[0; SEGMENT_HEADER_LEN]), Err(HeaderProblem::Zeroed));
+    }
+
+    #[test]
+    fn segment_names_sort_by_first_sequence() {
+        // Goal: names are fixed-width so a directory listing sorts in sequence order.
+        assert_eq!(segment_name(Sequence(7)), "00000000000000000007.seg");
+        assert_eq!(parse_segment_name(&segment_name(Sequence(u64::MAX))), Some(Sequence(u64::MAX)));
+        assert_eq!(parse_segment_name("7.seg"), None);
+        assert_eq!(parse_segment_name("0000000000000000000x.seg"), None);
+        assert!(segment_name(Sequence(9)) < segment_name(Sequence(10)));
+    }
+}

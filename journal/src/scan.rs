@@ -1,0 +1,493 @@
+//! Reading the journal: a structural scan of every segment, then a decoding pass over records.
+//!
+//! [`scan`] checks every segment header and every record's length, CRC, sequence and epoch,
+//! and finds where the journal ends. Damage in the last segment with no intact record after it
+//! is a *torn tail* (a write cut off by a crash); any other damage is corruption. [`read`]
+//! then walks the intact records of a scanned journal, validates each payload with bytecheck
+//! and hands decoded commands to a visitor.
+
+use std::fs::File;
+use std::io;
+use std::ops::{ControlFlow, Deref};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use ringfence_core::{Command, Epoch, Sequence, Timestamp};
+
+use crate::codec;
+use crate::error::{Damage, JournalError};
+use crate::format::{
+    self, HeaderProblem, RECORD_ALIGN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+};
+use crate::storage::{Segment, Storage};
+
+/// Anything segments can be read from: a [`Storage`], or a directory mapped read-only.
+pub trait SegmentSource {
+    /// A segment's bytes.
+    type Bytes: Deref<Target = [u8]>;
+    /// Names of the files that end in `.seg`.
+    fn list_segments(&self) -> io::Result<Vec<String>>;
+    /// The bytes of one segment.
+    fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes>;
+    /// How to name a segment to an operator.
+    fn describe_segment(&self, name: &str) -> String;
+    /// How to name the journal directory to an operator.
+    fn location(&self) -> String;
+}
+
+/// A segment opened through a [`Storage`], read through [`Deref`].
+pub struct SegmentBytes<T: Segment>(pub T);
+
+impl<T: Segment> Deref for SegmentBytes<T> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
+impl<S: Storage> SegmentSource for S {
+    type Bytes = SegmentBytes<S::Segment>;
+    fn list_segments(&self) -> io::Result<Vec<String>> {
+        self.list()
+    }
+    fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
+        self.open(name).map(SegmentBytes)
+    }
+    fn describe_segment(&self, name: &str) -> String {
+        self.describe(name)
+    }
+    fn location(&self) -> String {
+        self.describe("").trim_end_matches('/').to_owned()
+    }
+}
+
+/// A journal directory mapped read-only, for the tools: nothing is ever written.
+#[derive(Debug)]
+pub struct ReadOnlyDir {
+    dir: PathBuf,
+}
+
+impl ReadOnlyDir {
+    /// The journal in `dir` (which must exist).
+    pub fn open(dir: &Path) -> Result<ReadOnlyDir, JournalError> {
+        if !dir.is_dir() {
+            return Err(JournalError::io(
+                format!("opening journal directory {}", dir.display()),
+                io::Error::new(io::ErrorKind::NotFound, "not a directory"),
+            ));
+        }
+        Ok(ReadOnlyDir { dir: dir.to_path_buf() })
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A read-only map of a segment file.
+pub struct MappedFile(Mmap);
+
+impl Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl SegmentSource for ReadOnlyDir {
+    type Bytes = MappedFile;
+    fn list_segments(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if let Some(name) = name.to_str().filter(|n| n.ends_with(".seg")) {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+    fn read_segment(&mut self, name: &str) -> io::Result<MappedFile> {
+        let file = File::open(self.dir.join(name))?;
+        // SAFETY: the map is read-only and every byte read from it is validated (CRC, bounds,
+        // bytecheck) before use; if a running node appends concurrently, the bytes seen may be
+        // partial, which the checks report as a torn tail rather than misbehaving.
+        let map = unsafe { Mmap::map(&file)? };
+        Ok(MappedFile(map))
+    }
+    fn describe_segment(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// One segment as found by [`scan`].
+#[derive(Clone, Debug)]
+pub struct SegmentLayout {
+    /// File name.
+    pub name: String,
+    /// Its header.
+    pub header: SegmentHeader,
+    /// Intact records.
+    pub records: u64,
+    /// Sequence of the last intact record.
+    pub last: Option<Sequence>,
+    /// Byte offset just past the last intact record.
+    pub end: usize,
+    /// Epoch of the last intact record.
+    pub last_epoch: Option<Epoch>,
+    /// Timestamps of the first and last intact records.
+    pub time_range: Option<(Timestamp, Timestamp)>,
+}
+
+/// Where the journal stops being intact.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    /// The file.
+    pub name: String,
+    /// Index of the segment in [`Layout::segments`], or `None` if its header is unusable.
+    pub segment: Option<usize>,
+    /// Byte offset of the damage.
+    pub offset: u64,
+    /// The sequence expected there.
+    pub sequence: Sequence,
+    /// What is wrong.
+    pub damage: Damage,
+    /// Whether this is a torn tail: the last thing in the journal, with nothing intact after it.
+    pub torn_tail: bool,
+    /// One past the last non-zero byte from `offset` on (what truncation must clear).
+    pub garbage_end: usize,
+}
+
+/// The structure of a journal: its intact segments and where (if anywhere) it is damaged.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// How to name the directory to an operator.
+    pub location: String,
+    /// Segments with a valid header, in sequence order, up to the problem if there is one.
+    pub segments: Vec<SegmentLayout>,
+    /// The first damage found.
+    pub problem: Option<Problem>,
+}
+
+impl Layout {
+    /// Sequence of the first intact record.
+    #[must_use]
+    pub fn first_sequence(&self) -> Option<Sequence> {
+        self.segments.iter().find(|s| s.records > 0).map(|s| s.header.first_sequence)
+    }
+
+    /// Sequence of the last intact record.
+    #[must_use]
+    pub fn last_sequence(&self) -> Option<Sequence> {
+        self.segments.iter().rev().find_map(|s| s.last)
+    }
+
+    /// Epoch of the last intact record.
+    #[must_use]
+    pub fn last_epoch(&self) -> Option<Epoch> {
+        self.segments.iter().rev().find_map(|s| s.last_epoch)
+    }
+
+    /// Intact records in all.
+    #[must_use]
+    pub fn records(&self) -> u64 {
+        self.segments.iter().map(|s| s.records).sum()
+    }
+
+    /// The error to refuse with if the journal is corrupt (damaged before its tail).
+    #[must_use]
+    pub fn corruption(&self, source: &dyn Fn(&str) -> String) -> Option<JournalError> {
+        let problem = self.problem.as_ref().filter(|p| !p.torn_tail)?;
+        Some(JournalError::Corrupt {
+            dir: self.location.clone(),
+            file: source(&problem.name),
+            offset: problem.offset,
+            sequence: problem.sequence,
+            damage: problem.damage,
+        })
+    }
+}
+
+/// Segment names sorted by first sequence; a `.seg` file with any other name is refused.
+pub fn sorted_segments<S: SegmentSource>(
+    source: &S,
+) -> Result<Vec<(Sequence, String)>, JournalError> {
+    let names = source
+        .list_segments()
+        .map_err(|e| JournalError::io(format!("listing {}", source.location()), e))?;
+    let mut segments = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(first) = format::parse_segment_name(&name) else {
+            return Err(JournalError::StrayFile { file: source.describe_segment(&name) });
+        };
+        segments.push((first, name));
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// Checks the structure of every segment. I/O failures are errors; damage is reported in
+/// [`Layout::problem`] so the caller decides (recovery truncates a torn tail, tools report).
+pub fn scan<S: SegmentSource>(source: &mut S) -> Result<Layout, JournalError> {
+    let names = sorted_segments(source)?;
+    let mut layout = Layout { location: source.location(), segments: Vec::new(), problem: None };
+    let mut expected: Option<Sequence> = None;
+    let mut epoch = Epoch(0);
+    for (index, (first, name)) in names.iter().enumerate() {
+        let is_last = index + 1 == names.len();
+        let bytes = source.read_segment(name).map_err(|e| {
+            JournalError::io(format!("reading {}", source.describe_segment(name)), e)
+        })?;
+        let scanned = scan_segment(name, *first, &bytes, expected, epoch, is_last);
+        match scanned {
+            Ok((segment, problem)) => {
+                if let Some(last) = segment.last {
+                    expected = Some(last.next());
+                } else {
+                    expected = Some(segment.header.first_sequence);
+                }
+                epoch = segment.last_epoch.unwrap_or(epoch);
+                layout.segments.push(segment);
+                if let Some(mut problem) = problem {
+                    problem.segment = Some(layout.segments.len() - 1);
+                    layout.problem = Some(problem);
+                    return Ok(layout);
+                }
+            }
+            Err(problem) => {
+                layout.problem = Some(problem);
+                return Ok(layout);
+            }
+        }
+    }
+    Ok(layout)
+}
+
+type SegmentScan = Result<(SegmentLayout, Option<Problem>), Problem>;
+
+fn scan_segment(
+    name: &str,
+    named_first: Sequence,
+    bytes: &[u8],
+    expected: Option<Sequence>,
+    mut epoch: Epoch,
+    is_last: bool,
+) -> SegmentScan {
+    let header = check_header(name, named_first, bytes, expected, is_last)?;
+    let mut segment = SegmentLayout {
+        name: name.to_owned(),
+        header: header.clone(),
+        records: 0,
+        last: None,
+        end: SEGMENT_HEADER_LEN,
+        last_epoch: None,
+        time_range: None,
+    };
+    let mut next = header.first_sequence;
+    let mut offset = SEGMENT_HEADER_LEN;
+    let damage = loop {
+        let rest = &bytes[offset.min(bytes.len())..];
+        if format::is_end_marker(rest) {
+            if last_nonzero(rest).is_some() {
+                break Damage::BytesAfterEnd;
+            }
+            segment.end = offset;
+            return Ok((segment, None));
+        }
+        let Some((record, len)) = format::check_record(rest) else {
+            break if format::read_record_header(rest).payload_len > format::RECORD_PAYLOAD_MAX {
+                Damage::Length
+            } else {
+                Damage::Checksum
+            };
+        };
+        if record.sequence != next {
+            break Damage::Gap { found: record.sequence };
+        }
+        if record.epoch < epoch {
+            break Damage::EpochWentBack;
+        }
+        epoch = record.epoch;
+        segment.records += 1;
+        segment.last = Some(record.sequence);
+        segment.last_epoch = Some(record.epoch);
+        let first_time = segment.time_range.map_or(record.timestamp, |(first, _)| first);
+        segment.time_range = Some((first_time, record.timestamp));
+        next = next.next();
+        offset += len;
+    };
+    segment.end = offset;
+    let tail_like = matches!(damage, Damage::Checksum | Damage::Length | Damage::BytesAfterEnd);
+    let torn_tail = is_last && tail_like && !intact_record_after(bytes, offset);
+    let garbage_end = offset + last_nonzero(&bytes[offset..]).map_or(0, |i| i + 1);
+    let problem = Problem {
+        name: name.to_owned(),
+        segment: None,
+        offset: offset as u64,
+        sequence: next,
+        damage,
+        torn_tail,
+        garbage_end,
+    };
+    Ok((segment, Some(problem)))
+}
+
+fn check_header(
+    name: &str,
+    named_first: Sequence,
+    bytes: &[u8],
+    expected: Option<Sequence>,
+    is_last: bool,
+) -> Result<SegmentHeader, Problem> {
+    let problem = |damage, torn_tail| Problem {
+        name: name.to_owned(),
+        segment: None,
+        offset: 0,
+        sequence: expected.unwrap_or(named_first),
+        damage,
+        torn_tail,
+        garbage_end: SEGMENT_HEADER_LEN.min(bytes.len()),
+    };
+    let header = match format::decode_segment_header(bytes) {
+        Ok(header) => header,
+        Err(header_problem) => {
+            // A segment whose creation was cut off: the last file, nothing after its header.
+            let empty = bytes.len() <= SEGMENT_HEADER_LEN
+                || last_nonzero(&bytes[SEGMENT_HEADER_LEN..]).is_none();
+            return Err(problem(Damage::SegmentHeader(header_problem), is_last && empty));
+        }
+    };
+    if header.first_sequence != named_first || header.segment_len != bytes.len() as u64 {
+        let field = if header.first_sequence != named_first { "first sequence" } else { "length" };
+        let damage = Damage::SegmentHeader(HeaderProblem::BadField(field));
+        return Err(problem(damage, false));
+    }
+    if expected.is_some_and(|expected| header.first_sequence != expected) {
+        return Err(problem(Damage::SegmentGap { found: header.first_sequence }, false));
+    }
+    Ok(header)
+}
+
+/// Whether an intact record starts anywhere after `offset` (at an aligned position).
+fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
+    let mut at = offset + RECORD_ALIGN;
+    while at + RECORD_HEADER_LEN <= bytes.len() {
+        if !format::is_end_marker(&bytes[at..]) && format::check_record(&bytes[at..]).is_some() {
+            return true;
+        }
+        at += RECORD_ALIGN;
+    }
+    false
+}
+
+/// Index of the last non-zero byte.
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    let chunks = bytes.len() / 8;
+    let (words, rest) = bytes.split_at(chunks * 8);
+    if let Some(i) = rest.iter().rposition(|&b| b != 0) {
+        return Some(words.len() + i);
+    }
+    let word =
+        words.chunks_exact(8).rposition(|w| u64::from_ne_bytes(w.try_into().unwrap()) != 0)?;
+    let within = words[word * 8..word * 8 + 8].iter().rposition(|&b| b != 0).expect("non-zero");
+    Some(word * 8 + within)
+}
+
+/// One decoded journal record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The command's sequence.
+    pub sequence: Sequence,
+    /// The writer's epoch.
+    pub epoch: Epoch,
+    /// When the command was sequenced.
+    pub timestamp: Timestamp,
+    /// The command.
+    pub command: Command,
+    /// Byte length of the record on disk.
+    pub len: u32,
+}
+
+impl Record {
+    /// The record as the engine applies it.
+    #[must_use]
+    pub fn sequenced(&self) -> ringfence_core::Sequenced {
+        ringfence_core::Sequenced {
+            sequence: self.sequence,
+            timestamp: self.timestamp,
+            command: self.command,
+        }
+    }
+}
+
+/// Visits, in order, every intact record of `layout` with sequence at least `from`, decoding
+/// and validating each payload. Stops early when the visitor breaks. A payload that fails
+/// validation is corruption (its CRC matched, so it was written that way).
+pub fn read<S: SegmentSource>(
+    source: &mut S,
+    layout: &Layout,
+    from: Sequence,
+    visit: &mut dyn FnMut(&Record) -> ControlFlow<()>,
+) -> Result<(), JournalError> {
+    for (index, segment) in layout.segments.iter().enumerate() {
+        let after = layout.segments.get(index + 1);
+        if segment.last.is_none_or(|last| last < from) {
+            continue;
+        }
+        if after.is_some_and(|next| next.header.first_sequence <= from) {
+            continue;
+        }
+        let bytes = source.read_segment(&segment.name).map_err(|e| {
+            JournalError::io(format!("reading {}", source.describe_segment(&segment.name)), e)
+        })?;
+        let flow = read_segment(&bytes, segment, from, visit).map_err(|(offset, sequence)| {
+            JournalError::Corrupt {
+                dir: layout.location.clone(),
+                file: source.describe_segment(&segment.name),
+                offset: offset as u64,
+                sequence,
+                damage: Damage::Payload,
+            }
+        })?;
+        if flow.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn read_segment(
+    bytes: &[u8],
+    segment: &SegmentLayout,
+    from: Sequence,
+    visit: &mut dyn FnMut(&Record) -> ControlFlow<()>,
+) -> Result<ControlFlow<()>, (usize, Sequence)> {
+    let mut offset = SEGMENT_HEADER_LEN;
+    assert!(segment.end <= bytes.len(), "segment shrank since it was scanned");
+    while offset < segment.end {
+        let (header, len) =
+            format::check_record(&bytes[offset..segment.end]).expect("a scanned record is intact");
+        assert!(offset + len <= segment.end);
+        if header.sequence >= from {
+            let payload = &bytes[offset + RECORD_HEADER_LEN..][..header.payload_len];
+            assert!((payload.as_ptr() as usize) % RECORD_ALIGN == 0);
+            let command = codec::decode(payload).ok_or((offset, header.sequence))?;
+            let record = Record {
+                sequence: header.sequence,
+                epoch: header.epoch,
+                timestamp: header.timestamp,
+                command,
+                len: len as u32,
+            };
+            if visit(&record).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        offset += len;
+    }
+    Ok(ControlFlow::Continue(()))
+}

@@ -1,0 +1,306 @@
+//! The journaler stage: appends records to the current segment and makes them durable per
+//! policy. It implements the pipeline's [`Journal`] trait.
+
+use std::time::{Duration, Instant};
+
+use ringfence_core::pipeline::{Journal, StageError};
+use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced};
+
+use crate::codec::Encoder;
+use crate::error::JournalError;
+use crate::format::{self, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::storage::{Segment, Storage};
+
+/// When appended records are made durable (synced to disk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Never synced by the journal: records are in the map, so they survive a process crash,
+    /// but a power loss may lose the most recent ones. Answers are released after the write.
+    None,
+    /// Group commit: every batch is synced before [`Journal::flush`] returns, so no answer
+    /// leaves before its record is on disk.
+    Batch,
+    /// Synced at most every so many milliseconds, at the end of a batch. Answers are released
+    /// after the write (as with `None`); a power loss may lose up to that window.
+    Interval {
+        /// Minimum time between syncs.
+        ms: u64,
+    },
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Durability, String> {
+        match text {
+            "none" => Ok(Durability::None),
+            "batch" => Ok(Durability::Batch),
+            _ => text
+                .strip_prefix("interval:")
+                .and_then(|ms| ms.parse().ok())
+                .map(|ms| Durability::Interval { ms })
+                .ok_or_else(|| {
+                    format!("unknown durability `{text}`: use none, batch or interval:<ms>")
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::None => write!(f, "none"),
+            Durability::Batch => write!(f, "batch"),
+            Durability::Interval { ms } => write!(f, "interval:{ms}"),
+        }
+    }
+}
+
+/// How the writer lays out and syncs segments.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Size of each segment file; a record that does not fit starts a new segment.
+    pub segment_len: u64,
+    /// When records become durable.
+    pub durability: Durability,
+    /// The engine configuration, recorded in every segment header for replay tools.
+    pub engine_config: EngineConfig,
+}
+
+impl WriterOptions {
+    /// Checks the options.
+    pub fn validate(&self) -> Result<(), JournalError> {
+        if !(format::SEGMENT_LEN_MIN..=format::SEGMENT_LEN_MAX).contains(&self.segment_len)
+            || self.segment_len % format::RECORD_ALIGN as u64 != 0
+        {
+            return Err(JournalError::Options(format!(
+                "segment size {} must be a multiple of 16 between {} and {} bytes",
+                self.segment_len,
+                format::SEGMENT_LEN_MIN,
+                format::SEGMENT_LEN_MAX
+            )));
+        }
+        self.engine_config.validate().map_err(|e| JournalError::Options(e.to_string()))
+    }
+}
+
+struct OpenSegment<T> {
+    name: String,
+    segment: T,
+    /// Where the next record goes.
+    write_at: usize,
+    /// Everything before this offset is durable.
+    synced_to: usize,
+}
+
+/// Appends records to segments in a [`Storage`]. Created by recovery (which positions it after
+/// the last intact record) or by [`JournalWriter::create`] on an empty storage.
+pub struct JournalWriter<S: Storage> {
+    storage: S,
+    options: WriterOptions,
+    current: Option<OpenSegment<S::Segment>>,
+    encoder: Encoder,
+    /// The sequence the next append must carry.
+    next: Sequence,
+    last_epoch: Epoch,
+    synced: Sequence,
+    last_sync: Instant,
+}
+
+impl<S: Storage> JournalWriter<S> {
+    /// A writer for an empty storage whose first record will be `next`.
+    pub fn create(
+        storage: S,
+        options: WriterOptions,
+        next: Sequence,
+    ) -> Result<JournalWriter<S>, JournalError> {
+        options.validate()?;
+        assert!(next.0 >= 1, "sequences start at 1");
+        Ok(JournalWriter {
+            storage,
+            options,
+            current: None,
+            encoder: Encoder::new(),
+            next,
+            last_epoch: Epoch(0),
+            synced: Sequence(next.0 - 1),
+            last_sync: Instant::now(),
+        })
+    }
+
+    /// A writer continuing in segment `name` at byte `write_at`, after `last` (recovery).
+    pub(crate) fn resume(
+        mut storage: S,
+        options: WriterOptions,
+        name: &str,
+        write_at: usize,
+        last: Sequence,
+        last_epoch: Epoch,
+    ) -> Result<JournalWriter<S>, JournalError> {
+        options.validate()?;
+        let segment = storage
+            .open(name)
+            .map_err(|e| JournalError::io(format!("opening {}", storage.describe(name)), e))?;
+        assert!(write_at >= SEGMENT_HEADER_LEN && write_at <= segment.bytes().len());
+        let current = OpenSegment { name: name.to_owned(), segment, write_at, synced_to: write_at };
+        Ok(JournalWriter {
+            storage,
+            options,
+            current: Some(current),
+            encoder: Encoder::new(),
+            next: last.next(),
+            last_epoch,
+            synced: last,
+            last_sync: Instant::now(),
+        })
+    }
+
+    /// The sequence the next append must carry.
+    #[must_use]
+    pub fn next_sequence(&self) -> Sequence {
+        self.next
+    }
+
+    /// The highest sequence known to be synced to disk (whatever the policy).
+    #[must_use]
+    pub fn synced_sequence(&self) -> Sequence {
+        self.synced
+    }
+
+    /// The highest sequence appended.
+    #[must_use]
+    pub fn last_appended(&self) -> Sequence {
+        Sequence(self.next.0 - 1)
+    }
+
+    /// The options in force.
+    #[must_use]
+    pub fn options(&self) -> &WriterOptions {
+        &self.options
+    }
+
+    /// The storage (for tests that inspect it).
+    #[must_use]
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Appends one record. Not durable until [`JournalWriter::sync_now`] or a flush that syncs.
+    pub fn try_append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), JournalError> {
+        assert_eq!(command.sequence, self.next, "journal sequences are contiguous");
+        assert!(
+            epoch >= self.last_epoch,
+            "epochs never go back: {epoch} after {}",
+            self.last_epoch
+        );
+        let payload_len = self.encoder.encode(&command.command).len();
+        let len = format::record_len(payload_len);
+        let fits = self
+            .current
+            .as_ref()
+            .is_some_and(|open| open.write_at + len <= open.segment.bytes().len());
+        if !fits {
+            self.rotate(epoch, command.sequence)?;
+        }
+        let open = self.current.as_mut().expect("a segment is open after rotation");
+        let at = open.write_at;
+        let record = &mut open.segment.bytes_mut()[at..at + len];
+        let header = RecordHeader {
+            crc: 0,
+            payload_len,
+            sequence: command.sequence,
+            epoch,
+            timestamp: command.timestamp,
+        };
+        format::encode_record_header(&header, record);
+        let payload = self.encoder.last();
+        assert_eq!(payload.len(), payload_len);
+        record[RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload_len].copy_from_slice(payload);
+        record[RECORD_HEADER_LEN + payload_len..].fill(0);
+        format::seal_record(record);
+        debug_assert!(format::check_record(record).is_some());
+        open.write_at = at + len;
+        self.next = self.next.next();
+        self.last_epoch = epoch;
+        Ok(())
+    }
+
+    /// Ends a batch: syncs as the policy says and returns the highest sequence whose answer may
+    /// be released.
+    pub fn try_flush(&mut self) -> Result<Sequence, JournalError> {
+        match self.options.durability {
+            Durability::None => {}
+            Durability::Batch => self.sync_now()?,
+            Durability::Interval { ms } => {
+                if self.last_sync.elapsed() >= Duration::from_millis(ms) {
+                    self.sync_now()?;
+                }
+            }
+        }
+        Ok(self.last_appended())
+    }
+
+    /// Syncs every appended record now.
+    pub fn sync_now(&mut self) -> Result<(), JournalError> {
+        self.last_sync = Instant::now();
+        let Some(open) = self.current.as_mut() else { return Ok(()) };
+        if open.synced_to < open.write_at {
+            let range = open.synced_to..open.write_at;
+            open.segment.sync(range).map_err(|e| {
+                JournalError::io(format!("syncing {}", self.storage.describe(&open.name)), e)
+            })?;
+            open.synced_to = open.write_at;
+        }
+        self.synced = self.last_appended();
+        Ok(())
+    }
+
+    /// Closes the current segment (synced, unless the policy is `none`) and starts a new one
+    /// whose first record is `first`.
+    fn rotate(&mut self, epoch: Epoch, first: Sequence) -> Result<(), JournalError> {
+        if self.current.is_some() && self.options.durability != Durability::None {
+            self.sync_now()?;
+        }
+        self.current = None;
+        let name = format::segment_name(first);
+        let mut segment = self.storage.create(&name, self.options.segment_len).map_err(|e| {
+            JournalError::io(format!("creating {}", self.storage.describe(&name)), e)
+        })?;
+        let header = SegmentHeader {
+            first_sequence: first,
+            segment_len: self.options.segment_len,
+            epoch,
+            config: self.options.engine_config.clone(),
+        };
+        format::encode_segment_header(&header, segment.bytes_mut());
+        // The header is synced whatever the policy: a segment must be recognisable after a
+        // crash, or recovery could not tell a torn creation from a damaged file.
+        segment.sync(0..SEGMENT_HEADER_LEN).map_err(|e| {
+            JournalError::io(format!("syncing {}", self.storage.describe(&name)), e)
+        })?;
+        self.current = Some(OpenSegment {
+            name,
+            segment,
+            write_at: SEGMENT_HEADER_LEN,
+            synced_to: SEGMENT_HEADER_LEN,
+        });
+        Ok(())
+    }
+}
+
+impl<S: Storage> Journal for JournalWriter<S> {
+    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
+        self.try_append(epoch, command).map_err(stage_error)
+    }
+
+    fn flush(&mut self) -> Result<Sequence, StageError> {
+        self.try_flush().map_err(stage_error)
+    }
+}
+
+fn stage_error(error: JournalError) -> StageError {
+    match error {
+        JournalError::Io { context, source } => StageError::Io { context, source },
+        other => StageError::Fatal(other.to_string()),
+    }
+}
