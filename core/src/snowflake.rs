@@ -59,7 +59,20 @@ impl Snowflake {
         Snowflake { shard, millis: 0, counter: 0, started: false }
     }
 
-    /// The next id at time `now`. Never repeats, always increases.
+    /// Whether [`Snowflake::next_id`] can issue an id at `now`. False only when the clock is
+    /// past the 41-bit millisecond range (around 2094) and that last millisecond is used up:
+    /// callers refuse the command instead of repeating an id.
+    #[must_use]
+    pub fn can_issue(&self, now: Timestamp) -> bool {
+        let now_millis = now.0.saturating_sub(EPOCH_UNIX_MS).min(MILLIS_MAX);
+        !self.started
+            || now_millis > self.millis
+            || self.counter < COUNTER_MAX
+            || self.millis < MILLIS_MAX
+    }
+
+    /// The next id at time `now`. Never repeats, always increases. Panics if
+    /// [`Snowflake::can_issue`] is false.
     pub fn next_id(&mut self, now: Timestamp) -> u64 {
         let now_millis = now.0.saturating_sub(EPOCH_UNIX_MS).min(MILLIS_MAX);
         if !self.started || now_millis > self.millis {
@@ -117,6 +130,18 @@ mod tests {
         // The clock catching up to the borrowed millisecond must not reuse an id.
         let next = flake.next_id(Timestamp(EPOCH_UNIX_MS + 8));
         assert!(next > last);
+    }
+
+    #[test]
+    fn clock_past_the_millisecond_range_stops_issuing_instead_of_repeating() {
+        // Goal: a clock far in the future exhausts the id space visibly, never reusing an id.
+        let mut flake = Snowflake::new(0);
+        let far = Timestamp(u64::MAX);
+        for _ in 0..=COUNTER_MAX {
+            assert!(flake.can_issue(far));
+            flake.next_id(far);
+        }
+        assert!(!flake.can_issue(far));
     }
 
     #[test]

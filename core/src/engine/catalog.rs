@@ -68,7 +68,10 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) fn create_batch(&mut self, create: &CreateCouponBatch) -> Result<Outcome, Rejection> {
+    pub(super) fn create_batch(
+        &mut self,
+        create: &CreateCouponBatch,
+    ) -> Result<Outcome, Rejection> {
         if create.batch.0 == 0 || create.quantity == 0 || create.valid_until <= create.valid_from {
             return Err(Rejection::InvalidArgument);
         }
@@ -95,7 +98,11 @@ impl Engine {
 
     /// A flash grab of one coupon: same rules as stock (window, remaining count, per-user
     /// limit), and the coupon id comes from the same snowflake sequence as order ids.
-    pub(super) fn claim_coupon(&mut self, user: UserId, batch: BatchId) -> Result<Outcome, Rejection> {
+    pub(super) fn claim_coupon(
+        &mut self,
+        user: UserId,
+        batch: BatchId,
+    ) -> Result<Outcome, Rejection> {
         if user.0 == 0 {
             return Err(Rejection::InvalidArgument);
         }
@@ -114,7 +121,7 @@ impl Engine {
         if record.per_user_limit != 0 && claimed >= record.per_user_limit {
             return Err(Rejection::LimitExceeded);
         }
-        if self.coupons.len() == self.config.coupons_max as usize {
+        if self.coupons.len() == self.config.coupons_max as usize || !self.ids.can_issue(self.now) {
             return Err(Rejection::CapacityExhausted);
         }
         let valid_until = record.valid_until;

@@ -27,7 +27,8 @@ impl Engine {
         let sku_slot = self.sku_slot(reserve.sku)?;
         let sku = &self.skus[sku_slot as usize];
         self.check_sale_open(sku)?;
-        let gross = sku.price_cents.checked_mul(u64::from(reserve.qty)).ok_or(Rejection::InvalidQty)?;
+        let gross =
+            sku.price_cents.checked_mul(u64::from(reserve.qty)).ok_or(Rejection::InvalidQty)?;
         let holding_key = (reserve.user, reserve.sku);
         let limited = sku.per_user_limit != 0;
         let held = if limited { self.holdings.get(&holding_key).copied() } else { None };
@@ -45,6 +46,9 @@ impl Engine {
             None => None,
         };
         if limited && held.is_none() && self.holdings.len() == self.config.holdings_max as usize {
+            return Err(Rejection::CapacityExhausted);
+        }
+        if !self.ids.can_issue(self.now) {
             return Err(Rejection::CapacityExhausted);
         }
         let slot = self.take_order_slot().ok_or(Rejection::CapacityExhausted)?;
@@ -133,7 +137,8 @@ impl Engine {
                 Err(Rejection::WrongAmount { expected_cents: record.amount_cents })
             }
             OrderState::Reserved => {
-                let (qty, sku_slot, coupon_slot) = (record.qty, record.sku_slot, record.coupon_slot);
+                let (qty, sku_slot, coupon_slot) =
+                    (record.qty, record.sku_slot, record.coupon_slot);
                 let record = &mut self.orders[slot as usize];
                 record.state = OrderState::Paid;
                 record.payment_ref = Some(payment_ref);
@@ -160,7 +165,11 @@ impl Engine {
     }
 
     /// Cancels a reserved order: by its buyer (`Some(user)`) or by an operator (`None`).
-    pub(super) fn cancel(&mut self, order: OrderId, user: Option<UserId>) -> Result<Outcome, Rejection> {
+    pub(super) fn cancel(
+        &mut self,
+        order: OrderId,
+        user: Option<UserId>,
+    ) -> Result<Outcome, Rejection> {
         let slot = self.order_slot(order)?;
         let record = &self.orders[slot as usize];
         if user.is_some_and(|user| user != record.user) {
