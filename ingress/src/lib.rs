@@ -4,9 +4,18 @@
 //! This crate turns bytes from untrusted sockets into sequenced commands for the node and routes
 //! each outcome back to the connection that asked for it. It never decides business rules.
 
+pub mod admission;
+pub mod backend;
+pub mod client;
 pub mod http;
 pub mod keys;
+pub mod metrics;
+pub mod server;
 pub mod wire;
 
 #[cfg(test)]
 mod arb;
+
+pub use backend::{Backend, BackendCompletion, EngineBackend, NodeStatus, Refusal};
+pub use client::{Client, ClientError};
+pub use server::{ServerConfig, ServerHandle, Stopper, start};

@@ -24,7 +24,7 @@ fn call(bytes: &[u8], bearer_ok: bool) -> Result<Call, Response> {
     let (request, used) = try_request(bytes, LIMITS).unwrap().unwrap();
     assert_eq!(used, bytes.len());
     let token = AdminToken::new(if bearer_ok { "secret" } else { "other" });
-    route(&request, &token, &mut KeyMint::new(1))
+    route(&request, Some(&token), &mut KeyMint::new(1))
 }
 
 fn error_code(response: &Response) -> String {
@@ -218,7 +218,7 @@ proptest! {
         match try_request(&bytes, LIMITS) {
             Ok(Some((request, used))) => {
                 prop_assert!(used <= bytes.len());
-                let _ = route(&request, &AdminToken::new("secret"), &mut KeyMint::new(0));
+                let _ = route(&request, Some(&AdminToken::new("secret")), &mut KeyMint::new(0));
             }
             Ok(None) => prop_assert!(bytes.len() <= LIMITS.header_max + LIMITS.body_max),
             Err(error) => prop_assert!(error.status_and_code().0 >= 400),
@@ -239,7 +239,7 @@ proptest! {
         }
         bytes.truncate(cut % (bytes.len() + 1));
         if let Ok(Some((request, _))) = try_request(&bytes, LIMITS) {
-            if let Err(response) = route(&request, &AdminToken::new("secret"), &mut KeyMint::new(0)) {
+            if let Err(response) = route(&request, Some(&AdminToken::new("secret")), &mut KeyMint::new(0)) {
                 prop_assert!(response.status >= 400);
                 let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
                 prop_assert!(value["error"].is_string());

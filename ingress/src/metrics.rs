@@ -1,0 +1,239 @@
+//! Counters and latency of the network front, rendered as Prometheus text.
+//!
+//! Everything here is owned by the single event-loop thread, so plain integers suffice. The
+//! text format is written by hand: it is a handful of `name{labels} value` lines, and no
+//! encoder crate would remove more code than it adds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use ringfence_core::Outcome;
+
+use crate::http::api::rejection_code;
+
+/// Which listener a connection came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Binary protocol v1.
+    Binary,
+    /// HTTP/1.1 JSON.
+    Http,
+}
+
+impl Protocol {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn label(index: usize) -> &'static str {
+        ["binary", "http"][index]
+    }
+}
+
+/// Counters and histograms of the front end.
+pub struct Metrics {
+    /// Requests decoded, per protocol.
+    pub requests: [u64; 2],
+    /// Requests refused for bad input (malformed frame, bad JSON, limits), per protocol.
+    pub bad_requests: [u64; 2],
+    /// Submissions refused because the ring or the in-flight cap was full.
+    pub busy: u64,
+    /// Requests refused by a connection's token bucket.
+    pub rate_limited: u64,
+    /// Connections accepted, per protocol.
+    pub accepted: [u64; 2],
+    /// Connections refused at the connection limit.
+    pub refused_connections: u64,
+    /// Connections closed because their outbound buffer filled (the client does not read).
+    pub slow_reader_disconnects: u64,
+    /// Connections closed by the idle or request timeout.
+    pub timeouts: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Commands submitted and not yet answered.
+    pub in_flight: u64,
+    /// Outcomes by name (`reserved`, `sold_out`, ...).
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// Submit-to-completion latency seen by the event loop, in nanoseconds.
+    pub latency_ns: Histogram<u64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: [0; 2],
+            bad_requests: [0; 2],
+            busy: 0,
+            rate_limited: 0,
+            accepted: [0; 2],
+            refused_connections: 0,
+            slow_reader_disconnects: 0,
+            timeouts: 0,
+            open: 0,
+            in_flight: 0,
+            outcomes: BTreeMap::new(),
+            latency_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("static histogram bounds are valid"),
+        }
+    }
+}
+
+/// The metrics name of an outcome: its rejection code, or its kind in snake_case.
+#[must_use]
+pub fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Rejected(rejection) => rejection_code(*rejection),
+        Outcome::Ticked { .. } => "ticked",
+        Outcome::SkuCreated(_) => "sku_created",
+        Outcome::Restocked(_) => "restocked",
+        Outcome::SaleChanged(_) => "sale_changed",
+        Outcome::Reserved { .. } => "reserved",
+        Outcome::Paid { .. } => "paid",
+        Outcome::Cancelled { .. } => "cancelled",
+        Outcome::Shipped { .. } => "shipped",
+        Outcome::Completed { .. } => "completed",
+        Outcome::Refunded { .. } => "refunded",
+        Outcome::BatchCreated(_) => "batch_created",
+        Outcome::CouponClaimed { .. } => "coupon_claimed",
+        Outcome::Sku(_) => "sku",
+        Outcome::Order(_) => "order",
+        Outcome::Coupon(_) => "coupon",
+        Outcome::Batch(_) => "batch",
+        Outcome::SnapshotRequested { .. } => "snapshot_requested",
+    }
+}
+
+impl Metrics {
+    /// Counts a decoded request.
+    pub fn request(&mut self, protocol: Protocol) {
+        self.requests[protocol.index()] += 1;
+    }
+
+    /// Counts a refused bad request.
+    pub fn bad_request(&mut self, protocol: Protocol) {
+        self.bad_requests[protocol.index()] += 1;
+    }
+
+    /// Counts an accepted connection.
+    pub fn accepted(&mut self, protocol: Protocol) {
+        self.accepted[protocol.index()] += 1;
+    }
+
+    /// Counts an outcome and its latency.
+    pub fn outcome(&mut self, outcome: &Outcome, latency_ns: u64) {
+        *self.outcomes.entry(outcome_name(outcome)).or_insert(0) += 1;
+        let _ = self.latency_ns.record(latency_ns.max(1));
+    }
+
+    /// Appends the front end's metrics in Prometheus text format.
+    pub fn write_prometheus(&self, out: &mut String) {
+        let per_protocol = [
+            ("ringfence_requests_total", "Requests decoded.", &self.requests),
+            ("ringfence_bad_requests_total", "Requests refused as malformed.", &self.bad_requests),
+            ("ringfence_connections_accepted_total", "Connections accepted.", &self.accepted),
+        ];
+        for (name, help, values) in per_protocol {
+            header(out, name, help, "counter");
+            for (index, value) in values.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{protocol=\"{}\"}} {value}", Protocol::label(index));
+            }
+        }
+        let scalars = [
+            (
+                "ringfence_busy_total",
+                "Submissions refused: ring or in-flight cap full.",
+                "counter",
+                self.busy,
+            ),
+            (
+                "ringfence_rate_limited_total",
+                "Requests refused by the per-connection rate limit.",
+                "counter",
+                self.rate_limited,
+            ),
+            (
+                "ringfence_connections_refused_total",
+                "Connections refused at the connection limit.",
+                "counter",
+                self.refused_connections,
+            ),
+            (
+                "ringfence_slow_reader_disconnects_total",
+                "Connections closed because the client did not read.",
+                "counter",
+                self.slow_reader_disconnects,
+            ),
+            (
+                "ringfence_timeouts_total",
+                "Connections closed by the idle or request timeout.",
+                "counter",
+                self.timeouts,
+            ),
+            ("ringfence_connections_open", "Connections open.", "gauge", self.open),
+            (
+                "ringfence_in_flight",
+                "Commands submitted and not yet answered.",
+                "gauge",
+                self.in_flight,
+            ),
+        ];
+        for (name, help, kind, value) in scalars {
+            header(out, name, help, kind);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            out,
+            "ringfence_outcomes_total",
+            "Engine outcomes by kind or rejection code.",
+            "counter",
+        );
+        for (name, value) in &self.outcomes {
+            let _ = writeln!(out, "ringfence_outcomes_total{{outcome=\"{name}\"}} {value}");
+        }
+        self.write_latency(out);
+    }
+
+    fn write_latency(&self, out: &mut String) {
+        let name = "ringfence_request_latency_seconds";
+        header(out, name, "Submit-to-outcome latency seen by the event loop.", "summary");
+        let h = &self.latency_ns;
+        for quantile in [0.5, 0.9, 0.99, 0.999] {
+            let seconds = h.value_at_quantile(quantile) as f64 / 1e9;
+            let _ = writeln!(out, "{name}{{quantile=\"{quantile}\"}} {seconds:.9}");
+        }
+        let sum = h.mean() * h.len() as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum:.9}");
+        let _ = writeln!(out, "{name}_count {}", h.len());
+    }
+}
+
+/// Writes `# HELP` and `# TYPE` lines.
+pub fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringfence_core::Rejection;
+
+    #[test]
+    fn prometheus_text_has_types_and_outcome_labels() {
+        // Goal: the exposition names every family with HELP/TYPE and labels outcomes by code.
+        let mut metrics = Metrics::default();
+        metrics.request(Protocol::Http);
+        metrics.outcome(&Outcome::Rejected(Rejection::SoldOut), 1_000);
+        let mut out = String::new();
+        metrics.write_prometheus(&mut out);
+        assert!(out.contains("# TYPE ringfence_requests_total counter"));
+        assert!(out.contains("ringfence_requests_total{protocol=\"http\"} 1"));
+        assert!(out.contains("ringfence_outcomes_total{outcome=\"sold_out\"} 1"));
+        assert!(out.contains("ringfence_request_latency_seconds_count 1"));
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "bad sample line {line}");
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! One client connection: its buffers, its place in admission control, its timers.
+//!
+//! HTTP responses must leave in request order, but commands complete asynchronously, so each
+//! HTTP connection keeps a queue of response slots: a slot is filled when its outcome arrives
+//! and the filled prefix of the queue is moved to the output buffer. Binary responses carry
+//! correlation ids and go out as soon as they are ready.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use ringfence_core::Outcome;
+
+use super::ServerConfig;
+use crate::admission::TokenBucket;
+use crate::http::Response;
+use crate::http::api::render_outcome;
+use crate::metrics::Protocol;
+use crate::wire::{self, ErrorCode, ErrorFrame};
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Where a command's outcome goes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Reply {
+    /// A binary `OUTCOME` frame with this correlation id.
+    Binary { correlation: u64 },
+    /// The HTTP response slot `seq`.
+    Http { seq: u64, keep_alive: bool },
+}
+
+/// A command submitted to the backend and not yet answered.
+#[derive(Debug)]
+pub(super) struct Flight {
+    /// Slot of the connection that sent it.
+    pub conn: usize,
+    /// That connection's id, so a reused slot never receives an old answer.
+    pub conn_id: u64,
+    pub reply: Reply,
+    pub submitted: Instant,
+}
+
+/// What one read from the socket gave.
+pub(super) enum ReadResult {
+    Data,
+    WouldBlock,
+    Closed,
+    Error,
+}
+
+pub(super) struct Conn {
+    pub id: u64,
+    stream: TcpStream,
+    pub protocol: Protocol,
+    pub input: Vec<u8>,
+    pub input_start: usize,
+    out: Vec<u8>,
+    out_start: usize,
+    /// Binary connections: the admin token was presented.
+    pub authed: bool,
+    pub in_flight: usize,
+    /// Reading stopped at the per-connection in-flight limit; resumes on completions.
+    pub read_paused: bool,
+    /// The peer closed its sending side.
+    pub read_closed: bool,
+    /// No more requests are read (HTTP `Connection: close` or a framing error); the
+    /// connection closes once everything read is answered.
+    pub stop_reading: bool,
+    /// A fatal error frame or response was queued: close once it is written.
+    pub closing: bool,
+    /// The socket failed: close now.
+    pub dead: bool,
+    pub bucket: TokenBucket,
+    last_activity: Instant,
+    /// When the incomplete request at the end of `input` started arriving.
+    partial_since: Option<Instant>,
+    /// When output last made progress (or became pending).
+    last_write: Instant,
+    http_queue: VecDeque<Option<Vec<u8>>>,
+    http_base: u64,
+}
+
+impl Conn {
+    pub fn new(
+        id: u64,
+        stream: TcpStream,
+        protocol: Protocol,
+        config: &ServerConfig,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            id,
+            stream,
+            protocol,
+            input: Vec::with_capacity(READ_CHUNK),
+            input_start: 0,
+            out: Vec::new(),
+            out_start: 0,
+            authed: false,
+            in_flight: 0,
+            read_paused: false,
+            read_closed: false,
+            stop_reading: false,
+            closing: false,
+            dead: false,
+            bucket: TokenBucket::new(config.rate_per_sec, config.rate_burst, now),
+            last_activity: now,
+            partial_since: None,
+            last_write: now,
+            http_queue: VecDeque::new(),
+            http_base: 0,
+        }
+    }
+
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Bytes waiting to be written.
+    pub fn out_pending(&self) -> usize {
+        self.out.len() - self.out_start
+    }
+
+    /// Whether the connection should be closed now.
+    pub fn is_finished(&self) -> bool {
+        if self.dead || (self.closing && self.out_pending() == 0) {
+            return true;
+        }
+        let no_more_input = self.read_closed || self.stop_reading;
+        no_more_input
+            && self.in_flight == 0
+            && self.http_queue.is_empty()
+            && self.out_pending() == 0
+            && !self.read_paused
+    }
+
+    pub fn can_read(&self) -> bool {
+        !(self.dead || self.closing || self.read_closed || self.stop_reading || self.read_paused)
+    }
+
+    /// Reads one chunk from the socket into `input`.
+    pub fn read_chunk(&mut self, now: Instant) -> ReadResult {
+        if self.input_start == self.input.len() {
+            self.input.clear();
+            self.input_start = 0;
+        } else if self.input_start >= READ_CHUNK {
+            self.input.drain(..self.input_start);
+            self.input_start = 0;
+        }
+        let filled = self.input.len();
+        self.input.resize(filled + READ_CHUNK, 0);
+        let result = loop {
+            match self.stream.read(&mut self.input[filled..]) {
+                Ok(0) => break ReadResult::Closed,
+                Ok(n) => {
+                    self.input.truncate(filled + n);
+                    self.last_activity = now;
+                    return ReadResult::Data;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    break ReadResult::WouldBlock;
+                }
+                Err(_) => break ReadResult::Error,
+            }
+        };
+        self.input.truncate(filled);
+        result
+    }
+
+    /// Notes whether an incomplete request waits at the end of `input`, for the slow-client
+    /// timeout. Input held back while reading is paused is not the client's slowness.
+    pub fn note_partial(&mut self, now: Instant) {
+        let waiting = self.input_start < self.input.len() && !self.read_paused;
+        match (waiting, self.partial_since) {
+            (true, None) => self.partial_since = Some(now),
+            (false, _) => self.partial_since = None,
+            (true, Some(_)) => {}
+        }
+    }
+
+    /// Writes as much output as the socket takes.
+    pub fn flush(&mut self, now: Instant) {
+        while self.out_start < self.out.len() {
+            match self.stream.write(&self.out[self.out_start..]) {
+                Ok(0) => {
+                    self.dead = true;
+                    return;
+                }
+                Ok(n) => {
+                    self.out_start += n;
+                    self.last_write = now;
+                    self.last_activity = now;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.dead = true;
+                    return;
+                }
+            }
+        }
+        self.out.clear();
+        self.out_start = 0;
+    }
+
+    fn out_buffer(&mut self) -> &mut Vec<u8> {
+        if self.out_pending() == 0 {
+            self.last_write = Instant::now();
+        }
+        &mut self.out
+    }
+
+    /// Queues a binary error frame; fatal ones close the connection once written.
+    pub fn send_error(
+        &mut self,
+        correlation: u64,
+        code: ErrorCode,
+        retry_after_ms: u32,
+        message: String,
+    ) {
+        let fatal = matches!(
+            code,
+            ErrorCode::MalformedFrame
+                | ErrorCode::UnsupportedVersion
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::UnknownKind
+                | ErrorCode::BadBody
+                | ErrorCode::AuthFailed
+                | ErrorCode::Timeout
+        );
+        let frame = ErrorFrame { code, fatal, retry_after_ms, message };
+        wire::encode_error(self.out_buffer(), correlation, &frame);
+        if fatal {
+            self.closing = true;
+        }
+    }
+
+    /// Queues a binary frame built by `encode`.
+    pub fn send_frame(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        encode(self.out_buffer());
+    }
+
+    /// The slot number the next HTTP response will take.
+    pub fn next_http_seq(&self) -> u64 {
+        self.http_base + self.http_queue.len() as u64
+    }
+
+    /// Reserves a slot for a response that will come with a completion.
+    pub fn push_http_pending(&mut self) {
+        self.http_queue.push_back(None);
+    }
+
+    /// Queues a response that is ready now, behind any still pending.
+    pub fn push_http_ready(&mut self, response: &Response, keep_alive: bool) {
+        if self.http_queue.is_empty() {
+            response.write(self.out_buffer(), keep_alive);
+        } else {
+            let mut bytes = Vec::with_capacity(128 + response.body.len());
+            response.write(&mut bytes, keep_alive);
+            self.http_queue.push_back(Some(bytes));
+        }
+    }
+
+    /// Delivers a completed command's outcome.
+    pub fn complete(
+        &mut self,
+        flight: &Flight,
+        result: &Result<Outcome, String>,
+        config: &ServerConfig,
+    ) {
+        self.in_flight -= 1;
+        match (flight.reply, result) {
+            (Reply::Binary { correlation }, Ok(outcome)) => {
+                wire::encode_outcome(self.out_buffer(), correlation, outcome);
+            }
+            (Reply::Binary { correlation }, Err(message)) => {
+                let message = format!("the node could not answer: {message}");
+                self.send_error(
+                    correlation,
+                    ErrorCode::ShuttingDown,
+                    config.busy_retry_ms,
+                    message,
+                );
+            }
+            (Reply::Http { seq, keep_alive }, result) => {
+                let response = match result {
+                    Ok(outcome) => render_outcome(outcome),
+                    Err(message) => {
+                        Response::error(503, "node_unavailable", message).retry_after(1)
+                    }
+                };
+                self.fill_http_slot(seq, &response, keep_alive);
+            }
+        }
+    }
+
+    fn fill_http_slot(&mut self, seq: u64, response: &Response, keep_alive: bool) {
+        let Some(index) = seq.checked_sub(self.http_base) else { return };
+        let Some(slot) = self.http_queue.get_mut(index as usize) else { return };
+        let mut bytes = Vec::with_capacity(128 + response.body.len());
+        response.write(&mut bytes, keep_alive);
+        *slot = Some(bytes);
+        while let Some(Some(_)) = self.http_queue.front() {
+            let bytes = self.http_queue.pop_front().flatten().expect("front is ready");
+            self.http_base += 1;
+            self.out_buffer().extend_from_slice(&bytes);
+        }
+    }
+
+    /// Why the connection has run out of time, if it has.
+    pub fn timed_out(&self, now: Instant, config: &ServerConfig) -> Option<&'static str> {
+        let request_timeout = Duration::from_millis(config.request_timeout_ms);
+        if self.partial_since.is_some_and(|since| now.duration_since(since) >= request_timeout) {
+            return Some("request not completed within request_timeout_ms");
+        }
+        if self.out_pending() > 0 && now.duration_since(self.last_write) >= request_timeout {
+            return Some("client did not read its responses within request_timeout_ms");
+        }
+        let idle = self.in_flight == 0 && self.out_pending() == 0 && self.http_queue.is_empty();
+        let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
+        if idle && now.duration_since(self.last_activity) >= idle_timeout {
+            return Some("idle for idle_timeout_ms");
+        }
+        None
+    }
+
+    /// Tells a client with a half-sent request why it is being disconnected.
+    pub fn write_timeout_notice(&mut self) {
+        if self.partial_since.is_none() {
+            return;
+        }
+        match self.protocol {
+            Protocol::Binary => {
+                let message = "request not completed in time".to_owned();
+                self.send_error(0, ErrorCode::Timeout, 0, message);
+            }
+            Protocol::Http => {
+                let response =
+                    Response::error(408, "request_timeout", "request not completed in time");
+                response.write(self.out_buffer(), false);
+            }
+        }
+    }
+}
+
+/// Best-effort notice to a connection refused at the connection limit, then close.
+pub(super) fn refuse(mut stream: TcpStream, protocol: Protocol) {
+    let mut out = Vec::new();
+    match protocol {
+        Protocol::Binary => {
+            let frame = ErrorFrame {
+                code: ErrorCode::Busy,
+                fatal: true,
+                retry_after_ms: 1_000,
+                message: "too many connections".into(),
+            };
+            wire::encode_error(&mut out, 0, &frame);
+        }
+        Protocol::Http => {
+            let response = Response::error(503, "too_many_connections", "connection limit reached");
+            response.retry_after(1).write(&mut out, false);
+        }
+    }
+    let _ = stream.write(&out);
+}

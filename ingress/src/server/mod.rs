@@ -1,0 +1,502 @@
+//! The mio server: one event-loop thread serving the binary protocol and the HTTP API.
+//!
+//! One thread is the right shape for small machines: it decodes requests, publishes commands
+//! to the node without ever blocking, and writes outcomes back when the node completes them.
+//! Every resource a client can consume is bounded: connections (`connections_max`), commands
+//! in flight overall (`in_flight_max`, then `busy`) and per connection (reading pauses), request
+//! rate per connection (token bucket, then `rate_limited`), request size (frame, head, body
+//! limits), outbound bytes (a client that does not read is disconnected when its buffer
+//! fills), and time (idle connections and requests that arrive too slowly are closed).
+//! Bad input costs the sender its connection at worst, never anyone else's service.
+
+mod conn;
+mod serve;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use ringfence_core::{Action, Command};
+use serde::Deserialize;
+
+use crate::admission::LogLimiter;
+use crate::backend::Backend;
+use crate::http::api::{AdminToken, KeyMint};
+use crate::metrics::{Metrics, Protocol};
+use conn::{Conn, Flight};
+
+const BINARY_LISTENER: Token = Token(usize::MAX - 1);
+const HTTP_LISTENER: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
+/// How often timeouts are checked; also the longest the loop sleeps.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a shutdown waits for commands in flight to be answered.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of the network front. Every field has a default; TOML files may set any of them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Binary protocol listener; `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// HTTP listener; `None` disables it.
+    pub http: Option<SocketAddr>,
+    /// Connections open at once, both listeners together.
+    pub connections_max: usize,
+    /// Commands submitted and not yet answered, all connections together; beyond it: `busy`.
+    pub in_flight_max: usize,
+    /// Commands in flight per connection; beyond it the connection's reading pauses.
+    pub connection_in_flight_max: usize,
+    /// Bytes queued for one client; a client that lets more pile up is disconnected.
+    pub outbound_max: usize,
+    /// Requests per second per connection (token bucket); 0 means unlimited.
+    pub rate_per_sec: u32,
+    /// Requests a connection may send at once after being quiet.
+    pub rate_burst: u32,
+    /// Largest HTTP request head.
+    pub header_max: usize,
+    /// Largest HTTP request body.
+    pub body_max: usize,
+    /// A connection with nothing in flight and no traffic for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A request (or a response being written) must complete within this long.
+    pub request_timeout_ms: u64,
+    /// Retry hint sent with `busy` and capacity refusals on the binary port.
+    pub busy_retry_ms: u32,
+    /// Bad-input warnings printed per second at most.
+    pub warnings_per_sec: u32,
+    /// The admin bearer token; without one, admin calls are refused.
+    pub admin_token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7001))),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 7080))),
+            connections_max: 4_096,
+            in_flight_max: 65_536,
+            connection_in_flight_max: 4_096,
+            outbound_max: 4 << 20,
+            rate_per_sec: 0,
+            rate_burst: 1_000,
+            header_max: 8 * 1024,
+            body_max: 16 * 1024,
+            idle_timeout_ms: 300_000,
+            request_timeout_ms: 10_000,
+            busy_retry_ms: 10,
+            warnings_per_sec: 10,
+            admin_token: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Listens on ephemeral loopback ports; for tests and benchmarks.
+    #[must_use]
+    pub fn loopback() -> ServerConfig {
+        ServerConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..ServerConfig::default()
+        }
+    }
+}
+
+/// A running server: its addresses and the means to stop it.
+pub struct ServerHandle {
+    binary_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    stopper: Stopper,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+/// Asks a server to stop; cheap to clone and usable from any thread (e.g. a signal handler
+/// thread).
+#[derive(Clone)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Stopper {
+    /// Asks the server to stop: it stops accepting and reading, answers what is in flight
+    /// (for at most five seconds), closes its connections and returns.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+}
+
+impl ServerHandle {
+    /// Where the binary protocol listens.
+    #[must_use]
+    pub fn binary_addr(&self) -> Option<SocketAddr> {
+        self.binary_addr
+    }
+
+    /// Where HTTP listens.
+    #[must_use]
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// A handle that stops the server.
+    #[must_use]
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Waits for the server thread to end (after [`Stopper::stop`]).
+    pub fn join(mut self) -> io::Result<()> {
+        self.join_thread()
+    }
+
+    /// Stops the server and waits for it.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stopper.stop();
+        self.join_thread()
+    }
+
+    fn join_thread(&mut self) -> io::Result<()> {
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the ingress thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stopper.stop();
+            let _ = self.join_thread();
+        }
+    }
+}
+
+/// Binds the listeners, builds the backend with the loop's waker, and runs the event loop on a
+/// thread named `ringfence-ingress`.
+pub fn start<B: Backend>(
+    config: ServerConfig,
+    make_backend: impl FnOnce(Arc<Waker>) -> io::Result<B>,
+) -> io::Result<ServerHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let mut binary = config.listen.map(TcpListener::bind).transpose()?;
+    let mut http = config.http.map(TcpListener::bind).transpose()?;
+    let binary_addr = binary.as_ref().map(TcpListener::local_addr).transpose()?;
+    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
+    if let Some(listener) = binary.as_mut() {
+        poll.registry().register(listener, BINARY_LISTENER, Interest::READABLE)?;
+    }
+    if let Some(listener) = http.as_mut() {
+        poll.registry().register(listener, HTTP_LISTENER, Interest::READABLE)?;
+    }
+    let backend = make_backend(Arc::clone(&waker))?;
+    let flag = Arc::new(AtomicBool::new(false));
+    let stopper = Stopper { flag: Arc::clone(&flag), waker };
+    let server = Server::new(config, poll, backend, binary, http, flag);
+    let thread =
+        std::thread::Builder::new().name("ringfence-ingress".into()).spawn(move || server.run())?;
+    Ok(ServerHandle { binary_addr, http_addr, stopper, thread: Some(thread) })
+}
+
+/// Admin-only commands: catalogue changes, fulfilment, snapshots.
+#[must_use]
+pub fn needs_admin(command: &Command) -> bool {
+    match command {
+        Command::Snapshot => true,
+        Command::Tick | Command::Query(_) => false,
+        Command::Client { action, .. } => matches!(
+            action,
+            Action::CreateSku(_)
+                | Action::Restock { .. }
+                | Action::OpenSale { .. }
+                | Action::CloseSale { .. }
+                | Action::AdminCancel { .. }
+                | Action::Ship { .. }
+                | Action::Refund { .. }
+                | Action::CreateCouponBatch(_)
+        ),
+    }
+}
+
+struct Server<B: Backend> {
+    poll: Poll,
+    config: ServerConfig,
+    backend: B,
+    binary: Option<TcpListener>,
+    http: Option<TcpListener>,
+    conns: Vec<Option<Conn>>,
+    free_conns: Vec<usize>,
+    next_conn_id: u64,
+    flights: Vec<Option<Flight>>,
+    free_flights: Vec<usize>,
+    /// Connections with output to flush at the end of this turn of the loop.
+    dirty: Vec<usize>,
+    /// Connections whose reading paused and may resume.
+    resume: Vec<usize>,
+    metrics: Metrics,
+    log: LogLimiter,
+    admin: Option<AdminToken>,
+    mint: KeyMint,
+    stop: Arc<AtomicBool>,
+    stopping_since: Option<Instant>,
+}
+
+impl<B: Backend> Server<B> {
+    fn new(
+        config: ServerConfig,
+        poll: Poll,
+        backend: B,
+        binary: Option<TcpListener>,
+        http: Option<TcpListener>,
+        stop: Arc<AtomicBool>,
+    ) -> Server<B> {
+        let admin = config.admin_token.as_deref().filter(|t| !t.is_empty()).map(AdminToken::new);
+        let nonce = u128::from(crate::backend::now_ms()) << 64
+            | u128::from(std::process::id()) << 32
+            | u128::from(Instant::now().elapsed().subsec_nanos());
+        Server {
+            poll,
+            log: LogLimiter::new(config.warnings_per_sec),
+            config,
+            backend,
+            binary,
+            http,
+            conns: Vec::new(),
+            free_conns: Vec::new(),
+            next_conn_id: 1,
+            flights: Vec::new(),
+            free_flights: Vec::new(),
+            dirty: Vec::new(),
+            resume: Vec::new(),
+            metrics: Metrics::default(),
+            admin,
+            mint: KeyMint::new(nonce ^ nonce_entropy()),
+            stop,
+            stopping_since: None,
+        }
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut last_sweep = Instant::now();
+        loop {
+            match self.poll.poll(&mut events, Some(SWEEP_INTERVAL)) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    BINARY_LISTENER => self.accept(Protocol::Binary, now),
+                    HTTP_LISTENER => self.accept(Protocol::Http, now),
+                    WAKER => {}
+                    Token(index) => {
+                        self.on_event(index, event.is_readable(), event.is_writable(), now);
+                    }
+                }
+            }
+            self.drain_completions();
+            self.resume_paused(now);
+            self.flush_dirty(now);
+            if now.duration_since(last_sweep) >= SWEEP_INTERVAL {
+                last_sweep = now;
+                self.sweep(now);
+            }
+            if self.stop.load(Ordering::Acquire) && self.stopping_since.is_none() {
+                self.begin_stop(now);
+            }
+            if let Some(since) = self.stopping_since {
+                let drained = self.metrics.in_flight == 0 && self.all_flushed();
+                if drained || now.duration_since(since) >= DRAIN_TIMEOUT {
+                    break;
+                }
+            }
+        }
+        for index in 0..self.conns.len() {
+            self.close(index);
+        }
+        self.backend.close();
+        Ok(())
+    }
+
+    fn begin_stop(&mut self, now: Instant) {
+        self.stopping_since = Some(now);
+        if let Some(mut listener) = self.binary.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        if let Some(mut listener) = self.http.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+    }
+
+    fn all_flushed(&self) -> bool {
+        self.conns.iter().flatten().all(|conn| conn.out_pending() == 0)
+    }
+
+    fn accept(&mut self, protocol: Protocol, now: Instant) {
+        loop {
+            let listener = match protocol {
+                Protocol::Binary => self.binary.as_ref(),
+                Protocol::Http => self.http.as_ref(),
+            };
+            let Some(listener) = listener else { return };
+            let (stream, _peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // Out of file descriptors and the like: try again on the next event.
+                    self.log.warn(now, format_args!("accept failed: {error}"));
+                    return;
+                }
+            };
+            if self.metrics.open as usize >= self.config.connections_max {
+                self.metrics.refused_connections += 1;
+                conn::refuse(stream, protocol);
+                continue;
+            }
+            self.register(stream, protocol, now);
+        }
+    }
+
+    fn register(&mut self, mut stream: mio::net::TcpStream, protocol: Protocol, now: Instant) {
+        let index = self.free_conns.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(error) = self.poll.registry().register(&mut stream, Token(index), interest) {
+            self.log.warn(now, format_args!("registering a connection failed: {error}"));
+            self.free_conns.push(index);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        self.conns[index] = Some(Conn::new(id, stream, protocol, &self.config, now));
+        self.metrics.accepted(protocol);
+        self.metrics.open += 1;
+    }
+
+    fn close(&mut self, index: usize) {
+        let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) else { return };
+        let _ = self.poll.registry().deregister(conn.stream_mut());
+        self.free_conns.push(index);
+        self.metrics.open -= 1;
+    }
+
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool, now: Instant) {
+        let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) else { return };
+        if writable {
+            conn.flush(now);
+        }
+        if readable && self.stopping_since.is_none() {
+            self.read_and_serve(&mut conn, index, now);
+        }
+        self.put_back(conn, index);
+    }
+
+    /// Returns a taken connection to its slot, or closes it if it is finished.
+    fn put_back(&mut self, conn: Conn, index: usize) {
+        let finished = conn.is_finished();
+        let dirty = conn.out_pending() > 0;
+        self.conns[index] = Some(conn);
+        if finished {
+            self.close(index);
+        } else if dirty {
+            self.dirty.push(index);
+        }
+    }
+
+    fn resume_paused(&mut self, now: Instant) {
+        let mut resume = std::mem::take(&mut self.resume);
+        for index in resume.drain(..) {
+            let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) else { continue };
+            if conn.read_paused && self.stopping_since.is_none() {
+                self.read_and_serve(&mut conn, index, now);
+            }
+            self.put_back(conn, index);
+        }
+        self.resume = resume;
+    }
+
+    fn flush_dirty(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for index in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { continue };
+            conn.flush(now);
+            if conn.out_pending() > self.config.outbound_max {
+                self.metrics.slow_reader_disconnects += 1;
+                self.log.warn(now, format_args!("closing a connection that does not read"));
+                self.close(index);
+            } else if conn.is_finished() {
+                self.close(index);
+            }
+        }
+        self.dirty = dirty;
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        for index in 0..self.conns.len() {
+            let Some(conn) = self.conns[index].as_mut() else { continue };
+            if let Some(reason) = conn.timed_out(now, &self.config) {
+                self.metrics.timeouts += 1;
+                self.log.warn(now, format_args!("closing a connection: {reason}"));
+                conn.write_timeout_notice();
+                conn.flush(now);
+                self.close(index);
+            }
+        }
+    }
+
+    fn drain_completions(&mut self) {
+        let now = Instant::now();
+        while let Some(completion) = self.backend.poll() {
+            let slot = usize::try_from(completion.token).ok().and_then(|t| self.flights.get_mut(t));
+            let Some(flight) = slot.and_then(Option::take) else {
+                self.log
+                    .warn(now, format_args!("completion for unknown token {}", completion.token));
+                continue;
+            };
+            self.free_flights.push(completion.token as usize);
+            self.metrics.in_flight -= 1;
+            let latency = now.saturating_duration_since(flight.submitted).as_nanos() as u64;
+            if let Ok(outcome) = &completion.result {
+                self.metrics.outcome(outcome, latency);
+            }
+            let Some(conn) = self.conns.get_mut(flight.conn).and_then(Option::as_mut) else {
+                continue;
+            };
+            if conn.id != flight.conn_id {
+                continue;
+            }
+            conn.complete(&flight, &completion.result, &self.config);
+            self.dirty.push(flight.conn);
+            if conn.read_paused {
+                self.resume.push(flight.conn);
+            }
+        }
+    }
+}
+
+fn nonce_entropy() -> u128 {
+    use std::hash::{BuildHasher, RandomState};
+    // `RandomState` is seeded from the operating system's randomness; only used to make admin
+    // request keys of different runs differ, never for anything that must be reproducible.
+    let state = RandomState::new();
+    u128::from(state.hash_one(1u8)) << 64 | u128::from(state.hash_one(2u8))
+}

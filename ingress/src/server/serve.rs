@@ -1,0 +1,289 @@
+//! Turning a connection's bytes into commands: decode, admit, submit, or answer at once.
+
+use std::time::Instant;
+
+use ringfence_core::Command;
+use serde_json::json;
+
+use super::conn::{Conn, Flight, ReadResult, Reply};
+use super::{Server, needs_admin};
+use crate::backend::{Backend, Refusal};
+use crate::http::api::{Call, route};
+use crate::http::{self, Limits, Response};
+use crate::metrics::Protocol;
+use crate::wire::{self, ErrorCode};
+
+/// Why a command was not submitted.
+enum Refused {
+    RateLimited { retry_after_ms: u32 },
+    Busy,
+    ShuttingDown,
+    Failed(String),
+}
+
+/// A binary request with everything borrowed from the input buffer resolved.
+enum Decoded {
+    Command(Command),
+    Auth { accepted: bool },
+    Node,
+    Ping,
+}
+
+impl<B: Backend> Server<B> {
+    /// Serves requests already buffered, then reads and serves until the socket is drained or
+    /// the connection must stop reading.
+    pub(super) fn read_and_serve(&mut self, conn: &mut Conn, index: usize, now: Instant) {
+        conn.read_paused = false;
+        self.serve_input(conn, index, now);
+        while conn.can_read() {
+            match conn.read_chunk(now) {
+                ReadResult::Data => self.serve_input(conn, index, now),
+                ReadResult::WouldBlock => break,
+                ReadResult::Closed => conn.read_closed = true,
+                ReadResult::Error => conn.dead = true,
+            }
+        }
+        conn.note_partial(now);
+    }
+
+    fn serve_input(&mut self, conn: &mut Conn, index: usize, now: Instant) {
+        match conn.protocol {
+            Protocol::Binary => self.serve_binary(conn, index, now),
+            Protocol::Http => self.serve_http(conn, index, now),
+        }
+    }
+
+    fn paused_at_limit(&self, conn: &mut Conn) -> bool {
+        if conn.in_flight >= self.config.connection_in_flight_max {
+            conn.read_paused = true;
+        }
+        conn.read_paused
+    }
+
+    fn serve_binary(&mut self, conn: &mut Conn, index: usize, now: Instant) {
+        while !(conn.closing || conn.dead || self.paused_at_limit(conn)) {
+            let (correlation, decoded) = match wire::try_frame(&conn.input[conn.input_start..]) {
+                Ok(None) => return,
+                Err(error) => (0, Err(error)),
+                Ok(Some((frame, used))) => {
+                    let decoded = match wire::decode_request(&frame) {
+                        Ok(wire::Request::Command(command)) => Ok(Decoded::Command(command)),
+                        Ok(wire::Request::Auth(token)) => {
+                            let accepted =
+                                self.admin.as_ref().is_some_and(|a| a.allows(Some(token)));
+                            Ok(Decoded::Auth { accepted })
+                        }
+                        Ok(wire::Request::Node) => Ok(Decoded::Node),
+                        Ok(wire::Request::Ping) => Ok(Decoded::Ping),
+                        Err(error) => Err(error),
+                    };
+                    conn.input_start += used;
+                    (frame.correlation, decoded)
+                }
+            };
+            match decoded {
+                Ok(request) => self.binary_request(conn, index, correlation, request, now),
+                Err(error) => {
+                    self.metrics.bad_request(Protocol::Binary);
+                    self.log.warn(now, format_args!("binary client sent a bad frame: {error}"));
+                    conn.send_error(correlation, error.code(), 0, error.to_string());
+                }
+            }
+        }
+    }
+
+    fn binary_request(
+        &mut self,
+        conn: &mut Conn,
+        index: usize,
+        correlation: u64,
+        request: Decoded,
+        now: Instant,
+    ) {
+        self.metrics.request(Protocol::Binary);
+        match request {
+            Decoded::Ping => {
+                conn.send_frame(|out| wire::encode_empty(out, wire::Kind::Pong, correlation))
+            }
+            Decoded::Node => {
+                let info = self.backend.status().info;
+                conn.send_frame(|out| wire::encode_node_info(out, correlation, &info));
+            }
+            Decoded::Auth { accepted: true } => {
+                conn.authed = true;
+                conn.send_frame(|out| wire::encode_empty(out, wire::Kind::AuthOk, correlation));
+            }
+            Decoded::Auth { accepted: false } => {
+                self.log.warn(now, format_args!("binary client presented a wrong admin token"));
+                let message = "wrong admin token".to_owned();
+                conn.send_error(correlation, ErrorCode::AuthFailed, 0, message);
+            }
+            Decoded::Command(command) if needs_admin(&command) && !conn.authed => {
+                let message = "admin command: send AUTH with the admin token first".to_owned();
+                conn.send_error(correlation, ErrorCode::Unauthorized, 0, message);
+            }
+            Decoded::Command(command) => {
+                let reply = Reply::Binary { correlation };
+                if let Err(refused) = self.admit_and_submit(conn, index, command, reply, now) {
+                    let busy_retry_ms = self.config.busy_retry_ms;
+                    let (code, retry_after_ms, message) = match refused {
+                        Refused::RateLimited { retry_after_ms } => {
+                            (ErrorCode::RateLimited, retry_after_ms, "rate limit exceeded".into())
+                        }
+                        Refused::Busy => {
+                            (ErrorCode::Busy, busy_retry_ms, "busy: retry later".into())
+                        }
+                        Refused::ShuttingDown => {
+                            (ErrorCode::ShuttingDown, 0, "the node is shutting down".into())
+                        }
+                        Refused::Failed(message) => (ErrorCode::ShuttingDown, 0, message),
+                    };
+                    conn.send_error(correlation, code, retry_after_ms, message);
+                }
+            }
+        }
+    }
+
+    fn serve_http(&mut self, conn: &mut Conn, index: usize, now: Instant) {
+        let limits = Limits { header_max: self.config.header_max, body_max: self.config.body_max };
+        while !(conn.closing || conn.dead || conn.stop_reading || self.paused_at_limit(conn)) {
+            let (keep_alive, routed) =
+                match http::try_request(&conn.input[conn.input_start..], limits) {
+                    Ok(None) => return,
+                    Err(error) => {
+                        self.metrics.bad_request(Protocol::Http);
+                        self.log.warn(now, format_args!("HTTP client sent a bad request: {error}"));
+                        let (status, code) = error.status_and_code();
+                        conn.push_http_ready(
+                            &Response::error(status, code, &error.to_string()),
+                            false,
+                        );
+                        conn.stop_reading = true;
+                        return;
+                    }
+                    Ok(Some((request, used))) => {
+                        let routed = route(&request, self.admin.as_ref(), &mut self.mint);
+                        conn.input_start += used;
+                        (request.keep_alive, routed)
+                    }
+                };
+            self.metrics.request(Protocol::Http);
+            if !keep_alive {
+                conn.stop_reading = true;
+            }
+            let response = match routed {
+                Err(response) => {
+                    if response.status == 400 {
+                        self.metrics.bad_request(Protocol::Http);
+                    }
+                    response
+                }
+                Ok(Call::Health) => Response::json(200, &json!({ "status": "ok" })),
+                Ok(Call::Node) => self.node_response(),
+                Ok(Call::Metrics) => self.metrics_response(),
+                Ok(Call::Submit(command)) => {
+                    let reply = Reply::Http { seq: conn.next_http_seq(), keep_alive };
+                    match self.admit_and_submit(conn, index, command, reply, now) {
+                        Ok(()) => {
+                            conn.push_http_pending();
+                            continue;
+                        }
+                        Err(refused) => http_refusal(refused),
+                    }
+                }
+            };
+            conn.push_http_ready(&response, keep_alive);
+        }
+    }
+
+    fn admit_and_submit(
+        &mut self,
+        conn: &mut Conn,
+        index: usize,
+        command: Command,
+        reply: Reply,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        if let Err(wait) = conn.bucket.try_take(now) {
+            self.metrics.rate_limited += 1;
+            let retry_after_ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
+            return Err(Refused::RateLimited { retry_after_ms });
+        }
+        if self.metrics.in_flight as usize >= self.config.in_flight_max {
+            self.metrics.busy += 1;
+            return Err(Refused::Busy);
+        }
+        let token = self.free_flights.pop().unwrap_or_else(|| {
+            self.flights.push(None);
+            self.flights.len() - 1
+        });
+        match self.backend.try_submit(command, token as u64) {
+            Ok(()) => {
+                let flight = Flight { conn: index, conn_id: conn.id, reply, submitted: now };
+                self.flights[token] = Some(flight);
+                conn.in_flight += 1;
+                self.metrics.in_flight += 1;
+                Ok(())
+            }
+            Err(refusal) => {
+                self.free_flights.push(token);
+                Err(match refusal {
+                    Refusal::Busy => {
+                        self.metrics.busy += 1;
+                        Refused::Busy
+                    }
+                    Refusal::ShuttingDown => Refused::ShuttingDown,
+                    other => Refused::Failed(other.to_string()),
+                })
+            }
+        }
+    }
+
+    fn node_response(&self) -> Response {
+        let status = self.backend.status();
+        let info = status.info;
+        Response::json(
+            200,
+            &json!({
+                "role": if info.primary { "primary" } else { "standby" },
+                "epoch": info.epoch,
+                "last_sequence": info.last_sequence,
+                "state_hash": format!("{:016x}", info.running_hash),
+                "journal": { "status": status.journal, "durable_sequence": info.journal_durable },
+                "peer": { "status": status.peer },
+                "connections_open": self.metrics.open,
+                "in_flight": self.metrics.in_flight,
+            }),
+        )
+    }
+
+    fn metrics_response(&self) -> Response {
+        let mut text = String::with_capacity(4096);
+        self.metrics.write_prometheus(&mut text);
+        self.backend.write_metrics(&mut text);
+        Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: text.into_bytes(),
+            retry_after_s: None,
+        }
+    }
+}
+
+fn http_refusal(refused: Refused) -> Response {
+    match refused {
+        Refused::RateLimited { retry_after_ms } => {
+            let seconds = retry_after_ms.div_ceil(1_000).max(1);
+            Response::error(429, "rate_limited", "rate limit exceeded").retry_after(seconds)
+        }
+        Refused::Busy => {
+            Response::error(503, "busy", "the node is at capacity; retry shortly").retry_after(1)
+        }
+        Refused::ShuttingDown => {
+            Response::error(503, "shutting_down", "the node is shutting down").retry_after(1)
+        }
+        Refused::Failed(message) => {
+            Response::error(503, "node_unavailable", &message).retry_after(1)
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Helpers for loopback tests: a server on ephemeral ports over a plain engine, and a tiny
+//! blocking HTTP/1.1 client.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use ringfence_core::{Engine, EngineConfig, Sequence};
+use ringfence_ingress::{EngineBackend, ServerConfig, ServerHandle};
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// A server over a fresh engine, listening on ephemeral loopback ports.
+pub fn start(mut config: ServerConfig) -> ServerHandle {
+    config.admin_token = Some(TOKEN.to_owned());
+    let engine_config =
+        EngineConfig { orders_max: 65_536, request_keys_max: 65_536, ..EngineConfig::small() };
+    ringfence_ingress::start(config, |waker| {
+        Ok(EngineBackend::start(Engine::new(engine_config), Sequence(1), 4_096, 5, waker))
+    })
+    .expect("server starts on loopback")
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A keep-alive HTTP connection.
+pub struct Http {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Http {
+    pub fn connect(addr: SocketAddr) -> Http {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Http { stream, buffer: Vec::new() }
+    }
+
+    pub fn request_bytes(
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> Vec<u8> {
+        let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        if let Some(token) = token {
+            text.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || method == "POST" {
+            text.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        text.push_str("\r\n");
+        text.push_str(body);
+        text.into_bytes()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write request");
+    }
+
+    pub fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> HttpResponse {
+        self.send(&Http::request_bytes(method, path, body, token));
+        self.read_response().expect("a response")
+    }
+
+    /// Reads one response; `None` when the server closed the connection first.
+    pub fn read_response(&mut self) -> Option<HttpResponse> {
+        loop {
+            if let Some(response) = self.try_parse() {
+                return Some(response);
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn try_parse(&mut self) -> Option<HttpResponse> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let head = match response.parse(&self.buffer).expect("valid response head") {
+            httparse::Status::Complete(head) => head,
+            httparse::Status::Partial => return None,
+        };
+        let headers: Vec<(String, String)> = response
+            .headers
+            .iter()
+            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or(0);
+        if self.buffer.len() < head + length {
+            return None;
+        }
+        let status = response.code.unwrap();
+        let body = self.buffer[head..head + length].to_vec();
+        self.buffer.drain(..head + length);
+        Some(HttpResponse { status, headers, body })
+    }
+
+    /// Reads until the server closes; true if it did within the read timeout.
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+/// Creates a SKU through the HTTP admin API.
+pub fn create_sku(http: &mut Http, sku: u64, stock: u32, per_user_limit: u32, timeout_ms: u64) {
+    let body = format!(
+        r#"{{"sku":{sku},"stock":{stock},"price_cents":500,"per_user_limit":{per_user_limit},"payment_timeout_ms":{timeout_ms}}}"#
+    );
+    let response = http.call("POST", "/v1/skus", Some(&body), Some(TOKEN));
+    assert_eq!(response.status, 201, "{:?}", response.json());
+}
+
+/// A small deterministic generator for garbage bytes.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}

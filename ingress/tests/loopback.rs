@@ -1,0 +1,286 @@
+//! The network front through real sockets on loopback: a flash sale over both protocols,
+//! expiry seen over HTTP, idempotent retries across protocols, and admin access.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Http, TOKEN, create_sku, start};
+use ringfence_core::{Action, Command, Outcome, Query, Rejection, Reserve, SkuId, UserId};
+use ringfence_ingress::{Client, ServerConfig, keys};
+
+const BUYERS: u64 = 10_000;
+const CONNECTIONS: u64 = 50;
+const STOCK: u64 = 1_000;
+
+/// What one buyer's first attempt got: an order id or a rejection code.
+type Results = Arc<Mutex<BTreeMap<u64, Result<u64, String>>>>;
+
+fn reserve_command(user: u64, sku: u64) -> Command {
+    Command::Client {
+        key: keys::request_key(&format!("buy-{user}")),
+        action: Action::Reserve(Reserve {
+            user: UserId(user),
+            sku: SkuId(sku),
+            qty: 1,
+            coupon: None,
+        }),
+    }
+}
+
+fn binary_buyers(addr: std::net::SocketAddr, users: Vec<u64>, results: &Results) {
+    let mut client = Client::connect(&[addr]).expect("connect");
+    for chunk in users.chunks(50) {
+        let commands: Vec<Command> = chunk.iter().map(|&u| reserve_command(u, 1)).collect();
+        let answers = client.pipeline(&commands).expect("pipeline");
+        // Every tenth buyer retries: the answer must be identical.
+        let retries: Vec<Command> = commands.iter().step_by(10).copied().collect();
+        let again = client.pipeline(&retries).expect("retry pipeline");
+        for (retry, first) in again.iter().zip(answers.iter().step_by(10)) {
+            assert_eq!(retry, first, "a retry must get the original answer");
+        }
+        let mut results = results.lock().unwrap();
+        for (&user, answer) in chunk.iter().zip(answers) {
+            let entry = match answer.expect("not refused") {
+                Outcome::Reserved { order, .. } => Ok(order.0),
+                Outcome::Rejected(rejection) => Err(rejection.code().to_owned()),
+                other => panic!("unexpected outcome {other:?}"),
+            };
+            results.insert(user, entry);
+        }
+    }
+}
+
+fn http_buyers(addr: std::net::SocketAddr, users: Vec<u64>, results: &Results) {
+    let mut http = Http::connect(addr);
+    for chunk in users.chunks(50) {
+        // Pipelined: all requests of the chunk written before any response is read.
+        let mut bytes = Vec::new();
+        for &user in chunk {
+            let body = format!(r#"{{"request_id":"buy-{user}","user":{user},"sku":1,"qty":1}}"#);
+            bytes.extend(Http::request_bytes("POST", "/v1/orders", Some(&body), None));
+        }
+        http.send(&bytes);
+        let mut answers = Vec::new();
+        for _ in chunk {
+            answers.push(http.read_response().expect("response"));
+        }
+        let user = chunk[0];
+        let body = format!(r#"{{"request_id":"buy-{user}","user":{user},"sku":1,"qty":1}}"#);
+        let retry = http.call("POST", "/v1/orders", Some(&body), None);
+        assert_eq!((retry.status, &retry.body), (answers[0].status, &answers[0].body));
+        let mut results = results.lock().unwrap();
+        for (&user, response) in chunk.iter().zip(answers) {
+            let json = response.json();
+            let entry = match response.status {
+                201 => Ok(json["order_id"].as_str().unwrap().parse().unwrap()),
+                409 => Err(json["error"].as_str().unwrap().to_owned()),
+                other => panic!("unexpected status {other}: {json}"),
+            };
+            results.insert(user, entry);
+        }
+    }
+}
+
+#[test]
+fn flash_sale_over_both_protocols_sells_exactly_the_stock() {
+    // Goal: 10,000 buyers over 50 connections (half binary, half HTTP) competing for 1,000
+    // units get exactly 1,000 reservations, each buyer at most one, retries answered identically.
+    let server = start(ServerConfig::loopback());
+    let binary = server.binary_addr().unwrap();
+    let http_addr = server.http_addr().unwrap();
+    let mut admin = Http::connect(http_addr);
+    create_sku(&mut admin, 1, STOCK as u32, 1, 600_000);
+    let results: Results = Arc::default();
+    let threads: Vec<_> = (0..CONNECTIONS)
+        .map(|connection| {
+            let users: Vec<u64> = (1..=BUYERS).filter(|u| u % CONNECTIONS == connection).collect();
+            let results = Arc::clone(&results);
+            std::thread::spawn(move || {
+                if connection % 2 == 0 {
+                    binary_buyers(binary, users, &results);
+                } else {
+                    http_buyers(http_addr, users, &results);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("buyer thread");
+    }
+    let results = results.lock().unwrap();
+    assert_eq!(results.len() as u64, BUYERS);
+    let orders: BTreeSet<u64> = results.values().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let reserved = results.values().filter(|r| r.is_ok()).count() as u64;
+    assert_eq!(reserved, STOCK, "exactly the stock is reserved");
+    assert_eq!(orders.len() as u64, STOCK, "every reservation has its own order");
+    assert!(results.values().all(|r| r.is_ok() || r.as_ref().unwrap_err() == "sold_out"));
+    // A buyer who already holds a unit is refused by the per-user limit.
+    let winner = *results.iter().find(|(_, r)| r.is_ok()).unwrap().0;
+    let body = format!(r#"{{"request_id":"again-{winner}","user":{winner},"sku":1,"qty":1}}"#);
+    let response = admin.call("POST", "/v1/orders", Some(&body), None);
+    assert_eq!(response.status, 409);
+    let code = response.json()["error"].as_str().unwrap().to_owned();
+    assert!(code == "limit_exceeded" || code == "sold_out", "{code}");
+    let sku = admin.call("GET", "/v1/skus/1", None, None).json();
+    assert_eq!(sku["available"], 0);
+    assert_eq!(sku["reserved"], STOCK);
+    assert_eq!(sku["stock"], STOCK);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn payment_expiry_returns_stock_visible_over_http() {
+    // Goal: an unpaid reservation expires by the node's ticks alone and its unit is available
+    // again in GET /v1/skus; the order reads as expired and paying it is refused.
+    let server = start(ServerConfig::loopback());
+    let mut http = Http::connect(server.http_addr().unwrap());
+    create_sku(&mut http, 7, 3, 0, 50);
+    let body = r#"{"request_id":"exp-1","user":9,"sku":7,"qty":2}"#;
+    let reserved = http.call("POST", "/v1/orders", Some(body), None);
+    assert_eq!(reserved.status, 201);
+    let order_id = reserved.json()["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(http.call("GET", "/v1/skus/7", None, None).json()["available"], 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sku = http.call("GET", "/v1/skus/7", None, None).json();
+        if sku["available"] == 3 {
+            assert_eq!(sku["reserved"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reservation never expired: {sku}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let order = http.call("GET", &format!("/v1/orders/{order_id}"), None, None).json();
+    assert_eq!(order["state"], "expired");
+    let pay = r#"{"request_id":"exp-pay","payment_ref":"psp-1","amount_cents":1000}"#;
+    let response = http.call("POST", &format!("/v1/orders/{order_id}/pay"), Some(pay), None);
+    assert_eq!(response.status, 409);
+    assert_eq!(response.json()["current_state"], "expired");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn order_lifecycle_over_http() {
+    // Goal: reserve, pay (twice with the same reference), ship and complete through the API,
+    // with the statuses and bodies of the contract.
+    let server = start(ServerConfig::loopback());
+    let mut http = Http::connect(server.http_addr().unwrap());
+    create_sku(&mut http, 2, 10, 2, 60_000);
+    let reserved = http.call(
+        "POST",
+        "/v1/orders",
+        Some(r#"{"request_id":"o1","user":5,"sku":2,"qty":2}"#),
+        None,
+    );
+    assert_eq!(reserved.status, 201);
+    let json = reserved.json();
+    let order = json["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(json["amount_cents"], 1000);
+    let pay = r#"{"request_id":"pay-1","payment_ref":"psp-9","amount_cents":1000}"#;
+    let paid = http.call("POST", &format!("/v1/orders/{order}/pay"), Some(pay), None);
+    assert_eq!((paid.status, paid.json()["state"].clone()), (200, "paid".into()));
+    let pay_again = r#"{"request_id":"pay-2","payment_ref":"psp-9","amount_cents":1000}"#;
+    let again = http.call("POST", &format!("/v1/orders/{order}/pay"), Some(pay_again), None);
+    assert_eq!(again.status, 200);
+    let reused = r#"{"request_id":"pay-1","payment_ref":"psp-other","amount_cents":1000}"#;
+    let reused = http.call("POST", &format!("/v1/orders/{order}/pay"), Some(reused), None);
+    assert_eq!((reused.status, reused.json()["error"].clone()), (422, "request_id_reused".into()));
+    let ship = http.call("POST", &format!("/v1/orders/{order}/ship"), None, None);
+    assert_eq!(ship.status, 401);
+    let ship = http.call("POST", &format!("/v1/orders/{order}/ship"), None, Some(TOKEN));
+    assert_eq!(ship.status, 200);
+    let complete = r#"{"request_id":"done-1","user":5}"#;
+    let done = http.call("POST", &format!("/v1/orders/{order}/complete"), Some(complete), None);
+    assert_eq!(done.json()["state"], "completed");
+    let view = http.call("GET", &format!("/v1/orders/{order}"), None, None).json();
+    assert_eq!(view["state"], "completed");
+    assert_eq!(view["user"], 5);
+    let sku = http.call("GET", "/v1/skus/2", None, None).json();
+    assert_eq!((sku["sold"].clone(), sku["available"].clone()), (2.into(), 8.into()));
+    assert_eq!(http.call("GET", "/v1/skus/99", None, None).status, 404);
+    let exists = r#"{"sku":2,"stock":1,"price_cents":1,"payment_timeout_ms":1}"#;
+    let exists = http.call("POST", "/v1/skus", Some(exists), Some(TOKEN));
+    assert_eq!((exists.status, exists.json()["error"].clone()), (409, "sku_exists".into()));
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_request_id_means_the_same_on_both_ports() {
+    // Goal: a reservation made over HTTP and retried over the binary protocol with the key
+    // derived from the same request id gets the same order.
+    let server = start(ServerConfig::loopback());
+    let mut http = Http::connect(server.http_addr().unwrap());
+    create_sku(&mut http, 3, 5, 0, 60_000);
+    let body = r#"{"request_id":"same-id","user":4,"sku":3,"qty":1}"#;
+    let first = http.call("POST", "/v1/orders", Some(body), None).json();
+    let mut client = Client::connect(&[server.binary_addr().unwrap()]).unwrap();
+    let command = Command::Client {
+        key: keys::request_key("same-id"),
+        action: Action::Reserve(Reserve { user: UserId(4), sku: SkuId(3), qty: 1, coupon: None }),
+    };
+    let Outcome::Reserved { order, .. } = client.call(command).unwrap() else { panic!() };
+    assert_eq!(first["order_id"], order.0.to_string());
+    let sku = client.call(Command::Query(Query::Sku(SkuId(3)))).unwrap();
+    let Outcome::Sku(view) = sku else { panic!() };
+    assert_eq!(view.available, 4);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn binary_admin_commands_need_auth() {
+    // Goal: an admin command without AUTH is refused (connection kept), after AUTH it runs,
+    // and a wrong token closes the connection.
+    let server = start(ServerConfig::loopback());
+    let addr = server.binary_addr().unwrap();
+    let mut client = Client::connect(&[addr]).unwrap();
+    let create = Command::Client {
+        key: keys::request_key("create-4"),
+        action: Action::CreateSku(ringfence_core::CreateSku {
+            sku: SkuId(4),
+            stock: 1,
+            price_cents: 1,
+            per_user_limit: 0,
+            payment_timeout_ms: 1_000,
+            sale_start: None,
+            sale_end: None,
+        }),
+    };
+    let answers = client.pipeline(&[create]).unwrap();
+    assert_eq!(answers[0].as_ref().unwrap_err().code.name(), "unauthorized");
+    client.ping().unwrap();
+    client.authenticate(TOKEN).unwrap();
+    assert!(matches!(client.call(create).unwrap(), Outcome::SkuCreated(_)));
+    assert_eq!(client.call(create).unwrap(), client.call(create).unwrap());
+    let info = client.node().unwrap();
+    assert!(info.primary);
+    assert!(info.last_sequence >= 1);
+    let mut other = Client::connect(&[addr]).unwrap();
+    assert!(other.authenticate("wrong").is_err());
+    let unknown = client.call(Command::Query(Query::Sku(SkuId(5)))).unwrap();
+    assert_eq!(unknown, Outcome::Rejected(Rejection::UnknownSku));
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn health_node_and_metrics_endpoints() {
+    // Goal: the operational endpoints answer with their documented shapes.
+    let server = start(ServerConfig::loopback());
+    let mut http = Http::connect(server.http_addr().unwrap());
+    assert_eq!(http.call("GET", "/health", None, None).json()["status"], "ok");
+    create_sku(&mut http, 1, 1, 0, 1_000);
+    let node = http.call("GET", "/v1/node", None, None).json();
+    assert_eq!(node["role"], "primary");
+    assert!(node["last_sequence"].as_u64().unwrap() >= 1);
+    assert_eq!(node["state_hash"].as_str().unwrap().len(), 16);
+    let metrics = http.call("GET", "/metrics", None, None);
+    assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(text.contains("ringfence_outcomes_total{outcome=\"sku_created\"} 1"), "{text}");
+    assert!(text.contains("ringfence_request_latency_seconds_count"));
+    let snapshot = http.call("POST", "/v1/admin/snapshot", None, Some(TOKEN));
+    assert_eq!(snapshot.status, 202);
+    server.shutdown().unwrap();
+}
