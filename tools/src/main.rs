@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod journal_cmd;
+mod json;
+mod replay;
+mod time;
+
 /// ringfence — an exchange-grade flash-sale engine: one deterministic business-logic thread,
 /// a lock-free ring, a memory-mapped journal and a hot standby.
 #[derive(Parser, Debug)]
@@ -17,6 +22,12 @@ struct Cli {
 enum TopCommand {
     /// Print the engine's default capacities and limits.
     Defaults,
+    /// Inspect or repair a journal directory: verify, dump, stats, truncate.
+    #[command(subcommand)]
+    Journal(journal_cmd::JournalCommand),
+    /// Rebuild state at a sequence or time from snapshot + journal; print its hash and a
+    /// summary; optionally export every outcome as JSON lines.
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -26,5 +37,7 @@ fn main() -> ExitCode {
             println!("{:#?}", ringfence_core::EngineConfig::default());
             ExitCode::SUCCESS
         }
+        TopCommand::Journal(command) => journal_cmd::run(command),
+        TopCommand::Replay(args) => replay::run(&args),
     }
 }
