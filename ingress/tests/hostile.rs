@@ -1,0 +1,284 @@
+//! Hostile traffic through real sockets: garbage, oversized and slow requests, clients that do
+//! not read, too many connections, too many requests, a full ring. Each must cost the sender
+//! at most its own connection while everyone else keeps being served.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::{Http, TOKEN, XorShift, create_sku, start};
+use ringfence_core::{Command, Query, SkuId};
+use ringfence_ingress::wire::{self, ErrorCode, Kind, Response};
+use ringfence_ingress::{Backend, BackendCompletion, Client, NodeStatus, Refusal, ServerConfig};
+
+/// Reads binary frames until the server closes; returns the error frames received.
+fn binary_errors_until_close(stream: &mut TcpStream) -> Vec<wire::ErrorFrame> {
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let mut errors = Vec::new();
+    let mut at = 0;
+    while let Ok(Some((frame, used))) = wire::try_frame(&buffer[at..]) {
+        at += used;
+        if let Ok(Response::Error(error)) = wire::decode_response(&frame) {
+            errors.push(error);
+        }
+    }
+    errors
+}
+
+#[test]
+fn garbage_flood_on_both_ports_then_still_serving() {
+    // Goal: random bytes and corrupted requests on both ports are answered with errors and
+    // closed connections; afterwards the server serves correct answers on new connections.
+    let config = ServerConfig { request_timeout_ms: 500, ..ServerConfig::loopback() };
+    let server = start(config);
+    let (binary, http_addr) = (server.binary_addr().unwrap(), server.http_addr().unwrap());
+    let mut admin = Http::connect(http_addr);
+    create_sku(&mut admin, 1, 10, 1, 60_000);
+    let mut rng = XorShift(0x5eed_1234_abcd_0001);
+    let threads: Vec<_> = (0..16u64)
+        .map(|i| {
+            let seed = rng.next_u64() | 1;
+            std::thread::spawn(move || {
+                let mut rng = XorShift(seed);
+                let addr = if i % 2 == 0 { binary } else { http_addr };
+                for round in 0..8 {
+                    let mut stream = TcpStream::connect(addr).unwrap();
+                    let mut bytes = if round % 2 == 0 {
+                        Http::request_bytes(
+                            "POST",
+                            "/v1/orders",
+                            Some(r#"{"request_id":"g","user":1,"sku":1,"qty":1}"#),
+                            None,
+                        )
+                    } else {
+                        let mut frame = Vec::new();
+                        wire::encode_command(&mut frame, 1, &Command::Query(Query::Sku(SkuId(1))));
+                        frame
+                    };
+                    let flips = 1 + rng.next_u64() as usize % 4;
+                    for _ in 0..flips {
+                        let at = rng.next_u64() as usize % bytes.len();
+                        bytes[at] ^= (rng.next_u64() as u8) | 1;
+                    }
+                    let garbage_len = (rng.next_u64() % 3000) as usize;
+                    bytes.extend(rng.bytes(garbage_len));
+                    let _ = stream.write_all(&bytes);
+                    let _ = stream.shutdown(Shutdown::Write);
+                    // The server must close the connection; reading to the end proves it.
+                    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    let mut sink = Vec::new();
+                    let closed = match stream.read_to_end(&mut sink) {
+                        Ok(_) => true,
+                        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                    };
+                    assert!(closed, "server kept a garbage connection open");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    // Still serving, correctly, on both ports.
+    let body = r#"{"request_id":"after-flood","user":77,"sku":1,"qty":1}"#;
+    let mut http = Http::connect(http_addr);
+    let response = http.call("POST", "/v1/orders", Some(body), None);
+    assert!(response.status == 201 || response.status == 409, "{}", response.status);
+    let mut client = Client::connect(&[binary]).unwrap();
+    let sku = client.call(Command::Query(Query::Sku(SkuId(1)))).unwrap();
+    let ringfence_core::Outcome::Sku(view) = sku else { panic!("{sku:?}") };
+    assert_eq!(view.available + view.reserved + view.sold, 10);
+    let metrics = String::from_utf8(http.call("GET", "/metrics", None, None).body).unwrap();
+    assert!(!metrics.contains("ringfence_bad_requests_total{protocol=\"binary\"} 0\n"));
+    assert!(!metrics.contains("ringfence_bad_requests_total{protocol=\"http\"} 0\n"));
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn bad_frames_get_an_error_frame_then_close() {
+    // Goal: an unknown version, an oversized frame and an HTTP request on the binary port each
+    // get one fatal error frame with the right code, then the connection closes.
+    let server = start(ServerConfig::loopback());
+    let addr = server.binary_addr().unwrap();
+    let mut ping = Vec::new();
+    wire::encode_empty(&mut ping, Kind::Ping, 1);
+    let mut future = ping.clone();
+    future[6] = 9;
+    let mut huge = ping.clone();
+    huge[..4].copy_from_slice(&1_000_000u32.to_le_bytes());
+    let cases: [(&[u8], ErrorCode); 3] = [
+        (&future, ErrorCode::UnsupportedVersion),
+        (&huge, ErrorCode::FrameTooLarge),
+        (b"GET /health HTTP/1.1\r\n\r\n", ErrorCode::FrameTooLarge),
+    ];
+    for (bytes, code) in cases {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(bytes).unwrap();
+        let errors = binary_errors_until_close(&mut stream);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].code, code);
+        assert!(errors[0].fatal);
+    }
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn oversized_heads_and_bodies_get_431_and_413() {
+    // Goal: HTTP size limits answer with their statuses and the JSON error body.
+    let config = ServerConfig { header_max: 1024, body_max: 512, ..ServerConfig::loopback() };
+    let server = start(config);
+    let addr = server.http_addr().unwrap();
+    let mut http = Http::connect(addr);
+    let head = format!("GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(4000));
+    http.send(head.as_bytes());
+    let response = http.read_response().unwrap();
+    assert_eq!(
+        (response.status, response.json()["error"].clone()),
+        (431, "headers_too_large".into())
+    );
+    let mut http = Http::connect(addr);
+    let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+    let response = http.call("POST", "/v1/orders", Some(&body), None);
+    assert_eq!((response.status, response.json()["error"].clone()), (413, "body_too_large".into()));
+    assert!(http.closed_by_server());
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn slow_requests_are_timed_out() {
+    // Goal: a half-sent HTTP head gets 408 and a half-sent frame a timeout error frame, each
+    // followed by close, once the request timeout passes.
+    let config = ServerConfig { request_timeout_ms: 300, ..ServerConfig::loopback() };
+    let server = start(config);
+    let mut http = Http::connect(server.http_addr().unwrap());
+    http.send(b"GET /health HTTP/1.1\r\nHost: slo");
+    let response = http.read_response().expect("a 408 before close");
+    assert_eq!(response.status, 408);
+    assert!(http.closed_by_server());
+    let mut stream = TcpStream::connect(server.binary_addr().unwrap()).unwrap();
+    let mut ping = Vec::new();
+    wire::encode_empty(&mut ping, Kind::Ping, 1);
+    stream.write_all(&ping[..10]).unwrap();
+    let errors = binary_errors_until_close(&mut stream);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].code, ErrorCode::Timeout);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_client_that_does_not_read_is_disconnected_without_slowing_others() {
+    // Goal: pipelining requests without reading answers fills the bounded outbound buffer and
+    // the connection is closed; a well-behaved client is served throughout.
+    let config = ServerConfig { outbound_max: 64 * 1024, ..ServerConfig::loopback() };
+    let server = start(config);
+    let mut stream = TcpStream::connect(server.binary_addr().unwrap()).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut pings = Vec::new();
+    for correlation in 0..4_096 {
+        wire::encode_empty(&mut pings, Kind::Ping, correlation);
+    }
+    let mut client = Client::connect(&[server.binary_addr().unwrap()]).unwrap();
+    let mut disconnected = false;
+    for _ in 0..2_000 {
+        if stream.write_all(&pings).is_err() {
+            disconnected = true;
+            break;
+        }
+        client.ping().expect("the well-behaved client is served");
+    }
+    assert!(disconnected, "the non-reading client was never disconnected");
+    let mut http = Http::connect(server.http_addr().unwrap());
+    let metrics = String::from_utf8(http.call("GET", "/metrics", None, None).body).unwrap();
+    assert!(metrics.contains("ringfence_slow_reader_disconnects_total 1\n"), "{metrics}");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn connection_limit_refuses_the_extra_connection() {
+    // Goal: beyond connections_max a new connection gets 503 and is closed; existing ones work.
+    let config = ServerConfig { connections_max: 3, ..ServerConfig::loopback() };
+    let server = start(config);
+    let addr = server.http_addr().unwrap();
+    let mut kept: Vec<Http> = (0..3).map(|_| Http::connect(addr)).collect();
+    for http in &mut kept {
+        assert_eq!(http.call("GET", "/health", None, None).status, 200);
+    }
+    let mut extra = Http::connect(addr);
+    let response = extra.read_response().expect("a refusal");
+    assert_eq!(
+        (response.status, response.json()["error"].clone()),
+        (503, "too_many_connections".into())
+    );
+    assert!(extra.closed_by_server());
+    assert_eq!(kept[0].call("GET", "/health", None, None).status, 200);
+    drop(kept);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn rate_limit_answers_429_with_retry_after() {
+    // Goal: a connection over its token bucket gets 429 with Retry-After; others are unaffected.
+    let config = ServerConfig { rate_per_sec: 1, rate_burst: 2, ..ServerConfig::loopback() };
+    let server = start(config);
+    let addr = server.http_addr().unwrap();
+    let mut http = Http::connect(addr);
+    let statuses: Vec<u16> =
+        (0..3).map(|_| http.call("GET", "/v1/skus/1", None, None).status).collect();
+    assert_eq!(statuses, [404, 404, 429]);
+    let limited = http.call("GET", "/v1/skus/1", None, None);
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert_eq!(limited.json()["error"], "rate_limited");
+    let mut other = Http::connect(addr);
+    assert_eq!(other.call("GET", "/v1/skus/1", None, None).status, 404);
+    server.shutdown().unwrap();
+}
+
+/// A node whose ring is always full.
+struct FullRing;
+
+impl Backend for FullRing {
+    fn try_submit(&mut self, _command: Command, _token: u64) -> Result<(), Refusal> {
+        Err(Refusal::Busy)
+    }
+    fn poll(&mut self) -> Option<BackendCompletion> {
+        None
+    }
+    fn status(&self) -> NodeStatus {
+        NodeStatus::default()
+    }
+}
+
+#[test]
+fn full_ring_answers_busy_at_once() {
+    // Goal: when the node refuses as busy, HTTP answers 503 with Retry-After and the binary
+    // port a non-fatal busy error; both connections stay usable.
+    let mut config = ServerConfig::loopback();
+    config.admin_token = Some(TOKEN.into());
+    let server = ringfence_ingress::start(config, |_| Ok(FullRing)).unwrap();
+    let mut http = Http::connect(server.http_addr().unwrap());
+    let body = r#"{"request_id":"b","user":1,"sku":1,"qty":1}"#;
+    let response = http.call("POST", "/v1/orders", Some(body), None);
+    assert_eq!((response.status, response.json()["error"].clone()), (503, "busy".into()));
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(http.call("GET", "/health", None, None).status, 200);
+    let mut client = Client::connect(&[server.binary_addr().unwrap()]).unwrap();
+    let answers = client.pipeline(&[Command::Query(Query::Sku(SkuId(1)))]).unwrap();
+    let refusal = answers[0].as_ref().unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::Busy);
+    assert!(!refusal.fatal && refusal.retry_after_ms > 0);
+    client.ping().unwrap();
+    let metrics = String::from_utf8(http.call("GET", "/metrics", None, None).body).unwrap();
+    assert!(metrics.contains("ringfence_busy_total 2\n"), "{metrics}");
+    server.shutdown().unwrap();
+}
