@@ -12,7 +12,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ringfence_core::{Command, Engine, Outcome, Sequence, Sequenced, Timestamp};
+use ringfence_core::pipeline::{Journal, NoSnapshots, SnapshotHook, StageError};
+use ringfence_core::{Command, Engine, Epoch, Outcome, Sequence, Sequenced, Timestamp};
 
 use crate::wire::NodeInfo;
 
@@ -72,8 +73,11 @@ pub trait Backend: Send + 'static {
     fn close(&mut self) {}
 }
 
-/// A [`Backend`] that applies commands to an [`Engine`] on one thread, fed by a bounded queue,
-/// with a tick every `tick_ms`. No journal: state lives as long as the process.
+/// A [`Backend`] that runs the engine on one thread, fed by a bounded queue, with a tick every
+/// `tick_ms` while idle. Each batch taken from the queue is appended to the journal and
+/// flushed before it is applied and answered, so no answer leaves before its command is
+/// journaled; the snapshot hook sees every applied command. It is the compact topology without
+/// a ring, for tests, tools, and nodes that want the simplest moving parts.
 pub struct EngineBackend {
     input: Option<SyncSender<(Command, u64)>>,
     completions: Receiver<BackendCompletion>,
@@ -84,9 +88,41 @@ pub struct EngineBackend {
 struct EngineShared {
     last_sequence: AtomicU64,
     running_hash: AtomicU64,
+    durable: AtomicU64,
     /// Set when `poll` found nothing; the engine thread then wakes the server once.
     armed: AtomicBool,
     waker: Arc<mio::Waker>,
+    failed: AtomicBool,
+    failure: std::sync::Mutex<Option<String>>,
+    journal: String,
+    epoch: Epoch,
+}
+
+/// Settings of an [`EngineBackend`].
+#[derive(Clone, Debug)]
+pub struct EngineBackendOptions {
+    /// Commands waiting at most; beyond it submissions are refused as busy.
+    pub queue_max: usize,
+    /// Commands journaled and applied per batch at most.
+    pub batch_max: usize,
+    /// A `Tick` is applied after this long without commands, so deadlines fire.
+    pub tick_ms: u64,
+    /// Epoch written with every journal record.
+    pub epoch: Epoch,
+    /// How `GET /v1/node` describes the journal.
+    pub journal: String,
+}
+
+impl Default for EngineBackendOptions {
+    fn default() -> Self {
+        EngineBackendOptions {
+            queue_max: 4_096,
+            batch_max: 256,
+            tick_ms: 5,
+            epoch: Epoch(0),
+            journal: "none (state kept in memory only)".into(),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch by the wall clock.
@@ -95,10 +131,12 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Called on the engine thread when the backend stops, with the snapshot hook, the engine and
+/// the last sequence applied (e.g. to write a final snapshot).
+pub type OnStop<H> = Box<dyn FnOnce(H, &Engine, Sequence) + Send>;
+
 impl EngineBackend {
-    /// Starts the engine thread. `next_sequence` is the first sequence to stamp (1 for a fresh
-    /// engine, one past the last recovered command otherwise); `queue_max` bounds commands
-    /// waiting, beyond which submissions are refused as busy.
+    /// Starts an engine thread with no journal: state lives as long as the process.
     pub fn start(
         engine: Engine,
         next_sequence: Sequence,
@@ -106,60 +144,172 @@ impl EngineBackend {
         tick_ms: u64,
         waker: Arc<mio::Waker>,
     ) -> EngineBackend {
+        let options =
+            EngineBackendOptions { queue_max, tick_ms, ..EngineBackendOptions::default() };
+        let on_stop: OnStop<NoSnapshots> = Box::new(|_, _, _| {});
+        EngineBackend::start_journaled(
+            engine,
+            next_sequence,
+            NoJournal,
+            NoSnapshots,
+            on_stop,
+            options,
+            waker,
+        )
+    }
+
+    /// Starts the engine thread with a journal and a snapshot hook. `next_sequence` is one past
+    /// the last recovered command (1 for a fresh engine).
+    pub fn start_journaled<J: Journal, H: SnapshotHook>(
+        engine: Engine,
+        next_sequence: Sequence,
+        journal: J,
+        hook: H,
+        on_stop: OnStop<H>,
+        options: EngineBackendOptions,
+        waker: Arc<mio::Waker>,
+    ) -> EngineBackend {
         assert!(next_sequence.0 >= 1, "sequences start at 1");
-        assert!(queue_max >= 1 && tick_ms >= 1);
-        let (input, commands) = std::sync::mpsc::sync_channel(queue_max);
+        assert!(options.queue_max >= 1 && options.batch_max >= 1 && options.tick_ms >= 1);
+        let (input, commands) = std::sync::mpsc::sync_channel(options.queue_max);
         let (done, completions) = std::sync::mpsc::channel();
         let shared = Arc::new(EngineShared {
             last_sequence: AtomicU64::new(engine.last_sequence().0),
             running_hash: AtomicU64::new(engine.running_hash()),
+            durable: AtomicU64::new(next_sequence.0 - 1),
             armed: AtomicBool::new(true),
             waker,
+            failed: AtomicBool::new(false),
+            failure: std::sync::Mutex::new(None),
+            journal: options.journal.clone(),
+            epoch: options.epoch,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("ringfence-engine".into())
             .spawn(move || {
-                run_engine(engine, next_sequence, &commands, &done, &thread_shared, tick_ms);
+                let mut processor = Processor {
+                    engine,
+                    sequence: next_sequence,
+                    journal,
+                    hook,
+                    shared: thread_shared,
+                    done,
+                    batch: Vec::with_capacity(options.batch_max),
+                };
+                processor.run(&commands, &options);
+                let through = Sequence(processor.sequence.0 - 1);
+                on_stop(processor.hook, &processor.engine, through);
             })
             .expect("spawning the engine thread");
         EngineBackend { input: Some(input), completions, shared, thread: Some(thread) }
     }
 }
 
-fn run_engine(
-    mut engine: Engine,
-    mut sequence: Sequence,
-    commands: &Receiver<(Command, u64)>,
-    done: &std::sync::mpsc::Sender<BackendCompletion>,
-    shared: &EngineShared,
-    tick_ms: u64,
-) {
-    let tick = Duration::from_millis(tick_ms);
-    loop {
-        let (command, token) = match commands.recv_timeout(tick) {
-            Ok((command, token)) => (command, Some(token)),
-            Err(RecvTimeoutError::Timeout) => (Command::Tick, None),
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let sequenced = Sequenced { sequence, timestamp: Timestamp(now_ms()), command };
-        let outcome = engine.apply(&sequenced);
-        sequence = sequence.next();
-        shared.last_sequence.store(engine.last_sequence().0, Ordering::Release);
-        shared.running_hash.store(engine.running_hash(), Ordering::Release);
-        if let Some(token) = token {
-            if done.send(BackendCompletion { token, result: Ok(outcome) }).is_err() {
+/// A journal that keeps nothing: for an engine whose state need not outlive the process.
+struct NoJournal;
+
+impl Journal for NoJournal {
+    fn append(&mut self, _epoch: Epoch, _command: &Sequenced) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<Sequence, StageError> {
+        Ok(Sequence(0))
+    }
+}
+
+struct Processor<J, H> {
+    engine: Engine,
+    sequence: Sequence,
+    journal: J,
+    hook: H,
+    shared: Arc<EngineShared>,
+    done: std::sync::mpsc::Sender<BackendCompletion>,
+    batch: Vec<(Sequenced, Option<u64>)>,
+}
+
+impl<J: Journal, H: SnapshotHook> Processor<J, H> {
+    fn run(&mut self, commands: &Receiver<(Command, u64)>, options: &EngineBackendOptions) {
+        let tick = Duration::from_millis(options.tick_ms);
+        loop {
+            self.batch.clear();
+            let first = match commands.recv_timeout(tick) {
+                Ok((command, token)) => (command, Some(token)),
+                Err(RecvTimeoutError::Timeout) => (Command::Tick, None),
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            self.stamp(first.0, first.1);
+            while self.batch.len() < options.batch_max {
+                match commands.try_recv() {
+                    Ok((command, token)) => self.stamp(command, Some(token)),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = self.journal_batch() {
+                self.fail(&error.to_string());
                 return;
             }
-            if shared.armed.swap(false, Ordering::AcqRel) {
-                let _ = shared.waker.wake();
+            self.apply_batch();
+        }
+    }
+
+    fn stamp(&mut self, command: Command, token: Option<u64>) {
+        let sequenced =
+            Sequenced { sequence: self.sequence, timestamp: Timestamp(now_ms()), command };
+        self.sequence = self.sequence.next();
+        self.batch.push((sequenced, token));
+    }
+
+    fn journal_batch(&mut self) -> Result<(), StageError> {
+        for (sequenced, _) in &self.batch {
+            self.journal.append(self.shared.epoch, sequenced)?;
+        }
+        let durable = self.journal.flush()?;
+        self.shared.durable.store(durable.0, Ordering::Release);
+        Ok(())
+    }
+
+    fn apply_batch(&mut self) {
+        for (sequenced, token) in &self.batch {
+            let outcome = self.engine.apply(sequenced);
+            self.hook.after_apply(&self.engine, sequenced);
+            let Some(token) = *token else { continue };
+            let _ = self.done.send(BackendCompletion { token, result: Ok(outcome) });
+        }
+        self.shared.last_sequence.store(self.engine.last_sequence().0, Ordering::Release);
+        self.shared.running_hash.store(self.engine.running_hash(), Ordering::Release);
+        self.wake();
+    }
+
+    /// The journal failed: nothing in this batch is safe, so nothing is applied or answered
+    /// with an outcome; the node stops and says why.
+    fn fail(&mut self, error: &str) {
+        let message = format!("journal failed: {error}");
+        eprintln!("ringfence: error: {message}; the node stops");
+        *self.shared.failure.lock().expect("failure lock") = Some(message.clone());
+        self.shared.failed.store(true, Ordering::Release);
+        for (_, token) in &self.batch {
+            if let Some(token) = *token {
+                let _ = self.done.send(BackendCompletion { token, result: Err(message.clone()) });
             }
+        }
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if self.shared.armed.swap(false, Ordering::AcqRel) {
+            let _ = self.shared.waker.wake();
         }
     }
 }
 
 impl Backend for EngineBackend {
     fn try_submit(&mut self, command: Command, token: u64) -> Result<(), Refusal> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            let failure = self.shared.failure.lock().expect("failure lock").clone();
+            return Err(Refusal::Failed(failure.unwrap_or_default()));
+        }
         let Some(input) = &self.input else { return Err(Refusal::ShuttingDown) };
         match input.try_send((command, token)) {
             Ok(()) => Ok(()),
@@ -186,12 +336,12 @@ impl Backend for EngineBackend {
         NodeStatus {
             info: NodeInfo {
                 primary: true,
-                epoch: 0,
+                epoch: self.shared.epoch.0,
                 last_sequence,
                 running_hash: self.shared.running_hash.load(Ordering::Acquire),
-                journal_durable: 0,
+                journal_durable: self.shared.durable.load(Ordering::Acquire),
             },
-            journal: "none (state kept in memory only)".into(),
+            journal: self.shared.journal.clone(),
             peer: "none".into(),
         }
     }

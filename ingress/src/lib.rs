@@ -16,6 +16,8 @@ pub mod wire;
 #[cfg(test)]
 mod arb;
 
-pub use backend::{Backend, BackendCompletion, EngineBackend, NodeStatus, Refusal};
+pub use backend::{
+    Backend, BackendCompletion, EngineBackend, EngineBackendOptions, NodeStatus, OnStop, Refusal,
+};
 pub use client::{Client, ClientError};
 pub use server::{ServerConfig, ServerHandle, Stopper, start};
