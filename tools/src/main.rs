@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod journal_cmd;
 mod json;
 mod replay;
+mod serve;
 mod time;
 
 /// ringfence — an exchange-grade flash-sale engine: one deterministic business-logic thread,
@@ -20,6 +21,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum TopCommand {
+    /// Start a primary node: recover from the data directory, then serve the binary protocol
+    /// and the HTTP API until SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
     /// Print the engine's default capacities and limits.
     Defaults,
     /// Inspect or repair a journal directory: verify, dump, stats, truncate.
@@ -33,6 +37,7 @@ enum TopCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        TopCommand::Serve(args) => serve::run(&args),
         TopCommand::Defaults => {
             println!("{:#?}", ringfence_core::EngineConfig::default());
             ExitCode::SUCCESS

@@ -1,0 +1,319 @@
+//! `ringfence serve`: recover a primary node from its data directory and serve the binary
+//! protocol and the HTTP API until SIGINT or SIGTERM.
+//!
+//! Settings come from built-in defaults that work on a fresh machine, then a TOML file
+//! (`--config`), then flags. The journal and snapshots live in the data directory; recovery
+//! loads the newest valid snapshot and replays the journal after it before the listeners open.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use ringfence_core::{Engine, EngineConfig, Sequence};
+use ringfence_ingress::{EngineBackend, EngineBackendOptions, ServerConfig};
+use ringfence_journal::recovery::recover;
+use ringfence_journal::snapshot::{SnapshotPolicy, Snapshotter};
+use ringfence_journal::writer::{Durability, WriterOptions};
+use serde::Deserialize;
+
+/// Arguments of `ringfence serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file (sections: top level `data_dir`, `admin_token`,
+    /// `admin_token_file`; `[server]`, `[node]`, `[engine]`); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the journal, snapshots and the generated admin token
+    /// [default: ./ringfence-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the binary protocol listener [default: 127.0.0.1:7001].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the HTTP listener [default: 127.0.0.1:7080].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// File holding the admin bearer token (overrides RINGFENCE_ADMIN_TOKEN and the config).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// When journal records are synced: `none`, `batch` or `interval:<ms>` [default: batch].
+    #[arg(long, value_name = "POLICY")]
+    pub durability: Option<String>,
+}
+
+/// The TOML configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    server: ServerConfig,
+    node: NodeSection,
+    engine: EngineSection,
+}
+
+/// `[node]`: journal, snapshots and timer.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct NodeSection {
+    durability: String,
+    segment_bytes: u64,
+    snapshot_every_commands: Option<u64>,
+    snapshots_kept: usize,
+    tick_ms: u64,
+    queue_max: usize,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            durability: "batch".into(),
+            segment_bytes: 64 << 20,
+            snapshot_every_commands: Some(1_000_000),
+            snapshots_kept: 3,
+            tick_ms: 10,
+            queue_max: 16_384,
+        }
+    }
+}
+
+/// `[engine]`: capacities, allocated at start. Changing them for an existing data directory
+/// must keep every recorded state within the new bounds.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct EngineSection {
+    shard: u16,
+    skus_max: u32,
+    orders_max: u32,
+    coupons_max: u32,
+    batches_max: u32,
+    holdings_max: u32,
+    request_keys_max: u32,
+    request_key_window_ms: u64,
+    order_qty_max: u32,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        EngineSection {
+            shard: d.shard,
+            skus_max: d.skus_max,
+            orders_max: d.orders_max,
+            coupons_max: d.coupons_max,
+            batches_max: d.batches_max,
+            holdings_max: d.holdings_max,
+            request_keys_max: d.request_keys_max,
+            request_key_window_ms: d.request_key_window_ms,
+            order_qty_max: d.order_qty_max,
+        }
+    }
+}
+
+impl EngineSection {
+    fn to_config(&self) -> EngineConfig {
+        EngineConfig {
+            shard: self.shard,
+            skus_max: self.skus_max,
+            orders_max: self.orders_max,
+            coupons_max: self.coupons_max,
+            batches_max: self.batches_max,
+            holdings_max: self.holdings_max,
+            request_keys_max: self.request_keys_max,
+            request_key_window_ms: self.request_key_window_ms,
+            order_qty_max: self.order_qty_max,
+        }
+    }
+}
+
+/// Runs the node until a signal stops it.
+pub fn run(args: &ServeArgs) -> ExitCode {
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ringfence serve: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<FileConfig, String> {
+    let Some(path) = &args.config else { return Ok(FileConfig::default()) };
+    let text = fs::read_to_string(path)
+        .map_err(|e| format!("reading config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+fn serve(args: &ServeArgs) -> Result<(), String> {
+    let file = load_config(args)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./ringfence-data"));
+    fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
+    let durability_text = args.durability.clone().unwrap_or(file.node.durability.clone());
+    let durability: Durability = durability_text.parse()?;
+    let engine_config = file.engine.to_config();
+    engine_config.validate().map_err(|e| format!("[engine] {e}"))?;
+    let mut server_config = file.server.clone();
+    server_config.listen = args.listen.or(server_config.listen);
+    server_config.http = args.http.or(server_config.http);
+    server_config.admin_token = Some(admin_token(args, &file, &data_dir)?);
+
+    log(format_args!("data directory {} (journal durability {durability})", data_dir.display()));
+    let options = WriterOptions {
+        segment_len: file.node.segment_bytes,
+        durability,
+        engine_config: engine_config.clone(),
+    };
+    let recovered = recover(&data_dir, options).map_err(|e| format!("recovery: {e}"))?;
+    log(format_args!("recovered: {}", recovered.report));
+    let status = recovered.engine.status();
+    log(format_args!(
+        "state at sequence {}: {} SKUs, {} orders kept, state hash {:016x}",
+        status.last_sequence, status.skus, status.orders, status.running_hash
+    ));
+    let policy = SnapshotPolicy {
+        every_commands: file.node.snapshot_every_commands,
+        keep: file.node.snapshots_kept.max(1),
+        archive_dir: None,
+    };
+    let snapshotter =
+        Snapshotter::start(&data_dir, policy, engine_config, recovered.known_skus.clone())
+            .map_err(|e| format!("starting the snapshot writer: {e}"))?;
+    let backend_options = EngineBackendOptions {
+        queue_max: file.node.queue_max.max(1),
+        batch_max: 256,
+        tick_ms: file.node.tick_ms.max(1),
+        epoch: recovered.last_epoch,
+        journal: format!("{} (durability {durability})", data_dir.display()),
+    };
+    let (engine, next_sequence, writer) =
+        (recovered.engine, recovered.next_sequence, recovered.writer);
+    let handle = ringfence_ingress::start(server_config, move |waker| {
+        Ok(EngineBackend::start_journaled(
+            engine,
+            next_sequence,
+            writer,
+            snapshotter,
+            Box::new(final_snapshot),
+            backend_options,
+            waker,
+        ))
+    })
+    .map_err(|e| format!("starting the listeners: {e}"))?;
+    if let Some(addr) = handle.binary_addr() {
+        log(format_args!("binary protocol v1 listening on {addr}"));
+    }
+    if let Some(addr) = handle.http_addr() {
+        log(format_args!("HTTP API listening on http://{addr}"));
+    }
+    watch_signals(handle.stopper())?;
+    handle.join().map_err(|e| format!("event loop: {e}"))?;
+    log(format_args!("stopped"));
+    Ok(())
+}
+
+/// On clean shutdown, after the last command: one more snapshot so the next start replays
+/// nothing.
+fn final_snapshot(snapshotter: Snapshotter, engine: &Engine, through: Sequence) {
+    match snapshotter.shutdown(engine, through) {
+        Ok(meta) => {
+            log(format_args!("final snapshot {} through {}", meta.file.display(), meta.through))
+        }
+        Err(error) => {
+            log(format_args!("final snapshot failed (the journal still holds everything): {error}"))
+        }
+    }
+}
+
+fn watch_signals(stopper: ringfence_ingress::Stopper) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("ringfence-signals".into())
+        .spawn(move || {
+            let mut forever = signals.forever();
+            if let Some(signal) = forever.next() {
+                log(format_args!("signal {signal}: stopping (answering requests in flight)"));
+                stopper.stop();
+            }
+            if forever.next().is_some() {
+                log(format_args!("second signal: exiting now"));
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
+    Ok(())
+}
+
+/// The admin token: `--admin-token-file`, then `RINGFENCE_ADMIN_TOKEN`, then the config file,
+/// then `<data-dir>/admin.token`, generated with mode 0600 if it does not exist.
+fn admin_token(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> Result<String, String> {
+    if let Some(path) = &args.admin_token_file {
+        log(format_args!("admin token from {}", path.display()));
+        return read_token(path);
+    }
+    if let Ok(token) = std::env::var("RINGFENCE_ADMIN_TOKEN") {
+        if !token.trim().is_empty() {
+            log(format_args!("admin token from RINGFENCE_ADMIN_TOKEN"));
+            return Ok(token.trim().to_owned());
+        }
+    }
+    if let Some(token) = file.admin_token.as_deref().filter(|t| !t.trim().is_empty()) {
+        log(format_args!("admin token from the config file"));
+        return Ok(token.trim().to_owned());
+    }
+    if let Some(path) = &file.admin_token_file {
+        log(format_args!("admin token from {}", path.display()));
+        return read_token(path);
+    }
+    let path = data_dir.join("admin.token");
+    if path.exists() {
+        log(format_args!("admin token in {}", path.display()));
+        return read_token(&path);
+    }
+    let token = generate_token()?;
+    write_private(&path, &token)?;
+    log(format_args!("generated an admin token into {} (mode 0600)", path.display()));
+    Ok(token)
+}
+
+fn read_token(path: &Path) -> Result<String, String> {
+    let token = fs::read_to_string(path)
+        .map_err(|e| format!("reading admin token file {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("admin token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+fn generate_token() -> Result<String, String> {
+    let mut bytes = [0u8; 24];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| format!("reading /dev/urandom for an admin token: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_private(path: &Path, token: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    writeln!(file, "{token}").map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn log(message: std::fmt::Arguments<'_>) {
+    eprintln!("ringfence: {message}");
+}
