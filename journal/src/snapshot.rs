@@ -359,7 +359,8 @@ pub struct Retention {
 }
 
 /// Keeps the newest `policy.keep` snapshots and retires segments whose records all precede the
-/// oldest kept snapshot (never the newest segment).
+/// oldest kept snapshot (never the newest segment). Until `keep` snapshots exist nothing is
+/// retired, so the journal always reaches back to the `keep`-th newest snapshot or the start.
 pub fn apply_retention(dir: &Path, policy: &SnapshotPolicy) -> Result<Retention, SnapshotError> {
     assert!(policy.keep >= 1, "at least one snapshot is kept");
     let mut retention = Retention::default();

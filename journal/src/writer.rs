@@ -255,10 +255,13 @@ impl<S: Storage> JournalWriter<S> {
         Ok(())
     }
 
-    /// Closes the current segment (synced, unless the policy is `none`) and starts a new one
-    /// whose first record is `first`.
+    /// Closes the current segment and starts a new one whose first record is `first`.
+    ///
+    /// The closed segment is synced whatever the policy, so every segment but the last is
+    /// always complete on disk: after a power loss, damage can only be a torn tail in the last
+    /// segment, never a hole before it (which recovery would have to refuse as corruption).
     fn rotate(&mut self, epoch: Epoch, first: Sequence) -> Result<(), JournalError> {
-        if self.current.is_some() && self.options.durability != Durability::None {
+        if self.current.is_some() {
             self.sync_now()?;
         }
         self.current = None;

@@ -1,0 +1,279 @@
+//! The journal tools end to end: verify, dump, stats, truncate and replay on real directories.
+
+mod common;
+
+use common::{TempDir, ringfence, text};
+use ringfence_core::pipeline::{Journal, SnapshotHook};
+use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Timestamp};
+use ringfence_journal::recovery::recover;
+use ringfence_journal::snapshot::{SnapshotPolicy, Snapshotter};
+use ringfence_journal::workload::Workload;
+use ringfence_journal::writer::{Durability, WriterOptions};
+
+fn config() -> EngineConfig {
+    EngineConfig { orders_max: 8_192, request_keys_max: 65_536, ..EngineConfig::small() }
+}
+
+/// Writes `count` workload commands (with a snapshot every 1,500) and returns the engine's
+/// state digest after each sequence in `marks`.
+fn write_journal(dir: &std::path::Path, count: usize, marks: &[usize]) -> Vec<u64> {
+    write_journal_with(dir, count, Some(1_500), marks)
+}
+
+fn write_journal_with(
+    dir: &std::path::Path,
+    count: usize,
+    every: Option<u64>,
+    marks: &[usize],
+) -> Vec<u64> {
+    let options = WriterOptions {
+        segment_len: 64 * 1024,
+        durability: Durability::None,
+        engine_config: config(),
+    };
+    let mut recovered = recover(dir, options).unwrap();
+    let policy = SnapshotPolicy { every_commands: every, keep: 100, archive_dir: None };
+    let mut snapshots = Snapshotter::start(dir, policy, config(), Vec::new()).unwrap();
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(11, Sequence(1), Timestamp(1_700_000_000_000));
+    let mut digests = Vec::with_capacity(marks.len());
+    for n in 1..=count {
+        let command = workload.next_command();
+        recovered.writer.append(Epoch(1), &command).unwrap();
+        let outcome = engine.apply(&command);
+        workload.observe(&outcome);
+        snapshots.after_apply(&engine, &command);
+        if marks.contains(&n) {
+            digests.push(engine.state_digest());
+        }
+        recovered.writer.flush().unwrap();
+        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().skipped_busy
+        {
+            std::thread::yield_now();
+        }
+    }
+    snapshots.finish();
+    digests
+}
+
+/// The oldest segment still in the directory (older ones were retired after snapshots).
+fn first_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    segments.remove(0)
+}
+
+#[test]
+fn verify_reports_ok_torn_tail_and_corruption_with_distinct_exit_codes() {
+    // Goal: verify exits 0 on a good journal, 3 on a torn tail, 1 on corruption, and names
+    // the file, byte offset and sequence, with the repair command.
+    let dir = TempDir::new("verify");
+    write_journal(dir.path(), 4_000, &[]);
+    let path = dir.path().to_str().unwrap();
+    let ok = ringfence(&["journal", "verify", path]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let out = text(&ok.stdout);
+    assert!(out.contains("..=4000)"), "{out}");
+    assert!(out.contains("epoch      1"), "{out}");
+    assert!(out.contains("snapshot"), "{out}");
+
+    let json = ringfence(&["journal", "verify", path, "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["status"], "ok");
+    assert_eq!(value["last_sequence"], 4000);
+
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[end] ^= 0x10;
+    std::fs::write(last, &bytes).unwrap();
+    let torn = ringfence(&["journal", "verify", path]);
+    assert_eq!(torn.status.code(), Some(3), "{}", text(&torn.stdout));
+    assert!(text(&torn.stdout).contains("torn tail"));
+
+    let first = first_segment(dir.path());
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[128 + 200] ^= 0x01;
+    std::fs::write(&first, &bytes).unwrap();
+    let corrupt = ringfence(&["journal", "verify", path]);
+    assert_eq!(corrupt.status.code(), Some(1));
+    let err = text(&corrupt.stderr);
+    let name = first.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(&format!("{name} at byte offset")), "{err}");
+    assert!(err.contains("ringfence journal truncate"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn dump_prints_a_range_as_text_or_json_lines() {
+    // Goal: dump --from/--to prints exactly that range, one line per command.
+    let dir = TempDir::new("dump");
+    write_journal_with(dir.path(), 500, None, &[]);
+    let path = dir.path().to_str().unwrap();
+    let out = ringfence(&["journal", "dump", path, "--from", "10", "--to", "19"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<_> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 10);
+    assert!(lines[0].trim_start().starts_with("10  2023-11-14T22:13:20"), "{}", lines[0]);
+    let json = ringfence(&["journal", "dump", path, "--json", "--to", "3"]);
+    let values: Vec<serde_json::Value> =
+        text(&json.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(values.len(), 3);
+    assert_eq!(values[0]["sequence"], 1);
+    assert_eq!(values[0]["command"]["kind"], "create_sku");
+}
+
+#[test]
+fn stats_counts_commands_by_kind() {
+    // Goal: stats accounts for every record, by kind and by segment.
+    let dir = TempDir::new("stats");
+    write_journal(dir.path(), 2_000, &[]);
+    let out = ringfence(&["journal", "stats", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["records"], 2000);
+    let total: u64 =
+        value["commands_by_kind"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 2000);
+    assert!(value["commands_by_kind"]["reserve"].as_u64().unwrap() > 500);
+    let text_out = ringfence(&["journal", "stats", dir.path().to_str().unwrap()]);
+    assert!(text(&text_out.stdout).contains("reserve"));
+}
+
+#[test]
+fn replay_rebuilds_the_live_state_at_a_sequence_and_exports_outcomes() {
+    // Goal: replay --until-seq prints the digest the live engine had at that sequence (from
+    // a snapshot or from the start), and --export writes one JSON outcome per command.
+    let dir = TempDir::new("replay");
+    let marks = [1_600usize, 3_333, 5_000];
+    let digests = write_journal(dir.path(), 5_000, &marks);
+    let path = dir.path().to_str().unwrap();
+    for (&until, digest) in marks.iter().zip(&digests) {
+        let out = ringfence(&["replay", path, "--until-seq", &until.to_string(), "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(value["state_digest"], format!("{digest:016x}"), "until {until}");
+        assert_eq!(value["through_sequence"], until);
+    }
+    let dir = TempDir::new("export");
+    let digests = write_journal_with(dir.path(), 2_500, None, &[2_000]);
+    let path = dir.path().to_str().unwrap();
+    let export = dir.path().join("outcomes.jsonl");
+    let out = ringfence(&[
+        "replay",
+        path,
+        "--from-start",
+        "--until-seq",
+        "2000",
+        "--export",
+        export.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(summary.contains(&format!("state digest  {:016x}", digests[0])), "{summary}");
+    assert!(summary.contains("available") && summary.contains("reserved"), "{summary}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2_000);
+    assert_eq!(lines[0]["outcome"]["kind"], "sku_created");
+    assert!(lines.iter().any(|l| l["outcome"]["kind"] == "reserved"));
+}
+
+#[test]
+fn replay_until_time_stops_before_later_commands() {
+    // Goal: --until-time applies exactly the commands stamped at or before that time.
+    let dir = TempDir::new("until-time");
+    write_journal_with(dir.path(), 1_000, None, &[]);
+    let path = dir.path().to_str().unwrap();
+    let dump = ringfence(&["journal", "dump", path, "--json", "--from", "600", "--to", "600"]);
+    let record: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let ms = record["timestamp_ms"].as_u64().unwrap();
+    let next = ringfence(&["journal", "dump", path, "--json", "--from", "601", "--to", "601"]);
+    let next: serde_json::Value = serde_json::from_slice(&next.stdout).unwrap();
+    let line = text(&ringfence(&["journal", "dump", path, "--from", "600", "--to", "600"]).stdout);
+    let time = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(time.ends_with(&format!(".{:03}Z", ms % 1000)), "{time}");
+    let out = ringfence(&["replay", path, "--until-time", &time, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let through = value["through_sequence"].as_u64().unwrap();
+    assert!(through >= 600, "through {through}");
+    if next["timestamp_ms"].as_u64().unwrap() > ms {
+        assert_eq!(through, 600);
+    }
+    let by_seq = ringfence(&["replay", path, "--until-seq", &through.to_string(), "--json"]);
+    let by_seq: serde_json::Value = serde_json::from_slice(&by_seq.stdout).unwrap();
+    assert_eq!(value["state_digest"], by_seq["state_digest"]);
+    let bad = ringfence(&["replay", path, "--until-time", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("RFC 3339"));
+}
+
+#[test]
+fn truncate_is_the_explicit_repair_for_corruption() {
+    // Goal: after corruption, truncate at the reported sequence makes verify pass again.
+    let dir = TempDir::new("truncate");
+    write_journal(dir.path(), 3_000, &[]);
+    let path = dir.path().to_str().unwrap();
+    let first = first_segment(dir.path());
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[128 + 1000] ^= 0x80;
+    std::fs::write(&first, &bytes).unwrap();
+    let verify = ringfence(&["journal", "verify", path, "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let problem = value["problem"].as_str().unwrap().to_owned();
+    let at = problem.split("--at-seq ").nth(1).unwrap().trim_end_matches('`').to_owned();
+    let out = ringfence(&["journal", "truncate", path, "--at-seq", &at]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let again = ringfence(&["journal", "verify", path]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stdout));
+}
+
+#[test]
+fn bad_input_gives_errors_not_panics_and_help_explains_each_tool() {
+    // Goal: missing or garbage directories give clear errors and non-zero exits; every tool
+    // has help text.
+    let missing = ringfence(&["journal", "verify", "/nonexistent/ringfence"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("/nonexistent/ringfence"));
+    let dir = TempDir::new("garbage");
+    std::fs::write(dir.path().join("00000000000000000001.seg"), vec![0xEE; 100_000]).unwrap();
+    std::fs::write(dir.path().join("00000000000000000900.seg"), vec![0x00; 10]).unwrap();
+    for args in [
+        vec!["journal", "verify"],
+        vec!["journal", "dump"],
+        vec!["journal", "stats"],
+        vec!["replay"],
+    ] {
+        let mut args = args.clone();
+        args.push(dir.path().to_str().unwrap());
+        let out = ringfence(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert!(err.contains("magic") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    for (args, needle) in [
+        (vec!["journal", "verify", "--help"], "torn tail"),
+        (vec!["journal", "dump", "--help"], "--from"),
+        (vec!["journal", "stats", "--help"], "segment"),
+        (vec!["journal", "truncate", "--help"], "--at-seq"),
+        (vec!["replay", "--help"], "--until-time"),
+    ] {
+        let out = ringfence(&args);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(text(&out.stdout).contains(needle), "{args:?}");
+    }
+}
