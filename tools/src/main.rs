@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client_cmd;
 mod journal_cmd;
 mod json;
 mod replay;
@@ -24,6 +25,8 @@ enum TopCommand {
     /// Start a primary node: recover from the data directory, then serve the binary protocol
     /// and the HTTP API until SIGINT or SIGTERM.
     Serve(serve::ServeArgs),
+    /// Send one command to a node over the binary protocol and print the answer as JSON.
+    Client(client_cmd::ClientArgs),
     /// Print the engine's default capacities and limits.
     Defaults,
     /// Inspect or repair a journal directory: verify, dump, stats, truncate.
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         TopCommand::Serve(args) => serve::run(&args),
+        TopCommand::Client(args) => client_cmd::run(args),
         TopCommand::Defaults => {
             println!("{:#?}", ringfence_core::EngineConfig::default());
             ExitCode::SUCCESS

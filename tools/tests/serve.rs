@@ -10,6 +10,7 @@ use std::time::Duration;
 
 struct Serve {
     child: Child,
+    binary: SocketAddr,
     http: SocketAddr,
     token: String,
     _lines: Receiver<String>,
@@ -34,15 +35,20 @@ impl Serve {
                 }
             }
         });
-        let http = loop {
+        let (mut binary, mut http) = (None, None);
+        while binary.is_none() || http.is_none() {
             let line =
                 lines.recv_timeout(Duration::from_secs(120)).expect("serve logs its address");
             if let Some(addr) = line.strip_prefix("ringfence: HTTP API listening on http://") {
-                break addr.parse().expect("a socket address");
+                http = Some(addr.parse().expect("a socket address"));
             }
-        };
+            if let Some(addr) = line.strip_prefix("ringfence: binary protocol v1 listening on ") {
+                binary = Some(addr.parse().expect("a socket address"));
+            }
+        }
+        let (binary, http) = (binary.unwrap(), http.unwrap());
         let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        Serve { child, http, token, _lines: lines }
+        Serve { child, binary, http, token, _lines: lines }
     }
 
     fn call(&self, method: &str, path: &str, body: &str, admin: bool) -> (u16, serde_json::Value) {
@@ -145,5 +151,41 @@ fn serve_refuses_a_bad_config_file_with_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ringfence.toml") && stderr.contains("listen_on"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn client(node: &Serve, args: &[&str]) -> (i32, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["client", "--addr", &node.binary.to_string()])
+        .args(args)
+        .env("RINGFENCE_ADMIN_TOKEN", &node.token)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.code().unwrap(), json)
+}
+
+#[test]
+fn client_subcommands_drive_a_node() {
+    // Goal: `ringfence client` creates a SKU (admin), reserves, reads back, and exits non-zero
+    // with the rejection code when refused.
+    let dir = temp_dir("client");
+    let node = Serve::start(&dir);
+    let create = ["create-sku", "--sku", "5", "--stock", "1", "--price-cents", "250"];
+    let (code, sku) = client(&node, &create);
+    assert_eq!((code, sku["available"].clone()), (0, 1.into()));
+    let reserve = ["reserve", "--request-id", "cli-1", "--user", "8", "--sku", "5"];
+    let (code, reserved) = client(&node, &reserve);
+    assert_eq!((code, reserved["state"].clone()), (0, "reserved".into()));
+    assert_eq!(client(&node, &reserve).1, reserved, "a retry gets the original answer");
+    let other = ["reserve", "--request-id", "cli-2", "--user", "9", "--sku", "5"];
+    let (code, refused) = client(&node, &other);
+    assert_eq!((code, refused["error"].clone()), (1, "sold_out".into()));
+    let order = reserved["order_id"].as_str().unwrap();
+    assert_eq!(client(&node, &["order", order]).1["user"], 8);
+    assert_eq!(client(&node, &["node"]).1["role"], "primary");
+    drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,395 @@
+//! `ringfence client …`: drive a node over the binary protocol from the shell.
+//!
+//! Each subcommand sends one command and prints the answer as the same JSON the HTTP API
+//! returns. The exit status is 0 for a success, 1 for a rejection or refusal, 2 for an error
+//! reaching the node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use ringfence_core::{
+    Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, OrderId, Query, RequestKey,
+    Reserve, SkuId, Timestamp, UserId,
+};
+use ringfence_ingress::http::api::{KeyMint, render_outcome};
+use ringfence_ingress::{Client, ClientError, keys};
+
+/// Arguments of `ringfence client`.
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    /// Node address (binary protocol); repeat it to give standbys to fail over to.
+    #[arg(long = "addr", value_name = "ADDR", default_value = "127.0.0.1:7001")]
+    pub addrs: Vec<SocketAddr>,
+    /// Admin token file for admin commands [default: RINGFENCE_ADMIN_TOKEN, else
+    /// ./ringfence-data/admin.token].
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// What to send.
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+/// The commands `ringfence client` can send.
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Admin: define a SKU.
+    CreateSku {
+        /// SKU id (not zero).
+        #[arg(long)]
+        sku: u64,
+        /// Units on sale.
+        #[arg(long)]
+        stock: u32,
+        /// Unit price in cents.
+        #[arg(long)]
+        price_cents: u64,
+        /// Units one user may hold (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        per_user_limit: u32,
+        /// How long a reservation waits for payment.
+        #[arg(long, default_value_t = 900_000)]
+        payment_timeout_ms: u64,
+        /// Sale opens at (ms since the Unix epoch).
+        #[arg(long)]
+        sale_start_ms: Option<u64>,
+        /// Sale ends at (ms since the Unix epoch).
+        #[arg(long)]
+        sale_end_ms: Option<u64>,
+    },
+    /// Admin: add units to a SKU.
+    Restock {
+        /// SKU id.
+        #[arg(long)]
+        sku: u64,
+        /// Units added.
+        #[arg(long)]
+        qty: u32,
+    },
+    /// Admin: open a SKU's sale.
+    OpenSale {
+        /// SKU id.
+        #[arg(long)]
+        sku: u64,
+    },
+    /// Admin: close a SKU's sale.
+    CloseSale {
+        /// SKU id.
+        #[arg(long)]
+        sku: u64,
+    },
+    /// Reserve units for a buyer (the flash-sale call).
+    Reserve {
+        /// Idempotency id (1–64 characters); reuse it to retry safely.
+        #[arg(long)]
+        request_id: String,
+        /// Buyer.
+        #[arg(long)]
+        user: u64,
+        /// SKU id.
+        #[arg(long)]
+        sku: u64,
+        /// Units.
+        #[arg(long, default_value_t = 1)]
+        qty: u32,
+        /// A claimed coupon to apply.
+        #[arg(long)]
+        coupon: Option<u64>,
+    },
+    /// Record a payment for a reserved order.
+    Pay {
+        /// Order id.
+        order: u64,
+        /// Idempotency id.
+        #[arg(long)]
+        request_id: String,
+        /// The payment provider's reference.
+        #[arg(long)]
+        payment_ref: String,
+        /// Must equal the order's amount.
+        #[arg(long)]
+        amount_cents: u64,
+    },
+    /// Cancel a reserved order (as its buyer, or as admin without --user).
+    Cancel {
+        /// Order id.
+        order: u64,
+        /// Idempotency id.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// The buyer; omit to cancel as admin.
+        #[arg(long)]
+        user: Option<u64>,
+    },
+    /// Admin: mark a paid order shipped.
+    Ship {
+        /// Order id.
+        order: u64,
+    },
+    /// Confirm receipt of a shipped order.
+    Complete {
+        /// Order id.
+        order: u64,
+        /// Idempotency id.
+        #[arg(long)]
+        request_id: String,
+        /// The buyer.
+        #[arg(long)]
+        user: u64,
+    },
+    /// Admin: refund a paid order before shipping.
+    Refund {
+        /// Order id.
+        order: u64,
+    },
+    /// Admin: define a coupon batch.
+    CreateBatch {
+        /// Batch id (not zero).
+        #[arg(long)]
+        batch: u64,
+        /// Coupons in the batch.
+        #[arg(long)]
+        quantity: u32,
+        /// Coupons one user may claim (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        per_user_limit: u32,
+        /// Discount per coupon.
+        #[arg(long)]
+        discount_cents: u64,
+        /// Minimum order amount.
+        #[arg(long, default_value_t = 0)]
+        min_amount_cents: u64,
+        /// Claims open at (ms since the Unix epoch).
+        #[arg(long)]
+        valid_from_ms: u64,
+        /// Claims close and coupons expire at (ms since the Unix epoch).
+        #[arg(long)]
+        valid_until_ms: u64,
+    },
+    /// Claim one coupon from a batch.
+    Claim {
+        /// Idempotency id.
+        #[arg(long)]
+        request_id: String,
+        /// The buyer.
+        #[arg(long)]
+        user: u64,
+        /// Batch id.
+        #[arg(long)]
+        batch: u64,
+    },
+    /// Show a SKU.
+    Sku {
+        /// SKU id.
+        sku: u64,
+    },
+    /// Show an order.
+    Order {
+        /// Order id.
+        order: u64,
+    },
+    /// Show a claimed coupon.
+    Coupon {
+        /// Coupon id.
+        coupon: u64,
+    },
+    /// Show a coupon batch.
+    Batch {
+        /// Batch id.
+        batch: u64,
+    },
+    /// Admin: snapshot the engine's state now.
+    Snapshot,
+    /// Show the node's role, sequence and state hash.
+    Node,
+    /// Check that the node answers.
+    Ping,
+}
+
+/// Runs one client command.
+pub fn run(args: ClientArgs) -> ExitCode {
+    match execute(args) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("ringfence client: error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn execute(args: ClientArgs) -> Result<ExitCode, String> {
+    let mut client = Client::connect(&args.addrs).map_err(|e| e.to_string())?;
+    match args.command {
+        ClientCommand::Node => {
+            let info = client.node().map_err(|e| e.to_string())?;
+            let json = serde_json::json!({
+                "role": if info.primary { "primary" } else { "standby" },
+                "epoch": info.epoch,
+                "last_sequence": info.last_sequence,
+                "state_hash": format!("{:016x}", info.running_hash),
+                "journal_durable_sequence": info.journal_durable,
+            });
+            println!("{json}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        ClientCommand::Ping => {
+            client.ping().map_err(|e| e.to_string())?;
+            println!("{{\"status\":\"ok\",\"node\":\"{}\"}}", client.peer());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let command = to_command(args.command)?;
+    if ringfence_ingress::server::needs_admin(&command) {
+        client
+            .authenticate(&admin_token(args.admin_token_file.as_ref())?)
+            .map_err(|e| e.to_string())?;
+    }
+    match client.call(command) {
+        Ok(outcome) => {
+            let response = render_outcome(&outcome);
+            print!("{}", String::from_utf8_lossy(&response.body));
+            Ok(if outcome.is_rejected() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Err(ClientError::Refused(error)) => {
+            let json = serde_json::json!({ "error": error.code.name(), "message": error.message });
+            println!("{json}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn admin_token(file: Option<&PathBuf>) -> Result<String, String> {
+    if file.is_none() {
+        if let Ok(token) = std::env::var("RINGFENCE_ADMIN_TOKEN") {
+            return Ok(token.trim().to_owned());
+        }
+    }
+    let path = file.cloned().unwrap_or_else(|| PathBuf::from("./ringfence-data/admin.token"));
+    let token = std::fs::read_to_string(&path).map_err(|e| {
+        format!("admin command: reading the admin token from {}: {e}", path.display())
+    })?;
+    Ok(token.trim().to_owned())
+}
+
+fn key(request_id: &str) -> Result<RequestKey, String> {
+    if keys::is_valid_key_string(request_id) {
+        Ok(keys::request_key(request_id))
+    } else {
+        Err("--request-id must be 1 to 64 bytes".into())
+    }
+}
+
+/// A fresh key for admin commands, which take no request id on the command line.
+fn admin_key() -> RequestKey {
+    let nonce = u128::from(ringfence_ingress::backend::now_ms()) << 64
+        | u128::from(std::process::id()) << 32
+        | u128::from(std::time::Instant::now().elapsed().subsec_nanos());
+    KeyMint::new(nonce).next_key()
+}
+
+fn to_command(command: ClientCommand) -> Result<Command, String> {
+    let keyed = |key: RequestKey, action: Action| Command::Client { key, action };
+    Ok(match command {
+        ClientCommand::CreateSku {
+            sku,
+            stock,
+            price_cents,
+            per_user_limit,
+            payment_timeout_ms,
+            sale_start_ms,
+            sale_end_ms,
+        } => keyed(
+            admin_key(),
+            Action::CreateSku(CreateSku {
+                sku: SkuId(sku),
+                stock,
+                price_cents,
+                per_user_limit,
+                payment_timeout_ms,
+                sale_start: sale_start_ms.map(Timestamp),
+                sale_end: sale_end_ms.map(Timestamp),
+            }),
+        ),
+        ClientCommand::Restock { sku, qty } => {
+            keyed(admin_key(), Action::Restock { sku: SkuId(sku), qty })
+        }
+        ClientCommand::OpenSale { sku } => keyed(admin_key(), Action::OpenSale { sku: SkuId(sku) }),
+        ClientCommand::CloseSale { sku } => {
+            keyed(admin_key(), Action::CloseSale { sku: SkuId(sku) })
+        }
+        ClientCommand::Reserve { request_id, user, sku, qty, coupon } => keyed(
+            key(&request_id)?,
+            Action::Reserve(Reserve {
+                user: UserId(user),
+                sku: SkuId(sku),
+                qty,
+                coupon: coupon.map(CouponId),
+            }),
+        ),
+        ClientCommand::Pay { order, request_id, payment_ref, amount_cents } => {
+            if !keys::is_valid_key_string(&payment_ref) {
+                return Err("--payment-ref must be 1 to 64 bytes".into());
+            }
+            let payment_ref = keys::payment_ref(&payment_ref);
+            keyed(
+                key(&request_id)?,
+                Action::Pay { order: OrderId(order), payment_ref, amount_cents },
+            )
+        }
+        ClientCommand::Cancel { order, request_id, user } => {
+            let order = OrderId(order);
+            match (user, request_id) {
+                (Some(user), Some(id)) => {
+                    keyed(key(&id)?, Action::Cancel { order, user: UserId(user) })
+                }
+                (Some(_), None) => return Err("cancel as a buyer needs --request-id".into()),
+                (None, id) => {
+                    let key = id.map(|id| key(&id)).transpose()?.unwrap_or_else(admin_key);
+                    keyed(key, Action::AdminCancel { order })
+                }
+            }
+        }
+        ClientCommand::Ship { order } => keyed(admin_key(), Action::Ship { order: OrderId(order) }),
+        ClientCommand::Complete { order, request_id, user } => {
+            keyed(key(&request_id)?, Action::Complete { order: OrderId(order), user: UserId(user) })
+        }
+        ClientCommand::Refund { order } => {
+            keyed(admin_key(), Action::Refund { order: OrderId(order) })
+        }
+        ClientCommand::CreateBatch {
+            batch,
+            quantity,
+            per_user_limit,
+            discount_cents,
+            min_amount_cents,
+            valid_from_ms,
+            valid_until_ms,
+        } => keyed(
+            admin_key(),
+            Action::CreateCouponBatch(CreateCouponBatch {
+                batch: BatchId(batch),
+                quantity,
+                per_user_limit,
+                discount_cents,
+                min_amount_cents,
+                valid_from: Timestamp(valid_from_ms),
+                valid_until: Timestamp(valid_until_ms),
+            }),
+        ),
+        ClientCommand::Claim { request_id, user, batch } => keyed(
+            key(&request_id)?,
+            Action::ClaimCoupon { user: UserId(user), batch: BatchId(batch) },
+        ),
+        ClientCommand::Sku { sku } => Command::Query(Query::Sku(SkuId(sku))),
+        ClientCommand::Order { order } => Command::Query(Query::Order(OrderId(order))),
+        ClientCommand::Coupon { coupon } => Command::Query(Query::Coupon(CouponId(coupon))),
+        ClientCommand::Batch { batch } => Command::Query(Query::Batch(BatchId(batch))),
+        ClientCommand::Snapshot => Command::Snapshot,
+        ClientCommand::Node | ClientCommand::Ping => {
+            return Err("node and ping are answered without a command".into());
+        }
+    })
+}
