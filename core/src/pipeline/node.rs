@@ -1,0 +1,534 @@
+//! The node: builds the ring and its dependency graph, starts the stage threads, egress and the
+//! timer, hands out sessions, reports sequences and metrics, and shuts down cleanly.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use disruptor::{BusySpin, build_multi_producer};
+
+use super::config::{EgressDriver, NodeConfig, NodeConfigError, Topology};
+use super::egress::{self, Control, Egress, EgressRun};
+use super::metrics::{Metrics, StageMetrics};
+use super::session::{RingProducer, Session, StageFailure, publish_one};
+use super::shared::{Shared, panic_message};
+use super::slot::{Reply, RingPoller, Slot, SlotKind};
+use super::stage::{Journal, NoSnapshots, Replicator, SnapshotHook};
+use super::stages::{
+    Blp, Journaler, Processor, Replication, StagePlace, Work, run_stage, run_timer,
+};
+use super::wait::{Parker, WakeHook};
+use crate::command::Command;
+use crate::engine::Engine;
+use crate::types::Sequence;
+
+/// After a drain times out and the node is failed, how long stages get to notice and exit
+/// before `shutdown` gives up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a node could not start, or what stopped it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("invalid node configuration: {0}")]
+    Config(#[from] NodeConfigError),
+    /// The first sequence does not follow the recovered engine's last one.
+    #[error(
+        "next sequence {next} must be at least 1 and above the engine's last sequence {last}: \
+         start from the journal's last sequence plus one"
+    )]
+    Sequence {
+        /// The sequence asked for.
+        next: Sequence,
+        /// The engine's last applied sequence.
+        last: Sequence,
+    },
+    /// The operating system refused a thread.
+    #[error("could not start thread for stage `{stage}`: {source}")]
+    Spawn {
+        /// The stage.
+        stage: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `sessions_max` sessions are open.
+    #[error("{max} sessions are open, the configured maximum: close one or raise sessions_max")]
+    TooManySessions {
+        /// The limit.
+        max: u32,
+    },
+    /// The node is shutting down or shut down.
+    #[error("the node is shut down")]
+    ShutDown,
+    /// A stage failed and the node stopped (or a shutdown could not drain).
+    #[error("{0}")]
+    Failed(StageFailure),
+}
+
+/// What a clean shutdown leaves.
+pub struct ShutdownReport {
+    /// The BLP's state after the last command: for a final snapshot or a check.
+    pub engine: Engine,
+    /// The last sequence journaled, applied and answered.
+    pub last_sequence: Sequence,
+    /// Final metrics.
+    pub metrics: Metrics,
+}
+
+/// Every stage's position, as engine sequences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sequences {
+    /// Highest sequence published by a producer.
+    pub published: Sequence,
+    /// Last appended by the journaler.
+    pub journaled: Sequence,
+    /// Last the journal reported durable.
+    pub durable: Sequence,
+    /// Last handed to the replicator.
+    pub replicated: Sequence,
+    /// Last the replicator reports safe.
+    pub replication_safe: Sequence,
+    /// Last applied by the BLP.
+    pub applied: Sequence,
+    /// Last released by egress.
+    pub released: Sequence,
+}
+
+struct StageThread {
+    name: &'static str,
+    handle: JoinHandle<Option<Engine>>,
+}
+
+/// A running node. See the module documentation of [`crate::pipeline`] for the API's shape.
+pub struct Node {
+    shared: Arc<Shared>,
+    producer: Option<RingProducer>,
+    threads: Vec<StageThread>,
+    timer: Option<JoinHandle<()>>,
+    drain_timeout: Duration,
+    stopped: bool,
+}
+
+impl Node {
+    /// Starts a node with an empty engine at sequence 1 and no snapshot hook.
+    pub fn start<J: Journal, R: Replicator>(
+        config: NodeConfig,
+        journal: J,
+        replicator: R,
+    ) -> Result<Node, NodeError> {
+        config.validate()?;
+        let engine = Engine::new(config.engine.clone());
+        Node::start_with(config, engine, Sequence(1), journal, replicator, NoSnapshots)
+    }
+
+    /// Starts a node from a recovered `engine`, numbering commands from `next_sequence` (the
+    /// journal's last sequence plus one), calling `snapshot_hook` on the BLP thread after every
+    /// command. `config.engine` is not used: the engine keeps its own configuration.
+    pub fn start_with<J: Journal, R: Replicator, H: SnapshotHook>(
+        config: NodeConfig,
+        engine: Engine,
+        next_sequence: Sequence,
+        journal: J,
+        replicator: R,
+        snapshot_hook: H,
+    ) -> Result<Node, NodeError> {
+        config.validate()?;
+        let last = engine.last_sequence();
+        if next_sequence.0 == 0 || next_sequence <= last {
+            return Err(NodeError::Sequence { next: next_sequence, last });
+        }
+        let topology = config.resolved_topology();
+        let (control, control_rx) = mpsc::channel();
+        let safe = replicator.safe();
+        let shared = Arc::new(Shared::new(&config, topology, next_sequence, safe, control));
+        let mut node = Node {
+            shared,
+            producer: None,
+            threads: Vec::new(),
+            timer: None,
+            drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+            stopped: false,
+        };
+        let journaler = Journaler { journal, epoch: config.epoch };
+        let replication = Replication { replicator, epoch: config.epoch };
+        let blp = Blp::new(engine, snapshot_hook);
+        let started = match topology {
+            Topology::Parallel => {
+                node.start_parallel(&config, journaler, replication, blp, control_rx)
+            }
+            Topology::Compact => {
+                let processor = Processor { journaler, replication, blp, phase: "blp" };
+                node.start_compact(&config, processor, control_rx)
+            }
+        };
+        if let Err(error) = started.and_then(|()| node.start_timer(&config)) {
+            let _ = node.stop();
+            return Err(error);
+        }
+        Ok(node)
+    }
+
+    fn start_parallel<J: Journal, R: Replicator, H: SnapshotHook>(
+        &mut self,
+        config: &NodeConfig,
+        journaler: Journaler<J>,
+        replication: Replication<R>,
+        blp: Blp<H>,
+        control: mpsc::Receiver<Control>,
+    ) -> Result<(), NodeError> {
+        // Journaler, replicator and BLP read the producer's barrier side by side; egress reads
+        // behind all three; producers wait for egress before reusing a slot.
+        let builder = build_multi_producer(config.ring_size, Slot::empty, BusySpin);
+        let (journal_poller, builder) = builder.new_event_poller();
+        let (replicator_poller, builder) = builder.new_event_poller();
+        let (blp_poller, builder) = builder.new_event_poller();
+        let (egress_poller, builder) = builder.and_then().new_event_poller();
+        self.producer = Some(builder.build());
+        let pins = config.pins;
+        self.spawn_stage("journaler", 0, pins.journaler, journal_poller, journaler)?;
+        self.spawn_stage("replicator", 1, pins.replicator, replicator_poller, replication)?;
+        self.spawn_stage("blp", 2, pins.blp, blp_poller, blp)?;
+        let egress = Egress::new(egress_poller, Arc::clone(&self.shared), control);
+        self.start_egress(config, Box::new(egress))
+    }
+
+    fn start_compact<J: Journal, R: Replicator, H: SnapshotHook>(
+        &mut self,
+        config: &NodeConfig,
+        processor: Processor<J, R, H>,
+        control: mpsc::Receiver<Control>,
+    ) -> Result<(), NodeError> {
+        // One processor reads the producer's barrier; egress reads behind it.
+        let builder = build_multi_producer(config.ring_size, Slot::empty, BusySpin);
+        let (processor_poller, builder) = builder.new_event_poller();
+        let (egress_poller, builder) = builder.and_then().new_event_poller();
+        self.producer = Some(builder.build());
+        self.spawn_stage("processor", 0, config.pins.blp, processor_poller, processor)?;
+        let egress = Egress::new(egress_poller, Arc::clone(&self.shared), control);
+        self.start_egress(config, Box::new(egress))
+    }
+
+    fn spawn_stage<P: RingPoller, W: Work>(
+        &mut self,
+        name: &'static str,
+        parker: usize,
+        core: Option<usize>,
+        poller: P,
+        work: W,
+    ) -> Result<(), NodeError> {
+        let place = StagePlace { shared: Arc::clone(&self.shared), name, parker, core };
+        let handle = thread::Builder::new()
+            .name(format!("rf-{name}"))
+            .spawn(move || run_stage(poller, work, &place))
+            .map_err(|source| NodeError::Spawn { stage: name, source })?;
+        self.threads.push(StageThread { name, handle });
+        Ok(())
+    }
+
+    fn start_egress(
+        &mut self,
+        config: &NodeConfig,
+        egress: Box<dyn EgressRun>,
+    ) -> Result<(), NodeError> {
+        match config.egress {
+            EgressDriver::Thread => {
+                let shared = Arc::clone(&self.shared);
+                let core = config.pins.egress;
+                let handle = thread::Builder::new()
+                    .name("rf-egress".to_owned())
+                    .spawn(move || {
+                        egress::run_thread(egress, &shared, core);
+                        None
+                    })
+                    .map_err(|source| NodeError::Spawn { stage: "egress", source })?;
+                self.threads.push(StageThread { name: "egress", handle });
+            }
+            EgressDriver::Polled => {
+                let set = self.shared.polled_egress.set(Mutex::new(egress)).is_ok();
+                assert!(set, "egress is started once");
+            }
+        }
+        Ok(())
+    }
+
+    fn start_timer(&mut self, config: &NodeConfig) -> Result<(), NodeError> {
+        if config.tick_period_ms == 0 {
+            return Ok(());
+        }
+        let producer = self.producer.as_ref().expect("the ring is built before the timer").clone();
+        let shared = Arc::clone(&self.shared);
+        let period = Duration::from_millis(config.tick_period_ms);
+        let handle = thread::Builder::new()
+            .name("rf-timer".to_owned())
+            .spawn(move || run_timer(producer, &shared, period))
+            .map_err(|source| NodeError::Spawn { stage: "timer", source })?;
+        self.timer = Some(handle);
+        Ok(())
+    }
+
+    /// Opens a session: a producer on the ring and a completion queue of
+    /// `session_pending_max` entries. Read completions with `poll` or `wait`.
+    pub fn session(&self) -> Result<Session, NodeError> {
+        self.open_session(None)
+    }
+
+    /// Opens a session whose `notify` hook egress calls (from its thread) when a completion
+    /// arrives after [`Session::poll`] returned `None`: e.g. `mio::Waker::wake`. At most one
+    /// call per arming; the hook must not block or panic.
+    pub fn session_with_notify(&self, notify: WakeHook) -> Result<Session, NodeError> {
+        let parker = Arc::new(Parker::default());
+        let registered = parker.register_hook(notify);
+        assert!(registered, "a fresh parker has no hook");
+        self.open_session(Some(parker))
+    }
+
+    fn open_session(&self, notify: Option<Arc<Parker>>) -> Result<Session, NodeError> {
+        let shared = &self.shared;
+        self.check_running()?;
+        let Some(producer) = self.producer.as_ref() else { return Err(NodeError::ShutDown) };
+        let open = shared.sessions_open.fetch_add(1, Ordering::AcqRel);
+        if open >= shared.sessions_max {
+            shared.sessions_open.fetch_sub(1, Ordering::AcqRel);
+            return Err(NodeError::TooManySessions { max: shared.sessions_max });
+        }
+        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let (sender, completions) = mpsc::sync_channel(shared.session_pending_max as usize);
+        let register = Control::Register { id, sender, notify: notify.clone() };
+        if shared.control.send(register).is_err() {
+            shared.sessions_open.fetch_sub(1, Ordering::AcqRel);
+            return Err(NodeError::ShutDown);
+        }
+        Ok(Session::new(id, producer.clone(), completions, notify, Arc::clone(shared)))
+    }
+
+    fn check_running(&self) -> Result<(), NodeError> {
+        if let Some(failure) = self.shared.failure() {
+            return Err(NodeError::Failed(failure));
+        }
+        if self.shared.is_closed() {
+            return Err(NodeError::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// Runs egress on the calling thread when the node was configured with
+    /// [`EgressDriver::Polled`]: releases every answer that is safe and routes it to its
+    /// session. Returns how many answers were delivered; always 0 with an egress thread.
+    pub fn poll_egress(&self) -> u64 {
+        match self.shared.polled_egress.get() {
+            Some(egress) => egress::poll_shared(&self.shared, egress),
+            None => 0,
+        }
+    }
+
+    /// Sets the hook a polled egress's owner is woken with (e.g. `mio::Waker::wake`): called
+    /// from a stage thread when answers may be ready after `poll_egress` found none. Returns
+    /// false if egress has its own thread or a hook was already set.
+    pub fn set_egress_waker(&self, hook: WakeHook) -> bool {
+        self.shared.polled_egress.get().is_some() && self.shared.egress_parker.register_hook(hook)
+    }
+
+    /// The topology the node runs.
+    #[must_use]
+    pub fn topology(&self) -> Topology {
+        self.shared.topology
+    }
+
+    /// The failure that stopped the node, if one did.
+    #[must_use]
+    pub fn failure(&self) -> Option<StageFailure> {
+        self.shared.failure()
+    }
+
+    /// Every stage's position.
+    #[must_use]
+    pub fn sequences(&self) -> Sequences {
+        let shared = &self.shared;
+        Sequences {
+            published: Sequence(shared.published.load(Ordering::Acquire)),
+            journaled: shared.appended.get(),
+            durable: shared.durable.get(),
+            replicated: shared.sent.get(),
+            replication_safe: shared.safe.get(),
+            applied: shared.applied.get(),
+            released: shared.released.get(),
+        }
+    }
+
+    /// A metrics snapshot. Sequences and counters are live; histograms are at most
+    /// [`super::metrics::PUBLISH_PERIOD`] behind.
+    #[must_use]
+    pub fn metrics(&self) -> Metrics {
+        let shared = &self.shared;
+        let sequences = self.sequences();
+        let published = sequences.published.0;
+        let stages = shared
+            .stages
+            .iter()
+            .map(|cells| {
+                let sequence = match cells.name {
+                    "journaler" => sequences.journaled,
+                    "replicator" => sequences.replicated,
+                    "blp" | "processor" => sequences.applied,
+                    _ => sequences.released,
+                };
+                StageMetrics {
+                    name: cells.name,
+                    sequence,
+                    lag: published.saturating_sub(sequence.0),
+                    batch_sizes: cells.histograms.batches(),
+                }
+            })
+            .collect();
+        Metrics {
+            topology: shared.topology.name(),
+            wait: shared.wait.name(),
+            published: sequences.published,
+            durable: sequences.durable,
+            replication_safe: sequences.replication_safe,
+            stages,
+            busy_rejections: shared.busy_rejections.load(Ordering::Relaxed),
+            ticks_skipped: shared.ticks_skipped.load(Ordering::Relaxed),
+            ring_size: shared.ring_size,
+            ring_fill: published.saturating_sub(sequences.released.0),
+            blp_service_ns: shared.blp_service.latency(),
+            publish_to_egress_ns: shared.stage_cells("egress").histograms.latency(),
+        }
+    }
+
+    /// Stops intake, drains the ring (every accepted command is journaled, applied and
+    /// answered), flushes the journal and joins every thread. Fails with the stage's failure if
+    /// one stopped the node, or if the ring did not drain within `drain_timeout_ms`.
+    pub fn shutdown(mut self) -> Result<ShutdownReport, NodeError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<ShutdownReport, NodeError> {
+        assert!(!self.stopped, "a node stops once");
+        self.stopped = true;
+        let shared = Arc::clone(&self.shared);
+        shared.close();
+        if let Some(timer) = self.timer.take() {
+            timer.thread().unpark();
+            if let Err(panic) = timer.join() {
+                shared.fail("timer", &panic_message(panic.as_ref()));
+            }
+        }
+        self.drain();
+        let engine = self.join();
+        self.producer = None;
+        let metrics = self.metrics();
+        if let Some(failure) = shared.failure() {
+            return Err(NodeError::Failed(failure));
+        }
+        let stop_at = shared.stop_at.load(Ordering::Acquire);
+        let engine = engine.expect("the BLP hands back its engine when no stage failed");
+        Ok(ShutdownReport { engine, last_sequence: Sequence(stop_at - 1), metrics })
+    }
+
+    /// Publishes the stop marker and waits for every stage to pass it. On timeout the node is
+    /// failed (so stages stop working and egress answers the rest with the failure) and given
+    /// a grace period; what still runs after it is left detached.
+    fn drain(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let mut deadline = Instant::now() + self.drain_timeout;
+        let mut timed_out = false;
+        let mut marker = false;
+        loop {
+            if !marker && let Some(producer) = self.producer.as_mut() {
+                let stop =
+                    publish_one(producer, &shared, SlotKind::Stop, Command::Tick, Reply::NOBODY);
+                if let Some(sequence) = stop {
+                    shared.stop_at.store(sequence, Ordering::Release);
+                    shared.wake_all();
+                    marker = true;
+                }
+            }
+            self.poll_egress();
+            if marker && self.all_stopped() {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if timed_out {
+                    return;
+                }
+                timed_out = true;
+                let message = format!(
+                    "the ring did not drain within {} ms; still running: {}",
+                    self.drain_timeout.as_millis(),
+                    self.running().join(", ")
+                );
+                shared.fail("shutdown", &message);
+                deadline = now + SHUTDOWN_GRACE;
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn all_stopped(&self) -> bool {
+        let polled_done = self.shared.polled_egress.get().is_none()
+            || self.shared.released.get().0 >= self.shared.stop_at.load(Ordering::Acquire);
+        polled_done && self.threads.iter().all(|thread| thread.handle.is_finished())
+    }
+
+    fn running(&self) -> Vec<&'static str> {
+        let mut running: Vec<_> = self
+            .threads
+            .iter()
+            .filter(|thread| !thread.handle.is_finished())
+            .map(|thread| thread.name)
+            .collect();
+        if self.shared.polled_egress.get().is_some()
+            && self.shared.released.get().0 < self.shared.stop_at.load(Ordering::Acquire)
+        {
+            running.push("egress (polled)");
+        }
+        running
+    }
+
+    /// Joins every finished thread (others are detached) and returns the BLP's engine.
+    fn join(&mut self) -> Option<Engine> {
+        let mut engine = None;
+        for thread in self.threads.drain(..) {
+            if !thread.handle.is_finished() {
+                continue;
+            }
+            match thread.handle.join() {
+                Ok(Some(returned)) => engine = Some(returned),
+                Ok(None) => {}
+                Err(panic) => self.shared.fail(thread.name, &panic_message(panic.as_ref())),
+            }
+        }
+        engine
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.stop();
+        }
+    }
+}
+
+impl std::fmt::Debug for ShutdownReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownReport")
+            .field("engine", &self.engine.status())
+            .field("last_sequence", &self.last_sequence)
+            .field("metrics", &self.metrics)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("topology", &self.shared.topology)
+            .field("sequences", &self.sequences())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,142 @@
+//! The ring's event: a preallocated plain struct a producer fills, every stage reads, the BLP
+//! answers into and egress delivers from. Also the poller seam over the `disruptor` crate.
+
+use std::cell::UnsafeCell;
+
+use disruptor::{
+    EventPoller, MultiConsumerBarrier, MultiProducerBarrier, Polling, SingleConsumerBarrier,
+};
+
+use crate::command::Command;
+use crate::outcome::Outcome;
+use crate::types::Timestamp;
+
+/// What a slot carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SlotKind {
+    /// A command: journaled, replicated, applied, answered.
+    Command,
+    /// Published once by `shutdown` after intake stopped: each stage flushes and exits when it
+    /// reads it. It takes a ring position but no journal sequence, and it is always the last
+    /// slot a stage reads, so journal sequences stay contiguous.
+    Stop,
+}
+
+/// Where the answer goes: a session and the token it chose. Session 0 is nobody (timer ticks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) session: u64,
+    pub(crate) token: u64,
+}
+
+impl Reply {
+    pub(crate) const NOBODY: Reply = Reply { session: 0, token: 0 };
+}
+
+/// The BLP's answer for a slot, written in place.
+///
+/// Ownership is handed along by the ring's sequence barriers, not by a lock:
+/// - only the BLP (or the compact processor) writes it, while it reads the slot's sequence;
+/// - it publishes the write with a release store (its cursor and the applied watermark), and
+///   egress reads the outcome only after an acquire load showed both past the sequence;
+/// - producers never touch it, and reuse the slot only after egress passed it.
+pub(crate) struct OutcomeCell(UnsafeCell<Outcome>);
+
+// SAFETY: access is serialised by the ring's barriers as described on `OutcomeCell`: one
+// writer (the applying stage) before a release store, readers (egress) only after the matching
+// acquire load, and no access at all while a producer holds the slot exclusively.
+unsafe impl Sync for OutcomeCell {}
+
+impl OutcomeCell {
+    fn new() -> OutcomeCell {
+        OutcomeCell(UnsafeCell::new(Outcome::Ticked { now: Timestamp(0) }))
+    }
+
+    /// Writes the outcome.
+    ///
+    /// # Safety
+    /// The caller is the applying stage and is reading this slot's sequence: it has passed the
+    /// producer barrier for it, and no egress read of this sequence can start before the caller
+    /// publishes its progress with a release store.
+    pub(crate) unsafe fn write(&self, outcome: Outcome) {
+        // SAFETY: per the function's contract no other thread reads or writes the cell now.
+        unsafe { *self.0.get() = outcome };
+    }
+
+    /// Reads the outcome.
+    ///
+    /// # Safety
+    /// The caller is egress and has observed, with an acquire load, that the applying stage
+    /// finished this slot's sequence; the producer cannot reuse the slot until egress passes it.
+    pub(crate) unsafe fn read(&self) -> Outcome {
+        // SAFETY: per the function's contract the write happened-before and no write races.
+        unsafe { *self.0.get() }
+    }
+}
+
+/// One ring slot. Plain, fixed-size and preallocated: publishing overwrites it in place.
+pub(crate) struct Slot {
+    pub(crate) kind: SlotKind,
+    pub(crate) timestamp: Timestamp,
+    pub(crate) command: Command,
+    pub(crate) reply: Reply,
+    /// Monotonic nanoseconds since node start when the producer published, for the
+    /// publish-to-egress latency histogram.
+    pub(crate) published_ns: u64,
+    pub(crate) outcome: OutcomeCell,
+}
+
+impl Slot {
+    pub(crate) fn empty() -> Slot {
+        Slot {
+            kind: SlotKind::Command,
+            timestamp: Timestamp(0),
+            command: Command::Tick,
+            reply: Reply::NOBODY,
+            published_ns: 0,
+            outcome: OutcomeCell::new(),
+        }
+    }
+}
+
+/// A reader of the ring at one point of the dependency graph. The `disruptor` crate's pollers
+/// differ in their barrier type (producer, one upstream stage, several upstream stages); stage
+/// loops are written once against this trait.
+pub(crate) trait RingPoller: Send + 'static {
+    /// Calls `each` for up to `limit` published slots in ring order, then marks them read
+    /// (releasing them to the stages behind). Returns how many were read.
+    fn drain<F: FnMut(&Slot)>(&mut self, limit: u64, each: F) -> u64;
+
+    /// Whether at least one slot is ready to read.
+    fn has_available(&self) -> bool;
+}
+
+macro_rules! ring_poller {
+    ($barrier:ty) => {
+        impl RingPoller for EventPoller<Slot, $barrier> {
+            fn drain<F: FnMut(&Slot)>(&mut self, limit: u64, mut each: F) -> u64 {
+                assert!(limit > 0, "a drain reads at least one slot");
+                match self.take(limit) {
+                    Ok(mut guard) => {
+                        let count = (&mut guard).len() as u64;
+                        for slot in &mut guard {
+                            each(slot);
+                        }
+                        count
+                    }
+                    // `Shutdown` only follows the last producer's drop; the node keeps one until
+                    // every stage has exited, so it reads as "nothing to do".
+                    Err(Polling::NoEvents | Polling::Shutdown) => 0,
+                }
+            }
+
+            fn has_available(&self) -> bool {
+                EventPoller::has_available(self)
+            }
+        }
+    };
+}
+
+ring_poller!(MultiProducerBarrier);
+ring_poller!(SingleConsumerBarrier);
+ring_poller!(MultiConsumerBarrier);

@@ -1,0 +1,682 @@
+//! The node end to end: many producers against the ring in both topologies, checked against a
+//! replay of the journal; the gating rule with journals that hold answers back; back-pressure;
+//! shutdown under load; failing stages; the timer; recovery; wake hooks.
+//!
+//! Every test uses the spin-then-park wait strategy and bounds each wait with a deadline, so a
+//! broken node fails a test instead of hanging it. Nothing here asserts on timing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringfence_core::pipeline::{
+    CallError, Completion, EgressDriver, Journal, MemoryJournal, NoReplicator, NoSnapshots, Node,
+    NodeConfig, NodeError, Refused, Replicator, Session, SnapshotHook, StageError, Topology,
+    Watermark,
+};
+use ringfence_core::{
+    Action, Command, CreateSku, Engine, Epoch, OrderState, Outcome, Query, RequestKey, Reserve,
+    Sequence, Sequenced, SkuId, UserId,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SKU: SkuId = SkuId(7);
+const STOCK: u32 = 100;
+
+type JournalCopy = Arc<Mutex<Vec<(Epoch, Sequenced)>>>;
+
+fn config(topology: Topology) -> NodeConfig {
+    NodeConfig::for_tests(topology)
+}
+
+fn both_topologies() -> [NodeConfig; 3] {
+    let polled = NodeConfig { egress: EgressDriver::Polled, ..config(Topology::Compact) };
+    [config(Topology::Parallel), config(Topology::Compact), polled]
+}
+
+fn key(value: u128) -> RequestKey {
+    RequestKey::from_u128(value)
+}
+
+fn create_sku(stock: u32, payment_timeout_ms: u64) -> Command {
+    let spec = CreateSku {
+        sku: SKU,
+        stock,
+        price_cents: 500,
+        per_user_limit: 2,
+        payment_timeout_ms,
+        sale_start: None,
+        sale_end: None,
+    };
+    Command::Client { key: key(u128::MAX), action: Action::CreateSku(spec) }
+}
+
+fn reserve(request: u128, user: u64, qty: u32) -> Command {
+    let reserve = Reserve { user: UserId(user), sku: SKU, qty, coupon: None };
+    Command::Client { key: key(request), action: Action::Reserve(reserve) }
+}
+
+/// Reads completions until `session` has none pending, failing the test after `WAIT`.
+fn drain(session: &mut Session, into: &mut Vec<Completion>) {
+    let deadline = Instant::now() + WAIT;
+    while session.pending() > 0 {
+        assert!(Instant::now() < deadline, "completions missing after {WAIT:?}");
+        if let Some(completion) = session.wait(Duration::from_millis(10)) {
+            into.push(completion);
+        }
+    }
+}
+
+/// Submits, retrying while the ring is busy (reading completions meanwhile).
+fn submit(session: &mut Session, command: Command, token: u64, into: &mut Vec<Completion>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match session.try_submit(command, token) {
+            Ok(_) => return,
+            Err(Refused::Busy | Refused::SessionFull) => {
+                assert!(Instant::now() < deadline, "ring stayed busy for {WAIT:?}");
+                if let Some(completion) = session.poll() {
+                    into.push(completion);
+                }
+                thread::yield_now();
+            }
+            Err(other) => panic!("submission refused: {other}"),
+        }
+    }
+}
+
+/// One producer's share of the flash sale: reservations (some retried with the same key),
+/// queries and a snapshot request.
+fn producer_commands(producer: u64, count: u64) -> Vec<Command> {
+    (0..count)
+        .map(|i| {
+            let request = u128::from(producer * 1_000_000 + i);
+            match i % 10 {
+                7 => Command::Query(Query::Sku(SKU)),
+                8 => reserve(request - 1, producer * 100 + (i - 1) % 40, 1 + ((i - 1) % 2) as u32),
+                9 if i % 100 == 99 => Command::Snapshot,
+                _ => reserve(request, producer * 100 + i % 40, 1 + (i % 2) as u32),
+            }
+        })
+        .collect()
+}
+
+/// Replays the journal through a fresh engine: the outcome of every sequence.
+fn replay(config: &NodeConfig, journal: &[(Epoch, Sequenced)]) -> (Engine, BTreeMap<u64, Outcome>) {
+    let mut engine = Engine::new(config.engine.clone());
+    let mut outcomes = BTreeMap::new();
+    for (index, (epoch, sequenced)) in journal.iter().enumerate() {
+        assert_eq!(*epoch, config.epoch);
+        assert_eq!(sequenced.sequence, Sequence(index as u64 + 1), "journal is contiguous from 1");
+        outcomes.insert(sequenced.sequence.0, engine.apply(sequenced));
+    }
+    (engine, outcomes)
+}
+
+fn run_flash_sale(config: NodeConfig) {
+    let copy = JournalCopy::default();
+    let journal = MemoryJournal::shared(Arc::clone(&copy));
+    let node = Node::start(config.clone(), journal, NoReplicator::default()).unwrap();
+    let mut admin = node.session().unwrap();
+    assert!(matches!(admin.call(create_sku(STOCK, 60_000), WAIT), Ok(Outcome::SkuCreated(_))));
+
+    let producers = 4;
+    let per_producer = 300;
+    let workers: Vec<_> = (0..producers)
+        .map(|producer| {
+            let mut session = node.session().unwrap();
+            thread::spawn(move || {
+                let mut completions = Vec::new();
+                let commands = producer_commands(producer, per_producer);
+                for (token, command) in commands.iter().enumerate() {
+                    submit(&mut session, *command, token as u64, &mut completions);
+                }
+                drain(&mut session, &mut completions);
+                (commands, completions)
+            })
+        })
+        .collect();
+    let results: Vec<_> = workers.into_iter().map(|worker| worker.join().unwrap()).collect();
+    let report = node.shutdown().unwrap();
+
+    let journal = copy.lock().unwrap().clone();
+    let (replayed, outcomes) = replay(&config, &journal);
+    let by_sequence: HashMap<u64, Command> =
+        journal.iter().map(|(_, s)| (s.sequence.0, s.command)).collect();
+    let mut orders = HashMap::new();
+    for (commands, completions) in &results {
+        assert_eq!(completions.len(), commands.len(), "one completion per command");
+        for (position, completion) in completions.iter().enumerate() {
+            assert_eq!(completion.token, position as u64, "completions arrive in order");
+            let outcome = completion.result.as_ref().expect("no stage failed");
+            assert_eq!(by_sequence[&completion.sequence.0], commands[position]);
+            assert_eq!(*outcome, outcomes[&completion.sequence.0], "seq {}", completion.sequence);
+            if let Outcome::Reserved { order, .. } = outcome {
+                // A retried request answers with the original order: count each order once.
+                orders.insert(*order, reserved_qty(&commands[position]));
+            }
+        }
+    }
+    let reserved_units: u32 = orders.values().sum();
+    assert!(reserved_units <= STOCK, "oversold: {reserved_units} units reserved of {STOCK}");
+    assert_eq!(report.engine.running_hash(), replayed.running_hash());
+    assert_eq!(report.last_sequence, Sequence(journal.len() as u64));
+}
+
+fn reserved_qty(command: &Command) -> u32 {
+    match command {
+        Command::Client { action: Action::Reserve(reserve), .. } => reserve.qty,
+        _ => 0,
+    }
+}
+
+#[test]
+fn many_producers_get_exactly_the_outcomes_of_replaying_the_journal() {
+    // Goal: in every topology, answers delivered to concurrent producers are exactly what a
+    // fresh BLP computes from the journal, in the journal's order, with nothing oversold.
+    for config in both_topologies() {
+        run_flash_sale(config);
+    }
+}
+
+/// A journal that keeps answers back: `flush` reports durable only up to what the test allows.
+struct HoldingJournal {
+    last: Sequence,
+    allowed: Arc<AtomicU64>,
+    durable: Arc<AtomicU64>,
+}
+
+impl Journal for HoldingJournal {
+    fn append(&mut self, _epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
+        self.last = command.sequence;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<Sequence, StageError> {
+        let durable = self.last.0.min(self.allowed.load(Ordering::Acquire));
+        self.durable.fetch_max(durable, Ordering::AcqRel);
+        Ok(Sequence(self.durable.load(Ordering::Acquire)))
+    }
+}
+
+/// Collects what arrives within `window` (a chance for a broken gate to leak answers).
+fn collect_for(session: &mut Session, window: Duration, into: &mut Vec<Completion>) {
+    let deadline = Instant::now() + window;
+    while Instant::now() < deadline {
+        if let Some(completion) = session.wait(Duration::from_millis(5)) {
+            into.push(completion);
+        }
+    }
+}
+
+#[test]
+fn no_outcome_is_delivered_before_the_journal_made_it_durable() {
+    // Goal: egress releases a sequence only once the journal reported it durable, even though
+    // the BLP applied it long before; answers then follow the journal as it catches up.
+    for config in both_topologies() {
+        let allowed = Arc::new(AtomicU64::new(0));
+        let durable = Arc::new(AtomicU64::new(0));
+        let journal = HoldingJournal {
+            last: Sequence(0),
+            allowed: Arc::clone(&allowed),
+            durable: Arc::clone(&durable),
+        };
+        let node = Node::start(config, journal, NoReplicator::default()).unwrap();
+        let mut session = node.session().unwrap();
+        let mut sequences = Vec::new();
+        for token in 0..20 {
+            sequences.push(session.try_submit(Command::Query(Query::Sku(SKU)), token).unwrap());
+        }
+        let mut received = Vec::new();
+        collect_for(&mut session, Duration::from_millis(100), &mut received);
+        assert!(received.is_empty(), "answered before durable: {received:?}");
+        assert!(node.sequences().applied >= sequences[19], "the BLP does not wait for the disk");
+
+        allowed.store(sequences[9].0, Ordering::Release);
+        let deadline = Instant::now() + WAIT;
+        while received.len() < 10 {
+            assert!(Instant::now() < deadline, "released answers did not arrive");
+            received.extend(session.wait(Duration::from_millis(5)));
+        }
+        collect_for(&mut session, Duration::from_millis(50), &mut received);
+        assert_eq!(received.len(), 10, "only the durable prefix is answered");
+        for completion in &received {
+            assert!(completion.sequence.0 <= durable.load(Ordering::Acquire));
+            assert!(completion.sequence <= sequences[9]);
+        }
+
+        allowed.store(u64::MAX, Ordering::Release);
+        drain(&mut session, &mut received);
+        let tokens: Vec<u64> = received.iter().map(|c| c.token).collect();
+        assert_eq!(tokens, (0..20).collect::<Vec<_>>());
+        drop(session);
+        node.shutdown().unwrap();
+    }
+}
+
+/// A gate a stage blocks on until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<AtomicBool>);
+
+impl Gate {
+    fn wait(&self) {
+        while !self.0.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn open(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A journal whose flush blocks until its gate opens.
+struct GatedJournal {
+    inner: MemoryJournal,
+    gate: Gate,
+}
+
+impl Journal for GatedJournal {
+    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
+        self.inner.append(epoch, command)
+    }
+
+    fn flush(&mut self) -> Result<Sequence, StageError> {
+        self.gate.wait();
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn a_full_ring_answers_busy_at_once_and_recovers() {
+    // Goal: with the journal stuck, exactly a ring's worth of commands is accepted, the rest
+    // are refused `Busy` immediately and counted; once the journal moves, all accepted complete.
+    for topology in [Topology::Parallel, Topology::Compact] {
+        let config =
+            NodeConfig { ring_size: 64, tick_period_ms: 0, ..NodeConfig::for_tests(topology) };
+        let gate = Gate::default();
+        let journal = GatedJournal { inner: MemoryJournal::new(), gate: gate.clone() };
+        let node = Node::start(config, journal, NoReplicator::default()).unwrap();
+        let mut session = node.session().unwrap();
+        let (mut accepted, mut busy) = (0, 0);
+        for token in 0..200 {
+            match session.try_submit(Command::Query(Query::Sku(SKU)), token) {
+                Ok(_) => accepted += 1,
+                Err(Refused::Busy) => busy += 1,
+                Err(other) => panic!("unexpected refusal {other}"),
+            }
+        }
+        assert_eq!(accepted, 64, "{topology:?}: the ring holds 64 commands in flight");
+        assert_eq!(busy, 136);
+        let metrics = node.metrics();
+        assert_eq!(metrics.busy_rejections, 136);
+        assert_eq!(metrics.ring_fill, 64);
+
+        gate.open();
+        let mut received = Vec::new();
+        drain(&mut session, &mut received);
+        assert_eq!(received.len(), 64);
+        assert!(received.iter().all(|c| c.result.is_ok()));
+        // Egress frees slots just after handing out their answers, so retry a moment of Busy.
+        let deadline = Instant::now() + WAIT;
+        let outcome = loop {
+            match session.call(Command::Query(Query::Sku(SKU)), WAIT) {
+                Err(CallError::Refused(Refused::Busy)) if Instant::now() < deadline => {
+                    thread::yield_now();
+                }
+                other => break other,
+            }
+        };
+        assert!(matches!(outcome, Ok(Outcome::Rejected(_))), "{outcome:?}");
+        drop(session);
+        node.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn shutdown_under_load_loses_nothing_acknowledged() {
+    // Goal: shutting down while producers hammer the node answers every command accepted
+    // before intake closed, each answer matches the journal's replay, and only submissions
+    // racing the close itself go unanswered (refused, never half-done).
+    for config in both_topologies() {
+        let copy = JournalCopy::default();
+        let journal = MemoryJournal::shared(Arc::clone(&copy));
+        let node = Node::start(config.clone(), journal, NoReplicator::default()).unwrap();
+        let mut admin = node.session().unwrap();
+        admin.call(create_sku(1_000_000, 60_000), WAIT).unwrap();
+        drop(admin);
+        let answered = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..3u64)
+            .map(|producer| {
+                let mut session = node.session().unwrap();
+                let answered = Arc::clone(&answered);
+                thread::spawn(move || hammer(&mut session, producer, &answered))
+            })
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        while answered.load(Ordering::Relaxed) < 500 {
+            assert!(Instant::now() < deadline, "producers made no progress");
+            thread::sleep(Duration::from_millis(1));
+        }
+        let report = node.shutdown().unwrap();
+        let journal = copy.lock().unwrap().clone();
+        let (_, outcomes) = replay(&config, &journal);
+        for worker in workers {
+            let (accepted, completions) = worker.join().unwrap();
+            assert!(accepted - completions.len() <= 1, "at most one submission races the close");
+            for completion in completions {
+                let outcome = completion.result.expect("a clean shutdown fails nothing");
+                assert!(completion.sequence <= report.last_sequence);
+                assert_eq!(outcome, outcomes[&completion.sequence.0]);
+            }
+        }
+    }
+}
+
+/// Submits reservations until the node refuses for shutdown, then reads every answer there is.
+fn hammer(
+    session: &mut Session,
+    producer: u64,
+    answered: &AtomicUsize,
+) -> (usize, Vec<Completion>) {
+    let mut completions = Vec::new();
+    let mut accepted = 0;
+    for i in 0.. {
+        let command = reserve(u128::from(producer << 32 | i), producer * 1_000 + i % 500, 1);
+        match session.try_submit(command, i) {
+            Ok(_) => accepted += 1,
+            Err(Refused::Busy | Refused::SessionFull) => thread::yield_now(),
+            Err(Refused::ShuttingDown) => break,
+            Err(other) => panic!("unexpected refusal {other}"),
+        }
+        while let Some(completion) = session.poll() {
+            completions.push(completion);
+            answered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while session.pending() > 0 && !session.is_stopped() {
+        assert!(Instant::now() < deadline, "answers missing after shutdown");
+        completions.extend(session.wait(Duration::from_millis(10)));
+    }
+    (accepted, completions)
+}
+
+/// A journal that panics when asked to append sequence `panic_at`.
+struct PanickingJournal {
+    inner: MemoryJournal,
+    panic_at: Sequence,
+}
+
+impl Journal for PanickingJournal {
+    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
+        assert!(command.sequence != self.panic_at, "journal device lost at {}", command.sequence);
+        self.inner.append(epoch, command)
+    }
+
+    fn flush(&mut self) -> Result<Sequence, StageError> {
+        self.inner.flush()
+    }
+}
+
+/// A replicator whose send fails with a stage error at sequence `fail_at`.
+struct FailingReplicator {
+    fail_at: Sequence,
+    safe: Arc<Watermark>,
+}
+
+impl Replicator for FailingReplicator {
+    fn send(&mut self, _epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
+        if command.sequence == self.fail_at {
+            return Err(StageError::Fatal("standby link broken".to_owned()));
+        }
+        self.safe.advance(command.sequence);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn safe(&self) -> Arc<Watermark> {
+        Arc::clone(&self.safe)
+    }
+}
+
+/// A snapshot hook that panics after applying sequence `panic_at`.
+struct PanickingHook {
+    panic_at: Sequence,
+}
+
+impl SnapshotHook for PanickingHook {
+    fn after_apply(&mut self, _engine: &Engine, command: &Sequenced) {
+        assert!(command.sequence != self.panic_at, "snapshot writer crashed");
+    }
+}
+
+/// Against a node set to fail at sequence 20: 19 queries are answered normally; of 21 more,
+/// every one is answered with the failure naming `stage`; the node reports it, refuses new
+/// work, and shutdown returns it. Nothing hangs.
+fn check_failure_reported(node: Node, stage: &str) {
+    let mut session = node.session().unwrap();
+    let mut before = Vec::new();
+    for token in 0..19 {
+        session.try_submit(Command::Query(Query::Sku(SKU)), token).unwrap();
+    }
+    drain(&mut session, &mut before);
+    assert!(before.iter().all(|c| c.result.is_ok()), "{before:?}");
+    let mut after = Vec::new();
+    for token in 19..40 {
+        match session.try_submit(Command::Query(Query::Sku(SKU)), token) {
+            Ok(_) | Err(Refused::Failed(_)) => {}
+            Err(other) => panic!("unexpected refusal {other}"),
+        }
+    }
+    drain(&mut session, &mut after);
+    assert!(!after.is_empty(), "the failing command itself was accepted");
+    for completion in &after {
+        let failure = completion.result.clone().expect_err("nothing after the failure is answered");
+        assert_eq!(failure.stage, stage);
+    }
+    assert_eq!(node.failure().map(|failure| failure.stage), Some(stage));
+    let refused = session.try_submit(Command::Query(Query::Sku(SKU)), 99);
+    assert!(matches!(refused, Err(Refused::Failed(ref f)) if f.stage == stage), "{refused:?}");
+    drop(session);
+    match node.shutdown() {
+        Err(NodeError::Failed(failure)) => assert_eq!(failure.stage, stage),
+        other => panic!("shutdown must report the failed stage, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_panicking_journal_stops_the_node_and_is_named() {
+    // Goal: a journaler panic fails the node loudly with the stage's name; no submitter hangs
+    // and nothing after the panic is answered with an outcome.
+    for topology in [Topology::Parallel, Topology::Compact] {
+        let config = NodeConfig { tick_period_ms: 0, ..config(topology) };
+        let journal = PanickingJournal { inner: MemoryJournal::new(), panic_at: Sequence(20) };
+        let node = Node::start(config, journal, NoReplicator::default()).unwrap();
+        check_failure_reported(node, "journaler");
+    }
+}
+
+#[test]
+fn a_failing_replicator_and_a_panicking_snapshot_hook_are_named() {
+    // Goal: stage errors and panics on the BLP thread are reported with the right stage too.
+    for topology in [Topology::Parallel, Topology::Compact] {
+        let config = NodeConfig { tick_period_ms: 0, ..config(topology) };
+        let replicator =
+            FailingReplicator { fail_at: Sequence(20), safe: Watermark::new(Sequence(0)) };
+        let node = Node::start(config.clone(), MemoryJournal::new(), replicator).unwrap();
+        check_failure_reported(node, "replicator");
+
+        let engine = Engine::new(config.engine.clone());
+        let hook = PanickingHook { panic_at: Sequence(20) };
+        let journal = MemoryJournal::new();
+        let node =
+            Node::start_with(config, engine, Sequence(1), journal, NoReplicator::default(), hook)
+                .unwrap();
+        check_failure_reported(node, "snapshot");
+    }
+}
+
+#[test]
+fn timer_ticks_expire_unpaid_orders_without_client_traffic() {
+    // Goal: the timer's `Tick` commands move the BLP's time, so a payment deadline fires while
+    // no client sends anything.
+    for topology in [Topology::Parallel, Topology::Compact] {
+        let node =
+            Node::start(config(topology), MemoryJournal::new(), NoReplicator::default()).unwrap();
+        let mut session = node.session().unwrap();
+        session.call(create_sku(10, 20), WAIT).unwrap();
+        let Ok(Outcome::Reserved { order, .. }) = session.call(reserve(1, 1, 1), WAIT) else {
+            panic!("reservation failed");
+        };
+        let published = node.sequences().published;
+        let deadline = Instant::now() + WAIT;
+        while node.sequences().applied < Sequence(published.0 + 50) {
+            assert!(Instant::now() < deadline, "the timer published no ticks");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let view = session.call(Command::Query(Query::Order(order)), WAIT).unwrap();
+        assert!(
+            matches!(view, Outcome::Order(view) if view.state == OrderState::Expired),
+            "{view:?}"
+        );
+        drop(session);
+        node.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_recovered_engine_continues_at_the_next_sequence() {
+    // Goal: a node started from a recovered engine numbers its commands from the given next
+    // sequence, keeps the engine's state, and refuses a sequence that would go backwards.
+    let config = NodeConfig { tick_period_ms: 0, ..config(Topology::Compact) };
+    let mut engine = Engine::new(config.engine.clone());
+    let setup = Sequenced {
+        sequence: Sequence(41),
+        timestamp: ringfence_core::Timestamp(1),
+        command: create_sku(5, 60_000),
+    };
+    engine.apply(&setup);
+    let too_early = Node::start_with(
+        config.clone(),
+        Engine::new(config.engine.clone()),
+        Sequence(0),
+        MemoryJournal::new(),
+        NoReplicator::default(),
+        NoSnapshots,
+    );
+    assert!(matches!(too_early, Err(NodeError::Sequence { .. })));
+    let copy = JournalCopy::default();
+    let journal = MemoryJournal::shared(Arc::clone(&copy));
+    let node = Node::start_with(
+        config,
+        engine,
+        Sequence(42),
+        journal,
+        NoReplicator::default(),
+        NoSnapshots,
+    )
+    .unwrap();
+    let mut session = node.session().unwrap();
+    let sequence = session.try_submit(Command::Query(Query::Sku(SKU)), 0).unwrap();
+    assert_eq!(sequence, Sequence(42));
+    let completion = session.wait(WAIT).expect("answered");
+    assert!(matches!(completion.result, Ok(Outcome::Sku(view)) if view.stock == 5));
+    drop(session);
+    let report = node.shutdown().unwrap();
+    assert_eq!(report.last_sequence, Sequence(42));
+    let journal = copy.lock().unwrap();
+    assert_eq!(journal.iter().map(|(_, s)| s.sequence).collect::<Vec<_>>(), vec![Sequence(42)]);
+}
+
+#[test]
+fn a_notify_hook_is_called_when_an_armed_session_gets_a_completion() {
+    // Goal: an event loop can sleep after `poll` returned nothing and be woken by the hook
+    // (e.g. a `mio::Waker`) when the answer arrives; the hook fires once per arming.
+    for config in both_topologies() {
+        let node = Node::start(config, MemoryJournal::new(), NoReplicator::default()).unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let hook_calls = Arc::clone(&calls);
+        let hook = Arc::new(move || {
+            hook_calls.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut session = node.session_with_notify(hook).unwrap();
+        assert!(session.poll().is_none(), "nothing submitted yet; this arms the hook");
+        session.try_submit(Command::Query(Query::Sku(SKU)), 7).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while calls.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the hook was never called");
+            node.poll_egress();
+            thread::sleep(Duration::from_millis(1));
+        }
+        let completion = session.poll().expect("the hook announced a completion");
+        assert_eq!(completion.token, 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        drop(session);
+        node.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn batches_limits_and_metrics_are_observable() {
+    // Goal: a batch is submitted all at once and answered per command in order; session and
+    // batch limits are enforced; metrics show every stage caught up with the producers.
+    for topology in [Topology::Parallel, Topology::Compact] {
+        let config = NodeConfig { sessions_max: 2, session_pending_max: 8, ..config(topology) };
+        let node = Node::start(config, MemoryJournal::new(), NoReplicator::default()).unwrap();
+        let mut session = node.session().unwrap();
+        let _second = node.session().unwrap();
+        assert!(matches!(node.session(), Err(NodeError::TooManySessions { max: 2 })));
+        let batch: Vec<_> = (0..8).map(|token| (Command::Query(Query::Sku(SKU)), token)).collect();
+        let too_big: Vec<_> =
+            (0..9).map(|token| (Command::Query(Query::Sku(SKU)), token)).collect();
+        assert!(matches!(session.try_submit_batch(&too_big), Err(Refused::BatchTooLarge { .. })));
+        let last = session.try_submit_batch(&batch).unwrap();
+        assert_eq!(session.try_submit(Command::Tick, 9), Err(Refused::SessionFull));
+        let mut received = Vec::new();
+        drain(&mut session, &mut received);
+        let sequences: Vec<u64> = received.iter().map(|c| c.sequence.0).collect();
+        assert_eq!(sequences, (last.0 - 7..=last.0).collect::<Vec<_>>(), "contiguous, in order");
+
+        let deadline = Instant::now() + WAIT;
+        let metrics = loop {
+            let metrics = node.metrics();
+            // Histograms are merged at most `PUBLISH_PERIOD` after they are recorded.
+            let caught_up = metrics.stages.iter().all(|s| s.lag == 0 && !s.batch_sizes.is_empty());
+            if caught_up
+                && metrics.publish_to_egress_ns.len() >= 8
+                && !metrics.blp_service_ns.is_empty()
+            {
+                break metrics;
+            }
+            assert!(Instant::now() < deadline, "metrics never caught up: {metrics:?}");
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(metrics.topology, topology.name());
+        let names: Vec<_> = metrics.stages.iter().map(|stage| stage.name).collect();
+        match topology {
+            Topology::Parallel => assert_eq!(names, ["journaler", "replicator", "blp", "egress"]),
+            Topology::Compact => assert_eq!(names, ["processor", "egress"]),
+        }
+        assert_eq!(metrics.busy_rejections, 0);
+        drop(session);
+        node.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_blocking_call_reports_a_stopped_node() {
+    // Goal: a session outliving its node is told so instead of waiting forever.
+    let node =
+        Node::start(config(Topology::Compact), MemoryJournal::new(), NoReplicator::default())
+            .unwrap();
+    let mut session = node.session().unwrap();
+    node.shutdown().unwrap();
+    let refused = session.call(Command::Query(Query::Sku(SKU)), WAIT);
+    assert_eq!(refused, Err(CallError::Refused(Refused::ShuttingDown)));
+}
