@@ -87,6 +87,8 @@ struct Model {
     expired_last: usize,
 }
 
+/// Whether an order's units count against its buyer's per-user limit. A completed order still
+/// counts, so a limit of one means one unit per buyer for the whole sale.
 fn holds_units(state: OrderState) -> bool {
     match state {
         OrderState::Reserved | OrderState::Paid | OrderState::Shipped | OrderState::Completed => {
@@ -94,6 +96,14 @@ fn holds_units(state: OrderState) -> bool {
         }
         OrderState::Cancelled | OrderState::Expired | OrderState::Refunded => false,
     }
+}
+
+/// No transition leaves these states; their orders wait to be forgotten, oldest first.
+fn is_final(state: OrderState) -> bool {
+    matches!(
+        state,
+        OrderState::Completed | OrderState::Cancelled | OrderState::Expired | OrderState::Refunded
+    )
 }
 
 fn is_sold(state: OrderState) -> bool {
@@ -367,7 +377,7 @@ impl Model {
 
     fn set_state(&mut self, id: OrderId, state: OrderState) {
         self.orders.get_mut(&id).unwrap().view.state = state;
-        if state.is_final() {
+        if is_final(state) {
             self.finished.push_back(id);
         }
     }
@@ -975,7 +985,7 @@ impl Harness {
                 .model
                 .orders
                 .values()
-                .filter(|o| o.kept && !o.view.state.is_final())
+                .filter(|o| o.kept && !is_final(o.view.state))
                 .map(|o| o.view.order)
                 .collect(),
             _ => Vec::new(),
@@ -1198,7 +1208,7 @@ impl Harness {
             prop_assert_eq!(self.engine.query(&Query::Order(order.view.order)), expected);
             prop_assert!(
                 !order.kept
-                    || model.finished.contains(&order.view.order) == order.view.state.is_final()
+                    || model.finished.contains(&order.view.order) == is_final(order.view.state)
             );
         }
         prop_assert!(model.kept_orders() <= model.config.orders_max as usize);
@@ -1331,4 +1341,40 @@ fn generated_sequences_reach_every_outcome() {
         assert!(seen.get(name).is_some_and(|&n| n > 0), "no `{name}` outcome in {seen:?}");
     }
     assert!(forgotten > 0, "no finished order was ever forgotten");
+}
+
+#[test]
+fn a_burst_past_4096_ids_in_one_millisecond_matches_the_model() {
+    // Goal: more than 4096 reservations stamped in the same millisecond borrow the next
+    // millisecond for their ids exactly as the model's independent snowflake does.
+    let config = EngineConfig {
+        orders_max: 8_192,
+        request_keys_max: 8_192,
+        holdings_max: 8_192,
+        ..EngineConfig::small()
+    };
+    let mut harness = Harness::new(config);
+    harness.preamble().unwrap();
+    let restock = harness.fresh(Action::Restock { sku: SkuId(1), qty: 5_000 });
+    harness.submit(START_MS, restock, "restock").unwrap();
+    let mut last = None;
+    for user in 1..=4_200u64 {
+        let reserve = Reserve { user: UserId(user), sku: SkuId(1), qty: 1, coupon: None };
+        let command = harness.fresh(Action::Reserve(reserve));
+        harness.sequence += 1;
+        let sequenced = Sequenced {
+            sequence: Sequence(harness.sequence),
+            timestamp: Timestamp(START_MS + 1),
+            command,
+        };
+        let expected = harness.model.apply(START_MS + 1, &command).outcome;
+        let outcome = harness.engine.apply(&sequenced);
+        assert_eq!(outcome, expected, "reservation {user}");
+        let Outcome::Reserved { order, .. } = outcome else { panic!("refused: {outcome:?}") };
+        assert!(last.is_none_or(|last| order > last), "ids must increase");
+        last = Some(order);
+    }
+    harness.check_invariants().unwrap();
+    let first_millis = (START_MS + 1 - EPOCH_UNIX_MS) << 22;
+    assert!(last.unwrap().0 >= first_millis + (1 << 22), "the burst never borrowed a millisecond");
 }
