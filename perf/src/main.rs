@@ -5,6 +5,8 @@
 //! measured in the same run, as ratios.
 
 mod blp;
+mod journal;
+mod replay;
 mod report;
 
 use clap::{Args, Parser, Subcommand};
@@ -33,11 +35,19 @@ enum Bench {
     /// The business-logic processor alone, one thread: hot-SKU flash sale and mixed workload,
     /// against a naive baseline implementing the same rules the obvious way.
     Blp(Common),
+    /// Journal append: records/s and MB/s per durability policy (none, interval, batch) and
+    /// batch size (1, 16, 256), against an in-memory journal and the encoder alone.
+    Journal(Common),
+    /// Replay: commands/s rebuilding state from a multi-million-command journal against the
+    /// BLP alone on the same commands, with the ratio; plus the snapshot pause on that state.
+    Replay(Common),
 }
 
 fn main() {
     let cli = Cli::parse();
     match cli.bench {
         Bench::Blp(common) => blp::run(common),
+        Bench::Journal(common) => journal::run(common),
+        Bench::Replay(common) => replay::run(common),
     }
 }

@@ -1,0 +1,208 @@
+//! The journal append benchmark: records/s and MB/s for each durability policy and batch size,
+//! on preallocated memory-mapped segments in the system temp directory.
+//!
+//! Baselines in the same run: the in-memory `MemoryJournal` (a `Vec` push per record) and the
+//! encoder alone (rkyv into the reused buffer plus CRC32C), which bound what the mmap writer
+//! can reach. Each histogram entry is one batch (appends plus the end-of-batch flush).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ringfence_core::pipeline::{Journal, MemoryJournal};
+use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_journal::codec::Encoder;
+use ringfence_journal::format;
+use ringfence_journal::storage::FileStorage;
+use ringfence_journal::workload::Workload;
+use ringfence_journal::writer::{Durability, JournalWriter, WriterOptions};
+
+use crate::Common;
+use crate::report::{Report, Row, latency_histogram};
+
+/// A directory under the system temp dir, removed on drop.
+pub struct BenchDir(pub PathBuf);
+
+impl BenchDir {
+    pub fn new(tag: &str) -> BenchDir {
+        let path =
+            std::env::temp_dir().join(format!("ringfence-perf-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create benchmark directory");
+        BenchDir(path)
+    }
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Realistic commands: the flash-sale mix, generated against a live engine.
+pub fn commands(count: usize, config: &EngineConfig) -> Vec<Sequenced> {
+    let mut engine = Engine::new(config.clone());
+    let mut workload = Workload::new(42, Sequence(1), Timestamp(1_700_000_000_000));
+    let mut commands = Vec::with_capacity(count);
+    for _ in 0..count {
+        let command = workload.next_command();
+        workload.observe(&engine.apply(&command));
+        commands.push(command);
+    }
+    commands
+}
+
+fn mean_record_bytes(commands: &[Sequenced]) -> f64 {
+    let mut encoder = Encoder::new();
+    let sample = &commands[..commands.len().min(10_000)];
+    let total: usize =
+        sample.iter().map(|c| format::record_len(encoder.encode(&c.command).len())).sum();
+    total as f64 / sample.len() as f64
+}
+
+pub fn run(common: Common) {
+    let mut report = Report::new(common.json);
+    let count = if common.quick { 200_000 } else { 1_000_000 };
+    let budget = Duration::from_millis(if common.quick { 400 } else { 2_000 });
+    let commands = commands(count, &EngineConfig::default());
+    let record_bytes = mean_record_bytes(&commands);
+    report.note(&format!(
+        "journal append: {count} flash-sale commands max per variant, {record_bytes:.1} bytes per \
+         record on average, 64 MiB preallocated segments in {}; each variant stops after {} ms",
+        std::env::temp_dir().display(),
+        budget.as_millis()
+    ));
+    for batch in [1usize, 16, 256] {
+        report.push(baseline_encode(&commands, batch, budget, record_bytes));
+        report.push(baseline_memory(&commands, batch, budget, record_bytes));
+        for durability in [Durability::None, Durability::Interval { ms: 5 }, Durability::Batch] {
+            report.push(append(&commands, batch, durability, budget, record_bytes));
+        }
+    }
+    for batch in [1usize, 16, 256] {
+        let scenario = format!("append_batch_{batch}");
+        report.ratio(&scenario, "mmap_none", "memory_journal_baseline");
+    }
+}
+
+fn row(
+    scenario: &str,
+    variant: &str,
+    ops: u64,
+    seconds: f64,
+    histogram: hdrhistogram::Histogram<u64>,
+    record_bytes: f64,
+    batch: usize,
+) -> Row {
+    let mb_per_s = ops as f64 * record_bytes / seconds.max(1e-9) / 1e6;
+    Row::new(scenario, variant, ops, seconds, histogram)
+        .with("batch", batch as u64)
+        .with("mb_per_s", (mb_per_s * 10.0).round() / 10.0)
+        .with("histogram", "per batch (appends + flush)")
+}
+
+fn append(
+    commands: &[Sequenced],
+    batch: usize,
+    durability: Durability,
+    budget: Duration,
+    record_bytes: f64,
+) -> Row {
+    let dir = BenchDir::new("append");
+    let storage = FileStorage::open(&dir.0).expect("open benchmark storage");
+    let options =
+        WriterOptions { segment_len: 64 << 20, durability, engine_config: EngineConfig::default() };
+    let mut writer = JournalWriter::create(storage, options, Sequence(1)).expect("writer");
+    let mut histogram = latency_histogram();
+    let started = Instant::now();
+    let mut ops = 0u64;
+    for chunk in commands.chunks(batch) {
+        let t0 = Instant::now();
+        for command in chunk {
+            writer.append(Epoch(1), command).expect("append");
+        }
+        writer.flush().expect("flush");
+        let _ = histogram.record(t0.elapsed().as_nanos() as u64);
+        ops += chunk.len() as u64;
+        if started.elapsed() > budget {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let scenario = format!("append_batch_{batch}");
+    let variant = match durability {
+        Durability::None => "mmap_none".to_owned(),
+        Durability::Batch => "mmap_batch".to_owned(),
+        Durability::Interval { ms } => format!("mmap_interval_{ms}ms"),
+    };
+    row(&scenario, &variant, ops, seconds, histogram, record_bytes, batch)
+        .with("durability", durability.to_string())
+}
+
+fn baseline_memory(
+    commands: &[Sequenced],
+    batch: usize,
+    budget: Duration,
+    record_bytes: f64,
+) -> Row {
+    let mut journal = MemoryJournal::new();
+    let mut histogram = latency_histogram();
+    let started = Instant::now();
+    let mut ops = 0u64;
+    for chunk in commands.chunks(batch) {
+        let t0 = Instant::now();
+        for command in chunk {
+            journal.append(Epoch(1), command).expect("append");
+        }
+        journal.flush().expect("flush");
+        let _ = histogram.record(t0.elapsed().as_nanos() as u64);
+        ops += chunk.len() as u64;
+        if started.elapsed() > budget {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    row(
+        &format!("append_batch_{batch}"),
+        "memory_journal_baseline",
+        ops,
+        seconds,
+        histogram,
+        record_bytes,
+        batch,
+    )
+}
+
+fn baseline_encode(
+    commands: &[Sequenced],
+    batch: usize,
+    budget: Duration,
+    record_bytes: f64,
+) -> Row {
+    let mut encoder = Encoder::new();
+    let mut histogram = latency_histogram();
+    let started = Instant::now();
+    let mut ops = 0u64;
+    let mut sink = 0u32;
+    for chunk in commands.chunks(batch) {
+        let t0 = Instant::now();
+        for command in chunk {
+            sink ^= crc32c::crc32c(encoder.encode(&command.command));
+        }
+        let _ = histogram.record(t0.elapsed().as_nanos() as u64);
+        ops += chunk.len() as u64;
+        if started.elapsed() > budget {
+            break;
+        }
+    }
+    std::hint::black_box(sink);
+    let seconds = started.elapsed().as_secs_f64();
+    row(
+        &format!("append_batch_{batch}"),
+        "encode_crc_only",
+        ops,
+        seconds,
+        histogram,
+        record_bytes,
+        batch,
+    )
+}

@@ -1,0 +1,194 @@
+//! The replay benchmark: commands/s rebuilding state from a multi-million-command journal,
+//! against the BLP alone applying the same commands from memory, in the same run.
+//!
+//! Also measured here, on the state the replay built: the BLP pause a snapshot causes (copying
+//! state with `Engine::to_image` on the BLP thread) and the writer thread's work (restore
+//! check, rkyv serialization, write, fsync, rename).
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use ringfence_core::pipeline::Journal;
+use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced};
+use ringfence_journal::scan::{self, ReadOnlyDir};
+use ringfence_journal::snapshot;
+use ringfence_journal::storage::FileStorage;
+use ringfence_journal::writer::{Durability, JournalWriter, WriterOptions};
+
+use crate::Common;
+use crate::journal::{BenchDir, commands};
+use crate::report::{Report, Row, latency_histogram};
+
+/// Commands per timing chunk: histograms hold the mean time per command over each chunk, so
+/// the clock is read once per chunk and does not distort the figures.
+const CHUNK: u64 = 4_096;
+
+struct Chunked {
+    histogram: Histogram<u64>,
+    chunk_start: Instant,
+    count: u64,
+}
+
+impl Chunked {
+    fn new() -> Chunked {
+        Chunked { histogram: latency_histogram(), chunk_start: Instant::now(), count: 0 }
+    }
+
+    fn tick(&mut self) {
+        self.count += 1;
+        if self.count % CHUNK == 0 {
+            let ns = self.chunk_start.elapsed().as_nanos() as u64 / CHUNK;
+            let _ = self.histogram.record(ns.max(1));
+            self.chunk_start = Instant::now();
+        }
+    }
+}
+
+pub fn run(common: Common) {
+    let mut report = Report::new(common.json);
+    let count = if common.quick { 1_000_000 } else { 4_000_000 };
+    let config = EngineConfig::default();
+    let commands = commands(count, &config);
+    let dir = BenchDir::new("replay");
+    write_journal(&dir, &commands, &config);
+    let bytes: u64 = std::fs::read_dir(&dir.0)
+        .expect("list journal")
+        .map(|e| e.expect("entry").metadata().expect("metadata").len())
+        .sum();
+    report.note(&format!(
+        "replay: {count} flash-sale commands, journal {:.0} MiB on disk; best of 2 runs each, \
+         alternating; histograms are mean ns per command over {CHUNK}-command chunks",
+        bytes as f64 / (1 << 20) as f64
+    ));
+    let mut best: [Option<Row>; 3] = [None, None, None];
+    let mut engine = None;
+    for _ in 0..2 {
+        let (row, _) = blp_alone(&commands, &config);
+        keep_best(&mut best[0], row);
+        keep_best(&mut best[1], decode_only(&dir));
+        let (row, replayed) = journal_replay(&dir, &config);
+        keep_best(&mut best[2], row);
+        engine = Some(replayed);
+    }
+    for row in best.into_iter().flatten() {
+        report.push(row);
+    }
+    report.ratio("replay", "journal_replay", "blp_alone");
+    report.ratio("replay", "decode_only", "blp_alone");
+    if let Some(engine) = engine {
+        snapshot_pause(&mut report, &engine, &dir);
+    }
+}
+
+fn keep_best(best: &mut Option<Row>, row: Row) {
+    if best.as_ref().is_none_or(|b| row.ops_per_sec() > b.ops_per_sec()) {
+        *best = Some(row);
+    }
+}
+
+fn write_journal(dir: &BenchDir, commands: &[Sequenced], config: &EngineConfig) {
+    let storage = FileStorage::open(&dir.0).expect("open journal");
+    let options = WriterOptions {
+        segment_len: 64 << 20,
+        durability: Durability::None,
+        engine_config: config.clone(),
+    };
+    let mut writer = JournalWriter::create(storage, options, Sequence(1)).expect("writer");
+    for chunk in commands.chunks(256) {
+        for command in chunk {
+            writer.append(Epoch(1), command).expect("append");
+        }
+        writer.flush().expect("flush");
+    }
+    writer.sync_now().expect("sync");
+}
+
+fn blp_alone(commands: &[Sequenced], config: &EngineConfig) -> (Row, Engine) {
+    let mut engine = Engine::new(config.clone());
+    let mut timing = Chunked::new();
+    let started = Instant::now();
+    for command in commands {
+        std::hint::black_box(engine.apply(command));
+        timing.tick();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let row = Row::new("replay", "blp_alone", commands.len() as u64, seconds, timing.histogram)
+        .with("source", "commands in memory");
+    (row, engine)
+}
+
+fn decode_only(dir: &BenchDir) -> Row {
+    let started = Instant::now();
+    let mut source = ReadOnlyDir::open(&dir.0).expect("open journal");
+    let layout = scan::scan(&mut source).expect("scan");
+    let mut timing = Chunked::new();
+    let mut sink = 0u64;
+    scan::read(&mut source, &layout, Sequence(1), &mut |record| {
+        sink ^= record.timestamp.0;
+        timing.tick();
+        ControlFlow::Continue(())
+    })
+    .expect("read");
+    std::hint::black_box(sink);
+    let seconds = started.elapsed().as_secs_f64();
+    Row::new("replay", "decode_only", timing.count, seconds, timing.histogram)
+        .with("source", "mmap scan + CRC + bytecheck + decode, no apply")
+}
+
+fn journal_replay(dir: &BenchDir, config: &EngineConfig) -> (Row, Engine) {
+    let started = Instant::now();
+    let mut source = ReadOnlyDir::open(&dir.0).expect("open journal");
+    let layout = scan::scan(&mut source).expect("scan");
+    let mut engine = Engine::new(config.clone());
+    let mut timing = Chunked::new();
+    scan::read(&mut source, &layout, Sequence(1), &mut |record| {
+        std::hint::black_box(engine.apply(&record.sequenced()));
+        timing.tick();
+        ControlFlow::Continue(())
+    })
+    .expect("read");
+    let seconds = started.elapsed().as_secs_f64();
+    let row = Row::new("replay", "journal_replay", timing.count, seconds, timing.histogram)
+        .with("source", "scan + decode + apply, one thread");
+    (row, engine)
+}
+
+fn snapshot_pause(report: &mut Report, engine: &Engine, dir: &BenchDir) {
+    let status = engine.status();
+    let mut pause = latency_histogram();
+    let mut write = latency_histogram();
+    let runs = 5;
+    let mut bytes = 0;
+    let (mut pause_seconds, mut write_seconds) = (0.0, 0.0);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let image = engine.to_image();
+        pause_seconds += t0.elapsed().as_secs_f64();
+        let _ = pause.record(t0.elapsed().as_nanos() as u64);
+        let t1 = Instant::now();
+        let meta = snapshot::write(&dir.0, engine.config(), &image, Sequence(u64::MAX / 2), &[])
+            .expect("snapshot write");
+        write_seconds += t1.elapsed().as_secs_f64();
+        let _ = write.record(t1.elapsed().as_nanos() as u64);
+        bytes = meta.bytes;
+        std::fs::remove_file(&meta.file).expect("remove snapshot");
+    }
+    report.note(&format!(
+        "snapshot of that state: {} orders kept, {} request keys, {} coupons, {:.1} MiB file",
+        status.orders,
+        status.request_keys,
+        status.coupons,
+        bytes as f64 / (1 << 20) as f64
+    ));
+    report.push(
+        Row::new("snapshot", "blp_pause_to_image", runs, pause_seconds, pause)
+            .with("thread", "BLP")
+            .with("orders", status.orders),
+    );
+    report.push(
+        Row::new("snapshot", "writer_thread_write", runs, write_seconds, write)
+            .with("thread", "snapshot writer")
+            .with("bytes", bytes),
+    );
+}
