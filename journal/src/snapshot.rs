@@ -412,8 +412,11 @@ pub fn apply_retention(dir: &Path, policy: &SnapshotPolicy) -> Result<Retention,
 pub struct SnapshotStats {
     /// Snapshots written.
     pub written: u64,
-    /// Snapshots not taken because the writer was still busy with the previous one.
-    pub skipped_busy: u64,
+    /// Snapshots that failed (see `last_error`).
+    pub failed: u64,
+    /// Times a due snapshot had to wait for the writer to finish the previous one (it is taken
+    /// after the first command that finds the writer free).
+    pub deferred_busy: u64,
     /// The last snapshot written.
     pub last: Option<SnapshotMeta>,
     /// The last failure (snapshots are not fatal: the journal remains the record).
@@ -441,6 +444,11 @@ pub struct Snapshotter {
     dir: PathBuf,
     policy: SnapshotPolicy,
     since_last: u64,
+    /// An operator asked for a snapshot while the writer was busy: take it when it is free.
+    requested: bool,
+    /// A due snapshot is waiting for the writer (counted once per wait).
+    waiting: bool,
+    deferred: u64,
     known_skus: Vec<SkuId>,
     jobs: Option<SyncSender<Job>>,
     busy: Arc<AtomicBool>,
@@ -476,7 +484,10 @@ impl Snapshotter {
                                 stats.written += 1;
                                 stats.last = Some(meta);
                             }
-                            Err(error) => stats.last_error = Some(error.to_string()),
+                            Err(error) => {
+                                stats.failed += 1;
+                                stats.last_error = Some(error.to_string());
+                            }
                         }
                         busy.store(false, Ordering::Release);
                     }
@@ -487,6 +498,9 @@ impl Snapshotter {
             dir: dir.to_path_buf(),
             policy,
             since_last: 0,
+            requested: false,
+            waiting: false,
+            deferred: 0,
             known_skus,
             jobs: Some(jobs),
             busy,
@@ -533,11 +547,18 @@ impl Snapshotter {
         }
     }
 
-    fn take(&mut self, engine: &Engine, through: Sequence) {
+    /// Copies the state and hands it to the writer; returns false (taking nothing) if the
+    /// writer is still busy with the previous snapshot.
+    fn take(&mut self, engine: &Engine, through: Sequence) -> bool {
+        // Checked without the stats lock: while the writer is busy this runs on every command.
         if self.busy.swap(true, Ordering::AcqRel) {
-            self.stats.lock().expect("snapshot stats lock").skipped_busy += 1;
-            return;
+            if !self.waiting {
+                self.waiting = true;
+                self.deferred += 1;
+            }
+            return false;
         }
+        self.waiting = false;
         let started = Instant::now();
         let job = Job {
             image: engine.to_image(),
@@ -551,12 +572,14 @@ impl Snapshotter {
         let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.try_send(job).is_ok());
         let mut stats = self.stats.lock().expect("snapshot stats lock");
         stats.pauses += 1;
+        stats.deferred_busy = self.deferred;
         stats.pause_ns_last = pause_ns;
         stats.pause_ns_max = stats.pause_ns_max.max(pause_ns);
         if !sent {
             stats.last_error = Some("the snapshot writer is not running".to_owned());
             self.busy.store(false, Ordering::Release);
         }
+        true
     }
 }
 
@@ -577,10 +600,10 @@ impl SnapshotHook for Snapshotter {
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
         note_sku(&mut self.known_skus, &command.command);
         self.since_last += 1;
-        let requested = matches!(command.command, Command::Snapshot);
+        self.requested |= matches!(command.command, Command::Snapshot);
         let due = self.policy.every_commands.is_some_and(|every| self.since_last >= every);
-        if requested || due {
-            self.take(engine, command.sequence);
+        if (self.requested || due) && self.take(engine, command.sequence) {
+            self.requested = false;
         }
     }
 }

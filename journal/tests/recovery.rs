@@ -408,8 +408,7 @@ fn retention_keeps_the_last_snapshots_and_archives_old_segments() {
         engine.apply(&command);
         snapshots.after_apply(&engine, &command);
         // Let the writer keep up so no snapshot is skipped for being busy.
-        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().skipped_busy
-        {
+        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().failed {
             std::thread::yield_now();
         }
     }
@@ -440,4 +439,47 @@ fn snapshot_past_the_journal_end_is_set_aside() {
     assert_eq!(recovered.report.skipped_snapshots.len(), 1);
     assert!(snapshot::list(dir.path()).unwrap().is_empty());
     assert_eq!(recovered.next_sequence, Sequence(501));
+}
+
+#[test]
+fn snapshot_requested_while_the_writer_is_busy_is_taken_later() {
+    // Goal: an operator's snapshot request is never dropped: if the writer is still busy with
+    // the previous snapshot, the next command that finds it free takes it.
+    let dir = TempDir::new("deferred");
+    let policy = SnapshotPolicy { every_commands: None, keep: 5, archive_dir: None };
+    let mut snapshots = Snapshotter::start(dir.path(), policy, config(), Vec::new()).unwrap();
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(8, Sequence(1), Timestamp(1));
+    let mut commands = generate(&mut workload, &mut Engine::new(config()), 500);
+    for command in &commands {
+        engine.apply(command);
+    }
+    let mut next = commands.len() as u64 + 1;
+    for _ in 0..2 {
+        let request = Sequenced {
+            sequence: Sequence(next),
+            timestamp: Timestamp(10_000),
+            command: Command::Snapshot,
+        };
+        engine.apply(&request);
+        snapshots.after_apply(&engine, &request);
+        next += 1;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while snapshots.stats().pauses < 2 && std::time::Instant::now() < deadline {
+        let tick = Sequenced {
+            sequence: Sequence(next),
+            timestamp: Timestamp(10_000),
+            command: Command::Tick,
+        };
+        engine.apply(&tick);
+        snapshots.after_apply(&engine, &tick);
+        commands.push(tick);
+        next += 1;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let stats = snapshots.finish();
+    assert_eq!(stats.pauses, 2, "{stats:?}");
+    assert_eq!(stats.written, 2, "{stats:?}");
+    assert!(stats.pause_ns_max > 0);
 }

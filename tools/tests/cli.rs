@@ -47,8 +47,7 @@ fn write_journal_with(
             digests.push(engine.state_digest());
         }
         recovered.writer.flush().unwrap();
-        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().skipped_busy
-        {
+        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().failed {
             std::thread::yield_now();
         }
     }
