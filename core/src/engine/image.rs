@@ -206,6 +206,8 @@ fn check_image(config: &EngineConfig, image: &EngineImage) -> Result<(), Restore
         ("coupon batches", image.batches.len(), config.batches_max),
         ("coupons", image.coupons.len(), config.coupons_max),
         ("holdings", image.holdings.len(), config.holdings_max),
+        // Every claims entry counts at least one claimed coupon.
+        ("coupon claims", image.claims.len(), config.coupons_max),
         ("request keys", image.keys.len(), config.request_keys_max),
         ("deadlines", image.deadlines.len(), config.orders_max.saturating_mul(2)),
     ];

@@ -9,6 +9,7 @@
 mod catalog;
 mod image;
 mod orders;
+mod table;
 #[cfg(test)]
 mod tests;
 
@@ -17,7 +18,7 @@ use std::cmp::Reverse;
 use std::hash::Hash;
 
 use rkyv::{Archive, Deserialize, Serialize};
-use rustc_hash::FxHashMap;
+use table::FixedMap;
 
 use crate::command::{Action, Command, Query, Sequenced};
 use crate::config::EngineConfig;
@@ -139,33 +140,33 @@ pub struct Engine {
     running_hash: u64,
     ids: Snowflake,
     skus: Vec<Sku>,
-    sku_index: FxHashMap<SkuId, u32>,
+    sku_index: FixedMap<SkuId, u32>,
     /// Order slots; grows to `orders_max`, then reuses the oldest finished order's slot.
     orders: Vec<Order>,
-    order_index: FxHashMap<OrderId, u32>,
+    order_index: FixedMap<OrderId, u32>,
     /// Slots of finished orders, oldest first.
     finished: VecDeque<u32>,
     deadlines: BinaryHeap<Reverse<Deadline>>,
     orders_reserved: u32,
     /// Units held per (user, SKU) for SKUs with a per-user limit; absent means zero.
-    holdings: FxHashMap<(UserId, SkuId), u32>,
+    holdings: FixedMap<(UserId, SkuId), u32>,
     batches: Vec<Batch>,
-    batch_index: FxHashMap<BatchId, u32>,
+    batch_index: FixedMap<BatchId, u32>,
     coupons: Vec<Coupon>,
-    coupon_index: FxHashMap<CouponId, u32>,
+    coupon_index: FixedMap<CouponId, u32>,
     /// Coupons claimed per (user, batch).
-    claims: FxHashMap<(UserId, BatchId), u32>,
+    claims: FixedMap<(UserId, BatchId), u32>,
     /// Remembered request keys in arrival (and so expiry) order.
     keys: VecDeque<KeyEntry>,
     /// Absolute position of `keys.front()`; the index maps a key to its absolute position.
     keys_head: u64,
-    key_index: FxHashMap<RequestKey, u64>,
+    key_index: FixedMap<RequestKey, u64>,
 }
 
-/// A hash map that never reallocates while it holds at most `max` entries: at twice the
-/// capacity, tombstones left by removals are always cleared by an in-place rehash.
-fn fixed_map<K, V>(max: u32) -> FxHashMap<K, V> {
-    FxHashMap::with_capacity_and_hasher(2 * max as usize, Default::default())
+/// A hash map for at most `max` entries, allocated and written in full now, so it never
+/// allocates or faults in a page later.
+fn fixed_map<K: Copy + Eq + Hash, V: Copy>(max: u32) -> FixedMap<K, V> {
+    FixedMap::with_max(max)
 }
 
 impl Engine {

@@ -1,0 +1,225 @@
+//! A fixed-capacity hash map for the engine's indexes: open addressing with linear probing.
+//!
+//! The engine's hot path looks up and inserts random keys (request keys, (user, SKU) holdings,
+//! order ids) in tables of a million entries or more, far larger than any cache, so each access
+//! costs a trip to memory. A general-purpose map keeps its control bytes and its entries in
+//! two arrays, so a new key costs two misses. Here the key, the value and the occupancy sit
+//! together in one slot, and the table is allocated (and written) in full at start with at
+//! least twice as many slots as entries, so a probe usually ends within the cache line it
+//! started in and nothing is ever allocated or faulted in later.
+//!
+//! Removal shifts the following entries of the probe run back (no tombstones), so the layout
+//! depends only on the sequence of inserts and removals: two engines that applied the same
+//! commands hold identical tables. Hashing is FxHash (fixed seed) followed by a
+//! multiply-shift that takes the high bits, which spreads sequential ids well.
+
+use std::hash::{Hash, Hasher};
+
+use rustc_hash::FxHasher;
+
+/// Multiplier for Fibonacci hashing: 2^64 divided by the golden ratio, made odd.
+const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// A hash map with room for a fixed number of entries. See the module documentation.
+#[derive(Clone, Debug)]
+pub(super) struct FixedMap<K, V> {
+    slots: Vec<Option<(K, V)>>,
+    /// `slots.len() - 1`; the slot count is a power of two.
+    mask: usize,
+    /// `64 - log2(slots.len())`: the hash's high bits pick the home slot.
+    shift: u32,
+    len: usize,
+}
+
+impl<K: Copy + Eq + Hash, V: Copy> FixedMap<K, V> {
+    /// A map for up to `max` entries, with all its slots allocated and written now.
+    pub(super) fn with_max(max: u32) -> FixedMap<K, V> {
+        let slot_count = (2 * max as usize).next_power_of_two().max(2);
+        assert!(slot_count > max as usize);
+        FixedMap {
+            slots: vec![None; slot_count],
+            mask: slot_count - 1,
+            shift: 64 - slot_count.trailing_zeros(),
+            len: 0,
+        }
+    }
+
+    /// Entries held.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn home(&self, key: &K) -> usize {
+        let mut hasher = FxHasher::default();
+        key.hash(&mut hasher);
+        (hasher.finish().wrapping_mul(SPREAD) >> self.shift) as usize
+    }
+
+    /// The slot holding `key`, or the empty slot ending its probe run.
+    fn find(&self, key: &K) -> (usize, bool) {
+        let mut index = self.home(key);
+        loop {
+            match &self.slots[index] {
+                None => return (index, false),
+                Some((held, _)) if held == key => return (index, true),
+                Some(_) => index = (index + 1) & self.mask,
+            }
+        }
+    }
+
+    pub(super) fn get(&self, key: &K) -> Option<&V> {
+        match self.find(key) {
+            (index, true) => self.slots[index].as_ref().map(|(_, value)| value),
+            (_, false) => None,
+        }
+    }
+
+    pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        match self.find(key) {
+            (index, true) => self.slots[index].as_mut().map(|(_, value)| value),
+            (_, false) => None,
+        }
+    }
+
+    pub(super) fn contains_key(&self, key: &K) -> bool {
+        self.find(key).1
+    }
+
+    /// Inserts or replaces; returns the value replaced. Panics when the table would be full:
+    /// callers bound their entries by the `max` the map was made with.
+    pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let (index, found) = self.find(&key);
+        self.put(index, found, key, value)
+    }
+
+    fn put(&mut self, index: usize, found: bool, key: K, value: V) -> Option<V> {
+        if found {
+            let (_, held) = self.slots[index].as_mut().expect("found slot is full");
+            return Some(std::mem::replace(held, value));
+        }
+        assert!(self.len + 1 < self.slots.len(), "fixed map over capacity");
+        self.slots[index] = Some((key, value));
+        self.len += 1;
+        None
+    }
+
+    /// Removes `key`, then moves later entries of its probe run back into the gap.
+    pub(super) fn remove(&mut self, key: &K) -> Option<V> {
+        let (mut hole, found) = self.find(key);
+        if !found {
+            return None;
+        }
+        let (_, removed) = self.slots[hole].take().expect("found slot is full");
+        self.len -= 1;
+        let mut index = (hole + 1) & self.mask;
+        while let Some((held, _)) = &self.slots[index] {
+            let home = self.home(held);
+            // The entry may fill the hole when its home is not after the hole in its run.
+            if (index.wrapping_sub(home) & self.mask) >= (index.wrapping_sub(hole) & self.mask) {
+                self.slots[hole] = self.slots[index].take();
+                hole = index;
+            }
+            index = (index + 1) & self.mask;
+        }
+        Some(removed)
+    }
+
+    /// The value for `key`, inserted first if absent.
+    pub(super) fn entry(&mut self, key: K) -> Entry<'_, K, V> {
+        let (index, found) = self.find(&key);
+        Entry { map: self, index, found, key }
+    }
+
+    /// Entries in slot order (deterministic for a given history; not sorted).
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.slots.iter().filter_map(|slot| slot.as_ref().map(|(key, value)| (key, value)))
+    }
+}
+
+impl<K: Copy + Eq + Hash, V: Copy> Extend<(K, V)> for FixedMap<K, V> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, entries: I) {
+        for (key, value) in entries {
+            self.insert(key, value);
+        }
+    }
+}
+
+/// A slot found for a key: see [`FixedMap::entry`].
+pub(super) struct Entry<'a, K, V> {
+    map: &'a mut FixedMap<K, V>,
+    index: usize,
+    found: bool,
+    key: K,
+}
+
+impl<'a, K: Copy + Eq + Hash, V: Copy> Entry<'a, K, V> {
+    /// The held value, or `default` inserted.
+    pub(super) fn or_insert(self, default: V) -> &'a mut V {
+        let Entry { map, index, found, key } = self;
+        if !found {
+            map.put(index, false, key, default);
+        }
+        &mut map.slots[index].as_mut().expect("slot just filled").1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::hash::mix64;
+
+    #[test]
+    fn random_inserts_and_removals_match_a_btree_map() {
+        // Goal: backward-shift removal never loses or duplicates an entry.
+        let mut map = FixedMap::<(u64, u64), u32>::with_max(64);
+        let mut model = BTreeMap::new();
+        for step in 0..20_000u64 {
+            let roll = mix64(step);
+            let key = (roll % 97, (roll >> 8) % 3);
+            if roll % 5 < 2 || model.len() == 64 {
+                assert_eq!(map.remove(&key), model.remove(&key));
+            } else {
+                let value = (roll >> 32) as u32;
+                assert_eq!(map.insert(key, value), model.insert(key, value));
+            }
+            assert_eq!(map.len(), model.len());
+            if step % 97 == 0 {
+                let mut held: Vec<_> = map.iter().map(|(k, v)| (*k, *v)).collect();
+                held.sort_unstable();
+                assert_eq!(held, model.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>());
+            }
+        }
+        for (key, value) in &model {
+            assert_eq!(map.get(key), Some(value));
+        }
+    }
+
+    #[test]
+    fn entry_inserts_once_and_then_updates_in_place() {
+        // Goal: `entry(..).or_insert(..)` behaves like the std map's.
+        let mut map = FixedMap::<u64, u32>::with_max(4);
+        *map.entry(7).or_insert(0) += 2;
+        *map.entry(7).or_insert(0) += 3;
+        assert_eq!(map.get(&7), Some(&5));
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key(&7) && !map.contains_key(&8));
+    }
+
+    #[test]
+    fn same_history_gives_the_same_layout() {
+        // Goal: iteration order is a function of the operations, never of chance.
+        let build = || {
+            let mut map = FixedMap::<u64, u64>::with_max(100);
+            for n in 0..100 {
+                map.insert(mix64(n), n);
+            }
+            for n in (0..100).step_by(3) {
+                map.remove(&mix64(n));
+            }
+            map.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>()
+        };
+        assert_eq!(build(), build());
+    }
+}
