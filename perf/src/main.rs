@@ -5,6 +5,8 @@
 //! measured in the same run, as ratios.
 
 mod blp;
+mod net;
+mod redis;
 mod journal;
 mod replay;
 mod report;
@@ -35,6 +37,14 @@ enum Bench {
     /// The business-logic processor alone, one thread: hot-SKU flash sale and mixed workload,
     /// against a naive baseline implementing the same rules the obvious way.
     Blp(Common),
+    /// The binary protocol over loopback TCP against an in-process server: open-loop rates
+    /// and a maximum-throughput row, latency from intended send time, plus a PING baseline.
+    Tcp(Common),
+    /// The HTTP/JSON API over loopback, keep-alive and pipelined, same workload as `tcp`.
+    Http(Common),
+    /// The same hot-SKU reservation as one Redis Lua script against a redis-server started
+    /// on loopback (skipped when not installed), and ringfence over TCP in the same run.
+    Redis(Common),
     /// Journal append: records/s and MB/s per durability policy (none, interval, batch) and
     /// batch size (1, 16, 256), against an in-memory journal and the encoder alone.
     Journal(Common),
@@ -47,6 +57,9 @@ fn main() {
     let cli = Cli::parse();
     match cli.bench {
         Bench::Blp(common) => blp::run(common),
+        Bench::Tcp(common) => net::run_tcp(common),
+        Bench::Http(common) => net::run_http(common),
+        Bench::Redis(common) => redis::run(common),
         Bench::Journal(common) => journal::run(common),
         Bench::Replay(common) => replay::run(common),
     }

@@ -1,0 +1,634 @@
+//! Network benchmarks: `tcp` (binary protocol) and `http` against an in-process ringfence
+//! server on loopback, and the load generator they share with the Redis comparison.
+//!
+//! The load generator is one thread driving many pipelined connections with mio. At a fixed
+//! offered rate it is open-loop: request *i* is due at `t0 + i / rate`, is sent as soon as the
+//! generator gets to it, and its latency is measured from when it was *due*, so a stalled
+//! server is charged for every request it delayed (no coordinated omission). The `max` rows
+//! keep a fixed window of requests in flight per connection instead, and measure from the
+//! actual send: they give throughput.
+//!
+//! Workload (same for Redis): a hot-SKU flash sale — every request reserves one unit of the
+//! same SKU for a new user with a new idempotency key, per-user limit 1, stock large enough
+//! that every reservation succeeds (the full path: key check, limit check, stock take, order
+//! creation, payment deadline).
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use ringfence_core::{
+    Action, Command, CreateSku, EngineConfig, Outcome, RequestKey, Reserve, SkuId, UserId,
+};
+use ringfence_ingress::wire::{self, Kind, Response};
+use ringfence_ingress::{EngineBackend, EngineBackendOptions, ServerConfig, ServerHandle};
+use ringfence_journal::recovery::recover;
+use ringfence_journal::writer::{Durability, WriterOptions};
+
+use crate::Common;
+use crate::report::{Report, Row, latency_histogram};
+
+/// The hot SKU every benchmark reserves from.
+pub const HOT_SKU: u64 = 1;
+/// Stock large enough that no run sells out.
+pub const HOT_STOCK: u32 = 2_000_000_000;
+
+/// A request/response protocol the generator can drive.
+pub trait Protocol {
+    /// Whether responses carry the request's index (binary correlation ids) rather than
+    /// arriving in request order on their connection.
+    fn correlated(&self) -> bool;
+    /// Appends request number `index`.
+    fn encode(&mut self, out: &mut Vec<u8>, index: u64);
+    /// Splits one response off `input`: bytes used, the request index if the response carries
+    /// it, and whether the request succeeded. `Ok(None)` means more bytes are needed.
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String>;
+}
+
+/// One decoded response.
+pub struct Decoded {
+    /// Bytes it occupied.
+    pub used: usize,
+    /// The request index, for correlated protocols.
+    pub index: Option<u64>,
+    /// Whether the request did what the workload wanted.
+    pub ok: bool,
+}
+
+/// How one run offers load.
+#[derive(Clone, Copy, Debug)]
+pub enum Load {
+    /// Open loop at this many requests per second.
+    Rate(u64),
+    /// This many requests in flight per connection, replaced as they complete.
+    Window(usize),
+}
+
+/// What one run measured.
+pub struct Measured {
+    /// Requests answered.
+    pub answered: u64,
+    /// Answers that were not successes (rejections, refusals).
+    pub failed: u64,
+    /// Requests never answered before the drain deadline.
+    pub lost: u64,
+    /// First send to last answer.
+    pub seconds: f64,
+    /// Latency in nanoseconds (from intended send time in open loop).
+    pub histogram: Histogram<u64>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    out: Vec<u8>,
+    out_start: usize,
+    input: Vec<u8>,
+    fifo: VecDeque<u64>,
+    in_flight: usize,
+}
+
+/// Connects `connections` sockets to `addr`.
+fn connect_all(poll: &Poll, addr: SocketAddr, connections: usize) -> io::Result<Vec<Conn>> {
+    let mut conns = Vec::with_capacity(connections);
+    for index in 0..connections {
+        let std_stream = std::net::TcpStream::connect(addr)?;
+        std_stream.set_nodelay(true)?;
+        std_stream.set_nonblocking(true)?;
+        let mut stream = TcpStream::from_std(std_stream);
+        poll.registry().register(
+            &mut stream,
+            Token(index),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        conns.push(Conn {
+            stream,
+            out: Vec::with_capacity(64 * 1024),
+            out_start: 0,
+            input: Vec::with_capacity(64 * 1024),
+            fifo: VecDeque::new(),
+            in_flight: 0,
+        });
+    }
+    Ok(conns)
+}
+
+fn flush(conn: &mut Conn) -> io::Result<()> {
+    while conn.out_start < conn.out.len() {
+        match conn.stream.write(&conn.out[conn.out_start..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => conn.out_start += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.out.clear();
+    conn.out_start = 0;
+    Ok(())
+}
+
+/// Drives `protocol` against `addr` for `duration` with the given load. Request indices start
+/// at `first_index` so that successive runs use fresh users and keys.
+pub fn drive(
+    addr: SocketAddr,
+    protocol: &mut dyn Protocol,
+    connections: usize,
+    load: Load,
+    duration: Duration,
+    first_index: u64,
+) -> io::Result<Measured> {
+    let mut poll = Poll::new()?;
+    let mut conns = connect_all(&poll, addr, connections)?;
+    let mut events = Events::with_capacity(1024);
+    let mut histogram = latency_histogram();
+    let (mut answered, mut failed, mut sent) = (0u64, 0u64, 0u64);
+    let total = match load {
+        Load::Rate(rate) => (rate as f64 * duration.as_secs_f64()) as u64,
+        Load::Window(_) => u64::MAX,
+    };
+    // Intended (open loop) or actual (window) send time of each request, by index offset.
+    let mut send_ns: Vec<u64> = Vec::with_capacity(total.min(1 << 24) as usize);
+    let t0 = Instant::now() + Duration::from_millis(5);
+    let stop_sending = t0 + duration;
+    let drain_deadline = stop_sending + Duration::from_secs(10);
+    let mut last_answer = t0;
+    let correlated = protocol.correlated();
+    loop {
+        let now = Instant::now();
+        let sending = now < stop_sending && sent < total;
+        if sending {
+            let due = match load {
+                Load::Rate(rate) => {
+                    let elapsed = now.saturating_duration_since(t0).as_secs_f64();
+                    ((elapsed * rate as f64) as u64 + 1).min(total)
+                }
+                Load::Window(_) => u64::MAX,
+            };
+            let mut next_conn = (sent % connections as u64) as usize;
+            while sent < due {
+                if let Load::Window(window) = load {
+                    let Some(free) = (0..connections)
+                        .map(|offset| (next_conn + offset) % connections)
+                        .find(|&c| conns[c].in_flight < window)
+                    else {
+                        break;
+                    };
+                    next_conn = free;
+                }
+                let conn = &mut conns[next_conn];
+                let index = first_index + sent;
+                protocol.encode(&mut conn.out, index);
+                if !correlated {
+                    conn.fifo.push_back(index);
+                }
+                conn.in_flight += 1;
+                let at = match load {
+                    Load::Rate(rate) => t0 + Duration::from_secs_f64(sent as f64 / rate as f64),
+                    Load::Window(_) => now,
+                };
+                send_ns.push(at.saturating_duration_since(t0).as_nanos() as u64);
+                sent += 1;
+                next_conn = (next_conn + 1) % connections;
+            }
+            for conn in &mut conns {
+                flush(conn)?;
+            }
+        }
+        let outstanding: usize = conns.iter().map(|c| c.in_flight).sum();
+        if !sending && outstanding == 0 {
+            break;
+        }
+        if now >= drain_deadline {
+            break;
+        }
+        let timeout = match load {
+            Load::Rate(rate) if sending => {
+                let next_due = t0 + Duration::from_secs_f64(sent as f64 / rate as f64);
+                next_due.saturating_duration_since(now).min(Duration::from_millis(1))
+            }
+            _ => Duration::from_millis(1),
+        };
+        poll.poll(&mut events, Some(timeout))?;
+        for event in events.iter() {
+            let conn = &mut conns[event.token().0];
+            if event.is_writable() {
+                flush(conn)?;
+            }
+            if !event.is_readable() {
+                continue;
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                match conn.stream.read(&mut chunk) {
+                    Ok(0) => return Err(io::Error::other("server closed a benchmark connection")),
+                    Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let now = Instant::now();
+            let now_ns = now.saturating_duration_since(t0).as_nanos() as u64;
+            let mut at = 0;
+            while let Some(decoded) =
+                protocol.decode(&conn.input[at..]).map_err(io::Error::other)?
+            {
+                at += decoded.used;
+                let index = match decoded.index {
+                    Some(index) => index,
+                    None => conn
+                        .fifo
+                        .pop_front()
+                        .ok_or_else(|| io::Error::other("unrequested answer"))?,
+                };
+                conn.in_flight -= 1;
+                answered += 1;
+                if !decoded.ok {
+                    failed += 1;
+                }
+                let offset = index.checked_sub(first_index).map(|o| o as usize);
+                let intended = offset
+                    .and_then(|o| send_ns.get(o).copied())
+                    .ok_or_else(|| io::Error::other("answer for a request never sent"))?;
+                let _ = histogram.record(now_ns.saturating_sub(intended).max(1));
+                last_answer = now;
+            }
+            conn.input.drain(..at);
+        }
+    }
+    let lost = sent - answered;
+    let seconds = last_answer.saturating_duration_since(t0).as_secs_f64().max(1e-9);
+    Ok(Measured { answered, failed, lost, seconds, histogram })
+}
+
+/// The binary protocol: reservations of one unit each, correlation id = request index.
+pub struct BinaryReserve {
+    /// Distinguishes this process's keys from earlier runs against the same engine.
+    pub nonce: u64,
+}
+
+/// A reservation command for request `index`: user `index + 1`, key from nonce and index.
+#[must_use]
+pub fn reserve_command(nonce: u64, index: u64) -> Command {
+    Command::Client {
+        key: RequestKey::from_u128(u128::from(nonce) << 64 | u128::from(index)),
+        action: Action::Reserve(Reserve {
+            user: UserId(index + 1),
+            sku: SkuId(HOT_SKU),
+            qty: 1,
+            coupon: None,
+        }),
+    }
+}
+
+impl Protocol for BinaryReserve {
+    fn correlated(&self) -> bool {
+        true
+    }
+
+    fn encode(&mut self, out: &mut Vec<u8>, index: u64) {
+        wire::encode_command(out, index, &reserve_command(self.nonce, index));
+    }
+
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+        let Some((frame, used)) = wire::try_frame(input).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let ok = matches!(
+            wire::decode_response(&frame),
+            Ok(Response::Outcome(Outcome::Reserved { .. }))
+        );
+        Ok(Some(Decoded { used, index: Some(frame.correlation), ok }))
+    }
+}
+
+/// Binary `PING`: the network and event-loop floor, no engine involved.
+pub struct BinaryPing;
+
+impl Protocol for BinaryPing {
+    fn correlated(&self) -> bool {
+        true
+    }
+
+    fn encode(&mut self, out: &mut Vec<u8>, index: u64) {
+        wire::encode_empty(out, Kind::Ping, index);
+    }
+
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+        let Some((frame, used)) = wire::try_frame(input).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let ok = frame.kind == Kind::Pong;
+        Ok(Some(Decoded { used, index: Some(frame.correlation), ok }))
+    }
+}
+
+/// HTTP keep-alive, pipelined: `POST /v1/orders` per request, answered in order.
+pub struct HttpReserve {
+    /// Distinguishes this process's request ids from earlier runs.
+    pub nonce: u64,
+}
+
+impl Protocol for HttpReserve {
+    fn correlated(&self) -> bool {
+        false
+    }
+
+    fn encode(&mut self, out: &mut Vec<u8>, index: u64) {
+        let body = format!(
+            r#"{{"request_id":"b{}-{index}","user":{},"sku":{HOT_SKU},"qty":1}}"#,
+            self.nonce,
+            index + 1
+        );
+        let _ = write!(
+            out,
+            "POST /v1/orders HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        let head = match response.parse(input).map_err(|e| e.to_string())? {
+            httparse::Status::Complete(head) => head,
+            httparse::Status::Partial => return Ok(None),
+        };
+        let length = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+            .ok_or("response without content-length")?;
+        if input.len() < head + length {
+            return Ok(None);
+        }
+        let ok = response.code == Some(201);
+        Ok(Some(Decoded { used: head + length, index: None, ok }))
+    }
+}
+
+/// An in-process ringfence server for benchmarks: journal in a temporary directory with
+/// durability `none` (records written to the map, not synced), admin token "bench", the hot
+/// SKU created.
+pub struct BenchServer {
+    /// The running server.
+    pub handle: Option<ServerHandle>,
+    dir: std::path::PathBuf,
+    /// How the node is set up, for the report.
+    pub description: String,
+}
+
+impl BenchServer {
+    /// Starts the server and creates the hot SKU.
+    pub fn start() -> io::Result<BenchServer> {
+        let dir = std::env::temp_dir().join(format!("ringfence-perf-net-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let engine_config = EngineConfig {
+            orders_max: 1 << 22,
+            holdings_max: 1 << 22,
+            request_keys_max: 1 << 23,
+            request_key_window_ms: 60_000,
+            ..EngineConfig::default()
+        };
+        let options = WriterOptions {
+            segment_len: 256 << 20,
+            durability: Durability::None,
+            engine_config: engine_config.clone(),
+        };
+        let recovered = recover(&dir, options).map_err(|e| io::Error::other(e.to_string()))?;
+        let config = ServerConfig {
+            admin_token: Some("bench".into()),
+            in_flight_max: 1 << 20,
+            connection_in_flight_max: 1 << 16,
+            outbound_max: 64 << 20,
+            ..ServerConfig::loopback()
+        };
+        let backend_options = EngineBackendOptions {
+            queue_max: 1 << 16,
+            batch_max: 1_024,
+            tick_ms: 1,
+            journal: "bench".into(),
+            ..EngineBackendOptions::default()
+        };
+        let (engine, next, writer) = (recovered.engine, recovered.next_sequence, recovered.writer);
+        let handle = ringfence_ingress::start(config, move |waker| {
+            let no_stop: ringfence_ingress::OnStop<ringfence_core::pipeline::NoSnapshots> =
+                Box::new(|_, _, _| {});
+            Ok(EngineBackend::start_journaled(
+                engine,
+                next,
+                writer,
+                ringfence_core::pipeline::NoSnapshots,
+                no_stop,
+                backend_options,
+                waker,
+            ))
+        })?;
+        let addr = handle.binary_addr().expect("binary listener");
+        let mut client = ringfence_ingress::Client::connect(&[addr]).map_err(io::Error::other)?;
+        client.authenticate("bench").map_err(io::Error::other)?;
+        let create = Command::Client {
+            key: RequestKey::from_u128(u128::MAX),
+            action: Action::CreateSku(CreateSku {
+                sku: SkuId(HOT_SKU),
+                stock: HOT_STOCK,
+                price_cents: 100,
+                per_user_limit: 1,
+                payment_timeout_ms: 5_000,
+                sale_start: None,
+                sale_end: None,
+            }),
+        };
+        client.call(create).map_err(io::Error::other)?;
+        let description = "ingress thread + engine thread (journal durability none), unpinned, \
+                           blocking waits"
+            .to_owned();
+        Ok(BenchServer { handle: Some(handle), dir, description })
+    }
+
+    /// The binary protocol address.
+    #[must_use]
+    pub fn binary_addr(&self) -> SocketAddr {
+        self.handle.as_ref().and_then(ServerHandle::binary_addr).expect("binary listener")
+    }
+
+    /// The HTTP address.
+    #[must_use]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.handle.as_ref().and_then(ServerHandle::http_addr).expect("HTTP listener")
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Offered rates and durations for a run.
+pub struct Plan {
+    /// Open-loop rates, requests per second.
+    pub rates: Vec<u64>,
+    /// Seconds per rate.
+    pub seconds: f64,
+    /// Connections.
+    pub connections: usize,
+    /// In-flight window per connection for the `max` row.
+    pub window: usize,
+    /// First request index of the next run, so that every run uses fresh users and keys.
+    pub next_index: u64,
+}
+
+impl Plan {
+    /// The plan for `--quick` or a full run.
+    #[must_use]
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                rates: vec![20_000, 50_000],
+                seconds: 1.5,
+                connections: 16,
+                window: 32,
+                next_index: 0,
+            }
+        } else {
+            Plan {
+                rates: vec![20_000, 50_000, 100_000, 200_000],
+                seconds: 5.0,
+                connections: 32,
+                window: 64,
+                next_index: 0,
+            }
+        }
+    }
+}
+
+/// Runs one protocol through the plan (max first, then each rate) and pushes the rows.
+pub fn run_plan(
+    report: &mut Report,
+    plan: &mut Plan,
+    scenario: &str,
+    variant: &str,
+    addr: SocketAddr,
+    protocol: &mut dyn Protocol,
+    context: &[(&str, serde_json::Value)],
+) {
+    let mut loads = vec![Load::Window(plan.window)];
+    loads.extend(plan.rates.iter().map(|&rate| Load::Rate(rate)));
+    for load in loads {
+        let duration = Duration::from_secs_f64(plan.seconds);
+        let measured =
+            match drive(addr, protocol, plan.connections, load, duration, plan.next_index) {
+                Ok(measured) => measured,
+                Err(error) => {
+                    report.note(&format!("  {variant}: run failed: {error}"));
+                    return;
+                }
+            };
+        plan.next_index += measured.answered + measured.lost + 1;
+        let label = match load {
+            Load::Window(_) => format!("{variant} max"),
+            Load::Rate(rate) => format!("{variant} @{}k/s", rate / 1_000),
+        };
+        let mut row =
+            Row::new(scenario, &label, measured.answered, measured.seconds, measured.histogram)
+                .with("connections", plan.connections as u64)
+                .with("failed", measured.failed)
+                .with("lost", measured.lost);
+        row = match load {
+            Load::Window(window) => {
+                row.with("window_per_connection", window as u64).with("latency_from", "send")
+            }
+            Load::Rate(rate) => {
+                row.with("offered_per_sec", rate).with("latency_from", "intended_send")
+            }
+        };
+        for (key, value) in context {
+            row = row.with(key, value.clone());
+        }
+        report.push(row);
+    }
+}
+
+/// `ringfence-perf -- tcp`: the binary protocol against an in-process server.
+pub fn run_tcp(common: Common) {
+    let mut report = Report::new(common.json);
+    let mut plan = Plan::new(common.quick);
+    let server = match BenchServer::start() {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("ringfence-perf tcp: cannot start the server: {error}");
+            return;
+        }
+    };
+    report.note(&format!(
+        "tcp: loopback, {} connections, one load-generator thread (mio); server: {}",
+        plan.connections, server.description
+    ));
+    let context = [("server", serde_json::Value::from(server.description.clone()))];
+    run_plan(
+        &mut report,
+        &mut plan,
+        "loopback_ping",
+        "binary_ping_baseline",
+        server.binary_addr(),
+        &mut BinaryPing,
+        &context,
+    );
+    let mut protocol = BinaryReserve { nonce: nonce() };
+    run_plan(
+        &mut report,
+        &mut plan,
+        "hot_sku_reserve",
+        "ringfence_tcp",
+        server.binary_addr(),
+        &mut protocol,
+        &context,
+    );
+}
+
+/// `ringfence-perf -- http`: the HTTP API against an in-process server.
+pub fn run_http(common: Common) {
+    let mut report = Report::new(common.json);
+    let mut plan = Plan::new(common.quick);
+    let server = match BenchServer::start() {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("ringfence-perf http: cannot start the server: {error}");
+            return;
+        }
+    };
+    report.note(&format!(
+        "http: loopback keep-alive, pipelined, {} connections, one load-generator thread \
+         (mio); server: {}",
+        plan.connections, server.description
+    ));
+    let context = [("server", serde_json::Value::from(server.description.clone()))];
+    let mut protocol = HttpReserve { nonce: nonce() };
+    run_plan(
+        &mut report,
+        &mut plan,
+        "hot_sku_reserve",
+        "ringfence_http",
+        server.http_addr(),
+        &mut protocol,
+        &context,
+    );
+}
+
+/// A per-process number that keeps request keys of different runs apart.
+#[must_use]
+pub fn nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}

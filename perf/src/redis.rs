@@ -1,0 +1,317 @@
+//! `ringfence-perf -- redis`: the usual flash-sale design — one Redis Lua script per
+//! reservation — against ringfence over loopback TCP, same workload, same load generator, same
+//! run, with ratios.
+//!
+//! The harness starts `redis-server` on a free loopback port (persistence off: no RDB, no AOF)
+//! when it is installed, and skips the Redis rows with a note otherwise. The script does what
+//! the seed articles' designs do in one atomic step: idempotency key lookup, per-user limit,
+//! stock check and decrement, order id, payment deadline registered, answer remembered under
+//! the idempotency key.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Common;
+use crate::net::{self, BenchServer, BinaryReserve, Decoded, HOT_SKU, HOT_STOCK, Plan, Protocol};
+use crate::report::Report;
+
+/// The reservation script. KEYS: stock, idempotency key, holding; ARGV: qty, per-user limit,
+/// key TTL seconds, payment deadline (ms).
+const SCRIPT: &str = r"
+local prior = redis.call('GET', KEYS[2])
+if prior then return prior end
+local qty = tonumber(ARGV[1])
+local held = tonumber(redis.call('GET', KEYS[3]) or '0')
+if held + qty > tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], 'limit_exceeded', 'EX', ARGV[3])
+  return 'limit_exceeded'
+end
+local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
+if stock < qty then
+  redis.call('SET', KEYS[2], 'sold_out', 'EX', ARGV[3])
+  return 'sold_out'
+end
+redis.call('DECRBY', KEYS[1], qty)
+redis.call('INCRBY', KEYS[3], qty)
+local order = redis.call('INCR', 'order_seq')
+redis.call('ZADD', 'deadlines', ARGV[4], order)
+local answer = 'reserved:' .. order
+redis.call('SET', KEYS[2], answer, 'EX', ARGV[3])
+return answer
+";
+
+/// A `redis-server` child on a loopback port, killed on drop.
+struct RedisServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RedisServer {
+    fn start() -> Result<RedisServer, String> {
+        let port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server is not installed or did not start ({e})"))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut server = RedisServer { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(reply) = server.command(&["PING"]) {
+                if reply == "PONG" {
+                    return Ok(server);
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = server.child.kill();
+                return Err("redis-server did not answer PING within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One command on a fresh connection; returns the reply as text.
+    fn command(&mut self, args: &[&str]) -> io::Result<String> {
+        let mut stream = TcpStream::connect(self.addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut out = Vec::new();
+        encode_resp(&mut out, args);
+        stream.write_all(&out)?;
+        let mut input = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            input.extend_from_slice(&chunk[..n]);
+            if let Some((used, reply)) = parse_reply(&input).map_err(io::Error::other)? {
+                let _ = used;
+                return Ok(reply);
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Appends a RESP array of bulk strings.
+fn encode_resp(out: &mut Vec<u8>, args: &[&str]) {
+    let _ = write!(out, "*{}\r\n", args.len());
+    for arg in args {
+        let _ = write!(out, "${}\r\n{arg}\r\n", arg.len());
+    }
+}
+
+/// Parses one RESP reply (simple string, error, integer or bulk string) as text; errors are
+/// returned as `-message`.
+fn parse_reply(input: &[u8]) -> Result<Option<(usize, String)>, String> {
+    let Some(line_end) = input.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+    let line = std::str::from_utf8(&input[1..line_end]).map_err(|e| e.to_string())?;
+    match input.first() {
+        Some(b'+' | b':') => Ok(Some((line_end + 2, line.to_owned()))),
+        Some(b'-') => Ok(Some((line_end + 2, format!("-{line}")))),
+        Some(b'$') => {
+            let len: i64 = line.parse().map_err(|_| format!("bad bulk length {line}"))?;
+            if len < 0 {
+                return Ok(Some((line_end + 2, String::new())));
+            }
+            let start = line_end + 2;
+            let end = start + len as usize;
+            if input.len() < end + 2 {
+                return Ok(None);
+            }
+            let text = String::from_utf8_lossy(&input[start..end]).into_owned();
+            Ok(Some((end + 2, text)))
+        }
+        other => Err(format!("unexpected RESP reply type {other:?}")),
+    }
+}
+
+/// The Lua reservation over RESP, pipelined, answered in order.
+struct LuaReserve {
+    sha: String,
+    nonce: u64,
+}
+
+impl Protocol for LuaReserve {
+    fn correlated(&self) -> bool {
+        false
+    }
+
+    fn encode(&mut self, out: &mut Vec<u8>, index: u64) {
+        let user = index + 1;
+        let idem = format!("idem:{}:{index}", self.nonce);
+        let hold = format!("hold:{HOT_SKU}:{user}");
+        let deadline = (net_now_ms() + 5_000).to_string();
+        let args = ["EVALSHA", &self.sha, "3", "stock:1", &idem, &hold, "1", "1", "60", &deadline];
+        encode_resp(out, &args);
+    }
+
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+        Ok(parse_reply(input)?.map(|(used, reply)| Decoded {
+            used,
+            index: None,
+            ok: reply.starts_with("reserved:"),
+        }))
+    }
+}
+
+/// `PING` over RESP: the Redis network floor.
+struct RedisPing;
+
+impl Protocol for RedisPing {
+    fn correlated(&self) -> bool {
+        false
+    }
+
+    fn encode(&mut self, out: &mut Vec<u8>, _index: u64) {
+        out.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+    }
+
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+        Ok(parse_reply(input)?.map(|(used, reply)| Decoded {
+            used,
+            index: None,
+            ok: reply == "PONG",
+        }))
+    }
+}
+
+fn net_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs ringfence (binary protocol) and Redis + Lua through the same plan and prints ratios.
+pub fn run(common: Common) {
+    let mut report = Report::new(common.json);
+    let mut plan = Plan::new(common.quick);
+    report.note(&format!(
+        "redis: hot-SKU reservation, {} connections, one load-generator thread (mio), loopback",
+        plan.connections
+    ));
+    match RedisServer::start() {
+        Ok(mut redis) => {
+            let sha = match prepare(&mut redis) {
+                Ok(sha) => sha,
+                Err(error) => {
+                    report.note(&format!("  redis skipped: {error}"));
+                    return;
+                }
+            };
+            let context = [("server", serde_json::Value::from("redis-server, no persistence"))];
+            net::run_plan(
+                &mut report,
+                &mut plan,
+                "loopback_ping",
+                "redis_ping_baseline",
+                redis.addr,
+                &mut RedisPing,
+                &context,
+            );
+            let mut lua = LuaReserve { sha, nonce: net::nonce() };
+            net::run_plan(
+                &mut report,
+                &mut plan,
+                "hot_sku_reserve",
+                "redis_lua",
+                redis.addr,
+                &mut lua,
+                &context,
+            );
+        }
+        Err(error) => report.note(&format!(
+            "  redis rows skipped: {error}; install it with `apt-get install -y redis-server`"
+        )),
+    }
+    let server = match BenchServer::start() {
+        Ok(server) => server,
+        Err(error) => {
+            report.note(&format!("  ringfence rows skipped: cannot start the server: {error}"));
+            return;
+        }
+    };
+    let context = [("server", serde_json::Value::from(server.description.clone()))];
+    let mut protocol = BinaryReserve { nonce: net::nonce() };
+    net::run_plan(
+        &mut report,
+        &mut plan,
+        "hot_sku_reserve",
+        "ringfence_tcp",
+        server.binary_addr(),
+        &mut protocol,
+        &context,
+    );
+    report.ratio("hot_sku_reserve", "ringfence_tcp max", "redis_lua max");
+    if let (Some(ours), Some(theirs)) = (
+        report.row("hot_sku_reserve", "ringfence_tcp max"),
+        report.row("hot_sku_reserve", "redis_lua max"),
+    ) {
+        let p99 = ours.histogram.value_at_quantile(0.99);
+        let median = theirs.histogram.value_at_quantile(0.5);
+        report.note(&format!(
+            "  at max load: ringfence p99 {} vs redis_lua p50 {} (goal: p99 below Redis's median)",
+            crate::report::format_ns(p99),
+            crate::report::format_ns(median)
+        ));
+    }
+    for rate in &plan.rates {
+        let label = |v: &str| format!("{v} @{}k/s", rate / 1_000);
+        if let (Some(ours), Some(theirs)) = (
+            report.row("hot_sku_reserve", &label("ringfence_tcp")),
+            report.row("hot_sku_reserve", &label("redis_lua")),
+        ) {
+            report.note(&format!(
+                "  @{}k/s: p99 ringfence {} vs redis_lua {}",
+                rate / 1_000,
+                crate::report::format_ns(ours.histogram.value_at_quantile(0.99)),
+                crate::report::format_ns(theirs.histogram.value_at_quantile(0.99)),
+            ));
+        }
+    }
+}
+
+/// Loads the script and the stock; returns the script's SHA1.
+fn prepare(redis: &mut RedisServer) -> Result<String, String> {
+    let stock = HOT_STOCK.to_string();
+    let reply = redis.command(&["SET", "stock:1", &stock]).map_err(|e| e.to_string())?;
+    if reply != "OK" {
+        return Err(format!("SET stock answered {reply}"));
+    }
+    let sha = redis.command(&["SCRIPT", "LOAD", SCRIPT]).map_err(|e| e.to_string())?;
+    if sha.len() != 40 {
+        return Err(format!("SCRIPT LOAD answered {sha}"));
+    }
+    Ok(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp_replies_parse_and_wait_for_more_bytes() {
+        // Goal: the RESP reader handles every reply type the benchmark sees, and partial input.
+        assert_eq!(parse_reply(b"+PONG\r\n").unwrap(), Some((7, "PONG".into())));
+        assert_eq!(parse_reply(b"$10\r\nreserved:1\r\n").unwrap(), Some((17, "reserved:1".into())));
+        assert_eq!(parse_reply(b"$10\r\nreserv").unwrap(), None);
+        assert_eq!(parse_reply(b"-ERR x\r\n").unwrap(), Some((8, "-ERR x".into())));
+        assert!(parse_reply(b"*2\r\n").is_err());
+    }
+}
