@@ -12,8 +12,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ringfence_core::pipeline::{Journal, NoSnapshots, SnapshotHook, StageError};
-use ringfence_core::{Command, Engine, Epoch, Outcome, Sequence, Sequenced, Timestamp};
+use ringfence_core::pipeline::{
+    Journal, Metrics, NoSnapshots, Node, Refused, Session, SnapshotHook, StageError, WakeHook,
+};
+use ringfence_core::{
+    Action, Command, Engine, Epoch, Outcome, Sequence, Sequenced, SkuId, Timestamp,
+};
 
 use crate::wire::NodeInfo;
 
@@ -357,5 +361,211 @@ impl Backend for EngineBackend {
 impl Drop for EngineBackend {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Called when a [`NodeBackend`] has shut its node down: the final engine, the last sequence
+/// journaled and applied, and the SKUs seen (for a final snapshot's catalogue).
+pub type OnNodeStop = Box<dyn FnOnce(&Engine, Sequence, &[SkuId]) + Send>;
+
+/// Publishes the BLP's running hash and last sequence after every command, so `GET /v1/node`
+/// can show them without a round trip through the ring. Wraps the node's snapshot hook.
+pub struct HashWatch<H> {
+    inner: H,
+    watch: Arc<EngineWatch>,
+}
+
+/// The values a [`HashWatch`] publishes.
+#[derive(Debug, Default)]
+pub struct EngineWatch {
+    running_hash: AtomicU64,
+    last_sequence: AtomicU64,
+}
+
+impl<H: SnapshotHook> HashWatch<H> {
+    /// Wraps `inner`; read the published values through the returned watch.
+    pub fn new(inner: H, engine: &Engine) -> (HashWatch<H>, Arc<EngineWatch>) {
+        let watch = Arc::new(EngineWatch {
+            running_hash: AtomicU64::new(engine.running_hash()),
+            last_sequence: AtomicU64::new(engine.last_sequence().0),
+        });
+        (HashWatch { inner, watch: Arc::clone(&watch) }, watch)
+    }
+}
+
+impl<H: SnapshotHook> SnapshotHook for HashWatch<H> {
+    fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
+        self.inner.after_apply(engine, command);
+        self.watch.running_hash.store(engine.running_hash(), Ordering::Relaxed);
+        self.watch.last_sequence.store(engine.last_sequence().0, Ordering::Relaxed);
+    }
+}
+
+/// The pipeline [`Node`] as a [`Backend`]: one session whose completions wake the event loop;
+/// with [`ringfence_core::pipeline::EgressDriver::Polled`] the event loop also runs egress
+/// (through the session's `poll`), which is the compact layout for small machines.
+pub struct NodeBackend {
+    node: Option<Node>,
+    session: Option<Session>,
+    watch: Arc<EngineWatch>,
+    epoch: Epoch,
+    journal: String,
+    known_skus: Vec<SkuId>,
+    on_stop: Option<OnNodeStop>,
+}
+
+impl NodeBackend {
+    /// Opens a session on `node` that wakes `waker`. `watch` comes from the [`HashWatch`] the
+    /// node was started with; `known_skus` from recovery.
+    pub fn new(
+        node: Node,
+        waker: Arc<mio::Waker>,
+        watch: Arc<EngineWatch>,
+        epoch: Epoch,
+        journal: String,
+        known_skus: Vec<SkuId>,
+        on_stop: Option<OnNodeStop>,
+    ) -> std::io::Result<NodeBackend> {
+        let wake: WakeHook = Arc::new(move || {
+            let _ = waker.wake();
+        });
+        // Only a node with polled egress takes the hook; with an egress thread it is not needed.
+        let _ = node.set_egress_waker(Arc::clone(&wake));
+        let session = node.session_with_notify(wake).map_err(std::io::Error::other)?;
+        Ok(NodeBackend {
+            node: Some(node),
+            session: Some(session),
+            watch,
+            epoch,
+            journal,
+            known_skus,
+            on_stop,
+        })
+    }
+}
+
+impl Backend for NodeBackend {
+    fn try_submit(&mut self, command: Command, token: u64) -> Result<(), Refusal> {
+        let Some(session) = self.session.as_mut() else { return Err(Refusal::ShuttingDown) };
+        match session.try_submit(command, token) {
+            Ok(_) => {
+                if let Command::Client { action: Action::CreateSku(create), .. } = command {
+                    if !self.known_skus.contains(&create.sku) {
+                        self.known_skus.push(create.sku);
+                    }
+                }
+                Ok(())
+            }
+            Err(Refused::Busy | Refused::SessionFull | Refused::BatchTooLarge { .. }) => {
+                Err(Refusal::Busy)
+            }
+            Err(Refused::ShuttingDown) => Err(Refusal::ShuttingDown),
+            Err(Refused::Failed(failure)) => Err(Refusal::Failed(failure.to_string())),
+            Err(other) => Err(Refusal::Failed(other.to_string())),
+        }
+    }
+
+    fn poll(&mut self) -> Option<BackendCompletion> {
+        let completion = self.session.as_mut()?.poll()?;
+        let result = completion.result.map_err(|failure| failure.to_string());
+        Some(BackendCompletion { token: completion.token, result })
+    }
+
+    fn status(&self) -> NodeStatus {
+        let durable = self.node.as_ref().map_or(0, |node| node.sequences().durable.0);
+        NodeStatus {
+            info: NodeInfo {
+                primary: true,
+                epoch: self.epoch.0,
+                last_sequence: self.watch.last_sequence.load(Ordering::Relaxed),
+                running_hash: self.watch.running_hash.load(Ordering::Relaxed),
+                journal_durable: durable,
+            },
+            journal: self.journal.clone(),
+            peer: "none".into(),
+        }
+    }
+
+    fn write_metrics(&self, out: &mut String) {
+        if let Some(node) = &self.node {
+            write_node_metrics(&node.metrics(), out);
+        }
+    }
+
+    fn close(&mut self) {
+        self.session = None;
+        let Some(node) = self.node.take() else { return };
+        match node.shutdown() {
+            Ok(report) => {
+                if let Some(on_stop) = self.on_stop.take() {
+                    on_stop(&report.engine, report.last_sequence, &self.known_skus);
+                }
+            }
+            Err(error) => eprintln!("ringfence: error: node shutdown: {error}"),
+        }
+    }
+}
+
+impl Drop for NodeBackend {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The node's metrics in Prometheus text format.
+pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
+    use crate::metrics::header;
+    use std::fmt::Write as _;
+    let gauges = [
+        ("ringfence_ring_size", "Slots in the input ring.", metrics.ring_size),
+        ("ringfence_ring_fill", "Commands published and not yet released.", metrics.ring_fill),
+        ("ringfence_published_sequence", "Last sequence published.", metrics.published.0),
+        ("ringfence_durable_sequence", "Last sequence durable in the journal.", metrics.durable.0),
+    ];
+    for (name, help, value) in gauges {
+        header(out, name, help, "gauge");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let counters = [
+        ("ringfence_node_busy_total", "Publications refused: ring full.", metrics.busy_rejections),
+        ("ringfence_ticks_skipped_total", "Timer ticks skipped: ring full.", metrics.ticks_skipped),
+    ];
+    for (name, help, value) in counters {
+        header(out, name, help, "counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    header(out, "ringfence_stage_sequence", "Last sequence each stage passed.", "gauge");
+    for stage in &metrics.stages {
+        let _ = writeln!(
+            out,
+            "ringfence_stage_sequence{{stage=\"{}\"}} {}",
+            stage.name, stage.sequence.0
+        );
+    }
+    header(out, "ringfence_stage_lag", "Commands each stage is behind the producers.", "gauge");
+    for stage in &metrics.stages {
+        let _ = writeln!(out, "ringfence_stage_lag{{stage=\"{}\"}} {}", stage.name, stage.lag);
+    }
+    let summaries = [
+        (
+            "ringfence_blp_service_seconds",
+            "BLP service time per command (sampled).",
+            &metrics.blp_service_ns,
+        ),
+        (
+            "ringfence_publish_to_egress_seconds",
+            "Publish to answer release.",
+            &metrics.publish_to_egress_ns,
+        ),
+    ];
+    for (name, help, histogram) in summaries {
+        header(out, name, help, "summary");
+        for quantile in [0.5, 0.9, 0.99, 0.999] {
+            let seconds = histogram.value_at_quantile(quantile) as f64 / 1e9;
+            let _ = writeln!(out, "{name}{{quantile=\"{quantile}\"}} {seconds:.9}");
+        }
+        let sum = histogram.mean() * histogram.len() as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum:.9}");
+        let _ = writeln!(out, "{name}_count {}", histogram.len());
     }
 }

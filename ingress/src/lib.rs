@@ -17,7 +17,8 @@ pub mod wire;
 mod arb;
 
 pub use backend::{
-    Backend, BackendCompletion, EngineBackend, EngineBackendOptions, NodeStatus, OnStop, Refusal,
+    Backend, BackendCompletion, EngineBackend, EngineBackendOptions, EngineWatch, HashWatch,
+    NodeBackend, NodeStatus, OnNodeStop, OnStop, Refusal,
 };
 pub use client::{Client, ClientError};
 pub use server::{ServerConfig, ServerHandle, Stopper, start};

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Http, TOKEN, create_sku, start};
+use common::{Http, TOKEN, create_sku, start, start_node};
+use ringfence_core::pipeline::Topology;
 use ringfence_core::{Action, Command, Outcome, Query, Rejection, Reserve, SkuId, UserId};
 use ringfence_ingress::{Client, ServerConfig, keys};
 
@@ -30,20 +31,42 @@ fn reserve_command(user: u64, sku: u64) -> Command {
     }
 }
 
+/// Sends `commands` pipelined, resending those refused as busy (a full ring is back-pressure,
+/// not an answer) until each has an outcome.
+fn outcomes_retrying_busy(client: &mut Client, commands: &[Command]) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; commands.len()];
+    loop {
+        let pending: Vec<usize> = (0..commands.len()).filter(|&i| outcomes[i].is_none()).collect();
+        if pending.is_empty() {
+            return outcomes.into_iter().map(Option::unwrap).collect();
+        }
+        let batch: Vec<Command> = pending.iter().map(|&i| commands[i]).collect();
+        for (&i, answer) in pending.iter().zip(client.pipeline(&batch).expect("pipeline")) {
+            match answer {
+                Ok(outcome) => outcomes[i] = Some(outcome),
+                Err(refusal) => {
+                    assert_eq!(refusal.code.name(), "busy", "only back-pressure is retried");
+                    std::thread::sleep(Duration::from_millis(u64::from(refusal.retry_after_ms)));
+                }
+            }
+        }
+    }
+}
+
 fn binary_buyers(addr: std::net::SocketAddr, users: Vec<u64>, results: &Results) {
     let mut client = Client::connect(&[addr]).expect("connect");
     for chunk in users.chunks(50) {
         let commands: Vec<Command> = chunk.iter().map(|&u| reserve_command(u, 1)).collect();
-        let answers = client.pipeline(&commands).expect("pipeline");
+        let answers = outcomes_retrying_busy(&mut client, &commands);
         // Every tenth buyer retries: the answer must be identical.
         let retries: Vec<Command> = commands.iter().step_by(10).copied().collect();
-        let again = client.pipeline(&retries).expect("retry pipeline");
+        let again = outcomes_retrying_busy(&mut client, &retries);
         for (retry, first) in again.iter().zip(answers.iter().step_by(10)) {
             assert_eq!(retry, first, "a retry must get the original answer");
         }
         let mut results = results.lock().unwrap();
         for (&user, answer) in chunk.iter().zip(answers) {
-            let entry = match answer.expect("not refused") {
+            let entry = match answer {
                 Outcome::Reserved { order, .. } => Ok(order.0),
                 Outcome::Rejected(rejection) => Err(rejection.code().to_owned()),
                 other => panic!("unexpected outcome {other:?}"),
@@ -53,23 +76,43 @@ fn binary_buyers(addr: std::net::SocketAddr, users: Vec<u64>, results: &Results)
     }
 }
 
+fn reserve_body(user: u64) -> String {
+    format!(r#"{{"request_id":"buy-{user}","user":{user},"sku":1,"qty":1}}"#)
+}
+
+/// Sends one reservation per user, pipelined, resending those answered 503 busy.
+fn http_reserve_retrying_busy(http: &mut Http, users: &[u64]) -> Vec<common::HttpResponse> {
+    let mut answers: Vec<Option<common::HttpResponse>> = (0..users.len()).map(|_| None).collect();
+    loop {
+        let pending: Vec<usize> = (0..users.len()).filter(|&i| answers[i].is_none()).collect();
+        if pending.is_empty() {
+            return answers.into_iter().map(Option::unwrap).collect();
+        }
+        let mut bytes = Vec::new();
+        for &i in &pending {
+            let body = reserve_body(users[i]);
+            bytes.extend(Http::request_bytes("POST", "/v1/orders", Some(&body), None));
+        }
+        http.send(&bytes);
+        for &i in &pending {
+            let response = http.read_response().expect("response");
+            if response.status == 503 {
+                assert_eq!(response.json()["error"], "busy");
+                assert_eq!(response.header("retry-after"), Some("1"));
+                std::thread::sleep(Duration::from_millis(5));
+            } else {
+                answers[i] = Some(response);
+            }
+        }
+    }
+}
+
 fn http_buyers(addr: std::net::SocketAddr, users: Vec<u64>, results: &Results) {
     let mut http = Http::connect(addr);
     for chunk in users.chunks(50) {
         // Pipelined: all requests of the chunk written before any response is read.
-        let mut bytes = Vec::new();
-        for &user in chunk {
-            let body = format!(r#"{{"request_id":"buy-{user}","user":{user},"sku":1,"qty":1}}"#);
-            bytes.extend(Http::request_bytes("POST", "/v1/orders", Some(&body), None));
-        }
-        http.send(&bytes);
-        let mut answers = Vec::new();
-        for _ in chunk {
-            answers.push(http.read_response().expect("response"));
-        }
-        let user = chunk[0];
-        let body = format!(r#"{{"request_id":"buy-{user}","user":{user},"sku":1,"qty":1}}"#);
-        let retry = http.call("POST", "/v1/orders", Some(&body), None);
+        let answers = http_reserve_retrying_busy(&mut http, chunk);
+        let retry = http_reserve_retrying_busy(&mut http, &chunk[..1]).pop().unwrap();
         assert_eq!((retry.status, &retry.body), (answers[0].status, &answers[0].body));
         let mut results = results.lock().unwrap();
         for (&user, response) in chunk.iter().zip(answers) {
@@ -87,8 +130,25 @@ fn http_buyers(addr: std::net::SocketAddr, users: Vec<u64>, results: &Results) {
 #[test]
 fn flash_sale_over_both_protocols_sells_exactly_the_stock() {
     // Goal: 10,000 buyers over 50 connections (half binary, half HTTP) competing for 1,000
-    // units get exactly 1,000 reservations, each buyer at most one, retries answered identically.
-    let server = start(ServerConfig::loopback());
+    // units get exactly 1,000 reservations, each buyer at most one, retries answered
+    // identically — served by a plain engine thread.
+    flash_sale(start(ServerConfig::loopback()));
+}
+
+#[test]
+fn flash_sale_through_the_compact_pipeline_node() {
+    // Goal: the same flash sale through the real node, compact topology, egress polled by the
+    // event loop: exactly the stock is reserved.
+    flash_sale(start_node(ServerConfig::loopback(), Topology::Compact));
+}
+
+#[test]
+fn flash_sale_through_the_parallel_pipeline_node() {
+    // Goal: the same flash sale through the real node, parallel topology with an egress thread.
+    flash_sale(start_node(ServerConfig::loopback(), Topology::Parallel));
+}
+
+fn flash_sale(server: ringfence_ingress::ServerHandle) {
     let binary = server.binary_addr().unwrap();
     let http_addr = server.http_addr().unwrap();
     let mut admin = Http::connect(http_addr);
@@ -135,7 +195,7 @@ fn flash_sale_over_both_protocols_sells_exactly_the_stock() {
 fn payment_expiry_returns_stock_visible_over_http() {
     // Goal: an unpaid reservation expires by the node's ticks alone and its unit is available
     // again in GET /v1/skus; the order reads as expired and paying it is refused.
-    let server = start(ServerConfig::loopback());
+    let server = start_node(ServerConfig::loopback(), Topology::Compact);
     let mut http = Http::connect(server.http_addr().unwrap());
     create_sku(&mut http, 7, 3, 0, 50);
     let body = r#"{"request_id":"exp-1","user":9,"sku":7,"qty":2}"#;
@@ -266,8 +326,9 @@ fn binary_admin_commands_need_auth() {
 
 #[test]
 fn health_node_and_metrics_endpoints() {
-    // Goal: the operational endpoints answer with their documented shapes.
-    let server = start(ServerConfig::loopback());
+    // Goal: the operational endpoints answer with their documented shapes, including the
+    // pipeline node's ring and stage metrics.
+    let server = start_node(ServerConfig::loopback(), Topology::Compact);
     let mut http = Http::connect(server.http_addr().unwrap());
     assert_eq!(http.call("GET", "/health", None, None).json()["status"], "ok");
     create_sku(&mut http, 1, 1, 0, 1_000);
@@ -280,6 +341,8 @@ fn health_node_and_metrics_endpoints() {
     let text = String::from_utf8(metrics.body).unwrap();
     assert!(text.contains("ringfence_outcomes_total{outcome=\"sku_created\"} 1"), "{text}");
     assert!(text.contains("ringfence_request_latency_seconds_count"));
+    assert!(text.contains("ringfence_ring_size 1024"), "{text}");
+    assert!(text.contains("ringfence_stage_lag{stage="), "{text}");
     let snapshot = http.call("POST", "/v1/admin/snapshot", None, Some(TOKEN));
     assert_eq!(snapshot.status, 202);
     server.shutdown().unwrap();

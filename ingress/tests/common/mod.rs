@@ -7,8 +7,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use ringfence_core::{Engine, EngineConfig, Sequence};
-use ringfence_ingress::{EngineBackend, ServerConfig, ServerHandle};
+use ringfence_core::pipeline::{EgressDriver, MemoryJournal, NoReplicator, NoSnapshots, Node};
+use ringfence_core::pipeline::{NodeConfig, Topology};
+use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
+use ringfence_ingress::{EngineBackend, HashWatch, NodeBackend, ServerConfig, ServerHandle};
 
 pub const TOKEN: &str = "test-admin-token";
 
@@ -19,6 +21,40 @@ pub fn start(mut config: ServerConfig) -> ServerHandle {
         EngineConfig { orders_max: 65_536, request_keys_max: 65_536, ..EngineConfig::small() };
     ringfence_ingress::start(config, |waker| {
         Ok(EngineBackend::start(Engine::new(engine_config), Sequence(1), 4_096, 5, waker))
+    })
+    .expect("server starts on loopback")
+}
+
+/// A server over the pipeline node (spin-then-park waits, nothing pinned, in-memory journal):
+/// `Compact` with egress polled by the event loop, or `Parallel` with an egress thread.
+pub fn start_node(mut config: ServerConfig, topology: Topology) -> ServerHandle {
+    config.admin_token = Some(TOKEN.to_owned());
+    let engine =
+        EngineConfig { orders_max: 65_536, request_keys_max: 65_536, ..EngineConfig::small() };
+    let egress = match topology {
+        Topology::Compact => EgressDriver::Polled,
+        Topology::Parallel => EgressDriver::Thread,
+    };
+    let node_config = NodeConfig {
+        engine: engine.clone(),
+        tick_period_ms: 5,
+        egress,
+        ..NodeConfig::for_tests(topology)
+    };
+    config.in_flight_max = node_config.session_pending_max as usize;
+    ringfence_ingress::start(config, move |waker| {
+        let engine = Engine::new(engine);
+        let (hook, watch) = HashWatch::new(NoSnapshots, &engine);
+        let node = Node::start_with(
+            node_config,
+            engine,
+            Sequence(1),
+            MemoryJournal::new(),
+            NoReplicator::default(),
+            hook,
+        )
+        .map_err(std::io::Error::other)?;
+        NodeBackend::new(node, waker, watch, Epoch(1), "memory".into(), Vec::new(), None)
     })
     .expect("server starts on loopback")
 }
