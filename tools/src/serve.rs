@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ringfence_core::{Engine, EngineConfig, Sequence};
-use ringfence_ingress::{EngineBackend, EngineBackendOptions, ServerConfig};
+use ringfence_core::pipeline::{EgressDriver, NoReplicator, Node, NodeConfig, Topology};
+use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, SkuId};
+use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig};
 use ringfence_journal::recovery::recover;
-use ringfence_journal::snapshot::{SnapshotPolicy, Snapshotter};
+use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter};
 use ringfence_journal::writer::{Durability, WriterOptions};
 use serde::Deserialize;
 
@@ -55,28 +56,68 @@ struct FileConfig {
     engine: EngineSection,
 }
 
-/// `[node]`: journal, snapshots and timer.
+/// `[node]`: pipeline, journal, snapshots and timer.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct NodeSection {
+    /// `auto` (compact below six cores), `compact` or `parallel`.
+    topology: String,
+    ring_size: usize,
+    /// Commands the network front may have in flight at once.
+    in_flight_max: u32,
+    pin_blp: bool,
     durability: String,
     segment_bytes: u64,
     snapshot_every_commands: Option<u64>,
     snapshots_kept: usize,
     tick_ms: u64,
-    queue_max: usize,
 }
 
 impl Default for NodeSection {
     fn default() -> Self {
         NodeSection {
+            topology: "auto".into(),
+            ring_size: 1 << 14,
+            in_flight_max: 1 << 14,
+            pin_blp: true,
             durability: "batch".into(),
             segment_bytes: 64 << 20,
             snapshot_every_commands: Some(1_000_000),
             snapshots_kept: 3,
             tick_ms: 10,
-            queue_max: 16_384,
         }
+    }
+}
+
+impl NodeSection {
+    fn to_config(&self, engine: EngineConfig, epoch: Epoch) -> Result<NodeConfig, String> {
+        let topology = match self.topology.as_str() {
+            "auto" => None,
+            "compact" => Some(Topology::Compact),
+            "parallel" => Some(Topology::Parallel),
+            other => {
+                return Err(format!("[node] topology `{other}`: use auto, compact or parallel"));
+            }
+        };
+        let mut config = NodeConfig {
+            ring_size: self.ring_size,
+            engine,
+            epoch,
+            tick_period_ms: self.tick_ms.max(1),
+            topology,
+            session_pending_max: self.in_flight_max,
+            ..NodeConfig::default()
+        };
+        if !self.pin_blp {
+            config.pins = ringfence_core::pipeline::Pins::none();
+        }
+        // Compact: the event loop runs egress itself (no extra thread on a small machine).
+        config.egress = match config.resolved_topology() {
+            Topology::Compact => EgressDriver::Polled,
+            Topology::Parallel => EgressDriver::Thread,
+        };
+        config.validate().map_err(|e| format!("[node] {e}"))?;
+        Ok(config)
     }
 }
 
@@ -183,28 +224,44 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         keep: file.node.snapshots_kept.max(1),
         archive_dir: None,
     };
-    let snapshotter =
-        Snapshotter::start(&data_dir, policy, engine_config, recovered.known_skus.clone())
-            .map_err(|e| format!("starting the snapshot writer: {e}"))?;
-    let backend_options = EngineBackendOptions {
-        queue_max: file.node.queue_max.max(1),
-        batch_max: 256,
-        tick_ms: file.node.tick_ms.max(1),
-        epoch: recovered.last_epoch,
-        journal: format!("{} (durability {durability})", data_dir.display()),
+    let snapshotter = Snapshotter::start(
+        &data_dir,
+        policy.clone(),
+        engine_config.clone(),
+        recovered.known_skus.clone(),
+    )
+    .map_err(|e| format!("starting the snapshot writer: {e}"))?;
+    let epoch = Epoch(recovered.last_epoch.0.max(1));
+    let node_config = file.node.to_config(engine_config, epoch)?;
+    server_config.in_flight_max =
+        server_config.in_flight_max.min(node_config.session_pending_max as usize);
+    let (hook, watch) = HashWatch::new(snapshotter, &recovered.engine);
+    let node = Node::start_with(
+        node_config.clone(),
+        recovered.engine,
+        recovered.next_sequence,
+        recovered.writer,
+        NoReplicator::default(),
+        hook,
+    )
+    .map_err(|e| format!("starting the node: {e}"))?;
+    log(format_args!(
+        "node: {} topology, ring of {} slots, {} wait, tick every {} ms",
+        node.topology().name(),
+        node_config.ring_size,
+        node_config.wait.name(),
+        node_config.tick_period_ms
+    ));
+    let journal = format!("{} (durability {durability})", data_dir.display());
+    let known_skus = recovered.known_skus;
+    let on_stop: ringfence_ingress::OnNodeStop = {
+        let dir = data_dir.clone();
+        Box::new(move |engine: &Engine, through: Sequence, skus: &[SkuId]| {
+            final_snapshot(&dir, &policy, engine, through, skus);
+        })
     };
-    let (engine, next_sequence, writer) =
-        (recovered.engine, recovered.next_sequence, recovered.writer);
     let handle = ringfence_ingress::start(server_config, move |waker| {
-        Ok(EngineBackend::start_journaled(
-            engine,
-            next_sequence,
-            writer,
-            snapshotter,
-            Box::new(final_snapshot),
-            backend_options,
-            waker,
-        ))
+        NodeBackend::new(node, waker, watch, epoch, journal, known_skus, Some(on_stop))
     })
     .map_err(|e| format!("starting the listeners: {e}"))?;
     if let Some(addr) = handle.binary_addr() {
@@ -220,11 +277,20 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
 }
 
 /// On clean shutdown, after the last command: one more snapshot so the next start replays
-/// nothing.
-fn final_snapshot(snapshotter: Snapshotter, engine: &Engine, through: Sequence) {
-    match snapshotter.shutdown(engine, through) {
+/// nothing, then retention.
+fn final_snapshot(
+    dir: &Path,
+    policy: &SnapshotPolicy,
+    engine: &Engine,
+    through: Sequence,
+    skus: &[SkuId],
+) {
+    match snapshot::write_now(dir, engine, through, skus) {
         Ok(meta) => {
-            log(format_args!("final snapshot {} through {}", meta.file.display(), meta.through))
+            log(format_args!("final snapshot {} through {}", meta.file.display(), meta.through));
+            if let Err(error) = snapshot::apply_retention(dir, policy) {
+                log(format_args!("snapshot retention failed: {error}"));
+            }
         }
         Err(error) => {
             log(format_args!("final snapshot failed (the journal still holds everything): {error}"))
