@@ -125,7 +125,7 @@ pub fn recover_from<S: Storage>(
     }
     let mut known_skus = report.snapshot.as_ref().map(|m| m.skus.clone()).unwrap_or_default();
     let mut replayed = 0;
-    scan::read(&mut storage, &layout, start, &mut |record| {
+    scan::read_pipelined(&mut storage, &layout, start, &mut |record| {
         snapshot::note_sku(&mut known_skus, &record.command);
         engine.apply(&record.sequenced());
         replayed += 1;

@@ -137,7 +137,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         .map_or(0, |last| last.0.min(limits.until_seq.0).saturating_sub(start.0 - 1));
     let progress = progress_bar(total);
     let mut export_error = None;
-    scan::read(&mut source, &layout, start, &mut |record| {
+    scan::read_pipelined(&mut source, &layout, start, &mut |record| {
         if record.sequence > limits.until_seq || record.timestamp > limits.until_time {
             return ControlFlow::Break(());
         }
