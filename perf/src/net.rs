@@ -21,11 +21,15 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use ringfence_core::Epoch;
+use ringfence_core::pipeline::{
+    EgressDriver, NoReplicator, NoSnapshots, Node, NodeConfig, Topology,
+};
 use ringfence_core::{
     Action, Command, CreateSku, EngineConfig, Outcome, RequestKey, Reserve, SkuId, UserId,
 };
 use ringfence_ingress::wire::{self, Kind, Response};
-use ringfence_ingress::{EngineBackend, EngineBackendOptions, ServerConfig, ServerHandle};
+use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig, ServerHandle};
 use ringfence_journal::recovery::recover;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
@@ -205,10 +209,19 @@ pub fn drive(
         if now >= drain_deadline {
             break;
         }
+        // epoll waits in whole milliseconds, which would send open-loop requests up to a
+        // millisecond late; a short sleep paces them to the microsecond instead, and the poll
+        // that follows collects whatever arrived meanwhile.
         let timeout = match load {
             Load::Rate(rate) if sending => {
                 let next_due = t0 + Duration::from_secs_f64(sent as f64 / rate as f64);
-                next_due.saturating_duration_since(now).min(Duration::from_millis(1))
+                let wait = next_due.saturating_duration_since(now);
+                if wait < Duration::from_millis(1) {
+                    std::thread::sleep(wait);
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(1)
+                }
             }
             _ => Duration::from_millis(1),
         };
@@ -389,11 +402,13 @@ impl BenchServer {
         let dir = std::env::temp_dir().join(format!("ringfence-perf-net-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        // Sized so that a full run's reservations all stay live: no capacity refusals and no
+        // mass expiry (which would stall the BLP mid-run) during the measurement.
         let engine_config = EngineConfig {
-            orders_max: 1 << 22,
-            holdings_max: 1 << 22,
+            orders_max: 1 << 23,
+            holdings_max: 1 << 23,
             request_keys_max: 1 << 23,
-            request_key_window_ms: 60_000,
+            request_key_window_ms: 3_600_000,
             ..EngineConfig::default()
         };
         let options = WriterOptions {
@@ -402,33 +417,39 @@ impl BenchServer {
             engine_config: engine_config.clone(),
         };
         let recovered = recover(&dir, options).map_err(|e| io::Error::other(e.to_string()))?;
+        let node_config = NodeConfig {
+            ring_size: 1 << 16,
+            engine: engine_config,
+            topology: Some(Topology::Compact),
+            egress: EgressDriver::Polled,
+            session_pending_max: 1 << 16,
+            ..NodeConfig::default()
+        };
+        let description = format!(
+            "node {} topology, egress polled by the ingress thread, {} wait, BLP pinned to the \
+             last core, journal durability none",
+            node_config.resolved_topology().name(),
+            node_config.wait.name()
+        );
         let config = ServerConfig {
             admin_token: Some("bench".into()),
-            in_flight_max: 1 << 20,
+            in_flight_max: 1 << 16,
             connection_in_flight_max: 1 << 16,
             outbound_max: 64 << 20,
             ..ServerConfig::loopback()
         };
-        let backend_options = EngineBackendOptions {
-            queue_max: 1 << 16,
-            batch_max: 1_024,
-            tick_ms: 1,
-            journal: "bench".into(),
-            ..EngineBackendOptions::default()
-        };
-        let (engine, next, writer) = (recovered.engine, recovered.next_sequence, recovered.writer);
+        let (hook, watch) = HashWatch::new(NoSnapshots, &recovered.engine);
+        let node = Node::start_with(
+            node_config,
+            recovered.engine,
+            recovered.next_sequence,
+            recovered.writer,
+            NoReplicator::default(),
+            hook,
+        )
+        .map_err(io::Error::other)?;
         let handle = ringfence_ingress::start(config, move |waker| {
-            let no_stop: ringfence_ingress::OnStop<ringfence_core::pipeline::NoSnapshots> =
-                Box::new(|_, _, _| {});
-            Ok(EngineBackend::start_journaled(
-                engine,
-                next,
-                writer,
-                ringfence_core::pipeline::NoSnapshots,
-                no_stop,
-                backend_options,
-                waker,
-            ))
+            NodeBackend::new(node, waker, watch, Epoch(1), "bench".into(), Vec::new(), None)
         })?;
         let addr = handle.binary_addr().expect("binary listener");
         let mut client = ringfence_ingress::Client::connect(&[addr]).map_err(io::Error::other)?;
@@ -440,15 +461,12 @@ impl BenchServer {
                 stock: HOT_STOCK,
                 price_cents: 100,
                 per_user_limit: 1,
-                payment_timeout_ms: 5_000,
+                payment_timeout_ms: 3_600_000,
                 sale_start: None,
                 sale_end: None,
             }),
         };
         client.call(create).map_err(io::Error::other)?;
-        let description = "ingress thread + engine thread (journal durability none), unpinned, \
-                           blocking waits"
-            .to_owned();
         Ok(BenchServer { handle: Some(handle), dir, description })
     }
 

@@ -157,8 +157,9 @@ impl Protocol for LuaReserve {
         let user = index + 1;
         let idem = format!("idem:{}:{index}", self.nonce);
         let hold = format!("hold:{HOT_SKU}:{user}");
-        let deadline = (net_now_ms() + 5_000).to_string();
-        let args = ["EVALSHA", &self.sha, "3", "stock:1", &idem, &hold, "1", "1", "60", &deadline];
+        let deadline = (net_now_ms() + 3_600_000).to_string();
+        let args =
+            ["EVALSHA", &self.sha, "3", "stock:1", &idem, &hold, "1", "1", "3600", &deadline];
         encode_resp(out, &args);
     }
 
