@@ -23,6 +23,15 @@ use serde_json::json;
 use crate::json;
 use crate::time::format_ms;
 
+/// `println!` that ignores a closed standard output (piped into `head`, say) instead of
+/// panicking: the tools never panic on their environment.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Exit status when the only problem is a torn tail.
 pub const EXIT_TORN_TAIL: u8 = 3;
 
@@ -196,37 +205,37 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
                 .collect::<Vec<_>>(),
             "bytes_on_disk": size, "bytes_used": used, "snapshots": snapshot_lines,
         });
-        println!("{value}");
+        outln!("{value}");
         return Ok(code);
     }
-    println!("journal    {}", args.dir.display());
-    println!("segments   {} ({} bytes on disk, {} used)", layout.segments.len(), size, used);
+    outln!("journal    {}", args.dir.display());
+    outln!("segments   {} ({} bytes on disk, {} used)", layout.segments.len(), size, used);
     match (layout.first_sequence(), layout.last_sequence()) {
         (Some(first), Some(last)) => {
-            println!("records    {} (sequences {first}..={last})", layout.records());
+            outln!("records    {} (sequences {first}..={last})", layout.records());
         }
-        _ => println!("records    0"),
+        _ => outln!("records    0"),
     }
     for (epoch, first, last) in &epochs {
-        println!("epoch      {epoch}: sequences {first}..={last}");
+        outln!("epoch      {epoch}: sequences {first}..={last}");
     }
     for line in &snapshot_lines {
         match line["ok"].as_bool() {
-            Some(true) => println!(
+            Some(true) => outln!(
                 "snapshot   {} through {} digest {}",
                 line["file"].as_str().unwrap_or_default(),
                 line["through"],
                 line["state_digest"].as_str().unwrap_or_default()
             ),
-            _ => println!("snapshot   INVALID {}", line["error"].as_str().unwrap_or_default()),
+            _ => outln!("snapshot   INVALID {}", line["error"].as_str().unwrap_or_default()),
         }
     }
     match &problem {
-        None if !bad_snapshot => println!("status     ok: every record and snapshot is intact"),
-        None => println!("status     a snapshot is invalid (recovery skips it)"),
-        Some((text, true)) => println!("status     {text}"),
+        None if !bad_snapshot => outln!("status     ok: every record and snapshot is intact"),
+        None => outln!("status     a snapshot is invalid (recovery skips it)"),
+        Some((text, true)) => outln!("status     {text}"),
         Some((text, false)) => {
-            println!("status     CORRUPT");
+            outln!("status     CORRUPT");
             eprintln!("error: {text}");
         }
     }
@@ -331,18 +340,22 @@ fn stats(args: &DirArgs) -> Result<ExitCode, JournalError> {
             "segments": segments, "commands_by_kind": kinds,
             "first_time_ms": time_range.map(|t| t.0.0), "last_time_ms": time_range.map(|t| t.1.0),
         });
-        println!("{value}");
+        outln!("{value}");
     } else {
-        println!(
+        outln!(
             "{:<26} {:>12} {:>12} {:>10} {:>7}  time range",
-            "segment", "first", "last", "records", "used"
+            "segment",
+            "first",
+            "last",
+            "records",
+            "used"
         );
         for s in &layout.segments {
             let used_pct = 100.0 * s.end as f64 / s.header.segment_len as f64;
             let range = s.time_range.map_or_else(String::new, |(a, b)| {
                 format!("{} .. {}", format_ms(a.0), format_ms(b.0))
             });
-            println!(
+            outln!(
                 "{:<26} {:>12} {:>12} {:>10} {:>6.1}%  {range}",
                 s.name,
                 s.header.first_sequence,
@@ -351,23 +364,23 @@ fn stats(args: &DirArgs) -> Result<ExitCode, JournalError> {
                 used_pct
             );
         }
-        println!();
-        println!(
+        outln!();
+        outln!(
             "records {records}, {used} bytes used, {:.1} bytes per record",
             used as f64 / records.max(1) as f64
         );
         if let Some((first, last)) = time_range {
             let seconds = (last.0.saturating_sub(first.0)) as f64 / 1e3;
-            println!(
+            outln!(
                 "time    {} .. {} ({seconds:.1} s of commands)",
                 format_ms(first.0),
                 format_ms(last.0)
             );
         }
-        println!("{:<22} {:>12} {:>8} {:>10}", "command", "count", "share", "avg bytes");
+        outln!("{:<22} {:>12} {:>8} {:>10}", "command", "count", "share", "avg bytes");
         for (kind, count) in &kinds {
             let avg = bytes_by_kind[kind] as f64 / *count as f64;
-            println!(
+            outln!(
                 "{kind:<22} {count:>12} {:>7.1}% {avg:>10.1}",
                 100.0 * *count as f64 / records.max(1) as f64
             );
@@ -391,18 +404,15 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
         .map_err(|e| JournalError::io(format!("opening {}", args.dir.display()), e))?;
     let truncation = recovery::truncate(&mut storage, Some(&args.dir), Sequence(args.at_seq))?;
     for file in &truncation.segments_removed {
-        println!("removed   {file}");
+        outln!("removed   {file}");
     }
     if let Some((file, offset)) = &truncation.cut {
-        println!("cut       {file} at byte offset {offset}");
+        outln!("cut       {file} at byte offset {offset}");
     }
     for file in &truncation.snapshots_invalidated {
-        println!(
-            "set aside {} (renamed *.snap.stale: it includes dropped records)",
-            file.display()
-        );
+        outln!("set aside {} (renamed *.snap.stale: it includes dropped records)", file.display());
     }
-    println!("journal now ends before sequence {}", args.at_seq);
+    outln!("journal now ends before sequence {}", args.at_seq);
     Ok(ExitCode::SUCCESS)
 }
 

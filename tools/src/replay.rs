@@ -23,6 +23,15 @@ use crate::journal_cmd::{EXIT_TORN_TAIL, open};
 use crate::json;
 use crate::time::{format_ms, parse_rfc3339};
 
+/// `println!` that ignores a closed standard output (piped into `head`, say) instead of
+/// panicking: the tools never panic on their environment.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Rebuild state from the newest usable snapshot plus the journal, up to a sequence or a time.
 ///
 /// Prints the state digest (equal to a live node's `state_digest` at that point), the running
@@ -266,33 +275,38 @@ fn print_summary(
             "orders_by_state": by_state.iter().map(|(s, n)| (s.name().to_owned(), json!(n)))
                 .collect::<serde_json::Map<_, _>>(),
         });
-        println!("{value}");
+        outln!("{value}");
         return;
     }
     match snapshot {
-        Some(meta) => println!("snapshot      {} (through {})", meta.file.display(), meta.through),
-        None => println!("snapshot      none (replayed from sequence 1)"),
+        Some(meta) => outln!("snapshot      {} (through {})", meta.file.display(), meta.through),
+        None => outln!("snapshot      none (replayed from sequence 1)"),
     }
-    println!("replayed      {} commands ({}..={})", tally.replayed, start, last);
-    println!("state at      sequence {last}, time {}", format_ms(status.now.0));
-    println!("state digest  {:016x}", engine.state_digest());
-    println!("running hash  {:016x}", engine.running_hash());
-    println!();
-    println!("{:>10} {:>12} {:>12} {:>12} {:>12}", "sku", "stock", "available", "reserved", "sold");
+    outln!("replayed      {} commands ({}..={})", tally.replayed, start, last);
+    outln!("state at      sequence {last}, time {}", format_ms(status.now.0));
+    outln!("state digest  {:016x}", engine.state_digest());
+    outln!("running hash  {:016x}", engine.running_hash());
+    outln!();
+    outln!("{:>10} {:>12} {:>12} {:>12} {:>12}", "sku", "stock", "available", "reserved", "sold");
     for view in &views {
-        println!(
+        outln!(
             "{:>10} {:>12} {:>12} {:>12} {:>12}",
-            view.sku, view.stock, view.available, view.reserved, view.sold
+            view.sku,
+            view.stock,
+            view.available,
+            view.reserved,
+            view.sold
         );
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "orders kept {} (reserved, awaiting payment: {})",
-        status.orders, status.orders_reserved
+        status.orders,
+        status.orders_reserved
     );
     let scope = if snapshot.is_some() { "touched since the snapshot" } else { "all orders" };
-    println!("orders by state ({scope}):");
+    outln!("orders by state ({scope}):");
     for (state, count) in by_state {
-        println!("  {:<10} {count}", state.name());
+        outln!("  {:<10} {count}", state.name());
     }
 }
