@@ -680,3 +680,26 @@ fn a_blocking_call_reports_a_stopped_node() {
     let refused = session.call(Command::Query(Query::Sku(SKU)), WAIT);
     assert_eq!(refused, Err(CallError::Refused(Refused::ShuttingDown)));
 }
+
+#[test]
+fn nodes_are_shared_between_threads_and_sessions_move_to_them() {
+    // Goal: a network front can hold the node in an `Arc` and hand a session to each of its
+    // event-loop threads (checked at compile time; the run submits from a spawned thread).
+    fn shareable<T: Send + Sync>() {}
+    fn movable<T: Send>() {}
+    shareable::<Node>();
+    movable::<Session>();
+    let node = Arc::new(
+        Node::start(config(Topology::Compact), MemoryJournal::new(), NoReplicator::default())
+            .unwrap(),
+    );
+    let shared = Arc::clone(&node);
+    let answer = thread::spawn(move || {
+        let mut session = shared.session().unwrap();
+        session.call(Command::Query(Query::Sku(SKU)), WAIT)
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(answer, Ok(Outcome::Rejected(_))), "{answer:?}");
+    Arc::into_inner(node).expect("the thread released its handle").shutdown().unwrap();
+}

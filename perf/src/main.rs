@@ -8,8 +8,10 @@ mod blp;
 mod net;
 mod redis;
 mod journal;
+mod pipeline;
 mod replay;
 mod report;
+mod ring;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -51,6 +53,12 @@ enum Bench {
     /// Replay: commands/s rebuilding state from a multi-million-command journal against the
     /// BLP alone on the same commands, with the ratio; plus the snapshot pause on that state.
     Replay(Common),
+    /// The raw ring hop with empty handlers (1 producer → 1 consumer, and the pipeline's
+    /// 1 → 3 → 1 shape), busy-spinning and yielding: the limit row for the pipeline.
+    Ring(Common),
+    /// The node in-process, open loop at fixed offered rates (100k/s, 1M/s, max), both
+    /// topologies, latency from each command's intended send time, against the BLP alone.
+    Pipeline(Common),
 }
 
 fn main() {
@@ -62,5 +70,7 @@ fn main() {
         Bench::Redis(common) => redis::run(common),
         Bench::Journal(common) => journal::run(common),
         Bench::Replay(common) => replay::run(common),
+        Bench::Ring(common) => ring::run(common),
+        Bench::Pipeline(common) => pipeline::run(common),
     }
 }

@@ -214,7 +214,7 @@ impl Shared {
         self.base + position
     }
 
-    /// The cells of stage `index` in pipeline order.
+    /// The metrics cells of the stage called `name`.
     pub(crate) fn stage_cells(&self, name: &str) -> &StageCells {
         self.stages.iter().find(|cells| cells.name == name).expect("stage exists in topology")
     }

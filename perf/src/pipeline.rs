@@ -1,0 +1,356 @@
+//! `pipeline`: the node in-process — ring, journaler, replicator, BLP, egress — under open-loop
+//! load at fixed offered rates, in both topologies, with the BLP alone on the same commands
+//! measured in the same run.
+//!
+//! One generator thread owns a session. For a fixed rate it submits command `i` at its
+//! *intended* time `start + i / rate` (late if it fell behind, never skipping), and records
+//! `answer seen - intended` for every answer, so stalls count against latency (no coordinated
+//! omission). A command refused `Busy` is dropped and counted. The `max` rows submit back to
+//! back, retrying `Busy`, and measure from the first attempt. With a polled egress the generator
+//! also runs egress (as an ingress event loop would). The journal is a null journal (durable on
+//! flush, records dropped) and there is no standby, so the figures are the pipeline's own.
+//!
+//! The workload is a flash sale: reservations of one unit by distinct buyers across 16 SKUs of
+//! 5k units each, every request with its own key; early commands reserve, later ones sell out.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use ringfence_core::pipeline::{
+    EgressDriver, Journal, Metrics, NoReplicator, Node, NodeConfig, Pins, Refused, Session,
+    StageError, Topology, WaitStrategy,
+};
+use ringfence_core::snowflake::EPOCH_UNIX_MS;
+use ringfence_core::{
+    Action, Command, CreateSku, Engine, EngineConfig, Epoch, RequestKey, Reserve, Sequence,
+    Sequenced, SkuId, Timestamp, UserId,
+};
+
+use crate::Common;
+use crate::report::{Report, Row, latency_histogram};
+
+const SKUS: u64 = 16;
+const UNITS_PER_SKU: u32 = 5_000;
+/// How long the generator waits for the last answers before giving up on a row.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// A journal that is durable as soon as flushed and keeps nothing.
+struct NullJournal {
+    last: Sequence,
+}
+
+impl Journal for NullJournal {
+    fn append(&mut self, _epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
+        self.last = command.sequence;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<Sequence, StageError> {
+        Ok(self.last)
+    }
+}
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        shard: 1,
+        skus_max: 64,
+        orders_max: 1 << 17,
+        coupons_max: 1_024,
+        batches_max: 16,
+        holdings_max: 1_024,
+        request_keys_max: 1 << 18,
+        request_key_window_ms: 50,
+        order_qty_max: 10,
+    }
+}
+
+fn setup_commands() -> Vec<Command> {
+    (1..=SKUS)
+        .map(|sku| {
+            let spec = CreateSku {
+                sku: SkuId(sku),
+                stock: UNITS_PER_SKU,
+                price_cents: 999,
+                per_user_limit: 0,
+                payment_timeout_ms: 600_000,
+                sale_start: None,
+                sale_end: None,
+            };
+            let key = RequestKey::from_u128(u128::from(u64::MAX - sku));
+            Command::Client { key, action: Action::CreateSku(spec) }
+        })
+        .collect()
+}
+
+/// The `i`th reservation of the sale.
+fn command(i: u64) -> Command {
+    let reserve =
+        Reserve { user: UserId(1 + i % 1_000_000), sku: SkuId(1 + i % SKUS), qty: 1, coupon: None };
+    Command::Client {
+        key: RequestKey::from_u128(u128::from(i) + 1),
+        action: Action::Reserve(reserve),
+    }
+}
+
+/// A node layout to measure.
+struct Layout {
+    topology: Topology,
+    wait: WaitStrategy,
+    pinned: bool,
+    egress: EgressDriver,
+    /// Threads that compete for cores, in words.
+    threads: &'static str,
+    /// Offered rates to run (`None` = max).
+    rates: &'static [Option<u64>],
+}
+
+impl Layout {
+    fn name(&self) -> String {
+        let egress = match self.egress {
+            EgressDriver::Thread => "thread",
+            EgressDriver::Polled => "polled",
+        };
+        let wait = match self.wait {
+            WaitStrategy::BusySpin => "spin",
+            WaitStrategy::SpinThenPark { .. } => "park",
+        };
+        format!("{} {wait} {egress}{}", self.topology.name(), if self.pinned { " pin" } else { "" })
+    }
+
+    fn config(&self) -> NodeConfig {
+        NodeConfig {
+            engine: engine_config(),
+            topology: Some(self.topology),
+            wait: self.wait,
+            egress: self.egress,
+            pins: if self.pinned { Pins::blp_on_last_core() } else { Pins::none() },
+            sessions_max: 4,
+            ..NodeConfig::default()
+        }
+    }
+}
+
+const ALL_RATES: &[Option<u64>] = &[Some(100_000), Some(1_000_000), None];
+
+fn layouts() -> Vec<Layout> {
+    let park = WaitStrategy::DEFAULT;
+    vec![
+        Layout {
+            topology: Topology::Compact,
+            wait: WaitStrategy::BusySpin,
+            pinned: true,
+            egress: EgressDriver::Polled,
+            threads: "generator+egress, processor (+timer)",
+            rates: ALL_RATES,
+        },
+        Layout {
+            topology: Topology::Compact,
+            wait: park,
+            pinned: false,
+            egress: EgressDriver::Polled,
+            threads: "generator+egress, processor (+timer)",
+            rates: ALL_RATES,
+        },
+        Layout {
+            topology: Topology::Compact,
+            wait: park,
+            pinned: false,
+            egress: EgressDriver::Thread,
+            threads: "generator, processor, egress (+timer)",
+            rates: ALL_RATES,
+        },
+        Layout {
+            topology: Topology::Parallel,
+            wait: park,
+            pinned: false,
+            egress: EgressDriver::Thread,
+            threads: "generator, journaler, replicator, blp, egress (+timer)",
+            rates: ALL_RATES,
+        },
+        Layout {
+            topology: Topology::Parallel,
+            wait: WaitStrategy::BusySpin,
+            pinned: false,
+            egress: EgressDriver::Thread,
+            threads: "generator, journaler, replicator, blp, egress (+timer)",
+            rates: &[Some(100_000)],
+        },
+    ]
+}
+
+/// Runs the pipeline benchmark and prints its rows.
+pub fn run(common: Common) {
+    let mut report = Report::new(common.json);
+    let seconds = if common.quick { 0.4 } else { 2.0 };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    report.note(&machine_load());
+    report.note(&format!(
+        "pipeline in-process on {cores} cores: null journal, no standby, ticks every 1 ms, \
+         ring 16384; latency = answer seen by the generator - intended send time"
+    ));
+    let max_commands = (seconds * 1_000_000.0) as u64;
+    let blp = blp_alone(max_commands);
+    let blp_rate = blp.ops_per_sec();
+    report.push(blp);
+    for layout in layouts() {
+        for &rate in layout.rates {
+            let commands = rate.map_or(max_commands, |rate| (seconds * rate as f64) as u64);
+            let (row, busy) = measure(&layout, rate, commands);
+            let ratio = row.ops_per_sec() / blp_rate;
+            report.push(row);
+            if busy > 0 {
+                report.note(&format!("  ({busy} of {commands} offered commands refused busy)"));
+            }
+            if rate.is_none() && blp_rate > 0.0 {
+                report.note(&format!("  pipeline / BLP alone throughput = {ratio:.2}"));
+            }
+        }
+    }
+    report.note(
+        "egress: `polled` = run by the generator thread (an ingress loop), `thread` = its own; \
+         `pin` = processor pinned to the last core; `spin` = busy-spin, `park` = spin-then-park",
+    );
+}
+
+/// The same commands through one engine on this thread: throughput from an untimed pass,
+/// service time from a pass reading the clock around each `apply`.
+fn blp_alone(commands: u64) -> Row {
+    let stream = sequenced_stream(commands);
+    let mut engine = Engine::new(engine_config());
+    let start = Instant::now();
+    for sequenced in &stream {
+        std::hint::black_box(engine.apply(sequenced));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut engine = Engine::new(engine_config());
+    let mut histogram = latency_histogram();
+    for sequenced in &stream {
+        let start = Instant::now();
+        std::hint::black_box(engine.apply(sequenced));
+        histogram.saturating_record(start.elapsed().as_nanos() as u64);
+    }
+    Row::new("blp_alone", "engine.apply", stream.len() as u64, seconds, histogram)
+        .with("threads", 1)
+        .with("histogram", "service time incl. one clock read; ops/s from an untimed pass")
+}
+
+/// Setup and reservations stamped at 1000 commands per logical millisecond.
+fn sequenced_stream(commands: u64) -> Vec<Sequenced> {
+    let t0 = EPOCH_UNIX_MS + 86_400_000;
+    let setup = setup_commands();
+    let all = setup.into_iter().chain((0..commands).map(command));
+    all.enumerate()
+        .map(|(index, command)| {
+            let index = index as u64;
+            Sequenced {
+                sequence: Sequence(index + 1),
+                timestamp: Timestamp(t0 + index / 1_000),
+                command,
+            }
+        })
+        .collect()
+}
+
+/// What one generator run saw.
+struct Run {
+    histogram: Histogram<u64>,
+    completed: u64,
+    busy: u64,
+    seconds: f64,
+}
+
+/// One row, and how many offered commands were refused `Busy`.
+fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
+    let node =
+        Node::start(layout.config(), NullJournal { last: Sequence(0) }, NoReplicator::default())
+            .expect("benchmark configuration is valid");
+    let mut session = node.session().expect("a fresh node has room for a session");
+    for command in setup_commands() {
+        session.call(command, DRAIN_LIMIT).expect("setup command answered");
+    }
+    let run = generate(&mut session, rate, commands);
+    let metrics = node.metrics();
+    drop(session);
+    node.shutdown().expect("the node drains");
+    let offered = match rate {
+        None => "max".to_owned(),
+        Some(rate) if rate >= 1_000_000 => format!("{}M/s", rate / 1_000_000),
+        Some(rate) => format!("{}k/s", rate / 1_000),
+    };
+    let wait = layout.wait.name();
+    let scenario = format!("pipeline@{offered}");
+    let row = Row::new(&scenario, &layout.name(), run.completed, run.seconds, run.histogram)
+        .with("topology", layout.topology.name())
+        .with("wait", wait)
+        .with("pinning", if layout.pinned { "processor on last core" } else { "none" })
+        .with("egress", format!("{:?}", layout.egress).to_lowercase())
+        .with("threads", layout.threads)
+        .with("offered_rate", rate.map_or_else(|| "max".into(), serde_json::Value::from))
+        .with("busy", run.busy)
+        .with("batch_p50", batch_p50(&metrics))
+        .with("blp_service_p50_ns", metrics.blp_service_ns.value_at_quantile(0.5));
+    (row, run.busy)
+}
+
+/// Median batch size of the stage that applies commands.
+fn batch_p50(metrics: &Metrics) -> u64 {
+    let stage = metrics.stage("processor").or_else(|| metrics.stage("blp"));
+    stage.map_or(0, |stage| stage.batch_sizes.value_at_quantile(0.5))
+}
+
+/// The generator: submits `commands` at `rate` (or back to back) and records every answer.
+fn generate(session: &mut Session, rate: Option<u64>, commands: u64) -> Run {
+    let clock = Instant::now();
+    let now = || clock.elapsed().as_nanos() as u64;
+    let mut intended = vec![0u64; commands as usize];
+    let mut histogram = latency_histogram();
+    let (mut completed, mut busy) = (0u64, 0u64);
+    let mut poll = |session: &mut Session, intended: &[u64], completed: &mut u64| {
+        while let Some(completion) = session.poll() {
+            let sent = intended[completion.token as usize];
+            histogram.saturating_record(now().saturating_sub(sent).max(1));
+            *completed += 1;
+        }
+    };
+    let begin = now() + 1_000_000;
+    let mut i = 0;
+    let mut first_attempt = None;
+    while i < commands {
+        let at = match rate {
+            Some(rate) => begin + i * 1_000_000_000 / rate,
+            None => *first_attempt.get_or_insert_with(now),
+        };
+        while now() < at {
+            poll(session, &intended, &mut completed);
+        }
+        intended[i as usize] = at;
+        match session.try_submit(command(i), i) {
+            Ok(_) => {
+                i += 1;
+                first_attempt = None;
+            }
+            Err(Refused::Busy) if rate.is_some() => {
+                busy += 1;
+                i += 1;
+            }
+            Err(Refused::Busy | Refused::SessionFull) => {}
+            Err(other) => panic!("generator refused: {other}"),
+        }
+        poll(session, &intended, &mut completed);
+    }
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while completed + busy < commands && Instant::now() < deadline {
+        poll(session, &intended, &mut completed);
+        std::hint::spin_loop();
+    }
+    let seconds = (now() - begin.min(now())) as f64 / 1e9;
+    Run { histogram, completed, busy, seconds }
+}
+
+/// The 1-minute load average, printed with every run: other work on the machine shows up in
+/// these figures, so the reader should know how much there was.
+pub fn machine_load() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").ok();
+    let one_minute = load.as_deref().and_then(|text| text.split_whitespace().next());
+    format!("machine load average (1 min) at start: {}", one_minute.unwrap_or("unknown"))
+}
