@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::{Backoff, CachePadded};
 
@@ -73,25 +73,35 @@ impl Parker {
 pub(crate) struct Idler {
     strategy: WaitStrategy,
     backoff: Backoff,
+    /// When the backoff ran out in the current idle spell.
+    yielding_since: Option<Instant>,
 }
 
 impl Idler {
     pub(crate) fn new(strategy: WaitStrategy) -> Idler {
-        Idler { strategy, backoff: Backoff::new() }
+        Idler { strategy, backoff: Backoff::new(), yielding_since: None }
     }
 
     pub(crate) fn reset(&mut self) {
         self.backoff.reset();
+        self.yielding_since = None;
     }
 
-    /// Waits a little: spins, or once the backoff is exhausted parks until `parker` is woken
-    /// (or the strategy's bound passes). `has_work` is re-checked after announcing the sleep.
+    /// Waits a little: spins; or snoozes, yields for the strategy's window, then parks until
+    /// `parker` is woken (or the strategy's bound passes). `has_work` is re-checked after
+    /// announcing the sleep.
     pub(crate) fn idle(&mut self, parker: &Parker, has_work: impl FnOnce() -> bool) {
         match self.strategy {
             WaitStrategy::BusySpin => std::hint::spin_loop(),
-            WaitStrategy::SpinThenPark { park_us_max } => {
+            WaitStrategy::SpinThenPark { yield_us, park_us_max } => {
                 if !self.backoff.is_completed() {
                     self.backoff.snooze();
+                    return;
+                }
+                let now = Instant::now();
+                let since = *self.yielding_since.get_or_insert(now);
+                if now.duration_since(since) < Duration::from_micros(u64::from(yield_us)) {
+                    std::thread::yield_now();
                     return;
                 }
                 parker.prepare_sleep();
