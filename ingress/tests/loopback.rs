@@ -347,3 +347,24 @@ fn health_node_and_metrics_endpoints() {
     assert_eq!(snapshot.status, 202);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn client_fails_over_to_the_next_address() {
+    // Goal: a client given several node addresses skips one that refuses connections, and when
+    // its node goes away mid-session it reconnects to the next one and gets its answer there.
+    let first = start(ServerConfig::loopback());
+    let second = start(ServerConfig::loopback());
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let (a, b) = (first.binary_addr().unwrap(), second.binary_addr().unwrap());
+    let mut client = Client::connect(&[refused, a, b]).unwrap();
+    assert_eq!(client.peer(), a);
+    client.ping().unwrap();
+    first.shutdown().unwrap();
+    let answer = client.call(Command::Query(Query::Sku(SkuId(1)))).unwrap();
+    assert_eq!(answer, Outcome::Rejected(Rejection::UnknownSku));
+    assert_eq!(client.peer(), b);
+    second.shutdown().unwrap();
+}
