@@ -266,6 +266,17 @@ pub fn run(common: Common) {
     ) {
         let p99 = ours.histogram.value_at_quantile(0.99);
         let median = theirs.histogram.value_at_quantile(0.5);
+        if report.is_json() {
+            // Table mode prints these as notes; JSON consumers get them as one summary line.
+            let summary = serde_json::json!({
+                "scenario": "hot_sku_reserve",
+                "summary": "ringfence_tcp max vs redis_lua max",
+                "throughput_ratio": ours.ops_per_sec() / theirs.ops_per_sec().max(f64::MIN_POSITIVE),
+                "ringfence_p99_ns": p99,
+                "redis_lua_p50_ns": median,
+            });
+            println!("{summary}");
+        }
         report.note(&format!(
             "  at max load: ringfence p99 {} vs redis_lua p50 {} (goal: p99 below Redis's median)",
             crate::report::format_ns(p99),
