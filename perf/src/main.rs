@@ -8,10 +8,15 @@ mod blp;
 mod net;
 mod redis;
 mod journal;
+mod naive;
+mod pages;
 mod pipeline;
 mod replay;
 mod report;
 mod ring;
+
+#[global_allocator]
+static ALLOCATOR: pages::WarmPages = pages::WarmPages;
 
 use clap::{Args, Parser, Subcommand};
 
