@@ -211,15 +211,19 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     /// Starts loading the slot where a lookup of `key` begins, so that a lookup a little
     /// later finds it in cache. Changes nothing.
     pub(super) fn prefetch(&self, key: &K) {
-        let slot: *const Option<(K, V)> = &self.slots[self.home(key)];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is a hint: it never faults and does not change memory, and the
-        // address is that of a live slot.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(slot.cast());
+        let home = self.home(key);
+        // A probe often runs one slot on, which may sit on the next cache line.
+        for index in [home, (home + 1) & self.mask] {
+            let slot: *const Option<(K, V)> = &self.slots[index];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint: it never faults and does not change memory, and
+            // the address is that of a live slot.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(slot.cast());
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = slot;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
     }
 
     /// Entries in slot order (deterministic for a given history; not sorted).
