@@ -282,3 +282,49 @@ fn full_ring_answers_busy_at_once() {
     assert!(metrics.contains("ringfence_busy_total 2\n"), "{metrics}");
     server.shutdown().unwrap();
 }
+
+/// A node that accepts every command and never answers.
+struct Stuck;
+
+impl Backend for Stuck {
+    fn try_submit(&mut self, _command: Command, _token: u64) -> Result<(), Refusal> {
+        Ok(())
+    }
+    fn poll(&mut self) -> Option<BackendCompletion> {
+        None
+    }
+    fn status(&self) -> NodeStatus {
+        NodeStatus::default()
+    }
+}
+
+#[test]
+fn pipelined_requests_behind_an_unanswered_one_are_bounded() {
+    // Goal: responses that must wait behind an unanswered command are bounded per connection:
+    // the server stops reading that connection (its writes block) instead of buffering without
+    // limit, and other connections are still served.
+    let config = ServerConfig {
+        connection_in_flight_max: 8,
+        drain_timeout_ms: 10,
+        ..ServerConfig::loopback()
+    };
+    let server = ringfence_ingress::start(config, |_| Ok(Stuck)).unwrap();
+    let addr = server.http_addr().unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let body = r#"{"request_id":"s","user":1,"sku":1,"qty":1}"#;
+    stream.write_all(&Http::request_bytes("POST", "/v1/orders", Some(body), None)).unwrap();
+    let health = Http::request_bytes("GET", "/health", None, None).repeat(10_000);
+    let mut blocked = false;
+    for _ in 0..10_000 {
+        if stream.write_all(&health).is_err() {
+            blocked = true;
+            break;
+        }
+    }
+    assert!(blocked, "the server kept reading 100 million queued requests");
+    let mut other = Http::connect(addr);
+    assert_eq!(other.call("GET", "/health", None, None).status, 200);
+    drop(stream);
+    server.shutdown().unwrap();
+}

@@ -243,6 +243,13 @@ impl Conn {
         encode(self.out_buffer());
     }
 
+    /// Requests read and not yet fully answered: commands in flight, and for HTTP also
+    /// responses queued behind an earlier one still in flight. Reading pauses at the limit, so
+    /// neither can grow without bound.
+    pub fn backlog(&self) -> usize {
+        self.in_flight.max(self.http_queue.len())
+    }
+
     /// The slot number the next HTTP response will take.
     pub fn next_http_seq(&self) -> u64 {
         self.http_base + self.http_queue.len() as u64

@@ -35,8 +35,6 @@ const HTTP_LISTENER: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 /// How often timeouts are checked; also the longest the loop sleeps.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a shutdown waits for commands in flight to be answered.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of the network front. Every field has a default; TOML files may set any of them.
 #[derive(Clone, Debug, Deserialize)]
@@ -70,6 +68,8 @@ pub struct ServerConfig {
     pub busy_retry_ms: u32,
     /// Bad-input warnings printed per second at most.
     pub warnings_per_sec: u32,
+    /// How long a shutdown waits for commands in flight to be answered before closing.
+    pub drain_timeout_ms: u64,
     /// The admin bearer token; without one, admin calls are refused.
     pub admin_token: Option<String>,
 }
@@ -91,6 +91,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 10_000,
             busy_retry_ms: 10,
             warnings_per_sec: 10,
+            drain_timeout_ms: 5_000,
             admin_token: None,
         }
     }
@@ -126,7 +127,7 @@ pub struct Stopper {
 
 impl Stopper {
     /// Asks the server to stop: it stops accepting and reading, answers what is in flight
-    /// (for at most five seconds), closes its connections and returns.
+    /// (for at most `drain_timeout_ms`), closes its connections and returns.
     pub fn stop(&self) {
         self.flag.store(true, Ordering::Release);
         let _ = self.waker.wake();
@@ -319,7 +320,8 @@ impl<B: Backend> Server<B> {
             }
             if let Some(since) = self.stopping_since {
                 let drained = self.metrics.in_flight == 0 && self.all_flushed();
-                if drained || now.duration_since(since) >= DRAIN_TIMEOUT {
+                let drain_timeout = Duration::from_millis(self.config.drain_timeout_ms);
+                if drained || now.duration_since(since) >= drain_timeout {
                     break;
                 }
             }

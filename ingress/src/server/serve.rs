@@ -54,7 +54,7 @@ impl<B: Backend> Server<B> {
     }
 
     fn paused_at_limit(&self, conn: &mut Conn) -> bool {
-        if conn.in_flight >= self.config.connection_in_flight_max {
+        if conn.backlog() >= self.config.connection_in_flight_max {
             conn.read_paused = true;
         }
         conn.read_paused
