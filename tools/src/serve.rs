@@ -319,8 +319,9 @@ fn watch_signals(stopper: ringfence_ingress::Stopper) -> Result<(), String> {
     Ok(())
 }
 
-/// The admin token: `--admin-token-file`, then `RINGFENCE_ADMIN_TOKEN`, then the config file,
-/// then `<data-dir>/admin.token`, generated with mode 0600 if it does not exist.
+/// The admin token: `--admin-token-file`, then `RINGFENCE_ADMIN_TOKEN`, then the config file
+/// (`admin_token`, `[server] admin_token`, `admin_token_file`), then `<data-dir>/admin.token`,
+/// generated with mode 0600 if it does not exist.
 fn admin_token(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> Result<String, String> {
     if let Some(path) = &args.admin_token_file {
         log(format_args!("admin token from {}", path.display()));
@@ -332,7 +333,8 @@ fn admin_token(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> Result<S
             return Ok(token.trim().to_owned());
         }
     }
-    if let Some(token) = file.admin_token.as_deref().filter(|t| !t.trim().is_empty()) {
+    let configured = file.admin_token.as_deref().or(file.server.admin_token.as_deref());
+    if let Some(token) = configured.filter(|t| !t.trim().is_empty()) {
         log(format_args!("admin token from the config file"));
         return Ok(token.trim().to_owned());
     }
