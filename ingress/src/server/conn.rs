@@ -54,8 +54,12 @@ pub(super) struct Conn {
     pub id: u64,
     stream: TcpStream,
     pub protocol: Protocol,
+    /// Receive buffer: bytes `input_start..input_end` are read and not yet consumed. Its
+    /// length is its allocated, initialised size, so reads need no zeroing; it grows only
+    /// while a request larger than one chunk arrives, bounded by the size limits.
     pub input: Vec<u8>,
     pub input_start: usize,
+    pub input_end: usize,
     out: Vec<u8>,
     out_start: usize,
     /// Binary connections: the admin token was presented.
@@ -94,8 +98,9 @@ impl Conn {
             id,
             stream,
             protocol,
-            input: Vec::with_capacity(READ_CHUNK),
+            input: vec![0; READ_CHUNK],
             input_start: 0,
+            input_end: 0,
             out: Vec::new(),
             out_start: 0,
             authed: false,
@@ -142,38 +147,46 @@ impl Conn {
 
     /// Reads one chunk from the socket into `input`.
     pub fn read_chunk(&mut self, now: Instant) -> ReadResult {
-        if self.input_start == self.input.len() {
-            self.input.clear();
-            self.input_start = 0;
-        } else if self.input_start >= READ_CHUNK {
-            self.input.drain(..self.input_start);
-            self.input_start = 0;
-        }
-        let filled = self.input.len();
-        self.input.resize(filled + READ_CHUNK, 0);
-        let result = loop {
-            match self.stream.read(&mut self.input[filled..]) {
-                Ok(0) => break ReadResult::Closed,
+        self.make_room();
+        loop {
+            match self.stream.read(&mut self.input[self.input_end..]) {
+                Ok(0) => return ReadResult::Closed,
                 Ok(n) => {
-                    self.input.truncate(filled + n);
+                    self.input_end += n;
                     self.last_activity = now;
                     return ReadResult::Data;
                 }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    break ReadResult::WouldBlock;
+                    return ReadResult::WouldBlock;
                 }
-                Err(_) => break ReadResult::Error,
+                Err(_) => return ReadResult::Error,
             }
-        };
-        self.input.truncate(filled);
-        result
+        }
+    }
+
+    /// Ensures at least half a chunk is free after `input_end`: first by moving unconsumed
+    /// bytes to the front, then by growing the buffer.
+    fn make_room(&mut self) {
+        if self.input_start == self.input_end {
+            self.input_start = 0;
+            self.input_end = 0;
+        }
+        if self.input.len() - self.input_end >= READ_CHUNK / 2 {
+            return;
+        }
+        self.input.copy_within(self.input_start..self.input_end, 0);
+        self.input_end -= self.input_start;
+        self.input_start = 0;
+        if self.input.len() - self.input_end < READ_CHUNK / 2 {
+            self.input.resize(self.input.len() + READ_CHUNK, 0);
+        }
     }
 
     /// Notes whether an incomplete request waits at the end of `input`, for the slow-client
     /// timeout. Input held back while reading is paused is not the client's slowness.
     pub fn note_partial(&mut self, now: Instant) {
-        let waiting = self.input_start < self.input.len() && !self.read_paused;
+        let waiting = self.input_start < self.input_end && !self.read_paused;
         match (waiting, self.partial_since) {
             (true, None) => self.partial_since = Some(now),
             (false, _) => self.partial_since = None,

@@ -62,25 +62,26 @@ impl<B: Backend> Server<B> {
 
     fn serve_binary(&mut self, conn: &mut Conn, index: usize, now: Instant) {
         while !(conn.closing || conn.dead || self.paused_at_limit(conn)) {
-            let (correlation, decoded) = match wire::try_frame(&conn.input[conn.input_start..]) {
-                Ok(None) => return,
-                Err(error) => (0, Err(error)),
-                Ok(Some((frame, used))) => {
-                    let decoded = match wire::decode_request(&frame) {
-                        Ok(wire::Request::Command(command)) => Ok(Decoded::Command(command)),
-                        Ok(wire::Request::Auth(token)) => {
-                            let accepted =
-                                self.admin.as_ref().is_some_and(|a| a.allows(Some(token)));
-                            Ok(Decoded::Auth { accepted })
-                        }
-                        Ok(wire::Request::Node) => Ok(Decoded::Node),
-                        Ok(wire::Request::Ping) => Ok(Decoded::Ping),
-                        Err(error) => Err(error),
-                    };
-                    conn.input_start += used;
-                    (frame.correlation, decoded)
-                }
-            };
+            let (correlation, decoded) =
+                match wire::try_frame(&conn.input[conn.input_start..conn.input_end]) {
+                    Ok(None) => return,
+                    Err(error) => (0, Err(error)),
+                    Ok(Some((frame, used))) => {
+                        let decoded = match wire::decode_request(&frame) {
+                            Ok(wire::Request::Command(command)) => Ok(Decoded::Command(command)),
+                            Ok(wire::Request::Auth(token)) => {
+                                let accepted =
+                                    self.admin.as_ref().is_some_and(|a| a.allows(Some(token)));
+                                Ok(Decoded::Auth { accepted })
+                            }
+                            Ok(wire::Request::Node) => Ok(Decoded::Node),
+                            Ok(wire::Request::Ping) => Ok(Decoded::Ping),
+                            Err(error) => Err(error),
+                        };
+                        conn.input_start += used;
+                        (frame.correlation, decoded)
+                    }
+                };
             match decoded {
                 Ok(request) => self.binary_request(conn, index, correlation, request, now),
                 Err(error) => {
@@ -148,7 +149,7 @@ impl<B: Backend> Server<B> {
         let limits = Limits { header_max: self.config.header_max, body_max: self.config.body_max };
         while !(conn.closing || conn.dead || conn.stop_reading || self.paused_at_limit(conn)) {
             let (keep_alive, routed) =
-                match http::try_request(&conn.input[conn.input_start..], limits) {
+                match http::try_request(&conn.input[conn.input_start..conn.input_end], limits) {
                     Ok(None) => return,
                     Err(error) => {
                         self.metrics.bad_request(Protocol::Http);
