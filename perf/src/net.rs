@@ -161,6 +161,7 @@ pub fn drive(
     let drain_deadline = stop_sending + Duration::from_secs(10);
     let mut last_answer = t0;
     let correlated = protocol.correlated();
+    let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let now = Instant::now();
         let sending = now < stop_sending && sent < total;
@@ -234,7 +235,6 @@ pub fn drive(
             if !event.is_readable() {
                 continue;
             }
-            let mut chunk = [0u8; 64 * 1024];
             loop {
                 match conn.stream.read(&mut chunk) {
                     Ok(0) => return Err(io::Error::other("server closed a benchmark connection")),
