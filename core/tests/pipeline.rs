@@ -468,9 +468,11 @@ fn check_failure_reported(node: Node, stage: &str) {
     drain(&mut session, &mut before);
     assert!(before.iter().all(|c| c.result.is_ok()), "{before:?}");
     let mut after = Vec::new();
+    let mut submitted = HashMap::new();
     for token in 19..40 {
         match session.try_submit(Command::Query(Query::Sku(SKU)), token) {
-            Ok(_) | Err(Refused::Failed(_)) => {}
+            Ok(sequence) => assert!(submitted.insert(token, sequence).is_none()),
+            Err(Refused::Failed(_)) => {}
             Err(other) => panic!("unexpected refusal {other}"),
         }
     }
@@ -479,6 +481,7 @@ fn check_failure_reported(node: Node, stage: &str) {
     for completion in &after {
         let failure = completion.result.clone().expect_err("nothing after the failure is answered");
         assert_eq!(failure.stage, stage);
+        assert_eq!(completion.sequence, submitted[&completion.token], "failures keep sequences");
     }
     assert_eq!(node.failure().map(|failure| failure.stage), Some(stage));
     let refused = session.try_submit(Command::Query(Query::Sku(SKU)), 99);
@@ -702,4 +705,28 @@ fn nodes_are_shared_between_threads_and_sessions_move_to_them() {
     .unwrap();
     assert!(matches!(answer, Ok(Outcome::Rejected(_))), "{answer:?}");
     Arc::into_inner(node).expect("the thread released its handle").shutdown().unwrap();
+}
+
+#[test]
+fn a_panicking_notify_hook_fails_egress_and_the_node_refuses_work() {
+    // Goal: a panic on the egress thread is caught and names `egress`; new work after it
+    // is refused with it; nothing hangs, and shutdown reports it.
+    let node =
+        Node::start(config(Topology::Parallel), MemoryJournal::new(), NoReplicator::default())
+            .unwrap();
+    let mut victim = node.session_with_notify(Arc::new(|| panic!("event loop gone"))).unwrap();
+    let mut other = node.session().unwrap();
+    assert!(victim.poll().is_none(), "arms the hook");
+    victim.try_submit(Command::Query(Query::Sku(SKU)), 1).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while node.failure().is_none() {
+        assert!(Instant::now() < deadline, "the hook's panic was not reported");
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(node.failure().unwrap().stage, "egress");
+    assert!(matches!(other.try_submit(Command::Tick, 2), Err(Refused::Failed(_))));
+    drop((victim, other));
+    assert!(
+        matches!(node.shutdown(), Err(NodeError::Failed(failure)) if failure.stage == "egress")
+    );
 }

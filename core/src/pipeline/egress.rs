@@ -177,12 +177,9 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         }
         let failure = if failed { self.shared.failure() } else { None };
         let now_ns = self.shared.clock.ns();
-        let mut next = self.next;
         let mut stop = false;
-        let Egress { poller, router, recorder, .. } = self;
-        let count = poller.drain(want, |slot| {
-            let sequence = next;
-            next += 1;
+        let Egress { poller, router, recorder, next, .. } = self;
+        let count = poller.drain(want, next, |slot, sequence| {
             if stop || slot.kind == SlotKind::Stop {
                 // Nothing after the stop marker was journaled: its submitters see the node stop.
                 stop = true;
@@ -202,10 +199,9 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             recorder.latency_ns(now_ns.saturating_sub(slot.published_ns));
             router.deliver(slot.reply, Sequence(sequence), result);
         });
-        self.next = next;
         if count > 0 {
             self.recorder.batch(count);
-            self.shared.released.advance(Sequence(next - 1));
+            self.shared.released.advance(Sequence(self.next - 1));
             self.router.notify_touched();
             let cells = self.shared.stage_cells("egress");
             self.recorder.publish(&cells.histograms, Instant::now(), false);

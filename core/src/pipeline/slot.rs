@@ -103,9 +103,11 @@ impl Slot {
 /// differ in their barrier type (producer, one upstream stage, several upstream stages); stage
 /// loops are written once against this trait.
 pub(crate) trait RingPoller: Send + 'static {
-    /// Calls `each` for up to `limit` published slots in ring order, then marks them read
-    /// (releasing them to the stages behind). Returns how many were read.
-    fn drain<F: FnMut(&Slot)>(&mut self, limit: u64, each: F) -> u64;
+    /// Calls `each` with up to `limit` published slots in ring order and their engine
+    /// sequences (`*next`, `*next + 1`, ...), then marks them read (releasing them to the
+    /// stages behind). `*next` moves past every slot taken before any is handled: the slots are
+    /// marked read even if `each` panics, so the count stays right. Returns how many were read.
+    fn drain<F: FnMut(&Slot, u64)>(&mut self, limit: u64, next: &mut u64, each: F) -> u64;
 
     /// Whether at least one slot is ready to read.
     fn has_available(&self) -> bool;
@@ -114,13 +116,20 @@ pub(crate) trait RingPoller: Send + 'static {
 macro_rules! ring_poller {
     ($barrier:ty) => {
         impl RingPoller for EventPoller<Slot, $barrier> {
-            fn drain<F: FnMut(&Slot)>(&mut self, limit: u64, mut each: F) -> u64 {
+            fn drain<F: FnMut(&Slot, u64)>(
+                &mut self,
+                limit: u64,
+                next: &mut u64,
+                mut each: F,
+            ) -> u64 {
                 assert!(limit > 0, "a drain reads at least one slot");
                 match self.take(limit) {
                     Ok(mut guard) => {
                         let count = (&mut guard).len() as u64;
-                        for slot in &mut guard {
-                            each(slot);
+                        let first = *next;
+                        *next += count;
+                        for (sequence, slot) in (first..).zip(&mut guard) {
+                            each(slot, sequence);
                         }
                         count
                     }

@@ -279,9 +279,8 @@ fn read_batch<P: RingPoller, W: Work>(
     let mut stop = false;
     let mut last = None;
     let mut error = None;
-    let read = poller.drain(u64::MAX, |slot| {
-        let sequence = Sequence(*next);
-        *next += 1;
+    let read = poller.drain(u64::MAX, next, |slot, sequence| {
+        let sequence = Sequence(sequence);
         if stop || slot.kind == SlotKind::Stop {
             // The marker is the last slot a stage reads; anything published after it raced
             // with shutdown and is left unjournaled and unanswered.
