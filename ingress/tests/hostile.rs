@@ -232,13 +232,13 @@ fn rate_limit_answers_429_with_retry_after() {
     let server = start(config);
     let addr = server.http_addr().unwrap();
     let mut http = Http::connect(addr);
-    let statuses: Vec<u16> =
-        (0..3).map(|_| http.call("GET", "/v1/skus/1", None, None).status).collect();
-    assert_eq!(statuses, [404, 404, 429]);
-    let limited = http.call("GET", "/v1/skus/1", None, None);
-    assert_eq!(limited.status, 429);
-    assert_eq!(limited.header("retry-after"), Some("1"));
-    assert_eq!(limited.json()["error"], "rate_limited");
+    // Pipelined in one write, so the bucket cannot refill between them.
+    http.send(&Http::request_bytes("GET", "/v1/skus/1", None, None).repeat(4));
+    let responses: Vec<_> = (0..4).map(|_| http.read_response().unwrap()).collect();
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [404, 404, 429, 429]);
+    assert_eq!(responses[2].header("retry-after"), Some("1"));
+    assert_eq!(responses[2].json()["error"], "rate_limited");
     let mut other = Http::connect(addr);
     assert_eq!(other.call("GET", "/v1/skus/1", None, None).status, 404);
     server.shutdown().unwrap();
