@@ -184,6 +184,7 @@ pub fn run(common: Common) {
     let seconds = if common.quick { 0.4 } else { 2.0 };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     report.note(&machine_load());
+    let watch = CpuWatch::start();
     report.note(&format!(
         "pipeline in-process on {cores} cores: null journal, no standby, ticks every 1 ms, \
          ring 16384; latency = answer seen by the generator - intended send time"
@@ -205,6 +206,9 @@ pub fn run(common: Common) {
                 report.note(&format!("  pipeline / BLP alone throughput = {ratio:.2}"));
             }
         }
+    }
+    if let Some(watch) = watch {
+        report.note(&watch.note());
     }
     report.note(
         "egress: `polled` = run by the generator thread (an ingress loop), `thread` = its own; \
@@ -351,6 +355,57 @@ fn generate(session: &mut Session, rate: Option<u64>, commands: u64) -> Run {
     }
     let seconds = (now() - begin.min(now())) as f64 / 1e9;
     Run { histogram, completed, busy, seconds }
+}
+
+/// CPU time the rest of the machine used while a benchmark ran: these benchmarks spin, so
+/// anything else running skews them, and the reader should know how much there was.
+pub struct CpuWatch {
+    total: u64,
+    idle: u64,
+    own: u64,
+}
+
+impl CpuWatch {
+    /// Starts watching (`None` where `/proc` is unavailable).
+    pub fn start() -> Option<CpuWatch> {
+        let (total, idle) = machine_ticks()?;
+        Some(CpuWatch { total, idle, own: own_ticks()? })
+    }
+
+    /// A line saying what share of the machine other processes used since `start`.
+    pub fn note(&self) -> String {
+        let others = machine_ticks().zip(own_ticks()).map(|((total, idle), own)| {
+            let elapsed = total.saturating_sub(self.total).max(1);
+            let busy = elapsed.saturating_sub(idle.saturating_sub(self.idle));
+            let others = busy.saturating_sub(own.saturating_sub(self.own));
+            100.0 * others as f64 / elapsed as f64
+        });
+        match others {
+            Some(percent) => format!(
+                "other processes used {percent:.0}% of the machine's CPU during this run \
+                 (figures from spinning threads are unreliable above a few percent)"
+            ),
+            None => "CPU use of other processes unknown".to_owned(),
+        }
+    }
+}
+
+/// (all ticks, idle ticks) of the whole machine.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((fields.iter().take(8).sum(), idle))
+}
+
+/// User plus system ticks of this process.
+fn own_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the full line (utime, stime) are 11 and 12 after the name.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// The 1-minute load average, printed with every run: other work on the machine shows up in

@@ -86,6 +86,7 @@ pub fn run(common: Common) {
     let mut report = Report::new(common.json);
     let events: u64 = if common.quick { 300_000 } else { 2_000_000 };
     report.note(&crate::pipeline::machine_load());
+    let watch = crate::pipeline::CpuWatch::start();
     report.note(&format!(
         "ring hop: disruptor {RING_SIZE}-slot ring, empty handlers, nothing pinned, {} cores; \
          latency from intended send time (open loop)",
@@ -104,6 +105,9 @@ pub fn run(common: Common) {
         // Oversubscribed busy-spinning collapses to scheduler time slices: keep that run short.
         let count = if case.shape == Shape::PipelineShape { events / 4 } else { events };
         report.push(measure(case, count));
+    }
+    if let Some(watch) = watch {
+        report.note(&watch.note());
     }
 }
 
