@@ -49,7 +49,8 @@ pub struct Completion {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refused {
-    /// The ring is full: the node is behind. Counted in the metrics.
+    /// The ring is full: the node is behind. Counted in the metrics. Egress frees a slot just
+    /// after handing out its answer, so `Busy` can follow a completion by a moment.
     #[error("busy: the input ring is full; retry later")]
     Busy,
     /// This session has `session_pending_max` commands in flight or unread; read completions.
