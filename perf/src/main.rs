@@ -5,12 +5,12 @@
 //! measured in the same run, as ratios.
 
 mod blp;
-mod net;
-mod redis;
 mod journal;
 mod naive;
+mod net;
 mod pages;
 mod pipeline;
+mod redis;
 mod replay;
 mod report;
 mod ring;
