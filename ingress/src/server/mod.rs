@@ -453,6 +453,10 @@ impl<B: Backend> Server<B> {
     }
 
     fn sweep(&mut self, now: Instant) {
+        // Listeners are edge-triggered: after an accept failed (e.g. out of file descriptors)
+        // no new event may come for connections already queued, so try again here.
+        self.accept(Protocol::Binary, now);
+        self.accept(Protocol::Http, now);
         for index in 0..self.conns.len() {
             let Some(conn) = self.conns[index].as_mut() else { continue };
             if let Some(reason) = conn.timed_out(now, &self.config) {
