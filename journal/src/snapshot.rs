@@ -561,7 +561,7 @@ impl Snapshotter {
         self.waiting = false;
         let started = Instant::now();
         let job = Job {
-            image: engine.to_image(),
+            image: engine.to_image_unsorted(),
             through,
             running_hash: engine.running_hash(),
             last_sequence: engine.last_sequence(),

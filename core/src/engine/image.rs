@@ -40,6 +40,16 @@ pub struct EngineImage {
     keys_head: u64,
 }
 
+impl EngineImage {
+    /// Sorts the tables whose order in memory depends on hash-map layout, so that equal
+    /// states give equal images. Restoring does not need it.
+    pub fn canonicalize(&mut self) {
+        self.holdings.sort_unstable();
+        self.claims.sort_unstable();
+        self.deadlines.sort_unstable();
+    }
+}
+
 /// An image that cannot become an engine under the given configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -71,17 +81,20 @@ pub enum RestoreError {
 }
 
 impl Engine {
-    /// Copies the full state into an image (allocates; taken at a sequence boundary).
+    /// Copies the full state into a canonical image: tables in a fixed order, so two engines
+    /// in the same state give equal images (allocates; taken at a sequence boundary).
     #[must_use]
     pub fn to_image(&self) -> EngineImage {
-        let mut holdings: Vec<_> =
-            self.holdings.iter().map(|(&(user, sku), &units)| (user, sku, units)).collect();
-        holdings.sort_unstable();
-        let mut claims: Vec<_> =
-            self.claims.iter().map(|(&(user, batch), &n)| (user, batch, n)).collect();
-        claims.sort_unstable();
-        let mut deadlines: Vec<_> = self.deadlines.iter().map(|Reverse(d)| *d).collect();
-        deadlines.sort_unstable();
+        let mut image = self.to_image_unsorted();
+        image.canonicalize();
+        image
+    }
+
+    /// Copies the full state as fast as possible, leaving map-backed tables in their internal
+    /// order: what a snapshot taken on the BLP thread wants, because restoring does not depend
+    /// on that order. [`EngineImage::canonicalize`] (off the BLP thread) sorts them.
+    #[must_use]
+    pub fn to_image_unsorted(&self) -> EngineImage {
         EngineImage {
             shard: self.config.shard,
             now: self.now,
@@ -91,11 +104,15 @@ impl Engine {
             skus: self.skus.clone(),
             orders: self.orders.clone(),
             finished: self.finished.iter().copied().collect(),
-            deadlines,
-            holdings,
+            deadlines: self.deadlines.iter().map(|Reverse(d)| *d).collect(),
+            holdings: self
+                .holdings
+                .iter()
+                .map(|(&(user, sku), &units)| (user, sku, units))
+                .collect(),
             batches: self.batches.clone(),
             coupons: self.coupons.clone(),
-            claims,
+            claims: self.claims.iter().map(|(&(user, batch), &n)| (user, batch, n)).collect(),
             keys: self.keys.iter().copied().collect(),
             keys_head: self.keys_head,
         }
@@ -185,9 +202,10 @@ impl Engine {
             .hash(&mut hasher);
         // Queue order decides future evictions, so it is hashed in order.
         self.finished.iter().for_each(|slot| slot.hash(&mut hasher));
-        let live_deadlines = self.deadlines.iter().filter(|Reverse((_, order, slot))| {
-            self.deadline_is_live(*order, *slot)
-        });
+        let live_deadlines = self
+            .deadlines
+            .iter()
+            .filter(|Reverse((_, order, slot))| self.deadline_is_live(*order, *slot));
         sum_of(live_deadlines).hash(&mut hasher);
         hasher.finish()
     }
