@@ -204,7 +204,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             self.shared.released.advance(Sequence(self.next - 1));
             self.router.notify_touched();
             let cells = self.shared.stage_cells("egress");
-            self.recorder.publish(&cells.histograms, Instant::now(), false);
+            self.recorder.maybe_publish(&cells.histograms);
         }
         if stop {
             self.stopped = true;
@@ -257,6 +257,9 @@ pub(crate) fn poll_shared(shared: &Shared, egress: &Mutex<Box<dyn EgressRun>>) -
         match catch_unwind(AssertUnwindSafe(|| egress.pass())) {
             Ok(Pass::Delivered(count)) => delivered += count,
             Ok(Pass::Idle) => {
+                if !shared.egress_parker.has_waker() {
+                    return delivered;
+                }
                 shared.egress_parker.prepare_sleep();
                 if !egress.has_work() {
                     return delivered;

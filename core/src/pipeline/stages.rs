@@ -137,7 +137,7 @@ impl<H: SnapshotHook> Work for Blp<H> {
 
     fn end_of_batch(&mut self, shared: &Shared, last: Sequence) -> Result<(), StageError> {
         shared.applied.advance(last);
-        self.service.publish(&shared.blp_service, Instant::now(), false);
+        self.service.maybe_publish(&shared.blp_service);
         Ok(())
     }
 
@@ -245,7 +245,7 @@ pub(crate) fn run_stage<P: RingPoller, W: Work>(
             }
             Ok(Ok(Batch { read, stop })) => {
                 recorder.batch(read);
-                recorder.publish(cells, Instant::now(), false);
+                recorder.maybe_publish(cells);
                 shared.wake_egress();
                 idler.reset();
                 if stop {

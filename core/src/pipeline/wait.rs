@@ -43,6 +43,11 @@ impl Parker {
         self.wake.set(Wake::Hook(hook)).is_ok()
     }
 
+    /// Whether a thread or hook is registered to be woken.
+    pub(crate) fn has_waker(&self) -> bool {
+        self.wake.get().is_some()
+    }
+
     /// Announces that the waiter is about to sleep. The caller must re-check for work after
     /// this and call [`Parker::awake`] when it is running again.
     pub(crate) fn prepare_sleep(&self) {
