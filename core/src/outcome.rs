@@ -163,7 +163,10 @@ impl OrderState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            OrderState::Completed | OrderState::Cancelled | OrderState::Expired | OrderState::Refunded
+            OrderState::Completed
+                | OrderState::Cancelled
+                | OrderState::Expired
+                | OrderState::Refunded
         )
     }
 

@@ -78,8 +78,20 @@ impl Sequence {
 
 /// A client's idempotency key: 16 bytes (UUID-sized). Front ends hash longer request ids into
 /// one of these with a stable hash.
-#[derive(Archive, Serialize, Deserialize)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 #[repr(transparent)]
 pub struct RequestKey(pub [u8; 16]);
@@ -93,8 +105,20 @@ impl RequestKey {
 }
 
 /// A payment provider's reference for a payment, 16 bytes. Front ends hash longer references.
-#[derive(Archive, Serialize, Deserialize)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 #[repr(transparent)]
 pub struct PaymentRef(pub [u8; 16]);

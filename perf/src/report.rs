@@ -33,7 +33,13 @@ pub struct Row {
 impl Row {
     /// A row without context.
     #[must_use]
-    pub fn new(scenario: &str, variant: &str, ops: u64, seconds: f64, histogram: Histogram<u64>) -> Row {
+    pub fn new(
+        scenario: &str,
+        variant: &str,
+        ops: u64,
+        seconds: f64,
+        histogram: Histogram<u64>,
+    ) -> Row {
         Row {
             scenario: scenario.to_owned(),
             variant: variant.to_owned(),
@@ -115,8 +121,16 @@ impl Report {
             if !self.header_printed {
                 println!(
                     "{:<22} {:<26} {:>11} {:>13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
-                    "scenario", "variant", "ops", "ops/s", "p50", "p90", "p99", "p99.9",
-                    "p99.99", "max"
+                    "scenario",
+                    "variant",
+                    "ops",
+                    "ops/s",
+                    "p50",
+                    "p90",
+                    "p99",
+                    "p99.9",
+                    "p99.99",
+                    "max"
                 );
                 self.header_printed = true;
             }
@@ -183,8 +197,18 @@ mod tests {
         let row = Row::new("hot_sku", "ringfence", 2, 0.5, histogram).with("wait", "blocking");
         let value = row.to_json();
         for field in [
-            "scenario", "variant", "ops", "seconds", "ops_per_sec", "p50_ns", "p90_ns", "p99_ns",
-            "p999_ns", "p9999_ns", "max_ns", "wait",
+            "scenario",
+            "variant",
+            "ops",
+            "seconds",
+            "ops_per_sec",
+            "p50_ns",
+            "p90_ns",
+            "p99_ns",
+            "p999_ns",
+            "p9999_ns",
+            "max_ns",
+            "wait",
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }

@@ -13,8 +13,8 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BinaryHeap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::hash::Hash;
 
 use rkyv::{Archive, Deserialize, Serialize};
