@@ -132,6 +132,8 @@ pub(crate) struct Egress<P: RingPoller> {
     router: Router,
     recorder: Recorder,
     stopped: bool,
+    /// `Shared::control_sent` when the control channel was last drained.
+    control_seen: u64,
 }
 
 impl<P: RingPoller> Egress<P> {
@@ -147,6 +149,7 @@ impl<P: RingPoller> Egress<P> {
             },
             recorder: Recorder::new(),
             stopped: false,
+            control_seen: 0,
             shared,
         }
     }
@@ -166,7 +169,11 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         if self.stopped {
             return Pass::Stopped;
         }
-        self.router.drain_control();
+        let control_sent = self.shared.control_sent.load(Ordering::Acquire);
+        if control_sent != self.control_seen {
+            self.router.drain_control();
+            self.control_seen = control_sent;
+        }
         let failed = self.shared.is_failed();
         let limit = self.limit();
         let want = if failed { u64::MAX } else { (limit + 1).saturating_sub(self.next) };

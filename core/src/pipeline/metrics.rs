@@ -139,7 +139,7 @@ impl Recorder {
     /// so the last batch before a quiet spell is not left out of snapshots.
     pub(crate) fn publish_idle(&mut self, shared: &SharedHistograms) {
         if self.dirty {
-            self.publish(shared, Instant::now(), false);
+            self.maybe_publish(shared);
         }
     }
 

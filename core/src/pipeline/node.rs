@@ -296,7 +296,7 @@ impl Node {
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let (sender, completions) = mpsc::sync_channel(shared.session_pending_max as usize);
         let register = Control::Register { id, sender, notify: notify.clone() };
-        if shared.control.send(register).is_err() {
+        if !shared.send_control(register) {
             shared.sessions_open.fetch_sub(1, Ordering::AcqRel);
             return Err(NodeError::ShutDown);
         }

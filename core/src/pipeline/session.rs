@@ -277,7 +277,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.shared.sessions_open.fetch_sub(1, Ordering::AcqRel);
         // Egress may be gone already (node stopped); then there is nothing to deregister from.
-        let _ = self.shared.control.send(Control::Deregister(self.id));
+        let _ = self.shared.send_control(Control::Deregister(self.id));
     }
 }
 

@@ -89,6 +89,9 @@ pub(crate) struct Shared {
     pub(crate) sessions_open: AtomicU32,
     pub(crate) next_session: AtomicU64,
     pub(crate) control: mpsc::Sender<Control>,
+    /// Messages sent on `control`, counted after each send, so egress looks at the channel
+    /// only when there is something in it.
+    pub(crate) control_sent: AtomicU64,
     /// Egress itself when it is polled rather than run by a thread.
     pub(crate) polled_egress: OnceLock<Mutex<Box<dyn EgressRun>>>,
 }
@@ -144,6 +147,7 @@ impl Shared {
             sessions_open: AtomicU32::new(0),
             next_session: AtomicU64::new(1),
             control,
+            control_sent: AtomicU64::new(0),
             polled_egress: OnceLock::new(),
         }
     }
@@ -201,6 +205,15 @@ impl Shared {
             parker.wake();
         }
         self.egress_parker.wake();
+    }
+
+    /// Sends a message to egress; false if egress is gone.
+    pub(crate) fn send_control(&self, message: Control) -> bool {
+        let sent = self.control.send(message).is_ok();
+        if sent {
+            self.control_sent.fetch_add(1, Ordering::Release);
+        }
+        sent
     }
 
     /// Records that engine sequence `sequence` was published.
