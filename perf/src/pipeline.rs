@@ -212,7 +212,7 @@ pub fn run(common: Common) {
     }
     report.note(
         "egress: `polled` = run by the generator thread (an ingress loop), `thread` = its own; \
-         `pin` = processor pinned to the last core; `spin` = busy-spin, `park` = spin-then-park",
+         `pin` = processor pinned to the last core and generator to the first; `spin` = busy-spin, `park` = spin-then-park",
     );
 }
 
@@ -278,7 +278,20 @@ fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
     for command in setup_commands() {
         session.call(command, DRAIN_LIMIT).expect("setup command answered");
     }
-    let run = generate(&mut session, rate, commands);
+    // The generator runs on a thread of its own, pinned to the first core when the processor
+    // is pinned to the last, so the two never share a core.
+    let run = std::thread::scope(|scope| {
+        let generator = std::thread::Builder::new()
+            .name("generator".to_owned())
+            .spawn_scoped(scope, || {
+                if layout.pinned {
+                    pin_to_first_core();
+                }
+                generate(&mut session, rate, commands)
+            })
+            .expect("the generator thread starts");
+        generator.join().expect("generator thread")
+    });
     let metrics = node.metrics();
     drop(session);
     node.shutdown().expect("the node drains");
@@ -292,7 +305,10 @@ fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
     let row = Row::new(&scenario, &layout.name(), run.completed, run.seconds, run.histogram)
         .with("topology", layout.topology.name())
         .with("wait", wait)
-        .with("pinning", if layout.pinned { "processor on last core" } else { "none" })
+        .with(
+            "pinning",
+            if layout.pinned { "processor on last core, generator on first" } else { "none" },
+        )
         .with("egress", format!("{:?}", layout.egress).to_lowercase())
         .with("threads", layout.threads)
         .with("offered_rate", rate.map_or_else(|| "max".into(), serde_json::Value::from))
@@ -300,6 +316,13 @@ fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
         .with("batch_p50", batch_p50(&metrics))
         .with("blp_service_p50_ns", metrics.blp_service_ns.value_at_quantile(0.5));
     (row, run.busy)
+}
+
+fn pin_to_first_core() {
+    let first = core_affinity::get_core_ids().and_then(|ids| ids.first().copied());
+    if !first.is_some_and(core_affinity::set_for_current) {
+        eprintln!("ringfence-perf: warning: could not pin the generator; it runs unpinned");
+    }
 }
 
 /// Median batch size of the stage that applies commands.
