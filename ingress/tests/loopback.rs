@@ -1,5 +1,6 @@
 //! The network front through real sockets on loopback: a flash sale over both protocols,
-//! expiry seen over HTTP, idempotent retries across protocols, and admin access.
+//! expiry seen over HTTP, idempotent retries across protocols, admin access, and HTTP
+//! `Expect: 100-continue`.
 
 mod common;
 
@@ -367,4 +368,49 @@ fn client_fails_over_to_the_next_address() {
     assert_eq!(answer, Outcome::Rejected(Rejection::UnknownSku));
     assert_eq!(client.peer(), b);
     second.shutdown().unwrap();
+}
+
+#[test]
+fn expect_continue_gets_100_before_the_body_and_413_without_it() {
+    // Goal: a head with `Expect: 100-continue` is answered `100 Continue` before its body is
+    // sent, then with the final response; behind a pipelined request still in flight the 100
+    // follows that request's response; a declared body over the limit gets 413 at once.
+    let server = start(ServerConfig::loopback());
+    let addr = server.http_addr().unwrap();
+    let mut http = Http::connect(addr);
+    create_sku(&mut http, 1, 10, 0, 600_000);
+    // Padding keeps the JSON valid while taking the body past curl's 1 KiB threshold.
+    let padded = |user: u64| format!("{}{}", reserve_body(user), " ".repeat(1_200));
+    let head = |body: &str| {
+        format!(
+            "POST /v1/orders HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+    let body = padded(1);
+    http.send(head(&body).as_bytes());
+    let mut interim = vec![0; b"HTTP/1.1 100 Continue\r\n\r\n".len()];
+    std::io::Read::read_exact(http.stream(), &mut interim).expect("100 Continue");
+    assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    http.send(body.as_bytes());
+    let response = http.read_response().expect("the final response");
+    assert_eq!(response.status, 201, "{}", response.json());
+    let body = padded(2);
+    let mut bytes = Http::request_bytes("POST", "/v1/orders", Some(&reserve_body(3)), None);
+    bytes.extend_from_slice(head(&body).as_bytes());
+    http.send(&bytes);
+    assert_eq!(http.read_response().expect("the first response").status, 201);
+    assert_eq!(http.read_response().expect("100 Continue").status, 100);
+    http.send(body.as_bytes());
+    assert_eq!(http.read_response().expect("the final response").status, 201);
+    let sku = http.call("GET", "/v1/skus/1", None, None).json();
+    assert_eq!(sku["reserved"], 3);
+    let mut http = Http::connect(addr);
+    let too_large = head(&"x".repeat(ServerConfig::default().body_max + 1));
+    http.send(too_large.as_bytes());
+    let response = http.read_response().expect("413 without the body");
+    assert_eq!((response.status, response.json()["error"].clone()), (413, "body_too_large".into()));
+    assert!(http.closed_by_server());
+    server.shutdown().unwrap();
 }

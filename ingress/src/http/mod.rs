@@ -4,6 +4,11 @@
 //! Limits are enforced while bytes arrive: a head larger than `header_max` is refused with 431
 //! before it is complete, a `Content-Length` above `body_max` with 413 before the body is read.
 //! Chunked request bodies are not accepted (501): every API body is a small JSON object.
+//!
+//! A client that sends `Expect: 100-continue` (curl does for bodies over 1 KiB) waits for an
+//! interim `100 Continue` before its body, or gives up waiting after a second. The framer says
+//! when such a client is waiting ([`Framed::ExpectsContinue`]) so the connection can write
+//! [`CONTINUE`] once; a declared body over the limit is refused with 413 before that, at once.
 
 pub mod api;
 
@@ -80,12 +85,36 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// The interim response that tells a client waiting on `Expect: 100-continue` to send its body.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What the bytes at the front of a receive buffer hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framed<'a> {
+    /// More bytes are needed.
+    Partial,
+    /// A complete head with `Expect: 100-continue` and a body within the limit, none of which
+    /// has arrived: the client waits for [`CONTINUE`] before sending it.
+    ExpectsContinue,
+    /// A whole request and the number of bytes it occupied.
+    Complete(Request<'a>, usize),
+}
+
 /// Frames the next request in `buffer`. `Ok(None)` means more bytes are needed; on `Ok(Some)`
 /// the second value is the number of bytes the request occupied.
 pub fn try_request(
     buffer: &[u8],
     limits: Limits,
 ) -> Result<Option<(Request<'_>, usize)>, HttpError> {
+    match try_frame(buffer, limits)? {
+        Framed::Partial | Framed::ExpectsContinue => Ok(None),
+        Framed::Complete(request, used) => Ok(Some((request, used))),
+    }
+}
+
+/// Frames the next request in `buffer`, telling apart a client that waits for `100 Continue`
+/// from one whose bytes are still on their way.
+pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buffer) {
@@ -94,7 +123,7 @@ pub fn try_request(
             if buffer.len() > limits.header_max {
                 return Err(HttpError::HeadersTooLarge(limits.header_max));
             }
-            return Ok(None);
+            return Ok(Framed::Partial);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
         Err(error) => return Err(HttpError::Malformed(error.to_string())),
@@ -106,7 +135,8 @@ pub fn try_request(
     let target = parsed.path.unwrap_or_default();
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     let http_10 = parsed.version == Some(0);
-    let mut head = Head { keep_alive: !http_10, content_length: 0, bearer: None };
+    let mut head =
+        Head { keep_alive: !http_10, content_length: 0, bearer: None, expects_continue: false };
     for header in parsed.headers.iter() {
         read_header(&mut head, header, http_10)?;
     }
@@ -115,7 +145,11 @@ pub fn try_request(
     }
     let total = head_len + head.content_length as usize;
     if buffer.len() < total {
-        return Ok(None);
+        // Once any of the body has arrived the client is sending it and waits for nothing.
+        if head.expects_continue && buffer.len() == head_len {
+            return Ok(Framed::ExpectsContinue);
+        }
+        return Ok(Framed::Partial);
     }
     let request = Request {
         method,
@@ -124,13 +158,16 @@ pub fn try_request(
         keep_alive: head.keep_alive,
         body: &buffer[head_len..total],
     };
-    Ok(Some((request, total)))
+    Ok(Framed::Complete(request, total))
 }
 
 struct Head<'a> {
     keep_alive: bool,
     content_length: u64,
     bearer: Option<&'a [u8]>,
+    /// `Expect: 100-continue` on an HTTP/1.1 request; HTTP/1.0 clients cannot be sent the
+    /// interim response, so the expectation is ignored for them (RFC 9110, section 10.1.1).
+    expects_continue: bool,
 }
 
 fn read_header<'a>(
@@ -156,6 +193,9 @@ fn read_header<'a>(
         } else if http_10 && value.eq_ignore_ascii_case(b"keep-alive") {
             head.keep_alive = true;
         }
+    } else if name.eq_ignore_ascii_case("expect") {
+        head.expects_continue =
+            !http_10 && header.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
     } else if name.eq_ignore_ascii_case("authorization") {
         let value = header.value;
         if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {

@@ -186,6 +186,34 @@ fn keep_alive_pipelining_and_limits() {
 }
 
 #[test]
+fn expect_continue_head_waits_for_continue_until_its_body_starts() {
+    // Goal: a complete head with `Expect: 100-continue` and no body yet frames as waiting for
+    // `100 Continue`; once body bytes arrive it is partial, then complete; an over-limit body
+    // is 413 at once; HTTP/1.0 and bodiless requests never wait.
+    let body = r#"{"request_id":"r","user":7,"sku":1,"qty":1}"#;
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    assert_eq!(try_frame(&head.as_bytes()[..head.len() - 2], LIMITS), Ok(Framed::Partial));
+    assert_eq!(try_frame(head.as_bytes(), LIMITS), Ok(Framed::ExpectsContinue));
+    assert_eq!(try_request(head.as_bytes(), LIMITS), Ok(None));
+    let whole = format!("{head}{body}");
+    assert_eq!(try_frame(&whole.as_bytes()[..head.len() + 3], LIMITS), Ok(Framed::Partial));
+    let Ok(Framed::Complete(request, used)) = try_frame(whole.as_bytes(), LIMITS) else {
+        panic!("the request with its body is complete")
+    };
+    assert_eq!((request.body, used), (body.as_bytes(), whole.len()));
+    let over = "POST /v1/orders HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 257\r\n\r\n";
+    let error = try_frame(over.as_bytes(), LIMITS).unwrap_err();
+    assert_eq!(error, HttpError::BodyTooLarge { length: 257, max: LIMITS.body_max });
+    let http10 = "POST /v1/orders HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+    assert_eq!(try_frame(http10.as_bytes(), LIMITS), Ok(Framed::Partial));
+    let bodiless = "POST /v1/orders HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n";
+    assert!(matches!(try_frame(bodiless.as_bytes(), LIMITS), Ok(Framed::Complete(_, _))));
+}
+
+#[test]
 fn response_has_length_and_retry_after() {
     // Goal: responses carry Content-Length, Connection, and Retry-After when set.
     let mut out = Vec::new();

@@ -14,7 +14,7 @@ use ringfence_core::Outcome;
 
 use super::ServerConfig;
 use crate::admission::TokenBucket;
-use crate::http::Response;
+use crate::http::{self, Response};
 use crate::http::api::render_outcome;
 use crate::metrics::Protocol;
 use crate::wire::{self, ErrorCode, ErrorFrame};
@@ -84,6 +84,8 @@ pub(super) struct Conn {
     last_write: Instant,
     http_queue: VecDeque<Option<Vec<u8>>>,
     http_base: u64,
+    /// HTTP: `100 Continue` was queued for the request at the front of `input`.
+    pub continue_sent: bool,
 }
 
 impl Conn {
@@ -116,6 +118,7 @@ impl Conn {
             last_write: now,
             http_queue: VecDeque::new(),
             http_base: 0,
+            continue_sent: false,
         }
     }
 
@@ -281,6 +284,20 @@ impl Conn {
             let mut bytes = Vec::with_capacity(128 + response.body.len());
             response.write(&mut bytes, keep_alive);
             self.http_queue.push_back(Some(bytes));
+        }
+    }
+
+    /// Tells a client waiting on `Expect: 100-continue` to send its body: once per request,
+    /// behind any response still pending, since responses leave in request order.
+    pub fn push_http_continue(&mut self) {
+        if self.continue_sent {
+            return;
+        }
+        self.continue_sent = true;
+        if self.http_queue.is_empty() {
+            self.out_buffer().extend_from_slice(http::CONTINUE);
+        } else {
+            self.http_queue.push_back(Some(http::CONTINUE.to_vec()));
         }
     }
 

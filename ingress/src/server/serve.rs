@@ -9,7 +9,7 @@ use super::conn::{Conn, Flight, ReadResult, Reply};
 use super::{Server, needs_admin};
 use crate::backend::{Backend, Refusal};
 use crate::http::api::{Call, route};
-use crate::http::{self, Limits, Response};
+use crate::http::{self, Framed, Limits, Response};
 use crate::metrics::Protocol;
 use crate::wire::{self, ErrorCode};
 
@@ -149,8 +149,12 @@ impl<B: Backend> Server<B> {
         let limits = Limits { header_max: self.config.header_max, body_max: self.config.body_max };
         while !(conn.closing || conn.dead || conn.stop_reading || self.paused_at_limit(conn)) {
             let (keep_alive, routed) =
-                match http::try_request(&conn.input[conn.input_start..conn.input_end], limits) {
-                    Ok(None) => return,
+                match http::try_frame(&conn.input[conn.input_start..conn.input_end], limits) {
+                    Ok(Framed::Partial) => return,
+                    Ok(Framed::ExpectsContinue) => {
+                        conn.push_http_continue();
+                        return;
+                    }
                     Err(error) => {
                         self.metrics.bad_request(Protocol::Http);
                         self.log.warn(now, format_args!("HTTP client sent a bad request: {error}"));
@@ -162,9 +166,10 @@ impl<B: Backend> Server<B> {
                         conn.stop_reading = true;
                         return;
                     }
-                    Ok(Some((request, used))) => {
+                    Ok(Framed::Complete(request, used)) => {
                         let routed = route(&request, self.admin.as_ref(), &mut self.mint);
                         conn.input_start += used;
+                        conn.continue_sent = false;
                         (request.keep_alive, routed)
                     }
                 };
