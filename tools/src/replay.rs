@@ -1,7 +1,6 @@
 //! `ringfence replay`: rebuild the engine's state at a sequence or a time from snapshot and
 //! journal, print its state hash and a summary, and optionally export every outcome.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -10,10 +9,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use ringfence_core::engine::Event;
-use ringfence_core::{
-    Engine, EngineConfig, OrderId, OrderState, Outcome, Query, Sequence, SkuId, Timestamp,
-};
+use ringfence_core::{Engine, EngineConfig, Outcome, Query, Sequence, SkuId, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan;
 use ringfence_journal::snapshot::{self, SnapshotMeta};
@@ -35,10 +31,11 @@ macro_rules! outln {
 /// Rebuild state from the newest usable snapshot plus the journal, up to a sequence or a time.
 ///
 /// Prints the state digest (equal to a live node's `state_digest` at that point), the running
-/// hash, per-SKU stock figures and orders by state. With --export, every replayed command's
-/// outcome (and every expiry it caused) is written as one JSON object per line, ready to load
-/// into a database; use --from-start to export the full history rather than what follows the
-/// snapshot.
+/// hash, per-SKU stock figures and the orders the engine keeps, by state (finished orders whose
+/// slots were reused once the order table was full are forgotten and not counted). With
+/// --export, every replayed command's outcome (and every expiry it caused) is written as one
+/// JSON object per line, ready to load into a database; use --from-start to export the full
+/// history rather than what follows the snapshot.
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// The journal directory.
@@ -65,33 +62,22 @@ struct Limits {
     until_time: Timestamp,
 }
 
-/// What replay learned along the way, for the summary.
+/// What replay learned along the way, for the summary. Orders are not tallied here: the
+/// engine counts the ones it keeps, snapshot or not.
 #[derive(Default)]
 struct Tally {
     skus: Vec<SkuId>,
-    orders: HashMap<OrderId, OrderState>,
     replayed: u64,
     last_sequence: Option<Sequence>,
 }
 
 impl Tally {
     fn outcome(&mut self, outcome: &Outcome) {
-        let (order, state) = match *outcome {
-            Outcome::Reserved { order, .. } => (order, OrderState::Reserved),
-            Outcome::Paid { order } => (order, OrderState::Paid),
-            Outcome::Cancelled { order } => (order, OrderState::Cancelled),
-            Outcome::Shipped { order } => (order, OrderState::Shipped),
-            Outcome::Completed { order } => (order, OrderState::Completed),
-            Outcome::Refunded { order } => (order, OrderState::Refunded),
-            Outcome::SkuCreated(view) => {
-                if !self.skus.contains(&view.sku) {
-                    self.skus.push(view.sku);
-                }
-                return;
+        if let Outcome::SkuCreated(view) = *outcome {
+            if !self.skus.contains(&view.sku) {
+                self.skus.push(view.sku);
             }
-            _ => return,
-        };
-        self.orders.insert(order, state);
+        }
     }
 }
 
@@ -152,10 +138,6 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         }
         let mut events = Vec::new();
         let outcome = engine.apply_observed(&record.sequenced(), &mut |event| events.push(event));
-        for event in &events {
-            let Event::OrderExpired { order, .. } = *event;
-            tally.orders.insert(order, OrderState::Expired);
-        }
         tally.outcome(&outcome);
         tally.replayed += 1;
         tally.last_sequence = Some(record.sequence);
@@ -249,19 +231,7 @@ fn print_summary(
             _ => None,
         })
         .collect();
-    let states = [
-        OrderState::Reserved,
-        OrderState::Paid,
-        OrderState::Shipped,
-        OrderState::Completed,
-        OrderState::Cancelled,
-        OrderState::Expired,
-        OrderState::Refunded,
-    ];
-    let by_state: Vec<(OrderState, usize)> = states
-        .iter()
-        .map(|&state| (state, tally.orders.values().filter(|&&s| s == state).count()))
-        .collect();
+    let by_state = engine.order_counts();
     let last = tally.last_sequence.unwrap_or(Sequence(start.0 - 1));
     if args.json {
         let value = json!({
@@ -272,6 +242,7 @@ fn print_summary(
             "replayed": tally.replayed, "replayed_from": start.0,
             "skus": views.iter().map(json::sku).collect::<Vec<_>>(),
             "orders_kept": status.orders, "orders_reserved": status.orders_reserved,
+            "orders_max": engine.config().orders_max,
             "orders_by_state": by_state.iter().map(|(s, n)| (s.name().to_owned(), json!(n)))
                 .collect::<serde_json::Map<_, _>>(),
         });
@@ -304,8 +275,11 @@ fn print_summary(
         status.orders,
         status.orders_reserved
     );
-    let scope = if snapshot.is_some() { "touched since the snapshot" } else { "all orders" };
-    outln!("orders by state ({scope}):");
+    outln!(
+        "orders by state (every order kept; past orders_max = {}, the oldest finished orders \
+         are forgotten):",
+        engine.config().orders_max
+    );
     for (state, count) in by_state {
         outln!("  {:<10} {count}", state.name());
     }

@@ -152,17 +152,29 @@ fn stats_counts_commands_by_kind() {
 #[test]
 fn replay_rebuilds_the_live_state_at_a_sequence_and_exports_outcomes() {
     // Goal: replay --until-seq prints the digest the live engine had at that sequence (from
-    // a snapshot or from the start), and --export writes one JSON outcome per command.
+    // a snapshot or from the start) and the same orders by state either way, covering every
+    // order kept; --export writes one JSON outcome per command.
     let dir = TempDir::new("replay");
     let marks = [1_600usize, 3_333, 5_000];
     let digests = write_journal(dir.path(), 5_000, &marks);
     let path = dir.path().to_str().unwrap();
     for (&until, digest) in marks.iter().zip(&digests) {
-        let out = ringfence(&["replay", path, "--until-seq", &until.to_string(), "--json"]);
+        let until_seq = until.to_string();
+        let out = ringfence(&["replay", path, "--until-seq", &until_seq, "--json"]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(value["state_digest"], format!("{digest:016x}"), "until {until}");
         assert_eq!(value["through_sequence"], until);
+        assert!(value["snapshot"].is_string(), "until {until}: {value}");
+        let by_state = value["orders_by_state"].as_object().unwrap();
+        let counted: u64 = by_state.values().map(|n| n.as_u64().unwrap()).sum();
+        assert_eq!(value["orders_kept"].as_u64(), Some(counted), "until {until}: {value}");
+        assert_eq!(by_state["reserved"], value["orders_reserved"], "until {until}");
+        let from_start = ["replay", path, "--from-start", "--until-seq", &until_seq, "--json"];
+        let out = ringfence(&from_start);
+        let full: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(full["snapshot"].is_null());
+        assert_eq!(value["orders_by_state"], full["orders_by_state"], "until {until}");
     }
     let dir = TempDir::new("export");
     let digests = write_journal_with(dir.path(), 2_500, None, &[2_000]);

@@ -284,6 +284,35 @@ impl Engine {
         }
     }
 
+    /// How many kept orders are in each state, in life order: reserved, paid, shipped,
+    /// completed, cancelled, expired, refunded. Reads the whole order table, O(orders), so it is
+    /// for tools and never for the processor's path. Once the table is full, each new order
+    /// takes the slot of the oldest finished one, which is forgotten and no longer counted.
+    #[must_use]
+    pub fn order_counts(&self) -> [(OrderState, u32); 7] {
+        let mut counts = [
+            OrderState::Reserved,
+            OrderState::Paid,
+            OrderState::Shipped,
+            OrderState::Completed,
+            OrderState::Cancelled,
+            OrderState::Expired,
+            OrderState::Refunded,
+        ]
+        .map(|state| (state, 0_u32));
+        for order in &self.orders {
+            // The list above follows the declaration order, so a state's discriminant is its
+            // index.
+            let entry = &mut counts[order.state as usize];
+            assert_eq!(entry.0, order.state);
+            entry.1 += 1;
+        }
+        let total: u32 = counts.iter().map(|&(_, count)| count).sum();
+        assert_eq!(total as usize, self.orders.len());
+        assert_eq!(counts[0].1, self.orders_reserved);
+        counts
+    }
+
     /// Logical time: the latest command timestamp seen.
     #[must_use]
     pub fn now(&self) -> Timestamp {

@@ -1600,3 +1600,47 @@ fn image_for_another_shard_or_smaller_tables_is_refused() {
     let error = Engine::from_image(too_small, &image).err();
     assert_eq!(error, Some(RestoreError::TooLarge { table: "orders", len: 2, max: 1 }));
 }
+
+#[test]
+fn order_counts_tally_every_kept_order_by_state() {
+    // Goal: order_counts counts each order the table keeps under its state, in life order, and
+    // a finished order stops being counted once a new order has taken its slot.
+    let mut h = Harness::with_config(EngineConfig { orders_max: 7, ..EngineConfig::small() });
+    h.create_sku(sku_spec(SKU));
+    assert!(h.engine.order_counts().iter().all(|&(_, count)| count == 0));
+    h.reserved(ALICE, SKU, 1);
+    h.advance(TIMEOUT_MS);
+    h.tick();
+    h.reserved(ALICE, SKU, 1);
+    let paid = h.reserved(ALICE, SKU, 1);
+    h.paid(paid);
+    let shipped = h.reserved(ALICE, SKU, 1);
+    h.paid(shipped);
+    assert_eq!(h.run(Action::Ship { order: shipped }), Outcome::Shipped { order: shipped });
+    let completed = h.reserved(BOB, SKU, 1);
+    h.paid(completed);
+    h.run(Action::Ship { order: completed });
+    let outcome = h.run(act::complete(completed, BOB));
+    assert_eq!(outcome, Outcome::Completed { order: completed });
+    let cancelled = h.reserved(BOB, SKU, 1);
+    h.run(act::cancel(cancelled, BOB));
+    let refunded = h.reserved(BOB, SKU, 1);
+    h.paid(refunded);
+    assert_eq!(h.run(Action::Refund { order: refunded }), Outcome::Refunded { order: refunded });
+    let states = [
+        OrderState::Reserved,
+        OrderState::Paid,
+        OrderState::Shipped,
+        OrderState::Completed,
+        OrderState::Cancelled,
+        OrderState::Expired,
+        OrderState::Refunded,
+    ];
+    assert_eq!(h.engine.order_counts(), states.map(|state| (state, 1)));
+    // The table is full: the next order takes the slot of the expired one, finished first.
+    h.reserved(BOB, SKU, 1);
+    let counts = h.engine.order_counts();
+    assert_eq!(counts[0], (OrderState::Reserved, 2));
+    assert_eq!(counts[5], (OrderState::Expired, 0));
+    assert_eq!(counts.iter().map(|&(_, count)| count).sum::<u32>(), 7);
+}
