@@ -183,11 +183,22 @@ impl Session {
     /// arrives. After the node stopped, remaining commands complete with `Err(_)` (or, if the
     /// egress itself is gone, `poll` keeps returning `None` and [`Session::is_stopped`] is true).
     pub fn poll(&mut self) -> Option<Completion> {
-        if let Some(egress) = self.shared.polled_egress.get() {
-            super::egress::poll_shared(&self.shared, egress);
-        }
+        // Answers already queued are handed out first: a polled egress runs only once the
+        // queue is empty, so draining a batch costs one egress pass, not one per answer.
         if let Some(completion) = self.try_recv() {
             return Some(completion);
+        }
+        if let Some(egress) = self.shared.polled_egress.get() {
+            // The caller is polling now, so a wake-up for answers this pass delivers to it
+            // would only make its event loop turn once more for nothing: disarm the hook
+            // first. It is armed again below, before the final check.
+            if let Some(notify) = &self.notify {
+                notify.awake();
+            }
+            super::egress::poll_shared(&self.shared, egress);
+            if let Some(completion) = self.try_recv() {
+                return Some(completion);
+            }
         }
         self.notify.as_ref()?.prepare_sleep();
         let completion = self.try_recv();
