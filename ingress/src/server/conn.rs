@@ -14,8 +14,8 @@ use ringfence_core::Outcome;
 
 use super::ServerConfig;
 use crate::admission::TokenBucket;
-use crate::http::{self, Response};
 use crate::http::api::render_outcome;
+use crate::http::{self, Response};
 use crate::metrics::Protocol;
 use crate::wire::{self, ErrorCode, ErrorFrame};
 
@@ -44,7 +44,11 @@ pub(super) struct Flight {
 
 /// What one read from the socket gave.
 pub(super) enum ReadResult {
-    Data,
+    /// Bytes arrived; `drained` when they did not fill the space offered, so the socket had
+    /// nothing more at that moment.
+    Data {
+        drained: bool,
+    },
     WouldBlock,
     Closed,
     Error,
@@ -151,13 +155,14 @@ impl Conn {
     /// Reads one chunk from the socket into `input`.
     pub fn read_chunk(&mut self, now: Instant) -> ReadResult {
         self.make_room();
+        let offered = self.input.len() - self.input_end;
         loop {
             match self.stream.read(&mut self.input[self.input_end..]) {
                 Ok(0) => return ReadResult::Closed,
                 Ok(n) => {
                     self.input_end += n;
                     self.last_activity = now;
-                    return ReadResult::Data;
+                    return ReadResult::Data { drained: n < offered };
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -223,8 +228,14 @@ impl Conn {
     }
 
     fn out_buffer(&mut self) -> &mut Vec<u8> {
+        self.out_buffer_at(Instant::now())
+    }
+
+    /// The output buffer, for output queued at `now`: the slow-reader clock starts when
+    /// output becomes pending.
+    fn out_buffer_at(&mut self, now: Instant) -> &mut Vec<u8> {
         if self.out_pending() == 0 {
-            self.last_write = Instant::now();
+            self.last_write = now;
         }
         &mut self.out
     }
@@ -301,17 +312,18 @@ impl Conn {
         }
     }
 
-    /// Delivers a completed command's outcome.
+    /// Delivers a completed command's outcome, at `now`.
     pub fn complete(
         &mut self,
         flight: &Flight,
         result: &Result<Outcome, String>,
         config: &ServerConfig,
+        now: Instant,
     ) {
         self.in_flight -= 1;
         match (flight.reply, result) {
             (Reply::Binary { correlation }, Ok(outcome)) => {
-                wire::encode_outcome(self.out_buffer(), correlation, outcome);
+                wire::encode_outcome(self.out_buffer_at(now), correlation, outcome);
             }
             (Reply::Binary { correlation }, Err(message)) => {
                 let message = format!("the node could not answer: {message}");
@@ -329,12 +341,12 @@ impl Conn {
                         Response::error(503, "node_unavailable", message).retry_after(1)
                     }
                 };
-                self.fill_http_slot(seq, &response, keep_alive);
+                self.fill_http_slot(seq, &response, keep_alive, now);
             }
         }
     }
 
-    fn fill_http_slot(&mut self, seq: u64, response: &Response, keep_alive: bool) {
+    fn fill_http_slot(&mut self, seq: u64, response: &Response, keep_alive: bool, now: Instant) {
         let Some(index) = seq.checked_sub(self.http_base) else { return };
         let Some(slot) = self.http_queue.get_mut(index as usize) else { return };
         let mut bytes = Vec::with_capacity(128 + response.body.len());
@@ -343,7 +355,7 @@ impl Conn {
         while let Some(Some(_)) = self.http_queue.front() {
             let bytes = self.http_queue.pop_front().flatten().expect("front is ready");
             self.http_base += 1;
-            self.out_buffer().extend_from_slice(&bytes);
+            self.out_buffer_at(now).extend_from_slice(&bytes);
         }
     }
 

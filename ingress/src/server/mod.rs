@@ -304,7 +304,9 @@ impl<B: Backend> Server<B> {
                     HTTP_LISTENER => self.accept(Protocol::Http, now),
                     WAKER => {}
                     Token(index) => {
-                        self.on_event(index, event.is_readable(), event.is_writable(), now);
+                        let hang_up = event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable() || hang_up;
+                        self.on_event(index, readable, event.is_writable(), hang_up, now);
                     }
                 }
             }
@@ -399,13 +401,20 @@ impl<B: Backend> Server<B> {
         self.metrics.open -= 1;
     }
 
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool, now: Instant) {
+    fn on_event(
+        &mut self,
+        index: usize,
+        readable: bool,
+        writable: bool,
+        hang_up: bool,
+        now: Instant,
+    ) {
         let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) else { return };
         if writable {
             conn.flush(now);
         }
         if readable && self.stopping_since.is_none() {
-            self.read_and_serve(&mut conn, index, now);
+            self.read_and_serve(&mut conn, index, now, hang_up);
         }
         self.put_back(conn, index);
     }
@@ -427,7 +436,9 @@ impl<B: Backend> Server<B> {
         for index in resume.drain(..) {
             let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) else { continue };
             if conn.read_paused && self.stopping_since.is_none() {
-                self.read_and_serve(&mut conn, index, now);
+                // Input may have waited in the socket since before the pause, with no new
+                // event to come for it: read until the socket says it is empty.
+                self.read_and_serve(&mut conn, index, now, true);
             }
             self.put_back(conn, index);
         }
@@ -490,7 +501,7 @@ impl<B: Backend> Server<B> {
             if conn.id != flight.conn_id {
                 continue;
             }
-            conn.complete(&flight, &completion.result, &self.config);
+            conn.complete(&flight, &completion.result, &self.config, now);
             self.dirty.push(flight.conn);
             if conn.read_paused {
                 self.resume.push(flight.conn);

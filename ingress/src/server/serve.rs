@@ -32,12 +32,29 @@ enum Decoded {
 impl<B: Backend> Server<B> {
     /// Serves requests already buffered, then reads and serves until the socket is drained or
     /// the connection must stop reading.
-    pub(super) fn read_and_serve(&mut self, conn: &mut Conn, index: usize, now: Instant) {
+    ///
+    /// A read that leaves part of the buffer unfilled found the socket empty; bytes that
+    /// arrive later raise a new (edge-triggered) readable event, so the loop stops there
+    /// instead of paying one more `recv` to hear `WouldBlock`. With `read_to_block` it reads
+    /// until `WouldBlock` regardless: after a hang-up or error was reported (the end of the
+    /// stream raises no further edge), and when resuming a paused connection.
+    pub(super) fn read_and_serve(
+        &mut self,
+        conn: &mut Conn,
+        index: usize,
+        now: Instant,
+        read_to_block: bool,
+    ) {
         conn.read_paused = false;
         self.serve_input(conn, index, now);
         while conn.can_read() {
             match conn.read_chunk(now) {
-                ReadResult::Data => self.serve_input(conn, index, now),
+                ReadResult::Data { drained } => {
+                    self.serve_input(conn, index, now);
+                    if drained && !read_to_block {
+                        break;
+                    }
+                }
                 ReadResult::WouldBlock => break,
                 ReadResult::Closed => conn.read_closed = true,
                 ReadResult::Error => conn.dead = true,
