@@ -198,9 +198,43 @@ impl Command {
         }
     }
 
+    /// The snake_case kind of the command for logs and statistics (`tick`, `query`,
+    /// `snapshot`, or the action's name such as `reserve`).
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Tick => "tick",
+            Command::Snapshot => "snapshot",
+            Command::Query(_) => "query",
+            Command::Client { action, .. } => action.name(),
+        }
+    }
+
     /// Whether the command can change engine state (queries and snapshot requests cannot).
     #[must_use]
     pub fn is_mutating(&self) -> bool {
         matches!(self, Command::Tick | Command::Client { .. })
+    }
+}
+
+impl Action {
+    /// The snake_case name of the action (`reserve`, `pay`, `create_sku`, ...).
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::CreateSku(_) => "create_sku",
+            Action::Restock { .. } => "restock",
+            Action::OpenSale { .. } => "open_sale",
+            Action::CloseSale { .. } => "close_sale",
+            Action::Reserve(_) => "reserve",
+            Action::Pay { .. } => "pay",
+            Action::Cancel { .. } => "cancel",
+            Action::AdminCancel { .. } => "admin_cancel",
+            Action::Ship { .. } => "ship",
+            Action::Complete { .. } => "complete",
+            Action::Refund { .. } => "refund",
+            Action::CreateCouponBatch(_) => "create_coupon_batch",
+            Action::ClaimCoupon { .. } => "claim_coupon",
+        }
     }
 }

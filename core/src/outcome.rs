@@ -158,6 +158,17 @@ pub enum OrderState {
 }
 
 impl OrderState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [OrderState; 7] = [
+        OrderState::Reserved,
+        OrderState::Paid,
+        OrderState::Shipped,
+        OrderState::Completed,
+        OrderState::Cancelled,
+        OrderState::Expired,
+        OrderState::Refunded,
+    ];
+
     /// Whether no transition leaves this state.
     #[must_use]
     pub fn is_final(self) -> bool {
@@ -331,6 +342,32 @@ pub struct BatchView {
 }
 
 impl Outcome {
+    /// The snake_case name of the outcome for logs and metrics: the rejection code for a
+    /// refusal, else the outcome's kind (`reserved`, `paid`, `sku`, ...).
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Rejected(rejection) => rejection.code(),
+            Outcome::Ticked { .. } => "ticked",
+            Outcome::SkuCreated(_) => "sku_created",
+            Outcome::Restocked(_) => "restocked",
+            Outcome::SaleChanged(_) => "sale_changed",
+            Outcome::Reserved { .. } => "reserved",
+            Outcome::Paid { .. } => "paid",
+            Outcome::Cancelled { .. } => "cancelled",
+            Outcome::Shipped { .. } => "shipped",
+            Outcome::Completed { .. } => "completed",
+            Outcome::Refunded { .. } => "refunded",
+            Outcome::BatchCreated(_) => "batch_created",
+            Outcome::CouponClaimed { .. } => "coupon_claimed",
+            Outcome::Sku(_) => "sku",
+            Outcome::Order(_) => "order",
+            Outcome::Coupon(_) => "coupon",
+            Outcome::Batch(_) => "batch",
+            Outcome::SnapshotRequested { .. } => "snapshot_requested",
+        }
+    }
+
     /// Whether the command was refused.
     #[must_use]
     pub fn is_rejected(&self) -> bool {

@@ -84,23 +84,7 @@ impl Default for Metrics {
 pub fn outcome_name(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Rejected(rejection) => rejection_code(*rejection),
-        Outcome::Ticked { .. } => "ticked",
-        Outcome::SkuCreated(_) => "sku_created",
-        Outcome::Restocked(_) => "restocked",
-        Outcome::SaleChanged(_) => "sale_changed",
-        Outcome::Reserved { .. } => "reserved",
-        Outcome::Paid { .. } => "paid",
-        Outcome::Cancelled { .. } => "cancelled",
-        Outcome::Shipped { .. } => "shipped",
-        Outcome::Completed { .. } => "completed",
-        Outcome::Refunded { .. } => "refunded",
-        Outcome::BatchCreated(_) => "batch_created",
-        Outcome::CouponClaimed { .. } => "coupon_claimed",
-        Outcome::Sku(_) => "sku",
-        Outcome::Order(_) => "order",
-        Outcome::Coupon(_) => "coupon",
-        Outcome::Batch(_) => "batch",
-        Outcome::SnapshotRequested { .. } => "snapshot_requested",
+        other => other.name(),
     }
 }
 

@@ -862,15 +862,7 @@ fn write_rejection(out: &mut Vec<u8>, rejection: Rejection) {
     }
 }
 
-const ORDER_STATES: [OrderState; 7] = [
-    OrderState::Reserved,
-    OrderState::Paid,
-    OrderState::Shipped,
-    OrderState::Completed,
-    OrderState::Cancelled,
-    OrderState::Expired,
-    OrderState::Refunded,
-];
+const ORDER_STATES: [OrderState; 7] = OrderState::ALL;
 
 fn order_state_byte(state: OrderState) -> u8 {
     ORDER_STATES.iter().position(|known| *known == state).expect("every state is listed") as u8

@@ -81,26 +81,7 @@ fn action_json(action: &Action) -> Value {
 /// The short kind name of a command (for statistics).
 #[must_use]
 pub fn command_kind(command: &Command) -> &'static str {
-    match command {
-        Command::Tick => "tick",
-        Command::Snapshot => "snapshot",
-        Command::Query(_) => "query",
-        Command::Client { action, .. } => match action {
-            Action::CreateSku(_) => "create_sku",
-            Action::Restock { .. } => "restock",
-            Action::OpenSale { .. } => "open_sale",
-            Action::CloseSale { .. } => "close_sale",
-            Action::Reserve(_) => "reserve",
-            Action::Pay { .. } => "pay",
-            Action::Cancel { .. } => "cancel",
-            Action::AdminCancel { .. } => "admin_cancel",
-            Action::Ship { .. } => "ship",
-            Action::Complete { .. } => "complete",
-            Action::Refund { .. } => "refund",
-            Action::CreateCouponBatch(_) => "create_coupon_batch",
-            Action::ClaimCoupon { .. } => "claim_coupon",
-        },
-    }
+    command.kind()
 }
 
 /// A SKU's figures as JSON.
