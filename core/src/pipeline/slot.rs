@@ -99,6 +99,15 @@ impl Slot {
     }
 }
 
+/// How [`RingPoller::drain_ahead`] shows a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Visit {
+    /// The slot will be handled a few slots from now: a time to warm what it touches.
+    Ahead,
+    /// The slot's turn, in ring order.
+    Handle,
+}
+
 /// A reader of the ring at one point of the dependency graph. The `disruptor` crate's pollers
 /// differ in their barrier type (producer, one upstream stage, several upstream stages); stage
 /// loops are written once against this trait.
@@ -108,6 +117,16 @@ pub(crate) trait RingPoller: Send + 'static {
     /// stages behind). `*next` moves past every slot taken before any is handled: the slots are
     /// marked read even if `each` panics, so the count stays right. Returns how many were read.
     fn drain<F: FnMut(&Slot, u64)>(&mut self, limit: u64, next: &mut u64, each: F) -> u64;
+
+    /// Like [`RingPoller::drain`], but shows each slot to `each` twice: first as
+    /// [`Visit::Ahead`] up to `AHEAD` slots before it is handled, then as [`Visit::Handle`],
+    /// in ring order. Looks ahead only within the slots already taken: it never waits.
+    fn drain_ahead<const AHEAD: usize, F: FnMut(&Slot, u64, Visit)>(
+        &mut self,
+        limit: u64,
+        next: &mut u64,
+        each: F,
+    ) -> u64;
 
     /// Whether at least one slot is ready to read.
     fn has_available(&self) -> bool;
@@ -137,6 +156,40 @@ macro_rules! ring_poller {
                     // every stage has exited, so it reads as "nothing to do".
                     Err(Polling::NoEvents | Polling::Shutdown) => 0,
                 }
+            }
+
+            fn drain_ahead<const AHEAD: usize, F: FnMut(&Slot, u64, Visit)>(
+                &mut self,
+                limit: u64,
+                next: &mut u64,
+                mut each: F,
+            ) -> u64 {
+                const { assert!(AHEAD > 0, "a look-ahead window holds at least one slot") };
+                assert!(limit > 0, "a drain reads at least one slot");
+                let Ok(mut guard) = self.take(limit) else { return 0 };
+                let count = (&mut guard).len() as u64;
+                let first = *next;
+                *next += count;
+                // Slot `sequence` waits in `window[sequence % AHEAD]` until `AHEAD` later slots
+                // have been taken, or the batch has run out.
+                let mut window: [Option<&Slot>; AHEAD] = [None; AHEAD];
+                let index = |sequence: u64| (sequence % AHEAD as u64) as usize;
+                for (sequence, slot) in (first..).zip(&mut guard) {
+                    each(slot, sequence, Visit::Ahead);
+                    if let Some(behind) = window[index(sequence)].replace(slot) {
+                        each(behind, sequence - AHEAD as u64, Visit::Handle);
+                    }
+                }
+                let end = first + count;
+                for sequence in end.saturating_sub(AHEAD as u64).max(first)..end {
+                    let slot = window[index(sequence)].take();
+                    each(
+                        slot.expect("every slot taken waits in the window"),
+                        sequence,
+                        Visit::Handle,
+                    );
+                }
+                count
             }
 
             fn has_available(&self) -> bool {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::metrics::Recorder;
 use super::session::{RingProducer, publish_one};
 use super::shared::{Shared, panic_message};
-use super::slot::{Reply, RingPoller, Slot, SlotKind};
+use super::slot::{Reply, RingPoller, Slot, SlotKind, Visit};
 use super::stage::{Journal, Replicator, SnapshotHook, StageError};
 use super::wait::{Idler, pin_current};
 use crate::command::{Command, Sequenced};
@@ -24,10 +24,18 @@ use crate::types::{Epoch, Sequence};
 /// most commands' path.
 pub const SERVICE_TIME_SAMPLE_EVERY: u32 = 8;
 
+/// How many commands ahead of the one being applied a stage hints the engine
+/// ([`Engine::prefetch`]), within the batch already taken from the ring. Far enough for the
+/// engine's table slots to arrive from memory while the commands between are applied; a short
+/// batch is hinted only as far as it goes, so no stage waits for more commands.
+const PREFETCH_DISTANCE: usize = 8;
+
 /// What a stage does with each command and at the end of each batch.
 pub(crate) trait Work: Send + 'static {
     /// The part of the stage running now, named in a failure report.
     fn phase(&self) -> &'static str;
+    /// Hints that `sequenced` is handled a few commands from now; changes nothing.
+    fn prefetch(&self, _sequenced: &Sequenced) {}
     /// Handles one command.
     fn command(&mut self, sequenced: &Sequenced, slot: &Slot) -> Result<(), StageError>;
     /// Ends a batch whose last command was `last`: flush, then advance the stage's watermarks.
@@ -123,6 +131,10 @@ impl<H: SnapshotHook> Work for Blp<H> {
         self.phase
     }
 
+    fn prefetch(&self, sequenced: &Sequenced) {
+        self.engine.prefetch(sequenced);
+    }
+
     fn command(&mut self, sequenced: &Sequenced, slot: &Slot) -> Result<(), StageError> {
         let outcome = self.apply(sequenced);
         // SAFETY: this stage is the only writer of outcomes and is reading `slot` at its
@@ -166,6 +178,10 @@ pub(crate) struct Processor<J, R, H> {
 impl<J: Journal, R: Replicator, H: SnapshotHook> Work for Processor<J, R, H> {
     fn phase(&self) -> &'static str {
         if self.phase == "blp" { self.blp.phase() } else { self.phase }
+    }
+
+    fn prefetch(&self, sequenced: &Sequenced) {
+        self.blp.prefetch(sequenced);
     }
 
     fn command(&mut self, sequenced: &Sequenced, slot: &Slot) -> Result<(), StageError> {
@@ -268,7 +284,9 @@ pub(crate) fn run_stage<P: RingPoller, W: Work>(
 }
 
 /// Reads one batch: each command is handled (unless the node failed), the batch is ended, and
-/// the stop marker ends the stage. `next` is the engine sequence of the next slot.
+/// the stop marker ends the stage. `next` is the engine sequence of the next slot. Each command
+/// is hinted to `work` a few slots before it is handled; the hint changes nothing, so commands
+/// are still handled one by one in ring order.
 fn read_batch<P: RingPoller, W: Work>(
     poller: &mut P,
     work: &mut W,
@@ -279,23 +297,36 @@ fn read_batch<P: RingPoller, W: Work>(
     let mut stop = false;
     let mut last = None;
     let mut error = None;
-    let read = poller.drain(u64::MAX, next, |slot, sequence| {
-        let sequence = Sequence(sequence);
-        if stop || slot.kind == SlotKind::Stop {
-            // The marker is the last slot a stage reads; anything published after it raced
-            // with shutdown and is left unjournaled and unanswered.
-            stop = true;
-            return;
-        }
-        if !working || error.is_some() {
-            return;
-        }
-        let sequenced = Sequenced { sequence, timestamp: slot.timestamp, command: slot.command };
-        match work.command(&sequenced, slot) {
-            Ok(()) => last = Some(sequence),
-            Err(failed) => error = Some(failed),
-        }
-    });
+    let read =
+        poller.drain_ahead::<PREFETCH_DISTANCE, _>(u64::MAX, next, |slot, sequence, visit| {
+            let sequence = Sequence(sequence);
+            if visit == Visit::Ahead {
+                // A slot after the stop marker is published and readable; hinting it is harmless.
+                if working && slot.kind == SlotKind::Command {
+                    work.prefetch(&Sequenced {
+                        sequence,
+                        timestamp: slot.timestamp,
+                        command: slot.command,
+                    });
+                }
+                return;
+            }
+            if stop || slot.kind == SlotKind::Stop {
+                // The marker is the last slot a stage reads; anything published after it raced
+                // with shutdown and is left unjournaled and unanswered.
+                stop = true;
+                return;
+            }
+            if !working || error.is_some() {
+                return;
+            }
+            let sequenced =
+                Sequenced { sequence, timestamp: slot.timestamp, command: slot.command };
+            match work.command(&sequenced, slot) {
+                Ok(()) => last = Some(sequence),
+                Err(failed) => error = Some(failed),
+            }
+        });
     if let Some(error) = error {
         return Err(error);
     }
@@ -324,6 +355,63 @@ pub(crate) fn run_timer(mut producer: RingProducer, shared: &Shared, period: Dur
             publish_one(&mut producer, shared, SlotKind::Command, Command::Tick, Reply::NOBODY);
         if published.is_none() {
             shared.ticks_skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use disruptor::{BusySpin, Producer, build_multi_producer};
+
+    use super::*;
+    use crate::types::Timestamp;
+
+    /// Drains `count` published slots looking `AHEAD` slots ahead and returns the visits, each
+    /// named by the slot's timestamp.
+    fn visits<const AHEAD: usize>(count: u64) -> Vec<(u64, Visit)> {
+        let builder = build_multi_producer(64, Slot::empty, BusySpin);
+        let (mut poller, builder) = builder.new_event_poller();
+        let mut producer = builder.build();
+        for index in 0..count {
+            producer.publish(|slot| slot.timestamp = Timestamp(index));
+        }
+        let mut seen = Vec::new();
+        let mut next = 100;
+        let read = poller.drain_ahead::<AHEAD, _>(u64::MAX, &mut next, |slot, sequence, visit| {
+            assert_eq!(sequence, 100 + slot.timestamp.0, "sequences follow ring order");
+            seen.push((slot.timestamp.0, visit));
+        });
+        assert_eq!(read, count);
+        assert_eq!(next, 100 + count);
+        seen
+    }
+
+    #[test]
+    fn look_ahead_hints_within_the_batch_and_handles_in_ring_order() {
+        // Goal: every slot is hinted before it is handled, at most `AHEAD` slots early, and
+        // slots are handled exactly once each, in ring order, for batches longer and shorter
+        // than the window.
+        for count in [1, 2, 3, 4, 5, 11] {
+            let seen = visits::<3>(count);
+            assert_eq!(seen.len() as u64, 2 * count);
+            let handled: Vec<u64> = seen
+                .iter()
+                .filter(|(_, visit)| *visit == Visit::Handle)
+                .map(|(at, _)| *at)
+                .collect();
+            assert_eq!(handled, (0..count).collect::<Vec<_>>());
+            let mut hinted = 0;
+            for (at, visit) in seen {
+                match visit {
+                    Visit::Ahead => {
+                        assert_eq!(at, hinted, "hints follow ring order");
+                        hinted += 1;
+                    }
+                    Visit::Handle => {
+                        assert_eq!(hinted, count.min(at + 4), "hinted {hinted} at {at}")
+                    }
+                }
+            }
         }
     }
 }
