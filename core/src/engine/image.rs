@@ -92,30 +92,57 @@ impl Engine {
 
     /// Copies the full state as fast as possible, leaving map-backed tables in their internal
     /// order: what a snapshot taken on the BLP thread wants, because restoring does not depend
-    /// on that order. [`EngineImage::canonicalize`] (off the BLP thread) sorts them.
+    /// on that order. [`EngineImage::canonicalize`] (off the BLP thread) sorts them. Allocates a
+    /// fresh image; [`Engine::copy_image_into`] reuses one.
     #[must_use]
     pub fn to_image_unsorted(&self) -> EngineImage {
-        EngineImage {
+        let mut image = EngineImage {
             shard: self.config.shard,
             now: self.now,
             last_sequence: self.last_sequence,
             running_hash: self.running_hash,
             ids: self.ids,
-            skus: self.skus.clone(),
-            orders: self.orders.clone(),
-            finished: self.finished.iter().copied().collect(),
-            deadlines: self.deadlines.iter().map(|Reverse(d)| *d).collect(),
-            holdings: self
-                .holdings
-                .iter()
-                .map(|(&(user, sku), &units)| (user, sku, units))
-                .collect(),
-            batches: self.batches.clone(),
-            coupons: self.coupons.clone(),
-            claims: self.claims.iter().map(|(&(user, batch), &n)| (user, batch, n)).collect(),
-            keys: self.keys.iter().copied().collect(),
+            skus: Vec::new(),
+            orders: Vec::new(),
+            finished: Vec::new(),
+            deadlines: Vec::new(),
+            holdings: Vec::new(),
+            batches: Vec::new(),
+            coupons: Vec::new(),
+            claims: Vec::new(),
+            keys: Vec::new(),
             keys_head: self.keys_head,
-        }
+        };
+        self.copy_image_into(&mut image);
+        image
+    }
+
+    /// [`Engine::to_image_unsorted`] into an existing image: its vectors are cleared and
+    /// refilled, keeping their capacity, so once they are as large as the state nothing is
+    /// allocated and no fresh page is touched. A snapshot taken on the BLP thread copies into
+    /// the image of the previous snapshot this way: a fresh image would fault in every one of
+    /// its pages while the BLP waits.
+    pub fn copy_image_into(&self, image: &mut EngineImage) {
+        image.shard = self.config.shard;
+        image.now = self.now;
+        image.last_sequence = self.last_sequence;
+        image.running_hash = self.running_hash;
+        image.ids = self.ids;
+        image.keys_head = self.keys_head;
+        refill_from(&mut image.skus, &[&self.skus]);
+        refill_from(&mut image.orders, &[&self.orders]);
+        let (front, back) = self.finished.as_slices();
+        refill_from(&mut image.finished, &[front, back]);
+        let deadlines = self.deadlines.iter().map(|Reverse(deadline)| *deadline);
+        refill(&mut image.deadlines, self.deadlines.len(), deadlines);
+        let holdings = self.holdings.iter().map(|(&(user, sku), &units)| (user, sku, units));
+        refill(&mut image.holdings, self.holdings.len(), holdings);
+        refill_from(&mut image.batches, &[&self.batches]);
+        refill_from(&mut image.coupons, &[&self.coupons]);
+        let claims = self.claims.iter().map(|(&(user, batch), &count)| (user, batch, count));
+        refill(&mut image.claims, self.claims.len(), claims);
+        let (front, back) = self.keys.as_slices();
+        refill_from(&mut image.keys, &[front, back]);
     }
 
     /// Rebuilds an engine from an image, checking it against `config` and itself.
@@ -209,6 +236,26 @@ impl Engine {
         sum_of(live_deadlines).hash(&mut hasher);
         hasher.finish()
     }
+}
+
+/// Replaces `table`'s contents with `len` entries, growing its allocation at most once.
+fn refill<T>(table: &mut Vec<T>, len: usize, entries: impl Iterator<Item = T>) {
+    table.clear();
+    table.reserve(len);
+    table.extend(entries);
+    assert_eq!(table.len(), len);
+}
+
+/// Replaces `table`'s contents with the concatenated `parts` (a vector, or a ring buffer's two
+/// halves), copied as whole slices.
+fn refill_from<T: Copy>(table: &mut Vec<T>, parts: &[&[T]]) {
+    let len = parts.iter().map(|part| part.len()).sum();
+    table.clear();
+    table.reserve(len);
+    for part in parts {
+        table.extend_from_slice(part);
+    }
+    assert_eq!(table.len(), len);
 }
 
 /// Order-independent combination of per-entry hashes.

@@ -1644,3 +1644,24 @@ fn order_counts_tally_every_kept_order_by_state() {
     assert_eq!(counts[5], (OrderState::Expired, 0));
     assert_eq!(counts.iter().map(|&(_, count)| count).sum::<u32>(), 7);
 }
+
+#[test]
+fn copying_into_a_used_image_replaces_all_of_it() {
+    // Goal: an image refilled by copy_image_into, after holding a larger state, equals a fresh
+    // image of the engine and restores to the same state.
+    let mut big = Harness::new();
+    mixed_script(&mut big);
+    big.reserved(BOB, SKU, 1);
+    let mut small = Harness::new();
+    small.create_sku(sku_spec(SKU));
+    small.reserved(ALICE, SKU, 2);
+    let mut image = big.engine.to_image_unsorted();
+    small.engine.copy_image_into(&mut image);
+    assert_eq!(image, small.engine.to_image_unsorted());
+    image.canonicalize();
+    assert_eq!(image, small.engine.to_image());
+    let restored = Engine::from_image(EngineConfig::small(), &image).expect("image restores");
+    assert_eq!(restored.state_digest(), small.engine.state_digest());
+    big.engine.copy_image_into(&mut image);
+    assert_eq!(image, big.engine.to_image_unsorted());
+}
