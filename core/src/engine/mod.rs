@@ -290,19 +290,9 @@ impl Engine {
     /// takes the slot of the oldest finished one, which is forgotten and no longer counted.
     #[must_use]
     pub fn order_counts(&self) -> [(OrderState, u32); 7] {
-        let mut counts = [
-            OrderState::Reserved,
-            OrderState::Paid,
-            OrderState::Shipped,
-            OrderState::Completed,
-            OrderState::Cancelled,
-            OrderState::Expired,
-            OrderState::Refunded,
-        ]
-        .map(|state| (state, 0_u32));
+        let mut counts = OrderState::ALL.map(|state| (state, 0_u32));
         for order in &self.orders {
-            // The list above follows the declaration order, so a state's discriminant is its
-            // index.
+            // `ALL` follows the declaration order, so a state's discriminant is its index.
             let entry = &mut counts[order.state as usize];
             assert_eq!(entry.0, order.state);
             entry.1 += 1;
