@@ -235,10 +235,18 @@ pub fn drive(
             if !event.is_readable() {
                 continue;
             }
+            // A short read found the socket empty; later bytes raise a new edge-triggered
+            // event. After a hang-up only reading on can see the end of the stream.
+            let read_to_block = event.is_read_closed() || event.is_error();
             loop {
                 match conn.stream.read(&mut chunk) {
                     Ok(0) => return Err(io::Error::other("server closed a benchmark connection")),
-                    Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
+                    Ok(n) => {
+                        conn.input.extend_from_slice(&chunk[..n]);
+                        if n < chunk.len() && !read_to_block {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
