@@ -12,9 +12,9 @@ mod serve;
 mod time;
 
 /// ringfence — an exchange-grade flash-sale engine: one deterministic business-logic thread,
-/// a lock-free ring, a memory-mapped journal and a hot standby.
+/// a lock-free ring, and a memory-mapped journal with snapshots and crash recovery.
 #[derive(Parser, Debug)]
-#[command(name = "ringfence", version, about, long_about = None)]
+#[command(name = "ringfence", version, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: TopCommand,
