@@ -15,7 +15,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use super::{Batch, Coupon, Deadline, Engine, KeyEntry, Order, Sku};
 use crate::config::EngineConfig;
 use crate::hash::StateHasher;
-use crate::outcome::OrderState;
+use crate::outcome::{CouponState, OrderState};
 use crate::snowflake::Snowflake;
 use crate::types::{BatchId, Sequence, SkuId, Timestamp, UserId};
 
@@ -47,6 +47,37 @@ impl EngineImage {
         self.holdings.sort_unstable();
         self.claims.sort_unstable();
         self.deadlines.sort_unstable();
+    }
+}
+
+/// Mutable views of an image's tables, so that tests can damage one field at a time.
+#[cfg(test)]
+pub(super) struct ImageTables<'a> {
+    pub skus: &'a mut Vec<Sku>,
+    pub orders: &'a mut Vec<Order>,
+    pub finished: &'a mut Vec<u32>,
+    pub deadlines: &'a mut Vec<Deadline>,
+    pub holdings: &'a mut Vec<(UserId, SkuId, u32)>,
+    pub batches: &'a mut Vec<Batch>,
+    pub coupons: &'a mut Vec<Coupon>,
+    pub claims: &'a mut Vec<(UserId, BatchId, u32)>,
+    pub keys_head: &'a mut u64,
+}
+
+#[cfg(test)]
+impl EngineImage {
+    pub(super) fn tables_mut(&mut self) -> ImageTables<'_> {
+        ImageTables {
+            skus: &mut self.skus,
+            orders: &mut self.orders,
+            finished: &mut self.finished,
+            deadlines: &mut self.deadlines,
+            holdings: &mut self.holdings,
+            batches: &mut self.batches,
+            coupons: &mut self.coupons,
+            claims: &mut self.claims,
+            keys_head: &mut self.keys_head,
+        }
     }
 }
 
@@ -168,6 +199,13 @@ impl Engine {
         engine.keys.extend(image.keys.iter().copied());
         engine.keys_head = image.keys_head;
         engine.rebuild_indexes()?;
+        if engine.holdings.len() != image.holdings.len() {
+            return Err(RestoreError::Inconsistent("a (user, SKU) holding appears twice"));
+        }
+        if engine.claims.len() != image.claims.len() {
+            return Err(RestoreError::Inconsistent("a (user, batch) claim count appears twice"));
+        }
+        engine.check_cross_tables()?;
         Ok(engine)
     }
 
@@ -298,5 +336,211 @@ fn check_image(config: &EngineConfig, image: &EngineImage) -> Result<(), Restore
     if !skus_balanced {
         return Err(RestoreError::Inconsistent("a SKU's available + reserved + sold != stock"));
     }
+    // Request keys are indexed by absolute position, keys_head + offset.
+    if image.keys_head.checked_add(image.keys.len() as u64).is_none() {
+        return Err(RestoreError::Inconsistent("request-key positions overflow"));
+    }
     Ok(())
+}
+
+/// Whether an order in `state` still counts its units as held by its buyer: every state
+/// between reservation and the end of the sale, but not a cancel, expiry or refund.
+fn holds_units(state: OrderState) -> bool {
+    matches!(
+        state,
+        OrderState::Reserved | OrderState::Paid | OrderState::Shipped | OrderState::Completed
+    )
+}
+
+/// Whether an order in `state` has spent the coupon it names: paid at some point and not
+/// cancelled or expired (a refund keeps the coupon spent).
+fn spends_coupon(state: OrderState) -> bool {
+    matches!(
+        state,
+        OrderState::Paid | OrderState::Shipped | OrderState::Completed | OrderState::Refunded
+    )
+}
+
+/// Cross-table checks on a restored engine, so that a snapshot whose tables disagree (written
+/// by a faulty writer, yet with a valid checksum) is refused at restore rather than tripping
+/// an engine assertion on some later command, and then again on every restart.
+///
+/// A finished order may have been forgotten when its slot was reused, so totals that include
+/// finished orders are lower bounds; a reserved order is never forgotten, so its totals are
+/// exact. O(state), with scratch vectors and map copies: restore is not on the hot path.
+impl Engine {
+    fn check_cross_tables(&self) -> Result<(), RestoreError> {
+        self.check_sku_totals()?;
+        self.check_coupon_links()?;
+        self.check_deadlines()?;
+        self.check_finished()?;
+        self.check_holdings()?;
+        self.check_claims()?;
+        Ok(())
+    }
+
+    /// Per SKU: reserved units are exactly those of its reserved orders; sold units cover those
+    /// of its kept paid, shipped and completed orders (a refund takes from sold).
+    fn check_sku_totals(&self) -> Result<(), RestoreError> {
+        let mut reserved = vec![0_u64; self.skus.len()];
+        let mut sold = vec![0_u64; self.skus.len()];
+        for order in &self.orders {
+            let qty = u64::from(order.qty);
+            match order.state {
+                OrderState::Reserved => reserved[order.sku_slot as usize] += qty,
+                OrderState::Paid | OrderState::Shipped | OrderState::Completed => {
+                    sold[order.sku_slot as usize] += qty;
+                }
+                _ => {}
+            }
+        }
+        for (slot, sku) in self.skus.iter().enumerate() {
+            if sku.reserved != reserved[slot] {
+                return Err(RestoreError::Inconsistent(
+                    "a SKU's reserved units differ from the sum of its reserved orders",
+                ));
+            }
+            if sku.sold < sold[slot] {
+                return Err(RestoreError::Inconsistent(
+                    "a SKU's sold units are fewer than those of its kept paid orders",
+                ));
+            }
+        }
+        // Rebuilt from the order table, so it agrees with the reserved orders counted here.
+        let reserved_orders = self.orders.iter().filter(|o| o.state == OrderState::Reserved);
+        assert_eq!(self.orders_reserved as usize, reserved_orders.count());
+        Ok(())
+    }
+
+    /// A coupon locked by an order is named by that kept reserved order, and a reserved order's
+    /// coupon is locked by it; a coupon used by a kept order is named by it, and a paid (or
+    /// later) order's coupon is used by it. Cancelled and expired orders still name the coupon
+    /// they released, which may since be available or applied elsewhere, so they are skipped.
+    fn check_coupon_links(&self) -> Result<(), RestoreError> {
+        for (slot, coupon) in self.coupons.iter().enumerate() {
+            let (order, locked) = match coupon.state {
+                CouponState::Locked(order) => (order, true),
+                CouponState::Used(order) => (order, false),
+                CouponState::Available | CouponState::Expired => continue,
+            };
+            let kept = self.order_index.get(&order).map(|&o| &self.orders[o as usize]);
+            let named = kept.is_some_and(|o| o.coupon_slot == Some(slot as u32));
+            if locked && !kept.is_some_and(|o| named && o.state == OrderState::Reserved) {
+                return Err(RestoreError::Inconsistent(
+                    "a locked coupon is not named by a kept reserved order that locked it",
+                ));
+            }
+            if !locked && kept.is_some_and(|o| !named || !spends_coupon(o.state)) {
+                return Err(RestoreError::Inconsistent(
+                    "a used coupon's kept order does not name it or was never paid",
+                ));
+            }
+        }
+        for order in &self.orders {
+            let Some(coupon_slot) = order.coupon_slot else { continue };
+            let state = self.coupons[coupon_slot as usize].state;
+            if order.state == OrderState::Reserved && state != CouponState::Locked(order.id) {
+                return Err(RestoreError::Inconsistent(
+                    "a reserved order's coupon is not locked by it",
+                ));
+            }
+            if spends_coupon(order.state) && state != CouponState::Used(order.id) {
+                return Err(RestoreError::Inconsistent("a paid order's coupon is not used by it"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every live deadline fires at its order's expiry time, and every reserved order has
+    /// exactly one: a missing one would never expire the order, and duplicates would survive
+    /// the heap sweep, which counts on at most one live deadline per reserved order.
+    fn check_deadlines(&self) -> Result<(), RestoreError> {
+        let mut live = vec![0_u32; self.orders.len()];
+        for Reverse((expires_at, order, slot)) in self.deadlines.iter() {
+            if !self.deadline_is_live(*order, *slot) {
+                continue;
+            }
+            if self.orders[*slot as usize].expires_at != *expires_at {
+                return Err(RestoreError::Inconsistent(
+                    "a live deadline's time differs from its order's expiry",
+                ));
+            }
+            live[*slot as usize] += 1;
+        }
+        let reserved = self.orders.iter().map(|o| o.state == OrderState::Reserved);
+        if reserved.zip(&live).any(|(reserved, &count)| reserved && count != 1) {
+            return Err(RestoreError::Inconsistent(
+                "a reserved order does not have exactly one live deadline",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The finished queue holds every final-state order once, and nothing else: a new order
+    /// takes the slot at its front and asserts that it is final.
+    fn check_finished(&self) -> Result<(), RestoreError> {
+        let mut queued = vec![false; self.orders.len()];
+        for &slot in &self.finished {
+            if !self.orders[slot as usize].state.is_final() {
+                return Err(RestoreError::Inconsistent(
+                    "the finished queue holds an order that is not finished",
+                ));
+            }
+            if std::mem::replace(&mut queued[slot as usize], true) {
+                return Err(RestoreError::Inconsistent("the finished queue holds a slot twice"));
+            }
+        }
+        let finals = self.orders.iter().filter(|o| o.state.is_final()).count();
+        if finals != self.finished.len() {
+            return Err(RestoreError::Inconsistent(
+                "a finished order is missing from the finished queue",
+            ));
+        }
+        Ok(())
+    }
+
+    /// For a SKU with a per-user limit, each buyer's holding covers the units of their kept
+    /// orders that still hold units: a cancel, expiry or refund takes those units off it.
+    fn check_holdings(&self) -> Result<(), RestoreError> {
+        let mut left = self.holdings.clone();
+        for order in self.orders.iter().filter(|o| holds_units(o.state)) {
+            let sku = &self.skus[order.sku_slot as usize];
+            if sku.per_user_limit == 0 {
+                continue;
+            }
+            let short = || {
+                RestoreError::Inconsistent(
+                    "a buyer's holding is less than the units of their kept orders",
+                )
+            };
+            let held = left.get_mut(&(order.user, sku.id)).ok_or_else(short)?;
+            *held = held.checked_sub(order.qty).ok_or_else(short)?;
+        }
+        Ok(())
+    }
+
+    /// Each (user, batch) claim count covers that user's coupons of the batch, and each batch
+    /// has issued exactly as many coupons as it holds.
+    fn check_claims(&self) -> Result<(), RestoreError> {
+        let mut left = self.claims.clone();
+        let mut issued = vec![0_u32; self.batches.len()];
+        for coupon in &self.coupons {
+            let batch = self.batches[coupon.batch_slot as usize].id;
+            issued[coupon.batch_slot as usize] += 1;
+            let Some(claimed) = left.get_mut(&(coupon.user, batch)).filter(|n| **n > 0) else {
+                return Err(RestoreError::Inconsistent(
+                    "a user's claim count is less than their coupons of the batch",
+                ));
+            };
+            *claimed -= 1;
+        }
+        for (batch, &count) in self.batches.iter().zip(&issued) {
+            if batch.quantity.checked_sub(batch.remaining) != Some(count) {
+                return Err(RestoreError::Inconsistent(
+                    "a batch's quantity - remaining differs from its coupons",
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -1656,3 +1656,311 @@ fn copying_into_a_used_image_replaces_all_of_it() {
     big.engine.copy_image_into(&mut image);
     assert_eq!(image, big.engine.to_image_unsorted());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cross-table checks on restore.
+
+/// The SKU with a per-user limit in `restore_workload`, so that buyers have holdings.
+const LIMITED_SKU: u64 = 9;
+
+/// The order ids of `restore_workload` that the damage cases refer to.
+struct Workload {
+    /// Reserved with a locked coupon, waiting for payment.
+    reserved: OrderId,
+    /// Paid with a coupon, shipped and completed, on the limited SKU.
+    completed: OrderId,
+    /// Paid without a coupon, on the limited SKU.
+    paid: OrderId,
+}
+
+/// Reserve, pay, ship, complete, refund, cancel and expiry, with coupons locked, used and
+/// released, on a SKU without a limit and one with a per-user limit.
+fn restore_workload(h: &mut Harness) -> Workload {
+    h.create_sku(sku_spec(SKU));
+    h.create_sku(CreateSku { per_user_limit: 5, ..sku_spec(LIMITED_SKU) });
+    h.create_batch(batch_spec(BATCH));
+    let alice_coupons = [h.claimed(ALICE, BATCH), h.claimed(ALICE, BATCH), h.claimed(ALICE, BATCH)];
+    let bob_coupon = h.claimed(BOB, BATCH);
+    let expiring = h.reserved_with(BOB, LIMITED_SKU, 3, bob_coupon);
+    h.advance(TIMEOUT_MS);
+    h.tick();
+    assert_eq!(h.state(expiring), OrderState::Expired);
+    let reserved = h.reserved_with(ALICE, SKU, 2, alice_coupons[0]);
+    let completed = h.reserved_with(ALICE, LIMITED_SKU, 2, alice_coupons[1]);
+    h.paid(completed);
+    h.shipped(completed);
+    assert_eq!(h.run(act::complete(completed, ALICE)), Outcome::Completed { order: completed });
+    let cancelled = h.reserved(BOB, LIMITED_SKU, 1);
+    assert_eq!(h.run(act::cancel(cancelled, BOB)), Outcome::Cancelled { order: cancelled });
+    let paid = h.reserved(ALICE, LIMITED_SKU, 1);
+    h.paid(paid);
+    let refunded = h.reserved(BOB, SKU, 1);
+    h.paid(refunded);
+    assert_eq!(h.run(Action::Refund { order: refunded }), Outcome::Refunded { order: refunded });
+    let shipped = h.reserved_with(ALICE, SKU, 1, alice_coupons[2]);
+    h.paid(shipped);
+    h.shipped(shipped);
+    Workload { reserved, completed, paid }
+}
+
+/// Restores `image` and expects it refused as inconsistent; the reason, for the message.
+#[track_caller]
+fn refused_as_inconsistent(image: &super::EngineImage, case: &str) -> &'static str {
+    match Engine::from_image(EngineConfig::small(), image) {
+        Err(RestoreError::Inconsistent(reason)) => reason,
+        Err(other) => panic!("{case}: refused, but not as inconsistent: {other}"),
+        Ok(_) => panic!("{case}: a damaged image restored"),
+    }
+}
+
+#[test]
+fn an_image_of_a_real_workload_passes_the_cross_table_checks() {
+    // Goal: every state a real workload reaches (live, paid, shipped and finished orders,
+    // locked, used and released coupons, holdings, claims) restores to the same state.
+    let mut h = Harness::new();
+    restore_workload(&mut h);
+    let image = h.engine.to_image();
+    let restored = Engine::from_image(EngineConfig::small(), &image).expect("image restores");
+    assert_eq!(restored.state_digest(), h.engine.state_digest());
+    let unsorted = h.engine.to_image_unsorted();
+    let restored = Engine::from_image(EngineConfig::small(), &unsorted).expect("image restores");
+    assert_eq!(restored.state_digest(), h.engine.state_digest());
+}
+
+#[test]
+fn an_image_after_order_slots_are_reused_passes_the_cross_table_checks() {
+    // Goal: once finished orders are forgotten to make room, the lower bounds on sold units,
+    // holdings and used coupons still hold, and the image restores and continues alike.
+    let config = EngineConfig { orders_max: 4, ..EngineConfig::small() };
+    let mut h = Harness::with_config(config.clone());
+    h.create_sku(CreateSku { stock: 1_000, per_user_limit: 100, ..sku_spec(LIMITED_SKU) });
+    let valid_until = T0.plus_ms(100 * TIMEOUT_MS);
+    h.create_batch(CreateCouponBatch { quantity: 50, valid_until, ..batch_spec(BATCH) });
+    for round in 0..12 {
+        let coupon = h.claimed(ALICE, BATCH);
+        let order = h.reserved_with(ALICE, LIMITED_SKU, 1, coupon);
+        h.paid(order);
+        h.shipped(order);
+        assert_eq!(h.run(act::complete(order, ALICE)), Outcome::Completed { order });
+        let dropped = h.reserved(BOB, LIMITED_SKU, 1);
+        if round % 2 == 0 {
+            assert_eq!(h.run(act::cancel(dropped, BOB)), Outcome::Cancelled { order: dropped });
+        } else {
+            h.advance(TIMEOUT_MS);
+            h.tick();
+        }
+    }
+    let live = h.reserved(BOB, LIMITED_SKU, 2);
+    let image = h.engine.to_image();
+    let mut restored = Engine::from_image(config, &image).expect("image restores");
+    assert_eq!(restored.state_digest(), h.engine.state_digest());
+    h.advance(TIMEOUT_MS);
+    let tick =
+        Sequenced { sequence: h.sequence.next(), timestamp: h.clock, command: Command::Tick };
+    assert_eq!(restored.apply(&tick), h.tick());
+    assert_eq!(h.state(live), OrderState::Expired);
+    assert_eq!(restored.state_digest(), h.engine.state_digest());
+}
+
+#[test]
+fn an_image_with_tables_that_disagree_is_refused_as_inconsistent() {
+    // Goal: each single damage to one table of a real image, which the per-table checks
+    // accept, is refused by restore as inconsistent, without a panic.
+    let mut h = Harness::new();
+    let w = restore_workload(&mut h);
+    let image = h.engine.to_image();
+    Engine::from_image(EngineConfig::small(), &image).expect("the undamaged image restores");
+    let slot_of = |id: OrderId| image_order_slot(&image, id);
+    let (reserved, completed, paid) = (slot_of(w.reserved), slot_of(w.completed), slot_of(w.paid));
+    type Damage = Box<dyn Fn(&mut super::image::ImageTables<'_>)>;
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            "reserved units off by one",
+            Box::new(|t| {
+                let sku = t.skus.iter_mut().find(|s| s.id == SkuId(SKU)).unwrap();
+                sku.available -= 1;
+                sku.reserved += 1;
+            }),
+        ),
+        (
+            "sold below the kept paid orders",
+            Box::new(|t| {
+                let sku = t.skus.iter_mut().find(|s| s.id == SkuId(LIMITED_SKU)).unwrap();
+                sku.sold -= 1;
+                sku.available += 1;
+            }),
+        ),
+        (
+            "paid order back to reserved",
+            Box::new(move |t| {
+                t.orders[paid].state = OrderState::Reserved;
+            }),
+        ),
+        (
+            "reserved order drops its locked coupon",
+            Box::new(move |t| {
+                t.orders[reserved].coupon_slot = None;
+            }),
+        ),
+        (
+            "locked coupon released",
+            Box::new(move |t| {
+                let coupon = t.orders[reserved].coupon_slot.unwrap();
+                t.coupons[coupon as usize].state = CouponState::Available;
+            }),
+        ),
+        (
+            "coupon locked by an unknown order",
+            Box::new(move |t| {
+                let coupon = t.orders[reserved].coupon_slot.unwrap();
+                t.coupons[coupon as usize].state = CouponState::Locked(OrderId(12_345));
+            }),
+        ),
+        (
+            "used coupon released",
+            Box::new(move |t| {
+                let coupon = t.orders[completed].coupon_slot.unwrap();
+                t.coupons[coupon as usize].state = CouponState::Available;
+            }),
+        ),
+        (
+            "coupon used by a kept order that does not name it",
+            Box::new(move |t| {
+                let coupon = t.orders[completed].coupon_slot.unwrap();
+                let other = t.orders[paid].id;
+                t.coupons[coupon as usize].state = CouponState::Used(other);
+            }),
+        ),
+        (
+            "reserved order without a deadline",
+            Box::new(move |t| {
+                let id = t.orders[reserved].id;
+                t.deadlines.retain(|&(_, order, _)| order != id);
+            }),
+        ),
+        (
+            "reserved order with two deadlines",
+            Box::new(move |t| {
+                let order = &t.orders[reserved];
+                t.deadlines.push((order.expires_at, order.id, reserved as u32));
+            }),
+        ),
+        (
+            "deadline at another time than the order's expiry",
+            Box::new(move |t| {
+                let id = t.orders[reserved].id;
+                let deadline = t.deadlines.iter_mut().find(|d| d.1 == id).unwrap();
+                deadline.0 = deadline.0.plus_ms(1);
+            }),
+        ),
+        (
+            "live order in the finished queue",
+            Box::new(move |t| {
+                t.finished[0] = reserved as u32;
+            }),
+        ),
+        (
+            "slot twice in the finished queue",
+            Box::new(|t| {
+                t.finished[1] = t.finished[0];
+            }),
+        ),
+        (
+            "finished order missing from the queue",
+            Box::new(|t| {
+                t.finished.pop();
+            }),
+        ),
+        (
+            "holding below the kept orders",
+            Box::new(|t| {
+                let key = (UserId(ALICE), SkuId(LIMITED_SKU));
+                let holding = t.holdings.iter_mut().find(|h| (h.0, h.1) == key).unwrap();
+                holding.2 -= 1;
+            }),
+        ),
+        (
+            "holding missing",
+            Box::new(|t| {
+                t.holdings.clear();
+            }),
+        ),
+        (
+            "holding twice",
+            Box::new(|t| {
+                let first = t.holdings[0];
+                t.holdings.push(first);
+            }),
+        ),
+        (
+            "claims below the coupons held",
+            Box::new(|t| {
+                let key = (UserId(ALICE), BatchId(BATCH));
+                let claim = t.claims.iter_mut().find(|c| (c.0, c.1) == key).unwrap();
+                claim.2 -= 1;
+            }),
+        ),
+        (
+            "claim count twice",
+            Box::new(|t| {
+                let first = t.claims[0];
+                t.claims.push(first);
+            }),
+        ),
+        (
+            "batch remaining off by one",
+            Box::new(|t| {
+                t.batches[0].remaining += 1;
+            }),
+        ),
+        (
+            "request-key positions overflow",
+            Box::new(|t| {
+                *t.keys_head = u64::MAX;
+            }),
+        ),
+    ];
+    let mut reasons = Vec::new();
+    for (case, damage) in &cases {
+        let mut damaged = image.clone();
+        damage(&mut damaged.tables_mut());
+        assert_ne!(damaged, image, "{case}: the damage changed nothing");
+        let outcome = std::panic::catch_unwind(|| refused_as_inconsistent(&damaged, case));
+        reasons.push(outcome.unwrap_or_else(|_| panic!("{case}: restore panicked")));
+    }
+    // Each damage is caught by the check meant for it, not by a side effect.
+    let expected = [
+        "reserved units",
+        "sold units",
+        "reserved units",
+        "locked coupon",
+        "locked by it",
+        "locked coupon",
+        "used by it",
+        "used coupon",
+        "live deadline",
+        "live deadline",
+        "deadline's time",
+        "not finished",
+        "slot twice",
+        "missing from the finished",
+        "holding is less",
+        "holding is less",
+        "holding appears twice",
+        "claim count is less",
+        "claim count appears twice",
+        "quantity - remaining",
+        "positions overflow",
+    ];
+    assert_eq!(reasons.len(), expected.len());
+    for ((case, _), (reason, expected)) in cases.iter().zip(reasons.iter().zip(expected)) {
+        assert!(reason.contains(expected), "{case}: refused because {reason}");
+    }
+}
+
+/// The slot of order `id` in an image.
+fn image_order_slot(image: &super::EngineImage, id: OrderId) -> usize {
+    let mut image = image.clone();
+    let tables = image.tables_mut();
+    tables.orders.iter().position(|o| o.id == id).expect("the order is kept")
+}
