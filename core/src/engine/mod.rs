@@ -15,7 +15,7 @@ mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 
 use rkyv::{Archive, Deserialize, Serialize};
 use table::FixedMap;
@@ -126,6 +126,57 @@ struct KeyEntry {
     expires_at: Timestamp,
     fingerprint: u64,
     outcome: Outcome,
+}
+
+// Discriminants that the derived `Hash` writes (as `isize`) for the variants hashed word by
+// word below; `hash_fast_paths_match_the_derived_hash` pins them to the derive.
+const ACTION_RESERVE: u64 = 4;
+const OUTCOME_RESERVED: u64 = 4;
+const OUTCOME_REJECTED: u64 = 17;
+const REJECTION_SOLD_OUT: u64 = 0;
+const REJECTION_LIMIT_EXCEEDED: u64 = 1;
+
+/// A command's idempotency fingerprint: `StateHasher::hash_one(action)`, with a reservation
+/// hashed word by word instead of through the derived walk over the whole enum.
+fn fingerprint(action: &Action) -> u64 {
+    let Action::Reserve(reserve) = *action else {
+        return StateHasher::hash_one(action);
+    };
+    let mut hasher = StateHasher::default();
+    hasher.write_u64(ACTION_RESERVE);
+    hasher.write_u64(reserve.user.0);
+    hasher.write_u64(reserve.sku.0);
+    hasher.write_u64(u64::from(reserve.qty));
+    match reserve.coupon {
+        None => hasher.write_u64(0),
+        Some(coupon) => {
+            hasher.write_u64(1);
+            hasher.write_u64(coupon.0);
+        }
+    }
+    hasher.finish()
+}
+
+/// Feeds `outcome` to `hasher` exactly as its derived `Hash` does, writing the reservation
+/// path's outcomes (reserved, sold out, over the limit) directly.
+fn hash_outcome(outcome: &Outcome, hasher: &mut StateHasher) {
+    match *outcome {
+        Outcome::Reserved { order, expires_at, amount_cents } => {
+            hasher.write_u64(OUTCOME_RESERVED);
+            hasher.write_u64(order.0);
+            hasher.write_u64(expires_at.0);
+            hasher.write_u64(amount_cents);
+        }
+        Outcome::Rejected(Rejection::SoldOut) => {
+            hasher.write_u64(OUTCOME_REJECTED);
+            hasher.write_u64(REJECTION_SOLD_OUT);
+        }
+        Outcome::Rejected(Rejection::LimitExceeded) => {
+            hasher.write_u64(OUTCOME_REJECTED);
+            hasher.write_u64(REJECTION_LIMIT_EXCEEDED);
+        }
+        _ => outcome.hash(hasher),
+    }
 }
 
 /// A payment deadline: (when, which order, its slot). Entries whose order has moved on are
@@ -247,7 +298,7 @@ impl Engine {
             }
         };
         self.last_sequence = sequenced.sequence;
-        self.fold(&(sequenced.sequence, &outcome));
+        self.fold_outcome(sequenced.sequence, &outcome);
         outcome
     }
 
@@ -349,6 +400,16 @@ impl Engine {
         self.running_hash
     }
 
+    /// Folds one applied command's outcome into the running hash: the same value as folding
+    /// `(sequence, outcome)` through the derived `Hash`, with the reservation path's outcomes
+    /// written word by word rather than through the derived walk over the whole enum.
+    fn fold_outcome(&mut self, sequence: Sequence, outcome: &Outcome) {
+        let mut hasher = StateHasher::with_seed(self.running_hash);
+        hasher.write_u64(sequence.0);
+        hash_outcome(outcome, &mut hasher);
+        self.running_hash = hasher.finish();
+    }
+
     fn fold<T: Hash + ?Sized>(&mut self, value: &T) {
         let mut hasher = StateHasher::with_seed(self.running_hash);
         value.hash(&mut hasher);
@@ -405,7 +466,7 @@ impl Engine {
     /// Idempotency: a known key with the same command returns the original outcome; with a
     /// different command it is refused; a new key is executed and remembered.
     fn apply_keyed(&mut self, key: RequestKey, action: &Action) -> Outcome {
-        let fingerprint = StateHasher::hash_one(action);
+        let fingerprint = fingerprint(action);
         if let Some(&position) = self.key_index.get(&key) {
             let entry = &self.keys[(position - self.keys_head) as usize];
             assert_eq!(entry.key, key);

@@ -1964,3 +1964,36 @@ fn image_order_slot(image: &super::EngineImage, id: OrderId) -> usize {
     let tables = image.tables_mut();
     tables.orders.iter().position(|o| o.id == id).expect("the order is kept")
 }
+
+#[test]
+fn hash_fast_paths_match_the_derived_hash() {
+    // Goal: the word-by-word fingerprint and outcome fold give exactly the derived `Hash`
+    // values, so running hashes and remembered fingerprints do not depend on the fast path.
+    use crate::hash::StateHasher;
+    use std::hash::{Hash, Hasher};
+    let reserves = [
+        Reserve { user: UserId(ALICE), sku: SkuId(SKU), qty: 1, coupon: None },
+        Reserve { user: UserId(BOB), sku: SkuId(OTHER_SKU), qty: 3, coupon: Some(CouponId(9)) },
+    ];
+    for reserve in reserves {
+        let action = Action::Reserve(reserve);
+        assert_eq!(super::fingerprint(&action), StateHasher::hash_one(&action));
+    }
+    let restock = Action::Restock { sku: SkuId(SKU), qty: 2 };
+    assert_eq!(super::fingerprint(&restock), StateHasher::hash_one(&restock));
+    let outcomes = [
+        Outcome::Reserved { order: OrderId(5), expires_at: T0, amount_cents: PRICE_CENTS },
+        Outcome::Rejected(Rejection::SoldOut),
+        Outcome::Rejected(Rejection::LimitExceeded),
+        Outcome::Rejected(Rejection::WrongAmount { expected_cents: 7 }),
+        Outcome::Paid { order: OrderId(5) },
+    ];
+    for outcome in outcomes {
+        let mut fast = StateHasher::with_seed(11);
+        fast.write_u64(3);
+        super::hash_outcome(&outcome, &mut fast);
+        let mut derived = StateHasher::with_seed(11);
+        (Sequence(3), &outcome).hash(&mut derived);
+        assert_eq!(fast.finish(), derived.finish(), "{outcome:?}");
+    }
+}
