@@ -403,6 +403,11 @@ impl Engine {
     /// Folds one applied command's outcome into the running hash: the same value as folding
     /// `(sequence, outcome)` through the derived `Hash`, with the reservation path's outcomes
     /// written word by word rather than through the derived walk over the whole enum.
+    ///
+    /// Kept out of line on purpose: it reads the outcome through a reference, in memory, so
+    /// the caller moves the 104-byte outcome to its return slot as one block copy instead of
+    /// splitting it into fields for the hash and putting them back together.
+    #[inline(never)]
     fn fold_outcome(&mut self, sequence: Sequence, outcome: &Outcome) {
         let mut hasher = StateHasher::with_seed(self.running_hash);
         hasher.write_u64(sequence.0);
