@@ -31,7 +31,9 @@ impl Engine {
             sku.price_cents.checked_mul(u64::from(reserve.qty)).ok_or(Rejection::InvalidQty)?;
         let holding_key = (reserve.user, reserve.sku);
         let limited = sku.per_user_limit != 0;
-        let held = if limited { self.holdings.get(&holding_key).copied() } else { None };
+        // Located once: nothing below changes the holdings table before the commit writes it.
+        let holding = limited.then(|| self.holdings.locate(holding_key));
+        let held = holding.and_then(|located| located.value);
         // Summed in u64: with a limit near u32::MAX, u32 addition would wrap into an allowed
         // amount and corrupt the holding.
         let wanted = u64::from(held.unwrap_or(0)) + u64::from(reserve.qty);
@@ -61,8 +63,9 @@ impl Engine {
         let expires_at = self.now.plus_ms(sku.payment_timeout_ms);
         sku.available -= u64::from(reserve.qty);
         sku.reserved += u64::from(reserve.qty);
-        if limited {
-            *self.holdings.entry(holding_key).or_insert(0) += reserve.qty;
+        if let Some(located) = holding {
+            let units = u32::try_from(wanted).expect("wanted is within the per-user limit");
+            self.holdings.put_at(located, units);
         }
         if let Some((coupon_slot, _)) = coupon {
             self.coupons[coupon_slot as usize].state = CouponState::Locked(id);

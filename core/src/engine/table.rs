@@ -208,6 +208,26 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
         Entry { map: self, index, found, key }
     }
 
+    /// Where `key` is held, or where it would be inserted: a lookup whose result a caller
+    /// can read now and write through later with [`FixedMap::put_at`], saving a second probe.
+    /// Only valid while the map is unchanged.
+    pub(super) fn locate(&self, key: K) -> Located<K, V> {
+        let (index, found) = self.find(&key);
+        let value = if found { self.slots[index].map(|(_, value)| value) } else { None };
+        Located { index, key, value }
+    }
+
+    /// Stores `value` for the key of `located`, which must have been found in the map as it
+    /// is now: inserts it where the lookup ended, or replaces the held value.
+    pub(super) fn put_at(&mut self, located: Located<K, V>, value: V) {
+        let found = located.value.is_some();
+        match &self.slots[located.index] {
+            Some((held, _)) => assert!(found && *held == located.key, "map changed since locate"),
+            None => assert!(!found, "map changed since locate"),
+        }
+        self.put(located.index, found, located.key, value);
+    }
+
     /// Starts loading the slot where a lookup of `key` begins, so that a lookup a little
     /// later finds it in cache. Changes nothing.
     pub(super) fn prefetch(&self, key: &K) {
@@ -241,6 +261,15 @@ impl<K: TableKey, V: Copy> Extend<(K, V)> for FixedMap<K, V> {
 }
 
 /// A slot found for a key: see [`FixedMap::entry`].
+/// The result of [`FixedMap::locate`]: the key's slot and its value, if held.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Located<K, V> {
+    index: usize,
+    key: K,
+    /// The value held for the key, if any.
+    pub(super) value: Option<V>,
+}
+
 pub(super) struct Entry<'a, K, V> {
     map: &'a mut FixedMap<K, V>,
     index: usize,
@@ -301,6 +330,30 @@ mod tests {
         assert_eq!(map.get(&7), Some(&5));
         assert_eq!(map.len(), 1);
         assert!(map.contains_key(&7) && !map.contains_key(&8));
+    }
+
+    #[test]
+    fn locate_then_put_at_inserts_or_replaces_without_a_second_probe() {
+        // Goal: a located key reads its value and writes through the located slot.
+        let mut map = FixedMap::<u64, u32>::with_max(4);
+        let absent = map.locate(7);
+        assert_eq!(absent.value, None);
+        map.put_at(absent, 2);
+        let held = map.locate(7);
+        assert_eq!(held.value, Some(2));
+        map.put_at(held, 5);
+        assert_eq!(map.get(&7), Some(&5));
+        assert_eq!(map.len(), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "map changed since locate")]
+    fn put_at_refuses_a_stale_location() {
+        // Goal: writing through a location taken before the map changed is caught.
+        let mut map = FixedMap::<u64, u32>::with_max(4);
+        let stale = map.locate(7);
+        map.insert(7, 1);
+        map.put_at(stale, 2);
     }
 
     #[test]
