@@ -472,7 +472,9 @@ impl Engine {
     /// different command it is refused; a new key is executed and remembered.
     fn apply_keyed(&mut self, key: RequestKey, action: &Action) -> Outcome {
         let fingerprint = fingerprint(action);
-        if let Some(&position) = self.key_index.get(&key) {
+        // Located once: executing a command never touches the request-key index.
+        let located = self.key_index.locate(key);
+        if let Some(position) = located.value {
             let entry = &self.keys[(position - self.keys_head) as usize];
             assert_eq!(entry.key, key);
             if entry.fingerprint == fingerprint {
@@ -489,7 +491,7 @@ impl Engine {
             let expires_at = self.now.plus_ms(self.config.request_key_window_ms);
             let position = self.keys_head + self.keys.len() as u64;
             self.keys.push_back(KeyEntry { key, expires_at, fingerprint, outcome });
-            self.key_index.insert(key, position);
+            self.key_index.put_at(located, position);
         }
         outcome
     }
