@@ -876,21 +876,9 @@ struct Harness {
 
 fn outcome_name(outcome: &Outcome) -> &'static str {
     match outcome {
-        Outcome::Rejected(rejection) => rejection.code(),
-        Outcome::Ticked { .. } => "ticked",
-        Outcome::SkuCreated(_) => "sku_created",
-        Outcome::Restocked(_) => "restocked",
-        Outcome::SaleChanged(_) => "sale_changed",
-        Outcome::Reserved { .. } => "reserved",
-        Outcome::Paid { .. } => "paid",
-        Outcome::Cancelled { .. } => "cancelled",
-        Outcome::Shipped { .. } => "shipped",
-        Outcome::Completed { .. } => "completed",
-        Outcome::Refunded { .. } => "refunded",
-        Outcome::BatchCreated(_) => "batch_created",
-        Outcome::CouponClaimed { .. } => "coupon_claimed",
         Outcome::Sku(_) | Outcome::Order(_) | Outcome::Coupon(_) | Outcome::Batch(_) => "query",
         Outcome::SnapshotRequested { .. } => "snapshot",
+        other => other.name(),
     }
 }
 
