@@ -15,9 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ringfence_core::pipeline::{
     Journal, Metrics, NoSnapshots, Node, Refused, Session, SnapshotHook, StageError, WakeHook,
 };
-use ringfence_core::{
-    Action, Command, Engine, Epoch, Outcome, Sequence, Sequenced, SkuId, Timestamp,
-};
+use ringfence_core::{Command, Engine, Epoch, Outcome, Sequence, Sequenced, Timestamp};
 
 use crate::wire::NodeInfo;
 
@@ -366,7 +364,7 @@ impl Drop for EngineBackend {
 
 /// Called when a [`NodeBackend`] has shut its node down: the final engine, the last sequence
 /// journaled and applied, and the SKUs seen (for a final snapshot's catalogue).
-pub type OnNodeStop = Box<dyn FnOnce(&Engine, Sequence, &[SkuId]) + Send>;
+pub type OnNodeStop = Box<dyn FnOnce(&Engine, Sequence) + Send>;
 
 /// Publishes the BLP's running hash and last sequence after every command, so `GET /v1/node`
 /// can show them without a round trip through the ring. Wraps the node's snapshot hook.
@@ -410,20 +408,18 @@ pub struct NodeBackend {
     watch: Arc<EngineWatch>,
     epoch: Epoch,
     journal: String,
-    known_skus: Vec<SkuId>,
     on_stop: Option<OnNodeStop>,
 }
 
 impl NodeBackend {
     /// Opens a session on `node` that wakes `waker`. `watch` comes from the [`HashWatch`] the
-    /// node was started with; `known_skus` from recovery.
+    /// node was started with.
     pub fn new(
         node: Node,
         waker: Arc<mio::Waker>,
         watch: Arc<EngineWatch>,
         epoch: Epoch,
         journal: String,
-        known_skus: Vec<SkuId>,
         on_stop: Option<OnNodeStop>,
     ) -> std::io::Result<NodeBackend> {
         let wake: WakeHook = Arc::new(move || {
@@ -432,15 +428,7 @@ impl NodeBackend {
         // Only a node with polled egress takes the hook; with an egress thread it is not needed.
         let _ = node.set_egress_waker(Arc::clone(&wake));
         let session = node.session_with_notify(wake).map_err(std::io::Error::other)?;
-        Ok(NodeBackend {
-            node: Some(node),
-            session: Some(session),
-            watch,
-            epoch,
-            journal,
-            known_skus,
-            on_stop,
-        })
+        Ok(NodeBackend { node: Some(node), session: Some(session), watch, epoch, journal, on_stop })
     }
 }
 
@@ -448,14 +436,7 @@ impl Backend for NodeBackend {
     fn try_submit(&mut self, command: Command, token: u64) -> Result<(), Refusal> {
         let Some(session) = self.session.as_mut() else { return Err(Refusal::ShuttingDown) };
         match session.try_submit(command, token) {
-            Ok(_) => {
-                if let Command::Client { action: Action::CreateSku(create), .. } = command {
-                    if !self.known_skus.contains(&create.sku) {
-                        self.known_skus.push(create.sku);
-                    }
-                }
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(Refused::Busy | Refused::SessionFull | Refused::BatchTooLarge { .. }) => {
                 Err(Refusal::Busy)
             }
@@ -498,7 +479,7 @@ impl Backend for NodeBackend {
         match node.shutdown() {
             Ok(report) => {
                 if let Some(on_stop) = self.on_stop.take() {
-                    on_stop(&report.engine, report.last_sequence, &self.known_skus);
+                    on_stop(&report.engine, report.last_sequence);
                 }
             }
             Err(error) => eprintln!("ringfence: error: node shutdown: {error}"),

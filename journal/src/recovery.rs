@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, SkuId};
+use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 
 use crate::error::JournalError;
 use crate::format;
@@ -79,8 +79,6 @@ pub struct Recovered<S: Storage> {
     pub last_epoch: Epoch,
     /// The journaler, positioned after the last intact record.
     pub writer: JournalWriter<S>,
-    /// SKUs defined, for the snapshotter's catalog ([`snapshot::Snapshotter::start`]).
-    pub known_skus: Vec<SkuId>,
     /// What recovery did.
     pub report: RecoveryReport,
 }
@@ -123,10 +121,8 @@ pub fn recover_from<S: Storage>(
         }
         _ => {}
     }
-    let mut known_skus = report.snapshot.as_ref().map(|m| m.skus.clone()).unwrap_or_default();
     let mut replayed = 0;
     scan::read_pipelined(&mut storage, &layout, start, &mut |record| {
-        snapshot::note_sku(&mut known_skus, &record.command);
         engine.apply(&record.sequenced());
         replayed += 1;
         ControlFlow::Continue(())
@@ -143,7 +139,7 @@ pub fn recover_from<S: Storage>(
     let next_sequence = writer.next_sequence();
     assert!(engine.last_sequence() < next_sequence);
     assert!(next_sequence >= start);
-    Ok(Recovered { engine, next_sequence, last_epoch, writer, known_skus, report })
+    Ok(Recovered { engine, next_sequence, last_epoch, writer, report })
 }
 
 /// Zeroes a torn tail (or removes a segment whose creation was cut off) and syncs.

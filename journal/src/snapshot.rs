@@ -41,8 +41,7 @@ use std::time::Instant;
 
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{
-    Action, Command, Engine, EngineConfig, EngineImage, Outcome, Query, RestoreError, Sequence,
-    Sequenced, SkuId, Timestamp,
+    Command, Engine, EngineConfig, EngineImage, RestoreError, Sequence, Sequenced, SkuId, Timestamp,
 };
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -161,13 +160,13 @@ pub fn write(
     config: &EngineConfig,
     image: &EngineImage,
     through: Sequence,
-    known_skus: &[SkuId],
 ) -> Result<SnapshotMeta, SnapshotError> {
     let file = dir.join(snapshot_name(through));
     let engine = Engine::from_image(config.clone(), image)
         .map_err(|source| SnapshotError::Restore { file: file.clone(), source })?;
     assert!(engine.last_sequence() <= through, "a snapshot covers the commands it includes");
-    let skus = defined_skus(&engine, known_skus);
+    let mut skus: Vec<SkuId> = engine.sku_views().map(|view| view.sku).collect();
+    skus.sort_unstable();
     let payload = rkyv::to_bytes::<rancor::Error>(image)
         .map_err(|e| SnapshotError::Invalid { file: file.clone(), reason: e.to_string() })?;
     let meta = SnapshotMeta {
@@ -198,23 +197,11 @@ pub fn write_now(
     dir: &Path,
     engine: &Engine,
     through: Sequence,
-    known_skus: &[SkuId],
 ) -> Result<SnapshotMeta, SnapshotError> {
     assert!(engine.last_sequence() <= through);
-    let meta = write(dir, engine.config(), &engine.to_image(), through, known_skus)?;
+    let meta = write(dir, engine.config(), &engine.to_image(), through)?;
     assert_eq!(meta.state_digest, engine.state_digest(), "snapshot digest equals the engine's");
     Ok(meta)
-}
-
-fn defined_skus(engine: &Engine, known: &[SkuId]) -> Vec<SkuId> {
-    let mut skus: Vec<SkuId> = known
-        .iter()
-        .copied()
-        .filter(|&sku| matches!(engine.query(&Query::Sku(sku)), Outcome::Sku(_)))
-        .collect();
-    skus.sort_unstable();
-    skus.dedup();
-    skus
 }
 
 fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
@@ -437,7 +424,6 @@ struct Job {
     through: Sequence,
     running_hash: u64,
     last_sequence: Sequence,
-    skus: Vec<SkuId>,
 }
 
 /// The snapshot hook for the pipeline: counts commands, copies the engine's state on the BLP
@@ -452,7 +438,6 @@ pub struct Snapshotter {
     /// A due snapshot is waiting for the writer (counted once per wait).
     waiting: bool,
     deferred: u64,
-    known_skus: Vec<SkuId>,
     jobs: Option<SyncSender<Job>>,
     /// Images the writer is done with, for the next snapshot to copy into. At most one: one
     /// snapshot is written at a time, and its image comes back before the writer is marked free.
@@ -463,13 +448,11 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// Starts the writer thread. `known_skus` comes from recovery
-    /// ([`crate::recovery::Recovered::known_skus`]).
+    /// Starts the writer thread.
     pub fn start(
         dir: &Path,
         policy: SnapshotPolicy,
         config: EngineConfig,
-        known_skus: Vec<SkuId>,
     ) -> Result<Snapshotter, SnapshotError> {
         assert!(policy.keep >= 1, "at least one snapshot is kept");
         fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
@@ -510,7 +493,6 @@ impl Snapshotter {
             requested: false,
             waiting: false,
             deferred: 0,
-            known_skus,
             jobs: Some(jobs),
             spares,
             busy,
@@ -545,7 +527,7 @@ impl Snapshotter {
         through: Sequence,
     ) -> Result<SnapshotMeta, SnapshotError> {
         self.stop_worker();
-        let meta = write_now(&self.dir, engine, through, &self.known_skus)?;
+        let meta = write_now(&self.dir, engine, through)?;
         apply_retention(&self.dir, &self.policy)?;
         Ok(meta)
     }
@@ -582,7 +564,6 @@ impl Snapshotter {
             through,
             running_hash: engine.running_hash(),
             last_sequence: engine.last_sequence(),
-            skus: self.known_skus.clone(),
         };
         let pause_ns = started.elapsed().as_nanos() as u64;
         self.since_last = 0;
@@ -606,7 +587,7 @@ fn write_job(
     policy: &SnapshotPolicy,
     job: &Job,
 ) -> Result<SnapshotMeta, SnapshotError> {
-    let meta = write(dir, config, &job.image, job.through, &job.skus)?;
+    let meta = write(dir, config, &job.image, job.through)?;
     assert_eq!(meta.running_hash, job.running_hash, "snapshot restores to the BLP's hash");
     assert_eq!(meta.last_sequence, job.last_sequence, "snapshot restores to the BLP's sequence");
     apply_retention(dir, policy)?;
@@ -615,22 +596,11 @@ fn write_job(
 
 impl SnapshotHook for Snapshotter {
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
-        note_sku(&mut self.known_skus, &command.command);
         self.since_last += 1;
         self.requested |= matches!(command.command, Command::Snapshot);
         let due = self.policy.every_commands.is_some_and(|every| self.since_last >= every);
         if (self.requested || due) && self.take(engine, command.sequence) {
             self.requested = false;
-        }
-    }
-}
-
-/// Adds the SKU a `CreateSku` command defines to `known` (admin commands are rare, so a linear
-/// search is fine).
-pub(crate) fn note_sku(known: &mut Vec<SkuId>, command: &Command) {
-    if let Command::Client { action: Action::CreateSku(create), .. } = command {
-        if !known.contains(&create.sku) {
-            known.push(create.sku);
         }
     }
 }

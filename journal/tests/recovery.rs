@@ -139,9 +139,7 @@ fn recovery_equals_live_state_after_random_workloads_with_snapshots() {
             );
             assert_eq!(recovered.next_sequence, workload.next_sequence());
             let policy = SnapshotPolicy { every_commands: Some(700), keep: 2, archive_dir: None };
-            let mut snapshots =
-                Snapshotter::start(dir.path(), policy, config(), recovered.known_skus.clone())
-                    .unwrap();
+            let mut snapshots = Snapshotter::start(dir.path(), policy, config()).unwrap();
             let mut blp = recovered.engine;
             for batch in 0..40 {
                 let commands = generate(&mut workload, &mut live, 25 + batch);
@@ -172,7 +170,7 @@ fn snapshot_digest_equals_the_engines_and_shutdown_snapshot_needs_no_replay() {
     let dir = TempDir::new("shutdown");
     let mut recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
     let policy = SnapshotPolicy { every_commands: None, keep: 3, archive_dir: None };
-    let mut snapshots = Snapshotter::start(dir.path(), policy, config(), Vec::new()).unwrap();
+    let mut snapshots = Snapshotter::start(dir.path(), policy, config()).unwrap();
     let mut engine = recovered.engine;
     let mut workload = Workload::new(9, Sequence(1), Timestamp(5));
     let mut shadow = Engine::new(config());
@@ -398,7 +396,7 @@ fn retention_keeps_the_last_snapshots_and_archives_old_segments() {
         keep: 2,
         archive_dir: Some(archive.path().to_path_buf()),
     };
-    let mut snapshots = Snapshotter::start(dir.path(), policy, config(), Vec::new()).unwrap();
+    let mut snapshots = Snapshotter::start(dir.path(), policy, config()).unwrap();
     let mut engine = recovered.engine;
     let mut workload = Workload::new(5, Sequence(1), Timestamp(5));
     let mut shadow = Engine::new(config());
@@ -433,7 +431,7 @@ fn snapshot_past_the_journal_end_is_set_aside() {
         engine.apply(command);
     }
     let fake_through = Sequence(10_000);
-    snapshot::write_now(dir.path(), &engine, fake_through, &[]).unwrap();
+    snapshot::write_now(dir.path(), &engine, fake_through).unwrap();
     let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
     assert!(recovered.report.snapshot.is_none());
     assert_eq!(recovered.report.skipped_snapshots.len(), 1);
@@ -447,7 +445,7 @@ fn snapshot_requested_while_the_writer_is_busy_is_taken_later() {
     // the previous snapshot, the next command that finds it free takes it.
     let dir = TempDir::new("deferred");
     let policy = SnapshotPolicy { every_commands: None, keep: 5, archive_dir: None };
-    let mut snapshots = Snapshotter::start(dir.path(), policy, config(), Vec::new()).unwrap();
+    let mut snapshots = Snapshotter::start(dir.path(), policy, config()).unwrap();
     let mut engine = Engine::new(config());
     let mut workload = Workload::new(8, Sequence(1), Timestamp(1));
     let mut commands = generate(&mut workload, &mut Engine::new(config()), 500);

@@ -457,7 +457,7 @@ impl BenchServer {
         )
         .map_err(io::Error::other)?;
         let handle = ringfence_ingress::start(config, move |waker| {
-            NodeBackend::new(node, waker, watch, Epoch(1), "bench".into(), Vec::new(), None)
+            NodeBackend::new(node, waker, watch, Epoch(1), "bench".into(), None)
         })?;
         let addr = handle.binary_addr().expect("binary listener");
         let mut client = ringfence_ingress::Client::connect(&[addr]).map_err(io::Error::other)?;

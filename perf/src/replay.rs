@@ -182,7 +182,7 @@ fn snapshot_pause(report: &mut Report, engine: &Engine, dir: &BenchDir) {
         engine.copy_image_into(&mut image);
         steady.record(t0);
         let t1 = Instant::now();
-        let meta = snapshot::write(&dir.0, engine.config(), &image, Sequence(u64::MAX / 2), &[])
+        let meta = snapshot::write(&dir.0, engine.config(), &image, Sequence(u64::MAX / 2))
             .expect("snapshot write");
         write.record(t1);
         bytes = meta.bytes;

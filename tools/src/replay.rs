@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use ringfence_core::{Engine, EngineConfig, Outcome, Query, Sequence, SkuId, Timestamp};
+use ringfence_core::{Engine, EngineConfig, Sequence, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan;
 use ringfence_journal::snapshot::{self, SnapshotMeta};
@@ -62,23 +62,12 @@ struct Limits {
     until_time: Timestamp,
 }
 
-/// What replay learned along the way, for the summary. Orders are not tallied here: the
-/// engine counts the ones it keeps, snapshot or not.
+/// What replay learned along the way, for the summary. SKUs and orders are not tallied here:
+/// the engine lists them, snapshot or not.
 #[derive(Default)]
 struct Tally {
-    skus: Vec<SkuId>,
     replayed: u64,
     last_sequence: Option<Sequence>,
-}
-
-impl Tally {
-    fn outcome(&mut self, outcome: &Outcome) {
-        if let Outcome::SkuCreated(view) = *outcome {
-            if !self.skus.contains(&view.sku) {
-                self.skus.push(view.sku);
-            }
-        }
-    }
 }
 
 /// Runs `ringfence replay`.
@@ -116,10 +105,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         }
         _ => {}
     }
-    let mut tally = Tally {
-        skus: snapshot.as_ref().map(|m| m.skus.clone()).unwrap_or_default(),
-        ..Tally::default()
-    };
+    let mut tally = Tally::default();
     let mut export = match &args.export {
         Some(path) => Some(BufWriter::new(
             File::create(path)
@@ -138,7 +124,6 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         }
         let mut events = Vec::new();
         let outcome = engine.apply_observed(&record.sequenced(), &mut |event| events.push(event));
-        tally.outcome(&outcome);
         tally.replayed += 1;
         tally.last_sequence = Some(record.sequence);
         if let Some(out) = export.as_mut() {
@@ -222,15 +207,8 @@ fn print_summary(
     start: Sequence,
 ) {
     let status = engine.status();
-    let mut skus = tally.skus.clone();
-    skus.sort_unstable();
-    let views: Vec<_> = skus
-        .iter()
-        .filter_map(|&sku| match engine.query(&Query::Sku(sku)) {
-            Outcome::Sku(view) => Some(view),
-            _ => None,
-        })
-        .collect();
+    let mut views: Vec<_> = engine.sku_views().collect();
+    views.sort_unstable_by_key(|view| view.sku);
     let by_state = engine.order_counts();
     let last = tally.last_sequence.unwrap_or(Sequence(start.0 - 1));
     if args.json {

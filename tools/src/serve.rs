@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ringfence_core::pipeline::{EgressDriver, NoReplicator, Node, NodeConfig, Topology};
-use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, SkuId};
+use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig};
 use ringfence_journal::recovery::recover;
 use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter};
@@ -224,13 +224,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         keep: file.node.snapshots_kept.max(1),
         archive_dir: None,
     };
-    let snapshotter = Snapshotter::start(
-        &data_dir,
-        policy.clone(),
-        engine_config.clone(),
-        recovered.known_skus.clone(),
-    )
-    .map_err(|e| format!("starting the snapshot writer: {e}"))?;
+    let snapshotter = Snapshotter::start(&data_dir, policy.clone(), engine_config.clone())
+        .map_err(|e| format!("starting the snapshot writer: {e}"))?;
     let epoch = Epoch(recovered.last_epoch.0.max(1));
     let node_config = file.node.to_config(engine_config, epoch)?;
     server_config.in_flight_max =
@@ -253,15 +248,14 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         node_config.tick_period_ms
     ));
     let journal = format!("{} (durability {durability})", data_dir.display());
-    let known_skus = recovered.known_skus;
     let on_stop: ringfence_ingress::OnNodeStop = {
         let dir = data_dir.clone();
-        Box::new(move |engine: &Engine, through: Sequence, skus: &[SkuId]| {
-            final_snapshot(&dir, &policy, engine, through, skus);
+        Box::new(move |engine: &Engine, through: Sequence| {
+            final_snapshot(&dir, &policy, engine, through);
         })
     };
     let handle = ringfence_ingress::start(server_config, move |waker| {
-        NodeBackend::new(node, waker, watch, epoch, journal, known_skus, Some(on_stop))
+        NodeBackend::new(node, waker, watch, epoch, journal, Some(on_stop))
     })
     .map_err(|e| format!("starting the listeners: {e}"))?;
     if let Some(addr) = handle.binary_addr() {
@@ -278,14 +272,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
 
 /// On clean shutdown, after the last command: one more snapshot so the next start replays
 /// nothing, then retention.
-fn final_snapshot(
-    dir: &Path,
-    policy: &SnapshotPolicy,
-    engine: &Engine,
-    through: Sequence,
-    skus: &[SkuId],
-) {
-    match snapshot::write_now(dir, engine, through, skus) {
+fn final_snapshot(dir: &Path, policy: &SnapshotPolicy, engine: &Engine, through: Sequence) {
+    match snapshot::write_now(dir, engine, through) {
         Ok(meta) => {
             log(format_args!("final snapshot {} through {}", meta.file.display(), meta.through));
             if let Err(error) = snapshot::apply_retention(dir, policy) {

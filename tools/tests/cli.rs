@@ -33,7 +33,7 @@ fn write_journal_with(
     };
     let mut recovered = recover(dir, options).unwrap();
     let policy = SnapshotPolicy { every_commands: every, keep: 100, archive_dir: None };
-    let mut snapshots = Snapshotter::start(dir, policy, config(), Vec::new()).unwrap();
+    let mut snapshots = Snapshotter::start(dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());
     let mut workload = Workload::new(11, Sequence(1), Timestamp(1_700_000_000_000));
     let mut digests = Vec::with_capacity(marks.len());

@@ -135,6 +135,12 @@ impl Engine {
         Ok(Outcome::CouponClaimed { coupon, batch, valid_until })
     }
 
+    /// Every defined SKU's figures, in creation order. O(SKUs): for tools and snapshots, not
+    /// the hot path.
+    pub fn sku_views(&self) -> impl Iterator<Item = SkuView> + '_ {
+        (0..self.skus.len() as u32).map(|slot| self.sku_view(slot))
+    }
+
     pub(super) fn sku_slot(&self, sku: SkuId) -> Result<u32, Rejection> {
         self.sku_index.get(&sku).copied().ok_or(Rejection::UnknownSku)
     }

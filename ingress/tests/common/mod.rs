@@ -54,7 +54,7 @@ pub fn start_node(mut config: ServerConfig, topology: Topology) -> ServerHandle 
             hook,
         )
         .map_err(std::io::Error::other)?;
-        NodeBackend::new(node, waker, watch, Epoch(1), "memory".into(), Vec::new(), None)
+        NodeBackend::new(node, waker, watch, Epoch(1), "memory".into(), None)
     })
     .expect("server starts on loopback")
 }
