@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use ringfence_core::pipeline::{Journal, MemoryJournal};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::codec::Encoder;
@@ -100,6 +101,32 @@ fn row(
         .with("histogram", "per batch (appends + flush)")
 }
 
+/// Appends `commands` in batches of `batch`, flushing after each, until done or `budget` has
+/// passed; returns the commands appended, the wall time and the per-batch histogram.
+fn timed_appends(
+    journal: &mut impl Journal,
+    commands: &[Sequenced],
+    batch: usize,
+    budget: Duration,
+) -> (u64, f64, Histogram<u64>) {
+    let mut histogram = latency_histogram();
+    let started = Instant::now();
+    let mut ops = 0u64;
+    for chunk in commands.chunks(batch) {
+        let t0 = Instant::now();
+        for command in chunk {
+            journal.append(Epoch(1), command).expect("append");
+        }
+        journal.flush().expect("flush");
+        let _ = histogram.record(t0.elapsed().as_nanos() as u64);
+        ops += chunk.len() as u64;
+        if started.elapsed() > budget {
+            break;
+        }
+    }
+    (ops, started.elapsed().as_secs_f64(), histogram)
+}
+
 fn append(
     commands: &[Sequenced],
     batch: usize,
@@ -112,22 +139,7 @@ fn append(
     let options =
         WriterOptions { segment_len: 64 << 20, durability, engine_config: EngineConfig::default() };
     let mut writer = JournalWriter::create(storage, options, Sequence(1)).expect("writer");
-    let mut histogram = latency_histogram();
-    let started = Instant::now();
-    let mut ops = 0u64;
-    for chunk in commands.chunks(batch) {
-        let t0 = Instant::now();
-        for command in chunk {
-            writer.append(Epoch(1), command).expect("append");
-        }
-        writer.flush().expect("flush");
-        let _ = histogram.record(t0.elapsed().as_nanos() as u64);
-        ops += chunk.len() as u64;
-        if started.elapsed() > budget {
-            break;
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let (ops, seconds, histogram) = timed_appends(&mut writer, commands, batch, budget);
     let scenario = format!("append_batch_{batch}");
     let variant = match durability {
         Durability::None => "mmap_none".to_owned(),
@@ -145,22 +157,7 @@ fn baseline_memory(
     record_bytes: f64,
 ) -> Row {
     let mut journal = MemoryJournal::new();
-    let mut histogram = latency_histogram();
-    let started = Instant::now();
-    let mut ops = 0u64;
-    for chunk in commands.chunks(batch) {
-        let t0 = Instant::now();
-        for command in chunk {
-            journal.append(Epoch(1), command).expect("append");
-        }
-        journal.flush().expect("flush");
-        let _ = histogram.record(t0.elapsed().as_nanos() as u64);
-        ops += chunk.len() as u64;
-        if started.elapsed() > budget {
-            break;
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let (ops, seconds, histogram) = timed_appends(&mut journal, commands, batch, budget);
     row(
         &format!("append_batch_{batch}"),
         "memory_journal_baseline",
