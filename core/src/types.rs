@@ -76,57 +76,33 @@ impl Sequence {
     }
 }
 
-/// A client's idempotency key: 16 bytes (UUID-sized). Front ends hash longer request ids into
-/// one of these with a stable hash.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-)]
-#[rkyv(derive(Debug, PartialEq, Eq))]
-#[repr(transparent)]
-pub struct RequestKey(pub [u8; 16]);
+macro_rules! bytes16_newtype {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Archive, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[rkyv(derive(Debug, PartialEq, Eq))]
+        #[repr(transparent)]
+        pub struct $name(pub [u8; 16]);
 
-impl RequestKey {
-    /// A key made from two 64-bit halves; convenient for tests and load generators.
-    #[must_use]
-    pub fn from_u128(value: u128) -> RequestKey {
-        RequestKey(value.to_le_bytes())
-    }
+        impl $name {
+            /// The value made from a 128-bit number (little-endian); convenient for tests and
+            /// load generators.
+            #[must_use]
+            pub fn from_u128(value: u128) -> $name {
+                $name(value.to_le_bytes())
+            }
+        }
+    };
 }
 
-/// A payment provider's reference for a payment, 16 bytes. Front ends hash longer references.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-)]
-#[rkyv(derive(Debug, PartialEq, Eq))]
-#[repr(transparent)]
-pub struct PaymentRef(pub [u8; 16]);
-
-impl PaymentRef {
-    /// A reference made from a 128-bit number; convenient for tests and load generators.
-    #[must_use]
-    pub fn from_u128(value: u128) -> PaymentRef {
-        PaymentRef(value.to_le_bytes())
-    }
-}
+bytes16_newtype!(
+    /// A client's idempotency key: 16 bytes (UUID-sized). Front ends hash longer request ids
+    /// into one of these with a stable hash.
+    RequestKey
+);
+bytes16_newtype!(
+    /// A payment provider's reference for a payment, 16 bytes. Front ends hash longer
+    /// references.
+    PaymentRef
+);
