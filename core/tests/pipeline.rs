@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringfence_core::pipeline::{
-    CallError, Completion, EgressDriver, Journal, MemoryJournal, NoReplicator, NoSnapshots, Node,
-    NodeConfig, NodeError, Refused, Replicator, Session, SnapshotHook, StageError, Topology,
+    CallError, Clock, Completion, EgressDriver, Journal, MemoryJournal, NoReplicator, NoSnapshots,
+    Node, NodeConfig, NodeError, Refused, Replicator, Session, SnapshotHook, StageError, Topology,
     Watermark,
 };
 use ringfence_core::{
@@ -105,14 +105,49 @@ fn producer_commands(producer: u64, count: u64) -> Vec<Command> {
 
 /// Replays the journal through a fresh engine: the outcome of every sequence.
 fn replay(config: &NodeConfig, journal: &[(Epoch, Sequenced)]) -> (Engine, BTreeMap<u64, Outcome>) {
+    replay_with_reads(config, journal, &[]).0
+}
+
+/// Replays the journal and answers each read (a query or snapshot request, and the sequence it
+/// was placed at) from the replayed state at that sequence.
+#[allow(clippy::type_complexity)]
+fn replay_with_reads(
+    config: &NodeConfig,
+    journal: &[(Epoch, Sequenced)],
+    reads: &[(Sequence, Command)],
+) -> ((Engine, BTreeMap<u64, Outcome>), Vec<Outcome>) {
     let mut engine = Engine::new(config.engine.clone());
     let mut outcomes = BTreeMap::new();
+    let mut answers = vec![None; reads.len()];
+    let answer = |engine: &Engine, at: Sequence, answers: &mut Vec<Option<Outcome>>| {
+        for (index, (read_at, command)) in reads.iter().enumerate() {
+            if *read_at == at {
+                answers[index] = Some(read(engine, command));
+            }
+        }
+    };
+    answer(&engine, Sequence(0), &mut answers);
     for (index, (epoch, sequenced)) in journal.iter().enumerate() {
         assert_eq!(*epoch, config.epoch);
         assert_eq!(sequenced.sequence, Sequence(index as u64 + 1), "journal is contiguous from 1");
+        assert!(sequenced.command.is_mutating(), "reads are not journaled");
         outcomes.insert(sequenced.sequence.0, engine.apply(sequenced));
+        answer(&engine, sequenced.sequence, &mut answers);
     }
-    (engine, outcomes)
+    let answers = answers.into_iter().map(|a| a.expect("every read placed in range")).collect();
+    ((engine, outcomes), answers)
+}
+
+/// What a read answers from `engine`'s state.
+fn read(engine: &Engine, command: &Command) -> Outcome {
+    match command {
+        Command::Query(query) => engine.query(query),
+        Command::Snapshot => Outcome::SnapshotRequested {
+            last_sequence: engine.last_sequence(),
+            running_hash: engine.running_hash(),
+        },
+        other => panic!("{other:?} is not a read"),
+    }
 }
 
 fn run_flash_sale(config: NodeConfig) {
@@ -142,7 +177,18 @@ fn run_flash_sale(config: NodeConfig) {
     let report = node.shutdown().unwrap();
 
     let journal = copy.lock().unwrap().clone();
-    let (replayed, outcomes) = replay(&config, &journal);
+    let reads: Vec<(Sequence, Command)> = results
+        .iter()
+        .flat_map(|(commands, completions)| {
+            completions
+                .iter()
+                .map(|completion| (completion.sequence, commands[completion.token as usize]))
+                .filter(|(_, command)| !command.is_mutating())
+        })
+        .collect();
+    assert!(reads.len() >= 100, "the workload reads");
+    let ((replayed, outcomes), answers) = replay_with_reads(&config, &journal, &reads);
+    let mut answers = answers.into_iter();
     let by_sequence: HashMap<u64, Command> =
         journal.iter().map(|(_, s)| (s.sequence.0, s.command)).collect();
     let mut orders = HashMap::new();
@@ -151,6 +197,16 @@ fn run_flash_sale(config: NodeConfig) {
         for (position, completion) in completions.iter().enumerate() {
             assert_eq!(completion.token, position as u64, "completions arrive in order");
             let outcome = completion.result.as_ref().expect("no stage failed");
+            if !commands[position].is_mutating() {
+                // A read sees exactly the state after the last command journaled before it.
+                assert_eq!(
+                    Some(outcome),
+                    answers.next().as_ref(),
+                    "read at {}",
+                    completion.sequence
+                );
+                continue;
+            }
             assert_eq!(by_sequence[&completion.sequence.0], commands[position]);
             assert_eq!(*outcome, outcomes[&completion.sequence.0], "seq {}", completion.sequence);
             if let Outcome::Reserved { order, .. } = outcome {
@@ -194,7 +250,7 @@ impl Journal for HoldingJournal {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<Sequence, StageError> {
+    fn flush(&mut self, _clock: &dyn Clock) -> Result<Sequence, StageError> {
         let durable = self.last.0.min(self.allowed.load(Ordering::Acquire));
         self.durable.fetch_max(durable, Ordering::AcqRel);
         Ok(Sequence(self.durable.load(Ordering::Acquire)))
@@ -214,7 +270,8 @@ fn collect_for(session: &mut Session, window: Duration, into: &mut Vec<Completio
 #[test]
 fn no_outcome_is_delivered_before_the_journal_made_it_durable() {
     // Goal: egress releases a sequence only once the journal reported it durable, even though
-    // the BLP applied it long before; answers then follow the journal as it catches up.
+    // the BLP applied it long before; a read waits for everything it saw; answers then follow
+    // the journal as it catches up.
     for config in both_topologies() {
         let allowed = Arc::new(AtomicU64::new(0));
         let durable = Arc::new(AtomicU64::new(0));
@@ -225,22 +282,24 @@ fn no_outcome_is_delivered_before_the_journal_made_it_durable() {
         };
         let node = Node::start(config, journal, NoReplicator::default()).unwrap();
         let mut session = node.session().unwrap();
-        let mut sequences = Vec::new();
         for token in 0..20 {
-            sequences.push(session.try_submit(Command::Query(Query::Sku(SKU)), token).unwrap());
+            session.try_submit(Command::Tick, token).unwrap();
         }
+        // A read placed after all twenty ticks: it saw them, so it waits for all of them.
+        session.try_submit(Command::Query(Query::Sku(SKU)), 20).unwrap();
         // The BLP applies everything while the journal holds durability back; how soon
         // depends on the scheduler, so wait for it rather than for a fixed time.
         let deadline = Instant::now() + WAIT;
-        while node.sequences().applied < sequences[19] {
+        while node.sequences().applied_positions < 21 {
             assert!(Instant::now() < deadline, "the BLP waited for the disk");
             thread::sleep(Duration::from_millis(1));
         }
+        assert_eq!(node.sequences().applied, Sequence(20), "the read took no sequence");
         let mut received = Vec::new();
         collect_for(&mut session, Duration::from_millis(100), &mut received);
         assert!(received.is_empty(), "answered before durable: {received:?}");
 
-        allowed.store(sequences[9].0, Ordering::Release);
+        allowed.store(10, Ordering::Release);
         let deadline = Instant::now() + WAIT;
         while received.len() < 10 {
             assert!(Instant::now() < deadline, "released answers did not arrive");
@@ -250,13 +309,24 @@ fn no_outcome_is_delivered_before_the_journal_made_it_durable() {
         assert_eq!(received.len(), 10, "only the durable prefix is answered");
         for completion in &received {
             assert!(completion.sequence.0 <= durable.load(Ordering::Acquire));
-            assert!(completion.sequence <= sequences[9]);
+            assert!(completion.sequence <= Sequence(10));
         }
+
+        allowed.store(19, Ordering::Release);
+        let deadline = Instant::now() + WAIT;
+        while received.len() < 19 {
+            assert!(Instant::now() < deadline, "released answers did not arrive");
+            received.extend(session.wait(Duration::from_millis(5)));
+        }
+        collect_for(&mut session, Duration::from_millis(50), &mut received);
+        assert_eq!(received.len(), 19, "the read waits for the last tick it saw");
 
         allowed.store(u64::MAX, Ordering::Release);
         drain(&mut session, &mut received);
         let tokens: Vec<u64> = received.iter().map(|c| c.token).collect();
-        assert_eq!(tokens, (0..20).collect::<Vec<_>>());
+        assert_eq!(tokens, (0..21).collect::<Vec<_>>());
+        let read = received.last().unwrap();
+        assert_eq!(read.sequence, Sequence(20), "the read is placed after the twentieth tick");
         drop(session);
         node.shutdown().unwrap();
     }
@@ -289,9 +359,9 @@ impl Journal for GatedJournal {
         self.inner.append(epoch, command)
     }
 
-    fn flush(&mut self) -> Result<Sequence, StageError> {
+    fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {
         self.gate.wait();
-        self.inner.flush()
+        self.inner.flush(clock)
     }
 }
 
@@ -308,7 +378,7 @@ fn a_full_ring_answers_busy_at_once_and_recovers() {
         let mut session = node.session().unwrap();
         let (mut accepted, mut busy) = (0, 0);
         for token in 0..200 {
-            match session.try_submit(Command::Query(Query::Sku(SKU)), token) {
+            match session.try_submit(Command::Tick, token) {
                 Ok(_) => accepted += 1,
                 Err(Refused::Busy) => busy += 1,
                 Err(other) => panic!("unexpected refusal {other}"),
@@ -422,8 +492,8 @@ impl Journal for PanickingJournal {
         self.inner.append(epoch, command)
     }
 
-    fn flush(&mut self) -> Result<Sequence, StageError> {
-        self.inner.flush()
+    fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {
+        self.inner.flush(clock)
     }
 }
 
@@ -462,22 +532,22 @@ impl SnapshotHook for PanickingHook {
     }
 }
 
-/// Against a node set to fail at sequence 20: 19 queries are answered normally; of 21 more,
+/// Against a node set to fail at sequence 20: 19 ticks are answered normally; of 21 more,
 /// every one is answered with the failure naming `stage`; the node reports it, refuses new
 /// work, and shutdown returns it. Nothing hangs.
 fn check_failure_reported(node: Node, stage: &str) {
     let mut session = node.session().unwrap();
     let mut before = Vec::new();
     for token in 0..19 {
-        session.try_submit(Command::Query(Query::Sku(SKU)), token).unwrap();
+        session.try_submit(Command::Tick, token).unwrap();
     }
     drain(&mut session, &mut before);
     assert!(before.iter().all(|c| c.result.is_ok()), "{before:?}");
     let mut after = Vec::new();
     let mut submitted = HashMap::new();
     for token in 19..40 {
-        match session.try_submit(Command::Query(Query::Sku(SKU)), token) {
-            Ok(sequence) => assert!(submitted.insert(token, sequence).is_none()),
+        match session.try_submit(Command::Tick, token) {
+            Ok(ticket) => assert!(submitted.insert(token, ticket).is_none()),
             Err(Refused::Failed(_)) => {}
             Err(other) => panic!("unexpected refusal {other}"),
         }
@@ -487,7 +557,8 @@ fn check_failure_reported(node: Node, stage: &str) {
     for completion in &after {
         let failure = completion.result.clone().expect_err("nothing after the failure is answered");
         assert_eq!(failure.stage, stage);
-        assert_eq!(completion.sequence, submitted[&completion.token], "failures keep sequences");
+        assert_eq!(completion.ticket, submitted[&completion.token], "failures keep tickets");
+        assert_eq!(completion.sequence, Sequence(completion.token + 1), "and sequences");
     }
     assert_eq!(node.failure().map(|failure| failure.stage), Some(stage));
     let refused = session.try_submit(Command::Query(Query::Sku(SKU)), 99);
@@ -543,17 +614,21 @@ fn timer_ticks_expire_unpaid_orders_without_client_traffic() {
         let Ok(Outcome::Reserved { order, .. }) = session.call(reserve(1, 1, 1), WAIT) else {
             panic!("reservation failed");
         };
-        let published = node.sequences().published;
         let deadline = Instant::now() + WAIT;
-        while node.sequences().applied < Sequence(published.0 + 50) {
-            assert!(Instant::now() < deadline, "the timer published no ticks");
+        loop {
+            let view = session.call(Command::Query(Query::Order(order)), WAIT).unwrap();
+            let Outcome::Order(view) = view else { panic!("{view:?}") };
+            if view.state == OrderState::Expired {
+                break;
+            }
+            assert_eq!(view.state, OrderState::Reserved);
+            assert!(Instant::now() < deadline, "the timer published no tick");
             thread::sleep(Duration::from_millis(5));
         }
-        let view = session.call(Command::Query(Query::Order(order)), WAIT).unwrap();
-        assert!(
-            matches!(view, Outcome::Order(view) if view.state == OrderState::Expired),
-            "{view:?}"
-        );
+        // One deadline, so a tick or two (one may race a query's time advance), not one a
+        // period.
+        let ticks = node.metrics().ticks_published;
+        assert!((1..=3).contains(&ticks), "{ticks} ticks for one deadline");
         drop(session);
         node.shutdown().unwrap();
     }
@@ -592,9 +667,12 @@ fn a_recovered_engine_continues_at_the_next_sequence() {
     )
     .unwrap();
     let mut session = node.session().unwrap();
-    let sequence = session.try_submit(Command::Query(Query::Sku(SKU)), 0).unwrap();
-    assert_eq!(sequence, Sequence(42));
+    session.try_submit(Command::Tick, 0).unwrap();
     let completion = session.wait(WAIT).expect("answered");
+    assert_eq!(completion.sequence, Sequence(42));
+    session.try_submit(Command::Query(Query::Sku(SKU)), 1).unwrap();
+    let completion = session.wait(WAIT).expect("answered");
+    assert_eq!(completion.sequence, Sequence(42), "a read takes no sequence");
     assert!(matches!(completion.result, Ok(Outcome::Sku(view)) if view.stock == 5));
     drop(session);
     let report = node.shutdown().unwrap();
@@ -641,16 +719,17 @@ fn batches_limits_and_metrics_are_observable() {
         let mut session = node.session().unwrap();
         let _second = node.session().unwrap();
         assert!(matches!(node.session(), Err(NodeError::TooManySessions { max: 2 })));
-        let batch: Vec<_> = (0..8).map(|token| (Command::Query(Query::Sku(SKU)), token)).collect();
-        let too_big: Vec<_> =
-            (0..9).map(|token| (Command::Query(Query::Sku(SKU)), token)).collect();
+        let batch: Vec<_> = (0..8).map(|token| (Command::Tick, token)).collect();
+        let too_big: Vec<_> = (0..9).map(|token| (Command::Tick, token)).collect();
         assert!(matches!(session.try_submit_batch(&too_big), Err(Refused::BatchTooLarge { .. })));
         let last = session.try_submit_batch(&batch).unwrap();
         assert_eq!(session.try_submit(Command::Tick, 9), Err(Refused::SessionFull));
         let mut received = Vec::new();
         drain(&mut session, &mut received);
         let sequences: Vec<u64> = received.iter().map(|c| c.sequence.0).collect();
-        assert_eq!(sequences, (last.0 - 7..=last.0).collect::<Vec<_>>(), "contiguous, in order");
+        assert_eq!(sequences, (1..=8).collect::<Vec<_>>(), "contiguous, in order");
+        let tickets: Vec<u64> = received.iter().map(|c| c.ticket.0).collect();
+        assert_eq!(tickets, (last.0 - 7..=last.0).collect::<Vec<_>>(), "one ticket each");
 
         let deadline = Instant::now() + WAIT;
         let metrics = loop {
@@ -671,6 +750,7 @@ fn batches_limits_and_metrics_are_observable() {
         match topology {
             Topology::Parallel => assert_eq!(names, ["journaler", "replicator", "blp", "egress"]),
             Topology::Compact => assert_eq!(names, ["processor", "egress"]),
+            Topology::Stepped => unreachable!("not run threaded"),
         }
         assert_eq!(metrics.busy_rejections, 0);
         drop(session);

@@ -1,9 +1,7 @@
 //! The journaler stage: appends records to the current segment and makes them durable per
 //! policy. It implements the pipeline's [`Journal`] trait.
 
-use std::time::{Duration, Instant};
-
-use ringfence_core::pipeline::{Journal, StageError};
+use ringfence_core::pipeline::{Clock, Journal, StageError, SystemClock};
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced};
 
 use crate::codec::Encoder;
@@ -104,7 +102,8 @@ pub struct JournalWriter<S: Storage> {
     next: Sequence,
     last_epoch: Epoch,
     synced: Sequence,
-    last_sync: Instant,
+    /// The clock reading (ns) of the last sync under `interval`; `None` until the first flush.
+    last_sync_ns: Option<u64>,
 }
 
 impl<S: Storage> JournalWriter<S> {
@@ -124,7 +123,7 @@ impl<S: Storage> JournalWriter<S> {
             next,
             last_epoch: Epoch(0),
             synced: Sequence(next.0 - 1),
-            last_sync: Instant::now(),
+            last_sync_ns: None,
         })
     }
 
@@ -151,7 +150,7 @@ impl<S: Storage> JournalWriter<S> {
             next: last.next(),
             last_epoch,
             synced: last,
-            last_sync: Instant::now(),
+            last_sync_ns: None,
         })
     }
 
@@ -225,24 +224,32 @@ impl<S: Storage> JournalWriter<S> {
         Ok(())
     }
 
-    /// Ends a batch: syncs as the policy says and returns the highest sequence whose answer may
-    /// be released.
-    pub fn try_flush(&mut self) -> Result<Sequence, JournalError> {
+    /// Ends a batch (or an idle spell): syncs as the policy says, measuring `interval` by
+    /// `clock`, and returns the highest sequence whose answer may be released.
+    pub fn try_flush(&mut self, clock: &dyn Clock) -> Result<Sequence, JournalError> {
         match self.options.durability {
             Durability::None => {}
             Durability::Batch => self.sync_now()?,
             Durability::Interval { ms } => {
-                if self.last_sync.elapsed() >= Duration::from_millis(ms) {
+                let now = clock.now_ns();
+                let since = *self.last_sync_ns.get_or_insert(now);
+                if now.saturating_sub(since) >= ms.saturating_mul(1_000_000) {
                     self.sync_now()?;
+                    self.last_sync_ns = Some(now);
                 }
             }
         }
         Ok(self.last_appended())
     }
 
+    /// [`JournalWriter::try_flush`] on the system clock, as a stage error: for tools and tests
+    /// that drive the writer without a node.
+    pub fn flush(&mut self) -> Result<Sequence, StageError> {
+        self.try_flush(&SystemClock::new()).map_err(stage_error)
+    }
+
     /// Syncs every appended record now.
     pub fn sync_now(&mut self) -> Result<(), JournalError> {
-        self.last_sync = Instant::now();
         let Some(open) = self.current.as_mut() else { return Ok(()) };
         if open.synced_to < open.write_at {
             let range = open.synced_to..open.write_at;
@@ -296,8 +303,8 @@ impl<S: Storage> Journal for JournalWriter<S> {
         self.try_append(epoch, command).map_err(stage_error)
     }
 
-    fn flush(&mut self) -> Result<Sequence, StageError> {
-        self.try_flush().map_err(stage_error)
+    fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {
+        self.try_flush(clock).map_err(stage_error)
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ringfence_core::pipeline::{Journal, MemoryJournal};
+use ringfence_core::pipeline::{Journal, MemoryJournal, SystemClock};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::codec::Encoder;
 use ringfence_journal::format;
@@ -117,7 +117,7 @@ fn timed_appends(
         for command in chunk {
             journal.append(Epoch(1), command).expect("append");
         }
-        journal.flush().expect("flush");
+        journal.flush(&SystemClock::new()).expect("flush");
         let _ = histogram.record(t0.elapsed().as_nanos() as u64);
         ops += chunk.len() as u64;
         if started.elapsed() > budget {

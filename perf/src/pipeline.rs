@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ringfence_core::pipeline::{
-    EgressDriver, Journal, Metrics, NoReplicator, Node, NodeConfig, Pins, Refused, Session,
+    Clock, EgressDriver, Journal, Metrics, NoReplicator, Node, NodeConfig, Pins, Refused, Session,
     StageError, Topology, WaitStrategy,
 };
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
@@ -45,7 +45,7 @@ impl Journal for NullJournal {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<Sequence, StageError> {
+    fn flush(&mut self, _clock: &dyn Clock) -> Result<Sequence, StageError> {
         Ok(self.last)
     }
 }

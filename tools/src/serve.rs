@@ -113,7 +113,7 @@ impl NodeSection {
         }
         // Compact: the event loop runs egress itself (no extra thread on a small machine).
         config.egress = match config.resolved_topology() {
-            Topology::Compact => EgressDriver::Polled,
+            Topology::Compact | Topology::Stepped => EgressDriver::Polled,
             Topology::Parallel => EgressDriver::Thread,
         };
         config.validate().map_err(|e| format!("[node] {e}"))?;

@@ -360,6 +360,15 @@ impl Engine {
         self.now
     }
 
+    /// The earliest payment deadline still queued, if any: a command stamped at or after it
+    /// expires an order (or finds the order already paid or cancelled). The node's timer
+    /// publishes a `Tick` only once its clock reaches this time, so an idle node with nothing
+    /// due journals nothing.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.deadlines.peek().map(|Reverse((expires_at, _, _))| *expires_at)
+    }
+
     /// Sequence of the last mutating command applied (zero before the first).
     #[must_use]
     pub fn last_sequence(&self) -> Sequence {

@@ -17,6 +17,11 @@ pub enum Topology {
     /// replicator, applies it, and flushes both at the end of the batch. Egress is gated exactly
     /// as in `Parallel`. For small machines, where extra spinning threads would share cores.
     Compact,
+    /// No threads at all: the same processor and egress as `Compact`, advanced only when the
+    /// owner calls [`crate::pipeline::Node::step`], which also publishes due ticks. For tests
+    /// and the deterministic simulator, which drive a node from one thread with their own
+    /// clock. Egress is always polled.
+    Stepped,
 }
 
 impl Topology {
@@ -26,6 +31,7 @@ impl Topology {
         match self {
             Topology::Parallel => "parallel",
             Topology::Compact => "compact",
+            Topology::Stepped => "stepped",
         }
     }
 }
@@ -121,9 +127,9 @@ pub struct NodeConfig {
     pub engine: EngineConfig,
     /// Replication epoch written with every journal record.
     pub epoch: Epoch,
-    /// Period of the timer's `Tick` commands, in milliseconds; zero starts no timer. Ticks fire
-    /// payment deadlines without client traffic and give the journal a batch (so a flush) at
-    /// least once per period.
+    /// How often, in milliseconds, the timer checks whether a payment deadline has come due;
+    /// zero starts no timer. A `Tick` is published only when one has (an idle node journals
+    /// nothing), so deadlines fire at most a period late without client traffic.
     pub tick_period_ms: u64,
     /// The layout; `None` picks `Parallel` on machines with at least `parallel_cores_min`
     /// cores and `Compact` below.

@@ -1,11 +1,15 @@
 //! Egress: releases each answer once its command is journaled, replicated and applied, and hands
 //! it to the session that submitted it.
 //!
-//! The gating rule: sequence `s` is released only when `s <= min(durable, replication_safe,
-//! applied)`. Egress reads the ring after every stage has passed a slot (the ring's dependency
-//! graph) *and* checks the watermarks, because a journal may report durability later than it
-//! appended. Answers leave in sequence order. After a stage failure, everything not yet
-//! released is answered with the failure instead; nothing unsafe is ever released.
+//! The gating rule: a slot whose gate sequence is `s` is released only when `s <= min(durable,
+//! replication_safe, applied)`; a slot's gate is its journal sequence, or for a read the last
+//! journaled sequence before it. Egress reads the ring after every stage has passed a slot (the
+//! ring's dependency graph) *and* checks the watermarks, because a journal may report
+//! durability later than it appended. It takes from the ring only the prefix of slots it may
+//! release (it learns their gates from [`super::shared::Gates`]), so a held-back answer keeps
+//! its slot and producers feel the back-pressure. Answers leave in ring order. After a stage
+//! failure, everything not yet released is answered with the failure instead; nothing unsafe
+//! is ever released.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -15,21 +19,14 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
+use super::messages::{Completion, Control, Reply, StageFailure, Ticket};
 use super::metrics::Recorder;
-use super::session::{Completion, StageFailure};
 use super::shared::{Shared, panic_message};
-use super::slot::{Reply, RingPoller, SlotKind};
+use super::slot::{RingPoller, SlotKind};
+use super::stages::Sequencer;
 use super::wait::{Idler, Parker, pin_current};
 use crate::outcome::Outcome;
 use crate::types::Sequence;
-
-/// Messages from sessions to egress, which owns the routing table.
-pub(crate) enum Control {
-    /// A new session: where its completions go and how to wake it.
-    Register { id: u64, sender: SyncSender<Completion>, notify: Option<Arc<Parker>> },
-    /// The session was dropped.
-    Deregister(u64),
-}
 
 /// What one egress pass did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,14 +77,13 @@ impl Router {
         }
     }
 
-    fn deliver(&mut self, reply: Reply, sequence: Sequence, result: Result<Outcome, StageFailure>) {
+    fn deliver(&mut self, reply: Reply, completion: Completion) {
         if !self.sessions.contains_key(&reply.session) {
             // Registration happens before a session's first publication, so a slot from an
             // unknown session means its registration is still in the channel, or it is gone.
             self.drain_control();
         }
         let Some(endpoint) = self.sessions.get_mut(&reply.session) else { return };
-        let completion = Completion { token: reply.token, sequence, result };
         match endpoint.sender.try_send(completion) {
             Ok(()) => {
                 if endpoint.notify.is_some() && !endpoint.touched {
@@ -127,8 +123,10 @@ impl Router {
 pub(crate) struct Egress<P: RingPoller> {
     poller: P,
     shared: Arc<Shared>,
-    /// Engine sequence of the next slot.
+    /// Ring position of the next slot.
     next: u64,
+    /// Numbers slots as the stages did, for the completions.
+    sequencer: Sequencer,
     router: Router,
     recorder: Recorder,
     stopped: bool,
@@ -141,7 +139,8 @@ impl<P: RingPoller> Egress<P> {
         let capacity = 2 * shared.sessions_max as usize;
         Egress {
             poller,
-            next: shared.base,
+            next: 0,
+            sequencer: Sequencer::new(shared.base),
             router: Router {
                 control,
                 sessions: FxHashMap::with_capacity_and_hasher(capacity, Default::default()),
@@ -154,13 +153,26 @@ impl<P: RingPoller> Egress<P> {
         }
     }
 
-    /// The highest sequence that may be released: the gating rule, plus the stop marker once
-    /// everything before it is released.
-    fn limit(&self) -> u64 {
+    /// The highest gate that may be released: the gating rule.
+    fn limit(&self) -> Sequence {
         let shared = &self.shared;
-        let limit = shared.durable.get().0.min(shared.safe.get().0).min(shared.applied.get().0);
-        let stop_at = shared.stop_at.load(Ordering::Acquire);
-        if stop_at != 0 && limit.saturating_add(1) >= stop_at { limit.max(stop_at) } else { limit }
+        shared.durable.get().min(shared.safe.get()).min(shared.applied.get())
+    }
+
+    /// How many slots from `next` may be released now: those the applying stage finished whose
+    /// gates are within the limit, and the stop marker once everything before it is.
+    fn releasable(&self) -> u64 {
+        let shared = &self.shared;
+        let limit = self.limit();
+        let applied = shared.applied_positions.load(Ordering::Acquire);
+        let mut position = self.next;
+        while position < applied && shared.gates.get(position) <= limit {
+            position += 1;
+        }
+        if position == shared.stop_at.load(Ordering::Acquire) {
+            position += 1;
+        }
+        position - self.next
     }
 }
 
@@ -175,42 +187,55 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             self.control_seen = control_sent;
         }
         let failed = self.shared.is_failed();
-        let limit = self.limit();
-        let want = if failed { u64::MAX } else { (limit + 1).saturating_sub(self.next) };
+        let want = if failed { u64::MAX } else { self.releasable() };
         if want == 0 {
             let cells = self.shared.stage_cells("egress");
             self.recorder.publish_idle(&cells.histograms);
             return Pass::Idle;
         }
         let failure = if failed { self.shared.failure() } else { None };
-        let now_ns = self.shared.clock.ns();
+        let limit = self.limit();
+        let applied = self.shared.applied_positions.load(Ordering::Acquire);
+        let now_ns = self.shared.clock.now_ns();
         let mut stop = false;
-        let Egress { poller, router, recorder, next, .. } = self;
-        let count = poller.drain(want, next, |slot, sequence| {
+        let Egress { poller, router, recorder, next, sequencer, shared, .. } = self;
+        let gates = &shared.gates;
+        let count = poller.drain(want, next, |slot, position| {
             if stop || slot.kind == SlotKind::Stop {
                 // Nothing after the stop marker was journaled: its submitters see the node stop.
                 stop = true;
                 return;
             }
+            let (sequence, _) = sequencer.place(slot);
+            let released = position < applied && gates.get(position) <= limit;
+            if released {
+                // The applying stage numbered this slot as egress does.
+                assert_eq!(gates.get(position), sequence, "gate of position {position}");
+            }
+            assert!(released || failed, "slot {position} taken before it was releasable");
             if slot.reply == Reply::NOBODY {
                 return;
             }
-            let result = if sequence <= limit {
-                // SAFETY: `sequence <= applied`, read with acquire ordering in `limit()`, so the
+            let result: Result<Outcome, StageFailure> = if released {
+                // SAFETY: `position < applied_positions`, read with acquire ordering, so the
                 // applying stage's write of this outcome happened-before; the producer cannot
                 // reuse the slot until this drain returns and egress's cursor passes it.
                 Ok(unsafe { slot.outcome.read() })
             } else {
-                Err(failure.clone().expect("unreleased slots are read only after a failure"))
+                Err(failure.clone().expect("unreleased slots are taken only after a failure"))
             };
             recorder.latency_ns(now_ns.saturating_sub(slot.published_ns));
-            router.deliver(slot.reply, Sequence(sequence), result);
+            let ticket = Ticket(position);
+            let completion = Completion { token: slot.reply.token, ticket, sequence, result };
+            router.deliver(slot.reply, completion);
         });
         if count > 0 {
             self.recorder.batch(count);
-            self.shared.released.advance(Sequence(self.next - 1));
-            self.router.notify_touched();
+            self.shared.released.advance(self.sequencer.last());
+            self.shared.released_positions.store(self.next, Ordering::Release);
             let cells = self.shared.stage_cells("egress");
+            cells.positions.store(self.next, Ordering::Release);
+            self.router.notify_touched();
             self.recorder.maybe_publish(&cells.histograms);
         }
         if stop {
@@ -225,7 +250,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         if self.shared.is_failed() {
             return self.poller.has_available();
         }
-        self.limit() >= self.next && self.poller.has_available()
+        self.releasable() > 0 && self.poller.has_available()
     }
 
     fn finish(&mut self) {
@@ -250,38 +275,52 @@ pub(crate) fn run_thread(mut egress: Box<dyn EgressRun>, shared: &Shared, core: 
     egress.finish();
 }
 
-/// Runs a polled egress until it has nothing to do, if no other thread is running it. Before
-/// returning idle it arms the node's egress waker, so the poller is told when answers may be
-/// ready. Returns how many answers were delivered.
-pub(crate) fn poll_shared(shared: &Shared, egress: &Mutex<Box<dyn EgressRun>>) -> u64 {
-    let mut egress = match egress.try_lock() {
-        Ok(egress) => egress,
-        Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return 0,
-    };
-    let mut delivered = 0;
-    let mut panics = 0;
-    loop {
-        match catch_unwind(AssertUnwindSafe(|| egress.pass())) {
-            Ok(Pass::Delivered(count)) => delivered += count,
-            Ok(Pass::Idle) => {
-                if !shared.egress_parker.has_waker() {
+/// Egress run by whoever polls it — sessions, the network event loop, `Node::step` — rather
+/// than by a thread of its own. The node owns it and hands each session a handle.
+pub(crate) struct PolledEgress {
+    egress: Mutex<Box<dyn EgressRun>>,
+    shared: Arc<Shared>,
+}
+
+impl PolledEgress {
+    pub(crate) fn new(egress: Box<dyn EgressRun>, shared: Arc<Shared>) -> PolledEgress {
+        PolledEgress { egress: Mutex::new(egress), shared }
+    }
+
+    /// Runs egress until it has nothing to do, if no other thread is running it. Before
+    /// returning idle it arms the node's egress waker, so the poller is told when answers may
+    /// be ready. Returns how many slots were released.
+    pub(crate) fn poll(&self) -> u64 {
+        let shared = &*self.shared;
+        let mut egress = match self.egress.try_lock() {
+            Ok(egress) => egress,
+            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return 0,
+        };
+        let mut delivered = 0;
+        let mut panics = 0;
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| egress.pass())) {
+                Ok(Pass::Delivered(count)) => delivered += count,
+                Ok(Pass::Idle) => {
+                    if !shared.egress_parker.has_waker() {
+                        return delivered;
+                    }
+                    shared.egress_parker.prepare_sleep();
+                    if !egress.has_work() {
+                        return delivered;
+                    }
+                    shared.egress_parker.awake();
+                }
+                Ok(Pass::Stopped) => {
+                    egress.finish();
                     return delivered;
                 }
-                shared.egress_parker.prepare_sleep();
-                if !egress.has_work() {
-                    return delivered;
-                }
-                shared.egress_parker.awake();
-            }
-            Ok(Pass::Stopped) => {
-                egress.finish();
-                return delivered;
-            }
-            Err(panic) => {
-                shared.fail("egress", &panic_message(panic.as_ref()));
-                panics += 1;
-                if panics > 1 {
-                    return delivered;
+                Err(panic) => {
+                    shared.fail("egress", &panic_message(panic.as_ref()));
+                    panics += 1;
+                    if panics > 1 {
+                        return delivered;
+                    }
                 }
             }
         }

@@ -35,9 +35,9 @@ pub fn batch_histogram() -> Histogram<u64> {
 pub struct StageMetrics {
     /// `journaler`, `replicator`, `blp`, `processor` or `egress`.
     pub name: &'static str,
-    /// The last sequence the stage finished.
+    /// The last journal sequence the stage finished.
     pub sequence: Sequence,
-    /// How far it is behind the last published sequence.
+    /// Ring positions it is behind the producers.
     pub lag: u64,
     /// Slots read per batch.
     pub batch_sizes: Histogram<u64>,
@@ -50,8 +50,8 @@ pub struct Metrics {
     pub topology: &'static str,
     /// `busy_spin` or `spin_then_park`.
     pub wait: &'static str,
-    /// The highest sequence a producer has published.
-    pub published: Sequence,
+    /// Ring positions published by producers (submissions, reads and ticks).
+    pub published: u64,
     /// Highest sequence the journal reported durable.
     pub durable: Sequence,
     /// Highest sequence the replicator reports safe (`u64::MAX` without a standby).
@@ -60,7 +60,9 @@ pub struct Metrics {
     pub stages: Vec<StageMetrics>,
     /// Commands refused because the ring was full.
     pub busy_rejections: u64,
-    /// Timer ticks skipped because the ring was full.
+    /// Ticks published because a payment deadline came due.
+    pub ticks_published: u64,
+    /// Due ticks skipped because the ring was full (published at the next check).
     pub ticks_skipped: u64,
     /// Slots in the ring.
     pub ring_size: u64,

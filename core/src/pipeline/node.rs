@@ -1,5 +1,7 @@
-//! The node: builds the ring and its dependency graph, starts the stage threads, egress and the
-//! timer, hands out sessions, reports sequences and metrics, and shuts down cleanly.
+//! The node: builds the ring and its dependency graph, puts the stage cores under a driver —
+//! threads with pinning and waiting (`parallel`, `compact`) or the caller's own calls to
+//! [`Node::step`] (`stepped`) — hands out sessions, reports sequences and metrics, and shuts
+//! down cleanly.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, mpsc};
@@ -8,15 +10,18 @@ use std::time::{Duration, Instant};
 
 use disruptor::{BusySpin, build_multi_producer};
 
+use super::clock::{Clock, SystemClock};
 use super::config::{EgressDriver, NodeConfig, NodeConfigError, Topology};
-use super::egress::{self, Control, Egress, EgressRun};
+use super::egress::{self, Egress, EgressRun, PolledEgress};
+use super::messages::{Control, Reply, StageFailure};
 use super::metrics::{Metrics, StageMetrics};
-use super::session::{RingProducer, Session, StageFailure, publish_one};
+use super::session::{RingProducer, Session, publish_one};
 use super::shared::{Shared, panic_message};
-use super::slot::{Reply, RingPoller, Slot, SlotKind};
+use super::slot::{RingPoller, Slot, SlotKind};
 use super::stage::{Journal, NoSnapshots, Replicator, SnapshotHook};
 use super::stages::{
-    Blp, Journaler, Processor, Replication, StagePlace, Work, run_stage, run_timer,
+    Blp, Journaler, Processor, Replication, StageCore, StagePlace, Step, StepStage, Work,
+    publish_next_due, publish_tick_if_due, run_stage, run_timer,
 };
 use super::wait::{Parker, WakeHook};
 use crate::command::Command;
@@ -77,11 +82,11 @@ pub struct ShutdownReport {
     pub metrics: Metrics,
 }
 
-/// Every stage's position, as engine sequences.
+/// Every stage's position: journal sequences, and the ring positions that reads share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sequences {
-    /// Highest sequence published by a producer.
-    pub published: Sequence,
+    /// Ring positions published by producers (every submission and tick; reads included).
+    pub published: u64,
     /// Last appended by the journaler.
     pub journaled: Sequence,
     /// Last the journal reported durable.
@@ -92,13 +97,53 @@ pub struct Sequences {
     pub replication_safe: Sequence,
     /// Last applied by the BLP.
     pub applied: Sequence,
+    /// Ring positions the BLP has passed.
+    pub applied_positions: u64,
     /// Last released by egress.
     pub released: Sequence,
+    /// Ring positions egress has passed.
+    pub released_positions: u64,
+}
+
+/// What one [`Node::step`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Slots the processor read (commands, reads, ticks).
+    pub processed: u64,
+    /// Slots egress released.
+    pub released: u64,
+    /// Whether a due tick was published first.
+    pub ticked: bool,
+}
+
+/// Everything a node is built from besides its configuration.
+pub struct NodeParts<J, R, H> {
+    /// The engine: fresh, or recovered from a snapshot and the journal.
+    pub engine: Engine,
+    /// The journal sequence of the first command this node journals (the journal's last
+    /// sequence plus one).
+    pub next_sequence: Sequence,
+    /// The journaler.
+    pub journal: J,
+    /// The replicator.
+    pub replicator: R,
+    /// Called on the BLP thread after every journaled command and at snapshot requests.
+    pub hook: H,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
 }
 
 struct StageThread {
     name: &'static str,
     handle: JoinHandle<Option<Engine>>,
+}
+
+/// The processor and a producer of a stepped node, advanced by [`Node::step`].
+struct Stepped {
+    stage: Option<Box<dyn StepStage>>,
+    /// The engine, once the processor read the stop marker.
+    engine: Option<Engine>,
+    ticker: RingProducer,
 }
 
 /// A running node. See the module documentation of [`crate::pipeline`] for the API's shape.
@@ -107,6 +152,8 @@ pub struct Node {
     producer: Option<RingProducer>,
     threads: Vec<StageThread>,
     timer: Option<JoinHandle<()>>,
+    egress: Option<Arc<PolledEgress>>,
+    stepped: Option<Mutex<Stepped>>,
     drain_timeout: Duration,
     stopped: bool,
 }
@@ -125,7 +172,8 @@ impl Node {
 
     /// Starts a node from a recovered `engine`, numbering commands from `next_sequence` (the
     /// journal's last sequence plus one), calling `snapshot_hook` on the BLP thread after every
-    /// command. `config.engine` is not used: the engine keeps its own configuration.
+    /// journaled command, on the system clock. `config.engine` is not used: the engine keeps
+    /// its own configuration.
     pub fn start_with<J: Journal, R: Replicator, H: SnapshotHook>(
         config: NodeConfig,
         engine: Engine,
@@ -134,31 +182,49 @@ impl Node {
         replicator: R,
         snapshot_hook: H,
     ) -> Result<Node, NodeError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        let parts =
+            NodeParts { engine, next_sequence, journal, replicator, hook: snapshot_hook, clock };
+        Node::start_parts(config, parts)
+    }
+
+    /// Starts a node from its parts: the general form of [`Node::start_with`], with the clock
+    /// chosen by the caller (a [`super::ManualClock`] for a test or the simulator).
+    pub fn start_parts<J: Journal, R: Replicator, H: SnapshotHook>(
+        config: NodeConfig,
+        parts: NodeParts<J, R, H>,
+    ) -> Result<Node, NodeError> {
         config.validate()?;
+        let NodeParts { engine, next_sequence, journal, replicator, hook, clock } = parts;
         let last = engine.last_sequence();
         if next_sequence.0 == 0 || next_sequence <= last {
             return Err(NodeError::Sequence { next: next_sequence, last });
         }
-        let topology = config.resolved_topology();
         let (control, control_rx) = mpsc::channel();
         let safe = replicator.safe();
-        let shared = Arc::new(Shared::new(&config, topology, next_sequence, safe, control));
+        let shared = Arc::new(Shared::new(&config, next_sequence, safe, clock, control));
+        publish_next_due(&engine, &shared);
+        // An acknowledgement read on another thread releases answers at once.
+        let parker = Arc::clone(&shared.egress_parker);
+        let _ = shared.safe.set_wake_hook(Arc::new(move || parker.wake()));
         let mut node = Node {
             shared,
             producer: None,
             threads: Vec::new(),
             timer: None,
+            egress: None,
+            stepped: None,
             drain_timeout: Duration::from_millis(config.drain_timeout_ms),
             stopped: false,
         };
         let journaler = Journaler { journal, epoch: config.epoch };
         let replication = Replication { replicator, epoch: config.epoch };
-        let blp = Blp::new(engine, snapshot_hook);
-        let started = match topology {
+        let blp = Blp::new(engine, hook);
+        let started = match node.shared.topology {
             Topology::Parallel => {
                 node.start_parallel(&config, journaler, replication, blp, control_rx)
             }
-            Topology::Compact => {
+            Topology::Compact | Topology::Stepped => {
                 let processor = Processor { journaler, replication, blp, phase: "blp" };
                 node.start_compact(&config, processor, control_rx)
             }
@@ -186,10 +252,14 @@ impl Node {
         let (blp_poller, builder) = builder.new_event_poller();
         let (egress_poller, builder) = builder.and_then().new_event_poller();
         self.producer = Some(builder.build());
+        let shared = &self.shared;
+        let journaler = StageCore::new("journaler", journal_poller, journaler, shared);
+        let replication = StageCore::new("replicator", replicator_poller, replication, shared);
+        let blp = StageCore::new("blp", blp_poller, blp, shared);
         let pins = config.pins;
-        self.spawn_stage("journaler", 0, pins.journaler, journal_poller, journaler)?;
-        self.spawn_stage("replicator", 1, pins.replicator, replicator_poller, replication)?;
-        self.spawn_stage("blp", 2, pins.blp, blp_poller, blp)?;
+        self.spawn_stage(journaler, 0, pins.journaler)?;
+        self.spawn_stage(replication, 1, pins.replicator)?;
+        self.spawn_stage(blp, 2, pins.blp)?;
         let egress = Egress::new(egress_poller, Arc::clone(&self.shared), control);
         self.start_egress(config, Box::new(egress))
     }
@@ -204,24 +274,32 @@ impl Node {
         let builder = build_multi_producer(config.ring_size, Slot::empty, BusySpin);
         let (processor_poller, builder) = builder.new_event_poller();
         let (egress_poller, builder) = builder.and_then().new_event_poller();
-        self.producer = Some(builder.build());
-        self.spawn_stage("processor", 0, config.pins.blp, processor_poller, processor)?;
+        let producer = builder.build();
+        let processor = StageCore::new("processor", processor_poller, processor, &self.shared);
+        if self.shared.topology == Topology::Stepped {
+            let stage: Box<dyn StepStage> = Box::new(processor);
+            let ticker = producer.clone();
+            self.stepped = Some(Mutex::new(Stepped { stage: Some(stage), engine: None, ticker }));
+        } else {
+            self.spawn_stage(processor, 0, config.pins.blp)?;
+        }
+        self.producer = Some(producer);
         let egress = Egress::new(egress_poller, Arc::clone(&self.shared), control);
         self.start_egress(config, Box::new(egress))
     }
 
     fn spawn_stage<P: RingPoller, W: Work>(
         &mut self,
-        name: &'static str,
+        stage: StageCore<P, W>,
         parker: usize,
         core: Option<usize>,
-        poller: P,
-        work: W,
     ) -> Result<(), NodeError> {
-        let place = StagePlace { shared: Arc::clone(&self.shared), name, parker, core };
+        let name = stage.name();
+        let place = StagePlace { parker, core };
+        let shared = Arc::clone(&self.shared);
         let handle = thread::Builder::new()
             .name(format!("rf-{name}"))
-            .spawn(move || run_stage(poller, work, &place))
+            .spawn(move || run_stage(stage, &shared, &place))
             .map_err(|source| NodeError::Spawn { stage: name, source })?;
         self.threads.push(StageThread { name, handle });
         Ok(())
@@ -232,29 +310,27 @@ impl Node {
         config: &NodeConfig,
         egress: Box<dyn EgressRun>,
     ) -> Result<(), NodeError> {
-        match config.egress {
-            EgressDriver::Thread => {
-                let shared = Arc::clone(&self.shared);
-                let core = config.pins.egress;
-                let handle = thread::Builder::new()
-                    .name("rf-egress".to_owned())
-                    .spawn(move || {
-                        egress::run_thread(egress, &shared, core);
-                        None
-                    })
-                    .map_err(|source| NodeError::Spawn { stage: "egress", source })?;
-                self.threads.push(StageThread { name: "egress", handle });
-            }
-            EgressDriver::Polled => {
-                let set = self.shared.polled_egress.set(Mutex::new(egress)).is_ok();
-                assert!(set, "egress is started once");
-            }
+        if self.shared.egress_polled {
+            self.egress = Some(Arc::new(PolledEgress::new(egress, Arc::clone(&self.shared))));
+            return Ok(());
         }
+        assert_eq!(config.egress, EgressDriver::Thread);
+        let shared = Arc::clone(&self.shared);
+        let core = config.pins.egress;
+        let handle = thread::Builder::new()
+            .name("rf-egress".to_owned())
+            .spawn(move || {
+                egress::run_thread(egress, &shared, core);
+                None
+            })
+            .map_err(|source| NodeError::Spawn { stage: "egress", source })?;
+        self.threads.push(StageThread { name: "egress", handle });
         Ok(())
     }
 
     fn start_timer(&mut self, config: &NodeConfig) -> Result<(), NodeError> {
-        if config.tick_period_ms == 0 {
+        // A stepped node's ticks are published by `step`, on the caller's thread.
+        if config.tick_period_ms == 0 || self.stepped.is_some() {
             return Ok(());
         }
         let producer = self.producer.as_ref().expect("the ring is built before the timer").clone();
@@ -266,6 +342,37 @@ impl Node {
             .map_err(|source| NodeError::Spawn { stage: "timer", source })?;
         self.timer = Some(handle);
         Ok(())
+    }
+
+    /// Advances a [`Topology::Stepped`] node on the calling thread: publishes a `Tick` if the
+    /// clock has reached a payment deadline, lets the processor handle everything published,
+    /// then releases every answer that is safe. Does nothing for threaded topologies.
+    pub fn step(&self) -> StepReport {
+        let Some(stepped) = &self.stepped else { return StepReport::default() };
+        let shared = &*self.shared;
+        let mut stepped = stepped.lock().expect("a stepped node is not stepped after a panic");
+        let mut report = StepReport::default();
+        if stepped.stage.is_some() {
+            let before = shared.ticks_published.load(Ordering::Relaxed);
+            publish_tick_if_due(&mut stepped.ticker, shared);
+            report.ticked = shared.ticks_published.load(Ordering::Relaxed) > before;
+        }
+        while let Some(stage) = stepped.stage.as_mut() {
+            match stage.step(shared) {
+                Step::Worked(read) => report.processed += read,
+                Step::Idle => {
+                    stage.idle(shared);
+                    break;
+                }
+                Step::Stopped => {
+                    let stage = stepped.stage.take().expect("checked above");
+                    stepped.engine = stage.finish(shared);
+                }
+            }
+        }
+        drop(stepped);
+        report.released = self.poll_egress();
+        report
     }
 
     /// Opens a session: a producer on the ring and a completion queue of
@@ -300,7 +407,8 @@ impl Node {
             shared.sessions_open.fetch_sub(1, Ordering::AcqRel);
             return Err(NodeError::ShutDown);
         }
-        Ok(Session::new(id, producer.clone(), completions, notify, Arc::clone(shared)))
+        let egress = self.egress.clone();
+        Ok(Session::new(id, producer.clone(), completions, notify, Arc::clone(shared), egress))
     }
 
     fn check_running(&self) -> Result<(), NodeError> {
@@ -314,20 +422,17 @@ impl Node {
     }
 
     /// Runs egress on the calling thread when the node was configured with
-    /// [`EgressDriver::Polled`]: releases every answer that is safe and routes it to its
-    /// session. Returns how many answers were delivered; always 0 with an egress thread.
+    /// [`EgressDriver::Polled`] (or is stepped): releases every answer that is safe and routes
+    /// it to its session. Returns how many slots were released; always 0 with an egress thread.
     pub fn poll_egress(&self) -> u64 {
-        match self.shared.polled_egress.get() {
-            Some(egress) => egress::poll_shared(&self.shared, egress),
-            None => 0,
-        }
+        self.egress.as_ref().map_or(0, |egress| egress.poll())
     }
 
     /// Sets the hook a polled egress's owner is woken with (e.g. `mio::Waker::wake`): called
     /// from a stage thread when answers may be ready after `poll_egress` found none. Returns
     /// false if egress has its own thread or a hook was already set.
     pub fn set_egress_waker(&self, hook: WakeHook) -> bool {
-        self.shared.polled_egress.get().is_some() && self.shared.egress_parker.register_hook(hook)
+        self.egress.is_some() && self.shared.egress_parker.register_hook(hook)
     }
 
     /// The topology the node runs.
@@ -347,13 +452,15 @@ impl Node {
     pub fn sequences(&self) -> Sequences {
         let shared = &self.shared;
         Sequences {
-            published: Sequence(shared.published.load(Ordering::Acquire)),
+            published: shared.published.load(Ordering::Acquire),
             journaled: shared.appended.get(),
             durable: shared.durable.get(),
             replicated: shared.sent.get(),
             replication_safe: shared.safe.get(),
             applied: shared.applied.get(),
+            applied_positions: shared.applied_positions.load(Ordering::Acquire),
             released: shared.released.get(),
+            released_positions: shared.released_positions.load(Ordering::Acquire),
         }
     }
 
@@ -363,7 +470,7 @@ impl Node {
     pub fn metrics(&self) -> Metrics {
         let shared = &self.shared;
         let sequences = self.sequences();
-        let published = sequences.published.0;
+        let published = sequences.published;
         let stages = shared
             .stages
             .iter()
@@ -374,10 +481,11 @@ impl Node {
                     "blp" | "processor" => sequences.applied,
                     _ => sequences.released,
                 };
+                let positions = cells.positions.load(Ordering::Acquire);
                 StageMetrics {
                     name: cells.name,
                     sequence,
-                    lag: published.saturating_sub(sequence.0),
+                    lag: published.saturating_sub(positions),
                     batch_sizes: cells.histograms.batches(),
                 }
             })
@@ -385,14 +493,15 @@ impl Node {
         Metrics {
             topology: shared.topology.name(),
             wait: shared.wait.name(),
-            published: sequences.published,
+            published,
             durable: sequences.durable,
             replication_safe: sequences.replication_safe,
             stages,
             busy_rejections: shared.busy_rejections.load(Ordering::Relaxed),
+            ticks_published: shared.ticks_published.load(Ordering::Relaxed),
             ticks_skipped: shared.ticks_skipped.load(Ordering::Relaxed),
             ring_size: shared.ring_size,
-            ring_fill: published.saturating_sub(sequences.released.0),
+            ring_fill: published.saturating_sub(sequences.released_positions),
             blp_service_ns: shared.blp_service.latency(),
             publish_to_egress_ns: shared.stage_cells("egress").histograms.latency(),
         }
@@ -416,16 +525,60 @@ impl Node {
                 shared.fail("timer", &panic_message(panic.as_ref()));
             }
         }
-        self.drain();
-        let engine = self.join();
+        let engine = if self.stepped.is_some() {
+            self.drain_stepped()
+        } else {
+            self.drain();
+            self.join()
+        };
         self.producer = None;
         let metrics = self.metrics();
         if let Some(failure) = shared.failure() {
             return Err(NodeError::Failed(failure));
         }
-        let stop_at = shared.stop_at.load(Ordering::Acquire);
         let engine = engine.expect("the BLP hands back its engine when no stage failed");
-        Ok(ShutdownReport { engine, last_sequence: Sequence(stop_at - 1), metrics })
+        let last_sequence = shared.applied.get();
+        assert_eq!(shared.released.get(), last_sequence, "everything applied was answered");
+        Ok(ShutdownReport { engine, last_sequence, metrics })
+    }
+
+    /// Publishes the stop marker. Returns false while the ring is full.
+    fn publish_stop(&mut self) -> bool {
+        let shared = Arc::clone(&self.shared);
+        let Some(producer) = self.producer.as_mut() else { return true };
+        let Some(position) =
+            publish_one(producer, &shared, SlotKind::Stop, Command::Tick, Reply::NOBODY)
+        else {
+            return false;
+        };
+        shared.stop_at.store(position, Ordering::Release);
+        shared.wake_all();
+        true
+    }
+
+    /// A stepped node's drain: no threads to wait for, so it steps until the processor and
+    /// egress passed the stop marker. A journal or standby that holds answers back would
+    /// leave them unanswered: then the node is failed, which answers them with the failure.
+    fn drain_stepped(&mut self) -> Option<Engine> {
+        let mut marker = false;
+        for _ in 0..4 {
+            marker = marker || self.publish_stop();
+            self.step();
+            if marker && self.egress_passed_stop() {
+                break;
+            }
+        }
+        if !(marker && self.egress_passed_stop()) {
+            self.shared.fail("shutdown", "the ring did not drain: answers are held back");
+            self.step();
+        }
+        let stepped = self.stepped.as_ref().expect("a stepped node");
+        stepped.lock().expect("stepped node lock").engine.take()
+    }
+
+    fn egress_passed_stop(&self) -> bool {
+        let stop_at = self.shared.stop_at.load(Ordering::Acquire);
+        self.shared.released_positions.load(Ordering::Acquire) > stop_at && stop_at != u64::MAX
     }
 
     /// Publishes the stop marker and waits for every stage to pass it. On timeout the node is
@@ -437,15 +590,7 @@ impl Node {
         let mut timed_out = false;
         let mut marker = false;
         loop {
-            if !marker && let Some(producer) = self.producer.as_mut() {
-                let stop =
-                    publish_one(producer, &shared, SlotKind::Stop, Command::Tick, Reply::NOBODY);
-                if let Some(sequence) = stop {
-                    shared.stop_at.store(sequence, Ordering::Release);
-                    shared.wake_all();
-                    marker = true;
-                }
-            }
+            marker = marker || self.publish_stop();
             self.poll_egress();
             if marker && self.all_stopped() {
                 return;
@@ -469,8 +614,7 @@ impl Node {
     }
 
     fn all_stopped(&self) -> bool {
-        let polled_done = self.shared.polled_egress.get().is_none()
-            || self.shared.released.get().0 >= self.shared.stop_at.load(Ordering::Acquire);
+        let polled_done = self.egress.is_none() || self.egress_passed_stop();
         polled_done && self.threads.iter().all(|thread| thread.handle.is_finished())
     }
 
@@ -481,9 +625,7 @@ impl Node {
             .filter(|thread| !thread.handle.is_finished())
             .map(|thread| thread.name)
             .collect();
-        if self.shared.polled_egress.get().is_some()
-            && self.shared.released.get().0 < self.shared.stop_at.load(Ordering::Acquire)
-        {
+        if self.egress.is_some() && !self.egress_passed_stop() {
             running.push("egress (polled)");
         }
         running

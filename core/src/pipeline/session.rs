@@ -12,38 +12,16 @@ use std::time::{Duration, Instant};
 
 use disruptor::{MultiProducer, Producer, SingleConsumerBarrier};
 
-use super::egress::Control;
+use super::egress::PolledEgress;
+use super::messages::{Completion, Control, Reply, StageFailure, Ticket};
 use super::shared::Shared;
-use super::slot::{Reply, Slot, SlotKind};
+use super::slot::{Slot, SlotKind};
 use super::wait::Parker;
 use crate::command::Command;
 use crate::outcome::Outcome;
-use crate::types::Sequence;
 
 /// The producer handle every session, the timer and the node hold.
 pub(crate) type RingProducer = MultiProducer<Slot, SingleConsumerBarrier>;
-
-/// Why the node stopped: the stage that failed and what it said.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("stage `{stage}` failed: {message}")]
-pub struct StageFailure {
-    /// `journaler`, `replicator`, `blp`, `snapshot`, `egress`, `timer` or `shutdown`.
-    pub stage: &'static str,
-    /// The panic message or stage error.
-    pub message: Arc<str>,
-}
-
-/// The answer to one submitted command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// The token the submitter chose.
-    pub token: u64,
-    /// The command's place in the total order (its journal sequence).
-    pub sequence: Sequence,
-    /// The BLP's outcome, released only once the command was journaled, replicated and
-    /// applied; or the failure that stopped the node before it was.
-    pub result: Result<Outcome, StageFailure>,
-}
 
 /// Why a submission was refused. Nothing was published; the command may be retried.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +77,8 @@ pub struct Session {
     pending: u32,
     notify: Option<Arc<Parker>>,
     shared: Arc<Shared>,
+    /// The node's egress when it is polled rather than run by a thread.
+    egress: Option<Arc<PolledEgress>>,
     disconnected: bool,
 }
 
@@ -109,34 +89,44 @@ impl Session {
         completions: Receiver<Completion>,
         notify: Option<Arc<Parker>>,
         shared: Arc<Shared>,
+        egress: Option<Arc<PolledEgress>>,
     ) -> Session {
-        Session { id, producer, completions, pending: 0, notify, shared, disconnected: false }
+        Session {
+            id,
+            producer,
+            completions,
+            pending: 0,
+            notify,
+            shared,
+            egress,
+            disconnected: false,
+        }
     }
 
-    /// Submits one command; its completion will carry `token`. Returns the command's sequence.
+    /// Submits one command; its completion will carry `token` and the returned ticket.
     /// Never blocks.
-    pub fn try_submit(&mut self, command: Command, token: u64) -> Result<Sequence, Refused> {
+    pub fn try_submit(&mut self, command: Command, token: u64) -> Result<Ticket, Refused> {
         self.check_open(1)?;
         let reply = Reply { session: self.id, token };
         match publish_one(&mut self.producer, &self.shared, SlotKind::Command, command, reply) {
-            Some(sequence) => {
+            Some(position) => {
                 self.pending += 1;
-                Ok(Sequence(sequence))
+                Ok(Ticket(position))
             }
             None => Err(self.busy()),
         }
     }
 
-    /// Submits a batch, all or nothing, in order. Returns the last command's sequence.
+    /// Submits a batch, all or nothing, in order. Returns the last command's ticket.
     /// Never blocks.
-    pub fn try_submit_batch(&mut self, commands: &[(Command, u64)]) -> Result<Sequence, Refused> {
+    pub fn try_submit_batch(&mut self, commands: &[(Command, u64)]) -> Result<Ticket, Refused> {
         let max = (self.shared.ring_size as usize).min(self.shared.session_pending_max as usize);
         if commands.is_empty() || commands.len() > max {
             return Err(Refused::BatchTooLarge { len: commands.len(), max });
         }
         self.check_open(commands.len())?;
         let shared = &*self.shared;
-        let ns = shared.clock.ns();
+        let ns = shared.clock.now_ns();
         let timestamp = shared.clock.timestamp(ns);
         let session = self.id;
         let published = self.producer.try_batch_publish(commands.len(), |slots| {
@@ -150,11 +140,11 @@ impl Session {
         });
         match published {
             Ok(last) => {
-                let sequence = shared.engine_sequence(last);
-                shared.published(sequence);
+                let position = u64::try_from(last).expect("published ring positions are >= 0");
+                shared.published(position);
                 shared.wake_stages();
                 self.pending += u32::try_from(commands.len()).expect("batch within pending limit");
-                Ok(Sequence(sequence))
+                Ok(Ticket(position))
             }
             Err(_) => Err(self.busy()),
         }
@@ -188,14 +178,14 @@ impl Session {
         if let Some(completion) = self.try_recv() {
             return Some(completion);
         }
-        if let Some(egress) = self.shared.polled_egress.get() {
+        if let Some(egress) = &self.egress {
             // The caller is polling now, so a wake-up for answers this pass delivers to it
             // would only make its event loop turn once more for nothing: disarm the hook
             // first. It is armed again below, before the final check.
             if let Some(notify) = &self.notify {
                 notify.awake();
             }
-            super::egress::poll_shared(&self.shared, egress);
+            egress.poll();
             if let Some(completion) = self.try_recv() {
                 return Some(completion);
             }
@@ -212,8 +202,8 @@ impl Session {
     pub fn wait(&mut self, timeout: Duration) -> Option<Completion> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(egress) = self.shared.polled_egress.get() {
-                super::egress::poll_shared(&self.shared, egress);
+            if let Some(egress) = &self.egress {
+                egress.poll();
                 if let Some(completion) = self.try_recv() {
                     return Some(completion);
                 }
@@ -239,12 +229,12 @@ impl Session {
     /// submissions on this session are discarded; use `try_submit`/`poll` to keep them.
     pub fn call(&mut self, command: Command, timeout: Duration) -> Result<Outcome, CallError> {
         let token = u64::MAX;
-        let sequence = self.try_submit(command, token).map_err(CallError::Refused)?;
+        let ticket = self.try_submit(command, token).map_err(CallError::Refused)?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.wait(left) {
-                Some(completion) if completion.sequence == sequence => {
+                Some(completion) if completion.ticket == ticket => {
                     return completion.result.map_err(CallError::Failed);
                 }
                 Some(_) => {}
@@ -298,7 +288,7 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Stamps a slot with the time and publishes it. Returns its engine sequence, or `None` when
+/// Stamps a slot with the time and publishes it. Returns its ring position, or `None` when
 /// the ring is full. Used by sessions, the timer and shutdown alike.
 pub(crate) fn publish_one(
     producer: &mut RingProducer,
@@ -307,7 +297,7 @@ pub(crate) fn publish_one(
     command: Command,
     reply: Reply,
 ) -> Option<u64> {
-    let ns = shared.clock.ns();
+    let ns = shared.clock.now_ns();
     let timestamp = shared.clock.timestamp(ns);
     let published = producer.try_publish(|slot| {
         slot.kind = kind;
@@ -316,8 +306,8 @@ pub(crate) fn publish_one(
         slot.reply = reply;
         slot.published_ns = ns;
     });
-    let sequence = shared.engine_sequence(published.ok()?);
-    shared.published(sequence);
+    let position = u64::try_from(published.ok()?).expect("published ring positions are >= 0");
+    shared.published(position);
     shared.wake_stages();
-    Some(sequence)
+    Some(position)
 }

@@ -1,49 +1,62 @@
-//! State shared by the node, its sessions and its stage threads: intake and failure flags,
-//! per-stage watermarks, wake-ups, counters and metrics.
+//! State shared by the node, its sessions and its stages: intake and failure flags, per-stage
+//! watermarks, the gate each applied slot is released at, the tick schedule, wake-ups,
+//! counters and metrics.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock, mpsc};
 
 use crossbeam_utils::CachePadded;
 
+use super::clock::Clock;
 use super::config::{NodeConfig, Topology, WaitStrategy};
-use super::egress::{Control, EgressRun};
+use super::messages::{Control, StageFailure};
 use super::metrics::SharedHistograms;
-use super::session::StageFailure;
 use super::stage::Watermark;
 use super::wait::Parker;
-use crate::types::{Sequence, Timestamp};
-
-/// The producers' clock: wall-clock milliseconds for command timestamps, anchored once at node
-/// start to a monotonic clock, so one clock read gives both the timestamp and the nanoseconds
-/// used for latency, and a wall-clock step never reaches the BLP mid-run.
-pub(crate) struct Clock {
-    start: Instant,
-    wall_ms_at_start: u64,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        Clock { start: Instant::now(), wall_ms_at_start: u64::try_from(wall).unwrap_or(u64::MAX) }
-    }
-
-    /// Nanoseconds since node start.
-    pub(crate) fn ns(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// The timestamp for `ns` nanoseconds since node start.
-    pub(crate) fn timestamp(&self, ns: u64) -> Timestamp {
-        Timestamp(self.wall_ms_at_start + ns / 1_000_000)
-    }
-}
+use crate::types::Sequence;
 
 /// Metrics cells, one set per stage in pipeline order.
 pub(crate) struct StageCells {
     pub(crate) name: &'static str,
+    /// Ring positions the stage has passed (the next position it reads).
+    pub(crate) positions: AtomicU64,
     pub(crate) histograms: SharedHistograms,
+}
+
+/// The sequence at which each slot may be released, by ring position, written by the applying
+/// stage and read by egress before it takes the slot.
+///
+/// A slot's *gate* is its journal sequence for a journaled command, and for a query, a
+/// snapshot request or the stop marker the sequence of the last journaled command before it:
+/// a read is answered only once everything it saw is as safe as a write would be. Egress
+/// cannot look into a slot before taking it from the ring (taking releases it to producers),
+/// so it reads gates here to know how many slots it may take.
+pub(crate) struct Gates {
+    gates: Box<[AtomicU64]>,
+    mask: u64,
+}
+
+impl Gates {
+    fn new(ring_size: usize) -> Gates {
+        assert!(ring_size.is_power_of_two());
+        Gates {
+            gates: (0..ring_size).map(|_| AtomicU64::new(0)).collect(),
+            mask: ring_size as u64 - 1,
+        }
+    }
+
+    /// Records the gate of the slot at `position`. Called by the applying stage before it
+    /// release-stores its progress past `position`.
+    pub(crate) fn set(&self, position: u64, gate: Sequence) {
+        self.gates[(position & self.mask) as usize].store(gate.0, Ordering::Relaxed);
+    }
+
+    /// The gate of the slot at `position`. Valid only once the applying stage's progress,
+    /// read with acquire ordering, is past `position`, and until egress passes it (a producer
+    /// cannot reuse the slot, so the applying stage cannot overwrite the entry, before then).
+    pub(crate) fn get(&self, position: u64) -> Sequence {
+        Sequence(self.gates[(position & self.mask) as usize].load(Ordering::Relaxed))
+    }
 }
 
 pub(crate) struct Shared {
@@ -52,15 +65,15 @@ pub(crate) struct Shared {
     pub(crate) ring_size: u64,
     pub(crate) session_pending_max: u32,
     pub(crate) sessions_max: u32,
-    /// Engine sequence of ring position 0.
-    pub(crate) base: u64,
-    pub(crate) clock: Clock,
+    /// The journal sequence the node's first journaled command takes.
+    pub(crate) base: Sequence,
+    pub(crate) clock: Arc<dyn Clock>,
 
     closed: AtomicBool,
     failed: AtomicBool,
     failure: OnceLock<StageFailure>,
 
-    /// Highest engine sequence published.
+    /// Ring positions published so far (the next position to publish).
     pub(crate) published: CachePadded<AtomicU64>,
     /// Journaler: last appended, and what the journal reported durable.
     pub(crate) appended: Watermark,
@@ -68,20 +81,33 @@ pub(crate) struct Shared {
     /// Replicator: last sent, and what the replicator reports safe.
     pub(crate) sent: Watermark,
     pub(crate) safe: Arc<Watermark>,
-    /// BLP: last applied (its outcome is in its slot).
+    /// Applying stage: the last journal sequence applied, and the ring positions it has
+    /// finished (the next position it will read), each slot's gate recorded in `gates`.
     pub(crate) applied: Watermark,
-    /// Egress: last delivered.
+    pub(crate) applied_positions: CachePadded<AtomicU64>,
+    pub(crate) gates: Gates,
+    /// Egress: the last journal sequence delivered, and the ring positions it has passed.
     pub(crate) released: Watermark,
-    /// Engine sequence of the stop marker once published; zero before.
+    pub(crate) released_positions: CachePadded<AtomicU64>,
+    /// Ring position of the stop marker once published; `u64::MAX` before.
     pub(crate) stop_at: AtomicU64,
+
+    /// The earliest payment deadline the engine holds (ms), `u64::MAX` when none: the timer
+    /// publishes a `Tick` only once the clock reaches it.
+    pub(crate) next_due_ms: AtomicU64,
+    /// A tick is published and not yet applied: no second one is published meanwhile.
+    pub(crate) tick_pending: AtomicBool,
 
     pub(crate) busy_rejections: AtomicU64,
     pub(crate) ticks_skipped: AtomicU64,
+    pub(crate) ticks_published: AtomicU64,
 
     /// Threads reading the producer barrier, woken after each publication.
     pub(crate) stage_parkers: Vec<Parker>,
     /// Egress's thread, or the hook of whoever polls egress.
-    pub(crate) egress_parker: Parker,
+    pub(crate) egress_parker: Arc<Parker>,
+    /// Whether egress is polled (by sessions, the event loop or `Node::step`), not a thread.
+    pub(crate) egress_polled: bool,
 
     pub(crate) stages: Vec<StageCells>,
     pub(crate) blp_service: SharedHistograms,
@@ -92,63 +118,69 @@ pub(crate) struct Shared {
     /// Messages sent on `control`, counted after each send, so egress looks at the channel
     /// only when there is something in it.
     pub(crate) control_sent: AtomicU64,
-    /// Egress itself when it is polled rather than run by a thread.
-    pub(crate) polled_egress: OnceLock<Mutex<Box<dyn EgressRun>>>,
 }
 
 impl Shared {
     pub(crate) fn new(
         config: &NodeConfig,
-        topology: Topology,
         next_sequence: Sequence,
         safe: Arc<Watermark>,
+        clock: Arc<dyn Clock>,
         control: mpsc::Sender<Control>,
     ) -> Shared {
         assert!(next_sequence.0 >= 1, "sequences start at 1");
-        let last = next_sequence.0 - 1;
-        let watermark = || {
-            let watermark = Watermark::default();
-            watermark.advance(Sequence(last));
-            watermark
-        };
+        let topology = config.resolved_topology();
+        let last = Sequence(next_sequence.0 - 1);
         let stage_names: &[&'static str] = match topology {
             Topology::Parallel => &["journaler", "replicator", "blp", "egress"],
-            Topology::Compact => &["processor", "egress"],
+            Topology::Compact | Topology::Stepped => &["processor", "egress"],
         };
         let producer_readers = stage_names.len() - 1;
+        let egress_polled =
+            topology == Topology::Stepped || config.egress == super::config::EgressDriver::Polled;
         Shared {
             topology,
             wait: config.wait,
             ring_size: config.ring_size as u64,
             session_pending_max: config.session_pending_max,
             sessions_max: config.sessions_max,
-            base: next_sequence.0,
-            clock: Clock::new(),
+            base: next_sequence,
+            clock,
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             failure: OnceLock::new(),
-            published: CachePadded::new(AtomicU64::new(last)),
-            appended: watermark(),
-            durable: watermark(),
-            sent: watermark(),
+            published: CachePadded::new(AtomicU64::new(0)),
+            appended: Watermark::at(last),
+            durable: Watermark::at(last),
+            sent: Watermark::at(last),
             safe,
-            applied: watermark(),
-            released: watermark(),
-            stop_at: AtomicU64::new(0),
+            applied: Watermark::at(last),
+            applied_positions: CachePadded::new(AtomicU64::new(0)),
+            gates: Gates::new(config.ring_size),
+            released: Watermark::at(last),
+            released_positions: CachePadded::new(AtomicU64::new(0)),
+            stop_at: AtomicU64::new(u64::MAX),
+            next_due_ms: AtomicU64::new(u64::MAX),
+            tick_pending: AtomicBool::new(false),
             busy_rejections: AtomicU64::new(0),
             ticks_skipped: AtomicU64::new(0),
+            ticks_published: AtomicU64::new(0),
             stage_parkers: (0..producer_readers).map(|_| Parker::default()).collect(),
-            egress_parker: Parker::default(),
+            egress_parker: Arc::new(Parker::default()),
+            egress_polled,
             stages: stage_names
                 .iter()
-                .map(|&name| StageCells { name, histograms: SharedHistograms::new() })
+                .map(|&name| StageCells {
+                    name,
+                    positions: AtomicU64::new(0),
+                    histograms: SharedHistograms::new(),
+                })
                 .collect(),
             blp_service: SharedHistograms::new(),
             sessions_open: AtomicU32::new(0),
             next_session: AtomicU64::new(1),
             control,
             control_sent: AtomicU64::new(0),
-            polled_egress: OnceLock::new(),
         }
     }
 
@@ -192,9 +224,9 @@ impl Shared {
         }
     }
 
-    /// Wakes egress.
+    /// Wakes egress (its thread, or the hook of whoever polls it).
     pub(crate) fn wake_egress(&self) {
-        if self.wait == WaitStrategy::BusySpin && self.polled_egress.get().is_none() {
+        if self.wait == WaitStrategy::BusySpin && !self.egress_polled {
             return;
         }
         self.egress_parker.wake();
@@ -216,15 +248,9 @@ impl Shared {
         sent
     }
 
-    /// Records that engine sequence `sequence` was published.
-    pub(crate) fn published(&self, sequence: u64) {
-        self.published.fetch_max(sequence, Ordering::AcqRel);
-    }
-
-    /// The engine sequence of ring position `ring_sequence`.
-    pub(crate) fn engine_sequence(&self, ring_sequence: i64) -> u64 {
-        let position = u64::try_from(ring_sequence).expect("published ring positions are >= 0");
-        self.base + position
+    /// Records that ring position `position` was published.
+    pub(crate) fn published(&self, position: u64) {
+        self.published.fetch_max(position + 1, Ordering::AcqRel);
     }
 
     /// The metrics cells of the stage called `name`.

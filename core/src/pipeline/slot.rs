@@ -7,6 +7,7 @@ use disruptor::{
     EventPoller, MultiConsumerBarrier, MultiProducerBarrier, Polling, SingleConsumerBarrier,
 };
 
+use super::messages::Reply;
 use crate::command::Command;
 use crate::outcome::Outcome;
 use crate::types::Timestamp;
@@ -20,17 +21,6 @@ pub(crate) enum SlotKind {
     /// reads it. It takes a ring position but no journal sequence, and it is always the last
     /// slot a stage reads, so journal sequences stay contiguous.
     Stop,
-}
-
-/// Where the answer goes: a session and the token it chose. Session 0 is nobody (timer ticks).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Reply {
-    pub(crate) session: u64,
-    pub(crate) token: u64,
-}
-
-impl Reply {
-    pub(crate) const NOBODY: Reply = Reply { session: 0, token: 0 };
 }
 
 /// The BLP's answer for a slot, written in place.
@@ -112,9 +102,9 @@ pub(crate) enum Visit {
 /// differ in their barrier type (producer, one upstream stage, several upstream stages); stage
 /// loops are written once against this trait.
 pub(crate) trait RingPoller: Send + 'static {
-    /// Calls `each` with up to `limit` published slots in ring order and their engine
-    /// sequences (`*next`, `*next + 1`, ...), then marks them read (releasing them to the
-    /// stages behind). `*next` moves past every slot taken before any is handled: the slots are
+    /// Calls `each` with up to `limit` published slots in ring order and their ring positions
+    /// (`*next`, `*next + 1`, ...), then marks them read (releasing them to the stages
+    /// behind). `*next` moves past every slot taken before any is handled: the slots are
     /// marked read even if `each` panics, so the count stays right. Returns how many were read.
     fn drain<F: FnMut(&Slot, u64)>(&mut self, limit: u64, next: &mut u64, each: F) -> u64;
 

@@ -2,14 +2,17 @@
 //!
 //! The pipeline is generic over these traits; the node runs alone with [`MemoryJournal`] and
 //! [`NoReplicator`], and the journal and replication crates plug real stages in without the
-//! pipeline changing. Each stage sees every sequenced command in order, including queries, so
-//! journal sequences are contiguous.
+//! pipeline changing. The journal and the replicator see every journaled command (everything
+//! but queries and snapshot requests, which change nothing) in order, so journal sequences are
+//! contiguous.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
 
+use super::clock::Clock;
+use super::wait::WakeHook;
 use crate::command::Sequenced;
 use crate::engine::Engine;
 use crate::types::{Epoch, Sequence};
@@ -32,26 +35,59 @@ pub enum StageError {
     Fatal(String),
 }
 
-/// A sequence number shared between threads: written by one stage, read by egress.
-#[derive(Debug, Default)]
-pub struct Watermark(CachePadded<AtomicU64>);
+/// A sequence number shared between threads: written by one stage (or by the thread that
+/// reads a standby's acknowledgements), read by egress. It can carry a wake hook, called each
+/// time it moves, so egress learns of an advance made on another thread at once instead of at
+/// the end of its next park.
+#[derive(Default)]
+pub struct Watermark {
+    value: CachePadded<AtomicU64>,
+    on_advance: OnceLock<WakeHook>,
+}
 
 impl Watermark {
     /// A shared watermark starting at `sequence`.
     #[must_use]
     pub fn new(sequence: Sequence) -> Arc<Watermark> {
-        Arc::new(Watermark(CachePadded::new(AtomicU64::new(sequence.0))))
+        Arc::new(Watermark::at(sequence))
+    }
+
+    /// A watermark starting at `sequence`.
+    #[must_use]
+    pub fn at(sequence: Sequence) -> Watermark {
+        Watermark {
+            value: CachePadded::new(AtomicU64::new(sequence.0)),
+            on_advance: OnceLock::new(),
+        }
     }
 
     /// The current value.
     #[must_use]
     pub fn get(&self) -> Sequence {
-        Sequence(self.0.load(Ordering::Acquire))
+        Sequence(self.value.load(Ordering::Acquire))
     }
 
-    /// Moves the watermark forward to `sequence`; never moves it back.
+    /// Moves the watermark forward to `sequence`; never moves it back. Calls the wake hook, if
+    /// one is set, when the value moved.
     pub fn advance(&self, sequence: Sequence) {
-        self.0.fetch_max(sequence.0, Ordering::AcqRel);
+        let before = self.value.fetch_max(sequence.0, Ordering::AcqRel);
+        if before < sequence.0
+            && let Some(wake) = self.on_advance.get()
+        {
+            wake();
+        }
+    }
+
+    /// Sets the hook called after every advance (e.g. waking egress). Returns false if one is
+    /// set already. The hook must not block or panic.
+    pub fn set_wake_hook(&self, hook: WakeHook) -> bool {
+        self.on_advance.set(hook).is_ok()
+    }
+}
+
+impl std::fmt::Debug for Watermark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Watermark").field(&self.get()).finish()
     }
 }
 
@@ -60,9 +96,10 @@ pub trait Journal: Send + 'static {
     /// Appends one command record. It need not be durable until [`Journal::flush`].
     fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError>;
 
-    /// Called at the end of every batch: makes records durable as the durability policy says
-    /// and returns the highest sequence that is now durable (egress releases answers up to it).
-    fn flush(&mut self) -> Result<Sequence, StageError>;
+    /// Called at the end of every batch, and again while the stage is idle: makes records
+    /// durable as the durability policy says and returns the highest sequence that is now
+    /// durable (egress releases answers up to it). Time-based policies read `clock`.
+    fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError>;
 }
 
 /// The replicator stage: streams every command to the standby and tracks what it holds.
@@ -79,10 +116,11 @@ pub trait Replicator: Send + 'static {
     fn safe(&self) -> Arc<Watermark>;
 }
 
-/// Called on the BLP thread after each command is applied, so snapshots are taken at exact
+/// Called on the BLP thread after each journaled command is applied, and at each snapshot
+/// request (with the sequence of the last journaled command), so snapshots are taken at exact
 /// sequence boundaries without the BLP knowing about files.
 pub trait SnapshotHook: Send + 'static {
-    /// `engine` has just applied `command`.
+    /// `engine` has just applied `command` (or, for `Command::Snapshot`, was asked for one).
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced);
 }
 
@@ -95,6 +133,8 @@ pub type SharedRecords = Arc<std::sync::Mutex<Vec<(Epoch, Sequenced)>>>;
 pub struct MemoryJournal {
     records: Vec<(Epoch, Sequenced)>,
     shared: Option<SharedRecords>,
+    /// Records copied into `shared` so far.
+    copied: usize,
 }
 
 impl MemoryJournal {
@@ -108,7 +148,7 @@ impl MemoryJournal {
     /// was journaled while the node runs.
     #[must_use]
     pub fn shared(shared: SharedRecords) -> MemoryJournal {
-        MemoryJournal { records: Vec::new(), shared: Some(shared) }
+        MemoryJournal { records: Vec::new(), shared: Some(shared), copied: 0 }
     }
 
     /// Records appended so far.
@@ -127,11 +167,14 @@ impl Journal for MemoryJournal {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<Sequence, StageError> {
-        if let Some(shared) = &self.shared {
+    fn flush(&mut self, _clock: &dyn Clock) -> Result<Sequence, StageError> {
+        if let Some(shared) = &self.shared
+            && self.copied < self.records.len()
+        {
             let mut shared = shared.lock().expect("journal copy lock poisoned");
-            let already = shared.len();
-            shared.extend_from_slice(&self.records[already..]);
+            assert_eq!(shared.len(), self.copied, "only this journal writes its copy");
+            shared.extend_from_slice(&self.records[self.copied..]);
+            self.copied = self.records.len();
         }
         Ok(self.records.last().map_or(Sequence(0), |(_, command)| command.sequence))
     }

@@ -1,23 +1,30 @@
-//! The stage threads: journaler, replicator and BLP (parallel topology), the one processor that
-//! does all three per batch (compact topology), and the timer that publishes `Tick`.
+//! The consumer side of the ring, thread-free: what the journaler, the replicator and the BLP
+//! do with each slot and at the end of each batch ([`Work`]), and [`StageCore`], which reads
+//! one batch and hands it to them when a driver calls [`StageCore::step`].
 //!
-//! Every stage runs the same loop: read a batch from the ring, handle each command, finish the
-//! batch (flush, advance its watermark), wake egress. A panic or a stage error fails the node,
-//! naming the stage; the stage then keeps reading (doing nothing) so the ring drains and egress
-//! can answer every waiting submitter with the failure, until the stop marker arrives.
+//! Drivers own the threads, not the core: `run_stage` loops a core on a stage thread with the
+//! node's wait strategy (the `parallel` and `compact` topologies), and `Node::step` calls the
+//! same core on the caller's thread (`stepped`). The timer that publishes due ticks is a
+//! driver too (`run_timer`, or `Node::step`).
+//!
+//! A panic or a stage error fails the node, naming the stage; the core then keeps reading
+//! (doing nothing) so the ring drains and egress can answer every waiting submitter with the
+//! failure, until the stop marker arrives.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::messages::Reply;
 use super::metrics::Recorder;
 use super::session::{RingProducer, publish_one};
 use super::shared::{Shared, panic_message};
-use super::slot::{Reply, RingPoller, Slot, SlotKind, Visit};
+use super::slot::{RingPoller, Slot, SlotKind, Visit};
 use super::stage::{Journal, Replicator, SnapshotHook, StageError};
 use super::wait::{Idler, pin_current};
 use crate::command::{Command, Sequenced};
 use crate::engine::Engine;
+use crate::outcome::Outcome;
 use crate::types::{Epoch, Sequence};
 
 /// The BLP's service time is measured on one command in this many, so the clock reads stay off
@@ -30,18 +37,83 @@ pub const SERVICE_TIME_SAMPLE_EVERY: u32 = 8;
 /// batch is hinted only as far as it goes, so no stage waits for more commands.
 const PREFETCH_DISTANCE: usize = 8;
 
-/// What a stage does with each command and at the end of each batch.
+/// Numbers the journaled slots. Every stage (and egress) keeps its own; they agree because
+/// they read the same slots in the same order.
+pub(crate) struct Sequencer {
+    /// The sequence the next journaled slot takes.
+    next: Sequence,
+}
+
+impl Sequencer {
+    pub(crate) fn new(first: Sequence) -> Sequencer {
+        assert!(first.0 >= 1, "sequences start at 1");
+        Sequencer { next: first }
+    }
+
+    /// Places the next slot: its gate sequence, and whether it is journaled. A mutating command
+    /// takes the next sequence; a query or snapshot request changes nothing, is not journaled,
+    /// and is gated on the last journaled sequence before it.
+    pub(crate) fn place(&mut self, slot: &Slot) -> (Sequence, bool) {
+        assert_eq!(slot.kind, SlotKind::Command, "only commands are placed");
+        if slot.command.is_mutating() {
+            let sequence = self.next;
+            self.next = sequence.next();
+            (sequence, true)
+        } else {
+            (self.last(), false)
+        }
+    }
+
+    /// The last sequence given out (the node's base minus one before the first).
+    pub(crate) fn last(&self) -> Sequence {
+        Sequence(self.next.0 - 1)
+    }
+}
+
+/// One slot as a stage handles it.
+pub(crate) struct Entry<'a> {
+    pub(crate) slot: &'a Slot,
+    /// Ring position.
+    pub(crate) position: u64,
+    /// The journal sequence if `journaled`, else the last journaled sequence before it.
+    pub(crate) sequence: Sequence,
+    pub(crate) journaled: bool,
+}
+
+impl Entry<'_> {
+    pub(crate) fn sequenced(&self) -> Sequenced {
+        Sequenced {
+            sequence: self.sequence,
+            timestamp: self.slot.timestamp,
+            command: self.slot.command,
+        }
+    }
+}
+
+/// Where a batch ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchEnd {
+    /// Ring position of the last slot handled.
+    pub(crate) position: u64,
+    /// The last journal sequence placed (the gate of the last slot).
+    pub(crate) sequence: Sequence,
+}
+
+/// What a stage does with each slot and at the end of each batch.
 pub(crate) trait Work: Send + 'static {
     /// The part of the stage running now, named in a failure report.
     fn phase(&self) -> &'static str;
-    /// Hints that `sequenced` is handled a few commands from now; changes nothing.
-    fn prefetch(&self, _sequenced: &Sequenced) {}
-    /// Handles one command.
-    fn command(&mut self, sequenced: &Sequenced, slot: &Slot) -> Result<(), StageError>;
-    /// Ends a batch whose last command was `last`: flush, then advance the stage's watermarks.
-    fn end_of_batch(&mut self, shared: &Shared, last: Sequence) -> Result<(), StageError>;
-    /// Called when the stage finds no work (merge metrics left from the last batch).
-    fn idle(&mut self, _shared: &Shared) {}
+    /// Hints that `slot` is handled a few slots from now; changes nothing.
+    fn prefetch(&self, _slot: &Slot) {}
+    /// Handles one slot.
+    fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError>;
+    /// Ends a batch: flush, then advance the stage's watermarks.
+    fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError>;
+    /// Called when the stage finds no work: flush what a time-based policy has due, merge
+    /// metrics left from the last batch. Returns whether a watermark moved.
+    fn idle(&mut self, _shared: &Shared) -> Result<bool, StageError> {
+        Ok(false)
+    }
     /// Publishes final metrics; called once when the stage ends.
     fn finish(&mut self, _shared: &Shared) {}
     /// The engine, for the stage that owns it.
@@ -53,21 +125,37 @@ pub(crate) struct Journaler<J> {
     pub(crate) epoch: Epoch,
 }
 
+impl<J: Journal> Journaler<J> {
+    fn flush(&mut self, shared: &Shared, last: Sequence) -> Result<bool, StageError> {
+        let durable = self.journal.flush(&*shared.clock)?;
+        assert!(durable <= last, "journal reports {durable} durable but was given up to {last}");
+        let before = shared.durable.get();
+        shared.durable.advance(durable);
+        Ok(durable > before)
+    }
+}
+
 impl<J: Journal> Work for Journaler<J> {
     fn phase(&self) -> &'static str {
         "journaler"
     }
 
-    fn command(&mut self, sequenced: &Sequenced, _slot: &Slot) -> Result<(), StageError> {
-        self.journal.append(self.epoch, sequenced)
+    fn command(&mut self, _shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
+        if !entry.journaled {
+            return Ok(());
+        }
+        self.journal.append(self.epoch, &entry.sequenced())
     }
 
-    fn end_of_batch(&mut self, shared: &Shared, last: Sequence) -> Result<(), StageError> {
-        let durable = self.journal.flush()?;
-        assert!(durable <= last, "journal reports {durable} durable but was given up to {last}");
-        shared.appended.advance(last);
-        shared.durable.advance(durable);
+    fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
+        shared.appended.advance(end.sequence);
+        self.flush(shared, end.sequence)?;
         Ok(())
+    }
+
+    fn idle(&mut self, shared: &Shared) -> Result<bool, StageError> {
+        // An `interval` journal syncs when its period is up, traffic or not.
+        self.flush(shared, shared.appended.get())
     }
 
     fn into_engine(self) -> Option<Engine> {
@@ -85,13 +173,16 @@ impl<R: Replicator> Work for Replication<R> {
         "replicator"
     }
 
-    fn command(&mut self, sequenced: &Sequenced, _slot: &Slot) -> Result<(), StageError> {
-        self.replicator.send(self.epoch, sequenced)
+    fn command(&mut self, _shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
+        if !entry.journaled {
+            return Ok(());
+        }
+        self.replicator.send(self.epoch, &entry.sequenced())
     }
 
-    fn end_of_batch(&mut self, shared: &Shared, last: Sequence) -> Result<(), StageError> {
+    fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
         self.replicator.flush()?;
-        shared.sent.advance(last);
+        shared.sent.advance(end.sequence);
         Ok(())
     }
 
@@ -106,23 +197,48 @@ pub(crate) struct Blp<H> {
     pub(crate) phase: &'static str,
     pub(crate) countdown: u32,
     pub(crate) service: Recorder,
+    /// A tick was applied in the current batch.
+    pub(crate) ticked: bool,
 }
 
 impl<H: SnapshotHook> Blp<H> {
     pub(crate) fn new(engine: Engine, hook: H) -> Blp<H> {
-        Blp { engine, hook, phase: "blp", countdown: 0, service: Recorder::new() }
+        Blp { engine, hook, phase: "blp", countdown: 0, service: Recorder::new(), ticked: false }
     }
 
-    fn apply(&mut self, sequenced: &Sequenced) -> crate::outcome::Outcome {
+    fn apply(&mut self, sequenced: &Sequenced) -> Outcome {
         if self.countdown > 0 {
             self.countdown -= 1;
             return self.engine.apply(sequenced);
         }
         self.countdown = SERVICE_TIME_SAMPLE_EVERY - 1;
+        // Real elapsed time, for the service-time histogram only: it never decides anything.
         let start = Instant::now();
         let outcome = self.engine.apply(sequenced);
         self.service.latency_ns(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
         outcome
+    }
+
+    /// The answer to a slot that changes nothing: a query, or a snapshot request (which the
+    /// snapshot hook then sees, taken at the last journaled command).
+    fn read(&mut self, entry: &Entry<'_>) -> Outcome {
+        assert!(self.engine.last_sequence() <= entry.sequence, "a read sees only what is placed");
+        match &entry.slot.command {
+            Command::Query(query) => self.engine.query(query),
+            Command::Snapshot => {
+                let outcome = Outcome::SnapshotRequested {
+                    last_sequence: self.engine.last_sequence(),
+                    running_hash: self.engine.running_hash(),
+                };
+                self.phase = "snapshot";
+                self.hook.after_apply(&self.engine, &entry.sequenced());
+                self.phase = "blp";
+                outcome
+            }
+            Command::Tick | Command::Client { .. } => {
+                unreachable!("mutating commands are journaled")
+            }
+        }
     }
 }
 
@@ -131,30 +247,53 @@ impl<H: SnapshotHook> Work for Blp<H> {
         self.phase
     }
 
-    fn prefetch(&self, sequenced: &Sequenced) {
-        self.engine.prefetch(sequenced);
+    fn prefetch(&self, slot: &Slot) {
+        if let Command::Client { .. } = slot.command {
+            let sequenced = Sequenced {
+                sequence: Sequence(0),
+                timestamp: slot.timestamp,
+                command: slot.command,
+            };
+            self.engine.prefetch(&sequenced);
+        }
     }
 
-    fn command(&mut self, sequenced: &Sequenced, slot: &Slot) -> Result<(), StageError> {
-        let outcome = self.apply(sequenced);
+    fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
+        let outcome = if entry.journaled {
+            let sequenced = entry.sequenced();
+            let outcome = self.apply(&sequenced);
+            self.ticked |= matches!(sequenced.command, Command::Tick);
+            self.phase = "snapshot";
+            self.hook.after_apply(&self.engine, &sequenced);
+            self.phase = "blp";
+            outcome
+        } else {
+            self.read(entry)
+        };
         // SAFETY: this stage is the only writer of outcomes and is reading `slot` at its
-        // sequence; egress reads it only after `applied` (advanced with release ordering at
-        // the end of this batch) passes the sequence.
-        unsafe { slot.outcome.write(outcome) };
-        self.phase = "snapshot";
-        self.hook.after_apply(&self.engine, sequenced);
-        self.phase = "blp";
+        // position; egress reads it only after `applied_positions` (release-stored at the end
+        // of this batch) passes the position.
+        unsafe { entry.slot.outcome.write(outcome) };
+        shared.gates.set(entry.position, entry.sequence);
         Ok(())
     }
 
-    fn end_of_batch(&mut self, shared: &Shared, last: Sequence) -> Result<(), StageError> {
-        shared.applied.advance(last);
+    fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
+        assert!(self.engine.last_sequence() <= end.sequence, "applied past the last placed");
+        shared.applied.advance(end.sequence);
+        shared.applied_positions.store(end.position + 1, Ordering::Release);
+        publish_next_due(&self.engine, shared);
+        if std::mem::take(&mut self.ticked) {
+            // After the new due time: a timer that sees no tick pending sees the new time too.
+            shared.tick_pending.store(false, Ordering::Release);
+        }
         self.service.maybe_publish(&shared.blp_service);
         Ok(())
     }
 
-    fn idle(&mut self, shared: &Shared) {
+    fn idle(&mut self, shared: &Shared) -> Result<bool, StageError> {
         self.service.publish_idle(&shared.blp_service);
+        Ok(false)
     }
 
     fn finish(&mut self, shared: &Shared) {
@@ -166,7 +305,13 @@ impl<H: SnapshotHook> Work for Blp<H> {
     }
 }
 
-/// The compact topology's single stage: per command append, send, apply; per batch flush the
+/// Tells the timer when the engine's earliest payment deadline falls.
+pub(crate) fn publish_next_due(engine: &Engine, shared: &Shared) {
+    let due = engine.next_deadline().map_or(u64::MAX, |deadline| deadline.0);
+    shared.next_due_ms.store(due, Ordering::Release);
+}
+
+/// The compact topology's single stage: per slot append, send, apply; per batch flush the
 /// replicator and the journal, then advance every watermark.
 pub(crate) struct Processor<J, R, H> {
     pub(crate) journaler: Journaler<J>,
@@ -180,30 +325,34 @@ impl<J: Journal, R: Replicator, H: SnapshotHook> Work for Processor<J, R, H> {
         if self.phase == "blp" { self.blp.phase() } else { self.phase }
     }
 
-    fn prefetch(&self, sequenced: &Sequenced) {
-        self.blp.prefetch(sequenced);
+    fn prefetch(&self, slot: &Slot) {
+        self.blp.prefetch(slot);
     }
 
-    fn command(&mut self, sequenced: &Sequenced, slot: &Slot) -> Result<(), StageError> {
+    fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
         self.phase = "journaler";
-        self.journaler.command(sequenced, slot)?;
+        self.journaler.command(shared, entry)?;
         self.phase = "replicator";
-        self.replication.command(sequenced, slot)?;
+        self.replication.command(shared, entry)?;
         self.phase = "blp";
-        self.blp.command(sequenced, slot)
+        self.blp.command(shared, entry)
     }
 
-    fn end_of_batch(&mut self, shared: &Shared, last: Sequence) -> Result<(), StageError> {
+    fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
         self.phase = "blp";
-        self.blp.end_of_batch(shared, last)?;
+        self.blp.end_of_batch(shared, end)?;
         self.phase = "replicator";
-        self.replication.end_of_batch(shared, last)?;
+        self.replication.end_of_batch(shared, end)?;
         self.phase = "journaler";
-        self.journaler.end_of_batch(shared, last)
+        self.journaler.end_of_batch(shared, end)
     }
 
-    fn idle(&mut self, shared: &Shared) {
-        self.blp.idle(shared);
+    fn idle(&mut self, shared: &Shared) -> Result<bool, StageError> {
+        self.phase = "journaler";
+        let moved = self.journaler.idle(shared)?;
+        self.phase = "blp";
+        self.blp.idle(shared)?;
+        Ok(moved)
     }
 
     fn finish(&mut self, shared: &Shared) {
@@ -215,14 +364,130 @@ impl<J: Journal, R: Replicator, H: SnapshotHook> Work for Processor<J, R, H> {
     }
 }
 
-/// Where a stage thread sits in the node.
-pub(crate) struct StagePlace {
-    pub(crate) shared: Arc<Shared>,
+/// What one call of [`StageCore::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Nothing was published for this stage.
+    Idle,
+    /// A batch of this many slots was read.
+    Worked(u64),
+    /// The stop marker was read: the stage is done.
+    Stopped,
+}
+
+/// One consumer of the ring and what it does, advanced one batch per [`StageCore::step`].
+/// Owns no thread and reads no clock of its own.
+pub(crate) struct StageCore<P, W> {
+    poller: P,
+    work: W,
     /// Metrics cells name (`journaler`, `replicator`, `blp`, `processor`).
-    pub(crate) name: &'static str,
-    /// Index of this stage's parker in `Shared::stage_parkers`.
-    pub(crate) parker: usize,
-    pub(crate) core: Option<usize>,
+    name: &'static str,
+    /// Ring position of the next slot.
+    next: u64,
+    sequencer: Sequencer,
+    /// This stage failed; it reads on without working so the ring drains.
+    broken: bool,
+    recorder: Recorder,
+}
+
+impl<P: RingPoller, W: Work> StageCore<P, W> {
+    pub(crate) fn new(name: &'static str, poller: P, work: W, shared: &Shared) -> Self {
+        let sequencer = Sequencer::new(shared.base);
+        StageCore {
+            poller,
+            work,
+            name,
+            next: 0,
+            sequencer,
+            broken: false,
+            recorder: Recorder::new(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Reads and handles one batch, if one is published.
+    pub(crate) fn step(&mut self, shared: &Shared) -> Step {
+        let working = !self.broken && !shared.is_failed();
+        let StageCore { poller, work, next, sequencer, .. } = self;
+        let batch = catch_unwind(AssertUnwindSafe(|| {
+            read_batch(poller, work, shared, next, sequencer, working)
+        }));
+        let failed = match batch {
+            Ok(Ok(Batch { read: 0, .. })) => return Step::Idle,
+            Ok(Ok(Batch { read, stop })) => {
+                let cells = shared.stage_cells(self.name);
+                cells.positions.store(self.next, Ordering::Release);
+                self.recorder.batch(read);
+                self.recorder.maybe_publish(&cells.histograms);
+                shared.wake_egress();
+                return if stop { Step::Stopped } else { Step::Worked(read) };
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(panic) => panic_message(panic.as_ref()),
+        };
+        self.broken = true;
+        shared.fail(self.work.phase(), &failed);
+        Step::Worked(0)
+    }
+
+    /// Called when [`StageCore::step`] found nothing: lets the work flush what time made due
+    /// and merges metrics.
+    pub(crate) fn idle(&mut self, shared: &Shared) {
+        self.recorder.publish_idle(&shared.stage_cells(self.name).histograms);
+        if self.broken || shared.is_failed() {
+            return;
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.work.idle(shared))) {
+            Ok(Ok(true)) => shared.wake_egress(),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => {
+                self.broken = true;
+                shared.fail(self.work.phase(), &error.to_string());
+            }
+            Err(panic) => {
+                self.broken = true;
+                shared.fail(self.work.phase(), &panic_message(panic.as_ref()));
+            }
+        }
+    }
+
+    /// Whether a slot is ready to read.
+    pub(crate) fn has_available(&self) -> bool {
+        self.poller.has_available()
+    }
+
+    /// Publishes final metrics and hands back the engine if this stage owned it and did not
+    /// fail.
+    pub(crate) fn finish(mut self, shared: &Shared) -> Option<Engine> {
+        let cells = shared.stage_cells(self.name);
+        self.recorder.publish(&cells.histograms, Instant::now(), true);
+        self.work.finish(shared);
+        if self.broken { None } else { self.work.into_engine() }
+    }
+}
+
+/// A stage core with its types erased, for a driver that does not name them.
+pub(crate) trait StepStage: Send {
+    fn step(&mut self, shared: &Shared) -> Step;
+    fn idle(&mut self, shared: &Shared);
+    fn finish(self: Box<Self>, shared: &Shared) -> Option<Engine>;
+}
+
+impl<P: RingPoller, W: Work> StepStage for StageCore<P, W> {
+    fn step(&mut self, shared: &Shared) -> Step {
+        StageCore::step(self, shared)
+    }
+
+    fn idle(&mut self, shared: &Shared) {
+        StageCore::idle(self, shared);
+    }
+
+    fn finish(self: Box<Self>, shared: &Shared) -> Option<Engine> {
+        StageCore::finish(*self, shared)
+    }
 }
 
 /// What one batch came to.
@@ -231,83 +496,27 @@ struct Batch {
     stop: bool,
 }
 
-/// A stage thread's body. Returns the engine if this stage owned it and did not fail.
-pub(crate) fn run_stage<P: RingPoller, W: Work>(
-    mut poller: P,
-    mut work: W,
-    place: &StagePlace,
-) -> Option<Engine> {
-    let shared = &*place.shared;
-    let parker = &shared.stage_parkers[place.parker];
-    parker.register_current();
-    pin_current(place.name, place.core);
-    let cells = &shared.stage_cells(place.name).histograms;
-    let mut idler = Idler::new(shared.wait);
-    let mut recorder = Recorder::new();
-    let mut next = shared.base;
-    let mut broken = false;
-    loop {
-        let working = !broken && !shared.is_failed();
-        let batch = catch_unwind(AssertUnwindSafe(|| {
-            read_batch(&mut poller, &mut work, shared, &mut next, working)
-        }));
-        match batch {
-            Ok(Ok(Batch { read: 0, .. })) => {
-                recorder.publish_idle(cells);
-                if !broken {
-                    work.idle(shared);
-                }
-                idler.idle(parker, || poller.has_available());
-            }
-            Ok(Ok(Batch { read, stop })) => {
-                recorder.batch(read);
-                recorder.maybe_publish(cells);
-                shared.wake_egress();
-                idler.reset();
-                if stop {
-                    break;
-                }
-            }
-            Ok(Err(error)) => {
-                broken = true;
-                shared.fail(work.phase(), &error.to_string());
-            }
-            Err(panic) => {
-                broken = true;
-                shared.fail(work.phase(), &panic_message(panic.as_ref()));
-            }
-        }
-    }
-    recorder.publish(cells, Instant::now(), true);
-    work.finish(shared);
-    if broken { None } else { work.into_engine() }
-}
-
-/// Reads one batch: each command is handled (unless the node failed), the batch is ended, and
-/// the stop marker ends the stage. `next` is the engine sequence of the next slot. Each command
-/// is hinted to `work` a few slots before it is handled; the hint changes nothing, so commands
-/// are still handled one by one in ring order.
+/// Reads one batch: each slot is placed (journal sequence or gate) and handled (unless the
+/// node failed), the batch is ended, and the stop marker ends the stage. Each slot is hinted
+/// to `work` a few slots before it is handled; the hint changes nothing, so slots are still
+/// handled one by one in ring order.
 fn read_batch<P: RingPoller, W: Work>(
     poller: &mut P,
     work: &mut W,
     shared: &Shared,
     next: &mut u64,
+    sequencer: &mut Sequencer,
     working: bool,
 ) -> Result<Batch, StageError> {
     let mut stop = false;
     let mut last = None;
     let mut error = None;
     let read =
-        poller.drain_ahead::<PREFETCH_DISTANCE, _>(u64::MAX, next, |slot, sequence, visit| {
-            let sequence = Sequence(sequence);
+        poller.drain_ahead::<PREFETCH_DISTANCE, _>(u64::MAX, next, |slot, position, visit| {
             if visit == Visit::Ahead {
                 // A slot after the stop marker is published and readable; hinting it is harmless.
                 if working && slot.kind == SlotKind::Command {
-                    work.prefetch(&Sequenced {
-                        sequence,
-                        timestamp: slot.timestamp,
-                        command: slot.command,
-                    });
+                    work.prefetch(slot);
                 }
                 return;
             }
@@ -317,45 +526,90 @@ fn read_batch<P: RingPoller, W: Work>(
                 stop = true;
                 return;
             }
+            let (sequence, journaled) = sequencer.place(slot);
             if !working || error.is_some() {
                 return;
             }
-            let sequenced =
-                Sequenced { sequence, timestamp: slot.timestamp, command: slot.command };
-            match work.command(&sequenced, slot) {
-                Ok(()) => last = Some(sequence),
+            let entry = Entry { slot, position, sequence, journaled };
+            match work.command(shared, &entry) {
+                Ok(()) => last = Some(BatchEnd { position, sequence }),
                 Err(failed) => error = Some(failed),
             }
         });
     if let Some(error) = error {
         return Err(error);
     }
-    if let Some(last) = last {
-        work.end_of_batch(shared, last)?;
+    if let Some(end) = last {
+        work.end_of_batch(shared, end)?;
     }
     Ok(Batch { read, stop })
 }
 
-/// The timer thread's body: a `Tick` every `period` until intake closes. A tick that finds the
-/// ring full is skipped (and counted): the next one carries time forward just as well.
+/// Where a stage thread sits in the node.
+pub(crate) struct StagePlace {
+    /// Index of this stage's parker in `Shared::stage_parkers`.
+    pub(crate) parker: usize,
+    pub(crate) core: Option<usize>,
+}
+
+/// A stage thread's body: step, idle, repeat until the stop marker. Returns the engine if this
+/// stage owned it and did not fail.
+pub(crate) fn run_stage<P: RingPoller, W: Work>(
+    mut stage: StageCore<P, W>,
+    shared: &Shared,
+    place: &StagePlace,
+) -> Option<Engine> {
+    let parker = &shared.stage_parkers[place.parker];
+    parker.register_current();
+    pin_current(stage.name(), place.core);
+    let mut idler = Idler::new(shared.wait);
+    loop {
+        match stage.step(shared) {
+            Step::Idle => {
+                stage.idle(shared);
+                idler.idle(parker, || stage.has_available());
+            }
+            Step::Worked(_) => idler.reset(),
+            Step::Stopped => break,
+        }
+    }
+    stage.finish(shared)
+}
+
+/// Publishes a `Tick` if the clock has reached the engine's earliest payment deadline and no
+/// tick is in flight. An idle node with nothing due publishes nothing, so its journal does not
+/// grow. A tick that finds the ring full is skipped (and counted): the next check retries.
+pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) {
+    // Pending first: once the BLP cleared it, the due time it stored before is visible.
+    if shared.tick_pending.load(Ordering::Acquire) || shared.is_closed() {
+        return;
+    }
+    let due = shared.next_due_ms.load(Ordering::Acquire);
+    if shared.clock.timestamp(shared.clock.now_ns()).0 < due {
+        return;
+    }
+    shared.tick_pending.store(true, Ordering::Release);
+    let published = publish_one(producer, shared, SlotKind::Command, Command::Tick, Reply::NOBODY);
+    if published.is_some() {
+        shared.ticks_published.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.tick_pending.store(false, Ordering::Release);
+        shared.ticks_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The timer thread's body: every `period`, publish a tick if one is due, until intake closes.
 pub(crate) fn run_timer(mut producer: RingProducer, shared: &Shared, period: Duration) {
-    let mut next_tick = Instant::now() + period;
+    let mut next_check = Instant::now() + period;
     while !shared.is_closed() {
         let now = Instant::now();
-        if now < next_tick {
-            std::thread::park_timeout(next_tick - now);
+        if now < next_check {
+            std::thread::park_timeout(next_check - now);
             continue;
         }
-        next_tick += period;
-        if next_tick < now {
-            // Fell behind (e.g. descheduled): tick once now rather than in a burst.
-            next_tick = now + period;
-        }
-        let published =
-            publish_one(&mut producer, shared, SlotKind::Command, Command::Tick, Reply::NOBODY);
-        if published.is_none() {
-            shared.ticks_skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        // Fell behind (e.g. descheduled): check once now rather than in a burst.
+        next_check = (next_check + period).max(now);
+        publish_tick_if_due(&mut producer, shared);
     }
 }
 
@@ -377,8 +631,8 @@ mod tests {
         }
         let mut seen = Vec::new();
         let mut next = 100;
-        let read = poller.drain_ahead::<AHEAD, _>(u64::MAX, &mut next, |slot, sequence, visit| {
-            assert_eq!(sequence, 100 + slot.timestamp.0, "sequences follow ring order");
+        let read = poller.drain_ahead::<AHEAD, _>(u64::MAX, &mut next, |slot, position, visit| {
+            assert_eq!(position, 100 + slot.timestamp.0, "positions follow ring order");
             seen.push((slot.timestamp.0, visit));
         });
         assert_eq!(read, count);
@@ -413,5 +667,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn queries_take_no_sequence_and_are_gated_on_the_command_before_them() {
+        // Goal: mutating commands are numbered contiguously from the base; reads are placed at
+        // the last number given out, so they wait for what they saw and nothing more.
+        let mut sequencer = Sequencer::new(Sequence(10));
+        let mut slot = Slot::empty();
+        let mut placed = Vec::new();
+        let query = Command::Query(crate::command::Query::Sku(crate::types::SkuId(1)));
+        for command in [query, Command::Tick, query, Command::Snapshot, Command::Tick] {
+            slot.command = command;
+            placed.push(sequencer.place(&slot));
+        }
+        let expected = [
+            (Sequence(9), false),
+            (Sequence(10), true),
+            (Sequence(10), false),
+            (Sequence(10), false),
+            (Sequence(11), true),
+        ];
+        assert_eq!(placed, expected);
+        assert_eq!(sequencer.last(), Sequence(11));
     }
 }

@@ -1,5 +1,5 @@
-//! Helpers for loopback tests: a server on ephemeral ports over a plain engine, and a tiny
-//! blocking HTTP/1.1 client.
+//! Helpers for loopback tests: a server on ephemeral ports over the production pipeline node,
+//! and a tiny blocking HTTP/1.1 client.
 
 #![allow(dead_code)]
 
@@ -10,19 +10,14 @@ use std::time::Duration;
 use ringfence_core::pipeline::{EgressDriver, MemoryJournal, NoReplicator, NoSnapshots, Node};
 use ringfence_core::pipeline::{NodeConfig, Topology};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
-use ringfence_ingress::{EngineBackend, HashWatch, NodeBackend, ServerConfig, ServerHandle};
+use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig, ServerHandle};
 
 pub const TOKEN: &str = "test-admin-token";
 
-/// A server over a fresh engine, listening on ephemeral loopback ports.
-pub fn start(mut config: ServerConfig) -> ServerHandle {
-    config.admin_token = Some(TOKEN.to_owned());
-    let engine_config =
-        EngineConfig { orders_max: 65_536, request_keys_max: 65_536, ..EngineConfig::small() };
-    ringfence_ingress::start(config, |waker| {
-        Ok(EngineBackend::start(Engine::new(engine_config), Sequence(1), 4_096, 5, waker))
-    })
-    .expect("server starts on loopback")
+/// A server over a fresh node as `serve` runs it on a small machine (compact topology, egress
+/// polled by the event loop), listening on ephemeral loopback ports.
+pub fn start(config: ServerConfig) -> ServerHandle {
+    start_node(config, Topology::Compact)
 }
 
 /// A server over the pipeline node (spin-then-park waits, nothing pinned, in-memory journal):
@@ -32,7 +27,7 @@ pub fn start_node(mut config: ServerConfig, topology: Topology) -> ServerHandle 
     let engine =
         EngineConfig { orders_max: 65_536, request_keys_max: 65_536, ..EngineConfig::small() };
     let egress = match topology {
-        Topology::Compact => EgressDriver::Polled,
+        Topology::Compact | Topology::Stepped => EgressDriver::Polled,
         Topology::Parallel => EgressDriver::Thread,
     };
     let node_config = NodeConfig {

@@ -1,0 +1,60 @@
+//! The messages that cross between a node's parts: where an answer goes, what a submitter gets
+//! back, and what a session tells egress. A leaf module: it depends on nothing else in the
+//! pipeline but the parker, so sessions, egress and the shared state can all name its types
+//! without depending on one another.
+
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+
+use super::wait::Parker;
+use crate::outcome::Outcome;
+use crate::types::Sequence;
+
+/// Where the answer goes: a session and the token it chose. Session 0 is nobody (timer ticks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) session: u64,
+    pub(crate) token: u64,
+}
+
+impl Reply {
+    pub(crate) const NOBODY: Reply = Reply { session: 0, token: 0 };
+}
+
+/// A submission's place in the input ring: unique per node, increasing in publication order.
+/// Not a journal sequence — queries take a ring slot but no journal sequence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);
+
+/// Why the node stopped: the stage that failed and what it said.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("stage `{stage}` failed: {message}")]
+pub struct StageFailure {
+    /// `journaler`, `replicator`, `blp`, `snapshot`, `egress`, `timer` or `shutdown`.
+    pub stage: &'static str,
+    /// The panic message or stage error.
+    pub message: Arc<str>,
+}
+
+/// The answer to one submitted command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The token the submitter chose.
+    pub token: u64,
+    /// The submission's ticket, as `try_submit` returned it.
+    pub ticket: Ticket,
+    /// For a mutating command, its journal sequence; for a query or snapshot request, the
+    /// sequence of the last command whose effect it saw.
+    pub sequence: Sequence,
+    /// The BLP's outcome, released only once the command (or, for a read, everything it saw)
+    /// was journaled, replicated and applied; or the failure that stopped the node before.
+    pub result: Result<Outcome, StageFailure>,
+}
+
+/// Messages from sessions to egress, which owns the routing table.
+pub(crate) enum Control {
+    /// A new session: where its completions go and how to wake it.
+    Register { id: u64, sender: SyncSender<Completion>, notify: Option<Arc<Parker>> },
+    /// The session was dropped.
+    Deregister(u64),
+}
