@@ -4,6 +4,7 @@
 //! finishes quickly with `--quick`. Figures are printed, never asserted: compare variants
 //! measured in the same run, as ratios.
 
+mod ack;
 mod blp;
 mod journal;
 mod naive;
@@ -64,6 +65,9 @@ enum Bench {
     /// The node in-process, open loop at fixed offered rates (100k/s, 1M/s, max), both
     /// topologies, latency from each command's intended send time, against the BLP alone.
     Pipeline(Common),
+    /// An answer held for the standby's acknowledgement: latency from the acknowledgement
+    /// (read on another thread) to the answer, with the watermark's wake-up and without it.
+    Ack(Common),
 }
 
 fn main() {
@@ -77,5 +81,6 @@ fn main() {
         Bench::Replay(common) => replay::run(common),
         Bench::Ring(common) => ring::run(common),
         Bench::Pipeline(common) => pipeline::run(common),
+        Bench::Ack(common) => ack::run(common),
     }
 }
