@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Compare two builds of ringfence-perf in one run, as ratios.
+
+Runs each benchmark with `--json` on the *before* and *after* binaries alternately (so both
+see the same machine load), several rounds, and prints per row the median throughput and
+percentiles of each build and the after/before ratio. Figures only; nothing is asserted.
+
+    cargo build --release -p ringfence-perf && cp target/release/ringfence-perf /tmp/after
+    git worktree add /tmp/base <rev> && (cd /tmp/base && cargo build --release -p ringfence-perf)
+    perf/compare.py --before /tmp/base/target/release/ringfence-perf --after /tmp/after \\
+        --bench blp --bench pipeline --rounds 3 --quick
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+
+def run(binary, bench, quick):
+    args = [binary, bench, "--json"] + (["--quick"] if quick else [])
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            row = json.loads(line)
+            rows[(row["scenario"], row["variant"])] = row
+    return rows
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_ns(ns):
+    if ns is None:
+        return "-"
+    if ns < 1_000:
+        return f"{ns:.0f}ns"
+    if ns < 1_000_000:
+        return f"{ns / 1e3:.1f}us"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.1f}ms"
+    return f"{ns / 1e9:.2f}s"
+
+
+def ratio(after, before):
+    if after is None or not before:
+        return "-"
+    return f"{after / before:.2f}x"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="baseline ringfence-perf binary")
+    parser.add_argument("--after", required=True, help="ringfence-perf binary under test")
+    parser.add_argument("--bench", action="append", required=True, help="e.g. blp, pipeline")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+
+    for bench in args.bench:
+        samples = {"before": [], "after": []}
+        for round_ in range(args.rounds):
+            for build in ("before", "after"):
+                binary = getattr(args, build)
+                print(f"# {bench} round {round_ + 1}/{args.rounds}: {build}", file=sys.stderr)
+                samples[build].append(run(binary, bench, args.quick))
+        keys = []
+        for rows in samples["before"] + samples["after"]:
+            for key in rows:
+                if key not in keys:
+                    keys.append(key)
+        print(f"\n== {bench}: median of {args.rounds} alternating rounds; ratio = after / before")
+        header = (f"{'scenario':<22} {'variant':<34} {'ops/s before':>13} {'after':>13} "
+                  f"{'ratio':>7} {'p50 before':>11} {'after':>9} {'p99 before':>11} "
+                  f"{'after':>9}")
+        print(header)
+        for key in keys:
+            def stat(build, field):
+                return median([rows.get(key, {}).get(field) for rows in samples[build]])
+
+            before_ops, after_ops = stat("before", "ops_per_sec"), stat("after", "ops_per_sec")
+            print(f"{key[0]:<22} {key[1][:34]:<34} "
+                  f"{(before_ops or 0):>13,.0f} {(after_ops or 0):>13,.0f} "
+                  f"{ratio(after_ops, before_ops):>7} "
+                  f"{fmt_ns(stat('before', 'p50_ns')):>11} {fmt_ns(stat('after', 'p50_ns')):>9} "
+                  f"{fmt_ns(stat('before', 'p99_ns')):>11} {fmt_ns(stat('after', 'p99_ns')):>9}")
+
+
+if __name__ == "__main__":
+    main()
