@@ -5,9 +5,11 @@
 //! that replays the journal from the newest valid snapshot.
 
 pub mod codec;
+pub mod epoch;
 pub mod error;
 pub mod fault;
 pub mod format;
+pub mod manifest;
 pub mod recovery;
 pub mod scan;
 pub mod snapshot;
