@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use ringfence_core::{RestoreError, Sequence};
 
 use crate::format::HeaderProblem;
+use crate::lock::Holder;
 
 /// What is wrong with a record or a segment that is not just a torn tail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +116,20 @@ pub enum JournalError {
         file: PathBuf,
         /// Why.
         source: RestoreError,
+    },
+    /// Another process holds the data directory's lock.
+    #[error(
+        "data directory {dir} is in use: ringfence {holder} holds its lock {lock_file}. Stop \
+         that process first (two writers would corrupt the journal), or use another data \
+         directory"
+    )]
+    Locked {
+        /// The data directory.
+        dir: String,
+        /// The lock file.
+        lock_file: String,
+        /// Who holds it.
+        holder: Holder,
     },
     /// The options given are not usable.
     #[error("invalid journal options: {0}")]

@@ -9,6 +9,7 @@ pub mod epoch;
 pub mod error;
 pub mod fault;
 pub mod format;
+pub mod lock;
 pub mod manifest;
 pub mod recovery;
 pub mod scan;
