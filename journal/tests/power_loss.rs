@@ -8,6 +8,7 @@ use std::ops::ControlFlow;
 use common::{config, generate, options};
 use ringfence_core::pipeline::Journal;
 use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_journal::epoch::Epochs;
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::recovery::recover_from;
 use ringfence_journal::scan;
@@ -50,7 +51,7 @@ fn crash_many_times(durability: Durability, seeds: std::ops::Range<u64>) -> u64 
         let mut disk = FaultStorage::new();
         let mut acknowledged = Sequence(0);
         for round in 0..6 {
-            let mut recovered = recover_from(disk.clone(), None, options(durability))
+            let mut recovered = recover_from(disk.clone(), options(durability))
                 .unwrap_or_else(|e| panic!("seed {seed} round {round}: recovery failed: {e}"));
             let recovered_last = recovered.next_sequence.0 - 1;
             torn_tails += u64::from(recovered.report.torn_tail.is_some());
@@ -92,7 +93,7 @@ fn crash_many_times(durability: Durability, seeds: std::ops::Range<u64>) -> u64 
                 _ => disk.power_loss(Some(rng.below(u64::MAX))),
             };
         }
-        let recovered = recover_from(disk.clone(), None, options(durability)).unwrap();
+        let recovered = recover_from(disk.clone(), options(durability)).unwrap();
         drop(recovered);
         let count = assert_prefix(&mut disk, &commands);
         if durability == Durability::Batch {
@@ -125,13 +126,15 @@ fn process_crash_keeps_everything_written_to_the_map_even_with_policy_none() {
     let mut workload = Workload::new(3, Sequence(1), Timestamp(1));
     let commands = generate(&mut workload, &mut shadow, 2_000);
     let disk = FaultStorage::new();
-    let mut recovered = recover_from(disk.clone(), None, options(Durability::None)).unwrap();
+    let mut recovered = recover_from(disk.clone(), options(Durability::None)).unwrap();
+    let epochs = Epochs { current: Epoch(4), promised: Epoch(4) };
+    recovered.writer.data_dir().store_epochs(epochs).unwrap();
     for command in &commands {
         recovered.writer.append(Epoch(4), command).unwrap();
     }
     drop(recovered);
     let crashed = disk.process_crash();
-    let again = recover_from(crashed, None, options(Durability::None)).unwrap();
+    let again = recover_from(crashed, options(Durability::None)).unwrap();
     assert_eq!(again.next_sequence, Sequence(2_001));
     assert_eq!(again.last_epoch, Epoch(4));
     assert_eq!(again.engine.state_digest(), shadow.state_digest());

@@ -168,11 +168,12 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
     if let Err(error) = read {
         problem = Some((error.to_string(), false));
     }
-    let snapshots = snapshot::list(&args.dir)?;
+    let snapshots = snapshot::list(&source)?;
     let mut snapshot_lines = Vec::new();
     let mut bad_snapshot = false;
-    for (through, file) in &snapshots {
-        match snapshot::load(file, None) {
+    for (through, name) in &snapshots {
+        let file = args.dir.join(name);
+        match snapshot::load(&source, name, None) {
             Ok((_, meta)) => snapshot_lines.push(json!({
                 "file": file.display().to_string(), "through": through.0, "ok": true,
                 "state_digest": format!("{:016x}", meta.state_digest), "bytes": meta.bytes,
@@ -400,9 +401,9 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
         return Err(JournalError::Options("--at-seq must be at least 1".to_owned()));
     }
     ReadOnlyDir::open(&args.dir)?;
-    let mut storage = FileStorage::open(&args.dir)
-        .map_err(|e| JournalError::io(format!("opening {}", args.dir.display()), e))?;
-    let truncation = recovery::truncate(&mut storage, Some(&args.dir), Sequence(args.at_seq))?;
+    // Exclusive: truncating a journal a node is appending to would cut it under the node.
+    let storage = FileStorage::open_exclusive(&args.dir)?;
+    let truncation = recovery::truncate(&storage, Sequence(args.at_seq))?;
     for file in &truncation.segments_removed {
         outln!("removed   {file}");
     }
@@ -410,7 +411,22 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
         outln!("cut       {file} at byte offset {offset}");
     }
     for file in &truncation.snapshots_invalidated {
-        outln!("set aside {} (renamed *.snap.stale: it includes dropped records)", file.display());
+        outln!("set aside {file} (renamed *.snap.stale: it includes dropped records)");
+    }
+    let manifest = &truncation.manifest;
+    outln!(
+        "manifest  {} segments listed (generation {}){}",
+        manifest.segments.len(),
+        manifest.generation,
+        if truncation.manifest_rebuilt { ", rebuilt from the segments present" } else { "" }
+    );
+    if let Some(epochs) = truncation.epochs_written {
+        outln!(
+            "epochs    the epoch file was missing or damaged: wrote current {}, promised {} \
+             (the highest epoch among the records kept)",
+            epochs.current,
+            epochs.promised
+        );
     }
     outln!("journal now ends before sequence {}", args.at_seq);
     Ok(ExitCode::SUCCESS)

@@ -171,11 +171,12 @@ fn starting_point(
     let config =
         layout.segments.first().map_or_else(EngineConfig::default, |s| s.header.config.clone());
     if !args.from_start {
-        for (through, file) in snapshot::list(&args.dir)?.into_iter().rev() {
+        let source = ringfence_journal::scan::ReadOnlyDir::open(&args.dir)?;
+        for (through, name) in snapshot::list(&source)?.into_iter().rev() {
             if through > limits.until_seq || layout.last_sequence().is_some_and(|l| through > l) {
                 continue;
             }
-            match snapshot::load(&file, None) {
+            match snapshot::load(&source, &name, None) {
                 Ok((engine, meta)) if meta.now <= limits.until_time => {
                     return Ok((engine, Some(meta)));
                 }

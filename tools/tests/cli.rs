@@ -32,8 +32,9 @@ fn write_journal_with(
         engine_config: config(),
     };
     let mut recovered = recover(dir, options).unwrap();
-    let policy = SnapshotPolicy { every_commands: every, keep: 100, archive_dir: None };
-    let mut snapshots = Snapshotter::start(dir, policy, config()).unwrap();
+    let policy = SnapshotPolicy { every_commands: every, keep: 100 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());
     let mut workload = Workload::new(11, Sequence(1), Timestamp(1_700_000_000_000));
     let mut digests = Vec::with_capacity(marks.len());
