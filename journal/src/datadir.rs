@@ -34,6 +34,9 @@ struct Shared {
     state: Mutex<State>,
     /// The current epoch, readable without the lock (the writer checks it per append).
     current_epoch: AtomicU64,
+    /// The highest journal sequence known to be on disk, published by the writer whenever it
+    /// syncs: retention trusts only snapshots the journal has durably reached.
+    durable_sequence: AtomicU64,
 }
 
 struct State {
@@ -54,6 +57,7 @@ impl<S: Storage> DataDir<S> {
         let shared = Shared {
             state: Mutex::new(State { manifest, epochs }),
             current_epoch: AtomicU64::new(epochs.current.0),
+            durable_sequence: AtomicU64::new(0),
         };
         DataDir { storage, shared: Arc::new(shared) }
     }
@@ -84,6 +88,17 @@ impl<S: Storage> DataDir<S> {
     #[must_use]
     pub fn current_epoch(&self) -> Epoch {
         Epoch(self.shared.current_epoch.load(Ordering::Acquire))
+    }
+
+    /// The highest journal sequence known to be durable (0 before the writer said).
+    #[must_use]
+    pub fn durable_sequence(&self) -> Sequence {
+        Sequence(self.shared.durable_sequence.load(Ordering::Acquire))
+    }
+
+    /// Records that every journal record up to `sequence` is durable (the writer, after a sync).
+    pub(crate) fn note_durable(&self, sequence: Sequence) {
+        self.shared.durable_sequence.fetch_max(sequence.0, Ordering::AcqRel);
     }
 
     /// Stores a new (current, promised) pair durably before returning. Neither may go down,

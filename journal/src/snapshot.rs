@@ -383,6 +383,13 @@ pub struct Retention {
 /// Keeps the newest `policy.keep` snapshots and retires the segments whose records all precede
 /// the oldest kept one (never the newest segment). Until `keep` snapshots exist nothing is
 /// retired, so the journal always reaches back to the `keep`-th newest snapshot or the start.
+///
+/// Only snapshots the journal has durably reached count ([`DataDir::durable_sequence`]). The
+/// BLP can run ahead of the journaler, so a snapshot can be on disk before the records it
+/// includes; after a power loss recovery sets such a snapshot aside, and the journal must then
+/// still reach back to the snapshot before it. Newer snapshots are left alone until the
+/// journal catches up.
+///
 /// Old snapshots go first, then the manifest is rewritten without the retired segments, then
 /// their files go: a crash anywhere leaves only files recovery removes again.
 pub fn apply_retention<S: Storage>(
@@ -392,7 +399,9 @@ pub fn apply_retention<S: Storage>(
     assert!(policy.keep >= 1, "at least one snapshot is kept");
     let storage = dir.storage();
     let mut retention = Retention::default();
-    let snapshots = list(storage)?;
+    let durable = dir.durable_sequence();
+    let mut snapshots = list(storage)?;
+    snapshots.retain(|(through, _)| *through <= durable);
     let Some(cut) = snapshots.len().checked_sub(policy.keep) else { return Ok(retention) };
     for (_, name) in &snapshots[..cut] {
         storage

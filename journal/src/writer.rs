@@ -125,6 +125,7 @@ impl<S: Storage> JournalWriter<S> {
         options.validate()?;
         assert!(next.0 >= 1, "sequences start at 1");
         assert!(dir.manifest().segments.is_empty(), "a new journal has no segment");
+        dir.note_durable(Sequence(next.0 - 1));
         Ok(JournalWriter {
             storage: dir.storage().clone(),
             epoch_allowed: dir.current_epoch(),
@@ -155,6 +156,8 @@ impl<S: Storage> JournalWriter<S> {
             .map_err(|e| JournalError::io(format!("opening {}", storage.describe(name)), e))?;
         assert!(write_at >= SEGMENT_HEADER_LEN && write_at <= segment.bytes().len());
         let current = OpenSegment { name: name.to_owned(), segment, write_at, synced_to: write_at };
+        // Recovery read these records from the disk and cleared what followed them.
+        dir.note_durable(last);
         Ok(JournalWriter {
             storage,
             epoch_allowed: dir.current_epoch(),
@@ -285,6 +288,7 @@ impl<S: Storage> JournalWriter<S> {
             open.synced_to = open.write_at;
         }
         self.synced = self.last_appended();
+        self.dir.note_durable(self.synced);
         Ok(())
     }
 
