@@ -84,7 +84,7 @@ impl std::fmt::Display for RecoveryReport {
             write!(f, "; removed leftover temporary file {name}")?;
         }
         for (name, how) in &self.retired_leftovers {
-            write!(f, "; retired leftover segment {name} ({how:?})")?;
+            write!(f, "; retired leftover segment {name} ({how})")?;
         }
         if let Some(name) = &self.creation_removed {
             write!(

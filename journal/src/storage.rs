@@ -49,6 +49,15 @@ pub enum Retired {
     Deleted,
 }
 
+impl std::fmt::Display for Retired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Retired::Archived(to) => write!(f, "archived to {to}"),
+            Retired::Deleted => write!(f, "deleted"),
+        }
+    }
+}
+
 /// One data directory. A handle is cheap to clone and clones share the directory, so the
 /// journal writer and the snapshot writer each hold one. Names are plain file names (no
 /// separators). See the module documentation for what is durable when.

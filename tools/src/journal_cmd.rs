@@ -330,6 +330,17 @@ fn epoch_ranges(records: &mut Vec<(Epoch, Sequence, Sequence)>, record: &Record)
     }
 }
 
+/// What `verify` found, for either output format.
+struct Verified {
+    opened: Opened,
+    /// (epoch, first, last) runs of records.
+    epochs: Vec<(Epoch, Sequence, Sequence)>,
+    snapshots: Vec<serde_json::Value>,
+    status: &'static str,
+    problems: Vec<String>,
+    notes: Vec<String>,
+}
+
 fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
     let mut opened = open(&args.dir)?;
     let mut epochs = Vec::new();
@@ -341,10 +352,7 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
     if let Err(error) = read {
         found.push(Finding::Refused(error.to_string()));
     }
-    let (snapshot_lines, bad_snapshot) = verify_snapshots(&opened.source)?;
-    let layout = &opened.layout;
-    let size: u64 = layout.segments.iter().map(|s| s.header.segment_len).sum();
-    let used: u64 = layout.segments.iter().map(|s| s.end as u64).sum();
+    let (snapshots, bad_snapshot) = verify_snapshots(&opened.source)?;
     let refused = found.iter().any(|f| matches!(f, Finding::Refused(_)));
     let torn = found.iter().any(|f| matches!(f, Finding::Torn(_)));
     let (status, code) = match (refused, bad_snapshot, torn) {
@@ -358,41 +366,55 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
     };
     let problems = texts(|f| !matches!(f, Finding::Note(_)));
     let notes = texts(|f| matches!(f, Finding::Note(_)));
-    let manifest = opened.check.manifest.as_ref();
+    let verified = Verified { opened, epochs, snapshots, status, problems, notes };
     if args.json {
-        let value = json!({
-            "dir": args.dir.display().to_string(), "status": status,
-            "problem": problems.first(), "problems": problems, "notes": notes,
-            "live_pid": opened.live.and_then(|h| h.pid),
-            "manifest": manifest.map(|m| json!({
-                "generation": m.generation, "segments": m.segments.len(),
-                "retired_below": m.retired_below.0, "segments_retired": m.segments_retired,
-            })),
-            "epoch_file": opened.check.epochs.map(|e| json!({
-                "current": e.current.0, "promised": e.promised.0,
-            })),
-            "segments": layout.segments.len(), "records": layout.records(),
-            "first_sequence": layout.first_sequence().map(|s| s.0),
-            "last_sequence": layout.last_sequence().map(|s| s.0),
-            "epochs": epochs.iter().map(|(e, a, b)| json!({"epoch": e.0, "first": a.0, "last": b.0}))
-                .collect::<Vec<_>>(),
-            "bytes_on_disk": size, "bytes_used": used, "snapshots": snapshot_lines,
-        });
-        outln!("{value}");
-        return Ok(code);
+        print_verify_json(args, &verified);
+    } else {
+        print_verify_text(args, &verified);
     }
+    Ok(code)
+}
+
+fn print_verify_json(args: &DirArgs, verified: &Verified) {
+    let (layout, check) = (&verified.opened.layout, &verified.opened.check);
+    let size: u64 = layout.segments.iter().map(|s| s.header.segment_len).sum();
+    let used: u64 = layout.segments.iter().map(|s| s.end as u64).sum();
+    let epochs: Vec<_> = verified
+        .epochs
+        .iter()
+        .map(|(e, a, b)| json!({"epoch": e.0, "first": a.0, "last": b.0}))
+        .collect();
+    let value = json!({
+        "dir": args.dir.display().to_string(), "status": verified.status,
+        "problem": verified.problems.first(), "problems": verified.problems,
+        "notes": verified.notes, "live_pid": verified.opened.live.and_then(|h| h.pid),
+        "manifest": check.manifest.as_ref().map(|m| json!({
+            "generation": m.generation, "segments": m.segments.len(),
+            "retired_below": m.retired_below.0, "segments_retired": m.segments_retired,
+        })),
+        "epoch_file": check.epochs.map(|e| json!({
+            "current": e.current.0, "promised": e.promised.0,
+        })),
+        "segments": layout.segments.len(), "records": layout.records(),
+        "first_sequence": layout.first_sequence().map(|s| s.0),
+        "last_sequence": layout.last_sequence().map(|s| s.0), "epochs": epochs,
+        "bytes_on_disk": size, "bytes_used": used, "snapshots": verified.snapshots,
+    });
+    outln!("{value}");
+}
+
+fn print_verify_text(args: &DirArgs, verified: &Verified) {
+    let (layout, check) = (&verified.opened.layout, &verified.opened.check);
     outln!("journal    {}", args.dir.display());
-    if let Some(m) = manifest {
-        outln!(
-            "manifest   generation {}: {} segments listed, {} retired so far",
-            m.generation,
-            m.segments.len(),
-            m.segments_retired
-        );
+    if let Some(m) = &check.manifest {
+        let (generation, listed, retired) = (m.generation, m.segments.len(), m.segments_retired);
+        outln!("manifest   generation {generation}: {listed} segments listed, {retired} retired");
     }
-    if let Some(e) = opened.check.epochs {
+    if let Some(e) = check.epochs {
         outln!("epochs     current {}, promised {} (epoch file)", e.current, e.promised);
     }
+    let size: u64 = layout.segments.iter().map(|s| s.header.segment_len).sum();
+    let used: u64 = layout.segments.iter().map(|s| s.end as u64).sum();
     outln!("segments   {} ({} bytes on disk, {} used)", layout.segments.len(), size, used);
     match (layout.first_sequence(), layout.last_sequence()) {
         (Some(first), Some(last)) => {
@@ -400,25 +422,24 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
         }
         _ => outln!("records    0"),
     }
-    for (epoch, first, last) in &epochs {
+    for (epoch, first, last) in &verified.epochs {
         outln!("epoch      {epoch}: sequences {first}..={last}");
     }
-    print_snapshot_lines(&snapshot_lines);
-    for note in &notes {
+    print_snapshot_lines(&verified.snapshots);
+    for note in &verified.notes {
         outln!("note       {note}");
     }
-    match status {
+    match verified.status {
         "ok" => outln!("status     ok: every record and snapshot is intact"),
         "bad_snapshot" => outln!("status     a snapshot is invalid (recovery skips it)"),
-        "torn_tail" => outln!("status     {}", problems.join("; ")),
+        "torn_tail" => outln!("status     {}", verified.problems.join("; ")),
         _ => {
             outln!("status     CORRUPT");
-            for text in &problems {
+            for text in &verified.problems {
                 eprintln!("error: {text}");
             }
         }
     }
-    Ok(code)
 }
 
 fn finding_text(finding: &Finding) -> String {
