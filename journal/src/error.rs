@@ -148,15 +148,15 @@ pub enum JournalError {
         manifest: String,
         /// The segment's first sequence.
         first: Sequence,
-        /// The sequences it held, as text (`sequences 42..=97`, `sequence 42 onwards`).
+        /// The sequences it held, as text (`sequences 42..=97`, `sequences from 42 on`).
         held: String,
     },
     /// A segment whose length differs from the one the manifest lists: cut short or emptied.
     #[error(
         "segment {file} is {found} bytes long but the manifest {manifest} lists its length as \
-         {listed} bytes (it was cut short or emptied); it held {held}. Acknowledged commands may be \
-         lost with it, so the journal is not replayed. Restore the file from a backup or the \
-         standby; or, to accept losing sequence {first} and everything after it, run \
+         {listed} bytes (it was cut short or emptied); it held {held}. Acknowledged commands \
+         may be lost with it, so the journal is not replayed. Restore the file from a backup or \
+         the standby; or, to accept losing sequence {first} and everything after it, run \
          `ringfence journal truncate {dir} --at-seq {first}`"
     )]
     SegmentLength {

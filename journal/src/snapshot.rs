@@ -6,10 +6,10 @@
 //! writes it through the data directory's [`Storage`] to a temporary file, syncs it, renames it
 //! into place and syncs the directory, then applies retention. A snapshot that fails leaves no
 //! temporary file behind, is logged and counted ([`SnapshotStats`]); the journal still holds
-//! every command, so it costs only replay time. The writer then hands the image back, and the next snapshot copies into it
-//! ([`Engine::copy_image_into`]): memory already faulted in, so the BLP's pause is a copy and
-//! not a page fault per 4 KiB. The price is one image's worth of memory kept between
-//! snapshots. A snapshot file:
+//! every command, so it costs only replay time. The writer then hands the image back, and the
+//! next snapshot copies into it ([`Engine::copy_image_into`]): memory already faulted in, so
+//! the BLP's pause is a copy and not a page fault per 4 KiB. The price is one image's worth of
+//! memory kept between snapshots. A snapshot file:
 //!
 //! ```text
 //!   0  magic             8  b"RFNCSNAP"

@@ -10,14 +10,16 @@
 //!
 //! What is durable when — the contract both implementations keep:
 //!
-//! | call                | live at once | durable when                                        |
-//! | ------------------- | ------------ | --------------------------------------------------- |
-//! | `create_segment`    | yes          | on return: entry, length and zero contents          |
-//! | `Segment::sync(r)`  | —            | on return: the bytes in `r`                         |
-//! | `write_file`        | yes          | contents after `sync_file`, entry after `sync_dir`  |
-//! | `rename`, `remove`  | yes          | after `sync_dir` (a rename is atomic either way)    |
-//! | `retire`            | yes          | the archived copy on return; the removal here after `sync_dir` |
-//! | `sync_dir`          | —            | every entry change made before it                   |
+//! | call               | durable when                                                  |
+//! | ------------------ | ------------------------------------------------------------- |
+//! | `create_segment`   | on return: the entry, the length and the zero contents        |
+//! | `Segment::sync(r)` | on return: the bytes in `r`                                   |
+//! | `write_file`       | contents after `sync_file`, the entry after `sync_dir`        |
+//! | `rename`, `remove` | after `sync_dir` (a rename is atomic either way)              |
+//! | `retire`           | the archived copy on return; the removal here after `sync_dir` |
+//! | `sync_dir`         | every entry change made before it                             |
+//!
+//! Every change is live (visible to this process and to a process crash) at once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};

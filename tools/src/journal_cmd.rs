@@ -603,54 +603,63 @@ fn stats(args: &DirArgs) -> Result<ExitCode, JournalError> {
         });
         outln!("{value}");
     } else {
-        outln!(
-            "{:<26} {:>12} {:>12} {:>10} {:>7}  time range",
-            "segment",
-            "first",
-            "last",
-            "records",
-            "used"
-        );
-        for s in &layout.segments {
-            let used_pct = 100.0 * s.end as f64 / s.header.segment_len as f64;
-            let range = s.time_range.map_or_else(String::new, |(a, b)| {
-                format!("{} .. {}", format_ms(a.0), format_ms(b.0))
-            });
-            outln!(
-                "{:<26} {:>12} {:>12} {:>10} {:>6.1}%  {range}",
-                s.name,
-                s.header.first_sequence,
-                s.last.map_or_else(|| "-".to_owned(), |l| l.to_string()),
-                s.records,
-                used_pct
-            );
-        }
-        outln!();
-        outln!(
-            "records {records}, {used} bytes used, {:.1} bytes per record",
-            used as f64 / records.max(1) as f64
-        );
-        if let Some((first, last)) = time_range {
-            let seconds = (last.0.saturating_sub(first.0)) as f64 / 1e3;
-            outln!(
-                "time    {} .. {} ({seconds:.1} s of commands)",
-                format_ms(first.0),
-                format_ms(last.0)
-            );
-        }
-        outln!("{:<22} {:>12} {:>8} {:>10}", "command", "count", "share", "avg bytes");
-        for (kind, count) in &kinds {
-            let avg = bytes_by_kind[kind] as f64 / *count as f64;
-            outln!(
-                "{kind:<22} {count:>12} {:>7.1}% {avg:>10.1}",
-                100.0 * *count as f64 / records.max(1) as f64
-            );
-        }
-    }
-    if !args.json {
+        print_stats_text(layout, &kinds, &bytes_by_kind);
         outln!("{retention_text}");
     }
     Ok(report(&findings(&opened, Sequence(u64::MAX))))
+}
+
+/// The text form of `journal stats`: per segment, totals, time span, commands by kind.
+fn print_stats_text(
+    layout: &Layout,
+    kinds: &BTreeMap<&'static str, u64>,
+    bytes_by_kind: &BTreeMap<&'static str, u64>,
+) {
+    let records = layout.records();
+    let used: u64 = layout.segments.iter().map(|s| s.end as u64).sum();
+    outln!(
+        "{:<26} {:>12} {:>12} {:>10} {:>7}  time range",
+        "segment",
+        "first",
+        "last",
+        "records",
+        "used"
+    );
+    for s in &layout.segments {
+        let used_pct = 100.0 * s.end as f64 / s.header.segment_len as f64;
+        let range = s
+            .time_range
+            .map_or_else(String::new, |(a, b)| format!("{} .. {}", format_ms(a.0), format_ms(b.0)));
+        outln!(
+            "{:<26} {:>12} {:>12} {:>10} {:>6.1}%  {range}",
+            s.name,
+            s.header.first_sequence,
+            s.last.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+            s.records,
+            used_pct
+        );
+    }
+    outln!();
+    outln!(
+        "records {records}, {used} bytes used, {:.1} bytes per record",
+        used as f64 / records.max(1) as f64
+    );
+    if let Some((first, last)) = time_span(layout) {
+        let seconds = (last.0.saturating_sub(first.0)) as f64 / 1e3;
+        outln!(
+            "time    {} .. {} ({seconds:.1} s of commands)",
+            format_ms(first.0),
+            format_ms(last.0)
+        );
+    }
+    outln!("{:<22} {:>12} {:>8} {:>10}", "command", "count", "share", "avg bytes");
+    for (kind, count) in kinds {
+        let avg = bytes_by_kind[kind] as f64 / *count as f64;
+        outln!(
+            "{kind:<22} {count:>12} {:>7.1}% {avg:>10.1}",
+            100.0 * *count as f64 / records.max(1) as f64
+        );
+    }
 }
 
 fn time_span(layout: &Layout) -> Option<(Timestamp, Timestamp)> {

@@ -15,7 +15,7 @@ use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot::{self, SnapshotMeta};
 use serde_json::json;
 
-use crate::journal_cmd::{EXIT_TORN_TAIL, open, tail_in_progress};
+use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, open, tail_in_progress};
 use crate::json;
 use crate::time::{format_ms, parse_rfc3339};
 
@@ -89,25 +89,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
             None => Timestamp(u64::MAX),
         },
     };
-    let mut opened = open(&args.dir)?;
-    let in_progress = tail_in_progress(&opened);
-    let corrupt_in_range = !in_progress
-        && opened
-            .layout
-            .problem
-            .as_ref()
-            .is_some_and(|p| !p.torn_tail && p.sequence <= limits.until_seq);
-    if corrupt_in_range {
-        let describe = |name: &str| args.dir.join(name).display().to_string();
-        if let Some(error) = opened.layout.corruption(&describe) {
-            return Err(error);
-        }
-    }
-    // A missing or cut segment, or a directory that is not what its manifest says: replaying
-    // what is left would present a history with records silently missing.
-    if !opened.check.problems.is_empty() {
-        return Err(opened.check.problems.remove(0));
-    }
+    let (opened, in_progress) = open_for_replay(args, &limits)?;
     let live = opened.live;
     let (mut source, layout) = (opened.source, opened.layout);
     let (mut engine, snapshot) = starting_point(args, &source, &layout, &limits)?;
@@ -182,6 +164,31 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         (false, _) => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the journal and refuses what replay must not read past: corruption within the range,
+/// or a directory that is not what its manifest says (a missing or cut segment: replaying what
+/// is left would present a history with records silently missing). Also says whether the
+/// journal's end is a live node's record in progress.
+fn open_for_replay(args: &ReplayArgs, limits: &Limits) -> Result<(Opened, bool), JournalError> {
+    let mut opened = open(&args.dir)?;
+    let in_progress = tail_in_progress(&opened);
+    let corrupt_in_range = !in_progress
+        && opened
+            .layout
+            .problem
+            .as_ref()
+            .is_some_and(|p| !p.torn_tail && p.sequence <= limits.until_seq);
+    if corrupt_in_range {
+        let describe = |name: &str| args.dir.join(name).display().to_string();
+        if let Some(error) = opened.layout.corruption(&describe) {
+            return Err(error);
+        }
+    }
+    if !opened.check.problems.is_empty() {
+        return Err(opened.check.problems.remove(0));
+    }
+    Ok((opened, in_progress))
 }
 
 /// The newest snapshot that does not pass the limits (or none), and the engine restored from it.

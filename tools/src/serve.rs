@@ -17,7 +17,7 @@ use ringfence_core::pipeline::{EgressDriver, NoReplicator, Node, NodeConfig, Top
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig};
 use ringfence_journal::datadir::DataDir;
-use ringfence_journal::recovery::recover_from;
+use ringfence_journal::recovery::{Recovered, recover_from};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
@@ -203,13 +203,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./ringfence-data"));
-    fs::create_dir_all(&data_dir)
-        .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
     // Before anything else touches the directory: one writer at a time, held until we exit.
-    let mut storage = FileStorage::open_exclusive(&data_dir).map_err(|e| e.to_string())?;
-    if let Some(archive) = &file.node.archive_dir {
-        storage = storage.with_archive(archive);
-    }
+    let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;
     let durability_text = args.durability.clone().unwrap_or(file.node.durability.clone());
     let durability: Durability = durability_text.parse()?;
     let engine_config = file.engine.to_config();
@@ -225,17 +220,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         durability,
         engine_config: engine_config.clone(),
     };
-    let recovered = recover_from(storage.clone(), options).map_err(|e| format!("recovery: {e}"))?;
-    log(format_args!("recovered: {}", recovered.report));
-    log(format_args!(
-        "epoch {} (promised {}), from the epoch file",
-        recovered.epochs.current, recovered.epochs.promised
-    ));
-    let status = recovered.engine.status();
-    log(format_args!(
-        "state at sequence {}: {} SKUs, {} orders kept, state hash {:016x}",
-        status.last_sequence, status.skus, status.orders, status.running_hash
-    ));
+    let recovered = recover_logged(&storage, options)?;
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
         keep: file.node.snapshots_kept.max(1),
@@ -285,6 +270,37 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     // The directory lock goes with the last storage handle, here at the very end.
     drop(storage);
     Ok(())
+}
+
+/// Creates the data directory if needed and takes its exclusive lock (refused, naming the
+/// holder's pid, if another process writes it); retired segments go to `archive` if given.
+fn lock_data_dir(data_dir: &Path, archive: Option<&Path>) -> Result<FileStorage, String> {
+    fs::create_dir_all(data_dir)
+        .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
+    let storage = FileStorage::open_exclusive(data_dir).map_err(|e| e.to_string())?;
+    Ok(match archive {
+        Some(archive) => storage.with_archive(archive),
+        None => storage,
+    })
+}
+
+/// Recovers the node from the data directory and logs what recovery did and found.
+fn recover_logged(
+    storage: &FileStorage,
+    options: WriterOptions,
+) -> Result<Recovered<FileStorage>, String> {
+    let recovered = recover_from(storage.clone(), options).map_err(|e| format!("recovery: {e}"))?;
+    log(format_args!("recovered: {}", recovered.report));
+    log(format_args!(
+        "epoch {} (promised {}), from the epoch file",
+        recovered.epochs.current, recovered.epochs.promised
+    ));
+    let status = recovered.engine.status();
+    log(format_args!(
+        "state at sequence {}: {} SKUs, {} orders kept, state hash {:016x}",
+        status.last_sequence, status.skus, status.orders, status.running_hash
+    ));
+    Ok(recovered)
 }
 
 /// On clean shutdown, after the last command: one more snapshot so the next start replays
