@@ -151,12 +151,18 @@ impl<S: Storage> JournalWriter<S> {
     ) -> Result<JournalWriter<S>, JournalError> {
         options.validate()?;
         let storage = dir.storage().clone();
-        let segment = storage
+        let mut segment = storage
             .open_segment(name)
             .map_err(|e| JournalError::io(format!("opening {}", storage.describe(name)), e))?;
         assert!(write_at >= SEGMENT_HEADER_LEN && write_at <= segment.bytes().len());
+        // Recovery read these records through the page cache: after a process crash under a
+        // policy that does not sync every batch, some may not be on disk yet. Sync them, so the
+        // durable sequence published below is true (earlier segments were synced when the
+        // writer moved past them).
+        segment
+            .sync(SEGMENT_HEADER_LEN..write_at)
+            .map_err(|e| JournalError::io(format!("syncing {}", storage.describe(name)), e))?;
         let current = OpenSegment { name: name.to_owned(), segment, write_at, synced_to: write_at };
-        // Recovery read these records from the disk and cleared what followed them.
         dir.note_durable(last);
         Ok(JournalWriter {
             storage,
