@@ -3,9 +3,11 @@
 use std::io;
 use std::path::PathBuf;
 
-use ringfence_core::{RestoreError, Sequence};
+use ringfence_core::{Epoch, RestoreError, Sequence};
 
 use crate::format::HeaderProblem;
+use crate::lock::Holder;
+use crate::storage::StorageError;
 
 /// What is wrong with a record or a segment that is not just a torn tail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,12 +118,161 @@ pub enum JournalError {
         /// Why.
         source: RestoreError,
     },
+    /// Another process holds the data directory's lock.
+    #[error(
+        "data directory {dir} is in use: ringfence {holder} holds its lock {lock_file}. Stop \
+         that process first (two writers would corrupt the journal), or use another data \
+         directory"
+    )]
+    Locked {
+        /// The data directory.
+        dir: String,
+        /// The lock file.
+        lock_file: String,
+        /// Who holds it.
+        holder: Holder,
+    },
+    /// A segment the manifest lists is not in the directory.
+    #[error(
+        "segment {file} is missing: the manifest {manifest} lists it as holding {held}. \
+         Acknowledged commands may be in it, so the journal is not replayed without it. Restore \
+         the file from a backup or the standby; or, to accept losing sequence {first} and \
+         everything after it, run `ringfence journal truncate {dir} --at-seq {first}`"
+    )]
+    SegmentMissing {
+        /// The data directory.
+        dir: String,
+        /// The segment file.
+        file: String,
+        /// The manifest file.
+        manifest: String,
+        /// The segment's first sequence.
+        first: Sequence,
+        /// The sequences it held, as text (`sequences 42..=97`, `sequences from 42 on`).
+        held: String,
+    },
+    /// A segment whose length differs from the one the manifest lists: cut short or emptied.
+    #[error(
+        "segment {file} is {found} bytes long but the manifest {manifest} lists its length as \
+         {listed} bytes (it was cut short or emptied); it held {held}. Acknowledged commands \
+         may be lost with it, so the journal is not replayed. Restore the file from a backup or \
+         the standby; or, to accept losing sequence {first} and everything after it, run \
+         `ringfence journal truncate {dir} --at-seq {first}`"
+    )]
+    SegmentLength {
+        /// The data directory.
+        dir: String,
+        /// The segment file.
+        file: String,
+        /// The manifest file.
+        manifest: String,
+        /// The segment's first sequence.
+        first: Sequence,
+        /// The sequences it held, as text.
+        held: String,
+        /// Its length now.
+        found: u64,
+        /// Its length in the manifest.
+        listed: u64,
+    },
+    /// A segment with records that the manifest does not list.
+    #[error(
+        "segment {file} holds records (from sequence {first}) but the manifest {manifest} does \
+         not list it: it was copied in or left from another journal, and replaying it could mix \
+         two histories. Move it out of the data directory"
+    )]
+    UnlistedSegment {
+        /// The segment file.
+        file: String,
+        /// The manifest file.
+        manifest: String,
+        /// The first sequence in its name.
+        first: Sequence,
+    },
+    /// Journal files exist but the manifest does not.
+    #[error(
+        "{dir} holds {segments} segment(s) and {snapshots} snapshot(s) but no manifest \
+         ({manifest}): it was deleted, or the directory was written by a ringfence build from \
+         before manifests (there has been no release, so such directories are refused, not \
+         migrated). Restore the manifest from a backup; or, if every segment is present, \
+         rebuild it from them with `ringfence journal truncate {dir} --at-seq <last sequence + 1>`"
+    )]
+    ManifestMissing {
+        /// The data directory.
+        dir: String,
+        /// The manifest file that should exist.
+        manifest: String,
+        /// Segment files found.
+        segments: usize,
+        /// Snapshot files found.
+        snapshots: usize,
+    },
+    /// The manifest is damaged.
+    #[error(
+        "manifest {file} is invalid: {reason}. Restore it from a backup; or, if every segment \
+         is present, rebuild it from them with \
+         `ringfence journal truncate {dir} --at-seq <last sequence + 1>`"
+    )]
+    ManifestInvalid {
+        /// The data directory.
+        dir: String,
+        /// The manifest file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file written by a newer build.
+    #[error(
+        "{file} has format version {found}, but this build reads version {supported}: it was \
+         written by a newer ringfence. Run that build; nothing was changed here"
+    )]
+    FutureVersion {
+        /// The file.
+        file: String,
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The epoch file is missing, damaged or inconsistent.
+    #[error(
+        "epoch file {file}: {reason}. The node's epoch is never guessed from the journal: \
+         restore the file that belongs with this data directory from a backup"
+    )]
+    EpochFile {
+        /// The epoch file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The journal holds a record from an epoch above the epoch file's current epoch.
+    #[error(
+        "the journal's last record (sequence {sequence}) carries epoch {record}, above the \
+         current epoch {current} in {file}: the epoch file is older than the journal (restored \
+         from an old backup?). Restore the epoch file that belongs with this journal"
+    )]
+    EpochAhead {
+        /// The epoch file.
+        file: String,
+        /// The last record's sequence.
+        sequence: Sequence,
+        /// Its epoch.
+        record: Epoch,
+        /// The epoch file's current epoch.
+        current: Epoch,
+    },
     /// The options given are not usable.
     #[error("invalid journal options: {0}")]
     Options(String),
     /// A record too large for the format (a bug: commands are fixed-size).
     #[error("a command encoded to {0} bytes, above the record payload limit")]
     RecordTooLarge(usize),
+}
+
+impl From<StorageError> for JournalError {
+    fn from(error: StorageError) -> JournalError {
+        JournalError::Io { context: error.context, source: error.source }
+    }
 }
 
 impl JournalError {

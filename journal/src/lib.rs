@@ -1,13 +1,18 @@
 //! The journal: ringfence's database of record.
 //!
 //! Memory-mapped, preallocated segment files of CRC-framed, rkyv-encoded command records;
-//! durability policies; snapshots of the business-logic processor's state; and crash recovery
-//! that replays the journal from the newest valid snapshot.
+//! durability policies; snapshots of the business-logic processor's state; a data directory
+//! that defends itself (an exclusive lock, a manifest listing the segments, an epoch file);
+//! and crash recovery that replays the journal from the newest valid snapshot.
 
 pub mod codec;
+pub mod datadir;
+pub mod epoch;
 pub mod error;
 pub mod fault;
 pub mod format;
+pub mod lock;
+pub mod manifest;
 pub mod recovery;
 pub mod scan;
 pub mod snapshot;

@@ -1,16 +1,22 @@
-//! Recovery on start: newest usable snapshot, then the journal from the next sequence through
-//! the BLP; a torn tail is truncated and reported, corruption refuses to start.
+//! Recovery on start: the data directory checked against its manifest, the newest usable
+//! snapshot, then the journal from the next sequence through the BLP. What a crash can leave
+//! behind — a torn tail, temporary files, a segment whose creation was cut off, retired
+//! segments not yet removed — is cleared and reported; anything else refuses to start, naming
+//! the file and what to do.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 
+use crate::datadir::{self, DataDir, DirCheck};
+use crate::epoch::{EPOCH_FILE, Epochs};
 use crate::error::JournalError;
 use crate::format;
+use crate::manifest::{Manifest, ManifestSegment};
 use crate::scan::{self, Layout};
 use crate::snapshot::{self, SnapshotMeta};
-use crate::storage::{FileStorage, Segment, Storage};
+use crate::storage::{FileStorage, Retired, Segment, Storage};
 use crate::writer::{JournalWriter, WriterOptions};
 
 /// A torn tail found and cleared by recovery.
@@ -24,15 +30,15 @@ pub struct TornTail {
     pub sequence: Sequence,
     /// What was found there.
     pub damage: String,
-    /// Bytes zeroed (or the whole file, if its creation was cut off).
+    /// Bytes zeroed.
     pub bytes_cleared: u64,
-    /// Whether the whole segment file was removed (its header never reached disk).
-    pub removed_segment: bool,
 }
 
 /// What recovery did, for the log.
 #[derive(Clone, Debug, Default)]
 pub struct RecoveryReport {
+    /// Whether the directory was new and has been initialised (epoch file and manifest).
+    pub initialised: bool,
     /// The snapshot loaded, if any.
     pub snapshot: Option<SnapshotMeta>,
     /// Snapshots passed over, newest first, with why.
@@ -43,10 +49,19 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// The journal's first and last intact sequences.
     pub journal_range: Option<(Sequence, Sequence)>,
+    /// Temporary files a crash left behind, removed.
+    pub temporaries_removed: Vec<String>,
+    /// Retired segments a crash left behind, retired again.
+    pub retired_leftovers: Vec<(String, Retired)>,
+    /// A segment whose creation was cut off before it was listed, removed.
+    pub creation_removed: Option<String>,
 }
 
 impl std::fmt::Display for RecoveryReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.initialised {
+            write!(f, "new data directory initialised; ")?;
+        }
         match &self.snapshot {
             Some(meta) => write!(f, "snapshot {} (through {})", meta.file.display(), meta.through)?,
             None => write!(f, "no snapshot")?,
@@ -65,6 +80,18 @@ impl std::fmt::Display for RecoveryReport {
                 torn.file, torn.offset, torn.sequence, torn.damage, torn.bytes_cleared
             )?;
         }
+        for name in &self.temporaries_removed {
+            write!(f, "; removed leftover temporary file {name}")?;
+        }
+        for (name, how) in &self.retired_leftovers {
+            write!(f, "; retired leftover segment {name} ({how})")?;
+        }
+        if let Some(name) = &self.creation_removed {
+            write!(
+                f,
+                "; removed segment {name} (its creation was cut off before its first record)"
+            )?;
+        }
         Ok(())
     }
 }
@@ -77,42 +104,49 @@ pub struct Recovered<S: Storage> {
     pub next_sequence: Sequence,
     /// The epoch of the last journaled record (zero for an empty journal).
     pub last_epoch: Epoch,
-    /// The journaler, positioned after the last intact record.
+    /// The node's epochs, from the epoch file: the node writes records in `epochs.current`.
+    pub epochs: Epochs,
+    /// The journaler, positioned after the last intact record. Its
+    /// [`JournalWriter::data_dir`] is the handle the snapshot writer shares.
     pub writer: JournalWriter<S>,
     /// What recovery did.
     pub report: RecoveryReport,
 }
 
-/// Opens (or creates) the journal in `dir` and recovers: snapshots and segments share the
-/// directory.
+/// Takes the exclusive lock of the data directory `dir` (creating it if needed) and recovers
+/// from it. The lock is held until the writer and every clone of its storage are dropped.
 pub fn recover(dir: &Path, options: WriterOptions) -> Result<Recovered<FileStorage>, JournalError> {
-    let storage = FileStorage::open(dir)
-        .map_err(|e| JournalError::io(format!("opening journal directory {}", dir.display()), e))?;
-    recover_from(storage, Some(dir), options)
+    let storage = FileStorage::open_exclusive(dir)?;
+    recover_from(storage, options)
 }
 
-/// Recovery over any storage; snapshots are read from `snapshot_dir` if given.
+/// Recovery over any storage: journal, snapshots, manifest and epoch file all live in it.
 pub fn recover_from<S: Storage>(
-    mut storage: S,
-    snapshot_dir: Option<&Path>,
+    storage: S,
     options: WriterOptions,
 ) -> Result<Recovered<S>, JournalError> {
     options.validate()?;
-    let layout = scan::scan(&mut storage)?;
-    if let Some(error) = layout.corruption(&|name| storage.describe(name)) {
+    let mut source = storage.clone();
+    let mut check = datadir::check(&mut source)?;
+    if !check.problems.is_empty() {
+        return Err(check.problems.remove(0));
+    }
+    let mut report = RecoveryReport::default();
+    let dir = open_dir(&storage, &check, &mut report)?;
+    tidy(&dir, &check, &mut report)?;
+    let layout = scan::scan_segments(&mut source, &check.segments)?;
+    if let Some(error) = listed_damage(&layout, &storage) {
         return Err(error);
     }
-    let mut report = RecoveryReport {
-        torn_tail: clear_torn_tail(&mut storage, &layout)?,
-        journal_range: layout.first_sequence().zip(layout.last_sequence()),
-        ..RecoveryReport::default()
-    };
-    let journal_last = layout.last_sequence();
+    report.torn_tail = clear_torn_tail(&storage, &layout)?;
+    report.journal_range = layout.first_sequence().zip(layout.last_sequence());
+    let epochs = dir.epochs();
+    check_epochs(&storage, &layout, epochs)?;
+    // Where the journal ends: the last record, or just before the newest segment's first.
+    let journal_last =
+        layout.segments.last().map(|s| s.last.unwrap_or(Sequence(s.header.first_sequence.0 - 1)));
     let config = &options.engine_config;
-    let (mut engine, through) = match snapshot_dir {
-        Some(dir) => choose_snapshot(dir, config, journal_last, &mut report)?,
-        None => (Engine::new(config.clone()), Sequence(0)),
-    };
+    let (mut engine, through) = choose_snapshot(&storage, config, journal_last, &mut report)?;
     let start = through.next();
     let needed = journal_last.is_some_and(|last| last >= start);
     match layout.first_sequence() {
@@ -122,7 +156,7 @@ pub fn recover_from<S: Storage>(
         _ => {}
     }
     let mut replayed = 0;
-    scan::read_pipelined(&mut storage, &layout, start, &mut |record| {
+    scan::read_pipelined(&mut source, &layout, start, &mut |record| {
         engine.apply(&record.sequenced());
         replayed += 1;
         ControlFlow::Continue(())
@@ -132,66 +166,159 @@ pub fn recover_from<S: Storage>(
     let writer = match layout.segments.last() {
         Some(segment) => {
             let last = segment.last.unwrap_or(Sequence(segment.header.first_sequence.0 - 1));
-            JournalWriter::resume(storage, options, &segment.name, segment.end, last, last_epoch)?
+            JournalWriter::resume(dir, options, &segment.name, segment.end, last, last_epoch)?
         }
-        None => JournalWriter::create(storage, options, start)?,
+        None => JournalWriter::create(dir, options, start)?,
     };
     let next_sequence = writer.next_sequence();
     assert!(engine.last_sequence() < next_sequence);
     assert!(next_sequence >= start);
-    Ok(Recovered { engine, next_sequence, last_epoch, writer, report })
+    Ok(Recovered { engine, next_sequence, last_epoch, epochs, writer, report })
 }
 
-/// Zeroes a torn tail (or removes a segment whose creation was cut off) and syncs.
+/// The directory's manifest and epochs; a new directory gets its epoch file (current and
+/// promised 1) and then an empty manifest, in that order, so a manifest never exists without
+/// an epoch file.
+fn open_dir<S: Storage>(
+    storage: &S,
+    check: &DirCheck,
+    report: &mut RecoveryReport,
+) -> Result<DataDir<S>, JournalError> {
+    if let (Some(manifest), Some(epochs)) = (&check.manifest, check.epochs) {
+        return Ok(DataDir::new(storage.clone(), manifest.clone(), epochs));
+    }
+    assert!(check.is_fresh(), "the check reports a directory it cannot open");
+    let epochs = match check.epochs {
+        Some(epochs) => epochs,
+        None => {
+            datadir::write_epochs(storage, Epochs::FIRST)?;
+            Epochs::FIRST
+        }
+    };
+    let manifest = Manifest::empty();
+    datadir::write_manifest(storage, &manifest)?;
+    report.initialised = true;
+    Ok(DataDir::new(storage.clone(), manifest, epochs))
+}
+
+/// Clears what a crash can leave behind: temporary files, retired segments not yet removed,
+/// and a segment whose creation was cut off (after which the manifest is rewritten).
+fn tidy<S: Storage>(
+    dir: &DataDir<S>,
+    check: &DirCheck,
+    report: &mut RecoveryReport,
+) -> Result<(), JournalError> {
+    let storage = dir.storage();
+    let describe_io = |verb: &str, name: &str| {
+        let file = storage.describe(name);
+        let verb = verb.to_owned();
+        move |e| JournalError::io(format!("{verb} {file}"), e)
+    };
+    for name in &check.temporaries {
+        storage.remove(name).map_err(describe_io("removing", name))?;
+        report.temporaries_removed.push(storage.describe(name));
+    }
+    for name in &check.retired_leftovers {
+        let how = storage.retire(name).map_err(describe_io("retiring", name))?;
+        report.retired_leftovers.push((storage.describe(name), how));
+    }
+    if let Some(name) = &check.creation_leftover {
+        storage.remove(name).map_err(describe_io("removing", name))?;
+        report.creation_removed = Some(storage.describe(name));
+    }
+    let changed = !check.temporaries.is_empty()
+        || !check.retired_leftovers.is_empty()
+        || check.creation_leftover.is_some();
+    if changed {
+        datadir::sync_dir(storage)?;
+    }
+    if check.creation_leftover.is_some() {
+        dir.rewrite_manifest()?;
+    }
+    Ok(())
+}
+
+/// Damage recovery must refuse: corruption before the tail, or a listed segment whose header
+/// is unusable (its header was synced before it was listed, so this is not a cut-off creation).
+fn listed_damage<S: Storage>(layout: &Layout, storage: &S) -> Option<JournalError> {
+    if let Some(error) = layout.corruption(&|name| storage.describe(name)) {
+        return Some(error);
+    }
+    let problem = layout.problem.as_ref().filter(|p| p.segment.is_none())?;
+    Some(JournalError::Corrupt {
+        dir: layout.location.clone(),
+        file: storage.describe(&problem.name),
+        offset: problem.offset,
+        sequence: problem.sequence,
+        damage: problem.damage,
+    })
+}
+
+/// The journal may not hold records from an epoch the epoch file has not reached.
+fn check_epochs<S: Storage>(
+    storage: &S,
+    layout: &Layout,
+    epochs: Epochs,
+) -> Result<(), JournalError> {
+    let (Some(record), Some(sequence)) = (layout.last_epoch(), layout.last_sequence()) else {
+        return Ok(());
+    };
+    if record > epochs.current {
+        return Err(JournalError::EpochAhead {
+            file: storage.describe(EPOCH_FILE),
+            sequence,
+            record,
+            current: epochs.current,
+        });
+    }
+    Ok(())
+}
+
+/// Zeroes a torn tail in the last segment and syncs.
 fn clear_torn_tail<S: Storage>(
-    storage: &mut S,
+    storage: &S,
     layout: &Layout,
 ) -> Result<Option<TornTail>, JournalError> {
     let Some(problem) = layout.problem.as_ref().filter(|p| p.torn_tail) else { return Ok(None) };
+    assert!(problem.segment.is_some(), "a listed segment's header is never a torn tail");
     let file = storage.describe(&problem.name);
-    let mut torn = TornTail {
-        file: file.clone(),
+    let mut segment = storage
+        .open_segment(&problem.name)
+        .map_err(|e| JournalError::io(format!("opening {file}"), e))?;
+    let range = problem.offset as usize..problem.garbage_end.max(problem.offset as usize);
+    segment.bytes_mut()[range.clone()].fill(0);
+    segment.sync(range.clone()).map_err(|e| JournalError::io(format!("syncing {file}"), e))?;
+    Ok(Some(TornTail {
+        file,
         offset: problem.offset,
         sequence: problem.sequence,
         damage: problem.damage.to_string(),
-        bytes_cleared: 0,
-        removed_segment: false,
-    };
-    if problem.segment.is_none() {
-        storage
-            .remove(&problem.name)
-            .map_err(|e| JournalError::io(format!("removing {file}"), e))?;
-        torn.removed_segment = true;
-        return Ok(Some(torn));
-    }
-    let mut segment =
-        storage.open(&problem.name).map_err(|e| JournalError::io(format!("opening {file}"), e))?;
-    let range = problem.offset as usize..problem.garbage_end.max(problem.offset as usize);
-    segment.bytes_mut()[range.clone()].fill(0);
-    torn.bytes_cleared = range.len() as u64;
-    segment.sync(range).map_err(|e| JournalError::io(format!("syncing {file}"), e))?;
-    Ok(Some(torn))
+        bytes_cleared: range.len() as u64,
+    }))
 }
 
 /// The newest snapshot that loads and does not run past the journal. Snapshots past the end of
 /// the journal (taken before a power loss cut the journal back) are renamed `*.stale`: new
 /// commands will reuse their sequences, so they must never be loaded later.
-fn choose_snapshot(
-    dir: &Path,
+fn choose_snapshot<S: Storage>(
+    storage: &S,
     config: &EngineConfig,
     journal_last: Option<Sequence>,
     report: &mut RecoveryReport,
 ) -> Result<(Engine, Sequence), JournalError> {
-    for (through, file) in snapshot::list(dir)?.into_iter().rev() {
+    for (through, name) in snapshot::list(storage)?.into_iter().rev() {
+        let file = PathBuf::from(storage.describe(&name));
         if journal_last.is_some_and(|last| through > last) {
-            let stale = file.with_extension("snap.stale");
-            std::fs::rename(&file, &stale)
+            let stale = snapshot::stale_name(&name);
+            storage
+                .rename(&name, &stale)
                 .map_err(|e| JournalError::io(format!("renaming {}", file.display()), e))?;
-            let why = format!("runs past the journal's end; renamed to {}", stale.display());
+            datadir::sync_dir(storage)?;
+            let why = format!("runs past the journal's end; renamed to {stale}");
             report.skipped_snapshots.push((file, why));
             continue;
         }
-        match snapshot::load(&file, Some(config)) {
+        match snapshot::load(storage, &name, Some(config)) {
             Ok((engine, meta)) => {
                 report.snapshot = Some(meta);
                 return Ok((engine, through));
@@ -202,7 +329,7 @@ fn choose_snapshot(
     Ok((Engine::new(config.clone()), Sequence(0)))
 }
 
-/// What [`truncate`] removed.
+/// What [`truncate`] changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Truncation {
     /// Segments removed whole.
@@ -210,18 +337,38 @@ pub struct Truncation {
     /// The segment cut short, and the byte offset it now ends at.
     pub cut: Option<(String, u64)>,
     /// Snapshots renamed to `*.stale` because they include dropped records.
-    pub snapshots_invalidated: Vec<PathBuf>,
+    pub snapshots_invalidated: Vec<String>,
+    /// The manifest written, listing the segments that remain.
+    pub manifest: Manifest,
+    /// Whether there was no usable manifest before (it was rebuilt from the segments).
+    pub manifest_rebuilt: bool,
+    /// Epochs written because the epoch file was missing or damaged: the highest epoch of the
+    /// records that remain (at least 1), current and promised.
+    pub epochs_written: Option<Epochs>,
 }
 
 /// The operator's explicit repair: drops record `at` and everything after it, even past
-/// damage, and invalidates snapshots that include any dropped record. Records before `at` must
-/// be intact.
-pub fn truncate<S: Storage>(
-    storage: &mut S,
-    snapshot_dir: Option<&Path>,
-    at: Sequence,
-) -> Result<Truncation, JournalError> {
-    let layout = scan::scan(storage)?;
+/// damage, invalidates snapshots that include any dropped record, and rewrites the manifest to
+/// list exactly the segments that remain (rebuilding it if it was missing or damaged). Records
+/// before `at` must be intact, and `at` may not be past a listed segment that is missing or cut
+/// short (those records are gone already; the repair must say so). Files change first and
+/// the manifest last, so a crash part way leaves a directory recovery refuses and a second
+/// `truncate` finishes.
+pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, JournalError> {
+    assert!(at.0 >= 1, "sequences start at 1");
+    let mut source = storage.clone();
+    let check = datadir::check(&mut source)?;
+    refuse_unrepairable(&check, at)?;
+    for name in &check.temporaries {
+        storage.remove(name).map_err(|e| JournalError::io(format!("removing {name}"), e))?;
+    }
+    for name in &check.retired_leftovers {
+        storage.retire(name).map_err(|e| JournalError::io(format!("retiring {name}"), e))?;
+    }
+    if let Some(name) = &check.creation_leftover {
+        storage.remove(name).map_err(|e| JournalError::io(format!("removing {name}"), e))?;
+    }
+    let layout = scan::scan(&mut source)?;
     if let Some(problem) = layout.problem.as_ref().filter(|p| p.sequence < at) {
         return Err(JournalError::Options(format!(
             "cannot truncate at sequence {at}: the journal is already damaged at sequence {} \
@@ -242,29 +389,85 @@ pub fn truncate<S: Storage>(
         truncation.cut = Some((storage.describe(&name), cut as u64));
         break;
     }
-    if let Some(dir) = snapshot_dir {
-        for (through, file) in snapshot::list(dir)? {
-            if through >= at {
-                let stale = file.with_extension("snap.stale");
-                std::fs::rename(&file, &stale)
-                    .map_err(|e| JournalError::io(format!("renaming {}", file.display()), e))?;
-                truncation.snapshots_invalidated.push(file);
-            }
+    for (through, name) in snapshot::list(storage)? {
+        if through >= at {
+            let stale = snapshot::stale_name(&name);
+            storage.rename(&name, &stale).map_err(|e| {
+                JournalError::io(format!("renaming {}", storage.describe(&name)), e)
+            })?;
+            truncation.snapshots_invalidated.push(storage.describe(&name));
         }
     }
+    datadir::sync_dir(storage)?;
+    rewrite_after_truncation(storage, &check, &layout, at, &mut truncation)?;
     Ok(truncation)
+}
+
+/// What `truncate` cannot repair: a newer format, files it cannot place, or a cut above
+/// records that are already missing.
+fn refuse_unrepairable(check: &DirCheck, at: Sequence) -> Result<(), JournalError> {
+    for problem in &check.problems {
+        match problem {
+            JournalError::SegmentMissing { first, file, .. }
+            | JournalError::SegmentLength { first, file, .. }
+                if at > *first =>
+            {
+                return Err(JournalError::Options(format!(
+                    "cannot truncate at sequence {at}: segment {file}, from sequence {first}, is \
+                     missing or cut short, so the records from {first} on are gone; truncate at \
+                     {first} or lower (or restore the file)"
+                )));
+            }
+            JournalError::FutureVersion { .. }
+            | JournalError::UnlistedSegment { .. }
+            | JournalError::StrayFile { .. } => {
+                return Err(JournalError::Options(format!("cannot truncate: {problem}")));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes the manifest listing the segments that remain, and the epoch file if it was missing
+/// or damaged.
+fn rewrite_after_truncation<S: Storage>(
+    storage: &S,
+    check: &DirCheck,
+    layout: &Layout,
+    at: Sequence,
+    truncation: &mut Truncation,
+) -> Result<(), JournalError> {
+    let mut manifest = match &check.manifest {
+        Some(manifest) => manifest.next_generation(),
+        None => Manifest::empty(),
+    };
+    truncation.manifest_rebuilt = check.manifest.is_none();
+    manifest.segments.clear();
+    for (first, name) in scan::sorted_segments(storage)? {
+        let len = storage
+            .file_len(&name)
+            .map_err(|e| JournalError::io(format!("reading {}", storage.describe(&name)), e))?;
+        manifest.segments.push(ManifestSegment { first, len });
+    }
+    if check.epochs.is_none() {
+        let kept = layout.segments.iter().filter(|s| s.header.first_sequence < at);
+        let epoch = kept.filter_map(|s| s.last_epoch).max().unwrap_or(Epoch(1)).max(Epoch(1));
+        let epochs = Epochs { current: epoch, promised: epoch };
+        datadir::write_epochs(storage, epochs)?;
+        truncation.epochs_written = Some(epochs);
+    }
+    datadir::write_manifest(storage, &manifest)?;
+    truncation.manifest = manifest;
+    Ok(())
 }
 
 /// Zeroes segment `name` from the record with sequence `at` (or from where its intact records
 /// end, if earlier) to its last non-zero byte. Returns the new end offset.
-fn cut_segment<S: Storage>(
-    storage: &mut S,
-    name: &str,
-    at: Sequence,
-) -> Result<usize, JournalError> {
+fn cut_segment<S: Storage>(storage: &S, name: &str, at: Sequence) -> Result<usize, JournalError> {
     let file = storage.describe(name);
     let mut segment =
-        storage.open(name).map_err(|e| JournalError::io(format!("opening {file}"), e))?;
+        storage.open_segment(name).map_err(|e| JournalError::io(format!("opening {file}"), e))?;
     let bytes = segment.bytes();
     let mut offset = format::SEGMENT_HEADER_LEN;
     while let Some((header, len)) = format::check_record(&bytes[offset..]) {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use ringfence_core::{Command, Epoch, Sequence, Timestamp};
+use rkyv::util::AlignedVec;
 
 use crate::codec;
 use crate::error::{Damage, JournalError};
@@ -21,16 +22,28 @@ use crate::format::{
 };
 use crate::storage::{Segment, Storage};
 
-/// Anything segments can be read from: a [`Storage`], or a directory mapped read-only.
-pub trait SegmentSource {
+/// Read access to a data directory: a [`Storage`], or a directory mapped read-only (the tools).
+/// Recovery, the tools and replication read segments, the manifest, the epoch file and
+/// snapshots through it.
+pub trait ReadSource {
     /// A segment's bytes.
     type Bytes: Deref<Target = [u8]>;
+    /// Names of every file in the directory.
+    fn list_files(&self) -> io::Result<Vec<String>>;
     /// Names of the files that end in `.seg`.
-    fn list_segments(&self) -> io::Result<Vec<String>>;
+    fn list_segments(&self) -> io::Result<Vec<String>> {
+        let mut names = self.list_files()?;
+        names.retain(|name| name.ends_with(".seg"));
+        Ok(names)
+    }
+    /// A file's length in bytes.
+    fn file_len(&self, name: &str) -> io::Result<u64>;
+    /// A whole (small) file, aligned to 16 bytes.
+    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>>;
     /// The bytes of one segment.
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes>;
-    /// How to name a segment to an operator.
-    fn describe_segment(&self, name: &str) -> String;
+    /// How to name a file to an operator.
+    fn describe_file(&self, name: &str) -> String;
     /// How to name the journal directory to an operator.
     fn location(&self) -> String;
 }
@@ -45,15 +58,21 @@ impl<T: Segment> Deref for SegmentBytes<T> {
     }
 }
 
-impl<S: Storage> SegmentSource for S {
+impl<S: Storage> ReadSource for S {
     type Bytes = SegmentBytes<S::Segment>;
-    fn list_segments(&self) -> io::Result<Vec<String>> {
+    fn list_files(&self) -> io::Result<Vec<String>> {
         self.list()
     }
-    fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
-        self.open(name).map(SegmentBytes)
+    fn file_len(&self, name: &str) -> io::Result<u64> {
+        Storage::file_len(self, name)
     }
-    fn describe_segment(&self, name: &str) -> String {
+    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>> {
+        Storage::read_file(self, name)
+    }
+    fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
+        self.open_segment(name).map(SegmentBytes)
+    }
+    fn describe_file(&self, name: &str) -> String {
         self.describe(name)
     }
     fn location(&self) -> String {
@@ -96,17 +115,29 @@ impl Deref for MappedFile {
     }
 }
 
-impl SegmentSource for ReadOnlyDir {
+impl ReadSource for ReadOnlyDir {
     type Bytes = MappedFile;
-    fn list_segments(&self) -> io::Result<Vec<String>> {
+    fn list_files(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
-            let name = entry?.file_name();
-            if let Some(name) = name.to_str().filter(|n| n.ends_with(".seg")) {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                continue;
+            }
+            if let Some(name) = entry.file_name().to_str() {
                 names.push(name.to_owned());
             }
         }
         Ok(names)
+    }
+    fn file_len(&self, name: &str) -> io::Result<u64> {
+        Ok(std::fs::metadata(self.dir.join(name))?.len())
+    }
+    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>> {
+        let mut file = File::open(self.dir.join(name))?;
+        let mut bytes = AlignedVec::<16>::new();
+        bytes.extend_from_reader(&mut file)?;
+        Ok(bytes)
     }
     fn read_segment(&mut self, name: &str) -> io::Result<MappedFile> {
         let file = File::open(self.dir.join(name))?;
@@ -118,7 +149,7 @@ impl SegmentSource for ReadOnlyDir {
         let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
         Ok(MappedFile(map))
     }
-    fn describe_segment(&self, name: &str) -> String {
+    fn describe_file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
     fn location(&self) -> String {
@@ -215,16 +246,14 @@ impl Layout {
 }
 
 /// Segment names sorted by first sequence; a `.seg` file with any other name is refused.
-pub fn sorted_segments<S: SegmentSource>(
-    source: &S,
-) -> Result<Vec<(Sequence, String)>, JournalError> {
+pub fn sorted_segments<S: ReadSource>(source: &S) -> Result<Vec<(Sequence, String)>, JournalError> {
     let names = source
         .list_segments()
         .map_err(|e| JournalError::io(format!("listing {}", source.location()), e))?;
     let mut segments = Vec::with_capacity(names.len());
     for name in names {
         let Some(first) = format::parse_segment_name(&name) else {
-            return Err(JournalError::StrayFile { file: source.describe_segment(&name) });
+            return Err(JournalError::StrayFile { file: source.describe_file(&name) });
         };
         segments.push((first, name));
     }
@@ -232,18 +261,28 @@ pub fn sorted_segments<S: SegmentSource>(
     Ok(segments)
 }
 
-/// Checks the structure of every segment. I/O failures are errors; damage is reported in
-/// [`Layout::problem`] so the caller decides (recovery truncates a torn tail, tools report).
-pub fn scan<S: SegmentSource>(source: &mut S) -> Result<Layout, JournalError> {
+/// Checks the structure of every segment in the directory. I/O failures are errors; damage is
+/// reported in [`Layout::problem`] so the caller decides (recovery truncates a torn tail, tools
+/// report). Recovery and the tools first compare the directory with its manifest
+/// ([`crate::datadir::check`]) and scan only the segments it lists, with [`scan_segments`].
+pub fn scan<S: ReadSource>(source: &mut S) -> Result<Layout, JournalError> {
     let names = sorted_segments(source)?;
+    scan_segments(source, &names)
+}
+
+/// Checks the structure of the segments `names` (sorted by first sequence), as [`scan`] does.
+pub fn scan_segments<S: ReadSource>(
+    source: &mut S,
+    names: &[(Sequence, String)],
+) -> Result<Layout, JournalError> {
     let mut layout = Layout { location: source.location(), segments: Vec::new(), problem: None };
     let mut expected: Option<Sequence> = None;
     let mut epoch = Epoch(0);
     for (index, (first, name)) in names.iter().enumerate() {
         let is_last = index + 1 == names.len();
-        let bytes = source.read_segment(name).map_err(|e| {
-            JournalError::io(format!("reading {}", source.describe_segment(name)), e)
-        })?;
+        let bytes = source
+            .read_segment(name)
+            .map_err(|e| JournalError::io(format!("reading {}", source.describe_file(name)), e))?;
         let scanned = scan_segment(name, *first, &bytes, expected, epoch, is_last);
         match scanned {
             Ok((segment, problem)) => {
@@ -387,7 +426,7 @@ fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
 }
 
 /// Index of the last non-zero byte.
-fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn last_nonzero(bytes: &[u8]) -> Option<usize> {
     let chunks = bytes.len() / 8;
     let (words, rest) = bytes.split_at(chunks * 8);
     if let Some(i) = rest.iter().rposition(|&b| b != 0) {
@@ -429,7 +468,7 @@ impl Record {
 /// Visits, in order, every intact record of `layout` with sequence at least `from`, decoding
 /// and validating each payload. Stops early when the visitor breaks. A payload that fails
 /// validation is corruption (its CRC matched, so it was written that way).
-pub fn read<S: SegmentSource>(
+pub fn read<S: ReadSource>(
     source: &mut S,
     layout: &Layout,
     from: Sequence,
@@ -444,12 +483,12 @@ pub fn read<S: SegmentSource>(
             continue;
         }
         let bytes = source.read_segment(&segment.name).map_err(|e| {
-            JournalError::io(format!("reading {}", source.describe_segment(&segment.name)), e)
+            JournalError::io(format!("reading {}", source.describe_file(&segment.name)), e)
         })?;
         let flow = read_segment(&bytes, segment, from, visit).map_err(|(offset, sequence)| {
             JournalError::Corrupt {
                 dir: layout.location.clone(),
-                file: source.describe_segment(&segment.name),
+                file: source.describe_file(&segment.name),
                 offset: offset as u64,
                 sequence,
                 damage: Damage::Payload,
@@ -502,7 +541,7 @@ const PIPELINE_DEPTH: usize = 4;
 /// [`read`] on two threads: a reader thread maps, checks and decodes records into batches while
 /// the calling thread runs `visit` on them, so replay through the engine is not slowed by
 /// page faults, CRCs and validation. Same order, same results, same errors as [`read`].
-pub fn read_pipelined<S: SegmentSource + Send>(
+pub fn read_pipelined<S: ReadSource + Send>(
     source: &mut S,
     layout: &Layout,
     from: Sequence,

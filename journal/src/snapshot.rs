@@ -1,13 +1,15 @@
 //! Snapshots: the BLP's full state at a sequence boundary, so recovery replays only the
 //! journal after it.
 //!
-//! The BLP thread only copies its state ([`Engine::to_image`]); a writer thread serializes the
-//! image with rkyv, checks that it restores to an engine with the same running hash, writes it
-//! to a temporary file, fsyncs, renames it into place and fsyncs the directory, then applies
-//! retention. The writer then hands the image back, and the next snapshot copies into it
-//! ([`Engine::copy_image_into`]): memory already faulted in, so the BLP's pause is a copy and
-//! not a page fault per 4 KiB. The price is one image's worth of memory kept between
-//! snapshots. A snapshot file:
+//! The BLP thread only copies its state ([`Engine::to_image`]); a writer thread encodes the
+//! image ([`encode_image`]), checks that it restores to an engine with the same running hash,
+//! writes it through the data directory's [`Storage`] to a temporary file, syncs it, renames it
+//! into place and syncs the directory, then applies retention. A snapshot that fails leaves no
+//! temporary file behind, is logged and counted ([`SnapshotStats`]); the journal still holds
+//! every command, so it costs only replay time. The writer then hands the image back, and the
+//! next snapshot copies into it ([`Engine::copy_image_into`]): memory already faulted in, so
+//! the BLP's pause is a copy and not a page fault per 4 KiB. The price is one image's worth of
+//! memory kept between snapshots. A snapshot file:
 //!
 //! ```text
 //!   0  magic             8  b"RFNCSNAP"
@@ -30,9 +32,8 @@
 //!
 //! Files are named `snapshot-<through sequence, 20 digits>.snap`.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -46,8 +47,11 @@ use ringfence_core::{
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+use crate::datadir::{self, DataDir};
+use crate::error::JournalError;
 use crate::format::{self, CONFIG_BLOCK_LEN, FORMAT_VERSION, get_u32, get_u64, put_u32, put_u64};
-use crate::storage::sync_dir;
+use crate::scan::ReadSource;
+use crate::storage::{Retired, Storage, StorageError, write_atomically};
 
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RFNCSNAP";
@@ -98,6 +102,12 @@ pub enum SnapshotError {
     },
 }
 
+impl From<StorageError> for SnapshotError {
+    fn from(error: StorageError) -> SnapshotError {
+        SnapshotError::Io { context: error.context, source: error.source }
+    }
+}
+
 fn io_error(context: String) -> impl FnOnce(io::Error) -> SnapshotError {
     move |source| SnapshotError::Io { context, source }
 }
@@ -105,7 +115,9 @@ fn io_error(context: String) -> impl FnOnce(io::Error) -> SnapshotError {
 /// What a snapshot file says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotMeta {
-    /// The file.
+    /// The file's name in the data directory.
+    pub name: String,
+    /// The file, as the storage names it to an operator.
     pub file: PathBuf,
     /// Every journal record up to this sequence is included.
     pub through: Sequence,
@@ -131,46 +143,63 @@ pub fn snapshot_name(through: Sequence) -> String {
     format!("snapshot-{:020}.snap", through.0)
 }
 
-fn parse_snapshot_name(name: &str) -> Option<Sequence> {
+/// The through sequence a snapshot file name stands for, if it is one.
+pub(crate) fn parse_snapshot_name(name: &str) -> Option<Sequence> {
     let digits = name.strip_prefix("snapshot-")?.strip_suffix(".snap")?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok().map(Sequence))?
 }
 
-/// Snapshot files in `dir`, oldest first.
-pub fn list(dir: &Path) -> Result<Vec<(Sequence, PathBuf)>, SnapshotError> {
-    let mut found = Vec::new();
-    let entries = fs::read_dir(dir).map_err(io_error(format!("listing {}", dir.display())))?;
-    for entry in entries {
-        let entry = entry.map_err(io_error(format!("listing {}", dir.display())))?;
-        let name = entry.file_name();
-        if let Some(through) = name.to_str().and_then(parse_snapshot_name) {
-            found.push((through, entry.path()));
-        }
-    }
+/// The name a snapshot is set aside under when it must never be loaded again (it includes
+/// records the journal no longer has).
+#[must_use]
+pub fn stale_name(name: &str) -> String {
+    format!("{name}.stale")
+}
+
+/// Snapshot files (names and through sequences), oldest first.
+pub fn list<R: ReadSource>(source: &R) -> Result<Vec<(Sequence, String)>, SnapshotError> {
+    let names = source.list_files().map_err(io_error(format!("listing {}", source.location())))?;
+    let mut found: Vec<(Sequence, String)> = names
+        .into_iter()
+        .filter_map(|name| parse_snapshot_name(&name).map(|through| (through, name)))
+        .collect();
     found.sort();
     Ok(found)
 }
 
-/// Writes a snapshot of `image` (taken after journal record `through`) into `dir` atomically:
-/// temporary file, fsync, rename, directory fsync. Checks that the image restores to an
-/// engine with the BLP's running hash and last sequence before writing.
-pub fn write(
-    dir: &Path,
+/// The bytes of an engine image. This pair of functions is the one place that knows how an
+/// [`EngineImage`] is encoded (rkyv, validated with bytecheck when decoded).
+pub fn encode_image(image: &EngineImage) -> Result<AlignedVec<16>, String> {
+    rkyv::to_bytes::<rancor::Error>(image).map_err(|e| e.to_string())
+}
+
+/// Validates and decodes an engine image; `bytes` must start at an address aligned to 16.
+pub fn decode_image(bytes: &[u8]) -> Result<EngineImage, String> {
+    rkyv::from_bytes::<EngineImage, rancor::Error>(bytes).map_err(|e| e.to_string())
+}
+
+/// Writes a snapshot of `image` (taken after journal record `through`) atomically through
+/// `storage`: temporary file, sync, rename, directory sync; on failure the temporary file is
+/// removed. Checks that the image restores to an engine before writing.
+pub fn write<S: Storage>(
+    storage: &S,
     config: &EngineConfig,
     image: &EngineImage,
     through: Sequence,
 ) -> Result<SnapshotMeta, SnapshotError> {
-    let file = dir.join(snapshot_name(through));
+    let name = snapshot_name(through);
+    let file = PathBuf::from(storage.describe(&name));
     let engine = Engine::from_image(config.clone(), image)
         .map_err(|source| SnapshotError::Restore { file: file.clone(), source })?;
     assert!(engine.last_sequence() <= through, "a snapshot covers the commands it includes");
     let mut skus: Vec<SkuId> = engine.sku_views().map(|view| view.sku).collect();
     skus.sort_unstable();
-    let payload = rkyv::to_bytes::<rancor::Error>(image)
-        .map_err(|e| SnapshotError::Invalid { file: file.clone(), reason: e.to_string() })?;
+    let payload = encode_image(image)
+        .map_err(|reason| SnapshotError::Invalid { file: file.clone(), reason })?;
     let meta = SnapshotMeta {
-        file: file.clone(),
+        name: name.clone(),
+        file,
         through,
         last_sequence: engine.last_sequence(),
         now: engine.now(),
@@ -181,25 +210,19 @@ pub fn write(
         bytes: 0,
     };
     let bytes = encode(&meta, &payload);
-    let temp = dir.join(format!(".{}.tmp", snapshot_name(through)));
-    let mut out = File::create(&temp).map_err(io_error(format!("creating {}", temp.display())))?;
-    out.write_all(&bytes).map_err(io_error(format!("writing {}", temp.display())))?;
-    out.sync_all().map_err(io_error(format!("syncing {}", temp.display())))?;
-    drop(out);
-    fs::rename(&temp, &file).map_err(io_error(format!("renaming {}", temp.display())))?;
-    sync_dir(dir).map_err(io_error(format!("syncing {}", dir.display())))?;
+    write_atomically(storage, &name, &bytes)?;
     Ok(SnapshotMeta { bytes: bytes.len() as u64, ..meta })
 }
 
 /// Writes a snapshot of `engine` right now, on the calling thread: for a clean shutdown, after
 /// the pipeline has stopped. `through` is the last journal sequence the engine applied.
-pub fn write_now(
-    dir: &Path,
+pub fn write_now<S: Storage>(
+    storage: &S,
     engine: &Engine,
     through: Sequence,
 ) -> Result<SnapshotMeta, SnapshotError> {
     assert!(engine.last_sequence() <= through);
-    let meta = write(dir, engine.config(), &engine.to_image(), through)?;
+    let meta = write(storage, engine.config(), &engine.to_image(), through)?;
     assert_eq!(meta.state_digest, engine.state_digest(), "snapshot digest equals the engine's");
     Ok(meta)
 }
@@ -229,22 +252,26 @@ fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Reads and checks a snapshot's header only (cheap: for listings).
-pub fn read_meta(file: &Path) -> Result<SnapshotMeta, SnapshotError> {
-    let bytes = read_file(file)?;
-    decode_meta(file, &bytes).map(|(meta, _)| meta)
+/// Reads and checks a snapshot's header (and body checksum): for listings.
+pub fn read_meta<R: ReadSource>(source: &R, name: &str) -> Result<SnapshotMeta, SnapshotError> {
+    let (bytes, file) = read_file(source, name)?;
+    decode_meta(name, &file, &bytes).map(|(meta, _)| meta)
 }
 
-fn read_file(file: &Path) -> Result<AlignedVec<16>, SnapshotError> {
-    let mut handle = File::open(file).map_err(io_error(format!("opening {}", file.display())))?;
-    let mut bytes = AlignedVec::<16>::new();
-    bytes
-        .extend_from_reader(&mut handle)
-        .map_err(io_error(format!("reading {}", file.display())))?;
-    Ok(bytes)
+fn read_file<R: ReadSource>(
+    source: &R,
+    name: &str,
+) -> Result<(AlignedVec<16>, PathBuf), SnapshotError> {
+    let file = PathBuf::from(source.describe_file(name));
+    let bytes = source.read_file(name).map_err(io_error(format!("reading {}", file.display())))?;
+    Ok((bytes, file))
 }
 
-fn decode_meta(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, usize), SnapshotError> {
+fn decode_meta(
+    name: &str,
+    file: &std::path::Path,
+    bytes: &[u8],
+) -> Result<(SnapshotMeta, usize), SnapshotError> {
     let invalid = |reason: &str| SnapshotError::Invalid {
         file: file.to_path_buf(),
         reason: reason.to_owned(),
@@ -276,6 +303,7 @@ fn decode_meta(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, usize), Snaps
         .ok_or_else(|| invalid("the engine configuration in the header is not valid"))?;
     let skus = (0..sku_count).map(|i| SkuId(get_u64(body, padded + 8 * i))).collect();
     let meta = SnapshotMeta {
+        name: name.to_owned(),
         file: file.to_path_buf(),
         through: Sequence(get_u64(header, THROUGH_OFFSET)),
         last_sequence: Sequence(get_u64(header, LAST_SEQUENCE_OFFSET)),
@@ -292,26 +320,28 @@ fn decode_meta(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, usize), Snaps
     Ok((meta, image_len))
 }
 
-/// Loads a snapshot and restores the engine, with `config` if given (else the one recorded in
-/// the file). Every byte is checked: checksums, bytecheck validation of the image, the
+/// Loads snapshot `name` and restores the engine, with `config` if given (else the one
+/// recorded in the file). Every byte is checked: checksums, validation of the image, the
 /// engine's own consistency checks, and the state digest.
-pub fn load(
-    file: &Path,
+pub fn load<R: ReadSource>(
+    source: &R,
+    name: &str,
     config: Option<&EngineConfig>,
 ) -> Result<(Engine, SnapshotMeta), SnapshotError> {
-    let bytes = read_file(file)?;
-    let (meta, image_len) = decode_meta(file, &bytes)?;
+    let (bytes, file) = read_file(source, name)?;
+    let (meta, image_len) = decode_meta(name, &file, &bytes)?;
     let image_bytes = &bytes[SNAPSHOT_HEADER_LEN..SNAPSHOT_HEADER_LEN + image_len];
-    let image = rkyv::from_bytes::<EngineImage, rancor::Error>(image_bytes).map_err(|e| {
-        SnapshotError::Invalid { file: file.to_path_buf(), reason: format!("image: {e}") }
+    let image = decode_image(image_bytes).map_err(|e| SnapshotError::Invalid {
+        file: file.clone(),
+        reason: format!("image: {e}"),
     })?;
     let config = config.cloned().unwrap_or_else(|| meta.config.clone());
     let engine = Engine::from_image(config, &image)
-        .map_err(|source| SnapshotError::Restore { file: file.to_path_buf(), source })?;
+        .map_err(|source| SnapshotError::Restore { file: file.clone(), source })?;
     let digest = engine.state_digest();
     if digest != meta.state_digest || engine.last_sequence() != meta.last_sequence {
         return Err(SnapshotError::Invalid {
-            file: file.to_path_buf(),
+            file,
             reason: format!(
                 "restored state digest {digest:#018x} differs from the recorded {:#018x}",
                 meta.state_digest
@@ -321,21 +351,20 @@ pub fn load(
     Ok((engine, meta))
 }
 
-/// When snapshots are taken and how many are kept.
+/// When snapshots are taken and how many are kept. Where retired segments go (an archive
+/// directory, or nowhere) is the storage's setting ([`crate::storage::FileStorage::with_archive`]).
 #[derive(Clone, Debug)]
 pub struct SnapshotPolicy {
     /// Take a snapshot after this many commands since the last one (`None`: only on request
     /// and at shutdown).
     pub every_commands: Option<u64>,
-    /// Snapshots kept; older ones are deleted, and with them segments only they needed.
+    /// Snapshots kept; older ones are deleted, and segments only they needed are retired.
     pub keep: usize,
-    /// Where segments no longer needed go; `None` deletes them.
-    pub archive_dir: Option<PathBuf>,
 }
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
-        SnapshotPolicy { every_commands: Some(1_000_000), keep: 3, archive_dir: None }
+        SnapshotPolicy { every_commands: Some(1_000_000), keep: 3 }
     }
 }
 
@@ -343,57 +372,49 @@ impl Default for SnapshotPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Retention {
     /// Snapshot files deleted.
-    pub snapshots_removed: Vec<PathBuf>,
-    /// Segment files deleted or archived.
-    pub segments_retired: Vec<PathBuf>,
+    pub snapshots_removed: Vec<String>,
+    /// Segment files retired, and where each went.
+    pub segments_retired: Vec<(String, Retired)>,
+    /// The first sequence replay may need (one past the oldest kept snapshot), once `keep`
+    /// snapshots exist.
+    pub needed_from: Option<Sequence>,
 }
 
-/// Keeps the newest `policy.keep` snapshots and retires segments whose records all precede the
-/// oldest kept snapshot (never the newest segment). Until `keep` snapshots exist nothing is
+/// Keeps the newest `policy.keep` snapshots and retires the segments whose records all precede
+/// the oldest kept one (never the newest segment). Until `keep` snapshots exist nothing is
 /// retired, so the journal always reaches back to the `keep`-th newest snapshot or the start.
-pub fn apply_retention(dir: &Path, policy: &SnapshotPolicy) -> Result<Retention, SnapshotError> {
+///
+/// Only snapshots the journal has durably reached count ([`DataDir::durable_sequence`]). The
+/// BLP can run ahead of the journaler, so a snapshot can be on disk before the records it
+/// includes; after a power loss recovery sets such a snapshot aside, and the journal must then
+/// still reach back to the snapshot before it. Newer snapshots are left alone until the
+/// journal catches up.
+///
+/// Old snapshots go first, then the manifest is rewritten without the retired segments, then
+/// their files go: a crash anywhere leaves only files recovery removes again.
+pub fn apply_retention<S: Storage>(
+    dir: &DataDir<S>,
+    policy: &SnapshotPolicy,
+) -> Result<Retention, JournalError> {
     assert!(policy.keep >= 1, "at least one snapshot is kept");
+    let storage = dir.storage();
     let mut retention = Retention::default();
-    let snapshots = list(dir)?;
+    let durable = dir.durable_sequence();
+    let mut snapshots = list(storage)?;
+    snapshots.retain(|(through, _)| *through <= durable);
     let Some(cut) = snapshots.len().checked_sub(policy.keep) else { return Ok(retention) };
-    for (_, file) in &snapshots[..cut] {
-        fs::remove_file(file).map_err(io_error(format!("removing {}", file.display())))?;
-        retention.snapshots_removed.push(file.clone());
+    for (_, name) in &snapshots[..cut] {
+        storage
+            .remove(name)
+            .map_err(|e| JournalError::io(format!("removing {}", storage.describe(name)), e))?;
+        retention.snapshots_removed.push(name.clone());
     }
-    let oldest_kept = snapshots[cut].0;
-    let mut segments: Vec<(Sequence, String)> = Vec::new();
-    let entries = fs::read_dir(dir).map_err(io_error(format!("listing {}", dir.display())))?;
-    for entry in entries {
-        let entry = entry.map_err(io_error(format!("listing {}", dir.display())))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(first) = format::parse_segment_name(name) {
-            segments.push((first, name.to_owned()));
-        }
+    if cut > 0 {
+        datadir::sync_dir(storage)?;
     }
-    segments.sort();
-    // A segment is retired only if the next segment starts at or before the sequence replay
-    // from the oldest kept snapshot begins with: then none of its records is needed.
-    for pair in segments.windows(2) {
-        let ((_, name), (next_first, _)) = (&pair[0], &pair[1]);
-        if next_first.0 > oldest_kept.0 + 1 {
-            break;
-        }
-        let from = dir.join(name);
-        match &policy.archive_dir {
-            Some(archive) => {
-                fs::create_dir_all(archive)
-                    .map_err(io_error(format!("creating {}", archive.display())))?;
-                fs::rename(&from, archive.join(name))
-                    .map_err(io_error(format!("archiving {}", from.display())))?;
-            }
-            None => {
-                fs::remove_file(&from).map_err(io_error(format!("removing {}", from.display())))?
-            }
-        }
-        retention.segments_retired.push(from);
-    }
-    sync_dir(dir).map_err(io_error(format!("syncing {}", dir.display())))?;
+    let needed_from = snapshots[cut].0.next();
+    retention.needed_from = Some(needed_from);
+    retention.segments_retired = dir.retire_segments(needed_from)?;
     Ok(retention)
 }
 
@@ -402,21 +423,74 @@ pub fn apply_retention(dir: &Path, policy: &SnapshotPolicy) -> Result<Retention,
 pub struct SnapshotStats {
     /// Snapshots written.
     pub written: u64,
-    /// Snapshots that failed (see `last_error`).
+    /// Snapshots that failed (see `last_error`); each is also logged.
     pub failed: u64,
     /// Times a due snapshot had to wait for the writer to finish the previous one (it is taken
     /// after the first command that finds the writer free).
     pub deferred_busy: u64,
     /// The last snapshot written.
     pub last: Option<SnapshotMeta>,
-    /// The last failure (snapshots are not fatal: the journal remains the record).
+    /// The last failure, of a snapshot or of retention (snapshots are not fatal: the journal
+    /// remains the record).
     pub last_error: Option<String>,
-    /// BLP pauses taken for snapshots (copying state), in nanoseconds.
+    /// BLP pauses taken for snapshots (copying state).
     pub pauses: u64,
-    /// The longest pause.
+    /// The longest pause, in nanoseconds.
     pub pause_ns_max: u64,
-    /// The last pause.
+    /// The last pause, in nanoseconds.
     pub pause_ns_last: u64,
+    /// Retention runs that failed after their snapshot was written (logged too).
+    pub retention_failed: u64,
+    /// Old snapshot files deleted by retention.
+    pub snapshots_removed: u64,
+    /// Segments retired (archived or deleted) by retention.
+    pub segments_retired: u64,
+}
+
+impl SnapshotStats {
+    /// The counters as (metric name, help text, value), for a Prometheus text endpoint.
+    #[must_use]
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 9] {
+        [
+            ("ringfence_snapshots_written_total", "Snapshots written.", self.written),
+            ("ringfence_snapshots_failed_total", "Snapshots that failed.", self.failed),
+            (
+                "ringfence_snapshots_deferred_total",
+                "Due snapshots that waited for the writer.",
+                self.deferred_busy,
+            ),
+            ("ringfence_snapshot_pauses_total", "BLP pauses to copy state.", self.pauses),
+            ("ringfence_snapshot_pause_ns_max", "Longest BLP pause (ns).", self.pause_ns_max),
+            ("ringfence_snapshot_pause_ns_last", "Last BLP pause (ns).", self.pause_ns_last),
+            (
+                "ringfence_snapshot_retention_failed_total",
+                "Retention runs that failed.",
+                self.retention_failed,
+            ),
+            (
+                "ringfence_snapshots_removed_total",
+                "Old snapshots deleted by retention.",
+                self.snapshots_removed,
+            ),
+            (
+                "ringfence_segments_retired_total",
+                "Journal segments retired by retention.",
+                self.segments_retired,
+            ),
+        ]
+    }
+}
+
+/// A handle on a [`Snapshotter`]'s counters, readable from any thread (e.g. `/metrics`).
+#[derive(Clone, Debug)]
+pub struct SnapshotStatsHandle(Arc<Mutex<SnapshotStats>>);
+
+impl SnapshotStatsHandle {
+    /// A copy of the counters now.
+    #[must_use]
+    pub fn get(&self) -> SnapshotStats {
+        self.0.lock().expect("snapshot stats lock").clone()
+    }
 }
 
 struct Job {
@@ -429,8 +503,8 @@ struct Job {
 /// The snapshot hook for the pipeline: counts commands, copies the engine's state on the BLP
 /// thread when a snapshot is due (an operator's `Command::Snapshot`, or every N commands), and
 /// hands the copy to its writer thread.
-pub struct Snapshotter {
-    dir: PathBuf,
+pub struct Snapshotter<S: Storage> {
+    dir: DataDir<S>,
     policy: SnapshotPolicy,
     since_last: u64,
     /// An operator asked for a snapshot while the writer was busy: take it when it is free.
@@ -447,38 +521,26 @@ pub struct Snapshotter {
     worker: Option<JoinHandle<()>>,
 }
 
-impl Snapshotter {
-    /// Starts the writer thread.
+impl<S: Storage> Snapshotter<S> {
+    /// Starts the writer thread, writing into `dir` (from [`crate::recovery::Recovered`]).
     pub fn start(
-        dir: &Path,
+        dir: DataDir<S>,
         policy: SnapshotPolicy,
         config: EngineConfig,
-    ) -> Result<Snapshotter, SnapshotError> {
+    ) -> Result<Snapshotter<S>, SnapshotError> {
         assert!(policy.keep >= 1, "at least one snapshot is kept");
-        fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
         let (jobs, receiver) = mpsc::sync_channel::<Job>(1);
         let (spare, spares) = mpsc::sync_channel::<EngineImage>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(SnapshotStats::default()));
         let worker = {
             let (dir, policy, busy, stats) =
-                (dir.to_path_buf(), policy.clone(), Arc::clone(&busy), Arc::clone(&stats));
+                (dir.clone(), policy.clone(), Arc::clone(&busy), Arc::clone(&stats));
             std::thread::Builder::new()
                 .name("ringfence-snapshot".to_owned())
                 .spawn(move || {
                     for job in receiver {
-                        let result = write_job(&dir, &config, &policy, &job);
-                        let mut stats = stats.lock().expect("snapshot stats lock");
-                        match result {
-                            Ok(meta) => {
-                                stats.written += 1;
-                                stats.last = Some(meta);
-                            }
-                            Err(error) => {
-                                stats.failed += 1;
-                                stats.last_error = Some(error.to_string());
-                            }
-                        }
+                        run_job(&dir, &config, &policy, &job, &stats);
                         // Never blocks: the BLP takes the spare before it sends a job.
                         let _ = spare.try_send(job.image);
                         busy.store(false, Ordering::Release);
@@ -487,7 +549,7 @@ impl Snapshotter {
                 .map_err(io_error("starting the snapshot writer thread".to_owned()))?
         };
         Ok(Snapshotter {
-            dir: dir.to_path_buf(),
+            dir,
             policy,
             since_last: 0,
             requested: false,
@@ -503,8 +565,8 @@ impl Snapshotter {
 
     /// A handle on the counters, readable from any thread.
     #[must_use]
-    pub fn stats_handle(&self) -> Arc<Mutex<SnapshotStats>> {
-        Arc::clone(&self.stats)
+    pub fn stats_handle(&self) -> SnapshotStatsHandle {
+        SnapshotStatsHandle(Arc::clone(&self.stats))
     }
 
     /// A copy of the counters.
@@ -525,9 +587,9 @@ impl Snapshotter {
         mut self,
         engine: &Engine,
         through: Sequence,
-    ) -> Result<SnapshotMeta, SnapshotError> {
+    ) -> Result<SnapshotMeta, JournalError> {
         self.stop_worker();
-        let meta = write_now(&self.dir, engine, through)?;
+        let meta = write_now(self.dir.storage(), engine, through)?;
         apply_retention(&self.dir, &self.policy)?;
         Ok(meta)
     }
@@ -581,20 +643,49 @@ impl Snapshotter {
     }
 }
 
-fn write_job(
-    dir: &Path,
+/// Writes one snapshot and applies retention, on the writer thread; failures are logged and
+/// counted, never fatal.
+fn run_job<S: Storage>(
+    dir: &DataDir<S>,
     config: &EngineConfig,
     policy: &SnapshotPolicy,
     job: &Job,
-) -> Result<SnapshotMeta, SnapshotError> {
-    let meta = write(dir, config, &job.image, job.through)?;
+    stats: &Mutex<SnapshotStats>,
+) {
+    let meta = match write(dir.storage(), config, &job.image, job.through) {
+        Ok(meta) => meta,
+        Err(error) => {
+            eprintln!(
+                "ringfence: snapshot through {} failed (the journal still holds every \
+                 command): {error}",
+                job.through
+            );
+            let mut stats = stats.lock().expect("snapshot stats lock");
+            stats.failed += 1;
+            stats.last_error = Some(error.to_string());
+            return;
+        }
+    };
     assert_eq!(meta.running_hash, job.running_hash, "snapshot restores to the BLP's hash");
     assert_eq!(meta.last_sequence, job.last_sequence, "snapshot restores to the BLP's sequence");
-    apply_retention(dir, policy)?;
-    Ok(meta)
+    let retention = apply_retention(dir, policy);
+    let mut stats = stats.lock().expect("snapshot stats lock");
+    stats.written += 1;
+    stats.last = Some(meta);
+    match retention {
+        Ok(retention) => {
+            stats.snapshots_removed += retention.snapshots_removed.len() as u64;
+            stats.segments_retired += retention.segments_retired.len() as u64;
+        }
+        Err(error) => {
+            eprintln!("ringfence: snapshot retention failed (retried after the next one): {error}");
+            stats.retention_failed += 1;
+            stats.last_error = Some(error.to_string());
+        }
+    }
 }
 
-impl SnapshotHook for Snapshotter {
+impl<S: Storage> SnapshotHook for Snapshotter<S> {
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
         self.since_last += 1;
         self.requested |= matches!(command.command, Command::Snapshot);
@@ -605,7 +696,7 @@ impl SnapshotHook for Snapshotter {
     }
 }
 
-impl Drop for Snapshotter {
+impl<S: Storage> Drop for Snapshotter<S> {
     fn drop(&mut self) {
         self.jobs = None;
         if let Some(worker) = self.worker.take() {

@@ -1,16 +1,36 @@
-//! Where segments live: a small storage trait, and the real one on memory-mapped files.
+//! Where the data directory lives: a small storage trait, and the real one on files.
 //!
-//! The segment writer and the recovery scan are generic over [`Storage`], so the same code runs
-//! on [`FileStorage`] (preallocated files mapped with `memmap2`) and on the fault-injecting
-//! [`crate::fault::FaultStorage`], which keeps a live and a durable image of every file and
-//! drops unsynced bytes at a simulated power loss.
+//! Everything the journal keeps on disk goes through [`Storage`]: segments (preallocated and
+//! written in place through a map), and small whole files written atomically (snapshots, the
+//! manifest, the epoch file). The segment writer, the snapshot writer, retention and recovery
+//! are generic over it, so the same code runs on [`FileStorage`] (real files, `fsync`, rename,
+//! directory `fsync`) and on the fault-injecting [`crate::fault::FaultStorage`], which keeps a
+//! live and a durable image of every file and of the directory and can lose whatever was not
+//! made durable.
+//!
+//! What is durable when — the contract both implementations keep:
+//!
+//! | call               | durable when                                                  |
+//! | ------------------ | ------------------------------------------------------------- |
+//! | `create_segment`   | on return: the entry, the length and the zero contents        |
+//! | `Segment::sync(r)` | on return: the bytes in `r`                                   |
+//! | `write_file`       | contents after `sync_file`, the entry after `sync_dir`        |
+//! | `rename`, `remove` | after `sync_dir` (a rename is atomic either way)              |
+//! | `retire`           | the archived copy on return; the removal here after `sync_dir` |
+//! | `sync_dir`         | every entry change made before it                             |
+//!
+//! Every change is live (visible to this process and to a process crash) at once.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::MmapMut;
+use rkyv::util::AlignedVec;
+
+use crate::lock::DirLock;
 
 /// One segment: a fixed-size byte array that can be written in place and synced by range.
 pub trait Segment: Send + 'static {
@@ -22,40 +42,195 @@ pub trait Segment: Send + 'static {
     fn sync(&mut self, range: Range<usize>) -> io::Result<()>;
 }
 
-/// A directory of segments.
-pub trait Storage: Send + 'static {
+/// Where a retired file went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retired {
+    /// Moved to the archive directory; the string names the copy there.
+    Archived(String),
+    /// Deleted.
+    Deleted,
+}
+
+impl std::fmt::Display for Retired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Retired::Archived(to) => write!(f, "archived to {to}"),
+            Retired::Deleted => write!(f, "deleted"),
+        }
+    }
+}
+
+/// One data directory. A handle is cheap to clone and clones share the directory, so the
+/// journal writer and the snapshot writer each hold one. Names are plain file names (no
+/// separators). See the module documentation for what is durable when.
+pub trait Storage: Clone + Send + 'static {
     /// The segment handle.
     type Segment: Segment;
-    /// Names of all files that look like segments (`*.seg`), in any order.
+    /// Names of every file in the directory, in any order.
     fn list(&self) -> io::Result<Vec<String>>;
-    /// Creates a zero-filled, fully allocated segment of `len` bytes; the directory entry is
-    /// durable when this returns. Fails if the name exists.
-    fn create(&mut self, name: &str, len: u64) -> io::Result<Self::Segment>;
-    /// Opens an existing segment for reading and writing.
-    fn open(&mut self, name: &str) -> io::Result<Self::Segment>;
-    /// Removes a segment (durably).
-    fn remove(&mut self, name: &str) -> io::Result<()>;
-    /// How to name the segment to an operator (a path for files).
+    /// Length of a file in bytes.
+    fn file_len(&self, name: &str) -> io::Result<u64>;
+    /// A whole file's contents, in a buffer aligned to 16 bytes (rkyv reads images in place).
+    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>>;
+    /// Creates a zero-filled, fully allocated segment of `len` bytes; the file and its
+    /// directory entry are durable when this returns. Fails if the name exists.
+    fn create_segment(&self, name: &str, len: u64) -> io::Result<Self::Segment>;
+    /// Opens an existing segment for reading and writing in place.
+    fn open_segment(&self, name: &str) -> io::Result<Self::Segment>;
+    /// Creates or replaces a file with `bytes`. Nothing is durable until [`Storage::sync_file`]
+    /// (contents) and [`Storage::sync_dir`] (the entry).
+    fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Makes a file's contents durable (not its directory entry).
+    fn sync_file(&self, name: &str) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to` atomically; durable after [`Storage::sync_dir`].
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Deletes a file; durable after [`Storage::sync_dir`].
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Takes a file out of the directory for good: into the archive directory if this storage
+    /// has one (the copy there, contents and entry, is durable when this returns), otherwise
+    /// deleted. Its removal from this directory is durable after [`Storage::sync_dir`].
+    fn retire(&self, name: &str) -> io::Result<Retired>;
+    /// Makes every entry change made so far (create, rename, remove, retire) durable.
+    fn sync_dir(&self) -> io::Result<()>;
+    /// How to name a file to an operator (a path for real files).
     fn describe(&self, name: &str) -> String;
 }
 
-/// Segments as preallocated files in one directory, mapped read-write.
+/// An I/O failure, with what was being done and to which file.
 #[derive(Debug)]
+pub struct StorageError {
+    /// What was being done, naming the file.
+    pub context: String,
+    /// The underlying error.
+    pub source: io::Error,
+}
+
+impl StorageError {
+    /// Wraps `source`, saying what was being done.
+    pub fn new(context: impl Into<String>, source: io::Error) -> StorageError {
+        StorageError { context: context.into(), source }
+    }
+}
+
+/// The temporary name `name` is written under before it is renamed into place. Temporary
+/// names start with `.` and end with `.tmp`; recovery removes any it finds (a crash's leftover).
+#[must_use]
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+/// Whether `name` is a temporary file (see [`temp_name`]).
+#[must_use]
+pub fn is_temp_name(name: &str) -> bool {
+    name.len() >= ".x.tmp".len() && name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Replaces file `name` with `bytes` atomically and durably: a temporary file is written and
+/// synced, renamed over `name`, and the directory synced. After a crash at any point `name` holds
+/// the old contents or the new, never a mix; a leftover temporary file is removed by recovery.
+/// On failure the temporary file is removed (best effort) so nothing stray is left behind.
+pub fn write_atomically<S: Storage>(
+    storage: &S,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
+    let temp = temp_name(name);
+    let result = write_then_rename(storage, &temp, name, bytes);
+    if result.is_err() {
+        // The temporary file may or may not exist; either way it must not stay.
+        let _ = storage.remove(&temp);
+    }
+    result
+}
+
+fn write_then_rename<S: Storage>(
+    storage: &S,
+    temp: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
+    let described = || storage.describe(temp);
+    storage
+        .write_file(temp, bytes)
+        .map_err(|e| StorageError::new(format!("writing {}", described()), e))?;
+    storage
+        .sync_file(temp)
+        .map_err(|e| StorageError::new(format!("syncing {}", described()), e))?;
+    storage.rename(temp, name).map_err(|e| {
+        StorageError::new(format!("renaming {} to {}", described(), storage.describe(name)), e)
+    })?;
+    storage
+        .sync_dir()
+        .map_err(|e| StorageError::new(format!("syncing the directory of {}", described()), e))
+}
+
+/// Files in one directory: segments preallocated and mapped read-write, whole files written
+/// with `std::fs` and synced with `fsync`. Cheap to clone; clones share the directory, the
+/// archive setting and (for [`FileStorage::open_exclusive`]) the directory lock, which is
+/// released when the last clone is dropped.
+#[derive(Clone, Debug)]
 pub struct FileStorage {
+    inner: Arc<FileDir>,
+}
+
+#[derive(Clone, Debug)]
+struct FileDir {
     dir: PathBuf,
+    archive: Option<PathBuf>,
+    lock: Option<Arc<DirLock>>,
 }
 
 impl FileStorage {
-    /// Storage in `dir`, created if missing.
+    /// Storage in `dir`, created if missing, without taking the directory lock: for
+    /// benchmarks, tests and callers that hold the lock themselves.
     pub fn open(dir: &Path) -> io::Result<FileStorage> {
         fs::create_dir_all(dir)?;
-        Ok(FileStorage { dir: dir.to_path_buf() })
+        Ok(FileStorage {
+            inner: Arc::new(FileDir { dir: dir.to_path_buf(), archive: None, lock: None }),
+        })
+    }
+
+    /// Storage in `dir`, created if missing, holding the directory's exclusive lock for as
+    /// long as any clone lives: refused, naming the holder's pid, if another process has it.
+    pub fn open_exclusive(dir: &Path) -> Result<FileStorage, crate::error::JournalError> {
+        fs::create_dir_all(dir).map_err(|e| {
+            crate::error::JournalError::io(format!("creating data directory {}", dir.display()), e)
+        })?;
+        let lock = DirLock::acquire(dir)?;
+        let inner = FileDir { dir: dir.to_path_buf(), archive: None, lock: Some(Arc::new(lock)) };
+        Ok(FileStorage { inner: Arc::new(inner) })
+    }
+
+    /// The same directory, retiring files into `archive` (created when first needed) instead
+    /// of deleting them. It should be on the same file system, so a retirement is a rename.
+    #[must_use]
+    pub fn with_archive(self, archive: &Path) -> FileStorage {
+        let mut inner = FileDir::clone(&self.inner);
+        inner.archive = Some(archive.to_path_buf());
+        FileStorage { inner: Arc::new(inner) }
     }
 
     /// The directory.
     #[must_use]
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.inner.dir
+    }
+
+    /// The archive directory, if retired files are kept.
+    #[must_use]
+    pub fn archive_dir(&self) -> Option<&Path> {
+        self.inner.archive.as_deref()
+    }
+
+    /// Whether this handle holds the directory's exclusive lock.
+    #[must_use]
+    pub fn is_exclusive(&self) -> bool {
+        self.inner.lock.is_some()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
+        self.inner.dir.join(name)
     }
 }
 
@@ -91,44 +266,106 @@ impl Storage for FileStorage {
 
     fn list(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let name = entry?.file_name();
-            if let Some(name) = name.to_str().filter(|n| n.ends_with(".seg")) {
+        for entry in fs::read_dir(&self.inner.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                continue;
+            }
+            if let Some(name) = entry.file_name().to_str() {
                 names.push(name.to_owned());
             }
         }
         Ok(names)
     }
 
-    fn create(&mut self, name: &str, len: u64) -> io::Result<FileSegment> {
-        let path = self.dir.join(name);
+    fn file_len(&self, name: &str) -> io::Result<u64> {
+        Ok(fs::metadata(self.path(name))?.len())
+    }
+
+    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>> {
+        let mut file = File::open(self.path(name))?;
+        let mut bytes = AlignedVec::<16>::new();
+        bytes.extend_from_reader(&mut file)?;
+        Ok(bytes)
+    }
+
+    fn create_segment(&self, name: &str, len: u64) -> io::Result<FileSegment> {
+        let path = self.path(name);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         allocate(&file, len)?;
         file.sync_all()?;
-        sync_dir(&self.dir)?;
+        sync_dir(&self.inner.dir)?;
         map_file(file)
     }
 
-    fn open(&mut self, name: &str) -> io::Result<FileSegment> {
-        let file = OpenOptions::new().read(true).write(true).open(self.dir.join(name))?;
+    fn open_segment(&self, name: &str) -> io::Result<FileSegment> {
+        let file = OpenOptions::new().read(true).write(true).open(self.path(name))?;
         map_file(file)
     }
 
-    fn remove(&mut self, name: &str) -> io::Result<()> {
-        fs::remove_file(self.dir.join(name))?;
-        sync_dir(&self.dir)
+    fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let mut file = File::create(self.path(name))?;
+        file.write_all(bytes)
+    }
+
+    fn sync_file(&self, name: &str) -> io::Result<()> {
+        // fsync through a new descriptor flushes every dirty page of the file, whoever wrote it.
+        File::open(self.path(name))?.sync_all()
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.path(from), self.path(to))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.path(name))
+    }
+
+    fn retire(&self, name: &str) -> io::Result<Retired> {
+        let from = self.path(name);
+        let Some(archive) = &self.inner.archive else {
+            fs::remove_file(&from)?;
+            return Ok(Retired::Deleted);
+        };
+        fs::create_dir_all(archive)?;
+        // The contents must be on disk before the entry moves: the archive is a copy of record.
+        File::open(&from)?.sync_all()?;
+        let to = archive.join(name);
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::EXDEV) => copy_across(&from, &to)?,
+            Err(error) => return Err(error),
+        }
+        sync_dir(archive)?;
+        Ok(Retired::Archived(to.display().to_string()))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        sync_dir(&self.inner.dir)
     }
 
     fn describe(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
+        self.inner.dir.join(name).display().to_string()
     }
 }
 
+/// Moves `from` to `to` on another file system: copy to a temporary name there, sync, rename,
+/// then delete the original (the caller syncs both directories).
+fn copy_across(from: &Path, to: &Path) -> io::Result<()> {
+    let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("archived");
+    let temp = to.with_file_name(temp_name(name));
+    fs::copy(from, &temp)?;
+    File::open(&temp)?.sync_all()?;
+    fs::rename(&temp, to)?;
+    fs::remove_file(from)
+}
+
 fn map_file(file: File) -> io::Result<FileSegment> {
-    // SAFETY: ringfence owns the journal directory; the only writer of a segment is this
-    // process's journaler, which holds the single writable mapping. Other processes (tools) map
-    // read-only and validate every byte they read, so a concurrent change cannot cause undefined
-    // behaviour in Rust code here beyond reading bytes that then fail their checksum.
+    // SAFETY: ringfence owns the journal directory and holds its exclusive lock while writing;
+    // the only writer of a segment is this process's journaler, which holds the single
+    // writable mapping. Other processes (tools) map read-only and validate every byte they
+    // read, so a concurrent change cannot cause undefined behaviour in Rust code here beyond
+    // reading bytes that then fail their checksum.
     let map = unsafe { MmapMut::map_mut(&file)? };
     Ok(FileSegment { map, _file: file })
 }
@@ -153,4 +390,19 @@ fn allocate(file: &File, len: u64) -> io::Result<()> {
 /// Makes the directory's entries (created, renamed, removed files) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_are_recognised_and_nothing_else_is() {
+        // Goal: recovery removes exactly the files `write_atomically` could have left behind.
+        assert_eq!(temp_name("MANIFEST"), ".MANIFEST.tmp");
+        assert!(is_temp_name(&temp_name("snapshot-00000000000000000001.snap")));
+        for name in ["MANIFEST", "00000000000000000001.seg", ".tmp", "x.tmp", ".hidden"] {
+            assert!(!is_temp_name(name), "{name}");
+        }
+    }
 }

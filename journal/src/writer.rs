@@ -1,12 +1,16 @@
 //! The journaler stage: appends records to the current segment and makes them durable per
-//! policy. It implements the pipeline's [`Journal`] trait.
+//! policy. It implements the pipeline's [`Journal`] trait. When it starts a segment it lists
+//! it in the data directory's manifest ([`DataDir`]) between syncing the header and writing the
+//! first record.
 
 use ringfence_core::pipeline::{Clock, Journal, StageError, SystemClock};
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced};
 
 use crate::codec::Encoder;
+use crate::datadir::DataDir;
 use crate::error::JournalError;
 use crate::format::{self, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::manifest::ManifestSegment;
 use crate::storage::{Segment, Storage};
 
 /// When appended records are made durable (synced to disk).
@@ -91,11 +95,15 @@ struct OpenSegment<T> {
     synced_to: usize,
 }
 
-/// Appends records to segments in a [`Storage`]. Created by recovery (which positions it after
-/// the last intact record) or by [`JournalWriter::create`] on an empty storage.
+/// Appends records to segments in a data directory. Created by recovery, which positions it
+/// after the last intact record (or at the start of an empty journal).
 pub struct JournalWriter<S: Storage> {
+    dir: DataDir<S>,
     storage: S,
     options: WriterOptions,
+    /// The highest epoch a record may carry without asking the data directory again (its
+    /// current epoch when last asked): records may not run ahead of the stored epoch.
+    epoch_allowed: Epoch,
     current: Option<OpenSegment<S::Segment>>,
     encoder: Encoder,
     /// The sequence the next append must carry.
@@ -107,16 +115,20 @@ pub struct JournalWriter<S: Storage> {
 }
 
 impl<S: Storage> JournalWriter<S> {
-    /// A writer for an empty storage whose first record will be `next`.
-    pub fn create(
-        storage: S,
+    /// A writer for a journal with no segment yet, whose first record will be `next`.
+    pub(crate) fn create(
+        dir: DataDir<S>,
         options: WriterOptions,
         next: Sequence,
     ) -> Result<JournalWriter<S>, JournalError> {
         options.validate()?;
         assert!(next.0 >= 1, "sequences start at 1");
+        assert!(dir.manifest().segments.is_empty(), "a new journal has no segment");
+        dir.note_durable(Sequence(next.0 - 1));
         Ok(JournalWriter {
-            storage,
+            storage: dir.storage().clone(),
+            epoch_allowed: dir.current_epoch(),
+            dir,
             options,
             current: None,
             encoder: Encoder::new(),
@@ -129,7 +141,7 @@ impl<S: Storage> JournalWriter<S> {
 
     /// A writer continuing in segment `name` at byte `write_at`, after `last` (recovery).
     pub(crate) fn resume(
-        mut storage: S,
+        dir: DataDir<S>,
         options: WriterOptions,
         name: &str,
         write_at: usize,
@@ -137,13 +149,24 @@ impl<S: Storage> JournalWriter<S> {
         last_epoch: Epoch,
     ) -> Result<JournalWriter<S>, JournalError> {
         options.validate()?;
-        let segment = storage
-            .open(name)
+        let storage = dir.storage().clone();
+        let mut segment = storage
+            .open_segment(name)
             .map_err(|e| JournalError::io(format!("opening {}", storage.describe(name)), e))?;
         assert!(write_at >= SEGMENT_HEADER_LEN && write_at <= segment.bytes().len());
+        // Recovery read these records through the page cache: after a process crash under a
+        // policy that does not sync every batch, some may not be on disk yet. Sync them, so the
+        // durable sequence published below is true (earlier segments were synced when the
+        // writer moved past them).
+        segment
+            .sync(SEGMENT_HEADER_LEN..write_at)
+            .map_err(|e| JournalError::io(format!("syncing {}", storage.describe(name)), e))?;
         let current = OpenSegment { name: name.to_owned(), segment, write_at, synced_to: write_at };
+        dir.note_durable(last);
         Ok(JournalWriter {
             storage,
+            epoch_allowed: dir.current_epoch(),
+            dir,
             options,
             current: Some(current),
             encoder: Encoder::new(),
@@ -184,7 +207,16 @@ impl<S: Storage> JournalWriter<S> {
         &self.storage
     }
 
+    /// The data directory: hand a clone to the [`crate::snapshot::Snapshotter`], or store new
+    /// epochs through it.
+    #[must_use]
+    pub fn data_dir(&self) -> &DataDir<S> {
+        &self.dir
+    }
+
     /// Appends one record. Not durable until [`JournalWriter::sync_now`] or a flush that syncs.
+    /// A record may not carry an epoch above the data directory's current epoch: the epoch
+    /// file must say so first ([`DataDir::store_epochs`]), or recovery would refuse the journal.
     pub fn try_append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), JournalError> {
         assert_eq!(command.sequence, self.next, "journal sequences are contiguous");
         assert!(
@@ -192,6 +224,16 @@ impl<S: Storage> JournalWriter<S> {
             "epochs never go back: {epoch} after {}",
             self.last_epoch
         );
+        if epoch > self.epoch_allowed {
+            self.epoch_allowed = self.dir.current_epoch();
+            if epoch > self.epoch_allowed {
+                return Err(JournalError::Options(format!(
+                    "a record of epoch {epoch} cannot be journaled while the epoch file's \
+                     current epoch is {}: store the new epoch first",
+                    self.epoch_allowed
+                )));
+            }
+        }
         let payload_len = self.encoder.encode(&command.command).len();
         let len = format::record_len(payload_len);
         let fits = self
@@ -259,6 +301,7 @@ impl<S: Storage> JournalWriter<S> {
             open.synced_to = open.write_at;
         }
         self.synced = self.last_appended();
+        self.dir.note_durable(self.synced);
         Ok(())
     }
 
@@ -267,13 +310,20 @@ impl<S: Storage> JournalWriter<S> {
     /// The closed segment is synced whatever the policy, so every segment but the last is
     /// always complete on disk: after a power loss, damage can only be a torn tail in the last
     /// segment, never a hole before it (which recovery would have to refuse as corruption).
+    ///
+    /// The new segment is listed in the manifest only once its header is durable, and before
+    /// its first record. A crash before the listing leaves an unlisted segment with nothing
+    /// after its header, which recovery removes as a creation cut off; a crash after it leaves
+    /// a listed, recognisable, empty segment. Either way no record can exist in a segment the
+    /// manifest does not list, so a listed segment that goes missing is always noticed.
     fn rotate(&mut self, epoch: Epoch, first: Sequence) -> Result<(), JournalError> {
         if self.current.is_some() {
             self.sync_now()?;
         }
         self.current = None;
         let name = format::segment_name(first);
-        let mut segment = self.storage.create(&name, self.options.segment_len).map_err(|e| {
+        let segment_len = self.options.segment_len;
+        let mut segment = self.storage.create_segment(&name, segment_len).map_err(|e| {
             JournalError::io(format!("creating {}", self.storage.describe(&name)), e)
         })?;
         let header = SegmentHeader {
@@ -288,6 +338,7 @@ impl<S: Storage> JournalWriter<S> {
         segment.sync(0..SEGMENT_HEADER_LEN).map_err(|e| {
             JournalError::io(format!("syncing {}", self.storage.describe(&name)), e)
         })?;
+        self.dir.add_segment(ManifestSegment { first, len: segment_len })?;
         self.current = Some(OpenSegment {
             name,
             segment,

@@ -10,10 +10,12 @@ use ringfence_core::{
     Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, Engine, Epoch, OrderId,
     PaymentRef, Query, RequestKey, Reserve, Sequence, Sequenced, SkuId, Timestamp, UserId,
 };
+use ringfence_journal::epoch::Epochs;
 use ringfence_journal::error::{Damage, JournalError};
-use ringfence_journal::recovery::{self, recover};
+use ringfence_journal::recovery::{self, recover, recover_from};
 use ringfence_journal::scan::{self, ReadOnlyDir, Record};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter};
+use ringfence_journal::storage::FileStorage;
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::Durability;
 use ringfence_journal::{codec, format};
@@ -101,6 +103,8 @@ fn every_command_kind_round_trips_through_the_journal() {
     let dir = TempDir::new("roundtrip");
     let mut recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
     assert_eq!(recovered.next_sequence, Sequence(1));
+    let epochs = Epochs { current: Epoch(2), promised: Epoch(2) };
+    recovered.writer.data_dir().store_epochs(epochs).unwrap();
     for (i, command) in commands.iter().enumerate() {
         let sequenced = Sequenced {
             sequence: Sequence(i as u64 + 1),
@@ -138,8 +142,9 @@ fn recovery_equals_live_state_after_random_workloads_with_snapshots() {
                 "seed {seed} round {round}"
             );
             assert_eq!(recovered.next_sequence, workload.next_sequence());
-            let policy = SnapshotPolicy { every_commands: Some(700), keep: 2, archive_dir: None };
-            let mut snapshots = Snapshotter::start(dir.path(), policy, config()).unwrap();
+            let policy = SnapshotPolicy { every_commands: Some(700), keep: 2 };
+            let data_dir = recovered.writer.data_dir().clone();
+            let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
             let mut blp = recovered.engine;
             for batch in 0..40 {
                 let commands = generate(&mut workload, &mut live, 25 + batch);
@@ -155,7 +160,7 @@ fn recovery_equals_live_state_after_random_workloads_with_snapshots() {
             assert!(stats.written >= 1, "seed {seed}: {stats:?}");
             assert_eq!(stats.last_error, None);
         }
-        let snapshot_files = snapshot::list(dir.path()).unwrap();
+        let snapshot_files = snapshot::list(&ReadOnlyDir::open(dir.path()).unwrap()).unwrap();
         assert!(!snapshot_files.is_empty() && snapshot_files.len() <= 2);
         let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
         assert!(recovered.report.snapshot.is_some());
@@ -169,8 +174,9 @@ fn snapshot_digest_equals_the_engines_and_shutdown_snapshot_needs_no_replay() {
     // nothing and lands on the same state.
     let dir = TempDir::new("shutdown");
     let mut recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
-    let policy = SnapshotPolicy { every_commands: None, keep: 3, archive_dir: None };
-    let mut snapshots = Snapshotter::start(dir.path(), policy, config()).unwrap();
+    let policy = SnapshotPolicy { every_commands: None, keep: 3 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = recovered.engine;
     let mut workload = Workload::new(9, Sequence(1), Timestamp(5));
     let mut shadow = Engine::new(config());
@@ -303,10 +309,10 @@ fn truncate_repairs_corruption_explicitly() {
     bytes[offset + 8] ^= 0xFF;
     std::fs::write(&first_file, &bytes).unwrap();
     assert!(recover(dir.path(), options(Durability::Batch)).is_err());
-    let mut storage = ringfence_journal::storage::FileStorage::open(dir.path()).unwrap();
-    let refused = recovery::truncate(&mut storage, Some(dir.path()), Sequence(200));
+    let storage = FileStorage::open(dir.path()).unwrap();
+    let refused = recovery::truncate(&storage, Sequence(200));
     assert!(refused.is_err(), "cannot truncate past damage");
-    let truncation = recovery::truncate(&mut storage, Some(dir.path()), Sequence(100)).unwrap();
+    let truncation = recovery::truncate(&storage, Sequence(100)).unwrap();
     assert!(!truncation.segments_removed.is_empty());
     let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
     assert_eq!(recovered.next_sequence, Sequence(100));
@@ -390,19 +396,22 @@ fn retention_keeps_the_last_snapshots_and_archives_old_segments() {
     // moved to the archive, and recovery still works from what is left.
     let dir = TempDir::new("retention");
     let archive = TempDir::new("archive");
-    let mut recovered = recover(dir.path(), options(Durability::None)).unwrap();
-    let policy = SnapshotPolicy {
-        every_commands: Some(1_000),
-        keep: 2,
-        archive_dir: Some(archive.path().to_path_buf()),
-    };
-    let mut snapshots = Snapshotter::start(dir.path(), policy, config()).unwrap();
+    let storage = FileStorage::open_exclusive(dir.path()).unwrap().with_archive(archive.path());
+    let mut recovered = recover_from(storage, options(Durability::None)).unwrap();
+    let policy = SnapshotPolicy { every_commands: Some(1_000), keep: 2 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = recovered.engine;
     let mut workload = Workload::new(5, Sequence(1), Timestamp(5));
     let mut shadow = Engine::new(config());
     for command in generate(&mut workload, &mut shadow, 6_000) {
         recovered.writer.append(Epoch(1), &command).unwrap();
         recovered.writer.flush().unwrap();
+        if command.sequence.0 % 1_000 == 0 {
+            // Retention counts only snapshots the journal has durably reached; with policy
+            // `none` the journal syncs only when it rotates, so sync before each snapshot.
+            recovered.writer.sync_now().unwrap();
+        }
         engine.apply(&command);
         snapshots.after_apply(&engine, &command);
         // Let the writer keep up so no snapshot is skipped for being busy.
@@ -412,7 +421,7 @@ fn retention_keeps_the_last_snapshots_and_archives_old_segments() {
     }
     let stats = snapshots.finish();
     assert!(stats.written >= 5, "{stats:?}");
-    assert_eq!(snapshot::list(dir.path()).unwrap().len(), 2);
+    assert_eq!(snapshot::list(&ReadOnlyDir::open(dir.path()).unwrap()).unwrap().len(), 2);
     let archived = std::fs::read_dir(archive.path()).unwrap().count();
     assert!(archived >= 1, "old segments were archived");
     drop(recovered.writer);
@@ -431,11 +440,11 @@ fn snapshot_past_the_journal_end_is_set_aside() {
         engine.apply(command);
     }
     let fake_through = Sequence(10_000);
-    snapshot::write_now(dir.path(), &engine, fake_through).unwrap();
+    snapshot::write_now(&FileStorage::open(dir.path()).unwrap(), &engine, fake_through).unwrap();
     let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
     assert!(recovered.report.snapshot.is_none());
     assert_eq!(recovered.report.skipped_snapshots.len(), 1);
-    assert!(snapshot::list(dir.path()).unwrap().is_empty());
+    assert!(snapshot::list(&ReadOnlyDir::open(dir.path()).unwrap()).unwrap().is_empty());
     assert_eq!(recovered.next_sequence, Sequence(501));
 }
 
@@ -444,8 +453,10 @@ fn snapshot_requested_while_the_writer_is_busy_is_taken_later() {
     // Goal: an operator's snapshot request is never dropped: if the writer is still busy with
     // the previous snapshot, the next command that finds it free takes it.
     let dir = TempDir::new("deferred");
-    let policy = SnapshotPolicy { every_commands: None, keep: 5, archive_dir: None };
-    let mut snapshots = Snapshotter::start(dir.path(), policy, config()).unwrap();
+    let recovered = recover(dir.path(), options(Durability::None)).unwrap();
+    let policy = SnapshotPolicy { every_commands: None, keep: 5 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());
     let mut workload = Workload::new(8, Sequence(1), Timestamp(1));
     let mut commands = generate(&mut workload, &mut Engine::new(config()), 500);

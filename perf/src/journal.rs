@@ -13,9 +13,10 @@ use ringfence_core::pipeline::{Journal, MemoryJournal, SystemClock};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::codec::Encoder;
 use ringfence_journal::format;
+use ringfence_journal::recovery::recover_from;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::workload::Workload;
-use ringfence_journal::writer::{Durability, JournalWriter, WriterOptions};
+use ringfence_journal::writer::{Durability, WriterOptions};
 
 use crate::Common;
 use crate::report::{Report, Row, latency_histogram};
@@ -138,7 +139,7 @@ fn append(
     let storage = FileStorage::open(&dir.0).expect("open benchmark storage");
     let options =
         WriterOptions { segment_len: 64 << 20, durability, engine_config: EngineConfig::default() };
-    let mut writer = JournalWriter::create(storage, options, Sequence(1)).expect("writer");
+    let mut writer = recover_from(storage, options).expect("writer on a new journal").writer;
     let (ops, seconds, histogram) = timed_appends(&mut writer, commands, batch, budget);
     let scenario = format!("append_batch_{batch}");
     let variant = match durability {

@@ -12,10 +12,11 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use ringfence_core::pipeline::Journal;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced};
+use ringfence_journal::recovery::recover_from;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot;
 use ringfence_journal::storage::FileStorage;
-use ringfence_journal::writer::{Durability, JournalWriter, WriterOptions};
+use ringfence_journal::writer::{Durability, WriterOptions};
 
 use crate::Common;
 use crate::journal::{BenchDir, commands};
@@ -98,7 +99,7 @@ fn write_journal(dir: &BenchDir, commands: &[Sequenced], config: &EngineConfig) 
         durability: Durability::None,
         engine_config: config.clone(),
     };
-    let mut writer = JournalWriter::create(storage, options, Sequence(1)).expect("writer");
+    let mut writer = recover_from(storage, options).expect("writer on a new journal").writer;
     for chunk in commands.chunks(256) {
         for command in chunk {
             writer.append(Epoch(1), command).expect("append");
@@ -182,7 +183,8 @@ fn snapshot_pause(report: &mut Report, engine: &Engine, dir: &BenchDir) {
         engine.copy_image_into(&mut image);
         steady.record(t0);
         let t1 = Instant::now();
-        let meta = snapshot::write(&dir.0, engine.config(), &image, Sequence(u64::MAX / 2))
+        let storage = FileStorage::open(&dir.0).expect("open snapshot storage");
+        let meta = snapshot::write(&storage, engine.config(), &image, Sequence(u64::MAX / 2))
             .expect("snapshot write");
         write.record(t1);
         bytes = meta.bytes;

@@ -1,18 +1,25 @@
 //! `ringfence journal verify|dump|stats|truncate`: inspect and repair a journal directory.
 //!
 //! The tools map segments read-only and never change a journal, except `truncate`, which is
-//! the operator's explicit repair. Exit status: 0 when everything is intact, 1 on corruption
-//! or any error, 3 when the only problem is a torn tail (which a node truncates on start).
+//! the operator's explicit repair and takes the directory's exclusive lock (refused while a
+//! node runs). The read-only tools take no lock: they compare the directory with its manifest,
+//! and when a node is writing the directory (its lock is held) they read the bytes after the
+//! last intact record as a record in progress, not as damage. Exit status: 0 when everything
+//! is intact (or only in progress), 1 on corruption, a refused directory or any error, 3 when
+//! the only problem is what a crash leaves (a torn tail), which a node clears on start.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ringfence_core::{Command, Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_journal::datadir::{self, DirCheck};
 use ringfence_journal::error::JournalError;
+use ringfence_journal::lock::{self, Holder};
 use ringfence_journal::recovery::{self, recover};
 use ringfence_journal::scan::{self, Layout, ReadOnlyDir, Record};
 use ringfence_journal::snapshot;
@@ -35,21 +42,25 @@ macro_rules! outln {
 /// Exit status when the only problem is a torn tail.
 pub const EXIT_TORN_TAIL: u8 = 3;
 
-/// Inspect or repair a journal directory (segments `*.seg` and snapshots `*.snap`).
+/// Inspect or repair a journal directory (segments `*.seg`, snapshots `*.snap`, the manifest
+/// and the epoch file).
 #[derive(Subcommand, Debug)]
 pub enum JournalCommand {
-    /// Check every segment header, record (length, CRC32C, sequence, epoch, payload) and
-    /// snapshot; print counts, first/last sequence, epochs and sizes. Exits 0 if intact,
-    /// 3 if the only problem is a torn tail (a node truncates it on start), 1 on corruption,
-    /// naming the file, byte offset and sequence.
+    /// Check the directory against its manifest, every segment header, record (length,
+    /// CRC32C, sequence, epoch, payload) and snapshot, and the epoch file; print counts,
+    /// first/last sequence, epochs and sizes. Exits 0 if intact, 3 if the only problem is a
+    /// torn tail (a node truncates it on start), 1 on corruption or a missing or cut segment,
+    /// naming the file, byte offset and sequence. On a directory a node is writing, the last
+    /// record may be in progress: that is reported, not counted as damage.
     Verify(DirArgs),
     /// Print one line per command: sequence, time, epoch, kind and fields (or JSON lines).
     Dump(DumpArgs),
-    /// Per-segment sizes, sequence and time ranges, and commands by kind.
+    /// Per-segment sizes, sequence and time ranges, commands by kind, and retention.
     Stats(DirArgs),
-    /// Repair: drop record --at-seq N and everything after it (even past damage), and set
-    /// aside snapshots that include dropped records. The only tool that writes. Stop the node
-    /// first; what is dropped is lost unless the standby or a backup has it.
+    /// Repair: drop record --at-seq N and everything after it (even past damage), set aside
+    /// snapshots that include dropped records, and rewrite the manifest (rebuilding it from
+    /// the segments if it is missing). The only tool that writes; refused while a node runs.
+    /// What is dropped is lost unless the standby or a backup has it.
     Truncate(TruncateArgs),
     /// Crash-test child: appends under load and prints `durable N` after every flush.
     #[command(hide = true)]
@@ -126,28 +137,190 @@ pub fn run(command: JournalCommand) -> ExitCode {
     })
 }
 
-/// Opens and scans a journal read-only.
-pub fn open(dir: &Path) -> Result<(ReadOnlyDir, Layout), JournalError> {
-    let mut source = ReadOnlyDir::open(dir)?;
-    let layout = scan::scan(&mut source)?;
-    Ok((source, layout))
+/// A data directory opened read-only: compared with its manifest, scanned, and whether a node
+/// is writing it.
+pub struct Opened {
+    /// The directory, mapped read-only.
+    pub source: ReadOnlyDir,
+    /// The directory compared with its manifest.
+    pub check: DirCheck,
+    /// The segments the manifest lists (all of them, without a usable manifest), scanned.
+    pub layout: Layout,
+    /// The process writing the directory, if one is.
+    pub live: Option<Holder>,
+    /// On a live directory, whether damage in the last segment was found at the same place by
+    /// two reads in a row (it is not the writer's record in progress, which moves on).
+    pub tail_settled: bool,
 }
 
-/// The text naming a journal's problem, and whether it is only a torn tail.
-fn describe_problem(source: &ReadOnlyDir, layout: &Layout) -> Option<(String, bool)> {
-    let problem = layout.problem.as_ref()?;
-    if let Some(error) = layout.corruption(&|name| source.dir().join(name).display().to_string()) {
-        return Some((error.to_string(), false));
+/// Reads of a live directory before the tools settle for what they see. The writer may have
+/// moved on while the directory was read: a rotation or a retirement looks like a missing or
+/// unlisted segment for a moment, and a record half written looks like damage, with the next
+/// record already intact behind it.
+const LIVE_ATTEMPTS: u32 = 6;
+
+/// Opens, checks and scans a journal read-only; on a live directory a read that finds a
+/// problem is repeated until the problem holds still (see [`LIVE_ATTEMPTS`]).
+pub fn open(dir: &Path) -> Result<Opened, JournalError> {
+    let mut source = ReadOnlyDir::open(dir)?;
+    let holder = |dir: &Path| {
+        lock::holder(dir)
+            .map_err(|e| JournalError::io(format!("probing the lock of {}", dir.display()), e))
+    };
+    let mut previous_tail = None;
+    let mut attempt = 1;
+    loop {
+        let before = holder(dir)?;
+        let read = datadir::check(&mut source).and_then(|check| {
+            let layout = scan::scan_segments(&mut source, &check.segments)?;
+            Ok((check, layout))
+        });
+        let live = before.or(holder(dir)?);
+        let (settled, tail_settled) = match &read {
+            Ok((check, layout)) => {
+                let tail_settled = tail_damage_repeats(layout, &mut previous_tail);
+                (check.problems.is_empty() && tail_settled != Some(false), tail_settled)
+            }
+            Err(_) => (false, None),
+        };
+        if live.is_none() || settled || attempt >= LIVE_ATTEMPTS {
+            let (check, layout) = read?;
+            let tail_settled = live.is_none() || tail_settled != Some(false);
+            return Ok(Opened { source, check, layout, live, tail_settled });
+        }
+        std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+        attempt += 1;
     }
-    let text = format!(
-        "torn tail: {} at byte offset {} (sequence {}): {}; a node truncates it on start \
-         (the record was never acknowledged)",
-        source.dir().join(&problem.name).display(),
+}
+
+/// For damage in the last segment that is not a torn tail (an intact record follows it):
+/// whether the previous read found it at the same place too. `None` when there is no such
+/// damage.
+fn tail_damage_repeats(layout: &Layout, previous: &mut Option<(String, u64)>) -> Option<bool> {
+    let last = layout.segments.len().checked_sub(1);
+    let problem = layout.problem.as_ref().filter(|p| !p.torn_tail && p.segment == last)?;
+    let place = (problem.name.clone(), problem.offset);
+    let repeated = previous.as_ref() == Some(&place);
+    *previous = Some(place);
+    Some(repeated)
+}
+
+/// One thing a tool has to say about a directory, and how bad it is.
+enum Finding {
+    /// The directory cannot be used as it is (exit 1).
+    Refused(String),
+    /// What a crash leaves, cleared by a node on start (exit 3).
+    Torn(String),
+    /// Worth saying, wrong with nothing (exit 0).
+    Note(String),
+}
+
+/// Everything to report about an opened directory, in order. Damage in the scan is included
+/// only if it lies at or before `to`.
+fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
+    let dir = opened.source.dir();
+    let name = |file: &str| dir.join(file).display().to_string();
+    let mut found: Vec<Finding> =
+        opened.check.problems.iter().map(|p| Finding::Refused(p.to_string())).collect();
+    let live = opened.live;
+    if let Some(holder) = live {
+        found.push(Finding::Note(format!("live directory: node {holder} is writing it")));
+    }
+    for file in &opened.check.temporaries {
+        found.push(Finding::Note(match live {
+            Some(_) => format!("{} is a write in progress", name(file)),
+            None => {
+                format!("{} is a crash's leftover temporary file; a node removes it", name(file))
+            }
+        }));
+    }
+    for file in &opened.check.retired_leftovers {
+        found.push(Finding::Note(format!(
+            "{} was retired by retention but is still here; a node removes (or archives) it",
+            name(file)
+        )));
+    }
+    if let Some(file) = &opened.check.creation_leftover {
+        found.push(match live {
+            Some(_) => Finding::Note(format!("{} is being created", name(file))),
+            None => Finding::Torn(format!(
+                "{}: its creation was cut off before its first record; a node removes it on start",
+                name(file)
+            )),
+        });
+    }
+    if let Some(finding) = scan_finding(opened, to) {
+        found.push(finding);
+    }
+    found
+}
+
+/// The scan's problem, if it lies within the range read.
+fn scan_finding(opened: &Opened, to: Sequence) -> Option<Finding> {
+    let (layout, dir) = (&opened.layout, opened.source.dir());
+    let problem = layout.problem.as_ref().filter(|p| p.sequence <= to)?;
+    let describe = |name: &str| dir.join(name).display().to_string();
+    let in_progress = tail_in_progress(opened);
+    if let Some(error) = layout.corruption(&describe).filter(|_| !in_progress) {
+        return Some(Finding::Refused(error.to_string()));
+    }
+    // A listed segment's header was synced before it was listed: unusable is corruption.
+    if opened.check.manifest.is_some() && problem.segment.is_none() {
+        return Some(Finding::Refused(format!(
+            "journal corrupt: {} at byte offset {} (sequence {}): {}",
+            describe(&problem.name),
+            problem.offset,
+            problem.sequence,
+            problem.damage
+        )));
+    }
+    let at = format!(
+        "{} at byte offset {} (sequence {})",
+        describe(&problem.name),
         problem.offset,
-        problem.sequence,
-        problem.damage
+        problem.sequence
     );
-    Some((text, true))
+    Some(match opened.live.filter(|_| in_progress) {
+        Some(holder) => Finding::Note(format!(
+            "live directory: node {holder} is writing; last record in progress ({at})"
+        )),
+        None => Finding::Torn(format!(
+            "torn tail: {at}: {}; a node truncates it on start (the record was never \
+             acknowledged)",
+            problem.damage
+        )),
+    })
+}
+
+/// Whether the scan's problem is the writer's record in progress: on a live directory, the
+/// last segment's bytes after its last intact record are the writer's, unless the same damage
+/// held still across reads.
+pub fn tail_in_progress(opened: &Opened) -> bool {
+    let layout = &opened.layout;
+    let Some(problem) = layout.problem.as_ref() else { return false };
+    let in_last =
+        problem.segment.is_some() && problem.segment == layout.segments.len().checked_sub(1);
+    opened.live.is_some() && in_last && (problem.torn_tail || !opened.tail_settled)
+}
+
+/// Prints findings to standard error and returns the exit status they call for.
+fn report(findings: &[Finding]) -> ExitCode {
+    let mut code = ExitCode::SUCCESS;
+    let mut torn = false;
+    for finding in findings {
+        match finding {
+            Finding::Refused(text) => {
+                eprintln!("error: {text}");
+                code = ExitCode::FAILURE;
+            }
+            Finding::Torn(text) => {
+                eprintln!("warning: {text}");
+                torn = true;
+            }
+            Finding::Note(text) => eprintln!("note: {text}"),
+        }
+    }
+    if code == ExitCode::SUCCESS && torn { ExitCode::from(EXIT_TORN_TAIL) } else { code }
 }
 
 fn epoch_ranges(records: &mut Vec<(Epoch, Sequence, Sequence)>, record: &Record) {
@@ -157,58 +330,91 @@ fn epoch_ranges(records: &mut Vec<(Epoch, Sequence, Sequence)>, record: &Record)
     }
 }
 
+/// What `verify` found, for either output format.
+struct Verified {
+    opened: Opened,
+    /// (epoch, first, last) runs of records.
+    epochs: Vec<(Epoch, Sequence, Sequence)>,
+    snapshots: Vec<serde_json::Value>,
+    status: &'static str,
+    problems: Vec<String>,
+    notes: Vec<String>,
+}
+
 fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
-    let (mut source, layout) = open(&args.dir)?;
+    let mut opened = open(&args.dir)?;
     let mut epochs = Vec::new();
-    let read = scan::read(&mut source, &layout, Sequence(1), &mut |record| {
+    let read = scan::read(&mut opened.source, &opened.layout, Sequence(1), &mut |record| {
         epoch_ranges(&mut epochs, record);
         ControlFlow::Continue(())
     });
-    let mut problem = describe_problem(&source, &layout);
+    let mut found = findings(&opened, Sequence(u64::MAX));
     if let Err(error) = read {
-        problem = Some((error.to_string(), false));
+        found.push(Finding::Refused(error.to_string()));
     }
-    let snapshots = snapshot::list(&args.dir)?;
-    let mut snapshot_lines = Vec::new();
-    let mut bad_snapshot = false;
-    for (through, file) in &snapshots {
-        match snapshot::load(file, None) {
-            Ok((_, meta)) => snapshot_lines.push(json!({
-                "file": file.display().to_string(), "through": through.0, "ok": true,
-                "state_digest": format!("{:016x}", meta.state_digest), "bytes": meta.bytes,
-            })),
-            Err(error) => {
-                bad_snapshot = true;
-                snapshot_lines.push(json!({
-                    "file": file.display().to_string(), "through": through.0, "ok": false,
-                    "error": error.to_string(),
-                }));
-            }
-        }
+    let (snapshots, bad_snapshot) = verify_snapshots(&opened.source)?;
+    let refused = found.iter().any(|f| matches!(f, Finding::Refused(_)));
+    let torn = found.iter().any(|f| matches!(f, Finding::Torn(_)));
+    let (status, code) = match (refused, bad_snapshot, torn) {
+        (true, _, _) => ("corrupt", ExitCode::FAILURE),
+        (false, true, _) => ("bad_snapshot", ExitCode::FAILURE),
+        (false, false, true) => ("torn_tail", ExitCode::from(EXIT_TORN_TAIL)),
+        (false, false, false) => ("ok", ExitCode::SUCCESS),
+    };
+    let texts = |keep: fn(&Finding) -> bool| -> Vec<String> {
+        found.iter().filter(|f| keep(f)).map(finding_text).collect()
+    };
+    let problems = texts(|f| !matches!(f, Finding::Note(_)));
+    let notes = texts(|f| matches!(f, Finding::Note(_)));
+    let verified = Verified { opened, epochs, snapshots, status, problems, notes };
+    if args.json {
+        print_verify_json(args, &verified);
+    } else {
+        print_verify_text(args, &verified);
+    }
+    Ok(code)
+}
+
+fn print_verify_json(args: &DirArgs, verified: &Verified) {
+    let (layout, check) = (&verified.opened.layout, &verified.opened.check);
+    let size: u64 = layout.segments.iter().map(|s| s.header.segment_len).sum();
+    let used: u64 = layout.segments.iter().map(|s| s.end as u64).sum();
+    let epochs: Vec<_> = verified
+        .epochs
+        .iter()
+        .map(|(e, a, b)| json!({"epoch": e.0, "first": a.0, "last": b.0}))
+        .collect();
+    let value = json!({
+        "dir": args.dir.display().to_string(), "status": verified.status,
+        "problem": verified.problems.first(), "problems": verified.problems,
+        "notes": verified.notes, "live_pid": verified.opened.live.and_then(|h| h.pid),
+        "manifest": check.manifest.as_ref().map(|m| json!({
+            "generation": m.generation, "segments": m.segments.len(),
+            "retired_below": m.retired_below.0, "segments_retired": m.segments_retired,
+        })),
+        "epoch_file": check.epochs.map(|e| json!({
+            "current": e.current.0, "promised": e.promised.0,
+        })),
+        "segments": layout.segments.len(), "records": layout.records(),
+        "first_sequence": layout.first_sequence().map(|s| s.0),
+        "last_sequence": layout.last_sequence().map(|s| s.0), "epochs": epochs,
+        "bytes_on_disk": size, "bytes_used": used, "snapshots": verified.snapshots,
+    });
+    outln!("{value}");
+}
+
+fn print_verify_text(args: &DirArgs, verified: &Verified) {
+    let (layout, check) = (&verified.opened.layout, &verified.opened.check);
+    outln!("journal    {}", args.dir.display());
+    if let Some(m) = &check.manifest {
+        let (generation, listed, retired) = (m.generation, m.segments.len(), m.segments_retired);
+        outln!("manifest   generation {generation}: {listed} segments listed, {retired} retired");
+    }
+    if let Some(e) = check.epochs {
+        outln!("epochs     current {}, promised {} (epoch file)", e.current, e.promised);
     }
     let size: u64 = layout.segments.iter().map(|s| s.header.segment_len).sum();
     let used: u64 = layout.segments.iter().map(|s| s.end as u64).sum();
-    let (status, code) = match (&problem, bad_snapshot) {
-        (None, false) => ("ok", ExitCode::SUCCESS),
-        (Some((_, true)), false) => ("torn_tail", ExitCode::from(EXIT_TORN_TAIL)),
-        (None, true) => ("bad_snapshot", ExitCode::FAILURE),
-        _ => ("corrupt", ExitCode::FAILURE),
-    };
-    if args.json {
-        let value = json!({
-            "dir": args.dir.display().to_string(), "status": status,
-            "problem": problem.as_ref().map(|(text, _)| text.clone()),
-            "segments": layout.segments.len(), "records": layout.records(),
-            "first_sequence": layout.first_sequence().map(|s| s.0),
-            "last_sequence": layout.last_sequence().map(|s| s.0),
-            "epochs": epochs.iter().map(|(e, a, b)| json!({"epoch": e.0, "first": a.0, "last": b.0}))
-                .collect::<Vec<_>>(),
-            "bytes_on_disk": size, "bytes_used": used, "snapshots": snapshot_lines,
-        });
-        outln!("{value}");
-        return Ok(code);
-    }
-    outln!("journal    {}", args.dir.display());
     outln!("segments   {} ({} bytes on disk, {} used)", layout.segments.len(), size, used);
     match (layout.first_sequence(), layout.last_sequence()) {
         (Some(first), Some(last)) => {
@@ -216,10 +422,57 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
         }
         _ => outln!("records    0"),
     }
-    for (epoch, first, last) in &epochs {
+    for (epoch, first, last) in &verified.epochs {
         outln!("epoch      {epoch}: sequences {first}..={last}");
     }
-    for line in &snapshot_lines {
+    print_snapshot_lines(&verified.snapshots);
+    for note in &verified.notes {
+        outln!("note       {note}");
+    }
+    match verified.status {
+        "ok" => outln!("status     ok: every record and snapshot is intact"),
+        "bad_snapshot" => outln!("status     a snapshot is invalid (recovery skips it)"),
+        "torn_tail" => outln!("status     {}", verified.problems.join("; ")),
+        _ => {
+            outln!("status     CORRUPT");
+            for text in &verified.problems {
+                eprintln!("error: {text}");
+            }
+        }
+    }
+}
+
+fn finding_text(finding: &Finding) -> String {
+    match finding {
+        Finding::Refused(text) | Finding::Torn(text) | Finding::Note(text) => text.clone(),
+    }
+}
+
+/// Loads every snapshot; returns one JSON line each and whether any is invalid.
+fn verify_snapshots(source: &ReadOnlyDir) -> Result<(Vec<serde_json::Value>, bool), JournalError> {
+    let mut lines = Vec::new();
+    let mut bad = false;
+    for (through, name) in snapshot::list(source)? {
+        let file = source.dir().join(&name).display().to_string();
+        match snapshot::load(source, &name, None) {
+            Ok((_, meta)) => lines.push(json!({
+                "file": file, "through": through.0, "ok": true,
+                "state_digest": format!("{:016x}", meta.state_digest), "bytes": meta.bytes,
+            })),
+            Err(error) => {
+                bad = true;
+                lines.push(json!({
+                    "file": file, "through": through.0, "ok": false,
+                    "error": error.to_string(),
+                }));
+            }
+        }
+    }
+    Ok((lines, bad))
+}
+
+fn print_snapshot_lines(lines: &[serde_json::Value]) {
+    for line in lines {
         match line["ok"].as_bool() {
             Some(true) => outln!(
                 "snapshot   {} through {} digest {}",
@@ -230,26 +483,17 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
             _ => outln!("snapshot   INVALID {}", line["error"].as_str().unwrap_or_default()),
         }
     }
-    match &problem {
-        None if !bad_snapshot => outln!("status     ok: every record and snapshot is intact"),
-        None => outln!("status     a snapshot is invalid (recovery skips it)"),
-        Some((text, true)) => outln!("status     {text}"),
-        Some((text, false)) => {
-            outln!("status     CORRUPT");
-            eprintln!("error: {text}");
-        }
-    }
-    Ok(code)
 }
 
 fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
-    let (mut source, layout) = open(&args.dir)?;
+    let mut opened = open(&args.dir)?;
+    let (source, layout) = (&mut opened.source, &opened.layout);
     let from = Sequence(args.from.unwrap_or(1));
     let to = Sequence(args.to.unwrap_or(u64::MAX));
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_error = None;
-    scan::read(&mut source, &layout, from, &mut |record| {
+    scan::read(source, layout, from, &mut |record| {
         if record.sequence > to {
             return ControlFlow::Break(());
         }
@@ -275,7 +519,7 @@ fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
     }
     let _ = out.flush();
     drop(out);
-    Ok(report_problem(&source, &layout, to))
+    Ok(report(&findings(&opened, to)))
 }
 
 /// `12  2026-01-01T00:00:00.000Z  epoch 1  reserve user=9 sku=1 qty=1 ...`
@@ -296,22 +540,39 @@ fn dump_line(record: &Record) -> String {
     line
 }
 
-/// After reading up to `to`: reports damage that lies within the range read.
-fn report_problem(source: &ReadOnlyDir, layout: &Layout, to: Sequence) -> ExitCode {
-    let Some(problem) = layout.problem.as_ref().filter(|p| p.sequence <= to) else {
-        return ExitCode::SUCCESS;
-    };
-    let Some((text, torn)) = describe_problem(source, layout) else { return ExitCode::SUCCESS };
-    eprintln!("{}: {text}", if torn { "warning" } else { "error" });
-    let _ = problem;
-    if torn { ExitCode::from(EXIT_TORN_TAIL) } else { ExitCode::FAILURE }
+/// What retention keeps: the snapshots present, the sequence the journal must reach back to
+/// (one past the oldest snapshot kept, or 1 without snapshots), and what has been retired.
+fn retention_summary(opened: &Opened) -> Result<(serde_json::Value, String), JournalError> {
+    let snapshots = snapshot::list(&opened.source)?;
+    let needed_from = snapshots.first().map_or(Sequence(1), |(through, _)| through.next());
+    let (retired, below) = opened
+        .check
+        .manifest
+        .as_ref()
+        .map_or((0, Sequence(0)), |m| (m.segments_retired, m.retired_below));
+    let value = json!({
+        "snapshots_kept": snapshots.len(), "needed_from": needed_from.0,
+        "segments_retired": retired, "retired_below": below.0,
+        "journal_first_sequence": opened.layout.first_sequence().map(|s| s.0),
+    });
+    let mut text = format!(
+        "retention {} snapshots kept: the journal must reach back to sequence {needed_from}; \
+         {retired} segments retired so far",
+        snapshots.len()
+    );
+    if retired > 0 {
+        text.push_str(&format!(" (every record before sequence {below})"));
+    }
+    Ok((value, text))
 }
 
 fn stats(args: &DirArgs) -> Result<ExitCode, JournalError> {
-    let (mut source, layout) = open(&args.dir)?;
+    let mut opened = open(&args.dir)?;
+    let (retention, retention_text) = retention_summary(&opened)?;
+    let (source, layout) = (&mut opened.source, &opened.layout);
     let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut bytes_by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
-    scan::read(&mut source, &layout, Sequence(1), &mut |record| {
+    scan::read(source, layout, Sequence(1), &mut |record| {
         let kind = json::command_kind(&record.command);
         *kinds.entry(kind).or_default() += 1;
         *bytes_by_kind.entry(kind).or_default() += u64::from(record.len);
@@ -333,60 +594,72 @@ fn stats(args: &DirArgs) -> Result<ExitCode, JournalError> {
         .collect();
     let records = layout.records();
     let used: u64 = layout.segments.iter().map(|s| s.end as u64).sum();
-    let time_range = time_span(&layout);
+    let time_range = time_span(layout);
     if args.json {
         let value = json!({
             "dir": args.dir.display().to_string(), "records": records, "bytes_used": used,
-            "segments": segments, "commands_by_kind": kinds,
+            "segments": segments, "commands_by_kind": kinds, "retention": retention,
             "first_time_ms": time_range.map(|t| t.0.0), "last_time_ms": time_range.map(|t| t.1.0),
         });
         outln!("{value}");
     } else {
-        outln!(
-            "{:<26} {:>12} {:>12} {:>10} {:>7}  time range",
-            "segment",
-            "first",
-            "last",
-            "records",
-            "used"
-        );
-        for s in &layout.segments {
-            let used_pct = 100.0 * s.end as f64 / s.header.segment_len as f64;
-            let range = s.time_range.map_or_else(String::new, |(a, b)| {
-                format!("{} .. {}", format_ms(a.0), format_ms(b.0))
-            });
-            outln!(
-                "{:<26} {:>12} {:>12} {:>10} {:>6.1}%  {range}",
-                s.name,
-                s.header.first_sequence,
-                s.last.map_or_else(|| "-".to_owned(), |l| l.to_string()),
-                s.records,
-                used_pct
-            );
-        }
-        outln!();
-        outln!(
-            "records {records}, {used} bytes used, {:.1} bytes per record",
-            used as f64 / records.max(1) as f64
-        );
-        if let Some((first, last)) = time_range {
-            let seconds = (last.0.saturating_sub(first.0)) as f64 / 1e3;
-            outln!(
-                "time    {} .. {} ({seconds:.1} s of commands)",
-                format_ms(first.0),
-                format_ms(last.0)
-            );
-        }
-        outln!("{:<22} {:>12} {:>8} {:>10}", "command", "count", "share", "avg bytes");
-        for (kind, count) in &kinds {
-            let avg = bytes_by_kind[kind] as f64 / *count as f64;
-            outln!(
-                "{kind:<22} {count:>12} {:>7.1}% {avg:>10.1}",
-                100.0 * *count as f64 / records.max(1) as f64
-            );
-        }
+        print_stats_text(layout, &kinds, &bytes_by_kind);
+        outln!("{retention_text}");
     }
-    Ok(report_problem(&source, &layout, Sequence(u64::MAX)))
+    Ok(report(&findings(&opened, Sequence(u64::MAX))))
+}
+
+/// The text form of `journal stats`: per segment, totals, time span, commands by kind.
+fn print_stats_text(
+    layout: &Layout,
+    kinds: &BTreeMap<&'static str, u64>,
+    bytes_by_kind: &BTreeMap<&'static str, u64>,
+) {
+    let records = layout.records();
+    let used: u64 = layout.segments.iter().map(|s| s.end as u64).sum();
+    outln!(
+        "{:<26} {:>12} {:>12} {:>10} {:>7}  time range",
+        "segment",
+        "first",
+        "last",
+        "records",
+        "used"
+    );
+    for s in &layout.segments {
+        let used_pct = 100.0 * s.end as f64 / s.header.segment_len as f64;
+        let range = s
+            .time_range
+            .map_or_else(String::new, |(a, b)| format!("{} .. {}", format_ms(a.0), format_ms(b.0)));
+        outln!(
+            "{:<26} {:>12} {:>12} {:>10} {:>6.1}%  {range}",
+            s.name,
+            s.header.first_sequence,
+            s.last.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+            s.records,
+            used_pct
+        );
+    }
+    outln!();
+    outln!(
+        "records {records}, {used} bytes used, {:.1} bytes per record",
+        used as f64 / records.max(1) as f64
+    );
+    if let Some((first, last)) = time_span(layout) {
+        let seconds = (last.0.saturating_sub(first.0)) as f64 / 1e3;
+        outln!(
+            "time    {} .. {} ({seconds:.1} s of commands)",
+            format_ms(first.0),
+            format_ms(last.0)
+        );
+    }
+    outln!("{:<22} {:>12} {:>8} {:>10}", "command", "count", "share", "avg bytes");
+    for (kind, count) in kinds {
+        let avg = bytes_by_kind[kind] as f64 / *count as f64;
+        outln!(
+            "{kind:<22} {count:>12} {:>7.1}% {avg:>10.1}",
+            100.0 * *count as f64 / records.max(1) as f64
+        );
+    }
 }
 
 fn time_span(layout: &Layout) -> Option<(Timestamp, Timestamp)> {
@@ -400,9 +673,9 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
         return Err(JournalError::Options("--at-seq must be at least 1".to_owned()));
     }
     ReadOnlyDir::open(&args.dir)?;
-    let mut storage = FileStorage::open(&args.dir)
-        .map_err(|e| JournalError::io(format!("opening {}", args.dir.display()), e))?;
-    let truncation = recovery::truncate(&mut storage, Some(&args.dir), Sequence(args.at_seq))?;
+    // Exclusive: truncating a journal a node is appending to would cut it under the node.
+    let storage = FileStorage::open_exclusive(&args.dir)?;
+    let truncation = recovery::truncate(&storage, Sequence(args.at_seq))?;
     for file in &truncation.segments_removed {
         outln!("removed   {file}");
     }
@@ -410,7 +683,22 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
         outln!("cut       {file} at byte offset {offset}");
     }
     for file in &truncation.snapshots_invalidated {
-        outln!("set aside {} (renamed *.snap.stale: it includes dropped records)", file.display());
+        outln!("set aside {file} (renamed *.snap.stale: it includes dropped records)");
+    }
+    let manifest = &truncation.manifest;
+    outln!(
+        "manifest  {} segments listed (generation {}){}",
+        manifest.segments.len(),
+        manifest.generation,
+        if truncation.manifest_rebuilt { ", rebuilt from the segments present" } else { "" }
+    );
+    if let Some(epochs) = truncation.epochs_written {
+        outln!(
+            "epochs    the epoch file was missing or damaged: wrote current {}, promised {} \
+             (the highest epoch among the records kept)",
+            epochs.current,
+            epochs.promised
+        );
     }
     outln!("journal now ends before sequence {}", args.at_seq);
     Ok(ExitCode::SUCCESS)

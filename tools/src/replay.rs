@@ -11,11 +11,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ringfence_core::{Engine, EngineConfig, Sequence, Timestamp};
 use ringfence_journal::error::JournalError;
-use ringfence_journal::scan;
+use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot::{self, SnapshotMeta};
 use serde_json::json;
 
-use crate::journal_cmd::{EXIT_TORN_TAIL, open};
+use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, open, tail_in_progress};
 use crate::json;
 use crate::time::{format_ms, parse_rfc3339};
 
@@ -89,15 +89,10 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
             None => Timestamp(u64::MAX),
         },
     };
-    let (mut source, layout) = open(&args.dir)?;
-    let corrupt_in_range =
-        layout.problem.as_ref().is_some_and(|p| !p.torn_tail && p.sequence <= limits.until_seq);
-    if corrupt_in_range {
-        if let Some(error) = layout.corruption(&|name| args.dir.join(name).display().to_string()) {
-            return Err(error);
-        }
-    }
-    let (mut engine, snapshot) = starting_point(args, &layout, &limits)?;
+    let (opened, in_progress) = open_for_replay(args, &limits)?;
+    let live = opened.live;
+    let (mut source, layout) = (opened.source, opened.layout);
+    let (mut engine, snapshot) = starting_point(args, &source, &layout, &limits)?;
     let start = snapshot.as_ref().map_or(Sequence(1), |meta| meta.through.next());
     match layout.first_sequence() {
         Some(first) if first > start && layout.last_sequence().is_some_and(|l| l >= start) => {
@@ -153,29 +148,64 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         out.flush().map_err(|e| JournalError::io("writing the export", e))?;
     }
     print_summary(args, &engine, snapshot.as_ref(), &tally, start);
-    let torn =
-        layout.problem.as_ref().is_some_and(|p| p.torn_tail && p.sequence <= limits.until_seq);
-    if torn {
-        eprintln!("warning: the journal ends in a torn tail; replayed up to it");
-        return Ok(ExitCode::from(EXIT_TORN_TAIL));
+    let torn = layout
+        .problem
+        .as_ref()
+        .is_some_and(|p| (p.torn_tail || in_progress) && p.sequence <= limits.until_seq);
+    match (torn, live.filter(|_| in_progress)) {
+        (true, Some(holder)) => eprintln!(
+            "note: live directory: node {holder} is writing; last record in progress (replayed \
+             up to the last intact record)"
+        ),
+        (true, None) => {
+            eprintln!("warning: the journal ends in a torn tail; replayed up to it");
+            return Ok(ExitCode::from(EXIT_TORN_TAIL));
+        }
+        (false, _) => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the journal and refuses what replay must not read past: corruption within the range,
+/// or a directory that is not what its manifest says (a missing or cut segment: replaying what
+/// is left would present a history with records silently missing). Also says whether the
+/// journal's end is a live node's record in progress.
+fn open_for_replay(args: &ReplayArgs, limits: &Limits) -> Result<(Opened, bool), JournalError> {
+    let mut opened = open(&args.dir)?;
+    let in_progress = tail_in_progress(&opened);
+    let corrupt_in_range = !in_progress
+        && opened
+            .layout
+            .problem
+            .as_ref()
+            .is_some_and(|p| !p.torn_tail && p.sequence <= limits.until_seq);
+    if corrupt_in_range {
+        let describe = |name: &str| args.dir.join(name).display().to_string();
+        if let Some(error) = opened.layout.corruption(&describe) {
+            return Err(error);
+        }
+    }
+    if !opened.check.problems.is_empty() {
+        return Err(opened.check.problems.remove(0));
+    }
+    Ok((opened, in_progress))
 }
 
 /// The newest snapshot that does not pass the limits (or none), and the engine restored from it.
 fn starting_point(
     args: &ReplayArgs,
+    source: &ReadOnlyDir,
     layout: &scan::Layout,
     limits: &Limits,
 ) -> Result<(Engine, Option<SnapshotMeta>), JournalError> {
     let config =
         layout.segments.first().map_or_else(EngineConfig::default, |s| s.header.config.clone());
     if !args.from_start {
-        for (through, file) in snapshot::list(&args.dir)?.into_iter().rev() {
+        for (through, name) in snapshot::list(source)?.into_iter().rev() {
             if through > limits.until_seq || layout.last_sequence().is_some_and(|l| through > l) {
                 continue;
             }
-            match snapshot::load(&file, None) {
+            match snapshot::load(source, &name, None) {
                 Ok((engine, meta)) if meta.now <= limits.until_time => {
                     return Ok((engine, Some(meta)));
                 }

@@ -2,8 +2,10 @@
 //! protocol and the HTTP API until SIGINT or SIGTERM.
 //!
 //! Settings come from built-in defaults that work on a fresh machine, then a TOML file
-//! (`--config`), then flags. The journal and snapshots live in the data directory; recovery
-//! loads the newest valid snapshot and replays the journal after it before the listeners open.
+//! (`--config`), then flags. The journal, snapshots, manifest and epoch file live in the data
+//! directory, which `serve` locks for its whole life (a second writer is refused, naming this
+//! process's pid); recovery loads the newest valid snapshot and replays the journal after it
+//! before the listeners open.
 
 use std::fs;
 use std::io::Write as _;
@@ -14,8 +16,10 @@ use std::process::ExitCode;
 use ringfence_core::pipeline::{EgressDriver, NoReplicator, Node, NodeConfig, Topology};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig};
-use ringfence_journal::recovery::recover;
+use ringfence_journal::datadir::DataDir;
+use ringfence_journal::recovery::{Recovered, recover_from};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter};
+use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use serde::Deserialize;
 
@@ -26,8 +30,8 @@ pub struct ServeArgs {
     /// `admin_token_file`; `[server]`, `[node]`, `[engine]`); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Directory for the journal, snapshots and the generated admin token
-    /// [default: ./ringfence-data].
+    /// Directory for the journal, snapshots, manifest, epoch file and the generated admin
+    /// token; locked while the node runs [default: ./ringfence-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address of the binary protocol listener [default: 127.0.0.1:7001].
@@ -70,6 +74,9 @@ struct NodeSection {
     segment_bytes: u64,
     snapshot_every_commands: Option<u64>,
     snapshots_kept: usize,
+    /// Where segments no longer needed by the kept snapshots go; unset: they are deleted.
+    /// Best on the same file system as the data directory (a retirement is then a rename).
+    archive_dir: Option<PathBuf>,
     tick_ms: u64,
 }
 
@@ -84,6 +91,7 @@ impl Default for NodeSection {
             segment_bytes: 64 << 20,
             snapshot_every_commands: Some(1_000_000),
             snapshots_kept: 3,
+            archive_dir: None,
             tick_ms: 10,
         }
     }
@@ -195,8 +203,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./ringfence-data"));
-    fs::create_dir_all(&data_dir)
-        .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
+    // Before anything else touches the directory: one writer at a time, held until we exit.
+    let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;
     let durability_text = args.durability.clone().unwrap_or(file.node.durability.clone());
     let durability: Durability = durability_text.parse()?;
     let engine_config = file.engine.to_config();
@@ -212,21 +220,15 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         durability,
         engine_config: engine_config.clone(),
     };
-    let recovered = recover(&data_dir, options).map_err(|e| format!("recovery: {e}"))?;
-    log(format_args!("recovered: {}", recovered.report));
-    let status = recovered.engine.status();
-    log(format_args!(
-        "state at sequence {}: {} SKUs, {} orders kept, state hash {:016x}",
-        status.last_sequence, status.skus, status.orders, status.running_hash
-    ));
+    let recovered = recover_logged(&storage, options)?;
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
         keep: file.node.snapshots_kept.max(1),
-        archive_dir: None,
     };
-    let snapshotter = Snapshotter::start(&data_dir, policy.clone(), engine_config.clone())
+    let dir = recovered.writer.data_dir().clone();
+    let snapshotter = Snapshotter::start(dir.clone(), policy.clone(), engine_config.clone())
         .map_err(|e| format!("starting the snapshot writer: {e}"))?;
-    let epoch = Epoch(recovered.last_epoch.0.max(1));
+    let epoch: Epoch = recovered.epochs.current;
     let node_config = file.node.to_config(engine_config, epoch)?;
     server_config.in_flight_max =
         server_config.in_flight_max.min(node_config.session_pending_max as usize);
@@ -248,12 +250,10 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         node_config.tick_period_ms
     ));
     let journal = format!("{} (durability {durability})", data_dir.display());
-    let on_stop: ringfence_ingress::OnNodeStop = {
-        let dir = data_dir.clone();
+    let on_stop: ringfence_ingress::OnNodeStop =
         Box::new(move |engine: &Engine, through: Sequence| {
             final_snapshot(&dir, &policy, engine, through);
-        })
-    };
+        });
     let handle = ringfence_ingress::start(server_config, move |waker| {
         NodeBackend::new(node, waker, watch, epoch, journal, Some(on_stop))
     })
@@ -267,13 +267,51 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     watch_signals(handle.stopper())?;
     handle.join().map_err(|e| format!("event loop: {e}"))?;
     log(format_args!("stopped"));
+    // The directory lock goes with the last storage handle, here at the very end.
+    drop(storage);
     Ok(())
+}
+
+/// Creates the data directory if needed and takes its exclusive lock (refused, naming the
+/// holder's pid, if another process writes it); retired segments go to `archive` if given.
+fn lock_data_dir(data_dir: &Path, archive: Option<&Path>) -> Result<FileStorage, String> {
+    fs::create_dir_all(data_dir)
+        .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
+    let storage = FileStorage::open_exclusive(data_dir).map_err(|e| e.to_string())?;
+    Ok(match archive {
+        Some(archive) => storage.with_archive(archive),
+        None => storage,
+    })
+}
+
+/// Recovers the node from the data directory and logs what recovery did and found.
+fn recover_logged(
+    storage: &FileStorage,
+    options: WriterOptions,
+) -> Result<Recovered<FileStorage>, String> {
+    let recovered = recover_from(storage.clone(), options).map_err(|e| format!("recovery: {e}"))?;
+    log(format_args!("recovered: {}", recovered.report));
+    log(format_args!(
+        "epoch {} (promised {}), from the epoch file",
+        recovered.epochs.current, recovered.epochs.promised
+    ));
+    let status = recovered.engine.status();
+    log(format_args!(
+        "state at sequence {}: {} SKUs, {} orders kept, state hash {:016x}",
+        status.last_sequence, status.skus, status.orders, status.running_hash
+    ));
+    Ok(recovered)
 }
 
 /// On clean shutdown, after the last command: one more snapshot so the next start replays
 /// nothing, then retention.
-fn final_snapshot(dir: &Path, policy: &SnapshotPolicy, engine: &Engine, through: Sequence) {
-    match snapshot::write_now(dir, engine, through) {
+fn final_snapshot(
+    dir: &DataDir<FileStorage>,
+    policy: &SnapshotPolicy,
+    engine: &Engine,
+    through: Sequence,
+) {
+    match snapshot::write_now(dir.storage(), engine, through) {
         Ok(meta) => {
             log(format_args!("final snapshot {} through {}", meta.file.display(), meta.through));
             if let Err(error) = snapshot::apply_retention(dir, policy) {

@@ -32,8 +32,9 @@ fn write_journal_with(
         engine_config: config(),
     };
     let mut recovered = recover(dir, options).unwrap();
-    let policy = SnapshotPolicy { every_commands: every, keep: 100, archive_dir: None };
-    let mut snapshots = Snapshotter::start(dir, policy, config()).unwrap();
+    let policy = SnapshotPolicy { every_commands: every, keep: 100 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());
     let mut workload = Workload::new(11, Sequence(1), Timestamp(1_700_000_000_000));
     let mut digests = Vec::with_capacity(marks.len());
@@ -287,4 +288,49 @@ fn bad_input_gives_errors_not_panics_and_help_explains_each_tool() {
         assert_eq!(out.status.code(), Some(0));
         assert!(text(&out.stdout).contains(needle), "{args:?}");
     }
+}
+
+#[test]
+fn stats_reports_what_retention_keeps_and_retired() {
+    // Goal: stats names the snapshots kept, the sequence the journal must reach back to (one
+    // past the oldest kept snapshot) and how many segments retention has retired.
+    let dir = TempDir::new("retention-stats");
+    let options = WriterOptions {
+        segment_len: 64 * 1024,
+        durability: Durability::None,
+        engine_config: config(),
+    };
+    let mut recovered = recover(dir.path(), options).unwrap();
+    let policy = SnapshotPolicy { every_commands: Some(1_000), keep: 2 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(12, Sequence(1), Timestamp(1_700_000_000_000));
+    for _ in 0..5_000 {
+        let command = workload.next_command();
+        recovered.writer.append(Epoch(1), &command).unwrap();
+        recovered.writer.flush().unwrap();
+        // Retention trusts only snapshots the journal has synced past.
+        recovered.writer.sync_now().unwrap();
+        workload.observe(&engine.apply(&command));
+        snapshots.after_apply(&engine, &command);
+        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().failed {
+            std::thread::yield_now();
+        }
+    }
+    let stats = snapshots.finish();
+    drop(recovered);
+    let path = dir.path().to_str().unwrap();
+    let out = ringfence(&["journal", "stats", path, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let retention = &value["retention"];
+    assert_eq!(retention["snapshots_kept"], 2, "{value}");
+    assert_eq!(retention["needed_from"], 4_001, "{value}");
+    assert_eq!(retention["segments_retired"], stats.segments_retired, "{value}");
+    assert!(stats.segments_retired > 0, "{stats:?}");
+    let first = retention["journal_first_sequence"].as_u64().unwrap();
+    assert!(first > 1 && first <= 4_001, "{value}");
+    let text_out = text(&ringfence(&["journal", "stats", path]).stdout);
+    assert!(text_out.contains("2 snapshots kept: the journal must reach back to sequence 4001"));
 }

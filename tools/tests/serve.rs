@@ -1,89 +1,12 @@
 //! `ringfence serve` as a process: it starts on a fresh data directory, serves HTTP, and a
 //! restart — after SIGTERM or after SIGKILL — recovers every answered command from the journal.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::Duration;
+mod common;
 
-struct Serve {
-    child: Child,
-    binary: SocketAddr,
-    http: SocketAddr,
-    token: String,
-    _lines: Receiver<String>,
-}
+use std::path::PathBuf;
+use std::process::Command;
 
-impl Serve {
-    fn start(dir: &Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env_remove("RINGFENCE_ADMIN_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ringfence serve starts");
-        let (send, lines) = channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (mut binary, mut http) = (None, None);
-        while binary.is_none() || http.is_none() {
-            let line =
-                lines.recv_timeout(Duration::from_secs(120)).expect("serve logs its address");
-            if let Some(addr) = line.strip_prefix("ringfence: HTTP API listening on http://") {
-                http = Some(addr.parse().expect("a socket address"));
-            }
-            if let Some(addr) = line.strip_prefix("ringfence: binary protocol v1 listening on ") {
-                binary = Some(addr.parse().expect("a socket address"));
-            }
-        }
-        let (binary, http) = (binary.unwrap(), http.unwrap());
-        let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        Serve { child, binary, http, token, _lines: lines }
-    }
-
-    fn call(&self, method: &str, path: &str, body: &str, admin: bool) -> (u16, serde_json::Value) {
-        let mut stream = TcpStream::connect(self.http).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let auth =
-            if admin { format!("Authorization: Bearer {}\r\n", self.token) } else { String::new() };
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = response.split("\r\n\r\n").nth(1).unwrap();
-        (status, serde_json::from_str(body).unwrap())
-    }
-
-    fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Serve;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ringfence-{name}-{}", std::process::id()));

@@ -2,9 +2,13 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
 
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
@@ -38,4 +42,124 @@ pub fn ringfence(args: &[&str]) -> Output {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs the `ringfence` binary with `args`, killing it if it has not exited by `deadline`
+/// (a refusal that fails to refuse must not hang the test).
+pub fn ringfence_within(args: &[&str], deadline: Duration) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(args)
+        .env_remove("RINGFENCE_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ringfence");
+    let pid = child.id();
+    let (send, receive) = channel();
+    std::thread::spawn(move || {
+        let _ = send.send(child.wait_with_output());
+    });
+    match receive.recv_timeout(deadline) {
+        Ok(output) => output.expect("ringfence output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("ringfence {args:?} did not exit within {deadline:?}");
+        }
+    }
+}
+
+/// A `ringfence serve` child on loopback ports chosen by the OS, stopped (SIGKILL) on drop.
+pub struct Serve {
+    pub child: Child,
+    pub binary: SocketAddr,
+    pub http: SocketAddr,
+    pub token: String,
+    _lines: Receiver<String>,
+}
+
+impl Serve {
+    pub fn start(dir: &Path) -> Serve {
+        Serve::start_with(dir, &[])
+    }
+
+    /// Starts a node on `dir` with extra arguments, and waits (bounded) until it listens.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env_remove("RINGFENCE_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ringfence serve starts");
+        let (send, lines) = channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut binary, mut http) = (None, None);
+        while binary.is_none() || http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines.recv_timeout(left).expect("serve logs its addresses in time");
+            if let Some(addr) = line.strip_prefix("ringfence: HTTP API listening on http://") {
+                http = Some(addr.parse().expect("a socket address"));
+            }
+            if let Some(addr) = line.strip_prefix("ringfence: binary protocol v1 listening on ") {
+                binary = Some(addr.parse().expect("a socket address"));
+            }
+        }
+        let (binary, http) = (binary.unwrap(), http.unwrap());
+        let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+        Serve { child, binary, http, token, _lines: lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        admin: bool,
+    ) -> (u16, serde_json::Value) {
+        let mut stream = TcpStream::connect(self.http).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let auth =
+            if admin { format!("Authorization: Bearer {}\r\n", self.token) } else { String::new() };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response.split("\r\n\r\n").nth(1).unwrap();
+        (status, serde_json::from_str(body).unwrap())
+    }
+
+    /// Sends `signal` (`-TERM`, `-KILL`) and waits for the process to exit.
+    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

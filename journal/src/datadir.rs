@@ -1,0 +1,429 @@
+//! The data directory as one thing: its storage, manifest and epochs, shared by the journal
+//! writer, the snapshot writer and retention; and the check of a directory against its
+//! manifest that recovery and the tools run before reading a record.
+//!
+//! [`DataDir`] is the only writer of the manifest and the epoch file. Its clones share one
+//! in-memory copy of both behind a mutex, so the journal writer (adding a segment when it
+//! rotates) and the snapshot writer (retiring segments) never write the manifest over each
+//! other's change: each rewrite starts from the copy the other left.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ringfence_core::{Epoch, Sequence};
+
+use crate::epoch::{EPOCH_FILE, EpochProblem, Epochs};
+use crate::error::JournalError;
+use crate::format::{self, HeaderProblem, SEGMENT_HEADER_LEN};
+use crate::manifest::{
+    MANIFEST_FILE, MANIFEST_VERSION, Manifest, ManifestProblem, ManifestSegment,
+};
+use crate::scan::ReadSource;
+use crate::snapshot;
+use crate::storage::{Retired, Storage, is_temp_name, write_atomically};
+
+/// The data directory: storage, plus the manifest and epochs in force. Cheap to clone; clones
+/// share everything.
+pub struct DataDir<S: Storage> {
+    storage: S,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The current epoch, readable without the lock (the writer checks it per append).
+    current_epoch: AtomicU64,
+    /// The highest journal sequence known to be on disk, published by the writer whenever it
+    /// syncs: retention trusts only snapshots the journal has durably reached.
+    durable_sequence: AtomicU64,
+}
+
+struct State {
+    manifest: Manifest,
+    epochs: Epochs,
+}
+
+impl<S: Storage> Clone for DataDir<S> {
+    fn clone(&self) -> Self {
+        DataDir { storage: self.storage.clone(), shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<S: Storage> DataDir<S> {
+    /// A handle on a directory whose manifest and epoch file hold `manifest` and `epochs`.
+    pub(crate) fn new(storage: S, manifest: Manifest, epochs: Epochs) -> DataDir<S> {
+        assert!(epochs.problem().is_none());
+        let shared = Shared {
+            state: Mutex::new(State { manifest, epochs }),
+            current_epoch: AtomicU64::new(epochs.current.0),
+            durable_sequence: AtomicU64::new(0),
+        };
+        DataDir { storage, shared: Arc::new(shared) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().expect("data directory state lock")
+    }
+
+    /// The storage.
+    #[must_use]
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// A copy of the manifest in force.
+    #[must_use]
+    pub fn manifest(&self) -> Manifest {
+        self.state().manifest.clone()
+    }
+
+    /// The epochs in force.
+    #[must_use]
+    pub fn epochs(&self) -> Epochs {
+        self.state().epochs
+    }
+
+    /// The current epoch (records may carry it or a lower one).
+    #[must_use]
+    pub fn current_epoch(&self) -> Epoch {
+        Epoch(self.shared.current_epoch.load(Ordering::Acquire))
+    }
+
+    /// The highest journal sequence known to be durable (0 before the writer said).
+    #[must_use]
+    pub fn durable_sequence(&self) -> Sequence {
+        Sequence(self.shared.durable_sequence.load(Ordering::Acquire))
+    }
+
+    /// Records that every journal record up to `sequence` is durable (the writer, after a sync).
+    pub(crate) fn note_durable(&self, sequence: Sequence) {
+        self.shared.durable_sequence.fetch_max(sequence.0, Ordering::AcqRel);
+    }
+
+    /// Stores a new (current, promised) pair durably before returning. Neither may go down,
+    /// and the promise may not be below the current epoch: a node that promised an epoch, or
+    /// wrote records in one, never takes that back.
+    pub fn store_epochs(&self, epochs: Epochs) -> Result<(), JournalError> {
+        let mut state = self.state();
+        let old = state.epochs;
+        let refusal = epochs.problem().or_else(|| {
+            (epochs.current < old.current || epochs.promised < old.promised).then(|| {
+                format!(
+                    "epochs never go down (now current {}, promised {})",
+                    old.current, old.promised
+                )
+            })
+        });
+        if let Some(reason) = refusal {
+            return Err(JournalError::Options(format!(
+                "cannot store current epoch {}, promised {}: {reason}",
+                epochs.current, epochs.promised
+            )));
+        }
+        write_epochs(&self.storage, epochs)?;
+        state.epochs = epochs;
+        self.shared.current_epoch.store(epochs.current.0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Lists a new segment (its header already durable) before its first record is written.
+    pub(crate) fn add_segment(&self, segment: ManifestSegment) -> Result<(), JournalError> {
+        let mut state = self.state();
+        let next = state.manifest.with_segment(segment);
+        write_manifest(&self.storage, &next)?;
+        state.manifest = next;
+        Ok(())
+    }
+
+    /// Rewrites the manifest as the next generation, unchanged otherwise (after recovery
+    /// removed a segment whose creation was cut off).
+    pub(crate) fn rewrite_manifest(&self) -> Result<(), JournalError> {
+        let mut state = self.state();
+        let next = state.manifest.next_generation();
+        write_manifest(&self.storage, &next)?;
+        state.manifest = next;
+        Ok(())
+    }
+
+    /// Retires every segment whose records all precede `needed_from` (the first sequence
+    /// replay may need), never the newest. The manifest is rewritten without them first, then
+    /// their files are archived or deleted and the directory synced: a crash in between leaves
+    /// unlisted old files, which recovery retires again.
+    pub fn retire_segments(
+        &self,
+        needed_from: Sequence,
+    ) -> Result<Vec<(String, Retired)>, JournalError> {
+        let retired: Vec<ManifestSegment> = {
+            let mut state = self.state();
+            let segments = &state.manifest.segments;
+            // Segment i is not needed if the next one starts at or before `needed_from`.
+            let count = segments.windows(2).take_while(|p| p[1].first <= needed_from).count();
+            if count == 0 {
+                return Ok(Vec::new());
+            }
+            let mut next = state.manifest.next_generation();
+            let retired: Vec<ManifestSegment> = next.segments.drain(..count).collect();
+            next.retired_below = next.segments[0].first;
+            next.segments_retired += count as u64;
+            write_manifest(&self.storage, &next)?;
+            state.manifest = next;
+            retired
+        };
+        let mut done = Vec::with_capacity(retired.len());
+        for segment in retired {
+            let name = format::segment_name(segment.first);
+            let how = self.storage.retire(&name).map_err(|e| {
+                JournalError::io(format!("retiring {}", self.storage.describe(&name)), e)
+            })?;
+            done.push((name, how));
+        }
+        sync_dir(&self.storage)?;
+        Ok(done)
+    }
+}
+
+/// Writes the manifest atomically.
+pub(crate) fn write_manifest<S: Storage>(
+    storage: &S,
+    manifest: &Manifest,
+) -> Result<(), JournalError> {
+    write_atomically(storage, MANIFEST_FILE, &manifest.encode())?;
+    Ok(())
+}
+
+/// Writes the epoch file atomically.
+pub(crate) fn write_epochs<S: Storage>(storage: &S, epochs: Epochs) -> Result<(), JournalError> {
+    write_atomically(storage, EPOCH_FILE, &epochs.encode())?;
+    Ok(())
+}
+
+pub(crate) fn sync_dir<S: Storage>(storage: &S) -> Result<(), JournalError> {
+    storage
+        .sync_dir()
+        .map_err(|e| JournalError::io(format!("syncing directory {}", storage.describe("")), e))
+}
+
+/// What a data directory holds, compared with its manifest.
+#[derive(Debug, Default)]
+pub struct DirCheck {
+    /// The manifest, if present and readable.
+    pub manifest: Option<Manifest>,
+    /// The epochs, if the epoch file is present and readable.
+    pub epochs: Option<Epochs>,
+    /// The segments to read, oldest first: the listed ones that are present and of the listed
+    /// length; every segment file if there is no usable manifest.
+    pub segments: Vec<(Sequence, String)>,
+    /// Unlisted segments older than the journal: retired, but a crash came before their files
+    /// went. Recovery retires them again.
+    pub retired_leftovers: Vec<String>,
+    /// An unlisted segment newer than the journal with nothing after its header: its creation
+    /// was cut off before it was listed. Recovery removes it.
+    pub creation_leftover: Option<String>,
+    /// Temporary files (a crash's leftovers from atomic writes). Recovery removes them.
+    pub temporaries: Vec<String>,
+    /// Snapshot files.
+    pub snapshots: usize,
+    /// Everything that makes the directory unusable as it is, in the order found.
+    pub problems: Vec<JournalError>,
+}
+
+impl DirCheck {
+    /// A directory with no journal in it yet (a node initialises it).
+    #[must_use]
+    pub fn is_fresh(&self) -> bool {
+        self.manifest.is_none()
+            && self.problems.is_empty()
+            && self.segments.is_empty()
+            && self.snapshots == 0
+    }
+}
+
+/// Compares the directory with its manifest and reads its epochs. Only I/O failures are
+/// errors; everything wrong with the directory is listed in [`DirCheck::problems`], so
+/// recovery refuses with the first and the tools can report them all.
+pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
+    let names = source
+        .list_files()
+        .map_err(|e| JournalError::io(format!("listing {}", source.location()), e))?;
+    let mut check = DirCheck::default();
+    let mut segments = Vec::new();
+    let (mut has_manifest, mut has_epochs) = (false, false);
+    for name in names {
+        if name.ends_with(".seg") {
+            match format::parse_segment_name(&name) {
+                Some(first) => segments.push((first, name)),
+                None => check
+                    .problems
+                    .push(JournalError::StrayFile { file: source.describe_file(&name) }),
+            }
+        } else if snapshot::parse_snapshot_name(&name).is_some() {
+            check.snapshots += 1;
+        } else if is_temp_name(&name) {
+            check.temporaries.push(name);
+        } else {
+            has_manifest |= name == MANIFEST_FILE;
+            has_epochs |= name == EPOCH_FILE;
+        }
+    }
+    segments.sort_unstable();
+    check.temporaries.sort_unstable();
+    if has_manifest {
+        check.manifest = read_manifest(source, &mut check.problems)?;
+    }
+    if has_epochs {
+        check.epochs = read_epochs(source, &mut check.problems)?;
+    } else if has_manifest {
+        check.problems.push(JournalError::EpochFile {
+            file: source.describe_file(EPOCH_FILE),
+            reason: "it is missing, but the manifest exists (a node writes the epoch file \
+                     first, so it was deleted)"
+                .to_owned(),
+        });
+    }
+    match check.manifest.clone() {
+        Some(manifest) => compare(source, &manifest, segments, &mut check)?,
+        None => {
+            if !has_manifest && (!segments.is_empty() || check.snapshots > 0) {
+                check.problems.push(JournalError::ManifestMissing {
+                    dir: source.location(),
+                    manifest: source.describe_file(MANIFEST_FILE),
+                    segments: segments.len(),
+                    snapshots: check.snapshots,
+                });
+            }
+            check.segments = segments;
+        }
+    }
+    Ok(check)
+}
+
+fn read_manifest<R: ReadSource>(
+    source: &mut R,
+    problems: &mut Vec<JournalError>,
+) -> Result<Option<Manifest>, JournalError> {
+    let file = source.describe_file(MANIFEST_FILE);
+    let bytes = source
+        .read_file(MANIFEST_FILE)
+        .map_err(|e| JournalError::io(format!("reading {file}"), e))?;
+    match Manifest::decode(&bytes) {
+        Ok(manifest) => return Ok(Some(manifest)),
+        Err(ManifestProblem::FutureVersion(found)) => {
+            problems.push(JournalError::FutureVersion { file, found, supported: MANIFEST_VERSION });
+        }
+        Err(ManifestProblem::Invalid(reason)) => {
+            problems.push(JournalError::ManifestInvalid { dir: source.location(), file, reason });
+        }
+    }
+    Ok(None)
+}
+
+fn read_epochs<R: ReadSource>(
+    source: &mut R,
+    problems: &mut Vec<JournalError>,
+) -> Result<Option<Epochs>, JournalError> {
+    let file = source.describe_file(EPOCH_FILE);
+    let bytes =
+        source.read_file(EPOCH_FILE).map_err(|e| JournalError::io(format!("reading {file}"), e))?;
+    match Epochs::decode(&bytes) {
+        Ok(epochs) => return Ok(Some(epochs)),
+        Err(EpochProblem::FutureVersion(found)) => {
+            let supported = crate::epoch::EPOCH_VERSION;
+            problems.push(JournalError::FutureVersion { file, found, supported });
+        }
+        Err(EpochProblem::Invalid(reason)) => {
+            problems.push(JournalError::EpochFile { file, reason });
+        }
+    }
+    Ok(None)
+}
+
+/// Listed segments must be present with their listed length; unlisted ones must be explained
+/// by a crash during retirement (older) or during a creation (newest, nothing written).
+fn compare<R: ReadSource>(
+    source: &mut R,
+    manifest: &Manifest,
+    found: Vec<(Sequence, String)>,
+    check: &mut DirCheck,
+) -> Result<(), JournalError> {
+    let present: BTreeMap<Sequence, String> = found.into_iter().collect();
+    let manifest_file = source.describe_file(MANIFEST_FILE);
+    for (index, listed) in manifest.segments.iter().enumerate() {
+        let name = format::segment_name(listed.first);
+        let (dir, file) = (source.location(), source.describe_file(&name));
+        let held = manifest.held(index);
+        let manifest = manifest_file.clone();
+        if !present.contains_key(&listed.first) {
+            let first = listed.first;
+            check.problems.push(JournalError::SegmentMissing { dir, file, manifest, first, held });
+            continue;
+        }
+        let found =
+            source.file_len(&name).map_err(|e| JournalError::io(format!("reading {file}"), e))?;
+        // A wrong length with a damaged header is left to the scan, which names the damage.
+        if found != listed.len && !header_damaged(source, &name, found)? {
+            let (first, listed) = (listed.first, listed.len);
+            check.problems.push(JournalError::SegmentLength {
+                dir,
+                file,
+                manifest,
+                first,
+                held,
+                found,
+                listed,
+            });
+            continue;
+        }
+        check.segments.push((listed.first, name));
+    }
+    let newest_listed = manifest.segments.last().map(|s| s.first);
+    let unlisted: Vec<(Sequence, String)> =
+        present.into_iter().filter(|(first, _)| !manifest.lists(*first)).collect();
+    let newest_unlisted = unlisted.last().map(|(first, _)| *first);
+    for (first, name) in unlisted {
+        if first < manifest.retired_below {
+            check.retired_leftovers.push(name);
+            continue;
+        }
+        let newest = newest_listed.is_none_or(|n| first > n) && Some(first) == newest_unlisted;
+        if newest && body_is_empty(source, &name)? {
+            check.creation_leftover = Some(name);
+            continue;
+        }
+        let file = source.describe_file(&name);
+        let manifest = manifest_file.clone();
+        check.problems.push(JournalError::UnlistedSegment { file, manifest, first });
+    }
+    Ok(())
+}
+
+/// Whether a segment's header is present but damaged (not merely short or zeroed).
+fn header_damaged<R: ReadSource>(
+    source: &mut R,
+    name: &str,
+    len: u64,
+) -> Result<bool, JournalError> {
+    if len < SEGMENT_HEADER_LEN as u64 {
+        return Ok(false);
+    }
+    let bytes = source
+        .read_segment(name)
+        .map_err(|e| JournalError::io(format!("reading {}", source.describe_file(name)), e))?;
+    Ok(match format::decode_segment_header(&bytes) {
+        Ok(_) | Err(HeaderProblem::Zeroed | HeaderProblem::TooShort) => false,
+        Err(_) => true,
+    })
+}
+
+/// Whether everything after a segment's header is zero (no record was ever written).
+fn body_is_empty<R: ReadSource>(source: &mut R, name: &str) -> Result<bool, JournalError> {
+    if source.file_len(name).map_err(|e| JournalError::io(format!("reading {name}"), e))?
+        <= SEGMENT_HEADER_LEN as u64
+    {
+        return Ok(true);
+    }
+    let bytes = source
+        .read_segment(name)
+        .map_err(|e| JournalError::io(format!("reading {}", source.describe_file(name)), e))?;
+    Ok(crate::scan::last_nonzero(&bytes[SEGMENT_HEADER_LEN.min(bytes.len())..]).is_none())
+}

@@ -1,0 +1,152 @@
+//! The data directory's lock: at most one process writes a data directory.
+//!
+//! A writer (`ringfence serve`, `ringfence journal truncate`, the crash-test child) takes an
+//! exclusive `flock` on [`LOCK_FILE`] in the data directory and keeps it for its whole life.
+//! The kernel releases it when the process exits, however it exits, so a crash never leaves a
+//! stale lock behind. The file holds the holder's pid in decimal and a newline, written after
+//! the lock is taken, so a refused process can say who holds it; the lock, not the file's
+//! existence or contents, is what counts. (`flock` is advisory and per open file: it protects
+//! against other ringfence processes on the same machine, not against other programs, and not
+//! on network file systems that do not implement it.)
+//!
+//! Read-only tools take no lock. They ask [`holder`] whether a writer is live, and if one is
+//! they read the bytes after the last intact record of the last segment as a record in
+//! progress rather than as damage.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::JournalError;
+
+/// The lock file's name in the data directory.
+pub const LOCK_FILE: &str = "ringfence.lock";
+
+/// Holds a data directory's exclusive lock until dropped (or the process ends).
+#[derive(Debug)]
+pub struct DirLock {
+    // Closing the descriptor releases the lock.
+    _file: File,
+    path: PathBuf,
+}
+
+/// Another process holding a directory's lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The pid written in the lock file, if it could be read (the holder writes it just after
+    /// taking the lock).
+    pub pid: Option<u32>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "pid {pid}"),
+            None => write!(f, "a process whose pid is not yet written"),
+        }
+    }
+}
+
+impl DirLock {
+    /// Takes the exclusive lock of `dir` (which must exist) without waiting, and writes this
+    /// process's pid into the lock file. Refused, naming the holder, if another process (or
+    /// another handle in this process) has it.
+    pub fn acquire(dir: &Path) -> Result<DirLock, JournalError> {
+        let path = dir.join(LOCK_FILE);
+        let io_error = |e| JournalError::io(format!("opening lock file {}", path.display()), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io_error)?;
+        let taken = try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)
+            .map_err(|e| JournalError::io(format!("locking {}", path.display()), e))?;
+        if !taken {
+            return Err(JournalError::Locked {
+                dir: dir.display().to_string(),
+                lock_file: path.display().to_string(),
+                holder: Holder { pid: read_pid(&file) },
+            });
+        }
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
+            .map_err(|e| JournalError::io(format!("writing {}", path.display()), e))?;
+        Ok(DirLock { _file: file, path })
+    }
+
+    /// The lock file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Who holds the lock of `dir`, if anyone does. Takes nothing: it tries a shared lock and
+/// releases it at once. (For that instant a writer starting up would be refused; it can retry.)
+pub fn holder(dir: &Path) -> io::Result<Option<Holder>> {
+    let file = match File::open(dir.join(LOCK_FILE)) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    if try_flock(&file, libc::LOCK_SH | libc::LOCK_NB)? {
+        // Dropping the file would release it too; unlock first so the window is as short as
+        // the call.
+        let _ = try_flock(&file, libc::LOCK_UN);
+        return Ok(None);
+    }
+    Ok(Some(Holder { pid: read_pid(&file) }))
+}
+
+/// `flock(2)`; `Ok(false)` when another open file holds a conflicting lock.
+fn try_flock(file: &File, operation: libc::c_int) -> io::Result<bool> {
+    // SAFETY: the descriptor is open for the duration of the call; flock takes no pointers.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), operation) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(error)
+}
+
+fn read_pid(file: &File) -> Option<u32> {
+    let mut buffer = [0u8; 32];
+    let read = file.read_at(&mut buffer, 0).ok()?;
+    std::str::from_utf8(&buffer[..read]).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_directory_is_refused_naming_the_pid() {
+        // Goal: the lock is exclusive even within one process, the refusal names the holder's
+        // pid, the probe sees it, and dropping the lock frees the directory.
+        let dir = std::env::temp_dir().join(format!("ringfence-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(holder(&dir).unwrap(), None, "no lock file yet");
+        let lock = DirLock::acquire(&dir).unwrap();
+        let refused = DirLock::acquire(&dir).expect_err("second lock refused");
+        let message = refused.to_string();
+        assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+        assert!(message.contains(LOCK_FILE), "{message}");
+        let held = holder(&dir).unwrap().expect("held");
+        assert_eq!(held.pid, Some(std::process::id()));
+        drop(lock);
+        assert_eq!(holder(&dir).unwrap(), None);
+        let again = DirLock::acquire(&dir).unwrap();
+        assert!(again.path().ends_with(LOCK_FILE));
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,298 @@
+//! The data directory against its manifest and epoch file: what recovery refuses, what it
+//! clears, and what the epoch file promises.
+
+mod common;
+
+use common::{TempDir, config, generate, options};
+use ringfence_core::pipeline::{Journal, SnapshotHook};
+use ringfence_core::{Engine, Epoch, Sequence, Timestamp};
+use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
+use ringfence_journal::fault::FaultStorage;
+use ringfence_journal::manifest::{MANIFEST_FILE, MANIFEST_VERSION, Manifest};
+use ringfence_journal::recovery::{self, recover, recover_from};
+use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter};
+use ringfence_journal::storage::{FileStorage, Storage, temp_name};
+use ringfence_journal::workload::Workload;
+use ringfence_journal::writer::Durability;
+
+/// Writes `count` workload commands in batches of 16 into the journal in `dir`; returns the
+/// engine that applied them.
+fn write_journal(dir: &std::path::Path, count: usize) -> Engine {
+    let mut recovered = recover(dir, options(Durability::None)).unwrap();
+    let mut workload = Workload::new(21, recovered.next_sequence, Timestamp(10));
+    let mut shadow = Engine::new(config());
+    for chunk in generate(&mut workload, &mut shadow, count).chunks(16) {
+        for command in chunk {
+            recovered.writer.append(Epoch(1), command).unwrap();
+        }
+        recovered.writer.flush().unwrap();
+    }
+    shadow
+}
+
+fn segment_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn refusal(dir: &std::path::Path) -> String {
+    let error = recover(dir, options(Durability::Batch)).err().expect("recovery refuses");
+    error.to_string()
+}
+
+#[test]
+fn a_missing_or_cut_segment_is_refused_naming_the_file_and_its_sequences() {
+    // Goal: a listed segment deleted, emptied or cut short, last or not, stops recovery with
+    // the file, the sequences it held and both repairs; nothing is replayed without it.
+    for (mode, which) in [("deleted", 2), ("emptied", 2), ("cut", 2), ("deleted", 0)] {
+        let dir = TempDir::new("missing");
+        write_journal(dir.path(), 1_500);
+        let names = segment_names(dir.path());
+        assert!(names.len() >= 3, "{names:?}");
+        let index = if which == 0 { 0 } else { names.len() - 1 };
+        let path = dir.path().join(&names[index]);
+        match mode {
+            "deleted" => std::fs::remove_file(&path).unwrap(),
+            "emptied" => std::fs::File::create(&path).unwrap().set_len(0).unwrap(),
+            _ => {
+                std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap()
+            }
+        }
+        let message = refusal(dir.path());
+        let first: u64 = names[index][..20].parse().unwrap();
+        assert!(message.contains(&names[index]), "{mode}: {message}");
+        assert!(message.contains(&format!("--at-seq {first}")), "{mode}: {message}");
+        assert!(message.contains("backup or the standby"), "{mode}: {message}");
+        if index == 0 {
+            let next: u64 = names[1][..20].parse().unwrap();
+            let held = format!("sequences {first}..={}", next - 1);
+            assert!(message.contains(&held), "{mode}: {message}");
+        } else {
+            assert!(message.contains(&format!("sequences from {first} on")), "{mode}: {message}");
+        }
+        let word = if mode == "deleted" { "is missing" } else { "cut short or emptied" };
+        assert!(message.contains(word), "{mode}: {message}");
+    }
+}
+
+#[test]
+fn truncate_accepts_the_loss_of_a_missing_segment_and_rewrites_the_manifest() {
+    // Goal: the explicit repair for a missing last segment drops its sequences, refuses to cut
+    // above them, lists exactly what remains, and the node then starts where the journal ends.
+    let dir = TempDir::new("truncate-missing");
+    write_journal(dir.path(), 1_500);
+    let names = segment_names(dir.path());
+    let last = names.last().unwrap();
+    std::fs::remove_file(dir.path().join(last)).unwrap();
+    let first: u64 = last[..20].parse().unwrap();
+    let storage = FileStorage::open_exclusive(dir.path()).unwrap();
+    let above = recovery::truncate(&storage, Sequence(first + 5)).unwrap_err().to_string();
+    assert!(above.contains(&format!("truncate at {first} or lower")), "{above}");
+    let truncation = recovery::truncate(&storage, Sequence(first)).unwrap();
+    assert_eq!(truncation.manifest.segments.len(), names.len() - 1);
+    assert!(!truncation.manifest_rebuilt);
+    drop(storage);
+    let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, Sequence(first));
+}
+
+#[test]
+fn an_unlisted_segment_with_records_is_refused() {
+    // Goal: a segment the manifest does not list but which holds records (copied in from
+    // another journal, say) is never replayed or deleted: recovery refuses, naming it.
+    let dir = TempDir::new("unlisted");
+    let other = TempDir::new("unlisted-other");
+    write_journal(dir.path(), 200);
+    write_journal(other.path(), 1_500);
+    let foreign = segment_names(other.path()).pop().unwrap();
+    std::fs::copy(other.path().join(&foreign), dir.path().join(&foreign)).unwrap();
+    let message = refusal(dir.path());
+    assert!(message.contains(&foreign) && message.contains("does not list it"), "{message}");
+    assert!(dir.path().join(&foreign).exists(), "the file is left for the operator");
+}
+
+#[test]
+fn a_missing_manifest_is_refused_unless_the_directory_is_new() {
+    // Goal: segments or snapshots without a manifest (deleted, or a pre-manifest build's
+    // directory) are refused with the way out; a directory holding nothing starts fresh.
+    let dir = TempDir::new("no-manifest");
+    write_journal(dir.path(), 300);
+    std::fs::remove_file(dir.path().join(MANIFEST_FILE)).unwrap();
+    let message = refusal(dir.path());
+    assert!(message.contains("no manifest") && message.contains("no release"), "{message}");
+    assert!(message.contains("journal truncate"), "{message}");
+    // The suggested repair rebuilds it from the segments and loses nothing.
+    let storage = FileStorage::open_exclusive(dir.path()).unwrap();
+    let truncation = recovery::truncate(&storage, Sequence(301)).unwrap();
+    assert!(truncation.manifest_rebuilt);
+    drop(storage);
+    let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, Sequence(301));
+
+    let fresh = TempDir::new("fresh");
+    let recovered = recover(fresh.path(), options(Durability::Batch)).unwrap();
+    assert!(recovered.report.initialised);
+    assert_eq!(recovered.epochs, Epochs::FIRST);
+    assert!(fresh.path().join(MANIFEST_FILE).exists() && fresh.path().join(EPOCH_FILE).exists());
+}
+
+#[test]
+fn a_manifest_from_a_future_version_is_refused_and_left_alone() {
+    // Goal: a newer build's manifest is never misread or overwritten: recovery and truncate
+    // refuse, naming the version, and the file is unchanged.
+    let dir = TempDir::new("future");
+    write_journal(dir.path(), 100);
+    let path = dir.path().join(MANIFEST_FILE);
+    let mut bytes = Manifest::empty().encode();
+    bytes[8..12].copy_from_slice(&(MANIFEST_VERSION + 1).to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..12]);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let message = refusal(dir.path());
+    assert!(message.contains(&format!("format version {}", MANIFEST_VERSION + 1)), "{message}");
+    assert!(message.contains("newer ringfence"), "{message}");
+    let storage = FileStorage::open_exclusive(dir.path()).unwrap();
+    assert!(recovery::truncate(&storage, Sequence(50)).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
+fn leftovers_of_a_crash_are_removed_at_start() {
+    // Goal: temporary files of interrupted atomic writes, and a segment retired in the
+    // manifest whose file a crash left behind, are removed by the next start and reported.
+    let dir = TempDir::new("leftovers");
+    let engine = write_journal(dir.path(), 1_500);
+    let names = segment_names(dir.path());
+    let storage = FileStorage::open(dir.path()).unwrap();
+    snapshot::write_now(&storage, &engine, Sequence(1_500)).unwrap();
+    for name in ["snapshot-00000000000000000100.snap", MANIFEST_FILE] {
+        storage.write_file(&temp_name(name), b"half written").unwrap();
+    }
+    let mut manifest = Manifest::decode(&std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap())
+        .expect("manifest");
+    // As retention writes it: the oldest segment dropped from the list, its file not yet gone.
+    manifest.segments.remove(0);
+    manifest.retired_below = manifest.segments[0].first;
+    std::fs::write(dir.path().join(MANIFEST_FILE), manifest.encode()).unwrap();
+    let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    let report = &recovered.report;
+    assert_eq!(report.temporaries_removed.len(), 2, "{report}");
+    assert_eq!(report.retired_leftovers.len(), 1, "{report}");
+    assert!(!dir.path().join(&names[0]).exists());
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn epochs_round_trip_and_never_go_down() {
+    // Goal: stored epochs are what the next start reads (not the last record's epoch), a
+    // record cannot run ahead of the stored epoch, and epochs cannot be lowered.
+    let dir = TempDir::new("epochs");
+    let mut recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.epochs, Epochs::FIRST);
+    let mut workload = Workload::new(2, Sequence(1), Timestamp(1));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 20);
+    let refused = recovered.writer.try_append(Epoch(2), &commands[0]).unwrap_err();
+    assert!(refused.to_string().contains("store the new epoch first"), "{refused}");
+    let data_dir = recovered.writer.data_dir().clone();
+    data_dir.store_epochs(Epochs { current: Epoch(2), promised: Epoch(5) }).unwrap();
+    for command in &commands {
+        recovered.writer.append(Epoch(2), command).unwrap();
+    }
+    recovered.writer.flush().unwrap();
+    let lower = Epochs { current: Epoch(2), promised: Epoch(4) };
+    assert!(data_dir.store_epochs(lower).unwrap_err().to_string().contains("never go down"));
+    let bad = Epochs { current: Epoch(6), promised: Epoch(5) };
+    assert!(data_dir.store_epochs(bad).is_err());
+    drop((recovered, data_dir));
+    let again = recover(dir.path(), options(Durability::Batch)).unwrap();
+    assert_eq!(again.epochs, Epochs { current: Epoch(2), promised: Epoch(5) });
+    assert_eq!(again.last_epoch, Epoch(2));
+}
+
+#[test]
+fn an_epoch_file_behind_the_journal_or_inconsistent_is_refused() {
+    // Goal: recovery refuses a journal whose last record is from an epoch above the file's
+    // current one, a file whose promise is below its current epoch, and a missing file.
+    let dir = TempDir::new("epoch-refused");
+    let mut recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    let data_dir = recovered.writer.data_dir().clone();
+    data_dir.store_epochs(Epochs { current: Epoch(3), promised: Epoch(3) }).unwrap();
+    let mut workload = Workload::new(4, Sequence(1), Timestamp(1));
+    for command in generate(&mut workload, &mut Engine::new(config()), 10) {
+        recovered.writer.append(Epoch(3), &command).unwrap();
+    }
+    recovered.writer.flush().unwrap();
+    drop((recovered, data_dir));
+    let path = dir.path().join(EPOCH_FILE);
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(&path, Epochs::FIRST.encode()).unwrap();
+    let message = refusal(dir.path());
+    assert!(
+        message.contains("sequence 10) carries epoch 3, above the current epoch 1"),
+        "{message}"
+    );
+    let mut inconsistent = Epochs { current: Epoch(3), promised: Epoch(3) }.encode();
+    inconsistent[24..32].copy_from_slice(&2u64.to_le_bytes());
+    let crc = crc32c::crc32c(&inconsistent[..32]);
+    inconsistent[32..36].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, inconsistent).unwrap();
+    let message = refusal(dir.path());
+    assert!(message.contains("promised epoch 2 is below the current epoch 3"), "{message}");
+    std::fs::remove_file(&path).unwrap();
+    let message = refusal(dir.path());
+    assert!(message.contains("epoch file") && message.contains("missing"), "{message}");
+    std::fs::write(&path, good).unwrap();
+    assert!(recover(dir.path(), options(Durability::Batch)).is_ok());
+}
+
+#[test]
+fn a_failed_snapshot_leaves_no_temporary_file_and_is_counted() {
+    // Goal: when writing a snapshot fails (a full disk), its temporary file is removed, the
+    // failure is counted with its error, the journal carries on, and the next one succeeds.
+    let disk = FaultStorage::new();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let policy = SnapshotPolicy { every_commands: Some(100), keep: 2 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
+    let stats = snapshots.stats_handle();
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(6, Sequence(1), Timestamp(1));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 400);
+    disk.fail_matching("snap");
+    for (i, command) in commands.iter().enumerate() {
+        if i == 250 {
+            disk.clear_faults();
+        }
+        recovered.writer.append(Epoch(1), command).unwrap();
+        recovered.writer.flush().unwrap();
+        engine.apply(command);
+        snapshots.after_apply(&engine, command);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while stats.get().pauses > stats.get().written + stats.get().failed {
+            assert!(std::time::Instant::now() < deadline, "the snapshot writer is stuck");
+            std::thread::yield_now();
+        }
+    }
+    let stats = snapshots.finish();
+    assert_eq!((stats.failed, stats.written), (2, 2), "{stats:?}");
+    assert!(stats.last_error.as_ref().is_none_or(|e| e.contains("injected")), "{stats:?}");
+    let names = disk.list().unwrap();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    assert_eq!(snapshot::list(&disk).unwrap().len(), 2);
+    let counters = stats.counters();
+    assert!(
+        counters
+            .iter()
+            .any(|(name, _, value)| *name == "ringfence_snapshots_failed_total" && *value == 2)
+    );
+}

@@ -1,0 +1,156 @@
+//! The data directory defends itself, tried with real processes: a second writer is refused
+//! naming the node's pid, the read-only tools tell a record in progress from damage, and a
+//! segment deleted or emptied behind the node's back is refused, never silently dropped.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Serve, TempDir, ringfence, ringfence_within, text};
+use ringfence_journal::scan::{self, ReadOnlyDir};
+
+/// Long enough for a node to start and refuse on a loaded machine; only a hang reaches it.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A config whose timer is slow enough that the journal holds still between commands (every
+/// tick is journaled), so a test can place bytes after the last record and find them there.
+fn quiet_config(dir: &Path) -> String {
+    let path = dir.join("quiet.toml");
+    std::fs::write(&path, "[node]\ntick_ms = 600000\nsnapshot_every_commands = 1000000\n").unwrap();
+    path.display().to_string()
+}
+
+fn sell(node: &Serve, buyers: u64) {
+    let sku =
+        r#"{"sku":1,"stock":50,"price_cents":700,"per_user_limit":1,"payment_timeout_ms":600000}"#;
+    assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
+    for user in 1..=buyers {
+        let body = format!(r#"{{"request_id":"r-{user}","user":{user},"sku":1,"qty":1}}"#);
+        assert_eq!(node.call("POST", "/v1/orders", &body, false).0, 201);
+    }
+}
+
+/// The journal's last segment file and the byte offset where its intact records end.
+fn journal_end(dir: &Path) -> (std::path::PathBuf, usize) {
+    let mut source = ReadOnlyDir::open(dir).unwrap();
+    let layout = scan::scan(&mut source).unwrap();
+    let last = layout.segments.last().expect("a segment");
+    (dir.join(&last.name), last.end)
+}
+
+#[test]
+fn a_second_writer_on_a_live_directory_is_refused_naming_the_pid() {
+    // Goal: while a node runs, a second `serve` and a `journal truncate` on its directory are
+    // refused with the node's pid, and the node and its journal are untouched.
+    let dir = TempDir::new("second-writer");
+    let data = dir.path().join("data");
+    let node = Serve::start(&data);
+    sell(&node, 3);
+    let data_arg = data.to_str().unwrap();
+    let pid = format!("pid {}", node.pid());
+    let second = ringfence_within(
+        &["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", data_arg],
+        REFUSAL_DEADLINE,
+    );
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second.stderr));
+    let err = text(&second.stderr);
+    assert!(err.contains(&pid) && err.contains("in use"), "{err}");
+    assert!(err.contains("ringfence.lock"), "{err}");
+
+    let truncate =
+        ringfence_within(&["journal", "truncate", data_arg, "--at-seq", "2"], REFUSAL_DEADLINE);
+    assert_eq!(truncate.status.code(), Some(1), "{}", text(&truncate.stdout));
+    let err = text(&truncate.stderr);
+    assert!(err.contains(&pid) && err.contains("in use"), "{err}");
+
+    let (status, view) = node.call("GET", "/v1/skus/1", "", false);
+    assert_eq!((status, view["reserved"].clone()), (200, 3.into()), "the node still serves");
+    let verify = ringfence(&["journal", "verify", data_arg, "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(value["status"], "ok", "{value}");
+    assert!(value["records"].as_u64().unwrap() >= 4, "the journal was not cut: {value}");
+}
+
+#[test]
+fn read_only_tools_on_a_live_directory_call_the_last_record_in_progress() {
+    // Goal: with a node writing, bytes after the last intact record are a record in
+    // progress: verify, dump and replay exit 0 and say so, without suggesting truncate. Once
+    // the node is gone the same bytes are a torn tail (exit 3), which the next start clears.
+    let dir = TempDir::new("live-tools");
+    let data = dir.path().join("data");
+    let config = quiet_config(dir.path());
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    sell(&node, 2);
+    let (segment, end) = journal_end(&data);
+    // Half a record: what a reader sees while the journaler is between two stores.
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(&[0xA5; 40], end as u64).unwrap();
+    let data_arg = data.to_str().unwrap();
+    let in_progress =
+        format!("live directory: node pid {} is writing; last record in progress", node.pid());
+
+    let verify = ringfence(&["journal", "verify", data_arg]);
+    let out = text(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(0), "{out}{}", text(&verify.stderr));
+    assert!(out.contains(&in_progress), "{out}");
+    assert!(out.contains("status     ok"), "{out}");
+    assert!(!out.contains("truncate") && !text(&verify.stderr).contains("truncate"));
+    for args in [vec!["journal", "dump", data_arg], vec!["replay", data_arg]] {
+        let out = ringfence(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains("last record in progress") && !err.contains("truncate"), "{err}");
+    }
+
+    node.signal("-KILL");
+    let torn = ringfence(&["journal", "verify", data_arg]);
+    assert_eq!(torn.status.code(), Some(3), "{}", text(&torn.stdout));
+    assert!(text(&torn.stdout).contains("torn tail"), "{}", text(&torn.stdout));
+
+    let node = Serve::start_with(&data, &["--config", &config]);
+    let (_, view) = node.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(view["reserved"], 2, "every acknowledged order is back");
+    let verify = ringfence(&["journal", "verify", data_arg]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
+}
+
+#[test]
+fn a_deleted_or_emptied_last_segment_is_refused_naming_the_file() {
+    // Goal: acknowledged orders are never dropped silently: with the last segment deleted or
+    // cut to 0 bytes, `serve` refuses to start and `verify` fails, both naming the file and
+    // the sequences it held; the explicit `journal truncate` then accepts the loss.
+    for mode in ["deleted", "emptied"] {
+        let dir = TempDir::new(mode);
+        let data = dir.path().join("data");
+        let mut node = Serve::start(&data);
+        sell(&node, 4);
+        node.signal("-KILL");
+        let (segment, _) = journal_end(&data);
+        let name = segment.file_name().unwrap().to_str().unwrap().to_owned();
+        match mode {
+            "deleted" => std::fs::remove_file(&segment).unwrap(),
+            _ => std::fs::File::create(&segment).unwrap().set_len(0).unwrap(),
+        }
+        let data_arg = data.to_str().unwrap();
+        let serve = ringfence_within(
+            &["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", data_arg],
+            REFUSAL_DEADLINE,
+        );
+        assert_eq!(serve.status.code(), Some(1), "{mode}: serve started");
+        let err = text(&serve.stderr);
+        assert!(err.contains(&name) && err.contains("sequences from 1 on"), "{mode}: {err}");
+        let word = if mode == "deleted" { "is missing" } else { "cut short or emptied" };
+        assert!(err.contains(word) && err.contains("--at-seq 1"), "{mode}: {err}");
+
+        let verify = ringfence(&["journal", "verify", data_arg]);
+        assert_eq!(verify.status.code(), Some(1), "{mode}: {}", text(&verify.stdout));
+        assert!(text(&verify.stderr).contains(&name), "{mode}: {}", text(&verify.stderr));
+
+        let truncate = ringfence(&["journal", "truncate", data_arg, "--at-seq", "1"]);
+        assert_eq!(truncate.status.code(), Some(0), "{mode}: {}", text(&truncate.stderr));
+        let verify = ringfence(&["journal", "verify", data_arg]);
+        assert_eq!(verify.status.code(), Some(0), "{mode}: {}", text(&verify.stdout));
+    }
+}
