@@ -114,6 +114,10 @@ impl<H: SnapshotHook> SnapshotHook for HashWatch<H> {
     }
 }
 
+/// Appends more Prometheus text to `/metrics` (e.g. the snapshot writer's counters); called on
+/// the event loop thread, so it must be quick.
+pub type MetricsWriter = Box<dyn Fn(&mut String) + Send>;
+
 /// The pipeline [`Node`] as a [`Backend`]: one session whose completions wake the event loop;
 /// with [`ringfence_core::pipeline::EgressDriver::Polled`] the event loop also runs egress
 /// (through the session's `poll`), which is the compact layout for small machines.
@@ -124,6 +128,7 @@ pub struct NodeBackend {
     epoch: Epoch,
     journal: String,
     on_stop: Option<OnNodeStop>,
+    metrics: Option<MetricsWriter>,
 }
 
 impl NodeBackend {
@@ -143,7 +148,16 @@ impl NodeBackend {
         // Only a node with polled egress takes the hook; with an egress thread it is not needed.
         let _ = node.set_egress_waker(Arc::clone(&wake));
         let session = node.session_with_notify(wake).map_err(std::io::Error::other)?;
-        Ok(NodeBackend { node: Some(node), session: Some(session), watch, epoch, journal, on_stop })
+        let metrics = None;
+        let session = Some(session);
+        Ok(NodeBackend { node: Some(node), session, watch, epoch, journal, on_stop, metrics })
+    }
+
+    /// Adds `writer`'s figures to the node's on `/metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, writer: MetricsWriter) -> NodeBackend {
+        self.metrics = Some(writer);
+        self
     }
 }
 
@@ -185,6 +199,9 @@ impl Backend for NodeBackend {
     fn write_metrics(&self, out: &mut String) {
         if let Some(node) = &self.node {
             write_node_metrics(&node.metrics(), out);
+        }
+        if let Some(writer) = &self.metrics {
+            writer(out);
         }
     }
 

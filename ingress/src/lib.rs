@@ -17,8 +17,8 @@ pub mod wire;
 mod arb;
 
 pub use backend::{
-    Backend, BackendCompletion, EngineWatch, HashWatch, NodeBackend, NodeStatus, OnNodeStop,
-    Refusal,
+    Backend, BackendCompletion, EngineWatch, HashWatch, MetricsWriter, NodeBackend, NodeStatus,
+    OnNodeStop, Refusal,
 };
 pub use client::{Client, ClientError};
 pub use server::{ServerConfig, ServerHandle, Stopper, start};

@@ -15,10 +15,10 @@ use std::process::ExitCode;
 
 use ringfence_core::pipeline::{EgressDriver, NoReplicator, Node, NodeConfig, Topology};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
-use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig};
+use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ServerConfig};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::recovery::{Recovered, recover_from};
-use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter};
+use ringfence_journal::snapshot::{self, SnapshotPolicy, SnapshotStats, Snapshotter};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use serde::Deserialize;
@@ -232,6 +232,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let node_config = file.node.to_config(engine_config, epoch)?;
     server_config.in_flight_max =
         server_config.in_flight_max.min(node_config.session_pending_max as usize);
+    let snapshot_stats = snapshotter.stats_handle();
     let (hook, watch) = HashWatch::new(snapshotter, &recovered.engine);
     let node = Node::start_with(
         node_config.clone(),
@@ -254,8 +255,11 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         Box::new(move |engine: &Engine, through: Sequence| {
             final_snapshot(&dir, &policy, engine, through);
         });
+    let metrics: MetricsWriter =
+        Box::new(move |out: &mut String| write_snapshot_metrics(&snapshot_stats.get(), out));
     let handle = ringfence_ingress::start(server_config, move |waker| {
-        NodeBackend::new(node, waker, watch, epoch, journal, Some(on_stop))
+        let backend = NodeBackend::new(node, waker, watch, epoch, journal, Some(on_stop))?;
+        Ok(backend.with_metrics(metrics))
     })
     .map_err(|e| format!("starting the listeners: {e}"))?;
     if let Some(addr) = handle.binary_addr() {
@@ -270,6 +274,16 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     // The directory lock goes with the last storage handle, here at the very end.
     drop(storage);
     Ok(())
+}
+
+/// The snapshot writer's counters and gauges in Prometheus text.
+fn write_snapshot_metrics(stats: &SnapshotStats, out: &mut String) {
+    use std::fmt::Write as _;
+    for (name, help, value) in stats.counters() {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        ringfence_ingress::metrics::header(out, name, help, kind);
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 /// Creates the data directory if needed and takes its exclusive lock (refused, naming the

@@ -146,6 +146,19 @@ impl Serve {
         (status, serde_json::from_str(body).unwrap())
     }
 
+    /// `GET path` and the raw body (for text endpoints such as `/metrics`).
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.http).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+
     /// Sends `signal` (`-TERM`, `-KILL`) and waits for the process to exit.
     pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
         let status = Command::new("kill")
