@@ -1,8 +1,7 @@
 use proptest::prelude::*;
-use ringfence_core::{Action, Command, Outcome, Query, RequestKey, Reserve, SkuId, UserId};
+use ringfence_core::{Action, Command, Outcome, Query, RequestKey, Reserve, SkuId, UserId, arb};
 
 use super::*;
-use crate::arb;
 
 fn request_of(bytes: &[u8]) -> Result<Option<(Command, usize)>, WireError> {
     match try_frame(bytes)? {
