@@ -90,6 +90,33 @@ impl Snowflake {
         (self.millis << MILLIS_SHIFT) | (u64::from(self.shard) << SHARD_SHIFT) | self.counter
     }
 
+    /// The shard the generator issues ids for.
+    #[must_use]
+    pub fn shard(&self) -> u16 {
+        self.shard
+    }
+
+    /// The generator's state as a snapshot stores it: (last millisecond, counter, started).
+    pub(crate) fn state(&self) -> (u64, u64, bool) {
+        (self.millis, self.counter, self.started)
+    }
+
+    /// A generator in a state read from a snapshot, or `None` when no generator can be in it:
+    /// a shard or millisecond out of range, a counter past 4095 (its ids would overwrite the
+    /// shard bits), or a generator that issued nothing but moved.
+    pub(crate) fn from_state(
+        shard: u16,
+        millis: u64,
+        counter: u64,
+        started: bool,
+    ) -> Option<Snowflake> {
+        let in_range = u64::from(shard) < (1 << SHARD_BITS)
+            && millis <= MILLIS_MAX
+            && counter <= COUNTER_MAX
+            && (started || (millis == 0 && counter == 0));
+        in_range.then_some(Snowflake { shard, millis, counter, started })
+    }
+
     /// Splits an id into its fields.
     #[must_use]
     pub fn parts(id: u64) -> SnowflakeParts {

@@ -1,10 +1,12 @@
 //! Snapshots of the engine's full state, and the order-independent state digest.
 //!
-//! An [`EngineImage`] is plain vectors, serializable with rkyv. It keeps every detail that
-//! decides future outcomes (slot layout, the finished-order and request-key queues, pending
-//! deadlines, the id generator), so an engine restored from it behaves exactly like the one it
-//! was taken from. The digest covers the same state but sums per-entry hashes, so it does not
-//! depend on hash-map layout.
+//! An [`EngineImage`] is plain vectors. It keeps every detail that decides future outcomes
+//! (slot layout, the finished-order and request-key queues, pending deadlines, the id
+//! generator), so an engine restored from it behaves exactly like the one it was taken from.
+//! Its bytes are the explicit, versioned layout of `layout.rs` ([`EngineImage::encode_into`],
+//! [`EngineImage::decode`]). (It still derives rkyv until the journal has moved to that
+//! layout.) The digest covers the same state but sums per-entry hashes, so it does not depend
+//! on hash-map layout.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -12,32 +14,33 @@ use std::hash::{Hash, Hasher};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::layout::{Claim, Holding};
 use super::{Batch, Coupon, Deadline, Engine, KeyEntry, Order, Sku};
 use crate::config::EngineConfig;
 use crate::hash::StateHasher;
 use crate::outcome::{CouponState, OrderState};
 use crate::snowflake::Snowflake;
-use crate::types::{BatchId, Sequence, SkuId, Timestamp, UserId};
+use crate::types::{Sequence, Timestamp};
 
 /// The engine's full state as plain data. Private fields: build one with
 /// [`Engine::to_image`], turn it back with [`Engine::from_image`].
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct EngineImage {
-    shard: u16,
-    now: Timestamp,
-    last_sequence: Sequence,
-    running_hash: u64,
-    ids: Snowflake,
-    skus: Vec<Sku>,
-    orders: Vec<Order>,
-    finished: Vec<u32>,
-    deadlines: Vec<Deadline>,
-    holdings: Vec<(UserId, SkuId, u32)>,
-    batches: Vec<Batch>,
-    coupons: Vec<Coupon>,
-    claims: Vec<(UserId, BatchId, u32)>,
-    keys: Vec<KeyEntry>,
-    keys_head: u64,
+    pub(super) shard: u16,
+    pub(super) now: Timestamp,
+    pub(super) last_sequence: Sequence,
+    pub(super) running_hash: u64,
+    pub(super) ids: Snowflake,
+    pub(super) skus: Vec<Sku>,
+    pub(super) orders: Vec<Order>,
+    pub(super) finished: Vec<u32>,
+    pub(super) deadlines: Vec<Deadline>,
+    pub(super) holdings: Vec<Holding>,
+    pub(super) batches: Vec<Batch>,
+    pub(super) coupons: Vec<Coupon>,
+    pub(super) claims: Vec<Claim>,
+    pub(super) keys: Vec<KeyEntry>,
+    pub(super) keys_head: u64,
 }
 
 impl EngineImage {
@@ -57,10 +60,10 @@ pub(super) struct ImageTables<'a> {
     pub orders: &'a mut Vec<Order>,
     pub finished: &'a mut Vec<u32>,
     pub deadlines: &'a mut Vec<Deadline>,
-    pub holdings: &'a mut Vec<(UserId, SkuId, u32)>,
+    pub holdings: &'a mut Vec<Holding>,
     pub batches: &'a mut Vec<Batch>,
     pub coupons: &'a mut Vec<Coupon>,
-    pub claims: &'a mut Vec<(UserId, BatchId, u32)>,
+    pub claims: &'a mut Vec<Claim>,
     pub keys_head: &'a mut u64,
 }
 
@@ -318,6 +321,9 @@ fn check_image(config: &EngineConfig, image: &EngineImage) -> Result<(), Restore
         if len > max as usize {
             return Err(RestoreError::TooLarge { table, len, max: max as usize });
         }
+    }
+    if image.ids.shard() != image.shard {
+        return Err(RestoreError::Inconsistent("the id generator belongs to another shard"));
     }
     let order_slots = image.orders.len() as u32;
     let in_range = image.orders.iter().all(|o| {

@@ -8,6 +8,7 @@
 
 mod catalog;
 mod image;
+mod layout;
 mod orders;
 mod table;
 #[cfg(test)]
@@ -30,6 +31,7 @@ use crate::types::{
 };
 
 pub use image::{EngineImage, RestoreError};
+pub use layout::{IMAGE_FORMAT_VERSION, ImageDecodeError};
 
 /// Something that happened without a command asking for it, reported to an observer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1997,3 +1997,134 @@ fn hash_fast_paths_match_the_derived_hash() {
         assert_eq!(fast.finish(), derived.finish(), "{outcome:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot image bytes (`layout.rs`).
+
+use super::{EngineImage, IMAGE_FORMAT_VERSION, ImageDecodeError};
+
+/// Bytes from a hex string with spaces, as the specification writes them.
+fn hex(text: &str) -> Vec<u8> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let nibble = |d: u8| (d as char).to_digit(16).expect("hex digit") as u8;
+    digits.chunks(2).map(|pair| nibble(pair[0]) << 4 | nibble(pair[1])).collect()
+}
+
+fn image_bytes(image: &EngineImage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image.encode_into(&mut bytes);
+    assert_eq!(bytes.len(), image.encoded_len());
+    bytes
+}
+
+#[test]
+fn an_encoded_image_decodes_to_the_same_image_and_restores_to_the_same_state() {
+    // Goal: the bytes of a real workload's image (sorted or as the BLP copies it) decode to
+    // the same image, which restores to the engine's digest and continues exactly like the
+    // original.
+    let mut h = Harness::new();
+    restore_workload(&mut h);
+    for image in [h.engine.to_image(), h.engine.to_image_unsorted()] {
+        let decoded = EngineImage::decode(&image_bytes(&image)).expect("image decodes");
+        assert_eq!(decoded, image);
+        let restored = Engine::from_image(EngineConfig::small(), &decoded).expect("restores");
+        assert_eq!(restored.state_digest(), h.engine.state_digest());
+    }
+    let decoded = EngineImage::decode(&image_bytes(&h.engine.to_image())).expect("decodes");
+    let mut restored = Engine::from_image(EngineConfig::small(), &decoded).expect("restores");
+    h.advance(TIMEOUT_MS);
+    let tick =
+        Sequenced { sequence: h.sequence.next(), timestamp: h.clock, command: Command::Tick };
+    assert_eq!(restored.apply(&tick), h.tick());
+    assert_eq!(restored.state_digest(), h.engine.state_digest());
+}
+
+#[test]
+fn image_header_has_the_documented_layout() {
+    // Goal: versions, shard, id generator, clock, sequence, hash and keys head sit at the
+    // offsets of the byte diagram, and the SKU table's count follows the header.
+    let h = Harness::with_sku(sku_spec(SKU));
+    let bytes = image_bytes(&h.engine.to_image());
+    assert_eq!(&bytes[0..2], &IMAGE_FORMAT_VERSION.to_le_bytes());
+    assert_eq!(&bytes[2..4], &crate::codec::ENCODING_VERSION.to_le_bytes());
+    assert_eq!(&bytes[4..8], &hex("0100 00 00"), "shard 1, no id issued yet, zero");
+    assert_eq!(&bytes[8..24], &[0; 16], "id generator millisecond and counter");
+    assert_eq!(&bytes[24..32], &T0.0.to_le_bytes());
+    assert_eq!(&bytes[32..40], &1_u64.to_le_bytes(), "last sequence");
+    assert_eq!(&bytes[40..48], &h.engine.running_hash().to_le_bytes());
+    assert_eq!(&bytes[48..56], &0_u64.to_le_bytes(), "keys head");
+    assert_eq!(&bytes[56..60], &1_u32.to_le_bytes(), "one SKU");
+    assert_eq!(&bytes[60..68], &SKU.to_le_bytes());
+}
+
+#[test]
+fn every_truncation_of_an_image_is_refused() {
+    // Goal: an image cut anywhere short of its end (a torn snapshot) is refused, not read as
+    // a smaller state.
+    let mut h = Harness::new();
+    restore_workload(&mut h);
+    let bytes = image_bytes(&h.engine.to_image());
+    for cut in 0..bytes.len() {
+        assert!(EngineImage::decode(&bytes[..cut]).is_err(), "cut at {cut} of {}", bytes.len());
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        EngineImage::decode(&longer),
+        Err(ImageDecodeError::Bytes(crate::codec::DecodeError::TrailingBytes { count: 1, .. }))
+    ));
+}
+
+#[test]
+fn single_byte_flips_are_refused_or_decode_to_another_canonical_image() {
+    // Goal: damaging any one byte of a real image never panics the decoder or restore: the
+    // image is refused, or it decodes to a different image whose encoding is exactly the
+    // damaged bytes (no half-validated field slips through).
+    let mut h = Harness::new();
+    restore_workload(&mut h);
+    let image = h.engine.to_image();
+    let bytes = image_bytes(&image);
+    let (mut refused, mut decoded) = (0, 0);
+    for at in 0..bytes.len() {
+        for mask in [0x01_u8, 0x80, 0xFF] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= mask;
+            let Ok(other) = EngineImage::decode(&damaged) else {
+                refused += 1;
+                continue;
+            };
+            decoded += 1;
+            assert_ne!(other, image, "flip at {at}");
+            assert_eq!(image_bytes(&other), damaged, "flip at {at} re-encodes differently");
+            // Restore may refuse it, but must not panic.
+            let _ = Engine::from_image(EngineConfig::small(), &other);
+        }
+    }
+    assert!(refused > 0 && decoded > 0, "{refused} refused, {decoded} decoded");
+}
+
+#[test]
+fn images_of_other_versions_and_impossible_headers_are_refused_clearly() {
+    // Goal: a future format or encoding version, a version never written, an impossible id
+    // generator and a count larger than the image are each refused with their own error.
+    let h = Harness::with_sku(sku_spec(SKU));
+    let bytes = image_bytes(&h.engine.to_image());
+    let with = |at: usize, patch: &[u8]| {
+        let mut damaged = bytes.clone();
+        damaged[at..at + patch.len()].copy_from_slice(patch);
+        EngineImage::decode(&damaged).expect_err("damaged header refused")
+    };
+    let future = with(0, &2_u16.to_le_bytes());
+    assert_eq!(future, ImageDecodeError::FutureVersion { found: 2, supported: 1 });
+    assert!(future.to_string().contains("newer than this build"), "{future}");
+    let never = with(0, &0_u16.to_le_bytes());
+    assert_eq!(never, ImageDecodeError::UnknownVersion { found: 0, supported: 1 });
+    let encoding = with(2, &2_u16.to_le_bytes());
+    assert_eq!(encoding, ImageDecodeError::UnsupportedEncoding { found: 2, supported: 1 });
+    // A generator that issued nothing cannot have moved its counter.
+    let counter = with(16, &1_u64.to_le_bytes());
+    assert!(matches!(counter, ImageDecodeError::BadIdGenerator { counter: 1, .. }));
+    let count = with(56, &u32::MAX.to_le_bytes());
+    assert!(matches!(count, ImageDecodeError::TableTooLong { table: "SKU", offset: 56, .. }));
+    assert_eq!(EngineImage::decode(&bytes[..10]), Err(ImageDecodeError::TooShort { len: 10 }));
+}
