@@ -30,7 +30,7 @@ const MILLIS_MAX: u64 = (1 << MILLIS_BITS) - 1;
 const _: () = assert!(MILLIS_BITS + SHARD_BITS + COUNTER_BITS == 63);
 
 /// The state of one id sequence: the last millisecond used and the counter within it.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Snowflake {
     shard: u16,

@@ -1,17 +1,17 @@
-//! The snapshot image's byte layout.
+//! The snapshot image's byte layout, and the per-entry encodings that the state digests hash.
 //!
 //! An image is a fixed header, then every table as a `u32` entry count followed by that many
 //! fixed-size entries. All integers are little-endian; nothing depends on how the engine's
 //! structs sit in memory, so a new field in a struct is a new [`IMAGE_FORMAT_VERSION`], never a
 //! silent change. Fixed-size entries let a reader check a table's count against the bytes left
-//! before it allocates.
+//! before it allocates, and let the digests hash each entry as one short byte string.
 //!
 //! ```text
 //! header (56 bytes)
 //!   0  image format version  u16  IMAGE_FORMAT_VERSION
 //!   2  encoding version      u16  codec::ENCODING_VERSION of the stored outcomes
 //!   4  shard                 u16  ─┐
-//!   6  id generator started  u8    │ engine scalars
+//!   6  id generator started  u8    │ engine scalars: what the state digest hashes
 //!   7  zero                  u8    │
 //!   8  id generator ms       u64   │ last millisecond the id generator used
 //!  16  id generator counter  u64   │ counter within it (at most 4095)
@@ -51,6 +51,8 @@
 //! cross-table checks run when the image is restored ([`Engine::from_image`]).
 //!
 //! [`Engine::from_image`]: super::Engine::from_image
+
+use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use super::{Batch, Coupon, Deadline, EngineImage, KeyEntry, Order, Sku};
 use crate::codec::{
@@ -97,6 +99,8 @@ const BATCH_ENTRY_LEN: usize = 8 + 3 * 4 + 4 * 8;
 const COUPON_ENTRY_LEN: usize = 8 + 4 + 8 + 1 + 8;
 const CLAIM_ENTRY_LEN: usize = 8 + 8 + 4;
 const KEY_ENTRY_LEN: usize = 16 + 8 + 8 + 1 + OUTCOME_LEN_MAX;
+/// The longest entry: a stack buffer this long holds any entry's bytes.
+const ENTRY_LEN_MAX: usize = KEY_ENTRY_LEN;
 
 const _: () = assert!(SKU_ENTRY_LEN == 79 && ORDER_ENTRY_LEN == 71 && BATCH_ENTRY_LEN == 52);
 const _: () = assert!(COUPON_ENTRY_LEN == 29 && KEY_ENTRY_LEN == 113);
@@ -196,6 +200,32 @@ pub(super) trait Entry: Sized {
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
 }
 
+/// XXH3-64 of one entry's bytes: what the order-independent digests sum.
+pub(super) fn entry_hash<E: Entry>(entry: &E) -> u64 {
+    let mut bytes = [0_u8; ENTRY_LEN_MAX];
+    xxh3_64(entry_bytes(entry, &mut bytes))
+}
+
+/// Wrapping sum of the entry hashes: the same for the same entries in any order.
+pub(super) fn sum_of<E: Entry>(entries: impl Iterator<Item = E>) -> u64 {
+    entries.fold(0_u64, |sum, entry| sum.wrapping_add(entry_hash(&entry)))
+}
+
+/// XXH3-64 of the entries' bytes concatenated: for queues, whose order decides the future.
+pub(super) fn ordered_hash<'a, E: Entry + 'a>(entries: impl Iterator<Item = &'a E>) -> u64 {
+    let mut hasher = Xxh3Default::new();
+    let mut bytes = [0_u8; ENTRY_LEN_MAX];
+    entries.for_each(|entry| hasher.update(entry_bytes(entry, &mut bytes)));
+    hasher.digest()
+}
+
+fn entry_bytes<'b, E: Entry>(entry: &E, bytes: &'b mut [u8; ENTRY_LEN_MAX]) -> &'b [u8] {
+    let mut writer = Writer::new(&mut bytes[..E::LEN]);
+    entry.write(&mut writer);
+    assert_eq!(writer.len(), E::LEN);
+    &bytes[..E::LEN]
+}
+
 /// The engine scalars of the header: shard, id generator, clock, sequence, hash, keys head.
 pub(super) struct Scalars {
     pub shard: u16,
@@ -226,6 +256,14 @@ impl Scalars {
         put(RUNNING_HASH_OFFSET, &self.running_hash.to_le_bytes());
         put(KEYS_HEAD_OFFSET, &self.keys_head.to_le_bytes());
         header
+    }
+
+    /// The header bytes that are engine state, not format: what the state digest hashes.
+    pub(super) fn state_bytes(&self) -> [u8; HEADER_LEN - SHARD_OFFSET] {
+        let header = self.header();
+        let mut bytes = [0_u8; HEADER_LEN - SHARD_OFFSET];
+        bytes.copy_from_slice(&header[SHARD_OFFSET..]);
+        bytes
     }
 
     fn decode(header: &[u8; HEADER_LEN]) -> Result<Scalars, ImageDecodeError> {
