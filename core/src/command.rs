@@ -1,7 +1,10 @@
 //! Commands: what the business-logic processor is asked to do, one at a time, in sequence order.
 //!
-//! A command is plain data: fixed size, `Copy`, no heap. It is journaled as is (rkyv) and
-//! replicated as is, so replay and the standby see exactly what the primary applied.
+//! A command is plain data: fixed size, `Copy`, no heap. Its durable and shared form is the
+//! canonical encoding of [`crate::codec`], never its memory layout, so replay and the standby
+//! see exactly what the primary applied. The wire protocol speaks it today; the journal still
+//! stores rkyv archives until it switches, the only reason these types keep their rkyv
+//! derives. They derive no `Hash`: hashes are taken over the canonical bytes ([`crate::hash`]).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -10,7 +13,7 @@ use crate::types::{
 };
 
 /// A command with its place in the total order and the time it was sequenced.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Sequenced {
     /// Position in the input ring; strictly increasing across applied commands.
@@ -23,7 +26,7 @@ pub struct Sequenced {
 }
 
 /// Everything the business-logic processor can be asked.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum Command {
     /// Advances logical time only; published periodically by the node's timer so that payment
@@ -45,7 +48,7 @@ pub enum Command {
 }
 
 /// Reads answered from the BLP's state at the command's place in the sequence.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum Query {
     /// The SKU's stock figures and sale settings.
@@ -60,7 +63,7 @@ pub enum Query {
 
 /// Mutating commands. Each carries everything needed to decide it; nothing is looked up outside
 /// the BLP.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum Action {
     /// Admin: define a SKU with its initial stock.
@@ -134,7 +137,7 @@ pub enum Action {
 }
 
 /// Settings of a new SKU.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct CreateSku {
     /// The new SKU's id; not zero, not in use.
@@ -155,7 +158,7 @@ pub struct CreateSku {
 }
 
 /// A buyer's reservation request.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Reserve {
     /// The buyer.
@@ -169,7 +172,7 @@ pub struct Reserve {
 }
 
 /// Settings of a new coupon batch.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct CreateCouponBatch {
     /// The new batch's id; not zero, not in use.

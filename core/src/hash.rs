@@ -1,37 +1,73 @@
-//! A small, explicitly specified 64-bit hasher for state hashes that two nodes compare.
+//! The hashes two nodes compare — running hash, idempotency fingerprints, state digests —
+//! defined as XXH3-64 over explicit canonical bytes, never over derived `Hash` output.
 //!
-//! Not `DefaultHasher` (its algorithm may change between Rust releases) and not a randomly
-//! seeded hasher (nodes would disagree). Each word is folded with a multiply-rotate step and the
-//! result finished with the SplitMix64 mixer, which is enough to make accidental agreement of
-//! diverged states vanishingly unlikely; it is not meant to resist an adversary.
+//! XXH3-64 is a published, frozen algorithm (xxHash's `doc/xxhash_spec.md`, implemented here by
+//! `xxhash-rust`), fast on the short inputs hashed per command, and independent of the Rust
+//! compiler and of how our types are declared. Its input is always bytes of a documented
+//! format: the canonical encoding of [`crate::codec`] or the snapshot entry layout of
+//! `engine/layout.rs`. So a node built by another compiler, or a node restored from a snapshot,
+//! computes the same values. It is not meant to resist an adversary, only to make accidental
+//! agreement of diverged states vanishingly unlikely.
+//!
+//! Definitions (`‖` is concatenation, `le64` a `u64` in 8 little-endian bytes,
+//! `canonical` the encoding of [`crate::codec`], version [`crate::codec::ENCODING_VERSION`]):
+//!
+//! - **Running hash.** Starts at 0. A mutating command (a tick or a client command; queries and
+//!   snapshot requests are not folded) first moves time, folding each expiry it fires in
+//!   firing order: `h = XXH3_64_with_seed(canonical(event), seed: h)`; then its outcome:
+//!   `h = XXH3_64_with_seed(le64(sequence) ‖ canonical(outcome), seed: h)`.
+//! - **Idempotency fingerprint** of a client command: `XXH3_64(canonical(action))` (seed 0);
+//!   the request key is not part of it. Snapshots store it, so it must never drift.
+//! - **Entry hash** for the state digests: `XXH3_64(entry bytes)`, with the fixed-size entry
+//!   encodings of the snapshot image; the digests themselves are defined in `engine/image.rs`.
+//!
+//! [`mix64`] is a different thing: the fixed mixing function that places keys in the engine's
+//! index tables. It decides memory layout, which must also be the same on every node, but it is
+//! never compared between nodes.
 
-use std::hash::{Hash, Hasher};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-const FOLD: u64 = 0x9E37_79B9_7F4A_7C15;
+use crate::codec::{self, ACTION_LEN_MAX, EVENT_LEN_MAX, OUTCOME_LEN_MAX};
+use crate::command::Action;
+use crate::engine::Event;
+use crate::outcome::Outcome;
+use crate::types::Sequence;
 
-/// Deterministic hasher used for the running outcome hash and the state digest.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StateHasher {
-    state: u64,
+const SEQUENCE_LEN: usize = 8;
+
+/// The running hash after folding in one applied command's outcome: XXH3-64 of
+/// `le64(sequence) ‖ canonical(outcome)`, seeded with the running hash before it.
+/// Encodes into a stack buffer: no allocation.
+#[must_use]
+#[inline]
+pub fn fold_outcome(hash: u64, sequence: Sequence, outcome: &Outcome) -> u64 {
+    let mut bytes = [0_u8; SEQUENCE_LEN + OUTCOME_LEN_MAX];
+    bytes[..SEQUENCE_LEN].copy_from_slice(&sequence.0.to_le_bytes());
+    let len = SEQUENCE_LEN + codec::encode_outcome(outcome, &mut bytes[SEQUENCE_LEN..]);
+    xxh3_64_with_seed(&bytes[..len], hash)
 }
 
-impl StateHasher {
-    /// A hasher starting from `seed`.
-    #[must_use]
-    pub fn with_seed(seed: u64) -> StateHasher {
-        StateHasher { state: seed }
-    }
-
-    /// Hashes one value from a fresh hasher.
-    #[must_use]
-    pub fn hash_one<T: Hash + ?Sized>(value: &T) -> u64 {
-        let mut hasher = StateHasher::default();
-        value.hash(&mut hasher);
-        hasher.finish()
-    }
+/// The running hash after folding in one event (an expiry): XXH3-64 of `canonical(event)`,
+/// seeded with the running hash before it.
+#[must_use]
+pub fn fold_event(hash: u64, event: &Event) -> u64 {
+    let mut bytes = [0_u8; EVENT_LEN_MAX];
+    let len = codec::encode_event(event, &mut bytes);
+    xxh3_64_with_seed(&bytes[..len], hash)
 }
 
-/// SplitMix64's finaliser: every input bit affects every output bit.
+/// A client command's idempotency fingerprint: XXH3-64 of `canonical(action)`. A retry with
+/// the same request key and the same fingerprint gets the remembered outcome.
+#[must_use]
+#[inline]
+pub fn fingerprint(action: &Action) -> u64 {
+    let mut bytes = [0_u8; ACTION_LEN_MAX];
+    let len = codec::encode_action(action, &mut bytes);
+    xxh3_64(&bytes[..len])
+}
+
+/// SplitMix64's finaliser: every input bit affects every output bit. Places keys in the
+/// engine's index tables (see `engine/table.rs`).
 #[must_use]
 pub fn mix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -39,61 +75,75 @@ pub fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-impl Hasher for StateHasher {
-    fn finish(&self) -> u64 {
-        mix64(self.state)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let word = u64::from_le_bytes(chunk.try_into().expect("chunk of 8"));
-            self.write_u64(word);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.write_u64(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.state = (self.state.rotate_left(23) ^ word).wrapping_mul(FOLD);
-    }
-
-    fn write_u8(&mut self, value: u8) {
-        self.write_u64(u64::from(value));
-    }
-    fn write_u16(&mut self, value: u16) {
-        self.write_u64(u64::from(value));
-    }
-    fn write_u32(&mut self, value: u32) {
-        self.write_u64(u64::from(value));
-    }
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
-    fn write_isize(&mut self, value: isize) {
-        self.write_u64(value as u64);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Reserve;
+    use crate::types::{OrderId, SkuId, Timestamp, UserId};
 
-    #[test]
-    fn equal_values_hash_equal_and_neighbours_differ() {
-        // Goal: the hash is a function of the value and separates close values.
-        assert_eq!(StateHasher::hash_one(&(1u64, 2u64)), StateHasher::hash_one(&(1u64, 2u64)));
-        assert_ne!(StateHasher::hash_one(&(1u64, 2u64)), StateHasher::hash_one(&(2u64, 1u64)));
-        assert_ne!(StateHasher::hash_one(&[0u8; 3][..]), StateHasher::hash_one(&[0u8; 4][..]));
+    /// Bytes from a hex string with spaces, as written in the specification.
+    fn hex(text: &str) -> Vec<u8> {
+        let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        assert_eq!(digits.len() % 2, 0, "odd number of hex digits");
+        let nibble = |d: u8| (d as char).to_digit(16).expect("hex digit") as u8;
+        digits.chunks(2).map(|pair| nibble(pair[0]) << 4 | nibble(pair[1])).collect()
     }
 
     #[test]
-    fn hash_is_pinned() {
-        // Goal: the algorithm does not drift silently; nodes of different builds must agree.
-        assert_eq!(StateHasher::hash_one(&42u64), mix64((42u64).wrapping_mul(FOLD)));
+    fn fingerprint_is_xxh3_of_the_literal_action_bytes() {
+        // Goal: the fingerprint of a reservation is XXH3-64 (seed 0) of the bytes the
+        // specification lists, computed here without the engine's encoder.
+        let action = Action::Reserve(Reserve {
+            user: UserId(3),
+            sku: SkuId(1),
+            qty: 2,
+            coupon: Some(crate::types::CouponId(0x0102)),
+        });
+        let bytes = hex("05 0300000000000000 0100000000000000 02000000 01 0201000000000000");
+        assert_eq!(fingerprint(&action), xxh3_64(&bytes));
+        // The value itself, as snapshots store it: a change of hash library is caught too.
+        assert_eq!(fingerprint(&action), 0x7EFB_BC4B_3C36_5B78);
+    }
+
+    #[test]
+    fn running_hash_folds_sequence_and_literal_outcome_bytes_seeded_by_the_last_hash() {
+        // Goal: folding an outcome is XXH3-64 of le64(sequence) ‖ outcome bytes, seeded with
+        // the previous hash, as the module documentation defines it.
+        let outcome = Outcome::Reserved {
+            order: OrderId(0x0A0B),
+            expires_at: Timestamp(0x1122_3344),
+            amount_cents: 999,
+        };
+        let bytes = hex("0700000000000000 05 0B0A000000000000 4433221100000000 E703000000000000");
+        let seed = 0xDEAD_BEEF_u64;
+        assert_eq!(fold_outcome(seed, Sequence(7), &outcome), xxh3_64_with_seed(&bytes, seed));
+        assert_eq!(fold_outcome(seed, Sequence(7), &outcome), 0x9548_6F2C_7C72_892A);
+        let rejected = Outcome::Rejected(crate::outcome::Rejection::SoldOut);
+        let bytes = hex("0800000000000000 12 01");
+        assert_eq!(fold_outcome(1, Sequence(8), &rejected), xxh3_64_with_seed(&bytes, 1));
+    }
+
+    #[test]
+    fn expiry_folds_the_literal_event_bytes() {
+        // Goal: an expiry folds XXH3-64 of its canonical event bytes, seeded with the hash.
+        let event =
+            Event::OrderExpired { order: OrderId(5), user: UserId(6), sku: SkuId(7), qty: 3 };
+        let bytes = hex("01 0500000000000000 0600000000000000 0700000000000000 03000000");
+        assert_eq!(fold_event(42, &event), xxh3_64_with_seed(&bytes, 42));
+    }
+
+    #[test]
+    fn xxh3_matches_the_published_test_vectors() {
+        // Goal: the hash library computes XXH3-64 as published (xxHash's sanity checks), so
+        // the definitions above mean the same on every build.
+        assert_eq!(xxh3_64(b""), 0x2D06_8005_38D3_94C2);
+        assert_eq!(xxh3_64_with_seed(b"", 0x9E37_79B1_85EB_CA8D), 0xA8A6_B918_B2F0_364A);
+    }
+
+    #[test]
+    fn mix64_is_pinned() {
+        // Goal: index-table placement does not drift between builds (SplitMix64 finaliser).
+        assert_eq!(mix64(0), 0);
+        assert_eq!(mix64(1), 0x5692_161D_100B_05E5);
     }
 }

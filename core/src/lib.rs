@@ -6,6 +6,9 @@
 //! every node and at every replay. Everything around it (ring pipeline, journal, replication,
 //! network) exists to feed it commands in order and to carry its outcomes back.
 
+#[cfg(any(test, feature = "arbitrary"))]
+pub mod arb;
+pub mod codec;
 pub mod command;
 pub mod config;
 pub mod engine;
@@ -15,9 +18,12 @@ pub mod pipeline;
 pub mod snowflake;
 pub mod types;
 
+pub use codec::{DecodeError, ENCODING_VERSION};
 pub use command::{Action, Command, CreateCouponBatch, CreateSku, Query, Reserve, Sequenced};
 pub use config::{ConfigError, EngineConfig};
-pub use engine::{Engine, EngineImage, EngineStatus, Event, RestoreError};
+pub use engine::{
+    Engine, EngineImage, EngineStatus, Event, IMAGE_FORMAT_VERSION, ImageDecodeError, RestoreError,
+};
 pub use outcome::{
     BatchView, CouponState, CouponView, OrderState, OrderView, Outcome, Rejection, SkuView,
 };

@@ -1,14 +1,16 @@
 //! Outcomes: the BLP's answer to every command. Rejections are outcomes too, never errors.
 //!
 //! Outcomes are plain `Copy` data so that the pipeline can write them into preallocated ring
-//! slots and the idempotency table can keep them without touching the heap.
+//! slots and the idempotency table can keep them without touching the heap. Their bytes are
+//! the canonical encoding of [`crate::codec`]; the types derive no `Hash`, because the running
+//! hash is taken over those bytes ([`crate::hash`]).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::types::{BatchId, CouponId, OrderId, PaymentRef, SkuId, Timestamp, UserId};
 
 /// The answer to one command.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum Outcome {
     /// Logical time is now `now`.
@@ -87,7 +89,7 @@ pub enum Outcome {
 }
 
 /// Why a command was refused. Every variant leaves state exactly as it was.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 #[non_exhaustive]
 pub enum Rejection {
@@ -138,7 +140,7 @@ pub enum Rejection {
 }
 
 /// Where an order is in its life.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum OrderState {
     /// Units held, waiting for payment until the deadline.
@@ -234,7 +236,7 @@ impl Rejection {
 }
 
 /// A SKU's figures. Invariant: `available + reserved + sold == stock`.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct SkuView {
     /// The SKU.
@@ -262,7 +264,7 @@ pub struct SkuView {
 }
 
 /// An order as kept by the BLP.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct OrderView {
     /// The order.
@@ -288,7 +290,7 @@ pub struct OrderView {
 }
 
 /// Where a claimed coupon is in its life.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum CouponState {
     /// Claimed and free to apply to a reservation.
@@ -302,7 +304,7 @@ pub enum CouponState {
 }
 
 /// A claimed coupon.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct CouponView {
     /// The coupon.
@@ -320,7 +322,7 @@ pub struct CouponView {
 }
 
 /// A coupon batch's settings and what is left of it.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct BatchView {
     /// The batch.

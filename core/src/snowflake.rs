@@ -30,7 +30,7 @@ const MILLIS_MAX: u64 = (1 << MILLIS_BITS) - 1;
 const _: () = assert!(MILLIS_BITS + SHARD_BITS + COUNTER_BITS == 63);
 
 /// The state of one id sequence: the last millisecond used and the counter within it.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Snowflake {
     shard: u16,
@@ -88,6 +88,33 @@ impl Snowflake {
             self.counter = 0;
         }
         (self.millis << MILLIS_SHIFT) | (u64::from(self.shard) << SHARD_SHIFT) | self.counter
+    }
+
+    /// The shard the generator issues ids for.
+    #[must_use]
+    pub fn shard(&self) -> u16 {
+        self.shard
+    }
+
+    /// The generator's state as a snapshot stores it: (last millisecond, counter, started).
+    pub(crate) fn state(&self) -> (u64, u64, bool) {
+        (self.millis, self.counter, self.started)
+    }
+
+    /// A generator in a state read from a snapshot, or `None` when no generator can be in it:
+    /// a shard or millisecond out of range, a counter past 4095 (its ids would overwrite the
+    /// shard bits), or a generator that issued nothing but moved.
+    pub(crate) fn from_state(
+        shard: u16,
+        millis: u64,
+        counter: u64,
+        started: bool,
+    ) -> Option<Snowflake> {
+        let in_range = u64::from(shard) < (1 << SHARD_BITS)
+            && millis <= MILLIS_MAX
+            && counter <= COUNTER_MAX
+            && (started || (millis == 0 && counter == 0));
+        in_range.then_some(Snowflake { shard, millis, counter, started })
     }
 
     /// Splits an id into its fields.

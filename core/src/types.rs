@@ -1,4 +1,9 @@
 //! Identities, quantities and time as newtypes, so a `SkuId` can never be passed as a `UserId`.
+//!
+//! These derive `Hash` so that tools, benchmarks and tests can key their own maps by id (the
+//! load generator keeps coupons per `UserId`). No state hash and no engine table uses it: state
+//! hashes are XXH3 over canonical bytes ([`crate::hash`]) and the engine's tables place keys
+//! with their own fixed function (`engine/table.rs`).
 
 use rkyv::{Archive, Deserialize, Serialize};
 

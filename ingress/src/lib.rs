@@ -13,9 +13,6 @@ pub mod metrics;
 pub mod server;
 pub mod wire;
 
-#[cfg(test)]
-mod arb;
-
 pub use backend::{
     Backend, BackendCompletion, EngineWatch, HashWatch, MetricsWriter, NodeBackend, NodeStatus,
     OnNodeStop, Refusal,

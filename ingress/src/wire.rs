@@ -35,16 +35,15 @@
 //! flags bit 0: fatal (the server closes the connection after this frame)
 //! ```
 //!
-//! Commands and outcomes are a tag byte followed by fixed fields in declaration order (see
-//! the `encode_*` functions). `Option<u64>` is a presence byte (0 or 1) followed by the value
-//! only when present; `bool` is one byte, 0 or 1; every other byte value is refused, and so are
-//! trailing bytes, so each value has exactly one encoding.
+//! `COMMAND` and `OUTCOME` bodies are the canonical encoding of [`ringfence_core::codec`]
+//! (tag byte, fixed little-endian fields in declaration order, strict flags, no trailing
+//! bytes), the same bytes the journal and replication carry. Protocol version 1 carries
+//! canonical encoding version 1; a new encoding is a new protocol version.
 
-use ringfence_core::{
-    Action, BatchId, BatchView, Command, CouponId, CouponState, CouponView, CreateCouponBatch,
-    CreateSku, OrderId, OrderState, OrderView, Outcome, PaymentRef, Query, Rejection, RequestKey,
-    Reserve, Sequence, SkuId, SkuView, Timestamp, UserId,
+use ringfence_core::codec::{
+    self, COMMAND_LEN_MAX, DecodeError, ENCODING_VERSION, OUTCOME_LEN_MAX,
 };
+use ringfence_core::{Command, Outcome};
 
 /// The two magic bytes at offset 4 of every frame.
 pub const MAGIC: [u8; 2] = *b"RF";
@@ -72,6 +71,10 @@ pub const MESSAGE_LEN_MAX: usize = 512;
 const _: () = assert!(BODY_OFFSET == 16);
 const _: () = assert!(BODY_OFFSET + 2 + 1 + 4 + 2 + MESSAGE_LEN_MAX <= FRAME_MAX);
 const _: () = assert!(BODY_OFFSET + TOKEN_LEN_MAX <= FRAME_MAX);
+const _: () = assert!(BODY_OFFSET + COMMAND_LEN_MAX <= FRAME_MAX);
+const _: () = assert!(BODY_OFFSET + OUTCOME_LEN_MAX <= FRAME_MAX);
+// Protocol version 1 speaks canonical encoding version 1 and nothing else.
+const _: () = assert!(VERSION == 1 && ENCODING_VERSION == 1);
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,14 +144,6 @@ pub enum WireError {
     /// A frame kind that is not valid in this direction.
     #[error("frame kind {0:?} is not a request")]
     UnexpectedKind(Kind),
-    /// A tag byte that names no variant.
-    #[error("unknown {what} tag 0x{tag:02x}")]
-    UnknownTag {
-        /// Which enum was being decoded.
-        what: &'static str,
-        /// The byte found.
-        tag: u8,
-    },
     /// The body ended before a field did.
     #[error("body ends inside {0}")]
     Truncated(&'static str),
@@ -166,6 +161,9 @@ pub enum WireError {
     /// A text field that is not UTF-8 or has a bad length.
     #[error("bad {0}: wrong length or not UTF-8")]
     BadText(&'static str),
+    /// A `COMMAND` or `OUTCOME` body that is not a canonical command or outcome.
+    #[error("bad body: {0}")]
+    Body(#[from] DecodeError),
     /// `Tick` is published by the node's timer, never by clients.
     #[error("clients may not send Tick")]
     TickFromClient,
@@ -359,12 +357,10 @@ pub fn try_frame(buffer: &[u8]) -> Result<Option<(Frame<'_>, usize)>, WireError>
 /// Decodes a client's frame into a request.
 pub fn decode_request<'a>(frame: &Frame<'a>) -> Result<Request<'a>, WireError> {
     match frame.kind {
-        Kind::Command => {
-            let mut reader = Reader::new(frame.body);
-            let command = read_command(&mut reader)?;
-            reader.finish()?;
-            Ok(Request::Command(command))
-        }
+        Kind::Command => match codec::decode_command(frame.body)? {
+            Command::Tick => Err(WireError::TickFromClient),
+            command => Ok(Request::Command(command)),
+        },
         Kind::Auth => {
             if frame.body.is_empty() || frame.body.len() > TOKEN_LEN_MAX {
                 return Err(WireError::BadText("admin token"));
@@ -379,9 +375,11 @@ pub fn decode_request<'a>(frame: &Frame<'a>) -> Result<Request<'a>, WireError> {
 
 /// Decodes a server's frame into a response.
 pub fn decode_response(frame: &Frame<'_>) -> Result<Response, WireError> {
+    if frame.kind == Kind::Outcome {
+        return Ok(Response::Outcome(codec::decode_outcome(frame.body)?));
+    }
     let mut reader = Reader::new(frame.body);
     let response = match frame.kind {
-        Kind::Outcome => Response::Outcome(read_outcome(&mut reader)?),
         Kind::AuthOk => Response::AuthOk,
         Kind::Pong => Response::Pong,
         Kind::NodeInfo => Response::NodeInfo(NodeInfo {
@@ -434,14 +432,18 @@ pub fn encode_frame(
     out[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
 }
 
-/// Appends a `COMMAND` frame.
+/// Appends a `COMMAND` frame: the command's canonical encoding.
 pub fn encode_command(out: &mut Vec<u8>, correlation: u64, command: &Command) {
-    encode_frame(out, Kind::Command, correlation, |out| write_command(out, command));
+    let mut body = [0_u8; COMMAND_LEN_MAX];
+    let len = codec::encode_command(command, &mut body);
+    encode_frame(out, Kind::Command, correlation, |out| out.extend_from_slice(&body[..len]));
 }
 
-/// Appends an `OUTCOME` frame.
+/// Appends an `OUTCOME` frame: the outcome's canonical encoding.
 pub fn encode_outcome(out: &mut Vec<u8>, correlation: u64, outcome: &Outcome) {
-    encode_frame(out, Kind::Outcome, correlation, |out| write_outcome(out, outcome));
+    let mut body = [0_u8; OUTCOME_LEN_MAX];
+    let len = codec::encode_outcome(outcome, &mut body);
+    encode_frame(out, Kind::Outcome, correlation, |out| out.extend_from_slice(&body[..len]));
 }
 
 /// Appends an `ERROR` frame; the message is cut to [`MESSAGE_LEN_MAX`] at a char boundary.
@@ -525,467 +527,12 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn opt_u64(&mut self, what: &'static str) -> Result<Option<u64>, WireError> {
-        if self.flag(what)? { Ok(Some(self.u64(what)?)) } else { Ok(None) }
-    }
-
     fn finish(&self) -> Result<(), WireError> {
         match self.bytes.len() - self.at {
             0 => Ok(()),
             rest => Err(WireError::TrailingBytes(rest)),
         }
     }
-}
-
-fn put_u32(out: &mut Vec<u8>, value: u32) {
-    out.extend_from_slice(&value.to_le_bytes());
-}
-
-fn put_u64(out: &mut Vec<u8>, value: u64) {
-    out.extend_from_slice(&value.to_le_bytes());
-}
-
-fn put_opt(out: &mut Vec<u8>, value: Option<u64>) {
-    match value {
-        Some(value) => {
-            out.push(1);
-            put_u64(out, value);
-        }
-        None => out.push(0),
-    }
-}
-
-fn write_command(out: &mut Vec<u8>, command: &Command) {
-    match command {
-        Command::Tick => out.push(0x00),
-        Command::Query(Query::Sku(sku)) => {
-            out.push(0x01);
-            put_u64(out, sku.0);
-        }
-        Command::Query(Query::Order(order)) => {
-            out.push(0x02);
-            put_u64(out, order.0);
-        }
-        Command::Query(Query::Coupon(coupon)) => {
-            out.push(0x03);
-            put_u64(out, coupon.0);
-        }
-        Command::Query(Query::Batch(batch)) => {
-            out.push(0x04);
-            put_u64(out, batch.0);
-        }
-        Command::Snapshot => out.push(0x05),
-        Command::Client { key, action } => {
-            out.push(0x10);
-            out.extend_from_slice(&key.0);
-            write_action(out, action);
-        }
-    }
-}
-
-fn write_action(out: &mut Vec<u8>, action: &Action) {
-    match *action {
-        Action::CreateSku(create) => {
-            out.push(0x01);
-            put_u64(out, create.sku.0);
-            put_u32(out, create.stock);
-            put_u64(out, create.price_cents);
-            put_u32(out, create.per_user_limit);
-            put_u64(out, create.payment_timeout_ms);
-            put_opt(out, create.sale_start.map(|t| t.0));
-            put_opt(out, create.sale_end.map(|t| t.0));
-        }
-        Action::Restock { sku, qty } => {
-            out.push(0x02);
-            put_u64(out, sku.0);
-            put_u32(out, qty);
-        }
-        Action::OpenSale { sku } => {
-            out.push(0x03);
-            put_u64(out, sku.0);
-        }
-        Action::CloseSale { sku } => {
-            out.push(0x04);
-            put_u64(out, sku.0);
-        }
-        Action::Reserve(reserve) => {
-            out.push(0x05);
-            put_u64(out, reserve.user.0);
-            put_u64(out, reserve.sku.0);
-            put_u32(out, reserve.qty);
-            put_opt(out, reserve.coupon.map(|c| c.0));
-        }
-        Action::Pay { order, payment_ref, amount_cents } => {
-            out.push(0x06);
-            put_u64(out, order.0);
-            out.extend_from_slice(&payment_ref.0);
-            put_u64(out, amount_cents);
-        }
-        Action::Cancel { order, user } => write_order_user(out, 0x07, order, user),
-        Action::AdminCancel { order } => write_order(out, 0x08, order),
-        Action::Ship { order } => write_order(out, 0x09, order),
-        Action::Complete { order, user } => write_order_user(out, 0x0A, order, user),
-        Action::Refund { order } => write_order(out, 0x0B, order),
-        Action::CreateCouponBatch(create) => {
-            out.push(0x0C);
-            put_u64(out, create.batch.0);
-            put_u32(out, create.quantity);
-            put_u32(out, create.per_user_limit);
-            put_u64(out, create.discount_cents);
-            put_u64(out, create.min_amount_cents);
-            put_u64(out, create.valid_from.0);
-            put_u64(out, create.valid_until.0);
-        }
-        Action::ClaimCoupon { user, batch } => {
-            out.push(0x0D);
-            put_u64(out, user.0);
-            put_u64(out, batch.0);
-        }
-    }
-}
-
-fn write_order(out: &mut Vec<u8>, tag: u8, order: OrderId) {
-    out.push(tag);
-    put_u64(out, order.0);
-}
-
-fn write_order_user(out: &mut Vec<u8>, tag: u8, order: OrderId, user: UserId) {
-    write_order(out, tag, order);
-    put_u64(out, user.0);
-}
-
-fn read_command(r: &mut Reader<'_>) -> Result<Command, WireError> {
-    Ok(match r.u8("command tag")? {
-        0x00 => return Err(WireError::TickFromClient),
-        0x01 => Command::Query(Query::Sku(SkuId(r.u64("sku")?))),
-        0x02 => Command::Query(Query::Order(OrderId(r.u64("order")?))),
-        0x03 => Command::Query(Query::Coupon(CouponId(r.u64("coupon")?))),
-        0x04 => Command::Query(Query::Batch(BatchId(r.u64("batch")?))),
-        0x05 => Command::Snapshot,
-        0x10 => {
-            let key = RequestKey(r.array("request key")?);
-            Command::Client { key, action: read_action(r)? }
-        }
-        tag => return Err(WireError::UnknownTag { what: "command", tag }),
-    })
-}
-
-fn read_action(r: &mut Reader<'_>) -> Result<Action, WireError> {
-    Ok(match r.u8("action tag")? {
-        0x01 => Action::CreateSku(CreateSku {
-            sku: SkuId(r.u64("sku")?),
-            stock: r.u32("stock")?,
-            price_cents: r.u64("price_cents")?,
-            per_user_limit: r.u32("per_user_limit")?,
-            payment_timeout_ms: r.u64("payment_timeout_ms")?,
-            sale_start: r.opt_u64("sale_start")?.map(Timestamp),
-            sale_end: r.opt_u64("sale_end")?.map(Timestamp),
-        }),
-        0x02 => Action::Restock { sku: SkuId(r.u64("sku")?), qty: r.u32("qty")? },
-        0x03 => Action::OpenSale { sku: SkuId(r.u64("sku")?) },
-        0x04 => Action::CloseSale { sku: SkuId(r.u64("sku")?) },
-        0x05 => Action::Reserve(Reserve {
-            user: UserId(r.u64("user")?),
-            sku: SkuId(r.u64("sku")?),
-            qty: r.u32("qty")?,
-            coupon: r.opt_u64("coupon")?.map(CouponId),
-        }),
-        0x06 => Action::Pay {
-            order: OrderId(r.u64("order")?),
-            payment_ref: PaymentRef(r.array("payment_ref")?),
-            amount_cents: r.u64("amount_cents")?,
-        },
-        0x07 => Action::Cancel { order: OrderId(r.u64("order")?), user: UserId(r.u64("user")?) },
-        0x08 => Action::AdminCancel { order: OrderId(r.u64("order")?) },
-        0x09 => Action::Ship { order: OrderId(r.u64("order")?) },
-        0x0A => Action::Complete { order: OrderId(r.u64("order")?), user: UserId(r.u64("user")?) },
-        0x0B => Action::Refund { order: OrderId(r.u64("order")?) },
-        0x0C => Action::CreateCouponBatch(CreateCouponBatch {
-            batch: BatchId(r.u64("batch")?),
-            quantity: r.u32("quantity")?,
-            per_user_limit: r.u32("per_user_limit")?,
-            discount_cents: r.u64("discount_cents")?,
-            min_amount_cents: r.u64("min_amount_cents")?,
-            valid_from: Timestamp(r.u64("valid_from")?),
-            valid_until: Timestamp(r.u64("valid_until")?),
-        }),
-        0x0D => {
-            Action::ClaimCoupon { user: UserId(r.u64("user")?), batch: BatchId(r.u64("batch")?) }
-        }
-        tag => return Err(WireError::UnknownTag { what: "action", tag }),
-    })
-}
-
-fn write_outcome(out: &mut Vec<u8>, outcome: &Outcome) {
-    match *outcome {
-        Outcome::Ticked { now } => {
-            out.push(0x01);
-            put_u64(out, now.0);
-        }
-        Outcome::SkuCreated(view) => write_sku_view(out, 0x02, &view),
-        Outcome::Restocked(view) => write_sku_view(out, 0x03, &view),
-        Outcome::SaleChanged(view) => write_sku_view(out, 0x04, &view),
-        Outcome::Reserved { order, expires_at, amount_cents } => {
-            out.push(0x05);
-            put_u64(out, order.0);
-            put_u64(out, expires_at.0);
-            put_u64(out, amount_cents);
-        }
-        Outcome::Paid { order } => write_order(out, 0x06, order),
-        Outcome::Cancelled { order } => write_order(out, 0x07, order),
-        Outcome::Shipped { order } => write_order(out, 0x08, order),
-        Outcome::Completed { order } => write_order(out, 0x09, order),
-        Outcome::Refunded { order } => write_order(out, 0x0A, order),
-        Outcome::BatchCreated(view) => write_batch_view(out, 0x0B, &view),
-        Outcome::CouponClaimed { coupon, batch, valid_until } => {
-            out.push(0x0C);
-            put_u64(out, coupon.0);
-            put_u64(out, batch.0);
-            put_u64(out, valid_until.0);
-        }
-        Outcome::Sku(view) => write_sku_view(out, 0x0D, &view),
-        Outcome::Order(view) => write_order_view(out, &view),
-        Outcome::Coupon(view) => write_coupon_view(out, &view),
-        Outcome::Batch(view) => write_batch_view(out, 0x10, &view),
-        Outcome::SnapshotRequested { last_sequence, running_hash } => {
-            out.push(0x11);
-            put_u64(out, last_sequence.0);
-            put_u64(out, running_hash);
-        }
-        Outcome::Rejected(rejection) => {
-            out.push(0x12);
-            write_rejection(out, rejection);
-        }
-    }
-}
-
-fn write_sku_view(out: &mut Vec<u8>, tag: u8, view: &SkuView) {
-    out.push(tag);
-    for value in [view.sku.0, view.stock, view.available, view.reserved, view.sold] {
-        put_u64(out, value);
-    }
-    put_u64(out, view.price_cents);
-    put_u32(out, view.per_user_limit);
-    out.push(u8::from(view.open));
-    put_u64(out, view.payment_timeout_ms);
-    put_opt(out, view.sale_start.map(|t| t.0));
-    put_opt(out, view.sale_end.map(|t| t.0));
-}
-
-fn write_batch_view(out: &mut Vec<u8>, tag: u8, view: &BatchView) {
-    out.push(tag);
-    put_u64(out, view.batch.0);
-    put_u32(out, view.quantity);
-    put_u32(out, view.remaining);
-    put_u32(out, view.per_user_limit);
-    put_u64(out, view.discount_cents);
-    put_u64(out, view.min_amount_cents);
-    put_u64(out, view.valid_from.0);
-    put_u64(out, view.valid_until.0);
-}
-
-fn write_order_view(out: &mut Vec<u8>, view: &OrderView) {
-    out.push(0x0E);
-    put_u64(out, view.order.0);
-    put_u64(out, view.user.0);
-    put_u64(out, view.sku.0);
-    put_u32(out, view.qty);
-    put_u64(out, view.amount_cents);
-    out.push(order_state_byte(view.state));
-    put_u64(out, view.created_at.0);
-    put_u64(out, view.expires_at.0);
-    put_opt(out, view.coupon.map(|c| c.0));
-    match view.payment_ref {
-        Some(reference) => {
-            out.push(1);
-            out.extend_from_slice(&reference.0);
-        }
-        None => out.push(0),
-    }
-}
-
-fn write_coupon_view(out: &mut Vec<u8>, view: &CouponView) {
-    out.push(0x0F);
-    put_u64(out, view.coupon.0);
-    put_u64(out, view.batch.0);
-    put_u64(out, view.user.0);
-    match view.state {
-        CouponState::Available => out.push(0),
-        CouponState::Locked(order) => write_order(out, 1, order),
-        CouponState::Used(order) => write_order(out, 2, order),
-        CouponState::Expired => out.push(3),
-    }
-    put_u64(out, view.discount_cents);
-    put_u64(out, view.valid_until.0);
-}
-
-/// Rejections in wire order; a rejection's tag is its index plus one.
-const REJECTIONS: [Rejection; 16] = [
-    Rejection::SoldOut,
-    Rejection::LimitExceeded,
-    Rejection::SaleNotOpen,
-    Rejection::SaleClosed,
-    Rejection::UnknownSku,
-    Rejection::UnknownOrder,
-    Rejection::UnknownCoupon,
-    Rejection::UnknownBatch,
-    Rejection::InvalidQty,
-    Rejection::CouponInvalid,
-    Rejection::CapacityExhausted,
-    Rejection::SkuExists,
-    Rejection::BatchExists,
-    Rejection::InvalidArgument,
-    Rejection::PaymentConflict,
-    Rejection::NotOwner,
-];
-const TAG_REQUEST_KEY_REUSED: u8 = 17;
-const TAG_INVALID_STATE: u8 = 18;
-const TAG_WRONG_AMOUNT: u8 = 19;
-/// A rejection added to the engine after this protocol version; decoders refuse it.
-const TAG_REJECTION_UNKNOWN: u8 = 0xFF;
-
-fn write_rejection(out: &mut Vec<u8>, rejection: Rejection) {
-    match rejection {
-        Rejection::RequestKeyReused => out.push(TAG_REQUEST_KEY_REUSED),
-        Rejection::InvalidState { current } => {
-            out.push(TAG_INVALID_STATE);
-            out.push(order_state_byte(current));
-        }
-        Rejection::WrongAmount { expected_cents } => {
-            out.push(TAG_WRONG_AMOUNT);
-            put_u64(out, expected_cents);
-        }
-        other => match REJECTIONS.iter().position(|known| *known == other) {
-            Some(index) => out.push(index as u8 + 1),
-            None => out.push(TAG_REJECTION_UNKNOWN),
-        },
-    }
-}
-
-const ORDER_STATES: [OrderState; 7] = OrderState::ALL;
-
-fn order_state_byte(state: OrderState) -> u8 {
-    ORDER_STATES.iter().position(|known| *known == state).expect("every state is listed") as u8
-}
-
-fn read_order_state(r: &mut Reader<'_>) -> Result<OrderState, WireError> {
-    let tag = r.u8("order state")?;
-    ORDER_STATES
-        .get(usize::from(tag))
-        .copied()
-        .ok_or(WireError::UnknownTag { what: "order state", tag })
-}
-
-fn read_outcome(r: &mut Reader<'_>) -> Result<Outcome, WireError> {
-    Ok(match r.u8("outcome tag")? {
-        0x01 => Outcome::Ticked { now: Timestamp(r.u64("now")?) },
-        0x02 => Outcome::SkuCreated(read_sku_view(r)?),
-        0x03 => Outcome::Restocked(read_sku_view(r)?),
-        0x04 => Outcome::SaleChanged(read_sku_view(r)?),
-        0x05 => Outcome::Reserved {
-            order: OrderId(r.u64("order")?),
-            expires_at: Timestamp(r.u64("expires_at")?),
-            amount_cents: r.u64("amount_cents")?,
-        },
-        0x06 => Outcome::Paid { order: OrderId(r.u64("order")?) },
-        0x07 => Outcome::Cancelled { order: OrderId(r.u64("order")?) },
-        0x08 => Outcome::Shipped { order: OrderId(r.u64("order")?) },
-        0x09 => Outcome::Completed { order: OrderId(r.u64("order")?) },
-        0x0A => Outcome::Refunded { order: OrderId(r.u64("order")?) },
-        0x0B => Outcome::BatchCreated(read_batch_view(r)?),
-        0x0C => Outcome::CouponClaimed {
-            coupon: CouponId(r.u64("coupon")?),
-            batch: BatchId(r.u64("batch")?),
-            valid_until: Timestamp(r.u64("valid_until")?),
-        },
-        0x0D => Outcome::Sku(read_sku_view(r)?),
-        0x0E => Outcome::Order(read_order_view(r)?),
-        0x0F => Outcome::Coupon(read_coupon_view(r)?),
-        0x10 => Outcome::Batch(read_batch_view(r)?),
-        0x11 => Outcome::SnapshotRequested {
-            last_sequence: Sequence(r.u64("last_sequence")?),
-            running_hash: r.u64("running_hash")?,
-        },
-        0x12 => Outcome::Rejected(read_rejection(r)?),
-        tag => return Err(WireError::UnknownTag { what: "outcome", tag }),
-    })
-}
-
-fn read_rejection(r: &mut Reader<'_>) -> Result<Rejection, WireError> {
-    Ok(match r.u8("rejection tag")? {
-        TAG_REQUEST_KEY_REUSED => Rejection::RequestKeyReused,
-        TAG_INVALID_STATE => Rejection::InvalidState { current: read_order_state(r)? },
-        TAG_WRONG_AMOUNT => Rejection::WrongAmount { expected_cents: r.u64("expected_cents")? },
-        tag => match usize::from(tag).checked_sub(1).and_then(|index| REJECTIONS.get(index)) {
-            Some(rejection) => *rejection,
-            None => return Err(WireError::UnknownTag { what: "rejection", tag }),
-        },
-    })
-}
-
-fn read_sku_view(r: &mut Reader<'_>) -> Result<SkuView, WireError> {
-    Ok(SkuView {
-        sku: SkuId(r.u64("sku")?),
-        stock: r.u64("stock")?,
-        available: r.u64("available")?,
-        reserved: r.u64("reserved")?,
-        sold: r.u64("sold")?,
-        price_cents: r.u64("price_cents")?,
-        per_user_limit: r.u32("per_user_limit")?,
-        open: r.flag("open")?,
-        payment_timeout_ms: r.u64("payment_timeout_ms")?,
-        sale_start: r.opt_u64("sale_start")?.map(Timestamp),
-        sale_end: r.opt_u64("sale_end")?.map(Timestamp),
-    })
-}
-
-fn read_batch_view(r: &mut Reader<'_>) -> Result<BatchView, WireError> {
-    Ok(BatchView {
-        batch: BatchId(r.u64("batch")?),
-        quantity: r.u32("quantity")?,
-        remaining: r.u32("remaining")?,
-        per_user_limit: r.u32("per_user_limit")?,
-        discount_cents: r.u64("discount_cents")?,
-        min_amount_cents: r.u64("min_amount_cents")?,
-        valid_from: Timestamp(r.u64("valid_from")?),
-        valid_until: Timestamp(r.u64("valid_until")?),
-    })
-}
-
-fn read_order_view(r: &mut Reader<'_>) -> Result<OrderView, WireError> {
-    Ok(OrderView {
-        order: OrderId(r.u64("order")?),
-        user: UserId(r.u64("user")?),
-        sku: SkuId(r.u64("sku")?),
-        qty: r.u32("qty")?,
-        amount_cents: r.u64("amount_cents")?,
-        state: read_order_state(r)?,
-        created_at: Timestamp(r.u64("created_at")?),
-        expires_at: Timestamp(r.u64("expires_at")?),
-        coupon: r.opt_u64("coupon")?.map(CouponId),
-        payment_ref: if r.flag("payment_ref")? {
-            Some(PaymentRef(r.array("payment_ref")?))
-        } else {
-            None
-        },
-    })
-}
-
-fn read_coupon_view(r: &mut Reader<'_>) -> Result<CouponView, WireError> {
-    Ok(CouponView {
-        coupon: CouponId(r.u64("coupon")?),
-        batch: BatchId(r.u64("batch")?),
-        user: UserId(r.u64("user")?),
-        state: match r.u8("coupon state")? {
-            0 => CouponState::Available,
-            1 => CouponState::Locked(OrderId(r.u64("order")?)),
-            2 => CouponState::Used(OrderId(r.u64("order")?)),
-            3 => CouponState::Expired,
-            tag => return Err(WireError::UnknownTag { what: "coupon state", tag }),
-        },
-        discount_cents: r.u64("discount_cents")?,
-        valid_until: Timestamp(r.u64("valid_until")?),
-    })
 }
 
 #[cfg(test)]

@@ -1,43 +1,61 @@
-//! Snapshots of the engine's full state, and the order-independent state digest.
+//! Snapshots of the engine's full state, and the order-independent state digests.
 //!
-//! An [`EngineImage`] is plain vectors, serializable with rkyv. It keeps every detail that
-//! decides future outcomes (slot layout, the finished-order and request-key queues, pending
-//! deadlines, the id generator), so an engine restored from it behaves exactly like the one it
-//! was taken from. The digest covers the same state but sums per-entry hashes, so it does not
-//! depend on hash-map layout.
+//! An [`EngineImage`] is plain vectors. It keeps every detail that decides future outcomes
+//! (slot layout, the finished-order and request-key queues, pending deadlines, the id
+//! generator), so an engine restored from it behaves exactly like the one it was taken from.
+//! Its bytes are the explicit, versioned layout of `layout.rs` ([`EngineImage::encode_into`],
+//! [`EngineImage::decode`]). (It still derives rkyv until the journal has moved to that
+//! layout.)
+//!
+//! The digests hash the same fixed-size entry encodings, with XXH3-64 (`xxh3` below; `‖` is
+//! concatenation, `le64` a `u64` in 8 little-endian bytes, `Σ` the wrapping sum of `xxh3` of
+//! each entry's bytes, so that it does not depend on hash-map layout):
+//!
+//! ```text
+//! tables_digest = xxh3( le64(Σ SKUs) ‖ le64(Σ orders) ‖ le64(Σ batches) ‖ le64(Σ coupons)
+//!                     ‖ le64(Σ holdings) ‖ le64(Σ claims)
+//!                     ‖ le64(xxh3(finished entries in queue order))
+//!                     ‖ le64(Σ live deadlines) )
+//! state_digest  = xxh3( image header bytes 4..56 (shard, id generator, now, last sequence,
+//!                       running hash, keys head) ‖ le64(tables_digest)
+//!                     ‖ le64(xxh3(request-key entries in queue order)) )
+//! ```
+//!
+//! A deadline is live while its order slot holds that order, still reserved; stale deadlines
+//! wait in the heap to be skipped, and two equal states may hold different stale ones.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::hash::{Hash, Hasher};
 
 use rkyv::{Archive, Deserialize, Serialize};
+use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
+use super::layout::{Claim, Holding, Scalars, ordered_hash, sum_of};
 use super::{Batch, Coupon, Deadline, Engine, KeyEntry, Order, Sku};
 use crate::config::EngineConfig;
-use crate::hash::StateHasher;
 use crate::outcome::{CouponState, OrderState};
 use crate::snowflake::Snowflake;
-use crate::types::{BatchId, Sequence, SkuId, Timestamp, UserId};
+use crate::types::{Sequence, Timestamp};
 
 /// The engine's full state as plain data. Private fields: build one with
 /// [`Engine::to_image`], turn it back with [`Engine::from_image`].
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct EngineImage {
-    shard: u16,
-    now: Timestamp,
-    last_sequence: Sequence,
-    running_hash: u64,
-    ids: Snowflake,
-    skus: Vec<Sku>,
-    orders: Vec<Order>,
-    finished: Vec<u32>,
-    deadlines: Vec<Deadline>,
-    holdings: Vec<(UserId, SkuId, u32)>,
-    batches: Vec<Batch>,
-    coupons: Vec<Coupon>,
-    claims: Vec<(UserId, BatchId, u32)>,
-    keys: Vec<KeyEntry>,
-    keys_head: u64,
+    pub(super) shard: u16,
+    pub(super) now: Timestamp,
+    pub(super) last_sequence: Sequence,
+    pub(super) running_hash: u64,
+    pub(super) ids: Snowflake,
+    pub(super) skus: Vec<Sku>,
+    pub(super) orders: Vec<Order>,
+    pub(super) finished: Vec<u32>,
+    pub(super) deadlines: Vec<Deadline>,
+    pub(super) holdings: Vec<Holding>,
+    pub(super) batches: Vec<Batch>,
+    pub(super) coupons: Vec<Coupon>,
+    pub(super) claims: Vec<Claim>,
+    pub(super) keys: Vec<KeyEntry>,
+    pub(super) keys_head: u64,
 }
 
 impl EngineImage {
@@ -57,10 +75,10 @@ pub(super) struct ImageTables<'a> {
     pub orders: &'a mut Vec<Order>,
     pub finished: &'a mut Vec<u32>,
     pub deadlines: &'a mut Vec<Deadline>,
-    pub holdings: &'a mut Vec<(UserId, SkuId, u32)>,
+    pub holdings: &'a mut Vec<Holding>,
     pub batches: &'a mut Vec<Batch>,
     pub coupons: &'a mut Vec<Coupon>,
-    pub claims: &'a mut Vec<(UserId, BatchId, u32)>,
+    pub claims: &'a mut Vec<Claim>,
     pub keys_head: &'a mut u64,
 }
 
@@ -242,17 +260,12 @@ impl Engine {
 
     /// A digest of the full state that two nodes (or a node and its snapshot) can compare:
     /// [`Engine::tables_digest`] plus time, last sequence, running hash, the id generator and
-    /// the remembered request keys.
+    /// the remembered request keys (definition in the module documentation).
     /// O(state): for audits, snapshots and tests, not per command.
     #[must_use]
     pub fn state_digest(&self) -> u64 {
-        let mut hasher = StateHasher::default();
-        (self.config.shard, self.now, self.last_sequence, self.running_hash, self.ids)
-            .hash(&mut hasher);
-        self.tables_digest().hash(&mut hasher);
-        self.keys_head.hash(&mut hasher);
-        self.keys.iter().for_each(|entry| entry.hash(&mut hasher));
-        hasher.finish()
+        let (front, back) = self.keys.as_slices();
+        state_digest(&self.scalars(), self.tables_digest(), front.iter().chain(back))
     }
 
     /// A digest of the business tables only (SKUs, orders, coupons, batches, holdings, claims,
@@ -260,20 +273,110 @@ impl Engine {
     /// running hash and remembered request keys. A refused command leaves it unchanged.
     #[must_use]
     pub fn tables_digest(&self) -> u64 {
-        let mut hasher = StateHasher::default();
-        (sum_of(self.skus.iter()), sum_of(self.orders.iter()), sum_of(self.batches.iter()))
-            .hash(&mut hasher);
-        (sum_of(self.coupons.iter()), sum_of(self.holdings.iter()), sum_of(self.claims.iter()))
-            .hash(&mut hasher);
-        // Queue order decides future evictions, so it is hashed in order.
-        self.finished.iter().for_each(|slot| slot.hash(&mut hasher));
-        let live_deadlines = self
-            .deadlines
-            .iter()
-            .filter(|Reverse((_, order, slot))| self.deadline_is_live(*order, *slot));
-        sum_of(live_deadlines).hash(&mut hasher);
-        hasher.finish()
+        let holdings = self.holdings.iter().map(|(&(user, sku), &units)| (user, sku, units));
+        let claims = self.claims.iter().map(|(&(user, batch), &count)| (user, batch, count));
+        let deadlines = self.deadlines.iter().map(|Reverse(deadline)| *deadline);
+        TableHashes {
+            skus: sum_of(self.skus.iter().copied()),
+            orders: sum_of(self.orders.iter().copied()),
+            batches: sum_of(self.batches.iter().copied()),
+            coupons: sum_of(self.coupons.iter().copied()),
+            holdings: sum_of(holdings),
+            claims: sum_of(claims),
+            finished: ordered_hash(self.finished.iter()),
+            live_deadlines: sum_of(deadlines.filter(|d| is_live(&self.orders, d))),
+        }
+        .digest()
     }
+
+    fn scalars(&self) -> Scalars {
+        Scalars {
+            shard: self.config.shard,
+            ids: self.ids,
+            now: self.now,
+            last_sequence: self.last_sequence,
+            running_hash: self.running_hash,
+            keys_head: self.keys_head,
+        }
+    }
+}
+
+impl EngineImage {
+    /// [`Engine::state_digest`] of the engine this image restores to, computed from the image
+    /// alone: a snapshot can be checked against its recorded digest without restoring it.
+    #[must_use]
+    pub fn state_digest(&self) -> u64 {
+        state_digest(&self.scalars(), self.tables_digest(), self.keys.iter())
+    }
+
+    /// [`Engine::tables_digest`] of the engine this image restores to.
+    #[must_use]
+    pub fn tables_digest(&self) -> u64 {
+        let deadlines = self.deadlines.iter().filter(|d| is_live(&self.orders, d));
+        TableHashes {
+            skus: sum_of(self.skus.iter().copied()),
+            orders: sum_of(self.orders.iter().copied()),
+            batches: sum_of(self.batches.iter().copied()),
+            coupons: sum_of(self.coupons.iter().copied()),
+            holdings: sum_of(self.holdings.iter().copied()),
+            claims: sum_of(self.claims.iter().copied()),
+            finished: ordered_hash(self.finished.iter()),
+            live_deadlines: sum_of(deadlines.copied()),
+        }
+        .digest()
+    }
+}
+
+/// Whether a deadline still belongs to its order: the slot holds that order, still reserved.
+/// Reads the slot with `get`, so an image with a bad slot digests instead of panicking.
+fn is_live(orders: &[Order], &(_, order, slot): &Deadline) -> bool {
+    orders
+        .get(slot as usize)
+        .is_some_and(|kept| kept.id == order && kept.state == OrderState::Reserved)
+}
+
+/// The per-table hashes the tables digest combines, in the order it hashes them.
+struct TableHashes {
+    skus: u64,
+    orders: u64,
+    batches: u64,
+    coupons: u64,
+    holdings: u64,
+    claims: u64,
+    finished: u64,
+    live_deadlines: u64,
+}
+
+impl TableHashes {
+    fn digest(&self) -> u64 {
+        let parts = [
+            self.skus,
+            self.orders,
+            self.batches,
+            self.coupons,
+            self.holdings,
+            self.claims,
+            self.finished,
+            self.live_deadlines,
+        ];
+        let mut bytes = [0_u8; 8 * 8];
+        for (chunk, part) in bytes.chunks_exact_mut(8).zip(parts) {
+            chunk.copy_from_slice(&part.to_le_bytes());
+        }
+        xxh3_64(&bytes)
+    }
+}
+
+fn state_digest<'a>(
+    scalars: &Scalars,
+    tables_digest: u64,
+    keys: impl Iterator<Item = &'a KeyEntry>,
+) -> u64 {
+    let mut hasher = Xxh3Default::new();
+    hasher.update(&scalars.state_bytes());
+    hasher.update(&tables_digest.to_le_bytes());
+    hasher.update(&ordered_hash(keys).to_le_bytes());
+    hasher.digest()
 }
 
 /// Replaces `table`'s contents with `len` entries, growing its allocation at most once.
@@ -296,11 +399,6 @@ fn refill_from<T: Copy>(table: &mut Vec<T>, parts: &[&[T]]) {
     assert_eq!(table.len(), len);
 }
 
-/// Order-independent combination of per-entry hashes.
-fn sum_of<T: Hash>(items: impl Iterator<Item = T>) -> u64 {
-    items.fold(0u64, |sum, item| sum.wrapping_add(StateHasher::hash_one(&item)))
-}
-
 /// Every size within capacity, every internal slot reference in range.
 fn check_image(config: &EngineConfig, image: &EngineImage) -> Result<(), RestoreError> {
     let sizes = [
@@ -318,6 +416,9 @@ fn check_image(config: &EngineConfig, image: &EngineImage) -> Result<(), Restore
         if len > max as usize {
             return Err(RestoreError::TooLarge { table, len, max: max as usize });
         }
+    }
+    if image.ids.shard() != image.shard {
+        return Err(RestoreError::Inconsistent("the id generator belongs to another shard"));
     }
     let order_slots = image.orders.len() as u32;
     let in_range = image.orders.iter().all(|o| {

@@ -8,6 +8,7 @@
 
 mod catalog;
 mod image;
+mod layout;
 mod orders;
 mod table;
 #[cfg(test)]
@@ -15,14 +16,13 @@ mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::hash::{Hash, Hasher};
 
 use rkyv::{Archive, Deserialize, Serialize};
 use table::FixedMap;
 
 use crate::command::{Action, Command, Query, Sequenced};
 use crate::config::EngineConfig;
-use crate::hash::StateHasher;
+use crate::hash;
 use crate::outcome::{CouponState, OrderState, Outcome, Rejection};
 use crate::snowflake::Snowflake;
 use crate::types::{
@@ -30,9 +30,11 @@ use crate::types::{
 };
 
 pub use image::{EngineImage, RestoreError};
+pub use layout::{IMAGE_FORMAT_VERSION, ImageDecodeError};
 
-/// Something that happened without a command asking for it, reported to an observer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Something that happened without a command asking for it, reported to an observer and
+/// folded into the running hash (canonical encoding in [`crate::codec`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A reserved order's payment deadline passed; its units went back to available.
     OrderExpired {
@@ -68,7 +70,7 @@ pub struct EngineStatus {
     pub request_keys: u32,
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 struct Sku {
     id: SkuId,
     stock: u64,
@@ -83,7 +85,7 @@ struct Sku {
     sale_end: Option<Timestamp>,
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 struct Order {
     id: OrderId,
     user: UserId,
@@ -98,7 +100,7 @@ struct Order {
     payment_ref: Option<PaymentRef>,
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 struct Batch {
     id: BatchId,
     quantity: u32,
@@ -110,7 +112,7 @@ struct Batch {
     valid_until: Timestamp,
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 struct Coupon {
     id: CouponId,
     batch_slot: u32,
@@ -119,64 +121,14 @@ struct Coupon {
     state: CouponState,
 }
 
-/// A remembered request key: its command's fingerprint and original outcome.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A remembered request key: its action's fingerprint ([`hash::fingerprint`]) and original
+/// outcome.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 struct KeyEntry {
     key: RequestKey,
     expires_at: Timestamp,
     fingerprint: u64,
     outcome: Outcome,
-}
-
-// Discriminants that the derived `Hash` writes (as `isize`) for the variants hashed word by
-// word below; `hash_fast_paths_match_the_derived_hash` pins them to the derive.
-const ACTION_RESERVE: u64 = 4;
-const OUTCOME_RESERVED: u64 = 4;
-const OUTCOME_REJECTED: u64 = 17;
-const REJECTION_SOLD_OUT: u64 = 0;
-const REJECTION_LIMIT_EXCEEDED: u64 = 1;
-
-/// A command's idempotency fingerprint: `StateHasher::hash_one(action)`, with a reservation
-/// hashed word by word instead of through the derived walk over the whole enum.
-fn fingerprint(action: &Action) -> u64 {
-    let Action::Reserve(reserve) = *action else {
-        return StateHasher::hash_one(action);
-    };
-    let mut hasher = StateHasher::default();
-    hasher.write_u64(ACTION_RESERVE);
-    hasher.write_u64(reserve.user.0);
-    hasher.write_u64(reserve.sku.0);
-    hasher.write_u64(u64::from(reserve.qty));
-    match reserve.coupon {
-        None => hasher.write_u64(0),
-        Some(coupon) => {
-            hasher.write_u64(1);
-            hasher.write_u64(coupon.0);
-        }
-    }
-    hasher.finish()
-}
-
-/// Feeds `outcome` to `hasher` exactly as its derived `Hash` does, writing the reservation
-/// path's outcomes (reserved, sold out, over the limit) directly.
-fn hash_outcome(outcome: &Outcome, hasher: &mut StateHasher) {
-    match *outcome {
-        Outcome::Reserved { order, expires_at, amount_cents } => {
-            hasher.write_u64(OUTCOME_RESERVED);
-            hasher.write_u64(order.0);
-            hasher.write_u64(expires_at.0);
-            hasher.write_u64(amount_cents);
-        }
-        Outcome::Rejected(Rejection::SoldOut) => {
-            hasher.write_u64(OUTCOME_REJECTED);
-            hasher.write_u64(REJECTION_SOLD_OUT);
-        }
-        Outcome::Rejected(Rejection::LimitExceeded) => {
-            hasher.write_u64(OUTCOME_REJECTED);
-            hasher.write_u64(REJECTION_LIMIT_EXCEEDED);
-        }
-        _ => outcome.hash(hasher),
-    }
 }
 
 /// A payment deadline: (when, which order, its slot). Entries whose order has moved on are
@@ -409,25 +361,19 @@ impl Engine {
         self.running_hash
     }
 
-    /// Folds one applied command's outcome into the running hash: the same value as folding
-    /// `(sequence, outcome)` through the derived `Hash`, with the reservation path's outcomes
-    /// written word by word rather than through the derived walk over the whole enum.
+    /// Folds one applied command's outcome into the running hash ([`hash::fold_outcome`]).
     ///
     /// Kept out of line on purpose: it reads the outcome through a reference, in memory, so
     /// the caller moves the 104-byte outcome to its return slot as one block copy instead of
     /// splitting it into fields for the hash and putting them back together.
     #[inline(never)]
     fn fold_outcome(&mut self, sequence: Sequence, outcome: &Outcome) {
-        let mut hasher = StateHasher::with_seed(self.running_hash);
-        hasher.write_u64(sequence.0);
-        hash_outcome(outcome, &mut hasher);
-        self.running_hash = hasher.finish();
+        self.running_hash = hash::fold_outcome(self.running_hash, sequence, outcome);
     }
 
-    fn fold<T: Hash + ?Sized>(&mut self, value: &T) {
-        let mut hasher = StateHasher::with_seed(self.running_hash);
-        value.hash(&mut hasher);
-        self.running_hash = std::hash::Hasher::finish(&hasher);
+    /// Folds an event (an expiry) into the running hash ([`hash::fold_event`]).
+    fn fold_event(&mut self, event: &Event) {
+        self.running_hash = hash::fold_event(self.running_hash, event);
     }
 
     /// Moves *now* forward (never back) and fires every deadline it passed, oldest first.
@@ -480,7 +426,7 @@ impl Engine {
     /// Idempotency: a known key with the same command returns the original outcome; with a
     /// different command it is refused; a new key is executed and remembered.
     fn apply_keyed(&mut self, key: RequestKey, action: &Action) -> Outcome {
-        let fingerprint = fingerprint(action);
+        let fingerprint = hash::fingerprint(action);
         // Located once: executing a command never touches the request-key index.
         let located = self.key_index.locate(key);
         if let Some(position) = located.value {

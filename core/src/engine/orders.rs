@@ -236,9 +236,11 @@ impl Engine {
         assert_eq!(record.state, OrderState::Reserved);
         assert!(record.expires_at <= self.now);
         self.release_reserved(slot, OrderState::Expired);
-        self.fold(&(OrderState::Expired, record.id));
         let sku = self.skus[record.sku_slot as usize].id;
-        events(Event::OrderExpired { order: record.id, user: record.user, sku, qty: record.qty });
+        let event =
+            Event::OrderExpired { order: record.id, user: record.user, sku, qty: record.qty };
+        self.fold_event(&event);
+        events(event);
     }
 
     /// Ends a reserved order as `Cancelled` or `Expired`, returning what it held.

@@ -1965,35 +1965,205 @@ fn image_order_slot(image: &super::EngineImage, id: OrderId) -> usize {
     tables.orders.iter().position(|o| o.id == id).expect("the order is kept")
 }
 
+// ---------------------------------------------------------------------------------------------
+// Hashes pinned to their definitions (`hash.rs`, `image.rs`): every expected value is XXH3 of
+// bytes written out here from the specification, never computed by the engine's own code.
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// Bytes from a hex string with spaces, as the specification writes them.
+fn hex(text: &str) -> Vec<u8> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let nibble = |d: u8| (d as char).to_digit(16).expect("hex digit") as u8;
+    digits.chunks(2).map(|pair| nibble(pair[0]) << 4 | nibble(pair[1])).collect()
+}
+
 #[test]
-fn hash_fast_paths_match_the_derived_hash() {
-    // Goal: the word-by-word fingerprint and outcome fold give exactly the derived `Hash`
-    // values, so running hashes and remembered fingerprints do not depend on the fast path.
-    use crate::hash::StateHasher;
-    use std::hash::{Hash, Hasher};
-    let reserves = [
-        Reserve { user: UserId(ALICE), sku: SkuId(SKU), qty: 1, coupon: None },
-        Reserve { user: UserId(BOB), sku: SkuId(OTHER_SKU), qty: 3, coupon: Some(CouponId(9)) },
-    ];
-    for reserve in reserves {
-        let action = Action::Reserve(reserve);
-        assert_eq!(super::fingerprint(&action), StateHasher::hash_one(&action));
+fn running_hash_folds_literal_outcome_bytes_seeded_by_the_previous_hash() {
+    // Goal: from zero, each mutating command folds XXH3-64(le64(sequence) ‖ outcome bytes)
+    // seeded with the hash before it; a query folds nothing.
+    let mut h = Harness::new();
+    assert_eq!(h.engine.running_hash(), 0);
+    assert_eq!(h.tick(), Outcome::Ticked { now: T0 });
+    // T0 = 1_735_776_000_000 ms = 0x0000_0194_244F_D800.
+    let h1 = xxh3_64_with_seed(&hex("0100000000000000 01 00D84F2494010000"), 0);
+    assert_eq!(h.engine.running_hash(), h1);
+    assert_eq!(h.run(act::restock(99, 2)), Outcome::Rejected(Rejection::UnknownSku));
+    let h2 = xxh3_64_with_seed(&hex("0200000000000000 12 05"), h1);
+    assert_eq!(h.engine.running_hash(), h2);
+    h.query(Query::Sku(SkuId(99)));
+    assert_eq!(h.engine.running_hash(), h2);
+    // The refusal is remembered under its key with the fingerprint XXH3-64(action bytes).
+    let remembered = h.engine.keys.back().expect("the refusal is remembered");
+    assert_eq!(remembered.fingerprint, xxh3_64(&hex("02 6300000000000000 02000000")));
+}
+
+#[test]
+fn an_expiry_folds_its_literal_event_bytes_before_the_outcome() {
+    // Goal: a tick that expires an order folds XXH3-64 of the expiry event's bytes, then the
+    // tick's own outcome, each seeded with the hash before it.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 2);
+    let before = h.engine.running_hash();
+    h.advance(TIMEOUT_MS);
+    assert_eq!(h.tick(), Outcome::Ticked { now: h.clock });
+    let event = [
+        &[0x01][..],
+        &order.0.to_le_bytes(),
+        &ALICE.to_le_bytes(),
+        &SKU.to_le_bytes(),
+        &2_u32.to_le_bytes(),
+    ]
+    .concat();
+    let after_event = xxh3_64_with_seed(&event, before);
+    let ticked = [&h.sequence.0.to_le_bytes()[..], &[0x01], &h.clock.0.to_le_bytes()].concat();
+    assert_eq!(h.engine.running_hash(), xxh3_64_with_seed(&ticked, after_event));
+}
+
+#[test]
+fn digests_are_pinned_to_literal_entry_bytes() {
+    // Goal: the tables digest and the state digest are XXH3-64 over the documented entry and
+    // header bytes: an empty engine, then one SKU.
+    let empty_queue = xxh3_64(b"");
+    let combine = |sums: [u64; 8]| xxh3_64(&sums.map(u64::to_le_bytes).concat());
+    let empty_tables = combine([0, 0, 0, 0, 0, 0, empty_queue, 0]);
+    let engine = Engine::new(EngineConfig::small());
+    assert_eq!(engine.tables_digest(), empty_tables);
+    // Shard 1, id generator not started, every other scalar zero.
+    let scalars = hex("0100 00 00").into_iter().chain([0; 48]).collect::<Vec<u8>>();
+    let state = [scalars, empty_tables.to_le_bytes().to_vec(), empty_queue.to_le_bytes().to_vec()];
+    assert_eq!(engine.state_digest(), xxh3_64(&state.concat()));
+
+    let h = Harness::with_sku(sku_spec(SKU));
+    let sku_entry =
+        hex("0700000000000000 0A00000000000000 0A00000000000000 0000000000000000 0000000000000000
+         E803000000000000 00000000 01 3075000000000000 00 0000000000000000 00 0000000000000000");
+    let tables = combine([xxh3_64(&sku_entry), 0, 0, 0, 0, 0, empty_queue, 0]);
+    assert_eq!(h.engine.tables_digest(), tables);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot image bytes (`layout.rs`).
+
+use super::{EngineImage, IMAGE_FORMAT_VERSION, ImageDecodeError};
+
+fn image_bytes(image: &EngineImage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image.encode_into(&mut bytes);
+    assert_eq!(bytes.len(), image.encoded_len());
+    bytes
+}
+
+#[test]
+fn an_encoded_image_decodes_to_the_same_image_and_restores_to_the_same_state() {
+    // Goal: the bytes of a real workload's image (sorted or as the BLP copies it) decode to
+    // the same image, whose digest, computed with or without restoring, is the engine's; the
+    // restored engine continues exactly like the original.
+    let mut h = Harness::new();
+    restore_workload(&mut h);
+    for image in [h.engine.to_image(), h.engine.to_image_unsorted()] {
+        let decoded = EngineImage::decode(&image_bytes(&image)).expect("image decodes");
+        assert_eq!(decoded, image);
+        assert_eq!(decoded.state_digest(), h.engine.state_digest());
+        assert_eq!(decoded.tables_digest(), h.engine.tables_digest());
+        let restored = Engine::from_image(EngineConfig::small(), &decoded).expect("restores");
+        assert_eq!(restored.state_digest(), h.engine.state_digest());
     }
-    let restock = Action::Restock { sku: SkuId(SKU), qty: 2 };
-    assert_eq!(super::fingerprint(&restock), StateHasher::hash_one(&restock));
-    let outcomes = [
-        Outcome::Reserved { order: OrderId(5), expires_at: T0, amount_cents: PRICE_CENTS },
-        Outcome::Rejected(Rejection::SoldOut),
-        Outcome::Rejected(Rejection::LimitExceeded),
-        Outcome::Rejected(Rejection::WrongAmount { expected_cents: 7 }),
-        Outcome::Paid { order: OrderId(5) },
-    ];
-    for outcome in outcomes {
-        let mut fast = StateHasher::with_seed(11);
-        fast.write_u64(3);
-        super::hash_outcome(&outcome, &mut fast);
-        let mut derived = StateHasher::with_seed(11);
-        (Sequence(3), &outcome).hash(&mut derived);
-        assert_eq!(fast.finish(), derived.finish(), "{outcome:?}");
+    let decoded = EngineImage::decode(&image_bytes(&h.engine.to_image())).expect("decodes");
+    let mut restored = Engine::from_image(EngineConfig::small(), &decoded).expect("restores");
+    h.advance(TIMEOUT_MS);
+    let tick =
+        Sequenced { sequence: h.sequence.next(), timestamp: h.clock, command: Command::Tick };
+    assert_eq!(restored.apply(&tick), h.tick());
+    assert_eq!(restored.state_digest(), h.engine.state_digest());
+}
+
+#[test]
+fn image_header_has_the_documented_layout() {
+    // Goal: versions, shard, id generator, clock, sequence, hash and keys head sit at the
+    // offsets of the byte diagram, and the SKU table's count follows the header.
+    let h = Harness::with_sku(sku_spec(SKU));
+    let bytes = image_bytes(&h.engine.to_image());
+    assert_eq!(&bytes[0..2], &IMAGE_FORMAT_VERSION.to_le_bytes());
+    assert_eq!(&bytes[2..4], &crate::codec::ENCODING_VERSION.to_le_bytes());
+    assert_eq!(&bytes[4..8], &hex("0100 00 00"), "shard 1, no id issued yet, zero");
+    assert_eq!(&bytes[8..24], &[0; 16], "id generator millisecond and counter");
+    assert_eq!(&bytes[24..32], &T0.0.to_le_bytes());
+    assert_eq!(&bytes[32..40], &1_u64.to_le_bytes(), "last sequence");
+    assert_eq!(&bytes[40..48], &h.engine.running_hash().to_le_bytes());
+    assert_eq!(&bytes[48..56], &0_u64.to_le_bytes(), "keys head");
+    assert_eq!(&bytes[56..60], &1_u32.to_le_bytes(), "one SKU");
+    assert_eq!(&bytes[60..68], &SKU.to_le_bytes());
+}
+
+#[test]
+fn every_truncation_of_an_image_is_refused() {
+    // Goal: an image cut anywhere short of its end (a torn snapshot) is refused, not read as
+    // a smaller state.
+    let mut h = Harness::new();
+    restore_workload(&mut h);
+    let bytes = image_bytes(&h.engine.to_image());
+    for cut in 0..bytes.len() {
+        assert!(EngineImage::decode(&bytes[..cut]).is_err(), "cut at {cut} of {}", bytes.len());
     }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        EngineImage::decode(&longer),
+        Err(ImageDecodeError::Bytes(crate::codec::DecodeError::TrailingBytes { count: 1, .. }))
+    ));
+}
+
+#[test]
+fn single_byte_flips_are_refused_or_decode_to_another_canonical_image() {
+    // Goal: damaging any one byte of a real image never panics the decoder or restore: the
+    // image is refused, or it decodes to a different image whose encoding is exactly the
+    // damaged bytes (no half-validated field slips through).
+    let mut h = Harness::new();
+    restore_workload(&mut h);
+    let image = h.engine.to_image();
+    let bytes = image_bytes(&image);
+    let (mut refused, mut decoded) = (0, 0);
+    for at in 0..bytes.len() {
+        for mask in [0x01_u8, 0x80, 0xFF] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= mask;
+            let Ok(other) = EngineImage::decode(&damaged) else {
+                refused += 1;
+                continue;
+            };
+            decoded += 1;
+            assert_ne!(other, image, "flip at {at}");
+            assert_eq!(image_bytes(&other), damaged, "flip at {at} re-encodes differently");
+            // Restore may refuse it, but must not panic.
+            let _ = Engine::from_image(EngineConfig::small(), &other);
+        }
+    }
+    assert!(refused > 0 && decoded > 0, "{refused} refused, {decoded} decoded");
+}
+
+#[test]
+fn images_of_other_versions_and_impossible_headers_are_refused_clearly() {
+    // Goal: a future format or encoding version, a version never written, an impossible id
+    // generator and a count larger than the image are each refused with their own error.
+    let h = Harness::with_sku(sku_spec(SKU));
+    let bytes = image_bytes(&h.engine.to_image());
+    let with = |at: usize, patch: &[u8]| {
+        let mut damaged = bytes.clone();
+        damaged[at..at + patch.len()].copy_from_slice(patch);
+        EngineImage::decode(&damaged).expect_err("damaged header refused")
+    };
+    let future = with(0, &2_u16.to_le_bytes());
+    assert_eq!(future, ImageDecodeError::FutureVersion { found: 2, supported: 1 });
+    assert!(future.to_string().contains("newer than this build"), "{future}");
+    let never = with(0, &0_u16.to_le_bytes());
+    assert_eq!(never, ImageDecodeError::UnknownVersion { found: 0, supported: 1 });
+    let encoding = with(2, &2_u16.to_le_bytes());
+    assert_eq!(encoding, ImageDecodeError::UnsupportedEncoding { found: 2, supported: 1 });
+    // A generator that issued nothing cannot have moved its counter.
+    let counter = with(16, &1_u64.to_le_bytes());
+    assert!(matches!(counter, ImageDecodeError::BadIdGenerator { counter: 1, .. }));
+    let count = with(56, &u32::MAX.to_le_bytes());
+    assert!(matches!(count, ImageDecodeError::TableTooLong { table: "SKU", offset: 56, .. }));
+    assert_eq!(EngineImage::decode(&bytes[..10]), Err(ImageDecodeError::TooShort { len: 10 }));
 }

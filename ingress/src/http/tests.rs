@@ -6,7 +6,7 @@ use ringfence_core::{
 
 use super::api::{AdminToken, Call, KeyMint, render_outcome, route};
 use super::*;
-use crate::arb;
+use ringfence_core::arb;
 
 const LIMITS: Limits = Limits { header_max: 1024, body_max: 256 };
 

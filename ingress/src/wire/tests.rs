@@ -1,8 +1,9 @@
 use proptest::prelude::*;
-use ringfence_core::{Action, Command, Outcome, Query, RequestKey, Reserve, SkuId, UserId};
+use ringfence_core::{
+    Action, Command, OrderState, Outcome, Query, Rejection, RequestKey, Reserve, SkuId, UserId, arb,
+};
 
 use super::*;
-use crate::arb;
 
 fn request_of(bytes: &[u8]) -> Result<Option<(Command, usize)>, WireError> {
     match try_frame(bytes)? {
@@ -88,10 +89,14 @@ fn tick_and_trailing_bytes_are_refused() {
     assert_eq!(request_of(&out).unwrap_err(), WireError::TickFromClient);
     let mut out = Vec::new();
     encode_frame(&mut out, Kind::Command, 1, |body| {
-        write_command(body, &Command::Query(Query::Sku(SkuId(1))));
+        let mut bytes = [0; COMMAND_LEN_MAX];
+        let len = codec::encode_command(&Command::Query(Query::Sku(SkuId(1))), &mut bytes);
+        body.extend_from_slice(&bytes[..len]);
         body.push(0);
     });
-    assert_eq!(request_of(&out).unwrap_err(), WireError::TrailingBytes(1));
+    let trailing = DecodeError::TrailingBytes { what: "command", offset: 9, count: 1 };
+    assert_eq!(request_of(&out).unwrap_err(), WireError::Body(trailing));
+    assert_eq!(WireError::Body(trailing).code(), ErrorCode::BadBody);
 }
 
 #[test]

@@ -1,7 +1,12 @@
-//! Proptest strategies for commands and outcomes, shared by the codec tests.
+//! Proptest strategies for every command, outcome and event, over the full range of every
+//! field: for codec round trips and fuzzing here and in other crates' tests (feature
+//! `arbitrary`). They generate values, not plausible workloads; `core/tests/model.rs` drives
+//! the engine with realistic sequences.
 
 use proptest::prelude::*;
-use ringfence_core::{
+
+use crate::engine::Event;
+use crate::{
     Action, BatchId, BatchView, Command, CouponId, CouponState, CouponView, CreateCouponBatch,
     CreateSku, OrderId, OrderState, OrderView, Outcome, PaymentRef, Query, Rejection, RequestKey,
     Reserve, Sequence, SkuId, SkuView, Timestamp, UserId,
@@ -15,6 +20,7 @@ fn opt_ts() -> impl Strategy<Value = Option<Timestamp>> {
     proptest::option::of(ts())
 }
 
+/// Any order state.
 pub fn order_state() -> impl Strategy<Value = OrderState> {
     prop_oneof![
         Just(OrderState::Reserved),
@@ -27,6 +33,7 @@ pub fn order_state() -> impl Strategy<Value = OrderState> {
     ]
 }
 
+/// Any action, every field over its full range.
 pub fn action() -> impl Strategy<Value = Action> {
     let order = || any::<u64>().prop_map(OrderId);
     let user = || any::<u64>().prop_map(UserId);
@@ -102,6 +109,7 @@ pub fn client_command() -> impl Strategy<Value = Command> {
     ]
 }
 
+/// Any rejection.
 pub fn rejection() -> impl Strategy<Value = Rejection> {
     prop_oneof![
         Just(Rejection::SoldOut),
@@ -126,6 +134,7 @@ pub fn rejection() -> impl Strategy<Value = Rejection> {
     ]
 }
 
+/// Any SKU view.
 pub fn sku_view() -> impl Strategy<Value = SkuView> {
     (any::<[u64; 6]>(), any::<u32>(), any::<bool>(), any::<u64>(), opt_ts(), opt_ts()).prop_map(
         |(v, per_user_limit, open, payment_timeout_ms, sale_start, sale_end)| SkuView {
@@ -144,6 +153,7 @@ pub fn sku_view() -> impl Strategy<Value = SkuView> {
     )
 }
 
+/// Any batch view.
 pub fn batch_view() -> impl Strategy<Value = BatchView> {
     (any::<[u64; 5]>(), any::<[u32; 3]>()).prop_map(|(v, w)| BatchView {
         batch: BatchId(v[0]),
@@ -157,6 +167,7 @@ pub fn batch_view() -> impl Strategy<Value = BatchView> {
     })
 }
 
+/// Any order view.
 pub fn order_view() -> impl Strategy<Value = OrderView> {
     (
         any::<[u64; 6]>(),
@@ -179,6 +190,7 @@ pub fn order_view() -> impl Strategy<Value = OrderView> {
         })
 }
 
+/// Any coupon view.
 pub fn coupon_view() -> impl Strategy<Value = CouponView> {
     let state = prop_oneof![
         Just(CouponState::Available),
@@ -196,6 +208,7 @@ pub fn coupon_view() -> impl Strategy<Value = CouponView> {
     })
 }
 
+/// Any outcome.
 pub fn outcome() -> impl Strategy<Value = Outcome> {
     let order = || any::<u64>().prop_map(OrderId);
     prop_oneof![
@@ -225,4 +238,19 @@ pub fn outcome() -> impl Strategy<Value = Outcome> {
         }),
         rejection().prop_map(Outcome::Rejected),
     ]
+}
+
+/// Any command, `Tick` included.
+pub fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![1 => Just(Command::Tick), 12 => client_command()]
+}
+
+/// Any engine event.
+pub fn event() -> impl Strategy<Value = Event> {
+    (any::<[u64; 3]>(), any::<u32>()).prop_map(|(v, qty)| Event::OrderExpired {
+        order: OrderId(v[0]),
+        user: UserId(v[1]),
+        sku: SkuId(v[2]),
+        qty,
+    })
 }
