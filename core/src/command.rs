@@ -2,19 +2,16 @@
 //!
 //! A command is plain data: fixed size, `Copy`, no heap. Its durable and shared form is the
 //! canonical encoding of [`crate::codec`], never its memory layout, so replay and the standby
-//! see exactly what the primary applied. The wire protocol speaks it today; the journal still
-//! stores rkyv archives until it switches, the only reason these types keep their rkyv
-//! derives. They derive no `Hash`: hashes are taken over the canonical bytes ([`crate::hash`]).
-
-use rkyv::{Archive, Deserialize, Serialize};
+//! see exactly what the primary applied: the journal, the replication stream and the binary
+//! protocol all carry it. Commands derive no `Hash`: hashes are taken over the canonical bytes
+//! ([`crate::hash`]).
 
 use crate::types::{
     BatchId, CouponId, OrderId, PaymentRef, RequestKey, Sequence, SkuId, Timestamp, UserId,
 };
 
 /// A command with its place in the total order and the time it was sequenced.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sequenced {
     /// Position in the input ring; strictly increasing across applied commands.
     pub sequence: Sequence,
@@ -26,8 +23,7 @@ pub struct Sequenced {
 }
 
 /// Everything the business-logic processor can be asked.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Advances logical time only; published periodically by the node's timer so that payment
     /// deadlines fire without client traffic.
@@ -48,8 +44,7 @@ pub enum Command {
 }
 
 /// Reads answered from the BLP's state at the command's place in the sequence.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Query {
     /// The SKU's stock figures and sale settings.
     Sku(SkuId),
@@ -63,8 +58,7 @@ pub enum Query {
 
 /// Mutating commands. Each carries everything needed to decide it; nothing is looked up outside
 /// the BLP.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Admin: define a SKU with its initial stock.
     CreateSku(CreateSku),
@@ -137,8 +131,7 @@ pub enum Action {
 }
 
 /// Settings of a new SKU.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreateSku {
     /// The new SKU's id; not zero, not in use.
     pub sku: SkuId,
@@ -158,8 +151,7 @@ pub struct CreateSku {
 }
 
 /// A buyer's reservation request.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reserve {
     /// The buyer.
     pub user: UserId,
@@ -172,8 +164,7 @@ pub struct Reserve {
 }
 
 /// Settings of a new coupon batch.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreateCouponBatch {
     /// The new batch's id; not zero, not in use.
     pub batch: BatchId,

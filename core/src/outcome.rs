@@ -5,13 +5,10 @@
 //! the canonical encoding of [`crate::codec`]; the types derive no `Hash`, because the running
 //! hash is taken over those bytes ([`crate::hash`]).
 
-use rkyv::{Archive, Deserialize, Serialize};
-
 use crate::types::{BatchId, CouponId, OrderId, PaymentRef, SkuId, Timestamp, UserId};
 
 /// The answer to one command.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Logical time is now `now`.
     Ticked {
@@ -89,8 +86,7 @@ pub enum Outcome {
 }
 
 /// Why a command was refused. Every variant leaves state exactly as it was.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Rejection {
     /// Fewer units (or coupons) available than asked for.
@@ -140,8 +136,7 @@ pub enum Rejection {
 }
 
 /// Where an order is in its life.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OrderState {
     /// Units held, waiting for payment until the deadline.
     Reserved,
@@ -236,8 +231,7 @@ impl Rejection {
 }
 
 /// A SKU's figures. Invariant: `available + reserved + sold == stock`.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SkuView {
     /// The SKU.
     pub sku: SkuId,
@@ -264,8 +258,7 @@ pub struct SkuView {
 }
 
 /// An order as kept by the BLP.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrderView {
     /// The order.
     pub order: OrderId,
@@ -290,8 +283,7 @@ pub struct OrderView {
 }
 
 /// Where a claimed coupon is in its life.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CouponState {
     /// Claimed and free to apply to a reservation.
     Available,
@@ -304,8 +296,7 @@ pub enum CouponState {
 }
 
 /// A claimed coupon.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CouponView {
     /// The coupon.
     pub coupon: CouponId,
@@ -322,8 +313,7 @@ pub struct CouponView {
 }
 
 /// A coupon batch's settings and what is left of it.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchView {
     /// The batch.
     pub batch: BatchId,

@@ -10,8 +10,6 @@
 //! More than 4096 ids in one millisecond borrow the next millisecond instead of waiting; the
 //! generator's millisecond may therefore run ahead of the clock during a burst.
 
-use rkyv::{Archive, Deserialize, Serialize};
-
 use crate::types::Timestamp;
 
 /// The snowflake epoch: 2025-01-01T00:00:00Z in Unix milliseconds.
@@ -30,8 +28,7 @@ const MILLIS_MAX: u64 = (1 << MILLIS_BITS) - 1;
 const _: () = assert!(MILLIS_BITS + SHARD_BITS + COUNTER_BITS == 63);
 
 /// The state of one id sequence: the last millisecond used and the counter within it.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Snowflake {
     shard: u16,
     millis: u64,

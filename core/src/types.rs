@@ -5,14 +5,10 @@
 //! hashes are XXH3 over canonical bytes ([`crate::hash`]) and the engine's tables place keys
 //! with their own fixed function (`engine/table.rs`).
 
-use rkyv::{Archive, Deserialize, Serialize};
-
 macro_rules! id_newtype {
     ($(#[$meta:meta])* $name:ident($inner:ty)) => {
         $(#[$meta])*
-        #[derive(Archive, Serialize, Deserialize)]
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        #[rkyv(derive(Debug, PartialEq, Eq))]
         #[repr(transparent)]
         pub struct $name(pub $inner);
 
@@ -84,9 +80,7 @@ impl Sequence {
 macro_rules! bytes16_newtype {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
-        #[derive(Archive, Serialize, Deserialize)]
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        #[rkyv(derive(Debug, PartialEq, Eq))]
         #[repr(transparent)]
         pub struct $name(pub [u8; 16]);
 

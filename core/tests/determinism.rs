@@ -1,5 +1,5 @@
 //! Determinism: the same commands give the same outcomes, hashes and digests on every engine,
-//! whether it started empty or from an rkyv snapshot taken part way through.
+//! whether it started empty or from a snapshot image taken part way through.
 //!
 //! A generated sequence is driven through a first engine, which also decides the concrete
 //! commands (order ids come from its answers). The recorded commands are then replayed into a
@@ -57,8 +57,8 @@ struct Placed {
 struct Run {
     commands: Vec<Sequenced>,
     outcomes: Vec<Outcome>,
-    /// (commands applied before it, rkyv bytes of the image, state digest at that point).
-    snapshots: Vec<(usize, rkyv::util::AlignedVec, u64)>,
+    /// (commands applied before it, the image's bytes, state digest at that point).
+    snapshots: Vec<(usize, Vec<u8>, u64)>,
     /// Refused commands whose effect on the tables digest was checked.
     refusals_checked: usize,
 }
@@ -290,7 +290,8 @@ impl Driver {
 
     fn snapshot(&mut self) {
         let image = self.engine.to_image();
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&image).expect("image serializes");
+        let mut bytes = Vec::new();
+        image.encode_into(&mut bytes);
         let at = self.run.commands.len();
         self.run.snapshots.push((at, bytes, self.engine.state_digest()));
     }
@@ -345,13 +346,12 @@ proptest! {
         picks in prop::collection::vec(pick(), 300..700),
         snap_at in prop::collection::vec(any::<usize>(), 1..4),
     ) {
-        // Goal: an engine restored from rkyv bytes has the same digest and, fed the rest of the
+        // Goal: an engine restored from image bytes has the same digest and, fed the rest of the
         // sequence, gives the same outcomes and ends in the same state as the original.
         let (run, first) = drive(&picks, &snap_at);
         prop_assert!(run.snapshots.len() >= 2);
         for (at, bytes, digest) in &run.snapshots {
-            let image = rkyv::from_bytes::<EngineImage, rkyv::rancor::Error>(bytes)
-                .expect("a snapshot just written validates");
+            let image = EngineImage::decode(bytes).expect("a snapshot just written validates");
             let mut restored = Engine::from_image(config(), &image).expect("image restores");
             prop_assert_eq!(restored.state_digest(), *digest);
             prop_assert_eq!(&restored.to_image(), &image);

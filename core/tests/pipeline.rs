@@ -12,9 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringfence_core::pipeline::{
-    CallError, Clock, Completion, EgressDriver, Journal, MemoryJournal, NoReplicator, NoSnapshots,
-    Node, NodeConfig, NodeError, Refused, Replicator, Session, SnapshotHook, StageError, Topology,
-    Watermark,
+    CallError, Clock, Completion, EgressDriver, Framed, Journal, MemoryJournal, NoReplicator,
+    NoSnapshots, Node, NodeConfig, NodeError, Refused, Replicator, Session, SnapshotHook,
+    StageError, Topology, Watermark,
 };
 use ringfence_core::{
     Action, Command, CreateSku, Engine, Epoch, OrderState, Outcome, Query, RequestKey, Reserve,
@@ -245,8 +245,8 @@ struct HoldingJournal {
 }
 
 impl Journal for HoldingJournal {
-    fn append(&mut self, _epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
-        self.last = command.sequence;
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        self.last = record.sequenced.sequence;
         Ok(())
     }
 
@@ -355,8 +355,8 @@ struct GatedJournal {
 }
 
 impl Journal for GatedJournal {
-    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
-        self.inner.append(epoch, command)
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        self.inner.append(record)
     }
 
     fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {
@@ -487,9 +487,10 @@ struct PanickingJournal {
 }
 
 impl Journal for PanickingJournal {
-    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
-        assert!(command.sequence != self.panic_at, "journal device lost at {}", command.sequence);
-        self.inner.append(epoch, command)
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        let sequence = record.sequenced.sequence;
+        assert!(sequence != self.panic_at, "journal device lost at {sequence}");
+        self.inner.append(record)
     }
 
     fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {
@@ -504,11 +505,12 @@ struct FailingReplicator {
 }
 
 impl Replicator for FailingReplicator {
-    fn send(&mut self, _epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
-        if command.sequence == self.fail_at {
+    fn send(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        let sequence = record.sequenced.sequence;
+        if sequence == self.fail_at {
             return Err(StageError::Fatal("standby link broken".to_owned()));
         }
-        self.safe.advance(command.sequence);
+        self.safe.advance(sequence);
         Ok(())
     }
 

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use ringfence_core::pipeline::{
-    ManualClock, MemoryJournal, NoReplicator, NoSnapshots, Node, NodeConfig, NodeParts, Session,
-    Topology,
+    Clock, Framed, Intake, Journal, ManualClock, MemoryJournal, NoReplicator, NoSnapshots, Node,
+    NodeConfig, NodeParts, Refused, Session, StageError, Topology,
 };
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{
@@ -20,21 +20,24 @@ const START: Timestamp = Timestamp(EPOCH_UNIX_MS + 86_400_000);
 
 type Records = Arc<Mutex<Vec<(Epoch, Sequenced)>>>;
 
-fn stepped_node(clock: &Arc<ManualClock>, records: &Records) -> Node {
-    let config = NodeConfig {
-        topology: Some(Topology::Stepped),
-        tick_period_ms: 1,
-        ..NodeConfig::for_tests(Topology::Stepped)
-    };
+fn config(intake: Intake) -> NodeConfig {
+    NodeConfig { intake, tick_period_ms: 1, ..NodeConfig::for_tests(Topology::Stepped) }
+}
+
+fn start<J: Journal>(config: NodeConfig, clock: &Arc<ManualClock>, journal: J) -> Node {
     let parts = NodeParts {
         engine: Engine::new(config.engine.clone()),
         next_sequence: Sequence(1),
-        journal: MemoryJournal::shared(Arc::clone(records)),
+        journal,
         replicator: NoReplicator::default(),
         hook: NoSnapshots,
-        clock: Arc::clone(clock) as Arc<dyn ringfence_core::pipeline::Clock>,
+        clock: Arc::clone(clock) as Arc<dyn Clock>,
     };
     Node::start_parts(config, parts).expect("a stepped node starts")
+}
+
+fn stepped_node(clock: &Arc<ManualClock>, records: &Records) -> Node {
+    start(config(Intake::Sequencer), clock, MemoryJournal::shared(Arc::clone(records)))
 }
 
 /// Submits `command`, steps the node once, and returns the answer, which must be ready.
@@ -132,4 +135,112 @@ fn a_stepped_run_is_reproduced_exactly() {
     let first = payment_deadline_scenario();
     let second = payment_deadline_scenario();
     assert_eq!(first, second);
+}
+
+/// A journal that keeps the bytes it was given, record by record.
+#[derive(Clone, Default)]
+struct BytesJournal {
+    records: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Journal for BytesJournal {
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        self.records.lock().unwrap().push(record.bytes.to_vec());
+        Ok(())
+    }
+
+    fn flush(&mut self, _clock: &dyn Clock) -> Result<Sequence, StageError> {
+        let records = self.records.lock().unwrap();
+        let last = records.last().map(|bytes| ringfence_core::record::read_header(bytes).sequence);
+        Ok(last.unwrap_or(Sequence(0)))
+    }
+}
+
+/// A primary's run: a sale, a reservation that expires, one that is paid for, reads between.
+/// Returns the primary's journal (bytes) and the outcome of every journaled command.
+fn primary_run() -> (Vec<Vec<u8>>, Vec<Outcome>, u64) {
+    let clock = Arc::new(ManualClock::new(START));
+    let journal = BytesJournal::default();
+    let node = start(config(Intake::Sequencer), &clock, journal.clone());
+    let mut session = node.session().unwrap();
+    let mut outcomes = vec![call(&node, &mut session, create_sku())];
+    clock.advance_ms(3);
+    outcomes.push(call(&node, &mut session, reserve()));
+    let other = Reserve { user: UserId(10), sku: SKU, qty: 1, coupon: None };
+    let other = Command::Client { key: RequestKey::from_u128(3), action: Action::Reserve(other) };
+    clock.advance_ms(1);
+    outcomes.push(call(&node, &mut session, other));
+    let read = call(&node, &mut session, Command::Query(Query::Sku(SKU)));
+    assert!(matches!(read, Outcome::Sku(v) if v.reserved == 3));
+    // The first reservation's deadline (3 + timeout), not yet the second's (4 + timeout).
+    clock.advance_ms(PAYMENT_TIMEOUT_MS - 1);
+    assert!(node.step().ticked);
+    drop(session);
+    let report = node.shutdown().unwrap();
+    let records = journal.records.lock().unwrap().clone();
+    (records, outcomes, report.engine.running_hash())
+}
+
+#[test]
+fn a_replica_journals_its_primarys_bytes_and_reaches_its_state() {
+    // Goal: a standby fed its primary's records (the intake mode) journals them byte for byte,
+    // answers each with the primary's outcome, publishes no ticks of its own, serves reads,
+    // and ends at the primary's running hash.
+    let (records, outcomes, primary_hash) = primary_run();
+    assert_eq!(records.len(), 4, "SKU, two reservations, one tick");
+    let clock = Arc::new(ManualClock::new(Timestamp(START.0 + 50_000)));
+    let journal = BytesJournal::default();
+    let replica = start(config(Intake::Replica), &clock, journal.clone());
+    let mut session = replica.session().unwrap();
+    for (index, bytes) in records.iter().enumerate() {
+        session.try_submit_record(bytes, index as u64).expect("the next record is taken");
+        let report = replica.step();
+        assert!(!report.ticked, "a replica publishes no ticks");
+        let completion = session.poll().expect("answered within the step");
+        assert_eq!(completion.sequence, Sequence(index as u64 + 1));
+        if let Some(expected) = outcomes.get(index) {
+            assert_eq!(completion.result.as_ref().unwrap(), expected, "record {index}");
+        }
+    }
+    let read = call(&replica, &mut session, Command::Query(Query::Sku(SKU)));
+    assert!(matches!(read, Outcome::Sku(v) if v.reserved == 1 && v.available == 9), "{read:?}");
+    drop(session);
+    let report = replica.shutdown().unwrap();
+    assert_eq!(*journal.records.lock().unwrap(), records, "the replica's journal is the primary's");
+    assert_eq!(report.engine.running_hash(), primary_hash);
+}
+
+#[test]
+fn a_replica_refuses_client_writes_and_bad_or_out_of_order_records() {
+    // Goal: the intake checks every record before it takes a slot: damaged bytes, a gap, a
+    // repeat, an older epoch and client writes are refused with their reasons, nothing is
+    // journaled for them, and the stream resumes at the right record; a primary takes no
+    // records at all.
+    let (records, _, _) = primary_run();
+    let clock = Arc::new(ManualClock::new(START));
+    let journal = BytesJournal::default();
+    let replica = start(config(Intake::Replica), &clock, journal.clone());
+    let mut session = replica.session().unwrap();
+    assert_eq!(session.try_submit(create_sku(), 0), Err(Refused::NotPrimary));
+    let mut damaged = records[0].clone();
+    damaged[40] ^= 0x10;
+    assert!(matches!(session.try_submit_record(&damaged, 0), Err(Refused::InvalidRecord(_))));
+    let gap = session.try_submit_record(&records[1], 0);
+    assert_eq!(gap, Err(Refused::OutOfSequence { expected: Sequence(1), found: Sequence(2) }));
+    session.try_submit_record(&records[0], 0).unwrap();
+    let repeat = session.try_submit_record(&records[0], 1);
+    assert_eq!(repeat, Err(Refused::OutOfSequence { expected: Sequence(2), found: Sequence(1) }));
+    let mut framing = ringfence_core::record::RecordBuf::default();
+    let (_, second, _) = ringfence_core::record::decode(&records[1]).unwrap();
+    let newer = framing.encode(Epoch(3), &second).to_vec();
+    session.try_submit_record(&newer, 1).unwrap();
+    let (_, third, _) = ringfence_core::record::decode(&records[2]).unwrap();
+    let stale = session.try_submit_record(framing.encode(Epoch(2), &third), 2);
+    assert_eq!(stale, Err(Refused::StaleEpoch { found: Epoch(2), last: Epoch(3) }));
+    replica.step();
+    assert_eq!(journal.records.lock().unwrap().len(), 2);
+
+    let primary = stepped_node(&clock, &Records::default());
+    let mut session = primary.session().unwrap();
+    assert_eq!(session.try_submit_record(&records[0], 0), Err(Refused::NotReplica));
 }

@@ -28,11 +28,9 @@ use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rkyv::util::AlignedVec;
-
 use crate::storage::{Retired, Segment, Storage};
 
-type Image = AlignedVec<16>;
+type Image = Vec<u8>;
 
 #[derive(Clone)]
 struct Inode {
@@ -351,7 +349,7 @@ impl Storage for FaultStorage {
         Ok(disk.inodes[ino].live.len() as u64)
     }
 
-    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>> {
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
         let disk = self.disk();
         let ino = disk.live.get(name).ok_or_else(|| gone(name))?;
         Ok(Image::clone(&disk.inodes[ino].live))
@@ -363,8 +361,7 @@ impl Storage for FaultStorage {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_owned()));
         }
         check_fault(&disk, name)?;
-        let mut image = Image::new();
-        image.resize(usize::try_from(len).expect("segment length fits memory"), 0);
+        let image: Image = vec![0; usize::try_from(len).expect("segment length fits memory")];
         let ino = disk.next_inode;
         disk.next_inode += 1;
         let content = Arc::new(image.clone());

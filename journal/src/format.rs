@@ -1,4 +1,5 @@
-//! The on-disk layout of segments and records: constants, headers, and their checks.
+//! The on-disk layout of segments: constants, the segment header, and its checks. Records are
+//! `ringfence_core::record`'s framing, the same bytes the replication stream carries.
 //!
 //! A segment file is named by the sequence of its first record (`00000000000000000001.seg`),
 //! preallocated to its full size and filled front to back; everything after the last record is
@@ -23,27 +24,35 @@
 //!  24  segment length   8  file size in bytes
 //!  32  epoch            8  epoch of the writer when the segment was created
 //!  40  engine config   40  the capacities replay must use (see `encode_config`)
-//!  80  reserved        44  zero
+//!  80  encoding         2  ENCODING_VERSION of the record payloads (`ringfence_core::codec`)
+//!  82  reserved        42  zero
 //! 124  header CRC32C    4  over bytes 0..124
 //!
-//! record (at a multiple of 16 from the start of the file)
+//! record (at a multiple of 16 from the start of the file): see `ringfence_core::record`
 //!   0  CRC32C           4  over bytes 4..RECORD_HEADER_LEN + padded payload
-//!   4  payload length   4  rkyv bytes, 1..=RECORD_PAYLOAD_MAX
+//!   4  payload length   4  1..=RECORD_PAYLOAD_MAX
 //!   8  sequence         8
 //!  16  epoch            8
 //!  24  timestamp        8  milliseconds since the Unix epoch
-//!  32  payload          n  rkyv-archived `Command`, validated with bytecheck when read
+//!  32  payload          n  the command in the canonical encoding, validated when read
 //!  32+n padding         zero up to the next multiple of 16 (covered by the CRC)
 //! ```
 //!
 //! A record header whose first 8 bytes are zero marks the end of a segment's records.
 
-use ringfence_core::{EngineConfig, Epoch, Sequence, Timestamp};
+use ringfence_core::{ENCODING_VERSION, EngineConfig, Epoch, Sequence};
+
+pub use ringfence_core::record::{
+    RECORD_ALIGN, RECORD_HEADER_LEN, RECORD_LEN_MAX, RECORD_PAYLOAD_MAX, RecordHeader,
+    read_header as read_record_header, record_len,
+};
 
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RFNCJRNL";
-/// Format version written into, and required of, every segment and snapshot.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written into, and required of, every segment and snapshot. Version 1
+/// journals (rkyv payloads, no manifest) were written by builds before any release; this build
+/// refuses them by number rather than misread them.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Size of the segment header; records start here.
 pub const SEGMENT_HEADER_LEN: usize = 128;
@@ -54,20 +63,9 @@ const SEGMENT_FIRST_SEQUENCE_OFFSET: usize = SEGMENT_HEADER_LEN_OFFSET + 4;
 const SEGMENT_LEN_OFFSET: usize = SEGMENT_FIRST_SEQUENCE_OFFSET + 8;
 const SEGMENT_EPOCH_OFFSET: usize = SEGMENT_LEN_OFFSET + 8;
 const SEGMENT_CONFIG_OFFSET: usize = SEGMENT_EPOCH_OFFSET + 8;
-const SEGMENT_RESERVED_OFFSET: usize = SEGMENT_CONFIG_OFFSET + CONFIG_BLOCK_LEN;
+const SEGMENT_ENCODING_OFFSET: usize = SEGMENT_CONFIG_OFFSET + CONFIG_BLOCK_LEN;
+const SEGMENT_RESERVED_OFFSET: usize = SEGMENT_ENCODING_OFFSET + 2;
 const SEGMENT_CRC_OFFSET: usize = SEGMENT_HEADER_LEN - 4;
-
-/// Records start at multiples of this many bytes, so rkyv payloads are aligned in the map.
-pub const RECORD_ALIGN: usize = 16;
-/// Size of a record's fixed header.
-pub const RECORD_HEADER_LEN: usize = 32;
-const RECORD_CRC_OFFSET: usize = 0;
-const RECORD_LEN_OFFSET: usize = RECORD_CRC_OFFSET + 4;
-const RECORD_SEQUENCE_OFFSET: usize = RECORD_LEN_OFFSET + 4;
-const RECORD_EPOCH_OFFSET: usize = RECORD_SEQUENCE_OFFSET + 8;
-const RECORD_TIMESTAMP_OFFSET: usize = RECORD_EPOCH_OFFSET + 8;
-/// Largest payload a record may carry; a longer length field is damage, not data.
-pub const RECORD_PAYLOAD_MAX: usize = 1024;
 
 /// Bytes of the engine configuration block in segment and snapshot headers.
 pub const CONFIG_BLOCK_LEN: usize = 40;
@@ -77,11 +75,9 @@ pub const SEGMENT_LEN_MIN: u64 = 64 * 1024;
 /// Largest segment size accepted (the map must fit the address space comfortably).
 pub const SEGMENT_LEN_MAX: u64 = 1 << 34;
 
-const _: () = assert!(RECORD_TIMESTAMP_OFFSET + 8 == RECORD_HEADER_LEN);
-const _: () = assert!(RECORD_HEADER_LEN % RECORD_ALIGN == 0);
 const _: () = assert!(SEGMENT_HEADER_LEN % RECORD_ALIGN == 0);
 const _: () = assert!(SEGMENT_RESERVED_OFFSET <= SEGMENT_CRC_OFFSET);
-const _: () = assert!(RECORD_PAYLOAD_MAX % RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_LEN_MIN as usize >= SEGMENT_HEADER_LEN + 16 * RECORD_LEN_MAX);
 
 /// The file name of the segment whose first record has `first`.
 #[must_use]
@@ -97,12 +93,6 @@ pub fn parse_segment_name(name: &str) -> Option<Sequence> {
         return None;
     }
     digits.parse().ok().map(Sequence)
-}
-
-/// Bytes a record with `payload_len` payload bytes occupies, padding included.
-#[must_use]
-pub const fn record_len(payload_len: usize) -> usize {
-    RECORD_HEADER_LEN + payload_len.next_multiple_of(RECORD_ALIGN)
 }
 
 /// A decoded segment header.
@@ -129,6 +119,8 @@ pub enum HeaderProblem {
     BadMagic,
     /// A version this build cannot read.
     UnsupportedVersion(u32),
+    /// Record payloads in a canonical encoding version this build cannot read.
+    UnsupportedEncoding(u16),
     /// The header checksum does not match.
     BadChecksum,
     /// A field is out of range (header length, segment length).
@@ -141,9 +133,22 @@ impl std::fmt::Display for HeaderProblem {
             HeaderProblem::TooShort => write!(f, "the file is shorter than a segment header"),
             HeaderProblem::Zeroed => write!(f, "the segment header is all zeros"),
             HeaderProblem::BadMagic => write!(f, "the file does not start with the segment magic"),
-            HeaderProblem::UnsupportedVersion(v) => {
-                write!(f, "format version {v} is not supported (this build reads {FORMAT_VERSION})")
-            }
+            HeaderProblem::UnsupportedVersion(v) if *v < FORMAT_VERSION => write!(
+                f,
+                "format version {v} was written by an earlier, unreleased build and is not \
+                 supported (this build reads version {FORMAT_VERSION}): replay it with the \
+                 build that wrote it and start a new data directory"
+            ),
+            HeaderProblem::UnsupportedVersion(v) => write!(
+                f,
+                "format version {v} was written by a newer build (this build reads version \
+                 {FORMAT_VERSION}): run that build or a newer one"
+            ),
+            HeaderProblem::UnsupportedEncoding(v) => write!(
+                f,
+                "record payloads use canonical encoding version {v}; this build reads version \
+                 {ENCODING_VERSION}"
+            ),
             HeaderProblem::BadChecksum => write!(f, "the segment header checksum does not match"),
             HeaderProblem::BadField(field) => write!(f, "header field `{field}` is out of range"),
         }
@@ -162,6 +167,7 @@ pub fn encode_segment_header(header: &SegmentHeader, out: &mut [u8]) {
     put_u64(out, SEGMENT_LEN_OFFSET, header.segment_len);
     put_u64(out, SEGMENT_EPOCH_OFFSET, header.epoch.0);
     encode_config(&header.config, &mut out[SEGMENT_CONFIG_OFFSET..][..CONFIG_BLOCK_LEN]);
+    out[SEGMENT_ENCODING_OFFSET..][..2].copy_from_slice(&ENCODING_VERSION.to_le_bytes());
     let crc = crc32c::crc32c(&out[..SEGMENT_CRC_OFFSET]);
     put_u32(out, SEGMENT_CRC_OFFSET, crc);
     debug_assert_eq!(decode_segment_header(out), Ok(header.clone()));
@@ -195,6 +201,14 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderProble
     }
     let config = decode_config(&bytes[SEGMENT_CONFIG_OFFSET..][..CONFIG_BLOCK_LEN])
         .ok_or(HeaderProblem::BadField("engine config"))?;
+    let encoding =
+        u16::from_le_bytes([bytes[SEGMENT_ENCODING_OFFSET], bytes[SEGMENT_ENCODING_OFFSET + 1]]);
+    if encoding != ENCODING_VERSION {
+        return Err(HeaderProblem::UnsupportedEncoding(encoding));
+    }
+    if bytes[SEGMENT_RESERVED_OFFSET..SEGMENT_CRC_OFFSET].iter().any(|&b| b != 0) {
+        return Err(HeaderProblem::BadField("reserved"));
+    }
     Ok(SegmentHeader {
         first_sequence: Sequence(get_u64(bytes, SEGMENT_FIRST_SEQUENCE_OFFSET)),
         segment_len,
@@ -243,78 +257,19 @@ pub fn decode_config(bytes: &[u8]) -> Option<EngineConfig> {
     config.validate().ok().map(|()| config)
 }
 
-/// The fixed fields of a record, as read from its header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RecordHeader {
-    /// Stored CRC32C.
-    pub crc: u32,
-    /// Payload bytes (without padding).
-    pub payload_len: usize,
-    /// The command's sequence.
-    pub sequence: Sequence,
-    /// The epoch of the node that wrote it.
-    pub epoch: Epoch,
-    /// When the command was sequenced.
-    pub timestamp: Timestamp,
-}
-
-/// Writes a record header with a zero CRC field (filled in by [`seal_record`]).
-pub fn encode_record_header(header: &RecordHeader, out: &mut [u8]) {
-    assert!(out.len() >= RECORD_HEADER_LEN);
-    assert!((1..=RECORD_PAYLOAD_MAX).contains(&header.payload_len));
-    put_u32(out, RECORD_CRC_OFFSET, 0);
-    put_u32(out, RECORD_LEN_OFFSET, header.payload_len as u32);
-    put_u64(out, RECORD_SEQUENCE_OFFSET, header.sequence.0);
-    put_u64(out, RECORD_EPOCH_OFFSET, header.epoch.0);
-    put_u64(out, RECORD_TIMESTAMP_OFFSET, header.timestamp.0);
-}
-
-/// Computes and stores the CRC of a fully written record occupying all of `record`.
-pub fn seal_record(record: &mut [u8]) -> u32 {
-    assert!(record.len() >= RECORD_HEADER_LEN + RECORD_ALIGN);
-    assert!(record.len() % RECORD_ALIGN == 0);
-    let crc = crc32c::crc32c(&record[RECORD_LEN_OFFSET..]);
-    put_u32(record, RECORD_CRC_OFFSET, crc);
-    crc
-}
-
-/// Reads the fixed header fields at the start of `bytes` (no checks beyond length).
-#[must_use]
-pub fn read_record_header(bytes: &[u8]) -> RecordHeader {
-    assert!(bytes.len() >= RECORD_HEADER_LEN);
-    RecordHeader {
-        crc: get_u32(bytes, RECORD_CRC_OFFSET),
-        payload_len: get_u32(bytes, RECORD_LEN_OFFSET) as usize,
-        sequence: Sequence(get_u64(bytes, RECORD_SEQUENCE_OFFSET)),
-        epoch: Epoch(get_u64(bytes, RECORD_EPOCH_OFFSET)),
-        timestamp: Timestamp(get_u64(bytes, RECORD_TIMESTAMP_OFFSET)),
-    }
-}
-
 /// Whether the record header at the start of `bytes` marks the end of the records: its CRC and
 /// length fields are zero (a real record never has a zero length).
 #[must_use]
 pub fn is_end_marker(bytes: &[u8]) -> bool {
-    bytes.len() < RECORD_HEADER_LEN || get_u64(bytes, RECORD_CRC_OFFSET) == 0
+    bytes.len() < RECORD_HEADER_LEN || get_u64(bytes, 0) == 0
 }
 
-/// Checks the record starting at `bytes[0]`: length in range and CRC matching. Returns its header
-/// and total length, or `None` if it is not an intact record.
+/// Checks the record starting at `bytes[0]`: length in range, CRC matching, padding zero.
+/// Returns its header and total length, or `None` if it is not an intact record. The payload
+/// is decoded separately ([`ringfence_core::record::decode`]).
 #[must_use]
 pub fn check_record(bytes: &[u8]) -> Option<(RecordHeader, usize)> {
-    if bytes.len() < RECORD_HEADER_LEN {
-        return None;
-    }
-    let header = read_record_header(bytes);
-    if !(1..=RECORD_PAYLOAD_MAX).contains(&header.payload_len) {
-        return None;
-    }
-    let len = record_len(header.payload_len);
-    if len > bytes.len() {
-        return None;
-    }
-    let crc = crc32c::crc32c(&bytes[RECORD_LEN_OFFSET..len]);
-    (crc == header.crc).then_some((header, len))
+    ringfence_core::record::check(bytes).ok()
 }
 
 pub(crate) fn put_u32(out: &mut [u8], offset: usize, value: u32) {

@@ -1,11 +1,11 @@
 //! The journal: ringfence's database of record.
 //!
-//! Memory-mapped, preallocated segment files of CRC-framed, rkyv-encoded command records;
+//! Memory-mapped, preallocated segment files of CRC-framed command records in the canonical
+//! encoding;
 //! durability policies; snapshots of the business-logic processor's state; a data directory
 //! that defends itself (an exclusive lock, a manifest listing the segments, an epoch file);
 //! and crash recovery that replays the journal from the newest valid snapshot.
 
-pub mod codec;
 pub mod datadir;
 pub mod epoch;
 pub mod error;

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use ringfence_core::{Command, Epoch, Sequence, Timestamp};
-use rkyv::util::AlignedVec;
 
-use crate::codec;
 use crate::error::{Damage, JournalError};
 use crate::format::{
     self, HeaderProblem, RECORD_ALIGN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
@@ -38,8 +36,8 @@ pub trait ReadSource {
     }
     /// A file's length in bytes.
     fn file_len(&self, name: &str) -> io::Result<u64>;
-    /// A whole (small) file, aligned to 16 bytes.
-    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>>;
+    /// A whole (small) file.
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>>;
     /// The bytes of one segment.
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes>;
     /// How to name a file to an operator.
@@ -66,7 +64,7 @@ impl<S: Storage> ReadSource for S {
     fn file_len(&self, name: &str) -> io::Result<u64> {
         Storage::file_len(self, name)
     }
-    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>> {
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
         Storage::read_file(self, name)
     }
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
@@ -133,11 +131,8 @@ impl ReadSource for ReadOnlyDir {
     fn file_len(&self, name: &str) -> io::Result<u64> {
         Ok(std::fs::metadata(self.dir.join(name))?.len())
     }
-    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>> {
-        let mut file = File::open(self.dir.join(name))?;
-        let mut bytes = AlignedVec::<16>::new();
-        bytes.extend_from_reader(&mut file)?;
-        Ok(bytes)
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        std::fs::read(self.dir.join(name))
     }
     fn read_segment(&mut self, name: &str) -> io::Result<MappedFile> {
         let file = File::open(self.dir.join(name))?;
@@ -515,8 +510,8 @@ fn read_segment(
         assert!(offset + len <= segment.end);
         if header.sequence >= from {
             let payload = &bytes[offset + RECORD_HEADER_LEN..][..header.payload_len];
-            assert!((payload.as_ptr() as usize) % RECORD_ALIGN == 0);
-            let command = codec::decode(payload).ok_or((offset, header.sequence))?;
+            let command = ringfence_core::codec::decode_command(payload)
+                .map_err(|_| (offset, header.sequence))?;
             let record = Record {
                 sequence: header.sequence,
                 epoch: header.epoch,

@@ -20,13 +20,14 @@
 //!  32  now               8  the engine's logical time
 //!  40  running hash      8
 //!  48  state digest      8  Engine::state_digest of the restored state
-//!  56  image length      8  bytes of the rkyv EngineImage
+//!  56  image length      8  bytes of the EngineImage
 //!  64  body CRC32C       4  over everything after the header
 //!  68  SKU count         4  entries in the SKU catalog
 //!  72  engine config    40  (see format::encode_config)
 //! 112  reserved         12  zero
 //! 124  header CRC32C     4  over bytes 0..124
-//! 128  image             n  rkyv EngineImage, then zero padding to a multiple of 16
+//! 128  image             n  EngineImage in its explicit layout (`IMAGE_FORMAT_VERSION`),
+//!                           then zero padding to a multiple of 16
 //!  ..  SKU catalog   8 * k  SKU ids (u64) defined in the engine, for replay summaries
 //! ```
 //!
@@ -44,8 +45,6 @@ use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{
     Command, Engine, EngineConfig, EngineImage, RestoreError, Sequence, Sequenced, SkuId, Timestamp,
 };
-use rkyv::rancor;
-use rkyv::util::AlignedVec;
 
 use crate::datadir::{self, DataDir};
 use crate::error::JournalError;
@@ -168,15 +167,17 @@ pub fn list<R: ReadSource>(source: &R) -> Result<Vec<(Sequence, String)>, Snapsh
     Ok(found)
 }
 
-/// The bytes of an engine image. This pair of functions is the one place that knows how an
-/// [`EngineImage`] is encoded (rkyv, validated with bytecheck when decoded).
-pub fn encode_image(image: &EngineImage) -> Result<AlignedVec<16>, String> {
-    rkyv::to_bytes::<rancor::Error>(image).map_err(|e| e.to_string())
+/// The bytes of an engine image: its explicit, versioned layout
+/// ([`EngineImage::encode_into`], `docs/journal-format.md`).
+pub fn encode_image(image: &EngineImage) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    image.encode_into(&mut bytes);
+    Ok(bytes)
 }
 
-/// Validates and decodes an engine image; `bytes` must start at an address aligned to 16.
+/// Validates every byte of an engine image and decodes it ([`EngineImage::decode`]).
 pub fn decode_image(bytes: &[u8]) -> Result<EngineImage, String> {
-    rkyv::from_bytes::<EngineImage, rancor::Error>(bytes).map_err(|e| e.to_string())
+    EngineImage::decode(bytes).map_err(|e| e.to_string())
 }
 
 /// Writes a snapshot of `image` (taken after journal record `through`) atomically through
@@ -258,10 +259,7 @@ pub fn read_meta<R: ReadSource>(source: &R, name: &str) -> Result<SnapshotMeta, 
     decode_meta(name, &file, &bytes).map(|(meta, _)| meta)
 }
 
-fn read_file<R: ReadSource>(
-    source: &R,
-    name: &str,
-) -> Result<(AlignedVec<16>, PathBuf), SnapshotError> {
+fn read_file<R: ReadSource>(source: &R, name: &str) -> Result<(Vec<u8>, PathBuf), SnapshotError> {
     let file = PathBuf::from(source.describe_file(name));
     let bytes = source.read_file(name).map_err(io_error(format!("reading {}", file.display())))?;
     Ok((bytes, file))

@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::MmapMut;
-use rkyv::util::AlignedVec;
 
 use crate::lock::DirLock;
 
@@ -70,8 +69,8 @@ pub trait Storage: Clone + Send + 'static {
     fn list(&self) -> io::Result<Vec<String>>;
     /// Length of a file in bytes.
     fn file_len(&self, name: &str) -> io::Result<u64>;
-    /// A whole file's contents, in a buffer aligned to 16 bytes (rkyv reads images in place).
-    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>>;
+    /// A whole file's contents.
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>>;
     /// Creates a zero-filled, fully allocated segment of `len` bytes; the file and its
     /// directory entry are durable when this returns. Fails if the name exists.
     fn create_segment(&self, name: &str, len: u64) -> io::Result<Self::Segment>;
@@ -282,11 +281,8 @@ impl Storage for FileStorage {
         Ok(fs::metadata(self.path(name))?.len())
     }
 
-    fn read_file(&self, name: &str) -> io::Result<AlignedVec<16>> {
-        let mut file = File::open(self.path(name))?;
-        let mut bytes = AlignedVec::<16>::new();
-        bytes.extend_from_reader(&mut file)?;
-        Ok(bytes)
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        std::fs::read(self.path(name))
     }
 
     fn create_segment(&self, name: &str, len: u64) -> io::Result<FileSegment> {

@@ -3,13 +3,13 @@
 //! it in the data directory's manifest ([`DataDir`]) between syncing the header and writing the
 //! first record.
 
-use ringfence_core::pipeline::{Clock, Journal, StageError, SystemClock};
+use ringfence_core::pipeline::{Clock, Framed, Journal, StageError, SystemClock};
+use ringfence_core::record::{self, RecordBuf};
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced};
 
-use crate::codec::Encoder;
 use crate::datadir::DataDir;
 use crate::error::JournalError;
-use crate::format::{self, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{self, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::manifest::ManifestSegment;
 use crate::storage::{Segment, Storage};
 
@@ -105,7 +105,8 @@ pub struct JournalWriter<S: Storage> {
     /// current epoch when last asked): records may not run ahead of the stored epoch.
     epoch_allowed: Epoch,
     current: Option<OpenSegment<S::Segment>>,
-    encoder: Encoder,
+    /// Frames commands appended without a node (`append_command`).
+    framing: RecordBuf,
     /// The sequence the next append must carry.
     next: Sequence,
     last_epoch: Epoch,
@@ -131,7 +132,7 @@ impl<S: Storage> JournalWriter<S> {
             dir,
             options,
             current: None,
-            encoder: Encoder::new(),
+            framing: RecordBuf::default(),
             next,
             last_epoch: Epoch(0),
             synced: Sequence(next.0 - 1),
@@ -169,7 +170,7 @@ impl<S: Storage> JournalWriter<S> {
             dir,
             options,
             current: Some(current),
-            encoder: Encoder::new(),
+            framing: RecordBuf::default(),
             next: last.next(),
             last_epoch,
             synced: last,
@@ -213,17 +214,24 @@ impl<S: Storage> JournalWriter<S> {
     pub fn data_dir(&self) -> &DataDir<S> {
         &self.dir
     }
-
-    /// Appends one record. Not durable until [`JournalWriter::sync_now`] or a flush that syncs.
-    /// A record may not carry an epoch above the data directory's current epoch: the epoch
-    /// file must say so first ([`DataDir::store_epochs`]), or recovery would refuse the journal.
-    pub fn try_append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), JournalError> {
-        assert_eq!(command.sequence, self.next, "journal sequences are contiguous");
+    /// Appends one framed record (`ringfence_core::record`): its bytes are copied into the
+    /// segment as they are — encoded once by the stage that sequenced the command, or by the
+    /// primary — so a standby's journal holds its primary's bytes. Not durable until
+    /// [`JournalWriter::sync_now`] or a flush that syncs.
+    pub fn try_append(&mut self, record: &Framed<'_>) -> Result<(), JournalError> {
+        let sequence = record.sequenced.sequence;
+        let epoch = record.epoch;
+        assert_eq!(sequence, self.next, "journal sequences are contiguous");
         assert!(
             epoch >= self.last_epoch,
             "epochs never go back: {epoch} after {}",
             self.last_epoch
         );
+        // The pair of the check on reading: the bytes are the record the values describe.
+        let header = record::read_header(record.bytes);
+        assert_eq!((header.sequence, header.epoch), (sequence, epoch), "framed bytes disagree");
+        assert_eq!(record::record_len(header.payload_len), record.bytes.len());
+        debug_assert!(record::check(record.bytes).is_ok(), "framed bytes fail their CRC");
         if epoch > self.epoch_allowed {
             self.epoch_allowed = self.dir.current_epoch();
             if epoch > self.epoch_allowed {
@@ -234,36 +242,35 @@ impl<S: Storage> JournalWriter<S> {
                 )));
             }
         }
-        let payload_len = self.encoder.encode(&command.command).len();
-        let len = format::record_len(payload_len);
+        let len = record.bytes.len();
         let fits = self
             .current
             .as_ref()
             .is_some_and(|open| open.write_at + len <= open.segment.bytes().len());
         if !fits {
-            self.rotate(epoch, command.sequence)?;
+            self.rotate(epoch, sequence)?;
         }
         let open = self.current.as_mut().expect("a segment is open after rotation");
         let at = open.write_at;
-        let record = &mut open.segment.bytes_mut()[at..at + len];
-        let header = RecordHeader {
-            crc: 0,
-            payload_len,
-            sequence: command.sequence,
-            epoch,
-            timestamp: command.timestamp,
-        };
-        format::encode_record_header(&header, record);
-        let payload = self.encoder.last();
-        assert_eq!(payload.len(), payload_len);
-        record[RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload_len].copy_from_slice(payload);
-        record[RECORD_HEADER_LEN + payload_len..].fill(0);
-        format::seal_record(record);
-        debug_assert!(format::check_record(record).is_some());
+        open.segment.bytes_mut()[at..at + len].copy_from_slice(record.bytes);
         open.write_at = at + len;
         self.next = self.next.next();
         self.last_epoch = epoch;
         Ok(())
+    }
+
+    /// Frames `command` as a node in `epoch` would and appends it: for tools and tests that
+    /// write a journal without a node.
+    pub fn append_command(
+        &mut self,
+        epoch: Epoch,
+        command: &Sequenced,
+    ) -> Result<(), JournalError> {
+        let mut framing = std::mem::take(&mut self.framing);
+        let bytes = framing.encode(epoch, command);
+        let appended = self.try_append(&Framed { epoch, sequenced: command, bytes });
+        self.framing = framing;
+        appended
     }
 
     /// Ends a batch (or an idle spell): syncs as the policy says, measuring `interval` by
@@ -284,9 +291,9 @@ impl<S: Storage> JournalWriter<S> {
         Ok(self.last_appended())
     }
 
-    /// [`JournalWriter::try_flush`] on the system clock, as a stage error: for tools and tests
-    /// that drive the writer without a node.
-    pub fn flush(&mut self) -> Result<Sequence, StageError> {
+    /// [`JournalWriter::try_flush`] on the system clock, as a stage error: ends a batch for
+    /// tools and tests that drive the writer without a node.
+    pub fn end_batch(&mut self) -> Result<Sequence, StageError> {
         self.try_flush(&SystemClock::new()).map_err(stage_error)
     }
 
@@ -350,8 +357,8 @@ impl<S: Storage> JournalWriter<S> {
 }
 
 impl<S: Storage> Journal for JournalWriter<S> {
-    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
-        self.try_append(epoch, command).map_err(stage_error)
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        self.try_append(record).map_err(stage_error)
     }
 
     fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {

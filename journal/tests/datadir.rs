@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TempDir, config, generate, options};
-use ringfence_core::pipeline::{Journal, SnapshotHook};
+use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Engine, Epoch, Sequence, Timestamp};
 use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
 use ringfence_journal::fault::FaultStorage;
@@ -23,9 +23,9 @@ fn write_journal(dir: &std::path::Path, count: usize) -> Engine {
     let mut shadow = Engine::new(config());
     for chunk in generate(&mut workload, &mut shadow, count).chunks(16) {
         for command in chunk {
-            recovered.writer.append(Epoch(1), command).unwrap();
+            recovered.writer.append_command(Epoch(1), command).unwrap();
         }
-        recovered.writer.flush().unwrap();
+        recovered.writer.end_batch().unwrap();
     }
     shadow
 }
@@ -51,7 +51,7 @@ fn a_missing_or_cut_segment_is_refused_naming_the_file_and_its_sequences() {
     // the file, the sequences it held and both repairs; nothing is replayed without it.
     for (mode, which) in [("deleted", 2), ("emptied", 2), ("cut", 2), ("deleted", 0)] {
         let dir = TempDir::new("missing");
-        write_journal(dir.path(), 1_500);
+        write_journal(dir.path(), 3_000);
         let names = segment_names(dir.path());
         assert!(names.len() >= 3, "{names:?}");
         let index = if which == 0 { 0 } else { names.len() - 1 };
@@ -201,14 +201,14 @@ fn epochs_round_trip_and_never_go_down() {
     assert_eq!(recovered.epochs, Epochs::FIRST);
     let mut workload = Workload::new(2, Sequence(1), Timestamp(1));
     let commands = generate(&mut workload, &mut Engine::new(config()), 20);
-    let refused = recovered.writer.try_append(Epoch(2), &commands[0]).unwrap_err();
+    let refused = recovered.writer.append_command(Epoch(2), &commands[0]).unwrap_err();
     assert!(refused.to_string().contains("store the new epoch first"), "{refused}");
     let data_dir = recovered.writer.data_dir().clone();
     data_dir.store_epochs(Epochs { current: Epoch(2), promised: Epoch(5) }).unwrap();
     for command in &commands {
-        recovered.writer.append(Epoch(2), command).unwrap();
+        recovered.writer.append_command(Epoch(2), command).unwrap();
     }
-    recovered.writer.flush().unwrap();
+    recovered.writer.end_batch().unwrap();
     let lower = Epochs { current: Epoch(2), promised: Epoch(4) };
     assert!(data_dir.store_epochs(lower).unwrap_err().to_string().contains("never go down"));
     let bad = Epochs { current: Epoch(6), promised: Epoch(5) };
@@ -229,9 +229,9 @@ fn an_epoch_file_behind_the_journal_or_inconsistent_is_refused() {
     data_dir.store_epochs(Epochs { current: Epoch(3), promised: Epoch(3) }).unwrap();
     let mut workload = Workload::new(4, Sequence(1), Timestamp(1));
     for command in generate(&mut workload, &mut Engine::new(config()), 10) {
-        recovered.writer.append(Epoch(3), &command).unwrap();
+        recovered.writer.append_command(Epoch(3), &command).unwrap();
     }
-    recovered.writer.flush().unwrap();
+    recovered.writer.end_batch().unwrap();
     drop((recovered, data_dir));
     let path = dir.path().join(EPOCH_FILE);
     let good = std::fs::read(&path).unwrap();
@@ -273,8 +273,8 @@ fn a_failed_snapshot_leaves_no_temporary_file_and_is_counted() {
         if i == 250 {
             disk.clear_faults();
         }
-        recovered.writer.append(Epoch(1), command).unwrap();
-        recovered.writer.flush().unwrap();
+        recovered.writer.append_command(Epoch(1), command).unwrap();
+        recovered.writer.end_batch().unwrap();
         engine.apply(command);
         snapshots.after_apply(&engine, command);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

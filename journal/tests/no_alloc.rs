@@ -6,7 +6,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{TempDir, config, generate};
-use ringfence_core::pipeline::Journal;
 use ringfence_core::{Engine, Epoch, Sequence, Timestamp};
 use ringfence_journal::recovery::recover;
 use ringfence_journal::workload::Workload;
@@ -51,14 +50,14 @@ fn appending_and_flushing_allocate_nothing_per_record() {
         let options = WriterOptions { segment_len: 16 << 20, durability, engine_config: config() };
         let sub = dir.path().join(durability.to_string().replace(':', "-"));
         let mut recovered = recover(&sub, options).unwrap();
-        recovered.writer.append(Epoch(1), &commands[0]).unwrap();
-        recovered.writer.flush().unwrap();
+        recovered.writer.append_command(Epoch(1), &commands[0]).unwrap();
+        recovered.writer.end_batch().unwrap();
         let before = ALLOCATIONS.load(Ordering::Relaxed);
         for chunk in commands[1..].chunks(16) {
             for command in chunk {
-                recovered.writer.append(Epoch(1), command).unwrap();
+                recovered.writer.append_command(Epoch(1), command).unwrap();
             }
-            recovered.writer.flush().unwrap();
+            recovered.writer.end_batch().unwrap();
         }
         let after = ALLOCATIONS.load(Ordering::Relaxed);
         assert_eq!(after - before, 0, "{durability}: allocations while appending");

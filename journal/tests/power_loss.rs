@@ -6,7 +6,7 @@ mod common;
 use std::ops::ControlFlow;
 
 use common::{config, generate, options};
-use ringfence_core::pipeline::{Journal, SnapshotHook};
+use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::epoch::Epochs;
 use ringfence_journal::fault::{FaultStorage, SyncCapture};
@@ -75,15 +75,15 @@ fn crash_many_times(durability: Durability, seeds: std::ops::Range<u64>) -> u64 
                     if next > commands.len() {
                         break;
                     }
-                    recovered.writer.append(Epoch(1), &commands[next - 1]).unwrap();
+                    recovered.writer.append_command(Epoch(1), &commands[next - 1]).unwrap();
                     next += 1;
                 }
-                acknowledged = acknowledged.max(recovered.writer.flush().unwrap());
+                acknowledged = acknowledged.max(recovered.writer.end_batch().unwrap());
             }
             // A batch in flight when the crash comes: appended, never acknowledged.
             for _ in 0..rng.below(20) {
                 if next <= commands.len() {
-                    recovered.writer.append(Epoch(1), &commands[next - 1]).unwrap();
+                    recovered.writer.append_command(Epoch(1), &commands[next - 1]).unwrap();
                     next += 1;
                 }
             }
@@ -131,7 +131,7 @@ fn process_crash_keeps_everything_written_to_the_map_even_with_policy_none() {
     let epochs = Epochs { current: Epoch(4), promised: Epoch(4) };
     recovered.writer.data_dir().store_epochs(epochs).unwrap();
     for command in &commands {
-        recovered.writer.append(Epoch(4), command).unwrap();
+        recovered.writer.append_command(Epoch(4), command).unwrap();
     }
     drop(recovered);
     let crashed = disk.process_crash();
@@ -156,7 +156,7 @@ fn run_capturing(
     let mut acknowledged = Vec::new();
     for batch in commands.chunks(16) {
         for command in batch {
-            recovered.writer.append(Epoch(1), command).unwrap();
+            recovered.writer.append_command(Epoch(1), command).unwrap();
             engine.apply(command);
             snapshots.after_apply(&engine, command);
             // The snapshot, and retention after it, finish before the batch is synced: the
@@ -168,7 +168,7 @@ fn run_capturing(
                 std::thread::yield_now();
             }
         }
-        let acked = recovered.writer.flush().unwrap();
+        let acked = recovered.writer.end_batch().unwrap();
         acknowledged.push((disk.sync_points(), acked));
     }
     let stats = snapshots.finish();

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringfence_core::pipeline::{
-    EgressDriver, MemoryJournal, Node, NodeConfig, Pins, Replicator, StageError, Topology,
+    EgressDriver, Framed, MemoryJournal, Node, NodeConfig, Pins, Replicator, StageError, Topology,
     WaitStrategy, Watermark,
 };
-use ringfence_core::{Command, Epoch, Query, Sequence, Sequenced, SkuId};
+use ringfence_core::{Command, Query, Sequence, SkuId};
 
 use crate::Common;
 use crate::report::{Report, Row, latency_histogram};
@@ -37,8 +37,8 @@ struct DelayedAcks {
 }
 
 impl Replicator for DelayedAcks {
-    fn send(&mut self, _epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
-        let _ = self.sent.send(command.sequence);
+    fn send(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        let _ = self.sent.send(record.sequenced.sequence);
         Ok(())
     }
 

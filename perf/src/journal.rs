@@ -2,17 +2,17 @@
 //! on preallocated memory-mapped segments in the system temp directory.
 //!
 //! Baselines in the same run: the in-memory `MemoryJournal` (a `Vec` push per record) and the
-//! encoder alone (rkyv into the reused buffer plus CRC32C), which bound what the mmap writer
-//! can reach. Each histogram entry is one batch (appends plus the end-of-batch flush).
+//! framing alone (the canonical encoding into a reused record buffer, plus CRC32C), which bound
+//! what the mmap writer can reach. Every variant frames each record once, as the journaling
+//! stage does. Each histogram entry is one batch (appends plus the end-of-batch flush).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ringfence_core::pipeline::{Journal, MemoryJournal, SystemClock};
+use ringfence_core::pipeline::{Framed, Journal, MemoryJournal, SystemClock};
+use ringfence_core::record::RecordBuf;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
-use ringfence_journal::codec::Encoder;
-use ringfence_journal::format;
 use ringfence_journal::recovery::recover_from;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::workload::Workload;
@@ -54,10 +54,9 @@ pub fn commands(count: usize, config: &EngineConfig) -> Vec<Sequenced> {
 }
 
 fn mean_record_bytes(commands: &[Sequenced]) -> f64 {
-    let mut encoder = Encoder::new();
+    let mut framing = RecordBuf::default();
     let sample = &commands[..commands.len().min(10_000)];
-    let total: usize =
-        sample.iter().map(|c| format::record_len(encoder.encode(&c.command).len())).sum();
+    let total: usize = sample.iter().map(|c| framing.encode(Epoch(1), c).len()).sum();
     total as f64 / sample.len() as f64
 }
 
@@ -111,14 +110,18 @@ fn timed_appends(
     budget: Duration,
 ) -> (u64, f64, Histogram<u64>) {
     let mut histogram = latency_histogram();
+    let mut framing = RecordBuf::default();
+    let clock = SystemClock::new();
     let started = Instant::now();
     let mut ops = 0u64;
     for chunk in commands.chunks(batch) {
         let t0 = Instant::now();
         for command in chunk {
-            journal.append(Epoch(1), command).expect("append");
+            let bytes = framing.encode(Epoch(1), command);
+            let record = Framed { epoch: Epoch(1), sequenced: command, bytes };
+            journal.append(&record).expect("append");
         }
-        journal.flush(&SystemClock::new()).expect("flush");
+        journal.flush(&clock).expect("flush");
         let _ = histogram.record(t0.elapsed().as_nanos() as u64);
         ops += chunk.len() as u64;
         if started.elapsed() > budget {
@@ -176,15 +179,15 @@ fn baseline_encode(
     budget: Duration,
     record_bytes: f64,
 ) -> Row {
-    let mut encoder = Encoder::new();
+    let mut framing = RecordBuf::default();
     let mut histogram = latency_histogram();
     let started = Instant::now();
     let mut ops = 0u64;
-    let mut sink = 0u32;
+    let mut sink = 0u8;
     for chunk in commands.chunks(batch) {
         let t0 = Instant::now();
         for command in chunk {
-            sink ^= crc32c::crc32c(encoder.encode(&command.command));
+            sink ^= framing.encode(Epoch(1), command)[0];
         }
         let _ = histogram.record(t0.elapsed().as_nanos() as u64);
         ops += chunk.len() as u64;
@@ -196,7 +199,7 @@ fn baseline_encode(
     let seconds = started.elapsed().as_secs_f64();
     row(
         &format!("append_batch_{batch}"),
-        "encode_crc_only",
+        "frame_only",
         ops,
         seconds,
         histogram,

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ringfence_core::pipeline::{
-    Clock, EgressDriver, Journal, Metrics, NoReplicator, Node, NodeConfig, Pins, Refused, Session,
-    StageError, Topology, WaitStrategy,
+    Clock, EgressDriver, Framed, Journal, Metrics, NoReplicator, Node, NodeConfig, Pins, Refused,
+    Session, StageError, Topology, WaitStrategy,
 };
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{
-    Action, Command, CreateSku, Engine, EngineConfig, Epoch, RequestKey, Reserve, Sequence,
-    Sequenced, SkuId, Timestamp, UserId,
+    Action, Command, CreateSku, Engine, EngineConfig, RequestKey, Reserve, Sequence, Sequenced,
+    SkuId, Timestamp, UserId,
 };
 
 use crate::Common;
@@ -40,8 +40,8 @@ struct NullJournal {
 }
 
 impl Journal for NullJournal {
-    fn append(&mut self, _epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
-        self.last = command.sequence;
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        self.last = record.sequenced.sequence;
         Ok(())
     }
 

@@ -10,7 +10,6 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use ringfence_core::pipeline::Journal;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced};
 use ringfence_journal::recovery::recover_from;
 use ringfence_journal::scan::{self, ReadOnlyDir};
@@ -102,9 +101,9 @@ fn write_journal(dir: &BenchDir, commands: &[Sequenced], config: &EngineConfig) 
     let mut writer = recover_from(storage, options).expect("writer on a new journal").writer;
     for chunk in commands.chunks(256) {
         for command in chunk {
-            writer.append(Epoch(1), command).expect("append");
+            writer.append_command(Epoch(1), command).expect("append");
         }
-        writer.flush().expect("flush");
+        writer.end_batch().expect("flush");
     }
     writer.sync_now().expect("sync");
 }

@@ -726,7 +726,6 @@ pub fn load_test_command(sequence: Sequence) -> Sequenced {
 }
 
 fn load_test(args: &LoadTestArgs) -> Result<ExitCode, JournalError> {
-    use ringfence_core::pipeline::Journal;
     let options = WriterOptions {
         segment_len: args.segment_size,
         durability: args.durability,
@@ -740,10 +739,10 @@ fn load_test(args: &LoadTestArgs) -> Result<ExitCode, JournalError> {
     let stop = if args.records == 0 { u64::MAX } else { next.0 + args.records };
     while next.0 < stop {
         for _ in 0..args.batch.max(1) {
-            recovered.writer.append(Epoch(1), &load_test_command(next)).map_err(stage)?;
+            recovered.writer.append_command(Epoch(1), &load_test_command(next))?;
             next = next.next();
         }
-        let durable = recovered.writer.flush().map_err(stage)?;
+        let durable = recovered.writer.end_batch().map_err(stage)?;
         if writeln!(out, "durable {durable}").and_then(|()| out.flush()).is_err() {
             break;
         }

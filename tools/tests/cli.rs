@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TempDir, ringfence, text};
-use ringfence_core::pipeline::{Journal, SnapshotHook};
+use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Timestamp};
 use ringfence_journal::recovery::recover;
 use ringfence_journal::snapshot::{SnapshotPolicy, Snapshotter};
@@ -40,14 +40,14 @@ fn write_journal_with(
     let mut digests = Vec::with_capacity(marks.len());
     for n in 1..=count {
         let command = workload.next_command();
-        recovered.writer.append(Epoch(1), &command).unwrap();
+        recovered.writer.append_command(Epoch(1), &command).unwrap();
         let outcome = engine.apply(&command);
         workload.observe(&outcome);
         snapshots.after_apply(&engine, &command);
         if marks.contains(&n) {
             digests.push(engine.state_digest());
         }
-        recovered.writer.flush().unwrap();
+        recovered.writer.end_batch().unwrap();
         while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().failed {
             std::thread::yield_now();
         }
@@ -308,8 +308,8 @@ fn stats_reports_what_retention_keeps_and_retired() {
     let mut workload = Workload::new(12, Sequence(1), Timestamp(1_700_000_000_000));
     for _ in 0..5_000 {
         let command = workload.next_command();
-        recovered.writer.append(Epoch(1), &command).unwrap();
-        recovered.writer.flush().unwrap();
+        recovered.writer.append_command(Epoch(1), &command).unwrap();
+        recovered.writer.end_batch().unwrap();
         // Retention trusts only snapshots the journal has synced past.
         recovered.writer.sync_now().unwrap();
         workload.observe(&engine.apply(&command));

@@ -3,10 +3,11 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use common::Serve;
+use common::{Serve, ringfence, text};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ringfence-{name}-{}", std::process::id()));
@@ -109,6 +110,51 @@ fn client_subcommands_drive_a_node() {
     let order = reserved["order_id"].as_str().unwrap();
     assert_eq!(client(&node, &["order", order]).1["user"], 8);
     assert_eq!(client(&node, &["node"]).1["role"], "primary");
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Journal records and bytes used, read by `journal verify --json` (which a live directory
+/// allows).
+fn journal_size(dir: &Path) -> (u64, u64) {
+    let output = ringfence(&["journal", "verify", dir.to_str().unwrap(), "--json"]);
+    assert!(output.status.success(), "verify on a live directory: {}", text(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    (json["records"].as_u64().unwrap(), json["bytes_used"].as_u64().unwrap())
+}
+
+#[test]
+fn an_idle_node_journals_nothing_but_due_deadlines() {
+    // Goal: an idle node's journal does not grow: no ticks and no reads are journaled; only a
+    // payment deadline coming due adds a record (one tick). Prints the growth it measured.
+    let dir = temp_dir("idle");
+    let node = Serve::start(&dir);
+    let sku =
+        r#"{"sku":1,"stock":5,"price_cents":100,"per_user_limit":0,"payment_timeout_ms":1000}"#;
+    assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
+    assert_eq!(reserve(&node, "idle-1", 1).0, 201);
+    let (records, bytes) = journal_size(&dir);
+    let started = Instant::now();
+    // Reads in the idle spell are answered but not journaled.
+    for _ in 0..20 {
+        assert_eq!(node.call("GET", "/v1/skus/1", "", false).0, 200);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let (status, metrics) = node.get_text("/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("ringfence_snapshots_failed_total 0"), "{metrics}");
+    let (records_after, bytes_after) = journal_size(&dir);
+    let seconds = started.elapsed().as_secs_f64();
+    let grown = records_after - records;
+    println!(
+        "idle journal growth: {grown} records, {} bytes in {seconds:.1} s ({:.2} records/s)",
+        bytes_after - bytes,
+        grown as f64 / seconds
+    );
+    assert_eq!(grown, 1, "one tick for the one deadline that came due, nothing else");
+    assert!(bytes_after - bytes <= 64, "a tick is one small record");
+    let expired = node.call("GET", "/v1/skus/1", "", false).1;
+    assert_eq!((expired["available"].clone(), expired["reserved"].clone()), (5.into(), 0.into()));
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,8 +4,7 @@
 //! (slot layout, the finished-order and request-key queues, pending deadlines, the id
 //! generator), so an engine restored from it behaves exactly like the one it was taken from.
 //! Its bytes are the explicit, versioned layout of `layout.rs` ([`EngineImage::encode_into`],
-//! [`EngineImage::decode`]). (It still derives rkyv until the journal has moved to that
-//! layout.)
+//! [`EngineImage::decode`]).
 //!
 //! The digests hash the same fixed-size entry encodings, with XXH3-64 (`xxh3` below; `‖` is
 //! concatenation, `le64` a `u64` in 8 little-endian bytes, `Σ` the wrapping sum of `xxh3` of
@@ -27,7 +26,6 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use rkyv::{Archive, Deserialize, Serialize};
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use super::layout::{Claim, Holding, Scalars, ordered_hash, sum_of};
@@ -39,7 +37,7 @@ use crate::types::{Sequence, Timestamp};
 
 /// The engine's full state as plain data. Private fields: build one with
 /// [`Engine::to_image`], turn it back with [`Engine::from_image`].
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineImage {
     pub(super) shard: u16,
     pub(super) now: Timestamp,

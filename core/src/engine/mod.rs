@@ -17,7 +17,6 @@ mod tests;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use rkyv::{Archive, Deserialize, Serialize};
 use table::FixedMap;
 
 use crate::command::{Action, Command, Query, Sequenced};
@@ -70,7 +69,7 @@ pub struct EngineStatus {
     pub request_keys: u32,
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Sku {
     id: SkuId,
     stock: u64,
@@ -85,7 +84,7 @@ struct Sku {
     sale_end: Option<Timestamp>,
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Order {
     id: OrderId,
     user: UserId,
@@ -100,7 +99,7 @@ struct Order {
     payment_ref: Option<PaymentRef>,
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Batch {
     id: BatchId,
     quantity: u32,
@@ -112,7 +111,7 @@ struct Batch {
     valid_until: Timestamp,
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Coupon {
     id: CouponId,
     batch_slot: u32,
@@ -123,7 +122,7 @@ struct Coupon {
 
 /// A remembered request key: its action's fingerprint ([`hash::fingerprint`]) and original
 /// outcome.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct KeyEntry {
     key: RequestKey,
     expires_at: Timestamp,

@@ -75,6 +75,19 @@ impl Default for WaitStrategy {
     }
 }
 
+/// Where a node's writes come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Intake {
+    /// A primary: client commands are sequenced and stamped here, and the timer publishes
+    /// due ticks.
+    #[default]
+    Sequencer,
+    /// A standby: writes arrive as records its primary sequenced and stamped, submitted with
+    /// `Session::try_submit_record` and journaled byte for byte; clients may only read, and no
+    /// ticks are published here (the primary's arrive as records).
+    Replica,
+}
+
 /// Who runs egress: the stage that releases answers once they are safe.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EgressDriver {
@@ -125,8 +138,10 @@ pub struct NodeConfig {
     pub ring_size: usize,
     /// The BLP's capacities.
     pub engine: EngineConfig,
-    /// Replication epoch written with every journal record.
+    /// Replication epoch written with every journal record this node sequences.
     pub epoch: Epoch,
+    /// Whether this node sequences client commands or takes records from a primary.
+    pub intake: Intake,
     /// How often, in milliseconds, the timer checks whether a payment deadline has come due;
     /// zero starts no timer. A `Tick` is published only when one has (an idle node journals
     /// nothing), so deadlines fire at most a period late without client traffic.
@@ -157,6 +172,7 @@ impl Default for NodeConfig {
             ring_size: 1 << 14,
             engine: EngineConfig::default(),
             epoch: Epoch(1),
+            intake: Intake::Sequencer,
             tick_period_ms: 1,
             topology: None,
             parallel_cores_min: 6,

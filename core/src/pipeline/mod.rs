@@ -56,15 +56,15 @@ mod wait;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    EgressDriver, NodeConfig, NodeConfigError, Pins, RING_SIZE_MIN, Topology, WaitStrategy,
+    EgressDriver, Intake, NodeConfig, NodeConfigError, Pins, RING_SIZE_MIN, Topology, WaitStrategy,
 };
 pub use messages::{Completion, StageFailure, Ticket};
 pub use metrics::{Metrics, PUBLISH_PERIOD, StageMetrics, batch_histogram, latency_histogram};
 pub use node::{Node, NodeError, NodeParts, Sequences, ShutdownReport, StepReport};
 pub use session::{CallError, Refused, Session};
 pub use stage::{
-    Journal, MemoryJournal, NoReplicator, NoSnapshots, Replicator, SnapshotHook, StageError,
-    Watermark,
+    Framed, Journal, MemoryJournal, NoReplicator, NoSnapshots, Replicator, SnapshotHook,
+    StageError, Watermark,
 };
 pub use stages::SERVICE_TIME_SAMPLE_EVERY;
 pub use wait::WakeHook;

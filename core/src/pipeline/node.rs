@@ -244,11 +244,13 @@ impl Node {
         blp: Blp<H>,
         control: mpsc::Receiver<Control>,
     ) -> Result<(), NodeError> {
-        // Journaler, replicator and BLP read the producer's barrier side by side; egress reads
-        // behind all three; producers wait for egress before reusing a slot.
+        // The journaler reads the producer's barrier and frames each record once; replicator
+        // and BLP read behind it side by side (the replicator sends the journaler's bytes; the
+        // BLP waits for appends, never for a sync); egress reads behind both; producers wait
+        // for egress before reusing a slot.
         let builder = build_multi_producer(config.ring_size, Slot::empty, BusySpin);
         let (journal_poller, builder) = builder.new_event_poller();
-        let (replicator_poller, builder) = builder.new_event_poller();
+        let (replicator_poller, builder) = builder.and_then().new_event_poller();
         let (blp_poller, builder) = builder.new_event_poller();
         let (egress_poller, builder) = builder.and_then().new_event_poller();
         self.producer = Some(builder.build());

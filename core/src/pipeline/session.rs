@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use disruptor::{MultiProducer, Producer, SingleConsumerBarrier};
 
+use super::config::Intake;
 use super::egress::PolledEgress;
 use super::messages::{Completion, Control, Reply, StageFailure, Ticket};
 use super::shared::Shared;
@@ -19,6 +20,8 @@ use super::slot::{Slot, SlotKind};
 use super::wait::Parker;
 use crate::command::Command;
 use crate::outcome::Outcome;
+use crate::record::{self, RecordError};
+use crate::types::{Epoch, Sequence};
 
 /// The producer handle every session, the timer and the node hold.
 pub(crate) type RingProducer = MultiProducer<Slot, SingleConsumerBarrier>;
@@ -45,6 +48,32 @@ pub enum Refused {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A write sent to a standby: its writes come from its primary; send it to the primary.
+    #[error("this node is a standby: writes go to the primary; reads are served here")]
+    NotPrimary,
+    /// A record sent to a node that sequences its own commands.
+    #[error("this node sequences its own commands and takes no records")]
+    NotReplica,
+    /// Bytes given as a record are not one (damaged in transit, or a newer format).
+    #[error("not a record: {0}")]
+    InvalidRecord(RecordError),
+    /// A record that is not the next in sequence: the standby is missing records before it,
+    /// or has it already. Nothing was published; resume the stream at `expected`.
+    #[error("record {found} is out of sequence: the next must be {expected}")]
+    OutOfSequence {
+        /// The sequence the next record must carry.
+        expected: Sequence,
+        /// The sequence it carried.
+        found: Sequence,
+    },
+    /// A record from an older epoch than one already taken: a deposed primary's.
+    #[error("record from epoch {found} after one from epoch {last}: a deposed primary's")]
+    StaleEpoch {
+        /// The record's epoch.
+        found: Epoch,
+        /// The epoch of the last record taken.
+        last: Epoch,
+    },
     /// A stage failed and the node stopped.
     #[error("{0}")]
     Failed(StageFailure),
@@ -107,6 +136,9 @@ impl Session {
     /// Never blocks.
     pub fn try_submit(&mut self, command: Command, token: u64) -> Result<Ticket, Refused> {
         self.check_open(1)?;
+        if self.shared.intake == Intake::Replica && command.is_mutating() {
+            return Err(Refused::NotPrimary);
+        }
         let reply = Reply { session: self.id, token };
         match publish_one(&mut self.producer, &self.shared, SlotKind::Command, command, reply) {
             Some(position) => {
@@ -125,6 +157,11 @@ impl Session {
             return Err(Refused::BatchTooLarge { len: commands.len(), max });
         }
         self.check_open(commands.len())?;
+        if self.shared.intake == Intake::Replica
+            && commands.iter().any(|(command, _)| command.is_mutating())
+        {
+            return Err(Refused::NotPrimary);
+        }
         let shared = &*self.shared;
         let ns = shared.clock.now_ns();
         let timestamp = shared.clock.timestamp(ns);
@@ -148,6 +185,54 @@ impl Session {
             }
             Err(_) => Err(self.busy()),
         }
+    }
+
+    /// A standby's intake: submits a record its primary sequenced (`crate::record`), to be
+    /// journaled byte for byte and applied with the primary's sequence, epoch and timestamp.
+    /// The bytes are checked first (never trusted); records must come in sequence, from one
+    /// session, in epochs that never go back. Never blocks.
+    pub fn try_submit_record(&mut self, bytes: &[u8], token: u64) -> Result<Ticket, Refused> {
+        self.check_open(1)?;
+        let shared = &*self.shared;
+        if shared.intake != Intake::Replica {
+            return Err(Refused::NotReplica);
+        }
+        let (header, sequenced, len) = record::decode(bytes).map_err(Refused::InvalidRecord)?;
+        if len != bytes.len() {
+            return Err(Refused::InvalidRecord(RecordError::Trailing { len, have: bytes.len() }));
+        }
+        let expected = Sequence(shared.next_record.load(Ordering::Acquire));
+        if header.sequence != expected {
+            return Err(Refused::OutOfSequence { expected, found: header.sequence });
+        }
+        let last = Epoch(shared.record_epoch.load(Ordering::Acquire));
+        if header.epoch < last {
+            return Err(Refused::StaleEpoch { found: header.epoch, last });
+        }
+        if !sequenced.command.is_mutating() {
+            return Err(Refused::InvalidRecord(RecordError::NotMutating));
+        }
+        let reply = Reply { session: self.id, token };
+        let ns = shared.clock.now_ns();
+        let published = self.producer.try_publish(|slot| {
+            slot.kind = SlotKind::Record;
+            slot.timestamp = sequenced.timestamp;
+            slot.command = sequenced.command;
+            slot.sequence = header.sequence;
+            slot.epoch = header.epoch;
+            // SAFETY: the producer holds the slot exclusively until it is published.
+            unsafe { slot.record.write() }.copy_from(bytes);
+            slot.reply = reply;
+            slot.published_ns = ns;
+        });
+        let Ok(position) = published else { return Err(self.busy()) };
+        shared.next_record.store(header.sequence.next().0, Ordering::Release);
+        shared.record_epoch.store(header.epoch.0, Ordering::Release);
+        let position = u64::try_from(position).expect("published ring positions are >= 0");
+        shared.published(position);
+        shared.wake_stages();
+        self.pending += 1;
+        Ok(Ticket(position))
     }
 
     fn check_open(&self, count: usize) -> Result<(), Refused> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock, mpsc};
 use crossbeam_utils::CachePadded;
 
 use super::clock::Clock;
-use super::config::{NodeConfig, Topology, WaitStrategy};
+use super::config::{Intake, NodeConfig, Topology, WaitStrategy};
 use super::messages::{Control, StageFailure};
 use super::metrics::SharedHistograms;
 use super::stage::Watermark;
@@ -67,6 +67,11 @@ pub(crate) struct Shared {
     pub(crate) sessions_max: u32,
     /// The journal sequence the node's first journaled command takes.
     pub(crate) base: Sequence,
+    pub(crate) intake: Intake,
+    /// For a replica: the sequence the next record must carry, and the epoch of the last one,
+    /// checked by the producer before a record takes a slot.
+    pub(crate) next_record: AtomicU64,
+    pub(crate) record_epoch: AtomicU64,
     pub(crate) clock: Arc<dyn Clock>,
 
     closed: AtomicBool,
@@ -145,6 +150,9 @@ impl Shared {
             session_pending_max: config.session_pending_max,
             sessions_max: config.sessions_max,
             base: next_sequence,
+            intake: config.intake,
+            next_record: AtomicU64::new(next_sequence.0),
+            record_epoch: AtomicU64::new(0),
             clock,
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),

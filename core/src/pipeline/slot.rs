@@ -10,13 +10,19 @@ use disruptor::{
 use super::messages::Reply;
 use crate::command::Command;
 use crate::outcome::Outcome;
-use crate::types::Timestamp;
+use crate::record::RecordBuf;
+use crate::types::{Epoch, Sequence, Timestamp};
 
 /// What a slot carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SlotKind {
-    /// A command: journaled, replicated, applied, answered.
+    /// A command to sequence: a mutating one is journaled, replicated, applied and answered;
+    /// a read is applied and answered.
     Command,
+    /// A record already sequenced and stamped elsewhere (a standby's intake from its primary):
+    /// its sequence, epoch, timestamp and framed bytes are the primary's and are kept as they
+    /// are; it is journaled, replicated onward and applied like a command.
+    Record,
     /// Published once by `shutdown` after intake stopped: each stage flushes and exits when it
     /// reads it. It takes a ring position but no journal sequence, and it is always the last
     /// slot a stage reads, so journal sequences stay contiguous.
@@ -64,11 +70,59 @@ impl OutcomeCell {
     }
 }
 
+/// A slot's framed record bytes, encoded once and read by the stages behind the one that wrote
+/// them.
+///
+/// Ownership is handed along by the ring's barriers, like [`OutcomeCell`]:
+/// - for a `Command` slot, only the journaling stage (the journaler, or the compact processor)
+///   writes it, while it reads the slot; the replicator reads it only from behind the
+///   journaling stage in the ring's dependency graph (or, in the compact processor, after the
+///   write on the same thread);
+/// - for a `Record` slot, the producer writes it before publishing, and nobody writes it again;
+/// - producers reuse the slot only after egress, behind every stage, passed it.
+pub(crate) struct RecordCell(UnsafeCell<RecordBuf>);
+
+// SAFETY: access is serialised by the ring's barriers as described on `RecordCell`: one writer
+// before a release (the writer's cursor or the producer's publication), readers only after the
+// matching acquire.
+unsafe impl Sync for RecordCell {}
+
+impl RecordCell {
+    fn new() -> RecordCell {
+        RecordCell(UnsafeCell::new(RecordBuf::default()))
+    }
+
+    /// The buffer, for writing.
+    ///
+    /// # Safety
+    /// The caller is the slot's one writer as described on [`RecordCell`]: the journaling
+    /// stage reading a `Command` slot, or a producer holding the slot before publishing it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn write(&self) -> &mut RecordBuf {
+        // SAFETY: per the function's contract nobody else reads or writes the cell now.
+        unsafe { &mut *self.0.get() }
+    }
+
+    /// The record's bytes.
+    ///
+    /// # Safety
+    /// The caller reads after the write, as described on [`RecordCell`], and the slot is not
+    /// reused before the returned borrow ends (it is held within one ring batch).
+    pub(crate) unsafe fn read(&self) -> &[u8] {
+        // SAFETY: per the function's contract the write happened-before and none races.
+        unsafe { (*self.0.get()).as_bytes() }
+    }
+}
+
 /// One ring slot. Plain, fixed-size and preallocated: publishing overwrites it in place.
 pub(crate) struct Slot {
     pub(crate) kind: SlotKind,
     pub(crate) timestamp: Timestamp,
     pub(crate) command: Command,
+    /// For a `Record` slot, the sequence and epoch the primary gave it; unused otherwise.
+    pub(crate) sequence: Sequence,
+    pub(crate) epoch: Epoch,
+    pub(crate) record: RecordCell,
     pub(crate) reply: Reply,
     /// Monotonic nanoseconds since node start when the producer published, for the
     /// publish-to-egress latency histogram.
@@ -82,6 +136,9 @@ impl Slot {
             kind: SlotKind::Command,
             timestamp: Timestamp(0),
             command: Command::Tick,
+            sequence: Sequence(0),
+            epoch: Epoch(0),
+            record: RecordCell::new(),
             reply: Reply::NOBODY,
             published_ns: 0,
             outcome: OutcomeCell::new(),

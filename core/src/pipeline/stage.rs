@@ -91,10 +91,24 @@ impl std::fmt::Debug for Watermark {
     }
 }
 
+/// A journaled command as the journal and the replicator receive it: its framed record bytes
+/// (`crate::record`), encoded once by the stage that journals it — or received whole from the
+/// primary on a standby — and the values those bytes hold. A standby stores the very bytes its
+/// primary journaled.
+#[derive(Clone, Copy, Debug)]
+pub struct Framed<'a> {
+    /// The epoch of the node that sequenced the command.
+    pub epoch: Epoch,
+    /// The command, its sequence and its timestamp.
+    pub sequenced: &'a Sequenced,
+    /// The record: header, canonical payload, padding; `record::check` passes on it.
+    pub bytes: &'a [u8],
+}
+
 /// The journaler stage: appends every command, in sequence order, before its answer leaves.
 pub trait Journal: Send + 'static {
     /// Appends one command record. It need not be durable until [`Journal::flush`].
-    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError>;
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError>;
 
     /// Called at the end of every batch, and again while the stage is idle: makes records
     /// durable as the durability policy says and returns the highest sequence that is now
@@ -104,8 +118,8 @@ pub trait Journal: Send + 'static {
 
 /// The replicator stage: streams every command to the standby and tracks what it holds.
 pub trait Replicator: Send + 'static {
-    /// Sends (or queues) one command record for the standby.
-    fn send(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError>;
+    /// Sends (or queues) one command record for the standby: its bytes, as journaled.
+    fn send(&mut self, record: &Framed<'_>) -> Result<(), StageError>;
 
     /// Called at the end of every batch: pushes queued records out.
     fn flush(&mut self) -> Result<(), StageError>;
@@ -159,11 +173,17 @@ impl MemoryJournal {
 }
 
 impl Journal for MemoryJournal {
-    fn append(&mut self, epoch: Epoch, command: &Sequenced) -> Result<(), StageError> {
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        let command = record.sequenced;
         if let Some((_, last)) = self.records.last() {
             assert_eq!(command.sequence, last.sequence.next(), "journal sequences are contiguous");
         }
-        self.records.push((epoch, *command));
+        let (header, len) = crate::record::check(record.bytes).expect("framed bytes are a record");
+        assert_eq!(
+            (header.sequence, header.epoch, len),
+            (command.sequence, record.epoch, record.bytes.len())
+        );
+        self.records.push((record.epoch, *command));
         Ok(())
     }
 
@@ -193,7 +213,7 @@ impl Default for NoReplicator {
 }
 
 impl Replicator for NoReplicator {
-    fn send(&mut self, _epoch: Epoch, _command: &Sequenced) -> Result<(), StageError> {
+    fn send(&mut self, _record: &Framed<'_>) -> Result<(), StageError> {
         Ok(())
     }
 

@@ -15,12 +15,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::config::Intake;
 use super::messages::Reply;
 use super::metrics::Recorder;
 use super::session::{RingProducer, publish_one};
 use super::shared::{Shared, panic_message};
 use super::slot::{RingPoller, Slot, SlotKind, Visit};
-use super::stage::{Journal, Replicator, SnapshotHook, StageError};
+use super::stage::{Framed, Journal, Replicator, SnapshotHook, StageError};
 use super::wait::{Idler, pin_current};
 use crate::command::{Command, Sequenced};
 use crate::engine::Engine;
@@ -51,10 +52,18 @@ impl Sequencer {
     }
 
     /// Places the next slot: its gate sequence, and whether it is journaled. A mutating command
-    /// takes the next sequence; a query or snapshot request changes nothing, is not journaled,
-    /// and is gated on the last journaled sequence before it.
+    /// takes the next sequence; a record brings its own, which must be the next; a query or
+    /// snapshot request changes nothing, is not journaled, and is gated on the last journaled
+    /// sequence before it.
     pub(crate) fn place(&mut self, slot: &Slot) -> (Sequence, bool) {
-        assert_eq!(slot.kind, SlotKind::Command, "only commands are placed");
+        assert_ne!(slot.kind, SlotKind::Stop, "the stop marker is not placed");
+        if slot.kind == SlotKind::Record {
+            // Checked at intake (`Session::try_submit_record`); a gap here is a bug.
+            assert_eq!(slot.sequence, self.next, "records arrive in sequence");
+            assert!(slot.command.is_mutating(), "records carry mutating commands");
+            self.next = slot.sequence.next();
+            return (slot.sequence, true);
+        }
         if slot.command.is_mutating() {
             let sequence = self.next;
             self.next = sequence.next();
@@ -87,6 +96,11 @@ impl Entry<'_> {
             timestamp: self.slot.timestamp,
             command: self.slot.command,
         }
+    }
+
+    /// The epoch the slot is journaled in: the primary's for a record, else this node's.
+    fn epoch(&self, node: Epoch) -> Epoch {
+        if self.slot.kind == SlotKind::Record { self.slot.epoch } else { node }
     }
 }
 
@@ -144,7 +158,17 @@ impl<J: Journal> Work for Journaler<J> {
         if !entry.journaled {
             return Ok(());
         }
-        self.journal.append(self.epoch, &entry.sequenced())
+        let epoch = entry.epoch(self.epoch);
+        let sequenced = entry.sequenced();
+        let record = &entry.slot.record;
+        if entry.slot.kind == SlotKind::Command {
+            // SAFETY: this is the journaling stage reading a `Command` slot: the one writer of
+            // its record cell (`RecordCell`).
+            unsafe { record.write() }.encode(epoch, &sequenced);
+        }
+        // SAFETY: written just above on this thread, or by the producer before publishing.
+        let bytes = unsafe { record.read() };
+        self.journal.append(&Framed { epoch, sequenced: &sequenced, bytes })
     }
 
     fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
@@ -177,7 +201,12 @@ impl<R: Replicator> Work for Replication<R> {
         if !entry.journaled {
             return Ok(());
         }
-        self.replicator.send(self.epoch, &entry.sequenced())
+        let epoch = entry.epoch(self.epoch);
+        let sequenced = entry.sequenced();
+        // SAFETY: the replicator reads behind the journaling stage, which wrote the cell (or
+        // the producer did, for a record) — see `RecordCell`.
+        let bytes = unsafe { entry.slot.record.read() };
+        self.replicator.send(&Framed { epoch, sequenced: &sequenced, bytes })
     }
 
     fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
@@ -422,6 +451,9 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
                 cells.positions.store(self.next, Ordering::Release);
                 self.recorder.batch(read);
                 self.recorder.maybe_publish(&cells.histograms);
+                // Whoever reads behind this stage: egress, and in `parallel` the replicator and
+                // the BLP behind the journaler.
+                shared.wake_stages();
                 shared.wake_egress();
                 return if stop { Step::Stopped } else { Step::Worked(read) };
             }
@@ -515,7 +547,7 @@ fn read_batch<P: RingPoller, W: Work>(
         poller.drain_ahead::<PREFETCH_DISTANCE, _>(u64::MAX, next, |slot, position, visit| {
             if visit == Visit::Ahead {
                 // A slot after the stop marker is published and readable; hinting it is harmless.
-                if working && slot.kind == SlotKind::Command {
+                if working && slot.kind != SlotKind::Stop {
                     work.prefetch(slot);
                 }
                 return;
@@ -582,6 +614,10 @@ pub(crate) fn run_stage<P: RingPoller, W: Work>(
 pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) {
     // Pending first: once the BLP cleared it, the due time it stored before is visible.
     if shared.tick_pending.load(Ordering::Acquire) || shared.is_closed() {
+        return;
+    }
+    if shared.intake == Intake::Replica {
+        // A standby's ticks are its primary's, arriving as records.
         return;
     }
     let due = shared.next_due_ms.load(Ordering::Acquire);
