@@ -46,7 +46,7 @@ impl std::fmt::Display for Damage {
             Damage::EpochWentBack => {
                 write!(f, "the record's epoch is lower than its predecessor's")
             }
-            Damage::Payload => write!(f, "the record's payload is not a valid command"),
+            Damage::Payload => write!(f, "the record's payload is not a valid, journaled command"),
             Damage::BytesAfterEnd => write!(f, "non-zero bytes follow the last record"),
             Damage::SegmentHeader(problem) => write!(f, "{problem}"),
             Damage::SegmentGap { found } => {

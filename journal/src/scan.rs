@@ -511,7 +511,10 @@ fn read_segment(
         if header.sequence >= from {
             let payload = &bytes[offset + RECORD_HEADER_LEN..][..header.payload_len];
             let command = ringfence_core::codec::decode_command(payload)
-                .map_err(|_| (offset, header.sequence))?;
+                .ok()
+                // Reads are never journaled: a record holding one is not this format's.
+                .filter(Command::is_mutating)
+                .ok_or((offset, header.sequence))?;
             let record = Record {
                 sequence: header.sequence,
                 epoch: header.epoch,

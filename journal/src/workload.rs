@@ -1,14 +1,15 @@
 //! A deterministic flash-sale command mix, for journal tests, crash tests and benchmarks.
 //!
-//! From one seed it produces every command kind in realistic proportions: a few SKUs and a
-//! coupon batch created up front, then mostly reservations, with payments, cancellations,
-//! shipping, completion, refunds, coupon claims, restocks, sale open/close, queries, ticks and
-//! occasional snapshot requests. Payments and follow-ups refer to orders the engine really
-//! created, learned from the outcomes fed back with [`Workload::observe`].
+//! From one seed it produces every journaled command kind in realistic proportions: a few SKUs
+//! and a coupon batch created up front, then mostly reservations, with payments,
+//! cancellations, shipping, completion, refunds, coupon claims, restocks, sale open/close and
+//! ticks. Reads (queries, snapshot requests) are never journaled, so it produces none.
+//! Payments and follow-ups refer to orders the engine really created, learned from the
+//! outcomes fed back with [`Workload::observe`].
 
 use ringfence_core::{
     Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, OrderId, Outcome, PaymentRef,
-    Query, RequestKey, Reserve, Sequence, Sequenced, SkuId, Timestamp, UserId,
+    RequestKey, Reserve, Sequence, Sequenced, SkuId, Timestamp, UserId,
 };
 
 /// Generates commands; see the module documentation.
@@ -23,7 +24,6 @@ pub struct Workload {
     order_cursor: usize,
     coupons: Vec<CouponId>,
     setup: u32,
-    snapshots: bool,
 }
 
 const ORDERS_REMEMBERED: usize = 4_096;
@@ -43,15 +43,7 @@ impl Workload {
             order_cursor: 0,
             coupons: Vec::new(),
             setup: 0,
-            snapshots: false,
         }
-    }
-
-    /// Also emit `Command::Snapshot` now and then (about one command in 2,000).
-    #[must_use]
-    pub fn with_snapshot_requests(mut self) -> Workload {
-        self.snapshots = true;
-        self
     }
 
     /// The sequence the next command will carry.
@@ -115,9 +107,6 @@ impl Workload {
 
     fn mixed(&mut self) -> Command {
         let roll = self.random(1_000);
-        if self.snapshots && roll == 999 && self.random(2) == 0 {
-            return Command::Snapshot;
-        }
         let user = UserId(1 + self.random(50_000));
         let sku = SkuId(1 + self.random(self.skus));
         let action = match roll {
@@ -141,20 +130,9 @@ impl Workload {
             900..=904 => Action::Restock { sku, qty: 100 },
             905..=907 => Action::CloseSale { sku },
             908..=915 => Action::OpenSale { sku },
-            916..=959 => return self.query(sku),
             _ => return Command::Tick,
         };
         self.client(action)
-    }
-
-    fn query(&mut self, sku: SkuId) -> Command {
-        let query = match self.random(4) {
-            0 => Query::Sku(sku),
-            1 => Query::Order(self.pick_order().map_or(OrderId(1), |(order, _)| order)),
-            2 => Query::Coupon(self.pick_coupon().unwrap_or(CouponId(1))),
-            _ => Query::Batch(BatchId(1)),
-        };
-        Command::Query(query)
     }
 
     fn on_order(&mut self, action: impl FnOnce(OrderId) -> Action) -> Action {

