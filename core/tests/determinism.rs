@@ -1,5 +1,6 @@
 //! Determinism: the same commands give the same outcomes, hashes and digests on every engine,
-//! whether it started empty or from an rkyv snapshot taken part way through.
+//! whether it started empty or from a snapshot taken part way through (as rkyv bytes, which the
+//! journal still writes, and as the explicit image layout it is moving to).
 //!
 //! A generated sequence is driven through a first engine, which also decides the concrete
 //! commands (order ids come from its answers). The recorded commands are then replayed into a
@@ -57,10 +58,22 @@ struct Placed {
 struct Run {
     commands: Vec<Sequenced>,
     outcomes: Vec<Outcome>,
-    /// (commands applied before it, rkyv bytes of the image, state digest at that point).
-    snapshots: Vec<(usize, rkyv::util::AlignedVec, u64)>,
+    /// Snapshots taken along the way.
+    snapshots: Vec<Snapshot>,
     /// Refused commands whose effect on the tables digest was checked.
     refusals_checked: usize,
+}
+
+/// A snapshot taken by the driver.
+struct Snapshot {
+    /// Commands applied before it.
+    at: usize,
+    /// The image as rkyv bytes.
+    rkyv: rkyv::util::AlignedVec,
+    /// The image in its explicit layout (`EngineImage::encode_into`).
+    explicit: Vec<u8>,
+    /// The engine's state digest at that point.
+    digest: u64,
 }
 
 struct Driver {
@@ -290,9 +303,13 @@ impl Driver {
 
     fn snapshot(&mut self) {
         let image = self.engine.to_image();
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&image).expect("image serializes");
+        let rkyv = rkyv::to_bytes::<rkyv::rancor::Error>(&image).expect("image serializes");
+        let mut explicit = Vec::new();
+        image.encode_into(&mut explicit);
+        let digest = self.engine.state_digest();
+        assert_eq!(image.state_digest(), digest, "an image digests like its engine");
         let at = self.run.commands.len();
-        self.run.snapshots.push((at, bytes, self.engine.state_digest()));
+        self.run.snapshots.push(Snapshot { at, rkyv, explicit, digest });
     }
 }
 
@@ -345,14 +362,17 @@ proptest! {
         picks in prop::collection::vec(pick(), 300..700),
         snap_at in prop::collection::vec(any::<usize>(), 1..4),
     ) {
-        // Goal: an engine restored from rkyv bytes has the same digest and, fed the rest of the
-        // sequence, gives the same outcomes and ends in the same state as the original.
+        // Goal: an engine restored from a snapshot's bytes (rkyv or the explicit layout, which
+        // decode to the same image) has the same digest and, fed the rest of the sequence,
+        // gives the same outcomes and ends in the same state as the original.
         let (run, first) = drive(&picks, &snap_at);
         prop_assert!(run.snapshots.len() >= 2);
-        for (at, bytes, digest) in &run.snapshots {
-            let image = rkyv::from_bytes::<EngineImage, rkyv::rancor::Error>(bytes)
+        for Snapshot { at, rkyv, explicit, digest } in &run.snapshots {
+            let image = rkyv::from_bytes::<EngineImage, rkyv::rancor::Error>(rkyv)
                 .expect("a snapshot just written validates");
-            let mut restored = Engine::from_image(config(), &image).expect("image restores");
+            let decoded = EngineImage::decode(explicit).expect("an image just encoded decodes");
+            prop_assert_eq!(&decoded, &image);
+            let mut restored = Engine::from_image(config(), &decoded).expect("image restores");
             prop_assert_eq!(restored.state_digest(), *digest);
             prop_assert_eq!(&restored.to_image(), &image);
             replay(&mut restored, &run.commands[*at..], &run.outcomes[*at..]);
