@@ -255,6 +255,42 @@ pub enum DecodeError {
     },
 }
 
+/// Where encoded fields go, front to back: a byte buffer ([`Writer`]) or, for hashing, words
+/// held in registers (`hash::Words`). One encoder serves both, so the bytes hashed are exactly
+/// the bytes written.
+pub(crate) trait Sink {
+    /// One byte.
+    fn u8(&mut self, value: u8);
+    /// Four bytes, little-endian.
+    fn u32(&mut self, value: u32);
+    /// Eight bytes, little-endian.
+    fn u64(&mut self, value: u64);
+    /// Sixteen raw bytes (request keys, payment references).
+    fn bytes16(&mut self, value: &[u8; 16]);
+
+    #[inline(always)]
+    fn flag(&mut self, value: bool) {
+        self.u8(u8::from(value));
+    }
+
+    #[inline(always)]
+    fn opt_u64(&mut self, value: Option<u64>) {
+        match value {
+            Some(value) => {
+                self.u8(1);
+                self.u64(value);
+            }
+            None => self.u8(0),
+        }
+    }
+
+    #[inline(always)]
+    fn tagged_u64(&mut self, tag: u8, value: u64) {
+        self.u8(tag);
+        self.u64(value);
+    }
+}
+
 /// Writes fields front to back into a caller's buffer.
 pub(crate) struct Writer<'a> {
     out: &'a mut [u8],
@@ -276,42 +312,28 @@ impl<'a> Writer<'a> {
         self.out[self.at..self.at + bytes.len()].copy_from_slice(bytes);
         self.at += bytes.len();
     }
+}
 
+impl Sink for Writer<'_> {
     #[inline]
-    pub(crate) fn u8(&mut self, value: u8) {
+    fn u8(&mut self, value: u8) {
         self.out[self.at] = value;
         self.at += 1;
     }
 
     #[inline]
-    pub(crate) fn u32(&mut self, value: u32) {
+    fn u32(&mut self, value: u32) {
         self.bytes(&value.to_le_bytes());
     }
 
     #[inline]
-    pub(crate) fn u64(&mut self, value: u64) {
+    fn u64(&mut self, value: u64) {
         self.bytes(&value.to_le_bytes());
     }
 
     #[inline]
-    pub(crate) fn flag(&mut self, value: bool) {
-        self.u8(u8::from(value));
-    }
-
-    #[inline]
-    fn opt_u64(&mut self, value: Option<u64>) {
-        match value {
-            Some(value) => {
-                self.u8(1);
-                self.u64(value);
-            }
-            None => self.u8(0),
-        }
-    }
-
-    fn tagged_u64(&mut self, tag: u8, value: u64) {
-        self.u8(tag);
-        self.u64(value);
+    fn bytes16(&mut self, value: &[u8; 16]) {
+        self.bytes(value);
     }
 }
 
@@ -472,14 +494,7 @@ pub(crate) fn decode_outcome_at(bytes: &[u8], base: usize) -> Result<Outcome, De
 pub fn encode_event(event: &Event, out: &mut [u8]) -> usize {
     assert!(out.len() >= EVENT_LEN_MAX, "event buffer of {} bytes is too small", out.len());
     let mut writer = Writer::new(out);
-    match *event {
-        Event::OrderExpired { order, user, sku, qty } => {
-            writer.tagged_u64(EVENT_ORDER_EXPIRED, order.0);
-            writer.u64(user.0);
-            writer.u64(sku.0);
-            writer.u32(qty);
-        }
-    }
+    write_event(&mut writer, event);
     assert!(writer.len() <= EVENT_LEN_MAX);
     writer.len()
 }
@@ -500,7 +515,19 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
     Ok(event)
 }
 
-fn write_command(w: &mut Writer<'_>, command: &Command) {
+#[inline]
+pub(crate) fn write_event<S: Sink>(w: &mut S, event: &Event) {
+    match *event {
+        Event::OrderExpired { order, user, sku, qty } => {
+            w.tagged_u64(EVENT_ORDER_EXPIRED, order.0);
+            w.u64(user.0);
+            w.u64(sku.0);
+            w.u32(qty);
+        }
+    }
+}
+
+fn write_command<S: Sink>(w: &mut S, command: &Command) {
     match command {
         Command::Tick => w.u8(COMMAND_TICK),
         Command::Query(Query::Sku(sku)) => w.tagged_u64(COMMAND_QUERY_SKU, sku.0),
@@ -510,7 +537,7 @@ fn write_command(w: &mut Writer<'_>, command: &Command) {
         Command::Snapshot => w.u8(COMMAND_SNAPSHOT),
         Command::Client { key, action } => {
             w.u8(COMMAND_CLIENT);
-            w.bytes(&key.0);
+            w.bytes16(&key.0);
             write_action(w, action);
         }
     }
@@ -532,8 +559,8 @@ fn read_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
     })
 }
 
-#[inline]
-fn write_action(w: &mut Writer<'_>, action: &Action) {
+#[inline(always)]
+pub(crate) fn write_action<S: Sink>(w: &mut S, action: &Action) {
     match *action {
         Action::CreateSku(create) => {
             w.tagged_u64(0x01, create.sku.0);
@@ -558,7 +585,7 @@ fn write_action(w: &mut Writer<'_>, action: &Action) {
         }
         Action::Pay { order, payment_ref, amount_cents } => {
             w.tagged_u64(0x06, order.0);
-            w.bytes(&payment_ref.0);
+            w.bytes16(&payment_ref.0);
             w.u64(amount_cents);
         }
         Action::Cancel { order, user } => {
@@ -634,8 +661,8 @@ fn read_action(r: &mut Reader<'_>) -> Result<Action, DecodeError> {
     })
 }
 
-#[inline]
-fn write_outcome(w: &mut Writer<'_>, outcome: &Outcome) {
+#[inline(always)]
+pub(crate) fn write_outcome<S: Sink>(w: &mut S, outcome: &Outcome) {
     match *outcome {
         Outcome::Ticked { now } => w.tagged_u64(0x01, now.0),
         Outcome::SkuCreated(view) => write_sku_view(w, 0x02, &view),
@@ -707,8 +734,8 @@ fn read_outcome(r: &mut Reader<'_>) -> Result<Outcome, DecodeError> {
     })
 }
 
-#[inline]
-fn write_rejection(w: &mut Writer<'_>, rejection: Rejection) {
+#[inline(always)]
+fn write_rejection<S: Sink>(w: &mut S, rejection: Rejection) {
     let tag = match rejection {
         Rejection::SoldOut => 0x01,
         Rejection::LimitExceeded => 0x02,
@@ -807,7 +834,7 @@ pub(crate) fn read_coupon_state(
     })
 }
 
-fn write_sku_view(w: &mut Writer<'_>, tag: u8, view: &SkuView) {
+fn write_sku_view<S: Sink>(w: &mut S, tag: u8, view: &SkuView) {
     w.tagged_u64(tag, view.sku.0);
     for value in [view.stock, view.available, view.reserved, view.sold, view.price_cents] {
         w.u64(value);
@@ -835,7 +862,7 @@ fn read_sku_view(r: &mut Reader<'_>) -> Result<SkuView, DecodeError> {
     })
 }
 
-fn write_batch_view(w: &mut Writer<'_>, tag: u8, view: &BatchView) {
+fn write_batch_view<S: Sink>(w: &mut S, tag: u8, view: &BatchView) {
     w.tagged_u64(tag, view.batch.0);
     w.u32(view.quantity);
     w.u32(view.remaining);
@@ -859,7 +886,7 @@ fn read_batch_view(r: &mut Reader<'_>) -> Result<BatchView, DecodeError> {
     })
 }
 
-fn write_order_view(w: &mut Writer<'_>, view: &OrderView) {
+fn write_order_view<S: Sink>(w: &mut S, view: &OrderView) {
     w.tagged_u64(0x0E, view.order.0);
     w.u64(view.user.0);
     w.u64(view.sku.0);
@@ -872,7 +899,7 @@ fn write_order_view(w: &mut Writer<'_>, view: &OrderView) {
     match view.payment_ref {
         Some(reference) => {
             w.u8(1);
-            w.bytes(&reference.0);
+            w.bytes16(&reference.0);
         }
         None => w.u8(0),
     }
@@ -897,7 +924,7 @@ fn read_order_view(r: &mut Reader<'_>) -> Result<OrderView, DecodeError> {
     })
 }
 
-fn write_coupon_view(w: &mut Writer<'_>, view: &CouponView) {
+fn write_coupon_view<S: Sink>(w: &mut S, view: &CouponView) {
     w.tagged_u64(0x0F, view.coupon.0);
     w.u64(view.batch.0);
     w.u64(view.user.0);

@@ -57,10 +57,22 @@ struct Placed {
 struct Run {
     commands: Vec<Sequenced>,
     outcomes: Vec<Outcome>,
-    /// (commands applied before it, the image's bytes, state digest at that point).
-    snapshots: Vec<(usize, Vec<u8>, u64)>,
+    /// Snapshots taken along the way.
+    snapshots: Vec<Snapshot>,
     /// Refused commands whose effect on the tables digest was checked.
     refusals_checked: usize,
+}
+
+/// A snapshot taken by the driver.
+struct Snapshot {
+    /// Commands applied before it.
+    at: usize,
+    /// The image taken.
+    image: EngineImage,
+    /// The image in its explicit layout (`EngineImage::encode_into`).
+    explicit: Vec<u8>,
+    /// The engine's state digest at that point.
+    digest: u64,
 }
 
 struct Driver {
@@ -290,10 +302,12 @@ impl Driver {
 
     fn snapshot(&mut self) {
         let image = self.engine.to_image();
-        let mut bytes = Vec::new();
-        image.encode_into(&mut bytes);
+        let mut explicit = Vec::new();
+        image.encode_into(&mut explicit);
+        let digest = self.engine.state_digest();
+        assert_eq!(image.state_digest(), digest, "an image digests like its engine");
         let at = self.run.commands.len();
-        self.run.snapshots.push((at, bytes, self.engine.state_digest()));
+        self.run.snapshots.push(Snapshot { at, image, explicit, digest });
     }
 }
 
@@ -346,15 +360,17 @@ proptest! {
         picks in prop::collection::vec(pick(), 300..700),
         snap_at in prop::collection::vec(any::<usize>(), 1..4),
     ) {
-        // Goal: an engine restored from image bytes has the same digest and, fed the rest of the
-        // sequence, gives the same outcomes and ends in the same state as the original.
+        // Goal: an engine restored from a snapshot's bytes (the explicit image layout) has the
+        // same digest and, fed the rest of the sequence, gives the same outcomes and ends in the
+        // same state as the original.
         let (run, first) = drive(&picks, &snap_at);
         prop_assert!(run.snapshots.len() >= 2);
-        for (at, bytes, digest) in &run.snapshots {
-            let image = EngineImage::decode(bytes).expect("a snapshot just written validates");
-            let mut restored = Engine::from_image(config(), &image).expect("image restores");
+        for Snapshot { at, image, explicit, digest } in &run.snapshots {
+            let decoded = EngineImage::decode(explicit).expect("an image just encoded decodes");
+            prop_assert_eq!(&decoded, image);
+            let mut restored = Engine::from_image(config(), &decoded).expect("image restores");
             prop_assert_eq!(restored.state_digest(), *digest);
-            prop_assert_eq!(&restored.to_image(), &image);
+            prop_assert_eq!(&restored.to_image(), image);
             replay(&mut restored, &run.commands[*at..], &run.outcomes[*at..]);
             prop_assert_eq!(restored.running_hash(), first.running_hash());
             prop_assert_eq!(restored.state_digest(), first.state_digest());

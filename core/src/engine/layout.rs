@@ -56,7 +56,7 @@ use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use super::{Batch, Coupon, Deadline, EngineImage, KeyEntry, Order, Sku};
 use crate::codec::{
-    self, DecodeError, ENCODING_VERSION, OUTCOME_LEN_MAX, Reader, Writer, coupon_state_parts,
+    self, DecodeError, ENCODING_VERSION, OUTCOME_LEN_MAX, Reader, Sink, Writer, coupon_state_parts,
     order_state_byte, read_coupon_state, read_order_state,
 };
 use crate::snowflake::Snowflake;
@@ -641,7 +641,7 @@ impl Entry for KeyEntry {
     const LEN: usize = KEY_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
-        w.bytes(&self.key.0);
+        w.bytes16(&self.key.0);
         w.u64(self.expires_at.0);
         w.u64(self.fingerprint);
         let mut outcome = [0_u8; OUTCOME_LEN_MAX];
