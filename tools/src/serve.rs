@@ -77,6 +77,8 @@ struct NodeSection {
     /// Where segments no longer needed by the kept snapshots go; unset: they are deleted.
     /// Best on the same file system as the data directory (a retirement is then a rename).
     archive_dir: Option<PathBuf>,
+    /// How often the timer checks for a payment deadline come due (a tick is journaled only
+    /// then): the most a deadline fires late without client traffic.
     tick_ms: u64,
 }
 
@@ -244,7 +246,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     )
     .map_err(|e| format!("starting the node: {e}"))?;
     log(format_args!(
-        "node: {} topology, ring of {} slots, {} wait, tick every {} ms",
+        "node: {} topology, ring of {} slots, {} wait, deadlines checked every {} ms",
         node.topology().name(),
         node_config.ring_size,
         node_config.wait.name(),
