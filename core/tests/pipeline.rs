@@ -818,3 +818,88 @@ fn a_panicking_notify_hook_fails_egress_and_the_node_refuses_work() {
         matches!(node.shutdown(), Err(NodeError::Failed(failure)) if failure.stage == "egress")
     );
 }
+
+/// A replicator that keeps the bytes it is handed (a standby forwarding onward would).
+struct CapturingReplicator {
+    sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    safe: Arc<Watermark>,
+}
+
+impl Replicator for CapturingReplicator {
+    fn send(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        self.sent.lock().unwrap().push(record.bytes.to_vec());
+        self.safe.advance(record.sequenced.sequence);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn safe(&self) -> Arc<Watermark> {
+        Arc::clone(&self.safe)
+    }
+}
+
+#[test]
+fn a_threaded_replica_applies_records_and_hands_their_bytes_on_unchanged() {
+    // Goal: in every threaded topology, a node in intake mode journals and applies records
+    // framed elsewhere with their own sequence, epoch and timestamp, answers each with what a
+    // fresh engine answers, and its replicator is handed the very bytes it was given.
+    let mut primary = Engine::new(config(Topology::Compact).engine);
+    let mut framing = ringfence_core::record::RecordBuf::default();
+    let mut records = Vec::new();
+    let mut outcomes = Vec::new();
+    for index in 0..200u64 {
+        let command = match index {
+            0 => create_sku(STOCK, 60_000),
+            _ if index % 7 == 0 => Command::Tick,
+            _ => reserve(u128::from(index), index % 30, 1),
+        };
+        let sequenced = Sequenced {
+            sequence: Sequence(index + 1),
+            timestamp: ringfence_core::Timestamp(1_000 + index),
+            command,
+        };
+        outcomes.push(primary.apply(&sequenced));
+        records.push(framing.encode(Epoch(5), &sequenced).to_vec());
+    }
+    for config in both_topologies() {
+        let config = NodeConfig { intake: ringfence_core::pipeline::Intake::Replica, ..config };
+        let copy = JournalCopy::default();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let replicator =
+            CapturingReplicator { sent: Arc::clone(&sent), safe: Watermark::new(Sequence(0)) };
+        let node =
+            Node::start(config, MemoryJournal::shared(Arc::clone(&copy)), replicator).unwrap();
+        let mut session = node.session().unwrap();
+        assert_eq!(session.try_submit(create_sku(1, 1), 0), Err(Refused::NotPrimary));
+        let mut received = Vec::new();
+        for (index, bytes) in records.iter().enumerate() {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                match session.try_submit_record(bytes, index as u64) {
+                    Ok(_) => break,
+                    Err(Refused::Busy | Refused::SessionFull) => {
+                        assert!(Instant::now() < deadline, "the replica stayed busy");
+                        received.extend(session.poll());
+                    }
+                    Err(other) => panic!("record {index} refused: {other}"),
+                }
+            }
+        }
+        drain(&mut session, &mut received);
+        for completion in &received {
+            let index = completion.token as usize;
+            assert_eq!(completion.sequence, Sequence(index as u64 + 1));
+            assert_eq!(completion.result.as_ref().unwrap(), &outcomes[index], "record {index}");
+        }
+        assert_eq!(received.len(), records.len());
+        drop(session);
+        let report = node.shutdown().unwrap();
+        assert_eq!(report.engine.running_hash(), primary.running_hash());
+        assert_eq!(*sent.lock().unwrap(), records, "the replicator got the bytes as given");
+        let journal = copy.lock().unwrap();
+        assert!(journal.iter().all(|(epoch, _)| *epoch == Epoch(5)), "the primary's epoch kept");
+    }
+}
