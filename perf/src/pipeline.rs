@@ -40,6 +40,8 @@ struct NullJournal {
 }
 
 impl Journal for NullJournal {
+    const NEEDS_BYTES: bool = false;
+
     fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
         self.last = record.sequenced.sequence;
         Ok(())

@@ -217,7 +217,8 @@ impl Node {
             drain_timeout: Duration::from_millis(config.drain_timeout_ms),
             stopped: false,
         };
-        let journaler = Journaler { journal, epoch: config.epoch };
+        let frame = J::NEEDS_BYTES || R::NEEDS_BYTES;
+        let journaler = Journaler { journal, epoch: config.epoch, frame };
         let replication = Replication { replicator, epoch: config.epoch };
         let blp = Blp::new(engine, hook);
         let started = match node.shared.topology {
@@ -255,7 +256,8 @@ impl Node {
         let (egress_poller, builder) = builder.and_then().new_event_poller();
         self.producer = Some(builder.build());
         let shared = &self.shared;
-        let journaler = StageCore::new("journaler", journal_poller, journaler, shared);
+        let journaler =
+            StageCore::new("journaler", journal_poller, journaler, shared).upstream_of_stages();
         let replication = StageCore::new("replicator", replicator_poller, replication, shared);
         let blp = StageCore::new("blp", blp_poller, blp, shared);
         let pins = config.pins;

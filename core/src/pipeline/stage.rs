@@ -70,6 +70,11 @@ impl Watermark {
     /// Moves the watermark forward to `sequence`; never moves it back. Calls the wake hook, if
     /// one is set, when the value moved.
     pub fn advance(&self, sequence: Sequence) {
+        // Read first: an idle stage re-reports the same value in a loop, and a read-modify-write
+        // would take the cache line from the threads reading it every time.
+        if self.value.load(Ordering::Acquire) >= sequence.0 {
+            return;
+        }
         let before = self.value.fetch_max(sequence.0, Ordering::AcqRel);
         if before < sequence.0
             && let Some(wake) = self.on_advance.get()
@@ -107,6 +112,11 @@ pub struct Framed<'a> {
 
 /// The journaler stage: appends every command, in sequence order, before its answer leaves.
 pub trait Journal: Send + 'static {
+    /// Whether [`Journal::append`] reads [`Framed::bytes`]. A journal that keeps nothing (a
+    /// benchmark's null journal) says no, and if the replicator does not need them either the
+    /// stage skips framing and hands over empty bytes.
+    const NEEDS_BYTES: bool = true;
+
     /// Appends one command record. It need not be durable until [`Journal::flush`].
     fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError>;
 
@@ -118,6 +128,9 @@ pub trait Journal: Send + 'static {
 
 /// The replicator stage: streams every command to the standby and tracks what it holds.
 pub trait Replicator: Send + 'static {
+    /// Whether [`Replicator::send`] reads [`Framed::bytes`] (see [`Journal::NEEDS_BYTES`]).
+    const NEEDS_BYTES: bool = true;
+
     /// Sends (or queues) one command record for the standby: its bytes, as journaled.
     fn send(&mut self, record: &Framed<'_>) -> Result<(), StageError>;
 
@@ -213,6 +226,8 @@ impl Default for NoReplicator {
 }
 
 impl Replicator for NoReplicator {
+    const NEEDS_BYTES: bool = false;
+
     fn send(&mut self, _record: &Framed<'_>) -> Result<(), StageError> {
         Ok(())
     }

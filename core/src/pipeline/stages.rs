@@ -137,6 +137,8 @@ pub(crate) trait Work: Send + 'static {
 pub(crate) struct Journaler<J> {
     pub(crate) journal: J,
     pub(crate) epoch: Epoch,
+    /// Whether the journal or the replicator reads the framed bytes (else framing is skipped).
+    pub(crate) frame: bool,
 }
 
 impl<J: Journal> Journaler<J> {
@@ -164,7 +166,12 @@ impl<J: Journal> Work for Journaler<J> {
         if entry.slot.kind == SlotKind::Command {
             // SAFETY: this is the journaling stage reading a `Command` slot: the one writer of
             // its record cell (`RecordCell`).
-            unsafe { record.write() }.encode(epoch, &sequenced);
+            let buffer = unsafe { record.write() };
+            if self.frame {
+                buffer.encode(epoch, &sequenced);
+            } else {
+                buffer.clear();
+            }
         }
         // SAFETY: written just above on this thread, or by the producer before publishing.
         let bytes = unsafe { record.read() };
@@ -416,6 +423,8 @@ pub(crate) struct StageCore<P, W> {
     sequencer: Sequencer,
     /// This stage failed; it reads on without working so the ring drains.
     broken: bool,
+    /// Other stages read behind this one (the journaler in `parallel`): wake them per batch.
+    upstream: bool,
     recorder: Recorder,
 }
 
@@ -429,8 +438,15 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
             next: 0,
             sequencer,
             broken: false,
+            upstream: false,
             recorder: Recorder::new(),
         }
+    }
+
+    /// Marks this stage as one other stages read behind: each batch it ends wakes them.
+    pub(crate) fn upstream_of_stages(mut self) -> Self {
+        self.upstream = true;
+        self
     }
 
     pub(crate) fn name(&self) -> &'static str {
@@ -453,7 +469,9 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
                 self.recorder.maybe_publish(&cells.histograms);
                 // Whoever reads behind this stage: egress, and in `parallel` the replicator and
                 // the BLP behind the journaler.
-                shared.wake_stages();
+                if self.upstream {
+                    shared.wake_stages();
+                }
                 shared.wake_egress();
                 return if stop { Step::Stopped } else { Step::Worked(read) };
             }
