@@ -27,6 +27,9 @@ pub(super) trait TableKey: Copy + Eq {
 
 /// The top `bits` bits of a well-mixed hash.
 fn top(hash: u64, bits: u32) -> usize {
+    // A shift by 64 would overflow, a shift by 0 would index past a two-slot table.
+    assert!(bits >= 1, "a table of one slot");
+    assert!(bits <= 63, "a table beyond the address space");
     (hash >> (64 - bits)) as usize
 }
 
@@ -41,7 +44,10 @@ fn pair(first: u64, second: u64) -> u64 {
 fn snowflake_home(id: u64, bits: u32) -> usize {
     const BLOCK_BITS: u32 = 3;
     let block = top(mix64(id >> BLOCK_BITS), bits);
-    (block + (id & ((1 << BLOCK_BITS) - 1)) as usize) & ((1 << bits) - 1)
+    let home = (block + (id & ((1 << BLOCK_BITS) - 1)) as usize) & ((1 << bits) - 1);
+    // Neighbours stay neighbours: a block wraps at the table's end, nowhere else.
+    debug_assert!(home >= block || block + (1 << BLOCK_BITS) > 1 << bits);
+    home
 }
 
 impl TableKey for u64 {
@@ -116,32 +122,44 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     pub(super) fn with_max(max: u32) -> FixedMap<K, V> {
         let slot_count = (2 * max as usize).next_power_of_two().max(2);
         assert!(slot_count > max as usize);
-        FixedMap {
+        // Probe runs stay short only while at most half the slots are full.
+        assert!(slot_count >= 2 * max as usize, "fewer than two slots per entry");
+        let map = FixedMap {
             slots: vec![None; slot_count],
             mask: slot_count - 1,
             bits: slot_count.trailing_zeros(),
             len: 0,
-        }
+        };
+        assert!(map.slots.len().is_power_of_two(), "home slots are masked, so a power of two");
+        assert_eq!(1 << map.bits, map.slots.len(), "bits is the slot count's log2");
+        map
     }
 
     /// Entries held.
     pub(super) fn len(&self) -> usize {
+        assert!(self.len <= self.slots.len() / 2, "more entries than the map was made for");
         self.len
     }
 
     fn home(&self, key: &K) -> usize {
-        key.home(self.bits)
+        let home = key.home(self.bits);
+        assert!(home <= self.mask, "a home slot outside the table");
+        home
     }
 
     /// The slot holding `key`, or the empty slot ending its probe run.
     fn find(&self, key: &K) -> (usize, bool) {
-        let mut index = self.home(key);
+        // At least one slot is empty, so every probe run ends.
+        assert!(self.len < self.slots.len(), "a full table: the probe would never end");
+        let home = self.home(key);
+        let mut index = home;
         loop {
             match &self.slots[index] {
                 None => return (index, false),
                 Some((held, _)) if held == key => return (index, true),
                 Some(_) => index = (index + 1) & self.mask,
             }
+            debug_assert_ne!(index, home, "a probe went all the way round the table");
         }
     }
 
@@ -167,17 +185,21 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     /// callers bound their entries by the `max` the map was made with.
     pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
         let (index, found) = self.find(&key);
-        self.put(index, found, key, value)
+        let replaced = self.put(index, found, key, value);
+        debug_assert_eq!(self.find(&key), (index, true), "an inserted key is not found");
+        replaced
     }
 
     fn put(&mut self, index: usize, found: bool, key: K, value: V) -> Option<V> {
         if found {
-            let (_, held) = self.slots[index].as_mut().expect("found slot is full");
-            return Some(std::mem::replace(held, value));
+            let (held, value_held) = self.slots[index].as_mut().expect("found slot is full");
+            assert!(*held == key, "a value replaced under another key");
+            return Some(std::mem::replace(value_held, value));
         }
         assert!(self.len + 1 < self.slots.len(), "fixed map over capacity");
         self.slots[index] = Some((key, value));
         self.len += 1;
+        assert!(self.len <= self.slots.len() / 2, "more entries than the map was made for");
         None
     }
 
@@ -188,7 +210,9 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
             return None;
         }
         let (_, removed) = self.slots[hole].take().expect("found slot is full");
+        assert!(self.len > 0, "removed from an empty map");
         self.len -= 1;
+        let start = hole;
         let mut index = (hole + 1) & self.mask;
         while let Some((held, _)) = &self.slots[index] {
             let home = self.home(held);
@@ -199,6 +223,20 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
             }
             index = (index + 1) & self.mask;
         }
+        debug_assert!(!self.find(key).1, "a removed key is still found");
+        // Nothing the shift moved was lost: every entry of the run is found where it sits.
+        debug_assert!(
+            {
+                let mut at = start;
+                let mut found = true;
+                while let Some((held, _)) = &self.slots[at] {
+                    found &= self.find(held) == (at, true);
+                    at = (at + 1) & self.mask;
+                }
+                found
+            },
+            "backward shift lost an entry"
+        );
         Some(removed)
     }
 
@@ -284,6 +322,7 @@ impl<'a, K: TableKey, V: Copy> Entry<'a, K, V> {
         if !found {
             map.put(index, false, key, default);
         }
+        debug_assert_eq!(map.find(&key), (index, true), "the entry's key is not where it went");
         &mut map.slots[index].as_mut().expect("slot just filled").1
     }
 }
