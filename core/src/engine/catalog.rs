@@ -3,7 +3,7 @@
 use super::{Batch, Coupon, Engine, Sku};
 use crate::command::{CreateCouponBatch, CreateSku};
 use crate::outcome::{BatchView, CouponState, CouponView, Outcome, Rejection, SkuView};
-use crate::snowflake::Snowflake;
+use crate::snowflake::{EPOCH_UNIX_MS, MILLIS_BITS, Snowflake};
 use crate::types::{BatchId, CouponId, SkuId, Timestamp, UserId};
 
 impl Engine {
@@ -62,8 +62,9 @@ impl Engine {
 
     /// Whether reservations are accepted now: operator switch first, then the window.
     pub(super) fn check_sale_open(&self, sku: &Sku) -> Result<(), Rejection> {
+        // Fixed when the SKU was made (and checked on restore); runs on every reservation.
         if let (Some(start), Some(end)) = (sku.sale_start, sku.sale_end) {
-            assert!(start < end, "an empty sale window was accepted");
+            debug_assert!(start < end, "an empty sale window was accepted");
         }
         if !sku.open {
             return Err(Rejection::SaleClosed);
@@ -138,8 +139,11 @@ impl Engine {
         }
         let valid_until = record.valid_until;
         let coupon = CouponId(self.ids.next_id(self.now));
-        let shard = Snowflake::parts(coupon.0).shard;
-        assert_eq!(shard, self.config.shard, "a coupon id carries the engine's shard");
+        let parts = Snowflake::parts(coupon.0);
+        assert_eq!(parts.shard, self.config.shard, "a coupon id carries the engine's shard");
+        // Ids come from command time and may borrow ahead in a burst, never fall behind.
+        let now_millis = self.now.0.saturating_sub(EPOCH_UNIX_MS).min((1 << MILLIS_BITS) - 1);
+        assert!(parts.millis >= now_millis, "a coupon id from before now");
         let slot = self.coupons.len() as u32;
         self.coupons.push(Coupon { id: coupon, batch_slot, user, state: CouponState::Available });
         let replaced = self.coupon_index.insert(coupon, slot);
@@ -181,6 +185,8 @@ impl Engine {
 
     /// A coupon's state as of now: an unused coupon reads as expired once its batch ended.
     pub(super) fn coupon_state(&self, coupon: &Coupon) -> CouponState {
+        // Expired is read from the batch's validity, never stored.
+        assert_ne!(coupon.state, CouponState::Expired, "a coupon stores the derived state");
         let valid_until = self.batches[coupon.batch_slot as usize].valid_until;
         match coupon.state {
             CouponState::Available if self.now >= valid_until => CouponState::Expired,
@@ -242,6 +248,7 @@ impl Engine {
     /// Whether `timestamp` is within the validity of the coupon's batch.
     pub(super) fn coupon_valid_at(&self, coupon: &Coupon, timestamp: Timestamp) -> bool {
         let batch = &self.batches[coupon.batch_slot as usize];
+        assert!(batch.valid_from < batch.valid_until, "a batch that is never valid");
         batch.valid_from <= timestamp && timestamp < batch.valid_until
     }
 }

@@ -503,12 +503,17 @@ fn check_fields(image: &EngineImage) -> Result<(), RestoreError> {
              reference does not match its state",
         ));
     }
-    if image.coupons.iter().any(|c| c.user.0 == 0) {
-        return Err(RestoreError::Inconsistent("a coupon was claimed by user zero"));
+    if image.coupons.iter().any(|c| c.user.0 == 0 || c.state == CouponState::Expired) {
+        return Err(RestoreError::Inconsistent(
+            "a coupon was claimed by user zero or stores the expired state (it is derived)",
+        ));
     }
     // Keys are remembered in arrival order, so in expiry order: expiry stops at the first live.
     if image.keys.windows(2).any(|pair| pair[1].expires_at < pair[0].expires_at) {
         return Err(RestoreError::Inconsistent("request keys are not in expiry order"));
+    }
+    if image.keys.first().is_some_and(|first| first.expires_at < image.now) {
+        return Err(RestoreError::Inconsistent("a request key expired before now is kept"));
     }
     Ok(())
 }
@@ -540,6 +545,8 @@ fn spends_coupon(state: OrderState) -> bool {
 /// exact. O(state), with scratch vectors and map copies: restore is not on the hot path.
 impl Engine {
     fn check_cross_tables(&self) -> Result<(), RestoreError> {
+        // The checks look orders up by id: the indexes must be rebuilt first.
+        assert_eq!(self.order_index.len(), self.orders.len(), "cross checks before the index");
         self.check_sku_totals()?;
         self.check_coupon_links()?;
         self.check_deadlines()?;
@@ -627,6 +634,11 @@ impl Engine {
     fn check_deadlines(&self) -> Result<(), RestoreError> {
         let mut live = vec![0_u32; self.orders.len()];
         for Reverse((expires_at, order, slot)) in self.deadlines.iter() {
+            // Due deadlines fire (and leave the heap) when time reaches them, live or stale,
+            // so none is left at or before now (unless time is saturated and cannot move).
+            if *expires_at <= self.now && self.now.0 != u64::MAX {
+                return Err(RestoreError::Inconsistent("a deadline is already due"));
+            }
             if !self.deadline_is_live(*order, *slot) {
                 continue;
             }
@@ -634,11 +646,6 @@ impl Engine {
                 return Err(RestoreError::Inconsistent(
                     "a live deadline's time differs from its order's expiry",
                 ));
-            }
-            // Due deadlines fire when time reaches them, so none is left at or before now
-            // (unless time is saturated and can move no further).
-            if *expires_at <= self.now && self.now.0 != u64::MAX {
-                return Err(RestoreError::Inconsistent("a live deadline is already due"));
             }
             live[*slot as usize] += 1;
         }

@@ -83,7 +83,10 @@ pub(super) const HEADER_LEN: usize = KEYS_HEAD_OFFSET + 8;
 
 const _: () = assert!(HEADER_LEN == 56);
 // The 8-byte scalars sit at multiples of 8, so the header reads well in a hex dump.
-const _: () = assert!(MILLIS_OFFSET % 8 == 0 && KEYS_HEAD_OFFSET % 8 == 0);
+const _: () = assert!(MILLIS_OFFSET % 8 == 0);
+const _: () = assert!(KEYS_HEAD_OFFSET % 8 == 0);
+// The state digest hashes header bytes 4..56, as the image module documents.
+const _: () = assert!(HEADER_LEN - SHARD_OFFSET == 52);
 
 /// Presence byte and room of a fixed-size option.
 const fn fixopt(len: usize) -> usize {
@@ -102,9 +105,20 @@ const KEY_ENTRY_LEN: usize = 16 + 8 + 8 + 1 + OUTCOME_LEN_MAX;
 /// The longest entry: a stack buffer this long holds any entry's bytes.
 const ENTRY_LEN_MAX: usize = KEY_ENTRY_LEN;
 
-const _: () = assert!(SKU_ENTRY_LEN == 79 && ORDER_ENTRY_LEN == 71 && BATCH_ENTRY_LEN == 52);
-const _: () = assert!(COUPON_ENTRY_LEN == 29 && KEY_ENTRY_LEN == 113);
-const _: () = assert!(KEY_ENTRY_LEN >= SKU_ENTRY_LEN && KEY_ENTRY_LEN >= ORDER_ENTRY_LEN);
+// Entry sizes as the byte diagram documents them.
+const _: () = assert!(SKU_ENTRY_LEN == 79);
+const _: () = assert!(ORDER_ENTRY_LEN == 71);
+const _: () = assert!(FINISHED_ENTRY_LEN == 4);
+const _: () = assert!(DEADLINE_ENTRY_LEN == 20);
+const _: () = assert!(HOLDING_ENTRY_LEN == 20);
+const _: () = assert!(BATCH_ENTRY_LEN == 52);
+const _: () = assert!(COUPON_ENTRY_LEN == 29);
+const _: () = assert!(CLAIM_ENTRY_LEN == 20);
+const _: () = assert!(KEY_ENTRY_LEN == 113);
+// `entry_bytes` writes any entry into a buffer of `ENTRY_LEN_MAX` bytes.
+const _: () = assert!(ENTRY_LEN_MAX >= SKU_ENTRY_LEN);
+const _: () = assert!(ENTRY_LEN_MAX >= ORDER_ENTRY_LEN);
+const _: () = assert!(ENTRY_LEN_MAX >= BATCH_ENTRY_LEN);
 
 /// A snapshot image that cannot be decoded. Every variant names what is wrong and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

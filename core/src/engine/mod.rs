@@ -256,10 +256,12 @@ impl Engine {
         };
         self.last_sequence = sequenced.sequence;
         self.fold_outcome(sequenced.sequence, &outcome);
-        // Postconditions of every mutating command, cheap enough for each one.
+        // Postconditions of every mutating command, cheap enough for each one. The order
+        // counts are guarded in release builds where they change (an underflow check before
+        // every decrement); here only in debug builds.
         assert!(self.now >= sequenced.timestamp, "a command leaves now at or past its stamp");
-        assert!(self.orders_reserved as usize <= self.orders.len(), "reserved orders are kept");
-        assert!(self.finished.len() <= self.orders.len(), "finished orders are kept orders");
+        debug_assert!(self.orders_reserved as usize <= self.orders.len(), "reserved, not kept");
+        debug_assert!(self.finished.len() <= self.orders.len(), "finished orders are kept");
         assert_eq!(self.key_index.len(), self.keys.len(), "every remembered key is indexed");
         assert_eq!(self.order_index.len(), self.orders.len(), "every kept order is indexed");
         outcome
@@ -297,9 +299,12 @@ impl Engine {
     /// A summary: last sequence, logical time, running hash and table sizes.
     #[must_use]
     pub fn status(&self) -> EngineStatus {
+        // Every table within the capacity it was allocated with.
         assert!(self.skus.len() <= self.config.skus_max as usize);
         assert!(self.orders.len() <= self.config.orders_max as usize);
+        assert!(self.batches.len() <= self.config.batches_max as usize);
         assert!(self.coupons.len() <= self.config.coupons_max as usize);
+        assert!(self.holdings.len() <= self.config.holdings_max as usize);
         assert!(self.keys.len() <= self.config.request_keys_max as usize);
         EngineStatus {
             last_sequence: self.last_sequence,
@@ -344,7 +349,11 @@ impl Engine {
     /// due journals nothing.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.deadlines.peek().map(|Reverse((expires_at, _, _))| *expires_at)
+        let next = self.deadlines.peek().map(|Reverse((expires_at, _, _))| *expires_at);
+        // Due deadlines fire as soon as time reaches them (time saturates at the top).
+        let due = next.is_some_and(|at| at <= self.now && self.now.0 != u64::MAX);
+        assert!(!due, "a due deadline was left in the heap");
+        next
     }
 
     /// Sequence of the last mutating command applied (zero before the first).
@@ -394,7 +403,9 @@ impl Engine {
     /// splitting it into fields for the hash and putting them back together.
     #[inline(never)]
     fn fold_outcome(&mut self, sequence: Sequence, outcome: &Outcome) {
-        // Only mutating commands are folded: a read's answer never enters the hash.
+        // Only mutating commands are folded: a read's answer never enters the hash. A debug
+        // assertion: `apply_observed` returns before folding for every read, and this runs per
+        // command.
         let read = matches!(
             outcome,
             Outcome::Sku(_)
@@ -403,7 +414,7 @@ impl Engine {
                 | Outcome::Batch(_)
                 | Outcome::SnapshotRequested { .. }
         );
-        assert!(!read, "a read's answer folded into the running hash");
+        debug_assert!(!read, "a read's answer folded into the running hash");
         self.running_hash = hash::fold_outcome(self.running_hash, sequence, outcome);
     }
 
@@ -434,6 +445,8 @@ impl Engine {
                 self.expire_order(slot, events);
             }
         }
+        // Every reserved order still has its deadline queued, or it would never expire.
+        assert!(self.orders_reserved as usize <= self.deadlines.len(), "a deadline was lost");
         while self.keys.front().is_some_and(|entry| entry.expires_at <= self.now) {
             // Keys expire in arrival order, so the ones about to go are known: warm the index
             // slot of one a few places on while this one is removed.
@@ -464,8 +477,9 @@ impl Engine {
         let (expires_at, order, slot) = deadline;
         // In the future of now (payment timeouts are never zero), unless time is saturated.
         assert!(expires_at > self.now || expires_at.0 == u64::MAX, "a deadline in the past");
-        assert!(self.deadline_is_live(order, slot), "a deadline for an order not reserved");
-        assert_eq!(self.orders[slot as usize].expires_at, expires_at, "not its order's deadline");
+        // The caller has just written the order; checked in debug builds only (hot path).
+        debug_assert!(self.deadline_is_live(order, slot), "a deadline for an order not reserved");
+        debug_assert_eq!(self.orders[slot as usize].expires_at, expires_at, "not its deadline");
         if self.deadlines.len() == self.deadlines.capacity() {
             // Every live deadline belongs to a reserved order and there are at most
             // `orders_max` of those, so sweeping stale entries frees at least half the heap.
@@ -478,7 +492,7 @@ impl Engine {
         }
         // Within capacity, so the push never allocates; within twice `orders_max`, so a
         // snapshot of the heap passes the restore check on its size.
-        assert!(self.deadlines.len() < self.deadlines.capacity(), "the deadline heap is full");
+        debug_assert!(self.deadlines.len() < self.deadlines.capacity(), "the heap is full");
         self.deadlines.push(Reverse(deadline));
         assert!(self.deadlines.len() <= 2 * self.config.orders_max as usize);
     }
@@ -491,8 +505,12 @@ impl Engine {
         let located = self.key_index.locate(key);
         if let Some(position) = located.value {
             assert!(position >= self.keys_head, "an expired request key is still indexed");
+            let end = self.keys_head + self.keys.len() as u64;
+            assert!(position < end, "a request key indexed past the queue");
             let entry = &self.keys[(position - self.keys_head) as usize];
             assert_eq!(entry.key, key);
+            // Expiry ran before this command; keys expire once now reaches their time.
+            assert!(entry.expires_at >= self.now, "an expired request key answered");
             if entry.fingerprint == fingerprint {
                 return entry.outcome;
             }
@@ -502,15 +520,16 @@ impl Engine {
             return Outcome::Rejected(Rejection::CapacityExhausted);
         }
         // Table sizes, to check that a refusal changed nothing (every check runs before the
-        // first write; the tables digest checks it fully in the tests).
+        // first write). Debug builds only: capturing them costs every command, and the
+        // scenario tests compare the tables digest around every refusal.
         let sizes = (self.skus.len(), self.orders.len(), self.holdings.len(), self.coupons.len());
         let (reserved, finished) = (self.orders_reserved, self.finished.len());
         let outcome = self.execute(action);
         if outcome.is_rejected() {
             let now = (self.skus.len(), self.orders.len(), self.holdings.len(), self.coupons.len());
-            assert_eq!(now, sizes, "a refused command changed a table");
-            assert_eq!(self.orders_reserved, reserved, "a refused command changed an order");
-            assert_eq!(self.finished.len(), finished, "a refused command finished an order");
+            debug_assert_eq!(now, sizes, "a refused command changed a table");
+            debug_assert_eq!(self.orders_reserved, reserved, "a refused command changed an order");
+            debug_assert_eq!(self.finished.len(), finished, "a refused command finished an order");
         }
         // A full table is transient: the retry must be allowed to succeed later.
         if outcome != Outcome::Rejected(Rejection::CapacityExhausted) {
@@ -518,7 +537,8 @@ impl Engine {
             let position = self.keys_head + self.keys.len() as u64;
             self.keys.push_back(KeyEntry { key, expires_at, fingerprint, outcome });
             self.key_index.put_at(located, position);
-            assert_eq!(self.key_index.len(), self.keys.len(), "a remembered key is indexed");
+            // `apply_observed` checks the same after every command, in release builds too.
+            debug_assert_eq!(self.key_index.len(), self.keys.len(), "a remembered key is indexed");
         }
         outcome
     }
@@ -541,6 +561,27 @@ impl Engine {
             Action::CreateCouponBatch(create) => self.create_batch(&create),
             Action::ClaimCoupon { user, batch } => self.claim_coupon(user, batch),
         };
+        // Each command is answered with its own kind of outcome, or refused. A debug assertion:
+        // it runs on every command, and the dispatch above makes it hold by construction.
+        let answered = matches!(
+            (action, &result),
+            (_, Err(_))
+                | (Action::CreateSku(_), Ok(Outcome::SkuCreated(_)))
+                | (Action::Restock { .. }, Ok(Outcome::Restocked(_)))
+                | (Action::OpenSale { .. } | Action::CloseSale { .. }, Ok(Outcome::SaleChanged(_)))
+                | (Action::Reserve(_), Ok(Outcome::Reserved { .. }))
+                | (Action::Pay { .. }, Ok(Outcome::Paid { .. }))
+                | (
+                    Action::Cancel { .. } | Action::AdminCancel { .. },
+                    Ok(Outcome::Cancelled { .. })
+                )
+                | (Action::Ship { .. }, Ok(Outcome::Shipped { .. }))
+                | (Action::Complete { .. }, Ok(Outcome::Completed { .. }))
+                | (Action::Refund { .. }, Ok(Outcome::Refunded { .. }))
+                | (Action::CreateCouponBatch(_), Ok(Outcome::BatchCreated(_)))
+                | (Action::ClaimCoupon { .. }, Ok(Outcome::CouponClaimed { .. }))
+        );
+        debug_assert!(answered, "{} answered with another command's outcome", action.name());
         result.unwrap_or_else(Outcome::Rejected)
     }
 }

@@ -56,16 +56,17 @@ impl Engine {
         }
         let slot = self.take_order_slot().ok_or(Rejection::CapacityExhausted)?;
 
-        // Commit: nothing below can refuse.
-        assert!(slot as usize <= self.orders.len(), "a new order's slot is kept or next");
+        // Commit: nothing below can refuse. This is the hot path: checks that bounds checks,
+        // the id generator or `create_sku` already guarantee are debug assertions here.
+        debug_assert!(slot as usize <= self.orders.len(), "a new order's slot is kept or next");
         let discount = coupon.map_or(0, |(_, discount)| discount);
         let amount_cents = gross.saturating_sub(discount);
         let id = OrderId(self.ids.next_id(self.now));
         let parts = Snowflake::parts(id.0);
-        assert_eq!(parts.shard, self.config.shard, "an order id carries the engine's shard");
+        debug_assert_eq!(parts.shard, self.config.shard, "an order id carries the shard");
         // Ids come from command time and may borrow ahead in a burst, never fall behind.
         let now_millis = self.now.0.saturating_sub(EPOCH_UNIX_MS).min((1 << MILLIS_BITS) - 1);
-        assert!(parts.millis >= now_millis, "an order id from before now");
+        debug_assert!(parts.millis >= now_millis, "an order id from before now");
         let sku = &mut self.skus[sku_slot as usize];
         let expires_at = self.now.plus_ms(sku.payment_timeout_ms);
         sku.available -= u64::from(reserve.qty);
@@ -100,7 +101,7 @@ impl Engine {
             self.orders[slot as usize] = order;
         }
         let replaced = self.order_index.insert(id, slot);
-        assert_eq!(replaced, None, "an order id issued twice");
+        debug_assert_eq!(replaced, None, "an order id issued twice");
         // Ids are issued in order and neighbouring ids get neighbouring index slots: warm the
         // slot of the id eight on, so that a burst of reservations does not wait on the index.
         self.order_index.prefetch(&OrderId(id.0.wrapping_add(8)));
@@ -161,6 +162,9 @@ impl Engine {
                 Err(Rejection::WrongAmount { expected_cents: record.amount_cents })
             }
             OrderState::Reserved => {
+                // Deadlines fire before the command that moved time past them runs.
+                let due = record.expires_at <= self.now && self.now.0 != u64::MAX;
+                assert!(!due, "a reserved order past its deadline");
                 let (qty, sku_slot, coupon_slot) =
                     (record.qty, record.sku_slot, record.coupon_slot);
                 assert_eq!(record.payment_ref, None, "a reserved order has no payment yet");
@@ -236,6 +240,10 @@ impl Engine {
         }
         assert!(record.payment_ref.is_some(), "a shipped order has its payment reference");
         record.state = OrderState::Completed;
+        if let Some(coupon_slot) = record.coupon_slot {
+            let coupon = self.coupons[coupon_slot as usize].state;
+            assert_eq!(coupon, CouponState::Used(order), "a completed order's coupon is unspent");
+        }
         self.finished.push_back(slot);
         assert!(self.finished.len() <= self.orders.len(), "an order finished twice");
         Ok(Outcome::Completed { order })
@@ -249,7 +257,12 @@ impl Engine {
         if record.state != OrderState::Paid {
             return Err(Rejection::InvalidState { current: record.state });
         }
+        assert!(record.payment_ref.is_some(), "a paid order has its payment reference");
         record.state = OrderState::Refunded;
+        if let Some(coupon_slot) = record.coupon_slot {
+            let coupon = self.coupons[coupon_slot as usize].state;
+            assert_eq!(coupon, CouponState::Used(order), "a refund keeps the coupon spent");
+        }
         let (qty, sku_slot, user) = (record.qty, record.sku_slot, record.user);
         let sku = &mut self.skus[sku_slot as usize];
         assert!(sku.sold >= u64::from(qty), "a paid order's units are sold");
@@ -280,6 +293,7 @@ impl Engine {
         let record = &mut self.orders[slot as usize];
         assert_eq!(record.state, OrderState::Reserved);
         assert!(matches!(end, OrderState::Cancelled | OrderState::Expired));
+        assert_eq!(record.payment_ref, None, "a reserved order has no payment yet");
         record.state = end;
         let (qty, sku_slot, user, coupon_slot) =
             (record.qty, record.sku_slot, record.user, record.coupon_slot);

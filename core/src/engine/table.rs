@@ -18,6 +18,8 @@ use crate::types::{BatchId, CouponId, OrderId, RequestKey, SkuId, UserId};
 
 /// Multiplier that folds a second word into the first before mixing: 2^64 / golden ratio.
 const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+// Odd, so multiplying by it is a bijection and folds no two first words together.
+const _: () = assert!(SPREAD % 2 == 1);
 
 /// A key of a [`FixedMap`]: it names its home slot among `1 << bits` slots.
 pub(super) trait TableKey: Copy + Eq {
@@ -27,9 +29,10 @@ pub(super) trait TableKey: Copy + Eq {
 
 /// The top `bits` bits of a well-mixed hash.
 fn top(hash: u64, bits: u32) -> usize {
-    // A shift by 64 would overflow, a shift by 0 would index past a two-slot table.
-    assert!(bits >= 1, "a table of one slot");
-    assert!(bits <= 63, "a table beyond the address space");
+    // A shift by 64 would overflow, a shift by 0 would index past a two-slot table. Checked
+    // in release builds once, where a map is made; this runs on every lookup.
+    debug_assert!(bits >= 1, "a table of one slot");
+    debug_assert!(bits <= 63, "a table beyond the address space");
     (hash >> (64 - bits)) as usize
 }
 
@@ -132,25 +135,32 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
         };
         assert!(map.slots.len().is_power_of_two(), "home slots are masked, so a power of two");
         assert_eq!(1 << map.bits, map.slots.len(), "bits is the slot count's log2");
+        // What `top` needs of the bits it shifts by.
+        assert!(map.bits >= 1, "a table of one slot");
+        assert!(map.bits <= 63, "a table beyond the address space");
         map
     }
 
+    // The per-lookup checks below are debug assertions: the hot path looks up several keys
+    // per command, and each is implied by a release assertion where the map is made (`bits`)
+    // or grows (`put` keeps `len` within half the slots).
+
     /// Entries held.
     pub(super) fn len(&self) -> usize {
-        assert!(self.len <= self.slots.len() / 2, "more entries than the map was made for");
+        debug_assert!(self.len <= self.slots.len() / 2, "more entries than the map was made for");
         self.len
     }
 
     fn home(&self, key: &K) -> usize {
         let home = key.home(self.bits);
-        assert!(home <= self.mask, "a home slot outside the table");
+        debug_assert!(home <= self.mask, "a home slot outside the table");
         home
     }
 
     /// The slot holding `key`, or the empty slot ending its probe run.
     fn find(&self, key: &K) -> (usize, bool) {
         // At least one slot is empty, so every probe run ends.
-        assert!(self.len < self.slots.len(), "a full table: the probe would never end");
+        debug_assert!(self.len < self.slots.len(), "a full table: the probe would never end");
         let home = self.home(key);
         let mut index = home;
         loop {
@@ -193,13 +203,15 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     fn put(&mut self, index: usize, found: bool, key: K, value: V) -> Option<V> {
         if found {
             let (held, value_held) = self.slots[index].as_mut().expect("found slot is full");
-            assert!(*held == key, "a value replaced under another key");
+            debug_assert!(*held == key, "a value replaced under another key");
             return Some(std::mem::replace(value_held, value));
         }
         assert!(self.len + 1 < self.slots.len(), "fixed map over capacity");
         self.slots[index] = Some((key, value));
         self.len += 1;
-        assert!(self.len <= self.slots.len() / 2, "more entries than the map was made for");
+        // Stronger than the capacity check above, which keeps probes finite in release builds;
+        // this one keeps them short.
+        debug_assert!(self.len <= self.slots.len() / 2, "more entries than the map was made for");
         None
     }
 
@@ -286,6 +298,8 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
 
     /// Entries in slot order (deterministic for a given history; not sorted).
     pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        // O(slots), as the iteration itself: `len` counts exactly the full slots.
+        debug_assert_eq!(self.slots.iter().filter(|s| s.is_some()).count(), self.len);
         self.slots.iter().filter_map(|slot| slot.as_ref().map(|(key, value)| (key, value)))
     }
 }

@@ -1967,6 +1967,18 @@ fn an_image_with_tables_that_disagree_is_refused_as_inconsistent() {
             }),
         ),
         (
+            "coupon storing the derived expired state",
+            Box::new(|t| {
+                t.coupons[0].state = CouponState::Expired;
+            }),
+        ),
+        (
+            "request key kept past its expiry",
+            Box::new(|t| {
+                t.keys.iter_mut().for_each(|key| key.expires_at = Timestamp(0));
+            }),
+        ),
+        (
             "holding above the per-user limit",
             Box::new(|t| {
                 let key = (UserId(ALICE), SkuId(LIMITED_SKU));
@@ -2013,6 +2025,8 @@ fn an_image_with_tables_that_disagree_is_refused_as_inconsistent() {
         "user zero",
         "expiry order",
         "already due",
+        "expired state",
+        "expired before now",
         "above its per-user limit",
     ];
     assert_eq!(reasons.len(), expected.len());
