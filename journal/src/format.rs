@@ -78,11 +78,30 @@ pub const SEGMENT_LEN_MAX: u64 = 1 << 34;
 const _: () = assert!(SEGMENT_HEADER_LEN % RECORD_ALIGN == 0);
 const _: () = assert!(SEGMENT_RESERVED_OFFSET <= SEGMENT_CRC_OFFSET);
 const _: () = assert!(SEGMENT_LEN_MIN as usize >= SEGMENT_HEADER_LEN + 16 * RECORD_LEN_MAX);
+// The segment header's offsets, pinned to the byte diagram: the layout is a format.
+const _: () = assert!(SEGMENT_VERSION_OFFSET == 8);
+const _: () = assert!(SEGMENT_HEADER_LEN_OFFSET == 12);
+const _: () = assert!(SEGMENT_FIRST_SEQUENCE_OFFSET == 16);
+const _: () = assert!(SEGMENT_LEN_OFFSET == 24);
+const _: () = assert!(SEGMENT_EPOCH_OFFSET == 32);
+const _: () = assert!(SEGMENT_CONFIG_OFFSET == 40);
+const _: () = assert!(SEGMENT_ENCODING_OFFSET == 80);
+const _: () = assert!(SEGMENT_RESERVED_OFFSET == 82);
+const _: () = assert!(SEGMENT_CRC_OFFSET == 124);
+// Shard u16, zero u16, seven u32 maxima, the request-key window u64 (`encode_config`).
+const _: () = assert!(CONFIG_BLOCK_LEN == 2 + 2 + 7 * 4 + 8);
+// Segments end on a record boundary: every record is a multiple of 16 bytes.
+const _: () = assert!(SEGMENT_LEN_MIN % RECORD_ALIGN as u64 == 0);
+const _: () = assert!(SEGMENT_LEN_MAX % RECORD_ALIGN as u64 == 0);
 
 /// The file name of the segment whose first record has `first`.
 #[must_use]
 pub fn segment_name(first: Sequence) -> String {
-    format!("{:020}.seg", first.0)
+    let name = format!("{:020}.seg", first.0);
+    // Fixed width, so a directory listing sorts in sequence order (u64::MAX has 20 digits).
+    assert_eq!(name.len(), 24, "a segment name of another width");
+    debug_assert_eq!(parse_segment_name(&name), Some(first), "a name that does not read back");
+    name
 }
 
 /// The first sequence a segment file name stands for, if it is one.
@@ -158,6 +177,11 @@ impl std::fmt::Display for HeaderProblem {
 /// Encodes a segment header into the first [`SEGMENT_HEADER_LEN`] bytes of `out`.
 pub fn encode_segment_header(header: &SegmentHeader, out: &mut [u8]) {
     assert!(out.len() >= SEGMENT_HEADER_LEN);
+    // What the decoder accepts: a header written is one that reads back.
+    assert!(header.segment_len >= SEGMENT_LEN_MIN, "a segment below the minimum length");
+    assert!(header.segment_len <= SEGMENT_LEN_MAX, "a segment above the maximum length");
+    assert!(header.first_sequence.0 >= 1, "sequences start at 1");
+    assert!(header.config.validate().is_ok(), "a segment of an invalid engine configuration");
     let out = &mut out[..SEGMENT_HEADER_LEN];
     out.fill(0);
     out[SEGMENT_MAGIC_OFFSET..][..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -222,6 +246,8 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderProble
 /// quantity maxima as u32, then the request-key window in ms as u64.
 pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
     assert_eq!(out.len(), CONFIG_BLOCK_LEN);
+    // `decode_config` refuses a configuration the engine would refuse.
+    assert!(config.validate().is_ok(), "an invalid engine configuration written");
     out[0..2].copy_from_slice(&config.shard.to_le_bytes());
     out[2..4].fill(0);
     let maxima = [
@@ -237,6 +263,7 @@ pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
         put_u32(out, 4 + 4 * i, value);
     }
     put_u64(out, 32, config.request_key_window_ms);
+    debug_assert_eq!(decode_config(out).as_ref(), Some(config), "a block that does not read back");
 }
 
 /// Decodes a configuration block; `None` if the configuration is not one the engine accepts.
@@ -269,7 +296,12 @@ pub fn is_end_marker(bytes: &[u8]) -> bool {
 /// is decoded separately ([`ringfence_core::record::decode`]).
 #[must_use]
 pub fn check_record(bytes: &[u8]) -> Option<(RecordHeader, usize)> {
-    ringfence_core::record::check(bytes).ok()
+    let (header, len) = ringfence_core::record::check(bytes).ok()?;
+    // What the scan relies on to step from record to record.
+    assert!(len <= bytes.len(), "an intact record runs past the bytes");
+    assert_eq!(len % RECORD_ALIGN, 0, "a record that is not a multiple of 16 bytes");
+    assert_eq!(len, record_len(header.payload_len), "a record of another length than it says");
+    Some((header, len))
 }
 
 pub(crate) fn put_u32(out: &mut [u8], offset: usize, value: u32) {
