@@ -54,6 +54,9 @@ impl<S: Storage> DataDir<S> {
     /// A handle on a directory whose manifest and epoch file hold `manifest` and `epochs`.
     pub(crate) fn new(storage: S, manifest: Manifest, epochs: Epochs) -> DataDir<S> {
         assert!(epochs.problem().is_none());
+        // Decoded or new: what `Manifest::decode` accepts.
+        assert!(manifest.generation >= 1, "manifest generations start at 1");
+        debug_assert!(manifest.segments.windows(2).all(|pair| pair[0].first < pair[1].first));
         let shared = Shared {
             state: Mutex::new(State { manifest, epochs }),
             current_epoch: AtomicU64::new(epochs.current.0),
@@ -81,13 +84,17 @@ impl<S: Storage> DataDir<S> {
     /// The epochs in force.
     #[must_use]
     pub fn epochs(&self) -> Epochs {
-        self.state().epochs
+        let epochs = self.state().epochs;
+        assert!(epochs.problem().is_none(), "epochs in force that could not be stored");
+        epochs
     }
 
     /// The current epoch (records may carry it or a lower one).
     #[must_use]
     pub fn current_epoch(&self) -> Epoch {
-        Epoch(self.shared.current_epoch.load(Ordering::Acquire))
+        let epoch = Epoch(self.shared.current_epoch.load(Ordering::Acquire));
+        assert!(epoch.0 >= 1, "epochs start at 1");
+        epoch
     }
 
     /// The highest journal sequence known to be durable (0 before the writer said).
@@ -122,6 +129,10 @@ impl<S: Storage> DataDir<S> {
             )));
         }
         write_epochs(&self.storage, epochs)?;
+        // Never lowered, promise at least the current epoch: what was refused above.
+        assert!(epochs.current >= old.current, "the current epoch went down");
+        assert!(epochs.promised >= old.promised, "a promise was taken back");
+        assert!(epochs.promised >= epochs.current, "a promise below the current epoch");
         state.epochs = epochs;
         self.shared.current_epoch.store(epochs.current.0, Ordering::Release);
         Ok(())
@@ -130,6 +141,8 @@ impl<S: Storage> DataDir<S> {
     /// Lists a new segment (its header already durable) before its first record is written.
     pub(crate) fn add_segment(&self, segment: ManifestSegment) -> Result<(), JournalError> {
         let mut state = self.state();
+        // A new segment starts past every record on disk, which the writer has reported.
+        assert!(segment.first > self.durable_sequence(), "a segment over durable records");
         let next = state.manifest.with_segment(segment);
         write_manifest(&self.storage, &next)?;
         state.manifest = next;
@@ -162,8 +175,13 @@ impl<S: Storage> DataDir<S> {
             if count == 0 {
                 return Ok(Vec::new());
             }
+            // Never the newest segment, and never one holding a sequence replay may need: the
+            // first segment kept starts at or before `needed_from`.
+            assert!(count < segments.len(), "retention retired the newest segment");
+            assert!(segments[count].first <= needed_from, "retired a segment replay needs");
             let mut next = state.manifest.next_generation();
             let retired: Vec<ManifestSegment> = next.segments.drain(..count).collect();
+            assert!(retired.iter().all(|s| s.first < needed_from), "retired a needed segment");
             next.retired_below = next.segments[0].first;
             next.segments_retired += count as u64;
             write_manifest(&self.storage, &next)?;
@@ -189,12 +207,23 @@ pub(crate) fn write_manifest<S: Storage>(
     manifest: &Manifest,
 ) -> Result<(), JournalError> {
     write_atomically(storage, MANIFEST_FILE, &manifest.encode())?;
+    // The pair of the check on reading: the file decodes to the manifest in force.
+    debug_assert_eq!(
+        storage.read_file(MANIFEST_FILE).ok().map(|bytes| Manifest::decode(&bytes)),
+        Some(Ok(manifest.clone())),
+        "the manifest written does not read back"
+    );
     Ok(())
 }
 
 /// Writes the epoch file atomically.
 pub(crate) fn write_epochs<S: Storage>(storage: &S, epochs: Epochs) -> Result<(), JournalError> {
     write_atomically(storage, EPOCH_FILE, &epochs.encode())?;
+    debug_assert_eq!(
+        storage.read_file(EPOCH_FILE).ok().map(|bytes| Epochs::decode(&bytes)),
+        Some(Ok(epochs)),
+        "the epoch file written does not read back"
+    );
     Ok(())
 }
 
@@ -281,6 +310,7 @@ pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
                 .to_owned(),
         });
     }
+    assert!(check.temporaries.iter().all(|name| is_temp_name(name)));
     match check.manifest.clone() {
         Some(manifest) => compare(source, &manifest, segments, &mut check)?,
         None => {
@@ -295,6 +325,11 @@ pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
             check.segments = segments;
         }
     }
+    // Oldest first, each once; leftovers are judged only against a manifest.
+    let sorted = check.segments.windows(2).all(|pair| pair[0].0 < pair[1].0);
+    assert!(sorted, "segments to read out of sequence order");
+    assert!(check.manifest.is_some() || check.retired_leftovers.is_empty());
+    assert!(check.manifest.is_some() || check.creation_leftover.is_none());
     Ok(check)
 }
 
@@ -307,7 +342,10 @@ fn read_manifest<R: ReadSource>(
         .read_file(MANIFEST_FILE)
         .map_err(|e| JournalError::io(format!("reading {file}"), e))?;
     match Manifest::decode(&bytes) {
-        Ok(manifest) => return Ok(Some(manifest)),
+        Ok(manifest) => {
+            assert!(manifest.generation >= 1, "the decoder accepted generation 0");
+            return Ok(Some(manifest));
+        }
         Err(ManifestProblem::FutureVersion(found)) => {
             problems.push(JournalError::FutureVersion { file, found, supported: MANIFEST_VERSION });
         }
@@ -326,7 +364,10 @@ fn read_epochs<R: ReadSource>(
     let bytes =
         source.read_file(EPOCH_FILE).map_err(|e| JournalError::io(format!("reading {file}"), e))?;
     match Epochs::decode(&bytes) {
-        Ok(epochs) => return Ok(Some(epochs)),
+        Ok(epochs) => {
+            assert!(epochs.problem().is_none(), "the decoder accepted impossible epochs");
+            return Ok(Some(epochs));
+        }
         Err(EpochProblem::FutureVersion(found)) => {
             let supported = crate::epoch::EPOCH_VERSION;
             problems.push(JournalError::FutureVersion { file, found, supported });
@@ -394,6 +435,9 @@ fn compare<R: ReadSource>(
         let manifest = manifest_file.clone();
         check.problems.push(JournalError::UnlistedSegment { file, manifest, first });
     }
+    // Only listed segments are read, each at most once.
+    assert!(check.segments.len() <= manifest.segments.len(), "more segments than listed");
+    debug_assert!(check.segments.iter().all(|(first, _)| manifest.lists(*first)));
     Ok(())
 }
 
@@ -406,6 +450,7 @@ fn header_damaged<R: ReadSource>(
     if len < SEGMENT_HEADER_LEN as u64 {
         return Ok(false);
     }
+    assert!(name.ends_with(".seg"), "a header read from a file that is not a segment");
     let bytes = source
         .read_segment(name)
         .map_err(|e| JournalError::io(format!("reading {}", source.describe_file(name)), e))?;
