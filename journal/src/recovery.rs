@@ -161,6 +161,9 @@ pub fn recover_from<S: Storage>(
         replayed += 1;
         ControlFlow::Continue(())
     })?;
+    // Every record after the snapshot was replayed, and none before it.
+    let expected = journal_last.map_or(0, |last| last.0.saturating_sub(through.0));
+    assert_eq!(replayed, expected, "replay skipped or repeated records");
     report.replayed = replayed;
     let last_epoch = layout.last_epoch().unwrap_or(Epoch(0));
     let writer = match layout.segments.last() {
@@ -173,6 +176,8 @@ pub fn recover_from<S: Storage>(
     let next_sequence = writer.next_sequence();
     assert!(engine.last_sequence() < next_sequence);
     assert!(next_sequence >= start);
+    // `check_epochs` refused a journal ahead of its epoch file.
+    assert!(last_epoch <= epochs.current, "a record ahead of the epoch file");
     Ok(Recovered { engine, next_sequence, last_epoch, epochs, writer, report })
 }
 
@@ -196,6 +201,7 @@ fn open_dir<S: Storage>(
         }
     };
     let manifest = Manifest::empty();
+    assert!(manifest.segments.is_empty(), "a new directory lists a segment");
     datadir::write_manifest(storage, &manifest)?;
     report.initialised = true;
     Ok(DataDir::new(storage.clone(), manifest, epochs))
@@ -245,6 +251,8 @@ fn listed_damage<S: Storage>(layout: &Layout, storage: &S) -> Option<JournalErro
         return Some(error);
     }
     let problem = layout.problem.as_ref().filter(|p| p.segment.is_none())?;
+    // A header the scan could not read is the problem's own file, at its start.
+    assert_eq!(problem.offset, 0, "a header problem away from the header");
     Some(JournalError::Corrupt {
         dir: layout.location.clone(),
         file: storage.describe(&problem.name),
@@ -260,6 +268,7 @@ fn check_epochs<S: Storage>(
     layout: &Layout,
     epochs: Epochs,
 ) -> Result<(), JournalError> {
+    assert!(epochs.problem().is_none(), "epochs the epoch file could not hold");
     let (Some(record), Some(sequence)) = (layout.last_epoch(), layout.last_sequence()) else {
         return Ok(());
     };
@@ -286,6 +295,10 @@ fn clear_torn_tail<S: Storage>(
         .open_segment(&problem.name)
         .map_err(|e| JournalError::io(format!("opening {file}"), e))?;
     let range = problem.offset as usize..problem.garbage_end.max(problem.offset as usize);
+    // A torn tail starts on a record boundary after the header and ends inside the file.
+    assert!(range.start >= format::SEGMENT_HEADER_LEN, "a torn tail inside the header");
+    assert_eq!(range.start % format::RECORD_ALIGN, 0, "a torn tail off a record boundary");
+    assert!(range.end <= segment.bytes().len(), "a torn tail past the segment's end");
     segment.bytes_mut()[range.clone()].fill(0);
     segment.sync(range.clone()).map_err(|e| JournalError::io(format!("syncing {file}"), e))?;
     Ok(Some(TornTail {
@@ -320,6 +333,9 @@ fn choose_snapshot<S: Storage>(
         }
         match snapshot::load(storage, &name, Some(config)) {
             Ok((engine, meta)) => {
+                // `load` checked the state against the header, which names no later sequence.
+                assert!(engine.last_sequence() <= through, "a snapshot past its own name");
+                assert_eq!(meta.through, through, "a snapshot named for another sequence");
                 report.snapshot = Some(meta);
                 return Ok((engine, through));
             }
@@ -448,6 +464,8 @@ fn rewrite_after_truncation<S: Storage>(
         let len = storage
             .file_len(&name)
             .map_err(|e| JournalError::io(format!("reading {}", storage.describe(&name)), e))?;
+        // Truncation drops every segment from `at` on.
+        assert!(first < at, "a segment from the cut on survived truncation");
         manifest.segments.push(ManifestSegment { first, len });
     }
     if check.epochs.is_none() {
@@ -477,6 +495,9 @@ fn cut_segment<S: Storage>(storage: &S, name: &str, at: Sequence) -> Result<usiz
         offset += len;
     }
     let end = bytes.iter().rposition(|&b| b != 0).map_or(offset, |i| (i + 1).max(offset));
+    // The cut falls on a record boundary after the header.
+    assert!(offset >= format::SEGMENT_HEADER_LEN, "a cut inside the segment header");
+    assert_eq!(offset % format::RECORD_ALIGN, 0, "a cut off a record boundary");
     segment.bytes_mut()[offset..end].fill(0);
     segment.sync(offset..end).map_err(|e| JournalError::io(format!("syncing {file}"), e))?;
     Ok(offset)
