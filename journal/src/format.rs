@@ -270,6 +270,10 @@ pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
 #[must_use]
 pub fn decode_config(bytes: &[u8]) -> Option<EngineConfig> {
     assert_eq!(bytes.len(), CONFIG_BLOCK_LEN);
+    // Bytes 2..4 are zero: one encoding per configuration.
+    if bytes[2..4] != [0, 0] {
+        return None;
+    }
     let config = EngineConfig {
         shard: u16::from_le_bytes([bytes[0], bytes[1]]),
         skus_max: get_u32(bytes, 4),
@@ -342,6 +346,20 @@ mod tests {
             assert!(decode_segment_header(&damaged).is_err(), "flip at {i} accepted");
         }
         assert_eq!(decode_segment_header(&[0; SEGMENT_HEADER_LEN]), Err(HeaderProblem::Zeroed));
+    }
+
+    #[test]
+    fn a_config_block_with_non_zero_padding_is_refused() {
+        // Goal: bytes 2..4 of the block are zero in the one encoding of a configuration; a
+        // block with anything else there is not read as the same configuration.
+        let mut block = [0u8; CONFIG_BLOCK_LEN];
+        encode_config(&EngineConfig::small(), &mut block);
+        assert_eq!(decode_config(&block), Some(EngineConfig::small()));
+        for at in 2..4 {
+            let mut damaged = block;
+            damaged[at] = 1;
+            assert_eq!(decode_config(&damaged), None, "padding byte {at} accepted");
+        }
     }
 
     #[test]
