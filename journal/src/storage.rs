@@ -107,7 +107,9 @@ pub struct StorageError {
 impl StorageError {
     /// Wraps `source`, saying what was being done.
     pub fn new(context: impl Into<String>, source: io::Error) -> StorageError {
-        StorageError { context: context.into(), source }
+        let context = context.into();
+        assert!(!context.is_empty(), "an I/O error that does not say what was being done");
+        StorageError { context, source }
     }
 }
 
@@ -115,7 +117,12 @@ impl StorageError {
 /// names start with `.` and end with `.tmp`; recovery removes any it finds (a crash's leftover).
 #[must_use]
 pub fn temp_name(name: &str) -> String {
-    format!(".{name}.tmp")
+    assert!(!name.is_empty(), "a temporary name for no file");
+    assert!(!name.contains('/'), "storage names are plain file names: {name}");
+    let temp = format!(".{name}.tmp");
+    // The pair of the check recovery runs: what is written here is removed there.
+    debug_assert!(is_temp_name(&temp), "a temporary name recovery would not remove");
+    temp
 }
 
 /// Whether `name` is a temporary file (see [`temp_name`]).
@@ -133,12 +140,19 @@ pub fn write_atomically<S: Storage>(
     name: &str,
     bytes: &[u8],
 ) -> Result<(), StorageError> {
+    // A temporary file is never itself replaced atomically: recovery removes it.
+    assert!(!is_temp_name(name), "an atomic write of a temporary file: {name}");
     let temp = temp_name(name);
     let result = write_then_rename(storage, &temp, name, bytes);
     if result.is_err() {
         // The temporary file may or may not exist; either way it must not stay.
         let _ = storage.remove(&temp);
     }
+    // The pair of every reader: the file holds the bytes (debug builds: it reads them back).
+    debug_assert!(
+        result.is_err() || storage.read_file(name).is_ok_and(|read| read == bytes),
+        "an atomic write that does not read back: {name}"
+    );
     result
 }
 
@@ -148,6 +162,7 @@ fn write_then_rename<S: Storage>(
     name: &str,
     bytes: &[u8],
 ) -> Result<(), StorageError> {
+    assert_eq!(temp, temp_name(name), "renamed into place from another file");
     let described = || storage.describe(temp);
     storage
         .write_file(temp, bytes)
@@ -204,6 +219,8 @@ impl FileStorage {
     /// of deleting them. It should be on the same file system, so a retirement is a rename.
     #[must_use]
     pub fn with_archive(self, archive: &Path) -> FileStorage {
+        // Retired files in the data directory itself would be read as journal files again.
+        assert_ne!(archive, self.dir(), "the archive is the data directory");
         let mut inner = FileDir::clone(&self.inner);
         inner.archive = Some(archive.to_path_buf());
         FileStorage { inner: Arc::new(inner) }
@@ -229,6 +246,8 @@ impl FileStorage {
 
     fn path(&self, name: &str) -> PathBuf {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
+        // An empty name would be the directory itself.
+        assert!(!name.is_empty(), "a file with no name");
         self.inner.dir.join(name)
     }
 }
@@ -251,7 +270,8 @@ impl Segment for FileSegment {
     }
 
     fn sync(&mut self, range: Range<usize>) -> io::Result<()> {
-        assert!(range.start <= range.end && range.end <= self.map.len());
+        assert!(range.start <= range.end, "a backwards sync range");
+        assert!(range.end <= self.map.len(), "a sync past the segment's end");
         if range.is_empty() {
             return Ok(());
         }
@@ -291,7 +311,10 @@ impl Storage for FileStorage {
         allocate(&file, len)?;
         file.sync_all()?;
         sync_dir(&self.inner.dir)?;
-        map_file(file)
+        let segment = map_file(file)?;
+        // The contract: a segment is its full length from the start.
+        assert_eq!(segment.map.len() as u64, len, "a segment mapped at another length: {name}");
+        Ok(segment)
     }
 
     fn open_segment(&self, name: &str) -> io::Result<FileSegment> {
@@ -310,6 +333,7 @@ impl Storage for FileStorage {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        assert_ne!(from, to, "a rename onto itself");
         fs::rename(self.path(from), self.path(to))
     }
 
@@ -333,6 +357,7 @@ impl Storage for FileStorage {
             Err(error) => return Err(error),
         }
         sync_dir(archive)?;
+        debug_assert!(!from.exists(), "a retired file is still in the data directory");
         Ok(Retired::Archived(to.display().to_string()))
     }
 
@@ -341,6 +366,8 @@ impl Storage for FileStorage {
     }
 
     fn describe(&self, name: &str) -> String {
+        // The empty name describes the directory (for messages about it).
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         self.inner.dir.join(name).display().to_string()
     }
 }
@@ -348,11 +375,13 @@ impl Storage for FileStorage {
 /// Moves `from` to `to` on another file system: copy to a temporary name there, sync, rename,
 /// then delete the original (the caller syncs both directories).
 fn copy_across(from: &Path, to: &Path) -> io::Result<()> {
+    assert_ne!(from, to, "a copy onto itself");
     let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("archived");
     let temp = to.with_file_name(temp_name(name));
     fs::copy(from, &temp)?;
     File::open(&temp)?.sync_all()?;
     fs::rename(&temp, to)?;
+    debug_assert!(to.exists(), "the archived copy is not there");
     fs::remove_file(from)
 }
 
@@ -376,7 +405,10 @@ fn allocate(file: &File, len: u64) -> io::Result<()> {
     // reads its integer arguments.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
     match rc {
-        0 => Ok(()),
+        0 => {
+            debug_assert!(file.metadata().is_ok_and(|m| m.len() >= len), "allocated short");
+            Ok(())
+        }
         // Some file systems cannot preallocate; a sized sparse file still works.
         libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
         errno => Err(io::Error::from_raw_os_error(errno)),
