@@ -258,6 +258,25 @@ pub struct DirCheck {
 }
 
 impl DirCheck {
+    /// What `check` guarantees of what it returns. Recovery deletes the leftovers it names, so
+    /// each is asserted to be the kind of file a crash leaves, and nothing to be read.
+    fn verify(&self) {
+        // Oldest first, each once, under its canonical name.
+        let sorted = self.segments.windows(2).all(|pair| pair[0].0 < pair[1].0);
+        assert!(sorted, "segments to read out of sequence order");
+        debug_assert!(self.segments.iter().all(|(f, name)| *name == format::segment_name(*f)));
+        assert!(self.temporaries.iter().all(|name| is_temp_name(name)), "not a temporary");
+        // Leftovers are judged only against a manifest, and only segments are left over.
+        assert!(self.manifest.is_some() || self.retired_leftovers.is_empty());
+        assert!(self.manifest.is_some() || self.creation_leftover.is_none());
+        let below = self.manifest.as_ref().map_or(Sequence(0), |m| m.retired_below);
+        let retired = |name: &String| format::parse_segment_name(name).is_some_and(|f| f < below);
+        assert!(self.retired_leftovers.iter().all(retired), "a leftover that was never retired");
+        let newest = self.segments.last().map_or(Sequence(0), |(first, _)| *first);
+        let cut_off = |name: &String| format::parse_segment_name(name).is_some_and(|f| f > newest);
+        assert!(self.creation_leftover.as_ref().is_none_or(cut_off), "a leftover not the newest");
+    }
+
     /// A directory with no journal in it yet (a node initialises it).
     #[must_use]
     pub fn is_fresh(&self) -> bool {
@@ -310,7 +329,6 @@ pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
                 .to_owned(),
         });
     }
-    assert!(check.temporaries.iter().all(|name| is_temp_name(name)));
     match check.manifest.clone() {
         Some(manifest) => compare(source, &manifest, segments, &mut check)?,
         None => {
@@ -325,11 +343,7 @@ pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
             check.segments = segments;
         }
     }
-    // Oldest first, each once; leftovers are judged only against a manifest.
-    let sorted = check.segments.windows(2).all(|pair| pair[0].0 < pair[1].0);
-    assert!(sorted, "segments to read out of sequence order");
-    assert!(check.manifest.is_some() || check.retired_leftovers.is_empty());
-    assert!(check.manifest.is_some() || check.creation_leftover.is_none());
+    check.verify();
     Ok(check)
 }
 
@@ -462,6 +476,7 @@ fn header_damaged<R: ReadSource>(
 
 /// Whether everything after a segment's header is zero (no record was ever written).
 fn body_is_empty<R: ReadSource>(source: &mut R, name: &str) -> Result<bool, JournalError> {
+    assert!(name.ends_with(".seg"), "a body read from a file that is not a segment");
     if source.file_len(name).map_err(|e| JournalError::io(format!("reading {name}"), e))?
         <= SEGMENT_HEADER_LEN as u64
     {

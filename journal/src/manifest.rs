@@ -154,6 +154,7 @@ impl Manifest {
     /// the last segment, whose end only the segment knows, `sequences from 42 on`.
     #[must_use]
     pub fn held(&self, index: usize) -> String {
+        assert!(index < self.segments.len(), "no segment {index} is listed");
         let first = self.segments[index].first;
         match self.segments.get(index + 1) {
             Some(next) if next.first.0 > first.0 + 1 => {

@@ -16,7 +16,7 @@ use crate::format;
 use crate::manifest::{Manifest, ManifestSegment};
 use crate::scan::{self, Layout};
 use crate::snapshot::{self, SnapshotMeta};
-use crate::storage::{FileStorage, Retired, Segment, Storage};
+use crate::storage::{FileStorage, Retired, Segment, Storage, is_temp_name};
 use crate::writer::{JournalWriter, WriterOptions};
 
 /// A torn tail found and cleared by recovery.
@@ -142,11 +142,16 @@ pub fn recover_from<S: Storage>(
     report.journal_range = layout.first_sequence().zip(layout.last_sequence());
     let epochs = dir.epochs();
     check_epochs(&storage, &layout, epochs)?;
+    // Listed segments start at 1 or later (the manifest refuses 0), so `first - 1` is safe.
+    let firsts = layout.segments.iter().map(|s| s.header.first_sequence);
+    assert!(firsts.clone().all(|first| first.0 >= 1), "a listed segment before sequence 1");
     // Where the journal ends: the last record, or just before the newest segment's first.
     let journal_last =
         layout.segments.last().map(|s| s.last.unwrap_or(Sequence(s.header.first_sequence.0 - 1)));
     let config = &options.engine_config;
     let (mut engine, through) = choose_snapshot(&storage, config, journal_last, &mut report)?;
+    // Snapshots past the journal's end were set aside.
+    assert!(journal_last.is_none_or(|last| through <= last), "a snapshot past the journal");
     let start = through.next();
     let needed = journal_last.is_some_and(|last| last >= start);
     match layout.first_sequence() {
@@ -174,6 +179,8 @@ pub fn recover_from<S: Storage>(
         None => JournalWriter::create(dir, options, start)?,
     };
     let next_sequence = writer.next_sequence();
+    // The writer continues where the journal ends, or after the snapshot of an empty one.
+    assert_eq!(writer.last_appended(), journal_last.unwrap_or(through), "a writer misplaced");
     assert!(engine.last_sequence() < next_sequence);
     assert!(next_sequence >= start);
     // `check_epochs` refused a journal ahead of its epoch file.
@@ -220,15 +227,19 @@ fn tidy<S: Storage>(
         let verb = verb.to_owned();
         move |e| JournalError::io(format!("{verb} {file}"), e)
     };
+    // Only what a crash leaves is deleted: anything else may hold acknowledged commands.
     for name in &check.temporaries {
+        assert!(is_temp_name(name), "removing a file that is not a temporary: {name}");
         storage.remove(name).map_err(describe_io("removing", name))?;
         report.temporaries_removed.push(storage.describe(name));
     }
     for name in &check.retired_leftovers {
+        assert!(!dir.manifest().lists(segment_first(name)), "retiring a listed segment: {name}");
         let how = storage.retire(name).map_err(describe_io("retiring", name))?;
         report.retired_leftovers.push((storage.describe(name), how));
     }
     if let Some(name) = &check.creation_leftover {
+        assert!(!dir.manifest().lists(segment_first(name)), "removing a listed segment: {name}");
         storage.remove(name).map_err(describe_io("removing", name))?;
         report.creation_removed = Some(storage.describe(name));
     }
@@ -345,6 +356,13 @@ fn choose_snapshot<S: Storage>(
     Ok((Engine::new(config.clone()), Sequence(0)))
 }
 
+/// The first sequence a segment name stands for; `check` only names segments by their names.
+fn segment_first(name: &str) -> Sequence {
+    let first = format::parse_segment_name(name);
+    assert!(first.is_some(), "a leftover that is not a segment: {name}");
+    first.expect("checked above")
+}
+
 /// What [`truncate`] changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Truncation {
@@ -375,13 +393,18 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     let mut source = storage.clone();
     let check = datadir::check(&mut source)?;
     refuse_unrepairable(&check, at)?;
+    // Only what a crash leaves is deleted here; the cut below is the operator's.
     for name in &check.temporaries {
+        assert!(is_temp_name(name), "removing a file that is not a temporary: {name}");
         storage.remove(name).map_err(|e| JournalError::io(format!("removing {name}"), e))?;
     }
+    let listed = |name: &str| check.manifest.as_ref().is_some_and(|m| m.lists(segment_first(name)));
     for name in &check.retired_leftovers {
+        assert!(!listed(name), "retiring a listed segment: {name}");
         storage.retire(name).map_err(|e| JournalError::io(format!("retiring {name}"), e))?;
     }
     if let Some(name) = &check.creation_leftover {
+        assert!(!listed(name), "removing a listed segment: {name}");
         storage.remove(name).map_err(|e| JournalError::io(format!("removing {name}"), e))?;
     }
     let layout = scan::scan(&mut source)?;
@@ -459,6 +482,7 @@ fn rewrite_after_truncation<S: Storage>(
         None => Manifest::empty(),
     };
     truncation.manifest_rebuilt = check.manifest.is_none();
+    assert!(manifest.generation >= 1, "manifest generations start at 1");
     manifest.segments.clear();
     for (first, name) in scan::sorted_segments(storage)? {
         let len = storage
@@ -468,6 +492,9 @@ fn rewrite_after_truncation<S: Storage>(
         assert!(first < at, "a segment from the cut on survived truncation");
         manifest.segments.push(ManifestSegment { first, len });
     }
+    // Sorted, each segment once: as the manifest requires.
+    let sorted = manifest.segments.windows(2).all(|pair| pair[0].first < pair[1].first);
+    assert!(sorted, "a rebuilt manifest out of sequence order");
     if check.epochs.is_none() {
         let kept = layout.segments.iter().filter(|s| s.header.first_sequence < at);
         let epoch = kept.filter_map(|s| s.last_epoch).max().unwrap_or(Epoch(1)).max(Epoch(1));

@@ -68,6 +68,7 @@ impl<S: Storage> ReadSource for S {
         Storage::read_file(self, name)
     }
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
+        assert!(name.ends_with(".seg"), "a segment read from a file that is not one: {name}");
         self.open_segment(name).map(SegmentBytes)
     }
     fn describe_file(&self, name: &str) -> String {
@@ -243,13 +244,42 @@ impl Layout {
     /// Intact records in all.
     #[must_use]
     pub fn records(&self) -> u64 {
-        // Within a segment, sequences are contiguous from its first.
+        self.segments.iter().map(|s| s.records).sum()
+    }
+
+    /// What the scan guarantees of a layout it returns; O(segments).
+    fn verify(&self) {
         for segment in &self.segments {
+            // Records end on a boundary, after the header, inside the file.
+            assert!(segment.end >= SEGMENT_HEADER_LEN, "records inside the segment header");
+            assert!(segment.end as u64 <= segment.header.segment_len, "records past the end");
+            assert_eq!(segment.end % RECORD_ALIGN, 0, "records end off a 16-byte boundary");
+            // Within a segment, sequences are contiguous from its first.
             let first = segment.header.first_sequence.0;
             let counted = segment.last.map_or(0, |last| last.0 - first + 1);
             assert_eq!(counted, segment.records, "a segment's records are not contiguous");
+            assert_eq!(segment.last_epoch.is_some(), segment.last.is_some(), "epoch, no record");
+            assert_eq!(segment.time_range.is_some(), segment.last.is_some(), "time, no record");
         }
-        self.segments.iter().map(|s| s.records).sum()
+        for pair in self.segments.windows(2) {
+            // Each segment starts where the one before it ended, in the same epoch or later.
+            let follows = pair[0].last.map_or(pair[0].header.first_sequence, Sequence::next);
+            assert_eq!(pair[1].header.first_sequence, follows, "segments that do not follow on");
+            let epochs = pair[0].last_epoch.zip(pair[1].last_epoch);
+            assert!(epochs.is_none_or(|(before, after)| before <= after), "an epoch went back");
+        }
+        if let Some(problem) = &self.problem {
+            // Damage inside a kept segment is where its intact records end.
+            let at = problem.segment.map(|index| self.segments[index].end as u64);
+            assert!(
+                at.is_none_or(|end| end == problem.offset),
+                "damage away from the records' end"
+            );
+            assert!(problem.segment.is_none_or(|index| index + 1 == self.segments.len()));
+            // What truncation clears starts at the damage.
+            let garbage_end = problem.garbage_end as u64;
+            assert!(problem.segment.is_none() || garbage_end >= problem.offset, "garbage before");
+        }
     }
 
     /// The error to refuse with if the journal is corrupt (damaged before its tail).
@@ -283,6 +313,7 @@ pub fn sorted_segments<S: ReadSource>(source: &S) -> Result<Vec<(Sequence, Strin
     segments.sort_unstable();
     // Names are canonical (20 digits), so no two name the same first sequence.
     assert!(segments.windows(2).all(|pair| pair[0].0 < pair[1].0), "two names for one segment");
+    debug_assert!(segments.iter().all(|(first, name)| *name == format::segment_name(*first)));
     Ok(segments)
 }
 
@@ -327,15 +358,16 @@ pub fn scan_segments<S: ReadSource>(
                 if let Some(mut problem) = problem {
                     problem.segment = Some(layout.segments.len() - 1);
                     layout.problem = Some(problem);
-                    return Ok(layout);
+                    break;
                 }
             }
             Err(problem) => {
                 layout.problem = Some(problem);
-                return Ok(layout);
+                break;
             }
         }
     }
+    layout.verify();
     Ok(layout)
 }
 

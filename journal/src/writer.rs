@@ -11,6 +11,7 @@ use crate::datadir::DataDir;
 use crate::error::JournalError;
 use crate::format::{self, RECORD_ALIGN, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::manifest::ManifestSegment;
+use crate::scan;
 use crate::storage::{Segment, Storage};
 
 /// When appended records are made durable (synced to disk).
@@ -166,6 +167,9 @@ impl<S: Storage> JournalWriter<S> {
         // policy that does not sync every batch, some may not be on disk yet. Sync them, so the
         // durable sequence published below is true (earlier segments were synced when the
         // writer moved past them).
+        // Everything after the last record is zero (recovery cleared a torn tail): the next
+        // record's header is where a reader finds the end marker until it is written.
+        debug_assert!(scan::last_nonzero(&segment.bytes()[write_at..]).is_none(), "bytes after");
         segment
             .sync(SEGMENT_HEADER_LEN..write_at)
             .map_err(|e| JournalError::io(format!("syncing {}", storage.describe(name)), e))?;
@@ -364,6 +368,8 @@ impl<S: Storage> JournalWriter<S> {
             JournalError::io(format!("creating {}", self.storage.describe(&name)), e)
         })?;
         assert_eq!(segment.bytes().len() as u64, segment_len, "a segment of another length");
+        // Created zero-filled: an empty segment reads as ending at its first record.
+        debug_assert!(scan::last_nonzero(segment.bytes()).is_none(), "a new segment not zeroed");
         let header = SegmentHeader {
             first_sequence: first,
             segment_len: self.options.segment_len,
