@@ -62,11 +62,24 @@ impl<S: Storage> DataDir<S> {
             current_epoch: AtomicU64::new(epochs.current.0),
             durable_sequence: AtomicU64::new(0),
         };
-        DataDir { storage, shared: Arc::new(shared) }
+        let dir = DataDir { storage, shared: Arc::new(shared) };
+        dir.verify(&dir.state());
+        dir
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock().expect("data directory state lock")
+    }
+
+    /// The shared state's invariants, checked under its lock after every change.
+    fn verify(&self, state: &State) {
+        assert!(state.epochs.problem().is_none(), "epochs in force that could not be stored");
+        // Readers of the lock-free copy see the epoch in force.
+        let current = self.shared.current_epoch.load(Ordering::Acquire);
+        assert_eq!(current, state.epochs.current.0, "the current epoch's copy is stale");
+        assert!(state.manifest.generation >= 1, "manifest generations start at 1");
+        let sorted = state.manifest.segments.windows(2).all(|pair| pair[0].first < pair[1].first);
+        debug_assert!(sorted, "the manifest in force is out of sequence order");
     }
 
     /// The storage.
@@ -135,6 +148,7 @@ impl<S: Storage> DataDir<S> {
         assert!(epochs.promised >= epochs.current, "a promise below the current epoch");
         state.epochs = epochs;
         self.shared.current_epoch.store(epochs.current.0, Ordering::Release);
+        self.verify(&state);
         Ok(())
     }
 
@@ -146,6 +160,10 @@ impl<S: Storage> DataDir<S> {
         let next = state.manifest.with_segment(segment);
         write_manifest(&self.storage, &next)?;
         state.manifest = next;
+        self.verify(&state);
+        // Listed after its header was synced: the file is there (debug builds: a listing).
+        let name = format::segment_name(segment.first);
+        debug_assert!(self.storage.list().is_ok_and(|names| names.contains(&name)), "{name}");
         Ok(())
     }
 
@@ -156,6 +174,7 @@ impl<S: Storage> DataDir<S> {
         let next = state.manifest.next_generation();
         write_manifest(&self.storage, &next)?;
         state.manifest = next;
+        self.verify(&state);
         Ok(())
     }
 
@@ -186,6 +205,7 @@ impl<S: Storage> DataDir<S> {
             next.segments_retired += count as u64;
             write_manifest(&self.storage, &next)?;
             state.manifest = next;
+            self.verify(&state);
             retired
         };
         let mut done = Vec::with_capacity(retired.len());
@@ -197,6 +217,11 @@ impl<S: Storage> DataDir<S> {
             done.push((name, how));
         }
         sync_dir(&self.storage)?;
+        // Gone from the directory (debug builds: a listing).
+        debug_assert!(
+            self.storage.list().is_ok_and(|names| done.iter().all(|(n, _)| !names.contains(n))),
+            "a retired segment is still in the directory"
+        );
         Ok(done)
     }
 }

@@ -301,6 +301,9 @@ pub fn is_end_marker(bytes: &[u8]) -> bool {
 #[must_use]
 pub fn check_record(bytes: &[u8]) -> Option<(RecordHeader, usize)> {
     let (header, len) = ringfence_core::record::check(bytes).ok()?;
+    // The payload length the format documents: 1..=RECORD_PAYLOAD_MAX.
+    assert!(header.payload_len >= 1, "an intact record with no payload");
+    assert!(header.payload_len <= RECORD_PAYLOAD_MAX, "an intact record past the payload limit");
     // What the scan relies on to step from record to record.
     assert!(len <= bytes.len(), "an intact record runs past the bytes");
     assert_eq!(len % RECORD_ALIGN, 0, "a record that is not a multiple of 16 bytes");

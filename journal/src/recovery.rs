@@ -170,6 +170,8 @@ pub fn recover_from<S: Storage>(
     let expected = journal_last.map_or(0, |last| last.0.saturating_sub(through.0));
     assert_eq!(replayed, expected, "replay skipped or repeated records");
     report.replayed = replayed;
+    let range = report.journal_range;
+    assert!(range.is_none_or(|(first, last)| first <= last), "a journal ending before it starts");
     let last_epoch = layout.last_epoch().unwrap_or(Epoch(0));
     let writer = match layout.segments.last() {
         Some(segment) => {
@@ -305,6 +307,9 @@ fn clear_torn_tail<S: Storage>(
     let mut segment = storage
         .open_segment(&problem.name)
         .map_err(|e| JournalError::io(format!("opening {file}"), e))?;
+    // The tail is the journal's end: the last segment scanned, with nothing after it.
+    let last = layout.segments.last().map(|segment| segment.name.as_str());
+    assert_eq!(last, Some(problem.name.as_str()), "a torn tail before the last segment");
     let range = problem.offset as usize..problem.garbage_end.max(problem.offset as usize);
     // A torn tail starts on a record boundary after the header and ends inside the file.
     assert!(range.start >= format::SEGMENT_HEADER_LEN, "a torn tail inside the header");
@@ -312,6 +317,8 @@ fn clear_torn_tail<S: Storage>(
     assert!(range.end <= segment.bytes().len(), "a torn tail past the segment's end");
     segment.bytes_mut()[range.clone()].fill(0);
     segment.sync(range.clone()).map_err(|e| JournalError::io(format!("syncing {file}"), e))?;
+    // Cleared to the end: the garbage range ended at the last non-zero byte.
+    debug_assert!(scan::last_nonzero(&segment.bytes()[range.start..]).is_none(), "not cleared");
     Ok(Some(TornTail {
         file,
         offset: problem.offset,
@@ -439,6 +446,12 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     }
     datadir::sync_dir(storage)?;
     rewrite_after_truncation(storage, &check, &layout, at, &mut truncation)?;
+    // The manifest lists exactly the segments left (debug builds: a listing).
+    let left: Vec<Sequence> = truncation.manifest.segments.iter().map(|s| s.first).collect();
+    debug_assert!(
+        scan::sorted_segments(storage).is_ok_and(|found| found.iter().map(|f| f.0).eq(left)),
+        "the rebuilt manifest differs from the segments left"
+    );
     Ok(truncation)
 }
 
@@ -527,5 +540,6 @@ fn cut_segment<S: Storage>(storage: &S, name: &str, at: Sequence) -> Result<usiz
     assert_eq!(offset % format::RECORD_ALIGN, 0, "a cut off a record boundary");
     segment.bytes_mut()[offset..end].fill(0);
     segment.sync(offset..end).map_err(|e| JournalError::io(format!("syncing {file}"), e))?;
+    debug_assert!(scan::last_nonzero(&segment.bytes()[offset..]).is_none(), "not cut to zero");
     Ok(offset)
 }

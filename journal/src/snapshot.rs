@@ -368,6 +368,8 @@ pub fn load<R: ReadSource>(
 ) -> Result<(Engine, SnapshotMeta), SnapshotError> {
     let (bytes, file) = read_file(source, name)?;
     let (meta, image_len) = decode_meta(name, &file, &bytes)?;
+    // `decode_meta` matched the lengths against the file size.
+    assert!(SNAPSHOT_HEADER_LEN + image_len <= bytes.len(), "an image past the file's end");
     let image_bytes = &bytes[SNAPSHOT_HEADER_LEN..SNAPSHOT_HEADER_LEN + image_len];
     let image = decode_image(image_bytes).map_err(|e| SnapshotError::Invalid {
         file: file.clone(),
@@ -460,6 +462,13 @@ pub fn apply_retention<S: Storage>(
     assert!(needed_from.0 <= durable.0 + 1, "retention past the durable journal");
     retention.needed_from = Some(needed_from);
     retention.segments_retired = dir.retire_segments(needed_from)?;
+    // Exactly `keep` durably reached snapshots are left (debug builds: a listing). Only this
+    // thread writes snapshots, so none appeared meanwhile.
+    debug_assert!(
+        list(storage)
+            .is_ok_and(|left| left.iter().filter(|s| s.0 <= durable).count() == policy.keep),
+        "retention kept another number of snapshots"
+    );
     Ok(retention)
 }
 
@@ -671,6 +680,8 @@ impl<S: Storage> Snapshotter<S> {
             }
             Err(_) => engine.to_image_unsorted(),
         };
+        // One snapshot is written at a time, so at most one image comes back.
+        assert!(self.spares.try_recv().is_err(), "two spare images");
         let job = Job {
             image,
             through,
@@ -737,6 +748,9 @@ fn run_job<S: Storage>(
 
 impl<S: Storage> SnapshotHook for Snapshotter<S> {
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
+        // The hook's contract: the engine has applied `command` (or, for a snapshot request,
+        // everything journaled before it).
+        assert!(engine.last_sequence() <= command.sequence, "a hook ahead of the engine");
         self.since_last += 1;
         self.requested |= matches!(command.command, Command::Snapshot);
         let due = self.policy.every_commands.is_some_and(|every| self.since_last >= every);

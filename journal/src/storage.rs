@@ -312,8 +312,9 @@ impl Storage for FileStorage {
         file.sync_all()?;
         sync_dir(&self.inner.dir)?;
         let segment = map_file(file)?;
-        // The contract: a segment is its full length from the start.
+        // The contract: a segment is its full length from the start, on disk and in the map.
         assert_eq!(segment.map.len() as u64, len, "a segment mapped at another length: {name}");
+        debug_assert!(fs::metadata(&path).is_ok_and(|m| m.len() == len), "a short file: {name}");
         Ok(segment)
     }
 
@@ -324,7 +325,10 @@ impl Storage for FileStorage {
 
     fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let mut file = File::create(self.path(name))?;
-        file.write_all(bytes)
+        file.write_all(bytes)?;
+        // Replaced, not appended to (debug builds: a stat).
+        debug_assert!(file.metadata().is_ok_and(|m| m.len() == bytes.len() as u64), "{name}");
+        Ok(())
     }
 
     fn sync_file(&self, name: &str) -> io::Result<()> {
@@ -334,17 +338,24 @@ impl Storage for FileStorage {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         assert_ne!(from, to, "a rename onto itself");
-        fs::rename(self.path(from), self.path(to))
+        fs::rename(self.path(from), self.path(to))?;
+        // Moved within the directory (debug builds: two stats).
+        debug_assert!(!self.path(from).exists(), "a renamed file is still there: {from}");
+        debug_assert!(self.path(to).exists(), "a renamed file is not in place: {to}");
+        Ok(())
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
-        fs::remove_file(self.path(name))
+        fs::remove_file(self.path(name))?;
+        debug_assert!(!self.path(name).exists(), "a removed file is still there: {name}");
+        Ok(())
     }
 
     fn retire(&self, name: &str) -> io::Result<Retired> {
         let from = self.path(name);
         let Some(archive) = &self.inner.archive else {
             fs::remove_file(&from)?;
+            debug_assert!(!from.exists(), "a retired file is still in the data directory");
             return Ok(Retired::Deleted);
         };
         fs::create_dir_all(archive)?;

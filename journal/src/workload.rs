@@ -123,6 +123,8 @@ impl Workload {
         let roll = self.random(1_000);
         let user = UserId(1 + self.random(50_000));
         let sku = SkuId(1 + self.random(self.skus));
+        // Commands name the SKUs the setup created.
+        assert!(sku.0 <= self.skus, "a command for a SKU never created");
         let action = match roll {
             0..=549 => {
                 let coupon = (roll < 20).then(|| self.pick_coupon()).flatten();

@@ -83,7 +83,30 @@ impl WriterOptions {
                 format::SEGMENT_LEN_MAX
             )));
         }
+        // What `try_append` counts on: a fresh segment holds the largest record.
+        let room = self.segment_len - SEGMENT_HEADER_LEN as u64;
+        assert!(room >= format::RECORD_LEN_MAX as u64, "a segment too small for a record");
         self.engine_config.validate().map_err(|e| JournalError::Options(e.to_string()))
+    }
+}
+
+impl<S: Storage> JournalWriter<S> {
+    /// The writer's invariants between calls: checked where it is made and after each append,
+    /// sync and rotation (integer comparisons and one atomic load).
+    fn verify(&self) {
+        assert!(self.next.0 >= 1, "sequences start at 1");
+        assert!(self.synced < self.next, "synced past the last record appended");
+        assert!(self.dir.durable_sequence() >= self.synced, "durable behind what was synced");
+        // No record runs ahead of the epoch file, whose epoch never goes down.
+        assert!(self.last_epoch <= self.epoch_allowed, "a record ahead of the epoch allowed");
+        assert!(self.epoch_allowed <= self.dir.current_epoch(), "the epoch file went back");
+        let Some(open) = &self.current else { return };
+        // Records from the header on, on 16-byte boundaries, synced up to a record boundary.
+        assert!(open.synced_to >= SEGMENT_HEADER_LEN, "the header counted as unsynced");
+        assert!(open.synced_to <= open.write_at, "synced past the write position");
+        assert!(open.write_at <= open.segment.bytes().len(), "written past the segment's end");
+        assert_eq!(open.write_at % RECORD_ALIGN, 0, "the write position off a boundary");
+        assert_eq!(open.synced_to % RECORD_ALIGN, 0, "the synced position off a boundary");
     }
 }
 
@@ -129,7 +152,7 @@ impl<S: Storage> JournalWriter<S> {
         // Nothing after `next - 1` can have been reported durable: no segment exists yet.
         assert!(dir.durable_sequence().0 < next.0, "durable past a journal not yet begun");
         dir.note_durable(Sequence(next.0 - 1));
-        Ok(JournalWriter {
+        let writer = JournalWriter {
             storage: dir.storage().clone(),
             epoch_allowed: dir.current_epoch(),
             dir,
@@ -140,7 +163,9 @@ impl<S: Storage> JournalWriter<S> {
             last_epoch: Epoch(0),
             synced: Sequence(next.0 - 1),
             last_sync_ns: None,
-        })
+        };
+        writer.verify();
+        Ok(writer)
     }
 
     /// A writer continuing in segment `name` at byte `write_at`, after `last` (recovery).
@@ -175,7 +200,7 @@ impl<S: Storage> JournalWriter<S> {
             .map_err(|e| JournalError::io(format!("syncing {}", storage.describe(name)), e))?;
         let current = OpenSegment { name: name.to_owned(), segment, write_at, synced_to: write_at };
         dir.note_durable(last);
-        Ok(JournalWriter {
+        let writer = JournalWriter {
             storage,
             epoch_allowed: dir.current_epoch(),
             dir,
@@ -186,7 +211,9 @@ impl<S: Storage> JournalWriter<S> {
             last_epoch,
             synced: last,
             last_sync_ns: None,
-        })
+        };
+        writer.verify();
+        Ok(writer)
     }
 
     /// The sequence the next append must carry.
@@ -278,6 +305,7 @@ impl<S: Storage> JournalWriter<S> {
         open.write_at = at + len;
         self.next = self.next.next();
         self.last_epoch = epoch;
+        self.verify();
         Ok(())
     }
 
@@ -339,6 +367,7 @@ impl<S: Storage> JournalWriter<S> {
         assert!(self.synced <= self.last_appended(), "synced sequence went back");
         self.synced = self.last_appended();
         self.dir.note_durable(self.synced);
+        self.verify();
         Ok(())
     }
 
