@@ -343,9 +343,12 @@ pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
     check.temporaries.sort_unstable();
     if has_manifest {
         check.manifest = read_manifest(source, &mut check.problems)?;
+        // An unreadable manifest is reported, never passed over.
+        assert!(check.manifest.is_some() || !check.problems.is_empty(), "a manifest unread");
     }
     if has_epochs {
         check.epochs = read_epochs(source, &mut check.problems)?;
+        assert!(check.epochs.is_some() || !check.problems.is_empty(), "an epoch file unread");
     } else if has_manifest {
         check.problems.push(JournalError::EpochFile {
             file: source.describe_file(EPOCH_FILE),
@@ -428,6 +431,8 @@ fn compare<R: ReadSource>(
 ) -> Result<(), JournalError> {
     let present: BTreeMap<Sequence, String> = found.into_iter().collect();
     let manifest_file = source.describe_file(MANIFEST_FILE);
+    assert!(check.segments.is_empty(), "segments chosen before the manifest was read");
+    let problems = check.problems.len();
     for (index, listed) in manifest.segments.iter().enumerate() {
         let name = format::segment_name(listed.first);
         let (dir, file) = (source.location(), source.describe_file(&name));
@@ -456,10 +461,14 @@ fn compare<R: ReadSource>(
         }
         check.segments.push((listed.first, name));
     }
+    // Every listed segment is read or reported: none is passed over in silence.
+    let reported = check.problems.len() - problems;
+    assert_eq!(check.segments.len() + reported, manifest.segments.len(), "a listed segment lost");
     let newest_listed = manifest.segments.last().map(|s| s.first);
     let unlisted: Vec<(Sequence, String)> =
         present.into_iter().filter(|(first, _)| !manifest.lists(*first)).collect();
     let newest_unlisted = unlisted.last().map(|(first, _)| *first);
+    let (unlisted_count, problems) = (unlisted.len(), check.problems.len());
     for (first, name) in unlisted {
         if first < manifest.retired_below {
             check.retired_leftovers.push(name);
@@ -474,6 +483,10 @@ fn compare<R: ReadSource>(
         let manifest = manifest_file.clone();
         check.problems.push(JournalError::UnlistedSegment { file, manifest, first });
     }
+    // And every unlisted one is explained as a crash's leftover, or reported.
+    let explained = check.retired_leftovers.len() + usize::from(check.creation_leftover.is_some());
+    let reported = check.problems.len() - problems;
+    assert_eq!(explained + reported, unlisted_count, "an unlisted segment passed over");
     // Only listed segments are read, each at most once.
     assert!(check.segments.len() <= manifest.segments.len(), "more segments than listed");
     debug_assert!(check.segments.iter().all(|(first, _)| manifest.lists(*first)));

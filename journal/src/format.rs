@@ -90,9 +90,24 @@ const _: () = assert!(SEGMENT_RESERVED_OFFSET == 82);
 const _: () = assert!(SEGMENT_CRC_OFFSET == 124);
 // Shard u16, zero u16, seven u32 maxima, the request-key window u64 (`encode_config`).
 const _: () = assert!(CONFIG_BLOCK_LEN == 2 + 2 + 7 * 4 + 8);
+// Records are aligned by masking and rounding: the alignment is a power of two.
+const _: () = assert!(RECORD_ALIGN.is_power_of_two());
+// Every file kind has its own magic, so no file is ever read as another kind.
+const _: () = assert!(magic(SEGMENT_MAGIC) != magic(crate::snapshot::SNAPSHOT_MAGIC));
+const _: () = assert!(magic(SEGMENT_MAGIC) != magic(crate::manifest::MANIFEST_MAGIC));
+const _: () = assert!(magic(SEGMENT_MAGIC) != magic(crate::epoch::EPOCH_MAGIC));
+const _: () =
+    assert!(magic(crate::snapshot::SNAPSHOT_MAGIC) != magic(crate::manifest::MANIFEST_MAGIC));
+const _: () = assert!(magic(crate::snapshot::SNAPSHOT_MAGIC) != magic(crate::epoch::EPOCH_MAGIC));
+const _: () = assert!(magic(crate::manifest::MANIFEST_MAGIC) != magic(crate::epoch::EPOCH_MAGIC));
 // Segments end on a record boundary: every record is a multiple of 16 bytes.
 const _: () = assert!(SEGMENT_LEN_MIN % RECORD_ALIGN as u64 == 0);
 const _: () = assert!(SEGMENT_LEN_MAX % RECORD_ALIGN as u64 == 0);
+
+/// A magic number as one integer, for comparing magics at compile time.
+const fn magic(bytes: [u8; 8]) -> u64 {
+    u64::from_le_bytes(bytes)
+}
 
 /// The file name of the segment whose first record has `first`.
 #[must_use]
@@ -222,6 +237,10 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderProble
     let segment_len = get_u64(bytes, SEGMENT_LEN_OFFSET);
     if !(SEGMENT_LEN_MIN..=SEGMENT_LEN_MAX).contains(&segment_len) {
         return Err(HeaderProblem::BadField("segment length"));
+    }
+    // Sequences start at 1: no segment ever starts at 0 (the manifest refuses it too).
+    if get_u64(bytes, SEGMENT_FIRST_SEQUENCE_OFFSET) == 0 {
+        return Err(HeaderProblem::BadField("first sequence"));
     }
     let config = decode_config(&bytes[SEGMENT_CONFIG_OFFSET..][..CONFIG_BLOCK_LEN])
         .ok_or(HeaderProblem::BadField("engine config"))?;

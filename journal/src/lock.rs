@@ -103,7 +103,9 @@ pub fn holder(dir: &Path) -> io::Result<Option<Holder>> {
     if try_flock(&file, libc::LOCK_SH | libc::LOCK_NB)? {
         // Dropping the file would release it too; unlock first so the window is as short as
         // the call.
-        let _ = try_flock(&file, libc::LOCK_UN);
+        let unlocked = try_flock(&file, libc::LOCK_UN);
+        // Releasing a lock this file holds is never refused.
+        debug_assert!(unlocked.is_ok_and(|released| released), "a held lock not released");
         return Ok(None);
     }
     Ok(Some(Holder { pid: read_pid(&file) }))
@@ -129,6 +131,8 @@ fn try_flock(file: &File, operation: libc::c_int) -> io::Result<bool> {
 
 /// Bytes of the lock file `read_pid` reads: a `u32` in decimal and a newline, with room.
 const PID_LEN_MAX: usize = 32;
+// Any pid fits with its newline: u32::MAX has ten digits.
+const _: () = assert!(PID_LEN_MAX > 10);
 
 fn read_pid(file: &File) -> Option<u32> {
     let mut buffer = [0u8; PID_LEN_MAX];

@@ -69,6 +69,10 @@ const _: () = assert!(RETIRED_BELOW_OFFSET == 24);
 const _: () = assert!(RETIRED_COUNT_OFFSET == 32);
 const _: () = assert!(COUNT_OFFSET == 40);
 const _: () = assert!(RESERVED_OFFSET == 44);
+// The file is exactly 52 + 16n bytes, as documented; the count field is a u32.
+const _: () = assert!(MANIFEST_HEADER_LEN + CRC_LEN == 52);
+const _: () = assert!(ENTRY_LEN == 16);
+const _: () = assert!(MANIFEST_SEGMENTS_MAX <= u32::MAX as usize);
 // The largest manifest is the 16 MiB the documentation promises, plus its header and CRC.
 const _: () = assert!(ENTRY_LEN * MANIFEST_SEGMENTS_MAX == 16 << 20);
 

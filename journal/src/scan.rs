@@ -269,6 +269,19 @@ impl Layout {
             assert!(epochs.is_none_or(|(before, after)| before <= after), "an epoch went back");
         }
         if let Some(problem) = &self.problem {
+            // A torn tail is a write cut off: a bad checksum or length, stray bytes, or a
+            // header that never reached the disk. A gap names another sequence than expected.
+            let tail_like = matches!(
+                problem.damage,
+                Damage::Checksum
+                    | Damage::Length
+                    | Damage::BytesAfterEnd
+                    | Damage::SegmentHeader(_)
+            );
+            assert!(!problem.torn_tail || tail_like, "a torn tail of another kind of damage");
+            if let Damage::Gap { found } | Damage::SegmentGap { found } = problem.damage {
+                assert_ne!(found, problem.sequence, "a gap where the sequence follows on");
+            }
             // Damage inside a kept segment is where its intact records end.
             let at = problem.segment.map(|index| self.segments[index].end as u64);
             assert!(
@@ -431,6 +444,7 @@ fn scan_segment(
     let tail_like = matches!(damage, Damage::Checksum | Damage::Length | Damage::BytesAfterEnd);
     let torn_tail = is_last && tail_like && !intact_record_after(bytes, offset);
     let garbage_end = offset + last_nonzero(&bytes[offset..]).map_or(0, |i| i + 1);
+    assert!(garbage_end > offset, "damage with nothing to clear");
     assert!(garbage_end <= bytes.len(), "garbage past the segment's end");
     let problem = Problem {
         name: name.to_owned(),
@@ -474,6 +488,8 @@ fn check_header(
         let damage = Damage::SegmentHeader(HeaderProblem::BadField(field));
         return Err(problem(damage, false));
     }
+    // The header decoder refuses a segment from sequence 0, so `first - 1` is safe for callers.
+    assert!(header.first_sequence.0 >= 1, "a segment accepted from sequence 0");
     if expected.is_some_and(|expected| header.first_sequence != expected) {
         return Err(problem(Damage::SegmentGap { found: header.first_sequence }, false));
     }
@@ -560,6 +576,8 @@ pub fn read<S: ReadSource>(
             segment.last.map(Sequence::next) == Some(next.header.first_sequence)
         });
         assert!(follows, "segments read out of sequence");
+        // A segment with records has them after its header.
+        assert!(segment.end > SEGMENT_HEADER_LEN, "records in no bytes");
         let bytes = source.read_segment(&segment.name).map_err(|e| {
             JournalError::io(format!("reading {}", source.describe_file(&segment.name)), e)
         })?;

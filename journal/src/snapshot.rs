@@ -80,6 +80,7 @@ const _: () = assert!(CONFIG_OFFSET + CONFIG_BLOCK_LEN == 112);
 const _: () = assert!(HEADER_CRC_OFFSET == 124);
 // The image is padded to 16, so the SKU catalog after it is 8-byte aligned in the file.
 const _: () = assert!(SNAPSHOT_HEADER_LEN % 16 == 0);
+const _: () = assert!(SNAPSHOT_HEADER_LEN == 128);
 
 /// A snapshot that could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +188,7 @@ pub fn list<R: ReadSource>(source: &R) -> Result<Vec<(Sequence, String)>, Snapsh
     found.sort();
     // Names are canonical (20 digits), so each sequence has at most one snapshot.
     assert!(found.windows(2).all(|pair| pair[0].0 < pair[1].0), "two snapshots for a sequence");
+    debug_assert!(found.iter().all(|(through, name)| *name == snapshot_name(*through)));
     Ok(found)
 }
 
@@ -728,6 +730,8 @@ fn run_job<S: Storage>(
         }
     };
     assert_eq!(meta.running_hash, job.running_hash, "snapshot restores to the BLP's hash");
+    // A file is more than its header: the image follows.
+    assert!(meta.bytes > SNAPSHOT_HEADER_LEN as u64, "a snapshot with no image");
     assert_eq!(meta.last_sequence, job.last_sequence, "snapshot restores to the BLP's sequence");
     let retention = apply_retention(dir, policy);
     let mut stats = stats.lock().expect("snapshot stats lock");

@@ -211,6 +211,9 @@ impl FileStorage {
             crate::error::JournalError::io(format!("creating data directory {}", dir.display()), e)
         })?;
         let lock = DirLock::acquire(dir)?;
+        // The lock is the directory's own (debug builds: a stat).
+        debug_assert!(lock.path().starts_with(dir), "a lock outside the data directory");
+        debug_assert!(lock.path().exists(), "the lock file is not there");
         let inner = FileDir { dir: dir.to_path_buf(), archive: None, lock: Some(Arc::new(lock)) };
         Ok(FileStorage { inner: Arc::new(inner) })
     }

@@ -271,6 +271,7 @@ impl<S: Storage> JournalWriter<S> {
         // The pair of the check on reading: the bytes are the record the values describe.
         let header = record::read_header(record.bytes);
         assert_eq!((header.sequence, header.epoch), (sequence, epoch), "framed bytes disagree");
+        assert_eq!(header.timestamp, record.sequenced.timestamp, "framed at another time");
         assert_eq!(record::record_len(header.payload_len), record.bytes.len());
         debug_assert!(record::check(record.bytes).is_ok(), "framed bytes fail their CRC");
         if epoch > self.epoch_allowed {
