@@ -118,7 +118,9 @@ impl<S: Storage> DataDir<S> {
 
     /// Records that every journal record up to `sequence` is durable (the writer, after a sync).
     pub(crate) fn note_durable(&self, sequence: Sequence) {
-        self.shared.durable_sequence.fetch_max(sequence.0, Ordering::AcqRel);
+        let before = self.shared.durable_sequence.fetch_max(sequence.0, Ordering::AcqRel);
+        // One writer reports, in order: what it once called durable it never takes back.
+        assert!(before <= sequence.0, "the durable sequence reported went back");
     }
 
     /// Stores a new (current, promised) pair durably before returning. Neither may go down,
@@ -297,6 +299,8 @@ impl DirCheck {
         let below = self.manifest.as_ref().map_or(Sequence(0), |m| m.retired_below);
         let retired = |name: &String| format::parse_segment_name(name).is_some_and(|f| f < below);
         assert!(self.retired_leftovers.iter().all(retired), "a leftover that was never retired");
+        let read = |name: &String| self.segments.iter().any(|(_, segment)| segment == name);
+        debug_assert!(!self.retired_leftovers.iter().any(read), "a leftover is also read");
         let newest = self.segments.last().map_or(Sequence(0), |(first, _)| *first);
         let cut_off = |name: &String| format::parse_segment_name(name).is_some_and(|f| f > newest);
         assert!(self.creation_leftover.as_ref().is_none_or(cut_off), "a leftover not the newest");
@@ -389,6 +393,7 @@ fn read_manifest<R: ReadSource>(
             return Ok(Some(manifest));
         }
         Err(ManifestProblem::FutureVersion(found)) => {
+            assert!(found > MANIFEST_VERSION, "a version this build reads called newer");
             problems.push(JournalError::FutureVersion { file, found, supported: MANIFEST_VERSION });
         }
         Err(ManifestProblem::Invalid(reason)) => {
@@ -412,6 +417,7 @@ fn read_epochs<R: ReadSource>(
         }
         Err(EpochProblem::FutureVersion(found)) => {
             let supported = crate::epoch::EPOCH_VERSION;
+            assert!(found > supported, "a version this build reads called newer");
             problems.push(JournalError::FutureVersion { file, found, supported });
         }
         Err(EpochProblem::Invalid(reason)) => {

@@ -176,7 +176,10 @@ impl FaultStorage {
 
     /// From now on, records a frozen copy of the disk at every sync point.
     pub fn capture_sync_points(&self) {
-        *self.shared.captures.lock().expect("fault captures lock") = Some(Vec::new());
+        let mut captures = self.shared.captures.lock().expect("fault captures lock");
+        // Starting again would drop what was captured so far without a word.
+        assert!(captures.is_none(), "sync point captures started twice");
+        *captures = Some(Vec::new());
     }
 
     /// The copies recorded since [`FaultStorage::capture_sync_points`] (and stops recording).

@@ -198,6 +198,8 @@ fn open_dir<S: Storage>(
     check: &DirCheck,
     report: &mut RecoveryReport,
 ) -> Result<DataDir<S>, JournalError> {
+    // Only a directory the check found nothing wrong with is opened (or initialised).
+    assert!(check.problems.is_empty(), "opening a directory with problems");
     if let (Some(manifest), Some(epochs)) = (&check.manifest, check.epochs) {
         return Ok(DataDir::new(storage.clone(), manifest.clone(), epochs));
     }
@@ -223,6 +225,8 @@ fn tidy<S: Storage>(
     check: &DirCheck,
     report: &mut RecoveryReport,
 ) -> Result<(), JournalError> {
+    // Leftovers are deleted on the check's word, so only after a check with no problem.
+    assert!(check.problems.is_empty(), "tidying a directory with problems");
     let storage = dir.storage();
     let describe_io = |verb: &str, name: &str| {
         let file = storage.describe(name);
@@ -458,6 +462,7 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
 /// What `truncate` cannot repair: a newer format, files it cannot place, or a cut above
 /// records that are already missing.
 fn refuse_unrepairable(check: &DirCheck, at: Sequence) -> Result<(), JournalError> {
+    assert!(at.0 >= 1, "sequences start at 1");
     for problem in &check.problems {
         match problem {
             JournalError::SegmentMissing { first, file, .. }
@@ -523,6 +528,8 @@ fn rewrite_after_truncation<S: Storage>(
 /// Zeroes segment `name` from the record with sequence `at` (or from where its intact records
 /// end, if earlier) to its last non-zero byte. Returns the new end offset.
 fn cut_segment<S: Storage>(storage: &S, name: &str, at: Sequence) -> Result<usize, JournalError> {
+    assert!(at.0 >= 1, "sequences start at 1");
+    assert!(name.ends_with(".seg"), "a cut in a file that is not a segment: {name}");
     let file = storage.describe(name);
     let mut segment =
         storage.open_segment(name).map_err(|e| JournalError::io(format!("opening {file}"), e))?;

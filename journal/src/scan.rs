@@ -394,6 +394,8 @@ fn scan_segment(
     mut epoch: Epoch,
     is_last: bool,
 ) -> SegmentScan {
+    // The name and the sequence it stands for come from one listing.
+    assert_eq!(format::parse_segment_name(name), Some(named_first), "a name and its first differ");
     let header = check_header(name, named_first, bytes, expected, is_last)?;
     let mut segment = SegmentLayout {
         name: name.to_owned(),
@@ -606,6 +608,8 @@ fn read_segment(
     let mut offset = SEGMENT_HEADER_LEN;
     let mut expected = segment.header.first_sequence;
     assert!(segment.end <= bytes.len(), "segment shrank since it was scanned");
+    // Segments are preallocated and never resized: the file is the length its header says.
+    assert_eq!(bytes.len() as u64, segment.header.segment_len, "segment resized since scanned");
     while offset < segment.end {
         let (header, len) =
             format::check_record(&bytes[offset..segment.end]).expect("a scanned record is intact");

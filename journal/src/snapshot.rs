@@ -354,6 +354,8 @@ fn decode_meta(
     if meta.last_sequence > meta.through {
         return Err(invalid("the last sequence is past the through sequence"));
     }
+    // The configuration check above (a snapshot records one the engine accepts).
+    assert!(meta.config.validate().is_ok(), "an invalid configuration accepted");
     // The length check above: the image lies inside the body, which `load` slices by.
     assert!(image_len <= body.len(), "an image longer than the snapshot's body");
     assert_eq!(meta.skus.len(), sku_count, "a SKU catalog of another count");
@@ -658,6 +660,8 @@ impl<S: Storage> Snapshotter<S> {
         if let Some(worker) = self.worker.take() {
             worker.join().expect("the snapshot writer thread panicked");
         }
+        // Every job sent was finished: a stopped writer is not busy.
+        assert!(!self.busy.load(Ordering::Acquire), "the snapshot writer stopped mid-job");
     }
 
     /// Copies the state and hands it to the writer; returns false (taking nothing) if the

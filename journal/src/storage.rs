@@ -142,6 +142,8 @@ pub fn write_atomically<S: Storage>(
 ) -> Result<(), StorageError> {
     // A temporary file is never itself replaced atomically: recovery removes it.
     assert!(!is_temp_name(name), "an atomic write of a temporary file: {name}");
+    // Every file written this way has a header; an empty one could never be read.
+    assert!(!bytes.is_empty(), "an atomic write of nothing: {name}");
     let temp = temp_name(name);
     let result = write_then_rename(storage, &temp, name, bytes);
     if result.is_err() {
@@ -199,6 +201,7 @@ impl FileStorage {
     /// benchmarks, tests and callers that hold the lock themselves.
     pub fn open(dir: &Path) -> io::Result<FileStorage> {
         fs::create_dir_all(dir)?;
+        debug_assert!(dir.is_dir(), "the data directory is not a directory");
         Ok(FileStorage {
             inner: Arc::new(FileDir { dir: dir.to_path_buf(), archive: None, lock: None }),
         })
@@ -412,6 +415,8 @@ fn map_file(file: File) -> io::Result<FileSegment> {
 /// Reserves every block of the file so writes through the map cannot fail for lack of space
 /// (which would arrive as SIGBUS, not as an error).
 fn allocate(file: &File, len: u64) -> io::Result<()> {
+    // A segment holds at least its header: a zero-length one cannot even be mapped.
+    assert!(len > 0, "a segment of no bytes");
     let len_off = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment length too large"))?;
     use std::os::fd::AsRawFd;

@@ -178,6 +178,10 @@ impl<S: Storage> JournalWriter<S> {
         last_epoch: Epoch,
     ) -> Result<JournalWriter<S>, JournalError> {
         options.validate()?;
+        // The segment holds `last`, or starts just after it (no record written there yet).
+        let first = format::parse_segment_name(name);
+        assert!(first.is_some(), "resuming in a file that is not a segment: {name}");
+        assert!(first.is_some_and(|first| first <= last.next()), "resuming past a gap");
         let storage = dir.storage().clone();
         let mut segment = storage
             .open_segment(name)
