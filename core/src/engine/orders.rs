@@ -12,7 +12,6 @@
 use super::{Engine, Event, Order};
 use crate::command::Reserve;
 use crate::outcome::{CouponState, OrderState, OrderView, Outcome, Rejection};
-use crate::snowflake::{EPOCH_UNIX_MS, MILLIS_BITS, Snowflake};
 use crate::types::{OrderId, PaymentRef, UserId};
 
 impl Engine {
@@ -56,26 +55,18 @@ impl Engine {
         }
         let slot = self.take_order_slot().ok_or(Rejection::CapacityExhausted)?;
 
-        // Commit: nothing below can refuse. This is the hot path: checks that bounds checks,
-        // the id generator or `create_sku` already guarantee are debug assertions here.
-        debug_assert!(slot as usize <= self.orders.len(), "a new order's slot is kept or next");
+        // Commit: nothing below can refuse.
         let discount = coupon.map_or(0, |(_, discount)| discount);
         let amount_cents = gross.saturating_sub(discount);
         let id = OrderId(self.ids.next_id(self.now));
-        let parts = Snowflake::parts(id.0);
-        debug_assert_eq!(parts.shard, self.config.shard, "an order id carries the shard");
-        // Ids come from command time and may borrow ahead in a burst, never fall behind.
-        let now_millis = self.now.0.saturating_sub(EPOCH_UNIX_MS).min((1 << MILLIS_BITS) - 1);
-        debug_assert!(parts.millis >= now_millis, "an order id from before now");
         let sku = &mut self.skus[sku_slot as usize];
         let expires_at = self.now.plus_ms(sku.payment_timeout_ms);
         sku.available -= u64::from(reserve.qty);
         sku.reserved += u64::from(reserve.qty);
         assert_eq!(sku.available + sku.reserved + sku.sold, sku.stock, "reserving lost units");
-        let limit = sku.per_user_limit;
         if let Some(located) = holding {
             let units = u32::try_from(wanted).expect("wanted is within the per-user limit");
-            assert!(units <= limit, "a holding above the per-user limit");
+            assert!(units <= sku.per_user_limit, "a holding above the per-user limit");
             self.holdings.put_at(located, units);
         }
         if let Some((coupon_slot, _)) = coupon {
@@ -100,8 +91,7 @@ impl Engine {
         } else {
             self.orders[slot as usize] = order;
         }
-        let replaced = self.order_index.insert(id, slot);
-        debug_assert_eq!(replaced, None, "an order id issued twice");
+        self.order_index.insert(id, slot);
         // Ids are issued in order and neighbouring ids get neighbouring index slots: warm the
         // slot of the id eight on, so that a burst of reservations does not wait on the index.
         self.order_index.prefetch(&OrderId(id.0.wrapping_add(8)));
@@ -226,6 +216,10 @@ impl Engine {
         }
         assert!(record.payment_ref.is_some(), "a paid order has its payment reference");
         record.state = OrderState::Shipped;
+        if let Some(coupon_slot) = record.coupon_slot {
+            let coupon = self.coupons[coupon_slot as usize].state;
+            assert_eq!(coupon, CouponState::Used(order), "a paid order's coupon is unspent");
+        }
         Ok(Outcome::Shipped { order })
     }
 

@@ -272,7 +272,10 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     pub(super) fn put_at(&mut self, located: Located<K, V>, value: V) {
         let found = located.value.is_some();
         match &self.slots[located.index] {
-            Some((held, _)) => assert!(found && *held == located.key, "map changed since locate"),
+            Some((held, _)) => {
+                assert!(found, "map changed since locate");
+                assert!(*held == located.key, "map changed since locate");
+            }
             None => assert!(!found, "map changed since locate"),
         }
         self.put(located.index, found, located.key, value);
