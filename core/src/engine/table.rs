@@ -268,7 +268,9 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     }
 
     /// Stores `value` for the key of `located`, which must have been found in the map as it
-    /// is now: inserts it where the lookup ended, or replaces the held value.
+    /// is now: inserts it where the lookup ended, or replaces the held value. Inlined: it runs
+    /// for every new request key and holding, and its checks made it a call otherwise.
+    #[inline]
     pub(super) fn put_at(&mut self, located: Located<K, V>, value: V) {
         let found = located.value.is_some();
         match &self.slots[located.index] {
