@@ -306,6 +306,9 @@ impl Engine {
         assert!(self.coupons.len() <= self.config.coupons_max as usize);
         assert!(self.holdings.len() <= self.config.holdings_max as usize);
         assert!(self.keys.len() <= self.config.request_keys_max as usize);
+        // Checked per command in debug builds only (the hot path); here in release builds too.
+        assert!(self.orders_reserved as usize <= self.orders.len(), "reserved, not kept");
+        assert!(self.finished.len() <= self.orders.len(), "finished orders are kept");
         EngineStatus {
             last_sequence: self.last_sequence,
             now: self.now,
