@@ -163,20 +163,25 @@ impl Engine {
     }
 
     // The lookups below check that the index led to the entry asked for; each caller reads
-    // that entry next, so the check costs no extra cache miss.
+    // that entry next, so the check costs no extra cache miss. Always inlined: with the check
+    // the compiler made them calls, which cost more than the check (cachegrind: 894 against
+    // 870 instructions per reservation).
 
+    #[inline(always)]
     pub(super) fn sku_slot(&self, sku: SkuId) -> Result<u32, Rejection> {
         let slot = self.sku_index.get(&sku).copied().ok_or(Rejection::UnknownSku)?;
         assert_eq!(self.skus[slot as usize].id, sku, "the SKU index points elsewhere");
         Ok(slot)
     }
 
+    #[inline(always)]
     pub(super) fn batch_slot(&self, batch: BatchId) -> Result<u32, Rejection> {
         let slot = self.batch_index.get(&batch).copied().ok_or(Rejection::UnknownBatch)?;
         assert_eq!(self.batches[slot as usize].id, batch, "the batch index points elsewhere");
         Ok(slot)
     }
 
+    #[inline(always)]
     pub(super) fn coupon_slot(&self, coupon: CouponId) -> Result<u32, Rejection> {
         let slot = self.coupon_index.get(&coupon).copied().ok_or(Rejection::UnknownCoupon)?;
         assert_eq!(self.coupons[slot as usize].id, coupon, "the coupon index points elsewhere");

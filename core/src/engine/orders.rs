@@ -326,6 +326,8 @@ impl Engine {
         }
     }
 
+    /// Always inlined, like the catalog's lookups: it runs on every command naming an order.
+    #[inline(always)]
     pub(super) fn order_slot(&self, order: OrderId) -> Result<u32, Rejection> {
         let slot = self.order_index.get(&order).copied().ok_or(Rejection::UnknownOrder)?;
         // The caller reads the order next, so this costs no extra miss.
