@@ -72,6 +72,7 @@ impl Snowflake {
     /// [`Snowflake::can_issue`] is false.
     pub fn next_id(&mut self, now: Timestamp) -> u64 {
         let now_millis = now.0.saturating_sub(EPOCH_UNIX_MS).min(MILLIS_MAX);
+        let (started, before) = (self.started, (self.millis, self.counter));
         if !self.started || now_millis > self.millis {
             self.millis = now_millis;
             self.counter = 0;
@@ -84,7 +85,14 @@ impl Snowflake {
             self.millis += 1;
             self.counter = 0;
         }
-        (self.millis << MILLIS_SHIFT) | (u64::from(self.shard) << SHARD_SHIFT) | self.counter
+        let id =
+            (self.millis << MILLIS_SHIFT) | (u64::from(self.shard) << SHARD_SHIFT) | self.counter;
+        // Debug assertions: this runs for every order and coupon. Ids strictly increase (so none
+        // repeats), carry the shard, and come from command time, borrowing ahead but never behind.
+        debug_assert!(!started || (self.millis, self.counter) > before, "an id did not increase");
+        debug_assert_eq!(Snowflake::parts(id).shard, self.shard, "an id of another shard");
+        debug_assert!(self.millis >= now_millis, "an id from before its command");
+        id
     }
 
     /// The shard the generator issues ids for.

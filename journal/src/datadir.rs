@@ -54,16 +54,32 @@ impl<S: Storage> DataDir<S> {
     /// A handle on a directory whose manifest and epoch file hold `manifest` and `epochs`.
     pub(crate) fn new(storage: S, manifest: Manifest, epochs: Epochs) -> DataDir<S> {
         assert!(epochs.problem().is_none());
+        // Decoded or new: what `Manifest::decode` accepts.
+        assert!(manifest.generation >= 1, "manifest generations start at 1");
+        debug_assert!(manifest.segments.windows(2).all(|pair| pair[0].first < pair[1].first));
         let shared = Shared {
             state: Mutex::new(State { manifest, epochs }),
             current_epoch: AtomicU64::new(epochs.current.0),
             durable_sequence: AtomicU64::new(0),
         };
-        DataDir { storage, shared: Arc::new(shared) }
+        let dir = DataDir { storage, shared: Arc::new(shared) };
+        dir.verify(&dir.state());
+        dir
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock().expect("data directory state lock")
+    }
+
+    /// The shared state's invariants, checked under its lock after every change.
+    fn verify(&self, state: &State) {
+        assert!(state.epochs.problem().is_none(), "epochs in force that could not be stored");
+        // Readers of the lock-free copy see the epoch in force.
+        let current = self.shared.current_epoch.load(Ordering::Acquire);
+        assert_eq!(current, state.epochs.current.0, "the current epoch's copy is stale");
+        assert!(state.manifest.generation >= 1, "manifest generations start at 1");
+        let sorted = state.manifest.segments.windows(2).all(|pair| pair[0].first < pair[1].first);
+        debug_assert!(sorted, "the manifest in force is out of sequence order");
     }
 
     /// The storage.
@@ -81,13 +97,17 @@ impl<S: Storage> DataDir<S> {
     /// The epochs in force.
     #[must_use]
     pub fn epochs(&self) -> Epochs {
-        self.state().epochs
+        let epochs = self.state().epochs;
+        assert!(epochs.problem().is_none(), "epochs in force that could not be stored");
+        epochs
     }
 
     /// The current epoch (records may carry it or a lower one).
     #[must_use]
     pub fn current_epoch(&self) -> Epoch {
-        Epoch(self.shared.current_epoch.load(Ordering::Acquire))
+        let epoch = Epoch(self.shared.current_epoch.load(Ordering::Acquire));
+        assert!(epoch.0 >= 1, "epochs start at 1");
+        epoch
     }
 
     /// The highest journal sequence known to be durable (0 before the writer said).
@@ -98,7 +118,9 @@ impl<S: Storage> DataDir<S> {
 
     /// Records that every journal record up to `sequence` is durable (the writer, after a sync).
     pub(crate) fn note_durable(&self, sequence: Sequence) {
-        self.shared.durable_sequence.fetch_max(sequence.0, Ordering::AcqRel);
+        let before = self.shared.durable_sequence.fetch_max(sequence.0, Ordering::AcqRel);
+        // One writer reports, in order: what it once called durable it never takes back.
+        assert!(before <= sequence.0, "the durable sequence reported went back");
     }
 
     /// Stores a new (current, promised) pair durably before returning. Neither may go down,
@@ -122,17 +144,28 @@ impl<S: Storage> DataDir<S> {
             )));
         }
         write_epochs(&self.storage, epochs)?;
+        // Never lowered, promise at least the current epoch: what was refused above.
+        assert!(epochs.current >= old.current, "the current epoch went down");
+        assert!(epochs.promised >= old.promised, "a promise was taken back");
+        assert!(epochs.promised >= epochs.current, "a promise below the current epoch");
         state.epochs = epochs;
         self.shared.current_epoch.store(epochs.current.0, Ordering::Release);
+        self.verify(&state);
         Ok(())
     }
 
     /// Lists a new segment (its header already durable) before its first record is written.
     pub(crate) fn add_segment(&self, segment: ManifestSegment) -> Result<(), JournalError> {
         let mut state = self.state();
+        // A new segment starts past every record on disk, which the writer has reported.
+        assert!(segment.first > self.durable_sequence(), "a segment over durable records");
         let next = state.manifest.with_segment(segment);
         write_manifest(&self.storage, &next)?;
         state.manifest = next;
+        self.verify(&state);
+        // Listed after its header was synced: the file is there (debug builds: a listing).
+        let name = format::segment_name(segment.first);
+        debug_assert!(self.storage.list().is_ok_and(|names| names.contains(&name)), "{name}");
         Ok(())
     }
 
@@ -143,6 +176,7 @@ impl<S: Storage> DataDir<S> {
         let next = state.manifest.next_generation();
         write_manifest(&self.storage, &next)?;
         state.manifest = next;
+        self.verify(&state);
         Ok(())
     }
 
@@ -162,12 +196,18 @@ impl<S: Storage> DataDir<S> {
             if count == 0 {
                 return Ok(Vec::new());
             }
+            // Never the newest segment, and never one holding a sequence replay may need: the
+            // first segment kept starts at or before `needed_from`.
+            assert!(count < segments.len(), "retention retired the newest segment");
+            assert!(segments[count].first <= needed_from, "retired a segment replay needs");
             let mut next = state.manifest.next_generation();
             let retired: Vec<ManifestSegment> = next.segments.drain(..count).collect();
+            assert!(retired.iter().all(|s| s.first < needed_from), "retired a needed segment");
             next.retired_below = next.segments[0].first;
             next.segments_retired += count as u64;
             write_manifest(&self.storage, &next)?;
             state.manifest = next;
+            self.verify(&state);
             retired
         };
         let mut done = Vec::with_capacity(retired.len());
@@ -179,6 +219,11 @@ impl<S: Storage> DataDir<S> {
             done.push((name, how));
         }
         sync_dir(&self.storage)?;
+        // Gone from the directory (debug builds: a listing).
+        debug_assert!(
+            self.storage.list().is_ok_and(|names| done.iter().all(|(n, _)| !names.contains(n))),
+            "a retired segment is still in the directory"
+        );
         Ok(done)
     }
 }
@@ -189,12 +234,23 @@ pub(crate) fn write_manifest<S: Storage>(
     manifest: &Manifest,
 ) -> Result<(), JournalError> {
     write_atomically(storage, MANIFEST_FILE, &manifest.encode())?;
+    // The pair of the check on reading: the file decodes to the manifest in force.
+    debug_assert_eq!(
+        storage.read_file(MANIFEST_FILE).ok().map(|bytes| Manifest::decode(&bytes)),
+        Some(Ok(manifest.clone())),
+        "the manifest written does not read back"
+    );
     Ok(())
 }
 
 /// Writes the epoch file atomically.
 pub(crate) fn write_epochs<S: Storage>(storage: &S, epochs: Epochs) -> Result<(), JournalError> {
     write_atomically(storage, EPOCH_FILE, &epochs.encode())?;
+    debug_assert_eq!(
+        storage.read_file(EPOCH_FILE).ok().map(|bytes| Epochs::decode(&bytes)),
+        Some(Ok(epochs)),
+        "the epoch file written does not read back"
+    );
     Ok(())
 }
 
@@ -229,6 +285,27 @@ pub struct DirCheck {
 }
 
 impl DirCheck {
+    /// What `check` guarantees of what it returns. Recovery deletes the leftovers it names, so
+    /// each is asserted to be the kind of file a crash leaves, and nothing to be read.
+    fn verify(&self) {
+        // Oldest first, each once, under its canonical name.
+        let sorted = self.segments.windows(2).all(|pair| pair[0].0 < pair[1].0);
+        assert!(sorted, "segments to read out of sequence order");
+        debug_assert!(self.segments.iter().all(|(f, name)| *name == format::segment_name(*f)));
+        assert!(self.temporaries.iter().all(|name| is_temp_name(name)), "not a temporary");
+        // Leftovers are judged only against a manifest, and only segments are left over.
+        assert!(self.manifest.is_some() || self.retired_leftovers.is_empty());
+        assert!(self.manifest.is_some() || self.creation_leftover.is_none());
+        let below = self.manifest.as_ref().map_or(Sequence(0), |m| m.retired_below);
+        let retired = |name: &String| format::parse_segment_name(name).is_some_and(|f| f < below);
+        assert!(self.retired_leftovers.iter().all(retired), "a leftover that was never retired");
+        let read = |name: &String| self.segments.iter().any(|(_, segment)| segment == name);
+        debug_assert!(!self.retired_leftovers.iter().any(read), "a leftover is also read");
+        let newest = self.segments.last().map_or(Sequence(0), |(first, _)| *first);
+        let cut_off = |name: &String| format::parse_segment_name(name).is_some_and(|f| f > newest);
+        assert!(self.creation_leftover.as_ref().is_none_or(cut_off), "a leftover not the newest");
+    }
+
     /// A directory with no journal in it yet (a node initialises it).
     #[must_use]
     pub fn is_fresh(&self) -> bool {
@@ -270,9 +347,12 @@ pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
     check.temporaries.sort_unstable();
     if has_manifest {
         check.manifest = read_manifest(source, &mut check.problems)?;
+        // An unreadable manifest is reported, never passed over.
+        assert!(check.manifest.is_some() || !check.problems.is_empty(), "a manifest unread");
     }
     if has_epochs {
         check.epochs = read_epochs(source, &mut check.problems)?;
+        assert!(check.epochs.is_some() || !check.problems.is_empty(), "an epoch file unread");
     } else if has_manifest {
         check.problems.push(JournalError::EpochFile {
             file: source.describe_file(EPOCH_FILE),
@@ -295,6 +375,7 @@ pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
             check.segments = segments;
         }
     }
+    check.verify();
     Ok(check)
 }
 
@@ -307,8 +388,12 @@ fn read_manifest<R: ReadSource>(
         .read_file(MANIFEST_FILE)
         .map_err(|e| JournalError::io(format!("reading {file}"), e))?;
     match Manifest::decode(&bytes) {
-        Ok(manifest) => return Ok(Some(manifest)),
+        Ok(manifest) => {
+            assert!(manifest.generation >= 1, "the decoder accepted generation 0");
+            return Ok(Some(manifest));
+        }
         Err(ManifestProblem::FutureVersion(found)) => {
+            assert!(found > MANIFEST_VERSION, "a version this build reads called newer");
             problems.push(JournalError::FutureVersion { file, found, supported: MANIFEST_VERSION });
         }
         Err(ManifestProblem::Invalid(reason)) => {
@@ -326,9 +411,13 @@ fn read_epochs<R: ReadSource>(
     let bytes =
         source.read_file(EPOCH_FILE).map_err(|e| JournalError::io(format!("reading {file}"), e))?;
     match Epochs::decode(&bytes) {
-        Ok(epochs) => return Ok(Some(epochs)),
+        Ok(epochs) => {
+            assert!(epochs.problem().is_none(), "the decoder accepted impossible epochs");
+            return Ok(Some(epochs));
+        }
         Err(EpochProblem::FutureVersion(found)) => {
             let supported = crate::epoch::EPOCH_VERSION;
+            assert!(found > supported, "a version this build reads called newer");
             problems.push(JournalError::FutureVersion { file, found, supported });
         }
         Err(EpochProblem::Invalid(reason)) => {
@@ -348,6 +437,8 @@ fn compare<R: ReadSource>(
 ) -> Result<(), JournalError> {
     let present: BTreeMap<Sequence, String> = found.into_iter().collect();
     let manifest_file = source.describe_file(MANIFEST_FILE);
+    assert!(check.segments.is_empty(), "segments chosen before the manifest was read");
+    let problems = check.problems.len();
     for (index, listed) in manifest.segments.iter().enumerate() {
         let name = format::segment_name(listed.first);
         let (dir, file) = (source.location(), source.describe_file(&name));
@@ -376,10 +467,14 @@ fn compare<R: ReadSource>(
         }
         check.segments.push((listed.first, name));
     }
+    // Every listed segment is read or reported: none is passed over in silence.
+    let reported = check.problems.len() - problems;
+    assert_eq!(check.segments.len() + reported, manifest.segments.len(), "a listed segment lost");
     let newest_listed = manifest.segments.last().map(|s| s.first);
     let unlisted: Vec<(Sequence, String)> =
         present.into_iter().filter(|(first, _)| !manifest.lists(*first)).collect();
     let newest_unlisted = unlisted.last().map(|(first, _)| *first);
+    let (unlisted_count, problems) = (unlisted.len(), check.problems.len());
     for (first, name) in unlisted {
         if first < manifest.retired_below {
             check.retired_leftovers.push(name);
@@ -394,6 +489,13 @@ fn compare<R: ReadSource>(
         let manifest = manifest_file.clone();
         check.problems.push(JournalError::UnlistedSegment { file, manifest, first });
     }
+    // And every unlisted one is explained as a crash's leftover, or reported.
+    let explained = check.retired_leftovers.len() + usize::from(check.creation_leftover.is_some());
+    let reported = check.problems.len() - problems;
+    assert_eq!(explained + reported, unlisted_count, "an unlisted segment passed over");
+    // Only listed segments are read, each at most once.
+    assert!(check.segments.len() <= manifest.segments.len(), "more segments than listed");
+    debug_assert!(check.segments.iter().all(|(first, _)| manifest.lists(*first)));
     Ok(())
 }
 
@@ -406,6 +508,7 @@ fn header_damaged<R: ReadSource>(
     if len < SEGMENT_HEADER_LEN as u64 {
         return Ok(false);
     }
+    assert!(name.ends_with(".seg"), "a header read from a file that is not a segment");
     let bytes = source
         .read_segment(name)
         .map_err(|e| JournalError::io(format!("reading {}", source.describe_file(name)), e))?;
@@ -417,6 +520,7 @@ fn header_damaged<R: ReadSource>(
 
 /// Whether everything after a segment's header is zero (no record was ever written).
 fn body_is_empty<R: ReadSource>(source: &mut R, name: &str) -> Result<bool, JournalError> {
+    assert!(name.ends_with(".seg"), "a body read from a file that is not a segment");
     if source.file_len(name).map_err(|e| JournalError::io(format!("reading {name}"), e))?
         <= SEGMENT_HEADER_LEN as u64
     {

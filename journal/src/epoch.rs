@@ -40,6 +40,12 @@ pub const EPOCH_FILE_LEN: usize = CRC_OFFSET + 4;
 
 const _: () = assert!(EPOCH_FILE_LEN == 36);
 const _: () = assert!(CURRENT_OFFSET % 8 == 0);
+// The offsets, pinned to the byte diagram.
+const _: () = assert!(VERSION_OFFSET == 8);
+const _: () = assert!(PREFIX_CRC_OFFSET == 12);
+const _: () = assert!(CURRENT_OFFSET == 16);
+const _: () = assert!(PROMISED_OFFSET == 24);
+const _: () = assert!(CRC_OFFSET == 32);
 
 /// The node's epochs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

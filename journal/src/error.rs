@@ -271,6 +271,7 @@ pub enum JournalError {
 
 impl From<StorageError> for JournalError {
     fn from(error: StorageError) -> JournalError {
+        assert!(!error.context.is_empty(), "an I/O error that does not say what was being done");
         JournalError::Io { context: error.context, source: error.source }
     }
 }
@@ -278,6 +279,8 @@ impl From<StorageError> for JournalError {
 impl JournalError {
     /// An I/O error with context.
     pub fn io(context: impl Into<String>, source: io::Error) -> JournalError {
-        JournalError::Io { context: context.into(), source }
+        let context = context.into();
+        assert!(!context.is_empty(), "an I/O error that does not say what was being done");
+        JournalError::Io { context, source }
     }
 }

@@ -60,6 +60,21 @@ struct Disk {
     sync_points: u64,
 }
 
+impl Disk {
+    /// The model's own invariants: every entry, live, durable or queued, names an inode the
+    /// disk holds, and inode numbers are never reused. O(files): debug builds only.
+    fn check_model(&self) {
+        debug_assert!(self.live.values().all(|ino| self.inodes.contains_key(ino)), "live entry");
+        debug_assert!(self.durable.values().all(|ino| self.inodes.contains_key(ino)), "durable");
+        let linked = self.pending.iter().all(|op| match op {
+            DirOp::Link { inode, .. } => self.inodes.contains_key(inode),
+            DirOp::Unlink { .. } | DirOp::Rename { .. } => true,
+        });
+        debug_assert!(linked, "a queued link names no inode");
+        debug_assert!(self.inodes.keys().all(|&ino| ino < self.next_inode), "an inode reused");
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     disk: Mutex<Disk>,
@@ -115,11 +130,15 @@ impl FaultStorage {
     #[must_use]
     pub fn process_crash(&self) -> FaultStorage {
         let disk = self.disk();
+        disk.check_model();
         let files = disk.live.iter().map(|(name, ino)| {
             let content = Arc::clone(&disk.inodes[ino].live);
             (name.clone(), content)
         });
-        FaultStorage::from_files(files.collect(), disk.archive.clone())
+        let crashed = FaultStorage::from_files(files.collect(), disk.archive.clone());
+        // A killed process loses no entry: the same names, now durable.
+        assert_eq!(crashed.disk().durable.len(), disk.live.len(), "a crash lost an entry");
+        crashed
     }
 
     /// Storage after a power loss: only durable entries and durable bytes survive, plus, when
@@ -137,6 +156,9 @@ impl FaultStorage {
                 apply(&mut entries, op);
             }
         }
+        // Each queued change adds at most one entry; without tearing none is applied.
+        assert!(entries.len() <= disk.durable.len() + disk.pending.len(), "entries from nowhere");
+        assert!(torn_seed.is_some() || entries == disk.durable, "an untorn loss kept a change");
         let mut files = BTreeMap::new();
         for (name, ino) in entries {
             let inode = &disk.inodes[&ino];
@@ -154,13 +176,23 @@ impl FaultStorage {
 
     /// From now on, records a frozen copy of the disk at every sync point.
     pub fn capture_sync_points(&self) {
-        *self.shared.captures.lock().expect("fault captures lock") = Some(Vec::new());
+        let mut captures = self.shared.captures.lock().expect("fault captures lock");
+        // Starting again would drop what was captured so far without a word.
+        assert!(captures.is_none(), "sync point captures started twice");
+        *captures = Some(Vec::new());
     }
 
     /// The copies recorded since [`FaultStorage::capture_sync_points`] (and stops recording).
     #[must_use]
     pub fn take_captures(&self) -> Vec<SyncCapture> {
-        self.shared.captures.lock().expect("fault captures lock").take().unwrap_or_default()
+        let captures =
+            self.shared.captures.lock().expect("fault captures lock").take().unwrap_or_default();
+        // One capture per sync point, in the order they happened, none from the future.
+        let ordered = captures.windows(2).all(|pair| pair[0].point < pair[1].point);
+        assert!(ordered, "sync point captures out of order");
+        let last = captures.last().map_or(0, |capture| capture.point);
+        assert!(last <= self.sync_points(), "a capture of a sync point not yet reached");
+        captures
     }
 
     /// Sync points so far.
@@ -172,6 +204,7 @@ impl FaultStorage {
     /// Makes every write, sync and rename of a file whose name contains `fragment` fail (as a
     /// full disk would), until [`FaultStorage::clear_faults`].
     pub fn fail_matching(&self, fragment: &str) {
+        assert!(!fragment.is_empty(), "an empty fragment would fail every file");
         self.disk().failing.push(fragment.to_owned());
     }
 
@@ -182,9 +215,12 @@ impl FaultStorage {
 
     /// Flips bits of one byte of a file in both contents (bit rot), for detection tests.
     pub fn corrupt(&self, name: &str, offset: usize, mask: u8) {
+        assert_ne!(mask, 0, "a bit flip that flips no bit");
         let mut disk = self.disk();
         let Some(&ino) = disk.live.get(name) else { return };
         let inode = disk.inodes.get_mut(&ino).expect("inode");
+        assert!(offset < inode.live.len(), "bit rot past the live content of {name}");
+        assert!(offset < inode.durable.len(), "bit rot past the durable content of {name}");
         Arc::make_mut(&mut inode.live).as_mut_slice()[offset] ^= mask;
         Arc::make_mut(&mut inode.durable).as_mut_slice()[offset] ^= mask;
     }
@@ -201,8 +237,10 @@ impl FaultStorage {
     /// Deletes a file durably (an operator's mistake, for refusal tests).
     pub fn delete(&self, name: &str) {
         let mut disk = self.disk();
-        disk.live.remove(name);
-        disk.durable.remove(name);
+        let live = disk.live.remove(name);
+        let durable = disk.durable.remove(name);
+        // A durable entry is also live unless a queued removal or rename took it away.
+        assert!(durable.is_none() || live.is_some() || !disk.pending.is_empty());
     }
 
     /// A copy of a file's live content.
@@ -231,6 +269,10 @@ impl FaultStorage {
             disk.live.insert(name.clone(), ino);
             disk.durable.insert(name, ino);
         }
+        // Everything starts durable: the same entries, the same contents.
+        assert_eq!(disk.live, disk.durable, "a fresh disk with undurable entries");
+        assert_eq!(disk.inodes.len(), disk.live.len(), "a fresh disk with unnamed inodes");
+        disk.check_model();
         let storage = FaultStorage::new();
         *storage.disk() = disk;
         storage
@@ -239,9 +281,12 @@ impl FaultStorage {
 
 /// Counts a sync point and, if captures are on, records the disk as it is now.
 fn sync_point(shared: &Shared, disk: &mut Disk, what: &str) {
+    disk.check_model();
     disk.sync_points += 1;
     let mut captures = shared.captures.lock().expect("fault captures lock");
     if let Some(captures) = captures.as_mut() {
+        let after = captures.last().is_none_or(|last| last.point < disk.sync_points);
+        assert!(after, "a sync point captured twice");
         let frozen = Disk { failing: Vec::new(), ..disk.clone() };
         let storage = FaultStorage::new();
         *storage.disk() = frozen;
@@ -279,6 +324,7 @@ fn torn(live: &Arc<Image>, durable: &Arc<Image>, seed: u64) -> Arc<Image> {
             return Arc::clone(durable);
         }
         let cut = (splitmix(seed) % (live.len() as u64 + 1)) as usize;
+        assert!(cut <= live.len(), "torn past the live content");
         let mut content = Image::new();
         content.extend_from_slice(&live[..cut]);
         return Arc::new(content);
@@ -288,8 +334,12 @@ fn torn(live: &Arc<Image>, durable: &Arc<Image>, seed: u64) -> Arc<Image> {
     };
     let last = (0..live.len()).rev().find(|&i| live[i] != durable[i]).expect("differs");
     let cut = first + (seed % (last - first + 2) as u64) as usize;
+    // A prefix of the differing range, possibly all of it, possibly none.
+    assert!(cut <= last + 1, "torn past the last differing byte");
     let mut content = Image::clone(durable);
     content.as_mut_slice()[first..cut].copy_from_slice(&live[first..cut]);
+    // Written in place: a torn write-back keeps the file's length.
+    assert_eq!(content.len(), durable.len(), "a torn write-back changed the length");
     Arc::new(content)
 }
 
@@ -314,10 +364,14 @@ impl Segment for FaultSegment {
     }
 
     fn sync(&mut self, range: Range<usize>) -> io::Result<()> {
-        assert!(range.start <= range.end && range.end <= self.live.len());
+        assert!(range.start <= range.end, "a backwards sync range");
+        assert!(range.end <= self.live.len(), "a sync past the segment's end");
         let mut disk = self.shared.disk.lock().expect("fault disk lock");
         check_fault(&disk, &self.name)?;
         let inode = disk.inodes.get_mut(&self.inode).expect("inode of an open segment");
+        // A segment is written in place: its images never change length.
+        assert_eq!(inode.live.len(), inode.durable.len(), "a segment's images differ in length");
+        assert_eq!(self.live.len(), inode.durable.len(), "a segment handle of another length");
         let bytes = &self.live[range.clone()];
         // The live content is updated too, so a torn capture never mixes in older bytes.
         Arc::make_mut(&mut inode.live).as_mut_slice()[range.clone()].copy_from_slice(bytes);
@@ -343,19 +397,25 @@ impl Storage for FaultStorage {
         Ok(self.disk().live.keys().cloned().collect())
     }
 
+    // Names are checked as `FileStorage::path` checks them, so that a caller that the real
+    // storage would refuse is refused in the crash tests too.
+
     fn file_len(&self, name: &str) -> io::Result<u64> {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let disk = self.disk();
         let ino = disk.live.get(name).ok_or_else(|| gone(name))?;
         Ok(disk.inodes[ino].live.len() as u64)
     }
 
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let disk = self.disk();
         let ino = disk.live.get(name).ok_or_else(|| gone(name))?;
         Ok(Image::clone(&disk.inodes[ino].live))
     }
 
     fn create_segment(&self, name: &str, len: u64) -> io::Result<FaultSegment> {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
         if disk.live.contains_key(name) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_owned()));
@@ -373,6 +433,8 @@ impl Storage for FaultStorage {
         for op in &pending {
             apply(&mut disk.durable, op);
         }
+        // Every change to the live entries was queued, so a synced directory is the live one.
+        debug_assert_eq!(disk.durable, disk.live, "an entry change was not queued");
         sync_point(&self.shared, &mut disk, &format!("create {name}"));
         Ok(FaultSegment {
             name: name.to_owned(),
@@ -383,13 +445,17 @@ impl Storage for FaultStorage {
     }
 
     fn open_segment(&self, name: &str) -> io::Result<FaultSegment> {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let disk = self.disk();
         let &ino = disk.live.get(name).ok_or_else(|| gone(name))?;
         let live = Image::clone(&disk.inodes[&ino].live);
+        let durable = disk.inodes[&ino].durable.len();
+        assert_eq!(live.len(), durable, "a segment's images differ in length: {name}");
         Ok(FaultSegment { name: name.to_owned(), inode: ino, live, shared: self.shared.clone() })
     }
 
     fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
         check_fault(&disk, name)?;
         let mut content = Image::new();
@@ -400,6 +466,7 @@ impl Storage for FaultStorage {
             return Ok(());
         }
         let ino = disk.next_inode;
+        assert!(!disk.inodes.contains_key(&ino), "an inode number reused");
         disk.next_inode += 1;
         let inode = Inode { live: Arc::new(content), durable: Arc::new(Image::new()) };
         disk.inodes.insert(ino, inode);
@@ -409,6 +476,7 @@ impl Storage for FaultStorage {
     }
 
     fn sync_file(&self, name: &str) -> io::Result<()> {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
         check_fault(&disk, name)?;
         let &ino = disk.live.get(name).ok_or_else(|| gone(name))?;
@@ -419,6 +487,9 @@ impl Storage for FaultStorage {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        assert!(!from.contains('/'), "storage names are plain file names: {from}");
+        assert!(!to.contains('/'), "storage names are plain file names: {to}");
+        assert_ne!(from, to, "a rename onto itself");
         let mut disk = self.disk();
         check_fault(&disk, from)?;
         check_fault(&disk, to)?;
@@ -429,6 +500,7 @@ impl Storage for FaultStorage {
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
         disk.live.remove(name).ok_or_else(|| gone(name))?;
         disk.pending.push(DirOp::Unlink { name: name.to_owned() });
@@ -436,6 +508,7 @@ impl Storage for FaultStorage {
     }
 
     fn retire(&self, name: &str) -> io::Result<Retired> {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
         let &ino = disk.live.get(name).ok_or_else(|| gone(name))?;
         if disk.archive.is_none() {
@@ -460,11 +533,13 @@ impl Storage for FaultStorage {
         for op in &pending {
             apply(&mut disk.durable, op);
         }
+        debug_assert_eq!(disk.durable, disk.live, "an entry change was not queued");
         sync_point(&self.shared, &mut disk, "directory");
         Ok(())
     }
 
     fn describe(&self, name: &str) -> String {
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         format!("fault:{name}")
     }
 }

@@ -78,11 +78,45 @@ pub const SEGMENT_LEN_MAX: u64 = 1 << 34;
 const _: () = assert!(SEGMENT_HEADER_LEN % RECORD_ALIGN == 0);
 const _: () = assert!(SEGMENT_RESERVED_OFFSET <= SEGMENT_CRC_OFFSET);
 const _: () = assert!(SEGMENT_LEN_MIN as usize >= SEGMENT_HEADER_LEN + 16 * RECORD_LEN_MAX);
+// The segment header's offsets, pinned to the byte diagram: the layout is a format.
+const _: () = assert!(SEGMENT_VERSION_OFFSET == 8);
+const _: () = assert!(SEGMENT_HEADER_LEN_OFFSET == 12);
+const _: () = assert!(SEGMENT_FIRST_SEQUENCE_OFFSET == 16);
+const _: () = assert!(SEGMENT_LEN_OFFSET == 24);
+const _: () = assert!(SEGMENT_EPOCH_OFFSET == 32);
+const _: () = assert!(SEGMENT_CONFIG_OFFSET == 40);
+const _: () = assert!(SEGMENT_ENCODING_OFFSET == 80);
+const _: () = assert!(SEGMENT_RESERVED_OFFSET == 82);
+const _: () = assert!(SEGMENT_CRC_OFFSET == 124);
+// Shard u16, zero u16, seven u32 maxima, the request-key window u64 (`encode_config`).
+const _: () = assert!(CONFIG_BLOCK_LEN == 2 + 2 + 7 * 4 + 8);
+// Records are aligned by masking and rounding: the alignment is a power of two.
+const _: () = assert!(RECORD_ALIGN.is_power_of_two());
+// Every file kind has its own magic, so no file is ever read as another kind.
+const _: () = assert!(magic(SEGMENT_MAGIC) != magic(crate::snapshot::SNAPSHOT_MAGIC));
+const _: () = assert!(magic(SEGMENT_MAGIC) != magic(crate::manifest::MANIFEST_MAGIC));
+const _: () = assert!(magic(SEGMENT_MAGIC) != magic(crate::epoch::EPOCH_MAGIC));
+const _: () =
+    assert!(magic(crate::snapshot::SNAPSHOT_MAGIC) != magic(crate::manifest::MANIFEST_MAGIC));
+const _: () = assert!(magic(crate::snapshot::SNAPSHOT_MAGIC) != magic(crate::epoch::EPOCH_MAGIC));
+const _: () = assert!(magic(crate::manifest::MANIFEST_MAGIC) != magic(crate::epoch::EPOCH_MAGIC));
+// Segments end on a record boundary: every record is a multiple of 16 bytes.
+const _: () = assert!(SEGMENT_LEN_MIN % RECORD_ALIGN as u64 == 0);
+const _: () = assert!(SEGMENT_LEN_MAX % RECORD_ALIGN as u64 == 0);
+
+/// A magic number as one integer, for comparing magics at compile time.
+const fn magic(bytes: [u8; 8]) -> u64 {
+    u64::from_le_bytes(bytes)
+}
 
 /// The file name of the segment whose first record has `first`.
 #[must_use]
 pub fn segment_name(first: Sequence) -> String {
-    format!("{:020}.seg", first.0)
+    let name = format!("{:020}.seg", first.0);
+    // Fixed width, so a directory listing sorts in sequence order (u64::MAX has 20 digits).
+    assert_eq!(name.len(), 24, "a segment name of another width");
+    debug_assert_eq!(parse_segment_name(&name), Some(first), "a name that does not read back");
+    name
 }
 
 /// The first sequence a segment file name stands for, if it is one.
@@ -158,6 +192,11 @@ impl std::fmt::Display for HeaderProblem {
 /// Encodes a segment header into the first [`SEGMENT_HEADER_LEN`] bytes of `out`.
 pub fn encode_segment_header(header: &SegmentHeader, out: &mut [u8]) {
     assert!(out.len() >= SEGMENT_HEADER_LEN);
+    // What the decoder accepts: a header written is one that reads back.
+    assert!(header.segment_len >= SEGMENT_LEN_MIN, "a segment below the minimum length");
+    assert!(header.segment_len <= SEGMENT_LEN_MAX, "a segment above the maximum length");
+    assert!(header.first_sequence.0 >= 1, "sequences start at 1");
+    assert!(header.config.validate().is_ok(), "a segment of an invalid engine configuration");
     let out = &mut out[..SEGMENT_HEADER_LEN];
     out.fill(0);
     out[SEGMENT_MAGIC_OFFSET..][..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -199,6 +238,10 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderProble
     if !(SEGMENT_LEN_MIN..=SEGMENT_LEN_MAX).contains(&segment_len) {
         return Err(HeaderProblem::BadField("segment length"));
     }
+    // Sequences start at 1: no segment ever starts at 0 (the manifest refuses it too).
+    if get_u64(bytes, SEGMENT_FIRST_SEQUENCE_OFFSET) == 0 {
+        return Err(HeaderProblem::BadField("first sequence"));
+    }
     let config = decode_config(&bytes[SEGMENT_CONFIG_OFFSET..][..CONFIG_BLOCK_LEN])
         .ok_or(HeaderProblem::BadField("engine config"))?;
     let encoding =
@@ -222,6 +265,8 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderProble
 /// quantity maxima as u32, then the request-key window in ms as u64.
 pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
     assert_eq!(out.len(), CONFIG_BLOCK_LEN);
+    // `decode_config` refuses a configuration the engine would refuse.
+    assert!(config.validate().is_ok(), "an invalid engine configuration written");
     out[0..2].copy_from_slice(&config.shard.to_le_bytes());
     out[2..4].fill(0);
     let maxima = [
@@ -237,12 +282,17 @@ pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
         put_u32(out, 4 + 4 * i, value);
     }
     put_u64(out, 32, config.request_key_window_ms);
+    debug_assert_eq!(decode_config(out).as_ref(), Some(config), "a block that does not read back");
 }
 
 /// Decodes a configuration block; `None` if the configuration is not one the engine accepts.
 #[must_use]
 pub fn decode_config(bytes: &[u8]) -> Option<EngineConfig> {
     assert_eq!(bytes.len(), CONFIG_BLOCK_LEN);
+    // Bytes 2..4 are zero: one encoding per configuration.
+    if bytes[2..4] != [0, 0] {
+        return None;
+    }
     let config = EngineConfig {
         shard: u16::from_le_bytes([bytes[0], bytes[1]]),
         skus_max: get_u32(bytes, 4),
@@ -269,7 +319,15 @@ pub fn is_end_marker(bytes: &[u8]) -> bool {
 /// is decoded separately ([`ringfence_core::record::decode`]).
 #[must_use]
 pub fn check_record(bytes: &[u8]) -> Option<(RecordHeader, usize)> {
-    ringfence_core::record::check(bytes).ok()
+    let (header, len) = ringfence_core::record::check(bytes).ok()?;
+    // The payload length the format documents: 1..=RECORD_PAYLOAD_MAX.
+    assert!(header.payload_len >= 1, "an intact record with no payload");
+    assert!(header.payload_len <= RECORD_PAYLOAD_MAX, "an intact record past the payload limit");
+    // What the scan relies on to step from record to record.
+    assert!(len <= bytes.len(), "an intact record runs past the bytes");
+    assert_eq!(len % RECORD_ALIGN, 0, "a record that is not a multiple of 16 bytes");
+    assert_eq!(len, record_len(header.payload_len), "a record of another length than it says");
+    Some((header, len))
 }
 
 pub(crate) fn put_u32(out: &mut [u8], offset: usize, value: u32) {
@@ -310,6 +368,20 @@ mod tests {
             assert!(decode_segment_header(&damaged).is_err(), "flip at {i} accepted");
         }
         assert_eq!(decode_segment_header(&[0; SEGMENT_HEADER_LEN]), Err(HeaderProblem::Zeroed));
+    }
+
+    #[test]
+    fn a_config_block_with_non_zero_padding_is_refused() {
+        // Goal: bytes 2..4 of the block are zero in the one encoding of a configuration; a
+        // block with anything else there is not read as the same configuration.
+        let mut block = [0u8; CONFIG_BLOCK_LEN];
+        encode_config(&EngineConfig::small(), &mut block);
+        assert_eq!(decode_config(&block), Some(EngineConfig::small()));
+        for at in 2..4 {
+            let mut damaged = block;
+            damaged[at] = 1;
+            assert_eq!(decode_config(&damaged), None, "padding byte {at} accepted");
+        }
     }
 
     #[test]

@@ -74,9 +74,14 @@ impl DirLock {
             });
         }
         let pid = format!("{}\n", std::process::id());
+        // The pair of `read_pid`: decimal digits and a newline, within the bytes it reads.
+        assert!(pid.len() <= PID_LEN_MAX, "a pid longer than read_pid reads");
+        assert!(pid.ends_with('\n'), "the pid is a line");
         file.set_len(0)
             .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
             .map_err(|e| JournalError::io(format!("writing {}", path.display()), e))?;
+        debug_assert_eq!(read_pid(&file), Some(std::process::id()), "a pid that reads back wrong");
+        assert!(path.ends_with(LOCK_FILE), "the lock is not the lock file");
         Ok(DirLock { _file: file, path })
     }
 
@@ -98,7 +103,9 @@ pub fn holder(dir: &Path) -> io::Result<Option<Holder>> {
     if try_flock(&file, libc::LOCK_SH | libc::LOCK_NB)? {
         // Dropping the file would release it too; unlock first so the window is as short as
         // the call.
-        let _ = try_flock(&file, libc::LOCK_UN);
+        let unlocked = try_flock(&file, libc::LOCK_UN);
+        // Releasing a lock this file holds is never refused.
+        debug_assert!(unlocked.is_ok_and(|released| released), "a held lock not released");
         return Ok(None);
     }
     Ok(Some(Holder { pid: read_pid(&file) }))
@@ -106,6 +113,10 @@ pub fn holder(dir: &Path) -> io::Result<Option<Holder>> {
 
 /// `flock(2)`; `Ok(false)` when another open file holds a conflicting lock.
 fn try_flock(file: &File, operation: libc::c_int) -> io::Result<bool> {
+    // The lock is never waited for: a refused writer says who holds it instead.
+    let unlock = operation == libc::LOCK_UN;
+    assert!(unlock || operation & libc::LOCK_NB != 0, "a lock call that would wait");
+    assert!(unlock || operation & (libc::LOCK_EX | libc::LOCK_SH) != 0, "a lock of no kind");
     // SAFETY: the descriptor is open for the duration of the call; flock takes no pointers.
     let rc = unsafe { libc::flock(file.as_raw_fd(), operation) };
     if rc == 0 {
@@ -118,8 +129,13 @@ fn try_flock(file: &File, operation: libc::c_int) -> io::Result<bool> {
     Err(error)
 }
 
+/// Bytes of the lock file `read_pid` reads: a `u32` in decimal and a newline, with room.
+const PID_LEN_MAX: usize = 32;
+// Any pid fits with its newline: u32::MAX has ten digits.
+const _: () = assert!(PID_LEN_MAX > 10);
+
 fn read_pid(file: &File) -> Option<u32> {
-    let mut buffer = [0u8; 32];
+    let mut buffer = [0u8; PID_LEN_MAX];
     let read = file.read_at(&mut buffer, 0).ok()?;
     std::str::from_utf8(&buffer[..read]).ok()?.trim().parse().ok()
 }

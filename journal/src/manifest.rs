@@ -62,6 +62,19 @@ const CRC_LEN: usize = 4;
 const _: () = assert!(MANIFEST_HEADER_LEN == 48);
 const _: () = assert!(MANIFEST_HEADER_LEN % 8 == 0);
 const _: () = assert!(PREFIX_CRC_OFFSET + 4 == GENERATION_OFFSET);
+// The offsets, pinned to the byte diagram.
+const _: () = assert!(VERSION_OFFSET == 8);
+const _: () = assert!(GENERATION_OFFSET == 16);
+const _: () = assert!(RETIRED_BELOW_OFFSET == 24);
+const _: () = assert!(RETIRED_COUNT_OFFSET == 32);
+const _: () = assert!(COUNT_OFFSET == 40);
+const _: () = assert!(RESERVED_OFFSET == 44);
+// The file is exactly 52 + 16n bytes, as documented; the count field is a u32.
+const _: () = assert!(MANIFEST_HEADER_LEN + CRC_LEN == 52);
+const _: () = assert!(ENTRY_LEN == 16);
+const _: () = assert!(MANIFEST_SEGMENTS_MAX <= u32::MAX as usize);
+// The largest manifest is the 16 MiB the documentation promises, plus its header and CRC.
+const _: () = assert!(ENTRY_LEN * MANIFEST_SEGMENTS_MAX == 16 << 20);
 
 /// One listed segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +129,10 @@ impl Manifest {
     #[must_use]
     pub fn with_segment(&self, segment: ManifestSegment) -> Manifest {
         assert!(self.segments.last().is_none_or(|last| last.first < segment.first));
+        // What `decode` accepts of a listed segment.
+        assert!(segment.first.0 >= 1, "sequences start at 1");
+        assert!(segment.len >= SEGMENT_LEN_MIN, "a segment below the minimum length");
+        assert!(segment.len <= SEGMENT_LEN_MAX, "a segment above the maximum length");
         let mut next = self.next_generation();
         next.segments.push(segment);
         next
@@ -124,12 +141,16 @@ impl Manifest {
     /// A copy as the next generation (the caller changes it before writing).
     #[must_use]
     pub fn next_generation(&self) -> Manifest {
+        // `decode` refuses the last generation, so this never wraps to an older-looking one.
+        assert!(self.generation < u64::MAX, "the manifest generation is exhausted");
         Manifest { generation: self.generation + 1, ..self.clone() }
     }
 
     /// Whether segment `first` is listed.
     #[must_use]
     pub fn lists(&self, first: Sequence) -> bool {
+        // A binary search needs the list sorted (O(segments): debug builds only).
+        debug_assert!(self.segments.windows(2).all(|pair| pair[0].first < pair[1].first));
         self.segments.binary_search_by_key(&first, |s| s.first).is_ok()
     }
 
@@ -137,6 +158,7 @@ impl Manifest {
     /// the last segment, whose end only the segment knows, `sequences from 42 on`.
     #[must_use]
     pub fn held(&self, index: usize) -> String {
+        assert!(index < self.segments.len(), "no segment {index} is listed");
         let first = self.segments[index].first;
         match self.segments.get(index + 1) {
             Some(next) if next.first.0 > first.0 + 1 => {
@@ -152,6 +174,12 @@ impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         assert!(self.segments.len() <= MANIFEST_SEGMENTS_MAX);
         assert!(self.segments.windows(2).all(|pair| pair[0].first < pair[1].first));
+        // What `decode` accepts: a manifest written is one that reads back.
+        assert!(self.generation >= 1, "manifest generations start at 1");
+        assert!(self.generation < u64::MAX, "the manifest generation is exhausted");
+        assert!(self.segments.iter().all(|s| s.first.0 >= 1), "a segment before sequence 1");
+        let lengths = SEGMENT_LEN_MIN..=SEGMENT_LEN_MAX;
+        assert!(self.segments.iter().all(|s| lengths.contains(&s.len)), "a segment length");
         let body_len = MANIFEST_HEADER_LEN + ENTRY_LEN * self.segments.len();
         let mut bytes = vec![0u8; body_len + CRC_LEN];
         bytes[MAGIC_OFFSET..][..8].copy_from_slice(&MANIFEST_MAGIC);
@@ -169,6 +197,7 @@ impl Manifest {
         }
         let crc = crc32c::crc32c(&bytes[..body_len]);
         put_u32(&mut bytes, body_len, crc);
+        assert_eq!(bytes.len(), MANIFEST_HEADER_LEN + ENTRY_LEN * self.segments.len() + CRC_LEN);
         debug_assert_eq!(Manifest::decode(&bytes).as_ref(), Ok(self));
         bytes
     }
@@ -218,8 +247,12 @@ impl Manifest {
         {
             return invalid("a segment's first sequence or length is out of range");
         }
+        let generation = get_u64(bytes, GENERATION_OFFSET);
+        if generation == 0 || generation == u64::MAX {
+            return invalid("the generation is out of range");
+        }
         Ok(Manifest {
-            generation: get_u64(bytes, GENERATION_OFFSET),
+            generation,
             retired_below: Sequence(get_u64(bytes, RETIRED_BELOW_OFFSET)),
             segments_retired: get_u64(bytes, RETIRED_COUNT_OFFSET),
             segments,

@@ -16,7 +16,7 @@ use crate::format;
 use crate::manifest::{Manifest, ManifestSegment};
 use crate::scan::{self, Layout};
 use crate::snapshot::{self, SnapshotMeta};
-use crate::storage::{FileStorage, Retired, Segment, Storage};
+use crate::storage::{FileStorage, Retired, Segment, Storage, is_temp_name};
 use crate::writer::{JournalWriter, WriterOptions};
 
 /// A torn tail found and cleared by recovery.
@@ -142,11 +142,16 @@ pub fn recover_from<S: Storage>(
     report.journal_range = layout.first_sequence().zip(layout.last_sequence());
     let epochs = dir.epochs();
     check_epochs(&storage, &layout, epochs)?;
+    // Listed segments start at 1 or later (the manifest refuses 0), so `first - 1` is safe.
+    let firsts = layout.segments.iter().map(|s| s.header.first_sequence);
+    assert!(firsts.clone().all(|first| first.0 >= 1), "a listed segment before sequence 1");
     // Where the journal ends: the last record, or just before the newest segment's first.
     let journal_last =
         layout.segments.last().map(|s| s.last.unwrap_or(Sequence(s.header.first_sequence.0 - 1)));
     let config = &options.engine_config;
     let (mut engine, through) = choose_snapshot(&storage, config, journal_last, &mut report)?;
+    // Snapshots past the journal's end were set aside.
+    assert!(journal_last.is_none_or(|last| through <= last), "a snapshot past the journal");
     let start = through.next();
     let needed = journal_last.is_some_and(|last| last >= start);
     match layout.first_sequence() {
@@ -161,7 +166,12 @@ pub fn recover_from<S: Storage>(
         replayed += 1;
         ControlFlow::Continue(())
     })?;
+    // Every record after the snapshot was replayed, and none before it.
+    let expected = journal_last.map_or(0, |last| last.0.saturating_sub(through.0));
+    assert_eq!(replayed, expected, "replay skipped or repeated records");
     report.replayed = replayed;
+    let range = report.journal_range;
+    assert!(range.is_none_or(|(first, last)| first <= last), "a journal ending before it starts");
     let last_epoch = layout.last_epoch().unwrap_or(Epoch(0));
     let writer = match layout.segments.last() {
         Some(segment) => {
@@ -171,8 +181,12 @@ pub fn recover_from<S: Storage>(
         None => JournalWriter::create(dir, options, start)?,
     };
     let next_sequence = writer.next_sequence();
+    // The writer continues where the journal ends, or after the snapshot of an empty one.
+    assert_eq!(writer.last_appended(), journal_last.unwrap_or(through), "a writer misplaced");
     assert!(engine.last_sequence() < next_sequence);
     assert!(next_sequence >= start);
+    // `check_epochs` refused a journal ahead of its epoch file.
+    assert!(last_epoch <= epochs.current, "a record ahead of the epoch file");
     Ok(Recovered { engine, next_sequence, last_epoch, epochs, writer, report })
 }
 
@@ -184,6 +198,8 @@ fn open_dir<S: Storage>(
     check: &DirCheck,
     report: &mut RecoveryReport,
 ) -> Result<DataDir<S>, JournalError> {
+    // Only a directory the check found nothing wrong with is opened (or initialised).
+    assert!(check.problems.is_empty(), "opening a directory with problems");
     if let (Some(manifest), Some(epochs)) = (&check.manifest, check.epochs) {
         return Ok(DataDir::new(storage.clone(), manifest.clone(), epochs));
     }
@@ -196,6 +212,7 @@ fn open_dir<S: Storage>(
         }
     };
     let manifest = Manifest::empty();
+    assert!(manifest.segments.is_empty(), "a new directory lists a segment");
     datadir::write_manifest(storage, &manifest)?;
     report.initialised = true;
     Ok(DataDir::new(storage.clone(), manifest, epochs))
@@ -208,21 +225,27 @@ fn tidy<S: Storage>(
     check: &DirCheck,
     report: &mut RecoveryReport,
 ) -> Result<(), JournalError> {
+    // Leftovers are deleted on the check's word, so only after a check with no problem.
+    assert!(check.problems.is_empty(), "tidying a directory with problems");
     let storage = dir.storage();
     let describe_io = |verb: &str, name: &str| {
         let file = storage.describe(name);
         let verb = verb.to_owned();
         move |e| JournalError::io(format!("{verb} {file}"), e)
     };
+    // Only what a crash leaves is deleted: anything else may hold acknowledged commands.
     for name in &check.temporaries {
+        assert!(is_temp_name(name), "removing a file that is not a temporary: {name}");
         storage.remove(name).map_err(describe_io("removing", name))?;
         report.temporaries_removed.push(storage.describe(name));
     }
     for name in &check.retired_leftovers {
+        assert!(!dir.manifest().lists(segment_first(name)), "retiring a listed segment: {name}");
         let how = storage.retire(name).map_err(describe_io("retiring", name))?;
         report.retired_leftovers.push((storage.describe(name), how));
     }
     if let Some(name) = &check.creation_leftover {
+        assert!(!dir.manifest().lists(segment_first(name)), "removing a listed segment: {name}");
         storage.remove(name).map_err(describe_io("removing", name))?;
         report.creation_removed = Some(storage.describe(name));
     }
@@ -245,6 +268,8 @@ fn listed_damage<S: Storage>(layout: &Layout, storage: &S) -> Option<JournalErro
         return Some(error);
     }
     let problem = layout.problem.as_ref().filter(|p| p.segment.is_none())?;
+    // A header the scan could not read is the problem's own file, at its start.
+    assert_eq!(problem.offset, 0, "a header problem away from the header");
     Some(JournalError::Corrupt {
         dir: layout.location.clone(),
         file: storage.describe(&problem.name),
@@ -260,6 +285,7 @@ fn check_epochs<S: Storage>(
     layout: &Layout,
     epochs: Epochs,
 ) -> Result<(), JournalError> {
+    assert!(epochs.problem().is_none(), "epochs the epoch file could not hold");
     let (Some(record), Some(sequence)) = (layout.last_epoch(), layout.last_sequence()) else {
         return Ok(());
     };
@@ -285,9 +311,18 @@ fn clear_torn_tail<S: Storage>(
     let mut segment = storage
         .open_segment(&problem.name)
         .map_err(|e| JournalError::io(format!("opening {file}"), e))?;
+    // The tail is the journal's end: the last segment scanned, with nothing after it.
+    let last = layout.segments.last().map(|segment| segment.name.as_str());
+    assert_eq!(last, Some(problem.name.as_str()), "a torn tail before the last segment");
     let range = problem.offset as usize..problem.garbage_end.max(problem.offset as usize);
+    // A torn tail starts on a record boundary after the header and ends inside the file.
+    assert!(range.start >= format::SEGMENT_HEADER_LEN, "a torn tail inside the header");
+    assert_eq!(range.start % format::RECORD_ALIGN, 0, "a torn tail off a record boundary");
+    assert!(range.end <= segment.bytes().len(), "a torn tail past the segment's end");
     segment.bytes_mut()[range.clone()].fill(0);
     segment.sync(range.clone()).map_err(|e| JournalError::io(format!("syncing {file}"), e))?;
+    // Cleared to the end: the garbage range ended at the last non-zero byte.
+    debug_assert!(scan::last_nonzero(&segment.bytes()[range.start..]).is_none(), "not cleared");
     Ok(Some(TornTail {
         file,
         offset: problem.offset,
@@ -320,6 +355,9 @@ fn choose_snapshot<S: Storage>(
         }
         match snapshot::load(storage, &name, Some(config)) {
             Ok((engine, meta)) => {
+                // `load` checked the state against the header, which names no later sequence.
+                assert!(engine.last_sequence() <= through, "a snapshot past its own name");
+                assert_eq!(meta.through, through, "a snapshot named for another sequence");
                 report.snapshot = Some(meta);
                 return Ok((engine, through));
             }
@@ -327,6 +365,13 @@ fn choose_snapshot<S: Storage>(
         }
     }
     Ok((Engine::new(config.clone()), Sequence(0)))
+}
+
+/// The first sequence a segment name stands for; `check` only names segments by their names.
+fn segment_first(name: &str) -> Sequence {
+    let first = format::parse_segment_name(name);
+    assert!(first.is_some(), "a leftover that is not a segment: {name}");
+    first.expect("checked above")
 }
 
 /// What [`truncate`] changed.
@@ -359,13 +404,18 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     let mut source = storage.clone();
     let check = datadir::check(&mut source)?;
     refuse_unrepairable(&check, at)?;
+    // Only what a crash leaves is deleted here; the cut below is the operator's.
     for name in &check.temporaries {
+        assert!(is_temp_name(name), "removing a file that is not a temporary: {name}");
         storage.remove(name).map_err(|e| JournalError::io(format!("removing {name}"), e))?;
     }
+    let listed = |name: &str| check.manifest.as_ref().is_some_and(|m| m.lists(segment_first(name)));
     for name in &check.retired_leftovers {
+        assert!(!listed(name), "retiring a listed segment: {name}");
         storage.retire(name).map_err(|e| JournalError::io(format!("retiring {name}"), e))?;
     }
     if let Some(name) = &check.creation_leftover {
+        assert!(!listed(name), "removing a listed segment: {name}");
         storage.remove(name).map_err(|e| JournalError::io(format!("removing {name}"), e))?;
     }
     let layout = scan::scan(&mut source)?;
@@ -400,12 +450,19 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     }
     datadir::sync_dir(storage)?;
     rewrite_after_truncation(storage, &check, &layout, at, &mut truncation)?;
+    // The manifest lists exactly the segments left (debug builds: a listing).
+    let left: Vec<Sequence> = truncation.manifest.segments.iter().map(|s| s.first).collect();
+    debug_assert!(
+        scan::sorted_segments(storage).is_ok_and(|found| found.iter().map(|f| f.0).eq(left)),
+        "the rebuilt manifest differs from the segments left"
+    );
     Ok(truncation)
 }
 
 /// What `truncate` cannot repair: a newer format, files it cannot place, or a cut above
 /// records that are already missing.
 fn refuse_unrepairable(check: &DirCheck, at: Sequence) -> Result<(), JournalError> {
+    assert!(at.0 >= 1, "sequences start at 1");
     for problem in &check.problems {
         match problem {
             JournalError::SegmentMissing { first, file, .. }
@@ -443,13 +500,19 @@ fn rewrite_after_truncation<S: Storage>(
         None => Manifest::empty(),
     };
     truncation.manifest_rebuilt = check.manifest.is_none();
+    assert!(manifest.generation >= 1, "manifest generations start at 1");
     manifest.segments.clear();
     for (first, name) in scan::sorted_segments(storage)? {
         let len = storage
             .file_len(&name)
             .map_err(|e| JournalError::io(format!("reading {}", storage.describe(&name)), e))?;
+        // Truncation drops every segment from `at` on.
+        assert!(first < at, "a segment from the cut on survived truncation");
         manifest.segments.push(ManifestSegment { first, len });
     }
+    // Sorted, each segment once: as the manifest requires.
+    let sorted = manifest.segments.windows(2).all(|pair| pair[0].first < pair[1].first);
+    assert!(sorted, "a rebuilt manifest out of sequence order");
     if check.epochs.is_none() {
         let kept = layout.segments.iter().filter(|s| s.header.first_sequence < at);
         let epoch = kept.filter_map(|s| s.last_epoch).max().unwrap_or(Epoch(1)).max(Epoch(1));
@@ -465,6 +528,8 @@ fn rewrite_after_truncation<S: Storage>(
 /// Zeroes segment `name` from the record with sequence `at` (or from where its intact records
 /// end, if earlier) to its last non-zero byte. Returns the new end offset.
 fn cut_segment<S: Storage>(storage: &S, name: &str, at: Sequence) -> Result<usize, JournalError> {
+    assert!(at.0 >= 1, "sequences start at 1");
+    assert!(name.ends_with(".seg"), "a cut in a file that is not a segment: {name}");
     let file = storage.describe(name);
     let mut segment =
         storage.open_segment(name).map_err(|e| JournalError::io(format!("opening {file}"), e))?;
@@ -477,7 +542,11 @@ fn cut_segment<S: Storage>(storage: &S, name: &str, at: Sequence) -> Result<usiz
         offset += len;
     }
     let end = bytes.iter().rposition(|&b| b != 0).map_or(offset, |i| (i + 1).max(offset));
+    // The cut falls on a record boundary after the header.
+    assert!(offset >= format::SEGMENT_HEADER_LEN, "a cut inside the segment header");
+    assert_eq!(offset % format::RECORD_ALIGN, 0, "a cut off a record boundary");
     segment.bytes_mut()[offset..end].fill(0);
     segment.sync(offset..end).map_err(|e| JournalError::io(format!("syncing {file}"), e))?;
+    debug_assert!(scan::last_nonzero(&segment.bytes()[offset..]).is_none(), "not cut to zero");
     Ok(offset)
 }

@@ -68,6 +68,7 @@ impl<S: Storage> ReadSource for S {
         Storage::read_file(self, name)
     }
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
+        assert!(name.ends_with(".seg"), "a segment read from a file that is not one: {name}");
         self.open_segment(name).map(SegmentBytes)
     }
     fn describe_file(&self, name: &str) -> String {
@@ -113,6 +114,11 @@ impl Deref for MappedFile {
     }
 }
 
+/// Whether `name` is a plain file name, naming a file in the directory and nowhere else.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".."
+}
+
 impl ReadSource for ReadOnlyDir {
     type Bytes = MappedFile;
     fn list_files(&self) -> io::Result<Vec<String>> {
@@ -129,12 +135,16 @@ impl ReadSource for ReadOnlyDir {
         Ok(names)
     }
     fn file_len(&self, name: &str) -> io::Result<u64> {
+        assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");
         Ok(std::fs::metadata(self.dir.join(name))?.len())
     }
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");
         std::fs::read(self.dir.join(name))
     }
     fn read_segment(&mut self, name: &str) -> io::Result<MappedFile> {
+        assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");
+        assert!(name.ends_with(".seg"), "a segment read from a file that is not one: {name}");
         let file = File::open(self.dir.join(name))?;
         // SAFETY: the map is read-only and every byte read from it is validated (CRC, bounds,
         // bytecheck) before use; if a running node appends concurrently, the bytes seen may be
@@ -145,6 +155,7 @@ impl ReadSource for ReadOnlyDir {
         Ok(MappedFile(map))
     }
     fn describe_file(&self, name: &str) -> String {
+        assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");
         self.dir.join(name).display().to_string()
     }
     fn location(&self) -> String {
@@ -205,19 +216,29 @@ impl Layout {
     /// Sequence of the first intact record.
     #[must_use]
     pub fn first_sequence(&self) -> Option<Sequence> {
-        self.segments.iter().find(|s| s.records > 0).map(|s| s.header.first_sequence)
+        let first = self.segments.iter().find(|s| s.records > 0).map(|s| s.header.first_sequence);
+        assert!(first.is_none_or(|first| first.0 >= 1), "sequences start at 1");
+        first
     }
 
     /// Sequence of the last intact record.
     #[must_use]
     pub fn last_sequence(&self) -> Option<Sequence> {
-        self.segments.iter().rev().find_map(|s| s.last)
+        let last = self.segments.iter().rev().find_map(|s| s.last);
+        // The scan found every sequence between the first and the last, in order.
+        let first = self.first_sequence();
+        assert_eq!(last.is_some(), first.is_some(), "a last record without a first");
+        let span = first.zip(last).map(|(first, last)| last.0 - first.0 + 1);
+        assert!(span.is_none_or(|span| span == self.records()), "the journal has a gap");
+        last
     }
 
     /// Epoch of the last intact record.
     #[must_use]
     pub fn last_epoch(&self) -> Option<Epoch> {
-        self.segments.iter().rev().find_map(|s| s.last_epoch)
+        let epoch = self.segments.iter().rev().find_map(|s| s.last_epoch);
+        assert_eq!(epoch.is_some(), self.records() > 0, "an epoch without a record");
+        epoch
     }
 
     /// Intact records in all.
@@ -226,10 +247,60 @@ impl Layout {
         self.segments.iter().map(|s| s.records).sum()
     }
 
+    /// What the scan guarantees of a layout it returns; O(segments).
+    fn verify(&self) {
+        for segment in &self.segments {
+            // Records end on a boundary, after the header, inside the file.
+            assert!(segment.end >= SEGMENT_HEADER_LEN, "records inside the segment header");
+            assert!(segment.end as u64 <= segment.header.segment_len, "records past the end");
+            assert_eq!(segment.end % RECORD_ALIGN, 0, "records end off a 16-byte boundary");
+            // Within a segment, sequences are contiguous from its first.
+            let first = segment.header.first_sequence.0;
+            let counted = segment.last.map_or(0, |last| last.0 - first + 1);
+            assert_eq!(counted, segment.records, "a segment's records are not contiguous");
+            assert_eq!(segment.last_epoch.is_some(), segment.last.is_some(), "epoch, no record");
+            assert_eq!(segment.time_range.is_some(), segment.last.is_some(), "time, no record");
+        }
+        for pair in self.segments.windows(2) {
+            // Each segment starts where the one before it ended, in the same epoch or later.
+            let follows = pair[0].last.map_or(pair[0].header.first_sequence, Sequence::next);
+            assert_eq!(pair[1].header.first_sequence, follows, "segments that do not follow on");
+            let epochs = pair[0].last_epoch.zip(pair[1].last_epoch);
+            assert!(epochs.is_none_or(|(before, after)| before <= after), "an epoch went back");
+        }
+        if let Some(problem) = &self.problem {
+            // A torn tail is a write cut off: a bad checksum or length, stray bytes, or a
+            // header that never reached the disk. A gap names another sequence than expected.
+            let tail_like = matches!(
+                problem.damage,
+                Damage::Checksum
+                    | Damage::Length
+                    | Damage::BytesAfterEnd
+                    | Damage::SegmentHeader(_)
+            );
+            assert!(!problem.torn_tail || tail_like, "a torn tail of another kind of damage");
+            if let Damage::Gap { found } | Damage::SegmentGap { found } = problem.damage {
+                assert_ne!(found, problem.sequence, "a gap where the sequence follows on");
+            }
+            // Damage inside a kept segment is where its intact records end.
+            let at = problem.segment.map(|index| self.segments[index].end as u64);
+            assert!(
+                at.is_none_or(|end| end == problem.offset),
+                "damage away from the records' end"
+            );
+            assert!(problem.segment.is_none_or(|index| index + 1 == self.segments.len()));
+            // What truncation clears starts at the damage.
+            let garbage_end = problem.garbage_end as u64;
+            assert!(problem.segment.is_none() || garbage_end >= problem.offset, "garbage before");
+        }
+    }
+
     /// The error to refuse with if the journal is corrupt (damaged before its tail).
     #[must_use]
     pub fn corruption(&self, source: &dyn Fn(&str) -> String) -> Option<JournalError> {
         let problem = self.problem.as_ref().filter(|p| !p.torn_tail)?;
+        // The damage is in a segment the scan kept, or in a header it could not read.
+        assert!(problem.segment.is_none_or(|index| index < self.segments.len()));
         Some(JournalError::Corrupt {
             dir: self.location.clone(),
             file: source(&problem.name),
@@ -253,6 +324,9 @@ pub fn sorted_segments<S: ReadSource>(source: &S) -> Result<Vec<(Sequence, Strin
         segments.push((first, name));
     }
     segments.sort_unstable();
+    // Names are canonical (20 digits), so no two name the same first sequence.
+    assert!(segments.windows(2).all(|pair| pair[0].0 < pair[1].0), "two names for one segment");
+    debug_assert!(segments.iter().all(|(first, name)| *name == format::segment_name(*first)));
     Ok(segments)
 }
 
@@ -270,6 +344,7 @@ pub fn scan_segments<S: ReadSource>(
     source: &mut S,
     names: &[(Sequence, String)],
 ) -> Result<Layout, JournalError> {
+    debug_assert!(names.windows(2).all(|pair| pair[0].0 < pair[1].0), "segments out of order");
     let mut layout = Layout { location: source.location(), segments: Vec::new(), problem: None };
     let mut expected: Option<Sequence> = None;
     let mut epoch = Epoch(0);
@@ -281,6 +356,11 @@ pub fn scan_segments<S: ReadSource>(
         let scanned = scan_segment(name, *first, &bytes, expected, epoch, is_last);
         match scanned {
             Ok((segment, problem)) => {
+                // `check_header` refused a segment that does not follow on, and the record
+                // loop a record whose epoch went back.
+                let follows = expected.is_none_or(|e| e == segment.header.first_sequence);
+                assert!(follows, "a segment accepted out of sequence");
+                assert!(segment.last_epoch.is_none_or(|e| e >= epoch), "an epoch went back");
                 if let Some(last) = segment.last {
                     expected = Some(last.next());
                 } else {
@@ -291,15 +371,16 @@ pub fn scan_segments<S: ReadSource>(
                 if let Some(mut problem) = problem {
                     problem.segment = Some(layout.segments.len() - 1);
                     layout.problem = Some(problem);
-                    return Ok(layout);
+                    break;
                 }
             }
             Err(problem) => {
                 layout.problem = Some(problem);
-                return Ok(layout);
+                break;
             }
         }
     }
+    layout.verify();
     Ok(layout)
 }
 
@@ -313,6 +394,8 @@ fn scan_segment(
     mut epoch: Epoch,
     is_last: bool,
 ) -> SegmentScan {
+    // The name and the sequence it stands for come from one listing.
+    assert_eq!(format::parse_segment_name(name), Some(named_first), "a name and its first differ");
     let header = check_header(name, named_first, bytes, expected, is_last)?;
     let mut segment = SegmentLayout {
         name: name.to_owned(),
@@ -326,6 +409,9 @@ fn scan_segment(
     let mut next = header.first_sequence;
     let mut offset = SEGMENT_HEADER_LEN;
     let damage = loop {
+        // Offsets only grow, by whole records, so they stay on 16-byte boundaries.
+        assert_eq!(offset % RECORD_ALIGN, 0, "a record off a 16-byte boundary");
+        assert!(offset <= bytes.len(), "the scan stepped past the segment's end");
         let rest = &bytes[offset.min(bytes.len())..];
         if format::is_end_marker(rest) {
             if last_nonzero(rest).is_some() {
@@ -360,6 +446,8 @@ fn scan_segment(
     let tail_like = matches!(damage, Damage::Checksum | Damage::Length | Damage::BytesAfterEnd);
     let torn_tail = is_last && tail_like && !intact_record_after(bytes, offset);
     let garbage_end = offset + last_nonzero(&bytes[offset..]).map_or(0, |i| i + 1);
+    assert!(garbage_end > offset, "damage with nothing to clear");
+    assert!(garbage_end <= bytes.len(), "garbage past the segment's end");
     let problem = Problem {
         name: name.to_owned(),
         segment: None,
@@ -402,6 +490,8 @@ fn check_header(
         let damage = Damage::SegmentHeader(HeaderProblem::BadField(field));
         return Err(problem(damage, false));
     }
+    // The header decoder refuses a segment from sequence 0, so `first - 1` is safe for callers.
+    assert!(header.first_sequence.0 >= 1, "a segment accepted from sequence 0");
     if expected.is_some_and(|expected| header.first_sequence != expected) {
         return Err(problem(Damage::SegmentGap { found: header.first_sequence }, false));
     }
@@ -410,6 +500,7 @@ fn check_header(
 
 /// Whether an intact record starts anywhere after `offset` (at an aligned position).
 fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
+    assert_eq!(offset % RECORD_ALIGN, 0, "records start on 16-byte boundaries");
     let mut at = offset + RECORD_ALIGN;
     while at + RECORD_HEADER_LEN <= bytes.len() {
         if !format::is_end_marker(&bytes[at..]) && format::check_record(&bytes[at..]).is_some() {
@@ -430,7 +521,10 @@ pub(crate) fn last_nonzero(bytes: &[u8]) -> Option<usize> {
     let word =
         words.chunks_exact(8).rposition(|w| u64::from_ne_bytes(w.try_into().unwrap()) != 0)?;
     let within = words[word * 8..word * 8 + 8].iter().rposition(|&b| b != 0).expect("non-zero");
-    Some(word * 8 + within)
+    let last = word * 8 + within;
+    assert_ne!(bytes[last], 0, "the last non-zero byte is zero");
+    debug_assert!(bytes[last + 1..].iter().all(|&b| b == 0), "a non-zero byte after the last");
+    Some(last)
 }
 
 /// One decoded journal record.
@@ -452,6 +546,8 @@ impl Record {
     /// The record as the engine applies it.
     #[must_use]
     pub fn sequenced(&self) -> ringfence_core::Sequenced {
+        // `read` refuses a record holding a read: the engine applies only what changes state.
+        assert!(self.command.is_mutating(), "a journaled read");
         ringfence_core::Sequenced {
             sequence: self.sequence,
             timestamp: self.timestamp,
@@ -477,6 +573,13 @@ pub fn read<S: ReadSource>(
         if after.is_some_and(|next| next.header.first_sequence <= from) {
             continue;
         }
+        // The scan accepted only segments that follow on from the one before.
+        let follows = after.is_none_or(|next| {
+            segment.last.map(Sequence::next) == Some(next.header.first_sequence)
+        });
+        assert!(follows, "segments read out of sequence");
+        // A segment with records has them after its header.
+        assert!(segment.end > SEGMENT_HEADER_LEN, "records in no bytes");
         let bytes = source.read_segment(&segment.name).map_err(|e| {
             JournalError::io(format!("reading {}", source.describe_file(&segment.name)), e)
         })?;
@@ -503,11 +606,17 @@ fn read_segment(
     visit: &mut dyn FnMut(&Record) -> ControlFlow<()>,
 ) -> Result<ControlFlow<()>, (usize, Sequence)> {
     let mut offset = SEGMENT_HEADER_LEN;
+    let mut expected = segment.header.first_sequence;
     assert!(segment.end <= bytes.len(), "segment shrank since it was scanned");
+    // Segments are preallocated and never resized: the file is the length its header says.
+    assert_eq!(bytes.len() as u64, segment.header.segment_len, "segment resized since scanned");
     while offset < segment.end {
         let (header, len) =
             format::check_record(&bytes[offset..segment.end]).expect("a scanned record is intact");
         assert!(offset + len <= segment.end);
+        // The scan found these records contiguous; they are read back the same.
+        assert_eq!(header.sequence, expected, "a scanned record changed its sequence");
+        expected = expected.next();
         if header.sequence >= from {
             let payload = &bytes[offset + RECORD_HEADER_LEN..][..header.payload_len];
             let command = ringfence_core::codec::decode_command(payload)
@@ -528,6 +637,7 @@ fn read_segment(
         }
         offset += len;
     }
+    assert_eq!(offset, segment.end, "the records read end where the scan ended");
     Ok(ControlFlow::Continue(()))
 }
 
@@ -554,6 +664,8 @@ pub fn read_pipelined<S: ReadSource + Send>(
         let reader = scope.spawn(move || {
             let mut batch = empty_rx.recv().expect("a free batch");
             let result = read(source, layout, from, &mut |record| {
+                // Batches are handed over full, so a batch never grows past its capacity.
+                assert!(batch.len() < PIPELINE_BATCH, "a batch was not handed over when full");
                 batch.push(*record);
                 if batch.len() < PIPELINE_BATCH {
                     return ControlFlow::Continue(());
@@ -570,7 +682,12 @@ pub fn read_pipelined<S: ReadSource + Send>(
             result
         });
         let mut stopped = false;
+        let mut expected = None;
         for mut batch in full_rx.iter() {
+            // Two threads, one order: records arrive contiguous, as `read` visits them.
+            let first = batch.first().map(|record| record.sequence);
+            assert!(expected.is_none() || first == expected, "pipelined records out of order");
+            expected = batch.last().map(|record| record.sequence.next());
             if !stopped {
                 stopped = batch.iter().any(|record| visit(record).is_break());
             }

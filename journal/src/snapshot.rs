@@ -67,6 +67,20 @@ const SKU_COUNT_OFFSET: usize = BODY_CRC_OFFSET + 4;
 const CONFIG_OFFSET: usize = SKU_COUNT_OFFSET + 4;
 const HEADER_CRC_OFFSET: usize = SNAPSHOT_HEADER_LEN - 4;
 const _: () = assert!(CONFIG_OFFSET + CONFIG_BLOCK_LEN <= HEADER_CRC_OFFSET);
+// The offsets, pinned to the byte diagram.
+const _: () = assert!(LAST_SEQUENCE_OFFSET == 24);
+const _: () = assert!(NOW_OFFSET == 32);
+const _: () = assert!(RUNNING_HASH_OFFSET == 40);
+const _: () = assert!(DIGEST_OFFSET == 48);
+const _: () = assert!(IMAGE_LEN_OFFSET == 56);
+const _: () = assert!(BODY_CRC_OFFSET == 64);
+const _: () = assert!(SKU_COUNT_OFFSET == 68);
+const _: () = assert!(CONFIG_OFFSET == 72);
+const _: () = assert!(CONFIG_OFFSET + CONFIG_BLOCK_LEN == 112);
+const _: () = assert!(HEADER_CRC_OFFSET == 124);
+// The image is padded to 16, so the SKU catalog after it is 8-byte aligned in the file.
+const _: () = assert!(SNAPSHOT_HEADER_LEN % 16 == 0);
+const _: () = assert!(SNAPSHOT_HEADER_LEN == 128);
 
 /// A snapshot that could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +153,11 @@ pub struct SnapshotMeta {
 /// The file name of the snapshot through `through`.
 #[must_use]
 pub fn snapshot_name(through: Sequence) -> String {
-    format!("snapshot-{:020}.snap", through.0)
+    let name = format!("snapshot-{:020}.snap", through.0);
+    // Fixed width, so names sort in sequence order.
+    assert_eq!(name.len(), 34, "a snapshot name of another width");
+    debug_assert_eq!(parse_snapshot_name(&name), Some(through), "a name that does not read back");
+    name
 }
 
 /// The through sequence a snapshot file name stands for, if it is one.
@@ -153,7 +171,11 @@ pub(crate) fn parse_snapshot_name(name: &str) -> Option<Sequence> {
 /// records the journal no longer has).
 #[must_use]
 pub fn stale_name(name: &str) -> String {
-    format!("{name}.stale")
+    assert!(parse_snapshot_name(name).is_some(), "only a snapshot is set aside: {name}");
+    let stale = format!("{name}.stale");
+    // Never listed, so never loaded again.
+    assert!(parse_snapshot_name(&stale).is_none(), "a stale snapshot still reads as one");
+    stale
 }
 
 /// Snapshot files (names and through sequences), oldest first.
@@ -164,6 +186,9 @@ pub fn list<R: ReadSource>(source: &R) -> Result<Vec<(Sequence, String)>, Snapsh
         .filter_map(|name| parse_snapshot_name(&name).map(|through| (through, name)))
         .collect();
     found.sort();
+    // Names are canonical (20 digits), so each sequence has at most one snapshot.
+    assert!(found.windows(2).all(|pair| pair[0].0 < pair[1].0), "two snapshots for a sequence");
+    debug_assert!(found.iter().all(|(through, name)| *name == snapshot_name(*through)));
     Ok(found)
 }
 
@@ -172,6 +197,7 @@ pub fn list<R: ReadSource>(source: &R) -> Result<Vec<(Sequence, String)>, Snapsh
 pub fn encode_image(image: &EngineImage) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     image.encode_into(&mut bytes);
+    assert_eq!(bytes.len(), image.encoded_len(), "an image of another length than it said");
     Ok(bytes)
 }
 
@@ -210,8 +236,15 @@ pub fn write<S: Storage>(
         skus,
         bytes: 0,
     };
+    // The digest recorded is the image's own, computed without restoring (O(state)).
+    debug_assert_eq!(meta.state_digest, image.state_digest(), "the image digests apart");
     let bytes = encode(&meta, &payload);
     write_atomically(storage, &name, &bytes)?;
+    // The pair of the check on loading: the file's header reads back as written.
+    debug_assert!(
+        read_meta(storage, &name).is_ok_and(|read| read.state_digest == meta.state_digest),
+        "the snapshot written does not read back"
+    );
     Ok(SnapshotMeta { bytes: bytes.len() as u64, ..meta })
 }
 
@@ -229,6 +262,10 @@ pub fn write_now<S: Storage>(
 }
 
 fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
+    // What `decode_meta` accepts.
+    assert!(meta.last_sequence <= meta.through, "a snapshot past its through sequence");
+    assert!(meta.config.validate().is_ok(), "a snapshot of an invalid configuration");
+    assert!(meta.skus.windows(2).all(|pair| pair[0] < pair[1]), "a SKU catalog not sorted");
     let padded = image.len().next_multiple_of(16);
     let mut bytes = vec![0u8; SNAPSHOT_HEADER_LEN + padded + 8 * meta.skus.len()];
     let (header, body) = bytes.split_at_mut(SNAPSHOT_HEADER_LEN);
@@ -250,6 +287,8 @@ fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
     format::encode_config(&meta.config, &mut header[CONFIG_OFFSET..][..CONFIG_BLOCK_LEN]);
     let crc = crc32c::crc32c(&header[..HEADER_CRC_OFFSET]);
     put_u32(header, HEADER_CRC_OFFSET, crc);
+    assert_eq!(bytes.len() % 8, 0, "a snapshot file that is not whole words");
+    debug_assert!(decode_meta(&meta.name, &meta.file, &bytes).is_ok(), "does not read back");
     bytes
 }
 
@@ -315,6 +354,11 @@ fn decode_meta(
     if meta.last_sequence > meta.through {
         return Err(invalid("the last sequence is past the through sequence"));
     }
+    // The configuration check above (a snapshot records one the engine accepts).
+    assert!(meta.config.validate().is_ok(), "an invalid configuration accepted");
+    // The length check above: the image lies inside the body, which `load` slices by.
+    assert!(image_len <= body.len(), "an image longer than the snapshot's body");
+    assert_eq!(meta.skus.len(), sku_count, "a SKU catalog of another count");
     Ok((meta, image_len))
 }
 
@@ -328,6 +372,8 @@ pub fn load<R: ReadSource>(
 ) -> Result<(Engine, SnapshotMeta), SnapshotError> {
     let (bytes, file) = read_file(source, name)?;
     let (meta, image_len) = decode_meta(name, &file, &bytes)?;
+    // `decode_meta` matched the lengths against the file size.
+    assert!(SNAPSHOT_HEADER_LEN + image_len <= bytes.len(), "an image past the file's end");
     let image_bytes = &bytes[SNAPSHOT_HEADER_LEN..SNAPSHOT_HEADER_LEN + image_len];
     let image = decode_image(image_bytes).map_err(|e| SnapshotError::Invalid {
         file: file.clone(),
@@ -337,6 +383,8 @@ pub fn load<R: ReadSource>(
     let engine = Engine::from_image(config, &image)
         .map_err(|source| SnapshotError::Restore { file: file.clone(), source })?;
     let digest = engine.state_digest();
+    // The header's config or the caller's: either restored the image, so it is valid.
+    assert!(engine.config().validate().is_ok(), "an engine of an invalid configuration");
     if digest != meta.state_digest || engine.last_sequence() != meta.last_sequence {
         return Err(SnapshotError::Invalid {
             file,
@@ -401,6 +449,9 @@ pub fn apply_retention<S: Storage>(
     let mut snapshots = list(storage)?;
     snapshots.retain(|(through, _)| *through <= durable);
     let Some(cut) = snapshots.len().checked_sub(policy.keep) else { return Ok(retention) };
+    // Only snapshots the journal durably reached are counted, oldest first.
+    assert!(snapshots.iter().all(|(through, _)| *through <= durable));
+    assert!(cut < snapshots.len(), "retention keeps at least one snapshot");
     for (_, name) in &snapshots[..cut] {
         storage
             .remove(name)
@@ -411,8 +462,17 @@ pub fn apply_retention<S: Storage>(
         datadir::sync_dir(storage)?;
     }
     let needed_from = snapshots[cut].0.next();
+    // Replay from the oldest kept snapshot never needs what the journal has not made durable.
+    assert!(needed_from.0 <= durable.0 + 1, "retention past the durable journal");
     retention.needed_from = Some(needed_from);
     retention.segments_retired = dir.retire_segments(needed_from)?;
+    // Exactly `keep` durably reached snapshots are left (debug builds: a listing). Only this
+    // thread writes snapshots, so none appeared meanwhile.
+    debug_assert!(
+        list(storage)
+            .is_ok_and(|left| left.iter().filter(|s| s.0 <= durable).count() == policy.keep),
+        "retention kept another number of snapshots"
+    );
     Ok(retention)
 }
 
@@ -449,6 +509,9 @@ impl SnapshotStats {
     /// The counters as (metric name, help text, value), for a Prometheus text endpoint.
     #[must_use]
     pub fn counters(&self) -> [(&'static str, &'static str, u64); 9] {
+        // Both are set under one lock, so a copy never sees them apart. (Written and failed
+        // against pauses are counted under separate locks, so they may be seen apart.)
+        assert!(self.pause_ns_last <= self.pause_ns_max, "a last pause above the longest");
         [
             ("ringfence_snapshots_written_total", "Snapshots written.", self.written),
             ("ringfence_snapshots_failed_total", "Snapshots that failed.", self.failed),
@@ -597,11 +660,15 @@ impl<S: Storage> Snapshotter<S> {
         if let Some(worker) = self.worker.take() {
             worker.join().expect("the snapshot writer thread panicked");
         }
+        // Every job sent was finished: a stopped writer is not busy.
+        assert!(!self.busy.load(Ordering::Acquire), "the snapshot writer stopped mid-job");
     }
 
     /// Copies the state and hands it to the writer; returns false (taking nothing) if the
     /// writer is still busy with the previous snapshot.
     fn take(&mut self, engine: &Engine, through: Sequence) -> bool {
+        // A snapshot through `through` holds no command after it.
+        assert!(engine.last_sequence() <= through, "a snapshot ahead of its through sequence");
         // Checked without the stats lock: while the writer is busy this runs on every command.
         if self.busy.swap(true, Ordering::AcqRel) {
             if !self.waiting {
@@ -619,6 +686,8 @@ impl<S: Storage> Snapshotter<S> {
             }
             Err(_) => engine.to_image_unsorted(),
         };
+        // One snapshot is written at a time, so at most one image comes back.
+        assert!(self.spares.try_recv().is_err(), "two spare images");
         let job = Job {
             image,
             through,
@@ -665,6 +734,8 @@ fn run_job<S: Storage>(
         }
     };
     assert_eq!(meta.running_hash, job.running_hash, "snapshot restores to the BLP's hash");
+    // A file is more than its header: the image follows.
+    assert!(meta.bytes > SNAPSHOT_HEADER_LEN as u64, "a snapshot with no image");
     assert_eq!(meta.last_sequence, job.last_sequence, "snapshot restores to the BLP's sequence");
     let retention = apply_retention(dir, policy);
     let mut stats = stats.lock().expect("snapshot stats lock");
@@ -685,6 +756,9 @@ fn run_job<S: Storage>(
 
 impl<S: Storage> SnapshotHook for Snapshotter<S> {
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
+        // The hook's contract: the engine has applied `command` (or, for a snapshot request,
+        // everything journaled before it).
+        assert!(engine.last_sequence() <= command.sequence, "a hook ahead of the engine");
         self.since_last += 1;
         self.requested |= matches!(command.command, Command::Snapshot);
         let due = self.policy.every_commands.is_some_and(|every| self.since_last >= every);

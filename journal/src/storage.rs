@@ -107,7 +107,9 @@ pub struct StorageError {
 impl StorageError {
     /// Wraps `source`, saying what was being done.
     pub fn new(context: impl Into<String>, source: io::Error) -> StorageError {
-        StorageError { context: context.into(), source }
+        let context = context.into();
+        assert!(!context.is_empty(), "an I/O error that does not say what was being done");
+        StorageError { context, source }
     }
 }
 
@@ -115,7 +117,12 @@ impl StorageError {
 /// names start with `.` and end with `.tmp`; recovery removes any it finds (a crash's leftover).
 #[must_use]
 pub fn temp_name(name: &str) -> String {
-    format!(".{name}.tmp")
+    assert!(!name.is_empty(), "a temporary name for no file");
+    assert!(!name.contains('/'), "storage names are plain file names: {name}");
+    let temp = format!(".{name}.tmp");
+    // The pair of the check recovery runs: what is written here is removed there.
+    debug_assert!(is_temp_name(&temp), "a temporary name recovery would not remove");
+    temp
 }
 
 /// Whether `name` is a temporary file (see [`temp_name`]).
@@ -133,12 +140,21 @@ pub fn write_atomically<S: Storage>(
     name: &str,
     bytes: &[u8],
 ) -> Result<(), StorageError> {
+    // A temporary file is never itself replaced atomically: recovery removes it.
+    assert!(!is_temp_name(name), "an atomic write of a temporary file: {name}");
+    // Every file written this way has a header; an empty one could never be read.
+    assert!(!bytes.is_empty(), "an atomic write of nothing: {name}");
     let temp = temp_name(name);
     let result = write_then_rename(storage, &temp, name, bytes);
     if result.is_err() {
         // The temporary file may or may not exist; either way it must not stay.
         let _ = storage.remove(&temp);
     }
+    // The pair of every reader: the file holds the bytes (debug builds: it reads them back).
+    debug_assert!(
+        result.is_err() || storage.read_file(name).is_ok_and(|read| read == bytes),
+        "an atomic write that does not read back: {name}"
+    );
     result
 }
 
@@ -148,6 +164,7 @@ fn write_then_rename<S: Storage>(
     name: &str,
     bytes: &[u8],
 ) -> Result<(), StorageError> {
+    assert_eq!(temp, temp_name(name), "renamed into place from another file");
     let described = || storage.describe(temp);
     storage
         .write_file(temp, bytes)
@@ -184,6 +201,7 @@ impl FileStorage {
     /// benchmarks, tests and callers that hold the lock themselves.
     pub fn open(dir: &Path) -> io::Result<FileStorage> {
         fs::create_dir_all(dir)?;
+        debug_assert!(dir.is_dir(), "the data directory is not a directory");
         Ok(FileStorage {
             inner: Arc::new(FileDir { dir: dir.to_path_buf(), archive: None, lock: None }),
         })
@@ -196,6 +214,9 @@ impl FileStorage {
             crate::error::JournalError::io(format!("creating data directory {}", dir.display()), e)
         })?;
         let lock = DirLock::acquire(dir)?;
+        // The lock is the directory's own (debug builds: a stat).
+        debug_assert!(lock.path().starts_with(dir), "a lock outside the data directory");
+        debug_assert!(lock.path().exists(), "the lock file is not there");
         let inner = FileDir { dir: dir.to_path_buf(), archive: None, lock: Some(Arc::new(lock)) };
         Ok(FileStorage { inner: Arc::new(inner) })
     }
@@ -204,6 +225,8 @@ impl FileStorage {
     /// of deleting them. It should be on the same file system, so a retirement is a rename.
     #[must_use]
     pub fn with_archive(self, archive: &Path) -> FileStorage {
+        // Retired files in the data directory itself would be read as journal files again.
+        assert_ne!(archive, self.dir(), "the archive is the data directory");
         let mut inner = FileDir::clone(&self.inner);
         inner.archive = Some(archive.to_path_buf());
         FileStorage { inner: Arc::new(inner) }
@@ -229,6 +252,8 @@ impl FileStorage {
 
     fn path(&self, name: &str) -> PathBuf {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
+        // An empty name would be the directory itself.
+        assert!(!name.is_empty(), "a file with no name");
         self.inner.dir.join(name)
     }
 }
@@ -251,7 +276,8 @@ impl Segment for FileSegment {
     }
 
     fn sync(&mut self, range: Range<usize>) -> io::Result<()> {
-        assert!(range.start <= range.end && range.end <= self.map.len());
+        assert!(range.start <= range.end, "a backwards sync range");
+        assert!(range.end <= self.map.len(), "a sync past the segment's end");
         if range.is_empty() {
             return Ok(());
         }
@@ -291,7 +317,11 @@ impl Storage for FileStorage {
         allocate(&file, len)?;
         file.sync_all()?;
         sync_dir(&self.inner.dir)?;
-        map_file(file)
+        let segment = map_file(file)?;
+        // The contract: a segment is its full length from the start, on disk and in the map.
+        assert_eq!(segment.map.len() as u64, len, "a segment mapped at another length: {name}");
+        debug_assert!(fs::metadata(&path).is_ok_and(|m| m.len() == len), "a short file: {name}");
+        Ok(segment)
     }
 
     fn open_segment(&self, name: &str) -> io::Result<FileSegment> {
@@ -301,7 +331,10 @@ impl Storage for FileStorage {
 
     fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let mut file = File::create(self.path(name))?;
-        file.write_all(bytes)
+        file.write_all(bytes)?;
+        // Replaced, not appended to (debug builds: a stat).
+        debug_assert!(file.metadata().is_ok_and(|m| m.len() == bytes.len() as u64), "{name}");
+        Ok(())
     }
 
     fn sync_file(&self, name: &str) -> io::Result<()> {
@@ -310,17 +343,25 @@ impl Storage for FileStorage {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        fs::rename(self.path(from), self.path(to))
+        assert_ne!(from, to, "a rename onto itself");
+        fs::rename(self.path(from), self.path(to))?;
+        // Moved within the directory (debug builds: two stats).
+        debug_assert!(!self.path(from).exists(), "a renamed file is still there: {from}");
+        debug_assert!(self.path(to).exists(), "a renamed file is not in place: {to}");
+        Ok(())
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
-        fs::remove_file(self.path(name))
+        fs::remove_file(self.path(name))?;
+        debug_assert!(!self.path(name).exists(), "a removed file is still there: {name}");
+        Ok(())
     }
 
     fn retire(&self, name: &str) -> io::Result<Retired> {
         let from = self.path(name);
         let Some(archive) = &self.inner.archive else {
             fs::remove_file(&from)?;
+            debug_assert!(!from.exists(), "a retired file is still in the data directory");
             return Ok(Retired::Deleted);
         };
         fs::create_dir_all(archive)?;
@@ -333,6 +374,7 @@ impl Storage for FileStorage {
             Err(error) => return Err(error),
         }
         sync_dir(archive)?;
+        debug_assert!(!from.exists(), "a retired file is still in the data directory");
         Ok(Retired::Archived(to.display().to_string()))
     }
 
@@ -341,6 +383,8 @@ impl Storage for FileStorage {
     }
 
     fn describe(&self, name: &str) -> String {
+        // The empty name describes the directory (for messages about it).
+        assert!(!name.contains('/'), "storage names are plain file names: {name}");
         self.inner.dir.join(name).display().to_string()
     }
 }
@@ -348,11 +392,13 @@ impl Storage for FileStorage {
 /// Moves `from` to `to` on another file system: copy to a temporary name there, sync, rename,
 /// then delete the original (the caller syncs both directories).
 fn copy_across(from: &Path, to: &Path) -> io::Result<()> {
+    assert_ne!(from, to, "a copy onto itself");
     let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("archived");
     let temp = to.with_file_name(temp_name(name));
     fs::copy(from, &temp)?;
     File::open(&temp)?.sync_all()?;
     fs::rename(&temp, to)?;
+    debug_assert!(to.exists(), "the archived copy is not there");
     fs::remove_file(from)
 }
 
@@ -369,6 +415,8 @@ fn map_file(file: File) -> io::Result<FileSegment> {
 /// Reserves every block of the file so writes through the map cannot fail for lack of space
 /// (which would arrive as SIGBUS, not as an error).
 fn allocate(file: &File, len: u64) -> io::Result<()> {
+    // A segment holds at least its header: a zero-length one cannot even be mapped.
+    assert!(len > 0, "a segment of no bytes");
     let len_off = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment length too large"))?;
     use std::os::fd::AsRawFd;
@@ -376,7 +424,10 @@ fn allocate(file: &File, len: u64) -> io::Result<()> {
     // reads its integer arguments.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
     match rc {
-        0 => Ok(()),
+        0 => {
+            debug_assert!(file.metadata().is_ok_and(|m| m.len() >= len), "allocated short");
+            Ok(())
+        }
         // Some file systems cannot preallocate; a sized sparse file still works.
         libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
         errno => Err(io::Error::from_raw_os_error(errno)),

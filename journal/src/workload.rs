@@ -33,6 +33,7 @@ impl Workload {
     /// A workload from `seed`, whose first command has `first` and is stamped at `start`.
     #[must_use]
     pub fn new(seed: u64, first: Sequence, start: Timestamp) -> Workload {
+        assert!(first.0 >= 1, "sequences start at 1");
         Workload {
             state: seed ^ 0x5EED_F1A5_0000_0001,
             next_sequence: first,
@@ -54,10 +55,17 @@ impl Workload {
 
     /// The next command.
     pub fn next_command(&mut self) -> Sequenced {
+        let before = self.now;
         self.now = self.now.plus_ms(self.random(3));
+        // Stamped as a sequencer would: time never goes back.
+        assert!(self.now >= before, "the workload's clock went back");
         let command = if self.setup <= SKUS as u32 { self.setup_command() } else { self.mixed() };
+        // What a journal holds: reads are never journaled.
+        assert!(command.is_mutating(), "the workload produced a read");
         let sequenced = Sequenced { sequence: self.next_sequence, timestamp: self.now, command };
         self.next_sequence = self.next_sequence.next();
+        // Contiguous, as the journal requires.
+        assert_eq!(self.next_sequence.0, sequenced.sequence.0 + 1, "a gap in the sequences");
         sequenced
     }
 
@@ -77,9 +85,15 @@ impl Workload {
             }
             _ => {}
         }
+        // Bounded memory, however long the run.
+        assert!(self.orders.len() <= ORDERS_REMEMBERED, "more orders remembered than the ring");
+        assert!(self.order_cursor < ORDERS_REMEMBERED, "the ring cursor left the ring");
+        assert!(self.coupons.len() <= 1_024, "more coupons remembered than the bound");
     }
 
     fn setup_command(&mut self) -> Command {
+        // SKUs first, then one coupon batch, then never again.
+        assert!(self.setup <= SKUS as u32, "setup after the mix began");
         self.setup += 1;
         let action = if self.setup <= SKUS as u32 {
             Action::CreateSku(CreateSku {
@@ -109,6 +123,8 @@ impl Workload {
         let roll = self.random(1_000);
         let user = UserId(1 + self.random(50_000));
         let sku = SkuId(1 + self.random(self.skus));
+        // Commands name the SKUs the setup created.
+        assert!(sku.0 <= self.skus, "a command for a SKU never created");
         let action = match roll {
             0..=549 => {
                 let coupon = (roll < 20).then(|| self.pick_coupon()).flatten();
@@ -145,6 +161,7 @@ impl Workload {
             return None;
         }
         let index = self.random(self.orders.len() as u64) as usize;
+        assert!(index < self.orders.len(), "random() past its bound");
         Some(self.orders[index])
     }
 
@@ -153,6 +170,7 @@ impl Workload {
             return None;
         }
         let index = self.random(self.coupons.len() as u64) as usize;
+        assert!(index < self.coupons.len(), "random() past its bound");
         Some(self.coupons[index])
     }
 
@@ -167,6 +185,9 @@ impl Workload {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
-        ((u128::from(z) * u128::from(bound)) >> 64) as u64
+        let value = ((u128::from(z) * u128::from(bound)) >> 64) as u64;
+        // Multiply-shift maps the word below the bound (and to 0 for a bound of 0).
+        assert!(value < bound || bound == 0, "random() past its bound");
+        value
     }
 }

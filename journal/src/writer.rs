@@ -9,8 +9,9 @@ use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced};
 
 use crate::datadir::DataDir;
 use crate::error::JournalError;
-use crate::format::{self, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{self, RECORD_ALIGN, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::manifest::ManifestSegment;
+use crate::scan;
 use crate::storage::{Segment, Storage};
 
 /// When appended records are made durable (synced to disk).
@@ -82,7 +83,30 @@ impl WriterOptions {
                 format::SEGMENT_LEN_MAX
             )));
         }
+        // What `try_append` counts on: a fresh segment holds the largest record.
+        let room = self.segment_len - SEGMENT_HEADER_LEN as u64;
+        assert!(room >= format::RECORD_LEN_MAX as u64, "a segment too small for a record");
         self.engine_config.validate().map_err(|e| JournalError::Options(e.to_string()))
+    }
+}
+
+impl<S: Storage> JournalWriter<S> {
+    /// The writer's invariants between calls: checked where it is made and after each append,
+    /// sync and rotation (integer comparisons and one atomic load).
+    fn verify(&self) {
+        assert!(self.next.0 >= 1, "sequences start at 1");
+        assert!(self.synced < self.next, "synced past the last record appended");
+        assert!(self.dir.durable_sequence() >= self.synced, "durable behind what was synced");
+        // No record runs ahead of the epoch file, whose epoch never goes down.
+        assert!(self.last_epoch <= self.epoch_allowed, "a record ahead of the epoch allowed");
+        assert!(self.epoch_allowed <= self.dir.current_epoch(), "the epoch file went back");
+        let Some(open) = &self.current else { return };
+        // Records from the header on, on 16-byte boundaries, synced up to a record boundary.
+        assert!(open.synced_to >= SEGMENT_HEADER_LEN, "the header counted as unsynced");
+        assert!(open.synced_to <= open.write_at, "synced past the write position");
+        assert!(open.write_at <= open.segment.bytes().len(), "written past the segment's end");
+        assert_eq!(open.write_at % RECORD_ALIGN, 0, "the write position off a boundary");
+        assert_eq!(open.synced_to % RECORD_ALIGN, 0, "the synced position off a boundary");
     }
 }
 
@@ -125,8 +149,10 @@ impl<S: Storage> JournalWriter<S> {
         options.validate()?;
         assert!(next.0 >= 1, "sequences start at 1");
         assert!(dir.manifest().segments.is_empty(), "a new journal has no segment");
+        // Nothing after `next - 1` can have been reported durable: no segment exists yet.
+        assert!(dir.durable_sequence().0 < next.0, "durable past a journal not yet begun");
         dir.note_durable(Sequence(next.0 - 1));
-        Ok(JournalWriter {
+        let writer = JournalWriter {
             storage: dir.storage().clone(),
             epoch_allowed: dir.current_epoch(),
             dir,
@@ -137,7 +163,9 @@ impl<S: Storage> JournalWriter<S> {
             last_epoch: Epoch(0),
             synced: Sequence(next.0 - 1),
             last_sync_ns: None,
-        })
+        };
+        writer.verify();
+        Ok(writer)
     }
 
     /// A writer continuing in segment `name` at byte `write_at`, after `last` (recovery).
@@ -150,21 +178,33 @@ impl<S: Storage> JournalWriter<S> {
         last_epoch: Epoch,
     ) -> Result<JournalWriter<S>, JournalError> {
         options.validate()?;
+        // The segment holds `last`, or starts just after it (no record written there yet).
+        let first = format::parse_segment_name(name);
+        assert!(first.is_some(), "resuming in a file that is not a segment: {name}");
+        assert!(first.is_some_and(|first| first <= last.next()), "resuming past a gap");
         let storage = dir.storage().clone();
         let mut segment = storage
             .open_segment(name)
             .map_err(|e| JournalError::io(format!("opening {}", storage.describe(name)), e))?;
-        assert!(write_at >= SEGMENT_HEADER_LEN && write_at <= segment.bytes().len());
+        // Recovery positions the writer just past the last intact record.
+        assert!(write_at >= SEGMENT_HEADER_LEN, "resuming inside the segment header");
+        assert!(write_at <= segment.bytes().len(), "resuming past the segment's end");
+        assert_eq!(write_at % RECORD_ALIGN, 0, "resuming off a record boundary");
+        // Recovery refused a journal whose last record is from an epoch the file has not reached.
+        assert!(last_epoch <= dir.current_epoch(), "a record ahead of the epoch file");
         // Recovery read these records through the page cache: after a process crash under a
         // policy that does not sync every batch, some may not be on disk yet. Sync them, so the
         // durable sequence published below is true (earlier segments were synced when the
         // writer moved past them).
+        // Everything after the last record is zero (recovery cleared a torn tail): the next
+        // record's header is where a reader finds the end marker until it is written.
+        debug_assert!(scan::last_nonzero(&segment.bytes()[write_at..]).is_none(), "bytes after");
         segment
             .sync(SEGMENT_HEADER_LEN..write_at)
             .map_err(|e| JournalError::io(format!("syncing {}", storage.describe(name)), e))?;
         let current = OpenSegment { name: name.to_owned(), segment, write_at, synced_to: write_at };
         dir.note_durable(last);
-        Ok(JournalWriter {
+        let writer = JournalWriter {
             storage,
             epoch_allowed: dir.current_epoch(),
             dir,
@@ -175,7 +215,9 @@ impl<S: Storage> JournalWriter<S> {
             last_epoch,
             synced: last,
             last_sync_ns: None,
-        })
+        };
+        writer.verify();
+        Ok(writer)
     }
 
     /// The sequence the next append must carry.
@@ -187,12 +229,14 @@ impl<S: Storage> JournalWriter<S> {
     /// The highest sequence known to be synced to disk (whatever the policy).
     #[must_use]
     pub fn synced_sequence(&self) -> Sequence {
+        assert!(self.synced < self.next, "synced past the last record appended");
         self.synced
     }
 
     /// The highest sequence appended.
     #[must_use]
     pub fn last_appended(&self) -> Sequence {
+        assert!(self.next.0 >= 1, "sequences start at 1");
         Sequence(self.next.0 - 1)
     }
 
@@ -231,6 +275,7 @@ impl<S: Storage> JournalWriter<S> {
         // The pair of the check on reading: the bytes are the record the values describe.
         let header = record::read_header(record.bytes);
         assert_eq!((header.sequence, header.epoch), (sequence, epoch), "framed bytes disagree");
+        assert_eq!(header.timestamp, record.sequenced.timestamp, "framed at another time");
         assert_eq!(record::record_len(header.payload_len), record.bytes.len());
         debug_assert!(record::check(record.bytes).is_ok(), "framed bytes fail their CRC");
         if epoch > self.epoch_allowed {
@@ -244,6 +289,7 @@ impl<S: Storage> JournalWriter<S> {
             }
         }
         let len = record.bytes.len();
+        assert_eq!(len % RECORD_ALIGN, 0, "records are padded to 16 bytes");
         let fits = self
             .current
             .as_ref()
@@ -253,10 +299,18 @@ impl<S: Storage> JournalWriter<S> {
         }
         let open = self.current.as_mut().expect("a segment is open after rotation");
         let at = open.write_at;
+        // Where the record goes: on a record boundary, after what was synced, inside the
+        // segment (a fresh segment holds the largest record: `SEGMENT_LEN_MIN`).
+        assert_eq!(at % RECORD_ALIGN, 0, "a record off a 16-byte boundary");
+        assert!(open.synced_to <= at, "synced past the write position");
+        assert!(at + len <= open.segment.bytes().len(), "a record past the segment's end");
         open.segment.bytes_mut()[at..at + len].copy_from_slice(record.bytes);
+        // The pair of the check on reading: what the segment holds is an intact record.
+        debug_assert!(format::check_record(&open.segment.bytes()[at..at + len]).is_some());
         open.write_at = at + len;
         self.next = self.next.next();
         self.last_epoch = epoch;
+        self.verify();
         Ok(())
     }
 
@@ -271,6 +325,7 @@ impl<S: Storage> JournalWriter<S> {
         let bytes = framing.encode(epoch, command);
         let appended = self.try_append(&Framed { epoch, sequenced: command, bytes });
         self.framing = framing;
+        assert!(appended.is_err() || self.next == command.sequence.next(), "appended elsewhere");
         appended
     }
 
@@ -289,6 +344,10 @@ impl<S: Storage> JournalWriter<S> {
                 }
             }
         }
+        // Under `batch`, nothing is released that is not on disk.
+        let batch = self.options.durability == Durability::Batch;
+        assert!(!batch || self.synced == self.last_appended(), "a batch released unsynced");
+        assert!(self.dir.durable_sequence() >= self.synced, "durable behind what was synced");
         Ok(self.last_appended())
     }
 
@@ -301,6 +360,8 @@ impl<S: Storage> JournalWriter<S> {
     /// Syncs every appended record now.
     pub fn sync_now(&mut self) -> Result<(), JournalError> {
         let Some(open) = self.current.as_mut() else { return Ok(()) };
+        assert!(open.synced_to <= open.write_at, "synced past the write position");
+        assert!(open.write_at <= open.segment.bytes().len(), "written past the segment's end");
         if open.synced_to < open.write_at {
             let range = open.synced_to..open.write_at;
             open.segment.sync(range).map_err(|e| {
@@ -308,8 +369,10 @@ impl<S: Storage> JournalWriter<S> {
             })?;
             open.synced_to = open.write_at;
         }
+        assert!(self.synced <= self.last_appended(), "synced sequence went back");
         self.synced = self.last_appended();
         self.dir.note_durable(self.synced);
+        self.verify();
         Ok(())
     }
 
@@ -325,15 +388,22 @@ impl<S: Storage> JournalWriter<S> {
     /// a listed, recognisable, empty segment. Either way no record can exist in a segment the
     /// manifest does not list, so a listed segment that goes missing is always noticed.
     fn rotate(&mut self, epoch: Epoch, first: Sequence) -> Result<(), JournalError> {
+        assert_eq!(first, self.next, "a segment starts at the next sequence");
         if self.current.is_some() {
             self.sync_now()?;
         }
+        // Every segment but the last is complete on disk.
+        let synced = self.current.as_ref().is_none_or(|open| open.synced_to == open.write_at);
+        assert!(synced, "a segment closed with unsynced records");
         self.current = None;
         let name = format::segment_name(first);
         let segment_len = self.options.segment_len;
         let mut segment = self.storage.create_segment(&name, segment_len).map_err(|e| {
             JournalError::io(format!("creating {}", self.storage.describe(&name)), e)
         })?;
+        assert_eq!(segment.bytes().len() as u64, segment_len, "a segment of another length");
+        // Created zero-filled: an empty segment reads as ending at its first record.
+        debug_assert!(scan::last_nonzero(segment.bytes()).is_none(), "a new segment not zeroed");
         let header = SegmentHeader {
             first_sequence: first,
             segment_len: self.options.segment_len,
@@ -347,6 +417,8 @@ impl<S: Storage> JournalWriter<S> {
             JournalError::io(format!("syncing {}", self.storage.describe(&name)), e)
         })?;
         self.dir.add_segment(ManifestSegment { first, len: segment_len })?;
+        // Listed before its first record (a copy of the manifest: debug builds only).
+        debug_assert!(self.dir.manifest().lists(first), "a segment written before it is listed");
         self.current = Some(OpenSegment {
             name,
             segment,

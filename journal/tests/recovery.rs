@@ -274,6 +274,36 @@ fn torn_last_record_is_truncated_and_reported() {
 }
 
 #[test]
+fn stray_bytes_in_the_last_sixteen_bytes_of_a_segment_are_reported_not_trusted() {
+    // Goal: non-zero bytes closer to a segment's end than a record header (where no record
+    // can start) are damage the scan reports, in the last segment as a torn tail and in an
+    // earlier one as corruption; nothing in the journal's code asserts they cannot be there.
+    let dir = TempDir::new("stray-end");
+    write_journal(dir.path(), 3_000);
+    let files = segments(dir.path());
+    assert!(files.len() >= 2, "the journal spans segments");
+    let last_file = files.last().unwrap();
+    let mut bytes = std::fs::read(last_file).unwrap();
+    let end = bytes.len();
+    bytes[end - 3] = 0x5A;
+    std::fs::write(last_file, &bytes).unwrap();
+    let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    let torn = recovered.report.torn_tail.clone().expect("a torn tail is reported");
+    assert_eq!(torn.damage, Damage::BytesAfterEnd.to_string());
+    drop(recovered);
+    let first_file = &files[0];
+    let mut bytes = std::fs::read(first_file).unwrap();
+    let end = bytes.len();
+    bytes[end - 3] = 0x5A;
+    std::fs::write(first_file, &bytes).unwrap();
+    let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused");
+    assert!(
+        matches!(error, JournalError::Corrupt { damage: Damage::BytesAfterEnd, .. }),
+        "{error}"
+    );
+}
+
+#[test]
 fn damage_before_the_tail_refuses_with_file_offset_and_sequence() {
     // Goal: a damaged record followed by intact ones is corruption: recovery refuses, names
     // the segment, the byte offset and the sequence, and points at the truncate repair.

@@ -77,6 +77,7 @@ pub(super) struct ImageTables<'a> {
     pub batches: &'a mut Vec<Batch>,
     pub coupons: &'a mut Vec<Coupon>,
     pub claims: &'a mut Vec<Claim>,
+    pub keys: &'a mut Vec<KeyEntry>,
     pub keys_head: &'a mut u64,
 }
 
@@ -92,6 +93,7 @@ impl EngineImage {
             batches: &mut self.batches,
             coupons: &mut self.coupons,
             claims: &mut self.claims,
+            keys: &mut self.keys,
             keys_head: &mut self.keys_head,
         }
     }
@@ -134,6 +136,9 @@ impl Engine {
     pub fn to_image(&self) -> EngineImage {
         let mut image = self.to_image_unsorted();
         image.canonicalize();
+        // Map-backed tables hold each key once, so sorted they are strictly ascending.
+        debug_assert!(image.holdings.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)));
+        debug_assert!(image.claims.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)));
         image
     }
 
@@ -190,6 +195,18 @@ impl Engine {
         refill(&mut image.claims, self.claims.len(), claims);
         let (front, back) = self.keys.as_slices();
         refill_from(&mut image.keys, &[front, back]);
+        // The pair of `check_image`: what the engine copies restores under its own settings.
+        let config = &self.config;
+        assert!(image.skus.len() <= config.skus_max as usize, "too many SKUs to restore");
+        assert!(image.orders.len() <= config.orders_max as usize, "too many orders to restore");
+        assert!(image.batches.len() <= config.batches_max as usize, "too many batches");
+        assert!(image.coupons.len() <= config.coupons_max as usize, "too many coupons");
+        assert!(image.holdings.len() <= config.holdings_max as usize, "too many holdings");
+        assert!(image.keys.len() <= config.request_keys_max as usize, "too many request keys");
+        assert!(image.deadlines.len() <= 2 * config.orders_max as usize, "too many deadlines");
+        assert!(image.finished.len() <= image.orders.len(), "more finished than kept orders");
+        assert_eq!(image.ids.shard(), image.shard, "the id generator belongs to the shard");
+        debug_assert_eq!(image.state_digest(), self.state_digest(), "the copy digests apart");
     }
 
     /// Rebuilds an engine from an image, checking it against `config` and itself.
@@ -222,6 +239,11 @@ impl Engine {
             return Err(RestoreError::Inconsistent("a (user, batch) claim count appears twice"));
         }
         engine.check_cross_tables()?;
+        // The pair of the digest a snapshot records: computed from the image, or from the
+        // engine it restored to, it is the same.
+        debug_assert_eq!(engine.state_digest(), image.state_digest(), "restore changed state");
+        // The heap was rebuilt: it keeps the room `push_deadline` counts on.
+        assert!(engine.deadlines.capacity() > engine.config.orders_max as usize);
         Ok(engine)
     }
 
@@ -253,6 +275,13 @@ impl Engine {
                 return Err(RestoreError::Inconsistent("duplicate request key"));
             }
         }
+        // Every entry is indexed once: what `apply` asserts after each command.
+        assert_eq!(self.sku_index.len(), self.skus.len(), "a SKU is not indexed");
+        assert_eq!(self.order_index.len(), self.orders.len(), "an order is not indexed");
+        assert_eq!(self.batch_index.len(), self.batches.len(), "a batch is not indexed");
+        assert_eq!(self.coupon_index.len(), self.coupons.len(), "a coupon is not indexed");
+        assert_eq!(self.key_index.len(), self.keys.len(), "a request key is not indexed");
+        assert!(self.orders_reserved as usize <= self.orders.len());
         Ok(())
     }
 
@@ -288,6 +317,7 @@ impl Engine {
     }
 
     fn scalars(&self) -> Scalars {
+        assert_eq!(self.ids.shard(), self.config.shard, "ids are issued for another shard");
         Scalars {
             shard: self.config.shard,
             ids: self.ids,
@@ -418,6 +448,7 @@ fn check_image(config: &EngineConfig, image: &EngineImage) -> Result<(), Restore
     if image.ids.shard() != image.shard {
         return Err(RestoreError::Inconsistent("the id generator belongs to another shard"));
     }
+    check_fields(image)?;
     let order_slots = image.orders.len() as u32;
     let in_range = image.orders.iter().all(|o| {
         o.sku_slot < image.skus.len() as u32
@@ -438,6 +469,51 @@ fn check_image(config: &EngineConfig, image: &EngineImage) -> Result<(), Restore
     // Request keys are indexed by absolute position, keys_head + offset.
     if image.keys_head.checked_add(image.keys.len() as u64).is_none() {
         return Err(RestoreError::Inconsistent("request-key positions overflow"));
+    }
+    Ok(())
+}
+
+/// Each entry's own fields are ones the engine can produce. The engine asserts them where it
+/// uses an entry, so an image that breaks one is refused here rather than tripping an
+/// assertion on a later command.
+fn check_fields(image: &EngineImage) -> Result<(), RestoreError> {
+    let bad_sku = image.skus.iter().any(|s| {
+        let empty_window =
+            matches!((s.sale_start, s.sale_end), (Some(start), Some(end)) if end <= start);
+        s.id.0 == 0 || s.payment_timeout_ms == 0 || empty_window
+    });
+    if bad_sku {
+        return Err(RestoreError::Inconsistent(
+            "a SKU has a zero id, a zero payment timeout or an empty sale window",
+        ));
+    }
+    if image.batches.iter().any(|b| b.id.0 == 0 || b.valid_until <= b.valid_from) {
+        return Err(RestoreError::Inconsistent("a batch has a zero id or is never valid"));
+    }
+    // Paid at some point is exactly when an order has its payment reference.
+    let bad_order = image.orders.iter().any(|o| {
+        o.id.0 == 0
+            || o.qty == 0
+            || o.expires_at < o.created_at
+            || o.payment_ref.is_some() != spends_coupon(o.state)
+    });
+    if bad_order {
+        return Err(RestoreError::Inconsistent(
+            "an order has a zero id or quantity, expires before it was made, or its payment \
+             reference does not match its state",
+        ));
+    }
+    if image.coupons.iter().any(|c| c.user.0 == 0 || c.state == CouponState::Expired) {
+        return Err(RestoreError::Inconsistent(
+            "a coupon was claimed by user zero or stores the expired state (it is derived)",
+        ));
+    }
+    // Keys are remembered in arrival order, so in expiry order: expiry stops at the first live.
+    if image.keys.windows(2).any(|pair| pair[1].expires_at < pair[0].expires_at) {
+        return Err(RestoreError::Inconsistent("request keys are not in expiry order"));
+    }
+    if image.keys.first().is_some_and(|first| first.expires_at < image.now) {
+        return Err(RestoreError::Inconsistent("a request key expired before now is kept"));
     }
     Ok(())
 }
@@ -469,6 +545,8 @@ fn spends_coupon(state: OrderState) -> bool {
 /// exact. O(state), with scratch vectors and map copies: restore is not on the hot path.
 impl Engine {
     fn check_cross_tables(&self) -> Result<(), RestoreError> {
+        // The checks look orders up by id: the indexes must be rebuilt first.
+        assert_eq!(self.order_index.len(), self.orders.len(), "cross checks before the index");
         self.check_sku_totals()?;
         self.check_coupon_links()?;
         self.check_deadlines()?;
@@ -556,6 +634,11 @@ impl Engine {
     fn check_deadlines(&self) -> Result<(), RestoreError> {
         let mut live = vec![0_u32; self.orders.len()];
         for Reverse((expires_at, order, slot)) in self.deadlines.iter() {
+            // Due deadlines fire (and leave the heap) when time reaches them, live or stale,
+            // so none is left at or before now (unless time is saturated and cannot move).
+            if *expires_at <= self.now && self.now.0 != u64::MAX {
+                return Err(RestoreError::Inconsistent("a deadline is already due"));
+            }
             if !self.deadline_is_live(*order, *slot) {
                 continue;
             }
@@ -572,6 +655,9 @@ impl Engine {
                 "a reserved order does not have exactly one live deadline",
             ));
         }
+        // Only a reserved order's deadline is live, and each has one.
+        let live_total: u32 = live.iter().sum();
+        assert_eq!(live_total, self.orders_reserved, "live deadlines differ from reserved orders");
         Ok(())
     }
 
@@ -601,6 +687,15 @@ impl Engine {
     /// For a SKU with a per-user limit, each buyer's holding covers the units of their kept
     /// orders that still hold units: a cancel, expiry or refund takes those units off it.
     fn check_holdings(&self) -> Result<(), RestoreError> {
+        // Held only under a limit, and never above it: a reservation past it is refused.
+        for (&(_, sku), &units) in self.holdings.iter() {
+            let limit = self.sku_index.get(&sku).map(|&slot| self.skus[slot as usize]);
+            if limit.is_none_or(|sku| units > sku.per_user_limit) {
+                return Err(RestoreError::Inconsistent(
+                    "a holding is of an unknown SKU or above its per-user limit",
+                ));
+            }
+        }
         let mut left = self.holdings.clone();
         for order in self.orders.iter().filter(|o| holds_units(o.state)) {
             let sku = &self.skus[order.sku_slot as usize];

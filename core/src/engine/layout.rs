@@ -59,7 +59,7 @@ use crate::codec::{
     self, DecodeError, ENCODING_VERSION, OUTCOME_LEN_MAX, Reader, Sink, Writer, coupon_state_parts,
     order_state_byte, read_coupon_state, read_order_state,
 };
-use crate::snowflake::Snowflake;
+use crate::snowflake::{COUNTER_BITS, Snowflake};
 use crate::types::{
     BatchId, CouponId, OrderId, PaymentRef, RequestKey, Sequence, SkuId, Timestamp, UserId,
 };
@@ -83,7 +83,10 @@ pub(super) const HEADER_LEN: usize = KEYS_HEAD_OFFSET + 8;
 
 const _: () = assert!(HEADER_LEN == 56);
 // The 8-byte scalars sit at multiples of 8, so the header reads well in a hex dump.
-const _: () = assert!(MILLIS_OFFSET % 8 == 0 && KEYS_HEAD_OFFSET % 8 == 0);
+const _: () = assert!(MILLIS_OFFSET % 8 == 0);
+const _: () = assert!(KEYS_HEAD_OFFSET % 8 == 0);
+// The state digest hashes header bytes 4..56, as the image module documents.
+const _: () = assert!(HEADER_LEN - SHARD_OFFSET == 52);
 
 /// Presence byte and room of a fixed-size option.
 const fn fixopt(len: usize) -> usize {
@@ -102,9 +105,20 @@ const KEY_ENTRY_LEN: usize = 16 + 8 + 8 + 1 + OUTCOME_LEN_MAX;
 /// The longest entry: a stack buffer this long holds any entry's bytes.
 const ENTRY_LEN_MAX: usize = KEY_ENTRY_LEN;
 
-const _: () = assert!(SKU_ENTRY_LEN == 79 && ORDER_ENTRY_LEN == 71 && BATCH_ENTRY_LEN == 52);
-const _: () = assert!(COUPON_ENTRY_LEN == 29 && KEY_ENTRY_LEN == 113);
-const _: () = assert!(KEY_ENTRY_LEN >= SKU_ENTRY_LEN && KEY_ENTRY_LEN >= ORDER_ENTRY_LEN);
+// Entry sizes as the byte diagram documents them.
+const _: () = assert!(SKU_ENTRY_LEN == 79);
+const _: () = assert!(ORDER_ENTRY_LEN == 71);
+const _: () = assert!(FINISHED_ENTRY_LEN == 4);
+const _: () = assert!(DEADLINE_ENTRY_LEN == 20);
+const _: () = assert!(HOLDING_ENTRY_LEN == 20);
+const _: () = assert!(BATCH_ENTRY_LEN == 52);
+const _: () = assert!(COUPON_ENTRY_LEN == 29);
+const _: () = assert!(CLAIM_ENTRY_LEN == 20);
+const _: () = assert!(KEY_ENTRY_LEN == 113);
+// `entry_bytes` writes any entry into a buffer of `ENTRY_LEN_MAX` bytes.
+const _: () = assert!(ENTRY_LEN_MAX >= SKU_ENTRY_LEN);
+const _: () = assert!(ENTRY_LEN_MAX >= ORDER_ENTRY_LEN);
+const _: () = assert!(ENTRY_LEN_MAX >= BATCH_ENTRY_LEN);
 
 /// A snapshot image that cannot be decoded. Every variant names what is wrong and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -241,6 +255,9 @@ impl Scalars {
     pub(super) fn header(&self) -> [u8; HEADER_LEN] {
         assert_eq!(self.ids.shard(), self.shard, "the id generator belongs to the shard");
         let (millis, counter, started) = self.ids.state();
+        // What `Snowflake::from_state` accepts when the header is read back.
+        assert!(counter < 1 << COUNTER_BITS, "an id counter past its 12 bits");
+        assert!(started || (millis, counter) == (0, 0), "an idle id generator that moved");
         let mut header = [0_u8; HEADER_LEN];
         let mut put = |offset: usize, bytes: &[u8]| {
             header[offset..offset + bytes.len()].copy_from_slice(bytes);
@@ -255,6 +272,7 @@ impl Scalars {
         put(LAST_SEQUENCE_OFFSET, &self.last_sequence.0.to_le_bytes());
         put(RUNNING_HASH_OFFSET, &self.running_hash.to_le_bytes());
         put(KEYS_HEAD_OFFSET, &self.keys_head.to_le_bytes());
+        debug_assert!(Scalars::decode(&header).is_ok(), "a header that does not read back");
         header
     }
 
@@ -299,6 +317,7 @@ impl Scalars {
             (u16_at(SHARD_OFFSET), u64_at(MILLIS_OFFSET), u64_at(COUNTER_OFFSET));
         let ids = Snowflake::from_state(shard, millis, counter, started)
             .ok_or(ImageDecodeError::BadIdGenerator { shard, millis, counter, started })?;
+        assert_eq!(ids.shard(), shard, "the id generator read for another shard");
         Ok(Scalars {
             shard,
             ids,
@@ -356,6 +375,11 @@ impl EngineImage {
         put_table(out, &self.claims);
         put_table(out, &self.keys);
         assert_eq!(out.len() - start, len);
+        debug_assert_eq!(
+            EngineImage::decode(&out[start..]).as_ref(),
+            Ok(self),
+            "an image that does not decode to itself"
+        );
     }
 
     /// Decodes an image written by [`EngineImage::encode_into`], validating every byte.
@@ -385,6 +409,8 @@ impl EngineImage {
             keys: read_table(&mut r)?,
         };
         r.finish("snapshot image")?;
+        // Every byte was read, and each table's count covered its entries exactly.
+        assert_eq!(image.encoded_len(), bytes.len(), "decoding consumed a different length");
         Ok(image)
     }
 }
@@ -415,19 +441,23 @@ fn read_table<E: Entry>(r: &mut Reader<'_>) -> Result<Vec<E>, ImageDecodeError> 
         entries.push(E::read(r)?);
         assert_eq!(r.offset() - start, E::LEN);
     }
+    assert_eq!(r.offset() - offset, 4 + count * E::LEN, "a table read past its entries");
     Ok(entries)
 }
 
 /// A fixed-size option: presence byte, then the value's bytes, all zero when absent.
 fn put_fixopt<const N: usize>(w: &mut Writer<'_>, value: Option<[u8; N]>) {
+    let start = w.len();
     w.flag(value.is_some());
     w.bytes(&value.unwrap_or([0; N]));
+    assert_eq!(w.len() - start, fixopt(N), "a fixed option is its presence byte and room");
 }
 
 fn read_fixopt<const N: usize>(
     r: &mut Reader<'_>,
     field: &'static str,
 ) -> Result<Option<[u8; N]>, DecodeError> {
+    let start = r.offset();
     let present = r.flag(field)?;
     let offset = r.offset();
     let bytes = r.array::<N>(field)?;
@@ -435,6 +465,7 @@ fn read_fixopt<const N: usize>(
         let at = bytes.iter().position(|&b| b != 0).unwrap_or(0);
         return Err(DecodeError::BadPadding { field, offset: offset + at });
     }
+    assert_eq!(r.offset() - start, fixopt(N), "a fixed option read at another length");
     Ok(present.then_some(bytes))
 }
 
@@ -447,6 +478,7 @@ impl Entry for Sku {
     const LEN: usize = SKU_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
+        let start = w.len();
         for value in [self.id.0, self.stock, self.available, self.reserved, self.sold] {
             w.u64(value);
         }
@@ -456,10 +488,12 @@ impl Entry for Sku {
         w.u64(self.payment_timeout_ms);
         put_fixopt(w, self.sale_start.map(|t| t.0.to_le_bytes()));
         put_fixopt(w, self.sale_end.map(|t| t.0.to_le_bytes()));
+        assert_eq!(w.len() - start, Self::LEN, "a SKU entry of another length");
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Sku, DecodeError> {
-        Ok(Sku {
+        let start = r.offset();
+        let sku = Sku {
             id: SkuId(r.u64("SKU id")?),
             stock: r.u64("stock")?,
             available: r.u64("available")?,
@@ -471,7 +505,9 @@ impl Entry for Sku {
             payment_timeout_ms: r.u64("payment_timeout_ms")?,
             sale_start: read_fixopt_u64(r, "sale_start")?.map(Timestamp),
             sale_end: read_fixopt_u64(r, "sale_end")?.map(Timestamp),
-        })
+        };
+        assert_eq!(r.offset() - start, Self::LEN, "a SKU entry read at another length");
+        Ok(sku)
     }
 }
 
@@ -480,6 +516,7 @@ impl Entry for Order {
     const LEN: usize = ORDER_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
+        let start = w.len();
         w.u64(self.id.0);
         w.u64(self.user.0);
         w.u32(self.sku_slot);
@@ -490,10 +527,12 @@ impl Entry for Order {
         w.u64(self.expires_at.0);
         put_fixopt(w, self.coupon_slot.map(u32::to_le_bytes));
         put_fixopt(w, self.payment_ref.map(|reference| reference.0));
+        assert_eq!(w.len() - start, Self::LEN, "an order entry of another length");
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Order, DecodeError> {
-        Ok(Order {
+        let start = r.offset();
+        let order = Order {
             id: OrderId(r.u64("order id")?),
             user: UserId(r.u64("user")?),
             sku_slot: r.u32("SKU slot")?,
@@ -504,7 +543,9 @@ impl Entry for Order {
             expires_at: Timestamp(r.u64("expires_at")?),
             coupon_slot: read_fixopt::<4>(r, "coupon slot")?.map(u32::from_le_bytes),
             payment_ref: read_fixopt::<16>(r, "payment_ref")?.map(PaymentRef),
-        })
+        };
+        assert_eq!(r.offset() - start, Self::LEN, "an order entry read at another length");
+        Ok(order)
     }
 }
 
@@ -513,11 +554,16 @@ impl Entry for u32 {
     const LEN: usize = FINISHED_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
+        let start = w.len();
         w.u32(*self);
+        assert_eq!(w.len() - start, Self::LEN, "a finished entry of another length");
     }
 
     fn read(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
-        r.u32("finished order slot")
+        let start = r.offset();
+        let slot = r.u32("finished order slot")?;
+        assert_eq!(r.offset() - start, Self::LEN, "a finished entry read at another length");
+        Ok(slot)
     }
 }
 
@@ -526,15 +572,21 @@ impl Entry for Deadline {
     const LEN: usize = DEADLINE_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
+        let start = w.len();
         let (expires_at, order, slot) = *self;
         w.u64(expires_at.0);
         w.u64(order.0);
         w.u32(slot);
+        assert_eq!(w.len() - start, Self::LEN, "a deadline entry of another length");
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Deadline, DecodeError> {
+        let start = r.offset();
         let expires_at = Timestamp(r.u64("deadline")?);
-        Ok((expires_at, OrderId(r.u64("deadline order")?), r.u32("deadline order slot")?))
+        let deadline =
+            (expires_at, OrderId(r.u64("deadline order")?), r.u32("deadline order slot")?);
+        assert_eq!(r.offset() - start, Self::LEN, "a deadline entry read at another length");
+        Ok(deadline)
     }
 }
 
@@ -546,15 +598,20 @@ impl Entry for Holding {
     const LEN: usize = HOLDING_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
+        let start = w.len();
         let (user, sku, units) = *self;
         w.u64(user.0);
         w.u64(sku.0);
         w.u32(units);
+        assert_eq!(w.len() - start, Self::LEN, "a holding entry of another length");
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Holding, DecodeError> {
+        let start = r.offset();
         let user = UserId(r.u64("holding user")?);
-        Ok((user, SkuId(r.u64("holding SKU")?), r.u32("holding units")?))
+        let holding = (user, SkuId(r.u64("holding SKU")?), r.u32("holding units")?);
+        assert_eq!(r.offset() - start, Self::LEN, "a holding entry read at another length");
+        Ok(holding)
     }
 }
 
@@ -563,6 +620,7 @@ impl Entry for Batch {
     const LEN: usize = BATCH_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
+        let start = w.len();
         w.u64(self.id.0);
         w.u32(self.quantity);
         w.u32(self.remaining);
@@ -571,10 +629,12 @@ impl Entry for Batch {
         w.u64(self.min_amount_cents);
         w.u64(self.valid_from.0);
         w.u64(self.valid_until.0);
+        assert_eq!(w.len() - start, Self::LEN, "a batch entry of another length");
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Batch, DecodeError> {
-        Ok(Batch {
+        let start = r.offset();
+        let batch = Batch {
             id: BatchId(r.u64("batch id")?),
             quantity: r.u32("quantity")?,
             remaining: r.u32("remaining")?,
@@ -583,7 +643,9 @@ impl Entry for Batch {
             min_amount_cents: r.u64("min_amount_cents")?,
             valid_from: Timestamp(r.u64("valid_from")?),
             valid_until: Timestamp(r.u64("valid_until")?),
-        })
+        };
+        assert_eq!(r.offset() - start, Self::LEN, "a batch entry read at another length");
+        Ok(batch)
     }
 }
 
@@ -592,15 +654,18 @@ impl Entry for Coupon {
     const LEN: usize = COUPON_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
+        let start = w.len();
         w.u64(self.id.0);
         w.u32(self.batch_slot);
         w.u64(self.user.0);
         let (tag, order) = coupon_state_parts(self.state);
         w.u8(tag);
         w.u64(order.map_or(0, |order| order.0));
+        assert_eq!(w.len() - start, Self::LEN, "a coupon entry of another length");
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Coupon, DecodeError> {
+        let start = r.offset();
         let id = CouponId(r.u64("coupon id")?);
         let batch_slot = r.u32("batch slot")?;
         let user = UserId(r.u64("coupon user")?);
@@ -612,6 +677,7 @@ impl Entry for Coupon {
                 return Err(DecodeError::BadPadding { field: "coupon order", offset });
             }
         }
+        assert_eq!(r.offset() - start, Self::LEN, "a coupon entry read at another length");
         Ok(Coupon { id, batch_slot, user, state })
     }
 }
@@ -624,15 +690,20 @@ impl Entry for Claim {
     const LEN: usize = CLAIM_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
+        let start = w.len();
         let (user, batch, count) = *self;
         w.u64(user.0);
         w.u64(batch.0);
         w.u32(count);
+        assert_eq!(w.len() - start, Self::LEN, "a claim entry of another length");
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Claim, DecodeError> {
+        let start = r.offset();
         let user = UserId(r.u64("claim user")?);
-        Ok((user, BatchId(r.u64("claim batch")?), r.u32("claim count")?))
+        let claim = (user, BatchId(r.u64("claim batch")?), r.u32("claim count")?);
+        assert_eq!(r.offset() - start, Self::LEN, "a claim entry read at another length");
+        Ok(claim)
     }
 }
 
@@ -641,16 +712,22 @@ impl Entry for KeyEntry {
     const LEN: usize = KEY_ENTRY_LEN;
 
     fn write(&self, w: &mut Writer<'_>) {
+        let start = w.len();
         w.bytes16(&self.key.0);
         w.u64(self.expires_at.0);
         w.u64(self.fingerprint);
         let mut outcome = [0_u8; OUTCOME_LEN_MAX];
         let len = codec::encode_outcome(&self.outcome, &mut outcome);
+        // The pair of the reader's length check: an outcome is at least its tag.
+        assert!(len >= 1, "an empty stored outcome");
+        debug_assert_eq!(codec::decode_outcome_at(&outcome[..len], 0), Ok(self.outcome));
         w.u8(u8::try_from(len).expect("OUTCOME_LEN_MAX fits a byte"));
         w.bytes(&outcome);
+        assert_eq!(w.len() - start, Self::LEN, "a request-key entry of another length");
     }
 
     fn read(r: &mut Reader<'_>) -> Result<KeyEntry, DecodeError> {
+        let start = r.offset();
         let key = RequestKey(r.array("request key")?);
         let expires_at = Timestamp(r.u64("request key expiry")?);
         let fingerprint = r.u64("request fingerprint")?;
@@ -667,6 +744,7 @@ impl Entry for KeyEntry {
             let offset = base + len + at;
             return Err(DecodeError::BadPadding { field: "stored outcome", offset });
         }
+        assert_eq!(r.offset() - start, Self::LEN, "a request-key entry read at another length");
         Ok(KeyEntry { key, expires_at, fingerprint, outcome })
     }
 }

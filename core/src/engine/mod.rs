@@ -180,7 +180,7 @@ impl Engine {
             panic!("invalid engine configuration: {error}");
         }
         let orders_max = config.orders_max as usize;
-        Engine {
+        let engine = Engine {
             now: Timestamp(0),
             last_sequence: Sequence(0),
             running_hash: 0,
@@ -202,7 +202,13 @@ impl Engine {
             keys_head: 0,
             key_index: fixed_map(config.request_keys_max),
             config,
-        }
+        };
+        // `push_deadline` sweeps when the heap is full; a sweep leaves at most `orders_max`
+        // live deadlines, so the heap must hold more than that or the next push would grow it.
+        assert!(engine.deadlines.capacity() > orders_max, "the deadline heap outgrows a sweep");
+        assert!(engine.keys.capacity() >= engine.config.request_keys_max as usize);
+        assert!(engine.finished.capacity() >= orders_max, "the finished queue is preallocated");
+        engine
     }
 
     /// The configuration the engine was started with.
@@ -250,23 +256,42 @@ impl Engine {
         };
         self.last_sequence = sequenced.sequence;
         self.fold_outcome(sequenced.sequence, &outcome);
+        // Postconditions of every mutating command, cheap enough for each one. The order
+        // counts are guarded in release builds where they change (an underflow check before
+        // every decrement); here only in debug builds.
+        assert!(self.now >= sequenced.timestamp, "a command leaves now at or past its stamp");
+        debug_assert!(self.orders_reserved as usize <= self.orders.len(), "reserved, not kept");
+        debug_assert!(self.finished.len() <= self.orders.len(), "finished orders are kept");
+        assert_eq!(self.key_index.len(), self.keys.len(), "every remembered key is indexed");
+        assert_eq!(self.order_index.len(), self.orders.len(), "every kept order is indexed");
         outcome
     }
 
     /// Answers a read from current state. Changes nothing.
     #[must_use]
     pub fn query(&self, query: &Query) -> Outcome {
+        // Each answer describes the id asked about: the index led to the right slot.
         let answer = match *query {
-            Query::Sku(sku) => self.sku_slot(sku).map(|slot| Outcome::Sku(self.sku_view(slot))),
-            Query::Order(order) => {
-                self.order_slot(order).map(|slot| Outcome::Order(self.order_view(slot)))
-            }
-            Query::Coupon(coupon) => {
-                self.coupon_slot(coupon).map(|slot| Outcome::Coupon(self.coupon_view(slot)))
-            }
-            Query::Batch(batch) => {
-                self.batch_slot(batch).map(|slot| Outcome::Batch(self.batch_view(slot)))
-            }
+            Query::Sku(sku) => self.sku_slot(sku).map(|slot| {
+                let view = self.sku_view(slot);
+                assert_eq!(view.sku, sku, "the SKU index answered another SKU");
+                Outcome::Sku(view)
+            }),
+            Query::Order(order) => self.order_slot(order).map(|slot| {
+                let view = self.order_view(slot);
+                assert_eq!(view.order, order, "the order index answered another order");
+                Outcome::Order(view)
+            }),
+            Query::Coupon(coupon) => self.coupon_slot(coupon).map(|slot| {
+                let view = self.coupon_view(slot);
+                assert_eq!(view.coupon, coupon, "the coupon index answered another coupon");
+                Outcome::Coupon(view)
+            }),
+            Query::Batch(batch) => self.batch_slot(batch).map(|slot| {
+                let view = self.batch_view(slot);
+                assert_eq!(view.batch, batch, "the batch index answered another batch");
+                Outcome::Batch(view)
+            }),
         };
         answer.unwrap_or_else(Outcome::Rejected)
     }
@@ -274,6 +299,16 @@ impl Engine {
     /// A summary: last sequence, logical time, running hash and table sizes.
     #[must_use]
     pub fn status(&self) -> EngineStatus {
+        // Every table within the capacity it was allocated with.
+        assert!(self.skus.len() <= self.config.skus_max as usize);
+        assert!(self.orders.len() <= self.config.orders_max as usize);
+        assert!(self.batches.len() <= self.config.batches_max as usize);
+        assert!(self.coupons.len() <= self.config.coupons_max as usize);
+        assert!(self.holdings.len() <= self.config.holdings_max as usize);
+        assert!(self.keys.len() <= self.config.request_keys_max as usize);
+        // Checked per command in debug builds only (the hot path); here in release builds too.
+        assert!(self.orders_reserved as usize <= self.orders.len(), "reserved, not kept");
+        assert!(self.finished.len() <= self.orders.len(), "finished orders are kept");
         EngineStatus {
             last_sequence: self.last_sequence,
             now: self.now,
@@ -317,7 +352,11 @@ impl Engine {
     /// due journals nothing.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.deadlines.peek().map(|Reverse((expires_at, _, _))| *expires_at)
+        let next = self.deadlines.peek().map(|Reverse((expires_at, _, _))| *expires_at);
+        // Due deadlines fire as soon as time reaches them (time saturates at the top).
+        let due = next.is_some_and(|at| at <= self.now && self.now.0 != u64::MAX);
+        assert!(!due, "a due deadline was left in the heap");
+        next
     }
 
     /// Sequence of the last mutating command applied (zero before the first).
@@ -367,11 +406,26 @@ impl Engine {
     /// splitting it into fields for the hash and putting them back together.
     #[inline(never)]
     fn fold_outcome(&mut self, sequence: Sequence, outcome: &Outcome) {
+        // Only mutating commands are folded: a read's answer never enters the hash. A debug
+        // assertion: `apply_observed` returns before folding for every read, and this runs per
+        // command.
+        let read = matches!(
+            outcome,
+            Outcome::Sku(_)
+                | Outcome::Order(_)
+                | Outcome::Coupon(_)
+                | Outcome::Batch(_)
+                | Outcome::SnapshotRequested { .. }
+        );
+        debug_assert!(!read, "a read's answer folded into the running hash");
         self.running_hash = hash::fold_outcome(self.running_hash, sequence, outcome);
     }
 
     /// Folds an event (an expiry) into the running hash ([`hash::fold_event`]).
     fn fold_event(&mut self, event: &Event) {
+        let Event::OrderExpired { order, qty, .. } = *event;
+        assert!(qty > 0, "an expired order held units");
+        assert_ne!(order.0, 0, "order ids are never zero");
         self.running_hash = hash::fold_event(self.running_hash, event);
     }
 
@@ -381,15 +435,21 @@ impl Engine {
             return;
         }
         self.now = timestamp;
+        let mut fired = (Timestamp(0), OrderId(0));
         while let Some(&Reverse((expires_at, order, slot))) = self.deadlines.peek() {
             if expires_at > self.now {
                 break;
             }
+            // Deadlines fire ordered by (deadline, order id), as documented.
+            assert!((expires_at, order) >= fired, "deadlines fired out of order");
+            fired = (expires_at, order);
             self.deadlines.pop();
             if self.deadline_is_live(order, slot) {
                 self.expire_order(slot, events);
             }
         }
+        // Every reserved order still has its deadline queued, or it would never expire.
+        assert!(self.orders_reserved as usize <= self.deadlines.len(), "a deadline was lost");
         while self.keys.front().is_some_and(|entry| entry.expires_at <= self.now) {
             // Keys expire in arrival order, so the ones about to go are known: warm the index
             // slot of one a few places on while this one is removed.
@@ -399,16 +459,30 @@ impl Engine {
             let entry = self.keys.pop_front().expect("front checked");
             let removed = self.key_index.remove(&entry.key);
             assert_eq!(removed, Some(self.keys_head));
+            // Keys are pushed at *now* plus a fixed window, and now never goes back, so the
+            // queue is in expiry order and stopping at the first live key misses none.
+            let next = self.keys.front().map_or(Timestamp(u64::MAX), |next| next.expires_at);
+            assert!(next >= entry.expires_at, "request keys queued out of expiry order");
             self.keys_head += 1;
         }
+        assert_eq!(self.key_index.len(), self.keys.len(), "expired keys left the index");
     }
 
     fn deadline_is_live(&self, order: OrderId, slot: u32) -> bool {
         let kept = &self.orders[slot as usize];
-        kept.id == order && kept.state == OrderState::Reserved
+        let live = kept.id == order && kept.state == OrderState::Reserved;
+        // A live deadline's order is reserved, so it is one of those counted.
+        assert!(!live || self.orders_reserved > 0, "a reserved order the count misses");
+        live
     }
 
     fn push_deadline(&mut self, deadline: Deadline) {
+        let (expires_at, order, slot) = deadline;
+        // In the future of now (payment timeouts are never zero), unless time is saturated.
+        assert!(expires_at > self.now || expires_at.0 == u64::MAX, "a deadline in the past");
+        // The caller has just written the order; checked in debug builds only (hot path).
+        debug_assert!(self.deadline_is_live(order, slot), "a deadline for an order not reserved");
+        debug_assert_eq!(self.orders[slot as usize].expires_at, expires_at, "not its deadline");
         if self.deadlines.len() == self.deadlines.capacity() {
             // Every live deadline belongs to a reserved order and there are at most
             // `orders_max` of those, so sweeping stale entries frees at least half the heap.
@@ -419,7 +493,11 @@ impl Engine {
             });
             assert!(self.deadlines.len() <= self.config.orders_max as usize);
         }
+        // Within capacity, so the push never allocates; within twice `orders_max`, so a
+        // snapshot of the heap passes the restore check on its size.
+        debug_assert!(self.deadlines.len() < self.deadlines.capacity(), "the heap is full");
         self.deadlines.push(Reverse(deadline));
+        assert!(self.deadlines.len() <= 2 * self.config.orders_max as usize);
     }
 
     /// Idempotency: a known key with the same command returns the original outcome; with a
@@ -429,8 +507,13 @@ impl Engine {
         // Located once: executing a command never touches the request-key index.
         let located = self.key_index.locate(key);
         if let Some(position) = located.value {
+            assert!(position >= self.keys_head, "an expired request key is still indexed");
+            let end = self.keys_head + self.keys.len() as u64;
+            assert!(position < end, "a request key indexed past the queue");
             let entry = &self.keys[(position - self.keys_head) as usize];
             assert_eq!(entry.key, key);
+            // Expiry ran before this command; keys expire once now reaches their time.
+            assert!(entry.expires_at >= self.now, "an expired request key answered");
             if entry.fingerprint == fingerprint {
                 return entry.outcome;
             }
@@ -439,13 +522,26 @@ impl Engine {
         if self.keys.len() == self.config.request_keys_max as usize {
             return Outcome::Rejected(Rejection::CapacityExhausted);
         }
+        // Table sizes, to check that a refusal changed nothing (every check runs before the
+        // first write). Debug builds only: capturing them costs every command, and the
+        // scenario tests compare the tables digest around every refusal.
+        let sizes = (self.skus.len(), self.orders.len(), self.holdings.len(), self.coupons.len());
+        let (reserved, finished) = (self.orders_reserved, self.finished.len());
         let outcome = self.execute(action);
+        if outcome.is_rejected() {
+            let now = (self.skus.len(), self.orders.len(), self.holdings.len(), self.coupons.len());
+            debug_assert_eq!(now, sizes, "a refused command changed a table");
+            debug_assert_eq!(self.orders_reserved, reserved, "a refused command changed an order");
+            debug_assert_eq!(self.finished.len(), finished, "a refused command finished an order");
+        }
         // A full table is transient: the retry must be allowed to succeed later.
         if outcome != Outcome::Rejected(Rejection::CapacityExhausted) {
             let expires_at = self.now.plus_ms(self.config.request_key_window_ms);
             let position = self.keys_head + self.keys.len() as u64;
             self.keys.push_back(KeyEntry { key, expires_at, fingerprint, outcome });
             self.key_index.put_at(located, position);
+            // `apply_observed` checks the same after every command, in release builds too.
+            debug_assert_eq!(self.key_index.len(), self.keys.len(), "a remembered key is indexed");
         }
         outcome
     }
@@ -468,6 +564,27 @@ impl Engine {
             Action::CreateCouponBatch(create) => self.create_batch(&create),
             Action::ClaimCoupon { user, batch } => self.claim_coupon(user, batch),
         };
+        // Each command is answered with its own kind of outcome, or refused. A debug assertion:
+        // it runs on every command, and the dispatch above makes it hold by construction.
+        let answered = matches!(
+            (action, &result),
+            (_, Err(_))
+                | (Action::CreateSku(_), Ok(Outcome::SkuCreated(_)))
+                | (Action::Restock { .. }, Ok(Outcome::Restocked(_)))
+                | (Action::OpenSale { .. } | Action::CloseSale { .. }, Ok(Outcome::SaleChanged(_)))
+                | (Action::Reserve(_), Ok(Outcome::Reserved { .. }))
+                | (Action::Pay { .. }, Ok(Outcome::Paid { .. }))
+                | (
+                    Action::Cancel { .. } | Action::AdminCancel { .. },
+                    Ok(Outcome::Cancelled { .. })
+                )
+                | (Action::Ship { .. }, Ok(Outcome::Shipped { .. }))
+                | (Action::Complete { .. }, Ok(Outcome::Completed { .. }))
+                | (Action::Refund { .. }, Ok(Outcome::Refunded { .. }))
+                | (Action::CreateCouponBatch(_), Ok(Outcome::BatchCreated(_)))
+                | (Action::ClaimCoupon { .. }, Ok(Outcome::CouponClaimed { .. }))
+        );
+        debug_assert!(answered, "{} answered with another command's outcome", action.name());
         result.unwrap_or_else(Outcome::Rejected)
     }
 }

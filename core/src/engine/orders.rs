@@ -63,12 +63,16 @@ impl Engine {
         let expires_at = self.now.plus_ms(sku.payment_timeout_ms);
         sku.available -= u64::from(reserve.qty);
         sku.reserved += u64::from(reserve.qty);
+        assert_eq!(sku.available + sku.reserved + sku.sold, sku.stock, "reserving lost units");
         if let Some(located) = holding {
             let units = u32::try_from(wanted).expect("wanted is within the per-user limit");
+            assert!(units <= sku.per_user_limit, "a holding above the per-user limit");
             self.holdings.put_at(located, units);
         }
         if let Some((coupon_slot, _)) = coupon {
-            self.coupons[coupon_slot as usize].state = CouponState::Locked(id);
+            let coupon = &mut self.coupons[coupon_slot as usize];
+            assert_eq!(coupon.state, CouponState::Available, "a coupon applied twice");
+            coupon.state = CouponState::Locked(id);
         }
         let order = Order {
             id,
@@ -106,6 +110,8 @@ impl Engine {
         let slot = self.coupon_slot(coupon)?;
         let record = &self.coupons[slot as usize];
         let batch = &self.batches[record.batch_slot as usize];
+        // A coupon's discount comes from its batch: a claimed coupon's batch has been issuing.
+        assert!(batch.remaining < batch.quantity, "a coupon of a batch that issued none");
         let usable = record.user == user
             && record.state == CouponState::Available
             && self.coupon_valid_at(record, self.now)
@@ -122,11 +128,14 @@ impl Engine {
         if self.orders.len() < self.config.orders_max as usize {
             return Some(self.orders.len() as u32);
         }
+        assert_eq!(self.orders.len(), self.config.orders_max as usize, "the order table is full");
         let slot = self.finished.pop_front()?;
         let evicted = &self.orders[slot as usize];
         assert!(evicted.state.is_final());
         let removed = self.order_index.remove(&evicted.id);
         assert_eq!(removed, Some(slot));
+        // Only finished orders are forgotten: every reserved one keeps its slot.
+        assert!((self.orders_reserved as usize) < self.orders.len(), "no slot for a new order");
         Some(slot)
     }
 
@@ -143,23 +152,31 @@ impl Engine {
                 Err(Rejection::WrongAmount { expected_cents: record.amount_cents })
             }
             OrderState::Reserved => {
+                // Deadlines fire before the command that moved time past them runs.
+                let due = record.expires_at <= self.now && self.now.0 != u64::MAX;
+                assert!(!due, "a reserved order past its deadline");
                 let (qty, sku_slot, coupon_slot) =
                     (record.qty, record.sku_slot, record.coupon_slot);
+                assert_eq!(record.payment_ref, None, "a reserved order has no payment yet");
                 let record = &mut self.orders[slot as usize];
                 record.state = OrderState::Paid;
                 record.payment_ref = Some(payment_ref);
                 let sku = &mut self.skus[sku_slot as usize];
+                assert!(sku.reserved >= u64::from(qty), "a reserved order's units are reserved");
                 sku.reserved -= u64::from(qty);
                 sku.sold += u64::from(qty);
+                assert_eq!(sku.available + sku.reserved + sku.sold, sku.stock, "paying lost units");
                 if let Some(coupon_slot) = coupon_slot {
                     let coupon = &mut self.coupons[coupon_slot as usize];
                     assert_eq!(coupon.state, CouponState::Locked(order));
                     coupon.state = CouponState::Used(order);
                 }
+                assert!(self.orders_reserved > 0, "a reserved order the count misses");
                 self.orders_reserved -= 1;
                 Ok(Outcome::Paid { order })
             }
             OrderState::Paid | OrderState::Shipped | OrderState::Completed => {
+                assert!(record.payment_ref.is_some(), "a paid order has its payment reference");
                 if record.payment_ref == Some(payment_ref) {
                     Ok(Outcome::Paid { order })
                 } else {
@@ -184,6 +201,9 @@ impl Engine {
         if record.state != OrderState::Reserved {
             return Err(Rejection::InvalidState { current: record.state });
         }
+        // Deadlines fire before the command that moved time past them runs (time saturates).
+        let due = record.expires_at <= self.now && self.now.0 != u64::MAX;
+        assert!(!due, "a reserved order past its deadline");
         self.release_reserved(slot, OrderState::Cancelled);
         Ok(Outcome::Cancelled { order })
     }
@@ -194,7 +214,12 @@ impl Engine {
         if record.state != OrderState::Paid {
             return Err(Rejection::InvalidState { current: record.state });
         }
+        assert!(record.payment_ref.is_some(), "a paid order has its payment reference");
         record.state = OrderState::Shipped;
+        if let Some(coupon_slot) = record.coupon_slot {
+            let coupon = self.coupons[coupon_slot as usize].state;
+            assert_eq!(coupon, CouponState::Used(order), "a paid order's coupon is unspent");
+        }
         Ok(Outcome::Shipped { order })
     }
 
@@ -207,8 +232,14 @@ impl Engine {
         if record.state != OrderState::Shipped {
             return Err(Rejection::InvalidState { current: record.state });
         }
+        assert!(record.payment_ref.is_some(), "a shipped order has its payment reference");
         record.state = OrderState::Completed;
+        if let Some(coupon_slot) = record.coupon_slot {
+            let coupon = self.coupons[coupon_slot as usize].state;
+            assert_eq!(coupon, CouponState::Used(order), "a completed order's coupon is unspent");
+        }
         self.finished.push_back(slot);
+        assert!(self.finished.len() <= self.orders.len(), "an order finished twice");
         Ok(Outcome::Completed { order })
     }
 
@@ -220,13 +251,21 @@ impl Engine {
         if record.state != OrderState::Paid {
             return Err(Rejection::InvalidState { current: record.state });
         }
+        assert!(record.payment_ref.is_some(), "a paid order has its payment reference");
         record.state = OrderState::Refunded;
+        if let Some(coupon_slot) = record.coupon_slot {
+            let coupon = self.coupons[coupon_slot as usize].state;
+            assert_eq!(coupon, CouponState::Used(order), "a refund keeps the coupon spent");
+        }
         let (qty, sku_slot, user) = (record.qty, record.sku_slot, record.user);
         let sku = &mut self.skus[sku_slot as usize];
+        assert!(sku.sold >= u64::from(qty), "a paid order's units are sold");
         sku.sold -= u64::from(qty);
         sku.available += u64::from(qty);
+        assert_eq!(sku.available + sku.reserved + sku.sold, sku.stock, "refunding lost units");
         self.drop_holding(user, sku_slot, qty);
         self.finished.push_back(slot);
+        assert!(self.finished.len() <= self.orders.len(), "an order finished twice");
         Ok(Outcome::Refunded { order })
     }
 
@@ -248,20 +287,26 @@ impl Engine {
         let record = &mut self.orders[slot as usize];
         assert_eq!(record.state, OrderState::Reserved);
         assert!(matches!(end, OrderState::Cancelled | OrderState::Expired));
+        assert_eq!(record.payment_ref, None, "a reserved order has no payment yet");
         record.state = end;
         let (qty, sku_slot, user, coupon_slot) =
             (record.qty, record.sku_slot, record.user, record.coupon_slot);
+        let order = record.id;
         let sku = &mut self.skus[sku_slot as usize];
+        assert!(sku.reserved >= u64::from(qty), "a reserved order's units are reserved");
         sku.reserved -= u64::from(qty);
         sku.available += u64::from(qty);
+        assert_eq!(sku.available + sku.reserved + sku.sold, sku.stock, "releasing lost units");
         self.drop_holding(user, sku_slot, qty);
         if let Some(coupon_slot) = coupon_slot {
             let coupon = &mut self.coupons[coupon_slot as usize];
-            assert!(matches!(coupon.state, CouponState::Locked(_)));
+            assert_eq!(coupon.state, CouponState::Locked(order), "locked by another order");
             coupon.state = CouponState::Available;
         }
+        assert!(self.orders_reserved > 0, "a reserved order the count misses");
         self.orders_reserved -= 1;
         self.finished.push_back(slot);
+        assert!(self.finished.len() <= self.orders.len(), "an order finished twice");
     }
 
     fn drop_holding(&mut self, user: UserId, sku_slot: u32, qty: u32) {
@@ -270,20 +315,30 @@ impl Engine {
             return;
         }
         let key = (user, sku.id);
+        let limit = sku.per_user_limit;
         let held = self.holdings.get_mut(&key).expect("a limited SKU's order has a holding");
         assert!(*held >= qty);
+        assert!(*held <= limit, "a holding above the per-user limit");
         *held -= qty;
         if *held == 0 {
-            self.holdings.remove(&key);
+            let removed = self.holdings.remove(&key);
+            assert_eq!(removed, Some(0), "the emptied holding was removed");
         }
     }
 
+    /// Always inlined, like the catalog's lookups: it runs on every command naming an order.
+    #[inline(always)]
     pub(super) fn order_slot(&self, order: OrderId) -> Result<u32, Rejection> {
-        self.order_index.get(&order).copied().ok_or(Rejection::UnknownOrder)
+        let slot = self.order_index.get(&order).copied().ok_or(Rejection::UnknownOrder)?;
+        // The caller reads the order next, so this costs no extra miss.
+        assert_eq!(self.orders[slot as usize].id, order, "the order index points elsewhere");
+        Ok(slot)
     }
 
     pub(super) fn order_view(&self, slot: u32) -> OrderView {
         let order = &self.orders[slot as usize];
+        assert!(order.qty > 0, "an order of no units");
+        assert!(order.created_at <= order.expires_at, "an order due before it was made");
         OrderView {
             order: order.id,
             user: order.user,

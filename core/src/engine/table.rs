@@ -18,6 +18,8 @@ use crate::types::{BatchId, CouponId, OrderId, RequestKey, SkuId, UserId};
 
 /// Multiplier that folds a second word into the first before mixing: 2^64 / golden ratio.
 const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+// Odd, so multiplying by it is a bijection and folds no two first words together.
+const _: () = assert!(SPREAD % 2 == 1);
 
 /// A key of a [`FixedMap`]: it names its home slot among `1 << bits` slots.
 pub(super) trait TableKey: Copy + Eq {
@@ -27,6 +29,10 @@ pub(super) trait TableKey: Copy + Eq {
 
 /// The top `bits` bits of a well-mixed hash.
 fn top(hash: u64, bits: u32) -> usize {
+    // A shift by 64 would overflow, a shift by 0 would index past a two-slot table. Checked
+    // in release builds once, where a map is made; this runs on every lookup.
+    debug_assert!(bits >= 1, "a table of one slot");
+    debug_assert!(bits <= 63, "a table beyond the address space");
     (hash >> (64 - bits)) as usize
 }
 
@@ -41,7 +47,10 @@ fn pair(first: u64, second: u64) -> u64 {
 fn snowflake_home(id: u64, bits: u32) -> usize {
     const BLOCK_BITS: u32 = 3;
     let block = top(mix64(id >> BLOCK_BITS), bits);
-    (block + (id & ((1 << BLOCK_BITS) - 1)) as usize) & ((1 << bits) - 1)
+    let home = (block + (id & ((1 << BLOCK_BITS) - 1)) as usize) & ((1 << bits) - 1);
+    // Neighbours stay neighbours: a block wraps at the table's end, nowhere else.
+    debug_assert!(home >= block || block + (1 << BLOCK_BITS) > 1 << bits);
+    home
 }
 
 impl TableKey for u64 {
@@ -116,32 +125,51 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     pub(super) fn with_max(max: u32) -> FixedMap<K, V> {
         let slot_count = (2 * max as usize).next_power_of_two().max(2);
         assert!(slot_count > max as usize);
-        FixedMap {
+        // Probe runs stay short only while at most half the slots are full.
+        assert!(slot_count >= 2 * max as usize, "fewer than two slots per entry");
+        let map = FixedMap {
             slots: vec![None; slot_count],
             mask: slot_count - 1,
             bits: slot_count.trailing_zeros(),
             len: 0,
-        }
+        };
+        assert!(map.slots.len().is_power_of_two(), "home slots are masked, so a power of two");
+        assert_eq!(1 << map.bits, map.slots.len(), "bits is the slot count's log2");
+        // What `top` needs of the bits it shifts by.
+        assert!(map.bits >= 1, "a table of one slot");
+        assert!(map.bits <= 63, "a table beyond the address space");
+        map
     }
+
+    // The per-lookup checks below are debug assertions: the hot path looks up several keys
+    // per command, and each is implied by a release assertion where the map is made (`bits`)
+    // or grows (`put` keeps `len` within half the slots).
 
     /// Entries held.
     pub(super) fn len(&self) -> usize {
+        debug_assert!(self.len <= self.slots.len() / 2, "more entries than the map was made for");
         self.len
     }
 
     fn home(&self, key: &K) -> usize {
-        key.home(self.bits)
+        let home = key.home(self.bits);
+        debug_assert!(home <= self.mask, "a home slot outside the table");
+        home
     }
 
     /// The slot holding `key`, or the empty slot ending its probe run.
     fn find(&self, key: &K) -> (usize, bool) {
-        let mut index = self.home(key);
+        // At least one slot is empty, so every probe run ends.
+        debug_assert!(self.len < self.slots.len(), "a full table: the probe would never end");
+        let home = self.home(key);
+        let mut index = home;
         loop {
             match &self.slots[index] {
                 None => return (index, false),
                 Some((held, _)) if held == key => return (index, true),
                 Some(_) => index = (index + 1) & self.mask,
             }
+            debug_assert_ne!(index, home, "a probe went all the way round the table");
         }
     }
 
@@ -167,17 +195,23 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     /// callers bound their entries by the `max` the map was made with.
     pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
         let (index, found) = self.find(&key);
-        self.put(index, found, key, value)
+        let replaced = self.put(index, found, key, value);
+        debug_assert_eq!(self.find(&key), (index, true), "an inserted key is not found");
+        replaced
     }
 
     fn put(&mut self, index: usize, found: bool, key: K, value: V) -> Option<V> {
         if found {
-            let (_, held) = self.slots[index].as_mut().expect("found slot is full");
-            return Some(std::mem::replace(held, value));
+            let (held, value_held) = self.slots[index].as_mut().expect("found slot is full");
+            debug_assert!(*held == key, "a value replaced under another key");
+            return Some(std::mem::replace(value_held, value));
         }
         assert!(self.len + 1 < self.slots.len(), "fixed map over capacity");
         self.slots[index] = Some((key, value));
         self.len += 1;
+        // Stronger than the capacity check above, which keeps probes finite in release builds;
+        // this one keeps them short.
+        debug_assert!(self.len <= self.slots.len() / 2, "more entries than the map was made for");
         None
     }
 
@@ -188,7 +222,9 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
             return None;
         }
         let (_, removed) = self.slots[hole].take().expect("found slot is full");
+        assert!(self.len > 0, "removed from an empty map");
         self.len -= 1;
+        let start = hole;
         let mut index = (hole + 1) & self.mask;
         while let Some((held, _)) = &self.slots[index] {
             let home = self.home(held);
@@ -199,6 +235,20 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
             }
             index = (index + 1) & self.mask;
         }
+        debug_assert!(!self.find(key).1, "a removed key is still found");
+        // Nothing the shift moved was lost: every entry of the run is found where it sits.
+        debug_assert!(
+            {
+                let mut at = start;
+                let mut found = true;
+                while let Some((held, _)) = &self.slots[at] {
+                    found &= self.find(held) == (at, true);
+                    at = (at + 1) & self.mask;
+                }
+                found
+            },
+            "backward shift lost an entry"
+        );
         Some(removed)
     }
 
@@ -218,11 +268,16 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     }
 
     /// Stores `value` for the key of `located`, which must have been found in the map as it
-    /// is now: inserts it where the lookup ended, or replaces the held value.
+    /// is now: inserts it where the lookup ended, or replaces the held value. Inlined: it runs
+    /// for every new request key and holding, and its checks made it a call otherwise.
+    #[inline]
     pub(super) fn put_at(&mut self, located: Located<K, V>, value: V) {
         let found = located.value.is_some();
         match &self.slots[located.index] {
-            Some((held, _)) => assert!(found && *held == located.key, "map changed since locate"),
+            Some((held, _)) => {
+                assert!(found, "map changed since locate");
+                assert!(*held == located.key, "map changed since locate");
+            }
             None => assert!(!found, "map changed since locate"),
         }
         self.put(located.index, found, located.key, value);
@@ -248,6 +303,8 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
 
     /// Entries in slot order (deterministic for a given history; not sorted).
     pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        // O(slots), as the iteration itself: `len` counts exactly the full slots.
+        debug_assert_eq!(self.slots.iter().filter(|s| s.is_some()).count(), self.len);
         self.slots.iter().filter_map(|slot| slot.as_ref().map(|(key, value)| (key, value)))
     }
 }
@@ -284,6 +341,7 @@ impl<'a, K: TableKey, V: Copy> Entry<'a, K, V> {
         if !found {
             map.put(index, false, key, default);
         }
+        debug_assert_eq!(map.find(&key), (index, true), "the entry's key is not where it went");
         &mut map.slots[index].as_mut().expect("slot just filled").1
     }
 }

@@ -1794,6 +1794,7 @@ fn an_image_with_tables_that_disagree_is_refused_as_inconsistent() {
             "paid order back to reserved",
             Box::new(move |t| {
                 t.orders[paid].state = OrderState::Reserved;
+                t.orders[paid].payment_ref = None;
             }),
         ),
         (
@@ -1919,6 +1920,72 @@ fn an_image_with_tables_that_disagree_is_refused_as_inconsistent() {
                 *t.keys_head = u64::MAX;
             }),
         ),
+        (
+            "paid order without its payment reference",
+            Box::new(move |t| {
+                t.orders[paid].payment_ref = None;
+            }),
+        ),
+        (
+            "order of no units",
+            Box::new(move |t| {
+                t.orders[completed].qty = 0;
+            }),
+        ),
+        (
+            "SKU whose orders expire as they are made",
+            Box::new(|t| {
+                t.skus[0].payment_timeout_ms = 0;
+            }),
+        ),
+        (
+            "batch that is never valid",
+            Box::new(|t| {
+                t.batches[0].valid_until = t.batches[0].valid_from;
+            }),
+        ),
+        (
+            "coupon claimed by user zero",
+            Box::new(|t| {
+                t.coupons[0].user = UserId(0);
+            }),
+        ),
+        (
+            "request keys out of expiry order",
+            Box::new(|t| {
+                let last = t.keys.len() - 1;
+                t.keys[0].expires_at = t.keys[last].expires_at.plus_ms(1);
+            }),
+        ),
+        (
+            "live deadline already due",
+            Box::new(move |t| {
+                let order = &mut t.orders[reserved];
+                order.expires_at = order.created_at;
+                let (id, due) = (order.id, order.expires_at);
+                t.deadlines.iter_mut().filter(|d| d.1 == id).for_each(|d| d.0 = due);
+            }),
+        ),
+        (
+            "coupon storing the derived expired state",
+            Box::new(|t| {
+                t.coupons[0].state = CouponState::Expired;
+            }),
+        ),
+        (
+            "request key kept past its expiry",
+            Box::new(|t| {
+                t.keys.iter_mut().for_each(|key| key.expires_at = Timestamp(0));
+            }),
+        ),
+        (
+            "holding above the per-user limit",
+            Box::new(|t| {
+                let key = (UserId(ALICE), SkuId(LIMITED_SKU));
+                let holding = t.holdings.iter_mut().find(|h| (h.0, h.1) == key).unwrap();
+                holding.2 += 5;
+            }),
+        ),
     ];
     let mut reasons = Vec::new();
     for (case, damage) in &cases {
@@ -1951,6 +2018,16 @@ fn an_image_with_tables_that_disagree_is_refused_as_inconsistent() {
         "claim count appears twice",
         "quantity - remaining",
         "positions overflow",
+        "payment reference",
+        "zero id or quantity",
+        "zero payment timeout",
+        "never valid",
+        "user zero",
+        "expiry order",
+        "already due",
+        "expired state",
+        "expired before now",
+        "above its per-user limit",
     ];
     assert_eq!(reasons.len(), expected.len());
     for ((case, _), (reason, expected)) in cases.iter().zip(reasons.iter().zip(expected)) {
