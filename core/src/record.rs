@@ -130,11 +130,6 @@ impl RecordBuf {
         self.as_bytes()
     }
 
-    /// Empties the buffer: no record (for a node whose journal and replicator keep no bytes).
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
     /// Copies a record received from elsewhere (checked by the caller).
     pub fn copy_from(&mut self, record: &[u8]) {
         assert!(record.len() <= RECORD_LEN_MAX && record.len() % RECORD_ALIGN == 0);

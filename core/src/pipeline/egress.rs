@@ -132,6 +132,8 @@ pub(crate) struct Egress<P: RingPoller> {
     stopped: bool,
     /// `Shared::control_sent` when the control channel was last drained.
     control_seen: u64,
+    /// Index of egress's metrics cells in `Shared::stages`.
+    cells: usize,
 }
 
 impl<P: RingPoller> Egress<P> {
@@ -149,6 +151,7 @@ impl<P: RingPoller> Egress<P> {
             recorder: Recorder::new(),
             stopped: false,
             control_seen: 0,
+            cells: shared.stage_index("egress"),
             shared,
         }
     }
@@ -189,7 +192,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         let failed = self.shared.is_failed();
         let want = if failed { u64::MAX } else { self.releasable() };
         if want == 0 {
-            let cells = self.shared.stage_cells("egress");
+            let cells = &self.shared.stages[self.cells];
             self.recorder.publish_idle(&cells.histograms);
             return Pass::Idle;
         }
@@ -233,7 +236,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             self.recorder.batch(count);
             self.shared.released.advance(self.sequencer.last());
             self.shared.released_positions.store(self.next, Ordering::Release);
-            let cells = self.shared.stage_cells("egress");
+            let cells = &self.shared.stages[self.cells];
             cells.positions.store(self.next, Ordering::Release);
             self.router.notify_touched();
             self.recorder.maybe_publish(&cells.histograms);
@@ -254,7 +257,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
     }
 
     fn finish(&mut self) {
-        let cells = self.shared.stage_cells("egress");
+        let cells = &self.shared.stages[self.cells];
         self.recorder.publish(&cells.histograms, Instant::now(), true);
     }
 }

@@ -261,9 +261,15 @@ impl Shared {
         self.published.fetch_max(position + 1, Ordering::AcqRel);
     }
 
+    /// The index of the metrics cells of the stage called `name` (look it up once; use
+    /// `stages[index]` on the hot path).
+    pub(crate) fn stage_index(&self, name: &str) -> usize {
+        self.stages.iter().position(|cells| cells.name == name).expect("stage exists in topology")
+    }
+
     /// The metrics cells of the stage called `name`.
     pub(crate) fn stage_cells(&self, name: &str) -> &StageCells {
-        self.stages.iter().find(|cells| cells.name == name).expect("stage exists in topology")
+        &self.stages[self.stage_index(name)]
     }
 }
 

@@ -115,19 +115,24 @@ impl RecordCell {
 }
 
 /// One ring slot. Plain, fixed-size and preallocated: publishing overwrites it in place.
+///
+/// Laid out in the order the fields are used, so a command's trip touches as few cache lines
+/// as it can: what every producer writes first, then the outcome egress reads, then what only
+/// records and framing use.
+#[repr(C)]
 pub(crate) struct Slot {
     pub(crate) kind: SlotKind,
-    pub(crate) timestamp: Timestamp,
-    pub(crate) command: Command,
-    /// For a `Record` slot, the sequence and epoch the primary gave it; unused otherwise.
-    pub(crate) sequence: Sequence,
-    pub(crate) epoch: Epoch,
-    pub(crate) record: RecordCell,
     pub(crate) reply: Reply,
     /// Monotonic nanoseconds since node start when the producer published, for the
     /// publish-to-egress latency histogram.
     pub(crate) published_ns: u64,
+    pub(crate) timestamp: Timestamp,
+    pub(crate) command: Command,
     pub(crate) outcome: OutcomeCell,
+    /// For a `Record` slot, the sequence and epoch the primary gave it; unused otherwise.
+    pub(crate) sequence: Sequence,
+    pub(crate) epoch: Epoch,
+    pub(crate) record: RecordCell,
 }
 
 impl Slot {

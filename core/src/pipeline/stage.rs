@@ -106,7 +106,9 @@ pub struct Framed<'a> {
     pub epoch: Epoch,
     /// The command, its sequence and its timestamp.
     pub sequenced: &'a Sequenced,
-    /// The record: header, canonical payload, padding; `record::check` passes on it.
+    /// The record: header, canonical payload, padding; `record::check` passes on it. Empty
+    /// when neither the journal nor the replicator reads bytes (`NEEDS_BYTES`): then the
+    /// stage does not frame at all.
     pub bytes: &'a [u8],
 }
 

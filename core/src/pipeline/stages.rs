@@ -163,15 +163,14 @@ impl<J: Journal> Work for Journaler<J> {
         let epoch = entry.epoch(self.epoch);
         let sequenced = entry.sequenced();
         let record = &entry.slot.record;
+        if !self.frame {
+            // Nobody reads the bytes: the record's cache lines are not touched at all.
+            return self.journal.append(&Framed { epoch, sequenced: &sequenced, bytes: &[] });
+        }
         if entry.slot.kind == SlotKind::Command {
             // SAFETY: this is the journaling stage reading a `Command` slot: the one writer of
             // its record cell (`RecordCell`).
-            let buffer = unsafe { record.write() };
-            if self.frame {
-                buffer.encode(epoch, &sequenced);
-            } else {
-                buffer.clear();
-            }
+            unsafe { record.write() }.encode(epoch, &sequenced);
         }
         // SAFETY: written just above on this thread, or by the producer before publishing.
         let bytes = unsafe { record.read() };
@@ -210,9 +209,13 @@ impl<R: Replicator> Work for Replication<R> {
         }
         let epoch = entry.epoch(self.epoch);
         let sequenced = entry.sequenced();
-        // SAFETY: the replicator reads behind the journaling stage, which wrote the cell (or
-        // the producer did, for a record) — see `RecordCell`.
-        let bytes = unsafe { entry.slot.record.read() };
+        let bytes = if R::NEEDS_BYTES {
+            // SAFETY: the replicator reads behind the journaling stage, which wrote the cell
+            // (or the producer did, for a record) — see `RecordCell`.
+            unsafe { entry.slot.record.read() }
+        } else {
+            &[]
+        };
         self.replicator.send(&Framed { epoch, sequenced: &sequenced, bytes })
     }
 
@@ -416,8 +419,9 @@ pub(crate) enum Step {
 pub(crate) struct StageCore<P, W> {
     poller: P,
     work: W,
-    /// Metrics cells name (`journaler`, `replicator`, `blp`, `processor`).
+    /// Metrics cells name (`journaler`, `replicator`, `blp`, `processor`), and their index.
     name: &'static str,
+    cells: usize,
     /// Ring position of the next slot.
     next: u64,
     sequencer: Sequencer,
@@ -435,6 +439,7 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
             poller,
             work,
             name,
+            cells: shared.stage_index(name),
             next: 0,
             sequencer,
             broken: false,
@@ -463,7 +468,7 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
         let failed = match batch {
             Ok(Ok(Batch { read: 0, .. })) => return Step::Idle,
             Ok(Ok(Batch { read, stop })) => {
-                let cells = shared.stage_cells(self.name);
+                let cells = &shared.stages[self.cells];
                 cells.positions.store(self.next, Ordering::Release);
                 self.recorder.batch(read);
                 self.recorder.maybe_publish(&cells.histograms);
@@ -486,7 +491,7 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
     /// Called when [`StageCore::step`] found nothing: lets the work flush what time made due
     /// and merges metrics.
     pub(crate) fn idle(&mut self, shared: &Shared) {
-        self.recorder.publish_idle(&shared.stage_cells(self.name).histograms);
+        self.recorder.publish_idle(&shared.stages[self.cells].histograms);
         if self.broken || shared.is_failed() {
             return;
         }
@@ -512,7 +517,7 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
     /// Publishes final metrics and hands back the engine if this stage owned it and did not
     /// fail.
     pub(crate) fn finish(mut self, shared: &Shared) -> Option<Engine> {
-        let cells = shared.stage_cells(self.name);
+        let cells = &shared.stages[self.cells];
         self.recorder.publish(&cells.histograms, Instant::now(), true);
         self.work.finish(shared);
         if self.broken { None } else { self.work.into_engine() }
