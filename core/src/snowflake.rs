@@ -85,8 +85,14 @@ impl Snowflake {
             self.millis += 1;
             self.counter = 0;
         }
+        if self.millis == 0 && self.shard == 0 && self.counter == 0 {
+            // Zero is never an id (it reads as "none", and the engine asserts it away): shard
+            // 0's millisecond 0 — a clock at or before the epoch — starts counting at 1.
+            self.counter = 1;
+        }
         let id =
             (self.millis << MILLIS_SHIFT) | (u64::from(self.shard) << SHARD_SHIFT) | self.counter;
+        assert_ne!(id, 0, "zero is never an id");
         // Debug assertions: this runs for every order and coupon. Ids strictly increase (so none
         // repeats), carry the shard, and come from command time, borrowing ahead but never behind.
         debug_assert!(!started || (self.millis, self.counter) > before, "an id did not increase");
@@ -136,6 +142,17 @@ impl Snowflake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_is_never_issued_even_by_shard_zero_before_the_epoch() {
+        // Goal: a node of shard 0 whose clock reads before the snowflake epoch (every such
+        // time is millisecond 0) issues 1, 2, ... and never 0, which reads as "no order".
+        let mut flake = Snowflake::new(0);
+        let ids: Vec<u64> = (0..5).map(|_| flake.next_id(Timestamp(1_700_000_000_000))).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
+        let mut flake = Snowflake::new(0);
+        assert_eq!(flake.next_id(Timestamp(EPOCH_UNIX_MS + 1)), 1 << MILLIS_SHIFT);
+    }
 
     #[test]
     fn ids_carry_time_shard_and_counter() {

@@ -2244,3 +2244,22 @@ fn images_of_other_versions_and_impossible_headers_are_refused_clearly() {
     assert!(matches!(count, ImageDecodeError::TableTooLong { table: "SKU", offset: 56, .. }));
     assert_eq!(EngineImage::decode(&bytes[..10]), Err(ImageDecodeError::TooShort { len: 10 }));
 }
+
+#[test]
+fn shard_zero_before_the_snowflake_epoch_issues_no_zero_id_and_snapshots_restore() {
+    // Goal: a node of shard 0 whose clock reads before the snowflake epoch (a wrong clock, or
+    // a test's) issues order ids from 1, expires them and takes snapshots that restore: zero,
+    // which restore refuses and expiry asserts away, is never issued.
+    let config = EngineConfig { shard: 0, ..EngineConfig::small() };
+    let mut harness = Harness::with_config(config.clone());
+    harness.clock = Timestamp(1_700_000_000_000);
+    harness.create_sku(sku_spec(1));
+    let first = harness.reserved(7, 1, 1);
+    let second = harness.reserved(8, 1, 1);
+    assert_eq!((first, second), (OrderId(1), OrderId(2)));
+    harness.advance(sku_spec(1).payment_timeout_ms);
+    harness.tick();
+    assert_eq!(harness.expired_orders(), [first, second]);
+    let restored = Engine::from_image(config, &harness.engine.to_image()).expect("restores");
+    assert_eq!(restored.state_digest(), harness.engine.state_digest());
+}
