@@ -84,18 +84,15 @@ pub(crate) struct Entry<'a> {
     pub(crate) slot: &'a Slot,
     /// Ring position.
     pub(crate) position: u64,
-    /// The journal sequence if `journaled`, else the last journaled sequence before it.
-    pub(crate) sequence: Sequence,
+    /// The command with its journal sequence if `journaled`, else with the last journaled
+    /// sequence before it; built once per slot, however many stages the thread runs.
+    pub(crate) sequenced: Sequenced,
     pub(crate) journaled: bool,
 }
 
 impl Entry<'_> {
-    pub(crate) fn sequenced(&self) -> Sequenced {
-        Sequenced {
-            sequence: self.sequence,
-            timestamp: self.slot.timestamp,
-            command: self.slot.command,
-        }
+    fn sequence(&self) -> Sequence {
+        self.sequenced.sequence
     }
 
     /// The epoch the slot is journaled in: the primary's for a record, else this node's.
@@ -161,20 +158,20 @@ impl<J: Journal> Work for Journaler<J> {
             return Ok(());
         }
         let epoch = entry.epoch(self.epoch);
-        let sequenced = entry.sequenced();
+        let sequenced = &entry.sequenced;
         let record = &entry.slot.record;
         if !self.frame {
             // Nobody reads the bytes: the record's cache lines are not touched at all.
-            return self.journal.append(&Framed { epoch, sequenced: &sequenced, bytes: &[] });
+            return self.journal.append(&Framed { epoch, sequenced, bytes: &[] });
         }
         if entry.slot.kind == SlotKind::Command {
             // SAFETY: this is the journaling stage reading a `Command` slot: the one writer of
             // its record cell (`RecordCell`).
-            unsafe { record.write() }.encode(epoch, &sequenced);
+            unsafe { record.write() }.encode(epoch, sequenced);
         }
         // SAFETY: written just above on this thread, or by the producer before publishing.
         let bytes = unsafe { record.read() };
-        self.journal.append(&Framed { epoch, sequenced: &sequenced, bytes })
+        self.journal.append(&Framed { epoch, sequenced, bytes })
     }
 
     fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
@@ -208,7 +205,7 @@ impl<R: Replicator> Work for Replication<R> {
             return Ok(());
         }
         let epoch = entry.epoch(self.epoch);
-        let sequenced = entry.sequenced();
+        let sequenced = &entry.sequenced;
         let bytes = if R::NEEDS_BYTES {
             // SAFETY: the replicator reads behind the journaling stage, which wrote the cell
             // (or the producer did, for a record) — see `RecordCell`.
@@ -216,7 +213,7 @@ impl<R: Replicator> Work for Replication<R> {
         } else {
             &[]
         };
-        self.replicator.send(&Framed { epoch, sequenced: &sequenced, bytes })
+        self.replicator.send(&Framed { epoch, sequenced, bytes })
     }
 
     fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
@@ -261,7 +258,7 @@ impl<H: SnapshotHook> Blp<H> {
     /// The answer to a slot that changes nothing: a query, or a snapshot request (which the
     /// snapshot hook then sees, taken at the last journaled command).
     fn read(&mut self, entry: &Entry<'_>) -> Outcome {
-        assert!(self.engine.last_sequence() <= entry.sequence, "a read sees only what is placed");
+        assert!(self.engine.last_sequence() <= entry.sequence(), "a read sees only what is placed");
         match &entry.slot.command {
             Command::Query(query) => self.engine.query(query),
             Command::Snapshot => {
@@ -270,7 +267,7 @@ impl<H: SnapshotHook> Blp<H> {
                     running_hash: self.engine.running_hash(),
                 };
                 self.phase = "snapshot";
-                self.hook.after_apply(&self.engine, &entry.sequenced());
+                self.hook.after_apply(&self.engine, &entry.sequenced);
                 self.phase = "blp";
                 outcome
             }
@@ -299,11 +296,11 @@ impl<H: SnapshotHook> Work for Blp<H> {
 
     fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
         let outcome = if entry.journaled {
-            let sequenced = entry.sequenced();
-            let outcome = self.apply(&sequenced);
+            let sequenced = &entry.sequenced;
+            let outcome = self.apply(sequenced);
             self.ticked |= matches!(sequenced.command, Command::Tick);
             self.phase = "snapshot";
-            self.hook.after_apply(&self.engine, &sequenced);
+            self.hook.after_apply(&self.engine, sequenced);
             self.phase = "blp";
             outcome
         } else {
@@ -313,7 +310,7 @@ impl<H: SnapshotHook> Work for Blp<H> {
         // position; egress reads it only after `applied_positions` (release-stored at the end
         // of this batch) passes the position.
         unsafe { entry.slot.outcome.write(outcome) };
-        shared.gates.set(entry.position, entry.sequence);
+        shared.gates.set(entry.position, entry.sequence());
         Ok(())
     }
 
@@ -585,7 +582,9 @@ fn read_batch<P: RingPoller, W: Work>(
             if !working || error.is_some() {
                 return;
             }
-            let entry = Entry { slot, position, sequence, journaled };
+            let sequenced =
+                Sequenced { sequence, timestamp: slot.timestamp, command: slot.command };
+            let entry = Entry { slot, position, sequenced, journaled };
             match work.command(shared, &entry) {
                 Ok(()) => last = Some(BatchEnd { position, sequence }),
                 Err(failed) => error = Some(failed),
