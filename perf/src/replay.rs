@@ -4,7 +4,7 @@
 //! Also measured here, on the state the replay built: the BLP pause a snapshot causes (copying
 //! state on the BLP thread, into a fresh image as the first snapshot does and into the
 //! previous snapshot's image as later ones do) and the writer thread's work (restore check,
-//! rkyv serialization, write, fsync, rename).
+//! encoding the image's explicit layout, write, fsync, rename).
 
 use std::ops::ControlFlow;
 use std::time::Instant;

@@ -1,5 +1,6 @@
-//! JSON for commands, outcomes and events, written by hand: the core types derive rkyv for the
-//! journal, not serde, and their JSON shape here is an export format with its own stability.
+//! JSON for commands, outcomes and events, written by hand: the core types derive no serde (their
+//! durable form is the canonical encoding), and their JSON shape here is an export format with
+//! its own stability.
 //!
 //! Every object has a snake_case `kind`; ids are numbers, 16-byte keys are hex strings, times
 //! are milliseconds since the Unix epoch (`*_ms`) and money is in cents.
