@@ -5,11 +5,11 @@
 //!
 //! ```text
 //! sessions, timer ── stamp time, try_publish (Busy when full) ──► INPUT RING (disruptor)
-//!   parallel: ├─ journaler  : append; flush at end of batch → durable
-//!             ├─ replicator : send;   flush at end of batch  (safe: the replicator's watermark)
-//!             └─ BLP        : apply, write the outcome and its gate → applied
-//!   compact:  └─ processor  : per slot append, send, apply; per batch flush both
-//!   stepped:  └─ processor  : the same, run by `Node::step` on the caller's thread
+//!   parallel: journaler       : frame once, append; flush at end of batch → durable
+//!             behind it, ├─ replicator : send the framed bytes; flush (safe: its watermark)
+//!                        └─ BLP        : apply, write the outcome and its gate → applied
+//!   compact:  processor       : per slot frame, append, send, apply; per batch flush both
+//!   stepped:  processor       : the same, run by `Node::step` on the caller's thread
 //!   egress (after every stage, and only up to min(durable, safe, applied))
 //!     ─► the submitting session's completion queue (+ its notify hook)
 //! ```
