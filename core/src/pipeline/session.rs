@@ -283,7 +283,8 @@ impl Session {
         completion
     }
 
-    /// The next completion, waiting up to `timeout`.
+    /// The next completion, waiting up to `timeout`. A stepped node moves only in
+    /// `Node::step`, so waiting on one without stepping it just times out: poll it instead.
     pub fn wait(&mut self, timeout: Duration) -> Option<Completion> {
         let deadline = Instant::now() + timeout;
         loop {
