@@ -22,15 +22,7 @@ fn opt_ts() -> impl Strategy<Value = Option<Timestamp>> {
 
 /// Any order state.
 pub fn order_state() -> impl Strategy<Value = OrderState> {
-    prop_oneof![
-        Just(OrderState::Reserved),
-        Just(OrderState::Paid),
-        Just(OrderState::Shipped),
-        Just(OrderState::Completed),
-        Just(OrderState::Cancelled),
-        Just(OrderState::Expired),
-        Just(OrderState::Refunded),
-    ]
+    proptest::sample::select(OrderState::ALL.to_vec())
 }
 
 /// Any action, every field over its full range.
