@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ringfence_core::pipeline::{
     CallError, Clock, Completion, EgressDriver, Framed, Journal, MemoryJournal, NoReplicator,
     NoSnapshots, Node, NodeConfig, NodeError, Refused, Replicator, Session, SnapshotHook,
-    StageError, Topology, Watermark,
+    StageError, Topology, Unanswered, Watermark,
 };
 use ringfence_core::{
     Action, Command, CreateSku, Engine, Epoch, OrderState, Outcome, Query, RequestKey, Reserve,
@@ -557,7 +557,8 @@ fn check_failure_reported(node: Node, stage: &str) {
     drain(&mut session, &mut after);
     assert!(!after.is_empty(), "the failing command itself was accepted");
     for completion in &after {
-        let failure = completion.result.clone().expect_err("nothing after the failure is answered");
+        let unanswered = completion.result.clone().expect_err("nothing after the failure");
+        let Unanswered::Failed(failure) = unanswered else { panic!("{unanswered}") };
         assert_eq!(failure.stage, stage);
         assert_eq!(completion.ticket, submitted[&completion.token], "failures keep tickets");
         assert_eq!(completion.sequence, Sequence(completion.token + 1), "and sequences");

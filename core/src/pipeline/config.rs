@@ -77,6 +77,7 @@ impl Default for WaitStrategy {
 
 /// Where a node's writes come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Intake {
     /// A primary: client commands are sequenced and stamped here, and the timer publishes
     /// due ticks.
@@ -86,6 +87,16 @@ pub enum Intake {
     /// `Session::try_submit_record` and journaled byte for byte; clients may only read, and no
     /// ticks are published here (the primary's arrive as records).
     Replica,
+}
+
+impl Intake {
+    pub(crate) fn from_u8(value: u8) -> Intake {
+        match value {
+            0 => Intake::Sequencer,
+            1 => Intake::Replica,
+            _ => unreachable!("an intake byte is only ever stored from an Intake"),
+        }
+    }
 }
 
 /// Who runs egress: the stage that releases answers once they are safe.

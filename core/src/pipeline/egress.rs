@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
-use super::messages::{Completion, Control, Reply, StageFailure, Ticket};
+use super::messages::{Completion, Control, Reply, Ticket, Unanswered};
 use super::metrics::Recorder;
 use super::shared::{Shared, panic_message};
 use super::slot::{RingPoller, SlotKind};
@@ -156,10 +156,13 @@ impl<P: RingPoller> Egress<P> {
         }
     }
 
-    /// The highest gate that may be released: the gating rule.
+    /// The highest gate that may be released: the gating rule. While the replicator holds
+    /// writes it no longer waits for the standby: what it did not acknowledge is answered
+    /// `Unanswered::Unreplicated` instead (`answer`).
     fn limit(&self) -> Sequence {
         let shared = &self.shared;
-        shared.durable.get().min(shared.safe.get()).min(shared.applied.get())
+        let local = shared.durable.get().min(shared.applied.get());
+        if shared.write_hold().is_some() { local } else { local.min(shared.safe.get()) }
     }
 
     /// How many slots from `next` may be released now: those the applying stage finished whose
@@ -198,6 +201,9 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         }
         let failure = if failed { self.shared.failure() } else { None };
         let limit = self.limit();
+        // Read after `limit`: an acknowledgement that arrives in between only makes more
+        // answers outcomes rather than `Unreplicated`.
+        let safe = self.shared.safe.get();
         let applied = self.shared.applied_positions.load(Ordering::Acquire);
         let now_ns = self.shared.clock.now_ns();
         let mut stop = false;
@@ -209,7 +215,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
                 stop = true;
                 return;
             }
-            let (sequence, _) = sequencer.place(slot);
+            let (sequence, journaled) = sequencer.place(slot);
             // Unless the node failed, only the releasable prefix was taken (`releasable`).
             let released = !failed || (position < applied && gates.get(position) <= limit);
             if released {
@@ -219,13 +225,17 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             if slot.reply == Reply::NOBODY {
                 return;
             }
-            let result: Result<Outcome, StageFailure> = if released {
+            let result: Result<Outcome, Unanswered> = if !released {
+                let failure = failure.clone();
+                Err(Unanswered::Failed(failure.expect("unreleased slots are taken on failure")))
+            } else if journaled && sequence > safe {
+                // Released under a write hold (`limit`): applied here, never acknowledged.
+                Err(Unanswered::Unreplicated { sequence })
+            } else {
                 // SAFETY: `position < applied_positions`, read with acquire ordering, so the
                 // applying stage's write of this outcome happened-before; the producer cannot
                 // reuse the slot until this drain returns and egress's cursor passes it.
                 Ok(unsafe { slot.outcome.read() })
-            } else {
-                Err(failure.clone().expect("unreleased slots are taken only after a failure"))
             };
             recorder.latency_ns(now_ns.saturating_sub(slot.published_ns));
             let ticket = Ticket(position);

@@ -36,6 +36,26 @@ pub struct StageFailure {
     pub message: Arc<str>,
 }
 
+/// Why a submitted command got no outcome.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unanswered {
+    /// The node failed before the command was safe.
+    #[error("{0}")]
+    Failed(StageFailure),
+    /// The command was journaled and applied here, but the standby never acknowledged it and
+    /// the replicator stopped waiting (sync mode, standby lost). Whether it survives a
+    /// failover is unknown: retry with the same request key to learn its outcome.
+    #[error(
+        "replication_unavailable: command {sequence} was applied on this node but the standby \
+         did not acknowledge it; retry with the same request id"
+    )]
+    Unreplicated {
+        /// The command's journal sequence.
+        sequence: Sequence,
+    },
+}
+
 /// The answer to one submitted command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completion {
@@ -47,8 +67,8 @@ pub struct Completion {
     /// sequence of the last command whose effect it saw.
     pub sequence: Sequence,
     /// The BLP's outcome, released only once the command (or, for a read, everything it saw)
-    /// was journaled, replicated and applied; or the failure that stopped the node before.
-    pub result: Result<Outcome, StageFailure>,
+    /// was journaled, replicated and applied; or why it got none.
+    pub result: Result<Outcome, Unanswered>,
 }
 
 /// Messages from sessions to egress, which owns the routing table.

@@ -58,13 +58,13 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     EgressDriver, Intake, NodeConfig, NodeConfigError, Pins, RING_SIZE_MIN, Topology, WaitStrategy,
 };
-pub use messages::{Completion, StageFailure, Ticket};
+pub use messages::{Completion, StageFailure, Ticket, Unanswered};
 pub use metrics::{Metrics, PUBLISH_PERIOD, StageMetrics, batch_histogram, latency_histogram};
 pub use node::{Node, NodeError, NodeParts, Sequences, ShutdownReport, StepReport};
 pub use session::{CallError, Refused, Session};
 pub use stage::{
-    Framed, Journal, MemoryJournal, NoReplicator, NoSnapshots, Replicator, SnapshotHook,
-    StageError, Watermark,
+    Framed, HoldReason, Journal, MemoryJournal, NoReplicator, NoSnapshots, Replicator,
+    SnapshotHook, StageError, Watermark, WriteHold,
 };
 pub use stages::SERVICE_TIME_SAMPLE_EVERY;
 pub use wait::WakeHook;

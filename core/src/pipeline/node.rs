@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use disruptor::{BusySpin, build_multi_producer};
 
 use super::clock::{Clock, SystemClock};
-use super::config::{EgressDriver, NodeConfig, NodeConfigError, Topology};
+use super::config::{EgressDriver, Intake, NodeConfig, NodeConfigError, Topology};
 use super::egress::{self, Egress, EgressRun, PolledEgress};
 use super::messages::{Control, Reply, StageFailure};
 use super::metrics::{Metrics, StageMetrics};
@@ -26,7 +26,7 @@ use super::stages::{
 use super::wait::{Parker, WakeHook};
 use crate::command::Command;
 use crate::engine::Engine;
-use crate::types::Sequence;
+use crate::types::{Epoch, Sequence};
 
 /// After a drain times out and the node is failed, how long stages get to notice and exit
 /// before `shutdown` gives up on them.
@@ -67,6 +67,17 @@ pub enum NodeError {
     /// The node is shutting down or shut down.
     #[error("the node is shut down")]
     ShutDown,
+    /// Only a replica can be promoted.
+    #[error("this node already sequences its own commands: only a standby can be promoted")]
+    NotReplica,
+    /// A promotion must raise the epoch.
+    #[error("promotion to epoch {epoch} does not raise the current epoch {current}")]
+    EpochNotRaised {
+        /// The epoch asked for.
+        epoch: Epoch,
+        /// The node's epoch.
+        current: Epoch,
+    },
     /// A stage failed and the node stopped (or a shutdown could not drain).
     #[error("{0}")]
     Failed(StageFailure),
@@ -202,7 +213,8 @@ impl Node {
         }
         let (control, control_rx) = mpsc::channel();
         let safe = replicator.safe();
-        let shared = Arc::new(Shared::new(&config, next_sequence, safe, clock, control));
+        let hold = replicator.hold();
+        let shared = Arc::new(Shared::new(&config, next_sequence, safe, hold, clock, control));
         publish_next_due(&engine, &shared);
         // An acknowledgement read on another thread releases answers at once.
         let parker = Arc::clone(&shared.egress_parker);
@@ -218,8 +230,8 @@ impl Node {
             stopped: false,
         };
         let frame = J::NEEDS_BYTES || R::NEEDS_BYTES;
-        let journaler = Journaler { journal, epoch: config.epoch, frame };
-        let replication = Replication { replicator, epoch: config.epoch };
+        let journaler = Journaler { journal, frame };
+        let replication = Replication { replicator };
         let blp = Blp::new(engine, hook);
         let started = match node.shared.topology {
             Topology::Parallel => {
@@ -437,6 +449,33 @@ impl Node {
     /// false if egress has its own thread or a hook was already set.
     pub fn set_egress_waker(&self, hook: WakeHook) -> bool {
         self.egress.is_some() && self.shared.egress_parker.register_hook(hook)
+    }
+
+    /// Where the node's writes come from now.
+    pub fn intake(&self) -> Intake {
+        self.shared.intake()
+    }
+
+    /// The epoch the commands this node sequences are journaled in.
+    pub fn epoch(&self) -> Epoch {
+        self.shared.epoch()
+    }
+
+    /// Promotes a replica in place: from now on it sequences client commands and publishes
+    /// ticks, journaling them in `epoch`; records are refused (`Refused::NotReplica`). The
+    /// caller stops feeding records first and stores `epoch` durably before calling (so no
+    /// command of the new epoch is journaled before the epoch file allows it); records
+    /// already submitted are journaled and applied in ring order before the first command.
+    pub fn promote(&self, epoch: Epoch) -> Result<(), NodeError> {
+        self.check_running()?;
+        if self.shared.intake() != Intake::Replica {
+            return Err(NodeError::NotReplica);
+        }
+        if epoch <= self.shared.epoch() {
+            return Err(NodeError::EpochNotRaised { epoch, current: self.shared.epoch() });
+        }
+        self.shared.promote(epoch);
+        Ok(())
     }
 
     /// The topology the node runs.

@@ -14,7 +14,7 @@ use disruptor::{MultiProducer, Producer, SingleConsumerBarrier};
 
 use super::config::Intake;
 use super::egress::PolledEgress;
-use super::messages::{Completion, Control, Reply, StageFailure, Ticket};
+use super::messages::{Completion, Control, Reply, StageFailure, Ticket, Unanswered};
 use super::shared::Shared;
 use super::slot::{Slot, SlotKind};
 use super::wait::Parker;
@@ -51,6 +51,13 @@ pub enum Refused {
     /// A write sent to a standby: its writes come from its primary; send it to the primary.
     #[error("this node is a standby: writes go to the primary; reads are served here")]
     NotPrimary,
+    /// Sync replication lost its standby: writes are refused until it is back or the operator
+    /// switches to async. Reads are served.
+    #[error(
+        "replication_unavailable: the standby stopped acknowledging; writes are refused until \
+         it is back or replication is switched to async"
+    )]
+    ReplicationUnavailable,
     /// A record sent to a node that sequences its own commands.
     #[error("this node sequences its own commands and takes no records")]
     NotReplica,
@@ -86,9 +93,9 @@ pub enum CallError {
     /// The submission was refused.
     #[error("refused: {0}")]
     Refused(Refused),
-    /// The node failed before the command was safe.
+    /// The command got no outcome: the node failed, or it was not replicated.
     #[error("{0}")]
-    Failed(StageFailure),
+    Unanswered(Unanswered),
     /// No answer within the timeout (the command may still be answered later).
     #[error("no answer within the timeout")]
     TimedOut,
@@ -136,8 +143,8 @@ impl Session {
     /// Never blocks.
     pub fn try_submit(&mut self, command: Command, token: u64) -> Result<Ticket, Refused> {
         self.check_open(1)?;
-        if self.shared.intake == Intake::Replica && command.is_mutating() {
-            return Err(Refused::NotPrimary);
+        if command.is_mutating() {
+            self.shared.check_writable()?;
         }
         let reply = Reply { session: self.id, token };
         match publish_one(&mut self.producer, &self.shared, SlotKind::Command, command, reply) {
@@ -157,10 +164,8 @@ impl Session {
             return Err(Refused::BatchTooLarge { len: commands.len(), max });
         }
         self.check_open(commands.len())?;
-        if self.shared.intake == Intake::Replica
-            && commands.iter().any(|(command, _)| command.is_mutating())
-        {
-            return Err(Refused::NotPrimary);
+        if commands.iter().any(|(command, _)| command.is_mutating()) {
+            self.shared.check_writable()?;
         }
         let shared = &*self.shared;
         let ns = shared.clock.now_ns();
@@ -194,7 +199,7 @@ impl Session {
     pub fn try_submit_record(&mut self, bytes: &[u8], token: u64) -> Result<Ticket, Refused> {
         self.check_open(1)?;
         let shared = &*self.shared;
-        if shared.intake != Intake::Replica {
+        if shared.intake() != Intake::Replica {
             return Err(Refused::NotReplica);
         }
         let (header, sequenced, len) = record::decode(bytes).map_err(Refused::InvalidRecord)?;
@@ -321,7 +326,7 @@ impl Session {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.wait(left) {
                 Some(completion) if completion.ticket == ticket => {
-                    return completion.result.map_err(CallError::Failed);
+                    return completion.result.map_err(CallError::Unanswered);
                 }
                 Some(_) => {}
                 None if self.disconnected => return Err(CallError::Stopped),

@@ -2,7 +2,7 @@
 //! watermarks, the gate each applied slot is released at, the tick schedule, wake-ups,
 //! counters and metrics.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 
 use crossbeam_utils::CachePadded;
@@ -11,9 +11,10 @@ use super::clock::Clock;
 use super::config::{Intake, NodeConfig, Topology, WaitStrategy};
 use super::messages::{Control, StageFailure};
 use super::metrics::SharedHistograms;
-use super::stage::Watermark;
+use super::session::Refused;
+use super::stage::{HoldReason, Watermark, WriteHold};
 use super::wait::Parker;
-use crate::types::Sequence;
+use crate::types::{Epoch, Sequence};
 
 /// Metrics cells, one set per stage in pipeline order.
 pub(crate) struct StageCells {
@@ -67,7 +68,13 @@ pub(crate) struct Shared {
     pub(crate) sessions_max: u32,
     /// The journal sequence the node's first journaled command takes.
     pub(crate) base: Sequence,
-    pub(crate) intake: Intake,
+    /// Where writes come from: `Intake` as a byte, so a standby can be promoted in place
+    /// (`Node::promote`).
+    intake: AtomicU8,
+    /// The epoch this node journals the commands it sequences in; raised by a promotion.
+    epoch: AtomicU64,
+    /// The replicator's hold on writes (`Replicator::hold`), if it has one.
+    pub(crate) hold: Option<Arc<WriteHold>>,
     /// For a replica: the sequence the next record must carry, and the epoch of the last one,
     /// checked by the producer before a record takes a slot.
     pub(crate) next_record: AtomicU64,
@@ -130,6 +137,7 @@ impl Shared {
         config: &NodeConfig,
         next_sequence: Sequence,
         safe: Arc<Watermark>,
+        hold: Option<Arc<WriteHold>>,
         clock: Arc<dyn Clock>,
         control: mpsc::Sender<Control>,
     ) -> Shared {
@@ -150,7 +158,9 @@ impl Shared {
             session_pending_max: config.session_pending_max,
             sessions_max: config.sessions_max,
             base: next_sequence,
-            intake: config.intake,
+            intake: AtomicU8::new(config.intake as u8),
+            epoch: AtomicU64::new(config.epoch.0),
+            hold,
             next_record: AtomicU64::new(next_sequence.0),
             record_epoch: AtomicU64::new(0),
             clock,
@@ -189,6 +199,44 @@ impl Shared {
             next_session: AtomicU64::new(1),
             control,
             control_sent: AtomicU64::new(0),
+        }
+    }
+
+    /// Where writes come from now.
+    pub(crate) fn intake(&self) -> Intake {
+        Intake::from_u8(self.intake.load(Ordering::Acquire))
+    }
+
+    /// The epoch commands sequenced here are journaled in.
+    pub(crate) fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Makes a replica sequence its own commands in `epoch` from now on. The epoch is stored
+    /// before the intake changes, so the first command a producer publishes after seeing
+    /// the new intake is journaled in the new epoch.
+    pub(crate) fn promote(&self, epoch: Epoch) {
+        assert_eq!(self.intake(), Intake::Replica, "only a replica is promoted");
+        assert!(epoch > self.epoch(), "a promotion raises the epoch");
+        self.epoch.store(epoch.0, Ordering::Release);
+        self.intake.store(Intake::Sequencer as u8, Ordering::Release);
+    }
+
+    /// Whether the replicator holds writes back (a lost standby, or a deposed primary).
+    pub(crate) fn write_hold(&self) -> Option<HoldReason> {
+        self.hold.as_ref().and_then(|hold| hold.reason())
+    }
+
+    /// Whether a client write may be published now: not on a replica, not while the
+    /// replicator holds writes.
+    pub(crate) fn check_writable(&self) -> Result<(), Refused> {
+        if self.intake() == Intake::Replica {
+            return Err(Refused::NotPrimary);
+        }
+        match self.write_hold() {
+            None => Ok(()),
+            Some(HoldReason::StandbyLost) => Err(Refused::ReplicationUnavailable),
+            Some(HoldReason::Deposed) => Err(Refused::NotPrimary),
         }
     }
 

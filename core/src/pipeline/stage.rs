@@ -6,7 +6,7 @@
 //! but queries and snapshot requests, which change nothing) in order, so journal sequences are
 //! contiguous.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
@@ -96,6 +96,57 @@ impl std::fmt::Debug for Watermark {
     }
 }
 
+/// Why a replicator holds writes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HoldReason {
+    /// Sync mode, and the standby that had caught up stopped acknowledging for longer than
+    /// the replication timeout: nothing more can be acknowledged as replicated.
+    StandbyLost = 1,
+    /// A newer primary exists (a higher epoch was seen): this node must not take writes.
+    Deposed = 2,
+}
+
+/// A replicator's hold on writes, shared with the node. While it is on, producers refuse
+/// client writes (`Refused::ReplicationUnavailable` or `Refused::NotPrimary`), and egress
+/// stops waiting for the standby: journaled commands it has not acknowledged are answered
+/// `Unanswered::Unreplicated` (applied here, not known to the standby), and reads are answered
+/// from local state, so the node keeps serving reads instead of stalling behind a write that
+/// cannot be replicated.
+#[derive(Debug, Default)]
+pub struct WriteHold {
+    reason: AtomicU8,
+}
+
+impl WriteHold {
+    /// A hold that is off.
+    #[must_use]
+    pub fn new() -> Arc<WriteHold> {
+        Arc::new(WriteHold::default())
+    }
+
+    /// Turns the hold on for `reason` (a later reason replaces an earlier one).
+    pub fn hold(&self, reason: HoldReason) {
+        self.reason.store(reason as u8, Ordering::Release);
+    }
+
+    /// Turns the hold off.
+    pub fn release(&self) {
+        self.reason.store(0, Ordering::Release);
+    }
+
+    /// Why writes are held, if they are.
+    #[must_use]
+    pub fn reason(&self) -> Option<HoldReason> {
+        match self.reason.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(HoldReason::StandbyLost),
+            2 => Some(HoldReason::Deposed),
+            other => unreachable!("hold reason byte {other} is never stored"),
+        }
+    }
+}
+
 /// A journaled command as the journal and the replicator receive it: its framed record bytes
 /// (`crate::record`), encoded once by the stage that journals it — or received whole from the
 /// primary on a standby — and the values those bytes hold. A standby stores the very bytes its
@@ -143,6 +194,12 @@ pub trait Replicator: Send + 'static {
     /// standby acknowledged in sync mode, what was sent in async mode. Advanced by whichever
     /// thread learns of it (e.g. the one reading acknowledgements).
     fn safe(&self) -> Arc<Watermark>;
+
+    /// The hold the replicator puts on writes when it cannot make them safe (see
+    /// [`WriteHold`]); `None` for a replicator that never holds.
+    fn hold(&self) -> Option<Arc<WriteHold>> {
+        None
+    }
 }
 
 /// Called on the BLP thread after each journaled command is applied, and at each snapshot

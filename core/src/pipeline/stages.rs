@@ -95,9 +95,10 @@ impl Entry<'_> {
         self.sequenced.sequence
     }
 
-    /// The epoch the slot is journaled in: the primary's for a record, else this node's.
-    fn epoch(&self, node: Epoch) -> Epoch {
-        if self.slot.kind == SlotKind::Record { self.slot.epoch } else { node }
+    /// The epoch the slot is journaled in: the primary's for a record, else this node's
+    /// (which a promotion raises before the first command of the new epoch is published).
+    fn epoch(&self, shared: &Shared) -> Epoch {
+        if self.slot.kind == SlotKind::Record { self.slot.epoch } else { shared.epoch() }
     }
 }
 
@@ -133,7 +134,6 @@ pub(crate) trait Work: Send + 'static {
 
 pub(crate) struct Journaler<J> {
     pub(crate) journal: J,
-    pub(crate) epoch: Epoch,
     /// Whether the journal or the replicator reads the framed bytes (else framing is skipped).
     pub(crate) frame: bool,
 }
@@ -153,11 +153,11 @@ impl<J: Journal> Work for Journaler<J> {
         "journaler"
     }
 
-    fn command(&mut self, _shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
+    fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
         if !entry.journaled {
             return Ok(());
         }
-        let epoch = entry.epoch(self.epoch);
+        let epoch = entry.epoch(shared);
         let sequenced = &entry.sequenced;
         let record = &entry.slot.record;
         if !self.frame {
@@ -192,7 +192,6 @@ impl<J: Journal> Work for Journaler<J> {
 
 pub(crate) struct Replication<R> {
     pub(crate) replicator: R,
-    pub(crate) epoch: Epoch,
 }
 
 impl<R: Replicator> Work for Replication<R> {
@@ -200,11 +199,11 @@ impl<R: Replicator> Work for Replication<R> {
         "replicator"
     }
 
-    fn command(&mut self, _shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
+    fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
         if !entry.journaled {
             return Ok(());
         }
-        let epoch = entry.epoch(self.epoch);
+        let epoch = entry.epoch(shared);
         let sequenced = &entry.sequenced;
         let bytes = if R::NEEDS_BYTES {
             // SAFETY: the replicator reads behind the journaling stage, which wrote the cell
@@ -638,7 +637,7 @@ pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) 
     if shared.tick_pending.load(Ordering::Acquire) || shared.is_closed() {
         return;
     }
-    if shared.intake == Intake::Replica {
+    if shared.intake() == Intake::Replica {
         // A standby's ticks are its primary's, arriving as records.
         return;
     }
