@@ -1,0 +1,1112 @@
+//! The replication protocol's messages (version 1): frames, their bodies, encoding, and
+//! decoding that checks every field and never panics. `docs/replication-protocol.md` is the
+//! long version of this comment.
+//!
+//! A standby connects to the primary and speaks first. All integers are little-endian.
+//!
+//! ```text
+//! frame
+//!   0  len         4  bytes of kind + body, 1 ..= FRAME_LEN_MAX
+//!   4  kind        1  1 Hello .. 9 Refuse
+//!   5  body        n  len - 1 bytes, laid out by kind (offsets below are from the body start)
+//!
+//! 1 Hello      standby -> primary          2 Challenge  primary -> standby
+//!   0  magic          4  b"RFRP"             0  primary nonce   32
+//!   4  version        2  1                  32  primary proof   32
+//!   6  cluster len    1  n, 1..=64          64  (end)
+//!   7  cluster id     n  [A-Za-z0-9._-]
+//!   7+n standby nonce 32                   3 Join       standby -> primary
+//!  39+n (end)                                0  standby proof   32
+//!                                           32  last sequence    8  0 if the journal is empty
+//! 4 Start      primary -> standby           40  last epoch       8  0 if the journal is empty
+//!   0  epoch          8                     48  promised epoch   8  >= last epoch
+//!   8  from sequence  8  1..=primary last+1 56  (end)
+//!  16  primary last   8
+//!  24  (end)                               5 Diverged   primary -> standby
+//!                                            0  epoch            8
+//! 7 Heartbeat  primary -> standby            8  keep through     8  drop every record after
+//!   0  epoch          8                     16  (end)
+//!   8  last sequence  8
+//!  16  sent at ms     8                    8 Ack        standby -> primary
+//!  24  (end)                                 0  written          8
+//!                                            8  durable          8  <= written
+//! 9 Refuse     either way                   16  echo ms          8  last heartbeat's sent at
+//!   0  code           1  RefuseCode         24  (end)
+//!   1  epoch          8
+//!   9  text len       2  <= 512            6 Records    primary -> standby
+//!  11  text           n  UTF-8               0  first sequence   8  >= 1
+//!  11+n (end)                                8  count            4  >= 1
+//!                                           12  records          n  `count` records back to
+//!                                                                   back, each exactly a
+//!                                                                   `ringfence_core::record`
+//! ```
+//!
+//! Decoding enforces what a single frame can show: lengths exact, magic and version, the
+//! cluster id's characters, known kinds and refusal codes, records intact (`record::check`),
+//! contiguous from `first sequence`, epochs not going down within the frame and filling the
+//! body exactly, `durable <= written`, and the other per-message rules in the table. Rules that
+//! span messages (epochs never go down, acknowledgements never go backwards, records follow on
+//! from the last) are the state machines' (elsewhere in this crate).
+
+use std::fmt;
+
+use ringfence_core::record::{self, RECORD_ALIGN, RECORD_LEN_MAX, RecordError, record_len};
+use ringfence_core::{Epoch, Sequence};
+
+use crate::auth::{
+    CLUSTER_ID_LEN_MAX, ClusterId, ClusterIdError, NONCE_LEN, Nonce, PROOF_LEN, Proof,
+};
+
+/// First bytes of a `Hello` body: a ringfence replication peer.
+pub const PROTOCOL_MAGIC: [u8; 4] = *b"RFRP";
+/// The protocol version this build speaks (and the only one it accepts).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+const FRAME_LEN_OFFSET: usize = 0;
+const FRAME_KIND_OFFSET: usize = FRAME_LEN_OFFSET + 4;
+const FRAME_BODY_OFFSET: usize = FRAME_KIND_OFFSET + KIND_LEN;
+const KIND_LEN: usize = 1;
+/// Bytes of the length prefix that opens every frame.
+pub const FRAME_PREFIX_LEN: usize = FRAME_KIND_OFFSET;
+
+/// Record bytes one `Records` frame carries at most; a sender batches up to this.
+pub const RECORDS_BYTES_MAX: usize = 1 << 20;
+const RECORDS_FIRST_OFFSET: usize = 0;
+const RECORDS_COUNT_OFFSET: usize = RECORDS_FIRST_OFFSET + 8;
+const RECORDS_RECORDS_OFFSET: usize = RECORDS_COUNT_OFFSET + 4;
+/// Bytes of a `Records` body before its records.
+pub const RECORDS_HEADER_LEN: usize = RECORDS_RECORDS_OFFSET;
+/// Bytes of a whole `Records` frame before its records (`records_frame_header`).
+pub const RECORDS_FRAME_HEADER_LEN: usize = FRAME_BODY_OFFSET + RECORDS_HEADER_LEN;
+/// The smallest record: one payload byte, padded.
+const RECORD_LEN_MIN: usize = record_len(1);
+/// Most records one `Records` frame can hold (all of the smallest kind).
+pub const RECORDS_COUNT_MAX: usize = RECORDS_BYTES_MAX / RECORD_LEN_MIN;
+
+/// Largest value of a frame's length field (kind and body): a `Records` frame with a full
+/// budget of records.
+pub const FRAME_LEN_MAX: usize = KIND_LEN + RECORDS_HEADER_LEN + RECORDS_BYTES_MAX;
+
+const HELLO_MAGIC_OFFSET: usize = 0;
+const HELLO_VERSION_OFFSET: usize = HELLO_MAGIC_OFFSET + 4;
+const HELLO_CLUSTER_LEN_OFFSET: usize = HELLO_VERSION_OFFSET + 2;
+const HELLO_CLUSTER_OFFSET: usize = HELLO_CLUSTER_LEN_OFFSET + 1;
+// The standby nonce follows the cluster id, at HELLO_CLUSTER_OFFSET + cluster len.
+const HELLO_BODY_LEN_MIN: usize = HELLO_CLUSTER_OFFSET + 1 + NONCE_LEN;
+const HELLO_BODY_LEN_MAX: usize = HELLO_CLUSTER_OFFSET + CLUSTER_ID_LEN_MAX + NONCE_LEN;
+
+const CHALLENGE_NONCE_OFFSET: usize = 0;
+const CHALLENGE_PROOF_OFFSET: usize = CHALLENGE_NONCE_OFFSET + NONCE_LEN;
+const CHALLENGE_BODY_LEN: usize = CHALLENGE_PROOF_OFFSET + PROOF_LEN;
+
+const JOIN_PROOF_OFFSET: usize = 0;
+const JOIN_LAST_SEQUENCE_OFFSET: usize = JOIN_PROOF_OFFSET + PROOF_LEN;
+const JOIN_LAST_EPOCH_OFFSET: usize = JOIN_LAST_SEQUENCE_OFFSET + 8;
+const JOIN_PROMISED_EPOCH_OFFSET: usize = JOIN_LAST_EPOCH_OFFSET + 8;
+const JOIN_BODY_LEN: usize = JOIN_PROMISED_EPOCH_OFFSET + 8;
+
+const START_EPOCH_OFFSET: usize = 0;
+const START_FROM_OFFSET: usize = START_EPOCH_OFFSET + 8;
+const START_PRIMARY_LAST_OFFSET: usize = START_FROM_OFFSET + 8;
+const START_BODY_LEN: usize = START_PRIMARY_LAST_OFFSET + 8;
+
+const DIVERGED_EPOCH_OFFSET: usize = 0;
+const DIVERGED_KEEP_THROUGH_OFFSET: usize = DIVERGED_EPOCH_OFFSET + 8;
+const DIVERGED_BODY_LEN: usize = DIVERGED_KEEP_THROUGH_OFFSET + 8;
+
+const HEARTBEAT_EPOCH_OFFSET: usize = 0;
+const HEARTBEAT_LAST_OFFSET: usize = HEARTBEAT_EPOCH_OFFSET + 8;
+const HEARTBEAT_SENT_AT_OFFSET: usize = HEARTBEAT_LAST_OFFSET + 8;
+const HEARTBEAT_BODY_LEN: usize = HEARTBEAT_SENT_AT_OFFSET + 8;
+
+const ACK_WRITTEN_OFFSET: usize = 0;
+const ACK_DURABLE_OFFSET: usize = ACK_WRITTEN_OFFSET + 8;
+const ACK_ECHO_OFFSET: usize = ACK_DURABLE_OFFSET + 8;
+const ACK_BODY_LEN: usize = ACK_ECHO_OFFSET + 8;
+
+const REFUSE_CODE_OFFSET: usize = 0;
+const REFUSE_EPOCH_OFFSET: usize = REFUSE_CODE_OFFSET + 1;
+const REFUSE_TEXT_LEN_OFFSET: usize = REFUSE_EPOCH_OFFSET + 8;
+const REFUSE_TEXT_OFFSET: usize = REFUSE_TEXT_LEN_OFFSET + 2;
+/// Most bytes of a refusal's text.
+pub const REFUSE_TEXT_LEN_MAX: usize = 512;
+
+// The budget: at least 256 KiB of records per frame, whole records only, and every frame's
+// length fits the u32 prefix.
+const _: () = assert!(RECORDS_BYTES_MAX >= 256 * 1024);
+const _: () = assert!(RECORDS_BYTES_MAX % RECORD_ALIGN == 0);
+const _: () = assert!(RECORDS_BYTES_MAX >= RECORD_LEN_MAX);
+const _: () = assert!(RECORDS_COUNT_MAX <= u32::MAX as usize);
+const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
+// Every other message is far below the records frame's limit.
+const _: () = assert!(KIND_LEN + HELLO_BODY_LEN_MAX <= FRAME_LEN_MAX);
+const _: () = assert!(KIND_LEN + REFUSE_TEXT_OFFSET + REFUSE_TEXT_LEN_MAX <= FRAME_LEN_MAX);
+const _: () = assert!(REFUSE_TEXT_LEN_MAX <= u16::MAX as usize);
+const _: () = assert!(CLUSTER_ID_LEN_MAX <= u8::MAX as usize);
+// The offsets, pinned to the byte diagram: the layout is a format.
+const _: () = assert!(FRAME_BODY_OFFSET == 5);
+const _: () = assert!(HELLO_CLUSTER_OFFSET == 7 && HELLO_BODY_LEN_MIN == 40);
+const _: () = assert!(CHALLENGE_BODY_LEN == 64);
+const _: () = assert!(JOIN_LAST_SEQUENCE_OFFSET == 32 && JOIN_BODY_LEN == 56);
+const _: () = assert!(START_BODY_LEN == 24);
+const _: () = assert!(DIVERGED_BODY_LEN == 16);
+const _: () = assert!(RECORDS_HEADER_LEN == 12 && RECORDS_FRAME_HEADER_LEN == 17);
+const _: () = assert!(HEARTBEAT_BODY_LEN == 24);
+const _: () = assert!(ACK_BODY_LEN == 24);
+const _: () = assert!(REFUSE_TEXT_LEN_OFFSET == 9 && REFUSE_TEXT_OFFSET == 11);
+
+/// A message's kind: the frame's fifth byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// [`Hello`].
+    Hello = 1,
+    /// [`Challenge`].
+    Challenge = 2,
+    /// [`Join`].
+    Join = 3,
+    /// [`Start`].
+    Start = 4,
+    /// [`Diverged`].
+    Diverged = 5,
+    /// [`Records`].
+    Records = 6,
+    /// [`Heartbeat`].
+    Heartbeat = 7,
+    /// [`Ack`].
+    Ack = 8,
+    /// [`Refuse`].
+    Refuse = 9,
+}
+
+impl Kind {
+    /// Every kind, in code order.
+    pub const ALL: [Kind; 9] = [
+        Kind::Hello,
+        Kind::Challenge,
+        Kind::Join,
+        Kind::Start,
+        Kind::Diverged,
+        Kind::Records,
+        Kind::Heartbeat,
+        Kind::Ack,
+        Kind::Refuse,
+    ];
+
+    /// The kind with wire code `code`, if there is one.
+    #[must_use]
+    pub fn from_u8(code: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|&kind| kind as u8 == code)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One message of the replication protocol, borrowing the frame it was decoded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// Standby → primary: the first message on a connection.
+    Hello(Hello),
+    /// Primary → standby: the primary's nonce and its proof of the secret.
+    Challenge(Challenge),
+    /// Standby → primary: the standby's proof and where its journal ends.
+    Join(Join),
+    /// Primary → standby: records from `from_sequence` follow.
+    Start(Start),
+    /// Primary → standby: the standby's journal departs from the primary's; truncate, rejoin.
+    Diverged(Diverged),
+    /// Primary → standby: contiguous journal records.
+    Records(Records<'a>),
+    /// Primary → standby: the primary is alive, and where its journal ends.
+    Heartbeat(Heartbeat),
+    /// Standby → primary: how far the standby has written and made durable.
+    Ack(Ack),
+    /// Either way: the sender will not go on, and why; it closes the connection after it.
+    Refuse(Refuse<'a>),
+}
+
+impl Message<'_> {
+    /// The message's kind.
+    #[must_use]
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Hello(_) => Kind::Hello,
+            Message::Challenge(_) => Kind::Challenge,
+            Message::Join(_) => Kind::Join,
+            Message::Start(_) => Kind::Start,
+            Message::Diverged(_) => Kind::Diverged,
+            Message::Records(_) => Kind::Records,
+            Message::Heartbeat(_) => Kind::Heartbeat,
+            Message::Ack(_) => Kind::Ack,
+            Message::Refuse(_) => Kind::Refuse,
+        }
+    }
+}
+
+/// Standby → primary, first on every connection. The magic and version are implied: a decoded
+/// `Hello` had [`PROTOCOL_MAGIC`] and [`PROTOCOL_VERSION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The cluster the standby believes it belongs to.
+    pub cluster: ClusterId,
+    /// The standby's fresh nonce for this connection.
+    pub standby_nonce: Nonce,
+}
+
+/// Primary → standby: the primary's nonce and `auth::primary_proof` over both nonces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// The primary's fresh nonce for this connection.
+    pub primary_nonce: Nonce,
+    /// The primary's proof that it holds the cluster secret.
+    pub primary_proof: Proof,
+}
+
+/// Standby → primary: the standby's proof and the end of its journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Join {
+    /// The standby's proof that it holds the cluster secret.
+    pub standby_proof: Proof,
+    /// The standby journal's last record; 0 if the journal is empty.
+    pub last_sequence: Sequence,
+    /// That record's epoch; 0 if the journal is empty.
+    pub last_epoch: Epoch,
+    /// The highest epoch the standby has promised; never below `last_epoch`.
+    pub promised_epoch: Epoch,
+}
+
+/// Primary → standby: the standby is accepted and records follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// The primary's current epoch.
+    pub epoch: Epoch,
+    /// The first record the primary will send: `1..=primary_last + 1`.
+    pub from_sequence: Sequence,
+    /// The primary's last journaled record when it started this stream.
+    pub primary_last: Sequence,
+}
+
+/// Primary → standby: the standby's journal departs from the primary's after `keep_through`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Diverged {
+    /// The primary's current epoch.
+    pub epoch: Epoch,
+    /// The standby must drop every record after this sequence, then connect again.
+    pub keep_through: Sequence,
+}
+
+/// Primary → standby, when there is nothing else to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The primary's current epoch.
+    pub epoch: Epoch,
+    /// The primary's last journaled record.
+    pub last_sequence: Sequence,
+    /// The primary's clock when it sent this, in milliseconds; echoed by the next `Ack`.
+    pub sent_at_ms: u64,
+}
+
+/// Standby → primary: how far the standby has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// Highest sequence appended to the standby's journal.
+    pub written: Sequence,
+    /// Highest sequence durable under the standby's own policy; never above `written`.
+    pub durable: Sequence,
+    /// `sent_at_ms` of the last heartbeat the standby saw; 0 if none.
+    pub echo_ms: u64,
+}
+
+/// Either way: the sender refuses to go on. It closes the connection after sending this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refuse<'a> {
+    /// Why, for the receiving program.
+    pub code: RefuseCode,
+    /// The sender's current epoch.
+    pub epoch: Epoch,
+    /// Why, for the operator: at most [`REFUSE_TEXT_LEN_MAX`] bytes of UTF-8.
+    pub text: &'a str,
+}
+
+impl<'a> Refuse<'a> {
+    /// A refusal whose text is `text` cut to [`REFUSE_TEXT_LEN_MAX`] bytes on a character
+    /// boundary.
+    #[must_use]
+    pub fn new(code: RefuseCode, epoch: Epoch, text: &'a str) -> Refuse<'a> {
+        let mut end = text.len().min(REFUSE_TEXT_LEN_MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Refuse { code, epoch, text: &text[..end] }
+    }
+}
+
+/// Why a peer refuses: the first byte of a `Refuse` body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RefuseCode {
+    /// A message was malformed or arrived out of turn.
+    BadMessage = 1,
+    /// The peer speaks another protocol version.
+    Version = 2,
+    /// The peer belongs to another cluster.
+    Cluster = 3,
+    /// The peer's handshake proof did not match.
+    Auth = 4,
+    /// This node is not the primary.
+    NotPrimary = 5,
+    /// The peer's epoch is below one this node has seen or promised.
+    StaleEpoch = 6,
+    /// The primary already has a standby.
+    Busy = 7,
+    /// Records the standby needs were retired: it must start from a snapshot.
+    NeedsSnapshot = 8,
+    /// This node failed (I/O, a bug); the text says how.
+    Internal = 9,
+}
+
+impl RefuseCode {
+    /// Every code, in code order.
+    pub const ALL: [RefuseCode; 9] = [
+        RefuseCode::BadMessage,
+        RefuseCode::Version,
+        RefuseCode::Cluster,
+        RefuseCode::Auth,
+        RefuseCode::NotPrimary,
+        RefuseCode::StaleEpoch,
+        RefuseCode::Busy,
+        RefuseCode::NeedsSnapshot,
+        RefuseCode::Internal,
+    ];
+
+    /// The code with wire value `code`, if there is one.
+    #[must_use]
+    pub fn from_u8(code: u8) -> Option<RefuseCode> {
+        RefuseCode::ALL.into_iter().find(|&known| known as u8 == code)
+    }
+}
+
+/// Why bytes are not a message of this protocol version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The length prefix is zero.
+    #[error("a frame of length 0: every frame holds at least its kind byte")]
+    EmptyFrame,
+    /// The length prefix is above [`FRAME_LEN_MAX`].
+    #[error(
+        "a frame of {len} bytes, above the limit of {FRAME_LEN_MAX}: the peer is not a \
+         ringfence replication node of this version, or the stream is out of step"
+    )]
+    FrameTooLong {
+        /// The length prefix.
+        len: usize,
+    },
+    /// The kind byte is not a known kind.
+    #[error("unknown message kind {0}: the peer speaks another protocol version")]
+    UnknownKind(u8),
+    /// A fixed-size body of the wrong size.
+    #[error("a {kind} body of {have} bytes; it is always {need}")]
+    BodyLength {
+        /// The message kind.
+        kind: Kind,
+        /// Bytes present.
+        have: usize,
+        /// Bytes the kind has.
+        need: usize,
+    },
+    /// A variable-size body shorter than its fields (or their length fields) need.
+    #[error("a {kind} body of {have} bytes is cut short: its fields need {need}")]
+    Truncated {
+        /// The message kind.
+        kind: Kind,
+        /// Bytes present.
+        have: usize,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// A variable-size body longer than its fields.
+    #[error("a {kind} body of {have} bytes where its fields take {need}: bytes trail the message")]
+    TrailingBytes {
+        /// The message kind.
+        kind: Kind,
+        /// Bytes present.
+        have: usize,
+        /// Bytes the fields take.
+        need: usize,
+    },
+    /// A `Hello` without the protocol magic.
+    #[error(
+        "the hello starts with {found:02x?}, not the replication magic \"RFRP\": the peer is \
+         not a ringfence replication node"
+    )]
+    BadMagic {
+        /// The first four body bytes.
+        found: [u8; 4],
+    },
+    /// A `Hello` of another protocol version.
+    #[error(
+        "the peer speaks replication protocol version {version}; this build speaks \
+         {PROTOCOL_VERSION}: run the same ringfence release on the primary and the standby"
+    )]
+    Version {
+        /// The version the peer sent.
+        version: u16,
+    },
+    /// A `Hello` whose cluster id is not a valid id.
+    #[error("the hello's cluster id is invalid: {0}")]
+    ClusterId(ClusterIdError),
+    /// A `Records` frame with a count of zero.
+    #[error("a records message with no records")]
+    RecordsEmpty,
+    /// A `Records` frame starting at sequence 0 or running past the last sequence.
+    #[error("{count} records from sequence {first} leave the sequence range 1..=2^64-1")]
+    RecordsRange {
+        /// The first sequence.
+        first: Sequence,
+        /// The count.
+        count: u32,
+    },
+    /// More record bytes than [`RECORDS_BYTES_MAX`] (only when building, never decoded).
+    #[error("{len} bytes of records, above the budget of {RECORDS_BYTES_MAX} per message")]
+    RecordsTooLong {
+        /// Bytes of records.
+        len: usize,
+    },
+    /// A record that is not intact.
+    #[error("record {index} (sequence {sequence}) at byte {offset} of the records: {source}")]
+    Record {
+        /// Position of the record in the message, from 0.
+        index: u32,
+        /// Its offset from the start of the records.
+        offset: usize,
+        /// The sequence it should carry.
+        sequence: Sequence,
+        /// What is wrong with it.
+        source: RecordError,
+    },
+    /// A record whose header or length runs past the end of the records.
+    #[error(
+        "record {index} (sequence {sequence}) at byte {offset} runs past the end of the \
+         records: it needs {need} bytes, {have} remain"
+    )]
+    RecordOverrun {
+        /// Position of the record in the message, from 0.
+        index: u32,
+        /// Its offset from the start of the records.
+        offset: usize,
+        /// The sequence it should carry.
+        sequence: Sequence,
+        /// Bytes it needs.
+        need: usize,
+        /// Bytes left.
+        have: usize,
+    },
+    /// The records end before `count` of them.
+    #[error("a records message declares {count} records but holds {found}")]
+    RecordsMissing {
+        /// The declared count.
+        count: u32,
+        /// Records present.
+        found: u32,
+    },
+    /// An intact record with the wrong sequence: records are missing, repeated or reordered.
+    #[error(
+        "record {index} at byte {offset} carries sequence {found} where {expected} belongs: \
+         records must be contiguous"
+    )]
+    RecordGap {
+        /// Position of the record in the message, from 0.
+        index: u32,
+        /// Its offset from the start of the records.
+        offset: usize,
+        /// The sequence it should carry.
+        expected: Sequence,
+        /// The sequence it carries.
+        found: Sequence,
+    },
+    /// An intact record with a lower epoch than the record before it.
+    #[error(
+        "record {index} (sequence {sequence}) carries epoch {epoch}, below epoch {previous} of \
+         the record before it"
+    )]
+    RecordEpochWentBack {
+        /// Position of the record in the message, from 0.
+        index: u32,
+        /// Its sequence.
+        sequence: Sequence,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The epoch of the record before it.
+        previous: Epoch,
+    },
+    /// Bytes after the last of `count` records.
+    #[error("{extra} bytes follow the last of the {count} records of a records message")]
+    RecordsTrailing {
+        /// The declared count.
+        count: u32,
+        /// Bytes after the last record.
+        extra: usize,
+    },
+    /// A `Refuse` with an unknown code.
+    #[error("unknown refusal code {0}")]
+    RefuseCode(u8),
+    /// A `Refuse` text above [`REFUSE_TEXT_LEN_MAX`].
+    #[error("a refusal text of {len} bytes, above the limit of {REFUSE_TEXT_LEN_MAX}")]
+    RefuseTextLength {
+        /// The text length field.
+        len: usize,
+    },
+    /// A `Refuse` text that is not UTF-8.
+    #[error("the refusal text is not UTF-8 (valid up to byte {valid_up_to})")]
+    RefuseText {
+        /// Bytes that are valid UTF-8.
+        valid_up_to: usize,
+    },
+    /// An `Ack` claiming more durable than written.
+    #[error(
+        "an acknowledgement with durable sequence {durable} above written sequence {written}: \
+         a standby cannot have made durable what it has not written"
+    )]
+    AckDurableAboveWritten {
+        /// The written field.
+        written: Sequence,
+        /// The durable field.
+        durable: Sequence,
+    },
+    /// A `Start` whose first record is 0 or beyond the one after the primary's last.
+    #[error(
+        "a start from sequence {from} when the primary's last record is {last}: the first \
+         record sent is 1..=last+1"
+    )]
+    StartOutOfRange {
+        /// The from-sequence field.
+        from: Sequence,
+        /// The primary-last field.
+        last: Sequence,
+    },
+    /// A `Join` whose last record's epoch is above the epoch it promised.
+    #[error(
+        "a join whose last record has epoch {last}, above the epoch {promised} it promised: a \
+         node never holds a record above its promise"
+    )]
+    JoinEpochAbovePromise {
+        /// The last-epoch field.
+        last: Epoch,
+        /// The promised-epoch field.
+        promised: Epoch,
+    },
+}
+
+/// Appends one whole frame holding `message` to `out`.
+pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_PREFIX_LEN]);
+    out.push(message.kind() as u8);
+    match message {
+        Message::Hello(hello) => encode_hello(hello, out),
+        Message::Challenge(challenge) => encode_fixed(challenge, out),
+        Message::Join(join) => encode_fixed(join, out),
+        Message::Start(start) => encode_fixed(start, out),
+        Message::Diverged(diverged) => encode_fixed(diverged, out),
+        Message::Records(records) => {
+            let header = records_frame_header(records.first, records.count, records.bytes.len());
+            out.extend_from_slice(&header[FRAME_BODY_OFFSET..]);
+            out.extend_from_slice(records.bytes);
+        }
+        Message::Heartbeat(heartbeat) => encode_fixed(heartbeat, out),
+        Message::Ack(ack) => encode_fixed(ack, out),
+        Message::Refuse(refuse) => encode_refuse(refuse, out),
+    }
+    let len = out.len() - start - FRAME_PREFIX_LEN;
+    assert!(len <= FRAME_LEN_MAX, "a {} frame of {len} bytes", message.kind());
+    put_u32(&mut out[start..], FRAME_LEN_OFFSET, u32::try_from(len).expect("below the max"));
+    debug_assert_eq!(decode(&out[start..]), Ok(Some((*message, out.len() - start))));
+}
+
+/// The first [`RECORDS_FRAME_HEADER_LEN`] bytes of a `Records` frame whose `count` records,
+/// `records_len` bytes of already-framed records, follow it: write these, then the records
+/// (straight from the journal), and the frame is whole without copying the records into it.
+///
+/// The records must be intact and contiguous from `first` with epochs not going down, as
+/// [`Records::new`] checks; the receiver refuses the frame otherwise.
+#[must_use]
+pub fn records_frame_header(
+    first: Sequence,
+    count: u32,
+    records_len: usize,
+) -> [u8; RECORDS_FRAME_HEADER_LEN] {
+    assert!(count >= 1, "a records message holds at least one record");
+    assert!(first.0 >= 1, "sequences start at 1");
+    assert!(records_len <= RECORDS_BYTES_MAX, "{records_len} bytes of records, above the max");
+    assert!(records_len % RECORD_ALIGN == 0, "records are whole multiples of 16 bytes");
+    assert!(records_len / RECORD_LEN_MIN >= count as usize, "{count} records in {records_len}");
+    let mut header = [0u8; RECORDS_FRAME_HEADER_LEN];
+    let len = KIND_LEN + RECORDS_HEADER_LEN + records_len;
+    put_u32(&mut header, FRAME_LEN_OFFSET, u32::try_from(len).expect("below the max"));
+    header[FRAME_KIND_OFFSET] = Kind::Records as u8;
+    let body = &mut header[FRAME_BODY_OFFSET..];
+    put_u64(body, RECORDS_FIRST_OFFSET, first.0);
+    put_u32(body, RECORDS_COUNT_OFFSET, count);
+    header
+}
+
+/// The length field (kind and body) of the frame that starts `buf`, once its prefix has
+/// arrived (`Ok(None)` before). Refuses a length out of range at once, so a reader never waits
+/// for, or makes room for, a frame it would refuse.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, MessageError> {
+    let Some(prefix) = buf.get(FRAME_LEN_OFFSET..FRAME_LEN_OFFSET + 4) else { return Ok(None) };
+    let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+    if len == 0 {
+        return Err(MessageError::EmptyFrame);
+    }
+    if len > FRAME_LEN_MAX {
+        return Err(MessageError::FrameTooLong { len });
+    }
+    Ok(Some(len))
+}
+
+/// Decodes the frame at the start of `buf`. `Ok(None)`: `buf` holds no whole frame yet.
+/// `Ok(Some((message, consumed)))`: the message and the frame's length in bytes. Never panics.
+pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, MessageError> {
+    let Some(len) = frame_len(buf)? else { return Ok(None) };
+    let end = FRAME_PREFIX_LEN + len;
+    let Some(frame) = buf.get(..end) else { return Ok(None) };
+    let code = frame[FRAME_KIND_OFFSET];
+    let kind = Kind::from_u8(code).ok_or(MessageError::UnknownKind(code))?;
+    let message = decode_body(kind, &frame[FRAME_BODY_OFFSET..])?;
+    assert_eq!(message.kind(), kind);
+    Ok(Some((message, end)))
+}
+
+fn decode_body(kind: Kind, body: &[u8]) -> Result<Message<'_>, MessageError> {
+    Ok(match kind {
+        Kind::Hello => Message::Hello(decode_hello(body)?),
+        Kind::Challenge => Message::Challenge(decode_fixed(body)?),
+        Kind::Join => Message::Join(decode_fixed(body)?),
+        Kind::Start => Message::Start(decode_fixed(body)?),
+        Kind::Diverged => Message::Diverged(decode_fixed(body)?),
+        Kind::Records => Message::Records(decode_records(body)?),
+        Kind::Heartbeat => Message::Heartbeat(decode_fixed(body)?),
+        Kind::Ack => Message::Ack(decode_fixed(body)?),
+        Kind::Refuse => Message::Refuse(decode_refuse(body)?),
+    })
+}
+
+fn encode_hello(hello: &Hello, out: &mut Vec<u8>) {
+    let cluster = hello.cluster.as_bytes();
+    let start = out.len();
+    out.extend_from_slice(&PROTOCOL_MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.push(u8::try_from(cluster.len()).expect("a cluster id is at most 64 bytes"));
+    out.extend_from_slice(cluster);
+    out.extend_from_slice(&hello.standby_nonce);
+    assert_eq!(out.len() - start, HELLO_BODY_LEN_MIN - 1 + cluster.len());
+}
+
+fn decode_hello(body: &[u8]) -> Result<Hello, MessageError> {
+    let kind = Kind::Hello;
+    // Magic and version first, at offsets every version keeps: a peer of another version is
+    // told so, not told its hello has the wrong length.
+    if body.len() < HELLO_CLUSTER_LEN_OFFSET {
+        return Err(MessageError::Truncated { kind, have: body.len(), need: HELLO_BODY_LEN_MIN });
+    }
+    let magic = get_array::<4>(body, HELLO_MAGIC_OFFSET);
+    if magic != PROTOCOL_MAGIC {
+        return Err(MessageError::BadMagic { found: magic });
+    }
+    let version = get_u16(body, HELLO_VERSION_OFFSET);
+    if version != PROTOCOL_VERSION {
+        return Err(MessageError::Version { version });
+    }
+    if body.len() < HELLO_BODY_LEN_MIN {
+        return Err(MessageError::Truncated { kind, have: body.len(), need: HELLO_BODY_LEN_MIN });
+    }
+    let cluster_len = usize::from(body[HELLO_CLUSTER_LEN_OFFSET]);
+    if !(1..=CLUSTER_ID_LEN_MAX).contains(&cluster_len) {
+        return Err(MessageError::ClusterId(ClusterIdError::Length { len: cluster_len }));
+    }
+    let nonce_offset = HELLO_CLUSTER_OFFSET + cluster_len;
+    check_variable_len(kind, body.len(), nonce_offset + NONCE_LEN)?;
+    let cluster = ClusterId::from_bytes(&body[HELLO_CLUSTER_OFFSET..nonce_offset])
+        .map_err(MessageError::ClusterId)?;
+    Ok(Hello { cluster, standby_nonce: get_array(body, nonce_offset) })
+}
+
+fn encode_refuse(refuse: &Refuse<'_>, out: &mut Vec<u8>) {
+    let text = refuse.text.as_bytes();
+    assert!(text.len() <= REFUSE_TEXT_LEN_MAX, "a refusal text of {} bytes", text.len());
+    let mut fixed = [0u8; REFUSE_TEXT_OFFSET];
+    fixed[REFUSE_CODE_OFFSET] = refuse.code as u8;
+    put_u64(&mut fixed, REFUSE_EPOCH_OFFSET, refuse.epoch.0);
+    let text_len = u16::try_from(text.len()).expect("at most 512");
+    fixed[REFUSE_TEXT_LEN_OFFSET..][..2].copy_from_slice(&text_len.to_le_bytes());
+    out.extend_from_slice(&fixed);
+    out.extend_from_slice(text);
+}
+
+fn decode_refuse(body: &[u8]) -> Result<Refuse<'_>, MessageError> {
+    let kind = Kind::Refuse;
+    if body.len() < REFUSE_TEXT_OFFSET {
+        return Err(MessageError::Truncated { kind, have: body.len(), need: REFUSE_TEXT_OFFSET });
+    }
+    let code = body[REFUSE_CODE_OFFSET];
+    let code = RefuseCode::from_u8(code).ok_or(MessageError::RefuseCode(code))?;
+    let text_len = usize::from(get_u16(body, REFUSE_TEXT_LEN_OFFSET));
+    if text_len > REFUSE_TEXT_LEN_MAX {
+        return Err(MessageError::RefuseTextLength { len: text_len });
+    }
+    check_variable_len(kind, body.len(), REFUSE_TEXT_OFFSET + text_len)?;
+    let text = std::str::from_utf8(&body[REFUSE_TEXT_OFFSET..])
+        .map_err(|error| MessageError::RefuseText { valid_up_to: error.valid_up_to() })?;
+    Ok(Refuse { code, epoch: Epoch(get_u64(body, REFUSE_EPOCH_OFFSET)), text })
+}
+
+fn decode_records(body: &[u8]) -> Result<Records<'_>, MessageError> {
+    if body.len() < RECORDS_HEADER_LEN {
+        let (kind, have) = (Kind::Records, body.len());
+        return Err(MessageError::Truncated { kind, have, need: RECORDS_HEADER_LEN });
+    }
+    let first = Sequence(get_u64(body, RECORDS_FIRST_OFFSET));
+    let count = get_u32(body, RECORDS_COUNT_OFFSET);
+    Records::new(first, count, &body[RECORDS_RECORDS_OFFSET..])
+}
+
+/// A variable-size body of `have` bytes whose fields take `need`.
+fn check_variable_len(kind: Kind, have: usize, need: usize) -> Result<(), MessageError> {
+    if have < need {
+        return Err(MessageError::Truncated { kind, have, need });
+    }
+    if have > need {
+        return Err(MessageError::TrailingBytes { kind, have, need });
+    }
+    Ok(())
+}
+
+/// `count` intact, contiguous records from `first`, back to back in `bytes`: a `Records`
+/// message's body. Only [`Records::new`] makes one, so holding one means the checks passed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Records<'a> {
+    first: Sequence,
+    count: u32,
+    bytes: &'a [u8],
+}
+
+impl<'a> Records<'a> {
+    /// Checks that `bytes` is exactly `count` records, each intact (`record::check`), with
+    /// sequences `first, first + 1, ...` and epochs that never go down.
+    pub fn new(first: Sequence, count: u32, bytes: &'a [u8]) -> Result<Records<'a>, MessageError> {
+        if count == 0 {
+            return Err(MessageError::RecordsEmpty);
+        }
+        if first.0 == 0 || first.0.checked_add(u64::from(count) - 1).is_none() {
+            return Err(MessageError::RecordsRange { first, count });
+        }
+        if bytes.len() > RECORDS_BYTES_MAX {
+            return Err(MessageError::RecordsTooLong { len: bytes.len() });
+        }
+        check_records(first, count, bytes)?;
+        Ok(Records { first, count, bytes })
+    }
+
+    /// The first record's sequence.
+    #[must_use]
+    pub fn first_sequence(&self) -> Sequence {
+        self.first
+    }
+
+    /// The last record's sequence.
+    #[must_use]
+    pub fn last_sequence(&self) -> Sequence {
+        Sequence(self.first.0 + u64::from(self.count) - 1)
+    }
+
+    /// How many records.
+    #[must_use]
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// All the records' bytes, back to back.
+    #[must_use]
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Each record's bytes, in sequence order.
+    #[must_use]
+    pub fn iter(&self) -> RecordIter<'a> {
+        RecordIter { bytes: self.bytes, remaining: self.count }
+    }
+}
+
+impl fmt::Debug for Records<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Records")
+            .field("first", &self.first)
+            .field("count", &self.count)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl<'a> IntoIterator for Records<'a> {
+    type Item = &'a [u8];
+    type IntoIter = RecordIter<'a>;
+
+    fn into_iter(self) -> RecordIter<'a> {
+        self.iter()
+    }
+}
+
+impl<'a> IntoIterator for &Records<'a> {
+    type Item = &'a [u8];
+    type IntoIter = RecordIter<'a>;
+
+    fn into_iter(self) -> RecordIter<'a> {
+        self.iter()
+    }
+}
+
+/// The records of a [`Records`] message, each as its own byte slice (header, payload, padding).
+#[derive(Clone, Debug)]
+pub struct RecordIter<'a> {
+    bytes: &'a [u8],
+    remaining: u32,
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.remaining == 0 {
+            assert!(self.bytes.is_empty(), "bytes after the last checked record");
+            return None;
+        }
+        // Checked when the `Records` was made: the header is whole and its length in range.
+        let len = record_len(record::read_header(self.bytes).payload_len);
+        let (record, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        self.remaining -= 1;
+        Some(record)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining as usize, Some(self.remaining as usize))
+    }
+}
+
+impl ExactSizeIterator for RecordIter<'_> {}
+
+/// Walks the records, refusing the first that is damaged, out of place or short.
+fn check_records(first: Sequence, count: u32, bytes: &[u8]) -> Result<(), MessageError> {
+    let mut offset = 0;
+    let mut previous = Epoch(0);
+    for index in 0..count {
+        if offset == bytes.len() {
+            return Err(MessageError::RecordsMissing { count, found: index });
+        }
+        // Cannot overflow: `Records::new` checked first + count - 1.
+        let sequence = Sequence(first.0 + u64::from(index));
+        let (header, len) = record::check(&bytes[offset..]).map_err(|source| match source {
+            RecordError::Short { have, need } => {
+                MessageError::RecordOverrun { index, offset, sequence, need, have }
+            }
+            source => MessageError::Record { index, offset, sequence, source },
+        })?;
+        if header.sequence != sequence {
+            let found = header.sequence;
+            return Err(MessageError::RecordGap { index, offset, expected: sequence, found });
+        }
+        if header.epoch < previous {
+            let epoch = header.epoch;
+            return Err(MessageError::RecordEpochWentBack { index, sequence, epoch, previous });
+        }
+        previous = header.epoch;
+        offset += len;
+    }
+    if offset != bytes.len() {
+        return Err(MessageError::RecordsTrailing { count, extra: bytes.len() - offset });
+    }
+    Ok(())
+}
+
+/// A message whose body has one size, written and read at its offset constants.
+trait FixedBody: Sized {
+    const KIND: Kind;
+    const LEN: usize;
+    /// Writes the fields into `body`, exactly `LEN` bytes.
+    fn write(&self, body: &mut [u8]);
+    /// Reads and checks the fields of `body`, exactly `LEN` bytes.
+    fn read(body: &[u8]) -> Result<Self, MessageError>;
+}
+
+fn encode_fixed<T: FixedBody>(message: &T, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + T::LEN, 0);
+    message.write(&mut out[start..]);
+}
+
+fn decode_fixed<T: FixedBody>(body: &[u8]) -> Result<T, MessageError> {
+    if body.len() != T::LEN {
+        return Err(MessageError::BodyLength { kind: T::KIND, have: body.len(), need: T::LEN });
+    }
+    T::read(body)
+}
+
+impl FixedBody for Challenge {
+    const KIND: Kind = Kind::Challenge;
+    const LEN: usize = CHALLENGE_BODY_LEN;
+
+    fn write(&self, body: &mut [u8]) {
+        body[CHALLENGE_NONCE_OFFSET..][..NONCE_LEN].copy_from_slice(&self.primary_nonce);
+        body[CHALLENGE_PROOF_OFFSET..][..PROOF_LEN].copy_from_slice(&self.primary_proof);
+    }
+
+    fn read(body: &[u8]) -> Result<Challenge, MessageError> {
+        Ok(Challenge {
+            primary_nonce: get_array(body, CHALLENGE_NONCE_OFFSET),
+            primary_proof: get_array(body, CHALLENGE_PROOF_OFFSET),
+        })
+    }
+}
+
+impl FixedBody for Join {
+    const KIND: Kind = Kind::Join;
+    const LEN: usize = JOIN_BODY_LEN;
+
+    fn write(&self, body: &mut [u8]) {
+        // What `read` refuses is never written: a frame written is one that reads back.
+        assert!(self.last_epoch <= self.promised_epoch, "a join above its promise");
+        body[JOIN_PROOF_OFFSET..][..PROOF_LEN].copy_from_slice(&self.standby_proof);
+        put_u64(body, JOIN_LAST_SEQUENCE_OFFSET, self.last_sequence.0);
+        put_u64(body, JOIN_LAST_EPOCH_OFFSET, self.last_epoch.0);
+        put_u64(body, JOIN_PROMISED_EPOCH_OFFSET, self.promised_epoch.0);
+    }
+
+    fn read(body: &[u8]) -> Result<Join, MessageError> {
+        let last = Epoch(get_u64(body, JOIN_LAST_EPOCH_OFFSET));
+        let promised = Epoch(get_u64(body, JOIN_PROMISED_EPOCH_OFFSET));
+        if last > promised {
+            return Err(MessageError::JoinEpochAbovePromise { last, promised });
+        }
+        Ok(Join {
+            standby_proof: get_array(body, JOIN_PROOF_OFFSET),
+            last_sequence: Sequence(get_u64(body, JOIN_LAST_SEQUENCE_OFFSET)),
+            last_epoch: last,
+            promised_epoch: promised,
+        })
+    }
+}
+
+impl FixedBody for Start {
+    const KIND: Kind = Kind::Start;
+    const LEN: usize = START_BODY_LEN;
+
+    fn write(&self, body: &mut [u8]) {
+        assert!(start_in_range(self.from_sequence, self.primary_last), "a start out of range");
+        put_u64(body, START_EPOCH_OFFSET, self.epoch.0);
+        put_u64(body, START_FROM_OFFSET, self.from_sequence.0);
+        put_u64(body, START_PRIMARY_LAST_OFFSET, self.primary_last.0);
+    }
+
+    fn read(body: &[u8]) -> Result<Start, MessageError> {
+        let from = Sequence(get_u64(body, START_FROM_OFFSET));
+        let last = Sequence(get_u64(body, START_PRIMARY_LAST_OFFSET));
+        if !start_in_range(from, last) {
+            return Err(MessageError::StartOutOfRange { from, last });
+        }
+        let epoch = Epoch(get_u64(body, START_EPOCH_OFFSET));
+        Ok(Start { epoch, from_sequence: from, primary_last: last })
+    }
+}
+
+/// Whether `from` is a first record a primary whose last record is `last` can send.
+fn start_in_range(from: Sequence, last: Sequence) -> bool {
+    from.0 >= 1 && from.0 - 1 <= last.0
+}
+
+impl FixedBody for Diverged {
+    const KIND: Kind = Kind::Diverged;
+    const LEN: usize = DIVERGED_BODY_LEN;
+
+    fn write(&self, body: &mut [u8]) {
+        put_u64(body, DIVERGED_EPOCH_OFFSET, self.epoch.0);
+        put_u64(body, DIVERGED_KEEP_THROUGH_OFFSET, self.keep_through.0);
+    }
+
+    fn read(body: &[u8]) -> Result<Diverged, MessageError> {
+        Ok(Diverged {
+            epoch: Epoch(get_u64(body, DIVERGED_EPOCH_OFFSET)),
+            keep_through: Sequence(get_u64(body, DIVERGED_KEEP_THROUGH_OFFSET)),
+        })
+    }
+}
+
+impl FixedBody for Heartbeat {
+    const KIND: Kind = Kind::Heartbeat;
+    const LEN: usize = HEARTBEAT_BODY_LEN;
+
+    fn write(&self, body: &mut [u8]) {
+        put_u64(body, HEARTBEAT_EPOCH_OFFSET, self.epoch.0);
+        put_u64(body, HEARTBEAT_LAST_OFFSET, self.last_sequence.0);
+        put_u64(body, HEARTBEAT_SENT_AT_OFFSET, self.sent_at_ms);
+    }
+
+    fn read(body: &[u8]) -> Result<Heartbeat, MessageError> {
+        Ok(Heartbeat {
+            epoch: Epoch(get_u64(body, HEARTBEAT_EPOCH_OFFSET)),
+            last_sequence: Sequence(get_u64(body, HEARTBEAT_LAST_OFFSET)),
+            sent_at_ms: get_u64(body, HEARTBEAT_SENT_AT_OFFSET),
+        })
+    }
+}
+
+impl FixedBody for Ack {
+    const KIND: Kind = Kind::Ack;
+    const LEN: usize = ACK_BODY_LEN;
+
+    fn write(&self, body: &mut [u8]) {
+        assert!(self.durable <= self.written, "an ack with durable above written");
+        put_u64(body, ACK_WRITTEN_OFFSET, self.written.0);
+        put_u64(body, ACK_DURABLE_OFFSET, self.durable.0);
+        put_u64(body, ACK_ECHO_OFFSET, self.echo_ms);
+    }
+
+    fn read(body: &[u8]) -> Result<Ack, MessageError> {
+        let written = Sequence(get_u64(body, ACK_WRITTEN_OFFSET));
+        let durable = Sequence(get_u64(body, ACK_DURABLE_OFFSET));
+        if durable > written {
+            return Err(MessageError::AckDurableAboveWritten { written, durable });
+        }
+        Ok(Ack { written, durable, echo_ms: get_u64(body, ACK_ECHO_OFFSET) })
+    }
+}
+
+fn put_u32(out: &mut [u8], offset: usize, value: u32) {
+    out[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+fn put_u64(out: &mut [u8], offset: usize, value: u64) {
+    out[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+fn get_array<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
+    bytes[offset..offset + N].try_into().expect("N bytes")
+}
+
+fn get_u16(bytes: &[u8], offset: usize) -> u16 {
+    u16::from_le_bytes(get_array(bytes, offset))
+}
+
+fn get_u32(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(get_array(bytes, offset))
+}
+
+fn get_u64(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(get_array(bytes, offset))
+}

@@ -1,0 +1,286 @@
+//! Blocking whole-frame I/O over any `Read`/`Write`, for the socket shell around the protocol:
+//! a reader that fills one preallocated buffer a frame at a time and hands out messages
+//! borrowing it, and writers that send a message or a batch of journaled records.
+//!
+//! The reader keeps a partial frame across calls: with a read timeout set on the socket, a
+//! `WouldBlock` or `TimedOut` error returns to the caller (to send a heartbeat, say) and the
+//! next call carries on where the last one stopped. Any other error leaves the connection out
+//! of step; close it.
+
+use std::io::{self, Read, Write};
+
+use ringfence_core::Sequence;
+
+use crate::message::{self, FRAME_LEN_MAX, FRAME_PREFIX_LEN, Message, MessageError};
+
+/// Why no message was read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The peer closed the connection between two frames.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// The peer closed the connection part way through a frame.
+    #[error("the peer closed the connection {have} bytes into a frame of {need}")]
+    ClosedMidFrame {
+        /// Bytes of the frame received.
+        have: usize,
+        /// Bytes of the whole frame (or of its prefix, while that was incomplete).
+        need: usize,
+    },
+    /// The connection failed (or, for `WouldBlock`/`TimedOut`, its read timeout passed).
+    #[error("replication connection: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent something that is not a message of this protocol version.
+    #[error("the peer sent a malformed message: {0}")]
+    Message(#[from] MessageError),
+}
+
+impl WireError {
+    /// Whether this is a read timeout, after which reading again resumes the frame.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, WireError::Io(e) if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ))
+    }
+}
+
+/// Reads whole frames from `R` into one buffer, allocated once at the largest frame size.
+pub struct FrameReader<R> {
+    reader: R,
+    buf: Box<[u8]>,
+    /// Bytes of the current frame read so far.
+    filled: usize,
+    /// Whether the frame in `buf` was handed out (or refused) and the next read starts afresh.
+    consumed: bool,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// A reader of frames from `reader`.
+    pub fn new(reader: R) -> FrameReader<R> {
+        let buf = vec![0u8; FRAME_PREFIX_LEN + FRAME_LEN_MAX].into_boxed_slice();
+        FrameReader { reader, buf, filled: 0, consumed: false }
+    }
+
+    /// Reads the next whole frame and decodes it. A length prefix out of range is refused
+    /// before any of the body is read.
+    pub fn read_message(&mut self) -> Result<Message<'_>, WireError> {
+        if self.consumed {
+            self.filled = 0;
+            self.consumed = false;
+        }
+        self.fill_to(FRAME_PREFIX_LEN)?;
+        let len =
+            message::frame_len(&self.buf[..FRAME_PREFIX_LEN])?.expect("the prefix has arrived");
+        let frame_len = FRAME_PREFIX_LEN + len;
+        self.fill_to(frame_len)?;
+        assert_eq!(self.filled, frame_len, "read past the frame");
+        // Refused or not, this frame is done with: the next call reads the one after it.
+        self.consumed = true;
+        let decoded = message::decode(&self.buf[..frame_len])?;
+        let (message, consumed) = decoded.expect("a whole frame is present");
+        assert_eq!(consumed, frame_len);
+        Ok(message)
+    }
+
+    /// Reads until `need` bytes of the frame are in the buffer, keeping what arrived if a
+    /// read fails so that the next call resumes.
+    fn fill_to(&mut self, need: usize) -> Result<(), WireError> {
+        assert!(need <= self.buf.len());
+        while self.filled < need {
+            match self.reader.read(&mut self.buf[self.filled..need]) {
+                Ok(0) if self.filled == 0 => return Err(WireError::Closed),
+                Ok(0) => return Err(WireError::ClosedMidFrame { have: self.filled, need }),
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(WireError::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.reader
+    }
+
+    /// The underlying reader, mutably (to set a timeout, say).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.reader
+    }
+
+    /// The underlying reader; a partly read frame is lost.
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+}
+
+/// Encodes `message` into `scratch` (cleared first) and writes the whole frame.
+pub fn write_message(
+    writer: &mut impl Write,
+    message: &Message<'_>,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    scratch.clear();
+    message::encode(message, scratch);
+    writer.write_all(scratch)
+}
+
+/// Writes a `Records` frame of `count` already-framed records, `records`, as they are (from a
+/// journal segment, say): the header, then the bytes, with no copy. The records must be intact
+/// and contiguous from `first` (checked in debug builds); the receiver refuses them otherwise.
+pub fn write_records(
+    writer: &mut impl Write,
+    first: Sequence,
+    count: u32,
+    records: &[u8],
+) -> io::Result<()> {
+    debug_assert_eq!(message::Records::new(first, count, records).map(|_| ()), Ok(()));
+    writer.write_all(&message::records_frame_header(first, count, records.len()))?;
+    writer.write_all(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use ringfence_core::Epoch;
+
+    use super::*;
+    use crate::message::{Ack, Heartbeat, Records, Refuse, RefuseCode};
+
+    fn heartbeat(n: u64) -> Message<'static> {
+        Message::Heartbeat(Heartbeat { epoch: Epoch(2), last_sequence: Sequence(n), sent_at_ms: n })
+    }
+
+    fn frames(messages: &[Message<'_>]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for message in messages {
+            message::encode(message, &mut bytes);
+        }
+        bytes
+    }
+
+    /// Hands out at most one byte per read, and fails every other read with `WouldBlock`.
+    struct Trickle {
+        bytes: Vec<u8>,
+        at: usize,
+        calls: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 2 == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if self.at == self.bytes.len() || buf.is_empty() {
+                return Ok(0);
+            }
+            buf[0] = self.bytes[self.at];
+            self.at += 1;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn frames_back_to_back_are_read_one_at_a_time_then_closed() {
+        // Goal: the reader returns each message in order and says `Closed` at a clean end.
+        let refuse = Message::Refuse(Refuse::new(RefuseCode::Busy, Epoch(3), "a standby is on"));
+        let ack = Message::Ack(Ack { written: Sequence(9), durable: Sequence(8), echo_ms: 5 });
+        let sent = [heartbeat(1), ack, refuse];
+        let mut reader = FrameReader::new(Cursor::new(frames(&sent)));
+        for expected in &sent {
+            assert_eq!(&reader.read_message().unwrap(), expected);
+        }
+        assert!(matches!(reader.read_message(), Err(WireError::Closed)));
+    }
+
+    #[test]
+    fn a_read_timeout_mid_frame_resumes_where_it_stopped() {
+        // Goal: with a read timeout on the socket, a frame that arrives a byte at a time
+        // between timeouts is still read whole and in order; no byte is lost or repeated.
+        let sent = [heartbeat(1), heartbeat(2)];
+        let trickle = Trickle { bytes: frames(&sent), at: 0, calls: 0 };
+        let mut reader = FrameReader::new(trickle);
+        let (mut received, mut timeouts) = (Vec::new(), 0);
+        while received.len() < sent.len() {
+            match reader.read_message() {
+                Ok(Message::Heartbeat(heartbeat)) => received.push(Message::Heartbeat(heartbeat)),
+                Ok(other) => panic!("{other:?}"),
+                Err(error) if error.is_timeout() => timeouts += 1,
+                Err(error) => panic!("{error}"),
+            }
+        }
+        assert_eq!(received, sent);
+        // Every byte but the last is followed by a timeout: 2 frames of 29 bytes.
+        assert_eq!(timeouts, 2 * 29 - 1);
+    }
+
+    #[test]
+    fn a_connection_closed_mid_frame_is_not_a_clean_close() {
+        // Goal: a torn frame is told apart from a peer that closed between frames.
+        let bytes = frames(&[heartbeat(1)]);
+        for cut in 1..bytes.len() {
+            let mut reader = FrameReader::new(Cursor::new(bytes[..cut].to_vec()));
+            assert!(
+                matches!(reader.read_message(), Err(WireError::ClosedMidFrame { have, .. })
+                    if have == cut),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_too_long_prefix_is_refused_before_the_body_is_read() {
+        // Goal: a peer announcing a frame above the limit is refused after 4 bytes: the reader
+        // neither waits for nor buffers the body.
+        let mut bytes = u32::try_from(FRAME_LEN_MAX + 1).unwrap().to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[6; 64]);
+        let mut reader = FrameReader::new(Cursor::new(bytes));
+        assert!(matches!(
+            reader.read_message(),
+            Err(WireError::Message(MessageError::FrameTooLong { len })) if len == FRAME_LEN_MAX + 1
+        ));
+        assert_eq!(reader.get_ref().position(), 4);
+    }
+
+    #[test]
+    fn a_malformed_frame_is_refused_and_the_next_one_still_reads() {
+        // Goal: a refused frame is consumed whole; the reader does not get stuck on it.
+        let mut bytes = vec![1, 0, 0, 0, 42];
+        bytes.extend_from_slice(&frames(&[heartbeat(7)]));
+        let mut reader = FrameReader::new(Cursor::new(bytes));
+        assert!(matches!(
+            reader.read_message(),
+            Err(WireError::Message(MessageError::UnknownKind(42)))
+        ));
+        assert_eq!(reader.read_message().unwrap(), heartbeat(7));
+    }
+
+    #[test]
+    fn written_records_are_the_encoded_records_frame() {
+        // Goal: the no-copy writer sends the same bytes as encoding a `Records` message.
+        let mut buf = ringfence_core::record::RecordBuf::default();
+        let mut records = Vec::new();
+        for sequence in 5..8 {
+            let tick = ringfence_core::Sequenced {
+                sequence: Sequence(sequence),
+                timestamp: ringfence_core::Timestamp(sequence * 10),
+                command: ringfence_core::Command::Tick,
+            };
+            records.extend_from_slice(buf.encode(Epoch(1), &tick));
+        }
+        let mut written = Vec::new();
+        write_records(&mut written, Sequence(5), 3, &records).unwrap();
+        let message = Message::Records(Records::new(Sequence(5), 3, &records).unwrap());
+        let mut scratch = vec![0xAA; 3];
+        let mut expected = Vec::new();
+        write_message(&mut expected, &message, &mut scratch).unwrap();
+        assert_eq!(written, expected);
+        let mut reader = FrameReader::new(Cursor::new(written));
+        assert_eq!(reader.read_message().unwrap(), message);
+    }
+}
