@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use ringfence_core::pipeline::{
-    Clock, Framed, Intake, Journal, ManualClock, MemoryJournal, NoReplicator, NoSnapshots, Node,
-    NodeConfig, NodeParts, Refused, Session, StageError, Topology,
+    Clock, Framed, HoldReason, Intake, Journal, ManualClock, MemoryJournal, NoReplicator,
+    NoSnapshots, Node, NodeConfig, NodeError, NodeParts, Refused, Replicator, Session, StageError,
+    Topology, Unanswered, Watermark, WriteHold,
 };
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{
@@ -243,4 +244,105 @@ fn a_replica_refuses_client_writes_and_bad_or_out_of_order_records() {
     let primary = stepped_node(&clock, &Records::default());
     let mut session = primary.session().unwrap();
     assert_eq!(session.try_submit_record(&records[0], 0), Err(Refused::NotReplica));
+}
+
+#[test]
+fn a_promoted_replica_sequences_its_own_commands_in_the_new_epoch() {
+    // Goal: promotion in place: the records already taken keep their primary's epoch and
+    // sequences, the first client command follows them in the new epoch, records are refused
+    // from then on, and the node publishes its own ticks.
+    let (records, _, _) = primary_run();
+    let clock = Arc::new(ManualClock::new(Timestamp(START.0 + 50_000)));
+    let journal = BytesJournal::default();
+    let replica = start(config(Intake::Replica), &clock, journal.clone());
+    let mut session = replica.session().unwrap();
+    for (index, bytes) in records.iter().take(2).enumerate() {
+        session.try_submit_record(bytes, index as u64).unwrap();
+    }
+    assert!(matches!(replica.promote(Epoch(1)), Err(NodeError::EpochNotRaised { .. })));
+    replica.promote(Epoch(2)).expect("a replica is promoted");
+    assert_eq!((replica.intake(), replica.epoch()), (Intake::Sequencer, Epoch(2)));
+    assert!(matches!(replica.promote(Epoch(3)), Err(NodeError::NotReplica)));
+    assert_eq!(session.try_submit_record(&records[2], 2), Err(Refused::NotReplica));
+    let other = Reserve { user: UserId(11), sku: SKU, qty: 1, coupon: None };
+    let other = Command::Client { key: RequestKey::from_u128(7), action: Action::Reserve(other) };
+    session.try_submit(other, 9).expect("a promoted node takes writes");
+    replica.step();
+    let answers: Vec<_> = std::iter::from_fn(|| session.poll()).collect();
+    assert_eq!(answers.len(), 3, "two records and the write");
+    assert!(matches!(answers[2].result, Ok(Outcome::Reserved { .. })), "{:?}", answers[2]);
+    assert_eq!(answers[2].sequence, Sequence(3));
+    let journaled = journal.records.lock().unwrap().clone();
+    let headers: Vec<_> =
+        journaled.iter().map(|b| ringfence_core::record::read_header(b)).collect();
+    let placed: Vec<_> = headers.iter().map(|h| (h.sequence.0, h.epoch.0)).collect();
+    assert_eq!(placed, [(1, 1), (2, 1), (3, 2)]);
+    assert_eq!(&journaled[..2], &records[..2], "the primary's records are kept byte for byte");
+    // The reservation's payment deadline passes: the promoted node ticks on its own.
+    clock.advance_ms(PAYMENT_TIMEOUT_MS + 1);
+    assert!(replica.step().ticked, "a promoted node publishes its own ticks");
+}
+
+/// A replicator whose standby never acknowledges: a test sets its hold.
+struct SilentStandby {
+    safe: Arc<Watermark>,
+    hold: Arc<WriteHold>,
+}
+
+impl Replicator for SilentStandby {
+    const NEEDS_BYTES: bool = false;
+    fn send(&mut self, _record: &Framed<'_>) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn safe(&self) -> Arc<Watermark> {
+        Arc::clone(&self.safe)
+    }
+    fn hold(&self) -> Option<Arc<WriteHold>> {
+        Some(Arc::clone(&self.hold))
+    }
+}
+
+#[test]
+fn a_write_hold_answers_unreplicated_writes_and_keeps_serving_reads() {
+    // Goal: with the standby silent, a write and the read behind it wait; once the
+    // replicator holds writes, the write is answered `Unreplicated` (applied, never
+    // acknowledged), the read is answered, new writes are refused with the reason, and
+    // releasing the hold makes writes wait for the standby again.
+    let clock = Arc::new(ManualClock::new(START));
+    let hold = WriteHold::new();
+    let replicator = SilentStandby { safe: Watermark::new(Sequence(0)), hold: Arc::clone(&hold) };
+    let config = config(Intake::Sequencer);
+    let parts = NodeParts {
+        engine: Engine::new(config.engine.clone()),
+        next_sequence: Sequence(1),
+        journal: MemoryJournal::new(),
+        replicator,
+        hook: NoSnapshots,
+        clock: Arc::clone(&clock) as Arc<dyn Clock>,
+    };
+    let node = Node::start_parts(config, parts).unwrap();
+    let mut session = node.session().unwrap();
+    session.try_submit(create_sku(), 1).unwrap();
+    session.try_submit(Command::Query(Query::Sku(SKU)), 2).unwrap();
+    node.step();
+    assert!(session.poll().is_none(), "nothing leaves before the standby acknowledges");
+    hold.hold(HoldReason::StandbyLost);
+    node.step();
+    let write = session.poll().expect("the held write is answered");
+    assert_eq!(write.result, Err(Unanswered::Unreplicated { sequence: Sequence(1) }));
+    let read = session.poll().expect("the read behind it is answered");
+    assert!(matches!(read.result, Ok(Outcome::Sku(_))), "{read:?}");
+    assert_eq!(session.try_submit(reserve(), 3), Err(Refused::ReplicationUnavailable));
+    assert!(session.try_submit(Command::Query(Query::Sku(SKU)), 4).is_ok(), "reads still taken");
+    node.step();
+    assert!(session.poll().unwrap().result.is_ok());
+    hold.hold(HoldReason::Deposed);
+    assert_eq!(session.try_submit(reserve(), 5), Err(Refused::NotPrimary));
+    hold.release();
+    session.try_submit(reserve(), 6).expect("writes are taken once the hold is off");
+    node.step();
+    assert!(session.poll().is_none(), "and wait for the standby again");
 }
