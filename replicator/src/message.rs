@@ -723,7 +723,7 @@ fn decode_hello(body: &[u8]) -> Result<Hello, MessageError> {
     if version != PROTOCOL_VERSION {
         return Err(MessageError::Version { version });
     }
-    if body.len() < HELLO_BODY_LEN_MIN {
+    if body.len() <= HELLO_CLUSTER_LEN_OFFSET {
         return Err(MessageError::Truncated { kind, have: body.len(), need: HELLO_BODY_LEN_MIN });
     }
     let cluster_len = usize::from(body[HELLO_CLUSTER_LEN_OFFSET]);
@@ -1109,4 +1109,118 @@ fn get_u32(bytes: &[u8], offset: usize) -> u32 {
 
 fn get_u64(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(get_array(bytes, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(message: &Message<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(message, &mut out);
+        out
+    }
+
+    /// A frame written out by hand: the length prefix, the kind, the body.
+    fn frame(kind: u8, body: &[&[u8]]) -> Vec<u8> {
+        let body = body.concat();
+        let mut out = u32::try_from(1 + body.len()).unwrap().to_le_bytes().to_vec();
+        out.push(kind);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn le(value: u64) -> [u8; 8] {
+        value.to_le_bytes()
+    }
+
+    #[test]
+    fn the_handshake_messages_are_the_documented_bytes() {
+        // Goal: the layouts in the byte diagram are the bytes on the wire, written out here by
+        // hand, so a change to the format cannot pass unnoticed.
+        let cluster = ClusterId::new("eu-1").unwrap();
+        let hello = Message::Hello(Hello { cluster, standby_nonce: [7; 32] });
+        let expected = frame(1, &[b"RFRP", &[1, 0], &[4], b"eu-1", &[7; 32]]);
+        assert_eq!(encoded(&hello), expected);
+        assert_eq!(expected.len(), 4 + 1 + 39 + 4);
+
+        let challenge =
+            Message::Challenge(Challenge { primary_nonce: [1; 32], primary_proof: [2; 32] });
+        assert_eq!(encoded(&challenge), frame(2, &[&[1; 32], &[2; 32]]));
+
+        let join = Message::Join(Join {
+            standby_proof: [3; 32],
+            last_sequence: Sequence(10),
+            last_epoch: Epoch(2),
+            promised_epoch: Epoch(3),
+        });
+        assert_eq!(encoded(&join), frame(3, &[&[3; 32], &le(10), &le(2), &le(3)]));
+
+        let start =
+            Start { epoch: Epoch(3), from_sequence: Sequence(11), primary_last: Sequence(20) };
+        assert_eq!(encoded(&Message::Start(start)), frame(4, &[&le(3), &le(11), &le(20)]));
+
+        let diverged = Diverged { epoch: Epoch(3), keep_through: Sequence(8) };
+        assert_eq!(encoded(&Message::Diverged(diverged)), frame(5, &[&le(3), &le(8)]));
+    }
+
+    #[test]
+    fn the_stream_messages_are_the_documented_bytes() {
+        // Goal: as above for the messages after the handshake, and a records frame is its
+        // 17-byte header followed by the records unchanged.
+        let heartbeat =
+            Heartbeat { epoch: Epoch(3), last_sequence: Sequence(20), sent_at_ms: 1_000 };
+        assert_eq!(
+            encoded(&Message::Heartbeat(heartbeat)),
+            frame(7, &[&le(3), &le(20), &le(1_000)])
+        );
+
+        let ack = Ack { written: Sequence(20), durable: Sequence(19), echo_ms: 1_000 };
+        assert_eq!(encoded(&Message::Ack(ack)), frame(8, &[&le(20), &le(19), &le(1_000)]));
+
+        let refuse = Message::Refuse(Refuse::new(RefuseCode::NeedsSnapshot, Epoch(3), "retired"));
+        assert_eq!(encoded(&refuse), frame(9, &[&[8], &le(3), &[7, 0], b"retired"]));
+
+        let mut buf = record::RecordBuf::default();
+        let tick = ringfence_core::Sequenced {
+            sequence: Sequence(21),
+            timestamp: ringfence_core::Timestamp(5),
+            command: ringfence_core::Command::Tick,
+        };
+        let record = buf.encode(Epoch(3), &tick).to_vec();
+        let records = Records::new(Sequence(21), 1, &record).unwrap();
+        let expected = frame(6, &[&le(21), &1u32.to_le_bytes(), &record]);
+        assert_eq!(encoded(&Message::Records(records)), expected);
+        assert_eq!(records_frame_header(Sequence(21), 1, record.len()), expected[..17]);
+    }
+
+    #[test]
+    fn kinds_and_refusal_codes_are_their_wire_values() {
+        // Goal: the codes are the documented numbers, and every number names at most one.
+        for (code, kind) in (1..).zip(Kind::ALL) {
+            assert_eq!(kind as u8, code);
+            assert_eq!(Kind::from_u8(code), Some(kind));
+        }
+        for (value, code) in (1..).zip(RefuseCode::ALL) {
+            assert_eq!(code as u8, value);
+            assert_eq!(RefuseCode::from_u8(value), Some(code));
+        }
+        assert_eq!(Kind::from_u8(0), None);
+        assert_eq!(Kind::from_u8(10), None);
+        assert_eq!(RefuseCode::from_u8(0), None);
+        assert_eq!(RefuseCode::from_u8(10), None);
+    }
+
+    #[test]
+    fn a_long_refusal_text_is_cut_on_a_character_boundary() {
+        // Goal: `Refuse::new` keeps any text sendable: at most 512 bytes, still UTF-8.
+        let text = "é".repeat(400);
+        let refuse = Refuse::new(RefuseCode::Internal, Epoch(1), &text);
+        assert_eq!(refuse.text.len(), 512);
+        let text = format!("x{}", "é".repeat(400));
+        let refuse = Refuse::new(RefuseCode::Internal, Epoch(1), &text);
+        assert_eq!(refuse.text.len(), 511, "the 2-byte character across 512 is dropped");
+        let message = Message::Refuse(refuse);
+        assert_eq!(decode(&encoded(&message)).unwrap().unwrap().0, message);
+    }
 }
