@@ -6,47 +6,58 @@
 //!
 //! ```text
 //! frame
-//!   0  len         4  bytes of kind + body, 1 ..= FRAME_LEN_MAX
-//!   4  kind        1  1 Hello .. 9 Refuse
-//!   5  body        n  len - 1 bytes, laid out by kind (offsets below are from the body start)
+//!   0  len             4  bytes of kind + body: 1 ..= FRAME_LEN_MAX
+//!   4  kind            1  below
+//!   5  body            n  len - 1 bytes; body offsets below count from here
 //!
-//! 1 Hello      standby -> primary          2 Challenge  primary -> standby
-//!   0  magic          4  b"RFRP"             0  primary nonce   32
-//!   4  version        2  1                  32  primary proof   32
-//!   6  cluster len    1  n, 1..=64          64  (end)
-//!   7  cluster id     n  [A-Za-z0-9._-]
-//!   7+n standby nonce 32                   3 Join       standby -> primary
-//!  39+n (end)                                0  standby proof   32
-//!                                           32  last sequence    8  0 if the journal is empty
-//! 4 Start      primary -> standby           40  last epoch       8  0 if the journal is empty
-//!   0  epoch          8                     48  promised epoch   8  >= last epoch
-//!   8  from sequence  8  1..=primary last+1 56  (end)
-//!  16  primary last   8
-//!  24  (end)                               5 Diverged   primary -> standby
-//!                                            0  epoch            8
-//! 7 Heartbeat  primary -> standby            8  keep through     8  drop every record after
-//!   0  epoch          8                     16  (end)
-//!   8  last sequence  8
-//!  16  sent at ms     8                    8 Ack        standby -> primary
-//!  24  (end)                                 0  written          8
-//!                                            8  durable          8  <= written
-//! 9 Refuse     either way                   16  echo ms          8  last heartbeat's sent at
-//!   0  code           1  RefuseCode         24  (end)
-//!   1  epoch          8
-//!   9  text len       2  <= 512            6 Records    primary -> standby
-//!  11  text           n  UTF-8               0  first sequence   8  >= 1
-//!  11+n (end)                                8  count            4  >= 1
-//!                                           12  records          n  `count` records back to
-//!                                                                   back, each exactly a
-//!                                                                   `ringfence_core::record`
+//! 1 Hello (standby -> primary, first on a connection)
+//!   0  magic           4  b"RFRP"
+//!   4  version         2  PROTOCOL_VERSION (1)
+//!   6  cluster len     1  n, 1 ..= 64
+//!   7  cluster id      n  [A-Za-z0-9._-]
+//!   7+n standby nonce 32
+//! 2 Challenge (primary -> standby)
+//!   0  primary nonce  32
+//!  32  primary proof  32  auth::primary_proof
+//! 3 Join (standby -> primary)
+//!   0  standby proof  32  auth::standby_proof
+//!  32  last sequence   8  the standby journal's last record; 0 if empty
+//!  40  last epoch      8  that record's epoch; 0 if empty
+//!  48  promised epoch  8  the highest epoch the standby promised; >= last epoch
+//! 4 Start (primary -> standby)
+//!   0  epoch           8  the primary's current epoch
+//!   8  from sequence   8  the first record it will send: 1 ..= primary last + 1
+//!  16  primary last    8  its last journaled record when it started
+//! 5 Diverged (primary -> standby)
+//!   0  epoch           8
+//!   8  keep through    8  the standby drops every record after this, then rejoins
+//! 6 Records (primary -> standby)
+//!   0  first sequence  8  >= 1
+//!   8  count           4  >= 1
+//!  12  records         n  `count` ringfence_core::record framings back to back, exactly
+//!                         filling the body: intact, sequences first, first + 1, ...,
+//!                         epochs never going down; n <= RECORDS_BYTES_MAX
+//! 7 Heartbeat (primary -> standby)
+//!   0  epoch           8
+//!   8  last sequence   8  the primary's last journaled record
+//!  16  sent at ms      8  the primary's clock
+//! 8 Ack (standby -> primary)
+//!   0  written         8  highest sequence appended to the standby's journal
+//!   8  durable         8  highest durable under its policy; <= written
+//!  16  echo ms         8  the last heartbeat's sent at; 0 if none
+//! 9 Refuse (either way; the sender then closes the connection)
+//!   0  code            1  RefuseCode: 1 BadMessage .. 9 Internal
+//!   1  epoch           8  the sender's current epoch
+//!   9  text len        2  <= REFUSE_TEXT_LEN_MAX (512)
+//!  11  text            n  UTF-8, for the operator
 //! ```
 //!
-//! Decoding enforces what a single frame can show: lengths exact, magic and version, the
-//! cluster id's characters, known kinds and refusal codes, records intact (`record::check`),
-//! contiguous from `first sequence`, epochs not going down within the frame and filling the
-//! body exactly, `durable <= written`, and the other per-message rules in the table. Rules that
-//! span messages (epochs never go down, acknowledgements never go backwards, records follow on
-//! from the last) are the state machines' (elsewhere in this crate).
+//! Decoding checks everything one frame can show: exact lengths, magic and version, the
+//! cluster id's characters, known kinds and refusal codes, the records rules above, and the
+//! bounds marked `<=` and `>=`; each failure is its own [`MessageError`]. The rules that span
+//! messages (epochs never go down, acknowledgements never go backwards, each `Records` follows
+//! on from the last) belong to the state machines that use these messages, elsewhere in this
+//! crate.
 
 use std::fmt;
 
@@ -62,10 +73,10 @@ pub const PROTOCOL_MAGIC: [u8; 4] = *b"RFRP";
 /// The protocol version this build speaks (and the only one it accepts).
 pub const PROTOCOL_VERSION: u16 = 1;
 
+const KIND_LEN: usize = 1;
 const FRAME_LEN_OFFSET: usize = 0;
 const FRAME_KIND_OFFSET: usize = FRAME_LEN_OFFSET + 4;
 const FRAME_BODY_OFFSET: usize = FRAME_KIND_OFFSET + KIND_LEN;
-const KIND_LEN: usize = 1;
 /// Bytes of the length prefix that opens every frame.
 pub const FRAME_PREFIX_LEN: usize = FRAME_KIND_OFFSET;
 
@@ -143,6 +154,9 @@ const _: () = assert!(KIND_LEN + HELLO_BODY_LEN_MAX <= FRAME_LEN_MAX);
 const _: () = assert!(KIND_LEN + REFUSE_TEXT_OFFSET + REFUSE_TEXT_LEN_MAX <= FRAME_LEN_MAX);
 const _: () = assert!(REFUSE_TEXT_LEN_MAX <= u16::MAX as usize);
 const _: () = assert!(CLUSTER_ID_LEN_MAX <= u8::MAX as usize);
+// The limits, pinned to `docs/replication-protocol.md`.
+const _: () = assert!(FRAME_LEN_MAX == (1 << 20) + 13);
+const _: () = assert!(RECORDS_COUNT_MAX == 21_845);
 // The offsets, pinned to the byte diagram: the layout is a format.
 const _: () = assert!(FRAME_BODY_OFFSET == 5);
 const _: () = assert!(HELLO_CLUSTER_OFFSET == 7 && HELLO_BODY_LEN_MIN == 40);
@@ -723,7 +737,7 @@ fn decode_hello(body: &[u8]) -> Result<Hello, MessageError> {
     if version != PROTOCOL_VERSION {
         return Err(MessageError::Version { version });
     }
-    if body.len() < HELLO_BODY_LEN_MIN {
+    if body.len() <= HELLO_CLUSTER_LEN_OFFSET {
         return Err(MessageError::Truncated { kind, have: body.len(), need: HELLO_BODY_LEN_MIN });
     }
     let cluster_len = usize::from(body[HELLO_CLUSTER_LEN_OFFSET]);
@@ -1109,4 +1123,118 @@ fn get_u32(bytes: &[u8], offset: usize) -> u32 {
 
 fn get_u64(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(get_array(bytes, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(message: &Message<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(message, &mut out);
+        out
+    }
+
+    /// A frame written out by hand: the length prefix, the kind, the body.
+    fn frame(kind: u8, body: &[&[u8]]) -> Vec<u8> {
+        let body = body.concat();
+        let mut out = u32::try_from(1 + body.len()).unwrap().to_le_bytes().to_vec();
+        out.push(kind);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn le(value: u64) -> [u8; 8] {
+        value.to_le_bytes()
+    }
+
+    #[test]
+    fn the_handshake_messages_are_the_documented_bytes() {
+        // Goal: the layouts in the byte diagram are the bytes on the wire, written out here by
+        // hand, so a change to the format cannot pass unnoticed.
+        let cluster = ClusterId::new("eu-1").unwrap();
+        let hello = Message::Hello(Hello { cluster, standby_nonce: [7; 32] });
+        let expected = frame(1, &[b"RFRP", &[1, 0], &[4], b"eu-1", &[7; 32]]);
+        assert_eq!(encoded(&hello), expected);
+        assert_eq!(expected.len(), 4 + 1 + 39 + 4);
+
+        let challenge =
+            Message::Challenge(Challenge { primary_nonce: [1; 32], primary_proof: [2; 32] });
+        assert_eq!(encoded(&challenge), frame(2, &[&[1; 32], &[2; 32]]));
+
+        let join = Message::Join(Join {
+            standby_proof: [3; 32],
+            last_sequence: Sequence(10),
+            last_epoch: Epoch(2),
+            promised_epoch: Epoch(3),
+        });
+        assert_eq!(encoded(&join), frame(3, &[&[3; 32], &le(10), &le(2), &le(3)]));
+
+        let start =
+            Start { epoch: Epoch(3), from_sequence: Sequence(11), primary_last: Sequence(20) };
+        assert_eq!(encoded(&Message::Start(start)), frame(4, &[&le(3), &le(11), &le(20)]));
+
+        let diverged = Diverged { epoch: Epoch(3), keep_through: Sequence(8) };
+        assert_eq!(encoded(&Message::Diverged(diverged)), frame(5, &[&le(3), &le(8)]));
+    }
+
+    #[test]
+    fn the_stream_messages_are_the_documented_bytes() {
+        // Goal: as above for the messages after the handshake, and a records frame is its
+        // 17-byte header followed by the records unchanged.
+        let heartbeat =
+            Heartbeat { epoch: Epoch(3), last_sequence: Sequence(20), sent_at_ms: 1_000 };
+        assert_eq!(
+            encoded(&Message::Heartbeat(heartbeat)),
+            frame(7, &[&le(3), &le(20), &le(1_000)])
+        );
+
+        let ack = Ack { written: Sequence(20), durable: Sequence(19), echo_ms: 1_000 };
+        assert_eq!(encoded(&Message::Ack(ack)), frame(8, &[&le(20), &le(19), &le(1_000)]));
+
+        let refuse = Message::Refuse(Refuse::new(RefuseCode::NeedsSnapshot, Epoch(3), "retired"));
+        assert_eq!(encoded(&refuse), frame(9, &[&[8], &le(3), &[7, 0], b"retired"]));
+
+        let mut buf = record::RecordBuf::default();
+        let tick = ringfence_core::Sequenced {
+            sequence: Sequence(21),
+            timestamp: ringfence_core::Timestamp(5),
+            command: ringfence_core::Command::Tick,
+        };
+        let record = buf.encode(Epoch(3), &tick).to_vec();
+        let records = Records::new(Sequence(21), 1, &record).unwrap();
+        let expected = frame(6, &[&le(21), &1u32.to_le_bytes(), &record]);
+        assert_eq!(encoded(&Message::Records(records)), expected);
+        assert_eq!(records_frame_header(Sequence(21), 1, record.len()), expected[..17]);
+    }
+
+    #[test]
+    fn kinds_and_refusal_codes_are_their_wire_values() {
+        // Goal: the codes are the documented numbers, and every number names at most one.
+        for (code, kind) in (1..).zip(Kind::ALL) {
+            assert_eq!(kind as u8, code);
+            assert_eq!(Kind::from_u8(code), Some(kind));
+        }
+        for (value, code) in (1..).zip(RefuseCode::ALL) {
+            assert_eq!(code as u8, value);
+            assert_eq!(RefuseCode::from_u8(value), Some(code));
+        }
+        assert_eq!(Kind::from_u8(0), None);
+        assert_eq!(Kind::from_u8(10), None);
+        assert_eq!(RefuseCode::from_u8(0), None);
+        assert_eq!(RefuseCode::from_u8(10), None);
+    }
+
+    #[test]
+    fn a_long_refusal_text_is_cut_on_a_character_boundary() {
+        // Goal: `Refuse::new` keeps any text sendable: at most 512 bytes, still UTF-8.
+        let text = "é".repeat(400);
+        let refuse = Refuse::new(RefuseCode::Internal, Epoch(1), &text);
+        assert_eq!(refuse.text.len(), 512);
+        let text = format!("x{}", "é".repeat(400));
+        let refuse = Refuse::new(RefuseCode::Internal, Epoch(1), &text);
+        assert_eq!(refuse.text.len(), 511, "the 2-byte character across 512 is dropped");
+        let message = Message::Refuse(refuse);
+        assert_eq!(decode(&encoded(&message)).unwrap().unwrap().0, message);
+    }
 }
