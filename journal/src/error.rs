@@ -35,6 +35,9 @@ pub enum Damage {
         /// The first sequence in this segment's header.
         found: Sequence,
     },
+    /// The segment's records end before a sequence the journal should hold, and no segment
+    /// starts at it (a reader following the journal found it missing).
+    EndsEarly,
 }
 
 impl std::fmt::Display for Damage {
@@ -52,6 +55,11 @@ impl std::fmt::Display for Damage {
             Damage::SegmentGap { found } => {
                 write!(f, "the segment starts at sequence {found}, which does not follow on")
             }
+            Damage::EndsEarly => write!(
+                f,
+                "the records end here, but the journal should hold this sequence and no segment \
+                 starts at it"
+            ),
         }
     }
 }
@@ -106,6 +114,21 @@ pub enum JournalError {
         first: Sequence,
         /// The sequence replay needed.
         needed: Sequence,
+    },
+    /// A reader asked for records the journal no longer holds.
+    #[error(
+        "sequence {requested} is no longer in the journal in {dir}, which holds sequences from \
+         {first} on (the segments before were retired after a snapshot). A standby that needs \
+         it cannot catch up from this journal: restore a snapshot on it that covers the \
+         sequences before {first}, then stream from there"
+    )]
+    Retired {
+        /// The journal directory.
+        dir: String,
+        /// The sequence asked for.
+        requested: Sequence,
+        /// The first sequence the journal holds (or will hold, if its only segment is empty).
+        first: Sequence,
     },
     /// A snapshot could not be written or read.
     #[error(transparent)]

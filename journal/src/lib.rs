@@ -17,5 +17,6 @@ pub mod recovery;
 pub mod scan;
 pub mod snapshot;
 pub mod storage;
+pub mod tail;
 pub mod workload;
 pub mod writer;
