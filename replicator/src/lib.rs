@@ -1,18 +1,29 @@
-//! Primary/standby replication: the wire protocol, handshake authentication, and (to come) the
-//! state machines that use them.
+//! Primary/standby replication: the wire protocol, handshake authentication, the decisions a
+//! pair makes (where a joining standby's journal agrees, when answers wait for the standby),
+//! and the TCP shell that runs them.
 //!
-//! The replication protocol is a state machine fed by messages (records, acknowledgements,
-//! heartbeats, epoch changes); sockets live in a thin shell around it so that a primary, a
-//! standby and their network can run under a deterministic simulator with injected faults.
+//! The protocol's decisions are pure and fed by messages and time — [`position`] (where to
+//! stream from, or what a rejoining node must drop) and [`policy`] (the acknowledgement
+//! policy) — so the simulator can drive them; sockets and threads live in a thin shell
+//! ([`primary`], [`standby`], [`control`]).
 //!
 //! - [`message`]: the frames and messages of protocol version 1, their encoding and checked
-//!   decoding.
-//! - [`stream`]: a blocking frame reader and writers for the socket shell.
+//!   decoding; [`stream`]: a blocking frame reader and writers for the socket shell.
 //! - [`auth`]: the shared cluster secret, the cluster id, nonces, and the HMAC-SHA256
 //!   challenge-response of the handshake.
+//! - [`link`]: the state shared with the node's stages, and the replicator stage itself.
+//! - [`control`]: one node's replication: role, policy, figures, promotion.
 //!
 //! `docs/replication-protocol.md` describes the protocol byte by byte.
 
 pub mod auth;
+pub mod config;
+pub mod control;
+mod index;
+pub mod link;
 pub mod message;
+pub mod policy;
+pub mod position;
+mod primary;
+pub mod standby;
 pub mod stream;

@@ -1,0 +1,423 @@
+//! A node's replication as one object: its role (primary or standby), the acknowledgement
+//! policy and its clock, the shared link to the node's stages, the epochs, the figures shown
+//! in `/v1/node` and `/metrics`, and promotion. The socket threads (`primary`, `standby`) call
+//! into it; the policy loop (`rf-repl-control`) ticks it.
+
+use std::fmt;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ringfence_core::pipeline::{Node, Session};
+use ringfence_core::{Epoch, Sequence};
+use ringfence_journal::datadir::DataDir;
+use ringfence_journal::epoch::Epochs;
+use ringfence_journal::storage::Storage;
+
+use crate::config::ReplicationConfig;
+use crate::link::Link;
+use crate::policy::{AckMode, AckPolicy, Gate, PolicyState};
+
+/// How often the policy loop looks at the time.
+const POLICY_TICK: Duration = Duration::from_millis(10);
+
+/// Writes one line to the log (standard error), the way `ringfence serve` logs.
+pub(crate) fn log(args: fmt::Arguments<'_>) {
+    eprintln!("ringfence: {args}");
+}
+
+/// Where a node's epochs are kept: its data directory's epoch file.
+pub trait EpochStore: Send + Sync + 'static {
+    /// The epochs in force.
+    fn epochs(&self) -> Epochs;
+    /// Stores new epochs durably before returning.
+    fn store(&self, epochs: Epochs) -> Result<(), String>;
+}
+
+impl<S: Storage + Sync> EpochStore for DataDir<S> {
+    fn epochs(&self) -> Epochs {
+        DataDir::epochs(self)
+    }
+    fn store(&self, epochs: Epochs) -> Result<(), String> {
+        self.store_epochs(epochs).map_err(|e| e.to_string())
+    }
+}
+
+/// The role a node plays now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sequences client commands; streams to a standby.
+    Primary,
+    /// Follows the primary at this address.
+    Standby {
+        /// The primary's replication address.
+        primary: String,
+    },
+}
+
+/// What `/v1/node` shows about replication.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// `primary` or `standby`.
+    pub role: &'static str,
+    /// `sync` or `async`.
+    pub mode: &'static str,
+    /// The policy's state (primary) or the follower's (standby).
+    pub state: String,
+    /// The peer's address.
+    pub peer: Option<String>,
+    /// Primary: the standby's durable acknowledgement; standby: what it acknowledged.
+    pub acked_sequence: u64,
+    /// Records the standby is behind the primary's journal.
+    pub lag_records: u64,
+    /// Round trip of the last heartbeat, or the standby's distance behind in milliseconds.
+    pub lag_ms: Option<u64>,
+    /// Connections to the peer made since start.
+    pub reconnects: u64,
+    /// Handshakes refused since start.
+    pub refused: u64,
+}
+
+struct State {
+    role: Role,
+    policy: AckPolicy,
+    /// Identifies the current stream, so a replaced stream's late events are ignored.
+    stream: u64,
+    peer: Option<String>,
+    acked: Sequence,
+    lag_ms: Option<u64>,
+    follower_state: String,
+}
+
+/// A node's replication; shared by its threads.
+pub struct Control {
+    config: ReplicationConfig,
+    link: Arc<Link>,
+    epochs: Box<dyn EpochStore>,
+    started: Instant,
+    state: Mutex<State>,
+    stopping: AtomicBool,
+    reconnects: AtomicU64,
+    refused: AtomicU64,
+    /// The standby's follower thread, while following.
+    follower: Mutex<Option<JoinHandle<()>>>,
+    /// The follower's connection, shut down to interrupt a blocked read when it must stop.
+    follower_socket: Mutex<Option<TcpStream>>,
+    follower_stop: Arc<AtomicBool>,
+}
+
+impl Control {
+    /// Replication for a node in `role` whose journal ends at `last`, a record of `last_epoch`.
+    pub fn new(
+        config: ReplicationConfig,
+        role: Role,
+        (last, last_epoch): (Sequence, Epoch),
+        epochs: Box<dyn EpochStore>,
+    ) -> Arc<Control> {
+        let policy = AckPolicy::new(config.mode, config.timeout_ms, config.catch_up_slack);
+        let state = State {
+            role,
+            policy,
+            stream: 0,
+            peer: None,
+            acked: Sequence(0),
+            lag_ms: None,
+            follower_state: "connecting".into(),
+        };
+        Arc::new(Control {
+            config,
+            link: Link::new(last, last_epoch),
+            epochs,
+            started: Instant::now(),
+            state: Mutex::new(state),
+            stopping: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            follower: Mutex::new(None),
+            follower_socket: Mutex::new(None),
+            follower_stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("replication state is never poisoned")
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.config
+    }
+
+    /// The link to the node's stages (its replicator stage comes from `link().stage()`).
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
+    /// Milliseconds on this process's monotonic clock.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epochs.epochs().current
+    }
+
+    /// The epochs in force.
+    pub fn epochs(&self) -> Epochs {
+        self.epochs.epochs()
+    }
+
+    /// Stores epochs durably.
+    pub(crate) fn store_epochs(&self, epochs: Epochs) -> Result<(), String> {
+        self.epochs.store(epochs)
+    }
+
+    /// The epoch of the journal's last record (0 when empty).
+    pub fn last_record_epoch(&self) -> Epoch {
+        self.link.last_epoch()
+    }
+
+    /// Whether this node is the primary (and not deposed).
+    pub fn is_primary(&self) -> bool {
+        self.state().role == Role::Primary && !self.link.is_deposed()
+    }
+
+    /// The role now.
+    pub fn role(&self) -> Role {
+        self.state().role.clone()
+    }
+
+    /// Whether the threads should stop.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn follower_stop(&self) -> &Arc<AtomicBool> {
+        &self.follower_stop
+    }
+
+    /// Records the follower's current connection (so stopping can interrupt it).
+    pub(crate) fn set_follower_socket(&self, socket: Option<TcpStream>) {
+        *self.follower_socket.lock().expect("never poisoned") = socket;
+    }
+
+    /// Stops the follower: raises its flag, interrupts its connection, joins its thread.
+    fn stop_follower(&self) -> Result<(), String> {
+        self.follower_stop.store(true, Ordering::Release);
+        if let Some(socket) = self.follower_socket.lock().expect("never poisoned").take() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        match self.follower.lock().expect("never poisoned").take() {
+            Some(handle) => handle.join().map_err(|_| "the follower thread panicked".to_owned()),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts and logs a refused handshake.
+    pub(crate) fn count_refused(&self, reason: &str) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        // A flood is logged, not echoed line by line: the first ten, then every thousandth.
+        if refused <= 10 || refused % 1_000 == 0 {
+            log(format_args!("replication: refused {reason} ({refused} refused so far)"));
+        }
+    }
+
+    /// A standby started streaming; returns the stream's id.
+    pub(crate) fn on_connected(&self, peer: &str) -> u64 {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let mut state = self.state();
+        state.stream += 1;
+        state.peer = Some(peer.to_owned());
+        state.policy.on_connected(now);
+        self.apply_gate(&state, now);
+        state.stream
+    }
+
+    /// The standby acknowledged.
+    pub(crate) fn on_ack(&self, stream: u64, written: Sequence, durable: Sequence, echo_ms: u64) {
+        let _ = written;
+        let now = self.now_ms();
+        let mut state = self.state();
+        if state.stream != stream {
+            return;
+        }
+        self.link.acknowledged(durable);
+        state.acked = durable.max(state.acked);
+        if echo_ms > 0 {
+            state.lag_ms = Some(now.saturating_sub(echo_ms));
+        }
+        let journaled = Sequence(self.link.available());
+        state.policy.on_ack(durable, journaled, now);
+        self.apply_gate(&state, now);
+    }
+
+    /// The standby's stream ended.
+    pub(crate) fn on_disconnected(&self, stream: u64) {
+        let now = self.now_ms();
+        let mut state = self.state();
+        if state.stream != stream {
+            return;
+        }
+        state.policy.on_disconnected(now);
+        state.lag_ms = None;
+        self.apply_gate(&state, now);
+        log(format_args!("replication: standby disconnected; now {}", state.policy.state().name()));
+    }
+
+    /// A newer primary exists: refuse writes for good.
+    pub(crate) fn depose(&self, newer: Epoch, by: &str) {
+        if !self.link.is_deposed() {
+            log(format_args!(
+                "replication: {by} has promised epoch {newer}, above ours ({}): a newer primary \
+                 exists; this node refuses writes from now on (restart it as a standby of the \
+                 new primary)",
+                self.epoch()
+            ));
+        }
+        self.link.depose();
+    }
+
+    fn apply_gate(&self, state: &State, now_ms: u64) {
+        if state.role != Role::Primary {
+            self.link.set_gate(Gate::Local);
+            return;
+        }
+        let gate = state.policy.gate(now_ms);
+        if gate != self.link.gate() {
+            log(format_args!(
+                "replication: {} ({} mode): answers now wait for {}",
+                state.policy.state().name(),
+                state.policy.mode().name(),
+                match gate {
+                    Gate::Local => "the local journal only",
+                    Gate::Standby => "the standby's acknowledgement",
+                    Gate::Held => "nothing: writes are refused until the standby is back",
+                }
+            ));
+        }
+        self.link.set_gate(gate);
+    }
+
+    /// The operator switches the acknowledgement mode.
+    pub fn set_mode(&self, mode: AckMode) {
+        let now = self.now_ms();
+        let mut state = self.state();
+        log(format_args!(
+            "replication: the operator switched from {} to {} mode",
+            state.policy.mode().name(),
+            mode.name()
+        ));
+        state.policy.set_mode(mode);
+        self.apply_gate(&state, now);
+    }
+
+    /// The standby follower's progress, for the figures.
+    pub(crate) fn set_follower(&self, what: &str, acked: Sequence, lag_ms: Option<u64>) {
+        let mut state = self.state();
+        state.follower_state = what.to_owned();
+        state.acked = acked;
+        state.lag_ms = lag_ms;
+    }
+
+    /// The figures for `/v1/node`.
+    pub fn figures(&self) -> Figures {
+        let state = self.state();
+        let available = self.link.available();
+        let (role, status, peer) = match &state.role {
+            Role::Primary => {
+                let name =
+                    if self.link.is_deposed() { "deposed" } else { state.policy.state().name() };
+                ("primary", name.to_owned(), state.peer.clone())
+            }
+            Role::Standby { primary } => {
+                ("standby", state.follower_state.clone(), Some(primary.clone()))
+            }
+        };
+        Figures {
+            role,
+            mode: state.policy.mode().name(),
+            state: status,
+            peer,
+            acked_sequence: state.acked.0,
+            lag_records: available.saturating_sub(state.acked.0),
+            lag_ms: state.lag_ms,
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts the listener and the policy loop (both roles), and for a standby the follower
+    /// feeding `session`.
+    pub fn start(self: &Arc<Control>, session: Option<Session>) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.config.listen)?;
+        log(format_args!("replication listening on {}", listener.local_addr()?));
+        let control = Arc::clone(self);
+        thread::Builder::new().name("rf-repl-listen".into()).spawn(move || {
+            if let Err(error) = crate::primary::listen(Arc::clone(&control), listener) {
+                log(format_args!("replication: the listener stopped: {error}"));
+            }
+        })?;
+        let control = Arc::clone(self);
+        thread::Builder::new().name("rf-repl-control".into()).spawn(move || {
+            while !control.stopping() {
+                thread::sleep(POLICY_TICK);
+                let now = control.now_ms();
+                let mut state = control.state();
+                state.policy.on_tick(now);
+                control.apply_gate(&state, now);
+            }
+        })?;
+        if let (Role::Standby { primary }, Some(session)) = (self.role(), session) {
+            let control = Arc::clone(self);
+            let handle = thread::Builder::new().name("rf-repl-follow".into()).spawn(move || {
+                crate::standby::follow(&control, &primary, session);
+            })?;
+            *self.follower.lock().expect("never poisoned") = Some(handle);
+        }
+        Ok(())
+    }
+
+    /// Promotes this standby: stops following, raises the epoch durably above every epoch it
+    /// has seen or promised, switches the node to sequencing, and starts as a primary that is
+    /// alone until a standby catches up. Returns the new epoch.
+    pub fn promote(&self, node: &Node) -> Result<Epoch, String> {
+        if !matches!(self.role(), Role::Standby { .. }) {
+            return Err("this node is already the primary".into());
+        }
+        self.stop_follower()?;
+        let epochs = self.epochs();
+        let epoch = Epoch(epochs.current.0.max(epochs.promised.0) + 1);
+        self.store_epochs(Epochs { current: epoch, promised: epoch })?;
+        node.promote(epoch).map_err(|e| e.to_string())?;
+        let now = self.now_ms();
+        let mut state = self.state();
+        state.role = Role::Primary;
+        state.policy =
+            AckPolicy::new(state.policy.mode(), self.config.timeout_ms, self.config.catch_up_slack);
+        state.peer = None;
+        state.acked = Sequence(0);
+        self.apply_gate(&state, now);
+        log(format_args!(
+            "replication: promoted to primary in epoch {epoch} at sequence {}; alone until a \
+             standby catches up",
+            self.link.available()
+        ));
+        Ok(epoch)
+    }
+
+    /// The state name for a primary, for tests.
+    pub fn policy_state(&self) -> PolicyState {
+        self.state().policy.state()
+    }
+
+    /// Stops every replication thread (the node is shutting down).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.link.notify();
+        let _ = self.stop_follower();
+    }
+}

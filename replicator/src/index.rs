@@ -1,0 +1,52 @@
+//! The primary's journal as the join decision asks about it (`position::JournalIndex`): read
+//! from the live data directory with the journal's read path.
+
+use std::path::Path;
+
+use ringfence_core::{Epoch, Sequence};
+use ringfence_journal::error::JournalError;
+use ringfence_journal::scan::{self, ReadOnlyDir};
+use ringfence_journal::tail;
+
+use crate::position::JournalIndex;
+
+/// A live journal directory, read-only, up to the last record known to be whole.
+pub(crate) struct DirIndex {
+    source: ReadOnlyDir,
+    /// The last record the writer has appended whole (later bytes may be half-written).
+    last: Sequence,
+    first: Option<Sequence>,
+}
+
+impl DirIndex {
+    /// The journal in `dir`, whose writer has appended up to `last`.
+    pub(crate) fn open(dir: &Path, last: Sequence) -> Result<DirIndex, JournalError> {
+        let source = ReadOnlyDir::open(dir)?;
+        let first = scan::sorted_segments(&source)?.first().map(|(first, _)| *first);
+        // An empty journal has a segment starting past its last record.
+        let first = first.filter(|&first| first <= last);
+        Ok(DirIndex { source, last, first })
+    }
+}
+
+impl JournalIndex for DirIndex {
+    fn first(&mut self) -> Option<Sequence> {
+        self.first
+    }
+
+    fn last(&mut self) -> Option<Sequence> {
+        (self.last.0 > 0 && self.first.is_some()).then_some(self.last)
+    }
+
+    fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {
+        if sequence > self.last {
+            return None;
+        }
+        tail::epoch_at(&mut self.source, sequence).ok().flatten()
+    }
+
+    fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
+        let found = tail::last_at_or_below_epoch(&mut self.source, epoch).ok().flatten()?;
+        Some(found.min(self.last))
+    }
+}

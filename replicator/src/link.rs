@@ -1,0 +1,213 @@
+//! The state a node's replication shares between the processor thread (the replicator stage),
+//! the sender that streams the journal to the standby, the reader of its acknowledgements and
+//! the control loop that applies the acknowledgement policy.
+//!
+//! The stage does almost nothing per command: the sender reads the records from the journal
+//! itself (`ringfence_journal::tail`), so catch-up and live streaming are one path and never
+//! touch the processor thread. At the end of each batch the stage publishes how far the
+//! journal has been appended and wakes the sender; when the policy's gate is `Local` it also
+//! marks that far safe, so egress waits for the local journal only.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use ringfence_core::pipeline::{Framed, HoldReason, Replicator, StageError, Watermark, WriteHold};
+use ringfence_core::{Epoch, Sequence};
+
+use crate::policy::Gate;
+
+/// Shared replication state of one node.
+#[derive(Debug)]
+pub struct Link {
+    /// The last sequence appended to the journal and handed to the replicator stage.
+    available: AtomicU64,
+    /// The epoch of that record (0 before any).
+    last_epoch: AtomicU64,
+    /// What egress may release as far as replication is concerned.
+    safe: Arc<Watermark>,
+    /// The hold on writes (standby lost, or deposed).
+    hold: Arc<WriteHold>,
+    /// The policy's gate, as a byte (`Gate`).
+    gate: AtomicU8,
+    /// Whether a sender is streaming and wants to be woken at each batch.
+    streaming: AtomicBool,
+    /// Wakes the sender: the sequence it last saw, and a condition to wait on.
+    wake: Mutex<u64>,
+    wakeup: Condvar,
+}
+
+impl Link {
+    /// A link whose journal ends at `last` (the node's next sequence minus one), a record of
+    /// `last_epoch`.
+    #[must_use]
+    pub fn new(last: Sequence, last_epoch: Epoch) -> Arc<Link> {
+        Arc::new(Link {
+            available: AtomicU64::new(last.0),
+            last_epoch: AtomicU64::new(last_epoch.0),
+            safe: Watermark::new(last),
+            hold: WriteHold::new(),
+            gate: AtomicU8::new(Gate::Local as u8),
+            streaming: AtomicBool::new(false),
+            wake: Mutex::new(0),
+            wakeup: Condvar::new(),
+        })
+    }
+
+    /// The replicator stage to start the node with.
+    #[must_use]
+    pub fn stage(self: &Arc<Link>) -> ReplicationStage {
+        let (last, last_epoch) = (Sequence(self.available()), self.last_epoch());
+        ReplicationStage { link: Arc::clone(self), last, last_epoch }
+    }
+
+    /// The last sequence the journal holds whole (appended; maybe not yet durable).
+    #[must_use]
+    pub fn available(&self) -> u64 {
+        self.available.load(Ordering::Acquire)
+    }
+
+    /// The epoch of the last record the journal holds (0 when empty).
+    #[must_use]
+    pub fn last_epoch(&self) -> Epoch {
+        Epoch(self.last_epoch.load(Ordering::Acquire))
+    }
+
+    /// The gate egress applies now.
+    #[must_use]
+    pub fn gate(&self) -> Gate {
+        match self.gate.load(Ordering::Acquire) {
+            0 => Gate::Local,
+            1 => Gate::Standby,
+            _ => Gate::Held,
+        }
+    }
+
+    /// Applies the policy's gate: `Local` marks everything appended safe at once (and at each
+    /// batch), `Standby` leaves the watermark to acknowledgements, `Held` puts the hold on.
+    pub fn set_gate(&self, gate: Gate) {
+        self.gate.store(gate as u8, Ordering::Release);
+        match gate {
+            Gate::Local => {
+                self.release_hold();
+                self.safe.advance(Sequence(self.available()));
+            }
+            Gate::Standby => self.release_hold(),
+            Gate::Held => {
+                if self.hold.reason() != Some(HoldReason::Deposed) {
+                    self.hold.hold(HoldReason::StandbyLost);
+                }
+            }
+        }
+    }
+
+    fn release_hold(&self) {
+        if self.hold.reason() == Some(HoldReason::StandbyLost) {
+            self.hold.release();
+        }
+    }
+
+    /// A newer primary exists: writes are refused from now on, for good.
+    pub fn depose(&self) {
+        self.hold.hold(HoldReason::Deposed);
+    }
+
+    /// Whether this node was deposed.
+    #[must_use]
+    pub fn is_deposed(&self) -> bool {
+        self.hold.reason() == Some(HoldReason::Deposed)
+    }
+
+    /// Whether writes are held now.
+    #[must_use]
+    pub fn hold_reason(&self) -> Option<HoldReason> {
+        self.hold.reason()
+    }
+
+    /// The standby acknowledged `sequence` (durable or written, as the mode says).
+    pub fn acknowledged(&self, sequence: Sequence) {
+        // Never past what the journal holds: a standby cannot hold more than was sent.
+        let sequence = Sequence(sequence.0.min(self.available()));
+        self.safe.advance(sequence);
+    }
+
+    /// What egress may release as far as replication is concerned.
+    #[must_use]
+    pub fn safe(&self) -> Sequence {
+        self.safe.get()
+    }
+
+    /// Marks whether a sender is streaming (and wants wake-ups).
+    pub fn set_streaming(&self, streaming: bool) {
+        self.streaming.store(streaming, Ordering::Release);
+        self.notify();
+    }
+
+    /// Waits until more than `seen` is available, or `timeout` passes; returns what is
+    /// available now.
+    pub fn wait_beyond(&self, seen: u64, timeout: Duration) -> u64 {
+        let guard = self.wake.lock().expect("the wake lock is never poisoned");
+        let available = self.available();
+        if available > seen {
+            return available;
+        }
+        let (_guard, _) = self
+            .wakeup
+            .wait_timeout_while(guard, timeout, |_| self.available() <= seen)
+            .expect("the wake lock is never poisoned");
+        self.available()
+    }
+
+    /// Wakes a waiting sender.
+    pub fn notify(&self) {
+        // Taking the lock orders this wake-up after a waiter's check of `available`.
+        drop(self.wake.lock().expect("the wake lock is never poisoned"));
+        self.wakeup.notify_all();
+    }
+}
+
+/// The replicator stage: runs on the processor thread, notes each journaled sequence, and at
+/// the end of a batch publishes it to the sender (and, with a `Local` gate, to egress).
+#[derive(Debug)]
+pub struct ReplicationStage {
+    link: Arc<Link>,
+    last: Sequence,
+    last_epoch: Epoch,
+}
+
+impl Replicator for ReplicationStage {
+    // The sender reads the journal's bytes itself.
+    const NEEDS_BYTES: bool = false;
+
+    fn send(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        let sequence = record.sequenced.sequence;
+        assert_eq!(sequence, self.last.next(), "the replicator sees every journaled command");
+        self.last = sequence;
+        self.last_epoch = record.epoch;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StageError> {
+        let link = &*self.link;
+        if link.available.load(Ordering::Relaxed) == self.last.0 {
+            return Ok(());
+        }
+        link.last_epoch.store(self.last_epoch.0, Ordering::Release);
+        link.available.store(self.last.0, Ordering::Release);
+        if link.gate.load(Ordering::Acquire) == Gate::Local as u8 {
+            link.safe.advance(self.last);
+        }
+        if link.streaming.load(Ordering::Acquire) {
+            link.notify();
+        }
+        Ok(())
+    }
+
+    fn safe(&self) -> Arc<Watermark> {
+        Arc::clone(&self.link.safe)
+    }
+
+    fn hold(&self) -> Option<Arc<WriteHold>> {
+        Some(Arc::clone(&self.link.hold))
+    }
+}

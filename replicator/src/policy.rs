@@ -1,0 +1,310 @@
+//! When a primary's answers wait for its standby: the acknowledgement policy, a pure state
+//! machine fed by the standby's connection events, its acknowledgements, the operator's mode
+//! and the time; it decides the gate egress applies and whether writes are held.
+//!
+//! ```text
+//!            standby connects              acked within slack of the journal
+//!   Alone ───────────────────► CatchingUp ───────────────────────────────► InSync
+//!     ▲   ◄─── disconnects ───                                             │  ▲
+//!     │                                         silent or disconnected     │  │ acked within
+//!     │                                                                    ▼  │ slack again
+//!     └────────── operator: async, then sync ──────────────────────── StandbyLost
+//!                                                          (after the timeout: writes held)
+//! ```
+//!
+//! - **Alone** (no standby has caught up since the node started or was promoted) and
+//!   **CatchingUp**: answers wait for the local journal only, and `/v1/node` says so. The
+//!   operator's promotion or start-up is the decision that nobody else holds newer data.
+//! - **InSync**: an answer leaves only when the standby acknowledged its sequence.
+//! - **StandbyLost**: the standby that was in sync went silent. Answers keep waiting; once it
+//!   has been silent for the replication timeout, writes are held (refused, and what it did
+//!   not acknowledge is answered `replication_unavailable`) rather than acknowledged
+//!   unreplicated: without a witness a dead standby and a partitioned one look the same, and
+//!   the partitioned one may be promoted. It leaves only when the standby catches up again,
+//!   or when the operator switches to `async`.
+//! - Mode **async**: answers wait for the local journal only, whatever the standby does; the
+//!   last unreplicated commands can be lost on failover. Switching back to `sync` starts from
+//!   `Alone` (the standby may be behind after an async period) until a standby catches up.
+
+use ringfence_core::Sequence;
+
+/// How answers wait for the standby, as the operator chose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    /// An answer waits for the standby's acknowledgement once a standby has caught up.
+    Sync,
+    /// Answers wait for the local journal only.
+    Async,
+}
+
+impl AckMode {
+    /// The name used on the command line, in the config file and in `/v1/node`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            AckMode::Sync => "sync",
+            AckMode::Async => "async",
+        }
+    }
+
+    /// Parses `sync` or `async`.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<AckMode> {
+        match text {
+            "sync" => Some(AckMode::Sync),
+            "async" => Some(AckMode::Async),
+            _ => None,
+        }
+    }
+}
+
+/// Where the primary's replication stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyState {
+    /// No standby has caught up since start or promotion: answers wait for the journal only.
+    Alone,
+    /// A standby is connected and behind: answers wait for the journal only.
+    CatchingUp,
+    /// Answers wait for the standby.
+    InSync,
+    /// The standby that was in sync is silent or gone, since `since_ms`.
+    StandbyLost {
+        /// When it was last heard from.
+        since_ms: u64,
+    },
+}
+
+impl PolicyState {
+    /// The name shown in `/v1/node`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyState::Alone => "alone",
+            PolicyState::CatchingUp => "catching_up",
+            PolicyState::InSync => "in_sync",
+            PolicyState::StandbyLost { .. } => "standby_lost",
+        }
+    }
+}
+
+/// What egress waits for, as the policy decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Gate {
+    /// The local journal only: the replicator stage marks everything it passes safe.
+    Local,
+    /// The standby's durable acknowledgement.
+    Standby,
+    /// Writes are held: refused at intake, and unacknowledged ones answered unreplicated.
+    Held,
+}
+
+/// The acknowledgement policy of a primary. Pure: every input carries the time it happened.
+#[derive(Clone, Debug)]
+pub struct AckPolicy {
+    mode: AckMode,
+    state: PolicyState,
+    timeout_ms: u64,
+    /// How far behind the journal an acknowledgement may be for the standby to count as
+    /// caught up (records). Under a steady stream acknowledgements trail by about a batch.
+    slack: u64,
+    /// The standby's last acknowledgement time, while one is connected.
+    heard_ms: Option<u64>,
+}
+
+impl AckPolicy {
+    /// A primary that has had no standby yet.
+    #[must_use]
+    pub fn new(mode: AckMode, timeout_ms: u64, slack: u64) -> AckPolicy {
+        assert!(timeout_ms > 0, "a replication timeout of zero would hold every write");
+        AckPolicy { mode, state: PolicyState::Alone, timeout_ms, slack, heard_ms: None }
+    }
+
+    /// The operator's mode.
+    #[must_use]
+    pub fn mode(&self) -> AckMode {
+        self.mode
+    }
+
+    /// Where replication stands.
+    #[must_use]
+    pub fn state(&self) -> PolicyState {
+        self.state
+    }
+
+    /// What answers wait for now.
+    #[must_use]
+    pub fn gate(&self, now_ms: u64) -> Gate {
+        if self.mode == AckMode::Async {
+            return Gate::Local;
+        }
+        match self.state {
+            PolicyState::Alone | PolicyState::CatchingUp => Gate::Local,
+            PolicyState::InSync => Gate::Standby,
+            PolicyState::StandbyLost { since_ms } => {
+                if now_ms.saturating_sub(since_ms) >= self.timeout_ms {
+                    Gate::Held
+                } else {
+                    Gate::Standby
+                }
+            }
+        }
+    }
+
+    /// A standby completed the handshake and is streaming.
+    pub fn on_connected(&mut self, now_ms: u64) {
+        self.heard_ms = Some(now_ms);
+        if self.state == PolicyState::Alone {
+            self.state = PolicyState::CatchingUp;
+        }
+    }
+
+    /// The standby acknowledged `durable`; the journal holds up to `journaled`.
+    pub fn on_ack(&mut self, durable: Sequence, journaled: Sequence, now_ms: u64) {
+        self.heard_ms = Some(now_ms);
+        let caught_up = durable.0.saturating_add(self.slack) >= journaled.0;
+        match self.state {
+            PolicyState::CatchingUp | PolicyState::StandbyLost { .. } if caught_up => {
+                self.state = PolicyState::InSync;
+            }
+            // An acknowledgement from a standby that reconnected after being lost, still
+            // behind: it keeps the lost state (and its clock) until it has caught up.
+            _ => {}
+        }
+    }
+
+    /// The standby's connection ended (closed, refused, or timed out by the shell).
+    pub fn on_disconnected(&mut self, now_ms: u64) {
+        let heard = self.heard_ms.take().unwrap_or(now_ms);
+        self.state = match self.state {
+            PolicyState::InSync => PolicyState::StandbyLost { since_ms: heard },
+            PolicyState::CatchingUp => PolicyState::Alone,
+            other => other,
+        };
+    }
+
+    /// Time passes: a connected standby in sync that has not acknowledged anything for the
+    /// timeout counts as lost (a paused or partitioned standby keeps its socket open).
+    pub fn on_tick(&mut self, now_ms: u64) {
+        if self.state != PolicyState::InSync {
+            return;
+        }
+        let heard = self.heard_ms.unwrap_or(now_ms);
+        if now_ms.saturating_sub(heard) >= self.timeout_ms {
+            self.state = PolicyState::StandbyLost { since_ms: heard };
+        }
+    }
+
+    /// The operator switches mode. Back to `sync`, nobody counts as caught up until an
+    /// acknowledgement says so again.
+    pub fn set_mode(&mut self, mode: AckMode) {
+        if mode == self.mode {
+            return;
+        }
+        self.mode = mode;
+        if mode == AckMode::Sync {
+            self.state =
+                if self.heard_ms.is_some() { PolicyState::CatchingUp } else { PolicyState::Alone };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: u64 = 1_000;
+
+    fn policy() -> AckPolicy {
+        AckPolicy::new(AckMode::Sync, TIMEOUT, 10)
+    }
+
+    #[test]
+    fn a_primary_alone_acknowledges_on_its_journal() {
+        // Goal: no standby since start means local acknowledgements, and says so.
+        let policy = policy();
+        assert_eq!(policy.state(), PolicyState::Alone);
+        assert_eq!(policy.gate(5_000_000), Gate::Local);
+    }
+
+    #[test]
+    fn sync_holds_once_the_standby_has_caught_up() {
+        // Goal: connected but behind stays local; within the slack switches to the standby.
+        let mut policy = policy();
+        policy.on_connected(0);
+        assert_eq!(policy.state(), PolicyState::CatchingUp);
+        policy.on_ack(Sequence(50), Sequence(100), 1);
+        assert_eq!(policy.gate(1), Gate::Local, "40 records behind is not caught up");
+        policy.on_ack(Sequence(95), Sequence(100), 2);
+        assert_eq!(policy.state(), PolicyState::InSync);
+        assert_eq!(policy.gate(2), Gate::Standby);
+    }
+
+    #[test]
+    fn a_lost_standby_holds_writes_only_after_the_timeout() {
+        // Goal: answers wait while the standby may come back; then writes are held.
+        let mut policy = policy();
+        policy.on_connected(0);
+        policy.on_ack(Sequence(100), Sequence(100), 10);
+        policy.on_disconnected(20);
+        assert_eq!(policy.state(), PolicyState::StandbyLost { since_ms: 10 });
+        assert_eq!(policy.gate(10 + TIMEOUT - 1), Gate::Standby);
+        assert_eq!(policy.gate(10 + TIMEOUT), Gate::Held);
+    }
+
+    #[test]
+    fn a_silent_standby_with_an_open_socket_is_lost_too() {
+        // Goal: SIGSTOP on the standby keeps its socket open; silence alone must count.
+        let mut policy = policy();
+        policy.on_connected(0);
+        policy.on_ack(Sequence(7), Sequence(7), 100);
+        policy.on_tick(100 + TIMEOUT - 1);
+        assert_eq!(policy.state(), PolicyState::InSync);
+        policy.on_tick(100 + TIMEOUT);
+        assert_eq!(policy.gate(100 + TIMEOUT), Gate::Held);
+    }
+
+    #[test]
+    fn a_returning_standby_releases_the_hold_only_once_caught_up() {
+        // Goal: reconnecting is not enough; the acknowledgements must reach the journal.
+        let mut policy = policy();
+        policy.on_connected(0);
+        policy.on_ack(Sequence(10), Sequence(10), 0);
+        policy.on_disconnected(0);
+        policy.on_connected(5_000);
+        policy.on_ack(Sequence(10), Sequence(500), 5_001);
+        assert_eq!(policy.gate(5_001), Gate::Held, "still 490 behind");
+        policy.on_ack(Sequence(495), Sequence(500), 5_002);
+        assert_eq!(policy.gate(5_002), Gate::Standby);
+    }
+
+    #[test]
+    fn async_never_waits_and_sync_again_starts_alone_or_catching_up() {
+        // Goal: the operator's async releases a hold; back to sync requires a fresh catch-up.
+        let mut policy = policy();
+        policy.on_connected(0);
+        policy.on_ack(Sequence(10), Sequence(10), 0);
+        policy.on_disconnected(0);
+        assert_eq!(policy.gate(TIMEOUT), Gate::Held);
+        policy.set_mode(AckMode::Async);
+        assert_eq!(policy.gate(TIMEOUT), Gate::Local);
+        policy.set_mode(AckMode::Sync);
+        assert_eq!(policy.state(), PolicyState::Alone, "no standby connected");
+        policy.on_connected(2 * TIMEOUT);
+        policy.set_mode(AckMode::Async);
+        policy.set_mode(AckMode::Sync);
+        assert_eq!(policy.state(), PolicyState::CatchingUp, "a connected standby must catch up");
+    }
+
+    #[test]
+    fn a_standby_that_never_caught_up_leaves_the_primary_alone() {
+        // Goal: losing a standby that was still catching up does not hold writes.
+        let mut policy = policy();
+        policy.on_connected(0);
+        policy.on_ack(Sequence(1), Sequence(1_000), 1);
+        policy.on_disconnected(2);
+        policy.on_tick(10 * TIMEOUT);
+        assert_eq!(policy.gate(10 * TIMEOUT), Gate::Local);
+        assert_eq!(policy.state(), PolicyState::Alone);
+    }
+}

@@ -1,0 +1,219 @@
+//! Where a joining standby's journal stops agreeing with its primary's, and so where streaming
+//! starts: a pure decision over the two journals' positions.
+//!
+//! Records with the same sequence and epoch are the same record: only one primary sequences in
+//! an epoch (a promotion raises it), and a standby stores its primary's bytes. So if the
+//! standby's last record `(s, e)` is also the primary's record `s`, the journals agree up to
+//! `s` and streaming starts at `s + 1`. If not, the standby's tail was written by a primary
+//! that was superseded (in `sync` mode that tail was never acknowledged to anyone): the
+//! primary's records with epoch at most `e` end at some sequence `x`, and everything the
+//! standby holds after `min(s, x)` must go. The standby truncates and joins again; each round
+//! strictly lowers its last epoch or reaches agreement, so the exchange ends (Raft's log
+//! matching, one epoch at a time).
+
+use ringfence_core::{Epoch, Sequence};
+
+/// What the primary can answer about its own journal.
+pub trait JournalIndex {
+    /// The first sequence still held (older segments may be retired after a snapshot); `None`
+    /// when the journal holds no record.
+    fn first(&mut self) -> Option<Sequence>;
+    /// The last sequence held; `None` when the journal holds no record.
+    fn last(&mut self) -> Option<Sequence>;
+    /// The epoch of record `sequence`, if held.
+    fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch>;
+    /// The last sequence whose record has an epoch at most `epoch`.
+    fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence>;
+}
+
+/// Where the standby stands, as it says in its join message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StandbyPosition {
+    /// Its journal's last sequence (0 when empty).
+    pub last_sequence: Sequence,
+    /// That record's epoch (0 when empty).
+    pub last_epoch: Epoch,
+    /// The highest epoch it has promised to follow.
+    pub promised: Epoch,
+}
+
+/// The primary's answer to a joining standby.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinDecision {
+    /// The journals agree up to `from - 1`: stream from `from`.
+    Stream {
+        /// The first record to send.
+        from: Sequence,
+    },
+    /// The standby holds records the primary does not: it must drop everything after
+    /// `keep_through` and join again.
+    Diverged {
+        /// The last sequence the standby keeps.
+        keep_through: Sequence,
+    },
+    /// The standby needs records the primary no longer holds (retired after a snapshot).
+    NeedsSnapshot {
+        /// The first record the primary holds.
+        first_held: Sequence,
+    },
+    /// The standby promised a newer epoch than the primary's: this primary was superseded and
+    /// must step down.
+    Superseded {
+        /// The standby's promise.
+        promised: Epoch,
+    },
+}
+
+/// Decides how a standby at `standby` joins a primary in `epoch` whose journal is `journal`.
+pub fn decide(
+    journal: &mut dyn JournalIndex,
+    epoch: Epoch,
+    standby: StandbyPosition,
+) -> JoinDecision {
+    if standby.promised > epoch {
+        return JoinDecision::Superseded { promised: standby.promised };
+    }
+    let from = standby.last_sequence.next();
+    let first = journal.first();
+    if let Some(first) = first.filter(|&first| first > from) {
+        // The primary cannot send `from`, nor confirm the standby's last record: it was
+        // retired. The standby's records are not known to be wrong, so none is dropped.
+        return JoinDecision::NeedsSnapshot { first_held: first };
+    }
+    // Record `from - 1` just before the first held one cannot be checked; it is behind a
+    // snapshot, far older than any tail a superseded primary could have written.
+    let checkable = first.is_some_and(|first| standby.last_sequence >= first);
+    if standby.last_sequence.0 > 0 && (checkable || first.is_none()) {
+        let agrees = journal.epoch_at(standby.last_sequence) == Some(standby.last_epoch);
+        if !agrees {
+            let ours = journal.last_at_or_below_epoch(standby.last_epoch).unwrap_or(Sequence(0));
+            let keep_through = Sequence(ours.0.min(standby.last_sequence.0 - 1));
+            assert!(keep_through < standby.last_sequence, "a divergence drops a record");
+            return JoinDecision::Diverged { keep_through };
+        }
+    }
+    JoinDecision::Stream { from }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal as a list of epochs by sequence, starting at `first`.
+    struct Epochs {
+        first: u64,
+        epochs: Vec<u64>,
+    }
+
+    impl JournalIndex for Epochs {
+        fn first(&mut self) -> Option<Sequence> {
+            (!self.epochs.is_empty()).then_some(Sequence(self.first))
+        }
+        fn last(&mut self) -> Option<Sequence> {
+            (!self.epochs.is_empty()).then(|| Sequence(self.first + self.epochs.len() as u64 - 1))
+        }
+        fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {
+            let index = sequence.0.checked_sub(self.first)?;
+            self.epochs.get(usize::try_from(index).ok()?).map(|&e| Epoch(e))
+        }
+        fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
+            let count = self.epochs.iter().take_while(|&&e| e <= epoch.0).count() as u64;
+            (count > 0).then(|| Sequence(self.first + count - 1))
+        }
+    }
+
+    fn position(last: u64, epoch: u64, promised: u64) -> StandbyPosition {
+        StandbyPosition {
+            last_sequence: Sequence(last),
+            last_epoch: Epoch(epoch),
+            promised: Epoch(promised),
+        }
+    }
+
+    /// Plays the exchange to the end: the standby truncates as told until it may stream.
+    fn rejoin(primary: &mut Epochs, standby: &mut Vec<u64>, epoch: u64) -> (u64, usize) {
+        for round in 1..10 {
+            let last = standby.len() as u64;
+            let at = position(last, standby.last().copied().unwrap_or(0), 1);
+            match decide(primary, Epoch(epoch), at) {
+                JoinDecision::Stream { from } => return (from.0, round),
+                JoinDecision::Diverged { keep_through } => {
+                    standby.truncate(usize::try_from(keep_through.0).unwrap());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("the exchange did not end");
+    }
+
+    #[test]
+    fn a_standby_that_is_a_prefix_streams_from_its_next_record() {
+        // Goal: the common case, a standby behind on the same history.
+        let mut primary = Epochs { first: 1, epochs: vec![1, 1, 1, 2, 2] };
+        assert_eq!(
+            decide(&mut primary, Epoch(2), position(3, 1, 1)),
+            JoinDecision::Stream { from: Sequence(4) }
+        );
+        assert_eq!(
+            decide(&mut primary, Epoch(2), position(0, 0, 0)),
+            JoinDecision::Stream { from: Sequence(1) }
+        );
+        assert_eq!(
+            decide(&mut primary, Epoch(2), position(5, 2, 2)),
+            JoinDecision::Stream { from: Sequence(6) }
+        );
+    }
+
+    #[test]
+    fn an_old_primary_drops_the_tail_the_new_primary_never_received() {
+        // Goal: the old primary wrote 4..=6 in epoch 1 that the promoted standby never got;
+        // the new primary wrote 4..=5 in epoch 2. The old primary keeps 1..=3 only.
+        let mut primary = Epochs { first: 1, epochs: vec![1, 1, 1, 2, 2] };
+        let mut old = vec![1, 1, 1, 1, 1, 1];
+        let (from, rounds) = rejoin(&mut primary, &mut old, 2);
+        assert_eq!((from, old.len()), (4, 3));
+        assert_eq!(rounds, 2);
+    }
+
+    #[test]
+    fn a_tail_longer_than_the_new_history_is_cut_to_the_common_prefix() {
+        // Goal: the standby's last sequence is beyond the primary's whole journal.
+        let mut primary = Epochs { first: 1, epochs: vec![1, 1, 3] };
+        let mut old = vec![1, 1, 2, 2, 2, 2, 2, 2];
+        let (from, _) = rejoin(&mut primary, &mut old, 3);
+        assert_eq!((from, old.len()), (3, 2));
+    }
+
+    #[test]
+    fn divergence_over_several_epochs_converges() {
+        // Goal: each round lowers the standby's epoch until the journals agree.
+        let mut primary = Epochs { first: 1, epochs: vec![1, 1, 4, 4, 4, 4, 4] };
+        let mut old = vec![1, 1, 2, 2, 3, 3];
+        let (from, _) = rejoin(&mut primary, &mut old, 4);
+        assert_eq!((from, old.len()), (3, 2));
+    }
+
+    #[test]
+    fn a_standby_behind_retired_segments_needs_a_snapshot() {
+        // Goal: records the standby needs are gone from the primary's journal.
+        // and nothing the standby holds is dropped for it.
+        let mut primary = Epochs { first: 100, epochs: vec![1; 10] };
+        let needs = JoinDecision::NeedsSnapshot { first_held: Sequence(100) };
+        assert_eq!(decide(&mut primary, Epoch(1), position(10, 1, 1)), needs);
+        assert_eq!(decide(&mut primary, Epoch(1), position(0, 0, 1)), needs);
+        assert_eq!(
+            decide(&mut primary, Epoch(1), position(99, 1, 1)),
+            JoinDecision::Stream { from: Sequence(100) }
+        );
+    }
+
+    #[test]
+    fn a_primary_behind_a_standbys_promise_is_superseded() {
+        // Goal: the fence: a standby that promised epoch 3 never follows epoch 2.
+        let mut primary = Epochs { first: 1, epochs: vec![1, 2] };
+        assert_eq!(
+            decide(&mut primary, Epoch(2), position(2, 2, 3)),
+            JoinDecision::Superseded { promised: Epoch(3) }
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! The standby's side of replication over TCP: connects to the primary, authenticates both
+//! ways, says where its journal ends, then feeds every record it receives to its node
+//! (`Session::try_submit_record`: checked, journaled byte for byte, applied) and acknowledges
+//! what its journal holds durably. Reconnects with backoff when the link breaks.
+//!
+//! The fence: before it takes records of an epoch it stores that epoch as its promise, and it
+//! refuses a primary whose epoch is below its promise. A promoted standby promised an epoch
+//! above its old primary's, so the old primary never gets another acknowledgement from it.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringfence_core::pipeline::{Refused, Session};
+use ringfence_core::{Epoch, Sequence};
+use ringfence_journal::epoch::Epochs;
+
+use crate::auth;
+use crate::config::ReplicationConfig;
+use crate::control::{Control, log};
+use crate::message::{Ack, Hello, Join, Message, Refuse, RefuseCode};
+use crate::stream::{FrameReader, WireError, write_message};
+
+/// How long to wait between connection attempts, at most.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Where the standby's journal ends, as it tells the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalEnd {
+    /// Its last sequence (0 when empty).
+    pub last_sequence: Sequence,
+    /// That record's epoch (0 when empty).
+    pub last_epoch: Epoch,
+}
+
+/// What the primary answered to a join.
+pub enum Joined {
+    /// Stream from this sequence, in this epoch; the connection is ready for records.
+    Stream {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// The first record it sends.
+        from: Sequence,
+        /// The reader and writer of the connection.
+        socket: TcpStream,
+        /// Reads the records.
+        reader: FrameReader<TcpStream>,
+    },
+    /// Drop every record after `keep_through`, then join again.
+    Diverged {
+        /// The last sequence to keep.
+        keep_through: Sequence,
+    },
+}
+
+/// Why a join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// Could not connect or the connection broke.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The connection broke or carried something that is not this protocol.
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// The primary refused, with its reason.
+    #[error("the primary refused: {text}")]
+    Refused {
+        /// Its code.
+        code: RefuseCode,
+        /// Its epoch.
+        epoch: Epoch,
+        /// Its reason.
+        text: String,
+    },
+    /// The other side failed to prove it holds the secret, or broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// Connects to `primary` and performs the handshake from `end` with promise `promised`.
+pub fn join(
+    config: &ReplicationConfig,
+    primary: &str,
+    end: JournalEnd,
+    promised: Epoch,
+) -> Result<Joined, JoinError> {
+    let timeout = Duration::from_millis(config.handshake_timeout_ms);
+    let address = resolve(primary)?;
+    let socket = TcpStream::connect_timeout(&address, timeout)?;
+    socket.set_nodelay(true)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.set_write_timeout(Some(timeout))?;
+    let mut reader = FrameReader::new(socket.try_clone()?);
+    let mut writer = socket.try_clone()?;
+    let mut scratch = Vec::new();
+    let standby_nonce = auth::nonce().map_err(|e| JoinError::Protocol(e.to_string()))?;
+    let hello = Hello { cluster: config.cluster, standby_nonce };
+    write_message(&mut writer, &Message::Hello(hello), &mut scratch)?;
+    let challenge = match reader.read_message()? {
+        Message::Challenge(challenge) => challenge,
+        other => return Err(unexpected_or_refused(other)),
+    };
+    let (secret, cluster) = (&config.secret, &config.cluster);
+    auth::verify_primary(
+        secret,
+        cluster,
+        &standby_nonce,
+        &challenge.primary_nonce,
+        &challenge.primary_proof,
+    )
+    .map_err(|_| JoinError::Protocol("the primary does not hold the cluster secret".into()))?;
+    let proof = auth::standby_proof(secret, cluster, &standby_nonce, &challenge.primary_nonce);
+    let join = Join {
+        standby_proof: proof,
+        last_sequence: end.last_sequence,
+        last_epoch: end.last_epoch,
+        promised_epoch: promised,
+    };
+    write_message(&mut writer, &Message::Join(join), &mut scratch)?;
+    match reader.read_message()? {
+        Message::Start(start) => {
+            Ok(Joined::Stream { epoch: start.epoch, from: start.from_sequence, socket, reader })
+        }
+        Message::Diverged(diverged) => Ok(Joined::Diverged { keep_through: diverged.keep_through }),
+        other => Err(unexpected_or_refused(other)),
+    }
+}
+
+fn resolve(address: &str) -> io::Result<SocketAddr> {
+    address.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("{address} resolves to no address"))
+    })
+}
+
+fn unexpected_or_refused(message: Message<'_>) -> JoinError {
+    match message {
+        Message::Refuse(refuse) => JoinError::Refused {
+            code: refuse.code,
+            epoch: refuse.epoch,
+            text: refuse.text.to_owned(),
+        },
+        other => {
+            JoinError::Protocol(format!("unexpected {} message from the primary", other.kind()))
+        }
+    }
+}
+
+/// The follower thread: joins the primary and applies its stream, reconnecting with backoff,
+/// until the control stops it (shutdown or promotion).
+pub(crate) fn follow(control: &Control, primary: &str, mut session: Session) {
+    let stop = control.follower_stop();
+    let mut backoff = Duration::from_millis(50);
+    let mut failures = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let journaled = session_end(control);
+        let promised = control.epochs().promised;
+        control.set_follower("connecting", journaled.last_sequence, None);
+        match join(control.config(), primary, journaled, promised) {
+            Ok(Joined::Stream { epoch, from, socket, reader }) => {
+                failures = 0;
+                backoff = Duration::from_millis(50);
+                match stream(control, &mut session, epoch, from, socket, reader) {
+                    Ok(()) => {}
+                    Err(error) => log(format_args!("replication: following {primary}: {error}")),
+                }
+            }
+            Ok(Joined::Diverged { keep_through }) => {
+                log(format_args!(
+                    "replication: this standby holds records after {keep_through} that the \
+                     primary {primary} does not: stop this node and start it again as a \
+                     standby; it drops them at start and rejoins"
+                ));
+                control.set_follower("diverged: restart to rejoin", journaled.last_sequence, None);
+                return;
+            }
+            Err(error) => {
+                failures += 1;
+                if failures <= 3 || failures % 100 == 0 {
+                    log(format_args!("replication: cannot follow {primary}: {error}"));
+                }
+            }
+        }
+        sleep_unless_stopped(control, backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn sleep_unless_stopped(control: &Control, pause: Duration) {
+    let until = Instant::now() + pause;
+    while Instant::now() < until && !control.follower_stop().load(Ordering::Acquire) {
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Where this standby's journal ends: the last record its replicator stage saw.
+fn session_end(control: &Control) -> JournalEnd {
+    let last = Sequence(control.link().available());
+    let epoch = control.last_record_epoch();
+    JournalEnd { last_sequence: last, last_epoch: if last.0 == 0 { Epoch(0) } else { epoch } }
+}
+
+/// Applies the primary's stream until it ends or the follower is stopped.
+fn stream(
+    control: &Control,
+    session: &mut Session,
+    epoch: Epoch,
+    from: Sequence,
+    socket: TcpStream,
+    reader: FrameReader<TcpStream>,
+) -> Result<(), String> {
+    control.set_follower_socket(socket.try_clone().ok());
+    let result = apply_stream(control, session, epoch, from, &socket, reader);
+    control.set_follower_socket(None);
+    let _ = socket.shutdown(Shutdown::Both);
+    result
+}
+
+fn apply_stream(
+    control: &Control,
+    session: &mut Session,
+    epoch: Epoch,
+    from: Sequence,
+    socket: &TcpStream,
+    mut reader: FrameReader<TcpStream>,
+) -> Result<(), String> {
+    let config = control.config();
+    let mut writer = socket.try_clone().map_err(|e| e.to_string())?;
+    let mut scratch = Vec::new();
+    let epochs = control.epochs();
+    if epoch < epochs.promised {
+        let text =
+            format!("epoch {epoch} is below the epoch this standby promised ({})", epochs.promised);
+        let refuse = Message::Refuse(Refuse::new(RefuseCode::StaleEpoch, epochs.promised, &text));
+        let _ = write_message(&mut writer, &refuse, &mut scratch);
+        return Err(text);
+    }
+    // The promise and the epoch records may carry, durable before the first record is taken.
+    let raised =
+        Epochs { current: epochs.current.max(epoch), promised: epochs.promised.max(epoch) };
+    if raised != epochs {
+        control.store_epochs(raised)?;
+    }
+    let expected = Sequence(control.link().available()).next();
+    if from != expected {
+        return Err(format!(
+            "the primary streams from {from}, but this journal continues at {expected}"
+        ));
+    }
+    log(format_args!("replication: following the primary in epoch {epoch} from {from}"));
+    // Silence for three heartbeats means the primary is gone; reconnect.
+    let silence =
+        Duration::from_millis(config.heartbeat_ms.saturating_mul(3).max(config.timeout_ms));
+    socket.set_read_timeout(Some(silence)).map_err(|e| e.to_string())?;
+    let stop = control.follower_stop();
+    let mut echo_ms = 0;
+    let mut primary_last = Sequence(0);
+    let mut pending = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let message = match reader.read_message() {
+            Ok(message) => message,
+            Err(error) => return Err(format!("the stream ended: {error}")),
+        };
+        match message {
+            Message::Records(records) => {
+                for bytes in records.iter() {
+                    submit(control, session, bytes, &mut pending)?;
+                }
+                primary_last = primary_last.max(records.last_sequence());
+            }
+            Message::Heartbeat(beat) => {
+                if beat.epoch < control.epochs().promised {
+                    return Err(format!("heartbeat from epoch {}, below our promise", beat.epoch));
+                }
+                echo_ms = beat.sent_at_ms;
+                primary_last = primary_last.max(beat.last_sequence);
+            }
+            other => return Err(format!("unexpected {} message in the stream", other.kind())),
+        }
+        drain(session, &mut pending, Duration::from_millis(config.timeout_ms))?;
+        // Every record submitted is answered only once journaled durably and applied here.
+        let written = Sequence(control.link().available());
+        let ack = Ack { written, durable: written, echo_ms };
+        write_message(&mut writer, &Message::Ack(ack), &mut scratch).map_err(|e| e.to_string())?;
+        let lag = primary_last.0.saturating_sub(written.0);
+        let what = if lag == 0 { "following" } else { "catching_up" };
+        control.set_follower(what, written, None);
+    }
+    Ok(())
+}
+
+/// Submits one record, waiting for room when the node is busy.
+fn submit(
+    control: &Control,
+    session: &mut Session,
+    bytes: &[u8],
+    pending: &mut u64,
+) -> Result<(), String> {
+    loop {
+        match session.try_submit_record(bytes, 0) {
+            Ok(_) => {
+                *pending += 1;
+                return Ok(());
+            }
+            Err(Refused::Busy | Refused::SessionFull) => {
+                while let Some(completion) = session.poll() {
+                    *pending -= 1;
+                    completion.result.map_err(|e| e.to_string())?;
+                }
+                if control.follower_stop().load(Ordering::Acquire) {
+                    return Err("stopped".into());
+                }
+                thread::sleep(Duration::from_micros(50));
+            }
+            Err(refused) => return Err(format!("the node refused a record: {refused}")),
+        }
+    }
+}
+
+/// Waits until every submitted record is answered: journaled (durable under this node's
+/// policy) and applied.
+fn drain(session: &mut Session, pending: &mut u64, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while *pending > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("the node did not journal the primary's records in time".into());
+        }
+        if let Some(completion) = session.wait(left) {
+            *pending -= 1;
+            completion.result.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
