@@ -8,6 +8,7 @@ mod client_cmd;
 mod journal_cmd;
 mod json;
 mod replay;
+mod replication;
 mod serve;
 mod time;
 
@@ -22,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum TopCommand {
-    /// Start a primary node: recover from the data directory, then serve the binary protocol
-    /// and the HTTP API until SIGINT or SIGTERM.
+    /// Start a node (a primary, or a standby of one): recover from the data directory, then
+    /// serve the binary protocol and the HTTP API until SIGINT or SIGTERM.
     Serve(serve::ServeArgs),
     /// Send one command to a node over the binary protocol and print the answer as JSON.
     Client(client_cmd::ClientArgs),

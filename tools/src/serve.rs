@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ringfence_core::pipeline::{EgressDriver, NoReplicator, Node, NodeConfig, Topology};
+use ringfence_core::pipeline::{EgressDriver, Intake, NoReplicator, Node, NodeConfig, Topology};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ServerConfig};
 use ringfence_journal::datadir::DataDir;
@@ -21,13 +21,17 @@ use ringfence_journal::recovery::{Recovered, recover_from};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, SnapshotStats, Snapshotter};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
+use ringfence_replicator::control::{Control, Role};
 use serde::Deserialize;
+
+use crate::replication::{self, Replication, ReplicationArgs, ReplicationSection};
 
 /// Arguments of `ringfence serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// TOML configuration file (sections: top level `data_dir`, `admin_token`,
-    /// `admin_token_file`; `[server]`, `[node]`, `[engine]`); flags override it.
+    /// `admin_token_file`; `[server]`, `[node]`, `[engine]`, `[replication]`); flags
+    /// override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for the journal, snapshots, manifest, epoch file and the generated admin
@@ -46,6 +50,9 @@ pub struct ServeArgs {
     /// When journal records are synced: `none`, `batch` or `interval:<ms>` [default: batch].
     #[arg(long, value_name = "POLICY")]
     pub durability: Option<String>,
+    /// Replication to a hot standby.
+    #[command(flatten)]
+    pub replication: ReplicationArgs,
 }
 
 /// The TOML configuration file.
@@ -58,6 +65,7 @@ struct FileConfig {
     server: ServerConfig,
     node: NodeSection,
     engine: EngineSection,
+    replication: ReplicationSection,
 }
 
 /// `[node]`: pipeline, journal, snapshots and timer.
@@ -100,7 +108,12 @@ impl Default for NodeSection {
 }
 
 impl NodeSection {
-    fn to_config(&self, engine: EngineConfig, epoch: Epoch) -> Result<NodeConfig, String> {
+    fn to_config(
+        &self,
+        engine: EngineConfig,
+        epoch: Epoch,
+        intake: Intake,
+    ) -> Result<NodeConfig, String> {
         let topology = match self.topology.as_str() {
             "auto" => None,
             "compact" => Some(Topology::Compact),
@@ -116,6 +129,7 @@ impl NodeSection {
             tick_period_ms: self.tick_ms.max(1),
             topology,
             session_pending_max: self.in_flight_max,
+            intake,
             ..NodeConfig::default()
         };
         if !self.pin_blp {
@@ -222,7 +236,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         durability,
         engine_config: engine_config.clone(),
     };
-    let recovered = recover_logged(&storage, options)?;
+    let replication = replication::settings(&args.replication, &file.replication, &data_dir)?;
+    let recovered = recover_for_role(&storage, &options, replication.as_ref(), &data_dir)?;
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
         keep: file.node.snapshots_kept.max(1),
@@ -231,20 +246,42 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let snapshotter = Snapshotter::start(dir.clone(), policy.clone(), engine_config.clone())
         .map_err(|e| format!("starting the snapshot writer: {e}"))?;
     let epoch: Epoch = recovered.epochs.current;
-    let node_config = file.node.to_config(engine_config, epoch)?;
+    let standby = replication.as_ref().is_some_and(|r| r.role != Role::Primary);
+    let intake = if standby { Intake::Replica } else { Intake::Sequencer };
+    let node_config = file.node.to_config(engine_config, epoch, intake)?;
     server_config.in_flight_max =
         server_config.in_flight_max.min(node_config.session_pending_max as usize);
     let snapshot_stats = snapshotter.stats_handle();
     let (hook, watch) = HashWatch::new(snapshotter, &recovered.engine);
-    let node = Node::start_with(
-        node_config.clone(),
-        recovered.engine,
-        recovered.next_sequence,
-        recovered.writer,
-        NoReplicator::default(),
-        hook,
-    )
-    .map_err(|e| format!("starting the node: {e}"))?;
+    let primary_http = replication.as_ref().and_then(|r| r.primary_http.clone());
+    let control = replication.map(|Replication { config, role, .. }| {
+        let end = (Sequence(recovered.next_sequence.0 - 1), last_epoch(&data_dir));
+        Control::new(config, role, end, Box::new(dir.clone()))
+    });
+    let (engine, next, writer) = (recovered.engine, recovered.next_sequence, recovered.writer);
+    let started = match &control {
+        Some(control) => {
+            let stage = control.link().stage();
+            Node::start_with(node_config.clone(), engine, next, writer, stage, hook)
+        }
+        None => Node::start_with(
+            node_config.clone(),
+            engine,
+            next,
+            writer,
+            NoReplicator::default(),
+            hook,
+        ),
+    };
+    let node = started.map_err(|e| format!("starting the node: {e}"))?;
+    if let Some(control) = &control {
+        let session = if standby {
+            Some(node.session().map_err(|e| format!("opening the standby's session: {e}"))?)
+        } else {
+            None
+        };
+        control.start(session).map_err(|e| format!("starting replication: {e}"))?;
+    }
     log(format_args!(
         "node: {} topology, ring of {} slots, {} wait, deadlines checked every {} ms",
         node.topology().name(),
@@ -271,7 +308,11 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         log(format_args!("HTTP API listening on http://{addr}"));
     }
     watch_signals(handle.stopper())?;
-    handle.join().map_err(|e| format!("event loop: {e}"))?;
+    let joined = handle.join().map_err(|e| format!("event loop: {e}"));
+    if let Some(control) = &control {
+        control.stop();
+    }
+    joined?;
     log(format_args!("stopped"));
     // The directory lock goes with the last storage handle, here at the very end.
     drop(storage);
@@ -301,6 +342,35 @@ fn lock_data_dir(data_dir: &Path, archive: Option<&Path>) -> Result<FileStorage,
 }
 
 /// Recovers the node from the data directory and logs what recovery did and found.
+/// Recovers the journal; a standby first drops any tail its primary never received (asking
+/// the primary, truncating, and recovering again until the journals agree).
+fn recover_for_role(
+    storage: &FileStorage,
+    options: &WriterOptions,
+    replication: Option<&Replication>,
+    data_dir: &Path,
+) -> Result<Recovered<FileStorage>, String> {
+    loop {
+        let recovered = recover_logged(storage, options.clone())?;
+        let Some(Replication { config, role: Role::Standby { primary }, .. }) = replication else {
+            return Ok(recovered);
+        };
+        let end = replication::journal_end(data_dir)?;
+        let promised = recovered.epochs.promised;
+        let Some(keep_through) = replication::check_journal(config, primary, end, promised)? else {
+            return Ok(recovered);
+        };
+        // The journal is closed before it is cut.
+        drop(recovered);
+        replication::drop_tail(storage, end, keep_through)?;
+    }
+}
+
+/// The epoch of the journal's last record (0 when empty).
+fn last_epoch(data_dir: &Path) -> Epoch {
+    replication::journal_end(data_dir).map_or(Epoch(0), |end| end.last_epoch)
+}
+
 fn recover_logged(
     storage: &FileStorage,
     options: WriterOptions,
@@ -424,6 +494,6 @@ fn write_private(path: &Path, token: &str) -> Result<(), String> {
     writeln!(file, "{token}").map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-fn log(message: std::fmt::Arguments<'_>) {
+pub(crate) fn log(message: std::fmt::Arguments<'_>) {
     eprintln!("ringfence: {message}");
 }

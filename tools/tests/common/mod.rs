@@ -74,7 +74,9 @@ pub struct Serve {
     pub binary: SocketAddr,
     pub http: SocketAddr,
     pub token: String,
-    _lines: Receiver<String>,
+    /// Where standbys connect, when replication is on.
+    pub replication: Option<SocketAddr>,
+    lines: Receiver<String>,
 }
 
 impl Serve {
@@ -103,10 +105,13 @@ impl Serve {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(120);
-        let (mut binary, mut http) = (None, None);
+        let (mut binary, mut http, mut replication) = (None, None, None);
         while binary.is_none() || http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = lines.recv_timeout(left).expect("serve logs its addresses in time");
+            if let Some(addr) = line.strip_prefix("ringfence: replication listening on ") {
+                replication = Some(addr.parse().expect("a socket address"));
+            }
             if let Some(addr) = line.strip_prefix("ringfence: HTTP API listening on http://") {
                 http = Some(addr.parse().expect("a socket address"));
             }
@@ -116,7 +121,20 @@ impl Serve {
         }
         let (binary, http) = (binary.unwrap(), http.unwrap());
         let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        Serve { child, binary, http, token, _lines: lines }
+        Serve { child, binary, http, token, replication, lines }
+    }
+
+    /// Waits (bounded) for a log line containing `text`, and returns it.
+    pub fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing `{text}` within {within:?}"),
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {

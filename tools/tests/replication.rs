@@ -1,0 +1,320 @@
+//! A primary and a hot standby as real processes on loopback: a flash sale survives kill -9 of
+//! the primary and a promotion with nothing acknowledged lost and nothing oversold; the old
+//! primary rejoins as a standby, dropping the tail nobody acknowledged; a silent standby in
+//! sync mode stops the primary acknowledging writes until it is back; handshakes with the
+//! wrong secret or cluster are refused without disturbing the live stream.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Serve, ringfence_within, text};
+
+const STOCK: u64 = 60;
+const PER_USER: u64 = 2;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringfence-repl-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_secret(dir: &Path, secret: &str) -> String {
+    let path = dir.join(format!("secret-{}", secret.len()));
+    std::fs::write(&path, secret).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+const SECRET: &str = "a-cluster-secret-of-32-bytes-ok!";
+
+fn primary(dir: &Path, secret: &str, extra: &[&str]) -> Serve {
+    let mut args = vec!["--cluster-secret-file", secret, "--replication-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Serve::start_with(dir, &args)
+}
+
+fn standby(dir: &Path, secret: &str, primary: SocketAddr) -> Serve {
+    let primary = primary.to_string();
+    let args = [
+        "--role",
+        "standby",
+        "--primary",
+        &primary,
+        "--cluster-secret-file",
+        secret,
+        "--replication-listen",
+        "127.0.0.1:0",
+    ];
+    Serve::start_with(dir, &args)
+}
+
+/// One HTTP request; `None` when the node cannot be reached or hangs up.
+fn try_call(http: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    Some((status, response.split("\r\n\r\n").nth(1)?.to_owned()))
+}
+
+fn reservation(request: u64) -> (String, u64) {
+    let user = request % 40 + 1;
+    (format!(r#"{{"request_id":"sale-{request}","user":{user},"sku":1,"qty":1}}"#), user)
+}
+
+fn create_sale(node: &Serve) {
+    let sku = format!(
+        r#"{{"sku":1,"stock":{STOCK},"price_cents":900,"per_user_limit":{PER_USER},"payment_timeout_ms":600000}}"#
+    );
+    assert_eq!(node.call("POST", "/v1/skus", &sku, true).0, 201);
+}
+
+/// Waits until `node`'s `/v1/node` satisfies `ready`.
+fn wait_node(node: &Serve, within: Duration, ready: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, view) = node.call("GET", "/v1/node", "", false);
+        if ready(&view) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node never got there: {view}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn last_sequence(view: &serde_json::Value) -> u64 {
+    view["last_sequence"].as_u64().unwrap()
+}
+
+/// `ringfence replay DIR --until-seq N --json`: the state hash at `n`.
+fn hash_at(dir: &Path, n: u64) -> String {
+    let args = ["replay", dir.to_str().unwrap(), "--until-seq", &n.to_string(), "--json"];
+    let output = ringfence_within(&args, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["last_sequence"], n, "{summary}");
+    summary["running_hash"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_killed_primary_loses_no_acknowledged_order_and_rejoins_as_a_standby() {
+    // Goal: the flash-sale failover story end to end. Buyers hammer the primary; it is killed
+    // mid-sale; the standby is promoted; retries with the same request ids get the original
+    // answers; nothing is oversold and per-user limits hold; the old primary restarts as a
+    // standby of the new one, drops what it never replicated, and both journals agree.
+    let root = temp_dir("failover");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let mut old = primary(&dir_a, &secret, &[]);
+    let new = standby(&dir_b, &secret, old.replication.unwrap());
+    create_sale(&old);
+    wait_node(&old, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
+
+    let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+    let http = old.http;
+    let buyers: Vec<_> = (0..3)
+        .map(|buyer| {
+            let acknowledged = Arc::clone(&acknowledged);
+            thread::spawn(move || {
+                for request in (buyer..150).step_by(3) {
+                    let (body, _) = reservation(request);
+                    if let Some((status, answer)) = try_call(http, "POST", "/v1/orders", &body) {
+                        if status == 201 || status == 409 {
+                            acknowledged.lock().unwrap().insert(request, (status, answer));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(150));
+    old.signal("-KILL");
+    for buyer in buyers {
+        buyer.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(!acknowledged.is_empty(), "some reservations were answered before the kill");
+
+    let (status, promoted) = new.call("POST", "/v1/admin/promote", "", true);
+    assert_eq!(status, 200, "{promoted}");
+    assert_eq!(promoted["role"], "primary");
+    assert_eq!(promoted["epoch"], 2);
+    // Every buyer retries every request on the new primary with the same request id.
+    let mut per_user: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut reserved = 0;
+    for request in 0..150 {
+        let (body, user) = reservation(request);
+        let (status, answer) = try_call(new.http, "POST", "/v1/orders", &body).unwrap();
+        if let Some(before) = acknowledged.get(&request) {
+            assert_eq!((status, &answer), (before.0, &before.1), "request {request} changed");
+        }
+        if status == 201 {
+            reserved += 1;
+            *per_user.entry(user).or_default() += 1;
+        }
+    }
+    let (_, sku) = new.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(sku["reserved"], reserved, "{sku}");
+    assert!(reserved <= STOCK, "oversold: {reserved} of {STOCK}");
+    assert!(per_user.values().all(|&n| n <= PER_USER), "a per-user limit broke: {per_user:?}");
+
+    // The old primary comes back as a standby of the new one.
+    let new_replication = new.replication.unwrap();
+    let old = standby(&dir_a, &secret, new_replication);
+    let (_, view) = new.call("GET", "/v1/node", "", false);
+    let target = last_sequence(&view);
+    wait_node(&old, Duration::from_secs(30), |v| last_sequence(v) >= target);
+    let (_, old_view) = old.call("GET", "/v1/node", "", false);
+    assert_eq!(old_view["role"], "standby");
+    let (status, refused) = old.call("POST", "/v1/orders", &reservation(999).0, false);
+    assert_eq!((status, refused["error"].as_str()), (503, Some("not_primary")), "{refused}");
+    drop(old);
+    drop(new);
+    assert_eq!(hash_at(&dir_a, target), hash_at(&dir_b, target), "the journals agree");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
+    // Goal: SIGSTOP on the standby: within the timeout the primary refuses writes with
+    // `replication_unavailable` and still serves reads; after SIGCONT writes are acknowledged
+    // again, and nothing was lost or applied twice.
+    let root = temp_dir("sigstop");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let node = primary(&dir_a, &secret, &["--replication-timeout-ms", "400"]);
+    let follower = standby(&dir_b, &secret, node.replication.unwrap());
+    create_sale(&node);
+    wait_node(&node, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
+    assert_eq!(try_call(node.http, "POST", "/v1/orders", &reservation(1).0).unwrap().0, 201);
+    let pid = follower.pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let (status, body) = try_call(node.http, "POST", "/v1/orders", &reservation(2).0).unwrap();
+        if status == 503 && body.contains("replication_unavailable") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "writes still acknowledged: {status} {body}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(refused.contains("replication_unavailable"));
+    let (status, sku) = try_call(node.http, "GET", "/v1/skus/1", "").unwrap();
+    assert_eq!(status, 200, "reads are served: {sku}");
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    wait_node(&node, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
+    // Request 2 may have been applied before the hold (answered `replication_unavailable`);
+    // its retry gets its real outcome, once.
+    let (status, _) = try_call(node.http, "POST", "/v1/orders", &reservation(2).0).unwrap();
+    assert_eq!(status, 201);
+    assert_eq!(try_call(node.http, "POST", "/v1/orders", &reservation(3).0).unwrap().0, 201);
+    let (_, sku) = node.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(sku["reserved"], 3, "{sku}");
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    let target = last_sequence(&view);
+    wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= target);
+    let (_, replica_sku) = follower.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(replica_sku, sku, "the standby holds the same state");
+    drop(follower);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Sends a `Hello` for `cluster`, then garbage, and reads what comes back.
+fn bad_handshake(replication: SocketAddr, cluster: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(replication).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = Vec::new();
+    hello.extend_from_slice(b"RFRP");
+    hello.extend_from_slice(&1u16.to_le_bytes());
+    hello.push(u8::try_from(cluster.len()).unwrap());
+    hello.extend_from_slice(cluster.as_bytes());
+    hello.extend_from_slice(&[7; 32]);
+    let mut frame = u32::try_from(hello.len() + 1).unwrap().to_le_bytes().to_vec();
+    frame.push(1);
+    frame.extend_from_slice(&hello);
+    let _ = stream.write_all(&frame);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn wrong_secrets_and_clusters_are_refused_and_a_flood_leaves_the_stream_alone() {
+    // Goal: a standby with another secret never joins; another cluster id is refused by
+    // name; a flood of bad handshakes during a sale does not stop the live standby.
+    let root = temp_dir("handshake");
+    let secret = write_secret(&root, SECRET);
+    let wrong = write_secret(&root, "another-secret-not-the-cluster-one");
+    let (dir_a, dir_b, dir_c) = (root.join("a"), root.join("b"), root.join("c"));
+    let node = primary(&dir_a, &secret, &[]);
+    let replication = node.replication.unwrap();
+    let follower = standby(&dir_b, &secret, replication);
+    create_sale(&node);
+    wait_node(&node, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
+
+    let intruder = standby(&dir_c, &wrong, replication);
+    intruder.wait_for_log("does not hold the cluster secret", Duration::from_secs(20));
+    drop(intruder);
+    let answer = bad_handshake(replication, "some-other-cluster");
+    assert!(String::from_utf8_lossy(&answer).contains("some-other-cluster"), "{answer:?}");
+    let flood: Vec<_> = (0..4)
+        .map(|_| thread::spawn(move || (0..25).for_each(|_| drop(bad_handshake(replication, "x")))))
+        .collect();
+    for request in 0..20 {
+        let (status, body) =
+            try_call(node.http, "POST", "/v1/orders", &reservation(request).0).unwrap();
+        assert!(status == 201 || status == 409, "{status} {body}");
+    }
+    for thread in flood {
+        thread.join().unwrap();
+    }
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    assert_eq!(view["replication"]["state"], "in_sync", "{view}");
+    let target = last_sequence(&view);
+    wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= target);
+    drop(follower);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_restarted_standby_catches_up_without_gap_or_duplicate() {
+    // Goal: a standby stopped mid-sale and restarted resumes where its journal ends: after
+    // more writes, both journals hold the same commands to the same sequence.
+    let root = temp_dir("restart");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let node = primary(&dir_a, &secret, &["--replication", "async"]);
+    let mut follower = standby(&dir_b, &secret, node.replication.unwrap());
+    create_sale(&node);
+    for request in 0..20 {
+        try_call(node.http, "POST", "/v1/orders", &reservation(request).0).unwrap();
+    }
+    follower.signal("-KILL");
+    for request in 20..40 {
+        try_call(node.http, "POST", "/v1/orders", &reservation(request).0).unwrap();
+    }
+    let follower = standby(&dir_b, &secret, node.replication.unwrap());
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    let target = last_sequence(&view);
+    wait_node(&follower, Duration::from_secs(30), |v| last_sequence(v) >= target);
+    drop(follower);
+    drop(node);
+    assert_eq!(hash_at(&dir_a, target), hash_at(&dir_b, target));
+    let _ = std::fs::remove_dir_all(&root);
+}
