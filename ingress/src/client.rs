@@ -8,8 +8,11 @@
 //! with the same keys: a command the old primary acknowledged, and replicated, gets the same
 //! answer from the new one. It keeps moving round the addresses — pausing after each round,
 //! longer each time — until every command is answered or the call's timeout has passed.
-//! `busy`, `rate_limited` and `replication_unavailable` refusals are returned to the caller,
-//! who decides how long to back off.
+//! A client given one address has nowhere to move a `not_primary` write and returns the
+//! refusal at once (its message names the primary when the node knows it); a broken
+//! connection it retries on that address within the timeout. `busy`, `rate_limited` and
+//! `replication_unavailable` refusals are returned to the caller, who decides how long to back
+//! off.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -110,7 +113,7 @@ impl Client {
 
     /// Sends all commands pipelined and returns one answer per command, in order: the outcome,
     /// or the server's refusal (busy, rate limited, unauthorized, replication unavailable; and
-    /// not primary if no address had a primary before the timeout).
+    /// not primary if no address had a primary before the timeout, or there is only one).
     pub fn pipeline(
         &mut self,
         commands: &[Command],
@@ -122,7 +125,7 @@ impl Client {
             match attempt {
                 Ok(()) if !answers.iter().any(is_not_primary) => break,
                 Ok(()) => {
-                    if !failover.may_move() {
+                    if self.addrs.len() == 1 || !failover.may_move() {
                         break;
                     }
                     answers.iter_mut().filter(|a| is_not_primary(a)).for_each(|a| *a = None);
