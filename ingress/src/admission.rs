@@ -60,6 +60,12 @@ impl LogLimiter {
         LogLimiter { per_second, window_start: None, printed: 0, suppressed: 0 }
     }
 
+    /// Prints `message` to stderr, always: for the rare events an operator caused and must
+    /// find in the log (admin calls), which no client can flood.
+    pub fn notice(&mut self, message: std::fmt::Arguments<'_>) {
+        eprintln!("ringfence: {message}");
+    }
+
     /// Prints `message` to stderr unless the budget for this second is spent.
     pub fn warn(&mut self, now: Instant, message: std::fmt::Arguments<'_>) {
         let new_window = self

@@ -5,17 +5,25 @@
 //! in production and in the loopback tests. It stamps time, keeps sequence order, answers
 //! `busy` when full, and wakes the event loop through a `mio::Waker` when completions are
 //! ready.
+//!
+//! Replication is not this crate's: a [`ReplicationControl`], implemented by the replicator,
+//! tells `GET /v1/node` how replication stands and carries out the admin calls that change it
+//! (promote a standby, switch the ack mode). The backend only routes those calls to it and
+//! translates the node's refusals (`not_primary`, `replication_unavailable`) into typed ones.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ringfence_core::pipeline::{Metrics, Node, Refused, Session, SnapshotHook, WakeHook};
+use ringfence_core::pipeline::{
+    Intake, Metrics, Node, Refused, Session, SnapshotHook, Unanswered, WakeHook,
+};
 use ringfence_core::{Command, Engine, Epoch, Outcome, Sequence, Sequenced};
 
 use crate::wire::NodeInfo;
 
-/// Why a submission was refused; nothing was published.
+/// Why a command got no outcome: refused at submission (nothing was published), or, as a
+/// completion, published and left without one (see [`BackendCompletion::result`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
@@ -28,6 +36,27 @@ pub enum Refusal {
     /// The node failed and stopped.
     #[error("the node failed: {0}")]
     Failed(String),
+    /// A write sent to a standby (or to a primary a newer one deposed): send it to the
+    /// primary, at `primary` (its HTTP address) when this node knows it.
+    #[error("{}", not_primary_message(.primary.as_deref()))]
+    NotPrimary {
+        /// The primary's HTTP address, if known.
+        primary: Option<String>,
+    },
+    /// Sync replication lost its standby: writes are refused (reads are served) until it is
+    /// back or replication is switched to async. As a completion: the command was applied
+    /// here but the standby never acknowledged it; retry with the same request id.
+    #[error("replication unavailable: the standby is not acknowledging writes")]
+    ReplicationUnavailable,
+}
+
+/// The message of a `not_primary` refusal, naming the primary when it is known.
+#[must_use]
+pub fn not_primary_message(primary: Option<&str>) -> String {
+    match primary {
+        Some(primary) => format!("not primary; primary at {primary}"),
+        None => "not primary; the primary is not known here".to_owned(),
+    }
 }
 
 /// The answer to one submitted command.
@@ -35,8 +64,10 @@ pub enum Refusal {
 pub struct BackendCompletion {
     /// The token given at submission.
     pub token: u64,
-    /// The outcome, or why the node could not answer.
-    pub result: Result<Outcome, String>,
+    /// The outcome, or why the node could not answer: [`Refusal::Failed`] when the node
+    /// failed, [`Refusal::ReplicationUnavailable`] when the command was applied here but never
+    /// acknowledged by the standby.
+    pub result: Result<Outcome, Refusal>,
 }
 
 /// Node status for `GET /v1/node` and the binary `NODE` request.
@@ -44,11 +75,62 @@ pub struct BackendCompletion {
 pub struct NodeStatus {
     /// Role, epoch, sequences, state hash.
     pub info: NodeInfo,
+    /// Last sequence the pipeline has applied (may run a moment ahead of
+    /// `info.last_sequence`, which is paired with the state hash).
+    pub applied_sequence: u64,
     /// One line on the journal, e.g. `memory (no persistence)` or the directory.
     pub journal: String,
     /// One line on the peer, e.g. `none`.
     pub peer: String,
+    /// How replication stands; `None` on a node without replication.
+    pub replication: Option<ReplicationStatus>,
 }
+
+/// What `/v1/node` shows about replication, filled by the replicator.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicationStatus {
+    /// `primary` or `standby`.
+    pub role: String,
+    /// `sync`, `async` or `replicated-write` (free text from the replicator).
+    pub mode: String,
+    /// E.g. `alone`, `catching_up`, `in_sync`, `standby_lost`, `following`, `connecting`,
+    /// `deposed`.
+    pub state: String,
+    /// The peer's address.
+    pub peer: Option<String>,
+    /// Last sequence applied here.
+    pub applied_sequence: u64,
+    /// On a primary, the standby's durable acknowledgement; on a standby, what it acked.
+    pub acked_sequence: u64,
+    /// Records the standby is behind.
+    pub lag_records: u64,
+    /// How far behind the standby is in time, when known.
+    pub lag_ms: Option<u64>,
+    /// Times the replication connection was re-established.
+    pub reconnects: u64,
+}
+
+/// The replicator's side of the admin API, held by [`NodeBackend`]. Called on the event-loop
+/// thread: every method must return promptly (a promotion may take a few milliseconds).
+pub trait ReplicationControl: Send + Sync + 'static {
+    /// How replication stands now.
+    fn status(&self) -> ReplicationStatus;
+
+    /// Promotes this standby: stops following, stores the new epoch durably and calls
+    /// [`Node::promote`] on `node`. Returns the new epoch.
+    fn promote(&self, node: &Node) -> Result<Epoch, String>;
+
+    /// Switches the ack mode (`sync` or `async`); the implementation logs the change.
+    fn set_mode(&self, mode: &str) -> Result<(), String>;
+
+    /// Appends replication metrics (lag, ack latency, reconnects) in Prometheus text format.
+    fn write_metrics(&self, out: &mut String) {
+        let _ = out;
+    }
+}
+
+/// What a backend without replication answers to the replication admin calls.
+pub const NO_REPLICATION: &str = "this node has no replication configured";
 
 /// A node as the network front sees it. Every method returns promptly.
 pub trait Backend: Send + 'static {
@@ -69,6 +151,17 @@ pub trait Backend: Send + 'static {
 
     /// Stops intake and waits for the node to finish what it accepted.
     fn close(&mut self) {}
+
+    /// Promotes this standby to primary; returns the new epoch. Must return promptly.
+    fn promote(&mut self) -> Result<u64, String> {
+        Err(NO_REPLICATION.to_owned())
+    }
+
+    /// Switches replication's ack mode to `mode` (`sync` or `async`). Must return promptly.
+    fn set_replication_mode(&mut self, mode: &str) -> Result<(), String> {
+        let _ = mode;
+        Err(NO_REPLICATION.to_owned())
+    }
 }
 
 /// Milliseconds since the Unix epoch by the wall clock.
@@ -125,15 +218,18 @@ pub struct NodeBackend {
     node: Option<Node>,
     session: Option<Session>,
     watch: Arc<EngineWatch>,
-    epoch: Epoch,
     journal: String,
     on_stop: Option<OnNodeStop>,
     metrics: Option<MetricsWriter>,
+    replication: Option<Arc<dyn ReplicationControl>>,
+    /// The primary's HTTP address, named in `not_primary` refusals.
+    primary_http: Option<String>,
 }
 
 impl NodeBackend {
     /// Opens a session on `node` that wakes `waker`. `watch` comes from the [`HashWatch`] the
-    /// node was started with.
+    /// node was started with; `epoch` is the epoch it was started in (status reads the node's
+    /// current epoch, which a promotion raises).
     pub fn new(
         node: Node,
         waker: Arc<mio::Waker>,
@@ -142,21 +238,42 @@ impl NodeBackend {
         journal: String,
         on_stop: Option<OnNodeStop>,
     ) -> std::io::Result<NodeBackend> {
+        assert_eq!(node.epoch(), epoch, "the node was started in another epoch");
         let wake: WakeHook = Arc::new(move || {
             let _ = waker.wake();
         });
         // Only a node with polled egress takes the hook; with an egress thread it is not needed.
         let _ = node.set_egress_waker(Arc::clone(&wake));
         let session = node.session_with_notify(wake).map_err(std::io::Error::other)?;
-        let metrics = None;
-        let session = Some(session);
-        Ok(NodeBackend { node: Some(node), session, watch, epoch, journal, on_stop, metrics })
+        Ok(NodeBackend {
+            node: Some(node),
+            session: Some(session),
+            watch,
+            journal,
+            on_stop,
+            metrics: None,
+            replication: None,
+            primary_http: None,
+        })
     }
 
     /// Adds `writer`'s figures to the node's on `/metrics`.
     #[must_use]
     pub fn with_metrics(mut self, writer: MetricsWriter) -> NodeBackend {
         self.metrics = Some(writer);
+        self
+    }
+
+    /// Hands the replication admin calls and status to `control`; `primary_http` is the
+    /// primary's HTTP address that `not_primary` refusals name, if known.
+    #[must_use]
+    pub fn with_replication(
+        mut self,
+        control: Arc<dyn ReplicationControl>,
+        primary_http: Option<String>,
+    ) -> NodeBackend {
+        self.replication = Some(control);
+        self.primary_http = primary_http;
         self
     }
 }
@@ -170,6 +287,10 @@ impl Backend for NodeBackend {
                 Err(Refusal::Busy)
             }
             Err(Refused::ShuttingDown) => Err(Refusal::ShuttingDown),
+            Err(Refused::NotPrimary) => {
+                Err(Refusal::NotPrimary { primary: self.primary_http.clone() })
+            }
+            Err(Refused::ReplicationUnavailable) => Err(Refusal::ReplicationUnavailable),
             Err(Refused::Failed(failure)) => Err(Refusal::Failed(failure.to_string())),
             Err(other) => Err(Refusal::Failed(other.to_string())),
         }
@@ -177,22 +298,33 @@ impl Backend for NodeBackend {
 
     fn poll(&mut self) -> Option<BackendCompletion> {
         let completion = self.session.as_mut()?.poll()?;
-        let result = completion.result.map_err(|failure| failure.to_string());
+        let result = completion.result.map_err(|unanswered| match unanswered {
+            Unanswered::Unreplicated { .. } => Refusal::ReplicationUnavailable,
+            other => Refusal::Failed(other.to_string()),
+        });
         Some(BackendCompletion { token: completion.token, result })
     }
 
     fn status(&self) -> NodeStatus {
-        let durable = self.node.as_ref().map_or(0, |node| node.sequences().durable.0);
+        // After `close` the node is gone and the server is stopping: only the journal is left.
+        let (primary, epoch, sequences) = match &self.node {
+            Some(node) => (node.intake() == Intake::Sequencer, node.epoch().0, node.sequences()),
+            None => return NodeStatus { journal: self.journal.clone(), ..NodeStatus::default() },
+        };
+        let replication = self.replication.as_ref().map(|control| control.status());
+        let peer = replication.as_ref().and_then(|r| r.peer.clone()).unwrap_or("none".into());
         NodeStatus {
             info: NodeInfo {
-                primary: true,
-                epoch: self.epoch.0,
+                primary,
+                epoch,
                 last_sequence: self.watch.last_sequence.load(Ordering::Relaxed),
                 running_hash: self.watch.running_hash.load(Ordering::Relaxed),
-                journal_durable: durable,
+                journal_durable: sequences.durable.0,
             },
+            applied_sequence: sequences.applied.0,
             journal: self.journal.clone(),
-            peer: "none".into(),
+            peer,
+            replication,
         }
     }
 
@@ -200,9 +332,27 @@ impl Backend for NodeBackend {
         if let Some(node) = &self.node {
             write_node_metrics(&node.metrics(), out);
         }
+        if let Some(control) = &self.replication {
+            control.write_metrics(out);
+        }
         if let Some(writer) = &self.metrics {
             writer(out);
         }
+    }
+
+    fn promote(&mut self) -> Result<u64, String> {
+        let control = self.replication.as_ref().ok_or_else(|| NO_REPLICATION.to_owned())?;
+        let node = self.node.as_ref().ok_or_else(|| "the node is shut down".to_owned())?;
+        let epoch = control.promote(node)?;
+        // The control promises a node that now sequences its own writes in the new epoch.
+        assert_eq!(node.intake(), Intake::Sequencer, "a promoted node sequences its writes");
+        assert_eq!(node.epoch(), epoch, "a promoted node journals in the epoch returned");
+        Ok(epoch.0)
+    }
+
+    fn set_replication_mode(&mut self, mode: &str) -> Result<(), String> {
+        let control = self.replication.as_ref().ok_or_else(|| NO_REPLICATION.to_owned())?;
+        control.set_mode(mode)
     }
 
     fn close(&mut self) {

@@ -3,21 +3,33 @@
 //!
 //! Every command a client sends is safe to send twice: mutating commands carry a request key
 //! (a retry returns the original outcome) and queries change nothing. So when a connection
-//! breaks mid-batch, the client reconnects — to the next address if the current node is gone —
-//! and resends whatever was not answered. `busy` and `rate_limited` refusals are returned to
-//! the caller, who decides how long to back off.
+//! breaks mid-batch, or a node answers `not_primary` (a standby, or a primary deposed by a
+//! failover), the client moves to the next address and resends whatever was not answered,
+//! with the same keys: a command the old primary acknowledged, and replicated, gets the same
+//! answer from the new one. It keeps moving round the addresses — pausing after each round,
+//! longer each time — until every command is answered or the call's timeout has passed.
+//! A client given one address has nowhere to move a `not_primary` write and returns the
+//! refusal at once (its message names the primary when the node knows it); a broken
+//! connection it retries on that address within the timeout. `busy`, `rate_limited` and
+//! `replication_unavailable` refusals are returned to the caller, who decides how long to back
+//! off.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringfence_core::{Command, Outcome};
 
-use crate::wire::{self, ErrorFrame, Kind, NodeInfo, Response, WireError};
+use crate::wire::{self, ErrorCode, ErrorFrame, Kind, NodeInfo, Response, WireError};
 
 /// Frames written before the client stops to read answers, so a large batch never fills
 /// both directions of the socket at once.
 const WINDOW: usize = 1_024;
+/// The pause after the first round over every address found no primary; it doubles each
+/// round up to [`FAILOVER_PAUSE_MAX`], so a promotion in progress is not hammered.
+const FAILOVER_PAUSE_MIN: Duration = Duration::from_millis(10);
+/// The longest pause between rounds.
+const FAILOVER_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +93,8 @@ impl Client {
         self.send_auth()
     }
 
-    /// Sets how long a call waits for its answers (default ten seconds).
+    /// Sets how long a call waits for its answers, and how long it keeps moving between
+    /// addresses to find the primary (default ten seconds).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
@@ -99,33 +112,36 @@ impl Client {
     }
 
     /// Sends all commands pipelined and returns one answer per command, in order: the outcome,
-    /// or the server's refusal (busy, rate limited, unauthorized).
+    /// or the server's refusal (busy, rate limited, unauthorized, replication unavailable; and
+    /// not primary if no address had a primary before the timeout, or there is only one).
     pub fn pipeline(
         &mut self,
         commands: &[Command],
     ) -> Result<Vec<Result<Outcome, ErrorFrame>>, ClientError> {
         let mut answers: Vec<Option<Result<Outcome, ErrorFrame>>> = vec![None; commands.len()];
-        let mut attempts = 0;
+        let mut failover = Failover::new(Instant::now() + self.timeout, self.addrs.len());
+        let mut attempt = self.try_pipeline(commands, &mut answers);
         loop {
-            match self.try_pipeline(commands, &mut answers) {
-                Ok(()) => break,
-                Err(Failure::Io(error)) => {
-                    attempts += 1;
-                    if attempts > self.addrs.len() {
-                        return Err(ClientError::Unreachable {
-                            addrs: self.addr_list(),
-                            last: error,
-                        });
+            match attempt {
+                Ok(()) if !answers.iter().any(is_not_primary) => break,
+                Ok(()) => {
+                    if self.addrs.len() == 1 || !failover.may_move() {
+                        break;
                     }
-                    self.stream = None;
-                    self.current = (self.current + 1) % self.addrs.len();
-                    self.reconnect()?;
+                    answers.iter_mut().filter(|a| is_not_primary(a)).for_each(|a| *a = None);
+                }
+                Err(Failure::Io(error)) => {
+                    if !failover.may_move() {
+                        self.stream = None;
+                        return Err(self.unreachable(error));
+                    }
                 }
                 Err(Failure::Client(error)) => {
                     self.stream = None;
                     return Err(error);
                 }
             }
+            attempt = self.next_node().and_then(|()| self.try_pipeline(commands, &mut answers));
         }
         Ok(answers.into_iter().map(|answer| answer.expect("every command answered")).collect())
     }
@@ -170,6 +186,17 @@ impl Client {
             }
         }
         Err(self.unreachable(last))
+    }
+
+    /// Drops the connection and connects to the next address that accepts.
+    fn next_node(&mut self) -> Result<(), Failure> {
+        self.stream = None;
+        self.current = (self.current + 1) % self.addrs.len();
+        match self.reconnect() {
+            Ok(()) => Ok(()),
+            Err(ClientError::Unreachable { last, .. }) => Err(Failure::Io(last)),
+            Err(error) => Err(Failure::Client(error)),
+        }
     }
 
     fn unreachable(&self, last: io::Error) -> ClientError {
@@ -293,6 +320,43 @@ impl Client {
                 Err(error) => return Err(Failure::Io(error)),
             }
         }
+    }
+}
+
+/// Whether an answer says the node was not the primary: the command was not published there
+/// and belongs on another node.
+fn is_not_primary(answer: &Option<Result<Outcome, ErrorFrame>>) -> bool {
+    matches!(answer, Some(Err(error)) if error.code == ErrorCode::NotPrimary)
+}
+
+/// One call's budget for moving between nodes: a deadline, and a pause after each round over
+/// the addresses that doubles up to [`FAILOVER_PAUSE_MAX`].
+struct Failover {
+    deadline: Instant,
+    addrs: usize,
+    moves: usize,
+    pause: Duration,
+}
+
+impl Failover {
+    fn new(deadline: Instant, addrs: usize) -> Failover {
+        assert!(addrs > 0, "a client has at least one address");
+        Failover { deadline, addrs, moves: 0, pause: FAILOVER_PAUSE_MIN }
+    }
+
+    /// Whether the call may move to the next node; at the end of a round over the addresses,
+    /// first waits (never past the deadline).
+    fn may_move(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        self.moves += 1;
+        if self.moves % self.addrs == 0 {
+            std::thread::sleep(self.pause.min(self.deadline - now));
+            self.pause = (self.pause * 2).min(FAILOVER_PAUSE_MAX);
+        }
+        true
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub busy: u64,
     /// Requests refused by a connection's token bucket.
     pub rate_limited: u64,
+    /// Writes refused because this node is not the primary.
+    pub not_primary: u64,
+    /// Writes refused, or answered without an outcome, because replication is unavailable.
+    pub replication_unavailable: u64,
     /// Connections accepted, per protocol.
     pub accepted: [u64; 2],
     /// Connections refused at the connection limit.
@@ -66,6 +70,8 @@ impl Default for Metrics {
             bad_requests: [0; 2],
             busy: 0,
             rate_limited: 0,
+            not_primary: 0,
+            replication_unavailable: 0,
             accepted: [0; 2],
             refused_connections: 0,
             slow_reader_disconnects: 0,
@@ -135,6 +141,18 @@ impl Metrics {
                 "Requests refused by the per-connection rate limit.",
                 "counter",
                 self.rate_limited,
+            ),
+            (
+                "ringfence_not_primary_total",
+                "Writes refused: this node is not the primary.",
+                "counter",
+                self.not_primary,
+            ),
+            (
+                "ringfence_replication_unavailable_total",
+                "Writes refused or left without an outcome: the standby is not acknowledging.",
+                "counter",
+                self.replication_unavailable,
             ),
             (
                 "ringfence_connections_refused_total",

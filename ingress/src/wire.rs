@@ -35,6 +35,18 @@
 //! flags bit 0: fatal (the server closes the connection after this frame)
 //! ```
 //!
+//! Error codes ([`ErrorCode`]; the names are the HTTP API's error codes):
+//!
+//! ```text
+//!  1 malformed_frame      fatal      10 unauthorized          13 shutting_down
+//!  2 unsupported_version  fatal      11 busy (retry hint)     14 auth_failed  fatal
+//!  3 frame_too_large      fatal      12 rate_limited (hint)   15 timeout      fatal
+//!  4 unknown_kind         fatal      16 not_primary: send writes to the primary; the message
+//!  5 bad_body             fatal         names it when known ("not primary; primary at ADDR")
+//!                                    17 replication_unavailable (hint): writes refused, or a
+//!                                       command applied but not acknowledged by the standby
+//! ```
+//!
 //! `COMMAND` and `OUTCOME` bodies are the canonical encoding of [`ringfence_core::codec`]
 //! (tag byte, fixed little-endian fields in declaration order, strict flags, no trailing
 //! bytes), the same bytes the journal and replication carry. Protocol version 1 carries
@@ -210,6 +222,13 @@ pub enum ErrorCode {
     AuthFailed = 14,
     /// The connection was idle or too slow. Fatal.
     Timeout = 15,
+    /// A write sent to a standby or a deposed primary: send it to the primary, which the
+    /// message names when this node knows it (`not primary; primary at ADDR`).
+    NotPrimary = 16,
+    /// Sync replication lost its standby: writes are refused until it is back or replication
+    /// is switched to async. As the answer to a command: it was applied on this node but the
+    /// standby never acknowledged it; retry with the same request key to learn its outcome.
+    ReplicationUnavailable = 17,
     /// A code this client does not know.
     Unknown = 0xFFFF,
 }
@@ -230,6 +249,8 @@ impl ErrorCode {
             13 => ErrorCode::ShuttingDown,
             14 => ErrorCode::AuthFailed,
             15 => ErrorCode::Timeout,
+            16 => ErrorCode::NotPrimary,
+            17 => ErrorCode::ReplicationUnavailable,
             _ => ErrorCode::Unknown,
         }
     }
@@ -249,6 +270,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::AuthFailed => "auth_failed",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::NotPrimary => "not_primary",
+            ErrorCode::ReplicationUnavailable => "replication_unavailable",
             ErrorCode::Unknown => "unknown",
         }
     }

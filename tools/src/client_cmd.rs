@@ -261,7 +261,8 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
     }
 }
 
-fn admin_token(file: Option<&PathBuf>) -> Result<String, String> {
+/// The admin token: `file`, else `RINGFENCE_ADMIN_TOKEN`, else `./ringfence-data/admin.token`.
+pub(crate) fn admin_token(file: Option<&PathBuf>) -> Result<String, String> {
     if file.is_none() {
         if let Ok(token) = std::env::var("RINGFENCE_ADMIN_TOKEN") {
             return Ok(token.trim().to_owned());

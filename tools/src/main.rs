@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin_cmd;
 mod client_cmd;
 mod journal_cmd;
 mod json;
@@ -28,6 +29,10 @@ enum TopCommand {
     Serve(serve::ServeArgs),
     /// Send one command to a node over the binary protocol and print the answer as JSON.
     Client(client_cmd::ClientArgs),
+    /// Admin: promote the standby at --http to primary (after its primary is gone).
+    Promote(admin_cmd::PromoteArgs),
+    /// Admin: switch the replication ack mode of the node at --http (sync or async).
+    Replication(admin_cmd::ReplicationArgs),
     /// Print the engine's default capacities and limits.
     Defaults,
     /// Inspect or repair a journal directory: verify, dump, stats, truncate.
@@ -43,6 +48,8 @@ fn main() -> ExitCode {
     match cli.command {
         TopCommand::Serve(args) => serve::run(&args),
         TopCommand::Client(args) => client_cmd::run(args),
+        TopCommand::Promote(args) => admin_cmd::promote(&args),
+        TopCommand::Replication(args) => admin_cmd::replication(&args),
         TopCommand::Defaults => {
             println!("{:#?}", ringfence_core::EngineConfig::default());
             ExitCode::SUCCESS

@@ -30,6 +30,30 @@ pub enum Call {
     Node,
     /// `GET /metrics`.
     Metrics,
+    /// `POST /v1/admin/promote`: make this standby the primary.
+    Promote,
+    /// `POST /v1/admin/replication`: switch replication's ack mode.
+    SetReplicationMode(ReplicationMode),
+}
+
+/// The ack modes an operator may switch replication to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationMode {
+    /// An answer waits for the standby's durable acknowledgement.
+    Sync,
+    /// An answer waits for the local journal only; the standby may lag.
+    Async,
+}
+
+impl ReplicationMode {
+    /// `sync` or `async`, as the API and the replicator spell it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicationMode::Sync => "sync",
+            ReplicationMode::Async => "async",
+        }
+    }
 }
 
 /// The admin bearer token.
@@ -129,6 +153,15 @@ pub fn route(
             require_admin(is_admin)?;
             Call::Submit(Command::Snapshot)
         }
+        ("POST", ["v1", "admin", "promote"]) => {
+            require_admin(is_admin)?;
+            let EmptyBody {} = parse_body(body)?;
+            Call::Promote
+        }
+        ("POST", ["v1", "admin", "replication"]) => {
+            require_admin(is_admin)?;
+            replication_mode(body)?
+        }
         (_, path) if is_known_path(path) => {
             return Err(Response::error(405, "method_not_allowed", "method not allowed here"));
         }
@@ -147,7 +180,7 @@ fn is_known_path(path: &[&str]) -> bool {
             | ["v1", "orders", ..]
             | ["v1", "coupons", ..]
             | ["v1", "coupon-batches", ..]
-            | ["v1", "admin", "snapshot"]
+            | ["v1", "admin", "snapshot" | "promote" | "replication"]
     )
 }
 
@@ -393,6 +426,29 @@ fn create_batch(body: &[u8], mint: &mut KeyMint) -> Result<Call, Response> {
     };
     let key = admin_key(body.request_id.as_deref(), mint)?;
     Ok(Call::Submit(Command::Client { key, action: Action::CreateCouponBatch(create) }))
+}
+
+/// A body that must be empty or `{}`: a field the call does not take is refused, not ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicationBody {
+    mode: String,
+}
+
+fn replication_mode(body: &[u8]) -> Result<Call, Response> {
+    let body: ReplicationBody = parse_body(body)?;
+    let mode = match body.mode.as_str() {
+        "sync" => ReplicationMode::Sync,
+        "async" => ReplicationMode::Async,
+        other => {
+            return Err(invalid(&format!("`mode` must be \"sync\" or \"async\", got {other:?}")));
+        }
+    };
+    Ok(Call::SetReplicationMode(mode))
 }
 
 #[derive(Deserialize)]

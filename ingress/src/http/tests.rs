@@ -4,7 +4,7 @@ use ringfence_core::{
     UserId,
 };
 
-use super::api::{AdminToken, Call, KeyMint, render_outcome, route};
+use super::api::{AdminToken, Call, KeyMint, ReplicationMode, render_outcome, route};
 use super::*;
 use ringfence_core::arb;
 
@@ -97,6 +97,37 @@ fn admin_routes_need_the_bearer_token() {
     assert!(matches!(ok, Call::Submit(Command::Client { action: Action::CreateSku(_), .. })));
     let ship = post("/v1/orders/5/ship", "", None);
     assert_eq!(call(&ship, true).unwrap_err().status, 401);
+}
+
+#[test]
+fn replication_admin_routes_need_the_token_and_a_known_mode() {
+    // Goal: promote and the mode switch are admin calls that never reach the engine; the mode
+    // must be `sync` or `async`, and promote takes no fields.
+    let promote = post("/v1/admin/promote", "", Some("secret"));
+    assert_eq!(call(&promote, true).unwrap(), Call::Promote);
+    assert_eq!(
+        call(&post("/v1/admin/promote", "{}", Some("secret")), true).unwrap(),
+        Call::Promote
+    );
+    assert_eq!(call(&post("/v1/admin/promote", "", None), true).unwrap_err().status, 401);
+    let extra = post("/v1/admin/promote", r#"{"epoch":3}"#, Some("secret"));
+    assert_eq!(call(&extra, true).unwrap_err().status, 400);
+    let mode = |body: &str| call(&post("/v1/admin/replication", body, Some("secret")), true);
+    assert_eq!(
+        mode(r#"{"mode":"sync"}"#).unwrap(),
+        Call::SetReplicationMode(ReplicationMode::Sync)
+    );
+    assert_eq!(
+        mode(r#"{"mode":"async"}"#).unwrap(),
+        Call::SetReplicationMode(ReplicationMode::Async)
+    );
+    for bad in [r#"{"mode":"SYNC"}"#, r#"{"mode":""}"#, r#"{}"#, r#"{"mode":"sync","x":1}"#] {
+        assert_eq!(mode(bad).unwrap_err().status, 400, "{bad}");
+    }
+    let anonymous = post("/v1/admin/replication", r#"{"mode":"sync"}"#, None);
+    assert_eq!(call(&anonymous, true).unwrap_err().status, 401);
+    let get = b"GET /v1/admin/promote HTTP/1.1\r\n\r\n";
+    assert_eq!(call(get, true).unwrap_err().status, 405);
 }
 
 #[test]

@@ -13,7 +13,9 @@ use mio::net::TcpStream;
 use ringfence_core::Outcome;
 
 use super::ServerConfig;
+use super::refusal::{self, Stage};
 use crate::admission::TokenBucket;
+use crate::backend::Refusal;
 use crate::http::api::render_outcome;
 use crate::http::{self, Response};
 use crate::metrics::Protocol;
@@ -316,7 +318,7 @@ impl Conn {
     pub fn complete(
         &mut self,
         flight: &Flight,
-        result: &Result<Outcome, String>,
+        result: &Result<Outcome, Refusal>,
         config: &ServerConfig,
         now: Instant,
     ) {
@@ -325,21 +327,15 @@ impl Conn {
             (Reply::Binary { correlation }, Ok(outcome)) => {
                 wire::encode_outcome(self.out_buffer_at(now), correlation, outcome);
             }
-            (Reply::Binary { correlation }, Err(message)) => {
-                let message = format!("the node could not answer: {message}");
-                self.send_error(
-                    correlation,
-                    ErrorCode::ShuttingDown,
-                    config.busy_retry_ms,
-                    message,
-                );
+            (Reply::Binary { correlation }, Err(refused)) => {
+                let (code, retry_after_ms, message) =
+                    refusal::error_frame(refused, Stage::Completion, config.busy_retry_ms);
+                self.send_error(correlation, code, retry_after_ms, message);
             }
             (Reply::Http { seq, keep_alive }, result) => {
                 let response = match result {
                     Ok(outcome) => render_outcome(outcome),
-                    Err(message) => {
-                        Response::error(503, "node_unavailable", message).retry_after(1)
-                    }
+                    Err(refused) => refusal::http_response(refused, Stage::Completion),
                 };
                 self.fill_http_slot(seq, &response, keep_alive, now);
             }

@@ -9,7 +9,9 @@
 //! fills), and time (idle connections and requests that arrive too slowly are closed).
 //! Bad input costs the sender its connection at worst, never anyone else's service.
 
+mod admin;
 mod conn;
+mod refusal;
 mod serve;
 
 use std::io;
@@ -25,7 +27,7 @@ use ringfence_core::{Action, Command};
 use serde::Deserialize;
 
 use crate::admission::LogLimiter;
-use crate::backend::Backend;
+use crate::backend::{Backend, Refusal};
 use crate::http::api::{AdminToken, KeyMint};
 use crate::metrics::{Metrics, Protocol};
 use conn::{Conn, Flight};
@@ -492,8 +494,10 @@ impl<B: Backend> Server<B> {
             self.free_flights.push(completion.token as usize);
             self.metrics.in_flight -= 1;
             let latency = now.saturating_duration_since(flight.submitted).as_nanos() as u64;
-            if let Ok(outcome) = &completion.result {
-                self.metrics.outcome(outcome, latency);
+            match &completion.result {
+                Ok(outcome) => self.metrics.outcome(outcome, latency),
+                Err(Refusal::ReplicationUnavailable) => self.metrics.replication_unavailable += 1,
+                Err(_) => {}
             }
             let Some(conn) = self.conns.get_mut(flight.conn).and_then(Option::as_mut) else {
                 continue;

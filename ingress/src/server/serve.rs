@@ -6,6 +6,7 @@ use ringfence_core::Command;
 use serde_json::json;
 
 use super::conn::{Conn, Flight, ReadResult, Reply};
+use super::refusal::{self, Stage};
 use super::{Server, needs_admin};
 use crate::backend::{Backend, Refusal};
 use crate::http::api::{Call, route};
@@ -15,10 +16,10 @@ use crate::wire::{self, ErrorCode};
 
 /// Why a command was not submitted.
 enum Refused {
+    /// The connection's token bucket is empty.
     RateLimited { retry_after_ms: u32 },
-    Busy,
-    ShuttingDown,
-    Failed(String),
+    /// The in-flight cap or the backend refused it.
+    Backend(Refusal),
 }
 
 /// A binary request with everything borrowed from the input buffer resolved.
@@ -143,18 +144,13 @@ impl<B: Backend> Server<B> {
             Decoded::Command(command) => {
                 let reply = Reply::Binary { correlation };
                 if let Err(refused) = self.admit_and_submit(conn, index, command, reply, now) {
-                    let busy_retry_ms = self.config.busy_retry_ms;
                     let (code, retry_after_ms, message) = match refused {
                         Refused::RateLimited { retry_after_ms } => {
                             (ErrorCode::RateLimited, retry_after_ms, "rate limit exceeded".into())
                         }
-                        Refused::Busy => {
-                            (ErrorCode::Busy, busy_retry_ms, "busy: retry later".into())
+                        Refused::Backend(refusal) => {
+                            refusal::error_frame(&refusal, Stage::Submit, self.config.busy_retry_ms)
                         }
-                        Refused::ShuttingDown => {
-                            (ErrorCode::ShuttingDown, 0, "the node is shutting down".into())
-                        }
-                        Refused::Failed(message) => (ErrorCode::ShuttingDown, 0, message),
                     };
                     conn.send_error(correlation, code, retry_after_ms, message);
                 }
@@ -204,6 +200,8 @@ impl<B: Backend> Server<B> {
                 Ok(Call::Health) => Response::json(200, &json!({ "status": "ok" })),
                 Ok(Call::Node) => self.node_response(),
                 Ok(Call::Metrics) => self.metrics_response(),
+                Ok(Call::Promote) => self.promote_response(now),
+                Ok(Call::SetReplicationMode(mode)) => self.replication_mode_response(mode, now),
                 Ok(Call::Submit(command)) => {
                     let reply = Reply::Http { seq: conn.next_http_seq(), keep_alive };
                     match self.admit_and_submit(conn, index, command, reply, now) {
@@ -234,7 +232,7 @@ impl<B: Backend> Server<B> {
         }
         if self.metrics.in_flight as usize >= self.config.in_flight_max {
             self.metrics.busy += 1;
-            return Err(Refused::Busy);
+            return Err(Refused::Backend(Refusal::Busy));
         }
         let token = self.free_flights.pop().unwrap_or_else(|| {
             self.flights.push(None);
@@ -250,14 +248,13 @@ impl<B: Backend> Server<B> {
             }
             Err(refusal) => {
                 self.free_flights.push(token);
-                Err(match refusal {
-                    Refusal::Busy => {
-                        self.metrics.busy += 1;
-                        Refused::Busy
-                    }
-                    Refusal::ShuttingDown => Refused::ShuttingDown,
-                    other => Refused::Failed(other.to_string()),
-                })
+                match refusal {
+                    Refusal::Busy => self.metrics.busy += 1,
+                    Refusal::NotPrimary { .. } => self.metrics.not_primary += 1,
+                    Refusal::ReplicationUnavailable => self.metrics.replication_unavailable += 1,
+                    Refusal::ShuttingDown | Refusal::Failed(_) => {}
+                }
+                Err(Refused::Backend(refusal))
             }
         }
     }
@@ -271,9 +268,11 @@ impl<B: Backend> Server<B> {
                 "role": if info.primary { "primary" } else { "standby" },
                 "epoch": info.epoch,
                 "last_sequence": info.last_sequence,
+                "applied_sequence": status.applied_sequence,
                 "state_hash": format!("{:016x}", info.running_hash),
                 "journal": { "status": status.journal, "durable_sequence": info.journal_durable },
                 "peer": { "status": status.peer },
+                "replication": status.replication,
                 "connections_open": self.metrics.open,
                 "in_flight": self.metrics.in_flight,
             }),
@@ -299,14 +298,6 @@ fn http_refusal(refused: Refused) -> Response {
             let seconds = retry_after_ms.div_ceil(1_000).max(1);
             Response::error(429, "rate_limited", "rate limit exceeded").retry_after(seconds)
         }
-        Refused::Busy => {
-            Response::error(503, "busy", "the node is at capacity; retry shortly").retry_after(1)
-        }
-        Refused::ShuttingDown => {
-            Response::error(503, "shutting_down", "the node is shutting down").retry_after(1)
-        }
-        Refused::Failed(message) => {
-            Response::error(503, "node_unavailable", &message).retry_after(1)
-        }
+        Refused::Backend(refusal) => refusal::http_response(&refusal, Stage::Submit),
     }
 }

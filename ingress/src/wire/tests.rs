@@ -119,6 +119,35 @@ fn error_frames_round_trip_and_cut_long_messages() {
 }
 
 #[test]
+fn error_codes_keep_their_numbers_and_names() {
+    // Goal: every code reads back from its number, names are unique, and the replication
+    // codes keep the numbers clients were given (16 not_primary, 17 replication_unavailable).
+    let codes = [
+        ErrorCode::MalformedFrame,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnknownKind,
+        ErrorCode::BadBody,
+        ErrorCode::Unauthorized,
+        ErrorCode::Busy,
+        ErrorCode::RateLimited,
+        ErrorCode::ShuttingDown,
+        ErrorCode::AuthFailed,
+        ErrorCode::Timeout,
+        ErrorCode::NotPrimary,
+        ErrorCode::ReplicationUnavailable,
+    ];
+    for code in codes {
+        assert_eq!(ErrorCode::from_u16(code as u16), code);
+    }
+    let names: std::collections::BTreeSet<_> = codes.iter().map(|c| c.name()).collect();
+    assert_eq!(names.len(), codes.len());
+    assert_eq!(ErrorCode::from_u16(16).name(), "not_primary");
+    assert_eq!(ErrorCode::from_u16(17).name(), "replication_unavailable");
+    assert_eq!(ErrorCode::from_u16(18), ErrorCode::Unknown);
+}
+
+#[test]
 fn node_info_round_trips() {
     // Goal: NODE_INFO carries every status field.
     let info = NodeInfo {

@@ -5,12 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ringfence_core::pipeline::{EgressDriver, MemoryJournal, NoReplicator, NoSnapshots, Node};
 use ringfence_core::pipeline::{NodeConfig, Topology};
-use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
-use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig, ServerHandle};
+use ringfence_core::{Engine, EngineConfig, Sequence};
+use ringfence_ingress::{HashWatch, NodeBackend, ReplicationControl, ServerConfig, ServerHandle};
 
 pub const TOKEN: &str = "test-admin-token";
 
@@ -22,34 +23,54 @@ pub fn start(config: ServerConfig) -> ServerHandle {
 
 /// A server over the pipeline node (spin-then-park waits, nothing pinned, in-memory journal):
 /// `Compact` with egress polled by the event loop, or `Parallel` with an egress thread.
-pub fn start_node(mut config: ServerConfig, topology: Topology) -> ServerHandle {
-    config.admin_token = Some(TOKEN.to_owned());
+pub fn start_node(config: ServerConfig, topology: Topology) -> ServerHandle {
+    let node_config = test_node_config(topology);
+    let engine = Engine::new(node_config.engine.clone());
+    start_over(config, node_config, engine, None)
+}
+
+/// The node configuration the loopback servers run.
+pub fn test_node_config(topology: Topology) -> NodeConfig {
     let engine =
         EngineConfig { orders_max: 65_536, request_keys_max: 65_536, ..EngineConfig::small() };
     let egress = match topology {
         Topology::Compact | Topology::Stepped => EgressDriver::Polled,
         Topology::Parallel => EgressDriver::Thread,
     };
-    let node_config = NodeConfig {
-        engine: engine.clone(),
-        tick_period_ms: 5,
-        egress,
-        ..NodeConfig::for_tests(topology)
-    };
+    NodeConfig { engine, tick_period_ms: 5, egress, ..NodeConfig::for_tests(topology) }
+}
+
+/// Replication control and the primary's HTTP address for a [`NodeBackend`].
+pub type Replication = (Arc<dyn ReplicationControl>, Option<String>);
+
+/// A server over a node started from `engine` (its next sequence follows the engine's last),
+/// with `replication` handed to the backend if given.
+pub fn start_over(
+    mut config: ServerConfig,
+    node_config: NodeConfig,
+    engine: Engine,
+    replication: Option<Replication>,
+) -> ServerHandle {
+    config.admin_token = Some(TOKEN.to_owned());
     config.in_flight_max = node_config.session_pending_max as usize;
     ringfence_ingress::start(config, move |waker| {
-        let engine = Engine::new(engine);
+        let next = Sequence(engine.last_sequence().0 + 1);
+        let epoch = node_config.epoch;
         let (hook, watch) = HashWatch::new(NoSnapshots, &engine);
         let node = Node::start_with(
             node_config,
             engine,
-            Sequence(1),
+            next,
             MemoryJournal::new(),
             NoReplicator::default(),
             hook,
         )
         .map_err(std::io::Error::other)?;
-        NodeBackend::new(node, waker, watch, Epoch(1), "memory".into(), None)
+        let backend = NodeBackend::new(node, waker, watch, epoch, "memory".into(), None)?;
+        Ok(match replication {
+            Some((control, primary_http)) => backend.with_replication(control, primary_http),
+            None => backend,
+        })
     })
     .expect("server starts on loopback")
 }

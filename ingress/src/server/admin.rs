@@ -1,0 +1,58 @@
+//! The admin calls that are not engine commands: promoting a standby and switching
+//! replication's ack mode. They go to the backend on the event-loop thread (a promotion takes
+//! a few milliseconds), are answered at once, and each one is logged.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::Server;
+use crate::backend::Backend;
+use crate::http::Response;
+use crate::http::api::ReplicationMode;
+
+impl<B: Backend> Server<B> {
+    /// `POST /v1/admin/promote`: 200 with the new epoch, 409 on a node that is already
+    /// primary, 503 when the promotion failed (or there is no replication to promote).
+    pub(super) fn promote_response(&mut self, now: Instant) -> Response {
+        if self.backend.status().info.primary {
+            self.log.warn(now, format_args!("admin: promote refused: already the primary"));
+            return Response::error(
+                409,
+                "not_standby",
+                "this node is already the primary; only a standby can be promoted",
+            );
+        }
+        match self.backend.promote() {
+            Ok(epoch) => {
+                self.log.notice(format_args!("admin: promoted to primary in epoch {epoch}"));
+                Response::json(200, &json!({ "role": "primary", "epoch": epoch }))
+            }
+            Err(message) => {
+                self.log.warn(now, format_args!("admin: promotion failed: {message}"));
+                Response::error(503, "promotion_failed", &message)
+            }
+        }
+    }
+
+    /// `POST /v1/admin/replication`: 200 with the mode now in force, 409 when the backend
+    /// refuses the switch (e.g. no replication configured).
+    pub(super) fn replication_mode_response(
+        &mut self,
+        mode: ReplicationMode,
+        now: Instant,
+    ) -> Response {
+        let name = mode.name();
+        match self.backend.set_replication_mode(name) {
+            Ok(()) => {
+                self.log.notice(format_args!("admin: replication mode set to {name}"));
+                Response::json(200, &json!({ "mode": name }))
+            }
+            Err(message) => {
+                self.log
+                    .warn(now, format_args!("admin: replication mode {name} refused: {message}"));
+                Response::error(409, "mode_refused", &message)
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `ringfence promote` and `ringfence replication`: the replication admin calls, sent to a
+//! node's HTTP API with the admin bearer token.
+//!
+//! They are not engine commands, so they have no binary-protocol form: each is one
+//! `POST /v1/admin/...` over a fresh connection. The node's JSON answer is printed as it came.
+//! The exit status is 0 when the node did it, 1 when it refused (the answer says why), 2 when
+//! the node could not be reached or the token could not be read.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::client_cmd::admin_token;
+
+/// How long connecting, sending and reading the answer may each take. A promotion answers in
+/// milliseconds; a node that takes this long is not going to answer.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read: the admin answers are a line of JSON.
+const ANSWER_LEN_MAX: u64 = 64 * 1024;
+
+/// Where to send an admin call, and with which token.
+#[derive(clap::Args, Debug)]
+pub struct AdminTarget {
+    /// The node's HTTP API address, e.g. 127.0.0.1:7080.
+    #[arg(long = "http", value_name = "ADDR")]
+    pub http: String,
+    /// Admin token file [default: RINGFENCE_ADMIN_TOKEN, else ./ringfence-data/admin.token].
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Arguments of `ringfence promote`.
+#[derive(clap::Args, Debug)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+}
+
+/// Arguments of `ringfence replication`.
+#[derive(clap::Args, Debug)]
+pub struct ReplicationArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    /// The ack mode to switch to.
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+}
+
+/// The ack modes `ringfence replication --mode` takes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Answers wait for the standby's durable acknowledgement.
+    Sync,
+    /// Answers wait for the local journal only.
+    Async,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+        }
+    }
+}
+
+/// Promotes the standby at `--http` to primary.
+pub fn promote(args: &PromoteArgs) -> ExitCode {
+    run("promote", &args.target, "/v1/admin/promote", "{}")
+}
+
+/// Switches the ack mode of the node at `--http`.
+pub fn replication(args: &ReplicationArgs) -> ExitCode {
+    let body = serde_json::json!({ "mode": args.mode.name() }).to_string();
+    run("replication", &args.target, "/v1/admin/replication", &body)
+}
+
+fn run(name: &str, target: &AdminTarget, path: &str, body: &str) -> ExitCode {
+    let answer = admin_token(target.admin_token_file.as_ref())
+        .and_then(|token| post(&target.http, path, &token, body));
+    match answer {
+        Ok((status, body)) if (200..300).contains(&status) => {
+            println!("{}", body.trim_end());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            println!("{}", body.trim_end());
+            let error = serde_json::from_str::<serde_json::Value>(&body).ok();
+            let code = error.as_ref().and_then(|e| e["error"].as_str()).unwrap_or("error");
+            let message = error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or("");
+            eprintln!(
+                "ringfence {name}: the node at {} refused: {status} {code}: {message}",
+                target.http
+            );
+            ExitCode::FAILURE
+        }
+        Err(message) => {
+            eprintln!("ringfence {name}: error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Sends one `POST` with a JSON body and the bearer token; returns the status and the body.
+fn post(addr: &str, path: &str, token: &str, body: &str) -> Result<(u16, String), String> {
+    let resolved = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("--http {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--http {addr}: no address"))?;
+    let unreachable = |e: std::io::Error| format!("reaching the node at {addr}: {e}");
+    let mut stream = TcpStream::connect_timeout(&resolved, TIMEOUT).map_err(unreachable)?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(unreachable)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(unreachable)?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(unreachable)?;
+    // `Connection: close`: the node closes after its answer, so the answer is all there is.
+    let mut response = Vec::new();
+    stream.take(ANSWER_LEN_MAX).read_to_end(&mut response).map_err(unreachable)?;
+    parse_response(&response).ok_or_else(|| format!("the node at {addr} sent no HTTP answer"))
+}
+
+/// The status and body of a whole HTTP/1.1 response.
+fn parse_response(bytes: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_give_their_status_and_body() {
+        // Goal: the status line and the body are read; anything else is no answer.
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(ok), Some((200, "{}".to_owned())));
+        let refused = b"HTTP/1.1 409 Conflict\r\n\r\n{\"error\":\"not_standby\"}\n";
+        assert_eq!(parse_response(refused).unwrap().0, 409);
+        assert_eq!(parse_response(b""), None);
+        assert_eq!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n"), None);
+        assert_eq!(parse_response(b"HTTP/1.1 2x0 OK\r\n\r\n"), None);
+    }
+}
