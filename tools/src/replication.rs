@@ -5,14 +5,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use ringfence_core::pipeline::Node;
 use ringfence_core::{Epoch, Sequence};
+use ringfence_ingress::{ReplicationControl, ReplicationStatus};
 use ringfence_journal::recovery;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::storage::FileStorage;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::config::ReplicationConfig;
-use ringfence_replicator::control::Role;
+use ringfence_replicator::control::{Control, Role};
 use ringfence_replicator::message::RefuseCode;
 use ringfence_replicator::policy::AckMode;
 use ringfence_replicator::standby::{JoinError, Joined, JournalEnd, join};
@@ -209,4 +212,75 @@ pub fn drop_tail(
         log(format_args!("snapshot {snapshot} included dropped records: set aside"));
     }
     Ok(())
+}
+
+/// A node's replication as the network front sees it: `/v1/node`, `/metrics`, promotion and
+/// the mode switch.
+pub struct ControlHandle(pub Arc<Control>);
+
+impl ReplicationControl for ControlHandle {
+    fn status(&self) -> ReplicationStatus {
+        let figures = self.0.figures();
+        ReplicationStatus {
+            role: figures.role.into(),
+            mode: figures.mode.into(),
+            state: figures.state,
+            peer: figures.peer,
+            applied_sequence: self.0.link().available(),
+            acked_sequence: figures.acked_sequence,
+            lag_records: figures.lag_records,
+            lag_ms: figures.lag_ms,
+            reconnects: figures.reconnects,
+        }
+    }
+
+    fn promote(&self, node: &Node) -> Result<Epoch, String> {
+        self.0.promote(node)
+    }
+
+    fn set_mode(&self, mode: &str) -> Result<(), String> {
+        let mode =
+            AckMode::parse(mode).ok_or_else(|| format!("mode `{mode}`: use sync or async"))?;
+        self.0.set_mode(mode);
+        Ok(())
+    }
+
+    fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let figures = self.0.figures();
+        let in_sync = u64::from(figures.state == "in_sync" || figures.state == "following");
+        let gauges = [
+            (
+                "ringfence_replication_lag_records",
+                "Records the standby is behind",
+                figures.lag_records,
+            ),
+            (
+                "ringfence_replication_rtt_ms",
+                "Round trip of the last heartbeat to the standby (ms)",
+                figures.lag_ms.unwrap_or(0),
+            ),
+            ("ringfence_replication_in_sync", "1 while the pair is in sync", in_sync),
+        ];
+        for (name, help, value) in gauges {
+            ringfence_ingress::metrics::header(out, name, help, "gauge");
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let counters = [
+            (
+                "ringfence_replication_connections_total",
+                "Standby connections made",
+                figures.reconnects,
+            ),
+            (
+                "ringfence_replication_refused_total",
+                "Replication handshakes refused",
+                figures.refused,
+            ),
+        ];
+        for (name, help, value) in counters {
+            ringfence_ingress::metrics::header(out, name, help, "counter");
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
 }

@@ -12,10 +12,11 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use ringfence_core::pipeline::{EgressDriver, Intake, NoReplicator, Node, NodeConfig, Topology};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
-use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ServerConfig};
+use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ReplicationControl, ServerConfig};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::recovery::{Recovered, recover_from};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, SnapshotStats, Snapshotter};
@@ -24,7 +25,7 @@ use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::control::{Control, Role};
 use serde::Deserialize;
 
-use crate::replication::{self, Replication, ReplicationArgs, ReplicationSection};
+use crate::replication::{self, ControlHandle, Replication, ReplicationArgs, ReplicationSection};
 
 /// Arguments of `ringfence serve`.
 #[derive(clap::Args, Debug)]
@@ -296,8 +297,15 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         });
     let metrics: MetricsWriter =
         Box::new(move |out: &mut String| write_snapshot_metrics(&snapshot_stats.get(), out));
+    let replication_handle = control
+        .as_ref()
+        .map(|control| Arc::new(ControlHandle(Arc::clone(control))) as Arc<dyn ReplicationControl>);
     let handle = ringfence_ingress::start(server_config, move |waker| {
         let backend = NodeBackend::new(node, waker, watch, epoch, journal, Some(on_stop))?;
+        let backend = match replication_handle {
+            Some(control) => backend.with_replication(control, primary_http),
+            None => backend,
+        };
         Ok(backend.with_metrics(metrics))
     })
     .map_err(|e| format!("starting the listeners: {e}"))?;
