@@ -76,6 +76,8 @@ pub struct Serve {
     pub token: String,
     /// Where standbys connect, when replication is on.
     pub replication: Option<SocketAddr>,
+    /// Log lines read while waiting for the addresses.
+    early: Vec<String>,
     lines: Receiver<String>,
 }
 
@@ -106,9 +108,11 @@ impl Serve {
         });
         let deadline = Instant::now() + Duration::from_secs(120);
         let (mut binary, mut http, mut replication) = (None, None, None);
+        let mut early = Vec::new();
         while binary.is_none() || http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = lines.recv_timeout(left).expect("serve logs its addresses in time");
+            early.push(line.clone());
             if let Some(addr) = line.strip_prefix("ringfence: replication listening on ") {
                 replication = Some(addr.parse().expect("a socket address"));
             }
@@ -121,11 +125,14 @@ impl Serve {
         }
         let (binary, http) = (binary.unwrap(), http.unwrap());
         let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        Serve { child, binary, http, token, replication, lines }
+        Serve { child, binary, http, token, replication, early, lines }
     }
 
     /// Waits (bounded) for a log line containing `text`, and returns it.
     pub fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        if let Some(line) = self.early.iter().find(|line| line.contains(text)) {
+            return line.clone();
+        }
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
