@@ -26,7 +26,7 @@ struct Cli {
 enum TopCommand {
     /// Start a node (a primary, or a standby of one): recover from the data directory, then
     /// serve the binary protocol and the HTTP API until SIGINT or SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Send one command to a node over the binary protocol and print the answer as JSON.
     Client(client_cmd::ClientArgs),
     /// Admin: promote the standby at --http to primary (after its primary is gone).
