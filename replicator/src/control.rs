@@ -4,7 +4,7 @@
 //! into it; the policy loop (`rf-repl-control`) ticks it.
 
 use std::fmt;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -106,6 +106,8 @@ pub struct Control {
     /// The follower's connection, shut down to interrupt a blocked read when it must stop.
     follower_socket: Mutex<Option<TcpStream>>,
     follower_stop: Arc<AtomicBool>,
+    /// Where the listener is bound, once started.
+    listening: Mutex<Option<SocketAddr>>,
 }
 
 impl Control {
@@ -138,6 +140,7 @@ impl Control {
             follower: Mutex::new(None),
             follower_socket: Mutex::new(None),
             follower_stop: Arc::new(AtomicBool::new(false)),
+            listening: Mutex::new(None),
         })
     }
 
@@ -354,7 +357,9 @@ impl Control {
     /// feeding `session`.
     pub fn start(self: &Arc<Control>, session: Option<Session>) -> std::io::Result<()> {
         let listener = TcpListener::bind(self.config.listen)?;
-        log(format_args!("replication listening on {}", listener.local_addr()?));
+        let bound = listener.local_addr()?;
+        *self.listening.lock().expect("never poisoned") = Some(bound);
+        log(format_args!("replication listening on {bound}"));
         let control = Arc::clone(self);
         thread::Builder::new().name("rf-repl-listen".into()).spawn(move || {
             if let Err(error) = crate::primary::listen(Arc::clone(&control), listener) {
@@ -407,6 +412,12 @@ impl Control {
             self.link.available()
         ));
         Ok(epoch)
+    }
+
+    /// Where standbys connect (the bound address, also when configured with port 0), once
+    /// started.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        *self.listening.lock().expect("never poisoned")
     }
 
     /// The state name for a primary, for tests.
