@@ -50,14 +50,21 @@
 //!   1  epoch           8  the sender's current epoch
 //!   9  text len        2  <= REFUSE_TEXT_LEN_MAX (512)
 //!  11  text            n  UTF-8, for the operator
+//! 10 FetchSnapshot (standby -> primary, instead of Join)
+//!   0  standby proof  32  auth::standby_proof
+//! 11 SnapshotChunk (primary -> standby, repeated; the primary closes after the last)
+//!   0  through         8  the snapshot holds every record up to here; >= 1
+//!   8  total len       8  the snapshot file's length in bytes; >= 1
+//!  16  offset          8  where this chunk's bytes go in the file
+//!  24  bytes           n  1 ..= SNAPSHOT_CHUNK_MAX, offset + n <= total len
 //! ```
 //!
 //! Decoding checks everything one frame can show: exact lengths, magic and version, the
 //! cluster id's characters, known kinds and refusal codes, the records rules above, and the
 //! bounds marked `<=` and `>=`; each failure is its own [`MessageError`]. The rules that span
 //! messages (epochs never go down, acknowledgements never go backwards, each `Records` follows
-//! on from the last) belong to the state machines that use these messages, elsewhere in this
-//! crate.
+//! on from the last, each `SnapshotChunk` from the one before with the same through and total)
+//! belong to the state machines that use these messages, elsewhere in this crate.
 
 use std::fmt;
 
@@ -142,6 +149,23 @@ const REFUSE_TEXT_OFFSET: usize = REFUSE_TEXT_LEN_OFFSET + 2;
 /// Most bytes of a refusal's text.
 pub const REFUSE_TEXT_LEN_MAX: usize = 512;
 
+const FETCH_SNAPSHOT_PROOF_OFFSET: usize = 0;
+const FETCH_SNAPSHOT_BODY_LEN: usize = FETCH_SNAPSHOT_PROOF_OFFSET + PROOF_LEN;
+
+const CHUNK_THROUGH_OFFSET: usize = 0;
+const CHUNK_TOTAL_LEN_OFFSET: usize = CHUNK_THROUGH_OFFSET + 8;
+// The offset of the chunk's `offset` field.
+const CHUNK_OFFSET_OFFSET: usize = CHUNK_TOTAL_LEN_OFFSET + 8;
+const CHUNK_BYTES_OFFSET: usize = CHUNK_OFFSET_OFFSET + 8;
+/// Bytes of a `SnapshotChunk` body before the chunk's bytes.
+pub const SNAPSHOT_CHUNK_HEADER_LEN: usize = CHUNK_BYTES_OFFSET;
+/// Bytes of a whole `SnapshotChunk` frame before the chunk's bytes
+/// (`snapshot_chunk_frame_header`).
+pub const SNAPSHOT_CHUNK_FRAME_HEADER_LEN: usize = FRAME_BODY_OFFSET + SNAPSHOT_CHUNK_HEADER_LEN;
+/// Snapshot bytes one `SnapshotChunk` frame carries at most: a little under the records budget,
+/// so a chunk frame fits the frame limit the records frame sets and the reader's one buffer.
+pub const SNAPSHOT_CHUNK_MAX: usize = RECORDS_BYTES_MAX - 16;
+
 // The budget: at least 256 KiB of records per frame, whole records only, and every frame's
 // length fits the u32 prefix.
 const _: () = assert!(RECORDS_BYTES_MAX >= 256 * 1024);
@@ -152,11 +176,13 @@ const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
 // Every other message is far below the records frame's limit.
 const _: () = assert!(KIND_LEN + HELLO_BODY_LEN_MAX <= FRAME_LEN_MAX);
 const _: () = assert!(KIND_LEN + REFUSE_TEXT_OFFSET + REFUSE_TEXT_LEN_MAX <= FRAME_LEN_MAX);
+const _: () = assert!(KIND_LEN + SNAPSHOT_CHUNK_HEADER_LEN + SNAPSHOT_CHUNK_MAX <= FRAME_LEN_MAX);
 const _: () = assert!(REFUSE_TEXT_LEN_MAX <= u16::MAX as usize);
 const _: () = assert!(CLUSTER_ID_LEN_MAX <= u8::MAX as usize);
 // The limits, pinned to `docs/replication-protocol.md`.
 const _: () = assert!(FRAME_LEN_MAX == (1 << 20) + 13);
 const _: () = assert!(RECORDS_COUNT_MAX == 21_845);
+const _: () = assert!(SNAPSHOT_CHUNK_MAX == (1 << 20) - 16);
 // The offsets, pinned to the byte diagram: the layout is a format.
 const _: () = assert!(FRAME_BODY_OFFSET == 5);
 const _: () = assert!(HELLO_CLUSTER_OFFSET == 7 && HELLO_BODY_LEN_MIN == 40);
@@ -168,6 +194,9 @@ const _: () = assert!(RECORDS_HEADER_LEN == 12 && RECORDS_FRAME_HEADER_LEN == 17
 const _: () = assert!(HEARTBEAT_BODY_LEN == 24);
 const _: () = assert!(ACK_BODY_LEN == 24);
 const _: () = assert!(REFUSE_TEXT_LEN_OFFSET == 9 && REFUSE_TEXT_OFFSET == 11);
+const _: () = assert!(FETCH_SNAPSHOT_BODY_LEN == 32);
+const _: () = assert!(CHUNK_TOTAL_LEN_OFFSET == 8 && CHUNK_OFFSET_OFFSET == 16);
+const _: () = assert!(SNAPSHOT_CHUNK_HEADER_LEN == 24 && SNAPSHOT_CHUNK_FRAME_HEADER_LEN == 29);
 
 /// A message's kind: the frame's fifth byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,11 +220,15 @@ pub enum Kind {
     Ack = 8,
     /// [`Refuse`].
     Refuse = 9,
+    /// [`FetchSnapshot`].
+    FetchSnapshot = 10,
+    /// [`SnapshotChunk`].
+    SnapshotChunk = 11,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Hello,
         Kind::Challenge,
         Kind::Join,
@@ -205,6 +238,8 @@ impl Kind {
         Kind::Heartbeat,
         Kind::Ack,
         Kind::Refuse,
+        Kind::FetchSnapshot,
+        Kind::SnapshotChunk,
     ];
 
     /// The kind with wire code `code`, if there is one.
@@ -241,6 +276,10 @@ pub enum Message<'a> {
     Ack(Ack),
     /// Either way: the sender will not go on, and why; it closes the connection after it.
     Refuse(Refuse<'a>),
+    /// Standby → primary, instead of `Join`: the standby's proof, and a request for a snapshot.
+    FetchSnapshot(FetchSnapshot),
+    /// Primary → standby, after `FetchSnapshot`: the next piece of a snapshot file.
+    SnapshotChunk(SnapshotChunk<'a>),
 }
 
 impl Message<'_> {
@@ -257,6 +296,8 @@ impl Message<'_> {
             Message::Heartbeat(_) => Kind::Heartbeat,
             Message::Ack(_) => Kind::Ack,
             Message::Refuse(_) => Kind::Refuse,
+            Message::FetchSnapshot(_) => Kind::FetchSnapshot,
+            Message::SnapshotChunk(_) => Kind::SnapshotChunk,
         }
     }
 }
@@ -359,6 +400,14 @@ impl<'a> Refuse<'a> {
     }
 }
 
+/// Standby → primary, instead of [`Join`]: the standby's proof, and a request for the primary's
+/// newest snapshot (after a `Refuse { NeedsSnapshot }`: the records it lacks were retired).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchSnapshot {
+    /// The standby's proof that it holds the cluster secret, as in a `Join`.
+    pub standby_proof: Proof,
+}
+
 /// Why a peer refuses: the first byte of a `Refuse` body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -377,7 +426,7 @@ pub enum RefuseCode {
     StaleEpoch = 6,
     /// The primary already has a standby.
     Busy = 7,
-    /// Records the standby needs were retired: it must start from a snapshot.
+    /// Records the standby needs were retired: it fetches a snapshot (`FetchSnapshot`).
     NeedsSnapshot = 8,
     /// This node failed (I/O, a bug); the text says how.
     Internal = 9,
@@ -614,6 +663,36 @@ pub enum MessageError {
         /// The promised-epoch field.
         promised: Epoch,
     },
+    /// A `SnapshotChunk` for a snapshot through sequence 0.
+    #[error(
+        "a snapshot chunk of a snapshot through sequence 0: a snapshot holds at least one record"
+    )]
+    SnapshotThroughZero,
+    /// A `SnapshotChunk` of a snapshot file of length 0.
+    #[error("a snapshot chunk of a snapshot file of 0 bytes: a snapshot file is never empty")]
+    SnapshotTotalZero,
+    /// A `SnapshotChunk` with no bytes.
+    #[error("a snapshot chunk with no bytes")]
+    SnapshotChunkEmpty,
+    /// A `SnapshotChunk` with more bytes than [`SNAPSHOT_CHUNK_MAX`].
+    #[error("a snapshot chunk of {len} bytes, above the limit of {SNAPSHOT_CHUNK_MAX} per message")]
+    SnapshotChunkTooLong {
+        /// Bytes of the chunk.
+        len: usize,
+    },
+    /// A `SnapshotChunk` whose bytes run past the end of the snapshot file.
+    #[error(
+        "a snapshot chunk of {len} bytes at offset {offset} runs past the snapshot file's \
+         {total_len} bytes"
+    )]
+    SnapshotChunkPastTotal {
+        /// The offset field.
+        offset: u64,
+        /// Bytes of the chunk.
+        len: usize,
+        /// The total-length field.
+        total_len: u64,
+    },
 }
 
 /// Appends one whole frame holding `message` to `out`.
@@ -635,6 +714,13 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
         Message::Heartbeat(heartbeat) => encode_fixed(heartbeat, out),
         Message::Ack(ack) => encode_fixed(ack, out),
         Message::Refuse(refuse) => encode_refuse(refuse, out),
+        Message::FetchSnapshot(fetch) => encode_fixed(fetch, out),
+        Message::SnapshotChunk(chunk) => {
+            let (through, total_len, offset) = (chunk.through, chunk.total_len, chunk.offset);
+            let header = snapshot_chunk_frame_header(through, total_len, offset, chunk.bytes.len());
+            out.extend_from_slice(&header[FRAME_BODY_OFFSET..]);
+            out.extend_from_slice(chunk.bytes);
+        }
     }
     let len = out.len() - start - FRAME_PREFIX_LEN;
     assert!(len <= FRAME_LEN_MAX, "a {} frame of {len} bytes", message.kind());
@@ -666,6 +752,35 @@ pub fn records_frame_header(
     let body = &mut header[FRAME_BODY_OFFSET..];
     put_u64(body, RECORDS_FIRST_OFFSET, first.0);
     put_u32(body, RECORDS_COUNT_OFFSET, count);
+    header
+}
+
+/// The first [`SNAPSHOT_CHUNK_FRAME_HEADER_LEN`] bytes of a `SnapshotChunk` frame whose
+/// `chunk_len` bytes, the snapshot file's from `offset`, follow it: write these, then the bytes
+/// (straight from the file), and the frame is whole without copying the bytes into it.
+///
+/// The chunk must be one the receiver accepts, as [`SnapshotChunk::new`] checks: a sender that
+/// would write anything else is wrong, so this panics.
+#[must_use]
+pub fn snapshot_chunk_frame_header(
+    through: Sequence,
+    total_len: u64,
+    offset: u64,
+    chunk_len: usize,
+) -> [u8; SNAPSHOT_CHUNK_FRAME_HEADER_LEN] {
+    // What the decoder refuses is never written: the same checks, as assertions.
+    if let Err(error) = check_chunk(through, total_len, offset, chunk_len) {
+        panic!("writing a snapshot chunk the receiver refuses: {error}");
+    }
+    let mut header = [0u8; SNAPSHOT_CHUNK_FRAME_HEADER_LEN];
+    let len = KIND_LEN + SNAPSHOT_CHUNK_HEADER_LEN + chunk_len;
+    assert!(len <= FRAME_LEN_MAX, "a snapshot chunk frame of {len} bytes");
+    put_u32(&mut header, FRAME_LEN_OFFSET, u32::try_from(len).expect("below the max"));
+    header[FRAME_KIND_OFFSET] = Kind::SnapshotChunk as u8;
+    let body = &mut header[FRAME_BODY_OFFSET..];
+    put_u64(body, CHUNK_THROUGH_OFFSET, through.0);
+    put_u64(body, CHUNK_TOTAL_LEN_OFFSET, total_len);
+    put_u64(body, CHUNK_OFFSET_OFFSET, offset);
     header
 }
 
@@ -708,6 +823,8 @@ fn decode_body(kind: Kind, body: &[u8]) -> Result<Message<'_>, MessageError> {
         Kind::Heartbeat => Message::Heartbeat(decode_fixed(body)?),
         Kind::Ack => Message::Ack(decode_fixed(body)?),
         Kind::Refuse => Message::Refuse(decode_refuse(body)?),
+        Kind::FetchSnapshot => Message::FetchSnapshot(decode_fixed(body)?),
+        Kind::SnapshotChunk => Message::SnapshotChunk(decode_snapshot_chunk(body)?),
     })
 }
 
@@ -788,6 +905,17 @@ fn decode_records(body: &[u8]) -> Result<Records<'_>, MessageError> {
     let first = Sequence(get_u64(body, RECORDS_FIRST_OFFSET));
     let count = get_u32(body, RECORDS_COUNT_OFFSET);
     Records::new(first, count, &body[RECORDS_RECORDS_OFFSET..])
+}
+
+fn decode_snapshot_chunk(body: &[u8]) -> Result<SnapshotChunk<'_>, MessageError> {
+    if body.len() < SNAPSHOT_CHUNK_HEADER_LEN {
+        let (kind, have) = (Kind::SnapshotChunk, body.len());
+        return Err(MessageError::Truncated { kind, have, need: SNAPSHOT_CHUNK_HEADER_LEN });
+    }
+    let through = Sequence(get_u64(body, CHUNK_THROUGH_OFFSET));
+    let total_len = get_u64(body, CHUNK_TOTAL_LEN_OFFSET);
+    let offset = get_u64(body, CHUNK_OFFSET_OFFSET);
+    SnapshotChunk::new(through, total_len, offset, &body[CHUNK_BYTES_OFFSET..])
 }
 
 /// A variable-size body of `have` bytes whose fields take `need`.
@@ -949,6 +1077,107 @@ fn check_records(first: Sequence, count: u32, bytes: &[u8]) -> Result<(), Messag
     Ok(())
 }
 
+/// One piece of a snapshot file, `bytes` at `offset` of a file of `total_len` bytes holding every
+/// record through `through`: a `SnapshotChunk` message's body. Only [`SnapshotChunk::new`] makes
+/// one, so holding one means the checks passed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotChunk<'a> {
+    through: Sequence,
+    total_len: u64,
+    offset: u64,
+    bytes: &'a [u8],
+}
+
+impl<'a> SnapshotChunk<'a> {
+    /// Checks that `through` and `total_len` are at least 1, and that `bytes` is 1 ..=
+    /// [`SNAPSHOT_CHUNK_MAX`] bytes lying within the file: `offset + bytes.len() <= total_len`.
+    pub fn new(
+        through: Sequence,
+        total_len: u64,
+        offset: u64,
+        bytes: &'a [u8],
+    ) -> Result<SnapshotChunk<'a>, MessageError> {
+        check_chunk(through, total_len, offset, bytes.len())?;
+        Ok(SnapshotChunk { through, total_len, offset, bytes })
+    }
+
+    /// The last record the snapshot holds; the same in every chunk of one transfer.
+    #[must_use]
+    pub fn through(&self) -> Sequence {
+        self.through
+    }
+
+    /// The snapshot file's length in bytes; the same in every chunk of one transfer.
+    #[must_use]
+    pub fn total_len(&self) -> u64 {
+        self.total_len
+    }
+
+    /// Where this chunk's bytes go in the file: the previous chunk's [`end`](Self::end), or 0.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Where the next chunk starts: `offset + bytes.len()`, never past `total_len`.
+    #[must_use]
+    pub fn end(&self) -> u64 {
+        // Cannot overflow: `new` checked it against `total_len`.
+        self.offset + self.bytes.len() as u64
+    }
+
+    /// Whether this chunk completes the file: it ends at `total_len`.
+    #[must_use]
+    pub fn is_last(&self) -> bool {
+        self.end() == self.total_len
+    }
+
+    /// The chunk's bytes of the snapshot file.
+    #[must_use]
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+impl fmt::Debug for SnapshotChunk<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotChunk")
+            .field("through", &self.through)
+            .field("total_len", &self.total_len)
+            .field("offset", &self.offset)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// The checks one chunk can show, shared by the reader ([`SnapshotChunk::new`]) and the writer
+/// ([`snapshot_chunk_frame_header`]).
+fn check_chunk(
+    through: Sequence,
+    total_len: u64,
+    offset: u64,
+    len: usize,
+) -> Result<(), MessageError> {
+    if through.0 == 0 {
+        return Err(MessageError::SnapshotThroughZero);
+    }
+    if total_len == 0 {
+        return Err(MessageError::SnapshotTotalZero);
+    }
+    if len == 0 {
+        return Err(MessageError::SnapshotChunkEmpty);
+    }
+    if len > SNAPSHOT_CHUNK_MAX {
+        return Err(MessageError::SnapshotChunkTooLong { len });
+    }
+    // An end past u64::MAX is past any total.
+    let end = offset.checked_add(len as u64);
+    if end.is_none_or(|end| end > total_len) {
+        return Err(MessageError::SnapshotChunkPastTotal { offset, len, total_len });
+    }
+    Ok(())
+}
+
 /// A message whose body has one size, written and read at its offset constants.
 trait FixedBody: Sized {
     const KIND: Kind;
@@ -1101,6 +1330,19 @@ impl FixedBody for Ack {
     }
 }
 
+impl FixedBody for FetchSnapshot {
+    const KIND: Kind = Kind::FetchSnapshot;
+    const LEN: usize = FETCH_SNAPSHOT_BODY_LEN;
+
+    fn write(&self, body: &mut [u8]) {
+        body[FETCH_SNAPSHOT_PROOF_OFFSET..][..PROOF_LEN].copy_from_slice(&self.standby_proof);
+    }
+
+    fn read(body: &[u8]) -> Result<FetchSnapshot, MessageError> {
+        Ok(FetchSnapshot { standby_proof: get_array(body, FETCH_SNAPSHOT_PROOF_OFFSET) })
+    }
+}
+
 fn put_u32(out: &mut [u8], offset: usize, value: u32) {
     out[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
 }
@@ -1209,6 +1451,42 @@ mod tests {
     }
 
     #[test]
+    fn the_snapshot_messages_are_the_documented_bytes() {
+        // Goal: as above for the snapshot transfer, and a chunk frame is its 29-byte header
+        // followed by the file's bytes unchanged.
+        let fetch = Message::FetchSnapshot(FetchSnapshot { standby_proof: [4; 32] });
+        assert_eq!(encoded(&fetch), frame(10, &[&[4; 32]]));
+
+        let chunk = SnapshotChunk::new(Sequence(100), 10, 6, b"abcd").unwrap();
+        let expected = frame(11, &[&le(100), &le(10), &le(6), b"abcd"]);
+        assert_eq!(encoded(&Message::SnapshotChunk(chunk)), expected);
+        assert_eq!(snapshot_chunk_frame_header(Sequence(100), 10, 6, 4), expected[..29]);
+        assert_eq!(expected.len(), 4 + 1 + 24 + 4);
+    }
+
+    #[test]
+    fn a_chunk_is_last_when_it_reaches_the_total() {
+        // Goal: `end` is where the next chunk starts, and only the chunk ending at the file's
+        // length completes the transfer, whatever its size.
+        let first = SnapshotChunk::new(Sequence(9), 10, 0, b"abcdef").unwrap();
+        assert_eq!((first.end(), first.is_last()), (6, false));
+        let last = SnapshotChunk::new(Sequence(9), 10, first.end(), b"ghij").unwrap();
+        assert_eq!((last.end(), last.is_last()), (10, true));
+        let whole = SnapshotChunk::new(Sequence(9), 1, 0, b"x").unwrap();
+        assert!(whole.is_last(), "a one-byte file in one chunk");
+        let tail = SnapshotChunk::new(Sequence(9), u64::MAX, u64::MAX - 1, b"y").unwrap();
+        assert_eq!((tail.end(), tail.is_last()), (u64::MAX, true));
+    }
+
+    #[test]
+    #[should_panic(expected = "writing a snapshot chunk the receiver refuses")]
+    fn a_chunk_header_past_the_total_is_never_written() {
+        // Goal: the writer's side of the decoder's check: a sender cannot frame a chunk that
+        // runs past the file it belongs to.
+        let _ = snapshot_chunk_frame_header(Sequence(1), 10, 8, 3);
+    }
+
+    #[test]
     fn kinds_and_refusal_codes_are_their_wire_values() {
         // Goal: the codes are the documented numbers, and every number names at most one.
         for (code, kind) in (1..).zip(Kind::ALL) {
@@ -1220,7 +1498,7 @@ mod tests {
             assert_eq!(RefuseCode::from_u8(value), Some(code));
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(10), None);
+        assert_eq!(Kind::from_u8(12), None);
         assert_eq!(RefuseCode::from_u8(0), None);
         assert_eq!(RefuseCode::from_u8(10), None);
     }

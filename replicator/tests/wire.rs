@@ -1,14 +1,15 @@
 //! The replication wire format from the outside: every message round-trips, partial frames
-//! wait, each kind of malformed frame gets its own error, damaged records are refused, and
-//! decoding survives arbitrary bytes.
+//! wait, each kind of malformed frame gets its own error, damaged records and misplaced
+//! snapshot chunks are refused, and decoding survives arbitrary bytes.
 
 use proptest::prelude::*;
 use ringfence_core::record::{RECORD_HEADER_LEN, RecordBuf, RecordError};
 use ringfence_core::{Command, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_replicator::auth::ClusterId;
 use ringfence_replicator::message::{
-    Ack, Challenge, Diverged, FRAME_LEN_MAX, Heartbeat, Hello, Join, Kind, Message, MessageError,
-    REFUSE_TEXT_LEN_MAX, Records, Refuse, RefuseCode, Start, decode, encode,
+    Ack, Challenge, Diverged, FRAME_LEN_MAX, FetchSnapshot, Heartbeat, Hello, Join, Kind, Message,
+    MessageError, REFUSE_TEXT_LEN_MAX, Records, Refuse, RefuseCode, SNAPSHOT_CHUNK_MAX,
+    SnapshotChunk, Start, decode, encode,
 };
 
 fn tick(sequence: u64) -> Sequenced {
@@ -58,6 +59,13 @@ fn decode_err(bytes: &[u8]) -> MessageError {
     }
 }
 
+/// A snapshot chunk frame declaring `through`, `total_len` and `offset` around `bytes`, whatever
+/// they hold.
+fn chunk_frame(through: u64, total_len: u64, offset: u64, bytes: &[u8]) -> Vec<u8> {
+    let body = [&through.to_le_bytes()[..], &total_len.to_le_bytes(), &offset.to_le_bytes(), bytes];
+    frame(Kind::SnapshotChunk as u8, &body.concat())
+}
+
 /// One message of every kind (the records borrow `records`).
 fn one_of_each(records: &[u8]) -> Vec<Message<'_>> {
     let cluster = ClusterId::new("shop.eu-1_a").unwrap();
@@ -84,6 +92,8 @@ fn one_of_each(records: &[u8]) -> Vec<Message<'_>> {
         }),
         Message::Ack(Ack { written: Sequence(44), durable: Sequence(43), echo_ms: 17 }),
         Message::Refuse(Refuse::new(RefuseCode::StaleEpoch, Epoch(4), "epoch 3 < promised 4")),
+        Message::FetchSnapshot(FetchSnapshot { standby_proof: [6; 32] }),
+        Message::SnapshotChunk(SnapshotChunk::new(Sequence(40), 4_096, 512, b"RFNCSNAP").unwrap()),
     ]
 }
 
@@ -139,14 +149,14 @@ fn a_frame_split_at_every_byte_waits_for_the_rest() {
 #[test]
 fn frame_level_damage_is_refused_by_kind() {
     // Goal: a zero length, a length over the limit (refused from the prefix alone, before the
-    // body arrives) and kinds outside 1..=9 each get their own error.
+    // body arrives) and kinds outside 1..=11 each get their own error.
     assert_eq!(decode_err(&[0, 0, 0, 0]), MessageError::EmptyFrame);
     let too_long = u32::try_from(FRAME_LEN_MAX + 1).unwrap().to_le_bytes();
     assert_eq!(decode_err(&too_long), MessageError::FrameTooLong { len: FRAME_LEN_MAX + 1 });
     assert_eq!(decode_err(&[0xFF; 4]), MessageError::FrameTooLong { len: u32::MAX as usize });
     // An HTTP request is not a frame: its first four bytes are a huge length.
     assert!(matches!(decode_err(b"GET / HTTP/1.1\r\n"), MessageError::FrameTooLong { .. }));
-    for kind in [0, 10, 200, 255] {
+    for kind in [0, 12, 200, 255] {
         assert_eq!(decode_err(&frame(kind, &[0; 24])), MessageError::UnknownKind(kind));
     }
 }
@@ -155,9 +165,18 @@ fn frame_level_damage_is_refused_by_kind() {
 fn a_fixed_size_body_of_another_size_is_refused() {
     // Goal: every fixed-size kind refuses a body one byte short, one byte long and empty.
     let records = ticks(42, 3, 4);
-    let fixed =
-        [Kind::Challenge, Kind::Join, Kind::Start, Kind::Diverged, Kind::Heartbeat, Kind::Ack];
-    for message in one_of_each(&records).iter().filter(|m| fixed.contains(&m.kind())) {
+    let fixed = [
+        Kind::Challenge,
+        Kind::Join,
+        Kind::Start,
+        Kind::Diverged,
+        Kind::Heartbeat,
+        Kind::Ack,
+        Kind::FetchSnapshot,
+    ];
+    let messages = one_of_each(&records);
+    assert_eq!(messages.iter().filter(|m| fixed.contains(&m.kind())).count(), fixed.len());
+    for message in messages.iter().filter(|m| fixed.contains(&m.kind())) {
         let kind = message.kind();
         let body = encoded(message)[5..].to_vec();
         let need = body.len();
@@ -439,12 +458,87 @@ fn records_iterate_as_the_slices_that_were_sent() {
     assert_eq!((&decoded).into_iter().count(), 3);
 }
 
+#[test]
+fn a_snapshot_chunk_cut_inside_its_header_is_refused() {
+    // Goal: a chunk body shorter than its three fields is cut short, not read past its end.
+    let kind = Kind::SnapshotChunk;
+    let whole = chunk_frame(9, 10, 0, b"a");
+    assert_eq!(
+        decode_err(&frame(11, &whole[5..28])),
+        MessageError::Truncated { kind, have: 23, need: 24 }
+    );
+    assert_eq!(decode_err(&frame(11, &[])), MessageError::Truncated { kind, have: 0, need: 24 });
+}
+
+#[test]
+fn a_snapshot_chunk_through_sequence_0_is_refused() {
+    // Goal: a snapshot holds at least one record, so through 0 is refused, by the decoder and
+    // by the constructor alike; through 1 is accepted.
+    assert_eq!(decode_err(&chunk_frame(0, 10, 0, b"abc")), MessageError::SnapshotThroughZero);
+    assert_eq!(
+        SnapshotChunk::new(Sequence(0), 10, 0, b"abc"),
+        Err(MessageError::SnapshotThroughZero)
+    );
+    assert!(decode(&chunk_frame(1, 10, 0, b"abc")).unwrap().is_some());
+}
+
+#[test]
+fn a_snapshot_chunk_of_an_empty_file_is_refused() {
+    // Goal: a snapshot file is never empty, so a total length of 0 is refused as such, not as
+    // a chunk past the end.
+    assert_eq!(decode_err(&chunk_frame(9, 0, 0, b"abc")), MessageError::SnapshotTotalZero);
+    assert_eq!(SnapshotChunk::new(Sequence(9), 0, 0, b"abc"), Err(MessageError::SnapshotTotalZero));
+}
+
+#[test]
+fn an_empty_snapshot_chunk_is_refused() {
+    // Goal: every chunk moves the transfer on by at least one byte, so a transfer always ends.
+    assert_eq!(decode_err(&chunk_frame(9, 10, 0, b"")), MessageError::SnapshotChunkEmpty);
+    assert_eq!(decode_err(&chunk_frame(9, 10, 10, b"")), MessageError::SnapshotChunkEmpty);
+    assert_eq!(SnapshotChunk::new(Sequence(9), 10, 0, b""), Err(MessageError::SnapshotChunkEmpty));
+}
+
+#[test]
+fn a_snapshot_chunk_above_the_max_is_refused() {
+    // Goal: a chunk of SNAPSHOT_CHUNK_MAX bytes fits a frame and round-trips; one byte more is
+    // refused, though the frame limit alone would let a few more bytes through.
+    let full = vec![0x5A; SNAPSHOT_CHUNK_MAX];
+    let total = 3 * SNAPSHOT_CHUNK_MAX as u64;
+    let chunk = Message::SnapshotChunk(SnapshotChunk::new(Sequence(9), total, 0, &full).unwrap());
+    let bytes = encoded(&chunk);
+    assert!(bytes.len() - 4 <= FRAME_LEN_MAX);
+    assert_eq!(decode(&bytes), Ok(Some((chunk, bytes.len()))));
+
+    let over = vec![0x5A; SNAPSHOT_CHUNK_MAX + 1];
+    assert!(1 + 24 + over.len() <= FRAME_LEN_MAX, "the frame limit alone lets it through");
+    let too_long = MessageError::SnapshotChunkTooLong { len: SNAPSHOT_CHUNK_MAX + 1 };
+    assert_eq!(decode_err(&chunk_frame(9, total, 0, &over)), too_long);
+    assert_eq!(SnapshotChunk::new(Sequence(9), total, 0, &over), Err(too_long));
+}
+
+#[test]
+fn a_snapshot_chunk_past_the_total_is_refused() {
+    // Goal: a chunk whose bytes run past the file's length, even by one byte or by an offset
+    // near 2^64, is refused naming where; a chunk ending exactly at the total is the last.
+    let past =
+        |offset, len, total_len| MessageError::SnapshotChunkPastTotal { offset, len, total_len };
+    assert_eq!(decode_err(&chunk_frame(9, 10, 8, b"abc")), past(8, 3, 10));
+    assert_eq!(decode_err(&chunk_frame(9, 10, 10, b"a")), past(10, 1, 10));
+    assert_eq!(decode_err(&chunk_frame(9, 10, u64::MAX, b"ab")), past(u64::MAX, 2, 10));
+    assert_eq!(decode_err(&chunk_frame(9, u64::MAX, u64::MAX, b"a")), past(u64::MAX, 1, u64::MAX));
+    assert_eq!(SnapshotChunk::new(Sequence(9), 10, 8, b"abc"), Err(past(8, 3, 10)));
+    let bytes = chunk_frame(9, 10, 7, b"abc");
+    let (last, _) = decode(&bytes).unwrap().unwrap();
+    assert!(matches!(last, Message::SnapshotChunk(chunk) if chunk.is_last()));
+}
+
 /// A message that owns what its borrowed form points at, for property tests.
 #[derive(Clone, Debug)]
 enum Owned {
     Plain(Message<'static>),
     Records { first: u64, count: u32, bytes: Vec<u8> },
     Refuse { code: RefuseCode, epoch: u64, text: String },
+    Chunk { through: u64, total_len: u64, offset: u64, bytes: Vec<u8> },
 }
 
 impl Owned {
@@ -457,6 +551,9 @@ impl Owned {
             Owned::Refuse { code, epoch, text } => {
                 Message::Refuse(Refuse::new(*code, Epoch(*epoch), text))
             }
+            Owned::Chunk { through, total_len, offset, bytes } => Message::SnapshotChunk(
+                SnapshotChunk::new(Sequence(*through), *total_len, *offset, bytes).unwrap(),
+            ),
         }
     }
 }
@@ -478,6 +575,16 @@ fn records() -> impl Strategy<Value = Owned> {
             Owned::Records { first, count: u32::try_from(steps.len()).unwrap(), bytes }
         },
     )
+}
+
+/// A chunk anywhere in a file of any length, the chunk's end at most the file's.
+fn snapshot_chunk() -> impl Strategy<Value = Owned> {
+    let bytes = prop::collection::vec(any::<u8>(), 1..64);
+    (1..=u64::MAX, sorted_pair(), bytes).prop_map(|(through, (a, b), bytes)| {
+        let offset = a.min(u64::MAX - bytes.len() as u64);
+        let total_len = b.max(offset + bytes.len() as u64);
+        Owned::Chunk { through, total_len, offset, bytes }
+    })
 }
 
 fn sorted_pair() -> impl Strategy<Value = (u64, u64)> {
@@ -508,13 +615,20 @@ fn plain() -> impl Strategy<Value = Message<'static>> {
     let ack = (sorted_pair(), any::<u64>()).prop_map(|((d, w), echo_ms)| {
         Message::Ack(Ack { written: Sequence(w), durable: Sequence(d), echo_ms })
     });
-    prop_oneof![hello, challenge, join, start, diverged, heartbeat, ack]
+    let fetch = any::<[u8; 32]>()
+        .prop_map(|proof| Message::FetchSnapshot(FetchSnapshot { standby_proof: proof }));
+    prop_oneof![hello, challenge, join, start, diverged, heartbeat, ack, fetch]
 }
 
 fn message() -> impl Strategy<Value = Owned> {
     let refuse = (prop::sample::select(RefuseCode::ALL.to_vec()), any::<u64>(), ".{0,300}")
         .prop_map(|(code, epoch, text)| Owned::Refuse { code, epoch, text });
-    prop_oneof![3 => plain().prop_map(Owned::Plain), 1 => records(), 1 => refuse]
+    prop_oneof![
+        3 => plain().prop_map(Owned::Plain),
+        1 => records(),
+        1 => refuse,
+        1 => snapshot_chunk(),
+    ]
 }
 
 proptest! {
@@ -528,7 +642,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bodies_of_every_kind_never_panic_the_decoder(
-        kind in 0..=10u8,
+        kind in 0..=12u8,
         body in prop::collection::vec(any::<u8>(), 0..300),
     ) {
         // Goal: with a correct prefix, so the bytes reach each body's decoder, any body of any
@@ -573,5 +687,33 @@ proptest! {
         let len = bytes.len();
         bytes[at.index(len)] ^= xor;
         prop_assert!(matches!(decode(&bytes), Err(_) | Ok(None)), "{:?}", decode(&bytes));
+    }
+
+    #[test]
+    fn a_snapshot_cut_into_chunks_reassembles_exactly(
+        file in prop::collection::vec(any::<u8>(), 1..2_000),
+        chunk_len in 1..300usize,
+    ) {
+        // Goal: a file sent as chunks from offset 0 decodes, frame after frame, into chunks
+        // that each start where the last ended, only the final one is last, and their bytes
+        // are the file.
+        let total_len = file.len() as u64;
+        let mut bytes = Vec::new();
+        for (i, piece) in file.chunks(chunk_len).enumerate() {
+            let offset = (i * chunk_len) as u64;
+            let chunk = SnapshotChunk::new(Sequence(77), total_len, offset, piece).unwrap();
+            encode(&Message::SnapshotChunk(chunk), &mut bytes);
+        }
+        let (mut at, mut received) = (0, Vec::new());
+        while let Some((message, consumed)) = decode(&bytes[at..]).unwrap() {
+            let Message::SnapshotChunk(chunk) = message else { panic!("{message:?}") };
+            prop_assert_eq!(chunk.offset(), received.len() as u64);
+            prop_assert_eq!((chunk.through(), chunk.total_len()), (Sequence(77), total_len));
+            received.extend_from_slice(chunk.bytes());
+            prop_assert_eq!(chunk.is_last(), received.len() == file.len());
+            at += consumed;
+        }
+        prop_assert_eq!(at, bytes.len());
+        prop_assert_eq!(received, file);
     }
 }
