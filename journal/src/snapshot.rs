@@ -248,6 +248,26 @@ pub fn write<S: Storage>(
     Ok(SnapshotMeta { bytes: bytes.len() as u64, ..meta })
 }
 
+/// Installs a snapshot file received whole from elsewhere (a primary, for a standby whose
+/// missing records it retired): checks its header and body checksum and that it covers
+/// `through`, then writes it atomically under its name. Recovery restores and digests it
+/// before use, like any snapshot.
+pub fn install<S: Storage>(
+    storage: &S,
+    through: Sequence,
+    bytes: &[u8],
+) -> Result<SnapshotMeta, SnapshotError> {
+    let name = snapshot_name(through);
+    let file = PathBuf::from(storage.describe(&name));
+    let (meta, _) = decode_meta(&name, &file, bytes)?;
+    if meta.through != through {
+        let reason = format!("covers sequence {}, not {through} as announced", meta.through);
+        return Err(SnapshotError::Invalid { file, reason });
+    }
+    write_atomically(storage, &name, bytes)?;
+    Ok(meta)
+}
+
 /// Writes a snapshot of `engine` right now, on the calling thread: for a clean shutdown, after
 /// the pipeline has stopped. `through` is the last journal sequence the engine applied.
 pub fn write_now<S: Storage>(

@@ -553,3 +553,36 @@ fn pipelined_read_visits_exactly_what_the_plain_read_does() {
     .unwrap();
     assert_eq!(count, 9_000);
 }
+
+#[test]
+fn an_installed_snapshot_starts_an_empty_journal_after_it() {
+    // Goal: a standby's start from its primary's snapshot: the file installed into an empty
+    // directory is loaded, and the journal continues right after it; a snapshot whose bytes
+    // are damaged, or that covers another sequence than announced, is refused unwritten.
+    let primary = TempDir::new("install-primary");
+    let commands = write_journal(primary.path(), 700);
+    let mut engine = Engine::new(config());
+    for command in &commands {
+        engine.apply(command);
+    }
+    let through = Sequence(700);
+    let storage = FileStorage::open(primary.path()).unwrap();
+    let meta = snapshot::write_now(&storage, &engine, through).unwrap();
+    let bytes = std::fs::read(primary.path().join(&meta.name)).unwrap();
+
+    // As a standby does: its own (here fresh) journal is recovered, then dropped whole.
+    let standby = TempDir::new("install-standby");
+    drop(recover(standby.path(), options(Durability::Batch)).unwrap());
+    let target = FileStorage::open(standby.path()).unwrap();
+    recovery::truncate(&target, Sequence(1)).unwrap();
+    let mut damaged = bytes.clone();
+    damaged[200] ^= 1;
+    assert!(snapshot::install(&target, through, &damaged).is_err());
+    assert!(snapshot::install(&target, Sequence(699), &bytes).is_err());
+    assert!(snapshot::list(&ReadOnlyDir::open(standby.path()).unwrap()).unwrap().is_empty());
+    snapshot::install(&target, through, &bytes).unwrap();
+    let recovered = recover(standby.path(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.report.replayed, 0);
+    assert_eq!(recovered.engine.state_digest(), engine.state_digest());
+    assert_eq!(recovered.next_sequence, Sequence(701));
+}

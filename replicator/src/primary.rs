@@ -17,15 +17,18 @@ use std::thread;
 use std::time::Duration;
 
 use ringfence_core::Sequence;
-use ringfence_journal::scan::ReadOnlyDir;
+use ringfence_journal::scan::{ReadOnlyDir, ReadSource as _};
+use ringfence_journal::snapshot;
 use ringfence_journal::tail::Tail;
 
 use crate::auth;
 use crate::control::{Control, log};
 use crate::index::DirIndex;
-use crate::message::{Challenge, Diverged, Heartbeat, Message, Refuse, RefuseCode, Start};
+use crate::message::{
+    Challenge, Diverged, Heartbeat, Message, Refuse, RefuseCode, SNAPSHOT_CHUNK_MAX, Start,
+};
 use crate::position::{JoinDecision, StandbyPosition, decide};
-use crate::stream::{FrameReader, write_message, write_records};
+use crate::stream::{FrameReader, write_message, write_records, write_snapshot_chunk};
 
 /// Bytes of records per `Records` message.
 const RECORDS_BATCH_BYTES: usize = 256 << 10;
@@ -112,25 +115,26 @@ fn serve_standby(
         auth::primary_proof(&config.secret, &config.cluster, &standby_nonce, &primary_nonce);
     let challenge = Message::Challenge(Challenge { primary_nonce, primary_proof: proof });
     write_message(&mut writer, &challenge, &mut scratch).map_err(|e| e.to_string())?;
-    let join = match reader.read_message().map_err(|e| e.to_string())? {
-        Message::Join(join) => join,
+    let (proof, join) = match reader.read_message().map_err(|e| e.to_string())? {
+        Message::Join(join) => (join.standby_proof, Some(join)),
+        Message::FetchSnapshot(fetch) => (fetch.standby_proof, None),
         other => {
             return refuse(&mut writer, &mut scratch, RefuseCode::BadMessage, &unexpected(&other));
         }
     };
-    let verified = auth::verify_standby(
-        &config.secret,
-        &config.cluster,
-        &standby_nonce,
-        &primary_nonce,
-        &join.standby_proof,
-    );
-    if verified.is_err() {
+    let (secret, cluster) = (&config.secret, &config.cluster);
+    if auth::verify_standby(secret, cluster, &standby_nonce, &primary_nonce, &proof).is_err() {
         return refuse(&mut writer, &mut scratch, RefuseCode::Auth, "wrong cluster secret");
     }
     if !control.is_primary() {
         return refuse(&mut writer, &mut scratch, RefuseCode::NotPrimary, "this node is a standby");
     }
+    let Some(join) = join else {
+        return match send_snapshot(control, &mut writer, &peer) {
+            Ok(()) => Ok(()),
+            Err(text) => refuse(&mut writer, &mut scratch, RefuseCode::Internal, &text),
+        };
+    };
     let position = StandbyPosition {
         last_sequence: join.last_sequence,
         last_epoch: join.last_epoch,
@@ -156,8 +160,8 @@ fn serve_standby(
         JoinDecision::NeedsSnapshot { first_held } => {
             let text = format!(
                 "the standby needs records from {}, but this journal starts at {first_held} \
-                 (older segments were retired after a snapshot): rebuild the standby from a \
-                 copy of this node's data directory",
+                 (older segments were retired after a snapshot): the standby fetches this \
+                 node's newest snapshot when it starts",
                 position.last_sequence.next()
             );
             return refuse(&mut writer, &mut scratch, RefuseCode::NeedsSnapshot, &text);
@@ -175,6 +179,26 @@ fn serve_standby(
         "replication: standby {peer} joined, streaming from {from} (journal at {last})"
     ));
     start_stream(control, socket, reader, from, current, &peer)
+}
+
+/// Sends the newest snapshot to a standby that asked for one: its records were retired.
+fn send_snapshot(control: &Control, writer: &mut TcpStream, peer: &str) -> Result<(), String> {
+    let config = control.config();
+    let source = ReadOnlyDir::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let snapshots = snapshot::list(&source).map_err(|e| e.to_string())?;
+    let Some((through, name)) = snapshots.last().cloned() else {
+        return Err("this primary has no snapshot to send".into());
+    };
+    let bytes = source.read_file(&name).map_err(|e| format!("reading {name}: {e}"))?;
+    let total = bytes.len() as u64;
+    log(format_args!("replication: sending snapshot {name} ({total} bytes) to standby {peer}"));
+    // The transfer may take a while: the standby reads as fast as it writes.
+    let _ = writer.set_write_timeout(Some(Duration::from_secs(30)));
+    for (index, chunk) in bytes.chunks(SNAPSHOT_CHUNK_MAX).enumerate() {
+        let offset = (index * SNAPSHOT_CHUNK_MAX) as u64;
+        write_snapshot_chunk(writer, through, total, offset, chunk).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn unexpected(message: &Message<'_>) -> String {

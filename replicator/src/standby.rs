@@ -17,10 +17,10 @@ use ringfence_core::pipeline::{Refused, Session};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::epoch::Epochs;
 
-use crate::auth;
+use crate::auth::{self, Proof};
 use crate::config::ReplicationConfig;
 use crate::control::{Control, log};
-use crate::message::{Ack, Hello, Join, Message, Refuse, RefuseCode};
+use crate::message::{Ack, FetchSnapshot, Hello, Join, Message, Refuse, RefuseCode};
 use crate::stream::{FrameReader, WireError, write_message};
 
 /// How long to wait between connection attempts, at most.
@@ -86,6 +86,29 @@ pub fn join(
     end: JournalEnd,
     promised: Epoch,
 ) -> Result<Joined, JoinError> {
+    let (socket, mut reader, standby_proof) = handshake(config, primary)?;
+    let join = Join {
+        standby_proof,
+        last_sequence: end.last_sequence,
+        last_epoch: end.last_epoch,
+        promised_epoch: promised,
+    };
+    write_message(&mut socket.try_clone()?, &Message::Join(join), &mut Vec::new())?;
+    match reader.read_message()? {
+        Message::Start(start) => {
+            Ok(Joined::Stream { epoch: start.epoch, from: start.from_sequence, socket, reader })
+        }
+        Message::Diverged(diverged) => Ok(Joined::Diverged { keep_through: diverged.keep_through }),
+        other => Err(unexpected_or_refused(other)),
+    }
+}
+
+/// Connects to `primary` and authenticates both ways: returns the connection, its reader, and
+/// this standby's proof for the message that follows.
+fn handshake(
+    config: &ReplicationConfig,
+    primary: &str,
+) -> Result<(TcpStream, FrameReader<TcpStream>, Proof), JoinError> {
     let timeout = Duration::from_millis(config.handshake_timeout_ms);
     let address = resolve(primary)?;
     let socket = TcpStream::connect_timeout(&address, timeout)?;
@@ -93,38 +116,65 @@ pub fn join(
     socket.set_read_timeout(Some(timeout))?;
     socket.set_write_timeout(Some(timeout))?;
     let mut reader = FrameReader::new(socket.try_clone()?);
-    let mut writer = socket.try_clone()?;
-    let mut scratch = Vec::new();
     let standby_nonce = auth::nonce().map_err(|e| JoinError::Protocol(e.to_string()))?;
     let hello = Hello { cluster: config.cluster, standby_nonce };
-    write_message(&mut writer, &Message::Hello(hello), &mut scratch)?;
+    write_message(&mut socket.try_clone()?, &Message::Hello(hello), &mut Vec::new())?;
     let challenge = match reader.read_message()? {
         Message::Challenge(challenge) => challenge,
         other => return Err(unexpected_or_refused(other)),
     };
-    let (secret, cluster) = (&config.secret, &config.cluster);
-    auth::verify_primary(
-        secret,
-        cluster,
-        &standby_nonce,
-        &challenge.primary_nonce,
-        &challenge.primary_proof,
-    )
-    .map_err(|_| JoinError::Protocol("the primary does not hold the cluster secret".into()))?;
-    let proof = auth::standby_proof(secret, cluster, &standby_nonce, &challenge.primary_nonce);
-    let join = Join {
-        standby_proof: proof,
-        last_sequence: end.last_sequence,
-        last_epoch: end.last_epoch,
-        promised_epoch: promised,
-    };
-    write_message(&mut writer, &Message::Join(join), &mut scratch)?;
-    match reader.read_message()? {
-        Message::Start(start) => {
-            Ok(Joined::Stream { epoch: start.epoch, from: start.from_sequence, socket, reader })
+    let (secret, cluster, nonce) = (&config.secret, &config.cluster, &challenge.primary_nonce);
+    auth::verify_primary(secret, cluster, &standby_nonce, nonce, &challenge.primary_proof)
+        .map_err(|_| JoinError::Protocol("the primary does not hold the cluster secret".into()))?;
+    let proof = auth::standby_proof(secret, cluster, &standby_nonce, nonce);
+    Ok((socket, reader, proof))
+}
+
+/// The snapshot a primary sent: the sequence it covers and the file's bytes.
+pub struct FetchedSnapshot {
+    /// Every record up to this sequence is included.
+    pub through: Sequence,
+    /// The snapshot file, whole.
+    pub bytes: Vec<u8>,
+}
+
+/// Fetches the primary's newest snapshot (for a standby whose missing records were retired).
+/// Refuses a snapshot above `len_max` bytes, and chunks that are not contiguous from 0 or that
+/// change the snapshot's sequence or length part way.
+pub fn fetch_snapshot(
+    config: &ReplicationConfig,
+    primary: &str,
+    len_max: u64,
+) -> Result<FetchedSnapshot, JoinError> {
+    let (socket, mut reader, standby_proof) = handshake(config, primary)?;
+    let fetch = Message::FetchSnapshot(FetchSnapshot { standby_proof });
+    write_message(&mut socket.try_clone()?, &fetch, &mut Vec::new())?;
+    socket.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut expected: Option<(Sequence, u64)> = None;
+    loop {
+        let chunk = match reader.read_message()? {
+            Message::SnapshotChunk(chunk) => chunk,
+            other => return Err(unexpected_or_refused(other)),
+        };
+        let this = (chunk.through(), chunk.total_len());
+        let broken = |what: &str| JoinError::Protocol(format!("snapshot transfer: {what}"));
+        if chunk.total_len() > len_max {
+            let len = chunk.total_len();
+            return Err(broken(&format!("{len} bytes, above the limit of {len_max}")));
         }
-        Message::Diverged(diverged) => Ok(Joined::Diverged { keep_through: diverged.keep_through }),
-        other => Err(unexpected_or_refused(other)),
+        if *expected.get_or_insert(this) != this {
+            return Err(broken("the snapshot changed part way"));
+        }
+        if chunk.offset() != bytes.len() as u64 {
+            let at = chunk.offset();
+            return Err(broken(&format!("a chunk at {at} after {} bytes", bytes.len())));
+        }
+        bytes.extend_from_slice(chunk.bytes());
+        if chunk.is_last() {
+            assert_eq!(bytes.len() as u64, chunk.total_len(), "the last chunk ends the file");
+            return Ok(FetchedSnapshot { through: chunk.through(), bytes });
+        }
     }
 }
 

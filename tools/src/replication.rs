@@ -10,15 +10,15 @@ use std::sync::Arc;
 use ringfence_core::pipeline::Node;
 use ringfence_core::{Epoch, Sequence};
 use ringfence_ingress::{ReplicationControl, ReplicationStatus};
-use ringfence_journal::recovery;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::storage::FileStorage;
+use ringfence_journal::{recovery, snapshot};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::config::ReplicationConfig;
 use ringfence_replicator::control::{Control, Role};
 use ringfence_replicator::message::RefuseCode;
 use ringfence_replicator::policy::AckMode;
-use ringfence_replicator::standby::{JoinError, Joined, JournalEnd, join};
+use ringfence_replicator::standby::{JoinError, Joined, JournalEnd, fetch_snapshot, join};
 use serde::Deserialize;
 
 use crate::serve::log;
@@ -161,22 +161,34 @@ pub fn journal_end(data_dir: &Path) -> Result<JournalEnd, String> {
     })
 }
 
+/// What the primary says about a standby's journal at start.
+pub enum JournalCheck {
+    /// The journals agree (or the primary cannot be reached now: the follower retries).
+    Agrees,
+    /// The standby holds records after this sequence that the primary does not.
+    Diverged(Sequence),
+    /// The records the standby lacks were retired from the primary's journal.
+    NeedsSnapshot,
+}
+
 /// Asks the primary where this standby's journal (ending at `end`) stops agreeing with its
-/// own. Returns the last sequence to keep when the standby holds records the primary never
-/// received; `None` when the journals agree, or when the primary cannot be reached now (the
-/// follower retries, and a divergence found later asks for a restart).
+/// own. A divergence found later, while following, asks for a restart.
 pub fn check_journal(
     config: &ReplicationConfig,
     primary: &str,
     end: JournalEnd,
     promised: Epoch,
-) -> Result<Option<Sequence>, String> {
+) -> Result<JournalCheck, String> {
     match join(config, primary, end, promised) {
         Ok(Joined::Stream { from, .. }) => {
             log(format_args!("the primary {primary} continues this journal at {from}"));
-            Ok(None)
+            Ok(JournalCheck::Agrees)
         }
-        Ok(Joined::Diverged { keep_through }) => Ok(Some(keep_through)),
+        Ok(Joined::Diverged { keep_through }) => Ok(JournalCheck::Diverged(keep_through)),
+        Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, text, .. }) => {
+            log(format_args!("the primary {primary}: {text}"));
+            Ok(JournalCheck::NeedsSnapshot)
+        }
         Err(JoinError::Refused { code: RefuseCode::Auth | RefuseCode::Cluster, text, .. }) => {
             Err(format!("the primary {primary} refused this standby: {text}"))
         }
@@ -185,9 +197,37 @@ pub fn check_journal(
                 "cannot check this journal against the primary {primary} ({error}); starting \
                  as a standby and retrying"
             ));
-            Ok(None)
+            Ok(JournalCheck::Agrees)
         }
     }
+}
+
+/// The largest snapshot a standby accepts from its primary.
+const SNAPSHOT_LEN_MAX: u64 = 64 << 30;
+
+/// Replaces this standby's journal with the primary's newest snapshot: fetches it, drops every
+/// record and snapshot here (the snapshot supersedes them; the journal must not be open),
+/// and installs it, so recovery starts from it.
+pub fn take_snapshot(
+    config: &ReplicationConfig,
+    primary: &str,
+    storage: &FileStorage,
+    end: JournalEnd,
+) -> Result<(), String> {
+    let fetched = fetch_snapshot(config, primary, SNAPSHOT_LEN_MAX)
+        .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))?;
+    log(format_args!(
+        "fetched the primary's snapshot through {} ({} bytes); dropping this journal's {} \
+         records, which it supersedes",
+        fetched.through,
+        fetched.bytes.len(),
+        end.last_sequence
+    ));
+    recovery::truncate(storage, Sequence(1))
+        .map_err(|e| format!("dropping the journal the snapshot supersedes: {e}"))?;
+    snapshot::install(storage, fetched.through, &fetched.bytes)
+        .map_err(|e| format!("installing the primary's snapshot: {e}"))?;
+    Ok(())
 }
 
 /// Drops the standby's records after `keep_through` (the journal must not be open), logging

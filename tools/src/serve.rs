@@ -25,7 +25,9 @@ use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::control::{Control, Role};
 use serde::Deserialize;
 
-use crate::replication::{self, ControlHandle, Replication, ReplicationArgs, ReplicationSection};
+use crate::replication::{
+    self, ControlHandle, JournalCheck, Replication, ReplicationArgs, ReplicationSection,
+};
 
 /// Arguments of `ringfence serve`.
 #[derive(clap::Args, Debug)]
@@ -350,28 +352,38 @@ fn lock_data_dir(data_dir: &Path, archive: Option<&Path>) -> Result<FileStorage,
 }
 
 /// Recovers the node from the data directory and logs what recovery did and found.
-/// Recovers the journal; a standby first drops any tail its primary never received (asking
-/// the primary, truncating, and recovering again until the journals agree).
+/// Recovers the journal; a standby first asks its primary whether their journals agree, and
+/// drops a tail the primary never received, or takes the primary's snapshot when the records
+/// it lacks were retired, recovering again until they agree.
 fn recover_for_role(
     storage: &FileStorage,
     options: &WriterOptions,
     replication: Option<&Replication>,
     data_dir: &Path,
 ) -> Result<Recovered<FileStorage>, String> {
-    loop {
+    // Each round cuts the journal or replaces it; a few rounds always suffice.
+    const ROUNDS_MAX: usize = 8;
+    for _ in 0..ROUNDS_MAX {
         let recovered = recover_logged(storage, options.clone())?;
         let Some(Replication { config, role: Role::Standby { primary }, .. }) = replication else {
             return Ok(recovered);
         };
         let end = replication::journal_end(data_dir)?;
         let promised = recovered.epochs.promised;
-        let Some(keep_through) = replication::check_journal(config, primary, end, promised)? else {
+        let check = replication::check_journal(config, primary, end, promised)?;
+        if let JournalCheck::Agrees = check {
             return Ok(recovered);
-        };
-        // The journal is closed before it is cut.
+        }
+        // The journal is closed before it is cut or replaced.
         drop(recovered);
-        replication::drop_tail(storage, end, keep_through)?;
+        match check {
+            JournalCheck::Diverged(keep_through) => {
+                replication::drop_tail(storage, end, keep_through)?;
+            }
+            _ => replication::take_snapshot(config, primary, storage, end)?,
+        }
     }
+    Err(format!("the journal still disagrees with the primary after {ROUNDS_MAX} rounds"))
 }
 
 /// The epoch of the journal's last record (0 when empty).

@@ -379,3 +379,47 @@ fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
     assert_eq!(hash_at(&dir_a, target), hash_at(&dir_b, target));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_fresh_standby_of_a_primary_that_retired_its_first_records_starts_from_a_snapshot() {
+    // Goal: the records a new standby lacks were retired after a snapshot; it fetches the
+    // primary's snapshot, starts from it, streams the journal after it without gap or
+    // duplicate, and reaches the primary's state and hash.
+    let root = temp_dir("snapshot");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let config = root.join("small-segments.toml");
+    let settings =
+        "[node]\nsegment_bytes = 65536\nsnapshot_every_commands = 400\nsnapshots_kept = 1\n";
+    std::fs::write(&config, settings).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let node = primary(&dir_a, &secret, &["--config", &config]);
+    let sku = r#"{"sku":1,"stock":100000,"price_cents":900,"per_user_limit":0,"payment_timeout_ms":600000}"#;
+    assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
+    let first_segment = dir_a.join(format!("{:020}.seg", 1));
+    let mut request = 0;
+    while first_segment.exists() {
+        assert!(request < 5_000, "the primary never retired its first segment");
+        let body = format!(r#"{{"request_id":"bulk-{request}","user":{request},"sku":1,"qty":1}}"#);
+        assert_eq!(try_call(node.http, "POST", "/v1/orders", &body).unwrap().0, 201);
+        request += 1;
+    }
+    let follower = standby(&dir_b, &secret, node.replication.unwrap());
+    follower.wait_for_log("fetched the primary's snapshot", Duration::from_secs(5));
+    for extra in 0..10 {
+        let body = format!(r#"{{"request_id":"late-{extra}","user":{extra},"sku":1,"qty":1}}"#);
+        assert_eq!(try_call(node.http, "POST", "/v1/orders", &body).unwrap().0, 201);
+    }
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    let target = last_sequence(&view);
+    wait_node(&follower, Duration::from_secs(30), |v| last_sequence(v) >= target);
+    let (_, sku_primary) = node.call("GET", "/v1/skus/1", "", false);
+    let (_, sku_standby) = follower.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(sku_primary, sku_standby);
+    assert_eq!(sku_standby["reserved"], request + 10);
+    let (_, standby_view) = follower.call("GET", "/v1/node", "", false);
+    assert_eq!(standby_view["state_hash"], view["state_hash"]);
+    drop(follower);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
