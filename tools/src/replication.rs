@@ -207,13 +207,14 @@ const SNAPSHOT_LEN_MAX: u64 = 64 << 30;
 
 /// Replaces this standby's journal with the primary's newest snapshot: fetches it, drops every
 /// record and snapshot here (the snapshot supersedes them; the journal must not be open),
-/// and installs it, so recovery starts from it.
+/// and installs it, so recovery starts from it. Returns where the journal now ends: the
+/// snapshot's last record, and its epoch as the primary reported it.
 pub fn take_snapshot(
     config: &ReplicationConfig,
     primary: &str,
     storage: &FileStorage,
     end: JournalEnd,
-) -> Result<(), String> {
+) -> Result<JournalEnd, String> {
     let fetched = fetch_snapshot(config, primary, SNAPSHOT_LEN_MAX)
         .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))?;
     log(format_args!(
@@ -227,7 +228,22 @@ pub fn take_snapshot(
         .map_err(|e| format!("dropping the journal the snapshot supersedes: {e}"))?;
     snapshot::install(storage, fetched.through, &fetched.bytes)
         .map_err(|e| format!("installing the primary's snapshot: {e}"))?;
-    Ok(())
+    Ok(JournalEnd { last_sequence: fetched.through, last_epoch: fetched.through_epoch })
+}
+
+/// Where a standby's journal ends for the join: its last record, or, when it holds none after
+/// starting from a snapshot, the snapshot's last record (`from_snapshot`, when known).
+pub fn effective_end(
+    data_dir: &Path,
+    next_sequence: Sequence,
+    from_snapshot: Option<JournalEnd>,
+) -> Result<JournalEnd, String> {
+    let end = journal_end(data_dir)?;
+    let last = Sequence(next_sequence.0 - 1);
+    Ok(match from_snapshot {
+        Some(snapshot) if end.last_sequence.0 == 0 && snapshot.last_sequence == last => snapshot,
+        _ => end,
+    })
 }
 
 /// Drops the standby's records after `keep_through` (the journal must not be open), logging

@@ -23,6 +23,7 @@ use ringfence_journal::snapshot::{self, SnapshotPolicy, SnapshotStats, Snapshott
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::control::{Control, Role};
+use ringfence_replicator::standby::JournalEnd;
 use serde::Deserialize;
 
 use crate::replication::{
@@ -240,7 +241,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         engine_config: engine_config.clone(),
     };
     let replication = replication::settings(&args.replication, &file.replication, &data_dir)?;
-    let recovered = recover_for_role(&storage, &options, replication.as_ref(), &data_dir)?;
+    let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref(), &data_dir)?;
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
         keep: file.node.snapshots_kept.max(1),
@@ -258,8 +259,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let (hook, watch) = HashWatch::new(snapshotter, &recovered.engine);
     let primary_http = replication.as_ref().and_then(|r| r.primary_http.clone());
     let control = replication.map(|Replication { config, role, .. }| {
-        let end = (Sequence(recovered.next_sequence.0 - 1), last_epoch(&data_dir));
-        Control::new(config, role, end, Box::new(dir.clone()))
+        let last = (Sequence(recovered.next_sequence.0 - 1), end.last_epoch);
+        Control::new(config, role, last, Box::new(dir.clone()))
     });
     let (engine, next, writer) = (recovered.engine, recovered.next_sequence, recovered.writer);
     let started = match &control {
@@ -354,25 +355,27 @@ fn lock_data_dir(data_dir: &Path, archive: Option<&Path>) -> Result<FileStorage,
 /// Recovers the node from the data directory and logs what recovery did and found.
 /// Recovers the journal; a standby first asks its primary whether their journals agree, and
 /// drops a tail the primary never received, or takes the primary's snapshot when the records
-/// it lacks were retired, recovering again until they agree.
+/// it lacks were retired, recovering again until they agree. Returns the recovered journal and
+/// where it ends (a standby started from a snapshot ends at the snapshot's last record).
 fn recover_for_role(
     storage: &FileStorage,
     options: &WriterOptions,
     replication: Option<&Replication>,
     data_dir: &Path,
-) -> Result<Recovered<FileStorage>, String> {
+) -> Result<(Recovered<FileStorage>, JournalEnd), String> {
     // Each round cuts the journal or replaces it; a few rounds always suffice.
     const ROUNDS_MAX: usize = 8;
+    let mut from_snapshot = None;
     for _ in 0..ROUNDS_MAX {
         let recovered = recover_logged(storage, options.clone())?;
+        let end = replication::effective_end(data_dir, recovered.next_sequence, from_snapshot)?;
         let Some(Replication { config, role: Role::Standby { primary }, .. }) = replication else {
-            return Ok(recovered);
+            return Ok((recovered, end));
         };
-        let end = replication::journal_end(data_dir)?;
         let promised = recovered.epochs.promised;
         let check = replication::check_journal(config, primary, end, promised)?;
         if let JournalCheck::Agrees = check {
-            return Ok(recovered);
+            return Ok((recovered, end));
         }
         // The journal is closed before it is cut or replaced.
         drop(recovered);
@@ -380,15 +383,10 @@ fn recover_for_role(
             JournalCheck::Diverged(keep_through) => {
                 replication::drop_tail(storage, end, keep_through)?;
             }
-            _ => replication::take_snapshot(config, primary, storage, end)?,
+            _ => from_snapshot = Some(replication::take_snapshot(config, primary, storage, end)?),
         }
     }
     Err(format!("the journal still disagrees with the primary after {ROUNDS_MAX} rounds"))
-}
-
-/// The epoch of the journal's last record (0 when empty).
-fn last_epoch(data_dir: &Path) -> Epoch {
-    replication::journal_end(data_dir).map_or(Epoch(0), |end| end.last_epoch)
 }
 
 fn recover_logged(
