@@ -54,16 +54,18 @@
 //!   0  standby proof  32  auth::standby_proof
 //! 11 SnapshotChunk (primary -> standby, repeated; the primary closes after the last)
 //!   0  through         8  the snapshot holds every record up to here; >= 1
-//!   8  total len       8  the snapshot file's length in bytes; >= 1
-//!  16  offset          8  where this chunk's bytes go in the file
-//!  24  bytes           n  1 ..= SNAPSHOT_CHUNK_MAX, offset + n <= total len
+//!   8  through epoch   8  record `through`'s epoch; 0 if the primary no longer holds it
+//!  16  total len       8  the snapshot file's length in bytes; >= 1
+//!  24  offset          8  where this chunk's bytes go in the file
+//!  32  bytes           n  1 ..= SNAPSHOT_CHUNK_MAX, offset + n <= total len
 //! ```
 //!
 //! Decoding checks everything one frame can show: exact lengths, magic and version, the
 //! cluster id's characters, known kinds and refusal codes, the records rules above, and the
 //! bounds marked `<=` and `>=`; each failure is its own [`MessageError`]. The rules that span
 //! messages (epochs never go down, acknowledgements never go backwards, each `Records` follows
-//! on from the last, each `SnapshotChunk` from the one before with the same through and total)
+//! on from the last, each `SnapshotChunk` from the one before with the same through, through epoch and
+//! total)
 //! belong to the state machines that use these messages, elsewhere in this crate.
 
 use std::fmt;
@@ -153,7 +155,8 @@ const FETCH_SNAPSHOT_PROOF_OFFSET: usize = 0;
 const FETCH_SNAPSHOT_BODY_LEN: usize = FETCH_SNAPSHOT_PROOF_OFFSET + PROOF_LEN;
 
 const CHUNK_THROUGH_OFFSET: usize = 0;
-const CHUNK_TOTAL_LEN_OFFSET: usize = CHUNK_THROUGH_OFFSET + 8;
+const CHUNK_THROUGH_EPOCH_OFFSET: usize = CHUNK_THROUGH_OFFSET + 8;
+const CHUNK_TOTAL_LEN_OFFSET: usize = CHUNK_THROUGH_EPOCH_OFFSET + 8;
 // The offset of the chunk's `offset` field.
 const CHUNK_OFFSET_OFFSET: usize = CHUNK_TOTAL_LEN_OFFSET + 8;
 const CHUNK_BYTES_OFFSET: usize = CHUNK_OFFSET_OFFSET + 8;
@@ -164,7 +167,7 @@ pub const SNAPSHOT_CHUNK_HEADER_LEN: usize = CHUNK_BYTES_OFFSET;
 pub const SNAPSHOT_CHUNK_FRAME_HEADER_LEN: usize = FRAME_BODY_OFFSET + SNAPSHOT_CHUNK_HEADER_LEN;
 /// Snapshot bytes one `SnapshotChunk` frame carries at most: a little under the records budget,
 /// so a chunk frame fits the frame limit the records frame sets and the reader's one buffer.
-pub const SNAPSHOT_CHUNK_MAX: usize = RECORDS_BYTES_MAX - 16;
+pub const SNAPSHOT_CHUNK_MAX: usize = RECORDS_BYTES_MAX - 32;
 
 // The budget: at least 256 KiB of records per frame, whole records only, and every frame's
 // length fits the u32 prefix.
@@ -182,7 +185,7 @@ const _: () = assert!(CLUSTER_ID_LEN_MAX <= u8::MAX as usize);
 // The limits, pinned to `docs/replication-protocol.md`.
 const _: () = assert!(FRAME_LEN_MAX == (1 << 20) + 13);
 const _: () = assert!(RECORDS_COUNT_MAX == 21_845);
-const _: () = assert!(SNAPSHOT_CHUNK_MAX == (1 << 20) - 16);
+const _: () = assert!(SNAPSHOT_CHUNK_MAX == (1 << 20) - 32);
 // The offsets, pinned to the byte diagram: the layout is a format.
 const _: () = assert!(FRAME_BODY_OFFSET == 5);
 const _: () = assert!(HELLO_CLUSTER_OFFSET == 7 && HELLO_BODY_LEN_MIN == 40);
@@ -195,8 +198,9 @@ const _: () = assert!(HEARTBEAT_BODY_LEN == 24);
 const _: () = assert!(ACK_BODY_LEN == 24);
 const _: () = assert!(REFUSE_TEXT_LEN_OFFSET == 9 && REFUSE_TEXT_OFFSET == 11);
 const _: () = assert!(FETCH_SNAPSHOT_BODY_LEN == 32);
-const _: () = assert!(CHUNK_TOTAL_LEN_OFFSET == 8 && CHUNK_OFFSET_OFFSET == 16);
-const _: () = assert!(SNAPSHOT_CHUNK_HEADER_LEN == 24 && SNAPSHOT_CHUNK_FRAME_HEADER_LEN == 29);
+const _: () = assert!(CHUNK_THROUGH_EPOCH_OFFSET == 8);
+const _: () = assert!(CHUNK_TOTAL_LEN_OFFSET == 16 && CHUNK_OFFSET_OFFSET == 24);
+const _: () = assert!(SNAPSHOT_CHUNK_HEADER_LEN == 32 && SNAPSHOT_CHUNK_FRAME_HEADER_LEN == 37);
 
 /// A message's kind: the frame's fifth byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -716,8 +720,13 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
         Message::Refuse(refuse) => encode_refuse(refuse, out),
         Message::FetchSnapshot(fetch) => encode_fixed(fetch, out),
         Message::SnapshotChunk(chunk) => {
-            let (through, total_len, offset) = (chunk.through, chunk.total_len, chunk.offset);
-            let header = snapshot_chunk_frame_header(through, total_len, offset, chunk.bytes.len());
+            let header = snapshot_chunk_frame_header(
+                chunk.through,
+                chunk.through_epoch,
+                chunk.total_len,
+                chunk.offset,
+                chunk.bytes.len(),
+            );
             out.extend_from_slice(&header[FRAME_BODY_OFFSET..]);
             out.extend_from_slice(chunk.bytes);
         }
@@ -764,6 +773,7 @@ pub fn records_frame_header(
 #[must_use]
 pub fn snapshot_chunk_frame_header(
     through: Sequence,
+    through_epoch: Epoch,
     total_len: u64,
     offset: u64,
     chunk_len: usize,
@@ -779,6 +789,7 @@ pub fn snapshot_chunk_frame_header(
     header[FRAME_KIND_OFFSET] = Kind::SnapshotChunk as u8;
     let body = &mut header[FRAME_BODY_OFFSET..];
     put_u64(body, CHUNK_THROUGH_OFFSET, through.0);
+    put_u64(body, CHUNK_THROUGH_EPOCH_OFFSET, through_epoch.0);
     put_u64(body, CHUNK_TOTAL_LEN_OFFSET, total_len);
     put_u64(body, CHUNK_OFFSET_OFFSET, offset);
     header
@@ -913,9 +924,10 @@ fn decode_snapshot_chunk(body: &[u8]) -> Result<SnapshotChunk<'_>, MessageError>
         return Err(MessageError::Truncated { kind, have, need: SNAPSHOT_CHUNK_HEADER_LEN });
     }
     let through = Sequence(get_u64(body, CHUNK_THROUGH_OFFSET));
+    let through_epoch = Epoch(get_u64(body, CHUNK_THROUGH_EPOCH_OFFSET));
     let total_len = get_u64(body, CHUNK_TOTAL_LEN_OFFSET);
     let offset = get_u64(body, CHUNK_OFFSET_OFFSET);
-    SnapshotChunk::new(through, total_len, offset, &body[CHUNK_BYTES_OFFSET..])
+    SnapshotChunk::new(through, through_epoch, total_len, offset, &body[CHUNK_BYTES_OFFSET..])
 }
 
 /// A variable-size body of `have` bytes whose fields take `need`.
@@ -1078,11 +1090,13 @@ fn check_records(first: Sequence, count: u32, bytes: &[u8]) -> Result<(), Messag
 }
 
 /// One piece of a snapshot file, `bytes` at `offset` of a file of `total_len` bytes holding every
-/// record through `through`: a `SnapshotChunk` message's body. Only [`SnapshotChunk::new`] makes
+/// record through `through`, whose epoch is `through_epoch` (0 if the primary no longer holds
+/// record `through`): a `SnapshotChunk` message's body. Only [`SnapshotChunk::new`] makes
 /// one, so holding one means the checks passed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotChunk<'a> {
     through: Sequence,
+    through_epoch: Epoch,
     total_len: u64,
     offset: u64,
     bytes: &'a [u8],
@@ -1091,20 +1105,29 @@ pub struct SnapshotChunk<'a> {
 impl<'a> SnapshotChunk<'a> {
     /// Checks that `through` and `total_len` are at least 1, and that `bytes` is 1 ..=
     /// [`SNAPSHOT_CHUNK_MAX`] bytes lying within the file: `offset + bytes.len() <= total_len`.
+    /// Any `through_epoch` is accepted; 0 means the primary could not tell.
     pub fn new(
         through: Sequence,
+        through_epoch: Epoch,
         total_len: u64,
         offset: u64,
         bytes: &'a [u8],
     ) -> Result<SnapshotChunk<'a>, MessageError> {
         check_chunk(through, total_len, offset, bytes.len())?;
-        Ok(SnapshotChunk { through, total_len, offset, bytes })
+        Ok(SnapshotChunk { through, through_epoch, total_len, offset, bytes })
     }
 
     /// The last record the snapshot holds; the same in every chunk of one transfer.
     #[must_use]
     pub fn through(&self) -> Sequence {
         self.through
+    }
+
+    /// Record `through`'s epoch, for the standby's rejoining `Join`; 0 when the primary no
+    /// longer holds that record and cannot tell. The same in every chunk of one transfer.
+    #[must_use]
+    pub fn through_epoch(&self) -> Epoch {
+        self.through_epoch
     }
 
     /// The snapshot file's length in bytes; the same in every chunk of one transfer.
@@ -1143,6 +1166,7 @@ impl fmt::Debug for SnapshotChunk<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SnapshotChunk")
             .field("through", &self.through)
+            .field("through_epoch", &self.through_epoch)
             .field("total_len", &self.total_len)
             .field("offset", &self.offset)
             .field("bytes", &self.bytes.len())
@@ -1452,29 +1476,31 @@ mod tests {
 
     #[test]
     fn the_snapshot_messages_are_the_documented_bytes() {
-        // Goal: as above for the snapshot transfer, and a chunk frame is its 29-byte header
+        // Goal: as above for the snapshot transfer, and a chunk frame is its 37-byte header
         // followed by the file's bytes unchanged.
         let fetch = Message::FetchSnapshot(FetchSnapshot { standby_proof: [4; 32] });
         assert_eq!(encoded(&fetch), frame(10, &[&[4; 32]]));
 
-        let chunk = SnapshotChunk::new(Sequence(100), 10, 6, b"abcd").unwrap();
-        let expected = frame(11, &[&le(100), &le(10), &le(6), b"abcd"]);
+        let chunk = SnapshotChunk::new(Sequence(100), Epoch(7), 10, 6, b"abcd").unwrap();
+        assert_eq!(chunk.through_epoch(), Epoch(7));
+        let expected = frame(11, &[&le(100), &le(7), &le(10), &le(6), b"abcd"]);
         assert_eq!(encoded(&Message::SnapshotChunk(chunk)), expected);
-        assert_eq!(snapshot_chunk_frame_header(Sequence(100), 10, 6, 4), expected[..29]);
-        assert_eq!(expected.len(), 4 + 1 + 24 + 4);
+        let header = snapshot_chunk_frame_header(Sequence(100), Epoch(7), 10, 6, 4);
+        assert_eq!(header, expected[..37]);
+        assert_eq!(expected.len(), 4 + 1 + 32 + 4);
     }
 
     #[test]
     fn a_chunk_is_last_when_it_reaches_the_total() {
         // Goal: `end` is where the next chunk starts, and only the chunk ending at the file's
         // length completes the transfer, whatever its size.
-        let first = SnapshotChunk::new(Sequence(9), 10, 0, b"abcdef").unwrap();
+        let first = SnapshotChunk::new(Sequence(9), Epoch(2), 10, 0, b"abcdef").unwrap();
         assert_eq!((first.end(), first.is_last()), (6, false));
-        let last = SnapshotChunk::new(Sequence(9), 10, first.end(), b"ghij").unwrap();
+        let last = SnapshotChunk::new(Sequence(9), Epoch(2), 10, first.end(), b"ghij").unwrap();
         assert_eq!((last.end(), last.is_last()), (10, true));
-        let whole = SnapshotChunk::new(Sequence(9), 1, 0, b"x").unwrap();
+        let whole = SnapshotChunk::new(Sequence(9), Epoch(2), 1, 0, b"x").unwrap();
         assert!(whole.is_last(), "a one-byte file in one chunk");
-        let tail = SnapshotChunk::new(Sequence(9), u64::MAX, u64::MAX - 1, b"y").unwrap();
+        let tail = SnapshotChunk::new(Sequence(9), Epoch(2), u64::MAX, u64::MAX - 1, b"y").unwrap();
         assert_eq!((tail.end(), tail.is_last()), (u64::MAX, true));
     }
 
@@ -1483,7 +1509,7 @@ mod tests {
     fn a_chunk_header_past_the_total_is_never_written() {
         // Goal: the writer's side of the decoder's check: a sender cannot frame a chunk that
         // runs past the file it belongs to.
-        let _ = snapshot_chunk_frame_header(Sequence(1), 10, 8, 3);
+        let _ = snapshot_chunk_frame_header(Sequence(1), Epoch(1), 10, 8, 3);
     }
 
     #[test]

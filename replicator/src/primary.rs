@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use ringfence_core::Sequence;
+use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::scan::{ReadOnlyDir, ReadSource as _};
 use ringfence_journal::snapshot;
 use ringfence_journal::tail::Tail;
@@ -184,19 +184,24 @@ fn serve_standby(
 /// Sends the newest snapshot to a standby that asked for one: its records were retired.
 fn send_snapshot(control: &Control, writer: &mut TcpStream, peer: &str) -> Result<(), String> {
     let config = control.config();
-    let source = ReadOnlyDir::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let mut source = ReadOnlyDir::open(&config.data_dir).map_err(|e| e.to_string())?;
     let snapshots = snapshot::list(&source).map_err(|e| e.to_string())?;
     let Some((through, name)) = snapshots.last().cloned() else {
         return Err("this primary has no snapshot to send".into());
     };
     let bytes = source.read_file(&name).map_err(|e| format!("reading {name}: {e}"))?;
     let total = bytes.len() as u64;
+    // Record `through`'s epoch, for the standby's rejoining `Join`; 0 if this journal no longer
+    // holds it (then it starts after `through` and the join check does not need it).
+    let through_epoch =
+        ringfence_journal::tail::epoch_at(&mut source, through).ok().flatten().unwrap_or(Epoch(0));
     log(format_args!("replication: sending snapshot {name} ({total} bytes) to standby {peer}"));
     // The transfer may take a while: the standby reads as fast as it writes.
     let _ = writer.set_write_timeout(Some(Duration::from_secs(30)));
     for (index, chunk) in bytes.chunks(SNAPSHOT_CHUNK_MAX).enumerate() {
         let offset = (index * SNAPSHOT_CHUNK_MAX) as u64;
-        write_snapshot_chunk(writer, through, total, offset, chunk).map_err(|e| e.to_string())?;
+        write_snapshot_chunk(writer, through, through_epoch, total, offset, chunk)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

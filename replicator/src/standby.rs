@@ -130,17 +130,21 @@ fn handshake(
     Ok((socket, reader, proof))
 }
 
-/// The snapshot a primary sent: the sequence it covers and the file's bytes.
+/// The snapshot a primary sent: the sequence it covers, that record's epoch, and the file's
+/// bytes.
 pub struct FetchedSnapshot {
     /// Every record up to this sequence is included.
     pub through: Sequence,
+    /// Record `through`'s epoch, 0 if the primary no longer holds it: rejoin with
+    /// `Join { last_sequence: through, last_epoch: through_epoch }`.
+    pub through_epoch: Epoch,
     /// The snapshot file, whole.
     pub bytes: Vec<u8>,
 }
 
 /// Fetches the primary's newest snapshot (for a standby whose missing records were retired).
 /// Refuses a snapshot above `len_max` bytes, and chunks that are not contiguous from 0 or that
-/// change the snapshot's sequence or length part way.
+/// change the snapshot's sequence, epoch or length part way.
 pub fn fetch_snapshot(
     config: &ReplicationConfig,
     primary: &str,
@@ -151,13 +155,13 @@ pub fn fetch_snapshot(
     write_message(&mut socket.try_clone()?, &fetch, &mut Vec::new())?;
     socket.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut bytes: Vec<u8> = Vec::new();
-    let mut expected: Option<(Sequence, u64)> = None;
+    let mut expected: Option<(Sequence, Epoch, u64)> = None;
     loop {
         let chunk = match reader.read_message()? {
             Message::SnapshotChunk(chunk) => chunk,
             other => return Err(unexpected_or_refused(other)),
         };
-        let this = (chunk.through(), chunk.total_len());
+        let this = (chunk.through(), chunk.through_epoch(), chunk.total_len());
         let broken = |what: &str| JoinError::Protocol(format!("snapshot transfer: {what}"));
         if chunk.total_len() > len_max {
             let len = chunk.total_len();
@@ -173,7 +177,8 @@ pub fn fetch_snapshot(
         bytes.extend_from_slice(chunk.bytes());
         if chunk.is_last() {
             assert_eq!(bytes.len() as u64, chunk.total_len(), "the last chunk ends the file");
-            return Ok(FetchedSnapshot { through: chunk.through(), bytes });
+            let (through, through_epoch) = (chunk.through(), chunk.through_epoch());
+            return Ok(FetchedSnapshot { through, through_epoch, bytes });
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::io::{self, Read, Write};
 
-use ringfence_core::Sequence;
+use ringfence_core::{Epoch, Sequence};
 
 use crate::message::{self, FRAME_LEN_MAX, FRAME_PREFIX_LEN, Message, MessageError};
 
@@ -145,17 +145,25 @@ pub fn write_records(
 
 /// Writes a `SnapshotChunk` frame of `bytes`, the snapshot file's bytes from `offset` (read
 /// straight from the file, say): the header, then the bytes, with no copy. `through` and
-/// `total_len` are at least 1 and the same for every chunk of a file; `bytes` is 1 ..=
+/// `total_len` are at least 1 and, with `through_epoch` (record `through`'s epoch, 0 if the
+/// primary no longer holds it), the same for every chunk of a file; `bytes` is 1 ..=
 /// `SNAPSHOT_CHUNK_MAX` long and ends at or before `total_len`. It panics otherwise: the
 /// receiver would refuse the frame, so the caller is wrong.
 pub fn write_snapshot_chunk(
     writer: &mut impl Write,
     through: Sequence,
+    through_epoch: Epoch,
     total_len: u64,
     offset: u64,
     bytes: &[u8],
 ) -> io::Result<()> {
-    let header = message::snapshot_chunk_frame_header(through, total_len, offset, bytes.len());
+    let header = message::snapshot_chunk_frame_header(
+        through,
+        through_epoch,
+        total_len,
+        offset,
+        bytes.len(),
+    );
     writer.write_all(&header)?;
     writer.write_all(bytes)
 }
@@ -163,8 +171,6 @@ pub fn write_snapshot_chunk(
 #[cfg(test)]
 mod tests {
     use std::io::Cursor;
-
-    use ringfence_core::Epoch;
 
     use super::*;
     use crate::message::{Ack, Heartbeat, Records, Refuse, RefuseCode, SnapshotChunk};
@@ -307,12 +313,14 @@ mod tests {
         // Goal: the no-copy writer sends the same bytes as encoding each `SnapshotChunk`, and a
         // reader gets the file back, chunk after chunk, the last one marked last.
         let file: Vec<u8> = (0..=255u8).cycle().take(1_000).collect();
-        let (through, total_len) = (Sequence(42), file.len() as u64);
+        let (through, through_epoch, total_len) = (Sequence(42), Epoch(5), file.len() as u64);
         let (mut written, mut expected, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
         for (i, piece) in file.chunks(400).enumerate() {
             let offset = i as u64 * 400;
-            write_snapshot_chunk(&mut written, through, total_len, offset, piece).unwrap();
-            let chunk = SnapshotChunk::new(through, total_len, offset, piece).unwrap();
+            write_snapshot_chunk(&mut written, through, through_epoch, total_len, offset, piece)
+                .unwrap();
+            let chunk =
+                SnapshotChunk::new(through, through_epoch, total_len, offset, piece).unwrap();
             write_message(&mut expected, &Message::SnapshotChunk(chunk), &mut scratch).unwrap();
         }
         assert_eq!(written, expected);
@@ -323,6 +331,7 @@ mod tests {
                 panic!("not a chunk")
             };
             assert_eq!(chunk.offset(), received.len() as u64);
+            assert_eq!((chunk.through(), chunk.through_epoch()), (through, through_epoch));
             received.extend_from_slice(chunk.bytes());
             if chunk.is_last() {
                 break;
@@ -338,6 +347,6 @@ mod tests {
         // Goal: a sender that reached the end of the file does not send a zero-byte chunk the
         // standby would refuse; it is stopped before a byte leaves.
         let mut written = Vec::new();
-        let _ = write_snapshot_chunk(&mut written, Sequence(1), 10, 10, &[]);
+        let _ = write_snapshot_chunk(&mut written, Sequence(1), Epoch(1), 10, 10, &[]);
     }
 }

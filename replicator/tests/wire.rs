@@ -59,11 +59,22 @@ fn decode_err(bytes: &[u8]) -> MessageError {
     }
 }
 
-/// A snapshot chunk frame declaring `through`, `total_len` and `offset` around `bytes`, whatever
-/// they hold.
+/// A snapshot chunk frame declaring `through` (with through epoch 3), `total_len` and `offset`
+/// around `bytes`, whatever they hold.
 fn chunk_frame(through: u64, total_len: u64, offset: u64, bytes: &[u8]) -> Vec<u8> {
-    let body = [&through.to_le_bytes()[..], &total_len.to_le_bytes(), &offset.to_le_bytes(), bytes];
-    frame(Kind::SnapshotChunk as u8, &body.concat())
+    chunk_frame_epoch(through, 3, total_len, offset, bytes)
+}
+
+/// As [`chunk_frame`], with the through epoch given.
+fn chunk_frame_epoch(
+    through: u64,
+    through_epoch: u64,
+    total_len: u64,
+    offset: u64,
+    bytes: &[u8],
+) -> Vec<u8> {
+    let header = [through, through_epoch, total_len, offset].map(u64::to_le_bytes);
+    frame(Kind::SnapshotChunk as u8, &[header.concat().as_slice(), bytes].concat())
 }
 
 /// One message of every kind (the records borrow `records`).
@@ -93,7 +104,9 @@ fn one_of_each(records: &[u8]) -> Vec<Message<'_>> {
         Message::Ack(Ack { written: Sequence(44), durable: Sequence(43), echo_ms: 17 }),
         Message::Refuse(Refuse::new(RefuseCode::StaleEpoch, Epoch(4), "epoch 3 < promised 4")),
         Message::FetchSnapshot(FetchSnapshot { standby_proof: [6; 32] }),
-        Message::SnapshotChunk(SnapshotChunk::new(Sequence(40), 4_096, 512, b"RFNCSNAP").unwrap()),
+        Message::SnapshotChunk(
+            SnapshotChunk::new(Sequence(40), Epoch(3), 4_096, 512, b"RFNCSNAP").unwrap(),
+        ),
     ]
 }
 
@@ -460,14 +473,14 @@ fn records_iterate_as_the_slices_that_were_sent() {
 
 #[test]
 fn a_snapshot_chunk_cut_inside_its_header_is_refused() {
-    // Goal: a chunk body shorter than its three fields is cut short, not read past its end.
+    // Goal: a chunk body shorter than its four fields is cut short, not read past its end.
     let kind = Kind::SnapshotChunk;
     let whole = chunk_frame(9, 10, 0, b"a");
     assert_eq!(
-        decode_err(&frame(11, &whole[5..28])),
-        MessageError::Truncated { kind, have: 23, need: 24 }
+        decode_err(&frame(11, &whole[5..36])),
+        MessageError::Truncated { kind, have: 31, need: 32 }
     );
-    assert_eq!(decode_err(&frame(11, &[])), MessageError::Truncated { kind, have: 0, need: 24 });
+    assert_eq!(decode_err(&frame(11, &[])), MessageError::Truncated { kind, have: 0, need: 32 });
 }
 
 #[test]
@@ -476,10 +489,25 @@ fn a_snapshot_chunk_through_sequence_0_is_refused() {
     // by the constructor alike; through 1 is accepted.
     assert_eq!(decode_err(&chunk_frame(0, 10, 0, b"abc")), MessageError::SnapshotThroughZero);
     assert_eq!(
-        SnapshotChunk::new(Sequence(0), 10, 0, b"abc"),
+        SnapshotChunk::new(Sequence(0), Epoch(3), 10, 0, b"abc"),
         Err(MessageError::SnapshotThroughZero)
     );
     assert!(decode(&chunk_frame(1, 10, 0, b"abc")).unwrap().is_some());
+}
+
+#[test]
+fn a_snapshot_chunk_carries_its_through_epoch_even_0() {
+    // Goal: the through epoch sits right after `through` and is read back as sent; 0 (the
+    // primary no longer holds record `through`) is a valid value, not a refusal.
+    for epoch in [0, 1, u64::MAX] {
+        let bytes = chunk_frame_epoch(9, epoch, 10, 0, b"abc");
+        assert_eq!(bytes[5 + 8..5 + 16], epoch.to_le_bytes());
+        let (message, _) = decode(&bytes).unwrap().unwrap();
+        let Message::SnapshotChunk(chunk) = message else { panic!("{message:?}") };
+        assert_eq!((chunk.through(), chunk.through_epoch()), (Sequence(9), Epoch(epoch)));
+        let made = SnapshotChunk::new(Sequence(9), Epoch(epoch), 10, 0, b"abc").unwrap();
+        assert_eq!(encoded(&Message::SnapshotChunk(made)), bytes);
+    }
 }
 
 #[test]
@@ -487,7 +515,10 @@ fn a_snapshot_chunk_of_an_empty_file_is_refused() {
     // Goal: a snapshot file is never empty, so a total length of 0 is refused as such, not as
     // a chunk past the end.
     assert_eq!(decode_err(&chunk_frame(9, 0, 0, b"abc")), MessageError::SnapshotTotalZero);
-    assert_eq!(SnapshotChunk::new(Sequence(9), 0, 0, b"abc"), Err(MessageError::SnapshotTotalZero));
+    assert_eq!(
+        SnapshotChunk::new(Sequence(9), Epoch(3), 0, 0, b"abc"),
+        Err(MessageError::SnapshotTotalZero)
+    );
 }
 
 #[test]
@@ -495,7 +526,10 @@ fn an_empty_snapshot_chunk_is_refused() {
     // Goal: every chunk moves the transfer on by at least one byte, so a transfer always ends.
     assert_eq!(decode_err(&chunk_frame(9, 10, 0, b"")), MessageError::SnapshotChunkEmpty);
     assert_eq!(decode_err(&chunk_frame(9, 10, 10, b"")), MessageError::SnapshotChunkEmpty);
-    assert_eq!(SnapshotChunk::new(Sequence(9), 10, 0, b""), Err(MessageError::SnapshotChunkEmpty));
+    assert_eq!(
+        SnapshotChunk::new(Sequence(9), Epoch(3), 10, 0, b""),
+        Err(MessageError::SnapshotChunkEmpty)
+    );
 }
 
 #[test]
@@ -504,16 +538,17 @@ fn a_snapshot_chunk_above_the_max_is_refused() {
     // refused, though the frame limit alone would let a few more bytes through.
     let full = vec![0x5A; SNAPSHOT_CHUNK_MAX];
     let total = 3 * SNAPSHOT_CHUNK_MAX as u64;
-    let chunk = Message::SnapshotChunk(SnapshotChunk::new(Sequence(9), total, 0, &full).unwrap());
+    let chunk =
+        Message::SnapshotChunk(SnapshotChunk::new(Sequence(9), Epoch(3), total, 0, &full).unwrap());
     let bytes = encoded(&chunk);
     assert!(bytes.len() - 4 <= FRAME_LEN_MAX);
     assert_eq!(decode(&bytes), Ok(Some((chunk, bytes.len()))));
 
     let over = vec![0x5A; SNAPSHOT_CHUNK_MAX + 1];
-    assert!(1 + 24 + over.len() <= FRAME_LEN_MAX, "the frame limit alone lets it through");
+    assert!(1 + 32 + over.len() <= FRAME_LEN_MAX, "the frame limit alone lets it through");
     let too_long = MessageError::SnapshotChunkTooLong { len: SNAPSHOT_CHUNK_MAX + 1 };
     assert_eq!(decode_err(&chunk_frame(9, total, 0, &over)), too_long);
-    assert_eq!(SnapshotChunk::new(Sequence(9), total, 0, &over), Err(too_long));
+    assert_eq!(SnapshotChunk::new(Sequence(9), Epoch(3), total, 0, &over), Err(too_long));
 }
 
 #[test]
@@ -526,7 +561,7 @@ fn a_snapshot_chunk_past_the_total_is_refused() {
     assert_eq!(decode_err(&chunk_frame(9, 10, 10, b"a")), past(10, 1, 10));
     assert_eq!(decode_err(&chunk_frame(9, 10, u64::MAX, b"ab")), past(u64::MAX, 2, 10));
     assert_eq!(decode_err(&chunk_frame(9, u64::MAX, u64::MAX, b"a")), past(u64::MAX, 1, u64::MAX));
-    assert_eq!(SnapshotChunk::new(Sequence(9), 10, 8, b"abc"), Err(past(8, 3, 10)));
+    assert_eq!(SnapshotChunk::new(Sequence(9), Epoch(3), 10, 8, b"abc"), Err(past(8, 3, 10)));
     let bytes = chunk_frame(9, 10, 7, b"abc");
     let (last, _) = decode(&bytes).unwrap().unwrap();
     assert!(matches!(last, Message::SnapshotChunk(chunk) if chunk.is_last()));
@@ -538,7 +573,7 @@ enum Owned {
     Plain(Message<'static>),
     Records { first: u64, count: u32, bytes: Vec<u8> },
     Refuse { code: RefuseCode, epoch: u64, text: String },
-    Chunk { through: u64, total_len: u64, offset: u64, bytes: Vec<u8> },
+    Chunk { through: u64, through_epoch: u64, total_len: u64, offset: u64, bytes: Vec<u8> },
 }
 
 impl Owned {
@@ -551,9 +586,11 @@ impl Owned {
             Owned::Refuse { code, epoch, text } => {
                 Message::Refuse(Refuse::new(*code, Epoch(*epoch), text))
             }
-            Owned::Chunk { through, total_len, offset, bytes } => Message::SnapshotChunk(
-                SnapshotChunk::new(Sequence(*through), *total_len, *offset, bytes).unwrap(),
-            ),
+            Owned::Chunk { through, through_epoch, total_len, offset, bytes } => {
+                let (through, through_epoch) = (Sequence(*through), Epoch(*through_epoch));
+                let chunk = SnapshotChunk::new(through, through_epoch, *total_len, *offset, bytes);
+                Message::SnapshotChunk(chunk.unwrap())
+            }
         }
     }
 }
@@ -577,14 +614,18 @@ fn records() -> impl Strategy<Value = Owned> {
     )
 }
 
-/// A chunk anywhere in a file of any length, the chunk's end at most the file's.
+/// A chunk anywhere in a file of any length, the chunk's end at most the file's, with any
+/// through epoch (0 included: the primary could not tell).
 fn snapshot_chunk() -> impl Strategy<Value = Owned> {
     let bytes = prop::collection::vec(any::<u8>(), 1..64);
-    (1..=u64::MAX, sorted_pair(), bytes).prop_map(|(through, (a, b), bytes)| {
-        let offset = a.min(u64::MAX - bytes.len() as u64);
-        let total_len = b.max(offset + bytes.len() as u64);
-        Owned::Chunk { through, total_len, offset, bytes }
-    })
+    let through_epoch = prop_oneof![Just(0), any::<u64>()];
+    (1..=u64::MAX, through_epoch, sorted_pair(), bytes).prop_map(
+        |(through, through_epoch, (a, b), bytes)| {
+            let offset = a.min(u64::MAX - bytes.len() as u64);
+            let total_len = b.max(offset + bytes.len() as u64);
+            Owned::Chunk { through, through_epoch, total_len, offset, bytes }
+        },
+    )
 }
 
 fn sorted_pair() -> impl Strategy<Value = (u64, u64)> {
@@ -701,14 +742,15 @@ proptest! {
         let mut bytes = Vec::new();
         for (i, piece) in file.chunks(chunk_len).enumerate() {
             let offset = (i * chunk_len) as u64;
-            let chunk = SnapshotChunk::new(Sequence(77), total_len, offset, piece).unwrap();
+            let chunk = SnapshotChunk::new(Sequence(77), Epoch(3), total_len, offset, piece).unwrap();
             encode(&Message::SnapshotChunk(chunk), &mut bytes);
         }
         let (mut at, mut received) = (0, Vec::new());
         while let Some((message, consumed)) = decode(&bytes[at..]).unwrap() {
             let Message::SnapshotChunk(chunk) = message else { panic!("{message:?}") };
             prop_assert_eq!(chunk.offset(), received.len() as u64);
-            prop_assert_eq!((chunk.through(), chunk.total_len()), (Sequence(77), total_len));
+            let fields = (chunk.through(), chunk.through_epoch(), chunk.total_len());
+            prop_assert_eq!(fields, (Sequence(77), Epoch(3), total_len));
             received.extend_from_slice(chunk.bytes());
             prop_assert_eq!(chunk.is_last(), received.len() == file.len());
             at += consumed;
