@@ -37,6 +37,11 @@ const SECRET: &str = "a-cluster-secret-of-32-bytes-ok!";
 
 fn primary(dir: &Path, secret: &str, extra: &[&str]) -> Serve {
     let mut args = vec!["--cluster-secret-file", secret, "--replication-listen", "127.0.0.1:0"];
+    if !extra.contains(&"--replication-timeout-ms") {
+        // A loaded CI machine can stall a process for a second or two; only the test about a
+        // silent standby wants the timeout to fire.
+        args.extend_from_slice(&["--replication-timeout-ms", "10000"]);
+    }
     args.extend_from_slice(extra);
     Serve::start_with(dir, &args)
 }
@@ -80,7 +85,8 @@ fn create_sale(node: &Serve) {
     let sku = format!(
         r#"{{"sku":1,"stock":{STOCK},"price_cents":900,"per_user_limit":{PER_USER},"payment_timeout_ms":600000}}"#
     );
-    assert_eq!(node.call("POST", "/v1/skus", &sku, true).0, 201);
+    let (status, body) = node.call("POST", "/v1/skus", &sku, true);
+    assert_eq!(status, 201, "{body}");
 }
 
 /// Waits until `node`'s `/v1/node` satisfies `ready`.
@@ -196,7 +202,7 @@ fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
     let root = temp_dir("sigstop");
     let secret = write_secret(&root, SECRET);
     let (dir_a, dir_b) = (root.join("a"), root.join("b"));
-    let node = primary(&dir_a, &secret, &["--replication-timeout-ms", "400"]);
+    let node = primary(&dir_a, &secret, &["--replication-timeout-ms", "1000"]);
     let follower = standby(&dir_b, &secret, node.replication.unwrap());
     create_sale(&node);
     wait_node(&node, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
@@ -400,14 +406,16 @@ fn a_fresh_standby_of_a_primary_that_retired_its_first_records_starts_from_a_sna
     let mut request = 0;
     while first_segment.exists() {
         assert!(request < 5_000, "the primary never retired its first segment");
-        let body = format!(r#"{{"request_id":"bulk-{request}","user":{request},"sku":1,"qty":1}}"#);
+        let user = request + 1;
+        let body = format!(r#"{{"request_id":"bulk-{request}","user":{user},"sku":1,"qty":1}}"#);
         assert_eq!(try_call(node.http, "POST", "/v1/orders", &body).unwrap().0, 201);
         request += 1;
     }
     let follower = standby(&dir_b, &secret, node.replication.unwrap());
     follower.wait_for_log("fetched the primary's snapshot", Duration::from_secs(5));
     for extra in 0..10 {
-        let body = format!(r#"{{"request_id":"late-{extra}","user":{extra},"sku":1,"qty":1}}"#);
+        let body =
+            format!(r#"{{"request_id":"late-{extra}","user":{},"sku":1,"qty":1}}"#, extra + 1);
         assert_eq!(try_call(node.http, "POST", "/v1/orders", &body).unwrap().0, 201);
     }
     let (_, view) = node.call("GET", "/v1/node", "", false);
