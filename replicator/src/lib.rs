@@ -25,5 +25,6 @@ pub mod message;
 pub mod policy;
 pub mod position;
 mod primary;
+pub mod session;
 pub mod standby;
 pub mod stream;

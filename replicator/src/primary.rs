@@ -24,10 +24,9 @@ use ringfence_journal::tail::Tail;
 use crate::auth;
 use crate::control::{Control, log};
 use crate::index::DirIndex;
-use crate::message::{
-    Challenge, Diverged, Heartbeat, Message, Refuse, RefuseCode, SNAPSHOT_CHUNK_MAX, Start,
-};
-use crate::position::{JoinDecision, StandbyPosition, decide};
+use crate::message::{Message, Refuse, RefuseCode, SNAPSHOT_CHUNK_MAX};
+use crate::position::JournalIndex;
+use crate::session::{Outgoing, PrimarySession, PrimaryStep, PrimaryView};
 use crate::stream::{FrameReader, write_message, write_records, write_snapshot_chunk};
 
 /// Bytes of records per `Records` message.
@@ -79,7 +78,8 @@ pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result
     Ok(())
 }
 
-/// Authenticates a standby, answers its join, and if it may stream, starts its threads.
+/// Runs the handshake with a standby (`session::PrimarySession`) and whatever it leads to:
+/// streaming, a snapshot transfer, or a refusal.
 fn serve_standby(
     control: &Arc<Control>,
     socket: TcpStream,
@@ -94,91 +94,61 @@ fn serve_standby(
     let mut reader = FrameReader::new(socket.try_clone().map_err(|e| e.to_string())?);
     let mut writer = socket.try_clone().map_err(|e| e.to_string())?;
     let mut scratch = Vec::new();
-    let refuse = |writer: &mut TcpStream, scratch: &mut Vec<u8>, code, text: &str| {
-        let epoch = control.epoch();
-        let _ = write_message(writer, &Message::Refuse(Refuse::new(code, epoch, text)), scratch);
-        Err(text.to_owned())
-    };
-    let hello = match reader.read_message().map_err(|e| e.to_string())? {
-        Message::Hello(hello) => hello,
-        other => {
-            return refuse(&mut writer, &mut scratch, RefuseCode::BadMessage, &unexpected(&other));
-        }
-    };
-    if hello.cluster != config.cluster {
-        let text = format!("cluster `{}` is not this cluster `{}`", hello.cluster, config.cluster);
-        return refuse(&mut writer, &mut scratch, RefuseCode::Cluster, &text);
-    }
-    let standby_nonce = hello.standby_nonce;
-    let primary_nonce = auth::nonce().map_err(|e| e.to_string())?;
-    let proof =
-        auth::primary_proof(&config.secret, &config.cluster, &standby_nonce, &primary_nonce);
-    let challenge = Message::Challenge(Challenge { primary_nonce, primary_proof: proof });
-    write_message(&mut writer, &challenge, &mut scratch).map_err(|e| e.to_string())?;
-    let (proof, join) = match reader.read_message().map_err(|e| e.to_string())? {
-        Message::Join(join) => (join.standby_proof, Some(join)),
-        Message::FetchSnapshot(fetch) => (fetch.standby_proof, None),
-        other => {
-            return refuse(&mut writer, &mut scratch, RefuseCode::BadMessage, &unexpected(&other));
-        }
-    };
-    let (secret, cluster) = (&config.secret, &config.cluster);
-    if auth::verify_standby(secret, cluster, &standby_nonce, &primary_nonce, &proof).is_err() {
-        return refuse(&mut writer, &mut scratch, RefuseCode::Auth, "wrong cluster secret");
-    }
-    if !control.is_primary() {
-        return refuse(&mut writer, &mut scratch, RefuseCode::NotPrimary, "this node is a standby");
-    }
-    let Some(join) = join else {
-        return match send_snapshot(control, &mut writer, &peer) {
-            Ok(()) => Ok(()),
-            Err(text) => refuse(&mut writer, &mut scratch, RefuseCode::Internal, &text),
+    let mut session = PrimarySession::new(auth::nonce().map_err(|e| e.to_string())?);
+    loop {
+        let message = reader.read_message().map_err(|e| e.to_string())?;
+        let journal_last = Sequence(control.link().available());
+        let mut index =
+            DirIndex::open(&config.data_dir, journal_last).map_err(|e| e.to_string())?;
+        let mut view = PrimaryView {
+            cluster: &config.cluster,
+            secret: &config.secret,
+            epoch: control.epoch(),
+            is_primary: control.is_primary(),
+            journal: &mut index,
+            journal_last,
         };
-    };
-    let position = StandbyPosition {
-        last_sequence: join.last_sequence,
-        last_epoch: join.last_epoch,
-        promised: join.promised_epoch,
-    };
-    let epoch = control.epoch();
-    let mut index = DirIndex::open(&config.data_dir, Sequence(control.link().available()))
-        .map_err(|e| e.to_string())?;
-    let from = match decide(&mut index, epoch, position) {
-        JoinDecision::Stream { from } => from,
-        JoinDecision::Diverged { keep_through } => {
-            log(format_args!(
-                "replication: standby {peer} holds records after {keep_through} this journal \
-                 does not ({}..={} from epoch {}): told to drop them and rejoin",
-                keep_through.next(),
-                position.last_sequence,
-                position.last_epoch
-            ));
-            let message = Message::Diverged(Diverged { epoch, keep_through });
-            let _ = write_message(&mut writer, &message, &mut scratch);
-            return Ok(());
+        match session.on_message(&message, &mut view) {
+            PrimaryStep::Reply(reply) => {
+                write_message(&mut writer, &reply.message(), &mut scratch)
+                    .map_err(|e| e.to_string())?;
+            }
+            PrimaryStep::Stream(start) => {
+                write_message(&mut writer, &Message::Start(start), &mut scratch)
+                    .map_err(|e| e.to_string())?;
+                log(format_args!(
+                    "replication: standby {peer} joined, streaming from {} (journal at {})",
+                    start.from_sequence, start.primary_last
+                ));
+                let stream = Streaming { socket, reader, session, peer };
+                return start_stream(control, stream, start.from_sequence, current);
+            }
+            PrimaryStep::SendSnapshot => {
+                return send_snapshot(control, &mut writer, &peer).inspect_err(|text| {
+                    let refuse =
+                        Message::Refuse(Refuse::new(RefuseCode::Internal, view.epoch, text));
+                    let _ = write_message(&mut writer, &refuse, &mut scratch);
+                });
+            }
+            PrimaryStep::Acknowledged(_) => {
+                unreachable!("acknowledgements come only when streaming")
+            }
+            PrimaryStep::Close { last, reason, deposed_by } => {
+                if let Some(newer) = deposed_by {
+                    control.depose(newer, &format!("standby {peer}"));
+                }
+                let diverged = matches!(last, Some(Outgoing::Diverged(_)));
+                if let Some(last) = last {
+                    let _ = write_message(&mut writer, &last.message(), &mut scratch);
+                }
+                if diverged {
+                    log(format_args!("replication: standby {peer}: {reason}"));
+                    return Ok(());
+                }
+                return Err(reason);
+            }
         }
-        JoinDecision::NeedsSnapshot { first_held } => {
-            let text = format!(
-                "the standby needs records from {}, but this journal starts at {first_held} \
-                 (older segments were retired after a snapshot): the standby fetches this \
-                 node's newest snapshot when it starts",
-                position.last_sequence.next()
-            );
-            return refuse(&mut writer, &mut scratch, RefuseCode::NeedsSnapshot, &text);
-        }
-        JoinDecision::Superseded { promised } => {
-            control.depose(promised, &peer);
-            let text = format!("this primary (epoch {epoch}) was superseded by epoch {promised}");
-            return refuse(&mut writer, &mut scratch, RefuseCode::StaleEpoch, &text);
-        }
-    };
-    let last = Sequence(control.link().available());
-    let start = Message::Start(Start { epoch, from_sequence: from, primary_last: last });
-    write_message(&mut writer, &start, &mut scratch).map_err(|e| e.to_string())?;
-    log(format_args!(
-        "replication: standby {peer} joined, streaming from {from} (journal at {last})"
-    ));
-    start_stream(control, socket, reader, from, current, &peer)
+    }
 }
 
 /// Sends the newest snapshot to a standby that asked for one: its records were retired.
@@ -206,49 +176,51 @@ fn send_snapshot(control: &Control, writer: &mut TcpStream, peer: &str) -> Resul
     Ok(())
 }
 
-fn unexpected(message: &Message<'_>) -> String {
-    format!("unexpected {} message during the handshake", message.kind())
-}
-
-/// Replaces the current stream with this standby's and starts its sender and ack reader.
-fn start_stream(
-    control: &Arc<Control>,
+/// A connection that completed the handshake and streams.
+struct Streaming {
     socket: TcpStream,
     reader: FrameReader<TcpStream>,
+    session: PrimarySession,
+    peer: String,
+}
+
+/// Replaces the current stream with this standby's, starts its sender, and reads its
+/// acknowledgements until the stream ends.
+fn start_stream(
+    control: &Arc<Control>,
+    stream: Streaming,
     from: Sequence,
     current: &Arc<Mutex<Option<Stream>>>,
-    peer: &str,
 ) -> Result<(), String> {
+    let Streaming { socket, reader, session, peer } = stream;
     let config = control.config();
-    let id = control.on_connected(peer);
+    let id = control.on_connected(&peer);
     // Reads time out at the replication timeout; the policy decides what silence means.
-    socket
-        .set_read_timeout(Some(Duration::from_millis(config.timeout_ms.max(1))))
-        .map_err(|e| e.to_string())?;
-    socket.set_write_timeout(Some(Duration::from_millis(config.timeout_ms.max(1)))).ok();
+    let timeout = Some(Duration::from_millis(config.timeout_ms.max(1)));
+    socket.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    socket.set_write_timeout(timeout).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let mut current = current.lock().expect("never poisoned");
-        if let Some(old) =
-            current.replace(Stream { socket: socket.try_clone().map_err(|e| e.to_string())? })
-        {
-            let _ = old.socket.shutdown(Shutdown::Both);
-        }
+    let replaced = Stream { socket: socket.try_clone().map_err(|e| e.to_string())? };
+    if let Some(old) = current.lock().expect("never poisoned").replace(replaced) {
+        let _ = old.socket.shutdown(Shutdown::Both);
     }
+    let session = Arc::new(Mutex::new(session));
     let sender = socket.try_clone().map_err(|e| e.to_string())?;
-    let (send_control, send_stop) = (Arc::clone(control), Arc::clone(&stop));
+    let (send_control, send_stop, send_session) =
+        (Arc::clone(control), Arc::clone(&stop), Arc::clone(&session));
     thread::Builder::new()
         .name("rf-repl-send".into())
         .spawn(move || {
-            if let Err(error) = send_records(&send_control, sender, from, &send_stop) {
-                if !send_stop.load(Ordering::Acquire) {
-                    log(format_args!("replication: streaming to the standby stopped: {error}"));
-                }
+            let sent = send_records(&send_control, sender, from, &send_session, &send_stop);
+            if let Err(error) = sent
+                && !send_stop.load(Ordering::Acquire)
+            {
+                log(format_args!("replication: streaming to the standby stopped: {error}"));
             }
             send_stop.store(true, Ordering::Release);
         })
         .map_err(|e| e.to_string())?;
-    read_acks(control, reader, &stop, id);
+    read_acks(control, reader, &socket, &session, &stop, id);
     stop.store(true, Ordering::Release);
     control.link().notify();
     let _ = socket.shutdown(Shutdown::Both);
@@ -256,31 +228,33 @@ fn start_stream(
     Ok(())
 }
 
-/// Streams the journal from `from` to the standby until stopped or the socket fails.
+/// Streams the journal from `from` to the standby until stopped or the socket fails, with a
+/// heartbeat whenever the session says one is due.
 fn send_records(
     control: &Control,
     mut socket: TcpStream,
     from: Sequence,
+    session: &Mutex<PrimarySession>,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     let config = control.config();
     let link = control.link();
     let source = ReadOnlyDir::open(&config.data_dir).map_err(io::Error::other)?;
     let mut tail = Tail::open(source, from).map_err(io::Error::other)?;
-    let heartbeat = Duration::from_millis(config.heartbeat_ms.max(1));
+    let period_ms = config.heartbeat_ms.max(1);
     let mut records = Vec::with_capacity(RECORDS_BATCH_BYTES + 4096);
     let mut scratch = Vec::new();
     link.set_streaming(true);
     while !stop.load(Ordering::Acquire) && !control.stopping() {
         let seen = tail.next().0 - 1;
-        let available = link.wait_beyond(seen, heartbeat);
+        let available = link.wait_beyond(seen, Duration::from_millis(period_ms));
         if available <= seen {
-            let beat = Heartbeat {
-                epoch: control.epoch(),
-                last_sequence: Sequence(available),
-                sent_at_ms: control.now_ms(),
-            };
-            write_message(&mut socket, &Message::Heartbeat(beat), &mut scratch)?;
+            let last = Sequence(available);
+            let due =
+                lock(session).heartbeat_due(control.now_ms(), period_ms, control.epoch(), last);
+            if let Some(beat) = due {
+                write_message(&mut socket, &Message::Heartbeat(beat), &mut scratch)?;
+            }
             continue;
         }
         records.clear();
@@ -290,34 +264,80 @@ fn send_records(
             .map_err(io::Error::other)?;
         if count > 0 {
             write_records(&mut socket, first, count, &records)?;
+            lock(session).on_sent(Sequence(tail.next().0 - 1), control.now_ms());
         }
     }
     link.set_streaming(false);
     Ok(())
 }
 
-/// Reads acknowledgements into the policy until the stream stops, fails or goes silent.
-fn read_acks(control: &Control, mut reader: FrameReader<TcpStream>, stop: &AtomicBool, id: u64) {
+fn lock(session: &Mutex<PrimarySession>) -> std::sync::MutexGuard<'_, PrimarySession> {
+    session.lock().expect("the session lock is never poisoned")
+}
+
+/// Reads acknowledgements into the policy until the stream stops, fails, goes silent, or the
+/// session refuses one.
+fn read_acks(
+    control: &Control,
+    mut reader: FrameReader<TcpStream>,
+    socket: &TcpStream,
+    session: &Mutex<PrimarySession>,
+    stop: &AtomicBool,
+    id: u64,
+) {
+    let config = control.config();
+    let mut journal = NoIndex;
     while !stop.load(Ordering::Acquire) && !control.stopping() {
-        match reader.read_message() {
-            Ok(Message::Ack(ack)) => control.on_ack(id, ack.written, ack.durable, ack.echo_ms),
-            Ok(Message::Refuse(refuse)) => {
-                log(format_args!("replication: the standby refused the stream: {}", refuse.text));
-                if refuse.code == RefuseCode::StaleEpoch {
-                    control.depose(refuse.epoch, "the standby");
-                }
-                return;
-            }
-            Ok(other) => {
-                log(format_args!("replication: unexpected {} from the standby", other.kind()));
-                return;
-            }
+        let message = match reader.read_message() {
+            Ok(message) => message,
             Err(error) => {
                 if !stop.load(Ordering::Acquire) {
                     log(format_args!("replication: standby connection ended: {error}"));
                 }
                 return;
             }
+        };
+        let mut view = PrimaryView {
+            cluster: &config.cluster,
+            secret: &config.secret,
+            epoch: control.epoch(),
+            is_primary: control.is_primary(),
+            journal: &mut journal,
+            journal_last: Sequence(control.link().available()),
+        };
+        match lock(session).on_message(&message, &mut view) {
+            PrimaryStep::Acknowledged(ack) => {
+                control.on_ack(id, ack.written, ack.durable, ack.echo_ms);
+            }
+            PrimaryStep::Close { last, reason, deposed_by } => {
+                if let Some(newer) = deposed_by {
+                    control.depose(newer, "the standby");
+                }
+                if let Some(last) = last {
+                    let _ = write_message(&mut &*socket, &last.message(), &mut Vec::new());
+                }
+                log(format_args!("replication: the standby stream ends: {reason}"));
+                return;
+            }
+            other => unreachable!("a streaming session answers {other:?}"),
         }
+    }
+}
+
+/// The journal as a streaming session sees it: never asked (only a join consults it).
+struct NoIndex;
+
+impl JournalIndex for NoIndex {
+    fn first(&mut self) -> Option<Sequence> {
+        unreachable!("a streaming session never consults the journal")
+    }
+    fn last(&mut self) -> Option<Sequence> {
+        unreachable!("a streaming session never consults the journal")
+    }
+    fn epoch_at(&mut self, _: Sequence) -> Option<Epoch> {
+        unreachable!("a streaming session never consults the journal")
+    }
+    fn last_at_or_below_epoch(&mut self, _: Epoch) -> Option<Sequence> {
+        unreachable!("a streaming session never consults the journal")
     }
 }

@@ -17,10 +17,12 @@ use ringfence_core::pipeline::{Refused, Session};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::epoch::Epochs;
 
-use crate::auth::{self, Proof};
+use crate::auth;
 use crate::config::ReplicationConfig;
 use crate::control::{Control, log};
-use crate::message::{Ack, FetchSnapshot, Hello, Join, Message, Refuse, RefuseCode};
+use crate::message::{Message, RefuseCode};
+use crate::position::StandbyPosition;
+use crate::session::{Outgoing, Purpose, StandbySession, StandbyStep};
 use crate::stream::{FrameReader, WireError, write_message};
 
 /// How long to wait between connection attempts, at most.
@@ -47,6 +49,8 @@ pub enum Joined {
         socket: TcpStream,
         /// Reads the records.
         reader: FrameReader<TcpStream>,
+        /// The protocol state of the connection, now streaming.
+        session: Box<StandbySession>,
     },
     /// Drop every record after `keep_through`, then join again.
     Diverged {
@@ -69,8 +73,6 @@ pub enum JoinError {
     Refused {
         /// Its code.
         code: RefuseCode,
-        /// Its epoch.
-        epoch: Epoch,
         /// Its reason.
         text: String,
     },
@@ -86,29 +88,28 @@ pub fn join(
     end: JournalEnd,
     promised: Epoch,
 ) -> Result<Joined, JoinError> {
-    let (socket, mut reader, standby_proof) = handshake(config, primary)?;
-    let join = Join {
-        standby_proof,
-        last_sequence: end.last_sequence,
-        last_epoch: end.last_epoch,
-        promised_epoch: promised,
-    };
-    write_message(&mut socket.try_clone()?, &Message::Join(join), &mut Vec::new())?;
-    match reader.read_message()? {
-        Message::Start(start) => {
-            Ok(Joined::Stream { epoch: start.epoch, from: start.from_sequence, socket, reader })
+    let position =
+        StandbyPosition { last_sequence: end.last_sequence, last_epoch: end.last_epoch, promised };
+    let (socket, mut reader, mut session) =
+        handshake(config, primary, Purpose::Join(position), promised)?;
+    let message = reader.read_message()?;
+    match session.on_message(&message, &config.secret, &config.cluster) {
+        StandbyStep::Following { epoch, from } => {
+            Ok(Joined::Stream { epoch, from, socket, reader, session: Box::new(session) })
         }
-        Message::Diverged(diverged) => Ok(Joined::Diverged { keep_through: diverged.keep_through }),
-        other => Err(unexpected_or_refused(other)),
+        StandbyStep::Diverged { keep_through } => Ok(Joined::Diverged { keep_through }),
+        step => Err(closed(&socket, step)),
     }
 }
 
-/// Connects to `primary` and authenticates both ways: returns the connection, its reader, and
-/// this standby's proof for the message that follows.
+/// Connects to `primary` and authenticates both ways; the session then waits for the
+/// primary's answer to the `Join` or `FetchSnapshot` it sent.
 fn handshake(
     config: &ReplicationConfig,
     primary: &str,
-) -> Result<(TcpStream, FrameReader<TcpStream>, Proof), JoinError> {
+    purpose: Purpose,
+    promised: Epoch,
+) -> Result<(TcpStream, FrameReader<TcpStream>, StandbySession), JoinError> {
     let timeout = Duration::from_millis(config.handshake_timeout_ms);
     let address = resolve(primary)?;
     let socket = TcpStream::connect_timeout(&address, timeout)?;
@@ -116,27 +117,44 @@ fn handshake(
     socket.set_read_timeout(Some(timeout))?;
     socket.set_write_timeout(Some(timeout))?;
     let mut reader = FrameReader::new(socket.try_clone()?);
-    let standby_nonce = auth::nonce().map_err(|e| JoinError::Protocol(e.to_string()))?;
-    let hello = Hello { cluster: config.cluster, standby_nonce };
-    write_message(&mut socket.try_clone()?, &Message::Hello(hello), &mut Vec::new())?;
-    let challenge = match reader.read_message()? {
-        Message::Challenge(challenge) => challenge,
-        other => return Err(unexpected_or_refused(other)),
-    };
-    let (secret, cluster, nonce) = (&config.secret, &config.cluster, &challenge.primary_nonce);
-    auth::verify_primary(secret, cluster, &standby_nonce, nonce, &challenge.primary_proof)
-        .map_err(|_| JoinError::Protocol("the primary does not hold the cluster secret".into()))?;
-    let proof = auth::standby_proof(secret, cluster, &standby_nonce, nonce);
-    Ok((socket, reader, proof))
+    let nonce = auth::nonce().map_err(|e| JoinError::Protocol(e.to_string()))?;
+    let (mut session, hello) = StandbySession::start(config.cluster, nonce, purpose, promised);
+    send(&socket, &hello)?;
+    let message = reader.read_message()?;
+    match session.on_message(&message, &config.secret, &config.cluster) {
+        StandbyStep::Reply(reply) => send(&socket, &reply)?,
+        step => return Err(closed(&socket, step)),
+    }
+    Ok((socket, reader, session))
 }
 
-/// The snapshot a primary sent: the sequence it covers, that record's epoch, and the file's
-/// bytes.
+fn send(socket: &TcpStream, message: &Outgoing) -> io::Result<()> {
+    write_message(&mut &*socket, &message.message(), &mut Vec::new())
+}
+
+/// The error for a session that closed (or asked for something out of place), after sending
+/// its last word.
+fn closed(socket: &TcpStream, step: StandbyStep) -> JoinError {
+    match step {
+        StandbyStep::Close { last, reason, refused } => {
+            if let Some(last) = last {
+                let _ = send(socket, &last);
+            }
+            match refused {
+                Some(code) => JoinError::Refused { code, text: reason },
+                None => JoinError::Protocol(reason),
+            }
+        }
+        other => JoinError::Protocol(format!("the primary's answer was out of place: {other:?}")),
+    }
+}
+
+/// The snapshot a primary sent: the sequence it covers, its last record's epoch, and the
+/// file's bytes.
 pub struct FetchedSnapshot {
     /// Every record up to this sequence is included.
     pub through: Sequence,
-    /// Record `through`'s epoch, 0 if the primary no longer holds it: rejoin with
-    /// `Join { last_sequence: through, last_epoch: through_epoch }`.
+    /// The epoch of record `through` (0 when the primary could not tell).
     pub through_epoch: Epoch,
     /// The snapshot file, whole.
     pub bytes: Vec<u8>,
@@ -150,17 +168,26 @@ pub fn fetch_snapshot(
     primary: &str,
     len_max: u64,
 ) -> Result<FetchedSnapshot, JoinError> {
-    let (socket, mut reader, standby_proof) = handshake(config, primary)?;
-    let fetch = Message::FetchSnapshot(FetchSnapshot { standby_proof });
-    write_message(&mut socket.try_clone()?, &fetch, &mut Vec::new())?;
+    let promised = Epoch(0);
+    let (socket, mut reader, mut session) =
+        handshake(config, primary, Purpose::FetchSnapshot, promised)?;
     socket.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut bytes: Vec<u8> = Vec::new();
     let mut expected: Option<(Sequence, Epoch, u64)> = None;
     loop {
-        let chunk = match reader.read_message()? {
-            Message::SnapshotChunk(chunk) => chunk,
-            other => return Err(unexpected_or_refused(other)),
+        let message = reader.read_message()?;
+        let Message::SnapshotChunk(chunk) = message else {
+            return Err(closed(
+                &socket,
+                session.on_message(&message, &config.secret, &config.cluster),
+            ));
         };
+        if expected.is_none() {
+            let step = session.on_message(&message, &config.secret, &config.cluster);
+            if step != StandbyStep::ReceiveSnapshot {
+                return Err(closed(&socket, step));
+            }
+        }
         let this = (chunk.through(), chunk.through_epoch(), chunk.total_len());
         let broken = |what: &str| JoinError::Protocol(format!("snapshot transfer: {what}"));
         if chunk.total_len() > len_max {
@@ -189,22 +216,9 @@ fn resolve(address: &str) -> io::Result<SocketAddr> {
     })
 }
 
-fn unexpected_or_refused(message: Message<'_>) -> JoinError {
-    match message {
-        Message::Refuse(refuse) => JoinError::Refused {
-            code: refuse.code,
-            epoch: refuse.epoch,
-            text: refuse.text.to_owned(),
-        },
-        other => {
-            JoinError::Protocol(format!("unexpected {} message from the primary", other.kind()))
-        }
-    }
-}
-
 /// The follower thread: joins the primary and applies its stream, reconnecting with backoff,
 /// until the control stops it (shutdown or promotion).
-pub(crate) fn follow(control: &Control, primary: &str, mut session: Session) {
+pub(crate) fn follow(control: &Control, primary: &str, mut node: Session) {
     let stop = control.follower_stop();
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u64;
@@ -213,12 +227,12 @@ pub(crate) fn follow(control: &Control, primary: &str, mut session: Session) {
         let promised = control.epochs().promised;
         control.set_follower("connecting", journaled.last_sequence, None);
         match join(control.config(), primary, journaled, promised) {
-            Ok(Joined::Stream { epoch, from, socket, reader }) => {
+            Ok(Joined::Stream { epoch, from, socket, reader, session }) => {
                 failures = 0;
                 backoff = Duration::from_millis(50);
-                match stream(control, &mut session, epoch, from, socket, reader) {
-                    Ok(()) => {}
-                    Err(error) => log(format_args!("replication: following {primary}: {error}")),
+                let link = Link { socket, reader, session };
+                if let Err(error) = stream(control, &mut node, epoch, from, link) {
+                    log(format_args!("replication: following {primary}: {error}"));
                 }
             }
             Ok(Joined::Diverged { keep_through }) => {
@@ -256,89 +270,77 @@ fn session_end(control: &Control) -> JournalEnd {
     JournalEnd { last_sequence: last, last_epoch: if last.0 == 0 { Epoch(0) } else { epoch } }
 }
 
+/// A streaming connection to the primary.
+struct Link {
+    socket: TcpStream,
+    reader: FrameReader<TcpStream>,
+    session: Box<StandbySession>,
+}
+
 /// Applies the primary's stream until it ends or the follower is stopped.
 fn stream(
     control: &Control,
-    session: &mut Session,
+    node: &mut Session,
     epoch: Epoch,
     from: Sequence,
-    socket: TcpStream,
-    reader: FrameReader<TcpStream>,
+    link: Link,
 ) -> Result<(), String> {
-    control.set_follower_socket(socket.try_clone().ok());
-    let result = apply_stream(control, session, epoch, from, &socket, reader);
+    control.set_follower_socket(link.socket.try_clone().ok());
+    let socket = link.socket.try_clone().map_err(|e| e.to_string());
+    let result = socket.and_then(|socket| {
+        let result = apply_stream(control, node, epoch, from, link);
+        let _ = socket.shutdown(Shutdown::Both);
+        result
+    });
     control.set_follower_socket(None);
-    let _ = socket.shutdown(Shutdown::Both);
     result
 }
 
 fn apply_stream(
     control: &Control,
-    session: &mut Session,
+    node: &mut Session,
     epoch: Epoch,
     from: Sequence,
-    socket: &TcpStream,
-    mut reader: FrameReader<TcpStream>,
+    link: Link,
 ) -> Result<(), String> {
+    let Link { socket, mut reader, mut session } = link;
     let config = control.config();
-    let mut writer = socket.try_clone().map_err(|e| e.to_string())?;
-    let mut scratch = Vec::new();
-    let epochs = control.epochs();
-    if epoch < epochs.promised {
-        let text =
-            format!("epoch {epoch} is below the epoch this standby promised ({})", epochs.promised);
-        let refuse = Message::Refuse(Refuse::new(RefuseCode::StaleEpoch, epochs.promised, &text));
-        let _ = write_message(&mut writer, &refuse, &mut scratch);
-        return Err(text);
-    }
     // The promise and the epoch records may carry, durable before the first record is taken.
+    let epochs = control.epochs();
     let raised =
         Epochs { current: epochs.current.max(epoch), promised: epochs.promised.max(epoch) };
     if raised != epochs {
         control.store_epochs(raised)?;
     }
     let expected = Sequence(control.link().available()).next();
-    if from != expected {
-        return Err(format!(
-            "the primary streams from {from}, but this journal continues at {expected}"
-        ));
-    }
+    assert_eq!(from, expected, "the session checked the primary streams from our next record");
     log(format_args!("replication: following the primary in epoch {epoch} from {from}"));
     // Silence for three heartbeats means the primary is gone; reconnect.
     let silence =
         Duration::from_millis(config.heartbeat_ms.saturating_mul(3).max(config.timeout_ms));
     socket.set_read_timeout(Some(silence)).map_err(|e| e.to_string())?;
     let stop = control.follower_stop();
-    let mut echo_ms = 0;
-    let mut primary_last = Sequence(0);
     let mut pending = 0u64;
     while !stop.load(Ordering::Acquire) {
-        let message = match reader.read_message() {
-            Ok(message) => message,
-            Err(error) => return Err(format!("the stream ended: {error}")),
-        };
-        match message {
-            Message::Records(records) => {
+        let message = reader.read_message().map_err(|e| format!("the stream ended: {e}"))?;
+        match session.on_message(&message, &config.secret, &config.cluster) {
+            StandbyStep::Apply { count } => {
+                let Message::Records(records) = message else { unreachable!("records applied") };
+                assert_eq!(records.count(), count);
                 for bytes in records.iter() {
-                    submit(control, session, bytes, &mut pending)?;
+                    submit(control, node, bytes, &mut pending)?;
                 }
-                primary_last = primary_last.max(records.last_sequence());
             }
-            Message::Heartbeat(beat) => {
-                if beat.epoch < control.epochs().promised {
-                    return Err(format!("heartbeat from epoch {}, below our promise", beat.epoch));
-                }
-                echo_ms = beat.sent_at_ms;
-                primary_last = primary_last.max(beat.last_sequence);
-            }
-            other => return Err(format!("unexpected {} message in the stream", other.kind())),
+            StandbyStep::Continue => {}
+            step => return Err(closed(&socket, step).to_string()),
         }
-        drain(session, &mut pending, Duration::from_millis(config.timeout_ms))?;
+        drain(node, &mut pending, Duration::from_millis(config.timeout_ms))?;
         // Every record submitted is answered only once journaled durably and applied here.
         let written = Sequence(control.link().available());
-        let ack = Ack { written, durable: written, echo_ms };
-        write_message(&mut writer, &Message::Ack(ack), &mut scratch).map_err(|e| e.to_string())?;
-        let lag = primary_last.0.saturating_sub(written.0);
+        if let Some(ack) = session.ack(written, written) {
+            send(&socket, &Outgoing::Ack(ack)).map_err(|e| e.to_string())?;
+        }
+        let lag = session.primary_last().0.saturating_sub(written.0);
         let what = if lag == 0 { "following" } else { "catching_up" };
         control.set_follower(what, written, None);
     }

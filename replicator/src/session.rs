@@ -1,0 +1,844 @@
+//! One replication connection's protocol, on each side, as pure state machines: fed the
+//! messages that arrive, the time and the journal's progress; they answer with the messages to
+//! send and what the shell must do. No socket, thread, clock or random source: the shell
+//! (`primary.rs`, `standby.rs`) reads and writes frames and passes nonces and times in, and the
+//! simulator can drive the very same machines.
+//!
+//! ```text
+//!   standby                                   primary
+//!   Hello(cluster, standby nonce)      ──►    AwaitHello
+//!                                      ◄──    Challenge(primary nonce, primary proof)
+//!   verify primary proof
+//!   Join(proof, last, epoch, promise)  ──►    AwaitJoin: verify, decide (position.rs)
+//!     or FetchSnapshot(proof)                 ─ Start(epoch, from) → Streaming
+//!                                             ─ Diverged(keep through) → closed
+//!                                             ─ snapshot chunks → closed
+//!                                             ─ Refuse(code, text) → closed
+//!   Streaming: records, heartbeats     ◄──    Streaming: records, heartbeats when idle
+//!   Ack(written, durable, echo)        ──►    acknowledgements into the policy
+//! ```
+
+use ringfence_core::{Epoch, Sequence};
+
+use crate::auth::{self, ClusterId, ClusterSecret, Nonce};
+use crate::message::{
+    Ack, Challenge, Diverged, FetchSnapshot, Heartbeat, Hello, Join, Message, Records, Refuse,
+    RefuseCode, Start,
+};
+use crate::position::{JoinDecision, JournalIndex, StandbyPosition, decide};
+
+/// A message a machine asks the shell to send (owned, unlike a decoded [`Message`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Standby → primary, first.
+    Hello(Hello),
+    /// Primary → standby.
+    Challenge(Challenge),
+    /// Standby → primary.
+    Join(Join),
+    /// Standby → primary, instead of `Join`.
+    FetchSnapshot(FetchSnapshot),
+    /// Primary → standby.
+    Start(Start),
+    /// Primary → standby.
+    Diverged(Diverged),
+    /// Primary → standby.
+    Heartbeat(Heartbeat),
+    /// Standby → primary.
+    Ack(Ack),
+    /// Either way, then the connection closes.
+    Refuse {
+        /// Why.
+        code: RefuseCode,
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// For the operator.
+        text: String,
+    },
+}
+
+impl Outgoing {
+    /// The message to encode.
+    #[must_use]
+    pub fn message(&self) -> Message<'_> {
+        match self {
+            Outgoing::Hello(hello) => Message::Hello(*hello),
+            Outgoing::Challenge(challenge) => Message::Challenge(*challenge),
+            Outgoing::Join(join) => Message::Join(*join),
+            Outgoing::FetchSnapshot(fetch) => Message::FetchSnapshot(*fetch),
+            Outgoing::Start(start) => Message::Start(*start),
+            Outgoing::Diverged(diverged) => Message::Diverged(*diverged),
+            Outgoing::Heartbeat(heartbeat) => Message::Heartbeat(*heartbeat),
+            Outgoing::Ack(ack) => Message::Ack(*ack),
+            Outgoing::Refuse { code, epoch, text } => {
+                Message::Refuse(Refuse::new(*code, *epoch, text))
+            }
+        }
+    }
+}
+
+/// What the primary's machine asks of its shell after a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrimaryStep {
+    /// Send this and wait for the next message.
+    Reply(Outgoing),
+    /// Send `Start`, then stream the journal from its `from_sequence`.
+    Stream(Start),
+    /// Send the newest snapshot in chunks, then close.
+    SendSnapshot,
+    /// The standby acknowledged: feed the policy.
+    Acknowledged(Ack),
+    /// Send this (a refusal or `Diverged`) if any, then close. `reason` is for the log.
+    Close {
+        /// The last message, if any.
+        last: Option<Outgoing>,
+        /// Why the connection ends.
+        reason: String,
+        /// A newer primary exists (the standby promised this epoch): step down.
+        deposed_by: Option<Epoch>,
+    },
+}
+
+/// What the primary knows when it answers a join.
+pub struct PrimaryView<'a> {
+    /// This cluster.
+    pub cluster: &'a ClusterId,
+    /// The shared secret.
+    pub secret: &'a ClusterSecret,
+    /// Its current epoch.
+    pub epoch: Epoch,
+    /// Whether it is the primary now (a standby refuses joins).
+    pub is_primary: bool,
+    /// Its journal.
+    pub journal: &'a mut dyn JournalIndex,
+    /// The last sequence its journal holds whole.
+    pub journal_last: Sequence,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PrimaryState {
+    AwaitHello,
+    AwaitJoin { standby_nonce: Nonce },
+    Streaming,
+    Closed,
+}
+
+/// The primary's side of one connection.
+#[derive(Clone, Debug)]
+pub struct PrimarySession {
+    state: PrimaryState,
+    primary_nonce: Nonce,
+    /// The last record sent, and the last acknowledgement taken.
+    sent: Sequence,
+    acked: Ack,
+    /// When something was last sent (ms, the shell's clock), for heartbeats.
+    sent_at_ms: u64,
+}
+
+impl PrimarySession {
+    /// A connection just accepted; `primary_nonce` is fresh for this handshake.
+    #[must_use]
+    pub fn new(primary_nonce: Nonce) -> PrimarySession {
+        let acked = Ack { written: Sequence(0), durable: Sequence(0), echo_ms: 0 };
+        let state = PrimaryState::AwaitHello;
+        PrimarySession { state, primary_nonce, sent: Sequence(0), acked, sent_at_ms: 0 }
+    }
+
+    /// Whether the connection is streaming.
+    #[must_use]
+    pub fn is_streaming(&self) -> bool {
+        self.state == PrimaryState::Streaming
+    }
+
+    /// Handles one message from the standby.
+    pub fn on_message(&mut self, message: &Message<'_>, view: &mut PrimaryView<'_>) -> PrimaryStep {
+        match (self.state, message) {
+            (PrimaryState::AwaitHello, Message::Hello(hello)) => self.on_hello(hello, view),
+            (PrimaryState::AwaitJoin { standby_nonce }, Message::Join(join)) => self
+                .check_proof(standby_nonce, &join.standby_proof, view)
+                .unwrap_or_else(|| self.on_join(join, view)),
+            (PrimaryState::AwaitJoin { standby_nonce }, Message::FetchSnapshot(fetch)) => {
+                self.check_proof(standby_nonce, &fetch.standby_proof, view).unwrap_or_else(|| {
+                    self.state = PrimaryState::Closed;
+                    PrimaryStep::SendSnapshot
+                })
+            }
+            (PrimaryState::Streaming, Message::Ack(ack)) => self.on_ack(*ack, view.epoch),
+            (PrimaryState::Streaming, Message::Refuse(refuse)) => {
+                self.state = PrimaryState::Closed;
+                let deposed_by = (refuse.code == RefuseCode::StaleEpoch).then_some(refuse.epoch);
+                let reason = format!("the standby refused the stream: {}", refuse.text);
+                PrimaryStep::Close { last: None, reason, deposed_by }
+            }
+            (_, other) => {
+                let text = format!("unexpected {} message", other.kind());
+                self.refuse(RefuseCode::BadMessage, view.epoch, text)
+            }
+        }
+    }
+
+    fn on_hello(&mut self, hello: &Hello, view: &PrimaryView<'_>) -> PrimaryStep {
+        if hello.cluster != *view.cluster {
+            let text =
+                format!("cluster `{}` is not this cluster `{}`", hello.cluster, view.cluster);
+            return self.refuse(RefuseCode::Cluster, view.epoch, text);
+        }
+        let standby_nonce = hello.standby_nonce;
+        let (secret, cluster, nonce) = (view.secret, view.cluster, &self.primary_nonce);
+        let primary_proof = auth::primary_proof(secret, cluster, &standby_nonce, nonce);
+        self.state = PrimaryState::AwaitJoin { standby_nonce };
+        PrimaryStep::Reply(Outgoing::Challenge(Challenge {
+            primary_nonce: self.primary_nonce,
+            primary_proof,
+        }))
+    }
+
+    /// A refusal if the standby's proof is wrong or this node cannot serve it; else `None`.
+    fn check_proof(
+        &mut self,
+        standby_nonce: Nonce,
+        proof: &auth::Proof,
+        view: &PrimaryView<'_>,
+    ) -> Option<PrimaryStep> {
+        let (secret, cluster, nonce) = (view.secret, view.cluster, &self.primary_nonce);
+        if auth::verify_standby(secret, cluster, &standby_nonce, nonce, proof).is_err() {
+            return Some(self.refuse(RefuseCode::Auth, view.epoch, "wrong cluster secret".into()));
+        }
+        if !view.is_primary {
+            let text = "this node is not the primary".to_owned();
+            return Some(self.refuse(RefuseCode::NotPrimary, view.epoch, text));
+        }
+        None
+    }
+
+    fn on_join(&mut self, join: &Join, view: &mut PrimaryView<'_>) -> PrimaryStep {
+        let position = StandbyPosition {
+            last_sequence: join.last_sequence,
+            last_epoch: join.last_epoch,
+            promised: join.promised_epoch,
+        };
+        let epoch = view.epoch;
+        match decide(view.journal, epoch, position) {
+            JoinDecision::Stream { from } if from > view.journal_last.next() => {
+                let text = format!(
+                    "the standby holds records up to {}, past this journal's end {}",
+                    position.last_sequence, view.journal_last
+                );
+                self.refuse(RefuseCode::BadMessage, epoch, text)
+            }
+            JoinDecision::Stream { from } => {
+                self.state = PrimaryState::Streaming;
+                self.sent = Sequence(from.0 - 1);
+                self.acked = Ack { written: self.sent, durable: self.sent, echo_ms: 0 };
+                PrimaryStep::Stream(Start {
+                    epoch,
+                    from_sequence: from,
+                    primary_last: view.journal_last,
+                })
+            }
+            JoinDecision::Diverged { keep_through } => {
+                self.state = PrimaryState::Closed;
+                let reason = format!(
+                    "the standby holds records after {keep_through} this journal does not \
+                     ({}..={}, last from epoch {}): told to drop them and rejoin",
+                    keep_through.next(),
+                    position.last_sequence,
+                    position.last_epoch
+                );
+                let last = Some(Outgoing::Diverged(Diverged { epoch, keep_through }));
+                PrimaryStep::Close { last, reason, deposed_by: None }
+            }
+            JoinDecision::NeedsSnapshot { first_held } => {
+                let text = format!(
+                    "the standby needs records from {}, but this journal starts at {first_held} \
+                     (older segments were retired after a snapshot): the standby fetches this \
+                     node's newest snapshot when it starts",
+                    position.last_sequence.next()
+                );
+                self.refuse(RefuseCode::NeedsSnapshot, epoch, text)
+            }
+            JoinDecision::Superseded { promised } => {
+                let text =
+                    format!("this primary (epoch {epoch}) was superseded by epoch {promised}");
+                let step = self.refuse(RefuseCode::StaleEpoch, epoch, text);
+                let PrimaryStep::Close { last, reason, .. } = step else { unreachable!() };
+                PrimaryStep::Close { last, reason, deposed_by: Some(promised) }
+            }
+        }
+    }
+
+    /// Checks an acknowledgement against what was sent and acknowledged before.
+    fn on_ack(&mut self, ack: Ack, epoch: Epoch) -> PrimaryStep {
+        // The decoder refused `durable > written`.
+        assert!(ack.durable <= ack.written, "an ack above what it wrote");
+        let text = if ack.written > self.sent {
+            format!("acknowledged {} but only {} was sent", ack.written, self.sent)
+        } else if ack.written < self.acked.written || ack.durable < self.acked.durable {
+            format!("acknowledgement went back from {:?} to {ack:?}", self.acked)
+        } else {
+            self.acked = ack;
+            return PrimaryStep::Acknowledged(ack);
+        };
+        self.refuse(RefuseCode::BadMessage, epoch, text)
+    }
+
+    fn refuse(&mut self, code: RefuseCode, epoch: Epoch, text: String) -> PrimaryStep {
+        self.state = PrimaryState::Closed;
+        let last = Some(Outgoing::Refuse { code, epoch, text: text.clone() });
+        PrimaryStep::Close { last, reason: text, deposed_by: None }
+    }
+
+    /// Records up to `through` were sent at `now_ms`.
+    pub fn on_sent(&mut self, through: Sequence, now_ms: u64) {
+        assert!(self.is_streaming(), "records sent outside streaming");
+        assert!(through >= self.sent, "records sent out of order");
+        self.sent = through;
+        self.sent_at_ms = now_ms;
+    }
+
+    /// The heartbeat to send at `now_ms` if nothing was sent for `period_ms`: it tells the
+    /// standby the primary is alive and how far its journal goes, and carries the time the
+    /// standby echoes back (the round trip).
+    pub fn heartbeat_due(
+        &mut self,
+        now_ms: u64,
+        period_ms: u64,
+        epoch: Epoch,
+        journal_last: Sequence,
+    ) -> Option<Heartbeat> {
+        if !self.is_streaming() || now_ms.saturating_sub(self.sent_at_ms) < period_ms {
+            return None;
+        }
+        self.sent_at_ms = now_ms;
+        Some(Heartbeat { epoch, last_sequence: journal_last, sent_at_ms: now_ms })
+    }
+}
+
+/// What a standby's connection is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Join from this position and follow.
+    Join(StandbyPosition),
+    /// Fetch the primary's newest snapshot.
+    FetchSnapshot,
+}
+
+/// What the standby's machine asks of its shell after a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StandbyStep {
+    /// Send this and wait for the next message.
+    Reply(Outgoing),
+    /// The primary starts streaming in `epoch` from `from`. The shell stores `epoch` as its
+    /// promise (and current epoch) durably before it takes any record.
+    Following {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// Its first record.
+        from: Sequence,
+    },
+    /// Submit the records of the message just handled, in order, to the node.
+    Apply {
+        /// How many.
+        count: u32,
+    },
+    /// Nothing to do (a heartbeat: acknowledge when the node's progress says so).
+    Continue,
+    /// The standby must drop every record after `keep_through`, then join again.
+    Diverged {
+        /// The last sequence to keep.
+        keep_through: Sequence,
+    },
+    /// The snapshot transfer may begin (the shell reads the chunks).
+    ReceiveSnapshot,
+    /// Send this if any, then close: the reason is for the log.
+    Close {
+        /// The last message, if any.
+        last: Option<Outgoing>,
+        /// Why.
+        reason: String,
+        /// The primary's refusal code, when it refused.
+        refused: Option<RefuseCode>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StandbyState {
+    AwaitChallenge,
+    AwaitStart,
+    Streaming { epoch: Epoch, next: Sequence },
+    Closed,
+}
+
+/// The standby's side of one connection.
+#[derive(Clone, Debug)]
+pub struct StandbySession {
+    state: StandbyState,
+    purpose: Purpose,
+    standby_nonce: Nonce,
+    promised: Epoch,
+    /// The primary's journal end as last reported, and the last heartbeat's time to echo.
+    primary_last: Sequence,
+    echo_ms: u64,
+    /// The last acknowledgement sent.
+    acked: Ack,
+}
+
+impl StandbySession {
+    /// Opens a connection for `purpose` with a fresh nonce; returns the `Hello` to send first.
+    #[must_use]
+    pub fn start(
+        cluster: ClusterId,
+        standby_nonce: Nonce,
+        purpose: Purpose,
+        promised: Epoch,
+    ) -> (StandbySession, Outgoing) {
+        let acked = Ack { written: Sequence(0), durable: Sequence(0), echo_ms: 0 };
+        let session = StandbySession {
+            state: StandbyState::AwaitChallenge,
+            purpose,
+            standby_nonce,
+            promised,
+            primary_last: Sequence(0),
+            echo_ms: 0,
+            acked,
+        };
+        (session, Outgoing::Hello(Hello { cluster, standby_nonce }))
+    }
+
+    /// The primary's journal end as it last reported it.
+    #[must_use]
+    pub fn primary_last(&self) -> Sequence {
+        self.primary_last
+    }
+
+    /// Handles one message from the primary.
+    pub fn on_message(
+        &mut self,
+        message: &Message<'_>,
+        secret: &ClusterSecret,
+        cluster: &ClusterId,
+    ) -> StandbyStep {
+        match (self.state, message) {
+            (StandbyState::AwaitChallenge, Message::Challenge(challenge)) => {
+                self.on_challenge(challenge, secret, cluster)
+            }
+            (StandbyState::AwaitStart, Message::Start(start)) => self.on_start(start),
+            (StandbyState::AwaitStart, Message::Diverged(diverged)) => {
+                self.state = StandbyState::Closed;
+                StandbyStep::Diverged { keep_through: diverged.keep_through }
+            }
+            (StandbyState::AwaitStart, Message::SnapshotChunk(_))
+                if self.purpose == Purpose::FetchSnapshot =>
+            {
+                self.state = StandbyState::Closed;
+                StandbyStep::ReceiveSnapshot
+            }
+            (StandbyState::Streaming { epoch, next }, Message::Records(records)) => {
+                self.on_records(epoch, next, records)
+            }
+            (StandbyState::Streaming { .. }, Message::Heartbeat(beat)) => self.on_heartbeat(beat),
+            (_, Message::Refuse(refuse)) => {
+                self.state = StandbyState::Closed;
+                let reason = format!("the primary refused: {}", refuse.text);
+                StandbyStep::Close { last: None, reason, refused: Some(refuse.code) }
+            }
+            (_, other) => {
+                self.refuse(RefuseCode::BadMessage, format!("unexpected {}", other.kind()))
+            }
+        }
+    }
+
+    fn on_challenge(
+        &mut self,
+        challenge: &Challenge,
+        secret: &ClusterSecret,
+        cluster: &ClusterId,
+    ) -> StandbyStep {
+        let (standby, primary) = (&self.standby_nonce, &challenge.primary_nonce);
+        if auth::verify_primary(secret, cluster, standby, primary, &challenge.primary_proof)
+            .is_err()
+        {
+            self.state = StandbyState::Closed;
+            let reason = "the primary does not hold the cluster secret".to_owned();
+            return StandbyStep::Close { last: None, reason, refused: None };
+        }
+        let standby_proof = auth::standby_proof(secret, cluster, standby, primary);
+        self.state = StandbyState::AwaitStart;
+        StandbyStep::Reply(match self.purpose {
+            Purpose::Join(position) => Outgoing::Join(Join {
+                standby_proof,
+                last_sequence: position.last_sequence,
+                last_epoch: position.last_epoch,
+                promised_epoch: position.promised,
+            }),
+            Purpose::FetchSnapshot => Outgoing::FetchSnapshot(FetchSnapshot { standby_proof }),
+        })
+    }
+
+    fn on_start(&mut self, start: &Start) -> StandbyStep {
+        let Purpose::Join(position) = self.purpose else {
+            return self.refuse(RefuseCode::BadMessage, "a start when a snapshot was asked".into());
+        };
+        if start.epoch < self.promised {
+            let text = format!(
+                "epoch {} is below the epoch this standby promised ({})",
+                start.epoch, self.promised
+            );
+            return self.refuse(RefuseCode::StaleEpoch, text);
+        }
+        if start.from_sequence != position.last_sequence.next() {
+            let text = format!(
+                "the primary streams from {}, but this journal continues at {}",
+                start.from_sequence,
+                position.last_sequence.next()
+            );
+            return self.refuse(RefuseCode::BadMessage, text);
+        }
+        self.promised = start.epoch;
+        self.primary_last = start.primary_last;
+        self.acked =
+            Ack { written: position.last_sequence, durable: position.last_sequence, echo_ms: 0 };
+        self.state = StandbyState::Streaming { epoch: start.epoch, next: start.from_sequence };
+        StandbyStep::Following { epoch: start.epoch, from: start.from_sequence }
+    }
+
+    fn on_records(&mut self, epoch: Epoch, next: Sequence, records: &Records<'_>) -> StandbyStep {
+        if records.first_sequence() != next {
+            let text = format!("records from {}, expected {next}", records.first_sequence());
+            return self.refuse(RefuseCode::BadMessage, text);
+        }
+        let newest = records.iter().map(|r| ringfence_core::record::read_header(r).epoch).max();
+        if newest.is_some_and(|newest| newest > epoch) {
+            let text = format!("a record of an epoch above the stream's ({epoch})");
+            return self.refuse(RefuseCode::BadMessage, text);
+        }
+        let last = records.last_sequence();
+        self.state = StandbyState::Streaming { epoch, next: last.next() };
+        self.primary_last = self.primary_last.max(last);
+        StandbyStep::Apply { count: records.count() }
+    }
+
+    fn on_heartbeat(&mut self, beat: &Heartbeat) -> StandbyStep {
+        if beat.epoch < self.promised {
+            let text =
+                format!("heartbeat from epoch {}, below our promise {}", beat.epoch, self.promised);
+            return self.refuse(RefuseCode::StaleEpoch, text);
+        }
+        self.primary_last = self.primary_last.max(beat.last_sequence);
+        self.echo_ms = beat.sent_at_ms;
+        StandbyStep::Continue
+    }
+
+    fn refuse(&mut self, code: RefuseCode, text: String) -> StandbyStep {
+        self.state = StandbyState::Closed;
+        let last = Some(Outgoing::Refuse { code, epoch: self.promised, text: text.clone() });
+        StandbyStep::Close { last, reason: text, refused: None }
+    }
+
+    /// The acknowledgement to send now that the node holds `written` (appended) and
+    /// `durable`, or `None` if it would say nothing new and no heartbeat awaits its echo.
+    pub fn ack(&mut self, written: Sequence, durable: Sequence) -> Option<Ack> {
+        assert!(durable <= written, "durable above written");
+        let echo_ms = std::mem::take(&mut self.echo_ms);
+        let moved = written > self.acked.written || durable > self.acked.durable;
+        if !moved && echo_ms == 0 {
+            return None;
+        }
+        let ack = Ack {
+            written: written.max(self.acked.written),
+            durable: durable.max(self.acked.durable),
+            echo_ms,
+        };
+        self.acked = ack;
+        Some(ack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{decode, encode};
+
+    /// A primary's journal: records 1..=last, all in `epoch`.
+    struct Flat {
+        last: u64,
+        epoch: u64,
+    }
+
+    impl JournalIndex for Flat {
+        fn first(&mut self) -> Option<Sequence> {
+            (self.last > 0).then_some(Sequence(1))
+        }
+        fn last(&mut self) -> Option<Sequence> {
+            (self.last > 0).then_some(Sequence(self.last))
+        }
+        fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {
+            (1..=self.last).contains(&sequence.0).then_some(Epoch(self.epoch))
+        }
+        fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
+            (epoch.0 >= self.epoch && self.last > 0).then_some(Sequence(self.last))
+        }
+    }
+
+    fn cluster() -> ClusterId {
+        ClusterId::new("test").unwrap()
+    }
+
+    fn secret(text: &str) -> ClusterSecret {
+        ClusterSecret::from_bytes(text.as_bytes()).unwrap()
+    }
+
+    /// Encodes and decodes, as the wire would.
+    fn wire(outgoing: &Outgoing, run: &mut dyn FnMut(&Message<'_>)) {
+        let mut bytes = Vec::new();
+        encode(&outgoing.message(), &mut bytes);
+        let (message, used) = decode(&bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        run(&message);
+    }
+
+    struct Pair {
+        primary: PrimarySession,
+        standby: StandbySession,
+        journal: Flat,
+    }
+
+    fn position(last: u64, epoch: u64, promised: u64) -> StandbyPosition {
+        StandbyPosition {
+            last_sequence: Sequence(last),
+            last_epoch: Epoch(epoch),
+            promised: Epoch(promised),
+        }
+    }
+
+    /// Runs the handshake; returns the primary's answer to the join and the pair.
+    fn handshake(standby_secret: &str, at: StandbyPosition, epoch: u64) -> (PrimaryStep, Pair) {
+        let key = secret("the-shared-secret-16+");
+        let (mut standby, hello) =
+            StandbySession::start(cluster(), [1; 32], Purpose::Join(at), at.promised);
+        let mut pair_primary = PrimarySession::new([2; 32]);
+        let mut journal = Flat { last: 10, epoch: 1 };
+        let cluster = cluster();
+        let mut step = None;
+        let mut view = PrimaryView {
+            cluster: &cluster,
+            secret: &key,
+            epoch: Epoch(epoch),
+            is_primary: true,
+            journal: &mut journal,
+            journal_last: Sequence(10),
+        };
+        wire(&hello, &mut |m| step = Some(pair_primary.on_message(m, &mut view)));
+        let Some(PrimaryStep::Reply(challenge)) = step.take() else { panic!("{step:?}") };
+        let standby_key = secret(standby_secret);
+        let mut reply = None;
+        wire(&challenge, &mut |m| reply = Some(standby.on_message(m, &standby_key, &cluster)));
+        let join = match reply.unwrap() {
+            StandbyStep::Reply(join) => join,
+            other => {
+                let pair =
+                    Pair { primary: pair_primary, standby, journal: Flat { last: 10, epoch: 1 } };
+                return (
+                    PrimaryStep::Close {
+                        last: None,
+                        reason: format!("{other:?}"),
+                        deposed_by: None,
+                    },
+                    pair,
+                );
+            }
+        };
+        wire(&join, &mut |m| step = Some(pair_primary.on_message(m, &mut view)));
+        let pair = Pair { primary: pair_primary, standby, journal: Flat { last: 10, epoch: 1 } };
+        (step.unwrap(), pair)
+    }
+
+    #[test]
+    fn a_standby_behind_joins_and_streams_from_its_next_record() {
+        // Goal: the common handshake: both prove the secret, the primary streams from 4.
+        let (step, mut pair) = handshake("the-shared-secret-16+", position(3, 1, 1), 1);
+        let PrimaryStep::Stream(start) = step else { panic!("{step:?}") };
+        assert_eq!((start.from_sequence, start.primary_last), (Sequence(4), Sequence(10)));
+        let key = secret("the-shared-secret-16+");
+        let following = pair.standby.on_message(&Message::Start(start), &key, &cluster());
+        assert_eq!(following, StandbyStep::Following { epoch: Epoch(1), from: Sequence(4) });
+        assert!(pair.primary.is_streaming());
+        let _ = &mut pair.journal;
+    }
+
+    #[test]
+    fn a_wrong_secret_is_refused_both_ways() {
+        // Goal: a standby with another secret cannot verify the primary, and never sends a
+        // proof; a standby proof made with another secret is refused by the primary.
+        let (step, _) = handshake("another-secret-of-16+", position(0, 0, 1), 1);
+        assert!(matches!(step, PrimaryStep::Close { .. }), "{step:?}");
+        let key = secret("the-shared-secret-16+");
+        let mut primary = PrimarySession::new([2; 32]);
+        let mut journal = Flat { last: 0, epoch: 1 };
+        let cluster = cluster();
+        let mut view = PrimaryView {
+            cluster: &cluster,
+            secret: &key,
+            epoch: Epoch(1),
+            is_primary: true,
+            journal: &mut journal,
+            journal_last: Sequence(0),
+        };
+        let hello = Hello { cluster, standby_nonce: [1; 32] };
+        assert!(matches!(
+            primary.on_message(&Message::Hello(hello), &mut view),
+            PrimaryStep::Reply(_)
+        ));
+        let forged = Join {
+            standby_proof: [9; 32],
+            last_sequence: Sequence(0),
+            last_epoch: Epoch(0),
+            promised_epoch: Epoch(1),
+        };
+        let step = primary.on_message(&Message::Join(forged), &mut view);
+        let PrimaryStep::Close { last: Some(Outgoing::Refuse { code, .. }), .. } = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(code, RefuseCode::Auth);
+    }
+
+    #[test]
+    fn another_cluster_and_a_standby_node_refuse_joins() {
+        // Goal: the cluster id is checked first; a node that is not primary refuses joins.
+        let key = secret("the-shared-secret-16+");
+        let mut journal = Flat { last: 0, epoch: 1 };
+        let ours = cluster();
+        let mut view = PrimaryView {
+            cluster: &ours,
+            secret: &key,
+            epoch: Epoch(1),
+            is_primary: true,
+            journal: &mut journal,
+            journal_last: Sequence(0),
+        };
+        let other = Hello { cluster: ClusterId::new("other").unwrap(), standby_nonce: [1; 32] };
+        let step = PrimarySession::new([2; 32]).on_message(&Message::Hello(other), &mut view);
+        assert!(matches!(
+            step,
+            PrimaryStep::Close {
+                last: Some(Outgoing::Refuse { code: RefuseCode::Cluster, .. }),
+                ..
+            }
+        ));
+        let (mut standby, hello) =
+            StandbySession::start(ours, [1; 32], Purpose::FetchSnapshot, Epoch(1));
+        view.is_primary = false;
+        let mut primary = PrimarySession::new([2; 32]);
+        let Outgoing::Hello(hello) = hello else { panic!() };
+        let PrimaryStep::Reply(Outgoing::Challenge(challenge)) =
+            primary.on_message(&Message::Hello(hello), &mut view)
+        else {
+            panic!()
+        };
+        let StandbyStep::Reply(Outgoing::FetchSnapshot(fetch)) =
+            standby.on_message(&Message::Challenge(challenge), &key, &ours)
+        else {
+            panic!()
+        };
+        let step = primary.on_message(&Message::FetchSnapshot(fetch), &mut view);
+        assert!(matches!(
+            step,
+            PrimaryStep::Close {
+                last: Some(Outgoing::Refuse { code: RefuseCode::NotPrimary, .. }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_standby_that_promised_a_newer_epoch_deposes_the_primary() {
+        // Goal: the fence seen from the old primary: it refuses and learns it must step down.
+        let (step, _) = handshake("the-shared-secret-16+", position(10, 1, 3), 2);
+        let PrimaryStep::Close { deposed_by, .. } = step else { panic!("{step:?}") };
+        assert_eq!(deposed_by, Some(Epoch(3)));
+    }
+
+    #[test]
+    fn a_start_below_the_promise_is_refused_by_the_standby() {
+        // Goal: the fence seen from the standby: a primary of an older epoch gets no follower.
+        let key = secret("the-shared-secret-16+");
+        let at = position(5, 2, 3);
+        let (mut standby, _) =
+            StandbySession::start(cluster(), [1; 32], Purpose::Join(at), Epoch(3));
+        let challenge = Challenge {
+            primary_nonce: [2; 32],
+            primary_proof: auth::primary_proof(&key, &cluster(), &[1; 32], &[2; 32]),
+        };
+        assert!(matches!(
+            standby.on_message(&Message::Challenge(challenge), &key, &cluster()),
+            StandbyStep::Reply(Outgoing::Join(_))
+        ));
+        let start =
+            Start { epoch: Epoch(2), from_sequence: Sequence(6), primary_last: Sequence(9) };
+        let step = standby.on_message(&Message::Start(start), &key, &cluster());
+        assert!(matches!(
+            step,
+            StandbyStep::Close {
+                last: Some(Outgoing::Refuse { code: RefuseCode::StaleEpoch, .. }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn acknowledgements_may_not_pass_what_was_sent_or_go_back() {
+        // Goal: a standby cannot acknowledge records it was never sent, nor take one back.
+        let (step, mut pair) = handshake("the-shared-secret-16+", position(3, 1, 1), 1);
+        assert!(matches!(step, PrimaryStep::Stream(_)));
+        pair.primary.on_sent(Sequence(8), 100);
+        let ack =
+            |w, d| Message::Ack(Ack { written: Sequence(w), durable: Sequence(d), echo_ms: 0 });
+        let key = secret("the-shared-secret-16+");
+        let cluster = cluster();
+        let mut view = PrimaryView {
+            cluster: &cluster,
+            secret: &key,
+            epoch: Epoch(1),
+            is_primary: true,
+            journal: &mut pair.journal,
+            journal_last: Sequence(10),
+        };
+        assert!(matches!(
+            pair.primary.on_message(&ack(6, 5), &mut view),
+            PrimaryStep::Acknowledged(_)
+        ));
+        let mut again = pair.primary.clone();
+        assert!(matches!(again.on_message(&ack(9, 9), &mut view), PrimaryStep::Close { .. }));
+        assert!(matches!(
+            pair.primary.on_message(&ack(6, 4), &mut view),
+            PrimaryStep::Close { .. }
+        ));
+    }
+
+    #[test]
+    fn heartbeats_go_out_only_when_idle_and_acks_only_when_something_moved() {
+        // Goal: an idle stream heartbeats every period; the standby acknowledges progress and
+        // echoes each heartbeat once.
+        let (_, mut pair) = handshake("the-shared-secret-16+", position(3, 1, 1), 1);
+        pair.primary.on_sent(Sequence(5), 1_000);
+        assert_eq!(pair.primary.heartbeat_due(1_050, 100, Epoch(1), Sequence(5)), None);
+        let beat = pair.primary.heartbeat_due(1_100, 100, Epoch(1), Sequence(5)).unwrap();
+        assert_eq!(beat.sent_at_ms, 1_100);
+        assert_eq!(pair.primary.heartbeat_due(1_150, 100, Epoch(1), Sequence(5)), None);
+
+        let key = secret("the-shared-secret-16+");
+        let start =
+            Start { epoch: Epoch(1), from_sequence: Sequence(4), primary_last: Sequence(5) };
+        pair.standby.on_message(&Message::Start(start), &key, &cluster());
+        assert_eq!(pair.standby.ack(Sequence(3), Sequence(3)), None, "nothing new");
+        assert_eq!(
+            pair.standby.on_message(&Message::Heartbeat(beat), &key, &cluster()),
+            StandbyStep::Continue
+        );
+        let echoed = pair.standby.ack(Sequence(3), Sequence(3)).unwrap();
+        assert_eq!(echoed.echo_ms, 1_100);
+        assert_eq!(pair.standby.ack(Sequence(3), Sequence(3)), None, "echoed once");
+        let moved = pair.standby.ack(Sequence(5), Sequence(4)).unwrap();
+        assert_eq!((moved.written, moved.durable, moved.echo_ms), (Sequence(5), Sequence(4), 0));
+    }
+}
