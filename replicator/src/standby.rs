@@ -318,53 +318,87 @@ fn apply_stream(
     // Silence for three heartbeats means the primary is gone; reconnect.
     let silence =
         Duration::from_millis(config.heartbeat_ms.saturating_mul(3).max(config.timeout_ms));
-    socket.set_read_timeout(Some(silence)).map_err(|e| e.to_string())?;
     let stop = control.follower_stop();
-    let mut pending = 0u64;
+    let mut applied = Applied { pending: 0, answered: Sequence(from.0 - 1) };
+    let mut heard = Instant::now();
+    let mut waiting = None;
     while !stop.load(Ordering::Acquire) {
-        let message = reader.read_message().map_err(|e| format!("the stream ended: {e}"))?;
-        match session.on_message(&message, &config.secret, &config.cluster) {
-            StandbyStep::Apply { count } => {
-                let Message::Records(records) = message else { unreachable!("records applied") };
-                assert_eq!(records.count(), count);
-                for bytes in records.iter() {
-                    submit(control, node, bytes, &mut pending)?;
+        // While records await the journal, read with a short timeout so their acknowledgement
+        // leaves as soon as they are durable; the journal batches whatever arrived meanwhile.
+        let wait = Some(if applied.pending > 0 { DURABLE_POLL } else { silence });
+        if wait != waiting {
+            socket.set_read_timeout(wait).map_err(|e| e.to_string())?;
+            waiting = wait;
+        }
+        match reader.read_message() {
+            Ok(message) => {
+                heard = Instant::now();
+                match session.on_message(&message, &config.secret, &config.cluster) {
+                    StandbyStep::Apply { count } => {
+                        let Message::Records(records) = message else { unreachable!("records") };
+                        assert_eq!(records.count(), count);
+                        for bytes in records.iter() {
+                            submit(control, node, bytes, &mut applied)?;
+                        }
+                    }
+                    StandbyStep::Continue => {}
+                    step => return Err(closed(&socket, step).to_string()),
                 }
             }
-            StandbyStep::Continue => {}
-            step => return Err(closed(&socket, step).to_string()),
+            Err(error) if error.is_timeout() && heard.elapsed() < silence => {}
+            Err(error) => return Err(format!("the stream ended: {error}")),
         }
-        drain(node, &mut pending, Duration::from_millis(config.timeout_ms))?;
-        // Every record submitted is answered only once journaled durably and applied here.
-        let written = Sequence(control.link().available());
-        if let Some(ack) = session.ack(written, written) {
+        applied.collect(node)?;
+        // A record is answered only once journaled (durable under this node's policy) and
+        // applied here: what is answered is what this standby holds.
+        let held = applied.answered;
+        if let Some(ack) = session.ack(held, held) {
             send(&socket, &Outgoing::Ack(ack)).map_err(|e| e.to_string())?;
         }
-        let lag = session.primary_last().0.saturating_sub(written.0);
+        let lag = session.primary_last().0.saturating_sub(held.0);
         let what = if lag == 0 { "following" } else { "catching_up" };
-        control.set_follower(what, written, None);
+        control.set_follower(what, held, None);
     }
     Ok(())
+}
+
+/// How often a standby with records awaiting its journal looks for their answers.
+const DURABLE_POLL: Duration = Duration::from_micros(200);
+
+/// The standby's records submitted to its node and not yet answered, and the last answered.
+struct Applied {
+    pending: u64,
+    answered: Sequence,
+}
+
+impl Applied {
+    /// Takes every answer ready, without waiting.
+    fn collect(&mut self, node: &mut Session) -> Result<(), String> {
+        while let Some(completion) = node.poll() {
+            completion.result.map_err(|e| format!("the node failed a record: {e}"))?;
+            assert!(completion.sequence > self.answered, "records are answered in order");
+            self.pending -= 1;
+            self.answered = completion.sequence;
+        }
+        Ok(())
+    }
 }
 
 /// Submits one record, waiting for room when the node is busy.
 fn submit(
     control: &Control,
-    session: &mut Session,
+    node: &mut Session,
     bytes: &[u8],
-    pending: &mut u64,
+    applied: &mut Applied,
 ) -> Result<(), String> {
     loop {
-        match session.try_submit_record(bytes, 0) {
+        match node.try_submit_record(bytes, 0) {
             Ok(_) => {
-                *pending += 1;
+                applied.pending += 1;
                 return Ok(());
             }
             Err(Refused::Busy | Refused::SessionFull) => {
-                while let Some(completion) = session.poll() {
-                    *pending -= 1;
-                    completion.result.map_err(|e| e.to_string())?;
-                }
+                applied.collect(node)?;
                 if control.follower_stop().load(Ordering::Acquire) {
                     return Err("stopped".into());
                 }
@@ -373,21 +407,4 @@ fn submit(
             Err(refused) => return Err(format!("the node refused a record: {refused}")),
         }
     }
-}
-
-/// Waits until every submitted record is answered: journaled (durable under this node's
-/// policy) and applied.
-fn drain(session: &mut Session, pending: &mut u64, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    while *pending > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("the node did not journal the primary's records in time".into());
-        }
-        if let Some(completion) = session.wait(left) {
-            *pending -= 1;
-            completion.result.map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
 }
