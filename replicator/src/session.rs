@@ -228,8 +228,10 @@ impl PrimarySession {
             }
             JoinDecision::Stream { from } => {
                 self.state = PrimaryState::Streaming;
+                // The standby holds up to `from - 1`, perhaps not all durably yet (records it
+                // took before a reconnect may still be on their way to its journal): its
+                // acknowledgements say so, and only they count.
                 self.sent = Sequence(from.0 - 1);
-                self.acked = Ack { written: self.sent, durable: self.sent, echo_ms: 0 };
                 PrimaryStep::Stream(Start {
                     epoch,
                     from_sequence: from,
@@ -496,8 +498,6 @@ impl StandbySession {
         }
         self.promised = start.epoch;
         self.primary_last = start.primary_last;
-        self.acked =
-            Ack { written: position.last_sequence, durable: position.last_sequence, echo_ms: 0 };
         self.state = StandbyState::Streaming { epoch: start.epoch, next: start.from_sequence };
         StandbyStep::Following { epoch: start.epoch, from: start.from_sequence }
     }
@@ -800,6 +800,26 @@ mod tests {
     }
 
     #[test]
+    fn a_rejoining_standby_acknowledges_only_what_its_journal_answered() {
+        // Goal: a standby that joins at 3 with records 2..=3 still on their way to its journal
+        // acknowledges 1 as durable, not 3; the primary takes that (nothing assumed durable
+        // at the join), and then 3 once it is.
+        let (step, mut pair) = handshake("the-shared-secret-16+", position(3, 1, 1), 1);
+        let PrimaryStep::Stream(start) = step else { panic!("{step:?}") };
+        let key = secret("the-shared-secret-16+");
+        pair.standby.on_message(&Message::Start(start), &key, &cluster());
+        let early = pair.standby.ack(Sequence(1), Sequence(1)).unwrap();
+        assert_eq!((early.written, early.durable), (Sequence(1), Sequence(1)));
+        let cluster = cluster();
+        let mut view = view(&cluster, &key, &mut pair.journal, 1);
+        let taken = pair.primary.on_message(&Message::Ack(early), &mut view);
+        assert_eq!(taken, PrimaryStep::Acknowledged(early));
+        let later = pair.standby.ack(Sequence(3), Sequence(3)).unwrap();
+        let taken = pair.primary.on_message(&Message::Ack(later), &mut view);
+        assert_eq!(taken, PrimaryStep::Acknowledged(later));
+    }
+
+    #[test]
     fn heartbeats_go_out_only_when_idle_and_acks_only_when_something_moved() {
         // Goal: an idle stream heartbeats every period; the standby acknowledges progress and
         // echoes each heartbeat once.
@@ -814,6 +834,8 @@ mod tests {
         let start =
             Start { epoch: Epoch(1), from_sequence: Sequence(4), primary_last: Sequence(5) };
         pair.standby.on_message(&Message::Start(start), &key, &cluster());
+        let first = pair.standby.ack(Sequence(3), Sequence(3)).unwrap();
+        assert_eq!((first.written, first.durable), (Sequence(3), Sequence(3)), "where it stands");
         assert_eq!(pair.standby.ack(Sequence(3), Sequence(3)), None, "nothing new");
         assert_eq!(
             pair.standby.on_message(&Message::Heartbeat(beat), &key, &cluster()),

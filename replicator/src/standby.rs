@@ -222,8 +222,11 @@ pub(crate) fn follow(control: &Control, primary: &str, mut node: Session) {
     let stop = control.follower_stop();
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u64;
+    let mut applied = Applied::at(session_end(control));
     while !stop.load(Ordering::Acquire) {
-        let journaled = session_end(control);
+        // Where the journal will end once the node has taken what was submitted: records
+        // still in its ring are journaled and applied before anything that follows them.
+        let journaled = applied.submitted;
         let promised = control.epochs().promised;
         control.set_follower("connecting", journaled.last_sequence, None);
         match join(control.config(), primary, journaled, promised) {
@@ -231,7 +234,8 @@ pub(crate) fn follow(control: &Control, primary: &str, mut node: Session) {
                 failures = 0;
                 backoff = Duration::from_millis(50);
                 let link = Link { socket, reader, session };
-                if let Err(error) = stream(control, &mut node, epoch, from, link) {
+                let stream = stream(control, &mut node, &mut applied, (epoch, from), link);
+                if let Err(error) = stream {
                     log(format_args!("replication: following {primary}: {error}"));
                 }
             }
@@ -281,14 +285,14 @@ struct Link {
 fn stream(
     control: &Control,
     node: &mut Session,
-    epoch: Epoch,
-    from: Sequence,
+    applied: &mut Applied,
+    start: (Epoch, Sequence),
     link: Link,
 ) -> Result<(), String> {
     control.set_follower_socket(link.socket.try_clone().ok());
     let socket = link.socket.try_clone().map_err(|e| e.to_string());
     let result = socket.and_then(|socket| {
-        let result = apply_stream(control, node, epoch, from, link);
+        let result = apply_stream(control, node, applied, start, link);
         let _ = socket.shutdown(Shutdown::Both);
         result
     });
@@ -299,8 +303,8 @@ fn stream(
 fn apply_stream(
     control: &Control,
     node: &mut Session,
-    epoch: Epoch,
-    from: Sequence,
+    applied: &mut Applied,
+    (epoch, from): (Epoch, Sequence),
     link: Link,
 ) -> Result<(), String> {
     let Link { socket, mut reader, mut session } = link;
@@ -312,14 +316,13 @@ fn apply_stream(
     if raised != epochs {
         control.store_epochs(raised)?;
     }
-    let expected = Sequence(control.link().available()).next();
+    let expected = applied.submitted.last_sequence.next();
     assert_eq!(from, expected, "the session checked the primary streams from our next record");
     log(format_args!("replication: following the primary in epoch {epoch} from {from}"));
     // Silence for three heartbeats means the primary is gone; reconnect.
     let silence =
         Duration::from_millis(config.heartbeat_ms.saturating_mul(3).max(config.timeout_ms));
     let stop = control.follower_stop();
-    let mut applied = Applied { pending: 0, answered: Sequence(from.0 - 1) };
     let mut heard = Instant::now();
     let mut waiting = None;
     while !stop.load(Ordering::Acquire) {
@@ -338,7 +341,7 @@ fn apply_stream(
                         let Message::Records(records) = message else { unreachable!("records") };
                         assert_eq!(records.count(), count);
                         for bytes in records.iter() {
-                            submit(control, node, bytes, &mut applied)?;
+                            submit(control, node, bytes, applied)?;
                         }
                     }
                     StandbyStep::Continue => {}
@@ -365,13 +368,29 @@ fn apply_stream(
 /// How often a standby with records awaiting its journal looks for their answers.
 const DURABLE_POLL: Duration = Duration::from_micros(200);
 
-/// The standby's records submitted to its node and not yet answered, and the last answered.
+/// The standby's records submitted to its node: the last one, how many are not yet answered,
+/// and the last answered. Kept across connections: records submitted before a connection
+/// broke are still journaled and answered after it.
 struct Applied {
+    submitted: JournalEnd,
     pending: u64,
     answered: Sequence,
 }
 
 impl Applied {
+    /// Nothing in flight; the journal ends at `end`.
+    fn at(end: JournalEnd) -> Applied {
+        Applied { submitted: end, pending: 0, answered: end.last_sequence }
+    }
+
+    /// Record `bytes` (checked by the node) was submitted.
+    fn submitted(&mut self, bytes: &[u8]) {
+        let header = ringfence_core::record::read_header(bytes);
+        assert_eq!(header.sequence, self.submitted.last_sequence.next(), "submitted in order");
+        self.submitted = JournalEnd { last_sequence: header.sequence, last_epoch: header.epoch };
+        self.pending += 1;
+    }
+
     /// Takes every answer ready, without waiting.
     fn collect(&mut self, node: &mut Session) -> Result<(), String> {
         while let Some(completion) = node.poll() {
@@ -394,7 +413,7 @@ fn submit(
     loop {
         match node.try_submit_record(bytes, 0) {
             Ok(_) => {
-                applied.pending += 1;
+                applied.submitted(bytes);
                 return Ok(());
             }
             Err(Refused::Busy | Refused::SessionFull) => {

@@ -16,6 +16,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Serve, ringfence_within, text};
+use ringfence_core::record::RecordBuf;
+use ringfence_core::{Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_replicator::auth::{ClusterId, ClusterSecret};
+use ringfence_replicator::message::{Message, Start, records_frame_header};
+use ringfence_replicator::position::JournalIndex;
+use ringfence_replicator::session::{PrimarySession, PrimaryStep, PrimaryView};
+use ringfence_replicator::stream::{FrameReader, write_message, write_records};
 
 const STOCK: u64 = 60;
 const PER_USER: u64 = 2;
@@ -429,5 +436,148 @@ fn a_fresh_standby_of_a_primary_that_retired_its_first_records_starts_from_a_sna
     assert_eq!(standby_view["state_hash"], view["state_hash"]);
     drop(follower);
     drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A fake primary's journal for the join decision: records 1..=`last`, all in epoch 1.
+struct FakeJournal {
+    last: u64,
+}
+
+impl JournalIndex for FakeJournal {
+    fn first(&mut self) -> Option<Sequence> {
+        (self.last > 0).then_some(Sequence(1))
+    }
+    fn last(&mut self) -> Option<Sequence> {
+        (self.last > 0).then_some(Sequence(self.last))
+    }
+    fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {
+        (1..=self.last).contains(&sequence.0).then_some(Epoch(1))
+    }
+    fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
+        (epoch.0 >= 1 && self.last > 0).then_some(Sequence(self.last))
+    }
+}
+
+/// Accepts the standby's next connection and runs the primary's handshake in `epoch`; returns
+/// the connection once streaming starts, and the sequence it starts from.
+fn fake_primary_accept(
+    listener: &std::net::TcpListener,
+    epoch: u64,
+) -> (TcpStream, FrameReader<TcpStream>, Sequence) {
+    let (socket, _) = listener.accept().unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = FrameReader::new(socket.try_clone().unwrap());
+    let cluster = ClusterId::new("ringfence").unwrap();
+    let secret = ClusterSecret::from_bytes(SECRET.as_bytes()).unwrap();
+    let mut session = PrimarySession::new([5; 32]);
+    let mut journal = FakeJournal { last: 3 };
+    loop {
+        let message = reader.read_message().unwrap();
+        let mut view = PrimaryView {
+            cluster: &cluster,
+            secret: &secret,
+            epoch: Epoch(epoch),
+            is_primary: true,
+            journal: &mut journal,
+            journal_last: Sequence(3),
+        };
+        match session.on_message(&message, &mut view) {
+            PrimaryStep::Reply(reply) => {
+                write_message(&mut &socket, &reply.message(), &mut Vec::new()).unwrap();
+            }
+            PrimaryStep::Stream(start) => {
+                write_message(&mut &socket, &Message::Start(start), &mut Vec::new()).unwrap();
+                return (socket, reader, start.from_sequence);
+            }
+            // A primary superseded by the standby's promise would step down; this one sends
+            // `Start` anyway, as a stale primary that does not know would.
+            PrimaryStep::Close { deposed_by: Some(_), .. } => {
+                let start = Start {
+                    epoch: Epoch(epoch),
+                    from_sequence: Sequence(2),
+                    primary_last: Sequence(3),
+                };
+                write_message(&mut &socket, &Message::Start(start), &mut Vec::new()).unwrap();
+                return (socket, reader, start.from_sequence);
+            }
+            other => panic!("the standby's handshake failed: {other:?}"),
+        }
+    }
+}
+
+/// Record `sequence` (a tick) as written in `epoch`.
+fn record(sequence: u64, epoch: u64) -> Vec<u8> {
+    let tick = Sequenced {
+        sequence: Sequence(sequence),
+        timestamp: Timestamp(1_800_000_000_000 + sequence),
+        command: ringfence_core::Command::Tick,
+    };
+    RecordBuf::default().encode(Epoch(epoch), &tick).to_vec()
+}
+
+/// What the standby answers next, or that it closed the connection.
+fn standby_answer(reader: &mut FrameReader<TcpStream>) -> Option<String> {
+    loop {
+        match reader.read_message() {
+            Ok(Message::Ack(_)) => {}
+            Ok(Message::Refuse(refuse)) => {
+                return Some(format!("{:?}: {}", refuse.code, refuse.text));
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn a_standby_refuses_damaged_gapped_and_stale_streams_and_applies_nothing_of_them() {
+    // Goal: bad input on the replication stream, from a primary that authenticated: a record
+    // whose checksum fails, a gap, a record above the stream's epoch and a primary below the
+    // standby's promise each end the connection with a logged, typed error, and none of them
+    // is journaled or applied: the standby holds exactly the one good record.
+    let root = temp_dir("bad-stream");
+    let secret = write_secret(&root, SECRET);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake = listener.local_addr().unwrap();
+    let dir = root.join("b");
+    let starting = thread::spawn(move || standby(&dir, &secret, fake));
+    // The standby's start-up check, then its follower: the first connection is the check.
+    let (probe, _, from) = fake_primary_accept(&listener, 1);
+    assert_eq!(from, Sequence(1));
+    drop(probe);
+    let follower = starting.join().unwrap();
+
+    let (socket, mut reader, _) = fake_primary_accept(&listener, 1);
+    let mut damaged = record(2, 1);
+    damaged[40] ^= 0x01;
+    write_records(&mut &socket, Sequence(1), 1, &record(1, 1)).unwrap();
+    (&socket).write_all(&records_frame_header(Sequence(2), 1, damaged.len())).unwrap();
+    (&socket).write_all(&damaged).unwrap();
+    assert_eq!(standby_answer(&mut reader), None, "a damaged record closes the stream");
+    follower.wait_for_log("malformed", Duration::from_secs(10));
+
+    let (socket, mut reader, from) = fake_primary_accept(&listener, 1);
+    assert_eq!(from, Sequence(2), "the good record was kept, the damaged one not");
+    write_records(&mut &socket, Sequence(3), 1, &record(3, 1)).unwrap();
+    let gap = standby_answer(&mut reader).expect("a gap is refused");
+    assert!(gap.starts_with("BadMessage"), "{gap}");
+
+    let (socket, mut reader, _) = fake_primary_accept(&listener, 1);
+    write_records(&mut &socket, Sequence(2), 1, &record(2, 2)).unwrap();
+    let ahead = standby_answer(&mut reader).expect("a record above the stream's epoch is refused");
+    assert!(ahead.contains("epoch"), "{ahead}");
+
+    // The standby promised epoch 1 when it first followed; a primary of epoch 0 is stale.
+    let (socket, mut reader, _) = fake_primary_accept(&listener, 0);
+    drop(socket);
+    let stale = standby_answer(&mut reader).expect("a stale primary is refused");
+    assert!(stale.starts_with("StaleEpoch"), "{stale}");
+
+    // The standby's first record also creates its first segment: give it time.
+    wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= 1);
+    let (_, view) = follower.call("GET", "/v1/node", "", false);
+    assert_eq!(last_sequence(&view), 1, "{view} {:#?}", follower.drain_log());
+    drop(follower);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -144,6 +144,13 @@ impl Serve {
         }
     }
 
+    /// Every log line received so far (for a failing test's message).
+    pub fn drain_log(&self) -> Vec<String> {
+        let mut lines = self.early.clone();
+        lines.extend(self.lines.try_iter());
+        lines
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
