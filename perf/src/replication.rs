@@ -66,51 +66,52 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 
 /// What is measured: one node, or a pair with an acknowledgement mode, at a durability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    LocalOnly,
-    LocalOnlyWritten,
-    Async,
-    Sync,
-    SyncWritten,
+struct Mode {
+    name: &'static str,
+    durability: Durability,
+    /// The acknowledgement mode, or `None` for a primary alone.
+    ack: Option<AckMode>,
+    /// Who runs the standby's egress: `Polled` (by its follower's `Session::wait`, as in
+    /// `ringfence serve`'s compact node) or a thread of its own (the diagnostic rows).
+    standby_egress: EgressDriver,
 }
 
-const MODES: [Mode; 5] =
-    [Mode::LocalOnly, Mode::LocalOnlyWritten, Mode::Async, Mode::Sync, Mode::SyncWritten];
+const fn mode(name: &'static str, durability: Durability, ack: Option<AckMode>) -> Mode {
+    Mode { name, durability, ack, standby_egress: EgressDriver::Polled }
+}
+
+const LOCAL_ONLY: Mode = mode("local_only", Durability::Batch, None);
+const SYNC: Mode = mode("sync", Durability::Batch, Some(AckMode::Sync));
+const SYNC_WRITTEN: Mode = mode("sync_written", Durability::None, Some(AckMode::Sync));
+
+/// The table's rows, baselines first.
+const MODES: [Mode; 5] = [
+    LOCAL_ONLY,
+    mode("local_only_written", Durability::None, None),
+    mode("async", Durability::Batch, Some(AckMode::Async)),
+    SYNC,
+    SYNC_WRITTEN,
+];
+
+/// In-process only: the sync rows with the standby's egress on its own thread, which shows
+/// what the follower's polling wait costs.
+const DIAGNOSTIC_MODES: [Mode; 2] = [
+    Mode { name: "sync_egress_thread", standby_egress: EgressDriver::Thread, ..SYNC },
+    Mode {
+        name: "sync_written_egress_thread",
+        standby_egress: EgressDriver::Thread,
+        ..SYNC_WRITTEN
+    },
+];
 
 impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::LocalOnly => "local_only",
-            Mode::LocalOnlyWritten => "local_only_written",
-            Mode::Async => "async",
-            Mode::Sync => "sync",
-            Mode::SyncWritten => "sync_written",
-        }
-    }
-
-    fn durability(self) -> Durability {
-        match self {
-            Mode::LocalOnly | Mode::Async | Mode::Sync => Durability::Batch,
-            Mode::LocalOnlyWritten | Mode::SyncWritten => Durability::None,
-        }
-    }
-
-    /// The acknowledgement mode, or `None` for a primary alone.
-    fn ack(self) -> Option<AckMode> {
-        match self {
-            Mode::LocalOnly | Mode::LocalOnlyWritten => None,
-            Mode::Async => Some(AckMode::Async),
-            Mode::Sync | Mode::SyncWritten => Some(AckMode::Sync),
-        }
-    }
-
     /// What an answer waits for, in words.
     fn answer_waits_for(self) -> &'static str {
-        match self {
-            Mode::LocalOnly | Mode::Async => "local msync",
-            Mode::LocalOnlyWritten => "local write",
-            Mode::Sync => "msync on both",
-            Mode::SyncWritten => "write on both",
+        match (self.ack, self.durability) {
+            (Some(AckMode::Sync), Durability::None) => "write on both",
+            (Some(AckMode::Sync), _) => "msync on both",
+            (_, Durability::None) => "local write",
+            (_, _) => "local msync",
         }
     }
 }
@@ -136,7 +137,7 @@ impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
-                rates: vec![10_000, 50_000],
+                rates: vec![2_000, 10_000, 50_000],
                 seconds: 0.5,
                 window: 1_024,
                 max_commands: 100_000,
@@ -146,7 +147,7 @@ impl Plan {
             }
         } else {
             Plan {
-                rates: vec![10_000, 50_000],
+                rates: vec![2_000, 10_000, 50_000],
                 seconds: 3.0,
                 window: 1_024,
                 max_commands: 250_000,
@@ -223,27 +224,26 @@ struct Member {
 }
 
 impl Member {
-    /// Recovers a fresh journal and starts a node on it: a primary (`following` is `None`) or
-    /// a standby of the primary at that replication address; replicated when `ack` is set.
-    fn start(
-        durability: Durability,
-        ack: Option<AckMode>,
-        following: Option<SocketAddr>,
-    ) -> Member {
+    /// Recovers a fresh journal and starts a node on it for `mode`: a primary (`following` is
+    /// `None`) or a standby of the primary at that replication address.
+    fn start(mode: Mode, following: Option<SocketAddr>) -> Member {
         let role_tag = if following.is_some() { "standby" } else { "primary" };
         let dir =
             BenchDir::new(&format!("repl-{}-{role_tag}", DIRS.fetch_add(1, Ordering::Relaxed)));
         let options = WriterOptions {
             segment_len: SEGMENT_BYTES,
-            durability,
+            durability: mode.durability,
             engine_config: engine_config(),
         };
         let recovered = recover(&dir.0, options).expect("a fresh journal recovers");
         let intake = if following.is_some() { Intake::Replica } else { Intake::Sequencer };
-        let config = node_config(intake, recovered.epochs.current);
+        let mut config = node_config(intake, recovered.epochs.current);
+        if following.is_some() {
+            config.egress = mode.standby_egress;
+        }
         let (hook, watch) = HashWatch::new(NoSnapshots, &recovered.engine);
         let (engine, next, writer) = (recovered.engine, recovered.next_sequence, recovered.writer);
-        let Some(ack) = ack else {
+        let Some(ack) = mode.ack else {
             let node =
                 Node::start_with(config, engine, next, writer, NoReplicator::default(), hook)
                     .expect("the baseline node starts");
@@ -299,11 +299,11 @@ impl Pair {
     /// Starts the pair, creates the sale's SKU on the primary and, when replicated, waits
     /// until the primary reports the standby `in_sync`.
     fn start(mode: Mode) -> Pair {
-        let primary = Member::start(mode.durability(), mode.ack(), None);
+        let primary = Member::start(mode, None);
         create_sku(primary.node());
-        let standby = mode.ack().map(|ack| {
+        let standby = mode.ack.map(|_| {
             let addr = primary.control().listen_addr().expect("the primary listens");
-            Member::start(mode.durability(), Some(ack), Some(addr))
+            Member::start(mode, Some(addr))
         });
         let pair = Pair { primary, standby };
         pair.settle();
@@ -530,7 +530,7 @@ fn inprocess_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
 
 fn inprocess_row(mode: Mode, load: Option<u64>, run: Run) -> Row {
     let scenario = format!("inproc@{}", load_name(load));
-    let row = Row::new(&scenario, mode.name(), run.answered, run.seconds, run.histogram);
+    let row = Row::new(&scenario, mode.name, run.answered, run.seconds, run.histogram);
     mode_context(row, mode)
         .with("offered_per_sec", load.map_or_else(|| "max".into(), serde_json::Value::from))
         .with("latency_from", if load.is_some() { "intended_send" } else { "submit" })
@@ -540,10 +540,18 @@ fn inprocess_row(mode: Mode, load: Option<u64>, run: Run) -> Row {
 }
 
 fn mode_context(row: Row, mode: Mode) -> Row {
-    row.with("mode", mode.name())
-        .with("durability", mode.durability().to_string())
-        .with("ack", mode.ack().map_or("none", AckMode::name))
+    row.with("mode", mode.name)
+        .with("durability", mode.durability.to_string())
+        .with("ack", mode.ack.map_or("none", AckMode::name))
         .with("answer_waits_for", mode.answer_waits_for())
+        .with(
+            "standby_egress",
+            match (mode.ack, mode.standby_egress) {
+                (None, _) => "no standby",
+                (Some(_), EgressDriver::Polled) => "polled by the follower",
+                (Some(_), EgressDriver::Thread) => "thread",
+            },
+        )
         .with("topology", "compact")
         .with("wait", WaitStrategy::DEFAULT.name())
         .with("pinning", "none")
@@ -594,20 +602,15 @@ fn tcp_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
         let measured = match measured {
             Ok(measured) => measured,
             Err(error) => {
-                eprintln!("ringfence-perf replication: tcp {} failed: {error}", mode.name());
+                eprintln!("ringfence-perf replication: tcp {} failed: {error}", mode.name);
                 break;
             }
         };
         next_index += measured.answered + measured.lost + 1;
         pair.settle();
         let scenario = format!("tcp@{}", load_name(load));
-        let row = Row::new(
-            &scenario,
-            mode.name(),
-            measured.answered,
-            measured.seconds,
-            measured.histogram,
-        );
+        let row =
+            Row::new(&scenario, mode.name, measured.answered, measured.seconds, measured.histogram);
         let row = mode_context(row, mode)
             .with("offered_per_sec", load.map_or_else(|| "max".into(), serde_json::Value::from))
             .with("latency_from", if load.is_some() { "intended_send" } else { "send" })
@@ -644,6 +647,15 @@ struct Failover {
     answered: u64,
 }
 
+impl Failover {
+    /// The rows: the promotion, the first write after it, and the two together.
+    const PHASES: [&'static str; 3] = ["kill_to_promoted", "promoted_to_answer", "kill_to_answer"];
+
+    fn phases(&self) -> [u64; 3] {
+        [self.promoted, self.answered - self.promoted, self.answered]
+    }
+}
+
 /// Light load on the primary until `stop`: one reservation per millisecond, answers read and
 /// dropped. Returns how many were answered.
 fn light_load(mut session: Session, stop: &AtomicBool, first_index: u64) -> u64 {
@@ -662,7 +674,7 @@ fn light_load(mut session: Session, stop: &AtomicBool, first_index: u64) -> u64 
 
 /// One failover: a fresh `sync` pair under light load; the kill; the promotion; one write.
 fn failover_once(plan: &Plan) -> Failover {
-    let pair = Pair::start(Mode::Sync);
+    let pair = Pair::start(SYNC);
     let standby = pair.standby.as_ref().expect("a sync pair has a standby");
     let mut promoted_session = standby.node().session().expect("a session on the standby");
     let stop = AtomicBool::new(false);
@@ -695,22 +707,15 @@ fn failover_once(plan: &Plan) -> Failover {
 
 fn failover(report: &mut Report, plan: &Plan) {
     let runs: Vec<Failover> = (0..plan.failovers).map(|_| failover_once(plan)).collect();
-    let total = |pick: fn(&Failover) -> u64| -> (Histogram<u64>, f64) {
+    for (phase, variant) in Failover::PHASES.iter().enumerate() {
         let mut histogram = latency_histogram();
-        let mut sum = 0u64;
+        let mut sum_ns = 0u64;
         for run in &runs {
-            histogram.saturating_record(pick(run).max(1));
-            sum += pick(run);
+            let ns = run.phases()[phase];
+            histogram.saturating_record(ns.max(1));
+            sum_ns += ns;
         }
-        (histogram, sum as f64 / 1e9)
-    };
-    let variants: [(&str, fn(&Failover) -> u64); 3] = [
-        ("kill_to_promoted", |f| f.promoted),
-        ("promoted_to_answer", |f| f.answered - f.promoted),
-        ("kill_to_answer", |f| f.answered),
-    ];
-    for (variant, pick) in variants {
-        let (histogram, seconds) = total(pick);
+        let seconds = sum_ns as f64 / 1e9;
         let row = Row::new("failover", variant, runs.len() as u64, seconds, histogram)
             .with("repetitions", runs.len() as u64)
             .with("mode", "sync")
@@ -778,8 +783,13 @@ pub fn run(common: Common) {
     assert!(plan.commands_per_mode() < u64::from(ORDERS_MAX), "a mode's run outgrows its engine");
     header(&report, &plan);
     let watch = CpuWatch::start();
-    report.note("-- in-process: reservations through a Session on the primary, open loop");
-    let rows = MODES.iter().flat_map(|&mode| inprocess_mode(&plan, mode)).collect();
+    report.note(
+        "-- in-process: reservations through a Session on the primary, open loop; \
+         *_egress_thread: the same sync modes with the standby's egress on a thread of its own \
+         (its follower then blocks on the answer channel instead of polling with 20us sleeps)",
+    );
+    let modes = MODES.iter().chain(&DIAGNOSTIC_MODES);
+    let rows = modes.flat_map(|&mode| inprocess_mode(&plan, mode)).collect();
     push_by_load(&mut report, &plan, rows);
     report.note(&format!(
         "-- loopback TCP: binary protocol through the ingress server (primary's node behind \
@@ -818,10 +828,14 @@ mod tests {
     #[test]
     fn baselines_have_no_standby_and_sync_rows_wait_for_one() {
         // Goal: the table's rows are the modes the header says.
-        assert_eq!(Mode::LocalOnly.ack(), None);
-        assert_eq!(Mode::LocalOnlyWritten.ack(), None);
-        assert_eq!(Mode::Sync.ack(), Some(AckMode::Sync));
-        assert_eq!(Mode::SyncWritten.durability(), Durability::None);
-        assert_eq!(Mode::Sync.durability(), Durability::Batch);
+        let baselines: Vec<&str> =
+            MODES.iter().filter(|mode| mode.ack.is_none()).map(|mode| mode.name).collect();
+        assert_eq!(baselines, ["local_only", "local_only_written"]);
+        for mode in MODES.iter().chain(&DIAGNOSTIC_MODES) {
+            let written = mode.name.contains("written");
+            assert_eq!(mode.durability == Durability::None, written, "{}", mode.name);
+            let sync = mode.name.starts_with("sync");
+            assert_eq!(mode.ack == Some(AckMode::Sync), sync, "{}", mode.name);
+        }
     }
 }
