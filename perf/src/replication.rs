@@ -16,7 +16,7 @@
 //! The replicated modes measure only once the primary reports `in_sync`, and between loads
 //! until the standby has acknowledged everything. The in-process table submits through a
 //! `Session` on the primary; the TCP table through the ingress server's binary protocol, with
-//! `net::drive`. Both generators are open loop at fixed rates, latency from each command's
+//! `net::drive_up_to`. Both generators are open loop at fixed rates, latency from each command's
 //! intended send time (no coordinated omission), plus a `max` row with a fixed window in flight
 //! measured from the actual submit.
 //!
@@ -31,14 +31,15 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ringfence_core::pipeline::{
-    EgressDriver, Intake, NoReplicator, NoSnapshots, Node, NodeConfig, Pins, Refused, Session,
-    Topology, WaitStrategy, WakeHook,
+    EgressDriver, Intake, NoReplicator, NoSnapshots, Node, NodeConfig, PUBLISH_PERIOD, Pins,
+    Refused, Session, Topology, WaitStrategy, WakeHook,
 };
 use ringfence_core::{
-    Action, Command, CreateSku, EngineConfig, Outcome, RequestKey, Sequence, SkuId,
+    Action, Command, CreateSku, EngineConfig, Epoch, Outcome, RequestKey, Sequence, SkuId,
 };
 use ringfence_ingress::backend::EngineWatch;
 use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig};
+use ringfence_journal::epoch::Epochs;
 use ringfence_journal::recovery::recover;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
@@ -194,7 +195,7 @@ fn engine_config() -> EngineConfig {
 /// Compact topology (one processor thread: journal, replicator stage and BLP per batch),
 /// egress polled by whoever holds a session (as `ringfence serve` runs a compact node),
 /// spin-then-park waits, nothing pinned.
-fn node_config(intake: Intake, recovered_epoch: ringfence_core::Epoch) -> NodeConfig {
+fn node_config(intake: Intake, recovered_epoch: Epoch) -> NodeConfig {
     NodeConfig {
         ring_size: 1 << 14,
         engine: engine_config(),
@@ -510,6 +511,7 @@ fn inprocess_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
                 let me = std::thread::current();
                 let wake: WakeHook = Arc::new(move || me.unpark());
                 assert!(pair.primary.node().set_egress_waker(wake), "egress is polled");
+                let mut before = Batches::read(&pair);
                 for load in plan.loads() {
                     let count = match load {
                         Some(rate) => (rate as f64 * plan.seconds) as u64,
@@ -518,7 +520,10 @@ fn inprocess_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
                     let run = generate(pair.primary.node(), plan, load, count, first_index);
                     first_index += count;
                     pair.settle();
-                    rows.push((load, inprocess_row(mode, load, run)));
+                    let after = Batches::read(&pair);
+                    let row = after.since(&before).context(inprocess_row(mode, load, run));
+                    rows.push((load, row));
+                    before = after;
                 }
             })
             .expect("the generator thread starts");
@@ -526,6 +531,70 @@ fn inprocess_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
     });
     pair.shutdown();
     rows
+}
+
+/// The processor batches each node of a pair ran: every batch ends with one journal flush (an
+/// msync under durability `batch`), and the standby's follower waits for that flush before it
+/// acknowledges the stream message it submitted.
+struct Batches {
+    primary: Histogram<u64>,
+    standby: Option<Histogram<u64>>,
+}
+
+impl Batches {
+    /// The batch-size histograms so far (read after a metrics publish period, so they hold
+    /// everything the pair did before this call).
+    fn read(pair: &Pair) -> Batches {
+        std::thread::sleep(PUBLISH_PERIOD + Duration::from_millis(10));
+        let batches = |node: &Node| {
+            let metrics = node.metrics();
+            let stage = metrics.stage("processor").expect("a compact node has a processor");
+            stage.batch_sizes.clone()
+        };
+        let standby = pair.standby.as_ref().map(|standby| batches(standby.node()));
+        Batches { primary: batches(pair.primary.node()), standby }
+    }
+
+    /// What was added since `before`.
+    fn since(&self, before: &Batches) -> Batches {
+        let less = |now: &Histogram<u64>, then: &Histogram<u64>| {
+            let mut added = now.clone();
+            added.subtract(then).expect("batch histograms only grow");
+            added
+        };
+        let standby = self.standby.as_ref().zip(before.standby.as_ref());
+        Batches {
+            primary: less(&self.primary, &before.primary),
+            standby: standby.map(|(now, then)| less(now, then)),
+        }
+    }
+
+    /// Adds the batch counts and mean sizes to `row`.
+    fn context(&self, row: Row) -> Row {
+        let mean = |h: &Histogram<u64>| (h.mean() * 10.0).round() / 10.0;
+        let row = row
+            .with("primary_batches", self.primary.len())
+            .with("primary_batch_mean", mean(&self.primary));
+        match &self.standby {
+            Some(standby) => {
+                row.with("standby_batches", standby.len()).with("standby_batch_mean", mean(standby))
+            }
+            None => row,
+        }
+    }
+}
+
+/// A line under a replicated row: how many batches (journal flushes) each node ran for it.
+fn batches_note(row: &Row) -> Option<String> {
+    let field = |key: &str| row.context.get(key).map(ToString::to_string);
+    Some(format!(
+        "    {}: primary {} batches (mean {} commands), standby {} batches (mean {})",
+        row.variant,
+        field("primary_batches")?,
+        field("primary_batch_mean")?,
+        field("standby_batches")?,
+        field("standby_batch_mean")?
+    ))
 }
 
 fn inprocess_row(mode: Mode, load: Option<u64>, run: Run) -> Row {
@@ -594,7 +663,8 @@ fn tcp_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
                 .spawn_scoped(scope, || {
                     tighten_timer_slack();
                     let mut protocol = BinaryReserve { nonce: 1 };
-                    net::drive(addr, &mut protocol, connections, load_kind, duration, next_index)
+                    let run = (load_kind, duration, plan.max_commands);
+                    net::drive_up_to(addr, &mut protocol, connections, run, next_index)
                 })
                 .expect("the generator thread starts");
             generator.join().expect("the generator thread")
@@ -636,7 +706,11 @@ fn push_by_load(report: &mut Report, plan: &Plan, mut rows: Vec<(Option<u64>, Ro
         let (these, rest): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(l, _)| *l == load);
         rows = rest;
         for (_, row) in these {
+            let note = batches_note(&row);
             report.push(row);
+            if let Some(note) = note {
+                report.note(&note);
+            }
         }
     }
 }
@@ -705,7 +779,33 @@ fn failover_once(plan: &Plan) -> Failover {
     result
 }
 
+/// The baseline of the promotion: storing a raised epoch durably, alone (the epoch file is
+/// replaced atomically: temporary file, fsync, rename, directory fsync), on the same disk.
+fn epoch_store_baseline(repetitions: usize) -> Row {
+    let dir = BenchDir::new(&format!("repl-{}-epochs", DIRS.fetch_add(1, Ordering::Relaxed)));
+    let options = WriterOptions {
+        segment_len: SEGMENT_BYTES,
+        durability: Durability::Batch,
+        engine_config: engine_config(),
+    };
+    let recovered = recover(&dir.0, options).expect("a fresh journal recovers");
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut histogram = latency_histogram();
+    let started = Instant::now();
+    for raise in 0..repetitions as u64 {
+        let epoch = Epoch(recovered.epochs.promised.0 + 1 + raise);
+        let stored = Instant::now();
+        data_dir.store_epochs(Epochs { current: epoch, promised: epoch }).expect("epochs stored");
+        histogram.saturating_record((stored.elapsed().as_nanos() as u64).max(1));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Row::new("failover", "baseline_epoch_store", repetitions as u64, seconds, histogram)
+        .with("repetitions", repetitions as u64)
+        .with("what", "DataDir::store_epochs alone")
+}
+
 fn failover(report: &mut Report, plan: &Plan) {
+    report.push(epoch_store_baseline(plan.failovers));
     let runs: Vec<Failover> = (0..plan.failovers).map(|_| failover_once(plan)).collect();
     for (phase, variant) in Failover::PHASES.iter().enumerate() {
         let mut histogram = latency_histogram();
