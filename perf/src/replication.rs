@@ -277,15 +277,16 @@ impl Member {
         self.control.as_ref().expect("a replicated member has a control")
     }
 
-    /// Stops replication, then the node (if still here); a failed drain is reported.
+    /// Shuts the node down (if still here; a failed drain is reported), then its replication,
+    /// in the order `ringfence serve` does.
     fn shutdown(mut self) {
-        if let Some(control) = &self.control {
-            control.stop();
-        }
         if let Some(node) = self.node.take() {
             if let Err(error) = node.shutdown() {
                 eprintln!("ringfence-perf replication: a node did not shut down cleanly: {error}");
             }
+        }
+        if let Some(control) = &self.control {
+            control.stop();
         }
     }
 }
@@ -597,6 +598,20 @@ fn batches_note(row: &Row) -> Option<String> {
     ))
 }
 
+/// A line under a row whose commands were not all answered `Reserved`: how many were refused
+/// at intake (`busy`: a full ring or session queue, dropped in open loop), answered otherwise
+/// (`refused`, `failed`) or never answered (`lost`).
+fn shortfall_note(row: &Row) -> Option<String> {
+    let counts: Vec<String> = ["busy", "refused", "failed", "lost"]
+        .into_iter()
+        .filter_map(|key| {
+            let count = row.context.get(key)?.as_u64()?;
+            (count > 0).then(|| format!("{count} {key}"))
+        })
+        .collect();
+    (!counts.is_empty()).then(|| format!("    {}: {}", row.variant, counts.join(", ")))
+}
+
 fn inprocess_row(mode: Mode, load: Option<u64>, run: Run) -> Row {
     let scenario = format!("inproc@{}", load_name(load));
     let row = Row::new(&scenario, mode.name, run.answered, run.seconds, run.histogram);
@@ -648,28 +663,7 @@ fn tcp_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
     let mut rows = Vec::new();
     let mut next_index = 0;
     for load in plan.loads() {
-        let duration = Duration::from_secs_f64(plan.seconds);
-        let (load_kind, window) = match load {
-            Some(rate) => (Load::Rate(rate), None),
-            None => {
-                let per_connection = (plan.window as usize / plan.connections).max(1);
-                (Load::Window(per_connection), Some(per_connection))
-            }
-        };
-        let connections = plan.connections;
-        let measured = std::thread::scope(|scope| {
-            let generator = std::thread::Builder::new()
-                .name("generator".into())
-                .spawn_scoped(scope, || {
-                    tighten_timer_slack();
-                    let mut protocol = BinaryReserve { nonce: 1 };
-                    let run = (load_kind, duration, plan.max_commands);
-                    net::drive_up_to(addr, &mut protocol, connections, run, next_index)
-                })
-                .expect("the generator thread starts");
-            generator.join().expect("the generator thread")
-        });
-        let measured = match measured {
+        let measured = match tcp_load(plan, addr, load, next_index) {
             Ok(measured) => measured,
             Err(error) => {
                 eprintln!("ringfence-perf replication: tcp {} failed: {error}", mode.name);
@@ -678,20 +672,7 @@ fn tcp_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
         };
         next_index += measured.answered + measured.lost + 1;
         pair.settle();
-        let scenario = format!("tcp@{}", load_name(load));
-        let row =
-            Row::new(&scenario, mode.name, measured.answered, measured.seconds, measured.histogram);
-        let row = mode_context(row, mode)
-            .with("offered_per_sec", load.map_or_else(|| "max".into(), serde_json::Value::from))
-            .with("latency_from", if load.is_some() { "intended_send" } else { "send" })
-            .with("connections", connections as u64)
-            .with(
-                "window_per_connection",
-                window.map_or(serde_json::Value::Null, |w| (w as u64).into()),
-            )
-            .with("failed", measured.failed)
-            .with("lost", measured.lost);
-        rows.push((load, row));
+        rows.push((load, tcp_row(plan, mode, load, measured)));
     }
     if let Err(error) = handle.shutdown() {
         eprintln!("ringfence-perf replication: the ingress server stopped badly: {error}");
@@ -700,15 +681,60 @@ fn tcp_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
     rows
 }
 
+/// The `max` row's window per connection.
+fn tcp_window(plan: &Plan) -> usize {
+    (plan.window as usize / plan.connections).max(1)
+}
+
+/// One load from the `net` generator, on a thread of its own (with a tight timer slack).
+fn tcp_load(
+    plan: &Plan,
+    addr: SocketAddr,
+    load: Option<u64>,
+    first_index: u64,
+) -> std::io::Result<net::Measured> {
+    let kind = load.map_or_else(|| Load::Window(tcp_window(plan)), Load::Rate);
+    let run = (kind, Duration::from_secs_f64(plan.seconds), plan.max_commands);
+    std::thread::scope(|scope| {
+        let generator = std::thread::Builder::new()
+            .name("generator".into())
+            .spawn_scoped(scope, || {
+                tighten_timer_slack();
+                let mut protocol = BinaryReserve { nonce: 1 };
+                net::drive_up_to(addr, &mut protocol, plan.connections, run, first_index)
+            })
+            .expect("the generator thread starts");
+        generator.join().expect("the generator thread")
+    })
+}
+
+fn tcp_row(plan: &Plan, mode: Mode, load: Option<u64>, measured: net::Measured) -> Row {
+    let scenario = format!("tcp@{}", load_name(load));
+    let row =
+        Row::new(&scenario, mode.name, measured.answered, measured.seconds, measured.histogram);
+    let window = match load {
+        Some(_) => serde_json::Value::Null,
+        None => (tcp_window(plan) as u64).into(),
+    };
+    mode_context(row, mode)
+        .with("offered_per_sec", load.map_or_else(|| "max".into(), serde_json::Value::from))
+        .with("latency_from", if load.is_some() { "intended_send" } else { "send" })
+        .with("connections", plan.connections as u64)
+        .with("window_per_connection", window)
+        .with("failed", measured.failed)
+        .with("lost", measured.lost)
+}
+
 /// Pushes rows grouped by load, modes in table order, so each mode sits next to its baseline.
 fn push_by_load(report: &mut Report, plan: &Plan, mut rows: Vec<(Option<u64>, Row)>) {
     for load in plan.loads() {
         let (these, rest): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(l, _)| *l == load);
         rows = rest;
         for (_, row) in these {
-            let note = batches_note(&row);
+            let notes: Vec<String> =
+                [batches_note(&row), shortfall_note(&row)].into_iter().flatten().collect();
             report.push(row);
-            if let Some(note) = note {
+            for note in notes {
                 report.note(&note);
             }
         }
