@@ -13,6 +13,7 @@ mod pages;
 mod pipeline;
 mod redis;
 mod replay;
+mod replication;
 mod report;
 mod ring;
 
@@ -68,6 +69,12 @@ enum Bench {
     /// An answer held for the standby's acknowledgement: latency from the acknowledgement
     /// (read on another thread) to the answer, with the watermark's wake-up and without it.
     Ack(Common),
+    /// A hot standby's cost: a primary and a standby in-process (standby over loopback TCP),
+    /// reservations open loop in-process and through the binary protocol, per mode (primary
+    /// alone, async, sync, sync with durability none) in the same run; then failover time
+    /// from killing the primary to the promoted standby's first answer. `--quick`: under a
+    /// minute.
+    Replication(Common),
 }
 
 fn main() {
@@ -82,5 +89,6 @@ fn main() {
         Bench::Ring(common) => ring::run(common),
         Bench::Pipeline(common) => pipeline::run(common),
         Bench::Ack(common) => ack::run(common),
+        Bench::Replication(common) => replication::run(common),
     }
 }

@@ -145,6 +145,18 @@ pub fn drive(
     duration: Duration,
     first_index: u64,
 ) -> io::Result<Measured> {
+    drive_up_to(addr, protocol, connections, (load, duration, u64::MAX), first_index)
+}
+
+/// [`drive`], sending at most `requests_max` requests (a server whose engine holds a bounded
+/// number of orders stays within it at any throughput).
+pub fn drive_up_to(
+    addr: SocketAddr,
+    protocol: &mut dyn Protocol,
+    connections: usize,
+    (load, duration, requests_max): (Load, Duration, u64),
+    first_index: u64,
+) -> io::Result<Measured> {
     let mut poll = Poll::new()?;
     let mut conns = connect_all(&poll, addr, connections)?;
     let mut events = Events::with_capacity(1024);
@@ -153,7 +165,8 @@ pub fn drive(
     let total = match load {
         Load::Rate(rate) => (rate as f64 * duration.as_secs_f64()) as u64,
         Load::Window(_) => u64::MAX,
-    };
+    }
+    .min(requests_max);
     // Intended (open loop) or actual (window) send time of each request, by index offset.
     let mut send_ns: Vec<u64> = Vec::with_capacity(total.min(1 << 24) as usize);
     let t0 = Instant::now() + Duration::from_millis(5);
@@ -211,14 +224,15 @@ pub fn drive(
             break;
         }
         // epoll waits in whole milliseconds, which would send open-loop requests up to a
-        // millisecond late; a short sleep paces them to the microsecond instead, and the poll
-        // that follows collects whatever arrived meanwhile.
+        // millisecond late; waiting on the epoll descriptor with `ppoll` paces them to the
+        // microsecond instead, and still wakes at once when an answer arrives (a plain sleep
+        // would see it only at the next send, charging up to a send interval to its latency).
         let timeout = match load {
             Load::Rate(rate) if sending => {
                 let next_due = t0 + Duration::from_secs_f64(sent as f64 / rate as f64);
                 let wait = next_due.saturating_duration_since(now);
                 if wait < Duration::from_millis(1) {
-                    std::thread::sleep(wait);
+                    wait_for_events(&poll, wait)?;
                     Duration::ZERO
                 } else {
                     Duration::from_millis(1)
@@ -284,6 +298,27 @@ pub fn drive(
     let lost = sent - answered;
     let seconds = last_answer.saturating_duration_since(t0).as_secs_f64().max(1e-9);
     Ok(Measured { answered, failed, lost, seconds, histogram })
+}
+
+/// Waits until `poll` has events ready or `timeout` passes, to the microsecond (the epoll
+/// descriptor is readable while its ready list is not empty).
+fn wait_for_events(poll: &Poll, timeout: Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut descriptor = libc::pollfd { fd: poll.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `descriptor` and `timeout` are valid for the duration of the call, the count is
+    // one, and a null signal mask leaves the thread's mask unchanged.
+    let status = unsafe { libc::ppoll(&mut descriptor, 1, &timeout, std::ptr::null()) };
+    if status < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    Ok(())
 }
 
 /// The binary protocol: reservations of one unit each, correlation id = request index.
