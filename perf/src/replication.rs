@@ -74,13 +74,10 @@ struct Mode {
     durability: Durability,
     /// The acknowledgement mode, or `None` for a primary alone.
     ack: Option<AckMode>,
-    /// Who runs the standby's egress: `Polled` (by its follower's `Session::wait`, as in
-    /// `ringfence serve`'s compact node) or a thread of its own (the diagnostic rows).
-    standby_egress: EgressDriver,
 }
 
 const fn mode(name: &'static str, durability: Durability, ack: Option<AckMode>) -> Mode {
-    Mode { name, durability, ack, standby_egress: EgressDriver::Polled }
+    Mode { name, durability, ack }
 }
 
 const LOCAL_ONLY: Mode = mode("local_only", Durability::Batch, None);
@@ -94,17 +91,6 @@ const MODES: [Mode; 5] = [
     mode("async", Durability::Batch, Some(AckMode::Async)),
     SYNC,
     SYNC_WRITTEN,
-];
-
-/// In-process only: the sync rows with the standby's egress on its own thread, which shows
-/// what the follower's polling wait costs.
-const DIAGNOSTIC_MODES: [Mode; 2] = [
-    Mode { name: "sync_egress_thread", standby_egress: EgressDriver::Thread, ..SYNC },
-    Mode {
-        name: "sync_written_egress_thread",
-        standby_egress: EgressDriver::Thread,
-        ..SYNC_WRITTEN
-    },
 ];
 
 impl Mode {
@@ -195,8 +181,8 @@ fn engine_config() -> EngineConfig {
 }
 
 /// Compact topology (one processor thread: journal, replicator stage and BLP per batch),
-/// egress polled by whoever holds a session (as `ringfence serve` runs a compact node),
-/// spin-then-park waits, nothing pinned.
+/// egress polled by whoever holds a session (as `ringfence serve` runs a compact primary; a
+/// standby's runs on a thread), spin-then-park waits, nothing pinned.
 fn node_config(intake: Intake, recovered_epoch: Epoch) -> NodeConfig {
     NodeConfig {
         ring_size: 1 << 14,
@@ -244,7 +230,9 @@ impl Member {
         let intake = if following.is_some() { Intake::Replica } else { Intake::Sequencer };
         let mut config = node_config(intake, recovered.epochs.current);
         if following.is_some() {
-            config.egress = mode.standby_egress;
+            // As `ringfence serve` runs a standby: egress on its own thread, delivering the
+            // answers its follower waits for.
+            config.egress = EgressDriver::Thread;
         }
         let (hook, watch) = HashWatch::new(NoSnapshots, &recovered.engine);
         let (engine, next, writer) = (recovered.engine, recovered.next_sequence, recovered.writer);
@@ -269,8 +257,7 @@ impl Member {
         let stage = control.link().stage();
         let node = Node::start_with(config, engine, next, writer, stage, hook)
             .expect("the replicated node starts");
-        let session = following.map(|_| node.session().expect("the follower's session"));
-        control.start(session).expect("replication starts");
+        control.start(&node).expect("replication starts");
         Member { node: Some(node), control: Some(control), watch, data_dir, _dir: dir }
     }
 
@@ -633,14 +620,7 @@ fn mode_context(row: Row, mode: Mode) -> Row {
         .with("durability", mode.durability.to_string())
         .with("ack", mode.ack.map_or("none", AckMode::name))
         .with("answer_waits_for", mode.answer_waits_for())
-        .with(
-            "standby_egress",
-            match (mode.ack, mode.standby_egress) {
-                (None, _) => "no standby",
-                (Some(_), EgressDriver::Polled) => "polled by the follower",
-                (Some(_), EgressDriver::Thread) => "thread",
-            },
-        )
+        .with("standby_egress", if mode.ack.is_some() { "thread" } else { "no standby" })
         .with("topology", "compact")
         .with("wait", WaitStrategy::DEFAULT.name())
         .with("pinning", "none")
@@ -883,10 +863,10 @@ fn header(report: &Report, plan: &Plan) {
     ));
     report.note(
         "nodes: compact topology (one processor thread: journal + replicator stage + BLP per \
-         batch), spin_then_park waits (spin, yield <= 100us, park <= 1ms), egress polled \
-         (primary: by the generator or the ingress loop; standby: by its follower's \
-         Session::wait), nothing pinned; generator thread timer slack 1ns, every other thread \
-         the default",
+         batch), spin_then_park waits (spin, yield <= 100us, park <= 1ms), egress polled on the \
+         primary (by the generator or the ingress loop) and on its own thread on the standby \
+         (as `ringfence serve` runs them), nothing pinned; generator thread timer slack 1ns, \
+         every other thread the default",
     );
     report.note(
         "durability: local_only, async, sync = batch (msync per batch); local_only_written, \
@@ -908,12 +888,8 @@ pub fn run(common: Common) {
     assert!(plan.commands_per_mode() < u64::from(ORDERS_MAX), "a mode's run outgrows its engine");
     header(&report, &plan);
     let watch = CpuWatch::start();
-    report.note(
-        "-- in-process: reservations through a Session on the primary, open loop; \
-         *_egress_thread: the same sync modes with the standby's egress on a thread of its own \
-         (its follower then blocks on the answer channel instead of polling with 20us sleeps)",
-    );
-    let modes = MODES.iter().chain(&DIAGNOSTIC_MODES);
+    report.note("-- in-process: reservations through a Session on the primary, open loop");
+    let modes = MODES.iter();
     let rows = modes.flat_map(|&mode| inprocess_mode(&plan, mode)).collect();
     push_by_load(&mut report, &plan, rows);
     report.note(&format!(
@@ -958,7 +934,7 @@ mod tests {
         let baselines: Vec<&str> =
             MODES.iter().filter(|mode| mode.ack.is_none()).map(|mode| mode.name).collect();
         assert_eq!(baselines, ["local_only", "local_only_written"]);
-        for mode in MODES.iter().chain(&DIAGNOSTIC_MODES) {
+        for mode in &MODES {
             let written = mode.name.contains("written");
             assert_eq!(mode.durability == Durability::None, written, "{}", mode.name);
             let sync = mode.name.starts_with("sync");

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use ringfence_core::pipeline::{Node, Session};
+use ringfence_core::pipeline::Node;
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::epoch::Epochs;
@@ -354,8 +354,8 @@ impl Control {
     }
 
     /// Starts the listener and the policy loop (both roles), and for a standby the follower
-    /// feeding `session`.
-    pub fn start(self: &Arc<Control>, session: Option<Session>) -> std::io::Result<()> {
+    /// feeding `node` (through a session of its own, opened here).
+    pub fn start(self: &Arc<Control>, node: &Node) -> std::io::Result<()> {
         let listener = TcpListener::bind(self.config.listen)?;
         let bound = listener.local_addr()?;
         *self.listening.lock().expect("never poisoned") = Some(bound);
@@ -376,10 +376,11 @@ impl Control {
                 control.apply_gate(&state, now);
             }
         })?;
-        if let (Role::Standby { primary }, Some(session)) = (self.role(), session) {
+        if let Role::Standby { primary } = self.role() {
+            let follower = crate::standby::Follower::open(node)?;
             let control = Arc::clone(self);
             let handle = thread::Builder::new().name("rf-repl-follow".into()).spawn(move || {
-                crate::standby::follow(&control, &primary, session);
+                crate::standby::follow(&control, &primary, follower);
             })?;
             *self.follower.lock().expect("never poisoned") = Some(handle);
         }

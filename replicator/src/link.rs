@@ -8,7 +8,7 @@
 //! journal has been appended and wakes the sender; when the policy's gate is `Local` it also
 //! marks that far safe, so egress waits for the local journal only.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -30,8 +30,9 @@ pub struct Link {
     hold: Arc<WriteHold>,
     /// The policy's gate, as a byte (`Gate`).
     gate: AtomicU8,
-    /// Whether a sender is streaming and wants to be woken at each batch.
-    streaming: AtomicBool,
+    /// Senders streaming (and wanting to be woken at each batch). A count, not a flag: a
+    /// replaced stream's sender may still be finishing while the new one runs.
+    streaming: AtomicUsize,
     /// Wakes the sender: the sequence it last saw, and a condition to wait on.
     wake: Mutex<u64>,
     wakeup: Condvar,
@@ -48,7 +49,7 @@ impl Link {
             safe: Watermark::new(last),
             hold: WriteHold::new(),
             gate: AtomicU8::new(Gate::Local as u8),
-            streaming: AtomicBool::new(false),
+            streaming: AtomicUsize::new(0),
             wake: Mutex::new(0),
             wakeup: Condvar::new(),
         })
@@ -137,10 +138,12 @@ impl Link {
         self.safe.get()
     }
 
-    /// Marks whether a sender is streaming (and wants wake-ups).
-    pub fn set_streaming(&self, streaming: bool) {
-        self.streaming.store(streaming, Ordering::Release);
+    /// A sender starts streaming: each batch wakes it until the returned guard is dropped.
+    #[must_use]
+    pub fn streaming(&self) -> Streaming<'_> {
+        self.streaming.fetch_add(1, Ordering::AcqRel);
         self.notify();
+        Streaming { link: self }
     }
 
     /// Waits until more than `seen` is available, or `timeout` passes; returns what is
@@ -163,6 +166,19 @@ impl Link {
         // Taking the lock orders this wake-up after a waiter's check of `available`.
         drop(self.wake.lock().expect("the wake lock is never poisoned"));
         self.wakeup.notify_all();
+    }
+}
+
+/// A sender's registration for wake-ups (`Link::streaming`).
+#[derive(Debug)]
+pub struct Streaming<'a> {
+    link: &'a Link,
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        let before = self.link.streaming.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "a sender stopped that never started");
     }
 }
 
@@ -197,7 +213,7 @@ impl Replicator for ReplicationStage {
         if link.gate.load(Ordering::Acquire) == Gate::Local as u8 {
             link.safe.advance(self.last);
         }
-        if link.streaming.load(Ordering::Acquire) {
+        if link.streaming.load(Ordering::Acquire) > 0 {
             link.notify();
         }
         Ok(())

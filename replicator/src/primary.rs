@@ -244,7 +244,7 @@ fn send_records(
     let period_ms = config.heartbeat_ms.max(1);
     let mut records = Vec::with_capacity(RECORDS_BATCH_BYTES + 4096);
     let mut scratch = Vec::new();
-    link.set_streaming(true);
+    let _streaming = link.streaming();
     while !stop.load(Ordering::Acquire) && !control.stopping() {
         let seen = tail.next().0 - 1;
         let available = link.wait_beyond(seen, Duration::from_millis(period_ms));
@@ -267,7 +267,6 @@ fn send_records(
             lock(session).on_sent(Sequence(tail.next().0 - 1), control.now_ms());
         }
     }
-    link.set_streaming(false);
     Ok(())
 }
 

@@ -7,13 +7,15 @@
 //! refuses a primary whose epoch is below its promise. A promoted standby promised an epoch
 //! above its old primary's, so the old primary never gets another acknowledgement from it.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringfence_core::pipeline::{Refused, Session};
+use mio::{Events, Interest, Poll, Token};
+use ringfence_core::pipeline::{Node, Refused, Session, WakeHook};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::epoch::Epochs;
 
@@ -23,7 +25,7 @@ use crate::control::{Control, log};
 use crate::message::{Message, RefuseCode};
 use crate::position::StandbyPosition;
 use crate::session::{Outgoing, Purpose, StandbySession, StandbyStep};
-use crate::stream::{FrameReader, WireError, write_message};
+use crate::stream::{FrameReader, WireError};
 
 /// How long to wait between connection attempts, at most.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -129,8 +131,28 @@ fn handshake(
 }
 
 fn send(socket: &TcpStream, message: &Outgoing) -> io::Result<()> {
-    write_message(&mut &*socket, &message.message(), &mut Vec::new())
+    let mut frame = Vec::new();
+    crate::message::encode(&message.message(), &mut frame);
+    let mut written = 0;
+    let deadline = Instant::now() + SEND_TIMEOUT;
+    while written < frame.len() {
+        match (&*socket).write(&frame[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A streaming socket does not block; a full send buffer empties as the primary
+            // reads (acknowledgements are small, so this is rare).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                thread::sleep(Duration::from_micros(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
+
+/// How long a message may wait for room in the socket's send buffer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The error for a session that closed (or asked for something out of place), after sending
 /// its last word.
@@ -218,7 +240,7 @@ fn resolve(address: &str) -> io::Result<SocketAddr> {
 
 /// The follower thread: joins the primary and applies its stream, reconnecting with backoff,
 /// until the control stops it (shutdown or promotion).
-pub(crate) fn follow(control: &Control, primary: &str, mut node: Session) {
+pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
     let stop = control.follower_stop();
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u64;
@@ -234,7 +256,7 @@ pub(crate) fn follow(control: &Control, primary: &str, mut node: Session) {
                 failures = 0;
                 backoff = Duration::from_millis(50);
                 let link = Link { socket, reader, session };
-                let stream = stream(control, &mut node, &mut applied, (epoch, from), link);
+                let stream = stream(control, &mut follower, &mut applied, (epoch, from), link);
                 if let Err(error) = stream {
                     log(format_args!("replication: following {primary}: {error}"));
                 }
@@ -284,7 +306,7 @@ struct Link {
 /// Applies the primary's stream until it ends or the follower is stopped.
 fn stream(
     control: &Control,
-    node: &mut Session,
+    follower: &mut Follower,
     applied: &mut Applied,
     start: (Epoch, Sequence),
     link: Link,
@@ -292,7 +314,7 @@ fn stream(
     control.set_follower_socket(link.socket.try_clone().ok());
     let socket = link.socket.try_clone().map_err(|e| e.to_string());
     let result = socket.and_then(|socket| {
-        let result = apply_stream(control, node, applied, start, link);
+        let result = apply_stream(control, follower, applied, start, link);
         let _ = socket.shutdown(Shutdown::Both);
         result
     });
@@ -302,13 +324,12 @@ fn stream(
 
 fn apply_stream(
     control: &Control,
-    node: &mut Session,
+    follower: &mut Follower,
     applied: &mut Applied,
     (epoch, from): (Epoch, Sequence),
     link: Link,
 ) -> Result<(), String> {
     let Link { socket, mut reader, mut session } = link;
-    let config = control.config();
     // The promise and the epoch records may carry, durable before the first record is taken.
     let epochs = control.epochs();
     let raised =
@@ -319,54 +340,100 @@ fn apply_stream(
     let expected = applied.submitted.last_sequence.next();
     assert_eq!(from, expected, "the session checked the primary streams from our next record");
     log(format_args!("replication: following the primary in epoch {epoch} from {from}"));
-    // Silence for three heartbeats means the primary is gone; reconnect.
+    // From here the socket is read without blocking: the follower waits on the socket and on
+    // its node's answers at once (`Follower::poll`), so an acknowledgement leaves as soon as
+    // the journal made its records durable, however the primary's messages are batched.
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut readable =
+        mio::net::TcpStream::from_std(socket.try_clone().map_err(|e| e.to_string())?);
+    let registry = follower.poll.registry();
+    registry.register(&mut readable, SOCKET, Interest::READABLE).map_err(|e| e.to_string())?;
+    let streamed = follow_stream(control, follower, applied, &socket, &mut reader, &mut session);
+    let _ = follower.poll.registry().deregister(&mut readable);
+    streamed
+}
+
+/// The streaming loop: takes every whole message that has arrived, hands its records to the
+/// node, acknowledges what the node has answered, then waits for more of either.
+fn follow_stream(
+    control: &Control,
+    follower: &mut Follower,
+    applied: &mut Applied,
+    socket: &TcpStream,
+    reader: &mut FrameReader<TcpStream>,
+    session: &mut StandbySession,
+) -> Result<(), String> {
+    let config = control.config();
+    // Silence for three heartbeats (or the replication timeout) means the primary is gone.
     let silence =
         Duration::from_millis(config.heartbeat_ms.saturating_mul(3).max(config.timeout_ms));
     let stop = control.follower_stop();
     let mut heard = Instant::now();
-    let mut waiting = None;
     while !stop.load(Ordering::Acquire) {
-        // While records await the journal, read with a short timeout so their acknowledgement
-        // leaves as soon as they are durable; the journal batches whatever arrived meanwhile.
-        let wait = Some(if applied.pending > 0 { DURABLE_POLL } else { silence });
-        if wait != waiting {
-            socket.set_read_timeout(wait).map_err(|e| e.to_string())?;
-            waiting = wait;
-        }
-        match reader.read_message() {
-            Ok(message) => {
-                heard = Instant::now();
-                match session.on_message(&message, &config.secret, &config.cluster) {
-                    StandbyStep::Apply { count } => {
-                        let Message::Records(records) = message else { unreachable!("records") };
-                        assert_eq!(records.count(), count);
-                        for bytes in records.iter() {
-                            submit(control, node, bytes, applied)?;
-                        }
+        loop {
+            let message = match reader.read_message() {
+                Ok(message) => message,
+                Err(error) if error.is_timeout() => break,
+                Err(error) => return Err(format!("the stream ended: {error}")),
+            };
+            heard = Instant::now();
+            match session.on_message(&message, &config.secret, &config.cluster) {
+                StandbyStep::Apply { count } => {
+                    let Message::Records(records) = message else { unreachable!("records") };
+                    assert_eq!(records.count(), count);
+                    for bytes in records.iter() {
+                        submit(control, &mut follower.node, bytes, applied)?;
                     }
-                    StandbyStep::Continue => {}
-                    step => return Err(closed(&socket, step).to_string()),
                 }
+                StandbyStep::Continue => {}
+                step => return Err(closed(socket, step).to_string()),
             }
-            Err(error) if error.is_timeout() && heard.elapsed() < silence => {}
-            Err(error) => return Err(format!("the stream ended: {error}")),
         }
-        applied.collect(node)?;
+        applied.collect(&mut follower.node)?;
         // A record is answered only once journaled (durable under this node's policy) and
         // applied here: what is answered is what this standby holds.
         let held = applied.answered;
         if let Some(ack) = session.ack(held, held) {
-            send(&socket, &Outgoing::Ack(ack)).map_err(|e| e.to_string())?;
+            send(socket, &Outgoing::Ack(ack)).map_err(|e| e.to_string())?;
         }
         let lag = session.primary_last().0.saturating_sub(held.0);
-        let what = if lag == 0 { "following" } else { "catching_up" };
-        control.set_follower(what, held, None);
+        control.set_follower(if lag == 0 { "following" } else { "catching_up" }, held, None);
+        let left = silence.saturating_sub(heard.elapsed());
+        if left.is_zero() {
+            return Err(format!("the primary was silent for {} ms", silence.as_millis()));
+        }
+        let wait = Some(left.min(STOP_CHECK));
+        follower.poll.poll(&mut follower.events, wait).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-/// How often a standby with records awaiting its journal looks for their answers.
-const DURABLE_POLL: Duration = Duration::from_micros(200);
+/// The longest the follower waits before looking at its stop flag again.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+/// The follower's poll tokens: the stream's socket, and its node's answers.
+const SOCKET: Token = Token(0);
+const ANSWERS: Token = Token(1);
+
+/// A standby's follower: its session on the node and what it waits on. The session wakes the
+/// poll (through a `mio::Waker`) when the node answers a record.
+pub struct Follower {
+    node: Session,
+    poll: Poll,
+    events: Events,
+}
+
+impl Follower {
+    /// Opens the follower's session on `node`.
+    pub(crate) fn open(node: &Node) -> io::Result<Follower> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), ANSWERS)?);
+        let hook: WakeHook = Arc::new(move || {
+            let _ = waker.wake();
+        });
+        let session = node.session_with_notify(hook).map_err(io::Error::other)?;
+        Ok(Follower { node: session, poll, events: Events::with_capacity(8) })
+    }
+}
 
 /// The standby's records submitted to its node: the last one, how many are not yet answered,
 /// and the last answered. Kept across connections: records submitted before a connection

@@ -139,10 +139,12 @@ impl NodeSection {
         if !self.pin_blp {
             config.pins = ringfence_core::pipeline::Pins::none();
         }
-        // Compact: the event loop runs egress itself (no extra thread on a small machine).
-        config.egress = match config.resolved_topology() {
-            Topology::Compact | Topology::Stepped => EgressDriver::Polled,
-            Topology::Parallel => EgressDriver::Thread,
+        // Compact: the event loop runs egress itself (no extra thread on a small machine). A
+        // standby's answers go mostly to its follower, which waits on them: they get a thread
+        // that delivers them as soon as the journal made the records durable.
+        config.egress = match (config.resolved_topology(), intake) {
+            (Topology::Compact | Topology::Stepped, Intake::Sequencer) => EgressDriver::Polled,
+            _ => EgressDriver::Thread,
         };
         config.validate().map_err(|e| format!("[node] {e}"))?;
         Ok(config)
@@ -279,12 +281,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     };
     let node = started.map_err(|e| format!("starting the node: {e}"))?;
     if let Some(control) = &control {
-        let session = if standby {
-            Some(node.session().map_err(|e| format!("opening the standby's session: {e}"))?)
-        } else {
-            None
-        };
-        control.start(session).map_err(|e| format!("starting replication: {e}"))?;
+        control.start(&node).map_err(|e| format!("starting replication: {e}"))?;
     }
     log(format_args!(
         "node: {} topology, ring of {} slots, {} wait, deadlines checked every {} ms",
