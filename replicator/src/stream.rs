@@ -8,7 +8,7 @@
 //! next call carries on where the last one stopped. Any other error leaves the connection out
 //! of step; close it.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 
 use ringfence_core::{Epoch, Sequence};
 
@@ -139,8 +139,22 @@ pub fn write_records(
     records: &[u8],
 ) -> io::Result<()> {
     debug_assert_eq!(message::Records::new(first, count, records).map(|_| ()), Ok(()));
-    writer.write_all(&message::records_frame_header(first, count, records.len()))?;
-    writer.write_all(records)
+    let header = message::records_frame_header(first, count, records.len());
+    write_all_vectored(writer, &mut [IoSlice::new(&header), IoSlice::new(records)])
+}
+
+/// Writes the slices in as few system calls as the writer allows: a frame's header and body
+/// leave together, never as a small segment the peer's delayed acknowledgement holds back.
+fn write_all_vectored(writer: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match writer.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes a `SnapshotChunk` frame of `bytes`, the snapshot file's bytes from `offset` (read
@@ -164,8 +178,7 @@ pub fn write_snapshot_chunk(
         offset,
         bytes.len(),
     );
-    writer.write_all(&header)?;
-    writer.write_all(bytes)
+    write_all_vectored(writer, &mut [IoSlice::new(&header), IoSlice::new(bytes)])
 }
 
 #[cfg(test)]
