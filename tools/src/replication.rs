@@ -312,8 +312,8 @@ impl ReplicationControl for ControlHandle {
                 figures.lag_records,
             ),
             (
-                "ringfence_replication_rtt_ms",
-                "Round trip of the last heartbeat to the standby (ms)",
+                "ringfence_replication_ack_rtt_ms",
+                "Acknowledgement round trip of the last heartbeat to the standby (ms)",
                 figures.lag_ms.unwrap_or(0),
             ),
             ("ringfence_replication_in_sync", "1 while the pair is in sync", in_sync),

@@ -204,8 +204,9 @@ fn a_killed_primary_loses_no_acknowledged_order_and_rejoins_as_a_standby() {
 #[test]
 fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
     // Goal: SIGSTOP on the standby: within the timeout the primary refuses writes with
-    // `replication_unavailable` and still serves reads; after SIGCONT writes are acknowledged
-    // again, and nothing was lost or applied twice.
+    // `replication_unavailable` and still serves reads; the operator's switch to async lets
+    // writes through; after SIGCONT and back in sync, writes are acknowledged again and the
+    // standby holds the same state: nothing was lost or applied twice.
     let root = temp_dir("sigstop");
     let secret = write_secret(&root, SECRET);
     let (dir_a, dir_b) = (root.join("a"), root.join("b"));
@@ -228,15 +229,23 @@ fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
     assert!(refused.contains("replication_unavailable"));
     let (status, sku) = try_call(node.http, "GET", "/v1/skus/1", "").unwrap();
     assert_eq!(status, 200, "reads are served: {sku}");
+    // The operator chooses to go on without the standby, then back to sync.
+    let (status, mode) = node.call("POST", "/v1/admin/replication", r#"{"mode":"async"}"#, true);
+    assert_eq!((status, mode["mode"].as_str()), (200, Some("async")), "{mode}");
+    assert_eq!(try_call(node.http, "POST", "/v1/orders", &reservation(3).0).unwrap().0, 201);
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    assert_eq!(view["replication"]["mode"], "async", "{view}");
+    let (status, _) = node.call("POST", "/v1/admin/replication", r#"{"mode":"sync"}"#, true);
+    assert_eq!(status, 200);
     assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
     wait_node(&node, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
     // Request 2 may have been applied before the hold (answered `replication_unavailable`);
     // its retry gets its real outcome, once.
     let (status, _) = try_call(node.http, "POST", "/v1/orders", &reservation(2).0).unwrap();
     assert_eq!(status, 201);
-    assert_eq!(try_call(node.http, "POST", "/v1/orders", &reservation(3).0).unwrap().0, 201);
+    assert_eq!(try_call(node.http, "POST", "/v1/orders", &reservation(4).0).unwrap().0, 201);
     let (_, sku) = node.call("GET", "/v1/skus/1", "", false);
-    assert_eq!(sku["reserved"], 3, "{sku}");
+    assert_eq!(sku["reserved"], 4, "{sku}");
     let (_, view) = node.call("GET", "/v1/node", "", false);
     let target = last_sequence(&view);
     wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= target);
