@@ -3,6 +3,7 @@
 //! in `/v1/node` and `/metrics`, and promotion. The socket threads (`primary`, `standby`) call
 //! into it; the policy loop (`rf-repl-control`) ticks it.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -72,8 +73,11 @@ pub struct Figures {
     pub acked_sequence: u64,
     /// Records the standby is behind the primary's journal.
     pub lag_records: u64,
-    /// Round trip of the last heartbeat, or the standby's distance behind in milliseconds.
+    /// Primary: how long the oldest record sent and not yet acknowledged has waited (0 when
+    /// the standby acknowledged everything sent); `None` on a standby and without one.
     pub lag_ms: Option<u64>,
+    /// Primary: the acknowledgement round trip of the last heartbeat.
+    pub ack_rtt_ms: Option<u64>,
     /// Connections to the peer made since start.
     pub reconnects: u64,
     /// Handshakes refused since start.
@@ -87,9 +91,16 @@ struct State {
     stream: u64,
     peer: Option<String>,
     acked: Sequence,
-    lag_ms: Option<u64>,
+    /// Primary: when frames were sent (last sequence, ms), oldest first, until acknowledged.
+    sent: VecDeque<(Sequence, u64)>,
+    ack_rtt_ms: Option<u64>,
+    /// Standby: records the primary reported beyond what this node holds.
+    behind: u64,
     follower_state: String,
 }
+
+/// Sent frames remembered for the lag figure; beyond this the oldest are merged away.
+const SENT_REMEMBERED_MAX: usize = 4_096;
 
 /// A node's replication; shared by its threads.
 pub struct Control {
@@ -125,7 +136,9 @@ impl Control {
             stream: 0,
             peer: None,
             acked: Sequence(0),
-            lag_ms: None,
+            sent: VecDeque::new(),
+            ack_rtt_ms: None,
+            behind: 0,
             follower_state: "connecting".into(),
         };
         Arc::new(Control {
@@ -250,8 +263,11 @@ impl Control {
         }
         self.link.acknowledged(durable);
         state.acked = durable.max(state.acked);
+        while state.sent.front().is_some_and(|&(through, _)| through <= durable) {
+            state.sent.pop_front();
+        }
         if echo_ms > 0 {
-            state.lag_ms = Some(now.saturating_sub(echo_ms));
+            state.ack_rtt_ms = Some(now.saturating_sub(echo_ms));
         }
         let journaled = Sequence(self.link.available());
         state.policy.on_ack(durable, journaled, now);
@@ -266,7 +282,8 @@ impl Control {
             return;
         }
         state.policy.on_disconnected(now);
-        state.lag_ms = None;
+        state.sent.clear();
+        state.ack_rtt_ms = None;
         self.apply_gate(&state, now);
         log(format_args!("replication: standby disconnected; now {}", state.policy.state().name()));
     }
@@ -318,12 +335,27 @@ impl Control {
         self.apply_gate(&state, now);
     }
 
-    /// The standby follower's progress, for the figures.
-    pub(crate) fn set_follower(&self, what: &str, acked: Sequence, lag_ms: Option<u64>) {
+    /// The primary sent records up to `through` on stream `stream` (for the lag figure).
+    pub(crate) fn on_sent(&self, stream: u64, through: Sequence) {
+        let now = self.now_ms();
+        let mut state = self.state();
+        if state.stream != stream {
+            return;
+        }
+        if state.sent.len() == SENT_REMEMBERED_MAX {
+            // The oldest entry stays: the lag is measured from it.
+            state.sent.remove(1);
+        }
+        state.sent.push_back((through, now));
+    }
+
+    /// The standby follower's progress, for the figures: its state, what it holds, and how
+    /// many records the primary reported beyond that.
+    pub(crate) fn set_follower(&self, what: &str, held: Sequence, behind: u64) {
         let mut state = self.state();
         state.follower_state = what.to_owned();
-        state.acked = acked;
-        state.lag_ms = lag_ms;
+        state.acked = held;
+        state.behind = behind;
     }
 
     /// The figures for `/v1/node`.
@@ -340,14 +372,20 @@ impl Control {
                 ("standby", state.follower_state.clone(), Some(primary.clone()))
             }
         };
+        let primary = role == "primary";
+        let lag_records =
+            if primary { available.saturating_sub(state.acked.0) } else { state.behind };
+        let oldest = state.sent.front().map(|&(_, at)| self.now_ms().saturating_sub(at));
+        let lag_ms = (primary && state.peer.is_some()).then(|| oldest.unwrap_or(0));
         Figures {
             role,
             mode: state.policy.mode().name(),
             state: status,
             peer,
             acked_sequence: state.acked.0,
-            lag_records: available.saturating_sub(state.acked.0),
-            lag_ms: state.lag_ms,
+            lag_records,
+            lag_ms,
+            ack_rtt_ms: state.ack_rtt_ms,
             reconnects: self.reconnects.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
         }

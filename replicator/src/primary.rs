@@ -211,7 +211,8 @@ fn start_stream(
     thread::Builder::new()
         .name("rf-repl-send".into())
         .spawn(move || {
-            let sent = send_records(&send_control, sender, from, &send_session, &send_stop);
+            let start = (from, id);
+            let sent = send_records(&send_control, sender, start, &send_session, &send_stop);
             if let Err(error) = sent
                 && !send_stop.load(Ordering::Acquire)
             {
@@ -233,7 +234,7 @@ fn start_stream(
 fn send_records(
     control: &Control,
     mut socket: TcpStream,
-    from: Sequence,
+    (from, stream): (Sequence, u64),
     session: &Mutex<PrimarySession>,
     stop: &AtomicBool,
 ) -> io::Result<()> {
@@ -264,7 +265,9 @@ fn send_records(
             .map_err(io::Error::other)?;
         if count > 0 {
             write_records(&mut socket, first, count, &records)?;
-            lock(session).on_sent(Sequence(tail.next().0 - 1), control.now_ms());
+            let through = Sequence(tail.next().0 - 1);
+            lock(session).on_sent(through, control.now_ms());
+            control.on_sent(stream, through);
         }
     }
     Ok(())

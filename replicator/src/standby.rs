@@ -250,7 +250,7 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
         // still in its ring are journaled and applied before anything that follows them.
         let journaled = applied.submitted;
         let promised = control.epochs().promised;
-        control.set_follower("connecting", journaled.last_sequence, None);
+        control.set_follower("connecting", applied.answered, 0);
         match join(control.config(), primary, journaled, promised) {
             Ok(Joined::Stream { epoch, from, socket, reader, session }) => {
                 failures = 0;
@@ -267,7 +267,7 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                      primary {primary} does not: stop this node and start it again as a \
                      standby; it drops them at start and rejoins"
                 ));
-                control.set_follower("diverged: restart to rejoin", journaled.last_sequence, None);
+                control.set_follower("diverged: restart to rejoin", applied.answered, 0);
                 return;
             }
             Err(error) => {
@@ -397,7 +397,7 @@ fn follow_stream(
             send(socket, &Outgoing::Ack(ack)).map_err(|e| e.to_string())?;
         }
         let lag = session.primary_last().0.saturating_sub(held.0);
-        control.set_follower(if lag == 0 { "following" } else { "catching_up" }, held, None);
+        control.set_follower(if lag == 0 { "following" } else { "catching_up" }, held, lag);
         let left = silence.saturating_sub(heard.elapsed());
         if left.is_zero() {
             return Err(format!("the primary was silent for {} ms", silence.as_millis()));

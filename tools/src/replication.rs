@@ -312,9 +312,14 @@ impl ReplicationControl for ControlHandle {
                 figures.lag_records,
             ),
             (
+                "ringfence_replication_lag_ms",
+                "How long the oldest record not yet acknowledged by the standby has waited (ms)",
+                figures.lag_ms.unwrap_or(0),
+            ),
+            (
                 "ringfence_replication_ack_rtt_ms",
                 "Acknowledgement round trip of the last heartbeat to the standby (ms)",
-                figures.lag_ms.unwrap_or(0),
+                figures.ack_rtt_ms.unwrap_or(0),
             ),
             ("ringfence_replication_in_sync", "1 while the pair is in sync", in_sync),
         ];

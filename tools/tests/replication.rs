@@ -335,6 +335,14 @@ fn a_restarted_standby_catches_up_without_gap_or_duplicate() {
     let (_, view) = node.call("GET", "/v1/node", "", false);
     let target = last_sequence(&view);
     wait_node(&follower, Duration::from_secs(30), |v| last_sequence(v) >= target);
+    // Both sides say the standby has caught up, in records and in time.
+    let caught_up = |v: &serde_json::Value| {
+        v["replication"]["lag_records"] == 0 && v["replication"]["lag_ms"] == 0
+    };
+    wait_node(&node, Duration::from_secs(10), caught_up);
+    wait_node(&follower, Duration::from_secs(10), |v| v["replication"]["lag_records"] == 0);
+    let (_, metrics) = node.get_text("/metrics");
+    assert!(metrics.contains("ringfence_replication_lag_records 0"), "{metrics}");
     drop(follower);
     drop(node);
     assert_eq!(hash_at(&dir_a, target), hash_at(&dir_b, target));
