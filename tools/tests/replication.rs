@@ -113,6 +113,17 @@ fn last_sequence(view: &serde_json::Value) -> u64 {
     view["last_sequence"].as_u64().unwrap()
 }
 
+/// `ringfence journal dump DIR --to N --json`: every record up to `n`, one JSON line each
+/// (sequence, time, epoch, command).
+fn dump_to(dir: &Path, n: u64) -> Vec<String> {
+    let args = ["journal", "dump", dir.to_str().unwrap(), "--to", &n.to_string(), "--json"];
+    let output = ringfence_within(&args, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines: Vec<String> = text(&output.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len() as u64, n, "records 1..={n}");
+    lines
+}
+
 /// `ringfence replay DIR --until-seq N --json`: the state hash at `n`.
 fn hash_at(dir: &Path, n: u64) -> String {
     let args = ["replay", dir.to_str().unwrap(), "--until-seq", &n.to_string(), "--json"];
@@ -197,6 +208,7 @@ fn a_killed_primary_loses_no_acknowledged_order_and_rejoins_as_a_standby() {
     assert_eq!((status, refused["error"].as_str()), (503, Some("not_primary")), "{refused}");
     drop(old);
     drop(new);
+    assert_eq!(dump_to(&dir_a, target), dump_to(&dir_b, target), "record for record");
     assert_eq!(hash_at(&dir_a, target), hash_at(&dir_b, target), "the journals agree");
     let _ = std::fs::remove_dir_all(&root);
 }
