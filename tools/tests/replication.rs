@@ -357,6 +357,7 @@ fn a_restarted_standby_catches_up_without_gap_or_duplicate() {
     assert!(metrics.contains("ringfence_replication_lag_records 0"), "{metrics}");
     drop(follower);
     drop(node);
+    assert_eq!(dump_to(&dir_a, target), dump_to(&dir_b, target), "record for record");
     assert_eq!(hash_at(&dir_a, target), hash_at(&dir_b, target));
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -418,6 +419,7 @@ fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
     assert_eq!(sku_new["reserved"], 8, "5 replicated + 3 in epoch 2: {sku_new}");
     drop(rejoined);
     drop(new);
+    assert_eq!(dump_to(&dir_a, target), dump_to(&dir_b, target), "record for record");
     assert_eq!(hash_at(&dir_a, target), hash_at(&dir_b, target));
     let _ = std::fs::remove_dir_all(&root);
 }
