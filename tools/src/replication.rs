@@ -10,7 +10,6 @@ use std::sync::Arc;
 use ringfence_core::pipeline::Node;
 use ringfence_core::{Epoch, Sequence};
 use ringfence_ingress::{ReplicationControl, ReplicationStatus};
-use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::{recovery, snapshot};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
@@ -151,16 +150,6 @@ fn secret(
     Ok(secret)
 }
 
-/// Where a recovered journal ends: its last sequence and that record's epoch.
-pub fn journal_end(data_dir: &Path) -> Result<JournalEnd, String> {
-    let mut source = ReadOnlyDir::open(data_dir).map_err(|e| e.to_string())?;
-    let layout = scan::scan(&mut source).map_err(|e| e.to_string())?;
-    Ok(JournalEnd {
-        last_sequence: layout.last_sequence().unwrap_or(Sequence(0)),
-        last_epoch: layout.last_epoch().unwrap_or(Epoch(0)),
-    })
-}
-
 /// What the primary says about a standby's journal at start.
 pub enum JournalCheck {
     /// The journals agree (or the primary cannot be reached now: the follower retries).
@@ -231,19 +220,20 @@ pub fn take_snapshot(
     Ok(JournalEnd { last_sequence: fetched.through, last_epoch: fetched.through_epoch })
 }
 
-/// Where a standby's journal ends for the join: its last record, or, when it holds none after
-/// starting from a snapshot, the snapshot's last record (`from_snapshot`, when known).
+/// Where a recovered journal ends, for the join: its last record (the recovered writer's
+/// position and epoch), or, when it holds none after starting from the primary's snapshot,
+/// the snapshot's last record as the primary described it.
+#[must_use]
 pub fn effective_end(
-    data_dir: &Path,
     next_sequence: Sequence,
+    last_epoch: Epoch,
     from_snapshot: Option<JournalEnd>,
-) -> Result<JournalEnd, String> {
-    let end = journal_end(data_dir)?;
+) -> JournalEnd {
     let last = Sequence(next_sequence.0 - 1);
-    Ok(match from_snapshot {
-        Some(snapshot) if end.last_sequence.0 == 0 && snapshot.last_sequence == last => snapshot,
-        _ => end,
-    })
+    match from_snapshot {
+        Some(snapshot) if last_epoch == Epoch(0) && snapshot.last_sequence == last => snapshot,
+        _ => JournalEnd { last_sequence: last, last_epoch },
+    }
 }
 
 /// Drops the standby's records after `keep_through` (the journal must not be open), logging

@@ -243,7 +243,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         engine_config: engine_config.clone(),
     };
     let replication = replication::settings(&args.replication, &file.replication, &data_dir)?;
-    let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref(), &data_dir)?;
+    let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref())?;
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
         keep: file.node.snapshots_kept.max(1),
@@ -358,14 +358,14 @@ fn recover_for_role(
     storage: &FileStorage,
     options: &WriterOptions,
     replication: Option<&Replication>,
-    data_dir: &Path,
 ) -> Result<(Recovered<FileStorage>, JournalEnd), String> {
     // Each round cuts the journal or replaces it; a few rounds always suffice.
     const ROUNDS_MAX: usize = 8;
     let mut from_snapshot = None;
     for _ in 0..ROUNDS_MAX {
         let recovered = recover_logged(storage, options.clone())?;
-        let end = replication::effective_end(data_dir, recovered.next_sequence, from_snapshot)?;
+        let (next, last_epoch) = (recovered.next_sequence, recovered.last_epoch);
+        let end = replication::effective_end(next, last_epoch, from_snapshot);
         let Some(Replication { config, role: Role::Standby { primary }, .. }) = replication else {
             return Ok((recovered, end));
         };
