@@ -59,14 +59,12 @@ pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result
             control.count_refused(&format!("{peer}: too many handshakes at once"));
             continue;
         }
-        busy.fetch_add(1, Ordering::AcqRel);
-        let (control, busy, current) =
-            (Arc::clone(&control), Arc::clone(&busy), Arc::clone(&current));
+        let slot = HandshakeSlot::take(&busy);
+        let (control, current) = (Arc::clone(&control), Arc::clone(&current));
         let spawned = thread::Builder::new().name("rf-repl-handshake".into()).spawn(move || {
-            if let Err(reason) = serve_standby(&control, socket, &current) {
+            if let Err(reason) = serve_standby(&control, socket, &current, slot) {
                 control.count_refused(&format!("standby {peer}: {reason}"));
             }
-            busy.fetch_sub(1, Ordering::AcqRel);
         });
         if let Err(error) = spawned {
             log(format_args!("replication: cannot start a handshake thread: {error}"));
@@ -78,12 +76,31 @@ pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result
     Ok(())
 }
 
+/// One of the `handshakes_max` handshakes served at once, given back when dropped (when the
+/// handshake ends, or when it turns into a stream).
+struct HandshakeSlot(Arc<AtomicUsize>);
+
+impl HandshakeSlot {
+    fn take(busy: &Arc<AtomicUsize>) -> HandshakeSlot {
+        busy.fetch_add(1, Ordering::AcqRel);
+        HandshakeSlot(Arc::clone(busy))
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "a handshake slot given back twice");
+    }
+}
+
 /// Runs the handshake with a standby (`session::PrimarySession`) and whatever it leads to:
 /// streaming, a snapshot transfer, or a refusal.
 fn serve_standby(
     control: &Arc<Control>,
     socket: TcpStream,
     current: &Arc<Mutex<Option<Stream>>>,
+    slot: HandshakeSlot,
 ) -> Result<(), String> {
     let config = control.config();
     let deadline = Duration::from_millis(config.handshake_timeout_ms);
@@ -98,14 +115,18 @@ fn serve_standby(
     loop {
         let message = reader.read_message().map_err(|e| e.to_string())?;
         let journal_last = Sequence(control.link().available());
-        let mut index =
-            DirIndex::open(&config.data_dir, journal_last).map_err(|e| e.to_string())?;
+        // Only a join consults the journal; nothing an unauthenticated peer sends touches it.
+        let mut index: Box<dyn JournalIndex> = if matches!(message, Message::Join(_)) {
+            Box::new(DirIndex::open(&config.data_dir, journal_last).map_err(|e| e.to_string())?)
+        } else {
+            Box::new(NoIndex)
+        };
         let mut view = PrimaryView {
             cluster: &config.cluster,
             secret: &config.secret,
             epoch: control.epoch(),
             is_primary: control.is_primary(),
-            journal: &mut index,
+            journal: &mut *index,
             journal_last,
         };
         match session.on_message(&message, &mut view) {
@@ -120,6 +141,8 @@ fn serve_standby(
                     "replication: standby {peer} joined, streaming from {} (journal at {})",
                     start.from_sequence, start.primary_last
                 ));
+                // Streaming is not a handshake: the slot goes back for the next one.
+                drop(slot);
                 let stream = Streaming { socket, reader, session, peer };
                 return start_stream(control, stream, start.from_sequence, current);
             }
@@ -326,20 +349,20 @@ fn read_acks(
     }
 }
 
-/// The journal as a streaming session sees it: never asked (only a join consults it).
+/// The journal for every message but a join: never asked (only a join consults it).
 struct NoIndex;
 
 impl JournalIndex for NoIndex {
     fn first(&mut self) -> Option<Sequence> {
-        unreachable!("a streaming session never consults the journal")
+        unreachable!("only a join consults the journal")
     }
     fn last(&mut self) -> Option<Sequence> {
-        unreachable!("a streaming session never consults the journal")
+        unreachable!("only a join consults the journal")
     }
     fn epoch_at(&mut self, _: Sequence) -> Option<Epoch> {
-        unreachable!("a streaming session never consults the journal")
+        unreachable!("only a join consults the journal")
     }
     fn last_at_or_below_epoch(&mut self, _: Epoch) -> Option<Sequence> {
-        unreachable!("a streaming session never consults the journal")
+        unreachable!("only a join consults the journal")
     }
 }
