@@ -130,6 +130,29 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// The user the action names, if it names one (a buyer's own command): its request key
+    /// is scoped to that user.
+    #[must_use]
+    pub fn user(&self) -> Option<UserId> {
+        match *self {
+            Action::Reserve(Reserve { user, .. })
+            | Action::Cancel { user, .. }
+            | Action::Complete { user, .. }
+            | Action::ClaimCoupon { user, .. } => Some(user),
+            Action::CreateSku(_)
+            | Action::Restock { .. }
+            | Action::OpenSale { .. }
+            | Action::CloseSale { .. }
+            | Action::Pay { .. }
+            | Action::AdminCancel { .. }
+            | Action::Ship { .. }
+            | Action::Refund { .. }
+            | Action::CreateCouponBatch(_) => None,
+        }
+    }
+}
+
 /// Settings of a new SKU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreateSku {

@@ -171,7 +171,12 @@ impl Model {
 
     /// The outcome, and whether the action was executed (rather than answered from a key).
     fn keyed(&mut self, key: RequestKey, action: &Action) -> (Outcome, bool) {
-        if let Some(entry) = self.keys.iter().find(|entry| entry.key == key) {
+        // A key is scoped to the user its command names: the same key from another buyer,
+        // or in a command naming nobody, is another key. Commands naming nobody share the
+        // scope of user 0 (refused everywhere, as no user id is 0).
+        let scope = |action: &Action| action.user().unwrap_or(UserId(0));
+        let same = |entry: &&ModelKey| entry.key == key && scope(&entry.action) == scope(action);
+        if let Some(entry) = self.keys.iter().find(same) {
             if entry.action == *action {
                 return (entry.outcome, false);
             }

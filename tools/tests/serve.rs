@@ -158,3 +158,23 @@ fn an_idle_node_journals_nothing_but_due_deadlines() {
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_request_id_is_scoped_to_its_buyer() {
+    // Goal: two buyers who pick the same request id each get their own reservation, and each
+    // retry gets back its own: guessing another buyer's request id cannot spoil their order.
+    let dir = temp_dir("scoped-keys");
+    let node = Serve::start(&dir);
+    let sku =
+        r#"{"sku":1,"stock":50,"price_cents":700,"per_user_limit":0,"payment_timeout_ms":600000}"#;
+    assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
+    let (alice_status, alice) = reserve(&node, "req-1", 1);
+    let (mallory_status, mallory) = reserve(&node, "req-1", 2);
+    assert_eq!((alice_status, mallory_status), (201, 201), "{alice} {mallory}");
+    assert_ne!(alice["order_id"], mallory["order_id"]);
+    assert_eq!(reserve(&node, "req-1", 1), (201, alice), "Alice's retry is her own order");
+    assert_eq!(reserve(&node, "req-1", 2), (201, mallory));
+    assert_eq!(node.call("GET", "/v1/skus/1", "", false).1["reserved"], 2);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -271,7 +271,8 @@ impl Engine {
             }
         }
         for (offset, entry) in self.keys.iter().enumerate() {
-            if self.key_index.insert(entry.key, self.keys_head + offset as u64).is_some() {
+            let at = self.keys_head + offset as u64;
+            if self.key_index.insert((entry.user, entry.key), at).is_some() {
                 return Err(RestoreError::Inconsistent("duplicate request key"));
             }
         }

@@ -35,8 +35,9 @@
 //!                   | valid_until u64
 //!   coupons     29  id u64 | batch slot u32 | user u64 | state u8 | order u64
 //!   claims      20  user u64 | batch u64 | count u32
-//!   request    113  key [16] | expires_at u64 | fingerprint u64 | outcome length u8
-//!   keys            | outcome [80]: canonical outcome, zero padded (queue order)
+//!   request    121  user u64 (0: the command names none) | key [16] | expires_at u64 |
+//!   keys            fingerprint u64 | outcome length u8 | outcome [80]: canonical outcome,
+//!                   zero padded (queue order). A key is scoped to the user its command names.
 //!
 //! fixopt T  = presence u8 (0 or 1) | T, all zero when absent (fixed size, one encoding)
 //! state u8  = order state as in codec (00 reserved .. 06 refunded)
@@ -65,7 +66,7 @@ use crate::types::{
 };
 
 /// Version of the image layout described in the module documentation.
-pub const IMAGE_FORMAT_VERSION: u16 = 1;
+pub const IMAGE_FORMAT_VERSION: u16 = 2;
 
 const VERSION_OFFSET: usize = 0;
 const ENCODING_OFFSET: usize = VERSION_OFFSET + 2;
@@ -101,7 +102,7 @@ const HOLDING_ENTRY_LEN: usize = 8 + 8 + 4;
 const BATCH_ENTRY_LEN: usize = 8 + 3 * 4 + 4 * 8;
 const COUPON_ENTRY_LEN: usize = 8 + 4 + 8 + 1 + 8;
 const CLAIM_ENTRY_LEN: usize = 8 + 8 + 4;
-const KEY_ENTRY_LEN: usize = 16 + 8 + 8 + 1 + OUTCOME_LEN_MAX;
+const KEY_ENTRY_LEN: usize = 8 + 16 + 8 + 8 + 1 + OUTCOME_LEN_MAX;
 /// The longest entry: a stack buffer this long holds any entry's bytes.
 const ENTRY_LEN_MAX: usize = KEY_ENTRY_LEN;
 
@@ -114,7 +115,7 @@ const _: () = assert!(HOLDING_ENTRY_LEN == 20);
 const _: () = assert!(BATCH_ENTRY_LEN == 52);
 const _: () = assert!(COUPON_ENTRY_LEN == 29);
 const _: () = assert!(CLAIM_ENTRY_LEN == 20);
-const _: () = assert!(KEY_ENTRY_LEN == 113);
+const _: () = assert!(KEY_ENTRY_LEN == 121);
 // `entry_bytes` writes any entry into a buffer of `ENTRY_LEN_MAX` bytes.
 const _: () = assert!(ENTRY_LEN_MAX >= SKU_ENTRY_LEN);
 const _: () = assert!(ENTRY_LEN_MAX >= ORDER_ENTRY_LEN);
@@ -150,6 +151,18 @@ pub enum ImageDecodeError {
          {supported}): the image is damaged; restore from an older snapshot and replay"
     )]
     UnknownVersion {
+        /// Version in the image.
+        found: u16,
+        /// Version this build reads.
+        supported: u16,
+    },
+    /// An image of an older version this build no longer restores.
+    #[error(
+        "snapshot image format version {found} was written by an older build and is not \
+         restored by this one (version {supported}: request keys are scoped to their user): \
+         recover by replaying the journal without this snapshot"
+    )]
+    RetiredVersion {
         /// Version in the image.
         found: u16,
         /// Version this build reads.
@@ -294,6 +307,10 @@ impl Scalars {
         let (found, supported) = (u16_at(VERSION_OFFSET), IMAGE_FORMAT_VERSION);
         if found > supported {
             return Err(ImageDecodeError::FutureVersion { found, supported });
+        }
+        if found == 1 {
+            // Version 1 remembered request keys without the user they belong to.
+            return Err(ImageDecodeError::RetiredVersion { found, supported });
         }
         if found != supported {
             return Err(ImageDecodeError::UnknownVersion { found, supported });
@@ -713,6 +730,7 @@ impl Entry for KeyEntry {
 
     fn write(&self, w: &mut Writer<'_>) {
         let start = w.len();
+        w.u64(self.user.0);
         w.bytes16(&self.key.0);
         w.u64(self.expires_at.0);
         w.u64(self.fingerprint);
@@ -728,6 +746,7 @@ impl Entry for KeyEntry {
 
     fn read(r: &mut Reader<'_>) -> Result<KeyEntry, DecodeError> {
         let start = r.offset();
+        let user = UserId(r.u64("request key user")?);
         let key = RequestKey(r.array("request key")?);
         let expires_at = Timestamp(r.u64("request key expiry")?);
         let fingerprint = r.u64("request fingerprint")?;
@@ -745,6 +764,6 @@ impl Entry for KeyEntry {
             return Err(DecodeError::BadPadding { field: "stored outcome", offset });
         }
         assert_eq!(r.offset() - start, Self::LEN, "a request-key entry read at another length");
-        Ok(KeyEntry { key, expires_at, fingerprint, outcome })
+        Ok(KeyEntry { user, key, expires_at, fingerprint, outcome })
     }
 }

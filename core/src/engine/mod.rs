@@ -120,10 +120,13 @@ struct Coupon {
     state: CouponState,
 }
 
-/// A remembered request key: its action's fingerprint ([`hash::fingerprint`]) and original
-/// outcome.
+/// A remembered request key: the user it is scoped to, its action's fingerprint
+/// ([`hash::fingerprint`]) and original outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct KeyEntry {
+    /// The user the command names (`Action::user`), or `UserId(0)` for one that names none:
+    /// one buyer's request ids never collide with another's.
+    user: UserId,
     key: RequestKey,
     expires_at: Timestamp,
     fingerprint: u64,
@@ -162,7 +165,7 @@ pub struct Engine {
     keys: VecDeque<KeyEntry>,
     /// Absolute position of `keys.front()`; the index maps a key to its absolute position.
     keys_head: u64,
-    key_index: FixedMap<RequestKey, u64>,
+    key_index: FixedMap<(UserId, RequestKey), u64>,
 }
 
 /// A hash map for at most `max` entries, allocated and written in full now, so it never
@@ -374,7 +377,7 @@ impl Engine {
         let Command::Client { key, action } = &sequenced.command else {
             return;
         };
-        self.key_index.prefetch(key);
+        self.key_index.prefetch(&(action.user().unwrap_or(UserId(0)), *key));
         match *action {
             Action::Reserve(reserve) => self.holdings.prefetch(&(reserve.user, reserve.sku)),
             Action::Pay { order, .. }
@@ -454,10 +457,10 @@ impl Engine {
             // Keys expire in arrival order, so the ones about to go are known: warm the index
             // slot of one a few places on while this one is removed.
             if let Some(ahead) = self.keys.get(8) {
-                self.key_index.prefetch(&ahead.key);
+                self.key_index.prefetch(&(ahead.user, ahead.key));
             }
             let entry = self.keys.pop_front().expect("front checked");
-            let removed = self.key_index.remove(&entry.key);
+            let removed = self.key_index.remove(&(entry.user, entry.key));
             assert_eq!(removed, Some(self.keys_head));
             // Keys are pushed at *now* plus a fixed window, and now never goes back, so the
             // queue is in expiry order and stopping at the first live key misses none.
@@ -504,14 +507,18 @@ impl Engine {
     /// different command it is refused; a new key is executed and remembered.
     fn apply_keyed(&mut self, key: RequestKey, action: &Action) -> Outcome {
         let fingerprint = hash::fingerprint(action);
+        // The key's scope: the user the command names, or user 0 (no user id is 0) for one
+        // that names none. The table holds (user, key) pairs, so a buyer who guesses another
+        // buyer's request id only ever meets their own.
+        let user = action.user().unwrap_or(UserId(0));
         // Located once: executing a command never touches the request-key index.
-        let located = self.key_index.locate(key);
+        let located = self.key_index.locate((user, key));
         if let Some(position) = located.value {
             assert!(position >= self.keys_head, "an expired request key is still indexed");
             let end = self.keys_head + self.keys.len() as u64;
             assert!(position < end, "a request key indexed past the queue");
             let entry = &self.keys[(position - self.keys_head) as usize];
-            assert_eq!(entry.key, key);
+            assert_eq!((entry.user, entry.key), (user, key));
             // Expiry ran before this command; keys expire once now reaches their time.
             assert!(entry.expires_at >= self.now, "an expired request key answered");
             if entry.fingerprint == fingerprint {
@@ -538,7 +545,7 @@ impl Engine {
         if outcome != Outcome::Rejected(Rejection::CapacityExhausted) {
             let expires_at = self.now.plus_ms(self.config.request_key_window_ms);
             let position = self.keys_head + self.keys.len() as u64;
-            self.keys.push_back(KeyEntry { key, expires_at, fingerprint, outcome });
+            self.keys.push_back(KeyEntry { user, key, expires_at, fingerprint, outcome });
             self.key_index.put_at(located, position);
             // `apply_observed` checks the same after every command, in release builds too.
             debug_assert_eq!(self.key_index.len(), self.keys.len(), "a remembered key is indexed");

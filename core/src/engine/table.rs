@@ -91,6 +91,14 @@ impl TableKey for RequestKey {
     }
 }
 
+impl TableKey for (UserId, RequestKey) {
+    fn home(&self, bits: u32) -> usize {
+        let [low, high] = [&self.1.0[..8], &self.1.0[8..]]
+            .map(|half| u64::from_le_bytes(half.try_into().expect("8 bytes")));
+        top(pair(pair(low, high), self.0.0), bits)
+    }
+}
+
 impl TableKey for (UserId, SkuId) {
     fn home(&self, bits: u32) -> usize {
         top(pair(self.0.0, self.1.0), bits)

@@ -1414,10 +1414,26 @@ fn same_key_for_a_different_command_is_request_key_reused() {
     let original = h.run_keyed(key, act::reserve(ALICE, SKU, 1));
     let reused = Rejection::RequestKeyReused;
     h.refused_keyed(key, act::reserve(ALICE, SKU, 2), reused);
-    h.refused_keyed(key, act::reserve(BOB, SKU, 1), reused);
-    h.refused_keyed(key, act::restock(SKU, 1), reused);
+    h.refused_keyed(key, act::cancel(OrderId(1), ALICE), reused);
     assert_eq!(h.run_keyed(key, act::reserve(ALICE, SKU, 1)), original);
     assert_eq!(h.sku(SKU).available, 9);
+}
+
+#[test]
+fn a_request_key_is_scoped_to_the_user_its_command_names() {
+    // Goal: one buyer's request ids never collide with another's, nor with commands that
+    // name no user: the same key is a new command for Bob and for an operator, and Alice's
+    // retry still answers her original outcome.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let key = client_key(1);
+    let alices = h.run_keyed(key, act::reserve(ALICE, SKU, 1));
+    let bobs = h.run_keyed(key, act::reserve(BOB, SKU, 2));
+    assert!(matches!(bobs, Outcome::Reserved { .. }), "{bobs:?}");
+    assert_ne!(bobs, alices);
+    assert!(matches!(h.run_keyed(key, act::restock(SKU, 1)), Outcome::Restocked(_)));
+    assert_eq!(h.run_keyed(key, act::reserve(ALICE, SKU, 1)), alices);
+    assert_eq!(h.run_keyed(key, act::reserve(BOB, SKU, 2)), bobs);
+    assert_eq!(h.sku(SKU).available, 10 - 1 - 2 + 1);
 }
 
 #[test]
@@ -2230,11 +2246,16 @@ fn images_of_other_versions_and_impossible_headers_are_refused_clearly() {
         damaged[at..at + patch.len()].copy_from_slice(patch);
         EngineImage::decode(&damaged).expect_err("damaged header refused")
     };
-    let future = with(0, &2_u16.to_le_bytes());
-    assert_eq!(future, ImageDecodeError::FutureVersion { found: 2, supported: 1 });
+    let supported = IMAGE_FORMAT_VERSION;
+    let future = with(0, &(supported + 1).to_le_bytes());
+    assert_eq!(future, ImageDecodeError::FutureVersion { found: supported + 1, supported });
     assert!(future.to_string().contains("newer than this build"), "{future}");
     let never = with(0, &0_u16.to_le_bytes());
-    assert_eq!(never, ImageDecodeError::UnknownVersion { found: 0, supported: 1 });
+    assert_eq!(never, ImageDecodeError::UnknownVersion { found: 0, supported });
+    // Version 1 kept request keys unscoped: its images cannot be restored faithfully.
+    let unscoped = with(0, &1_u16.to_le_bytes());
+    assert_eq!(unscoped, ImageDecodeError::RetiredVersion { found: 1, supported });
+    assert!(unscoped.to_string().contains("replaying the journal"), "{unscoped}");
     let encoding = with(2, &2_u16.to_le_bytes());
     assert_eq!(encoding, ImageDecodeError::UnsupportedEncoding { found: 2, supported: 1 });
     // A generator that issued nothing cannot have moved its counter.
