@@ -59,6 +59,10 @@ pub struct Metrics {
     pub in_flight: u64,
     /// Outcomes by name (`reserved`, `sold_out`, ...).
     pub outcomes: BTreeMap<&'static str, u64>,
+    /// HTTP requests refused by the framer (each closes its connection), by error code
+    /// (`duplicate_content_length`, `headers_too_large`, ...). The codes are a fixed set of
+    /// static strings, so the map stays small.
+    pub http_framing_refusals: BTreeMap<&'static str, u64>,
     /// Submit-to-completion latency seen by the event loop, in nanoseconds.
     pub latency_ns: Histogram<u64>,
 }
@@ -79,6 +83,7 @@ impl Default for Metrics {
             open: 0,
             in_flight: 0,
             outcomes: BTreeMap::new(),
+            http_framing_refusals: BTreeMap::new(),
             latency_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3)
                 .expect("static histogram bounds are valid"),
         }
@@ -103,6 +108,11 @@ impl Metrics {
     /// Counts a refused bad request.
     pub fn bad_request(&mut self, protocol: Protocol) {
         self.bad_requests[protocol.index()] += 1;
+    }
+
+    /// Counts an HTTP request the framer refused, by its error code.
+    pub fn http_framing_refusal(&mut self, code: &'static str) {
+        *self.http_framing_refusals.entry(code).or_insert(0) += 1;
     }
 
     /// Counts an accepted connection.
@@ -193,6 +203,11 @@ impl Metrics {
         for (name, value) in &self.outcomes {
             let _ = writeln!(out, "ringfence_outcomes_total{{outcome=\"{name}\"}} {value}");
         }
+        let name = "ringfence_http_framing_refusals_total";
+        header(out, name, "HTTP requests refused by the framer, by error code.", "counter");
+        for (reason, value) in &self.http_framing_refusals {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
+        }
         self.write_latency(out);
     }
 
@@ -227,12 +242,16 @@ mod tests {
         let mut metrics = Metrics::default();
         metrics.request(Protocol::Http);
         metrics.outcome(&Outcome::Rejected(Rejection::SoldOut), 1_000);
+        metrics.http_framing_refusal("duplicate_content_length");
         let mut out = String::new();
         metrics.write_prometheus(&mut out);
         assert!(out.contains("# TYPE ringfence_requests_total counter"));
         assert!(out.contains("ringfence_requests_total{protocol=\"http\"} 1"));
         assert!(out.contains("ringfence_outcomes_total{outcome=\"sold_out\"} 1"));
         assert!(out.contains("ringfence_request_latency_seconds_count 1"));
+        let refusals =
+            "ringfence_http_framing_refusals_total{reason=\"duplicate_content_length\"} 1";
+        assert!(out.contains(refusals));
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "bad sample line {line}");

@@ -155,6 +155,72 @@ fn oversized_heads_and_bodies_get_431_and_413() {
 }
 
 #[test]
+fn a_request_smuggled_behind_ambiguous_framing_is_never_executed() {
+    // Goal: on one keep-alive connection, a request whose body length is ambiguous (repeated
+    // or listed Content-Length, a signed one, Transfer-Encoding beside it) followed by a
+    // reservation gets exactly one 400 and a closed connection; the reservation, which a
+    // framer trusting one of the lengths would have run, never reaches the engine.
+    let server = start(ServerConfig::loopback());
+    let addr = server.http_addr().unwrap();
+    let mut admin = Http::connect(addr);
+    create_sku(&mut admin, 1, 10, 10, 60_000);
+    let smuggled = Http::request_bytes(
+        "POST",
+        "/v1/orders",
+        Some(r#"{"request_id":"smuggled","user":666,"sku":1,"qty":3}"#),
+        None,
+    );
+    let n = smuggled.len();
+    let cases = [
+        (format!("Content-Length: 0\r\nContent-Length: {n}"), "duplicate_content_length"),
+        (format!("Content-Length: {n}\r\nContent-Length: {n}"), "duplicate_content_length"),
+        (format!("Content-Length: 0, {n}"), "duplicate_content_length"),
+        ("Content-Length: +0".to_owned(), "invalid_content_length"),
+        (
+            format!("Transfer-Encoding: chunked\r\nContent-Length: {n}"),
+            "transfer_encoding_with_content_length",
+        ),
+    ];
+    for (fields, code) in &cases {
+        let mut bytes =
+            format!("GET /v1/skus/1 HTTP/1.1\r\nHost: test\r\n{fields}\r\n\r\n").into_bytes();
+        bytes.extend_from_slice(&smuggled);
+        bytes.extend_from_slice(&Http::request_bytes("GET", "/health", None, None));
+        let mut http = Http::connect(addr);
+        http.send(&bytes);
+        let response = http.read_response().expect("one refusal");
+        assert_eq!((response.status, response.json()["error"].clone()), (400, (*code).into()));
+        assert_eq!(response.header("connection"), Some("close"), "{fields}");
+        assert!(http.closed_by_server(), "{fields}: the connection stayed open");
+        assert!(http.read_response().is_none(), "{fields}: a second response was sent");
+    }
+    // The connections are closed only after everything read from them was answered, so a
+    // smuggled reservation would be visible by now.
+    let sku = admin.call("GET", "/v1/skus/1", None, None).json();
+    assert_eq!((sku["available"].clone(), sku["reserved"].clone()), (10.into(), 0.into()));
+    let order = Http::request_bytes(
+        "POST",
+        "/v1/orders",
+        Some(r#"{"request_id":"smuggled","user":666,"sku":1,"qty":1}"#),
+        None,
+    );
+    admin.send(&order);
+    let fresh = admin.read_response().unwrap();
+    assert_eq!(fresh.status, 201, "the smuggled request id was never used: {:?}", fresh.json());
+    let metrics = String::from_utf8(admin.call("GET", "/metrics", None, None).body).unwrap();
+    for (reason, count) in [
+        ("duplicate_content_length", 3),
+        ("invalid_content_length", 1),
+        ("transfer_encoding_with_content_length", 1),
+    ] {
+        let line =
+            format!("ringfence_http_framing_refusals_total{{reason=\"{reason}\"}} {count}\n");
+        assert!(metrics.contains(&line), "{line}{metrics}");
+    }
+    server.shutdown().unwrap();
+}
+
+#[test]
 fn slow_requests_are_timed_out() {
     // Goal: a half-sent HTTP head gets 408 and a half-sent frame a timeout error frame, each
     // followed by close, once the request timeout passes.

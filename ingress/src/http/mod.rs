@@ -5,6 +5,11 @@
 //! before it is complete, a `Content-Length` above `body_max` with 413 before the body is read.
 //! Chunked request bodies are not accepted (501): every API body is a small JSON object.
 //!
+//! Framing follows RFC 9112, sections 6.1 and 6.3, strictly: a request whose body length is
+//! not stated exactly once, as plain digits, is refused with 400 and its connection closed.
+//! Behind a proxy that frames the same bytes differently, any leniency here would let one
+//! client's body be read as another request (request smuggling), so nothing is guessed.
+//!
 //! A client that sends `Expect: 100-continue` (curl does for bodies over 1 KiB) waits for an
 //! interim `100 Continue` before its body, or gives up waiting after a second. The framer says
 //! when such a client is waiting ([`Framed::ExpectsContinue`]) so the connection can write
@@ -55,6 +60,16 @@ pub enum HttpError {
     /// `Transfer-Encoding` bodies are not accepted.
     #[error("Transfer-Encoding is not supported; send the body with Content-Length")]
     TransferEncoding,
+    /// More than one `Content-Length` field line, or one whose value is a list.
+    #[error("more than one Content-Length; send exactly one Content-Length header with one value")]
+    DuplicateContentLength,
+    /// A `Content-Length` that is not 1*DIGIT, or too large for a `u64`. Holds the value as
+    /// received, quoted and cut short.
+    #[error("Content-Length {0} is not a length; send the body's length in bytes as plain digits")]
+    InvalidContentLength(String),
+    /// `Transfer-Encoding` and `Content-Length` together: the two framings could disagree.
+    #[error("both Transfer-Encoding and Content-Length; send the body with Content-Length alone")]
+    TransferEncodingWithContentLength,
 }
 
 impl HttpError {
@@ -66,6 +81,11 @@ impl HttpError {
             HttpError::HeadersTooLarge(_) | HttpError::TooManyHeaders => (431, "headers_too_large"),
             HttpError::BodyTooLarge { .. } => (413, "body_too_large"),
             HttpError::TransferEncoding => (501, "transfer_encoding_not_supported"),
+            HttpError::DuplicateContentLength => (400, "duplicate_content_length"),
+            HttpError::InvalidContentLength(_) => (400, "invalid_content_length"),
+            HttpError::TransferEncodingWithContentLength => {
+                (400, "transfer_encoding_with_content_length")
+            }
         }
     }
 }
@@ -135,15 +155,22 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
     let target = parsed.path.unwrap_or_default();
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     let http_10 = parsed.version == Some(0);
-    let mut head =
-        Head { keep_alive: !http_10, content_length: 0, bearer: None, expects_continue: false };
+    let mut head = Head {
+        keep_alive: !http_10,
+        content_length: None,
+        transfer_encoding: false,
+        bearer: None,
+        expects_continue: false,
+    };
     for header in parsed.headers.iter() {
         read_header(&mut head, header, http_10)?;
     }
-    if head.content_length > limits.body_max as u64 {
-        return Err(HttpError::BodyTooLarge { length: head.content_length, max: limits.body_max });
+    let content_length = body_length(&head)?;
+    if content_length > limits.body_max as u64 {
+        return Err(HttpError::BodyTooLarge { length: content_length, max: limits.body_max });
     }
-    let total = head_len + head.content_length as usize;
+    // Lossless: the length is at most `body_max`, a `usize`.
+    let total = head_len + content_length as usize;
     if buffer.len() < total {
         // Once any of the body has arrived the client is sending it and waits for nothing.
         if head.expects_continue && buffer.len() == head_len {
@@ -163,7 +190,10 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
 
 struct Head<'a> {
     keep_alive: bool,
-    content_length: u64,
+    /// The one `Content-Length`; a second is refused as it is read.
+    content_length: Option<u64>,
+    /// A `Transfer-Encoding` field line was present, whatever its value.
+    transfer_encoding: bool,
     bearer: Option<&'a [u8]>,
     /// `Expect: 100-continue` on an HTTP/1.1 request; HTTP/1.0 clients cannot be sent the
     /// interim response, so the expectation is ignored for them (RFC 9110, section 10.1.1).
@@ -177,15 +207,15 @@ fn read_header<'a>(
 ) -> Result<(), HttpError> {
     let name = header.name;
     if name.eq_ignore_ascii_case("content-length") {
-        let text = std::str::from_utf8(header.value)
-            .map_err(|_| HttpError::Malformed("Content-Length is not ASCII".into()))?;
-        let length = text
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| HttpError::Malformed(format!("bad Content-Length {text:?}")))?;
-        head.content_length = length;
+        // Strict on purpose: RFC 9112 (section 6.3) lets a recipient accept repeated lines
+        // with one identical value, but a proxy in front may have framed by another of them,
+        // or refused the request while we serve it. A second line is refused even when equal.
+        if head.content_length.is_some() {
+            return Err(HttpError::DuplicateContentLength);
+        }
+        head.content_length = Some(parse_content_length(header.value)?);
     } else if name.eq_ignore_ascii_case("transfer-encoding") {
-        return Err(HttpError::TransferEncoding);
+        head.transfer_encoding = true;
     } else if name.eq_ignore_ascii_case("connection") {
         let value = header.value;
         if value.eq_ignore_ascii_case(b"close") {
@@ -203,6 +233,49 @@ fn read_header<'a>(
         }
     }
     Ok(())
+}
+
+/// The body length the head declares, once every header has been read: a `Transfer-Encoding`
+/// is refused, with 400 when a `Content-Length` says otherwise (RFC 9112, section 6.1), and
+/// no `Content-Length` means no body.
+fn body_length(head: &Head<'_>) -> Result<u64, HttpError> {
+    match (head.transfer_encoding, head.content_length) {
+        (true, Some(_)) => Err(HttpError::TransferEncodingWithContentLength),
+        (true, None) => Err(HttpError::TransferEncoding),
+        (false, length) => Ok(length.unwrap_or(0)),
+    }
+}
+
+/// Longest piece of a refused `Content-Length` value quoted back, so a hostile value cannot
+/// fill the log line or the response.
+const CONTENT_LENGTH_QUOTED_MAX: usize = 24;
+
+/// Reads a `Content-Length` value as `1*DIGIT` (RFC 9112, section 6.3): no sign, no inner
+/// space, no hex, not empty, not beyond `u64::MAX`. Leading zeros are digits and are allowed.
+/// The value arrives without surrounding whitespace (httparse strips it, as RFC 9110 says).
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+    // A list is the same field as that many lines (RFC 9110, section 5.3), so `5, 5` is
+    // refused as a duplicate, not as a bad number.
+    if value.contains(&b',') {
+        return Err(HttpError::DuplicateContentLength);
+    }
+    let invalid = || {
+        let shown = &value[..value.len().min(CONTENT_LENGTH_QUOTED_MAX)];
+        let cut = if shown.len() < value.len() { "..." } else { "" };
+        HttpError::InvalidContentLength(format!("{:?}{cut}", String::from_utf8_lossy(shown)))
+    };
+    if value.is_empty() {
+        return Err(invalid());
+    }
+    let mut length: u64 = 0;
+    for &byte in value {
+        if !byte.is_ascii_digit() {
+            return Err(invalid());
+        }
+        let digit = u64::from(byte - b'0');
+        length = length.checked_mul(10).and_then(|l| l.checked_add(digit)).ok_or_else(invalid)?;
+    }
+    Ok(length)
 }
 
 /// A response ready to be written.

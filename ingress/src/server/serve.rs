@@ -170,12 +170,17 @@ impl<B: Backend> Server<B> {
                     }
                     Err(error) => {
                         self.metrics.bad_request(Protocol::Http);
-                        self.log.warn(now, format_args!("HTTP client sent a bad request: {error}"));
                         let (status, code) = error.status_and_code();
+                        self.metrics.http_framing_refusal(code);
+                        self.log.warn(now, format_args!("HTTP client sent a bad request: {error}"));
                         conn.push_http_ready(
                             &Response::error(status, code, &error.to_string()),
                             false,
                         );
+                        // Where the next request would start is unknown, so what follows is
+                        // never framed: a request smuggled behind this one is dropped unread,
+                        // and cannot count as a slow partial request while answers drain.
+                        conn.input_start = conn.input_end;
                         conn.stop_reading = true;
                         return;
                     }
