@@ -84,6 +84,33 @@ pub struct NodeStatus {
     pub peer: String,
     /// How replication stands; `None` on a node without replication.
     pub replication: Option<ReplicationStatus>,
+    /// Why the node stopped (a stage failed, e.g. the journal could not write), if it did:
+    /// `/health` then answers 503 with it.
+    pub failure: Option<String>,
+    /// Why a write would not be taken now, if it would not: `/ready` then answers 503 with it.
+    pub not_ready: Option<NotReady>,
+}
+
+/// Why a node does not take writes now: a code for `/ready`'s `error` and a sentence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotReady {
+    /// `node_failed`, `shutting_down`, `not_primary` or `replication_unavailable`.
+    pub code: &'static str,
+    /// For the operator.
+    pub message: String,
+}
+
+impl NotReady {
+    fn from_refused(refused: Refused) -> NotReady {
+        let code = match &refused {
+            Refused::Failed(_) => "node_failed",
+            Refused::ShuttingDown => "shutting_down",
+            Refused::NotPrimary => "not_primary",
+            Refused::ReplicationUnavailable => "replication_unavailable",
+            _ => "not_ready",
+        };
+        NotReady { code, message: refused.to_string() }
+    }
 }
 
 /// What `/v1/node` shows about replication, filled by the replicator.
@@ -309,8 +336,18 @@ impl Backend for NodeBackend {
         // After `close` the node is gone and the server is stopping: only the journal is left.
         let (primary, epoch, sequences) = match &self.node {
             Some(node) => (node.intake() == Intake::Sequencer, node.epoch().0, node.sequences()),
-            None => return NodeStatus { journal: self.journal.clone(), ..NodeStatus::default() },
+            None => {
+                let not_ready = Some(NotReady::from_refused(Refused::ShuttingDown));
+                return NodeStatus {
+                    journal: self.journal.clone(),
+                    not_ready,
+                    ..NodeStatus::default()
+                };
+            }
         };
+        let node = self.node.as_ref().expect("matched above");
+        let failure = node.failure().map(|failure| failure.to_string());
+        let not_ready = node.check_writable().err().map(NotReady::from_refused);
         let replication = self.replication.as_ref().map(|control| control.status());
         let peer = replication.as_ref().and_then(|r| r.peer.clone()).unwrap_or("none".into());
         NodeStatus {
@@ -325,6 +362,8 @@ impl Backend for NodeBackend {
             journal: self.journal.clone(),
             peer,
             replication,
+            failure,
+            not_ready,
         }
     }
 

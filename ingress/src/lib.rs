@@ -15,7 +15,7 @@ pub mod wire;
 
 pub use backend::{
     Backend, BackendCompletion, EngineWatch, HashWatch, MetricsWriter, NodeBackend, NodeStatus,
-    OnNodeStop, Refusal, ReplicationControl, ReplicationStatus,
+    NotReady, OnNodeStop, Refusal, ReplicationControl, ReplicationStatus,
 };
 pub use client::{Client, ClientError};
 pub use server::{ServerConfig, ServerHandle, Stopper, start};

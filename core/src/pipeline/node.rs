@@ -15,7 +15,7 @@ use super::config::{EgressDriver, Intake, NodeConfig, NodeConfigError, Topology}
 use super::egress::{self, Egress, EgressRun, PolledEgress};
 use super::messages::{Control, Reply, StageFailure};
 use super::metrics::{Metrics, StageMetrics};
-use super::session::{RingProducer, Session, publish_one};
+use super::session::{Refused, RingProducer, Session, publish_one};
 use super::shared::{Shared, panic_message};
 use super::slot::{RingPoller, Slot, SlotKind};
 use super::stage::{Journal, NoSnapshots, Replicator, SnapshotHook};
@@ -459,6 +459,19 @@ impl Node {
     /// The epoch the commands this node sequences are journaled in.
     pub fn epoch(&self) -> Epoch {
         self.shared.epoch()
+    }
+
+    /// Whether a client write would be taken now, and if not why: the node failed or is
+    /// shutting down, it is a standby (or deposed), or sync replication lost its standby.
+    /// What a readiness probe reports.
+    pub fn check_writable(&self) -> Result<(), Refused> {
+        if let Some(failure) = self.shared.failure() {
+            return Err(Refused::Failed(failure));
+        }
+        if self.shared.is_closed() {
+            return Err(Refused::ShuttingDown);
+        }
+        self.shared.check_writable()
     }
 
     /// Promotes a replica in place: from now on it sequences client commands and publishes

@@ -24,8 +24,10 @@ use crate::keys;
 pub enum Call {
     /// Submit the command to the engine and render its outcome.
     Submit(Command),
-    /// `GET /health`.
+    /// `GET /health`: liveness (503 once the node has failed).
     Health,
+    /// `GET /ready`: whether writes are taken now (503 with the reason when not).
+    Ready,
     /// `GET /v1/node`.
     Node,
     /// `GET /metrics`.
@@ -123,6 +125,7 @@ pub fn route(
     let body = request.body;
     let call = match (request.method, segments.as_slice()) {
         ("GET", ["health"]) => Call::Health,
+        ("GET", ["ready"]) => Call::Ready,
         ("GET", ["metrics"]) => Call::Metrics,
         ("GET", ["v1", "node"]) => Call::Node,
         ("GET", ["v1", "skus", sku]) => query(Query::Sku(SkuId(integer(sku, "sku")?))),
@@ -174,6 +177,7 @@ fn is_known_path(path: &[&str]) -> bool {
     matches!(
         path,
         ["health"]
+            | ["ready"]
             | ["metrics"]
             | ["v1", "node"]
             | ["v1", "skus", ..]

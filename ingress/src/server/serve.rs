@@ -202,7 +202,8 @@ impl<B: Backend> Server<B> {
                     }
                     response
                 }
-                Ok(Call::Health) => Response::json(200, &json!({ "status": "ok" })),
+                Ok(Call::Health) => self.health_response(),
+                Ok(Call::Ready) => self.ready_response(),
                 Ok(Call::Node) => self.node_response(),
                 Ok(Call::Metrics) => self.metrics_response(),
                 Ok(Call::Promote) => self.promote_response(now),
@@ -261,6 +262,35 @@ impl<B: Backend> Server<B> {
                 }
                 Err(Refused::Backend(refusal))
             }
+        }
+    }
+
+    /// Liveness: 200 while the node runs; 503 naming the failure once a stage failed (e.g.
+    /// the journal could not write), so an orchestrator restarts it.
+    fn health_response(&self) -> Response {
+        match self.backend.status().failure {
+            None => Response::json(200, &json!({ "status": "ok" })),
+            Some(failure) => Response::json(503, &json!({ "status": "failed", "reason": failure })),
+        }
+    }
+
+    /// Readiness for writes: 200 when a write would be taken now; 503 with the reason when
+    /// not (a standby, a lost sync standby, a failed or stopping node). Reads may still be
+    /// served by a node that is not ready.
+    fn ready_response(&self) -> Response {
+        let status = self.backend.status();
+        let role = if status.info.primary { "primary" } else { "standby" };
+        match status.not_ready {
+            None => Response::json(200, &json!({ "ready": true, "role": role })),
+            Some(why) => Response::json(
+                503,
+                &json!({
+                    "ready": false,
+                    "role": role,
+                    "error": why.code,
+                    "message": why.message,
+                }),
+            ),
         }
     }
 
