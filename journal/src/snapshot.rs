@@ -621,10 +621,13 @@ impl<S: Storage> Snapshotter<S> {
                 .name("ringfence-snapshot".to_owned())
                 .spawn(move || {
                     for job in receiver {
-                        run_job(&dir, &config, &policy, &job, &stats);
+                        let done = run_job(&dir, &config, &policy, &job);
                         // Never blocks: the BLP takes the spare before it sends a job.
                         let _ = spare.try_send(job.image);
                         busy.store(false, Ordering::Release);
+                        // Counted once the writer is free again: whoever sees the count can
+                        // have the next snapshot taken at once, not deferred.
+                        done.record(&stats);
                     }
                 })
                 .map_err(io_error("starting the snapshot writer thread".to_owned()))?
@@ -737,8 +740,7 @@ fn run_job<S: Storage>(
     config: &EngineConfig,
     policy: &SnapshotPolicy,
     job: &Job,
-    stats: &Mutex<SnapshotStats>,
-) {
+) -> JobDone {
     let meta = match write(dir.storage(), config, &job.image, job.through) {
         Ok(meta) => meta,
         Err(error) => {
@@ -747,10 +749,7 @@ fn run_job<S: Storage>(
                  command): {error}",
                 job.through
             );
-            let mut stats = stats.lock().expect("snapshot stats lock");
-            stats.failed += 1;
-            stats.last_error = Some(error.to_string());
-            return;
+            return JobDone::Failed(error.to_string());
         }
     };
     assert_eq!(meta.running_hash, job.running_hash, "snapshot restores to the BLP's hash");
@@ -758,18 +757,45 @@ fn run_job<S: Storage>(
     assert!(meta.bytes > SNAPSHOT_HEADER_LEN as u64, "a snapshot with no image");
     assert_eq!(meta.last_sequence, job.last_sequence, "snapshot restores to the BLP's sequence");
     let retention = apply_retention(dir, policy);
-    let mut stats = stats.lock().expect("snapshot stats lock");
-    stats.written += 1;
-    stats.last = Some(meta);
-    match retention {
-        Ok(retention) => {
-            stats.snapshots_removed += retention.snapshots_removed.len() as u64;
-            stats.segments_retired += retention.segments_retired.len() as u64;
-        }
-        Err(error) => {
-            eprintln!("ringfence: snapshot retention failed (retried after the next one): {error}");
-            stats.retention_failed += 1;
-            stats.last_error = Some(error.to_string());
+    if let Err(error) = &retention {
+        eprintln!("ringfence: snapshot retention failed (retried after the next one): {error}");
+    }
+    JobDone::Written { meta, retention: retention.map_err(|error| error.to_string()) }
+}
+
+/// What a snapshot job came to, for the stats.
+enum JobDone {
+    Failed(String),
+    Written { meta: SnapshotMeta, retention: Result<Retention, String> },
+}
+
+impl JobDone {
+    fn record(self, stats: &Mutex<SnapshotStats>) {
+        let mut stats = stats.lock().expect("snapshot stats lock");
+        // Every job was counted as a pause when the BLP copied its state, before it was sent.
+        assert!(
+            stats.written + stats.failed < stats.pauses,
+            "a snapshot done that was never taken"
+        );
+        match self {
+            JobDone::Failed(error) => {
+                stats.failed += 1;
+                stats.last_error = Some(error);
+            }
+            JobDone::Written { meta, retention } => {
+                stats.written += 1;
+                stats.last = Some(meta);
+                match retention {
+                    Ok(retention) => {
+                        stats.snapshots_removed += retention.snapshots_removed.len() as u64;
+                        stats.segments_retired += retention.segments_retired.len() as u64;
+                    }
+                    Err(error) => {
+                        stats.retention_failed += 1;
+                        stats.last_error = Some(error);
+                    }
+                }
+            }
         }
     }
 }

@@ -152,9 +152,10 @@ impl<S: Storage> JournalWriter<S> {
         // Nothing after `next - 1` can have been reported durable: no segment exists yet.
         assert!(dir.durable_sequence().0 < next.0, "durable past a journal not yet begun");
         dir.note_durable(Sequence(next.0 - 1));
-        let writer = JournalWriter {
+        let epoch = dir.current_epoch();
+        let mut writer = JournalWriter {
             storage: dir.storage().clone(),
-            epoch_allowed: dir.current_epoch(),
+            epoch_allowed: epoch,
             dir,
             options,
             current: None,
@@ -164,6 +165,10 @@ impl<S: Storage> JournalWriter<S> {
             synced: Sequence(next.0 - 1),
             last_sync_ns: None,
         };
+        // The first segment is made now, not at the first record: a disk that cannot hold
+        // one fails the start, loudly, instead of the first write; and that write does not
+        // wait for a whole segment to be allocated.
+        writer.rotate(epoch, next)?;
         writer.verify();
         Ok(writer)
     }

@@ -605,7 +605,7 @@ fn a_standby_refuses_damaged_gapped_and_stale_streams_and_applies_nothing_of_the
     let stale = standby_answer(&mut reader).expect("a stale primary is refused");
     assert!(stale.starts_with("StaleEpoch"), "{stale}");
 
-    // The standby's first record also creates its first segment: give it time.
+    // Give the node a moment to journal and apply the good record.
     wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= 1);
     let (_, view) = follower.call("GET", "/v1/node", "", false);
     assert_eq!(last_sequence(&view), 1, "{view} {:#?}", follower.drain_log());
