@@ -296,3 +296,20 @@ fn a_failed_snapshot_leaves_no_temporary_file_and_is_counted() {
             .any(|(name, _, value)| *name == "ringfence_snapshots_failed_total" && *value == 2)
     );
 }
+
+#[test]
+fn a_disk_that_cannot_hold_a_segment_fails_the_start_not_the_first_write() {
+    // Goal: start-up on a directory that cannot take the journal's first segment (a full
+    // disk) fails at once with the cause, instead of a node that starts and then fails its
+    // first write while reporting healthy.
+    let disk = FaultStorage::new();
+    disk.fail_matching(".seg");
+    let error = match recover_from(disk.clone(), options(Durability::Batch)) {
+        Ok(_) => panic!("a journal started on a disk that cannot hold a segment"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("00000000000000000001.seg"), "{error}");
+    disk.clear_faults();
+    let recovered = recover_from(disk, options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, Sequence(1), "once the disk has room, it starts");
+}
