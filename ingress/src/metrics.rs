@@ -41,6 +41,14 @@ pub struct Metrics {
     pub busy: u64,
     /// Requests refused by a connection's token bucket.
     pub rate_limited: u64,
+    /// Tokens presented (HTTP bearer, binary `AUTH`) and found wrong, per protocol.
+    pub auth_failures: [u64; 2],
+    /// Authentications refused unchecked: the address failed too often, per protocol.
+    pub auth_rate_limited: [u64; 2],
+    /// Addresses whose failed authentications are remembered now.
+    pub auth_addresses_tracked: u64,
+    /// Addresses forgotten to make room in the full table of failed authentications.
+    pub auth_addresses_evicted: u64,
     /// Writes refused because this node is not the primary.
     pub not_primary: u64,
     /// Writes refused, or answered without an outcome, because replication is unavailable.
@@ -74,6 +82,10 @@ impl Default for Metrics {
             bad_requests: [0; 2],
             busy: 0,
             rate_limited: 0,
+            auth_failures: [0; 2],
+            auth_rate_limited: [0; 2],
+            auth_addresses_tracked: 0,
+            auth_addresses_evicted: 0,
             not_primary: 0,
             replication_unavailable: 0,
             accepted: [0; 2],
@@ -115,6 +127,16 @@ impl Metrics {
         *self.http_framing_refusals.entry(code).or_insert(0) += 1;
     }
 
+    /// Counts a wrong token presented.
+    pub fn auth_failure(&mut self, protocol: Protocol) {
+        self.auth_failures[protocol.index()] += 1;
+    }
+
+    /// Counts an authentication refused unchecked for too many failures.
+    pub fn auth_limited(&mut self, protocol: Protocol) {
+        self.auth_rate_limited[protocol.index()] += 1;
+    }
+
     /// Counts an accepted connection.
     pub fn accepted(&mut self, protocol: Protocol) {
         self.accepted[protocol.index()] += 1;
@@ -132,6 +154,16 @@ impl Metrics {
             ("ringfence_requests_total", "Requests decoded.", &self.requests),
             ("ringfence_bad_requests_total", "Requests refused as malformed.", &self.bad_requests),
             ("ringfence_connections_accepted_total", "Connections accepted.", &self.accepted),
+            (
+                "ringfence_auth_failures_total",
+                "Admin tokens presented and found wrong.",
+                &self.auth_failures,
+            ),
+            (
+                "ringfence_auth_rate_limited_total",
+                "Authentications refused unchecked: too many failures from the address.",
+                &self.auth_rate_limited,
+            ),
         ];
         for (name, help, values) in per_protocol {
             header(out, name, help, "counter");
@@ -151,6 +183,18 @@ impl Metrics {
                 "Requests refused by the per-connection rate limit.",
                 "counter",
                 self.rate_limited,
+            ),
+            (
+                "ringfence_auth_addresses_tracked",
+                "Addresses whose failed authentications are remembered.",
+                "gauge",
+                self.auth_addresses_tracked,
+            ),
+            (
+                "ringfence_auth_addresses_evicted_total",
+                "Addresses forgotten to make room in the failed-authentication table.",
+                "counter",
+                self.auth_addresses_evicted,
             ),
             (
                 "ringfence_not_primary_total",

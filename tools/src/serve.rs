@@ -32,6 +32,7 @@ use crate::replication::{
 
 /// Arguments of `ringfence serve`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = SERVE_TRUST_HELP)]
 pub struct ServeArgs {
     /// TOML configuration file (sections: top level `data_dir`, `admin_token`,
     /// `admin_token_file`; `[server]`, `[node]`, `[engine]`, `[replication]`); flags
@@ -42,13 +43,16 @@ pub struct ServeArgs {
     /// token; locked while the node runs [default: ./ringfence-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the binary protocol listener [default: 127.0.0.1:7001].
+    /// Address of the binary protocol listener [default: 127.0.0.1:7001]; beyond loopback only
+    /// with a configured admin token (protected mode).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Address of the HTTP listener [default: 127.0.0.1:7080].
+    /// Address of the HTTP listener [default: 127.0.0.1:7080]; beyond loopback only with a
+    /// configured admin token (protected mode).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
-    /// File holding the admin bearer token (overrides RINGFENCE_ADMIN_TOKEN and the config).
+    /// File holding the admin bearer token, at least 32 characters of letters, digits and
+    /// `-._~+/` (overrides RINGFENCE_ADMIN_TOKEN and the config).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// When journal records are synced: `none`, `batch` or `interval:<ms>` [default: batch].
@@ -58,6 +62,19 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub replication: ReplicationArgs,
 }
+
+/// The admin token and protected mode, after the flags in `serve --help`.
+const SERVE_TRUST_HELP: &str = "\
+Admin token and protected mode:
+  The admin token comes from --admin-token-file, RINGFENCE_ADMIN_TOKEN or the config file
+  (admin_token, admin_token_file). It must be at least 32 characters of ASCII letters, digits
+  and -._~+/ (= padding at the end allowed, not counted): a length check, not an entropy
+  measurement, so make it from random bytes: head -c 32 /dev/urandom | base64 > admin.token
+  Without one, serve uses <data-dir>/admin.token, generating it on first start, and runs in
+  protected mode: --listen and --http must be loopback addresses (127.0.0.1, ::1), or serve
+  refuses to start. Wrong tokens from one address (either port) are refused unchecked after
+  a burst, HTTP 429 auth_rate_limited ([server] auth_failures_burst, auth_failure_refill_ms,
+  auth_addresses_max).";
 
 /// The TOML configuration file.
 #[derive(Debug, Default, Deserialize)]
@@ -234,7 +251,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let mut server_config = file.server.clone();
     server_config.listen = args.listen.or(server_config.listen);
     server_config.http = args.http.or(server_config.http);
-    server_config.admin_token = Some(admin_token(args, &file, &data_dir)?);
+    let listeners = [server_config.listen, server_config.http];
+    server_config.admin_token = Some(admin_token(args, &file, &data_dir, &listeners)?);
 
     log(format_args!("data directory {} (journal durability {durability})", data_dir.display()));
     let options = WriterOptions {
@@ -446,38 +464,118 @@ fn watch_signals(stopper: ringfence_ingress::Stopper) -> Result<(), String> {
     Ok(())
 }
 
-/// The admin token: `--admin-token-file`, then `RINGFENCE_ADMIN_TOKEN`, then the config file
-/// (`admin_token`, `[server] admin_token`, `admin_token_file`), then `<data-dir>/admin.token`,
-/// generated with mode 0600 if it does not exist.
-fn admin_token(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> Result<String, String> {
+/// Shortest admin token `serve` accepts, in characters, not counting `=` padding.
+const ADMIN_TOKEN_CHARS_MIN: usize = 32;
+
+/// The admin token rule, for messages.
+const ADMIN_TOKEN_RULE: &str = "an admin token must be at least 32 characters of ASCII letters, \
+     digits and `-._~+/` (`=` padding at the end allowed, not counted). This is a length \
+     check, not an entropy measurement: make the token from random bytes, e.g. \
+     `head -c 32 /dev/urandom | base64 > admin.token`, then pass --admin-token-file admin.token";
+
+/// Whether `token` follows the admin token rule: at least [`ADMIN_TOKEN_CHARS_MIN`] characters
+/// of the RFC 6750 bearer-token alphabet (ASCII letters, digits, `-._~+/`), then optional `=`
+/// padding. Every usual encoding of random bytes (hex, base64, base64url) fits the alphabet,
+/// and the smallest of them, hex, carries 4 bits a character: 32 random characters carry at
+/// least 128 bits. The rule measures length, not randomness: `aaaa…` passes.
+fn admin_token_ok(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    body.len() >= ADMIN_TOKEN_CHARS_MIN
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// The admin token. An operator's — `--admin-token-file`, then `RINGFENCE_ADMIN_TOKEN`, then
+/// the config file (`admin_token`, `[server] admin_token`, `admin_token_file`) — is used if
+/// set. Otherwise serve's own, `<data-dir>/admin.token`, generated with mode 0600 if it does
+/// not exist; with it serve runs in protected mode: `listeners` must all be loopback. Either
+/// way the token must follow the admin token rule.
+fn admin_token(
+    args: &ServeArgs,
+    file: &FileConfig,
+    data_dir: &Path,
+    listeners: &[Option<SocketAddr>],
+) -> Result<String, String> {
+    if let Some((token, source)) = operator_token(args, file)? {
+        if !admin_token_ok(&token) {
+            return Err(format!("the admin token from {source} is too weak: {ADMIN_TOKEN_RULE}"));
+        }
+        log(format_args!("admin token from {source}"));
+        return Ok(token);
+    }
+    // Before a token is generated: a refused start leaves nothing behind.
+    protected_mode(listeners, data_dir)?;
+    let path = data_dir.join("admin.token");
+    let token = if path.exists() {
+        let token = read_token(&path)?;
+        if !admin_token_ok(&token) {
+            return Err(format!(
+                "the admin token in {} is too weak (delete the file and serve generates a new \
+                 one): {ADMIN_TOKEN_RULE}",
+                path.display()
+            ));
+        }
+        log(format_args!("admin token in {}", path.display()));
+        token
+    } else {
+        let token = generate_token()?;
+        assert!(admin_token_ok(&token), "a generated token follows the rule");
+        write_private(&path, &token)?;
+        log(format_args!("generated an admin token into {} (mode 0600)", path.display()));
+        token
+    };
+    log(format_args!(
+        "protected mode: the admin token is serve's own, so it listens on loopback addresses \
+         only (configure a token to listen on others)"
+    ));
+    Ok(token)
+}
+
+/// The token the operator configured, if any, and where it came from.
+fn operator_token(args: &ServeArgs, file: &FileConfig) -> Result<Option<(String, String)>, String> {
     if let Some(path) = &args.admin_token_file {
-        log(format_args!("admin token from {}", path.display()));
-        return read_token(path);
+        return Ok(Some((read_token(path)?, path.display().to_string())));
     }
     if let Ok(token) = std::env::var("RINGFENCE_ADMIN_TOKEN") {
         if !token.trim().is_empty() {
-            log(format_args!("admin token from RINGFENCE_ADMIN_TOKEN"));
-            return Ok(token.trim().to_owned());
+            return Ok(Some((token.trim().to_owned(), "RINGFENCE_ADMIN_TOKEN".into())));
         }
     }
     let configured = file.admin_token.as_deref().or(file.server.admin_token.as_deref());
     if let Some(token) = configured.filter(|t| !t.trim().is_empty()) {
-        log(format_args!("admin token from the config file"));
-        return Ok(token.trim().to_owned());
+        return Ok(Some((token.trim().to_owned(), "the config file".into())));
     }
     if let Some(path) = &file.admin_token_file {
-        log(format_args!("admin token from {}", path.display()));
-        return read_token(path);
+        return Ok(Some((read_token(path)?, path.display().to_string())));
     }
-    let path = data_dir.join("admin.token");
-    if path.exists() {
-        log(format_args!("admin token in {}", path.display()));
-        return read_token(&path);
+    Ok(None)
+}
+
+/// Protected mode, as Redis has it: with a token serve made itself rather than one the
+/// operator chose, the binary and HTTP listeners must be loopback addresses (the unspecified
+/// `0.0.0.0` and `::` listen everywhere, so they are refused too).
+fn protected_mode(listeners: &[Option<SocketAddr>], data_dir: &Path) -> Result<(), String> {
+    let exposed: Vec<String> = listeners
+        .iter()
+        .flatten()
+        .filter(|addr| !addr.ip().to_canonical().is_loopback())
+        .map(ToString::to_string)
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
     }
-    let token = generate_token()?;
-    write_private(&path, &token)?;
-    log(format_args!("generated an admin token into {} (mode 0600)", path.display()));
-    Ok(token)
+    let own = data_dir.join("admin.token");
+    let keep = if own.exists() {
+        format!("; --admin-token-file {} keeps serve's own", own.display())
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "protected mode: refusing to listen on {} (not loopback) without an admin token the \
+         operator chose. Configure one (--admin-token-file FILE, RINGFENCE_ADMIN_TOKEN, or \
+         admin_token / admin_token_file in the config file; `head -c 32 /dev/urandom | base64 \
+         > admin.token` makes one{keep}), or listen on loopback addresses only (127.0.0.1, ::1)",
+        exposed.join(", "),
+    ))
 }
 
 fn read_token(path: &Path) -> Result<String, String> {
@@ -511,4 +609,53 @@ fn write_private(path: &Path, token: &str) -> Result<(), String> {
 
 pub(crate) fn log(message: std::fmt::Arguments<'_>) {
     eprintln!("ringfence: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_token_rule_is_a_length_over_the_bearer_alphabet() {
+        // Goal: 32 characters of the bearer alphabet pass (hex, base64 with padding,
+        // base64url); shorter ones, padding counted as length, and other characters fail.
+        assert!(admin_token_ok(&"0123456789abcdef".repeat(2)));
+        assert!(admin_token_ok("q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80="));
+        assert!(admin_token_ok("a-b_c.d~e+f/0123456789ABCDEFGHIJ"));
+        assert!(!admin_token_ok(&"f".repeat(31)));
+        assert!(!admin_token_ok(&format!("{}==", "f".repeat(30))), "padding does not count");
+        assert!(!admin_token_ok(&format!("{} ", "f".repeat(32))));
+        assert!(!admin_token_ok(&format!("{}!", "f".repeat(32))));
+        assert!(!admin_token_ok(&format!("{}=f", "f".repeat(32))), "`=` only at the end");
+        assert!(!admin_token_ok(&"é".repeat(32)));
+        assert!(!admin_token_ok("secret"));
+    }
+
+    #[test]
+    fn generated_tokens_follow_the_rule() {
+        // Goal: the token serve generates (24 random bytes, 48 hex digits: 192 bits) is never
+        // refused by its own rule.
+        for _ in 0..64 {
+            let token = generate_token().unwrap();
+            assert_eq!(token.len(), 48);
+            assert!(admin_token_ok(&token), "{token}");
+        }
+    }
+
+    #[test]
+    fn protected_mode_allows_loopback_listeners_only() {
+        // Goal: loopback addresses (IPv4, IPv6, IPv4-mapped) and disabled listeners pass; the
+        // unspecified addresses and any other address are refused, named in the message.
+        let dir = Path::new("/nonexistent");
+        let addr = |text: &str| Some(text.parse::<SocketAddr>().unwrap());
+        let loopback = [addr("127.0.0.1:7001"), addr("[::1]:7080"), addr("[::ffff:127.0.0.2]:1")];
+        assert_eq!(protected_mode(&loopback, dir), Ok(()));
+        assert_eq!(protected_mode(&[None, None], dir), Ok(()));
+        for exposed in ["0.0.0.0:7080", "[::]:7080", "10.0.0.5:7001", "[2001:db8::1]:1"] {
+            let error = protected_mode(&[addr("127.0.0.1:7001"), addr(exposed)], dir).unwrap_err();
+            assert!(error.starts_with("protected mode"), "{error}");
+            assert!(error.contains(exposed), "{error}");
+            assert!(!error.contains("127.0.0.1:7001"), "{error}");
+        }
+    }
 }

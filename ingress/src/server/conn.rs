@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -60,6 +61,8 @@ pub(super) struct Conn {
     pub id: u64,
     stream: TcpStream,
     pub protocol: Protocol,
+    /// The client's address: whose budget its failed authentications spend.
+    pub peer: IpAddr,
     /// Receive buffer: bytes `input_start..input_end` are read and not yet consumed. Its
     /// length is its allocated, initialised size, so reads need no zeroing; it grows only
     /// while a request larger than one chunk arrives, bounded by the size limits.
@@ -99,6 +102,7 @@ impl Conn {
         id: u64,
         stream: TcpStream,
         protocol: Protocol,
+        peer: IpAddr,
         config: &ServerConfig,
         now: Instant,
     ) -> Conn {
@@ -106,6 +110,7 @@ impl Conn {
             id,
             stream,
             protocol,
+            peer,
             input: vec![0; READ_CHUNK],
             input_start: 0,
             input_end: 0,
@@ -260,9 +265,27 @@ impl Conn {
                 | ErrorCode::AuthFailed
                 | ErrorCode::Timeout
         );
-        let frame = ErrorFrame { code, fatal, retry_after_ms, message };
+        self.send_error_frame(correlation, ErrorFrame { code, fatal, retry_after_ms, message });
+    }
+
+    /// Queues a binary error frame that closes the connection once written, whatever its code
+    /// (an `AUTH` is answered by `AUTH_OK` or a fatal error).
+    pub fn send_fatal_error(
+        &mut self,
+        correlation: u64,
+        code: ErrorCode,
+        retry_after_ms: u32,
+        message: String,
+    ) {
+        self.send_error_frame(
+            correlation,
+            ErrorFrame { code, fatal: true, retry_after_ms, message },
+        );
+    }
+
+    fn send_error_frame(&mut self, correlation: u64, frame: ErrorFrame) {
         wire::encode_error(self.out_buffer(), correlation, &frame);
-        if fatal {
+        if frame.fatal {
             self.closing = true;
         }
     }

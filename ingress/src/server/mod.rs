@@ -4,18 +4,20 @@
 //! to the node without ever blocking, and writes outcomes back when the node completes them.
 //! Every resource a client can consume is bounded: connections (`connections_max`), commands
 //! in flight overall (`in_flight_max`, then `busy`) and per connection (reading pauses), request
-//! rate per connection (token bucket, then `rate_limited`), request size (frame, head, body
+//! rate per connection (token bucket, then `rate_limited`), failed authentications per source
+//! address (then `auth_rate_limited`, unchecked), request size (frame, head, body
 //! limits), outbound bytes (a client that does not read is disconnected when its buffer
 //! fills), and time (idle connections and requests that arrive too slowly are closed).
 //! Bad input costs the sender its connection at worst, never anyone else's service.
 
 mod admin;
+mod auth;
 mod conn;
 mod refusal;
 mod serve;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -30,6 +32,7 @@ use crate::admission::LogLimiter;
 use crate::backend::{Backend, Refusal};
 use crate::http::api::{AdminToken, KeyMint};
 use crate::metrics::{Metrics, Protocol};
+use auth::Auth;
 use conn::{Conn, Flight};
 
 const BINARY_LISTENER: Token = Token(usize::MAX - 1);
@@ -74,6 +77,15 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// The admin bearer token; without one, admin calls are refused.
     pub admin_token: Option<String>,
+    /// Wrong admin tokens (either port) one address may present at once. After them, its
+    /// authentications are refused without being checked (HTTP 429 `auth_rate_limited`, binary
+    /// `rate_limited`) until the budget refills. IPv6 addresses count per /64 prefix.
+    pub auth_failures_burst: u32,
+    /// One more wrong token is allowed per address every this many milliseconds.
+    pub auth_failure_refill_ms: u64,
+    /// Addresses whose failures are remembered; when full, the one seen least recently is
+    /// forgotten.
+    pub auth_addresses_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +107,9 @@ impl Default for ServerConfig {
             warnings_per_sec: 10,
             drain_timeout_ms: 5_000,
             admin_token: None,
+            auth_failures_burst: 10,
+            auth_failure_refill_ms: 6_000,
+            auth_addresses_max: 4_096,
         }
     }
 }
@@ -249,7 +264,9 @@ struct Server<B: Backend> {
     resume: Vec<usize>,
     metrics: Metrics,
     log: LogLimiter,
+    /// The admin token for the HTTP router, handed over only once `auth` accepted the bearer.
     admin: Option<AdminToken>,
+    auth: Auth,
     mint: KeyMint,
     stop: Arc<AtomicBool>,
     stopping_since: Option<Instant>,
@@ -271,6 +288,7 @@ impl<B: Backend> Server<B> {
         Server {
             poll,
             log: LogLimiter::new(config.warnings_per_sec),
+            auth: Auth::new(&config),
             config,
             backend,
             binary,
@@ -358,7 +376,7 @@ impl<B: Backend> Server<B> {
                 Protocol::Http => self.http.as_ref(),
             };
             let Some(listener) = listener else { return };
-            let (stream, _peer) = match listener.accept() {
+            let (stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -373,11 +391,17 @@ impl<B: Backend> Server<B> {
                 conn::refuse(stream, protocol);
                 continue;
             }
-            self.register(stream, protocol, now);
+            self.register(stream, protocol, peer.ip(), now);
         }
     }
 
-    fn register(&mut self, mut stream: mio::net::TcpStream, protocol: Protocol, now: Instant) {
+    fn register(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        protocol: Protocol,
+        peer: IpAddr,
+        now: Instant,
+    ) {
         let index = self.free_conns.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
@@ -391,7 +415,7 @@ impl<B: Backend> Server<B> {
         let _ = stream.set_nodelay(true);
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        self.conns[index] = Some(Conn::new(id, stream, protocol, &self.config, now));
+        self.conns[index] = Some(Conn::new(id, stream, protocol, peer, &self.config, now));
         self.metrics.accepted(protocol);
         self.metrics.open += 1;
     }

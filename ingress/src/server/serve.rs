@@ -1,10 +1,12 @@
 //! Turning a connection's bytes into commands: decode, admit, submit, or answer at once.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use ringfence_core::Command;
 use serde_json::json;
 
+use super::auth::{self, Authenticated};
 use super::conn::{Conn, Flight, ReadResult, Reply};
 use super::refusal::{self, Stage};
 use super::{Server, needs_admin};
@@ -25,7 +27,7 @@ enum Refused {
 /// A binary request with everything borrowed from the input buffer resolved.
 enum Decoded {
     Command(Command),
-    Auth { accepted: bool },
+    Auth(Authenticated),
     Node,
     Ping,
 }
@@ -87,11 +89,12 @@ impl<B: Backend> Server<B> {
                     Ok(Some((frame, used))) => {
                         let decoded = match wire::decode_request(&frame) {
                             Ok(wire::Request::Command(command)) => Ok(Decoded::Command(command)),
-                            Ok(wire::Request::Auth(token)) => {
-                                let accepted =
-                                    self.admin.as_ref().is_some_and(|a| a.allows(Some(token)));
-                                Ok(Decoded::Auth { accepted })
-                            }
+                            Ok(wire::Request::Auth(token)) => Ok(Decoded::Auth(self.authenticate(
+                                conn.peer,
+                                Some(token),
+                                Protocol::Binary,
+                                now,
+                            ))),
                             Ok(wire::Request::Node) => Ok(Decoded::Node),
                             Ok(wire::Request::Ping) => Ok(Decoded::Ping),
                             Err(error) => Err(error),
@@ -128,14 +131,20 @@ impl<B: Backend> Server<B> {
                 let info = self.backend.status().info;
                 conn.send_frame(|out| wire::encode_node_info(out, correlation, &info));
             }
-            Decoded::Auth { accepted: true } => {
+            Decoded::Auth(Authenticated::Admin) => {
                 conn.authed = true;
                 conn.send_frame(|out| wire::encode_empty(out, wire::Kind::AuthOk, correlation));
             }
-            Decoded::Auth { accepted: false } => {
-                self.log.warn(now, format_args!("binary client presented a wrong admin token"));
+            Decoded::Auth(Authenticated::Anonymous | Authenticated::Refused) => {
                 let message = "wrong admin token".to_owned();
                 conn.send_error(correlation, ErrorCode::AuthFailed, 0, message);
+            }
+            Decoded::Auth(Authenticated::Limited { retry_after }) => {
+                let message = "too many failed authentications from this address; the token \
+                               was not checked: retry after the hint"
+                    .to_owned();
+                let retry_after_ms = auth::retry_after_ms(retry_after);
+                conn.send_fatal_error(correlation, ErrorCode::RateLimited, retry_after_ms, message);
             }
             Decoded::Command(command) if needs_admin(&command) && !conn.authed => {
                 let message = "admin command: send AUTH with the admin token first".to_owned();
@@ -185,7 +194,7 @@ impl<B: Backend> Server<B> {
                         return;
                     }
                     Ok(Framed::Complete(request, used)) => {
-                        let routed = route(&request, self.admin.as_ref(), &mut self.mint);
+                        let routed = self.route_http(conn.peer, &request, now);
                         conn.input_start += used;
                         conn.continue_sent = false;
                         (request.keep_alive, routed)
@@ -221,6 +230,25 @@ impl<B: Backend> Server<B> {
             };
             conn.push_http_ready(&response, keep_alive);
         }
+    }
+
+    /// Routes an HTTP request once its bearer token, if any, is judged. The router is handed
+    /// the admin token only for a bearer that matched it, so a wrong token is compared once,
+    /// in constant time, and one from a limited address not at all.
+    fn route_http(
+        &mut self,
+        peer: IpAddr,
+        request: &http::Request<'_>,
+        now: Instant,
+    ) -> Result<Call, Response> {
+        let admin = match self.authenticate(peer, request.bearer, Protocol::Http, now) {
+            Authenticated::Limited { retry_after } => {
+                return Err(auth::limited_response(retry_after));
+            }
+            Authenticated::Admin => self.admin.as_ref(),
+            Authenticated::Anonymous | Authenticated::Refused => None,
+        };
+        route(request, admin, &mut self.mint)
     }
 
     fn admit_and_submit(

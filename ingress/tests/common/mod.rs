@@ -108,6 +108,12 @@ impl Http {
         Http { stream, buffer: Vec::new() }
     }
 
+    /// A keep-alive HTTP connection over a stream already connected.
+    pub fn over(stream: TcpStream) -> Http {
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Http { stream, buffer: Vec::new() }
+    }
+
     pub fn request_bytes(
         method: &str,
         path: &str,
