@@ -22,6 +22,11 @@ pub struct EngineConfig {
     pub request_keys_max: u32,
     /// How long a request key is remembered, in logical milliseconds.
     pub request_key_window_ms: u64,
+    /// Request keys one user may have remembered at once (their commands within the window);
+    /// beyond it that user's new commands are rejected with `capacity_exhausted` (not
+    /// remembered: a retry succeeds once their older keys age out), so no user, or service
+    /// acting as one, can fill the key table for everyone. Zero: no per-user limit.
+    pub request_keys_per_user_max: u16,
     /// Largest quantity one reservation may ask for.
     pub order_qty_max: u32,
 }
@@ -37,6 +42,9 @@ impl Default for EngineConfig {
             holdings_max: 1 << 20,
             request_keys_max: 1 << 20,
             request_key_window_ms: 10 * 60 * 1_000,
+            // A buyer reserves, retries and cancels a handful of times in a window; a service
+            // sending far more under one user id is a bug or an attack.
+            request_keys_per_user_max: 256,
             order_qty_max: 1_000,
         }
     }
@@ -80,6 +88,7 @@ impl EngineConfig {
             holdings_max: 1_024,
             request_keys_max: 4_096,
             request_key_window_ms: 60_000,
+            request_keys_per_user_max: 0,
             order_qty_max: 100,
         }
     }

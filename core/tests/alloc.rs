@@ -102,6 +102,8 @@ fn config() -> EngineConfig {
         holdings_max: 1 << 14,
         request_keys_max: 8_192,
         request_key_window_ms: 2_000,
+        // The per-user key counts are kept too: they must not allocate either.
+        request_keys_per_user_max: 64,
         order_qty_max: 4,
     }
 }

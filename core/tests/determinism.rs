@@ -26,6 +26,8 @@ fn config() -> EngineConfig {
         holdings_max: 24,
         request_keys_max: 128,
         request_key_window_ms: 2_000,
+        // Small, so that a user's share of the key table runs out too.
+        request_keys_per_user_max: 8,
         order_qty_max: 4,
     }
 }

@@ -182,7 +182,11 @@ impl Model {
             }
             return (Outcome::Rejected(Rejection::RequestKeyReused), false);
         }
-        if self.keys.len() == self.config.request_keys_max as usize {
+        let limit = usize::from(self.config.request_keys_per_user_max);
+        let user = scope(action);
+        let held = self.keys.iter().filter(|entry| scope(&entry.action) == user).count();
+        let user_full = limit > 0 && user != UserId(0) && held >= limit;
+        if self.keys.len() == self.config.request_keys_max as usize || user_full {
             return (Outcome::Rejected(Rejection::CapacityExhausted), false);
         }
         let outcome = self.execute(action).unwrap_or_else(Outcome::Rejected);
@@ -845,9 +849,9 @@ fn step() -> impl Strategy<Value = Step> {
 /// Small capacities, so that full tables, forgotten orders and key eviction all happen.
 fn config() -> impl Strategy<Value = EngineConfig> {
     let tables = (3u32..=6, 6u32..=48, 4u32..=24, 1u32..=4, 2u32..=16);
-    let keys = (0u16..1024, 24u32..=256, 100u64..=3_000, 2u32..=6);
+    let keys = (0u16..1024, 24u32..=256, 100u64..=3_000, 2u32..=6, 0u16..=12);
     (tables, keys).prop_map(|((skus, orders, coupons, batches, holdings), keys)| {
-        let (shard, keys_max, window_ms, qty_max) = keys;
+        let (shard, keys_max, window_ms, qty_max, per_user) = keys;
         EngineConfig {
             shard,
             skus_max: skus,
@@ -857,6 +861,8 @@ fn config() -> impl Strategy<Value = EngineConfig> {
             holdings_max: holdings,
             request_keys_max: keys_max,
             request_key_window_ms: window_ms,
+            // Zero (no per-user limit) about one time in thirteen.
+            request_keys_per_user_max: per_user,
             order_qty_max: qty_max,
         }
     })

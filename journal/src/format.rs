@@ -268,7 +268,7 @@ pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
     // `decode_config` refuses a configuration the engine would refuse.
     assert!(config.validate().is_ok(), "an invalid engine configuration written");
     out[0..2].copy_from_slice(&config.shard.to_le_bytes());
-    out[2..4].fill(0);
+    out[2..4].copy_from_slice(&config.request_keys_per_user_max.to_le_bytes());
     let maxima = [
         config.skus_max,
         config.orders_max,
@@ -289,12 +289,11 @@ pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
 #[must_use]
 pub fn decode_config(bytes: &[u8]) -> Option<EngineConfig> {
     assert_eq!(bytes.len(), CONFIG_BLOCK_LEN);
-    // Bytes 2..4 are zero: one encoding per configuration.
-    if bytes[2..4] != [0, 0] {
-        return None;
-    }
+    // Bytes 2..4, zero in blocks written before there was a per-user key limit, are that
+    // limit: zero still means none.
     let config = EngineConfig {
         shard: u16::from_le_bytes([bytes[0], bytes[1]]),
+        request_keys_per_user_max: u16::from_le_bytes([bytes[2], bytes[3]]),
         skus_max: get_u32(bytes, 4),
         orders_max: get_u32(bytes, 8),
         coupons_max: get_u32(bytes, 12),
@@ -371,17 +370,18 @@ mod tests {
     }
 
     #[test]
-    fn a_config_block_with_non_zero_padding_is_refused() {
-        // Goal: bytes 2..4 of the block are zero in the one encoding of a configuration; a
-        // block with anything else there is not read as the same configuration.
+    fn the_per_user_key_limit_rides_in_the_config_blocks_spare_bytes() {
+        // Goal: bytes 2..4, zero in blocks written before the limit existed, hold it: an old
+        // block reads as "no per-user limit", a new one round-trips.
+        let old = EngineConfig { request_keys_per_user_max: 0, ..EngineConfig::small() };
         let mut block = [0u8; CONFIG_BLOCK_LEN];
-        encode_config(&EngineConfig::small(), &mut block);
-        assert_eq!(decode_config(&block), Some(EngineConfig::small()));
-        for at in 2..4 {
-            let mut damaged = block;
-            damaged[at] = 1;
-            assert_eq!(decode_config(&damaged), None, "padding byte {at} accepted");
-        }
+        encode_config(&old, &mut block);
+        assert_eq!(&block[2..4], &[0, 0]);
+        assert_eq!(decode_config(&block), Some(old));
+        let limited = EngineConfig { request_keys_per_user_max: 300, ..EngineConfig::small() };
+        encode_config(&limited, &mut block);
+        assert_eq!(&block[2..4], &300_u16.to_le_bytes());
+        assert_eq!(decode_config(&block), Some(limited));
     }
 
     #[test]

@@ -62,6 +62,8 @@ fn engine_config() -> EngineConfig {
         holdings_max: 1_024,
         request_keys_max: 1 << 18,
         request_key_window_ms: 50,
+        // Workloads with few users and many commands: no per-user key limit.
+        request_keys_per_user_max: 0,
         order_qty_max: 10,
     }
 }

@@ -181,6 +181,7 @@ struct EngineSection {
     holdings_max: u32,
     request_keys_max: u32,
     request_key_window_ms: u64,
+    request_keys_per_user_max: u16,
     order_qty_max: u32,
 }
 
@@ -196,6 +197,7 @@ impl Default for EngineSection {
             holdings_max: d.holdings_max,
             request_keys_max: d.request_keys_max,
             request_key_window_ms: d.request_key_window_ms,
+            request_keys_per_user_max: d.request_keys_per_user_max,
             order_qty_max: d.order_qty_max,
         }
     }
@@ -212,6 +214,7 @@ impl EngineSection {
             holdings_max: self.holdings_max,
             request_keys_max: self.request_keys_max,
             request_key_window_ms: self.request_key_window_ms,
+            request_keys_per_user_max: self.request_keys_per_user_max,
             order_qty_max: self.order_qty_max,
         }
     }

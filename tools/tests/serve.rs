@@ -178,3 +178,31 @@ fn a_request_id_is_scoped_to_its_buyer() {
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_flood_under_one_user_leaves_other_buyers_served() {
+    // Goal: one client sending a flood of new requests as one user fills only that user's
+    // share of the request-key table (`capacity_exhausted` for it), and other buyers keep
+    // reserving.
+    let dir = temp_dir("flood");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("quota.toml");
+    std::fs::write(&config, "[engine]\nrequest_keys_per_user_max = 20\n").unwrap();
+    let node = Serve::start_with(&dir, &["--config", config.to_str().unwrap()]);
+    let sku = r#"{"sku":1,"stock":1000,"price_cents":700,"per_user_limit":0,"payment_timeout_ms":600000}"#;
+    assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
+    let mut statuses = std::collections::BTreeMap::new();
+    for n in 0..200 {
+        let (status, body) = reserve(&node, &format!("flood-{n}"), 666);
+        *statuses.entry((status, body["error"].as_str().map(str::to_owned))).or_insert(0) += 1;
+    }
+    let exhausted = (503, Some("capacity_exhausted".to_owned()));
+    assert_eq!(statuses.get(&(201, None)), Some(&20), "{statuses:?}");
+    assert_eq!(statuses.get(&exhausted), Some(&180), "{statuses:?}");
+    for user in 1..=30 {
+        let (status, body) = reserve(&node, "buy", user);
+        assert_eq!(status, 201, "buyer {user}: {body}");
+    }
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -276,6 +276,18 @@ impl Engine {
                 return Err(RestoreError::Inconsistent("duplicate request key"));
             }
         }
+        for index in 0..self.keys.len() {
+            let user = self.keys[index].user;
+            if self.user_is_at_key_limit(user) {
+                return Err(RestoreError::Inconsistent("a user holds more keys than allowed"));
+            }
+            self.remember_user_key(user);
+        }
+        // Under a per-user limit, every key of a user is counted once.
+        let counted: u64 = self.user_keys.iter().map(|(_, &held)| u64::from(held)).sum();
+        let limited = self.config.request_keys_per_user_max > 0;
+        let named = self.keys.iter().filter(|entry| limited && entry.user.0 != 0).count();
+        assert_eq!(counted, named as u64, "the per-user key counts disagree with the keys");
         // Every entry is indexed once: what `apply` asserts after each command.
         assert_eq!(self.sku_index.len(), self.skus.len(), "a SKU is not indexed");
         assert_eq!(self.order_index.len(), self.orders.len(), "an order is not indexed");

@@ -166,6 +166,9 @@ pub struct Engine {
     /// Absolute position of `keys.front()`; the index maps a key to its absolute position.
     keys_head: u64,
     key_index: FixedMap<(UserId, RequestKey), u64>,
+    /// Remembered keys per user (commands naming one), when `request_keys_per_user_max` is
+    /// set; absent means zero. Derived from `keys`: not part of a snapshot.
+    user_keys: FixedMap<UserId, u32>,
 }
 
 /// A hash map for at most `max` entries, allocated and written in full now, so it never
@@ -204,6 +207,12 @@ impl Engine {
             keys: VecDeque::with_capacity(config.request_keys_max as usize),
             keys_head: 0,
             key_index: fixed_map(config.request_keys_max),
+            // Only a per-user limit needs the counts (and their memory).
+            user_keys: fixed_map(if config.request_keys_per_user_max > 0 {
+                config.request_keys_max
+            } else {
+                1
+            }),
             config,
         };
         // `push_deadline` sweeps when the heap is full; a sweep leaves at most `orders_max`
@@ -377,7 +386,11 @@ impl Engine {
         let Command::Client { key, action } = &sequenced.command else {
             return;
         };
-        self.key_index.prefetch(&(action.user().unwrap_or(UserId(0)), *key));
+        let user = action.user().unwrap_or(UserId(0));
+        self.key_index.prefetch(&(user, *key));
+        if self.config.request_keys_per_user_max > 0 {
+            self.user_keys.prefetch(&user);
+        }
         match *action {
             Action::Reserve(reserve) => self.holdings.prefetch(&(reserve.user, reserve.sku)),
             Action::Pay { order, .. }
@@ -461,6 +474,7 @@ impl Engine {
             }
             let entry = self.keys.pop_front().expect("front checked");
             let removed = self.key_index.remove(&(entry.user, entry.key));
+            self.forget_user_key(entry.user);
             assert_eq!(removed, Some(self.keys_head));
             // Keys are pushed at *now* plus a fixed window, and now never goes back, so the
             // queue is in expiry order and stopping at the first live key misses none.
@@ -505,6 +519,40 @@ impl Engine {
 
     /// Idempotency: a known key with the same command returns the original outcome; with a
     /// different command it is refused; a new key is executed and remembered.
+    /// Whether `user` has as many keys remembered as the per-user limit allows (a full share
+    /// of the key table is answered like a full table: `capacity_exhausted`, not remembered).
+    fn user_is_at_key_limit(&self, user: UserId) -> bool {
+        let limit = u32::from(self.config.request_keys_per_user_max);
+        // Every user counted has a key remembered.
+        assert!(self.user_keys.len() <= self.keys.len(), "a user counted without a key");
+        limit > 0 && user.0 != 0 && self.user_keys.get(&user).is_some_and(|&held| held >= limit)
+    }
+
+    /// Counts a key remembered for `user`, under a per-user limit.
+    fn remember_user_key(&mut self, user: UserId) {
+        if self.config.request_keys_per_user_max == 0 || user.0 == 0 {
+            return;
+        }
+        let held = self.user_keys.entry(user).or_insert(0);
+        *held += 1;
+        assert!(*held <= u32::from(self.config.request_keys_per_user_max), "past the user's keys");
+        // Counted only for a key already in the queue.
+        assert!(self.user_keys.len() <= self.keys.len(), "a user counted without a key");
+    }
+
+    /// Counts a key of `user` expired, under a per-user limit.
+    fn forget_user_key(&mut self, user: UserId) {
+        if self.config.request_keys_per_user_max == 0 || user.0 == 0 {
+            return;
+        }
+        let held = self.user_keys.get_mut(&user).expect("a remembered key was counted");
+        assert!(*held > 0, "a user's key count went below zero");
+        *held -= 1;
+        if *held == 0 {
+            self.user_keys.remove(&user);
+        }
+    }
+
     fn apply_keyed(&mut self, key: RequestKey, action: &Action) -> Outcome {
         let fingerprint = hash::fingerprint(action);
         // The key's scope: the user the command names, or user 0 (no user id is 0) for one
@@ -526,7 +574,9 @@ impl Engine {
             }
             return Outcome::Rejected(Rejection::RequestKeyReused);
         }
-        if self.keys.len() == self.config.request_keys_max as usize {
+        if self.keys.len() == self.config.request_keys_max as usize
+            || self.user_is_at_key_limit(user)
+        {
             return Outcome::Rejected(Rejection::CapacityExhausted);
         }
         // Table sizes, to check that a refusal changed nothing (every check runs before the
@@ -546,6 +596,7 @@ impl Engine {
             let expires_at = self.now.plus_ms(self.config.request_key_window_ms);
             let position = self.keys_head + self.keys.len() as u64;
             self.keys.push_back(KeyEntry { user, key, expires_at, fingerprint, outcome });
+            self.remember_user_key(user);
             self.key_index.put_at(located, position);
             // `apply_observed` checks the same after every command, in release builds too.
             debug_assert_eq!(self.key_index.len(), self.keys.len(), "a remembered key is indexed");

@@ -59,6 +59,12 @@ impl TableKey for u64 {
     }
 }
 
+impl TableKey for UserId {
+    fn home(&self, bits: u32) -> usize {
+        top(mix64(self.0), bits)
+    }
+}
+
 impl TableKey for SkuId {
     fn home(&self, bits: u32) -> usize {
         top(mix64(self.0), bits)

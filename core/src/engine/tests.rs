@@ -1437,6 +1437,40 @@ fn a_request_key_is_scoped_to_the_user_its_command_names() {
 }
 
 #[test]
+fn one_user_cannot_take_more_than_their_share_of_the_key_table() {
+    // Goal: with a per-user limit, a user (or a service acting as one) who has that many keys
+    // remembered gets `capacity_exhausted` for a new one — not remembered, so the same
+    // request succeeds once their older keys age out — while other users are served and the
+    // user's own retries are still answered.
+    let config = EngineConfig { request_keys_per_user_max: 3, ..EngineConfig::small() };
+    let mut h = Harness::with_config(config);
+    h.create_sku(CreateSku { payment_timeout_ms: 1_000_000, ..sku_spec(SKU) });
+    let window_ms = h.engine.config().request_key_window_ms;
+    let first = h.run_keyed(client_key(1), act::reserve(ALICE, SKU, 1));
+    for n in 2..=3 {
+        assert!(matches!(
+            h.run_keyed(client_key(n), act::reserve(ALICE, SKU, 1)),
+            Outcome::Reserved { .. }
+        ));
+    }
+    let full = Rejection::CapacityExhausted;
+    h.refused_keyed(client_key(4), act::reserve(ALICE, SKU, 1), full);
+    assert_eq!(h.run_keyed(client_key(1), act::reserve(ALICE, SKU, 1)), first, "retries answer");
+    assert!(
+        matches!(h.run_keyed(client_key(4), act::reserve(BOB, SKU, 1)), Outcome::Reserved { .. }),
+        "another user is served"
+    );
+    h.clock = T0.plus_ms(window_ms);
+    assert!(
+        matches!(h.run_keyed(client_key(4), act::reserve(ALICE, SKU, 1)), Outcome::Reserved { .. }),
+        "once her keys aged out, the refused request goes through"
+    );
+    // The counts are derived from the remembered keys: a restored engine enforces the same.
+    let restored = Engine::from_image(h.engine.config().clone(), &h.engine.to_image()).unwrap();
+    assert_eq!(restored.state_digest(), h.engine.state_digest());
+}
+
+#[test]
 fn request_key_is_forgotten_once_its_window_has_passed() {
     // Goal: a key is remembered for `request_key_window_ms` of logical time; a retry at the end
     // of the window executes again as a new command.
