@@ -87,7 +87,7 @@ impl Client {
         Ok(client)
     }
 
-    /// Presents `token` as the admin token now and after every reconnect.
+    /// Presents `token` — the admin token or a role token — now and after every reconnect.
     pub fn authenticate(&mut self, token: &str) -> Result<(), ClientError> {
         self.admin_token = Some(token.to_owned());
         self.send_auth()

@@ -10,6 +10,7 @@ pub mod client;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod roles;
 pub mod server;
 pub mod wire;
 
@@ -18,4 +19,5 @@ pub use backend::{
     NotReady, OnNodeStop, Refusal, ReplicationControl, ReplicationStatus,
 };
 pub use client::{Client, ClientError};
+pub use roles::Role;
 pub use server::{ServerConfig, ServerHandle, Stopper, start};

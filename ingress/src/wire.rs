@@ -19,8 +19,11 @@
 //!
 //! Request kinds (client to server) and their bodies:
 //! - `0x01 COMMAND`: an encoded [`Command`] (queries, snapshot, keyed client commands; never
-//!   `Tick`). Answered by `OUTCOME` or a non-fatal `ERROR` (busy, rate limited, unauthorized).
-//! - `0x02 AUTH`: the admin token's bytes (1–256). Answered by `AUTH_OK` or a fatal `ERROR`.
+//!   `Tick`). Answered by `OUTCOME` or a non-fatal `ERROR` (busy, rate limited, unauthorized,
+//!   forbidden).
+//! - `0x02 AUTH`: a token's bytes (1–256): the admin token or a role token. Answered by
+//!   `AUTH_OK` (the connection now has the token's role, until another `AUTH` replaces it) or
+//!   a fatal `ERROR`.
 //! - `0x03 NODE`: empty. Answered by `NODE_INFO`.
 //! - `0x04 PING`: empty. Answered by `PONG`.
 //!
@@ -45,7 +48,13 @@
 //!  5 bad_body             fatal         names it when known ("not primary; primary at ADDR")
 //!                                    17 replication_unavailable (hint): writes refused, or a
 //!                                       command applied but not acknowledged by the standby
+//!                                    18 forbidden: the connection's role does not allow the
+//!                                       command; the message names the role needed
 //! ```
+//!
+//! Roles (`ringfence_ingress::roles`): `unauthorized` answers a command or `NODE` that needs
+//! a token on a connection without an accepted `AUTH`; `forbidden` one beyond the role of the
+//! token it presented. `PING` needs none.
 //!
 //! `COMMAND` and `OUTCOME` bodies are the canonical encoding of [`ringfence_core::codec`]
 //! (tag byte, fixed little-endian fields in declaration order, strict flags, no trailing
@@ -210,7 +219,7 @@ pub enum ErrorCode {
     UnknownKind = 4,
     /// Body does not decode. Fatal.
     BadBody = 5,
-    /// An admin command on a connection that has not authenticated.
+    /// A command that needs a token, on a connection that has not authenticated.
     Unauthorized = 10,
     /// The ring or the in-flight cap is full: retry after the hint.
     Busy = 11,
@@ -229,6 +238,9 @@ pub enum ErrorCode {
     /// is switched to async. As the answer to a command: it was applied on this node but the
     /// standby never acknowledged it; retry with the same request key to learn its outcome.
     ReplicationUnavailable = 17,
+    /// The connection's role (from its `AUTH`) does not allow the command; the message names
+    /// the role needed. Not fatal: another `AUTH` may give the connection another role.
+    Forbidden = 18,
     /// A code this client does not know.
     Unknown = 0xFFFF,
 }
@@ -251,6 +263,7 @@ impl ErrorCode {
             15 => ErrorCode::Timeout,
             16 => ErrorCode::NotPrimary,
             17 => ErrorCode::ReplicationUnavailable,
+            18 => ErrorCode::Forbidden,
             _ => ErrorCode::Unknown,
         }
     }
@@ -272,6 +285,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::NotPrimary => "not_primary",
             ErrorCode::ReplicationUnavailable => "replication_unavailable",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use ringfence_core::pipeline::{EgressDriver, Intake, NoReplicator, Node, NodeConfig, Topology};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
+use ringfence_ingress::roles::Role as AccessRole;
 use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ReplicationControl, ServerConfig};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::recovery::{Recovered, recover_from};
@@ -35,8 +36,8 @@ use crate::replication::{
 #[command(after_help = SERVE_TRUST_HELP)]
 pub struct ServeArgs {
     /// TOML configuration file (sections: top level `data_dir`, `admin_token`,
-    /// `admin_token_file`; `[server]`, `[node]`, `[engine]`, `[replication]`); flags
-    /// override it.
+    /// `admin_token_file`; `[auth]`, `[server]`, `[node]`, `[engine]`, `[replication]`);
+    /// flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for the journal, snapshots, manifest, epoch file and the generated admin
@@ -44,17 +45,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address of the binary protocol listener [default: 127.0.0.1:7001]; beyond loopback only
-    /// with a configured admin token (protected mode).
+    /// with a configured admin token and role tokens (protected mode).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Address of the HTTP listener [default: 127.0.0.1:7080]; beyond loopback only with a
-    /// configured admin token (protected mode).
+    /// configured admin token and role tokens (protected mode).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
     /// File holding the admin bearer token, at least 32 characters of letters, digits and
     /// `-._~+/` (overrides RINGFENCE_ADMIN_TOKEN and the config).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// With only the admin token (no role tokens), listen beyond loopback anyway, leaving
+    /// buyer commands and reads open to anyone who reaches the listeners.
+    #[arg(long)]
+    pub open_client_commands: bool,
     /// When journal records are synced: `none`, `batch` or `interval:<ms>` [default: batch].
     #[arg(long, value_name = "POLICY")]
     pub durability: Option<String>,
@@ -63,18 +68,34 @@ pub struct ServeArgs {
     pub replication: ReplicationArgs,
 }
 
-/// The admin token and protected mode, after the flags in `serve --help`.
+/// Tokens, roles and protected mode, after the flags in `serve --help`.
 const SERVE_TRUST_HELP: &str = "\
-Admin token and protected mode:
+Tokens and roles:
+  Callers are services, authenticated by role: Authorization: Bearer <token> on HTTP, an
+  AUTH frame on the binary port.
+    read      reads (SKUs, orders, coupons, batches), /v1/node, /metrics
+    orders    reserve, cancel, complete, claim coupon, and reads
+    payments  pay, refund, and reads
+    admin     everything: catalogue, ship, operator cancel, snapshot, promote, replication
+  /health, /ready and PING need no token.
+  Role tokens come from RINGFENCE_ORDERS_TOKEN, RINGFENCE_PAYMENTS_TOKEN, RINGFENCE_READ_TOKEN
+  or the config file ([auth] orders_token_file, payments_token_file, read_token_file). With
+  any of them, every call needs a token whose role allows it (401 unauthorized without one,
+  403 forbidden naming the role needed). With none, buyer commands (reserve, cancel, complete,
+  claim, pay) and reads are open and refund and admin calls need the admin token.
   The admin token comes from --admin-token-file, RINGFENCE_ADMIN_TOKEN or the config file
-  (admin_token, admin_token_file). It must be at least 32 characters of ASCII letters, digits
-  and -._~+/ (= padding at the end allowed, not counted): a length check, not an entropy
-  measurement, so make it from random bytes: head -c 32 /dev/urandom | base64 > admin.token
-  Without one, serve uses <data-dir>/admin.token, generating it on first start, and runs in
-  protected mode: --listen and --http must be loopback addresses (127.0.0.1, ::1), or serve
-  refuses to start. Wrong tokens from one address (either port) are refused unchecked after
-  a burst, HTTP 429 auth_rate_limited ([server] auth_failures_burst, auth_failure_refill_ms,
-  auth_addresses_max).";
+  (admin_token, admin_token_file). Every token must be at least 32 characters of ASCII
+  letters, digits and -._~+/ (= padding at the end allowed, not counted), and no two roles
+  may share one: a length check, not an entropy measurement, so make tokens from random
+  bytes: head -c 32 /dev/urandom | base64 > admin.token
+
+Protected mode:
+  --listen and --http must be loopback addresses (127.0.0.1, ::1), or serve refuses to start,
+  unless the operator chose the admin token and either configured a role token or passed
+  --open-client-commands ([auth] open_client_commands = true). Without a chosen admin token,
+  serve uses <data-dir>/admin.token, generating it on first start. Wrong tokens from one
+  address (either port) are refused unchecked after a burst, HTTP 429 auth_rate_limited
+  ([server] auth_failures_burst, auth_failure_refill_ms, auth_addresses_max).";
 
 /// The TOML configuration file.
 #[derive(Debug, Default, Deserialize)]
@@ -83,10 +104,34 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
+    auth: AuthSection,
     server: ServerConfig,
     node: NodeSection,
     engine: EngineSection,
     replication: ReplicationSection,
+}
+
+/// `[auth]`: the tokens of the roles other than admin, and the acknowledgement that lets a
+/// node with only the admin token listen beyond loopback.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct AuthSection {
+    orders_token_file: Option<PathBuf>,
+    payments_token_file: Option<PathBuf>,
+    read_token_file: Option<PathBuf>,
+    /// With no role token: buyer commands and reads are open; allow it beyond loopback.
+    open_client_commands: bool,
+}
+
+impl AuthSection {
+    fn token_file(&self, role: AccessRole) -> Option<&Path> {
+        match role {
+            AccessRole::Orders => self.orders_token_file.as_deref(),
+            AccessRole::Payments => self.payments_token_file.as_deref(),
+            AccessRole::Read => self.read_token_file.as_deref(),
+            AccessRole::Admin => None,
+        }
+    }
 }
 
 /// `[node]`: pipeline, journal, snapshots and timer.
@@ -255,7 +300,15 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     server_config.listen = args.listen.or(server_config.listen);
     server_config.http = args.http.or(server_config.http);
     let listeners = [server_config.listen, server_config.http];
-    server_config.admin_token = Some(admin_token(args, &file, &data_dir, &listeners)?);
+    let role_tokens = role_tokens(&file.auth)?;
+    let open = args.open_client_commands || file.auth.open_client_commands;
+    // The admin token first: without a chosen one, protected mode refuses every public
+    // listener, and says so in its own words.
+    let admin = admin_token(args, &file, &data_dir, &listeners)?;
+    client_commands_guard(&listeners, &role_tokens, open)?;
+    distinct_tokens(&admin, &role_tokens)?;
+    server_config.admin_token = Some(admin);
+    server_config.role_tokens = role_tokens;
 
     log(format_args!("data directory {} (journal durability {durability})", data_dir.display()));
     let options = WriterOptions {
@@ -553,16 +606,110 @@ fn operator_token(args: &ServeArgs, file: &FileConfig) -> Result<Option<(String,
     Ok(None)
 }
 
-/// Protected mode, as Redis has it: with a token serve made itself rather than one the
-/// operator chose, the binary and HTTP listeners must be loopback addresses (the unspecified
-/// `0.0.0.0` and `::` listen everywhere, so they are refused too).
-fn protected_mode(listeners: &[Option<SocketAddr>], data_dir: &Path) -> Result<(), String> {
-    let exposed: Vec<String> = listeners
+/// The environment variable holding `role`'s token.
+fn role_token_env(role: AccessRole) -> String {
+    format!("RINGFENCE_{}_TOKEN", role.name().to_ascii_uppercase())
+}
+
+/// The tokens of the non-admin roles: each from its environment variable, else its file in
+/// `[auth]`; each must follow the token rule.
+fn role_tokens(auth: &AuthSection) -> Result<Vec<(AccessRole, String)>, String> {
+    let mut tokens = Vec::new();
+    for role in [AccessRole::Orders, AccessRole::Payments, AccessRole::Read] {
+        let env = role_token_env(role);
+        let from_env = std::env::var(&env).ok().filter(|t| !t.trim().is_empty());
+        let (token, source) = match (from_env, auth.token_file(role)) {
+            (Some(token), _) => (token.trim().to_owned(), env),
+            (None, Some(path)) => (read_token(path)?, path.display().to_string()),
+            (None, None) => continue,
+        };
+        if !admin_token_ok(&token) {
+            return Err(format!(
+                "the {} token from {source} is too weak: {ADMIN_TOKEN_RULE}",
+                role.name()
+            ));
+        }
+        log(format_args!("{} token from {source}", role.name()));
+        tokens.push((role, token));
+    }
+    Ok(tokens)
+}
+
+/// No two roles share a token: the server could not tell which role a caller has.
+fn distinct_tokens(admin: &str, roles: &[(AccessRole, String)]) -> Result<(), String> {
+    let all: Vec<(AccessRole, &str)> = std::iter::once((AccessRole::Admin, admin))
+        .chain(roles.iter().map(|(role, token)| (*role, token.as_str())))
+        .collect();
+    for (i, (role, token)) in all.iter().enumerate() {
+        if let Some((other, _)) = all[i + 1..].iter().find(|(_, t)| t == token) {
+            return Err(format!(
+                "the {} and {} roles have the same token: give each role its own \
+                 (`head -c 32 /dev/urandom | base64` makes one)",
+                role.name(),
+                other.name()
+            ));
+        }
+    }
+    if roles.is_empty() {
+        log(format_args!("roles: only the admin token, so buyer commands and reads need no token"));
+    } else {
+        let names: Vec<&str> = roles.iter().map(|(role, _)| role.name()).collect();
+        log(format_args!("roles enforced: every call needs a token (admin, {})", names.join(", ")));
+    }
+    Ok(())
+}
+
+/// A node with only the admin token leaves buyer commands and reads open: beyond loopback
+/// that needs the operator's acknowledgement (`open`); with role tokens the
+/// acknowledgement contradicts the configuration.
+fn client_commands_guard(
+    listeners: &[Option<SocketAddr>],
+    role_tokens: &[(AccessRole, String)],
+    open: bool,
+) -> Result<(), String> {
+    if open && !role_tokens.is_empty() {
+        return Err("--open-client-commands (or [auth] open_client_commands) contradicts the \
+                    role tokens configured: with them every call needs a token. Drop one or \
+                    the other"
+            .into());
+    }
+    let exposed = exposed(listeners);
+    if exposed.is_empty() || !role_tokens.is_empty() {
+        return Ok(());
+    }
+    if open {
+        log(format_args!(
+            "buyer commands and reads are open to anyone who reaches {} (--open-client-commands)",
+            exposed.join(", ")
+        ));
+        return Ok(());
+    }
+    Err(format!(
+        "protected mode: refusing to listen on {} (not loopback) with only the admin token: \
+         buyer commands and reads would be open to anyone who reaches it. Configure role \
+         tokens (RINGFENCE_ORDERS_TOKEN, RINGFENCE_PAYMENTS_TOKEN, RINGFENCE_READ_TOKEN, or \
+         [auth] orders_token_file, payments_token_file, read_token_file), pass \
+         --open-client-commands to accept it, or listen on loopback addresses only",
+        exposed.join(", ")
+    ))
+}
+
+/// The listeners that are not loopback addresses (the unspecified `0.0.0.0` and `::` listen
+/// everywhere, so they count).
+fn exposed(listeners: &[Option<SocketAddr>]) -> Vec<String> {
+    listeners
         .iter()
         .flatten()
         .filter(|addr| !addr.ip().to_canonical().is_loopback())
         .map(ToString::to_string)
-        .collect();
+        .collect()
+}
+
+/// Protected mode, as Redis has it: with a token serve made itself rather than one the
+/// operator chose, the binary and HTTP listeners must be loopback addresses (the unspecified
+/// `0.0.0.0` and `::` listen everywhere, so they are refused too).
+fn protected_mode(listeners: &[Option<SocketAddr>], data_dir: &Path) -> Result<(), String> {
+    let exposed = exposed(listeners);
     if exposed.is_empty() {
         return Ok(());
     }

@@ -126,6 +126,8 @@ fn a_chosen_strong_token_lets_serve_listen_beyond_loopback() {
         .arg(dir.path().join("data"))
         .arg("--admin-token-file")
         .arg(&file)
+        // Only the admin token: buyer commands would be open, which must be acknowledged.
+        .arg("--open-client-commands")
         .env_remove("RINGFENCE_ADMIN_TOKEN")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -18,6 +18,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::{Request, Response};
 use crate::keys;
+use crate::roles::{Caller, Need, Role, call_need};
 
 /// What the server does with a routed request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,15 +115,84 @@ impl KeyMint {
     }
 }
 
-/// Routes one request. `Err` is a response to send at once (bad request, unauthorized, ...).
-/// Without an admin token (`None`), every admin call is refused.
+/// Routes one request where client commands are open (only an admin token configured): the
+/// bearer is the admin token or no token at all. Without an admin token (`None`), every admin
+/// call is refused. `Err` is a response to send at once (bad request, unauthorized, ...).
 pub fn route(
     request: &Request<'_>,
     admin: Option<&AdminToken>,
     mint: &mut KeyMint,
 ) -> Result<Call, Response> {
-    let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').skip(1).collect();
     let is_admin = admin.is_some_and(|token| token.allows(request.bearer));
+    let caller = if is_admin { Caller::Role(Role::Admin) } else { Caller::Open };
+    route_as(request, caller, mint)
+}
+
+/// Routes one request from `caller`, whose bearer token was already judged: parses it into a
+/// call, then checks the call against the role table ([`crate::roles`]): 401 `unauthorized`
+/// without an accepted token, 403 `forbidden` naming the role needed when the token's role
+/// does not allow it. A caller without a token where roles are enforced learns nothing from
+/// a malformed body: it is 401 too.
+pub fn route_as(
+    request: &Request<'_>,
+    caller: Caller,
+    mint: &mut KeyMint,
+) -> Result<Call, Response> {
+    let call = match parse_call(request, caller == Caller::Role(Role::Admin), mint) {
+        Err(response) if response.status == 400 && caller == Caller::Anonymous => {
+            let message = "every call but /health and /ready needs a token: send \
+                           `Authorization: Bearer <token>`";
+            return Err(Response::error(401, "unauthorized", message));
+        }
+        parsed => parsed?,
+    };
+    authorize(caller, call_need(&call))?;
+    Ok(call)
+}
+
+/// The refusal of a call that needs `need` by `caller`, if it is refused.
+fn authorize(caller: Caller, need: Need) -> Result<(), Response> {
+    if caller.allows(need) {
+        return Ok(());
+    }
+    match (caller, need.role()) {
+        (Caller::Role(has), Some(role)) => Err(forbidden(has, role)),
+        _ => Err(unauthorized(caller, need)),
+    }
+}
+
+fn unauthorized(caller: Caller, need: Need) -> Response {
+    // Where client commands are open, the admin token is the only one there is.
+    let message = match (caller, need.role()) {
+        (Caller::Open, _) | (_, Some(Role::Admin) | None) => {
+            "admin call: send `Authorization: Bearer <token>` (see <data-dir>/admin.token)".into()
+        }
+        (_, Some(Role::Read)) => "this call needs a token of any role: send `Authorization: \
+                                  Bearer <token>`"
+            .into(),
+        (_, Some(role)) => format!(
+            "this call needs a token of the `{}` role (or `admin`): send `Authorization: \
+             Bearer <token>`",
+            role.name()
+        ),
+    };
+    Response::error(401, "unauthorized", &message)
+}
+
+fn forbidden(has: Role, needed: Role) -> Response {
+    let also = if needed == Role::Admin { "" } else { " (or `admin`)" };
+    let message = format!(
+        "this call needs the `{}` role{also}; the token's role is `{}`",
+        needed.name(),
+        has.name()
+    );
+    Response::error(403, "forbidden", &message)
+}
+
+/// Parses a request into a call. `is_admin` only tells an operator's cancel (no `user`) from
+/// a buyer's; whether the caller may make the call is [`authorize`]'s to decide.
+fn parse_call(request: &Request<'_>, is_admin: bool, mint: &mut KeyMint) -> Result<Call, Response> {
+    let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').skip(1).collect();
     let body = request.body;
     let call = match (request.method, segments.as_slice()) {
         ("GET", ["health"]) => Call::Health,
@@ -141,31 +211,17 @@ pub fn route(
             order_call(order, verb, body, is_admin, mint)?
         }
         ("POST", ["v1", "coupons", "claim"]) => claim(body)?,
-        ("POST", ["v1", "skus"]) => {
-            require_admin(is_admin)?;
-            create_sku(body, mint)?
-        }
+        ("POST", ["v1", "skus"]) => create_sku(body, mint)?,
         ("POST", ["v1", "skus", sku, verb]) => {
-            require_admin(is_admin)?;
             sku_call(SkuId(integer(sku, "sku")?), verb, body, mint)?
         }
-        ("POST", ["v1", "coupon-batches"]) => {
-            require_admin(is_admin)?;
-            create_batch(body, mint)?
-        }
-        ("POST", ["v1", "admin", "snapshot"]) => {
-            require_admin(is_admin)?;
-            Call::Submit(Command::Snapshot)
-        }
+        ("POST", ["v1", "coupon-batches"]) => create_batch(body, mint)?,
+        ("POST", ["v1", "admin", "snapshot"]) => Call::Submit(Command::Snapshot),
         ("POST", ["v1", "admin", "promote"]) => {
-            require_admin(is_admin)?;
             let EmptyBody {} = parse_body(body)?;
             Call::Promote
         }
-        ("POST", ["v1", "admin", "replication"]) => {
-            require_admin(is_admin)?;
-            replication_mode(body)?
-        }
+        ("POST", ["v1", "admin", "replication"]) => replication_mode(body)?,
         (_, path) if is_known_path(path) => {
             return Err(Response::error(405, "method_not_allowed", "method not allowed here"));
         }
@@ -191,18 +247,6 @@ fn is_known_path(path: &[&str]) -> bool {
 
 fn query(query: Query) -> Call {
     Call::Submit(Command::Query(query))
-}
-
-fn require_admin(is_admin: bool) -> Result<(), Response> {
-    if is_admin {
-        Ok(())
-    } else {
-        Err(Response::error(
-            401,
-            "unauthorized",
-            "admin call: send `Authorization: Bearer <token>` (see <data-dir>/admin.token)",
-        ))
-    }
 }
 
 fn integer(text: &str, what: &str) -> Result<u64, Response> {
@@ -324,7 +368,6 @@ fn order_call(
             }
         }
         "ship" | "refund" => {
-            require_admin(is_admin)?;
             let body: AdminBody = parse_body(body)?;
             let key = admin_key(body.request_id.as_deref(), mint)?;
             let action =

@@ -1,5 +1,6 @@
-//! Admin authentication on both ports: the token comparison, in constant time, and the limit
-//! on failed attempts per source address.
+//! Authentication on both ports: which role a presented token carries (compared in constant
+//! time against every configured token), the role each binary connection authenticated as,
+//! and the limit on failed attempts per source address.
 //!
 //! An attempt is a presented token: an HTTP `Authorization: Bearer` header (on any request) or
 //! a binary `AUTH` frame. One table of failures serves both ports, so switching ports buys an
@@ -10,43 +11,79 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use subtle::ConstantTimeEq as _;
+use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
 use super::{Server, ServerConfig};
 use crate::admission::AuthLimiter;
 use crate::backend::Backend;
 use crate::http::Response;
 use crate::metrics::Protocol;
+use crate::roles::{Caller, Role};
 
 /// What a presented token earned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Authenticated {
     /// No token was presented: not an attempt.
     Anonymous,
-    /// The admin token.
-    Admin,
-    /// A token that is not the admin token (or the server has none): one failure.
+    /// A configured token, of this role.
+    Role(Role),
+    /// A token that is none of the configured ones: one failure.
     Refused,
     /// Not checked: the address failed too often. It may try again after `retry_after`.
     Limited { retry_after: Duration },
 }
 
-/// The admin token and the failed attempts per address.
+/// The configured tokens, the role each binary connection authenticated as, and the failed
+/// attempts per address.
 pub(super) struct Auth {
-    token: Option<Box<[u8]>>,
+    /// Every token with its role; no two alike (asserted), so at most one matches.
+    tokens: Vec<(Role, Box<[u8]>)>,
+    /// Whether a non-admin role has a token: then every call needs a token.
+    enforced: bool,
+    /// Per connection slot (the server's connection index): the connection's id and the role
+    /// its last accepted `AUTH` carried. A slot reused by a new connection has another id.
+    /// Bounded by `connections_max`, like the slots.
+    sessions: Vec<Option<(u64, Role)>>,
     limiter: AuthLimiter,
 }
 
 impl Auth {
     pub fn new(config: &ServerConfig) -> Auth {
-        let token = config.admin_token.as_deref().filter(|t| !t.is_empty());
+        let admin = config.admin_token.as_deref().map(|token| (Role::Admin, token));
+        let configured = config.role_tokens.iter().map(|(role, token)| (*role, token.as_str()));
+        let tokens: Vec<(Role, Box<[u8]>)> = admin
+            .into_iter()
+            .chain(configured)
+            .filter(|(_, token)| !token.is_empty())
+            .map(|(role, token)| (role, token.as_bytes().into()))
+            .collect();
+        assert!(tokens.len() < usize::from(u8::MAX), "one byte indexes the tokens");
+        for (i, (_, token)) in tokens.iter().enumerate() {
+            let shared = tokens[i + 1..].iter().any(|(_, other)| other == token);
+            assert!(!shared, "two roles share a token: `serve` refuses such a configuration");
+        }
         Auth {
-            token: token.map(|t| t.as_bytes().into()),
+            enforced: tokens.iter().any(|(role, _)| *role != Role::Admin),
+            tokens,
+            sessions: Vec::new(),
             limiter: AuthLimiter::new(
                 config.auth_failures_burst,
                 Duration::from_millis(config.auth_failure_refill_ms),
                 config.auth_addresses_max,
             ),
+        }
+    }
+
+    /// Whether roles are enforced (a non-admin role has a token).
+    pub fn enforced(&self) -> bool {
+        self.enforced
+    }
+
+    /// Who a caller is that authenticated as `verdict` (anything but `Limited`).
+    pub fn caller(&self, verdict: Authenticated) -> Caller {
+        match verdict {
+            Authenticated::Role(role) => Caller::Role(role),
+            _ => Caller::without_token(self.enforced),
         }
     }
 
@@ -61,18 +98,41 @@ impl Auth {
         if let Err(retry_after) = self.limiter.check(peer, now) {
             return Authenticated::Limited { retry_after };
         }
-        if self.token.as_deref().is_some_and(|token| token_matches(token, presented)) {
-            return Authenticated::Admin;
+        if let Some(role) = self.role_of(presented) {
+            return Authenticated::Role(role);
         }
         self.limiter.record_failure(peer, now);
         Authenticated::Refused
     }
-}
 
-/// Whether `presented` is `token`, in time that does not depend on where they differ. A
-/// length mismatch answers at once (as in `subtle` itself): the length is not the secret.
-fn token_matches(token: &[u8], presented: &[u8]) -> bool {
-    bool::from(token.ct_eq(presented))
+    /// The role of the token `presented` is, if any. Every token is compared, and the match
+    /// is recorded with a constant-time select, so the time taken does not say which role
+    /// (if any) matched or how much of a guess was right.
+    fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        let mut found = 0u8; // 0: none; otherwise the index of the match, plus one.
+        for (index, (_, token)) in self.tokens.iter().enumerate() {
+            let candidate = u8::try_from(index + 1).expect("fewer than 255 tokens (asserted)");
+            found.conditional_assign(&candidate, token.ct_eq(presented));
+        }
+        let index = usize::from(found.checked_sub(1)?);
+        Some(self.tokens[index].0)
+    }
+
+    /// Records that connection `conn_id` in slot `index` authenticated as `role`.
+    pub fn set_session(&mut self, index: usize, conn_id: u64, role: Role) {
+        if self.sessions.len() <= index {
+            self.sessions.resize(index + 1, None);
+        }
+        self.sessions[index] = Some((conn_id, role));
+    }
+
+    /// The role connection `conn_id` in slot `index` authenticated as, if it did.
+    pub fn session(&self, index: usize, conn_id: u64) -> Option<Role> {
+        match self.sessions.get(index).copied().flatten() {
+            Some((id, role)) if id == conn_id => Some(role),
+            _ => None,
+        }
+    }
 }
 
 impl<B: Backend> Server<B> {
@@ -91,10 +151,10 @@ impl<B: Backend> Server<B> {
             Protocol::Http => "HTTP",
         };
         match verdict {
-            Authenticated::Anonymous | Authenticated::Admin => return verdict,
+            Authenticated::Anonymous | Authenticated::Role(_) => return verdict,
             Authenticated::Refused => {
                 self.metrics.auth_failure(protocol);
-                self.log.warn(now, format_args!("{port} client {peer}: wrong admin token"));
+                self.log.warn(now, format_args!("{port} client {peer}: wrong token"));
             }
             Authenticated::Limited { retry_after } => {
                 self.metrics.auth_limited(protocol);
@@ -152,16 +212,25 @@ mod tests {
         let now = Instant::now();
         let (attacker, other) = (IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]));
         let mut auth = auth(Some("right-token"));
-        assert_eq!(auth.attempt(attacker, Some(b"right-token"), now), Authenticated::Admin);
+        assert_eq!(
+            auth.attempt(attacker, Some(b"right-token"), now),
+            Authenticated::Role(Role::Admin)
+        );
         for _ in 0..2 {
             assert_eq!(auth.attempt(attacker, Some(b"guess"), now), Authenticated::Refused);
         }
         let limited = Authenticated::Limited { retry_after: Duration::from_secs(60) };
         assert_eq!(auth.attempt(attacker, Some(b"right-token"), now), limited);
         assert_eq!(auth.attempt(attacker, None, now), Authenticated::Anonymous);
-        assert_eq!(auth.attempt(other, Some(b"right-token"), now), Authenticated::Admin);
+        assert_eq!(
+            auth.attempt(other, Some(b"right-token"), now),
+            Authenticated::Role(Role::Admin)
+        );
         let refilled = now + Duration::from_secs(60);
-        assert_eq!(auth.attempt(attacker, Some(b"right-token"), refilled), Authenticated::Admin);
+        assert_eq!(
+            auth.attempt(attacker, Some(b"right-token"), refilled),
+            Authenticated::Role(Role::Admin)
+        );
     }
 
     #[test]
@@ -178,11 +247,64 @@ mod tests {
     #[test]
     fn tokens_match_only_when_equal() {
         // Goal: the comparison is equality: prefixes, extensions and one-byte changes fail.
-        assert!(token_matches(b"abcdef", b"abcdef"));
-        assert!(!token_matches(b"abcdef", b"abcde"));
-        assert!(!token_matches(b"abcdef", b"abcdefg"));
-        assert!(!token_matches(b"abcdef", b"abcdeF"));
-        assert!(!token_matches(b"abcdef", b""));
+        let auth = auth(Some("abcdef"));
+        assert_eq!(auth.role_of(b"abcdef"), Some(Role::Admin));
+        for wrong in [&b"abcde"[..], b"abcdefg", b"abcdeF", b""] {
+            assert_eq!(auth.role_of(wrong), None, "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn each_token_earns_its_own_role_and_any_role_token_enforces_roles() {
+        // Goal: with several tokens, each presented token earns exactly its role (first, middle
+        // and last place alike); an admin token alone leaves client commands open, and one
+        // more role token turns enforcement on.
+        let mut config =
+            ServerConfig { admin_token: Some("admin-token".into()), ..Default::default() };
+        assert!(!Auth::new(&config).enforced());
+        assert_eq!(Auth::new(&config).caller(Authenticated::Refused), Caller::Open);
+        config.role_tokens = vec![
+            (Role::Orders, "orders-token".into()),
+            (Role::Payments, "payments-token".into()),
+            (Role::Read, "read-token".into()),
+        ];
+        let auth = Auth::new(&config);
+        assert!(auth.enforced());
+        assert_eq!(auth.caller(Authenticated::Anonymous), Caller::Anonymous);
+        assert_eq!(auth.caller(Authenticated::Refused), Caller::Anonymous);
+        for (token, role) in [
+            ("admin-token", Role::Admin),
+            ("orders-token", Role::Orders),
+            ("payments-token", Role::Payments),
+            ("read-token", Role::Read),
+        ] {
+            assert_eq!(auth.role_of(token.as_bytes()), Some(role), "{token}");
+            assert_eq!(auth.caller(Authenticated::Role(role)), Caller::Role(role));
+        }
+        assert_eq!(auth.role_of(b"orders-tokeN"), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "two roles share a token")]
+    fn two_roles_sharing_a_token_is_a_programmer_error() {
+        // Goal: the server never has to choose between two roles for one token.
+        let config = ServerConfig {
+            admin_token: Some("same-token".into()),
+            role_tokens: vec![(Role::Read, "same-token".into())],
+            ..Default::default()
+        };
+        let _ = Auth::new(&config);
+    }
+
+    #[test]
+    fn a_session_belongs_to_its_connection_id() {
+        // Goal: a slot reused by a new connection does not inherit the old one's role.
+        let mut auth = auth(Some("t"));
+        assert_eq!(auth.session(3, 7), None);
+        auth.set_session(3, 7, Role::Orders);
+        assert_eq!(auth.session(3, 7), Some(Role::Orders));
+        assert_eq!(auth.session(3, 8), None);
+        assert_eq!(auth.session(2, 7), None);
     }
 
     #[test]

@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use ringfence_core::{Action, Command};
+use ringfence_core::Command;
 use serde::Deserialize;
 
 use crate::admission::LogLimiter;
 use crate::backend::{Backend, Refusal};
-use crate::http::api::{AdminToken, KeyMint};
+use crate::http::api::KeyMint;
 use crate::metrics::{Metrics, Protocol};
+use crate::roles::{self, Caller, Role};
 use auth::Auth;
 use conn::{Conn, Flight};
 
@@ -86,6 +87,11 @@ pub struct ServerConfig {
     /// Addresses whose failures are remembered; when full, the one seen least recently is
     /// forgotten.
     pub auth_addresses_max: usize,
+    /// Tokens of the other roles (`orders`, `payments`, `read`; `admin` adds admin tokens).
+    /// With any non-admin one, roles are enforced: every call needs a token whose role allows
+    /// it ([`crate::roles`]). All tokens must differ. `serve` sets them from `[auth]`.
+    #[serde(skip)]
+    pub role_tokens: Vec<(Role, String)>,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +116,7 @@ impl Default for ServerConfig {
             auth_failures_burst: 10,
             auth_failure_refill_ms: 6_000,
             auth_addresses_max: 4_096,
+            role_tokens: Vec::new(),
         }
     }
 }
@@ -227,24 +234,12 @@ pub fn start<B: Backend>(
     Ok(ServerHandle { binary_addr, http_addr, stopper, thread: Some(thread) })
 }
 
-/// Admin-only commands: catalogue changes, fulfilment, snapshots.
+/// Commands that need a token even where client commands are open (only an admin token
+/// configured): catalogue changes, fulfilment, refunds, snapshots. The table is
+/// [`roles::command_need`].
 #[must_use]
 pub fn needs_admin(command: &Command) -> bool {
-    match command {
-        Command::Snapshot => true,
-        Command::Tick | Command::Query(_) => false,
-        Command::Client { action, .. } => matches!(
-            action,
-            Action::CreateSku(_)
-                | Action::Restock { .. }
-                | Action::OpenSale { .. }
-                | Action::CloseSale { .. }
-                | Action::AdminCancel { .. }
-                | Action::Ship { .. }
-                | Action::Refund { .. }
-                | Action::CreateCouponBatch(_)
-        ),
-    }
+    !Caller::Open.allows(roles::command_need(command))
 }
 
 struct Server<B: Backend> {
@@ -264,8 +259,6 @@ struct Server<B: Backend> {
     resume: Vec<usize>,
     metrics: Metrics,
     log: LogLimiter,
-    /// The admin token for the HTTP router, handed over only once `auth` accepted the bearer.
-    admin: Option<AdminToken>,
     auth: Auth,
     mint: KeyMint,
     stop: Arc<AtomicBool>,
@@ -281,7 +274,6 @@ impl<B: Backend> Server<B> {
         http: Option<TcpListener>,
         stop: Arc<AtomicBool>,
     ) -> Server<B> {
-        let admin = config.admin_token.as_deref().filter(|t| !t.is_empty()).map(AdminToken::new);
         let nonce = u128::from(crate::backend::now_ms()) << 64
             | u128::from(std::process::id()) << 32
             | u128::from(Instant::now().elapsed().subsec_nanos());
@@ -301,7 +293,6 @@ impl<B: Backend> Server<B> {
             dirty: Vec::new(),
             resume: Vec::new(),
             metrics: Metrics::default(),
-            admin,
             mint: KeyMint::new(nonce ^ nonce_entropy()),
             stop,
             stopping_since: None,

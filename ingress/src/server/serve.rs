@@ -6,14 +6,15 @@ use std::time::Instant;
 use ringfence_core::Command;
 use serde_json::json;
 
+use super::Server;
 use super::auth::{self, Authenticated};
 use super::conn::{Conn, Flight, ReadResult, Reply};
 use super::refusal::{self, Stage};
-use super::{Server, needs_admin};
 use crate::backend::{Backend, Refusal};
-use crate::http::api::{Call, route};
+use crate::http::api::{Call, route_as};
 use crate::http::{self, Framed, Limits, Response};
 use crate::metrics::Protocol;
+use crate::roles::{self, Caller, Need, Role};
 use crate::wire::{self, ErrorCode};
 
 /// Why a command was not submitted.
@@ -127,16 +128,20 @@ impl<B: Backend> Server<B> {
             Decoded::Ping => {
                 conn.send_frame(|out| wire::encode_empty(out, wire::Kind::Pong, correlation))
             }
+            Decoded::Node
+                if self.binary_refused(conn, index, correlation, roles::call_need(&Call::Node)) => {
+            }
             Decoded::Node => {
                 let info = self.backend.status().info;
                 conn.send_frame(|out| wire::encode_node_info(out, correlation, &info));
             }
-            Decoded::Auth(Authenticated::Admin) => {
+            Decoded::Auth(Authenticated::Role(role)) => {
                 conn.authed = true;
+                self.auth.set_session(index, conn.id, role);
                 conn.send_frame(|out| wire::encode_empty(out, wire::Kind::AuthOk, correlation));
             }
             Decoded::Auth(Authenticated::Anonymous | Authenticated::Refused) => {
-                let message = "wrong admin token".to_owned();
+                let message = "wrong token".to_owned();
                 conn.send_error(correlation, ErrorCode::AuthFailed, 0, message);
             }
             Decoded::Auth(Authenticated::Limited { retry_after }) => {
@@ -146,9 +151,8 @@ impl<B: Backend> Server<B> {
                 let retry_after_ms = auth::retry_after_ms(retry_after);
                 conn.send_fatal_error(correlation, ErrorCode::RateLimited, retry_after_ms, message);
             }
-            Decoded::Command(command) if needs_admin(&command) && !conn.authed => {
-                let message = "admin command: send AUTH with the admin token first".to_owned();
-                conn.send_error(correlation, ErrorCode::Unauthorized, 0, message);
+            Decoded::Command(command)
+                if self.binary_refused(conn, index, correlation, roles::command_need(&command)) => {
             }
             Decoded::Command(command) => {
                 let reply = Reply::Binary { correlation };
@@ -165,6 +169,47 @@ impl<B: Backend> Server<B> {
                 }
             }
         }
+    }
+
+    /// Whether a request that needs `need` is refused on binary connection `conn`; if so, the
+    /// error frame is queued: `unauthorized` before an accepted `AUTH`, `forbidden` naming the
+    /// role needed after one whose role does not allow it. Neither closes the connection.
+    fn binary_refused(
+        &mut self,
+        conn: &mut Conn,
+        index: usize,
+        correlation: u64,
+        need: Need,
+    ) -> bool {
+        // `authed` is set only with a session, so the lookup is skipped for most buyers.
+        let session = if conn.authed { self.auth.session(index, conn.id) } else { None };
+        let caller = match session {
+            Some(role) => Caller::Role(role),
+            None => Caller::without_token(self.auth.enforced()),
+        };
+        if caller.allows(need) {
+            return false;
+        }
+        let needed = need.role().unwrap_or(Role::Admin);
+        let (code, message) = match caller {
+            Caller::Role(has) => (
+                ErrorCode::Forbidden,
+                format!(
+                    "this command needs the `{}` role; this connection's is `{}`",
+                    needed.name(),
+                    has.name()
+                ),
+            ),
+            _ => (
+                ErrorCode::Unauthorized,
+                format!(
+                    "this command needs the `{}` role: send AUTH with a token first",
+                    needed.name()
+                ),
+            ),
+        };
+        conn.send_error(correlation, code, 0, message);
+        true
     }
 
     fn serve_http(&mut self, conn: &mut Conn, index: usize, now: Instant) {
@@ -232,23 +277,20 @@ impl<B: Backend> Server<B> {
         }
     }
 
-    /// Routes an HTTP request once its bearer token, if any, is judged. The router is handed
-    /// the admin token only for a bearer that matched it, so a wrong token is compared once,
-    /// in constant time, and one from a limited address not at all.
+    /// Routes an HTTP request once its bearer token, if any, is judged: the router is handed
+    /// the caller's role, so a token is compared once, in constant time against every
+    /// configured token, and one from a limited address not at all.
     fn route_http(
         &mut self,
         peer: IpAddr,
         request: &http::Request<'_>,
         now: Instant,
     ) -> Result<Call, Response> {
-        let admin = match self.authenticate(peer, request.bearer, Protocol::Http, now) {
-            Authenticated::Limited { retry_after } => {
-                return Err(auth::limited_response(retry_after));
-            }
-            Authenticated::Admin => self.admin.as_ref(),
-            Authenticated::Anonymous | Authenticated::Refused => None,
-        };
-        route(request, admin, &mut self.mint)
+        let verdict = self.authenticate(peer, request.bearer, Protocol::Http, now);
+        if let Authenticated::Limited { retry_after } = verdict {
+            return Err(auth::limited_response(retry_after));
+        }
+        route_as(request, self.auth.caller(verdict), &mut self.mint)
     }
 
     fn admit_and_submit(

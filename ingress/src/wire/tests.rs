@@ -121,7 +121,8 @@ fn error_frames_round_trip_and_cut_long_messages() {
 #[test]
 fn error_codes_keep_their_numbers_and_names() {
     // Goal: every code reads back from its number, names are unique, and the replication
-    // codes keep the numbers clients were given (16 not_primary, 17 replication_unavailable).
+    // codes keep the numbers clients were given (16 not_primary, 17 replication_unavailable),
+    // and so does the role refusal (18 forbidden).
     let codes = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
@@ -136,6 +137,7 @@ fn error_codes_keep_their_numbers_and_names() {
         ErrorCode::Timeout,
         ErrorCode::NotPrimary,
         ErrorCode::ReplicationUnavailable,
+        ErrorCode::Forbidden,
     ];
     for code in codes {
         assert_eq!(ErrorCode::from_u16(code as u16), code);
@@ -144,7 +146,8 @@ fn error_codes_keep_their_numbers_and_names() {
     assert_eq!(names.len(), codes.len());
     assert_eq!(ErrorCode::from_u16(16).name(), "not_primary");
     assert_eq!(ErrorCode::from_u16(17).name(), "replication_unavailable");
-    assert_eq!(ErrorCode::from_u16(18), ErrorCode::Unknown);
+    assert_eq!(ErrorCode::from_u16(18).name(), "forbidden");
+    assert_eq!(ErrorCode::from_u16(19), ErrorCode::Unknown);
 }
 
 #[test]

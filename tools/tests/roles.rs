@@ -1,0 +1,209 @@
+//! `ringfence serve` with role tokens: from the environment and `[auth]` in the config file,
+//! each held to the token rule, no two roles sharing one; a public listener needs role tokens
+//! or `--open-client-commands`; and a node started with them enforces them.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use common::{TempDir, text};
+
+/// How long a start or a refusal may take on a busy machine before the test calls it a hang.
+const DEADLINE: Duration = Duration::from_secs(120);
+const ADMIN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const ORDERS: &str = "ordersordersordersordersorders00";
+const READ: &str = "readreadreadreadreadreadreadread";
+const ROLE_ENV: [&str; 3] =
+    ["RINGFENCE_ORDERS_TOKEN", "RINGFENCE_PAYMENTS_TOKEN", "RINGFENCE_READ_TOKEN"];
+
+/// `ringfence serve` on a fresh data directory in `dir` with `args` and `env` (no other token
+/// variables set).
+fn serve_command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringfence"));
+    command.arg("serve").arg("--data-dir").arg(dir.join("data")).args(args);
+    command.env_remove("RINGFENCE_ADMIN_TOKEN");
+    for name in ROLE_ENV {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    command
+}
+
+/// Runs a `serve` expected to refuse to start; killed if it has not exited within DEADLINE.
+fn refused(dir: &Path, args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
+    let child = serve_command(dir, args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (send, receive) = channel();
+    std::thread::spawn(move || {
+        let _ = send.send(child.wait_with_output());
+    });
+    let output: Output = match receive.recv_timeout(DEADLINE) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("serve {args:?} was not refused within {DEADLINE:?}");
+        }
+    };
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "serve started: {stderr}");
+    assert!(stderr.contains("ringfence serve: error:"), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "no `{needle}` in: {stderr}");
+    }
+}
+
+const LOOPBACK: [&str; 4] = ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+
+fn write(path: &Path, text: &str) -> String {
+    std::fs::write(path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn weak_or_shared_role_tokens_are_refused_at_start() {
+    // Goal: a role token below the rule (from the environment or an [auth] file) stops the
+    // start naming the role, the source and the rule; two roles with one token stop it naming
+    // both roles; `--open-client-commands` with role tokens is a contradiction.
+    let dir = TempDir::new("roles-refused");
+    let admin = write(&dir.path().join("admin.token"), &format!("{ADMIN}\n"));
+    let mut args = LOOPBACK.to_vec();
+    args.extend(["--admin-token-file", &admin]);
+    let rule = "at least 32 characters";
+    refused(
+        dir.path(),
+        &args,
+        &[("RINGFENCE_ORDERS_TOKEN", "hunter2")],
+        &["orders token", "RINGFENCE_ORDERS_TOKEN", "too weak", rule],
+    );
+    let weak = write(&dir.path().join("read.token"), "short\n");
+    let config =
+        write(&dir.path().join("weak.toml"), &format!("[auth]\nread_token_file = \"{weak}\"\n"));
+    let mut with_config = args.clone();
+    with_config.extend(["--config", &config]);
+    refused(dir.path(), &with_config, &[], &["read token", "read.token", "too weak", rule]);
+
+    // The admin token reused as the orders token, through the config file.
+    let config = write(
+        &dir.path().join("shared.toml"),
+        &format!("[auth]\norders_token_file = \"{admin}\"\n"),
+    );
+    let mut with_config = args.clone();
+    with_config.extend(["--config", &config]);
+    refused(dir.path(), &with_config, &[], &["admin and orders roles have the same token"]);
+    refused(
+        dir.path(),
+        &args,
+        &[("RINGFENCE_PAYMENTS_TOKEN", READ), ("RINGFENCE_READ_TOKEN", READ)],
+        &["payments and read roles have the same token"],
+    );
+
+    let mut open = args.clone();
+    open.push("--open-client-commands");
+    refused(dir.path(), &open, &[("RINGFENCE_READ_TOKEN", READ)], &["contradicts"]);
+}
+
+#[test]
+fn a_public_listener_with_only_the_admin_token_needs_an_acknowledgement() {
+    // Goal: a chosen admin token alone no longer opens 0.0.0.0: buyer commands would be open
+    // to anyone, so serve refuses unless role tokens are configured or the operator passes
+    // --open-client-commands (see protected.rs for the acknowledged start).
+    let dir = TempDir::new("roles-public");
+    let admin = write(&dir.path().join("admin.token"), &format!("{ADMIN}\n"));
+    let args = ["--listen", "127.0.0.1:0", "--http", "0.0.0.0:0", "--admin-token-file", &admin];
+    let needles = ["protected mode", "0.0.0.0:0", "only the admin token", "--open-client-commands"];
+    refused(dir.path(), &args, &[], &needles);
+    assert!(!dir.path().join("data").join("admin.token").exists());
+}
+
+/// A `serve` child killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> String {
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", addr.port())).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn role_tokens_from_config_and_environment_are_enforced_on_a_public_listener() {
+    // Goal: with an orders token from [auth] and a read token from the environment, serve
+    // listens on 0.0.0.0 without an acknowledgement and every call needs a token of the right
+    // role: no token 401, the orders token may read but not snapshot (403), /health is open.
+    let dir = TempDir::new("roles-enforced");
+    let admin = write(&dir.path().join("admin.token"), &format!("{ADMIN}\n"));
+    let orders = write(&dir.path().join("orders.token"), &format!("{ORDERS}\n"));
+    let config = write(
+        &dir.path().join("ringfence.toml"),
+        &format!("[auth]\norders_token_file = \"{orders}\"\n"),
+    );
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "0.0.0.0:0",
+        "--admin-token-file",
+        &admin,
+        "--config",
+        &config,
+    ];
+    let mut child = serve_command(dir.path(), &args, &[("RINGFENCE_READ_TOKEN", READ)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Child(child);
+    let (send, lines) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + DEADLINE;
+    let mut log = Vec::new();
+    let addr: SocketAddr = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).unwrap_or_else(|_| panic!("no address: {log:?}"));
+        if let Some(addr) = line.strip_prefix("ringfence: HTTP API listening on http://") {
+            break addr.parse().unwrap();
+        }
+        log.push(line);
+    };
+    assert!(log.iter().any(|line| line.contains("roles enforced")), "{log:?}");
+    assert!(http(addr, "GET", "/health", None).starts_with("HTTP/1.1 200"));
+    assert!(http(addr, "GET", "/v1/node", None).starts_with("HTTP/1.1 401"));
+    assert!(http(addr, "GET", "/v1/node", Some(READ)).starts_with("HTTP/1.1 200"));
+    assert!(http(addr, "GET", "/v1/node", Some(ORDERS)).starts_with("HTTP/1.1 200"));
+    let snapshot = http(addr, "POST", "/v1/admin/snapshot", Some(ORDERS));
+    assert!(snapshot.starts_with("HTTP/1.1 403"), "{snapshot}");
+    assert!(snapshot.contains("`admin` role"), "{snapshot}");
+    let snapshot = http(addr, "POST", "/v1/admin/snapshot", Some(ADMIN));
+    assert!(snapshot.starts_with("HTTP/1.1 202"), "{snapshot}");
+    drop(child);
+}
