@@ -56,13 +56,14 @@ const _: () = assert!(BUSY_NUMERATOR < BUSY_DENOMINATOR);
 /// # Memory
 ///
 /// What the network front can hold is bounded by these settings (kernel socket buffers apart).
-/// Per connection: its receive buffer, at most `header_max + body_max + 2 * 16 KiB` for HTTP
+/// Per connection: its receive buffer, at most `header_max + body_max + 24 KiB` for HTTP
 /// (48 KiB by default) and 16 KiB for the binary protocol (frames are at most 1 KiB), plus the
 /// 16 KiB of output capacity a connection keeps once its output is written. Output waiting
 /// for clients: at most `outbound_max` and one response per connection (reading pauses past
-/// it), and at most `outbound_total_max` for all connections together, enforced at the end of
-/// each turn of the event loop by cutting the biggest holders. Vectors may have up to twice
-/// their length allocated. With the defaults: 2,048 HTTP connections × 64 KiB = 128 MiB,
+/// it), and at most `outbound_total_max` for all connections together, enforced after each
+/// connection is served and at the end of each turn of the event loop by cutting the biggest
+/// holders; so it is passed by at most one `outbound_max` plus the answers completed in one
+/// turn. Vectors may have up to twice their length allocated. With the defaults: 2,048 HTTP connections × 64 KiB = 128 MiB,
 /// 2,048 binary connections × 32 KiB = 64 MiB, 256 MiB of output (512 MiB allocated at worst),
 /// and under 8 MiB of tables (65,536 flights, the address tables): about 0.45 GiB of buffered
 /// bytes and under 0.75 GiB allocated, whatever the clients do. The node's ring and engine
@@ -595,6 +596,11 @@ impl<B: Backend> Server<B> {
             self.close(index);
         } else if dirty {
             self.dirty.push(index);
+        }
+        if self.outbound_total > self.config.outbound_total_max {
+            // Checked after every connection served, so one turn of the loop cannot pass the
+            // budget by more than one connection's `outbound_max`.
+            self.shed_outbound(Instant::now());
         }
     }
 
