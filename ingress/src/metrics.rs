@@ -55,8 +55,20 @@ pub struct Metrics {
     pub replication_unavailable: u64,
     /// Connections accepted, per protocol.
     pub accepted: [u64; 2],
-    /// Connections refused at the connection limit.
+    /// Connections refused at a listener's connection limit (no idle one could give way).
     pub refused_connections: u64,
+    /// Connections closed at accept: their address (IPv6: its /64) had
+    /// `connections_per_address_max` open.
+    pub address_limited_connections: u64,
+    /// Idle keep-alive connections closed to admit a new one at a listener's limit.
+    pub idle_reclaimed: u64,
+    /// Idle connections closed by the shorter `idle_timeout_busy_ms` of a busy listener.
+    pub busy_idle_timeouts: u64,
+    /// Connections cut because the output buffered for all clients passed
+    /// `outbound_total_max`: the biggest holders first.
+    pub outbound_budget_disconnects: u64,
+    /// Output bytes buffered for all clients now.
+    pub outbound_buffered_bytes: u64,
     /// Connections closed because their outbound buffer filled (the client does not read).
     pub slow_reader_disconnects: u64,
     /// Connections closed by the idle or request timeout.
@@ -90,6 +102,11 @@ impl Default for Metrics {
             replication_unavailable: 0,
             accepted: [0; 2],
             refused_connections: 0,
+            address_limited_connections: 0,
+            idle_reclaimed: 0,
+            busy_idle_timeouts: 0,
+            outbound_budget_disconnects: 0,
+            outbound_buffered_bytes: 0,
             slow_reader_disconnects: 0,
             timeouts: 0,
             open: 0,
@@ -210,9 +227,40 @@ impl Metrics {
             ),
             (
                 "ringfence_connections_refused_total",
-                "Connections refused at the connection limit.",
+                "Connections refused at a listener's connection limit.",
                 "counter",
                 self.refused_connections,
+            ),
+            (
+                "ringfence_connections_address_limited_total",
+                "Connections closed at accept: too many open from the address (IPv6: its /64).",
+                "counter",
+                self.address_limited_connections,
+            ),
+            (
+                "ringfence_idle_connections_reclaimed_total",
+                "Idle keep-alive connections closed to admit a new one at a listener's limit.",
+                "counter",
+                self.idle_reclaimed,
+            ),
+            (
+                "ringfence_busy_idle_timeouts_total",
+                "Idle connections closed by idle_timeout_busy_ms while their listener was busy.",
+                "counter",
+                self.busy_idle_timeouts,
+            ),
+            (
+                "ringfence_outbound_budget_disconnects_total",
+                "Connections cut, biggest first, because buffered output passed \
+                 outbound_total_max.",
+                "counter",
+                self.outbound_budget_disconnects,
+            ),
+            (
+                "ringfence_outbound_buffered_bytes",
+                "Output bytes buffered for all clients.",
+                "gauge",
+                self.outbound_buffered_bytes,
             ),
             (
                 "ringfence_slow_reader_disconnects_total",

@@ -23,7 +23,10 @@ use crate::metrics::Protocol;
 use crate::wire::{self, ErrorCode, ErrorFrame};
 
 /// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 16 * 1024;
+pub(super) const READ_CHUNK: usize = 16 * 1024;
+/// Output buffer capacity kept once everything is written: what a burst grew beyond it is
+/// returned, so an idle connection never holds more than this for output.
+pub(super) const OUT_RETAIN: usize = 16 * 1024;
 
 /// Where a command's outcome goes.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +95,10 @@ pub(super) struct Conn {
     /// When output last made progress (or became pending).
     last_write: Instant,
     http_queue: VecDeque<Option<Vec<u8>>>,
+    /// Bytes of the ready responses in `http_queue`, waiting behind one still pending.
+    queued_bytes: usize,
+    /// `held_bytes` as last added to the server's outbound total.
+    pub counted_bytes: usize,
     http_base: u64,
     /// HTTP: `100 Continue` was queued for the request at the front of `input`.
     pub continue_sent: bool,
@@ -128,6 +135,8 @@ impl Conn {
             partial_since: None,
             last_write: now,
             http_queue: VecDeque::new(),
+            queued_bytes: 0,
+            counted_bytes: 0,
             http_base: 0,
             continue_sent: false,
         }
@@ -140,6 +149,29 @@ impl Conn {
     /// Bytes waiting to be written.
     pub fn out_pending(&self) -> usize {
         self.out.len() - self.out_start
+    }
+
+    /// Output bytes this connection holds: written to the output buffer and not yet sent, plus
+    /// ready HTTP responses queued behind one still pending. What the global outbound budget
+    /// counts.
+    pub fn held_bytes(&self) -> usize {
+        self.out_pending() + self.queued_bytes
+    }
+
+    /// Nothing in flight, nothing held, no partial request: closing it loses the client nothing
+    /// but the connection (a keep-alive connection between requests).
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0
+            && self.held_bytes() == 0
+            && self.http_queue.is_empty()
+            && self.input_start == self.input_end
+            && !self.read_paused
+            && !self.closing
+    }
+
+    /// When the client last sent bytes or took output.
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity
     }
 
     /// Whether the connection should be closed now.
@@ -232,6 +264,9 @@ impl Conn {
         }
         self.out.clear();
         self.out_start = 0;
+        if self.out.capacity() > OUT_RETAIN {
+            self.out.shrink_to(OUT_RETAIN);
+        }
     }
 
     fn out_buffer(&mut self) -> &mut Vec<u8> {
@@ -319,6 +354,7 @@ impl Conn {
         } else {
             let mut bytes = Vec::with_capacity(128 + response.body.len());
             response.write(&mut bytes, keep_alive);
+            self.queued_bytes += bytes.len();
             self.http_queue.push_back(Some(bytes));
         }
     }
@@ -333,6 +369,7 @@ impl Conn {
         if self.http_queue.is_empty() {
             self.out_buffer().extend_from_slice(http::CONTINUE);
         } else {
+            self.queued_bytes += http::CONTINUE.len();
             self.http_queue.push_back(Some(http::CONTINUE.to_vec()));
         }
     }
@@ -370,16 +407,25 @@ impl Conn {
         let Some(slot) = self.http_queue.get_mut(index as usize) else { return };
         let mut bytes = Vec::with_capacity(128 + response.body.len());
         response.write(&mut bytes, keep_alive);
+        self.queued_bytes += bytes.len();
         *slot = Some(bytes);
         while let Some(Some(_)) = self.http_queue.front() {
             let bytes = self.http_queue.pop_front().flatten().expect("front is ready");
             self.http_base += 1;
+            assert!(self.queued_bytes >= bytes.len());
+            self.queued_bytes -= bytes.len();
             self.out_buffer_at(now).extend_from_slice(&bytes);
         }
     }
 
-    /// Why the connection has run out of time, if it has.
-    pub fn timed_out(&self, now: Instant, config: &ServerConfig) -> Option<&'static str> {
+    /// Why the connection has run out of time, if it has; `idle_timeout` is the listener's
+    /// current one (shorter while it is busy).
+    pub fn timed_out(
+        &self,
+        now: Instant,
+        config: &ServerConfig,
+        idle_timeout: Duration,
+    ) -> Option<&'static str> {
         let request_timeout = Duration::from_millis(config.request_timeout_ms);
         if self.partial_since.is_some_and(|since| now.duration_since(since) >= request_timeout) {
             return Some("request not completed within request_timeout_ms");
@@ -388,9 +434,8 @@ impl Conn {
             return Some("client did not read its responses within request_timeout_ms");
         }
         let idle = self.in_flight == 0 && self.out_pending() == 0 && self.http_queue.is_empty();
-        let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
         if idle && now.duration_since(self.last_activity) >= idle_timeout {
-            return Some("idle for idle_timeout_ms");
+            return Some("idle for idle_timeout_ms (idle_timeout_busy_ms while busy)");
         }
         None
     }
@@ -414,8 +459,8 @@ impl Conn {
     }
 }
 
-/// Best-effort notice to a connection refused at the connection limit, then close.
-pub(super) fn refuse(mut stream: TcpStream, protocol: Protocol) {
+/// Best-effort notice to a connection refused at a connection limit, then close.
+pub(super) fn refuse(mut stream: TcpStream, protocol: Protocol, message: &str) {
     let mut out = Vec::new();
     match protocol {
         Protocol::Binary => {
@@ -423,12 +468,12 @@ pub(super) fn refuse(mut stream: TcpStream, protocol: Protocol) {
                 code: ErrorCode::Busy,
                 fatal: true,
                 retry_after_ms: 1_000,
-                message: "too many connections".into(),
+                message: message.into(),
             };
             wire::encode_error(&mut out, 0, &frame);
         }
         Protocol::Http => {
-            let response = Response::error(503, "too_many_connections", "connection limit reached");
+            let response = Response::error(503, "too_many_connections", message);
             response.retry_after(1).write(&mut out, false);
         }
     }

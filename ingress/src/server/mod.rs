@@ -2,12 +2,15 @@
 //!
 //! One thread is the right shape for small machines: it decodes requests, publishes commands
 //! to the node without ever blocking, and writes outcomes back when the node completes them.
-//! Every resource a client can consume is bounded: connections (`connections_max`), commands
-//! in flight overall (`in_flight_max`, then `busy`) and per connection (reading pauses), request
+//! Every resource a client can consume is bounded: connections (`connections_max` per listener,
+//! `connections_per_address_max` per source address, idle ones giving way to new ones at the
+//! limit), commands in flight overall (`in_flight_max`, then `busy`) and per connection
+//! (reading pauses), request
 //! rate per connection (token bucket, then `rate_limited`), failed authentications per source
 //! address (then `auth_rate_limited`, unchecked), request size (frame, head, body
 //! limits), outbound bytes (a client that does not read is disconnected when its buffer
-//! fills), and time (idle connections and requests that arrive too slowly are closed).
+//! fills; when all clients together hold more than `outbound_total_max`, the biggest holders
+//! are cut), and time (idle connections and requests that arrive too slowly are closed).
 //! Bad input costs the sender its connection at worst, never anyone else's service.
 
 mod admin;
@@ -16,6 +19,7 @@ mod conn;
 mod refusal;
 mod serve;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use ringfence_core::Command;
 use serde::Deserialize;
 
-use crate::admission::LogLimiter;
+use crate::admission::{LogLimiter, address_key};
 use crate::backend::{Backend, Refusal};
 use crate::http::api::KeyMint;
 use crate::metrics::{Metrics, Protocol};
@@ -42,7 +46,29 @@ const WAKER: Token = Token(usize::MAX - 3);
 /// How often timeouts are checked; also the longest the loop sleeps.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A listener is busy, and its idle connections get `idle_timeout_busy_ms`, once more than
+/// `BUSY_NUMERATOR / BUSY_DENOMINATOR` of its `connections_max` are open.
+const BUSY_NUMERATOR: usize = 3;
+const BUSY_DENOMINATOR: usize = 4;
+const _: () = assert!(BUSY_NUMERATOR < BUSY_DENOMINATOR);
+
 /// Settings of the network front. Every field has a default; TOML files may set any of them.
+///
+/// # Memory
+///
+/// What the network front can hold is bounded by these settings (kernel socket buffers apart).
+/// Per connection: its receive buffer, at most `header_max + body_max + 24 KiB` for HTTP
+/// (48 KiB by default) and 16 KiB for the binary protocol (frames are at most 1 KiB), plus the
+/// 16 KiB of output capacity a connection keeps once its output is written. Output waiting
+/// for clients: at most `outbound_max` and one response per connection (reading pauses past
+/// it), and at most `outbound_total_max` for all connections together, enforced after each
+/// connection is served and at the end of each turn of the event loop by cutting the biggest
+/// holders; so it is passed by at most one `outbound_max` plus the answers completed in one
+/// turn. Vectors may have up to twice their length allocated. With the defaults: 2,048 HTTP connections × 64 KiB = 128 MiB,
+/// 2,048 binary connections × 32 KiB = 64 MiB, 256 MiB of output (512 MiB allocated at worst),
+/// and under 8 MiB of tables (65,536 flights, the address tables): about 0.45 GiB of buffered
+/// bytes and under 0.75 GiB allocated, whatever the clients do. The node's ring and engine
+/// tables come on top (`NodeConfig`, `EngineConfig`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -50,14 +76,28 @@ pub struct ServerConfig {
     pub listen: Option<SocketAddr>,
     /// HTTP listener; `None` disables it.
     pub http: Option<SocketAddr>,
-    /// Connections open at once, both listeners together.
+    /// Connections open at once on each listener (binary and HTTP each have this many). At the
+    /// limit, the connection idle longest (nothing in flight or buffered, quiet for
+    /// `idle_reclaim_after_ms`) is closed to admit the new one; without one, the new one is
+    /// refused (`too_many_connections`).
     pub connections_max: usize,
+    /// Connections one source address may have open, both listeners together (IPv6 addresses
+    /// count per /64 prefix, as for failed authentications). One more is closed at accept.
+    pub connections_per_address_max: usize,
+    /// An idle connection gives way to a new one at the limit only once it has been quiet this
+    /// long, so a flood of connections cannot churn clients between two requests.
+    pub idle_reclaim_after_ms: u64,
     /// Commands submitted and not yet answered, all connections together; beyond it: `busy`.
     pub in_flight_max: usize,
     /// Commands in flight per connection; beyond it the connection's reading pauses.
     pub connection_in_flight_max: usize,
-    /// Bytes queued for one client; a client that lets more pile up is disconnected.
+    /// Bytes queued for one client; reading its requests pauses beyond it, and a client that
+    /// lets more pile up unread is disconnected.
     pub outbound_max: usize,
+    /// Bytes queued for all clients together. When more are held at the end of a turn of the
+    /// event loop, connections are cut, the one holding the most first, until the total is
+    /// within the budget (`ringfence_outbound_budget_disconnects_total`).
+    pub outbound_total_max: usize,
     /// Requests per second per connection (token bucket); 0 means unlimited.
     pub rate_per_sec: u32,
     /// Requests a connection may send at once after being quiet.
@@ -68,6 +108,9 @@ pub struct ServerConfig {
     pub body_max: usize,
     /// A connection with nothing in flight and no traffic for this long is closed.
     pub idle_timeout_ms: u64,
+    /// The idle timeout instead while a listener is busy: more than three quarters of its
+    /// `connections_max` open.
+    pub idle_timeout_busy_ms: u64,
     /// A request (or a response being written) must complete within this long.
     pub request_timeout_ms: u64,
     /// Retry hint sent with `busy` and capacity refusals on the binary port.
@@ -99,15 +142,19 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7001))),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7080))),
-            connections_max: 4_096,
+            connections_max: 2_048,
+            connections_per_address_max: 256,
+            idle_reclaim_after_ms: 1_000,
             in_flight_max: 65_536,
             connection_in_flight_max: 4_096,
             outbound_max: 4 << 20,
+            outbound_total_max: 256 << 20,
             rate_per_sec: 0,
             rate_burst: 1_000,
             header_max: 8 * 1024,
             body_max: 16 * 1024,
             idle_timeout_ms: 300_000,
+            idle_timeout_busy_ms: 10_000,
             request_timeout_ms: 10_000,
             busy_retry_ms: 10,
             warnings_per_sec: 10,
@@ -250,6 +297,13 @@ struct Server<B: Backend> {
     http: Option<TcpListener>,
     conns: Vec<Option<Conn>>,
     free_conns: Vec<usize>,
+    /// Connections open per listener, indexed by [`protocol_index`].
+    open_per_listener: [usize; 2],
+    /// Connections open per source address key ([`address_key`]); an address leaves the map
+    /// when its last connection closes, so it never holds more keys than connections.
+    open_per_address: HashMap<IpAddr, usize>,
+    /// Sum of every connection's `counted_bytes`: output held for all clients.
+    outbound_total: usize,
     next_conn_id: u64,
     flights: Vec<Option<Flight>>,
     free_flights: Vec<usize>,
@@ -277,6 +331,8 @@ impl<B: Backend> Server<B> {
         let nonce = u128::from(crate::backend::now_ms()) << 64
             | u128::from(std::process::id()) << 32
             | u128::from(Instant::now().elapsed().subsec_nanos());
+        // Two listeners: at most twice `connections_max` addresses have connections open.
+        let addresses = config.connections_max.saturating_mul(2);
         Server {
             poll,
             log: LogLimiter::new(config.warnings_per_sec),
@@ -287,6 +343,9 @@ impl<B: Backend> Server<B> {
             http,
             conns: Vec::new(),
             free_conns: Vec::new(),
+            open_per_listener: [0; 2],
+            open_per_address: HashMap::with_capacity(addresses),
+            outbound_total: 0,
             next_conn_id: 1,
             flights: Vec::new(),
             free_flights: Vec::new(),
@@ -377,13 +436,47 @@ impl<B: Backend> Server<B> {
                     return;
                 }
             };
-            if self.metrics.open as usize >= self.config.connections_max {
-                self.metrics.refused_connections += 1;
-                conn::refuse(stream, protocol);
+            let key = address_key(peer.ip());
+            let from_address = self.open_per_address.get(&key).copied().unwrap_or(0);
+            if from_address >= self.config.connections_per_address_max {
+                self.metrics.address_limited_connections += 1;
+                self.log.warn(now, format_args!("closing a connection: {key} has too many open"));
+                conn::refuse(stream, protocol, "too many connections from this address");
                 continue;
+            }
+            if self.open_per_listener[protocol_index(protocol)] >= self.config.connections_max {
+                let Some(idle) = self.oldest_idle(protocol, now) else {
+                    self.metrics.refused_connections += 1;
+                    conn::refuse(stream, protocol, "connection limit reached");
+                    continue;
+                };
+                self.metrics.idle_reclaimed += 1;
+                self.close(idle);
             }
             self.register(stream, protocol, peer.ip(), now);
         }
+    }
+
+    /// The connection of `protocol`'s listener idle longest, if one has been idle for at least
+    /// `idle_reclaim_after_ms`. A scan, run only at the listener's limit: a list kept in
+    /// idleness order would cost every request to save this.
+    fn oldest_idle(&self, protocol: Protocol, now: Instant) -> Option<usize> {
+        let quiet_min = Duration::from_millis(self.config.idle_reclaim_after_ms);
+        let (index, conn) = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(index, conn)| Some((index, conn.as_ref()?)))
+            .filter(|(_, conn)| conn.protocol == protocol && conn.is_idle())
+            .min_by_key(|(_, conn)| conn.last_activity())?;
+        let quiet = now.saturating_duration_since(conn.last_activity()) >= quiet_min;
+        quiet.then_some(index)
+    }
+
+    /// Whether `protocol`'s listener has more than three quarters of its connections open.
+    fn listener_busy(&self, protocol: Protocol) -> bool {
+        let open = self.open_per_listener[protocol_index(protocol)];
+        open * BUSY_DENOMINATOR > self.config.connections_max * BUSY_NUMERATOR
     }
 
     fn register(
@@ -409,6 +502,9 @@ impl<B: Backend> Server<B> {
         self.conns[index] = Some(Conn::new(id, stream, protocol, peer, &self.config, now));
         self.metrics.accepted(protocol);
         self.metrics.open += 1;
+        self.open_per_listener[protocol_index(protocol)] += 1;
+        *self.open_per_address.entry(address_key(peer)).or_insert(0) += 1;
+        assert!(self.open_per_listener[protocol_index(protocol)] <= self.config.connections_max);
     }
 
     fn close(&mut self, index: usize) {
@@ -416,6 +512,51 @@ impl<B: Backend> Server<B> {
         let _ = self.poll.registry().deregister(conn.stream_mut());
         self.free_conns.push(index);
         self.metrics.open -= 1;
+        self.open_per_listener[protocol_index(conn.protocol)] -= 1;
+        let key = address_key(conn.peer);
+        let from_address = self.open_per_address.get_mut(&key).expect("an open address counts");
+        *from_address -= 1;
+        if *from_address == 0 {
+            self.open_per_address.remove(&key);
+        }
+        assert!(self.outbound_total >= conn.counted_bytes);
+        self.outbound_total -= conn.counted_bytes;
+        self.metrics.outbound_buffered_bytes = self.outbound_total as u64;
+    }
+
+    /// Brings the outbound total up to date with the output connection `index` holds now.
+    fn account(&mut self, index: usize) {
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        let held = conn.held_bytes();
+        assert!(self.outbound_total >= conn.counted_bytes);
+        self.outbound_total = self.outbound_total - conn.counted_bytes + held;
+        conn.counted_bytes = held;
+        self.metrics.outbound_buffered_bytes = self.outbound_total as u64;
+    }
+
+    /// Cuts connections, the one holding the most output first, until all together hold at
+    /// most `outbound_total_max`. Cutting the biggest holders frees the budget with the fewest
+    /// victims, and the biggest are the clients reading least; refusing new output instead
+    /// would stall well-behaved clients behind them.
+    fn shed_outbound(&mut self, now: Instant) {
+        debug_assert_eq!(
+            self.outbound_total,
+            self.conns.iter().flatten().map(|conn| conn.counted_bytes).sum::<usize>()
+        );
+        let mut holders: Vec<(usize, usize)> = (self.conns.iter().enumerate())
+            .filter_map(|(index, conn)| Some((conn.as_ref()?.counted_bytes, index)))
+            .filter(|&(held, _)| held > 0)
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, index) in holders {
+            if self.outbound_total <= self.config.outbound_total_max {
+                break;
+            }
+            self.metrics.outbound_budget_disconnects += 1;
+            self.log.warn(now, format_args!("closing a connection: outbound_total_max reached"));
+            self.close(index);
+        }
+        assert!(self.outbound_total <= self.config.outbound_total_max);
     }
 
     fn on_event(
@@ -441,10 +582,16 @@ impl<B: Backend> Server<B> {
         let finished = conn.is_finished();
         let dirty = conn.out_pending() > 0;
         self.conns[index] = Some(conn);
+        self.account(index);
         if finished {
             self.close(index);
         } else if dirty {
             self.dirty.push(index);
+        }
+        if self.outbound_total > self.config.outbound_total_max {
+            // Checked after every connection served, so one turn of the loop cannot pass the
+            // budget by more than one connection's `outbound_max`.
+            self.shed_outbound(Instant::now());
         }
     }
 
@@ -475,9 +622,18 @@ impl<B: Backend> Server<B> {
                 self.close(index);
             } else if conn.is_finished() {
                 self.close(index);
+            } else {
+                if conn.read_paused && conn.held_bytes() <= self.config.outbound_max {
+                    // Reading may have paused for output that has now left.
+                    self.resume.push(index);
+                }
+                self.account(index);
             }
         }
         self.dirty = dirty;
+        if self.outbound_total > self.config.outbound_total_max {
+            self.shed_outbound(now);
+        }
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -485,10 +641,25 @@ impl<B: Backend> Server<B> {
         // no new event may come for connections already queued, so try again here.
         self.accept(Protocol::Binary, now);
         self.accept(Protocol::Http, now);
+        let idle_timeout = |busy: bool, config: &ServerConfig| {
+            Duration::from_millis(if busy {
+                config.idle_timeout_busy_ms.min(config.idle_timeout_ms)
+            } else {
+                config.idle_timeout_ms
+            })
+        };
+        let busy = [self.listener_busy(Protocol::Binary), self.listener_busy(Protocol::Http)];
         for index in 0..self.conns.len() {
             let Some(conn) = self.conns[index].as_mut() else { continue };
-            if let Some(reason) = conn.timed_out(now, &self.config) {
+            let listener_busy = busy[protocol_index(conn.protocol)];
+            let timeout = idle_timeout(listener_busy, &self.config);
+            if let Some(reason) = conn.timed_out(now, &self.config, timeout) {
                 self.metrics.timeouts += 1;
+                let quiet_for = now.saturating_duration_since(conn.last_activity());
+                let normal = idle_timeout(false, &self.config);
+                if listener_busy && reason.starts_with("idle") && quiet_for < normal {
+                    self.metrics.busy_idle_timeouts += 1;
+                }
                 self.log.warn(now, format_args!("closing a connection: {reason}"));
                 conn.write_timeout_notice();
                 conn.flush(now);
@@ -526,6 +697,14 @@ impl<B: Backend> Server<B> {
                 self.resume.push(flight.conn);
             }
         }
+    }
+}
+
+/// The slot of a listener in per-listener counts.
+fn protocol_index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Binary => 0,
+        Protocol::Http => 1,
     }
 }
 

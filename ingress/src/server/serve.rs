@@ -75,7 +75,8 @@ impl<B: Backend> Server<B> {
     }
 
     fn paused_at_limit(&self, conn: &mut Conn) -> bool {
-        if conn.backlog() >= self.config.connection_in_flight_max {
+        let output_full = conn.held_bytes() > self.config.outbound_max;
+        if output_full || conn.backlog() >= self.config.connection_in_flight_max {
             conn.read_paused = true;
         }
         conn.read_paused
