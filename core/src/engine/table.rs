@@ -101,7 +101,8 @@ impl TableKey for (UserId, RequestKey) {
     fn home(&self, bits: u32) -> usize {
         let [low, high] = [&self.1.0[..8], &self.1.0[8..]]
             .map(|half| u64::from_le_bytes(half.try_into().expect("8 bytes")));
-        top(pair(pair(low, high), self.0.0), bits)
+        // One mix over the three words, not a pair of pairs: this runs on every keyed command.
+        top(pair(low.wrapping_mul(SPREAD) ^ high, self.0.0), bits)
     }
 }
 
