@@ -26,6 +26,11 @@ pub struct ClientArgs {
     /// ./ringfence-data/admin.token].
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// For a node that enforces roles: the file holding this caller's token (`orders`,
+    /// `payments`, `read` or `admin`), sent before every command [default:
+    /// RINGFENCE_TOKEN]. Without it, only admin commands authenticate (with the admin token).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// What to send.
     #[command(subcommand)]
     pub command: ClientCommand,
@@ -220,6 +225,10 @@ pub fn run(args: ClientArgs) -> ExitCode {
 
 fn execute(args: ClientArgs) -> Result<ExitCode, String> {
     let mut client = Client::connect(&args.addrs).map_err(|e| e.to_string())?;
+    let role_token = caller_token(args.token_file.as_ref())?;
+    if let Some(token) = &role_token {
+        client.authenticate(token).map_err(|e| e.to_string())?;
+    }
     match args.command {
         ClientCommand::Node => {
             let info = client.node().map_err(|e| e.to_string())?;
@@ -241,7 +250,7 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
         _ => {}
     }
     let command = to_command(args.command)?;
-    if ringfence_ingress::server::needs_admin(&command) {
+    if role_token.is_none() && ringfence_ingress::server::needs_admin(&command) {
         client
             .authenticate(&admin_token(args.admin_token_file.as_ref())?)
             .map_err(|e| e.to_string())?;
@@ -259,6 +268,17 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
         }
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// This caller's token for a node that enforces roles: `file`, else `RINGFENCE_TOKEN`, else
+/// none.
+fn caller_token(file: Option<&PathBuf>) -> Result<Option<String>, String> {
+    if let Some(path) = file {
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the token from {}: {e}", path.display()))?;
+        return Ok(Some(token.trim().to_owned()));
+    }
+    Ok(std::env::var("RINGFENCE_TOKEN").ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
 }
 
 /// The admin token: `file`, else `RINGFENCE_ADMIN_TOKEN`, else `./ringfence-data/admin.token`.

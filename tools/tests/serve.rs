@@ -206,3 +206,29 @@ fn a_flood_under_one_user_leaves_other_buyers_served() {
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_client_sends_its_role_token_to_a_node_that_enforces_roles() {
+    // Goal: with role tokens configured, `ringfence client` without a token is refused for a
+    // buyer command, and with `--token-file` (an `orders` token) it reserves; admin commands
+    // still authenticate with the admin token.
+    let dir = temp_dir("client-roles");
+    std::fs::create_dir_all(&dir).unwrap();
+    let orders = dir.join("orders.token");
+    std::fs::write(&orders, "ordersordersordersordersorders00").unwrap();
+    let config = dir.join("roles.toml");
+    let text = format!("[auth]\norders_token_file = {:?}\n", orders.to_str().unwrap());
+    std::fs::write(&config, text).unwrap();
+    let node = Serve::start_with(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let create = ["create-sku", "--sku", "5", "--stock", "3", "--price-cents", "250"];
+    assert_eq!(client(&node, &create).0, 0);
+    let reserve = ["reserve", "--request-id", "cli-1", "--user", "8", "--sku", "5"];
+    let (code, refused) = client(&node, &reserve);
+    assert_eq!((code, refused["error"].as_str()), (1, Some("unauthorized")), "{refused}");
+    let mut with_token = vec!["--token-file", orders.to_str().unwrap()];
+    with_token.extend_from_slice(&reserve);
+    let (code, reserved) = client(&node, &with_token);
+    assert_eq!((code, reserved["state"].as_str()), (0, Some("reserved")), "{reserved}");
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
