@@ -394,3 +394,30 @@ fn pipelined_requests_behind_an_unanswered_one_are_bounded() {
     drop(stream);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_refusal_reaches_the_client_though_it_sent_more_than_was_read() {
+    // Goal: a request refused for its framing, followed by much more input than the server
+    // reads before answering, still gets its 400: the server drains what is waiting before it
+    // closes, so the close is not a reset that would destroy the answer in flight.
+    let server = start(ServerConfig::loopback());
+    let addr = server.http_addr().unwrap();
+    for round in 0..5 {
+        let mut http = Http::connect(addr);
+        let mut bytes =
+            b"GET /v1/skus/1 HTTP/1.1\r\nHost: t\r\nContent-Length: +0\r\n\r\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 2 * 1024 * 1024));
+        let mut writer = http.stream().try_clone().unwrap();
+        let sending = std::thread::spawn(move || {
+            use std::io::Write as _;
+            // The server stops reading: most of this never arrives, and that is the point.
+            let _ = writer.write_all(&bytes);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let response = http.read_response().unwrap_or_else(|| panic!("round {round}: no answer"));
+        assert_eq!(response.status, 400, "round {round}");
+        drop(http);
+        sending.join().unwrap();
+    }
+    server.shutdown().unwrap();
+}
