@@ -19,7 +19,7 @@ use ringfence_journal::storage::Storage;
 
 use crate::config::ReplicationConfig;
 use crate::link::Link;
-use crate::policy::{AckMode, AckPolicy, Gate, PolicyState};
+use crate::policy::{AckMode, AckPolicy, Gate};
 
 /// How often the policy loop looks at the time.
 const POLICY_TICK: Duration = Duration::from_millis(10);
@@ -457,11 +457,6 @@ impl Control {
     /// started.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         *self.listening.lock().expect("never poisoned")
-    }
-
-    /// The state name for a primary, for tests.
-    pub fn policy_state(&self) -> PolicyState {
-        self.state().policy.state()
     }
 
     /// Stops every replication thread (the node is shutting down).
