@@ -119,23 +119,11 @@ impl Link {
         self.hold.reason() == Some(HoldReason::Deposed)
     }
 
-    /// Whether writes are held now.
-    #[must_use]
-    pub fn hold_reason(&self) -> Option<HoldReason> {
-        self.hold.reason()
-    }
-
     /// The standby acknowledged `sequence` (durable or written, as the mode says).
     pub fn acknowledged(&self, sequence: Sequence) {
         // Never past what the journal holds: a standby cannot hold more than was sent.
         let sequence = Sequence(sequence.0.min(self.available()));
         self.safe.advance(sequence);
-    }
-
-    /// What egress may release as far as replication is concerned.
-    #[must_use]
-    pub fn safe(&self) -> Sequence {
-        self.safe.get()
     }
 
     /// A sender starts streaming: each batch wakes it until the returned guard is dropped.

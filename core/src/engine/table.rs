@@ -89,14 +89,6 @@ impl TableKey for CouponId {
     }
 }
 
-impl TableKey for RequestKey {
-    fn home(&self, bits: u32) -> usize {
-        let [low, high] = [&self.0[..8], &self.0[8..]]
-            .map(|half| u64::from_le_bytes(half.try_into().expect("8 bytes")));
-        top(pair(low, high), bits)
-    }
-}
-
 impl TableKey for (UserId, RequestKey) {
     fn home(&self, bits: u32) -> usize {
         let [low, high] = [&self.1.0[..8], &self.1.0[8..]]
