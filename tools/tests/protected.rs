@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::channel;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Serve, TempDir, text};
+use common::{HTTP_LISTENING, Logged, Serve, TempDir, text};
 
 /// How long a refusal may take on a busy machine before the test calls it a hang.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -104,16 +104,6 @@ fn protected_mode_refuses_a_public_listener_without_a_chosen_token() {
     }
 }
 
-/// A `serve` child killed on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_chosen_strong_token_lets_serve_listen_beyond_loopback() {
     // Goal: with a strong token from a file, serve binds 0.0.0.0 (an ephemeral port, stopped
@@ -121,38 +111,18 @@ fn a_chosen_strong_token_lets_serve_listen_beyond_loopback() {
     let dir = TempDir::new("public");
     let file = dir.path().join("chosen.token");
     std::fs::write(&file, format!("{STRONG}\n")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--admin-token-file")
-        .arg(&file)
-        // Only the admin token: buyer commands would be open, which must be acknowledged.
-        .arg("--open-client-commands")
-        .env_remove("RINGFENCE_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = Child(child);
-    let (send, lines) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + DEADLINE;
-    let mut log = Vec::new();
-    let http: SocketAddr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines.recv_timeout(left).unwrap_or_else(|_| panic!("no address: {log:?}"));
-        if let Some(addr) = line.strip_prefix("ringfence: HTTP API listening on http://") {
-            break addr.parse().unwrap();
-        }
-        log.push(line);
-    };
+    let child = Logged::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "0.0.0.0:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--admin-token-file")
+            .arg(&file)
+            // Only the admin token: buyer commands would be open, which must be acknowledged.
+            .arg("--open-client-commands")
+            .env_remove("RINGFENCE_ADMIN_TOKEN"),
+    );
+    let (address, log) = child.wait_for(HTTP_LISTENING, DEADLINE);
+    let http: SocketAddr = address.parse().unwrap();
     assert!(http.ip().is_unspecified(), "{http}");
     assert!(log.iter().all(|line| !line.contains("protected mode")), "{log:?}");
     let request = format!(

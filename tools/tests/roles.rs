@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::channel;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{TempDir, text};
+use common::{HTTP_LISTENING, Logged, TempDir, text};
 
 /// How long a start or a refusal may take on a busy machine before the test calls it a hang.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -124,16 +124,6 @@ fn a_public_listener_with_only_the_admin_token_needs_an_acknowledgement() {
     assert!(!dir.path().join("data").join("admin.token").exists());
 }
 
-/// A `serve` child killed on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> String {
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let request = format!(
@@ -170,31 +160,10 @@ fn role_tokens_from_config_and_environment_are_enforced_on_a_public_listener() {
         "--config",
         &config,
     ];
-    let mut child = serve_command(dir.path(), &args, &[("RINGFENCE_READ_TOKEN", READ)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = Child(child);
-    let (send, lines) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + DEADLINE;
-    let mut log = Vec::new();
-    let addr: SocketAddr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines.recv_timeout(left).unwrap_or_else(|_| panic!("no address: {log:?}"));
-        if let Some(addr) = line.strip_prefix("ringfence: HTTP API listening on http://") {
-            break addr.parse().unwrap();
-        }
-        log.push(line);
-    };
+    let child =
+        Logged::spawn(&mut serve_command(dir.path(), &args, &[("RINGFENCE_READ_TOKEN", READ)]));
+    let (address, log) = child.wait_for(HTTP_LISTENING, DEADLINE);
+    let addr: SocketAddr = address.parse().unwrap();
     assert!(log.iter().any(|line| line.contains("roles enforced")), "{log:?}");
     assert!(http(addr, "GET", "/health", None).starts_with("HTTP/1.1 200"));
     assert!(http(addr, "GET", "/v1/node", None).starts_with("HTTP/1.1 401"));

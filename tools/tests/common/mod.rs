@@ -68,9 +68,64 @@ pub fn ringfence_within(args: &[&str], deadline: Duration) -> Output {
     }
 }
 
+/// A child process whose standard error is read line by line on a thread; killed on drop.
+pub struct Logged {
+    pub child: Child,
+    pub lines: Receiver<String>,
+}
+
+impl Logged {
+    /// Spawns `command` with standard error piped (and standard output discarded).
+    pub fn spawn(command: &mut Command) -> Logged {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the process starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (send, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Logged { child, lines }
+    }
+
+    /// Waits (bounded) for a log line starting with `prefix`: returns the rest of it and the
+    /// lines logged before it.
+    pub fn wait_for(&self, prefix: &str, within: Duration) -> (String, Vec<String>) {
+        let deadline = Instant::now() + within;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!("no line starting with `{prefix}` within {within:?}: {before:?}")
+            };
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return (rest.to_owned(), before);
+            }
+            before.push(line);
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The HTTP address `serve` logs once it listens.
+pub const HTTP_LISTENING: &str = "ringfence: HTTP API listening on http://";
+
 /// A `ringfence serve` child on loopback ports chosen by the OS, stopped (SIGKILL) on drop.
 pub struct Serve {
-    pub child: Child,
+    /// The `serve` process and its log lines; killed on drop.
+    pub process: Logged,
     pub binary: SocketAddr,
     pub http: SocketAddr,
     pub token: String,
@@ -78,7 +133,6 @@ pub struct Serve {
     pub replication: Option<SocketAddr>,
     /// Log lines read while waiting for the addresses.
     early: Vec<String>,
-    lines: Receiver<String>,
 }
 
 impl Serve {
@@ -88,35 +142,24 @@ impl Serve {
 
     /// Starts a node on `dir` with extra arguments, and waits (bounded) until it listens.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .env_remove("RINGFENCE_ADMIN_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ringfence serve starts");
-        let (send, lines) = channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let process = Logged::spawn(
+            Command::new(env!("CARGO_BIN_EXE_ringfence"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+                .arg(dir)
+                .args(extra)
+                .env_remove("RINGFENCE_ADMIN_TOKEN"),
+        );
         let deadline = Instant::now() + Duration::from_secs(120);
         let (mut binary, mut http, mut replication) = (None, None, None);
         let mut early = Vec::new();
         while binary.is_none() || http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines.recv_timeout(left).expect("serve logs its addresses in time");
+            let line = process.lines.recv_timeout(left).expect("serve logs its addresses in time");
             early.push(line.clone());
             if let Some(addr) = line.strip_prefix("ringfence: replication listening on ") {
                 replication = Some(addr.parse().expect("a socket address"));
             }
-            if let Some(addr) = line.strip_prefix("ringfence: HTTP API listening on http://") {
+            if let Some(addr) = line.strip_prefix(HTTP_LISTENING) {
                 http = Some(addr.parse().expect("a socket address"));
             }
             if let Some(addr) = line.strip_prefix("ringfence: binary protocol v1 listening on ") {
@@ -125,7 +168,7 @@ impl Serve {
         }
         let (binary, http) = (binary.unwrap(), http.unwrap());
         let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        Serve { child, binary, http, token, replication, early, lines }
+        Serve { process, binary, http, token, replication, early }
     }
 
     /// Waits (bounded) for a log line containing `text`, and returns it.
@@ -136,7 +179,7 @@ impl Serve {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            match self.process.lines.recv_timeout(left) {
                 Ok(line) if line.contains(text) => return line,
                 Ok(_) => {}
                 Err(_) => panic!("no log line containing `{text}` within {within:?}"),
@@ -147,12 +190,12 @@ impl Serve {
     /// Every log line received so far (for a failing test's message).
     pub fn drain_log(&self) -> Vec<String> {
         let mut lines = self.early.clone();
-        lines.extend(self.lines.try_iter());
+        lines.extend(self.process.lines.try_iter());
         lines
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.child.id()
     }
 
     pub fn call(
@@ -194,17 +237,10 @@ impl Serve {
     /// Sends `signal` (`-TERM`, `-KILL`) and waits for the process to exit.
     pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
         let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
+            .args([signal, &self.process.child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(status.success());
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.child.wait().unwrap()
     }
 }
