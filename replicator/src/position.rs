@@ -95,32 +95,45 @@ pub fn decide(
     JoinDecision::Stream { from }
 }
 
+/// A journal held as the epoch of each record, from sequence `first` on: the index a test or
+/// the simulator gives a primary instead of a data directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochList {
+    /// The sequence of the first record held.
+    pub first: u64,
+    /// The epoch of each record, in sequence order (never going down).
+    pub epochs: Vec<u64>,
+}
+
+impl EpochList {
+    /// Records 1..=`last`, all in `epoch`.
+    #[must_use]
+    pub fn flat(last: u64, epoch: u64) -> EpochList {
+        let len = usize::try_from(last).expect("a journal that fits memory");
+        EpochList { first: 1, epochs: vec![epoch; len] }
+    }
+}
+
+impl JournalIndex for EpochList {
+    fn first(&mut self) -> Option<Sequence> {
+        (!self.epochs.is_empty()).then_some(Sequence(self.first))
+    }
+    fn last(&mut self) -> Option<Sequence> {
+        (!self.epochs.is_empty()).then(|| Sequence(self.first + self.epochs.len() as u64 - 1))
+    }
+    fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {
+        let index = sequence.0.checked_sub(self.first)?;
+        self.epochs.get(usize::try_from(index).ok()?).map(|&e| Epoch(e))
+    }
+    fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
+        let count = self.epochs.iter().take_while(|&&e| e <= epoch.0).count() as u64;
+        (count > 0).then(|| Sequence(self.first + count - 1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A journal as a list of epochs by sequence, starting at `first`.
-    struct Epochs {
-        first: u64,
-        epochs: Vec<u64>,
-    }
-
-    impl JournalIndex for Epochs {
-        fn first(&mut self) -> Option<Sequence> {
-            (!self.epochs.is_empty()).then_some(Sequence(self.first))
-        }
-        fn last(&mut self) -> Option<Sequence> {
-            (!self.epochs.is_empty()).then(|| Sequence(self.first + self.epochs.len() as u64 - 1))
-        }
-        fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {
-            let index = sequence.0.checked_sub(self.first)?;
-            self.epochs.get(usize::try_from(index).ok()?).map(|&e| Epoch(e))
-        }
-        fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
-            let count = self.epochs.iter().take_while(|&&e| e <= epoch.0).count() as u64;
-            (count > 0).then(|| Sequence(self.first + count - 1))
-        }
-    }
 
     fn position(last: u64, epoch: u64, promised: u64) -> StandbyPosition {
         StandbyPosition {
@@ -131,7 +144,7 @@ mod tests {
     }
 
     /// Plays the exchange to the end: the standby truncates as told until it may stream.
-    fn rejoin(primary: &mut Epochs, standby: &mut Vec<u64>, epoch: u64) -> (u64, usize) {
+    fn rejoin(primary: &mut EpochList, standby: &mut Vec<u64>, epoch: u64) -> (u64, usize) {
         for round in 1..10 {
             let last = standby.len() as u64;
             let at = position(last, standby.last().copied().unwrap_or(0), 1);
@@ -149,7 +162,7 @@ mod tests {
     #[test]
     fn a_standby_that_is_a_prefix_streams_from_its_next_record() {
         // Goal: the common case, a standby behind on the same history.
-        let mut primary = Epochs { first: 1, epochs: vec![1, 1, 1, 2, 2] };
+        let mut primary = EpochList { first: 1, epochs: vec![1, 1, 1, 2, 2] };
         assert_eq!(
             decide(&mut primary, Epoch(2), position(3, 1, 1)),
             JoinDecision::Stream { from: Sequence(4) }
@@ -168,7 +181,7 @@ mod tests {
     fn an_old_primary_drops_the_tail_the_new_primary_never_received() {
         // Goal: the old primary wrote 4..=6 in epoch 1 that the promoted standby never got;
         // the new primary wrote 4..=5 in epoch 2. The old primary keeps 1..=3 only.
-        let mut primary = Epochs { first: 1, epochs: vec![1, 1, 1, 2, 2] };
+        let mut primary = EpochList { first: 1, epochs: vec![1, 1, 1, 2, 2] };
         let mut old = vec![1, 1, 1, 1, 1, 1];
         let (from, rounds) = rejoin(&mut primary, &mut old, 2);
         assert_eq!((from, old.len()), (4, 3));
@@ -178,7 +191,7 @@ mod tests {
     #[test]
     fn a_tail_longer_than_the_new_history_is_cut_to_the_common_prefix() {
         // Goal: the standby's last sequence is beyond the primary's whole journal.
-        let mut primary = Epochs { first: 1, epochs: vec![1, 1, 3] };
+        let mut primary = EpochList { first: 1, epochs: vec![1, 1, 3] };
         let mut old = vec![1, 1, 2, 2, 2, 2, 2, 2];
         let (from, _) = rejoin(&mut primary, &mut old, 3);
         assert_eq!((from, old.len()), (3, 2));
@@ -187,7 +200,7 @@ mod tests {
     #[test]
     fn divergence_over_several_epochs_converges() {
         // Goal: each round lowers the standby's epoch until the journals agree.
-        let mut primary = Epochs { first: 1, epochs: vec![1, 1, 4, 4, 4, 4, 4] };
+        let mut primary = EpochList { first: 1, epochs: vec![1, 1, 4, 4, 4, 4, 4] };
         let mut old = vec![1, 1, 2, 2, 3, 3];
         let (from, _) = rejoin(&mut primary, &mut old, 4);
         assert_eq!((from, old.len()), (3, 2));
@@ -197,7 +210,7 @@ mod tests {
     fn a_standby_behind_retired_segments_needs_a_snapshot() {
         // Goal: records the standby needs are gone from the primary's journal.
         // and nothing the standby holds is dropped for it.
-        let mut primary = Epochs { first: 100, epochs: vec![1; 10] };
+        let mut primary = EpochList { first: 100, epochs: vec![1; 10] };
         let needs = JoinDecision::NeedsSnapshot { first_held: Sequence(100) };
         assert_eq!(decide(&mut primary, Epoch(1), position(10, 1, 1)), needs);
         assert_eq!(decide(&mut primary, Epoch(1), position(0, 0, 1)), needs);
@@ -210,7 +223,7 @@ mod tests {
     #[test]
     fn a_primary_behind_a_standbys_promise_is_superseded() {
         // Goal: the fence: a standby that promised epoch 3 never follows epoch 2.
-        let mut primary = Epochs { first: 1, epochs: vec![1, 2] };
+        let mut primary = EpochList { first: 1, epochs: vec![1, 2] };
         assert_eq!(
             decide(&mut primary, Epoch(2), position(2, 2, 3)),
             JoinDecision::Superseded { promised: Epoch(3) }

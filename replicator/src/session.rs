@@ -558,36 +558,16 @@ impl StandbySession {
 mod tests {
     use super::*;
     use crate::message::{decode, encode};
-
-    /// A primary's journal: records 1..=last, all in `epoch`.
-    struct Flat {
-        last: u64,
-        epoch: u64,
-    }
-
-    impl JournalIndex for Flat {
-        fn first(&mut self) -> Option<Sequence> {
-            (self.last > 0).then_some(Sequence(1))
-        }
-        fn last(&mut self) -> Option<Sequence> {
-            (self.last > 0).then_some(Sequence(self.last))
-        }
-        fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {
-            (1..=self.last).contains(&sequence.0).then_some(Epoch(self.epoch))
-        }
-        fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
-            (epoch.0 >= self.epoch && self.last > 0).then_some(Sequence(self.last))
-        }
-    }
+    use crate::position::EpochList;
 
     /// A primary in `epoch` over `journal`.
     fn view<'a>(
         cluster: &'a ClusterId,
         secret: &'a ClusterSecret,
-        journal: &'a mut Flat,
+        journal: &'a mut EpochList,
         epoch: u64,
     ) -> PrimaryView<'a> {
-        let journal_last = Sequence(journal.last);
+        let journal_last = journal.last().unwrap_or(Sequence(0));
         PrimaryView {
             cluster,
             secret,
@@ -633,7 +613,7 @@ mod tests {
     struct Pair {
         primary: PrimarySession,
         standby: StandbySession,
-        journal: Flat,
+        journal: EpochList,
     }
 
     fn position(last: u64, epoch: u64, promised: u64) -> StandbyPosition {
@@ -650,7 +630,7 @@ mod tests {
         let (mut standby, hello) =
             StandbySession::start(cluster(), [1; 32], Purpose::Join(at), at.promised);
         let mut pair_primary = PrimarySession::new([2; 32]);
-        let mut journal = Flat { last: 10, epoch: 1 };
+        let mut journal = EpochList::flat(10, 1);
         let cluster = cluster();
         let mut step = None;
         let mut view = view(&cluster, &key, &mut journal, epoch);
@@ -662,8 +642,7 @@ mod tests {
         let join = match reply.unwrap() {
             StandbyStep::Reply(join) => join,
             other => {
-                let pair =
-                    Pair { primary: pair_primary, standby, journal: Flat { last: 10, epoch: 1 } };
+                let pair = Pair { primary: pair_primary, standby, journal: EpochList::flat(10, 1) };
                 return (
                     PrimaryStep::Close {
                         last: None,
@@ -675,7 +654,7 @@ mod tests {
             }
         };
         wire(&join, &mut |m| step = Some(pair_primary.on_message(m, &mut view)));
-        let pair = Pair { primary: pair_primary, standby, journal: Flat { last: 10, epoch: 1 } };
+        let pair = Pair { primary: pair_primary, standby, journal: EpochList::flat(10, 1) };
         (step.unwrap(), pair)
     }
 
@@ -700,7 +679,7 @@ mod tests {
         assert!(matches!(step, PrimaryStep::Close { .. }), "{step:?}");
         let key = secret("the-shared-secret-16+");
         let mut primary = PrimarySession::new([2; 32]);
-        let mut journal = Flat { last: 0, epoch: 1 };
+        let mut journal = EpochList::flat(0, 1);
         let cluster = cluster();
         let mut view = view(&cluster, &key, &mut journal, 1);
         let hello = Hello { cluster, standby_nonce: [1; 32] };
@@ -722,7 +701,7 @@ mod tests {
     fn another_cluster_and_a_standby_node_refuse_joins() {
         // Goal: the cluster id is checked first; a node that is not primary refuses joins.
         let key = secret("the-shared-secret-16+");
-        let mut journal = Flat { last: 0, epoch: 1 };
+        let mut journal = EpochList::flat(0, 1);
         let ours = cluster();
         let mut view = view(&ours, &key, &mut journal, 1);
         let other = Hello { cluster: ClusterId::new("other").unwrap(), standby_nonce: [1; 32] };

@@ -20,7 +20,7 @@ use ringfence_core::record::RecordBuf;
 use ringfence_core::{Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::message::{Message, Start, records_frame_header};
-use ringfence_replicator::position::JournalIndex;
+use ringfence_replicator::position::EpochList;
 use ringfence_replicator::session::{PrimarySession, PrimaryStep, PrimaryView};
 use ringfence_replicator::stream::{FrameReader, write_message, write_records};
 
@@ -470,26 +470,6 @@ fn a_fresh_standby_of_a_primary_that_retired_its_first_records_starts_from_a_sna
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// A fake primary's journal for the join decision: records 1..=`last`, all in epoch 1.
-struct FakeJournal {
-    last: u64,
-}
-
-impl JournalIndex for FakeJournal {
-    fn first(&mut self) -> Option<Sequence> {
-        (self.last > 0).then_some(Sequence(1))
-    }
-    fn last(&mut self) -> Option<Sequence> {
-        (self.last > 0).then_some(Sequence(self.last))
-    }
-    fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {
-        (1..=self.last).contains(&sequence.0).then_some(Epoch(1))
-    }
-    fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
-        (epoch.0 >= 1 && self.last > 0).then_some(Sequence(self.last))
-    }
-}
-
 /// Accepts the standby's next connection and runs the primary's handshake in `epoch`; returns
 /// the connection once streaming starts, and the sequence it starts from.
 fn fake_primary_accept(
@@ -502,7 +482,7 @@ fn fake_primary_accept(
     let cluster = ClusterId::new("ringfence").unwrap();
     let secret = ClusterSecret::from_bytes(SECRET.as_bytes()).unwrap();
     let mut session = PrimarySession::new([5; 32]);
-    let mut journal = FakeJournal { last: 3 };
+    let mut journal = EpochList::flat(3, 1);
     loop {
         let message = reader.read_message().unwrap();
         let mut view = PrimaryView {
