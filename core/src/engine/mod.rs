@@ -523,9 +523,13 @@ impl Engine {
     /// of the key table is answered like a full table: `capacity_exhausted`, not remembered).
     fn user_is_at_key_limit(&self, user: UserId) -> bool {
         let limit = u32::from(self.config.request_keys_per_user_max);
+        if limit == 0 || user.0 == 0 {
+            // No limit (the default), or a command naming nobody: nothing more on this path.
+            return false;
+        }
         // Every user counted has a key remembered.
         assert!(self.user_keys.len() <= self.keys.len(), "a user counted without a key");
-        limit > 0 && user.0 != 0 && self.user_keys.get(&user).is_some_and(|&held| held >= limit)
+        self.user_keys.get(&user).is_some_and(|&held| held >= limit)
     }
 
     /// Counts a key remembered for `user`, under a per-user limit.
