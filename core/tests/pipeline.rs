@@ -1010,7 +1010,8 @@ fn a_full_disk_refuses_writes_and_keeps_answering_reads() {
         let node = Node::start(config, journal, NoReplicator::default()).unwrap();
         let reserved = check_journal_fence(node, "os error 28");
         assert_eq!(reserved, 3, "{topology:?}: the write the disk refused was not applied");
-        let journaled: Vec<u64> = records.lock().unwrap().iter().map(|(_, c)| c.sequence.0).collect();
+        let journaled: Vec<u64> =
+            records.lock().unwrap().iter().map(|(_, c)| c.sequence.0).collect();
         assert_eq!(journaled, [1, 2, 3, 4], "{topology:?}");
     }
 }

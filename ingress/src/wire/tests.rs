@@ -138,6 +138,7 @@ fn error_codes_keep_their_numbers_and_names() {
         ErrorCode::NotPrimary,
         ErrorCode::ReplicationUnavailable,
         ErrorCode::Forbidden,
+        ErrorCode::JournalFailed,
     ];
     for code in codes {
         assert_eq!(ErrorCode::from_u16(code as u16), code);
