@@ -2,9 +2,10 @@
 //! ahead of the ring (connections, commands in flight, request rate), a per-address limit on
 //! failed authentication, and a rate-limited logger.
 //!
-//! Both per-address tables are bounded and allocated at start, and forget the address used
-//! least recently when full ([`Recency`]); time is passed in, so every decision is a pure
-//! function of the calls made.
+//! Both per-address tables are bounded and allocated at start, and when full forget the
+//! address used least recently (for the budgets: released longest ago, never one with a
+//! connection open), kept in order by one intrusive list, `Recency`. Time is passed in, so
+//! every decision is a pure function of the calls made.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
