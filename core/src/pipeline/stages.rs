@@ -676,7 +676,14 @@ pub(crate) fn run_stage<P: RingPoller, W: Work>(
         match stage.step(shared) {
             Step::Idle => {
                 stage.idle(shared);
-                idler.idle(parker, || stage.has_available());
+                // Only a journal with appended records not yet flushed (`interval`) has work
+                // coming from the clock; otherwise only a producer or an upstream stage can
+                // bring any, and it wakes this thread.
+                if shared.appended.get() > shared.durable.get() {
+                    idler.idle(parker, || stage.has_available());
+                } else {
+                    idler.idle_quiet(parker, || stage.has_available());
+                }
             }
             Step::Worked(_) => idler.reset(),
             Step::Stopped => break,
