@@ -252,7 +252,7 @@ fn order_lifecycle_over_http() {
     assert_eq!(done.json()["state"], "completed");
     let view = http.call("GET", &format!("/v1/orders/{order}"), None, None).json();
     assert_eq!(view["state"], "completed");
-    assert_eq!(view["user"], 5);
+    assert_eq!(view["user"], "5");
     let sku = http.call("GET", "/v1/skus/2", None, None).json();
     assert_eq!((sku["sold"].clone(), sku["available"].clone()), (2.into(), 8.into()));
     assert_eq!(http.call("GET", "/v1/skus/99", None, None).status, 404);

@@ -34,8 +34,9 @@ macro_rules! outln {
 /// hash, per-SKU stock figures and the orders the engine keeps, by state (finished orders whose
 /// slots were reused once the order table was full are forgotten and not counted). With
 /// --export, every replayed command's outcome (and every expiry it caused) is written as one
-/// JSON object per line, ready to load into a database; use --from-start to export the full
-/// history rather than what follows the snapshot.
+/// JSON object per line, ready to load into a database: from the first command the retained
+/// journal holds (starting from the snapshot taken just before it, if segments were
+/// retired), or with --since-snapshot only what follows the newest snapshot.
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// The journal directory.
@@ -50,8 +51,12 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub export: Option<PathBuf>,
     /// Ignore snapshots and replay from sequence 1.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "since_snapshot")]
     pub from_start: bool,
+    /// Start from the newest snapshot, not from the start of the retained journal: with
+    /// --export, only what follows that snapshot is exported (the default without --export).
+    #[arg(long)]
+    pub since_snapshot: bool,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -191,7 +196,8 @@ fn open_for_replay(args: &ReplayArgs, limits: &Limits) -> Result<(Opened, bool),
     Ok((opened, in_progress))
 }
 
-/// The newest snapshot that does not pass the limits (or none), and the engine restored from it.
+/// Where replay starts, and the engine restored there: the newest snapshot within the limits
+/// (or none); for an export (without --since-snapshot) the start of the retained journal.
 fn starting_point(
     args: &ReplayArgs,
     source: &ReadOnlyDir,
@@ -200,18 +206,33 @@ fn starting_point(
 ) -> Result<(Engine, Option<SnapshotMeta>), JournalError> {
     let config =
         layout.segments.first().map_or_else(EngineConfig::default, |s| s.header.config.clone());
-    if !args.from_start {
-        for (through, name) in snapshot::list(source)?.into_iter().rev() {
-            if through > limits.until_seq || layout.last_sequence().is_some_and(|l| through > l) {
-                continue;
+    if args.from_start {
+        return Ok((Engine::new(config), None));
+    }
+    let usable = |through: Sequence| {
+        through <= limits.until_seq && layout.last_sequence().is_none_or(|l| through <= l)
+    };
+    let mut snapshots = snapshot::list(source)?;
+    snapshots.retain(|(through, _)| usable(*through));
+    match layout.first_sequence() {
+        // Export from the retained journal's first record: from sequence 1 no snapshot is
+        // needed, and one from before the first record is no start (the records between
+        // are gone), so the oldest one after it is the earliest start there is.
+        Some(first) if args.export.is_some() && !args.since_snapshot => {
+            if first == Sequence(1) {
+                return Ok((Engine::new(config), None));
             }
-            match snapshot::load(source, &name, None) {
-                Ok((engine, meta)) if meta.now <= limits.until_time => {
-                    return Ok((engine, Some(meta)));
-                }
-                Ok(_) => {}
-                Err(error) => eprintln!("warning: {error}"),
+            snapshots.retain(|(through, _)| through.next() >= first);
+        }
+        _ => snapshots.reverse(),
+    }
+    for (_, name) in snapshots {
+        match snapshot::load(source, &name, None) {
+            Ok((engine, meta)) if meta.now <= limits.until_time => {
+                return Ok((engine, Some(meta)));
             }
+            Ok(_) => {}
+            Err(error) => eprintln!("warning: {error}"),
         }
     }
     Ok((Engine::new(config), None))

@@ -16,6 +16,7 @@
 //! [`CONTINUE`] once; a declared body over the limit is refused with 413 before that, at once.
 
 pub mod api;
+pub mod views;
 
 /// Most headers accepted in one request.
 pub const HEADERS_MAX: usize = 32;
@@ -295,7 +296,13 @@ impl Response {
     /// A JSON response.
     #[must_use]
     pub fn json(status: u16, body: &serde_json::Value) -> Response {
-        let mut bytes = serde_json::to_vec(body).expect("JSON values always serialize");
+        Response::body(status, body)
+    }
+
+    /// A JSON response from any of the API's views ([`views`]).
+    #[must_use]
+    pub fn body<T: serde::Serialize + ?Sized>(status: u16, body: &T) -> Response {
+        let mut bytes = serde_json::to_vec(body).expect("the API's views always serialize");
         bytes.push(b'\n');
         Response { status, content_type: "application/json", body: bytes, retry_after_s: None }
     }
@@ -304,6 +311,12 @@ impl Response {
     #[must_use]
     pub fn error(status: u16, code: &str, message: &str) -> Response {
         Response::json(status, &serde_json::json!({ "error": code, "message": message }))
+    }
+
+    /// An error naming more than its code and message (e.g. the field at fault).
+    #[must_use]
+    pub fn error_json(status: u16, error: &views::ErrorJson) -> Response {
+        Response::body(status, error)
     }
 
     /// Adds a `Retry-After` header.

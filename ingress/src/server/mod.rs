@@ -315,6 +315,9 @@ struct Server<B: Backend> {
     log: LogLimiter,
     auth: Auth,
     mint: KeyMint,
+    /// The request id and epoch of the promotion this server made, so a retried promotion
+    /// with the same `request_id` gets the same answer.
+    promoted_by: Option<(ringfence_core::RequestKey, u64)>,
     stop: Arc<AtomicBool>,
     stopping_since: Option<Instant>,
 }
@@ -353,6 +356,7 @@ impl<B: Backend> Server<B> {
             resume: Vec::new(),
             metrics: Metrics::default(),
             mint: KeyMint::new(nonce ^ nonce_entropy()),
+            promoted_by: None,
             stop,
             stopping_since: None,
         }

@@ -12,6 +12,7 @@ use super::conn::{Conn, Flight, ReadResult, Reply};
 use super::refusal::{self, Stage};
 use crate::backend::{Backend, Refusal};
 use crate::http::api::{Call, route_as};
+use crate::http::views::{NodeJson, PeerJson};
 use crate::http::{self, Framed, Limits, Response};
 use crate::metrics::Protocol;
 use crate::roles::{self, Caller, Need, Role};
@@ -261,7 +262,8 @@ impl<B: Backend> Server<B> {
                 Ok(Call::Ready) => self.ready_response(),
                 Ok(Call::Node) => self.node_response(),
                 Ok(Call::Metrics) => self.metrics_response(),
-                Ok(Call::Promote) => self.promote_response(now),
+                Ok(Call::OpenApi) => crate::http::api::openapi_response(),
+                Ok(Call::Promote(request)) => self.promote_response(request, now),
                 Ok(Call::SetReplicationMode(mode)) => self.replication_mode_response(mode, now),
                 Ok(Call::Submit(command)) => {
                     let reply = Reply::Http { seq: conn.next_http_seq(), keep_alive };
@@ -367,22 +369,15 @@ impl<B: Backend> Server<B> {
 
     fn node_response(&self) -> Response {
         let status = self.backend.status();
-        let info = status.info;
-        Response::json(
-            200,
-            &json!({
-                "role": if info.primary { "primary" } else { "standby" },
-                "epoch": info.epoch,
-                "last_sequence": info.last_sequence,
-                "applied_sequence": status.applied_sequence,
-                "state_hash": format!("{:016x}", info.running_hash),
-                "journal": { "status": status.journal, "durable_sequence": info.journal_durable },
-                "peer": { "status": status.peer },
-                "replication": status.replication,
-                "connections_open": self.metrics.open,
-                "in_flight": self.metrics.in_flight,
-            }),
-        )
+        let mut node = NodeJson::from_info(&status.info);
+        node.state.as_of_ms = Some(status.state_as_of_ms);
+        node.applied_sequence = Some(status.applied_sequence);
+        node.journal.status = Some(status.journal);
+        node.peer = Some(PeerJson { status: status.peer });
+        node.replication = status.replication;
+        node.connections_open = Some(self.metrics.open);
+        node.in_flight = Some(self.metrics.in_flight);
+        Response::body(200, &node)
     }
 
     fn metrics_response(&self) -> Response {
