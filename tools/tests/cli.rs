@@ -367,3 +367,29 @@ fn replay_exports_the_whole_retained_journal_unless_told_otherwise() {
     let order = reserved["outcome"]["order_id"].as_str().expect("ids are decimal strings");
     assert!(order.parse::<u64>().is_ok(), "{order}");
 }
+
+#[test]
+fn config_example_passes_check_and_a_typo_is_named() {
+    // Goal: the printed example is a file `config check` accepts; an unknown key or a bad
+    // value is refused naming it; `defaults` is TOML with every section.
+    let dir = TempDir::new("config");
+    let example = ringfence(&["config", "example"]);
+    assert_eq!(example.status.code(), Some(0));
+    let path = dir.path().join("ringfence.toml");
+    std::fs::write(&path, &example.stdout).unwrap();
+    let checked = ringfence(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
+    let typo = text(&example.stdout).replace("skus_max =", "sku_max =");
+    std::fs::write(&path, typo).unwrap();
+    let refused = ringfence(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("sku_max"), "{}", text(&refused.stderr));
+    std::fs::write(&path, "[node]\ndurability = \"sometimes\"\n").unwrap();
+    let refused = ringfence(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("durability"), "{}", text(&refused.stderr));
+    let defaults = ringfence(&["defaults"]);
+    let table: toml::Table = text(&defaults.stdout).parse().unwrap();
+    assert_eq!(table["engine"]["skus_max"].as_integer(), Some(16_384));
+    assert!(["auth", "server", "node", "replication"].iter().all(|s| table.contains_key(*s)));
+}

@@ -69,7 +69,7 @@ const _: () = assert!(BUSY_NUMERATOR < BUSY_DENOMINATOR);
 /// and under 8 MiB of tables (65,536 flights, the address tables): about 0.45 GiB of buffered
 /// bytes and under 0.75 GiB allocated, whatever the clients do. The node's ring and engine
 /// tables come on top (`NodeConfig`, `EngineConfig`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Binary protocol listener; `None` disables it.
