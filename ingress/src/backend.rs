@@ -241,15 +241,23 @@ impl EngineWatch {
         watch
     }
 
-    /// Called by the one writer, the applying stage.
     fn publish(&self, engine: &Engine) {
+        self.publish_state(WatchedState {
+            running_hash: engine.running_hash(),
+            last_sequence: engine.last_sequence().0,
+            now_ms: engine.now().0,
+        });
+    }
+
+    /// Called by the one writer, the applying stage.
+    fn publish_state(&self, state: WatchedState) {
         let version = self.version.load(Ordering::Relaxed);
         assert!(version % 2 == 0, "one writer publishes at a time");
         self.version.store(version + 1, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
-        self.running_hash.store(engine.running_hash(), Ordering::Relaxed);
-        self.last_sequence.store(engine.last_sequence().0, Ordering::Relaxed);
-        self.now_ms.store(engine.now().0, Ordering::Relaxed);
+        self.running_hash.store(state.running_hash, Ordering::Relaxed);
+        self.last_sequence.store(state.last_sequence, Ordering::Relaxed);
+        self.now_ms.store(state.now_ms, Ordering::Relaxed);
         self.version.store(version + 2, Ordering::Release);
     }
 
@@ -533,5 +541,34 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
         let sum = histogram.mean() * histogram.len() as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum {sum:.9}");
         let _ = writeln!(out, "{name}_count {}", histogram.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_never_sees_a_hash_paired_with_another_sequence() {
+        // Goal: `/v1/node` states the hash at the sequence it was taken, even while the
+        // applying stage publishes new values concurrently.
+        let watch = Arc::new(EngineWatch::default());
+        let state = |n: u64| WatchedState {
+            running_hash: n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            last_sequence: n,
+            now_ms: n * 10,
+        };
+        let writer = {
+            let watch = Arc::clone(&watch);
+            std::thread::spawn(move || (1..=200_000).for_each(|n| watch.publish_state(state(n))))
+        };
+        let mut last = 0;
+        while !writer.is_finished() || last < 200_000 {
+            let read = watch.read();
+            assert_eq!(read, state(read.last_sequence), "a torn reading");
+            assert!(read.last_sequence >= last, "went backwards");
+            last = read.last_sequence;
+        }
+        writer.join().unwrap();
     }
 }

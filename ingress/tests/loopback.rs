@@ -331,6 +331,10 @@ fn health_node_and_metrics_endpoints() {
     assert_eq!(node["role"], "primary");
     assert!(node["last_sequence"].as_u64().unwrap() >= 1);
     assert_eq!(node["state_hash"].as_str().unwrap().len(), 16);
+    // The hash is stated with the sequence it was taken after and the logical time then.
+    let state = &node["state"];
+    assert_eq!((&state["hash"], &state["sequence"]), (&node["state_hash"], &node["last_sequence"]));
+    assert!(state["as_of_ms"].as_u64().unwrap() > 1_600_000_000_000, "{node}");
     let metrics = http.call("GET", "/metrics", None, None);
     assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
     let text = String::from_utf8(metrics.body).unwrap();

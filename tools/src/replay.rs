@@ -2,13 +2,12 @@
 //! journal, print its state hash and a summary, and optionally export every outcome.
 
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use ringfence_core::{Engine, EngineConfig, Sequence, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan::{self, ReadOnlyDir};
@@ -17,6 +16,7 @@ use serde_json::json;
 
 use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, open, tail_in_progress};
 use crate::json;
+use crate::progress;
 use crate::time::{format_ms, parse_rfc3339};
 
 /// `println!` that ignores a closed standard output (piped into `head`, say) instead of
@@ -116,7 +116,9 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     let total = layout
         .last_sequence()
         .map_or(0, |last| last.0.min(limits.until_seq.0).saturating_sub(start.0 - 1));
-    let progress = progress_bar(total);
+    // The summary is printed after the bar is cleared, so the bar shares the terminal with
+    // nothing.
+    let progress = progress::records_bar(total, "commands replayed", false);
     let mut export_error = None;
     scan::read_pipelined(&mut source, &layout, start, &mut |record| {
         if record.sequence > limits.until_seq || record.timestamp > limits.until_time {
@@ -140,7 +142,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
                 return ControlFlow::Break(());
             }
         }
-        if tally.replayed % 65_536 == 0 {
+        if tally.replayed % progress::UPDATE_EVERY == 0 {
             progress.set_position(tally.replayed);
         }
         ControlFlow::Continue(())
@@ -236,18 +238,6 @@ fn starting_point(
         }
     }
     Ok((Engine::new(config), None))
-}
-
-fn progress_bar(total: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() || total < 1_000_000 {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} commands  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 fn print_summary(
