@@ -412,3 +412,42 @@ fn expect_continue_gets_100_before_the_body_and_413_without_it() {
     assert!(http.closed_by_server());
     server.shutdown().unwrap();
 }
+
+#[test]
+fn the_catalogue_is_listed_page_by_page_in_creation_order() {
+    // Goal: following `next_cursor` from the first page visits every SKU once, in the order
+    // they were created, each with its live figures; the last page says there is no next.
+    let server = start_node(ServerConfig::loopback(), Topology::Compact);
+    let mut http = Http::connect(server.http_addr().unwrap());
+    let created = [9, 3, 7, 1, 5];
+    for sku in created {
+        create_sku(&mut http, sku, 10, 0, 60_000);
+    }
+    let reserve = r#"{"request_id":"l-1","user":4,"sku":"7","qty":2}"#;
+    assert_eq!(http.call("POST", "/v1/orders", Some(reserve), None).status, 201);
+    let mut seen = Vec::new();
+    let mut path = "/v1/skus?limit=2".to_owned();
+    loop {
+        let page = http.call("GET", &path, None, None);
+        assert_eq!(page.status, 200);
+        let page = page.json();
+        for sku in page["skus"].as_array().unwrap() {
+            let id: u64 = sku["sku"].as_str().unwrap().parse().unwrap();
+            let available = if id == 7 { 8 } else { 10 };
+            assert_eq!(sku["available"], available, "{sku}");
+            seen.push(id);
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => path = format!("/v1/skus?limit=2&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, created);
+    let whole = http.call("GET", "/v1/skus", None, None).json();
+    assert_eq!(
+        (whole["skus"].as_array().unwrap().len(), whole["next_cursor"].is_null()),
+        (5, true)
+    );
+    let too_many = http.call("GET", "/v1/skus?limit=1000", None, None);
+    assert_eq!((too_many.status, too_many.json()["field"].as_str()), (400, Some("limit")));
+}

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::listing::{PageRequest, parse_page_request};
 use super::views::{self, ErrorJson, Id, OutcomeJson};
 use super::{Request, Response};
 use crate::keys;
@@ -36,6 +37,8 @@ pub enum Call {
     Metrics,
     /// `GET /openapi.yaml`: the API's description.
     OpenApi,
+    /// `GET /v1/skus`: one page of the catalogue ([`super::listing`]).
+    ListSkus(PageRequest),
     /// `POST /v1/admin/promote`: make this standby the primary; a retry with the same
     /// request key answers the first promotion's result.
     Promote(Option<RequestKey>),
@@ -204,6 +207,7 @@ fn parse_call(request: &Request<'_>, is_admin: bool, mint: &mut KeyMint) -> Resu
         ("GET", ["metrics"]) => Call::Metrics,
         ("GET", ["openapi.yaml"]) => Call::OpenApi,
         ("GET", ["v1", "node"]) => Call::Node,
+        ("GET", ["v1", "skus"]) => Call::ListSkus(parse_page_request(request.query)?),
         ("GET", ["v1", "skus", sku]) => query(Query::Sku(SkuId(path_id(sku, "sku")?))),
         ("GET", ["v1", "orders", id]) => query(Query::Order(OrderId(path_id(id, "order_id")?))),
         ("GET", ["v1", "coupons", id]) => query(Query::Coupon(CouponId(path_id(id, "coupon_id")?))),

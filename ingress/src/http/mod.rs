@@ -16,6 +16,7 @@
 //! [`CONTINUE`] once; a declared body over the limit is refused with 413 before that, at once.
 
 pub mod api;
+pub mod listing;
 pub mod views;
 
 /// Most headers accepted in one request.
@@ -98,6 +99,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The request target without the query string.
     pub path: &'a str,
+    /// The query string (after `?`), empty when there is none.
+    pub query: &'a str,
     /// The bearer token from `Authorization: Bearer ...`, if any.
     pub bearer: Option<&'a [u8]>,
     /// Whether the connection stays open after the response.
@@ -154,7 +157,7 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
     }
     let method = parsed.method.unwrap_or_default();
     let target = parsed.path.unwrap_or_default();
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let http_10 = parsed.version == Some(0);
     let mut head = Head {
         keep_alive: !http_10,
@@ -182,6 +185,7 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
     let request = Request {
         method,
         path,
+        query,
         bearer: head.bearer,
         keep_alive: head.keep_alive,
         body: &buffer[head_len..total],

@@ -121,7 +121,10 @@ fn arguments_the_engine_refuses_are_named_before_submission() {
         ),
         (
             "/v1/skus",
-            r#"{"sku":1,"stock":1,"price_cents":1,"payment_timeout_ms":1,"sale_start_ms":5,"sale_end_ms":5}"#,
+            concat!(
+                r#"{"sku":1,"stock":1,"price_cents":1,"payment_timeout_ms":1,"#,
+                r#""sale_start_ms":5,"sale_end_ms":5}"#
+            ),
             "sale_end_ms",
         ),
         (

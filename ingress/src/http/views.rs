@@ -468,6 +468,9 @@ pub enum CommandJson {
     QueryBatch {
         batch: Id,
     },
+    QuerySkuAt {
+        position: u32,
+    },
     CreateSku {
         request_key: String,
         sku: Id,
@@ -552,6 +555,7 @@ impl From<&Command> for CommandJson {
             Command::Query(Query::Order(o)) => CommandJson::QueryOrder { order_id: Id(o.0) },
             Command::Query(Query::Coupon(c)) => CommandJson::QueryCoupon { coupon_id: Id(c.0) },
             Command::Query(Query::Batch(b)) => CommandJson::QueryBatch { batch: Id(b.0) },
+            Command::Query(Query::SkuAt(position)) => CommandJson::QuerySkuAt { position },
             Command::Client { key, ref action } => action_json(hex(&key.0), action),
         }
     }

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use ringfence_core::Command;
+use ringfence_core::{Command, Query};
 use serde_json::json;
 
 use super::Server;
@@ -12,6 +12,7 @@ use super::conn::{Conn, Flight, ReadResult, Reply};
 use super::refusal::{self, Stage};
 use crate::backend::{Backend, Refusal};
 use crate::http::api::{Call, route_as};
+use crate::http::listing::PageRequest;
 use crate::http::views::{NodeJson, PeerJson};
 use crate::http::{self, Framed, Limits, Response};
 use crate::metrics::Protocol;
@@ -265,6 +266,12 @@ impl<B: Backend> Server<B> {
                 Ok(Call::OpenApi) => crate::http::api::openapi_response(),
                 Ok(Call::Promote(request)) => self.promote_response(request, now),
                 Ok(Call::SetReplicationMode(mode)) => self.replication_mode_response(mode, now),
+                Ok(Call::ListSkus(page)) => {
+                    match self.submit_page(conn, index, page, keep_alive, now) {
+                        Ok(()) => continue,
+                        Err(refused) => http_refusal(refused),
+                    }
+                }
                 Ok(Call::Submit(command)) => {
                     let reply = Reply::Http { seq: conn.next_http_seq(), keep_alive };
                     match self.admit_and_submit(conn, index, command, reply, now) {
@@ -294,6 +301,33 @@ impl<B: Backend> Server<B> {
             return Err(auth::limited_response(retry_after));
         }
         route_as(request, self.auth.caller(verdict), &mut self.mint)
+    }
+
+    /// Submits one `SkuAt` query per SKU on the page, each a command of its own for the rate
+    /// limit and the in-flight bounds. When one is refused the page stops there (shorter,
+    /// with a cursor to continue from); refused at the first, the request is refused.
+    fn submit_page(
+        &mut self,
+        conn: &mut Conn,
+        index: usize,
+        page: PageRequest,
+        keep_alive: bool,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        let seq = conn.next_http_seq();
+        let mut parts = 0u16;
+        while parts < page.limit {
+            let Some(position) = page.cursor.checked_add(u32::from(parts)) else { break };
+            let query = Command::Query(Query::SkuAt(position));
+            let reply = Reply::HttpPage { seq, part: parts, keep_alive };
+            match self.admit_and_submit(conn, index, query, reply, now) {
+                Ok(()) => parts += 1,
+                Err(refused) if parts == 0 => return Err(refused),
+                Err(_) => break,
+            }
+        }
+        conn.push_http_page(page.cursor, parts);
+        Ok(())
     }
 
     fn admit_and_submit(
