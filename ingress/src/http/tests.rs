@@ -588,3 +588,108 @@ proptest! {
         }
     }
 }
+
+/// The `(method, path template)` pairs `docs/openapi.yaml` describes, read from its `paths:`
+/// section by indentation (two spaces for a path, four for a method).
+fn documented_routes() -> Vec<(String, String)> {
+    let mut routes = Vec::new();
+    let mut path = None;
+    let mut in_paths = false;
+    for line in super::api::OPENAPI_YAML.lines() {
+        if !line.starts_with(' ') {
+            in_paths = line == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  /").and_then(|rest| rest.strip_suffix(':')) {
+            path = Some(format!("/{p}"));
+        } else if let Some(method) = line.strip_prefix("    ").and_then(|m| m.strip_suffix(':')) {
+            if ["get", "post", "put", "delete", "patch"].contains(&method) {
+                let path = path.clone().expect("a method under a path");
+                routes.push((method.to_uppercase(), path));
+            }
+        }
+    }
+    routes
+}
+
+/// A concrete path for a template: every `{id}` parameter becomes `12`.
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|segment| if segment.starts_with('{') { "12" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn is_routed(method: &str, path: &str) -> bool {
+    let request = format!("{method} {path} HTTP/1.1\r\n\r\n");
+    let (request, _) = try_request(request.as_bytes(), Limits::default()).unwrap().unwrap();
+    match route(&request, Some(&AdminToken::new("secret")), &mut KeyMint::new(0)) {
+        Ok(_) => true,
+        Err(response) => !matches!(response.status, 404 | 405),
+    }
+}
+
+#[test]
+fn the_router_serves_exactly_the_routes_the_openapi_document_describes() {
+    // Goal: every documented operation is routed, and every method on every path the
+    // document or a near miss names is routed only if documented: the two cannot drift.
+    let documented = documented_routes();
+    assert!(documented.len() >= 25, "{documented:?}");
+    let mut paths: Vec<String> = documented.iter().map(|(_, p)| concrete(p)).collect();
+    paths.extend(
+        ["/", "/v1", "/v1/admin", "/v1/orders/12/fly", "/v1/skus/12/drop", "/v2/skus"]
+            .map(String::from),
+    );
+    paths.extend(["/v1/coupons/12/x", "/v1/admin/shutdown", "/openapi.json"].map(String::from));
+    for path in &paths {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            let is_documented = documented.iter().any(|(m, p)| m == method && concrete(p) == *path);
+            // `/v1/coupons/claim` is a literal path: GET on it reads a coupon id "claim" (400).
+            let literal_shadow = path == "/v1/coupons/claim" && method == "GET";
+            assert_eq!(is_routed(method, path), is_documented || literal_shadow, "{method} {path}");
+        }
+    }
+}
+
+#[test]
+fn every_error_code_the_api_can_answer_is_in_the_document() {
+    // Goal: a client generated from the document knows every `error` code it can meet.
+    let start = super::api::OPENAPI_YAML.find("    ErrorCode:").unwrap();
+    let end = start + super::api::OPENAPI_YAML[start..].find("    Error:").unwrap();
+    let listed = &super::api::OPENAPI_YAML[start..end];
+    let listed: Vec<&str> = listed
+        .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut codes: Vec<&str> = (0..=255u8)
+        .filter_map(|tag| ringfence_core::codec::decode_outcome(&[0x12, tag]).ok())
+        .filter_map(|outcome| match outcome {
+            Outcome::Rejected(rejection) => Some(super::api::rejection_code(rejection)),
+            _ => None,
+        })
+        .collect();
+    assert!(codes.len() >= 17, "every one-byte rejection decoded: {codes:?}");
+    let with_fields = [
+        Rejection::InvalidState { current: OrderState::Paid },
+        Rejection::WrongAmount { expected_cents: 1 },
+    ];
+    codes.extend(with_fields.map(super::api::rejection_code));
+    let framing = [
+        HttpError::Malformed(String::new()),
+        HttpError::HeadersTooLarge(1),
+        HttpError::TooManyHeaders,
+        HttpError::BodyTooLarge { length: 1, max: 0 },
+        HttpError::TransferEncoding,
+        HttpError::DuplicateContentLength,
+        HttpError::InvalidContentLength(String::new()),
+        HttpError::TransferEncodingWithContentLength,
+    ];
+    codes.extend(framing.iter().map(|error| error.status_and_code().1));
+    for code in codes {
+        assert!(listed.contains(&code), "error code {code} is not in ErrorCode");
+    }
+}
