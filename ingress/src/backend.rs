@@ -475,7 +475,7 @@ impl Backend for NodeBackend {
                     on_stop(&report.engine, report.last_sequence);
                 }
             }
-            Err(error) => eprintln!("ringfence: error: node shutdown: {error}"),
+            Err(error) => tracing::error!(target: "ringfence", "node shutdown: {error}"),
         }
     }
 }

@@ -744,8 +744,9 @@ fn run_job<S: Storage>(
     let meta = match write(dir.storage(), config, &job.image, job.through) {
         Ok(meta) => meta,
         Err(error) => {
-            eprintln!(
-                "ringfence: snapshot through {} failed (the journal still holds every \
+            tracing::error!(
+                target: "ringfence",
+                "snapshot through {} failed (the journal still holds every \
                  command): {error}",
                 job.through
             );
@@ -758,7 +759,10 @@ fn run_job<S: Storage>(
     assert_eq!(meta.last_sequence, job.last_sequence, "snapshot restores to the BLP's sequence");
     let retention = apply_retention(dir, policy);
     if let Err(error) = &retention {
-        eprintln!("ringfence: snapshot retention failed (retried after the next one): {error}");
+        tracing::warn!(
+            target: "ringfence",
+            "snapshot retention failed (retried after the next one): {error}"
+        );
     }
     JobDone::Written { meta, retention: retention.map_err(|error| error.to_string()) }
 }

@@ -50,6 +50,7 @@ enum TopCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ringfence_ingress::logging::init();
     match cli.command {
         TopCommand::Serve(args) => serve::run(&args),
         TopCommand::Client(args) => client_cmd::run(args),

@@ -774,7 +774,7 @@ fn write_private(path: &Path, token: &str) -> Result<(), String> {
 }
 
 pub(crate) fn log(message: std::fmt::Arguments<'_>) {
-    eprintln!("ringfence: {message}");
+    tracing::info!(target: "ringfence", "{message}");
 }
 
 #[cfg(test)]
