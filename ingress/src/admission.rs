@@ -249,7 +249,8 @@ impl LogLimiter {
         if new_window {
             if self.suppressed > 0 {
                 let suppressed = self.suppressed;
-                tracing::warn!(target: "ringfence", suppressed, "{suppressed} similar messages suppressed");
+                let message = format!("{suppressed} similar messages suppressed");
+                tracing::warn!(target: "ringfence", suppressed, "{message}");
             }
             self.window_start = Some(now);
             self.printed = 0;

@@ -62,7 +62,8 @@ pub fn init() {
     };
     if installed.is_ok() {
         if let Some(problem) = problem {
-            tracing::warn!(target: "ringfence", "log filter not understood, using `info`: {problem}");
+            let message = format!("log filter not understood, using `info`: {problem}");
+            tracing::warn!(target: "ringfence", "{message}");
         }
     }
 }

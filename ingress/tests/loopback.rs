@@ -451,3 +451,32 @@ fn the_catalogue_is_listed_page_by_page_in_creation_order() {
     let too_many = http.call("GET", "/v1/skus?limit=1000", None, None);
     assert_eq!((too_many.status, too_many.json()["field"].as_str()), (400, Some("limit")));
 }
+
+#[test]
+fn a_retried_admin_call_with_its_request_id_changes_nothing() {
+    // Goal: admin calls are idempotent with a request_id (a retried restock adds the stock
+    // once, a retried creation answers the creation), and without one each call is new.
+    let server = start_node(ServerConfig::loopback(), Topology::Compact);
+    let mut http = Http::connect(server.http_addr().unwrap());
+    let create =
+        r#"{"request_id":"c-1","sku":"4","stock":10,"price_cents":5,"payment_timeout_ms":1000}"#;
+    let first = http.call("POST", "/v1/skus", Some(create), Some(TOKEN));
+    let again = http.call("POST", "/v1/skus", Some(create), Some(TOKEN));
+    assert_eq!((first.status, again.status), (201, 201));
+    assert_eq!(first.json(), again.json());
+    let restock = Some(r#"{"request_id":"r-1","qty":5}"#);
+    for _ in 0..3 {
+        let answer = http.call("POST", "/v1/skus/4/restock", restock, Some(TOKEN));
+        assert_eq!((answer.status, answer.json()["stock"].as_u64()), (200, Some(15)));
+    }
+    let unkeyed = Some(r#"{"qty":5}"#);
+    http.call("POST", "/v1/skus/4/restock", unkeyed, Some(TOKEN));
+    let twice = http.call("POST", "/v1/skus/4/restock", unkeyed, Some(TOKEN));
+    assert_eq!(twice.json()["stock"], 25);
+    let reused = Some(r#"{"request_id":"r-1","qty":6}"#);
+    let refused = http.call("POST", "/v1/skus/4/restock", reused, Some(TOKEN));
+    assert_eq!(
+        (refused.status, refused.json()["error"].as_str()),
+        (422, Some("request_id_reused"))
+    );
+}
