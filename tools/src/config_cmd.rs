@@ -144,6 +144,12 @@ const KEYS: &[Key] = &[
     ),
     key(
         "server",
+        "address_in_flight_max",
+        "Commands in flight per source address, all its connections together (IPv6 per /64); \
+        at it, reading pauses for the whole address. At most half of in_flight_max applies.",
+    ),
+    key(
+        "server",
         "outbound_max",
         "Bytes queued for one client; a client that lets more pile up unread is disconnected.",
     ),
@@ -158,6 +164,17 @@ const KEYS: &[Key] = &[
         "Requests per second per connection (token bucket); 0 means unlimited.",
     ),
     key("server", "rate_burst", "Requests a connection may send at once after being quiet."),
+    key(
+        "server",
+        "address_rate_per_sec",
+        "Requests per second per source address (token bucket; beyond it: rate_limited, HTTP \
+        429); 0 means unlimited.",
+    ),
+    key(
+        "server",
+        "address_rate_burst",
+        "Requests a source address may send at once after being quiet.",
+    ),
     key("server", "header_max", "Largest HTTP request head, in bytes."),
     key("server", "body_max", "Largest HTTP request body, in bytes."),
     key(
