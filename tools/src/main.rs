@@ -6,8 +6,10 @@ use clap::{Parser, Subcommand};
 
 mod admin_cmd;
 mod client_cmd;
+mod config_cmd;
 mod journal_cmd;
 mod json;
+mod progress;
 mod replay;
 mod replication;
 mod serve;
@@ -33,8 +35,11 @@ enum TopCommand {
     Promote(admin_cmd::PromoteArgs),
     /// Admin: switch the replication ack mode of the node at --http (sync or async).
     Replication(admin_cmd::ReplicationArgs),
-    /// Print the engine's default capacities and limits.
+    /// Print every setting's default as TOML (`config example` adds what each one means).
     Defaults,
+    /// Write a commented example configuration file, or check one.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Inspect or repair a journal directory: verify, dump, stats, truncate.
     #[command(subcommand)]
     Journal(journal_cmd::JournalCommand),
@@ -45,15 +50,14 @@ enum TopCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ringfence_ingress::logging::init();
     match cli.command {
         TopCommand::Serve(args) => serve::run(&args),
         TopCommand::Client(args) => client_cmd::run(args),
         TopCommand::Promote(args) => admin_cmd::promote(&args),
         TopCommand::Replication(args) => admin_cmd::replication(&args),
-        TopCommand::Defaults => {
-            println!("{:#?}", ringfence_core::EngineConfig::default());
-            ExitCode::SUCCESS
-        }
+        TopCommand::Defaults => config_cmd::defaults(),
+        TopCommand::Config(command) => config_cmd::run(&command),
         TopCommand::Journal(command) => journal_cmd::run(command),
         TopCommand::Replay(args) => replay::run(&args),
     }

@@ -290,8 +290,9 @@ impl Shared {
         assert!(from.0 >= self.base.0, "a fence before the node's first command");
         assert!(from.0 < u64::MAX, "the fence's sentinel is not a sequence");
         if self.journal_fault.set(Arc::from(cause)).is_ok() {
-            eprintln!(
-                "ringfence: error: the journal failed at sequence {from}: {cause}; writes are \
+            tracing::error!(
+                target: "ringfence",
+                "the journal failed at sequence {from}: {cause}; writes are \
                  refused and reads are served from memory; restart `ringfence serve` once the \
                  cause is fixed"
             );
@@ -323,7 +324,7 @@ impl Shared {
     pub(crate) fn fail(&self, stage: &'static str, message: &str) {
         let failure = StageFailure { stage, message: Arc::from(message) };
         if self.failure.set(failure).is_ok() {
-            eprintln!("ringfence: stage `{stage}` failed, node stopped: {message}");
+            tracing::error!(target: "ringfence", "stage `{stage}` failed, node stopped: {message}");
         }
         self.closed.store(true, Ordering::Release);
         self.failed.store(true, Ordering::Release);

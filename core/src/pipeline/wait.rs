@@ -171,8 +171,9 @@ pub(crate) fn pin_current(stage: &str, core: Option<usize>) {
     let Some(core) = core else { return };
     let known = core_affinity::get_core_ids().is_some_and(|ids| ids.iter().any(|id| id.id == core));
     if !known || !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-        eprintln!(
-            "ringfence: warning: could not pin stage `{stage}` to core {core}; running unpinned"
+        tracing::warn!(
+            target: "ringfence",
+            "could not pin stage `{stage}` to core {core}; running unpinned"
         );
     }
 }
