@@ -16,7 +16,7 @@ pub mod wire;
 
 pub use backend::{
     Backend, BackendCompletion, EngineWatch, HashWatch, MetricsWriter, NodeBackend, NodeStatus,
-    NotReady, OnNodeStop, Refusal, ReplicationControl, ReplicationStatus,
+    CoordinationStatus, NotReady, OnNodeStop, Refusal, ReplicationControl, ReplicationStatus,
 };
 pub use client::{Client, ClientError};
 pub use roles::Role;
