@@ -4,6 +4,7 @@
 //! promote, write the in-sync record and then act on it, hold and resign for a switchover,
 //! or rejoin (the caller restarts the process as a candidate). It owns no decision.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -139,6 +140,24 @@ impl Startup {
         }
     }
 
+    /// Keeps the lease alive on a thread of its own while the node starts (recovery can take
+    /// longer than the lease lives); [`Held::resume`] hands it back to the driver.
+    pub fn hold(mut self) -> std::io::Result<Held> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let pause = Duration::from_millis(self.config.timing.renew_ms.min(100));
+        let thread = thread::Builder::new().name("rf-coord-start".into()).spawn(move || {
+            while !stopping.load(Ordering::Acquire) {
+                if let Err(error) = self.renew() {
+                    log(format_args!("coordination: renewing the lease at start: {error}"));
+                }
+                thread::sleep(pause);
+            }
+            self
+        })?;
+        Ok(Held { stop, thread })
+    }
+
     /// Renews the lease; a lease that expired while waiting is granted again.
     fn renew(&mut self) -> Result<(), String> {
         let sent = ms(self.clock);
@@ -157,6 +176,20 @@ impl Startup {
     fn remaining_ms(&self) -> u64 {
         let timing = self.config.timing;
         timing.deadline(self.renewed_ms, timing.ttl_s).saturating_sub(ms(self.clock))
+    }
+}
+
+/// A [`Startup`] whose lease a thread keeps alive while the node starts.
+pub struct Held {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Startup>,
+}
+
+impl Held {
+    /// Stops the thread and returns the startup, its lease renewed.
+    pub fn resume(self) -> Result<Startup, String> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().map_err(|_| "the lease thread panicked".to_owned())
     }
 }
 
