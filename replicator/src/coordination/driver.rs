@@ -339,8 +339,8 @@ impl Driver {
             Ok(view) => {
                 let facts = self.control.facts();
                 let plan = self.pilot.on_view(self.control.now_ms(), &facts, &view);
-                self.figures(&view, None);
                 self.carry_out(plan, &view, &facts);
+                self.figures(&view, None);
             }
             Err(error) => self.figures(&View::default(), Some(&error)),
         }
@@ -462,6 +462,11 @@ impl Driver {
                 sync.mode,
                 sync.standby.as_deref().unwrap_or("none (this primary alone)")
             ));
+        }
+        {
+            let mut figures = self.figures.lock().expect("never poisoned");
+            figures.in_sync_standby.clone_from(&sync.standby);
+            figures.recorded_mode = Some(sync.mode.clone());
         }
         self.pilot.recorded_sync(sync);
         match after {
