@@ -425,7 +425,7 @@ impl ControlHandle {
         coordination.request_switchover()?;
         let started = std::time::Instant::now();
         while started.elapsed() < SWITCHOVER_WAIT {
-            if self.0.is_primary() {
+            if self.0.is_primary() && coordination.figures().state == "leader" {
                 return Ok(self.0.epoch());
             }
             std::thread::sleep(Duration::from_millis(20));

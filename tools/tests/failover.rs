@@ -374,3 +374,113 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     assert!(loss >= Some(5), "the loss window is reported: {loss:?}");
     println!("async failover: loss window reported {loss:?} records");
 }
+
+#[test]
+fn without_etcd_a_pair_in_sync_keeps_serving_and_a_lone_primary_stops_until_it_returns() {
+    // Goal: the failsafe rule. etcd stops: past its lease the primary still acknowledges,
+    // because every answer waits for the in-sync standby (which stops acknowledging once it
+    // is promoted). The standby dies too: the primary cannot record that it is alone, so it
+    // refuses writes rather than acknowledge them alone. etcd returns: it records itself
+    // alone and writes flow again, in the same epoch.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-etcd");
+    let (mut etcd, a, mut b) = pair(root.path(), &["--replication-timeout-ms", "1000"]);
+    create_skus(&a);
+    let epoch = a.node().unwrap()["epoch"].clone();
+    etcd.stop();
+    wait_until(LIVENESS, "a sees the witness gone", || {
+        a.coordination().is_some_and(|c| c["witness"] != "reachable")
+    });
+    thread::sleep(Duration::from_millis(1_500));
+    let (status, answer) = a.call("POST", "/v1/orders", &probe(1)).unwrap();
+    assert_eq!(status, 201, "a pair in sync keeps serving without etcd: {answer}");
+
+    b.kill();
+    wait_until(LIVENESS, "a refuses writes without its standby", || {
+        a.call("POST", "/v1/orders", &probe(2)).is_some_and(|(status, _)| status == 503)
+    });
+    thread::sleep(Duration::from_millis(1_500));
+    let (status, answer) = a.call("POST", "/v1/orders", &probe(3)).unwrap();
+    assert_eq!(status, 503, "a lone primary does not acknowledge unrecorded: {answer}");
+    assert!(answer.contains("replication_unavailable"), "{answer}");
+
+    etcd.restart();
+    wait_until(LIVENESS, "a records itself alone and serves", || {
+        a.call("POST", "/v1/orders", &probe(4)).is_some_and(|(status, _)| status == 201)
+    });
+    let node = a.node().unwrap();
+    assert_eq!(node["epoch"], epoch, "the same leadership: {node}");
+    let coordination = &node["replication"]["coordination"];
+    assert_eq!(coordination["state"], "leader", "{node}");
+    assert!(coordination["in_sync_standby"].is_null(), "{node}");
+}
+
+#[test]
+fn restarting_all_three_in_any_order_ends_with_one_primary_and_the_state_intact() {
+    // Goal: kill -9 etcd and both nodes, then start them nodes first (they wait for etcd),
+    // then again etcd first: each time exactly one node leads, the other follows it, and the
+    // reservations made before are all there.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-restart");
+    let (mut etcd, mut a, mut b) = pair(root.path(), &[]);
+    create_skus(&a);
+    for user in 1..=10 {
+        assert_eq!(a.call("POST", "/v1/orders", &probe(user)).unwrap().0, 201);
+    }
+    let reserved = |node: &Member| -> Value {
+        let (_, sku) = node.call("GET", "/v1/skus/2", "").unwrap();
+        serde_json::from_str::<Value>(&sku).unwrap()["reserved"].clone()
+    };
+    let mut expected = 10;
+    for (round, order) in ["nodes first", "etcd first"].into_iter().enumerate() {
+        a.kill();
+        b.kill();
+        etcd.stop();
+        if order == "etcd first" {
+            etcd.restart();
+        }
+        b.start();
+        a.start();
+        if order == "nodes first" {
+            thread::sleep(Duration::from_millis(500));
+            etcd.restart();
+        }
+        wait_until(LIVENESS, "one node leads and the other follows it", || {
+            (a.is_leader() && b.follows("a")) || (b.is_leader() && a.follows("b"))
+        });
+        let (leader, follower) = if a.is_leader() { (&a, &b) } else { (&b, &a) };
+        assert!(!follower.is_leader(), "{order}: two leaders");
+        assert_eq!(reserved(leader), expected, "{order}: the state is intact");
+        let user = 20 + round as u64;
+        wait_until(LIVENESS, "the leader acknowledges a write", || {
+            leader.call("POST", "/v1/orders", &probe(user)).is_some_and(|(s, _)| s == 201)
+        });
+        expected += 1;
+    }
+}
+
+#[test]
+fn ringfence_promote_on_the_standby_is_a_planned_switchover_through_etcd() {
+    // Goal: `ringfence promote` on the in-sync standby asks through etcd; the primary holds
+    // writes until the standby has everything, gives up the key, and restarts as the new
+    // primary's standby; nothing acknowledged before is lost.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-switchover");
+    let (_etcd, a, b) = pair(root.path(), &[]);
+    create_skus(&a);
+    for user in 1..=5 {
+        assert_eq!(a.call("POST", "/v1/orders", &probe(user)).unwrap().0, 201);
+    }
+    let token = b.dir.join("admin.token");
+    let http = b.http.to_string();
+    let args = ["promote", "--http", &http, "--admin-token-file", token.to_str().unwrap()];
+    let output = ringfence_within(&args, Duration::from_secs(60));
+    assert!(output.status.success(), "{} {}", text(&output.stdout), text(&output.stderr));
+    assert!(b.is_leader());
+    wait_until(LIVENESS, "a follows b", || a.follows("b"));
+    let (_, sku) = b.call("GET", "/v1/skus/2", "").unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&sku).unwrap()["reserved"], 5, "{sku}");
+    assert_eq!(b.call("POST", "/v1/orders", &probe(6)).unwrap().0, 201);
+    let log = a.log();
+    assert!(log.iter().any(|l| l.contains("gave up the leader key")), "{log:?}");
+}
