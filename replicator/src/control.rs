@@ -552,3 +552,65 @@ impl Control {
         let _ = self.stop_follower();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{ClusterId, ClusterSecret};
+
+    struct Memory(Mutex<Epochs>);
+
+    impl EpochStore for Memory {
+        fn epochs(&self) -> Epochs {
+            *self.0.lock().unwrap()
+        }
+        fn store(&self, epochs: Epochs) -> Result<(), String> {
+            *self.0.lock().unwrap() = epochs;
+            Ok(())
+        }
+    }
+
+    fn primary() -> Arc<Control> {
+        let secret = ClusterSecret::from_bytes(&[7; 32]).unwrap();
+        let config = ReplicationConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            ClusterId::new("c").unwrap(),
+            secret,
+            std::env::temp_dir(),
+        );
+        let epochs = Epochs { current: Epoch(1), promised: Epoch(1) };
+        Control::new(
+            config,
+            Role::Primary,
+            (Sequence(0), Epoch(0)),
+            Box::new(Memory(Mutex::new(epochs))),
+        )
+    }
+
+    #[test]
+    fn past_the_lease_deadline_a_lone_primary_holds_writes_until_renewed() {
+        // Goal: a primary acknowledging on its own journal closes the gate once the lease
+        // deadline passed, and opens it again when a renewal moves the deadline.
+        let control = primary();
+        assert_eq!(control.link().gate(), Gate::Local);
+        control.set_lease_deadline(0);
+        assert_eq!(control.link().gate(), Gate::Held);
+        control.set_lease_deadline(u64::MAX);
+        assert_eq!(control.link().gate(), Gate::Local);
+    }
+
+    #[test]
+    fn past_the_lease_deadline_a_primary_in_sync_keeps_waiting_for_its_standby() {
+        // Goal: the failsafe rule: answers that wait for the in-sync standby go on without a
+        // lease (the standby stops acknowledging once it is promoted); a switchover holds.
+        let control = primary();
+        let stream = control.on_connected("standby");
+        control.on_ack(stream, Sequence(0), Sequence(0), 0);
+        assert_eq!(control.link().gate(), Gate::Standby);
+        control.set_lease_deadline(0);
+        assert_eq!(control.link().gate(), Gate::Standby);
+        control.set_handover(true);
+        assert_eq!(control.link().gate(), Gate::Held);
+        assert!(control.facts().primary);
+    }
+}

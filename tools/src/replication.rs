@@ -15,6 +15,8 @@ use ringfence_journal::{recovery, snapshot};
 use std::time::Duration;
 
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
+use ringfence_replicator::config::ReplicationConfig;
+use ringfence_replicator::control::{Control, Role};
 use ringfence_replicator::coordination::CoordinationConfig;
 use ringfence_replicator::coordination::driver::{
     Coordination, Decided, Held, Startup, candidate_facts,
@@ -22,8 +24,6 @@ use ringfence_replicator::coordination::driver::{
 use ringfence_replicator::coordination::etcd::EtcdCoordinator;
 use ringfence_replicator::coordination::pilot::{Identity, Timing};
 use ringfence_replicator::coordination::records::valid_node_name;
-use ringfence_replicator::config::ReplicationConfig;
-use ringfence_replicator::control::{Control, Role};
 use ringfence_replicator::message::RefuseCode;
 use ringfence_replicator::policy::AckMode;
 use ringfence_replicator::standby::{JoinError, Joined, JournalEnd, fetch_snapshot, join};
@@ -156,8 +156,13 @@ pub fn coordinate(
         config.timing.renew_ms,
         config.timing.margin_ms
     ));
-    let witness = EtcdCoordinator::new(config.endpoints.clone(), &replication_cluster(replication), config.request_timeout());
-    let mut startup = Startup::connect(config, Box::new(witness), Duration::from_secs(u64::MAX / 4))?;
+    let witness = EtcdCoordinator::new(
+        config.endpoints.clone(),
+        &replication_cluster(replication),
+        config.request_timeout(),
+    );
+    let mut startup =
+        Startup::connect(config, Box::new(witness), Duration::from_secs(u64::MAX / 4))?;
     let facts = candidate_facts(last, epoch_floor, replication.config.mode);
     let decided = startup.decide(&me, &facts)?;
     match &decided {

@@ -321,8 +321,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         durability,
         engine_config: engine_config.clone(),
     };
-    let mut replication =
-        replication::settings(&args.replication, &file.replication, &data_dir)?;
+    let mut replication = replication::settings(&args.replication, &file.replication, &data_dir)?;
     let coordinated =
         coordinate(args, &file, (&storage, &options), replication.as_mut(), server_config.http)?;
     let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref())?;

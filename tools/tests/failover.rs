@@ -248,7 +248,10 @@ fn a_killed_primary_fails_over_to_the_in_sync_standby_losing_nothing() {
     wait_until(LIVENESS, "b acknowledges a write", || {
         b.call("POST", "/v1/orders", &probe(1_000)).is_some_and(|(status, _)| status == 201)
     });
-    println!("failover: first write acknowledged by the new primary {:?} after kill -9", killed.elapsed());
+    println!(
+        "failover: first write acknowledged by the new primary {:?} after kill -9",
+        killed.elapsed()
+    );
     assert!(b.is_leader());
 
     let mut per_user: BTreeMap<u64, u64> = BTreeMap::new();

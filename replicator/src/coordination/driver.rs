@@ -16,7 +16,7 @@ use ringfence_core::{Epoch, Sequence};
 use crate::control::{Control, log};
 use crate::coordination::CoordinationConfig;
 use crate::coordination::pilot::{self, After, Facts, Identity, Pilot, Plan};
-use crate::coordination::records::{LeaderValue, Member, RECORDS_VERSION, SyncRecord, Switchover};
+use crate::coordination::records::{LeaderValue, Member, RECORDS_VERSION, Switchover, SyncRecord};
 use crate::coordination::store::{Coordinator, CoordinatorError, LeaseId, View};
 use crate::policy::{AckMode, Gate, PolicyState};
 
@@ -163,7 +163,8 @@ impl Startup {
         let sent = ms(self.clock);
         match self.coordinator.keep_alive(self.lease) {
             Ok(0) => {
-                self.lease = self.coordinator.grant(self.config.timing.ttl_s).map_err(|e| e.to_string())?;
+                self.lease =
+                    self.coordinator.grant(self.config.timing.ttl_s).map_err(|e| e.to_string())?;
                 self.renewed_ms = sent;
             }
             Ok(_) => self.renewed_ms = sent,
@@ -221,7 +222,10 @@ impl Coordination {
         self.figures.lock().expect("never poisoned").clone()
     }
 
-    fn ask(&self, request: impl FnOnce(Sender<Result<(), String>>) -> Request) -> Result<(), String> {
+    fn ask(
+        &self,
+        request: impl FnOnce(Sender<Result<(), String>>) -> Request,
+    ) -> Result<(), String> {
         let (reply, answer) = mpsc::channel();
         let sent = self.requests.lock().expect("never poisoned").send(request(reply));
         sent.map_err(|_| "the coordination thread has stopped".to_owned())?;
@@ -277,8 +281,8 @@ pub fn start(
     let Startup { config, coordinator, lease, .. } = startup;
     let now = control.now_ms();
     // The lease's remaining time carries over to the control's clock.
-    let renewed_ms = (now + remaining_ms + config.timing.margin_ms)
-        .saturating_sub(config.timing.ttl_s * 1_000);
+    let renewed_ms =
+        (now + remaining_ms + config.timing.margin_ms).saturating_sub(config.timing.ttl_s * 1_000);
     let pilot = match decided {
         Decided::Primary { leader, sync } => {
             Pilot::primary(me, config.timing, (leader, sync), renewed_ms)
@@ -305,8 +309,14 @@ pub fn start(
         said: String::new(),
     };
     driver.register();
-    let thread = thread::Builder::new().name("rf-coordinator".into()).spawn(move || driver.run(&inbox))?;
-    Ok(Coordination { requests: Mutex::new(requests), figures, thread: Mutex::new(Some(thread)), timeout })
+    let thread =
+        thread::Builder::new().name("rf-coordinator".into()).spawn(move || driver.run(&inbox))?;
+    Ok(Coordination {
+        requests: Mutex::new(requests),
+        figures,
+        thread: Mutex::new(Some(thread)),
+        timeout,
+    })
 }
 
 impl Driver {
@@ -424,9 +434,11 @@ impl Driver {
             (self.rejoin)(&format!("promotion into epoch {epoch} failed: {error}"));
             return;
         }
-        let loss = view.sync.as_ref().filter(|s| s.ack_mode() == AckMode::Async).map(|s| {
-            s.primary_last.saturating_sub(facts.available.0)
-        });
+        let loss = view
+            .sync
+            .as_ref()
+            .filter(|s| s.ack_mode() == AckMode::Async)
+            .map(|s| s.primary_last.saturating_sub(facts.available.0));
         if let Some(loss) = loss {
             log(format_args!(
                 "coordination: promoted over an async record: the old primary had journaled at \
@@ -456,7 +468,8 @@ impl Driver {
             Ok(false) => return,
             Err(error) => return self.note(&format!("writing the in-sync record failed: {error}")),
         }
-        if self.pilot.recorded().map(|r| (&r.standby, &r.mode)) != Some((&sync.standby, &sync.mode)) {
+        if self.pilot.recorded().map(|r| (&r.standby, &r.mode)) != Some((&sync.standby, &sync.mode))
+        {
             log(format_args!(
                 "coordination: recorded {} mode, in-sync standby: {}",
                 sync.mode,
@@ -505,7 +518,11 @@ impl Driver {
             return Err("this node is already the primary".into());
         }
         let leader = self.pilot.leader().clone();
-        let request = Switchover { version: RECORDS_VERSION, to: self.config.node.clone(), epoch: leader.epoch };
+        let request = Switchover {
+            version: RECORDS_VERSION,
+            to: self.config.node.clone(),
+            epoch: leader.epoch,
+        };
         self.coordinator.request_switchover(&request, self.lease).map_err(|e| e.to_string())?;
         log(format_args!("coordination: asked {} to hand over the leader key", leader.node));
         Ok(())
@@ -524,7 +541,8 @@ impl Driver {
     }
 
     fn stop(&mut self) {
-        if self.pilot.state() == "leader" && self.coordinator.resign(self.pilot.leader()) == Ok(true)
+        if self.pilot.state() == "leader"
+            && self.coordinator.resign(self.pilot.leader()) == Ok(true)
         {
             log(format_args!("coordination: gave up the leader key on the way out"));
         }

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use crate::coordination::records::{LeaderValue, Member, SyncRecord, Switchover, encode};
+use crate::coordination::records::{LeaderValue, Member, Switchover, SyncRecord, encode};
 use crate::coordination::store::{Coordinator, CoordinatorError, Keys, LeaseId, View};
 
 /// etcd reached through its gateway.
@@ -102,9 +102,9 @@ fn b64(bytes: &[u8]) -> String {
 fn int(value: &Value, field: &str) -> Result<i64, CoordinatorError> {
     match value.get(field) {
         None => Ok(0),
-        Some(Value::String(text)) => text
-            .parse()
-            .map_err(|_| CoordinatorError::Protocol(format!("`{field}` is not an integer: {text}"))),
+        Some(Value::String(text)) => text.parse().map_err(|_| {
+            CoordinatorError::Protocol(format!("`{field}` is not an integer: {text}"))
+        }),
         Some(Value::Number(number)) => number
             .as_i64()
             .ok_or_else(|| CoordinatorError::Protocol(format!("`{field}` is out of range"))),
@@ -167,7 +167,12 @@ impl Coordinator for EtcdCoordinator {
         for kv in kvs {
             let key = String::from_utf8(unbase64(kv, "key")?)
                 .map_err(|_| CoordinatorError::Protocol("a key is not UTF-8".into()))?;
-            decoded.push((key, unbase64(kv, "value")?, int(kv, "lease")?, int(kv, "mod_revision")?));
+            decoded.push((
+                key,
+                unbase64(kv, "value")?,
+                int(kv, "lease")?,
+                int(kv, "mod_revision")?,
+            ));
         }
         let kvs = decoded.iter().map(|(k, v, l, r)| (k.as_str(), v.as_slice(), *l, *r));
         self.keys.view(kvs)

@@ -154,10 +154,18 @@ pub enum Plan {
 /// What the node does now, as the pilot sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
-    Standby { leader: LeaderValue },
-    Primary { leader: LeaderValue },
+    Standby {
+        leader: LeaderValue,
+    },
+    Primary {
+        leader: LeaderValue,
+    },
     /// A planned switchover: writes held since `since_ms`; `resigned` once the key is given.
-    Handover { leader: LeaderValue, since_ms: u64, resigned: bool },
+    Handover {
+        leader: LeaderValue,
+        since_ms: u64,
+        resigned: bool,
+    },
 }
 
 /// The coordination decisions of one running node.
@@ -183,7 +191,14 @@ impl Pilot {
     #[must_use]
     pub fn standby(me: Identity, timing: Timing, leader: LeaderValue) -> Pilot {
         assert_ne!(leader.node, me.node, "a node never follows itself");
-        Pilot { me, timing, phase: Phase::Standby { leader }, deadline_ms: None, recorded: None, mark: None }
+        Pilot {
+            me,
+            timing,
+            phase: Phase::Standby { leader },
+            deadline_ms: None,
+            recorded: None,
+            mark: None,
+        }
     }
 
     /// A node that took the key as `leader` with `sync`, its lease renewed at `renewed_ms`.
@@ -289,8 +304,12 @@ impl Pilot {
         let recorded = view.sync.clone().unwrap_or_else(|| fresh_record(leader, facts));
         if let Some(request) = &view.switchover {
             let ours = request.epoch == leader.epoch;
-            if ours && recorded.standby.as_deref() == Some(&request.to) && facts.mode == AckMode::Sync {
-                self.phase = Phase::Handover { leader: leader.clone(), since_ms: 0, resigned: false };
+            if ours
+                && recorded.standby.as_deref() == Some(&request.to)
+                && facts.mode == AckMode::Sync
+            {
+                self.phase =
+                    Phase::Handover { leader: leader.clone(), since_ms: 0, resigned: false };
                 return Plan::Hold;
             }
         }
@@ -315,12 +334,17 @@ impl Pilot {
             self.mark = None;
             // Keep the loss window a promoted standby reports current.
             if recorded.ack_mode() != AckMode::Async || recorded.primary_last != facts.available.0 {
-                return Plan::Record { sync: with(recorded.standby.clone(), AckMode::Async), after: After::Nothing };
+                return Plan::Record {
+                    sync: with(recorded.standby.clone(), AckMode::Async),
+                    after: After::Nothing,
+                };
             }
             return Plan::Nothing;
         }
         match (facts.policy, facts.gate) {
-            (PolicyState::InSync, Gate::Standby) => self.record_standby(leader, &recorded, facts, view),
+            (PolicyState::InSync, Gate::Standby) => {
+                self.record_standby(leader, &recorded, facts, view)
+            }
             (PolicyState::StandbyLost { .. }, Gate::Held) => {
                 self.mark = None;
                 if recorded.standby.is_none() && recorded.ack_mode() == AckMode::Sync {
@@ -439,7 +463,8 @@ impl Pilot {
             return Plan::Nothing;
         }
         let recorded = self.recorded.clone().unwrap_or_else(|| fresh_record(leader, facts));
-        let sync = SyncRecord { mode: mode.name().into(), primary_last: facts.available.0, ..recorded };
+        let sync =
+            SyncRecord { mode: mode.name().into(), primary_last: facts.available.0, ..recorded };
         Plan::Record { sync, after: After::SetMode(mode) }
     }
 }
@@ -511,5 +536,214 @@ pub fn start(me: &Identity, view: &View, facts: &Facts) -> Plan {
         )),
         Some((leader, _)) => Plan::Follow(leader.clone()),
         None => leaderless(me, view, facts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordination::records::{Member, Switchover};
+    use crate::coordination::store::{Coordinator, LeaseId, MemoryCoordinator};
+
+    const TTL_S: u64 = 1;
+
+    fn timing() -> Timing {
+        Timing::for_ttl(TTL_S)
+    }
+
+    fn me(node: &str) -> Identity {
+        Identity { node: node.into(), replication: format!("{node}:7100"), http: None }
+    }
+
+    fn facts(
+        primary: bool,
+        policy: PolicyState,
+        gate: Gate,
+        (acked, available): (u64, u64),
+    ) -> Facts {
+        Facts {
+            primary,
+            policy,
+            mode: AckMode::Sync,
+            gate,
+            acked: Sequence(acked),
+            available: Sequence(available),
+            diverged: false,
+            epoch_floor: 1,
+        }
+    }
+
+    fn candidate(available: u64) -> Facts {
+        facts(false, PolicyState::Alone, Gate::Local, (available, available))
+    }
+
+    /// `a` takes the key on an empty witness at time 0; `b` follows it, registered.
+    fn pair(witness: &mut MemoryCoordinator) -> (Pilot, Pilot, LeaseId, LeaseId) {
+        let lease_a = witness.grant(TTL_S).unwrap();
+        let lease_b = witness.grant(TTL_S).unwrap();
+        let Plan::Campaign { leader, sync_revision, sync } =
+            start(&me("a"), &witness.read().unwrap(), &candidate(0))
+        else {
+            panic!("an empty witness lets the first candidate campaign")
+        };
+        assert!(witness.campaign(&leader, lease_a, sync_revision, &sync).unwrap());
+        let Plan::Follow(followed) = start(&me("b"), &witness.read().unwrap(), &candidate(0))
+        else {
+            panic!("a leads")
+        };
+        let following = Some((leader.node.clone(), leader.epoch));
+        let member = Member { version: RECORDS_VERSION, node: "b".into(), following };
+        witness.register(&member, lease_b).unwrap();
+        let a = Pilot::primary(me("a"), timing(), (leader, sync), 0);
+        let b = Pilot::standby(me("b"), timing(), followed);
+        (a, b, lease_a, lease_b)
+    }
+
+    fn carry_record(witness: &mut MemoryCoordinator, pilot: &mut Pilot, plan: Plan) -> After {
+        let Plan::Record { sync, after } = plan else { panic!("a record write: {plan:?}") };
+        assert!(witness.record_sync(pilot.leader(), &sync).unwrap());
+        pilot.recorded_sync(sync);
+        after
+    }
+
+    #[test]
+    fn the_record_names_the_standby_only_once_its_ack_passed_a_later_mark() {
+        // Goal: in sync at journal 100, the pilot takes a mark first; an acknowledgement below
+        // it names nobody; one at or above it writes the standby into the record.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let in_sync =
+            |acked, available| facts(true, PolicyState::InSync, Gate::Standby, (acked, available));
+        let view = witness.read().unwrap();
+        assert_eq!(a.on_view(10, &in_sync(90, 100), &view), Plan::Nothing, "the mark is taken");
+        assert_eq!(a.on_view(20, &in_sync(99, 120), &view), Plan::Nothing, "99 is below 100");
+        let plan = a.on_view(30, &in_sync(100, 130), &view);
+        carry_record(&mut witness, &mut a, plan);
+        let record = witness.read().unwrap().sync.unwrap();
+        assert_eq!(record.standby.as_deref(), Some("b"));
+        assert!(record.eligible("b"));
+    }
+
+    #[test]
+    fn a_standby_takes_the_key_only_after_the_lease_expired_and_above_every_epoch() {
+        // Goal: while the primary's lease lives the standby does nothing; once it expired, the
+        // recorded standby campaigns in a higher epoch, and the old primary, seeing the new
+        // leader, rejoins.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, mut b, _, lease_b) = pair(&mut witness);
+        let in_sync = facts(true, PolicyState::InSync, Gate::Standby, (50, 50));
+        a.on_view(0, &in_sync, &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync, &witness.read().unwrap());
+        carry_record(&mut witness, &mut a, plan);
+        let follower = candidate(50);
+        witness.now_ms = 900;
+        witness.keep_alive(lease_b).unwrap();
+        assert_eq!(b.on_view(900, &follower, &witness.read().unwrap()), Plan::Nothing);
+        witness.now_ms = 1_000;
+        witness.keep_alive(lease_b).unwrap();
+        let Plan::Campaign { leader, sync_revision, sync } =
+            b.on_view(1_000, &follower, &witness.read().unwrap())
+        else {
+            panic!("the recorded standby campaigns once the lease expired")
+        };
+        assert!(leader.epoch > a.leader().epoch);
+        assert!(witness.campaign(&leader, lease_b, sync_revision, &sync).unwrap());
+        b.became_primary((leader, sync), 1_000);
+        assert_eq!(b.state(), "leader");
+        let plan = a.on_view(1_100, &in_sync, &witness.read().unwrap());
+        assert!(matches!(plan, Plan::Rejoin(_)), "{plan:?}");
+    }
+
+    #[test]
+    fn an_unrecorded_standby_waits_when_the_primary_is_gone() {
+        // Goal: a primary recorded alone dies; its standby (which may lack acknowledged
+        // writes) never campaigns, and says why.
+        let mut witness = MemoryCoordinator::new("c");
+        let (_, mut b, _, lease_b) = pair(&mut witness);
+        witness.now_ms = 5_000;
+        witness.keep_alive(lease_b).unwrap();
+        let plan = b.on_view(5_000, &candidate(10), &witness.read().unwrap());
+        assert!(matches!(&plan, Plan::Wait(why) if why.contains("does not let b")), "{plan:?}");
+    }
+
+    #[test]
+    fn alone_and_async_are_recorded_before_they_are_used() {
+        // Goal: a lost standby's hold lifts only through a record write followed by
+        // ContinueAlone; async only through a record write followed by SetMode.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let in_sync = facts(true, PolicyState::InSync, Gate::Standby, (5, 5));
+        a.on_view(0, &in_sync, &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync, &witness.read().unwrap());
+        carry_record(&mut witness, &mut a, plan);
+        let lost = facts(true, PolicyState::StandbyLost { since_ms: 2 }, Gate::Held, (5, 9));
+        let plan = a.on_view(2_000, &lost, &witness.read().unwrap());
+        assert_eq!(carry_record(&mut witness, &mut a, plan), After::ContinueAlone);
+        assert_eq!(witness.read().unwrap().sync.unwrap().standby, None, "recorded first");
+        let alone = facts(true, PolicyState::Alone, Gate::Local, (5, 9));
+        let plan = a.mode_request(AckMode::Async, &alone);
+        assert_eq!(carry_record(&mut witness, &mut a, plan), After::SetMode(AckMode::Async));
+        assert_eq!(witness.read().unwrap().sync.unwrap().ack_mode(), AckMode::Async);
+        assert_eq!(a.mode_request(AckMode::Sync, &alone), Plan::Nothing, "sync needs no record");
+    }
+
+    #[test]
+    fn the_lease_deadline_counts_from_the_renewal_sent_and_never_moves_back() {
+        // Goal: deadline = sent + TTL − margin; a late answer to an older renewal cannot
+        // shorten it; an expired lease makes the primary rejoin.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let margin = timing().margin_ms;
+        assert_eq!(a.renewed(400, TTL_S), Plan::Nothing);
+        assert_eq!(a.deadline_ms(), Some(400 + 1_000 - margin));
+        a.renewed(100, TTL_S);
+        assert_eq!(a.deadline_ms(), Some(400 + 1_000 - margin), "never backwards");
+        assert!(matches!(a.renewed(500, 0), Plan::Rejoin(_)));
+        assert_eq!(a.deadline_ms(), None);
+    }
+
+    #[test]
+    fn a_switchover_holds_then_resigns_only_once_the_standby_has_everything() {
+        // Goal: the recorded standby's request holds writes; the key is given up only when its
+        // acknowledgement reached the journal's end; then the primary rejoins under the new
+        // leader. A request from anyone else is ignored.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, lease_b) = pair(&mut witness);
+        let in_sync = |acked| facts(true, PolicyState::InSync, Gate::Standby, (acked, 40));
+        a.on_view(0, &in_sync(40), &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync(40), &witness.read().unwrap());
+        carry_record(&mut witness, &mut a, plan);
+        let stranger =
+            Switchover { version: RECORDS_VERSION, to: "c".into(), epoch: a.leader().epoch };
+        witness.request_switchover(&stranger, lease_b).unwrap();
+        assert_eq!(a.on_view(2, &in_sync(40), &witness.read().unwrap()), Plan::Nothing);
+        let request = Switchover { to: "b".into(), ..stranger };
+        witness.request_switchover(&request, lease_b).unwrap();
+        assert_eq!(a.on_view(3, &in_sync(39), &witness.read().unwrap()), Plan::Hold);
+        assert_eq!(a.on_view(4, &in_sync(39), &witness.read().unwrap()), Plan::Nothing);
+        assert_eq!(a.on_view(5, &in_sync(40), &witness.read().unwrap()), Plan::Resign);
+        assert!(witness.resign(a.leader()).unwrap());
+        a.resigned();
+        assert_eq!(a.on_view(6, &in_sync(40), &witness.read().unwrap()), Plan::Nothing);
+    }
+
+    #[test]
+    fn conditional_writes_fail_once_the_key_changed_hands() {
+        // Goal: the witness's guards: a second campaign fails while the key is held; a stale
+        // leader value can neither write the record nor resign.
+        let mut witness = MemoryCoordinator::new("c");
+        let (a, _, _, lease_b) = pair(&mut witness);
+        let view = witness.read().unwrap();
+        let Plan::Campaign { leader, sync, .. } =
+            leaderless(&me("b"), &View::default(), &candidate(0))
+        else {
+            panic!()
+        };
+        assert!(!witness.campaign(&leader, lease_b, view.sync_revision, &sync).unwrap());
+        let mut stale = a.leader().clone();
+        stale.epoch += 7;
+        assert!(!witness.record_sync(&stale, &sync).unwrap());
+        assert!(!witness.resign(&stale).unwrap());
+        assert!(witness.resign(a.leader()).unwrap());
     }
 }

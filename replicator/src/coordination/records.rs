@@ -25,8 +25,10 @@ pub const NODE_NAME_LEN_MAX: usize = 64;
 #[non_exhaustive]
 pub enum RecordError {
     /// Not the JSON this build writes.
-    #[error("the witness key {key} holds a value that is not ringfence's: {reason}; delete it \
-             (etcdctl del {key}) only if no ringfence node is running for this cluster")]
+    #[error(
+        "the witness key {key} holds a value that is not ringfence's: {reason}; delete it \
+             (etcdctl del {key}) only if no ringfence node is running for this cluster"
+    )]
     Malformed {
         /// The key.
         key: String,
@@ -34,8 +36,10 @@ pub enum RecordError {
         reason: String,
     },
     /// Written by another format version.
-    #[error("the witness key {key} holds format version {version}; this build reads version \
-             {RECORDS_VERSION}: run the same ringfence version on both nodes")]
+    #[error(
+        "the witness key {key} holds format version {version}; this build reads version \
+             {RECORDS_VERSION}: run the same ringfence version on both nodes"
+    )]
     Version {
         /// The key.
         key: String,

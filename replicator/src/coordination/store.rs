@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use crate::coordination::records::{
-    self, LeaderValue, Member, RecordError, SyncRecord, Switchover, encode,
+    self, LeaderValue, Member, RecordError, Switchover, SyncRecord, encode,
 };
 
 /// A lease's id in the witness.
@@ -195,8 +195,12 @@ impl MemoryCoordinator {
             return Err(CoordinatorError::Unreachable("simulated partition".into()));
         }
         let now = self.now_ms;
-        let expired: Vec<LeaseId> =
-            self.leases.iter().filter(|&(_, &(_, until))| until <= now).map(|(&id, _)| id).collect();
+        let expired: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|&(_, &(_, until))| until <= now)
+            .map(|(&id, _)| id)
+            .collect();
         for lease in expired {
             self.leases.remove(&lease);
             self.entries.retain(|_, entry| entry.lease != Some(lease));
