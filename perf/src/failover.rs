@@ -137,7 +137,8 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, 
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: p\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).ok()?;
@@ -272,7 +273,8 @@ fn rounds(
     wait("a leads", || nodes[0].coordination().is_some_and(|c| c["state"] == "leader"));
     nodes[1].start();
     let leader = settled(&nodes);
-    let sku = r#"{"sku":1,"stock":100000000,"price_cents":900,"per_user_limit":0,"payment_timeout_ms":3600000}"#;
+    let sku = "{\"sku\":1,\"stock\":100000000,\"price_cents\":900,\"per_user_limit\":0,\
+               \"payment_timeout_ms\":3600000}";
     let token = fs::read_to_string(root.join(nodes[leader].name).join("admin.token")).unwrap();
     let created = admin(nodes[leader].http, token.trim(), "/v1/skus", sku);
     assert_eq!(created.map(|(status, _)| status), Some(201), "the SKU is created");
@@ -324,7 +326,8 @@ fn admin(addr: SocketAddr, token: &str, path: &str, body: &str) -> Option<(u16, 
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).ok()?;

@@ -139,7 +139,8 @@ fn call(
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).ok()?;
@@ -168,7 +169,8 @@ fn reservation(request: u64) -> (String, u64) {
 fn create_skus(primary: &Member) {
     for (sku, stock) in [(1, STOCK), (2, 100_000)] {
         let body = format!(
-            r#"{{"sku":{sku},"stock":{stock},"price_cents":900,"per_user_limit":{PER_USER},"payment_timeout_ms":600000}}"#
+            "{{\"sku\":{sku},\"stock\":{stock},\"price_cents\":900,\
+             \"per_user_limit\":{PER_USER},\"payment_timeout_ms\":600000}}"
         );
         let (status, answer) = primary.admin("POST", "/v1/skus", &body).unwrap();
         assert_eq!(status, 201, "{answer}");
@@ -434,8 +436,9 @@ fn restarting_all_three_in_any_order_ends_with_one_primary_and_the_state_intact(
         let (_, sku) = node.call("GET", "/v1/skus/2", "").unwrap();
         serde_json::from_str::<Value>(&sku).unwrap()["reserved"].clone()
     };
-    let mut expected = 10;
-    for (round, order) in ["nodes first", "etcd first"].into_iter().enumerate() {
+    // Each round adds one reservation: 10 before the first, 11 before the second.
+    for (round, order) in [(0u64, "nodes first"), (1, "etcd first")] {
+        let expected = 10 + round;
         a.kill();
         b.kill();
         etcd.stop();
@@ -454,11 +457,10 @@ fn restarting_all_three_in_any_order_ends_with_one_primary_and_the_state_intact(
         let (leader, follower) = if a.is_leader() { (&a, &b) } else { (&b, &a) };
         assert!(!follower.is_leader(), "{order}: two leaders");
         assert_eq!(reserved(leader), expected, "{order}: the state is intact");
-        let user = 20 + round as u64;
+        let user = 20 + round;
         wait_until(LIVENESS, "the leader acknowledges a write", || {
             leader.call("POST", "/v1/orders", &probe(user)).is_some_and(|(s, _)| s == 201)
         });
-        expected += 1;
     }
 }
 
