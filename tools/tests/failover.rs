@@ -488,4 +488,13 @@ fn ringfence_promote_on_the_standby_is_a_planned_switchover_through_etcd() {
     assert_eq!(b.call("POST", "/v1/orders", &probe(6)).unwrap().0, 201);
     let log = a.log();
     assert!(log.iter().any(|l| l.contains("gave up the leader key")), "{log:?}");
+
+    // A clean stop (SIGTERM) gives the key up on the way out: a takes over.
+    let mut b = b;
+    b.signal("-TERM");
+    let exited = b.process.as_mut().unwrap().child.wait().unwrap();
+    assert!(exited.success(), "{exited:?}");
+    wait_until(LIVENESS, "a leads after b stopped", || a.is_leader());
+    let log = b.log();
+    assert!(log.iter().any(|l| l.contains("gave up the leader key on the way out")), "{log:?}");
 }
