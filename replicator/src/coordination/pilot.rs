@@ -301,7 +301,13 @@ impl Pilot {
         if let Some(plan) = lost_key(leader, view) {
             return plan;
         }
-        let recorded = view.sync.clone().unwrap_or_else(|| fresh_record(leader, facts));
+        let Some(recorded) = view.sync.clone() else {
+            // Someone deleted the record: without it anyone may take over, so it is written
+            // again at once, saying no standby (the policy's state is recorded next round).
+            let sync =
+                SyncRecord { mode: AckMode::Sync.name().into(), ..fresh_record(leader, facts) };
+            return Plan::Record { sync, after: After::Nothing };
+        };
         if let Some(request) = &view.switchover {
             let ours = request.epoch == leader.epoch;
             if ours
@@ -725,6 +731,20 @@ mod tests {
         assert!(witness.resign(a.leader()).unwrap());
         a.resigned();
         assert_eq!(a.on_view(6, &in_sync(40), &witness.read().unwrap()), Plan::Nothing);
+    }
+
+    #[test]
+    fn a_deleted_record_is_written_again_by_the_primary() {
+        // Goal: without a record anyone could take over; the primary restores one naming no
+        // standby before anything else.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let mut view = witness.read().unwrap();
+        view.sync = None;
+        let alone = facts(true, PolicyState::Alone, Gate::Local, (3, 3));
+        let Plan::Record { sync, after } = a.on_view(1, &alone, &view) else { panic!() };
+        assert_eq!((sync.ack_mode(), after), (AckMode::Sync, After::Nothing));
+        assert_eq!(sync.standby, None);
     }
 
     #[test]
