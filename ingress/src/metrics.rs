@@ -53,6 +53,8 @@ pub struct Metrics {
     pub not_primary: u64,
     /// Writes refused, or answered without an outcome, because replication is unavailable.
     pub replication_unavailable: u64,
+    /// Writes refused, or answered without an outcome, because the journal failed.
+    pub journal_failed: u64,
     /// Connections accepted, per protocol.
     pub accepted: [u64; 2],
     /// Connections refused at a listener's connection limit (no idle one could give way).
@@ -100,6 +102,7 @@ impl Default for Metrics {
             auth_addresses_evicted: 0,
             not_primary: 0,
             replication_unavailable: 0,
+            journal_failed: 0,
             accepted: [0; 2],
             refused_connections: 0,
             address_limited_connections: 0,
@@ -224,6 +227,12 @@ impl Metrics {
                 "Writes refused or left without an outcome: the standby is not acknowledging.",
                 "counter",
                 self.replication_unavailable,
+            ),
+            (
+                "ringfence_journal_failed_total",
+                "Writes refused or left without an outcome: the journal cannot make them durable.",
+                "counter",
+                self.journal_failed,
             ),
             (
                 "ringfence_connections_refused_total",

@@ -683,6 +683,7 @@ impl<B: Backend> Server<B> {
             match &completion.result {
                 Ok(outcome) => self.metrics.outcome(outcome, latency),
                 Err(Refusal::ReplicationUnavailable) => self.metrics.replication_unavailable += 1,
+                Err(Refusal::JournalFailed(_)) => self.metrics.journal_failed += 1,
                 Err(_) => {}
             }
             let Some(conn) = self.conns.get_mut(flight.conn).and_then(Option::as_mut) else {

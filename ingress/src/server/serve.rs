@@ -329,6 +329,7 @@ impl<B: Backend> Server<B> {
                     Refusal::Busy => self.metrics.busy += 1,
                     Refusal::NotPrimary { .. } => self.metrics.not_primary += 1,
                     Refusal::ReplicationUnavailable => self.metrics.replication_unavailable += 1,
+                    Refusal::JournalFailed(_) => self.metrics.journal_failed += 1,
                     Refusal::ShuttingDown | Refusal::Failed(_) => {}
                 }
                 Err(Refused::Backend(refusal))
@@ -336,12 +337,19 @@ impl<B: Backend> Server<B> {
         }
     }
 
-    /// Liveness: 200 while the node runs; 503 naming the failure once a stage failed (e.g.
-    /// the journal could not write), so an orchestrator restarts it.
+    /// Liveness: 200 while the node runs (`degraded`, naming the cause, while its journal has
+    /// failed: it still answers reads, and `/ready` is 503); 503 naming the failure once a
+    /// stage failed and the node stopped, so an orchestrator restarts it.
     fn health_response(&self) -> Response {
-        match self.backend.status().failure {
-            None => Response::json(200, &json!({ "status": "ok" })),
-            Some(failure) => Response::json(503, &json!({ "status": "failed", "reason": failure })),
+        let status = self.backend.status();
+        match (status.failure, status.not_ready) {
+            (Some(failure), _) => {
+                Response::json(503, &json!({ "status": "failed", "reason": failure }))
+            }
+            (None, Some(why)) if why.code == "journal_failed" => {
+                Response::json(200, &json!({ "status": "degraded", "reason": why.message }))
+            }
+            (None, _) => Response::json(200, &json!({ "status": "ok" })),
         }
     }
 
