@@ -522,3 +522,64 @@ impl ReplicationControl for ControlHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(etcd: &[&str], node: Option<&str>) -> ReplicationArgs {
+        ReplicationArgs {
+            etcd: etcd.iter().map(|&e| e.to_owned()).collect(),
+            node_name: node.map(Into::into),
+            ..ReplicationArgs::default()
+        }
+    }
+
+    #[test]
+    fn coordination_is_off_without_etcd_and_flags_win_over_the_file() {
+        // Goal: no endpoints means no coordination; flags override `[coordination]`, whose
+        // renewal and margin settings apply.
+        let file: CoordinationSection = toml::from_str(
+            "etcd = [\"http://10.0.0.9:2379\"]\nnode_name = \"f\"\nlease_ttl_s = 4\nrenew_ms = 900",
+        )
+        .unwrap();
+        assert!(
+            coordination_settings(&args(&[], None), &CoordinationSection::default())
+                .unwrap()
+                .is_none()
+        );
+        let from_file = coordination_settings(&args(&[], None), &file).unwrap().unwrap();
+        assert_eq!((from_file.node.as_str(), from_file.timing.ttl_s), ("f", 4));
+        assert_eq!(from_file.timing.renew_ms, 900);
+        let flags = args(&["http://127.0.0.1:2379"], Some("a"));
+        let config = coordination_settings(&flags, &file).unwrap().unwrap();
+        assert_eq!(config.endpoints, vec!["http://127.0.0.1:2379".to_owned()]);
+        assert_eq!(config.node, "a");
+    }
+
+    #[test]
+    fn bad_coordination_settings_are_refused_with_the_fix() {
+        // Goal: a role flag, a missing or odd node name, a non-http URL and a lease that
+        // cannot fit two renewals and the margin are refused, each saying what to change.
+        let none = CoordinationSection::default();
+        let url = ["http://127.0.0.1:2379"];
+        let mut role = args(&url, Some("a"));
+        role.role = Some("standby".into());
+        let cases = [
+            (role, "drop --role"),
+            (args(&url, None), "--node-name"),
+            (args(&url, Some("a b")), "A-Z a-z 0-9"),
+            (args(&["127.0.0.1:2379"], Some("a")), "http://HOST:PORT"),
+        ];
+        for (flags, expected) in cases {
+            let error = coordination_settings(&flags, &none).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        let tight: CoordinationSection = toml::from_str(
+            "etcd = [\"http://e:1\"]\nnode_name = \"a\"\nlease_ttl_s = 1\nrenew_ms = 500",
+        )
+        .unwrap();
+        let error = coordination_settings(&args(&[], None), &tight).unwrap_err();
+        assert!(error.contains("does not fit a 1 s TTL"), "{error}");
+    }
+}
