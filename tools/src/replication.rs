@@ -1,7 +1,9 @@
 //! `ringfence serve`'s replication settings (`[replication]` and the flags) and a standby's
 //! rejoin at start: before its node starts, a standby asks the primary where their journals
 //! agree and drops any tail the primary never received (a deposed primary's unacknowledged
-//! commands), logging what it dropped.
+//! commands), logging what it dropped. With `--etcd` (`[coordination]`) the role comes from
+//! the witness instead of the flags (`coordinate`), and a node that must change role restarts
+//! itself as a candidate (`restart_as_candidate`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

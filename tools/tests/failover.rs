@@ -79,6 +79,20 @@ impl Member {
         assert!(status.success(), "kill {signal} {}", self.name);
     }
 
+    /// SIGSTOP, then waits (bounded) until every thread of the process is stopped, so what
+    /// follows happens while it is paused.
+    fn pause(&self) {
+        self.signal("-STOP");
+        let tasks = format!("/proc/{}/task", self.pid());
+        wait_until(LIVENESS, "every thread is stopped", || {
+            std::fs::read_dir(&tasks).unwrap().all(|task| {
+                let stat = std::fs::read_to_string(task.unwrap().path().join("stat"));
+                // The state follows the parenthesised thread name.
+                stat.is_ok_and(|s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('T')))
+            })
+        });
+    }
+
     /// SIGKILL, and wait for the exit.
     fn kill(&mut self) {
         drop(self.process.take());
@@ -159,6 +173,21 @@ fn wait_until(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// [`wait_until`], showing `member`'s log if it does not get there.
+fn wait_on(member: &Member, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIVENESS;
+    while !ready() {
+        if Instant::now() >= deadline {
+            panic!(
+                "{what}: not within {LIVENESS:?}; {}'s log:\n{}",
+                member.name,
+                member.log().join("\n")
+            );
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
 const LIVENESS: Duration = Duration::from_secs(30);
 
 fn reservation(request: u64) -> (String, u64) {
@@ -188,9 +217,9 @@ fn pair(root: &Path, extra: &[&str]) -> (Etcd, Member, Member) {
     let mut a = Member::new(root, "a", &etcd.url(), extra);
     let mut b = Member::new(root, "b", &etcd.url(), extra);
     a.start();
-    wait_until(LIVENESS, "a leads", || a.is_leader());
+    wait_on(&a, "a leads", || a.is_leader());
     b.start();
-    wait_until(LIVENESS, "b is recorded in sync", || {
+    wait_on(&b, "b is recorded in sync", || {
         a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
     });
     (etcd, a, b)
@@ -299,7 +328,7 @@ fn a_paused_primary_acknowledges_nothing_after_it_resumes_and_rejoins() {
     for user in 1..=5 {
         assert_eq!(a.call("POST", "/v1/orders", &probe(user)).unwrap().0, 201);
     }
-    a.signal("-STOP");
+    a.pause();
     let http = a.http;
     let stranded: Vec<_> = (100..106)
         .map(|user| thread::spawn(move || call(http, "POST", "/v1/orders", &probe(user), None)))
@@ -312,7 +341,11 @@ fn a_paused_primary_acknowledges_nothing_after_it_resumes_and_rejoins() {
     for (user, answer) in (100..).zip(stranded) {
         let answer = answer.join().unwrap();
         let acknowledged = answer.as_ref().is_some_and(|(status, _)| *status != 503);
-        assert!(!acknowledged, "the old primary acknowledged user {user}'s write: {answer:?}");
+        if acknowledged {
+            thread::sleep(Duration::from_secs(2));
+            let log = a.log().join("\n");
+            panic!("the old primary acknowledged user {user}'s write: {answer:?}\n{log}");
+        }
     }
     wait_until(LIVENESS, "a follows b", || a.follows("b"));
     let target = b.last_sequence();
@@ -337,7 +370,7 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     let root = TempDir::new("failover-lag");
     let (_etcd, mut a, b) = pair(root.path(), &["--replication-timeout-ms", "1000"]);
     create_skus(&a);
-    b.signal("-STOP");
+    b.pause();
     wait_until(LIVENESS, "a records itself alone", || {
         a.coordination().is_some_and(|c| c["in_sync_standby"].is_null())
     });
@@ -361,7 +394,7 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     wait_until(LIVENESS, "b is recorded in sync", || {
         a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
     });
-    b.signal("-STOP");
+    b.pause();
     let (status, mode) = a.admin("POST", "/v1/admin/replication", r#"{"mode":"async"}"#).unwrap();
     assert_eq!(status, 200, "{mode}");
     assert_eq!(a.coordination().unwrap()["recorded_mode"], "async");

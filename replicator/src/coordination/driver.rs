@@ -384,7 +384,10 @@ impl Driver {
     fn carry_out(&mut self, plan: Plan, view: &View, facts: &Facts) {
         match plan {
             Plan::Nothing | Plan::Follow(_) => {}
-            Plan::Wait(reason) => self.note(&reason),
+            Plan::Wait(reason) => {
+                self.note(&reason);
+                self.figures.lock().expect("never poisoned").waiting = Some(reason);
+            }
             Plan::Campaign { leader, sync_revision, sync } => {
                 self.campaign((leader, sync), sync_revision, view, facts);
             }
@@ -449,10 +452,13 @@ impl Driver {
         }
         self.figures.lock().expect("never poisoned").failover_loss_records = loss;
         log(format_args!("coordination: took the leader key: primary in epoch {epoch}"));
+        assert!(self.control.is_primary(), "a promoted node sequences");
+        assert_eq!(self.control.epoch(), epoch, "it sequences in the epoch it took");
         self.pilot.became_primary((leader, sync), self.renewed_ms);
         if let Some(deadline) = self.pilot.deadline_ms() {
             self.control.set_lease_deadline(deadline);
         }
+        self.role_figures();
         self.register();
     }
 
@@ -508,6 +514,7 @@ impl Driver {
                 self.record(sync, after);
                 Ok(())
             }
+            Plan::Wait(why) => Err(why),
             _ => Err("this node is not the leader".into()),
         }
     }
@@ -548,15 +555,17 @@ impl Driver {
         }
     }
 
+    /// Logs `what` unless it was the last thing logged (a failure repeating each round is
+    /// said once).
     fn note(&mut self, what: &str) {
         if what != self.said {
             log(format_args!("coordination: {what}"));
             self.said = what.to_owned();
         }
-        self.figures.lock().expect("never poisoned").waiting = Some(what.to_owned());
     }
 
-    fn figures(&self, view: &View, error: Option<&CoordinatorError>) {
+    /// The figures that follow from the pilot alone: role, leader, lease, record.
+    fn role_figures(&self) {
         let mut figures = self.figures.lock().expect("never poisoned");
         figures.node.clone_from(&self.config.node);
         figures.state = self.pilot.state().into();
@@ -568,6 +577,11 @@ impl Driver {
             figures.in_sync_standby.clone_from(&record.standby);
             figures.recorded_mode = Some(record.mode.clone());
         }
+    }
+
+    fn figures(&self, view: &View, error: Option<&CoordinatorError>) {
+        self.role_figures();
+        let mut figures = self.figures.lock().expect("never poisoned");
         match error {
             Some(error) => figures.witness = error.to_string(),
             None => {

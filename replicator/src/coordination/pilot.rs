@@ -78,10 +78,12 @@ impl Timing {
     }
 
     /// When a primary whose renewal was sent at `sent_ms` and granted `ttl_s` must stop
-    /// acknowledging.
+    /// acknowledging. The TTL is the witness's answer, counted as at most the one asked for;
+    /// one shorter than the margin gives a deadline already passed.
     #[must_use]
     pub fn deadline(&self, sent_ms: u64, ttl_s: u64) -> u64 {
-        (sent_ms + ttl_s * 1_000).saturating_sub(self.margin_ms)
+        let ttl_ms = ttl_s.min(self.ttl_s).saturating_mul(1_000);
+        sent_ms.saturating_add(ttl_ms).saturating_sub(self.margin_ms).max(sent_ms)
     }
 }
 
@@ -463,7 +465,7 @@ impl Pilot {
     /// once (the record follows as the standby catches up).
     pub fn mode_request(&self, mode: AckMode, facts: &Facts) -> Plan {
         let Phase::Primary { leader } = &self.phase else {
-            return Plan::Rejoin(String::new());
+            return Plan::Wait("only the leader records the mode".into());
         };
         if mode == AckMode::Sync {
             return Plan::Nothing;
@@ -704,6 +706,8 @@ mod tests {
         assert_eq!(a.deadline_ms(), Some(400 + 1_000 - margin));
         a.renewed(100, TTL_S);
         assert_eq!(a.deadline_ms(), Some(400 + 1_000 - margin), "never backwards");
+        a.renewed(450, 60);
+        assert_eq!(a.deadline_ms(), Some(450 + 1_000 - margin), "never past the TTL asked for");
         assert!(matches!(a.renewed(500, 0), Plan::Rejoin(_)));
         assert_eq!(a.deadline_ms(), None);
     }
