@@ -343,8 +343,10 @@ fn a_paused_primary_acknowledges_nothing_after_it_resumes_and_rejoins() {
         let acknowledged = answer.as_ref().is_some_and(|(status, _)| *status != 503);
         if acknowledged {
             thread::sleep(Duration::from_secs(2));
-            let log = a.log().join("\n");
-            panic!("the old primary acknowledged user {user}'s write: {answer:?}\n{log}");
+            let (a_log, b_log) = (a.log().join("\n"), b.log().join("\n"));
+            panic!(
+                "the old primary acknowledged user {user}'s write: {answer:?}\n{a_log}\n{b_log}"
+            );
         }
     }
     wait_until(LIVENESS, "a follows b", || a.follows("b"));
