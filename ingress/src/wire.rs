@@ -223,7 +223,8 @@ pub enum ErrorCode {
     Unauthorized = 10,
     /// The ring or the in-flight cap is full: retry after the hint.
     Busy = 11,
-    /// This connection exceeded its request rate: retry after the hint.
+    /// This connection, or its source address, exceeded its request rate: retry after the
+    /// hint (the message says which).
     RateLimited = 12,
     /// The server is shutting down.
     ShuttingDown = 13,

@@ -114,6 +114,9 @@ pub(crate) struct Shared {
     pub(crate) next_due_ms: AtomicU64,
     /// A tick is published and not yet applied: no second one is published meanwhile.
     pub(crate) tick_pending: AtomicBool,
+    /// The timer thread, woken when the earliest deadline moves earlier (it sleeps long
+    /// while none is set).
+    pub(crate) timer_parker: Parker,
 
     pub(crate) busy_rejections: AtomicU64,
     pub(crate) ticks_skipped: AtomicU64,
@@ -187,6 +190,7 @@ impl Shared {
             stop_at: AtomicU64::new(u64::MAX),
             next_due_ms: AtomicU64::new(u64::MAX),
             tick_pending: AtomicBool::new(false),
+            timer_parker: Parker::default(),
             busy_rejections: AtomicU64::new(0),
             ticks_skipped: AtomicU64::new(0),
             ticks_published: AtomicU64::new(0),
