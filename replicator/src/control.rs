@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use ringfence_core::pipeline::{Node, Promoter};
+use ringfence_core::pipeline::{Node, Promoter, monotonic_ns_at};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::epoch::Epochs;
@@ -313,6 +313,7 @@ impl Control {
     fn apply_gate(&self, state: &State, now_ms: u64) {
         if state.role != Role::Primary {
             self.link.set_gate(Gate::Local);
+            self.link.set_lease_deadline(u64::MAX);
             return;
         }
         let (gate, why) = self.gate_now(state, now_ms);
@@ -329,6 +330,17 @@ impl Control {
             ));
         }
         self.link.set_gate(gate);
+        // Egress enforces the deadline itself at each release, so a primary that was paused
+        // past it acknowledges nothing on resuming, before this thread runs again. Only while
+        // answers wait for nothing but the local journal: one waiting for the in-sync standby
+        // stays safe past it (the standby stops acknowledging once promoted).
+        let deadline_ms = self.lease_deadline_ms.load(Ordering::Acquire);
+        let deadline_ns = if gate == Gate::Local && deadline_ms != u64::MAX {
+            monotonic_ns_at(self.started + Duration::from_millis(deadline_ms))
+        } else {
+            u64::MAX
+        };
+        self.link.set_lease_deadline(deadline_ns);
     }
 
     /// The policy's gate, closed further by coordination: a planned switchover holds writes,

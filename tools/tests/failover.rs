@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::etcd::{Etcd, free_port};
 use common::{Logged, TempDir, ringfence_within, text};
+use ringfence_replicator::coordination::etcd::EtcdCoordinator;
+use ringfence_replicator::coordination::store::Coordinator as _;
 use serde_json::Value;
 
 const STOCK: u64 = 60;
@@ -370,7 +372,7 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     // writes the standby lacks; now the standby takes over and reports the loss window.
     let _serial = one_at_a_time();
     let root = TempDir::new("failover-lag");
-    let (_etcd, mut a, b) = pair(root.path(), &["--replication-timeout-ms", "1000"]);
+    let (etcd, mut a, b) = pair(root.path(), &["--replication-timeout-ms", "1000"]);
     create_skus(&a);
     b.pause();
     wait_until(LIVENESS, "a records itself alone", || {
@@ -403,10 +405,15 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     for user in 10..15 {
         assert_eq!(a.call("POST", "/v1/orders", &probe(user)).unwrap().0, 201);
     }
-    wait_until(LIVENESS, "the record carries a's position", || {
+    wait_until(LIVENESS, "the standby lags by the writes", || {
         a.node().is_some_and(|n| n["replication"]["lag_records"].as_u64() >= Some(5))
     });
-    thread::sleep(Duration::from_millis(300));
+    // The record carries the primary's position (rewritten once per renewal): read it.
+    let mut witness = EtcdCoordinator::new(vec![etcd.url()], "failover", Duration::from_secs(2));
+    let last = a.last_sequence();
+    wait_until(LIVENESS, "the in-sync record carries a's position", || {
+        witness.read().ok().and_then(|view| view.sync).is_some_and(|s| s.primary_last >= last)
+    });
     a.kill();
     b.signal("-CONT");
     wait_until(LIVENESS, "b takes over in async mode", || b.is_leader());
