@@ -283,15 +283,21 @@ fn a_promoted_replica_sequences_its_own_commands_in_the_new_epoch() {
     assert!(replica.step().ticked, "a promoted node publishes its own ticks");
 }
 
-/// A replicator whose standby never acknowledges: a test sets its hold.
-struct SilentStandby {
+/// A test's replicator: a standby that never acknowledges (`local` false), or a primary
+/// acknowledging on its own journal, every record safe once sent (`local` true). The test
+/// sets its hold.
+struct TestReplicator {
     safe: Arc<Watermark>,
     hold: Arc<WriteHold>,
+    local: bool,
 }
 
-impl Replicator for SilentStandby {
+impl Replicator for TestReplicator {
     const NEEDS_BYTES: bool = false;
-    fn send(&mut self, _record: &Framed<'_>) -> Result<(), StageError> {
+    fn send(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        if self.local {
+            self.safe.advance(record.sequenced.sequence);
+        }
         Ok(())
     }
     fn flush(&mut self) -> Result<(), StageError> {
@@ -305,6 +311,20 @@ impl Replicator for SilentStandby {
     }
 }
 
+/// A stepped primary with `replicator`.
+fn start_with_replicator(clock: &Arc<ManualClock>, replicator: TestReplicator) -> Node {
+    let config = config(Intake::Sequencer);
+    let parts = NodeParts {
+        engine: Engine::new(config.engine.clone()),
+        next_sequence: Sequence(1),
+        journal: MemoryJournal::new(),
+        replicator,
+        hook: NoSnapshots,
+        clock: Arc::clone(clock) as Arc<dyn Clock>,
+    };
+    Node::start_parts(config, parts).unwrap()
+}
+
 #[test]
 fn a_write_hold_answers_unreplicated_writes_and_keeps_serving_reads() {
     // Goal: with the standby silent, a write and the read behind it wait; once the
@@ -313,17 +333,8 @@ fn a_write_hold_answers_unreplicated_writes_and_keeps_serving_reads() {
     // releasing the hold makes writes wait for the standby again.
     let clock = Arc::new(ManualClock::new(START));
     let hold = WriteHold::new();
-    let replicator = SilentStandby { safe: Watermark::new(Sequence(0)), hold: Arc::clone(&hold) };
-    let config = config(Intake::Sequencer);
-    let parts = NodeParts {
-        engine: Engine::new(config.engine.clone()),
-        next_sequence: Sequence(1),
-        journal: MemoryJournal::new(),
-        replicator,
-        hook: NoSnapshots,
-        clock: Arc::clone(&clock) as Arc<dyn Clock>,
-    };
-    let node = Node::start_parts(config, parts).unwrap();
+    let (safe, held) = (Watermark::new(Sequence(0)), Arc::clone(&hold));
+    let node = start_with_replicator(&clock, TestReplicator { safe, hold: held, local: false });
     let mut session = node.session().unwrap();
     session.try_submit(create_sku(), 1).unwrap();
     session.try_submit(Command::Query(Query::Sku(SKU)), 2).unwrap();
@@ -347,29 +358,6 @@ fn a_write_hold_answers_unreplicated_writes_and_keeps_serving_reads() {
     assert!(session.poll().is_none(), "and wait for the standby again");
 }
 
-/// A primary acknowledging on its own journal: every record is safe once sent.
-struct LocalOnly {
-    safe: Arc<Watermark>,
-    hold: Arc<WriteHold>,
-}
-
-impl Replicator for LocalOnly {
-    const NEEDS_BYTES: bool = false;
-    fn send(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
-        self.safe.advance(record.sequenced.sequence);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), StageError> {
-        Ok(())
-    }
-    fn safe(&self) -> Arc<Watermark> {
-        Arc::clone(&self.safe)
-    }
-    fn hold(&self) -> Option<Arc<WriteHold>> {
-        Some(Arc::clone(&self.hold))
-    }
-}
-
 #[test]
 fn past_its_lease_deadline_a_primary_acknowledges_no_write() {
     // Goal: a write the replicator marked safe is still not acknowledged once the lease
@@ -378,17 +366,8 @@ fn past_its_lease_deadline_a_primary_acknowledges_no_write() {
     // are refused, and a renewed deadline lets writes be acknowledged again.
     let clock = Arc::new(ManualClock::new(START));
     let hold = WriteHold::new();
-    let replicator = LocalOnly { safe: Watermark::new(Sequence(0)), hold: Arc::clone(&hold) };
-    let config = config(Intake::Sequencer);
-    let parts = NodeParts {
-        engine: Engine::new(config.engine.clone()),
-        next_sequence: Sequence(1),
-        journal: MemoryJournal::new(),
-        replicator,
-        hook: NoSnapshots,
-        clock: Arc::clone(&clock) as Arc<dyn Clock>,
-    };
-    let node = Node::start_parts(config, parts).unwrap();
+    let (safe, held) = (Watermark::new(Sequence(0)), Arc::clone(&hold));
+    let node = start_with_replicator(&clock, TestReplicator { safe, hold: held, local: true });
     let mut session = node.session().unwrap();
     assert!(matches!(call(&node, &mut session, create_sku()), Outcome::SkuCreated(_)));
     hold.set_lease_deadline(monotonic_ns() + 3_600 * 1_000_000_000);

@@ -355,28 +355,13 @@ impl From<&Outcome> for OutcomeJson {
     }
 }
 
-/// The snake_case kind of an outcome, as exports name it.
+/// The snake_case kind of an outcome, as exports name it: [`Outcome::name`], but `rejected`
+/// for every refusal (the export names the refusal in its own field).
 #[must_use]
 pub fn outcome_kind(outcome: &Outcome) -> &'static str {
     match outcome {
-        Outcome::Ticked { .. } => "ticked",
-        Outcome::SkuCreated(_) => "sku_created",
-        Outcome::Restocked(_) => "restocked",
-        Outcome::SaleChanged(_) => "sale_changed",
-        Outcome::Reserved { .. } => "reserved",
-        Outcome::Paid { .. } => "paid",
-        Outcome::Cancelled { .. } => "cancelled",
-        Outcome::Shipped { .. } => "shipped",
-        Outcome::Completed { .. } => "completed",
-        Outcome::Refunded { .. } => "refunded",
-        Outcome::BatchCreated(_) => "batch_created",
-        Outcome::CouponClaimed { .. } => "coupon_claimed",
-        Outcome::Sku(_) => "sku",
-        Outcome::Order(_) => "order",
-        Outcome::Coupon(_) => "coupon",
-        Outcome::Batch(_) => "batch",
-        Outcome::SnapshotRequested { .. } => "snapshot_requested",
         Outcome::Rejected(_) => "rejected",
+        other => other.name(),
     }
 }
 
