@@ -29,7 +29,7 @@ use std::collections::BinaryHeap;
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use super::layout::{Claim, Holding, Scalars, ordered_hash, sum_of};
-use super::{Batch, Coupon, Deadline, Engine, KeyEntry, Order, Share, Sku};
+use super::{Batch, Coupon, Deadline, Engine, KeyEntry, Order, Share, Sku, sharer};
 use crate::config::EngineConfig;
 use crate::outcome::{CouponState, OrderState};
 use crate::snowflake::Snowflake;
@@ -296,11 +296,11 @@ impl Engine {
         let counts_orders = self.config.orders_per_user_max > 0;
         let (mut keys, mut orders) = (0_usize, 0_usize);
         for entry in self.keys.iter().filter(|entry| counts_keys && entry.user.0 != 0) {
-            self.shares.entry(entry.user).or_insert(Share::default()).keys += 1;
+            self.shares.entry(sharer(entry.user)).or_insert(Share::default()).keys += 1;
             keys += 1;
         }
         for order in self.orders.iter().filter(|order| counts_orders && !order.state.is_final()) {
-            self.shares.entry(order.user).or_insert(Share::default()).orders += 1;
+            self.shares.entry(sharer(order.user)).or_insert(Share::default()).orders += 1;
             orders += 1;
         }
         // Every counted key and live order is counted once.

@@ -16,6 +16,7 @@ mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::num::NonZeroU64;
 
 use table::{FixedMap, Located};
 
@@ -153,6 +154,14 @@ struct Share {
     orders: u32,
 }
 
+/// The share table's key for `user`: never user 0 (commands naming nobody are not counted, and
+/// no order is user 0's), so its slots need no room for an empty tag: 16 bytes, not 24.
+fn sharer(user: UserId) -> NonZeroU64 {
+    NonZeroU64::new(user.0).expect("user 0 has no share")
+}
+
+const _: () = assert!(std::mem::size_of::<Option<(NonZeroU64, Share)>>() == 16);
+
 /// A payment deadline: (when, which order, its slot). Entries whose order has moved on are
 /// skipped when they surface, and swept out when the heap fills.
 type Deadline = (Timestamp, OrderId, u32);
@@ -188,7 +197,7 @@ pub struct Engine {
     key_index: FixedMap<(UserId, RequestKey), u64>,
     /// Each user's share of the key and order tables, for the per-user quotas; one lookup per
     /// command serves both. Sized by [`shares_max`], so it is never the table that is full.
-    shares: FixedMap<UserId, Share>,
+    shares: FixedMap<NonZeroU64, Share>,
 }
 
 /// Entries the share table may need: one per user with a counted request key or a live order,
@@ -261,7 +270,7 @@ impl Engine {
             FixedMap::<CouponId, u32>::bytes_for(config.coupons_max),
             FixedMap::<(UserId, BatchId), u32>::bytes_for(config.coupons_max),
             FixedMap::<(UserId, RequestKey), u64>::bytes_for(config.request_keys_max),
-            FixedMap::<UserId, Share>::bytes_for(shares_max(config)),
+            FixedMap::<NonZeroU64, Share>::bytes_for(shares_max(config)),
         ];
         let orders = config.orders_max as usize;
         let storage = [
@@ -447,7 +456,7 @@ impl Engine {
         let user = action.user().unwrap_or(UserId(0));
         self.key_index.prefetch(&(user, *key));
         if self.needs_share(user, action) {
-            self.shares.prefetch(&user);
+            self.shares.prefetch(&sharer(user));
         }
         match *action {
             Action::Reserve(reserve) => self.holdings.prefetch(&(reserve.user, reserve.sku)),
@@ -531,7 +540,7 @@ impl Engine {
             if let Some(ahead) = self.keys.get(8) {
                 self.key_index.prefetch(&(ahead.user, ahead.key));
                 if counts_keys && ahead.user.0 != 0 {
-                    self.shares.prefetch(&ahead.user);
+                    self.shares.prefetch(&sharer(ahead.user));
                 }
             }
             let entry = self.keys.pop_front().expect("front checked");
@@ -611,7 +620,7 @@ impl Engine {
     fn count_command(
         &mut self,
         user: UserId,
-        located: Option<Located<UserId, Share>>,
+        located: Option<Located<NonZeroU64, Share>>,
         outcome: &Outcome,
     ) {
         let Some(located) = located else { return };
@@ -622,15 +631,18 @@ impl Engine {
         if key + order == 0 {
             return;
         }
-        let located =
-            if self.shares.is_current(&located) { located } else { self.shares.locate(user) };
+        let located = if self.shares.is_current(&located) {
+            located
+        } else {
+            self.shares.locate(sharer(user))
+        };
         let held = located.value.unwrap_or_default();
         // Below both quotas, or the command was refused before it ran.
         let share = Share { keys: held.keys + key, orders: held.orders + order };
         assert!(key == 0 || !self.at_key_quota(held), "a key counted past the user's quota");
         assert!(order == 0 || !self.at_order_quota(held.orders), "an order past the quota");
         self.shares.put_at(located, share);
-        debug_assert_eq!(self.shares.get(&user), Some(&share), "the share written is read back");
+        debug_assert_eq!(self.shares.get(&sharer(user)), Some(&share), "the share is read back");
         // One entry per user holding a counted key or a live order.
         let live = self.orders.len() - self.finished.len();
         assert!(self.shares.len() <= self.keys.len() + live, "a share of nothing is kept");
@@ -641,13 +653,13 @@ impl Engine {
     fn uncount(&mut self, user: UserId, gone: Share) {
         // Commands naming no user (scope 0) are not counted, and no buyer is user 0.
         assert_ne!(user.0, 0, "user 0 has no share");
-        let held = self.shares.get_mut(&user).expect("what is uncounted was counted");
+        let held = self.shares.get_mut(&sharer(user)).expect("what is uncounted was counted");
         assert!(held.keys >= gone.keys, "a user's key count went below zero");
         assert!(held.orders >= gone.orders, "a user's live-order count went below zero");
         held.keys -= gone.keys;
         held.orders -= gone.orders;
         if *held == Share::default() {
-            self.shares.remove(&user);
+            self.shares.remove(&sharer(user));
         }
     }
 
@@ -659,6 +671,11 @@ impl Engine {
         // that names none. The table holds (user, key) pairs, so a buyer who guesses another
         // buyer's request id only ever meets their own.
         let user = action.user().unwrap_or(UserId(0));
+        let counted = self.needs_share(user, action);
+        if counted {
+            // Its own cache miss, started now so that it overlaps the key's.
+            self.shares.prefetch(&sharer(user));
+        }
         // Located once: executing a command never touches the request-key index.
         let located = self.key_index.locate((user, key));
         if let Some(position) = located.value {
@@ -679,7 +696,7 @@ impl Engine {
         }
         // The user's share, located once like the key: the quotas read it here and in
         // `reserve`, and the count is written back through it.
-        let share = self.needs_share(user, action).then(|| self.shares.locate(user));
+        let share = counted.then(|| self.shares.locate(sharer(user)));
         let held = share.and_then(|located| located.value).unwrap_or_default();
         if self.at_key_quota(held) {
             return Outcome::Rejected(Rejection::CapacityExhausted);
@@ -711,6 +728,8 @@ impl Engine {
 
     /// Runs a command; `held` is the share of the user it names (zeros when not counted).
     fn execute(&mut self, action: &Action, held: Share) -> Outcome {
+        // Only a user the command names has a share (user 0, naming nobody, has none).
+        debug_assert!(held == Share::default() || action.user().is_some_and(|u| u.0 != 0));
         let result = match *action {
             Action::CreateSku(create) => self.create_sku(&create),
             Action::Restock { sku, qty } => self.restock(sku, qty),

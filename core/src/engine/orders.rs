@@ -53,6 +53,7 @@ impl Engine {
         };
         // The buyer's share of the order table (and of the holdings their unpaid orders make)
         // is used up: transient like a full table, so answered the same way.
+        debug_assert!(live == 0 || self.config.orders_per_user_max > 0, "counted, no quota");
         if self.at_order_quota(live) {
             return Err(Rejection::CapacityExhausted);
         }

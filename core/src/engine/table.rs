@@ -13,6 +13,8 @@
 //! commands hold identical tables. Each key type says where its home slot is
 //! ([`TableKey`]): a fixed mixing function of its bits, never a random seed.
 
+use std::num::NonZeroU64;
+
 use crate::hash::mix64;
 use crate::types::{BatchId, CouponId, OrderId, RequestKey, SkuId, UserId};
 
@@ -62,6 +64,14 @@ impl TableKey for u64 {
 impl TableKey for UserId {
     fn home(&self, bits: u32) -> usize {
         top(mix64(self.0), bits)
+    }
+}
+
+/// A user id that is never zero: as a key it leaves the empty slot's tag to the zero it cannot
+/// be, so a slot is no bigger than its key and value.
+impl TableKey for NonZeroU64 {
+    fn home(&self, bits: u32) -> usize {
+        top(mix64(self.get()), bits)
     }
 }
 

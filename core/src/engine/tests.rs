@@ -1488,7 +1488,7 @@ fn with_order_quota(orders: u16) -> Harness {
 /// Each user's share as the engine counts it, sorted: (user, keys, live orders).
 fn shares(engine: &Engine) -> Vec<(u64, u32, u32)> {
     let mut shares: Vec<_> =
-        engine.shares.iter().map(|(user, held)| (user.0, held.keys, held.orders)).collect();
+        engine.shares.iter().map(|(user, held)| (user.get(), held.keys, held.orders)).collect();
     shares.sort_unstable();
     shares
 }
@@ -1725,9 +1725,9 @@ fn memory_is_what_the_tables_allocate() {
     }
     let without = Engine::memory(&EngineConfig::small());
     let with = Engine::memory(&quotas);
-    // Room for every key plus every order, two slots per entry, 24 bytes a slot.
+    // Room for every key plus every order, two slots per entry, 16 bytes a slot.
     let shares = (2 * (quotas.request_keys_max + quotas.orders_max)).next_power_of_two();
-    assert_eq!(with.allocated_bytes - without.allocated_bytes, 24 * u64::from(shares - 2));
+    assert_eq!(with.allocated_bytes - without.allocated_bytes, 16 * u64::from(shares - 2));
 }
 
 #[test]
