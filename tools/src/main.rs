@@ -33,7 +33,8 @@ enum TopCommand {
     Promote(admin_cmd::PromoteArgs),
     /// Admin: switch the replication ack mode of the node at --http (sync or async).
     Replication(admin_cmd::ReplicationArgs),
-    /// Print the engine's default capacities and limits.
+    /// Print the engine's default capacities, limits and per-user quotas, and the memory its
+    /// tables take at those capacities.
     Defaults,
     /// Inspect or repair a journal directory: verify, dump, stats, truncate.
     #[command(subcommand)]
@@ -51,7 +52,16 @@ fn main() -> ExitCode {
         TopCommand::Promote(args) => admin_cmd::promote(&args),
         TopCommand::Replication(args) => admin_cmd::replication(&args),
         TopCommand::Defaults => {
-            println!("{:#?}", ringfence_core::EngineConfig::default());
+            let config = ringfence_core::EngineConfig::default();
+            let memory = ringfence_core::Engine::memory(&config);
+            let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+            println!("{config:#?}");
+            println!(
+                "engine tables: {:.0} MiB allocated at start, of which {:.0} MiB (the indexes) \
+                 is written at start and the rest as orders, request keys and coupons fill it",
+                mib(memory.allocated_bytes),
+                mib(memory.written_at_start_bytes)
+            );
             ExitCode::SUCCESS
         }
         TopCommand::Journal(command) => journal_cmd::run(command),
