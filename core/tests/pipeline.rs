@@ -904,3 +904,128 @@ fn a_threaded_replica_applies_records_and_hands_their_bytes_on_unchanged() {
         assert!(journal.iter().all(|(epoch, _)| *epoch == Epoch(5)), "the primary's epoch kept");
     }
 }
+
+/// How a [`FailingDisk`] fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DiskFault {
+    /// Appending sequence `at` fails, as a full disk fails to create the next segment.
+    Append,
+    /// Syncing fails once sequence `at` was appended, as a failing device fails `msync`.
+    Sync,
+}
+
+/// A journal whose disk fails with an I/O error at sequence `at`, keeping what it holds in
+/// `records`.
+struct FailingDisk {
+    inner: MemoryJournal,
+    fault: DiskFault,
+    at: Sequence,
+    appended: Sequence,
+}
+
+impl FailingDisk {
+    fn new(fault: DiskFault, at: Sequence) -> (FailingDisk, JournalCopy) {
+        let records = JournalCopy::default();
+        let inner = MemoryJournal::shared(Arc::clone(&records));
+        (FailingDisk { inner, fault, at, appended: Sequence(0) }, records)
+    }
+
+    fn error(context: &str, errno: i32) -> StageError {
+        let source = std::io::Error::from_raw_os_error(errno);
+        StageError::Io { context: context.to_owned(), source }
+    }
+}
+
+impl Journal for FailingDisk {
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        let sequence = record.sequenced.sequence;
+        if self.fault == DiskFault::Append && sequence >= self.at {
+            return Err(FailingDisk::error("creating segment 7.seg", 28));
+        }
+        self.appended = sequence;
+        self.inner.append(record)
+    }
+
+    fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {
+        if self.fault == DiskFault::Sync && self.appended >= self.at {
+            return Err(FailingDisk::error("syncing segment 1.seg", 5));
+        }
+        self.inner.flush(clock)
+    }
+}
+
+/// The SKU's reserved units as a read answers them.
+fn reserved_units(session: &mut Session) -> u64 {
+    match session.call(Command::Query(Query::Sku(SKU)), WAIT) {
+        Ok(Outcome::Sku(view)) => view.reserved,
+        other => panic!("the SKU read failed: {other:?}"),
+    }
+}
+
+/// Against a node whose disk fails at sequence 5: four writes are answered; the fifth, sent
+/// with a read behind it, is answered `NotDurable`, the read is answered; then writes and
+/// snapshot requests are refused naming the cause, reads go on, the node is not failed, and
+/// shutdown says the journal failed. Returns the units the reads saw reserved.
+fn check_journal_fence(node: Node, cause: &str) -> u64 {
+    let mut session = node.session().unwrap();
+    assert!(matches!(session.call(create_sku(STOCK, 60_000), WAIT), Ok(Outcome::SkuCreated(_))));
+    for user in 1..=3 {
+        let answer = session.call(reserve(u128::from(user), user, 1), WAIT);
+        assert!(matches!(answer, Ok(Outcome::Reserved { .. })), "{answer:?}");
+    }
+    session.try_submit(reserve(4, 4, 1), 4).unwrap();
+    session.try_submit(Command::Query(Query::Sku(SKU)), 5).unwrap();
+    let mut answers = Vec::new();
+    drain(&mut session, &mut answers);
+    let Err(Unanswered::NotDurable { sequence, cause: why }) = &answers[0].result else {
+        panic!("the write past the failure: {:?}", answers[0]);
+    };
+    assert_eq!(*sequence, Sequence(5));
+    assert!(why.contains(cause), "{why}");
+    let Ok(Outcome::Sku(view)) = answers[1].result else { panic!("{:?}", answers[1]) };
+    let refused = session.try_submit(reserve(5, 5, 1), 6);
+    assert!(matches!(refused, Err(Refused::JournalFailed(ref why)) if why.contains(cause)));
+    let refused = session.try_submit(Command::Snapshot, 7);
+    assert!(matches!(refused, Err(Refused::JournalFailed(_))), "{refused:?}");
+    assert_eq!(reserved_units(&mut session), view.reserved, "reads go on answering");
+    assert!(matches!(node.check_writable(), Err(Refused::JournalFailed(_))));
+    assert_eq!(node.failure(), None, "the node still serves");
+    assert_eq!(node.metrics().journal_fence, Some(Sequence(5)));
+    drop(session);
+    match node.shutdown() {
+        Err(NodeError::JournalFailed { fence, .. }) => assert_eq!(fence, Sequence(5)),
+        other => panic!("shutdown must report the journal failure, got {:?}", other.err()),
+    }
+    view.reserved
+}
+
+#[test]
+fn a_full_disk_refuses_writes_and_keeps_answering_reads() {
+    // Goal: when the journal cannot append (a full disk), the command it could not write is
+    // never applied and is answered `NotDurable`; what came before is answered and journaled;
+    // reads are answered from memory; writes are refused with the cause; in every topology.
+    for config in both_topologies() {
+        let topology = config.topology;
+        let (journal, records) = FailingDisk::new(DiskFault::Append, Sequence(5));
+        let node = Node::start(config, journal, NoReplicator::default()).unwrap();
+        let reserved = check_journal_fence(node, "os error 28");
+        assert_eq!(reserved, 3, "{topology:?}: the write the disk refused was not applied");
+        let journaled: Vec<u64> =
+            records.lock().unwrap().iter().map(|(_, c)| c.sequence.0).collect();
+        assert_eq!(journaled, [1, 2, 3, 4], "{topology:?}");
+    }
+}
+
+#[test]
+fn a_failed_sync_answers_what_it_did_not_make_durable_as_such() {
+    // Goal: when syncing fails, the commands it was syncing are not acknowledged (they are
+    // answered `NotDurable`: applied here, durability unknown), nothing later is taken, and
+    // reads go on, in every topology.
+    for config in both_topologies() {
+        let (journal, _) = FailingDisk::new(DiskFault::Sync, Sequence(5));
+        let node = Node::start(config, journal, NoReplicator::default()).unwrap();
+        let reserved = check_journal_fence(node, "os error 5");
+        // The failed sync's command was applied before the sync failed; reads may show it.
+        assert!((3..=4).contains(&reserved), "{reserved}");
+    }
+}

@@ -48,6 +48,11 @@ pub enum Refusal {
     /// here but the standby never acknowledged it; retry with the same request id.
     #[error("replication unavailable: the standby is not acknowledging writes")]
     ReplicationUnavailable,
+    /// The journal cannot make writes durable (the cause, e.g. a full disk): writes are
+    /// refused, reads are served. As a completion: the command was not made durable; retry
+    /// with the same request id once the node is back.
+    #[error("journal failed: {0}")]
+    JournalFailed(String),
 }
 
 /// The message of a `not_primary` refusal, naming the primary when it is known.
@@ -94,7 +99,8 @@ pub struct NodeStatus {
 /// Why a node does not take writes now: a code for `/ready`'s `error` and a sentence.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NotReady {
-    /// `node_failed`, `shutting_down`, `not_primary` or `replication_unavailable`.
+    /// `node_failed`, `shutting_down`, `not_primary`, `replication_unavailable` or
+    /// `journal_failed`.
     pub code: &'static str,
     /// For the operator.
     pub message: String,
@@ -107,6 +113,7 @@ impl NotReady {
             Refused::ShuttingDown => "shutting_down",
             Refused::NotPrimary => "not_primary",
             Refused::ReplicationUnavailable => "replication_unavailable",
+            Refused::JournalFailed(_) => "journal_failed",
             _ => "not_ready",
         };
         NotReady { code, message: refused.to_string() }
@@ -318,6 +325,7 @@ impl Backend for NodeBackend {
                 Err(Refusal::NotPrimary { primary: self.primary_http.clone() })
             }
             Err(Refused::ReplicationUnavailable) => Err(Refusal::ReplicationUnavailable),
+            Err(Refused::JournalFailed(cause)) => Err(Refusal::JournalFailed(cause.to_string())),
             Err(Refused::Failed(failure)) => Err(Refusal::Failed(failure.to_string())),
             Err(other) => Err(Refusal::Failed(other.to_string())),
         }
@@ -327,6 +335,7 @@ impl Backend for NodeBackend {
         let completion = self.session.as_mut()?.poll()?;
         let result = completion.result.map_err(|unanswered| match unanswered {
             Unanswered::Unreplicated { .. } => Refusal::ReplicationUnavailable,
+            Unanswered::NotDurable { cause, .. } => Refusal::JournalFailed(cause.to_string()),
             other => Refusal::Failed(other.to_string()),
         });
         Some(BackendCompletion { token: completion.token, result })
@@ -427,6 +436,11 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
             metrics.published,
         ),
         ("ringfence_durable_sequence", "Last sequence durable in the journal.", metrics.durable.0),
+        (
+            "ringfence_journal_failed",
+            "1 once the journal failed: writes are refused until the node is restarted.",
+            u64::from(metrics.journal_fence.is_some()),
+        ),
     ];
     for (name, help, value) in gauges {
         header(out, name, help, "gauge");

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use ringfence_core::Outcome;
 
+use crate::admission::AddressLimit;
 use crate::http::api::rejection_code;
 
 /// Which listener a connection came through.
@@ -41,6 +42,13 @@ pub struct Metrics {
     pub busy: u64,
     /// Requests refused by a connection's token bucket.
     pub rate_limited: u64,
+    /// Source-address budgets met, by [`AddressLimit::index`]: pauses of a connection's reading
+    /// at `address_in_flight_max`, and requests refused at `address_rate_per_sec`.
+    pub address_limited: [u64; 2],
+    /// Source addresses in the table of per-address budgets now.
+    pub addresses_tracked: u64,
+    /// Source addresses forgotten to make room in that table.
+    pub addresses_evicted: u64,
     /// Tokens presented (HTTP bearer, binary `AUTH`) and found wrong, per protocol.
     pub auth_failures: [u64; 2],
     /// Authentications refused unchecked: the address failed too often, per protocol.
@@ -53,6 +61,8 @@ pub struct Metrics {
     pub not_primary: u64,
     /// Writes refused, or answered without an outcome, because replication is unavailable.
     pub replication_unavailable: u64,
+    /// Writes refused, or answered without an outcome, because the journal failed.
+    pub journal_failed: u64,
     /// Connections accepted, per protocol.
     pub accepted: [u64; 2],
     /// Connections refused at a listener's connection limit (no idle one could give way).
@@ -94,12 +104,16 @@ impl Default for Metrics {
             bad_requests: [0; 2],
             busy: 0,
             rate_limited: 0,
+            address_limited: [0; 2],
+            addresses_tracked: 0,
+            addresses_evicted: 0,
             auth_failures: [0; 2],
             auth_rate_limited: [0; 2],
             auth_addresses_tracked: 0,
             auth_addresses_evicted: 0,
             not_primary: 0,
             replication_unavailable: 0,
+            journal_failed: 0,
             accepted: [0; 2],
             refused_connections: 0,
             address_limited_connections: 0,
@@ -202,6 +216,18 @@ impl Metrics {
                 self.rate_limited,
             ),
             (
+                "ringfence_addresses_tracked",
+                "Source addresses in the table of per-address budgets.",
+                "gauge",
+                self.addresses_tracked,
+            ),
+            (
+                "ringfence_addresses_evicted_total",
+                "Source addresses forgotten to make room in the table of per-address budgets.",
+                "counter",
+                self.addresses_evicted,
+            ),
+            (
                 "ringfence_auth_addresses_tracked",
                 "Addresses whose failed authentications are remembered.",
                 "gauge",
@@ -224,6 +250,12 @@ impl Metrics {
                 "Writes refused or left without an outcome: the standby is not acknowledging.",
                 "counter",
                 self.replication_unavailable,
+            ),
+            (
+                "ringfence_journal_failed_total",
+                "Writes refused or left without an outcome: the journal cannot make them durable.",
+                "counter",
+                self.journal_failed,
             ),
             (
                 "ringfence_connections_refused_total",
@@ -285,6 +317,14 @@ impl Metrics {
         for (name, help, kind, value) in scalars {
             header(out, name, help, kind);
             let _ = writeln!(out, "{name} {value}");
+        }
+        let name = "ringfence_address_limited_total";
+        let help = "Source-address budgets met: reading paused at address_in_flight_max \
+                    (limit=in_flight), requests refused at address_rate_per_sec (limit=rate).";
+        header(out, name, help, "counter");
+        for limit in AddressLimit::ALL {
+            let value = self.address_limited[limit.index()];
+            let _ = writeln!(out, "{name}{{limit=\"{}\"}} {value}", limit.label());
         }
         header(
             out,

@@ -223,7 +223,8 @@ pub enum ErrorCode {
     Unauthorized = 10,
     /// The ring or the in-flight cap is full: retry after the hint.
     Busy = 11,
-    /// This connection exceeded its request rate: retry after the hint.
+    /// This connection, or its source address, exceeded its request rate: retry after the
+    /// hint (the message says which).
     RateLimited = 12,
     /// The server is shutting down.
     ShuttingDown = 13,
@@ -241,6 +242,10 @@ pub enum ErrorCode {
     /// The connection's role (from its `AUTH`) does not allow the command; the message names
     /// the role needed. Not fatal: another `AUTH` may give the connection another role.
     Forbidden = 18,
+    /// The node's journal cannot make writes durable (a full disk, an I/O error): writes are
+    /// refused, reads are served. As the answer to a command: it was not made durable; retry
+    /// with the same request key once the node is back. The message names the cause.
+    JournalFailed = 19,
     /// A code this client does not know.
     Unknown = 0xFFFF,
 }
@@ -264,6 +269,7 @@ impl ErrorCode {
             16 => ErrorCode::NotPrimary,
             17 => ErrorCode::ReplicationUnavailable,
             18 => ErrorCode::Forbidden,
+            19 => ErrorCode::JournalFailed,
             _ => ErrorCode::Unknown,
         }
     }
@@ -286,6 +292,7 @@ impl ErrorCode {
             ErrorCode::NotPrimary => "not_primary",
             ErrorCode::ReplicationUnavailable => "replication_unavailable",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::JournalFailed => "journal_failed",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -103,6 +103,9 @@ pub struct FaultSegment {
     name: String,
     inode: u64,
     live: Image,
+    /// Written through `bytes_mut`: only a handle that wrote leaves its bytes in the live image
+    /// when dropped, so a reader's stale copy never overwrites a writer's newer bytes.
+    written: bool,
     shared: Arc<Shared>,
 }
 
@@ -360,6 +363,7 @@ impl Segment for FaultSegment {
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
+        self.written = true;
         &mut self.live
     }
 
@@ -383,6 +387,9 @@ impl Segment for FaultSegment {
 
 impl Drop for FaultSegment {
     fn drop(&mut self) {
+        if !self.written {
+            return;
+        }
         let Ok(mut disk) = self.shared.disk.lock() else { return };
         if let Some(inode) = disk.inodes.get_mut(&self.inode) {
             inode.live = Arc::new(std::mem::take(&mut self.live));
@@ -440,6 +447,7 @@ impl Storage for FaultStorage {
             name: name.to_owned(),
             inode: ino,
             live: image,
+            written: false,
             shared: self.shared.clone(),
         })
     }
@@ -451,7 +459,8 @@ impl Storage for FaultStorage {
         let live = Image::clone(&disk.inodes[&ino].live);
         let durable = disk.inodes[&ino].durable.len();
         assert_eq!(live.len(), durable, "a segment's images differ in length: {name}");
-        Ok(FaultSegment { name: name.to_owned(), inode: ino, live, shared: self.shared.clone() })
+        let shared = self.shared.clone();
+        Ok(FaultSegment { name: name.to_owned(), inode: ino, live, written: false, shared })
     }
 
     fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {

@@ -1,15 +1,19 @@
 //! Snapshots: the BLP's full state at a sequence boundary, so recovery replays only the
 //! journal after it.
 //!
-//! The BLP thread only copies its state ([`Engine::to_image`]); a writer thread encodes the
+//! The BLP never copies its state for a snapshot. When one is due it hands the writer thread
+//! the sequence and its running hash there ([`Snapshotter`]); the writer keeps a *shadow*
+//! engine that follows the journal — started from the newest snapshot and the records after
+//! it, as recovery starts — applies the records up to that sequence, checks it reached the
+//! BLP's running hash, and snapshots its own state. So a snapshot costs the BLP a hand-off of
+//! a few words however large the state, and costs the machine a second engine's memory and
+//! the CPU to apply each command a second time, on the writer thread. The writer encodes the
 //! image ([`encode_image`]), checks that it restores to an engine with the same running hash,
-//! writes it through the data directory's [`Storage`] to a temporary file, syncs it, renames it
-//! into place and syncs the directory, then applies retention. A snapshot that fails leaves no
-//! temporary file behind, is logged and counted ([`SnapshotStats`]); the journal still holds
-//! every command, so it costs only replay time. The writer then hands the image back, and the
-//! next snapshot copies into it ([`Engine::copy_image_into`]): memory already faulted in, so
-//! the BLP's pause is a copy and not a page fault per 4 KiB. The price is one image's worth of
-//! memory kept between snapshots. A snapshot file:
+//! writes it through the data directory's [`Storage`] to a temporary file, syncs it, renames
+//! it into place and syncs the directory, then applies retention. A snapshot that fails
+//! leaves no temporary file behind, is logged and counted ([`SnapshotStats`]); the journal
+//! still holds every command, so it costs only replay time. The writer keeps the image it
+//! wrote and copies the next snapshot into it ([`Engine::copy_image_into`]). A snapshot file:
 //!
 //! ```text
 //!   0  magic             8  b"RFNCSNAP"
@@ -37,12 +41,13 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringfence_core::pipeline::SnapshotHook;
+use ringfence_core::record;
 use ringfence_core::{
     Command, Engine, EngineConfig, EngineImage, RestoreError, Sequence, Sequenced, SkuId, Timestamp,
 };
@@ -54,6 +59,7 @@ use crate::format::{
 };
 use crate::scan::ReadSource;
 use crate::storage::{Retired, Storage, StorageError, write_atomically};
+use crate::tail::Tail;
 
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RFNCSNAP";
@@ -517,12 +523,17 @@ pub struct SnapshotStats {
     /// The last failure, of a snapshot or of retention (snapshots are not fatal: the journal
     /// remains the record).
     pub last_error: Option<String>,
-    /// BLP pauses taken for snapshots (copying state).
+    /// Snapshots the BLP handed to the writer (each a pause of the BLP for the hand-off only).
     pub pauses: u64,
-    /// The longest pause, in nanoseconds.
+    /// The longest hand-off, in nanoseconds.
     pub pause_ns_max: u64,
-    /// The last pause, in nanoseconds.
+    /// The last hand-off, in nanoseconds.
     pub pause_ns_last: u64,
+    /// Journal records the writer's shadow engine applied to follow the BLP.
+    pub shadow_records: u64,
+    /// The writer thread's time on the last snapshot written (catching up, copying, writing,
+    /// retention), in nanoseconds.
+    pub writer_ns_last: u64,
     /// Retention runs that failed after their snapshot was written (logged too).
     pub retention_failed: u64,
     /// Old snapshot files deleted by retention.
@@ -534,7 +545,7 @@ pub struct SnapshotStats {
 impl SnapshotStats {
     /// The counters as (metric name, help text, value), for a Prometheus text endpoint.
     #[must_use]
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 9] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 11] {
         // Both are set under one lock, so a copy never sees them apart. (Written and failed
         // against pauses are counted under separate locks, so they may be seen apart.)
         assert!(self.pause_ns_last <= self.pause_ns_max, "a last pause above the longest");
@@ -546,9 +557,19 @@ impl SnapshotStats {
                 "Due snapshots that waited for the writer.",
                 self.deferred_busy,
             ),
-            ("ringfence_snapshot_pauses_total", "BLP pauses to copy state.", self.pauses),
-            ("ringfence_snapshot_pause_ns_max", "Longest BLP pause (ns).", self.pause_ns_max),
-            ("ringfence_snapshot_pause_ns_last", "Last BLP pause (ns).", self.pause_ns_last),
+            ("ringfence_snapshot_pauses_total", "Snapshots the BLP handed over.", self.pauses),
+            ("ringfence_snapshot_pause_ns_max", "Longest BLP hand-off (ns).", self.pause_ns_max),
+            ("ringfence_snapshot_pause_ns_last", "Last BLP hand-off (ns).", self.pause_ns_last),
+            (
+                "ringfence_snapshot_shadow_records_total",
+                "Journal records the snapshot writer's shadow engine applied.",
+                self.shadow_records,
+            ),
+            (
+                "ringfence_snapshot_writer_ns_last",
+                "Writer time on the last snapshot (ns).",
+                self.writer_ns_last,
+            ),
             (
                 "ringfence_snapshot_retention_failed_total",
                 "Retention runs that failed.",
@@ -580,16 +601,23 @@ impl SnapshotStatsHandle {
     }
 }
 
+/// A snapshot the BLP asked for: through which sequence, and what its engine held there, so
+/// the shadow engine can prove it reached the same state.
 struct Job {
-    image: EngineImage,
     through: Sequence,
     running_hash: u64,
     last_sequence: Sequence,
 }
 
-/// The snapshot hook for the pipeline: counts commands, copies the engine's state on the BLP
-/// thread when a snapshot is due (an operator's `Command::Snapshot`, or every N commands), and
-/// hands the copy to its writer thread.
+/// The snapshot hook for the pipeline. On the BLP thread it only counts commands and, when a
+/// snapshot is due (an operator's `Command::Snapshot`, or every N commands), hands its writer
+/// thread a [`Job`]: three words, no copy of the state. The writer keeps a shadow engine that
+/// follows the journal ([`Shadow`]): it applies the journal's records up to the job's sequence,
+/// checks that it reached the BLP's running hash, and snapshots its own state. So the BLP never
+/// pauses for a snapshot, whatever the size of its state — the LMAX way: a second copy of the
+/// business logic, fed the same journal, does the slow work. The price is a second engine's
+/// memory and the CPU to apply every command twice (off the BLP's thread, and only when a
+/// snapshot is due).
 pub struct Snapshotter<S: Storage> {
     dir: DataDir<S>,
     policy: SnapshotPolicy,
@@ -600,16 +628,15 @@ pub struct Snapshotter<S: Storage> {
     waiting: bool,
     deferred: u64,
     jobs: Option<SyncSender<Job>>,
-    /// Images the writer is done with, for the next snapshot to copy into. At most one: one
-    /// snapshot is written at a time, and its image comes back before the writer is marked free.
-    spares: Receiver<EngineImage>,
     busy: Arc<AtomicBool>,
     stats: Arc<Mutex<SnapshotStats>>,
     worker: Option<JoinHandle<()>>,
 }
 
 impl<S: Storage> Snapshotter<S> {
-    /// Starts the writer thread, writing into `dir` (from [`crate::recovery::Recovered`]).
+    /// Starts the writer thread, writing into `dir` (from [`crate::recovery::Recovered`]). Its
+    /// shadow engine starts, at the first job, from the newest snapshot in `dir` and the journal
+    /// after it, as recovery does.
     pub fn start(
         dir: DataDir<S>,
         policy: SnapshotPolicy,
@@ -617,19 +644,16 @@ impl<S: Storage> Snapshotter<S> {
     ) -> Result<Snapshotter<S>, SnapshotError> {
         assert!(policy.keep >= 1, "at least one snapshot is kept");
         let (jobs, receiver) = mpsc::sync_channel::<Job>(1);
-        let (spare, spares) = mpsc::sync_channel::<EngineImage>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(SnapshotStats::default()));
         let worker = {
-            let (dir, policy, busy, stats) =
-                (dir.clone(), policy.clone(), Arc::clone(&busy), Arc::clone(&stats));
+            let (busy, stats) = (Arc::clone(&busy), Arc::clone(&stats));
+            let mut shadow = Shadow::new(dir.clone(), config, policy.clone());
             std::thread::Builder::new()
                 .name("ringfence-snapshot".to_owned())
                 .spawn(move || {
                     for job in receiver {
-                        let done = run_job(&dir, &config, &policy, &job);
-                        // Never blocks: the BLP takes the spare before it sends a job.
-                        let _ = spare.try_send(job.image);
+                        let done = shadow.run(&job);
                         busy.store(false, Ordering::Release);
                         // Counted once the writer is free again: whoever sees the count can
                         // have the next snapshot taken at once, not deferred.
@@ -646,7 +670,6 @@ impl<S: Storage> Snapshotter<S> {
             waiting: false,
             deferred: 0,
             jobs: Some(jobs),
-            spares,
             busy,
             stats,
             worker: Some(worker),
@@ -693,8 +716,8 @@ impl<S: Storage> Snapshotter<S> {
         assert!(!self.busy.load(Ordering::Acquire), "the snapshot writer stopped mid-job");
     }
 
-    /// Copies the state and hands it to the writer; returns false (taking nothing) if the
-    /// writer is still busy with the previous snapshot.
+    /// Hands the writer a snapshot through `through`; returns false (taking nothing) if the
+    /// writer is still busy with the previous one.
     fn take(&mut self, engine: &Engine, through: Sequence) -> bool {
         // A snapshot through `through` holds no command after it.
         assert!(engine.last_sequence() <= through, "a snapshot ahead of its through sequence");
@@ -708,24 +731,14 @@ impl<S: Storage> Snapshotter<S> {
         }
         self.waiting = false;
         let started = Instant::now();
-        let image = match self.spares.try_recv() {
-            Ok(mut image) => {
-                engine.copy_image_into(&mut image);
-                image
-            }
-            Err(_) => engine.to_image_unsorted(),
-        };
-        // One snapshot is written at a time, so at most one image comes back.
-        assert!(self.spares.try_recv().is_err(), "two spare images");
         let job = Job {
-            image,
             through,
             running_hash: engine.running_hash(),
             last_sequence: engine.last_sequence(),
         };
-        let pause_ns = started.elapsed().as_nanos() as u64;
         self.since_last = 0;
         let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.try_send(job).is_ok());
+        let pause_ns = started.elapsed().as_nanos() as u64;
         let mut stats = self.stats.lock().expect("snapshot stats lock");
         stats.pauses += 1;
         stats.deferred_busy = self.deferred;
@@ -739,48 +752,201 @@ impl<S: Storage> Snapshotter<S> {
     }
 }
 
-/// Writes one snapshot and applies retention, on the writer thread; failures are logged and
-/// counted, never fatal.
-fn run_job<S: Storage>(
-    dir: &DataDir<S>,
-    config: &EngineConfig,
-    policy: &SnapshotPolicy,
-    job: &Job,
-) -> JobDone {
-    let meta = match write(dir.storage(), config, &job.image, job.through) {
-        Ok(meta) => meta,
-        Err(error) => {
-            eprintln!(
-                "ringfence: snapshot through {} failed (the journal still holds every \
-                 command): {error}",
-                job.through
-            );
-            return JobDone::Failed(error.to_string());
-        }
-    };
-    assert_eq!(meta.running_hash, job.running_hash, "snapshot restores to the BLP's hash");
-    // A file is more than its header: the image follows.
-    assert!(meta.bytes > SNAPSHOT_HEADER_LEN as u64, "a snapshot with no image");
-    assert_eq!(meta.last_sequence, job.last_sequence, "snapshot restores to the BLP's sequence");
-    let retention = apply_retention(dir, policy);
-    if let Err(error) = &retention {
-        eprintln!("ringfence: snapshot retention failed (retried after the next one): {error}");
-    }
-    let meta = Box::new(meta);
-    JobDone::Written { meta, retention: retention.map_err(|error| error.to_string()) }
+/// How long the shadow waits for a record the BLP has applied to be readable in the journal.
+/// A file-backed journal's appends are visible at once (the reader maps the same page cache);
+/// a storage that publishes writes only when it syncs them needs the journal's next sync.
+const RECORD_VISIBLE_WAIT: Duration = Duration::from_secs(5);
+/// Bytes of records read from the journal at a time.
+const SHADOW_READ_BYTES: usize = 1 << 20;
+
+/// The writer thread's engine: a second copy of the business logic that follows the journal
+/// and is snapshotted in place of the BLP's own.
+struct Shadow<S: Storage> {
+    dir: DataDir<S>,
+    config: EngineConfig,
+    policy: SnapshotPolicy,
+    /// The engine and the journal reader positioned after its last sequence; `None` until the
+    /// first job, and again after a failure (the next job starts over from the newest
+    /// snapshot).
+    following: Option<(Engine, Tail<S>)>,
+    /// The previous snapshot's image, copied into for the next one: memory already faulted in.
+    image: Option<EngineImage>,
+    records: Vec<u8>,
 }
 
-/// What a snapshot job came to, for the stats. The metadata is boxed: it is far larger than
-/// a failure, and a job is done once per snapshot.
+impl<S: Storage> Shadow<S> {
+    fn new(dir: DataDir<S>, config: EngineConfig, policy: SnapshotPolicy) -> Shadow<S> {
+        assert!(policy.keep >= 1, "at least one snapshot is kept");
+        assert!(config.validate().is_ok(), "a shadow of an invalid configuration");
+        Shadow { dir, config, policy, following: None, image: None, records: Vec::new() }
+    }
+
+    /// Brings the shadow to the job's sequence and writes its snapshot; failures are logged
+    /// and counted, never fatal (the journal still holds every command).
+    fn run(&mut self, job: &Job) -> JobDone {
+        let started = Instant::now();
+        let applied = match self.catch_up(job) {
+            Ok(applied) => applied,
+            Err(error) => {
+                self.following = None;
+                eprintln!(
+                    "ringfence: snapshot through {} failed (the journal still holds every \
+                     command): {error}",
+                    job.through
+                );
+                return JobDone::Failed(error);
+            }
+        };
+        let (engine, tail) = self.following.as_ref().expect("caught up");
+        // Caught up exactly: the state the BLP had, and the reader at the next record.
+        assert_eq!(engine.last_sequence(), job.last_sequence, "the shadow is not at the job");
+        assert_eq!(tail.next(), job.through.next(), "the reader is not after the job");
+        let image = match self.image.take() {
+            Some(mut image) => {
+                engine.copy_image_into(&mut image);
+                image
+            }
+            None => engine.to_image_unsorted(),
+        };
+        let written = write(self.dir.storage(), &self.config, &image, job.through);
+        self.image = Some(image);
+        let meta = match written {
+            Ok(meta) => meta,
+            Err(error) => {
+                eprintln!(
+                    "ringfence: snapshot through {} failed (the journal still holds every \
+                     command): {error}",
+                    job.through
+                );
+                return JobDone::Failed(error.to_string());
+            }
+        };
+        assert_eq!(meta.running_hash, job.running_hash, "snapshot restores to the BLP's hash");
+        // A file is more than its header: the image follows.
+        assert!(meta.bytes > SNAPSHOT_HEADER_LEN as u64, "a snapshot with no image");
+        assert_eq!(
+            meta.last_sequence, job.last_sequence,
+            "snapshot restores to the BLP's sequence"
+        );
+        let retention = apply_retention(&self.dir, &self.policy);
+        if let Err(error) = &retention {
+            eprintln!("ringfence: snapshot retention failed (retried after the next one): {error}");
+        }
+        let writer_ns = started.elapsed().as_nanos() as u64;
+        let retention = retention.map_err(|error| error.to_string());
+        JobDone::Written { meta: Box::new(meta), retention, applied, writer_ns }
+    }
+
+    /// Applies the journal's records up to the job's sequence and checks the shadow reached
+    /// the state the BLP had there. Returns how many records it applied.
+    fn catch_up(&mut self, job: &Job) -> Result<u64, String> {
+        if self.following.is_none() {
+            self.following = Some(self.start_following(job.through)?);
+        }
+        let (engine, tail) = self.following.as_mut().expect("following");
+        if engine.last_sequence() > job.through {
+            // A snapshot through an older sequence than one already written: a restarted
+            // writer's leftovers cannot cause this; the BLP only moves forward.
+            return Err(format!(
+                "the shadow engine is at {} past the requested {}",
+                engine.last_sequence(),
+                job.through
+            ));
+        }
+        let storage = self.dir.storage();
+        let mut applied = 0;
+        let mut waiting_since: Option<Instant> = None;
+        while tail.next() <= job.through {
+            self.records.clear();
+            match tail.read(job.through, &mut self.records, SHADOW_READ_BYTES) {
+                Ok(_) => waiting_since = None,
+                Err(error) => {
+                    // Not readable yet (or damaged): read again from a fresh map, for a while.
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > RECORD_VISIBLE_WAIT {
+                        return Err(format!("reading the journal: {error}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                    *tail = Tail::open(storage.clone(), engine.last_sequence().next())
+                        .map_err(|error| format!("reading the journal: {error}"))?;
+                    continue;
+                }
+            }
+            applied += apply_records(engine, &self.records)?;
+        }
+        if engine.last_sequence() != job.last_sequence || engine.running_hash() != job.running_hash
+        {
+            return Err(format!(
+                "the shadow engine reached sequence {} with running hash {:#018x}, but the BLP \
+                 was at {} with {:#018x}: the journal does not reproduce the BLP's state",
+                engine.last_sequence(),
+                engine.running_hash(),
+                job.last_sequence,
+                job.running_hash
+            ));
+        }
+        Ok(applied)
+    }
+
+    /// The newest snapshot at or before `through` that loads, and a reader of the journal
+    /// after it; or an empty engine and the journal from its first record.
+    fn start_following(&self, through: Sequence) -> Result<(Engine, Tail<S>), String> {
+        let storage = self.dir.storage();
+        let listed = list(storage).map_err(|error| error.to_string())?;
+        let mut start = (Engine::new(self.config.clone()), Sequence(0));
+        for (taken, name) in listed.into_iter().rev().filter(|(taken, _)| *taken <= through) {
+            match load(storage, &name, Some(&self.config)) {
+                Ok((engine, _)) => {
+                    start = (engine, taken);
+                    break;
+                }
+                Err(error) => eprintln!("ringfence: snapshot writer skips {name}: {error}"),
+            }
+        }
+        let (engine, taken) = start;
+        // Every journal record up to `taken` is in the snapshot, and they are all mutating.
+        assert!(engine.last_sequence() <= taken, "a snapshot past its own name");
+        let tail = Tail::open(storage.clone(), taken.next())
+            .map_err(|error| format!("reading the journal after {taken}: {error}"))?;
+        assert_eq!(tail.next(), taken.next(), "a reader positioned elsewhere");
+        Ok((engine, tail))
+    }
+}
+
+/// Decodes whole records and applies them in order; returns how many.
+fn apply_records(engine: &mut Engine, mut records: &[u8]) -> Result<u64, String> {
+    let mut applied = 0;
+    while !records.is_empty() {
+        let (header, sequenced, len) = record::decode(records).map_err(|error| {
+            format!("decoding the record after {}: {error}", engine.last_sequence())
+        })?;
+        // The tail hands over whole records, in sequence.
+        assert!(len <= records.len() && len % record::RECORD_ALIGN == 0, "a part of a record");
+        assert_eq!(header.sequence, engine.last_sequence().next(), "a record out of sequence");
+        engine.apply(&sequenced);
+        records = &records[len..];
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// What a snapshot job came to, for the stats.
 enum JobDone {
     Failed(String),
-    Written { meta: Box<SnapshotMeta>, retention: Result<Retention, String> },
+    Written {
+        meta: Box<SnapshotMeta>,
+        retention: Result<Retention, String>,
+        /// Journal records the shadow applied to catch up.
+        applied: u64,
+        /// The writer thread's time on the job: catching up, copying, writing, retention.
+        writer_ns: u64,
+    },
 }
 
 impl JobDone {
     fn record(self, stats: &Mutex<SnapshotStats>) {
         let mut stats = stats.lock().expect("snapshot stats lock");
-        // Every job was counted as a pause when the BLP copied its state, before it was sent.
+        // Every job was counted when the BLP handed it over, before it was sent.
         assert!(
             stats.written + stats.failed < stats.pauses,
             "a snapshot done that was never taken"
@@ -790,9 +956,11 @@ impl JobDone {
                 stats.failed += 1;
                 stats.last_error = Some(error);
             }
-            JobDone::Written { meta, retention } => {
+            JobDone::Written { meta, retention, applied, writer_ns } => {
                 stats.written += 1;
                 stats.last = Some(*meta);
+                stats.shadow_records += applied;
+                stats.writer_ns_last = writer_ns;
                 match retention {
                     Ok(retention) => {
                         stats.snapshots_removed += retention.snapshots_removed.len() as u64;

@@ -314,7 +314,12 @@ impl Storage for FileStorage {
     fn create_segment(&self, name: &str, len: u64) -> io::Result<FileSegment> {
         let path = self.path(name);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        allocate(&file, len)?;
+        if let Err(error) = allocate(&file, len) {
+            // A full disk: leave no short, headerless file behind for recovery to puzzle over.
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(error);
+        }
         file.sync_all()?;
         sync_dir(&self.inner.dir)?;
         let segment = map_file(file)?;

@@ -5,7 +5,7 @@ mod common;
 
 use common::{TempDir, config, generate, options};
 use ringfence_core::pipeline::SnapshotHook;
-use ringfence_core::{Engine, Epoch, Sequence, Timestamp};
+use ringfence_core::{Command, Engine, Epoch, Sequence, Timestamp};
 use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::manifest::{MANIFEST_FILE, MANIFEST_VERSION, Manifest};
@@ -312,4 +312,71 @@ fn a_disk_that_cannot_hold_a_segment_fails_the_start_not_the_first_write() {
     disk.clear_faults();
     let recovered = recover_from(disk, options(Durability::Batch)).unwrap();
     assert_eq!(recovered.next_sequence, Sequence(1), "once the disk has room, it starts");
+}
+
+/// Runs `commands` through a journal on `disk` and a BLP engine with a snapshot every 100,
+/// journaling `journaled(i, command)` in place of command `i`; returns the BLP engine and the
+/// snapshot counters once the writer is done.
+fn run_with_snapshots(
+    disk: &FaultStorage,
+    commands: &[ringfence_core::Sequenced],
+    journaled: impl Fn(usize, &ringfence_core::Sequenced) -> ringfence_core::Sequenced,
+) -> (Engine, snapshot::SnapshotStats) {
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let policy = SnapshotPolicy { every_commands: Some(100), keep: 2 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
+    let mut engine = Engine::new(config());
+    for (i, command) in commands.iter().enumerate() {
+        recovered.writer.append_command(Epoch(1), &journaled(i, command)).unwrap();
+        recovered.writer.end_batch().unwrap();
+        engine.apply(command);
+        snapshots.after_apply(&engine, command);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().failed {
+            assert!(std::time::Instant::now() < deadline, "the snapshot writer is stuck");
+            std::thread::yield_now();
+        }
+    }
+    (engine, snapshots.finish())
+}
+
+#[test]
+fn snapshots_are_taken_from_a_shadow_that_follows_the_journal() {
+    // Goal: the BLP hands over only a sequence and its hash; the writer's shadow engine applies
+    // the journal up to there and writes the very state the BLP had (same digest on loading).
+    let disk = FaultStorage::new();
+    let mut workload = Workload::new(8, Sequence(1), Timestamp(1));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 300);
+    let (engine, stats) = run_with_snapshots(&disk, &commands, |_, command| *command);
+    assert_eq!((stats.written, stats.failed), (3, 0), "{stats:?}");
+    assert_eq!(stats.shadow_records, 300, "each journal record applied once by the shadow");
+    let (through, name) = snapshot::list(&disk).unwrap().pop().unwrap();
+    assert_eq!(through, Sequence(300));
+    let (restored, meta) = snapshot::load(&disk, &name, None).unwrap();
+    assert_eq!(restored.state_digest(), engine.state_digest());
+    assert_eq!(meta.running_hash, engine.running_hash());
+}
+
+#[test]
+fn a_journal_that_does_not_reproduce_the_blp_fails_the_snapshot_loudly() {
+    // Goal: if the journal holds something other than what the BLP applied (here one command
+    // journaled as a tick), the shadow reaches another running hash: the snapshot is refused,
+    // counted and explained, and no snapshot of the wrong state is written.
+    let disk = FaultStorage::new();
+    let mut workload = Workload::new(9, Sequence(1), Timestamp(1));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 100);
+    let client = |c: &ringfence_core::Sequenced| matches!(c.command, Command::Client { .. });
+    let swapped = (50..100).find(|&i| client(&commands[i])).expect("client commands");
+    let (_, stats) = run_with_snapshots(&disk, &commands, |i, command| {
+        let mut journaled = *command;
+        if i == swapped {
+            journaled.command = Command::Tick;
+        }
+        journaled
+    });
+    assert_eq!((stats.written, stats.failed), (0, 1), "{stats:?}");
+    let error = stats.last_error.unwrap();
+    assert!(error.contains("does not reproduce the BLP's state"), "{error}");
+    assert!(snapshot::list(&disk).unwrap().is_empty());
 }

@@ -484,38 +484,35 @@ fn snapshot_requested_while_the_writer_is_busy_is_taken_later() {
     // Goal: an operator's snapshot request is never dropped: if the writer is still busy with
     // the previous snapshot, the next command that finds it free takes it.
     let dir = TempDir::new("deferred");
-    let recovered = recover(dir.path(), options(Durability::None)).unwrap();
+    let mut recovered = recover(dir.path(), options(Durability::None)).unwrap();
     let policy = SnapshotPolicy { every_commands: None, keep: 5 };
     let data_dir = recovered.writer.data_dir().clone();
     let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());
     let mut workload = Workload::new(8, Sequence(1), Timestamp(1));
-    let mut commands = generate(&mut workload, &mut Engine::new(config()), 500);
+    let commands = generate(&mut workload, &mut Engine::new(config()), 500);
     for command in &commands {
+        recovered.writer.append_command(Epoch(1), command).unwrap();
         engine.apply(command);
     }
-    let mut next = commands.len() as u64 + 1;
+    // A snapshot request is not journaled: it is placed at the last journaled sequence.
+    let request = Sequenced {
+        sequence: engine.last_sequence(),
+        timestamp: Timestamp(10_000),
+        command: Command::Snapshot,
+    };
     for _ in 0..2 {
-        let request = Sequenced {
-            sequence: Sequence(next),
-            timestamp: Timestamp(10_000),
-            command: Command::Snapshot,
-        };
-        engine.apply(&request);
         snapshots.after_apply(&engine, &request);
-        next += 1;
     }
+    let mut next = engine.last_sequence().next();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while snapshots.stats().pauses < 2 && std::time::Instant::now() < deadline {
-        let tick = Sequenced {
-            sequence: Sequence(next),
-            timestamp: Timestamp(10_000),
-            command: Command::Tick,
-        };
+        let tick =
+            Sequenced { sequence: next, timestamp: Timestamp(10_000), command: Command::Tick };
+        recovered.writer.append_command(Epoch(1), &tick).unwrap();
         engine.apply(&tick);
         snapshots.after_apply(&engine, &tick);
-        commands.push(tick);
-        next += 1;
+        next = next.next();
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let stats = snapshots.finish();

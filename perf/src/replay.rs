@@ -1,10 +1,13 @@
 //! The replay benchmark: commands/s rebuilding state from a multi-million-command journal,
 //! against the BLP alone applying the same commands from memory, in the same run.
 //!
-//! Also measured here, on the state the replay built: the BLP pause a snapshot causes (copying
-//! state on the BLP thread, into a fresh image as the first snapshot does and into the
-//! previous snapshot's image as later ones do) and the writer thread's work (restore check,
-//! encoding the image's explicit layout, write, fsync, rename).
+//! Also measured here, on the state the replay built: what a snapshot costs the BLP. Today the
+//! BLP only hands the snapshot writer a sequence and its hash, and the writer's shadow engine
+//! follows the journal and snapshots itself (`shadow` rows: the BLP's hand-off, and the
+//! writer's catch-up over the whole journal, as after a start). For comparison, the pause the
+//! BLP would take to copy its state itself (`blp_pause_*` rows, the design before the shadow:
+//! into a fresh image, and into the previous snapshot's image) and the writer's work on an
+//! image (restore check, encoding, write, fsync, rename).
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -82,7 +85,68 @@ pub fn run(common: Common) {
     report.ratio("replay", "decode_only", "blp_alone");
     if let Some(engine) = engine {
         snapshot_pause(&mut report, &engine, &dir);
+        shadow_snapshot(&mut report, &engine, &dir, &config);
     }
+}
+
+/// A snapshot as `serve` takes it: the BLP hands the writer the sequence and its hash; the
+/// writer's shadow engine starts from the (snapshot-less) journal, applies all of it and
+/// writes the snapshot. Measures the BLP's hand-off, and the writer's time and rate.
+fn shadow_snapshot(report: &mut Report, engine: &Engine, dir: &BenchDir, config: &EngineConfig) {
+    let runs = 3;
+    let (mut handoff, mut writer) = (Timed::new(), Timed::new());
+    let mut records = 0;
+    let request = Sequenced {
+        sequence: engine.last_sequence(),
+        timestamp: engine.now(),
+        command: ringfence_core::Command::Snapshot,
+    };
+    let options = WriterOptions {
+        segment_len: 64 << 20,
+        durability: Durability::None,
+        engine_config: config.clone(),
+    };
+    for run in 0..runs {
+        // A copy per run: the snapshot's retention retires the segments it covers.
+        let copy = BenchDir::new(&format!("shadow-{run}"));
+        for entry in std::fs::read_dir(&dir.0).expect("list journal") {
+            let path = entry.expect("entry").path();
+            std::fs::copy(&path, copy.0.join(path.file_name().expect("a file")))
+                .expect("copy the journal");
+        }
+        let storage = FileStorage::open(&copy.0).expect("open journal");
+        let recovered = recover_from(storage, options.clone()).expect("recover for the snapshot");
+        let data_dir = recovered.writer.data_dir().clone();
+        let policy = snapshot::SnapshotPolicy { every_commands: None, keep: 1 };
+        let mut snapshots = snapshot::Snapshotter::start(data_dir, policy, config.clone())
+            .expect("start the snapshot writer");
+        let started = Instant::now();
+        ringfence_core::pipeline::SnapshotHook::after_apply(&mut snapshots, engine, &request);
+        handoff.record(started);
+        let stats = snapshots.finish();
+        assert_eq!((stats.written, stats.failed), (1, 0), "{stats:?}");
+        let _ = writer.histogram.record(stats.writer_ns_last);
+        writer.seconds += stats.writer_ns_last as f64 / 1e9;
+        records = stats.shadow_records;
+        assert!(stats.last.is_some(), "a snapshot was written");
+    }
+    report.push(
+        Row::new("snapshot", "shadow_blp_handoff", runs, handoff.seconds, handoff.histogram)
+            .with("thread", "BLP")
+            .with("copies", "nothing: a sequence and a hash"),
+    );
+    report.push(
+        Row::new(
+            "snapshot",
+            "shadow_writer_catch_up",
+            runs * records,
+            writer.seconds,
+            writer.histogram,
+        )
+        .with("thread", "snapshot writer")
+        .with("records", records)
+        .with("work", "apply the whole journal, copy, encode, write, fsync"),
+    );
 }
 
 fn keep_best(best: &mut Option<Row>, row: Row) {

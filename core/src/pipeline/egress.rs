@@ -9,7 +9,9 @@
 //! release (it learns their gates from [`super::shared::Gates`]), so a held-back answer keeps
 //! its slot and producers feel the back-pressure. Answers leave in ring order. After a stage
 //! failure, everything not yet released is answered with the failure instead; nothing unsafe
-//! is ever released.
+//! is ever released. Once the journal is fenced (`Shared::fence_journal`), commands at or past
+//! the fence are answered `NotDurable` and reads after them wait only for what precedes it, so
+//! a node whose disk failed goes on answering reads.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -170,15 +172,26 @@ impl<P: RingPoller> Egress<P> {
     fn releasable(&self) -> u64 {
         let shared = &self.shared;
         let limit = self.limit();
+        let fence = shared.journal_fence();
         let applied = shared.applied_positions.load(Ordering::Acquire);
         let mut position = self.next;
-        while position < applied && shared.gates.get(position) <= limit {
+        while position < applied && release_gate(shared.gates.get(position), fence) <= limit {
             position += 1;
         }
         if position == shared.stop_at.load(Ordering::Acquire) {
             position += 1;
         }
         position - self.next
+    }
+}
+
+/// The gate a slot is released at, given the journal fence: a command at or past the fence
+/// will never be durable, so it (answered `NotDurable`) and a read that came after it wait only
+/// for what lies before the fence.
+fn release_gate(gate: Sequence, fence: Option<Sequence>) -> Sequence {
+    match fence {
+        Some(fence) if gate >= fence => Sequence(fence.0 - 1),
+        _ => gate,
     }
 }
 
@@ -200,6 +213,10 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             return Pass::Idle;
         }
         let failure = if failed { self.shared.failure() } else { None };
+        // `durable` never reaches the fence (the journaling stage sets it above what was made
+        // durable and flushes nothing after), so no slot released here is dropped later.
+        let fence = self.shared.journal_fence();
+        let cause = self.shared.journal_fault();
         let limit = self.limit();
         // Read after `limit`: an acknowledgement that arrives in between only makes more
         // answers outcomes rather than `Unreplicated`.
@@ -217,7 +234,8 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             }
             let (sequence, journaled) = sequencer.place(slot);
             // Unless the node failed, only the releasable prefix was taken (`releasable`).
-            let released = !failed || (position < applied && gates.get(position) <= limit);
+            let released = !failed
+                || (position < applied && release_gate(gates.get(position), fence) <= limit);
             if released {
                 // The applying stage numbered this slot as egress does.
                 assert_eq!(gates.get(position), sequence, "gate of position {position}");
@@ -225,9 +243,13 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             if slot.reply == Reply::NOBODY {
                 return;
             }
+            let dropped = journaled && fence.is_some_and(|fence| sequence >= fence);
             let result: Result<Outcome, Unanswered> = if !released {
                 let failure = failure.clone();
                 Err(Unanswered::Failed(failure.expect("unreleased slots are taken on failure")))
+            } else if dropped {
+                let cause = cause.clone().expect("the journal's fault is set before its fence");
+                Err(Unanswered::NotDurable { sequence, cause })
             } else if journaled && sequence > safe {
                 // Released under a write hold (`limit`): applied here, never acknowledged.
                 Err(Unanswered::Unreplicated { sequence })

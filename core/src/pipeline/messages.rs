@@ -54,6 +54,20 @@ pub enum Unanswered {
         /// The command's journal sequence.
         sequence: Sequence,
     },
+    /// The journal failed before the command was durable (`Refused::JournalFailed`). If the
+    /// failure struck before the command was written it was never applied; if it struck while
+    /// syncing, the command was applied here and may or may not be in the journal. Either
+    /// way: retry with the same request key once the node is back to learn its outcome.
+    #[error(
+        "journal_failed: command {sequence} was not made durable ({cause}); retry with the \
+         same request id once the node is back"
+    )]
+    NotDurable {
+        /// The command's journal sequence.
+        sequence: Sequence,
+        /// Why the journal failed.
+        cause: Arc<str>,
+    },
 }
 
 /// The answer to one submitted command.

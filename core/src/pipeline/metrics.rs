@@ -54,6 +54,9 @@ pub struct Metrics {
     pub published: u64,
     /// Highest sequence the journal reported durable.
     pub durable: Sequence,
+    /// The first sequence the journal could not make durable, once it failed: writes are
+    /// refused from then on.
+    pub journal_fence: Option<Sequence>,
     /// Highest sequence the replicator reports safe (`u64::MAX` without a standby).
     pub replication_safe: Sequence,
     /// Journaler, replicator, BLP (or the one processor) and egress, in pipeline order.

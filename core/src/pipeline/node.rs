@@ -81,6 +81,16 @@ pub enum NodeError {
     /// A stage failed and the node stopped (or a shutdown could not drain).
     #[error("{0}")]
     Failed(StageFailure),
+    /// The journal failed while the node ran (`Refused::JournalFailed`): the shutdown answered
+    /// every command, but the engine's state is not handed back, since it may hold commands
+    /// the journal never made durable. The journal is what recovery starts from.
+    #[error("the journal failed at sequence {fence} ({cause}); recover by starting from it")]
+    JournalFailed {
+        /// The first sequence the journal could not make durable.
+        fence: Sequence,
+        /// Why.
+        cause: Arc<str>,
+    },
 }
 
 /// What a clean shutdown leaves.
@@ -551,6 +561,7 @@ impl Node {
             wait: shared.wait.name(),
             published,
             durable: sequences.durable,
+            journal_fence: shared.journal_fence(),
             replication_safe: sequences.replication_safe,
             stages,
             busy_rejections: shared.busy_rejections.load(Ordering::Relaxed),
@@ -591,6 +602,9 @@ impl Node {
         let metrics = self.metrics();
         if let Some(failure) = shared.failure() {
             return Err(NodeError::Failed(failure));
+        }
+        if let (Some(fence), Some(cause)) = (shared.journal_fence(), shared.journal_fault()) {
+            return Err(NodeError::JournalFailed { fence, cause });
         }
         let engine = engine.expect("the BLP hands back its engine when no stage failed");
         let last_sequence = shared.applied.get();

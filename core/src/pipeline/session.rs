@@ -58,6 +58,14 @@ pub enum Refused {
          it is back or replication is switched to async"
     )]
     ReplicationUnavailable,
+    /// The journal could not make a command durable (disk full, an I/O error): writes and
+    /// snapshot requests are refused; reads are served from memory. Recovery is a restart
+    /// once the cause is fixed.
+    #[error(
+        "journal_failed: the journal cannot make writes durable ({0}); writes are refused, \
+         reads are served; restart the node once the cause is fixed"
+    )]
+    JournalFailed(Arc<str>),
     /// A record sent to a node that sequences its own commands.
     #[error("this node sequences its own commands and takes no records")]
     NotReplica,
@@ -145,6 +153,8 @@ impl Session {
         self.check_open(1)?;
         if command.is_mutating() {
             self.shared.check_writable()?;
+        } else if command == Command::Snapshot {
+            self.shared.check_journal()?;
         }
         let reply = Reply { session: self.id, token };
         match publish_one(&mut self.producer, &self.shared, SlotKind::Command, command, reply) {
@@ -166,6 +176,8 @@ impl Session {
         self.check_open(commands.len())?;
         if commands.iter().any(|(command, _)| command.is_mutating()) {
             self.shared.check_writable()?;
+        } else if commands.iter().any(|(command, _)| *command == Command::Snapshot) {
+            self.shared.check_journal()?;
         }
         let shared = &*self.shared;
         let ns = shared.clock.now_ns();
@@ -202,6 +214,7 @@ impl Session {
         if shared.intake() != Intake::Replica {
             return Err(Refused::NotReplica);
         }
+        shared.check_journal()?;
         let (header, sequenced, len) = record::decode(bytes).map_err(Refused::InvalidRecord)?;
         if len != bytes.len() {
             return Err(Refused::InvalidRecord(RecordError::Trailing { len, have: bytes.len() }));

@@ -84,6 +84,11 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     failed: AtomicBool,
     failure: OnceLock<StageFailure>,
+    /// The first journal sequence the journal could not make durable, `u64::MAX` while it
+    /// works ([`Shared::fence_journal`]). Only ever lowered.
+    journal_fence: CachePadded<AtomicU64>,
+    /// Why the journal failed, set with the fence.
+    journal_fault: OnceLock<Arc<str>>,
 
     /// Ring positions published so far (the next position to publish).
     pub(crate) published: CachePadded<AtomicU64>,
@@ -167,6 +172,8 @@ impl Shared {
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             failure: OnceLock::new(),
+            journal_fence: CachePadded::new(AtomicU64::new(u64::MAX)),
+            journal_fault: OnceLock::new(),
             published: CachePadded::new(AtomicU64::new(0)),
             appended: Watermark::at(last),
             durable: Watermark::at(last),
@@ -227,9 +234,10 @@ impl Shared {
         self.hold.as_ref().and_then(|hold| hold.reason())
     }
 
-    /// Whether a client write may be published now: not on a replica, not while the
-    /// replicator holds writes.
+    /// Whether a client write may be published now: not once the journal failed, not on a
+    /// replica, not while the replicator holds writes.
     pub(crate) fn check_writable(&self) -> Result<(), Refused> {
+        self.check_journal()?;
         if self.intake() == Intake::Replica {
             return Err(Refused::NotPrimary);
         }
@@ -238,6 +246,54 @@ impl Shared {
             Some(HoldReason::StandbyLost) => Err(Refused::ReplicationUnavailable),
             Some(HoldReason::Deposed) => Err(Refused::NotPrimary),
         }
+    }
+
+    /// Whether the journal still takes writes (and snapshots): refused once it failed.
+    pub(crate) fn check_journal(&self) -> Result<(), Refused> {
+        match self.journal_fault() {
+            None => Ok(()),
+            Some(cause) => Err(Refused::JournalFailed(cause)),
+        }
+    }
+
+    /// The first journal sequence the journal could not make durable, once it failed.
+    pub(crate) fn journal_fence(&self) -> Option<Sequence> {
+        match self.journal_fence.load(Ordering::Acquire) {
+            u64::MAX => None,
+            fence => Some(Sequence(fence)),
+        }
+    }
+
+    /// Why the journal failed, once it did.
+    pub(crate) fn journal_fault(&self) -> Option<Arc<str>> {
+        self.journal_fault.get().cloned()
+    }
+
+    /// Whether the journaled command `sequence` lies at or past the journal fence: it is
+    /// neither journaled, replicated nor applied, and is answered `Unanswered::NotDurable`.
+    pub(crate) fn is_dropped(&self, sequence: Sequence) -> bool {
+        sequence.0 >= self.journal_fence.load(Ordering::Acquire)
+    }
+
+    /// Fences the journal at `from`: the journal could not make that command (and so nothing
+    /// after it) durable. Unlike a stage failure this does not stop the node: writes are
+    /// refused (`Refused::JournalFailed`), commands from `from` on are skipped by every stage
+    /// and answered `Unanswered::NotDurable`, and reads go on being answered from memory.
+    /// Recovery is a restart, which rebuilds the state from what the journal holds. Called
+    /// by the journaling stage before it passes the command at `from`, so every stage behind
+    /// it sees the fence. A later call can only lower it.
+    pub(crate) fn fence_journal(&self, from: Sequence, cause: &str) {
+        assert!(from.0 >= self.base.0, "a fence before the node's first command");
+        assert!(from.0 < u64::MAX, "the fence's sentinel is not a sequence");
+        if self.journal_fault.set(Arc::from(cause)).is_ok() {
+            eprintln!(
+                "ringfence: error: the journal failed at sequence {from}: {cause}; writes are \
+                 refused and reads are served from memory; restart `ringfence serve` once the \
+                 cause is fixed"
+            );
+        }
+        self.journal_fence.fetch_min(from.0, Ordering::AcqRel);
+        self.wake_all();
     }
 
     /// Whether intake is closed (shutdown started or a stage failed).

@@ -146,6 +146,36 @@ impl<J: Journal> Journaler<J> {
         shared.durable.advance(durable);
         Ok(durable > before)
     }
+
+    /// Ends a batch or an idle spell: flushes up to `last`, or on an I/O error fences the
+    /// journal after what it had made durable. Nothing is flushed once it is fenced: the
+    /// journal's state after a failed write or sync is not trusted for more.
+    fn flush_or_fence(&mut self, shared: &Shared, last: Sequence) -> Result<bool, StageError> {
+        if shared.journal_fence().is_some() {
+            return Ok(false);
+        }
+        match self.flush(shared, last) {
+            Ok(moved) => Ok(moved),
+            Err(error @ StageError::Io { .. }) => {
+                shared.fence_journal(shared.durable.get().next(), &error.to_string());
+                Ok(true)
+            }
+            Err(fatal) => Err(fatal),
+        }
+    }
+
+    /// The journal could not append `sequence`: fence it there, after making durable what
+    /// it had appended before (a failed segment creation leaves the previous segment whole,
+    /// so those commands can still be answered).
+    fn fence_at(&mut self, shared: &Shared, sequence: Sequence, error: &StageError) {
+        shared.fence_journal(sequence, &error.to_string());
+        let appended = Sequence(sequence.0 - 1);
+        shared.appended.advance(appended);
+        match self.flush(shared, appended) {
+            Ok(_) => assert_eq!(shared.durable.get(), appended, "appended but not durable"),
+            Err(error) => shared.fence_journal(shared.durable.get().next(), &error.to_string()),
+        }
+    }
 }
 
 impl<J: Journal> Work for Journaler<J> {
@@ -154,35 +184,48 @@ impl<J: Journal> Work for Journaler<J> {
     }
 
     fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
-        if !entry.journaled {
+        if !entry.journaled || shared.is_dropped(entry.sequence()) {
             return Ok(());
         }
         let epoch = entry.epoch(shared);
         let sequenced = &entry.sequenced;
         let record = &entry.slot.record;
-        if !self.frame {
+        let appended = if self.frame {
+            if entry.slot.kind == SlotKind::Command {
+                // SAFETY: this is the journaling stage reading a `Command` slot: the one
+                // writer of its record cell (`RecordCell`).
+                unsafe { record.write() }.encode(epoch, sequenced);
+            }
+            // SAFETY: written just above on this thread, or by the producer before publishing.
+            let bytes = unsafe { record.read() };
+            self.journal.append(&Framed { epoch, sequenced, bytes })
+        } else {
             // Nobody reads the bytes: the record's cache lines are not touched at all.
-            return self.journal.append(&Framed { epoch, sequenced, bytes: &[] });
+            self.journal.append(&Framed { epoch, sequenced, bytes: &[] })
+        };
+        match appended {
+            Err(error @ StageError::Io { .. }) => {
+                // An I/O error (a full disk, a failing device) fences writes but keeps the
+                // node answering reads; anything else is a broken journal and stops it.
+                self.fence_at(shared, entry.sequence(), &error);
+                Ok(())
+            }
+            other => other,
         }
-        if entry.slot.kind == SlotKind::Command {
-            // SAFETY: this is the journaling stage reading a `Command` slot: the one writer of
-            // its record cell (`RecordCell`).
-            unsafe { record.write() }.encode(epoch, sequenced);
-        }
-        // SAFETY: written just above on this thread, or by the producer before publishing.
-        let bytes = unsafe { record.read() };
-        self.journal.append(&Framed { epoch, sequenced, bytes })
     }
 
     fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
+        if shared.journal_fence().is_some() {
+            return Ok(());
+        }
         shared.appended.advance(end.sequence);
-        self.flush(shared, end.sequence)?;
+        self.flush_or_fence(shared, end.sequence)?;
         Ok(())
     }
 
     fn idle(&mut self, shared: &Shared) -> Result<bool, StageError> {
         // An `interval` journal syncs when its period is up, traffic or not.
-        self.flush(shared, shared.appended.get())
+        self.flush_or_fence(shared, shared.appended.get())
     }
 
     fn into_engine(self) -> Option<Engine> {
@@ -200,7 +243,7 @@ impl<R: Replicator> Work for Replication<R> {
     }
 
     fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
-        if !entry.journaled {
+        if !entry.journaled || shared.is_dropped(entry.sequence()) {
             return Ok(());
         }
         let epoch = entry.epoch(shared);
@@ -217,7 +260,8 @@ impl<R: Replicator> Work for Replication<R> {
 
     fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
         self.replicator.flush()?;
-        shared.sent.advance(end.sequence);
+        let fence = shared.journal_fence().map_or(end.sequence, |fence| Sequence(fence.0 - 1));
+        shared.sent.advance(end.sequence.min(fence));
         Ok(())
     }
 
@@ -256,7 +300,7 @@ impl<H: SnapshotHook> Blp<H> {
 
     /// The answer to a slot that changes nothing: a query, or a snapshot request (which the
     /// snapshot hook then sees, taken at the last journaled command).
-    fn read(&mut self, entry: &Entry<'_>) -> Outcome {
+    fn read(&mut self, shared: &Shared, entry: &Entry<'_>) -> Outcome {
         assert!(self.engine.last_sequence() <= entry.sequence(), "a read sees only what is placed");
         match &entry.slot.command {
             Command::Query(query) => self.engine.query(query),
@@ -265,9 +309,13 @@ impl<H: SnapshotHook> Blp<H> {
                     last_sequence: self.engine.last_sequence(),
                     running_hash: self.engine.running_hash(),
                 };
-                self.phase = "snapshot";
-                self.hook.after_apply(&self.engine, &entry.sequenced);
-                self.phase = "blp";
+                // Once the journal failed, the state may hold commands it never made durable:
+                // a snapshot of it would make them durable behind the journal's back.
+                if shared.journal_fence().is_none() {
+                    self.phase = "snapshot";
+                    self.hook.after_apply(&self.engine, &entry.sequenced);
+                    self.phase = "blp";
+                }
                 outcome
             }
             Command::Tick | Command::Client { .. } => {
@@ -294,7 +342,12 @@ impl<H: SnapshotHook> Work for Blp<H> {
     }
 
     fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
-        let outcome = if entry.journaled {
+        let outcome = if entry.journaled && shared.is_dropped(entry.sequence()) {
+            // Past the journal fence: never applied, answered `NotDurable` by egress, which
+            // reads no outcome for it.
+            shared.gates.set(entry.position, entry.sequence());
+            return Ok(());
+        } else if entry.journaled {
             let sequenced = &entry.sequenced;
             let outcome = self.apply(sequenced);
             self.ticked |= matches!(sequenced.command, Command::Tick);
@@ -303,7 +356,7 @@ impl<H: SnapshotHook> Work for Blp<H> {
             self.phase = "blp";
             outcome
         } else {
-            self.read(entry)
+            self.read(shared, entry)
         };
         // SAFETY: this stage is the only writer of outcomes and is reading `slot` at its
         // position; egress reads it only after `applied_positions` (release-stored at the end
@@ -314,8 +367,11 @@ impl<H: SnapshotHook> Work for Blp<H> {
     }
 
     fn end_of_batch(&mut self, shared: &Shared, end: BatchEnd) -> Result<(), StageError> {
-        assert!(self.engine.last_sequence() <= end.sequence, "applied past the last placed");
-        shared.applied.advance(end.sequence);
+        let applied = self.engine.last_sequence();
+        assert!(applied <= end.sequence, "applied past the last placed");
+        // Every journaled slot was applied but those past a journal fence.
+        assert!(applied == end.sequence || shared.journal_fence().is_some(), "a slot skipped");
+        shared.applied.advance(applied);
         shared.applied_positions.store(end.position + 1, Ordering::Release);
         publish_next_due(&self.engine, shared);
         if std::mem::take(&mut self.ticked) {
@@ -635,6 +691,10 @@ pub(crate) fn run_stage<P: RingPoller, W: Work>(
 pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) {
     // Pending first: once the BLP cleared it, the due time it stored before is visible.
     if shared.tick_pending.load(Ordering::Acquire) || shared.is_closed() {
+        return;
+    }
+    if shared.journal_fence().is_some() {
+        // A tick past the fence would be dropped, and leave `tick_pending` set for good.
         return;
     }
     if shared.intake() == Intake::Replica {

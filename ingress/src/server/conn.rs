@@ -15,7 +15,7 @@ use ringfence_core::Outcome;
 
 use super::ServerConfig;
 use super::refusal::{self, Stage};
-use crate::admission::TokenBucket;
+use crate::admission::{AddressSlot, TokenBucket};
 use crate::backend::Refusal;
 use crate::http::api::render_outcome;
 use crate::http::{self, Response};
@@ -44,6 +44,8 @@ pub(super) struct Flight {
     pub conn: usize,
     /// That connection's id, so a reused slot never receives an old answer.
     pub conn_id: u64,
+    /// Its source address, whose in-flight budget the command holds until it is answered.
+    pub address: AddressSlot,
     pub reply: Reply,
     pub submitted: Instant,
 }
@@ -66,6 +68,9 @@ pub(super) struct Conn {
     pub protocol: Protocol,
     /// The client's address: whose budget its failed authentications spend.
     pub peer: IpAddr,
+    /// Its place in the per-address budgets (in-flight, rate), held while the connection is
+    /// open.
+    pub address: AddressSlot,
     /// Receive buffer: bytes `input_start..input_end` are read and not yet consumed. Its
     /// length is its allocated, initialised size, so reads need no zeroing; it grows only
     /// while a request larger than one chunk arrives, bounded by the size limits.
@@ -77,8 +82,17 @@ pub(super) struct Conn {
     /// Binary connections: the admin token was presented.
     pub authed: bool,
     pub in_flight: usize,
-    /// Reading stopped at the per-connection in-flight limit; resumes on completions.
+    /// Reading stopped at the per-connection or per-address in-flight limit, or for output the
+    /// client has not read; resumes on completions and writes.
     pub read_paused: bool,
+    /// In the server's queue of connections waiting for their address's in-flight budget.
+    pub waits_for_address: bool,
+    /// In the server's list of connections that used up their turn with requests left.
+    pub yielded: bool,
+    /// The turn of the event loop `turn_left` counts for.
+    pub turn: u64,
+    /// Requests this connection may still be served in that turn.
+    pub turn_left: u32,
     /// The peer closed its sending side.
     pub read_closed: bool,
     /// No more requests are read (HTTP `Connection: close` or a framing error); the
@@ -110,6 +124,7 @@ impl Conn {
         stream: TcpStream,
         protocol: Protocol,
         peer: IpAddr,
+        address: AddressSlot,
         config: &ServerConfig,
         now: Instant,
     ) -> Conn {
@@ -118,6 +133,7 @@ impl Conn {
             stream,
             protocol,
             peer,
+            address,
             input: vec![0; READ_CHUNK],
             input_start: 0,
             input_end: 0,
@@ -126,6 +142,10 @@ impl Conn {
             authed: false,
             in_flight: 0,
             read_paused: false,
+            waits_for_address: false,
+            yielded: false,
+            turn: 0,
+            turn_left: 0,
             read_closed: false,
             stop_reading: false,
             closing: false,
@@ -185,6 +205,14 @@ impl Conn {
             && self.http_queue.is_empty()
             && self.out_pending() == 0
             && !self.read_paused
+            && !self.yielded
+    }
+
+    /// Whether requests may still come from this connection, read or not: what a connection
+    /// that used up its turn comes back for.
+    pub fn has_requests_left(&self) -> bool {
+        let serving = !(self.dead || self.closing || self.stop_reading || self.read_paused);
+        serving && (!self.read_closed || self.input_start < self.input_end)
     }
 
     pub fn can_read(&self) -> bool {
@@ -231,9 +259,11 @@ impl Conn {
     }
 
     /// Notes whether an incomplete request waits at the end of `input`, for the slow-client
-    /// timeout. Input held back while reading is paused is not the client's slowness.
+    /// timeout. Input held back while reading is paused, or until the connection's next turn,
+    /// is not the client's slowness.
     pub fn note_partial(&mut self, now: Instant) {
-        let waiting = self.input_start < self.input_end && !self.read_paused;
+        let held = self.read_paused || self.yielded;
+        let waiting = self.input_start < self.input_end && !held;
         match (waiting, self.partial_since) {
             (true, None) => self.partial_since = Some(now),
             (false, _) => self.partial_since = None,
@@ -433,7 +463,12 @@ impl Conn {
         if self.out_pending() > 0 && now.duration_since(self.last_write) >= request_timeout {
             return Some("client did not read its responses within request_timeout_ms");
         }
-        let idle = self.in_flight == 0 && self.out_pending() == 0 && self.http_queue.is_empty();
+        // A connection whose reading paused (its address's budget is in use by its other
+        // connections, say) waits for the server, not the other way round.
+        let idle = self.in_flight == 0
+            && self.out_pending() == 0
+            && self.http_queue.is_empty()
+            && !self.read_paused;
         if idle && now.duration_since(self.last_activity) >= idle_timeout {
             return Some("idle for idle_timeout_ms (idle_timeout_busy_ms while busy)");
         }

@@ -4,14 +4,22 @@
 //! to the node without ever blocking, and writes outcomes back when the node completes them.
 //! Every resource a client can consume is bounded: connections (`connections_max` per listener,
 //! `connections_per_address_max` per source address, idle ones giving way to new ones at the
-//! limit), commands in flight overall (`in_flight_max`, then `busy`) and per connection
-//! (reading pauses), request
-//! rate per connection (token bucket, then `rate_limited`), failed authentications per source
-//! address (then `auth_rate_limited`, unchecked), request size (frame, head, body
-//! limits), outbound bytes (a client that does not read is disconnected when its buffer
-//! fills; when all clients together hold more than `outbound_total_max`, the biggest holders
-//! are cut), and time (idle connections and requests that arrive too slowly are closed).
-//! Bad input costs the sender its connection at worst, never anyone else's service.
+//! limit), commands in flight overall (`in_flight_max`, then `busy`), per source address
+//! (`address_in_flight_max`, reading pauses) and per connection (reading pauses), request
+//! rate per connection and per source address (token buckets, then `rate_limited`), failed
+//! authentications per source address (then `auth_rate_limited`, unchecked), request size
+//! (frame, head, body limits), outbound bytes (a client that does not read is disconnected
+//! when its buffer fills; when all clients together hold more than `outbound_total_max`, the
+//! biggest holders are cut), time (idle connections and requests that arrive too slowly are
+//! closed), and the event loop's own time (at most `TURN_REQUESTS_MAX` requests from one
+//! connection per turn of the loop). Bad input costs the sender its connection at worst,
+//! never anyone else's service.
+//!
+//! The per-address budget on commands in flight pauses reading rather than refusing: the
+//! callers are a few storefront and payment services, each behind one address and carrying
+//! many buyers, so a burst beyond the budget should wait in TCP's buffers, in order, rather
+//! than come back to buyers as errors; and a paused connection costs the event loop nothing,
+//! where refusing would still mean reading, decoding and answering every request of a flood.
 
 mod admin;
 mod auth;
@@ -19,7 +27,7 @@ mod conn;
 mod refusal;
 mod serve;
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -32,7 +40,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use ringfence_core::Command;
 use serde::Deserialize;
 
-use crate::admission::{LogLimiter, address_key};
+use crate::admission::{AddressLimit, AddressLimits, AddressTable, LogLimiter};
 use crate::backend::{Backend, Refusal};
 use crate::http::api::KeyMint;
 use crate::metrics::{Metrics, Protocol};
@@ -52,6 +60,17 @@ const BUSY_NUMERATOR: usize = 3;
 const BUSY_DENOMINATOR: usize = 4;
 const _: () = assert!(BUSY_NUMERATOR < BUSY_DENOMINATOR);
 
+/// Requests served from one connection per turn of the event loop. A connection with more
+/// waiting is served again next turn (the loop then polls without sleeping), so one client
+/// pipelining thousands of requests delays the others by at most this many of its own.
+pub const TURN_REQUESTS_MAX: u32 = 256;
+const _: () = assert!(TURN_REQUESTS_MAX > 0);
+
+/// The per-address table holds this many addresses per connection that can be open: half of
+/// it is enough for every open connection to come from its own address, the rest remembers
+/// addresses recently gone (their rate budgets, their commands still in flight).
+const ADDRESS_SLOTS_PER_CONNECTION: usize = 2;
+
 /// Settings of the network front. Every field has a default; TOML files may set any of them.
 ///
 /// # Memory
@@ -64,11 +83,13 @@ const _: () = assert!(BUSY_NUMERATOR < BUSY_DENOMINATOR);
 /// it), and at most `outbound_total_max` for all connections together, enforced after each
 /// connection is served and at the end of each turn of the event loop by cutting the biggest
 /// holders; so it is passed by at most one `outbound_max` plus the answers completed in one
-/// turn. Vectors may have up to twice their length allocated. With the defaults: 2,048 HTTP connections × 64 KiB = 128 MiB,
-/// 2,048 binary connections × 32 KiB = 64 MiB, 256 MiB of output (512 MiB allocated at worst),
-/// and under 8 MiB of tables (65,536 flights, the address tables): about 0.45 GiB of buffered
-/// bytes and under 0.75 GiB allocated, whatever the clients do. The node's ring and engine
-/// tables come on top (`NodeConfig`, `EngineConfig`).
+/// turn. Vectors may have up to twice their length allocated. With the defaults: 2,048 HTTP
+/// connections × 64 KiB = 128 MiB, 2,048 binary connections × 32 KiB = 64 MiB, 256 MiB of
+/// output (512 MiB allocated at worst), and under 8 MiB of tables (65,536 flights; the
+/// per-address budgets, 8,192 addresses of about 140 bytes with their index; the
+/// failed-authentication table): about 0.45 GiB of buffered bytes and under 0.75 GiB
+/// allocated, whatever the clients do. The node's ring and engine tables come on top
+/// (`NodeConfig`, `EngineConfig`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -91,6 +112,14 @@ pub struct ServerConfig {
     pub in_flight_max: usize,
     /// Commands in flight per connection; beyond it the connection's reading pauses.
     pub connection_in_flight_max: usize,
+    /// Commands in flight per source address, all its connections on both listeners together
+    /// (IPv6: per /64); at it, reading from every connection of the address pauses until
+    /// answers come back (TCP backpressure: nothing is refused, nothing is lost). A command
+    /// counts until it is answered, even if its connection closed. Never more than half of
+    /// `in_flight_max` is allowed, whatever this says, so one address can never take every
+    /// slot and leave the others `busy`. Raise it when several services share one address
+    /// (behind NAT, say).
+    pub address_in_flight_max: usize,
     /// Bytes queued for one client; reading its requests pauses beyond it, and a client that
     /// lets more pile up unread is disconnected.
     pub outbound_max: usize,
@@ -102,6 +131,13 @@ pub struct ServerConfig {
     pub rate_per_sec: u32,
     /// Requests a connection may send at once after being quiet.
     pub rate_burst: u32,
+    /// Requests per second per source address, all its connections together (token bucket;
+    /// beyond it: `rate_limited`, HTTP 429); 0 means unlimited, the default: the callers are a
+    /// few storefront and payment services, each behind one address and carrying many buyers,
+    /// whose rate is the sale's, not one client's. For a front open to many small clients.
+    pub address_rate_per_sec: u32,
+    /// Requests a source address may send at once after being quiet.
+    pub address_rate_burst: u32,
     /// Largest HTTP request head.
     pub header_max: usize,
     /// Largest HTTP request body.
@@ -147,10 +183,13 @@ impl Default for ServerConfig {
             idle_reclaim_after_ms: 1_000,
             in_flight_max: 65_536,
             connection_in_flight_max: 4_096,
+            address_in_flight_max: 4_096,
             outbound_max: 4 << 20,
             outbound_total_max: 256 << 20,
             rate_per_sec: 0,
             rate_burst: 1_000,
+            address_rate_per_sec: 0,
+            address_rate_burst: 1_000,
             header_max: 8 * 1024,
             body_max: 16 * 1024,
             idle_timeout_ms: 300_000,
@@ -176,6 +215,25 @@ impl ServerConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             ..ServerConfig::default()
+        }
+    }
+
+    /// Commands one source address may have in flight: `address_in_flight_max`, but never
+    /// more than half of `in_flight_max` (and at least one).
+    #[must_use]
+    pub fn address_in_flight_limit(&self) -> usize {
+        self.address_in_flight_max.min(self.in_flight_max / 2).max(1)
+    }
+
+    /// The budgets of each source address.
+    #[must_use]
+    pub fn address_limits(&self) -> AddressLimits {
+        let clamp = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
+        AddressLimits {
+            connections_max: clamp(self.connections_per_address_max),
+            in_flight_max: clamp(self.address_in_flight_limit()),
+            rate_per_sec: self.address_rate_per_sec,
+            rate_burst: self.address_rate_burst,
         }
     }
 }
@@ -299,9 +357,15 @@ struct Server<B: Backend> {
     free_conns: Vec<usize>,
     /// Connections open per listener, indexed by [`protocol_index`].
     open_per_listener: [usize; 2],
-    /// Connections open per source address key ([`address_key`]); an address leaves the map
-    /// when its last connection closes, so it never holds more keys than connections.
-    open_per_address: HashMap<IpAddr, usize>,
+    /// Each source address's connections, commands in flight and rate budget.
+    addresses: AddressTable,
+    /// Connections (slot, id) whose reading paused because their address had no room, oldest
+    /// first: resumed in that order as answers make room.
+    address_waiting: VecDeque<(usize, u64)>,
+    /// Connections that used up their turn's requests with more to read: served next turn.
+    yielded: Vec<usize>,
+    /// Turns of the event loop so far; a connection's request budget is per turn.
+    turn: u64,
     /// Sum of every connection's `counted_bytes`: output held for all clients.
     outbound_total: usize,
     next_conn_id: u64,
@@ -331,8 +395,10 @@ impl<B: Backend> Server<B> {
         let nonce = u128::from(crate::backend::now_ms()) << 64
             | u128::from(std::process::id()) << 32
             | u128::from(Instant::now().elapsed().subsec_nanos());
-        // Two listeners: at most twice `connections_max` addresses have connections open.
-        let addresses = config.connections_max.saturating_mul(2);
+        // Two listeners: at most twice `connections_max` connections are open.
+        let connections = config.connections_max.saturating_mul(2);
+        let address_slots = connections.saturating_mul(ADDRESS_SLOTS_PER_CONNECTION);
+        let addresses = AddressTable::new(config.address_limits(), address_slots);
         Server {
             poll,
             log: LogLimiter::new(config.warnings_per_sec),
@@ -344,7 +410,10 @@ impl<B: Backend> Server<B> {
             conns: Vec::new(),
             free_conns: Vec::new(),
             open_per_listener: [0; 2],
-            open_per_address: HashMap::with_capacity(addresses),
+            addresses,
+            address_waiting: VecDeque::with_capacity(connections),
+            yielded: Vec::with_capacity(connections),
+            turn: 0,
             outbound_total: 0,
             next_conn_id: 1,
             flights: Vec::new(),
@@ -362,12 +431,16 @@ impl<B: Backend> Server<B> {
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
         loop {
-            match self.poll.poll(&mut events, Some(SWEEP_INTERVAL)) {
+            // A connection that used up its turn has input waiting and no event to come for it.
+            let timeout = if self.yielded.is_empty() { SWEEP_INTERVAL } else { Duration::ZERO };
+            match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err(error),
             }
             let now = Instant::now();
+            self.turn += 1;
+            let yielded_before = self.yielded.len();
             for event in events.iter() {
                 match event.token() {
                     BINARY_LISTENER => self.accept(Protocol::Binary, now),
@@ -380,7 +453,9 @@ impl<B: Backend> Server<B> {
                     }
                 }
             }
+            self.serve_yielded(yielded_before, now);
             self.drain_completions();
+            self.release_address_waiters();
             self.resume_paused(now);
             self.flush_dirty(now);
             if now.duration_since(last_sweep) >= SWEEP_INTERVAL {
@@ -436,10 +511,9 @@ impl<B: Backend> Server<B> {
                     return;
                 }
             };
-            let key = address_key(peer.ip());
-            let from_address = self.open_per_address.get(&key).copied().unwrap_or(0);
-            if from_address >= self.config.connections_per_address_max {
+            if !self.addresses.may_open(peer.ip()) {
                 self.metrics.address_limited_connections += 1;
+                let key = crate::admission::address_key(peer.ip());
                 self.log.warn(now, format_args!("closing a connection: {key} has too many open"));
                 conn::refuse(stream, protocol, "too many connections from this address");
                 continue;
@@ -499,11 +573,13 @@ impl<B: Backend> Server<B> {
         let _ = stream.set_nodelay(true);
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        self.conns[index] = Some(Conn::new(id, stream, protocol, peer, &self.config, now));
+        let address = self.addresses.open(peer, now);
+        self.conns[index] = Some(Conn::new(id, stream, protocol, peer, address, &self.config, now));
         self.metrics.accepted(protocol);
         self.metrics.open += 1;
+        self.metrics.addresses_tracked = self.addresses.tracked() as u64;
+        self.metrics.addresses_evicted = self.addresses.evictions();
         self.open_per_listener[protocol_index(protocol)] += 1;
-        *self.open_per_address.entry(address_key(peer)).or_insert(0) += 1;
         assert!(self.open_per_listener[protocol_index(protocol)] <= self.config.connections_max);
     }
 
@@ -513,12 +589,7 @@ impl<B: Backend> Server<B> {
         self.free_conns.push(index);
         self.metrics.open -= 1;
         self.open_per_listener[protocol_index(conn.protocol)] -= 1;
-        let key = address_key(conn.peer);
-        let from_address = self.open_per_address.get_mut(&key).expect("an open address counts");
-        *from_address -= 1;
-        if *from_address == 0 {
-            self.open_per_address.remove(&key);
-        }
+        self.addresses.close(conn.address);
         assert!(self.outbound_total >= conn.counted_bytes);
         self.outbound_total -= conn.counted_bytes;
         self.metrics.outbound_buffered_bytes = self.outbound_total as u64;
@@ -592,6 +663,67 @@ impl<B: Backend> Server<B> {
             // Checked after every connection served, so one turn of the loop cannot pass the
             // budget by more than one connection's `outbound_max`.
             self.shed_outbound(Instant::now());
+        }
+    }
+
+    /// Serves again, on this turn's budget, the first `carried` connections listed as having
+    /// used up an earlier turn with requests left; those that use this one up too (listed
+    /// after them) wait for the next turn.
+    fn serve_yielded(&mut self, carried: usize, now: Instant) {
+        for position in 0..carried {
+            let index = self.yielded[position];
+            let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) else { continue };
+            if conn.yielded {
+                conn.yielded = false;
+                if self.stopping_since.is_none() {
+                    // No event will come for input already waiting in the socket.
+                    self.read_and_serve(&mut conn, index, now, true);
+                }
+            }
+            self.put_back(conn, index);
+        }
+        self.yielded.drain(..carried);
+    }
+
+    /// Queues for resuming, oldest first, the connections waiting for their address's
+    /// in-flight budget where answers made room; the others keep their turn in the queue.
+    /// Every waiter of an address with room is resumed: the first takes the room and the rest
+    /// pause again at the back, so an address's connections take turns.
+    fn release_address_waiters(&mut self) {
+        for _ in 0..self.address_waiting.len() {
+            let Some((index, id)) = self.address_waiting.pop_front() else { break };
+            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { continue };
+            if conn.id != id || !conn.waits_for_address {
+                continue;
+            }
+            if self.addresses.has_room(conn.address) {
+                conn.waits_for_address = false;
+                self.resume.push(index);
+            } else {
+                self.address_waiting.push_back((index, id));
+            }
+        }
+    }
+
+    /// Pauses reading from `conn`, whose address has its in-flight budget in use, until
+    /// answers make room; counted, and logged once in a while per address.
+    fn pause_for_address(&mut self, conn: &mut Conn, index: usize, now: Instant) {
+        conn.read_paused = true;
+        self.metrics.address_limited[AddressLimit::InFlight.index()] += 1;
+        if !conn.waits_for_address {
+            conn.waits_for_address = true;
+            self.address_waiting.push_back((index, conn.id));
+        }
+        if self.addresses.report_due(conn.address, AddressLimit::InFlight, now) {
+            let key = self.addresses.key(conn.address);
+            let limit = self.addresses.limits().in_flight_max;
+            self.log.warn(
+                now,
+                format_args!(
+                    "pausing reading from {key}: its connections have address_in_flight_max \
+                     ({limit}) commands in flight"
+                ),
+            );
         }
     }
 
@@ -679,10 +811,12 @@ impl<B: Backend> Server<B> {
             };
             self.free_flights.push(completion.token as usize);
             self.metrics.in_flight -= 1;
+            self.addresses.answered(flight.address);
             let latency = now.saturating_duration_since(flight.submitted).as_nanos() as u64;
             match &completion.result {
                 Ok(outcome) => self.metrics.outcome(outcome, latency),
                 Err(Refusal::ReplicationUnavailable) => self.metrics.replication_unavailable += 1,
+                Err(Refusal::JournalFailed(_)) => self.metrics.journal_failed += 1,
                 Err(_) => {}
             }
             let Some(conn) = self.conns.get_mut(flight.conn).and_then(Option::as_mut) else {

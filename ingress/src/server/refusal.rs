@@ -45,6 +45,9 @@ pub(super) fn error_frame(
             let message = replication_message(stage).to_owned();
             (ErrorCode::ReplicationUnavailable, REPLICATION_RETRY_MS, message)
         }
+        (Refusal::JournalFailed(cause), stage) => {
+            (ErrorCode::JournalFailed, 0, journal_message(cause, stage))
+        }
     }
 }
 
@@ -73,6 +76,26 @@ pub(super) fn http_response(refusal: &Refusal, stage: Stage) -> Response {
             let code = ErrorCode::ReplicationUnavailable.name();
             Response::error(503, code, replication_message(stage)).retry_after(1)
         }
+        // No retry hint: retrying does not help until the operator fixes the disk and
+        // restarts the node.
+        Refusal::JournalFailed(cause) => {
+            Response::error(503, ErrorCode::JournalFailed.name(), &journal_message(cause, stage))
+        }
+    }
+}
+
+/// What a client is told when the journal failed: the cause, and whether its command may
+/// have taken effect.
+fn journal_message(cause: &str, stage: Stage) -> String {
+    match stage {
+        Stage::Submit => format!(
+            "writes are refused: the journal cannot make them durable ({cause}); reads are \
+             served; the node takes writes again once restarted on a working disk"
+        ),
+        Stage::Completion => format!(
+            "the command was not made durable: the journal failed ({cause}); retry with the \
+             same request id once the node is back to learn its outcome"
+        ),
     }
 }
 
@@ -104,6 +127,7 @@ mod tests {
             Refusal::NotPrimary { primary: Some("10.0.0.1:7080".into()) },
             Refusal::NotPrimary { primary: None },
             Refusal::ReplicationUnavailable,
+            Refusal::JournalFailed("creating segment 9.seg: No space left on device".into()),
         ];
         for refusal in &refusals {
             for stage in [Stage::Submit, Stage::Completion] {

@@ -1,4 +1,9 @@
 //! Turning a connection's bytes into commands: decode, admit, submit, or answer at once.
+//!
+//! Admission, in order: the connection's budget of requests this turn of the event loop
+//! (then it waits for its next turn), its output and in-flight limits, then its address's
+//! in-flight budget (reading pauses), then at submission the connection's and the address's
+//! rate budgets (`rate_limited`) and the global in-flight cap (`busy`).
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -6,10 +11,11 @@ use std::time::Instant;
 use ringfence_core::Command;
 use serde_json::json;
 
-use super::Server;
 use super::auth::{self, Authenticated};
 use super::conn::{Conn, Flight, ReadResult, Reply};
 use super::refusal::{self, Stage};
+use super::{Server, TURN_REQUESTS_MAX};
+use crate::admission::AddressLimit;
 use crate::backend::{Backend, Refusal};
 use crate::http::api::{Call, route_as};
 use crate::http::{self, Framed, Limits, Response};
@@ -21,6 +27,8 @@ use crate::wire::{self, ErrorCode};
 enum Refused {
     /// The connection's token bucket is empty.
     RateLimited { retry_after_ms: u32 },
+    /// The source address's token bucket is empty.
+    AddressRateLimited { retry_after_ms: u32 },
     /// The in-flight cap or the backend refused it.
     Backend(Refusal),
 }
@@ -42,6 +50,9 @@ impl<B: Backend> Server<B> {
     /// instead of paying one more `recv` to hear `WouldBlock`. With `read_to_block` it reads
     /// until `WouldBlock` regardless: after a hang-up or error was reported (the end of the
     /// stream raises no further edge), and when resuming a paused connection.
+    ///
+    /// At most [`TURN_REQUESTS_MAX`] requests are served per turn of the event loop; a
+    /// connection that used them up with more to read is served again next turn.
     pub(super) fn read_and_serve(
         &mut self,
         conn: &mut Conn,
@@ -49,9 +60,13 @@ impl<B: Backend> Server<B> {
         now: Instant,
         read_to_block: bool,
     ) {
+        if conn.turn != self.turn {
+            conn.turn = self.turn;
+            conn.turn_left = TURN_REQUESTS_MAX;
+        }
         conn.read_paused = false;
         self.serve_input(conn, index, now);
-        while conn.can_read() {
+        while conn.can_read() && conn.turn_left > 0 {
             match conn.read_chunk(now) {
                 ReadResult::Data { drained } => {
                     self.serve_input(conn, index, now);
@@ -64,6 +79,10 @@ impl<B: Backend> Server<B> {
                 ReadResult::Error => conn.dead = true,
             }
         }
+        if conn.turn_left == 0 && !conn.yielded && conn.has_requests_left() {
+            conn.yielded = true;
+            self.yielded.push(index);
+        }
         conn.note_partial(now);
     }
 
@@ -74,21 +93,30 @@ impl<B: Backend> Server<B> {
         }
     }
 
-    fn paused_at_limit(&self, conn: &mut Conn) -> bool {
+    /// Whether `conn` may not be served another request now: its turn is used up, or reading
+    /// pauses (and is marked paused) at its own output or in-flight limit or at its address's
+    /// in-flight budget.
+    fn held_back(&mut self, conn: &mut Conn, index: usize, now: Instant) -> bool {
+        if conn.turn_left == 0 || conn.read_paused {
+            return true;
+        }
         let output_full = conn.held_bytes() > self.config.outbound_max;
         if output_full || conn.backlog() >= self.config.connection_in_flight_max {
             conn.read_paused = true;
+        } else if !self.addresses.has_room(conn.address) {
+            self.pause_for_address(conn, index, now);
         }
         conn.read_paused
     }
 
     fn serve_binary(&mut self, conn: &mut Conn, index: usize, now: Instant) {
-        while !(conn.closing || conn.dead || self.paused_at_limit(conn)) {
+        while !(conn.closing || conn.dead || self.held_back(conn, index, now)) {
             let (correlation, decoded) =
                 match wire::try_frame(&conn.input[conn.input_start..conn.input_end]) {
                     Ok(None) => return,
                     Err(error) => (0, Err(error)),
                     Ok(Some((frame, used))) => {
+                        conn.turn_left -= 1;
                         let decoded = match wire::decode_request(&frame) {
                             Ok(wire::Request::Command(command)) => Ok(Decoded::Command(command)),
                             Ok(wire::Request::Auth(token)) => Ok(Decoded::Auth(self.authenticate(
@@ -162,6 +190,9 @@ impl<B: Backend> Server<B> {
                         Refused::RateLimited { retry_after_ms } => {
                             (ErrorCode::RateLimited, retry_after_ms, "rate limit exceeded".into())
                         }
+                        Refused::AddressRateLimited { retry_after_ms } => {
+                            (ErrorCode::RateLimited, retry_after_ms, ADDRESS_RATE_MESSAGE.into())
+                        }
                         Refused::Backend(refusal) => {
                             refusal::error_frame(&refusal, Stage::Submit, self.config.busy_retry_ms)
                         }
@@ -215,7 +246,8 @@ impl<B: Backend> Server<B> {
 
     fn serve_http(&mut self, conn: &mut Conn, index: usize, now: Instant) {
         let limits = Limits { header_max: self.config.header_max, body_max: self.config.body_max };
-        while !(conn.closing || conn.dead || conn.stop_reading || self.paused_at_limit(conn)) {
+        while !(conn.closing || conn.dead || conn.stop_reading || self.held_back(conn, index, now))
+        {
             let (keep_alive, routed) =
                 match http::try_frame(&conn.input[conn.input_start..conn.input_end], limits) {
                     Ok(Framed::Partial) => return,
@@ -240,6 +272,7 @@ impl<B: Backend> Server<B> {
                         return;
                     }
                     Ok(Framed::Complete(request, used)) => {
+                        conn.turn_left -= 1;
                         let routed = self.route_http(conn.peer, &request, now);
                         conn.input_start += used;
                         conn.continue_sent = false;
@@ -304,9 +337,13 @@ impl<B: Backend> Server<B> {
     ) -> Result<(), Refused> {
         if let Err(wait) = conn.bucket.try_take(now) {
             self.metrics.rate_limited += 1;
-            let retry_after_ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
-            return Err(Refused::RateLimited { retry_after_ms });
+            return Err(Refused::RateLimited { retry_after_ms: retry_after_ms(wait) });
         }
+        if let Err(wait) = self.addresses.try_take(conn.address, now) {
+            self.address_rate_limited(conn, now);
+            return Err(Refused::AddressRateLimited { retry_after_ms: retry_after_ms(wait) });
+        }
+        assert!(self.addresses.has_room(conn.address), "reading pauses at the address budget");
         if self.metrics.in_flight as usize >= self.config.in_flight_max {
             self.metrics.busy += 1;
             return Err(Refused::Backend(Refusal::Busy));
@@ -317,8 +354,11 @@ impl<B: Backend> Server<B> {
         });
         match self.backend.try_submit(command, token as u64) {
             Ok(()) => {
-                let flight = Flight { conn: index, conn_id: conn.id, reply, submitted: now };
+                let address = conn.address;
+                let flight =
+                    Flight { conn: index, conn_id: conn.id, address, reply, submitted: now };
                 self.flights[token] = Some(flight);
+                self.addresses.submitted(address);
                 conn.in_flight += 1;
                 self.metrics.in_flight += 1;
                 Ok(())
@@ -329,6 +369,7 @@ impl<B: Backend> Server<B> {
                     Refusal::Busy => self.metrics.busy += 1,
                     Refusal::NotPrimary { .. } => self.metrics.not_primary += 1,
                     Refusal::ReplicationUnavailable => self.metrics.replication_unavailable += 1,
+                    Refusal::JournalFailed(_) => self.metrics.journal_failed += 1,
                     Refusal::ShuttingDown | Refusal::Failed(_) => {}
                 }
                 Err(Refused::Backend(refusal))
@@ -336,12 +377,36 @@ impl<B: Backend> Server<B> {
         }
     }
 
-    /// Liveness: 200 while the node runs; 503 naming the failure once a stage failed (e.g.
-    /// the journal could not write), so an orchestrator restarts it.
+    /// Counts a request refused at its address's rate budget, and logs it once in a while per
+    /// address.
+    fn address_rate_limited(&mut self, conn: &Conn, now: Instant) {
+        self.metrics.address_limited[AddressLimit::Rate.index()] += 1;
+        if self.addresses.report_due(conn.address, AddressLimit::Rate, now) {
+            let key = self.addresses.key(conn.address);
+            let rate = self.addresses.limits().rate_per_sec;
+            self.log.warn(
+                now,
+                format_args!(
+                    "refusing requests from {key}: it sends faster than address_rate_per_sec \
+                     ({rate})"
+                ),
+            );
+        }
+    }
+
+    /// Liveness: 200 while the node runs (`degraded`, naming the cause, while its journal has
+    /// failed: it still answers reads, and `/ready` is 503); 503 naming the failure once a
+    /// stage failed and the node stopped, so an orchestrator restarts it.
     fn health_response(&self) -> Response {
-        match self.backend.status().failure {
-            None => Response::json(200, &json!({ "status": "ok" })),
-            Some(failure) => Response::json(503, &json!({ "status": "failed", "reason": failure })),
+        let status = self.backend.status();
+        match (status.failure, status.not_ready) {
+            (Some(failure), _) => {
+                Response::json(503, &json!({ "status": "failed", "reason": failure }))
+            }
+            (None, Some(why)) if why.code == "journal_failed" => {
+                Response::json(200, &json!({ "status": "degraded", "reason": why.message }))
+            }
+            (None, _) => Response::json(200, &json!({ "status": "ok" })),
         }
     }
 
@@ -398,11 +463,25 @@ impl<B: Backend> Server<B> {
     }
 }
 
+/// The message of a refusal at the source address's rate budget, on both ports.
+const ADDRESS_RATE_MESSAGE: &str =
+    "rate limit of this source address exceeded: retry after the hint";
+
+/// A retry hint in whole milliseconds, at least one.
+fn retry_after_ms(wait: std::time::Duration) -> u32 {
+    u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX)
+}
+
 fn http_refusal(refused: Refused) -> Response {
+    let retry_after_s = |retry_after_ms: u32| retry_after_ms.div_ceil(1_000).max(1);
     match refused {
         Refused::RateLimited { retry_after_ms } => {
-            let seconds = retry_after_ms.div_ceil(1_000).max(1);
-            Response::error(429, "rate_limited", "rate limit exceeded").retry_after(seconds)
+            Response::error(429, "rate_limited", "rate limit exceeded")
+                .retry_after(retry_after_s(retry_after_ms))
+        }
+        Refused::AddressRateLimited { retry_after_ms } => {
+            Response::error(429, "rate_limited", ADDRESS_RATE_MESSAGE)
+                .retry_after(retry_after_s(retry_after_ms))
         }
         Refused::Backend(refusal) => refusal::http_response(&refusal, Stage::Submit),
     }

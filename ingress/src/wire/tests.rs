@@ -122,7 +122,7 @@ fn error_frames_round_trip_and_cut_long_messages() {
 fn error_codes_keep_their_numbers_and_names() {
     // Goal: every code reads back from its number, names are unique, and the replication
     // codes keep the numbers clients were given (16 not_primary, 17 replication_unavailable),
-    // and so does the role refusal (18 forbidden).
+    // and so do the role refusal (18 forbidden) and the failed journal (19 journal_failed).
     let codes = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
@@ -138,6 +138,7 @@ fn error_codes_keep_their_numbers_and_names() {
         ErrorCode::NotPrimary,
         ErrorCode::ReplicationUnavailable,
         ErrorCode::Forbidden,
+        ErrorCode::JournalFailed,
     ];
     for code in codes {
         assert_eq!(ErrorCode::from_u16(code as u16), code);
@@ -147,7 +148,8 @@ fn error_codes_keep_their_numbers_and_names() {
     assert_eq!(ErrorCode::from_u16(16).name(), "not_primary");
     assert_eq!(ErrorCode::from_u16(17).name(), "replication_unavailable");
     assert_eq!(ErrorCode::from_u16(18).name(), "forbidden");
-    assert_eq!(ErrorCode::from_u16(19), ErrorCode::Unknown);
+    assert_eq!(ErrorCode::from_u16(19).name(), "journal_failed");
+    assert_eq!(ErrorCode::from_u16(20), ErrorCode::Unknown);
 }
 
 #[test]

@@ -1,0 +1,151 @@
+//! `ringfence serve` on a disk that fails: a data directory on a small tmpfs the test mounts
+//! (full), or mounted read-only. Mounting needs root (CAP_SYS_ADMIN); where the machine
+//! forbids it the tests print why and check nothing else.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Serve, TempDir, ringfence_within, text};
+
+/// A tmpfs mounted for one test, unmounted (lazily: a killed server may still hold files) on
+/// drop.
+struct Mount {
+    point: PathBuf,
+}
+
+impl Mount {
+    /// Mounts a tmpfs of `size` (e.g. `512k`) with extra `options` at `point`, or says why not.
+    fn tmpfs(point: &Path, size: &str, options: &str) -> Result<Mount, String> {
+        std::fs::create_dir_all(point).unwrap();
+        let options = format!("size={size}{options}");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(point)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("mount failed: {}", text(&output.stderr).trim()));
+        }
+        Ok(Mount { point: point.to_owned() })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+    }
+}
+
+/// Writes `path` until the file system is full; returns the bytes written.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0xA5_u8; 4096];
+    let mut written = 0;
+    while file.write_all(&block).is_ok() {
+        written += block.len() as u64;
+    }
+    let _ = file.sync_all();
+    written
+}
+
+fn reserve(node: &Serve, user: u64) -> (u16, serde_json::Value) {
+    let body = format!(r#"{{"request_id":"disk-{user}","user":{user},"sku":1,"qty":1}}"#);
+    node.call("POST", "/v1/orders", &body, false)
+}
+
+#[test]
+fn a_full_disk_refuses_writes_serves_reads_and_a_restart_recovers() {
+    // Goal: when the disk fills under a sale, writes are refused with `journal_failed` naming
+    // the cause, every reservation answered before is kept and readable, /ready says why,
+    // /health says degraded, a metric and a log line record it; after space is freed, one
+    // restart brings every acknowledged order back and takes writes again.
+    let temp = TempDir::new("disk-full");
+    let mount = match Mount::tmpfs(&temp.path().join("mnt"), "1m", "") {
+        Ok(mount) => mount,
+        Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
+    };
+    let dir = mount.point.join("data");
+    let config = temp.path().join("small-segments.toml");
+    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
+    let segment = ["--config", config.to_str().unwrap()];
+    let mut node = Serve::start_with(&dir, &segment);
+    let sku = r#"{"sku":1,"stock":100000,"price_cents":700,"payment_timeout_ms":600000}"#;
+    assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
+    let ballast = mount.point.join("ballast");
+    assert!(fill(&ballast) > 0, "the tmpfs had room for the ballast");
+
+    // The open segment was allocated in full, so the sale goes on until it must rotate.
+    let mut orders = Vec::new();
+    let refused = loop {
+        let user = orders.len() as u64 + 1;
+        assert!(user < 5_000, "a 64 KiB segment never filled: {:?}", node.drain_log());
+        match reserve(&node, user) {
+            (201, reserved) => orders.push(reserved["order_id"].as_str().unwrap().to_owned()),
+            (status, error) => break (status, error),
+        }
+    };
+    let (status, error) = refused;
+    eprintln!("{} reservations acknowledged before the disk filled", orders.len());
+    assert_eq!((status, error["error"].as_str()), (503, Some("journal_failed")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("No space left"), "{error}");
+    assert!(orders.len() > 100, "only {} reservations before the disk filled", orders.len());
+    let (status, again) = reserve(&node, 99_999);
+    assert_eq!((status, again["error"].as_str()), (503, Some("journal_failed")), "{again}");
+
+    // Reads are answered from memory, and show exactly the acknowledged reservations.
+    let (status, view) = node.call("GET", "/v1/skus/1", "", false);
+    assert_eq!((status, view["reserved"].as_u64()), (200, Some(orders.len() as u64)), "{view}");
+    let (status, first) = node.call("GET", &format!("/v1/orders/{}", orders[0]), "", false);
+    assert_eq!((status, first["state"].as_str()), (200, Some("reserved")), "{first}");
+    let (status, ready) = node.call("GET", "/ready", "", false);
+    assert_eq!((status, ready["error"].as_str()), (503, Some("journal_failed")), "{ready}");
+    let (status, health) = node.call("GET", "/health", "", false);
+    assert_eq!((status, health["status"].as_str()), (200, Some("degraded")), "{health}");
+    let (_, metrics) = node.get_text("/metrics");
+    assert!(metrics.contains("\nringfence_journal_failed 1\n"), "{metrics}");
+    let refusals = metrics.lines().find(|l| l.starts_with("ringfence_journal_failed_total "));
+    assert_ne!(refusals, Some("ringfence_journal_failed_total 0"), "{metrics}");
+    assert!(refusals.is_some(), "{metrics}");
+    node.wait_for_log("the journal failed at sequence", Duration::from_secs(10));
+
+    // The documented recovery: free space, restart.
+    std::fs::remove_file(&ballast).unwrap();
+    node.signal("-TERM");
+    let node = Serve::start_with(&dir, &segment);
+    let (_, view) = node.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(view["reserved"].as_u64(), Some(orders.len() as u64), "{view}");
+    for order in [orders.first(), orders.last()].into_iter().flatten() {
+        let (status, kept) = node.call("GET", &format!("/v1/orders/{order}"), "", false);
+        assert_eq!((status, kept["state"].as_str()), (200, Some("reserved")), "{kept}");
+    }
+    assert_eq!(reserve(&node, 99_999).0, 201, "writes are taken again");
+    drop(node);
+    drop(mount);
+}
+
+#[test]
+fn a_data_directory_that_cannot_be_written_fails_start_with_the_cause() {
+    // Goal: `serve` on a read-only file system, or on one without room for the first journal
+    // segment, exits at once with an error naming the cause, instead of starting healthy.
+    let temp = TempDir::new("disk-start");
+    let cases = [("ro", ",ro", "Read-only file system"), ("small", "", "No space left")];
+    for (name, options, cause) in cases {
+        let size = if name == "small" { "32k" } else { "1m" };
+        let mount = match Mount::tmpfs(&temp.path().join(name), size, options) {
+            Ok(mount) => mount,
+            Err(why) => return eprintln!("skipped: this machine cannot mount a tmpfs: {why}"),
+        };
+        let dir = mount.point.join("data");
+        let dir = dir.to_str().unwrap();
+        let args = ["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", dir];
+        let output = ringfence_within(&args, Duration::from_secs(60));
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{name}: serve started: {stderr}");
+        assert!(stderr.contains(cause), "{name}: the error names the cause: {stderr}");
+        drop(mount);
+    }
+}
