@@ -737,10 +737,12 @@ impl<S: Storage> Snapshotter<S> {
             last_sequence: engine.last_sequence(),
         };
         self.since_last = 0;
-        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.try_send(job).is_ok());
-        let pause_ns = started.elapsed().as_nanos() as u64;
+        // Counted before the job is sent, under the lock the writer records its end with: a
+        // job that fails at once must not be recorded as done before it was taken.
         let mut stats = self.stats.lock().expect("snapshot stats lock");
         stats.pauses += 1;
+        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.try_send(job).is_ok());
+        let pause_ns = started.elapsed().as_nanos() as u64;
         stats.deferred_busy = self.deferred;
         stats.pause_ns_last = pause_ns;
         stats.pause_ns_max = stats.pause_ns_max.max(pause_ns);
