@@ -95,6 +95,7 @@ pub fn client_command() -> impl Strategy<Value = Command> {
         any::<u64>().prop_map(|v| Command::Query(Query::Order(OrderId(v)))),
         any::<u64>().prop_map(|v| Command::Query(Query::Coupon(CouponId(v)))),
         any::<u64>().prop_map(|v| Command::Query(Query::Batch(BatchId(v)))),
+        any::<u32>().prop_map(|v| Command::Query(Query::SkuAt(v))),
         Just(Command::Snapshot),
         (any::<[u8; 16]>(), action())
             .prop_map(|(key, action)| Command::Client { key: RequestKey(key), action }),

@@ -33,6 +33,7 @@
 //! Query::Coupon   03 | coupon u64
 //! Query::Batch    04 | batch u64
 //! Snapshot        05
+//! Query::SkuAt    06 | position u32
 //! Client          10 | request key [16] | action
 //! ```
 //!
@@ -178,6 +179,8 @@ const COMMAND_QUERY_SKU: u8 = 0x01;
 const COMMAND_QUERY_ORDER: u8 = 0x02;
 const COMMAND_QUERY_COUPON: u8 = 0x03;
 const COMMAND_QUERY_BATCH: u8 = 0x04;
+/// Queries are never journaled, so a new one leaves the journal's encoding as it was.
+const COMMAND_QUERY_SKU_AT: u8 = 0x06;
 const COMMAND_SNAPSHOT: u8 = 0x05;
 const COMMAND_CLIENT: u8 = 0x10;
 
@@ -534,6 +537,10 @@ fn write_command<S: Sink>(w: &mut S, command: &Command) {
         Command::Query(Query::Order(order)) => w.tagged_u64(COMMAND_QUERY_ORDER, order.0),
         Command::Query(Query::Coupon(coupon)) => w.tagged_u64(COMMAND_QUERY_COUPON, coupon.0),
         Command::Query(Query::Batch(batch)) => w.tagged_u64(COMMAND_QUERY_BATCH, batch.0),
+        Command::Query(Query::SkuAt(position)) => {
+            w.u8(COMMAND_QUERY_SKU_AT);
+            w.u32(*position);
+        }
         Command::Snapshot => w.u8(COMMAND_SNAPSHOT),
         Command::Client { key, action } => {
             w.u8(COMMAND_CLIENT);
@@ -550,6 +557,7 @@ fn read_command(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
         COMMAND_QUERY_ORDER => Command::Query(Query::Order(OrderId(r.u64("order")?))),
         COMMAND_QUERY_COUPON => Command::Query(Query::Coupon(CouponId(r.u64("coupon")?))),
         COMMAND_QUERY_BATCH => Command::Query(Query::Batch(BatchId(r.u64("batch")?))),
+        COMMAND_QUERY_SKU_AT => Command::Query(Query::SkuAt(r.u32("position")?)),
         COMMAND_SNAPSHOT => Command::Snapshot,
         COMMAND_CLIENT => {
             let key = RequestKey(r.array("request key")?);

@@ -54,6 +54,10 @@ pub enum Query {
     Coupon(CouponId),
     /// A coupon batch's settings and remaining count.
     Batch(BatchId),
+    /// The SKU at this position of the catalogue (SKUs in the order they were created, from
+    /// 0; positions never change, since SKUs are never removed): how `GET /v1/skus` pages.
+    /// Past the last SKU the answer is `unknown_sku`.
+    SkuAt(u32),
 }
 
 /// Mutating commands. Each carries everything needed to decide it; nothing is looked up outside

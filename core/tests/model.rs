@@ -70,6 +70,8 @@ struct Model {
     /// Last snowflake (millisecond, counter) handed out.
     last_id: Option<(u64, u64)>,
     skus: BTreeMap<SkuId, SkuView>,
+    /// SKU ids in the order they were created: the catalogue positions of `Query::SkuAt`.
+    sku_positions: Vec<SkuId>,
     /// Units ever put into each SKU: initial stock plus restocks.
     stock_in: BTreeMap<SkuId, u64>,
     /// Every order ever reserved, kept or forgotten.
@@ -120,6 +122,7 @@ impl Model {
             now: 0,
             last_id: None,
             skus: BTreeMap::new(),
+            sku_positions: Vec::new(),
             stock_in: BTreeMap::new(),
             orders: BTreeMap::new(),
             order_log: Vec::new(),
@@ -263,6 +266,7 @@ impl Model {
             sale_end: create.sale_end,
         };
         self.skus.insert(create.sku, view);
+        self.sku_positions.push(create.sku);
         self.stock_in.insert(create.sku, u64::from(create.stock));
         Ok(Outcome::SkuCreated(view))
     }
@@ -590,6 +594,11 @@ impl Model {
             Query::Batch(batch) => {
                 self.batches.get(&batch).map(|v| Outcome::Batch(*v)).ok_or(Rejection::UnknownBatch)
             }
+            Query::SkuAt(position) => self
+                .sku_positions
+                .get(position as usize)
+                .map(|sku| Outcome::Sku(self.skus[sku]))
+                .ok_or(Rejection::UnknownSku),
         };
         answer.unwrap_or_else(Outcome::Rejected)
     }
@@ -665,6 +674,7 @@ enum QueryPick {
     Order(OrderPick),
     Coupon(u16),
     Batch(u8),
+    SkuAt(u8),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -832,6 +842,7 @@ fn query_pick() -> impl Strategy<Value = QueryPick> {
         order_pick().prop_map(QueryPick::Order),
         any::<u16>().prop_map(QueryPick::Coupon),
         (0..=BATCH_IDS).prop_map(QueryPick::Batch),
+        (0..=SKU_IDS).prop_map(QueryPick::SkuAt),
     ]
 }
 
@@ -1132,6 +1143,7 @@ impl Harness {
             QueryPick::Order(order) => Query::Order(self.order(order)),
             QueryPick::Coupon(index) => Query::Coupon(self.coupon(index).unwrap_or(CouponId(9))),
             QueryPick::Batch(batch) => Query::Batch(BatchId(batch.into())),
+            QueryPick::SkuAt(position) => Query::SkuAt(position.into()),
         }
     }
 

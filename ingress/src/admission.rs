@@ -558,20 +558,23 @@ impl LogLimiter {
         LogLimiter { per_second, window_start: None, printed: 0, suppressed: 0 }
     }
 
-    /// Prints `message` to stderr, always: for the rare events an operator caused and must
+    /// Logs `message` at `INFO`, always: for the rare events an operator caused and must
     /// find in the log (admin calls), which no client can flood.
     pub fn notice(&mut self, message: std::fmt::Arguments<'_>) {
-        eprintln!("ringfence: {message}");
+        tracing::info!(target: "ringfence", "{message}");
     }
 
-    /// Prints `message` to stderr unless the budget for this second is spent.
+    /// Logs `message` at `WARN` unless the budget for this second is spent; the first warning
+    /// of a new second says how many were suppressed in the one before.
     pub fn warn(&mut self, now: Instant, message: std::fmt::Arguments<'_>) {
         let new_window = self
             .window_start
             .is_none_or(|start| now.saturating_duration_since(start).as_secs() >= 1);
         if new_window {
             if self.suppressed > 0 {
-                eprintln!("ringfence: warn: {} similar messages suppressed", self.suppressed);
+                let suppressed = self.suppressed;
+                let message = format!("{suppressed} similar messages suppressed");
+                tracing::warn!(target: "ringfence", suppressed, "{message}");
             }
             self.window_start = Some(now);
             self.printed = 0;
@@ -579,7 +582,7 @@ impl LogLimiter {
         }
         if self.printed < self.per_second {
             self.printed += 1;
-            eprintln!("ringfence: warn: {message}");
+            tracing::warn!(target: "ringfence", "{message}");
         } else {
             self.suppressed += 1;
         }
@@ -729,6 +732,46 @@ mod tests {
         limiter.record_failure(mapped, now);
         assert!(limiter.check(v4(9), now).is_err());
         assert_eq!(address_key(v4(9)), v4(9));
+    }
+
+    /// Log output captured from a `tracing` subscriber installed for one thread.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn warnings_keep_their_rate_limit_in_the_log() {
+        // Goal: a flood of bad-input warnings logs `per_second` lines a second at WARN, then
+        // one line saying how many were suppressed; operator notices are never limited.
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        let start = Instant::now();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut log = LogLimiter::new(3);
+            for n in 0..100 {
+                log.warn(start, format_args!("bad frame {n}"));
+            }
+            log.notice(format_args!("admin: promoted"));
+            log.warn(start + Duration::from_secs(1), format_args!("bad frame again"));
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let warned = lines.iter().filter(|l| l.contains(" WARN ") && l.contains("bad frame"));
+        assert_eq!(warned.count(), 4, "{text}");
+        assert!(lines.iter().any(|l| l.contains(" WARN ") && l.contains("97 similar")), "{text}");
+        assert!(lines.iter().any(|l| l.contains(" INFO ") && l.contains("promoted")), "{text}");
     }
 
     fn limits(in_flight_max: u32, rate_per_sec: u32) -> AddressLimits {

@@ -80,6 +80,9 @@ pub struct BackendCompletion {
 pub struct NodeStatus {
     /// Role, epoch, sequences, state hash.
     pub info: NodeInfo,
+    /// The engine's logical time (ms since the Unix epoch) after `info.last_sequence`: the
+    /// "as of" of the state hash.
+    pub state_as_of_ms: u64,
     /// Last sequence the pipeline has applied (may run a moment ahead of
     /// `info.last_sequence`, which is paired with the state hash).
     pub applied_sequence: u64,
@@ -208,27 +211,86 @@ pub fn now_ms() -> u64 {
 /// journaled and applied, and the SKUs seen (for a final snapshot's catalogue).
 pub type OnNodeStop = Box<dyn FnOnce(&Engine, Sequence) + Send>;
 
-/// Publishes the BLP's running hash and last sequence after every command, so `GET /v1/node`
-/// can show them without a round trip through the ring. Wraps the node's snapshot hook.
+/// Publishes the BLP's running hash, last sequence and logical time after every command, so
+/// `GET /v1/node` can show them without a round trip through the ring. Wraps the node's
+/// snapshot hook.
 pub struct HashWatch<H> {
     inner: H,
     watch: Arc<EngineWatch>,
 }
 
-/// The values a [`HashWatch`] publishes.
+/// The values a [`HashWatch`] publishes, as one consistent triple: a reader never sees the
+/// hash of one sequence paired with another sequence (a sequence lock: the writer makes the
+/// version odd while it writes, and a reader retries when the version was odd or moved).
 #[derive(Debug, Default)]
 pub struct EngineWatch {
+    version: AtomicU64,
     running_hash: AtomicU64,
     last_sequence: AtomicU64,
+    now_ms: AtomicU64,
+}
+
+/// One consistent reading of an [`EngineWatch`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchedState {
+    /// The running hash after `last_sequence`.
+    pub running_hash: u64,
+    /// The last command applied.
+    pub last_sequence: u64,
+    /// The engine's logical time after it.
+    pub now_ms: u64,
+}
+
+impl EngineWatch {
+    fn new(engine: &Engine) -> EngineWatch {
+        let watch = EngineWatch::default();
+        watch.publish(engine);
+        watch
+    }
+
+    fn publish(&self, engine: &Engine) {
+        self.publish_state(WatchedState {
+            running_hash: engine.running_hash(),
+            last_sequence: engine.last_sequence().0,
+            now_ms: engine.now().0,
+        });
+    }
+
+    /// Called by the one writer, the applying stage.
+    fn publish_state(&self, state: WatchedState) {
+        let version = self.version.load(Ordering::Relaxed);
+        assert!(version % 2 == 0, "one writer publishes at a time");
+        self.version.store(version + 1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.running_hash.store(state.running_hash, Ordering::Relaxed);
+        self.last_sequence.store(state.last_sequence, Ordering::Relaxed);
+        self.now_ms.store(state.now_ms, Ordering::Relaxed);
+        self.version.store(version + 2, Ordering::Release);
+    }
+
+    /// The last published triple.
+    #[must_use]
+    pub fn read(&self) -> WatchedState {
+        loop {
+            let before = self.version.load(Ordering::Acquire);
+            let state = WatchedState {
+                running_hash: self.running_hash.load(Ordering::Relaxed),
+                last_sequence: self.last_sequence.load(Ordering::Relaxed),
+                now_ms: self.now_ms.load(Ordering::Relaxed),
+            };
+            std::sync::atomic::fence(Ordering::Acquire);
+            if before % 2 == 0 && self.version.load(Ordering::Relaxed) == before {
+                return state;
+            }
+            std::hint::spin_loop();
+        }
+    }
 }
 
 impl<H: SnapshotHook> HashWatch<H> {
     /// Wraps `inner`; read the published values through the returned watch.
     pub fn new(inner: H, engine: &Engine) -> (HashWatch<H>, Arc<EngineWatch>) {
-        let watch = Arc::new(EngineWatch {
-            running_hash: AtomicU64::new(engine.running_hash()),
-            last_sequence: AtomicU64::new(engine.last_sequence().0),
-        });
+        let watch = Arc::new(EngineWatch::new(engine));
         (HashWatch { inner, watch: Arc::clone(&watch) }, watch)
     }
 }
@@ -236,8 +298,7 @@ impl<H: SnapshotHook> HashWatch<H> {
 impl<H: SnapshotHook> SnapshotHook for HashWatch<H> {
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
         self.inner.after_apply(engine, command);
-        self.watch.running_hash.store(engine.running_hash(), Ordering::Relaxed);
-        self.watch.last_sequence.store(engine.last_sequence().0, Ordering::Relaxed);
+        self.watch.publish(engine);
     }
 }
 
@@ -359,14 +420,16 @@ impl Backend for NodeBackend {
         let not_ready = node.check_writable().err().map(NotReady::from_refused);
         let replication = self.replication.as_ref().map(|control| control.status());
         let peer = replication.as_ref().and_then(|r| r.peer.clone()).unwrap_or("none".into());
+        let watched = self.watch.read();
         NodeStatus {
             info: NodeInfo {
                 primary,
                 epoch,
-                last_sequence: self.watch.last_sequence.load(Ordering::Relaxed),
-                running_hash: self.watch.running_hash.load(Ordering::Relaxed),
+                last_sequence: watched.last_sequence,
+                running_hash: watched.running_hash,
                 journal_durable: sequences.durable.0,
             },
+            state_as_of_ms: watched.now_ms,
             applied_sequence: sequences.applied.0,
             journal: self.journal.clone(),
             peer,
@@ -412,7 +475,7 @@ impl Backend for NodeBackend {
                     on_stop(&report.engine, report.last_sequence);
                 }
             }
-            Err(error) => eprintln!("ringfence: error: node shutdown: {error}"),
+            Err(error) => tracing::error!(target: "ringfence", "node shutdown: {error}"),
         }
     }
 }
@@ -492,5 +555,34 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
         let sum = histogram.mean() * histogram.len() as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum {sum:.9}");
         let _ = writeln!(out, "{name}_count {}", histogram.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_never_sees_a_hash_paired_with_another_sequence() {
+        // Goal: `/v1/node` states the hash at the sequence it was taken, even while the
+        // applying stage publishes new values concurrently.
+        let watch = Arc::new(EngineWatch::default());
+        let state = |n: u64| WatchedState {
+            running_hash: n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            last_sequence: n,
+            now_ms: n * 10,
+        };
+        let writer = {
+            let watch = Arc::clone(&watch);
+            std::thread::spawn(move || (1..=200_000).for_each(|n| watch.publish_state(state(n))))
+        };
+        let mut last = 0;
+        while !writer.is_finished() || last < 200_000 {
+            let read = watch.read();
+            assert_eq!(read, state(read.last_sequence), "a torn reading");
+            assert!(read.last_sequence >= last, "went backwards");
+            last = read.last_sequence;
+        }
+        writer.join().unwrap();
     }
 }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod client;
 pub mod http;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod roles;
 pub mod server;

@@ -162,9 +162,9 @@ pub fn command_need(command: &Command) -> Need {
 pub fn call_need(call: &Call) -> Need {
     match call {
         Call::Submit(command) => command_need(command),
-        Call::Health | Call::Ready => Need::Nothing,
-        Call::Node | Call::Metrics => Need::Read,
-        Call::Promote | Call::SetReplicationMode(_) => Need::Admin,
+        Call::Health | Call::Ready | Call::OpenApi => Need::Nothing,
+        Call::Node | Call::Metrics | Call::ListSkus(_) => Need::Read,
+        Call::Promote(_) | Call::SetReplicationMode(_) => Need::Admin,
     }
 }
 

@@ -252,7 +252,7 @@ fn order_lifecycle_over_http() {
     assert_eq!(done.json()["state"], "completed");
     let view = http.call("GET", &format!("/v1/orders/{order}"), None, None).json();
     assert_eq!(view["state"], "completed");
-    assert_eq!(view["user"], 5);
+    assert_eq!(view["user"], "5");
     let sku = http.call("GET", "/v1/skus/2", None, None).json();
     assert_eq!((sku["sold"].clone(), sku["available"].clone()), (2.into(), 8.into()));
     assert_eq!(http.call("GET", "/v1/skus/99", None, None).status, 404);
@@ -331,6 +331,10 @@ fn health_node_and_metrics_endpoints() {
     assert_eq!(node["role"], "primary");
     assert!(node["last_sequence"].as_u64().unwrap() >= 1);
     assert_eq!(node["state_hash"].as_str().unwrap().len(), 16);
+    // The hash is stated with the sequence it was taken after and the logical time then.
+    let state = &node["state"];
+    assert_eq!((&state["hash"], &state["sequence"]), (&node["state_hash"], &node["last_sequence"]));
+    assert!(state["as_of_ms"].as_u64().unwrap() > 1_600_000_000_000, "{node}");
     let metrics = http.call("GET", "/metrics", None, None);
     assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
     let text = String::from_utf8(metrics.body).unwrap();
@@ -407,4 +411,72 @@ fn expect_continue_gets_100_before_the_body_and_413_without_it() {
     assert_eq!((response.status, response.json()["error"].clone()), (413, "body_too_large".into()));
     assert!(http.closed_by_server());
     server.shutdown().unwrap();
+}
+
+#[test]
+fn the_catalogue_is_listed_page_by_page_in_creation_order() {
+    // Goal: following `next_cursor` from the first page visits every SKU once, in the order
+    // they were created, each with its live figures; the last page says there is no next.
+    let server = start_node(ServerConfig::loopback(), Topology::Compact);
+    let mut http = Http::connect(server.http_addr().unwrap());
+    let created = [9, 3, 7, 1, 5];
+    for sku in created {
+        create_sku(&mut http, sku, 10, 0, 60_000);
+    }
+    let reserve = r#"{"request_id":"l-1","user":4,"sku":"7","qty":2}"#;
+    assert_eq!(http.call("POST", "/v1/orders", Some(reserve), None).status, 201);
+    let mut seen = Vec::new();
+    let mut path = "/v1/skus?limit=2".to_owned();
+    loop {
+        let page = http.call("GET", &path, None, None);
+        assert_eq!(page.status, 200);
+        let page = page.json();
+        for sku in page["skus"].as_array().unwrap() {
+            let id: u64 = sku["sku"].as_str().unwrap().parse().unwrap();
+            let available = if id == 7 { 8 } else { 10 };
+            assert_eq!(sku["available"], available, "{sku}");
+            seen.push(id);
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => path = format!("/v1/skus?limit=2&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, created);
+    let whole = http.call("GET", "/v1/skus", None, None).json();
+    assert_eq!(
+        (whole["skus"].as_array().unwrap().len(), whole["next_cursor"].is_null()),
+        (5, true)
+    );
+    let too_many = http.call("GET", "/v1/skus?limit=1000", None, None);
+    assert_eq!((too_many.status, too_many.json()["field"].as_str()), (400, Some("limit")));
+}
+
+#[test]
+fn a_retried_admin_call_with_its_request_id_changes_nothing() {
+    // Goal: admin calls are idempotent with a request_id (a retried restock adds the stock
+    // once, a retried creation answers the creation), and without one each call is new.
+    let server = start_node(ServerConfig::loopback(), Topology::Compact);
+    let mut http = Http::connect(server.http_addr().unwrap());
+    let create =
+        r#"{"request_id":"c-1","sku":"4","stock":10,"price_cents":5,"payment_timeout_ms":1000}"#;
+    let first = http.call("POST", "/v1/skus", Some(create), Some(TOKEN));
+    let again = http.call("POST", "/v1/skus", Some(create), Some(TOKEN));
+    assert_eq!((first.status, again.status), (201, 201));
+    assert_eq!(first.json(), again.json());
+    let restock = Some(r#"{"request_id":"r-1","qty":5}"#);
+    for _ in 0..3 {
+        let answer = http.call("POST", "/v1/skus/4/restock", restock, Some(TOKEN));
+        assert_eq!((answer.status, answer.json()["stock"].as_u64()), (200, Some(15)));
+    }
+    let unkeyed = Some(r#"{"qty":5}"#);
+    http.call("POST", "/v1/skus/4/restock", unkeyed, Some(TOKEN));
+    let twice = http.call("POST", "/v1/skus/4/restock", unkeyed, Some(TOKEN));
+    assert_eq!(twice.json()["stock"], 25);
+    let reused = Some(r#"{"request_id":"r-1","qty":6}"#);
+    let refused = http.call("POST", "/v1/skus/4/restock", reused, Some(TOKEN));
+    assert_eq!(
+        (refused.status, refused.json()["error"].as_str()),
+        (422, Some("request_id_reused"))
+    );
 }

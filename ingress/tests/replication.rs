@@ -160,9 +160,16 @@ fn promotion_over_http_makes_the_standby_take_writes() {
         400
     );
     assert!(!control.promoted.load(Ordering::Acquire));
-    let promoted = http.call("POST", "/v1/admin/promote", None, Some(TOKEN));
+    let keyed = Some(r#"{"request_id":"promote-1"}"#);
+    let promoted = http.call("POST", "/v1/admin/promote", keyed, Some(TOKEN));
     assert_eq!(promoted.status, 200, "{}", promoted.json());
     assert_eq!(promoted.json(), serde_json::json!({ "role": "primary", "epoch": 2 }));
+    // A retry with the same request id answers the promotion again; another id is refused.
+    let retried = http.call("POST", "/v1/admin/promote", keyed, Some(TOKEN));
+    assert_eq!((retried.status, retried.json()), (200, promoted.json()));
+    let other =
+        http.call("POST", "/v1/admin/promote", Some(r#"{"request_id":"p-2"}"#), Some(TOKEN));
+    assert_eq!(other.status, 409, "{}", other.json());
     let node = http.call("GET", "/v1/node", None, None).json();
     assert_eq!((node["role"].as_str(), node["epoch"].as_u64()), (Some("primary"), Some(2)));
     assert_eq!(node["replication"]["role"], "primary");

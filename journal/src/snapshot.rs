@@ -791,9 +791,9 @@ impl<S: Storage> Shadow<S> {
             Ok(applied) => applied,
             Err(error) => {
                 self.following = None;
-                eprintln!(
-                    "ringfence: snapshot through {} failed (the journal still holds every \
-                     command): {error}",
+                tracing::error!(
+                    target: "ringfence",
+                    "snapshot through {} failed (the journal still holds every command): {error}",
                     job.through
                 );
                 return JobDone::Failed(error);
@@ -815,9 +815,9 @@ impl<S: Storage> Shadow<S> {
         let meta = match written {
             Ok(meta) => meta,
             Err(error) => {
-                eprintln!(
-                    "ringfence: snapshot through {} failed (the journal still holds every \
-                     command): {error}",
+                tracing::error!(
+                    target: "ringfence",
+                    "snapshot through {} failed (the journal still holds every command): {error}",
                     job.through
                 );
                 return JobDone::Failed(error.to_string());
@@ -832,7 +832,9 @@ impl<S: Storage> Shadow<S> {
         );
         let retention = apply_retention(&self.dir, &self.policy);
         if let Err(error) = &retention {
-            eprintln!("ringfence: snapshot retention failed (retried after the next one): {error}");
+            let message =
+                format!("snapshot retention failed (retried after the next one): {error}");
+            tracing::warn!(target: "ringfence", "{message}");
         }
         let writer_ns = started.elapsed().as_nanos() as u64;
         let retention = retention.map_err(|error| error.to_string());
@@ -902,7 +904,9 @@ impl<S: Storage> Shadow<S> {
                     start = (engine, taken);
                     break;
                 }
-                Err(error) => eprintln!("ringfence: snapshot writer skips {name}: {error}"),
+                Err(error) => {
+                    tracing::warn!(target: "ringfence", "snapshot writer skips {name}: {error}");
+                }
             }
         }
         let (engine, taken) = start;

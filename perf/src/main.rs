@@ -79,6 +79,7 @@ enum Bench {
 
 fn main() {
     let cli = Cli::parse();
+    ringfence_ingress::logging::init();
     match cli.bench {
         Bench::Blp(common) => blp::run(common),
         Bench::Tcp(common) => net::run_tcp(common),

@@ -24,9 +24,9 @@ use crate::policy::{AckMode, AckPolicy, Gate};
 /// How often the policy loop looks at the time.
 const POLICY_TICK: Duration = Duration::from_millis(10);
 
-/// Writes one line to the log (standard error), the way `ringfence serve` logs.
+/// Writes one line to the log, the way `ringfence serve` logs.
 pub(crate) fn log(args: fmt::Arguments<'_>) {
-    eprintln!("ringfence: {args}");
+    tracing::info!(target: "ringfence", "{args}");
 }
 
 /// Where a node's epochs are kept: its data directory's epoch file.

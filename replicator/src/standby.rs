@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
-use ringfence_core::pipeline::{Node, Refused, Session, WakeHook};
+use ringfence_core::pipeline::{Node, Refused, Session, Unanswered, WakeHook};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::epoch::Epochs;
 
@@ -260,6 +260,15 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                 if let Err(error) = stream {
                     log(format_args!("replication: following {primary}: {error}"));
                 }
+                if applied.journal_failed {
+                    // Retrying cannot help: the node takes no record until it is restarted.
+                    log(format_args!(
+                        "replication: stopped following {primary}: this standby's journal \
+                         failed; restart it once the disk is fixed and it rejoins"
+                    ));
+                    control.set_follower("journal failed: restart to rejoin", applied.answered, 0);
+                    return;
+                }
             }
             Ok(Joined::Diverged { keep_through }) => {
                 log(format_args!(
@@ -442,12 +451,14 @@ struct Applied {
     submitted: JournalEnd,
     pending: u64,
     answered: Sequence,
+    /// The node's journal failed: nothing more can be taken until the node is restarted.
+    journal_failed: bool,
 }
 
 impl Applied {
     /// Nothing in flight; the journal ends at `end`.
     fn at(end: JournalEnd) -> Applied {
-        Applied { submitted: end, pending: 0, answered: end.last_sequence }
+        Applied { submitted: end, pending: 0, answered: end.last_sequence, journal_failed: false }
     }
 
     /// Record `bytes` (checked by the node) was submitted.
@@ -461,7 +472,10 @@ impl Applied {
     /// Takes every answer ready, without waiting.
     fn collect(&mut self, node: &mut Session) -> Result<(), String> {
         while let Some(completion) = node.poll() {
-            completion.result.map_err(|e| format!("the node failed a record: {e}"))?;
+            if let Err(error) = completion.result {
+                self.journal_failed |= matches!(error, Unanswered::NotDurable { .. });
+                return Err(format!("the node failed a record: {error}"));
+            }
             assert!(completion.sequence > self.answered, "records are answered in order");
             self.pending -= 1;
             self.answered = completion.sequence;
@@ -490,7 +504,10 @@ fn submit(
                 }
                 thread::sleep(Duration::from_micros(50));
             }
-            Err(refused) => return Err(format!("the node refused a record: {refused}")),
+            Err(refused) => {
+                applied.journal_failed |= matches!(refused, Refused::JournalFailed(_));
+                return Err(format!("the node refused a record: {refused}"));
+            }
         }
     }
 }

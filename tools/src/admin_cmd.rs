@@ -36,6 +36,10 @@ pub struct AdminTarget {
 pub struct PromoteArgs {
     #[command(flatten)]
     pub target: AdminTarget,
+    /// Idempotency id: a retry with the id of the promotion that succeeded answers it again
+    /// (200) instead of `not_standby`.
+    #[arg(long)]
+    pub request_id: Option<String>,
 }
 
 /// Arguments of `ringfence replication`.
@@ -68,7 +72,11 @@ impl Mode {
 
 /// Promotes the standby at `--http` to primary.
 pub fn promote(args: &PromoteArgs) -> ExitCode {
-    run("promote", &args.target, "/v1/admin/promote", "{}")
+    let body = match &args.request_id {
+        Some(request_id) => serde_json::json!({ "request_id": request_id }).to_string(),
+        None => "{}".to_owned(),
+    };
+    run("promote", &args.target, "/v1/admin/promote", &body)
 }
 
 /// Switches the ack mode of the node at `--http`.

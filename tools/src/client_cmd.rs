@@ -14,6 +14,7 @@ use ringfence_core::{
     Reserve, SkuId, Timestamp, UserId,
 };
 use ringfence_ingress::http::api::{KeyMint, render_outcome};
+use ringfence_ingress::http::views::{ErrorJson, NodeJson};
 use ringfence_ingress::{Client, ClientError, keys};
 
 /// Arguments of `ringfence client`.
@@ -41,6 +42,10 @@ pub struct ClientArgs {
 pub enum ClientCommand {
     /// Admin: define a SKU.
     CreateSku {
+        /// Idempotency id (1–64 characters): a retry with the same id answers the first
+        /// outcome and changes nothing. Without one, every call is a new command.
+        #[arg(long)]
+        request_id: Option<String>,
         /// SKU id (not zero).
         #[arg(long)]
         sku: u64,
@@ -65,6 +70,10 @@ pub enum ClientCommand {
     },
     /// Admin: add units to a SKU.
     Restock {
+        /// Idempotency id (1–64 characters): a retry with the same id answers the first
+        /// outcome and changes nothing. Without one, every call is a new command.
+        #[arg(long)]
+        request_id: Option<String>,
         /// SKU id.
         #[arg(long)]
         sku: u64,
@@ -74,12 +83,20 @@ pub enum ClientCommand {
     },
     /// Admin: open a SKU's sale.
     OpenSale {
+        /// Idempotency id (1–64 characters): a retry with the same id answers the first
+        /// outcome and changes nothing. Without one, every call is a new command.
+        #[arg(long)]
+        request_id: Option<String>,
         /// SKU id.
         #[arg(long)]
         sku: u64,
     },
     /// Admin: close a SKU's sale.
     CloseSale {
+        /// Idempotency id (1–64 characters): a retry with the same id answers the first
+        /// outcome and changes nothing. Without one, every call is a new command.
+        #[arg(long)]
+        request_id: Option<String>,
         /// SKU id.
         #[arg(long)]
         sku: u64,
@@ -131,6 +148,10 @@ pub enum ClientCommand {
     Ship {
         /// Order id.
         order: u64,
+        /// Idempotency id (1–64 characters): a retry with the same id answers the first
+        /// outcome and changes nothing. Without one, every call is a new command.
+        #[arg(long)]
+        request_id: Option<String>,
     },
     /// Confirm receipt of a shipped order.
     Complete {
@@ -147,9 +168,17 @@ pub enum ClientCommand {
     Refund {
         /// Order id.
         order: u64,
+        /// Idempotency id (1–64 characters): a retry with the same id answers the first
+        /// outcome and changes nothing. Without one, every call is a new command.
+        #[arg(long)]
+        request_id: Option<String>,
     },
     /// Admin: define a coupon batch.
     CreateBatch {
+        /// Idempotency id (1–64 characters): a retry with the same id answers the first
+        /// outcome and changes nothing. Without one, every call is a new command.
+        #[arg(long)]
+        request_id: Option<String>,
         /// Batch id (not zero).
         #[arg(long)]
         batch: u64,
@@ -232,13 +261,8 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
     match args.command {
         ClientCommand::Node => {
             let info = client.node().map_err(|e| e.to_string())?;
-            let json = serde_json::json!({
-                "role": if info.primary { "primary" } else { "standby" },
-                "epoch": info.epoch,
-                "last_sequence": info.last_sequence,
-                "state_hash": format!("{:016x}", info.running_hash),
-                "journal_durable_sequence": info.journal_durable,
-            });
+            let json = serde_json::to_string(&NodeJson::from_info(&info))
+                .expect("the API's views always serialize");
             println!("{json}");
             return Ok(ExitCode::SUCCESS);
         }
@@ -262,7 +286,8 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
             Ok(if outcome.is_rejected() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Err(ClientError::Refused(error)) => {
-            let json = serde_json::json!({ "error": error.code.name(), "message": error.message });
+            let json = serde_json::to_string(&ErrorJson::new(error.code.name(), error.message))
+                .expect("the API's views always serialize");
             println!("{json}");
             Ok(ExitCode::FAILURE)
         }
@@ -303,7 +328,15 @@ fn key(request_id: &str) -> Result<RequestKey, String> {
     }
 }
 
-/// A fresh key for admin commands, which take no request id on the command line.
+/// The key of an admin command: from its `--request-id`, else a fresh one.
+fn admin_key_or(request_id: Option<String>) -> Result<RequestKey, String> {
+    match request_id {
+        Some(request_id) => key(&request_id),
+        None => Ok(admin_key()),
+    }
+}
+
+/// A fresh key for an admin command given no request id.
 fn admin_key() -> RequestKey {
     let nonce = u128::from(ringfence_ingress::backend::now_ms()) << 64
         | u128::from(std::process::id()) << 32
@@ -315,6 +348,7 @@ fn to_command(command: ClientCommand) -> Result<Command, String> {
     let keyed = |key: RequestKey, action: Action| Command::Client { key, action };
     Ok(match command {
         ClientCommand::CreateSku {
+            request_id,
             sku,
             stock,
             price_cents,
@@ -323,7 +357,7 @@ fn to_command(command: ClientCommand) -> Result<Command, String> {
             sale_start_ms,
             sale_end_ms,
         } => keyed(
-            admin_key(),
+            admin_key_or(request_id)?,
             Action::CreateSku(CreateSku {
                 sku: SkuId(sku),
                 stock,
@@ -334,12 +368,14 @@ fn to_command(command: ClientCommand) -> Result<Command, String> {
                 sale_end: sale_end_ms.map(Timestamp),
             }),
         ),
-        ClientCommand::Restock { sku, qty } => {
-            keyed(admin_key(), Action::Restock { sku: SkuId(sku), qty })
+        ClientCommand::Restock { request_id, sku, qty } => {
+            keyed(admin_key_or(request_id)?, Action::Restock { sku: SkuId(sku), qty })
         }
-        ClientCommand::OpenSale { sku } => keyed(admin_key(), Action::OpenSale { sku: SkuId(sku) }),
-        ClientCommand::CloseSale { sku } => {
-            keyed(admin_key(), Action::CloseSale { sku: SkuId(sku) })
+        ClientCommand::OpenSale { request_id, sku } => {
+            keyed(admin_key_or(request_id)?, Action::OpenSale { sku: SkuId(sku) })
+        }
+        ClientCommand::CloseSale { request_id, sku } => {
+            keyed(admin_key_or(request_id)?, Action::CloseSale { sku: SkuId(sku) })
         }
         ClientCommand::Reserve { request_id, user, sku, qty, coupon } => keyed(
             key(&request_id)?,
@@ -373,14 +409,17 @@ fn to_command(command: ClientCommand) -> Result<Command, String> {
                 }
             }
         }
-        ClientCommand::Ship { order } => keyed(admin_key(), Action::Ship { order: OrderId(order) }),
+        ClientCommand::Ship { order, request_id } => {
+            keyed(admin_key_or(request_id)?, Action::Ship { order: OrderId(order) })
+        }
         ClientCommand::Complete { order, request_id, user } => {
             keyed(key(&request_id)?, Action::Complete { order: OrderId(order), user: UserId(user) })
         }
-        ClientCommand::Refund { order } => {
-            keyed(admin_key(), Action::Refund { order: OrderId(order) })
+        ClientCommand::Refund { order, request_id } => {
+            keyed(admin_key_or(request_id)?, Action::Refund { order: OrderId(order) })
         }
         ClientCommand::CreateBatch {
+            request_id,
             batch,
             quantity,
             per_user_limit,
@@ -389,7 +428,7 @@ fn to_command(command: ClientCommand) -> Result<Command, String> {
             valid_from_ms,
             valid_until_ms,
         } => keyed(
-            admin_key(),
+            admin_key_or(request_id)?,
             Action::CreateCouponBatch(CreateCouponBatch {
                 batch: BatchId(batch),
                 quantity,

@@ -9,7 +9,7 @@
 //! the only problem is what a crash leaves (a torn tail), which a node clears on start.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,7 +28,16 @@ use ringfence_journal::writer::{Durability, WriterOptions};
 use serde_json::json;
 
 use crate::json;
+use crate::progress;
 use crate::time::format_ms;
+
+/// Counts one more record read on `bar`, redrawing every [`progress::UPDATE_EVERY`] records.
+fn tick(bar: &indicatif::ProgressBar, read: &mut u64) {
+    *read += 1;
+    if *read % progress::UPDATE_EVERY == 0 {
+        bar.set_position(*read);
+    }
+}
 
 /// `println!` that ignores a closed standard output (piped into `head`, say) instead of
 /// panicking: the tools never panic on their environment.
@@ -344,10 +353,14 @@ struct Verified {
 fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
     let mut opened = open(&args.dir)?;
     let mut epochs = Vec::new();
+    let bar = progress::records_bar(opened.layout.records(), "records verified", false);
+    let mut done = 0;
     let read = scan::read(&mut opened.source, &opened.layout, Sequence(1), &mut |record| {
         epoch_ranges(&mut epochs, record);
+        tick(&bar, &mut done);
         ControlFlow::Continue(())
     });
+    bar.finish_and_clear();
     let mut found = findings(&opened, Sequence(u64::MAX));
     if let Err(error) = read {
         found.push(Finding::Refused(error.to_string()));
@@ -493,10 +506,14 @@ fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_error = None;
+    let total = layout.records().min(to.0.saturating_sub(from.0 - 1));
+    let bar = progress::records_bar(total, "records dumped", io::stdout().is_terminal());
+    let mut done = 0;
     scan::read(source, layout, from, &mut |record| {
         if record.sequence > to {
             return ControlFlow::Break(());
         }
+        tick(&bar, &mut done);
         let written = if args.json {
             let value = json!({
                 "sequence": record.sequence.0, "timestamp_ms": record.timestamp.0,
@@ -514,6 +531,7 @@ fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
             }
         }
     })?;
+    bar.finish_and_clear();
     if let Some(error) = write_error.filter(|e| e.kind() != io::ErrorKind::BrokenPipe) {
         return Err(JournalError::io("writing to standard output", error));
     }
@@ -572,12 +590,16 @@ fn stats(args: &DirArgs) -> Result<ExitCode, JournalError> {
     let (source, layout) = (&mut opened.source, &opened.layout);
     let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut bytes_by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let bar = progress::records_bar(layout.records(), "records counted", false);
+    let mut done = 0;
     scan::read(source, layout, Sequence(1), &mut |record| {
+        tick(&bar, &mut done);
         let kind = json::command_kind(&record.command);
         *kinds.entry(kind).or_default() += 1;
         *bytes_by_kind.entry(kind).or_default() += u64::from(record.len);
         ControlFlow::Continue(())
     })?;
+    bar.finish_and_clear();
     let segments: Vec<_> = layout
         .segments
         .iter()

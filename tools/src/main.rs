@@ -6,8 +6,10 @@ use clap::{Parser, Subcommand};
 
 mod admin_cmd;
 mod client_cmd;
+mod config_cmd;
 mod journal_cmd;
 mod json;
+mod progress;
 mod replay;
 mod replication;
 mod serve;
@@ -33,9 +35,11 @@ enum TopCommand {
     Promote(admin_cmd::PromoteArgs),
     /// Admin: switch the replication ack mode of the node at --http (sync or async).
     Replication(admin_cmd::ReplicationArgs),
-    /// Print the engine's default capacities, limits and per-user quotas, and the memory its
-    /// tables take at those capacities.
+    /// Print every setting's default as TOML (`config example` adds what each one means).
     Defaults,
+    /// Write a commented example configuration file, or check one.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Inspect or repair a journal directory: verify, dump, stats, truncate.
     #[command(subcommand)]
     Journal(journal_cmd::JournalCommand),
@@ -46,24 +50,14 @@ enum TopCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ringfence_ingress::logging::init();
     match cli.command {
         TopCommand::Serve(args) => serve::run(&args),
         TopCommand::Client(args) => client_cmd::run(args),
         TopCommand::Promote(args) => admin_cmd::promote(&args),
         TopCommand::Replication(args) => admin_cmd::replication(&args),
-        TopCommand::Defaults => {
-            let config = ringfence_core::EngineConfig::default();
-            let memory = ringfence_core::Engine::memory(&config);
-            let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
-            println!("{config:#?}");
-            println!(
-                "engine tables: {:.0} MiB allocated at start, of which {:.0} MiB (the indexes) \
-                 is written at start and the rest as orders, request keys and coupons fill it",
-                mib(memory.allocated_bytes),
-                mib(memory.written_at_start_bytes)
-            );
-            ExitCode::SUCCESS
-        }
+        TopCommand::Defaults => config_cmd::defaults(),
+        TopCommand::Config(command) => config_cmd::run(&command),
         TopCommand::Journal(command) => journal_cmd::run(command),
         TopCommand::Replay(args) => replay::run(&args),
     }

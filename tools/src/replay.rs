@@ -2,13 +2,12 @@
 //! journal, print its state hash and a summary, and optionally export every outcome.
 
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use ringfence_core::{Engine, EngineConfig, Sequence, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan::{self, ReadOnlyDir};
@@ -17,6 +16,7 @@ use serde_json::json;
 
 use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, open, tail_in_progress};
 use crate::json;
+use crate::progress;
 use crate::time::{format_ms, parse_rfc3339};
 
 /// `println!` that ignores a closed standard output (piped into `head`, say) instead of
@@ -34,8 +34,9 @@ macro_rules! outln {
 /// hash, per-SKU stock figures and the orders the engine keeps, by state (finished orders whose
 /// slots were reused once the order table was full are forgotten and not counted). With
 /// --export, every replayed command's outcome (and every expiry it caused) is written as one
-/// JSON object per line, ready to load into a database; use --from-start to export the full
-/// history rather than what follows the snapshot.
+/// JSON object per line, ready to load into a database: from the first command the retained
+/// journal holds (starting from the snapshot taken just before it, if segments were
+/// retired), or with --since-snapshot only what follows the newest snapshot.
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// The journal directory.
@@ -50,8 +51,12 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub export: Option<PathBuf>,
     /// Ignore snapshots and replay from sequence 1.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "since_snapshot")]
     pub from_start: bool,
+    /// Start from the newest snapshot, not from the start of the retained journal: with
+    /// --export, only what follows that snapshot is exported (the default without --export).
+    #[arg(long)]
+    pub since_snapshot: bool,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -111,7 +116,9 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     let total = layout
         .last_sequence()
         .map_or(0, |last| last.0.min(limits.until_seq.0).saturating_sub(start.0 - 1));
-    let progress = progress_bar(total);
+    // The summary is printed after the bar is cleared, so the bar shares the terminal with
+    // nothing.
+    let progress = progress::records_bar(total, "commands replayed", false);
     let mut export_error = None;
     scan::read_pipelined(&mut source, &layout, start, &mut |record| {
         if record.sequence > limits.until_seq || record.timestamp > limits.until_time {
@@ -135,7 +142,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
                 return ControlFlow::Break(());
             }
         }
-        if tally.replayed % 65_536 == 0 {
+        if tally.replayed % progress::UPDATE_EVERY == 0 {
             progress.set_position(tally.replayed);
         }
         ControlFlow::Continue(())
@@ -191,7 +198,8 @@ fn open_for_replay(args: &ReplayArgs, limits: &Limits) -> Result<(Opened, bool),
     Ok((opened, in_progress))
 }
 
-/// The newest snapshot that does not pass the limits (or none), and the engine restored from it.
+/// Where replay starts, and the engine restored there: the newest snapshot within the limits
+/// (or none); for an export (without --since-snapshot) the start of the retained journal.
 fn starting_point(
     args: &ReplayArgs,
     source: &ReadOnlyDir,
@@ -200,33 +208,36 @@ fn starting_point(
 ) -> Result<(Engine, Option<SnapshotMeta>), JournalError> {
     let config =
         layout.segments.first().map_or_else(EngineConfig::default, |s| s.header.config.clone());
-    if !args.from_start {
-        for (through, name) in snapshot::list(source)?.into_iter().rev() {
-            if through > limits.until_seq || layout.last_sequence().is_some_and(|l| through > l) {
-                continue;
+    if args.from_start {
+        return Ok((Engine::new(config), None));
+    }
+    let usable = |through: Sequence| {
+        through <= limits.until_seq && layout.last_sequence().is_none_or(|l| through <= l)
+    };
+    let mut snapshots = snapshot::list(source)?;
+    snapshots.retain(|(through, _)| usable(*through));
+    match layout.first_sequence() {
+        // Export from the retained journal's first record: from sequence 1 no snapshot is
+        // needed, and one from before the first record is no start (the records between
+        // are gone), so the oldest one after it is the earliest start there is.
+        Some(first) if args.export.is_some() && !args.since_snapshot => {
+            if first == Sequence(1) {
+                return Ok((Engine::new(config), None));
             }
-            match snapshot::load(source, &name, None) {
-                Ok((engine, meta)) if meta.now <= limits.until_time => {
-                    return Ok((engine, Some(meta)));
-                }
-                Ok(_) => {}
-                Err(error) => eprintln!("warning: {error}"),
+            snapshots.retain(|(through, _)| through.next() >= first);
+        }
+        _ => snapshots.reverse(),
+    }
+    for (_, name) in snapshots {
+        match snapshot::load(source, &name, None) {
+            Ok((engine, meta)) if meta.now <= limits.until_time => {
+                return Ok((engine, Some(meta)));
             }
+            Ok(_) => {}
+            Err(error) => eprintln!("warning: {error}"),
         }
     }
     Ok((Engine::new(config), None))
-}
-
-fn progress_bar(total: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() || total < 1_000_000 {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} commands  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 fn print_summary(

@@ -18,7 +18,7 @@ use ringfence_replicator::control::{Control, Role};
 use ringfence_replicator::message::RefuseCode;
 use ringfence_replicator::policy::AckMode;
 use ringfence_replicator::standby::{JoinError, Joined, JournalEnd, fetch_snapshot, join};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::serve::log;
 
@@ -58,7 +58,7 @@ pub struct ReplicationArgs {
 }
 
 /// `[replication]` in the config file: the same settings as the flags.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReplicationSection {
     role: Option<String>,

@@ -25,7 +25,7 @@ use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::control::{Control, Role};
 use ringfence_replicator::standby::JournalEnd;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::replication::{
     self, ControlHandle, JournalCheck, Replication, ReplicationArgs, ReplicationSection,
@@ -97,10 +97,11 @@ Protected mode:
   address (either port) are refused unchecked after a burst, HTTP 429 auth_rate_limited
   ([server] auth_failures_burst, auth_failure_refill_ms, auth_addresses_max).";
 
-/// The TOML configuration file.
-#[derive(Debug, Default, Deserialize)]
+/// The TOML configuration file. `ringfence config example` writes every key of it, with its
+/// default, from these types (`tools/src/config_cmd.rs`).
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-struct FileConfig {
+pub(crate) struct FileConfig {
     data_dir: Option<PathBuf>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
@@ -113,7 +114,7 @@ struct FileConfig {
 
 /// `[auth]`: the tokens of the roles other than admin, and the acknowledgement that lets a
 /// node with only the admin token listen beyond loopback.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct AuthSection {
     orders_token_file: Option<PathBuf>,
@@ -135,7 +136,7 @@ impl AuthSection {
 }
 
 /// `[node]`: pipeline, journal, snapshots and timer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct NodeSection {
     /// `auto` (compact below six cores), `compact` or `parallel`.
@@ -215,7 +216,7 @@ impl NodeSection {
 
 /// `[engine]`: capacities, allocated at start. Changing them for an existing data directory
 /// must keep every recorded state within the new bounds.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct EngineSection {
     shard: u16,
@@ -281,9 +282,24 @@ pub fn run(args: &ServeArgs) -> ExitCode {
 
 fn load_config(args: &ServeArgs) -> Result<FileConfig, String> {
     let Some(path) = &args.config else { return Ok(FileConfig::default()) };
+    read_config(path)
+}
+
+/// Reads and parses a config file (unknown keys are errors that name them).
+pub(crate) fn read_config(path: &Path) -> Result<FileConfig, String> {
     let text = fs::read_to_string(path)
         .map_err(|e| format!("reading config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+/// The checks `serve` makes of a config file's values before it touches the data directory
+/// (`ringfence config check`): durability, engine capacities, the node's settings.
+pub(crate) fn check_config(file: &FileConfig) -> Result<(), String> {
+    file.node.durability.parse::<Durability>().map_err(|e| format!("[node] durability: {e}"))?;
+    let engine = file.engine.to_config();
+    engine.validate().map_err(|e| format!("[engine] {e}"))?;
+    file.node.to_config(engine, Epoch(1), Intake::Sequencer)?;
+    Ok(())
 }
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
@@ -761,7 +777,7 @@ fn write_private(path: &Path, token: &str) -> Result<(), String> {
 }
 
 pub(crate) fn log(message: std::fmt::Arguments<'_>) {
-    eprintln!("ringfence: {message}");
+    tracing::info!(target: "ringfence", "{message}");
 }
 
 #[cfg(test)]

@@ -333,4 +333,63 @@ fn stats_reports_what_retention_keeps_and_retired() {
     assert!(first > 1 && first <= 4_001, "{value}");
     let text_out = text(&ringfence(&["journal", "stats", path]).stdout);
     assert!(text_out.contains("2 snapshots kept: the journal must reach back to sequence 4001"));
+    // An export starts where the retained journal can be replayed from: the oldest kept
+    // snapshot (through 4000), not the newest (through 5000, which leaves nothing to export).
+    let lines = export_lines(dir.path(), &[]);
+    assert_eq!((lines.len(), lines[0]["sequence"].as_u64()), (1_000, Some(4_001)));
+    assert!(export_lines(dir.path(), &["--since-snapshot"]).is_empty());
+}
+
+/// Runs `replay DIR --export FILE` with `flags` and reads the exported lines.
+fn export_lines(dir: &std::path::Path, flags: &[&str]) -> Vec<serde_json::Value> {
+    let export = dir.join("outcomes.jsonl");
+    let mut args = vec!["replay", dir.to_str().unwrap(), "--export", export.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    let out = ringfence(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines = std::fs::read_to_string(&export).unwrap();
+    lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn replay_exports_the_whole_retained_journal_unless_told_otherwise() {
+    // Goal: after snapshots, `--export` still writes every outcome from sequence 1, and
+    // `--since-snapshot` limits it to what follows the newest snapshot.
+    let dir = TempDir::new("export-all");
+    write_journal_with(dir.path(), 2_500, Some(1_000), &[]);
+    let all = export_lines(dir.path(), &[]);
+    assert_eq!(all.len(), 2_500);
+    let sequences: Vec<u64> = all.iter().map(|l| l["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(sequences, (1..=2_500).collect::<Vec<_>>());
+    let since = export_lines(dir.path(), &["--since-snapshot"]);
+    assert_eq!((since.len(), since[0]["sequence"].as_u64()), (500, Some(2_001)));
+    let reserved = all.iter().find(|l| l["outcome"]["kind"] == "reserved").unwrap();
+    let order = reserved["outcome"]["order_id"].as_str().expect("ids are decimal strings");
+    assert!(order.parse::<u64>().is_ok(), "{order}");
+}
+
+#[test]
+fn config_example_passes_check_and_a_typo_is_named() {
+    // Goal: the printed example is a file `config check` accepts; an unknown key or a bad
+    // value is refused naming it; `defaults` is TOML with every section.
+    let dir = TempDir::new("config");
+    let example = ringfence(&["config", "example"]);
+    assert_eq!(example.status.code(), Some(0));
+    let path = dir.path().join("ringfence.toml");
+    std::fs::write(&path, &example.stdout).unwrap();
+    let checked = ringfence(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
+    let typo = text(&example.stdout).replace("skus_max =", "sku_max =");
+    std::fs::write(&path, typo).unwrap();
+    let refused = ringfence(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("sku_max"), "{}", text(&refused.stderr));
+    std::fs::write(&path, "[node]\ndurability = \"sometimes\"\n").unwrap();
+    let refused = ringfence(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("durability"), "{}", text(&refused.stderr));
+    let defaults = ringfence(&["defaults"]);
+    let table: toml::Table = text(&defaults.stdout).parse().unwrap();
+    assert_eq!(table["engine"]["skus_max"].as_integer(), Some(16_384));
+    assert!(["auth", "server", "node", "replication"].iter().all(|s| table.contains_key(*s)));
 }

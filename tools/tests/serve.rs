@@ -108,7 +108,7 @@ fn client_subcommands_drive_a_node() {
     let (code, refused) = client(&node, &other);
     assert_eq!((code, refused["error"].clone()), (1, "sold_out".into()));
     let order = reserved["order_id"].as_str().unwrap();
-    assert_eq!(client(&node, &["order", order]).1["user"], 8);
+    assert_eq!(client(&node, &["order", order]).1["user"], "8");
     assert_eq!(client(&node, &["node"]).1["role"], "primary");
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);

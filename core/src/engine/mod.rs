@@ -371,6 +371,10 @@ impl Engine {
                 assert_eq!(view.batch, batch, "the batch index answered another batch");
                 Outcome::Batch(view)
             }),
+            Query::SkuAt(position) if (position as usize) < self.skus.len() => {
+                Ok(Outcome::Sku(self.sku_view(position)))
+            }
+            Query::SkuAt(_) => Err(Rejection::UnknownSku),
         };
         answer.unwrap_or_else(Outcome::Rejected)
     }

@@ -114,6 +114,9 @@ pub(crate) struct Shared {
     pub(crate) next_due_ms: AtomicU64,
     /// A tick is published and not yet applied: no second one is published meanwhile.
     pub(crate) tick_pending: AtomicBool,
+    /// The timer thread, woken when the earliest deadline moves earlier (it sleeps long
+    /// while none is set).
+    pub(crate) timer_parker: Parker,
 
     pub(crate) busy_rejections: AtomicU64,
     pub(crate) ticks_skipped: AtomicU64,
@@ -187,6 +190,7 @@ impl Shared {
             stop_at: AtomicU64::new(u64::MAX),
             next_due_ms: AtomicU64::new(u64::MAX),
             tick_pending: AtomicBool::new(false),
+            timer_parker: Parker::default(),
             busy_rejections: AtomicU64::new(0),
             ticks_skipped: AtomicU64::new(0),
             ticks_published: AtomicU64::new(0),
@@ -286,8 +290,9 @@ impl Shared {
         assert!(from.0 >= self.base.0, "a fence before the node's first command");
         assert!(from.0 < u64::MAX, "the fence's sentinel is not a sequence");
         if self.journal_fault.set(Arc::from(cause)).is_ok() {
-            eprintln!(
-                "ringfence: error: the journal failed at sequence {from}: {cause}; writes are \
+            tracing::error!(
+                target: "ringfence",
+                "the journal failed at sequence {from}: {cause}; writes are \
                  refused and reads are served from memory; restart `ringfence serve` once the \
                  cause is fixed"
             );
@@ -319,7 +324,7 @@ impl Shared {
     pub(crate) fn fail(&self, stage: &'static str, message: &str) {
         let failure = StageFailure { stage, message: Arc::from(message) };
         if self.failure.set(failure).is_ok() {
-            eprintln!("ringfence: stage `{stage}` failed, node stopped: {message}");
+            tracing::error!(target: "ringfence", "stage `{stage}` failed, node stopped: {message}");
         }
         self.closed.store(true, Ordering::Release);
         self.failed.store(true, Ordering::Release);

@@ -22,7 +22,7 @@ use super::session::{RingProducer, publish_one};
 use super::shared::{Shared, panic_message};
 use super::slot::{RingPoller, Slot, SlotKind, Visit};
 use super::stage::{Framed, Journal, Replicator, SnapshotHook, StageError};
-use super::wait::{Idler, pin_current};
+use super::wait::{Idler, QUIET_PARK_MAX, pin_current};
 use crate::command::{Command, Sequenced};
 use crate::engine::Engine;
 use crate::outcome::Outcome;
@@ -396,10 +396,17 @@ impl<H: SnapshotHook> Work for Blp<H> {
     }
 }
 
-/// Tells the timer when the engine's earliest payment deadline falls.
+/// Tells the timer when the engine's earliest payment deadline falls, waking it if that is
+/// earlier than before (it may be sleeping long, with no deadline set).
 pub(crate) fn publish_next_due(engine: &Engine, shared: &Shared) {
     let due = engine.next_deadline().map_or(u64::MAX, |deadline| deadline.0);
-    shared.next_due_ms.store(due, Ordering::Release);
+    let before = shared.next_due_ms.load(Ordering::Acquire);
+    if due != before {
+        shared.next_due_ms.store(due, Ordering::Release);
+    }
+    if due < before {
+        shared.timer_parker.wake();
+    }
 }
 
 /// The compact topology's single stage: per slot append, send, apply; per batch flush the
@@ -676,7 +683,14 @@ pub(crate) fn run_stage<P: RingPoller, W: Work>(
         match stage.step(shared) {
             Step::Idle => {
                 stage.idle(shared);
-                idler.idle(parker, || stage.has_available());
+                // Only a journal with appended records not yet flushed (`interval`) has work
+                // coming from the clock; otherwise only a producer or an upstream stage can
+                // bring any, and it wakes this thread.
+                if shared.appended.get() > shared.durable.get() {
+                    idler.idle(parker, || stage.has_available());
+                } else {
+                    idler.idle_quiet(parker, || stage.has_available());
+                }
             }
             Step::Worked(_) => idler.reset(),
             Step::Stopped => break,
@@ -715,13 +729,27 @@ pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) 
     }
 }
 
-/// The timer thread's body: every `period`, publish a tick if one is due, until intake closes.
+/// The timer thread's body: every `period` while a deadline is set, publish a tick if one is
+/// due, until intake closes. With no deadline set it sleeps up to [`QUIET_PARK_MAX`] at a
+/// time, woken at once when one is set (`publish_next_due`), so an idle node's timer costs
+/// a few wake-ups a second.
 pub(crate) fn run_timer(mut producer: RingProducer, shared: &Shared, period: Duration) {
+    shared.timer_parker.register_current();
     let mut next_check = Instant::now() + period;
     while !shared.is_closed() {
         let now = Instant::now();
         if now < next_check {
-            std::thread::park_timeout(next_check - now);
+            shared.timer_parker.prepare_sleep();
+            let quiet = shared.next_due_ms.load(Ordering::Acquire) == u64::MAX;
+            let wait = if quiet { QUIET_PARK_MAX } else { next_check - now };
+            if !shared.is_closed() {
+                std::thread::park_timeout(wait);
+            }
+            shared.timer_parker.awake();
+            if quiet && shared.next_due_ms.load(Ordering::Acquire) != u64::MAX {
+                // Woken for a new deadline: check it now, then every period.
+                next_check = Instant::now();
+            }
             continue;
         }
         // Fell behind (e.g. descheduled): check once now rather than in a burst.

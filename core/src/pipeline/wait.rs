@@ -73,6 +73,11 @@ impl Parker {
     }
 }
 
+/// The longest park of a waiter with nothing due on a timer ([`Idler::idle_quiet`]): the
+/// bound on a missed wake-up once the node is quiet. Parks grow to it by doubling from the
+/// strategy's `park_us_max`, so an idle node wakes a few times a second instead of a thousand.
+pub(crate) const QUIET_PARK_MAX: Duration = Duration::from_millis(200);
+
 /// An idle loop's state: call [`Idler::idle`] each time a poll finds nothing and
 /// [`Idler::reset`] when it finds work.
 pub(crate) struct Idler {
@@ -80,40 +85,81 @@ pub(crate) struct Idler {
     backoff: Backoff,
     /// When the backoff ran out in the current idle spell.
     yielding_since: Option<Instant>,
+    /// The next quiet park; back to the strategy's bound when work comes.
+    quiet_park: Duration,
 }
 
 impl Idler {
     pub(crate) fn new(strategy: WaitStrategy) -> Idler {
-        Idler { strategy, backoff: Backoff::new(), yielding_since: None }
+        let quiet_park = Idler::park_bound(strategy);
+        Idler { strategy, backoff: Backoff::new(), yielding_since: None, quiet_park }
     }
 
     pub(crate) fn reset(&mut self) {
         self.backoff.reset();
         self.yielding_since = None;
+        self.quiet_park = Idler::park_bound(self.strategy);
+    }
+
+    fn park_bound(strategy: WaitStrategy) -> Duration {
+        match strategy {
+            WaitStrategy::BusySpin => Duration::ZERO,
+            WaitStrategy::SpinThenPark { park_us_max, .. } => {
+                Duration::from_micros(u64::from(park_us_max))
+            }
+        }
+    }
+
+    /// [`Idler::idle`] for a waiter that has nothing due on a timer (no flush pending):
+    /// nothing but a wake-up can give it work, so each park in an idle spell may be twice the
+    /// last, up to [`QUIET_PARK_MAX`]. Wake-ups are never lost (see [`Parker`]); the bound
+    /// only limits the damage if one were.
+    pub(crate) fn idle_quiet(&mut self, parker: &Parker, has_work: impl FnOnce() -> bool) {
+        let park = self.quiet_park;
+        if self.idle_for(parker, has_work, park) {
+            self.quiet_park = (park * 2).min(QUIET_PARK_MAX.max(park));
+        }
+        assert!(self.quiet_park <= QUIET_PARK_MAX.max(Idler::park_bound(self.strategy)));
     }
 
     /// Waits a little: spins; or snoozes, yields for the strategy's window, then parks until
     /// `parker` is woken (or the strategy's bound passes). `has_work` is re-checked after
     /// announcing the sleep.
     pub(crate) fn idle(&mut self, parker: &Parker, has_work: impl FnOnce() -> bool) {
+        let bound = Idler::park_bound(self.strategy);
+        self.idle_for(parker, has_work, bound);
+    }
+
+    /// One step of an idle spell, parking for at most `park`; whether it parked.
+    fn idle_for(
+        &mut self,
+        parker: &Parker,
+        has_work: impl FnOnce() -> bool,
+        park: Duration,
+    ) -> bool {
         match self.strategy {
-            WaitStrategy::BusySpin => std::hint::spin_loop(),
-            WaitStrategy::SpinThenPark { yield_us, park_us_max } => {
+            WaitStrategy::BusySpin => {
+                std::hint::spin_loop();
+                false
+            }
+            WaitStrategy::SpinThenPark { yield_us, .. } => {
                 if !self.backoff.is_completed() {
                     self.backoff.snooze();
-                    return;
+                    return false;
                 }
                 let now = Instant::now();
                 let since = *self.yielding_since.get_or_insert(now);
                 if now.duration_since(since) < Duration::from_micros(u64::from(yield_us)) {
                     std::thread::yield_now();
-                    return;
+                    return false;
                 }
                 parker.prepare_sleep();
-                if !has_work() {
-                    std::thread::park_timeout(Duration::from_micros(u64::from(park_us_max)));
+                let parked = !has_work();
+                if parked {
+                    std::thread::park_timeout(park);
                 }
                 parker.awake();
+                parked
             }
         }
     }
@@ -125,8 +171,9 @@ pub(crate) fn pin_current(stage: &str, core: Option<usize>) {
     let Some(core) = core else { return };
     let known = core_affinity::get_core_ids().is_some_and(|ids| ids.iter().any(|id| id.id == core));
     if !known || !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-        eprintln!(
-            "ringfence: warning: could not pin stage `{stage}` to core {core}; running unpinned"
+        tracing::warn!(
+            target: "ringfence",
+            "could not pin stage `{stage}` to core {core}; running unpinned"
         );
     }
 }

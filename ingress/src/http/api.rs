@@ -1,21 +1,23 @@
 //! The JSON API: routes requests to engine commands and renders outcomes as JSON with statuses.
 //!
-//! Contract: `sku`, `user`, `batch` and quantities are JSON integers; `order_id` and `coupon_id`
-//! are decimal strings (snowflake ids exceed what JavaScript numbers hold exactly); times are
-//! milliseconds since the Unix epoch; errors are `{"error": "<snake_case_code>", "message":
-//! "..."}`. A retry with the same `request_id` gets the engine's original outcome, and since
-//! rendering depends on the outcome alone, the same status and body.
+//! Contract (`docs/openapi.yaml`, shapes in [`super::views`]): ids (`sku`, `user`, `batch`,
+//! `order_id`, `coupon_id`) are written as decimal strings and read as decimal strings or
+//! JSON integers; quantities are JSON integers; times are milliseconds since the Unix epoch;
+//! errors are `{"error": "<snake_case_code>", "message": "...", "field": "<name>"}`, `field`
+//! naming the request field at fault where there is one. A retry with the same `request_id`
+//! gets the engine's original outcome, and since rendering depends on the outcome alone, the
+//! same status and body.
 
 use ringfence_core::{
-    Action, BatchId, BatchView, Command, CouponId, CouponState, CouponView, CreateCouponBatch,
-    CreateSku, OrderId, OrderView, Outcome, Query, Rejection, RequestKey, Reserve, SkuId, SkuView,
-    Timestamp, UserId,
+    Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, OrderId, Outcome, Query,
+    Rejection, RequestKey, Reserve, SkuId, Timestamp, UserId,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::listing::{PageRequest, parse_page_request};
+use super::views::{self, ErrorJson, Id, OutcomeJson};
 use super::{Request, Response};
 use crate::keys;
 use crate::roles::{Caller, Need, Role, call_need};
@@ -33,8 +35,13 @@ pub enum Call {
     Node,
     /// `GET /metrics`.
     Metrics,
-    /// `POST /v1/admin/promote`: make this standby the primary.
-    Promote,
+    /// `GET /openapi.yaml`: the API's description.
+    OpenApi,
+    /// `GET /v1/skus`: one page of the catalogue ([`super::listing`]).
+    ListSkus(PageRequest),
+    /// `POST /v1/admin/promote`: make this standby the primary; a retry with the same
+    /// request key answers the first promotion's result.
+    Promote(Option<RequestKey>),
     /// `POST /v1/admin/replication`: switch replication's ack mode.
     SetReplicationMode(ReplicationMode),
 }
@@ -198,28 +205,35 @@ fn parse_call(request: &Request<'_>, is_admin: bool, mint: &mut KeyMint) -> Resu
         ("GET", ["health"]) => Call::Health,
         ("GET", ["ready"]) => Call::Ready,
         ("GET", ["metrics"]) => Call::Metrics,
+        ("GET", ["openapi.yaml"]) => Call::OpenApi,
         ("GET", ["v1", "node"]) => Call::Node,
-        ("GET", ["v1", "skus", sku]) => query(Query::Sku(SkuId(integer(sku, "sku")?))),
-        ("GET", ["v1", "orders", id]) => query(Query::Order(OrderId(integer(id, "order_id")?))),
-        ("GET", ["v1", "coupons", id]) => query(Query::Coupon(CouponId(integer(id, "coupon_id")?))),
+        ("GET", ["v1", "skus"]) => Call::ListSkus(parse_page_request(request.query)?),
+        ("GET", ["v1", "skus", sku]) => query(Query::Sku(SkuId(path_id(sku, "sku")?))),
+        ("GET", ["v1", "orders", id]) => query(Query::Order(OrderId(path_id(id, "order_id")?))),
+        ("GET", ["v1", "coupons", id]) => query(Query::Coupon(CouponId(path_id(id, "coupon_id")?))),
         ("GET", ["v1", "coupon-batches", id]) => {
-            query(Query::Batch(BatchId(integer(id, "batch")?)))
+            query(Query::Batch(BatchId(path_id(id, "batch")?)))
         }
         ("POST", ["v1", "orders"]) => reserve(body)?,
         ("POST", ["v1", "orders", id, verb]) => {
-            let order = OrderId(integer(id, "order_id")?);
+            let order = OrderId(path_id(id, "order_id")?);
             order_call(order, verb, body, is_admin, mint)?
         }
         ("POST", ["v1", "coupons", "claim"]) => claim(body)?,
         ("POST", ["v1", "skus"]) => create_sku(body, mint)?,
         ("POST", ["v1", "skus", sku, verb]) => {
-            sku_call(SkuId(integer(sku, "sku")?), verb, body, mint)?
+            sku_call(SkuId(path_id(sku, "sku")?), verb, body, mint)?
         }
         ("POST", ["v1", "coupon-batches"]) => create_batch(body, mint)?,
-        ("POST", ["v1", "admin", "snapshot"]) => Call::Submit(Command::Snapshot),
+        ("POST", ["v1", "admin", "snapshot"]) => {
+            let body: AdminBody = parse_body(body)?;
+            check_request_id(body.request_id.as_deref())?;
+            Call::Submit(Command::Snapshot)
+        }
         ("POST", ["v1", "admin", "promote"]) => {
-            let EmptyBody {} = parse_body(body)?;
-            Call::Promote
+            let body: AdminBody = parse_body(body)?;
+            let request = body.request_id.as_deref().map(client_key).transpose()?;
+            Call::Promote(request)
         }
         ("POST", ["v1", "admin", "replication"]) => replication_mode(body)?,
         (_, path) if is_known_path(path) => {
@@ -236,6 +250,7 @@ fn is_known_path(path: &[&str]) -> bool {
         ["health"]
             | ["ready"]
             | ["metrics"]
+            | ["openapi.yaml"]
             | ["v1", "node"]
             | ["v1", "skus", ..]
             | ["v1", "orders", ..]
@@ -249,33 +264,66 @@ fn query(query: Query) -> Call {
     Call::Submit(Command::Query(query))
 }
 
-fn integer(text: &str, what: &str) -> Result<u64, Response> {
-    // `u64::from_str` accepts a leading '+'; the contract says digits only.
-    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(&format!("`{what}` must be a decimal integer, got {text:?}")));
-    }
-    text.parse().map_err(|_| invalid(&format!("`{what}` {text} is out of range")))
+/// An id in the path: digits only.
+fn path_id(text: &str, field: &'static str) -> Result<u64, Response> {
+    views::parse_decimal(text).map_err(|why| invalid(field, &format!("`{field}`: {why}")))
 }
 
-fn invalid(message: &str) -> Response {
-    Response::error(400, "invalid_request", message)
+/// A 400 `invalid_argument` naming the request field at fault.
+fn invalid(field: &str, message: &str) -> Response {
+    Response::error_json(400, &ErrorJson::new("invalid_argument", message).with_field(field))
 }
 
+/// Longest client-supplied field name echoed back in an error.
+const FIELD_NAME_ECHO_MAX: usize = 64;
+
+/// Parses a body, naming the field at fault when one is: the path of a value of the wrong
+/// type or range, or the field a message names (missing or unknown).
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
     let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
-    serde_json::from_slice(body).map_err(|error| {
-        if error.is_syntax() || error.is_eof() {
-            Response::error(400, "malformed_json", &format!("body is not JSON: {error}"))
-        } else {
-            invalid(&error.to_string())
+    let malformed = |error: &serde_json::Error| {
+        Response::error(400, "malformed_json", &format!("body is not JSON: {error}"))
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner = error.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return malformed(inner);
         }
-    })
+        let message = inner.to_string();
+        let path = error.path().to_string();
+        // Bodies are flat objects: a path that is not one field name names no field.
+        let is_field = path.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let field = if path == "." { backticked(&message) } else { is_field.then_some(path) };
+        match field {
+            Some(field) => {
+                invalid(&field.chars().take(FIELD_NAME_ECHO_MAX).collect::<String>(), &message)
+            }
+            None => Response::error(400, "invalid_request", &message),
+        }
+    })?;
+    deserializer.end().map_err(|error| malformed(&error))?;
+    Ok(value)
+}
+
+/// The first name quoted in backticks in a serde message (`missing field `qty``).
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_owned())
+}
+
+fn check_request_id(request_id: Option<&str>) -> Result<(), Response> {
+    match request_id {
+        Some(request_id) => client_key(request_id).map(|_| ()),
+        None => Ok(()),
+    }
 }
 
 fn client_key(request_id: &str) -> Result<RequestKey, Response> {
     let chars = request_id.chars().count();
     if chars == 0 || chars > keys::KEY_STRING_LEN_MAX {
-        return Err(invalid("`request_id` must be 1 to 64 characters"));
+        return Err(invalid("request_id", "`request_id` must be 1 to 64 characters"));
     }
     Ok(keys::request_key(request_id))
 }
@@ -287,37 +335,72 @@ fn admin_key(request_id: Option<&str>, mint: &mut KeyMint) -> Result<RequestKey,
     }
 }
 
-fn decimal_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let Some(text) = Option::<String>::deserialize(d)? else { return Ok(None) };
-    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(serde::de::Error::custom(format!(
-            "expected a decimal string id, got {text:?}"
-        )));
+/// The field of an argument the engine refuses as `invalid_argument`, named before the
+/// command is submitted; the checks mirror the engine's, in its order (a test holds the two
+/// together). Quantities are the engine's to judge (`invalid_qty`, whose field is `qty`).
+#[must_use]
+pub fn invalid_argument(action: &Action) -> Option<&'static str> {
+    match action {
+        Action::CreateSku(create) => {
+            let window_empty = matches!((create.sale_start, create.sale_end),
+                (Some(start), Some(end)) if end <= start);
+            if create.sku.0 == 0 {
+                Some("sku")
+            } else if create.payment_timeout_ms == 0 {
+                Some("payment_timeout_ms")
+            } else if window_empty {
+                Some("sale_end_ms")
+            } else {
+                None
+            }
+        }
+        Action::CreateCouponBatch(create) => {
+            if create.batch.0 == 0 {
+                Some("batch")
+            } else if create.quantity == 0 {
+                Some("quantity")
+            } else if create.valid_until <= create.valid_from {
+                Some("valid_until_ms")
+            } else {
+                None
+            }
+        }
+        // A zero quantity is refused first, as `invalid_qty`.
+        Action::Reserve(reserve) if reserve.qty != 0 && reserve.user.0 == 0 => Some("user"),
+        Action::ClaimCoupon { user, .. } if user.0 == 0 => Some("user"),
+        _ => None,
     }
-    text.parse().map(Some).map_err(|_| serde::de::Error::custom("id out of range"))
+}
+
+/// A client command, once its arguments pass the checks that name a field.
+fn submit(key: RequestKey, action: Action) -> Result<Call, Response> {
+    if let Some(field) = invalid_argument(&action) {
+        let message = format!("`{field}` is out of range (see docs/openapi.yaml)");
+        return Err(invalid(field, &message));
+    }
+    Ok(Call::Submit(Command::Client { key, action }))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReserveBody {
     request_id: String,
-    user: u64,
-    sku: u64,
+    user: Id,
+    sku: Id,
     qty: u32,
-    #[serde(default, deserialize_with = "decimal_id")]
-    coupon_id: Option<u64>,
+    coupon_id: Option<Id>,
 }
 
 fn reserve(body: &[u8]) -> Result<Call, Response> {
     let body: ReserveBody = parse_body(body)?;
     let reserve = Reserve {
-        user: UserId(body.user),
-        sku: SkuId(body.sku),
+        user: UserId(body.user.0),
+        sku: SkuId(body.sku.0),
         qty: body.qty,
-        coupon: body.coupon_id.map(CouponId),
+        coupon: body.coupon_id.map(|c| CouponId(c.0)),
     };
     let key = client_key(&body.request_id)?;
-    Ok(Call::Submit(Command::Client { key, action: Action::Reserve(reserve) }))
+    submit(key, Action::Reserve(reserve))
 }
 
 #[derive(Deserialize)]
@@ -332,7 +415,7 @@ struct PayBody {
 #[serde(deny_unknown_fields)]
 struct UserBody {
     request_id: Option<String>,
-    user: Option<u64>,
+    user: Option<Id>,
 }
 
 fn order_call(
@@ -346,7 +429,7 @@ fn order_call(
         "pay" => {
             let body: PayBody = parse_body(body)?;
             if !keys::is_valid_key_string(&body.payment_ref) {
-                return Err(invalid("`payment_ref` must be 1 to 64 bytes"));
+                return Err(invalid("payment_ref", "`payment_ref` must be 1 to 64 bytes"));
             }
             let payment_ref = keys::payment_ref(&body.payment_ref);
             let key = client_key(&body.request_id)?;
@@ -356,15 +439,15 @@ fn order_call(
             let body: UserBody = parse_body(body)?;
             match (verb, body.user) {
                 ("cancel", Some(user)) => {
-                    (user_key(&body.request_id)?, Action::Cancel { order, user: UserId(user) })
+                    (user_key(&body.request_id)?, Action::Cancel { order, user: UserId(user.0) })
                 }
                 ("complete", Some(user)) => {
-                    (user_key(&body.request_id)?, Action::Complete { order, user: UserId(user) })
+                    (user_key(&body.request_id)?, Action::Complete { order, user: UserId(user.0) })
                 }
                 ("cancel", None) if is_admin => {
                     (admin_key(body.request_id.as_deref(), mint)?, Action::AdminCancel { order })
                 }
-                _ => return Err(invalid("missing field `user`")),
+                _ => return Err(invalid("user", "missing field `user`")),
             }
         }
         "ship" | "refund" => {
@@ -376,13 +459,13 @@ fn order_call(
         }
         _ => return Err(Response::error(404, "not_found", "no such order action")),
     };
-    Ok(Call::Submit(Command::Client { key, action }))
+    submit(key, action)
 }
 
 fn user_key(request_id: &Option<String>) -> Result<RequestKey, Response> {
     match request_id {
         Some(request_id) => client_key(request_id),
-        None => Err(invalid("missing field `request_id`")),
+        None => Err(invalid("request_id", "missing field `request_id`")),
     }
 }
 
@@ -414,14 +497,14 @@ fn sku_call(sku: SkuId, verb: &str, body: &[u8], mint: &mut KeyMint) -> Result<C
         _ => return Err(Response::error(404, "not_found", "no such SKU action")),
     };
     let key = admin_key(request_id.as_deref(), mint)?;
-    Ok(Call::Submit(Command::Client { key, action }))
+    submit(key, action)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateSkuBody {
     request_id: Option<String>,
-    sku: u64,
+    sku: Id,
     stock: u32,
     price_cents: u64,
     #[serde(default)]
@@ -434,7 +517,7 @@ struct CreateSkuBody {
 fn create_sku(body: &[u8], mint: &mut KeyMint) -> Result<Call, Response> {
     let body: CreateSkuBody = parse_body(body)?;
     let create = CreateSku {
-        sku: SkuId(body.sku),
+        sku: SkuId(body.sku.0),
         stock: body.stock,
         price_cents: body.price_cents,
         per_user_limit: body.per_user_limit,
@@ -443,14 +526,14 @@ fn create_sku(body: &[u8], mint: &mut KeyMint) -> Result<Call, Response> {
         sale_end: body.sale_end_ms.map(Timestamp),
     };
     let key = admin_key(body.request_id.as_deref(), mint)?;
-    Ok(Call::Submit(Command::Client { key, action: Action::CreateSku(create) }))
+    submit(key, Action::CreateSku(create))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBatchBody {
     request_id: Option<String>,
-    batch: u64,
+    batch: Id,
     quantity: u32,
     #[serde(default)]
     per_user_limit: u32,
@@ -464,7 +547,7 @@ struct CreateBatchBody {
 fn create_batch(body: &[u8], mint: &mut KeyMint) -> Result<Call, Response> {
     let body: CreateBatchBody = parse_body(body)?;
     let create = CreateCouponBatch {
-        batch: BatchId(body.batch),
+        batch: BatchId(body.batch.0),
         quantity: body.quantity,
         per_user_limit: body.per_user_limit,
         discount_cents: body.discount_cents,
@@ -473,27 +556,26 @@ fn create_batch(body: &[u8], mint: &mut KeyMint) -> Result<Call, Response> {
         valid_until: Timestamp(body.valid_until_ms),
     };
     let key = admin_key(body.request_id.as_deref(), mint)?;
-    Ok(Call::Submit(Command::Client { key, action: Action::CreateCouponBatch(create) }))
+    submit(key, Action::CreateCouponBatch(create))
 }
-
-/// A body that must be empty or `{}`: a field the call does not take is refused, not ignored.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmptyBody {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplicationBody {
+    /// Accepted so every admin call takes one; switching to a mode is idempotent by itself.
+    request_id: Option<String>,
     mode: String,
 }
 
 fn replication_mode(body: &[u8]) -> Result<Call, Response> {
     let body: ReplicationBody = parse_body(body)?;
+    check_request_id(body.request_id.as_deref())?;
     let mode = match body.mode.as_str() {
         "sync" => ReplicationMode::Sync,
         "async" => ReplicationMode::Async,
         other => {
-            return Err(invalid(&format!("`mode` must be \"sync\" or \"async\", got {other:?}")));
+            let message = format!("`mode` must be \"sync\" or \"async\", got {other:?}");
+            return Err(invalid("mode", &message));
         }
     };
     Ok(Call::SetReplicationMode(mode))
@@ -503,63 +585,40 @@ fn replication_mode(body: &[u8]) -> Result<Call, Response> {
 #[serde(deny_unknown_fields)]
 struct ClaimBody {
     request_id: String,
-    user: u64,
-    batch: u64,
+    user: Id,
+    batch: Id,
 }
 
 fn claim(body: &[u8]) -> Result<Call, Response> {
     let body: ClaimBody = parse_body(body)?;
     let key = client_key(&body.request_id)?;
-    let action = Action::ClaimCoupon { user: UserId(body.user), batch: BatchId(body.batch) };
-    Ok(Call::Submit(Command::Client { key, action }))
+    submit(key, Action::ClaimCoupon { user: UserId(body.user.0), batch: BatchId(body.batch.0) })
 }
 
 /// The response for an engine outcome: status from the outcome alone, body its JSON view.
 #[must_use]
 pub fn render_outcome(outcome: &Outcome) -> Response {
-    let (status, body) = match outcome {
-        Outcome::Rejected(rejection) => return render_rejection(*rejection),
-        Outcome::SkuCreated(view) => (201, sku_json(view)),
-        Outcome::Restocked(view) | Outcome::SaleChanged(view) | Outcome::Sku(view) => {
-            (200, sku_json(view))
-        }
-        Outcome::Reserved { order, expires_at, amount_cents } => (
-            201,
-            json!({
-                "order_id": order.0.to_string(),
-                "state": "reserved",
-                "expires_at_ms": expires_at.0,
-                "amount_cents": amount_cents,
-            }),
-        ),
-        Outcome::Paid { order } => (200, order_state_json(*order, "paid")),
-        Outcome::Cancelled { order } => (200, order_state_json(*order, "cancelled")),
-        Outcome::Shipped { order } => (200, order_state_json(*order, "shipped")),
-        Outcome::Completed { order } => (200, order_state_json(*order, "completed")),
-        Outcome::Refunded { order } => (200, order_state_json(*order, "refunded")),
-        Outcome::BatchCreated(view) => (201, batch_json(view)),
-        Outcome::Batch(view) => (200, batch_json(view)),
-        Outcome::CouponClaimed { coupon, batch, valid_until } => (
-            201,
-            json!({
-                "coupon_id": coupon.0.to_string(),
-                "batch": batch.0,
-                "state": "available",
-                "valid_until_ms": valid_until.0,
-            }),
-        ),
-        Outcome::Order(view) => (200, order_json(view)),
-        Outcome::Coupon(view) => (200, coupon_json(view)),
-        Outcome::SnapshotRequested { last_sequence, running_hash } => (
-            202,
-            json!({
-                "last_sequence": last_sequence.0,
-                "state_hash": format!("{running_hash:016x}"),
-            }),
-        ),
-        Outcome::Ticked { now } => (200, json!({ "now_ms": now.0 })),
-    };
-    Response::json(status, &body)
+    let response = Response::body(outcome_status(outcome), &OutcomeJson::from(outcome));
+    if *outcome == Outcome::Rejected(Rejection::CapacityExhausted) {
+        response.retry_after(1)
+    } else {
+        response
+    }
+}
+
+/// HTTP status of an outcome: 201 for what creates (a SKU, a batch, an order, a coupon), 202
+/// for a snapshot request, 200 for the rest of the successes.
+#[must_use]
+pub fn outcome_status(outcome: &Outcome) -> u16 {
+    match outcome {
+        Outcome::Rejected(rejection) => rejection_status(*rejection),
+        Outcome::SkuCreated(_)
+        | Outcome::Reserved { .. }
+        | Outcome::BatchCreated(_)
+        | Outcome::CouponClaimed { .. } => 201,
+        Outcome::SnapshotRequested { .. } => 202,
+        _ => 200,
+    }
 }
 
 /// HTTP status of a rejection.
@@ -578,142 +637,23 @@ pub fn rejection_status(rejection: Rejection) -> u16 {
     }
 }
 
-/// The API's error code of a rejection: the engine's code, except that the HTTP API speaks
-/// of request ids, not request keys.
+/// The API's error code of a rejection (see [`views::rejection_code`]).
 #[must_use]
 pub fn rejection_code(rejection: Rejection) -> &'static str {
-    match rejection {
-        Rejection::RequestKeyReused => "request_id_reused",
-        other => other.code(),
+    views::rejection_code(rejection)
+}
+
+/// The API's OpenAPI 3.1 description, `docs/openapi.yaml`, built into the binary so what a
+/// node serves is the document of its own build.
+pub const OPENAPI_YAML: &str = include_str!("../../../docs/openapi.yaml");
+
+/// `GET /openapi.yaml`.
+#[must_use]
+pub fn openapi_response() -> Response {
+    Response {
+        status: 200,
+        content_type: "application/yaml",
+        body: OPENAPI_YAML.as_bytes().to_vec(),
+        retry_after_s: None,
     }
-}
-
-fn rejection_message(rejection: Rejection) -> String {
-    match rejection {
-        Rejection::SoldOut => "not enough units (or coupons) left".into(),
-        Rejection::LimitExceeded => "the user would hold more than the per-user limit".into(),
-        Rejection::SaleNotOpen => "the sale has not started yet".into(),
-        Rejection::SaleClosed => "the sale has ended or was closed".into(),
-        Rejection::UnknownSku => "no SKU with that id".into(),
-        Rejection::UnknownOrder => "no such order".into(),
-        Rejection::UnknownCoupon => "no such coupon".into(),
-        Rejection::UnknownBatch => "no such coupon batch".into(),
-        Rejection::InvalidQty => {
-            "quantity is zero, above the per-order maximum, or overflows".into()
-        }
-        Rejection::CouponInvalid => {
-            "the coupon is not the buyer's, is locked, used or expired, or the order is too small"
-                .into()
-        }
-        Rejection::CapacityExhausted => {
-            "a table, or the user's share of it, is full; retry later".into()
-        }
-        Rejection::SkuExists => "a SKU with that id already exists".into(),
-        Rejection::BatchExists => "a coupon batch with that id already exists".into(),
-        Rejection::InvalidArgument => "a field is out of range".into(),
-        Rejection::InvalidState { current } => {
-            format!("the order is {} and cannot make this transition", current.name())
-        }
-        Rejection::PaymentConflict => "the order was paid with a different payment_ref".into(),
-        Rejection::WrongAmount { expected_cents } => {
-            format!("amount_cents must equal the order's amount, {expected_cents}")
-        }
-        Rejection::NotOwner => "the user is not the order's buyer".into(),
-        Rejection::RequestKeyReused => {
-            "this request_id was already used for a different request".into()
-        }
-        other => format!("refused: {}", other.code()),
-    }
-}
-
-fn render_rejection(rejection: Rejection) -> Response {
-    let mut body = json!({
-        "error": rejection_code(rejection),
-        "message": rejection_message(rejection),
-    });
-    match rejection {
-        Rejection::InvalidState { current } => body["current_state"] = json!(current.name()),
-        Rejection::WrongAmount { expected_cents } => body["expected_cents"] = json!(expected_cents),
-        _ => {}
-    }
-    let response = Response::json(rejection_status(rejection), &body);
-    if rejection == Rejection::CapacityExhausted { response.retry_after(1) } else { response }
-}
-
-fn order_state_json(order: OrderId, state: &str) -> Value {
-    json!({ "order_id": order.0.to_string(), "state": state })
-}
-
-/// JSON view of a SKU.
-#[must_use]
-pub fn sku_json(view: &SkuView) -> Value {
-    json!({
-        "sku": view.sku.0,
-        "stock": view.stock,
-        "available": view.available,
-        "reserved": view.reserved,
-        "sold": view.sold,
-        "price_cents": view.price_cents,
-        "per_user_limit": view.per_user_limit,
-        "open": view.open,
-        "payment_timeout_ms": view.payment_timeout_ms,
-        "sale_start_ms": view.sale_start.map(|t| t.0),
-        "sale_end_ms": view.sale_end.map(|t| t.0),
-    })
-}
-
-/// JSON view of an order. The payment reference is shown as the hex of its 16-byte hash.
-#[must_use]
-pub fn order_json(view: &OrderView) -> Value {
-    json!({
-        "order_id": view.order.0.to_string(),
-        "user": view.user.0,
-        "sku": view.sku.0,
-        "qty": view.qty,
-        "amount_cents": view.amount_cents,
-        "state": view.state.name(),
-        "created_at_ms": view.created_at.0,
-        "expires_at_ms": view.expires_at.0,
-        "coupon_id": view.coupon.map(|c| c.0.to_string()),
-        "payment_ref_hash": view.payment_ref.map(|r| hex(&r.0)),
-    })
-}
-
-/// JSON view of a coupon batch.
-#[must_use]
-pub fn batch_json(view: &BatchView) -> Value {
-    json!({
-        "batch": view.batch.0,
-        "quantity": view.quantity,
-        "remaining": view.remaining,
-        "per_user_limit": view.per_user_limit,
-        "discount_cents": view.discount_cents,
-        "min_amount_cents": view.min_amount_cents,
-        "valid_from_ms": view.valid_from.0,
-        "valid_until_ms": view.valid_until.0,
-    })
-}
-
-/// JSON view of a claimed coupon.
-#[must_use]
-pub fn coupon_json(view: &CouponView) -> Value {
-    let (state, order) = match view.state {
-        CouponState::Available => ("available", None),
-        CouponState::Locked(order) => ("locked", Some(order)),
-        CouponState::Used(order) => ("used", Some(order)),
-        CouponState::Expired => ("expired", None),
-    };
-    json!({
-        "coupon_id": view.coupon.0.to_string(),
-        "batch": view.batch.0,
-        "user": view.user.0,
-        "state": state,
-        "order_id": order.map(|o| o.0.to_string()),
-        "discount_cents": view.discount_cents,
-        "valid_until_ms": view.valid_until.0,
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -16,6 +16,8 @@
 //! [`CONTINUE`] once; a declared body over the limit is refused with 413 before that, at once.
 
 pub mod api;
+pub mod listing;
+pub mod views;
 
 /// Most headers accepted in one request.
 pub const HEADERS_MAX: usize = 32;
@@ -97,6 +99,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The request target without the query string.
     pub path: &'a str,
+    /// The query string (after `?`), empty when there is none.
+    pub query: &'a str,
     /// The bearer token from `Authorization: Bearer ...`, if any.
     pub bearer: Option<&'a [u8]>,
     /// Whether the connection stays open after the response.
@@ -153,7 +157,7 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
     }
     let method = parsed.method.unwrap_or_default();
     let target = parsed.path.unwrap_or_default();
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let http_10 = parsed.version == Some(0);
     let mut head = Head {
         keep_alive: !http_10,
@@ -181,6 +185,7 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
     let request = Request {
         method,
         path,
+        query,
         bearer: head.bearer,
         keep_alive: head.keep_alive,
         body: &buffer[head_len..total],
@@ -295,7 +300,13 @@ impl Response {
     /// A JSON response.
     #[must_use]
     pub fn json(status: u16, body: &serde_json::Value) -> Response {
-        let mut bytes = serde_json::to_vec(body).expect("JSON values always serialize");
+        Response::body(status, body)
+    }
+
+    /// A JSON response from any of the API's views ([`views`]).
+    #[must_use]
+    pub fn body<T: serde::Serialize + ?Sized>(status: u16, body: &T) -> Response {
+        let mut bytes = serde_json::to_vec(body).expect("the API's views always serialize");
         bytes.push(b'\n');
         Response { status, content_type: "application/json", body: bytes, retry_after_s: None }
     }
@@ -304,6 +315,12 @@ impl Response {
     #[must_use]
     pub fn error(status: u16, code: &str, message: &str) -> Response {
         Response::json(status, &serde_json::json!({ "error": code, "message": message }))
+    }
+
+    /// An error naming more than its code and message (e.g. the field at fault).
+    #[must_use]
+    pub fn error_json(status: u16, error: &views::ErrorJson) -> Response {
+        Response::body(status, error)
     }
 
     /// Adds a `Retry-After` header.

@@ -27,6 +27,10 @@ fn call(bytes: &[u8], bearer_ok: bool) -> Result<Call, Response> {
     route(&request, Some(&token), &mut KeyMint::new(1))
 }
 
+fn error_body(response: &Response) -> serde_json::Value {
+    serde_json::from_slice(&response.body).unwrap()
+}
+
 fn error_code(response: &Response) -> String {
     let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
     value["error"].as_str().unwrap().to_owned()
@@ -44,11 +48,11 @@ fn reserve_maps_to_the_engine_command() {
 }
 
 #[test]
-fn coupon_ids_are_decimal_strings() {
-    // Goal: coupon_id is accepted as a decimal string and refused as a number.
+fn ids_are_read_as_decimal_strings_or_integers() {
+    // Goal: every id in a body is taken in either spelling, up to 2^64 - 1, and nothing else.
     let ok = post(
         "/v1/orders",
-        r#"{"request_id":"r","user":7,"sku":1,"qty":1,"coupon_id":"18446744073709551615"}"#,
+        r#"{"request_id":"r","user":"7","sku":1,"qty":1,"coupon_id":"18446744073709551615"}"#,
         None,
     );
     let Call::Submit(Command::Client { action: Action::Reserve(r), .. }) =
@@ -56,32 +60,88 @@ fn coupon_ids_are_decimal_strings() {
     else {
         panic!("not a reserve")
     };
-    assert_eq!(r.coupon.unwrap().0, u64::MAX);
-    let bad =
+    assert_eq!((r.user.0, r.coupon.unwrap().0), (7, u64::MAX));
+    let as_number =
         post("/v1/orders", r#"{"request_id":"r","user":7,"sku":1,"qty":1,"coupon_id":5}"#, None);
-    assert_eq!(error_code(&call(&bad, false).unwrap_err()), "invalid_request");
+    assert!(call(&as_number, false).is_ok());
+    let signed = post("/v1/orders", r#"{"request_id":"r","user":7,"sku":"+1","qty":1}"#, None);
+    let refused = error_body(&call(&signed, false).unwrap_err());
+    assert_eq!(
+        (refused["error"].as_str(), refused["field"].as_str()),
+        (Some("invalid_argument"), Some("sku"))
+    );
 }
 
 #[test]
-fn bad_json_wrong_types_and_missing_fields_are_400() {
-    // Goal: every malformed body gets a 400 with a code saying which kind of mistake it is.
+fn bad_json_wrong_types_and_missing_fields_are_400_naming_the_field() {
+    // Goal: every malformed body gets a 400 with a code saying which kind of mistake it is,
+    // and the request field at fault whenever there is one.
     let cases = [
-        (r#"{"request_id":"r","user":7,"sku":1"#, "malformed_json"),
-        (r#"{"request_id":"r","user":"7","sku":1,"qty":1}"#, "invalid_request"),
-        (r#"{"request_id":"r","user":7,"sku":1}"#, "invalid_request"),
-        (r#"{"request_id":"r","user":7,"sku":1,"qty":-1}"#, "invalid_request"),
-        (r#"{"request_id":"r","user":7,"sku":1,"qty":1.5}"#, "invalid_request"),
-        (r#"{"request_id":"","user":7,"sku":1,"qty":1}"#, "invalid_request"),
-        (r#"{"request_id":"r","user":7,"sku":1,"qty":1,"extra":1}"#, "invalid_request"),
-        (r#"[1,2,3]"#, "invalid_request"),
+        (r#"{"request_id":"r","user":7,"sku":1"#, "malformed_json", None),
+        (r#"{"request_id":"r","user":true,"sku":1,"qty":1}"#, "invalid_argument", Some("user")),
+        (r#"{"request_id":"r","user":7,"sku":1}"#, "invalid_argument", Some("qty")),
+        (r#"{"request_id":"r","user":7,"sku":1,"qty":-1}"#, "invalid_argument", Some("qty")),
+        (r#"{"request_id":"r","user":7,"sku":1,"qty":1.5}"#, "invalid_argument", Some("qty")),
+        (r#"{"request_id":"","user":7,"sku":1,"qty":1}"#, "invalid_argument", Some("request_id")),
+        (
+            r#"{"request_id":"r","user":7,"sku":1,"qty":1,"extra":1}"#,
+            "invalid_argument",
+            Some("extra"),
+        ),
+        (r#"{"request_id":"r","user":0,"sku":1,"qty":1}"#, "invalid_argument", Some("user")),
+        (r#"{"request_id":"r","user":7,"sku":1,"qty":1} x"#, "malformed_json", None),
+        (r#"[1,2,3]"#, "invalid_request", None),
     ];
-    for (body, code) in cases {
+    for (body, code, field) in cases {
         let response = call(&post("/v1/orders", body, None), false).unwrap_err();
         assert_eq!(response.status, 400, "{body}");
-        assert_eq!(error_code(&response), code, "{body}");
+        let error = error_body(&response);
+        assert_eq!(
+            (error["error"].as_str(), error["field"].as_str()),
+            (Some(code), field),
+            "{body}"
+        );
     }
     let long_id = format!(r#"{{"request_id":"{}","user":7,"sku":1,"qty":1}}"#, "x".repeat(65));
     assert_eq!(call(&post("/v1/orders", &long_id, None), false).unwrap_err().status, 400);
+    let bad_path = call(b"GET /v1/orders/12x HTTP/1.1\r\n\r\n", false).unwrap_err();
+    assert_eq!(error_body(&bad_path)["field"], "order_id");
+}
+
+#[test]
+fn arguments_the_engine_refuses_are_named_before_submission() {
+    // Goal: `invalid_argument` names the field for every argument check of the engine.
+    let admin = |path: &str, body: &str| call(&post(path, body, Some("secret")), true);
+    let cases = [
+        ("/v1/skus", r#"{"sku":0,"stock":1,"price_cents":1,"payment_timeout_ms":1}"#, "sku"),
+        (
+            "/v1/skus",
+            r#"{"sku":1,"stock":1,"price_cents":1,"payment_timeout_ms":0}"#,
+            "payment_timeout_ms",
+        ),
+        (
+            "/v1/skus",
+            concat!(
+                r#"{"sku":1,"stock":1,"price_cents":1,"payment_timeout_ms":1,"#,
+                r#""sale_start_ms":5,"sale_end_ms":5}"#
+            ),
+            "sale_end_ms",
+        ),
+        (
+            "/v1/coupon-batches",
+            r#"{"batch":1,"quantity":0,"discount_cents":1,"valid_from_ms":1,"valid_until_ms":2}"#,
+            "quantity",
+        ),
+        ("/v1/coupons/claim", r#"{"request_id":"c","user":0,"batch":1}"#, "user"),
+    ];
+    for (path, body, field) in cases {
+        let refused = error_body(&admin(path, body).unwrap_err());
+        assert_eq!(
+            (refused["error"].as_str(), refused["field"].as_str()),
+            (Some("invalid_argument"), Some(field)),
+            "{body}"
+        );
+    }
 }
 
 #[test]
@@ -104,11 +164,14 @@ fn replication_admin_routes_need_the_token_and_a_known_mode() {
     // Goal: promote and the mode switch are admin calls that never reach the engine; the mode
     // must be `sync` or `async`, and promote takes no fields.
     let promote = post("/v1/admin/promote", "", Some("secret"));
-    assert_eq!(call(&promote, true).unwrap(), Call::Promote);
+    assert_eq!(call(&promote, true).unwrap(), Call::Promote(None));
     assert_eq!(
         call(&post("/v1/admin/promote", "{}", Some("secret")), true).unwrap(),
-        Call::Promote
+        Call::Promote(None)
     );
+    let keyed = post("/v1/admin/promote", r#"{"request_id":"p-1"}"#, Some("secret"));
+    let key = crate::keys::request_key("p-1");
+    assert_eq!(call(&keyed, true).unwrap(), Call::Promote(Some(key)));
     assert_eq!(call(&post("/v1/admin/promote", "", None), true).unwrap_err().status, 401);
     let extra = post("/v1/admin/promote", r#"{"epoch":3}"#, Some("secret"));
     assert_eq!(call(&extra, true).unwrap_err().status, 400);
@@ -458,5 +521,175 @@ proptest! {
         prop_assert!((200..600).contains(&response.status));
         let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
         prop_assert_eq!(value.get("error").is_some(), outcome.is_rejected());
+    }
+}
+
+/// Actions whose argument fields are drawn from tiny ranges, so zeros and empty windows are
+/// common.
+fn argument_action() -> impl Strategy<Value = Action> {
+    let small = || 0u64..3;
+    prop_oneof![
+        (small(), small(), small(), small()).prop_map(|(sku, timeout, start, end)| {
+            Action::CreateSku(ringfence_core::CreateSku {
+                sku: SkuId(sku),
+                stock: 1,
+                price_cents: 1,
+                per_user_limit: 0,
+                payment_timeout_ms: timeout,
+                sale_start: (start > 0).then_some(Timestamp(start)),
+                sale_end: (end > 0).then_some(Timestamp(end)),
+            })
+        }),
+        (small(), 0u32..3, small(), small()).prop_map(|(batch, quantity, from, until)| {
+            Action::CreateCouponBatch(ringfence_core::CreateCouponBatch {
+                batch: ringfence_core::BatchId(batch),
+                quantity,
+                per_user_limit: 0,
+                discount_cents: 1,
+                min_amount_cents: 0,
+                valid_from: Timestamp(from),
+                valid_until: Timestamp(until),
+            })
+        }),
+        (small(), small(), 0u32..3).prop_map(|(user, sku, qty)| {
+            Action::Reserve(Reserve { user: UserId(user), sku: SkuId(sku), qty, coupon: None })
+        }),
+        (small(), small()).prop_map(|(user, batch)| Action::ClaimCoupon {
+            user: UserId(user),
+            batch: ringfence_core::BatchId(batch),
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn the_fields_named_before_submission_are_the_engines_invalid_arguments(
+        actions in proptest::collection::vec(argument_action(), 1..40),
+    ) {
+        // Goal: the HTTP layer names a field exactly when the engine would refuse the command
+        // as `invalid_argument`, so the two checks cannot drift apart.
+        let mut engine = ringfence_core::Engine::new(ringfence_core::EngineConfig::small());
+        for (n, action) in actions.into_iter().enumerate() {
+            let sequence = n as u64 + 1;
+            let key = ringfence_core::RequestKey::from_u128(u128::from(sequence));
+            let outcome = engine.apply(&ringfence_core::Sequenced {
+                sequence: ringfence_core::Sequence(sequence),
+                timestamp: Timestamp(1),
+                command: Command::Client { key, action },
+            });
+            let refused = outcome == Outcome::Rejected(Rejection::InvalidArgument);
+            prop_assert_eq!(
+                super::api::invalid_argument(&action).is_some(),
+                refused,
+                "{:?} -> {:?}",
+                action,
+                outcome
+            );
+        }
+    }
+}
+
+/// The `(method, path template)` pairs `docs/openapi.yaml` describes, read from its `paths:`
+/// section by indentation (two spaces for a path, four for a method).
+fn documented_routes() -> Vec<(String, String)> {
+    let mut routes = Vec::new();
+    let mut path = None;
+    let mut in_paths = false;
+    for line in super::api::OPENAPI_YAML.lines() {
+        if !line.starts_with(' ') {
+            in_paths = line == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  /").and_then(|rest| rest.strip_suffix(':')) {
+            path = Some(format!("/{p}"));
+        } else if let Some(method) = line.strip_prefix("    ").and_then(|m| m.strip_suffix(':')) {
+            if ["get", "post", "put", "delete", "patch"].contains(&method) {
+                let path = path.clone().expect("a method under a path");
+                routes.push((method.to_uppercase(), path));
+            }
+        }
+    }
+    routes
+}
+
+/// A concrete path for a template: every `{id}` parameter becomes `12`.
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|segment| if segment.starts_with('{') { "12" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn is_routed(method: &str, path: &str) -> bool {
+    let request = format!("{method} {path} HTTP/1.1\r\n\r\n");
+    let (request, _) = try_request(request.as_bytes(), Limits::default()).unwrap().unwrap();
+    match route(&request, Some(&AdminToken::new("secret")), &mut KeyMint::new(0)) {
+        Ok(_) => true,
+        Err(response) => !matches!(response.status, 404 | 405),
+    }
+}
+
+#[test]
+fn the_router_serves_exactly_the_routes_the_openapi_document_describes() {
+    // Goal: every documented operation is routed, and every method on every path the
+    // document or a near miss names is routed only if documented: the two cannot drift.
+    let documented = documented_routes();
+    assert!(documented.len() >= 25, "{documented:?}");
+    let mut paths: Vec<String> = documented.iter().map(|(_, p)| concrete(p)).collect();
+    paths.extend(
+        ["/", "/v1", "/v1/admin", "/v1/orders/12/fly", "/v1/skus/12/drop", "/v2/skus"]
+            .map(String::from),
+    );
+    paths.extend(["/v1/coupons/12/x", "/v1/admin/shutdown", "/openapi.json"].map(String::from));
+    for path in &paths {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            let is_documented = documented.iter().any(|(m, p)| m == method && concrete(p) == *path);
+            // `/v1/coupons/claim` is a literal path: GET on it reads a coupon id "claim" (400).
+            let literal_shadow = path == "/v1/coupons/claim" && method == "GET";
+            assert_eq!(is_routed(method, path), is_documented || literal_shadow, "{method} {path}");
+        }
+    }
+}
+
+#[test]
+fn every_error_code_the_api_can_answer_is_in_the_document() {
+    // Goal: a client generated from the document knows every `error` code it can meet.
+    let start = super::api::OPENAPI_YAML.find("    ErrorCode:").unwrap();
+    let end = start + super::api::OPENAPI_YAML[start..].find("    Error:").unwrap();
+    let listed = &super::api::OPENAPI_YAML[start..end];
+    let listed: Vec<&str> = listed
+        .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut codes: Vec<&str> = (0..=255u8)
+        .filter_map(|tag| ringfence_core::codec::decode_outcome(&[0x12, tag]).ok())
+        .filter_map(|outcome| match outcome {
+            Outcome::Rejected(rejection) => Some(super::api::rejection_code(rejection)),
+            _ => None,
+        })
+        .collect();
+    assert!(codes.len() >= 17, "every one-byte rejection decoded: {codes:?}");
+    let with_fields = [
+        Rejection::InvalidState { current: OrderState::Paid },
+        Rejection::WrongAmount { expected_cents: 1 },
+    ];
+    codes.extend(with_fields.map(super::api::rejection_code));
+    let framing = [
+        HttpError::Malformed(String::new()),
+        HttpError::HeadersTooLarge(1),
+        HttpError::TooManyHeaders,
+        HttpError::BodyTooLarge { length: 1, max: 0 },
+        HttpError::TransferEncoding,
+        HttpError::DuplicateContentLength,
+        HttpError::InvalidContentLength(String::new()),
+        HttpError::TransferEncodingWithContentLength,
+    ];
+    codes.extend(framing.iter().map(|error| error.status_and_code().1));
+    for code in codes {
+        assert!(listed.contains(&code), "error code {code} is not in ErrorCode");
     }
 }

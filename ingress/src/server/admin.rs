@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use ringfence_core::RequestKey;
 use serde_json::json;
 
 use super::Server;
@@ -13,9 +14,20 @@ use crate::http::api::ReplicationMode;
 
 impl<B: Backend> Server<B> {
     /// `POST /v1/admin/promote`: 200 with the new epoch, 409 on a node that is already
-    /// primary, 503 when the promotion failed (or there is no replication to promote).
-    pub(super) fn promote_response(&mut self, now: Instant) -> Response {
-        if self.backend.status().info.primary {
+    /// primary, 503 when the promotion failed (or there is no replication to promote). A
+    /// retry with the `request_id` of the promotion this server made answers 200 again.
+    pub(super) fn promote_response(
+        &mut self,
+        request: Option<RequestKey>,
+        now: Instant,
+    ) -> Response {
+        let status = self.backend.status();
+        if let (Some(request), Some((promoted, epoch))) = (request, self.promoted_by) {
+            if request == promoted && status.info.primary && status.info.epoch == epoch {
+                return Response::json(200, &json!({ "role": "primary", "epoch": epoch }));
+            }
+        }
+        if status.info.primary {
             self.log.warn(now, format_args!("admin: promote refused: already the primary"));
             return Response::error(
                 409,
@@ -26,6 +38,7 @@ impl<B: Backend> Server<B> {
         match self.backend.promote() {
             Ok(epoch) => {
                 self.log.notice(format_args!("admin: promoted to primary in epoch {epoch}"));
+                self.promoted_by = request.map(|request| (request, epoch));
                 Response::json(200, &json!({ "role": "primary", "epoch": epoch }))
             }
             Err(message) => {

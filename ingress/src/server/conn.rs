@@ -18,6 +18,7 @@ use super::refusal::{self, Stage};
 use crate::admission::{AddressSlot, TokenBucket};
 use crate::backend::Refusal;
 use crate::http::api::render_outcome;
+use crate::http::listing::{Page, PageAnswer};
 use crate::http::{self, Response};
 use crate::metrics::Protocol;
 use crate::wire::{self, ErrorCode, ErrorFrame};
@@ -35,6 +36,8 @@ pub(super) enum Reply {
     Binary { correlation: u64 },
     /// The HTTP response slot `seq`.
     Http { seq: u64, keep_alive: bool },
+    /// Part `part` of the catalogue page that answers HTTP response slot `seq`.
+    HttpPage { seq: u64, part: u16, keep_alive: bool },
 }
 
 /// A command submitted to the backend and not yet answered.
@@ -116,6 +119,9 @@ pub(super) struct Conn {
     http_base: u64,
     /// HTTP: `100 Continue` was queued for the request at the front of `input`.
     pub continue_sent: bool,
+    /// Catalogue pages being assembled, by response slot (a few at most: each holds up to
+    /// `PAGE_LIMIT_MAX` of the connection's in-flight commands).
+    pages: Vec<(u64, Page)>,
 }
 
 impl Conn {
@@ -159,6 +165,7 @@ impl Conn {
             counted_bytes: 0,
             http_base: 0,
             continue_sent: false,
+            pages: Vec::new(),
         }
     }
 
@@ -404,6 +411,12 @@ impl Conn {
         }
     }
 
+    /// Reserves a response slot for a catalogue page whose `parts` queries are submitted.
+    pub fn push_http_page(&mut self, cursor: u32, parts: u16) {
+        self.pages.push((self.next_http_seq(), Page::new(cursor, parts)));
+        self.push_http_pending();
+    }
+
     /// Delivers a completed command's outcome, at `now`.
     pub fn complete(
         &mut self,
@@ -426,6 +439,22 @@ impl Conn {
                 let response = match result {
                     Ok(outcome) => render_outcome(outcome),
                     Err(refused) => refusal::http_response(refused, Stage::Completion),
+                };
+                self.fill_http_slot(seq, &response, keep_alive, now);
+            }
+            (Reply::HttpPage { seq, part, keep_alive }, result) => {
+                let Some(at) = self.pages.iter().position(|(page_seq, _)| *page_seq == seq) else {
+                    return;
+                };
+                if !self.pages[at].1.fill(part, result.clone()) {
+                    return;
+                }
+                let (_, page) = self.pages.swap_remove(at);
+                let response = match page.answer() {
+                    PageAnswer::Page(response) => response,
+                    PageAnswer::Refused(refused) => {
+                        refusal::http_response(&refused, Stage::Completion)
+                    }
                 };
                 self.fill_http_slot(seq, &response, keep_alive, now);
             }

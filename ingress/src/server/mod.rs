@@ -90,7 +90,7 @@ const ADDRESS_SLOTS_PER_CONNECTION: usize = 2;
 /// failed-authentication table): about 0.45 GiB of buffered bytes and under 0.75 GiB
 /// allocated, whatever the clients do. The node's ring and engine tables come on top
 /// (`NodeConfig`, `EngineConfig`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Binary protocol listener; `None` disables it.
@@ -379,6 +379,9 @@ struct Server<B: Backend> {
     log: LogLimiter,
     auth: Auth,
     mint: KeyMint,
+    /// The request id and epoch of the promotion this server made, so a retried promotion
+    /// with the same `request_id` gets the same answer.
+    promoted_by: Option<(ringfence_core::RequestKey, u64)>,
     stop: Arc<AtomicBool>,
     stopping_since: Option<Instant>,
 }
@@ -422,6 +425,7 @@ impl<B: Backend> Server<B> {
             resume: Vec::new(),
             metrics: Metrics::default(),
             mint: KeyMint::new(nonce ^ nonce_entropy()),
+            promoted_by: None,
             stop,
             stopping_since: None,
         }

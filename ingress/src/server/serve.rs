@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use ringfence_core::Command;
+use ringfence_core::{Command, Query};
 use serde_json::json;
 
 use super::auth::{self, Authenticated};
@@ -18,6 +18,8 @@ use super::{Server, TURN_REQUESTS_MAX};
 use crate::admission::AddressLimit;
 use crate::backend::{Backend, Refusal};
 use crate::http::api::{Call, route_as};
+use crate::http::listing::PageRequest;
+use crate::http::views::{NodeJson, PeerJson};
 use crate::http::{self, Framed, Limits, Response};
 use crate::metrics::Protocol;
 use crate::roles::{self, Caller, Need, Role};
@@ -294,8 +296,15 @@ impl<B: Backend> Server<B> {
                 Ok(Call::Ready) => self.ready_response(),
                 Ok(Call::Node) => self.node_response(),
                 Ok(Call::Metrics) => self.metrics_response(),
-                Ok(Call::Promote) => self.promote_response(now),
+                Ok(Call::OpenApi) => crate::http::api::openapi_response(),
+                Ok(Call::Promote(request)) => self.promote_response(request, now),
                 Ok(Call::SetReplicationMode(mode)) => self.replication_mode_response(mode, now),
+                Ok(Call::ListSkus(page)) => {
+                    match self.submit_page(conn, index, page, keep_alive, now) {
+                        Ok(()) => continue,
+                        Err(refused) => http_refusal(refused),
+                    }
+                }
                 Ok(Call::Submit(command)) => {
                     let reply = Reply::Http { seq: conn.next_http_seq(), keep_alive };
                     match self.admit_and_submit(conn, index, command, reply, now) {
@@ -325,6 +334,33 @@ impl<B: Backend> Server<B> {
             return Err(auth::limited_response(retry_after));
         }
         route_as(request, self.auth.caller(verdict), &mut self.mint)
+    }
+
+    /// Submits one `SkuAt` query per SKU on the page, each a command of its own for the rate
+    /// limit and the in-flight bounds. When one is refused the page stops there (shorter,
+    /// with a cursor to continue from); refused at the first, the request is refused.
+    fn submit_page(
+        &mut self,
+        conn: &mut Conn,
+        index: usize,
+        page: PageRequest,
+        keep_alive: bool,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        let seq = conn.next_http_seq();
+        let mut parts = 0u16;
+        while parts < page.limit {
+            let Some(position) = page.cursor.checked_add(u32::from(parts)) else { break };
+            let query = Command::Query(Query::SkuAt(position));
+            let reply = Reply::HttpPage { seq, part: parts, keep_alive };
+            match self.admit_and_submit(conn, index, query, reply, now) {
+                Ok(()) => parts += 1,
+                Err(refused) if parts == 0 => return Err(refused),
+                Err(_) => break,
+            }
+        }
+        conn.push_http_page(page.cursor, parts);
+        Ok(())
     }
 
     fn admit_and_submit(
@@ -432,22 +468,15 @@ impl<B: Backend> Server<B> {
 
     fn node_response(&self) -> Response {
         let status = self.backend.status();
-        let info = status.info;
-        Response::json(
-            200,
-            &json!({
-                "role": if info.primary { "primary" } else { "standby" },
-                "epoch": info.epoch,
-                "last_sequence": info.last_sequence,
-                "applied_sequence": status.applied_sequence,
-                "state_hash": format!("{:016x}", info.running_hash),
-                "journal": { "status": status.journal, "durable_sequence": info.journal_durable },
-                "peer": { "status": status.peer },
-                "replication": status.replication,
-                "connections_open": self.metrics.open,
-                "in_flight": self.metrics.in_flight,
-            }),
-        )
+        let mut node = NodeJson::from_info(&status.info);
+        node.state.as_of_ms = Some(status.state_as_of_ms);
+        node.applied_sequence = Some(status.applied_sequence);
+        node.journal.status = Some(status.journal);
+        node.peer = Some(PeerJson { status: status.peer });
+        node.replication = status.replication;
+        node.connections_open = Some(self.metrics.open);
+        node.in_flight = Some(self.metrics.in_flight);
+        Response::body(200, &node)
     }
 
     fn metrics_response(&self) -> Response {

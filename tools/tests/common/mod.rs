@@ -68,6 +68,22 @@ pub fn ringfence_within(args: &[&str], deadline: Duration) -> Output {
     }
 }
 
+/// A text log line without its timestamp and level (`2026-03-01T12:00:00.000000Z  INFO
+/// ringfence: listening` is `ringfence: listening`); other lines as they are.
+pub fn log_message(line: &str) -> &str {
+    let mut parts = line.splitn(2, ' ');
+    let (Some(time), Some(rest)) = (parts.next(), parts.next()) else { return line };
+    let rest = rest.trim_start();
+    let is_time = time.len() > 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T';
+    let level = ["TRACE ", "DEBUG ", "INFO ", "WARN ", "ERROR "]
+        .iter()
+        .find_map(|level| rest.strip_prefix(level));
+    match level {
+        Some(message) if is_time => message,
+        _ => line,
+    }
+}
+
 /// A child process whose standard error is read line by line on a thread; killed on drop.
 pub struct Logged {
     pub child: Child,
@@ -86,7 +102,7 @@ impl Logged {
         let (send, lines) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
+                if send.send(log_message(&line).to_owned()).is_err() {
                     break;
                 }
             }
