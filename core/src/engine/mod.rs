@@ -676,10 +676,6 @@ impl Engine {
         // buyer's request id only ever meets their own.
         let user = action.user().unwrap_or(UserId(0));
         let counted = self.needs_share(user, action);
-        if counted {
-            // Its own cache miss, started now so that it overlaps the key's.
-            self.shares.prefetch(&sharer(user));
-        }
         // Located once: executing a command never touches the request-key index.
         let located = self.key_index.locate((user, key));
         if let Some(position) = located.value {
