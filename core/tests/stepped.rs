@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use ringfence_core::pipeline::{
     Clock, Framed, HoldReason, Intake, Journal, ManualClock, MemoryJournal, NoReplicator,
     NoSnapshots, Node, NodeConfig, NodeError, NodeParts, Refused, Replicator, Session, StageError,
-    Topology, Unanswered, Watermark, WriteHold,
+    Topology, Unanswered, Watermark, WriteHold, monotonic_ns,
 };
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{
@@ -345,4 +345,64 @@ fn a_write_hold_answers_unreplicated_writes_and_keeps_serving_reads() {
     session.try_submit(reserve(), 6).expect("writes are taken once the hold is off");
     node.step();
     assert!(session.poll().is_none(), "and wait for the standby again");
+}
+
+/// A primary acknowledging on its own journal: every record is safe once sent.
+struct LocalOnly {
+    safe: Arc<Watermark>,
+    hold: Arc<WriteHold>,
+}
+
+impl Replicator for LocalOnly {
+    const NEEDS_BYTES: bool = false;
+    fn send(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        self.safe.advance(record.sequenced.sequence);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn safe(&self) -> Arc<Watermark> {
+        Arc::clone(&self.safe)
+    }
+    fn hold(&self) -> Option<Arc<WriteHold>> {
+        Some(Arc::clone(&self.hold))
+    }
+}
+
+#[test]
+fn past_its_lease_deadline_a_primary_acknowledges_no_write() {
+    // Goal: a write the replicator marked safe is still not acknowledged once the lease
+    // deadline passed (as for a primary paused past its lease that resumes before its control
+    // thread runs): it is answered `Unreplicated`, the read behind it is answered, new writes
+    // are refused, and a renewed deadline lets writes be acknowledged again.
+    let clock = Arc::new(ManualClock::new(START));
+    let hold = WriteHold::new();
+    let replicator = LocalOnly { safe: Watermark::new(Sequence(0)), hold: Arc::clone(&hold) };
+    let config = config(Intake::Sequencer);
+    let parts = NodeParts {
+        engine: Engine::new(config.engine.clone()),
+        next_sequence: Sequence(1),
+        journal: MemoryJournal::new(),
+        replicator,
+        hook: NoSnapshots,
+        clock: Arc::clone(&clock) as Arc<dyn Clock>,
+    };
+    let node = Node::start_parts(config, parts).unwrap();
+    let mut session = node.session().unwrap();
+    assert!(matches!(call(&node, &mut session, create_sku()), Outcome::SkuCreated(_)));
+    hold.set_lease_deadline(monotonic_ns() + 3_600 * 1_000_000_000);
+    session.try_submit(reserve(), 1).unwrap();
+    // The deadline passes with the write in the ring; reads are still taken.
+    hold.set_lease_deadline(monotonic_ns());
+    session.try_submit(Command::Query(Query::Sku(SKU)), 2).unwrap();
+    node.step();
+    let write = session.poll().expect("the write is answered");
+    assert_eq!(write.result, Err(Unanswered::Unreplicated { sequence: Sequence(2) }));
+    let read = session.poll().expect("the read behind it is answered");
+    assert!(matches!(read.result, Ok(Outcome::Sku(v)) if v.reserved == 2), "{read:?}");
+    assert_eq!(session.try_submit(reserve(), 3), Err(Refused::ReplicationUnavailable));
+    hold.set_lease_deadline(u64::MAX);
+    let again = call(&node, &mut session, reserve());
+    assert!(matches!(again, Outcome::Reserved { .. }), "a retry learns the outcome: {again:?}");
 }

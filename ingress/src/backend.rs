@@ -145,6 +145,35 @@ pub struct ReplicationStatus {
     pub lag_ms: Option<u64>,
     /// Times the replication connection was re-established.
     pub reconnects: u64,
+    /// Automatic failover through the witness (etcd), when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<CoordinationStatus>,
+}
+
+/// What `/v1/node` shows about coordination through the witness (etcd).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CoordinationStatus {
+    /// This node's name.
+    pub node: String,
+    /// `leader`, `standby`, `handing_over` or `candidate`.
+    pub state: String,
+    /// The node holding the leader key, and its epoch.
+    pub leader: Option<String>,
+    /// The leader's epoch.
+    pub leader_epoch: u64,
+    /// A leader: time left before it stops acknowledging alone unless renewed (ms).
+    pub lease_remaining_ms: Option<u64>,
+    /// The standby the in-sync record names (the only one that may take over in sync mode).
+    pub in_sync_standby: Option<String>,
+    /// The mode the in-sync record holds.
+    pub recorded_mode: Option<String>,
+    /// `reachable`, or why the witness is not.
+    pub witness: String,
+    /// Why this node does not take over, while it waits.
+    pub waiting: Option<String>,
+    /// After a promotion over an async record: records the old primary had journaled
+    /// beyond what this node held (at least), as the record reported them.
+    pub failover_loss_records: Option<u64>,
 }
 
 /// The replicator's side of the admin API, held by [`NodeBackend`]. Called on the event-loop

@@ -16,8 +16,8 @@ pub mod server;
 pub mod wire;
 
 pub use backend::{
-    Backend, BackendCompletion, EngineWatch, HashWatch, MetricsWriter, NodeBackend, NodeStatus,
-    NotReady, OnNodeStop, Refusal, ReplicationControl, ReplicationStatus,
+    Backend, BackendCompletion, CoordinationStatus, EngineWatch, HashWatch, MetricsWriter,
+    NodeBackend, NodeStatus, NotReady, OnNodeStop, Refusal, ReplicationControl, ReplicationStatus,
 };
 pub use client::{Client, ClientError};
 pub use roles::Role;

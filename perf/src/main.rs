@@ -6,6 +6,7 @@
 
 mod ack;
 mod blp;
+mod failover;
 mod journal;
 mod naive;
 mod net;
@@ -75,6 +76,24 @@ enum Bench {
     /// from killing the primary to the promoted standby's first answer. `--quick`: under a
     /// minute.
     Replication(Common),
+    /// Automatic failover with etcd: SIGKILL of the leader under load, 20 times (5 with
+    /// `--quick`): time from the kill to the first write the new primary acknowledged, and
+    /// acknowledged writes lost (re-sent with their request ids at the end). Real processes:
+    /// etcd and the `ringfence` binary next to this one.
+    Failover(FailoverArgs),
+}
+
+/// Options of the failover benchmark.
+#[derive(Args, Debug, Clone)]
+struct FailoverArgs {
+    #[command(flatten)]
+    common: Common,
+    /// How many failovers [default: 20; 5 with --quick].
+    #[arg(long)]
+    failovers: Option<u64>,
+    /// The `ringfence` binary [default: next to this one].
+    #[arg(long, value_name = "PATH")]
+    ringfence: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -91,5 +110,6 @@ fn main() {
         Bench::Pipeline(common) => pipeline::run(common),
         Bench::Ack(common) => ack::run(common),
         Bench::Replication(common) => replication::run(common),
+        Bench::Failover(args) => failover::run(args.common, args.failovers, args.ringfence),
     }
 }

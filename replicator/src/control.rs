@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use ringfence_core::pipeline::Node;
+use ringfence_core::pipeline::{Node, Promoter, monotonic_ns_at};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::epoch::Epochs;
 use ringfence_journal::storage::Storage;
 
 use crate::config::ReplicationConfig;
+use crate::coordination::pilot::Facts;
 use crate::link::Link;
 use crate::policy::{AckMode, AckPolicy, Gate};
 
@@ -119,6 +120,12 @@ pub struct Control {
     follower_stop: Arc<AtomicBool>,
     /// Where the listener is bound, once started.
     listening: Mutex<Option<SocketAddr>>,
+    /// With coordination: when the primary's lease may expire, minus the margin (ms on this
+    /// clock); `u64::MAX` without coordination. Past it, acknowledging on the local journal
+    /// alone stops (failsafe: answers that wait for the standby continue).
+    lease_deadline_ms: AtomicU64,
+    /// A planned switchover holds writes until the standby has acknowledged everything.
+    handover: AtomicBool,
 }
 
 impl Control {
@@ -154,6 +161,8 @@ impl Control {
             follower_socket: Mutex::new(None),
             follower_stop: Arc::new(AtomicBool::new(false)),
             listening: Mutex::new(None),
+            lease_deadline_ms: AtomicU64::new(u64::MAX),
+            handover: AtomicBool::new(false),
         })
     }
 
@@ -304,9 +313,10 @@ impl Control {
     fn apply_gate(&self, state: &State, now_ms: u64) {
         if state.role != Role::Primary {
             self.link.set_gate(Gate::Local);
+            self.link.set_lease_deadline(u64::MAX);
             return;
         }
-        let gate = state.policy.gate(now_ms);
+        let (gate, why) = self.gate_now(state, now_ms);
         if gate != self.link.gate() {
             log(format_args!(
                 "replication: {} ({} mode): answers now wait for {}",
@@ -315,11 +325,89 @@ impl Control {
                 match gate {
                     Gate::Local => "the local journal only",
                     Gate::Standby => "the standby's acknowledgement",
-                    Gate::Held => "nothing: writes are refused until the standby is back",
+                    Gate::Held => why,
                 }
             ));
         }
         self.link.set_gate(gate);
+        // Egress enforces the deadline itself at each release, so a primary that was paused
+        // past it acknowledges nothing on resuming, before this thread runs again. Only while
+        // answers wait for nothing but the local journal: one waiting for the in-sync standby
+        // stays safe past it (the standby stops acknowledging once promoted).
+        let deadline_ms = self.lease_deadline_ms.load(Ordering::Acquire);
+        let deadline_ns = if gate == Gate::Local && deadline_ms != u64::MAX {
+            monotonic_ns_at(self.started + Duration::from_millis(deadline_ms))
+        } else {
+            u64::MAX
+        };
+        self.link.set_lease_deadline(deadline_ns);
+    }
+
+    /// The policy's gate, closed further by coordination: a planned switchover holds writes,
+    /// and past the lease deadline a primary acknowledging on its own journal stops (one whose
+    /// answers wait for the in-sync standby continues: that standby stops acknowledging once
+    /// it is promoted, so nothing acknowledged can be lost).
+    fn gate_now(&self, state: &State, now_ms: u64) -> (Gate, &'static str) {
+        let gate = state.policy.gate(now_ms);
+        if self.handover.load(Ordering::Acquire) {
+            return (Gate::Held, "nothing: writes are held while the standby takes over");
+        }
+        if gate == Gate::Local && now_ms >= self.lease_deadline_ms.load(Ordering::Acquire) {
+            return (Gate::Held, "nothing: the lease could not be renewed in time");
+        }
+        (gate, "nothing: writes are refused until the standby is back")
+    }
+
+    /// Coordination renewed the lease: the primary may acknowledge alone until `deadline_ms`.
+    pub fn set_lease_deadline(&self, deadline_ms: u64) {
+        self.lease_deadline_ms.store(deadline_ms, Ordering::Release);
+        let now = self.now_ms();
+        let state = self.state();
+        self.apply_gate(&state, now);
+    }
+
+    /// The lease deadline in force (`u64::MAX` without coordination).
+    pub fn lease_deadline_ms(&self) -> u64 {
+        self.lease_deadline_ms.load(Ordering::Acquire)
+    }
+
+    /// Holds writes for a planned switchover (or releases them).
+    pub fn set_handover(&self, held: bool) {
+        self.handover.store(held, Ordering::Release);
+        let now = self.now_ms();
+        let state = self.state();
+        self.apply_gate(&state, now);
+    }
+
+    /// Coordination recorded that this primary is alone: a lost standby no longer holds writes.
+    pub fn continue_alone(&self) {
+        let now = self.now_ms();
+        let mut state = self.state();
+        if state.policy.go_alone() {
+            log(format_args!(
+                "replication: recorded in the witness that this primary is alone: it \
+                 acknowledges on its own journal until a standby catches up"
+            ));
+        }
+        self.apply_gate(&state, now);
+    }
+
+    /// What coordination needs to know now: role, policy, gate, positions.
+    pub fn facts(&self) -> Facts {
+        let state = self.state();
+        let epochs = self.epochs();
+        let primary = state.role == Role::Primary;
+        let held = if primary { state.acked } else { Sequence(self.link.available()) };
+        Facts {
+            primary,
+            policy: state.policy.state(),
+            mode: state.policy.mode(),
+            gate: self.link.gate(),
+            acked: held,
+            available: Sequence(self.link.available()),
+            diverged: !primary && state.follower_state.starts_with("diverged"),
+            epoch_floor: epochs.current.0.max(epochs.promised.0),
+        }
     }
 
     /// The operator switches the acknowledgement mode.
@@ -429,12 +517,22 @@ impl Control {
     /// has seen or promised, switches the node to sequencing, and starts as a primary that is
     /// alone until a standby catches up. Returns the new epoch.
     pub fn promote(&self, node: &Node) -> Result<Epoch, String> {
+        let epochs = self.epochs();
+        let epoch = Epoch(epochs.current.0.max(epochs.promised.0) + 1);
+        self.promote_to(&node.promoter(), epoch)
+    }
+
+    /// Promotes this standby into `epoch`, which must be above every epoch it has seen or
+    /// promised (coordination chose it above every epoch the witness recorded, too).
+    pub fn promote_to(&self, node: &Promoter, epoch: Epoch) -> Result<Epoch, String> {
         if !matches!(self.role(), Role::Standby { .. }) {
             return Err("this node is already the primary".into());
         }
-        self.stop_follower()?;
         let epochs = self.epochs();
-        let epoch = Epoch(epochs.current.0.max(epochs.promised.0) + 1);
+        if epoch.0 <= epochs.current.0.max(epochs.promised.0) {
+            return Err(format!("epoch {epoch} is not above this node's epochs {epochs:?}"));
+        }
+        self.stop_follower()?;
         self.store_epochs(Epochs { current: epoch, promised: epoch })?;
         node.promote(epoch).map_err(|e| e.to_string())?;
         let now = self.now_ms();
@@ -464,5 +562,67 @@ impl Control {
         self.stopping.store(true, Ordering::Release);
         self.link.notify();
         let _ = self.stop_follower();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{ClusterId, ClusterSecret};
+
+    struct Memory(Mutex<Epochs>);
+
+    impl EpochStore for Memory {
+        fn epochs(&self) -> Epochs {
+            *self.0.lock().unwrap()
+        }
+        fn store(&self, epochs: Epochs) -> Result<(), String> {
+            *self.0.lock().unwrap() = epochs;
+            Ok(())
+        }
+    }
+
+    fn primary() -> Arc<Control> {
+        let secret = ClusterSecret::from_bytes(&[7; 32]).unwrap();
+        let config = ReplicationConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            ClusterId::new("c").unwrap(),
+            secret,
+            std::env::temp_dir(),
+        );
+        let epochs = Epochs { current: Epoch(1), promised: Epoch(1) };
+        Control::new(
+            config,
+            Role::Primary,
+            (Sequence(0), Epoch(0)),
+            Box::new(Memory(Mutex::new(epochs))),
+        )
+    }
+
+    #[test]
+    fn past_the_lease_deadline_a_lone_primary_holds_writes_until_renewed() {
+        // Goal: a primary acknowledging on its own journal closes the gate once the lease
+        // deadline passed, and opens it again when a renewal moves the deadline.
+        let control = primary();
+        assert_eq!(control.link().gate(), Gate::Local);
+        control.set_lease_deadline(0);
+        assert_eq!(control.link().gate(), Gate::Held);
+        control.set_lease_deadline(u64::MAX);
+        assert_eq!(control.link().gate(), Gate::Local);
+    }
+
+    #[test]
+    fn past_the_lease_deadline_a_primary_in_sync_keeps_waiting_for_its_standby() {
+        // Goal: the failsafe rule: answers that wait for the in-sync standby go on without a
+        // lease (the standby stops acknowledging once it is promoted); a switchover holds.
+        let control = primary();
+        let stream = control.on_connected("standby");
+        control.on_ack(stream, Sequence(0), Sequence(0), 0);
+        assert_eq!(control.link().gate(), Gate::Standby);
+        control.set_lease_deadline(0);
+        assert_eq!(control.link().gate(), Gate::Standby);
+        control.set_handover(true);
+        assert_eq!(control.link().gate(), Gate::Held);
+        assert!(control.facts().primary);
     }
 }

@@ -13,12 +13,15 @@
 //!   challenge-response of the handshake.
 //! - [`link`]: the state shared with the node's stages, and the replicator stage itself.
 //! - [`control`]: one node's replication: role, policy, figures, promotion.
+//! - [`coordination`]: automatic failover with etcd as the witness: the leader key, its
+//!   lease, the in-sync record, as a pure pilot behind the `Coordinator` trait.
 //!
 //! `docs/replication-protocol.md` describes the protocol byte by byte.
 
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod coordination;
 mod index;
 pub mod link;
 pub mod message;

@@ -108,6 +108,12 @@ impl Link {
         }
     }
 
+    /// Answers acknowledged on the local journal alone may leave only before `deadline_ns`
+    /// (`pipeline::monotonic_ns`; `u64::MAX`: no limit): egress checks it at every release.
+    pub fn set_lease_deadline(&self, deadline_ns: u64) {
+        self.hold.set_lease_deadline(deadline_ns);
+    }
+
     /// A newer primary exists: writes are refused from now on, for good.
     pub fn depose(&self) {
         self.hold.hold(HoldReason::Deposed);

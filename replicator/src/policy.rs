@@ -195,6 +195,17 @@ impl AckPolicy {
         }
     }
 
+    /// The witness now records this primary as alone: a lost standby stops holding writes
+    /// (`Alone`; the standby must catch up again). Returns whether the state changed.
+    pub fn go_alone(&mut self) -> bool {
+        if !matches!(self.state, PolicyState::StandbyLost { .. }) {
+            return false;
+        }
+        self.state = PolicyState::Alone;
+        self.heard_ms = None;
+        true
+    }
+
     /// The operator switches mode. Back to `sync`, nobody counts as caught up until an
     /// acknowledgement says so again.
     pub fn set_mode(&mut self, mode: AckMode) {
@@ -294,6 +305,23 @@ mod tests {
         policy.set_mode(AckMode::Async);
         policy.set_mode(AckMode::Sync);
         assert_eq!(policy.state(), PolicyState::CatchingUp, "a connected standby must catch up");
+    }
+
+    #[test]
+    fn going_alone_releases_a_hold_only_for_a_lost_standby() {
+        // Goal: once the witness records the primary alone, a lost standby's hold lifts and a
+        // returning standby must catch up again; a standby in sync is never dropped this way.
+        let mut policy = policy();
+        policy.on_connected(0);
+        policy.on_ack(Sequence(10), Sequence(10), 0);
+        assert!(!policy.go_alone(), "in sync: nothing to do");
+        assert_eq!(policy.state(), PolicyState::InSync);
+        policy.on_disconnected(1);
+        assert_eq!(policy.gate(TIMEOUT + 1), Gate::Held);
+        assert!(policy.go_alone());
+        assert_eq!(policy.gate(TIMEOUT + 1), Gate::Local);
+        policy.on_connected(TIMEOUT + 2);
+        assert_eq!(policy.state(), PolicyState::CatchingUp);
     }
 
     #[test]

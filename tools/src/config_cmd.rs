@@ -60,6 +60,11 @@ const SECTIONS: &[(&str, &str)] = &[
          keep every recorded state within the new bounds.",
     ),
     ("replication", "A hot standby (flags of the same names override these)."),
+    (
+        "coordination",
+        "Automatic failover with etcd as the witness (flags --etcd, --node-name, \
+         --lease-ttl-s override these); see docs/failover.md.",
+    ),
 ];
 
 /// Every key, described. Keep one line per key; `config example` wraps nothing.
@@ -337,6 +342,36 @@ const KEYS: &[Key] = &[
         "replication",
         "heartbeat_ms",
         "How often an idle primary tells its standby it is alive.",
+        "500",
+    ),
+    key(
+        "coordination",
+        "etcd",
+        "etcd client URLs, tried in turn; empty: no automatic failover (roles from the flags).",
+    ),
+    unset(
+        "coordination",
+        "node_name",
+        "This node's name in etcd, stable across restarts: 1 to 64 of A-Z a-z 0-9 . _ -.",
+        "\"node-a\"",
+    ),
+    unset(
+        "coordination",
+        "lease_ttl_s",
+        "The leader key's lease, in seconds; a dead primary is replaced after about this long.",
+        "2",
+    ),
+    unset(
+        "coordination",
+        "renew_ms",
+        "How often the lease is renewed and etcd read. Default a quarter of the TTL.",
+        "500",
+    ),
+    unset(
+        "coordination",
+        "margin_ms",
+        "How long before its lease can expire a primary stops acknowledging alone. Default a \
+         quarter of the TTL.",
         "500",
     ),
 ];

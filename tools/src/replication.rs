@@ -1,7 +1,9 @@
 //! `ringfence serve`'s replication settings (`[replication]` and the flags) and a standby's
 //! rejoin at start: before its node starts, a standby asks the primary where their journals
 //! agree and drops any tail the primary never received (a deposed primary's unacknowledged
-//! commands), logging what it dropped.
+//! commands), logging what it dropped. With `--etcd` (`[coordination]`) the role comes from
+//! the witness instead of the flags (`coordinate`), and a node that must change role restarts
+//! itself as a candidate (`restart_as_candidate`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,12 +11,21 @@ use std::sync::Arc;
 
 use ringfence_core::pipeline::Node;
 use ringfence_core::{Epoch, Sequence};
-use ringfence_ingress::{ReplicationControl, ReplicationStatus};
+use ringfence_ingress::{CoordinationStatus, ReplicationControl, ReplicationStatus};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::{recovery, snapshot};
+use std::time::Duration;
+
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::config::ReplicationConfig;
 use ringfence_replicator::control::{Control, Role};
+use ringfence_replicator::coordination::CoordinationConfig;
+use ringfence_replicator::coordination::driver::{
+    Coordination, Decided, Held, Startup, candidate_facts,
+};
+use ringfence_replicator::coordination::etcd::EtcdCoordinator;
+use ringfence_replicator::coordination::pilot::{Identity, Timing};
+use ringfence_replicator::coordination::records::valid_node_name;
 use ringfence_replicator::message::RefuseCode;
 use ringfence_replicator::policy::AckMode;
 use ringfence_replicator::standby::{JoinError, Joined, JournalEnd, fetch_snapshot, join};
@@ -55,6 +66,134 @@ pub struct ReplicationArgs {
     /// (`replication_unavailable`; reads are still served) [default: 2000].
     #[arg(long, value_name = "MS")]
     pub replication_timeout_ms: Option<u64>,
+    /// Automatic failover: etcd client URLs (comma-separated) of the witness that decides who
+    /// leads. The role then comes from etcd, not from --role/--primary.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// This node's name in etcd, stable across restarts (needed with --etcd).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// With --etcd: the leader lease's time to live in seconds [default: 2].
+    #[arg(long, value_name = "S")]
+    pub lease_ttl_s: Option<u64>,
+}
+
+/// `[coordination]` in the config file: the same settings as the `--etcd` flags, and the
+/// lease's renewal period and margin.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinationSection {
+    etcd: Vec<String>,
+    node_name: Option<String>,
+    lease_ttl_s: Option<u64>,
+    renew_ms: Option<u64>,
+    margin_ms: Option<u64>,
+}
+
+/// Reads the coordination settings: flags over the file. `None` without etcd endpoints.
+pub fn coordination_settings(
+    args: &ReplicationArgs,
+    file: &CoordinationSection,
+) -> Result<Option<CoordinationConfig>, String> {
+    let endpoints = if args.etcd.is_empty() { file.etcd.clone() } else { args.etcd.clone() };
+    if endpoints.is_empty() {
+        return Ok(None);
+    }
+    if args.role.is_some() || args.primary.is_some() {
+        return Err("with --etcd the role comes from etcd: drop --role and --primary".into());
+    }
+    let node = args.node_name.clone().or(file.node_name.clone()).ok_or(
+        "--etcd needs --node-name NAME (or [coordination] node_name): this node's name in etcd",
+    )?;
+    if !valid_node_name(&node) {
+        return Err(format!("--node-name `{node}`: use 1 to 64 of A-Z a-z 0-9 . _ -"));
+    }
+    for endpoint in &endpoints {
+        if !endpoint.starts_with("http://") {
+            return Err(format!("--etcd `{endpoint}`: use http://HOST:PORT (etcd's client URL)"));
+        }
+    }
+    let mut timing = Timing::for_ttl(args.lease_ttl_s.or(file.lease_ttl_s).unwrap_or(2));
+    timing.renew_ms = file.renew_ms.unwrap_or(timing.renew_ms);
+    timing.margin_ms = file.margin_ms.unwrap_or(timing.margin_ms);
+    timing.validate().map_err(|e| format!("[coordination] {e}"))?;
+    Ok(Some(CoordinationConfig { endpoints, node, timing }))
+}
+
+/// What coordination decided before the node starts.
+pub struct Coordinated {
+    /// The witness connection, its lease kept alive until the driver runs.
+    pub startup: Held,
+    /// This node as the witness shows it.
+    pub me: Identity,
+    /// Primary (with the epoch it took) or standby.
+    pub decided: Decided,
+}
+
+/// A node started with `--etcd`: connects to the witness, and follows whoever leads or takes
+/// the leader key if nobody does and the in-sync record allows it. Sets `replication`'s role
+/// (and the primary's HTTP address) from the decision.
+pub fn coordinate(
+    config: CoordinationConfig,
+    replication: &mut Replication,
+    http: Option<SocketAddr>,
+    (last, epoch_floor): (Sequence, u64),
+) -> Result<Coordinated, String> {
+    let listen = replication.config.listen;
+    if listen.port() == 0 {
+        return Err("with --etcd, --replication-listen needs a fixed port: the leader key \
+                    tells the standby where to connect"
+            .into());
+    }
+    let me = Identity {
+        node: config.node.clone(),
+        replication: listen.to_string(),
+        http: http.filter(|a| a.port() != 0).map(|a| a.to_string()),
+    };
+    log(format_args!(
+        "coordination: node {} through etcd {} (lease {} s, renewed every {} ms, {} ms margin)",
+        me.node,
+        config.endpoints.join(","),
+        config.timing.ttl_s,
+        config.timing.renew_ms,
+        config.timing.margin_ms
+    ));
+    let witness = EtcdCoordinator::new(
+        config.endpoints.clone(),
+        &replication_cluster(replication),
+        config.request_timeout(),
+    );
+    let mut startup =
+        Startup::connect(config, Box::new(witness), Duration::from_secs(u64::MAX / 4))?;
+    let facts = candidate_facts(last, epoch_floor, replication.config.mode);
+    let decided = startup.decide(&me, &facts)?;
+    match &decided {
+        Decided::Primary { .. } => replication.role = Role::Primary,
+        Decided::Standby { leader } => {
+            replication.role = Role::Standby { primary: leader.replication.clone() };
+            replication.primary_http.clone_from(&leader.http);
+        }
+    }
+    let startup = startup.hold().map_err(|e| format!("starting the lease thread: {e}"))?;
+    Ok(Coordinated { startup, me, decided })
+}
+
+fn replication_cluster(replication: &Replication) -> String {
+    replication.config.cluster.to_string()
+}
+
+/// Restarts this process with its own arguments: a node that must rejoin (a new leader, a
+/// lost lease, a diverged journal) starts again as a candidate, which follows the leader and
+/// drops any tail it never had acknowledged. The directory lock and the sockets close on exec.
+pub fn restart_as_candidate(reason: &str) {
+    use std::os::unix::process::CommandExt as _;
+    log(format_args!("restarting as a candidate ({reason})"));
+    let error = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec(),
+        Err(error) => error,
+    };
+    log(format_args!("could not restart ({error}); exiting so a supervisor restarts this node"));
+    std::process::exit(75);
 }
 
 /// `[replication]` in the config file: the same settings as the flags.
@@ -262,10 +401,51 @@ pub fn drop_tail(
 
 /// A node's replication as the network front sees it: `/v1/node`, `/metrics`, promotion and
 /// the mode switch.
-pub struct ControlHandle(pub Arc<Control>);
+pub struct ControlHandle(pub Arc<Control>, pub Option<Arc<Coordination>>);
+
+/// How long a switchover asked of a standby may take before the admin call answers that it is
+/// still under way.
+const SWITCHOVER_WAIT: Duration = Duration::from_secs(10);
+
+impl ControlHandle {
+    fn coordination_status(&self) -> Option<CoordinationStatus> {
+        let figures = self.1.as_ref()?.figures();
+        let (leader, leader_epoch) = figures.leader.unzip();
+        Some(CoordinationStatus {
+            node: figures.node,
+            state: figures.state,
+            leader,
+            leader_epoch: leader_epoch.unwrap_or(0),
+            lease_remaining_ms: figures.lease_remaining_ms,
+            in_sync_standby: figures.in_sync_standby,
+            recorded_mode: figures.recorded_mode,
+            witness: figures.witness,
+            waiting: figures.waiting,
+            failover_loss_records: figures.failover_loss_records,
+        })
+    }
+
+    /// A planned switchover through the witness: the standby asks, the primary holds writes
+    /// until this standby has everything, gives up the key, and this standby takes it. Waits
+    /// for it (on the caller's thread, bounded).
+    fn switchover(&self, coordination: &Coordination) -> Result<Epoch, String> {
+        coordination.request_switchover()?;
+        let started = std::time::Instant::now();
+        while started.elapsed() < SWITCHOVER_WAIT {
+            if self.0.is_primary() && coordination.figures().state == "leader" {
+                return Ok(self.0.epoch());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("the switchover was asked of the primary through etcd but has not completed yet; \
+             see /v1/node"
+            .into())
+    }
+}
 
 impl ReplicationControl for ControlHandle {
     fn status(&self) -> ReplicationStatus {
+        let coordination = self.coordination_status();
         let figures = self.0.figures();
         ReplicationStatus {
             role: figures.role.into(),
@@ -277,18 +457,27 @@ impl ReplicationControl for ControlHandle {
             lag_records: figures.lag_records,
             lag_ms: figures.lag_ms,
             reconnects: figures.reconnects,
+            coordination,
         }
     }
 
     fn promote(&self, node: &Node) -> Result<Epoch, String> {
-        self.0.promote(node)
+        match &self.1 {
+            Some(coordination) => self.switchover(coordination),
+            None => self.0.promote(node),
+        }
     }
 
     fn set_mode(&self, mode: &str) -> Result<(), String> {
         let mode =
             AckMode::parse(mode).ok_or_else(|| format!("mode `{mode}`: use sync or async"))?;
-        self.0.set_mode(mode);
-        Ok(())
+        match &self.1 {
+            Some(coordination) => coordination.set_mode(mode),
+            None => {
+                self.0.set_mode(mode);
+                Ok(())
+            }
+        }
     }
 
     fn write_metrics(&self, out: &mut String) {
@@ -333,5 +522,66 @@ impl ReplicationControl for ControlHandle {
             ringfence_ingress::metrics::header(out, name, help, "counter");
             let _ = writeln!(out, "{name} {value}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(etcd: &[&str], node: Option<&str>) -> ReplicationArgs {
+        ReplicationArgs {
+            etcd: etcd.iter().map(|&e| e.to_owned()).collect(),
+            node_name: node.map(Into::into),
+            ..ReplicationArgs::default()
+        }
+    }
+
+    #[test]
+    fn coordination_is_off_without_etcd_and_flags_win_over_the_file() {
+        // Goal: no endpoints means no coordination; flags override `[coordination]`, whose
+        // renewal and margin settings apply.
+        let file: CoordinationSection = toml::from_str(
+            "etcd = [\"http://10.0.0.9:2379\"]\nnode_name = \"f\"\nlease_ttl_s = 4\nrenew_ms = 900",
+        )
+        .unwrap();
+        assert!(
+            coordination_settings(&args(&[], None), &CoordinationSection::default())
+                .unwrap()
+                .is_none()
+        );
+        let from_file = coordination_settings(&args(&[], None), &file).unwrap().unwrap();
+        assert_eq!((from_file.node.as_str(), from_file.timing.ttl_s), ("f", 4));
+        assert_eq!(from_file.timing.renew_ms, 900);
+        let flags = args(&["http://127.0.0.1:2379"], Some("a"));
+        let config = coordination_settings(&flags, &file).unwrap().unwrap();
+        assert_eq!(config.endpoints, vec!["http://127.0.0.1:2379".to_owned()]);
+        assert_eq!(config.node, "a");
+    }
+
+    #[test]
+    fn bad_coordination_settings_are_refused_with_the_fix() {
+        // Goal: a role flag, a missing or odd node name, a non-http URL and a lease that
+        // cannot fit two renewals and the margin are refused, each saying what to change.
+        let none = CoordinationSection::default();
+        let url = ["http://127.0.0.1:2379"];
+        let mut role = args(&url, Some("a"));
+        role.role = Some("standby".into());
+        let cases = [
+            (role, "drop --role"),
+            (args(&url, None), "--node-name"),
+            (args(&url, Some("a b")), "A-Z a-z 0-9"),
+            (args(&["127.0.0.1:2379"], Some("a")), "http://HOST:PORT"),
+        ];
+        for (flags, expected) in cases {
+            let error = coordination_settings(&flags, &none).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        let tight: CoordinationSection = toml::from_str(
+            "etcd = [\"http://e:1\"]\nnode_name = \"a\"\nlease_ttl_s = 1\nrenew_ms = 500",
+        )
+        .unwrap();
+        let error = coordination_settings(&args(&[], None), &tight).unwrap_err();
+        assert!(error.contains("does not fit a 1 s TTL"), "{error}");
     }
 }

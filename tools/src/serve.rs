@@ -19,16 +19,19 @@ use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 use ringfence_ingress::roles::Role as AccessRole;
 use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ReplicationControl, ServerConfig};
 use ringfence_journal::datadir::DataDir;
+use ringfence_journal::epoch::Epochs;
 use ringfence_journal::recovery::{Recovered, recover_from};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, SnapshotStats, Snapshotter};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::control::{Control, Role};
+use ringfence_replicator::coordination::driver::{self, Decided};
 use ringfence_replicator::standby::JournalEnd;
 use serde::{Deserialize, Serialize};
 
 use crate::replication::{
-    self, ControlHandle, JournalCheck, Replication, ReplicationArgs, ReplicationSection,
+    self, ControlHandle, Coordinated, CoordinationSection, JournalCheck, Replication,
+    ReplicationArgs, ReplicationSection,
 };
 
 /// Arguments of `ringfence serve`.
@@ -36,7 +39,8 @@ use crate::replication::{
 #[command(after_help = SERVE_TRUST_HELP)]
 pub struct ServeArgs {
     /// TOML configuration file (sections: top level `data_dir`, `admin_token`,
-    /// `admin_token_file`; `[auth]`, `[server]`, `[node]`, `[engine]`, `[replication]`);
+    /// `admin_token_file`; `[auth]`, `[server]`, `[node]`, `[engine]`, `[replication]`,
+    /// `[coordination]`);
     /// flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -110,6 +114,7 @@ pub(crate) struct FileConfig {
     node: NodeSection,
     engine: EngineSection,
     replication: ReplicationSection,
+    coordination: CoordinationSection,
 }
 
 /// `[auth]`: the tokens of the roles other than admin, and the acknowledgement that lets a
@@ -335,7 +340,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         durability,
         engine_config: engine_config.clone(),
     };
-    let replication = replication::settings(&args.replication, &file.replication, &data_dir)?;
+    let mut replication = replication::settings(&args.replication, &file.replication, &data_dir)?;
+    let coordinated =
+        coordinate(args, &file, (&storage, &options), replication.as_mut(), server_config.http)?;
     let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref())?;
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
@@ -344,7 +351,13 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let dir = recovered.writer.data_dir().clone();
     let snapshotter = Snapshotter::start(dir.clone(), policy.clone(), engine_config.clone())
         .map_err(|e| format!("starting the snapshot writer: {e}"))?;
-    let epoch: Epoch = recovered.epochs.current;
+    let mut epoch: Epoch = recovered.epochs.current;
+    if let Some(Coordinated { decided: Decided::Primary { leader, .. }, .. }) = &coordinated {
+        // The epoch taken with the leader key is stored before the node journals in it.
+        epoch = Epoch(leader.epoch);
+        dir.store_epochs(Epochs { current: epoch, promised: epoch })
+            .map_err(|e| format!("storing epoch {epoch}: {e}"))?;
+    }
     let standby = replication.as_ref().is_some_and(|r| r.role != Role::Primary);
     let intake = if standby { Intake::Replica } else { Intake::Sequencer };
     let node_config = file.node.to_config(engine_config, epoch, intake)?;
@@ -376,6 +389,17 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     if let Some(control) = &control {
         control.start(&node).map_err(|e| format!("starting replication: {e}"))?;
     }
+    // Before the listeners open: a primary's lease deadline is in force before any write.
+    let coordination = match (coordinated, &control) {
+        (Some(Coordinated { startup, me, decided }), Some(control)) => {
+            let rejoin = Box::new(|reason: &str| replication::restart_as_candidate(reason));
+            let control = Arc::clone(control);
+            let startup = startup.resume()?;
+            let started = driver::start(startup, (me, decided), control, node.promoter(), rejoin);
+            Some(Arc::new(started.map_err(|e| format!("starting coordination: {e}"))?))
+        }
+        _ => None,
+    };
     log(format_args!(
         "node: {} topology, ring of {} slots, {} wait, deadlines checked every {} ms",
         node.topology().name(),
@@ -390,9 +414,10 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         });
     let metrics: MetricsWriter =
         Box::new(move |out: &mut String| write_snapshot_metrics(&snapshot_stats.get(), out));
-    let replication_handle = control
-        .as_ref()
-        .map(|control| Arc::new(ControlHandle(Arc::clone(control))) as Arc<dyn ReplicationControl>);
+    let replication_handle = control.as_ref().map(|control| {
+        let handle = ControlHandle(Arc::clone(control), coordination.clone());
+        Arc::new(handle) as Arc<dyn ReplicationControl>
+    });
     let handle = ringfence_ingress::start(server_config, move |waker| {
         let backend = NodeBackend::new(node, waker, watch, epoch, journal, Some(on_stop))?;
         let backend = match replication_handle {
@@ -410,6 +435,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     watch_signals(handle.stopper())?;
     let joined = handle.join().map_err(|e| format!("event loop: {e}"));
+    if let Some(coordination) = &coordination {
+        coordination.stop();
+    }
     if let Some(control) = &control {
         control.stop();
     }
@@ -418,6 +446,31 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     // The directory lock goes with the last storage handle, here at the very end.
     drop(storage);
     Ok(())
+}
+
+/// With `--etcd`: reads where the journal ends, then lets the witness decide this node's role
+/// (`replication::coordinate`). `None` without etcd.
+fn coordinate(
+    args: &ServeArgs,
+    file: &FileConfig,
+    (storage, options): (&FileStorage, &WriterOptions),
+    replication: Option<&mut Replication>,
+    http: Option<SocketAddr>,
+) -> Result<Option<Coordinated>, String> {
+    let Some(config) = replication::coordination_settings(&args.replication, &file.coordination)?
+    else {
+        return Ok(None);
+    };
+    let Some(replication) = replication else {
+        return Err("--etcd needs replication: give the cluster secret (--cluster-secret-file \
+                    FILE or RINGFENCE_CLUSTER_SECRET)"
+            .into());
+    };
+    let recovered = recover_logged(storage, options.clone())?;
+    let last = Sequence(recovered.next_sequence.0 - 1);
+    let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
+    drop(recovered);
+    replication::coordinate(config, replication, http, (last, floor)).map(Some)
 }
 
 /// The snapshot writer's counters and gauges in Prometheus text.

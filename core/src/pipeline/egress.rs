@@ -164,7 +164,11 @@ impl<P: RingPoller> Egress<P> {
     fn limit(&self) -> Sequence {
         let shared = &self.shared;
         let local = shared.durable.get().min(shared.applied.get());
-        if shared.write_hold().is_some() { local } else { local.min(shared.safe.get()) }
+        if shared.write_hold().is_some() || shared.lease_expired() {
+            local
+        } else {
+            local.min(shared.safe.get())
+        }
     }
 
     /// How many slots from `next` may be released now: those the applying stage finished whose
@@ -219,8 +223,9 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         let cause = self.shared.journal_fault();
         let limit = self.limit();
         // Read after `limit`: an acknowledgement that arrives in between only makes more
-        // answers outcomes rather than `Unreplicated`.
-        let safe = self.shared.safe.get();
+        // answers outcomes rather than `Unreplicated`. Past the lease deadline nothing counts
+        // as safe: a primary that may have been replaced acknowledges no write.
+        let safe = if self.shared.lease_expired() { Sequence(0) } else { self.shared.safe.get() };
         let applied = self.shared.applied_positions.load(Ordering::Acquire);
         let now_ns = self.shared.clock.now_ns();
         let mut stop = false;

@@ -60,11 +60,11 @@ pub use config::{
 };
 pub use messages::{Completion, StageFailure, Ticket, Unanswered};
 pub use metrics::{Metrics, PUBLISH_PERIOD, StageMetrics, batch_histogram, latency_histogram};
-pub use node::{Node, NodeError, NodeParts, Sequences, ShutdownReport, StepReport};
+pub use node::{Node, NodeError, NodeParts, Promoter, Sequences, ShutdownReport, StepReport};
 pub use session::{CallError, Refused, Session};
 pub use stage::{
     Framed, HoldReason, Journal, MemoryJournal, NoReplicator, NoSnapshots, Replicator,
-    SnapshotHook, StageError, Watermark, WriteHold,
+    SnapshotHook, StageError, Watermark, WriteHold, monotonic_ns, monotonic_ns_at,
 };
 pub use stages::SERVICE_TIME_SAMPLE_EVERY;
 pub use wait::WakeHook;

@@ -167,6 +167,32 @@ struct Stepped {
     ticker: RingProducer,
 }
 
+/// Promotes a replica node in place from any thread ([`Node::promoter`]).
+#[derive(Clone)]
+pub struct Promoter {
+    shared: Arc<Shared>,
+}
+
+impl Promoter {
+    /// [`Node::promote`].
+    pub fn promote(&self, epoch: Epoch) -> Result<(), NodeError> {
+        if let Some(failure) = self.shared.failure() {
+            return Err(NodeError::Failed(failure));
+        }
+        if self.shared.is_closed() {
+            return Err(NodeError::ShutDown);
+        }
+        if self.shared.intake() != Intake::Replica {
+            return Err(NodeError::NotReplica);
+        }
+        if epoch <= self.shared.epoch() {
+            return Err(NodeError::EpochNotRaised { epoch, current: self.shared.epoch() });
+        }
+        self.shared.promote(epoch);
+        Ok(())
+    }
+}
+
 /// A running node. See the module documentation of [`crate::pipeline`] for the API's shape.
 pub struct Node {
     shared: Arc<Shared>,
@@ -490,15 +516,14 @@ impl Node {
     /// command of the new epoch is journaled before the epoch file allows it); records
     /// already submitted are journaled and applied in ring order before the first command.
     pub fn promote(&self, epoch: Epoch) -> Result<(), NodeError> {
-        self.check_running()?;
-        if self.shared.intake() != Intake::Replica {
-            return Err(NodeError::NotReplica);
-        }
-        if epoch <= self.shared.epoch() {
-            return Err(NodeError::EpochNotRaised { epoch, current: self.shared.epoch() });
-        }
-        self.shared.promote(epoch);
-        Ok(())
+        self.promoter().promote(epoch)
+    }
+
+    /// A handle that promotes this node from another thread (a coordination driver) without
+    /// owning it; the same checks and rules as [`Node::promote`].
+    #[must_use]
+    pub fn promoter(&self) -> Promoter {
+        Promoter { shared: Arc::clone(&self.shared) }
     }
 
     /// The topology the node runs.

@@ -238,6 +238,12 @@ impl Shared {
         self.hold.as_ref().and_then(|hold| hold.reason())
     }
 
+    /// Whether the primary's lease deadline passed (`WriteHold::set_lease_deadline`): no write
+    /// may be acknowledged on the local journal alone any more.
+    pub(crate) fn lease_expired(&self) -> bool {
+        self.hold.as_ref().is_some_and(|hold| hold.lease_expired())
+    }
+
     /// Whether a client write may be published now: not once the journal failed, not on a
     /// replica, not while the replicator holds writes.
     pub(crate) fn check_writable(&self) -> Result<(), Refused> {
@@ -246,6 +252,7 @@ impl Shared {
             return Err(Refused::NotPrimary);
         }
         match self.write_hold() {
+            None if self.lease_expired() => Err(Refused::ReplicationUnavailable),
             None => Ok(()),
             Some(HoldReason::StandbyLost) => Err(Refused::ReplicationUnavailable),
             Some(HoldReason::Deposed) => Err(Refused::NotPrimary),

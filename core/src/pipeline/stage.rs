@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
@@ -113,9 +114,34 @@ pub enum HoldReason {
 /// `Unanswered::Unreplicated` (applied here, not known to the standby), and reads are answered
 /// from local state, so the node keeps serving reads instead of stalling behind a write that
 /// cannot be replicated.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriteHold {
     reason: AtomicU8,
+    /// When a primary acknowledging on its own journal must stop ([`monotonic_ns`]), or
+    /// `u64::MAX`: checked by egress at every release, so a primary paused past its lease
+    /// acknowledges nothing when it resumes, whatever its control thread has noticed.
+    lease_deadline_ns: AtomicU64,
+}
+
+impl Default for WriteHold {
+    fn default() -> WriteHold {
+        WriteHold { reason: AtomicU8::new(0), lease_deadline_ns: AtomicU64::new(u64::MAX) }
+    }
+}
+
+/// Nanoseconds on the process's monotonic clock, from a fixed origin (its first use): the
+/// time base of [`WriteHold::set_lease_deadline`], shared by every thread of the process.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    monotonic_ns_at(Instant::now())
+}
+
+/// [`monotonic_ns`] of `instant` (0 for one before the origin).
+#[must_use]
+pub fn monotonic_ns_at(instant: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(instant.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl WriteHold {
@@ -133,6 +159,20 @@ impl WriteHold {
     /// Turns the hold off.
     pub fn release(&self) {
         self.reason.store(0, Ordering::Release);
+    }
+
+    /// Writes acknowledged on the local journal alone may be released only before
+    /// `deadline_ns` ([`monotonic_ns`]); `u64::MAX` lifts the limit. Egress answers a write it
+    /// would release after the deadline `Unreplicated` instead.
+    pub fn set_lease_deadline(&self, deadline_ns: u64) {
+        self.lease_deadline_ns.store(deadline_ns, Ordering::Release);
+    }
+
+    /// Whether a lease deadline is set and has passed.
+    #[must_use]
+    pub fn lease_expired(&self) -> bool {
+        let deadline = self.lease_deadline_ns.load(Ordering::Acquire);
+        deadline != u64::MAX && monotonic_ns() >= deadline
     }
 
     /// Why writes are held, if they are.

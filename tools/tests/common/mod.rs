@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, channel};
+
+pub mod etcd;
 use std::time::{Duration, Instant};
 
 /// A directory under the system temp dir, removed on drop.

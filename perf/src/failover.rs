@@ -1,0 +1,368 @@
+//! Automatic failover under load, with real processes: a single-member etcd (the witness) and
+//! two `ringfence serve --etcd` nodes on loopback, lease TTL 1 s. A client thread reserves
+//! one unit at a time (fresh request id each, retrying the other node when one fails); the
+//! leader is killed with SIGKILL; the row is the time from the kill to the first write the
+//! new primary acknowledged. The killed node is restarted (it rejoins as a standby) before
+//! the next round. At the end every acknowledged request is sent again with its request id
+//! to the last primary: an answer that differs is an acknowledged write lost.
+//!
+//! Baseline row: the same client's write round trip against a healthy primary (the harness's
+//! own share of each failover figure). Needs `etcd` (`apt-get install etcd-server`) and the
+//! `ringfence` binary next to this one (`cargo build --release -p ringfence-tools`) or given
+//! with `--ringfence`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::Common;
+use crate::report::{Report, Row, latency_histogram};
+
+/// The lease TTL the nodes run with (etcd runs with a 500 ms election timeout, so it accepts
+/// 1 s).
+const LEASE_TTL_S: &str = "1";
+/// How long the load runs on a healthy pair before each kill.
+const LOAD_BEFORE_KILL: Duration = Duration::from_millis(300);
+/// A liveness bound on every wait; a failover slower than this aborts the benchmark.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+const SECRET: &str = "ringfence-perf-failover-secret-32";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_etcd(dir: &Path) -> Result<(Process, String), String> {
+    let (client, peer) = (free_port(), free_port());
+    let client = format!("http://127.0.0.1:{client}");
+    let peer = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "witness", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("witness={peer}")])
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("etcd is not installed or did not start ({e})"))?;
+    let process = Process(child);
+    let addr: SocketAddr = client.trim_start_matches("http://").parse().unwrap();
+    let started = Instant::now();
+    while http(addr, "GET", "/health", "").is_none_or(|(_, body)| !body.contains("true")) {
+        if started.elapsed() > WAIT_MAX {
+            return Err("etcd did not answer /health".into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok((process, client))
+}
+
+/// One `ringfence serve --etcd` node on fixed ports.
+struct Node {
+    name: &'static str,
+    http: SocketAddr,
+    args: Vec<String>,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+impl Node {
+    fn new(binary: &Path, root: &Path, name: &'static str, etcd: &str) -> Node {
+        let secret = root.join("secret");
+        fs::write(&secret, SECRET).unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args = vec![binary.to_str().unwrap().to_owned(), "serve".into()];
+        for (flag, value) in [
+            ("--data-dir", root.join(name).to_str().unwrap().to_owned()),
+            ("--listen", format!("127.0.0.1:{}", free_port())),
+            ("--http", http.to_string()),
+            ("--replication-listen", format!("127.0.0.1:{}", free_port())),
+            ("--cluster-secret-file", secret.to_str().unwrap().to_owned()),
+            ("--cluster-id", "perf".into()),
+            ("--etcd", etcd.into()),
+            ("--node-name", name.into()),
+            ("--lease-ttl-s", LEASE_TTL_S.into()),
+        ] {
+            args.push(flag.into());
+            args.push(value);
+        }
+        Node { name, http, args, log: root.join(format!("{name}.log")), process: None }
+    }
+
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&self.args[0])
+            .args(&self.args[1..])
+            .env_remove("RINGFENCE_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the ringfence binary runs");
+        self.process = Some(Process(child));
+    }
+
+    fn kill(&mut self) {
+        drop(self.process.take());
+    }
+
+    fn coordination(&self) -> Option<Value> {
+        let (status, body) = http(self.http, "GET", "/v1/node", "")?;
+        let node: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+        Some(node["replication"]["coordination"].clone())
+    }
+}
+
+/// One HTTP/1.1 request; `None` when the node cannot be reached or hangs up.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    Some((status, response.split("\r\n\r\n").nth(1)?.to_owned()))
+}
+
+fn wait(what: &str, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "ringfence-perf failover: {what} within {WAIT_MAX:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until one node leads with the other recorded as its in-sync standby; returns the
+/// leader's index.
+fn settled(nodes: &[Node; 2]) -> usize {
+    let mut leader = 0;
+    wait("a leader with its standby recorded in sync", || {
+        for (i, node) in nodes.iter().enumerate() {
+            let other = nodes[1 - i].name;
+            if node
+                .coordination()
+                .is_some_and(|c| c["state"] == "leader" && c["in_sync_standby"] == other)
+            {
+                leader = i;
+                return true;
+            }
+        }
+        false
+    });
+    leader
+}
+
+fn reservation(request: u64) -> String {
+    let user = request % 10_000 + 1;
+    format!(r#"{{"request_id":"bench-{request}","user":{user},"sku":1,"qty":1}}"#)
+}
+
+/// What the client thread saw: every acknowledged request (id → answer), and the writes
+/// acknowledged after the kill by the node that was not killed (when).
+#[derive(Default)]
+struct Seen {
+    acknowledged: BTreeMap<u64, String>,
+    latencies_ns: Vec<u64>,
+    kill: Option<(usize, Instant)>,
+    first_after_kill: Option<Instant>,
+}
+
+/// The client: one reservation at a time, fresh request ids from `next`, sent to the node it
+/// believes leads, switching to the other on failure.
+fn client(addrs: [SocketAddr; 2], seen: &Mutex<Seen>, stop: &AtomicBool, mut next: u64) -> u64 {
+    let mut target = 0;
+    while !stop.load(Ordering::Acquire) {
+        let started = Instant::now();
+        match http(addrs[target], "POST", "/v1/orders", &reservation(next)) {
+            Some((201, body)) => {
+                let mut seen = seen.lock().unwrap();
+                seen.acknowledged.insert(next, body);
+                let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                match seen.kill {
+                    None => seen.latencies_ns.push(elapsed),
+                    Some((killed, _)) if killed != target && seen.first_after_kill.is_none() => {
+                        seen.first_after_kill = Some(Instant::now());
+                    }
+                    Some(_) => {}
+                }
+                next += 1;
+            }
+            _ => {
+                target = 1 - target;
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    next
+}
+
+fn ringfence_binary(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("this binary's path");
+        exe.with_file_name("ringfence")
+    })
+}
+
+/// Runs `failovers` rounds and prints the figures.
+pub fn run(common: Common, failovers: Option<u64>, ringfence: Option<PathBuf>) {
+    let failovers = failovers.unwrap_or(if common.quick { 5 } else { 20 });
+    let mut report = Report::new(common.json);
+    report.note(&crate::pipeline::machine_load());
+    let binary = ringfence_binary(ringfence);
+    if !binary.exists() {
+        report.note(&format!(
+            "failover skipped: no ringfence binary at {} (cargo build --release -p \
+             ringfence-tools, or --ringfence PATH)",
+            binary.display()
+        ));
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("ringfence-perf-failover-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root).unwrap();
+    match start_etcd(&root) {
+        Ok((etcd, url)) => rounds(&mut report, (&binary, &root, &url), failovers, &etcd),
+        Err(error) => report.note(&format!(
+            "failover skipped: {error}; install it with `apt-get install -y etcd-server`"
+        )),
+    }
+    let _ = fs::remove_dir_all(&root);
+}
+
+fn rounds(
+    report: &mut Report,
+    (binary, root, etcd): (&Path, &Path, &str),
+    failovers: u64,
+    _etcd: &Process,
+) {
+    report.note(&format!(
+        "failover: etcd 3.4 (1 member) + 2 `ringfence serve --etcd` processes on loopback, \
+         lease TTL {LEASE_TTL_S} s, sync mode, durability batch; {failovers} SIGKILLs of the \
+         leader under a one-at-a-time HTTP reservation client; binary {}",
+        binary.display()
+    ));
+    let mut nodes = [Node::new(binary, root, "a", etcd), Node::new(binary, root, "b", etcd)];
+    nodes[0].start();
+    wait("a leads", || nodes[0].coordination().is_some_and(|c| c["state"] == "leader"));
+    nodes[1].start();
+    let leader = settled(&nodes);
+    let sku = "{\"sku\":1,\"stock\":100000000,\"price_cents\":900,\"per_user_limit\":0,\
+               \"payment_timeout_ms\":3600000}";
+    let token = fs::read_to_string(root.join(nodes[leader].name).join("admin.token")).unwrap();
+    let created = admin(nodes[leader].http, token.trim(), "/v1/skus", sku);
+    assert_eq!(created.map(|(status, _)| status), Some(201), "the SKU is created");
+
+    let addrs = [nodes[0].http, nodes[1].http];
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut failover_ns = Vec::new();
+    let mut next = 0;
+    for _ in 0..failovers {
+        let leader = settled(&nodes);
+        seen.lock().unwrap().kill = None;
+        seen.lock().unwrap().first_after_kill = None;
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            thread::spawn(move || client(addrs, &seen, &stop, next))
+        };
+        thread::sleep(LOAD_BEFORE_KILL);
+        let killed = Instant::now();
+        seen.lock().unwrap().kill = Some((leader, killed));
+        nodes[leader].kill();
+        wait("the standby acknowledges a write", || {
+            seen.lock().unwrap().first_after_kill.is_some()
+        });
+        stop.store(true, Ordering::Release);
+        next = load.join().expect("the client thread");
+        let first = seen.lock().unwrap().first_after_kill.expect("seen above");
+        failover_ns
+            .push(u64::try_from(first.duration_since(killed).as_nanos()).unwrap_or(u64::MAX));
+        nodes[leader].start();
+    }
+    let leader = settled(&nodes);
+    let seen = seen.lock().unwrap();
+    let lost = lost(nodes[leader].http, &seen.acknowledged);
+    push_rows(report, &failover_ns, &seen.latencies_ns);
+    report.note(&format!(
+        "  acknowledged writes: {}; lost after {failovers} failovers: {lost} (every one re-sent \
+         with its request id to the last primary)",
+        seen.acknowledged.len()
+    ));
+    let each: Vec<String> = failover_ns.iter().map(|ns| format!("{} ms", ns / 1_000_000)).collect();
+    report.note(&format!("  per failover, kill to first acknowledged write: {}", each.join(", ")));
+    for node in &mut nodes {
+        node.kill();
+    }
+}
+
+fn admin(addr: SocketAddr, token: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some((response.get(9..12)?.parse().ok()?, response.split("\r\n\r\n").nth(1)?.to_owned()))
+}
+
+/// Re-sends every acknowledged request with its id; counts the answers that differ.
+fn lost(primary: SocketAddr, acknowledged: &BTreeMap<u64, String>) -> u64 {
+    let mut lost = 0;
+    for (&request, before) in acknowledged {
+        let again = http(primary, "POST", "/v1/orders", &reservation(request));
+        if again.as_ref().map(|(status, body)| (*status, body)) != Some((201, before)) {
+            eprintln!(
+                "ringfence-perf failover: request {request} lost: was {before}, now {again:?}"
+            );
+            lost += 1;
+        }
+    }
+    lost
+}
+
+fn push_rows(report: &mut Report, failover_ns: &[u64], healthy_ns: &[u64]) {
+    for (variant, samples) in
+        [("kill_to_first_ack", failover_ns), ("healthy_write_baseline", healthy_ns)]
+    {
+        let mut histogram = latency_histogram();
+        for &ns in samples {
+            histogram.saturating_record(ns.max(1));
+        }
+        let seconds = samples.iter().sum::<u64>() as f64 / 1e9;
+        let row = Row::new("failover", variant, samples.len() as u64, seconds, histogram)
+            .with("lease_ttl_s", 1)
+            .with("ops_per_sec_means", "1 / mean time");
+        report.push(row);
+    }
+}

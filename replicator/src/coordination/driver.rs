@@ -1,0 +1,610 @@
+//! The shell around the [`Pilot`]: a candidate's start-up ([`Startup::decide`]) and the
+//! control-plane thread (`rf-coordinator`) of a running node. It renews the lease, reads the
+//! witness, hands the pilot the node's facts, and carries out the plan — campaign and
+//! promote, write the in-sync record and then act on it, hold and resign for a switchover,
+//! or rejoin (the caller restarts the process as a candidate). It owns no decision.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ringfence_core::pipeline::Promoter;
+use ringfence_core::{Epoch, Sequence};
+
+use crate::control::{Control, log};
+use crate::coordination::CoordinationConfig;
+use crate::coordination::pilot::{self, After, Facts, Identity, Pilot, Plan};
+use crate::coordination::records::{LeaderValue, Member, RECORDS_VERSION, Switchover, SyncRecord};
+use crate::coordination::store::{Coordinator, CoordinatorError, LeaseId, View};
+use crate::policy::{AckMode, Gate, PolicyState};
+
+/// How often the running driver looks at the witness, at most.
+const TICK_MAX: Duration = Duration::from_millis(100);
+
+/// What `/v1/node` shows about coordination.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoordinationFigures {
+    /// This node's name.
+    pub node: String,
+    /// `leader`, `standby`, `handing_over` or `candidate`.
+    pub state: String,
+    /// The leader this node knows, and its epoch.
+    pub leader: Option<(String, u64)>,
+    /// A leader's time left before it stops acknowledging alone (ms).
+    pub lease_remaining_ms: Option<u64>,
+    /// The in-sync record: its standby and mode.
+    pub in_sync_standby: Option<String>,
+    /// The mode recorded.
+    pub recorded_mode: Option<String>,
+    /// `reachable` or the last error.
+    pub witness: String,
+    /// Why this node waits instead of taking over.
+    pub waiting: Option<String>,
+    /// After a promotion over an async record: the loss window reported.
+    pub failover_loss_records: Option<u64>,
+}
+
+/// What a candidate decided at start.
+pub enum Decided {
+    /// It took the key: start as the primary of this epoch.
+    Primary {
+        /// Its leader value.
+        leader: LeaderValue,
+        /// The record written with it.
+        sync: SyncRecord,
+    },
+    /// Someone else leads: start as its standby.
+    Standby {
+        /// The leader.
+        leader: LeaderValue,
+    },
+}
+
+/// A candidate's connection to the witness, from start-up until its driver runs.
+pub struct Startup {
+    config: CoordinationConfig,
+    coordinator: Box<dyn Coordinator>,
+    lease: LeaseId,
+    clock: Instant,
+    /// When the last renewal that succeeded was sent (ms on `clock`).
+    renewed_ms: u64,
+}
+
+impl Startup {
+    /// Grants this node's lease, retrying while the witness cannot be reached (until `give_up`).
+    pub fn connect(
+        config: CoordinationConfig,
+        mut coordinator: Box<dyn Coordinator>,
+        give_up: Duration,
+    ) -> Result<Startup, String> {
+        let clock = Instant::now();
+        let mut failures = 0u64;
+        loop {
+            let sent = ms(clock);
+            match coordinator.grant(config.timing.ttl_s) {
+                Ok(lease) => {
+                    return Ok(Startup { config, coordinator, lease, clock, renewed_ms: sent });
+                }
+                Err(error) if clock.elapsed() < give_up => {
+                    failures += 1;
+                    if failures <= 3 || failures % 50 == 0 {
+                        log(format_args!("coordination: waiting for the witness: {error}"));
+                    }
+                    thread::sleep(Duration::from_millis(config.timing.renew_ms.min(200)));
+                }
+                Err(error) => return Err(format!("the witness did not answer: {error}")),
+            }
+        }
+    }
+
+    /// Waits until this candidate follows a leader or has taken the key itself. `facts` are the
+    /// node's journal position and epochs (from its data directory).
+    pub fn decide(&mut self, me: &Identity, facts: &Facts) -> Result<Decided, String> {
+        let mut said = String::new();
+        loop {
+            self.renew()?;
+            let plan = match self.coordinator.read() {
+                Ok(view) => pilot::start(me, &view, facts),
+                Err(error) => Plan::Wait(format!("the witness is unreachable: {error}")),
+            };
+            match plan {
+                Plan::Follow(leader) => {
+                    log(format_args!(
+                        "coordination: {} leads (epoch {}): starting as its standby",
+                        leader.node, leader.epoch
+                    ));
+                    return Ok(Decided::Standby { leader });
+                }
+                Plan::Campaign { leader, sync_revision, sync } => {
+                    match self.coordinator.campaign(&leader, self.lease, sync_revision, &sync) {
+                        Ok(true) => {
+                            log(format_args!(
+                                "coordination: took the leader key: primary in epoch {}",
+                                leader.epoch
+                            ));
+                            return Ok(Decided::Primary { leader, sync });
+                        }
+                        Ok(false) => continue,
+                        Err(error) => log(format_args!("coordination: campaign failed: {error}")),
+                    }
+                }
+                Plan::Wait(reason) if reason != said => {
+                    log(format_args!("coordination: {reason}"));
+                    said = reason;
+                }
+                _ => {}
+            }
+            thread::sleep(Duration::from_millis(self.config.timing.renew_ms.min(100)));
+        }
+    }
+
+    /// Keeps the lease alive on a thread of its own while the node starts (recovery can take
+    /// longer than the lease lives); [`Held::resume`] hands it back to the driver.
+    pub fn hold(mut self) -> std::io::Result<Held> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let pause = Duration::from_millis(self.config.timing.renew_ms.min(100));
+        let thread = thread::Builder::new().name("rf-coord-start".into()).spawn(move || {
+            while !stopping.load(Ordering::Acquire) {
+                if let Err(error) = self.renew() {
+                    log(format_args!("coordination: renewing the lease at start: {error}"));
+                }
+                thread::sleep(pause);
+            }
+            self
+        })?;
+        Ok(Held { stop, thread })
+    }
+
+    /// Renews the lease; a lease that expired while waiting is granted again.
+    fn renew(&mut self) -> Result<(), String> {
+        let sent = ms(self.clock);
+        match self.coordinator.keep_alive(self.lease) {
+            Ok(0) => {
+                self.lease =
+                    self.coordinator.grant(self.config.timing.ttl_s).map_err(|e| e.to_string())?;
+                self.renewed_ms = sent;
+            }
+            Ok(_) => self.renewed_ms = sent,
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Time left on the lease as of now, minus the margin.
+    fn remaining_ms(&self) -> u64 {
+        let timing = self.config.timing;
+        timing.deadline(self.renewed_ms, timing.ttl_s).saturating_sub(ms(self.clock))
+    }
+}
+
+/// A [`Startup`] whose lease a thread keeps alive while the node starts.
+pub struct Held {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Startup>,
+}
+
+impl Held {
+    /// Stops the thread and returns the startup, its lease renewed.
+    pub fn resume(self) -> Result<Startup, String> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().map_err(|_| "the lease thread panicked".to_owned())
+    }
+}
+
+fn ms(clock: Instant) -> u64 {
+    u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the operator asks of the driver, with where the answer goes.
+enum Request {
+    SetMode(AckMode, Sender<Result<(), String>>),
+    Switchover(Sender<Result<(), String>>),
+    Stop,
+}
+
+/// Restarts the process as a candidate, with the reason; does not return.
+pub type Rejoin = Box<dyn Fn(&str) + Send>;
+
+/// The handle the node's admin calls and `/v1/node` use.
+pub struct Coordination {
+    requests: Mutex<Sender<Request>>,
+    figures: Arc<Mutex<CoordinationFigures>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    timeout: Duration,
+}
+
+impl Coordination {
+    /// The figures for `/v1/node`.
+    pub fn figures(&self) -> CoordinationFigures {
+        self.figures.lock().expect("never poisoned").clone()
+    }
+
+    fn ask(
+        &self,
+        request: impl FnOnce(Sender<Result<(), String>>) -> Request,
+    ) -> Result<(), String> {
+        let (reply, answer) = mpsc::channel();
+        let sent = self.requests.lock().expect("never poisoned").send(request(reply));
+        sent.map_err(|_| "the coordination thread has stopped".to_owned())?;
+        answer
+            .recv_timeout(self.timeout)
+            .map_err(|_| "the witness did not answer in time; nothing changed".to_owned())?
+    }
+
+    /// Switches the acknowledgement mode: `async` is written to the witness first.
+    pub fn set_mode(&self, mode: AckMode) -> Result<(), String> {
+        self.ask(|reply| Request::SetMode(mode, reply))
+    }
+
+    /// A standby asks the primary, through the witness, to hand over the leader key.
+    pub fn request_switchover(&self) -> Result<(), String> {
+        self.ask(Request::Switchover)
+    }
+
+    /// Stops the driver; a primary gives up the leader key so its standby takes over at once.
+    pub fn stop(&self) {
+        let _ = self.requests.lock().expect("never poisoned").send(Request::Stop);
+        if let Some(thread) = self.thread.lock().expect("never poisoned").take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The running driver's state.
+struct Driver {
+    config: CoordinationConfig,
+    coordinator: Box<dyn Coordinator>,
+    lease: LeaseId,
+    pilot: Pilot,
+    control: Arc<Control>,
+    promoter: Promoter,
+    rejoin: Rejoin,
+    figures: Arc<Mutex<CoordinationFigures>>,
+    next_renew_ms: u64,
+    /// When the last successful renewal was sent (ms on the control's clock).
+    renewed_ms: u64,
+    said: String,
+}
+
+/// Starts the driver of a node that decided at start-up.
+pub fn start(
+    startup: Startup,
+    (me, decided): (Identity, Decided),
+    control: Arc<Control>,
+    promoter: Promoter,
+    rejoin: Rejoin,
+) -> std::io::Result<Coordination> {
+    let remaining_ms = startup.remaining_ms();
+    let Startup { config, coordinator, lease, .. } = startup;
+    let now = control.now_ms();
+    // The lease's remaining time carries over to the control's clock.
+    let renewed_ms =
+        (now + remaining_ms + config.timing.margin_ms).saturating_sub(config.timing.ttl_s * 1_000);
+    let pilot = match decided {
+        Decided::Primary { leader, sync } => {
+            Pilot::primary(me, config.timing, (leader, sync), renewed_ms)
+        }
+        Decided::Standby { leader } => Pilot::standby(me, config.timing, leader),
+    };
+    if let Some(deadline) = pilot.deadline_ms() {
+        control.set_lease_deadline(deadline);
+    }
+    let figures = Arc::new(Mutex::new(CoordinationFigures::default()));
+    let (requests, inbox) = mpsc::channel();
+    let timeout = config.request_timeout() * 4;
+    let mut driver = Driver {
+        config,
+        coordinator,
+        lease,
+        pilot,
+        control,
+        promoter,
+        rejoin,
+        figures: Arc::clone(&figures),
+        next_renew_ms: now,
+        renewed_ms,
+        said: String::new(),
+    };
+    driver.register();
+    let thread =
+        thread::Builder::new().name("rf-coordinator".into()).spawn(move || driver.run(&inbox))?;
+    Ok(Coordination {
+        requests: Mutex::new(requests),
+        figures,
+        thread: Mutex::new(Some(thread)),
+        timeout,
+    })
+}
+
+impl Driver {
+    fn run(mut self, inbox: &Receiver<Request>) {
+        let tick = Duration::from_millis(self.config.timing.renew_ms).min(TICK_MAX);
+        loop {
+            self.step();
+            match inbox.recv_timeout(tick) {
+                Ok(Request::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Request::SetMode(mode, reply)) => {
+                    let _ = reply.send(self.set_mode(mode));
+                }
+                Ok(Request::Switchover(reply)) => {
+                    let _ = reply.send(self.switchover());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        self.stop();
+    }
+
+    /// One round: renew when due, read the witness, carry out the pilot's plan.
+    fn step(&mut self) {
+        let now = self.control.now_ms();
+        if now >= self.next_renew_ms {
+            self.next_renew_ms = now + self.config.timing.renew_ms;
+            self.renew(now);
+        }
+        match self.coordinator.read() {
+            Ok(view) => {
+                let facts = self.control.facts();
+                let plan = self.pilot.on_view(self.control.now_ms(), &facts, &view);
+                self.carry_out(plan, &view, &facts);
+                self.figures(&view, None);
+            }
+            Err(error) => self.figures(&View::default(), Some(&error)),
+        }
+    }
+
+    fn renew(&mut self, sent_ms: u64) {
+        match self.coordinator.keep_alive(self.lease) {
+            Ok(ttl_s) => {
+                if ttl_s > 0 {
+                    self.renewed_ms = sent_ms;
+                }
+                let plan = self.pilot.renewed(sent_ms, ttl_s);
+                if let Some(deadline) = self.pilot.deadline_ms() {
+                    self.control.set_lease_deadline(deadline);
+                }
+                if ttl_s == 0 && plan == Plan::Nothing {
+                    // A standby's lease lapsed (the witness was away): a new one, registered again.
+                    if let Ok(lease) = self.coordinator.grant(self.config.timing.ttl_s) {
+                        self.lease = lease;
+                        self.renewed_ms = sent_ms;
+                        self.register();
+                    }
+                }
+                let (view, facts) = (View::default(), self.control.facts());
+                self.carry_out(plan, &view, &facts);
+            }
+            Err(error) => self.note(&format!("lease renewal failed: {error}")),
+        }
+    }
+
+    fn carry_out(&mut self, plan: Plan, view: &View, facts: &Facts) {
+        match plan {
+            Plan::Nothing | Plan::Follow(_) => {}
+            Plan::Wait(reason) => {
+                self.note(&reason);
+                self.figures.lock().expect("never poisoned").waiting = Some(reason);
+            }
+            Plan::Campaign { leader, sync_revision, sync } => {
+                self.campaign((leader, sync), sync_revision, view, facts);
+            }
+            Plan::Record { sync, after } => self.record(sync, after),
+            Plan::Hold => {
+                log(format_args!(
+                    "coordination: {} asks to take over: holding writes until it has \
+                     acknowledged everything",
+                    view.switchover.as_ref().map_or("the standby", |s| s.to.as_str())
+                ));
+                self.control.set_handover(true);
+            }
+            Plan::Resign => match self.coordinator.resign(self.pilot.leader()) {
+                Ok(true) => {
+                    log(format_args!("coordination: gave up the leader key for the switchover"));
+                    self.pilot.resigned();
+                }
+                Ok(false) => {}
+                Err(error) => self.note(&format!("resigning failed: {error}")),
+            },
+            Plan::Rejoin(reason) => {
+                log(format_args!("coordination: {reason}: restarting as a candidate"));
+                (self.rejoin)(&reason);
+            }
+        }
+    }
+
+    fn campaign(
+        &mut self,
+        (leader, sync): (LeaderValue, SyncRecord),
+        sync_revision: i64,
+        view: &View,
+        facts: &Facts,
+    ) {
+        if self.lease_lapsed() {
+            return;
+        }
+        match self.coordinator.campaign(&leader, self.lease, sync_revision, &sync) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => return self.note(&format!("campaign failed: {error}")),
+        }
+        let epoch = Epoch(leader.epoch);
+        if let Err(error) = self.control.promote_to(&self.promoter, epoch) {
+            // The key is ours but the node cannot sequence: let the lease go and start over.
+            let _ = self.coordinator.resign(&leader);
+            (self.rejoin)(&format!("promotion into epoch {epoch} failed: {error}"));
+            return;
+        }
+        let loss = view
+            .sync
+            .as_ref()
+            .filter(|s| s.ack_mode() == AckMode::Async)
+            .map(|s| s.primary_last.saturating_sub(facts.available.0));
+        if let Some(loss) = loss {
+            log(format_args!(
+                "coordination: promoted over an async record: the old primary had journaled at \
+                 least {loss} records beyond this node's {} (acknowledged ones among them are \
+                 lost)",
+                facts.available
+            ));
+        }
+        self.figures.lock().expect("never poisoned").failover_loss_records = loss;
+        log(format_args!("coordination: took the leader key: primary in epoch {epoch}"));
+        assert!(self.control.is_primary(), "a promoted node sequences");
+        assert_eq!(self.control.epoch(), epoch, "it sequences in the epoch it took");
+        self.pilot.became_primary((leader, sync), self.renewed_ms);
+        if let Some(deadline) = self.pilot.deadline_ms() {
+            self.control.set_lease_deadline(deadline);
+        }
+        self.role_figures();
+        self.register();
+    }
+
+    fn lease_lapsed(&self) -> bool {
+        let timing = self.config.timing;
+        self.control.now_ms() >= timing.deadline(self.renewed_ms, timing.ttl_s)
+    }
+
+    fn record(&mut self, sync: SyncRecord, after: After) {
+        match self.coordinator.record_sync(self.pilot.leader(), &sync) {
+            Ok(true) => {}
+            // The key is not ours any more: the next read rejoins.
+            Ok(false) => return,
+            Err(error) => return self.note(&format!("writing the in-sync record failed: {error}")),
+        }
+        if self.pilot.recorded().map(|r| (&r.standby, &r.mode)) != Some((&sync.standby, &sync.mode))
+        {
+            log(format_args!(
+                "coordination: recorded {} mode, in-sync standby: {}",
+                sync.mode,
+                sync.standby.as_deref().unwrap_or("none (this primary alone)")
+            ));
+        }
+        {
+            let mut figures = self.figures.lock().expect("never poisoned");
+            figures.in_sync_standby.clone_from(&sync.standby);
+            figures.recorded_mode = Some(sync.mode.clone());
+        }
+        self.pilot.recorded_sync(sync);
+        match after {
+            After::Nothing => {}
+            After::ContinueAlone => self.control.continue_alone(),
+            After::SetMode(mode) => self.control.set_mode(mode),
+        }
+    }
+
+    fn set_mode(&mut self, mode: AckMode) -> Result<(), String> {
+        let facts = self.control.facts();
+        if !facts.primary {
+            return Err("the mode is set on the primary".into());
+        }
+        match self.pilot.mode_request(mode, &facts) {
+            Plan::Nothing => {
+                self.control.set_mode(mode);
+                Ok(())
+            }
+            Plan::Record { sync, after } => {
+                match self.coordinator.record_sync(self.pilot.leader(), &sync) {
+                    Ok(true) => {}
+                    Ok(false) => return Err("this node no longer holds the leader key".into()),
+                    Err(error) => return Err(format!("{error}; the mode is unchanged")),
+                }
+                self.record(sync, after);
+                Ok(())
+            }
+            Plan::Wait(why) => Err(why),
+            _ => Err("this node is not the leader".into()),
+        }
+    }
+
+    fn switchover(&mut self) -> Result<(), String> {
+        let facts = self.control.facts();
+        if facts.primary {
+            return Err("this node is already the primary".into());
+        }
+        let leader = self.pilot.leader().clone();
+        let request = Switchover {
+            version: RECORDS_VERSION,
+            to: self.config.node.clone(),
+            epoch: leader.epoch,
+        };
+        self.coordinator.request_switchover(&request, self.lease).map_err(|e| e.to_string())?;
+        log(format_args!("coordination: asked {} to hand over the leader key", leader.node));
+        Ok(())
+    }
+
+    /// Registers this node and whom it follows, under its lease.
+    fn register(&mut self) {
+        let following = match self.pilot.state() {
+            "standby" => Some((self.pilot.leader().node.clone(), self.pilot.leader().epoch)),
+            _ => None,
+        };
+        let member = Member { version: RECORDS_VERSION, node: self.config.node.clone(), following };
+        if let Err(error) = self.coordinator.register(&member, self.lease) {
+            self.note(&format!("registering failed: {error}"));
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.pilot.state() == "leader"
+            && self.coordinator.resign(self.pilot.leader()) == Ok(true)
+        {
+            log(format_args!("coordination: gave up the leader key on the way out"));
+        }
+    }
+
+    /// Logs `what` unless it was the last thing logged (a failure repeating each round is
+    /// said once).
+    fn note(&mut self, what: &str) {
+        if what != self.said {
+            log(format_args!("coordination: {what}"));
+            self.said = what.to_owned();
+        }
+    }
+
+    /// The figures that follow from the pilot alone: role, leader, lease, record.
+    fn role_figures(&self) {
+        let mut figures = self.figures.lock().expect("never poisoned");
+        figures.node.clone_from(&self.config.node);
+        figures.state = self.pilot.state().into();
+        let leader = self.pilot.leader();
+        figures.leader = Some((leader.node.clone(), leader.epoch));
+        let now = self.control.now_ms();
+        figures.lease_remaining_ms = self.pilot.deadline_ms().map(|d| d.saturating_sub(now));
+        if let Some(record) = self.pilot.recorded() {
+            figures.in_sync_standby.clone_from(&record.standby);
+            figures.recorded_mode = Some(record.mode.clone());
+        }
+    }
+
+    fn figures(&self, view: &View, error: Option<&CoordinatorError>) {
+        self.role_figures();
+        let mut figures = self.figures.lock().expect("never poisoned");
+        match error {
+            Some(error) => figures.witness = error.to_string(),
+            None => {
+                figures.witness = "reachable".into();
+                if view.leader.is_some() {
+                    figures.waiting = None;
+                }
+            }
+        }
+    }
+}
+
+/// The facts of a node that has not started yet: its journal's end and its epochs.
+#[must_use]
+pub fn candidate_facts(available: Sequence, epoch_floor: u64, mode: AckMode) -> Facts {
+    Facts {
+        primary: false,
+        policy: PolicyState::Alone,
+        mode,
+        gate: Gate::Local,
+        acked: available,
+        available,
+        diverged: false,
+        epoch_floor,
+    }
+}

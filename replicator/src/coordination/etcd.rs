@@ -1,0 +1,261 @@
+//! The etcd driver: [`Coordinator`] over etcd's v3 HTTP/JSON gateway (served by etcd 3.4 and
+//! later on its client port), with a blocking HTTP client on the control-plane thread. Keys
+//! and values travel base64-encoded; 64-bit integers come back as JSON strings. Every call
+//! has a timeout; a failed endpoint passes the call to the next one.
+//!
+//! | operation         | gateway call                                                   |
+//! |-------------------|----------------------------------------------------------------|
+//! | grant             | `/v3/lease/grant {TTL}`                                        |
+//! | keep_alive        | `/v3/lease/keepalive {ID}` (no `TTL` in the answer: expired)   |
+//! | read              | `/v3/kv/range` over the cluster prefix (linearizable)          |
+//! | campaign          | `/v3/kv/txn`: leader CREATE = 0 and sync MOD = seen → put both |
+//! | record_sync       | `/v3/kv/txn`: leader VALUE = ours → put sync                   |
+//! | resign            | `/v3/kv/txn`: leader VALUE = ours → delete leader              |
+//! | register, request | `/v3/kv/put` with the node's lease                             |
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+
+use crate::coordination::records::{LeaderValue, Member, Switchover, SyncRecord, encode};
+use crate::coordination::store::{Coordinator, CoordinatorError, Keys, LeaseId, View};
+
+/// etcd reached through its gateway.
+pub struct EtcdCoordinator {
+    endpoints: Vec<String>,
+    /// The endpoint tried first (the last one that answered).
+    current: usize,
+    agent: ureq::Agent,
+    keys: Keys,
+}
+
+impl EtcdCoordinator {
+    /// A driver for `cluster` over `endpoints` (`http://host:port`), each call bounded by
+    /// `timeout`.
+    #[must_use]
+    pub fn new(endpoints: Vec<String>, cluster: &str, timeout: Duration) -> EtcdCoordinator {
+        assert!(!endpoints.is_empty(), "at least one etcd endpoint");
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build();
+        let endpoints = endpoints.into_iter().map(|e| e.trim_end_matches('/').to_owned());
+        EtcdCoordinator {
+            endpoints: endpoints.collect(),
+            current: 0,
+            agent: config.into(),
+            keys: Keys::new(cluster),
+        }
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers.
+    fn call(&mut self, path: &str, body: &Value) -> Result<Value, CoordinatorError> {
+        let mut last = String::new();
+        for attempt in 0..self.endpoints.len() {
+            let index = (self.current + attempt) % self.endpoints.len();
+            let url = format!("{}{path}", self.endpoints[index]);
+            match self.post(&url, body) {
+                Ok(answer) => {
+                    self.current = index;
+                    return answer;
+                }
+                Err(error) => last = format!("{url}: {error}"),
+            }
+        }
+        Err(CoordinatorError::Unreachable(last))
+    }
+
+    /// One POST: `Err` if the endpoint could not be reached (try another), `Ok(Err)` if it
+    /// answered with an error.
+    fn post(
+        &self,
+        url: &str,
+        body: &Value,
+    ) -> Result<Result<Value, CoordinatorError>, ureq::Error> {
+        let mut response = self.agent.post(url).send_json(body)?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string()?;
+        if status == 503 {
+            // No leader in this member's view: another member may have one.
+            return Err(ureq::Error::StatusCode(status));
+        }
+        if status != 200 {
+            return Ok(Err(CoordinatorError::Protocol(format!("{url}: HTTP {status}: {text}"))));
+        }
+        Ok(serde_json::from_str(&text)
+            .map_err(|e| CoordinatorError::Protocol(format!("{url}: not JSON ({e}): {text}"))))
+    }
+
+    fn txn(&mut self, body: &Value) -> Result<bool, CoordinatorError> {
+        let answer = self.call("/v3/kv/txn", body)?;
+        Ok(answer.get("succeeded").and_then(Value::as_bool).unwrap_or(false))
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+/// An int64 field, which the gateway writes as a string (and leaves out when zero).
+fn int(value: &Value, field: &str) -> Result<i64, CoordinatorError> {
+    match value.get(field) {
+        None => Ok(0),
+        Some(Value::String(text)) => text.parse().map_err(|_| {
+            CoordinatorError::Protocol(format!("`{field}` is not an integer: {text}"))
+        }),
+        Some(Value::Number(number)) => number
+            .as_i64()
+            .ok_or_else(|| CoordinatorError::Protocol(format!("`{field}` is out of range"))),
+        Some(other) => Err(CoordinatorError::Protocol(format!("`{field}` is {other}"))),
+    }
+}
+
+fn unbase64(value: &Value, field: &str) -> Result<Vec<u8>, CoordinatorError> {
+    let text = value.get(field).and_then(Value::as_str).unwrap_or("");
+    BASE64
+        .decode(text)
+        .map_err(|e| CoordinatorError::Protocol(format!("`{field}` is not base64: {e}")))
+}
+
+/// The end of the range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    let last = end.last_mut().expect("a prefix is not empty");
+    assert!(*last < 0xff, "the cluster prefix ends in `/`");
+    *last += 1;
+    end
+}
+
+fn put_op(key: &str, value: &[u8], lease: Option<LeaseId>) -> Value {
+    let mut put = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
+    if let Some(lease) = lease {
+        put["lease"] = Value::String(lease.0.to_string());
+    }
+    json!({ "requestPut": put })
+}
+
+impl Coordinator for EtcdCoordinator {
+    fn grant(&mut self, ttl_s: u64) -> Result<LeaseId, CoordinatorError> {
+        let answer = self.call("/v3/lease/grant", &json!({ "TTL": ttl_s.to_string() }))?;
+        if let Some(error) = answer.get("error").and_then(Value::as_str) {
+            return Err(CoordinatorError::Protocol(format!("lease grant: {error}")));
+        }
+        let id = int(&answer, "ID")?;
+        if id == 0 {
+            return Err(CoordinatorError::Protocol(format!("lease grant without an id: {answer}")));
+        }
+        Ok(LeaseId(id))
+    }
+
+    fn keep_alive(&mut self, lease: LeaseId) -> Result<u64, CoordinatorError> {
+        let answer = self.call("/v3/lease/keepalive", &json!({ "ID": lease.0.to_string() }))?;
+        let result = answer.get("result").ok_or_else(|| {
+            CoordinatorError::Protocol(format!("lease keepalive without a result: {answer}"))
+        })?;
+        Ok(u64::try_from(int(result, "TTL")?).unwrap_or(0))
+    }
+
+    fn read(&mut self) -> Result<View, CoordinatorError> {
+        let prefix = self.keys.prefix.clone();
+        let body = json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(&prefix)) });
+        let answer = self.call("/v3/kv/range", &body)?;
+        let empty = Vec::new();
+        let kvs = answer.get("kvs").and_then(Value::as_array).unwrap_or(&empty);
+        let mut decoded = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let key = String::from_utf8(unbase64(kv, "key")?)
+                .map_err(|_| CoordinatorError::Protocol("a key is not UTF-8".into()))?;
+            decoded.push((
+                key,
+                unbase64(kv, "value")?,
+                int(kv, "lease")?,
+                int(kv, "mod_revision")?,
+            ));
+        }
+        let kvs = decoded.iter().map(|(k, v, l, r)| (k.as_str(), v.as_slice(), *l, *r));
+        self.keys.view(kvs)
+    }
+
+    fn campaign(
+        &mut self,
+        leader: &LeaderValue,
+        lease: LeaseId,
+        sync_revision: i64,
+        sync: &SyncRecord,
+    ) -> Result<bool, CoordinatorError> {
+        let (leader_key, sync_key) = (self.keys.leader(), self.keys.sync());
+        let body = json!({
+            "compare": [
+                { "target": "CREATE", "key": b64(leader_key.as_bytes()), "createRevision": "0" },
+                { "target": "MOD", "key": b64(sync_key.as_bytes()),
+                  "modRevision": sync_revision.to_string() },
+            ],
+            "success": [
+                put_op(&leader_key, &encode(leader), Some(lease)),
+                put_op(&sync_key, &encode(sync), None),
+            ],
+        });
+        self.txn(&body)
+    }
+
+    fn record_sync(
+        &mut self,
+        leader: &LeaderValue,
+        sync: &SyncRecord,
+    ) -> Result<bool, CoordinatorError> {
+        let (leader_key, sync_key) = (self.keys.leader(), self.keys.sync());
+        let body = json!({
+            "compare": [{ "target": "VALUE", "key": b64(leader_key.as_bytes()),
+                          "value": b64(&encode(leader)) }],
+            "success": [put_op(&sync_key, &encode(sync), None)],
+        });
+        self.txn(&body)
+    }
+
+    fn resign(&mut self, leader: &LeaderValue) -> Result<bool, CoordinatorError> {
+        let key = b64(self.keys.leader().as_bytes());
+        let body = json!({
+            "compare": [{ "target": "VALUE", "key": key, "value": b64(&encode(leader)) }],
+            "success": [{ "requestDeleteRange": { "key": key } }],
+        });
+        self.txn(&body)
+    }
+
+    fn register(&mut self, member: &Member, lease: LeaseId) -> Result<(), CoordinatorError> {
+        let put = put_op(&self.keys.member(&member.node), &encode(member), Some(lease));
+        self.call("/v3/kv/put", &put["requestPut"]).map(drop)
+    }
+
+    fn request_switchover(
+        &mut self,
+        request: &Switchover,
+        lease: LeaseId,
+    ) -> Result<(), CoordinatorError> {
+        let put = put_op(&self.keys.switchover(), &encode(request), Some(lease));
+        self.call("/v3/kv/put", &put["requestPut"]).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_range_ends_after_every_key_under_it() {
+        // Goal: `/ringfence/c/` ranges up to `/ringfence/c0`, which sorts after every key
+        // under the prefix and before the next cluster's.
+        assert_eq!(prefix_end("/ringfence/c/"), b"/ringfence/c0".to_vec());
+    }
+
+    #[test]
+    fn gateway_integers_are_strings_or_absent() {
+        // Goal: `"7"` and 7 read as 7, an absent field as 0, anything else is refused.
+        let value = json!({ "a": "7", "b": 7, "c": true });
+        assert_eq!(int(&value, "a"), Ok(7));
+        assert_eq!(int(&value, "b"), Ok(7));
+        assert_eq!(int(&value, "z"), Ok(0));
+        assert!(int(&value, "c").is_err());
+    }
+}

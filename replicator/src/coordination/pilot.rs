@@ -1,0 +1,773 @@
+//! The coordination decisions, pure: fed what the witness holds ([`View`]), what the node's
+//! replication is doing ([`Facts`]) and the time, the [`Pilot`] answers with one [`Plan`] for
+//! the driver to carry out, and is told how it went. No clock, no socket, no sleep: the
+//! driver thread and a simulator feed it alike.
+//!
+//! ```text
+//!  candidate ── leader key held by X ─────────────────────────────► standby of X
+//!      │                                                               │ key gone, and the
+//!      └── key free, eligible: campaign (take key + write record) ◄───┘ record names us
+//!                     │
+//!                     ▼
+//!                  primary ── key lost or held by another ──► rejoin (restart as candidate)
+//!                     │
+//!                     └── in-sync standby asks: hold writes, wait for its ack, resign ──┘
+//! ```
+//!
+//! The rules each [`Plan`] keeps (`ARCHITECTURE.md` states them as invariants):
+//! - A node takes the key only when nobody holds it and the in-sync record makes it eligible
+//!   (`SyncRecord::eligible`), in one transaction that also rewrites the record with itself
+//!   as primary and no standby, and an epoch above every epoch recorded or held locally.
+//! - The record names a standby only after the gate waits for it and its acknowledgement has
+//!   reached a mark taken at least one round after that (so everything acknowledged on the
+//!   local journal alone is below its acknowledgement).
+//! - The record says "no standby" or `async` *before* the node acknowledges without the
+//!   standby: continuing alone ([`After::ContinueAlone`]) and switching to async
+//!   ([`After::SetMode`]) are carried out only after the write succeeded.
+//! - The lease deadline is `renewal sent + TTL − margin`, on the monotonic clock: the renewal
+//!   is counted from when it was sent, never from when its answer came.
+
+use ringfence_core::Sequence;
+
+use crate::coordination::records::{LeaderValue, RECORDS_VERSION, SyncRecord};
+use crate::coordination::store::View;
+use crate::policy::{AckMode, Gate, PolicyState};
+
+/// Who this node is, as the witness shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Its node name (stable across restarts).
+    pub node: String,
+    /// Where standbys connect to it.
+    pub replication: String,
+    /// Its HTTP address, for `not_primary` answers.
+    pub http: Option<String>,
+}
+
+/// The lease's timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// The lease's time to live, in seconds (etcd counts in seconds).
+    pub ttl_s: u64,
+    /// How often the lease is renewed and the witness read.
+    pub renew_ms: u64,
+    /// How long before the lease can expire the primary stops acknowledging on its own.
+    pub margin_ms: u64,
+}
+
+impl Timing {
+    /// The defaults for a TTL: renew every quarter, stop a quarter early.
+    #[must_use]
+    pub fn for_ttl(ttl_s: u64) -> Timing {
+        Timing { ttl_s, renew_ms: ttl_s * 250, margin_ms: ttl_s * 250 }
+    }
+
+    /// Checks that a renewal can fail twice and still leave the margin.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ttl_s == 0 {
+            return Err("the lease TTL must be at least 1 s".into());
+        }
+        if self.renew_ms == 0 || 2 * self.renew_ms + self.margin_ms >= self.ttl_s * 1_000 {
+            return Err(format!(
+                "lease renewal every {} ms with a {} ms margin does not fit a {} s TTL: two \
+                 renewals and the margin must fit within it",
+                self.renew_ms, self.margin_ms, self.ttl_s
+            ));
+        }
+        Ok(())
+    }
+
+    /// When a primary whose renewal was sent at `sent_ms` and granted `ttl_s` must stop
+    /// acknowledging. The TTL is the witness's answer, counted as at most the one asked for;
+    /// one shorter than the margin gives a deadline already passed.
+    #[must_use]
+    pub fn deadline(&self, sent_ms: u64, ttl_s: u64) -> u64 {
+        let ttl_ms = ttl_s.min(self.ttl_s).saturating_mul(1_000);
+        sent_ms.saturating_add(ttl_ms).saturating_sub(self.margin_ms).max(sent_ms)
+    }
+}
+
+/// What the node's replication is doing, read from it just before the pilot decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// Whether it sequences (primary) or follows.
+    pub primary: bool,
+    /// The primary's acknowledgement policy state.
+    pub policy: PolicyState,
+    /// The acknowledgement mode in force.
+    pub mode: AckMode,
+    /// The gate egress applies.
+    pub gate: Gate,
+    /// Primary: the standby's durable acknowledgement. Standby: what it holds.
+    pub acked: Sequence,
+    /// The journal's last record.
+    pub available: Sequence,
+    /// A standby found its journal diverged from the primary's while following.
+    pub diverged: bool,
+    /// The highest epoch this node stored (current or promised).
+    pub epoch_floor: u64,
+}
+
+/// What the driver does after a sync record write succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Nothing more.
+    Nothing,
+    /// The record now says "no standby": the primary may acknowledge alone.
+    ContinueAlone,
+    /// The record now says this mode: switch the policy to it.
+    SetMode(AckMode),
+}
+
+/// The one thing the driver does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing to do.
+    Nothing,
+    /// Nobody leads and this node may: take the key (`Coordinator::campaign`).
+    Campaign {
+        /// The leader value to write.
+        leader: LeaderValue,
+        /// The record's revision read.
+        sync_revision: i64,
+        /// The record to write with it.
+        sync: SyncRecord,
+    },
+    /// Follow this leader (a candidate at start).
+    Follow(LeaderValue),
+    /// Nobody leads and this node may not take over; why.
+    Wait(String),
+    /// Write the in-sync record while holding the key; then do `after`.
+    Record {
+        /// The record.
+        sync: SyncRecord,
+        /// What to do once written.
+        after: After,
+    },
+    /// A planned switchover: hold writes until the standby has acknowledged everything.
+    Hold,
+    /// Give up the leader key (the standby has everything).
+    Resign,
+    /// Restart as a candidate: a new leader exists, the lease is gone, or the journal
+    /// diverged. The reason, for the log.
+    Rejoin(String),
+}
+
+/// What the node does now, as the pilot sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Standby {
+        leader: LeaderValue,
+    },
+    Primary {
+        leader: LeaderValue,
+    },
+    /// A planned switchover: writes held since `since_ms`; `resigned` once the key is given.
+    Handover {
+        leader: LeaderValue,
+        since_ms: u64,
+        resigned: bool,
+    },
+}
+
+/// The coordination decisions of one running node.
+#[derive(Clone, Debug)]
+pub struct Pilot {
+    me: Identity,
+    timing: Timing,
+    phase: Phase,
+    /// Primary: when it must stop acknowledging unless renewed.
+    deadline_ms: Option<u64>,
+    /// The in-sync record as last read or written.
+    recorded: Option<SyncRecord>,
+    /// Primary: the journal position the standby's acknowledgement must reach before the
+    /// record may name it.
+    mark: Option<Sequence>,
+}
+
+/// How long a resigned primary waits for the standby to take the key before it runs again.
+const HANDOVER_WAIT_TTLS: u64 = 2;
+
+impl Pilot {
+    /// A node that follows `leader`.
+    #[must_use]
+    pub fn standby(me: Identity, timing: Timing, leader: LeaderValue) -> Pilot {
+        assert_ne!(leader.node, me.node, "a node never follows itself");
+        Pilot {
+            me,
+            timing,
+            phase: Phase::Standby { leader },
+            deadline_ms: None,
+            recorded: None,
+            mark: None,
+        }
+    }
+
+    /// A node that took the key as `leader` with `sync`, its lease renewed at `renewed_ms`.
+    #[must_use]
+    pub fn primary(
+        me: Identity,
+        timing: Timing,
+        (leader, sync): (LeaderValue, SyncRecord),
+        renewed_ms: u64,
+    ) -> Pilot {
+        assert_eq!(leader.node, me.node, "a primary holds its own key");
+        assert_eq!(sync.primary, me.node, "a new leader's record names it");
+        let deadline_ms = Some(timing.deadline(renewed_ms, timing.ttl_s));
+        let phase = Phase::Primary { leader };
+        Pilot { me, timing, phase, deadline_ms, recorded: Some(sync), mark: None }
+    }
+
+    /// This node's identity.
+    #[must_use]
+    pub fn identity(&self) -> &Identity {
+        &self.me
+    }
+
+    /// The leader this node knows: itself as primary, or the one it follows.
+    #[must_use]
+    pub fn leader(&self) -> &LeaderValue {
+        match &self.phase {
+            Phase::Standby { leader } | Phase::Primary { leader } => leader,
+            Phase::Handover { leader, .. } => leader,
+        }
+    }
+
+    /// `leader`, `standby` or `handing_over`.
+    #[must_use]
+    pub fn state(&self) -> &'static str {
+        match self.phase {
+            Phase::Standby { .. } => "standby",
+            Phase::Primary { .. } => "leader",
+            Phase::Handover { .. } => "handing_over",
+        }
+    }
+
+    /// The in-sync record as last read or written.
+    #[must_use]
+    pub fn recorded(&self) -> Option<&SyncRecord> {
+        self.recorded.as_ref()
+    }
+
+    /// When a primary must stop acknowledging unless renewed.
+    #[must_use]
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.deadline_ms
+    }
+
+    /// The lease renewal sent at `sent_ms` was answered with `ttl_s` left (0: expired).
+    /// Returns the plan: a primary whose lease expired rejoins.
+    pub fn renewed(&mut self, sent_ms: u64, ttl_s: u64) -> Plan {
+        if ttl_s == 0 {
+            self.deadline_ms = None;
+            return match self.phase {
+                Phase::Standby { .. } => Plan::Nothing,
+                _ => Plan::Rejoin("the lease expired: another node may lead now".into()),
+            };
+        }
+        if !matches!(self.phase, Phase::Standby { .. }) {
+            let deadline = self.timing.deadline(sent_ms, ttl_s);
+            // A late answer to an older renewal never moves the deadline back.
+            self.deadline_ms = Some(self.deadline_ms.map_or(deadline, |d| d.max(deadline)));
+        }
+        Plan::Nothing
+    }
+
+    /// Decides what to do given the witness's keys and the node's facts at `now_ms`.
+    pub fn on_view(&mut self, now_ms: u64, facts: &Facts, view: &View) -> Plan {
+        self.recorded.clone_from(&view.sync);
+        match self.phase.clone() {
+            Phase::Standby { leader } => self.standby_view(&leader, facts, view),
+            Phase::Primary { leader } => self.primary_view(&leader, facts, view),
+            Phase::Handover { leader, since_ms, resigned } => {
+                self.handover_view(now_ms, (&leader, since_ms, resigned), facts, view)
+            }
+        }
+    }
+
+    fn standby_view(&mut self, leader: &LeaderValue, facts: &Facts, view: &View) -> Plan {
+        if facts.diverged {
+            return Plan::Rejoin("this journal diverged from the primary's".into());
+        }
+        match &view.leader {
+            Some((now, _)) if now == leader => Plan::Nothing,
+            Some((now, _)) => Plan::Rejoin(format!(
+                "{} leads now (epoch {}), not {} (epoch {})",
+                now.node, now.epoch, leader.node, leader.epoch
+            )),
+            None => leaderless(&self.me, view, facts),
+        }
+    }
+
+    fn primary_view(&mut self, leader: &LeaderValue, facts: &Facts, view: &View) -> Plan {
+        if let Some(plan) = lost_key(leader, view) {
+            return plan;
+        }
+        let Some(recorded) = view.sync.clone() else {
+            // Someone deleted the record: without it anyone may take over, so it is written
+            // again at once, saying no standby (the policy's state is recorded next round).
+            let sync =
+                SyncRecord { mode: AckMode::Sync.name().into(), ..fresh_record(leader, facts) };
+            return Plan::Record { sync, after: After::Nothing };
+        };
+        if let Some(request) = &view.switchover {
+            let ours = request.epoch == leader.epoch;
+            if ours
+                && recorded.standby.as_deref() == Some(&request.to)
+                && facts.mode == AckMode::Sync
+            {
+                self.phase =
+                    Phase::Handover { leader: leader.clone(), since_ms: 0, resigned: false };
+                return Plan::Hold;
+            }
+        }
+        self.maintain_record(leader, recorded, facts, view)
+    }
+
+    /// Keeps the in-sync record true for what the policy does now.
+    fn maintain_record(
+        &mut self,
+        leader: &LeaderValue,
+        recorded: SyncRecord,
+        facts: &Facts,
+        view: &View,
+    ) -> Plan {
+        let with = |standby: Option<String>, mode: AckMode| SyncRecord {
+            standby,
+            mode: mode.name().into(),
+            primary_last: facts.available.0,
+            ..recorded.clone()
+        };
+        if facts.mode == AckMode::Async {
+            self.mark = None;
+            // Keep the loss window a promoted standby reports current.
+            if recorded.ack_mode() != AckMode::Async || recorded.primary_last != facts.available.0 {
+                return Plan::Record {
+                    sync: with(recorded.standby.clone(), AckMode::Async),
+                    after: After::Nothing,
+                };
+            }
+            return Plan::Nothing;
+        }
+        match (facts.policy, facts.gate) {
+            (PolicyState::InSync, Gate::Standby) => {
+                self.record_standby(leader, &recorded, facts, view)
+            }
+            (PolicyState::StandbyLost { .. }, Gate::Held) => {
+                self.mark = None;
+                if recorded.standby.is_none() && recorded.ack_mode() == AckMode::Sync {
+                    return Plan::Record { sync: recorded, after: After::ContinueAlone };
+                }
+                Plan::Record { sync: with(None, AckMode::Sync), after: After::ContinueAlone }
+            }
+            (PolicyState::Alone | PolicyState::CatchingUp, _) => {
+                self.mark = None;
+                if recorded.standby.is_some() || recorded.ack_mode() == AckMode::Async {
+                    return Plan::Record { sync: with(None, AckMode::Sync), after: After::Nothing };
+                }
+                Plan::Nothing
+            }
+            _ => Plan::Nothing,
+        }
+    }
+
+    /// The gate waits for the standby: name it in the record once its acknowledgement passed
+    /// the mark taken a round after the gate closed.
+    fn record_standby(
+        &mut self,
+        leader: &LeaderValue,
+        recorded: &SyncRecord,
+        facts: &Facts,
+        view: &View,
+    ) -> Plan {
+        let followers: Vec<&str> = view
+            .members
+            .iter()
+            .filter(|m| m.following.as_ref() == Some(&(leader.node.clone(), leader.epoch)))
+            .map(|m| m.node.as_str())
+            .collect();
+        let [standby] = followers.as_slice() else {
+            // None registered yet, or several: nobody is named; the primary stays recorded alone.
+            return Plan::Nothing;
+        };
+        if recorded.standby.as_deref() == Some(*standby) && recorded.ack_mode() == AckMode::Sync {
+            return Plan::Nothing;
+        }
+        let Some(mark) = self.mark else {
+            self.mark = Some(facts.available);
+            return Plan::Nothing;
+        };
+        if facts.acked < mark {
+            return Plan::Nothing;
+        }
+        let sync = SyncRecord {
+            standby: Some((*standby).to_owned()),
+            mode: AckMode::Sync.name().into(),
+            primary_last: facts.available.0,
+            ..recorded.clone()
+        };
+        Plan::Record { sync, after: After::Nothing }
+    }
+
+    fn handover_view(
+        &mut self,
+        now_ms: u64,
+        (leader, since_ms, resigned): (&LeaderValue, u64, bool),
+        facts: &Facts,
+        view: &View,
+    ) -> Plan {
+        let since_ms = if since_ms == 0 { now_ms.max(1) } else { since_ms };
+        self.phase = Phase::Handover { leader: leader.clone(), since_ms, resigned };
+        let waited = now_ms.saturating_sub(since_ms);
+        if waited > HANDOVER_WAIT_TTLS * self.timing.ttl_s * 1_000 {
+            return Plan::Rejoin("the standby did not take over in time".into());
+        }
+        if resigned {
+            return match &view.leader {
+                Some((now, _)) if now.node != self.me.node => {
+                    Plan::Rejoin(format!("handed over to {} (epoch {})", now.node, now.epoch))
+                }
+                _ => Plan::Nothing,
+            };
+        }
+        if let Some(plan) = lost_key(leader, view) {
+            return plan;
+        }
+        if facts.acked >= facts.available {
+            return Plan::Resign;
+        }
+        Plan::Nothing
+    }
+
+    /// The key was given up.
+    pub fn resigned(&mut self) {
+        if let Phase::Handover { resigned, .. } = &mut self.phase {
+            *resigned = true;
+        }
+        self.deadline_ms = None;
+    }
+
+    /// The campaign won: this standby is now the primary of `leader`, with `sync` recorded.
+    pub fn became_primary(&mut self, (leader, sync): (LeaderValue, SyncRecord), renewed_ms: u64) {
+        assert_eq!(leader.node, self.me.node, "a campaign writes this node's value");
+        self.phase = Phase::Primary { leader };
+        self.recorded = Some(sync);
+        self.mark = None;
+        self.deadline_ms = Some(self.timing.deadline(renewed_ms, self.timing.ttl_s));
+    }
+
+    /// The record was written.
+    pub fn recorded_sync(&mut self, sync: SyncRecord) {
+        self.recorded = Some(sync);
+    }
+
+    /// The operator asks for `mode`: async is recorded before it is used; sync is used at
+    /// once (the record follows as the standby catches up).
+    pub fn mode_request(&self, mode: AckMode, facts: &Facts) -> Plan {
+        let Phase::Primary { leader } = &self.phase else {
+            return Plan::Wait("only the leader records the mode".into());
+        };
+        if mode == AckMode::Sync {
+            return Plan::Nothing;
+        }
+        let recorded = self.recorded.clone().unwrap_or_else(|| fresh_record(leader, facts));
+        let sync =
+            SyncRecord { mode: mode.name().into(), primary_last: facts.available.0, ..recorded };
+        Plan::Record { sync, after: After::SetMode(mode) }
+    }
+}
+
+/// The plan when the leader key no longer holds `leader`, if it does not.
+fn lost_key(leader: &LeaderValue, view: &View) -> Option<Plan> {
+    match &view.leader {
+        Some((now, _)) if now == leader => None,
+        Some((now, _)) => Some(Plan::Rejoin(format!(
+            "{} holds the leader key now (epoch {})",
+            now.node, now.epoch
+        ))),
+        None => Some(Plan::Rejoin("the leader key is gone".into())),
+    }
+}
+
+fn fresh_record(leader: &LeaderValue, facts: &Facts) -> SyncRecord {
+    SyncRecord {
+        version: RECORDS_VERSION,
+        epoch: leader.epoch,
+        primary: leader.node.clone(),
+        standby: None,
+        mode: facts.mode.name().into(),
+        primary_last: facts.available.0,
+    }
+}
+
+/// A node that does not lead and sees nobody leading: campaign if eligible, else wait.
+fn leaderless(me: &Identity, view: &View, facts: &Facts) -> Plan {
+    if let Some(sync) = &view.sync {
+        if !sync.eligible(&me.node) {
+            let standby = sync.standby.as_deref().unwrap_or("no standby");
+            return Plan::Wait(format!(
+                "nobody leads, and the in-sync record (primary {}, {standby}, {}) does not let \
+                 {} take over: it may lack acknowledged writes",
+                sync.primary, sync.mode, me.node
+            ));
+        }
+    }
+    let epoch = view.epoch().max(facts.epoch_floor) + 1;
+    let leader = LeaderValue {
+        version: RECORDS_VERSION,
+        node: me.node.clone(),
+        epoch,
+        replication: me.replication.clone(),
+        http: me.http.clone(),
+    };
+    let sync = SyncRecord {
+        version: RECORDS_VERSION,
+        epoch,
+        primary: me.node.clone(),
+        standby: None,
+        mode: facts.mode.name().into(),
+        primary_last: facts.available.0,
+    };
+    Plan::Campaign { leader, sync_revision: view.sync_revision, sync }
+}
+
+/// A candidate at start: follow whoever leads, campaign if nobody does and it may, or wait.
+/// A key still held under this node's own name (its lease from before a restart) is waited
+/// out: the old lease expires within its TTL.
+#[must_use]
+pub fn start(me: &Identity, view: &View, facts: &Facts) -> Plan {
+    match &view.leader {
+        Some((leader, _)) if leader.node == me.node => Plan::Wait(format!(
+            "the leader key still holds this node's previous leadership (epoch {}); waiting \
+             for its lease to expire",
+            leader.epoch
+        )),
+        Some((leader, _)) => Plan::Follow(leader.clone()),
+        None => leaderless(me, view, facts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordination::records::{Member, Switchover};
+    use crate::coordination::store::{Coordinator, LeaseId, MemoryCoordinator};
+
+    const TTL_S: u64 = 1;
+
+    fn timing() -> Timing {
+        Timing::for_ttl(TTL_S)
+    }
+
+    fn me(node: &str) -> Identity {
+        Identity { node: node.into(), replication: format!("{node}:7100"), http: None }
+    }
+
+    fn facts(
+        primary: bool,
+        policy: PolicyState,
+        gate: Gate,
+        (acked, available): (u64, u64),
+    ) -> Facts {
+        Facts {
+            primary,
+            policy,
+            mode: AckMode::Sync,
+            gate,
+            acked: Sequence(acked),
+            available: Sequence(available),
+            diverged: false,
+            epoch_floor: 1,
+        }
+    }
+
+    fn candidate(available: u64) -> Facts {
+        facts(false, PolicyState::Alone, Gate::Local, (available, available))
+    }
+
+    /// `a` takes the key on an empty witness at time 0; `b` follows it, registered.
+    fn pair(witness: &mut MemoryCoordinator) -> (Pilot, Pilot, LeaseId, LeaseId) {
+        let lease_a = witness.grant(TTL_S).unwrap();
+        let lease_b = witness.grant(TTL_S).unwrap();
+        let Plan::Campaign { leader, sync_revision, sync } =
+            start(&me("a"), &witness.read().unwrap(), &candidate(0))
+        else {
+            panic!("an empty witness lets the first candidate campaign")
+        };
+        assert!(witness.campaign(&leader, lease_a, sync_revision, &sync).unwrap());
+        let Plan::Follow(followed) = start(&me("b"), &witness.read().unwrap(), &candidate(0))
+        else {
+            panic!("a leads")
+        };
+        let following = Some((leader.node.clone(), leader.epoch));
+        let member = Member { version: RECORDS_VERSION, node: "b".into(), following };
+        witness.register(&member, lease_b).unwrap();
+        let a = Pilot::primary(me("a"), timing(), (leader, sync), 0);
+        let b = Pilot::standby(me("b"), timing(), followed);
+        (a, b, lease_a, lease_b)
+    }
+
+    fn carry_record(witness: &mut MemoryCoordinator, pilot: &mut Pilot, plan: Plan) -> After {
+        let Plan::Record { sync, after } = plan else { panic!("a record write: {plan:?}") };
+        assert!(witness.record_sync(pilot.leader(), &sync).unwrap());
+        pilot.recorded_sync(sync);
+        after
+    }
+
+    #[test]
+    fn the_record_names_the_standby_only_once_its_ack_passed_a_later_mark() {
+        // Goal: in sync at journal 100, the pilot takes a mark first; an acknowledgement below
+        // it names nobody; one at or above it writes the standby into the record.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let in_sync =
+            |acked, available| facts(true, PolicyState::InSync, Gate::Standby, (acked, available));
+        let view = witness.read().unwrap();
+        assert_eq!(a.on_view(10, &in_sync(90, 100), &view), Plan::Nothing, "the mark is taken");
+        assert_eq!(a.on_view(20, &in_sync(99, 120), &view), Plan::Nothing, "99 is below 100");
+        let plan = a.on_view(30, &in_sync(100, 130), &view);
+        carry_record(&mut witness, &mut a, plan);
+        let record = witness.read().unwrap().sync.unwrap();
+        assert_eq!(record.standby.as_deref(), Some("b"));
+        assert!(record.eligible("b"));
+    }
+
+    #[test]
+    fn a_standby_takes_the_key_only_after_the_lease_expired_and_above_every_epoch() {
+        // Goal: while the primary's lease lives the standby does nothing; once it expired, the
+        // recorded standby campaigns in a higher epoch, and the old primary, seeing the new
+        // leader, rejoins.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, mut b, _, lease_b) = pair(&mut witness);
+        let in_sync = facts(true, PolicyState::InSync, Gate::Standby, (50, 50));
+        a.on_view(0, &in_sync, &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync, &witness.read().unwrap());
+        carry_record(&mut witness, &mut a, plan);
+        let follower = candidate(50);
+        witness.now_ms = 900;
+        witness.keep_alive(lease_b).unwrap();
+        assert_eq!(b.on_view(900, &follower, &witness.read().unwrap()), Plan::Nothing);
+        witness.now_ms = 1_000;
+        witness.keep_alive(lease_b).unwrap();
+        let Plan::Campaign { leader, sync_revision, sync } =
+            b.on_view(1_000, &follower, &witness.read().unwrap())
+        else {
+            panic!("the recorded standby campaigns once the lease expired")
+        };
+        assert!(leader.epoch > a.leader().epoch);
+        assert!(witness.campaign(&leader, lease_b, sync_revision, &sync).unwrap());
+        b.became_primary((leader, sync), 1_000);
+        assert_eq!(b.state(), "leader");
+        let plan = a.on_view(1_100, &in_sync, &witness.read().unwrap());
+        assert!(matches!(plan, Plan::Rejoin(_)), "{plan:?}");
+    }
+
+    #[test]
+    fn an_unrecorded_standby_waits_when_the_primary_is_gone() {
+        // Goal: a primary recorded alone dies; its standby (which may lack acknowledged
+        // writes) never campaigns, and says why.
+        let mut witness = MemoryCoordinator::new("c");
+        let (_, mut b, _, lease_b) = pair(&mut witness);
+        witness.now_ms = 5_000;
+        witness.keep_alive(lease_b).unwrap();
+        let plan = b.on_view(5_000, &candidate(10), &witness.read().unwrap());
+        assert!(matches!(&plan, Plan::Wait(why) if why.contains("does not let b")), "{plan:?}");
+    }
+
+    #[test]
+    fn alone_and_async_are_recorded_before_they_are_used() {
+        // Goal: a lost standby's hold lifts only through a record write followed by
+        // ContinueAlone; async only through a record write followed by SetMode.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let in_sync = facts(true, PolicyState::InSync, Gate::Standby, (5, 5));
+        a.on_view(0, &in_sync, &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync, &witness.read().unwrap());
+        carry_record(&mut witness, &mut a, plan);
+        let lost = facts(true, PolicyState::StandbyLost { since_ms: 2 }, Gate::Held, (5, 9));
+        let plan = a.on_view(2_000, &lost, &witness.read().unwrap());
+        assert_eq!(carry_record(&mut witness, &mut a, plan), After::ContinueAlone);
+        assert_eq!(witness.read().unwrap().sync.unwrap().standby, None, "recorded first");
+        let alone = facts(true, PolicyState::Alone, Gate::Local, (5, 9));
+        let plan = a.mode_request(AckMode::Async, &alone);
+        assert_eq!(carry_record(&mut witness, &mut a, plan), After::SetMode(AckMode::Async));
+        assert_eq!(witness.read().unwrap().sync.unwrap().ack_mode(), AckMode::Async);
+        assert_eq!(a.mode_request(AckMode::Sync, &alone), Plan::Nothing, "sync needs no record");
+    }
+
+    #[test]
+    fn the_lease_deadline_counts_from_the_renewal_sent_and_never_moves_back() {
+        // Goal: deadline = sent + TTL − margin; a late answer to an older renewal cannot
+        // shorten it; an expired lease makes the primary rejoin.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let margin = timing().margin_ms;
+        assert_eq!(a.renewed(400, TTL_S), Plan::Nothing);
+        assert_eq!(a.deadline_ms(), Some(400 + 1_000 - margin));
+        a.renewed(100, TTL_S);
+        assert_eq!(a.deadline_ms(), Some(400 + 1_000 - margin), "never backwards");
+        a.renewed(450, 60);
+        assert_eq!(a.deadline_ms(), Some(450 + 1_000 - margin), "never past the TTL asked for");
+        assert!(matches!(a.renewed(500, 0), Plan::Rejoin(_)));
+        assert_eq!(a.deadline_ms(), None);
+    }
+
+    #[test]
+    fn a_switchover_holds_then_resigns_only_once_the_standby_has_everything() {
+        // Goal: the recorded standby's request holds writes; the key is given up only when its
+        // acknowledgement reached the journal's end; then the primary rejoins under the new
+        // leader. A request from anyone else is ignored.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, lease_b) = pair(&mut witness);
+        let in_sync = |acked| facts(true, PolicyState::InSync, Gate::Standby, (acked, 40));
+        a.on_view(0, &in_sync(40), &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync(40), &witness.read().unwrap());
+        carry_record(&mut witness, &mut a, plan);
+        let stranger =
+            Switchover { version: RECORDS_VERSION, to: "c".into(), epoch: a.leader().epoch };
+        witness.request_switchover(&stranger, lease_b).unwrap();
+        assert_eq!(a.on_view(2, &in_sync(40), &witness.read().unwrap()), Plan::Nothing);
+        let request = Switchover { to: "b".into(), ..stranger };
+        witness.request_switchover(&request, lease_b).unwrap();
+        assert_eq!(a.on_view(3, &in_sync(39), &witness.read().unwrap()), Plan::Hold);
+        assert_eq!(a.on_view(4, &in_sync(39), &witness.read().unwrap()), Plan::Nothing);
+        assert_eq!(a.on_view(5, &in_sync(40), &witness.read().unwrap()), Plan::Resign);
+        assert!(witness.resign(a.leader()).unwrap());
+        a.resigned();
+        assert_eq!(a.on_view(6, &in_sync(40), &witness.read().unwrap()), Plan::Nothing);
+    }
+
+    #[test]
+    fn a_deleted_record_is_written_again_by_the_primary() {
+        // Goal: without a record anyone could take over; the primary restores one naming no
+        // standby before anything else.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let mut view = witness.read().unwrap();
+        view.sync = None;
+        let alone = facts(true, PolicyState::Alone, Gate::Local, (3, 3));
+        let Plan::Record { sync, after } = a.on_view(1, &alone, &view) else { panic!() };
+        assert_eq!((sync.ack_mode(), after), (AckMode::Sync, After::Nothing));
+        assert_eq!(sync.standby, None);
+    }
+
+    #[test]
+    fn conditional_writes_fail_once_the_key_changed_hands() {
+        // Goal: the witness's guards: a second campaign fails while the key is held; a stale
+        // leader value can neither write the record nor resign.
+        let mut witness = MemoryCoordinator::new("c");
+        let (a, _, _, lease_b) = pair(&mut witness);
+        let view = witness.read().unwrap();
+        let Plan::Campaign { leader, sync, .. } =
+            leaderless(&me("b"), &View::default(), &candidate(0))
+        else {
+            panic!()
+        };
+        assert!(!witness.campaign(&leader, lease_b, view.sync_revision, &sync).unwrap());
+        let mut stale = a.leader().clone();
+        stale.epoch += 7;
+        assert!(!witness.record_sync(&stale, &sync).unwrap());
+        assert!(!witness.resign(&stale).unwrap());
+        assert!(witness.resign(a.leader()).unwrap());
+    }
+}

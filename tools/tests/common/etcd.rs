@@ -1,0 +1,112 @@
+//! A single-member etcd on loopback ports for the failover tests: its own temporary data
+//! directory, timings short enough for a 1 s lease (etcd refuses TTLs below 1.5 election
+//! timeouts), killed on drop. Stop and start it again on the same ports and directory to
+//! play an outage.
+
+use std::collections::BTreeSet;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A loopback port free right now (bound, then released), never one this test process
+/// handed out before: the ports of one test's processes are distinct.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// An etcd process.
+pub struct Etcd {
+    child: Option<Child>,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+}
+
+impl Etcd {
+    /// Starts etcd with its data under `dir`, and waits (bounded) until it answers.
+    pub fn start(dir: &Path) -> Etcd {
+        let mut etcd = Etcd {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: dir.join("etcd"),
+        };
+        etcd.restart();
+        etcd
+    }
+
+    /// The client URL to pass to `serve --etcd`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Kills etcd (SIGKILL); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data, and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "etcd is already running");
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", "witness", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("witness={peer}")])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd runs (apt-get install etcd-server; .ci/run installs it)");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.ready() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "etcd did not answer within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether etcd answers `/health` with a leader.
+    fn ready(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = "GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n";
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.contains("\"health\":\"true\"")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

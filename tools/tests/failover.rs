@@ -1,0 +1,542 @@
+//! Automatic failover with etcd as the witness, with real processes on loopback: two
+//! `ringfence serve --etcd` nodes and a single-member etcd with a 1 s lease. Each test tries
+//! to break one guarantee: a killed primary loses no acknowledged order; a paused primary
+//! acknowledges nothing after it resumes; a lagging standby is never promoted in sync mode;
+//! losing etcd stops only a primary that would acknowledge alone; any restart order ends
+//! with one primary. The tests run one at a time (they share two busy cores).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::etcd::{Etcd, free_port};
+use common::{Logged, TempDir, ringfence_within, text};
+use ringfence_replicator::coordination::etcd::EtcdCoordinator;
+use ringfence_replicator::coordination::store::Coordinator as _;
+use serde_json::Value;
+
+const STOCK: u64 = 60;
+const PER_USER: u64 = 2;
+const SECRET: &str = "a-cluster-secret-of-32-bytes-ok!";
+
+/// The tests share the machine's two cores: one at a time keeps lease renewals on time.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One `ringfence serve --etcd` node on fixed loopback ports (a restarted node keeps them).
+struct Member {
+    name: &'static str,
+    dir: PathBuf,
+    http: SocketAddr,
+    args: Vec<String>,
+    process: Option<Logged>,
+}
+
+impl Member {
+    fn new(root: &Path, name: &'static str, etcd: &str, extra: &[&str]) -> Member {
+        let secret = root.join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let dir = root.join(name);
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
+        args.push(dir.to_str().unwrap().into());
+        for (flag, value) in [
+            ("--listen", format!("127.0.0.1:{}", free_port())),
+            ("--http", http.to_string()),
+            ("--replication-listen", format!("127.0.0.1:{}", free_port())),
+            ("--cluster-secret-file", secret.to_str().unwrap().into()),
+            ("--cluster-id", "failover".into()),
+            ("--etcd", etcd.into()),
+            ("--node-name", name.into()),
+            ("--lease-ttl-s", "1".into()),
+        ] {
+            args.push(flag.into());
+            args.push(value);
+        }
+        args.extend(extra.iter().map(|&a| a.to_owned()));
+        Member { name, dir, http, args, process: None }
+    }
+
+    fn start(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringfence"));
+        command.args(&self.args).env_remove("RINGFENCE_ADMIN_TOKEN");
+        self.process = Some(Logged::spawn(&mut command));
+    }
+
+    fn pid(&self) -> String {
+        self.process.as_ref().expect("running").child.id().to_string()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.pid()]).status().unwrap();
+        assert!(status.success(), "kill {signal} {}", self.name);
+    }
+
+    /// SIGSTOP, then waits (bounded) until every thread of the process is stopped, so what
+    /// follows happens while it is paused.
+    fn pause(&self) {
+        self.signal("-STOP");
+        let tasks = format!("/proc/{}/task", self.pid());
+        wait_until(LIVENESS, "every thread is stopped", || {
+            std::fs::read_dir(&tasks).unwrap().all(|task| {
+                let stat = std::fs::read_to_string(task.unwrap().path().join("stat"));
+                // The state follows the parenthesised thread name.
+                stat.is_ok_and(|s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('T')))
+            })
+        });
+    }
+
+    /// SIGKILL, and wait for the exit.
+    fn kill(&mut self) {
+        drop(self.process.take());
+    }
+
+    /// The log lines logged so far.
+    fn log(&self) -> Vec<String> {
+        self.process.as_ref().map(|p| p.lines.try_iter().collect()).unwrap_or_default()
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("admin.token")).unwrap().trim().to_owned()
+    }
+
+    fn call(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        call(self.http, method, path, body, None)
+    }
+
+    fn admin(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        call(self.http, method, path, body, Some(&self.token()))
+    }
+
+    /// `/v1/node`, when the node answers.
+    fn node(&self) -> Option<Value> {
+        let (status, body) = self.call("GET", "/v1/node", "")?;
+        (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    fn coordination(&self) -> Option<Value> {
+        Some(self.node()?["replication"]["coordination"].clone())
+    }
+
+    fn is_leader(&self) -> bool {
+        self.coordination().is_some_and(|c| c["state"] == "leader")
+            && self.node().is_some_and(|n| n["role"] == "primary")
+    }
+
+    /// Whether it follows `leader`, in sync as its primary sees it.
+    fn follows(&self, leader: &str) -> bool {
+        self.coordination().is_some_and(|c| c["state"] == "standby" && c["leader"] == leader)
+    }
+
+    fn last_sequence(&self) -> u64 {
+        self.node().map_or(0, |n| n["last_sequence"].as_u64().unwrap_or(0))
+    }
+}
+
+/// One HTTP request with an optional bearer token; `None` when the node cannot be reached,
+/// hangs up, or does not answer within 10 s.
+fn call(
+    http: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    Some((status, response.split("\r\n\r\n").nth(1)?.to_owned()))
+}
+
+/// Waits (bounded: a liveness bound, not a timing) until `ready` holds.
+fn wait_until(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// [`wait_until`], showing `member`'s log if it does not get there.
+fn wait_on(member: &Member, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIVENESS;
+    while !ready() {
+        if Instant::now() >= deadline {
+            panic!(
+                "{what}: not within {LIVENESS:?}; {}'s log:\n{}",
+                member.name,
+                member.log().join("\n")
+            );
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+const LIVENESS: Duration = Duration::from_secs(30);
+
+fn reservation(request: u64) -> (String, u64) {
+    let user = request % 40 + 1;
+    (format!(r#"{{"request_id":"sale-{request}","user":{user},"sku":1,"qty":1}}"#), user)
+}
+
+fn create_skus(primary: &Member) {
+    for (sku, stock) in [(1, STOCK), (2, 100_000)] {
+        let body = format!(
+            "{{\"sku\":{sku},\"stock\":{stock},\"price_cents\":900,\
+             \"per_user_limit\":{PER_USER},\"payment_timeout_ms\":600000}}"
+        );
+        let (status, answer) = primary.admin("POST", "/v1/skus", &body).unwrap();
+        assert_eq!(status, 201, "{answer}");
+    }
+}
+
+/// A write on SKU 2 (plenty of stock) from user `user`.
+fn probe(user: u64) -> String {
+    format!(r#"{{"request_id":"probe-{user}","user":{user},"sku":2,"qty":1}}"#)
+}
+
+/// etcd, then `a` (which takes the key), then `b` (its standby, recorded in sync).
+fn pair(root: &Path, extra: &[&str]) -> (Etcd, Member, Member) {
+    let etcd = Etcd::start(root);
+    let mut a = Member::new(root, "a", &etcd.url(), extra);
+    let mut b = Member::new(root, "b", &etcd.url(), extra);
+    a.start();
+    wait_on(&a, "a leads", || a.is_leader());
+    b.start();
+    wait_on(&b, "b is recorded in sync", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
+    });
+    (etcd, a, b)
+}
+
+/// `ringfence journal dump DIR --to N --json`: records 1..=n, one JSON line each.
+fn dump_to(dir: &Path, n: u64) -> Vec<String> {
+    let args = ["journal", "dump", dir.to_str().unwrap(), "--to", &n.to_string(), "--json"];
+    let output = ringfence_within(&args, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines: Vec<String> = text(&output.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len() as u64, n, "records 1..={n}");
+    lines
+}
+
+/// Both journals hold the same records up to `n` (after both processes stopped).
+fn journals_agree(a: &Path, b: &Path, n: u64) {
+    assert!(n > 0);
+    assert_eq!(dump_to(a, n), dump_to(b, n), "record for record up to {n}");
+}
+
+#[test]
+fn a_killed_primary_fails_over_to_the_in_sync_standby_losing_nothing() {
+    // Goal: kill -9 the primary mid-sale; the in-sync standby takes the key once the lease
+    // expires and serves writes (the time to the first acknowledged write is printed);
+    // retries with the same request ids get the original answers; nothing is oversold,
+    // per-user limits hold; the old primary restarts as a standby and the journals agree.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-kill");
+    let (_etcd, mut a, b) = pair(root.path(), &[]);
+    create_skus(&a);
+    let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+    let http = a.http;
+    let buyers: Vec<_> = (0..3)
+        .map(|buyer| {
+            let acknowledged = Arc::clone(&acknowledged);
+            thread::spawn(move || {
+                for request in (buyer..150).step_by(3) {
+                    let (body, _) = reservation(request);
+                    if let Some((status, answer)) = call(http, "POST", "/v1/orders", &body, None) {
+                        if status == 201 || status == 409 {
+                            acknowledged.lock().unwrap().insert(request, (status, answer));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    a.kill();
+    let killed = Instant::now();
+    for buyer in buyers {
+        buyer.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(!acknowledged.is_empty(), "some reservations were answered before the kill");
+    wait_until(LIVENESS, "b acknowledges a write", || {
+        b.call("POST", "/v1/orders", &probe(1_000)).is_some_and(|(status, _)| status == 201)
+    });
+    println!(
+        "failover: first write acknowledged by the new primary {:?} after kill -9",
+        killed.elapsed()
+    );
+    assert!(b.is_leader());
+
+    let mut per_user: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut reserved = 0;
+    for request in 0..150 {
+        let (body, user) = reservation(request);
+        let (status, answer) = b.call("POST", "/v1/orders", &body).unwrap();
+        if let Some(before) = acknowledged.get(&request) {
+            assert_eq!((status, &answer), (before.0, &before.1), "request {request} changed");
+        }
+        if status == 201 {
+            reserved += 1;
+            *per_user.entry(user).or_default() += 1;
+        }
+    }
+    let (_, sku) = b.call("GET", "/v1/skus/1", "").unwrap();
+    let sku: Value = serde_json::from_str(&sku).unwrap();
+    assert_eq!(sku["reserved"], reserved, "{sku}");
+    assert!(reserved <= STOCK, "oversold: {reserved} of {STOCK}");
+    assert!(per_user.values().all(|&n| n <= PER_USER), "a per-user limit broke: {per_user:?}");
+
+    a.start();
+    wait_until(LIVENESS, "a follows b", || a.follows("b"));
+    let target = b.last_sequence();
+    wait_until(LIVENESS, "a catches up", || a.last_sequence() >= target);
+    let (status, refused) = a.call("POST", "/v1/orders", &probe(1_001)).unwrap();
+    assert_eq!(status, 503, "a standby refuses writes: {refused}");
+    let (a_dir, b_dir) = (a.dir.clone(), b.dir.clone());
+    drop((a, b));
+    journals_agree(&a_dir, &b_dir, target);
+}
+
+#[test]
+fn a_paused_primary_acknowledges_nothing_after_it_resumes_and_rejoins() {
+    // Goal: the classic split brain. SIGSTOP the primary past its lease; the standby takes
+    // the key and acknowledges writes; writes sent to the paused primary meanwhile are, after
+    // SIGCONT, refused or left unanswered — never acknowledged; the old primary restarts as a
+    // standby of the new one, drops the tail nobody acknowledged, and the journals agree.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-pause");
+    let (_etcd, a, b) = pair(root.path(), &[]);
+    create_skus(&a);
+    for user in 1..=5 {
+        assert_eq!(a.call("POST", "/v1/orders", &probe(user)).unwrap().0, 201);
+    }
+    a.pause();
+    let http = a.http;
+    let stranded: Vec<_> = (100..106)
+        .map(|user| thread::spawn(move || call(http, "POST", "/v1/orders", &probe(user), None)))
+        .collect();
+    wait_until(LIVENESS, "b leads", || b.is_leader());
+    wait_until(LIVENESS, "b acknowledges a write", || {
+        b.call("POST", "/v1/orders", &probe(200)).is_some_and(|(status, _)| status == 201)
+    });
+    a.signal("-CONT");
+    for (user, answer) in (100..).zip(stranded) {
+        let answer = answer.join().unwrap();
+        let acknowledged = answer.as_ref().is_some_and(|(status, _)| *status != 503);
+        if acknowledged {
+            thread::sleep(Duration::from_secs(2));
+            let (a_log, b_log) = (a.log().join("\n"), b.log().join("\n"));
+            panic!(
+                "the old primary acknowledged user {user}'s write: {answer:?}\n{a_log}\n{b_log}"
+            );
+        }
+    }
+    wait_until(LIVENESS, "a follows b", || a.follows("b"));
+    let target = b.last_sequence();
+    wait_until(LIVENESS, "a catches up", || a.last_sequence() >= target);
+    let log = a.log();
+    assert!(log.iter().any(|l| l.contains("restarting as a candidate")), "{log:?}");
+    if let Some(dropped) = log.iter().find(|l| l.contains("dropping")) {
+        println!("paused primary: {dropped}");
+    }
+    let (a_dir, b_dir) = (a.dir.clone(), b.dir.clone());
+    drop((a, b));
+    journals_agree(&a_dir, &b_dir, target);
+}
+
+#[test]
+fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() {
+    // Goal: the in-sync record decides. A paused standby is recorded gone before the primary
+    // acknowledges alone; when that primary dies the standby does not take over. Back in
+    // sync, the operator switches to async (recorded first); the primary dies again with
+    // writes the standby lacks; now the standby takes over and reports the loss window.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-lag");
+    let (etcd, mut a, b) = pair(root.path(), &["--replication-timeout-ms", "1000"]);
+    create_skus(&a);
+    b.pause();
+    wait_until(LIVENESS, "a records itself alone", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"].is_null())
+    });
+    wait_until(LIVENESS, "a acknowledges alone", || {
+        a.call("POST", "/v1/orders", &probe(1)).is_some_and(|(status, _)| status == 201)
+    });
+    a.kill();
+    b.signal("-CONT");
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(3) {
+        let node = b.node().expect("b answers");
+        assert_eq!(node["role"], "standby", "a lagging standby was promoted: {node}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let waiting = b.coordination().unwrap()["waiting"].clone();
+    assert!(waiting.as_str().is_some_and(|w| w.contains("does not let b take over")), "{waiting}");
+
+    // The recorded primary comes back; b catches up and is recorded in sync again.
+    a.start();
+    wait_until(LIVENESS, "a leads again", || a.is_leader());
+    wait_until(LIVENESS, "b is recorded in sync", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
+    });
+    b.pause();
+    let (status, mode) = a.admin("POST", "/v1/admin/replication", r#"{"mode":"async"}"#).unwrap();
+    assert_eq!(status, 200, "{mode}");
+    assert_eq!(a.coordination().unwrap()["recorded_mode"], "async");
+    for user in 10..15 {
+        assert_eq!(a.call("POST", "/v1/orders", &probe(user)).unwrap().0, 201);
+    }
+    wait_until(LIVENESS, "the standby lags by the writes", || {
+        a.node().is_some_and(|n| n["replication"]["lag_records"].as_u64() >= Some(5))
+    });
+    // The record carries the primary's position (rewritten once per renewal): read it.
+    let mut witness = EtcdCoordinator::new(vec![etcd.url()], "failover", Duration::from_secs(2));
+    let last = a.last_sequence();
+    wait_until(LIVENESS, "the in-sync record carries a's position", || {
+        witness.read().ok().and_then(|view| view.sync).is_some_and(|s| s.primary_last >= last)
+    });
+    a.kill();
+    b.signal("-CONT");
+    wait_until(LIVENESS, "b takes over in async mode", || b.is_leader());
+    let loss = b.coordination().unwrap()["failover_loss_records"].as_u64();
+    assert!(loss >= Some(5), "the loss window is reported: {loss:?}");
+    println!("async failover: loss window reported {loss:?} records");
+}
+
+#[test]
+fn without_etcd_a_pair_in_sync_keeps_serving_and_a_lone_primary_stops_until_it_returns() {
+    // Goal: the failsafe rule. etcd stops: past its lease the primary still acknowledges,
+    // because every answer waits for the in-sync standby (which stops acknowledging once it
+    // is promoted). The standby dies too: the primary cannot record that it is alone, so it
+    // refuses writes rather than acknowledge them alone. etcd returns: it records itself
+    // alone and writes flow again, in the same epoch.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-etcd");
+    let (mut etcd, a, mut b) = pair(root.path(), &["--replication-timeout-ms", "1000"]);
+    create_skus(&a);
+    let epoch = a.node().unwrap()["epoch"].clone();
+    etcd.stop();
+    wait_until(LIVENESS, "a sees the witness gone", || {
+        a.coordination().is_some_and(|c| c["witness"] != "reachable")
+    });
+    thread::sleep(Duration::from_millis(1_500));
+    let (status, answer) = a.call("POST", "/v1/orders", &probe(1)).unwrap();
+    assert_eq!(status, 201, "a pair in sync keeps serving without etcd: {answer}");
+
+    b.kill();
+    wait_until(LIVENESS, "a refuses writes without its standby", || {
+        a.call("POST", "/v1/orders", &probe(2)).is_some_and(|(status, _)| status == 503)
+    });
+    thread::sleep(Duration::from_millis(1_500));
+    let (status, answer) = a.call("POST", "/v1/orders", &probe(3)).unwrap();
+    assert_eq!(status, 503, "a lone primary does not acknowledge unrecorded: {answer}");
+    assert!(answer.contains("replication_unavailable"), "{answer}");
+
+    etcd.restart();
+    wait_until(LIVENESS, "a records itself alone and serves", || {
+        a.call("POST", "/v1/orders", &probe(4)).is_some_and(|(status, _)| status == 201)
+    });
+    let node = a.node().unwrap();
+    assert_eq!(node["epoch"], epoch, "the same leadership: {node}");
+    let coordination = &node["replication"]["coordination"];
+    assert_eq!(coordination["state"], "leader", "{node}");
+    assert!(coordination["in_sync_standby"].is_null(), "{node}");
+}
+
+#[test]
+fn restarting_all_three_in_any_order_ends_with_one_primary_and_the_state_intact() {
+    // Goal: kill -9 etcd and both nodes, then start them nodes first (they wait for etcd),
+    // then again etcd first: each time exactly one node leads, the other follows it, and the
+    // reservations made before are all there.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-restart");
+    let (mut etcd, mut a, mut b) = pair(root.path(), &[]);
+    create_skus(&a);
+    for user in 1..=10 {
+        assert_eq!(a.call("POST", "/v1/orders", &probe(user)).unwrap().0, 201);
+    }
+    let reserved = |node: &Member| -> Value {
+        let (_, sku) = node.call("GET", "/v1/skus/2", "").unwrap();
+        serde_json::from_str::<Value>(&sku).unwrap()["reserved"].clone()
+    };
+    // Each round adds one reservation: 10 before the first, 11 before the second.
+    for (round, order) in [(0u64, "nodes first"), (1, "etcd first")] {
+        let expected = 10 + round;
+        a.kill();
+        b.kill();
+        etcd.stop();
+        if order == "etcd first" {
+            etcd.restart();
+        }
+        b.start();
+        a.start();
+        if order == "nodes first" {
+            thread::sleep(Duration::from_millis(500));
+            etcd.restart();
+        }
+        wait_until(LIVENESS, "one node leads and the other follows it", || {
+            (a.is_leader() && b.follows("a")) || (b.is_leader() && a.follows("b"))
+        });
+        let (leader, follower) = if a.is_leader() { (&a, &b) } else { (&b, &a) };
+        assert!(!follower.is_leader(), "{order}: two leaders");
+        assert_eq!(reserved(leader), expected, "{order}: the state is intact");
+        let user = 20 + round;
+        wait_until(LIVENESS, "the leader acknowledges a write", || {
+            leader.call("POST", "/v1/orders", &probe(user)).is_some_and(|(s, _)| s == 201)
+        });
+    }
+}
+
+#[test]
+fn ringfence_promote_on_the_standby_is_a_planned_switchover_through_etcd() {
+    // Goal: `ringfence promote` on the in-sync standby asks through etcd; the primary holds
+    // writes until the standby has everything, gives up the key, and restarts as the new
+    // primary's standby; nothing acknowledged before is lost.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-switchover");
+    let (_etcd, a, b) = pair(root.path(), &[]);
+    create_skus(&a);
+    for user in 1..=5 {
+        assert_eq!(a.call("POST", "/v1/orders", &probe(user)).unwrap().0, 201);
+    }
+    let token = b.dir.join("admin.token");
+    let http = b.http.to_string();
+    let args = ["promote", "--http", &http, "--admin-token-file", token.to_str().unwrap()];
+    let output = ringfence_within(&args, Duration::from_secs(60));
+    assert!(output.status.success(), "{} {}", text(&output.stdout), text(&output.stderr));
+    assert!(b.is_leader());
+    wait_until(LIVENESS, "a follows b", || a.follows("b"));
+    let (_, sku) = b.call("GET", "/v1/skus/2", "").unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&sku).unwrap()["reserved"], 5, "{sku}");
+    assert_eq!(b.call("POST", "/v1/orders", &probe(6)).unwrap().0, 201);
+    let log = a.log();
+    assert!(log.iter().any(|l| l.contains("gave up the leader key")), "{log:?}");
+
+    // A clean stop (SIGTERM) gives the key up on the way out: a takes over.
+    let mut b = b;
+    b.signal("-TERM");
+    let exited = b.process.as_mut().unwrap().child.wait().unwrap();
+    assert!(exited.success(), "{exited:?}");
+    wait_until(LIVENESS, "a leads after b stopped", || a.is_leader());
+    let log = b.log();
+    assert!(log.iter().any(|l| l.contains("gave up the leader key on the way out")), "{log:?}");
+}
