@@ -1,4 +1,21 @@
 //! Capacities and settings of the business-logic processor, fixed when it starts.
+//!
+//! The defaults are sized for one design load, a flash sale of a million buyers on one shard:
+//!
+//! - every buyer reserves in the burst (a retry reuses its request key), and about as many
+//!   commands again reach the engine within the request-key window: a second reservation, a
+//!   cancel, a coupon claim, the payment service paying an order. Two keyed commands per buyer
+//!   in the window: `request_keys_max` = 2^21.
+//! - every buyer holds about one live order (reserved, paid or shipped) and one holding under a
+//!   per-user SKU limit: `orders_max` = `holdings_max` = 2^20. Finished orders fill whatever is
+//!   left of the order table and are forgotten oldest first.
+//! - a person, or a storefront acting for one, sends a few commands a minute and keeps a
+//!   handful of orders open. The per-user quotas leave ample room for that (256 request keys in
+//!   the window, 64 live orders) and cap what one user can take from the shared tables at
+//!   about one part in 8,000 of the key table and one in 16,000 of the order table.
+//!
+//! What the tables cost is [`crate::Engine::memory`]; `ringfence defaults` prints it with the
+//! settings.
 
 /// Capacities are allocated at start; a command that needs a slot in a full table is rejected
 /// with `capacity_exhausted` rather than growing the heap.
@@ -15,7 +32,9 @@ pub struct EngineConfig {
     pub coupons_max: u32,
     /// Coupon batches that can exist.
     pub batches_max: u32,
-    /// (user, SKU) pairs holding units under a per-user limit.
+    /// (user, SKU) pairs holding units under a per-user limit. A holding lasts while the buyer
+    /// has an order of that SKU that was not cancelled, expired or refunded (a completed order
+    /// still counts toward the SKU's per-user limit), so size it for the pairs a whole sale makes.
     pub holdings_max: u32,
     /// Request keys remembered at once; a new key when all are within the window is rejected
     /// with `capacity_exhausted`, so size it above peak commands/s times the window.
@@ -27,6 +46,12 @@ pub struct EngineConfig {
     /// remembered: a retry succeeds once their older keys age out), so no user, or service
     /// acting as one, can fill the key table for everyone. Zero: no per-user limit.
     pub request_keys_per_user_max: u16,
+    /// Live orders (reserved, paid or shipped) one user may have at once; beyond it that user's
+    /// reservations are rejected with `capacity_exhausted` (not remembered: the same request
+    /// succeeds once one of their orders is cancelled, expires, is refunded or completed), so
+    /// no user can fill the order table, or the holdings table with unpaid orders, for
+    /// everyone. Zero: no quota.
+    pub orders_per_user_max: u16,
     /// Largest quantity one reservation may ask for.
     pub order_qty_max: u32,
 }
@@ -40,13 +65,10 @@ impl Default for EngineConfig {
             coupons_max: 1 << 18,
             batches_max: 1_024,
             holdings_max: 1 << 20,
-            request_keys_max: 1 << 20,
+            request_keys_max: 1 << 21,
             request_key_window_ms: 10 * 60 * 1_000,
-            // Off by default: keeping the per-user counts costs the hot path a lookup in one
-            // more table (about a fifth of BLP-alone throughput in one measurement), and
-            // callers are authenticated services. A buyer reserves, retries and cancels a
-            // handful of times in a window, so a few hundred is a generous setting.
-            request_keys_per_user_max: 0,
+            request_keys_per_user_max: 256,
+            orders_per_user_max: 64,
             order_qty_max: 1_000,
         }
     }
@@ -90,7 +112,9 @@ impl EngineConfig {
             holdings_max: 1_024,
             request_keys_max: 4_096,
             request_key_window_ms: 60_000,
+            // No quotas: scenario tests that need them say so.
             request_keys_per_user_max: 0,
+            orders_per_user_max: 0,
             order_qty_max: 100,
         }
     }

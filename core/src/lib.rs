@@ -23,7 +23,8 @@ pub use codec::{DecodeError, ENCODING_VERSION};
 pub use command::{Action, Command, CreateCouponBatch, CreateSku, Query, Reserve, Sequenced};
 pub use config::{ConfigError, EngineConfig};
 pub use engine::{
-    Engine, EngineImage, EngineStatus, Event, IMAGE_FORMAT_VERSION, ImageDecodeError, RestoreError,
+    Engine, EngineImage, EngineMemory, EngineStatus, Event, IMAGE_FORMAT_VERSION, ImageDecodeError,
+    RestoreError,
 };
 pub use outcome::{
     BatchView, CouponState, CouponView, OrderState, OrderView, Outcome, Rejection, SkuView,

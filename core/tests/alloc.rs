@@ -102,8 +102,9 @@ fn config() -> EngineConfig {
         holdings_max: 1 << 14,
         request_keys_max: 8_192,
         request_key_window_ms: 2_000,
-        // The per-user key counts are kept too: they must not allocate either.
+        // The per-user key and live-order counts are kept too: they must not allocate either.
         request_keys_per_user_max: 64,
+        orders_per_user_max: 3,
         order_qty_max: 4,
     }
 }

@@ -26,8 +26,9 @@ fn config() -> EngineConfig {
         holdings_max: 24,
         request_keys_max: 128,
         request_key_window_ms: 2_000,
-        // Small, so that a user's share of the key table runs out too.
+        // Small, so that a user's share of the key and order tables runs out too.
         request_keys_per_user_max: 8,
+        orders_per_user_max: 3,
         order_qty_max: 4,
     }
 }

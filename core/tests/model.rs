@@ -4,7 +4,8 @@
 //! recomputed from scratch. Each step applies one command to the engine and to the model and
 //! demands the same outcome, then checks what the brief promises against the engine's own
 //! views: no overselling (`available + reserved + sold` equals the stock put in), no user above
-//! a per-user limit, every order in exactly one state, coupons never over-issued.
+//! a per-user limit or a per-user quota, every order in exactly one state, coupons never
+//! over-issued.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -87,6 +88,8 @@ struct Model {
     keys: Vec<ModelKey>,
     /// Expiries fired by the last time advance.
     expired_last: usize,
+    /// Commands refused because their user held a full share: (of the keys, of the orders).
+    quota_refusals: (u64, u64),
 }
 
 /// Whether an order's units count against its buyer's per-user limit. A completed order still
@@ -130,6 +133,7 @@ impl Model {
             claims: BTreeMap::new(),
             keys: Vec::new(),
             expired_last: 0,
+            quota_refusals: (0, 0),
         }
     }
 
@@ -185,12 +189,15 @@ impl Model {
             }
             return (Outcome::Rejected(Rejection::RequestKeyReused), false);
         }
-        let limit = usize::from(self.config.request_keys_per_user_max);
+        let exhausted = (Outcome::Rejected(Rejection::CapacityExhausted), false);
+        if self.keys.len() == self.config.request_keys_max as usize {
+            return exhausted;
+        }
         let user = scope(action);
-        let held = self.keys.iter().filter(|entry| scope(&entry.action) == user).count();
-        let user_full = limit > 0 && user != UserId(0) && held >= limit;
-        if self.keys.len() == self.config.request_keys_max as usize || user_full {
-            return (Outcome::Rejected(Rejection::CapacityExhausted), false);
+        let quota = usize::from(self.config.request_keys_per_user_max);
+        if quota > 0 && user != UserId(0) && self.keys_held(user) >= quota {
+            self.quota_refusals.0 += 1;
+            return exhausted;
         }
         let outcome = self.execute(action).unwrap_or_else(Outcome::Rejected);
         if outcome != Outcome::Rejected(Rejection::CapacityExhausted) {
@@ -288,6 +295,17 @@ impl Model {
         self.orders.values().filter(holding).map(|o| u64::from(o.view.qty)).sum()
     }
 
+    /// Request keys remembered for commands naming `user`.
+    fn keys_held(&self, user: UserId) -> usize {
+        self.keys.iter().filter(|entry| entry.action.user() == Some(user)).count()
+    }
+
+    /// Orders of `user` that are reserved, paid or shipped.
+    fn live_orders(&self, user: UserId) -> usize {
+        let live = |o: &&ModelOrder| o.view.user == user && !is_final(o.view.state);
+        self.orders.values().filter(live).count()
+    }
+
     /// (user, SKU) pairs holding units of a SKU with a per-user limit.
     fn holdings_count(&self) -> usize {
         let mut pairs = BTreeSet::new();
@@ -335,6 +353,11 @@ impl Model {
             Some(coupon) => self.usable_coupon(coupon, reserve.user, gross)?,
             None => 0,
         };
+        let quota = usize::from(self.config.orders_per_user_max);
+        if quota > 0 && self.live_orders(reserve.user) >= quota {
+            self.quota_refusals.1 += 1;
+            return Err(Rejection::CapacityExhausted);
+        }
         let holdings_max = self.config.holdings_max as usize;
         if limit != 0 && held == 0 && self.holdings_count() == holdings_max {
             return Err(Rejection::CapacityExhausted);
@@ -860,9 +883,9 @@ fn step() -> impl Strategy<Value = Step> {
 /// Small capacities, so that full tables, forgotten orders and key eviction all happen.
 fn config() -> impl Strategy<Value = EngineConfig> {
     let tables = (3u32..=6, 6u32..=48, 4u32..=24, 1u32..=4, 2u32..=16);
-    let keys = (0u16..1024, 24u32..=256, 100u64..=3_000, 2u32..=6, 0u16..=12);
+    let keys = (0u16..1024, 24u32..=256, 100u64..=3_000, 2u32..=6, 0u16..=12, 0u16..=5);
     (tables, keys).prop_map(|((skus, orders, coupons, batches, holdings), keys)| {
-        let (shard, keys_max, window_ms, qty_max, per_user) = keys;
+        let (shard, keys_max, window_ms, qty_max, per_user, orders_per_user) = keys;
         EngineConfig {
             shard,
             skus_max: skus,
@@ -874,6 +897,8 @@ fn config() -> impl Strategy<Value = EngineConfig> {
             request_key_window_ms: window_ms,
             // Zero (no per-user limit) about one time in thirteen.
             request_keys_per_user_max: per_user,
+            // Zero (no live-order quota) one time in six.
+            orders_per_user_max: orders_per_user,
             order_qty_max: qty_max,
         }
     })
@@ -1224,6 +1249,13 @@ impl Harness {
         }
         prop_assert!(model.kept_orders() <= model.config.orders_max as usize);
         prop_assert!(model.holdings_count() <= model.config.holdings_max as usize);
+        let (key_quota, order_quota) =
+            (model.config.request_keys_per_user_max, model.config.orders_per_user_max);
+        for user in (1..=USERS).map(|user| UserId(user.into())) {
+            let (keys, live) = (model.keys_held(user), model.live_orders(user));
+            prop_assert!(key_quota == 0 || keys <= usize::from(key_quota), "{user}: {keys} keys");
+            prop_assert!(order_quota == 0 || live <= usize::from(order_quota), "{user}: {live}");
+        }
         Ok(())
     }
 
@@ -1304,6 +1336,7 @@ fn generated_sequences_reach_every_outcome() {
     let strategy = (config(), prop::collection::vec(step(), 200..500));
     let mut seen: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut forgotten = 0;
+    let mut quota_refusals = (0, 0);
     for _ in 0..24 {
         let (config, steps) = strategy.new_tree(&mut runner).unwrap().current();
         let harness = run_case(config, &steps).unwrap();
@@ -1311,8 +1344,14 @@ fn generated_sequences_reach_every_outcome() {
             *seen.entry(name).or_insert(0) += count;
         }
         forgotten += harness.model.orders.values().filter(|o| !o.kept).count();
+        quota_refusals.0 += harness.model.quota_refusals.0;
+        quota_refusals.1 += harness.model.quota_refusals.1;
     }
-    println!("outcomes over 24 cases: {seen:?}; orders forgotten: {forgotten}");
+    println!(
+        "outcomes over 24 cases: {seen:?}; orders forgotten: {forgotten}; refused at a user's \
+         key quota: {}, at their live-order quota: {}",
+        quota_refusals.0, quota_refusals.1
+    );
     let expected = [
         "ticked",
         "sku_created",
@@ -1352,6 +1391,8 @@ fn generated_sequences_reach_every_outcome() {
         assert!(seen.get(name).is_some_and(|&n| n > 0), "no `{name}` outcome in {seen:?}");
     }
     assert!(forgotten > 0, "no finished order was ever forgotten");
+    assert!(quota_refusals.0 > 0, "no user ever reached the key quota");
+    assert!(quota_refusals.1 > 0, "no user ever reached the live-order quota");
 }
 
 #[test]

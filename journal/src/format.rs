@@ -25,7 +25,8 @@
 //!  32  epoch            8  epoch of the writer when the segment was created
 //!  40  engine config   40  the capacities replay must use (see `encode_config`)
 //!  80  encoding         2  ENCODING_VERSION of the record payloads (`ringfence_core::codec`)
-//!  82  reserved        42  zero
+//!  82  engine config    2  continued: orders per user (see `encode_config`)
+//!  84  reserved        40  zero
 //! 124  header CRC32C    4  over bytes 0..124
 //!
 //! record (at a multiple of 16 from the start of the file): see `ringfence_core::record`
@@ -64,11 +65,15 @@ const SEGMENT_LEN_OFFSET: usize = SEGMENT_FIRST_SEQUENCE_OFFSET + 8;
 const SEGMENT_EPOCH_OFFSET: usize = SEGMENT_LEN_OFFSET + 8;
 const SEGMENT_CONFIG_OFFSET: usize = SEGMENT_EPOCH_OFFSET + 8;
 const SEGMENT_ENCODING_OFFSET: usize = SEGMENT_CONFIG_OFFSET + CONFIG_BLOCK_LEN;
-const SEGMENT_RESERVED_OFFSET: usize = SEGMENT_ENCODING_OFFSET + 2;
+const SEGMENT_CONFIG_MORE_OFFSET: usize = SEGMENT_ENCODING_OFFSET + 2;
+const SEGMENT_RESERVED_OFFSET: usize = SEGMENT_CONFIG_MORE_OFFSET + CONFIG_MORE_LEN;
 const SEGMENT_CRC_OFFSET: usize = SEGMENT_HEADER_LEN - 4;
 
 /// Bytes of the engine configuration block in segment and snapshot headers.
 pub const CONFIG_BLOCK_LEN: usize = 40;
+/// Bytes of the configuration's continuation, in bytes that were reserved (always zero) before
+/// there was a live-order quota: zero there still means none.
+pub const CONFIG_MORE_LEN: usize = 2;
 
 /// Smallest segment size accepted: a header and a few largest records.
 pub const SEGMENT_LEN_MIN: u64 = 64 * 1024;
@@ -86,7 +91,8 @@ const _: () = assert!(SEGMENT_LEN_OFFSET == 24);
 const _: () = assert!(SEGMENT_EPOCH_OFFSET == 32);
 const _: () = assert!(SEGMENT_CONFIG_OFFSET == 40);
 const _: () = assert!(SEGMENT_ENCODING_OFFSET == 80);
-const _: () = assert!(SEGMENT_RESERVED_OFFSET == 82);
+const _: () = assert!(SEGMENT_CONFIG_MORE_OFFSET == 82);
+const _: () = assert!(SEGMENT_RESERVED_OFFSET == 84);
 const _: () = assert!(SEGMENT_CRC_OFFSET == 124);
 // Shard u16, zero u16, seven u32 maxima, the request-key window u64 (`encode_config`).
 const _: () = assert!(CONFIG_BLOCK_LEN == 2 + 2 + 7 * 4 + 8);
@@ -205,7 +211,9 @@ pub fn encode_segment_header(header: &SegmentHeader, out: &mut [u8]) {
     put_u64(out, SEGMENT_FIRST_SEQUENCE_OFFSET, header.first_sequence.0);
     put_u64(out, SEGMENT_LEN_OFFSET, header.segment_len);
     put_u64(out, SEGMENT_EPOCH_OFFSET, header.epoch.0);
-    encode_config(&header.config, &mut out[SEGMENT_CONFIG_OFFSET..][..CONFIG_BLOCK_LEN]);
+    let (block, more) = out[SEGMENT_CONFIG_OFFSET..].split_at_mut(CONFIG_BLOCK_LEN);
+    let more = &mut more[2..][..CONFIG_MORE_LEN];
+    encode_config(&header.config, block, more);
     out[SEGMENT_ENCODING_OFFSET..][..2].copy_from_slice(&ENCODING_VERSION.to_le_bytes());
     let crc = crc32c::crc32c(&out[..SEGMENT_CRC_OFFSET]);
     put_u32(out, SEGMENT_CRC_OFFSET, crc);
@@ -242,8 +250,11 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderProble
     if get_u64(bytes, SEGMENT_FIRST_SEQUENCE_OFFSET) == 0 {
         return Err(HeaderProblem::BadField("first sequence"));
     }
-    let config = decode_config(&bytes[SEGMENT_CONFIG_OFFSET..][..CONFIG_BLOCK_LEN])
-        .ok_or(HeaderProblem::BadField("engine config"))?;
+    let config = decode_config(
+        &bytes[SEGMENT_CONFIG_OFFSET..][..CONFIG_BLOCK_LEN],
+        &bytes[SEGMENT_CONFIG_MORE_OFFSET..][..CONFIG_MORE_LEN],
+    )
+    .ok_or(HeaderProblem::BadField("engine config"))?;
     let encoding =
         u16::from_le_bytes([bytes[SEGMENT_ENCODING_OFFSET], bytes[SEGMENT_ENCODING_OFFSET + 1]]);
     if encoding != ENCODING_VERSION {
@@ -260,11 +271,13 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderProble
     })
 }
 
-/// Encodes the engine configuration into a [`CONFIG_BLOCK_LEN`]-byte block:
-/// shard u16, zero u16, then skus, orders, coupons, batches, holdings, request keys and order
-/// quantity maxima as u32, then the request-key window in ms as u64.
-pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
+/// Encodes the engine configuration into a [`CONFIG_BLOCK_LEN`]-byte block — shard u16,
+/// request keys per user u16, then skus, orders, coupons, batches, holdings, request keys and
+/// order quantity maxima as u32, then the request-key window in ms as u64 — and its
+/// [`CONFIG_MORE_LEN`]-byte continuation: orders per user u16.
+pub fn encode_config(config: &EngineConfig, out: &mut [u8], more: &mut [u8]) {
     assert_eq!(out.len(), CONFIG_BLOCK_LEN);
+    assert_eq!(more.len(), CONFIG_MORE_LEN);
     // `decode_config` refuses a configuration the engine would refuse.
     assert!(config.validate().is_ok(), "an invalid engine configuration written");
     out[0..2].copy_from_slice(&config.shard.to_le_bytes());
@@ -282,13 +295,16 @@ pub fn encode_config(config: &EngineConfig, out: &mut [u8]) {
         put_u32(out, 4 + 4 * i, value);
     }
     put_u64(out, 32, config.request_key_window_ms);
-    debug_assert_eq!(decode_config(out).as_ref(), Some(config), "a block that does not read back");
+    more.copy_from_slice(&config.orders_per_user_max.to_le_bytes());
+    debug_assert_eq!(decode_config(out, more).as_ref(), Some(config), "does not read back");
 }
 
-/// Decodes a configuration block; `None` if the configuration is not one the engine accepts.
+/// Decodes a configuration block and its continuation; `None` if the configuration is not one
+/// the engine accepts.
 #[must_use]
-pub fn decode_config(bytes: &[u8]) -> Option<EngineConfig> {
+pub fn decode_config(bytes: &[u8], more: &[u8]) -> Option<EngineConfig> {
     assert_eq!(bytes.len(), CONFIG_BLOCK_LEN);
+    assert_eq!(more.len(), CONFIG_MORE_LEN);
     // Bytes 2..4, zero in blocks written before there was a per-user key limit, are that
     // limit: zero still means none.
     let config = EngineConfig {
@@ -302,6 +318,8 @@ pub fn decode_config(bytes: &[u8]) -> Option<EngineConfig> {
         request_keys_max: get_u32(bytes, 24),
         order_qty_max: get_u32(bytes, 28),
         request_key_window_ms: get_u64(bytes, 32),
+        // Zero in headers written before there was a live-order quota: none, as then.
+        orders_per_user_max: u16::from_le_bytes([more[0], more[1]]),
     };
     config.validate().ok().map(|()| config)
 }
@@ -370,18 +388,38 @@ mod tests {
     }
 
     #[test]
-    fn the_per_user_key_limit_rides_in_the_config_blocks_spare_bytes() {
-        // Goal: bytes 2..4, zero in blocks written before the limit existed, hold it: an old
-        // block reads as "no per-user limit", a new one round-trips.
-        let old = EngineConfig { request_keys_per_user_max: 0, ..EngineConfig::small() };
-        let mut block = [0u8; CONFIG_BLOCK_LEN];
-        encode_config(&old, &mut block);
-        assert_eq!(&block[2..4], &[0, 0]);
-        assert_eq!(decode_config(&block), Some(old));
-        let limited = EngineConfig { request_keys_per_user_max: 300, ..EngineConfig::small() };
-        encode_config(&limited, &mut block);
+    fn the_per_user_quotas_ride_in_bytes_that_were_zero_before_them() {
+        // Goal: bytes 2..4 of the block and the two bytes after it, zero in headers written
+        // before the quotas existed, hold them: an old header reads as "no quotas", a new one
+        // round-trips.
+        let old = EngineConfig {
+            request_keys_per_user_max: 0,
+            orders_per_user_max: 0,
+            ..EngineConfig::small()
+        };
+        let (mut block, mut more) = ([0u8; CONFIG_BLOCK_LEN], [0u8; CONFIG_MORE_LEN]);
+        encode_config(&old, &mut block, &mut more);
+        assert_eq!((&block[2..4], more), (&[0, 0][..], [0, 0]));
+        assert_eq!(decode_config(&block, &more), Some(old));
+        let limited = EngineConfig {
+            request_keys_per_user_max: 300,
+            orders_per_user_max: 40,
+            ..EngineConfig::small()
+        };
+        encode_config(&limited, &mut block, &mut more);
         assert_eq!(&block[2..4], &300_u16.to_le_bytes());
-        assert_eq!(decode_config(&block), Some(limited));
+        assert_eq!(more, 40_u16.to_le_bytes());
+        assert_eq!(decode_config(&block, &more), Some(limited.clone()));
+        let header = SegmentHeader {
+            first_sequence: Sequence(1),
+            segment_len: 1 << 20,
+            epoch: Epoch(1),
+            config: limited,
+        };
+        let mut bytes = [0u8; SEGMENT_HEADER_LEN];
+        encode_segment_header(&header, &mut bytes);
+        assert_eq!(bytes[82..84], 40_u16.to_le_bytes(), "after the encoding version");
+        assert_eq!(decode_segment_header(&bytes), Ok(header));
     }
 
     #[test]

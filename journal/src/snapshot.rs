@@ -28,7 +28,8 @@
 //!  64  body CRC32C       4  over everything after the header
 //!  68  SKU count         4  entries in the SKU catalog
 //!  72  engine config    40  (see format::encode_config)
-//! 112  reserved         12  zero
+//! 112  engine config     2  continued: orders per user (zero before there was a quota)
+//! 114  reserved         10  zero
 //! 124  header CRC32C     4  over bytes 0..124
 //! 128  image             n  EngineImage in its explicit layout (`IMAGE_FORMAT_VERSION`),
 //!                           then zero padding to a multiple of 16
@@ -53,7 +54,9 @@ use ringfence_core::{
 
 use crate::datadir::{self, DataDir};
 use crate::error::JournalError;
-use crate::format::{self, CONFIG_BLOCK_LEN, FORMAT_VERSION, get_u32, get_u64, put_u32, put_u64};
+use crate::format::{
+    self, CONFIG_BLOCK_LEN, CONFIG_MORE_LEN, FORMAT_VERSION, get_u32, get_u64, put_u32, put_u64,
+};
 use crate::scan::ReadSource;
 use crate::storage::{Retired, Storage, StorageError, write_atomically};
 use crate::tail::Tail;
@@ -71,8 +74,9 @@ const IMAGE_LEN_OFFSET: usize = DIGEST_OFFSET + 8;
 const BODY_CRC_OFFSET: usize = IMAGE_LEN_OFFSET + 8;
 const SKU_COUNT_OFFSET: usize = BODY_CRC_OFFSET + 4;
 const CONFIG_OFFSET: usize = SKU_COUNT_OFFSET + 4;
+const CONFIG_MORE_OFFSET: usize = CONFIG_OFFSET + CONFIG_BLOCK_LEN;
 const HEADER_CRC_OFFSET: usize = SNAPSHOT_HEADER_LEN - 4;
-const _: () = assert!(CONFIG_OFFSET + CONFIG_BLOCK_LEN <= HEADER_CRC_OFFSET);
+const _: () = assert!(CONFIG_MORE_OFFSET + CONFIG_MORE_LEN <= HEADER_CRC_OFFSET);
 // The offsets, pinned to the byte diagram.
 const _: () = assert!(LAST_SEQUENCE_OFFSET == 24);
 const _: () = assert!(NOW_OFFSET == 32);
@@ -82,7 +86,7 @@ const _: () = assert!(IMAGE_LEN_OFFSET == 56);
 const _: () = assert!(BODY_CRC_OFFSET == 64);
 const _: () = assert!(SKU_COUNT_OFFSET == 68);
 const _: () = assert!(CONFIG_OFFSET == 72);
-const _: () = assert!(CONFIG_OFFSET + CONFIG_BLOCK_LEN == 112);
+const _: () = assert!(CONFIG_MORE_OFFSET == 112);
 const _: () = assert!(HEADER_CRC_OFFSET == 124);
 // The image is padded to 16, so the SKU catalog after it is 8-byte aligned in the file.
 const _: () = assert!(SNAPSHOT_HEADER_LEN % 16 == 0);
@@ -310,7 +314,8 @@ fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
     put_u64(header, IMAGE_LEN_OFFSET, image.len() as u64);
     put_u32(header, BODY_CRC_OFFSET, crc32c::crc32c(body));
     put_u32(header, SKU_COUNT_OFFSET, meta.skus.len() as u32);
-    format::encode_config(&meta.config, &mut header[CONFIG_OFFSET..][..CONFIG_BLOCK_LEN]);
+    let (block, more) = header[CONFIG_OFFSET..].split_at_mut(CONFIG_BLOCK_LEN);
+    format::encode_config(&meta.config, block, &mut more[..CONFIG_MORE_LEN]);
     let crc = crc32c::crc32c(&header[..HEADER_CRC_OFFSET]);
     put_u32(header, HEADER_CRC_OFFSET, crc);
     assert_eq!(bytes.len() % 8, 0, "a snapshot file that is not whole words");
@@ -362,7 +367,8 @@ fn decode_meta(
     if padded.checked_add(sku_count.saturating_mul(8)) != Some(body.len()) {
         return Err(invalid("the lengths in the header do not match the file size"));
     }
-    let config = format::decode_config(&header[CONFIG_OFFSET..][..CONFIG_BLOCK_LEN])
+    let block = &header[CONFIG_OFFSET..][..CONFIG_BLOCK_LEN];
+    let config = format::decode_config(block, &header[CONFIG_MORE_OFFSET..][..CONFIG_MORE_LEN])
         .ok_or_else(|| invalid("the engine configuration in the header is not valid"))?;
     let skus = (0..sku_count).map(|i| SkuId(get_u64(body, padded + 8 * i))).collect();
     let meta = SnapshotMeta {
@@ -731,10 +737,12 @@ impl<S: Storage> Snapshotter<S> {
             last_sequence: engine.last_sequence(),
         };
         self.since_last = 0;
-        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.try_send(job).is_ok());
-        let pause_ns = started.elapsed().as_nanos() as u64;
+        // Counted before the job is sent, under the lock the writer records its end with: a
+        // job that fails at once must not be recorded as done before it was taken.
         let mut stats = self.stats.lock().expect("snapshot stats lock");
         stats.pauses += 1;
+        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.try_send(job).is_ok());
+        let pause_ns = started.elapsed().as_nanos() as u64;
         stats.deferred_busy = self.deferred;
         stats.pause_ns_last = pause_ns;
         stats.pause_ns_max = stats.pause_ns_max.max(pause_ns);

@@ -21,7 +21,10 @@
 //!   percentile;
 //! - engine variants: tables on 4 KiB pages, on 2 MiB pages, and on 2 MiB pages with each
 //!   command hinted ([`Engine::prefetch`]) a few commands before it is applied, as a processor
-//!   holding a batch from the ring can;
+//!   holding a batch from the ring can; each with the default per-user quotas, and the last
+//!   two again with the quotas off (`_no_quotas`), for their cost as a ratio. The untimed
+//!   passes of the variants on one page size take turns, so that a change in the machine's
+//!   load falls on all of them alike;
 //! - `naive_baseline`: the same commands through [`NaiveEngine`].
 //!
 //! Large allocations are kept warm between passes ([`crate::pages`]) and a warm-up pass runs
@@ -112,12 +115,21 @@ struct Variant {
     huge_pages: bool,
     /// Commands between a command's hint and its apply; zero for no hints.
     lookahead: usize,
+    /// Whether the per-user quotas are on (as the workload's configuration sets them) or off.
+    quotas: bool,
 }
 
-const VARIANTS: [Variant; 3] = [
-    Variant { name: "ringfence_4k_pages", huge_pages: false, lookahead: 0 },
-    Variant { name: "ringfence", huge_pages: true, lookahead: 0 },
-    Variant { name: "ringfence_lookahead", huge_pages: true, lookahead: LOOKAHEAD },
+const VARIANTS: [Variant; 5] = [
+    Variant { name: "ringfence_4k_pages", huge_pages: false, lookahead: 0, quotas: true },
+    Variant { name: "ringfence", huge_pages: true, lookahead: 0, quotas: true },
+    Variant { name: "ringfence_lookahead", huge_pages: true, lookahead: LOOKAHEAD, quotas: true },
+    Variant { name: "ringfence_no_quotas", huge_pages: true, lookahead: 0, quotas: false },
+    Variant {
+        name: "ringfence_no_quotas_lookahead",
+        huge_pages: true,
+        lookahead: LOOKAHEAD,
+        quotas: false,
+    },
 ];
 
 /// Runs the BLP benchmark and prints its rows.
@@ -145,8 +157,14 @@ pub fn run(common: Common) {
     ));
     report.note(&format!(
         "  variants: {}2 MiB pages (madvise); 2 MiB pages + Engine::prefetch {LOOKAHEAD} \
-         commands ahead. naive_baseline: system default pages",
+         commands ahead; the same two with the per-user quotas off (_no_quotas). \
+         naive_baseline: system default pages",
         if sizes.small_pages { "4 KiB pages; " } else { "" }
+    ));
+    let quotas = EngineConfig::default();
+    report.note(&format!(
+        "  quotas (the defaults): {} request keys and {} live orders per user",
+        quotas.request_keys_per_user_max, quotas.orders_per_user_max
     ));
     let context = Context { pinned: pinned.is_some(), sizes };
 
@@ -164,6 +182,8 @@ pub fn run(common: Common) {
         for variant in ["ringfence", "ringfence_lookahead"] {
             report.ratio(scenario, variant, "naive_baseline");
         }
+        report.ratio(scenario, "ringfence", "ringfence_no_quotas");
+        report.ratio(scenario, "ringfence_lookahead", "ringfence_no_quotas_lookahead");
     }
     summarize_goal(&report);
 }
@@ -208,31 +228,34 @@ fn measure(report: &mut Report, workload: &Workload, context: &Context) {
     });
     report.push(with_context(Row::new(scenario, "harness_overhead", ops, seconds, histogram)));
 
-    for variant in VARIANTS.iter().filter(|v| v.huge_pages || context.sizes.small_pages) {
-        pages::set_page_mode(if variant.huge_pages { PageMode::Huge } else { PageMode::Small });
-        let cold = engine_pass(workload, variant.lookahead);
-        let mut passes = Passes::default();
-        for _ in 0..context.sizes.passes {
-            passes.add(engine_pass(workload, variant.lookahead));
+    for huge_pages in [false, true] {
+        let group: Vec<Variant> = VARIANTS
+            .into_iter()
+            .filter(|v| v.huge_pages == huge_pages && (huge_pages || context.sizes.small_pages))
+            .collect();
+        if group.is_empty() {
+            continue;
         }
-        let mut engine = new_engine(workload);
-        let (_, histogram) = timed_pass(commands.len(), |index| {
-            if variant.lookahead > 0
-                && let Some(ahead) = commands.get(index + variant.lookahead)
-            {
-                engine.prefetch(ahead);
+        pages::set_page_mode(if huge_pages { PageMode::Huge } else { PageMode::Small });
+        let colds: Vec<Pass> = group.iter().map(|v| engine_pass(workload, v)).collect();
+        let mut passes: Vec<Passes> = group.iter().map(|_| Passes::default()).collect();
+        for _ in 0..context.sizes.passes {
+            for (variant, passes) in group.iter().zip(&mut passes) {
+                passes.add(engine_pass(workload, variant));
             }
-            black_box(engine.apply(&commands[index]));
-        });
-        drop(engine);
-        let row = Row::new(scenario, variant.name, ops, passes.median_seconds(), histogram)
-            .with("huge_pages", variant.huge_pages)
-            .with("lookahead", variant.lookahead as u64)
-            .with("accepted", cold.accepted)
-            .with("warmup_ops_per_sec", ops as f64 / cold.seconds)
-            .with("best_ops_per_sec", ops as f64 / passes.best_seconds())
-            .with("cpu_ops_per_sec", ops as f64 / passes.median_cpu_seconds());
-        report.push(with_context(row));
+        }
+        for ((variant, cold), passes) in group.iter().zip(&colds).zip(&passes) {
+            let histogram = timed_engine_pass(workload, variant);
+            let row = Row::new(scenario, variant.name, ops, passes.median_seconds(), histogram)
+                .with("huge_pages", variant.huge_pages)
+                .with("lookahead", variant.lookahead as u64)
+                .with("quotas", variant.quotas)
+                .with("accepted", cold.accepted)
+                .with("warmup_ops_per_sec", ops as f64 / cold.seconds)
+                .with("best_ops_per_sec", ops as f64 / passes.best_seconds())
+                .with("cpu_ops_per_sec", ops as f64 / passes.median_cpu_seconds());
+            report.push(with_context(row));
+        }
     }
 
     // The obvious way takes the system's default pages (and huge-page compaction would only
@@ -304,8 +327,31 @@ fn median(values: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
-fn new_engine(workload: &Workload) -> Engine {
-    let mut engine = Engine::new(workload.config.clone());
+/// The percentiles of one pass reading the clock once per command.
+fn timed_engine_pass(workload: &Workload, variant: &Variant) -> Histogram<u64> {
+    let commands = &workload.commands;
+    let mut engine = new_engine(workload, variant.quotas);
+    let (_, histogram) = timed_pass(commands.len(), |index| {
+        if variant.lookahead > 0
+            && let Some(ahead) = commands.get(index + variant.lookahead)
+        {
+            engine.prefetch(ahead);
+        }
+        black_box(engine.apply(&commands[index]));
+    });
+    drop(engine);
+    histogram
+}
+
+/// A fresh engine with the workload's setup applied; with `quotas` off, its per-user quotas
+/// are switched off.
+fn new_engine(workload: &Workload, quotas: bool) -> Engine {
+    let mut config = workload.config.clone();
+    if !quotas {
+        config.request_keys_per_user_max = 0;
+        config.orders_per_user_max = 0;
+    }
+    let mut engine = Engine::new(config);
     for command in &workload.setup {
         let outcome = engine.apply(command);
         assert!(!outcome.is_rejected(), "setup command refused: {outcome:?}");
@@ -325,8 +371,9 @@ fn new_naive(workload: &Workload) -> NaiveEngine {
 
 /// One untimed pass over a fresh engine, hinting each command `lookahead` commands before it
 /// is applied (no hints when zero).
-fn engine_pass(workload: &Workload, lookahead: usize) -> Pass {
-    let mut engine = new_engine(workload);
+fn engine_pass(workload: &Workload, variant: &Variant) -> Pass {
+    let lookahead = variant.lookahead;
+    let mut engine = new_engine(workload, variant.quotas);
     let mut accepted = 0u64;
     let commands = &workload.commands;
     let cpu_start = thread_cpu_seconds();
@@ -715,7 +762,7 @@ mod tests {
     use crate::naive;
 
     fn agree(workload: &Workload) -> u64 {
-        let mut engine = new_engine(workload);
+        let mut engine = new_engine(workload, true);
         let naive = new_naive(workload);
         let mut accepted = 0;
         for command in &workload.commands {
@@ -752,7 +799,7 @@ mod tests {
     fn mixed_workload_exercises_every_path() {
         // Goal: the mixed stream contains expiries, late payments, coupon use and retries.
         let workload = mixed_workload(30_000, 2_000, 10);
-        let mut engine = new_engine(&workload);
+        let mut engine = new_engine(&workload, true);
         let (mut expired, mut late, mut with_coupon, mut replayed) = (0, 0, 0, 0);
         let mut seen = std::collections::HashSet::new();
         for command in &workload.commands {

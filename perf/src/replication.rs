@@ -176,8 +176,9 @@ fn engine_config() -> EngineConfig {
         holdings_max: 1_024,
         request_keys_max: ORDERS_MAX,
         request_key_window_ms: 60_000,
-        // Workloads with few users and many commands: no per-user key limit.
+        // Workloads with few users and many commands: no per-user quotas.
         request_keys_per_user_max: 0,
+        orders_per_user_max: 0,
         order_qty_max: 10,
     }
 }

@@ -280,7 +280,14 @@ const KEYS: &[Key] = &[
     key(
         "engine",
         "request_keys_per_user_max",
-        "Request keys one user may have remembered at once; 0: no per-user limit.",
+        "Request keys one user may have remembered at once (commands naming them in the window); \
+        beyond it: capacity_exhausted for that user. 0: no quota.",
+    ),
+    key(
+        "engine",
+        "orders_per_user_max",
+        "Live orders (reserved, paid, shipped) one user may have at once; beyond it their \
+        reservations get capacity_exhausted. 0: no quota.",
     ),
     key("engine", "order_qty_max", "Largest quantity one reservation may ask for."),
     unset(
@@ -391,8 +398,21 @@ pub fn run(command: &ConfigCommand) -> ExitCode {
 
 /// `ringfence defaults`: every setting with a default, as TOML (no comments).
 pub fn defaults() -> ExitCode {
+    println!("{}", engine_memory_comment(&ringfence_core::EngineConfig::default()));
     print!("{}", toml::to_string(&FileConfig::default()).expect("the config serialises"));
     ExitCode::SUCCESS
+}
+
+/// What the engine's tables take at `config`'s capacities, as a TOML comment line.
+fn engine_memory_comment(config: &ringfence_core::EngineConfig) -> String {
+    let memory = ringfence_core::Engine::memory(config);
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    format!(
+        "# [engine] tables: {:.0} MiB allocated at start, {:.0} MiB of it (the indexes) written \
+         at start; a node taking snapshots holds a second engine of the same size",
+        mib(memory.allocated_bytes),
+        mib(memory.written_at_start_bytes)
+    )
 }
 
 /// The defaults as a TOML table, keyed by section (`""` for the top-level keys).

@@ -233,6 +233,7 @@ struct EngineSection {
     request_keys_max: u32,
     request_key_window_ms: u64,
     request_keys_per_user_max: u16,
+    orders_per_user_max: u16,
     order_qty_max: u32,
 }
 
@@ -249,6 +250,7 @@ impl Default for EngineSection {
             request_keys_max: d.request_keys_max,
             request_key_window_ms: d.request_key_window_ms,
             request_keys_per_user_max: d.request_keys_per_user_max,
+            orders_per_user_max: d.orders_per_user_max,
             order_qty_max: d.order_qty_max,
         }
     }
@@ -266,6 +268,7 @@ impl EngineSection {
             request_keys_max: self.request_keys_max,
             request_key_window_ms: self.request_key_window_ms,
             request_keys_per_user_max: self.request_keys_per_user_max,
+            orders_per_user_max: self.orders_per_user_max,
             order_qty_max: self.order_qty_max,
         }
     }

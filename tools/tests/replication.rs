@@ -433,8 +433,12 @@ fn a_fresh_standby_of_a_primary_that_retired_its_first_records_starts_from_a_sna
     let secret = write_secret(&root, SECRET);
     let (dir_a, dir_b) = (root.join("a"), root.join("b"));
     let config = root.join("small-segments.toml");
-    let settings =
-        "[node]\nsegment_bytes = 65536\nsnapshot_every_commands = 400\nsnapshots_kept = 1\n";
+    // A small engine: every snapshot restores its image into a fresh engine to check it, and
+    // at the default capacities that takes long enough, in a debug build on a busy machine,
+    // for the primary to take thousands of commands before the first segment is retired.
+    let settings = "[node]\nsegment_bytes = 65536\nsnapshot_every_commands = 400\n\
+                    snapshots_kept = 1\n[engine]\norders_max = 65536\nholdings_max = 65536\n\
+                    request_keys_max = 65536\n";
     std::fs::write(&config, settings).unwrap();
     let config = config.to_str().unwrap().to_owned();
     let node = primary(&dir_a, &secret, &["--config", &config]);

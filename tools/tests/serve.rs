@@ -182,23 +182,32 @@ fn a_request_id_is_scoped_to_its_buyer() {
 #[test]
 fn a_flood_under_one_user_leaves_other_buyers_served() {
     // Goal: one client sending a flood of new requests as one user fills only that user's
-    // share of the request-key table (`capacity_exhausted` for it), and other buyers keep
-    // reserving.
+    // share of the order table (10 live orders) and of the request-key table (20 keys) —
+    // `capacity_exhausted` for it beyond them — and other buyers keep reserving.
     let dir = temp_dir("flood");
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("quota.toml");
-    std::fs::write(&config, "[engine]\nrequest_keys_per_user_max = 20\n").unwrap();
+    let quotas = "[engine]\nrequest_keys_per_user_max = 20\norders_per_user_max = 10\n";
+    std::fs::write(&config, quotas).unwrap();
     let node = Serve::start_with(&dir, &["--config", config.to_str().unwrap()]);
     let sku = r#"{"sku":1,"stock":1000,"price_cents":700,"per_user_limit":0,"payment_timeout_ms":600000}"#;
     assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
     let mut statuses = std::collections::BTreeMap::new();
-    for n in 0..200 {
-        let (status, body) = reserve(&node, &format!("flood-{n}"), 666);
+    let mut count = |(status, body): (u16, serde_json::Value)| {
         *statuses.entry((status, body["error"].as_str().map(str::to_owned))).or_insert(0) += 1;
+    };
+    for n in 0..200 {
+        count(reserve(&node, &format!("flood-{n}"), 666));
+    }
+    // Refused cancels are remembered (they are outcomes), so they use up the user's keys.
+    for n in 0..20 {
+        let body = format!(r#"{{"request_id":"cancel-{n}","user":666}}"#);
+        count(node.call("POST", &format!("/v1/orders/{}/cancel", n + 1), &body, false));
     }
     let exhausted = (503, Some("capacity_exhausted".to_owned()));
-    assert_eq!(statuses.get(&(201, None)), Some(&20), "{statuses:?}");
-    assert_eq!(statuses.get(&exhausted), Some(&180), "{statuses:?}");
+    assert_eq!(statuses.get(&(201, None)), Some(&10), "{statuses:?}");
+    assert_eq!(statuses.get(&(404, Some("unknown_order".to_owned()))), Some(&10), "{statuses:?}");
+    assert_eq!(statuses.get(&exhausted), Some(&200), "{statuses:?}");
     for user in 1..=30 {
         let (status, body) = reserve(&node, "buy", user);
         assert_eq!(status, 201, "buyer {user}: {body}");

@@ -29,7 +29,7 @@ use std::collections::BinaryHeap;
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use super::layout::{Claim, Holding, Scalars, ordered_hash, sum_of};
-use super::{Batch, Coupon, Deadline, Engine, KeyEntry, Order, Sku};
+use super::{Batch, Coupon, Deadline, Engine, KeyEntry, Order, Share, Sku, sharer};
 use crate::config::EngineConfig;
 use crate::outcome::{CouponState, OrderState};
 use crate::snowflake::Snowflake;
@@ -276,18 +276,7 @@ impl Engine {
                 return Err(RestoreError::Inconsistent("duplicate request key"));
             }
         }
-        for index in 0..self.keys.len() {
-            let user = self.keys[index].user;
-            if self.user_is_at_key_limit(user) {
-                return Err(RestoreError::Inconsistent("a user holds more keys than allowed"));
-            }
-            self.remember_user_key(user);
-        }
-        // Under a per-user limit, every key of a user is counted once.
-        let counted: u64 = self.user_keys.iter().map(|(_, &held)| u64::from(held)).sum();
-        let limited = self.config.request_keys_per_user_max > 0;
-        let named = self.keys.iter().filter(|entry| limited && entry.user.0 != 0).count();
-        assert_eq!(counted, named as u64, "the per-user key counts disagree with the keys");
+        self.rebuild_shares();
         // Every entry is indexed once: what `apply` asserts after each command.
         assert_eq!(self.sku_index.len(), self.skus.len(), "a SKU is not indexed");
         assert_eq!(self.order_index.len(), self.orders.len(), "an order is not indexed");
@@ -296,6 +285,31 @@ impl Engine {
         assert_eq!(self.key_index.len(), self.keys.len(), "a request key is not indexed");
         assert!(self.orders_reserved as usize <= self.orders.len());
         Ok(())
+    }
+
+    /// Counts every user's share again from the keys and the orders, as the commands that made
+    /// them counted it. A share may be above a quota lowered since the image was taken: that
+    /// user's new keys or orders are refused until it falls below.
+    fn rebuild_shares(&mut self) {
+        assert_eq!(self.shares.len(), 0, "shares rebuilt into a used table");
+        let counts_keys = self.config.request_keys_per_user_max > 0;
+        let counts_orders = self.config.orders_per_user_max > 0;
+        let (mut keys, mut orders) = (0_usize, 0_usize);
+        for entry in self.keys.iter().filter(|entry| counts_keys && entry.user.0 != 0) {
+            self.shares.entry(sharer(entry.user)).or_insert(Share::default()).keys += 1;
+            keys += 1;
+        }
+        for order in self.orders.iter().filter(|order| counts_orders && !order.state.is_final()) {
+            self.shares.entry(sharer(order.user)).or_insert(Share::default()).orders += 1;
+            orders += 1;
+        }
+        // Every counted key and live order is counted once.
+        let counted = self.shares.iter().fold((0_usize, 0_usize), |(keys, orders), (_, held)| {
+            (keys + held.keys as usize, orders + held.orders as usize)
+        });
+        assert_eq!(counted, (keys, orders), "a share miscounted");
+        // The table holds one entry per user with a counted key or a live order.
+        assert!(self.shares.len() <= keys + orders, "a share of nothing");
     }
 
     /// A digest of the full state that two nodes (or a node and its snapshot) can compare:
@@ -506,14 +520,15 @@ fn check_fields(image: &EngineImage) -> Result<(), RestoreError> {
     // Paid at some point is exactly when an order has its payment reference.
     let bad_order = image.orders.iter().any(|o| {
         o.id.0 == 0
+            || o.user.0 == 0
             || o.qty == 0
             || o.expires_at < o.created_at
             || o.payment_ref.is_some() != spends_coupon(o.state)
     });
     if bad_order {
         return Err(RestoreError::Inconsistent(
-            "an order has a zero id or quantity, expires before it was made, or its payment \
-             reference does not match its state",
+            "an order has a zero id, user or quantity, expires before it was made, or its \
+             payment reference does not match its state",
         ));
     }
     if image.coupons.iter().any(|c| c.user.0 == 0 || c.state == CouponState::Expired) {

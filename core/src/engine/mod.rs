@@ -16,11 +16,12 @@ mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::num::NonZeroU64;
 
-use table::FixedMap;
+use table::{FixedMap, Located};
 
 use crate::command::{Action, Command, Query, Sequenced};
-use crate::config::EngineConfig;
+use crate::config::{CAPACITY_MAX, EngineConfig};
 use crate::hash;
 use crate::outcome::{CouponState, OrderState, Outcome, Rejection};
 use crate::snowflake::Snowflake;
@@ -67,6 +68,16 @@ pub struct EngineStatus {
     pub coupons: u32,
     /// Request keys remembered.
     pub request_keys: u32,
+}
+
+/// What an engine's tables take, in bytes ([`Engine::memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineMemory {
+    /// Everything the tables allocate at start; the engine allocates nothing more.
+    pub allocated_bytes: u64,
+    /// The part written at start: the index tables, so that no lookup faults a page in later.
+    /// The rest (order, request-key, coupon and deadline storage) is touched as it fills.
+    pub written_at_start_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +144,24 @@ struct KeyEntry {
     outcome: Outcome,
 }
 
+/// What one user holds of the shared tables, counted for the per-user quotas that are on (a
+/// count whose quota is off stays zero): request keys remembered for commands naming them, and
+/// live orders (reserved, paid or shipped). A user holding neither has no entry. Derived from
+/// the keys and the orders: not part of a snapshot, rebuilt when one is restored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Share {
+    keys: u32,
+    orders: u32,
+}
+
+/// The share table's key for `user`: never user 0 (commands naming nobody are not counted, and
+/// no order is user 0's), so its slots need no room for an empty tag: 16 bytes, not 24.
+fn sharer(user: UserId) -> NonZeroU64 {
+    NonZeroU64::new(user.0).expect("user 0 has no share")
+}
+
+const _: () = assert!(std::mem::size_of::<Option<(NonZeroU64, Share)>>() == 16);
+
 /// A payment deadline: (when, which order, its slot). Entries whose order has moved on are
 /// skipped when they surface, and swept out when the heap fills.
 type Deadline = (Timestamp, OrderId, u32);
@@ -166,9 +195,19 @@ pub struct Engine {
     /// Absolute position of `keys.front()`; the index maps a key to its absolute position.
     keys_head: u64,
     key_index: FixedMap<(UserId, RequestKey), u64>,
-    /// Remembered keys per user (commands naming one), when `request_keys_per_user_max` is
-    /// set; absent means zero. Derived from `keys`: not part of a snapshot.
-    user_keys: FixedMap<UserId, u32>,
+    /// Each user's share of the key and order tables, for the per-user quotas; one lookup per
+    /// command serves both. Sized by [`shares_max`], so it is never the table that is full.
+    shares: FixedMap<NonZeroU64, Share>,
+}
+
+/// Entries the share table may need: one per user with a counted request key or a live order,
+/// so at most every key plus every kept order. One slot when no quota is on.
+fn shares_max(config: &EngineConfig) -> u32 {
+    let keys = if config.request_keys_per_user_max > 0 { config.request_keys_max } else { 0 };
+    let orders = if config.orders_per_user_max > 0 { config.orders_max } else { 0 };
+    // Each capacity is at most `CAPACITY_MAX` (2^30), so the sum fits.
+    assert!(keys <= CAPACITY_MAX && orders <= CAPACITY_MAX, "capacities are validated");
+    (keys + orders).max(1)
 }
 
 /// A hash map for at most `max` entries, allocated and written in full now, so it never
@@ -207,12 +246,7 @@ impl Engine {
             keys: VecDeque::with_capacity(config.request_keys_max as usize),
             keys_head: 0,
             key_index: fixed_map(config.request_keys_max),
-            // Only a per-user limit needs the counts (and their memory).
-            user_keys: fixed_map(if config.request_keys_per_user_max > 0 {
-                config.request_keys_max
-            } else {
-                1
-            }),
+            shares: fixed_map(shares_max(&config)),
             config,
         };
         // `push_deadline` sweeps when the heap is full; a sweep leaves at most `orders_max`
@@ -221,6 +255,39 @@ impl Engine {
         assert!(engine.keys.capacity() >= engine.config.request_keys_max as usize);
         assert!(engine.finished.capacity() >= orders_max, "the finished queue is preallocated");
         engine
+    }
+
+    /// The memory an engine with `config` allocates at start, computed from the capacities
+    /// without allocating it.
+    #[must_use]
+    pub fn memory(config: &EngineConfig) -> EngineMemory {
+        use std::mem::size_of;
+        let indexes = [
+            FixedMap::<SkuId, u32>::bytes_for(config.skus_max),
+            FixedMap::<OrderId, u32>::bytes_for(config.orders_max),
+            FixedMap::<(UserId, SkuId), u32>::bytes_for(config.holdings_max),
+            FixedMap::<BatchId, u32>::bytes_for(config.batches_max),
+            FixedMap::<CouponId, u32>::bytes_for(config.coupons_max),
+            FixedMap::<(UserId, BatchId), u32>::bytes_for(config.coupons_max),
+            FixedMap::<(UserId, RequestKey), u64>::bytes_for(config.request_keys_max),
+            FixedMap::<NonZeroU64, Share>::bytes_for(shares_max(config)),
+        ];
+        let orders = config.orders_max as usize;
+        let storage = [
+            size_of::<Sku>() * config.skus_max as usize,
+            size_of::<Order>() * orders,
+            size_of::<u32>() * orders,
+            size_of::<Reverse<Deadline>>() * 2 * orders,
+            size_of::<Batch>() * config.batches_max as usize,
+            size_of::<Coupon>() * config.coupons_max as usize,
+            size_of::<KeyEntry>() * config.request_keys_max as usize,
+        ];
+        let written: usize = indexes.iter().sum();
+        let allocated = written + storage.iter().sum::<usize>();
+        // Every table has room for at least one entry (`validate`), so every index has slots.
+        assert!(indexes.iter().all(|&bytes| bytes > 0), "an index of no slots");
+        assert!(written <= allocated);
+        EngineMemory { allocated_bytes: allocated as u64, written_at_start_bytes: written as u64 }
     }
 
     /// The configuration the engine was started with.
@@ -392,8 +459,8 @@ impl Engine {
         };
         let user = action.user().unwrap_or(UserId(0));
         self.key_index.prefetch(&(user, *key));
-        if self.config.request_keys_per_user_max > 0 {
-            self.user_keys.prefetch(&user);
+        if self.needs_share(user, action) {
+            self.shares.prefetch(&sharer(user));
         }
         match *action {
             Action::Reserve(reserve) => self.holdings.prefetch(&(reserve.user, reserve.sku)),
@@ -470,15 +537,21 @@ impl Engine {
         }
         // Every reserved order still has its deadline queued, or it would never expire.
         assert!(self.orders_reserved as usize <= self.deadlines.len(), "a deadline was lost");
+        let counts_keys = self.config.request_keys_per_user_max > 0;
         while self.keys.front().is_some_and(|entry| entry.expires_at <= self.now) {
             // Keys expire in arrival order, so the ones about to go are known: warm the index
             // slot of one a few places on while this one is removed.
             if let Some(ahead) = self.keys.get(8) {
                 self.key_index.prefetch(&(ahead.user, ahead.key));
+                if counts_keys && ahead.user.0 != 0 {
+                    self.shares.prefetch(&sharer(ahead.user));
+                }
             }
             let entry = self.keys.pop_front().expect("front checked");
             let removed = self.key_index.remove(&(entry.user, entry.key));
-            self.forget_user_key(entry.user);
+            if counts_keys && entry.user.0 != 0 {
+                self.uncount(entry.user, Share { keys: 1, orders: 0 });
+            }
             assert_eq!(removed, Some(self.keys_head));
             // Keys are pushed at *now* plus a fixed window, and now never goes back, so the
             // queue is in expiry order and stopping at the first live key misses none.
@@ -521,52 +594,88 @@ impl Engine {
         assert!(self.deadlines.len() <= 2 * self.config.orders_max as usize);
     }
 
+    /// Whether a command by `user` is counted in the share table: its request key under a
+    /// per-user key quota, or, for a reservation, its order under a live-order quota. Commands
+    /// that name no user (operators, payments) are never counted.
+    fn needs_share(&self, user: UserId, action: &Action) -> bool {
+        let keys = self.config.request_keys_per_user_max > 0;
+        let orders = self.config.orders_per_user_max > 0 && matches!(action, Action::Reserve(_));
+        user.0 != 0 && (keys || orders)
+    }
+
+    /// Whether a user holding `held` has as many request keys remembered as the per-user key
+    /// quota allows: a full share of the key table is answered like a full table,
+    /// `capacity_exhausted`, and not remembered.
+    fn at_key_quota(&self, held: Share) -> bool {
+        let quota = u32::from(self.config.request_keys_per_user_max);
+        quota > 0 && held.keys >= quota
+    }
+
+    /// Whether a user with `live` orders has as many as the live-order quota allows.
+    fn at_order_quota(&self, live: u32) -> bool {
+        let quota = u32::from(self.config.orders_per_user_max);
+        quota > 0 && live >= quota
+    }
+
+    /// Counts what a remembered command added to its user's share: its request key, and the
+    /// order a reservation made. `located` is the user's share as it was before the command;
+    /// a command that finished one of the user's orders (a cancel, a completion) has written
+    /// to the table since, and the user is looked up again.
+    fn count_command(
+        &mut self,
+        user: UserId,
+        located: Option<Located<NonZeroU64, Share>>,
+        outcome: &Outcome,
+    ) {
+        let Some(located) = located else { return };
+        let key = u32::from(self.config.request_keys_per_user_max > 0);
+        let order = u32::from(
+            self.config.orders_per_user_max > 0 && matches!(outcome, Outcome::Reserved { .. }),
+        );
+        if key + order == 0 {
+            return;
+        }
+        let located = if self.shares.is_current(&located) {
+            located
+        } else {
+            self.shares.locate(sharer(user))
+        };
+        let held = located.value.unwrap_or_default();
+        // Below both quotas, or the command was refused before it ran.
+        let share = Share { keys: held.keys + key, orders: held.orders + order };
+        assert!(key == 0 || !self.at_key_quota(held), "a key counted past the user's quota");
+        assert!(order == 0 || !self.at_order_quota(held.orders), "an order past the quota");
+        self.shares.put_at(located, share);
+        debug_assert_eq!(self.shares.get(&sharer(user)), Some(&share), "the share is read back");
+        // One entry per user holding a counted key or a live order.
+        let live = self.orders.len() - self.finished.len();
+        assert!(self.shares.len() <= self.keys.len() + live, "a share of nothing is kept");
+    }
+
+    /// Takes `gone` (an expired key, a finished order) off `user`'s share, forgetting a share
+    /// that falls to nothing.
+    fn uncount(&mut self, user: UserId, gone: Share) {
+        // Commands naming no user (scope 0) are not counted, and no buyer is user 0.
+        assert_ne!(user.0, 0, "user 0 has no share");
+        let held = self.shares.get_mut(&sharer(user)).expect("what is uncounted was counted");
+        assert!(held.keys >= gone.keys, "a user's key count went below zero");
+        assert!(held.orders >= gone.orders, "a user's live-order count went below zero");
+        held.keys -= gone.keys;
+        held.orders -= gone.orders;
+        if *held == Share::default() {
+            self.shares.remove(&sharer(user));
+        }
+    }
+
     /// Idempotency: a known key with the same command returns the original outcome; with a
     /// different command it is refused; a new key is executed and remembered.
-    /// Whether `user` has as many keys remembered as the per-user limit allows (a full share
-    /// of the key table is answered like a full table: `capacity_exhausted`, not remembered).
-    fn user_is_at_key_limit(&self, user: UserId) -> bool {
-        let limit = u32::from(self.config.request_keys_per_user_max);
-        if limit == 0 || user.0 == 0 {
-            // No limit (the default), or a command naming nobody: nothing more on this path.
-            return false;
-        }
-        // Every user counted has a key remembered.
-        assert!(self.user_keys.len() <= self.keys.len(), "a user counted without a key");
-        self.user_keys.get(&user).is_some_and(|&held| held >= limit)
-    }
-
-    /// Counts a key remembered for `user`, under a per-user limit.
-    fn remember_user_key(&mut self, user: UserId) {
-        if self.config.request_keys_per_user_max == 0 || user.0 == 0 {
-            return;
-        }
-        let held = self.user_keys.entry(user).or_insert(0);
-        *held += 1;
-        assert!(*held <= u32::from(self.config.request_keys_per_user_max), "past the user's keys");
-        // Counted only for a key already in the queue.
-        assert!(self.user_keys.len() <= self.keys.len(), "a user counted without a key");
-    }
-
-    /// Counts a key of `user` expired, under a per-user limit.
-    fn forget_user_key(&mut self, user: UserId) {
-        if self.config.request_keys_per_user_max == 0 || user.0 == 0 {
-            return;
-        }
-        let held = self.user_keys.get_mut(&user).expect("a remembered key was counted");
-        assert!(*held > 0, "a user's key count went below zero");
-        *held -= 1;
-        if *held == 0 {
-            self.user_keys.remove(&user);
-        }
-    }
-
     fn apply_keyed(&mut self, key: RequestKey, action: &Action) -> Outcome {
         let fingerprint = hash::fingerprint(action);
         // The key's scope: the user the command names, or user 0 (no user id is 0) for one
         // that names none. The table holds (user, key) pairs, so a buyer who guesses another
         // buyer's request id only ever meets their own.
         let user = action.user().unwrap_or(UserId(0));
+        let counted = self.needs_share(user, action);
         // Located once: executing a command never touches the request-key index.
         let located = self.key_index.locate((user, key));
         if let Some(position) = located.value {
@@ -582,9 +691,14 @@ impl Engine {
             }
             return Outcome::Rejected(Rejection::RequestKeyReused);
         }
-        if self.keys.len() == self.config.request_keys_max as usize
-            || self.user_is_at_key_limit(user)
-        {
+        if self.keys.len() == self.config.request_keys_max as usize {
+            return Outcome::Rejected(Rejection::CapacityExhausted);
+        }
+        // The user's share, located once like the key: the quotas read it here and in
+        // `reserve`, and the count is written back through it.
+        let share = counted.then(|| self.shares.locate(sharer(user)));
+        let held = share.and_then(|located| located.value).unwrap_or_default();
+        if self.at_key_quota(held) {
             return Outcome::Rejected(Rejection::CapacityExhausted);
         }
         // Table sizes, to check that a refusal changed nothing (every check runs before the
@@ -592,7 +706,7 @@ impl Engine {
         // scenario tests compare the tables digest around every refusal.
         let sizes = (self.skus.len(), self.orders.len(), self.holdings.len(), self.coupons.len());
         let (reserved, finished) = (self.orders_reserved, self.finished.len());
-        let outcome = self.execute(action);
+        let outcome = self.execute(action, held);
         if outcome.is_rejected() {
             let now = (self.skus.len(), self.orders.len(), self.holdings.len(), self.coupons.len());
             debug_assert_eq!(now, sizes, "a refused command changed a table");
@@ -604,7 +718,7 @@ impl Engine {
             let expires_at = self.now.plus_ms(self.config.request_key_window_ms);
             let position = self.keys_head + self.keys.len() as u64;
             self.keys.push_back(KeyEntry { user, key, expires_at, fingerprint, outcome });
-            self.remember_user_key(user);
+            self.count_command(user, share, &outcome);
             self.key_index.put_at(located, position);
             // `apply_observed` checks the same after every command, in release builds too.
             debug_assert_eq!(self.key_index.len(), self.keys.len(), "a remembered key is indexed");
@@ -612,13 +726,16 @@ impl Engine {
         outcome
     }
 
-    fn execute(&mut self, action: &Action) -> Outcome {
+    /// Runs a command; `held` is the share of the user it names (zeros when not counted).
+    fn execute(&mut self, action: &Action, held: Share) -> Outcome {
+        // Only a user the command names has a share (user 0, naming nobody, has none).
+        debug_assert!(held == Share::default() || action.user().is_some_and(|u| u.0 != 0));
         let result = match *action {
             Action::CreateSku(create) => self.create_sku(&create),
             Action::Restock { sku, qty } => self.restock(sku, qty),
             Action::OpenSale { sku } => self.set_sale_open(sku, true),
             Action::CloseSale { sku } => self.set_sale_open(sku, false),
-            Action::Reserve(reserve) => self.reserve(&reserve),
+            Action::Reserve(reserve) => self.reserve(&reserve, held.orders),
             Action::Pay { order, payment_ref, amount_cents } => {
                 self.pay(order, payment_ref, amount_cents)
             }

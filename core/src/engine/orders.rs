@@ -7,9 +7,12 @@
 //!    └──deadline──► Expired
 //! ```
 //! Cancelled, Expired and Refunded return the order's units to *available* and release its
-//! coupon (a refund keeps the coupon spent); the per-user holding drops with them.
+//! coupon (a refund keeps the coupon spent); the per-user holding drops with them. Reserved,
+//! Paid and Shipped orders are live: they count toward their buyer's live-order quota and are
+//! never forgotten. The other four states are final: the order leaves its buyer's count and
+//! waits to be forgotten, oldest first, when a new order needs its slot.
 
-use super::{Engine, Event, Order};
+use super::{Engine, Event, Order, Share};
 use crate::command::Reserve;
 use crate::outcome::{CouponState, OrderState, OrderView, Outcome, Rejection};
 use crate::types::{OrderId, PaymentRef, UserId};
@@ -17,7 +20,8 @@ use crate::types::{OrderId, PaymentRef, UserId};
 impl Engine {
     /// Takes units from *available* into *reserved* for a new order, or refuses with nothing
     /// changed. Every check runs before the first write, so there is no partial reservation.
-    pub(super) fn reserve(&mut self, reserve: &Reserve) -> Result<Outcome, Rejection> {
+    /// `live` is the buyer's live orders, counted under a live-order quota (else zero).
+    pub(super) fn reserve(&mut self, reserve: &Reserve, live: u32) -> Result<Outcome, Rejection> {
         if reserve.qty == 0 || reserve.qty > self.config.order_qty_max {
             return Err(Rejection::InvalidQty);
         }
@@ -47,6 +51,12 @@ impl Engine {
             Some(coupon) => Some(self.check_coupon(coupon, reserve.user, gross)?),
             None => None,
         };
+        // The buyer's share of the order table (and of the holdings their unpaid orders make)
+        // is used up: transient like a full table, so answered the same way.
+        debug_assert!(live == 0 || self.config.orders_per_user_max > 0, "counted, no quota");
+        if self.at_order_quota(live) {
+            return Err(Rejection::CapacityExhausted);
+        }
         if limited && held.is_none() && self.holdings.len() == self.config.holdings_max as usize {
             return Err(Rejection::CapacityExhausted);
         }
@@ -238,8 +248,7 @@ impl Engine {
             let coupon = self.coupons[coupon_slot as usize].state;
             assert_eq!(coupon, CouponState::Used(order), "a completed order's coupon is unspent");
         }
-        self.finished.push_back(slot);
-        assert!(self.finished.len() <= self.orders.len(), "an order finished twice");
+        self.finish(slot);
         Ok(Outcome::Completed { order })
     }
 
@@ -264,8 +273,7 @@ impl Engine {
         sku.available += u64::from(qty);
         assert_eq!(sku.available + sku.reserved + sku.sold, sku.stock, "refunding lost units");
         self.drop_holding(user, sku_slot, qty);
-        self.finished.push_back(slot);
-        assert!(self.finished.len() <= self.orders.len(), "an order finished twice");
+        self.finish(slot);
         Ok(Outcome::Refunded { order })
     }
 
@@ -305,8 +313,22 @@ impl Engine {
         }
         assert!(self.orders_reserved > 0, "a reserved order the count misses");
         self.orders_reserved -= 1;
+        self.finish(slot);
+    }
+
+    /// An order that reached a final state: queued to be forgotten in its turn, and no longer
+    /// one of its buyer's live orders.
+    fn finish(&mut self, slot: u32) {
+        let order = &self.orders[slot as usize];
+        assert!(order.state.is_final(), "an order finished in a live state");
+        let user = order.user;
+        // A reservation by user 0 is refused, so every order has a buyer with a share.
+        assert_ne!(user.0, 0, "an order of user 0");
         self.finished.push_back(slot);
         assert!(self.finished.len() <= self.orders.len(), "an order finished twice");
+        if self.config.orders_per_user_max > 0 {
+            self.uncount(user, Share { keys: 0, orders: 1 });
+        }
     }
 
     fn drop_holding(&mut self, user: UserId, sku_slot: u32, qty: u32) {

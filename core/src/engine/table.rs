@@ -13,6 +13,8 @@
 //! commands hold identical tables. Each key type says where its home slot is
 //! ([`TableKey`]): a fixed mixing function of its bits, never a random seed.
 
+use std::num::NonZeroU64;
+
 use crate::hash::mix64;
 use crate::types::{BatchId, CouponId, OrderId, RequestKey, SkuId, UserId};
 
@@ -62,6 +64,14 @@ impl TableKey for u64 {
 impl TableKey for UserId {
     fn home(&self, bits: u32) -> usize {
         top(mix64(self.0), bits)
+    }
+}
+
+/// A user id that is never zero: as a key it leaves the empty slot's tag to the zero it cannot
+/// be, so a slot is no bigger than its key and value.
+impl TableKey for NonZeroU64 {
+    fn home(&self, bits: u32) -> usize {
+        top(mix64(self.get()), bits)
     }
 }
 
@@ -125,12 +135,15 @@ pub(super) struct FixedMap<K, V> {
     /// `log2(slots.len())`.
     bits: u32,
     len: usize,
+    /// Writes so far (inserts, replacements, removals, mutable borrows of a value): a
+    /// [`Located`] slot and the value read with it stay valid only while none happens.
+    generation: u64,
 }
 
 impl<K: TableKey, V: Copy> FixedMap<K, V> {
     /// A map for up to `max` entries, with all its slots allocated and written now.
     pub(super) fn with_max(max: u32) -> FixedMap<K, V> {
-        let slot_count = (2 * max as usize).next_power_of_two().max(2);
+        let slot_count = Self::slots_for(max);
         assert!(slot_count > max as usize);
         // Probe runs stay short only while at most half the slots are full.
         assert!(slot_count >= 2 * max as usize, "fewer than two slots per entry");
@@ -139,6 +152,7 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
             mask: slot_count - 1,
             bits: slot_count.trailing_zeros(),
             len: 0,
+            generation: 0,
         };
         assert!(map.slots.len().is_power_of_two(), "home slots are masked, so a power of two");
         assert_eq!(1 << map.bits, map.slots.len(), "bits is the slot count's log2");
@@ -146,6 +160,27 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
         assert!(map.bits >= 1, "a table of one slot");
         assert!(map.bits <= 63, "a table beyond the address space");
         map
+    }
+
+    /// Slots of a map for up to `max` entries: at least two per entry, a power of two.
+    pub(super) fn slots_for(max: u32) -> usize {
+        let slots = (2 * max as usize).next_power_of_two().max(2);
+        // Home slots are masked, so a power of two; probe runs stay short only while at most
+        // half the slots are full.
+        assert!(slots.is_power_of_two(), "a slot count that is not a power of two");
+        assert!(slots >= 2 * max as usize, "fewer than two slots per entry");
+        slots
+    }
+
+    /// Bytes of a map for up to `max` entries, all allocated and written when it is made.
+    pub(super) fn bytes_for(max: u32) -> usize {
+        Self::slots_for(max) * std::mem::size_of::<Option<(K, V)>>()
+    }
+
+    /// Bytes this map holds (its slots).
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Option<(K, V)>>()
     }
 
     // The per-lookup checks below are debug assertions: the hot path looks up several keys
@@ -188,6 +223,7 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     }
 
     pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.generation += 1;
         match self.find(key) {
             (index, true) => self.slots[index].as_mut().map(|(_, value)| value),
             (_, false) => None,
@@ -208,6 +244,7 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     }
 
     fn put(&mut self, index: usize, found: bool, key: K, value: V) -> Option<V> {
+        self.generation += 1;
         if found {
             let (held, value_held) = self.slots[index].as_mut().expect("found slot is full");
             debug_assert!(*held == key, "a value replaced under another key");
@@ -231,6 +268,7 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
         let (_, removed) = self.slots[hole].take().expect("found slot is full");
         assert!(self.len > 0, "removed from an empty map");
         self.len -= 1;
+        self.generation += 1;
         let start = hole;
         let mut index = (hole + 1) & self.mask;
         while let Some((held, _)) = &self.slots[index] {
@@ -261,17 +299,24 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
 
     /// The value for `key`, inserted first if absent.
     pub(super) fn entry(&mut self, key: K) -> Entry<'_, K, V> {
+        self.generation += 1;
         let (index, found) = self.find(&key);
         Entry { map: self, index, found, key }
     }
 
     /// Where `key` is held, or where it would be inserted: a lookup whose result a caller
     /// can read now and write through later with [`FixedMap::put_at`], saving a second probe.
-    /// Only valid while the map is unchanged.
+    /// Only valid while nothing is written to the map ([`FixedMap::is_current`]).
     pub(super) fn locate(&self, key: K) -> Located<K, V> {
         let (index, found) = self.find(&key);
         let value = if found { self.slots[index].map(|(_, value)| value) } else { None };
-        Located { index, key, value }
+        Located { index, key, value, generation: self.generation }
+    }
+
+    /// Whether `located`, slot and value, still describes the map: nothing was written since.
+    pub(super) fn is_current(&self, located: &Located<K, V>) -> bool {
+        debug_assert!(located.generation <= self.generation, "a location from another map");
+        located.generation == self.generation
     }
 
     /// Stores `value` for the key of `located`, which must have been found in the map as it
@@ -279,6 +324,8 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     /// for every new request key and holding, and its checks made it a call otherwise.
     #[inline]
     pub(super) fn put_at(&mut self, located: Located<K, V>, value: V) {
+        // An insert or removal may have moved the key's slot, or the end of its probe run.
+        assert!(self.is_current(&located), "map changed since locate");
         let found = located.value.is_some();
         match &self.slots[located.index] {
             Some((held, _)) => {
@@ -332,6 +379,8 @@ pub(super) struct Located<K, V> {
     key: K,
     /// The value held for the key, if any.
     pub(super) value: Option<V>,
+    /// The map's write count when it was located.
+    generation: u64,
 }
 
 pub(super) struct Entry<'a, K, V> {
@@ -419,6 +468,31 @@ mod tests {
         let stale = map.locate(7);
         map.insert(7, 1);
         map.put_at(stale, 2);
+    }
+
+    #[test]
+    fn a_location_is_current_until_the_map_is_written() {
+        // Goal: reads leave a location valid; every kind of write — insert, replacement,
+        // removal, a mutable borrow of a value — ends it, so `put_at` cannot write a value
+        // read before another write changed it.
+        let writes: [fn(&mut FixedMap<u64, u32>); 5] = [
+            |map| assert_eq!(map.insert(9, 1), None),
+            |map| assert_eq!(map.insert(1, 5), Some(1)),
+            |map| assert_eq!(map.remove(&1), Some(1)),
+            |map| *map.get_mut(&1).unwrap() += 1,
+            |map| *map.entry(1).or_insert(0) += 1,
+        ];
+        for write in writes {
+            let mut map = FixedMap::<u64, u32>::with_max(8);
+            map.insert(1, 1);
+            let located = map.locate(1);
+            assert_eq!((map.get(&1), map.locate(7).value), (Some(&1), None));
+            assert!(map.is_current(&located));
+            write(&mut map);
+            assert!(!map.is_current(&located));
+            let result = std::panic::catch_unwind(move || map.put_at(located, 2));
+            assert!(result.is_err(), "a stale location was written through");
+        }
     }
 
     #[test]

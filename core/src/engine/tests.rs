@@ -1470,6 +1470,266 @@ fn one_user_cannot_take_more_than_their_share_of_the_key_table() {
     assert_eq!(restored.state_digest(), h.engine.state_digest());
 }
 
+// ---------------------------------------------------------------------------------------------
+// Per-user quotas: no user takes more than a share of the order and key tables.
+
+const CAROL: u64 = 3;
+const MALLORY: u64 = 666;
+
+/// A small engine with a live-order quota of `orders` (and no key quota), and one SKU of 100
+/// units with no per-user limit and a 30 s payment timeout.
+fn with_order_quota(orders: u16) -> Harness {
+    let config = EngineConfig { orders_per_user_max: orders, ..EngineConfig::small() };
+    let mut h = Harness::with_config(config);
+    h.create_sku(CreateSku { stock: 100, ..sku_spec(SKU) });
+    h
+}
+
+/// Each user's share as the engine counts it, sorted: (user, keys, live orders).
+fn shares(engine: &Engine) -> Vec<(u64, u32, u32)> {
+    let mut shares: Vec<_> =
+        engine.shares.iter().map(|(user, held)| (user.get(), held.keys, held.orders)).collect();
+    shares.sort_unstable();
+    shares
+}
+
+#[test]
+fn a_user_at_the_live_order_quota_is_refused_and_others_are_not() {
+    // Goal: a user with as many live orders (reserved, paid or shipped) as the quota allows
+    // gets `capacity_exhausted` for another reservation — nothing changed, the refusal not
+    // remembered — while other users reserve; once one of the orders ends, the same request
+    // goes through.
+    let mut h = with_order_quota(3);
+    let orders = [(); 3].map(|()| h.reserved(ALICE, SKU, 1));
+    h.paid(orders[0]);
+    h.shipped(orders[0]);
+    h.paid(orders[1]);
+    let (key, again) = (client_key(1), act::reserve(ALICE, SKU, 1));
+    let keys = h.engine.status().request_keys;
+    h.refused_keyed(key, again, Rejection::CapacityExhausted);
+    assert_eq!(h.engine.status().request_keys, keys, "the refusal is not remembered");
+    assert_eq!(shares(&h.engine), [(ALICE, 0, 3)]);
+    for _ in 0..3 {
+        h.reserved(BOB, SKU, 1);
+    }
+    h.refused(act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    h.reserved(CAROL, SKU, 2);
+    assert_eq!(h.run(act::cancel(orders[2], ALICE)), Outcome::Cancelled { order: orders[2] });
+    assert!(matches!(h.run_keyed(key, again), Outcome::Reserved { .. }));
+    assert_eq!(shares(&h.engine), [(ALICE, 0, 3), (BOB, 0, 3), (CAROL, 0, 1)]);
+}
+
+#[test]
+fn the_live_order_quota_frees_when_an_order_is_cancelled_expires_is_refunded_or_completed() {
+    // Goal: every way out of the live states gives the place back — the buyer's cancel, an
+    // operator's cancel, expiry, refund, completion — and paying or shipping does not.
+    let mut h = with_order_quota(1);
+    let full = Rejection::CapacityExhausted;
+    let first = h.reserved(ALICE, SKU, 1);
+    h.refused(act::reserve(ALICE, SKU, 1), full);
+    h.run(act::cancel(first, ALICE));
+    let second = h.reserved(ALICE, SKU, 1);
+    h.refused(act::reserve(ALICE, SKU, 1), full);
+    h.run(Action::AdminCancel { order: second });
+    let third = h.reserved(ALICE, SKU, 1);
+    h.refused(act::reserve(ALICE, SKU, 1), full);
+    h.advance(TIMEOUT_MS);
+    h.tick();
+    assert_eq!(h.expired_orders(), [third]);
+    let fourth = h.reserved(ALICE, SKU, 1);
+    h.paid(fourth);
+    h.refused(act::reserve(ALICE, SKU, 1), full);
+    h.run(Action::Refund { order: fourth });
+    let fifth = h.reserved(ALICE, SKU, 1);
+    h.paid(fifth);
+    h.shipped(fifth);
+    h.refused(act::reserve(ALICE, SKU, 1), full);
+    assert_eq!(h.run(act::complete(fifth, ALICE)), Outcome::Completed { order: fifth });
+    h.reserved(ALICE, SKU, 1);
+    assert_eq!(shares(&h.engine), [(ALICE, 0, 1)]);
+}
+
+#[test]
+fn one_key_and_order_count_per_user_is_kept_and_emptied_shares_are_forgotten() {
+    // Goal: the key and order quotas share one entry per user; a user whose keys aged out and
+    // whose orders all ended has no entry left, so the table holds only users who hold
+    // something.
+    let config = EngineConfig {
+        request_keys_per_user_max: 4,
+        orders_per_user_max: 2,
+        ..EngineConfig::small()
+    };
+    let window_ms = config.request_key_window_ms;
+    let mut h = Harness::with_config(config);
+    h.create_sku(CreateSku { payment_timeout_ms: 2 * window_ms, ..sku_spec(SKU) });
+    let order = h.reserved(ALICE, SKU, 1);
+    h.refused(act::reserve(ALICE, SKU, 50), Rejection::SoldOut);
+    h.reserved(BOB, SKU, 1);
+    assert_eq!(shares(&h.engine), [(ALICE, 2, 1), (BOB, 1, 1)]);
+    h.advance(window_ms);
+    h.tick();
+    assert_eq!(shares(&h.engine), [(ALICE, 0, 1), (BOB, 0, 1)]);
+    h.run(act::cancel(order, ALICE));
+    assert_eq!(shares(&h.engine), [(ALICE, 1, 0), (BOB, 0, 1)], "the cancel's own key");
+    h.advance(window_ms);
+    h.tick();
+    assert_eq!(h.expired_orders().len(), 1, "Bob's order expired");
+    assert_eq!(shares(&h.engine), []);
+}
+
+#[test]
+fn a_restored_engine_counts_the_same_shares_and_answers_the_same() {
+    // Goal: the shares are not in a snapshot; restore counts them again from the remembered
+    // keys and the live orders, so the restored engine refuses and accepts exactly what the
+    // original does.
+    let config = EngineConfig {
+        request_keys_per_user_max: 4,
+        orders_per_user_max: 2,
+        ..EngineConfig::small()
+    };
+    let mut a = Harness::with_config(config.clone());
+    a.create_sku(CreateSku { stock: 100, ..sku_spec(SKU) });
+    let paid = a.reserved(ALICE, SKU, 1);
+    a.paid(paid);
+    a.reserved(ALICE, SKU, 1);
+    let cancelled = a.reserved(BOB, SKU, 1);
+    a.run(act::cancel(cancelled, BOB));
+    a.refused(act::reserve(BOB, SKU, 99), Rejection::SoldOut);
+    let mut b = Harness::with_config(config.clone());
+    b.engine = Engine::from_image(config, &a.engine.to_image()).expect("the image restores");
+    (b.sequence, b.clock, b.keys_issued) = (a.sequence, a.clock, a.keys_issued);
+    assert_eq!(shares(&b.engine), shares(&a.engine));
+    assert_eq!(shares(&a.engine), [(ALICE, 2, 2), (BOB, 3, 0)]);
+    let continuation = |h: &mut Harness| {
+        [
+            h.run(act::reserve(ALICE, SKU, 1)),
+            h.run(act::reserve(BOB, SKU, 1)),
+            h.run(act::reserve(BOB, SKU, 1)),
+            h.run(act::reserve(CAROL, SKU, 1)),
+        ]
+    };
+    let outcomes = continuation(&mut a);
+    assert_eq!(continuation(&mut b), outcomes);
+    let refused = Outcome::Rejected(Rejection::CapacityExhausted);
+    assert_eq!(outcomes[0], refused, "Alice is at her live-order quota");
+    assert!(matches!(outcomes[1], Outcome::Reserved { .. }), "Bob's fourth key");
+    assert_eq!(outcomes[2], refused, "Bob is at his key quota");
+    assert!(matches!(outcomes[3], Outcome::Reserved { .. }));
+    assert_eq!(shares(&b.engine), shares(&a.engine));
+}
+
+#[test]
+fn a_restore_under_lower_quotas_keeps_what_users_hold_and_refuses_more() {
+    // Goal: lowering a quota is a change of configuration, not damage: a snapshot in which a
+    // user holds more than the new quota restores, the user's orders go on (paid, cancelled),
+    // and new ones are refused until the user is below the quota again.
+    let mut a = with_order_quota(0);
+    let orders = [(); 4].map(|()| a.reserved(ALICE, SKU, 1));
+    let lower = EngineConfig { orders_per_user_max: 2, ..EngineConfig::small() };
+    let mut b = Harness::with_config(lower.clone());
+    b.engine = Engine::from_image(lower, &a.engine.to_image()).expect("over a quota restores");
+    (b.sequence, b.clock, b.keys_issued) = (a.sequence, a.clock, a.keys_issued);
+    assert_eq!(shares(&b.engine), [(ALICE, 0, 4)]);
+    b.paid(orders[0]);
+    b.refused(act::reserve(ALICE, SKU, 1), Rejection::CapacityExhausted);
+    b.run(act::cancel(orders[1], ALICE));
+    b.run(act::cancel(orders[2], ALICE));
+    b.refused(act::reserve(ALICE, SKU, 1), Rejection::CapacityExhausted);
+    b.run(act::cancel(orders[3], ALICE));
+    b.reserved(ALICE, SKU, 1);
+    b.refused(act::reserve(ALICE, SKU, 1), Rejection::CapacityExhausted);
+}
+
+/// What a flood by one user leaves for everyone else: the outcome of each of 40 other buyers'
+/// reservations of a SKU with no limit, and of one unit each of 12 SKUs with a per-user limit.
+fn after_a_flood(quotas: bool) -> (Vec<Outcome>, Vec<Outcome>) {
+    let config = EngineConfig {
+        orders_max: 64,
+        holdings_max: 16,
+        request_keys_max: 512,
+        request_keys_per_user_max: if quotas { 16 } else { 0 },
+        orders_per_user_max: if quotas { 4 } else { 0 },
+        ..EngineConfig::small()
+    };
+    let mut h = Harness::with_config(config);
+    h.create_sku(CreateSku { stock: 1_000, ..sku_spec(SKU) });
+    let limited: Vec<u64> = (100..112).collect();
+    for &sku in &limited {
+        h.create_sku(CreateSku { per_user_limit: 1, ..sku_spec(sku) });
+    }
+    // Mallory floods: orders of every SKU, then cancels of orders that do not exist (refused,
+    // but each remembered under its own key).
+    for n in 0..200 {
+        let sku = limited.get(n % 13).copied().unwrap_or(SKU);
+        h.run(act::reserve(MALLORY, sku, 1));
+    }
+    for n in 0..400 {
+        h.run(act::cancel(OrderId(n + 1), MALLORY));
+    }
+    let plain = (1..=40).map(|buyer| h.run(act::reserve(buyer, SKU, 1))).collect();
+    let limited = limited.iter().map(|&sku| h.run(act::reserve(sku, sku, 1))).collect();
+    (plain, limited)
+}
+
+#[test]
+fn one_user_flooding_the_engine_leaves_other_buyers_reservations_unaffected() {
+    // Goal: one user (or a service acting as one) sending more reservations and commands than
+    // the order, holdings and key tables hold takes only their share of each, and every other
+    // buyer still reserves. Without quotas the same flood fills the tables and refuses the
+    // others: the control that shows the flood is big enough to matter.
+    let reserved = |outcomes: &[Outcome]| {
+        outcomes.iter().filter(|o| matches!(o, Outcome::Reserved { .. })).count()
+    };
+    let (plain, limited) = after_a_flood(true);
+    assert_eq!((reserved(&plain), reserved(&limited)), (40, 12), "{plain:?} {limited:?}");
+    let (plain, limited) = after_a_flood(false);
+    let exhausted = Outcome::Rejected(Rejection::CapacityExhausted);
+    assert!(plain.iter().all(|o| *o == exhausted), "{plain:?}");
+    assert!(limited.iter().all(|o| *o == exhausted), "{limited:?}");
+}
+
+#[test]
+fn memory_is_what_the_tables_allocate() {
+    // Goal: `Engine::memory`, which `ringfence defaults` and the README quote, is what an
+    // engine allocates for the configuration, with and without quotas; the share table takes
+    // memory only when a quota is on.
+    use std::mem::size_of;
+    let quotas = EngineConfig {
+        request_keys_per_user_max: 8,
+        orders_per_user_max: 2,
+        ..EngineConfig::small()
+    };
+    for config in [EngineConfig::small(), quotas.clone()] {
+        let e = Engine::new(config.clone());
+        let indexes = [
+            e.sku_index.bytes(),
+            e.order_index.bytes(),
+            e.holdings.bytes(),
+            e.batch_index.bytes(),
+            e.coupon_index.bytes(),
+            e.claims.bytes(),
+            e.key_index.bytes(),
+            e.shares.bytes(),
+        ];
+        let vectors = e.skus.capacity() * size_of::<super::Sku>()
+            + e.orders.capacity() * size_of::<super::Order>()
+            + e.finished.capacity() * size_of::<u32>()
+            + e.deadlines.capacity() * size_of::<std::cmp::Reverse<super::Deadline>>()
+            + e.batches.capacity() * size_of::<super::Batch>()
+            + e.coupons.capacity() * size_of::<super::Coupon>()
+            + e.keys.capacity() * size_of::<super::KeyEntry>();
+        let written: usize = indexes.iter().sum();
+        let memory = Engine::memory(&config);
+        assert_eq!(memory.written_at_start_bytes, written as u64, "{config:?}");
+        assert_eq!(memory.allocated_bytes, (written + vectors) as u64, "{config:?}");
+    }
+    let without = Engine::memory(&EngineConfig::small());
+    let with = Engine::memory(&quotas);
+    // Room for every key plus every order, two slots per entry, 16 bytes a slot.
+    let shares = (2 * (quotas.request_keys_max + quotas.orders_max)).next_power_of_two();
+    assert_eq!(with.allocated_bytes - without.allocated_bytes, 16 * u64::from(shares - 2));
+}
+
 #[test]
 fn request_key_is_forgotten_once_its_window_has_passed() {
     // Goal: a key is remembered for `request_key_window_ms` of logical time; a retry at the end
@@ -1983,6 +2243,12 @@ fn an_image_with_tables_that_disagree_is_refused_as_inconsistent() {
             }),
         ),
         (
+            "order of user zero, whom no share can count",
+            Box::new(move |t| {
+                t.orders[reserved].user = UserId(0);
+            }),
+        ),
+        (
             "SKU whose orders expire as they are made",
             Box::new(|t| {
                 t.skus[0].payment_timeout_ms = 0;
@@ -2069,7 +2335,8 @@ fn an_image_with_tables_that_disagree_is_refused_as_inconsistent() {
         "quantity - remaining",
         "positions overflow",
         "payment reference",
-        "zero id or quantity",
+        "zero id, user or quantity",
+        "zero id, user or quantity",
         "zero payment timeout",
         "never valid",
         "user zero",

@@ -416,7 +416,9 @@ fn rejection_message(rejection: Rejection) -> String {
             "the coupon is not the buyer's, is locked, used or expired, or the order is too small"
                 .into()
         }
-        Rejection::CapacityExhausted => "a table is full; retry later".into(),
+        Rejection::CapacityExhausted => {
+            "a table, or the user's share of it, is full; retry later".into()
+        }
         Rejection::SkuExists => "a SKU with that id already exists".into(),
         Rejection::BatchExists => "a coupon batch with that id already exists".into(),
         Rejection::InvalidArgument => "a field is out of range".into(),
