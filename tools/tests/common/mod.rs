@@ -264,37 +264,12 @@ impl Serve {
 }
 
 /// Connects to `target` from the address `source` (port chosen by the system): std cannot bind
-/// a client socket before connecting, so this goes through libc. All of 127/8 is loopback on
-/// Linux, so a test can stand for a second client address with 127.0.0.2.
+/// a client socket before connecting, so this goes through `socket2`. All of 127/8 is loopback
+/// on Linux, so a test can stand for a second client address with 127.0.0.2.
 pub fn connect_from(source: std::net::Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd as _;
-    let SocketAddr::V4(target) = target else {
-        return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "IPv4 targets only"));
-    };
-    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `socket` takes no pointers; a negative result is checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a socket just created and owned by nothing else; the stream closes it on
-    // every path out of this function.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let local = sockaddr(source, 0);
-    // SAFETY: `local` is a valid `sockaddr_in` of `len` bytes that outlives the call.
-    if unsafe { libc::bind(fd, (&raw const local).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let remote = sockaddr(*target.ip(), target.port());
-    // SAFETY: as for `bind`; the socket is blocking, so `connect` returns once connected.
-    if unsafe { libc::connect(fd, (&raw const remote).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stream)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect(&target.into())?;
+    Ok(socket.into())
 }
