@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use ringfence_core::pipeline::{
     Clock, Framed, HoldReason, Intake, Journal, ManualClock, MemoryJournal, NoReplicator,
     NoSnapshots, Node, NodeConfig, NodeError, NodeParts, Refused, Replicator, Session, StageError,
-    Topology, Unanswered, Watermark, WriteHold, monotonic_ns,
+    Topology, Unanswered, Watermark, WriteHold,
 };
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{
@@ -370,10 +370,11 @@ fn past_its_lease_deadline_a_primary_acknowledges_no_write() {
     let node = start_with_replicator(&clock, TestReplicator { safe, hold: held, local: true });
     let mut session = node.session().unwrap();
     assert!(matches!(call(&node, &mut session, create_sku()), Outcome::SkuCreated(_)));
-    hold.set_lease_deadline(monotonic_ns() + 3_600 * 1_000_000_000);
+    hold.set_lease_deadline(clock.now_ns() + 3_600 * 1_000_000_000);
     session.try_submit(reserve(), 1).unwrap();
-    // The deadline passes with the write in the ring; reads are still taken.
-    hold.set_lease_deadline(monotonic_ns());
+    // The deadline passes on the node's clock with the write in the ring; reads are still
+    // taken.
+    clock.advance_ms(3_600_000);
     session.try_submit(Command::Query(Query::Sku(SKU)), 2).unwrap();
     node.step();
     let write = session.poll().expect("the write is answered");

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ringfence_core::pipeline::{
-    EgressDriver, Intake, NoReplicator, NoSnapshots, Node, NodeConfig, PUBLISH_PERIOD, Pins,
-    Refused, Session, Topology, WaitStrategy, WakeHook,
+    Clock, EgressDriver, Intake, NoReplicator, NoSnapshots, Node, NodeConfig, NodeParts,
+    PUBLISH_PERIOD, Pins, Refused, Session, SystemClock, Topology, WaitStrategy, WakeHook,
 };
 use ringfence_core::{
     Action, Command, CreateSku, EngineConfig, Epoch, Outcome, RequestKey, Sequence, SkuId,
@@ -256,10 +256,13 @@ impl Member {
         let mut replication = ReplicationConfig::new(listen, cluster, secret, dir.0.clone());
         replication.mode = ack;
         let end = (Sequence(next.0 - 1), recovered.last_epoch);
-        let control = Control::new(replication, role, end, Box::new(data_dir.clone()));
-        let stage = control.link().stage();
-        let node = Node::start_with(config, engine, next, writer, stage, hook)
-            .expect("the replicated node starts");
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        let epochs = Box::new(data_dir.clone());
+        let control = Control::new(replication, role, end, epochs, Arc::clone(&clock));
+        let replicator = control.link().stage();
+        let parts =
+            NodeParts { engine, next_sequence: next, journal: writer, replicator, hook, clock };
+        let node = Node::start_parts(config, parts).expect("the replicated node starts");
         control.start(&node).expect("replication starts");
         Member { node: Some(node), control: Some(control), watch, data_dir, _dir: dir }
     }

@@ -9,9 +9,9 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ringfence_core::pipeline::{Node, Promoter, monotonic_ns_at};
+use ringfence_core::pipeline::{Clock, Node, Promoter};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::epoch::Epochs;
@@ -108,7 +108,8 @@ pub struct Control {
     config: ReplicationConfig,
     link: Arc<Link>,
     epochs: Box<dyn EpochStore>,
-    started: Instant,
+    /// The node's clock: the policy's time and the lease deadline egress checks share it.
+    clock: Arc<dyn Clock>,
     state: Mutex<State>,
     stopping: AtomicBool,
     reconnects: AtomicU64,
@@ -129,12 +130,15 @@ pub struct Control {
 }
 
 impl Control {
-    /// Replication for a node in `role` whose journal ends at `last`, a record of `last_epoch`.
+    /// Replication for a node in `role` whose journal ends at `last`, a record of `last_epoch`,
+    /// on `clock`: the node's own clock, since egress checks the lease deadline set here
+    /// against it.
     pub fn new(
         config: ReplicationConfig,
         role: Role,
         (last, last_epoch): (Sequence, Epoch),
         epochs: Box<dyn EpochStore>,
+        clock: Arc<dyn Clock>,
     ) -> Arc<Control> {
         let policy = AckPolicy::new(config.mode, config.timeout_ms, config.catch_up_slack);
         let state = State {
@@ -152,7 +156,7 @@ impl Control {
             config,
             link: Link::new(last, last_epoch),
             epochs,
-            started: Instant::now(),
+            clock,
             state: Mutex::new(state),
             stopping: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
@@ -180,9 +184,9 @@ impl Control {
         &self.link
     }
 
-    /// Milliseconds on this process's monotonic clock.
+    /// Milliseconds on the node's clock.
     pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.clock.now_ns() / 1_000_000
     }
 
     /// The current epoch.
@@ -196,7 +200,7 @@ impl Control {
     }
 
     /// Stores epochs durably.
-    pub(crate) fn store_epochs(&self, epochs: Epochs) -> Result<(), String> {
+    pub fn store_epochs(&self, epochs: Epochs) -> Result<(), String> {
         self.epochs.store(epochs)
     }
 
@@ -242,7 +246,7 @@ impl Control {
     }
 
     /// Counts and logs a refused handshake.
-    pub(crate) fn count_refused(&self, reason: &str) {
+    pub fn count_refused(&self, reason: &str) {
         let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
         // A flood is logged, not echoed line by line: the first ten, then every thousandth.
         if refused <= 10 || refused % 1_000 == 0 {
@@ -251,7 +255,7 @@ impl Control {
     }
 
     /// A standby started streaming; returns the stream's id.
-    pub(crate) fn on_connected(&self, peer: &str) -> u64 {
+    pub fn on_connected(&self, peer: &str) -> u64 {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         let mut state = self.state();
@@ -263,7 +267,7 @@ impl Control {
     }
 
     /// The standby acknowledged.
-    pub(crate) fn on_ack(&self, stream: u64, written: Sequence, durable: Sequence, echo_ms: u64) {
+    pub fn on_ack(&self, stream: u64, written: Sequence, durable: Sequence, echo_ms: u64) {
         let _ = written;
         let now = self.now_ms();
         let mut state = self.state();
@@ -284,7 +288,7 @@ impl Control {
     }
 
     /// The standby's stream ended.
-    pub(crate) fn on_disconnected(&self, stream: u64) {
+    pub fn on_disconnected(&self, stream: u64) {
         let now = self.now_ms();
         let mut state = self.state();
         if state.stream != stream {
@@ -298,7 +302,7 @@ impl Control {
     }
 
     /// A newer primary exists: refuse writes for good.
-    pub(crate) fn depose(&self, newer: Epoch, by: &str) {
+    pub fn depose(&self, newer: Epoch, by: &str) {
         if !self.link.is_deposed() {
             log(format_args!(
                 "replication: {by} has promised epoch {newer}, above ours ({}): a newer primary \
@@ -336,7 +340,7 @@ impl Control {
         // stays safe past it (the standby stops acknowledging once promoted).
         let deadline_ms = self.lease_deadline_ms.load(Ordering::Acquire);
         let deadline_ns = if gate == Gate::Local && deadline_ms != u64::MAX {
-            monotonic_ns_at(self.started + Duration::from_millis(deadline_ms))
+            deadline_ms.saturating_mul(1_000_000)
         } else {
             u64::MAX
         };
@@ -424,7 +428,7 @@ impl Control {
     }
 
     /// The primary sent records up to `through` on stream `stream` (for the lag figure).
-    pub(crate) fn on_sent(&self, stream: u64, through: Sequence) {
+    pub fn on_sent(&self, stream: u64, through: Sequence) {
         let now = self.now_ms();
         let mut state = self.state();
         if state.stream != stream {
@@ -439,7 +443,7 @@ impl Control {
 
     /// The standby follower's progress, for the figures: its state, what it holds, and how
     /// many records the primary reported beyond that.
-    pub(crate) fn set_follower(&self, what: &str, held: Sequence, behind: u64) {
+    pub fn set_follower(&self, what: &str, held: Sequence, behind: u64) {
         let mut state = self.state();
         state.follower_state = what.to_owned();
         state.acked = held;
@@ -496,10 +500,7 @@ impl Control {
         thread::Builder::new().name("rf-repl-control".into()).spawn(move || {
             while !control.stopping() {
                 thread::sleep(POLICY_TICK);
-                let now = control.now_ms();
-                let mut state = control.state();
-                state.policy.on_tick(now);
-                control.apply_gate(&state, now);
+                control.tick();
             }
         })?;
         if let Role::Standby { primary } = self.role() {
@@ -551,6 +552,15 @@ impl Control {
         Ok(epoch)
     }
 
+    /// Lets the policy see the time pass (a standby silent past the timeout is lost) and
+    /// applies its gate: the policy loop's round, called every few milliseconds.
+    pub fn tick(&self) {
+        let now = self.now_ms();
+        let mut state = self.state();
+        state.policy.on_tick(now);
+        self.apply_gate(&state, now);
+    }
+
     /// Where standbys connect (the bound address, also when configured with port 0), once
     /// started.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
@@ -596,6 +606,7 @@ mod tests {
             Role::Primary,
             (Sequence(0), Epoch(0)),
             Box::new(Memory(Mutex::new(epochs))),
+            Arc::new(ringfence_core::pipeline::SystemClock::new()),
         )
     }
 

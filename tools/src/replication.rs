@@ -163,8 +163,9 @@ pub fn coordinate(
         &replication_cluster(replication),
         config.request_timeout(),
     );
-    let mut startup =
-        Startup::connect(config, Box::new(witness), Duration::from_secs(u64::MAX / 4))?;
+    let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+    let give_up = Duration::from_secs(u64::MAX / 4);
+    let mut startup = Startup::connect(config, Box::new(witness), give_up, clock)?;
     let facts = candidate_facts(last, epoch_floor, replication.config.mode);
     let decided = startup.decide(&me, &facts)?;
     match &decided {

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use ringfence_core::pipeline::{EgressDriver, Intake, NoReplicator, Node, NodeConfig, Topology};
+use ringfence_core::pipeline::{
+    Clock, EgressDriver, Intake, NoReplicator, Node, NodeConfig, NodeParts, SystemClock, Topology,
+};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 use ringfence_ingress::roles::Role as AccessRole;
 use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ReplicationControl, ServerConfig};
@@ -366,24 +368,26 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let snapshot_stats = snapshotter.stats_handle();
     let (hook, watch) = HashWatch::new(snapshotter, &recovered.engine);
     let primary_http = replication.as_ref().and_then(|r| r.primary_http.clone());
+    // One clock for the node and its replication: egress checks the lease deadline that
+    // replication sets against it.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let control = replication.map(|Replication { config, role, .. }| {
         let last = (Sequence(recovered.next_sequence.0 - 1), end.last_epoch);
-        Control::new(config, role, last, Box::new(dir.clone()))
+        Control::new(config, role, last, Box::new(dir.clone()), Arc::clone(&clock))
     });
-    let (engine, next, writer) = (recovered.engine, recovered.next_sequence, recovered.writer);
+    let (engine, next_sequence, journal) =
+        (recovered.engine, recovered.next_sequence, recovered.writer);
     let started = match &control {
         Some(control) => {
-            let stage = control.link().stage();
-            Node::start_with(node_config.clone(), engine, next, writer, stage, hook)
+            let replicator = control.link().stage();
+            let parts = NodeParts { engine, next_sequence, journal, replicator, hook, clock };
+            Node::start_parts(node_config.clone(), parts)
         }
-        None => Node::start_with(
-            node_config.clone(),
-            engine,
-            next,
-            writer,
-            NoReplicator::default(),
-            hook,
-        ),
+        None => {
+            let replicator = NoReplicator::default();
+            let parts = NodeParts { engine, next_sequence, journal, replicator, hook, clock };
+            Node::start_parts(node_config.clone(), parts)
+        }
     };
     let node = started.map_err(|e| format!("starting the node: {e}"))?;
     if let Some(control) = &control {

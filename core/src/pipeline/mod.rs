@@ -64,7 +64,7 @@ pub use node::{Node, NodeError, NodeParts, Promoter, Sequences, ShutdownReport, 
 pub use session::{CallError, Refused, Session};
 pub use stage::{
     Framed, HoldReason, Journal, MemoryJournal, NoReplicator, NoSnapshots, Replicator,
-    SnapshotHook, StageError, Watermark, WriteHold, monotonic_ns, monotonic_ns_at,
+    SnapshotHook, StageError, Watermark, WriteHold,
 };
 pub use stages::SERVICE_TIME_SAMPLE_EVERY;
 pub use wait::WakeHook;

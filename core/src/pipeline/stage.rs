@@ -8,7 +8,6 @@
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
@@ -117,9 +116,10 @@ pub enum HoldReason {
 #[derive(Debug)]
 pub struct WriteHold {
     reason: AtomicU8,
-    /// When a primary acknowledging on its own journal must stop ([`monotonic_ns`]), or
-    /// `u64::MAX`: checked by egress at every release, so a primary paused past its lease
-    /// acknowledges nothing when it resumes, whatever its control thread has noticed.
+    /// When a primary acknowledging on its own journal must stop (nanoseconds on the node's
+    /// [`Clock`]), or `u64::MAX`: checked by egress at every release, so a primary paused past
+    /// its lease acknowledges nothing when it resumes, whatever its control thread has
+    /// noticed.
     lease_deadline_ns: AtomicU64,
 }
 
@@ -127,21 +127,6 @@ impl Default for WriteHold {
     fn default() -> WriteHold {
         WriteHold { reason: AtomicU8::new(0), lease_deadline_ns: AtomicU64::new(u64::MAX) }
     }
-}
-
-/// Nanoseconds on the process's monotonic clock, from a fixed origin (its first use): the
-/// time base of [`WriteHold::set_lease_deadline`], shared by every thread of the process.
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    monotonic_ns_at(Instant::now())
-}
-
-/// [`monotonic_ns`] of `instant` (0 for one before the origin).
-#[must_use]
-pub fn monotonic_ns_at(instant: Instant) -> u64 {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    u64::try_from(instant.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl WriteHold {
@@ -162,17 +147,17 @@ impl WriteHold {
     }
 
     /// Writes acknowledged on the local journal alone may be released only before
-    /// `deadline_ns` ([`monotonic_ns`]); `u64::MAX` lifts the limit. Egress answers a write it
-    /// would release after the deadline `Unreplicated` instead.
+    /// `deadline_ns` ([`Clock::now_ns`] of the node's clock); `u64::MAX` lifts the limit.
+    /// Egress answers a write it would release after the deadline `Unreplicated` instead.
     pub fn set_lease_deadline(&self, deadline_ns: u64) {
         self.lease_deadline_ns.store(deadline_ns, Ordering::Release);
     }
 
-    /// Whether a lease deadline is set and has passed.
+    /// Whether a lease deadline is set and `now_ns` (the node's clock) has reached it.
     #[must_use]
-    pub fn lease_expired(&self) -> bool {
+    pub fn lease_expired(&self, now_ns: u64) -> bool {
         let deadline = self.lease_deadline_ns.load(Ordering::Acquire);
-        deadline != u64::MAX && monotonic_ns() >= deadline
+        deadline != u64::MAX && now_ns >= deadline
     }
 
     /// Why writes are held, if they are.

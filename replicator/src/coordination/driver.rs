@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use ringfence_core::pipeline::Clock;
+
 use ringfence_core::pipeline::Promoter;
 use ringfence_core::{Epoch, Sequence};
 
@@ -67,35 +69,48 @@ pub struct Startup {
     config: CoordinationConfig,
     coordinator: Box<dyn Coordinator>,
     lease: LeaseId,
-    clock: Instant,
+    clock: Arc<dyn Clock>,
     /// When the last renewal that succeeded was sent (ms on `clock`).
     renewed_ms: u64,
 }
 
 impl Startup {
-    /// Grants this node's lease, retrying while the witness cannot be reached (until `give_up`).
+    /// Grants this node's lease, retrying while the witness cannot be reached (until `give_up`
+    /// of real time has passed); `clock` is the time the lease's deadline is kept on.
     pub fn connect(
         config: CoordinationConfig,
         mut coordinator: Box<dyn Coordinator>,
         give_up: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Result<Startup, String> {
-        let clock = Instant::now();
+        let began = Instant::now();
         let mut failures = 0u64;
         loop {
-            let sent = ms(clock);
-            match coordinator.grant(config.timing.ttl_s) {
-                Ok(lease) => {
-                    return Ok(Startup { config, coordinator, lease, clock, renewed_ms: sent });
-                }
-                Err(error) if clock.elapsed() < give_up => {
+            match Startup::try_connect(config.clone(), coordinator, Arc::clone(&clock)) {
+                Ok(startup) => return Ok(startup),
+                Err((back, error)) if began.elapsed() < give_up => {
+                    coordinator = back;
                     failures += 1;
                     if failures <= 3 || failures % 50 == 0 {
                         log(format_args!("coordination: waiting for the witness: {error}"));
                     }
                     thread::sleep(Duration::from_millis(config.timing.renew_ms.min(200)));
                 }
-                Err(error) => return Err(format!("the witness did not answer: {error}")),
+                Err((_, error)) => return Err(format!("the witness did not answer: {error}")),
             }
+        }
+    }
+
+    /// One attempt at [`Startup::connect`]: the coordinator comes back with the error.
+    pub fn try_connect(
+        config: CoordinationConfig,
+        mut coordinator: Box<dyn Coordinator>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Startup, (Box<dyn Coordinator>, CoordinatorError)> {
+        let sent = ms(&*clock);
+        match coordinator.grant(config.timing.ttl_s) {
+            Ok(lease) => Ok(Startup { config, coordinator, lease, clock, renewed_ms: sent }),
+            Err(error) => Err((coordinator, error)),
         }
     }
 
@@ -104,40 +119,54 @@ impl Startup {
     pub fn decide(&mut self, me: &Identity, facts: &Facts) -> Result<Decided, String> {
         let mut said = String::new();
         loop {
-            self.renew()?;
-            let plan = match self.coordinator.read() {
-                Ok(view) => pilot::start(me, &view, facts),
-                Err(error) => Plan::Wait(format!("the witness is unreachable: {error}")),
-            };
-            match plan {
-                Plan::Follow(leader) => {
-                    log(format_args!(
-                        "coordination: {} leads (epoch {}): starting as its standby",
-                        leader.node, leader.epoch
-                    ));
-                    return Ok(Decided::Standby { leader });
-                }
-                Plan::Campaign { leader, sync_revision, sync } => {
-                    match self.coordinator.campaign(&leader, self.lease, sync_revision, &sync) {
-                        Ok(true) => {
-                            log(format_args!(
-                                "coordination: took the leader key: primary in epoch {}",
-                                leader.epoch
-                            ));
-                            return Ok(Decided::Primary { leader, sync });
-                        }
-                        Ok(false) => continue,
-                        Err(error) => log(format_args!("coordination: campaign failed: {error}")),
-                    }
-                }
-                Plan::Wait(reason) if reason != said => {
-                    log(format_args!("coordination: {reason}"));
-                    said = reason;
-                }
-                _ => {}
+            if let Some(decided) = self.decide_round(me, facts, &mut said)? {
+                return Ok(decided);
             }
             thread::sleep(Duration::from_millis(self.config.timing.renew_ms.min(100)));
         }
+    }
+
+    /// One round of [`Startup::decide`]: renew, read the witness, follow or campaign.
+    /// `None` while the candidate must wait (why is logged once, kept in `said`).
+    pub fn decide_round(
+        &mut self,
+        me: &Identity,
+        facts: &Facts,
+        said: &mut String,
+    ) -> Result<Option<Decided>, String> {
+        self.renew()?;
+        let plan = match self.coordinator.read() {
+            Ok(view) => pilot::start(me, &view, facts),
+            Err(error) => Plan::Wait(format!("the witness is unreachable: {error}")),
+        };
+        match plan {
+            Plan::Follow(leader) => {
+                log(format_args!(
+                    "coordination: {} leads (epoch {}): starting as its standby",
+                    leader.node, leader.epoch
+                ));
+                return Ok(Some(Decided::Standby { leader }));
+            }
+            Plan::Campaign { leader, sync_revision, sync } => {
+                match self.coordinator.campaign(&leader, self.lease, sync_revision, &sync) {
+                    Ok(true) => {
+                        log(format_args!(
+                            "coordination: took the leader key: primary in epoch {}",
+                            leader.epoch
+                        ));
+                        return Ok(Some(Decided::Primary { leader, sync }));
+                    }
+                    Ok(false) => {}
+                    Err(error) => log(format_args!("coordination: campaign failed: {error}")),
+                }
+            }
+            Plan::Wait(reason) if reason != *said => {
+                log(format_args!("coordination: {reason}"));
+                *said = reason;
+            }
+            _ => {}
+        }
+        Ok(None)
     }
 
     /// Keeps the lease alive on a thread of its own while the node starts (recovery can take
@@ -160,7 +189,7 @@ impl Startup {
 
     /// Renews the lease; a lease that expired while waiting is granted again.
     fn renew(&mut self) -> Result<(), String> {
-        let sent = ms(self.clock);
+        let sent = ms(&*self.clock);
         match self.coordinator.keep_alive(self.lease) {
             Ok(0) => {
                 self.lease =
@@ -176,7 +205,7 @@ impl Startup {
     /// Time left on the lease as of now, minus the margin.
     fn remaining_ms(&self) -> u64 {
         let timing = self.config.timing;
-        timing.deadline(self.renewed_ms, timing.ttl_s).saturating_sub(ms(self.clock))
+        timing.deadline(self.renewed_ms, timing.ttl_s).saturating_sub(ms(&*self.clock))
     }
 }
 
@@ -194,8 +223,8 @@ impl Held {
     }
 }
 
-fn ms(clock: Instant) -> u64 {
-    u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+fn ms(clock: &dyn Clock) -> u64 {
+    clock.now_ns() / 1_000_000
 }
 
 /// What the operator asks of the driver, with where the answer goes.
@@ -253,8 +282,10 @@ impl Coordination {
     }
 }
 
-/// The running driver's state.
-struct Driver {
+/// The running driver: renews the lease, reads the witness and carries out the pilot's plan
+/// at each [`Driver::step`]. The `rf-coordinator` thread steps it in a running node; the
+/// simulator steps it on its own thread.
+pub struct Driver {
     config: CoordinationConfig,
     coordinator: Box<dyn Coordinator>,
     lease: LeaseId,
@@ -269,7 +300,7 @@ struct Driver {
     said: String,
 }
 
-/// Starts the driver of a node that decided at start-up.
+/// Starts the driver of a node that decided at start-up, on a thread of its own.
 pub fn start(
     startup: Startup,
     (me, decided): (Identity, Decided),
@@ -277,38 +308,10 @@ pub fn start(
     promoter: Promoter,
     rejoin: Rejoin,
 ) -> std::io::Result<Coordination> {
-    let remaining_ms = startup.remaining_ms();
-    let Startup { config, coordinator, lease, .. } = startup;
-    let now = control.now_ms();
-    // The lease's remaining time carries over to the control's clock.
-    let renewed_ms =
-        (now + remaining_ms + config.timing.margin_ms).saturating_sub(config.timing.ttl_s * 1_000);
-    let pilot = match decided {
-        Decided::Primary { leader, sync } => {
-            Pilot::primary(me, config.timing, (leader, sync), renewed_ms)
-        }
-        Decided::Standby { leader } => Pilot::standby(me, config.timing, leader),
-    };
-    if let Some(deadline) = pilot.deadline_ms() {
-        control.set_lease_deadline(deadline);
-    }
-    let figures = Arc::new(Mutex::new(CoordinationFigures::default()));
+    let driver = Driver::new(startup, (me, decided), control, promoter, rejoin);
+    let timeout = driver.config.request_timeout() * 4;
+    let figures = Arc::clone(&driver.figures);
     let (requests, inbox) = mpsc::channel();
-    let timeout = config.request_timeout() * 4;
-    let mut driver = Driver {
-        config,
-        coordinator,
-        lease,
-        pilot,
-        control,
-        promoter,
-        rejoin,
-        figures: Arc::clone(&figures),
-        next_renew_ms: now,
-        renewed_ms,
-        said: String::new(),
-    };
-    driver.register();
     let thread =
         thread::Builder::new().name("rf-coordinator".into()).spawn(move || driver.run(&inbox))?;
     Ok(Coordination {
@@ -317,6 +320,50 @@ pub fn start(
         thread: Mutex::new(Some(thread)),
         timeout,
     })
+}
+
+impl Driver {
+    /// The driver of a node that decided at start-up, not yet stepped; it registers the node
+    /// and, for a primary, sets the lease deadline before it returns.
+    pub fn new(
+        startup: Startup,
+        (me, decided): (Identity, Decided),
+        control: Arc<Control>,
+        promoter: Promoter,
+        rejoin: Rejoin,
+    ) -> Driver {
+        let remaining_ms = startup.remaining_ms();
+        let Startup { config, coordinator, lease, .. } = startup;
+        let now = control.now_ms();
+        // The lease's remaining time carries over to the control's clock.
+        let renewed_ms = (now + remaining_ms + config.timing.margin_ms)
+            .saturating_sub(config.timing.ttl_s * 1_000);
+        let pilot = match decided {
+            Decided::Primary { leader, sync } => {
+                Pilot::primary(me, config.timing, (leader, sync), renewed_ms)
+            }
+            Decided::Standby { leader } => Pilot::standby(me, config.timing, leader),
+        };
+        if let Some(deadline) = pilot.deadline_ms() {
+            control.set_lease_deadline(deadline);
+        }
+        let figures = Arc::new(Mutex::new(CoordinationFigures::default()));
+        let mut driver = Driver {
+            config,
+            coordinator,
+            lease,
+            pilot,
+            control,
+            promoter,
+            rejoin,
+            figures,
+            next_renew_ms: now,
+            renewed_ms,
+            said: String::new(),
+        };
+        driver.register();
+        driver
+    }
 }
 
 impl Driver {
@@ -338,8 +385,14 @@ impl Driver {
         self.stop();
     }
 
+    /// The pilot: its state, the leader it knows, its deadline.
+    #[must_use]
+    pub fn pilot(&self) -> &Pilot {
+        &self.pilot
+    }
+
     /// One round: renew when due, read the witness, carry out the pilot's plan.
-    fn step(&mut self) {
+    pub fn step(&mut self) {
         let now = self.control.now_ms();
         if now >= self.next_renew_ms {
             self.next_renew_ms = now + self.config.timing.renew_ms;
@@ -495,7 +548,8 @@ impl Driver {
         }
     }
 
-    fn set_mode(&mut self, mode: AckMode) -> Result<(), String> {
+    /// [`Coordination::set_mode`], on the driver's own thread.
+    pub fn set_mode(&mut self, mode: AckMode) -> Result<(), String> {
         let facts = self.control.facts();
         if !facts.primary {
             return Err("the mode is set on the primary".into());
@@ -519,7 +573,8 @@ impl Driver {
         }
     }
 
-    fn switchover(&mut self) -> Result<(), String> {
+    /// [`Coordination::request_switchover`], on the driver's own thread.
+    pub fn switchover(&mut self) -> Result<(), String> {
         let facts = self.control.facts();
         if facts.primary {
             return Err("this node is already the primary".into());
@@ -547,7 +602,8 @@ impl Driver {
         }
     }
 
-    fn stop(&mut self) {
+    /// [`Coordination::stop`]'s last act: a leader gives up the key.
+    pub fn stop(&mut self) {
         if self.pilot.state() == "leader"
             && self.coordinator.resign(self.pilot.leader()) == Ok(true)
         {
