@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 
 use common::{TempDir, config, generate, options};
 use ringfence_core::pipeline::SnapshotHook;
+use ringfence_core::prng::Prng;
 use ringfence_core::{
     Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, Engine, Epoch, OrderId,
     PaymentRef, Query, RequestKey, Reserve, Sequence, Sequenced, SkuId, Timestamp, UserId,
@@ -415,8 +416,8 @@ fn truncated_and_garbage_files_are_rejected_with_clear_errors() {
     assert!(error.contains(middle.file_name().unwrap().to_str().unwrap()), "{error}");
     assert!(error.contains("length"), "{error}");
 
-    let garbage: Vec<u8> =
-        (0..70_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut garbage = vec![0u8; 70_000];
+    Prng::new(70_000).fill(&mut garbage);
     std::fs::write(middle, &garbage).unwrap();
     let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused").to_string();
     assert!(error.contains("magic"), "{error}");
