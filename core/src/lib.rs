@@ -15,6 +15,7 @@ pub mod engine;
 pub mod hash;
 pub mod outcome;
 pub mod pipeline;
+pub mod prng;
 pub mod record;
 pub mod snowflake;
 pub mod types;

@@ -30,6 +30,8 @@ const ENGINE_FORBIDDEN: &[(&str, &str)] = &[
     ("HashSet", "randomly seeded maps (use FixedMap)"),
     ("RandomState", "randomly seeded hashing"),
     ("rand::", "randomness"),
+    ("rand_chacha", "randomness"),
+    ("prng", "randomness (the seeded generator is for tests and simulators)"),
 ];
 
 /// Modules held to an assertion density, and the minimum average per function.

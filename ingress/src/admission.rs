@@ -592,6 +592,7 @@ impl LogLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringfence_core::prng::Prng;
     use std::time::Duration;
 
     #[test]
@@ -915,22 +916,19 @@ mod tests {
         for _ in 0..16 {
             recency.add_slot();
         }
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut prng = Prng::new(7);
         for _ in 0..5_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let slot = (state % 16) as u32;
-            match (model.contains(&slot), state >> 60 & 1) {
+            let slot = prng.below(16) as u32;
+            match (model.contains(&slot), prng.chance(1, 2)) {
                 (false, _) => {
                     recency.push_newest(slot);
                     model.push(slot);
                 }
-                (true, 0) => {
+                (true, true) => {
                     recency.unlink(slot);
                     model.retain(|&listed| listed != slot);
                 }
-                (true, _) => {
+                (true, false) => {
                     recency.touch(slot);
                     model.retain(|&listed| listed != slot);
                     model.push(slot);

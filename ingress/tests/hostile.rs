@@ -8,7 +8,8 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use common::{Http, TOKEN, XorShift, create_sku, start};
+use common::{Http, TOKEN, create_sku, start};
+use ringfence_core::prng::Prng;
 use ringfence_core::{Command, Query, SkuId};
 use ringfence_ingress::wire::{self, ErrorCode, Kind, Response};
 use ringfence_ingress::{Backend, BackendCompletion, Client, NodeStatus, Refusal, ServerConfig};
@@ -44,12 +45,12 @@ fn garbage_flood_on_both_ports_then_still_serving() {
     let (binary, http_addr) = (server.binary_addr().unwrap(), server.http_addr().unwrap());
     let mut admin = Http::connect(http_addr);
     create_sku(&mut admin, 1, 10, 1, 60_000);
-    let mut rng = XorShift(0x5eed_1234_abcd_0001);
+    let mut prng = Prng::new(0x5eed_1234_abcd_0001);
     let threads: Vec<_> = (0..16u64)
         .map(|i| {
-            let seed = rng.next_u64() | 1;
+            // Each thread its own stream: what one sends does not depend on the others.
+            let mut prng = prng.fork();
             std::thread::spawn(move || {
-                let mut rng = XorShift(seed);
                 let addr = if i % 2 == 0 { binary } else { http_addr };
                 for round in 0..8 {
                     let mut stream = TcpStream::connect(addr).unwrap();
@@ -65,13 +66,14 @@ fn garbage_flood_on_both_ports_then_still_serving() {
                         wire::encode_command(&mut frame, 1, &Command::Query(Query::Sku(SkuId(1))));
                         frame
                     };
-                    let flips = 1 + rng.next_u64() as usize % 4;
-                    for _ in 0..flips {
-                        let at = rng.next_u64() as usize % bytes.len();
-                        bytes[at] ^= (rng.next_u64() as u8) | 1;
+                    for _ in 0..prng.range_inclusive(1, 4) {
+                        let at = prng.below(bytes.len() as u64) as usize;
+                        // A mask with a bit set: the byte really changes.
+                        bytes[at] ^= (prng.next_u32() as u8) | 1;
                     }
-                    let garbage_len = (rng.next_u64() % 3000) as usize;
-                    bytes.extend(rng.bytes(garbage_len));
+                    let mut garbage = vec![0u8; prng.below(3_000) as usize];
+                    prng.fill(&mut garbage);
+                    bytes.extend(garbage);
                     let _ = stream.write_all(&bytes);
                     let _ = stream.shutdown(Shutdown::Write);
                     // The server must close the connection; reading to the end proves it.

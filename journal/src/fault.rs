@@ -28,6 +28,8 @@ use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ringfence_core::prng::Prng;
+
 use crate::storage::{Retired, Segment, Storage};
 
 type Image = Vec<u8>;
@@ -146,15 +148,14 @@ impl FaultStorage {
 
     /// Storage after a power loss: only durable entries and durable bytes survive, plus, when
     /// `torn_seed` is given, a pseudo-random prefix of the queued entry changes and of each
-    /// file's unsynced bytes (a write-back cut off part way).
+    /// file's unsynced bytes (a write-back cut off part way), drawn from `Prng::new(torn_seed)`.
     #[must_use]
     pub fn power_loss(&self, torn_seed: Option<u64>) -> FaultStorage {
         let disk = self.disk();
         let mut entries = disk.durable.clone();
-        let mut seed = torn_seed.unwrap_or(0);
-        if torn_seed.is_some() {
-            seed = splitmix(seed);
-            let applied = (seed % (disk.pending.len() as u64 + 1)) as usize;
+        let mut prng = torn_seed.map(Prng::new);
+        if let Some(prng) = &mut prng {
+            let applied = prng.range_inclusive(0, disk.pending.len() as u64) as usize;
             for op in &disk.pending[..applied] {
                 apply(&mut entries, op);
             }
@@ -165,11 +166,8 @@ impl FaultStorage {
         let mut files = BTreeMap::new();
         for (name, ino) in entries {
             let inode = &disk.inodes[&ino];
-            let content = match torn_seed {
-                Some(_) => {
-                    seed = splitmix(seed);
-                    torn(&inode.live, &inode.durable, seed)
-                }
+            let content = match &mut prng {
+                Some(prng) => torn(&inode.live, &inode.durable, prng),
                 None => Arc::clone(&inode.durable),
             };
             files.insert(name, content);
@@ -321,12 +319,12 @@ fn apply(entries: &mut BTreeMap<String, u64>, op: &DirOp) {
 /// in place) keeps the durable bytes with a prefix of the differing range taken from the live
 /// ones; a file rewritten to another length keeps its durable content or a prefix of its live
 /// content (truncated, then written back part way).
-fn torn(live: &Arc<Image>, durable: &Arc<Image>, seed: u64) -> Arc<Image> {
+fn torn(live: &Arc<Image>, durable: &Arc<Image>, prng: &mut Prng) -> Arc<Image> {
     if live.len() != durable.len() {
-        if seed % 2 == 0 {
+        if prng.chance(1, 2) {
             return Arc::clone(durable);
         }
-        let cut = (splitmix(seed) % (live.len() as u64 + 1)) as usize;
+        let cut = prng.range_inclusive(0, live.len() as u64) as usize;
         assert!(cut <= live.len(), "torn past the live content");
         let mut content = Image::new();
         content.extend_from_slice(&live[..cut]);
@@ -336,7 +334,7 @@ fn torn(live: &Arc<Image>, durable: &Arc<Image>, seed: u64) -> Arc<Image> {
         return Arc::clone(durable);
     };
     let last = (0..live.len()).rev().find(|&i| live[i] != durable[i]).expect("differs");
-    let cut = first + (seed % (last - first + 2) as u64) as usize;
+    let cut = first + prng.range_inclusive(0, (last + 1 - first) as u64) as usize;
     // A prefix of the differing range, possibly all of it, possibly none.
     assert!(cut <= last + 1, "torn past the last differing byte");
     let mut content = Image::clone(durable);
@@ -551,14 +549,6 @@ impl Storage for FaultStorage {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
         format!("fault:{name}")
     }
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@
 //! cancellations, shipping, completion, refunds, coupon claims, restocks, sale open/close and
 //! ticks. Reads (queries, snapshot requests) are never journaled, so it produces none.
 //! Payments and follow-ups refer to orders the engine really created, learned from the
-//! outcomes fed back with [`Workload::observe`].
+//! outcomes fed back with [`Workload::observe`]. Every choice is drawn from one
+//! [`Prng`], so a seed names the whole stream.
 
+use ringfence_core::prng::Prng;
 use ringfence_core::{
     Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, OrderId, Outcome, PaymentRef,
     RequestKey, Reserve, Sequence, Sequenced, SkuId, Timestamp, UserId,
@@ -14,7 +16,7 @@ use ringfence_core::{
 
 /// Generates commands; see the module documentation.
 pub struct Workload {
-    state: u64,
+    prng: Prng,
     next_sequence: Sequence,
     now: Timestamp,
     keys: u128,
@@ -35,7 +37,7 @@ impl Workload {
     pub fn new(seed: u64, first: Sequence, start: Timestamp) -> Workload {
         assert!(first.0 >= 1, "sequences start at 1");
         Workload {
-            state: seed ^ 0x5EED_F1A5_0000_0001,
+            prng: Prng::new(seed),
             next_sequence: first,
             now: start,
             keys: u128::from(seed) << 64,
@@ -56,7 +58,7 @@ impl Workload {
     /// The next command.
     pub fn next_command(&mut self) -> Sequenced {
         let before = self.now;
-        self.now = self.now.plus_ms(self.random(3));
+        self.now = self.now.plus_ms(self.prng.below(3));
         // Stamped as a sequencer would: time never goes back.
         assert!(self.now >= before, "the workload's clock went back");
         let command = if self.setup <= SKUS as u32 { self.setup_command() } else { self.mixed() };
@@ -120,15 +122,15 @@ impl Workload {
     }
 
     fn mixed(&mut self) -> Command {
-        let roll = self.random(1_000);
-        let user = UserId(1 + self.random(50_000));
-        let sku = SkuId(1 + self.random(self.skus));
+        let roll = self.prng.below(1_000);
+        let user = UserId(self.prng.range_inclusive(1, 50_000));
+        let sku = SkuId(self.prng.range_inclusive(1, self.skus));
         // Commands name the SKUs the setup created.
         assert!(sku.0 <= self.skus, "a command for a SKU never created");
         let action = match roll {
             0..=549 => {
                 let coupon = (roll < 20).then(|| self.pick_coupon()).flatten();
-                Action::Reserve(Reserve { user, sku, qty: 1 + self.random(2) as u32, coupon })
+                Action::Reserve(Reserve { user, sku, qty: 1 + self.prng.below(2) as u32, coupon })
             }
             550..=749 => match self.pick_order() {
                 Some((order, amount_cents)) => {
@@ -160,34 +162,18 @@ impl Workload {
         if self.orders.is_empty() {
             return None;
         }
-        let index = self.random(self.orders.len() as u64) as usize;
-        assert!(index < self.orders.len(), "random() past its bound");
-        Some(self.orders[index])
+        Some(*self.prng.pick(&self.orders))
     }
 
     fn pick_coupon(&mut self) -> Option<CouponId> {
         if self.coupons.is_empty() {
             return None;
         }
-        let index = self.random(self.coupons.len() as u64) as usize;
-        assert!(index < self.coupons.len(), "random() past its bound");
-        Some(self.coupons[index])
+        Some(*self.prng.pick(&self.coupons))
     }
 
     fn client(&mut self, action: Action) -> Command {
         self.keys += 1;
         Command::Client { key: RequestKey::from_u128(self.keys), action }
-    }
-
-    fn random(&mut self, bound: u64) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let value = ((u128::from(z) * u128::from(bound)) >> 64) as u64;
-        // Multiply-shift maps the word below the bound (and to 0 for a bound of 0).
-        assert!(value < bound || bound == 0, "random() past its bound");
-        value
     }
 }

@@ -7,6 +7,7 @@ use std::ops::ControlFlow;
 
 use common::{config, generate, options};
 use ringfence_core::pipeline::SnapshotHook;
+use ringfence_core::prng::Prng;
 use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::epoch::Epochs;
 use ringfence_journal::fault::{FaultStorage, SyncCapture};
@@ -15,16 +16,6 @@ use ringfence_journal::scan;
 use ringfence_journal::snapshot::{SnapshotPolicy, Snapshotter};
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::Durability;
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 =
-            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % bound
-    }
-}
 
 /// Every record in `storage` equals the command generated for its sequence.
 fn assert_prefix(storage: &mut FaultStorage, commands: &[Sequenced]) -> u64 {
@@ -48,7 +39,7 @@ fn crash_many_times(durability: Durability, seeds: std::ops::Range<u64>) -> u64 
     let mut workload = Workload::new(77, Sequence(1), Timestamp(1_000));
     let commands = generate(&mut workload, &mut shadow, 6_000);
     for seed in seeds {
-        let mut rng = Rng(seed);
+        let mut prng = Prng::new(seed);
         let mut disk = FaultStorage::new();
         let mut acknowledged = Sequence(0);
         for round in 0..6 {
@@ -68,9 +59,9 @@ fn crash_many_times(durability: Durability, seeds: std::ops::Range<u64>) -> u64 
             }
             assert_eq!(recovered.engine.state_digest(), reference.state_digest(), "seed {seed}");
             let mut next = recovered.next_sequence.0 as usize;
-            let batches = 1 + rng.below(30);
+            let batches = prng.range_inclusive(1, 30);
             for _ in 0..batches {
-                let size = [1, 3, 16, 40][rng.below(4) as usize];
+                let size = *prng.pick(&[1, 3, 16, 40]);
                 for _ in 0..size {
                     if next > commands.len() {
                         break;
@@ -81,17 +72,17 @@ fn crash_many_times(durability: Durability, seeds: std::ops::Range<u64>) -> u64 
                 acknowledged = acknowledged.max(recovered.writer.end_batch().unwrap());
             }
             // A batch in flight when the crash comes: appended, never acknowledged.
-            for _ in 0..rng.below(20) {
+            for _ in 0..prng.below(20) {
                 if next <= commands.len() {
                     recovered.writer.append_command(Epoch(1), &commands[next - 1]).unwrap();
                     next += 1;
                 }
             }
             drop(recovered);
-            disk = match rng.below(3) {
+            disk = match prng.below(3) {
                 0 => disk.process_crash(),
                 1 => disk.power_loss(None),
-                _ => disk.power_loss(Some(rng.below(u64::MAX))),
+                _ => disk.power_loss(Some(prng.next_u64())),
             };
         }
         let recovered = recover_from(disk.clone(), options(durability)).unwrap();

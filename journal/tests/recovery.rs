@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 
 use common::{TempDir, config, generate, options};
 use ringfence_core::pipeline::SnapshotHook;
+use ringfence_core::prng::Prng;
 use ringfence_core::{
     Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, Engine, Epoch, OrderId,
     PaymentRef, Query, RequestKey, Reserve, Sequence, Sequenced, SkuId, Timestamp, UserId,
@@ -273,6 +274,20 @@ fn torn_last_record_is_truncated_and_reported() {
     }
 }
 
+/// Where a segment's records end: just past its last intact record.
+fn records_end(bytes: &[u8]) -> usize {
+    record_offsets(bytes).last().map_or(format::SEGMENT_HEADER_LEN, |&(at, len)| at + len)
+}
+
+/// Writes a non-zero byte three bytes before the end of `file`, past its last record.
+fn stray_byte_near_the_end(file: &std::path::Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let end = bytes.len();
+    assert!(records_end(&bytes) <= end - 16, "{}: records reach the end", file.display());
+    bytes[end - 3] = 0x5A;
+    std::fs::write(file, &bytes).unwrap();
+}
+
 #[test]
 fn stray_bytes_in_the_last_sixteen_bytes_of_a_segment_are_reported_not_trusted() {
     // Goal: non-zero bytes closer to a segment's end than a record header (where no record
@@ -282,20 +297,20 @@ fn stray_bytes_in_the_last_sixteen_bytes_of_a_segment_are_reported_not_trusted()
     write_journal(dir.path(), 3_000);
     let files = segments(dir.path());
     assert!(files.len() >= 2, "the journal spans segments");
-    let last_file = files.last().unwrap();
-    let mut bytes = std::fs::read(last_file).unwrap();
-    let end = bytes.len();
-    bytes[end - 3] = 0x5A;
-    std::fs::write(last_file, &bytes).unwrap();
+    let (last_file, earlier) = files.split_last().unwrap();
+    stray_byte_near_the_end(last_file);
     let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
     let torn = recovered.report.torn_tail.clone().expect("a torn tail is reported");
     assert_eq!(torn.damage, Damage::BytesAfterEnd.to_string());
     drop(recovered);
-    let first_file = &files[0];
-    let mut bytes = std::fs::read(first_file).unwrap();
-    let end = bytes.len();
-    bytes[end - 3] = 0x5A;
-    std::fs::write(first_file, &bytes).unwrap();
+    // Records may fill a segment to its last byte, leaving no room for a stray byte: the
+    // damaged one is the first whose records stop short of the last sixteen bytes.
+    let room = |file: &&std::path::PathBuf| {
+        let bytes = std::fs::read(file).unwrap();
+        records_end(&bytes) + 16 <= bytes.len()
+    };
+    let earlier_file = earlier.iter().find(room).expect("an earlier segment with room at its end");
+    stray_byte_near_the_end(earlier_file);
     let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused");
     assert!(
         matches!(error, JournalError::Corrupt { damage: Damage::BytesAfterEnd, .. }),
@@ -401,8 +416,8 @@ fn truncated_and_garbage_files_are_rejected_with_clear_errors() {
     assert!(error.contains(middle.file_name().unwrap().to_str().unwrap()), "{error}");
     assert!(error.contains("length"), "{error}");
 
-    let garbage: Vec<u8> =
-        (0..70_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut garbage = vec![0u8; 70_000];
+    Prng::new(70_000).fill(&mut garbage);
     std::fs::write(middle, &garbage).unwrap();
     let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused").to_string();
     assert!(error.contains("magic"), "{error}");

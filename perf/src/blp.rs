@@ -38,6 +38,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use ringfence_core::hash::mix64;
+use ringfence_core::prng::Prng;
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{
     Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, Engine, EngineConfig,
@@ -448,22 +449,6 @@ fn pin_to_last_core() -> Option<usize> {
     core_affinity::set_for_current(core).then_some(core.id)
 }
 
-/// A small deterministic generator (SplitMix64) for workloads.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.0)
-    }
-
-    /// A value in `0..bound`.
-    fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0);
-        ((u128::from(self.next()) * u128::from(bound)) >> 64) as u64
-    }
-}
-
 /// Builds sequenced commands with increasing sequences, stamped `per_ms` per logical
 /// millisecond.
 struct Sequencer {
@@ -573,7 +558,7 @@ struct OpenOrder {
 /// refer to orders that exist.
 struct MixedGenerator {
     engine: Engine,
-    rng: Rng,
+    prng: Prng,
     sequencer: Sequencer,
     users: u64,
     keys: u64,
@@ -587,7 +572,7 @@ impl MixedGenerator {
     fn new(config: EngineConfig, users: u64, per_ms: u64) -> MixedGenerator {
         MixedGenerator {
             engine: Engine::new(config),
-            rng: Rng(42),
+            prng: Prng::new(42),
             sequencer: Sequencer::new(per_ms),
             users,
             keys: 0,
@@ -640,7 +625,7 @@ impl MixedGenerator {
             self.push(tick, false);
             return;
         }
-        let roll = self.rng.below(100);
+        let roll = self.prng.below(100);
         let action = match roll {
             0..53 => self.reserve(),
             53..75 => self.pay(),
@@ -697,19 +682,19 @@ impl MixedGenerator {
     }
 
     fn user(&mut self) -> UserId {
-        UserId(1 + self.rng.below(self.users))
+        UserId(self.prng.range_inclusive(1, self.users))
     }
 
     fn reserve(&mut self) -> Option<Action> {
         let user = self.user();
-        let sku = if self.rng.below(5) == 0 {
-            SkuId(1 + self.rng.below(MIXED_HOT_SKUS))
+        let sku = if self.prng.chance(1, 5) {
+            SkuId(self.prng.range_inclusive(1, MIXED_HOT_SKUS))
         } else {
-            SkuId(1 + self.rng.below(MIXED_SKUS))
+            SkuId(self.prng.range_inclusive(1, MIXED_SKUS))
         };
-        let qty = 1 + self.rng.below(2) as u32;
+        let qty = 1 + self.prng.below(2) as u32;
         let coupon = match self.coupons.get_mut(&user) {
-            Some(coupons) if self.rng.below(2) == 0 => coupons.pop(),
+            Some(coupons) if self.prng.chance(1, 2) => coupons.pop(),
             _ => None,
         };
         Some(Action::Reserve(Reserve { user, sku, qty, coupon }))
@@ -725,7 +710,7 @@ impl MixedGenerator {
         if self.open.is_empty() {
             return None;
         }
-        let index = self.rng.below(self.open.len() as u64) as usize;
+        let index = self.prng.below(self.open.len() as u64) as usize;
         self.open.swap_remove_back(index)
     }
 
@@ -742,7 +727,7 @@ impl MixedGenerator {
 
     fn claim(&mut self) -> Option<Action> {
         let user = self.user();
-        let batch = BatchId(1 + self.rng.below(MIXED_BATCHES));
+        let batch = BatchId(self.prng.range_inclusive(1, MIXED_BATCHES));
         Some(Action::ClaimCoupon { user, batch })
     }
 
@@ -751,7 +736,7 @@ impl MixedGenerator {
         if self.recent.is_empty() {
             return Command::Tick;
         }
-        let index = self.rng.below(self.recent.len() as u64) as usize;
+        let index = self.prng.below(self.recent.len() as u64) as usize;
         self.recent[index].command
     }
 }

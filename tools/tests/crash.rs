@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TempDir;
+use ringfence_core::prng::Prng;
 use ringfence_core::{EngineConfig, Sequence};
 use ringfence_journal::recovery::recover;
 use ringfence_journal::scan::{self, ReadOnlyDir};
@@ -50,16 +51,6 @@ fn check_journal(dir: &std::path::Path) -> u64 {
     last
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 =
-            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % bound
-    }
-}
-
 #[test]
 fn sigkill_under_load_never_loses_a_durable_record_or_accepts_a_torn_one() {
     // Goal: a child appending under load is SIGKILLed at random moments, many times; every
@@ -67,7 +58,7 @@ fn sigkill_under_load_never_loses_a_durable_record_or_accepts_a_torn_one() {
     // record read back is exactly what the child meant to write.
     let dir = TempDir::new("sigkill");
     let dir_arg = dir.path().to_str().unwrap().to_owned();
-    let mut rng = Rng(0x5161_4b11);
+    let mut prng = Prng::new(0x5161_4b11);
     let mut durable_ever = 0u64;
     let started = Instant::now();
     let mut kills = 0;
@@ -81,7 +72,7 @@ fn sigkill_under_load_never_loses_a_durable_record_or_accepts_a_torn_one() {
             "the load-test child never got going"
         );
         let policy = ["batch", "batch", "none"][kills % 3];
-        let batch = ["1", "16", "64"][rng.below(3) as usize];
+        let batch = *prng.pick(&["1", "16", "64"]);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
             .args(["journal", "load-test", &dir_arg, "--durability", policy, "--batch", batch])
             .args(["--segment-size", "131072"])
@@ -103,7 +94,7 @@ fn sigkill_under_load_never_loses_a_durable_record_or_accepts_a_torn_one() {
             }
             (durable, recovered)
         });
-        std::thread::sleep(Duration::from_millis(20 + rng.below(120)));
+        std::thread::sleep(Duration::from_millis(prng.range_inclusive(20, 139)));
         child.kill().expect("SIGKILL the child");
         let status = child.wait().unwrap();
         let (durable, recovered) = reader.join().unwrap();

@@ -218,22 +218,6 @@ pub fn create_sku(http: &mut Http, sku: u64, stock: u32, per_user_limit: u32, ti
     assert_eq!(response.status, 201, "{:?}", response.json());
 }
 
-/// A small deterministic generator for garbage bytes.
-pub struct XorShift(pub u64);
-
-impl XorShift {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next_u64() as u8).collect()
-    }
-}
-
 /// Connects to `target` from the address `source` (port chosen by the system): std cannot bind
 /// a client socket before connecting, so this goes through `socket2`.
 pub fn connect_from(source: std::net::Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> {
