@@ -1,18 +1,19 @@
 //! The primary's journal as the join decision asks about it (`position::JournalIndex`): read
-//! from the live data directory with the journal's read path.
+//! from the live data directory (or any read source: the simulator's disk) with the
+//! journal's read path.
 
 use std::path::Path;
 
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::error::JournalError;
-use ringfence_journal::scan::{self, ReadOnlyDir};
+use ringfence_journal::scan::{self, ReadOnlyDir, ReadSource};
 use ringfence_journal::tail;
 
 use crate::position::JournalIndex;
 
 /// A live journal directory, read-only, up to the last record known to be whole.
-pub(crate) struct DirIndex {
-    source: ReadOnlyDir,
+pub struct DirIndex<S: ReadSource = ReadOnlyDir> {
+    source: S,
     /// The last record the writer has appended whole (later bytes may be half-written).
     last: Sequence,
     first: Option<Sequence>,
@@ -20,8 +21,14 @@ pub(crate) struct DirIndex {
 
 impl DirIndex {
     /// The journal in `dir`, whose writer has appended up to `last`.
-    pub(crate) fn open(dir: &Path, last: Sequence) -> Result<DirIndex, JournalError> {
-        let source = ReadOnlyDir::open(dir)?;
+    pub fn open(dir: &Path, last: Sequence) -> Result<DirIndex, JournalError> {
+        DirIndex::over(ReadOnlyDir::open(dir)?, last)
+    }
+}
+
+impl<S: ReadSource> DirIndex<S> {
+    /// The journal `source` holds, whose writer has appended up to `last`.
+    pub fn over(source: S, last: Sequence) -> Result<DirIndex<S>, JournalError> {
         let first = scan::sorted_segments(&source)?.first().map(|(first, _)| *first);
         // An empty journal has a segment starting past its last record.
         let first = first.filter(|&first| first <= last);
@@ -29,7 +36,7 @@ impl DirIndex {
     }
 }
 
-impl JournalIndex for DirIndex {
+impl<S: ReadSource> JournalIndex for DirIndex<S> {
     fn first(&mut self) -> Option<Sequence> {
         self.first
     }

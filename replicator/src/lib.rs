@@ -22,7 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod coordination;
-mod index;
+pub mod index;
 pub mod link;
 pub mod message;
 pub mod policy;

@@ -13,6 +13,7 @@ mod progress;
 mod replay;
 mod replication;
 mod serve;
+mod sim;
 mod time;
 
 /// ringfence — an exchange-grade flash-sale engine: one deterministic business-logic thread,
@@ -46,11 +47,21 @@ enum TopCommand {
     /// Rebuild state at a sequence or time from snapshot + journal; print its hash and a
     /// summary; optionally export every outcome as JSON lines.
     Replay(replay::ReplayArgs),
+    /// Run the deterministic simulator: a primary, a standby, the witness and clients on one
+    /// thread with injected crashes, pauses, partitions and disk faults, checked throughout.
+    /// A failing seed prints the command that replays it.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ringfence_ingress::logging::init();
+    // The simulator's nodes log as a served node does: thousands of lines a run, so only when
+    // asked for (RINGFENCE_LOG).
+    let quiet = matches!(cli.command, TopCommand::Sim(_))
+        && std::env::var_os(ringfence_ingress::logging::FILTER_ENV).is_none();
+    if !quiet {
+        ringfence_ingress::logging::init();
+    }
     match cli.command {
         TopCommand::Serve(args) => serve::run(&args),
         TopCommand::Client(args) => client_cmd::run(args),
@@ -60,5 +71,6 @@ fn main() -> ExitCode {
         TopCommand::Config(command) => config_cmd::run(&command),
         TopCommand::Journal(command) => journal_cmd::run(command),
         TopCommand::Replay(args) => replay::run(&args),
+        TopCommand::Sim(args) => sim::run(&args),
     }
 }

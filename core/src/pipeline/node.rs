@@ -599,6 +599,16 @@ impl Node {
         }
     }
 
+    /// Stops a stepped node where it stands, as a killed process stops: nothing is drained,
+    /// flushed or answered, and its stages (the journal writer among them) are dropped as they
+    /// are, so what the journal had not synced is only in its storage's live image. The
+    /// simulator's crash; a threaded node is shut down instead.
+    pub fn abandon(mut self) {
+        assert!(self.stepped.is_some(), "only a stepped node is abandoned: it runs no thread");
+        self.stopped = true;
+        self.shared.close();
+    }
+
     /// Stops intake, drains the ring (every accepted command is journaled, applied and
     /// answered), flushes the journal and joins every thread. Fails with the stage's failure if
     /// one stopped the node, or if the ring did not drain within `drain_timeout_ms`.

@@ -1,0 +1,180 @@
+//! The simulator's checkers: what must hold after every step, and what must hold at the end,
+//! once the faults stopped and the pair had time to converge.
+
+use std::collections::BTreeMap;
+
+use ringfence_core::{
+    Command, Engine, OrderState, Outcome, Query, Sequence, Sequenced, SkuId, UserId,
+};
+
+use super::clients::{HOT, HOT_LIMIT, Ledger};
+use super::machine::{ClusterSettings, Machine, journal_records};
+
+/// After every step: every node's BLP kept every SKU's units balanced.
+pub fn every_step(machines: &[Machine]) -> Result<(), String> {
+    for machine in machines {
+        let observed = machine.observed.lock().expect("never poisoned");
+        if let Some(unbalanced) = &observed.unbalanced {
+            return Err(format!("{}: stock out of balance {unbalanced}", machine.name));
+        }
+    }
+    Ok(())
+}
+
+/// At the end: the pair converged and serves writes; the journals agree byte for byte and
+/// their states hash the same; a replay of the primary's journal reproduces its state; every
+/// acknowledged write is in that state with the outcome its client was given; limits held.
+pub fn at_end(
+    machines: &[Machine],
+    ledger: &Ledger,
+    settings: &ClusterSettings,
+) -> Result<(), String> {
+    let (primary, standby) = converged(machines)?;
+    let through = Sequence(primary.running().expect("converged").control.link().available());
+    let records = journal_records(&primary.disk, through)
+        .map_err(|e| format!("{}: reading the journal: {e}", primary.name))?;
+    let copies = journal_records(&standby.disk, through)
+        .map_err(|e| format!("{}: reading the journal: {e}", standby.name))?;
+    agree(&records, &copies, through)?;
+    hashes_agree(primary, standby, through)?;
+    let (mut engine, orders) = replay(&records, settings)?;
+    let observed = primary.observed.lock().expect("never poisoned").hashes.get(&through.0).copied();
+    if through.0 > 0 && observed.is_some_and(|hash| hash != engine.running_hash()) {
+        return Err(format!("a replay of the primary's journal hashes differently at {through}"));
+    }
+    balanced(&engine, &settings.skus)?;
+    limits_held(&engine, &orders)?;
+    acknowledged_writes_hold(&mut engine, ledger)
+}
+
+/// The primary and its standby, if the pair converged: one primary that takes writes, one
+/// standby that holds everything it journaled.
+fn converged(machines: &[Machine]) -> Result<(&Machine, &Machine), String> {
+    let primaries: Vec<&Machine> = machines.iter().filter(|m| m.is_primary()).collect();
+    let [primary] = primaries[..] else {
+        let states: Vec<String> = machines.iter().map(describe).collect();
+        return Err(format!("{} primaries after settling: {}", primaries.len(), states.join("; ")));
+    };
+    let standby = &machines[primary.index ^ 1];
+    let (Some(p), Some(s)) = (primary.running(), standby.running()) else {
+        return Err(format!("not both running after settling: {}", describe(standby)));
+    };
+    if let Err(refused) = p.node.check_writable() {
+        return Err(format!("the primary {} refuses writes after settling: {refused}", primary.name));
+    }
+    let (held, journaled) = (s.node.sequences().applied, p.node.sequences().journaled);
+    if held != journaled {
+        return Err(format!(
+            "the standby {} holds {held} of the primary's {journaled} after settling",
+            standby.name
+        ));
+    }
+    Ok((primary, standby))
+}
+
+fn describe(machine: &Machine) -> String {
+    match machine.running() {
+        Some(running) => format!(
+            "{}: {:?} epoch {} sequences {:?}",
+            machine.name,
+            running.control.role(),
+            running.control.epoch(),
+            running.node.sequences().journaled
+        ),
+        None => format!("{}: not running", machine.name),
+    }
+}
+
+fn agree(records: &[Vec<u8>], copies: &[Vec<u8>], through: Sequence) -> Result<(), String> {
+    if records.len() as u64 != through.0 || copies.len() as u64 != through.0 {
+        return Err(format!(
+            "journals through {through} hold {} and {} records",
+            records.len(),
+            copies.len()
+        ));
+    }
+    match records.iter().zip(copies).position(|(a, b)| a != b) {
+        Some(at) => Err(format!("the journals differ at sequence {}", at + 1)),
+        None => Ok(()),
+    }
+}
+
+fn hashes_agree(primary: &Machine, standby: &Machine, through: Sequence) -> Result<(), String> {
+    let ours = primary.observed.lock().expect("never poisoned");
+    let theirs = standby.observed.lock().expect("never poisoned");
+    for (sequence, hash) in ours.hashes.range(..=through.0) {
+        if theirs.hashes.get(sequence).is_some_and(|other| other != hash) {
+            return Err(format!("the nodes' state hashes differ at sequence {sequence}"));
+        }
+    }
+    Ok(())
+}
+
+/// Applies every record to a fresh engine; returns it and every order reserved.
+fn replay(
+    records: &[Vec<u8>],
+    settings: &ClusterSettings,
+) -> Result<(Engine, Vec<ringfence_core::OrderId>), String> {
+    let mut engine = Engine::new(settings.engine.clone());
+    let mut orders = Vec::new();
+    for bytes in records {
+        let (_, sequenced, _) = ringfence_core::record::decode(bytes)
+            .map_err(|e| format!("a journaled record does not decode: {e:?}"))?;
+        if let Outcome::Reserved { order, .. } = engine.apply(&sequenced) {
+            orders.push(order);
+        }
+    }
+    Ok((engine, orders))
+}
+
+fn balanced(engine: &Engine, skus: &[SkuId]) -> Result<(), String> {
+    for &sku in skus {
+        let Outcome::Sku(view) = engine.query(&Query::Sku(sku)) else { continue };
+        if view.available + view.reserved + view.sold != view.stock {
+            return Err(format!("SKU {} is out of balance at the end: {view:?}", sku.0));
+        }
+    }
+    Ok(())
+}
+
+fn limits_held(engine: &Engine, orders: &[ringfence_core::OrderId]) -> Result<(), String> {
+    let mut held: BTreeMap<UserId, u32> = BTreeMap::new();
+    for &order in orders {
+        let Outcome::Order(view) = engine.query(&Query::Order(order)) else { continue };
+        let holds = matches!(
+            view.state,
+            OrderState::Reserved | OrderState::Paid | OrderState::Shipped | OrderState::Completed
+        );
+        if view.sku == HOT && holds {
+            *held.entry(view.user).or_default() += view.qty;
+        }
+    }
+    match held.iter().find(|&(_, &units)| units > HOT_LIMIT) {
+        Some((user, units)) => Err(format!("user {} holds {units} units of the hot SKU", user.0)),
+        None => Ok(()),
+    }
+}
+
+/// Every write a client was given an outcome for is in the final state: the same command with
+/// the same key, sent again, gets the same outcome.
+fn acknowledged_writes_hold(engine: &mut Engine, ledger: &Ledger) -> Result<(), String> {
+    for answer in &ledger.answers {
+        if !matches!(answer.command, Command::Client { .. }) || answer.outcome.is_rejected() {
+            continue;
+        }
+        let retry = Sequenced {
+            sequence: engine.last_sequence().next(),
+            timestamp: engine.now(),
+            command: answer.command,
+        };
+        let outcome = engine.apply(&retry);
+        if outcome != answer.outcome {
+            return Err(format!(
+                "client {} was told {:?} by node {} in epoch {} at {} ms, but the final state \
+                 answers {outcome:?} to {:?}",
+                answer.client, answer.outcome, answer.node, answer.epoch, answer.at_ms, answer.command
+            ));
+        }
+    }
+    Ok(())
+}

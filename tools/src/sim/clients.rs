@@ -1,0 +1,248 @@
+//! The simulated clients: buyers who reserve, pay and cancel, and an admin who creates the
+//! SKUs and restocks. Each has one request in flight; a request keeps its key across retries
+//! and client failovers, so the node's idempotency is what makes a retry safe. Every answer a
+//! client receives goes into the ledger the checkers hold the final state against.
+
+use std::collections::BTreeMap;
+
+use ringfence_core::prng::Prng;
+use ringfence_core::{
+    Action, Command, CreateSku, Epoch, OrderId, Outcome, PaymentRef, RequestKey, Reserve,
+    SkuId, UserId,
+};
+
+/// The hot SKU: little stock, a per-user limit, a short payment timeout.
+pub const HOT: SkuId = SkuId(1);
+/// A SKU with plenty of stock and no limit.
+pub const PLENTY: SkuId = SkuId(2);
+/// Units one buyer may hold of the hot SKU.
+pub const HOT_LIMIT: u32 = 3;
+const PRICE_CENTS: u64 = 500;
+/// A request unanswered for this long is sent again, to the other node.
+const TIMEOUT_MS: u64 = 800;
+
+/// The SKUs the admin creates first.
+pub fn setup() -> Vec<Command> {
+    let sku = |sku, stock, per_user_limit, payment_timeout_ms| CreateSku {
+        sku,
+        stock,
+        price_cents: PRICE_CENTS,
+        per_user_limit,
+        payment_timeout_ms,
+        sale_start: None,
+        sale_end: None,
+    };
+    vec![
+        Command::Client { key: RequestKey::from_u128(1), action: Action::CreateSku(sku(HOT, 60, HOT_LIMIT, 1_500)) },
+        Command::Client { key: RequestKey::from_u128(2), action: Action::CreateSku(sku(PLENTY, 100_000, 0, 4_000)) },
+    ]
+}
+
+/// An answer a client received.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub client: usize,
+    pub command: Command,
+    pub outcome: Outcome,
+    /// The node that answered, and the epoch it acknowledged the write in.
+    pub node: usize,
+    pub epoch: Epoch,
+    pub at_ms: u64,
+}
+
+/// A request in flight.
+#[derive(Clone, Debug)]
+struct Pending {
+    command: Command,
+    sent_ms: u64,
+    /// Submitted to a node's session (not just waiting to be).
+    submitted: bool,
+    /// When it may be sent (again) if it is not submitted.
+    retry_ms: u64,
+}
+
+/// An order a buyer holds and may pay or cancel.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    order: OrderId,
+    amount_cents: u64,
+}
+
+/// One client.
+pub struct Client {
+    pub index: usize,
+    user: UserId,
+    admin: bool,
+    /// The node it sends to; it moves to the other on `not_primary` or silence.
+    pub target: usize,
+    pending: Option<Pending>,
+    next_ms: u64,
+    next_key: u64,
+    script: Vec<Command>,
+    held: Vec<Held>,
+    prng: Prng,
+    pub answered: u64,
+}
+
+impl Client {
+    /// Client `index`: 0 is the admin, the rest are buyers.
+    pub fn new(index: usize, prng: Prng) -> Client {
+        let admin = index == 0;
+        let mut script = if admin { setup() } else { Vec::new() };
+        script.reverse();
+        Client {
+            index,
+            user: UserId(100 + index as u64),
+            admin,
+            target: 0,
+            pending: None,
+            next_ms: if admin { 0 } else { 1_500 },
+            next_key: 1,
+            script,
+            held: Vec::new(),
+            prng,
+            answered: 0,
+        }
+    }
+
+    /// The request to submit now, if one is due: a new one, or the one in flight again after
+    /// a timeout (to the other node).
+    pub fn due(&mut self, now_ms: u64) -> Option<(Command, u64)> {
+        let token = self.index as u64;
+        if let Some(pending) = self.pending.as_mut() {
+            if pending.submitted {
+                if now_ms.saturating_sub(pending.sent_ms) < TIMEOUT_MS {
+                    return None;
+                }
+                // No answer in time: the node may be gone; the same request goes to the other.
+                self.target ^= 1;
+                pending.submitted = false;
+            } else if now_ms < pending.retry_ms {
+                return None;
+            }
+            return Some((pending.command, token));
+        }
+        if now_ms < self.next_ms {
+            return None;
+        }
+        let command = self.next_command()?;
+        self.pending = Some(Pending { command, sent_ms: now_ms, submitted: false, retry_ms: 0 });
+        Some((command, token))
+    }
+
+    /// The node took the request.
+    pub fn submitted(&mut self, now_ms: u64) {
+        let pending = self.pending.as_mut().expect("a request was due");
+        pending.submitted = true;
+        pending.sent_ms = now_ms;
+    }
+
+    /// The node refused the request before taking it: `other` moves to the other node.
+    pub fn refused(&mut self, now_ms: u64, other: bool) {
+        if other {
+            self.target ^= 1;
+        }
+        if let Some(pending) = self.pending.as_mut() {
+            pending.submitted = false;
+            pending.retry_ms = now_ms + 20;
+        }
+    }
+
+    /// The answer to the request in flight arrived. Returns it for the ledger if it is an
+    /// outcome (a `None` result means: no outcome, send the same request again).
+    pub fn answered(&mut self, now_ms: u64, result: Option<Outcome>) -> Option<Command> {
+        let pending = self.pending.as_ref()?;
+        let Some(outcome) = result else {
+            self.refused(now_ms, false);
+            return None;
+        };
+        let command = pending.command;
+        self.pending = None;
+        self.answered += 1;
+        let think_ms = if self.admin { 1_500 } else { self.prng.range_inclusive(5, 40) };
+        self.next_ms = now_ms + think_ms;
+        if let Outcome::Reserved { order, amount_cents, .. } = outcome {
+            self.held.push(Held { order, amount_cents });
+        }
+        Some(command)
+    }
+
+    fn key(&mut self) -> RequestKey {
+        // Unique per client and request: the admin's setup keys are 1 and 2.
+        let key = (u128::from(self.user.0) << 64) | u128::from(self.next_key);
+        self.next_key += 1;
+        RequestKey::from_u128(key)
+    }
+
+    fn next_command(&mut self) -> Option<Command> {
+        if self.admin {
+            if let Some(command) = self.script.pop() {
+                return Some(command);
+            }
+            let action = Action::Restock { sku: HOT, qty: 5 };
+            return Some(Command::Client { key: self.key(), action });
+        }
+        let action = match self.prng.weighted(&[6, 3, 1, 2]) {
+            0 => {
+                let sku = if self.prng.chance(3, 4) { HOT } else { PLENTY };
+                let qty = self.prng.range_inclusive(1, 2) as u32;
+                Action::Reserve(Reserve { user: self.user, sku, qty, coupon: None })
+            }
+            1 | 2 if !self.held.is_empty() => {
+                let at = self.prng.below(self.held.len() as u64) as usize;
+                let held = self.held.swap_remove(at);
+                if self.prng.chance(3, 4) {
+                    let payment_ref = PaymentRef::from_u128(u128::from(held.order.0));
+                    Action::Pay { order: held.order, payment_ref, amount_cents: held.amount_cents }
+                } else {
+                    Action::Cancel { order: held.order, user: self.user }
+                }
+            }
+            _ => return Some(Command::Query(ringfence_core::Query::Sku(HOT))),
+        };
+        Some(Command::Client { key: self.key(), action })
+    }
+}
+
+/// Every answer the clients received, and the checks made as each arrives.
+#[derive(Default)]
+pub struct Ledger {
+    pub answers: Vec<Answer>,
+    /// The first outcome received for each request key.
+    first: BTreeMap<RequestKey, usize>,
+    /// The node that acknowledged writes in each epoch.
+    writers: BTreeMap<u64, usize>,
+}
+
+impl Ledger {
+    /// Records an answer; an error names the broken rule.
+    pub fn record(&mut self, answer: Answer) -> Result<(), String> {
+        let Command::Client { key, .. } = answer.command else {
+            return Ok(());
+        };
+        if !answer.outcome.is_rejected() {
+            let writer = *self.writers.entry(answer.epoch.0).or_insert(answer.node);
+            if writer != answer.node {
+                return Err(format!(
+                    "two nodes acknowledged writes in epoch {}: {writer} and {} ({:?})",
+                    answer.epoch, answer.node, answer.command
+                ));
+            }
+        }
+        if let Some(&first) = self.first.get(&key) {
+            let before = &self.answers[first];
+            // A refusal is not remembered (`Engine::apply_keyed`), so a retry may succeed.
+            if !before.outcome.is_rejected() && before.outcome != answer.outcome {
+                return Err(format!(
+                    "request {key:?} was answered {:?} and then {:?}",
+                    before.outcome, answer.outcome
+                ));
+            }
+        }
+        if self.first.get(&key).is_none_or(|&at| self.answers[at].outcome.is_rejected()) {
+            self.first.insert(key, self.answers.len());
+        }
+        self.answers.push(answer);
+        Ok(())
+    }
+}

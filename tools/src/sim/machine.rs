@@ -1,0 +1,905 @@
+//! One simulated machine: its disk (the journal's fault-injecting storage) and its clock,
+//! which outlive crashes, and the process on it — down, a candidate asking the witness what
+//! to be, or the production node in the `stepped` topology with its replication `Control`,
+//! its coordination `Driver`, and the replication shell that carries the production protocol
+//! machines' frames over the simulated network instead of TCP.
+//!
+//! The shell does what `ringfence_replicator`'s `primary.rs` and `standby.rs` do with sockets
+//! and threads: the primary side answers each frame with `PrimarySession`, streams the journal
+//! with `Tail` and reports to `Control`; the standby side joins with `StandbySession`, stores
+//! the promised epoch before taking a record, submits records to its node and acknowledges
+//! what the node answered.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use ringfence_core::pipeline::{
+    Clock, Completion, Intake, ManualClock, Node, NodeConfig, NodeParts, Refused,
+    Session, SnapshotHook, Topology, Unanswered,
+};
+use ringfence_core::prng::Prng;
+use ringfence_core::{Engine, EngineConfig, Epoch, Query, Sequence, Sequenced, SkuId, Outcome};
+use ringfence_journal::epoch::Epochs;
+use ringfence_journal::fault::FaultStorage;
+use ringfence_journal::format::SEGMENT_LEN_MIN;
+use ringfence_journal::recovery::{self, Recovered};
+use ringfence_journal::tail::Tail;
+use ringfence_journal::writer::{Durability, WriterOptions};
+use ringfence_replicator::auth::{ClusterId, ClusterSecret, Nonce};
+use ringfence_replicator::config::ReplicationConfig;
+use ringfence_replicator::control::{Control, Role};
+use ringfence_replicator::coordination::CoordinationConfig;
+use ringfence_replicator::coordination::driver::{self, Decided, Driver, Startup};
+use ringfence_replicator::coordination::pilot::{Identity, Timing};
+use ringfence_replicator::coordination::store::{
+    Coordinator, CoordinatorError, LeaseId, MemoryCoordinator, View,
+};
+use ringfence_replicator::coordination::records::{LeaderValue, Member, Switchover, SyncRecord};
+use ringfence_replicator::index::DirIndex;
+use ringfence_replicator::message::{Message, decode, encode};
+use ringfence_replicator::policy::AckMode;
+use ringfence_replicator::position::StandbyPosition;
+use ringfence_replicator::session::{
+    Outgoing, PrimarySession, PrimaryStep, PrimaryView, Purpose, StandbySession, StandbyStep,
+};
+use ringfence_replicator::standby::JournalEnd;
+use ringfence_replicator::stream::write_records;
+
+use super::net::{ConnId, Network};
+use super::trace::Trace;
+
+/// Bytes of records per `Records` frame (the TCP shell sends up to 256 KiB).
+const RECORDS_FRAME_BYTES: usize = 32 << 10;
+/// How often a running node's coordination driver takes a round (the thread's tick).
+const DRIVER_PERIOD_MS: u64 = 25;
+/// A standby's handshake gives up after this long.
+const HANDSHAKE_TIMEOUT_MS: u64 = 500;
+
+/// The witness both machines share (`MemoryCoordinator` has etcd's semantics).
+#[derive(Clone)]
+pub struct Witness(pub Arc<Mutex<MemoryCoordinator>>);
+
+impl Witness {
+    fn with<T>(&self, f: impl FnOnce(&mut MemoryCoordinator) -> T) -> T {
+        f(&mut self.0.lock().expect("the witness lock is never poisoned"))
+    }
+}
+
+impl Coordinator for Witness {
+    fn grant(&mut self, ttl_s: u64) -> Result<LeaseId, CoordinatorError> {
+        self.with(|w| w.grant(ttl_s))
+    }
+    fn keep_alive(&mut self, lease: LeaseId) -> Result<u64, CoordinatorError> {
+        self.with(|w| w.keep_alive(lease))
+    }
+    fn read(&mut self) -> Result<View, CoordinatorError> {
+        self.with(MemoryCoordinator::read)
+    }
+    fn campaign(
+        &mut self,
+        leader: &LeaderValue,
+        lease: LeaseId,
+        sync_revision: i64,
+        sync: &SyncRecord,
+    ) -> Result<bool, CoordinatorError> {
+        self.with(|w| w.campaign(leader, lease, sync_revision, sync))
+    }
+    fn record_sync(
+        &mut self,
+        leader: &LeaderValue,
+        sync: &SyncRecord,
+    ) -> Result<bool, CoordinatorError> {
+        self.with(|w| w.record_sync(leader, sync))
+    }
+    fn resign(&mut self, leader: &LeaderValue) -> Result<bool, CoordinatorError> {
+        self.with(|w| w.resign(leader))
+    }
+    fn register(&mut self, member: &Member, lease: LeaseId) -> Result<(), CoordinatorError> {
+        self.with(|w| w.register(member, lease))
+    }
+    fn request_switchover(
+        &mut self,
+        request: &Switchover,
+        lease: LeaseId,
+    ) -> Result<(), CoordinatorError> {
+        self.with(|w| w.request_switchover(request, lease))
+    }
+}
+
+/// The cluster's settings, the same for both machines.
+#[derive(Clone)]
+pub struct ClusterSettings {
+    pub engine: EngineConfig,
+    pub cluster: ClusterId,
+    pub secret: ClusterSecret,
+    pub mode: AckMode,
+    pub timing: Timing,
+    /// The SKUs whose stock the checker balances after every command.
+    pub skus: Vec<SkuId>,
+}
+
+/// What the checkers learn from a node's BLP after every journaled command: its state hash
+/// at each sequence, and any SKU whose units did not balance.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Sequence → running hash after applying it (overwritten when a dropped tail is redone).
+    pub hashes: BTreeMap<u64, u64>,
+    /// The first broken stock balance seen.
+    pub unbalanced: Option<String>,
+}
+
+/// The snapshot hook the simulator starts its nodes with: the checkers' eyes on the BLP.
+struct Observer {
+    observed: Arc<Mutex<Observed>>,
+    skus: Vec<SkuId>,
+}
+
+impl SnapshotHook for Observer {
+    fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
+        let mut observed = self.observed.lock().expect("never poisoned");
+        observed.hashes.insert(command.sequence.0, engine.running_hash());
+        for &sku in &self.skus {
+            let Outcome::Sku(view) = engine.query(&Query::Sku(sku)) else { continue };
+            let held = view.available + view.reserved + view.sold;
+            if (held != view.stock || view.reserved + view.sold > view.stock)
+                && observed.unbalanced.is_none()
+            {
+                observed.unbalanced = Some(format!(
+                    "after sequence {}: SKU {} holds stock {} but available {} + reserved {} + \
+                     sold {}",
+                    command.sequence, sku.0, view.stock, view.available, view.reserved, view.sold
+                ));
+            }
+        }
+    }
+}
+
+/// A process that crashed or was stopped: when it starts again.
+pub struct Down {
+    pub restart_ms: u64,
+}
+
+/// A process that recovered its journal and asks the witness what to be.
+pub struct Candidate {
+    recovered: Option<Recovered<FaultStorage>>,
+    startup: Option<Startup>,
+    said: String,
+}
+
+/// The process on a machine.
+pub enum Process {
+    Down(Down),
+    Candidate(Box<Candidate>),
+    Running(Box<Running>),
+}
+
+/// A running node and its shells.
+pub struct Running {
+    pub node: Node,
+    pub control: Arc<Control>,
+    driver: Driver,
+    /// The session clients' commands go through; completions are routed by token.
+    pub clients: Session,
+    accepted: BTreeMap<ConnId, Accepted>,
+    follower: Option<Follower>,
+    next_driver_ms: u64,
+    /// Set by the driver's rejoin: restart as a candidate, for this reason.
+    rejoin: Arc<Mutex<Option<String>>>,
+}
+
+/// A connection a standby made to this node.
+struct Accepted {
+    session: PrimarySession,
+    /// Streaming: the stream's id in `Control`, and the next record to send.
+    stream: Option<(u64, Sequence)>,
+}
+
+/// The standby's side: its connection to the primary and the records in flight to its node.
+struct Follower {
+    node: Session,
+    primary: usize,
+    conn: Option<(ConnId, StandbySession)>,
+    streaming: bool,
+    /// Where its journal ends once the node has taken what was submitted.
+    submitted: JournalEnd,
+    /// Records received but not yet taken by the node (its ring was full).
+    backlog: VecDeque<Vec<u8>>,
+    answered: Sequence,
+    heard_ms: u64,
+    handshake_deadline_ms: u64,
+    next_attempt_ms: u64,
+    backoff_ms: u64,
+    /// The primary said this journal diverged after this sequence: drop the rest at restart.
+    diverged: Option<Sequence>,
+    /// The node failed a record; following stops until a restart.
+    stopped: bool,
+}
+
+/// What a machine reports to the world after a tick.
+#[derive(Default)]
+pub struct TickReport {
+    /// Client completions to route, with the epoch the node acknowledged them in.
+    pub completions: Vec<(Completion, Epoch)>,
+}
+
+/// One simulated machine.
+pub struct Machine {
+    pub index: usize,
+    pub name: String,
+    pub disk: FaultStorage,
+    pub clock: Arc<ManualClock>,
+    pub process: Process,
+    pub paused: bool,
+    pub observed: Arc<Mutex<Observed>>,
+    /// Sequence to truncate the journal after at the next start (a diverged tail).
+    pending_truncate: Option<Sequence>,
+    prng: Prng,
+}
+
+impl Machine {
+    /// A machine with an empty disk, its process to start at `restart_ms`.
+    pub fn new(index: usize, clock: Arc<ManualClock>, prng: Prng) -> Machine {
+        Machine {
+            index,
+            name: ["a", "b"][index].to_owned(),
+            disk: FaultStorage::new(),
+            clock,
+            process: Process::Down(Down { restart_ms: 0 }),
+            paused: false,
+            observed: Arc::default(),
+            pending_truncate: None,
+            prng,
+        }
+    }
+
+    /// The running node, if the process runs one.
+    pub fn running(&self) -> Option<&Running> {
+        match &self.process {
+            Process::Running(running) => Some(running),
+            _ => None,
+        }
+    }
+
+    /// The running node, mutably.
+    pub fn running_mut(&mut self) -> Option<&mut Running> {
+        match &mut self.process {
+            Process::Running(running) => Some(running),
+            _ => None,
+        }
+    }
+
+    /// Whether this machine's node sequences client writes and is not deposed.
+    pub fn is_primary(&self) -> bool {
+        self.running().is_some_and(|r| r.control.is_primary())
+    }
+
+    /// Kills the process where it stands. `power_loss` also loses what the disk had not
+    /// synced, with a torn write-back drawn from the seed; otherwise every byte written
+    /// survives (a killed process's page cache does).
+    pub fn crash(&mut self, power_loss: bool, restart_ms: u64, net: &mut Network) {
+        let process = std::mem::replace(&mut self.process, Process::Down(Down { restart_ms }));
+        if let Process::Running(running) = process {
+            let Running { node, clients, follower, .. } = *running;
+            drop((clients, follower));
+            node.abandon();
+        }
+        net.reset_node(self.index);
+        self.disk = if power_loss {
+            self.disk.power_loss(Some(self.prng.next_u64()))
+        } else {
+            self.disk.process_crash()
+        };
+        self.paused = false;
+    }
+
+    /// One tick at `now_ms`: start, decide, or step the node and its shells.
+    pub fn tick(
+        &mut self,
+        now_ms: u64,
+        settings: &ClusterSettings,
+        (witness, net, trace): (&Witness, &mut Network, &mut Trace),
+    ) -> TickReport {
+        assert!(!self.paused, "a paused machine is not ticked");
+        match &mut self.process {
+            Process::Down(down) if now_ms >= down.restart_ms => {
+                self.boot(now_ms, settings, trace);
+                TickReport::default()
+            }
+            Process::Down(_) => TickReport::default(),
+            Process::Candidate(_) => {
+                self.decide(now_ms, settings, witness, trace);
+                TickReport::default()
+            }
+            Process::Running(_) => self.run(now_ms, settings, net, trace),
+        }
+    }
+
+    fn options(settings: &ClusterSettings) -> WriterOptions {
+        WriterOptions {
+            segment_len: SEGMENT_LEN_MIN,
+            durability: Durability::Batch,
+            engine_config: settings.engine.clone(),
+        }
+    }
+
+    /// Starts the process: drops a diverged tail if the primary asked, recovers the journal,
+    /// and becomes a candidate. A journal recovery refuses stays down: the checkers report it.
+    fn boot(&mut self, now_ms: u64, settings: &ClusterSettings, trace: &mut Trace) {
+        if let Some(keep_through) = self.pending_truncate.take() {
+            match recovery::truncate(&self.disk, keep_through.next()) {
+                Ok(_) => trace.event(now_ms, &format!("{}: dropped records after {keep_through}", self.name)),
+                Err(error) => trace.event(now_ms, &format!("{}: truncate failed: {error}", self.name)),
+            }
+        }
+        match recovery::recover_from(self.disk.clone(), Machine::options(settings)) {
+            Ok(recovered) => {
+                let last = recovered.next_sequence.0 - 1;
+                let report = &recovered.report;
+                let torn = report.torn_tail.is_some();
+                trace.event(now_ms, &format!("{}: recovered through {last} (torn tail: {torn})", self.name));
+                let candidate = Candidate { recovered: Some(recovered), startup: None, said: String::new() };
+                self.process = Process::Candidate(Box::new(candidate));
+            }
+            Err(error) => {
+                trace.event(now_ms, &format!("{}: RECOVERY REFUSED: {error}", self.name));
+                self.process = Process::Down(Down { restart_ms: u64::MAX });
+            }
+        }
+    }
+
+    fn identity(&self) -> Identity {
+        Identity { node: self.name.clone(), replication: self.name.clone(), http: None }
+    }
+
+    fn decide(&mut self, now_ms: u64, settings: &ClusterSettings, witness: &Witness, trace: &mut Trace) {
+        let me = self.identity();
+        let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
+        let Process::Candidate(candidate) = &mut self.process else { unreachable!() };
+        let startup = match candidate.startup.as_mut() {
+            Some(startup) => startup,
+            None => {
+                let config = CoordinationConfig {
+                    endpoints: Vec::new(),
+                    node: me.node.clone(),
+                    timing: settings.timing,
+                };
+                match Startup::try_connect(config, Box::new(witness.clone()), clock) {
+                    Ok(startup) => candidate.startup.insert(startup),
+                    Err(_) => return,
+                }
+            }
+        };
+        let recovered = candidate.recovered.as_ref().expect("recovered until decided");
+        let last = Sequence(recovered.next_sequence.0 - 1);
+        let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
+        let facts = driver::candidate_facts(last, floor, settings.mode);
+        let decided = match startup.decide_round(&me, &facts, &mut candidate.said) {
+            Ok(Some(decided)) => decided,
+            Ok(None) => return,
+            Err(error) => {
+                trace.event(now_ms, &format!("{}: candidate: {error}", self.name));
+                return;
+            }
+        };
+        let startup = candidate.startup.take().expect("connected");
+        let recovered = candidate.recovered.take().expect("recovered");
+        let what = match &decided {
+            Decided::Primary { leader, .. } => format!("primary in epoch {}", leader.epoch),
+            Decided::Standby { leader } => format!("standby of {} (epoch {})", leader.node, leader.epoch),
+        };
+        trace.event(now_ms, &format!("{}: starts as {what}", self.name));
+        let running = self.start_node(now_ms, settings, recovered, (startup, me, decided));
+        self.process = Process::Running(Box::new(running));
+    }
+
+    fn start_node(
+        &mut self,
+        now_ms: u64,
+        settings: &ClusterSettings,
+        recovered: Recovered<FaultStorage>,
+        (startup, me, decided): (Startup, Identity, Decided),
+    ) -> Running {
+        let role = match &decided {
+            Decided::Primary { .. } => Role::Primary,
+            Decided::Standby { leader } => Role::Standby { primary: leader.replication.clone() },
+        };
+        let standby_of = match &decided {
+            Decided::Standby { leader } => Some(usize::from(leader.replication != "a")),
+            Decided::Primary { .. } => None,
+        };
+        let Recovered { engine, next_sequence, last_epoch, mut epochs, writer, .. } = recovered;
+        if let Decided::Primary { leader, .. } = &decided {
+            // As `serve` does: the epoch taken with the leader key is stored before the node
+            // journals in it.
+            epochs = Epochs { current: Epoch(leader.epoch), promised: Epoch(leader.epoch) };
+            writer.data_dir().store_epochs(epochs).expect("the simulated disk stores epochs");
+        }
+        let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
+        let mut replication = ReplicationConfig::new(
+            "127.0.0.1:0".parse().expect("an address"),
+            settings.cluster,
+            settings.secret.clone(),
+            std::path::PathBuf::from(format!("/sim/{}", self.name)),
+        );
+        replication.mode = settings.mode;
+        replication.timeout_ms = 400;
+        replication.heartbeat_ms = 100;
+        let end = (Sequence(next_sequence.0 - 1), last_epoch);
+        let dir = Box::new(writer.data_dir().clone());
+        let control = Control::new(replication, role, end, dir, Arc::clone(&clock));
+        let intake = if standby_of.is_some() { Intake::Replica } else { Intake::Sequencer };
+        let config = NodeConfig {
+            intake,
+            epoch: epochs.current,
+            tick_period_ms: 10,
+            engine: settings.engine.clone(),
+            ..NodeConfig::for_tests(Topology::Stepped)
+        };
+        let hook = Observer { observed: Arc::clone(&self.observed), skus: settings.skus.clone() };
+        let replicator = control.link().stage();
+        let parts = NodeParts { engine, next_sequence, journal: writer, replicator, hook, clock };
+        let node = Node::start_parts(config, parts).expect("a recovered node starts");
+        let rejoin = Arc::new(Mutex::new(None));
+        let asked = Arc::clone(&rejoin);
+        let rejoin_fn = Box::new(move |reason: &str| {
+            *asked.lock().expect("never poisoned") = Some(reason.to_owned());
+        });
+        let driver = Driver::new(startup, (me, decided), Arc::clone(&control), node.promoter(), rejoin_fn);
+        let clients = node.session().expect("a fresh node opens a session");
+        let follower = standby_of.map(|primary| {
+            let session = node.session().expect("a fresh node opens a session");
+            let last = Sequence(control.link().available());
+            let submitted = JournalEnd {
+                last_sequence: last,
+                last_epoch: if last.0 == 0 { Epoch(0) } else { control.last_record_epoch() },
+            };
+            Follower::new(session, primary, submitted, now_ms)
+        });
+        Running {
+            node,
+            control,
+            driver,
+            clients,
+            accepted: BTreeMap::new(),
+            follower,
+            next_driver_ms: now_ms,
+            rejoin,
+        }
+    }
+
+    fn run(&mut self, now_ms: u64, settings: &ClusterSettings, net: &mut Network, trace: &mut Trace) -> TickReport {
+        let name = self.name.clone();
+        let index = self.index;
+        let nonce = nonce(&mut self.prng);
+        let Process::Running(running) = &mut self.process else { unreachable!() };
+        let mut report = TickReport::default();
+        running.node.step();
+        running.control.tick();
+        if now_ms >= running.next_driver_ms {
+            running.next_driver_ms = now_ms + DRIVER_PERIOD_MS;
+            let was_primary = running.control.is_primary();
+            running.driver.step();
+            if running.control.is_primary() && !was_primary {
+                trace.event(now_ms, &format!("{name}: promoted to primary in epoch {}", running.control.epoch()));
+                if let Some(follower) = running.follower.take() {
+                    if let Some((conn, _)) = follower.conn {
+                        net.close(conn);
+                    }
+                }
+            }
+        }
+        running.serve_standbys(now_ms, settings, net, &self.disk, trace, &name);
+        if let Some(follower) = running.follower.as_mut() {
+            follower.tick(now_ms, &running.control, net, (index, nonce), settings, trace, &name);
+            if let Some(keep_through) = follower.diverged {
+                self.pending_truncate = Some(keep_through);
+            }
+        }
+        running.node.step();
+        let epoch = running.node.epoch();
+        while let Some(completion) = running.clients.poll() {
+            report.completions.push((completion, epoch));
+        }
+        let rejoin = running.rejoin.lock().expect("never poisoned").take();
+        if let Some(reason) = rejoin {
+            trace.event(now_ms, &format!("{name}: restarts as a candidate: {reason}"));
+            self.crash(false, now_ms + 1, net);
+        }
+        report
+    }
+
+    /// Delivers one frame that arrived on `conn`.
+    pub fn deliver(&mut self, now_ms: u64, conn: ConnId, bytes: &[u8], settings: &ClusterSettings, net: &mut Network, trace: &mut Trace) {
+        let name = self.name.clone();
+        let index = self.index;
+        let disk = self.disk.clone();
+        let Process::Running(running) = &mut self.process else {
+            net.close(conn);
+            return;
+        };
+        let message = match decode(bytes) {
+            Ok(Some((message, used))) if used == bytes.len() => message,
+            Ok(_) => {
+                trace.event(now_ms, &format!("{name}: a frame that is not one message: closed"));
+                net.close(conn);
+                return;
+            }
+            Err(error) => {
+                trace.event(now_ms, &format!("{name}: bad frame ({error}): closed"));
+                net.close(conn);
+                return;
+            }
+        };
+        let is_follower = running.follower.as_ref().is_some_and(|f| f.conn.as_ref().is_some_and(|(c, _)| *c == conn));
+        if is_follower {
+            let follower = running.follower.as_mut().expect("checked");
+            follower.on_message(now_ms, &message, &running.control, net, index, settings, trace, &name);
+        } else {
+            running.on_standby_message(now_ms, conn, &message, settings, net, &disk, trace, &name);
+        }
+    }
+
+    /// A standby connects to this machine: the shell accepts if a process runs here.
+    pub fn accept(&mut self, conn: ConnId) -> bool {
+        let nonce = nonce(&mut self.prng);
+        let Some(running) = self.running_mut() else { return false };
+        running.accepted.insert(conn, Accepted { session: PrimarySession::new(nonce), stream: None });
+        true
+    }
+
+    /// Asks the witness for a switchover to this (standby) machine, as `ringfence promote`
+    /// does under coordination.
+    pub fn request_switchover(&mut self) -> Result<(), String> {
+        let running = self.running_mut().ok_or("not running")?;
+        running.driver.switchover()
+    }
+}
+
+fn nonce(prng: &mut Prng) -> Nonce {
+    let mut nonce = [0; 32];
+    prng.fill(&mut nonce);
+    nonce
+}
+
+fn send(net: &mut Network, conn: ConnId, from: usize, message: &Message<'_>, now_ms: u64) {
+    let mut frame = Vec::new();
+    encode(message, &mut frame);
+    net.send(conn, from, frame, now_ms);
+}
+
+impl Running {
+    /// The primary side of one frame from a standby (`primary.rs`'s `serve_standby` and
+    /// `read_acks`).
+    #[allow(clippy::too_many_arguments)]
+    fn on_standby_message(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        message: &Message<'_>,
+        settings: &ClusterSettings,
+        net: &mut Network,
+        disk: &FaultStorage,
+        trace: &mut Trace,
+        name: &str,
+    ) {
+        let me = usize::from(name != "a");
+        let Some(accepted) = self.accepted.get_mut(&conn) else {
+            net.close(conn);
+            return;
+        };
+        let journal_last = Sequence(self.control.link().available());
+        let mut index = match DirIndex::over(disk.clone(), journal_last) {
+            Ok(index) => index,
+            Err(error) => {
+                trace.event(now_ms, &format!("{name}: journal index: {error}"));
+                net.close(conn);
+                return;
+            }
+        };
+        let mut view = PrimaryView {
+            cluster: &settings.cluster,
+            secret: &settings.secret,
+            epoch: self.control.epoch(),
+            is_primary: self.control.is_primary(),
+            journal: &mut index,
+            journal_last,
+        };
+        match accepted.session.on_message(message, &mut view) {
+            PrimaryStep::Reply(reply) => send(net, conn, me, &reply.message(), now_ms),
+            PrimaryStep::Stream(start) => {
+                send(net, conn, me, &Message::Start(start), now_ms);
+                let stream = self.control.on_connected(name);
+                accepted.stream = Some((stream, start.from_sequence));
+                trace.event(now_ms, &format!("{name}: standby joined, streaming from {}", start.from_sequence));
+                // A newly joined standby replaces the previous stream.
+                let old: Vec<ConnId> = self.accepted.iter().filter(|(c, a)| **c != conn && a.stream.is_some()).map(|(c, _)| *c).collect();
+                for old in old {
+                    net.close(old);
+                }
+            }
+            PrimaryStep::SendSnapshot => {
+                let refuse = Outgoing::Refuse {
+                    code: ringfence_replicator::message::RefuseCode::Internal,
+                    epoch: self.control.epoch(),
+                    text: "the simulated primary sends no snapshot".into(),
+                };
+                send(net, conn, me, &refuse.message(), now_ms);
+                net.close(conn);
+            }
+            PrimaryStep::Acknowledged(ack) => {
+                let stream = accepted.stream.expect("acknowledgements come only when streaming").0;
+                self.control.on_ack(stream, ack.written, ack.durable, ack.echo_ms);
+            }
+            PrimaryStep::Close { last, reason, deposed_by } => {
+                if let Some(newer) = deposed_by {
+                    self.control.depose(newer, "the standby");
+                    trace.event(now_ms, &format!("{name}: deposed by epoch {newer}"));
+                }
+                if let Some(last) = last {
+                    send(net, conn, me, &last.message(), now_ms);
+                }
+                trace.event(now_ms, &format!("{name}: closed a standby connection: {reason}"));
+                net.close(conn);
+            }
+        }
+    }
+
+    /// Streams the journal to each joined standby, heartbeats when idle, and forgets closed
+    /// connections (`primary.rs`'s `send_records`).
+    #[allow(clippy::too_many_arguments)]
+    fn serve_standbys(
+        &mut self,
+        now_ms: u64,
+        settings: &ClusterSettings,
+        net: &mut Network,
+        disk: &FaultStorage,
+        trace: &mut Trace,
+        name: &str,
+    ) {
+        let _ = settings;
+        let me = usize::from(name != "a");
+        let closed: Vec<ConnId> = self.accepted.keys().copied().filter(|c| !net.is_open(*c)).collect();
+        for conn in closed {
+            if let Some(Accepted { stream: Some((stream, _)), .. }) = self.accepted.remove(&conn) {
+                self.control.on_disconnected(stream);
+            }
+        }
+        let available = Sequence(self.control.link().available());
+        let epoch = self.control.epoch();
+        for (&conn, accepted) in &mut self.accepted {
+            let Some((stream, next)) = accepted.stream.as_mut() else { continue };
+            if *next <= available {
+                let mut records = Vec::new();
+                let read = Tail::open(disk.clone(), *next)
+                    .and_then(|mut tail| tail.read(available, &mut records, RECORDS_FRAME_BYTES));
+                match read {
+                    Ok(0) => {}
+                    Ok(count) => {
+                        let mut frame = Vec::with_capacity(records.len() + 32);
+                        write_records(&mut frame, *next, count, &records).expect("a Vec takes every byte");
+                        net.send(conn, me, frame, now_ms);
+                        let through = Sequence(next.0 + u64::from(count) - 1);
+                        accepted.session.on_sent(through, now_ms);
+                        self.control.on_sent(*stream, through);
+                        *next = through.next();
+                    }
+                    Err(error) => {
+                        trace.event(now_ms, &format!("{name}: reading the journal to stream: {error}"));
+                        net.close(conn);
+                    }
+                }
+                continue;
+            }
+            if let Some(beat) = accepted.session.heartbeat_due(now_ms, 100, epoch, available) {
+                send(net, conn, me, &Message::Heartbeat(beat), now_ms);
+            }
+        }
+    }
+}
+
+impl Follower {
+    fn new(node: Session, primary: usize, submitted: JournalEnd, now_ms: u64) -> Follower {
+        Follower {
+            node,
+            primary,
+            conn: None,
+            streaming: false,
+            submitted,
+            backlog: VecDeque::new(),
+            answered: submitted.last_sequence,
+            heard_ms: now_ms,
+            handshake_deadline_ms: 0,
+            next_attempt_ms: now_ms,
+            backoff_ms: 50,
+            diverged: None,
+            stopped: false,
+        }
+    }
+
+    fn close(&mut self, net: &mut Network, now_ms: u64) {
+        if let Some((conn, _)) = self.conn.take() {
+            net.close(conn);
+        }
+        self.streaming = false;
+        self.next_attempt_ms = now_ms + self.backoff_ms;
+        self.backoff_ms = (self.backoff_ms * 2).min(1_000);
+    }
+
+    /// `standby.rs`'s follow loop, one turn: take answers, feed the backlog, acknowledge,
+    /// notice silence, or connect.
+    #[allow(clippy::too_many_arguments)]
+    fn tick(
+        &mut self,
+        now_ms: u64,
+        control: &Control,
+        net: &mut Network,
+        (me, nonce): (usize, Nonce),
+        settings: &ClusterSettings,
+        trace: &mut Trace,
+        name: &str,
+    ) {
+        if self.stopped {
+            return;
+        }
+        if let Err(error) = self.collect() {
+            trace.event(now_ms, &format!("{name}: follower: {error}"));
+            self.stopped = true;
+            self.close(net, now_ms);
+            return;
+        }
+        self.submit_backlog();
+        if let Some((conn, session)) = self.conn.as_mut() {
+            let conn = *conn;
+            if !net.is_open(conn) {
+                trace.event(now_ms, &format!("{name}: the primary's connection closed"));
+                self.close(net, now_ms);
+                return;
+            }
+            if self.streaming {
+                if let Some(ack) = session.ack(self.answered, self.answered) {
+                    send(net, conn, me, &Message::Ack(ack), now_ms);
+                }
+                let lag = session.primary_last().0.saturating_sub(self.answered.0);
+                control.set_follower(if lag == 0 { "following" } else { "catching_up" }, self.answered, lag);
+                if now_ms.saturating_sub(self.heard_ms) > 400 {
+                    trace.event(now_ms, &format!("{name}: the primary was silent: reconnecting"));
+                    self.close(net, now_ms);
+                }
+            } else if now_ms >= self.handshake_deadline_ms {
+                self.close(net, now_ms);
+            }
+            return;
+        }
+        if now_ms < self.next_attempt_ms {
+            return;
+        }
+        let Some(conn) = net.connect(me, self.primary) else {
+            self.next_attempt_ms = now_ms + self.backoff_ms;
+            self.backoff_ms = (self.backoff_ms * 2).min(1_000);
+            return;
+        };
+        let promised = control.epochs().promised;
+        let position = StandbyPosition {
+            last_sequence: self.submitted.last_sequence,
+            last_epoch: self.submitted.last_epoch,
+            promised,
+        };
+        let (session, hello) = StandbySession::start(settings.cluster, nonce, Purpose::Join(position), promised);
+        send(net, conn, me, &hello.message(), now_ms);
+        self.conn = Some((conn, session));
+        self.heard_ms = now_ms;
+        self.handshake_deadline_ms = now_ms + HANDSHAKE_TIMEOUT_MS;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_message(
+        &mut self,
+        now_ms: u64,
+        message: &Message<'_>,
+        control: &Control,
+        net: &mut Network,
+        me: usize,
+        settings: &ClusterSettings,
+        trace: &mut Trace,
+        name: &str,
+    ) {
+        let Some((conn, session)) = self.conn.as_mut() else { return };
+        let conn = *conn;
+        self.heard_ms = now_ms;
+        match session.on_message(message, &settings.secret, &settings.cluster) {
+            StandbyStep::Reply(reply) => send(net, conn, me, &reply.message(), now_ms),
+            StandbyStep::Following { epoch, from } => {
+                let epochs = control.epochs();
+                let raised = Epochs { current: epochs.current.max(epoch), promised: epochs.promised.max(epoch) };
+                if raised != epochs {
+                    if let Err(error) = control.store_epochs(raised) {
+                        trace.event(now_ms, &format!("{name}: storing epochs: {error}"));
+                        self.close(net, now_ms);
+                        return;
+                    }
+                }
+                assert_eq!(from, self.submitted.last_sequence.next(), "the session checked where the stream starts");
+                self.streaming = true;
+                self.backoff_ms = 50;
+                trace.event(now_ms, &format!("{name}: following in epoch {epoch} from {from}"));
+            }
+            StandbyStep::Apply { count } => {
+                let Message::Records(records) = message else { unreachable!("records") };
+                assert_eq!(records.count(), count);
+                for bytes in records.iter() {
+                    let header = ringfence_core::record::read_header(bytes);
+                    assert_eq!(header.sequence, self.submitted.last_sequence.next(), "in order");
+                    self.submitted = JournalEnd { last_sequence: header.sequence, last_epoch: header.epoch };
+                    self.backlog.push_back(bytes.to_vec());
+                }
+                self.submit_backlog();
+            }
+            StandbyStep::Continue => {}
+            StandbyStep::Diverged { keep_through } => {
+                trace.event(now_ms, &format!("{name}: diverged after {keep_through}: restart to drop the rest"));
+                control.set_follower("diverged: restart to rejoin", self.answered, 0);
+                self.diverged = Some(keep_through);
+                self.stopped = true;
+                self.close(net, now_ms);
+            }
+            StandbyStep::ReceiveSnapshot => self.close(net, now_ms),
+            StandbyStep::Close { last, reason, .. } => {
+                if let Some(last) = last {
+                    send(net, conn, me, &last.message(), now_ms);
+                }
+                trace.event(now_ms, &format!("{name}: follower closed: {reason}"));
+                self.close(net, now_ms);
+            }
+        }
+    }
+
+    fn submit_backlog(&mut self) {
+        while let Some(bytes) = self.backlog.front() {
+            match self.node.try_submit_record(bytes, 0) {
+                Ok(_) => {
+                    self.backlog.pop_front();
+                }
+                Err(Refused::Busy | Refused::SessionFull) => return,
+                Err(_) => {
+                    self.stopped = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn collect(&mut self) -> Result<(), String> {
+        while let Some(completion) = self.node.poll() {
+            match completion.result {
+                Ok(_) => {
+                    assert!(completion.sequence > self.answered, "records are answered in order");
+                    self.answered = completion.sequence;
+                }
+                Err(Unanswered::NotDurable { .. }) => return Err("the journal failed".into()),
+                Err(error) => return Err(format!("the node failed a record: {error}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A record as the journal framed it, for the byte comparison of two journals.
+pub fn journal_records(disk: &FaultStorage, through: Sequence) -> Result<Vec<Vec<u8>>, String> {
+    let mut tail = Tail::open(disk.clone(), Sequence(1)).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut bytes = Vec::new();
+    while tail.next() <= through {
+        bytes.clear();
+        let count = tail.read(through, &mut bytes, 1 << 20).map_err(|e| e.to_string())?;
+        if count == 0 {
+            break;
+        }
+        let mut at = 0;
+        while at < bytes.len() {
+            let (_, len) = ringfence_core::record::check(&bytes[at..]).map_err(|e| format!("{e:?}"))?;
+            out.push(bytes[at..at + len].to_vec());
+            at += len;
+        }
+    }
+    Ok(out)
+}

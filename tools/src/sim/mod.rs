@@ -1,0 +1,232 @@
+//! `ringfence sim`: the deterministic simulator. A primary, a standby, the witness and the
+//! clients run on one thread against simulated time, network and disks, all drawn from one
+//! seed, with crashes, power losses, pauses, partitions, witness outages and switchovers
+//! injected; checkers run after every step and at the end. The nodes are the production ones:
+//! the stepped node core, the journal writer and recovery over the fault-injecting storage,
+//! the replication sessions and policy, `Control`, and the coordination pilot and driver.
+//!
+//! A failing seed prints itself, the command that replays it, and the last events of its
+//! trace; the same seed always gives the same trace hash.
+
+mod check;
+mod clients;
+mod machine;
+mod net;
+mod trace;
+mod world;
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use world::{Report, RunLength, World};
+
+/// Arguments of `ringfence sim`.
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    /// Run this one seed and print its report (and, if it fails, the last events).
+    #[arg(long, conflicts_with = "seeds")]
+    pub seed: Option<u64>,
+    /// Run a swarm of this many seeds, from --first on, in parallel across the cores.
+    #[arg(long)]
+    pub seeds: Option<u64>,
+    /// The first seed of a swarm.
+    #[arg(long, default_value_t = 1)]
+    pub first: u64,
+    /// Simulated seconds with faults injected.
+    #[arg(long, default_value_t = 20)]
+    pub faults_s: u64,
+    /// Simulated seconds after the faults stop in which the pair must converge and serve.
+    #[arg(long, default_value_t = 10)]
+    pub settle_s: u64,
+    /// Threads for a swarm (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print totals: seeds, simulated time, faults by kind, writes acknowledged, failovers,
+    /// checker results.
+    #[arg(long)]
+    pub summary: bool,
+    /// Print the results as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `ringfence sim`.
+pub fn run(args: &SimArgs) -> ExitCode {
+    let length = RunLength { faults_ms: args.faults_s * 1_000, settle_ms: args.settle_s * 1_000 };
+    let seeds: Vec<u64> = match (args.seed, args.seeds) {
+        (Some(seed), _) => vec![seed],
+        (None, Some(count)) => (args.first..args.first.saturating_add(count)).collect(),
+        (None, None) => (args.first..args.first + 1).collect(),
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let reports = swarm(&seeds, length, threads, seeds.len() > 1);
+    let failed: Vec<&Report> = reports.iter().filter(|r| r.failure.is_some()).collect();
+    if args.json {
+        print_json(&reports, args.summary);
+    } else {
+        print_text(&reports, args.summary || seeds.len() == 1);
+    }
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Runs every seed, `threads` at a time; a progress bar on a terminal when `progress`.
+pub fn swarm(seeds: &[u64], length: RunLength, threads: usize, progress: bool) -> Vec<Report> {
+    let bar = if progress && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(seeds.len() as u64);
+        let style = ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {msg}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let next = AtomicU64::new(0);
+    let failures = AtomicU64::new(0);
+    let reports = Arc::new(Mutex::new(Vec::with_capacity(seeds.len())));
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, seeds.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let at = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(&seed) = seeds.get(at) else { break };
+                    let report = run_seed(seed, length);
+                    if report.failure.is_some() {
+                        let failed = failures.fetch_add(1, Ordering::Relaxed) + 1;
+                        bar.set_message(format!("{failed} failed (seed {seed})"));
+                    }
+                    reports.lock().expect("never poisoned").push(report);
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut reports = Arc::try_unwrap(reports).ok().expect("threads joined").into_inner().expect("never poisoned");
+    reports.sort_by_key(|r| r.seed);
+    reports
+}
+
+/// Runs one seed; a panic is a failure of that seed, with its message.
+pub fn run_seed(seed: u64, length: RunLength) -> Report {
+    match std::panic::catch_unwind(|| World::new(seed, length).run()) {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic".to_owned());
+            Report::panicked(seed, &message)
+        }
+    }
+}
+
+fn print_text(reports: &[Report], summary: bool) {
+    for report in reports.iter().filter(|r| r.failure.is_some()) {
+        println!("seed {} FAILED: {}", report.seed, report.failure.as_deref().unwrap_or(""));
+        println!("  replay it: ringfence sim --seed {}", report.seed);
+        if !report.last_events.is_empty() {
+            println!("  last events:");
+            for event in &report.last_events {
+                println!("    {event}");
+            }
+        }
+    }
+    if summary {
+        let totals = Totals::of(reports);
+        println!("seeds run            {}", totals.seeds);
+        println!("seeds failed         {}", totals.failed);
+        println!("simulated time       {:.1} s", totals.simulated_ms as f64 / 1_000.0);
+        println!("writes acknowledged  {}", totals.writes_acknowledged);
+        println!("answers              {}", totals.answers);
+        let outcomes: Vec<String> =
+            totals.outcomes.iter().map(|(name, count)| format!("{count} {name}")).collect();
+        println!("  by outcome         {}", outcomes.join(", "));
+        let refusals: Vec<String> =
+            totals.refusals.iter().map(|(name, count)| format!("{count} {name}")).collect();
+        println!("refused or unanswered {}", refusals.join(", "));
+        println!("failovers            {}", totals.failovers);
+        let f = totals.faults;
+        println!(
+            "faults               {} kills, {} power losses, {} pauses, {} partitions, {} \
+             witness outages, {} switchovers",
+            f.kills, f.power_losses, f.pauses, f.partitions, f.witness_outages, f.switchovers
+        );
+        let n = totals.network;
+        println!(
+            "network              {} frames: {} dropped, {} duplicated, {} reordered, {} \
+             corrupted; {} connections",
+            n.frames, n.dropped, n.duplicated, n.reordered, n.corrupted, n.connections
+        );
+        if let [report] = reports {
+            println!("trace hash           {} ({} events)", report.trace_hash, report.events);
+        }
+        let checks = if totals.failed == 0 { "every checker passed" } else { "FAILED" };
+        println!("checkers             {checks}");
+    }
+}
+
+fn print_json(reports: &[Report], summary: bool) {
+    let value = if summary {
+        serde_json::json!({ "totals": Totals::of(reports), "seeds": reports })
+    } else {
+        serde_json::json!({ "seeds": reports })
+    };
+    println!("{value}");
+}
+
+/// The totals of a swarm.
+#[derive(Debug, Default, serde::Serialize)]
+struct Totals {
+    seeds: u64,
+    failed: u64,
+    simulated_ms: u64,
+    writes_acknowledged: u64,
+    answers: u64,
+    outcomes: std::collections::BTreeMap<String, u64>,
+    refusals: std::collections::BTreeMap<String, u64>,
+    failovers: u64,
+    faults: world::FaultCounts,
+    network: net::NetCounts,
+}
+
+impl Totals {
+    fn of(reports: &[Report]) -> Totals {
+        let mut totals = Totals::default();
+        for report in reports {
+            totals.seeds += 1;
+            totals.failed += u64::from(report.failure.is_some());
+            totals.simulated_ms += report.simulated_ms;
+            totals.writes_acknowledged += report.writes_acknowledged;
+            totals.answers += report.answers;
+            for (name, count) in &report.outcomes {
+                *totals.outcomes.entry(name.clone()).or_default() += count;
+            }
+            for (name, count) in &report.refusals {
+                *totals.refusals.entry(name.clone()).or_default() += count;
+            }
+            totals.failovers += report.failovers;
+            let (f, r) = (&mut totals.faults, &report.faults);
+            f.kills += r.kills;
+            f.power_losses += r.power_losses;
+            f.pauses += r.pauses;
+            f.partitions += r.partitions;
+            f.witness_outages += r.witness_outages;
+            f.switchovers += r.switchovers;
+            let (n, r) = (&mut totals.network, &report.network);
+            n.frames += r.frames;
+            n.dropped += r.dropped;
+            n.duplicated += r.duplicated;
+            n.reordered += r.reordered;
+            n.corrupted += r.corrupted;
+            n.connections += r.connections;
+        }
+        totals
+    }
+}

@@ -1,0 +1,210 @@
+//! The simulated network between the two nodes: connections that carry whole replication
+//! frames, each delivered after a delay drawn from the seed, and faults per direction —
+//! partitions, and (on a seed that asks for them) dropped, duplicated, reordered and
+//! corrupted frames. A real TCP connection does not drop or reorder; the replication sessions
+//! must refuse a stream that does anyway, which is what these faults test.
+
+use std::collections::BTreeMap;
+
+use ringfence_core::prng::Prng;
+
+/// A connection's id; ids are never reused.
+pub type ConnId = u64;
+
+/// One frame on its way.
+#[derive(Clone, Debug)]
+pub struct Packet {
+    /// The connection it travels on.
+    pub conn: ConnId,
+    /// The receiving node.
+    pub to: usize,
+    /// One encoded replication frame.
+    pub bytes: Vec<u8>,
+}
+
+/// How a connection's frames may go wrong, in parts per million of frames.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetFaults {
+    /// Frames lost.
+    pub drop_ppm: u64,
+    /// Frames delivered twice.
+    pub duplicate_ppm: u64,
+    /// Frames held back behind later ones.
+    pub reorder_ppm: u64,
+    /// Frames with a record whose bytes were flipped (the record's checksum must catch it).
+    pub corrupt_ppm: u64,
+    /// The delay of a frame, in ms: uniform in this range.
+    pub delay_ms: (u64, u64),
+}
+
+/// What the network did, for the report.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct NetCounts {
+    /// Frames sent.
+    pub frames: u64,
+    /// Frames dropped, by a fault or a partition.
+    pub dropped: u64,
+    /// Frames duplicated.
+    pub duplicated: u64,
+    /// Frames reordered.
+    pub reordered: u64,
+    /// Frames corrupted.
+    pub corrupted: u64,
+    /// Connections made.
+    pub connections: u64,
+}
+
+struct Conn {
+    /// The two ends: the node that connected, the node that accepted.
+    ends: [usize; 2],
+    open: bool,
+    /// The latest delivery time scheduled in each direction (towards `ends[0]`, `ends[1]`):
+    /// a connection delivers in order, as TCP does, unless a reorder fault says otherwise.
+    last_at: [u64; 2],
+}
+
+/// The network of a two-node cluster.
+pub struct Network {
+    prng: Prng,
+    faults: NetFaults,
+    conns: BTreeMap<ConnId, Conn>,
+    next_conn: ConnId,
+    /// Frames in flight by delivery time, then send order.
+    in_flight: BTreeMap<(u64, u64), Packet>,
+    next_order: u64,
+    /// `blocked[from][to]`: frames from `from` to `to` are lost.
+    blocked: [[bool; 2]; 2],
+    /// Connections opened and not yet handed to the accepting node.
+    opened: Vec<(ConnId, usize)>,
+    counts: NetCounts,
+}
+
+impl Network {
+    /// A healthy network with the given fault rates.
+    pub fn new(prng: Prng, faults: NetFaults) -> Network {
+        assert!(faults.delay_ms.0 <= faults.delay_ms.1, "a delay range upside down");
+        Network {
+            prng,
+            faults,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            in_flight: BTreeMap::new(),
+            next_order: 0,
+            blocked: [[false; 2]; 2],
+            opened: Vec::new(),
+            counts: NetCounts::default(),
+        }
+    }
+
+    /// Opens a connection from `client` to `server` if both directions are open; `None` is a
+    /// connection refused or timed out.
+    pub fn connect(&mut self, client: usize, server: usize) -> Option<ConnId> {
+        assert_ne!(client, server, "a node connects to the other node");
+        if self.blocked[client][server] || self.blocked[server][client] {
+            return None;
+        }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(id, Conn { ends: [client, server], open: true, last_at: [0; 2] });
+        self.opened.push((id, server));
+        self.counts.connections += 1;
+        Some(id)
+    }
+
+    /// Connections opened since the last call, with the node that accepts each.
+    pub fn take_opened(&mut self) -> Vec<(ConnId, usize)> {
+        std::mem::take(&mut self.opened)
+    }
+
+    /// Whether `conn` is open (neither end closed it, no crash reset it).
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.open)
+    }
+
+    /// Closes `conn` for both ends (a reset reaches the peer); frames in flight are lost.
+    pub fn close(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.open = false;
+        }
+    }
+
+    /// Every connection of `node` is reset (it crashed or was restarted).
+    pub fn reset_node(&mut self, node: usize) {
+        for c in self.conns.values_mut() {
+            if c.ends.contains(&node) {
+                c.open = false;
+            }
+        }
+    }
+
+    /// Blocks (or heals) the direction `from` → `to`.
+    pub fn set_blocked(&mut self, from: usize, to: usize, blocked: bool) {
+        self.blocked[from][to] = blocked;
+    }
+
+    /// Heals every partition and stops the frame faults (the end of a run's fault period).
+    pub fn heal(&mut self) {
+        self.blocked = [[false; 2]; 2];
+        self.faults = NetFaults { delay_ms: self.faults.delay_ms, ..NetFaults::default() };
+    }
+
+    /// Sends one frame on `conn` from `from`, at `now_ms`.
+    pub fn send(&mut self, conn: ConnId, from: usize, mut bytes: Vec<u8>, now_ms: u64) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        assert!(c.ends.contains(&from), "a frame sent on another node's connection");
+        let (to, side) = if c.ends[0] == from { (c.ends[1], 1) } else { (c.ends[0], 0) };
+        let fifo_at = c.last_at[side];
+        self.counts.frames += 1;
+        let faults = self.faults;
+        if !c.open || self.blocked[from][to] || self.ppm(faults.drop_ppm) {
+            self.counts.dropped += 1;
+            return;
+        }
+        if self.ppm(faults.corrupt_ppm) && corrupt_records(&mut self.prng, &mut bytes) {
+            self.counts.corrupted += 1;
+        }
+        let copies = if self.ppm(faults.duplicate_ppm) { 2 } else { 1 };
+        self.counts.duplicated += copies - 1;
+        for _ in 0..copies {
+            let (low, high) = faults.delay_ms;
+            let mut at = (now_ms + self.prng.range_inclusive(low, high)).max(fifo_at);
+            if self.ppm(faults.reorder_ppm) {
+                self.counts.reordered += 1;
+                at += high * 4 + 1;
+            } else if let Some(c) = self.conns.get_mut(&conn) {
+                c.last_at[side] = at;
+            }
+            let order = self.next_order;
+            self.next_order += 1;
+            self.in_flight.insert((at, order), Packet { conn, to, bytes: bytes.clone() });
+        }
+    }
+
+    /// Takes every frame due by `now_ms` whose connection is still open, in delivery order.
+    pub fn due(&mut self, now_ms: u64) -> Vec<Packet> {
+        let later = self.in_flight.split_off(&(now_ms + 1, 0));
+        let due = std::mem::replace(&mut self.in_flight, later);
+        due.into_values().filter(|p| self.is_open(p.conn)).collect()
+    }
+
+    /// What the network did.
+    pub fn counts(&self) -> NetCounts {
+        self.counts
+    }
+
+    fn ppm(&mut self, rate: u64) -> bool {
+        rate > 0 && self.prng.chance(rate, 1_000_000)
+    }
+}
+
+/// Flips one bit inside the records of a `Records` frame (kind 6); whether it did.
+fn corrupt_records(prng: &mut Prng, bytes: &mut [u8]) -> bool {
+    // Frame: len (4), kind (1), then the body: first sequence (8), count (4), records.
+    const RECORDS_AT: usize = 4 + 1 + 8 + 4;
+    if bytes.len() <= RECORDS_AT || bytes[4] != 6 {
+        return false;
+    }
+    let at = RECORDS_AT + prng.below((bytes.len() - RECORDS_AT) as u64) as usize;
+    bytes[at] ^= 1 << prng.below(8);
+    true
+}

@@ -1,0 +1,496 @@
+//! The simulated world: two machines, the witness, the network and the clients, advanced one
+//! millisecond at a time on one thread, with faults drawn from the seed until the fault period
+//! ends; then the world heals and must converge.
+
+use std::sync::{Arc, Mutex};
+
+use ringfence_core::pipeline::{Clock, ManualClock, Refused, Unanswered};
+use ringfence_core::prng::Prng;
+use ringfence_core::snowflake::EPOCH_UNIX_MS;
+use ringfence_core::{Command, EngineConfig, Timestamp};
+use ringfence_replicator::auth::{ClusterId, ClusterSecret};
+use ringfence_replicator::coordination::pilot::Timing;
+use ringfence_replicator::coordination::store::MemoryCoordinator;
+use ringfence_replicator::policy::AckMode;
+
+use super::check;
+use super::clients::{self, Answer, Client, Ledger};
+use super::machine::{ClusterSettings, Machine, Process, Witness};
+use super::net::{NetCounts, NetFaults, Network, Packet};
+use super::trace::Trace;
+
+/// How long a run lasts, and how much of it has faults.
+#[derive(Clone, Copy, Debug)]
+pub struct RunLength {
+    /// Simulated time with faults.
+    pub faults_ms: u64,
+    /// Simulated time after the faults stop, in which the pair must converge.
+    pub settle_ms: u64,
+}
+
+impl Default for RunLength {
+    fn default() -> RunLength {
+        RunLength { faults_ms: 20_000, settle_ms: 10_000 }
+    }
+}
+
+/// Faults injected, by kind.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct FaultCounts {
+    pub kills: u64,
+    pub power_losses: u64,
+    pub pauses: u64,
+    pub partitions: u64,
+    pub witness_outages: u64,
+    pub switchovers: u64,
+}
+
+/// What one seed's run did and found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub simulated_ms: u64,
+    pub trace_hash: String,
+    pub events: u64,
+    pub faults: FaultCounts,
+    pub network: NetCounts,
+    /// Writes acknowledged to clients with an outcome (not refusals).
+    pub writes_acknowledged: u64,
+    /// Answers of any kind the clients received.
+    pub answers: u64,
+    /// Answers by outcome (`reserved`, `sold_out`, ...).
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// Submissions a node refused, or answered without an outcome, by reason.
+    pub refusals: std::collections::BTreeMap<String, u64>,
+    /// Promotions seen (a node starting as, or becoming, primary in a new epoch).
+    pub failovers: u64,
+    /// The first checker that failed, if any.
+    pub failure: Option<String>,
+    /// The last events, when a checker failed.
+    #[serde(skip)]
+    pub last_events: Vec<String>,
+}
+
+/// The world of one run.
+pub struct World {
+    seed: u64,
+    now_ms: u64,
+    length: RunLength,
+    settings: ClusterSettings,
+    machines: Vec<Machine>,
+    witness: Witness,
+    net: Network,
+    clients: Vec<Client>,
+    ledger: Ledger,
+    trace: Trace,
+    prng: Prng,
+    faults: FaultCounts,
+    rates: Rates,
+    /// Frames held for a paused machine, delivered when it resumes.
+    held: Vec<Packet>,
+    /// Scheduled ends of faults: (time, what).
+    heals: Vec<(u64, Heal)>,
+    highest_epoch: u64,
+    failovers: u64,
+    refusals: std::collections::BTreeMap<String, u64>,
+}
+
+/// How often each fault strikes, per simulated ms (parts per million), drawn per seed so that
+/// seeds explore calm and stormy runs.
+#[derive(Clone, Copy, Debug)]
+struct Rates {
+    crash_ppm: u64,
+    pause_ppm: u64,
+    partition_ppm: u64,
+    witness_ppm: u64,
+    switchover_ppm: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Heal {
+    Resume(usize),
+    Unblock(usize, usize),
+    Witness,
+}
+
+/// The engine the simulated nodes run: small, with room for every request of a run.
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        orders_max: 1 << 14,
+        request_keys_max: 1 << 15,
+        request_key_window_ms: 3_600_000,
+        holdings_max: 1 << 12,
+        ..EngineConfig::small()
+    }
+}
+
+impl Report {
+    /// The report of a seed whose run panicked.
+    pub fn panicked(seed: u64, message: &str) -> Report {
+        Report {
+            seed,
+            simulated_ms: 0,
+            trace_hash: String::new(),
+            events: 0,
+            faults: FaultCounts::default(),
+            network: NetCounts::default(),
+            writes_acknowledged: 0,
+            answers: 0,
+            outcomes: Default::default(),
+            refusals: Default::default(),
+            failovers: 0,
+            failure: Some(format!("panicked: {message}")),
+            last_events: Vec::new(),
+        }
+    }
+}
+
+impl World {
+    /// The world of `seed`.
+    pub fn new(seed: u64, length: RunLength) -> World {
+        let mut prng = Prng::new(seed);
+        let start = Timestamp(EPOCH_UNIX_MS + 86_400_000);
+        let machines = (0..2)
+            .map(|index| {
+                // A few ms of skew between the machines' wall clocks.
+                let skew = prng.below(5);
+                let clock = Arc::new(ManualClock::new(Timestamp(start.0 + skew)));
+                Machine::new(index, clock, prng.fork())
+            })
+            .collect();
+        let settings = ClusterSettings {
+            engine: engine_config(),
+            cluster: ClusterId::new("sim").expect("a valid cluster id"),
+            secret: ClusterSecret::from_bytes(&[7; 32]).expect("a 32-byte secret"),
+            mode: AckMode::Sync,
+            timing: Timing::for_ttl(1),
+            skus: vec![clients::HOT, clients::PLENTY],
+        };
+        let stormy = prng.chance(1, 3);
+        let net_faults = NetFaults {
+            drop_ppm: if stormy { 200 } else { 0 },
+            duplicate_ppm: if stormy { 200 } else { 0 },
+            reorder_ppm: if stormy { 200 } else { 0 },
+            corrupt_ppm: if prng.chance(1, 2) { 500 } else { 0 },
+            delay_ms: (0, prng.range_inclusive(1, 8)),
+        };
+        let net = Network::new(prng.fork(), net_faults);
+        let clients = (0..6).map(|index| Client::new(index, prng.fork())).collect();
+        let scale = prng.range_inclusive(1, 4);
+        let rates = Rates {
+            crash_ppm: 60 * scale,
+            pause_ppm: 30 * scale,
+            partition_ppm: 40 * scale,
+            witness_ppm: 20 * scale,
+            switchover_ppm: 20 * scale,
+        };
+        let witness = Witness(Arc::new(Mutex::new(MemoryCoordinator::new("sim"))));
+        World {
+            seed,
+            now_ms: 0,
+            length,
+            settings,
+            machines,
+            witness,
+            net,
+            clients,
+            ledger: Ledger::default(),
+            trace: Trace::default(),
+            prng,
+            faults: FaultCounts::default(),
+            rates,
+            held: Vec::new(),
+            heals: Vec::new(),
+            highest_epoch: 0,
+            failovers: 0,
+            refusals: Default::default(),
+        }
+    }
+
+    /// Runs to the end, checking after every step; returns what happened.
+    pub fn run(mut self) -> Report {
+        let end = self.length.faults_ms + self.length.settle_ms;
+        let mut failure = None;
+        while self.now_ms < end {
+            if let Err(broken) = self.step() {
+                failure = Some(broken);
+                break;
+            }
+            self.now_ms += 1;
+        }
+        if failure.is_none() {
+            failure = check::at_end(&self.machines, &self.ledger, &self.settings).err();
+        }
+        let served = self.ledger.answers.iter().any(|a| is_write(a) && a.at_ms >= self.length.faults_ms);
+        if failure.is_none() && !served {
+            failure = Some("no write was acknowledged after the faults stopped".into());
+        }
+        if let Some(failure) = &failure {
+            self.trace.event(self.now_ms, &format!("CHECK FAILED: {failure}"));
+        }
+        self.report(failure)
+    }
+
+    fn report(&self, failure: Option<String>) -> Report {
+        let writes = self.ledger.answers.iter().filter(|a| is_write(a)).count() as u64;
+        Report {
+            seed: self.seed,
+            simulated_ms: self.now_ms,
+            trace_hash: format!("{:016x}", self.trace.hash()),
+            events: self.trace.len(),
+            faults: self.faults,
+            network: self.net.counts(),
+            writes_acknowledged: writes,
+            answers: self.ledger.answers.len() as u64,
+            outcomes: self.ledger.answers.iter().fold(Default::default(), |mut counts, a| {
+                *counts.entry(a.outcome.name().to_owned()).or_default() += 1;
+                counts
+            }),
+            failovers: self.failovers,
+            refusals: self.refusals.clone(),
+            last_events: if failure.is_some() {
+                self.trace.last().map(str::to_owned).collect()
+            } else {
+                Vec::new()
+            },
+            failure,
+        }
+    }
+
+    /// One simulated millisecond.
+    fn step(&mut self) -> Result<(), String> {
+        let now = self.now_ms;
+        self.witness.0.lock().expect("never poisoned").now_ms = now;
+        if now == self.length.faults_ms {
+            self.end_faults();
+        } else if now < self.length.faults_ms {
+            self.inject_faults();
+        }
+        self.heal_due();
+        for machine in &mut self.machines {
+            if !machine.paused {
+                let behind = (now * 1_000_000).saturating_sub(machine.clock.now_ns());
+                machine.clock.advance_ns(behind);
+            }
+        }
+        self.deliver();
+        let mut completions = Vec::new();
+        for index in 0..self.machines.len() {
+            let machine = &mut self.machines[index];
+            if machine.paused {
+                continue;
+            }
+            let parts = (&self.witness, &mut self.net, &mut self.trace);
+            let report = machine.tick(now, &self.settings, parts);
+            completions.extend(report.completions.into_iter().map(|(c, e)| (index, c, e)));
+        }
+        self.note_epochs();
+        for (node, completion, epoch) in completions {
+            self.complete(node, completion, epoch)?;
+        }
+        self.submit();
+        check::every_step(&self.machines)
+    }
+
+    fn note_epochs(&mut self) {
+        for machine in &self.machines {
+            let Some(running) = machine.running() else { continue };
+            let epoch = running.control.epoch().0;
+            if running.control.is_primary() && epoch > self.highest_epoch {
+                self.highest_epoch = epoch;
+                self.failovers += 1;
+            }
+        }
+    }
+
+    fn deliver(&mut self) {
+        // Connections a standby opened reach the primary's shell before their first frame.
+        self.accept_new();
+        let mut due = std::mem::take(&mut self.held);
+        due.extend(self.net.due(self.now_ms));
+        for packet in due {
+            let machine = &mut self.machines[packet.to];
+            if machine.paused {
+                self.held.push(packet);
+                continue;
+            }
+            if !self.net.is_open(packet.conn) {
+                continue;
+            }
+            let (settings, net, trace) = (&self.settings, &mut self.net, &mut self.trace);
+            machine.deliver(self.now_ms, packet.conn, &packet.bytes, settings, net, trace);
+        }
+    }
+
+    fn accept_new(&mut self) {
+        for (conn, server) in self.net.take_opened() {
+            let machine = &mut self.machines[server];
+            if machine.paused || !machine.accept(conn) {
+                self.net.close(conn);
+            }
+        }
+    }
+
+    fn complete(
+        &mut self,
+        node: usize,
+        completion: ringfence_core::pipeline::Completion,
+        epoch: ringfence_core::Epoch,
+    ) -> Result<(), String> {
+        let now = self.now_ms;
+        let client = &mut self.clients[completion.token as usize];
+        let outcome = match completion.result {
+            Ok(outcome) => Some(outcome),
+            Err(unanswered) => {
+                let reason = match unanswered {
+                    Unanswered::Unreplicated { .. } => "unreplicated",
+                    Unanswered::NotDurable { .. } => "not_durable",
+                    _ => "failed",
+                };
+                *self.refusals.entry(reason.to_owned()).or_default() += 1;
+                None
+            }
+        };
+        let Some(command) = client.answered(now, outcome.clone()) else { return Ok(()) };
+        let outcome = outcome.expect("a command is returned only with its outcome");
+        let index = client.index;
+        self.ledger.record(Answer { client: index, command, outcome, node, epoch, at_ms: now })
+    }
+
+    fn submit(&mut self) {
+        let now = self.now_ms;
+        for client in &mut self.clients {
+            let Some((command, token)) = client.due(now) else { continue };
+            let machine = &mut self.machines[client.target];
+            if machine.paused {
+                // Nothing answers: the client times out and tries the other node.
+                client.submitted(now);
+                continue;
+            }
+            let Some(running) = machine.running_mut() else {
+                client.refused(now, true);
+                continue;
+            };
+            let refused = match running.clients.try_submit(command, token) {
+                Ok(_) => {
+                    client.submitted(now);
+                    continue;
+                }
+                Err(refused) => refused,
+            };
+            let other = matches!(
+                refused,
+                Refused::NotPrimary | Refused::ShuttingDown | Refused::Failed(_)
+            );
+            client.refused(now, other);
+            let reason = match refused {
+                Refused::Busy | Refused::SessionFull => "busy",
+                Refused::NotPrimary => "not_primary",
+                Refused::ReplicationUnavailable => "replication_unavailable",
+                Refused::ShuttingDown => "shutting_down",
+                Refused::JournalFailed(_) => "journal_failed",
+                _ => "failed",
+            };
+            *self.refusals.entry(reason.to_owned()).or_default() += 1;
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        let rates = self.rates;
+        let now = self.now_ms;
+        if self.prng.chance(rates.crash_ppm, 1_000_000) {
+            let target = self.prng.below(2) as usize;
+            let power_loss = self.prng.chance(1, 2);
+            let restart = now + self.prng.range_inclusive(50, 2_500);
+            let machine = &mut self.machines[target];
+            if !matches!(machine.process, Process::Down(_)) {
+                let kind = if power_loss { "power loss" } else { "kill -9" };
+                self.trace.event(now, &format!("FAULT {}: {kind}, back at {restart}", machine.name));
+                machine.crash(power_loss, restart, &mut self.net);
+                if power_loss {
+                    self.faults.power_losses += 1;
+                } else {
+                    self.faults.kills += 1;
+                }
+            }
+        }
+        if self.prng.chance(rates.pause_ppm, 1_000_000) {
+            let target = self.prng.below(2) as usize;
+            let machine = &mut self.machines[target];
+            if !machine.paused && machine.running().is_some() {
+                let until = now + self.prng.range_inclusive(100, 3_000);
+                machine.paused = true;
+                self.trace.event(now, &format!("FAULT {}: paused until {until}", machine.name));
+                self.heals.push((until, Heal::Resume(target)));
+                self.faults.pauses += 1;
+            }
+        }
+        if self.prng.chance(rates.partition_ppm, 1_000_000) {
+            let from = self.prng.below(2) as usize;
+            let both = self.prng.chance(1, 2);
+            let until = now + self.prng.range_inclusive(100, 3_000);
+            self.net.set_blocked(from, from ^ 1, true);
+            self.heals.push((until, Heal::Unblock(from, from ^ 1)));
+            if both {
+                self.net.set_blocked(from ^ 1, from, true);
+                self.heals.push((until, Heal::Unblock(from ^ 1, from)));
+            }
+            let how = if both { "both ways" } else { "one way" };
+            self.trace.event(now, &format!("FAULT partition from {from} {how} until {until}"));
+            self.faults.partitions += 1;
+        }
+        if self.prng.chance(rates.witness_ppm, 1_000_000) {
+            let until = now + self.prng.range_inclusive(100, 3_000);
+            self.witness.0.lock().expect("never poisoned").unreachable = true;
+            self.heals.push((until, Heal::Witness));
+            self.trace.event(now, &format!("FAULT witness unreachable until {until}"));
+            self.faults.witness_outages += 1;
+        }
+        if self.prng.chance(rates.switchover_ppm, 1_000_000) {
+            let target = self.prng.below(2) as usize;
+            let machine = &mut self.machines[target];
+            if machine.running().is_some_and(|r| !r.control.is_primary()) {
+                let asked = machine.request_switchover();
+                self.trace.event(now, &format!("FAULT {}: switchover asked: {asked:?}", machine.name));
+                self.faults.switchovers += 1;
+            }
+        }
+    }
+
+    /// The fault period ends: partitions heal, the witness returns, paused machines resume
+    /// and crashed ones restart.
+    fn end_faults(&mut self) {
+        self.trace.event(self.now_ms, "faults end: everything heals");
+        self.net.heal();
+        self.witness.0.lock().expect("never poisoned").unreachable = false;
+        for machine in &mut self.machines {
+            machine.paused = false;
+            if let Process::Down(down) = &mut machine.process {
+                down.restart_ms = down.restart_ms.min(self.now_ms);
+            }
+        }
+        self.heals.clear();
+    }
+
+    fn heal_due(&mut self) {
+        let now = self.now_ms;
+        let (due, later): (Vec<_>, Vec<_>) = self.heals.drain(..).partition(|(at, _)| *at <= now);
+        self.heals = later;
+        for (_, heal) in due {
+            match heal {
+                Heal::Resume(index) => {
+                    self.machines[index].paused = false;
+                    self.trace.event(now, &format!("{} resumes", self.machines[index].name));
+                }
+                Heal::Unblock(from, to) => self.net.set_blocked(from, to, false),
+                Heal::Witness => {
+                    self.witness.0.lock().expect("never poisoned").unreachable = false;
+                }
+            }
+        }
+    }
+}
+
+fn is_write(answer: &Answer) -> bool {
+    matches!(answer.command, Command::Client { .. }) && !answer.outcome.is_rejected()
+}
