@@ -49,7 +49,7 @@ pub fn at_end(
 
 /// The primary and its standby, if the pair converged: one primary that takes writes, one
 /// standby that holds everything it journaled.
-fn converged(machines: &[Machine]) -> Result<(&Machine, &Machine), String> {
+pub fn converged(machines: &[Machine]) -> Result<(&Machine, &Machine), String> {
     let primaries: Vec<&Machine> = machines.iter().filter(|m| m.is_primary()).collect();
     let [primary] = primaries[..] else {
         let states: Vec<String> = machines.iter().map(describe).collect();
@@ -116,15 +116,16 @@ fn replay(
     settings: &ClusterSettings,
 ) -> Result<(Engine, Vec<ringfence_core::OrderId>), String> {
     let mut engine = Engine::new(settings.engine.clone());
-    let mut orders = Vec::new();
+    // A retried reservation answers with the order it made: each order once.
+    let mut orders = std::collections::BTreeSet::new();
     for bytes in records {
         let (_, sequenced, _) = ringfence_core::record::decode(bytes)
             .map_err(|e| format!("a journaled record does not decode: {e:?}"))?;
         if let Outcome::Reserved { order, .. } = engine.apply(&sequenced) {
-            orders.push(order);
+            orders.insert(order);
         }
     }
-    Ok((engine, orders))
+    Ok((engine, orders.into_iter().collect()))
 }
 
 fn balanced(engine: &Engine, skus: &[SkuId]) -> Result<(), String> {

@@ -53,6 +53,8 @@ pub struct Answer {
 /// A request in flight.
 #[derive(Clone, Debug)]
 struct Pending {
+    /// The request's number: with the client's index, the token its answer comes back with.
+    number: u64,
     command: Command,
     sent_ms: u64,
     /// Submitted to a node's session (not just waiting to be).
@@ -82,6 +84,22 @@ pub struct Client {
     held: Vec<Held>,
     prng: Prng,
     pub answered: u64,
+    /// The last requests made, by number: an answer from a node the client gave up on may
+    /// still arrive, and it is an answer all the same.
+    recent: std::collections::VecDeque<(u64, Command)>,
+}
+
+/// Requests remembered for late answers.
+const RECENT_MAX: usize = 64;
+
+/// The token a request's answer carries.
+pub fn token(client: usize, number: u64) -> u64 {
+    ((client as u64) << 32) | number
+}
+
+/// The client and request number a token names.
+pub fn from_token(token: u64) -> (usize, u64) {
+    ((token >> 32) as usize, token & 0xffff_ffff)
 }
 
 impl Client {
@@ -102,14 +120,15 @@ impl Client {
             held: Vec::new(),
             prng,
             answered: 0,
+            recent: std::collections::VecDeque::new(),
         }
     }
 
     /// The request to submit now, if one is due: a new one, or the one in flight again after
     /// a timeout (to the other node).
     pub fn due(&mut self, now_ms: u64) -> Option<(Command, u64)> {
-        let token = self.index as u64;
         if let Some(pending) = self.pending.as_mut() {
+            let token = token(self.index, pending.number);
             if pending.submitted {
                 if now_ms.saturating_sub(pending.sent_ms) < TIMEOUT_MS {
                     return None;
@@ -126,8 +145,15 @@ impl Client {
             return None;
         }
         let command = self.next_command()?;
-        self.pending = Some(Pending { command, sent_ms: now_ms, submitted: false, retry_ms: 0 });
-        Some((command, token))
+        let number = self.next_key;
+        self.next_key += 1;
+        if self.recent.len() == RECENT_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((number, command));
+        self.pending =
+            Some(Pending { number, command, sent_ms: now_ms, submitted: false, retry_ms: 0 });
+        Some((command, token(self.index, number)))
     }
 
     /// The node took the request.
@@ -148,10 +174,16 @@ impl Client {
         }
     }
 
-    /// The answer to the request in flight arrived. Returns it for the ledger if it is an
-    /// outcome (a `None` result means: no outcome, send the same request again).
-    pub fn answered(&mut self, now_ms: u64, result: Option<Outcome>) -> Option<Command> {
-        let pending = self.pending.as_ref()?;
+    /// The answer to request `number` arrived. Returns its command for the ledger if it is
+    /// an outcome (a `None` result means: no outcome, send the same request again). A late
+    /// answer to an earlier request changes nothing here but still goes to the ledger.
+    pub fn answered(&mut self, now_ms: u64, number: u64, result: Option<Outcome>) -> Option<Command> {
+        let current = self.pending.as_ref().is_some_and(|p| p.number == number);
+        if !current {
+            result.as_ref()?;
+            return self.recent.iter().find(|(n, _)| *n == number).map(|(_, c)| *c);
+        }
+        let pending = self.pending.as_ref().expect("checked");
         let Some(outcome) = result else {
             self.refused(now_ms, false);
             return None;

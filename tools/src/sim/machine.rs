@@ -196,6 +196,8 @@ struct Accepted {
 
 /// The standby's side: its connection to the primary and the records in flight to its node.
 struct Follower {
+    /// This machine.
+    me: usize,
     node: Session,
     primary: usize,
     conn: Option<(ConnId, StandbySession)>,
@@ -453,7 +455,7 @@ impl Machine {
                 last_sequence: last,
                 last_epoch: if last.0 == 0 { Epoch(0) } else { control.last_record_epoch() },
             };
-            Follower::new(session, primary, submitted, now_ms)
+            Follower::new(self.index, session, primary, submitted, now_ms)
         });
         Running {
             node,
@@ -483,7 +485,7 @@ impl Machine {
                 trace.event(now_ms, &format!("{name}: promoted to primary in epoch {}", running.control.epoch()));
                 if let Some(follower) = running.follower.take() {
                     if let Some((conn, _)) = follower.conn {
-                        net.close(conn);
+                        net.close(conn, index, now_ms);
                     }
                 }
             }
@@ -514,19 +516,19 @@ impl Machine {
         let index = self.index;
         let disk = self.disk.clone();
         let Process::Running(running) = &mut self.process else {
-            net.close(conn);
+            net.close(conn, index, now_ms);
             return;
         };
         let message = match decode(bytes) {
             Ok(Some((message, used))) if used == bytes.len() => message,
             Ok(_) => {
                 trace.event(now_ms, &format!("{name}: a frame that is not one message: closed"));
-                net.close(conn);
+                net.close(conn, index, now_ms);
                 return;
             }
             Err(error) => {
                 trace.event(now_ms, &format!("{name}: bad frame ({error}): closed"));
-                net.close(conn);
+                net.close(conn, index, now_ms);
                 return;
             }
         };
@@ -584,7 +586,7 @@ impl Running {
     ) {
         let me = usize::from(name != "a");
         let Some(accepted) = self.accepted.get_mut(&conn) else {
-            net.close(conn);
+            net.close(conn, me, now_ms);
             return;
         };
         let journal_last = Sequence(self.control.link().available());
@@ -592,7 +594,7 @@ impl Running {
             Ok(index) => index,
             Err(error) => {
                 trace.event(now_ms, &format!("{name}: journal index: {error}"));
-                net.close(conn);
+                net.close(conn, me, now_ms);
                 return;
             }
         };
@@ -614,7 +616,7 @@ impl Running {
                 // A newly joined standby replaces the previous stream.
                 let old: Vec<ConnId> = self.accepted.iter().filter(|(c, a)| **c != conn && a.stream.is_some()).map(|(c, _)| *c).collect();
                 for old in old {
-                    net.close(old);
+                    net.close(old, me, now_ms);
                 }
             }
             PrimaryStep::SendSnapshot => {
@@ -624,7 +626,7 @@ impl Running {
                     text: "the simulated primary sends no snapshot".into(),
                 };
                 send(net, conn, me, &refuse.message(), now_ms);
-                net.close(conn);
+                net.close(conn, me, now_ms);
             }
             PrimaryStep::Acknowledged(ack) => {
                 let stream = accepted.stream.expect("acknowledgements come only when streaming").0;
@@ -639,7 +641,7 @@ impl Running {
                     send(net, conn, me, &last.message(), now_ms);
                 }
                 trace.event(now_ms, &format!("{name}: closed a standby connection: {reason}"));
-                net.close(conn);
+                net.close(conn, me, now_ms);
             }
         }
     }
@@ -658,7 +660,7 @@ impl Running {
     ) {
         let _ = settings;
         let me = usize::from(name != "a");
-        let closed: Vec<ConnId> = self.accepted.keys().copied().filter(|c| !net.is_open(*c)).collect();
+        let closed: Vec<ConnId> = self.accepted.keys().copied().filter(|c| !net.is_open(*c, me, now_ms)).collect();
         for conn in closed {
             if let Some(Accepted { stream: Some((stream, _)), .. }) = self.accepted.remove(&conn) {
                 self.control.on_disconnected(stream);
@@ -685,7 +687,7 @@ impl Running {
                     }
                     Err(error) => {
                         trace.event(now_ms, &format!("{name}: reading the journal to stream: {error}"));
-                        net.close(conn);
+                        net.close(conn, me, now_ms);
                     }
                 }
                 continue;
@@ -698,8 +700,9 @@ impl Running {
 }
 
 impl Follower {
-    fn new(node: Session, primary: usize, submitted: JournalEnd, now_ms: u64) -> Follower {
+    fn new(me: usize, node: Session, primary: usize, submitted: JournalEnd, now_ms: u64) -> Follower {
         Follower {
+            me,
             node,
             primary,
             conn: None,
@@ -718,7 +721,7 @@ impl Follower {
 
     fn close(&mut self, net: &mut Network, now_ms: u64) {
         if let Some((conn, _)) = self.conn.take() {
-            net.close(conn);
+            net.close(conn, self.me, now_ms);
         }
         self.streaming = false;
         self.next_attempt_ms = now_ms + self.backoff_ms;
@@ -750,7 +753,7 @@ impl Follower {
         self.submit_backlog();
         if let Some((conn, session)) = self.conn.as_mut() {
             let conn = *conn;
-            if !net.is_open(conn) {
+            if !net.is_open(conn, self.me, now_ms) {
                 trace.event(now_ms, &format!("{name}: the primary's connection closed"));
                 self.close(net, now_ms);
                 return;

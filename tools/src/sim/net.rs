@@ -57,10 +57,23 @@ pub struct NetCounts {
 struct Conn {
     /// The two ends: the node that connected, the node that accepted.
     ends: [usize; 2],
-    open: bool,
-    /// The latest delivery time scheduled in each direction (towards `ends[0]`, `ends[1]`):
-    /// a connection delivers in order, as TCP does, unless a reorder fault says otherwise.
+    /// The latest delivery time scheduled towards each end: a connection delivers in order,
+    /// as TCP does, unless a reorder fault says otherwise.
     last_at: [u64; 2],
+    /// When each end sees the connection end: at once for the end that closed it, after the
+    /// last frame already on its way for the other (TCP's FIN follows the data).
+    eof_at: [Option<u64>; 2],
+    /// An end closed it: frames sent towards that end are lost.
+    closed_by: [bool; 2],
+    /// Reset by a crash: everything in flight is lost and both ends see it at once.
+    reset: bool,
+}
+
+impl Conn {
+    fn side(&self, node: usize) -> usize {
+        assert!(self.ends.contains(&node), "a node that is not an end of the connection");
+        usize::from(self.ends[1] == node)
+    }
 }
 
 /// The network of a two-node cluster.
@@ -105,7 +118,13 @@ impl Network {
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, Conn { ends: [client, server], open: true, last_at: [0; 2] });
+        self.conns.insert(id, Conn {
+                ends: [client, server],
+                last_at: [0; 2],
+                eof_at: [None; 2],
+                closed_by: [false; 2],
+                reset: false,
+            });
         self.opened.push((id, server));
         self.counts.connections += 1;
         Some(id)
@@ -116,23 +135,34 @@ impl Network {
         std::mem::take(&mut self.opened)
     }
 
-    /// Whether `conn` is open (neither end closed it, no crash reset it).
-    pub fn is_open(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| c.open)
+    /// Whether `node`'s end of `conn` is open at `now_ms`.
+    pub fn is_open(&self, conn: ConnId, node: usize, now_ms: u64) -> bool {
+        self.conns.get(&conn).is_some_and(|c| {
+            let side = c.side(node);
+            !c.reset && !c.closed_by[side] && c.eof_at[side].is_none_or(|at| now_ms < at)
+        })
     }
 
-    /// Closes `conn` for both ends (a reset reaches the peer); frames in flight are lost.
-    pub fn close(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.open = false;
+    /// `node` closes its end of `conn` at `now_ms`: what it sent before still arrives, then
+    /// the peer sees the end; nothing more reaches `node`.
+    pub fn close(&mut self, conn: ConnId, node: usize, now_ms: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let side = c.side(node);
+        if c.closed_by[side] {
+            return;
         }
+        c.closed_by[side] = true;
+        c.eof_at[side] = Some(now_ms);
+        let peer = side ^ 1;
+        let eof = now_ms.max(c.last_at[peer]) + 1;
+        c.eof_at[peer] = Some(c.eof_at[peer].map_or(eof, |at| at.min(eof)));
     }
 
     /// Every connection of `node` is reset (it crashed or was restarted).
     pub fn reset_node(&mut self, node: usize) {
         for c in self.conns.values_mut() {
             if c.ends.contains(&node) {
-                c.open = false;
+                c.reset = true;
             }
         }
     }
@@ -151,12 +181,13 @@ impl Network {
     /// Sends one frame on `conn` from `from`, at `now_ms`.
     pub fn send(&mut self, conn: ConnId, from: usize, mut bytes: Vec<u8>, now_ms: u64) {
         let Some(c) = self.conns.get(&conn) else { return };
-        assert!(c.ends.contains(&from), "a frame sent on another node's connection");
-        let (to, side) = if c.ends[0] == from { (c.ends[1], 1) } else { (c.ends[0], 0) };
+        let side = c.side(from) ^ 1;
+        let to = c.ends[side];
         let fifo_at = c.last_at[side];
+        let lost = c.reset || c.closed_by[0] || c.closed_by[1];
         self.counts.frames += 1;
         let faults = self.faults;
-        if !c.open || self.blocked[from][to] || self.ppm(faults.drop_ppm) {
+        if lost || self.blocked[from][to] || self.ppm(faults.drop_ppm) {
             self.counts.dropped += 1;
             return;
         }
@@ -180,11 +211,16 @@ impl Network {
         }
     }
 
-    /// Takes every frame due by `now_ms` whose connection is still open, in delivery order.
+    /// Takes every frame due by `now_ms` that its receiver can still read, in delivery order.
     pub fn due(&mut self, now_ms: u64) -> Vec<Packet> {
         let later = self.in_flight.split_off(&(now_ms + 1, 0));
         let due = std::mem::replace(&mut self.in_flight, later);
-        due.into_values().filter(|p| self.is_open(p.conn)).collect()
+        due.into_values().filter(|p| self.readable(p)).collect()
+    }
+
+    /// Whether `packet`'s receiver can read it: not after a reset, nor once it closed its end.
+    pub fn readable(&self, packet: &Packet) -> bool {
+        self.conns.get(&packet.conn).is_some_and(|c| !c.reset && !c.closed_by[c.side(packet.to)])
     }
 
     /// What the network did.

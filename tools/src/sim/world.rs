@@ -34,6 +34,11 @@ impl Default for RunLength {
     }
 }
 
+/// The clients send nothing new for this long at the end of a run.
+const QUIET_MS: u64 = 1_000;
+/// After the run, how long the pair at rest may take to hold the same records.
+const CONVERGE_MS: u64 = 2_000;
+
 /// Faults injected, by kind.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct FaultCounts {
@@ -218,6 +223,15 @@ impl World {
             }
             self.now_ms += 1;
         }
+        // The pair is at rest but deadlines still tick: give the last records in flight time
+        // to land, within the bound.
+        let bound = end + CONVERGE_MS;
+        while failure.is_none() && self.now_ms < bound && check::converged(&self.machines).is_err() {
+            if let Err(broken) = self.step() {
+                failure = Some(broken);
+            }
+            self.now_ms += 1;
+        }
         if failure.is_none() {
             failure = check::at_end(&self.machines, &self.ledger, &self.settings).err();
         }
@@ -314,7 +328,7 @@ impl World {
                 self.held.push(packet);
                 continue;
             }
-            if !self.net.is_open(packet.conn) {
+            if !self.net.readable(&packet) {
                 continue;
             }
             let (settings, net, trace) = (&self.settings, &mut self.net, &mut self.trace);
@@ -326,7 +340,7 @@ impl World {
         for (conn, server) in self.net.take_opened() {
             let machine = &mut self.machines[server];
             if machine.paused || !machine.accept(conn) {
-                self.net.close(conn);
+                self.net.close(conn, server, self.now_ms);
             }
         }
     }
@@ -338,7 +352,8 @@ impl World {
         epoch: ringfence_core::Epoch,
     ) -> Result<(), String> {
         let now = self.now_ms;
-        let client = &mut self.clients[completion.token as usize];
+        let (client, number) = clients::from_token(completion.token);
+        let client = &mut self.clients[client];
         let outcome = match completion.result {
             Ok(outcome) => Some(outcome),
             Err(unanswered) => {
@@ -351,7 +366,7 @@ impl World {
                 None
             }
         };
-        let Some(command) = client.answered(now, outcome.clone()) else { return Ok(()) };
+        let Some(command) = client.answered(now, number, outcome.clone()) else { return Ok(()) };
         let outcome = outcome.expect("a command is returned only with its outcome");
         let index = client.index;
         self.ledger.record(Answer { client: index, command, outcome, node, epoch, at_ms: now })
@@ -359,6 +374,10 @@ impl World {
 
     fn submit(&mut self) {
         let now = self.now_ms;
+        // The last second is quiet, so the pair's convergence is checked at rest.
+        if now + QUIET_MS >= self.length.faults_ms + self.length.settle_ms {
+            return;
+        }
         for client in &mut self.clients {
             let Some((command, token)) = client.due(now) else { continue };
             let machine = &mut self.machines[client.target];
