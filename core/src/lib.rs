@@ -13,6 +13,8 @@ pub mod command;
 pub mod config;
 pub mod engine;
 pub mod hash;
+#[cfg(feature = "mutations")]
+pub mod mutation;
 pub mod outcome;
 pub mod pipeline;
 pub mod prng;

@@ -44,7 +44,10 @@ impl Engine {
         if limited && wanted > u64::from(sku.per_user_limit) {
             return Err(Rejection::LimitExceeded);
         }
-        if sku.available < u64::from(reserve.qty) {
+        let sold_out = sku.available < u64::from(reserve.qty);
+        #[cfg(feature = "mutations")]
+        let sold_out = sold_out && !crate::mutation::skips_stock_check();
+        if sold_out {
             return Err(Rejection::SoldOut);
         }
         let coupon = match reserve.coupon {
@@ -71,7 +74,15 @@ impl Engine {
         let id = OrderId(self.ids.next_id(self.now));
         let sku = &mut self.skus[sku_slot as usize];
         let expires_at = self.now.plus_ms(sku.payment_timeout_ms);
-        sku.available -= u64::from(reserve.qty);
+        #[cfg(not(feature = "mutations"))]
+        {
+            sku.available -= u64::from(reserve.qty);
+        }
+        // A mutated engine that skipped the stock check takes units from nowhere.
+        #[cfg(feature = "mutations")]
+        {
+            sku.available = sku.available.saturating_sub(u64::from(reserve.qty));
+        }
         sku.reserved += u64::from(reserve.qty);
         assert_eq!(sku.available + sku.reserved + sku.sold, sku.stock, "reserving lost units");
         if let Some(located) = holding {

@@ -60,7 +60,10 @@ pub fn converged(machines: &[Machine]) -> Result<(&Machine, &Machine), String> {
         return Err(format!("not both running after settling: {}", describe(standby)));
     };
     if let Err(refused) = p.node.check_writable() {
-        return Err(format!("the primary {} refuses writes after settling: {refused}", primary.name));
+        return Err(format!(
+            "the primary {} refuses writes after settling: {refused}",
+            primary.name
+        ));
     }
     let (held, journaled) = (s.node.sequences().applied, p.node.sequences().journaled);
     if held != journaled {
@@ -173,7 +176,12 @@ fn acknowledged_writes_hold(engine: &mut Engine, ledger: &Ledger) -> Result<(), 
             return Err(format!(
                 "client {} was told {:?} by node {} in epoch {} at {} ms, but the final state \
                  answers {outcome:?} to {:?}",
-                answer.client, answer.outcome, answer.node, answer.epoch, answer.at_ms, answer.command
+                answer.client,
+                answer.outcome,
+                answer.node,
+                answer.epoch,
+                answer.at_ms,
+                answer.command
             ));
         }
     }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use ringfence_core::prng::Prng;
 use ringfence_core::{
-    Action, Command, CreateSku, Epoch, OrderId, Outcome, PaymentRef, RequestKey, Reserve,
-    SkuId, UserId,
+    Action, Command, CreateSku, Epoch, OrderId, Outcome, PaymentRef, RequestKey, Reserve, SkuId,
+    UserId,
 };
 
 /// The hot SKU: little stock, a per-user limit, a short payment timeout.
@@ -33,8 +33,14 @@ pub fn setup() -> Vec<Command> {
         sale_end: None,
     };
     vec![
-        Command::Client { key: RequestKey::from_u128(1), action: Action::CreateSku(sku(HOT, 60, HOT_LIMIT, 1_500)) },
-        Command::Client { key: RequestKey::from_u128(2), action: Action::CreateSku(sku(PLENTY, 100_000, 0, 4_000)) },
+        Command::Client {
+            key: RequestKey::from_u128(1),
+            action: Action::CreateSku(sku(HOT, 12, HOT_LIMIT, 1_500)),
+        },
+        Command::Client {
+            key: RequestKey::from_u128(2),
+            action: Action::CreateSku(sku(PLENTY, 100_000, 0, 4_000)),
+        },
     ]
 }
 
@@ -67,12 +73,17 @@ struct Pending {
 #[derive(Clone, Copy, Debug)]
 struct Held {
     order: OrderId,
+    user: UserId,
     amount_cents: u64,
 }
+
+/// Buyers each client acts for: more buyers than stock, so the hot SKU sells out.
+const USERS_PER_CLIENT: u64 = 4;
 
 /// One client.
 pub struct Client {
     pub index: usize,
+    /// The first of the buyers it acts for.
     user: UserId,
     admin: bool,
     /// The node it sends to; it moves to the other on `not_primary` or silence.
@@ -110,7 +121,7 @@ impl Client {
         script.reverse();
         Client {
             index,
-            user: UserId(100 + index as u64),
+            user: UserId(100 + index as u64 * USERS_PER_CLIENT),
             admin,
             target: 0,
             pending: None,
@@ -177,7 +188,12 @@ impl Client {
     /// The answer to request `number` arrived. Returns its command for the ledger if it is
     /// an outcome (a `None` result means: no outcome, send the same request again). A late
     /// answer to an earlier request changes nothing here but still goes to the ledger.
-    pub fn answered(&mut self, now_ms: u64, number: u64, result: Option<Outcome>) -> Option<Command> {
+    pub fn answered(
+        &mut self,
+        now_ms: u64,
+        number: u64,
+        result: Option<Outcome>,
+    ) -> Option<Command> {
         let current = self.pending.as_ref().is_some_and(|p| p.number == number);
         if !current {
             result.as_ref()?;
@@ -193,15 +209,18 @@ impl Client {
         self.answered += 1;
         let think_ms = if self.admin { 1_500 } else { self.prng.range_inclusive(5, 40) };
         self.next_ms = now_ms + think_ms;
-        if let Outcome::Reserved { order, amount_cents, .. } = outcome {
-            self.held.push(Held { order, amount_cents });
+        if let (Outcome::Reserved { order, amount_cents, .. }, Command::Client { action, .. }) =
+            (&outcome, &command)
+            && let Action::Reserve(reserve) = action
+        {
+            self.held.push(Held { order: *order, user: reserve.user, amount_cents: *amount_cents });
         }
         Some(command)
     }
 
     fn key(&mut self) -> RequestKey {
         // Unique per client and request: the admin's setup keys are 1 and 2.
-        let key = (u128::from(self.user.0) << 64) | u128::from(self.next_key);
+        let key = ((self.index as u128 + 1) << 64) | u128::from(self.next_key);
         self.next_key += 1;
         RequestKey::from_u128(key)
     }
@@ -211,14 +230,15 @@ impl Client {
             if let Some(command) = self.script.pop() {
                 return Some(command);
             }
-            let action = Action::Restock { sku: HOT, qty: 5 };
+            let action = Action::Restock { sku: HOT, qty: 2 };
             return Some(Command::Client { key: self.key(), action });
         }
         let action = match self.prng.weighted(&[6, 3, 1, 2]) {
             0 => {
                 let sku = if self.prng.chance(3, 4) { HOT } else { PLENTY };
                 let qty = self.prng.range_inclusive(1, 2) as u32;
-                Action::Reserve(Reserve { user: self.user, sku, qty, coupon: None })
+                let user = UserId(self.user.0 + self.prng.below(USERS_PER_CLIENT));
+                Action::Reserve(Reserve { user, sku, qty, coupon: None })
             }
             1 | 2 if !self.held.is_empty() => {
                 let at = self.prng.below(self.held.len() as u64) as usize;
@@ -227,7 +247,7 @@ impl Client {
                     let payment_ref = PaymentRef::from_u128(u128::from(held.order.0));
                     Action::Pay { order: held.order, payment_ref, amount_cents: held.amount_cents }
                 } else {
-                    Action::Cancel { order: held.order, user: self.user }
+                    Action::Cancel { order: held.order, user: held.user }
                 }
             }
             _ => return Some(Command::Query(ringfence_core::Query::Sku(HOT))),

@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use ringfence_core::pipeline::{
-    Clock, Completion, Intake, ManualClock, Node, NodeConfig, NodeParts, Refused,
-    Session, SnapshotHook, Topology, Unanswered,
+    Clock, Completion, Intake, ManualClock, Node, NodeConfig, NodeParts, Refused, Session,
+    SnapshotHook, Topology, Unanswered,
 };
 use ringfence_core::prng::Prng;
-use ringfence_core::{Engine, EngineConfig, Epoch, Query, Sequence, Sequenced, SkuId, Outcome};
+use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Query, Sequence, Sequenced, SkuId};
 use ringfence_journal::epoch::Epochs;
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::format::SEGMENT_LEN_MIN;
@@ -31,10 +31,10 @@ use ringfence_replicator::control::{Control, Role};
 use ringfence_replicator::coordination::CoordinationConfig;
 use ringfence_replicator::coordination::driver::{self, Decided, Driver, Startup};
 use ringfence_replicator::coordination::pilot::{Identity, Timing};
+use ringfence_replicator::coordination::records::{LeaderValue, Member, Switchover, SyncRecord};
 use ringfence_replicator::coordination::store::{
     Coordinator, CoordinatorError, LeaseId, MemoryCoordinator, View,
 };
-use ringfence_replicator::coordination::records::{LeaderValue, Member, Switchover, SyncRecord};
 use ringfence_replicator::index::DirIndex;
 use ringfence_replicator::message::{Message, decode, encode};
 use ringfence_replicator::policy::AckMode;
@@ -116,6 +116,22 @@ pub struct ClusterSettings {
     pub timing: Timing,
     /// The SKUs whose stock the checker balances after every command.
     pub skus: Vec<SkuId>,
+    /// A deliberately broken variant, for the tests that prove the checkers bite.
+    pub mutation: Mutation,
+}
+
+/// A deliberately broken variant of the pair that the checkers must catch; only the tests
+/// choose one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    /// The product as built.
+    #[default]
+    None,
+    /// The primary counts records as acknowledged by the standby as soon as it sends them.
+    AckUnsent,
+    /// Both engines skip the stock check (with the `mutations` feature).
+    #[cfg_attr(not(all(test, feature = "mutations")), allow(dead_code))]
+    SkipStockCheck,
 }
 
 /// What the checkers learn from a node's BLP after every journaled command: its state hash
@@ -329,8 +345,11 @@ impl Machine {
     fn boot(&mut self, now_ms: u64, settings: &ClusterSettings, trace: &mut Trace) {
         if let Some(keep_through) = self.pending_truncate.take() {
             match recovery::truncate(&self.disk, keep_through.next()) {
-                Ok(_) => trace.event(now_ms, &format!("{}: dropped records after {keep_through}", self.name)),
-                Err(error) => trace.event(now_ms, &format!("{}: truncate failed: {error}", self.name)),
+                Ok(_) => trace
+                    .event(now_ms, &format!("{}: dropped records after {keep_through}", self.name)),
+                Err(error) => {
+                    trace.event(now_ms, &format!("{}: truncate failed: {error}", self.name))
+                }
             }
         }
         match recovery::recover_from(self.disk.clone(), Machine::options(settings)) {
@@ -338,8 +357,12 @@ impl Machine {
                 let last = recovered.next_sequence.0 - 1;
                 let report = &recovered.report;
                 let torn = report.torn_tail.is_some();
-                trace.event(now_ms, &format!("{}: recovered through {last} (torn tail: {torn})", self.name));
-                let candidate = Candidate { recovered: Some(recovered), startup: None, said: String::new() };
+                trace.event(
+                    now_ms,
+                    &format!("{}: recovered through {last} (torn tail: {torn})", self.name),
+                );
+                let candidate =
+                    Candidate { recovered: Some(recovered), startup: None, said: String::new() };
                 self.process = Process::Candidate(Box::new(candidate));
             }
             Err(error) => {
@@ -353,7 +376,13 @@ impl Machine {
         Identity { node: self.name.clone(), replication: self.name.clone(), http: None }
     }
 
-    fn decide(&mut self, now_ms: u64, settings: &ClusterSettings, witness: &Witness, trace: &mut Trace) {
+    fn decide(
+        &mut self,
+        now_ms: u64,
+        settings: &ClusterSettings,
+        witness: &Witness,
+        trace: &mut Trace,
+    ) {
         let me = self.identity();
         let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
         let Process::Candidate(candidate) = &mut self.process else { unreachable!() };
@@ -387,7 +416,9 @@ impl Machine {
         let recovered = candidate.recovered.take().expect("recovered");
         let what = match &decided {
             Decided::Primary { leader, .. } => format!("primary in epoch {}", leader.epoch),
-            Decided::Standby { leader } => format!("standby of {} (epoch {})", leader.node, leader.epoch),
+            Decided::Standby { leader } => {
+                format!("standby of {} (epoch {})", leader.node, leader.epoch)
+            }
         };
         trace.event(now_ms, &format!("{}: starts as {what}", self.name));
         let running = self.start_node(now_ms, settings, recovered, (startup, me, decided));
@@ -446,7 +477,8 @@ impl Machine {
         let rejoin_fn = Box::new(move |reason: &str| {
             *asked.lock().expect("never poisoned") = Some(reason.to_owned());
         });
-        let driver = Driver::new(startup, (me, decided), Arc::clone(&control), node.promoter(), rejoin_fn);
+        let driver =
+            Driver::new(startup, (me, decided), Arc::clone(&control), node.promoter(), rejoin_fn);
         let clients = node.session().expect("a fresh node opens a session");
         let follower = standby_of.map(|primary| {
             let session = node.session().expect("a fresh node opens a session");
@@ -469,7 +501,13 @@ impl Machine {
         }
     }
 
-    fn run(&mut self, now_ms: u64, settings: &ClusterSettings, net: &mut Network, trace: &mut Trace) -> TickReport {
+    fn run(
+        &mut self,
+        now_ms: u64,
+        settings: &ClusterSettings,
+        net: &mut Network,
+        trace: &mut Trace,
+    ) -> TickReport {
         let name = self.name.clone();
         let index = self.index;
         let nonce = nonce(&mut self.prng);
@@ -482,7 +520,10 @@ impl Machine {
             let was_primary = running.control.is_primary();
             running.driver.step();
             if running.control.is_primary() && !was_primary {
-                trace.event(now_ms, &format!("{name}: promoted to primary in epoch {}", running.control.epoch()));
+                trace.event(
+                    now_ms,
+                    &format!("{name}: promoted to primary in epoch {}", running.control.epoch()),
+                );
                 if let Some(follower) = running.follower.take() {
                     if let Some((conn, _)) = follower.conn {
                         net.close(conn, index, now_ms);
@@ -511,7 +552,15 @@ impl Machine {
     }
 
     /// Delivers one frame that arrived on `conn`.
-    pub fn deliver(&mut self, now_ms: u64, conn: ConnId, bytes: &[u8], settings: &ClusterSettings, net: &mut Network, trace: &mut Trace) {
+    pub fn deliver(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        bytes: &[u8],
+        settings: &ClusterSettings,
+        net: &mut Network,
+        trace: &mut Trace,
+    ) {
         let name = self.name.clone();
         let index = self.index;
         let disk = self.disk.clone();
@@ -532,10 +581,22 @@ impl Machine {
                 return;
             }
         };
-        let is_follower = running.follower.as_ref().is_some_and(|f| f.conn.as_ref().is_some_and(|(c, _)| *c == conn));
+        let is_follower = running
+            .follower
+            .as_ref()
+            .is_some_and(|f| f.conn.as_ref().is_some_and(|(c, _)| *c == conn));
         if is_follower {
             let follower = running.follower.as_mut().expect("checked");
-            follower.on_message(now_ms, &message, &running.control, net, index, settings, trace, &name);
+            follower.on_message(
+                now_ms,
+                &message,
+                &running.control,
+                net,
+                index,
+                settings,
+                trace,
+                &name,
+            );
         } else {
             running.on_standby_message(now_ms, conn, &message, settings, net, &disk, trace, &name);
         }
@@ -545,7 +606,9 @@ impl Machine {
     pub fn accept(&mut self, conn: ConnId) -> bool {
         let nonce = nonce(&mut self.prng);
         let Some(running) = self.running_mut() else { return false };
-        running.accepted.insert(conn, Accepted { session: PrimarySession::new(nonce), stream: None });
+        running
+            .accepted
+            .insert(conn, Accepted { session: PrimarySession::new(nonce), stream: None });
         true
     }
 
@@ -612,9 +675,17 @@ impl Running {
                 send(net, conn, me, &Message::Start(start), now_ms);
                 let stream = self.control.on_connected(name);
                 accepted.stream = Some((stream, start.from_sequence));
-                trace.event(now_ms, &format!("{name}: standby joined, streaming from {}", start.from_sequence));
+                trace.event(
+                    now_ms,
+                    &format!("{name}: standby joined, streaming from {}", start.from_sequence),
+                );
                 // A newly joined standby replaces the previous stream.
-                let old: Vec<ConnId> = self.accepted.iter().filter(|(c, a)| **c != conn && a.stream.is_some()).map(|(c, _)| *c).collect();
+                let old: Vec<ConnId> = self
+                    .accepted
+                    .iter()
+                    .filter(|(c, a)| **c != conn && a.stream.is_some())
+                    .map(|(c, _)| *c)
+                    .collect();
                 for old in old {
                     net.close(old, me, now_ms);
                 }
@@ -658,9 +729,9 @@ impl Running {
         trace: &mut Trace,
         name: &str,
     ) {
-        let _ = settings;
         let me = usize::from(name != "a");
-        let closed: Vec<ConnId> = self.accepted.keys().copied().filter(|c| !net.is_open(*c, me, now_ms)).collect();
+        let closed: Vec<ConnId> =
+            self.accepted.keys().copied().filter(|c| !net.is_open(*c, me, now_ms)).collect();
         for conn in closed {
             if let Some(Accepted { stream: Some((stream, _)), .. }) = self.accepted.remove(&conn) {
                 self.control.on_disconnected(stream);
@@ -678,15 +749,22 @@ impl Running {
                     Ok(0) => {}
                     Ok(count) => {
                         let mut frame = Vec::with_capacity(records.len() + 32);
-                        write_records(&mut frame, *next, count, &records).expect("a Vec takes every byte");
+                        write_records(&mut frame, *next, count, &records)
+                            .expect("a Vec takes every byte");
                         net.send(conn, me, frame, now_ms);
                         let through = Sequence(next.0 + u64::from(count) - 1);
                         accepted.session.on_sent(through, now_ms);
                         self.control.on_sent(*stream, through);
+                        if settings.mutation == Mutation::AckUnsent {
+                            self.control.on_ack(*stream, through, through, 0);
+                        }
                         *next = through.next();
                     }
                     Err(error) => {
-                        trace.event(now_ms, &format!("{name}: reading the journal to stream: {error}"));
+                        trace.event(
+                            now_ms,
+                            &format!("{name}: reading the journal to stream: {error}"),
+                        );
                         net.close(conn, me, now_ms);
                     }
                 }
@@ -700,7 +778,13 @@ impl Running {
 }
 
 impl Follower {
-    fn new(me: usize, node: Session, primary: usize, submitted: JournalEnd, now_ms: u64) -> Follower {
+    fn new(
+        me: usize,
+        node: Session,
+        primary: usize,
+        submitted: JournalEnd,
+        now_ms: u64,
+    ) -> Follower {
         Follower {
             me,
             node,
@@ -763,7 +847,11 @@ impl Follower {
                     send(net, conn, me, &Message::Ack(ack), now_ms);
                 }
                 let lag = session.primary_last().0.saturating_sub(self.answered.0);
-                control.set_follower(if lag == 0 { "following" } else { "catching_up" }, self.answered, lag);
+                control.set_follower(
+                    if lag == 0 { "following" } else { "catching_up" },
+                    self.answered,
+                    lag,
+                );
                 if now_ms.saturating_sub(self.heard_ms) > 400 {
                     trace.event(now_ms, &format!("{name}: the primary was silent: reconnecting"));
                     self.close(net, now_ms);
@@ -787,7 +875,8 @@ impl Follower {
             last_epoch: self.submitted.last_epoch,
             promised,
         };
-        let (session, hello) = StandbySession::start(settings.cluster, nonce, Purpose::Join(position), promised);
+        let (session, hello) =
+            StandbySession::start(settings.cluster, nonce, Purpose::Join(position), promised);
         send(net, conn, me, &hello.message(), now_ms);
         self.conn = Some((conn, session));
         self.heard_ms = now_ms;
@@ -813,7 +902,10 @@ impl Follower {
             StandbyStep::Reply(reply) => send(net, conn, me, &reply.message(), now_ms),
             StandbyStep::Following { epoch, from } => {
                 let epochs = control.epochs();
-                let raised = Epochs { current: epochs.current.max(epoch), promised: epochs.promised.max(epoch) };
+                let raised = Epochs {
+                    current: epochs.current.max(epoch),
+                    promised: epochs.promised.max(epoch),
+                };
                 if raised != epochs {
                     if let Err(error) = control.store_epochs(raised) {
                         trace.event(now_ms, &format!("{name}: storing epochs: {error}"));
@@ -821,7 +913,11 @@ impl Follower {
                         return;
                     }
                 }
-                assert_eq!(from, self.submitted.last_sequence.next(), "the session checked where the stream starts");
+                assert_eq!(
+                    from,
+                    self.submitted.last_sequence.next(),
+                    "the session checked where the stream starts"
+                );
                 self.streaming = true;
                 self.backoff_ms = 50;
                 trace.event(now_ms, &format!("{name}: following in epoch {epoch} from {from}"));
@@ -832,14 +928,18 @@ impl Follower {
                 for bytes in records.iter() {
                     let header = ringfence_core::record::read_header(bytes);
                     assert_eq!(header.sequence, self.submitted.last_sequence.next(), "in order");
-                    self.submitted = JournalEnd { last_sequence: header.sequence, last_epoch: header.epoch };
+                    self.submitted =
+                        JournalEnd { last_sequence: header.sequence, last_epoch: header.epoch };
                     self.backlog.push_back(bytes.to_vec());
                 }
                 self.submit_backlog();
             }
             StandbyStep::Continue => {}
             StandbyStep::Diverged { keep_through } => {
-                trace.event(now_ms, &format!("{name}: diverged after {keep_through}: restart to drop the rest"));
+                trace.event(
+                    now_ms,
+                    &format!("{name}: diverged after {keep_through}: restart to drop the rest"),
+                );
                 control.set_follower("diverged: restart to rejoin", self.answered, 0);
                 self.diverged = Some(keep_through);
                 self.stopped = true;
@@ -899,7 +999,8 @@ pub fn journal_records(disk: &FaultStorage, through: Sequence) -> Result<Vec<Vec
         }
         let mut at = 0;
         while at < bytes.len() {
-            let (_, len) = ringfence_core::record::check(&bytes[at..]).map_err(|e| format!("{e:?}"))?;
+            let (_, len) =
+                ringfence_core::record::check(&bytes[at..]).map_err(|e| format!("{e:?}"))?;
             out.push(bytes[at..at + len].to_vec());
             at += len;
         }

@@ -118,13 +118,16 @@ impl Network {
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, Conn {
+        self.conns.insert(
+            id,
+            Conn {
                 ends: [client, server],
                 last_at: [0; 2],
                 eof_at: [None; 2],
                 closed_by: [false; 2],
                 reset: false,
-            });
+            },
+        );
         self.opened.push((id, server));
         self.counts.connections += 1;
         Some(id)

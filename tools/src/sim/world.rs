@@ -15,7 +15,7 @@ use ringfence_replicator::policy::AckMode;
 
 use super::check;
 use super::clients::{self, Answer, Client, Ledger};
-use super::machine::{ClusterSettings, Machine, Process, Witness};
+use super::machine::{ClusterSettings, Machine, Mutation, Process, Witness};
 use super::net::{NetCounts, NetFaults, Network, Packet};
 use super::trace::Trace;
 
@@ -170,6 +170,7 @@ impl World {
             mode: AckMode::Sync,
             timing: Timing::for_ttl(1),
             skus: vec![clients::HOT, clients::PLENTY],
+            mutation: Mutation::None,
         };
         let stormy = prng.chance(1, 3);
         let net_faults = NetFaults {
@@ -212,6 +213,14 @@ impl World {
         }
     }
 
+    /// The world of `seed` built with a deliberately broken variant.
+    #[cfg(test)]
+    pub fn mutated(seed: u64, length: RunLength, mutation: Mutation) -> World {
+        let mut world = World::new(seed, length);
+        world.settings.mutation = mutation;
+        world
+    }
+
     /// Runs to the end, checking after every step; returns what happened.
     pub fn run(mut self) -> Report {
         let end = self.length.faults_ms + self.length.settle_ms;
@@ -226,7 +235,8 @@ impl World {
         // The pair is at rest but deadlines still tick: give the last records in flight time
         // to land, within the bound.
         let bound = end + CONVERGE_MS;
-        while failure.is_none() && self.now_ms < bound && check::converged(&self.machines).is_err() {
+        while failure.is_none() && self.now_ms < bound && check::converged(&self.machines).is_err()
+        {
             if let Err(broken) = self.step() {
                 failure = Some(broken);
             }
@@ -235,7 +245,8 @@ impl World {
         if failure.is_none() {
             failure = check::at_end(&self.machines, &self.ledger, &self.settings).err();
         }
-        let served = self.ledger.answers.iter().any(|a| is_write(a) && a.at_ms >= self.length.faults_ms);
+        let served =
+            self.ledger.answers.iter().any(|a| is_write(a) && a.at_ms >= self.length.faults_ms);
         if failure.is_none() && !served {
             failure = Some("no write was acknowledged after the faults stopped".into());
         }
@@ -366,7 +377,7 @@ impl World {
                 None
             }
         };
-        let Some(command) = client.answered(now, number, outcome.clone()) else { return Ok(()) };
+        let Some(command) = client.answered(now, number, outcome) else { return Ok(()) };
         let outcome = outcome.expect("a command is returned only with its outcome");
         let index = client.index;
         self.ledger.record(Answer { client: index, command, outcome, node, epoch, at_ms: now })
@@ -397,10 +408,8 @@ impl World {
                 }
                 Err(refused) => refused,
             };
-            let other = matches!(
-                refused,
-                Refused::NotPrimary | Refused::ShuttingDown | Refused::Failed(_)
-            );
+            let other =
+                matches!(refused, Refused::NotPrimary | Refused::ShuttingDown | Refused::Failed(_));
             client.refused(now, other);
             let reason = match refused {
                 Refused::Busy | Refused::SessionFull => "busy",
@@ -424,7 +433,8 @@ impl World {
             let machine = &mut self.machines[target];
             if !matches!(machine.process, Process::Down(_)) {
                 let kind = if power_loss { "power loss" } else { "kill -9" };
-                self.trace.event(now, &format!("FAULT {}: {kind}, back at {restart}", machine.name));
+                self.trace
+                    .event(now, &format!("FAULT {}: {kind}, back at {restart}", machine.name));
                 machine.crash(power_loss, restart, &mut self.net);
                 if power_loss {
                     self.faults.power_losses += 1;
@@ -470,7 +480,8 @@ impl World {
             let machine = &mut self.machines[target];
             if machine.running().is_some_and(|r| !r.control.is_primary()) {
                 let asked = machine.request_switchover();
-                self.trace.event(now, &format!("FAULT {}: switchover asked: {asked:?}", machine.name));
+                self.trace
+                    .event(now, &format!("FAULT {}: switchover asked: {asked:?}", machine.name));
                 self.faults.switchovers += 1;
             }
         }
