@@ -159,9 +159,16 @@ fn print_text(reports: &[Report], summary: bool) {
         println!("failovers            {}", totals.failovers);
         let f = totals.faults;
         println!(
-            "faults               {} kills, {} power losses, {} pauses, {} partitions, {} \
-             witness outages, {} switchovers",
-            f.kills, f.power_losses, f.pauses, f.partitions, f.witness_outages, f.switchovers
+            "faults               {} kills, {} power losses ({} of them after delivery), {} \
+             pauses, {} partitions, {} witness outages, {} switchovers, {} disk failures",
+            f.kills,
+            f.power_losses,
+            f.mid_step_crashes,
+            f.pauses,
+            f.partitions,
+            f.witness_outages,
+            f.switchovers,
+            f.disk_failures
         );
         let n = totals.network;
         println!(
@@ -224,6 +231,8 @@ impl Totals {
             f.partitions += r.partitions;
             f.witness_outages += r.witness_outages;
             f.switchovers += r.switchovers;
+            f.disk_failures += r.disk_failures;
+            f.mid_step_crashes += r.mid_step_crashes;
             let (n, r) = (&mut totals.network, &report.network);
             n.frames += r.frames;
             n.dropped += r.dropped;

@@ -48,6 +48,10 @@ pub struct FaultCounts {
     pub partitions: u64,
     pub witness_outages: u64,
     pub switchovers: u64,
+    /// Disks whose writes and syncs failed (ENOSPC, EIO) until the operator restarted the node.
+    pub disk_failures: u64,
+    /// Crashes that struck after frames were delivered and before the node took them.
+    pub mid_step_crashes: u64,
 }
 
 /// What one seed's run did and found.
@@ -109,11 +113,14 @@ struct Rates {
     partition_ppm: u64,
     witness_ppm: u64,
     switchover_ppm: u64,
+    disk_ppm: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Heal {
     Resume(usize),
+    /// The operator replaced the failing disk and restarted the node.
+    Disk(usize),
     Unblock(usize, usize),
     Witness,
 }
@@ -189,6 +196,7 @@ impl World {
             partition_ppm: 40 * scale,
             witness_ppm: 20 * scale,
             switchover_ppm: 20 * scale,
+            disk_ppm: 10 * scale,
         };
         let witness = Witness(Arc::new(Mutex::new(MemoryCoordinator::new("sim"))));
         World {
@@ -299,6 +307,13 @@ impl World {
             }
         }
         self.deliver();
+        if now < self.length.faults_ms && self.prng.chance(self.rates.crash_ppm / 2, 1_000_000) {
+            // Frames were handed to the node's shell; the process dies before it steps.
+            let target = self.prng.below(2) as usize;
+            if self.crash(target, "after delivery") {
+                self.faults.mid_step_crashes += 1;
+            }
+        }
         let mut completions = Vec::new();
         for index in 0..self.machines.len() {
             let machine = &mut self.machines[index];
@@ -428,19 +443,20 @@ impl World {
         let now = self.now_ms;
         if self.prng.chance(rates.crash_ppm, 1_000_000) {
             let target = self.prng.below(2) as usize;
-            let power_loss = self.prng.chance(1, 2);
-            let restart = now + self.prng.range_inclusive(50, 2_500);
+            self.crash(target, "");
+        }
+        if self.prng.chance(rates.disk_ppm, 1_000_000) {
+            let target = self.prng.below(2) as usize;
             let machine = &mut self.machines[target];
-            if !matches!(machine.process, Process::Down(_)) {
-                let kind = if power_loss { "power loss" } else { "kill -9" };
+            if machine.running().is_some() {
+                let until = now + self.prng.range_inclusive(50, 2_000);
+                let what = *self.prng.pick(&["seg", "manifest", "epoch"]);
+                machine.disk.fail_matching(what);
+                let name = &machine.name;
                 self.trace
-                    .event(now, &format!("FAULT {}: {kind}, back at {restart}", machine.name));
-                machine.crash(power_loss, restart, &mut self.net);
-                if power_loss {
-                    self.faults.power_losses += 1;
-                } else {
-                    self.faults.kills += 1;
-                }
+                    .event(now, &format!("FAULT {name}: writes to `{what}*` fail until {until}"));
+                self.heals.push((until, Heal::Disk(target)));
+                self.faults.disk_failures += 1;
             }
         }
         if self.prng.chance(rates.pause_ppm, 1_000_000) {
@@ -487,19 +503,50 @@ impl World {
         }
     }
 
+    /// Kills machine `target` if its process is up (a kill -9 or a power loss, drawn from the
+    /// seed), to restart a little later; whether it did.
+    fn crash(&mut self, target: usize, when: &str) -> bool {
+        let now = self.now_ms;
+        let power_loss = self.prng.chance(1, 2);
+        let restart = now + self.prng.range_inclusive(50, 2_500);
+        let machine = &mut self.machines[target];
+        if matches!(machine.process, Process::Down(_)) {
+            return false;
+        }
+        let kind = if power_loss { "power loss" } else { "kill -9" };
+        let name = &machine.name;
+        self.trace.event(now, &format!("FAULT {name}: {kind} {when}, back at {restart}"));
+        machine.crash(power_loss, restart, &mut self.net);
+        if power_loss {
+            self.faults.power_losses += 1;
+        } else {
+            self.faults.kills += 1;
+        }
+        true
+    }
+
     /// The fault period ends: partitions heal, the witness returns, paused machines resume
     /// and crashed ones restart.
     fn end_faults(&mut self) {
         self.trace.event(self.now_ms, "faults end: everything heals");
         self.net.heal();
         self.witness.0.lock().expect("never poisoned").unreachable = false;
+        // Failing disks are replaced (and their nodes restarted) as their heals would have.
+        let disks: Vec<usize> = self
+            .heals
+            .iter()
+            .filter_map(|&(_, heal)| match heal {
+                Heal::Disk(index) => Some(index),
+                _ => None,
+            })
+            .collect();
+        self.heals = disks.into_iter().map(|index| (self.now_ms, Heal::Disk(index))).collect();
         for machine in &mut self.machines {
             machine.paused = false;
             if let Process::Down(down) = &mut machine.process {
                 down.restart_ms = down.restart_ms.min(self.now_ms);
             }
         }
-        self.heals.clear();
     }
 
     fn heal_due(&mut self) {
@@ -513,6 +560,15 @@ impl World {
                     self.trace.event(now, &format!("{} resumes", self.machines[index].name));
                 }
                 Heal::Unblock(from, to) => self.net.set_blocked(from, to, false),
+                Heal::Disk(index) => {
+                    let machine = &mut self.machines[index];
+                    machine.disk.clear_faults();
+                    if !matches!(machine.process, Process::Down(_)) {
+                        let name = &machine.name;
+                        self.trace.event(now, &format!("{name}: disk replaced; restarted"));
+                        machine.crash(false, now + 1, &mut self.net);
+                    }
+                }
                 Heal::Witness => {
                     self.witness.0.lock().expect("never poisoned").unreachable = false;
                 }
