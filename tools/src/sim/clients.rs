@@ -1,5 +1,5 @@
-//! The simulated clients: buyers who reserve, pay and cancel, and an admin who creates the
-//! SKUs and restocks. Each has one request in flight; a request keeps its key across retries
+//! The simulated clients: buyers who reserve (now and then with a coupon), pay, cancel and
+//! claim coupons, and an admin who creates the SKUs and the coupon batch and restocks. Each has one request in flight; a request keeps its key across retries
 //! and client failovers, so the node's idempotency is what makes a retry safe. Every answer a
 //! client receives goes into the ledger the checkers hold the final state against.
 
@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use ringfence_core::prng::Prng;
 use ringfence_core::{
-    Action, Command, CreateSku, Epoch, OrderId, Outcome, PaymentRef, RequestKey, Reserve, SkuId,
-    UserId,
+    Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, Epoch, OrderId, Outcome,
+    PaymentRef, RequestKey, Reserve, SkuId, Timestamp, UserId,
 };
 
 /// The hot SKU: little stock, a per-user limit, a short payment timeout.
@@ -21,8 +21,12 @@ const PRICE_CENTS: u64 = 500;
 /// A request unanswered for this long is sent again, to the other node.
 const TIMEOUT_MS: u64 = 800;
 
-/// The SKUs the admin creates first.
-pub fn setup() -> Vec<Command> {
+/// The coupon batch buyers claim from: fewer coupons than buyers want.
+pub const COUPONS: BatchId = BatchId(1);
+
+/// The SKUs and the coupon batch the admin creates first; coupons are valid for an hour
+/// from `start`.
+pub fn setup(start: Timestamp) -> Vec<Command> {
     let sku = |sku, stock, per_user_limit, payment_timeout_ms| CreateSku {
         sku,
         stock,
@@ -40,6 +44,18 @@ pub fn setup() -> Vec<Command> {
         Command::Client {
             key: RequestKey::from_u128(2),
             action: Action::CreateSku(sku(PLENTY, 100_000, 0, 4_000)),
+        },
+        Command::Client {
+            key: RequestKey::from_u128(3),
+            action: Action::CreateCouponBatch(CreateCouponBatch {
+                batch: COUPONS,
+                quantity: 30,
+                per_user_limit: 2,
+                discount_cents: 100,
+                min_amount_cents: 0,
+                valid_from: start,
+                valid_until: start.plus_ms(3_600_000),
+            }),
         },
     ]
 }
@@ -93,6 +109,8 @@ pub struct Client {
     next_key: u64,
     script: Vec<Command>,
     held: Vec<Held>,
+    /// Coupons its buyers claimed and have not used.
+    coupons: Vec<(UserId, CouponId)>,
     prng: Prng,
     pub answered: u64,
     /// The last requests made, by number: an answer from a node the client gave up on may
@@ -115,9 +133,9 @@ pub fn from_token(token: u64) -> (usize, u64) {
 
 impl Client {
     /// Client `index`: 0 is the admin, the rest are buyers.
-    pub fn new(index: usize, prng: Prng) -> Client {
+    pub fn new(index: usize, start: Timestamp, prng: Prng) -> Client {
         let admin = index == 0;
-        let mut script = if admin { setup() } else { Vec::new() };
+        let mut script = if admin { setup(start) } else { Vec::new() };
         script.reverse();
         Client {
             index,
@@ -129,6 +147,7 @@ impl Client {
             next_key: 1,
             script,
             held: Vec::new(),
+            coupons: Vec::new(),
             prng,
             answered: 0,
             recent: std::collections::VecDeque::new(),
@@ -209,11 +228,19 @@ impl Client {
         self.answered += 1;
         let think_ms = if self.admin { 1_500 } else { self.prng.range_inclusive(5, 40) };
         self.next_ms = now_ms + think_ms;
-        if let (Outcome::Reserved { order, amount_cents, .. }, Command::Client { action, .. }) =
-            (&outcome, &command)
-            && let Action::Reserve(reserve) = action
-        {
-            self.held.push(Held { order: *order, user: reserve.user, amount_cents: *amount_cents });
+        match (&outcome, &command) {
+            (
+                Outcome::Reserved { order, amount_cents, .. },
+                Command::Client { action: Action::Reserve(reserve), .. },
+            ) => {
+                let held = Held { order: *order, user: reserve.user, amount_cents: *amount_cents };
+                self.held.push(held);
+            }
+            (
+                Outcome::CouponClaimed { coupon, .. },
+                Command::Client { action: Action::ClaimCoupon { user, .. }, .. },
+            ) => self.coupons.push((*user, *coupon)),
+            _ => {}
         }
         Some(command)
     }
@@ -233,12 +260,23 @@ impl Client {
             let action = Action::Restock { sku: HOT, qty: 2 };
             return Some(Command::Client { key: self.key(), action });
         }
-        let action = match self.prng.weighted(&[6, 3, 1, 2]) {
+        let user = UserId(self.user.0 + self.prng.below(USERS_PER_CLIENT));
+        let action = match self.prng.weighted(&[6, 3, 1, 2, 1]) {
             0 => {
                 let sku = if self.prng.chance(3, 4) { HOT } else { PLENTY };
                 let qty = self.prng.range_inclusive(1, 2) as u32;
-                let user = UserId(self.user.0 + self.prng.below(USERS_PER_CLIENT));
-                Action::Reserve(Reserve { user, sku, qty, coupon: None })
+                // A claimed coupon is used now and then (whoever of this client's buyers
+                // holds it reserves).
+                let (user, coupon) = match self.coupons.len() {
+                    0 => (user, None),
+                    n if self.prng.chance(1, 2) => {
+                        let (user, coupon) =
+                            self.coupons.swap_remove(self.prng.below(n as u64) as usize);
+                        (user, Some(coupon))
+                    }
+                    _ => (user, None),
+                };
+                Action::Reserve(Reserve { user, sku, qty, coupon })
             }
             1 | 2 if !self.held.is_empty() => {
                 let at = self.prng.below(self.held.len() as u64) as usize;
@@ -250,6 +288,7 @@ impl Client {
                     Action::Cancel { order: held.order, user: held.user }
                 }
             }
+            4 => Action::ClaimCoupon { user, batch: COUPONS },
             _ => return Some(Command::Query(ringfence_core::Query::Sku(HOT))),
         };
         Some(Command::Client { key: self.key(), action })

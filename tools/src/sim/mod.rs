@@ -160,7 +160,8 @@ fn print_text(reports: &[Report], summary: bool) {
         let f = totals.faults;
         println!(
             "faults               {} kills, {} power losses ({} of them after delivery), {} \
-             pauses, {} partitions, {} witness outages, {} switchovers, {} disk failures",
+             pauses, {} partitions, {} witness outages, {} switchovers, {} disk failures, {} \
+             bursts",
             f.kills,
             f.power_losses,
             f.mid_step_crashes,
@@ -168,7 +169,8 @@ fn print_text(reports: &[Report], summary: bool) {
             f.partitions,
             f.witness_outages,
             f.switchovers,
-            f.disk_failures
+            f.disk_failures,
+            f.bursts
         );
         let n = totals.network;
         println!(
@@ -233,6 +235,7 @@ impl Totals {
             f.switchovers += r.switchovers;
             f.disk_failures += r.disk_failures;
             f.mid_step_crashes += r.mid_step_crashes;
+            f.bursts += r.bursts;
             let (n, r) = (&mut totals.network, &report.network);
             n.frames += r.frames;
             n.dropped += r.dropped;

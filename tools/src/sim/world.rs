@@ -2,12 +2,13 @@
 //! millisecond at a time on one thread, with faults drawn from the seed until the fault period
 //! ends; then the world heals and must converge.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use ringfence_core::pipeline::{Clock, ManualClock, Refused, Unanswered};
 use ringfence_core::prng::Prng;
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
-use ringfence_core::{Command, EngineConfig, Timestamp};
+use ringfence_core::{Action, Command, EngineConfig, RequestKey, Reserve, Timestamp, UserId};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::coordination::pilot::Timing;
 use ringfence_replicator::coordination::store::MemoryCoordinator;
@@ -52,6 +53,8 @@ pub struct FaultCounts {
     pub disk_failures: u64,
     /// Crashes that struck after frames were delivered and before the node took them.
     pub mid_step_crashes: u64,
+    /// Bursts of reservations submitted at once, past what the ring holds.
+    pub bursts: u64,
 }
 
 /// What one seed's run did and found.
@@ -102,6 +105,9 @@ pub struct World {
     highest_epoch: u64,
     failovers: u64,
     refusals: std::collections::BTreeMap<String, u64>,
+    /// Burst requests in flight, by token.
+    burst: BTreeMap<u64, Command>,
+    burst_next: u64,
 }
 
 /// How often each fault strikes, per simulated ms (parts per million), drawn per seed so that
@@ -114,6 +120,7 @@ struct Rates {
     witness_ppm: u64,
     switchover_ppm: u64,
     disk_ppm: u64,
+    burst_ppm: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -188,7 +195,7 @@ impl World {
             delay_ms: (0, prng.range_inclusive(1, 8)),
         };
         let net = Network::new(prng.fork(), net_faults);
-        let clients = (0..6).map(|index| Client::new(index, prng.fork())).collect();
+        let clients = (0..6).map(|index| Client::new(index, start, prng.fork())).collect();
         let scale = prng.range_inclusive(1, 4);
         let rates = Rates {
             crash_ppm: 60 * scale,
@@ -197,6 +204,7 @@ impl World {
             witness_ppm: 20 * scale,
             switchover_ppm: 20 * scale,
             disk_ppm: 10 * scale,
+            burst_ppm: 40 * scale,
         };
         let witness = Witness(Arc::new(Mutex::new(MemoryCoordinator::new("sim"))));
         World {
@@ -218,6 +226,8 @@ impl World {
             highest_epoch: 0,
             failovers: 0,
             refusals: Default::default(),
+            burst: BTreeMap::new(),
+            burst_next: 1,
         }
     }
 
@@ -378,6 +388,10 @@ impl World {
         epoch: ringfence_core::Epoch,
     ) -> Result<(), String> {
         let now = self.now_ms;
+        let (client, _) = clients::from_token(completion.token);
+        if client == self.clients.len() {
+            return self.burst_answered(node, completion, epoch);
+        }
         let (client, number) = clients::from_token(completion.token);
         let client = &mut self.clients[client];
         let outcome = match completion.result {
@@ -396,6 +410,54 @@ impl World {
         let outcome = outcome.expect("a command is returned only with its outcome");
         let index = client.index;
         self.ledger.record(Answer { client: index, command, outcome, node, epoch, at_ms: now })
+    }
+
+    /// A burst's answer: recorded if it is an outcome; a burst does not retry.
+    fn burst_answered(
+        &mut self,
+        node: usize,
+        completion: ringfence_core::pipeline::Completion,
+        epoch: ringfence_core::Epoch,
+    ) -> Result<(), String> {
+        let command = self.burst.remove(&completion.token).expect("a burst request");
+        let Ok(outcome) = completion.result else { return Ok(()) };
+        let client = self.clients.len();
+        let answer = Answer { client, command, outcome, node, epoch, at_ms: self.now_ms };
+        self.ledger.record(answer)
+    }
+
+    /// Submits hundreds of reservations at once to the node that says it is primary, without
+    /// stepping it: the ring fills and the rest are refused `busy`.
+    fn burst(&mut self) {
+        let now = self.now_ms;
+        let size = self.prng.range_inclusive(300, 2_000);
+        let Some(target) = self.machines.iter().position(|m| m.is_primary() && !m.paused) else {
+            return;
+        };
+        let burst = self.clients.len();
+        let running = self.machines[target].running_mut().expect("a primary runs");
+        let (mut taken, mut refused) = (0, 0);
+        for _ in 0..size {
+            let number = self.burst_next;
+            self.burst_next += 1;
+            let key = RequestKey::from_u128(((burst as u128 + 1) << 64) | u128::from(number));
+            let user = UserId(10_000 + number);
+            let reserve = Reserve { user, sku: clients::PLENTY, qty: 1, coupon: None };
+            let command = Command::Client { key, action: Action::Reserve(reserve) };
+            let token = clients::token(burst, number);
+            match running.clients.try_submit(command, token) {
+                Ok(_) => {
+                    self.burst.insert(token, command);
+                    taken += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        *self.refusals.entry("busy".to_owned()).or_default() += refused;
+        let name = &self.machines[target].name;
+        self.trace
+            .event(now, &format!("burst of {size} to {name}: {taken} taken, {refused} refused"));
+        self.faults.bursts += 1;
     }
 
     fn submit(&mut self) {
@@ -444,6 +506,9 @@ impl World {
         if self.prng.chance(rates.crash_ppm, 1_000_000) {
             let target = self.prng.below(2) as usize;
             self.crash(target, "");
+        }
+        if now >= 2_000 && self.prng.chance(rates.burst_ppm, 1_000_000) {
+            self.burst();
         }
         if self.prng.chance(rates.disk_ppm, 1_000_000) {
             let target = self.prng.below(2) as usize;
