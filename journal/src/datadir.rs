@@ -23,6 +23,22 @@ use crate::scan::ReadSource;
 use crate::snapshot;
 use crate::storage::{Retired, Storage, is_temp_name, write_atomically};
 
+/// Present while the directory may lack records it once acknowledged: created with a new
+/// directory and by every truncation (an operator's `journal truncate`, a dropped diverged
+/// tail, a snapshot that replaces the journal), removed once the node caught up with a
+/// primary, or became one. While it is present, an in-sync record naming this node does not
+/// let it take over: the record was written when the node held every acknowledged write, and
+/// it may not any more.
+pub const CATCH_UP_FILE: &str = "catch-up";
+
+/// What the marker says to an operator who finds it.
+const CATCH_UP_TEXT: &[u8] = b"This data directory may lack records it once acknowledged (it was created or truncated since). The node takes over as primary only after it has caught up with one. To let it take over anyway, accepting the loss of what it lacks, stop it and delete this file.\n";
+
+/// Writes the catch-up marker durably.
+pub(crate) fn mark_catching_up<S: Storage>(storage: &S) -> Result<(), JournalError> {
+    Ok(write_atomically(storage, CATCH_UP_FILE, CATCH_UP_TEXT)?)
+}
+
 /// The data directory: storage, plus the manifest and epochs in force. Cheap to clone; clones
 /// share everything.
 pub struct DataDir<S: Storage> {
@@ -42,6 +58,8 @@ struct Shared {
 struct State {
     manifest: Manifest,
     epochs: Epochs,
+    /// The catch-up marker is present.
+    catching_up: bool,
 }
 
 impl<S: Storage> Clone for DataDir<S> {
@@ -57,8 +75,9 @@ impl<S: Storage> DataDir<S> {
         // Decoded or new: what `Manifest::decode` accepts.
         assert!(manifest.generation >= 1, "manifest generations start at 1");
         debug_assert!(manifest.segments.windows(2).all(|pair| pair[0].first < pair[1].first));
+        let catching_up = storage.file_len(CATCH_UP_FILE).is_ok();
         let shared = Shared {
-            state: Mutex::new(State { manifest, epochs }),
+            state: Mutex::new(State { manifest, epochs, catching_up }),
             current_epoch: AtomicU64::new(epochs.current.0),
             durable_sequence: AtomicU64::new(0),
         };
@@ -151,6 +170,28 @@ impl<S: Storage> DataDir<S> {
         state.epochs = epochs;
         self.shared.current_epoch.store(epochs.current.0, Ordering::Release);
         self.verify(&state);
+        Ok(())
+    }
+
+    /// Whether the directory may lack records it once acknowledged ([`CATCH_UP_FILE`]).
+    #[must_use]
+    pub fn catching_up(&self) -> bool {
+        self.state().catching_up
+    }
+
+    /// The node caught up with a primary, or became one: removes the catch-up marker durably.
+    pub fn caught_up(&self) -> Result<(), JournalError> {
+        let mut state = self.state();
+        if !state.catching_up {
+            return Ok(());
+        }
+        let file = self.storage.describe(CATCH_UP_FILE);
+        self.storage
+            .remove(CATCH_UP_FILE)
+            .map_err(|e| JournalError::io(format!("removing {file}"), e))?;
+        sync_dir(&self.storage)?;
+        state.catching_up = false;
+        assert!(self.storage.file_len(CATCH_UP_FILE).is_err(), "the marker is still there");
         Ok(())
     }
 

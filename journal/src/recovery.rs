@@ -204,6 +204,8 @@ fn open_dir<S: Storage>(
         return Ok(DataDir::new(storage.clone(), manifest.clone(), epochs));
     }
     assert!(check.is_fresh(), "the check reports a directory it cannot open");
+    // First: a new directory holds nothing it acknowledged, whatever a witness says of it.
+    datadir::mark_catching_up(storage)?;
     let epochs = match check.epochs {
         Some(epochs) => epochs,
         None => {
@@ -426,6 +428,8 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
             problem.sequence, problem.name, problem.offset, problem.sequence
         )));
     }
+    // Before the first cut: records this node may have acknowledged are about to go.
+    datadir::mark_catching_up(storage)?;
     let mut truncation = Truncation::default();
     for (first, name) in scan::sorted_segments(storage)?.into_iter().rev() {
         if first >= at {

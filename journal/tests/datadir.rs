@@ -380,3 +380,42 @@ fn a_journal_that_does_not_reproduce_the_blp_fails_the_snapshot_loudly() {
     assert!(error.contains("does not reproduce the BLP's state"), "{error}");
     assert!(snapshot::list(&disk).unwrap().is_empty());
 }
+
+#[test]
+fn a_new_or_truncated_directory_is_catching_up_until_it_caught_up() {
+    // Goal: the catch-up marker says when a directory may lack records it once acknowledged:
+    // a new directory and a truncated journal carry it, across a power loss; `caught_up`
+    // removes it durably; a plain restart neither sets nor clears it.
+    let dir = TempDir::new("catch-up");
+    let storage = FaultStorage::new();
+    let recovered = recover_from(storage.clone(), options(Durability::Batch)).unwrap();
+    assert!(recovered.writer.data_dir().catching_up(), "a new directory acknowledged nothing");
+    drop(recovered);
+    let storage = storage.power_loss(None);
+    let recovered = recover_from(storage.clone(), options(Durability::Batch)).unwrap();
+    assert!(recovered.writer.data_dir().catching_up(), "the marker is durable");
+    recovered.writer.data_dir().caught_up().unwrap();
+    assert!(!recovered.writer.data_dir().catching_up());
+    drop(recovered);
+    let storage = storage.power_loss(None);
+    let recovered = recover_from(storage.clone(), options(Durability::Batch)).unwrap();
+    assert!(!recovered.writer.data_dir().catching_up(), "its removal is durable");
+    drop(recovered);
+
+    // A journal with records, truncated by the operator: catching up again.
+    write_journal(dir.path(), 100);
+    let files = FileStorage::open(dir.path()).unwrap();
+    recover_from(files.clone(), options(Durability::Batch))
+        .unwrap()
+        .writer
+        .data_dir()
+        .caught_up()
+        .unwrap();
+    let restarted = recover_from(files.clone(), options(Durability::Batch)).unwrap();
+    assert!(!restarted.writer.data_dir().catching_up(), "a restart is not a truncation");
+    drop(restarted);
+    recovery::truncate(&files, Sequence(50)).unwrap();
+    let truncated = recover_from(files, options(Durability::Batch)).unwrap();
+    assert_eq!(truncated.next_sequence, Sequence(50));
+    assert!(truncated.writer.data_dir().catching_up(), "records were dropped");
+}

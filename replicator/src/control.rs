@@ -36,6 +36,11 @@ pub trait EpochStore: Send + Sync + 'static {
     fn epochs(&self) -> Epochs;
     /// Stores new epochs durably before returning.
     fn store(&self, epochs: Epochs) -> Result<(), String>;
+    /// Whether the directory may lack records it once acknowledged (created or truncated
+    /// since): then it does not take over on the strength of an in-sync record.
+    fn catching_up(&self) -> bool;
+    /// The node caught up with a primary, or became one: durably no longer catching up.
+    fn caught_up(&self) -> Result<(), String>;
 }
 
 impl<S: Storage + Sync> EpochStore for DataDir<S> {
@@ -44,6 +49,12 @@ impl<S: Storage + Sync> EpochStore for DataDir<S> {
     }
     fn store(&self, epochs: Epochs) -> Result<(), String> {
         self.store_epochs(epochs).map_err(|e| e.to_string())
+    }
+    fn catching_up(&self) -> bool {
+        DataDir::catching_up(self)
+    }
+    fn caught_up(&self) -> Result<(), String> {
+        DataDir::caught_up(self).map_err(|e| e.to_string())
     }
 }
 
@@ -411,6 +422,7 @@ impl Control {
             available: Sequence(self.link.available()),
             diverged: !primary && state.follower_state.starts_with("diverged"),
             epoch_floor: epochs.current.0.max(epochs.promised.0),
+            catching_up: self.epochs.catching_up(),
         }
     }
 
@@ -439,6 +451,20 @@ impl Control {
             state.sent.remove(1);
         }
         state.sent.push_back((through, now));
+    }
+
+    /// The standby holds everything its primary reported journaled: a directory that was
+    /// catching up (created or truncated) holds every acknowledged write again.
+    pub fn caught_up(&self) {
+        if !self.epochs.catching_up() {
+            return;
+        }
+        match self.epochs.caught_up() {
+            Ok(()) => log(format_args!(
+                "replication: caught up with the primary; this node may take over again"
+            )),
+            Err(error) => log(format_args!("replication: removing the catch-up marker: {error}")),
+        }
     }
 
     /// The standby follower's progress, for the figures: its state, what it holds, and how
@@ -535,6 +561,8 @@ impl Control {
         }
         self.stop_follower()?;
         self.store_epochs(Epochs { current: epoch, promised: epoch })?;
+        // Its journal is the reference copy from now on.
+        self.epochs.caught_up()?;
         node.promote(epoch).map_err(|e| e.to_string())?;
         let now = self.now_ms();
         let mut state = self.state();
@@ -588,6 +616,12 @@ mod tests {
         }
         fn store(&self, epochs: Epochs) -> Result<(), String> {
             *self.0.lock().unwrap() = epochs;
+            Ok(())
+        }
+        fn catching_up(&self) -> bool {
+            false
+        }
+        fn caught_up(&self) -> Result<(), String> {
             Ok(())
         }
     }

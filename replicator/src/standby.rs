@@ -407,6 +407,9 @@ fn follow_stream(
         }
         let lag = session.primary_last().0.saturating_sub(held.0);
         control.set_follower(if lag == 0 { "following" } else { "catching_up" }, held, lag);
+        if lag == 0 {
+            control.caught_up();
+        }
         let left = silence.saturating_sub(heard.elapsed());
         if left.is_zero() {
             return Err(format!("the primary was silent for {} ms", silence.as_millis()));

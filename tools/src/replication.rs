@@ -137,7 +137,7 @@ pub fn coordinate(
     config: CoordinationConfig,
     replication: &mut Replication,
     http: Option<SocketAddr>,
-    (last, epoch_floor): (Sequence, u64),
+    (last, epoch_floor, catching_up): (Sequence, u64, bool),
 ) -> Result<Coordinated, String> {
     let listen = replication.config.listen;
     if listen.port() == 0 {
@@ -166,7 +166,7 @@ pub fn coordinate(
     let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
     let give_up = Duration::from_secs(u64::MAX / 4);
     let mut startup = Startup::connect(config, Box::new(witness), give_up, clock)?;
-    let facts = candidate_facts(last, epoch_floor, replication.config.mode);
+    let facts = candidate_facts(last, epoch_floor, replication.config.mode, catching_up);
     let decided = startup.decide(&me, &facts)?;
     match &decided {
         Decided::Primary { .. } => replication.role = Role::Primary,

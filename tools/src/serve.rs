@@ -359,6 +359,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         epoch = Epoch(leader.epoch);
         dir.store_epochs(Epochs { current: epoch, promised: epoch })
             .map_err(|e| format!("storing epoch {epoch}: {e}"))?;
+        // Its journal is the reference copy from now on.
+        dir.caught_up().map_err(|e| format!("clearing the catch-up marker: {e}"))?;
     }
     let standby = replication.as_ref().is_some_and(|r| r.role != Role::Primary);
     let intake = if standby { Intake::Replica } else { Intake::Sequencer };
@@ -473,8 +475,9 @@ fn coordinate(
     let recovered = recover_logged(storage, options.clone())?;
     let last = Sequence(recovered.next_sequence.0 - 1);
     let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
+    let catching_up = recovered.writer.data_dir().catching_up();
     drop(recovered);
-    replication::coordinate(config, replication, http, (last, floor)).map(Some)
+    replication::coordinate(config, replication, http, (last, floor, catching_up)).map(Some)
 }
 
 /// The snapshot writer's counters and gauges in Prometheus text.

@@ -650,9 +650,15 @@ impl Driver {
     }
 }
 
-/// The facts of a node that has not started yet: its journal's end and its epochs.
+/// The facts of a node that has not started yet: its journal's end, its epochs, and whether
+/// its directory is catching up (`DataDir::catching_up`).
 #[must_use]
-pub fn candidate_facts(available: Sequence, epoch_floor: u64, mode: AckMode) -> Facts {
+pub fn candidate_facts(
+    available: Sequence,
+    epoch_floor: u64,
+    mode: AckMode,
+    catching_up: bool,
+) -> Facts {
     Facts {
         primary: false,
         policy: PolicyState::Alone,
@@ -662,5 +668,6 @@ pub fn candidate_facts(available: Sequence, epoch_floor: u64, mode: AckMode) -> 
         available,
         diverged: false,
         epoch_floor,
+        catching_up,
     }
 }

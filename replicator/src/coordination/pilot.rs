@@ -106,6 +106,10 @@ pub struct Facts {
     pub diverged: bool,
     /// The highest epoch this node stored (current or promised).
     pub epoch_floor: u64,
+    /// Its data directory was created or truncated since it last caught up with a primary:
+    /// it may lack records it acknowledged, so an in-sync record naming it does not let it
+    /// take over.
+    pub catching_up: bool,
 }
 
 /// What the driver does after a sync record write succeeded.
@@ -511,6 +515,17 @@ fn leaderless(me: &Identity, view: &View, facts: &Facts) -> Plan {
                 sync.primary, sync.mode, me.node
             ));
         }
+        // The record was true when written; a directory created or truncated since may no
+        // longer hold what the node acknowledged. In async mode losses are accepted.
+        if facts.catching_up && sync.ack_mode() == AckMode::Sync {
+            return Plan::Wait(format!(
+                "nobody leads; the in-sync record names {}, but its data directory was created \
+                 or truncated since and may lack acknowledged writes: it takes over only after \
+                 catching up with a primary (delete the catch-up file in its data directory to \
+                 accept the loss)",
+                me.node
+            ));
+        }
     }
     let epoch = view.epoch().max(facts.epoch_floor) + 1;
     let leader = LeaderValue {
@@ -578,6 +593,7 @@ mod tests {
             available: Sequence(available),
             diverged: false,
             epoch_floor: 1,
+            catching_up: false,
         }
     }
 
@@ -660,6 +676,45 @@ mod tests {
         assert_eq!(b.state(), "leader");
         let plan = a.on_view(1_100, &in_sync, &witness.read().unwrap());
         assert!(matches!(plan, Plan::Rejoin(_)), "{plan:?}");
+    }
+
+    #[test]
+    fn a_recorded_standby_whose_journal_was_truncated_waits_until_it_caught_up() {
+        // Goal: the record named b when b held every acknowledged write; after its journal
+        // was truncated (or its directory created anew) b does not take over on that record,
+        // at start or while running, and says why; caught up, it does.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, mut b, _, lease_b) = pair(&mut witness);
+        let in_sync = facts(true, PolicyState::InSync, Gate::Standby, (50, 50));
+        a.on_view(0, &in_sync, &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync, &witness.read().unwrap());
+        carry_record(&mut witness, &mut a, plan);
+        witness.now_ms = 5_000;
+        witness.keep_alive(lease_b).unwrap();
+        let view = witness.read().unwrap();
+        let truncated = Facts { catching_up: true, ..candidate(7) };
+        for plan in [start(&me("b"), &view, &truncated), b.on_view(5_000, &truncated, &view)] {
+            assert!(matches!(&plan, Plan::Wait(why) if why.contains("catching up")), "{plan:?}");
+        }
+        let caught_up = candidate(50);
+        assert!(matches!(b.on_view(5_000, &caught_up, &view), Plan::Campaign { .. }));
+    }
+
+    #[test]
+    fn under_an_async_record_a_truncated_standby_may_take_over() {
+        // Goal: async accepts losing what the standby lacks, so a truncated standby is not
+        // held back by the catch-up marker there.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, lease_b) = pair(&mut witness);
+        let facts_async =
+            Facts { mode: AckMode::Async, ..facts(true, PolicyState::Alone, Gate::Local, (0, 9)) };
+        let plan = a.mode_request(AckMode::Async, &facts_async);
+        carry_record(&mut witness, &mut a, plan);
+        witness.now_ms = 5_000;
+        witness.keep_alive(lease_b).unwrap();
+        let truncated = Facts { catching_up: true, ..candidate(3) };
+        let plan = start(&me("b"), &witness.read().unwrap(), &truncated);
+        assert!(matches!(plan, Plan::Campaign { .. }), "{plan:?}");
     }
 
     #[test]

@@ -20,9 +20,11 @@ use ringfence_core::pipeline::{
 use ringfence_core::prng::Prng;
 use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Query, Sequence, Sequenced, SkuId};
 use ringfence_journal::epoch::Epochs;
+use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
-use ringfence_journal::format::SEGMENT_LEN_MIN;
+use ringfence_journal::format::{SEGMENT_HEADER_LEN, SEGMENT_LEN_MIN};
 use ringfence_journal::recovery::{self, Recovered};
+use ringfence_journal::storage::Storage as _;
 use ringfence_journal::tail::Tail;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret, Nonce};
@@ -251,6 +253,8 @@ pub struct Machine {
     pub observed: Arc<Mutex<Observed>>,
     /// Sequence to truncate the journal after at the next start (a diverged tail).
     pending_truncate: Option<Sequence>,
+    /// Times the operator truncated a journal recovery refused as corrupt.
+    pub repairs: u64,
     prng: Prng,
 }
 
@@ -266,6 +270,7 @@ impl Machine {
             paused: false,
             observed: Arc::default(),
             pending_truncate: None,
+            repairs: 0,
             prng,
         }
     }
@@ -352,7 +357,21 @@ impl Machine {
                 }
             }
         }
-        match recovery::recover_from(self.disk.clone(), Machine::options(settings)) {
+        let mut recovered = recovery::recover_from(self.disk.clone(), Machine::options(settings));
+        if let Err(JournalError::Corrupt { sequence, .. }) = &recovered {
+            // The runbook's repair for a node whose peer holds its records: drop the damaged
+            // record and what follows, and rejoin; the primary streams them again.
+            let sequence = *sequence;
+            let error = recovered.as_ref().err().map(ToString::to_string).unwrap_or_default();
+            trace.event(now_ms, &format!("{}: recovery refused: {error}", self.name));
+            let truncated = recovery::truncate(&self.disk, sequence);
+            let done = truncated.map_or_else(|e| e.to_string(), |_| "done".to_owned());
+            trace
+                .event(now_ms, &format!("{}: operator truncates at {sequence}: {done}", self.name));
+            self.repairs += 1;
+            recovered = recovery::recover_from(self.disk.clone(), Machine::options(settings));
+        }
+        match recovered {
             Ok(recovered) => {
                 let last = recovered.next_sequence.0 - 1;
                 let report = &recovered.report;
@@ -370,6 +389,29 @@ impl Machine {
                 self.process = Process::Down(Down { restart_ms: u64::MAX });
             }
         }
+    }
+
+    /// Bit rot on a machine that is down: one bit flipped inside the written part of one of
+    /// its segments. What it flipped, if anything.
+    pub fn rot(&mut self, prng: &mut Prng) -> Option<String> {
+        if !matches!(self.process, Process::Down(_)) {
+            return None;
+        }
+        let files = self.disk.list().ok()?;
+        let segments: Vec<&String> = files.iter().filter(|name| name.ends_with(".seg")).collect();
+        if segments.is_empty() {
+            return None;
+        }
+        let name = (*prng.pick(&segments)).clone();
+        let bytes = self.disk.live_bytes(&name)?;
+        let last = bytes.iter().rposition(|&byte| byte != 0)?;
+        if last <= SEGMENT_HEADER_LEN {
+            return None;
+        }
+        let offset = prng.range_inclusive(SEGMENT_HEADER_LEN as u64, last as u64) as usize;
+        let mask = 1 << prng.below(8);
+        self.disk.corrupt(&name, offset, mask);
+        Some(format!("{name} byte {offset} bit mask {mask:#04x}"))
     }
 
     fn identity(&self) -> Identity {
@@ -403,7 +445,8 @@ impl Machine {
         let recovered = candidate.recovered.as_ref().expect("recovered until decided");
         let last = Sequence(recovered.next_sequence.0 - 1);
         let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
-        let facts = driver::candidate_facts(last, floor, settings.mode);
+        let catching_up = recovered.writer.data_dir().catching_up();
+        let facts = driver::candidate_facts(last, floor, settings.mode, catching_up);
         let decided = match startup.decide_round(&me, &facts, &mut candidate.said) {
             Ok(Some(decided)) => decided,
             Ok(None) => return,
@@ -446,6 +489,7 @@ impl Machine {
             // journals in it.
             epochs = Epochs { current: Epoch(leader.epoch), promised: Epoch(leader.epoch) };
             writer.data_dir().store_epochs(epochs).expect("the simulated disk stores epochs");
+            writer.data_dir().caught_up().expect("the simulated disk removes the marker");
         }
         let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
         let mut replication = ReplicationConfig::new(
@@ -834,7 +878,10 @@ impl Follower {
             self.close(net, now_ms);
             return;
         }
-        self.submit_backlog();
+        self.submit_backlog(now_ms, net, trace, name);
+        if self.stopped {
+            return;
+        }
         if let Some((conn, session)) = self.conn.as_mut() {
             let conn = *conn;
             if !net.is_open(conn, self.me, now_ms) {
@@ -852,6 +899,9 @@ impl Follower {
                     self.answered,
                     lag,
                 );
+                if lag == 0 {
+                    control.caught_up();
+                }
                 if now_ms.saturating_sub(self.heard_ms) > 400 {
                     trace.event(now_ms, &format!("{name}: the primary was silent: reconnecting"));
                     self.close(net, now_ms);
@@ -932,7 +982,7 @@ impl Follower {
                         JournalEnd { last_sequence: header.sequence, last_epoch: header.epoch };
                     self.backlog.push_back(bytes.to_vec());
                 }
-                self.submit_backlog();
+                self.submit_backlog(now_ms, net, trace, name);
             }
             StandbyStep::Continue => {}
             StandbyStep::Diverged { keep_through } => {
@@ -956,15 +1006,19 @@ impl Follower {
         }
     }
 
-    fn submit_backlog(&mut self) {
+    /// Submits what the node's ring takes of the backlog; a refusal other than a full ring
+    /// stops following (as `standby.rs`'s `submit` does), reported to the trace.
+    fn submit_backlog(&mut self, now_ms: u64, net: &mut Network, trace: &mut Trace, name: &str) {
         while let Some(bytes) = self.backlog.front() {
             match self.node.try_submit_record(bytes, 0) {
                 Ok(_) => {
                     self.backlog.pop_front();
                 }
                 Err(Refused::Busy | Refused::SessionFull) => return,
-                Err(_) => {
+                Err(refused) => {
+                    trace.event(now_ms, &format!("{name}: the node refused a record: {refused}"));
                     self.stopped = true;
+                    self.close(net, now_ms);
                     return;
                 }
             }

@@ -42,6 +42,9 @@ pub struct SimArgs {
     /// Simulated seconds after the faults stop in which the pair must converge and serve.
     #[arg(long, default_value_t = 10)]
     pub settle_s: u64,
+    /// How many of the last events a failing seed prints.
+    #[arg(long, default_value_t = 64)]
+    pub events: usize,
     /// Threads for a swarm (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -56,7 +59,11 @@ pub struct SimArgs {
 
 /// Runs `ringfence sim`.
 pub fn run(args: &SimArgs) -> ExitCode {
-    let length = RunLength { faults_ms: args.faults_s * 1_000, settle_ms: args.settle_s * 1_000 };
+    let length = RunLength {
+        faults_ms: args.faults_s * 1_000,
+        settle_ms: args.settle_s * 1_000,
+        events_kept: args.events,
+    };
     let seeds: Vec<u64> = match (args.seed, args.seeds) {
         (Some(seed), _) => vec![seed],
         (None, Some(count)) => (args.first..args.first.saturating_add(count)).collect(),
@@ -161,7 +168,7 @@ fn print_text(reports: &[Report], summary: bool) {
         println!(
             "faults               {} kills, {} power losses ({} of them after delivery), {} \
              pauses, {} partitions, {} witness outages, {} switchovers, {} disk failures, {} \
-             bursts",
+             bursts, {} bits flipped at rest ({} journals repaired)",
             f.kills,
             f.power_losses,
             f.mid_step_crashes,
@@ -170,13 +177,15 @@ fn print_text(reports: &[Report], summary: bool) {
             f.witness_outages,
             f.switchovers,
             f.disk_failures,
-            f.bursts
+            f.bursts,
+            f.bit_flips,
+            f.repairs
         );
         let n = totals.network;
         println!(
-            "network              {} frames: {} dropped, {} duplicated, {} reordered, {} \
-             corrupted; {} connections",
-            n.frames, n.dropped, n.duplicated, n.reordered, n.corrupted, n.connections
+            "network              {} frames: {} held by partitions, {} lost (connection broken), \
+             {} duplicated, {} reordered, {} corrupted; {} connections",
+            n.frames, n.held, n.dropped, n.duplicated, n.reordered, n.corrupted, n.connections
         );
         if let [report] = reports {
             println!("trace hash           {} ({} events)", report.trace_hash, report.events);
@@ -236,9 +245,12 @@ impl Totals {
             f.disk_failures += r.disk_failures;
             f.mid_step_crashes += r.mid_step_crashes;
             f.bursts += r.bursts;
+            f.bit_flips += r.bit_flips;
+            f.repairs += r.repairs;
             let (n, r) = (&mut totals.network, &report.network);
             n.frames += r.frames;
             n.dropped += r.dropped;
+            n.held += r.held;
             n.duplicated += r.duplicated;
             n.reordered += r.reordered;
             n.corrupted += r.corrupted;
@@ -253,11 +265,17 @@ mod tests {
     use super::machine::Mutation;
     use super::*;
 
-    /// Seeds every CI run checks; a seed that once failed is added here with its fix.
+    /// Seeds every CI run checks.
     const FIXED_SEEDS: std::ops::RangeInclusive<u64> = 1..=24;
 
+    /// Seeds that found a bug in the product, kept with its fix (at the default run length).
+    /// All of these lost acknowledged writes when an operator truncated a standby's damaged
+    /// journal while the in-sync record still named it: it took over with the truncated
+    /// journal (fixed by the catch-up marker, `ringfence_journal::datadir::CATCH_UP_FILE`).
+    const REGRESSION_SEEDS: [u64; 10] = [15, 65, 180, 234, 328, 632, 652, 727, 733, 934];
+
     fn short() -> RunLength {
-        RunLength { faults_ms: 12_000, settle_ms: 8_000 }
+        RunLength { faults_ms: 12_000, settle_ms: 8_000, events_kept: 64 }
     }
 
     #[test]
@@ -298,6 +316,17 @@ mod tests {
             "too calm: {kills} crashes, {partitions} partitions"
         );
         assert!(failovers > seeds.len() as u64, "only {failovers} failovers");
+    }
+
+    #[test]
+    fn the_seeds_that_found_bugs_pass() {
+        // Goal: every seed that once found a bug passes every checker with its fix, and
+        // still goes through the repair that found it.
+        let reports = swarm(&REGRESSION_SEEDS, RunLength::default(), 2, false);
+        for report in &reports {
+            assert!(report.failure.is_none(), "seed {}: {:?}", report.seed, report.failure);
+            assert!(report.faults.repairs >= 1, "seed {} repaired no journal", report.seed);
+        }
     }
 
     /// The first seed among `seeds` whose run of `mutation` fails, with its failure.

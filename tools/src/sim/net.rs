@@ -1,8 +1,10 @@
 //! The simulated network between the two nodes: connections that carry whole replication
-//! frames, each delivered after a delay drawn from the seed, and faults per direction —
-//! partitions, and (on a seed that asks for them) dropped, duplicated, reordered and
-//! corrupted frames. A real TCP connection does not drop or reorder; the replication sessions
-//! must refuse a stream that does anyway, which is what these faults test.
+//! frames in order, each after a delay drawn from the seed, and faults per direction. A
+//! partition holds frames (as TCP retransmits them) until it heals or an end gives up on the
+//! connection, and refuses new connections. On seeds that ask for them, frames are also
+//! lost (the connection breaks, as when TCP cannot mask a loss), duplicated, reordered or
+//! corrupted inside their records: a real TCP connection does none of the last three, and
+//! the replication sessions must refuse a stream that does anyway, which is what they test.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +27,7 @@ pub struct Packet {
 /// How a connection's frames may go wrong, in parts per million of frames.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetFaults {
-    /// Frames lost.
+    /// Frames lost in a way TCP cannot mask (the connection breaks).
     pub drop_ppm: u64,
     /// Frames delivered twice.
     pub duplicate_ppm: u64,
@@ -42,8 +44,10 @@ pub struct NetFaults {
 pub struct NetCounts {
     /// Frames sent.
     pub frames: u64,
-    /// Frames dropped, by a fault or a partition.
+    /// Frames lost in a way TCP cannot mask: the connection broke.
     pub dropped: u64,
+    /// Frames held by a partition and sent on when it healed.
+    pub held: u64,
     /// Frames duplicated.
     pub duplicated: u64,
     /// Frames reordered.
@@ -76,6 +80,9 @@ impl Conn {
     }
 }
 
+/// A frame held by a partition: its connection and bytes.
+type Parked = (ConnId, Vec<u8>);
+
 /// The network of a two-node cluster.
 pub struct Network {
     prng: Prng,
@@ -89,6 +96,8 @@ pub struct Network {
     blocked: [[bool; 2]; 2],
     /// Connections opened and not yet handed to the accepting node.
     opened: Vec<(ConnId, usize)>,
+    /// `parked[from][to]`: frames sent while that direction was blocked, in order.
+    parked: [[Vec<Parked>; 2]; 2],
     counts: NetCounts,
 }
 
@@ -105,6 +114,7 @@ impl Network {
             next_order: 0,
             blocked: [[false; 2]; 2],
             opened: Vec::new(),
+            parked: Default::default(),
             counts: NetCounts::default(),
         }
     }
@@ -170,48 +180,73 @@ impl Network {
         }
     }
 
-    /// Blocks (or heals) the direction `from` → `to`.
-    pub fn set_blocked(&mut self, from: usize, to: usize, blocked: bool) {
+    /// Blocks (or heals) the direction `from` → `to` at `now_ms`. Frames sent while it was
+    /// blocked were held, as TCP retransmits them: on healing they leave, in order.
+    pub fn set_blocked(&mut self, from: usize, to: usize, blocked: bool, now_ms: u64) {
         self.blocked[from][to] = blocked;
+        if !blocked {
+            for (conn, bytes) in std::mem::take(&mut self.parked[from][to]) {
+                self.schedule(conn, from, bytes, now_ms, false);
+            }
+        }
     }
 
     /// Heals every partition and stops the frame faults (the end of a run's fault period).
-    pub fn heal(&mut self) {
-        self.blocked = [[false; 2]; 2];
+    pub fn heal(&mut self, now_ms: u64) {
+        for (from, to) in [(0, 1), (1, 0)] {
+            self.set_blocked(from, to, false, now_ms);
+        }
         self.faults = NetFaults { delay_ms: self.faults.delay_ms, ..NetFaults::default() };
     }
 
     /// Sends one frame on `conn` from `from`, at `now_ms`.
     pub fn send(&mut self, conn: ConnId, from: usize, mut bytes: Vec<u8>, now_ms: u64) {
-        let Some(c) = self.conns.get(&conn) else { return };
-        let side = c.side(from) ^ 1;
-        let to = c.ends[side];
-        let fifo_at = c.last_at[side];
-        let lost = c.reset || c.closed_by[0] || c.closed_by[1];
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let to = c.ends[c.side(from) ^ 1];
         self.counts.frames += 1;
+        if c.reset || c.closed_by[0] || c.closed_by[1] {
+            return;
+        }
         let faults = self.faults;
-        if lost || self.blocked[from][to] || self.ppm(faults.drop_ppm) {
+        if faults.drop_ppm > 0 && self.prng.chance(faults.drop_ppm, 1_000_000) {
+            // A loss TCP cannot mask ends the connection; both ends see it break.
             self.counts.dropped += 1;
+            self.conns.get_mut(&conn).expect("looked up above").reset = true;
             return;
         }
         if self.ppm(faults.corrupt_ppm) && corrupt_records(&mut self.prng, &mut bytes) {
             self.counts.corrupted += 1;
         }
+        if self.blocked[from][to] {
+            self.counts.held += 1;
+            self.parked[from][to].push((conn, bytes));
+            return;
+        }
         let copies = if self.ppm(faults.duplicate_ppm) { 2 } else { 1 };
         self.counts.duplicated += copies - 1;
-        for _ in 0..copies {
-            let (low, high) = faults.delay_ms;
-            let mut at = (now_ms + self.prng.range_inclusive(low, high)).max(fifo_at);
-            if self.ppm(faults.reorder_ppm) {
-                self.counts.reordered += 1;
-                at += high * 4 + 1;
-            } else if let Some(c) = self.conns.get_mut(&conn) {
-                c.last_at[side] = at;
-            }
-            let order = self.next_order;
-            self.next_order += 1;
-            self.in_flight.insert((at, order), Packet { conn, to, bytes: bytes.clone() });
+        for _ in 1..copies {
+            self.schedule(conn, from, bytes.clone(), now_ms, true);
         }
+        self.schedule(conn, from, bytes, now_ms, true);
+    }
+
+    /// Puts a frame in flight after the network's delay, behind the connection's earlier
+    /// frames unless a reorder fault (`faults`) holds it back.
+    fn schedule(&mut self, conn: ConnId, from: usize, bytes: Vec<u8>, now_ms: u64, faults: bool) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let side = c.side(from) ^ 1;
+        let (to, fifo_at) = (c.ends[side], c.last_at[side]);
+        let (low, high) = self.faults.delay_ms;
+        let mut at = (now_ms + self.prng.range_inclusive(low, high)).max(fifo_at);
+        if faults && self.ppm(self.faults.reorder_ppm) {
+            self.counts.reordered += 1;
+            at += high * 4 + 1;
+        } else if let Some(c) = self.conns.get_mut(&conn) {
+            c.last_at[side] = at;
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        self.in_flight.insert((at, order), Packet { conn, to, bytes });
     }
 
     /// Takes every frame due by `now_ms` that its receiver can still read, in delivery order.

@@ -4,25 +4,34 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
-/// Events kept for the report of a failing seed.
-const KEPT_MAX: usize = 64;
-
 /// The trace of one run.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Trace {
     hash: u64,
     events: u64,
     kept: VecDeque<String>,
+    kept_max: usize,
+}
+
+impl Default for Trace {
+    fn default() -> Trace {
+        Trace::keeping(64)
+    }
 }
 
 impl Trace {
+    /// A trace that keeps the last `kept_max` events to print.
+    pub fn keeping(kept_max: usize) -> Trace {
+        Trace { hash: 0, events: 0, kept: VecDeque::new(), kept_max: kept_max.max(1) }
+    }
+
     /// Records one event at simulated time `now_ms`.
     pub fn event(&mut self, now_ms: u64, what: &str) {
         let mut line = String::with_capacity(what.len() + 16);
         let _ = write!(line, "{now_ms:>8} ms  {what}");
         self.hash = xxhash_rust::xxh3::xxh3_64_with_seed(line.as_bytes(), self.hash);
         self.events += 1;
-        if self.kept.len() == KEPT_MAX {
+        if self.kept.len() == self.kept_max {
             self.kept.pop_front();
         }
         self.kept.push_back(line);

@@ -27,11 +27,13 @@ pub struct RunLength {
     pub faults_ms: u64,
     /// Simulated time after the faults stop, in which the pair must converge.
     pub settle_ms: u64,
+    /// How many of the last events a failing run prints.
+    pub events_kept: usize,
 }
 
 impl Default for RunLength {
     fn default() -> RunLength {
-        RunLength { faults_ms: 20_000, settle_ms: 10_000 }
+        RunLength { faults_ms: 20_000, settle_ms: 10_000, events_kept: 64 }
     }
 }
 
@@ -55,6 +57,10 @@ pub struct FaultCounts {
     pub mid_step_crashes: u64,
     /// Bursts of reservations submitted at once, past what the ring holds.
     pub bursts: u64,
+    /// Bits flipped at rest on a stopped node's disk (while its peer is the primary).
+    pub bit_flips: u64,
+    /// Journals the operator truncated at the damage recovery named.
+    pub repairs: u64,
 }
 
 /// What one seed's run did and found.
@@ -121,6 +127,7 @@ struct Rates {
     switchover_ppm: u64,
     disk_ppm: u64,
     burst_ppm: u64,
+    rot_ppm: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -205,6 +212,7 @@ impl World {
             switchover_ppm: 20 * scale,
             disk_ppm: 10 * scale,
             burst_ppm: 40 * scale,
+            rot_ppm: 100 * scale,
         };
         let witness = Witness(Arc::new(Mutex::new(MemoryCoordinator::new("sim"))));
         World {
@@ -217,7 +225,7 @@ impl World {
             net,
             clients,
             ledger: Ledger::default(),
-            trace: Trace::default(),
+            trace: Trace::keeping(length.events_kept),
             prng,
             faults: FaultCounts::default(),
             rates,
@@ -275,13 +283,15 @@ impl World {
     }
 
     fn report(&self, failure: Option<String>) -> Report {
+        let mut faults = self.faults;
+        faults.repairs = self.machines.iter().map(|m| m.repairs).sum();
         let writes = self.ledger.answers.iter().filter(|a| is_write(a)).count() as u64;
         Report {
             seed: self.seed,
             simulated_ms: self.now_ms,
             trace_hash: format!("{:016x}", self.trace.hash()),
             events: self.trace.len(),
-            faults: self.faults,
+            faults,
             network: self.net.counts(),
             writes_acknowledged: writes,
             answers: self.ledger.answers.len() as u64,
@@ -507,6 +517,18 @@ impl World {
             let target = self.prng.below(2) as usize;
             self.crash(target, "");
         }
+        if self.prng.chance(rates.rot_ppm, 1_000_000) {
+            // Only while the peer is the primary: it holds every record acknowledged, so the
+            // repair (truncating at the damage) loses nothing.
+            let target = self.prng.below(2) as usize;
+            if self.machines[target ^ 1].is_primary()
+                && let Some(what) = self.machines[target].rot(&mut self.prng)
+            {
+                let name = &self.machines[target].name;
+                self.trace.event(now, &format!("FAULT {name}: bit rot at rest in {what}"));
+                self.faults.bit_flips += 1;
+            }
+        }
         if now >= 2_000 && self.prng.chance(rates.burst_ppm, 1_000_000) {
             self.burst();
         }
@@ -539,10 +561,10 @@ impl World {
             let from = self.prng.below(2) as usize;
             let both = self.prng.chance(1, 2);
             let until = now + self.prng.range_inclusive(100, 3_000);
-            self.net.set_blocked(from, from ^ 1, true);
+            self.net.set_blocked(from, from ^ 1, true, now);
             self.heals.push((until, Heal::Unblock(from, from ^ 1)));
             if both {
-                self.net.set_blocked(from ^ 1, from, true);
+                self.net.set_blocked(from ^ 1, from, true, now);
                 self.heals.push((until, Heal::Unblock(from ^ 1, from)));
             }
             let how = if both { "both ways" } else { "one way" };
@@ -594,7 +616,7 @@ impl World {
     /// and crashed ones restart.
     fn end_faults(&mut self) {
         self.trace.event(self.now_ms, "faults end: everything heals");
-        self.net.heal();
+        self.net.heal(self.now_ms);
         self.witness.0.lock().expect("never poisoned").unreachable = false;
         // Failing disks are replaced (and their nodes restarted) as their heals would have.
         let disks: Vec<usize> = self
@@ -624,7 +646,7 @@ impl World {
                     self.machines[index].paused = false;
                     self.trace.event(now, &format!("{} resumes", self.machines[index].name));
                 }
-                Heal::Unblock(from, to) => self.net.set_blocked(from, to, false),
+                Heal::Unblock(from, to) => self.net.set_blocked(from, to, false, now),
                 Heal::Disk(index) => {
                     let machine = &mut self.machines[index];
                     machine.disk.clear_faults();
