@@ -13,6 +13,8 @@ pub mod fault;
 pub mod format;
 pub mod lock;
 pub mod manifest;
+#[cfg(feature = "mutations")]
+pub mod mutation;
 pub mod recovery;
 pub mod scan;
 pub mod snapshot;

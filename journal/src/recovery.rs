@@ -136,6 +136,15 @@ pub fn recover_from<S: Storage>(
     tidy(&dir, &check, &mut report)?;
     let layout = scan::scan_segments(&mut source, &check.segments)?;
     if let Some(error) = listed_damage(&layout, &storage) {
+        #[cfg(feature = "mutations")]
+        if let JournalError::Corrupt { sequence, .. } = &error
+            && crate::mutation::ignores_damage()
+        {
+            // The broken variant: the damage and everything after it dropped silently.
+            truncate(&storage, *sequence)?;
+            let _ = storage.remove(datadir::CATCH_UP_FILE);
+            return recover_from(storage, options);
+        }
         return Err(error);
     }
     report.torn_tail = clear_torn_tail(&storage, &layout)?;

@@ -134,6 +134,10 @@ pub enum Mutation {
     /// Both engines skip the stock check (with the `mutations` feature).
     #[cfg_attr(not(all(test, feature = "mutations")), allow(dead_code))]
     SkipStockCheck,
+    /// Recovery drops a damaged record and what follows silently instead of refusing (with
+    /// the `mutations` feature).
+    #[cfg_attr(not(all(test, feature = "mutations")), allow(dead_code))]
+    RecoveryIgnoresDamage,
 }
 
 /// What the checkers learn from a node's BLP after every journaled command: its state hash

@@ -363,3 +363,30 @@ mod tests {
         assert!(failure.contains("balance") || failure.contains("lost units"), "{failure}");
     }
 }
+
+#[cfg(all(test, feature = "mutations"))]
+mod recovery_mutation {
+    use super::machine::Mutation;
+    use super::*;
+
+    #[test]
+    fn a_recovery_that_drops_damage_silently_is_caught() {
+        // Goal: the checkers bite: a recovery that cuts a journal at a damaged record without
+        // refusing (so nobody repairs it knowingly, and no catch-up marker is left) lets a
+        // node that lost acknowledged records take over; the simulator finds a seed.
+        ringfence_journal::mutation::set_ignores_damage(true);
+        let found = (1..400).find_map(|seed| {
+            let report = run_world(seed, || {
+                World::mutated(seed, RunLength::default(), Mutation::RecoveryIgnoresDamage)
+            });
+            report.failure.map(|failure| (seed, failure))
+        });
+        ringfence_journal::mutation::set_ignores_damage(false);
+        let (seed, failure) = found.expect("no seed caught the silent cut");
+        eprintln!("caught by seed {seed}: {failure}");
+        assert!(
+            failure.contains("final state") || failure.contains("answered"),
+            "seed {seed}: {failure}"
+        );
+    }
+}
