@@ -215,6 +215,22 @@ impl Control {
         self.epochs.store(epochs)
     }
 
+    /// What the primary's protocol machine knows when it answers a standby's message:
+    /// this cluster, the secret, the epoch, whether this node leads, and its journal.
+    pub fn primary_view<'a>(
+        &'a self,
+        journal: &'a mut dyn crate::position::JournalIndex,
+    ) -> crate::session::PrimaryView<'a> {
+        crate::session::PrimaryView {
+            cluster: &self.config.cluster,
+            secret: &self.config.secret,
+            epoch: self.epoch(),
+            is_primary: self.is_primary(),
+            journal,
+            journal_last: Sequence(self.link.available()),
+        }
+    }
+
     /// The epoch of the journal's last record (0 when empty).
     pub fn last_record_epoch(&self) -> Epoch {
         self.link.last_epoch()

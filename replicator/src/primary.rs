@@ -26,7 +26,7 @@ use crate::control::{Control, log};
 use crate::index::DirIndex;
 use crate::message::{Message, Refuse, RefuseCode, SNAPSHOT_CHUNK_MAX};
 use crate::position::JournalIndex;
-use crate::session::{Outgoing, PrimarySession, PrimaryStep, PrimaryView};
+use crate::session::{Outgoing, PrimarySession, PrimaryStep};
 use crate::stream::{FrameReader, write_message, write_records, write_snapshot_chunk};
 
 /// Bytes of records per `Records` message.
@@ -121,14 +121,9 @@ fn serve_standby(
         } else {
             Box::new(NoIndex)
         };
-        let mut view = PrimaryView {
-            cluster: &config.cluster,
-            secret: &config.secret,
-            epoch: control.epoch(),
-            is_primary: control.is_primary(),
-            journal: &mut *index,
-            journal_last,
-        };
+        let mut view = control.primary_view(&mut *index);
+        // The index was opened where the journal ended then; the stage may have moved on.
+        view.journal_last = journal_last;
         match session.on_message(&message, &mut view) {
             PrimaryStep::Reply(reply) => {
                 write_message(&mut writer, &reply.message(), &mut scratch)
@@ -310,7 +305,6 @@ fn read_acks(
     stop: &AtomicBool,
     id: u64,
 ) {
-    let config = control.config();
     let mut journal = NoIndex;
     while !stop.load(Ordering::Acquire) && !control.stopping() {
         let message = match reader.read_message() {
@@ -322,14 +316,7 @@ fn read_acks(
                 return;
             }
         };
-        let mut view = PrimaryView {
-            cluster: &config.cluster,
-            secret: &config.secret,
-            epoch: control.epoch(),
-            is_primary: control.is_primary(),
-            journal: &mut journal,
-            journal_last: Sequence(control.link().available()),
-        };
+        let mut view = control.primary_view(&mut journal);
         match lock(session).on_message(&message, &mut view) {
             PrimaryStep::Acknowledged(ack) => {
                 control.on_ack(id, ack.written, ack.durable, ack.echo_ms);

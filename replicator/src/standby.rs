@@ -339,15 +339,7 @@ fn apply_stream(
     link: Link,
 ) -> Result<(), String> {
     let Link { socket, mut reader, mut session } = link;
-    // The promise and the epoch records may carry, durable before the first record is taken.
-    let epochs = control.epochs();
-    let raised =
-        Epochs { current: epochs.current.max(epoch), promised: epochs.promised.max(epoch) };
-    if raised != epochs {
-        control.store_epochs(raised)?;
-    }
-    let expected = applied.submitted.last_sequence.next();
-    assert_eq!(from, expected, "the session checked the primary streams from our next record");
+    promise(control, applied, (epoch, from))?;
     log(format_args!("replication: following the primary in epoch {epoch} from {from}"));
     // From here the socket is read without blocking: the follower waits on the socket and on
     // its node's answers at once (`Follower::poll`), so an acknowledgement leaves as soon as
@@ -405,11 +397,7 @@ fn follow_stream(
         if let Some(ack) = session.ack(held, held) {
             send(socket, &Outgoing::Ack(ack)).map_err(|e| e.to_string())?;
         }
-        let lag = session.primary_last().0.saturating_sub(held.0);
-        control.set_follower(if lag == 0 { "following" } else { "catching_up" }, held, lag);
-        if lag == 0 {
-            control.caught_up();
-        }
+        report_progress(control, session, held);
         let left = silence.saturating_sub(heard.elapsed());
         if left.is_zero() {
             return Err(format!("the primary was silent for {} ms", silence.as_millis()));
@@ -447,25 +435,58 @@ impl Follower {
     }
 }
 
+/// The primary starts streaming in `epoch` from `from`: stores the promise (and the epoch the
+/// records may carry) durably before the first record is taken — the fence a promoted
+/// standby holds its old primary with.
+pub fn promise(
+    control: &Control,
+    applied: &Applied,
+    (epoch, from): (Epoch, Sequence),
+) -> Result<(), String> {
+    let epochs = control.epochs();
+    let raised =
+        Epochs { current: epochs.current.max(epoch), promised: epochs.promised.max(epoch) };
+    if raised != epochs {
+        control.store_epochs(raised)?;
+    }
+    let expected = applied.submitted.last_sequence.next();
+    assert_eq!(from, expected, "the session checked the primary streams from our next record");
+    Ok(())
+}
+
+/// What the standby shows after taking its node's answers: following or catching up, and by
+/// how much; once it holds everything the primary reported, its directory is caught up.
+pub fn report_progress(control: &Control, session: &StandbySession, held: Sequence) {
+    let lag = session.primary_last().0.saturating_sub(held.0);
+    control.set_follower(if lag == 0 { "following" } else { "catching_up" }, held, lag);
+    if lag == 0 {
+        control.caught_up();
+    }
+}
+
 /// The standby's records submitted to its node: the last one, how many are not yet answered,
 /// and the last answered. Kept across connections: records submitted before a connection
 /// broke are still journaled and answered after it.
-struct Applied {
-    submitted: JournalEnd,
+#[derive(Debug)]
+pub struct Applied {
+    /// Where the journal will end once the node has taken what was submitted.
+    pub submitted: JournalEnd,
     pending: u64,
-    answered: Sequence,
+    /// The last record the node answered: journaled (durable under its policy) and applied.
+    pub answered: Sequence,
     /// The node's journal failed: nothing more can be taken until the node is restarted.
-    journal_failed: bool,
+    pub journal_failed: bool,
 }
 
 impl Applied {
     /// Nothing in flight; the journal ends at `end`.
-    fn at(end: JournalEnd) -> Applied {
+    #[must_use]
+    pub fn at(end: JournalEnd) -> Applied {
         Applied { submitted: end, pending: 0, answered: end.last_sequence, journal_failed: false }
     }
 
     /// Record `bytes` (checked by the node) was submitted.
-    fn submitted(&mut self, bytes: &[u8]) {
+    pub fn submitted(&mut self, bytes: &[u8]) {
         let header = ringfence_core::record::read_header(bytes);
         assert_eq!(header.sequence, self.submitted.last_sequence.next(), "submitted in order");
         self.submitted = JournalEnd { last_sequence: header.sequence, last_epoch: header.epoch };
@@ -473,7 +494,7 @@ impl Applied {
     }
 
     /// Takes every answer ready, without waiting.
-    fn collect(&mut self, node: &mut Session) -> Result<(), String> {
+    pub fn collect(&mut self, node: &mut Session) -> Result<(), String> {
         while let Some(completion) = node.poll() {
             if let Err(error) = completion.result {
                 self.journal_failed |= matches!(error, Unanswered::NotDurable { .. });

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use ringfence_core::pipeline::{
     Clock, Completion, Intake, ManualClock, Node, NodeConfig, NodeParts, Refused, Session,
-    SnapshotHook, Topology, Unanswered,
+    SnapshotHook, Topology,
 };
 use ringfence_core::prng::Prng;
 use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Query, Sequence, Sequenced, SkuId};
@@ -40,11 +40,11 @@ use ringfence_replicator::coordination::store::{
 use ringfence_replicator::index::DirIndex;
 use ringfence_replicator::message::{Message, decode, encode};
 use ringfence_replicator::policy::AckMode;
-use ringfence_replicator::position::StandbyPosition;
+use ringfence_replicator::position::{EpochList, JournalIndex, StandbyPosition};
 use ringfence_replicator::session::{
-    Outgoing, PrimarySession, PrimaryStep, PrimaryView, Purpose, StandbySession, StandbyStep,
+    Outgoing, PrimarySession, PrimaryStep, Purpose, StandbySession, StandbyStep,
 };
-use ringfence_replicator::standby::JournalEnd;
+use ringfence_replicator::standby::{self, Applied, JournalEnd};
 use ringfence_replicator::stream::write_records;
 
 use super::net::{ConnId, Network};
@@ -224,11 +224,11 @@ struct Follower {
     primary: usize,
     conn: Option<(ConnId, StandbySession)>,
     streaming: bool,
-    /// Where its journal ends once the node has taken what was submitted.
-    submitted: JournalEnd,
-    /// Records received but not yet taken by the node (its ring was full).
+    /// The records submitted to the node and answered by it (`standby.rs`'s own books).
+    applied: Applied,
+    /// Records received but not yet taken by the node (its ring was full); dropped with the
+    /// connection, since the primary streams again from what the node took.
     backlog: VecDeque<Vec<u8>>,
-    answered: Sequence,
     heard_ms: u64,
     handshake_deadline_ms: u64,
     next_attempt_ms: u64,
@@ -646,7 +646,7 @@ impl Machine {
                 &name,
             );
         } else {
-            running.on_standby_message(now_ms, conn, &message, settings, net, &disk, trace, &name);
+            running.on_standby_message(now_ms, conn, &message, net, &disk, trace, &name);
         }
     }
 
@@ -689,7 +689,6 @@ impl Running {
         now_ms: u64,
         conn: ConnId,
         message: &Message<'_>,
-        settings: &ClusterSettings,
         net: &mut Network,
         disk: &FaultStorage,
         trace: &mut Trace,
@@ -701,22 +700,22 @@ impl Running {
             return;
         };
         let journal_last = Sequence(self.control.link().available());
-        let mut index = match DirIndex::over(disk.clone(), journal_last) {
-            Ok(index) => index,
-            Err(error) => {
-                trace.event(now_ms, &format!("{name}: journal index: {error}"));
-                net.close(conn, me, now_ms);
-                return;
+        // Only a join consults the journal (as in `primary.rs`); the others get an empty list
+        // the session never reads.
+        let mut index: Box<dyn JournalIndex> = if matches!(message, Message::Join(_)) {
+            match DirIndex::over(disk.clone(), journal_last) {
+                Ok(index) => Box::new(index),
+                Err(error) => {
+                    trace.event(now_ms, &format!("{name}: journal index: {error}"));
+                    net.close(conn, me, now_ms);
+                    return;
+                }
             }
+        } else {
+            Box::new(EpochList::flat(0, 0))
         };
-        let mut view = PrimaryView {
-            cluster: &settings.cluster,
-            secret: &settings.secret,
-            epoch: self.control.epoch(),
-            is_primary: self.control.is_primary(),
-            journal: &mut index,
-            journal_last,
-        };
+        let mut view = self.control.primary_view(&mut *index);
+        view.journal_last = journal_last;
         match accepted.session.on_message(message, &mut view) {
             PrimaryStep::Reply(reply) => send(net, conn, me, &reply.message(), now_ms),
             PrimaryStep::Stream(start) => {
@@ -839,9 +838,8 @@ impl Follower {
             primary,
             conn: None,
             streaming: false,
-            submitted,
+            applied: Applied::at(submitted),
             backlog: VecDeque::new(),
-            answered: submitted.last_sequence,
             heard_ms: now_ms,
             handshake_deadline_ms: 0,
             next_attempt_ms: now_ms,
@@ -856,6 +854,7 @@ impl Follower {
             net.close(conn, self.me, now_ms);
         }
         self.streaming = false;
+        self.backlog.clear();
         self.next_attempt_ms = now_ms + self.backoff_ms;
         self.backoff_ms = (self.backoff_ms * 2).min(1_000);
     }
@@ -876,7 +875,7 @@ impl Follower {
         if self.stopped {
             return;
         }
-        if let Err(error) = self.collect() {
+        if let Err(error) = self.applied.collect(&mut self.node) {
             trace.event(now_ms, &format!("{name}: follower: {error}"));
             self.stopped = true;
             self.close(net, now_ms);
@@ -894,18 +893,11 @@ impl Follower {
                 return;
             }
             if self.streaming {
-                if let Some(ack) = session.ack(self.answered, self.answered) {
+                let held = self.applied.answered;
+                if let Some(ack) = session.ack(held, held) {
                     send(net, conn, me, &Message::Ack(ack), now_ms);
                 }
-                let lag = session.primary_last().0.saturating_sub(self.answered.0);
-                control.set_follower(
-                    if lag == 0 { "following" } else { "catching_up" },
-                    self.answered,
-                    lag,
-                );
-                if lag == 0 {
-                    control.caught_up();
-                }
+                standby::report_progress(control, session, held);
                 if now_ms.saturating_sub(self.heard_ms) > 400 {
                     trace.event(now_ms, &format!("{name}: the primary was silent: reconnecting"));
                     self.close(net, now_ms);
@@ -925,8 +917,8 @@ impl Follower {
         };
         let promised = control.epochs().promised;
         let position = StandbyPosition {
-            last_sequence: self.submitted.last_sequence,
-            last_epoch: self.submitted.last_epoch,
+            last_sequence: self.applied.submitted.last_sequence,
+            last_epoch: self.applied.submitted.last_epoch,
             promised,
         };
         let (session, hello) =
@@ -955,23 +947,12 @@ impl Follower {
         match session.on_message(message, &settings.secret, &settings.cluster) {
             StandbyStep::Reply(reply) => send(net, conn, me, &reply.message(), now_ms),
             StandbyStep::Following { epoch, from } => {
-                let epochs = control.epochs();
-                let raised = Epochs {
-                    current: epochs.current.max(epoch),
-                    promised: epochs.promised.max(epoch),
-                };
-                if raised != epochs {
-                    if let Err(error) = control.store_epochs(raised) {
-                        trace.event(now_ms, &format!("{name}: storing epochs: {error}"));
-                        self.close(net, now_ms);
-                        return;
-                    }
+                assert!(self.backlog.is_empty(), "a backlog left from an earlier stream");
+                if let Err(error) = standby::promise(control, &self.applied, (epoch, from)) {
+                    trace.event(now_ms, &format!("{name}: storing epochs: {error}"));
+                    self.close(net, now_ms);
+                    return;
                 }
-                assert_eq!(
-                    from,
-                    self.submitted.last_sequence.next(),
-                    "the session checked where the stream starts"
-                );
                 self.streaming = true;
                 self.backoff_ms = 50;
                 trace.event(now_ms, &format!("{name}: following in epoch {epoch} from {from}"));
@@ -980,10 +961,6 @@ impl Follower {
                 let Message::Records(records) = message else { unreachable!("records") };
                 assert_eq!(records.count(), count);
                 for bytes in records.iter() {
-                    let header = ringfence_core::record::read_header(bytes);
-                    assert_eq!(header.sequence, self.submitted.last_sequence.next(), "in order");
-                    self.submitted =
-                        JournalEnd { last_sequence: header.sequence, last_epoch: header.epoch };
                     self.backlog.push_back(bytes.to_vec());
                 }
                 self.submit_backlog(now_ms, net, trace, name);
@@ -994,7 +971,7 @@ impl Follower {
                     now_ms,
                     &format!("{name}: diverged after {keep_through}: restart to drop the rest"),
                 );
-                control.set_follower("diverged: restart to rejoin", self.answered, 0);
+                control.set_follower("diverged: restart to rejoin", self.applied.answered, 0);
                 self.diverged = Some(keep_through);
                 self.stopped = true;
                 self.close(net, now_ms);
@@ -1016,6 +993,7 @@ impl Follower {
         while let Some(bytes) = self.backlog.front() {
             match self.node.try_submit_record(bytes, 0) {
                 Ok(_) => {
+                    self.applied.submitted(bytes);
                     self.backlog.pop_front();
                 }
                 Err(Refused::Busy | Refused::SessionFull) => return,
@@ -1027,20 +1005,6 @@ impl Follower {
                 }
             }
         }
-    }
-
-    fn collect(&mut self) -> Result<(), String> {
-        while let Some(completion) = self.node.poll() {
-            match completion.result {
-                Ok(_) => {
-                    assert!(completion.sequence > self.answered, "records are answered in order");
-                    self.answered = completion.sequence;
-                }
-                Err(Unanswered::NotDurable { .. }) => return Err("the journal failed".into()),
-                Err(error) => return Err(format!("the node failed a record: {error}")),
-            }
-        }
-        Ok(())
     }
 }
 
