@@ -183,8 +183,9 @@ pub trait ReplicationControl: Send + Sync + 'static {
     fn status(&self) -> ReplicationStatus;
 
     /// Promotes this standby: stops following, stores the new epoch durably and calls
-    /// [`Node::promote`] on `node`. Returns the new epoch.
-    fn promote(&self, node: &Node) -> Result<Epoch, String>;
+    /// [`Node::promote`] on `node`. Returns the new epoch. Without `force` a standby that may
+    /// lack acknowledged writes is refused.
+    fn promote(&self, node: &Node, force: bool) -> Result<Epoch, String>;
 
     /// Switches the ack mode (`sync` or `async`); the implementation logs the change.
     fn set_mode(&self, mode: &str) -> Result<(), String>;
@@ -218,8 +219,9 @@ pub trait Backend: Send + 'static {
     /// Stops intake and waits for the node to finish what it accepted.
     fn close(&mut self) {}
 
-    /// Promotes this standby to primary; returns the new epoch. Must return promptly.
-    fn promote(&mut self) -> Result<u64, String> {
+    /// Promotes this standby to primary (`force`: even if it may lack acknowledged writes);
+    /// returns the new epoch. Must return promptly.
+    fn promote(&mut self, _force: bool) -> Result<u64, String> {
         Err(NO_REPLICATION.to_owned())
     }
 
@@ -480,10 +482,10 @@ impl Backend for NodeBackend {
         }
     }
 
-    fn promote(&mut self) -> Result<u64, String> {
+    fn promote(&mut self, force: bool) -> Result<u64, String> {
         let control = self.replication.as_ref().ok_or_else(|| NO_REPLICATION.to_owned())?;
         let node = self.node.as_ref().ok_or_else(|| "the node is shut down".to_owned())?;
-        let epoch = control.promote(node)?;
+        let epoch = control.promote(node, force)?;
         // The control promises a node that now sequences its own writes in the new epoch.
         assert_eq!(node.intake(), Intake::Sequencer, "a promoted node sequences its writes");
         assert_eq!(node.epoch(), epoch, "a promoted node journals in the epoch returned");

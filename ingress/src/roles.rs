@@ -164,7 +164,7 @@ pub fn call_need(call: &Call) -> Need {
         Call::Submit(command) => command_need(command),
         Call::Health | Call::Ready | Call::OpenApi => Need::Nothing,
         Call::Node | Call::Metrics | Call::ListSkus(_) => Need::Read,
-        Call::Promote(_) | Call::SetReplicationMode(_) => Need::Admin,
+        Call::Promote { .. } | Call::SetReplicationMode(_) => Need::Admin,
     }
 }
 

@@ -46,7 +46,7 @@ impl ReplicationControl for FakeControl {
         }
     }
 
-    fn promote(&self, node: &Node) -> Result<Epoch, String> {
+    fn promote(&self, node: &Node, _force: bool) -> Result<Epoch, String> {
         node.promote(Epoch(2)).map_err(|e| e.to_string())?;
         self.promoted.store(true, Ordering::Release);
         Ok(Epoch(2))

@@ -31,12 +31,26 @@ use crate::storage::{Retired, Storage, is_temp_name, write_atomically};
 /// it may not any more.
 pub const CATCH_UP_FILE: &str = "catch-up";
 
+/// Present while a standby has been in sync with this node as primary (every answer waited
+/// for it): a primary that restarts holds writes until that standby is back in sync, since
+/// the standby may have been promoted meanwhile. Removed when the primary goes on alone with
+/// the witness's (or the operator's, through `async`) consent, or is promoted anew.
+pub const IN_SYNC_FILE: &str = "standby-in-sync";
+
+/// What the in-sync marker says to an operator who finds it.
+const IN_SYNC_TEXT: &[u8] = b"A standby was in sync with this node as primary: restarted \
+as primary, it holds writes until that standby is back in sync. To let it acknowledge alone \
+(losing what the standby holds if it was promoted), switch replication to async.\n";
+
 /// What the marker says to an operator who finds it.
 const CATCH_UP_TEXT: &[u8] = b"This data directory may lack records it once acknowledged (it was created or truncated since). The node takes over as primary only after it has caught up with one. To let it take over anyway, accepting the loss of what it lacks, stop it and delete this file.\n";
 
 /// Writes the catch-up marker durably.
 pub(crate) fn mark_catching_up<S: Storage>(storage: &S) -> Result<(), JournalError> {
-    Ok(write_atomically(storage, CATCH_UP_FILE, CATCH_UP_TEXT)?)
+    write_atomically(storage, CATCH_UP_FILE, CATCH_UP_TEXT)?;
+    // The pair of the check on opening: the marker is there, whole.
+    debug_assert_eq!(storage.read_file(CATCH_UP_FILE).ok().as_deref(), Some(CATCH_UP_TEXT));
+    Ok(())
 }
 
 /// The data directory: storage, plus the manifest and epochs in force. Cheap to clone; clones
@@ -185,6 +199,7 @@ impl<S: Storage> DataDir<S> {
         if !state.catching_up {
             return Ok(());
         }
+        assert!(self.storage.file_len(CATCH_UP_FILE).is_ok(), "a marker in force with no file");
         let file = self.storage.describe(CATCH_UP_FILE);
         self.storage
             .remove(CATCH_UP_FILE)
@@ -192,6 +207,39 @@ impl<S: Storage> DataDir<S> {
         sync_dir(&self.storage)?;
         state.catching_up = false;
         assert!(self.storage.file_len(CATCH_UP_FILE).is_err(), "the marker is still there");
+        Ok(())
+    }
+
+    /// Whether a standby was in sync with this node as primary ([`IN_SYNC_FILE`]).
+    #[must_use]
+    pub fn standby_in_sync(&self) -> bool {
+        let present = self.storage.file_len(IN_SYNC_FILE).is_ok();
+        // Written whole before it is relied on (`set_standby_in_sync`).
+        debug_assert!(
+            !present || self.storage.read_file(IN_SYNC_FILE).is_ok_and(|b| !b.is_empty())
+        );
+        present
+    }
+
+    /// Records durably that a standby is in sync with this primary, or that it is not.
+    pub fn set_standby_in_sync(&self, on: bool) -> Result<(), JournalError> {
+        let _state = self.state();
+        if on == self.standby_in_sync() {
+            return Ok(());
+        }
+        if on {
+            write_atomically(&self.storage, IN_SYNC_FILE, IN_SYNC_TEXT)?;
+            // The pair of the check on restart: the marker is there, whole.
+            let written = self.storage.read_file(IN_SYNC_FILE).ok();
+            debug_assert_eq!(written.as_deref(), Some(IN_SYNC_TEXT), "the marker reads back");
+        } else {
+            let file = self.storage.describe(IN_SYNC_FILE);
+            self.storage
+                .remove(IN_SYNC_FILE)
+                .map_err(|e| JournalError::io(format!("removing {file}"), e))?;
+            sync_dir(&self.storage)?;
+        }
+        assert_eq!(self.standby_in_sync(), on, "the in-sync marker did not change");
         Ok(())
     }
 

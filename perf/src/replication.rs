@@ -792,7 +792,7 @@ fn failover_once(plan: &Plan) -> Failover {
         let killed = Instant::now();
         stop.store(true, Ordering::Release);
         pair.primary.control().stop();
-        standby.control().promote(standby.node()).expect("the standby is promoted");
+        standby.control().promote(standby.node(), false).expect("the standby is promoted");
         let promoted = killed.elapsed();
         let write = reserve_command(0, u64::MAX >> 1);
         let outcome = promoted_session.call(write, DRAIN_LIMIT).expect("the promoted node answers");

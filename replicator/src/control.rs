@@ -20,7 +20,10 @@ use ringfence_journal::storage::Storage;
 use crate::config::ReplicationConfig;
 use crate::coordination::pilot::Facts;
 use crate::link::Link;
-use crate::policy::{AckMode, AckPolicy, Gate};
+use crate::policy::{AckMode, AckPolicy, Gate, PolicyState};
+
+/// How far a forced promotion raises the epoch past the highest one this node knows.
+pub const FORCED_EPOCH_STEP: u64 = 1_000;
 
 /// How often the policy loop looks at the time.
 const POLICY_TICK: Duration = Duration::from_millis(10);
@@ -41,6 +44,10 @@ pub trait EpochStore: Send + Sync + 'static {
     fn catching_up(&self) -> bool;
     /// The node caught up with a primary, or became one: durably no longer catching up.
     fn caught_up(&self) -> Result<(), String>;
+    /// Whether a standby was in sync with this node as primary.
+    fn standby_in_sync(&self) -> bool;
+    /// Records durably whether a standby is in sync with this primary.
+    fn set_standby_in_sync(&self, on: bool) -> Result<(), String>;
 }
 
 impl<S: Storage + Sync> EpochStore for DataDir<S> {
@@ -55,6 +62,12 @@ impl<S: Storage + Sync> EpochStore for DataDir<S> {
     }
     fn caught_up(&self) -> Result<(), String> {
         DataDir::caught_up(self).map_err(|e| e.to_string())
+    }
+    fn standby_in_sync(&self) -> bool {
+        DataDir::standby_in_sync(self)
+    }
+    fn set_standby_in_sync(&self, on: bool) -> Result<(), String> {
+        DataDir::set_standby_in_sync(self, on).map_err(|e| e.to_string())
     }
 }
 
@@ -138,6 +151,9 @@ pub struct Control {
     lease_deadline_ms: AtomicU64,
     /// A planned switchover holds writes until the standby has acknowledged everything.
     handover: AtomicBool,
+    /// Standby: it has held everything its primary reported since it last joined (the
+    /// stream's lag reached 0). Cleared when a stream starts.
+    in_sync: AtomicBool,
 }
 
 impl Control {
@@ -151,7 +167,14 @@ impl Control {
         epochs: Box<dyn EpochStore>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Control> {
-        let policy = AckPolicy::new(config.mode, config.timeout_ms, config.catch_up_slack);
+        // A primary whose standby was in sync holds writes until it is again: the standby may
+        // have been promoted while this node was down.
+        let restarted = role == Role::Primary && epochs.standby_in_sync();
+        let policy = if restarted {
+            AckPolicy::restarted_in_sync(config.mode, config.timeout_ms, config.catch_up_slack)
+        } else {
+            AckPolicy::new(config.mode, config.timeout_ms, config.catch_up_slack)
+        };
         let state = State {
             role,
             policy,
@@ -163,7 +186,7 @@ impl Control {
             behind: 0,
             follower_state: "connecting".into(),
         };
-        Arc::new(Control {
+        let control = Arc::new(Control {
             config,
             link: Link::new(last, last_epoch),
             epochs,
@@ -178,7 +201,13 @@ impl Control {
             listening: Mutex::new(None),
             lease_deadline_ms: AtomicU64::new(u64::MAX),
             handover: AtomicBool::new(false),
-        })
+            in_sync: AtomicBool::new(false),
+        });
+        // The gate is in force before the node takes its first write, not at the policy
+        // loop's first round: a restarted primary holds from the start.
+        let now = control.now_ms();
+        control.apply_gate(&control.state(), now);
+        control
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -310,8 +339,21 @@ impl Control {
             state.ack_rtt_ms = Some(now.saturating_sub(echo_ms));
         }
         let journaled = Sequence(self.link.available());
+        let was = state.policy.state();
         state.policy.on_ack(durable, journaled, now);
+        if state.policy.state() == PolicyState::InSync && was != PolicyState::InSync {
+            self.note_in_sync(true);
+        }
         self.apply_gate(&state, now);
+    }
+
+    /// Records durably whether a standby is in sync with this primary (see
+    /// `journal::datadir::IN_SYNC_FILE`). A failure is logged and replication goes on: the
+    /// disk that refuses this small file is failing the journal too.
+    fn note_in_sync(&self, on: bool) {
+        if let Err(error) = self.epochs.set_standby_in_sync(on) {
+            log(format_args!("replication: recording whether a standby is in sync: {error}"));
+        }
     }
 
     /// The standby's stream ended.
@@ -415,6 +457,7 @@ impl Control {
         let now = self.now_ms();
         let mut state = self.state();
         if state.policy.go_alone() {
+            self.note_in_sync(false);
             log(format_args!(
                 "replication: recorded in the witness that this primary is alone: it \
                  acknowledges on its own journal until a standby catches up"
@@ -452,6 +495,10 @@ impl Control {
             mode.name()
         ));
         state.policy.set_mode(mode);
+        if mode == AckMode::Async {
+            // The operator lets this primary acknowledge alone: after a restart too.
+            self.note_in_sync(false);
+        }
         self.apply_gate(&state, now);
     }
 
@@ -472,6 +519,7 @@ impl Control {
     /// The standby holds everything its primary reported journaled: a directory that was
     /// catching up (created or truncated) holds every acknowledged write again.
     pub fn caught_up(&self) {
+        self.in_sync.store(true, Ordering::Release);
         if !self.epochs.catching_up() {
             return;
         }
@@ -559,10 +607,44 @@ impl Control {
     /// Promotes this standby: stops following, raises the epoch durably above every epoch it
     /// has seen or promised, switches the node to sequencing, and starts as a primary that is
     /// alone until a standby catches up. Returns the new epoch.
-    pub fn promote(&self, node: &Node) -> Result<Epoch, String> {
+    /// Without `force`, only a standby that holds everything its primary acknowledged is
+    /// promoted: one that caught up with its primary since it last joined, with a directory
+    /// that was not created or truncated since. `force` accepts losing what it lacks; the
+    /// epoch then jumps by [`FORCED_EPOCH_STEP`], since a primary this node lost track of may
+    /// have taken the next epochs without it knowing, and two histories under one epoch would
+    /// look alike to the next join.
+    pub fn promote(&self, node: &Node, force: bool) -> Result<Epoch, String> {
+        if !force {
+            self.check_promotable()?;
+        }
         let epochs = self.epochs();
-        let epoch = Epoch(epochs.current.0.max(epochs.promised.0) + 1);
+        let step = if force { FORCED_EPOCH_STEP } else { 1 };
+        let epoch = Epoch(epochs.current.0.max(epochs.promised.0) + step);
         self.promote_to(&node.promoter(), epoch)
+    }
+
+    /// Why this standby may lack acknowledged writes, if it may.
+    fn check_promotable(&self) -> Result<(), String> {
+        if self.epochs.catching_up() {
+            return Err("this node's data directory was created or truncated since it last \
+                        caught up with a primary, so it may lack acknowledged writes: let it \
+                        catch up as a standby, or promote with force to accept the loss"
+                .into());
+        }
+        if !self.in_sync.load(Ordering::Acquire) {
+            return Err("this standby has not caught up with its primary since it last joined \
+                        it, so it may lack acknowledged writes (and the epoch its primary took): \
+                        let it catch up, or promote with force to accept the loss"
+                .into());
+        }
+        Ok(())
+    }
+
+    /// A stream from the primary starts: until it has caught up, this standby may lack what
+    /// the primary acknowledged alone (a primary that restarted is alone until its standby
+    /// catches up).
+    pub fn stream_started(&self) {
+        self.in_sync.store(false, Ordering::Release);
     }
 
     /// Promotes this standby into `epoch`, which must be above every epoch it has seen or
@@ -577,8 +659,9 @@ impl Control {
         }
         self.stop_follower()?;
         self.store_epochs(Epochs { current: epoch, promised: epoch })?;
-        // Its journal is the reference copy from now on.
+        // Its journal is the reference copy from now on, and no standby is in sync with it yet.
         self.epochs.caught_up()?;
+        self.epochs.set_standby_in_sync(false)?;
         node.promote(epoch).map_err(|e| e.to_string())?;
         let now = self.now_ms();
         let mut state = self.state();
@@ -624,7 +707,7 @@ mod tests {
     use super::*;
     use crate::auth::{ClusterId, ClusterSecret};
 
-    struct Memory(Mutex<Epochs>);
+    struct Memory(Mutex<Epochs>, AtomicBool);
 
     impl EpochStore for Memory {
         fn epochs(&self) -> Epochs {
@@ -635,27 +718,119 @@ mod tests {
             Ok(())
         }
         fn catching_up(&self) -> bool {
-            false
+            self.1.load(Ordering::Acquire)
         }
         fn caught_up(&self) -> Result<(), String> {
+            self.1.store(false, Ordering::Release);
+            Ok(())
+        }
+        fn standby_in_sync(&self) -> bool {
+            false
+        }
+        fn set_standby_in_sync(&self, _on: bool) -> Result<(), String> {
             Ok(())
         }
     }
 
-    fn primary() -> Arc<Control> {
+    fn memory(catching_up: bool) -> Box<Memory> {
+        let epochs = Epochs { current: Epoch(1), promised: Epoch(1) };
+        Box::new(Memory(Mutex::new(epochs), AtomicBool::new(catching_up)))
+    }
+
+    fn config() -> ReplicationConfig {
         let secret = ClusterSecret::from_bytes(&[7; 32]).unwrap();
-        let config = ReplicationConfig::new(
+        ReplicationConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             ClusterId::new("c").unwrap(),
             secret,
             std::env::temp_dir(),
-        );
-        let epochs = Epochs { current: Epoch(1), promised: Epoch(1) };
+        )
+    }
+
+    /// A standby's control and its node, a stepped replica.
+    fn standby(catching_up: bool) -> (Arc<Control>, Node) {
+        use ringfence_core::pipeline::{
+            Intake, MemoryJournal, NoReplicator, NodeConfig, SystemClock, Topology,
+        };
+        let role = Role::Standby { primary: "p".into() };
+        let clock = Arc::new(SystemClock::new());
+        let end = (Sequence(0), Epoch(0));
+        let control = Control::new(config(), role, end, memory(catching_up), clock);
+        let node_config =
+            NodeConfig { intake: Intake::Replica, ..NodeConfig::for_tests(Topology::Stepped) };
+        let node = Node::start(node_config, MemoryJournal::new(), NoReplicator::default()).unwrap();
+        (control, node)
+    }
+
+    #[test]
+    fn a_standby_is_promoted_by_hand_only_once_it_caught_up_with_its_primary() {
+        // Goal: a standby that has not held everything its primary reported since it last
+        // joined may lack acknowledged writes (and its primary's epoch): `promote` refuses it
+        // and says how to proceed; caught up, it is promoted one epoch up.
+        let (control, node) = standby(false);
+        let refused = control.promote(&node, false).unwrap_err();
+        assert!(refused.contains("has not caught up"), "{refused}");
+        control.stream_started();
+        control.caught_up();
+        control.stream_started();
+        assert!(control.promote(&node, false).is_err(), "a new stream starts behind again");
+        control.caught_up();
+        assert_eq!(control.promote(&node, false), Ok(Epoch(2)));
+        assert!(control.is_primary());
+    }
+
+    #[test]
+    fn a_truncated_standby_is_refused_and_a_forced_promotion_jumps_the_epoch() {
+        // Goal: a directory that may lack acknowledged writes is refused even in sync; force
+        // promotes it anyway, far enough above its epochs that it cannot reuse one a lost
+        // primary took.
+        let (control, node) = standby(true);
+        control.stream_started();
+        control.in_sync.store(true, Ordering::Release);
+        let refused = control.promote(&node, false).unwrap_err();
+        assert!(refused.contains("truncated"), "{refused}");
+        assert_eq!(control.promote(&node, true), Ok(Epoch(1 + FORCED_EPOCH_STEP)));
+        assert!(!control.epochs.catching_up(), "the new primary's journal is the reference");
+    }
+
+    #[test]
+    fn a_primary_restarted_after_its_standby_was_in_sync_holds_from_the_start() {
+        // Goal: the hold of a restarted primary is in the link's gate as soon as its control
+        // exists, before any policy round: not a window of writes acknowledged alone.
+        struct InSync;
+        impl EpochStore for InSync {
+            fn epochs(&self) -> Epochs {
+                Epochs { current: Epoch(1), promised: Epoch(1) }
+            }
+            fn store(&self, _: Epochs) -> Result<(), String> {
+                Ok(())
+            }
+            fn catching_up(&self) -> bool {
+                false
+            }
+            fn caught_up(&self) -> Result<(), String> {
+                Ok(())
+            }
+            fn standby_in_sync(&self) -> bool {
+                true
+            }
+            fn set_standby_in_sync(&self, _: bool) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let end = (Sequence(9), Epoch(1));
+        let control = Control::new(config(), Role::Primary, end, Box::new(InSync), clock);
+        assert_eq!(control.link().gate(), Gate::Held);
+        assert_eq!(primary().link().gate(), Gate::Local, "without the marker: alone");
+    }
+
+    fn primary() -> Arc<Control> {
         Control::new(
-            config,
+            config(),
             Role::Primary,
             (Sequence(0), Epoch(0)),
-            Box::new(Memory(Mutex::new(epochs))),
+            memory(false),
             Arc::new(ringfence_core::pipeline::SystemClock::new()),
         )
     }

@@ -110,6 +110,10 @@ pub struct AckPolicy {
     slack: u64,
     /// The standby's last acknowledgement time, while one is connected.
     heard_ms: Option<u64>,
+    /// A primary restarted after a standby had been in sync: writes are held from the start,
+    /// until that standby is back in sync (or the witness or the operator lets it go on
+    /// alone), since the standby may already have been promoted.
+    lost_at_start: bool,
 }
 
 impl AckPolicy {
@@ -117,7 +121,24 @@ impl AckPolicy {
     #[must_use]
     pub fn new(mode: AckMode, timeout_ms: u64, slack: u64) -> AckPolicy {
         assert!(timeout_ms > 0, "a replication timeout of zero would hold every write");
-        AckPolicy { mode, state: PolicyState::Alone, timeout_ms, slack, heard_ms: None }
+        AckPolicy {
+            mode,
+            state: PolicyState::Alone,
+            timeout_ms,
+            slack,
+            heard_ms: None,
+            lost_at_start: false,
+        }
+    }
+
+    /// A primary that restarts after a standby was in sync with it: its standby counts as
+    /// lost from the start, so in `sync` mode writes are held until it is back in sync.
+    #[must_use]
+    pub fn restarted_in_sync(mode: AckMode, timeout_ms: u64, slack: u64) -> AckPolicy {
+        let mut policy = AckPolicy::new(mode, timeout_ms, slack);
+        policy.state = PolicyState::StandbyLost { since_ms: 0 };
+        policy.lost_at_start = true;
+        policy
     }
 
     /// The operator's mode.
@@ -142,7 +163,7 @@ impl AckPolicy {
             PolicyState::Alone | PolicyState::CatchingUp => Gate::Local,
             PolicyState::InSync => Gate::Standby,
             PolicyState::StandbyLost { since_ms } => {
-                if now_ms.saturating_sub(since_ms) >= self.timeout_ms {
+                if self.lost_at_start || now_ms.saturating_sub(since_ms) >= self.timeout_ms {
                     Gate::Held
                 } else {
                     Gate::Standby
@@ -166,6 +187,7 @@ impl AckPolicy {
         match self.state {
             PolicyState::CatchingUp | PolicyState::StandbyLost { .. } if caught_up => {
                 self.state = PolicyState::InSync;
+                self.lost_at_start = false;
             }
             // An acknowledgement from a standby that reconnected after being lost, still
             // behind: it keeps the lost state (and its clock) until it has caught up.
@@ -203,6 +225,7 @@ impl AckPolicy {
         }
         self.state = PolicyState::Alone;
         self.heard_ms = None;
+        self.lost_at_start = false;
         true
     }
 
@@ -213,6 +236,7 @@ impl AckPolicy {
             return;
         }
         self.mode = mode;
+        self.lost_at_start = false;
         if mode == AckMode::Sync {
             self.state =
                 if self.heard_ms.is_some() { PolicyState::CatchingUp } else { PolicyState::Alone };
@@ -334,5 +358,25 @@ mod tests {
         policy.on_tick(10 * TIMEOUT);
         assert_eq!(policy.gate(10 * TIMEOUT), Gate::Local);
         assert_eq!(policy.state(), PolicyState::Alone);
+    }
+
+    #[test]
+    fn a_primary_restarted_after_its_standby_was_in_sync_holds_until_it_is_again() {
+        // Goal: a primary that restarts after a standby had been in sync refuses writes at
+        // once (the standby may have been promoted meanwhile) until that standby has caught up
+        // again; going on alone with the witness's consent, or async, lifts it.
+        let mut policy = AckPolicy::restarted_in_sync(AckMode::Sync, TIMEOUT, 10);
+        assert_eq!(policy.gate(0), Gate::Held, "held from the first millisecond");
+        policy.on_connected(5);
+        policy.on_ack(Sequence(50), Sequence(100), 6);
+        assert_eq!(policy.gate(6), Gate::Held, "still behind");
+        policy.on_ack(Sequence(95), Sequence(100), 7);
+        assert_eq!((policy.state(), policy.gate(7)), (PolicyState::InSync, Gate::Standby));
+        let mut alone = AckPolicy::restarted_in_sync(AckMode::Sync, TIMEOUT, 10);
+        assert!(alone.go_alone());
+        assert_eq!(alone.gate(0), Gate::Local);
+        let mut switched = AckPolicy::restarted_in_sync(AckMode::Sync, TIMEOUT, 10);
+        switched.set_mode(AckMode::Async);
+        assert_eq!(switched.gate(0), Gate::Local);
     }
 }

@@ -345,10 +345,14 @@ pub enum StandbyStep {
     },
     /// Nothing to do (a heartbeat: acknowledge when the node's progress says so).
     Continue,
-    /// The standby must drop every record after `keep_through`, then join again.
+    /// The standby must drop every record after `keep_through`, then join again. The shell
+    /// stores `epoch` as its promise first: the primary it rejoins leads in that epoch, so
+    /// this node, promoted later, must take a higher one.
     Diverged {
         /// The last sequence to keep.
         keep_through: Sequence,
+        /// The primary's epoch.
+        epoch: Epoch,
     },
     /// The snapshot transfer may begin (the shell reads the chunks).
     ReceiveSnapshot,
@@ -427,7 +431,7 @@ impl StandbySession {
             (StandbyState::AwaitStart, Message::Start(start)) => self.on_start(start),
             (StandbyState::AwaitStart, Message::Diverged(diverged)) => {
                 self.state = StandbyState::Closed;
-                StandbyStep::Diverged { keep_through: diverged.keep_through }
+                StandbyStep::Diverged { keep_through: diverged.keep_through, epoch: diverged.epoch }
             }
             (StandbyState::AwaitStart, Message::SnapshotChunk(_))
                 if self.purpose == Purpose::FetchSnapshot =>

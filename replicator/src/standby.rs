@@ -58,6 +58,8 @@ pub enum Joined {
     Diverged {
         /// The last sequence to keep.
         keep_through: Sequence,
+        /// The primary's epoch: store it as the promise before dropping anything.
+        epoch: Epoch,
     },
 }
 
@@ -99,7 +101,9 @@ pub fn join(
         StandbyStep::Following { epoch, from } => {
             Ok(Joined::Stream { epoch, from, socket, reader, session: Box::new(session) })
         }
-        StandbyStep::Diverged { keep_through } => Ok(Joined::Diverged { keep_through }),
+        StandbyStep::Diverged { keep_through, epoch } => {
+            Ok(Joined::Diverged { keep_through, epoch })
+        }
         step => Err(closed(&socket, step)),
     }
 }
@@ -270,7 +274,10 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                     return;
                 }
             }
-            Ok(Joined::Diverged { keep_through }) => {
+            Ok(Joined::Diverged { keep_through, epoch }) => {
+                if let Err(error) = promise_epoch(control, epoch) {
+                    log(format_args!("replication: storing the promise of epoch {epoch}: {error}"));
+                }
                 log(format_args!(
                     "replication: this standby holds records after {keep_through} that the \
                      primary {primary} does not: stop this node and start it again as a \
@@ -451,7 +458,19 @@ pub fn promise(
     }
     let expected = applied.submitted.last_sequence.next();
     assert_eq!(from, expected, "the session checked the primary streams from our next record");
+    control.stream_started();
     Ok(())
+}
+
+/// The primary this standby rejoins leads in `epoch`: stores it as the promise, so that a
+/// promotion of this node takes an epoch above it, never the same one (two histories under one
+/// epoch would look alike to the next join's comparison).
+pub fn promise_epoch(control: &Control, epoch: Epoch) -> Result<(), String> {
+    let epochs = control.epochs();
+    if epochs.promised >= epoch {
+        return Ok(());
+    }
+    control.store_epochs(Epochs { current: epochs.current, promised: epoch })
 }
 
 /// What the standby shows after taking its node's answers: following or catching up, and by

@@ -40,6 +40,11 @@ pub struct PromoteArgs {
     /// (200) instead of `not_standby`.
     #[arg(long)]
     pub request_id: Option<String>,
+    /// Promote even a standby that may lack acknowledged writes (it has not caught up with
+    /// its primary since it last joined, or its journal was truncated): what it lacks is
+    /// lost. Without it such a promotion is refused.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `ringfence replication`.
@@ -72,10 +77,14 @@ impl Mode {
 
 /// Promotes the standby at `--http` to primary.
 pub fn promote(args: &PromoteArgs) -> ExitCode {
-    let body = match &args.request_id {
-        Some(request_id) => serde_json::json!({ "request_id": request_id }).to_string(),
-        None => "{}".to_owned(),
-    };
+    let mut body = serde_json::Map::new();
+    if let Some(request_id) = &args.request_id {
+        body.insert("request_id".into(), request_id.as_str().into());
+    }
+    if args.force {
+        body.insert("force".into(), true.into());
+    }
+    let body = serde_json::Value::Object(body).to_string();
     run("promote", &args.target, "/v1/admin/promote", &body)
 }
 

@@ -295,7 +295,7 @@ pub enum JournalCheck {
     /// The journals agree (or the primary cannot be reached now: the follower retries).
     Agrees,
     /// The standby holds records after this sequence that the primary does not.
-    Diverged(Sequence),
+    Diverged(Sequence, Epoch),
     /// The records the standby lacks were retired from the primary's journal.
     NeedsSnapshot,
 }
@@ -313,7 +313,9 @@ pub fn check_journal(
             log(format_args!("the primary {primary} continues this journal at {from}"));
             Ok(JournalCheck::Agrees)
         }
-        Ok(Joined::Diverged { keep_through }) => Ok(JournalCheck::Diverged(keep_through)),
+        Ok(Joined::Diverged { keep_through, epoch }) => {
+            Ok(JournalCheck::Diverged(keep_through, epoch))
+        }
         Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, text, .. }) => {
             log(format_args!("the primary {primary}: {text}"));
             Ok(JournalCheck::NeedsSnapshot)
@@ -462,10 +464,14 @@ impl ReplicationControl for ControlHandle {
         }
     }
 
-    fn promote(&self, node: &Node) -> Result<Epoch, String> {
+    fn promote(&self, node: &Node, force: bool) -> Result<Epoch, String> {
         match &self.1 {
+            Some(_) if force => Err("with --etcd a promotion is a switchover through the \
+                                     witness, which never loses acknowledged writes: force \
+                                     does not apply"
+                .into()),
             Some(coordination) => self.switchover(coordination),
-            None => self.0.promote(node),
+            None => self.0.promote(node, force),
         }
     }
 

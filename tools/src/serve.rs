@@ -527,10 +527,19 @@ fn recover_for_role(
         if let JournalCheck::Agrees = check {
             return Ok((recovered, end));
         }
+        if let JournalCheck::Diverged(_, epoch) = check {
+            // Promised before anything is dropped: promoted later, this node takes an epoch
+            // above the primary's.
+            let epochs = recovered.epochs;
+            if epochs.promised < epoch {
+                let raised = Epochs { current: epochs.current, promised: epoch };
+                recovered.writer.data_dir().store_epochs(raised).map_err(|e| e.to_string())?;
+            }
+        }
         // The journal is closed before it is cut or replaced.
         drop(recovered);
         match check {
-            JournalCheck::Diverged(keep_through) => {
+            JournalCheck::Diverged(keep_through, _) => {
                 replication::drop_tail(storage, end, keep_through)?;
             }
             _ => from_snapshot = Some(replication::take_snapshot(config, primary, storage, end)?),

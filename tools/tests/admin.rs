@@ -36,7 +36,7 @@ impl Backend for Replicated {
         NodeStatus { info, ..NodeStatus::default() }
     }
 
-    fn promote(&mut self) -> Result<u64, String> {
+    fn promote(&mut self, _force: bool) -> Result<u64, String> {
         self.primary = true;
         Ok(2)
     }

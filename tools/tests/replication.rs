@@ -393,10 +393,16 @@ fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
     }
     old.signal("-KILL");
 
-    // The standby restarts (its primary is gone), is promoted, and sells on in epoch 2.
+    // The standby restarts (its primary is gone). It cannot know it holds everything the
+    // primary acknowledged (it has not caught up since it joined), so a plain promotion is
+    // refused; forced, accepting the loss, it is promoted far above epoch 1 and sells on.
     let new = standby(&dir_b, &secret, old_replication);
-    let (status, promoted) = new.call("POST", "/v1/admin/promote", "", true);
-    assert_eq!((status, promoted["epoch"].as_u64()), (200, Some(2)), "{promoted}");
+    let (status, refused) = new.call("POST", "/v1/admin/promote", "", true);
+    assert_eq!((status, refused["error"].as_str()), (503, Some("promotion_failed")), "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("force"), "{refused}");
+    let (status, promoted) = new.call("POST", "/v1/admin/promote", r#"{"force":true}"#, true);
+    let forced = 1 + ringfence_replicator::control::FORCED_EPOCH_STEP;
+    assert_eq!((status, promoted["epoch"].as_u64()), (200, Some(forced)), "{promoted}");
     for request in 100..103 {
         assert_eq!(
             try_call(new.http, "POST", "/v1/orders", &reservation(request).0).unwrap().0,

@@ -40,8 +40,14 @@ pub enum Call {
     /// `GET /v1/skus`: one page of the catalogue ([`super::listing`]).
     ListSkus(PageRequest),
     /// `POST /v1/admin/promote`: make this standby the primary; a retry with the same
-    /// request key answers the first promotion's result.
-    Promote(Option<RequestKey>),
+    /// request key answers the first promotion's result. `force`: even one that may lack
+    /// acknowledged writes.
+    Promote {
+        /// The idempotency key, if the caller gave one.
+        request: Option<RequestKey>,
+        /// Accept losing what the standby lacks.
+        force: bool,
+    },
     /// `POST /v1/admin/replication`: switch replication's ack mode.
     SetReplicationMode(ReplicationMode),
 }
@@ -231,9 +237,9 @@ fn parse_call(request: &Request<'_>, is_admin: bool, mint: &mut KeyMint) -> Resu
             Call::Submit(Command::Snapshot)
         }
         ("POST", ["v1", "admin", "promote"]) => {
-            let body: AdminBody = parse_body(body)?;
+            let body: PromoteBody = parse_body(body)?;
             let request = body.request_id.as_deref().map(client_key).transpose()?;
-            Call::Promote(request)
+            Call::Promote { request, force: body.force.unwrap_or(false) }
         }
         ("POST", ["v1", "admin", "replication"]) => replication_mode(body)?,
         (_, path) if is_known_path(path) => {
@@ -473,6 +479,13 @@ fn user_key(request_id: &Option<String>) -> Result<RequestKey, Response> {
 #[serde(deny_unknown_fields)]
 struct AdminBody {
     request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    request_id: Option<String>,
+    force: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -162,16 +162,21 @@ fn admin_routes_need_the_bearer_token() {
 #[test]
 fn replication_admin_routes_need_the_token_and_a_known_mode() {
     // Goal: promote and the mode switch are admin calls that never reach the engine; the mode
-    // must be `sync` or `async`, and promote takes no fields.
+    // must be `sync` or `async`, and promote takes only an id and `force`.
+    let unforced = |request| Call::Promote { request, force: false };
     let promote = post("/v1/admin/promote", "", Some("secret"));
-    assert_eq!(call(&promote, true).unwrap(), Call::Promote(None));
+    assert_eq!(call(&promote, true).unwrap(), unforced(None));
     assert_eq!(
         call(&post("/v1/admin/promote", "{}", Some("secret")), true).unwrap(),
-        Call::Promote(None)
+        unforced(None)
     );
     let keyed = post("/v1/admin/promote", r#"{"request_id":"p-1"}"#, Some("secret"));
     let key = crate::keys::request_key("p-1");
-    assert_eq!(call(&keyed, true).unwrap(), Call::Promote(Some(key)));
+    assert_eq!(call(&keyed, true).unwrap(), unforced(Some(key)));
+    let forced = post("/v1/admin/promote", r#"{"force":true}"#, Some("secret"));
+    assert_eq!(call(&forced, true).unwrap(), Call::Promote { request: None, force: true });
+    let bad_force = post("/v1/admin/promote", r#"{"force":"yes"}"#, Some("secret"));
+    assert_eq!(call(&bad_force, true).unwrap_err().status, 400);
     assert_eq!(call(&post("/v1/admin/promote", "", None), true).unwrap_err().status, 401);
     let extra = post("/v1/admin/promote", r#"{"epoch":3}"#, Some("secret"));
     assert_eq!(call(&extra, true).unwrap_err().status, 400);

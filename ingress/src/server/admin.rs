@@ -14,11 +14,12 @@ use crate::http::api::ReplicationMode;
 
 impl<B: Backend> Server<B> {
     /// `POST /v1/admin/promote`: 200 with the new epoch, 409 on a node that is already
-    /// primary, 503 when the promotion failed (or there is no replication to promote). A
-    /// retry with the `request_id` of the promotion this server made answers 200 again.
+    /// primary, 503 when the promotion failed or was refused (a standby that may lack
+    /// acknowledged writes, without `force`; no replication to promote). A retry with the
+    /// `request_id` of the promotion this server made answers 200 again.
     pub(super) fn promote_response(
         &mut self,
-        request: Option<RequestKey>,
+        (request, force): (Option<RequestKey>, bool),
         now: Instant,
     ) -> Response {
         let status = self.backend.status();
@@ -35,7 +36,7 @@ impl<B: Backend> Server<B> {
                 "this node is already the primary; only a standby can be promoted",
             );
         }
-        match self.backend.promote() {
+        match self.backend.promote(force) {
             Ok(epoch) => {
                 self.log.notice(format_args!("admin: promoted to primary in epoch {epoch}"));
                 self.promoted_by = request.map(|request| (request, epoch));

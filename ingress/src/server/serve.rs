@@ -297,7 +297,9 @@ impl<B: Backend> Server<B> {
                 Ok(Call::Node) => self.node_response(),
                 Ok(Call::Metrics) => self.metrics_response(),
                 Ok(Call::OpenApi) => crate::http::api::openapi_response(),
-                Ok(Call::Promote(request)) => self.promote_response(request, now),
+                Ok(Call::Promote { request, force }) => {
+                    self.promote_response((request, force), now)
+                }
                 Ok(Call::SetReplicationMode(mode)) => self.replication_mode_response(mode, now),
                 Ok(Call::ListSkus(page)) => {
                     match self.submit_page(conn, index, page, keep_alive, now) {

@@ -120,6 +120,9 @@ pub struct ClusterSettings {
     pub skus: Vec<SkuId>,
     /// A deliberately broken variant, for the tests that prove the checkers bite.
     pub mutation: Mutation,
+    /// Failover through the witness (`serve --etcd`); otherwise an operator promotes by hand
+    /// (`ringfence promote`) and restarts an old primary as a standby.
+    pub coordinated: bool,
 }
 
 /// A deliberately broken variant of the pair that the checkers must catch; only the tests
@@ -199,7 +202,8 @@ pub enum Process {
 pub struct Running {
     pub node: Node,
     pub control: Arc<Control>,
-    driver: Driver,
+    /// The coordination driver, when the cluster has a witness.
+    driver: Option<Driver>,
     /// The session clients' commands go through; completions are routed by token.
     pub clients: Session,
     accepted: BTreeMap<ConnId, Accepted>,
@@ -325,6 +329,7 @@ impl Machine {
         now_ms: u64,
         settings: &ClusterSettings,
         (witness, net, trace): (&Witness, &mut Network, &mut Trace),
+        operator_primary: usize,
     ) -> TickReport {
         assert!(!self.paused, "a paused machine is not ticked");
         match &mut self.process {
@@ -333,6 +338,10 @@ impl Machine {
                 TickReport::default()
             }
             Process::Down(_) => TickReport::default(),
+            Process::Candidate(_) if !settings.coordinated => {
+                self.start_as_told(now_ms, settings, operator_primary, trace);
+                TickReport::default()
+            }
             Process::Candidate(_) => {
                 self.decide(now_ms, settings, witness, trace);
                 TickReport::default()
@@ -422,6 +431,27 @@ impl Machine {
         Identity { node: self.name.clone(), replication: self.name.clone(), http: None }
     }
 
+    /// Without a witness: starts in the role the operator gave it — primary if it is the one
+    /// the operator calls primary, else that one's standby (`serve --role standby`).
+    fn start_as_told(
+        &mut self,
+        now_ms: u64,
+        settings: &ClusterSettings,
+        primary: usize,
+        trace: &mut Trace,
+    ) {
+        let Process::Candidate(candidate) = &mut self.process else { unreachable!() };
+        let recovered = candidate.recovered.take().expect("recovered until started");
+        let role = if primary == self.index {
+            Role::Primary
+        } else {
+            Role::Standby { primary: ["a", "b"][primary].to_owned() }
+        };
+        trace.event(now_ms, &format!("{}: starts as {role:?} (the operator's choice)", self.name));
+        let running = self.start_node(now_ms, settings, recovered, (role, None));
+        self.process = Process::Running(Box::new(running));
+    }
+
     fn decide(
         &mut self,
         now_ms: u64,
@@ -468,7 +498,12 @@ impl Machine {
             }
         };
         trace.event(now_ms, &format!("{}: starts as {what}", self.name));
-        let running = self.start_node(now_ms, settings, recovered, (startup, me, decided));
+        let role = match &decided {
+            Decided::Primary { .. } => Role::Primary,
+            Decided::Standby { leader } => Role::Standby { primary: leader.replication.clone() },
+        };
+        let coordinated = Some((startup, me, decided));
+        let running = self.start_node(now_ms, settings, recovered, (role, coordinated));
         self.process = Process::Running(Box::new(running));
     }
 
@@ -477,18 +512,14 @@ impl Machine {
         now_ms: u64,
         settings: &ClusterSettings,
         recovered: Recovered<FaultStorage>,
-        (startup, me, decided): (Startup, Identity, Decided),
+        (role, coordinated): (Role, Option<(Startup, Identity, Decided)>),
     ) -> Running {
-        let role = match &decided {
-            Decided::Primary { .. } => Role::Primary,
-            Decided::Standby { leader } => Role::Standby { primary: leader.replication.clone() },
-        };
-        let standby_of = match &decided {
-            Decided::Standby { leader } => Some(usize::from(leader.replication != "a")),
-            Decided::Primary { .. } => None,
+        let standby_of = match &role {
+            Role::Standby { primary } => Some(usize::from(primary != "a")),
+            Role::Primary => None,
         };
         let Recovered { engine, next_sequence, last_epoch, mut epochs, writer, .. } = recovered;
-        if let Decided::Primary { leader, .. } = &decided {
+        if let Some((_, _, Decided::Primary { leader, .. })) = &coordinated {
             // As `serve` does: the epoch taken with the leader key is stored before the node
             // journals in it.
             epochs = Epochs { current: Epoch(leader.epoch), promised: Epoch(leader.epoch) };
@@ -525,8 +556,9 @@ impl Machine {
         let rejoin_fn = Box::new(move |reason: &str| {
             *asked.lock().expect("never poisoned") = Some(reason.to_owned());
         });
-        let driver =
-            Driver::new(startup, (me, decided), Arc::clone(&control), node.promoter(), rejoin_fn);
+        let driver = coordinated.map(|(startup, me, decided)| {
+            Driver::new(startup, (me, decided), Arc::clone(&control), node.promoter(), rejoin_fn)
+        });
         let clients = node.session().expect("a fresh node opens a session");
         let follower = standby_of.map(|primary| {
             let session = node.session().expect("a fresh node opens a session");
@@ -563,10 +595,20 @@ impl Machine {
         let mut report = TickReport::default();
         running.node.step();
         running.control.tick();
+        if running.control.role() == Role::Primary
+            && let Some(follower) = running.follower.take()
+        {
+            // Promoted by hand: the follower stops, as `Control::promote` stops its thread.
+            if let Some((conn, _)) = follower.conn {
+                net.close(conn, index, now_ms);
+            }
+        }
         if now_ms >= running.next_driver_ms {
             running.next_driver_ms = now_ms + DRIVER_PERIOD_MS;
             let was_primary = running.control.is_primary();
-            running.driver.step();
+            if let Some(driver) = running.driver.as_mut() {
+                driver.step();
+            }
             if running.control.is_primary() && !was_primary {
                 trace.event(
                     now_ms,
@@ -660,11 +702,23 @@ impl Machine {
         true
     }
 
+    /// Whether its standby was told its journal diverged and waits for a restart to drop
+    /// the tail.
+    pub fn diverged(&self) -> bool {
+        self.pending_truncate.is_some()
+    }
+
+    /// The operator promotes this standby by hand (`ringfence promote`): its new epoch.
+    pub fn promote(&mut self) -> Result<Epoch, String> {
+        let running = self.running_mut().ok_or("not running")?;
+        running.control.promote(&running.node, false)
+    }
+
     /// Asks the witness for a switchover to this (standby) machine, as `ringfence promote`
     /// does under coordination.
     pub fn request_switchover(&mut self) -> Result<(), String> {
         let running = self.running_mut().ok_or("not running")?;
-        running.driver.switchover()
+        running.driver.as_mut().ok_or("no witness: nothing to switch over through")?.switchover()
     }
 }
 
@@ -966,7 +1020,10 @@ impl Follower {
                 self.submit_backlog(now_ms, net, trace, name);
             }
             StandbyStep::Continue => {}
-            StandbyStep::Diverged { keep_through } => {
+            StandbyStep::Diverged { keep_through, epoch } => {
+                if let Err(error) = standby::promise_epoch(control, epoch) {
+                    trace.event(now_ms, &format!("{name}: storing the promise: {error}"));
+                }
                 trace.event(
                     now_ms,
                     &format!("{name}: diverged after {keep_through}: restart to drop the rest"),

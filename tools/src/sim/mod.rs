@@ -168,7 +168,7 @@ fn print_text(reports: &[Report], summary: bool) {
         println!(
             "faults               {} kills, {} power losses ({} of them after delivery), {} \
              pauses, {} partitions, {} witness outages, {} switchovers, {} disk failures, {} \
-             bursts, {} bits flipped at rest ({} journals repaired)",
+             bursts, {} bits flipped at rest ({} journals repaired), {} promotions by hand",
             f.kills,
             f.power_losses,
             f.mid_step_crashes,
@@ -179,7 +179,8 @@ fn print_text(reports: &[Report], summary: bool) {
             f.disk_failures,
             f.bursts,
             f.bit_flips,
-            f.repairs
+            f.repairs,
+            f.manual_promotions
         );
         let n = totals.network;
         println!(
@@ -247,6 +248,7 @@ impl Totals {
             f.bursts += r.bursts;
             f.bit_flips += r.bit_flips;
             f.repairs += r.repairs;
+            f.manual_promotions += r.manual_promotions;
             let (n, r) = (&mut totals.network, &report.network);
             n.frames += r.frames;
             n.dropped += r.dropped;

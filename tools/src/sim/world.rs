@@ -19,6 +19,7 @@ use super::clients::{self, Answer, Client, Ledger};
 use super::machine::{ClusterSettings, Machine, Mutation, Process, Witness};
 use super::net::{NetCounts, NetFaults, Network, Packet};
 use super::trace::Trace;
+use ringfence_replicator::control::Role;
 
 /// How long a run lasts, and how much of it has faults.
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +37,9 @@ impl Default for RunLength {
         RunLength { faults_ms: 20_000, settle_ms: 10_000, events_kept: 64 }
     }
 }
+
+/// How long the operator of a pair without a witness waits before promoting the standby.
+const OPERATOR_WAIT_MS: u64 = 1_000;
 
 /// The clients send nothing new for this long at the end of a run.
 const QUIET_MS: u64 = 1_000;
@@ -61,6 +65,8 @@ pub struct FaultCounts {
     pub bit_flips: u64,
     /// Journals the operator truncated at the damage recovery named.
     pub repairs: u64,
+    /// Promotions by hand in a pair without a witness.
+    pub manual_promotions: u64,
 }
 
 /// What one seed's run did and found.
@@ -114,6 +120,11 @@ pub struct World {
     /// Burst requests in flight, by token.
     burst: BTreeMap<u64, Command>,
     burst_next: u64,
+    /// Without a witness: the machine the operator calls primary, and since when it has been
+    /// unreachable (down or paused).
+    operator_primary: usize,
+    primary_gone_since: Option<u64>,
+    operator_next_try_ms: u64,
 }
 
 /// How often each fault strikes, per simulated ms (parts per million), drawn per seed so that
@@ -192,6 +203,7 @@ impl World {
             timing: Timing::for_ttl(1),
             skus: vec![clients::HOT, clients::PLENTY],
             mutation: Mutation::None,
+            coordinated: prng.chance(3, 4),
         };
         let stormy = prng.chance(1, 3);
         let net_faults = NetFaults {
@@ -236,6 +248,9 @@ impl World {
             refusals: Default::default(),
             burst: BTreeMap::new(),
             burst_next: 1,
+            operator_primary: 0,
+            primary_gone_since: None,
+            operator_next_try_ms: 0,
         }
     }
 
@@ -341,8 +356,11 @@ impl World {
                 continue;
             }
             let parts = (&self.witness, &mut self.net, &mut self.trace);
-            let report = machine.tick(now, &self.settings, parts);
+            let report = machine.tick(now, &self.settings, parts, self.operator_primary);
             completions.extend(report.completions.into_iter().map(|(c, e)| (index, c, e)));
+        }
+        if !self.settings.coordinated {
+            self.operate();
         }
         self.note_epochs();
         for (node, completion, epoch) in completions {
@@ -350,6 +368,42 @@ impl World {
         }
         self.submit();
         check::every_step(&self.machines)
+    }
+
+    /// The operator of a pair without a witness, by the runbook: once the primary has been
+    /// unreachable for a while, promote its standby (`ringfence promote`); an old primary
+    /// that comes back is restarted as the new primary's standby.
+    fn operate(&mut self) {
+        let now = self.now_ms;
+        let primary = self.operator_primary;
+        let gone = self.machines[primary].paused || self.machines[primary].running().is_none();
+        self.primary_gone_since = if gone { self.primary_gone_since.or(Some(now)) } else { None };
+        let standby = &mut self.machines[primary ^ 1];
+        let ready = !standby.paused && standby.running().is_some_and(|r| !r.control.is_primary());
+        let waited = self.primary_gone_since.is_some_and(|since| now - since >= OPERATOR_WAIT_MS);
+        if waited && ready && now >= self.operator_next_try_ms {
+            // A refused promotion (the standby may lack acknowledged writes) is tried again
+            // later, as an operator would after looking at `/v1/node`.
+            self.operator_next_try_ms = now + OPERATOR_WAIT_MS / 2;
+            let promoted = standby.promote();
+            let name = &standby.name;
+            self.trace.event(now, &format!("operator: promote {name}: {promoted:?}"));
+            if promoted.is_ok() {
+                self.operator_primary = primary ^ 1;
+                self.primary_gone_since = None;
+                self.faults.manual_promotions += 1;
+            }
+        }
+        let old = &mut self.machines[self.operator_primary ^ 1];
+        let sequencing = old.running().is_some_and(|r| r.control.role() == Role::Primary);
+        let diverged = old.running().is_some() && old.diverged();
+        if (sequencing || diverged) && !old.paused {
+            // The runbook: a deposed primary, or a standby whose journal diverged, is started
+            // again as a standby; it drops the tail the primary never had at start.
+            let name = &old.name;
+            self.trace.event(now, &format!("operator: restart {name} as a standby"));
+            old.crash(false, now + 1, &mut self.net);
+        }
     }
 
     fn note_epochs(&mut self) {
@@ -521,9 +575,15 @@ impl World {
             // Only while the peer is the primary: it holds every record acknowledged, so the
             // repair (truncating at the damage) loses nothing.
             let target = self.prng.below(2) as usize;
-            if self.machines[target ^ 1].is_primary()
-                && let Some(what) = self.machines[target].rot(&mut self.prng)
-            {
+            let peer = &self.machines[target ^ 1];
+            // The peer leads now (not an old primary paused before a failover), and in a pair
+            // without a witness the operator calls it the primary.
+            let leads = !peer.paused
+                && peer.running().is_some_and(|r| {
+                    r.control.is_primary() && r.control.epoch().0 >= self.highest_epoch
+                })
+                && (self.settings.coordinated || self.operator_primary == target ^ 1);
+            if leads && let Some(what) = self.machines[target].rot(&mut self.prng) {
                 let name = &self.machines[target].name;
                 self.trace.event(now, &format!("FAULT {name}: bit rot at rest in {what}"));
                 self.faults.bit_flips += 1;
@@ -571,14 +631,14 @@ impl World {
             self.trace.event(now, &format!("FAULT partition from {from} {how} until {until}"));
             self.faults.partitions += 1;
         }
-        if self.prng.chance(rates.witness_ppm, 1_000_000) {
+        if self.settings.coordinated && self.prng.chance(rates.witness_ppm, 1_000_000) {
             let until = now + self.prng.range_inclusive(100, 3_000);
             self.witness.0.lock().expect("never poisoned").unreachable = true;
             self.heals.push((until, Heal::Witness));
             self.trace.event(now, &format!("FAULT witness unreachable until {until}"));
             self.faults.witness_outages += 1;
         }
-        if self.prng.chance(rates.switchover_ppm, 1_000_000) {
+        if self.settings.coordinated && self.prng.chance(rates.switchover_ppm, 1_000_000) {
             let target = self.prng.below(2) as usize;
             let machine = &mut self.machines[target];
             if machine.running().is_some_and(|r| !r.control.is_primary()) {
