@@ -270,11 +270,20 @@ mod tests {
     /// Seeds every CI run checks.
     const FIXED_SEEDS: std::ops::RangeInclusive<u64> = 1..=24;
 
-    /// Seeds that found a bug in the product, kept with its fix (at the default run length).
-    /// All of these lost acknowledged writes when an operator truncated a standby's damaged
-    /// journal while the in-sync record still named it: it took over with the truncated
-    /// journal (fixed by the catch-up marker, `ringfence_journal::datadir::CATCH_UP_FILE`).
-    const REGRESSION_SEEDS: [u64; 10] = [15, 65, 180, 234, 328, 632, 652, 727, 733, 934];
+    /// Seeds that show a bug in the product when its fix is taken out, kept as regression
+    /// tests (at the default run length). These lose acknowledged writes when an operator
+    /// truncates a standby's damaged journal while the in-sync record still names it and it
+    /// takes over with records missing (fixed by the catch-up marker,
+    /// `ringfence_journal::datadir::CATCH_UP_FILE`). A seed's path depends on the simulator
+    /// too: when the simulator changes, these are found again by taking the fix out.
+    const REGRESSION_SEEDS: [u64; 5] = [149, 646, 720, 970, 1223];
+
+    /// The same for manual failover in pairs without a witness: a restarted primary
+    /// acknowledging alone before its in-sync standby was back (and before its policy loop
+    /// first ran), a standby promoted without having caught up with the current primary, and
+    /// a diverged standby reusing the new primary's epoch (two histories under one epoch,
+    /// which the next join took for one: journals that differ).
+    const MANUAL_REGRESSION_SEEDS: [u64; 7] = [94, 165, 274, 299, 309, 346, 442];
 
     fn short() -> RunLength {
         RunLength { faults_ms: 12_000, settle_ms: 8_000, events_kept: 64 }
@@ -331,6 +340,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_manual_failover_seeds_that_found_bugs_pass() {
+        // Goal: every seed of a pair without a witness that once lost acknowledged writes or
+        // reused an epoch passes with the fixes, and still promotes by hand.
+        let reports = swarm(&MANUAL_REGRESSION_SEEDS, RunLength::default(), 2, false);
+        for report in &reports {
+            assert!(report.failure.is_none(), "seed {}: {:?}", report.seed, report.failure);
+            assert!(report.faults.manual_promotions >= 1, "seed {}: no promotion", report.seed);
+        }
+    }
+
     /// The first seed among `seeds` whose run of `mutation` fails, with its failure.
     fn caught(mutation: Mutation, seeds: std::ops::Range<u64>) -> Option<(u64, String)> {
         seeds.into_iter().find_map(|seed| {
@@ -376,14 +396,28 @@ mod recovery_mutation {
         // Goal: the checkers bite: a recovery that cuts a journal at a damaged record without
         // refusing (so nobody repairs it knowingly, and no catch-up marker is left) lets a
         // node that lost acknowledged records take over; the simulator finds a seed.
-        ringfence_journal::mutation::set_ignores_damage(true);
-        let found = (1..400).find_map(|seed| {
-            let report = run_world(seed, || {
-                World::mutated(seed, RunLength::default(), Mutation::RecoveryIgnoresDamage)
-            });
-            report.failure.map(|failure| (seed, failure))
+        // Two threads take the seeds in turn (the switch is per thread) until one fails.
+        let next = AtomicU64::new(1);
+        let found = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    ringfence_journal::mutation::set_ignores_damage(true);
+                    loop {
+                        let seed = next.fetch_add(1, Ordering::Relaxed);
+                        if seed >= 400 || found.lock().unwrap().is_some() {
+                            break;
+                        }
+                        let mutation = Mutation::RecoveryIgnoresDamage;
+                        let world = || World::mutated(seed, RunLength::default(), mutation);
+                        if let Some(failure) = run_world(seed, world).failure {
+                            found.lock().unwrap().get_or_insert((seed, failure));
+                        }
+                    }
+                });
+            }
         });
-        ringfence_journal::mutation::set_ignores_damage(false);
+        let found = found.into_inner().unwrap();
         let (seed, failure) = found.expect("no seed caught the silent cut");
         eprintln!("caught by seed {seed}: {failure}");
         assert!(
