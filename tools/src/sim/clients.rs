@@ -1,7 +1,8 @@
 //! The simulated clients: buyers who reserve (now and then with a coupon), pay, cancel and
-//! claim coupons, and an admin who creates the SKUs and the coupon batch and restocks. Each has one request in flight; a request keeps its key across retries
-//! and client failovers, so the node's idempotency is what makes a retry safe. Every answer a
-//! client receives goes into the ledger the checkers hold the final state against.
+//! claim coupons, and an admin who creates the SKUs and the coupon batch and restocks. Each
+//! has one request in flight; a request keeps its key across retries and client failovers,
+//! so the node's idempotency is what makes a retry safe. Every answer a client receives goes
+//! into the ledger the checkers hold the final state against.
 
 use std::collections::BTreeMap;
 

@@ -564,89 +564,123 @@ impl World {
         }
     }
 
+    /// Draws this millisecond's faults from the seed, in a fixed order (a new kind of fault
+    /// goes last, so older seeds keep their paths as far as they can).
     fn inject_faults(&mut self) {
         let rates = self.rates;
-        let now = self.now_ms;
         if self.prng.chance(rates.crash_ppm, 1_000_000) {
             let target = self.prng.below(2) as usize;
             self.crash(target, "");
         }
         if self.prng.chance(rates.rot_ppm, 1_000_000) {
-            // Only while the peer is the primary: it holds every record acknowledged, so the
-            // repair (truncating at the damage) loses nothing.
-            let target = self.prng.below(2) as usize;
-            let peer = &self.machines[target ^ 1];
-            // The peer leads now (not an old primary paused before a failover), and in a pair
-            // without a witness the operator calls it the primary.
-            let leads = !peer.paused
-                && peer.running().is_some_and(|r| {
-                    r.control.is_primary() && r.control.epoch().0 >= self.highest_epoch
-                })
-                && (self.settings.coordinated || self.operator_primary == target ^ 1);
-            if leads && let Some(what) = self.machines[target].rot(&mut self.prng) {
-                let name = &self.machines[target].name;
-                self.trace.event(now, &format!("FAULT {name}: bit rot at rest in {what}"));
-                self.faults.bit_flips += 1;
-            }
+            self.rot_fault();
         }
-        if now >= 2_000 && self.prng.chance(rates.burst_ppm, 1_000_000) {
+        if self.now_ms >= 2_000 && self.prng.chance(rates.burst_ppm, 1_000_000) {
             self.burst();
         }
         if self.prng.chance(rates.disk_ppm, 1_000_000) {
-            let target = self.prng.below(2) as usize;
-            let machine = &mut self.machines[target];
-            if machine.running().is_some() {
-                let until = now + self.prng.range_inclusive(50, 2_000);
-                let what = *self.prng.pick(&["seg", "manifest", "epoch"]);
-                machine.disk.fail_matching(what);
-                let name = &machine.name;
-                self.trace
-                    .event(now, &format!("FAULT {name}: writes to `{what}*` fail until {until}"));
-                self.heals.push((until, Heal::Disk(target)));
-                self.faults.disk_failures += 1;
-            }
+            self.disk_fault();
         }
         if self.prng.chance(rates.pause_ppm, 1_000_000) {
-            let target = self.prng.below(2) as usize;
-            let machine = &mut self.machines[target];
-            if !machine.paused && machine.running().is_some() {
-                let until = now + self.prng.range_inclusive(100, 3_000);
-                machine.paused = true;
-                self.trace.event(now, &format!("FAULT {}: paused until {until}", machine.name));
-                self.heals.push((until, Heal::Resume(target)));
-                self.faults.pauses += 1;
-            }
+            self.pause_fault();
         }
         if self.prng.chance(rates.partition_ppm, 1_000_000) {
-            let from = self.prng.below(2) as usize;
-            let both = self.prng.chance(1, 2);
-            let until = now + self.prng.range_inclusive(100, 3_000);
-            self.net.set_blocked(from, from ^ 1, true, now);
-            self.heals.push((until, Heal::Unblock(from, from ^ 1)));
-            if both {
-                self.net.set_blocked(from ^ 1, from, true, now);
-                self.heals.push((until, Heal::Unblock(from ^ 1, from)));
-            }
-            let how = if both { "both ways" } else { "one way" };
-            self.trace.event(now, &format!("FAULT partition from {from} {how} until {until}"));
-            self.faults.partitions += 1;
+            self.partition_fault();
         }
         if self.settings.coordinated && self.prng.chance(rates.witness_ppm, 1_000_000) {
-            let until = now + self.prng.range_inclusive(100, 3_000);
-            self.witness.0.lock().expect("never poisoned").unreachable = true;
-            self.heals.push((until, Heal::Witness));
-            self.trace.event(now, &format!("FAULT witness unreachable until {until}"));
-            self.faults.witness_outages += 1;
+            self.witness_fault();
         }
         if self.settings.coordinated && self.prng.chance(rates.switchover_ppm, 1_000_000) {
-            let target = self.prng.below(2) as usize;
-            let machine = &mut self.machines[target];
-            if machine.running().is_some_and(|r| !r.control.is_primary()) {
-                let asked = machine.request_switchover();
-                self.trace
-                    .event(now, &format!("FAULT {}: switchover asked: {asked:?}", machine.name));
-                self.faults.switchovers += 1;
-            }
+            self.switchover_fault();
+        }
+    }
+
+    /// Bit rot at rest on a stopped machine, only while its peer leads now (not an old
+    /// primary paused before a failover; in a pair without a witness, the one the operator
+    /// calls primary): the peer holds every acknowledged record, so the runbook's repair
+    /// (truncating at the damage) loses nothing.
+    fn rot_fault(&mut self) {
+        let target = self.prng.below(2) as usize;
+        let peer = &self.machines[target ^ 1];
+        let leads = !peer.paused
+            && peer.running().is_some_and(|r| {
+                r.control.is_primary() && r.control.epoch().0 >= self.highest_epoch
+            })
+            && (self.settings.coordinated || self.operator_primary == target ^ 1);
+        if leads && let Some(what) = self.machines[target].rot(&mut self.prng) {
+            let name = &self.machines[target].name;
+            self.trace.event(self.now_ms, &format!("FAULT {name}: bit rot at rest in {what}"));
+            self.faults.bit_flips += 1;
+        }
+    }
+
+    /// Writes and syncs to one kind of file fail on a running machine until the operator
+    /// replaces the disk and restarts the node.
+    fn disk_fault(&mut self) {
+        let (now, target) = (self.now_ms, self.prng.below(2) as usize);
+        let machine = &mut self.machines[target];
+        if machine.running().is_none() {
+            return;
+        }
+        let until = now + self.prng.range_inclusive(50, 2_000);
+        let what = *self.prng.pick(&["seg", "manifest", "epoch"]);
+        machine.disk.fail_matching(what);
+        let name = &machine.name;
+        self.trace.event(now, &format!("FAULT {name}: writes to `{what}*` fail until {until}"));
+        self.heals.push((until, Heal::Disk(target)));
+        self.faults.disk_failures += 1;
+    }
+
+    /// A running machine stops (clock, steps and I/O) for a while, past its lease at times.
+    fn pause_fault(&mut self) {
+        let (now, target) = (self.now_ms, self.prng.below(2) as usize);
+        let machine = &mut self.machines[target];
+        if machine.paused || machine.running().is_none() {
+            return;
+        }
+        let until = now + self.prng.range_inclusive(100, 3_000);
+        machine.paused = true;
+        self.trace.event(now, &format!("FAULT {}: paused until {until}", machine.name));
+        self.heals.push((until, Heal::Resume(target)));
+        self.faults.pauses += 1;
+    }
+
+    /// One direction, or both, blocked for a while.
+    fn partition_fault(&mut self) {
+        let now = self.now_ms;
+        let from = self.prng.below(2) as usize;
+        let both = self.prng.chance(1, 2);
+        let until = now + self.prng.range_inclusive(100, 3_000);
+        self.net.set_blocked(from, from ^ 1, true, now);
+        self.heals.push((until, Heal::Unblock(from, from ^ 1)));
+        if both {
+            self.net.set_blocked(from ^ 1, from, true, now);
+            self.heals.push((until, Heal::Unblock(from ^ 1, from)));
+        }
+        let how = if both { "both ways" } else { "one way" };
+        self.trace.event(now, &format!("FAULT partition from {from} {how} until {until}"));
+        self.faults.partitions += 1;
+    }
+
+    /// The witness answers nothing for a while.
+    fn witness_fault(&mut self) {
+        let now = self.now_ms;
+        let until = now + self.prng.range_inclusive(100, 3_000);
+        self.witness.0.lock().expect("never poisoned").unreachable = true;
+        self.heals.push((until, Heal::Witness));
+        self.trace.event(now, &format!("FAULT witness unreachable until {until}"));
+        self.faults.witness_outages += 1;
+    }
+
+    /// A standby asks the witness to take over (`ringfence promote` under coordination).
+    fn switchover_fault(&mut self) {
+        let target = self.prng.below(2) as usize;
+        let machine = &mut self.machines[target];
+        if machine.running().is_some_and(|r| !r.control.is_primary()) {
+            let asked = machine.request_switchover();
+            let name = &machine.name;
+            self.trace.event(self.now_ms, &format!("FAULT {name}: switchover asked: {asked:?}"));
+            self.faults.switchovers += 1;
         }
     }
 
