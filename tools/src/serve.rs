@@ -359,8 +359,11 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         epoch = Epoch(leader.epoch);
         dir.store_epochs(Epochs { current: epoch, promised: epoch })
             .map_err(|e| format!("storing epoch {epoch}: {e}"))?;
-        // Its journal is the reference copy from now on.
+        // Its journal is the reference copy from now on, and the record it took the key with
+        // says no standby is in sync: an in-sync marker from an earlier leadership is stale.
         dir.caught_up().map_err(|e| format!("clearing the catch-up marker: {e}"))?;
+        dir.set_standby_in_sync(false)
+            .map_err(|e| format!("clearing the standby-in-sync marker: {e}"))?;
     }
     let standby = replication.as_ref().is_some_and(|r| r.role != Role::Primary);
     let intake = if standby { Intake::Replica } else { Intake::Sequencer };

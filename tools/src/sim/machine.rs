@@ -525,6 +525,8 @@ impl Machine {
             epochs = Epochs { current: Epoch(leader.epoch), promised: Epoch(leader.epoch) };
             writer.data_dir().store_epochs(epochs).expect("the simulated disk stores epochs");
             writer.data_dir().caught_up().expect("the simulated disk removes the marker");
+            let stale = writer.data_dir().set_standby_in_sync(false);
+            stale.expect("the simulated disk removes the marker");
         }
         let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
         let mut replication = ReplicationConfig::new(
