@@ -43,7 +43,10 @@ as primary, it holds writes until that standby is back in sync. To let it acknow
 (losing what the standby holds if it was promoted), switch replication to async.\n";
 
 /// What the marker says to an operator who finds it.
-const CATCH_UP_TEXT: &[u8] = b"This data directory may lack records it once acknowledged (it was created or truncated since). The node takes over as primary only after it has caught up with one. To let it take over anyway, accepting the loss of what it lacks, stop it and delete this file.\n";
+const CATCH_UP_TEXT: &[u8] = b"This data directory may lack records it once acknowledged \
+(it was created or truncated since). The node takes over as primary only after it has caught \
+up with one. To let it take over anyway, accepting the loss of what it lacks, stop it and \
+delete this file.\n";
 
 /// Writes the catch-up marker durably.
 pub(crate) fn mark_catching_up<S: Storage>(storage: &S) -> Result<(), JournalError> {

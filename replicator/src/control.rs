@@ -607,6 +607,7 @@ impl Control {
     /// Promotes this standby: stops following, raises the epoch durably above every epoch it
     /// has seen or promised, switches the node to sequencing, and starts as a primary that is
     /// alone until a standby catches up. Returns the new epoch.
+    ///
     /// Without `force`, only a standby that holds everything its primary acknowledged is
     /// promoted: one that caught up with its primary since it last joined, with a directory
     /// that was not created or truncated since. `force` accepts losing what it lacks; the
