@@ -597,14 +597,6 @@ impl Machine {
         let mut report = TickReport::default();
         running.node.step();
         running.control.tick();
-        if running.control.role() == Role::Primary
-            && let Some(follower) = running.follower.take()
-        {
-            // Promoted by hand: the follower stops, as `Control::promote` stops its thread.
-            if let Some((conn, _)) = follower.conn {
-                net.close(conn, index, now_ms);
-            }
-        }
         if now_ms >= running.next_driver_ms {
             running.next_driver_ms = now_ms + DRIVER_PERIOD_MS;
             let was_primary = running.control.is_primary();
@@ -612,15 +604,17 @@ impl Machine {
                 driver.step();
             }
             if running.control.is_primary() && !was_primary {
-                trace.event(
-                    now_ms,
-                    &format!("{name}: promoted to primary in epoch {}", running.control.epoch()),
-                );
-                if let Some(follower) = running.follower.take() {
-                    if let Some((conn, _)) = follower.conn {
-                        net.close(conn, index, now_ms);
-                    }
-                }
+                let epoch = running.control.epoch();
+                trace.event(now_ms, &format!("{name}: promoted to primary in epoch {epoch}"));
+            }
+        }
+        if running.control.role() == Role::Primary
+            && let Some(follower) = running.follower.take()
+        {
+            // Promoted (by the witness or by hand): the follower stops, as `Control`'s
+            // promotion stops its thread.
+            if let Some((conn, _)) = follower.conn {
+                net.close(conn, index, now_ms);
             }
         }
         running.serve_standbys(now_ms, settings, net, &self.disk, trace, &name);
