@@ -39,8 +39,9 @@ pub struct SimArgs {
     /// Simulated seconds with faults injected.
     #[arg(long, default_value_t = 20)]
     pub faults_s: u64,
-    /// Simulated seconds after the faults stop in which the pair must converge and serve.
-    #[arg(long, default_value_t = 10)]
+    /// Simulated seconds after the faults stop in which the pair must converge and serve
+    /// (at least 2: the clients fall quiet for the last second).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..))]
     pub settle_s: u64,
     /// How many of the last events a failing seed prints.
     #[arg(long, default_value_t = 64)]
