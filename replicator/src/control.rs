@@ -71,6 +71,15 @@ impl<S: Storage + Sync> EpochStore for DataDir<S> {
     }
 }
 
+/// A node takes office as primary in `epoch` (a promotion, or the leader key taken at start):
+/// the epoch is stored as current and promised before it journals in it, its journal becomes
+/// the reference copy (no longer catching up), and no standby is in sync with it yet.
+pub fn take_office(store: &dyn EpochStore, epoch: Epoch) -> Result<(), String> {
+    store.store(Epochs { current: epoch, promised: epoch })?;
+    store.caught_up()?;
+    store.set_standby_in_sync(false)
+}
+
 /// The role a node plays now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -258,6 +267,11 @@ impl Control {
             journal,
             journal_last: Sequence(self.link.available()),
         }
+    }
+
+    /// Where this node's epochs are kept.
+    pub fn epoch_store(&self) -> &dyn EpochStore {
+        &*self.epochs
     }
 
     /// The epoch of the journal's last record (0 when empty).
@@ -659,10 +673,7 @@ impl Control {
             return Err(format!("epoch {epoch} is not above this node's epochs {epochs:?}"));
         }
         self.stop_follower()?;
-        self.store_epochs(Epochs { current: epoch, promised: epoch })?;
-        // Its journal is the reference copy from now on, and no standby is in sync with it yet.
-        self.epochs.caught_up()?;
-        self.epochs.set_standby_in_sync(false)?;
+        take_office(&*self.epochs, epoch)?;
         node.promote(epoch).map_err(|e| e.to_string())?;
         let now = self.now_ms();
         let mut state = self.state();

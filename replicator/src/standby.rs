@@ -21,7 +21,7 @@ use ringfence_journal::epoch::Epochs;
 
 use crate::auth;
 use crate::config::ReplicationConfig;
-use crate::control::{Control, log};
+use crate::control::{Control, EpochStore, log};
 use crate::message::{Message, RefuseCode};
 use crate::position::StandbyPosition;
 use crate::session::{Outgoing, Purpose, StandbySession, StandbyStep};
@@ -275,7 +275,7 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                 }
             }
             Ok(Joined::Diverged { keep_through, epoch }) => {
-                if let Err(error) = promise_epoch(control, epoch) {
+                if let Err(error) = promise_epoch(control.epoch_store(), epoch) {
                     log(format_args!("replication: storing the promise of epoch {epoch}: {error}"));
                 }
                 log(format_args!(
@@ -465,12 +465,12 @@ pub fn promise(
 /// The primary this standby rejoins leads in `epoch`: stores it as the promise, so that a
 /// promotion of this node takes an epoch above it, never the same one (two histories under one
 /// epoch would look alike to the next join's comparison).
-pub fn promise_epoch(control: &Control, epoch: Epoch) -> Result<(), String> {
-    let epochs = control.epochs();
+pub fn promise_epoch(store: &dyn EpochStore, epoch: Epoch) -> Result<(), String> {
+    let epochs = store.epochs();
     if epochs.promised >= epoch {
         return Ok(());
     }
-    control.store_epochs(Epochs { current: epochs.current, promised: epoch })
+    store.store(Epochs { current: epochs.current, promised: epoch })
 }
 
 /// What the standby shows after taking its node's answers: following or catching up, and by

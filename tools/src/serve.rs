@@ -21,14 +21,13 @@ use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 use ringfence_ingress::roles::Role as AccessRole;
 use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ReplicationControl, ServerConfig};
 use ringfence_journal::datadir::DataDir;
-use ringfence_journal::epoch::Epochs;
 use ringfence_journal::recovery::{Recovered, recover_from};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, SnapshotStats, Snapshotter};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
-use ringfence_replicator::control::{Control, Role};
+use ringfence_replicator::control::{Control, Role, take_office};
 use ringfence_replicator::coordination::driver::{self, Decided};
-use ringfence_replicator::standby::JournalEnd;
+use ringfence_replicator::standby::{self, JournalEnd};
 use serde::{Deserialize, Serialize};
 
 use crate::replication::{
@@ -356,14 +355,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let mut epoch: Epoch = recovered.epochs.current;
     if let Some(Coordinated { decided: Decided::Primary { leader, .. }, .. }) = &coordinated {
         // The epoch taken with the leader key is stored before the node journals in it.
+        // The record it took the key with says no standby is in sync.
         epoch = Epoch(leader.epoch);
-        dir.store_epochs(Epochs { current: epoch, promised: epoch })
-            .map_err(|e| format!("storing epoch {epoch}: {e}"))?;
-        // Its journal is the reference copy from now on, and the record it took the key with
-        // says no standby is in sync: an in-sync marker from an earlier leadership is stale.
-        dir.caught_up().map_err(|e| format!("clearing the catch-up marker: {e}"))?;
-        dir.set_standby_in_sync(false)
-            .map_err(|e| format!("clearing the standby-in-sync marker: {e}"))?;
+        take_office(&dir, epoch).map_err(|e| format!("taking office in epoch {epoch}: {e}"))?;
     }
     let standby = replication.as_ref().is_some_and(|r| r.role != Role::Primary);
     let intake = if standby { Intake::Replica } else { Intake::Sequencer };
@@ -533,11 +527,7 @@ fn recover_for_role(
         if let JournalCheck::Diverged(_, epoch) = check {
             // Promised before anything is dropped: promoted later, this node takes an epoch
             // above the primary's.
-            let epochs = recovered.epochs;
-            if epochs.promised < epoch {
-                let raised = Epochs { current: epochs.current, promised: epoch };
-                recovered.writer.data_dir().store_epochs(raised).map_err(|e| e.to_string())?;
-            }
+            standby::promise_epoch(recovered.writer.data_dir(), epoch)?;
         }
         // The journal is closed before it is cut or replaced.
         drop(recovered);

@@ -648,17 +648,24 @@ mod tests {
         assert!(record.eligible("b"));
     }
 
+    /// [`pair`], with `a` in sync at 50 and `b` written into the record as its in-sync
+    /// standby; returns the pilots, `b`'s lease and `a`'s facts.
+    fn recorded_pair(witness: &mut MemoryCoordinator) -> (Pilot, Pilot, LeaseId, Facts) {
+        let (mut a, b, _, lease_b) = pair(witness);
+        let in_sync = facts(true, PolicyState::InSync, Gate::Standby, (50, 50));
+        a.on_view(0, &in_sync, &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync, &witness.read().unwrap());
+        carry_record(witness, &mut a, plan);
+        (a, b, lease_b, in_sync)
+    }
+
     #[test]
     fn a_standby_takes_the_key_only_after_the_lease_expired_and_above_every_epoch() {
         // Goal: while the primary's lease lives the standby does nothing; once it expired, the
         // recorded standby campaigns in a higher epoch, and the old primary, seeing the new
         // leader, rejoins.
         let mut witness = MemoryCoordinator::new("c");
-        let (mut a, mut b, _, lease_b) = pair(&mut witness);
-        let in_sync = facts(true, PolicyState::InSync, Gate::Standby, (50, 50));
-        a.on_view(0, &in_sync, &witness.read().unwrap());
-        let plan = a.on_view(1, &in_sync, &witness.read().unwrap());
-        carry_record(&mut witness, &mut a, plan);
+        let (mut a, mut b, lease_b, in_sync) = recorded_pair(&mut witness);
         let follower = candidate(50);
         witness.now_ms = 900;
         witness.keep_alive(lease_b).unwrap();
@@ -684,11 +691,7 @@ mod tests {
         // was truncated (or its directory created anew) b does not take over on that record,
         // at start or while running, and says why; caught up, it does.
         let mut witness = MemoryCoordinator::new("c");
-        let (mut a, mut b, _, lease_b) = pair(&mut witness);
-        let in_sync = facts(true, PolicyState::InSync, Gate::Standby, (50, 50));
-        a.on_view(0, &in_sync, &witness.read().unwrap());
-        let plan = a.on_view(1, &in_sync, &witness.read().unwrap());
-        carry_record(&mut witness, &mut a, plan);
+        let (_, mut b, lease_b, _) = recorded_pair(&mut witness);
         witness.now_ms = 5_000;
         witness.keep_alive(lease_b).unwrap();
         let view = witness.read().unwrap();

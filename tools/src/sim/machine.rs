@@ -19,7 +19,6 @@ use ringfence_core::pipeline::{
 };
 use ringfence_core::prng::Prng;
 use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Query, Sequence, Sequenced, SkuId};
-use ringfence_journal::epoch::Epochs;
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::format::{SEGMENT_HEADER_LEN, SEGMENT_LEN_MIN};
@@ -29,7 +28,7 @@ use ringfence_journal::tail::Tail;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret, Nonce};
 use ringfence_replicator::config::ReplicationConfig;
-use ringfence_replicator::control::{Control, Role};
+use ringfence_replicator::control::{Control, Role, take_office};
 use ringfence_replicator::coordination::CoordinationConfig;
 use ringfence_replicator::coordination::driver::{self, Decided, Driver, Startup};
 use ringfence_replicator::coordination::pilot::{Identity, Timing};
@@ -522,11 +521,8 @@ impl Machine {
         if let Some((_, _, Decided::Primary { leader, .. })) = &coordinated {
             // As `serve` does: the epoch taken with the leader key is stored before the node
             // journals in it.
-            epochs = Epochs { current: Epoch(leader.epoch), promised: Epoch(leader.epoch) };
-            writer.data_dir().store_epochs(epochs).expect("the simulated disk stores epochs");
-            writer.data_dir().caught_up().expect("the simulated disk removes the marker");
-            let stale = writer.data_dir().set_standby_in_sync(false);
-            stale.expect("the simulated disk removes the marker");
+            take_office(writer.data_dir(), Epoch(leader.epoch)).expect("the simulated disk");
+            epochs = writer.data_dir().epochs();
         }
         let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
         let mut replication = ReplicationConfig::new(
@@ -1017,7 +1013,7 @@ impl Follower {
             }
             StandbyStep::Continue => {}
             StandbyStep::Diverged { keep_through, epoch } => {
-                if let Err(error) = standby::promise_epoch(control, epoch) {
+                if let Err(error) = standby::promise_epoch(control.epoch_store(), epoch) {
                     trace.event(now_ms, &format!("{name}: storing the promise: {error}"));
                 }
                 trace.event(
