@@ -836,6 +836,8 @@ impl Running {
             let Some((stream, next)) = accepted.stream.as_mut() else { continue };
             if *next <= available {
                 let mut records = Vec::new();
+                // A tail per read: `FaultStorage` hands a reader a copy of the segment, not a
+                // map that sees later writes, so a kept tail would never see new records.
                 let read = Tail::open(disk.clone(), *next)
                     .and_then(|mut tail| tail.read(available, &mut records, RECORDS_FRAME_BYTES));
                 match read {
