@@ -21,7 +21,10 @@
 //! point of a run. Contents are shared between copies until written, so a capture is cheap.
 //! Bytes written through a segment handle that is still open are seen by a capture only once
 //! synced (a capture is a power-loss image; open segments' unsynced bytes count as not yet
-//! written back). [`FaultStorage::fail_matching`] makes writes to chosen files fail.
+//! written back). [`FaultStorage::fail_matching`] makes writes to chosen files fail (a full
+//! disk or an I/O error), and [`FaultStorage::halt_after_sync_points`] stops the machine just
+//! after a chosen sync point: a crash at any sync point of a live run, not only of a scripted
+//! one.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -57,9 +60,33 @@ struct Disk {
     pending: Vec<DirOp>,
     /// Retired files, when the storage archives (durable when retired).
     archive: Option<BTreeMap<String, Arc<Image>>>,
-    /// Name fragments whose writes and syncs fail.
-    failing: Vec<String>,
+    /// Name fragments whose writes and syncs fail, and how.
+    failing: Vec<(String, Failure)>,
     sync_points: u64,
+    /// The sync point the machine stops at, once armed.
+    halt_at: Option<u64>,
+    /// The disk just after that sync point, once reached: from then on every change fails.
+    halted: Option<Arc<(Disk, String)>>,
+}
+
+/// How an injected failure fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// `ENOSPC`: the disk is full.
+    NoSpace,
+    /// `EIO`: the device failed the write or the sync.
+    Io,
+}
+
+impl Failure {
+    fn error(self, name: &str) -> io::Error {
+        let errno = match self {
+            Failure::NoSpace => libc::ENOSPC,
+            Failure::Io => libc::EIO,
+        };
+        let source = io::Error::from_raw_os_error(errno);
+        io::Error::new(source.kind(), format!("injected fault on {name}: {source}"))
+    }
 }
 
 impl Disk {
@@ -202,11 +229,39 @@ impl FaultStorage {
         self.disk().sync_points
     }
 
-    /// Makes every write, sync and rename of a file whose name contains `fragment` fail (as a
-    /// full disk would), until [`FaultStorage::clear_faults`].
+    /// Makes every write, sync, rename and removal of a file whose name contains `fragment`
+    /// fail (as a full disk would), until [`FaultStorage::clear_faults`].
     pub fn fail_matching(&self, fragment: &str) {
+        self.fail_matching_with(fragment, Failure::NoSpace);
+    }
+
+    /// [`FaultStorage::fail_matching`], failing with `failure`.
+    pub fn fail_matching_with(&self, fragment: &str, failure: Failure) {
         assert!(!fragment.is_empty(), "an empty fragment would fail every file");
-        self.disk().failing.push(fragment.to_owned());
+        self.disk().failing.push((fragment.to_owned(), failure));
+    }
+
+    /// Stops the machine just after its `after`-th sync point from now: that sync completes,
+    /// then every write, sync, rename and removal fails with `EIO`, and
+    /// [`FaultStorage::halted`] returns the disk as that sync point left it. A crash of the
+    /// process there, or a power loss, starts from that copy.
+    pub fn halt_after_sync_points(&self, after: u64) {
+        assert!(after >= 1, "a halt at a sync point already passed");
+        let mut disk = self.disk();
+        assert!(disk.halted.is_none(), "a halted disk halts again");
+        disk.halt_at = Some(disk.sync_points + after);
+    }
+
+    /// The sync point the machine halted at, with the disk as it left it, if it has halted.
+    #[must_use]
+    pub fn halted(&self) -> Option<SyncCapture> {
+        let (frozen, what) = <(Disk, String)>::clone(self.disk().halted.as_ref()?);
+        // A frozen disk is at rest: nothing armed, nothing failing.
+        assert!(frozen.halt_at.is_none() && frozen.halted.is_none(), "a frozen disk halts");
+        let point = frozen.sync_points;
+        let storage = FaultStorage::new();
+        *storage.disk() = frozen;
+        Some(SyncCapture { point, what, disk: storage })
     }
 
     /// Stops the failures [`FaultStorage::fail_matching`] set up.
@@ -284,11 +339,15 @@ impl FaultStorage {
 fn sync_point(shared: &Shared, disk: &mut Disk, what: &str) {
     disk.check_model();
     disk.sync_points += 1;
+    if disk.halt_at == Some(disk.sync_points) {
+        let frozen = Disk { failing: Vec::new(), halt_at: None, halted: None, ..disk.clone() };
+        disk.halted = Some(Arc::new((frozen, what.to_owned())));
+    }
     let mut captures = shared.captures.lock().expect("fault captures lock");
     if let Some(captures) = captures.as_mut() {
         let after = captures.last().is_none_or(|last| last.point < disk.sync_points);
         assert!(after, "a sync point captured twice");
-        let frozen = Disk { failing: Vec::new(), ..disk.clone() };
+        let frozen = Disk { failing: Vec::new(), halt_at: None, halted: None, ..disk.clone() };
         let storage = FaultStorage::new();
         *storage.disk() = frozen;
         captures.push(SyncCapture {
@@ -345,10 +404,19 @@ fn torn(live: &Arc<Image>, durable: &Arc<Image>, prng: &mut Prng) -> Arc<Image> 
 }
 
 fn check_fault(disk: &Disk, name: &str) -> io::Result<()> {
-    if disk.failing.iter().any(|fragment| name.contains(fragment.as_str())) {
-        return Err(io::Error::new(io::ErrorKind::StorageFull, format!("injected fault: {name}")));
+    check_halted(disk, name)?;
+    match disk.failing.iter().find(|(fragment, _)| name.contains(fragment.as_str())) {
+        Some((_, failure)) => Err(failure.error(name)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// A halted machine changes nothing more on its disk.
+fn check_halted(disk: &Disk, name: &str) -> io::Result<()> {
+    match disk.halted {
+        Some(_) => Err(Failure::Io.error(name)),
+        None => Ok(()),
+    }
 }
 
 fn gone(name: &str) -> io::Error {
@@ -509,6 +577,7 @@ impl Storage for FaultStorage {
     fn remove(&self, name: &str) -> io::Result<()> {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
+        check_fault(&disk, name)?;
         disk.live.remove(name).ok_or_else(|| gone(name))?;
         disk.pending.push(DirOp::Unlink { name: name.to_owned() });
         Ok(())
@@ -517,6 +586,7 @@ impl Storage for FaultStorage {
     fn retire(&self, name: &str) -> io::Result<Retired> {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
+        check_halted(&disk, name)?;
         let &ino = disk.live.get(name).ok_or_else(|| gone(name))?;
         if disk.archive.is_none() {
             drop(disk);
@@ -536,6 +606,7 @@ impl Storage for FaultStorage {
 
     fn sync_dir(&self) -> io::Result<()> {
         let mut disk = self.disk();
+        check_halted(&disk, "the directory")?;
         let pending = std::mem::take(&mut disk.pending);
         for op in &pending {
             apply(&mut disk.durable, op);
@@ -554,7 +625,7 @@ impl Storage for FaultStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::write_atomically;
+    use crate::storage::{temp_name, write_atomically};
 
     #[test]
     fn a_rename_is_durable_only_after_the_directory_is_synced() {
@@ -615,5 +686,45 @@ mod tests {
         assert!(disk.list().unwrap().iter().all(|name| !name.contains("snap")));
         disk.clear_faults();
         write_atomically(&disk, "x.snap", b"1").unwrap();
+    }
+
+    #[test]
+    fn a_halted_machine_keeps_the_disk_of_its_sync_point() {
+        // Goal: a halt armed for the second sync point from now freezes the disk just after it
+        // (here the temporary file's sync inside an atomic write, which then fails), and every
+        // change after it fails with EIO without reaching the frozen copy.
+        let disk = FaultStorage::new();
+        let mut segment = disk.create_segment("s", 16).unwrap();
+        disk.halt_after_sync_points(2);
+        segment.bytes_mut()[..2].copy_from_slice(b"ab");
+        segment.sync(0..2).unwrap();
+        assert!(disk.halted().is_none(), "halted one sync point early");
+        write_atomically(&disk, "epoch", b"7").unwrap_err();
+        let halted = disk.halted().expect("halted at the second sync point");
+        assert_eq!((halted.point, halted.what.as_str()), (3, "file .epoch.tmp"));
+        let frozen = halted.disk;
+        segment.bytes_mut()[2..4].copy_from_slice(b"cd");
+        let error = segment.sync(0..4).unwrap_err();
+        assert!(error.to_string().contains("Input/output error"), "{error}");
+        assert!(disk.remove("s").is_err() && disk.sync_dir().is_err());
+        drop(segment);
+        let lost = frozen.power_loss(None);
+        assert_eq!(&lost.read_file("s").unwrap()[..4], b"ab\0\0");
+        assert_eq!(lost.list().unwrap(), ["s"], "the epoch file was never linked durably");
+        let killed = frozen.process_crash();
+        assert_eq!(killed.read_file(&temp_name("epoch")).unwrap(), b"7", "written, not renamed");
+    }
+
+    #[test]
+    fn a_failure_names_its_kind() {
+        // Goal: a full disk and a failing device give the errors a real one gives.
+        let disk = FaultStorage::new();
+        disk.fail_matching_with("seg", Failure::Io);
+        disk.fail_matching_with("manifest", Failure::NoSpace);
+        let Err(io) = disk.create_segment("1.seg", 16) else { panic!("a failing device") };
+        let full = disk.write_file("manifest", b"m").unwrap_err();
+        assert_eq!(io.kind(), io::Error::from_raw_os_error(libc::EIO).kind());
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+        assert!(full.to_string().contains("manifest"), "{full}");
     }
 }

@@ -72,12 +72,20 @@ impl<S: Storage + Sync> EpochStore for DataDir<S> {
 }
 
 /// A node takes office as primary in `epoch` (a promotion, or the leader key taken at start):
-/// the epoch is stored as current and promised before it journals in it, its journal becomes
-/// the reference copy (no longer catching up), and no standby is in sync with it yet.
+/// its journal becomes the reference copy (no longer catching up), no standby is in sync with
+/// it yet, and the epoch is stored as current and promised before it journals in it.
+///
+/// Storing the epoch is the commit point, so it goes last. A failure before it leaves the node
+/// a standby of its old epoch that can rejoin its primary and be promoted again; the markers
+/// already cleared say what every caller checked before taking office (the node caught up, or
+/// the operator forced the promotion). Stored first, a failure after it left a node that
+/// promised an epoch it never led: as a standby it deposed its primary by that promise, and,
+/// restarted, it was no longer known to have caught up, so neither node could lead without a
+/// forced promotion.
 pub fn take_office(store: &dyn EpochStore, epoch: Epoch) -> Result<(), String> {
-    store.store(Epochs { current: epoch, promised: epoch })?;
     store.caught_up()?;
-    store.set_standby_in_sync(false)
+    store.set_standby_in_sync(false)?;
+    store.store(Epochs { current: epoch, promised: epoch })
 }
 
 /// The role a node plays now.
@@ -803,6 +811,39 @@ mod tests {
         assert!(refused.contains("truncated"), "{refused}");
         assert_eq!(control.promote(&node, true), Ok(Epoch(1 + FORCED_EPOCH_STEP)));
         assert!(!control.epochs.catching_up(), "the new primary's journal is the reference");
+    }
+
+    #[test]
+    fn a_node_that_cannot_store_its_epoch_stays_in_the_old_one() {
+        // Goal: storing the epoch is the commit point of taking office. When the disk fails
+        // any step (the new directory's catch-up marker, or the epoch file), the node has
+        // promised nothing new, so it cannot depose its primary by an epoch it never led; it
+        // takes office once the disk works again.
+        use ringfence_journal::fault::{Failure, FaultStorage};
+        use ringfence_journal::writer::{Durability, WriterOptions};
+        for (file, failure) in [("catch-up", Failure::Io), ("epoch", Failure::NoSpace)] {
+            let disk = FaultStorage::new();
+            let options = WriterOptions {
+                segment_len: ringfence_journal::format::SEGMENT_LEN_MIN,
+                durability: Durability::Batch,
+                engine_config: ringfence_core::EngineConfig::small(),
+            };
+            let recovered = ringfence_journal::recovery::recover_from(disk.clone(), options);
+            let dir = recovered.unwrap().writer.data_dir().clone();
+            assert!(dir.catching_up(), "a new directory is catching up");
+            let before = dir.epochs();
+            let next = Epoch(before.current.0 + 1);
+            disk.fail_matching_with(file, failure);
+            let failed = take_office(&dir, next).unwrap_err();
+            assert!(failed.contains(file), "{failed}");
+            assert_eq!(dir.epochs(), before, "failing {file}: an epoch stored");
+            let restarted = disk.process_crash();
+            assert_eq!(restarted.read_file("epoch").ok(), disk.read_file("epoch").ok());
+            disk.clear_faults();
+            take_office(&dir, next).unwrap();
+            assert_eq!(dir.epochs(), Epochs { current: next, promised: next });
+            assert!(!dir.catching_up() && !dir.standby_in_sync(), "the markers of a primary");
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ use super::trace::Trace;
 const RECORDS_FRAME_BYTES: usize = 32 << 10;
 /// How often a running node's coordination driver takes a round (the thread's tick).
 const DRIVER_PERIOD_MS: u64 = 25;
+/// A process that exited on an error is started again by its supervisor after this long.
+const RESTART_AFTER_EXIT_MS: u64 = 100;
 /// A standby's handshake gives up after this long.
 const HANDSHAKE_TIMEOUT_MS: u64 = 500;
 
@@ -262,6 +264,8 @@ pub struct Machine {
     pending_truncate: Option<Sequence>,
     /// Times the operator truncated a journal recovery refused as corrupt.
     pub repairs: u64,
+    /// A halt is armed on the disk: whether a power loss (else a kill) strikes there.
+    halt_power_loss: Option<bool>,
     prng: Prng,
 }
 
@@ -278,6 +282,7 @@ impl Machine {
             observed: Arc::default(),
             pending_truncate: None,
             repairs: 0,
+            halt_power_loss: None,
             prng,
         }
     }
@@ -307,6 +312,42 @@ impl Machine {
     /// synced, with a torn write-back drawn from the seed; otherwise every byte written
     /// survives (a killed process's page cache does).
     pub fn crash(&mut self, power_loss: bool, restart_ms: u64, net: &mut Network) {
+        let disk = self.disk.clone();
+        self.crash_from(&disk, power_loss, restart_ms, net);
+    }
+
+    /// Arms a crash at the disk's `after`-th sync point from now (mid-write, mid-promotion,
+    /// mid-snapshot: wherever the process is when it syncs): a kill there, or a power loss.
+    /// Whether it armed one (a machine whose process is down, or already armed, is left be).
+    pub fn arm_halt(&mut self, after: u64, power_loss: bool) -> bool {
+        if self.halt_power_loss.is_some() || matches!(self.process, Process::Down(_)) {
+            return false;
+        }
+        self.disk.halt_after_sync_points(after);
+        self.halt_power_loss = Some(power_loss);
+        true
+    }
+
+    /// If the disk reached the armed sync point, the process dies there: whatever it did
+    /// after it (every write failed) is lost with it. What it halted at, if it did.
+    pub fn crash_if_halted(
+        &mut self,
+        restart_ms: u64,
+        net: &mut Network,
+    ) -> Option<(String, bool)> {
+        let halted = self.disk.halted()?;
+        let power_loss = self.halt_power_loss.expect("a halt was armed");
+        self.crash_from(&halted.disk, power_loss, restart_ms, net);
+        Some((format!("sync point {} ({})", halted.point, halted.what), power_loss))
+    }
+
+    fn crash_from(
+        &mut self,
+        disk: &FaultStorage,
+        power_loss: bool,
+        restart_ms: u64,
+        net: &mut Network,
+    ) {
         let process = std::mem::replace(&mut self.process, Process::Down(Down { restart_ms }));
         if let Process::Running(running) = process {
             let Running { node, clients, follower, .. } = *running;
@@ -315,10 +356,13 @@ impl Machine {
         }
         net.reset_node(self.index);
         self.disk = if power_loss {
-            self.disk.power_loss(Some(self.prng.next_u64()))
+            disk.power_loss(Some(self.prng.next_u64()))
         } else {
-            self.disk.process_crash()
+            disk.process_crash()
         };
+        // A fresh disk: an armed halt died with the process.
+        assert!(self.disk.halted().is_none(), "a crashed machine's disk is halted");
+        self.halt_power_loss = None;
         self.paused = false;
     }
 
@@ -447,8 +491,8 @@ impl Machine {
             Role::Standby { primary: ["a", "b"][primary].to_owned() }
         };
         trace.event(now_ms, &format!("{}: starts as {role:?} (the operator's choice)", self.name));
-        let running = self.start_node(now_ms, settings, recovered, (role, None));
-        self.process = Process::Running(Box::new(running));
+        let started = self.start_node(now_ms, settings, recovered, (role, None));
+        self.started(now_ms, started, trace);
     }
 
     fn decide(
@@ -502,8 +546,20 @@ impl Machine {
             Decided::Standby { leader } => Role::Standby { primary: leader.replication.clone() },
         };
         let coordinated = Some((startup, me, decided));
-        let running = self.start_node(now_ms, settings, recovered, (role, coordinated));
-        self.process = Process::Running(Box::new(running));
+        let started = self.start_node(now_ms, settings, recovered, (role, coordinated));
+        self.started(now_ms, started, trace);
+    }
+
+    /// The process runs its node, or, if it could not start it (as `serve` exits when it
+    /// cannot store the epoch it took office in), its supervisor starts it again shortly.
+    fn started(&mut self, now_ms: u64, started: Result<Running, String>, trace: &mut Trace) {
+        self.process = match started {
+            Ok(running) => Process::Running(Box::new(running)),
+            Err(error) => {
+                trace.event(now_ms, &format!("{}: exits: {error}", self.name));
+                Process::Down(Down { restart_ms: now_ms + RESTART_AFTER_EXIT_MS })
+            }
+        };
     }
 
     fn start_node(
@@ -512,7 +568,7 @@ impl Machine {
         settings: &ClusterSettings,
         recovered: Recovered<FaultStorage>,
         (role, coordinated): (Role, Option<(Startup, Identity, Decided)>),
-    ) -> Running {
+    ) -> Result<Running, String> {
         let standby_of = match &role {
             Role::Standby { primary } => Some(usize::from(primary != "a")),
             Role::Primary => None,
@@ -521,7 +577,9 @@ impl Machine {
         if let Some((_, _, Decided::Primary { leader, .. })) = &coordinated {
             // As `serve` does: the epoch taken with the leader key is stored before the node
             // journals in it.
-            take_office(writer.data_dir(), Epoch(leader.epoch)).expect("the simulated disk");
+            let epoch = Epoch(leader.epoch);
+            take_office(writer.data_dir(), epoch)
+                .map_err(|e| format!("taking office in epoch {epoch}: {e}"))?;
             epochs = writer.data_dir().epochs();
         }
         let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
@@ -548,7 +606,8 @@ impl Machine {
         let hook = Observer { observed: Arc::clone(&self.observed), skus: settings.skus.clone() };
         let replicator = control.link().stage();
         let parts = NodeParts { engine, next_sequence, journal: writer, replicator, hook, clock };
-        let node = Node::start_parts(config, parts).expect("a recovered node starts");
+        let node =
+            Node::start_parts(config, parts).map_err(|e| format!("starting the node: {e}"))?;
         let rejoin = Arc::new(Mutex::new(None));
         let asked = Arc::clone(&rejoin);
         let rejoin_fn = Box::new(move |reason: &str| {
@@ -567,7 +626,7 @@ impl Machine {
             };
             Follower::new(self.index, session, primary, submitted, now_ms)
         });
-        Running {
+        Ok(Running {
             node,
             control,
             driver,
@@ -576,7 +635,7 @@ impl Machine {
             follower,
             next_driver_ms: now_ms,
             rejoin,
-        }
+        })
     }
 
     fn run(

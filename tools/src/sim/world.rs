@@ -9,6 +9,7 @@ use ringfence_core::pipeline::{Clock, ManualClock, Refused, Unanswered};
 use ringfence_core::prng::Prng;
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{Action, Command, EngineConfig, RequestKey, Reserve, Timestamp, UserId};
+use ringfence_journal::fault::Failure;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::coordination::pilot::Timing;
 use ringfence_replicator::coordination::store::MemoryCoordinator;
@@ -30,13 +31,24 @@ pub struct RunLength {
     pub settle_ms: u64,
     /// How many of the last events a failing run prints.
     pub events_kept: usize,
+    /// Crashes at chosen sync points. Off only to replay a seed found before they existed,
+    /// on the path it took then.
+    pub sync_point_crashes: bool,
 }
 
 impl Default for RunLength {
     fn default() -> RunLength {
-        RunLength { faults_ms: 20_000, settle_ms: 10_000, events_kept: 64 }
+        RunLength {
+            faults_ms: 20_000,
+            settle_ms: 10_000,
+            events_kept: 64,
+            sync_point_crashes: true,
+        }
     }
 }
+
+/// Mixed into the seed for the stream of the later kinds of fault.
+const EXTRA_STREAM: u64 = 0x005e_ed0f_1a7e_fa17;
 
 /// How long the operator of a pair without a witness waits before promoting the standby.
 const OPERATOR_WAIT_MS: u64 = 1_000;
@@ -67,6 +79,11 @@ pub struct FaultCounts {
     pub repairs: u64,
     /// Promotions by hand in a pair without a witness.
     pub manual_promotions: u64,
+    /// Disk failures that were `EIO` rather than `ENOSPC` (counted in `disk_failures` too).
+    pub io_errors: u64,
+    /// Crashes (kill or power loss) armed for a chosen sync point and struck there: mid-write,
+    /// mid-promotion, mid-snapshot, mid-catch-up.
+    pub sync_point_crashes: u64,
 }
 
 /// What one seed's run did and found.
@@ -86,6 +103,9 @@ pub struct Report {
     pub outcomes: std::collections::BTreeMap<String, u64>,
     /// Submissions a node refused, or answered without an outcome, by reason.
     pub refusals: std::collections::BTreeMap<String, u64>,
+    /// Crashes at a chosen sync point, by what was being synced (`segment`, `epoch`,
+    /// `manifest`, `directory`, ...).
+    pub struck_at: std::collections::BTreeMap<String, u64>,
     /// Promotions seen (a node starting as, or becoming, primary in a new epoch).
     pub failovers: u64,
     /// The first checker that failed, if any.
@@ -108,6 +128,9 @@ pub struct World {
     ledger: Ledger,
     trace: Trace,
     prng: Prng,
+    /// Draws for the kinds of fault added after the first swarms ran: their own stream, so
+    /// that those seeds keep their paths as far as they can.
+    extra: Prng,
     faults: FaultCounts,
     rates: Rates,
     /// Frames held for a paused machine, delivered when it resumes.
@@ -117,6 +140,7 @@ pub struct World {
     highest_epoch: u64,
     failovers: u64,
     refusals: std::collections::BTreeMap<String, u64>,
+    struck_at: std::collections::BTreeMap<String, u64>,
     /// Burst requests in flight, by token.
     burst: BTreeMap<u64, Command>,
     burst_next: u64,
@@ -139,6 +163,7 @@ struct Rates {
     disk_ppm: u64,
     burst_ppm: u64,
     rot_ppm: u64,
+    halt_ppm: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -175,6 +200,7 @@ impl Report {
             answers: 0,
             outcomes: Default::default(),
             refusals: Default::default(),
+            struck_at: Default::default(),
             failovers: 0,
             failure: Some(format!("panicked: {message}")),
             last_events: Vec::new(),
@@ -225,6 +251,7 @@ impl World {
             disk_ppm: 10 * scale,
             burst_ppm: 40 * scale,
             rot_ppm: 100 * scale,
+            halt_ppm: 40 * scale,
         };
         let witness = Witness(Arc::new(Mutex::new(MemoryCoordinator::new("sim"))));
         World {
@@ -239,6 +266,7 @@ impl World {
             ledger: Ledger::default(),
             trace: Trace::keeping(length.events_kept),
             prng,
+            extra: Prng::new(seed ^ EXTRA_STREAM),
             faults: FaultCounts::default(),
             rates,
             held: Vec::new(),
@@ -246,6 +274,7 @@ impl World {
             highest_epoch: 0,
             failovers: 0,
             refusals: Default::default(),
+            struck_at: Default::default(),
             burst: BTreeMap::new(),
             burst_next: 1,
             operator_primary: 0,
@@ -316,6 +345,7 @@ impl World {
             }),
             failovers: self.failovers,
             refusals: self.refusals.clone(),
+            struck_at: self.struck_at.clone(),
             last_events: if failure.is_some() {
                 self.trace.last().map(str::to_owned).collect()
             } else {
@@ -342,6 +372,7 @@ impl World {
             }
         }
         self.deliver();
+        self.crash_halted();
         if now < self.length.faults_ms && self.prng.chance(self.rates.crash_ppm / 2, 1_000_000) {
             // Frames were handed to the node's shell; the process dies before it steps.
             let target = self.prng.below(2) as usize;
@@ -359,6 +390,7 @@ impl World {
             let report = machine.tick(now, &self.settings, parts, self.operator_primary);
             completions.extend(report.completions.into_iter().map(|(c, e)| (index, c, e)));
         }
+        self.crash_halted();
         if !self.settings.coordinated {
             self.operate();
         }
@@ -593,6 +625,45 @@ impl World {
         if self.settings.coordinated && self.prng.chance(rates.switchover_ppm, 1_000_000) {
             self.switchover_fault();
         }
+        if self.length.sync_point_crashes && self.extra.chance(rates.halt_ppm, 1_000_000) {
+            let target = self.extra.below(2) as usize;
+            let after = self.extra.range_inclusive(1, 8);
+            self.halt_fault(target, after);
+        }
+    }
+
+    /// Arms a crash of machine `target` at its `after`-th sync point from now.
+    fn halt_fault(&mut self, target: usize, after: u64) {
+        let power_loss = self.extra.chance(1, 2);
+        let machine = &mut self.machines[target];
+        if machine.paused || !machine.arm_halt(after, power_loss) {
+            return;
+        }
+        let kind = if power_loss { "power loss" } else { "kill -9" };
+        let name = &machine.name;
+        self.trace.event(self.now_ms, &format!("FAULT {name}: {kind} at sync point +{after}"));
+    }
+
+    /// Machines whose disks reached their armed sync point die there.
+    fn crash_halted(&mut self) {
+        let now = self.now_ms;
+        for index in 0..self.machines.len() {
+            let restart = now + self.extra.range_inclusive(50, 2_500);
+            let machine = &mut self.machines[index];
+            let Some((at, power_loss)) = machine.crash_if_halted(restart, &mut self.net) else {
+                continue;
+            };
+            *self.struck_at.entry(sync_point_kind(&at)).or_default() += 1;
+            let kind = if power_loss { "power loss" } else { "kill -9" };
+            let name = &machine.name;
+            self.trace.event(now, &format!("{name}: {kind} struck at {at}, back at {restart}"));
+            if power_loss {
+                self.faults.power_losses += 1;
+            } else {
+                self.faults.kills += 1;
+            }
+            self.faults.sync_point_crashes += 1;
+        }
     }
 
     /// Bit rot at rest on a stopped machine, only while its peer leads now (not an old
@@ -624,9 +695,14 @@ impl World {
         }
         let until = now + self.prng.range_inclusive(50, 2_000);
         let what = *self.prng.pick(&["seg", "manifest", "epoch"]);
-        machine.disk.fail_matching(what);
+        let failure = if self.extra.chance(1, 2) { Failure::Io } else { Failure::NoSpace };
+        machine.disk.fail_matching_with(what, failure);
         let name = &machine.name;
-        self.trace.event(now, &format!("FAULT {name}: writes to `{what}*` fail until {until}"));
+        self.trace.event(
+            now,
+            &format!("FAULT {name}: writes to `{what}*` fail ({failure:?}) until {until}"),
+        );
+        self.faults.io_errors += u64::from(failure == Failure::Io);
         self.heals.push((until, Heal::Disk(target)));
         self.faults.disk_failures += 1;
     }
@@ -697,7 +773,14 @@ impl World {
         let kind = if power_loss { "power loss" } else { "kill -9" };
         let name = &machine.name;
         self.trace.event(now, &format!("FAULT {name}: {kind} {when}, back at {restart}"));
+        let was_primary = machine.is_primary();
         machine.crash(power_loss, restart, &mut self.net);
+        if was_primary && self.length.sync_point_crashes && self.extra.chance(1, 3) {
+            // The standby is about to take over: strike it at one of its next few syncs,
+            // which include storing the epoch it takes office in.
+            let after = self.extra.range_inclusive(1, 3);
+            self.halt_fault(target ^ 1, after);
+        }
         if power_loss {
             self.faults.power_losses += 1;
         } else {
@@ -756,6 +839,15 @@ impl World {
             }
         }
     }
+}
+
+/// What a sync point synced, without file numbers: `segment`, `epoch`, `catch-up`, ...
+fn sync_point_kind(at: &str) -> String {
+    let what = at.split_once('(').map_or(at, |(_, what)| what.trim_end_matches(')'));
+    let what = what.strip_prefix("file ").unwrap_or(what);
+    let what = what.trim_start_matches('.').trim_end_matches(".tmp");
+    let what = what.split_whitespace().next().unwrap_or(what);
+    what.trim_matches(|c: char| c.is_ascii_digit() || c == '.' || c == '-').to_owned()
 }
 
 fn is_write(answer: &Answer) -> bool {
