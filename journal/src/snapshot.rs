@@ -37,11 +37,16 @@
 //! ```
 //!
 //! Files are named `snapshot-<through sequence, 20 digits>.snap`.
+//!
+//! The writer is a [`SnapshotWriter`] that runs a job when its driver calls it: in production
+//! a thread blocked on the next job ([`Snapshotter::start`]); in a stepped node, whoever
+//! steps the node ([`Snapshotter::stepped`]), so a simulation decides when snapshots are
+//! written and can crash a node in the middle of one.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -642,27 +647,46 @@ impl<S: Storage> Snapshotter<S> {
         policy: SnapshotPolicy,
         config: EngineConfig,
     ) -> Result<Snapshotter<S>, SnapshotError> {
+        let (mut snapshotter, writer) =
+            Snapshotter::pair(dir, policy, config, Some(RECORD_VISIBLE_WAIT));
+        let worker = std::thread::Builder::new()
+            .name("ringfence-snapshot".to_owned())
+            .spawn(move || writer.run_until_closed())
+            .map_err(io_error("starting the snapshot writer thread".to_owned()))?;
+        snapshotter.worker = Some(worker);
+        Ok(snapshotter)
+    }
+
+    /// The hook and its writer without a thread: the caller runs each snapshot the hook asks
+    /// for with [`SnapshotWriter::step`]. A record the writer cannot read yet fails the
+    /// snapshot at once (nothing waits on a clock); the next one starts over.
+    #[must_use]
+    pub fn stepped(
+        dir: DataDir<S>,
+        policy: SnapshotPolicy,
+        config: EngineConfig,
+    ) -> (Snapshotter<S>, SnapshotWriter<S>) {
+        Snapshotter::pair(dir, policy, config, None)
+    }
+
+    fn pair(
+        dir: DataDir<S>,
+        policy: SnapshotPolicy,
+        config: EngineConfig,
+        visible_wait: Option<Duration>,
+    ) -> (Snapshotter<S>, SnapshotWriter<S>) {
         assert!(policy.keep >= 1, "at least one snapshot is kept");
         let (jobs, receiver) = mpsc::sync_channel::<Job>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(SnapshotStats::default()));
-        let worker = {
-            let (busy, stats) = (Arc::clone(&busy), Arc::clone(&stats));
-            let mut shadow = Shadow::new(dir.clone(), config, policy.clone());
-            std::thread::Builder::new()
-                .name("ringfence-snapshot".to_owned())
-                .spawn(move || {
-                    for job in receiver {
-                        let done = shadow.run(&job);
-                        busy.store(false, Ordering::Release);
-                        // Counted once the writer is free again: whoever sees the count can
-                        // have the next snapshot taken at once, not deferred.
-                        done.record(&stats);
-                    }
-                })
-                .map_err(io_error("starting the snapshot writer thread".to_owned()))?
+        let shadow = Shadow::new(dir.clone(), config, policy.clone(), visible_wait);
+        let writer = SnapshotWriter {
+            shadow,
+            jobs: receiver,
+            busy: Arc::clone(&busy),
+            stats: Arc::clone(&stats),
         };
-        Ok(Snapshotter {
+        let snapshotter = Snapshotter {
             dir,
             policy,
             since_last: 0,
@@ -672,8 +696,9 @@ impl<S: Storage> Snapshotter<S> {
             jobs: Some(jobs),
             busy,
             stats,
-            worker: Some(worker),
-        })
+            worker: None,
+        };
+        (snapshotter, writer)
     }
 
     /// A handle on the counters, readable from any thread.
@@ -711,9 +736,9 @@ impl<S: Storage> Snapshotter<S> {
         self.jobs = None;
         if let Some(worker) = self.worker.take() {
             worker.join().expect("the snapshot writer thread panicked");
+            // Every job sent was finished: a stopped writer is not busy.
+            assert!(!self.busy.load(Ordering::Acquire), "the snapshot writer stopped mid-job");
         }
-        // Every job sent was finished: a stopped writer is not busy.
-        assert!(!self.busy.load(Ordering::Acquire), "the snapshot writer stopped mid-job");
     }
 
     /// Hands the writer a snapshot through `through`; returns false (taking nothing) if the
@@ -754,6 +779,45 @@ impl<S: Storage> Snapshotter<S> {
     }
 }
 
+/// The writer's side: the shadow engine and the jobs the hook hands it.
+pub struct SnapshotWriter<S: Storage> {
+    shadow: Shadow<S>,
+    jobs: Receiver<Job>,
+    busy: Arc<AtomicBool>,
+    stats: Arc<Mutex<SnapshotStats>>,
+}
+
+impl<S: Storage> SnapshotWriter<S> {
+    /// Writes the snapshot the hook asked for, if it asked for one; whether it did. A failure
+    /// is counted and logged, never returned: the journal still holds every command.
+    pub fn step(&mut self) -> bool {
+        match self.jobs.try_recv() {
+            Ok(job) => {
+                self.run(&job);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The writer thread: every job, until the hook is gone.
+    fn run_until_closed(mut self) {
+        while let Ok(job) = self.jobs.recv() {
+            self.run(&job);
+        }
+    }
+
+    fn run(&mut self, job: &Job) {
+        // The hook marks the writer busy before it hands a job over.
+        assert!(self.busy.load(Ordering::Acquire), "a job the hook did not mark");
+        let done = self.shadow.run(job);
+        self.busy.store(false, Ordering::Release);
+        // Counted once the writer is free again: whoever sees the count can have the next
+        // snapshot taken at once, not deferred.
+        done.record(&self.stats);
+    }
+}
+
 /// How long the shadow waits for a record the BLP has applied to be readable in the journal.
 /// A file-backed journal's appends are visible at once (the reader maps the same page cache);
 /// a storage that publishes writes only when it syncs them needs the journal's next sync.
@@ -774,13 +838,21 @@ struct Shadow<S: Storage> {
     /// The previous snapshot's image, copied into for the next one: memory already faulted in.
     image: Option<EngineImage>,
     records: Vec<u8>,
+    /// How long to wait for a record to become readable; `None`: fail at once.
+    visible_wait: Option<Duration>,
 }
 
 impl<S: Storage> Shadow<S> {
-    fn new(dir: DataDir<S>, config: EngineConfig, policy: SnapshotPolicy) -> Shadow<S> {
+    fn new(
+        dir: DataDir<S>,
+        config: EngineConfig,
+        policy: SnapshotPolicy,
+        visible_wait: Option<Duration>,
+    ) -> Shadow<S> {
         assert!(policy.keep >= 1, "at least one snapshot is kept");
         assert!(config.validate().is_ok(), "a shadow of an invalid configuration");
-        Shadow { dir, config, policy, following: None, image: None, records: Vec::new() }
+        let records = Vec::new();
+        Shadow { dir, config, policy, following: None, image: None, records, visible_wait }
     }
 
     /// Brings the shadow to the job's sequence and writes its snapshot; failures are logged
@@ -865,12 +937,18 @@ impl<S: Storage> Shadow<S> {
             match tail.read(job.through, &mut self.records, SHADOW_READ_BYTES) {
                 Ok(_) => waiting_since = None,
                 Err(error) => {
-                    // Not readable yet (or damaged): read again from a fresh map, for a while.
-                    let since = *waiting_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > RECORD_VISIBLE_WAIT {
-                        return Err(format!("reading the journal: {error}"));
+                    // The reader's map may predate a segment the journal has since added: read
+                    // again from a fresh one at once. Still unreadable (not synced yet, or
+                    // damaged): again, for a while, if this writer may wait.
+                    let since = waiting_since.replace(Instant::now());
+                    if let Some(since) = since {
+                        let wait = self.visible_wait.unwrap_or_default();
+                        if self.visible_wait.is_none() || since.elapsed() > wait {
+                            return Err(format!("reading the journal: {error}"));
+                        }
+                        waiting_since = Some(since);
+                        std::thread::sleep(Duration::from_millis(1));
                     }
-                    std::thread::sleep(Duration::from_millis(1));
                     *tail = Tail::open(storage.clone(), engine.last_sequence().next())
                         .map_err(|error| format!("reading the journal: {error}"))?;
                     continue;

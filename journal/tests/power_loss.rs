@@ -142,7 +142,11 @@ fn run_capturing(
     let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
     disk.capture_sync_points();
     let data_dir = recovered.writer.data_dir().clone();
-    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
+    // Stepped: each snapshot, and retention after it, is written right after its batch, so
+    // the sync points are the same every run. (The shadow engine reads the records it
+    // snapshots from the journal, which this storage shows only once synced; a snapshot
+    // ahead of the journal after a power loss is `recovery.rs`'s stale-snapshot case.)
+    let (mut snapshots, mut writer) = Snapshotter::stepped(data_dir, policy, config());
     let mut engine = recovered.engine;
     let mut acknowledged = Vec::new();
     for batch in commands.chunks(16) {
@@ -153,15 +157,10 @@ fn run_capturing(
         }
         let acked = recovered.writer.end_batch().unwrap();
         acknowledged.push((disk.sync_points(), acked));
-        // The snapshot, and retention after it, finish before the next batch: one snapshot at
-        // a time keeps the sync points deterministic. (The shadow engine reads the records it
-        // snapshots from the journal, which this storage shows only once synced; a snapshot
-        // ahead of the journal after a power loss is `recovery.rs`'s stale-snapshot case.)
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().failed {
-            assert!(std::time::Instant::now() < deadline, "the snapshot writer is stuck");
-            std::thread::yield_now();
-        }
+        let stats = snapshots.stats();
+        let waiting = stats.pauses > stats.written + stats.failed;
+        assert_eq!(writer.step(), waiting, "a job left waiting, or one from nowhere");
+        assert!(!writer.step(), "one job at a time");
     }
     let stats = snapshots.finish();
     assert_eq!(stats.failed, 0, "{stats:?}");
