@@ -71,6 +71,13 @@ impl<S: Storage + Sync> EpochStore for DataDir<S> {
     }
 }
 
+/// The follower's state once its journal diverged from the primary's: it stops, and the node
+/// must restart (dropping the tail the primary never had) to rejoin.
+pub const DIVERGED: &str = "diverged: restart to rejoin";
+/// The follower's state once the primary refused it because the records it lacks were
+/// retired: it stops, and the node must restart (fetching the primary's snapshot) to rejoin.
+pub const NEEDS_SNAPSHOT: &str = "needs a snapshot: restart to rejoin";
+
 /// A node takes office as primary in `epoch` (a promotion, or the leader key taken at start):
 /// its journal becomes the reference copy (no longer catching up), no standby is in sync with
 /// it yet, and the epoch is stored as current and promised before it journals in it.
@@ -501,7 +508,18 @@ impl Control {
             gate: self.link.gate(),
             acked: held,
             available: Sequence(self.link.available()),
-            diverged: !primary && state.follower_state.starts_with("diverged"),
+            must_restart: if primary {
+                None
+            } else if state.follower_state == DIVERGED {
+                Some("this journal diverged from the primary's")
+            } else if state.follower_state == NEEDS_SNAPSHOT {
+                Some(
+                    "the records this standby lacks were retired from the primary's journal: it \
+                     fetches the primary's snapshot at start",
+                )
+            } else {
+                None
+            },
             epoch_floor: epochs.current.0.max(epochs.promised.0),
             catching_up: self.epochs.catching_up(),
         }
@@ -797,6 +815,22 @@ mod tests {
         control.caught_up();
         assert_eq!(control.promote(&node, false), Ok(Epoch(2)));
         assert!(control.is_primary());
+    }
+
+    #[test]
+    fn a_follower_that_cannot_go_on_tells_coordination_to_restart_it() {
+        // Goal: the follower states that only a restart clears reach the pilot's facts, each
+        // with its reason; any other state, and a primary, ask for nothing.
+        let (control, _node) = standby(false);
+        control.set_follower("streaming", Sequence(0), 0);
+        assert_eq!(control.facts().must_restart, None);
+        control.set_follower(NEEDS_SNAPSHOT, Sequence(0), 0);
+        let why = control.facts().must_restart.expect("a standby behind retention restarts");
+        assert!(why.contains("retired"), "{why}");
+        control.set_follower(DIVERGED, Sequence(0), 0);
+        let why = control.facts().must_restart.expect("a diverged standby restarts");
+        assert!(why.contains("diverged"), "{why}");
+        assert_eq!(primary().facts().must_restart, None);
     }
 
     #[test]

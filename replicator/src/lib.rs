@@ -27,7 +27,7 @@ pub mod link;
 pub mod message;
 pub mod policy;
 pub mod position;
-mod primary;
+pub mod primary;
 pub mod session;
 pub mod standby;
 pub mod stream;

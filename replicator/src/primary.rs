@@ -17,7 +17,7 @@ use std::thread;
 use std::time::Duration;
 
 use ringfence_core::{Epoch, Sequence};
-use ringfence_journal::scan::{ReadOnlyDir, ReadSource as _};
+use ringfence_journal::scan::{ReadOnlyDir, ReadSource};
 use ringfence_journal::snapshot;
 use ringfence_journal::tail::Tail;
 
@@ -173,25 +173,58 @@ fn serve_standby(
 fn send_snapshot(control: &Control, writer: &mut TcpStream, peer: &str) -> Result<(), String> {
     let config = control.config();
     let mut source = ReadOnlyDir::open(&config.data_dir).map_err(|e| e.to_string())?;
-    let snapshots = snapshot::list(&source).map_err(|e| e.to_string())?;
-    let Some((through, name)) = snapshots.last().cloned() else {
-        return Err("this primary has no snapshot to send".into());
-    };
-    let bytes = source.read_file(&name).map_err(|e| format!("reading {name}: {e}"))?;
-    let total = bytes.len() as u64;
-    // Record `through`'s epoch, for the standby's rejoining `Join`; 0 if this journal no longer
-    // holds it (then it starts after `through` and the join check does not need it).
-    let through_epoch =
-        ringfence_journal::tail::epoch_at(&mut source, through).ok().flatten().unwrap_or(Epoch(0));
+    let snapshot = SnapshotToSend::newest(&mut source)?;
+    let (name, total) = (&snapshot.name, snapshot.bytes.len() as u64);
     log(format_args!("replication: sending snapshot {name} ({total} bytes) to standby {peer}"));
     // The transfer may take a while: the standby reads as fast as it writes.
     let _ = writer.set_write_timeout(Some(Duration::from_secs(30)));
-    for (index, chunk) in bytes.chunks(SNAPSHOT_CHUNK_MAX).enumerate() {
-        let offset = (index * SNAPSHOT_CHUNK_MAX) as u64;
-        write_snapshot_chunk(writer, through, through_epoch, total, offset, chunk)
-            .map_err(|e| e.to_string())?;
+    for (offset, chunk) in snapshot.chunks() {
+        write_snapshot_chunk(
+            writer,
+            snapshot.through,
+            snapshot.through_epoch,
+            total,
+            offset,
+            chunk,
+        )
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The newest snapshot of a primary's data directory, read whole to be sent to a standby.
+pub struct SnapshotToSend {
+    /// The file's name.
+    pub name: String,
+    /// Every record up to this sequence is in it.
+    pub through: Sequence,
+    /// Record `through`'s epoch, for the standby's rejoining `Join`; 0 if the journal no
+    /// longer holds it (then the standby's journal starts after `through`, and the join check
+    /// does not need it).
+    pub through_epoch: Epoch,
+    /// The file.
+    pub bytes: Vec<u8>,
+}
+
+impl SnapshotToSend {
+    /// Reads the newest snapshot in `source`.
+    pub fn newest<R: ReadSource>(source: &mut R) -> Result<SnapshotToSend, String> {
+        let snapshots = snapshot::list(source).map_err(|e| e.to_string())?;
+        let Some((through, name)) = snapshots.last().cloned() else {
+            return Err("this primary has no snapshot to send".into());
+        };
+        let bytes = source.read_file(&name).map_err(|e| format!("reading {name}: {e}"))?;
+        let through_epoch =
+            ringfence_journal::tail::epoch_at(source, through).ok().flatten().unwrap_or(Epoch(0));
+        Ok(SnapshotToSend { name, through, through_epoch, bytes })
+    }
+
+    /// The file in chunks of at most `SNAPSHOT_CHUNK_MAX` bytes, with their offsets: one
+    /// `SnapshotChunk` frame each.
+    pub fn chunks(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let chunks = self.bytes.chunks(SNAPSHOT_CHUNK_MAX).enumerate();
+        chunks.map(|(index, chunk)| ((index * SNAPSHOT_CHUNK_MAX) as u64, chunk))
+    }
 }
 
 /// A connection that completed the handshake and streams.

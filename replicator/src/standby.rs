@@ -21,8 +21,8 @@ use ringfence_journal::epoch::Epochs;
 
 use crate::auth;
 use crate::config::ReplicationConfig;
-use crate::control::{Control, EpochStore, log};
-use crate::message::{Message, RefuseCode};
+use crate::control::{self, Control, EpochStore, log};
+use crate::message::{Message, RefuseCode, SnapshotChunk};
 use crate::position::StandbyPosition;
 use crate::session::{Outgoing, Purpose, StandbySession, StandbyStep};
 use crate::stream::{FrameReader, WireError};
@@ -186,6 +186,55 @@ pub struct FetchedSnapshot {
     pub bytes: Vec<u8>,
 }
 
+/// A snapshot arriving in chunks: checks that they are contiguous from 0, keep the snapshot's
+/// sequence, epoch and length, and stay within a size limit.
+pub struct SnapshotReceiver {
+    len_max: u64,
+    bytes: Vec<u8>,
+    expected: Option<(Sequence, Epoch, u64)>,
+}
+
+impl SnapshotReceiver {
+    /// A receiver that refuses a snapshot above `len_max` bytes.
+    #[must_use]
+    pub fn new(len_max: u64) -> SnapshotReceiver {
+        SnapshotReceiver { len_max, bytes: Vec::new(), expected: None }
+    }
+
+    /// Whether a chunk arrived yet (the first one completes the session's handshake).
+    #[must_use]
+    pub fn started(&self) -> bool {
+        self.expected.is_some()
+    }
+
+    /// Takes the next chunk; the whole snapshot once the last one arrived.
+    pub fn on_chunk(
+        &mut self,
+        chunk: &SnapshotChunk<'_>,
+    ) -> Result<Option<FetchedSnapshot>, JoinError> {
+        let this = (chunk.through(), chunk.through_epoch(), chunk.total_len());
+        let broken = |what: &str| JoinError::Protocol(format!("snapshot transfer: {what}"));
+        if chunk.total_len() > self.len_max {
+            let (len, len_max) = (chunk.total_len(), self.len_max);
+            return Err(broken(&format!("{len} bytes, above the limit of {len_max}")));
+        }
+        if *self.expected.get_or_insert(this) != this {
+            return Err(broken("the snapshot changed part way"));
+        }
+        if chunk.offset() != self.bytes.len() as u64 {
+            let at = chunk.offset();
+            return Err(broken(&format!("a chunk at {at} after {} bytes", self.bytes.len())));
+        }
+        self.bytes.extend_from_slice(chunk.bytes());
+        if !chunk.is_last() {
+            return Ok(None);
+        }
+        assert_eq!(self.bytes.len() as u64, chunk.total_len(), "the last chunk ends the file");
+        let (through, through_epoch) = (chunk.through(), chunk.through_epoch());
+        Ok(Some(FetchedSnapshot { through, through_epoch, bytes: std::mem::take(&mut self.bytes) }))
+    }
+}
+
 /// Fetches the primary's newest snapshot (for a standby whose missing records were retired).
 /// Refuses a snapshot above `len_max` bytes, and chunks that are not contiguous from 0 or that
 /// change the snapshot's sequence, epoch or length part way.
@@ -198,40 +247,23 @@ pub fn fetch_snapshot(
     let (socket, mut reader, mut session) =
         handshake(config, primary, Purpose::FetchSnapshot, promised)?;
     socket.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut expected: Option<(Sequence, Epoch, u64)> = None;
+    let mut receiver = SnapshotReceiver::new(len_max);
     loop {
         let message = reader.read_message()?;
-        let Message::SnapshotChunk(chunk) = message else {
+        let Message::SnapshotChunk(chunk) = &message else {
             return Err(closed(
                 &socket,
                 session.on_message(&message, &config.secret, &config.cluster),
             ));
         };
-        if expected.is_none() {
+        if !receiver.started() {
             let step = session.on_message(&message, &config.secret, &config.cluster);
             if step != StandbyStep::ReceiveSnapshot {
                 return Err(closed(&socket, step));
             }
         }
-        let this = (chunk.through(), chunk.through_epoch(), chunk.total_len());
-        let broken = |what: &str| JoinError::Protocol(format!("snapshot transfer: {what}"));
-        if chunk.total_len() > len_max {
-            let len = chunk.total_len();
-            return Err(broken(&format!("{len} bytes, above the limit of {len_max}")));
-        }
-        if *expected.get_or_insert(this) != this {
-            return Err(broken("the snapshot changed part way"));
-        }
-        if chunk.offset() != bytes.len() as u64 {
-            let at = chunk.offset();
-            return Err(broken(&format!("a chunk at {at} after {} bytes", bytes.len())));
-        }
-        bytes.extend_from_slice(chunk.bytes());
-        if chunk.is_last() {
-            assert_eq!(bytes.len() as u64, chunk.total_len(), "the last chunk ends the file");
-            let (through, through_epoch) = (chunk.through(), chunk.through_epoch());
-            return Ok(FetchedSnapshot { through, through_epoch, bytes });
+        if let Some(fetched) = receiver.on_chunk(chunk)? {
+            return Ok(fetched);
         }
     }
 }
@@ -283,7 +315,18 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                      primary {primary} does not: stop this node and start it again as a \
                      standby; it drops them at start and rejoins"
                 ));
-                control.set_follower("diverged: restart to rejoin", applied.answered, 0);
+                control.set_follower(control::DIVERGED, applied.answered, 0);
+                return;
+            }
+            Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, text, .. }) => {
+                // Retrying cannot help: the records this node lacks are gone from the
+                // primary's journal. A restarted standby fetches the primary's snapshot.
+                log(format_args!(
+                    "replication: the primary {primary} refused this standby: {text}; stop this \
+                     node and start it again as a standby: it fetches the primary's snapshot at \
+                     start"
+                ));
+                control.set_follower(control::NEEDS_SNAPSHOT, applied.answered, 0);
                 return;
             }
             Err(error) => {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ringfence_core::pipeline::Node;
 use ringfence_core::{Epoch, Sequence};
 use ringfence_ingress::{CoordinationStatus, ReplicationControl, ReplicationStatus};
-use ringfence_journal::storage::FileStorage;
+use ringfence_journal::storage::{FileStorage, Storage};
 use ringfence_journal::{recovery, snapshot};
 use std::time::Duration;
 
@@ -28,7 +28,9 @@ use ringfence_replicator::coordination::pilot::{Identity, Timing};
 use ringfence_replicator::coordination::records::valid_node_name;
 use ringfence_replicator::message::RefuseCode;
 use ringfence_replicator::policy::AckMode;
-use ringfence_replicator::standby::{JoinError, Joined, JournalEnd, fetch_snapshot, join};
+use ringfence_replicator::standby::{
+    FetchedSnapshot, JoinError, Joined, JournalEnd, fetch_snapshot, join,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::serve::log;
@@ -348,6 +350,17 @@ pub fn take_snapshot(
 ) -> Result<JournalEnd, String> {
     let fetched = fetch_snapshot(config, primary, SNAPSHOT_LEN_MAX)
         .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))?;
+    install_snapshot(storage, &fetched, end)
+}
+
+/// Drops every record and snapshot in `storage` (the journal must not be open) and installs
+/// the primary's snapshot in their place; where the journal now ends. Dropping writes the
+/// catch-up marker first, so a crash part way leaves a directory that does not take over.
+pub fn install_snapshot<S: Storage>(
+    storage: &S,
+    fetched: &FetchedSnapshot,
+    end: JournalEnd,
+) -> Result<JournalEnd, String> {
     log(format_args!(
         "fetched the primary's snapshot through {} ({} bytes); dropping this journal's {} \
          records, which it supersedes",

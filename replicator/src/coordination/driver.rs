@@ -666,7 +666,7 @@ pub fn candidate_facts(
         gate: Gate::Local,
         acked: available,
         available,
-        diverged: false,
+        must_restart: None,
         epoch_floor,
         catching_up,
     }

@@ -102,8 +102,9 @@ pub struct Facts {
     pub acked: Sequence,
     /// The journal's last record.
     pub available: Sequence,
-    /// A standby found its journal diverged from the primary's while following.
-    pub diverged: bool,
+    /// A standby must restart to rejoin, and why: its journal diverged from the primary's, or
+    /// the records it lacks were retired (it fetches a snapshot at start).
+    pub must_restart: Option<&'static str>,
     /// The highest epoch this node stored (current or promised).
     pub epoch_floor: u64,
     /// Its data directory was created or truncated since it last caught up with a primary:
@@ -290,8 +291,8 @@ impl Pilot {
     }
 
     fn standby_view(&mut self, leader: &LeaderValue, facts: &Facts, view: &View) -> Plan {
-        if facts.diverged {
-            return Plan::Rejoin("this journal diverged from the primary's".into());
+        if let Some(why) = facts.must_restart {
+            return Plan::Rejoin(why.into());
         }
         match &view.leader {
             Some((now, _)) if now == leader => Plan::Nothing,
@@ -591,7 +592,7 @@ mod tests {
             gate,
             acked: Sequence(acked),
             available: Sequence(available),
-            diverged: false,
+            must_restart: None,
             epoch_floor: 1,
             catching_up: false,
         }
@@ -646,6 +647,20 @@ mod tests {
         let record = witness.read().unwrap().sync.unwrap();
         assert_eq!(record.standby.as_deref(), Some("b"));
         assert!(record.eligible("b"));
+    }
+
+    #[test]
+    fn a_standby_that_must_restart_rejoins_while_its_leader_still_leads() {
+        // Goal: a standby whose journal diverged, or whose missing records were retired,
+        // cannot follow by retrying: the pilot restarts it as a candidate, for that reason,
+        // even though the leader it follows still holds the key.
+        let mut witness = MemoryCoordinator::new("c");
+        let (_, mut b, _, _) = pair(&mut witness);
+        let view = witness.read().unwrap();
+        assert_eq!(b.on_view(10, &candidate(0), &view), Plan::Nothing, "following the leader");
+        let why = "the records this standby lacks were retired";
+        let retired = Facts { must_restart: Some(why), ..candidate(0) };
+        assert_eq!(b.on_view(20, &retired, &view), Plan::Rejoin(why.into()));
     }
 
     /// [`pair`], with `a` in sync at 50 and `b` written into the record as its in-sync

@@ -28,7 +28,7 @@ use ringfence_journal::tail::Tail;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret, Nonce};
 use ringfence_replicator::config::ReplicationConfig;
-use ringfence_replicator::control::{Control, Role, take_office};
+use ringfence_replicator::control::{self, Control, Role, take_office};
 use ringfence_replicator::coordination::CoordinationConfig;
 use ringfence_replicator::coordination::driver::{self, Decided, Driver, Startup};
 use ringfence_replicator::coordination::pilot::{Identity, Timing};
@@ -1081,7 +1081,7 @@ impl Follower {
                     now_ms,
                     &format!("{name}: diverged after {keep_through}: restart to drop the rest"),
                 );
-                control.set_follower("diverged: restart to rejoin", self.applied.answered, 0);
+                control.set_follower(control::DIVERGED, self.applied.answered, 0);
                 self.diverged = Some(keep_through);
                 self.stopped = true;
                 self.close(net, now_ms);
