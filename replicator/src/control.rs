@@ -20,6 +20,7 @@ use ringfence_journal::storage::Storage;
 use crate::config::ReplicationConfig;
 use crate::coordination::pilot::Facts;
 use crate::link::Link;
+use crate::message::Answering;
 use crate::policy::{AckMode, AckPolicy, Gate, PolicyState};
 
 /// How far a forced promotion raises the epoch past the highest one this node knows.
@@ -251,6 +252,11 @@ impl Control {
     /// Milliseconds on the node's clock.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ns() / 1_000_000
+    }
+
+    /// When this primary's answers leave, for the heartbeats to its standby.
+    pub fn answering(&self) -> Answering {
+        self.state().policy.answering()
     }
 
     /// The current epoch.

@@ -1,4 +1,4 @@
-//! The replication protocol's messages (version 1): frames, their bodies, encoding, and
+//! The replication protocol's messages (version 2): frames, their bodies, encoding, and
 //! decoding that checks every field and never panics. `docs/replication-protocol.md` is the
 //! long version of this comment.
 //!
@@ -12,7 +12,7 @@
 //!
 //! 1 Hello (standby -> primary, first on a connection)
 //!   0  magic           4  b"RFRP"
-//!   4  version         2  PROTOCOL_VERSION (1)
+//!   4  version         2  PROTOCOL_VERSION (2)
 //!   6  cluster len     1  n, 1 ..= 64
 //!   7  cluster id      n  [A-Za-z0-9._-]
 //!   7+n standby nonce 32
@@ -37,10 +37,11 @@
 //!  12  records         n  `count` ringfence_core::record framings back to back, exactly
 //!                         filling the body: intact, sequences first, first + 1, ...,
 //!                         epochs never going down; n <= RECORDS_BYTES_MAX
-//! 7 Heartbeat (primary -> standby)
+//! 7 Heartbeat (primary -> standby; also at once when `answering` changes)
 //!   0  epoch           8
 //!   8  last sequence   8  the primary's last journaled record
 //!  16  sent at ms      8  the primary's clock
+//!  24  answering       1  Answering: 0 Alone, 1 AfterStandby, 2 Async
 //! 8 Ack (standby -> primary)
 //!   0  written         8  highest sequence appended to the standby's journal
 //!   8  durable         8  highest durable under its policy; <= written
@@ -80,7 +81,7 @@ use crate::auth::{
 /// First bytes of a `Hello` body: a ringfence replication peer.
 pub const PROTOCOL_MAGIC: [u8; 4] = *b"RFRP";
 /// The protocol version this build speaks (and the only one it accepts).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 const KIND_LEN: usize = 1;
 const FRAME_LEN_OFFSET: usize = 0;
@@ -137,7 +138,8 @@ const DIVERGED_BODY_LEN: usize = DIVERGED_KEEP_THROUGH_OFFSET + 8;
 const HEARTBEAT_EPOCH_OFFSET: usize = 0;
 const HEARTBEAT_LAST_OFFSET: usize = HEARTBEAT_EPOCH_OFFSET + 8;
 const HEARTBEAT_SENT_AT_OFFSET: usize = HEARTBEAT_LAST_OFFSET + 8;
-const HEARTBEAT_BODY_LEN: usize = HEARTBEAT_SENT_AT_OFFSET + 8;
+const HEARTBEAT_ANSWERING_OFFSET: usize = HEARTBEAT_SENT_AT_OFFSET + 8;
+const HEARTBEAT_BODY_LEN: usize = HEARTBEAT_ANSWERING_OFFSET + 1;
 
 const ACK_WRITTEN_OFFSET: usize = 0;
 const ACK_DURABLE_OFFSET: usize = ACK_WRITTEN_OFFSET + 8;
@@ -194,7 +196,7 @@ const _: () = assert!(JOIN_LAST_SEQUENCE_OFFSET == 32 && JOIN_BODY_LEN == 56);
 const _: () = assert!(START_BODY_LEN == 24);
 const _: () = assert!(DIVERGED_BODY_LEN == 16);
 const _: () = assert!(RECORDS_HEADER_LEN == 12 && RECORDS_FRAME_HEADER_LEN == 17);
-const _: () = assert!(HEARTBEAT_BODY_LEN == 24);
+const _: () = assert!(HEARTBEAT_BODY_LEN == 25);
 const _: () = assert!(ACK_BODY_LEN == 24);
 const _: () = assert!(REFUSE_TEXT_LEN_OFFSET == 9 && REFUSE_TEXT_OFFSET == 11);
 const _: () = assert!(FETCH_SNAPSHOT_BODY_LEN == 32);
@@ -358,7 +360,8 @@ pub struct Diverged {
     pub keep_through: Sequence,
 }
 
-/// Primary → standby, when there is nothing else to send.
+/// Primary → standby, when there is nothing else to send, and at once when `answering`
+/// changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heartbeat {
     /// The primary's current epoch.
@@ -367,6 +370,36 @@ pub struct Heartbeat {
     pub last_sequence: Sequence,
     /// The primary's clock when it sent this, in milliseconds; echoed by the next `Ack`.
     pub sent_at_ms: u64,
+    /// When the primary's answers leave, as of this heartbeat.
+    pub answering: Answering,
+}
+
+/// When a primary's answers leave, as it tells its standby: what lets a standby that holds
+/// everything the primary journaled count as a copy of everything it acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Answering {
+    /// `sync` mode, but no standby has caught up yet: answers leave on the primary's journal
+    /// alone, so a standby can lack acknowledged records even once it holds all it was told
+    /// of.
+    Alone = 0,
+    /// `sync` mode: every answer waits for this standby's acknowledgement, or is held. A
+    /// standby that holds everything the primary journaled holds everything it acknowledged.
+    AfterStandby = 1,
+    /// `async` mode, the operator's choice: acknowledged records may be missing from any
+    /// standby, so holding everything the primary journaled is as caught up as it gets.
+    Async = 2,
+}
+
+impl Answering {
+    /// Every value, in wire order.
+    pub const ALL: [Answering; 3] = [Answering::Alone, Answering::AfterStandby, Answering::Async];
+
+    /// The value with wire byte `value`, if there is one.
+    #[must_use]
+    pub fn from_u8(value: u8) -> Option<Answering> {
+        Answering::ALL.into_iter().find(|&known| known as u8 == value)
+    }
 }
 
 /// Standby → primary: how far the standby has got.
@@ -622,6 +655,9 @@ pub enum MessageError {
     /// A `Refuse` with an unknown code.
     #[error("unknown refusal code {0}")]
     RefuseCode(u8),
+    /// A `Heartbeat` with an unknown `answering` value.
+    #[error("unknown answering value {0} in a heartbeat")]
+    Answering(u8),
     /// A `Refuse` text above [`REFUSE_TEXT_LEN_MAX`].
     #[error("a refusal text of {len} bytes, above the limit of {REFUSE_TEXT_LEN_MAX}")]
     RefuseTextLength {
@@ -1322,13 +1358,16 @@ impl FixedBody for Heartbeat {
         put_u64(body, HEARTBEAT_EPOCH_OFFSET, self.epoch.0);
         put_u64(body, HEARTBEAT_LAST_OFFSET, self.last_sequence.0);
         put_u64(body, HEARTBEAT_SENT_AT_OFFSET, self.sent_at_ms);
+        body[HEARTBEAT_ANSWERING_OFFSET] = self.answering as u8;
     }
 
     fn read(body: &[u8]) -> Result<Heartbeat, MessageError> {
+        let answering = body[HEARTBEAT_ANSWERING_OFFSET];
         Ok(Heartbeat {
             epoch: Epoch(get_u64(body, HEARTBEAT_EPOCH_OFFSET)),
             last_sequence: Sequence(get_u64(body, HEARTBEAT_LAST_OFFSET)),
             sent_at_ms: get_u64(body, HEARTBEAT_SENT_AT_OFFSET),
+            answering: Answering::from_u8(answering).ok_or(MessageError::Answering(answering))?,
         })
     }
 }
@@ -1420,7 +1459,7 @@ mod tests {
         // hand, so a change to the format cannot pass unnoticed.
         let cluster = ClusterId::new("eu-1").unwrap();
         let hello = Message::Hello(Hello { cluster, standby_nonce: [7; 32] });
-        let expected = frame(1, &[b"RFRP", &[1, 0], &[4], b"eu-1", &[7; 32]]);
+        let expected = frame(1, &[b"RFRP", &[2, 0], &[4], b"eu-1", &[7; 32]]);
         assert_eq!(encoded(&hello), expected);
         assert_eq!(expected.len(), 4 + 1 + 39 + 4);
 
@@ -1448,12 +1487,20 @@ mod tests {
     fn the_stream_messages_are_the_documented_bytes() {
         // Goal: as above for the messages after the handshake, and a records frame is its
         // 17-byte header followed by the records unchanged.
-        let heartbeat =
-            Heartbeat { epoch: Epoch(3), last_sequence: Sequence(20), sent_at_ms: 1_000 };
+        let heartbeat = Heartbeat {
+            epoch: Epoch(3),
+            last_sequence: Sequence(20),
+            sent_at_ms: 1_000,
+            answering: Answering::AfterStandby,
+        };
         assert_eq!(
             encoded(&Message::Heartbeat(heartbeat)),
-            frame(7, &[&le(3), &le(20), &le(1_000)])
+            frame(7, &[&le(3), &le(20), &le(1_000), &[1]])
         );
+        for answering in Answering::ALL {
+            assert_eq!(Answering::from_u8(answering as u8), Some(answering));
+        }
+        assert_eq!(Answering::from_u8(3), None);
 
         let ack = Ack { written: Sequence(20), durable: Sequence(19), echo_ms: 1_000 };
         assert_eq!(encoded(&Message::Ack(ack)), frame(8, &[&le(20), &le(19), &le(1_000)]));

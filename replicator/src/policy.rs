@@ -28,6 +28,8 @@
 
 use ringfence_core::Sequence;
 
+use crate::message::Answering;
+
 /// How answers wait for the standby, as the operator chose it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckMode {
@@ -153,6 +155,20 @@ impl AckPolicy {
         self.state
     }
 
+    /// When answers leave, as the primary's heartbeats tell its standby: alone (on the
+    /// journal) until a standby caught up in `sync` mode, after the standby (or held) once one
+    /// did, and as the operator chose under `async`.
+    #[must_use]
+    pub fn answering(&self) -> Answering {
+        if self.mode == AckMode::Async {
+            return Answering::Async;
+        }
+        match self.state {
+            PolicyState::Alone | PolicyState::CatchingUp => Answering::Alone,
+            PolicyState::InSync | PolicyState::StandbyLost { .. } => Answering::AfterStandby,
+        }
+    }
+
     /// What answers wait for now.
     #[must_use]
     pub fn gate(&self, now_ms: u64) -> Gate {
@@ -273,6 +289,26 @@ mod tests {
         policy.on_ack(Sequence(95), Sequence(100), 2);
         assert_eq!(policy.state(), PolicyState::InSync);
         assert_eq!(policy.gate(2), Gate::Standby);
+    }
+
+    #[test]
+    fn the_heartbeats_say_answers_wait_for_the_standby_once_it_caught_up() {
+        // Goal: what a heartbeat tells the standby follows the gate: alone until a standby
+        // caught up, after the standby from then on (also while it is lost and answers wait
+        // or are held), async whatever the state once the operator chose it.
+        let mut policy = policy();
+        assert_eq!(policy.answering(), Answering::Alone);
+        policy.on_connected(0);
+        policy.on_ack(Sequence(50), Sequence(100), 1);
+        assert_eq!(policy.answering(), Answering::Alone, "catching up: answers leave alone");
+        policy.on_ack(Sequence(100), Sequence(100), 2);
+        assert_eq!(policy.answering(), Answering::AfterStandby);
+        policy.on_disconnected(3);
+        assert_eq!(policy.answering(), Answering::AfterStandby, "lost: answers wait, then held");
+        policy.set_mode(AckMode::Async);
+        assert_eq!(policy.answering(), Answering::Async);
+        let restarted = AckPolicy::restarted_in_sync(AckMode::Sync, 1_000, 8);
+        assert_eq!(restarted.answering(), Answering::AfterStandby, "held from its start");
     }
 
     #[test]

@@ -301,12 +301,7 @@ fn send_records(
         let seen = tail.next().0 - 1;
         let available = link.wait_beyond(seen, Duration::from_millis(period_ms));
         if available <= seen {
-            let last = Sequence(available);
-            let due =
-                lock(session).heartbeat_due(control.now_ms(), period_ms, control.epoch(), last);
-            if let Some(beat) = due {
-                write_message(&mut socket, &Message::Heartbeat(beat), &mut scratch)?;
-            }
+            heartbeat(control, &mut socket, session, Sequence(available), &mut scratch)?;
             continue;
         }
         records.clear();
@@ -319,9 +314,29 @@ fn send_records(
             let through = Sequence(tail.next().0 - 1);
             lock(session).on_sent(through, control.now_ms());
             control.on_sent(stream, through);
+            // Streaming leaves no idle moment for a heartbeat; one goes out anyway when the
+            // answers start waiting for this standby, which makes it a promotable copy.
+            heartbeat(control, &mut socket, session, through, &mut scratch)?;
         }
     }
     Ok(())
+}
+
+/// Sends the heartbeat the session says is due, if any.
+fn heartbeat(
+    control: &Control,
+    socket: &mut TcpStream,
+    session: &Mutex<PrimarySession>,
+    last: Sequence,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    let period_ms = control.config().heartbeat_ms.max(1);
+    let (now_ms, position) = (control.now_ms(), (control.epoch(), last));
+    let due = lock(session).heartbeat_due(now_ms, period_ms, position, control.answering());
+    match due {
+        Some(beat) => write_message(socket, &Message::Heartbeat(beat), scratch),
+        None => Ok(()),
+    }
 }
 
 fn lock(session: &Mutex<PrimarySession>) -> std::sync::MutexGuard<'_, PrimarySession> {

@@ -22,8 +22,8 @@ use ringfence_core::{Epoch, Sequence};
 
 use crate::auth::{self, ClusterId, ClusterSecret, Nonce};
 use crate::message::{
-    Ack, Challenge, Diverged, FetchSnapshot, Heartbeat, Hello, Join, Message, Records, Refuse,
-    RefuseCode, Start,
+    Ack, Answering, Challenge, Diverged, FetchSnapshot, Heartbeat, Hello, Join, Message, Records,
+    Refuse, RefuseCode, Start,
 };
 use crate::position::{JoinDecision, JournalIndex, StandbyPosition, decide};
 
@@ -133,6 +133,8 @@ pub struct PrimarySession {
     acked: Ack,
     /// When something was last sent (ms, the shell's clock), for heartbeats.
     sent_at_ms: u64,
+    /// What the last heartbeat told the standby about answers; none sent yet.
+    answering_sent: Option<Answering>,
 }
 
 impl PrimarySession {
@@ -141,7 +143,14 @@ impl PrimarySession {
     pub fn new(primary_nonce: Nonce) -> PrimarySession {
         let acked = Ack { written: Sequence(0), durable: Sequence(0), echo_ms: 0 };
         let state = PrimaryState::AwaitHello;
-        PrimarySession { state, primary_nonce, sent: Sequence(0), acked, sent_at_ms: 0 }
+        PrimarySession {
+            state,
+            primary_nonce,
+            sent: Sequence(0),
+            acked,
+            sent_at_ms: 0,
+            answering_sent: None,
+        }
     }
 
     /// Whether the connection is streaming.
@@ -298,21 +307,24 @@ impl PrimarySession {
         self.sent_at_ms = now_ms;
     }
 
-    /// The heartbeat to send at `now_ms` if nothing was sent for `period_ms`: it tells the
-    /// standby the primary is alive and how far its journal goes, and carries the time the
-    /// standby echoes back (the round trip).
+    /// The heartbeat to send at `now_ms` if nothing was sent for `period_ms`, or if answers
+    /// now leave otherwise than the last heartbeat said (the first one goes out at once): it
+    /// tells the standby the primary is alive, how far its journal goes and when its answers
+    /// leave, and carries the time the standby echoes back (the round trip).
     pub fn heartbeat_due(
         &mut self,
         now_ms: u64,
         period_ms: u64,
-        epoch: Epoch,
-        journal_last: Sequence,
+        (epoch, journal_last): (Epoch, Sequence),
+        answering: Answering,
     ) -> Option<Heartbeat> {
-        if !self.is_streaming() || now_ms.saturating_sub(self.sent_at_ms) < period_ms {
+        let idle = now_ms.saturating_sub(self.sent_at_ms) >= period_ms;
+        if !self.is_streaming() || !idle && self.answering_sent == Some(answering) {
             return None;
         }
         self.sent_at_ms = now_ms;
-        Some(Heartbeat { epoch, last_sequence: journal_last, sent_at_ms: now_ms })
+        self.answering_sent = Some(answering);
+        Some(Heartbeat { epoch, last_sequence: journal_last, sent_at_ms: now_ms, answering })
     }
 }
 
@@ -385,6 +397,8 @@ pub struct StandbySession {
     /// The primary's journal end as last reported, and the last heartbeat's time to echo.
     primary_last: Sequence,
     echo_ms: u64,
+    /// When the primary's answers leave, as its last heartbeat on this stream said.
+    answering: Option<Answering>,
     /// The last acknowledgement sent.
     acked: Ack,
 }
@@ -406,6 +420,7 @@ impl StandbySession {
             promised,
             primary_last: Sequence(0),
             echo_ms: 0,
+            answering: None,
             acked,
         };
         (session, Outgoing::Hello(Hello { cluster, standby_nonce }))
@@ -415,6 +430,18 @@ impl StandbySession {
     #[must_use]
     pub fn primary_last(&self) -> Sequence {
         self.primary_last
+    }
+
+    /// Whether a standby holding `held` holds every record the primary acknowledged: it holds
+    /// all the primary reported, and the primary's last heartbeat on this stream said its
+    /// answers wait for this standby (or that the operator chose `async`). Holding all it
+    /// was told of is not enough while the primary still answers alone: until it has
+    /// received an acknowledgement that shows this standby caught up, it acknowledges records
+    /// the standby may never get.
+    #[must_use]
+    pub fn holds_everything_acknowledged(&self, held: Sequence) -> bool {
+        let waits = matches!(self.answering, Some(Answering::AfterStandby | Answering::Async));
+        waits && held >= self.primary_last
     }
 
     /// Handles one message from the primary.
@@ -530,6 +557,7 @@ impl StandbySession {
         }
         self.primary_last = self.primary_last.max(beat.last_sequence);
         self.echo_ms = beat.sent_at_ms;
+        self.answering = Some(beat.answering);
         StandbyStep::Continue
     }
 
@@ -803,15 +831,47 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_holds_everything_acknowledged_only_once_answers_wait_for_it() {
+        // Goal: holding all the primary reported is not enough while the primary answers
+        // alone: the standby counts as a copy of everything acknowledged only after a
+        // heartbeat says answers wait for it (or that the mode is async), which the primary
+        // sends at once when that changes, even in the middle of streaming.
+        let (_, mut pair) = handshake("the-shared-secret-16+", position(5, 1, 1), 1);
+        let key = secret("the-shared-secret-16+");
+        let start =
+            Start { epoch: Epoch(1), from_sequence: Sequence(6), primary_last: Sequence(5) };
+        pair.standby.on_message(&Message::Start(start), &key, &cluster());
+        assert!(!pair.standby.holds_everything_acknowledged(Sequence(5)), "no heartbeat yet");
+        let at = (Epoch(1), Sequence(5));
+        let alone = pair.primary.heartbeat_due(1_000, 100, at, Answering::Alone).unwrap();
+        pair.standby.on_message(&Message::Heartbeat(alone), &key, &cluster());
+        assert!(!pair.standby.holds_everything_acknowledged(Sequence(5)), "answers leave alone");
+        pair.primary.on_sent(Sequence(5), 1_010);
+        let waits = pair.primary.heartbeat_due(1_011, 100, at, Answering::AfterStandby);
+        let waits = waits.expect("a change goes out at once, idle or not");
+        pair.standby.on_message(&Message::Heartbeat(waits), &key, &cluster());
+        assert!(pair.standby.holds_everything_acknowledged(Sequence(5)));
+        assert!(!pair.standby.holds_everything_acknowledged(Sequence(4)), "one record behind");
+        let later = (Epoch(1), Sequence(9));
+        let beat = pair.primary.heartbeat_due(1_200, 100, later, Answering::Async).unwrap();
+        pair.standby.on_message(&Message::Heartbeat(beat), &key, &cluster());
+        assert!(!pair.standby.holds_everything_acknowledged(Sequence(5)), "behind the report");
+        assert!(pair.standby.holds_everything_acknowledged(Sequence(9)), "async: all there is");
+    }
+
+    #[test]
     fn heartbeats_go_out_only_when_idle_and_acks_only_when_something_moved() {
         // Goal: an idle stream heartbeats every period; the standby acknowledges progress and
         // echoes each heartbeat once.
         let (_, mut pair) = handshake("the-shared-secret-16+", position(3, 1, 1), 1);
+        let at = (Epoch(1), Sequence(5));
+        let first = pair.primary.heartbeat_due(1_000, 100, at, Answering::Alone);
+        assert!(first.is_some(), "a stream opens with a heartbeat that says how answers leave");
         pair.primary.on_sent(Sequence(5), 1_000);
-        assert_eq!(pair.primary.heartbeat_due(1_050, 100, Epoch(1), Sequence(5)), None);
-        let beat = pair.primary.heartbeat_due(1_100, 100, Epoch(1), Sequence(5)).unwrap();
+        assert_eq!(pair.primary.heartbeat_due(1_050, 100, at, Answering::Alone), None);
+        let beat = pair.primary.heartbeat_due(1_100, 100, at, Answering::Alone).unwrap();
         assert_eq!(beat.sent_at_ms, 1_100);
-        assert_eq!(pair.primary.heartbeat_due(1_150, 100, Epoch(1), Sequence(5)), None);
+        assert_eq!(pair.primary.heartbeat_due(1_150, 100, at, Answering::Alone), None);
 
         let key = secret("the-shared-secret-16+");
         let start =

@@ -517,11 +517,16 @@ pub fn promise_epoch(store: &dyn EpochStore, epoch: Epoch) -> Result<(), String>
 }
 
 /// What the standby shows after taking its node's answers: following or catching up, and by
-/// how much; once it holds everything the primary reported, its directory is caught up.
+/// how much. Once it holds everything the primary acknowledged (all it reported, with the
+/// primary's answers waiting for this standby), it has caught up: it may be promoted by hand,
+/// and its directory is a faithful copy again.
 pub fn report_progress(control: &Control, session: &StandbySession, held: Sequence) {
     let lag = session.primary_last().0.saturating_sub(held.0);
-    control.set_follower(if lag == 0 { "following" } else { "catching_up" }, held, lag);
-    if lag == 0 {
+    let caught_up = session.holds_everything_acknowledged(held);
+    // `following` means promotable: with nothing left to receive, it is still catching up
+    // until the primary said its answers wait for this standby.
+    control.set_follower(if caught_up { "following" } else { "catching_up" }, held, lag);
+    if caught_up {
         control.caught_up();
     }
 }

@@ -186,10 +186,13 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
-    use crate::message::{Ack, Heartbeat, Records, Refuse, RefuseCode, SnapshotChunk};
+    use crate::message::{Ack, Answering, Heartbeat, Records, Refuse, RefuseCode, SnapshotChunk};
 
     fn heartbeat(n: u64) -> Message<'static> {
-        Message::Heartbeat(Heartbeat { epoch: Epoch(2), last_sequence: Sequence(n), sent_at_ms: n })
+        let answering = Answering::Alone;
+        let beat =
+            Heartbeat { epoch: Epoch(2), last_sequence: Sequence(n), sent_at_ms: n, answering };
+        Message::Heartbeat(beat)
     }
 
     fn frames(messages: &[Message<'_>]) -> Vec<u8> {
@@ -252,8 +255,8 @@ mod tests {
             }
         }
         assert_eq!(received, sent);
-        // Every byte but the last is followed by a timeout: 2 frames of 29 bytes.
-        assert_eq!(timeouts, 2 * 29 - 1);
+        // Every byte but the last is followed by a timeout: 2 frames of 30 bytes.
+        assert_eq!(timeouts, 2 * 30 - 1);
     }
 
     #[test]

@@ -7,9 +7,9 @@ use ringfence_core::record::{RECORD_HEADER_LEN, RecordBuf, RecordError};
 use ringfence_core::{Command, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_replicator::auth::ClusterId;
 use ringfence_replicator::message::{
-    Ack, Challenge, Diverged, FRAME_LEN_MAX, FetchSnapshot, Heartbeat, Hello, Join, Kind, Message,
-    MessageError, REFUSE_TEXT_LEN_MAX, Records, Refuse, RefuseCode, SNAPSHOT_CHUNK_MAX,
-    SnapshotChunk, Start, decode, encode,
+    Ack, Answering, Challenge, Diverged, FRAME_LEN_MAX, FetchSnapshot, Heartbeat, Hello, Join,
+    Kind, Message, MessageError, PROTOCOL_VERSION, REFUSE_TEXT_LEN_MAX, Records, Refuse,
+    RefuseCode, SNAPSHOT_CHUNK_MAX, SnapshotChunk, Start, decode, encode,
 };
 
 fn tick(sequence: u64) -> Sequenced {
@@ -100,6 +100,7 @@ fn one_of_each(records: &[u8]) -> Vec<Message<'_>> {
             epoch: Epoch(4),
             last_sequence: Sequence(44),
             sent_at_ms: 1_700_000_000_000,
+            answering: Answering::AfterStandby,
         }),
         Message::Ack(Ack { written: Sequence(44), durable: Sequence(43), echo_ms: 17 }),
         Message::Refuse(Refuse::new(RefuseCode::StaleEpoch, Epoch(4), "epoch 3 < promised 4")),
@@ -175,6 +176,22 @@ fn frame_level_damage_is_refused_by_kind() {
 }
 
 #[test]
+fn a_heartbeat_with_an_unknown_answering_value_is_refused() {
+    // Goal: the answering byte takes only the values the protocol names.
+    let beat = Heartbeat {
+        epoch: Epoch(4),
+        last_sequence: Sequence(44),
+        sent_at_ms: 7,
+        answering: Answering::Async,
+    };
+    let mut bytes = encoded(&Message::Heartbeat(beat));
+    let last = bytes.len() - 1;
+    assert_eq!(bytes[last], 2, "the answering byte ends the heartbeat");
+    bytes[last] = 3;
+    assert_eq!(decode_err(&bytes), MessageError::Answering(3));
+}
+
+#[test]
 fn a_fixed_size_body_of_another_size_is_refused() {
     // Goal: every fixed-size kind refuses a body one byte short, one byte long and empty.
     let records = ticks(42, 3, 4);
@@ -219,28 +236,31 @@ fn a_malformed_hello_is_refused_by_kind() {
     // body cut short or with bytes left over are each told apart.
     use ringfence_replicator::auth::ClusterIdError;
     let hello = |body: Vec<u8>| decode_err(&frame(1, &body));
-    assert_eq!(hello(hello_body(b"RFRX", 1, 2, b"eu")), MessageError::BadMagic { found: *b"RFRX" });
-    assert_eq!(hello(hello_body(b"RFRP", 2, 2, b"eu")), MessageError::Version { version: 2 });
+    let v = PROTOCOL_VERSION;
+    assert_eq!(hello(hello_body(b"RFRX", v, 2, b"eu")), MessageError::BadMagic { found: *b"RFRX" });
+    // The version before this one.
+    let old = v - 1;
+    assert_eq!(hello(hello_body(b"RFRP", old, 2, b"eu")), MessageError::Version { version: old });
     assert_eq!(
-        hello(hello_body(b"RFRP", 1, 0, b"")),
+        hello(hello_body(b"RFRP", v, 0, b"")),
         MessageError::ClusterId(ClusterIdError::Length { len: 0 })
     );
     assert_eq!(
-        hello(hello_body(b"RFRP", 1, 65, &[b'a'; 65])),
+        hello(hello_body(b"RFRP", v, 65, &[b'a'; 65])),
         MessageError::ClusterId(ClusterIdError::Length { len: 65 })
     );
     assert_eq!(
-        hello(hello_body(b"RFRP", 1, 2, b"e/")),
+        hello(hello_body(b"RFRP", v, 2, b"e/")),
         MessageError::ClusterId(ClusterIdError::Byte { at: 1, byte: b'/' })
     );
     let kind = Kind::Hello;
     assert_eq!(
-        hello(hello_body(b"RFRP", 1, 3, b"eu")),
+        hello(hello_body(b"RFRP", v, 3, b"eu")),
         MessageError::Truncated { kind, have: 41, need: 42 }
     );
     assert_eq!(hello(b"RFR".to_vec()), MessageError::Truncated { kind, have: 3, need: 40 });
     assert_eq!(
-        hello(hello_body(b"RFRP", 1, 1, b"eu")),
+        hello(hello_body(b"RFRP", v, 1, b"eu")),
         MessageError::TrailingBytes { kind, have: 41, need: 40 }
     );
 }
@@ -650,9 +670,11 @@ fn plain() -> impl Strategy<Value = Message<'static>> {
     let diverged = any::<(u64, u64)>().prop_map(|(e, k)| {
         Message::Diverged(Diverged { epoch: Epoch(e), keep_through: Sequence(k) })
     });
-    let heartbeat = any::<(u64, u64, u64)>().prop_map(|(e, l, s)| {
-        Message::Heartbeat(Heartbeat { epoch: Epoch(e), last_sequence: Sequence(l), sent_at_ms: s })
-    });
+    let heartbeat =
+        (any::<(u64, u64, u64)>(), 0..Answering::ALL.len()).prop_map(|((e, l, s), a)| {
+            let (epoch, last_sequence, answering) = (Epoch(e), Sequence(l), Answering::ALL[a]);
+            Message::Heartbeat(Heartbeat { epoch, last_sequence, sent_at_ms: s, answering })
+        });
     let ack = (sorted_pair(), any::<u64>()).prop_map(|((d, w), echo_ms)| {
         Message::Ack(Ack { written: Sequence(w), durable: Sequence(d), echo_ms })
     });

@@ -274,7 +274,7 @@ fn bad_handshake(replication: SocketAddr, cluster: &str) -> Vec<u8> {
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hello = Vec::new();
     hello.extend_from_slice(b"RFRP");
-    hello.extend_from_slice(&1u16.to_le_bytes());
+    hello.extend_from_slice(&ringfence_replicator::message::PROTOCOL_VERSION.to_le_bytes());
     hello.push(u8::try_from(cluster.len()).unwrap());
     hello.extend_from_slice(cluster.as_bytes());
     hello.extend_from_slice(&[7; 32]);

@@ -869,7 +869,8 @@ impl Running {
         }
     }
 
-    /// Streams the journal to each joined standby, heartbeats when idle, and forgets closed
+    /// Streams the journal to each joined standby, heartbeats when idle or when the answers
+    /// start or stop waiting for the standby, and forgets closed
     /// connections (`primary.rs`'s `send_records`).
     #[allow(clippy::too_many_arguments)]
     fn serve_standbys(
@@ -920,11 +921,15 @@ impl Running {
                             &format!("{name}: reading the journal to stream: {error}"),
                         );
                         net.close(conn, me, now_ms);
+                        continue;
                     }
                 }
-                continue;
             }
-            if let Some(beat) = accepted.session.heartbeat_due(now_ms, 100, epoch, available) {
+            // Idle, or the answers now leave otherwise than the last heartbeat said.
+            let (last, answering) = (Sequence(next.0 - 1), self.control.answering());
+            if let Some(beat) =
+                accepted.session.heartbeat_due(now_ms, 100, (epoch, last), answering)
+            {
                 send(net, conn, me, &Message::Heartbeat(beat), now_ms);
             }
         }

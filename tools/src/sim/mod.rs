@@ -303,10 +303,13 @@ mod tests {
     /// which the next join took for one: journals that differ).
     const MANUAL_REGRESSION_SEEDS: [u64; 7] = [94, 165, 274, 299, 309, 346, 442];
 
-    /// Seeds that struck a node at a chosen sync point and found a bug: a promotion by hand
+    /// Seeds found once crashes at chosen sync points were simulated: a promotion by hand
     /// whose node stored its new epoch and then failed on a marker, so that, restarted as a
-    /// standby, it deposed its primary by an epoch it never led, and neither node could lead.
-    const SYNC_POINT_REGRESSION_SEEDS: [u64; 1] = [1036];
+    /// standby, it deposed its primary by an epoch it never led, and neither node could lead
+    /// (1036); and a standby promoted by hand because it held all its primary had reported,
+    /// while the primary, which had not yet heard that it caught up, still acknowledged
+    /// writes alone (51177).
+    const SYNC_POINT_REGRESSION_SEEDS: [u64; 2] = [1036, 51177];
 
     /// The faults of the simulator the older regression seeds were found with: they take the
     /// paths they took then.
@@ -382,8 +385,9 @@ mod tests {
 
     #[test]
     fn the_sync_point_crash_seeds_that_found_bugs_pass() {
-        // Goal: every seed whose crash at a sync point once left the pair unable to lead
-        // passes with the fix, and still crashes a node at a sync point.
+        // Goal: every seed found with crashes at sync points that once left the pair unable
+        // to lead or lost acknowledged writes passes with its fix, and still crashes a node at
+        // a sync point.
         let reports = swarm(&SYNC_POINT_REGRESSION_SEEDS, RunLength::default(), 2, false);
         for report in &reports {
             assert!(report.failure.is_none(), "seed {}: {:?}", report.seed, report.failure);
