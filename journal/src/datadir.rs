@@ -398,6 +398,13 @@ impl DirCheck {
         assert!(self.creation_leftover.as_ref().is_none_or(cut_off), "a leftover not the newest");
     }
 
+    /// The first record the journal holds: 1, or the first after the records retention
+    /// retired.
+    #[must_use]
+    pub fn first_held(&self) -> Sequence {
+        self.segments.first().map_or(Sequence(1), |(first, _)| *first)
+    }
+
     /// A directory with no journal in it yet (a node initialises it).
     #[must_use]
     pub fn is_fresh(&self) -> bool {

@@ -287,6 +287,23 @@ pub enum JournalError {
     /// The options given are not usable.
     #[error("invalid journal options: {0}")]
     Options(String),
+    /// A truncation that would set aside every snapshot recovery could start from, in a
+    /// journal whose oldest records were retired.
+    #[error(
+        "cannot truncate at sequence {at}: the journal starts at {first} (the records before it \
+         were retired after snapshots), and every snapshot from the one before {first} on holds \
+         records at or after {at}, so the cut would set them all aside and leave nothing to \
+         replay from. This directory cannot be repaired in place: if its peer holds the \
+         records, move it aside and start the node as a standby with an empty data directory \
+         (it fetches the primary's snapshot); otherwise restore the retired segments or an \
+         older snapshot from an archive"
+    )]
+    NothingToReplayFrom {
+        /// Where the cut was asked for.
+        at: Sequence,
+        /// The journal's first record.
+        first: Sequence,
+    },
     /// A record too large for the format (a bug: commands are fixed-size).
     #[error("a command encoded to {0} bytes, above the record payload limit")]
     RecordTooLarge(usize),

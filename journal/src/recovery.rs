@@ -415,6 +415,7 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     let mut source = storage.clone();
     let check = datadir::check(&mut source)?;
     refuse_unrepairable(&check, at)?;
+    refuse_nothing_to_replay_from(&check, &snapshot::list(storage)?, at)?;
     // Only what a crash leaves is deleted here; the cut below is the operator's.
     for name in &check.temporaries {
         assert!(is_temp_name(name), "removing a file that is not a temporary: {name}");
@@ -497,6 +498,28 @@ fn refuse_unrepairable(check: &DirCheck, at: Sequence) -> Result<(), JournalErro
         }
     }
     Ok(())
+}
+
+/// A journal whose oldest records were retired can be replayed only from a snapshot at or
+/// after the last retired record. A cut that sets aside every such snapshot (each holds
+/// records at or after `at`) would leave a directory no recovery can start from: refused, with
+/// the repairs that work. A cut at 1 drops the whole journal, the first step of installing a
+/// primary's snapshot in its place, and is not refused.
+fn refuse_nothing_to_replay_from(
+    check: &DirCheck,
+    snapshots: &[(Sequence, String)],
+    at: Sequence,
+) -> Result<(), JournalError> {
+    let first = check.first_held();
+    if first.0 <= 1 || at.0 <= 1 {
+        return Ok(());
+    }
+    let last_retired = Sequence(first.0 - 1);
+    let usable = snapshots.iter().any(|(through, _)| *through >= last_retired && *through < at);
+    if usable {
+        return Ok(());
+    }
+    Err(JournalError::NothingToReplayFrom { at, first })
 }
 
 /// Writes the manifest listing the segments that remain, and the epoch file if it was missing

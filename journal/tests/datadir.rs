@@ -419,3 +419,52 @@ fn a_new_or_truncated_directory_is_catching_up_until_it_caught_up() {
     assert_eq!(truncated.next_sequence, Sequence(50));
     assert!(truncated.writer.data_dir().catching_up(), "records were dropped");
 }
+
+#[test]
+fn a_cut_that_would_leave_nothing_to_replay_from_is_refused() {
+    // Goal: once retention retired the oldest segments, a truncation below every kept
+    // snapshot would set them all aside and leave a directory no recovery can start from: it
+    // is refused, naming the repairs that work, and changes nothing; a cut after the newest
+    // snapshot goes ahead and recovers from it.
+    let disk = FaultStorage::new();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let policy = SnapshotPolicy { every_commands: Some(300), keep: 1 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let (mut snapshots, mut writer) = Snapshotter::stepped(data_dir, policy, config());
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(8, Sequence(1), Timestamp(1));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 2_350);
+    for batch in commands.chunks(16) {
+        for command in batch {
+            recovered.writer.append_command(Epoch(1), command).unwrap();
+            engine.apply(command);
+            snapshots.after_apply(&engine, command);
+        }
+        recovered.writer.end_batch().unwrap();
+        writer.step();
+    }
+    assert!(snapshots.stats().segments_retired > 0, "{:?}", snapshots.stats());
+    drop((recovered, snapshots, writer));
+    let first = ringfence_journal::datadir::check(&mut disk.clone()).unwrap().first_held();
+    let (newest, _) = snapshot::list(&disk).unwrap().pop().unwrap();
+    assert!(Sequence(1) < first && first <= newest, "first {first}, snapshot {newest}");
+    let refused = recovery::truncate(&disk, newest).unwrap_err().to_string();
+    assert!(refused.contains("leave nothing to replay from"), "{refused}");
+    assert!(refused.contains("empty data directory"), "{refused}");
+    let intact = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(intact.next_sequence, Sequence(2_351), "a refused cut changed the journal");
+    drop(intact);
+    recovery::truncate(&disk, newest.next()).unwrap();
+    let cut = recover_from(disk, options(Durability::Batch)).unwrap();
+    assert_eq!(cut.next_sequence, newest.next());
+    assert_eq!(cut.engine.last_sequence(), engine_at(&commands, newest).last_sequence());
+}
+
+/// The engine after applying `commands` up to `through`.
+fn engine_at(commands: &[ringfence_core::Sequenced], through: Sequence) -> Engine {
+    let mut engine = Engine::new(config());
+    commands.iter().take_while(|c| c.sequence <= through).for_each(|c| {
+        engine.apply(c);
+    });
+    engine
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use ringfence_core::pipeline::Node;
 use ringfence_core::{Epoch, Sequence};
 use ringfence_ingress::{CoordinationStatus, ReplicationControl, ReplicationStatus};
+use ringfence_journal::error::JournalError;
 use ringfence_journal::storage::{FileStorage, Storage};
 use ringfence_journal::{recovery, snapshot};
 use std::time::Duration;
@@ -338,19 +339,14 @@ pub fn check_journal(
 /// The largest snapshot a standby accepts from its primary.
 const SNAPSHOT_LEN_MAX: u64 = 64 << 30;
 
-/// Replaces this standby's journal with the primary's newest snapshot: fetches it, drops every
-/// record and snapshot here (the snapshot supersedes them; the journal must not be open),
-/// and installs it, so recovery starts from it. Returns where the journal now ends: the
-/// snapshot's last record, and its epoch as the primary reported it.
-pub fn take_snapshot(
+/// Fetches the primary's newest snapshot, for a standby whose missing records were retired.
+/// The caller promises the snapshot's epoch before it installs it ([`install_snapshot`]).
+pub fn fetch_primary_snapshot(
     config: &ReplicationConfig,
     primary: &str,
-    storage: &FileStorage,
-    end: JournalEnd,
-) -> Result<JournalEnd, String> {
-    let fetched = fetch_snapshot(config, primary, SNAPSHOT_LEN_MAX)
-        .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))?;
-    install_snapshot(storage, &fetched, end)
+) -> Result<FetchedSnapshot, String> {
+    fetch_snapshot(config, primary, SNAPSHOT_LEN_MAX)
+        .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))
 }
 
 /// Drops every record and snapshot in `storage` (the journal must not be open) and installs
@@ -392,27 +388,40 @@ pub fn effective_end(
 }
 
 /// Drops the standby's records after `keep_through` (the journal must not be open), logging
-/// what it dropped and the snapshots set aside.
+/// what it dropped and the snapshots set aside. `Ok(false)` when they cannot be dropped in
+/// place: every snapshot recovery could start from holds some of them, and the records before
+/// those were retired; the standby then takes the primary's snapshot instead.
 pub fn drop_tail(
     storage: &FileStorage,
     end: JournalEnd,
     keep_through: Sequence,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     assert!(keep_through < end.last_sequence, "a divergence drops at least one record");
     let dropped = end.last_sequence.0 - keep_through.0;
+    let truncation = match recovery::truncate(storage, keep_through.next()) {
+        Ok(truncation) => truncation,
+        Err(JournalError::NothingToReplayFrom { .. }) => {
+            log(format_args!(
+                "the {dropped} records after {keep_through} that the primary never received \
+                 cannot be dropped in place (every snapshot here holds some of them, and the \
+                 records before those were retired): this standby takes the primary's \
+                 snapshot instead"
+            ));
+            return Ok(false);
+        }
+        Err(error) => return Err(format!("dropping the diverged tail: {error}")),
+    };
     log(format_args!(
-        "dropping {dropped} records ({}..={}, last from epoch {}) that the primary never \
+        "dropped {dropped} records ({}..={}, last from epoch {}) that the primary never \
          received; in sync mode none of them was acknowledged",
         keep_through.next(),
         end.last_sequence,
         end.last_epoch
     ));
-    let truncation = recovery::truncate(storage, keep_through.next())
-        .map_err(|e| format!("dropping the diverged tail: {e}"))?;
     for snapshot in &truncation.snapshots_invalidated {
         log(format_args!("snapshot {snapshot} included dropped records: set aside"));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A node's replication as the network front sees it: `/v1/node`, `/metrics`, promotion and

@@ -524,18 +524,31 @@ fn recover_for_role(
         if let JournalCheck::Agrees = check {
             return Ok((recovered, end));
         }
-        if let JournalCheck::Diverged(_, epoch) = check {
-            // Promised before anything is dropped: promoted later, this node takes an epoch
-            // above the primary's.
-            standby::promise_epoch(recovered.writer.data_dir(), epoch)?;
-        }
-        // The journal is closed before it is cut or replaced.
-        drop(recovered);
         match check {
-            JournalCheck::Diverged(keep_through, _) => {
-                replication::drop_tail(storage, end, keep_through)?;
+            JournalCheck::Diverged(keep_through, epoch) => {
+                // Promised before anything is dropped: promoted later, this node takes an
+                // epoch above the primary's.
+                standby::promise_epoch(recovered.writer.data_dir(), epoch)?;
+                // The journal is closed before it is cut.
+                drop(recovered);
+                if !replication::drop_tail(storage, end, keep_through)? {
+                    // The primary's epoch, promised above, is at least its snapshot's.
+                    let fetched = replication::fetch_primary_snapshot(config, primary)?;
+                    let installed = replication::install_snapshot(storage, &fetched, end)?;
+                    from_snapshot = Some(installed);
+                }
             }
-            _ => from_snapshot = Some(replication::take_snapshot(config, primary, storage, end)?),
+            _ => {
+                let fetched = replication::fetch_primary_snapshot(config, primary)?;
+                // The snapshot holds records of its last epoch: promised before they are
+                // taken, as every record is (a join never says it holds an epoch above
+                // its promise).
+                standby::promise_epoch(recovered.writer.data_dir(), fetched.through_epoch)?;
+                // The journal is closed before the snapshot replaces it.
+                drop(recovered);
+                let installed = replication::install_snapshot(storage, &fetched, end)?;
+                from_snapshot = Some(installed);
+            }
         }
     }
     Err(format!("the journal still disagrees with the primary after {ROUNDS_MAX} rounds"))

@@ -9,6 +9,8 @@ use ringfence_core::{
 
 use super::clients::{HOT, HOT_LIMIT, Ledger};
 use super::machine::{ClusterSettings, Machine, journal_records};
+use ringfence_journal::format::SEGMENT_LEN_MIN;
+use ringfence_journal::writer::{Durability, WriterOptions};
 
 /// After every step: every node's BLP kept every SKU's units balanced.
 pub fn every_step(machines: &[Machine]) -> Result<(), String> {
@@ -21,9 +23,11 @@ pub fn every_step(machines: &[Machine]) -> Result<(), String> {
     Ok(())
 }
 
-/// At the end: the pair converged and serves writes; the journals agree byte for byte and
-/// their states hash the same; a replay of the primary's journal reproduces its state; every
-/// acknowledged write is in that state with the outcome its client was given; limits held.
+/// At the end: the pair converged and serves writes; the journals agree byte for byte where
+/// both still hold records, and their states hash the same; a recovery of the primary's disk
+/// (its newest snapshot and the journal after it) reproduces its state, and so does a replay
+/// of its whole journal when retention kept it all; every acknowledged write is in that state
+/// with the outcome its client was given; limits held.
 pub fn at_end(
     machines: &[Machine],
     ledger: &Ledger,
@@ -31,20 +35,57 @@ pub fn at_end(
 ) -> Result<(), String> {
     let (primary, standby) = converged(machines)?;
     let through = Sequence(primary.running().expect("converged").control.link().available());
-    let records = journal_records(&primary.disk, through)
-        .map_err(|e| format!("{}: reading the journal: {e}", primary.name))?;
-    let copies = journal_records(&standby.disk, through)
-        .map_err(|e| format!("{}: reading the journal: {e}", standby.name))?;
-    agree(&records, &copies, through)?;
+    let read = |machine: &Machine, from: Sequence| {
+        journal_records(&machine.disk, from, through)
+            .map_err(|e| format!("{}: reading the journal: {e}", machine.name))
+    };
+    let (primary_from, standby_from) = (first_held(primary)?, first_held(standby)?);
+    let from = primary_from.max(standby_from);
+    agree(&read(primary, from)?, &read(standby, from)?, from, through)?;
     hashes_agree(primary, standby, through)?;
-    let (mut engine, orders) = replay(&records, settings)?;
     let observed = primary.observed.lock().expect("never poisoned").hashes.get(&through.0).copied();
-    if through.0 > 0 && observed.is_some_and(|hash| hash != engine.running_hash()) {
-        return Err(format!("a replay of the primary's journal hashes differently at {through}"));
+    let differs = |engine: &Engine| observed.is_some_and(|hash| hash != engine.running_hash());
+    let mut engine = recover(primary, settings)?;
+    if engine.last_sequence() > Sequence(0) && differs(&engine) {
+        return Err(format!("a recovery of the primary's disk hashes differently at {through}"));
     }
+    // Orders for the limits: every reservation a client was told of, and, when the primary
+    // still holds its whole journal, every one it made.
+    let mut orders = ledger.reserved_orders();
+    if primary_from == Sequence(1) {
+        let (replayed, made) = replay(&read(primary, Sequence(1))?, settings)?;
+        if through.0 > 0 && differs(&replayed) {
+            return Err(format!(
+                "a replay of the primary's journal hashes differently at {through}"
+            ));
+        }
+        orders.extend(made);
+    }
+    orders.sort_unstable();
+    orders.dedup();
     balanced(&engine, &settings.skus)?;
     limits_held(&engine, &orders)?;
     acknowledged_writes_hold(&mut engine, ledger)
+}
+
+/// The first record a machine's journal holds (retention may have retired the ones before).
+fn first_held(machine: &Machine) -> Result<Sequence, String> {
+    let check = ringfence_journal::datadir::check(&mut machine.disk.clone())
+        .map_err(|e| format!("{}: checking the directory: {e}", machine.name))?;
+    Ok(check.first_held())
+}
+
+/// The state a recovery of a copy of the machine's disk comes to.
+fn recover(machine: &Machine, settings: &ClusterSettings) -> Result<Engine, String> {
+    let options = WriterOptions {
+        segment_len: SEGMENT_LEN_MIN,
+        durability: Durability::Batch,
+        engine_config: settings.engine.clone(),
+    };
+    let recovered =
+        ringfence_journal::recovery::recover_from(machine.disk.process_crash(), options)
+            .map_err(|e| format!("{}: a recovery of its disk fails: {e}", machine.name))?;
+    Ok(recovered.engine)
 }
 
 /// The primary and its standby, if the pair converged: one primary that takes writes, one
@@ -88,16 +129,22 @@ fn describe(machine: &Machine) -> String {
     }
 }
 
-fn agree(records: &[Vec<u8>], copies: &[Vec<u8>], through: Sequence) -> Result<(), String> {
-    if records.len() as u64 != through.0 || copies.len() as u64 != through.0 {
+fn agree(
+    records: &[Vec<u8>],
+    copies: &[Vec<u8>],
+    from: Sequence,
+    through: Sequence,
+) -> Result<(), String> {
+    let expected = (through.0 + 1).saturating_sub(from.0);
+    if records.len() as u64 != expected || copies.len() as u64 != expected {
         return Err(format!(
-            "journals through {through} hold {} and {} records",
+            "journals from {from} through {through} hold {} and {} records",
             records.len(),
             copies.len()
         ));
     }
     match records.iter().zip(copies).position(|(a, b)| a != b) {
-        Some(at) => Err(format!("the journals differ at sequence {}", at + 1)),
+        Some(at) => Err(format!("the journals differ at sequence {}", from.0 + at as u64)),
         None => Ok(()),
     }
 }

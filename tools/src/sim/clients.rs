@@ -307,6 +307,15 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Every order a client was told it reserved.
+    pub fn reserved_orders(&self) -> Vec<ringfence_core::OrderId> {
+        let reserved = self.answers.iter().filter_map(|answer| match answer.outcome {
+            ringfence_core::Outcome::Reserved { order, .. } => Some(order),
+            _ => None,
+        });
+        reserved.collect()
+    }
+
     /// Records an answer; an error names the broken rule.
     pub fn record(&mut self, answer: Answer) -> Result<(), String> {
         let Command::Client { key, .. } = answer.command else {

@@ -23,6 +23,9 @@ use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::format::{SEGMENT_HEADER_LEN, SEGMENT_LEN_MIN};
 use ringfence_journal::recovery::{self, Recovered};
+use ringfence_journal::snapshot::{
+    SnapshotPolicy, SnapshotStatsHandle, SnapshotWriter, Snapshotter,
+};
 use ringfence_journal::storage::Storage as _;
 use ringfence_journal::tail::Tail;
 use ringfence_journal::writer::{Durability, WriterOptions};
@@ -37,15 +40,17 @@ use ringfence_replicator::coordination::store::{
     Coordinator, CoordinatorError, LeaseId, MemoryCoordinator, View,
 };
 use ringfence_replicator::index::DirIndex;
-use ringfence_replicator::message::{Message, decode, encode};
+use ringfence_replicator::message::{Message, RefuseCode, decode, encode};
 use ringfence_replicator::policy::AckMode;
 use ringfence_replicator::position::{EpochList, JournalIndex, StandbyPosition};
+use ringfence_replicator::primary::SnapshotToSend;
 use ringfence_replicator::session::{
-    Outgoing, PrimarySession, PrimaryStep, Purpose, StandbySession, StandbyStep,
+    PrimarySession, PrimaryStep, Purpose, StandbySession, StandbyStep,
 };
 use ringfence_replicator::standby::{self, Applied, JournalEnd};
-use ringfence_replicator::stream::write_records;
+use ringfence_replicator::stream::{write_records, write_snapshot_chunk};
 
+use super::fetch::{Fetched, Fetching, Start};
 use super::net::{ConnId, Network};
 use super::trace::Trace;
 
@@ -55,6 +60,9 @@ const RECORDS_FRAME_BYTES: usize = 32 << 10;
 const DRIVER_PERIOD_MS: u64 = 25;
 /// A process that exited on an error is started again by its supervisor after this long.
 const RESTART_AFTER_EXIT_MS: u64 = 100;
+/// How often a running node's snapshot writer runs the job its hook handed over: a job can
+/// wait, and die with a crash, for up to this long.
+const SNAPSHOT_WRITER_PERIOD_MS: u64 = 7;
 /// A standby's handshake gives up after this long.
 const HANDSHAKE_TIMEOUT_MS: u64 = 500;
 
@@ -124,6 +132,8 @@ pub struct ClusterSettings {
     /// Failover through the witness (`serve --etcd`); otherwise an operator promotes by hand
     /// (`ringfence promote`) and restarts an old primary as a standby.
     pub coordinated: bool,
+    /// Snapshots and retention on every node (`[snapshots]`), or none.
+    pub snapshots: Option<SnapshotPolicy>,
 }
 
 /// A deliberately broken variant of the pair that the checkers must catch; only the tests
@@ -180,6 +190,32 @@ impl SnapshotHook for Observer {
     }
 }
 
+/// What a machine's snapshot writers and snapshot fetches did.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct SnapshotCounts {
+    pub written: u64,
+    pub failed: u64,
+    pub segments_retired: u64,
+    /// Snapshots fetched from the primary and installed in place of the journal.
+    pub installed: u64,
+}
+
+/// A running node's hook: the checkers' observer, and its snapshotter when it takes
+/// snapshots.
+struct Hooks {
+    observer: Observer,
+    snapshotter: Option<Snapshotter<FaultStorage>>,
+}
+
+impl SnapshotHook for Hooks {
+    fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
+        self.observer.after_apply(engine, command);
+        if let Some(snapshotter) = self.snapshotter.as_mut() {
+            snapshotter.after_apply(engine, command);
+        }
+    }
+}
+
 /// A process that crashed or was stopped: when it starts again.
 pub struct Down {
     pub restart_ms: u64,
@@ -196,6 +232,8 @@ pub struct Candidate {
 pub enum Process {
     Down(Down),
     Candidate(Box<Candidate>),
+    /// Fetching the primary's snapshot before it starts its node as a standby.
+    Fetching(Box<Fetching>),
     Running(Box<Running>),
 }
 
@@ -212,7 +250,13 @@ pub struct Running {
     next_driver_ms: u64,
     /// Set by the driver's rejoin: restart as a candidate, for this reason.
     rejoin: Arc<Mutex<Option<String>>>,
+    /// The snapshot writer the node's hook hands jobs to, and its counters as last seen.
+    snapshots: Option<Snapshots>,
 }
+
+/// A running node's snapshot writer, its counters, and the counters as last reported
+/// (written, failed, segments retired).
+type Snapshots = (SnapshotWriter<FaultStorage>, SnapshotStatsHandle, (u64, u64, u64));
 
 /// A connection a standby made to this node.
 struct Accepted {
@@ -240,6 +284,9 @@ struct Follower {
     backoff_ms: u64,
     /// The primary said this journal diverged after this sequence: drop the rest at restart.
     diverged: Option<Sequence>,
+    /// The primary refused it because the records it lacks were retired: fetch the primary's
+    /// snapshot at restart.
+    needs_snapshot: bool,
     /// The node failed a record; following stops until a restart.
     stopped: bool,
 }
@@ -266,6 +313,14 @@ pub struct Machine {
     pub repairs: u64,
     /// A halt is armed on the disk: whether a power loss (else a kill) strikes there.
     halt_power_loss: Option<bool>,
+    /// Its primary refused it for lack of retired records: it fetches the primary's snapshot
+    /// when it next starts as a standby.
+    fetch_at_start: bool,
+    /// What its snapshot writers and snapshot fetches did over the run.
+    pub snapshot_counts: SnapshotCounts,
+    /// A crash to arm when the next snapshot is written: at its `after`-th sync point from
+    /// there, a power loss or a kill.
+    pub halt_at_next_snapshot: Option<(u64, bool)>,
     prng: Prng,
 }
 
@@ -283,6 +338,9 @@ impl Machine {
             pending_truncate: None,
             repairs: 0,
             halt_power_loss: None,
+            fetch_at_start: false,
+            snapshot_counts: SnapshotCounts::default(),
+            halt_at_next_snapshot: None,
             prng,
         }
     }
@@ -389,6 +447,13 @@ impl Machine {
                 self.decide(now_ms, settings, witness, trace);
                 TickReport::default()
             }
+            Process::Fetching(_) => {
+                let nonce = nonce(&mut self.prng);
+                let Process::Fetching(fetching) = &mut self.process else { unreachable!() };
+                let fetched = fetching.tick(now_ms, (self.index, nonce), net, settings);
+                self.on_fetched(now_ms, fetched, settings, net, trace);
+                TickReport::default()
+            }
             Process::Running(_) => self.run(now_ms, settings, net, trace),
         }
     }
@@ -408,6 +473,13 @@ impl Machine {
             match recovery::truncate(&self.disk, keep_through.next()) {
                 Ok(_) => trace
                     .event(now_ms, &format!("{}: dropped records after {keep_through}", self.name)),
+                Err(JournalError::NothingToReplayFrom { .. }) => {
+                    // As `serve` does: the tail cannot be cut in place; the primary's snapshot
+                    // replaces the journal instead.
+                    let what = "cannot drop the tail in place: takes the primary's snapshot";
+                    trace.event(now_ms, &format!("{}: {what}", self.name));
+                    self.fetch_at_start = true;
+                }
                 Err(error) => {
                     trace.event(now_ms, &format!("{}: truncate failed: {error}", self.name))
                 }
@@ -421,9 +493,16 @@ impl Machine {
             let error = recovered.as_ref().err().map(ToString::to_string).unwrap_or_default();
             trace.event(now_ms, &format!("{}: recovery refused: {error}", self.name));
             let truncated = recovery::truncate(&self.disk, sequence);
-            let done = truncated.map_or_else(|e| e.to_string(), |_| "done".to_owned());
+            let done = truncated.as_ref().map_or_else(ToString::to_string, |_| "done".to_owned());
             trace
                 .event(now_ms, &format!("{}: operator truncates at {sequence}: {done}", self.name));
+            if truncated.is_err() {
+                // Refused: nothing would be left to replay from. The other repair the message
+                // names: an empty data directory, which fetches the primary's snapshot.
+                trace.event(now_ms, &format!("{}: operator empties its data directory", self.name));
+                self.disk = FaultStorage::new();
+                self.halt_power_loss = None;
+            }
             self.repairs += 1;
             recovered = recovery::recover_from(self.disk.clone(), Machine::options(settings));
         }
@@ -491,8 +570,7 @@ impl Machine {
             Role::Standby { primary: ["a", "b"][primary].to_owned() }
         };
         trace.event(now_ms, &format!("{}: starts as {role:?} (the operator's choice)", self.name));
-        let started = self.start_node(now_ms, settings, recovered, (role, None));
-        self.started(now_ms, started, trace);
+        self.launch(now_ms, settings, recovered, (role, None), trace);
     }
 
     fn decide(
@@ -546,8 +624,90 @@ impl Machine {
             Decided::Standby { leader } => Role::Standby { primary: leader.replication.clone() },
         };
         let coordinated = Some((startup, me, decided));
-        let started = self.start_node(now_ms, settings, recovered, (role, coordinated));
-        self.started(now_ms, started, trace);
+        self.launch(now_ms, settings, recovered, (role, coordinated), trace);
+    }
+
+    /// Starts the node in the role given, or, for a standby whose primary refused it for lack
+    /// of retired records, first fetches the primary's snapshot (the journal is closed
+    /// first: the snapshot replaces it).
+    fn launch(
+        &mut self,
+        now_ms: u64,
+        settings: &ClusterSettings,
+        recovered: Recovered<FaultStorage>,
+        start: Start,
+        trace: &mut Trace,
+    ) {
+        let Role::Standby { primary } = &start.0 else {
+            let started = self.start_node(now_ms, settings, recovered, start, None);
+            return self.started(now_ms, started, trace);
+        };
+        if !self.fetch_at_start {
+            let started = self.start_node(now_ms, settings, recovered, start, None);
+            return self.started(now_ms, started, trace);
+        }
+        let primary = usize::from(primary != "a");
+        trace.event(now_ms, &format!("{}: fetches the primary's snapshot", self.name));
+        let fetching = Fetching::new(primary, start, recovered, now_ms);
+        self.process = Process::Fetching(Box::new(fetching));
+    }
+
+    /// What a fetch came to: the snapshot is installed, the journal recovered from it, and
+    /// the node started; a failed fetch exits, to be started again.
+    fn on_fetched(
+        &mut self,
+        now_ms: u64,
+        fetched: Fetched,
+        settings: &ClusterSettings,
+        net: &mut Network,
+        trace: &mut Trace,
+    ) {
+        let fetched = match fetched {
+            Fetched::Waiting => return,
+            Fetched::Done(fetched) => Ok(fetched),
+            Fetched::Failed(error) => Err(error),
+        };
+        let down = Process::Down(Down { restart_ms: now_ms + RESTART_AFTER_EXIT_MS });
+        let Process::Fetching(mut fetching) = std::mem::replace(&mut self.process, down) else {
+            unreachable!("a fetch ends only while fetching")
+        };
+        fetching.close(net, self.index, now_ms);
+        let Fetching { recovered, start, .. } = *fetching;
+        let installed = fetched.and_then(|fetched| {
+            // As `serve` does: the snapshot's epoch is promised before its records are taken,
+            // then the journal is closed and replaced.
+            standby::promise_epoch(recovered.writer.data_dir(), fetched.through_epoch)?;
+            let last_sequence = Sequence(recovered.next_sequence.0 - 1);
+            let end = JournalEnd { last_sequence, last_epoch: recovered.last_epoch };
+            drop(recovered);
+            let end = crate::replication::install_snapshot(&self.disk, &fetched, end)?;
+            let options = Machine::options(settings);
+            let recovered = recovery::recover_from(self.disk.clone(), options)
+                .map_err(|e| format!("recovery after the snapshot: {e}"))?;
+            Ok((recovered, end))
+        });
+        match installed {
+            Ok((recovered, end)) => {
+                self.fetch_at_start = false;
+                self.snapshot_counts.installed += 1;
+                // The node's history is the primary's now: what it applied before is gone, and
+                // the state it starts from is checked against the primary's at `through`.
+                let mut observed = self.observed.lock().expect("never poisoned");
+                observed.hashes.clear();
+                observed.hashes.insert(end.last_sequence.0, recovered.engine.running_hash());
+                drop(observed);
+                trace.event(
+                    now_ms,
+                    &format!(
+                        "{}: installed the primary's snapshot through {}",
+                        self.name, end.last_sequence
+                    ),
+                );
+                let started = self.start_node(now_ms, settings, recovered, start, Some(end));
+                self.started(now_ms, started, trace);
+            }
+            Err(error) => trace.event(now_ms, &format!("{}: exits: {error}", self.name)),
+        }
     }
 
     /// The process runs its node, or, if it could not start it (as `serve` exits when it
@@ -567,7 +727,8 @@ impl Machine {
         now_ms: u64,
         settings: &ClusterSettings,
         recovered: Recovered<FaultStorage>,
-        (role, coordinated): (Role, Option<(Startup, Identity, Decided)>),
+        (role, coordinated): Start,
+        from_snapshot: Option<JournalEnd>,
     ) -> Result<Running, String> {
         let standby_of = match &role {
             Role::Standby { primary } => Some(usize::from(primary != "a")),
@@ -592,7 +753,9 @@ impl Machine {
         replication.mode = settings.mode;
         replication.timeout_ms = 400;
         replication.heartbeat_ms = 100;
-        let end = (Sequence(next_sequence.0 - 1), last_epoch);
+        let journal_end =
+            crate::replication::effective_end(next_sequence, last_epoch, from_snapshot);
+        let end = (journal_end.last_sequence, journal_end.last_epoch);
         let dir = Box::new(writer.data_dir().clone());
         let control = Control::new(replication, role, end, dir, Arc::clone(&clock));
         let intake = if standby_of.is_some() { Intake::Replica } else { Intake::Sequencer };
@@ -603,7 +766,19 @@ impl Machine {
             engine: settings.engine.clone(),
             ..NodeConfig::for_tests(Topology::Stepped)
         };
-        let hook = Observer { observed: Arc::clone(&self.observed), skus: settings.skus.clone() };
+        let observer =
+            Observer { observed: Arc::clone(&self.observed), skus: settings.skus.clone() };
+        let (snapshotter, snapshots) = match &settings.snapshots {
+            Some(policy) => {
+                let dir = writer.data_dir().clone();
+                let (snapshotter, writer) =
+                    Snapshotter::stepped(dir, policy.clone(), settings.engine.clone());
+                let stats = snapshotter.stats_handle();
+                (Some(snapshotter), Some((writer, stats, (0, 0, 0))))
+            }
+            None => (None, None),
+        };
+        let hook = Hooks { observer, snapshotter };
         let replicator = control.link().stage();
         let parts = NodeParts { engine, next_sequence, journal: writer, replicator, hook, clock };
         let node =
@@ -619,12 +794,7 @@ impl Machine {
         let clients = node.session().expect("a fresh node opens a session");
         let follower = standby_of.map(|primary| {
             let session = node.session().expect("a fresh node opens a session");
-            let last = Sequence(control.link().available());
-            let submitted = JournalEnd {
-                last_sequence: last,
-                last_epoch: if last.0 == 0 { Epoch(0) } else { control.last_record_epoch() },
-            };
-            Follower::new(self.index, session, primary, submitted, now_ms)
+            Follower::new(self.index, session, primary, journal_end, now_ms)
         });
         Ok(Running {
             node,
@@ -635,6 +805,7 @@ impl Machine {
             follower,
             next_driver_ms: now_ms,
             rejoin,
+            snapshots,
         })
     }
 
@@ -678,8 +849,26 @@ impl Machine {
             if let Some(keep_through) = follower.diverged {
                 self.pending_truncate = Some(keep_through);
             }
+            self.fetch_at_start |= follower.needs_snapshot;
         }
         running.node.step();
+        if now_ms % SNAPSHOT_WRITER_PERIOD_MS == 0 {
+            let pending = running.snapshots.as_ref().is_some_and(|(_, stats, _)| {
+                let stats = stats.get();
+                stats.pauses > stats.written + stats.failed
+            });
+            if pending && let Some((after, power_loss)) = self.halt_at_next_snapshot.take() {
+                // Its next sync points are the snapshot's and retention's: a crash mid-snapshot.
+                if self.halt_power_loss.is_none() {
+                    self.disk.halt_after_sync_points(after);
+                    self.halt_power_loss = Some(power_loss);
+                }
+            }
+            let Process::Running(running) = &mut self.process else { unreachable!() };
+            self.snapshot_counts =
+                running.write_snapshot(self.snapshot_counts, now_ms, trace, &name);
+        }
+        let Process::Running(running) = &mut self.process else { unreachable!() };
         let epoch = running.node.epoch();
         while let Some(completion) = running.clients.poll() {
             report.completions.push((completion, epoch));
@@ -705,6 +894,9 @@ impl Machine {
         let name = self.name.clone();
         let index = self.index;
         let disk = self.disk.clone();
+        if matches!(self.process, Process::Fetching(_)) {
+            return self.deliver_to_fetch(now_ms, conn, bytes, settings, net, trace);
+        }
         let Process::Running(running) = &mut self.process else {
             net.close(conn, index, now_ms);
             return;
@@ -743,6 +935,28 @@ impl Machine {
         }
     }
 
+    /// A frame for a process fetching a snapshot.
+    fn deliver_to_fetch(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        bytes: &[u8],
+        settings: &ClusterSettings,
+        net: &mut Network,
+        trace: &mut Trace,
+    ) {
+        let Process::Fetching(fetching) = &mut self.process else { unreachable!() };
+        let fetched = match decode(bytes) {
+            Ok(Some((message, used))) if used == bytes.len() => {
+                fetching.on_message(now_ms, &message, (self.index, net), settings)
+            }
+            Ok(_) => Fetched::Failed("a frame that is not one message".into()),
+            Err(error) => Fetched::Failed(format!("a bad frame: {error}")),
+        };
+        let _ = conn;
+        self.on_fetched(now_ms, fetched, settings, net, trace);
+    }
+
     /// A standby connects to this machine: the shell accepts if a process runs here.
     pub fn accept(&mut self, conn: ConnId) -> bool {
         let nonce = nonce(&mut self.prng);
@@ -753,10 +967,11 @@ impl Machine {
         true
     }
 
-    /// Whether its standby was told its journal diverged and waits for a restart to drop
-    /// the tail.
-    pub fn diverged(&self) -> bool {
-        self.pending_truncate.is_some()
+    /// Whether its standby stopped following until a restart: told its journal diverged (it
+    /// drops the tail at start) or that the records it lacks were retired (it fetches the
+    /// primary's snapshot at start).
+    pub fn must_restart(&self) -> bool {
+        self.pending_truncate.is_some() || self.fetch_at_start
     }
 
     /// The operator promotes this standby by hand (`ringfence promote`): its new epoch.
@@ -779,13 +994,53 @@ fn nonce(prng: &mut Prng) -> Nonce {
     nonce
 }
 
-fn send(net: &mut Network, conn: ConnId, from: usize, message: &Message<'_>, now_ms: u64) {
+pub(super) fn send(
+    net: &mut Network,
+    conn: ConnId,
+    from: usize,
+    message: &Message<'_>,
+    now_ms: u64,
+) {
     let mut frame = Vec::new();
     encode(message, &mut frame);
     net.send(conn, from, frame, now_ms);
 }
 
 impl Running {
+    /// Runs the snapshot its hook asked for, if any, and reports what the writer did since
+    /// last time; returns the run's counts, updated.
+    fn write_snapshot(
+        &mut self,
+        counts: SnapshotCounts,
+        now_ms: u64,
+        trace: &mut Trace,
+        name: &str,
+    ) -> SnapshotCounts {
+        let Some((writer, stats, seen)) = self.snapshots.as_mut() else { return counts };
+        if !writer.step() {
+            return counts;
+        }
+        let now = stats.get();
+        let retired = now.segments_retired;
+        let (written, failed) = (now.written - seen.0, now.failed - seen.1);
+        let retired_now = retired - seen.2;
+        *seen = (now.written, now.failed, retired);
+        let what = match (&now.last, failed) {
+            (_, 1..) => format!("snapshot failed: {}", now.last_error.clone().unwrap_or_default()),
+            (Some(meta), _) => {
+                format!("snapshot through {} ({retired_now} segments retired)", meta.through)
+            }
+            (None, _) => "snapshot written".to_owned(),
+        };
+        trace.event(now_ms, &format!("{name}: {what}"));
+        SnapshotCounts {
+            written: counts.written + written,
+            failed: counts.failed + failed,
+            segments_retired: counts.segments_retired + retired_now,
+            installed: counts.installed,
+        }
+    }
+
     /// The primary side of one frame from a standby (`primary.rs`'s `serve_standby` and
     /// `read_acks`).
     #[allow(clippy::too_many_arguments)]
@@ -843,12 +1098,25 @@ impl Running {
                 }
             }
             PrimaryStep::SendSnapshot => {
-                let refuse = Outgoing::Refuse {
-                    code: ringfence_replicator::message::RefuseCode::Internal,
-                    epoch: self.control.epoch(),
-                    text: "the simulated primary sends no snapshot".into(),
-                };
-                send(net, conn, me, &refuse.message(), now_ms);
+                // `primary.rs`'s `send_snapshot`: the newest snapshot in chunks, then close.
+                match SnapshotToSend::newest(&mut disk.clone()) {
+                    Ok(snapshot) => {
+                        let total = snapshot.bytes.len() as u64;
+                        let (through, epoch) = (snapshot.through, snapshot.through_epoch);
+                        for (offset, chunk) in snapshot.chunks() {
+                            let mut frame = Vec::with_capacity(chunk.len() + 64);
+                            write_snapshot_chunk(&mut frame, through, epoch, total, offset, chunk)
+                                .expect("a Vec takes every byte");
+                            net.send(conn, me, frame, now_ms);
+                        }
+                        let what =
+                            format!("{name}: sent snapshot {} ({total} bytes)", snapshot.name);
+                        trace.event(now_ms, &what);
+                    }
+                    Err(error) => {
+                        trace.event(now_ms, &format!("{name}: no snapshot to send: {error}"))
+                    }
+                }
                 net.close(conn, me, now_ms);
             }
             PrimaryStep::Acknowledged(ack) => {
@@ -957,6 +1225,7 @@ impl Follower {
             next_attempt_ms: now_ms,
             backoff_ms: 50,
             diverged: None,
+            needs_snapshot: false,
             stopped: false,
         }
     }
@@ -1092,12 +1361,18 @@ impl Follower {
                 self.close(net, now_ms);
             }
             StandbyStep::ReceiveSnapshot => self.close(net, now_ms),
-            StandbyStep::Close { last, reason, .. } => {
+            StandbyStep::Close { last, reason, refused } => {
                 if let Some(last) = last {
                     send(net, conn, me, &last.message(), now_ms);
                 }
                 trace.event(now_ms, &format!("{name}: follower closed: {reason}"));
                 self.close(net, now_ms);
+                if refused == Some(RefuseCode::NeedsSnapshot) {
+                    // As `standby.rs` does: retrying cannot help; a restart fetches a snapshot.
+                    control.set_follower(control::NEEDS_SNAPSHOT, self.applied.answered, 0);
+                    self.needs_snapshot = true;
+                    self.stopped = true;
+                }
             }
         }
     }
@@ -1123,9 +1398,17 @@ impl Follower {
     }
 }
 
-/// A record as the journal framed it, for the byte comparison of two journals.
-pub fn journal_records(disk: &FaultStorage, through: Sequence) -> Result<Vec<Vec<u8>>, String> {
-    let mut tail = Tail::open(disk.clone(), Sequence(1)).map_err(|e| e.to_string())?;
+/// The records `from..=through` as the journal framed them, for the byte comparison of two
+/// journals.
+pub fn journal_records(
+    disk: &FaultStorage,
+    from: Sequence,
+    through: Sequence,
+) -> Result<Vec<Vec<u8>>, String> {
+    if from > through {
+        return Ok(Vec::new());
+    }
+    let mut tail = Tail::open(disk.clone(), from).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut bytes = Vec::new();
     while tail.next() <= through {

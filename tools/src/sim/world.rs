@@ -10,6 +10,7 @@ use ringfence_core::prng::Prng;
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{Action, Command, EngineConfig, RequestKey, Reserve, Timestamp, UserId};
 use ringfence_journal::fault::Failure;
+use ringfence_journal::snapshot::SnapshotPolicy;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::coordination::pilot::Timing;
 use ringfence_replicator::coordination::store::MemoryCoordinator;
@@ -17,7 +18,7 @@ use ringfence_replicator::policy::AckMode;
 
 use super::check;
 use super::clients::{self, Answer, Client, Ledger};
-use super::machine::{ClusterSettings, Machine, Mutation, Process, Witness};
+use super::machine::{ClusterSettings, Machine, Mutation, Process, SnapshotCounts, Witness};
 use super::net::{NetCounts, NetFaults, Network, Packet};
 use super::trace::Trace;
 use ringfence_replicator::control::Role;
@@ -34,6 +35,9 @@ pub struct RunLength {
     /// Crashes at chosen sync points. Off only to replay a seed found before they existed,
     /// on the path it took then.
     pub sync_point_crashes: bool,
+    /// Snapshots, retention and snapshot transfers on most seeds. Off only to replay a seed
+    /// found before they were simulated.
+    pub snapshots: bool,
 }
 
 impl Default for RunLength {
@@ -43,6 +47,7 @@ impl Default for RunLength {
             settle_ms: 10_000,
             events_kept: 64,
             sync_point_crashes: true,
+            snapshots: true,
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct Report {
     pub struck_at: std::collections::BTreeMap<String, u64>,
     /// Promotions seen (a node starting as, or becoming, primary in a new epoch).
     pub failovers: u64,
+    /// What the snapshot writers and snapshot transfers did, both machines together.
+    pub snapshots: SnapshotCounts,
     /// The first checker that failed, if any.
     pub failure: Option<String>,
     /// The last events, when a checker failed.
@@ -202,6 +209,7 @@ impl Report {
             refusals: Default::default(),
             struck_at: Default::default(),
             failovers: 0,
+            snapshots: SnapshotCounts::default(),
             failure: Some(format!("panicked: {message}")),
             last_events: Vec::new(),
         }
@@ -212,6 +220,12 @@ impl World {
     /// The world of `seed`.
     pub fn new(seed: u64, length: RunLength) -> World {
         let mut prng = Prng::new(seed);
+        let mut extra = Prng::new(seed ^ EXTRA_STREAM);
+        // Drawn only when simulated, so that seeds run without them keep their paths.
+        let snapshots = (length.snapshots && extra.chance(3, 4)).then(|| SnapshotPolicy {
+            every_commands: Some(*extra.pick(&[100, 250, 600])),
+            keep: extra.range_inclusive(1, 2) as usize,
+        });
         let start = Timestamp(EPOCH_UNIX_MS + 86_400_000);
         let machines = (0..2)
             .map(|index| {
@@ -230,6 +244,7 @@ impl World {
             skus: vec![clients::HOT, clients::PLENTY],
             mutation: Mutation::None,
             coordinated: prng.chance(3, 4),
+            snapshots,
         };
         let stormy = prng.chance(1, 3);
         let net_faults = NetFaults {
@@ -266,7 +281,7 @@ impl World {
             ledger: Ledger::default(),
             trace: Trace::keeping(length.events_kept),
             prng,
-            extra: Prng::new(seed ^ EXTRA_STREAM),
+            extra,
             faults: FaultCounts::default(),
             rates,
             held: Vec::new(),
@@ -344,6 +359,15 @@ impl World {
                 counts
             }),
             failovers: self.failovers,
+            snapshots: self.machines.iter().fold(SnapshotCounts::default(), |sum, m| {
+                let c = m.snapshot_counts;
+                SnapshotCounts {
+                    written: sum.written + c.written,
+                    failed: sum.failed + c.failed,
+                    segments_retired: sum.segments_retired + c.segments_retired,
+                    installed: sum.installed + c.installed,
+                }
+            }),
             refusals: self.refusals.clone(),
             struck_at: self.struck_at.clone(),
             last_events: if failure.is_some() {
@@ -428,7 +452,7 @@ impl World {
         }
         let old = &mut self.machines[self.operator_primary ^ 1];
         let sequencing = old.running().is_some_and(|r| r.control.role() == Role::Primary);
-        let diverged = old.running().is_some() && old.diverged();
+        let diverged = old.running().is_some() && old.must_restart();
         if (sequencing || diverged) && !old.paused {
             // The runbook: a deposed primary, or a standby whose journal diverged, is started
             // again as a standby; it drops the tail the primary never had at start.
@@ -629,6 +653,19 @@ impl World {
             let target = self.extra.below(2) as usize;
             let after = self.extra.range_inclusive(1, 8);
             self.halt_fault(target, after);
+        }
+        if self.settings.snapshots.is_some() && self.extra.chance(rates.halt_ppm, 1_000_000) {
+            // A snapshot and the retention after it sync up to six times.
+            let (target, after) = (self.extra.below(2) as usize, self.extra.range_inclusive(1, 6));
+            let power_loss = self.extra.chance(1, 2);
+            let machine = &mut self.machines[target];
+            machine.halt_at_next_snapshot = Some((after, power_loss));
+            let kind = if power_loss { "power loss" } else { "kill -9" };
+            let what = format!(
+                "FAULT {}: {kind} at the next snapshot's sync point +{after}",
+                machine.name
+            );
+            self.trace.event(self.now_ms, &what);
         }
     }
 
@@ -846,6 +883,9 @@ fn sync_point_kind(at: &str) -> String {
     let what = at.split_once('(').map_or(at, |(_, what)| what.trim_end_matches(')'));
     let what = what.strip_prefix("file ").unwrap_or(what);
     let what = what.trim_start_matches('.').trim_end_matches(".tmp");
+    if what.starts_with("snapshot-") {
+        return "snapshot".to_owned();
+    }
     let what = what.split_whitespace().next().unwrap_or(what);
     what.trim_matches(|c: char| c.is_ascii_digit() || c == '.' || c == '-').to_owned()
 }
