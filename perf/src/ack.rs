@@ -23,8 +23,8 @@ use ringfence_core::pipeline::{
 };
 use ringfence_core::{Command, Query, Sequence, SkuId};
 
-use crate::Common;
 use crate::report::{Report, Row, latency_histogram};
+use crate::{Common, Size};
 
 /// How long the ack thread waits before acknowledging: well past the egress's yield window,
 /// so egress is parked when the acknowledgement comes.
@@ -109,8 +109,12 @@ fn measure(commands: u64, woken: bool) -> Row {
 
 /// Runs the benchmark and prints its rows.
 pub fn run(common: Common) {
-    let mut report = Report::new(common.json);
-    let commands = if common.quick { 300 } else { 2_000 };
+    bench(&mut Report::new(common.json), Size::of(common));
+}
+
+/// Measures the baseline and the woken egress into `report`.
+pub fn bench(report: &mut Report, size: Size) {
+    let commands = size.count(300, 2_000, 10);
     report.note(
         "answer held for the standby's ack: latency from the ack (watermark advanced on \
          another thread) to the answer at the client; compact topology, egress thread",

@@ -42,6 +42,39 @@ struct Common {
     quick: bool,
 }
 
+/// How large a benchmark's workload is: its quick or full plan, times a factor that is 1
+/// except under `report --scale` (smoke runs, and the report's own test in a debug build).
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    /// The quick plan rather than the full one.
+    pub quick: bool,
+    /// Multiplies every count and duration of the plan.
+    pub factor: f64,
+}
+
+impl Size {
+    /// The plan a benchmark subcommand runs: unscaled.
+    #[must_use]
+    pub(crate) fn of(common: Common) -> Size {
+        Size { quick: common.quick, factor: 1.0 }
+    }
+
+    /// The quick or the full count, scaled, and at least `floor` (the least the benchmark
+    /// can measure anything with). Unscaled, it is the count itself.
+    #[must_use]
+    pub fn count(self, quick: u64, full: u64, floor: u64) -> u64 {
+        let plan = if self.quick { quick } else { full };
+        assert!(floor <= plan, "a floor above the plan would change the unscaled run");
+        ((plan as f64 * self.factor).round() as u64).max(floor)
+    }
+
+    /// The quick or the full duration in seconds, scaled.
+    #[must_use]
+    pub fn seconds(self, quick: f64, full: f64) -> f64 {
+        (if self.quick { quick } else { full }) * self.factor
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Bench {
     /// The business-logic processor alone, one thread: hot-SKU flash sale and mixed workload,
