@@ -126,8 +126,11 @@ pub fn bench(report: &mut Report, size: Size) {
             / baseline.histogram.value_at_quantile(q).max(1) as f64
     };
     let (p50, p99) = (ratio(0.5), ratio(0.99));
+    let (scenario, numerator, denominator) =
+        (baseline.scenario.clone(), woken.variant.clone(), baseline.variant.clone());
     report.push(baseline);
     report.push(woken);
+    report.relate((&scenario, &numerator), (&scenario, &denominator));
     report.note(&format!(
         "  ack_to_answer: woken / baseline latency = {p50:.3}x at p50, {p99:.3}x at p99"
     ));

@@ -88,6 +88,9 @@ pub fn bench(report: &mut Report, size: Size) {
     for batch in [1usize, 16, 256] {
         let scenario = format!("append_batch_{batch}");
         report.ratio(&scenario, "mmap_none", "memory_journal_baseline");
+        for variant in ["mmap_interval_5ms", "mmap_batch"] {
+            report.relate((&scenario, variant), (&scenario, "memory_journal_baseline"));
+        }
     }
 }
 

@@ -114,6 +114,29 @@ enum Bench {
     /// acknowledged writes lost (re-sent with their request ids at the end). Real processes:
     /// etcd and the `ringfence` binary next to this one.
     Failover(FailoverArgs),
+    /// Every benchmark above but `failover` in one run, written to a directory: `report.md`
+    /// (the machine, then a table per scenario with ratios to its baselines and peers),
+    /// `rows.jsonl`, one `.hgrm` percentile distribution per histogram (microseconds) and SVG
+    /// charts (latency by percentile, throughput by offered rate). A progress line on stderr
+    /// shows which benchmark runs. Exits nonzero if a benchmark failed (the report still says
+    /// what the others measured).
+    Report(ReportArgs),
+}
+
+/// Options of the report.
+#[derive(Args, Debug, Clone)]
+struct ReportArgs {
+    /// The quick plans: the whole report in under 3 minutes (the full one in under 20).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the report.
+    #[arg(long, value_name = "DIR", default_value = "target/perf-report")]
+    out: std::path::PathBuf,
+    /// Multiplies every workload's counts and durations. Below 1 for smoke runs, as the
+    /// report's own test does (`--quick --scale 0.01` in a debug build); the figures of a
+    /// scaled run are not the plan's, and the report says so.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    scale: f64,
 }
 
 /// Options of the failover benchmark.
@@ -144,5 +167,27 @@ fn main() {
         Bench::Ack(common) => ack::run(common),
         Bench::Replication(common) => replication::run(common),
         Bench::Failover(args) => failover::run(args.common, args.failovers, args.ringfence),
+        Bench::Report(args) => write_report(args),
+    }
+}
+
+/// Runs `report`; on a failure, says what failed and exits nonzero.
+fn write_report(args: ReportArgs) {
+    let options = report::run::Options { quick: args.quick, out: args.out, scale: args.scale };
+    match report::run::run(&options) {
+        Ok(summary) if summary.failed.is_empty() => {}
+        Ok(summary) => {
+            eprintln!(
+                "ringfence-perf report: {} benchmark(s) failed (see {}): {}",
+                summary.failed.len(),
+                summary.markdown.display(),
+                summary.failed.join("; ")
+            );
+            std::process::exit(1);
+        }
+        Err(error) => {
+            eprintln!("ringfence-perf report: {error}");
+            std::process::exit(1);
+        }
     }
 }

@@ -209,7 +209,11 @@ pub fn bench(report: &mut Report, size: Size) {
                 rate.map_or(max_commands, |rate| ((seconds * rate as f64) as u64).max(1));
             let (row, busy) = measure(&layout, rate, commands);
             let ratio = row.ops_per_sec() / blp_rate;
+            let variant = row.variant.clone();
             report.push(row);
+            if rate.is_none() {
+                report.relate((&scenario_name(rate), &variant), ("blp_alone", "engine.apply"));
+            }
             if busy > 0 {
                 report.note(&format!("  ({busy} of {commands} offered commands refused busy)"));
             }

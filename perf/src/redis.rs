@@ -246,6 +246,15 @@ pub fn run(common: Common) {
     compare(&mut report, &plan);
 }
 
+/// The peer rows for a report whose `ringfence_tcp` rows are already measured (by
+/// [`net::bench_tcp`] in the same run): Redis's rows, then the same comparisons as `run`.
+pub fn bench_peer(report: &mut Report, plan: &mut Plan) -> Result<(), Skipped> {
+    header(report, plan);
+    bench_redis(report, plan)?;
+    compare(report, plan);
+    Ok(())
+}
+
 fn header(report: &Report, plan: &Plan) {
     report.note(&format!(
         "redis: hot-SKU reservation, {} connections, one load-generator thread (mio), loopback",
@@ -312,6 +321,7 @@ fn compare(report: &mut Report, plan: &Plan) {
             crate::report::format_ns(ours_row.histogram.value_at_quantile(0.99)),
             crate::report::format_ns(theirs_row.histogram.value_at_quantile(0.99)),
         ));
+        report.relate(("hot_sku_reserve", &ours), ("hot_sku_reserve", &theirs));
     }
 }
 

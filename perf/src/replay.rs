@@ -92,6 +92,8 @@ pub fn bench(report: &mut Report, size: Size) {
     if let Some(engine) = engine {
         snapshot_pause(report, &engine, &dir);
         shadow_snapshot(report, &engine, &dir, &config);
+        // The pause the shadow engine replaced, as a ratio.
+        report.relate(("snapshot", "shadow_blp_handoff"), ("snapshot", "blp_pause_copy_state"));
     }
 }
 

@@ -718,12 +718,25 @@ fn push_by_load(report: &mut Report, plan: &Plan, mut rows: Vec<(Option<u64>, Ro
         for (_, row) in these {
             let notes: Vec<String> =
                 [batches_note(&row), shortfall_note(&row)].into_iter().flatten().collect();
+            let (scenario, variant) = (row.scenario.clone(), row.variant.clone());
             report.push(row);
             for note in notes {
                 report.note(&note);
             }
+            if let Some(baseline) = baseline_of(&variant) {
+                report.relate((&scenario, &variant), (&scenario, baseline));
+            }
         }
     }
+}
+
+/// The baseline a replicated mode's row compares with: the primary alone at the same
+/// durability.
+fn baseline_of(variant: &str) -> Option<&'static str> {
+    let mode = MODES.iter().find(|mode| mode.name == variant)?;
+    mode.ack?;
+    let written = mode.durability == Durability::None;
+    Some(if written { "local_only_written" } else { "local_only" })
 }
 
 /// What one failover took, in nanoseconds from the kill.
