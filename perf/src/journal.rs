@@ -18,7 +18,7 @@ use ringfence_journal::storage::FileStorage;
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
-use crate::report::{Report, Row, latency_histogram};
+use crate::report::{Ratios, Report, Row, latency_histogram};
 use crate::{Common, Size};
 
 /// A directory under the system temp dir, removed on drop.
@@ -89,7 +89,8 @@ pub fn bench(report: &mut Report, size: Size) {
         let scenario = format!("append_batch_{batch}");
         report.ratio(&scenario, "mmap_none", "memory_journal_baseline");
         for variant in ["mmap_interval_5ms", "mmap_batch"] {
-            report.relate((&scenario, variant), (&scenario, "memory_journal_baseline"));
+            let baseline = (scenario.as_str(), "memory_journal_baseline");
+            report.relate((&scenario, variant), baseline, Ratios::All);
         }
     }
 }

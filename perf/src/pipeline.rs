@@ -26,7 +26,7 @@ use ringfence_core::{
     SkuId, Timestamp, UserId,
 };
 
-use crate::report::{Report, Row, latency_histogram};
+use crate::report::{Ratios, Report, Row, latency_histogram};
 use crate::{Common, Size};
 
 const SKUS: u64 = 16;
@@ -212,7 +212,9 @@ pub fn bench(report: &mut Report, size: Size) {
             let variant = row.variant.clone();
             report.push(row);
             if rate.is_none() {
-                report.relate((&scenario_name(rate), &variant), ("blp_alone", "engine.apply"));
+                // Throughput only: the BLP alone's histogram is a service time.
+                let blp = ("blp_alone", "engine.apply");
+                report.relate((&scenario_name(rate), &variant), blp, Ratios::ThroughputOnly);
             }
             if busy > 0 {
                 report.note(&format!("  ({busy} of {commands} offered commands refused busy)"));

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::net::{self, BenchServer, BinaryReserve, Decoded, HOT_SKU, HOT_STOCK, Plan, Protocol};
-use crate::report::Report;
+use crate::report::{Ratios, Report};
 use crate::{Common, Size};
 
 /// The reservation script. KEYS: stock, idempotency key, holding; ARGV: qty, per-user limit,
@@ -321,7 +321,7 @@ fn compare(report: &mut Report, plan: &Plan) {
             crate::report::format_ns(ours_row.histogram.value_at_quantile(0.99)),
             crate::report::format_ns(theirs_row.histogram.value_at_quantile(0.99)),
         ));
-        report.relate(("hot_sku_reserve", &ours), ("hot_sku_reserve", &theirs));
+        report.relate(("hot_sku_reserve", &ours), ("hot_sku_reserve", &theirs), Ratios::All);
     }
 }
 

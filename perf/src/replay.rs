@@ -21,7 +21,7 @@ use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
 use crate::journal::{BenchDir, commands};
-use crate::report::{Report, Row, latency_histogram};
+use crate::report::{Ratios, Report, Row, latency_histogram};
 use crate::{Common, Size};
 
 /// Commands per timing chunk: histograms hold the mean time per command over each chunk, so
@@ -92,8 +92,9 @@ pub fn bench(report: &mut Report, size: Size) {
     if let Some(engine) = engine {
         snapshot_pause(report, &engine, &dir);
         shadow_snapshot(report, &engine, &dir, &config);
-        // The pause the shadow engine replaced, as a ratio.
-        report.relate(("snapshot", "shadow_blp_handoff"), ("snapshot", "blp_pause_copy_state"));
+        // The pause the shadow engine replaced, as a ratio of pause lengths.
+        let (shadow, copy) = ("shadow_blp_handoff", "blp_pause_copy_state");
+        report.relate(("snapshot", shadow), ("snapshot", copy), Ratios::LatencyOnly);
     }
 }
 

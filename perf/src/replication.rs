@@ -52,7 +52,7 @@ use ringfence_replicator::policy::AckMode;
 use crate::journal::BenchDir;
 use crate::net::{self, BinaryReserve, HOT_SKU, HOT_STOCK, Load, reserve_command};
 use crate::pipeline::{CpuWatch, machine_load};
-use crate::report::{Report, Row, format_ns, latency_histogram};
+use crate::report::{Ratios, Report, Row, format_ns, latency_histogram};
 use crate::{Common, Size};
 
 /// The pair's shared secret (32 bytes; never sent, the handshake proves it).
@@ -724,7 +724,7 @@ fn push_by_load(report: &mut Report, plan: &Plan, mut rows: Vec<(Option<u64>, Ro
                 report.note(&note);
             }
             if let Some(baseline) = baseline_of(&variant) {
-                report.relate((&scenario, &variant), (&scenario, baseline));
+                report.relate((&scenario, &variant), (&scenario, baseline), Ratios::All);
             }
         }
     }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::run::{Meta, Offered, Section, SectionFiles, StepEnd, offered, scenarios};
-use super::{Comparison, Row, format_ns, format_rate};
+use super::{Comparison, Ratios, Row, format_ns, format_rate};
 
 /// The whole `report.md`.
 #[must_use]
@@ -202,15 +202,25 @@ fn ratios(text: &mut String, section: &Section, scenario: &str) {
         } else {
             format!("`{}` `{}`", reference.scenario, reference.variant)
         };
+        let ratios = comparison.ratios;
         let latency = |q: f64| {
             let ours = row.histogram.value_at_quantile(q) as f64;
-            ratio(ours, reference.histogram.value_at_quantile(q) as f64)
+            let divides = ratios != Ratios::ThroughputOnly;
+            if divides {
+                ratio(ours, reference.histogram.value_at_quantile(q) as f64)
+            } else {
+                "—".to_owned()
+            }
+        };
+        let throughput = if ratios == Ratios::LatencyOnly {
+            "—".to_owned()
+        } else {
+            ratio(row.ops_per_sec(), reference.ops_per_sec())
         };
         let _ = writeln!(
             text,
-            "| `{}` ÷ {denominator} | {} | {} | {} | {} |",
+            "| `{}` ÷ {denominator} | {throughput} | {} | {} | {} |",
             row.variant,
-            ratio(row.ops_per_sec(), reference.ops_per_sec()),
             latency(0.5),
             latency(0.99),
             latency(0.999)
@@ -219,8 +229,18 @@ fn ratios(text: &mut String, section: &Section, scenario: &str) {
     text.push('\n');
 }
 
+/// A ratio with about three significant digits; a dash when the reference is zero.
 fn ratio(numerator: f64, denominator: f64) -> String {
-    if denominator > 0.0 { format!("{:.2}×", numerator / denominator) } else { "—".to_owned() }
+    if denominator <= 0.0 {
+        return "—".to_owned();
+    }
+    match numerator / denominator {
+        r if r >= 100.0 => format!("{r:.0}×"),
+        r if r >= 10.0 => format!("{r:.1}×"),
+        r if r >= 0.1 || r == 0.0 => format!("{r:.2}×"),
+        r if r >= 0.001 => format!("{r:.4}×"),
+        r => format!("{r:.1e}×"),
+    }
 }
 
 /// Every row's context fields, folded away: what the benchmark recorded beside its figures.
@@ -269,6 +289,8 @@ mod tests {
     fn ratios_divide_throughput_and_latency_by_the_reference() {
         // Goal: a ratio reads row ÷ reference, and a zero reference prints a dash.
         assert_eq!(ratio(3.0, 2.0), "1.50×");
+        assert_eq!(ratio(14.17, 1.0), "14.2×");
+        assert_eq!(ratio(1.6, 22_600.0), "7.1e-5×");
         assert_eq!(ratio(1.0, 0.0), "—");
     }
 }

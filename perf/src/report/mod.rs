@@ -118,6 +118,21 @@ pub struct Comparison {
     pub numerator: (String, String),
     /// The row it is compared with (a baseline or a peer): (scenario, variant).
     pub denominator: (String, String),
+    /// Which of their figures divide meaningfully.
+    pub ratios: Ratios,
+}
+
+/// Which figures of two compared rows divide meaningfully.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ratios {
+    /// Throughput and latency: both rows measure the same thing the same way.
+    All,
+    /// Throughput only: their histograms hold different things (a service time against a
+    /// latency from submission).
+    ThroughputOnly,
+    /// Latency only: their operation counts mean different things (snapshots against
+    /// hand-offs).
+    LatencyOnly,
 }
 
 /// Collects rows and prints each as soon as it is measured.
@@ -227,9 +242,9 @@ impl Report {
     }
 
     /// Keeps, without printing, that the row `numerator` is to be read against the row
-    /// `denominator` (its baseline or peer), each given as (scenario, variant). Nothing is
-    /// kept unless both rows were measured.
-    pub fn relate(&self, numerator: (&str, &str), denominator: (&str, &str)) {
+    /// `denominator` (its baseline or peer) by `ratios`, each row given as (scenario,
+    /// variant). Nothing is kept unless both rows were measured.
+    pub fn relate(&self, numerator: (&str, &str), denominator: (&str, &str), ratios: Ratios) {
         if self.row(numerator.0, numerator.1).is_none()
             || self.row(denominator.0, denominator.1).is_none()
         {
@@ -237,7 +252,7 @@ impl Report {
         }
         let owned = |(scenario, variant): (&str, &str)| (scenario.to_owned(), variant.to_owned());
         let comparison =
-            Comparison { numerator: owned(numerator), denominator: owned(denominator) };
+            Comparison { numerator: owned(numerator), denominator: owned(denominator), ratios };
         let mut comparisons = self.comparisons.borrow_mut();
         if !comparisons.contains(&comparison) {
             comparisons.push(comparison);
@@ -251,7 +266,7 @@ impl Report {
         else {
             return;
         };
-        self.relate((scenario, numerator), (scenario, denominator));
+        self.relate((scenario, numerator), (scenario, denominator), Ratios::All);
         if b.ops_per_sec() > 0.0 {
             self.note(&format!(
                 "  {scenario}: {numerator} / {denominator} throughput = {:.2}x",

@@ -28,7 +28,7 @@ use super::chart::{self, ChartError, LatencySeries, RateSeries};
 use super::hgrm::{self, NS_PER_US, TICKS_PER_HALF_DISTANCE};
 use super::machine::Machine;
 use super::markdown;
-use super::{Comparison, Report, Row};
+use super::{Comparison, Ratios, Report, Row};
 use crate::pages::{self, PageMode};
 use crate::pipeline::{CpuWatch, machine_load};
 use crate::{Size, ack, blp, journal, net, pipeline, redis, replay, replication, ring};
@@ -300,7 +300,7 @@ fn http_step(report: &mut Report, size: Size) -> Result<(), StepEnd> {
         .collect();
     for (scenario, load) in http {
         let (ours, theirs) = (format!("ringfence_http{load}"), format!("ringfence_tcp{load}"));
-        report.relate((&scenario, &ours), (&scenario, &theirs));
+        report.relate((&scenario, &ours), (&scenario, &theirs), Ratios::All);
     }
     Ok(())
 }
