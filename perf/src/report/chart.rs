@@ -108,30 +108,32 @@ pub fn latency_by_percentile(
         points.map(|&(_, y)| y),
         curves.iter().map(|(s, _)| s.histogram.max().max(1) as f64 / 1e3),
     );
+    let legend: Vec<(String, RGBColor)> = curves
+        .iter()
+        .enumerate()
+        .map(|(index, (s, _))| {
+            let max = format_us(s.histogram.max() as f64 / 1e3);
+            (format!("{} (max {max})", s.label), COLOURS[index % COLOURS.len()])
+        })
+        .collect();
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
+        let (root, plot, key) = areas(&mut svg, legend.len())?;
         let key_points: Vec<f64> = (0..=decades).map(|d| 10f64.powi(d)).collect();
         let x_range = (1.0..10f64.powi(decades)).log_scale().with_key_points(key_points);
         let mut chart =
-            chart_builder(&root, title).build_cartesian_2d(x_range, (y_min..y_max).log_scale())?;
+            chart_builder(&plot, title).build_cartesian_2d(x_range, (y_min..y_max).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("percentile (log scale of 1/(1-p))")
-            .y_desc("latency, µs (log scale)")
+            .y_desc("latency (log scale)")
             .x_label_formatter(&|x| nines_label(*x))
             .y_label_formatter(&|y| format_us(*y))
             .draw()?;
-        for (index, (series, curve)) in curves.into_iter().enumerate() {
-            let colour = COLOURS[index % COLOURS.len()];
-            let max = format_us(series.histogram.max() as f64 / 1e3);
-            chart
-                .draw_series(LineSeries::new(curve, colour.stroke_width(2)))?
-                .label(format!("{} (max {max})", series.label))
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.filled()));
+        for ((_, curve), (_, colour)) in curves.into_iter().zip(&legend) {
+            chart.draw_series(LineSeries::new(curve, colour.stroke_width(2)))?;
         }
-        draw_legend(&mut chart)?;
+        draw_legend(&key, &legend)?;
         root.present()?;
     }
     Ok(Some(svg))
@@ -151,11 +153,19 @@ pub fn throughput_by_offered_rate(
     let maxima = series.iter().filter_map(|s| s.max);
     let (x_min, x_max) = decade_bounds(offered.iter().copied(), std::iter::empty());
     let (y_min, y_max) = decade_bounds(achieved.chain(offered.iter().copied()), maxima);
+    let grey = RGBColor(150, 150, 150);
+    let mut legend = vec![("offered = achieved".to_owned(), grey)];
+    legend.extend(series.iter().enumerate().map(|(index, line)| {
+        let label = match line.max {
+            Some(max) => format!("{} (dashed: max {})", line.label, format_rate(max)),
+            None => line.label.clone(),
+        };
+        (label, COLOURS[index % COLOURS.len()])
+    }));
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = chart_builder(&root, title)
+        let (root, plot, key) = areas(&mut svg, legend.len())?;
+        let mut chart = chart_builder(&plot, title)
             .build_cartesian_2d((x_min..x_max).log_scale(), (y_min..y_max).log_scale())?;
         chart
             .configure_mesh()
@@ -165,14 +175,11 @@ pub fn throughput_by_offered_rate(
             .y_label_formatter(&|y| format_rate(*y))
             .draw()?;
         let diagonal = [(x_min, x_min), (x_max, x_max)];
-        chart
-            .draw_series(DashedLineSeries::new(diagonal, 4, 4, BLACK.mix(0.4).stroke_width(1)))?
-            .label("offered = achieved")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
-        for (index, line) in series.iter().enumerate() {
-            draw_rate_series(&mut chart, line, COLOURS[index % COLOURS.len()], (x_min, x_max))?;
+        chart.draw_series(DashedLineSeries::new(diagonal, 4, 4, grey.stroke_width(1)))?;
+        for (line, (_, colour)) in series.iter().zip(&legend[1..]) {
+            draw_rate_series(&mut chart, line, *colour, (x_min, x_max))?;
         }
-        draw_legend(&mut chart)?;
+        draw_legend(&key, &legend)?;
         root.present()?;
     }
     Ok(Some(svg))
@@ -194,17 +201,41 @@ where
 {
     let mut points = line.points.clone();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    chart
-        .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
-        .label(match line.max {
-            Some(max) => format!("{} (max {})", line.label, format_rate(max)),
-            None => line.label.clone(),
-        })
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.filled()));
+    chart.draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?;
     chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, colour.filled())))?;
     if let Some(max) = line.max {
         let level = [(x_min, max), (x_max, max)];
         chart.draw_series(DashedLineSeries::new(level, 8, 6, colour.stroke_width(1)))?;
+    }
+    Ok(())
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// The whole picture, the plot above and the legend's band below it, sized for `entries`
+/// legend entries in two columns: a legend inside the plot would hide curves.
+fn areas(svg: &mut String, entries: usize) -> Result<(Area<'_>, Area<'_>, Area<'_>), ChartError> {
+    let band = LEGEND_PADDING * 2 + LEGEND_ROW * (entries as u32).div_ceil(2);
+    let root = SVGBackend::with_string(svg, (SIZE.0, SIZE.1 + band)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (plot, key) = root.split_vertically(SIZE.1);
+    Ok((root, plot, key))
+}
+
+/// Rows of the legend's band, and its padding, in pixels.
+const LEGEND_ROW: u32 = 22;
+const LEGEND_PADDING: u32 = 8;
+
+/// The legend: a coloured stroke and a label per entry, two columns, left to right.
+fn draw_legend(key: &Area<'_>, entries: &[(String, RGBColor)]) -> Result<(), ChartError> {
+    let column = (SIZE.0 - 2 * 96) / 2;
+    for (index, (label, colour)) in entries.iter().enumerate() {
+        let x = 96 + (index as u32 % 2) * column;
+        let y = LEGEND_PADDING + (index as u32 / 2) * LEGEND_ROW;
+        let (x, y) = (x as i32, y as i32);
+        let stroke = [(x, y + 8), (x + 24, y + 8)];
+        key.draw(&PathElement::new(stroke, colour.stroke_width(3)))?;
+        key.draw(&Text::new(label.as_str(), (x + 32, y), ("sans-serif", 13).into_font()))?;
     }
     Ok(())
 }
@@ -223,22 +254,6 @@ fn chart_builder<'a, 'b>(
         .x_label_area_size(48)
         .y_label_area_size(80);
     builder
-}
-
-fn draw_legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>) -> Result<(), ChartError>
-where
-    DB: DrawingBackend + 'a,
-    DB::ErrorType: 'static,
-    CT: CoordTranslate,
-{
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.5))
-        .label_font(("sans-serif", 13))
-        .draw()?;
-    Ok(())
 }
 
 /// A log axis's bounds: the decades just below the smallest and just above the largest of
