@@ -170,6 +170,9 @@ pub fn drive_up_to(
     // Intended (open loop) or actual (window) send time of each request, by index offset.
     let mut send_ns: Vec<u64> = Vec::with_capacity(total.min(1 << 24) as usize);
     let t0 = Instant::now() + Duration::from_millis(5);
+    // Nothing is sent before t0: a request sent earlier would be timed from t0 (its answer as
+    // taking no time at all) and counted in a throughput that starts at t0.
+    std::thread::sleep(t0.saturating_duration_since(Instant::now()));
     let stop_sending = t0 + duration;
     let drain_deadline = stop_sending + Duration::from_secs(10);
     let mut last_answer = t0;
