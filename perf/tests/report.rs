@@ -120,9 +120,21 @@ fn check_scenario(markdown: &str, dir: &Path, scenario: &str) -> Vec<String> {
     for row in &rows {
         assert_eq!(row.matches('|').count(), 13, "{scenario}: {row}");
     }
-    let title = format!("![{scenario}: latency by percentile](");
-    let chart = link_after(section, &title).unwrap_or_else(|| panic!("{scenario}: no chart"));
-    check_svg(&dir.join(&chart), &format!("{scenario}: latency by percentile"));
+    // One chart, or one per offered load when the scenario's rows were measured at several.
+    let charts: Vec<(String, String)> = section
+        .split("![")
+        .skip(1)
+        .filter_map(|rest| {
+            let (title, rest) = rest.split_once("](")?;
+            Some((title.to_owned(), rest.split(')').next()?.to_owned()))
+        })
+        .filter(|(title, _)| title.starts_with(scenario))
+        .collect();
+    assert!(!charts.is_empty(), "{scenario}: no chart");
+    for (title, chart) in &charts {
+        assert!(title.ends_with(": latency by percentile"), "{title}");
+        check_svg(&dir.join(chart), title);
+    }
     let histograms: Vec<String> = section
         .split("](")
         .skip(1)
@@ -134,7 +146,7 @@ fn check_scenario(markdown: &str, dir: &Path, scenario: &str) -> Vec<String> {
     for file in &histograms {
         check_hgrm(&dir.join(file));
     }
-    histograms.into_iter().chain([chart]).collect()
+    histograms.into_iter().chain(charts.into_iter().map(|(_, chart)| chart)).collect()
 }
 
 /// The link target of the Markdown image or link that starts with `prefix`.

@@ -108,8 +108,8 @@ fn section_text(text: &mut String, section: &Section, files: &SectionFiles) {
         }
         text.push('\n');
     }
-    for (scenario, chart) in &files.latency {
-        scenario_text(text, section, files, scenario, chart.as_deref());
+    for (scenario, charts) in &files.latency {
+        scenario_text(text, section, files, scenario, charts);
     }
     debug_assert_eq!(scenarios(&section.rows).len(), files.latency.len());
     for (family, chart) in &files.throughput {
@@ -123,7 +123,7 @@ fn scenario_text(
     section: &Section,
     files: &SectionFiles,
     scenario: &str,
-    chart: Option<&str>,
+    charts: &[(String, String)],
 ) {
     let rows: Vec<(usize, &Row)> =
         section.rows.iter().enumerate().filter(|(_, row)| row.scenario == scenario).collect();
@@ -138,13 +138,11 @@ fn scenario_text(
     }
     text.push('\n');
     ratios(text, section, scenario);
-    match chart {
-        Some(chart) => {
-            let _ = writeln!(text, "![{scenario}: latency by percentile]({chart})\n");
-        }
-        None => {
-            let _ = writeln!(text, "(No latency chart: no row of this scenario holds a sample.)\n");
-        }
+    for (title, chart) in charts {
+        let _ = writeln!(text, "![{title}]({chart})\n");
+    }
+    if charts.is_empty() {
+        let _ = writeln!(text, "(No latency chart: no row of this scenario holds a sample.)\n");
     }
     let links: Vec<String> = rows
         .iter()

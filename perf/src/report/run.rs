@@ -28,7 +28,7 @@ use super::chart::{self, ChartError, LatencySeries, RateSeries};
 use super::hgrm::{self, NS_PER_US, TICKS_PER_HALF_DISTANCE};
 use super::machine::Machine;
 use super::markdown;
-use super::{Comparison, Ratios, Report, Row};
+use super::{Comparison, Ratios, Report, Row, format_rate};
 use crate::pages::{self, PageMode};
 use crate::pipeline::{CpuWatch, machine_load};
 use crate::{Size, ack, blp, journal, net, pipeline, redis, replay, replication, ring};
@@ -126,8 +126,9 @@ pub struct StepRecord {
 pub struct SectionFiles {
     /// The `.hgrm` file of each row, in row order.
     pub hgrm: Vec<String>,
-    /// The latency chart of each scenario (none when no row of it holds a sample).
-    pub latency: Vec<(String, Option<String>)>,
+    /// The latency charts of each scenario, as (title, file): one, or one per offered load
+    /// when its rows were measured at several (none when no row of it holds a sample).
+    pub latency: Vec<(String, Vec<(String, String)>)>,
     /// The throughput-by-offered-rate chart of each scenario family that has offered rates.
     pub throughput: Vec<(String, String)>,
 }
@@ -443,7 +444,9 @@ fn write(out: &Path, meta: &Meta, sections: &[Section]) -> Result<Summary, Repor
     write_file(&markdown, &markdown::render(meta, sections, &files))?;
     let charts = files
         .iter()
-        .map(|f| f.latency.iter().filter(|(_, c)| c.is_some()).count() + f.throughput.len())
+        .map(|f| {
+            f.latency.iter().map(|(_, charts)| charts.len()).sum::<usize>() + f.throughput.len()
+        })
         .sum();
     let failed = sections
         .iter()
@@ -474,17 +477,26 @@ fn write_section(
     }
     let mut latency = Vec::new();
     for scenario in scenarios(&section.rows) {
-        let series: Vec<LatencySeries<'_>> = section
-            .rows
-            .iter()
-            .filter(|row| row.scenario == scenario)
-            .map(|row| LatencySeries { label: row.variant.clone(), histogram: &row.histogram })
-            .collect();
-        let name = format!("{}.svg", names.unique(&format!("charts/latency-{}", slug(&scenario))));
-        let title = format!("{scenario}: latency by percentile");
-        let svg = chart::latency_by_percentile(&title, &series);
-        let written = write_chart(out, &name, svg)?;
-        latency.push((scenario, written.then_some(name)));
+        let rows: Vec<&Row> = section.rows.iter().filter(|row| row.scenario == scenario).collect();
+        let mut charts = Vec::new();
+        for (load, rows) in by_load(&rows) {
+            let series: Vec<LatencySeries<'_>> = rows
+                .iter()
+                .map(|row| LatencySeries { label: row.variant.clone(), histogram: &row.histogram })
+                .collect();
+            let (title, stem) = match &load {
+                None => (scenario.clone(), slug(&scenario)),
+                Some(load) => {
+                    (format!("{scenario} at {load}"), slug(&format!("{scenario} {load}")))
+                }
+            };
+            let title = format!("{title}: latency by percentile");
+            let name = format!("{}.svg", names.unique(&format!("charts/latency-{stem}")));
+            if write_chart(out, &name, chart::latency_by_percentile(&title, &series))? {
+                charts.push((title, name));
+            }
+        }
+        latency.push((scenario, charts));
     }
     let mut throughput = Vec::new();
     for (family, series) in rate_families(&section.rows) {
@@ -552,6 +564,29 @@ pub fn offered(row: &Row) -> Offered {
         || row.scenario.ends_with("@max")
         || row.variant.ends_with(" max");
     if closed { Offered::Max } else { Offered::None }
+}
+
+/// A scenario's rows grouped by offered load, in order of first appearance, when they were
+/// measured at more than one (the network rows, whose load is in the variant): curves are
+/// compared at one load, where queueing is the same. One group, unnamed, otherwise.
+fn by_load<'a>(rows: &[&'a Row]) -> Vec<(Option<String>, Vec<&'a Row>)> {
+    let name = |row: &Row| match offered(row) {
+        Offered::Rate(rate) => format_rate(rate),
+        Offered::Max => "max".to_owned(),
+        Offered::None => "no offered rate".to_owned(),
+    };
+    let mut groups: Vec<(Option<String>, Vec<&'a Row>)> = Vec::new();
+    for &row in rows {
+        let load = Some(name(row));
+        match groups.iter_mut().find(|(name, _)| *name == load) {
+            Some((_, group)) => group.push(row),
+            None => groups.push((load, vec![row])),
+        }
+    }
+    if groups.len() == 1 {
+        groups[0].0 = None;
+    }
+    groups
 }
 
 /// A row's family (its scenario without `@rate`) and series (its variant without ` @rate` or
@@ -679,6 +714,27 @@ mod tests {
         let sync = &families[0].1[0];
         assert_eq!((sync.label.as_str(), sync.points.len(), sync.max), ("sync", 2, Some(3e5)));
         assert_eq!(families[1].1[0].label, "redis_lua");
+    }
+
+    #[test]
+    fn a_scenario_measured_at_several_loads_gets_a_chart_per_load() {
+        // Goal: network rows (load in the variant) are charted per load, peers together; a
+        // scenario at one load (or none) is one chart.
+        let rows = [
+            row("hot_sku_reserve", "ringfence_tcp max", 1),
+            row("hot_sku_reserve", "ringfence_tcp @20k/s", 1).with("offered_per_sec", 20_000),
+            row("hot_sku_reserve", "redis_lua max", 1),
+            row("hot_sku_reserve", "redis_lua @20k/s", 1).with("offered_per_sec", 20_000),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let groups = by_load(&refs);
+        let loads: Vec<Option<&str>> = groups.iter().map(|(load, _)| load.as_deref()).collect();
+        assert_eq!(loads, [Some("max"), Some("20k/s")]);
+        assert!(groups.iter().all(|(_, rows)| rows.len() == 2));
+        let single = [row("hot_sku", "ringfence", 1), row("hot_sku", "naive_baseline", 1)];
+        let refs: Vec<&Row> = single.iter().collect();
+        assert_eq!(by_load(&refs).len(), 1);
+        assert_eq!(by_load(&refs)[0].0, None);
     }
 
     #[test]
