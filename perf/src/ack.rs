@@ -23,8 +23,8 @@ use ringfence_core::pipeline::{
 };
 use ringfence_core::{Command, Query, Sequence, SkuId};
 
-use crate::Common;
-use crate::report::{Report, Row, latency_histogram};
+use crate::report::{Ratios, Report, Row, latency_histogram};
+use crate::{Common, Size};
 
 /// How long the ack thread waits before acknowledging: well past the egress's yield window,
 /// so egress is parked when the acknowledgement comes.
@@ -109,8 +109,12 @@ fn measure(commands: u64, woken: bool) -> Row {
 
 /// Runs the benchmark and prints its rows.
 pub fn run(common: Common) {
-    let mut report = Report::new(common.json);
-    let commands = if common.quick { 300 } else { 2_000 };
+    bench(&mut Report::new(common.json), Size::of(common));
+}
+
+/// Measures the baseline and the woken egress into `report`.
+pub fn bench(report: &mut Report, size: Size) {
+    let commands = size.count(300, 2_000, 10);
     report.note(
         "answer held for the standby's ack: latency from the ack (watermark advanced on \
          another thread) to the answer at the client; compact topology, egress thread",
@@ -122,8 +126,12 @@ pub fn run(common: Common) {
             / baseline.histogram.value_at_quantile(q).max(1) as f64
     };
     let (p50, p99) = (ratio(0.5), ratio(0.99));
+    let (scenario, numerator, denominator) =
+        (baseline.scenario.clone(), woken.variant.clone(), baseline.variant.clone());
     report.push(baseline);
     report.push(woken);
+    // Latency only: the loop's pace is set by the acknowledgement delay, not the answer.
+    report.relate((&scenario, &numerator), (&scenario, &denominator), Ratios::LatencyOnly);
     report.note(&format!(
         "  ack_to_answer: woken / baseline latency = {p50:.3}x at p50, {p99:.3}x at p99"
     ));

@@ -46,10 +46,10 @@ use ringfence_core::{
     UserId,
 };
 
-use crate::Common;
 use crate::naive::NaiveEngine;
 use crate::pages::{self, PageMode};
 use crate::report::{Report, Row, latency_histogram};
+use crate::{Common, Size};
 
 /// Logical start of every workload: one day after the snowflake epoch.
 const T0: u64 = EPOCH_UNIX_MS + 86_400_000;
@@ -86,25 +86,15 @@ struct Sizes {
 }
 
 impl Sizes {
-    fn new(quick: bool) -> Sizes {
-        if quick {
-            Sizes {
-                buyers: 1_000_000,
-                mixed_commands: 300_000,
-                mixed_users: 50_000,
-                passes: 1,
-                naive_passes: 0,
-                small_pages: false,
-            }
-        } else {
-            Sizes {
-                buyers: 1_000_000,
-                mixed_commands: 2_000_000,
-                mixed_users: 200_000,
-                passes: 7,
-                naive_passes: 3,
-                small_pages: true,
-            }
+    fn new(size: Size) -> Sizes {
+        let full = !size.quick;
+        Sizes {
+            buyers: size.count(1_000_000, 1_000_000, 1_000),
+            mixed_commands: size.count(300_000, 2_000_000, 1_000),
+            mixed_users: size.count(50_000, 200_000, 100),
+            passes: if full { 7 } else { 1 },
+            naive_passes: if full { 3 } else { 0 },
+            small_pages: full,
         }
     }
 }
@@ -135,8 +125,12 @@ const VARIANTS: [Variant; 5] = [
 
 /// Runs the BLP benchmark and prints its rows.
 pub fn run(common: Common) {
-    let sizes = Sizes::new(common.quick);
-    let mut report = Report::new(common.json);
+    bench(&mut Report::new(common.json), Size::of(common));
+}
+
+/// Measures both workloads into `report`, pinning the calling thread to the last core.
+pub fn bench(report: &mut Report, size: Size) {
+    let sizes = Sizes::new(size);
     let pinned = pin_to_last_core();
     let pinning = pinned.map_or("not pinned".to_owned(), |core| format!("pinned to core {core}"));
     report.note(&format!(
@@ -170,11 +164,11 @@ pub fn run(common: Common) {
     let context = Context { pinned: pinned.is_some(), sizes };
 
     let hot = hot_sku_workload(sizes.buyers);
-    measure(&mut report, &hot, &context);
+    measure(report, &hot, &context);
     drop(hot);
     pages::release_cached();
     let mixed = mixed_workload(sizes.mixed_commands, sizes.mixed_users, COMMANDS_PER_MS);
-    measure(&mut report, &mixed, &context);
+    measure(report, &mixed, &context);
     drop(mixed);
     pages::release_cached();
     pages::set_page_mode(PageMode::SystemDefault);
@@ -186,7 +180,7 @@ pub fn run(common: Common) {
         report.ratio(scenario, "ringfence", "ringfence_no_quotas");
         report.ratio(scenario, "ringfence_lookahead", "ringfence_no_quotas_lookahead");
     }
-    summarize_goal(&report);
+    summarize_goal(report);
 }
 
 struct Context {

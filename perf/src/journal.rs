@@ -18,8 +18,8 @@ use ringfence_journal::storage::FileStorage;
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
-use crate::Common;
-use crate::report::{Report, Row, latency_histogram};
+use crate::report::{Ratios, Report, Row, latency_histogram};
+use crate::{Common, Size};
 
 /// A directory under the system temp dir, removed on drop.
 pub struct BenchDir(pub PathBuf);
@@ -60,10 +60,16 @@ fn mean_record_bytes(commands: &[Sequenced]) -> f64 {
     total as f64 / sample.len() as f64
 }
 
+/// Runs the journal benchmark and prints its rows.
 pub fn run(common: Common) {
-    let mut report = Report::new(common.json);
-    let count = if common.quick { 200_000 } else { 1_000_000 };
-    let budget = Duration::from_millis(if common.quick { 400 } else { 2_000 });
+    bench(&mut Report::new(common.json), Size::of(common));
+}
+
+/// Measures every batch size and durability policy into `report`.
+pub fn bench(report: &mut Report, size: Size) {
+    // At least one batch of the largest size.
+    let count = size.count(200_000, 1_000_000, 256) as usize;
+    let budget = Duration::from_millis(size.count(400, 2_000, 1));
     let commands = commands(count, &EngineConfig::default());
     let record_bytes = mean_record_bytes(&commands);
     report.note(&format!(
@@ -82,6 +88,10 @@ pub fn run(common: Common) {
     for batch in [1usize, 16, 256] {
         let scenario = format!("append_batch_{batch}");
         report.ratio(&scenario, "mmap_none", "memory_journal_baseline");
+        for variant in ["mmap_interval_5ms", "mmap_batch"] {
+            let baseline = (scenario.as_str(), "memory_journal_baseline");
+            report.relate((&scenario, variant), baseline, Ratios::All);
+        }
     }
 }
 

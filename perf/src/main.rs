@@ -42,6 +42,39 @@ struct Common {
     quick: bool,
 }
 
+/// How large a benchmark's workload is: its quick or full plan, times a factor that is 1
+/// except under `report --scale` (smoke runs, and the report's own test in a debug build).
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    /// The quick plan rather than the full one.
+    pub quick: bool,
+    /// Multiplies every count and duration of the plan.
+    pub factor: f64,
+}
+
+impl Size {
+    /// The plan a benchmark subcommand runs: unscaled.
+    #[must_use]
+    pub(crate) fn of(common: Common) -> Size {
+        Size { quick: common.quick, factor: 1.0 }
+    }
+
+    /// The quick or the full count, scaled, and at least `floor` (the least the benchmark
+    /// can measure anything with). Unscaled, it is the count itself.
+    #[must_use]
+    pub fn count(self, quick: u64, full: u64, floor: u64) -> u64 {
+        let plan = if self.quick { quick } else { full };
+        assert!(floor <= plan, "a floor above the plan would change the unscaled run");
+        ((plan as f64 * self.factor).round() as u64).max(floor)
+    }
+
+    /// The quick or the full duration in seconds, scaled.
+    #[must_use]
+    pub fn seconds(self, quick: f64, full: f64) -> f64 {
+        (if self.quick { quick } else { full }) * self.factor
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Bench {
     /// The business-logic processor alone, one thread: hot-SKU flash sale and mixed workload,
@@ -81,6 +114,29 @@ enum Bench {
     /// acknowledged writes lost (re-sent with their request ids at the end). Real processes:
     /// etcd and the `ringfence` binary next to this one.
     Failover(FailoverArgs),
+    /// Every benchmark above but `failover` in one run, written to a directory: `report.md`
+    /// (the machine, then a table per scenario with ratios to its baselines and peers),
+    /// `rows.jsonl`, one `.hgrm` percentile distribution per histogram (microseconds) and SVG
+    /// charts (latency by percentile, throughput by offered rate). A progress line on stderr
+    /// shows which benchmark runs. Exits nonzero if a benchmark failed (the report still says
+    /// what the others measured).
+    Report(ReportArgs),
+}
+
+/// Options of the report.
+#[derive(Args, Debug, Clone)]
+struct ReportArgs {
+    /// The quick plans: the whole report in under 3 minutes (the full one in under 20).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the report.
+    #[arg(long, value_name = "DIR", default_value = "target/perf-report")]
+    out: std::path::PathBuf,
+    /// Multiplies every workload's counts and durations. Below 1 for smoke runs, as the
+    /// report's own test does (`--quick --scale 0.01` in a debug build); the figures of a
+    /// scaled run are not the plan's, and the report says so.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    scale: f64,
 }
 
 /// Options of the failover benchmark.
@@ -111,5 +167,27 @@ fn main() {
         Bench::Ack(common) => ack::run(common),
         Bench::Replication(common) => replication::run(common),
         Bench::Failover(args) => failover::run(args.common, args.failovers, args.ringfence),
+        Bench::Report(args) => write_report(args),
+    }
+}
+
+/// Runs `report`; on a failure, says what failed and exits nonzero.
+fn write_report(args: ReportArgs) {
+    let options = report::run::Options { quick: args.quick, out: args.out, scale: args.scale };
+    match report::run::run(&options) {
+        Ok(summary) if summary.failed.is_empty() => {}
+        Ok(summary) => {
+            eprintln!(
+                "ringfence-perf report: {} benchmark(s) failed (see {}): {}",
+                summary.failed.len(),
+                summary.markdown.display(),
+                summary.failed.join("; ")
+            );
+            std::process::exit(1);
+        }
+        Err(error) => {
+            eprintln!("ringfence-perf report: {error}");
+            std::process::exit(1);
+        }
     }
 }

@@ -33,8 +33,8 @@ use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig, ServerHandle};
 use ringfence_journal::recovery::recover;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
-use crate::Common;
 use crate::report::{Report, Row, latency_histogram};
+use crate::{Common, Size};
 
 /// The hot SKU every benchmark reserves from.
 pub const HOT_SKU: u64 = 1;
@@ -170,6 +170,9 @@ pub fn drive_up_to(
     // Intended (open loop) or actual (window) send time of each request, by index offset.
     let mut send_ns: Vec<u64> = Vec::with_capacity(total.min(1 << 24) as usize);
     let t0 = Instant::now() + Duration::from_millis(5);
+    // Nothing is sent before t0: a request sent earlier would be timed from t0 (its answer as
+    // taking no time at all) and counted in a throughput that starts at t0.
+    std::thread::sleep(t0.saturating_duration_since(Instant::now()));
     let stop_sending = t0 + duration;
     let drain_deadline = stop_sending + Duration::from_secs(10);
     let mut last_answer = t0;
@@ -550,13 +553,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan for `--quick` or a full run.
+    /// The plan for `--quick` or a full run, its durations scaled.
     #[must_use]
-    pub fn new(quick: bool) -> Plan {
-        if quick {
+    pub fn new(size: Size) -> Plan {
+        let seconds = size.seconds(1.5, 5.0);
+        if size.quick {
             Plan {
                 rates: vec![20_000, 50_000],
-                seconds: 1.5,
+                seconds,
                 connections: 16,
                 window: 32,
                 next_index: 0,
@@ -564,7 +568,7 @@ impl Plan {
         } else {
             Plan {
                 rates: vec![20_000, 50_000, 100_000, 200_000],
-                seconds: 5.0,
+                seconds,
                 connections: 32,
                 window: 64,
                 next_index: 0,
@@ -623,22 +627,23 @@ pub fn run_plan(
 /// `ringfence-perf -- tcp`: the binary protocol against an in-process server.
 pub fn run_tcp(common: Common) {
     let mut report = Report::new(common.json);
-    let mut plan = Plan::new(common.quick);
-    let server = match BenchServer::start() {
-        Ok(server) => server,
-        Err(error) => {
-            eprintln!("ringfence-perf tcp: cannot start the server: {error}");
-            return;
-        }
-    };
+    if let Err(error) = bench_tcp(&mut report, &mut Plan::new(Size::of(common))) {
+        eprintln!("ringfence-perf tcp: cannot start the server: {error}");
+    }
+}
+
+/// Measures the PING baseline and the reservation over the binary protocol into `report`;
+/// fails only when the server cannot start.
+pub fn bench_tcp(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
+    let server = BenchServer::start()?;
     report.note(&format!(
         "tcp: loopback, {} connections, one load-generator thread (mio); server: {}",
         plan.connections, server.description
     ));
     let context = [("server", serde_json::Value::from(server.description.clone()))];
     run_plan(
-        &mut report,
-        &mut plan,
+        report,
+        plan,
         "loopback_ping",
         "binary_ping_baseline",
         server.binary_addr(),
@@ -647,27 +652,29 @@ pub fn run_tcp(common: Common) {
     );
     let mut protocol = BinaryReserve { nonce: nonce() };
     run_plan(
-        &mut report,
-        &mut plan,
+        report,
+        plan,
         "hot_sku_reserve",
         "ringfence_tcp",
         server.binary_addr(),
         &mut protocol,
         &context,
     );
+    Ok(())
 }
 
 /// `ringfence-perf -- http`: the HTTP API against an in-process server.
 pub fn run_http(common: Common) {
     let mut report = Report::new(common.json);
-    let mut plan = Plan::new(common.quick);
-    let server = match BenchServer::start() {
-        Ok(server) => server,
-        Err(error) => {
-            eprintln!("ringfence-perf http: cannot start the server: {error}");
-            return;
-        }
-    };
+    if let Err(error) = bench_http(&mut report, &mut Plan::new(Size::of(common))) {
+        eprintln!("ringfence-perf http: cannot start the server: {error}");
+    }
+}
+
+/// Measures the reservation over the HTTP API into `report`; fails only when the server
+/// cannot start.
+pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
+    let server = BenchServer::start()?;
     report.note(&format!(
         "http: loopback keep-alive, pipelined, {} connections, one load-generator thread \
          (mio); server: {}",
@@ -676,14 +683,15 @@ pub fn run_http(common: Common) {
     let context = [("server", serde_json::Value::from(server.description.clone()))];
     let mut protocol = HttpReserve { nonce: nonce() };
     run_plan(
-        &mut report,
-        &mut plan,
+        report,
+        plan,
         "hot_sku_reserve",
         "ringfence_http",
         server.http_addr(),
         &mut protocol,
         &context,
     );
+    Ok(())
 }
 
 /// A per-process number that keeps request keys of different runs apart.

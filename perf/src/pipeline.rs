@@ -26,8 +26,8 @@ use ringfence_core::{
     SkuId, Timestamp, UserId,
 };
 
-use crate::Common;
-use crate::report::{Report, Row, latency_histogram};
+use crate::report::{Ratios, Report, Row, latency_histogram};
+use crate::{Common, Size};
 
 const SKUS: u64 = 16;
 const UNITS_PER_SKU: u32 = 5_000;
@@ -185,8 +185,12 @@ fn layouts() -> Vec<Layout> {
 
 /// Runs the pipeline benchmark and prints its rows.
 pub fn run(common: Common) {
-    let mut report = Report::new(common.json);
-    let seconds = if common.quick { 0.4 } else { 2.0 };
+    bench(&mut Report::new(common.json), Size::of(common));
+}
+
+/// Measures the BLP alone and every layout at every rate into `report`.
+pub fn bench(report: &mut Report, size: Size) {
+    let seconds = size.seconds(0.4, 2.0);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     report.note(&machine_load());
     let watch = CpuWatch::start();
@@ -194,16 +198,24 @@ pub fn run(common: Common) {
         "pipeline in-process on {cores} cores: null journal, no standby, timer checks every 1 ms (nothing due), \
          ring 16384; latency = answer seen by the generator - intended send time"
     ));
-    let max_commands = (seconds * 1_000_000.0) as u64;
+    // At least one command per row, however small the scale.
+    let max_commands = ((seconds * 1_000_000.0) as u64).max(1);
     let blp = blp_alone(max_commands);
     let blp_rate = blp.ops_per_sec();
     report.push(blp);
     for layout in layouts() {
         for &rate in layout.rates {
-            let commands = rate.map_or(max_commands, |rate| (seconds * rate as f64) as u64);
+            let commands =
+                rate.map_or(max_commands, |rate| ((seconds * rate as f64) as u64).max(1));
             let (row, busy) = measure(&layout, rate, commands);
             let ratio = row.ops_per_sec() / blp_rate;
+            let variant = row.variant.clone();
             report.push(row);
+            if rate.is_none() {
+                // Throughput only: the BLP alone's histogram is a service time.
+                let blp = ("blp_alone", "engine.apply");
+                report.relate((&scenario_name(rate), &variant), blp, Ratios::ThroughputOnly);
+            }
             if busy > 0 {
                 report.note(&format!("  ({busy} of {commands} offered commands refused busy)"));
             }
@@ -300,13 +312,8 @@ fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
     let metrics = node.metrics();
     drop(session);
     node.shutdown().expect("the node drains");
-    let offered = match rate {
-        None => "max".to_owned(),
-        Some(rate) if rate >= 1_000_000 => format!("{}M/s", rate / 1_000_000),
-        Some(rate) => format!("{}k/s", rate / 1_000),
-    };
     let wait = layout.wait.name();
-    let scenario = format!("pipeline@{offered}");
+    let scenario = scenario_name(rate);
     let row = Row::new(&scenario, &layout.name(), run.completed, run.seconds, run.histogram)
         .with("topology", layout.topology.name())
         .with("wait", wait)
@@ -321,6 +328,16 @@ fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
         .with("batch_p50", batch_p50(&metrics))
         .with("blp_service_p50_ns", metrics.blp_service_ns.value_at_quantile(0.5));
     (row, run.busy)
+}
+
+/// The scenario of a row at `rate` (`None`: max).
+fn scenario_name(rate: Option<u64>) -> String {
+    let offered = match rate {
+        None => "max".to_owned(),
+        Some(rate) if rate >= 1_000_000 => format!("{}M/s", rate / 1_000_000),
+        Some(rate) => format!("{}k/s", rate / 1_000),
+    };
+    format!("pipeline@{offered}")
 }
 
 fn pin_to_first_core() {

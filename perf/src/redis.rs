@@ -13,9 +13,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::Common;
 use crate::net::{self, BenchServer, BinaryReserve, Decoded, HOT_SKU, HOT_STOCK, Plan, Protocol};
-use crate::report::Report;
+use crate::report::{Ratios, Report};
+use crate::{Common, Size};
 
 /// The reservation script. KEYS: stock, idempotency key, holding; ARGV: qty, per-user limit,
 /// key TTL seconds, payment deadline (ms).
@@ -199,47 +199,31 @@ fn net_now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Why the Redis rows were not measured.
+#[derive(Debug, thiserror::Error)]
+pub enum Skipped {
+    /// `redis-server` is missing, or did not start or answer.
+    #[error("{0}; install it with `apt-get install -y redis-server`")]
+    NotStarted(String),
+    /// It started but refused the stock or the script.
+    #[error("{0}")]
+    NotPrepared(String),
+}
+
 /// Runs ringfence (binary protocol) and Redis + Lua through the same plan and prints ratios.
 pub fn run(common: Common) {
     let mut report = Report::new(common.json);
-    let mut plan = Plan::new(common.quick);
-    report.note(&format!(
-        "redis: hot-SKU reservation, {} connections, one load-generator thread (mio), loopback",
-        plan.connections
-    ));
-    match RedisServer::start() {
-        Ok(mut redis) => {
-            let sha = match prepare(&mut redis) {
-                Ok(sha) => sha,
-                Err(error) => {
-                    report.note(&format!("  redis skipped: {error}"));
-                    return;
-                }
-            };
-            let context = [("server", serde_json::Value::from("redis-server, no persistence"))];
-            net::run_plan(
-                &mut report,
-                &mut plan,
-                "loopback_ping",
-                "redis_ping_baseline",
-                redis.addr,
-                &mut RedisPing,
-                &context,
-            );
-            let mut lua = LuaReserve { sha, nonce: net::nonce() };
-            net::run_plan(
-                &mut report,
-                &mut plan,
-                "hot_sku_reserve",
-                "redis_lua",
-                redis.addr,
-                &mut lua,
-                &context,
-            );
+    let mut plan = Plan::new(Size::of(common));
+    header(&report, &plan);
+    match bench_redis(&mut report, &mut plan) {
+        Ok(()) => {}
+        Err(Skipped::NotPrepared(error)) => {
+            report.note(&format!("  redis skipped: {error}"));
+            return;
         }
-        Err(error) => report.note(&format!(
-            "  redis rows skipped: {error}; install it with `apt-get install -y redis-server`"
-        )),
+        Err(error @ Skipped::NotStarted(_)) => {
+            report.note(&format!("  redis rows skipped: {error}"));
+        }
     }
     let server = match BenchServer::start() {
         Ok(server) => server,
@@ -259,6 +243,46 @@ pub fn run(common: Common) {
         &mut protocol,
         &context,
     );
+    compare(&mut report, &plan);
+}
+
+/// The peer rows for a report whose `ringfence_tcp` rows are already measured (by
+/// [`net::bench_tcp`] in the same run): Redis's rows, then the same comparisons as `run`.
+pub fn bench_peer(report: &mut Report, plan: &mut Plan) -> Result<(), Skipped> {
+    header(report, plan);
+    bench_redis(report, plan)?;
+    compare(report, plan);
+    Ok(())
+}
+
+fn header(report: &Report, plan: &Plan) {
+    report.note(&format!(
+        "redis: hot-SKU reservation, {} connections, one load-generator thread (mio), loopback",
+        plan.connections
+    ));
+}
+
+/// Starts `redis-server` and measures its PING baseline and the Lua reservation.
+fn bench_redis(report: &mut Report, plan: &mut Plan) -> Result<(), Skipped> {
+    let mut redis = RedisServer::start().map_err(Skipped::NotStarted)?;
+    let sha = prepare(&mut redis).map_err(Skipped::NotPrepared)?;
+    let context = [("server", serde_json::Value::from("redis-server, no persistence"))];
+    net::run_plan(
+        report,
+        plan,
+        "loopback_ping",
+        "redis_ping_baseline",
+        redis.addr,
+        &mut RedisPing,
+        &context,
+    );
+    let mut lua = LuaReserve { sha, nonce: net::nonce() };
+    net::run_plan(report, plan, "hot_sku_reserve", "redis_lua", redis.addr, &mut lua, &context);
+    Ok(())
+}
+
+/// Ratios and the latency goal: ringfence over TCP against Redis + Lua, at max and per rate.
+fn compare(report: &mut Report, plan: &Plan) {
     report.ratio("hot_sku_reserve", "ringfence_tcp max", "redis_lua max");
     if let (Some(ours), Some(theirs)) = (
         report.row("hot_sku_reserve", "ringfence_tcp max"),
@@ -285,17 +309,19 @@ pub fn run(common: Common) {
     }
     for rate in &plan.rates {
         let label = |v: &str| format!("{v} @{}k/s", rate / 1_000);
-        if let (Some(ours), Some(theirs)) = (
-            report.row("hot_sku_reserve", &label("ringfence_tcp")),
-            report.row("hot_sku_reserve", &label("redis_lua")),
-        ) {
-            report.note(&format!(
-                "  @{}k/s: p99 ringfence {} vs redis_lua {}",
-                rate / 1_000,
-                crate::report::format_ns(ours.histogram.value_at_quantile(0.99)),
-                crate::report::format_ns(theirs.histogram.value_at_quantile(0.99)),
-            ));
-        }
+        let (ours, theirs) = (label("ringfence_tcp"), label("redis_lua"));
+        let (Some(ours_row), Some(theirs_row)) =
+            (report.row("hot_sku_reserve", &ours), report.row("hot_sku_reserve", &theirs))
+        else {
+            continue;
+        };
+        report.note(&format!(
+            "  @{}k/s: p99 ringfence {} vs redis_lua {}",
+            rate / 1_000,
+            crate::report::format_ns(ours_row.histogram.value_at_quantile(0.99)),
+            crate::report::format_ns(theirs_row.histogram.value_at_quantile(0.99)),
+        ));
+        report.relate(("hot_sku_reserve", &ours), ("hot_sku_reserve", &theirs), Ratios::All);
     }
 }
 

@@ -20,9 +20,9 @@ use ringfence_journal::snapshot;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
-use crate::Common;
 use crate::journal::{BenchDir, commands};
-use crate::report::{Report, Row, latency_histogram};
+use crate::report::{Ratios, Report, Row, latency_histogram};
+use crate::{Common, Size};
 
 /// Commands per timing chunk: histograms hold the mean time per command over each chunk, so
 /// the clock is read once per chunk and does not distort the figures.
@@ -49,9 +49,15 @@ impl Chunked {
     }
 }
 
+/// Runs the replay benchmark and prints its rows.
 pub fn run(common: Common) {
-    let mut report = Report::new(common.json);
-    let count = if common.quick { 1_000_000 } else { 4_000_000 };
+    bench(&mut Report::new(common.json), Size::of(common));
+}
+
+/// Measures replay against the BLP alone, then the snapshot's cost, into `report`.
+pub fn bench(report: &mut Report, size: Size) {
+    // A few timing chunks at least, so that every histogram holds something.
+    let count = size.count(1_000_000, 4_000_000, 4 * CHUNK) as usize;
     let config = EngineConfig::default();
     let commands = commands(count, &config);
     let dir = BenchDir::new("replay");
@@ -84,8 +90,11 @@ pub fn run(common: Common) {
     report.ratio("replay", "journal_replay_1_thread", "blp_alone");
     report.ratio("replay", "decode_only", "blp_alone");
     if let Some(engine) = engine {
-        snapshot_pause(&mut report, &engine, &dir);
-        shadow_snapshot(&mut report, &engine, &dir, &config);
+        snapshot_pause(report, &engine, &dir);
+        shadow_snapshot(report, &engine, &dir, &config);
+        // The pause the shadow engine replaced, as a ratio of pause lengths.
+        let (shadow, copy) = ("shadow_blp_handoff", "blp_pause_copy_state");
+        report.relate(("snapshot", shadow), ("snapshot", copy), Ratios::LatencyOnly);
     }
 }
 

@@ -49,11 +49,11 @@ use ringfence_replicator::config::ReplicationConfig;
 use ringfence_replicator::control::{Control, Figures, Role};
 use ringfence_replicator::policy::AckMode;
 
-use crate::Common;
 use crate::journal::BenchDir;
 use crate::net::{self, BinaryReserve, HOT_SKU, HOT_STOCK, Load, reserve_command};
 use crate::pipeline::{CpuWatch, machine_load};
-use crate::report::{Report, Row, format_ns, latency_histogram};
+use crate::report::{Ratios, Report, Row, format_ns, latency_histogram};
+use crate::{Common, Size};
 
 /// The pair's shared secret (32 bytes; never sent, the handshake proves it).
 const SECRET: &[u8; 32] = b"ringfence-perf-bench-secret-32b!";
@@ -123,27 +123,21 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(quick: bool) -> Plan {
-        if quick {
-            Plan {
-                rates: vec![2_000, 10_000, 50_000],
-                seconds: 0.5,
-                window: 1_024,
-                max_commands: 100_000,
-                connections: 16,
-                failovers: 5,
-                failover_load: Duration::from_millis(200),
-            }
-        } else {
-            Plan {
-                rates: vec![2_000, 10_000, 50_000],
-                seconds: 3.0,
-                window: 1_024,
-                max_commands: 250_000,
-                connections: 16,
-                failovers: 20,
-                failover_load: Duration::from_millis(500),
-            }
+    fn new(size: Size) -> Plan {
+        let seconds = size.seconds(0.5, 3.0);
+        let max_commands = size.count(100_000, 250_000, 100);
+        // At least one failover, after at least a few light-load answers.
+        let failovers = size.count(5, 20, 1) as usize;
+        let failover_load = Duration::from_millis(size.count(200, 500, 20));
+        let (window, connections) = (1_024, 16);
+        Plan {
+            rates: vec![2_000, 10_000, 50_000],
+            seconds,
+            window,
+            max_commands,
+            connections,
+            failovers,
+            failover_load,
         }
     }
 
@@ -724,12 +718,25 @@ fn push_by_load(report: &mut Report, plan: &Plan, mut rows: Vec<(Option<u64>, Ro
         for (_, row) in these {
             let notes: Vec<String> =
                 [batches_note(&row), shortfall_note(&row)].into_iter().flatten().collect();
+            let (scenario, variant) = (row.scenario.clone(), row.variant.clone());
             report.push(row);
             for note in notes {
                 report.note(&note);
             }
+            if let Some(baseline) = baseline_of(&variant) {
+                report.relate((&scenario, &variant), (&scenario, baseline), Ratios::All);
+            }
         }
     }
+}
+
+/// The baseline a replicated mode's row compares with: the primary alone at the same
+/// durability.
+fn baseline_of(variant: &str) -> Option<&'static str> {
+    let mode = MODES.iter().find(|mode| mode.name == variant)?;
+    mode.ack?;
+    let written = mode.durability == Durability::None;
+    Some(if written { "local_only_written" } else { "local_only" })
 }
 
 /// What one failover took, in nanoseconds from the kill.
@@ -889,22 +896,26 @@ fn header(report: &Report, plan: &Plan) {
 
 /// Runs the replication benchmark and prints its tables.
 pub fn run(common: Common) {
-    let mut report = Report::new(common.json);
-    let plan = Plan::new(common.quick);
+    bench(&mut Report::new(common.json), Size::of(common));
+}
+
+/// Measures both tables and the failover into `report`.
+pub fn bench(report: &mut Report, size: Size) {
+    let plan = Plan::new(size);
     assert!(plan.commands_per_mode() < u64::from(ORDERS_MAX), "a mode's run outgrows its engine");
-    header(&report, &plan);
+    header(report, &plan);
     let watch = CpuWatch::start();
     report.note("-- in-process: reservations through a Session on the primary, open loop");
     let modes = MODES.iter();
     let rows = modes.flat_map(|&mode| inprocess_mode(&plan, mode)).collect();
-    push_by_load(&mut report, &plan, rows);
+    push_by_load(report, &plan, rows);
     report.note(&format!(
         "-- loopback TCP: binary protocol through the ingress server (primary's node behind \
          NodeBackend), {} connections, one mio generator thread",
         plan.connections
     ));
     let rows = MODES.iter().flat_map(|&mode| tcp_mode(&plan, mode)).collect();
-    push_by_load(&mut report, &plan, rows);
+    push_by_load(report, &plan, rows);
     report.note(&format!(
         "-- failover: sync pair, durability batch, 1k/s light load for {} ms, then the kill \
          (load and primary's replication stopped), promote at once, one reservation on the \
@@ -914,7 +925,7 @@ pub fn run(common: Common) {
         plan.failover_load.as_millis(),
         plan.failovers
     ));
-    failover(&mut report, &plan);
+    failover(report, &plan);
     if let Some(watch) = watch {
         report.note(&watch.note());
     }
@@ -929,7 +940,7 @@ mod tests {
         // Goal: no reservation of a mode's loads is refused for capacity, in either plan, so
         // every row measures the full reservation path.
         for quick in [true, false] {
-            let plan = Plan::new(quick);
+            let plan = Plan::new(Size { quick, factor: 1.0 });
             assert!(plan.commands_per_mode() < u64::from(ORDERS_MAX), "quick={quick}");
         }
     }

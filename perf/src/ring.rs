@@ -21,8 +21,8 @@ use disruptor::wait_strategies::WaitStrategy;
 use disruptor::{BusySpin, Producer, build_single_producer};
 use hdrhistogram::Histogram;
 
-use crate::Common;
 use crate::report::{Report, Row, latency_histogram};
+use crate::{Common, Size};
 
 /// Slots in the benchmark ring (the node's default).
 const RING_SIZE: usize = 1 << 14;
@@ -83,8 +83,13 @@ struct Case {
 
 /// Runs the ring benchmark and prints its rows.
 pub fn run(common: Common) {
-    let mut report = Report::new(common.json);
-    let events: u64 = if common.quick { 300_000 } else { 2_000_000 };
+    bench(&mut Report::new(common.json), Size::of(common));
+}
+
+/// Measures every case into `report`.
+pub fn bench(report: &mut Report, size: Size) {
+    // At least four events for the pipeline shape's quarter-length run.
+    let events = size.count(300_000, 2_000_000, 4);
     report.note(&crate::pipeline::machine_load());
     let watch = crate::pipeline::CpuWatch::start();
     report.note(&format!(

@@ -1,9 +1,21 @@
-//! Result rows shared by every benchmark: an aligned table for people, JSON lines for machines.
+//! Result rows shared by every benchmark: an aligned table for people, JSON lines for machines,
+//! or kept silently for the `report` subcommand, which writes them out as files.
 //!
 //! Every row carries throughput and HdrHistogram percentiles in nanoseconds. With `--json` each
 //! row is one JSON object per line with the fields `scenario`, `variant`, `ops`, `seconds`,
 //! `ops_per_sec`, `p50_ns`, `p90_ns`, `p99_ns`, `p999_ns`, `p9999_ns`, `max_ns` plus any
 //! context fields the benchmark adds (wait strategy, pinning, offered rate, ...).
+//!
+//! Besides rows, a [`Report`] keeps the notes a benchmark printed and the pairs of rows it
+//! compared, so that the written report carries the same context and ratios as the tables.
+
+pub mod chart;
+pub mod hgrm;
+pub mod machine;
+pub mod markdown;
+pub mod run;
+
+use std::cell::RefCell;
 
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
@@ -63,7 +75,9 @@ impl Row {
         if self.seconds > 0.0 { self.ops as f64 / self.seconds } else { 0.0 }
     }
 
-    fn to_json(&self) -> Value {
+    /// The row as one JSON object: the documented fields plus its context.
+    #[must_use]
+    pub fn to_json(&self) -> Value {
         let h = &self.histogram;
         let mut object = json!({
             "scenario": self.scenario,
@@ -86,38 +100,95 @@ impl Row {
     }
 }
 
+/// Where a report's rows and notes go as they are measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// An aligned table on stdout.
+    Table,
+    /// One JSON object per row on stdout.
+    Json,
+    /// Nowhere: kept for the `report` subcommand, which writes them out at the end.
+    Kept,
+}
+
+/// Two measured rows of one run compared as a ratio, `numerator / denominator`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comparison {
+    /// The compared row: (scenario, variant).
+    pub numerator: (String, String),
+    /// The row it is compared with (a baseline or a peer): (scenario, variant).
+    pub denominator: (String, String),
+    /// Which of their figures divide meaningfully.
+    pub ratios: Ratios,
+}
+
+/// Which figures of two compared rows divide meaningfully.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ratios {
+    /// Throughput and latency: both rows measure the same thing the same way.
+    All,
+    /// Throughput only: their histograms hold different things (a service time against a
+    /// latency from submission).
+    ThroughputOnly,
+    /// Latency only: their operation counts mean different things (snapshots against
+    /// hand-offs).
+    LatencyOnly,
+}
+
 /// Collects rows and prints each as soon as it is measured.
 pub struct Report {
-    json: bool,
+    output: Output,
     rows: Vec<Row>,
     header_printed: bool,
+    // Notes and comparisons are added through `&self` (benchmarks note while they hold a row
+    // borrowed from the report), so they sit in cells; one thread uses a report at a time.
+    notes: RefCell<Vec<String>>,
+    comparisons: RefCell<Vec<Comparison>>,
 }
 
 impl Report {
     /// A report printing a table, or JSON lines when `json` is set.
     #[must_use]
     pub fn new(json: bool) -> Report {
-        Report { json, rows: Vec::new(), header_printed: false }
+        Report::with_output(if json { Output::Json } else { Output::Table })
+    }
+
+    /// A report that prints nothing and keeps rows, notes and comparisons.
+    #[must_use]
+    pub fn kept() -> Report {
+        Report::with_output(Output::Kept)
+    }
+
+    fn with_output(output: Output) -> Report {
+        Report {
+            output,
+            rows: Vec::new(),
+            header_printed: false,
+            notes: RefCell::new(Vec::new()),
+            comparisons: RefCell::new(Vec::new()),
+        }
     }
 
     /// Whether rows are printed as JSON lines.
     #[must_use]
     pub fn is_json(&self) -> bool {
-        self.json
+        self.output == Output::Json
     }
 
-    /// Prints a line of context (only in table mode; JSON output stays one object per line).
+    /// Prints a line of context (only in table mode; JSON output stays one object per line),
+    /// and keeps it.
     pub fn note(&self, text: &str) {
-        if !self.json {
+        if self.output == Output::Table {
             println!("{text}");
         }
+        self.notes.borrow_mut().push(text.to_owned());
     }
 
     /// Prints and keeps a row.
     pub fn push(&mut self, row: Row) {
-        if self.json {
+        if self.output == Output::Json {
             println!("{}", row.to_json());
-        } else {
+        } else if self.output == Output::Table {
             if !self.header_printed {
                 println!(
                     "{:<22} {:<26} {:>11} {:>13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
@@ -158,18 +229,72 @@ impl Report {
         self.rows.iter().find(|r| r.scenario == scenario && r.variant == variant)
     }
 
-    /// Prints the throughput ratio of two measured variants of a scenario (table mode only).
+    /// The rows kept so far, in the order they were measured.
+    #[must_use]
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// Everything the report kept: rows, notes and comparisons.
+    #[must_use]
+    pub fn into_parts(self) -> (Vec<Row>, Vec<String>, Vec<Comparison>) {
+        (self.rows, self.notes.into_inner(), self.comparisons.into_inner())
+    }
+
+    /// Keeps, without printing, that the row `numerator` is to be read against the row
+    /// `denominator` (its baseline or peer) by `ratios`, each row given as (scenario,
+    /// variant). Nothing is kept unless both rows were measured.
+    pub fn relate(&self, numerator: (&str, &str), denominator: (&str, &str), ratios: Ratios) {
+        if self.row(numerator.0, numerator.1).is_none()
+            || self.row(denominator.0, denominator.1).is_none()
+        {
+            return;
+        }
+        let owned = |(scenario, variant): (&str, &str)| (scenario.to_owned(), variant.to_owned());
+        let comparison =
+            Comparison { numerator: owned(numerator), denominator: owned(denominator), ratios };
+        let mut comparisons = self.comparisons.borrow_mut();
+        if !comparisons.contains(&comparison) {
+            comparisons.push(comparison);
+        }
+    }
+
+    /// Prints the throughput ratio of two measured variants of a scenario (table mode only),
+    /// and keeps the pair.
     pub fn ratio(&self, scenario: &str, numerator: &str, denominator: &str) {
         let (Some(a), Some(b)) = (self.row(scenario, numerator), self.row(scenario, denominator))
         else {
             return;
         };
+        self.relate((scenario, numerator), (scenario, denominator), Ratios::All);
         if b.ops_per_sec() > 0.0 {
             self.note(&format!(
                 "  {scenario}: {numerator} / {denominator} throughput = {:.2}x",
                 a.ops_per_sec() / b.ops_per_sec()
             ));
         }
+    }
+}
+
+/// Operations per second as a short figure: `12/s`, `2.5k/s`, `755k/s`, `2.94M/s`.
+#[must_use]
+pub fn format_rate(per_sec: f64) -> String {
+    match per_sec {
+        rate if rate < 1e3 => format!("{rate:.0}/s"),
+        rate if rate < 1e4 => format!("{}k/s", trimmed(rate / 1e3, 1)),
+        rate if rate < 1e6 => format!("{:.0}k/s", rate / 1e3),
+        rate if rate < 1e7 => format!("{}M/s", trimmed(rate / 1e6, 2)),
+        rate => format!("{}M/s", trimmed(rate / 1e6, 1)),
+    }
+}
+
+/// `value` with at most `decimals` decimals, trailing zeros dropped.
+fn trimmed(value: f64, decimals: usize) -> String {
+    let text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
     }
 }
 
@@ -222,5 +347,13 @@ mod tests {
         assert_eq!(format_ns(830), "830ns");
         assert_eq!(format_ns(12_400), "12.4us");
         assert_eq!(format_ns(3_100_000), "3.1ms");
+    }
+
+    #[test]
+    fn rates_print_in_readable_units() {
+        // Goal: throughput figures and chart axes stay short and keep three digits.
+        let rates = [12.0, 2_500.0, 10_000.0, 755_189.0, 1e6, 2_935_307.0, 46_212_841.0];
+        let printed: Vec<String> = rates.into_iter().map(format_rate).collect();
+        assert_eq!(printed, ["12/s", "2.5k/s", "10k/s", "755k/s", "1M/s", "2.94M/s", "46.2M/s"]);
     }
 }

@@ -1,0 +1,243 @@
+//! `ringfence-perf report` as a user runs it: the quick report, scaled down so that a debug
+//! build finishes in well under a minute, writes every table, chart and `.hgrm` file, and each
+//! parses. Structure only: no figure is ever asserted.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Shrinks the quick plan for a debug build; `report --quick` runs the same code unscaled.
+const SCALE: &str = "0.01";
+
+/// Every scenario the report's benchmarks measure (the Redis peer's rows join
+/// `loopback_ping` and `hot_sku_reserve` when `redis-server` is installed).
+const SCENARIOS: [&str; 25] = [
+    "ring_hop@1000k/s",
+    "ring_hop@max",
+    "hot_sku",
+    "mixed",
+    "blp_alone",
+    "pipeline@100k/s",
+    "pipeline@1M/s",
+    "pipeline@max",
+    "ack_to_answer",
+    "append_batch_1",
+    "append_batch_16",
+    "append_batch_256",
+    "replay",
+    "snapshot",
+    "loopback_ping",
+    "hot_sku_reserve",
+    "inproc@2k/s",
+    "inproc@10k/s",
+    "inproc@50k/s",
+    "inproc@max",
+    "tcp@2k/s",
+    "tcp@10k/s",
+    "tcp@50k/s",
+    "tcp@max",
+    "failover",
+];
+
+/// Scenario families with offered rates: each gets a throughput chart.
+const RATE_FAMILIES: [&str; 6] =
+    ["ring_hop", "pipeline", "loopback_ping", "hot_sku_reserve", "inproc", "tcp"];
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir()
+            .join(format!("ringfence-perf-report-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn perf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringfence-perf"))
+        .args(args)
+        .env("RINGFENCE_LOG", "warn")
+        .output()
+        .expect("run ringfence-perf")
+}
+
+#[test]
+fn the_quick_report_writes_every_table_chart_and_histogram() {
+    // Goal: one run gives report.md with the machine and a table per scenario, a latency chart
+    // per scenario and a throughput chart per family with offered rates, and one parsable
+    // .hgrm file per row, all linked from report.md.
+    let out = TempDir::new("quick");
+    let dir = out.0.to_str().expect("a UTF-8 temp dir");
+    let output = perf(&["report", "--quick", "--scale", SCALE, "--out", dir]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "report failed:\n{stderr}");
+    assert!(stderr.contains("[ 1/10] ring") && stderr.contains("[10/10] replication"), "{stderr}");
+    let markdown = std::fs::read_to_string(out.0.join("report.md")).expect("report.md");
+    for field in ["## Machine", "| CPU | ", "| cores | ", "| kernel | ", "### Wait strategy"] {
+        assert!(markdown.contains(field), "report.md lacks {field:?}");
+    }
+    let mut linked = BTreeSet::new();
+    for scenario in SCENARIOS {
+        linked.extend(check_scenario(&markdown, &out.0, scenario));
+    }
+    for family in RATE_FAMILIES {
+        let title = format!("![{family}: throughput by offered rate](");
+        let chart = link_after(&markdown, &title).unwrap_or_else(|| panic!("no chart: {family}"));
+        check_svg(&out.0.join(&chart), &format!("{family}: throughput by offered rate"));
+        linked.insert(chart);
+    }
+    assert!(markdown.contains("÷ `naive_baseline`"), "the BLP's ratio to its baseline");
+    assert!(markdown.contains("÷ `local_only`"), "the standby's ratio to the primary alone");
+    let redis_ran = markdown.contains("`redis_lua max`");
+    assert!(redis_ran || markdown.contains("`redis` skipped: "), "redis neither ran nor skipped");
+    check_every_file_is_linked(&out.0, &linked);
+    check_rows(&out.0, linked.iter().filter(|f| f.ends_with(".hgrm")).count());
+}
+
+/// Checks `scenario`'s table, chart and histograms; returns the files it links.
+fn check_scenario(markdown: &str, dir: &Path, scenario: &str) -> Vec<String> {
+    let heading = format!("\n### `{scenario}`\n");
+    let start = markdown.find(&heading).unwrap_or_else(|| panic!("no table for {scenario}"));
+    let section = &markdown[start + heading.len()..];
+    let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+    let mut lines = section.lines().skip_while(|line| line.is_empty());
+    let header = lines.next().expect("a table header");
+    assert!(
+        header.starts_with("| variant | offered | ops | seconds | throughput | p50 "),
+        "{header}"
+    );
+    assert!(lines.next().is_some_and(|line| line.starts_with("|---|")));
+    let rows: Vec<&str> = lines.take_while(|line| line.starts_with('|')).collect();
+    assert!(!rows.is_empty(), "{scenario}: an empty table");
+    for row in &rows {
+        assert_eq!(row.matches('|').count(), 13, "{scenario}: {row}");
+    }
+    // One chart, or one per offered load when the scenario's rows were measured at several.
+    let charts: Vec<(String, String)> = section
+        .split("![")
+        .skip(1)
+        .filter_map(|rest| {
+            let (title, rest) = rest.split_once("](")?;
+            Some((title.to_owned(), rest.split(')').next()?.to_owned()))
+        })
+        .filter(|(title, _)| title.starts_with(scenario))
+        .collect();
+    assert!(!charts.is_empty(), "{scenario}: no chart");
+    for (title, chart) in &charts {
+        assert!(title.ends_with(": latency by percentile"), "{title}");
+        check_svg(&dir.join(chart), title);
+    }
+    let histograms: Vec<String> = section
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .filter(|link| link.ends_with(".hgrm"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(histograms.len(), rows.len(), "{scenario}: one .hgrm per row");
+    for file in &histograms {
+        check_hgrm(&dir.join(file));
+    }
+    histograms.into_iter().chain(charts.into_iter().map(|(_, chart)| chart)).collect()
+}
+
+/// The link target of the Markdown image or link that starts with `prefix`.
+fn link_after(text: &str, prefix: &str) -> Option<String> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    Some(rest[..rest.find(')')?].to_owned())
+}
+
+fn check_svg(path: &Path, title: &str) {
+    let svg = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"), "{}", path.display());
+    assert!(svg.contains(title), "{}: no title {title:?}", path.display());
+    assert!(svg.contains("<polyline"), "{}: no curve", path.display());
+    assert_eq!(svg.matches("<svg").count(), 1, "{}", path.display());
+}
+
+/// Checks a `.hgrm` file's structure: header, percentile lines (value, percentile rising to 1,
+/// total count, and 1/(1-percentile) on all but the last), then Java's three footer lines.
+fn check_hgrm(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let name = path.display();
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"], "{name}");
+    assert!(lines[1].is_empty(), "{name}");
+    let footer = &lines[lines.len() - 3..];
+    for (line, prefix) in footer.iter().zip(["#[Mean    = ", "#[Max     = ", "#[Buckets = "]) {
+        assert!(line.starts_with(prefix) && line.ends_with(']'), "{name}: {line}");
+    }
+    let body = &lines[2..lines.len() - 3];
+    assert!(!body.is_empty(), "{name}: no samples");
+    let (mut previous, mut percentile, mut total) = (0.0f64, 0.0f64, 0u64);
+    for (index, line) in body.iter().enumerate() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let last = index + 1 == body.len();
+        assert_eq!(fields.len(), if last { 3 } else { 4 }, "{name}: {line}");
+        let value: f64 = fields[0].parse().unwrap_or_else(|_| panic!("{name}: {line}"));
+        let now: f64 = fields[1].parse().unwrap_or_else(|_| panic!("{name}: {line}"));
+        let count: u64 = fields[2].parse().unwrap_or_else(|_| panic!("{name}: {line}"));
+        assert!(value >= previous && now >= percentile && count >= total, "{name}: {line}");
+        assert_eq!(fields[1].len(), "0.000000000000".len(), "{name}: {line}");
+        (previous, percentile, total) = (value, now, count);
+    }
+    assert_eq!(percentile, 1.0, "{name}: the last line is 100%");
+    let footer_total = footer[1].trim_end_matches(']').rsplit(' ').next().unwrap();
+    assert_eq!(footer_total.parse::<u64>().ok(), Some(total), "{name}: footer count");
+}
+
+/// Every `.hgrm` and `.svg` written is one report.md links.
+fn check_every_file_is_linked(dir: &Path, linked: &BTreeSet<String>) {
+    for sub in ["hgrm", "charts"] {
+        for entry in std::fs::read_dir(dir.join(sub)).expect("the report's subdirectory") {
+            let name = format!("{sub}/{}", entry.unwrap().file_name().to_string_lossy());
+            assert!(linked.contains(&name), "{name} is written but not in a checked table");
+        }
+    }
+}
+
+/// rows.jsonl has one JSON row per `.hgrm` file, each with the documented fields.
+fn check_rows(dir: &Path, histograms: usize) {
+    let text = std::fs::read_to_string(dir.join("rows.jsonl")).expect("rows.jsonl");
+    let rows: Vec<serde_json::Value> =
+        text.lines().map(|line| serde_json::from_str(line).expect("a JSON row")).collect();
+    assert_eq!(rows.len(), histograms);
+    for row in &rows {
+        for field in ["section", "scenario", "variant", "ops", "ops_per_sec", "p50_ns", "max_ns"] {
+            assert!(row.get(field).is_some(), "{field} missing in {row}");
+        }
+    }
+}
+
+#[test]
+fn a_directory_that_cannot_be_made_is_refused_before_anything_runs() {
+    // Goal: an I/O error gives a clear message and a nonzero exit, not a panic, at once.
+    let dir = TempDir::new("blocked");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let blocker = dir.0.join("a-file");
+    std::fs::write(&blocker, "a file where the directory should go").unwrap();
+    let out = blocker.join("report");
+    let output = perf(&["report", "--quick", "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("cannot create the report directory"), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("[ 1/10]"), "{stderr}");
+}
+
+#[test]
+fn a_scale_that_is_not_positive_is_refused() {
+    // Goal: `--scale 0` is a usage error with a message, not an empty report.
+    let out = TempDir::new("scale");
+    let output = perf(&["report", "--scale", "0", "--out", out.0.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--scale must be a positive"));
+}
