@@ -310,10 +310,20 @@ fn send_records(
             .read(Sequence(available), &mut records, RECORDS_BATCH_BYTES)
             .map_err(io::Error::other)?;
         if count > 0 {
-            write_records(&mut socket, first, count, &records)?;
             let through = Sequence(tail.next().0 - 1);
-            lock(session).on_sent(through, control.now_ms());
+            // Counted as sent before the bytes go: the standby can acknowledge them before
+            // this thread would otherwise get to count them, and an acknowledgement above
+            // what was counted is refused as a protocol error. The session may have ended
+            // meanwhile (the acknowledgement thread closed it): then the stream stops.
+            {
+                let mut session = lock(session);
+                if !session.is_streaming() {
+                    return Ok(());
+                }
+                session.on_sent(through, control.now_ms());
+            }
             control.on_sent(stream, through);
+            write_records(&mut socket, first, count, &records)?;
             // Streaming leaves no idle moment for a heartbeat; one goes out anyway when the
             // answers start waiting for this standby, which makes it a promotable copy.
             heartbeat(control, &mut socket, session, through, &mut scratch)?;

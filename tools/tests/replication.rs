@@ -54,8 +54,12 @@ fn primary(dir: &Path, secret: &str, extra: &[&str]) -> Serve {
 }
 
 fn standby(dir: &Path, secret: &str, primary: SocketAddr) -> Serve {
+    standby_with(dir, secret, primary, &[])
+}
+
+fn standby_with(dir: &Path, secret: &str, primary: SocketAddr, extra: &[&str]) -> Serve {
     let primary = primary.to_string();
-    let args = [
+    let mut args = vec![
         "--role",
         "standby",
         "--primary",
@@ -65,6 +69,7 @@ fn standby(dir: &Path, secret: &str, primary: SocketAddr) -> Serve {
         "--replication-listen",
         "127.0.0.1:0",
     ];
+    args.extend_from_slice(extra);
     Serve::start_with(dir, &args)
 }
 
@@ -604,4 +609,71 @@ fn a_standby_refuses_damaged_gapped_and_stale_streams_and_applies_nothing_of_the
     assert_eq!(last_sequence(&view), 1, "{view} {:#?}", follower.drain_log());
     drop(follower);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_standby_acknowledging_records_at_once_is_never_refused_for_it() {
+    // Goal: under a stream of writes from several clients, the standby acknowledges records
+    // as soon as they arrive, which can be before the primary's sending thread has counted
+    // them sent; the primary must count them first, not refuse the acknowledgement as a
+    // protocol error, drop the stream and panic its sending thread. (A race: one record per
+    // frame, no fsyncs and busy cores make it likely, not certain, within the run.)
+    let root = temp_dir("prompt-acks");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let node = primary(&dir_a, &secret, &["--durability", "none"]);
+    // Without fsyncs the standby acknowledges a record a few microseconds after it arrives.
+    let replication = node.replication.unwrap();
+    let follower = standby_with(&dir_b, &secret, replication, &["--durability", "none"]);
+    create_sale(&node);
+    wait_node(&node, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
+    let http = node.http;
+    // Pipelined, so that records reach the standby in a steady stream, while spinning
+    // threads take the cores from the nodes' threads at any moment (as a loaded machine
+    // does), between sending records and counting them among others.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let done = std::sync::Arc::clone(&done);
+            thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let clients: Vec<_> = (0..4u64)
+        .map(|client| thread::spawn(move || pipelined_reservations(http, client, 2_000)))
+        .collect();
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    spinners.into_iter().for_each(|s| s.join().unwrap());
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    let target = last_sequence(&view);
+    wait_node(&follower, Duration::from_secs(30), |v| last_sequence(v) >= target);
+    let log = node.drain_log();
+    let refused = log.iter().filter(|line| line.contains("was sent") || line.contains("panicked"));
+    let refused: Vec<&String> = refused.collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+    drop((follower, node));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Sends `count` reservations on one keep-alive connection, each after the answer to the one
+/// before: one record at a time reaches the standby.
+fn pipelined_reservations(http: SocketAddr, client: u64, count: u64) {
+    let mut stream = TcpStream::connect(http).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = [0; 4096];
+    for request in 0..count {
+        let body = reservation(100_000 * (client + 1) + request).0;
+        let request = format!(
+            "POST /v1/orders HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        // One answer per request, small enough for one read.
+        let read = stream.read(&mut answer).unwrap();
+        assert!(read > 0, "the node hung up");
+    }
 }
