@@ -338,7 +338,7 @@ mod tests {
 
     /// The faults of the simulator the older regression seeds were found with: they take the
     /// paths they took then.
-    fn before_sync_point_crashes() -> RunLength {
+    pub(super) fn before_sync_point_crashes() -> RunLength {
         RunLength { sync_point_crashes: false, ..before_snapshots() }
     }
 
@@ -483,6 +483,7 @@ mod tests {
 #[cfg(all(test, feature = "mutations"))]
 mod recovery_mutation {
     use super::machine::Mutation;
+    use super::tests::before_sync_point_crashes;
     use super::*;
 
     #[test]
@@ -503,8 +504,14 @@ mod recovery_mutation {
                             break;
                         }
                         let mutation = Mutation::RecoveryIgnoresDamage;
-                        let world = || World::mutated(seed, RunLength::default(), mutation);
-                        if let Some(failure) = run_world(seed, world).failure {
+                        let world = || World::mutated(seed, before_sync_point_crashes(), mutation);
+                        // The loss of acknowledged writes, which is what makes the silent cut
+                        // dangerous. Searched in the simulator as it was when this was first
+                        // caught (seed 149): with snapshots and crashes at sync points, the
+                        // first 400 seeds show it only as a directory nothing recovers, which is
+                        // caught too but proves less.
+                        let failure = run_world(seed, world).failure;
+                        if let Some(failure) = failure.filter(|f| lost_writes(f)) {
                             found.lock().unwrap().get_or_insert((seed, failure));
                         }
                     }
@@ -512,11 +519,15 @@ mod recovery_mutation {
             }
         });
         let found = found.into_inner().unwrap();
-        let (seed, failure) = found.expect("no seed caught the silent cut");
+        let (seed, failure) = found.expect("no seed caught the silent cut losing writes");
         eprintln!("caught by seed {seed}: {failure}");
-        assert!(
-            failure.contains("final state") || failure.contains("answered"),
-            "seed {seed}: {failure}"
-        );
+        // The product as built passes that seed: the loss is the mutation's.
+        let unmutated = run_seed(seed, before_sync_point_crashes());
+        assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
+    }
+
+    /// A failure that says an acknowledged write is not in the final state.
+    fn lost_writes(failure: &str) -> bool {
+        failure.contains("final state") || failure.contains("answered")
     }
 }
