@@ -895,7 +895,7 @@ impl Machine {
         let index = self.index;
         let disk = self.disk.clone();
         if matches!(self.process, Process::Fetching(_)) {
-            return self.deliver_to_fetch(now_ms, conn, bytes, settings, net, trace);
+            return self.deliver_to_fetch(now_ms, bytes, settings, net, trace);
         }
         let Process::Running(running) = &mut self.process else {
             net.close(conn, index, now_ms);
@@ -939,7 +939,6 @@ impl Machine {
     fn deliver_to_fetch(
         &mut self,
         now_ms: u64,
-        conn: ConnId,
         bytes: &[u8],
         settings: &ClusterSettings,
         net: &mut Network,
@@ -953,7 +952,6 @@ impl Machine {
             Ok(_) => Fetched::Failed("a frame that is not one message".into()),
             Err(error) => Fetched::Failed(format!("a bad frame: {error}")),
         };
-        let _ = conn;
         self.on_fetched(now_ms, fetched, settings, net, trace);
     }
 

@@ -404,22 +404,24 @@ mod tests {
     fn the_seeds_that_found_bugs_pass() {
         // Goal: every seed that once found a bug passes every checker with its fix, and
         // still goes through the repair that found it.
-        let reports = swarm(&REGRESSION_SEEDS, before_sync_point_crashes(), 2, false);
-        for report in &reports {
-            assert!(report.failure.is_none(), "seed {}: {:?}", report.seed, report.failure);
-            assert!(report.faults.repairs >= 1, "seed {} repaired no journal", report.seed);
-        }
+        regressions_pass(
+            &REGRESSION_SEEDS,
+            before_sync_point_crashes(),
+            "repaired no journal",
+            |r: &Report| r.faults.repairs >= 1,
+        );
     }
 
     #[test]
     fn the_manual_failover_seeds_that_found_bugs_pass() {
         // Goal: every seed of a pair without a witness that once lost acknowledged writes or
         // reused an epoch passes with the fixes, and still promotes by hand.
-        let reports = swarm(&MANUAL_REGRESSION_SEEDS, before_sync_point_crashes(), 2, false);
-        for report in &reports {
-            assert!(report.failure.is_none(), "seed {}: {:?}", report.seed, report.failure);
-            assert!(report.faults.manual_promotions >= 1, "seed {}: no promotion", report.seed);
-        }
+        regressions_pass(
+            &MANUAL_REGRESSION_SEEDS,
+            before_sync_point_crashes(),
+            "no promotion",
+            |r: &Report| r.faults.manual_promotions >= 1,
+        );
     }
 
     #[test]
@@ -427,21 +429,32 @@ mod tests {
         // Goal: every seed found with crashes at sync points that once left the pair unable
         // to lead or lost acknowledged writes passes with its fix, and still crashes a node at
         // a sync point.
-        let reports = swarm(&SYNC_POINT_REGRESSION_SEEDS, before_snapshots(), 2, false);
-        for report in &reports {
-            assert!(report.failure.is_none(), "seed {}: {:?}", report.seed, report.failure);
-            assert!(report.faults.sync_point_crashes >= 1, "seed {}: no such crash", report.seed);
-        }
+        regressions_pass(
+            &SYNC_POINT_REGRESSION_SEEDS,
+            before_snapshots(),
+            "no crash at a sync point",
+            |r: &Report| r.faults.sync_point_crashes >= 1,
+        );
     }
 
     #[test]
     fn the_snapshot_seeds_that_found_bugs_pass() {
         // Goal: every seed that found a bug in snapshot transfer or repair passes with its
         // fix, and still takes a snapshot from its primary.
-        let reports = swarm(&SNAPSHOT_REGRESSION_SEEDS, RunLength::default(), 2, false);
-        for report in &reports {
+        regressions_pass(
+            &SNAPSHOT_REGRESSION_SEEDS,
+            RunLength::default(),
+            "no snapshot taken",
+            |r: &Report| r.snapshots.installed >= 1,
+        );
+    }
+
+    /// Each of `seeds` passes every checker and still takes the path (`did`) on which it found
+    /// its bug, or the test fails saying it did not (`what`).
+    fn regressions_pass(seeds: &[u64], length: RunLength, what: &str, did: fn(&Report) -> bool) {
+        for report in swarm(seeds, length, 2, false) {
             assert!(report.failure.is_none(), "seed {}: {:?}", report.seed, report.failure);
-            assert!(report.snapshots.installed >= 1, "seed {}: no snapshot taken", report.seed);
+            assert!(did(&report), "seed {}: {what}", report.seed);
         }
     }
 
