@@ -402,7 +402,9 @@ impl DirCheck {
     /// retired.
     #[must_use]
     pub fn first_held(&self) -> Sequence {
-        self.segments.first().map_or(Sequence(1), |(first, _)| *first)
+        let first = self.segments.first().map_or(Sequence(1), |(first, _)| *first);
+        assert!(first.0 >= 1, "a segment named for sequence 0");
+        first
     }
 
     /// A directory with no journal in it yet (a node initialises it).

@@ -259,6 +259,7 @@ impl FaultStorage {
         // A frozen disk is at rest: nothing armed, nothing failing.
         assert!(frozen.halt_at.is_none() && frozen.halted.is_none(), "a frozen disk halts");
         let point = frozen.sync_points;
+        assert!(point >= 1, "halted before any sync point");
         let storage = FaultStorage::new();
         *storage.disk() = frozen;
         Some(SyncCapture { point, what, disk: storage })
@@ -340,6 +341,8 @@ fn sync_point(shared: &Shared, disk: &mut Disk, what: &str) {
     disk.check_model();
     disk.sync_points += 1;
     if disk.halt_at == Some(disk.sync_points) {
+        // A halted disk syncs nothing more: it cannot reach its halt twice.
+        assert!(disk.halted.is_none(), "a disk halted twice");
         let frozen = Disk { failing: Vec::new(), halt_at: None, halted: None, ..disk.clone() };
         disk.halted = Some(Arc::new((frozen, what.to_owned())));
     }
@@ -547,6 +550,8 @@ impl Storage for FaultStorage {
         disk.inodes.insert(ino, inode);
         disk.live.insert(name.to_owned(), ino);
         disk.pending.push(DirOp::Link { name: name.to_owned(), inode: ino });
+        // Linked live at once, durable only once the directory is synced.
+        debug_assert!(!disk.durable.contains_key(name) || disk.durable[name] != ino);
         Ok(())
     }
 
@@ -557,6 +562,8 @@ impl Storage for FaultStorage {
         let &ino = disk.live.get(name).ok_or_else(|| gone(name))?;
         let inode = disk.inodes.get_mut(&ino).expect("inode");
         inode.durable = Arc::clone(&inode.live);
+        // The file's bytes are durable; its entry is as durable as the directory's last sync.
+        debug_assert!(Arc::ptr_eq(&inode.durable, &inode.live), "a synced file differs");
         sync_point(&self.shared, &mut disk, &format!("file {name}"));
         Ok(())
     }
@@ -571,6 +578,7 @@ impl Storage for FaultStorage {
         let ino = disk.live.remove(from).ok_or_else(|| gone(from))?;
         disk.live.insert(to.to_owned(), ino);
         disk.pending.push(DirOp::Rename { from: from.to_owned(), to: to.to_owned() });
+        debug_assert!(!disk.live.contains_key(from), "a renamed file under its old name");
         Ok(())
     }
 
@@ -580,6 +588,7 @@ impl Storage for FaultStorage {
         check_fault(&disk, name)?;
         disk.live.remove(name).ok_or_else(|| gone(name))?;
         disk.pending.push(DirOp::Unlink { name: name.to_owned() });
+        debug_assert!(!disk.live.contains_key(name), "a removed file still listed");
         Ok(())
     }
 

@@ -510,12 +510,15 @@ fn refuse_nothing_to_replay_from(
     snapshots: &[(Sequence, String)],
     at: Sequence,
 ) -> Result<(), JournalError> {
+    assert!(at.0 >= 1, "sequences start at 1");
     let first = check.first_held();
     if first.0 <= 1 || at.0 <= 1 {
         return Ok(());
     }
     let last_retired = Sequence(first.0 - 1);
     let usable = snapshots.iter().any(|(through, _)| *through >= last_retired && *through < at);
+    // `snapshot::list` names them oldest first, each once.
+    debug_assert!(snapshots.windows(2).all(|p| p[0].0 < p[1].0), "snapshots out of order");
     if usable {
         return Ok(());
     }

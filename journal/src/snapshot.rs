@@ -676,6 +676,7 @@ impl<S: Storage> Snapshotter<S> {
         visible_wait: Option<Duration>,
     ) -> (Snapshotter<S>, SnapshotWriter<S>) {
         assert!(policy.keep >= 1, "at least one snapshot is kept");
+        assert!(config.validate().is_ok(), "a snapshotter of an invalid configuration");
         let (jobs, receiver) = mpsc::sync_channel::<Job>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(SnapshotStats::default()));
@@ -794,6 +795,8 @@ impl<S: Storage> SnapshotWriter<S> {
         match self.jobs.try_recv() {
             Ok(job) => {
                 self.run(&job);
+                // One job at a time: the hook hands over the next only once this one is done.
+                assert!(!self.busy.load(Ordering::Acquire), "a job done left the writer busy");
                 true
             }
             Err(_) => false,
@@ -805,11 +808,15 @@ impl<S: Storage> SnapshotWriter<S> {
         while let Ok(job) = self.jobs.recv() {
             self.run(&job);
         }
+        // The hook is gone, and every job it handed over was run first.
+        assert!(!self.busy.load(Ordering::Acquire), "the writer stopped with a job in flight");
     }
 
     fn run(&mut self, job: &Job) {
-        // The hook marks the writer busy before it hands a job over.
+        // The hook marks the writer busy before it hands a job over, and never asks for a
+        // snapshot through a sequence before the engine's last.
         assert!(self.busy.load(Ordering::Acquire), "a job the hook did not mark");
+        assert!(job.last_sequence <= job.through, "a job behind its engine");
         let done = self.shadow.run(job);
         self.busy.store(false, Ordering::Release);
         // Counted once the writer is free again: whoever sees the count can have the next
@@ -951,6 +958,7 @@ impl<S: Storage> Shadow<S> {
                     }
                     *tail = Tail::open(storage.clone(), engine.last_sequence().next())
                         .map_err(|error| format!("reading the journal: {error}"))?;
+                    assert_eq!(tail.next(), engine.last_sequence().next(), "a reader elsewhere");
                     continue;
                 }
             }
