@@ -398,26 +398,25 @@ pub fn drop_tail(
 ) -> Result<bool, String> {
     assert!(keep_through < end.last_sequence, "a divergence drops at least one record");
     let dropped = end.last_sequence.0 - keep_through.0;
+    log(format_args!(
+        "dropping {dropped} records ({}..={}, last from epoch {}) that the primary never \
+         received; in sync mode none of them was acknowledged",
+        keep_through.next(),
+        end.last_sequence,
+        end.last_epoch
+    ));
     let truncation = match recovery::truncate(storage, keep_through.next()) {
         Ok(truncation) => truncation,
         Err(JournalError::NothingToReplayFrom { .. }) => {
             log(format_args!(
-                "the {dropped} records after {keep_through} that the primary never received \
-                 cannot be dropped in place (every snapshot here holds some of them, and the \
-                 records before those were retired): this standby takes the primary's \
+                "they cannot be dropped in place (every snapshot here holds some of them, and \
+                 the records before those were retired): this standby takes the primary's \
                  snapshot instead"
             ));
             return Ok(false);
         }
         Err(error) => return Err(format!("dropping the diverged tail: {error}")),
     };
-    log(format_args!(
-        "dropped {dropped} records ({}..={}, last from epoch {}) that the primary never \
-         received; in sync mode none of them was acknowledged",
-        keep_through.next(),
-        end.last_sequence,
-        end.last_epoch
-    ));
     for snapshot in &truncation.snapshots_invalidated {
         log(format_args!("snapshot {snapshot} included dropped records: set aside"));
     }
