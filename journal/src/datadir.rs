@@ -48,6 +48,59 @@ const CATCH_UP_TEXT: &[u8] = b"This data directory may lack records it once ackn
 up with one. To let it take over anyway, accepting the loss of what it lacks, stop it and \
 delete this file.\n";
 
+/// Present while a truncation runs, naming where it cuts: written durably before its first
+/// change and removed after its last. A truncation changes segments, snapshots and the
+/// manifest in steps that are not atomic together, so a crash part way can leave a manifest
+/// listing a segment already removed; recovery finishes a truncation it finds under way before
+/// it reads anything else.
+pub const TRUNCATING_FILE: &str = "truncating";
+
+/// Writes the truncation marker durably: the sequence, then a line for the operator.
+pub(crate) fn mark_truncating<S: Storage>(storage: &S, at: Sequence) -> Result<(), JournalError> {
+    assert!(at.0 >= 1, "sequences start at 1");
+    let text = format!(
+        "{}\nA truncation of this journal at sequence {} was under way; the node's next start \
+         finishes it.\n",
+        at.0, at.0
+    );
+    write_atomically(storage, TRUNCATING_FILE, text.as_bytes())?;
+    // The pair of the reading below: it names the same sequence.
+    debug_assert_eq!(truncating(storage).ok().flatten(), Some(at), "an unreadable marker");
+    Ok(())
+}
+
+/// Where a truncation under way cuts, if one is.
+pub(crate) fn truncating<S: Storage>(storage: &S) -> Result<Option<Sequence>, JournalError> {
+    if storage.file_len(TRUNCATING_FILE).is_err() {
+        return Ok(None);
+    }
+    let file = storage.describe(TRUNCATING_FILE);
+    let bytes = storage
+        .read_file(TRUNCATING_FILE)
+        .map_err(|e| JournalError::io(format!("reading {file}"), e))?;
+    let at = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| text.lines().next())
+        .and_then(|line| line.parse::<u64>().ok())
+        .filter(|&at| at >= 1);
+    match at {
+        Some(at) => Ok(Some(Sequence(at))),
+        None => Err(JournalError::Options(format!(
+            "{file} does not name the sequence of the truncation under way; run `ringfence \
+             journal truncate` again at the sequence you chose"
+        ))),
+    }
+}
+
+/// Removes the truncation marker, durably: the truncation is complete.
+pub(crate) fn truncation_done<S: Storage>(storage: &S) -> Result<(), JournalError> {
+    let file = storage.describe(TRUNCATING_FILE);
+    storage.remove(TRUNCATING_FILE).map_err(|e| JournalError::io(format!("removing {file}"), e))?;
+    sync_dir(storage)?;
+    assert!(storage.file_len(TRUNCATING_FILE).is_err(), "the marker is still there");
+    Ok(())
+}
+
 /// Writes the catch-up marker durably.
 pub(crate) fn mark_catching_up<S: Storage>(storage: &S) -> Result<(), JournalError> {
     write_atomically(storage, CATCH_UP_FILE, CATCH_UP_TEXT)?;

@@ -126,6 +126,12 @@ pub fn recover_from<S: Storage>(
     options: WriterOptions,
 ) -> Result<Recovered<S>, JournalError> {
     options.validate()?;
+    if let Some(at) = datadir::truncating(&storage)? {
+        // A truncation was cut off part way: finished before anything is read.
+        tracing::warn!(target: "ringfence", "finishing the truncation at sequence {at} under way");
+        truncate(&storage, at)?;
+        assert!(datadir::truncating(&storage)?.is_none(), "a finished truncation left its marker");
+    }
     let mut source = storage.clone();
     let mut check = datadir::check(&mut source)?;
     if !check.problems.is_empty() {
@@ -438,7 +444,9 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
             problem.sequence, problem.name, problem.offset, problem.sequence
         )));
     }
-    // Before the first cut: records this node may have acknowledged are about to go.
+    // Before the first cut: where it cuts, so that a crash part way is finished at the next
+    // start; and that records this node may have acknowledged are about to go.
+    datadir::mark_truncating(storage, at)?;
     datadir::mark_catching_up(storage)?;
     let mut truncation = Truncation::default();
     for (first, name) in scan::sorted_segments(storage)?.into_iter().rev() {
@@ -464,6 +472,10 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     }
     datadir::sync_dir(storage)?;
     rewrite_after_truncation(storage, &check, &layout, at, &mut truncation)?;
+    // Nothing at or after the cut is listed any more: only then is the marker removed.
+    let listed = &truncation.manifest.segments;
+    assert!(listed.iter().all(|s| s.first < at), "a segment from the cut on is still listed");
+    datadir::truncation_done(storage)?;
     // The manifest lists exactly the segments left (debug builds: a listing).
     let left: Vec<Sequence> = truncation.manifest.segments.iter().map(|s| s.first).collect();
     debug_assert!(

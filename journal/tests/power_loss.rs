@@ -215,3 +215,57 @@ fn power_loss_at_every_sync_point_of_snapshots_and_retention_loses_nothing_durab
         assert_eq!(*digest, reference.state_digest(), "{at}: state differs from a replay");
     }
 }
+
+#[test]
+fn a_truncation_cut_off_at_any_sync_point_is_finished_at_the_next_start() {
+    // Goal: a power loss at any sync point of a truncation — of a journal with snapshots and
+    // retired segments, cut after its newest snapshot, or cut whole as installing a primary's
+    // snapshot does — leaves a directory recovery opens: the journal as it was until the
+    // truncation's marker is durable, and cut where it was asked from then on.
+    let mut workload = Workload::new(41, Sequence(1), Timestamp(1_000));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 2_000);
+    let disk = FaultStorage::new();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let policy = SnapshotPolicy { every_commands: Some(300), keep: 2 };
+    let data_dir = recovered.writer.data_dir().clone();
+    let (mut snapshots, mut writer) = Snapshotter::stepped(data_dir, policy, config());
+    let mut engine = Engine::new(config());
+    for batch in commands.chunks(16) {
+        for command in batch {
+            recovered.writer.append_command(Epoch(1), command).unwrap();
+            engine.apply(command);
+            snapshots.after_apply(&engine, command);
+        }
+        recovered.writer.end_batch().unwrap();
+        writer.step();
+    }
+    assert!(snapshots.stats().segments_retired > 0, "{:?}", snapshots.stats());
+    drop((recovered, snapshots, writer));
+    let newest = ringfence_journal::snapshot::list(&disk).unwrap().pop().unwrap().0;
+    for at in [Sequence(newest.0 + 10), Sequence(1)] {
+        let copy = disk.process_crash();
+        copy.capture_sync_points();
+        ringfence_journal::recovery::truncate(&copy, at).unwrap();
+        let captures = copy.take_captures();
+        assert!(captures.len() >= 4, "{} sync points", captures.len());
+        let mut cut = 0;
+        for capture in &captures {
+            for torn in [None, Some(capture.point)] {
+                let image = capture.disk.power_loss(torn);
+                let what = format!("cut at {at}, sync point {} ({})", capture.point, capture.what);
+                let again = recover_from(image, options(Durability::Batch))
+                    .unwrap_or_else(|e| panic!("{what}, torn {torn:?}: recovery failed: {e}"));
+                let next = again.next_sequence;
+                assert!(
+                    next == at || next == Sequence(2_001),
+                    "{what}: the journal ends at {next}"
+                );
+                cut += u64::from(next == at);
+            }
+        }
+        let last = captures.last().unwrap().disk.power_loss(None);
+        let finished = recover_from(last, options(Durability::Batch)).unwrap();
+        assert_eq!(finished.next_sequence, at, "a completed truncation is not undone");
+        assert!(cut >= 2, "cut at {at}: never past the marker");
+    }
+}

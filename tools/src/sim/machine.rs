@@ -407,10 +407,15 @@ impl Machine {
         net: &mut Network,
     ) {
         let process = std::mem::replace(&mut self.process, Process::Down(Down { restart_ms }));
-        if let Process::Running(running) = process {
-            let Running { node, clients, follower, .. } = *running;
-            drop((clients, follower));
-            node.abandon();
+        match process {
+            Process::Running(running) => {
+                let Running { node, clients, follower, .. } = *running;
+                drop((clients, follower));
+                node.abandon();
+            }
+            // A candidate's or a fetching process's open journal goes with it, before the
+            // disk is read: what it wrote is the kernel's, as a killed process's is.
+            other => drop(other),
         }
         net.reset_node(self.index);
         self.disk = if power_loss {

@@ -333,8 +333,10 @@ mod tests {
     /// that installed its primary's snapshot joined with the snapshot's epoch above its
     /// promise, which the protocol refuses to encode (3); bit rot below every kept snapshot,
     /// where the runbook's truncation left nothing to replay from (6); and a diverged standby
-    /// whose only snapshots held the tail it had to drop (523).
-    const SNAPSHOT_REGRESSION_SEEDS: [u64; 3] = [3, 6, 523];
+    /// whose only snapshots held the tail it had to drop (523); a power loss part way through
+    /// the truncation that starts installing a snapshot, which left a manifest listing a
+    /// segment already removed, so the standby never started again (71769).
+    const SNAPSHOT_REGRESSION_SEEDS: [u64; 4] = [3, 6, 523, 71769];
 
     /// The faults of the simulator the older regression seeds were found with: they take the
     /// paths they took then.
