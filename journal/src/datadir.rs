@@ -75,21 +75,21 @@ pub(crate) fn truncating<S: Storage>(storage: &S) -> Result<Option<Sequence>, Jo
         return Ok(None);
     }
     let file = storage.describe(TRUNCATING_FILE);
-    let bytes = storage
-        .read_file(TRUNCATING_FILE)
-        .map_err(|e| JournalError::io(format!("reading {file}"), e))?;
-    let at = std::str::from_utf8(&bytes)
-        .ok()
-        .and_then(|text| text.lines().next())
-        .and_then(|line| line.parse::<u64>().ok())
-        .filter(|&at| at >= 1);
-    match at {
-        Some(at) => Ok(Some(Sequence(at))),
+    match truncation_under_way(storage) {
+        Some(at) => Ok(Some(at)),
         None => Err(JournalError::Options(format!(
             "{file} does not name the sequence of the truncation under way; run `ringfence \
              journal truncate` again at the sequence you chose"
         ))),
     }
+}
+
+/// Where a truncation cut off part way will cut, as the read-only tools report it: `None`
+/// without a marker, or with one that names no sequence (which recovery refuses).
+pub fn truncation_under_way<R: ReadSource>(source: &R) -> Option<Sequence> {
+    let bytes = source.read_file(TRUNCATING_FILE).ok()?;
+    let line = std::str::from_utf8(&bytes).ok()?.lines().next()?;
+    line.parse::<u64>().ok().filter(|&at| at >= 1).map(Sequence)
 }
 
 /// Removes the truncation marker, durably: the truncation is complete.

@@ -262,6 +262,8 @@ impl FaultStorage {
         assert!(point >= 1, "halted before any sync point");
         let storage = FaultStorage::new();
         *storage.disk() = frozen;
+        // The copy counts the sync points it was frozen after, as a capture does.
+        assert_eq!(storage.sync_points(), point, "a frozen disk that lost its count");
         Some(SyncCapture { point, what, disk: storage })
     }
 

@@ -248,11 +248,15 @@ fn a_truncation_cut_off_at_any_sync_point_is_finished_at_the_next_start() {
         ringfence_journal::recovery::truncate(&copy, at).unwrap();
         let captures = copy.take_captures();
         assert!(captures.len() >= 4, "{} sync points", captures.len());
-        let mut cut = 0;
+        let (mut cut, mut under_way) = (0, 0);
         for capture in &captures {
             for torn in [None, Some(capture.point)] {
                 let image = capture.disk.power_loss(torn);
                 let what = format!("cut at {at}, sync point {} ({})", capture.point, capture.what);
+                // The read-only tools' view: a marker names the cut, which recovery finishes.
+                let marked = ringfence_journal::datadir::truncation_under_way(&image);
+                assert!(marked.is_none_or(|marked| marked == at), "{what}: marker {marked:?}");
+                under_way += u64::from(marked.is_some());
                 let again = recover_from(image, options(Durability::Batch))
                     .unwrap_or_else(|e| panic!("{what}, torn {torn:?}: recovery failed: {e}"));
                 let next = again.next_sequence;
@@ -261,8 +265,10 @@ fn a_truncation_cut_off_at_any_sync_point_is_finished_at_the_next_start() {
                     "{what}: the journal ends at {next}"
                 );
                 cut += u64::from(next == at);
+                assert!(marked.is_none() || next == at, "{what}: a marked cut not finished");
             }
         }
+        assert!(under_way >= 2, "cut at {at}: no crash while the marker was there");
         let last = captures.last().unwrap().disk.power_loss(None);
         let finished = recover_from(last, options(Durability::Batch)).unwrap();
         assert_eq!(finished.next_sequence, at, "a completed truncation is not undone");

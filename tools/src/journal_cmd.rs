@@ -235,6 +235,13 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
     if let Some(holder) = live {
         found.push(Finding::Note(format!("live directory: node {holder} is writing it")));
     }
+    if let Some(at) = ringfence_journal::datadir::truncation_under_way(&opened.source) {
+        found.push(Finding::Note(format!(
+            "a truncation at sequence {at} was cut off part way; the node's next start \
+             finishes it (differences between the manifest and the segments may be its \
+             unfinished steps)"
+        )));
+    }
     for file in &opened.check.temporaries {
         found.push(Finding::Note(match live {
             Some(_) => format!("{} is a write in progress", name(file)),
