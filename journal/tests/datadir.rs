@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TempDir, config, generate, options};
+use common::{TempDir, config, generate, journal_with_snapshots, options};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Command, Engine, Epoch, Sequence, Timestamp};
 use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
@@ -427,24 +427,10 @@ fn a_cut_that_would_leave_nothing_to_replay_from_is_refused() {
     // is refused, naming the repairs that work, and changes nothing; a cut after the newest
     // snapshot goes ahead and recovers from it.
     let disk = FaultStorage::new();
-    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    let policy = SnapshotPolicy { every_commands: Some(300), keep: 1 };
-    let data_dir = recovered.writer.data_dir().clone();
-    let (mut snapshots, mut writer) = Snapshotter::stepped(data_dir, policy, config());
-    let mut engine = Engine::new(config());
     let mut workload = Workload::new(8, Sequence(1), Timestamp(1));
     let commands = generate(&mut workload, &mut Engine::new(config()), 2_350);
-    for batch in commands.chunks(16) {
-        for command in batch {
-            recovered.writer.append_command(Epoch(1), command).unwrap();
-            engine.apply(command);
-            snapshots.after_apply(&engine, command);
-        }
-        recovered.writer.end_batch().unwrap();
-        writer.step();
-    }
-    assert!(snapshots.stats().segments_retired > 0, "{:?}", snapshots.stats());
-    drop((recovered, snapshots, writer));
+    let policy = SnapshotPolicy { every_commands: Some(300), keep: 1 };
+    assert!(journal_with_snapshots(&disk, &commands, policy) > 0, "no segment retired");
     let first = ringfence_journal::datadir::check(&mut disk.clone()).unwrap().first_held();
     let (newest, _) = snapshot::list(&disk).unwrap().pop().unwrap();
     assert!(Sequence(1) < first && first <= newest, "first {first}, snapshot {newest}");

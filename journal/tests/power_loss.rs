@@ -5,7 +5,7 @@ mod common;
 
 use std::ops::ControlFlow;
 
-use common::{config, generate, options};
+use common::{config, generate, journal_with_snapshots, options};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::prng::Prng;
 use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
@@ -225,22 +225,8 @@ fn a_truncation_cut_off_at_any_sync_point_is_finished_at_the_next_start() {
     let mut workload = Workload::new(41, Sequence(1), Timestamp(1_000));
     let commands = generate(&mut workload, &mut Engine::new(config()), 2_000);
     let disk = FaultStorage::new();
-    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
     let policy = SnapshotPolicy { every_commands: Some(300), keep: 2 };
-    let data_dir = recovered.writer.data_dir().clone();
-    let (mut snapshots, mut writer) = Snapshotter::stepped(data_dir, policy, config());
-    let mut engine = Engine::new(config());
-    for batch in commands.chunks(16) {
-        for command in batch {
-            recovered.writer.append_command(Epoch(1), command).unwrap();
-            engine.apply(command);
-            snapshots.after_apply(&engine, command);
-        }
-        recovered.writer.end_batch().unwrap();
-        writer.step();
-    }
-    assert!(snapshots.stats().segments_retired > 0, "{:?}", snapshots.stats());
-    drop((recovered, snapshots, writer));
+    assert!(journal_with_snapshots(&disk, &commands, policy) > 0, "no segment retired");
     let newest = ringfence_journal::snapshot::list(&disk).unwrap().pop().unwrap().0;
     for at in [Sequence(newest.0 + 10), Sequence(1)] {
         let copy = disk.process_crash();

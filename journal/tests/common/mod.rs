@@ -5,7 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ringfence_core::{Engine, EngineConfig, Outcome, Sequenced};
+use ringfence_core::pipeline::SnapshotHook;
+use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Sequenced};
+use ringfence_journal::fault::FaultStorage;
+use ringfence_journal::recovery::recover_from;
+use ringfence_journal::snapshot::{SnapshotPolicy, Snapshotter};
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
@@ -40,6 +44,32 @@ pub fn config() -> EngineConfig {
 
 pub fn options(durability: Durability) -> WriterOptions {
     WriterOptions { segment_len: 64 * 1024, durability, engine_config: config() }
+}
+
+/// Journals `commands` on `disk` in batches of 16, with the stepped snapshot writer taking
+/// the snapshots `policy` asks for after each batch, and retention; returns the segments
+/// retired.
+pub fn journal_with_snapshots(
+    disk: &FaultStorage,
+    commands: &[Sequenced],
+    policy: SnapshotPolicy,
+) -> u64 {
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let data_dir = recovered.writer.data_dir().clone();
+    let (mut snapshots, mut writer) = Snapshotter::stepped(data_dir, policy, config());
+    let mut engine = Engine::new(config());
+    for batch in commands.chunks(16) {
+        for command in batch {
+            recovered.writer.append_command(Epoch(1), command).unwrap();
+            engine.apply(command);
+            snapshots.after_apply(&engine, command);
+        }
+        recovered.writer.end_batch().unwrap();
+        writer.step();
+    }
+    let stats = snapshots.stats();
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    stats.segments_retired
 }
 
 /// Generates `count` commands, applying each to `engine` so follow-ups use real order ids.
