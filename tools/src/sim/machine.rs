@@ -501,7 +501,7 @@ impl Machine {
             let done = truncated.as_ref().map_or_else(ToString::to_string, |_| "done".to_owned());
             trace
                 .event(now_ms, &format!("{}: operator truncates at {sequence}: {done}", self.name));
-            if truncated.is_err() {
+            if let Err(JournalError::NothingToReplayFrom { .. }) = truncated {
                 // Refused: nothing would be left to replay from. The other repair the message
                 // names: an empty data directory, which fetches the primary's snapshot.
                 trace.event(now_ms, &format!("{}: operator empties its data directory", self.name));
