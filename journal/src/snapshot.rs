@@ -949,8 +949,7 @@ impl<S: Storage> Shadow<S> {
                     // damaged): again, for a while, if this writer may wait.
                     let since = waiting_since.replace(Instant::now());
                     if let Some(since) = since {
-                        let wait = self.visible_wait.unwrap_or_default();
-                        if self.visible_wait.is_none() || since.elapsed() > wait {
+                        if self.visible_wait.is_none_or(|wait| since.elapsed() > wait) {
                             return Err(format!("reading the journal: {error}"));
                         }
                         waiting_since = Some(since);

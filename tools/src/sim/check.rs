@@ -9,8 +9,6 @@ use ringfence_core::{
 
 use super::clients::{HOT, HOT_LIMIT, Ledger};
 use super::machine::{ClusterSettings, Machine, journal_records};
-use ringfence_journal::format::SEGMENT_LEN_MIN;
-use ringfence_journal::writer::{Durability, WriterOptions};
 
 /// After every step: every node's BLP kept every SKU's units balanced.
 pub fn every_step(machines: &[Machine]) -> Result<(), String> {
@@ -77,11 +75,7 @@ fn first_held(machine: &Machine) -> Result<Sequence, String> {
 
 /// The state a recovery of a copy of the machine's disk comes to.
 fn recover(machine: &Machine, settings: &ClusterSettings) -> Result<Engine, String> {
-    let options = WriterOptions {
-        segment_len: SEGMENT_LEN_MIN,
-        durability: Durability::Batch,
-        engine_config: settings.engine.clone(),
-    };
+    let options = Machine::options(settings);
     let recovered =
         ringfence_journal::recovery::recover_from(machine.disk.process_crash(), options)
             .map_err(|e| format!("{}: a recovery of its disk fails: {e}", machine.name))?;

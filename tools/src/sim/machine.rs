@@ -463,7 +463,8 @@ impl Machine {
         }
     }
 
-    fn options(settings: &ClusterSettings) -> WriterOptions {
+    /// The journal options every simulated node runs with.
+    pub(super) fn options(settings: &ClusterSettings) -> WriterOptions {
         WriterOptions {
             segment_len: SEGMENT_LEN_MIN,
             durability: Durability::Batch,
@@ -858,16 +859,16 @@ impl Machine {
         }
         running.node.step();
         if now_ms % SNAPSHOT_WRITER_PERIOD_MS == 0 {
-            let pending = running.snapshots.as_ref().is_some_and(|(_, stats, _)| {
-                let stats = stats.get();
-                stats.pauses > stats.written + stats.failed
-            });
-            if pending && let Some((after, power_loss)) = self.halt_at_next_snapshot.take() {
+            let pending = || {
+                running.snapshots.as_ref().is_some_and(|(_, stats, _)| {
+                    let stats = stats.get();
+                    stats.pauses > stats.written + stats.failed
+                })
+            };
+            if self.halt_at_next_snapshot.is_some() && pending() {
                 // Its next sync points are the snapshot's and retention's: a crash mid-snapshot.
-                if self.halt_power_loss.is_none() {
-                    self.disk.halt_after_sync_points(after);
-                    self.halt_power_loss = Some(power_loss);
-                }
+                let (after, power_loss) = self.halt_at_next_snapshot.take().expect("checked");
+                self.arm_halt(after, power_loss);
             }
             let Process::Running(running) = &mut self.process else { unreachable!() };
             self.snapshot_counts =
