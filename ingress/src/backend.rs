@@ -13,10 +13,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ringfence_core::pipeline::{
-    Intake, Metrics, Node, Refused, Session, SnapshotHook, Unanswered, WakeHook,
+    Intake, Metrics, Node, Refused, Session, SnapshotHook, Topology, Unanswered, WakeHook,
 };
 use ringfence_core::{Command, Engine, Epoch, Outcome, Sequence, Sequenced};
 
@@ -207,6 +207,14 @@ pub trait Backend: Send + 'static {
     /// The next ready completion. After it returns `None`, the backend wakes the server's
     /// `mio::Waker` when the next completion arrives.
     fn poll(&mut self) -> Option<BackendCompletion>;
+
+    /// Advances a node that runs on the event loop's thread ([`Topology::Stepped`]): handles
+    /// what was submitted, releases the answers that are safe. Returns how soon it must be
+    /// advanced again with no new input (its timer), or `None` for a node on its own threads,
+    /// which this leaves alone.
+    fn step(&mut self) -> Option<Duration> {
+        None
+    }
 
     /// The node's current status.
     fn status(&self) -> NodeStatus;
@@ -421,6 +429,15 @@ impl Backend for NodeBackend {
             Err(Refused::Failed(failure)) => Err(Refusal::Failed(failure.to_string())),
             Err(other) => Err(Refusal::Failed(other.to_string())),
         }
+    }
+
+    fn step(&mut self) -> Option<Duration> {
+        let node = self.node.as_ref()?;
+        if node.topology() != Topology::Stepped {
+            return None;
+        }
+        // With no deadline set, nothing is due until a command sets one.
+        Some(node.step().next_due.unwrap_or(Duration::MAX))
     }
 
     fn poll(&mut self) -> Option<BackendCompletion> {

@@ -443,8 +443,15 @@ pub struct BenchServer {
 }
 
 impl BenchServer {
-    /// Starts the server and creates the hot SKU.
+    /// Starts the server with the processor on the event loop's thread (`inline`, what
+    /// `serve` runs on machines below four cores) and creates the hot SKU.
     pub fn start() -> io::Result<BenchServer> {
+        BenchServer::start_as(Topology::Stepped)
+    }
+
+    /// Starts the server with `topology` (`Stepped` is `serve`'s `inline`) and creates the
+    /// hot SKU.
+    pub fn start_as(topology: Topology) -> io::Result<BenchServer> {
         let dir = std::env::temp_dir().join(format!("ringfence-perf-net-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -466,17 +473,22 @@ impl BenchServer {
         let node_config = NodeConfig {
             ring_size: 1 << 16,
             engine: engine_config,
-            topology: Some(Topology::Compact),
+            topology: Some(topology),
             egress: EgressDriver::Polled,
             session_pending_max: 1 << 16,
             ..NodeConfig::default()
         };
-        let description = format!(
-            "node {} topology, egress polled by the ingress thread, {} wait, BLP pinned to the \
-             last core, journal durability none",
-            node_config.resolved_topology().name(),
-            node_config.wait.name()
-        );
+        let description = match topology {
+            Topology::Stepped => "node inline: processor and egress on the ingress thread \
+                                  (serve's default below four cores), journal durability none"
+                .to_owned(),
+            _ => format!(
+                "node {} topology, egress polled by the ingress thread, {} wait, BLP pinned to \
+                 the last core, journal durability none",
+                topology.name(),
+                node_config.wait.name()
+            ),
+        };
         let config = ServerConfig {
             admin_token: Some("bench".into()),
             in_flight_max: 1 << 16,
@@ -591,6 +603,7 @@ pub fn run_plan(
     loads.extend(plan.rates.iter().map(|&rate| Load::Rate(rate)));
     for load in loads {
         let duration = Duration::from_secs_f64(plan.seconds);
+        let cpu = ServerCpu::start();
         let measured =
             match drive(addr, protocol, plan.connections, load, duration, plan.next_index) {
                 Ok(measured) => measured,
@@ -599,16 +612,25 @@ pub fn run_plan(
                     return;
                 }
             };
+        let server_cpu = cpu.seconds();
         plan.next_index += measured.answered + measured.lost + 1;
         let label = match load {
             Load::Window(_) => format!("{variant} max"),
             Load::Rate(rate) => format!("{variant} @{}k/s", rate / 1_000),
         };
+        let per_answer_us = server_cpu * 1e6 / measured.answered.max(1) as f64;
+        let cores = server_cpu / measured.seconds;
+        report.note(&format!(
+            "  {label}: server CPU {per_answer_us:.2} us per answer, {:.0}% of a core",
+            cores * 100.0
+        ));
         let mut row =
             Row::new(scenario, &label, measured.answered, measured.seconds, measured.histogram)
                 .with("connections", plan.connections as u64)
                 .with("failed", measured.failed)
-                .with("lost", measured.lost);
+                .with("lost", measured.lost)
+                .with("server_cpu_us_per_answer", per_answer_us)
+                .with("server_cpu_cores", cores);
         row = match load {
             Load::Window(window) => {
                 row.with("window_per_connection", window as u64).with("latency_from", "send")
@@ -622,6 +644,39 @@ pub fn run_plan(
         }
         report.push(row);
     }
+}
+
+/// The CPU time the server's threads use: the process's, less the calling thread's (the load
+/// generator runs on the thread that calls [`drive`]; the server's threads are the process's
+/// only others).
+struct ServerCpu {
+    process: f64,
+    generator: f64,
+}
+
+impl ServerCpu {
+    fn start() -> ServerCpu {
+        ServerCpu {
+            process: cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
+            generator: cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID),
+        }
+    }
+
+    /// Seconds of CPU the server used since [`ServerCpu::start`].
+    fn seconds(&self) -> f64 {
+        let process = cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID) - self.process;
+        let generator = cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID) - self.generator;
+        (process - generator).max(0.0)
+    }
+}
+
+/// The CPU time `clock` (a process or thread CPU clock) has counted, in seconds.
+fn cpu_seconds(clock: libc::clockid_t) -> f64 {
+    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `time` is a valid, writable timespec; the call only writes it.
+    let status = unsafe { libc::clock_gettime(clock, &mut time) };
+    assert_eq!(status, 0, "CPU-time clocks are always available on Linux");
+    time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9
 }
 
 /// `ringfence-perf -- tcp`: the binary protocol against an in-process server.
@@ -674,23 +729,23 @@ pub fn run_http(common: Common) {
 /// Measures the reservation over the HTTP API into `report`; fails only when the server
 /// cannot start.
 pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
-    let server = BenchServer::start()?;
-    report.note(&format!(
-        "http: loopback keep-alive, pipelined, {} connections, one load-generator thread \
-         (mio); server: {}",
-        plan.connections, server.description
-    ));
-    let context = [("server", serde_json::Value::from(server.description.clone()))];
-    let mut protocol = HttpReserve { nonce: nonce() };
-    run_plan(
-        report,
-        plan,
-        "hot_sku_reserve",
-        "ringfence_http",
-        server.http_addr(),
-        &mut protocol,
-        &context,
-    );
+    // The same load against both small-machine layouts, one server at a time: the processor
+    // on the event loop (`ringfence_http`) and on a thread of its own (`_compact`).
+    for (topology, variant) in
+        [(Topology::Stepped, "ringfence_http"), (Topology::Compact, "ringfence_http_compact")]
+    {
+        let server = BenchServer::start_as(topology)?;
+        report.note(&format!(
+            "http ({variant}): loopback keep-alive, pipelined, {} connections, one \
+             load-generator thread (mio); server: {}",
+            plan.connections, server.description
+        ));
+        let context = [("server", serde_json::Value::from(server.description.clone()))];
+        let mut protocol = HttpReserve { nonce: nonce() };
+        let addr = server.http_addr();
+        run_plan(report, plan, "hot_sku_reserve", variant, addr, &mut protocol, &context);
+    }
+    report.ratio("hot_sku_reserve", "ringfence_http max", "ringfence_http_compact max");
     Ok(())
 }
 

@@ -229,7 +229,12 @@ const KEYS: &[Key] = &[
         "auth_addresses_max",
         "Addresses whose failures are remembered; the least recently seen is forgotten.",
     ),
-    key("node", "topology", "auto (compact below six cores), compact or parallel."),
+    key(
+        "node",
+        "topology",
+        "auto (inline below four cores, compact below six, else parallel), inline (the event \
+         loop runs the processor; a standby runs compact), compact or parallel.",
+    ),
     key("node", "ring_size", "Slots in the input ring (a power of two)."),
     key("node", "in_flight_max", "Commands the network front may have in flight at once."),
     key("node", "pin_blp", "Pin the business-logic thread to a core."),

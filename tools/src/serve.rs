@@ -68,6 +68,12 @@ pub struct ServeArgs {
     /// When journal records are synced: `none`, `batch` or `interval:<ms>` [default: batch].
     #[arg(long, value_name = "POLICY")]
     pub durability: Option<String>,
+    /// Where the business-logic processor runs: `inline` (on the event loop's thread),
+    /// `compact` (one processor thread), `parallel` (a thread per stage) or `auto` [default:
+    /// auto: inline below four cores, compact below six, else parallel; a standby runs compact
+    /// where a primary would run inline].
+    #[arg(long, value_name = "LAYOUT")]
+    pub topology: Option<String>,
     /// Replication to a hot standby.
     #[command(flatten)]
     pub replication: ReplicationArgs,
@@ -141,11 +147,18 @@ impl AuthSection {
     }
 }
 
+/// Below this many cores, `topology = "auto"` runs a primary's processor on the event loop's
+/// thread (`inline`): with one core left for everything else, handing each batch to a
+/// processor thread and back costs more than processing it (two cross-core wake-ups per
+/// batch; measured in the README's HTTP figures).
+const INLINE_CORES_BELOW: usize = 4;
+
 /// `[node]`: pipeline, journal, snapshots and timer.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct NodeSection {
-    /// `auto` (compact below six cores), `compact` or `parallel`.
+    /// `auto` (inline below four cores, compact below six, parallel from six), `inline`,
+    /// `compact` or `parallel`.
     topology: String,
     ring_size: usize,
     /// Commands the network front may have in flight at once.
@@ -187,13 +200,24 @@ impl NodeSection {
         epoch: Epoch,
         intake: Intake,
     ) -> Result<NodeConfig, String> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let topology = match self.topology.as_str() {
+            "auto" if cores < INLINE_CORES_BELOW => Some(Topology::Stepped),
             "auto" => None,
+            "inline" => Some(Topology::Stepped),
             "compact" => Some(Topology::Compact),
             "parallel" => Some(Topology::Parallel),
             other => {
-                return Err(format!("[node] topology `{other}`: use auto, compact or parallel"));
+                return Err(format!(
+                    "[node] topology `{other}`: use auto, inline, compact or parallel"
+                ));
             }
+        };
+        // A standby's records come from its follower thread, which the event loop does not
+        // hear: its processor keeps a thread of its own.
+        let topology = match (topology, intake) {
+            (Some(Topology::Stepped), Intake::Replica) => Some(Topology::Compact),
+            (topology, _) => topology,
         };
         let mut config = NodeConfig {
             ring_size: self.ring_size,
@@ -309,7 +333,7 @@ pub(crate) fn check_config(file: &FileConfig) -> Result<(), String> {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
-    let file = load_config(args)?;
+    let mut file = load_config(args)?;
     let data_dir = args
         .data_dir
         .clone()
@@ -361,6 +385,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     let standby = replication.as_ref().is_some_and(|r| r.role != Role::Primary);
     let intake = if standby { Intake::Replica } else { Intake::Sequencer };
+    if let Some(topology) = &args.topology {
+        file.node.topology.clone_from(topology);
+    }
     let node_config = file.node.to_config(engine_config, epoch, intake)?;
     server_config.in_flight_max =
         server_config.in_flight_max.min(node_config.session_pending_max as usize);
@@ -405,7 +432,10 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     };
     log(format_args!(
         "node: {} topology, ring of {} slots, {} wait, deadlines checked every {} ms",
-        node.topology().name(),
+        match node.topology() {
+            Topology::Stepped => "inline (the event loop runs the processor)",
+            topology => topology.name(),
+        },
         node_config.ring_size,
         node_config.wait.name(),
         node_config.tick_period_ms

@@ -2,8 +2,9 @@
 //! connections from 127.0.0.2 pipeline reservations with distinct request ids as fast as they
 //! can, while a buyer from 127.0.0.1 reserves over both ports. Every one of the buyer's
 //! reservations must be `Reserved` and answered within a generous liveness bound (not a speed
-//! target), and the server must show that it held the flood to its address's budget, in its
-//! metrics and in its log.
+//! target). With a processor thread the server must show that it held the flood to its
+//! address's budget, in its metrics and in its log; with the processor on the event loop, the
+//! loop answers what it read before it reads again, so the buyer waits at most one loop.
 
 mod common;
 
@@ -214,9 +215,34 @@ fn a_flood_from_one_address_leaves_other_buyers_served() {
     // reservations as fast as they can take no more than that address's budget: a buyer from
     // another address gets every reservation `Reserved` (not `busy`), each answered within
     // the liveness bound, on both ports; the server counts and logs that it held the flood.
+    // With a processor thread (`compact`), commands pile up in flight while it works, so the
+    // flood meets its address's in-flight budget.
+    let (metrics, serve, _dir) = flood_against("compact");
+    let limited = sample(&metrics, r#"ringfence_address_limited_total{limit="in_flight"}"#);
+    assert!(limited.is_some_and(|count| count > 0), "no address limit counted:\n{metrics}");
+    let line = serve.wait_for_log("address_in_flight_max", DEADLINE);
+    assert!(line.contains(&FLOOD_FROM.to_string()), "the log names the address: {line}");
+}
+
+#[test]
+fn a_flood_from_one_address_leaves_other_buyers_served_inline() {
+    // Goal: the same with the processor on the event loop's thread (`inline`, the default on
+    // small machines). There every connection with input gets one turn per loop, and the loop
+    // answers what it read before it reads again, so the buyer waits at most one loop: every
+    // reservation `Reserved` within the bound.
+    let (_, serve, _dir) = flood_against("inline");
+    let line = serve.wait_for_log("inline (the event loop runs the processor)", DEADLINE);
+    assert!(line.contains("node:"), "serve ran inline: {line}");
+}
+
+/// Floods a fresh node run with `topology` and checks what both topologies promise: the buyer
+/// got every reservation, each within the bound, while the flood was being served. Returns
+/// the node's metrics as they were when the buyer finished, the node, and its directory.
+fn flood_against(topology: &str) -> (String, Serve, TempDir) {
     let dir = TempDir::new("flood");
     // The journal's sync policy is not what this test is about: `none` keeps its disk load low.
-    let serve = Serve::start_with(&dir.path().join("data"), &["--durability", "none"]);
+    let args = ["--durability", "none", "--topology", topology];
+    let serve = Serve::start_with(&dir.path().join("data"), &args);
     create_sku(&serve, BUYER_SKU, BUYS);
     create_sku(&serve, FLOOD_SKU, FLOOD_CONNECTIONS * FLOOD_PER_CONNECTION_MAX);
     let mut client = Client::connect(&[serve.binary]).expect("the buyer connects");
@@ -254,8 +280,5 @@ fn a_flood_from_one_address_leaves_other_buyers_served() {
         outcomes.iter().filter_map(|outcome| outcome.as_ref().err()).collect();
     assert!(failures.is_empty(), "the buyer was not served: {failures:#?}");
     assert!(slowest <= ANSWER_BOUND, "an answer took {slowest:?}");
-    let limited = sample(&metrics, r#"ringfence_address_limited_total{limit="in_flight"}"#);
-    assert!(limited.is_some_and(|count| count > 0), "no address limit counted:\n{metrics}");
-    let line = serve.wait_for_log("address_in_flight_max", DEADLINE);
-    assert!(line.contains(&FLOOD_FROM.to_string()), "the log names the address: {line}");
+    (metrics, serve, dir)
 }

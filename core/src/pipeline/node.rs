@@ -135,6 +135,10 @@ pub struct StepReport {
     pub released: u64,
     /// Whether a due tick was published first.
     pub ticked: bool,
+    /// How long, by the node's clock, until the earliest payment deadline comes due (zero if
+    /// it is due already), or `None` while no order awaits payment: when the driver must step
+    /// the node again even if nothing is submitted meanwhile.
+    pub next_due: Option<Duration>,
 }
 
 /// Everything a node is built from besides its configuration.
@@ -424,6 +428,11 @@ impl Node {
         }
         drop(stepped);
         report.released = self.poll_egress();
+        let due_ms = shared.next_due_ms.load(Ordering::Acquire);
+        if due_ms != u64::MAX {
+            let now_ms = shared.clock.timestamp(shared.clock.now_ns()).0;
+            report.next_due = Some(Duration::from_millis(due_ms.saturating_sub(now_ms)));
+        }
         report
     }
 

@@ -53,6 +53,8 @@ const HTTP_LISTENER: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 /// How often timeouts are checked; also the longest the loop sleeps.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// The shortest wait for a node run on the event loop's thread whose deadline is due.
+const STEP_AGAIN_MIN: Duration = Duration::from_millis(1);
 
 /// A listener is busy, and its idle connections get `idle_timeout_busy_ms`, once more than
 /// `BUSY_NUMERATOR / BUSY_DENOMINATOR` of its `connections_max` are open.
@@ -434,9 +436,17 @@ impl<B: Backend> Server<B> {
     fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
+        // A node run on this thread: how soon it must be stepped again without new input.
+        let mut step_in = self.backend.step();
         loop {
             // A connection that used up its turn has input waiting and no event to come for it.
-            let timeout = if self.yielded.is_empty() { SWEEP_INTERVAL } else { Duration::ZERO };
+            let timeout = if self.yielded.is_empty() {
+                // A payment deadline due now waits a millisecond, not a spin: its tick may have
+                // been held back (a full ring), and the next step retries it.
+                step_in.map_or(SWEEP_INTERVAL, |due| due.clamp(STEP_AGAIN_MIN, SWEEP_INTERVAL))
+            } else {
+                Duration::ZERO
+            };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -458,6 +468,7 @@ impl<B: Backend> Server<B> {
                 }
             }
             self.serve_yielded(yielded_before, now);
+            step_in = self.backend.step();
             self.drain_completions();
             self.release_address_waiters();
             self.resume_paused(now);
