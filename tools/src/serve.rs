@@ -68,10 +68,11 @@ pub struct ServeArgs {
     /// When journal records are synced: `none`, `batch` or `interval:<ms>` [default: batch].
     #[arg(long, value_name = "POLICY")]
     pub durability: Option<String>,
-    /// Where the business-logic processor runs: `inline` (on the event loop's thread),
-    /// `compact` (one processor thread), `parallel` (a thread per stage) or `auto` [default:
-    /// auto: inline below four cores, compact below six, else parallel; a standby runs compact
-    /// where a primary would run inline].
+    /// Where the business-logic processor runs: `compact` (a processor thread beside the
+    /// network event loop), `parallel` (a thread per stage), `inline` (on the event loop's own
+    /// thread: no hand-off between threads, about half the CPU per request at moderate load,
+    /// but one core's throughput; a standby runs compact instead) or `auto` [default: auto:
+    /// compact below six cores, else parallel].
     #[arg(long, value_name = "LAYOUT")]
     pub topology: Option<String>,
     /// Replication to a hot standby.
@@ -147,18 +148,11 @@ impl AuthSection {
     }
 }
 
-/// Below this many cores, `topology = "auto"` runs a primary's processor on the event loop's
-/// thread (`inline`): with one core left for everything else, handing each batch to a
-/// processor thread and back costs more than processing it (two cross-core wake-ups per
-/// batch; measured in the README's HTTP figures).
-const INLINE_CORES_BELOW: usize = 4;
-
 /// `[node]`: pipeline, journal, snapshots and timer.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct NodeSection {
-    /// `auto` (inline below four cores, compact below six, parallel from six), `inline`,
-    /// `compact` or `parallel`.
+    /// `auto` (compact below six cores, else parallel), `inline`, `compact` or `parallel`.
     topology: String,
     ring_size: usize,
     /// Commands the network front may have in flight at once.
@@ -200,9 +194,7 @@ impl NodeSection {
         epoch: Epoch,
         intake: Intake,
     ) -> Result<NodeConfig, String> {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let topology = match self.topology.as_str() {
-            "auto" if cores < INLINE_CORES_BELOW => Some(Topology::Stepped),
             "auto" => None,
             "inline" => Some(Topology::Stepped),
             "compact" => Some(Topology::Compact),

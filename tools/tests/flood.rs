@@ -226,8 +226,8 @@ fn a_flood_from_one_address_leaves_other_buyers_served() {
 
 #[test]
 fn a_flood_from_one_address_leaves_other_buyers_served_inline() {
-    // Goal: the same with the processor on the event loop's thread (`inline`, the default on
-    // small machines). There every connection with input gets one turn per loop, and the loop
+    // Goal: the same with the processor on the event loop's thread (`--topology inline`).
+    // There every connection with input gets one turn per loop, and the loop
     // answers what it read before it reads again, so the buyer waits at most one loop: every
     // reservation `Reserved` within the bound.
     let (_, serve, _dir) = flood_against("inline");
