@@ -241,3 +241,19 @@ fn the_client_sends_its_role_token_to_a_node_that_enforces_roles() {
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_topology_flag_it_does_not_know_is_refused_naming_the_choices() {
+    // Goal: `--topology` overrides `[node] topology` and is checked like it: an unknown layout
+    // stops the start, naming the layouts there are, `inline` among them.
+    let dir = temp_dir("topology");
+    let data = dir.join("data");
+    let args = ["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"];
+    let mut args = args.to_vec();
+    args.extend([data.to_str().unwrap(), "--topology", "sideways"]);
+    let output = common::ringfence_within(&args, Duration::from_secs(60));
+    assert!(!output.status.success(), "serve started with --topology sideways");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("`sideways`: use auto, inline, compact or parallel"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
