@@ -326,6 +326,7 @@ fn median(values: &[f64]) -> f64 {
 fn timed_engine_pass(workload: &Workload, variant: &Variant) -> Histogram<u64> {
     let commands = &workload.commands;
     let mut engine = new_engine(workload, variant.quotas);
+    engine.set_hinted_ahead(variant.lookahead > 0);
     let (_, histogram) = timed_pass(commands.len(), |index| {
         if variant.lookahead > 0
             && let Some(ahead) = commands.get(index + variant.lookahead)
@@ -369,6 +370,7 @@ fn new_naive(workload: &Workload) -> NaiveEngine {
 fn engine_pass(workload: &Workload, variant: &Variant) -> Pass {
     let lookahead = variant.lookahead;
     let mut engine = new_engine(workload, variant.quotas);
+    engine.set_hinted_ahead(variant.lookahead > 0);
     let mut accepted = 0u64;
     let commands = &workload.commands;
     let cpu_start = thread_cpu_seconds();

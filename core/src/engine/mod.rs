@@ -198,6 +198,10 @@ pub struct Engine {
     /// Each user's share of the key and order tables, for the per-user quotas; one lookup per
     /// command serves both. Sized by [`shares_max`], so it is never the table that is full.
     shares: FixedMap<NonZeroU64, Share>,
+    /// Whether every client command was hinted with [`Engine::prefetch`] before it is applied
+    /// (see [`Engine::set_hinted_ahead`]); if not, `apply` loads its own slots first. Not
+    /// state: it never changes an outcome, a hash or a snapshot.
+    hinted_ahead: bool,
 }
 
 /// Entries the share table may need: one per user with a counted request key or a live order,
@@ -247,6 +251,7 @@ impl Engine {
             keys_head: 0,
             key_index: fixed_map(config.request_keys_max),
             shares: fixed_map(shares_max(&config)),
+            hinted_ahead: false,
             config,
         };
         // `push_deadline` sweeps when the heap is full; a sweep leaves at most `orders_max`
@@ -329,6 +334,11 @@ impl Engine {
                 Outcome::Ticked { now: self.now }
             }
             Command::Client { key, action } => {
+                if !self.hinted_ahead {
+                    // The index slots it will probe start loading now, together, rather than
+                    // one cache miss after another as the probes reach them.
+                    self.prefetch(sequenced);
+                }
                 self.advance_time(sequenced.timestamp, events);
                 self.apply_keyed(*key, action)
             }
@@ -454,6 +464,14 @@ impl Engine {
     /// it or not never changes an outcome. A processor holding a batch of commands calls it
     /// a few commands ahead of [`Engine::apply`].
     pub fn prefetch(&self, sequenced: &Sequenced) {
+        // A hint for a command applied already looks behind, not ahead: a caller's mistake that
+        // would cost only speed. (A processor hinting a slot before it is sequenced passes 0.)
+        debug_assert!(
+            sequenced.sequence.0 == 0 || sequenced.sequence > self.last_sequence,
+            "command {} hinted after {} was applied",
+            sequenced.sequence,
+            self.last_sequence
+        );
         let Command::Client { key, action } = &sequenced.command else {
             return;
         };
@@ -477,6 +495,15 @@ impl Engine {
             | Action::CloseSale { .. }
             | Action::CreateCouponBatch(_) => {}
         }
+    }
+
+    /// Tells the engine whether its caller hints every client command with
+    /// [`Engine::prefetch`] some commands before applying it, as the pipeline's processor does.
+    /// If not (the default: a replay, a shadow engine, any caller applying one command at a
+    /// time), `apply` hints each command itself as it starts, so that its index probes miss
+    /// the cache together rather than one after another. Either way the outcomes are the same.
+    pub fn set_hinted_ahead(&mut self, hinted_ahead: bool) {
+        self.hinted_ahead = hinted_ahead;
     }
 
     /// The running hash, folded over every mutating command's outcome and every expiry. Two

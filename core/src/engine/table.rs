@@ -217,7 +217,10 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
 
     pub(super) fn get(&self, key: &K) -> Option<&V> {
         match self.find(key) {
-            (index, true) => self.slots[index].as_ref().map(|(_, value)| value),
+            (index, true) => self.slots[index].as_ref().map(|(held, value)| {
+                debug_assert!(held == key, "a lookup answered with another key's value");
+                value
+            }),
             (_, false) => None,
         }
     }

@@ -281,7 +281,10 @@ pub(crate) struct Blp<H> {
 }
 
 impl<H: SnapshotHook> Blp<H> {
-    pub(crate) fn new(engine: Engine, hook: H) -> Blp<H> {
+    pub(crate) fn new(mut engine: Engine, hook: H) -> Blp<H> {
+        // `read_batch` shows every slot ahead before it is handled, and `prefetch` below hands
+        // each client command on to the engine.
+        engine.set_hinted_ahead(true);
         Blp { engine, hook, phase: "blp", countdown: 0, service: Recorder::new(), ticked: false }
     }
 
@@ -391,7 +394,9 @@ impl<H: SnapshotHook> Work for Blp<H> {
         self.service.publish(&shared.blp_service, Instant::now(), true);
     }
 
-    fn into_engine(self) -> Option<Engine> {
+    fn into_engine(mut self) -> Option<Engine> {
+        // Whoever takes it next applies commands without this stage's hints.
+        self.engine.set_hinted_ahead(false);
         Some(self.engine)
     }
 }
