@@ -22,15 +22,14 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use ringfence_core::Epoch;
-use ringfence_core::pipeline::{
-    EgressDriver, NoReplicator, NoSnapshots, Node, NodeConfig, Topology,
-};
+use ringfence_core::pipeline::{EgressDriver, NoReplicator, Node, NodeConfig, Topology};
 use ringfence_core::{
     Action, Command, CreateSku, EngineConfig, Outcome, RequestKey, Reserve, SkuId, UserId,
 };
 use ringfence_ingress::wire::{self, Kind, Response};
 use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig, ServerHandle};
 use ringfence_journal::recovery::recover;
+use ringfence_journal::snapshot::{SnapshotPolicy, SnapshotStatsHandle, Snapshotter};
 use ringfence_journal::writer::{Durability, WriterOptions};
 
 use crate::report::{Report, Row, latency_histogram};
@@ -431,27 +430,36 @@ impl Protocol for HttpReserve {
     }
 }
 
+/// Commands between two snapshots of a [`BenchServer`] that takes them: `serve` takes one
+/// every 1M by default; half that puts one inside a row of a few seconds, so its latencies span
+/// snapshot periods as a long-running node's do.
+const SNAPSHOT_EVERY: u64 = 500_000;
+
 /// An in-process ringfence server for benchmarks: journal in a temporary directory with
 /// durability `none` (records written to the map, not synced), admin token "bench", the hot
-/// SKU created.
+/// SKU created; snapshots by `serve`'s shadow writer every [`SNAPSHOT_EVERY`] commands if
+/// asked for (its replay of the journal is server CPU, which the rows that measure CPU per
+/// answer leave out).
 pub struct BenchServer {
     /// The running server.
     pub handle: Option<ServerHandle>,
     dir: std::path::PathBuf,
     /// How the node is set up, for the report.
     pub description: String,
+    /// The snapshot writer's counters.
+    snapshots: SnapshotStatsHandle,
 }
 
 impl BenchServer {
     /// Starts the server as `serve` runs on a small machine (compact topology, egress polled
     /// by the event loop) and creates the hot SKU.
     pub fn start() -> io::Result<BenchServer> {
-        BenchServer::start_as(Topology::Compact)
+        BenchServer::start_as(Topology::Compact, None)
     }
 
-    /// Starts the server with `topology` (`Stepped` is `serve`'s `inline`) and creates the
-    /// hot SKU.
-    pub fn start_as(topology: Topology) -> io::Result<BenchServer> {
+    /// Starts the server with `topology` (`Stepped` is `serve`'s `inline`), taking a snapshot
+    /// every `snapshot_every` commands if given, and creates the hot SKU.
+    pub fn start_as(topology: Topology, snapshot_every: Option<u64>) -> io::Result<BenchServer> {
         let dir = std::env::temp_dir().join(format!("ringfence-perf-net-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -470,6 +478,11 @@ impl BenchServer {
             engine_config: engine_config.clone(),
         };
         let recovered = recover(&dir, options).map_err(|e| io::Error::other(e.to_string()))?;
+        let policy = SnapshotPolicy { every_commands: snapshot_every, keep: 1 };
+        let data_dir = recovered.writer.data_dir().clone();
+        let snapshotter = Snapshotter::start(data_dir, policy, engine_config.clone())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let snapshots = snapshotter.stats_handle();
         let node_config = NodeConfig {
             ring_size: 1 << 16,
             engine: engine_config,
@@ -478,7 +491,7 @@ impl BenchServer {
             session_pending_max: 1 << 16,
             ..NodeConfig::default()
         };
-        let description = match topology {
+        let mut description = match topology {
             Topology::Stepped => "node inline (serve --topology inline): processor and egress \
                                   on the ingress thread, journal durability none"
                 .to_owned(),
@@ -489,6 +502,9 @@ impl BenchServer {
                 node_config.wait.name()
             ),
         };
+        if let Some(every) = snapshot_every {
+            description.push_str(&format!(", a snapshot every {}k commands", every / 1_000));
+        }
         let config = ServerConfig {
             admin_token: Some("bench".into()),
             in_flight_max: 1 << 16,
@@ -496,7 +512,7 @@ impl BenchServer {
             outbound_max: 64 << 20,
             ..ServerConfig::loopback()
         };
-        let (hook, watch) = HashWatch::new(NoSnapshots, &recovered.engine);
+        let (hook, watch) = HashWatch::new(snapshotter, &recovered.engine);
         let node = Node::start_with(
             node_config,
             recovered.engine,
@@ -525,7 +541,14 @@ impl BenchServer {
             }),
         };
         client.call(create).map_err(io::Error::other)?;
-        Ok(BenchServer { handle: Some(handle), dir, description })
+        Ok(BenchServer { handle: Some(handle), dir, description, snapshots })
+    }
+
+    /// Snapshots written so far, and failed.
+    #[must_use]
+    pub fn snapshots(&self) -> (u64, u64) {
+        let stats = self.snapshots.get();
+        (stats.written, stats.failed)
     }
 
     /// The binary protocol address.
@@ -551,6 +574,7 @@ impl Drop for BenchServer {
 }
 
 /// Offered rates and durations for a run.
+#[derive(Clone)]
 pub struct Plan {
     /// Open-loop rates, requests per second.
     pub rates: Vec<u64>,
@@ -562,6 +586,8 @@ pub struct Plan {
     pub window: usize,
     /// First request index of the next run, so that every run uses fresh users and keys.
     pub next_index: u64,
+    /// Also run at this fraction of the throughput the `max` row measured, right after it.
+    pub of_max: Option<f64>,
 }
 
 impl Plan {
@@ -576,6 +602,7 @@ impl Plan {
                 connections: 16,
                 window: 32,
                 next_index: 0,
+                of_max: None,
             }
         } else {
             Plan {
@@ -584,6 +611,7 @@ impl Plan {
                 connections: 32,
                 window: 64,
                 next_index: 0,
+                of_max: None,
             }
         }
     }
@@ -599,9 +627,11 @@ pub fn run_plan(
     protocol: &mut dyn Protocol,
     context: &[(&str, serde_json::Value)],
 ) {
-    let mut loads = vec![Load::Window(plan.window)];
+    let mut loads = VecDeque::from([Load::Window(plan.window)]);
     loads.extend(plan.rates.iter().map(|&rate| Load::Rate(rate)));
-    for load in loads {
+    // Set once the `max` row has run: the rate that is `of_max` of its throughput.
+    let mut fraction_of_max = None;
+    while let Some(load) = loads.pop_front() {
         let duration = Duration::from_secs_f64(plan.seconds);
         let cpu = ServerCpu::start();
         let measured =
@@ -614,9 +644,19 @@ pub fn run_plan(
             };
         let server_cpu = cpu.seconds();
         plan.next_index += measured.answered + measured.lost + 1;
-        let label = match load {
-            Load::Window(_) => format!("{variant} max"),
-            Load::Rate(rate) => format!("{variant} @{}k/s", rate / 1_000),
+        if let (Load::Window(_), Some(fraction)) = (load, plan.of_max) {
+            let rate = (measured.answered as f64 / measured.seconds * fraction) as u64;
+            if rate > 0 {
+                fraction_of_max = Some((rate, fraction));
+                loads.push_front(Load::Rate(rate));
+            }
+        }
+        let label = match (load, fraction_of_max) {
+            (Load::Window(_), _) => format!("{variant} max"),
+            (Load::Rate(rate), Some((of_max, fraction))) if rate == of_max => {
+                format!("{variant} @{}k/s = {:.0}% of max", rate / 1_000, fraction * 100.0)
+            }
+            (Load::Rate(rate), _) => format!("{variant} @{}k/s", rate / 1_000),
         };
         let per_answer_us = server_cpu * 1e6 / measured.answered.max(1) as f64;
         let cores = server_cpu / measured.seconds;
@@ -731,20 +771,33 @@ pub fn run_http(common: Common) {
 pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     // The same load against both small-machine layouts, one server at a time: the processor
     // on a thread of its own (`ringfence_http`, serve's default) and on the event loop
-    // (`_inline`).
-    for (topology, variant) in
-        [(Topology::Compact, "ringfence_http"), (Topology::Stepped, "ringfence_http_inline")]
-    {
-        let server = BenchServer::start_as(topology)?;
+    // (`_inline`); then the default layout taking snapshots, at its maximum and at 80% of it
+    // (`_snapshots`): the load a node is sized for is below its maximum, and its tail there,
+    // across snapshot periods, is the one a sale sees. The default layout runs at 80% of its
+    // maximum without snapshots too, for the comparison.
+    let snapshots_plan = Plan { rates: Vec::new(), of_max: Some(0.8), ..plan.clone() };
+    let runs = [
+        (Topology::Compact, None, "ringfence_http", Plan { of_max: Some(0.8), ..plan.clone() }),
+        (Topology::Stepped, None, "ringfence_http_inline", plan.clone()),
+        (Topology::Compact, Some(SNAPSHOT_EVERY), "ringfence_http_snapshots", snapshots_plan),
+    ];
+    for (topology, snapshot_every, variant, mut run) in runs {
+        run.next_index = plan.next_index;
+        let server = BenchServer::start_as(topology, snapshot_every)?;
         report.note(&format!(
             "http ({variant}): loopback keep-alive, pipelined, {} connections, one \
              load-generator thread (mio); server: {}",
-            plan.connections, server.description
+            run.connections, server.description
         ));
         let context = [("server", serde_json::Value::from(server.description.clone()))];
         let mut protocol = HttpReserve { nonce: nonce() };
         let addr = server.http_addr();
-        run_plan(report, plan, "hot_sku_reserve", variant, addr, &mut protocol, &context);
+        run_plan(report, &mut run, "hot_sku_reserve", variant, addr, &mut protocol, &context);
+        plan.next_index = run.next_index;
+        if snapshot_every.is_some() {
+            let (written, failed) = server.snapshots();
+            report.note(&format!("  {variant}: {written} snapshots written, {failed} failed"));
+        }
     }
     report.ratio("hot_sku_reserve", "ringfence_http_inline max", "ringfence_http max");
     Ok(())
