@@ -422,16 +422,21 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         }
         _ => None,
     };
-    log(format_args!(
-        "node: {} topology, ring of {} slots, {} wait, deadlines checked every {} ms",
-        match node.topology() {
-            Topology::Stepped => "inline (the event loop runs the processor)",
-            topology => topology.name(),
-        },
-        node_config.ring_size,
-        node_config.wait.name(),
-        node_config.tick_period_ms
-    ));
+    match node.topology() {
+        // No stage thread waits, and the event loop wakes for a payment deadline when it is due.
+        Topology::Stepped => log(format_args!(
+            "node: inline topology (the event loop runs the processor), ring of {} slots, \
+             deadlines checked when due",
+            node_config.ring_size
+        )),
+        topology => log(format_args!(
+            "node: {} topology, ring of {} slots, {} wait, deadlines checked every {} ms",
+            topology.name(),
+            node_config.ring_size,
+            node_config.wait.name(),
+            node_config.tick_period_ms
+        )),
+    }
     let journal = format!("{} (durability {durability})", data_dir.display());
     let on_stop: ringfence_ingress::OnNodeStop =
         Box::new(move |engine: &Engine, through: Sequence| {

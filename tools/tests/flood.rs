@@ -231,7 +231,7 @@ fn a_flood_from_one_address_leaves_other_buyers_served_inline() {
     // answers what it read before it reads again, so the buyer waits at most one loop: every
     // reservation `Reserved` within the bound.
     let (_, serve, _dir) = flood_against("inline");
-    let line = serve.wait_for_log("inline (the event loop runs the processor)", DEADLINE);
+    let line = serve.wait_for_log("inline topology (the event loop runs the processor)", DEADLINE);
     assert!(line.contains("node:"), "serve ran inline: {line}");
 }
 
