@@ -755,6 +755,16 @@ pub fn bench_tcp(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
         &mut protocol,
         &context,
     );
+    drop(server);
+    // The same reservations with the processor on the event loop's thread.
+    let server = BenchServer::start_as(Topology::Stepped, None)?;
+    report.note(&format!("tcp (ringfence_tcp_inline): server: {}", server.description));
+    let context = [("server", serde_json::Value::from(server.description.clone()))];
+    let mut protocol = BinaryReserve { nonce: nonce() };
+    let addr = server.binary_addr();
+    let variant = "ringfence_tcp_inline";
+    run_plan(report, plan, "hot_sku_reserve", variant, addr, &mut protocol, &context);
+    report.ratio("hot_sku_reserve", "ringfence_tcp_inline max", "ringfence_tcp max");
     Ok(())
 }
 
