@@ -145,10 +145,28 @@ fn a_killed_primary_loses_no_acknowledged_order_and_rejoins_as_a_standby() {
     // mid-sale; the standby is promoted; retries with the same request ids get the original
     // answers; nothing is oversold and per-user limits hold; the old primary restarts as a
     // standby of the new one, drops what it never replicated, and both journals agree.
-    let root = temp_dir("failover");
+    killed_primary_loses_nothing("failover", &[], None);
+}
+
+#[test]
+fn a_killed_inline_primary_loses_no_acknowledged_order() {
+    // Goal: the same with the primary's processor on its event loop (`--topology inline`):
+    // its answers still wait for the standby's acknowledgement, which arrives on the
+    // replication thread and must wake the loop, and a kill loses nothing acknowledged.
+    let layout = Some("node: inline topology");
+    killed_primary_loses_nothing("failover-inline", &["--topology", "inline"], layout);
+}
+
+/// The failover story, the primary started with `primary_args` added; `layout`, if given, is
+/// what its log must say of its topology.
+fn killed_primary_loses_nothing(name: &str, primary_args: &[&str], layout: Option<&str>) {
+    let root = temp_dir(name);
     let secret = write_secret(&root, SECRET);
     let (dir_a, dir_b) = (root.join("a"), root.join("b"));
-    let mut old = primary(&dir_a, &secret, &[]);
+    let mut old = primary(&dir_a, &secret, primary_args);
+    if let Some(layout) = layout {
+        old.wait_for_log(layout, Duration::from_secs(20));
+    }
     let new = standby(&dir_b, &secret, old.replication.unwrap());
     create_sale(&old);
     wait_node(&old, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
