@@ -139,8 +139,8 @@ fn flash_sale_through_the_compact_pipeline_node() {
 
 #[test]
 fn flash_sale_through_the_inline_node() {
-    // Goal: the same flash sale with the processor run by the event loop itself (`serve`'s
-    // `inline` layout, its default below four cores).
+    // Goal: the same flash sale with the processor run by the event loop itself (`serve
+    // --topology inline`).
     flash_sale(start_node(ServerConfig::loopback(), Topology::Stepped));
 }
 
