@@ -24,6 +24,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::ops::Range;
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,6 +40,13 @@ pub trait Segment: Send + 'static {
     fn bytes_mut(&mut self) -> &mut [u8];
     /// Makes `range` durable: after it returns, a power loss keeps those bytes.
     fn sync(&mut self, range: Range<usize>) -> io::Result<()>;
+    /// Starts writing `range` back to disk without waiting for it, so that a later
+    /// [`Segment::sync`] of it has little left to do. Makes nothing durable. By default it
+    /// does nothing: a storage without a page cache has nothing to start.
+    fn start_writeback(&mut self, range: Range<usize>) -> io::Result<()> {
+        let _ = range;
+        Ok(())
+    }
 }
 
 /// Where a retired file went.
@@ -283,6 +291,19 @@ impl Segment for FileSegment {
         }
         // memmap2 widens the range to page boundaries and calls msync(MS_SYNC).
         self.map.flush_range(range.start, range.end - range.start)
+    }
+
+    fn start_writeback(&mut self, range: Range<usize>) -> io::Result<()> {
+        assert!(range.start <= range.end, "a backwards writeback range");
+        assert!(range.end <= self.map.len(), "a writeback past the segment's end");
+        let (offset, len) = (range.start as libc::off64_t, range.len() as libc::off64_t);
+        // SAFETY: the descriptor is open for the call; the kernel only reads the arguments.
+        // `SYNC_FILE_RANGE_WRITE` queues the dirty pages of the range for writing (pages
+        // written through the map included) and returns without waiting for them.
+        let rc = unsafe {
+            libc::sync_file_range(self._file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
 }
 

@@ -104,6 +104,7 @@ impl<S: Storage> JournalWriter<S> {
         // Records from the header on, on 16-byte boundaries, synced up to a record boundary.
         assert!(open.synced_to >= SEGMENT_HEADER_LEN, "the header counted as unsynced");
         assert!(open.synced_to <= open.write_at, "synced past the write position");
+        assert!(open.written_back_to <= open.write_at, "written back past the write position");
         assert!(open.write_at <= open.segment.bytes().len(), "written past the segment's end");
         assert_eq!(open.write_at % RECORD_ALIGN, 0, "the write position off a boundary");
         assert_eq!(open.synced_to % RECORD_ALIGN, 0, "the synced position off a boundary");
@@ -117,7 +118,15 @@ struct OpenSegment<T> {
     write_at: usize,
     /// Everything before this offset is durable.
     synced_to: usize,
+    /// Writeback has been started for everything before this offset (at least `synced_to`).
+    written_back_to: usize,
 }
+
+/// Under a policy that does not sync every batch, writeback of what is written is started
+/// every this many bytes, so that the sync that closes a segment (and an `interval` sync)
+/// finds little left to write: without it, closing a 64 MiB segment under `none` waited
+/// 40–46 ms for all of it at once, on the processor's thread. As RocksDB's `bytes_per_sync`.
+const WRITEBACK_EVERY: usize = 1 << 20;
 
 /// Appends records to segments in a data directory. Created by recovery, which positions it
 /// after the last intact record (or at the start of an empty journal).
@@ -207,7 +216,13 @@ impl<S: Storage> JournalWriter<S> {
         segment
             .sync(SEGMENT_HEADER_LEN..write_at)
             .map_err(|e| JournalError::io(format!("syncing {}", storage.describe(name)), e))?;
-        let current = OpenSegment { name: name.to_owned(), segment, write_at, synced_to: write_at };
+        let current = OpenSegment {
+            name: name.to_owned(),
+            segment,
+            write_at,
+            synced_to: write_at,
+            written_back_to: write_at,
+        };
         dir.note_durable(last);
         let writer = JournalWriter {
             storage,
@@ -338,7 +353,7 @@ impl<S: Storage> JournalWriter<S> {
     /// `clock`, and returns the highest sequence whose answer may be released.
     pub fn try_flush(&mut self, clock: &dyn Clock) -> Result<Sequence, JournalError> {
         match self.options.durability {
-            Durability::None => {}
+            Durability::None => self.start_writeback(),
             Durability::Batch => self.sync_now()?,
             Durability::Interval { ms } => {
                 let now = clock.now_ns();
@@ -346,6 +361,8 @@ impl<S: Storage> JournalWriter<S> {
                 if now.saturating_sub(since) >= ms.saturating_mul(1_000_000) {
                     self.sync_now()?;
                     self.last_sync_ns = Some(now);
+                } else {
+                    self.start_writeback();
                 }
             }
         }
@@ -429,8 +446,25 @@ impl<S: Storage> JournalWriter<S> {
             segment,
             write_at: SEGMENT_HEADER_LEN,
             synced_to: SEGMENT_HEADER_LEN,
+            written_back_to: SEGMENT_HEADER_LEN,
         });
         Ok(())
+    }
+
+    /// Starts writeback of what was written since it was last started, once that is at least
+    /// [`WRITEBACK_EVERY`] bytes. Makes nothing durable, and a failure to start it fails
+    /// nothing: it is a hint (a file system may not take it), and a disk that cannot write
+    /// fails the sync that follows, which reports it.
+    fn start_writeback(&mut self) {
+        let Some(open) = self.current.as_mut() else { return };
+        let from = open.written_back_to.max(open.synced_to);
+        assert!(from <= open.write_at, "writeback started past the write position");
+        if open.write_at - from < WRITEBACK_EVERY {
+            return;
+        }
+        let _hint_only = open.segment.start_writeback(from..open.write_at);
+        open.written_back_to = open.write_at;
+        assert!(open.written_back_to <= open.segment.bytes().len(), "written back past the end");
     }
 }
 
