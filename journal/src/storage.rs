@@ -270,8 +270,9 @@ impl FileStorage {
 #[derive(Debug)]
 pub struct FileSegment {
     map: MmapMut,
-    // Kept open so the mapping's file cannot be swapped underneath by a rename.
-    _file: File,
+    /// Kept open so the mapping's file cannot be swapped underneath by a rename; writeback
+    /// hints name it.
+    file: File,
 }
 
 impl Segment for FileSegment {
@@ -301,7 +302,7 @@ impl Segment for FileSegment {
         // `SYNC_FILE_RANGE_WRITE` queues the dirty pages of the range for writing (pages
         // written through the map included) and returns without waiting for them.
         let rc = unsafe {
-            libc::sync_file_range(self._file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+            libc::sync_file_range(self.file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
         };
         if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
@@ -435,7 +436,7 @@ fn map_file(file: File) -> io::Result<FileSegment> {
     // read, so a concurrent change cannot cause undefined behaviour in Rust code here beyond
     // reading bytes that then fail their checksum.
     let map = unsafe { MmapMut::map_mut(&file)? };
-    Ok(FileSegment { map, _file: file })
+    Ok(FileSegment { map, file })
 }
 
 /// Reserves every block of the file so writes through the map cannot fail for lack of space
