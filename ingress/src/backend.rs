@@ -432,12 +432,12 @@ impl Backend for NodeBackend {
     }
 
     fn step(&mut self) -> Option<Duration> {
-        let node = self.node.as_ref()?;
+        let (node, session) = (self.node.as_ref()?, self.session.as_ref()?);
         if node.topology() != Topology::Stepped {
             return None;
         }
         // With no deadline set, nothing is due until a command sets one.
-        Some(node.step().next_due.unwrap_or(Duration::MAX))
+        Some(node.step_for(session).next_due.unwrap_or(Duration::MAX))
     }
 
     fn poll(&mut self) -> Option<BackendCompletion> {

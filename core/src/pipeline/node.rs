@@ -436,6 +436,15 @@ impl Node {
         report
     }
 
+    /// [`Node::step`] for the owner of `session` who polls it next, as an event loop does
+    /// after each step: as in [`Session::poll`], the answers the step releases to `session` do
+    /// not also fire its notify hook, which would only turn the loop once more for nothing.
+    /// The next `poll` that finds nothing arms the hook again.
+    pub fn step_for(&self, session: &Session) -> StepReport {
+        session.disarm_notify();
+        self.step()
+    }
+
     /// Opens a session: a producer on the ring and a completion queue of
     /// `session_pending_max` entries. Read completions with `poll` or `wait`.
     pub fn session(&self) -> Result<Session, NodeError> {

@@ -285,9 +285,7 @@ impl Session {
             // The caller is polling now, so a wake-up for answers this pass delivers to it
             // would only make its event loop turn once more for nothing: disarm the hook
             // first. It is armed again below, before the final check.
-            if let Some(notify) = &self.notify {
-                notify.awake();
-            }
+            self.disarm_notify();
             egress.poll();
             if let Some(completion) = self.try_recv() {
                 return Some(completion);
@@ -299,6 +297,13 @@ impl Session {
             notify.awake();
         }
         completion
+    }
+
+    /// Disarms the notify hook, for a caller that polls next (see [`super::Node::step_for`]).
+    pub(crate) fn disarm_notify(&self) {
+        if let Some(notify) = &self.notify {
+            notify.awake();
+        }
     }
 
     /// The next completion, waiting up to `timeout`. A stepped node moves only in
