@@ -232,7 +232,10 @@ pub fn write<S: Storage>(
 ) -> Result<SnapshotMeta, SnapshotError> {
     let name = snapshot_name(through);
     let file = PathBuf::from(storage.describe(&name));
-    let engine = Engine::from_image(config.clone(), image)
+    // Restored with tables fitted to the state: the check costs in proportion to what the
+    // engine holds, and no third engine of the configured size is allocated beside the BLP's
+    // and the shadow's.
+    let engine = Engine::from_image_sized_to_fit(config, image)
         .map_err(|source| SnapshotError::Restore { file: file.clone(), source })?;
     assert!(engine.last_sequence() <= through, "a snapshot covers the commands it includes");
     let mut skus: Vec<SkuId> = engine.sku_views().map(|view| view.sku).collect();

@@ -209,6 +209,36 @@ impl Engine {
         debug_assert_eq!(image.state_digest(), self.state_digest(), "the copy digests apart");
     }
 
+    /// The engine `image` restores to under `config`, after every check [`Engine::from_image`]
+    /// makes, but with tables sized to what the image holds rather than to `config`'s
+    /// capacities: memory and time in proportion to the state, not to the configuration. For
+    /// checking and reading an image (a snapshot's writer proves its image restores before it
+    /// writes it), not for running: it has no room for one more entry.
+    pub fn from_image_sized_to_fit(
+        config: &EngineConfig,
+        image: &EngineImage,
+    ) -> Result<Engine, RestoreError> {
+        if image.shard != config.shard {
+            return Err(RestoreError::ShardMismatch { image: image.shard, config: config.shard });
+        }
+        // Against the real capacities first: the fitted ones hold the image by construction.
+        check_image(config, image)?;
+        let fit = |len: usize| u32::try_from(len.max(1)).expect("checked against a u32 capacity");
+        let fitted = EngineConfig {
+            skus_max: fit(image.skus.len()),
+            orders_max: fit(image.orders.len().max(image.deadlines.len().div_ceil(2))),
+            coupons_max: fit(image.coupons.len().max(image.claims.len())),
+            batches_max: fit(image.batches.len()),
+            holdings_max: fit(image.holdings.len()),
+            request_keys_max: fit(image.keys.len()),
+            ..config.clone()
+        };
+        // Never larger than the configuration it stands in for.
+        assert!(fitted.orders_max <= config.orders_max, "fitted above the configured orders");
+        assert!(fitted.request_keys_max <= config.request_keys_max, "fitted above the keys");
+        Engine::from_image(fitted, image)
+    }
+
     /// Rebuilds an engine from an image, checking it against `config` and itself.
     pub fn from_image(config: EngineConfig, image: &EngineImage) -> Result<Engine, RestoreError> {
         if image.shard != config.shard {

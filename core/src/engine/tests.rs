@@ -1904,11 +1904,16 @@ fn image_for_another_shard_or_smaller_tables_is_refused() {
     mixed_script(&mut h);
     let image = h.engine.to_image();
     let other_shard = EngineConfig { shard: 2, ..EngineConfig::small() };
-    let error = Engine::from_image(other_shard, &image).err();
+    let error = Engine::from_image(other_shard.clone(), &image).err();
     assert_eq!(error, Some(RestoreError::ShardMismatch { image: SHARD, config: 2 }));
     let too_small = EngineConfig { orders_max: 1, ..EngineConfig::small() };
-    let error = Engine::from_image(too_small, &image).err();
+    let error = Engine::from_image(too_small.clone(), &image).err();
     assert_eq!(error, Some(RestoreError::TooLarge { table: "orders", len: 2, max: 1 }));
+    // Tables fitted to the image still answer to the configured capacities and shard.
+    let error = Engine::from_image_sized_to_fit(&too_small, &image).err();
+    assert_eq!(error, Some(RestoreError::TooLarge { table: "orders", len: 2, max: 1 }));
+    let error = Engine::from_image_sized_to_fit(&other_shard, &image).err();
+    assert_eq!(error, Some(RestoreError::ShardMismatch { image: SHARD, config: 2 }));
 }
 
 #[test]
@@ -2016,8 +2021,13 @@ fn restore_workload(h: &mut Harness) -> Workload {
 /// Restores `image` and expects it refused as inconsistent; the reason, for the message.
 #[track_caller]
 fn refused_as_inconsistent(image: &super::EngineImage, case: &str) -> &'static str {
+    let fitted = Engine::from_image_sized_to_fit(&EngineConfig::small(), image).err();
     match Engine::from_image(EngineConfig::small(), image) {
-        Err(RestoreError::Inconsistent(reason)) => reason,
+        Err(RestoreError::Inconsistent(reason)) => {
+            let same = Some(RestoreError::Inconsistent(reason));
+            assert_eq!(fitted, same, "{case}: the restore fitted to the image decides otherwise");
+            reason
+        }
         Err(other) => panic!("{case}: refused, but not as inconsistent: {other}"),
         Ok(_) => panic!("{case}: a damaged image restored"),
     }
@@ -2035,6 +2045,16 @@ fn an_image_of_a_real_workload_passes_the_cross_table_checks() {
     let unsorted = h.engine.to_image_unsorted();
     let restored = Engine::from_image(EngineConfig::small(), &unsorted).expect("image restores");
     assert_eq!(restored.state_digest(), h.engine.state_digest());
+    // Fitted to the image: the same state in tables no larger than it needs.
+    let fitted = Engine::from_image_sized_to_fit(&EngineConfig::small(), &image).expect("fits");
+    assert_eq!(fitted.state_digest(), h.engine.state_digest());
+    assert_eq!(fitted.running_hash(), h.engine.running_hash());
+    let (fitted_bytes, configured_bytes) = (
+        Engine::memory(fitted.config()).allocated_bytes,
+        Engine::memory(&EngineConfig::small()).allocated_bytes,
+    );
+    assert!(fitted_bytes * 10 < configured_bytes, "{fitted_bytes} of {configured_bytes} bytes");
+    assert_eq!(fitted.config().orders_max as usize, image.orders.len().max(1));
 }
 
 #[test]
