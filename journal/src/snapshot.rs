@@ -548,12 +548,19 @@ pub struct SnapshotStats {
     pub snapshots_removed: u64,
     /// Segments retired (archived or deleted) by retention.
     pub segments_retired: u64,
+    /// Snapshots abandoned because the node stopped while the writer was on them (the node's
+    /// own final snapshot, or the journal, covers what they would have).
+    pub cancelled: u64,
+    /// Whether the writer's shadow engine is built and following the journal, so that the
+    /// next snapshot only applies the records since the last one. Periodic snapshots build it
+    /// when the writer starts; otherwise at the first snapshot, and again after a failure.
+    pub shadow_ready: bool,
 }
 
 impl SnapshotStats {
     /// The counters as (metric name, help text, value), for a Prometheus text endpoint.
     #[must_use]
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 11] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 13] {
         // Both are set under one lock, so a copy never sees them apart. (Written and failed
         // against pauses are counted under separate locks, so they may be seen apart.)
         assert!(self.pause_ns_last <= self.pause_ns_max, "a last pause above the longest");
@@ -592,6 +599,16 @@ impl SnapshotStats {
                 "ringfence_segments_retired_total",
                 "Journal segments retired by retention.",
                 self.segments_retired,
+            ),
+            (
+                "ringfence_snapshots_cancelled_total",
+                "Snapshots abandoned because the node stopped during them.",
+                self.cancelled,
+            ),
+            (
+                "ringfence_snapshot_shadow_ready",
+                "1 once the snapshot writer's shadow engine follows the journal.",
+                u64::from(self.shadow_ready),
             ),
         ]
     }
@@ -637,6 +654,8 @@ pub struct Snapshotter<S: Storage> {
     deferred: u64,
     jobs: Option<SyncSender<Job>>,
     busy: Arc<AtomicBool>,
+    /// Set when the node stops: the writer abandons the job it is on.
+    cancel: Arc<AtomicBool>,
     stats: Arc<Mutex<SnapshotStats>>,
     worker: Option<JoinHandle<()>>,
 }
@@ -682,8 +701,10 @@ impl<S: Storage> Snapshotter<S> {
         assert!(config.validate().is_ok(), "a snapshotter of an invalid configuration");
         let (jobs, receiver) = mpsc::sync_channel::<Job>(1);
         let busy = Arc::new(AtomicBool::new(false));
+        let cancel = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(SnapshotStats::default()));
-        let shadow = Shadow::new(dir.clone(), config, policy.clone(), visible_wait);
+        let shadow =
+            Shadow::new(dir.clone(), config, policy.clone(), visible_wait, Arc::clone(&cancel));
         let writer = SnapshotWriter {
             shadow,
             jobs: receiver,
@@ -699,6 +720,7 @@ impl<S: Storage> Snapshotter<S> {
             deferred: 0,
             jobs: Some(jobs),
             busy,
+            cancel,
             stats,
             worker: None,
         };
@@ -723,13 +745,15 @@ impl<S: Storage> Snapshotter<S> {
         self.stats()
     }
 
-    /// Clean shutdown: waits for queued snapshots, then writes one of `engine` (which has
-    /// applied every command up to `through`) on this thread and applies retention.
+    /// Clean shutdown: abandons the snapshot the writer is on (this one covers it), then writes
+    /// one of `engine` (which has applied every command up to `through`) on this thread and
+    /// applies retention.
     pub fn shutdown(
         mut self,
         engine: &Engine,
         through: Sequence,
     ) -> Result<SnapshotMeta, JournalError> {
+        self.cancel.store(true, Ordering::Release);
         self.stop_worker();
         let meta = write_now(self.dir.storage(), engine, through)?;
         apply_retention(&self.dir, &self.policy)?;
@@ -806,8 +830,15 @@ impl<S: Storage> SnapshotWriter<S> {
         }
     }
 
-    /// The writer thread: every job, until the hook is gone.
+    /// The writer thread: every job, until the hook is gone. Under periodic snapshots the
+    /// shadow engine is built first, while nothing waits for it, so that the first snapshot
+    /// costs what every later one does: the records since the last.
     fn run_until_closed(mut self) {
+        if self.shadow.policy.every_commands.is_some() {
+            self.shadow.prepare();
+            self.stats.lock().expect("snapshot stats lock").shadow_ready =
+                self.shadow.following.is_some();
+        }
         while let Ok(job) = self.jobs.recv() {
             self.run(&job);
         }
@@ -821,10 +852,11 @@ impl<S: Storage> SnapshotWriter<S> {
         assert!(self.busy.load(Ordering::Acquire), "a job the hook did not mark");
         assert!(job.last_sequence <= job.through, "a job behind its engine");
         let done = self.shadow.run(job);
+        let ready = self.shadow.following.is_some();
         self.busy.store(false, Ordering::Release);
         // Counted once the writer is free again: whoever sees the count can have the next
         // snapshot taken at once, not deferred.
-        done.record(&self.stats);
+        done.record(&self.stats, ready);
     }
 }
 
@@ -850,6 +882,8 @@ struct Shadow<S: Storage> {
     records: Vec<u8>,
     /// How long to wait for a record to become readable; `None`: fail at once.
     visible_wait: Option<Duration>,
+    /// Set when the node stops: the job in hand is abandoned at the next batch of records.
+    cancel: Arc<AtomicBool>,
 }
 
 impl<S: Storage> Shadow<S> {
@@ -858,11 +892,31 @@ impl<S: Storage> Shadow<S> {
         config: EngineConfig,
         policy: SnapshotPolicy,
         visible_wait: Option<Duration>,
+        cancel: Arc<AtomicBool>,
     ) -> Shadow<S> {
         assert!(policy.keep >= 1, "at least one snapshot is kept");
         assert!(config.validate().is_ok(), "a shadow of an invalid configuration");
         let records = Vec::new();
-        Shadow { dir, config, policy, following: None, image: None, records, visible_wait }
+        let image = None;
+        Shadow { dir, config, policy, following: None, image, records, visible_wait, cancel }
+    }
+
+    /// Builds the shadow engine from the newest snapshot, before any job asks for it. A
+    /// failure is only logged: the first job starts over, and reports it if it persists.
+    fn prepare(&mut self) {
+        assert!(self.following.is_none(), "the shadow is prepared once, before any job");
+        match self.start_following(Sequence(u64::MAX)) {
+            Ok((engine, tail)) => {
+                // Following from the snapshot: the reader is past everything its state holds.
+                assert!(engine.last_sequence() < tail.next(), "a reader behind the engine");
+                self.following = Some((engine, tail));
+            }
+            Err(error) => tracing::warn!(
+                target: "ringfence",
+                "the snapshot writer could not build its shadow engine yet (the first snapshot \
+                 tries again): {error}"
+            ),
+        }
     }
 
     /// Brings the shadow to the job's sequence and writes its snapshot; failures are logged
@@ -870,6 +924,7 @@ impl<S: Storage> Shadow<S> {
     fn run(&mut self, job: &Job) -> JobDone {
         let started = Instant::now();
         let applied = match self.catch_up(job) {
+            _ if self.cancel.load(Ordering::Acquire) => return JobDone::Cancelled,
             Ok(applied) => applied,
             Err(error) => {
                 self.following = None;
@@ -943,6 +998,9 @@ impl<S: Storage> Shadow<S> {
         let mut applied = 0;
         let mut waiting_since: Option<Instant> = None;
         while tail.next() <= job.through {
+            if self.cancel.load(Ordering::Acquire) {
+                return Err("cancelled: the node is stopping".to_owned());
+            }
             self.records.clear();
             match tail.read(job.through, &mut self.records, SHADOW_READ_BYTES) {
                 Ok(_) => waiting_since = None,
@@ -1026,6 +1084,8 @@ fn apply_records(engine: &mut Engine, mut records: &[u8]) -> Result<u64, String>
 
 /// What a snapshot job came to, for the stats.
 enum JobDone {
+    /// Abandoned: the node stopped.
+    Cancelled,
     Failed(String),
     Written {
         meta: Box<SnapshotMeta>,
@@ -1038,14 +1098,19 @@ enum JobDone {
 }
 
 impl JobDone {
-    fn record(self, stats: &Mutex<SnapshotStats>) {
+    fn record(self, stats: &Mutex<SnapshotStats>, shadow_ready: bool) {
         let mut stats = stats.lock().expect("snapshot stats lock");
         // Every job was counted when the BLP handed it over, before it was sent.
         assert!(
-            stats.written + stats.failed < stats.pauses,
+            stats.written + stats.failed + stats.cancelled < stats.pauses,
             "a snapshot done that was never taken"
         );
+        stats.shadow_ready = shadow_ready;
         match self {
+            JobDone::Cancelled => {
+                stats.cancelled += 1;
+                tracing::info!(target: "ringfence", "snapshot abandoned: the node is stopping");
+            }
             JobDone::Failed(error) => {
                 stats.failed += 1;
                 stats.last_error = Some(error);
@@ -1085,7 +1150,11 @@ impl<S: Storage> SnapshotHook for Snapshotter<S> {
 }
 
 impl<S: Storage> Drop for Snapshotter<S> {
+    /// The node is stopping (its processor drops the hook): the writer abandons the snapshot
+    /// it is on, so that stopping waits for the next record batch, not for a whole catch-up
+    /// and write; the journal holds everything that snapshot would have.
     fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Release);
         self.jobs = None;
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();

@@ -359,6 +359,73 @@ fn snapshots_are_taken_from_a_shadow_that_follows_the_journal() {
 }
 
 #[test]
+fn a_stopping_node_abandons_the_snapshot_in_hand_instead_of_waiting_for_it() {
+    // Goal: when the processor drops its hook (the node stops), the writer gives up the
+    // snapshot it is on at once. Here the job is through a record the journal does not hold
+    // yet, so without the cancellation the writer would wait for it (five seconds) and then
+    // count a failure; the node's final snapshot and the journal cover what it would have held.
+    let disk = FaultStorage::new();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let mut workload = Workload::new(12, Sequence(1), Timestamp(1));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 150);
+    let policy = SnapshotPolicy { every_commands: Some(150), keep: 2 };
+    let mut snapshots =
+        Snapshotter::start(recovered.writer.data_dir().clone(), policy, config()).unwrap();
+    let stats = snapshots.stats_handle();
+    let mut engine = Engine::new(config());
+    for (i, command) in commands.iter().enumerate() {
+        // The last 50 are applied but not (yet) journaled.
+        if i < 100 {
+            recovered.writer.append_command(Epoch(1), command).unwrap();
+            recovered.writer.end_batch().unwrap();
+        }
+        engine.apply(command);
+        snapshots.after_apply(&engine, command);
+    }
+    assert_eq!(stats.get().pauses, 1, "the 150th command handed a snapshot over");
+    drop(snapshots);
+    let stats = stats.get();
+    assert_eq!((stats.cancelled, stats.failed, stats.written), (1, 0, 0), "{stats:?}");
+    let names = disk.list().unwrap();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    assert!(snapshot::list(&disk).unwrap().is_empty(), "no snapshot was written");
+    let counters = stats.counters();
+    assert!(counters.contains(&(
+        "ringfence_snapshots_cancelled_total",
+        "Snapshots abandoned because the node stopped during them.",
+        1
+    )));
+}
+
+#[test]
+fn periodic_snapshots_build_the_shadow_engine_before_the_first_is_due() {
+    // Goal: with snapshots every N commands the writer builds its shadow engine (from the
+    // newest snapshot) as soon as it starts, so the first snapshot does not also pay for a
+    // fresh engine and a replay from that snapshot; with snapshots only on request, it does
+    // not spend the memory until one is asked for.
+    let dir = TempDir::new("shadow-ready");
+    write_journal(dir.path(), 200);
+    for (every_commands, built) in [(Some(1_000), true), (None, false)] {
+        let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+        let policy = SnapshotPolicy { every_commands, keep: 2 };
+        let snapshots =
+            Snapshotter::start(recovered.writer.data_dir().clone(), policy, config()).unwrap();
+        let handle = snapshots.stats_handle();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while built && !handle.get().shadow_ready {
+            assert!(std::time::Instant::now() < deadline, "the shadow engine was never built");
+            std::thread::yield_now();
+        }
+        let stats = snapshots.finish();
+        assert_eq!(stats.shadow_ready, built, "{every_commands:?}: {stats:?}");
+        assert_eq!(stats.pauses, 0, "no snapshot was due");
+        let counters = stats.counters();
+        let ready = counters.iter().find(|c| c.0 == "ringfence_snapshot_shadow_ready");
+        assert_eq!(ready.map(|c| c.2), Some(u64::from(built)));
+    }
+}
+
+#[test]
 fn a_journal_that_does_not_reproduce_the_blp_fails_the_snapshot_loudly() {
     // Goal: if the journal holds something other than what the BLP applied (here one command
     // journaled as a tick), the shadow reaches another running hash: the snapshot is refused,
