@@ -47,6 +47,13 @@ pub trait Segment: Send + 'static {
         let _ = range;
         Ok(())
     }
+    /// Makes the pages of `range` present and writable before records are written there, so
+    /// that writing them takes no page fault. Changes no byte. By default it does nothing: a
+    /// storage without page tables has nothing to fault in.
+    fn prefault(&mut self, range: Range<usize>) -> io::Result<()> {
+        let _ = range;
+        Ok(())
+    }
 }
 
 /// Where a retired file went.
@@ -306,6 +313,13 @@ impl Segment for FileSegment {
         };
         if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
+
+    fn prefault(&mut self, range: Range<usize>) -> io::Result<()> {
+        assert!(range.start <= range.end, "a backwards prefault range");
+        assert!(range.end <= self.map.len(), "a prefault past the segment's end");
+        // Linux 5.14 and later: faults the range in as writes would, without writing.
+        self.map.advise_range(memmap2::Advice::PopulateWrite, range.start, range.len())
+    }
 }
 
 impl Storage for FileStorage {
@@ -436,6 +450,11 @@ fn map_file(file: File) -> io::Result<FileSegment> {
     // read, so a concurrent change cannot cause undefined behaviour in Rust code here beyond
     // reading bytes that then fail their checksum.
     let map = unsafe { MmapMut::map_mut(&file)? };
+    // No readahead on faults. The appender writes a segment front to back, once, and faults
+    // its pages in ahead of the records (`Segment::prefault`); a fault that still happens
+    // (an older kernel) fills one page, where readahead would have it fill the whole window:
+    // megabytes of preallocated, unwritten blocks zeroed at once on the appending thread.
+    map.advise(memmap2::Advice::Random)?;
     Ok(FileSegment { map, file })
 }
 

@@ -120,6 +120,8 @@ struct OpenSegment<T> {
     synced_to: usize,
     /// Writeback has been started for everything before this offset (at least `synced_to`).
     written_back_to: usize,
+    /// Pages before this offset have been faulted in, writable, ahead of the records.
+    prefaulted_to: usize,
 }
 
 /// Under a policy that does not sync every batch, writeback of what is written is started
@@ -127,6 +129,15 @@ struct OpenSegment<T> {
 /// finds little left to write: without it, closing a 64 MiB segment under `none` waited
 /// 40–46 ms for all of it at once, on the processor's thread. As RocksDB's `bytes_per_sync`.
 const WRITEBACK_EVERY: usize = 1 << 20;
+
+/// At the end of every batch, the pages of the segment's next [`PREFAULT_LEAD`] bytes are
+/// faulted in, this many at a time. A store into a page not yet faulted in costs a page fault;
+/// left to the kernel, the fault that enters each new readahead window zeroes the whole window
+/// (preallocated, unwritten blocks) at once: 20 ms pauses every ~200 ms on ext4 at 50 MB/s.
+/// Faulted in here, the same work comes in bounded steps at a batch boundary.
+const PREFAULT_STEP: usize = 128 << 10;
+/// How far ahead of the write position pages are kept faulted in.
+const PREFAULT_LEAD: usize = 1 << 20;
 
 /// Appends records to segments in a data directory. Created by recovery, which positions it
 /// after the last intact record (or at the start of an empty journal).
@@ -222,6 +233,7 @@ impl<S: Storage> JournalWriter<S> {
             write_at,
             synced_to: write_at,
             written_back_to: write_at,
+            prefaulted_to: write_at,
         };
         dir.note_durable(last);
         let writer = JournalWriter {
@@ -352,6 +364,7 @@ impl<S: Storage> JournalWriter<S> {
     /// Ends a batch (or an idle spell): syncs as the policy says, measuring `interval` by
     /// `clock`, and returns the highest sequence whose answer may be released.
     pub fn try_flush(&mut self, clock: &dyn Clock) -> Result<Sequence, JournalError> {
+        self.prefault_ahead();
         match self.options.durability {
             Durability::None => self.start_writeback(),
             Durability::Batch => self.sync_now()?,
@@ -424,8 +437,11 @@ impl<S: Storage> JournalWriter<S> {
             JournalError::io(format!("creating {}", self.storage.describe(&name)), e)
         })?;
         assert_eq!(segment.bytes().len() as u64, segment_len, "a segment of another length");
-        // Created zero-filled: an empty segment reads as ending at its first record.
-        debug_assert!(scan::last_nonzero(segment.bytes()).is_none(), "a new segment not zeroed");
+        // Created zero-filled: an empty segment reads as ending at its first record. (Its first
+        // pages are checked: reading all of it would fault the whole segment in, which the
+        // writer otherwise does only a bounded distance ahead of its records.)
+        let first_pages = &segment.bytes()[..PREFAULT_LEAD.min(segment.bytes().len())];
+        debug_assert!(scan::last_nonzero(first_pages).is_none(), "a new segment not zeroed");
         let header = SegmentHeader {
             first_sequence: first,
             segment_len: self.options.segment_len,
@@ -447,8 +463,27 @@ impl<S: Storage> JournalWriter<S> {
             write_at: SEGMENT_HEADER_LEN,
             synced_to: SEGMENT_HEADER_LEN,
             written_back_to: SEGMENT_HEADER_LEN,
+            prefaulted_to: SEGMENT_HEADER_LEN,
         });
         Ok(())
+    }
+
+    /// Keeps the pages of the next [`PREFAULT_LEAD`] bytes faulted in, in steps of
+    /// [`PREFAULT_STEP`]. A hint, like writeback: a failure (an older kernel) leaves the pages
+    /// to fault one at a time as records reach them.
+    fn prefault_ahead(&mut self) {
+        let Some(open) = self.current.as_mut() else { return };
+        let end = open.segment.bytes().len();
+        let from = open.prefaulted_to.max(open.write_at);
+        if from >= end || from - open.write_at >= PREFAULT_LEAD {
+            return;
+        }
+        let to = (from + PREFAULT_STEP).min(end);
+        let _hint_only = open.segment.prefault(from..to);
+        open.prefaulted_to = to;
+        // Never past the segment, and now at least a step ahead of the records (or at its end).
+        assert!(open.prefaulted_to <= end, "prefaulted past the segment's end");
+        assert!(open.prefaulted_to > open.write_at, "prefaulted behind the write position");
     }
 
     /// Starts writeback of what was written since it was last started, once that is at least
