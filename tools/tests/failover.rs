@@ -531,7 +531,8 @@ fn ringfence_promote_on_the_standby_is_a_planned_switchover_through_etcd() {
     let log = a.log();
     assert!(log.iter().any(|l| l.contains("gave up the leader key")), "{log:?}");
 
-    // A clean stop (SIGTERM) gives the key up on the way out: a takes over.
+    // A clean stop (SIGTERM) names the in-sync standby in the record, if the record did not
+    // yet, and gives the key up on the way out: a takes over at once.
     let mut b = b;
     b.signal("-TERM");
     let exited = b.process.as_mut().unwrap().child.wait().unwrap();
@@ -539,4 +540,5 @@ fn ringfence_promote_on_the_standby_is_a_planned_switchover_through_etcd() {
     wait_until(LIVENESS, "a leads after b stopped", || a.is_leader());
     let log = b.log();
     assert!(log.iter().any(|l| l.contains("gave up the leader key on the way out")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("in-sync standby: a")), "{log:?}");
 }

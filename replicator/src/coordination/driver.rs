@@ -366,6 +366,10 @@ impl Driver {
     }
 }
 
+/// Rounds a stopping leader runs to name its in-sync standby: one to take the mark, one to
+/// record, one to spare.
+const ROUNDS_TO_NAME_STANDBY: usize = 3;
+
 impl Driver {
     fn run(mut self, inbox: &Receiver<Request>) {
         let tick = Duration::from_millis(self.config.timing.renew_ms).min(TICK_MAX);
@@ -602,12 +606,40 @@ impl Driver {
         }
     }
 
-    /// [`Coordination::stop`]'s last act: a leader gives up the key.
+    /// [`Coordination::stop`]'s last act: a leader gives up the key. The node has stopped by
+    /// then (every answer given, the replication stream still up), so a standby in sync is
+    /// first named in the in-sync record, which trails the gate by a round or two: a clean
+    /// stop then hands over at once, where a record naming nobody would leave the standby
+    /// waiting for a primary that is not coming back.
     pub fn stop(&mut self) {
-        if self.pilot.state() == "leader"
-            && self.coordinator.resign(self.pilot.leader()) == Ok(true)
-        {
+        if self.pilot.state() != "leader" {
+            return;
+        }
+        self.name_standby_before_leaving();
+        if self.coordinator.resign(self.pilot.leader()) == Ok(true) {
             log(format_args!("coordination: gave up the leader key on the way out"));
+        }
+    }
+
+    /// Reads the witness and asks the pilot, at most [`ROUNDS_TO_NAME_STANDBY`] times, while the
+    /// gate waits for a standby the record does not name yet. Nothing is written any more, so
+    /// the pilot's mark (taken a round after the gate closed) is passed at once and the next
+    /// round records the standby.
+    fn name_standby_before_leaving(&mut self) {
+        for _ in 0..ROUNDS_TO_NAME_STANDBY {
+            let facts = self.control.facts();
+            let in_sync = facts.policy == PolicyState::InSync && facts.gate == Gate::Standby;
+            let named = self.pilot.recorded().is_some_and(|record| record.standby.is_some());
+            if !in_sync || named || facts.mode == AckMode::Async || self.pilot.state() != "leader" {
+                return;
+            }
+            // Only a record is carried out: a stopping node does not campaign or rejoin.
+            let Ok(view) = self.coordinator.read() else { return };
+            match self.pilot.on_view(self.control.now_ms(), &facts, &view) {
+                Plan::Record { sync, after } => self.record(sync, after),
+                Plan::Nothing => {}
+                _ => return,
+            }
         }
     }
 
