@@ -9,6 +9,10 @@ percentiles of each build and the after/before ratio. Figures only; nothing is a
     git worktree add /tmp/base <rev> && (cd /tmp/base && cargo build --release -p ringfence-perf)
     perf/compare.py --before /tmp/base/target/release/ringfence-perf --after /tmp/after \\
         --bench blp --bench pipeline --rounds 3 --quick
+
+A row the builds name differently (a variant renamed, or the after build's variant that
+matches what the before build measured) is compared with `--match AFTER_VARIANT=BEFORE_VARIANT`,
+e.g. `--match ringfence_no_quotas=ringfence` against a build from before per-user quotas.
 """
 
 import argparse
@@ -60,7 +64,16 @@ def main():
     parser.add_argument("--bench", action="append", required=True, help="e.g. blp, pipeline")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--match", action="append", default=[], metavar="AFTER=BEFORE",
+                        help="also compare the after build's variant AFTER with the before "
+                             "build's variant BEFORE, in every scenario that has both")
     args = parser.parse_args()
+    matches = []
+    for pair in args.match:
+        after_variant, sep, before_variant = pair.partition("=")
+        if not sep or not after_variant or not before_variant:
+            parser.error(f"--match takes AFTER_VARIANT=BEFORE_VARIANT, not {pair!r}")
+        matches.append((after_variant, before_variant))
 
     for bench in args.bench:
         samples = {"before": [], "after": []}
@@ -79,12 +92,19 @@ def main():
                   f"{'ratio':>7} {'p50 before':>11} {'after':>9} {'p99 before':>11} "
                   f"{'after':>9}")
         print(header)
-        for key in keys:
+        pairs = [(key, key, key[1]) for key in keys]
+        for after_variant, before_variant in matches:
+            for scenario in dict.fromkeys(key[0] for key in keys):
+                after_key, before_key = (scenario, after_variant), (scenario, before_variant)
+                if after_key in keys and before_key in keys:
+                    pairs.append((after_key, before_key, f"{after_variant}={before_variant}"))
+        for after_key, before_key, label in pairs:
             def stat(build, field):
+                key = after_key if build == "after" else before_key
                 return median([rows.get(key, {}).get(field) for rows in samples[build]])
 
             before_ops, after_ops = stat("before", "ops_per_sec"), stat("after", "ops_per_sec")
-            print(f"{key[0]:<22} {key[1][:34]:<34} "
+            print(f"{after_key[0]:<22} {label[:34]:<34} "
                   f"{(before_ops or 0):>13,.0f} {(after_ops or 0):>13,.0f} "
                   f"{ratio(after_ops, before_ops):>7} "
                   f"{fmt_ns(stat('before', 'p50_ns')):>11} {fmt_ns(stat('after', 'p50_ns')):>9} "
