@@ -232,9 +232,9 @@ const KEYS: &[Key] = &[
     key(
         "node",
         "topology",
-        "auto (compact below six cores, else parallel), compact, parallel, or inline (the \
-         event loop runs the processor: less CPU per request, one core's throughput; a \
-         standby runs compact).",
+        "auto (inline on two cores or fewer, compact below six, else parallel), compact, \
+         parallel, or inline (the event loop runs the processor: less CPU per request, one \
+         core's throughput; a standby runs compact).",
     ),
     key("node", "ring_size", "Slots in the input ring (a power of two)."),
     key("node", "in_flight_max", "Commands the network front may have in flight at once."),
