@@ -209,8 +209,20 @@ impl NodeSection {
         epoch: Epoch,
         intake: Intake,
     ) -> Result<NodeConfig, String> {
+        self.to_config_on(machine_cores(), engine, epoch, intake)
+    }
+
+    /// [`NodeSection::to_config`] on a machine with `cores` cores.
+    fn to_config_on(
+        &self,
+        cores: usize,
+        engine: EngineConfig,
+        epoch: Epoch,
+        intake: Intake,
+    ) -> Result<NodeConfig, String> {
         let topology = match self.topology.as_str() {
-            "auto" if machine_cores() <= INLINE_CORES_MAX => Some(Topology::Stepped),
+            "auto" if cores <= INLINE_CORES_MAX => Some(Topology::Stepped),
+            // The core count decides between compact and parallel when the node starts.
             "auto" => None,
             "inline" => Some(Topology::Stepped),
             "compact" => Some(Topology::Compact),
@@ -901,6 +913,34 @@ pub(crate) fn log(message: std::fmt::Arguments<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_runs_a_primary_inline_on_two_cores_and_a_standby_never() {
+        // Goal: `auto` picks the event loop for a primary's processor on one or two cores and
+        // leaves larger machines to the node's rule (compact below six, else parallel); a
+        // standby, whose records arrive on its follower's thread, runs compact.
+        let section = NodeSection::default();
+        let layout = |cores: usize, intake: Intake| {
+            let config = section
+                .to_config_on(cores, EngineConfig::default(), Epoch(1), intake)
+                .expect("the defaults are valid");
+            (config.topology, config.egress)
+        };
+        for cores in [1, 2] {
+            let primary = layout(cores, Intake::Sequencer);
+            assert_eq!(primary, (Some(Topology::Stepped), EgressDriver::Polled), "{cores} cores");
+            let standby = layout(cores, Intake::Replica).0;
+            assert_eq!(standby, Some(Topology::Compact), "{cores} cores");
+        }
+        // From three cores the node decides by its own threshold (compact below six).
+        for cores in [3, 4, 8] {
+            assert_eq!(layout(cores, Intake::Sequencer).0, None, "{cores} cores");
+        }
+        assert_eq!(NodeConfig::default().parallel_cores_min, 6);
+        let inline = NodeSection { topology: "inline".into(), ..NodeSection::default() };
+        let config = inline.to_config_on(64, EngineConfig::default(), Epoch(1), Intake::Sequencer);
+        assert_eq!(config.unwrap().topology, Some(Topology::Stepped), "asked for, on any machine");
+    }
 
     #[test]
     fn the_admin_token_rule_is_a_length_over_the_bearer_alphabet() {
