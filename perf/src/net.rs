@@ -460,8 +460,8 @@ pub struct BenchServer {
 }
 
 impl BenchServer {
-    /// Starts the server as `serve` runs on a small machine (compact topology, egress polled
-    /// by the event loop) and creates the hot SKU.
+    /// Starts the server as `serve` runs on three to five cores (compact topology, egress
+    /// polled by the event loop) and creates the hot SKU.
     pub fn start() -> io::Result<BenchServer> {
         BenchServer::start_as(Topology::Compact, None)
     }
@@ -807,17 +807,18 @@ pub fn run_http(common: Common) {
 /// cannot start.
 pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     // The same load against both small-machine layouts, one server at a time: the processor
-    // on a thread of its own (`ringfence_http`, serve's default) and on the event loop
-    // (`_inline`); then the default layout taking snapshots, at its maximum and at 80% of it
-    // (`_snapshots`): the load a node is sized for is below its maximum, and its tail there,
-    // across snapshot periods, is the one a sale sees. Both layouts run at 80% of their
-    // maximum without snapshots too, for the comparison.
+    // on a thread of its own (`ringfence_http`, compact: serve's default from three to five
+    // cores) and on the event loop (`_inline`, serve's default on two cores or fewer); then
+    // `inline` taking snapshots, at its maximum and at 80% of it (`_snapshots`): the load a
+    // node is sized for is below its maximum, and its tail there, across snapshot periods, is
+    // the one a sale sees. Both layouts run at 80% of their maximum without snapshots too,
+    // for the comparison.
     let snapshots_plan = Plan { rates: Vec::new(), of_max: Some(0.8), ..plan.clone() };
     let at_80 = Plan { of_max: Some(0.8), ..plan.clone() };
     let runs = [
         (Topology::Compact, None, "ringfence_http", at_80.clone()),
         (Topology::Stepped, None, "ringfence_http_inline", at_80),
-        (Topology::Compact, Some(SNAPSHOT_EVERY), "ringfence_http_snapshots", snapshots_plan),
+        (Topology::Stepped, Some(SNAPSHOT_EVERY), "ringfence_http_snapshots", snapshots_plan),
     ];
     for (topology, snapshot_every, variant, mut run) in runs {
         run.next_index = plan.next_index;
