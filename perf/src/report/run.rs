@@ -201,9 +201,10 @@ const SECTIONS: [SectionSpec; 8] = [
         key: "loopback",
         title: "Over loopback: binary protocol, HTTP and the Redis + Lua peer (`tcp`, `http`, \
                 `redis`)",
-        wait_and_pinning: "server: spin-then-park, BLP pinned to the last core (compact \
-                           topology, egress polled by the event loop); load generator and \
-                           redis-server not pinned",
+        wait_and_pinning: "server: compact rows spin-then-park with the BLP pinned to the \
+                           last core (egress polled by the event loop); `_inline` and \
+                           `_snapshots` rows run the BLP on the event loop, which waits in \
+                           epoll; load generator and redis-server not pinned",
     },
     SectionSpec {
         key: "replication",
