@@ -54,6 +54,13 @@ pub trait Segment: Send + 'static {
         let _ = range;
         Ok(())
     }
+    /// Says that this handle will append to the segment, front to back, faulting pages in
+    /// ahead of the records with [`Segment::prefault`]: a page fault then reads nothing ahead.
+    /// Handles that read a segment (recovery, tails) keep the default, readahead. By default
+    /// it does nothing.
+    fn appending(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a retired file went.
@@ -314,6 +321,15 @@ impl Segment for FileSegment {
         if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
 
+    fn appending(&mut self) -> io::Result<()> {
+        // A segment holds at least its header (`allocate` refuses less).
+        assert!(!self.map.is_empty(), "appending to a segment of no bytes");
+        // No readahead on faults: readahead would have the fault that enters each new window
+        // fill the whole window, megabytes of preallocated, unwritten blocks zeroed at once on
+        // the appending thread (and inside `prefault` too). One page per fault instead.
+        self.map.advise(memmap2::Advice::Random)
+    }
+
     fn prefault(&mut self, range: Range<usize>) -> io::Result<()> {
         assert!(range.start <= range.end, "a backwards prefault range");
         assert!(range.end <= self.map.len(), "a prefault past the segment's end");
@@ -450,11 +466,6 @@ fn map_file(file: File) -> io::Result<FileSegment> {
     // read, so a concurrent change cannot cause undefined behaviour in Rust code here beyond
     // reading bytes that then fail their checksum.
     let map = unsafe { MmapMut::map_mut(&file)? };
-    // No readahead on faults. The appender writes a segment front to back, once, and faults
-    // its pages in ahead of the records (`Segment::prefault`); a fault that still happens
-    // (an older kernel) fills one page, where readahead would have it fill the whole window:
-    // megabytes of preallocated, unwritten blocks zeroed at once on the appending thread.
-    map.advise(memmap2::Advice::Random)?;
     Ok(FileSegment { map, file })
 }
 

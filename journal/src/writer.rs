@@ -106,6 +106,9 @@ impl<S: Storage> JournalWriter<S> {
         assert!(open.synced_to <= open.write_at, "synced past the write position");
         assert!(open.written_back_to <= open.write_at, "written back past the write position");
         assert!(open.write_at <= open.segment.bytes().len(), "written past the segment's end");
+        // Pages are faulted in from where the writer started in the segment, never past it.
+        assert!(open.prefaulted_to >= SEGMENT_HEADER_LEN, "prefaulted inside the header");
+        assert!(open.prefaulted_to <= open.segment.bytes().len(), "prefaulted past the end");
         assert_eq!(open.write_at % RECORD_ALIGN, 0, "the write position off a boundary");
         assert_eq!(open.synced_to % RECORD_ALIGN, 0, "the synced position off a boundary");
     }
@@ -211,6 +214,8 @@ impl<S: Storage> JournalWriter<S> {
         let mut segment = storage
             .open_segment(name)
             .map_err(|e| JournalError::io(format!("opening {}", storage.describe(name)), e))?;
+        // A hint, like prefaulting: a map that keeps readahead still appends correctly.
+        let _hint_only = segment.appending();
         // Recovery positions the writer just past the last intact record.
         assert!(write_at >= SEGMENT_HEADER_LEN, "resuming inside the segment header");
         assert!(write_at <= segment.bytes().len(), "resuming past the segment's end");
@@ -436,6 +441,7 @@ impl<S: Storage> JournalWriter<S> {
         let mut segment = self.storage.create_segment(&name, segment_len).map_err(|e| {
             JournalError::io(format!("creating {}", self.storage.describe(&name)), e)
         })?;
+        let _hint_only = segment.appending();
         assert_eq!(segment.bytes().len() as u64, segment_len, "a segment of another length");
         // Created zero-filled: an empty segment reads as ending at its first record. (Its first
         // pages are checked: reading all of it would fault the whole segment in, which the
