@@ -45,8 +45,8 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -656,6 +656,8 @@ pub struct Snapshotter<S: Storage> {
     busy: Arc<AtomicBool>,
     /// Set when the node stops: the writer abandons the job it is on.
     cancel: Arc<AtomicBool>,
+    /// The engine's last applied sequence, for the writer to follow the journal up to.
+    published: Arc<AtomicU64>,
     stats: Arc<Mutex<SnapshotStats>>,
     worker: Option<JoinHandle<()>>,
 }
@@ -702,6 +704,7 @@ impl<S: Storage> Snapshotter<S> {
         let (jobs, receiver) = mpsc::sync_channel::<Job>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let cancel = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(Mutex::new(SnapshotStats::default()));
         let shadow =
             Shadow::new(dir.clone(), config, policy.clone(), visible_wait, Arc::clone(&cancel));
@@ -709,6 +712,7 @@ impl<S: Storage> Snapshotter<S> {
             shadow,
             jobs: receiver,
             busy: Arc::clone(&busy),
+            published: Arc::clone(&published),
             stats: Arc::clone(&stats),
         };
         let snapshotter = Snapshotter {
@@ -721,6 +725,7 @@ impl<S: Storage> Snapshotter<S> {
             jobs: Some(jobs),
             busy,
             cancel,
+            published,
             stats,
             worker: None,
         };
@@ -812,6 +817,8 @@ pub struct SnapshotWriter<S: Storage> {
     shadow: Shadow<S>,
     jobs: Receiver<Job>,
     busy: Arc<AtomicBool>,
+    /// The BLP's last applied sequence: every record up to it is appended.
+    published: Arc<AtomicU64>,
     stats: Arc<Mutex<SnapshotStats>>,
 }
 
@@ -831,19 +838,54 @@ impl<S: Storage> SnapshotWriter<S> {
     }
 
     /// The writer thread: every job, until the hook is gone. Under periodic snapshots the
-    /// shadow engine is built first, while nothing waits for it, so that the first snapshot
-    /// costs what every later one does: the records since the last.
+    /// shadow engine is built first, while nothing waits for it, and follows the journal
+    /// between jobs ([`FOLLOW_EVERY`]), so that a snapshot applies only the records since the
+    /// last round, and the second apply of each command is spread over time instead of
+    /// arriving as one burst per snapshot.
     fn run_until_closed(mut self) {
-        if self.shadow.policy.every_commands.is_some() {
+        let periodic = self.shadow.policy.every_commands.is_some();
+        if periodic {
             self.shadow.prepare();
             self.stats.lock().expect("snapshot stats lock").shadow_ready =
                 self.shadow.following.is_some();
         }
-        while let Ok(job) = self.jobs.recv() {
+        loop {
+            let job = if periodic {
+                match self.jobs.recv_timeout(FOLLOW_EVERY) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.follow();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
             self.run(&job);
         }
         // The hook is gone, and every job it handed over was run first.
         assert!(!self.busy.load(Ordering::Acquire), "the writer stopped with a job in flight");
+    }
+
+    /// One round of following: the records the BLP has applied since the last round. Not
+    /// while a snapshot is due: its job catches up through its own sequence, and the shadow
+    /// must not pass it. (The hook marks the writer busy before it publishes any sequence
+    /// after the job's, so a sequence read here past the job's is seen with the mark.)
+    fn follow(&mut self) {
+        let through = Sequence(self.published.load(Ordering::Acquire));
+        if self.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let applied = self.shadow.follow(through);
+        if applied > 0 {
+            let mut stats = self.stats.lock().expect("snapshot stats lock");
+            stats.shadow_records += applied;
+            stats.shadow_ready = self.shadow.following.is_some();
+        }
     }
 
     fn run(&mut self, job: &Job) {
@@ -866,6 +908,11 @@ impl<S: Storage> SnapshotWriter<S> {
 const RECORD_VISIBLE_WAIT: Duration = Duration::from_secs(5);
 /// Bytes of records read from the journal at a time.
 const SHADOW_READ_BYTES: usize = 1 << 20;
+/// How often the writer's shadow engine follows the journal between snapshots.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
+/// Bytes of records the shadow applies in one round of following, at most: a round stays
+/// short, and a job that arrives meanwhile waits for little.
+const FOLLOW_BYTES: usize = 8 << 20;
 
 /// The writer thread's engine: a second copy of the business logic that follows the journal
 /// and is snapshotted in place of the BLP's own.
@@ -917,6 +964,46 @@ impl<S: Storage> Shadow<S> {
                  tries again): {error}"
             ),
         }
+    }
+
+    /// Applies the journal's records up to `through` (a sequence the BLP has applied, so
+    /// appended), at most [`FOLLOW_BYTES`] of them, and returns how many. Best effort: a record
+    /// not readable yet ends the round (with a fresh reader for the next, whose map sees the
+    /// segments added since); a record that does not decode drops the shadow, and the next job
+    /// starts over and reports it.
+    fn follow(&mut self, through: Sequence) -> u64 {
+        let storage = self.dir.storage().clone();
+        let Some((engine, tail)) = self.following.as_mut() else { return 0 };
+        let start = engine.last_sequence();
+        let (mut applied, mut budget) = (0, FOLLOW_BYTES);
+        let mut broken = None;
+        while tail.next() <= through && budget > 0 && !self.cancel.load(Ordering::Acquire) {
+            self.records.clear();
+            if tail.read(through, &mut self.records, SHADOW_READ_BYTES.min(budget)).is_err() {
+                if let Ok(fresh) = Tail::open(storage, tail.next()) {
+                    *tail = fresh;
+                }
+                break;
+            }
+            budget = budget.saturating_sub(self.records.len());
+            match apply_records(engine, &self.records) {
+                Ok(count) => applied += count,
+                Err(error) => {
+                    broken = Some(error);
+                    break;
+                }
+            }
+        }
+        // Never past what the BLP had applied (unless the shadow was already), one record per
+        // sequence, and the reader still after the engine's state.
+        assert!(engine.last_sequence() <= through.max(start), "followed past the BLP");
+        assert!(applied <= through.0.saturating_sub(start.0), "more records than sequences");
+        assert!(tail.next() > engine.last_sequence(), "the reader behind the engine");
+        if let Some(error) = broken {
+            tracing::warn!(target: "ringfence", "the snapshot writer stops following: {error}");
+            self.following = None;
+        }
+        applied
     }
 
     /// Brings the shadow to the job's sequence and writes its snapshot; failures are logged
@@ -1140,6 +1227,9 @@ impl<S: Storage> SnapshotHook for Snapshotter<S> {
         // The hook's contract: the engine has applied `command` (or, for a snapshot request,
         // everything journaled before it).
         assert!(engine.last_sequence() <= command.sequence, "a hook ahead of the engine");
+        // Before any hand-off below: the writer follows the journal up to here, and a sequence
+        // published after a job's must come with the busy mark set (see `SnapshotWriter::follow`).
+        self.published.store(engine.last_sequence().0, Ordering::Release);
         self.since_last += 1;
         self.requested |= matches!(command.command, Command::Snapshot);
         let due = self.policy.every_commands.is_some_and(|every| self.since_last >= every);

@@ -837,10 +837,12 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
             let stats = server.snapshots();
             report.note(&format!(
                 "  {variant}: {} snapshots handed to the writer, {} written, {} failed; the \
-                 last took the writer {:.0} ms; longest hand-off on the BLP {:.1} us",
+                 shadow engine applied {} journal records; the last snapshot took the writer \
+                 {:.0} ms; longest hand-off on the BLP {:.1} us",
                 stats.pauses,
                 stats.written,
                 stats.failed,
+                stats.shadow_records,
                 stats.writer_ns_last as f64 / 1e6,
                 stats.pause_ns_max as f64 / 1e3
             ));
