@@ -881,10 +881,11 @@ impl<S: Storage> SnapshotWriter<S> {
             return;
         }
         let applied = self.shadow.follow(through);
-        if applied > 0 {
+        let ready = self.shadow.following.is_some();
+        if applied > 0 || !ready {
             let mut stats = self.stats.lock().expect("snapshot stats lock");
             stats.shadow_records += applied;
-            stats.shadow_ready = self.shadow.following.is_some();
+            stats.shadow_ready = ready;
         }
     }
 

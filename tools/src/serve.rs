@@ -151,9 +151,9 @@ impl AuthSection {
 /// Cores up to which `auto` runs a primary's processor on the event loop (`inline`). On two
 /// cores, `compact`'s processor thread beside the event loop leaves one core for everything
 /// else (clients on the same machine, the snapshot writer): measured with `perf http --quick`,
-/// at 80% of each layout's maximum `compact` queued requests for a p99.9 of 84–141 ms where
+/// at 80% of each layout's maximum `compact` queued requests for a p99.9 of 32–141 ms where
 /// `inline` held 7–39 ms, and `inline` used 0.4× the CPU per answer at 20–50k/s; `compact`'s
-/// maximum with pipelining clients was 1.03–1.3× `inline`'s, and under `wrk` (one request per
+/// maximum with pipelining clients was 1.03–1.7× `inline`'s, and under `wrk` (one request per
 /// connection at a time) `inline` reached more (89k/s against 83k/s at durability `batch`).
 const INLINE_CORES_MAX: usize = 2;
 
