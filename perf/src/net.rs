@@ -63,7 +63,7 @@ pub struct Decoded {
 }
 
 /// How one run offers load.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Load {
     /// Open loop at this many requests per second.
     Rate(u64),
@@ -603,8 +603,9 @@ pub struct Plan {
     pub window: usize,
     /// First request index of the next run, so that every run uses fresh users and keys.
     pub next_index: u64,
-    /// Also run at this fraction of the throughput the `max` row measured, right after it.
-    pub of_max: Option<f64>,
+    /// Also run at these fractions of the throughput the `max` row measured, right after it,
+    /// in this order.
+    pub of_max: Vec<f64>,
 }
 
 impl Plan {
@@ -619,7 +620,7 @@ impl Plan {
                 connections: 16,
                 window: 32,
                 next_index: 0,
-                of_max: None,
+                of_max: Vec::new(),
             }
         } else {
             Plan {
@@ -628,7 +629,7 @@ impl Plan {
                 connections: 32,
                 window: 64,
                 next_index: 0,
-                of_max: None,
+                of_max: Vec::new(),
             }
         }
     }
@@ -646,8 +647,8 @@ pub fn run_plan(
 ) {
     let mut loads = VecDeque::from([Load::Window(plan.window)]);
     loads.extend(plan.rates.iter().map(|&rate| Load::Rate(rate)));
-    // Set once the `max` row has run: the rate that is `of_max` of its throughput.
-    let mut fraction_of_max = None;
+    // Set once the `max` row has run: the rates that are `of_max` of its throughput.
+    let mut fractions_of_max: Vec<(u64, f64)> = Vec::new();
     while let Some(load) = loads.pop_front() {
         let duration = Duration::from_secs_f64(plan.seconds);
         let cpu = ServerCpu::start();
@@ -661,19 +662,23 @@ pub fn run_plan(
             };
         let server_cpu = cpu.seconds();
         plan.next_index += measured.answered + measured.lost + 1;
-        if let (Load::Window(_), Some(fraction)) = (load, plan.of_max) {
-            let rate = (measured.answered as f64 / measured.seconds * fraction) as u64;
-            if rate > 0 {
-                fraction_of_max = Some((rate, fraction));
-                loads.push_front(Load::Rate(rate));
+        if let Load::Window(_) = load {
+            let throughput = measured.answered as f64 / measured.seconds;
+            for &fraction in plan.of_max.iter().rev() {
+                let rate = (throughput * fraction) as u64;
+                if rate > 0 {
+                    fractions_of_max.push((rate, fraction));
+                    loads.push_front(Load::Rate(rate));
+                }
             }
         }
-        let label = match (load, fraction_of_max) {
+        let of_max = fractions_of_max.iter().find(|&&(rate, _)| Load::Rate(rate) == load);
+        let label = match (load, of_max) {
             (Load::Window(_), _) => format!("{variant} max"),
-            (Load::Rate(rate), Some((of_max, fraction))) if rate == of_max => {
+            (Load::Rate(rate), Some((_, fraction))) => {
                 format!("{variant} @{}k/s = {:.0}% of max", rate / 1_000, fraction * 100.0)
             }
-            (Load::Rate(rate), _) => format!("{variant} @{}k/s", rate / 1_000),
+            (Load::Rate(rate), None) => format!("{variant} @{}k/s", rate / 1_000),
         };
         let per_answer_us = server_cpu * 1e6 / measured.answered.max(1) as f64;
         let cores = server_cpu / measured.seconds;
@@ -812,12 +817,13 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     // `inline` taking snapshots, at its maximum and at 80% of it (`_snapshots`): the load a
     // node is sized for is below its maximum, and its tail there, across snapshot periods, is
     // the one a sale sees. Both layouts run at 80% of their maximum without snapshots too,
-    // for the comparison.
-    let snapshots_plan = Plan { rates: Vec::new(), of_max: Some(0.8), ..plan.clone() };
-    let at_80 = Plan { of_max: Some(0.8), ..plan.clone() };
+    // for the comparison, and `inline` at 50% and 65% as well: where its tail is flat.
+    let snapshots_plan = Plan { rates: Vec::new(), of_max: vec![0.8], ..plan.clone() };
+    let compact_plan = Plan { of_max: vec![0.8], ..plan.clone() };
+    let inline_plan = Plan { of_max: vec![0.5, 0.65, 0.8], ..plan.clone() };
     let runs = [
-        (Topology::Compact, None, "ringfence_http", at_80.clone()),
-        (Topology::Stepped, None, "ringfence_http_inline", at_80),
+        (Topology::Compact, None, "ringfence_http", compact_plan),
+        (Topology::Stepped, None, "ringfence_http_inline", inline_plan),
         (Topology::Stepped, Some(SNAPSHOT_EVERY), "ringfence_http_snapshots", snapshots_plan),
     ];
     for (topology, snapshot_every, variant, mut run) in runs {
