@@ -425,19 +425,35 @@ fn periodic_snapshots_build_the_shadow_engine_before_the_first_is_due() {
     }
 }
 
+/// A journal on a fresh `FaultStorage` (durability `batch`), a snapshot writer thread taking
+/// one every `every` commands, and `count` workload commands from `seed` to journal.
+fn snapshotting(
+    every: u64,
+    seed: u64,
+    count: usize,
+) -> (
+    FaultStorage,
+    recovery::Recovered<FaultStorage>,
+    Snapshotter<FaultStorage>,
+    Vec<ringfence_core::Sequenced>,
+) {
+    let disk = FaultStorage::new();
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let policy = SnapshotPolicy { every_commands: Some(every), keep: 2 };
+    let snapshots =
+        Snapshotter::start(recovered.writer.data_dir().clone(), policy, config()).unwrap();
+    let mut workload = Workload::new(seed, Sequence(1), Timestamp(1));
+    let commands = generate(&mut workload, &mut Engine::new(config()), count);
+    (disk, recovered, snapshots, commands)
+}
+
 #[test]
 fn between_snapshots_the_shadow_follows_the_journal() {
     // Goal: under periodic snapshots the writer's shadow engine applies what the BLP applied
     // without waiting for a snapshot to be due, each record once, so that a snapshot applies
     // only the records since the last round; and the snapshot taken after it is the BLP's.
-    let disk = FaultStorage::new();
-    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    let policy = SnapshotPolicy { every_commands: Some(400), keep: 2 };
-    let mut snapshots =
-        Snapshotter::start(recovered.writer.data_dir().clone(), policy, config()).unwrap();
+    let (disk, mut recovered, mut snapshots, commands) = snapshotting(400, 14, 400);
     let stats = snapshots.stats_handle();
-    let mut workload = Workload::new(14, Sequence(1), Timestamp(1));
-    let commands = generate(&mut workload, &mut Engine::new(config()), 400);
     let mut engine = Engine::new(config());
     let mut journal = |range: std::ops::Range<usize>, engine: &mut Engine| {
         for command in &commands[range] {
@@ -476,13 +492,7 @@ fn following_never_carries_the_shadow_past_a_snapshot_due() {
     // (A round that reads a sequence published just after a job was handed over is a window
     // of nanoseconds this test is unlikely to hit; `SnapshotWriter::follow` gives the order
     // of stores that keeps it safe.)
-    let disk = FaultStorage::new();
-    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    let policy = SnapshotPolicy { every_commands: Some(7), keep: 2 };
-    let mut snapshots =
-        Snapshotter::start(recovered.writer.data_dir().clone(), policy, config()).unwrap();
-    let mut workload = Workload::new(15, Sequence(1), Timestamp(1));
-    let commands = generate(&mut workload, &mut Engine::new(config()), 3_000);
+    let (disk, mut recovered, mut snapshots, commands) = snapshotting(7, 15, 3_000);
     let mut engine = Engine::new(config());
     let mut digests = std::collections::HashMap::new();
     for (i, command) in commands.iter().enumerate() {
