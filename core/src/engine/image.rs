@@ -218,10 +218,7 @@ impl Engine {
         config: &EngineConfig,
         image: &EngineImage,
     ) -> Result<Engine, RestoreError> {
-        if image.shard != config.shard {
-            return Err(RestoreError::ShardMismatch { image: image.shard, config: config.shard });
-        }
-        // Against the real capacities first: the fitted ones hold the image by construction.
+        // Against the real capacities: the fitted ones hold the image by construction.
         check_image(config, image)?;
         let fit = |len: usize| u32::try_from(len.max(1)).expect("checked against a u32 capacity");
         let fitted = EngineConfig {
@@ -236,15 +233,20 @@ impl Engine {
         // Never larger than the configuration it stands in for.
         assert!(fitted.orders_max <= config.orders_max, "fitted above the configured orders");
         assert!(fitted.request_keys_max <= config.request_keys_max, "fitted above the keys");
-        Engine::from_image(fitted, image)
+        Engine::restore_checked(fitted, image)
     }
 
     /// Rebuilds an engine from an image, checking it against `config` and itself.
     pub fn from_image(config: EngineConfig, image: &EngineImage) -> Result<Engine, RestoreError> {
-        if image.shard != config.shard {
-            return Err(RestoreError::ShardMismatch { image: image.shard, config: config.shard });
-        }
         check_image(&config, image)?;
+        Engine::restore_checked(config, image)
+    }
+
+    /// [`Engine::from_image`] once `check_image` passed for `config`: builds the tables and
+    /// makes the checks that need them (duplicates, cross-table consistency).
+    fn restore_checked(config: EngineConfig, image: &EngineImage) -> Result<Engine, RestoreError> {
+        // What `check_image` passed: the tables about to be built hold the image.
+        assert!(image.orders.len() <= config.orders_max as usize, "restoring unchecked orders");
         let mut engine = Engine::new(config);
         engine.now = image.now;
         engine.last_sequence = image.last_sequence;
@@ -486,6 +488,9 @@ fn refill_from<T: Copy>(table: &mut Vec<T>, parts: &[&[T]]) {
 
 /// Every size within capacity, every internal slot reference in range.
 fn check_image(config: &EngineConfig, image: &EngineImage) -> Result<(), RestoreError> {
+    if image.shard != config.shard {
+        return Err(RestoreError::ShardMismatch { image: image.shard, config: config.shard });
+    }
     let sizes = [
         ("SKUs", image.skus.len(), config.skus_max),
         ("orders", image.orders.len(), config.orders_max),
