@@ -973,7 +973,6 @@ impl<S: Storage> Shadow<S> {
     /// segments added since); a record that does not decode drops the shadow, and the next job
     /// starts over and reports it.
     fn follow(&mut self, through: Sequence) -> u64 {
-        let storage = self.dir.storage().clone();
         let Some((engine, tail)) = self.following.as_mut() else { return 0 };
         let start = engine.last_sequence();
         let (mut applied, mut budget) = (0, FOLLOW_BYTES);
@@ -981,7 +980,7 @@ impl<S: Storage> Shadow<S> {
         while tail.next() <= through && budget > 0 && !self.cancel.load(Ordering::Acquire) {
             self.records.clear();
             if tail.read(through, &mut self.records, SHADOW_READ_BYTES.min(budget)).is_err() {
-                if let Ok(fresh) = Tail::open(storage, tail.next()) {
+                if let Ok(fresh) = Tail::open(self.dir.storage().clone(), tail.next()) {
                     *tail = fresh;
                 }
                 break;
