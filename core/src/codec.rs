@@ -744,7 +744,21 @@ fn read_outcome(r: &mut Reader<'_>) -> Result<Outcome, DecodeError> {
 
 #[inline(always)]
 fn write_rejection<S: Sink>(w: &mut S, rejection: Rejection) {
-    let tag = match rejection {
+    match rejection {
+        Rejection::InvalidState { current } => {
+            w.u8(0x12);
+            w.u8(order_state_byte(current));
+        }
+        Rejection::WrongAmount { expected_cents } => w.tagged_u64(0x13, expected_cents),
+        _ => w.u8(rejection_code(rejection)),
+    }
+}
+
+/// The one-byte code of a refusal. `InvalidState` and `WrongAmount` carry a field after theirs
+/// (`write_rejection` writes both).
+#[inline(always)]
+pub(crate) fn rejection_code(rejection: Rejection) -> u8 {
+    match rejection {
         Rejection::SoldOut => 0x01,
         Rejection::LimitExceeded => 0x02,
         Rejection::SaleNotOpen => 0x03,
@@ -762,17 +776,9 @@ fn write_rejection<S: Sink>(w: &mut S, rejection: Rejection) {
         Rejection::PaymentConflict => 0x0F,
         Rejection::NotOwner => 0x10,
         Rejection::RequestKeyReused => 0x11,
-        Rejection::InvalidState { current } => {
-            w.u8(0x12);
-            w.u8(order_state_byte(current));
-            return;
-        }
-        Rejection::WrongAmount { expected_cents } => {
-            w.tagged_u64(0x13, expected_cents);
-            return;
-        }
-    };
-    w.u8(tag);
+        Rejection::InvalidState { .. } => 0x12,
+        Rejection::WrongAmount { .. } => 0x13,
+    }
 }
 
 fn read_rejection(r: &mut Reader<'_>) -> Result<Rejection, DecodeError> {
