@@ -29,7 +29,7 @@ use std::collections::BinaryHeap;
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use super::layout::{Claim, Holding, Scalars, ordered_hash, sum_of};
-use super::{Batch, Coupon, Deadline, Engine, KeyEntry, Order, Share, Sku, sharer};
+use super::{Batch, Coupon, Deadline, Engine, KeyEntry, KeyPosition, Order, Share, Sku, sharer};
 use crate::config::EngineConfig;
 use crate::outcome::{CouponState, OrderState};
 use crate::snowflake::Snowflake;
@@ -304,9 +304,15 @@ impl Engine {
         }
         for (offset, entry) in self.keys.iter().enumerate() {
             let at = self.keys_head + offset as u64;
-            if self.key_index.insert((entry.user, entry.key), at).is_some() {
+            if self.key_index.insert((entry.user, entry.key), KeyPosition::new(at)).is_some() {
                 return Err(RestoreError::Inconsistent("duplicate request key"));
             }
+        }
+        // The oldest key sits at the queue's head: positions count from the first key ever
+        // remembered, not from the start of the restored queue.
+        if let Some(oldest) = self.keys.front() {
+            let indexed = self.key_index.get(&(oldest.user, oldest.key)).map(|at| at.get());
+            assert_eq!(indexed, Some(self.keys_head), "the oldest key indexed off the head");
         }
         self.rebuild_shares();
         // Every entry is indexed once: what `apply` asserts after each command.
