@@ -7,6 +7,7 @@
 mod ack;
 mod blp;
 mod failover;
+mod floor;
 mod journal;
 mod naive;
 mod net;

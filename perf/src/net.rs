@@ -32,6 +32,7 @@ use ringfence_journal::recovery::recover;
 use ringfence_journal::snapshot::{SnapshotPolicy, SnapshotStatsHandle, Snapshotter};
 use ringfence_journal::writer::{Durability, WriterOptions};
 
+use crate::floor;
 use crate::report::{Report, Row, latency_histogram};
 use crate::{Common, Size};
 
@@ -821,6 +822,15 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     let snapshots_plan = Plan { rates: Vec::new(), of_max: vec![0.8], ..plan.clone() };
     let compact_plan = Plan { of_max: vec![0.8], ..plan.clone() };
     let inline_plan = Plan { of_max: vec![0.5, 0.65, 0.8], ..plan.clone() };
+    // First, the machine's own floor at the fixed rates: no server, only a thread woken.
+    report.note(
+        "http (machine_wakeup): no server; a thread blocked on a futex, woken at each fixed \
+         rate; latency from the wake-up to it running: the least any answer over loopback \
+         pays, once per wake-up in its path",
+    );
+    for &rate in &plan.rates {
+        report.push(floor::wakeup_row("hot_sku_reserve", "machine_wakeup", rate, plan.seconds));
+    }
     let runs = [
         (Topology::Compact, None, "ringfence_http", compact_plan),
         (Topology::Stepped, None, "ringfence_http_inline", inline_plan),
