@@ -446,11 +446,76 @@ pub struct SnapshotPolicy {
     pub every_commands: Option<u64>,
     /// Snapshots kept; older ones are deleted, and segments only they needed are retired.
     pub keep: usize,
+    /// How the writer's thread is scheduled.
+    pub writer: WriterPriority,
 }
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
-        SnapshotPolicy { every_commands: Some(1_000_000), keep: 3 }
+        SnapshotPolicy { every_commands: Some(1_000_000), keep: 3, writer: WriterPriority::Normal }
+    }
+}
+
+/// How the snapshot writer's thread is scheduled against the node's other threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriterPriority {
+    /// Like any other thread: on a machine with no core to spare, the shadow's replay of the
+    /// journal and the image write take their share of CPU from the threads serving requests.
+    #[default]
+    Normal,
+    /// Linux's `SCHED_IDLE`: the writer runs on CPU time no other thread of the machine wants,
+    /// and a thread that wakes takes its core at once. The sale is served first; on a machine
+    /// kept busy without pause, snapshots fall behind (counted as deferred) and the journal
+    /// they would let go is kept until they catch up, which lengthens a restart's replay.
+    ///
+    /// The writer takes two locks the serving threads also take, each for microseconds (the
+    /// counters it records into, and the data directory's manifest when it retires segments).
+    /// Linux gives no priority inheritance here; a serving thread that waits on one of them
+    /// leaves its core idle, which the writer then gets, so such a wait lasts about as long as
+    /// the critical section plus a wake-up.
+    Idle,
+}
+
+impl WriterPriority {
+    /// Applies this priority to the calling thread. `Normal` changes nothing.
+    fn apply_to_this_thread(self) -> io::Result<()> {
+        if self == WriterPriority::Normal {
+            return Ok(());
+        }
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid `sched_param`; pid 0 is the calling thread.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pid 0 is the calling thread.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        assert_eq!(policy, libc::SCHED_IDLE, "the writer's scheduling policy did not change");
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for WriterPriority {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let priority = match text {
+            "normal" => WriterPriority::Normal,
+            "idle" => WriterPriority::Idle,
+            other => return Err(format!("snapshot writer priority `{other}`: use idle or normal")),
+        };
+        // The configuration's word is the one logs and `defaults` print.
+        debug_assert_eq!(priority.to_string(), text, "a priority printed under another name");
+        Ok(priority)
+    }
+}
+
+impl std::fmt::Display for WriterPriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriterPriority::Normal => "normal",
+            WriterPriority::Idle => "idle",
+        })
     }
 }
 
@@ -673,9 +738,20 @@ impl<S: Storage> Snapshotter<S> {
     ) -> Result<Snapshotter<S>, SnapshotError> {
         let (mut snapshotter, writer) =
             Snapshotter::pair(dir, policy, config, Some(RECORD_VISIBLE_WAIT));
+        let priority = snapshotter.policy.writer;
         let worker = std::thread::Builder::new()
             .name("ringfence-snapshot".to_owned())
-            .spawn(move || writer.run_until_closed())
+            .spawn(move || {
+                // Only a hint: a writer left at normal priority still writes every snapshot.
+                if let Err(error) = priority.apply_to_this_thread() {
+                    tracing::warn!(
+                        target: "ringfence",
+                        "snapshot writer: cannot run at {priority} priority ({error}); it runs \
+                         at normal priority"
+                    );
+                }
+                writer.run_until_closed();
+            })
             .map_err(io_error("starting the snapshot writer thread".to_owned()))?;
         snapshotter.worker = Some(worker);
         Ok(snapshotter)
@@ -804,6 +880,7 @@ impl<S: Storage> Snapshotter<S> {
         stats.deferred_busy = self.deferred;
         stats.pause_ns_last = pause_ns;
         stats.pause_ns_max = stats.pause_ns_max.max(pause_ns);
+        assert!(stats.pause_ns_max >= stats.pause_ns_last, "the longest hand-off is not the max");
         if !sent {
             stats.last_error = Some("the snapshot writer is not running".to_owned());
             self.busy.store(false, Ordering::Release);
@@ -1219,6 +1296,9 @@ impl JobDone {
                 }
             }
         }
+        // Each job handed over ends once, at most: none is counted done twice.
+        let ended = stats.written + stats.failed + stats.cancelled;
+        assert!(ended <= stats.pauses, "more snapshots ended than were taken");
     }
 }
 

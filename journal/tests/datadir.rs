@@ -261,7 +261,7 @@ fn a_failed_snapshot_leaves_no_temporary_file_and_is_counted() {
     // failure is counted with its error, the journal carries on, and the next one succeeds.
     let disk = FaultStorage::new();
     let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    let policy = SnapshotPolicy { every_commands: Some(100), keep: 2 };
+    let policy = SnapshotPolicy { every_commands: Some(100), keep: 2, ..SnapshotPolicy::default() };
     let data_dir = recovered.writer.data_dir().clone();
     let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let stats = snapshots.stats_handle();
@@ -323,7 +323,7 @@ fn run_with_snapshots(
     journaled: impl Fn(usize, &ringfence_core::Sequenced) -> ringfence_core::Sequenced,
 ) -> (Engine, snapshot::SnapshotStats) {
     let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    let policy = SnapshotPolicy { every_commands: Some(100), keep: 2 };
+    let policy = SnapshotPolicy { every_commands: Some(100), keep: 2, ..SnapshotPolicy::default() };
     let data_dir = recovered.writer.data_dir().clone();
     let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());
@@ -368,7 +368,7 @@ fn a_stopping_node_abandons_the_snapshot_in_hand_instead_of_waiting_for_it() {
     let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
     let mut workload = Workload::new(12, Sequence(1), Timestamp(1));
     let commands = generate(&mut workload, &mut Engine::new(config()), 150);
-    let policy = SnapshotPolicy { every_commands: Some(150), keep: 2 };
+    let policy = SnapshotPolicy { every_commands: Some(150), keep: 2, ..SnapshotPolicy::default() };
     let mut snapshots =
         Snapshotter::start(recovered.writer.data_dir().clone(), policy, config()).unwrap();
     let stats = snapshots.stats_handle();
@@ -407,7 +407,7 @@ fn periodic_snapshots_build_the_shadow_engine_before_the_first_is_due() {
     write_journal(dir.path(), 200);
     for (every_commands, built) in [(Some(1_000), true), (None, false)] {
         let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
-        let policy = SnapshotPolicy { every_commands, keep: 2 };
+        let policy = SnapshotPolicy { every_commands, keep: 2, ..SnapshotPolicy::default() };
         let snapshots =
             Snapshotter::start(recovered.writer.data_dir().clone(), policy, config()).unwrap();
         let handle = snapshots.stats_handle();
@@ -439,7 +439,8 @@ fn snapshotting(
 ) {
     let disk = FaultStorage::new();
     let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    let policy = SnapshotPolicy { every_commands: Some(every), keep: 2 };
+    let policy =
+        SnapshotPolicy { every_commands: Some(every), keep: 2, ..SnapshotPolicy::default() };
     let snapshots =
         Snapshotter::start(recovered.writer.data_dir().clone(), policy, config()).unwrap();
     let mut workload = Workload::new(seed, Sequence(1), Timestamp(1));
@@ -587,7 +588,7 @@ fn a_cut_that_would_leave_nothing_to_replay_from_is_refused() {
     let disk = FaultStorage::new();
     let mut workload = Workload::new(8, Sequence(1), Timestamp(1));
     let commands = generate(&mut workload, &mut Engine::new(config()), 2_350);
-    let policy = SnapshotPolicy { every_commands: Some(300), keep: 1 };
+    let policy = SnapshotPolicy { every_commands: Some(300), keep: 1, ..SnapshotPolicy::default() };
     assert!(journal_with_snapshots(&disk, &commands, policy) > 0, "no segment retired");
     let first = ringfence_journal::datadir::check(&mut disk.clone()).unwrap().first_held();
     let (newest, _) = snapshot::list(&disk).unwrap().pop().unwrap();

@@ -179,7 +179,8 @@ fn power_loss_at_every_sync_point_of_snapshots_and_retention_loses_nothing_durab
     let mut outcomes: Vec<(u64, u64, String)> = Vec::new();
     for (keep, archive) in [(2, false), (1, true)] {
         let disk = if archive { FaultStorage::with_archive() } else { FaultStorage::new() };
-        let policy = SnapshotPolicy { every_commands: Some(300), keep };
+        let policy =
+            SnapshotPolicy { every_commands: Some(300), keep, ..SnapshotPolicy::default() };
         let (captures, acknowledged) = run_capturing(&disk, &commands, policy);
         assert!(captures.len() > 150, "{} sync points", captures.len());
         for capture in &captures {
@@ -225,7 +226,7 @@ fn a_truncation_cut_off_at_any_sync_point_is_finished_at_the_next_start() {
     let mut workload = Workload::new(41, Sequence(1), Timestamp(1_000));
     let commands = generate(&mut workload, &mut Engine::new(config()), 2_000);
     let disk = FaultStorage::new();
-    let policy = SnapshotPolicy { every_commands: Some(300), keep: 2 };
+    let policy = SnapshotPolicy { every_commands: Some(300), keep: 2, ..SnapshotPolicy::default() };
     assert!(journal_with_snapshots(&disk, &commands, policy) > 0, "no segment retired");
     let newest = ringfence_journal::snapshot::list(&disk).unwrap().pop().unwrap().0;
     for at in [Sequence(newest.0 + 10), Sequence(1)] {

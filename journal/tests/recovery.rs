@@ -141,7 +141,8 @@ fn recovery_equals_live_state_after_random_workloads_with_snapshots() {
                 "seed {seed} round {round}"
             );
             assert_eq!(recovered.next_sequence, workload.next_sequence());
-            let policy = SnapshotPolicy { every_commands: Some(700), keep: 2 };
+            let policy =
+                SnapshotPolicy { every_commands: Some(700), keep: 2, ..SnapshotPolicy::default() };
             let data_dir = recovered.writer.data_dir().clone();
             let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
             let mut blp = recovered.engine;
@@ -176,7 +177,7 @@ fn snapshot_digest_equals_the_engines_and_shutdown_snapshot_needs_no_replay() {
     // nothing and lands on the same state.
     let dir = TempDir::new("shutdown");
     let mut recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
-    let policy = SnapshotPolicy { every_commands: None, keep: 3 };
+    let policy = SnapshotPolicy { every_commands: None, keep: 3, ..SnapshotPolicy::default() };
     let data_dir = recovered.writer.data_dir().clone();
     let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = recovered.engine;
@@ -444,7 +445,8 @@ fn retention_keeps_the_last_snapshots_and_archives_old_segments() {
     let archive = TempDir::new("archive");
     let storage = FileStorage::open_exclusive(dir.path()).unwrap().with_archive(archive.path());
     let mut recovered = recover_from(storage, options(Durability::None)).unwrap();
-    let policy = SnapshotPolicy { every_commands: Some(1_000), keep: 2 };
+    let policy =
+        SnapshotPolicy { every_commands: Some(1_000), keep: 2, ..SnapshotPolicy::default() };
     let data_dir = recovered.writer.data_dir().clone();
     let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = recovered.engine;
@@ -500,7 +502,7 @@ fn snapshot_requested_while_the_writer_is_busy_is_taken_later() {
     // the previous snapshot, the next command that finds it free takes it.
     let dir = TempDir::new("deferred");
     let mut recovered = recover(dir.path(), options(Durability::None)).unwrap();
-    let policy = SnapshotPolicy { every_commands: None, keep: 5 };
+    let policy = SnapshotPolicy { every_commands: None, keep: 5, ..SnapshotPolicy::default() };
     let data_dir = recovered.writer.data_dir().clone();
     let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());

@@ -29,7 +29,9 @@ use ringfence_core::{
 use ringfence_ingress::wire::{self, Kind, Response};
 use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig, ServerHandle};
 use ringfence_journal::recovery::recover;
-use ringfence_journal::snapshot::{SnapshotPolicy, SnapshotStatsHandle, Snapshotter};
+use ringfence_journal::snapshot::{
+    SnapshotPolicy, SnapshotStatsHandle, Snapshotter, WriterPriority,
+};
 use ringfence_journal::writer::{Durability, WriterOptions};
 
 use crate::floor;
@@ -468,8 +470,14 @@ impl BenchServer {
     }
 
     /// Starts the server with `topology` (`Stepped` is `serve`'s `inline`), taking a snapshot
-    /// every `snapshot_every` commands if given, and creates the hot SKU.
-    pub fn start_as(topology: Topology, snapshot_every: Option<u64>) -> io::Result<BenchServer> {
+    /// every so many commands with its writer at the given priority if `snapshotting` is given,
+    /// and creates the hot SKU.
+    pub fn start_as(
+        topology: Topology,
+        snapshotting: Option<(u64, WriterPriority)>,
+    ) -> io::Result<BenchServer> {
+        let snapshot_every = snapshotting.map(|(every, _)| every);
+        let writer = snapshotting.map_or(WriterPriority::Normal, |(_, priority)| priority);
         let dir = std::env::temp_dir().join(format!("ringfence-perf-net-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -488,7 +496,7 @@ impl BenchServer {
             engine_config: engine_config.clone(),
         };
         let recovered = recover(&dir, options).map_err(|e| io::Error::other(e.to_string()))?;
-        let policy = SnapshotPolicy { every_commands: snapshot_every, keep: 1 };
+        let policy = SnapshotPolicy { every_commands: snapshot_every, keep: 1, writer };
         let data_dir = recovered.writer.data_dir().clone();
         let snapshotter = Snapshotter::start(data_dir, policy, engine_config.clone())
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -513,7 +521,10 @@ impl BenchServer {
             ),
         };
         if let Some(every) = snapshot_every {
-            description.push_str(&format!(", a snapshot every {}k commands", every / 1_000));
+            description.push_str(&format!(
+                ", a snapshot every {}k commands, writer at {writer} priority",
+                every / 1_000
+            ));
         }
         let config = ServerConfig {
             admin_token: Some("bench".into()),
@@ -818,7 +829,9 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     // `inline` taking snapshots, at its maximum and at 80% of it (`_snapshots`): the load a
     // node is sized for is below its maximum, and its tail there, across snapshot periods, is
     // the one a sale sees. Both layouts run at 80% of their maximum without snapshots too,
-    // for the comparison, and `inline` at 50% and 65% as well: where its tail is flat.
+    // for the comparison, and `inline` at 50% and 65% as well: where its tail is flat. The
+    // snapshot writer runs at `serve`'s default priority (idle) and, for the comparison, at
+    // normal priority (`_snapshots_normal`).
     let snapshots_plan = Plan { rates: Vec::new(), of_max: vec![0.8], ..plan.clone() };
     let compact_plan = Plan { of_max: vec![0.8], ..plan.clone() };
     let inline_plan = Plan { of_max: vec![0.5, 0.65, 0.8], ..plan.clone() };
@@ -834,11 +847,22 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     let runs = [
         (Topology::Compact, None, "ringfence_http", compact_plan),
         (Topology::Stepped, None, "ringfence_http_inline", inline_plan),
-        (Topology::Stepped, Some(SNAPSHOT_EVERY), "ringfence_http_snapshots", snapshots_plan),
+        (
+            Topology::Stepped,
+            Some((SNAPSHOT_EVERY, WriterPriority::Idle)),
+            "ringfence_http_snapshots",
+            snapshots_plan.clone(),
+        ),
+        (
+            Topology::Stepped,
+            Some((SNAPSHOT_EVERY, WriterPriority::Normal)),
+            "ringfence_http_snapshots_normal",
+            snapshots_plan,
+        ),
     ];
-    for (topology, snapshot_every, variant, mut run) in runs {
+    for (topology, snapshots, variant, mut run) in runs {
         run.next_index = plan.next_index;
-        let server = BenchServer::start_as(topology, snapshot_every)?;
+        let server = BenchServer::start_as(topology, snapshots)?;
         report.note(&format!(
             "http ({variant}): loopback keep-alive, pipelined, {} connections, one \
              load-generator thread (mio); server: {}",
@@ -849,7 +873,7 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
         let addr = server.http_addr();
         run_plan(report, &mut run, "hot_sku_reserve", variant, addr, &mut protocol, &context);
         plan.next_index = run.next_index;
-        if snapshot_every.is_some() {
+        if snapshots.is_some() {
             let stats = server.snapshots();
             report.note(&format!(
                 "  {variant}: {} snapshots handed to the writer, {} written, {} failed; the \

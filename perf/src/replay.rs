@@ -126,7 +126,11 @@ fn shadow_snapshot(report: &mut Report, engine: &Engine, dir: &BenchDir, config:
         let storage = FileStorage::open(&copy.0).expect("open journal");
         let recovered = recover_from(storage, options.clone()).expect("recover for the snapshot");
         let data_dir = recovered.writer.data_dir().clone();
-        let policy = snapshot::SnapshotPolicy { every_commands: None, keep: 1 };
+        let policy = snapshot::SnapshotPolicy {
+            every_commands: None,
+            keep: 1,
+            ..snapshot::SnapshotPolicy::default()
+        };
         let mut snapshots = snapshot::Snapshotter::start(data_dir, policy, config.clone())
             .expect("start the snapshot writer");
         let started = Instant::now();

@@ -251,6 +251,13 @@ const KEYS: &[Key] = &[
         "snapshots_kept",
         "Snapshots kept; older journal segments are retired (deleted or archived).",
     ),
+    key(
+        "node",
+        "snapshot_writer",
+        "idle: the snapshot writer runs only on CPU time nothing else wants (the sale first; on \
+        a machine busy without pause snapshots fall behind and the journal is kept longer), or \
+        normal.",
+    ),
     unset(
         "node",
         "archive_dir",

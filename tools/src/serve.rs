@@ -22,7 +22,9 @@ use ringfence_ingress::roles::Role as AccessRole;
 use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ReplicationControl, ServerConfig};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::recovery::{Recovered, recover_from};
-use ringfence_journal::snapshot::{self, SnapshotPolicy, SnapshotStats, Snapshotter};
+use ringfence_journal::snapshot::{
+    self, SnapshotPolicy, SnapshotStats, Snapshotter, WriterPriority,
+};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::control::{Control, Role, take_office};
@@ -177,6 +179,8 @@ struct NodeSection {
     segment_bytes: u64,
     snapshot_every_commands: Option<u64>,
     snapshots_kept: usize,
+    /// `idle` (the writer runs on CPU time nothing else wants) or `normal`.
+    snapshot_writer: String,
     /// Where segments no longer needed by the kept snapshots go; unset: they are deleted.
     /// Best on the same file system as the data directory (a retirement is then a rename).
     archive_dir: Option<PathBuf>,
@@ -196,6 +200,7 @@ impl Default for NodeSection {
             segment_bytes: 64 << 20,
             snapshot_every_commands: Some(1_000_000),
             snapshots_kept: 3,
+            snapshot_writer: "idle".into(),
             archive_dir: None,
             tick_ms: 10,
         }
@@ -346,6 +351,7 @@ pub(crate) fn read_config(path: &Path) -> Result<FileConfig, String> {
 /// (`ringfence config check`): durability, engine capacities, the node's settings.
 pub(crate) fn check_config(file: &FileConfig) -> Result<(), String> {
     file.node.durability.parse::<Durability>().map_err(|e| format!("[node] durability: {e}"))?;
+    file.node.snapshot_writer.parse::<WriterPriority>().map_err(|e| format!("[node] {e}"))?;
     let engine = file.engine.to_config();
     engine.validate().map_err(|e| format!("[engine] {e}"))?;
     file.node.to_config(engine, Epoch(1), Intake::Sequencer)?;
@@ -365,6 +371,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let durability: Durability = durability_text.parse()?;
     let engine_config = file.engine.to_config();
     engine_config.validate().map_err(|e| format!("[engine] {e}"))?;
+    let snapshot_writer: WriterPriority =
+        file.node.snapshot_writer.parse().map_err(|e| format!("[node] {e}"))?;
     let mut server_config = file.server.clone();
     server_config.listen = args.listen.or(server_config.listen);
     server_config.http = args.http.or(server_config.http);
@@ -392,10 +400,15 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
         keep: file.node.snapshots_kept.max(1),
+        writer: snapshot_writer,
     };
     let dir = recovered.writer.data_dir().clone();
     let snapshotter = Snapshotter::start(dir.clone(), policy.clone(), engine_config.clone())
         .map_err(|e| format!("starting the snapshot writer: {e}"))?;
+    let when = policy
+        .every_commands
+        .map_or("snapshots on request".to_owned(), |n| format!("a snapshot every {n} commands"));
+    log(format_args!("{when}, {} kept, writer at {} priority", policy.keep, policy.writer));
     let mut epoch: Epoch = recovered.epochs.current;
     if let Some(Coordinated { decided: Decided::Primary { leader, .. }, .. }) = &coordinated {
         // The epoch taken with the leader key is stored before the node journals in it.

@@ -32,7 +32,7 @@ fn write_journal_with(
         engine_config: config(),
     };
     let mut recovered = recover(dir, options).unwrap();
-    let policy = SnapshotPolicy { every_commands: every, keep: 100 };
+    let policy = SnapshotPolicy { every_commands: every, keep: 100, ..SnapshotPolicy::default() };
     let data_dir = recovered.writer.data_dir().clone();
     let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());
@@ -301,7 +301,8 @@ fn stats_reports_what_retention_keeps_and_retired() {
         engine_config: config(),
     };
     let mut recovered = recover(dir.path(), options).unwrap();
-    let policy = SnapshotPolicy { every_commands: Some(1_000), keep: 2 };
+    let policy =
+        SnapshotPolicy { every_commands: Some(1_000), keep: 2, ..SnapshotPolicy::default() };
     let data_dir = recovered.writer.data_dir().clone();
     let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());
@@ -388,8 +389,17 @@ fn config_example_passes_check_and_a_typo_is_named() {
     let refused = ringfence(&["config", "check", path.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused.stderr).contains("durability"), "{}", text(&refused.stderr));
+    std::fs::write(&path, "[node]\nsnapshot_writer = \"low\"\n").unwrap();
+    let refused = ringfence(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("[node] snapshot writer priority `low`: use idle or normal"),
+        "{stderr}"
+    );
     let defaults = ringfence(&["defaults"]);
     let table: toml::Table = text(&defaults.stdout).parse().unwrap();
     assert_eq!(table["engine"]["skus_max"].as_integer(), Some(16_384));
+    assert_eq!(table["node"]["snapshot_writer"].as_str(), Some("idle"), "serve's default");
     assert!(["auth", "server", "node", "replication"].iter().all(|s| table.contains_key(*s)));
 }

@@ -225,6 +225,7 @@ impl World {
         let snapshots = (length.snapshots && extra.chance(3, 4)).then(|| SnapshotPolicy {
             every_commands: Some(*extra.pick(&[100, 250, 600])),
             keep: extra.range_inclusive(1, 2) as usize,
+            ..SnapshotPolicy::default()
         });
         let start = Timestamp(EPOCH_UNIX_MS + 86_400_000);
         let machines = (0..2)
