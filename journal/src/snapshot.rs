@@ -593,6 +593,10 @@ pub struct SnapshotStats {
     pub deferred_busy: u64,
     /// The last snapshot written.
     pub last: Option<SnapshotMeta>,
+    /// The journal sequence the newest snapshot in the data directory covers, 0 if there is
+    /// none: the one found at start, then each written. With the durable sequence it gives
+    /// how much journal a restart would replay.
+    pub through: u64,
     /// The last failure, of a snapshot or of retention (snapshots are not fatal: the journal
     /// remains the record).
     pub last_error: Option<String>,
@@ -625,7 +629,7 @@ pub struct SnapshotStats {
 impl SnapshotStats {
     /// The counters as (metric name, help text, value), for a Prometheus text endpoint.
     #[must_use]
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 13] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 14] {
         // Both are set under one lock, so a copy never sees them apart. (Written and failed
         // against pauses are counted under separate locks, so they may be seen apart.)
         assert!(self.pause_ns_last <= self.pause_ns_max, "a last pause above the longest");
@@ -674,6 +678,11 @@ impl SnapshotStats {
                 "ringfence_snapshot_shadow_ready",
                 "1 once the snapshot writer's shadow engine follows the journal.",
                 u64::from(self.shadow_ready),
+            ),
+            (
+                "ringfence_snapshot_through",
+                "Journal sequence the newest snapshot covers (0: none); a restart replays the rest.",
+                self.through,
             ),
         ]
     }
@@ -781,7 +790,13 @@ impl<S: Storage> Snapshotter<S> {
         let busy = Arc::new(AtomicBool::new(false));
         let cancel = Arc::new(AtomicBool::new(false));
         let published = Arc::new(AtomicU64::new(0));
-        let stats = Arc::new(Mutex::new(SnapshotStats::default()));
+        // The newest snapshot already there, by name: what a restart now would start from (or
+        // an older one, if that file were damaged).
+        let newest = list(dir.storage()).ok().and_then(|found| found.last().map(|(s, _)| s.0));
+        let stats = Arc::new(Mutex::new(SnapshotStats {
+            through: newest.unwrap_or(0),
+            ..SnapshotStats::default()
+        }));
         let shadow =
             Shadow::new(dir.clone(), config, policy.clone(), visible_wait, Arc::clone(&cancel));
         let writer = SnapshotWriter {
@@ -1281,6 +1296,7 @@ impl JobDone {
             }
             JobDone::Written { meta, retention, applied, writer_ns } => {
                 stats.written += 1;
+                stats.through = meta.through.0;
                 stats.last = Some(*meta);
                 stats.shadow_records += applied;
                 stats.writer_ns_last = writer_ns;

@@ -425,6 +425,43 @@ fn periodic_snapshots_build_the_shadow_engine_before_the_first_is_due() {
     }
 }
 
+#[test]
+fn the_through_gauge_names_the_newest_snapshot_found_at_start_then_each_written() {
+    // Goal: `ringfence_snapshot_through` says how far the newest snapshot reaches, so that an
+    // operator sees how much journal a restart would replay: 0 on a new directory, the
+    // written snapshot's sequence once one is written, and the same again after a restart,
+    // before the restarted writer writes anything.
+    let (disk, mut recovered, snapshots, commands) = snapshotting(100, 16, 150);
+    let through = |stats: &snapshot::SnapshotStats| {
+        let counters = stats.counters();
+        counters.iter().find(|c| c.0 == "ringfence_snapshot_through").map(|c| c.2)
+    };
+    assert_eq!(through(&snapshots.stats()), Some(0), "a new directory has no snapshot");
+    let mut snapshots = snapshots;
+    let stats = snapshots.stats_handle();
+    let mut engine = Engine::new(config());
+    for command in &commands {
+        recovered.writer.append_command(Epoch(1), command).unwrap();
+        recovered.writer.end_batch().unwrap();
+        engine.apply(command);
+        snapshots.after_apply(&engine, command);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while stats.get().written < 1 {
+        assert!(std::time::Instant::now() < deadline, "no snapshot: {:?}", stats.get());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let written = snapshots.finish();
+    let newest = written.last.as_ref().expect("one snapshot written").through;
+    assert_eq!(through(&written), Some(newest.0));
+    drop(recovered);
+    let restarted = recover_from(disk, options(Durability::Batch)).unwrap();
+    let policy = SnapshotPolicy { every_commands: Some(100), keep: 2, ..SnapshotPolicy::default() };
+    let again = Snapshotter::start(restarted.writer.data_dir().clone(), policy, config()).unwrap();
+    let found = again.finish();
+    assert_eq!((found.written, through(&found)), (0, Some(newest.0)), "{found:?}");
+}
+
 /// A journal on a fresh `FaultStorage` (durability `batch`), a snapshot writer thread taking
 /// one every `every` commands, and `count` workload commands from `seed` to journal.
 fn snapshotting(
