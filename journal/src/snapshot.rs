@@ -472,7 +472,9 @@ pub enum WriterPriority {
     /// counters it records into, and the data directory's manifest when it retires segments).
     /// Linux gives no priority inheritance here; a serving thread that waits on one of them
     /// leaves its core idle, which the writer then gets, so such a wait lasts about as long as
-    /// the critical section plus a wake-up.
+    /// the critical section plus a wake-up. Where other busy processes share the CPUs with no
+    /// CPU controller between them, an idle writer may not run at all, and a stopping node,
+    /// which joins it, waits with it: use `Normal` there.
     Idle,
 }
 

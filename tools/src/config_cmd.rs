@@ -256,7 +256,8 @@ const KEYS: &[Key] = &[
         "snapshot_writer",
         "idle: the snapshot writer runs only on CPU time nothing else wants (the sale first; on \
         a machine busy without pause snapshots fall behind and the journal is kept longer), or \
-        normal.",
+        normal (where busy processes share the node's CPUs with no cgroup CPU controller between \
+        them, an idle writer may not run at all).",
     ),
     unset(
         "node",
