@@ -186,6 +186,9 @@ const COMMAND_CLIENT: u8 = 0x10;
 
 const EVENT_ORDER_EXPIRED: u8 = 0x01;
 
+/// The tag of `Outcome::Rejected`; the other outcome tags are written where each is encoded.
+const OUTCOME_REJECTED: u8 = 0x12;
+
 /// Bytes that are not the canonical encoding of a value. Every variant names the byte offset
 /// (from the start of the bytes given to the decoder) where decoding stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -701,7 +704,7 @@ pub(crate) fn write_outcome<S: Sink>(w: &mut S, outcome: &Outcome) {
             w.u64(running_hash);
         }
         Outcome::Rejected(rejection) => {
-            w.u8(0x12);
+            w.u8(OUTCOME_REJECTED);
             write_rejection(w, rejection);
         }
     }
@@ -737,7 +740,7 @@ fn read_outcome(r: &mut Reader<'_>) -> Result<Outcome, DecodeError> {
             last_sequence: Sequence(r.u64("last_sequence")?),
             running_hash: r.u64("running_hash")?,
         },
-        0x12 => Outcome::Rejected(read_rejection(r)?),
+        OUTCOME_REJECTED => Outcome::Rejected(read_rejection(r)?),
         tag => return Err(r.unknown("outcome", tag)),
     })
 }
@@ -754,10 +757,22 @@ fn write_rejection<S: Sink>(w: &mut S, rejection: Rejection) {
     }
 }
 
+/// `Outcome::Rejected(rejection)` for a refusal that carries no field (any but `InvalidState`
+/// and `WrongAmount`): two bytes whatever the refusal, so a hash of them folds into
+/// straight-line arithmetic (`hash::fold_outcome`).
+#[inline(always)]
+pub(crate) fn write_fieldless_rejected<S: Sink>(w: &mut S, rejection: Rejection) {
+    let fields =
+        matches!(rejection, Rejection::InvalidState { .. } | Rejection::WrongAmount { .. });
+    debug_assert!(!fields, "{rejection:?} carries a field");
+    w.u8(OUTCOME_REJECTED);
+    w.u8(rejection_code(rejection));
+}
+
 /// The one-byte code of a refusal. `InvalidState` and `WrongAmount` carry a field after theirs
 /// (`write_rejection` writes both).
 #[inline(always)]
-pub(crate) fn rejection_code(rejection: Rejection) -> u8 {
+fn rejection_code(rejection: Rejection) -> u8 {
     match rejection {
         Rejection::SoldOut => 0x01,
         Rejection::LimitExceeded => 0x02,

@@ -70,8 +70,7 @@ pub fn fold_outcome(hash: u64, sequence: Sequence, outcome: &Outcome) -> u64 {
         Outcome::Rejected(rejection) => {
             let mut words = Words::new();
             words.u64(sequence.0);
-            words.u8(0x12);
-            words.u8(codec::rejection_code(rejection));
+            codec::write_fieldless_rejected(&mut words, rejection);
             words.xxh3_64(hash)
         }
         _ => fold_general(hash, sequence, outcome),
