@@ -431,13 +431,12 @@ fn the_through_gauge_names_the_newest_snapshot_found_at_start_then_each_written(
     // operator sees how much journal a restart would replay: 0 on a new directory, the
     // written snapshot's sequence once one is written, and the same again after a restart,
     // before the restarted writer writes anything.
-    let (disk, mut recovered, snapshots, commands) = snapshotting(100, 16, 150);
+    let (disk, mut recovered, mut snapshots, commands) = snapshotting(100, 16, 150);
     let through = |stats: &snapshot::SnapshotStats| {
         let counters = stats.counters();
         counters.iter().find(|c| c.0 == "ringfence_snapshot_through").map(|c| c.2)
     };
     assert_eq!(through(&snapshots.stats()), Some(0), "a new directory has no snapshot");
-    let mut snapshots = snapshots;
     let stats = snapshots.stats_handle();
     let mut engine = Engine::new(config());
     for command in &commands {

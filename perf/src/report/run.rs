@@ -204,7 +204,9 @@ const SECTIONS: [SectionSpec; 8] = [
         wait_and_pinning: "server: compact rows spin-then-park with the BLP pinned to the \
                            last core (egress polled by the event loop); `_inline` and \
                            `_snapshots` rows run the BLP on the event loop, which waits in \
-                           epoll; load generator and redis-server not pinned",
+                           epoll; load generator and redis-server not pinned; \
+                           `machine_wakeup` rows: two threads and a futex, no server, not \
+                           pinned",
     },
     SectionSpec {
         key: "replication",
