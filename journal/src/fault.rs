@@ -442,6 +442,12 @@ impl Segment for FaultSegment {
         assert!(range.start <= range.end, "a backwards sync range");
         assert!(range.end <= self.live.len(), "a sync past the segment's end");
         let mut disk = self.shared.disk.lock().expect("fault disk lock");
+        // Faults and sync points follow the file's current name: a renamed segment (a spare
+        // made ready ahead, then named) is known by its new one.
+        let named = disk.live.iter().find(|(_, inode)| **inode == self.inode);
+        if let Some((name, _)) = named.filter(|(name, _)| **name != self.name) {
+            self.name = name.clone();
+        }
         check_fault(&disk, &self.name)?;
         let inode = disk.inodes.get_mut(&self.inode).expect("inode of an open segment");
         // A segment is written in place: its images never change length.

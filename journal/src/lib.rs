@@ -18,6 +18,7 @@ pub mod mutation;
 pub mod recovery;
 pub mod scan;
 pub mod snapshot;
+pub mod spare;
 pub mod storage;
 pub mod tail;
 pub mod workload;

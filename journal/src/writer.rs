@@ -12,6 +12,7 @@ use crate::error::JournalError;
 use crate::format::{self, RECORD_ALIGN, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::manifest::ManifestSegment;
 use crate::scan;
+use crate::spare::{SPARE_NAME, SparePreparer};
 use crate::storage::{Segment, Storage};
 
 /// When appended records are made durable (synced to disk).
@@ -160,6 +161,10 @@ pub struct JournalWriter<S: Storage> {
     synced: Sequence,
     /// The clock reading (ns) of the last sync under `interval`; `None` until the first flush.
     last_sync_ns: Option<u64>,
+    /// Makes the next segment ready ahead of need, if asked to.
+    spare: Option<SparePreparer<S>>,
+    segments_started: u64,
+    segments_from_spare: u64,
 }
 
 impl<S: Storage> JournalWriter<S> {
@@ -187,6 +192,9 @@ impl<S: Storage> JournalWriter<S> {
             last_epoch: Epoch(0),
             synced: Sequence(next.0 - 1),
             last_sync_ns: None,
+            spare: None,
+            segments_started: 0,
+            segments_from_spare: 0,
         };
         // The first segment is made now, not at the first record: a disk that cannot hold
         // one fails the start, loudly, instead of the first write; and that write does not
@@ -252,6 +260,9 @@ impl<S: Storage> JournalWriter<S> {
             last_epoch,
             synced: last,
             last_sync_ns: None,
+            spare: None,
+            segments_started: 0,
+            segments_from_spare: 0,
         };
         writer.verify();
         Ok(writer)
@@ -435,13 +446,24 @@ impl<S: Storage> JournalWriter<S> {
         // Every segment but the last is complete on disk.
         let synced = self.current.as_ref().is_none_or(|open| open.synced_to == open.write_at);
         assert!(synced, "a segment closed with unsynced records");
-        self.current = None;
+        let closed = self.current.take();
         let name = format::segment_name(first);
         let segment_len = self.options.segment_len;
-        let mut segment = self.storage.create_segment(&name, segment_len).map_err(|e| {
-            JournalError::io(format!("creating {}", self.storage.describe(&name)), e)
-        })?;
-        let _hint_only = segment.appending();
+        let spare = self.spare.as_mut().and_then(SparePreparer::take).and_then(Result::ok);
+        let from_spare = spare.is_some();
+        if let Some(closed) = closed {
+            // Unmapping a segment full of pages takes time: the helper's, if there is one.
+            match self.spare.as_mut() {
+                Some(preparer) => preparer.release(closed.segment),
+                None => drop(closed),
+            }
+        }
+        let mut segment = match spare {
+            Some(spare) => spare,
+            // Created here when there is no spare: none was asked for, or making it failed
+            // (a full disk, say), in which case this fails as well and says why.
+            None => self.create_segment(&name)?,
+        };
         assert_eq!(segment.bytes().len() as u64, segment_len, "a segment of another length");
         // Created zero-filled: an empty segment reads as ending at its first record. (Its first
         // pages are checked: reading all of it would fault the whole segment in, which the
@@ -460,6 +482,9 @@ impl<S: Storage> JournalWriter<S> {
         segment.sync(0..SEGMENT_HEADER_LEN).map_err(|e| {
             JournalError::io(format!("syncing {}", self.storage.describe(&name)), e)
         })?;
+        if from_spare {
+            self.install_spare(&name)?;
+        }
         self.dir.add_segment(ManifestSegment { first, len: segment_len })?;
         // Listed before its first record (a copy of the manifest: debug builds only).
         debug_assert!(self.dir.manifest().lists(first), "a segment written before it is listed");
@@ -469,9 +494,82 @@ impl<S: Storage> JournalWriter<S> {
             write_at: SEGMENT_HEADER_LEN,
             synced_to: SEGMENT_HEADER_LEN,
             written_back_to: SEGMENT_HEADER_LEN,
-            prefaulted_to: SEGMENT_HEADER_LEN,
+            // The helper faulted in a spare's first pages.
+            prefaulted_to: if from_spare { self.spare_prefault() } else { SEGMENT_HEADER_LEN },
         });
+        self.segments_started += 1;
+        self.segments_from_spare += u64::from(from_spare);
+        if let Some(preparer) = self.spare.as_mut() {
+            preparer.request(segment_len, PREFAULT_LEAD);
+        }
         Ok(())
+    }
+
+    /// Creates segment `name` on this thread.
+    fn create_segment(&self, name: &str) -> Result<S::Segment, JournalError> {
+        assert!(self.current.is_none(), "a segment created while one is open");
+        let mut segment =
+            self.storage.create_segment(name, self.options.segment_len).map_err(|e| {
+                JournalError::io(format!("creating {}", self.storage.describe(name)), e)
+            })?;
+        let _hint_only = segment.appending();
+        assert_eq!(segment.bytes().len() as u64, self.options.segment_len, "created short");
+        Ok(segment)
+    }
+
+    /// Gives the spare, its header synced, the segment's `name`, durably: the manifest must
+    /// never name a file whose rename a power loss could undo.
+    fn install_spare(&self, name: &str) -> Result<(), JournalError> {
+        let describe = |file: &str| self.storage.describe(file);
+        // A rename replaces its target; a segment of that name, if one were there, must stay.
+        if self.storage.file_len(name).is_ok() {
+            let exists = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+            return Err(JournalError::io(format!("creating {}", describe(name)), exists));
+        }
+        assert!(format::parse_segment_name(name).is_some(), "a spare named as no segment");
+        self.storage.rename(SPARE_NAME, name).map_err(|e| {
+            JournalError::io(format!("renaming {} to {}", describe(SPARE_NAME), describe(name)), e)
+        })?;
+        crate::datadir::sync_dir(&self.storage)?;
+        // In place under its name, whole (a stat; once a segment).
+        let len = self.storage.file_len(name).ok();
+        assert_eq!(len, Some(self.options.segment_len), "the spare is not in place: {name}");
+        Ok(())
+    }
+
+    /// Where the helper's prefault of a spare ends.
+    fn spare_prefault(&self) -> usize {
+        let len = usize::try_from(self.options.segment_len).unwrap_or(usize::MAX);
+        let to = PREFAULT_LEAD.min(len);
+        // Past the header: a segment holds more than its header (`WriterOptions::validate`).
+        assert!(to > SEGMENT_HEADER_LEN, "a spare faulted in no further than its header");
+        to
+    }
+
+    /// Has the next segment made ready on a helper thread while records go into this one:
+    /// starting a segment then costs its header, a rename and the manifest, not the file's
+    /// creation, allocation and mapping, and unmapping the segment moved past is the helper's
+    /// too. The data directory then holds one more allocated segment than the journal, named
+    /// [`SPARE_NAME`]. Without it (the default, which tests that count sync points rely on),
+    /// every segment is created when the first record that needs it arrives.
+    pub fn prepare_segments_ahead(&mut self) -> Result<(), JournalError> {
+        if self.spare.is_some() {
+            return Ok(());
+        }
+        let mut preparer = SparePreparer::start(self.storage.clone())
+            .map_err(|e| JournalError::io("starting the spare segment's helper thread", e))?;
+        // A writer always has a segment open: the spare is the one after it.
+        assert!(self.current.is_some(), "a spare asked for before the first segment");
+        preparer.request(self.options.segment_len, PREFAULT_LEAD);
+        self.spare = Some(preparer);
+        Ok(())
+    }
+
+    /// Segments this writer started, and how many of them were spares made ready ahead.
+    #[must_use]
+    pub fn segments_started(&self) -> (u64, u64) {
+        assert!(self.segments_from_spare <= self.segments_started, "more spares than segments");
+        (self.segments_started, self.segments_from_spare)
     }
 
     /// Keeps the pages of the next [`PREFAULT_LEAD`] bytes faulted in, in steps of

@@ -85,6 +85,7 @@ pub fn bench(report: &mut Report, size: Size) {
             report.push(append(&commands, batch, durability, budget, record_bytes));
         }
     }
+    segment_start(report, size, &commands, record_bytes);
     for batch in [1usize, 16, 256] {
         let scenario = format!("append_batch_{batch}");
         report.ratio(&scenario, "mmap_none", "memory_journal_baseline");
@@ -93,6 +94,101 @@ pub fn bench(report: &mut Report, size: Size) {
             report.relate((&scenario, variant), baseline, Ratios::All);
         }
     }
+}
+
+/// Segment length of the `segment_start` rows: small, so that segments start often.
+const START_SEGMENT_LEN: u64 = 64 << 20;
+const START_BATCH: usize = 256;
+
+/// What starting a segment costs the appending thread, with the segment created when the
+/// first record that needs it arrives and with it made ready ahead on a helper thread: each
+/// histogram entry is one batch in which a segment started (appends, the start, the flush).
+/// Rounds of the two alternate, so the disk's slow spells fall on both.
+fn segment_start(report: &mut Report, size: Size, commands: &[Sequenced], record_bytes: f64) {
+    let starts = size.count(8, 24, 2);
+    let rounds = 2;
+    report.note(&format!(
+        "segment_start: {} MiB segments, batches of {START_BATCH}, durability none, {starts} \
+         segment starts per variant in {rounds} alternating rounds; each entry is a batch in \
+         which a segment started",
+        START_SEGMENT_LEN >> 20
+    ));
+    let mut measured = [(0u64, 0.0f64, latency_histogram()), (0, 0.0, latency_histogram())];
+    for _ in 0..rounds {
+        for (ahead, (ops, seconds, histogram)) in [false, true].into_iter().zip(&mut measured) {
+            let (n, s, h) = starting_segments(commands, ahead, starts / rounds);
+            *ops += n;
+            *seconds += s;
+            histogram.add(&h).expect("histograms of one range");
+        }
+    }
+    let variants = ["created_when_needed", "prepared_ahead"];
+    for (variant, (ops, seconds, histogram)) in variants.into_iter().zip(measured) {
+        let row = Row::new("segment_start", variant, ops, seconds, histogram)
+            .with("segment_bytes", START_SEGMENT_LEN)
+            .with("batch", START_BATCH as u64)
+            .with("record_bytes", (record_bytes * 10.0).round() / 10.0)
+            .with("histogram", "per batch that started a segment");
+        report.push(row);
+    }
+    report.relate(
+        ("segment_start", "prepared_ahead"),
+        ("segment_start", "created_when_needed"),
+        Ratios::LatencyOnly,
+    );
+}
+
+/// Appends in batches until `starts` segments have started after the first; returns the
+/// starts, the time spent in their batches and their histogram.
+fn starting_segments(
+    commands: &[Sequenced],
+    ahead: bool,
+    starts: u64,
+) -> (u64, f64, Histogram<u64>) {
+    let dir = BenchDir::new("segment-start");
+    let storage = FileStorage::open(&dir.0).expect("open benchmark storage");
+    let options = WriterOptions {
+        segment_len: START_SEGMENT_LEN,
+        durability: Durability::None,
+        engine_config: EngineConfig::default(),
+    };
+    let mut writer = recover_from(storage, options).expect("writer on a new journal").writer;
+    if ahead {
+        writer.prepare_segments_ahead().expect("start the spare segment's helper");
+    }
+    let mut histogram = latency_histogram();
+    let mut framing = RecordBuf::default();
+    let clock = SystemClock::new();
+    let mut spent = Duration::ZERO;
+    let mut sequence = 0u64;
+    let (base, _) = writer.segments_started();
+    'run: loop {
+        for chunk in commands.chunks(START_BATCH) {
+            let before = writer.segments_started().0;
+            let t0 = Instant::now();
+            for command in chunk {
+                // The workload repeats, renumbered: the journal checks sequences only.
+                sequence += 1;
+                let renumbered = Sequenced { sequence: Sequence(sequence), ..command.clone() };
+                let bytes = framing.encode(Epoch(1), &renumbered);
+                let record = Framed { epoch: Epoch(1), sequenced: &renumbered, bytes };
+                writer.append(&record).expect("append");
+            }
+            writer.flush(&clock).expect("flush");
+            let took = t0.elapsed();
+            if writer.segments_started().0 > before {
+                let _ = histogram.record(took.as_nanos() as u64);
+                spent += took;
+                if writer.segments_started().0 - base >= starts {
+                    break 'run;
+                }
+            }
+        }
+    }
+    let (started, prepared) = writer.segments_started();
+    // The variant measured what it says: every start after the first used a spare, or none.
+    assert_eq!(prepared > 0, ahead, "{prepared} of {started} segments from a spare");
+    (started - base, spent.as_secs_f64(), histogram)
 }
 
 fn row(

@@ -495,7 +495,9 @@ impl BenchServer {
             durability: Durability::None,
             engine_config: engine_config.clone(),
         };
-        let recovered = recover(&dir, options).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut recovered = recover(&dir, options).map_err(|e| io::Error::other(e.to_string()))?;
+        // As `ringfence serve` runs its journal.
+        recovered.writer.prepare_segments_ahead().map_err(|e| io::Error::other(e.to_string()))?;
         let policy = SnapshotPolicy { every_commands: snapshot_every, keep: 1, writer };
         let data_dir = recovered.writer.data_dir().clone();
         let snapshotter = Snapshotter::start(data_dir, policy, engine_config.clone())

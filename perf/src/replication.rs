@@ -223,7 +223,9 @@ impl Member {
             durability: mode.durability,
             engine_config: engine_config(),
         };
-        let recovered = recover(&dir.0, options).expect("a fresh journal recovers");
+        let mut recovered = recover(&dir.0, options).expect("a fresh journal recovers");
+        // As `ringfence serve` runs its journal.
+        recovered.writer.prepare_segments_ahead().expect("the spare segment's helper starts");
         let intake = if following.is_some() { Intake::Replica } else { Intake::Sequencer };
         let mut config = node_config(intake, recovered.epochs.current);
         if following.is_some() {

@@ -244,6 +244,9 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
     }
     for file in &opened.check.temporaries {
         found.push(Finding::Note(match live {
+            Some(_) if file == ringfence_journal::spare::SPARE_NAME => {
+                format!("{} is the journal's next segment, made ready ahead of need", name(file))
+            }
             Some(_) => format!("{} is a write in progress", name(file)),
             None => {
                 format!("{} is a crash's leftover temporary file; a node removes it", name(file))

@@ -434,8 +434,12 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         let last = (Sequence(recovered.next_sequence.0 - 1), end.last_epoch);
         Control::new(config, role, last, Box::new(dir.clone()), Arc::clone(&clock))
     });
-    let (engine, next_sequence, journal) =
+    let (engine, next_sequence, mut journal) =
         (recovered.engine, recovered.next_sequence, recovered.writer);
+    // Starting a segment then waits for its header and listing only, not its creation.
+    journal
+        .prepare_segments_ahead()
+        .map_err(|e| format!("preparing the journal's next segment: {e}"))?;
     let started = match &control {
         Some(control) => {
             let replicator = control.link().stage();

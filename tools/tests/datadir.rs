@@ -90,11 +90,19 @@ fn read_only_tools_on_a_live_directory_call_the_last_record_in_progress() {
     let data_arg = data.to_str().unwrap();
     let in_progress =
         format!("live directory: node pid {} is writing; last record in progress", node.pid());
+    // The node makes its next segment ready on a helper thread as it starts.
+    let spare = data.join(ringfence_journal::spare::SPARE_NAME);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !spare.exists() {
+        assert!(std::time::Instant::now() < deadline, "no spare segment within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 
     let verify = ringfence(&["journal", "verify", data_arg]);
     let out = text(&verify.stdout);
     assert_eq!(verify.status.code(), Some(0), "{out}{}", text(&verify.stderr));
     assert!(out.contains(&in_progress), "{out}");
+    assert!(out.contains("next-segment.tmp is the journal's next segment"), "{out}");
     assert!(out.contains("status     ok"), "{out}");
     assert!(!out.contains("truncate") && !text(&verify.stderr).contains("truncate"));
     for args in [vec!["journal", "dump", data_arg], vec!["replay", data_arg]] {
@@ -108,6 +116,8 @@ fn read_only_tools_on_a_live_directory_call_the_last_record_in_progress() {
     let torn = ringfence(&["journal", "verify", data_arg]);
     assert_eq!(torn.status.code(), Some(3), "{}", text(&torn.stdout));
     assert!(text(&torn.stdout).contains("torn tail"), "{}", text(&torn.stdout));
+    let leftover = "next-segment.tmp is a crash's leftover temporary file; a node removes it";
+    assert!(text(&torn.stdout).contains(leftover), "{}", text(&torn.stdout));
 
     let node = Serve::start_with(&data, &["--config", &config]);
     let (_, view) = node.call("GET", "/v1/skus/1", "", false);

@@ -1,0 +1,171 @@
+//! The next segment made ready ahead (`JournalWriter::prepare_segments_ahead`): crash safety
+//! at every sync point, a crash's leftover spare, a spare that cannot be made, and a segment
+//! name already taken.
+
+mod common;
+
+use common::{config, generate, options};
+use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_journal::fault::{Failure, FaultStorage};
+use ringfence_journal::format::segment_name;
+use ringfence_journal::recovery::recover_from;
+use ringfence_journal::spare::SPARE_NAME;
+use ringfence_journal::storage::Storage;
+use ringfence_journal::workload::Workload;
+use ringfence_journal::writer::Durability;
+
+fn commands(seed: u64, count: usize) -> Vec<Sequenced> {
+    let mut workload = Workload::new(seed, Sequence(1), Timestamp(1_000));
+    generate(&mut workload, &mut Engine::new(config()), count)
+}
+
+fn has_spare(storage: &FaultStorage) -> bool {
+    storage.list().unwrap().iter().any(|name| name == SPARE_NAME)
+}
+
+#[test]
+fn a_power_loss_at_any_sync_point_of_segments_made_ready_ahead_loses_nothing_durable() {
+    // Goal: with the next segment created on a helper thread and renamed into place when it is
+    // needed, a power loss just after any sync point — the helper's or the writer's, with and
+    // without torn write-back — recovers every acknowledged record, the state of a replay,
+    // and a directory without the spare.
+    let commands = commands(17, 3_000);
+    let disk = FaultStorage::new();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    disk.capture_sync_points();
+    recovered.writer.prepare_segments_ahead().unwrap();
+    let mut acknowledged = Vec::new();
+    for batch in commands.chunks(16) {
+        for command in batch {
+            recovered.writer.append_command(Epoch(1), command).unwrap();
+        }
+        let acked = recovered.writer.end_batch().unwrap();
+        acknowledged.push((disk.sync_points(), acked));
+    }
+    // The first segment was created by recovery; every later one was a spare.
+    let (started, from_spare) = recovered.writer.segments_started();
+    assert!(started >= 4, "{started} segments: too few rotations to test");
+    assert_eq!(from_spare, started - 1, "a segment created on the writer's thread");
+    drop(recovered);
+    let captures = disk.take_captures();
+    let mut with_spare = 0;
+    let mut outcomes = Vec::new();
+    for capture in &captures {
+        let durable = acknowledged
+            .iter()
+            .filter(|(points, _)| *points <= capture.point)
+            .map(|(_, acked)| acked.0)
+            .max()
+            .unwrap_or(0);
+        for torn in [None, Some(capture.point)] {
+            let image = capture.disk.power_loss(torn);
+            with_spare += u64::from(has_spare(&image));
+            let at = format!("sync point {} ({}), torn {torn:?}", capture.point, capture.what);
+            let again = recover_from(image.clone(), options(Durability::Batch))
+                .unwrap_or_else(|e| panic!("{at}: recovery failed: {e}"));
+            let last = again.next_sequence.0 - 1;
+            assert!(last >= durable, "{at}: acknowledged {durable} but recovered {last}");
+            drop(again);
+            assert!(!has_spare(&image), "{at}: recovery left the spare");
+            outcomes.push((last, image, at));
+        }
+    }
+    assert!(with_spare > 0, "no power loss came while a spare was on disk");
+    outcomes.sort_by_key(|(last, _, _)| *last);
+    let mut reference = Engine::new(config());
+    let mut applied = 0;
+    for (last, image, at) in outcomes {
+        while applied < last {
+            reference.apply(&commands[applied as usize]);
+            applied += 1;
+        }
+        let again = recover_from(image, options(Durability::Batch)).unwrap();
+        assert_eq!(again.engine.state_digest(), reference.state_digest(), "{at}");
+    }
+}
+
+#[test]
+fn a_spare_left_by_a_killed_process_is_removed_at_start_and_one_never_used_is_removed_at_stop() {
+    // Goal: the spare is a temporary file: a node killed with one on disk finds it removed at
+    // its next start, with every record kept; a writer that stops removes its own.
+    let commands = commands(23, 400);
+    let disk = FaultStorage::new();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    recovered.writer.prepare_segments_ahead().unwrap();
+    for command in &commands {
+        recovered.writer.append_command(Epoch(1), command).unwrap();
+    }
+    recovered.writer.end_batch().unwrap();
+    // The helper makes the spare while the writer goes on; wait for it to be there.
+    while !has_spare(&disk) {
+        std::thread::yield_now();
+    }
+    // A killed process runs no destructor: its helper and its spare stay as they were.
+    let killed = disk.process_crash();
+    assert!(has_spare(&killed), "the crash image holds no spare");
+    let again = recover_from(killed.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(again.next_sequence, Sequence(401), "records lost");
+    assert!(!has_spare(&killed), "the leftover spare is still there");
+    let removed = &again.report.temporaries_removed;
+    assert!(removed.iter().any(|name| name.ends_with(SPARE_NAME)), "{removed:?}");
+    drop(again);
+    // Stopped in an orderly way, the writer takes its spare with it.
+    drop(recovered);
+    assert!(!has_spare(&disk), "a stopped writer left its spare");
+}
+
+#[test]
+fn a_spare_that_cannot_be_made_leaves_the_writer_creating_segments_itself() {
+    // Goal: a helper that fails (the spare's name refused here, as a full disk would refuse
+    // its allocation) costs nothing but the head start: the writer creates each segment when
+    // it is needed, and nothing is lost.
+    let commands = commands(29, 3_000);
+    let disk = FaultStorage::new();
+    disk.fail_matching_with("next-segment", Failure::NoSpace);
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    recovered.writer.prepare_segments_ahead().unwrap();
+    for batch in commands.chunks(16) {
+        for command in batch {
+            recovered.writer.append_command(Epoch(1), command).unwrap();
+        }
+        recovered.writer.end_batch().unwrap();
+    }
+    let (started, from_spare) = recovered.writer.segments_started();
+    assert!(started >= 4, "{started} segments: too few rotations to test");
+    assert_eq!(from_spare, 0, "a spare used that could not be made");
+    drop(recovered);
+    let again = recover_from(disk.process_crash(), options(Durability::Batch)).unwrap();
+    assert_eq!(again.next_sequence, Sequence(3_001), "records lost");
+}
+
+#[test]
+fn a_segment_name_already_taken_is_refused_not_overwritten_by_the_spare() {
+    // Goal: renaming the spare into place would silently replace a file of the segment's name
+    // (creating it would have failed): the writer refuses instead, and the file stays.
+    let commands = commands(31, 3_000);
+    let disk = FaultStorage::new();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    recovered.writer.prepare_segments_ahead().unwrap();
+    let decoy = b"not the journal's".to_vec();
+    for command in &commands {
+        // A file under the name the next segment would take, if this record starts one.
+        // (Not the segment the writer is in: it starts at the next record while still empty.)
+        let name = segment_name(recovered.writer.next_sequence());
+        if disk.list().unwrap().contains(&name) {
+            recovered.writer.append_command(Epoch(1), command).unwrap();
+            continue;
+        }
+        disk.write_file(&name, &decoy).unwrap();
+        match recovered.writer.append_command(Epoch(1), command) {
+            Ok(()) => disk.remove(&name).unwrap(),
+            Err(error) => {
+                let message = error.to_string();
+                assert!(message.contains(&name), "{message}");
+                assert!(message.contains("exists"), "{message}");
+                assert_eq!(disk.read_file(&name).unwrap(), decoy, "the file was replaced");
+                return;
+            }
+        }
+    }
+    panic!("no segment started: the decoy was never in the way");
+}
