@@ -96,7 +96,8 @@ pub fn bench(report: &mut Report, size: Size) {
     }
 }
 
-/// Segment length of the `segment_start` rows: small, so that segments start often.
+/// Segment length of the `segment_start` rows: `serve`'s default (a scaled-down plan scales it
+/// down too, to no less than 1 MiB).
 const START_SEGMENT_LEN: u64 = 64 << 20;
 const START_BATCH: usize = 256;
 
@@ -107,16 +108,18 @@ const START_BATCH: usize = 256;
 fn segment_start(report: &mut Report, size: Size, commands: &[Sequenced], record_bytes: f64) {
     let starts = size.count(8, 24, 2);
     let rounds = 2;
+    let scaled = (START_SEGMENT_LEN as f64 * size.factor.min(1.0)) as u64;
+    let segment_len = scaled.max(1 << 20) / 16 * 16;
     report.note(&format!(
-        "segment_start: {} MiB segments, batches of {START_BATCH}, durability none, {starts} \
+        "segment_start: {:.1} MiB segments, batches of {START_BATCH}, durability none, {starts} \
          segment starts per variant in {rounds} alternating rounds; each entry is a batch in \
          which a segment started",
-        START_SEGMENT_LEN >> 20
+        segment_len as f64 / f64::from(1 << 20)
     ));
     let mut measured = [(0u64, 0.0f64, latency_histogram()), (0, 0.0, latency_histogram())];
     for _ in 0..rounds {
         for (ahead, (ops, seconds, histogram)) in [false, true].into_iter().zip(&mut measured) {
-            let (n, s, h) = starting_segments(commands, ahead, starts / rounds);
+            let (n, s, h) = starting_segments(commands, segment_len, ahead, starts / rounds);
             *ops += n;
             *seconds += s;
             histogram.add(&h).expect("histograms of one range");
@@ -125,7 +128,7 @@ fn segment_start(report: &mut Report, size: Size, commands: &[Sequenced], record
     let variants = ["created_when_needed", "prepared_ahead"];
     for (variant, (ops, seconds, histogram)) in variants.into_iter().zip(measured) {
         let row = Row::new("segment_start", variant, ops, seconds, histogram)
-            .with("segment_bytes", START_SEGMENT_LEN)
+            .with("segment_bytes", segment_len)
             .with("batch", START_BATCH as u64)
             .with("record_bytes", (record_bytes * 10.0).round() / 10.0)
             .with("histogram", "per batch that started a segment");
@@ -142,13 +145,14 @@ fn segment_start(report: &mut Report, size: Size, commands: &[Sequenced], record
 /// starts, the time spent in their batches and their histogram.
 fn starting_segments(
     commands: &[Sequenced],
+    segment_len: u64,
     ahead: bool,
     starts: u64,
 ) -> (u64, f64, Histogram<u64>) {
     let dir = BenchDir::new("segment-start");
     let storage = FileStorage::open(&dir.0).expect("open benchmark storage");
     let options = WriterOptions {
-        segment_len: START_SEGMENT_LEN,
+        segment_len,
         durability: Durability::None,
         engine_config: EngineConfig::default(),
     };

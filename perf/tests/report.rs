@@ -11,7 +11,7 @@ const SCALE: &str = "0.01";
 
 /// Every scenario the report's benchmarks measure (the Redis peer's rows join
 /// `loopback_ping` and `hot_sku_reserve` when `redis-server` is installed).
-const SCENARIOS: [&str; 25] = [
+const SCENARIOS: [&str; 26] = [
     "ring_hop@1000k/s",
     "ring_hop@max",
     "hot_sku",
@@ -24,6 +24,7 @@ const SCENARIOS: [&str; 25] = [
     "append_batch_1",
     "append_batch_16",
     "append_batch_256",
+    "segment_start",
     "replay",
     "snapshot",
     "loopback_ping",
