@@ -123,6 +123,62 @@ struct Shared {
     /// The highest journal sequence known to be on disk, published by the writer whenever it
     /// syncs: retention trusts only snapshots the journal has durably reached.
     durable_sequence: AtomicU64,
+    /// Segments the writer started, how many were spares, and what the starts cost it.
+    segment_starts: [AtomicU64; 4],
+    /// Spares the helper could not make.
+    spares_failed: AtomicU64,
+}
+
+/// Segments started by the journal writer and what starting them cost its thread (the time
+/// from the record that did not fit to the new segment listed). For `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentStarts {
+    /// Segments started since the directory was opened.
+    pub started: u64,
+    /// Of those, spares made ready ahead (`JournalWriter::prepare_segments_ahead`).
+    pub from_spare: u64,
+    /// The last start's cost, in nanoseconds.
+    pub ns_last: u64,
+    /// The costliest start's, in nanoseconds.
+    pub ns_max: u64,
+    /// Spares the helper could not make (a full disk, say): each is logged when it happens.
+    pub spares_failed: u64,
+}
+
+impl SegmentStarts {
+    /// Name, help and value of each, for Prometheus text.
+    #[must_use]
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 5] {
+        assert!(self.from_spare <= self.started, "more spares used than segments started");
+        assert!(self.ns_last <= self.ns_max, "the last segment start above the costliest");
+        [
+            (
+                "ringfence_journal_segments_started_total",
+                "Journal segments started since the node started.",
+                self.started,
+            ),
+            (
+                "ringfence_journal_segments_from_spare_total",
+                "Of those, segments made ready ahead on the helper thread.",
+                self.from_spare,
+            ),
+            (
+                "ringfence_journal_spares_failed_total",
+                "Next segments the helper thread could not make ready (a full disk, say).",
+                self.spares_failed,
+            ),
+            (
+                "ringfence_journal_segment_start_ns_last",
+                "What the last segment start cost the journaling thread (ns).",
+                self.ns_last,
+            ),
+            (
+                "ringfence_journal_segment_start_ns_max",
+                "What the costliest segment start cost the journaling thread (ns).",
+                self.ns_max,
+            ),
+        ]
+    }
 }
 
 struct State {
@@ -150,6 +206,8 @@ impl<S: Storage> DataDir<S> {
             state: Mutex::new(State { manifest, epochs, catching_up }),
             current_epoch: AtomicU64::new(epochs.current.0),
             durable_sequence: AtomicU64::new(0),
+            segment_starts: Default::default(),
+            spares_failed: AtomicU64::new(0),
         };
         let dir = DataDir { storage, shared: Arc::new(shared) };
         dir.verify(&dir.state());
@@ -203,6 +261,36 @@ impl<S: Storage> DataDir<S> {
     #[must_use]
     pub fn durable_sequence(&self) -> Sequence {
         Sequence(self.shared.durable_sequence.load(Ordering::Acquire))
+    }
+
+    /// Segments the writer started and what the starts cost it.
+    #[must_use]
+    pub fn segment_starts(&self) -> SegmentStarts {
+        let [started, from_spare, ns_last, ns_max] =
+            self.shared.segment_starts.each_ref().map(|counter| counter.load(Ordering::Relaxed));
+        // Read while the writer may be between its stores: each figure is one of its values,
+        // put in agreement with the others.
+        let from_spare = from_spare.min(started);
+        let spares_failed = self.shared.spares_failed.load(Ordering::Relaxed);
+        SegmentStarts { started, from_spare, ns_last, ns_max: ns_max.max(ns_last), spares_failed }
+    }
+
+    /// Records a spare the helper could not make.
+    pub(crate) fn note_spare_failed(&self) {
+        let before = self.shared.spares_failed.fetch_add(1, Ordering::Relaxed);
+        assert!(before < u64::MAX, "failed spares overflowed");
+    }
+
+    /// Records a segment the writer started, in `ns`, from a spare or not.
+    pub(crate) fn note_segment_start(&self, ns: u64, from_spare: bool) {
+        let [started, spares, last, max] = &self.shared.segment_starts;
+        let before = started.fetch_add(1, Ordering::Relaxed);
+        assert!(before < u64::MAX, "segment starts overflowed");
+        let spares_before = spares.fetch_add(u64::from(from_spare), Ordering::Relaxed);
+        // One writer counts: never more spares than starts.
+        assert!(spares_before <= before, "more spares used than segments started");
+        last.store(ns, Ordering::Relaxed);
+        max.fetch_max(ns, Ordering::Relaxed);
     }
 
     /// Records that every journal record up to `sequence` is durable (the writer, after a sync).

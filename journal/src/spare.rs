@@ -17,6 +17,7 @@ use std::io;
 use std::sync::mpsc;
 use std::thread;
 
+use crate::datadir::DataDir;
 use crate::format::{SEGMENT_LEN_MIN, SEGMENT_MAGIC};
 use crate::storage::{Segment, Storage, is_temp_name};
 
@@ -43,17 +44,30 @@ pub(crate) struct SparePreparer<S: Storage> {
 }
 
 impl<S: Storage> SparePreparer<S> {
-    /// Starts the helper thread (`journal-spare`).
-    pub(crate) fn start(storage: S) -> io::Result<SparePreparer<S>> {
+    /// Starts the helper thread (`journal-spare`) for the journal in `dir`.
+    pub(crate) fn start(dir: DataDir<S>) -> io::Result<SparePreparer<S>> {
         assert!(is_temp_name(SPARE_NAME), "a spare that recovery would not remove");
         let (jobs, inbox) = mpsc::channel::<Job<S::Segment>>();
         let (done, ready) = mpsc::channel();
-        let helper = storage.clone();
+        let storage = dir.storage().clone();
         let thread = thread::Builder::new().name("journal-spare".into()).spawn(move || {
             for job in inbox {
                 match job {
                     Job::Prepare { len, prefault } => {
-                        if done.send(prepare(&helper, len, prefault)).is_err() {
+                        let spare = prepare(dir.storage(), len, prefault);
+                        if let Err(error) = &spare {
+                            // The first sign of a disk that will not take the next segment:
+                            // said at once, while the current one still has room, and counted.
+                            dir.note_spare_failed();
+                            tracing::warn!(
+                                target: "ringfence",
+                                "could not make the journal's next segment ready ({}: {error}); \
+                                 it will be created when the current one is full, and the \
+                                 journal fails then unless that succeeds",
+                                dir.storage().describe(SPARE_NAME)
+                            );
+                        }
+                        if done.send(spare).is_err() {
                             return;
                         }
                     }

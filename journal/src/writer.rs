@@ -440,6 +440,8 @@ impl<S: Storage> JournalWriter<S> {
     /// manifest does not list, so a listed segment that goes missing is always noticed.
     fn rotate(&mut self, epoch: Epoch, first: Sequence) -> Result<(), JournalError> {
         assert_eq!(first, self.next, "a segment starts at the next sequence");
+        // For `/metrics`: what the start costs this thread, the closing sync included.
+        let started = std::time::Instant::now();
         if self.current.is_some() {
             self.sync_now()?;
         }
@@ -499,6 +501,8 @@ impl<S: Storage> JournalWriter<S> {
         });
         self.segments_started += 1;
         self.segments_from_spare += u64::from(from_spare);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.dir.note_segment_start(ns, from_spare);
         if let Some(preparer) = self.spare.as_mut() {
             preparer.request(segment_len, PREFAULT_LEAD);
         }
@@ -534,6 +538,7 @@ impl<S: Storage> JournalWriter<S> {
         // In place under its name, whole (a stat; once a segment).
         let len = self.storage.file_len(name).ok();
         assert_eq!(len, Some(self.options.segment_len), "the spare is not in place: {name}");
+        assert!(self.storage.file_len(SPARE_NAME).is_err(), "the spare is still there: {name}");
         Ok(())
     }
 
@@ -556,7 +561,7 @@ impl<S: Storage> JournalWriter<S> {
         if self.spare.is_some() {
             return Ok(());
         }
-        let mut preparer = SparePreparer::start(self.storage.clone())
+        let mut preparer = SparePreparer::start(self.dir.clone())
             .map_err(|e| JournalError::io("starting the spare segment's helper thread", e))?;
         // A writer always has a segment open: the spare is the one after it.
         assert!(self.current.is_some(), "a spare asked for before the first segment");

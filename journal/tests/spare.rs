@@ -46,6 +46,10 @@ fn a_power_loss_at_any_sync_point_of_segments_made_ready_ahead_loses_nothing_dur
     let (started, from_spare) = recovered.writer.segments_started();
     assert!(started >= 4, "{started} segments: too few rotations to test");
     assert_eq!(from_spare, started - 1, "a segment created on the writer's thread");
+    // The same counts for `/metrics`, with what the starts cost.
+    let starts = recovered.writer.data_dir().segment_starts();
+    assert_eq!((starts.started, starts.from_spare, starts.spares_failed), (started, from_spare, 0));
+    assert!(starts.ns_last > 0 && starts.ns_max >= starts.ns_last, "{starts:?}");
     drop(recovered);
     let captures = disk.take_captures();
     let mut with_spare = 0;
@@ -133,6 +137,9 @@ fn a_spare_that_cannot_be_made_leaves_the_writer_creating_segments_itself() {
     let (started, from_spare) = recovered.writer.segments_started();
     assert!(started >= 4, "{started} segments: too few rotations to test");
     assert_eq!(from_spare, 0, "a spare used that could not be made");
+    // Each one that failed was counted (and logged) when it failed, not at the rotation.
+    let failed = recovered.writer.data_dir().segment_starts().spares_failed;
+    assert!(failed >= started - 1, "{failed} failures counted for {started} segments");
     drop(recovered);
     let again = recover_from(disk.process_crash(), options(Durability::Batch)).unwrap();
     assert_eq!(again.next_sequence, Sequence(3_001), "records lost");

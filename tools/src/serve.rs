@@ -22,9 +22,7 @@ use ringfence_ingress::roles::Role as AccessRole;
 use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ReplicationControl, ServerConfig};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::recovery::{Recovered, recover_from};
-use ringfence_journal::snapshot::{
-    self, SnapshotPolicy, SnapshotStats, Snapshotter, WriterPriority,
-};
+use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter, WriterPriority};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::control::{Control, Role, take_office};
@@ -483,12 +481,15 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         )),
     }
     let journal = format!("{} (durability {durability})", data_dir.display());
+    let segments = dir.clone();
     let on_stop: ringfence_ingress::OnNodeStop =
         Box::new(move |engine: &Engine, through: Sequence| {
             final_snapshot(&dir, &policy, engine, through);
         });
-    let metrics: MetricsWriter =
-        Box::new(move |out: &mut String| write_snapshot_metrics(&snapshot_stats.get(), out));
+    let metrics: MetricsWriter = Box::new(move |out: &mut String| {
+        write_counters(&snapshot_stats.get().counters(), out);
+        write_counters(&segments.segment_starts().counters(), out);
+    });
     let replication_handle = control.as_ref().map(|control| {
         let handle = ControlHandle(Arc::clone(control), coordination.clone());
         Arc::new(handle) as Arc<dyn ReplicationControl>
@@ -549,10 +550,10 @@ fn coordinate(
     replication::coordinate(config, replication, http, (last, floor, catching_up)).map(Some)
 }
 
-/// The snapshot writer's counters and gauges in Prometheus text.
-fn write_snapshot_metrics(stats: &SnapshotStats, out: &mut String) {
+/// Counters and gauges (a name ending in `_total` is a counter) in Prometheus text.
+fn write_counters(counters: &[(&str, &str, u64)], out: &mut String) {
     use std::fmt::Write as _;
-    for (name, help, value) in stats.counters() {
+    for &(name, help, value) in counters {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
         ringfence_ingress::metrics::header(out, name, help, kind);
         let _ = writeln!(out, "{name} {value}");

@@ -488,6 +488,16 @@ fn a_fresh_standby_of_a_primary_that_retired_its_first_records_starts_from_a_sna
         assert_eq!(try_call(node.http, "POST", "/v1/orders", &body).unwrap().0, 201);
         request += 1;
     }
+    // Every segment after the first (made at the directory's creation) was made ready ahead.
+    let (_, metrics) = node.get_text("/metrics");
+    let value = |name: &str| {
+        let line = metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' '));
+        line.and_then(|value| value.parse::<u64>().ok())
+    };
+    let started = value("ringfence_journal_segments_started_total").unwrap_or(0);
+    assert!(started >= 2, "{started} segments started: {metrics}");
+    let from_spare = value("ringfence_journal_segments_from_spare_total");
+    assert_eq!(from_spare, Some(started - 1), "{metrics}");
     let follower = standby(&dir_b, &secret, node.replication.unwrap());
     follower.wait_for_log("fetched the primary's snapshot", Duration::from_secs(5));
     for extra in 0..10 {
