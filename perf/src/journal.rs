@@ -173,7 +173,7 @@ fn starting_segments(
             for command in chunk {
                 // The workload repeats, renumbered: the journal checks sequences only.
                 sequence += 1;
-                let renumbered = Sequenced { sequence: Sequence(sequence), ..command.clone() };
+                let renumbered = Sequenced { sequence: Sequence(sequence), ..*command };
                 let bytes = framing.encode(Epoch(1), &renumbered);
                 let record = Framed { epoch: Epoch(1), sequenced: &renumbered, bytes };
                 writer.append(&record).expect("append");
