@@ -5,7 +5,7 @@ mod common;
 
 use std::ops::ControlFlow;
 
-use common::{config, generate, journal_with_snapshots, options};
+use common::{acknowledged_by, config, generate, journal_with_snapshots, options};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::prng::Prng;
 use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
@@ -184,12 +184,7 @@ fn power_loss_at_every_sync_point_of_snapshots_and_retention_loses_nothing_durab
         let (captures, acknowledged) = run_capturing(&disk, &commands, policy);
         assert!(captures.len() > 150, "{} sync points", captures.len());
         for capture in &captures {
-            let durable = acknowledged
-                .iter()
-                .filter(|(points, _)| *points <= capture.point)
-                .map(|(_, acked)| acked.0)
-                .max()
-                .unwrap_or(0);
+            let durable = acknowledged_by(&acknowledged, capture.point);
             for torn in [None, Some(capture.point)] {
                 let image = capture.disk.power_loss(torn);
                 let at = format!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{config, generate, options};
+use common::{acknowledged_by, config, generate, options};
 use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::fault::{Failure, FaultStorage};
 use ringfence_journal::format::segment_name;
@@ -55,12 +55,7 @@ fn a_power_loss_at_any_sync_point_of_segments_made_ready_ahead_loses_nothing_dur
     let mut with_spare = 0;
     let mut outcomes = Vec::new();
     for capture in &captures {
-        let durable = acknowledged
-            .iter()
-            .filter(|(points, _)| *points <= capture.point)
-            .map(|(_, acked)| acked.0)
-            .max()
-            .unwrap_or(0);
+        let durable = acknowledged_by(&acknowledged, capture.point);
         for torn in [None, Some(capture.point)] {
             let image = capture.disk.power_loss(torn);
             with_spare += u64::from(has_spare(&image));
@@ -100,8 +95,10 @@ fn a_spare_left_by_a_killed_process_is_removed_at_start_and_one_never_used_is_re
         recovered.writer.append_command(Epoch(1), command).unwrap();
     }
     recovered.writer.end_batch().unwrap();
-    // The helper makes the spare while the writer goes on; wait for it to be there.
+    // The helper makes the spare while the writer goes on; wait (bounded) for it to be there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !has_spare(&disk) {
+        assert!(std::time::Instant::now() < deadline, "no spare made within 30 s");
         std::thread::yield_now();
     }
     // A killed process runs no destructor: its helper and its spare stay as they were.

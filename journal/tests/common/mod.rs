@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ringfence_core::pipeline::SnapshotHook;
-use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Sequenced};
+use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Sequence, Sequenced};
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::recovery::recover_from;
 use ringfence_journal::snapshot::{SnapshotPolicy, Snapshotter};
@@ -82,4 +82,11 @@ pub fn generate(workload: &mut Workload, engine: &mut Engine, count: usize) -> V
         commands.push(command);
     }
     commands
+}
+
+/// The last sequence acknowledged by sync point `point`, from (sync points so far, sequence
+/// acknowledged) pairs taken at each flush: what a power loss just after it must keep.
+pub fn acknowledged_by(acknowledged: &[(u64, Sequence)], point: u64) -> u64 {
+    let by = acknowledged.iter().filter(|(points, _)| *points <= point);
+    by.map(|(_, acked)| acked.0).max().unwrap_or(0)
 }
