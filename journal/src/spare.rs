@@ -45,13 +45,13 @@ pub(crate) struct SparePreparer<S: Storage> {
 }
 
 impl<S: Storage> SparePreparer<S> {
-    /// Starts the helper thread (`journal-spare`) for the journal in `dir`.
+    /// Starts the helper thread (`rf-spare`) for the journal in `dir`.
     pub(crate) fn start(dir: DataDir<S>) -> io::Result<SparePreparer<S>> {
         assert!(is_temp_name(SPARE_NAME), "a spare that recovery would not remove");
         let (jobs, inbox) = mpsc::channel::<Job<S::Segment>>();
         let (done, ready) = mpsc::channel();
         let storage = dir.storage().clone();
-        let thread = thread::Builder::new().name("journal-spare".into()).spawn(move || {
+        let thread = thread::Builder::new().name("rf-spare".into()).spawn(move || {
             for job in inbox {
                 match job {
                     Job::Prepare { len, prefault } => {
