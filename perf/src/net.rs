@@ -448,7 +448,8 @@ impl Protocol for HttpReserve {
 const SNAPSHOT_EVERY: u64 = 500_000;
 
 /// An in-process ringfence server for benchmarks: journal in a temporary directory with
-/// durability `none` (records written to the map, not synced), admin token "bench", the hot
+/// durability `none` (records written to the map, not synced) unless a row asks for another,
+/// admin token "bench", the hot
 /// SKU created; snapshots by `serve`'s shadow writer every [`SNAPSHOT_EVERY`] commands if
 /// asked for (its replay of the journal is server CPU, which the rows that measure CPU per
 /// answer leave out).
@@ -466,15 +467,16 @@ impl BenchServer {
     /// Starts the server as `serve` runs on three to five cores (compact topology, egress
     /// polled by the event loop) and creates the hot SKU.
     pub fn start() -> io::Result<BenchServer> {
-        BenchServer::start_as(Topology::Compact, None)
+        BenchServer::start_as(Topology::Compact, None, Durability::None)
     }
 
-    /// Starts the server with `topology` (`Stepped` is `serve`'s `inline`), taking a snapshot
-    /// every so many commands with its writer at the given priority if `snapshotting` is given,
-    /// and creates the hot SKU.
+    /// Starts the server with `topology` (`Stepped` is `serve`'s `inline`) and `durability`,
+    /// taking a snapshot every so many commands with its writer at the given priority if
+    /// `snapshotting` is given, and creates the hot SKU.
     pub fn start_as(
         topology: Topology,
         snapshotting: Option<(u64, WriterPriority)>,
+        durability: Durability,
     ) -> io::Result<BenchServer> {
         let snapshot_every = snapshotting.map(|(every, _)| every);
         let writer = snapshotting.map_or(WriterPriority::Normal, |(_, priority)| priority);
@@ -492,7 +494,7 @@ impl BenchServer {
         };
         let options = WriterOptions {
             segment_len: 256 << 20,
-            durability: Durability::None,
+            durability,
             engine_config: engine_config.clone(),
         };
         let mut recovered = recover(&dir, options).map_err(|e| io::Error::other(e.to_string()))?;
@@ -512,12 +514,13 @@ impl BenchServer {
             ..NodeConfig::default()
         };
         let mut description = match topology {
-            Topology::Stepped => "node inline (serve --topology inline): processor and egress \
-                                  on the ingress thread, journal durability none"
-                .to_owned(),
+            Topology::Stepped => format!(
+                "node inline (serve --topology inline): processor and egress on the ingress \
+                 thread, journal durability {durability}"
+            ),
             _ => format!(
                 "node {} topology, egress polled by the ingress thread, {} wait, BLP pinned to \
-                 the last core, journal durability none",
+                 the last core, journal durability {durability}",
                 topology.name(),
                 node_config.wait.name()
             ),
@@ -803,7 +806,7 @@ pub fn bench_tcp(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     );
     drop(server);
     // The same reservations with the processor on the event loop's thread.
-    let server = BenchServer::start_as(Topology::Stepped, None)?;
+    let server = BenchServer::start_as(Topology::Stepped, None, Durability::None)?;
     report.note(&format!("tcp (ringfence_tcp_inline): server: {}", server.description));
     let context = [("server", serde_json::Value::from(server.description.clone()))];
     let mut protocol = BinaryReserve { nonce: nonce() };
@@ -833,7 +836,8 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     // the one a sale sees. Both layouts run at 80% of their maximum without snapshots too,
     // for the comparison, and `inline` at 50% and 65% as well: where its tail is flat. The
     // snapshot writer runs at `serve`'s default priority (idle) and, for the comparison, at
-    // normal priority (`_snapshots_normal`).
+    // normal priority (`_snapshots_normal`). Every row journals with durability `none`, but
+    // `_inline_batch`: `inline` with `serve`'s default, `batch` (a sync per batch).
     let snapshots_plan = Plan { rates: Vec::new(), of_max: vec![0.8], ..plan.clone() };
     let compact_plan = Plan { of_max: vec![0.8], ..plan.clone() };
     let inline_plan = Plan { of_max: vec![0.5, 0.65, 0.8], ..plan.clone() };
@@ -846,25 +850,29 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     for &rate in &plan.rates {
         report.push(floor::wakeup_row("hot_sku_reserve", "machine_wakeup", rate, plan.seconds));
     }
+    let none = Durability::None;
     let runs = [
-        (Topology::Compact, None, "ringfence_http", compact_plan),
-        (Topology::Stepped, None, "ringfence_http_inline", inline_plan),
+        (Topology::Compact, None, none, "ringfence_http", compact_plan),
+        (Topology::Stepped, None, none, "ringfence_http_inline", inline_plan),
+        (Topology::Stepped, None, Durability::Batch, "ringfence_http_inline_batch", plan.clone()),
         (
             Topology::Stepped,
             Some((SNAPSHOT_EVERY, WriterPriority::Idle)),
+            none,
             "ringfence_http_snapshots",
             snapshots_plan.clone(),
         ),
         (
             Topology::Stepped,
             Some((SNAPSHOT_EVERY, WriterPriority::Normal)),
+            none,
             "ringfence_http_snapshots_normal",
             snapshots_plan,
         ),
     ];
-    for (topology, snapshots, variant, mut run) in runs {
+    for (topology, snapshots, durability, variant, mut run) in runs {
         run.next_index = plan.next_index;
-        let server = BenchServer::start_as(topology, snapshots)?;
+        let server = BenchServer::start_as(topology, snapshots, durability)?;
         report.note(&format!(
             "http ({variant}): loopback keep-alive, pipelined, {} connections, one \
              load-generator thread (mio); server: {}",
@@ -891,6 +899,9 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
         }
     }
     report.ratio("hot_sku_reserve", "ringfence_http_inline max", "ringfence_http max");
+    // `serve`'s default durability against the rows' `none`: every batch synced before its
+    // answers leave.
+    report.ratio("hot_sku_reserve", "ringfence_http_inline_batch max", "ringfence_http_inline max");
     Ok(())
 }
 
