@@ -163,8 +163,6 @@ pub struct JournalWriter<S: Storage> {
     last_sync_ns: Option<u64>,
     /// Makes the next segment ready ahead of need, if asked to.
     spare: Option<SparePreparer<S>>,
-    segments_started: u64,
-    segments_from_spare: u64,
 }
 
 impl<S: Storage> JournalWriter<S> {
@@ -193,8 +191,6 @@ impl<S: Storage> JournalWriter<S> {
             synced: Sequence(next.0 - 1),
             last_sync_ns: None,
             spare: None,
-            segments_started: 0,
-            segments_from_spare: 0,
         };
         // The first segment is made now, not at the first record: a disk that cannot hold
         // one fails the start, loudly, instead of the first write; and that write does not
@@ -261,8 +257,6 @@ impl<S: Storage> JournalWriter<S> {
             synced: last,
             last_sync_ns: None,
             spare: None,
-            segments_started: 0,
-            segments_from_spare: 0,
         };
         writer.verify();
         Ok(writer)
@@ -499,8 +493,6 @@ impl<S: Storage> JournalWriter<S> {
             // The helper faulted in a spare's first pages.
             prefaulted_to: if from_spare { self.spare_prefault() } else { SEGMENT_HEADER_LEN },
         });
-        self.segments_started += 1;
-        self.segments_from_spare += u64::from(from_spare);
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.dir.note_segment_start(ns, from_spare);
         if let Some(preparer) = self.spare.as_mut() {
@@ -568,13 +560,6 @@ impl<S: Storage> JournalWriter<S> {
         preparer.request(self.options.segment_len, PREFAULT_LEAD);
         self.spare = Some(preparer);
         Ok(())
-    }
-
-    /// Segments this writer started, and how many of them were spares made ready ahead.
-    #[must_use]
-    pub fn segments_started(&self) -> (u64, u64) {
-        assert!(self.segments_from_spare <= self.segments_started, "more spares than segments");
-        (self.segments_started, self.segments_from_spare)
     }
 
     /// Keeps the pages of the next [`PREFAULT_LEAD`] bytes faulted in, in steps of
