@@ -639,6 +639,7 @@ impl Engine {
         // snapshot of the heap passes the restore check on its size.
         debug_assert!(self.deadlines.len() < self.deadlines.capacity(), "the heap is full");
         self.deadlines.push(Reverse(deadline));
+        table::warm(self.deadlines.as_slice().last().expect("pushed"), table::WARM_AHEAD_BYTES);
         assert!(self.deadlines.len() <= 2 * self.config.orders_max as usize);
     }
 
@@ -766,6 +767,7 @@ impl Engine {
             let expires_at = self.now.plus_ms(self.config.request_key_window_ms);
             let position = self.keys_head + self.keys.len() as u64;
             self.keys.push_back(KeyEntry { user, key, expires_at, fingerprint, outcome });
+            table::warm(self.keys.back().expect("just pushed"), table::WARM_AHEAD_BYTES);
             self.count_command(user, share, &outcome);
             self.key_index.put_at(located, KeyPosition::new(position));
             // `apply_observed` checks the same after every command, in release builds too.

@@ -109,6 +109,8 @@ impl Engine {
         };
         if slot as usize == self.orders.len() {
             self.orders.push(order);
+            // The table grows in order, so the next reservations write just past this one.
+            super::table::warm(&self.orders[slot as usize], super::table::WARM_AHEAD_BYTES);
         } else {
             self.orders[slot as usize] = order;
         }
