@@ -15,7 +15,7 @@ use ringfence_core::{Epoch, Sequence};
 
 use crate::epoch::{EPOCH_FILE, EpochProblem, Epochs};
 use crate::error::JournalError;
-use crate::format::{self, HeaderProblem, SEGMENT_HEADER_LEN};
+use crate::format::{self, HeaderProblem, SEGMENT_HEADER_LEN, SEGMENT_LEN_MIN};
 use crate::manifest::{
     MANIFEST_FILE, MANIFEST_VERSION, Manifest, ManifestProblem, ManifestSegment,
 };
@@ -127,6 +127,40 @@ struct Shared {
     segment_starts: [AtomicU64; 4],
     /// Spares the helper could not make.
     spares_failed: AtomicU64,
+    /// Free bytes on the directory's file system at the spare helper's last look, and the
+    /// journal's segment length then; `u64::MAX` and 0 until it has looked.
+    disk_room: [AtomicU64; 2],
+}
+
+/// Free space on the data directory's file system, as the spare segment's helper thread last
+/// saw it (it looks every [`crate::spare::DISK_CHECK_EVERY`] and after making each spare).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskRoom {
+    /// Bytes free for the node.
+    pub free_bytes: u64,
+    /// The journal's segment length.
+    pub segment_len: u64,
+}
+
+impl DiskRoom {
+    /// Name, help and value of each gauge, for Prometheus text.
+    #[must_use]
+    pub fn gauges(&self) -> [(&'static str, &'static str, u64); 2] {
+        assert!(self.segment_len > 0, "room counted in segments of no length");
+        assert_ne!(self.free_bytes, u64::MAX, "the marker of space not yet read, shown as free");
+        [
+            (
+                "ringfence_data_dir_free_bytes",
+                "Bytes free on the data directory's file system (checked every few seconds).",
+                self.free_bytes,
+            ),
+            (
+                "ringfence_data_dir_free_segments",
+                "Journal segments the free space holds; a warning is logged below 4.",
+                self.free_bytes / self.segment_len,
+            ),
+        ]
+    }
 }
 
 /// Segments started by the journal writer and what starting them cost its thread (the time
@@ -208,6 +242,7 @@ impl<S: Storage> DataDir<S> {
             durable_sequence: AtomicU64::new(0),
             segment_starts: Default::default(),
             spares_failed: AtomicU64::new(0),
+            disk_room: [AtomicU64::new(u64::MAX), AtomicU64::new(0)],
         };
         let dir = DataDir { storage, shared: Arc::new(shared) };
         dir.verify(&dir.state());
@@ -273,6 +308,28 @@ impl<S: Storage> DataDir<S> {
         let from_spare = from_spare.min(started);
         let spares_failed = self.shared.spares_failed.load(Ordering::Relaxed);
         SegmentStarts { started, from_spare, ns_last, ns_max: ns_max.max(ns_last), spares_failed }
+    }
+
+    /// The free space the spare helper last saw, once it has looked.
+    #[must_use]
+    pub fn disk_room(&self) -> Option<DiskRoom> {
+        // The free bytes first: their store releases the length stored before them.
+        let free_bytes = self.shared.disk_room[0].load(Ordering::Acquire);
+        let segment_len = self.shared.disk_room[1].load(Ordering::Relaxed);
+        // The pair of the check as it is stored: a length is a segment's, or not yet stored.
+        assert!(segment_len == 0 || segment_len >= SEGMENT_LEN_MIN, "a stored segment length");
+        (segment_len > 0 && free_bytes != u64::MAX).then_some(DiskRoom { free_bytes, segment_len })
+    }
+
+    /// Records the free space the spare helper saw, for segments of `segment_len` bytes.
+    pub(crate) fn note_disk_room(&self, room: DiskRoom) {
+        assert!(room.segment_len >= SEGMENT_LEN_MIN, "room counted in segments below the minimum");
+        let [free_bytes, segment_len] = &self.shared.disk_room;
+        // The length first: a reader that sees the free bytes sees a length with them.
+        segment_len.store(room.segment_len, Ordering::Relaxed);
+        // u64::MAX marks space not yet read (no file system has that much).
+        assert_ne!(room.free_bytes, u64::MAX, "free space of u64::MAX bytes");
+        free_bytes.store(room.free_bytes, Ordering::Release);
     }
 
     /// Records a spare the helper could not make.

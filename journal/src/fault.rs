@@ -69,6 +69,9 @@ struct Disk {
     halted: Option<Arc<(Disk, String)>>,
 }
 
+/// The free space a [`FaultStorage`] reports while no write fails as a full disk would: 1 TiB.
+pub const FAULT_FREE_BYTES: u64 = 1 << 40;
+
 /// How an injected failure fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -367,14 +370,18 @@ fn apply(entries: &mut BTreeMap<String, u64>, op: &DirOp) {
     match op {
         DirOp::Link { name, inode } => {
             entries.insert(name.clone(), *inode);
+            assert_eq!(entries.get(name), Some(inode), "a linked name names another file");
         }
         DirOp::Unlink { name } => {
             entries.remove(name);
+            assert!(!entries.contains_key(name), "an unlinked name is still there");
         }
         DirOp::Rename { from, to } => {
             if let Some(inode) = entries.remove(from) {
                 entries.insert(to.clone(), inode);
+                assert_eq!(entries.get(to), Some(&inode), "a renamed file is not at its new name");
             }
+            assert!(!entries.contains_key(from) || from == to, "a renamed file is at its old name");
         }
     }
 }
@@ -636,6 +643,13 @@ impl Storage for FaultStorage {
     fn describe(&self, name: &str) -> String {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
         format!("fault:{name}")
+    }
+
+    /// A disk failing writes as full ([`FaultStorage::fail_matching`]) has nothing free;
+    /// otherwise [`FAULT_FREE_BYTES`].
+    fn free_bytes(&self) -> io::Result<u64> {
+        let full = self.disk().failing.iter().any(|(_, failure)| *failure == Failure::NoSpace);
+        Ok(if full { 0 } else { FAULT_FREE_BYTES })
     }
 }
 

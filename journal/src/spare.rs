@@ -13,12 +13,19 @@
 //! Crash safety is the rotation's own: a spare that was never renamed is a temporary file,
 //! which recovery removes; one renamed but not listed has nothing after its header, which
 //! recovery removes as a creation cut off; the rename is durable before the manifest names it.
+//!
+//! The helper is also the journal's lookout for disk space. A spare it cannot make is logged
+//! at once and retried every [`DISK_CHECK_EVERY`] until it is made or the writer needs the
+//! segment (and creates it itself). At the same pace, and after each spare, it reads the free
+//! space on the directory's file system ([`DataDir::disk_room`], in `/metrics`) and logs a
+//! warning when it falls below [`LOW_DISK_SEGMENTS`] segments, and again when it recovers.
 
 use std::io;
 use std::sync::mpsc;
 use std::thread;
+use std::time::Duration;
 
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, DiskRoom};
 use crate::format::{SEGMENT_LEN_MIN, SEGMENT_MAGIC};
 use crate::storage::{Segment, Storage, is_temp_name};
 
@@ -27,11 +34,133 @@ pub const SPARE_NAME: &str = ".next-segment.tmp";
 
 const _: () = assert!(SPARE_NAME.as_bytes()[0] == b'.');
 
+/// How often the helper reads the free disk space, and retries a spare it could not make.
+pub const DISK_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Free space for fewer journal segments than this is warned about.
+pub const LOW_DISK_SEGMENTS: u64 = 4;
+
 enum Job<T> {
     /// Create the spare, `len` bytes, and fault in its first `prefault` bytes.
     Prepare { len: u64, prefault: usize },
+    /// The writer needs the spare now: answer with the last failure if it is still not made.
+    Take,
     /// Unmap a segment the writer has moved past.
     Release(T),
+}
+
+/// The helper thread's state.
+struct Helper<S: Storage> {
+    dir: DataDir<S>,
+    done: mpsc::Sender<io::Result<S::Segment>>,
+    check_every: Duration,
+    /// The spare asked for that could not be made yet, with the last failure.
+    retrying: Option<(u64, usize, io::Error)>,
+    /// The journal's segment length, once a spare was asked for.
+    segment_len: Option<u64>,
+    /// The free space was below [`LOW_DISK_SEGMENTS`] at the last look.
+    low: bool,
+}
+
+impl<S: Storage> Helper<S> {
+    fn run(mut self, inbox: &mpsc::Receiver<Job<S::Segment>>) {
+        loop {
+            // A spare being retried was asked for, so its length is known.
+            debug_assert!(self.retrying.is_none() || self.segment_len.is_some());
+            let answered = match inbox.recv_timeout(self.check_every) {
+                Ok(Job::Prepare { len, prefault }) => {
+                    assert!(self.retrying.is_none(), "a spare asked for before the last was taken");
+                    self.segment_len = Some(len);
+                    let answered = self.attempt(len, prefault);
+                    self.check_disk();
+                    answered
+                }
+                // Answered already if the spare was made; otherwise the writer waits for this.
+                Ok(Job::Take) => match self.retrying.take() {
+                    Some((_, _, error)) => self.done.send(Err(error)).is_ok(),
+                    None => true,
+                },
+                Ok(Job::Release(segment)) => {
+                    drop(segment);
+                    true
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let retry = self.retrying.as_ref().map(|&(len, prefault, _)| (len, prefault));
+                    let answered = retry.is_none_or(|(len, prefault)| self.attempt(len, prefault));
+                    self.check_disk();
+                    answered
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            if !answered {
+                return;
+            }
+        }
+    }
+
+    /// Tries to make the spare; sends it if made, keeps the failure to retry otherwise. False
+    /// if the writer is gone.
+    fn attempt(&mut self, len: u64, prefault: usize) -> bool {
+        // The pair of `request`'s check, across the channel.
+        assert!(len >= SEGMENT_LEN_MIN, "a spare shorter than any segment");
+        match prepare(self.dir.storage(), len, prefault) {
+            Ok(spare) => {
+                if self.retrying.take().is_some() {
+                    tracing::info!(target: "ringfence", "the journal's next segment is ready after all");
+                }
+                self.done.send(Ok(spare)).is_ok()
+            }
+            Err(error) => {
+                if self.retrying.is_none() {
+                    // The first sign of a disk that will not take the next segment: said at
+                    // once, while the current one still has room, and counted.
+                    self.dir.note_spare_failed();
+                    tracing::warn!(
+                        target: "ringfence",
+                        "could not make the journal's next segment ready ({}: {error}); retrying \
+                         every {} s: if it is still not ready when the current segment is full, \
+                         the journal creates it then, and fails unless that succeeds",
+                        self.dir.storage().describe(SPARE_NAME),
+                        self.check_every.as_secs_f64()
+                    );
+                }
+                self.retrying = Some((len, prefault, error));
+                true
+            }
+        }
+    }
+
+    /// Reads the free space, publishes it and warns as it crosses [`LOW_DISK_SEGMENTS`]
+    /// segments, either way.
+    fn check_disk(&mut self) {
+        let Some(segment_len) = self.segment_len else { return };
+        let Ok(free_bytes) = self.dir.storage().free_bytes() else { return };
+        let room = DiskRoom { free_bytes, segment_len };
+        self.dir.note_disk_room(room);
+        let segments = free_bytes / segment_len;
+        let low = segments < LOW_DISK_SEGMENTS;
+        let where_ = self.dir.storage().describe("");
+        let mib = |bytes: u64| bytes / (1 << 20);
+        match (self.low, low) {
+            (false, true) => tracing::warn!(
+                target: "ringfence",
+                "the data directory's disk is nearly full: {} MiB free at {where_}, room for {} \
+                 more journal segments of {} MiB; free space or move the archive before it fills \
+                 (the journal then refuses writes)",
+                mib(free_bytes),
+                segments,
+                mib(segment_len)
+            ),
+            (true, false) => tracing::info!(
+                target: "ringfence",
+                "the data directory's disk has room again: {} MiB free at {where_}",
+                mib(free_bytes)
+            ),
+            _ => {}
+        }
+        self.low = low;
+        debug_assert_eq!(self.dir.disk_room(), Some(room), "the room seen is not published");
+    }
 }
 
 /// Prepares spares on a helper thread, one at a time.
@@ -45,36 +174,18 @@ pub(crate) struct SparePreparer<S: Storage> {
 }
 
 impl<S: Storage> SparePreparer<S> {
-    /// Starts the helper thread (`rf-spare`) for the journal in `dir`.
-    pub(crate) fn start(dir: DataDir<S>) -> io::Result<SparePreparer<S>> {
+    /// Starts the helper thread (`rf-spare`) for the journal in `dir`; it reads the free disk
+    /// space, and retries a spare it could not make, every `check_every`.
+    pub(crate) fn start(dir: DataDir<S>, check_every: Duration) -> io::Result<SparePreparer<S>> {
         assert!(is_temp_name(SPARE_NAME), "a spare that recovery would not remove");
+        assert!(!check_every.is_zero(), "a helper that never sleeps");
         let (jobs, inbox) = mpsc::channel::<Job<S::Segment>>();
         let (done, ready) = mpsc::channel();
         let storage = dir.storage().clone();
+        let helper =
+            Helper { dir, done, check_every, retrying: None, segment_len: None, low: false };
         let thread = thread::Builder::new().name("rf-spare".into()).spawn(move || {
-            for job in inbox {
-                match job {
-                    Job::Prepare { len, prefault } => {
-                        let spare = prepare(dir.storage(), len, prefault);
-                        if let Err(error) = &spare {
-                            // The first sign of a disk that will not take the next segment:
-                            // said at once, while the current one still has room, and counted.
-                            dir.note_spare_failed();
-                            tracing::warn!(
-                                target: "ringfence",
-                                "could not make the journal's next segment ready ({}: {error}); \
-                                 it will be created when the current one is full, and the \
-                                 journal fails then unless that succeeds",
-                                dir.storage().describe(SPARE_NAME)
-                            );
-                        }
-                        if done.send(spare).is_err() {
-                            return;
-                        }
-                    }
-                    Job::Release(segment) => drop(segment),
-                }
-            }
+            helper.run(&inbox);
         })?;
         Ok(SparePreparer { storage, jobs: Some(jobs), ready, pending: None, thread: Some(thread) })
     }
@@ -95,6 +206,11 @@ impl<S: Storage> SparePreparer<S> {
     /// reports the error that gives, if any.
     pub(crate) fn take(&mut self) -> Option<io::Result<S::Segment>> {
         let len = self.pending.take()?;
+        // A helper still retrying answers with its last failure; one that made the spare has
+        // sent it already and ignores this.
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Take);
+        }
         let helper_gone = || io::Error::other("the spare segment's helper thread stopped");
         let spare = self.ready.recv().unwrap_or_else(|_| Err(helper_gone()));
         // The one asked for: of its length, and nothing written in it yet.

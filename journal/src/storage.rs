@@ -115,6 +115,9 @@ pub trait Storage: Clone + Send + 'static {
     fn sync_dir(&self) -> io::Result<()>;
     /// How to name a file to an operator (a path for real files).
     fn describe(&self, name: &str) -> String;
+    /// Bytes free for this process on the directory's file system: what new segments and
+    /// snapshots can still take (for warnings and `/metrics`; nothing is decided on it).
+    fn free_bytes(&self) -> io::Result<u64>;
 }
 
 /// An I/O failure, with what was being done and to which file.
@@ -443,6 +446,25 @@ impl Storage for FileStorage {
         // The empty name describes the directory (for messages about it).
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
         self.inner.dir.join(name).display().to_string()
+    }
+
+    fn free_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = std::ffi::CString::new(self.inner.dir.as_os_str().as_bytes())?;
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a NUL-terminated string and `stat` a buffer of the type statvfs(3)
+        // fills; both outlive the call.
+        if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: statvfs returned 0, so it filled `stat`.
+        let stat = unsafe { stat.assume_init() };
+        // What an unprivileged writer may use is part of what is free.
+        assert!(stat.f_bavail <= stat.f_bfree, "more blocks available than free");
+        // `fsblkcnt_t` and `c_ulong` are 32 bits wide on some targets, `u64` on this one.
+        #[allow(clippy::useless_conversion)]
+        let (blocks, block_len) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+        Ok(blocks.saturating_mul(block_len))
     }
 }
 

@@ -3,6 +3,8 @@
 //! it in the data directory's manifest ([`DataDir`]) between syncing the header and writing the
 //! first record.
 
+use std::time::Duration;
+
 use ringfence_core::pipeline::{Clock, Framed, Journal, StageError, SystemClock};
 use ringfence_core::record::{self, RecordBuf};
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced};
@@ -549,11 +551,15 @@ impl<S: Storage> JournalWriter<S> {
     /// too. The data directory then holds one more allocated segment than the journal, named
     /// [`SPARE_NAME`]. Without it (the default, which tests that count sync points rely on),
     /// every segment is created when the first record that needs it arrives.
-    pub fn prepare_segments_ahead(&mut self) -> Result<(), JournalError> {
+    ///
+    /// The helper also watches the disk: every `check_every` (`serve`:
+    /// [`crate::spare::DISK_CHECK_EVERY`]) it retries a spare it could not make and reads the
+    /// free space ([`DataDir::disk_room`]), warning when it runs low.
+    pub fn prepare_segments_ahead(&mut self, check_every: Duration) -> Result<(), JournalError> {
         if self.spare.is_some() {
             return Ok(());
         }
-        let mut preparer = SparePreparer::start(self.dir.clone())
+        let mut preparer = SparePreparer::start(self.dir.clone(), check_every)
             .map_err(|e| JournalError::io("starting the spare segment's helper thread", e))?;
         // A writer always has a segment open: the spare is the one after it.
         assert!(self.current.is_some(), "a spare asked for before the first segment");

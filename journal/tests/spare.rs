@@ -1,15 +1,18 @@
 //! The next segment made ready ahead (`JournalWriter::prepare_segments_ahead`): crash safety
-//! at every sync point, a crash's leftover spare, a spare that cannot be made, and a segment
-//! name already taken.
+//! at every sync point, a crash's leftover spare, a spare that cannot be made (and one made on
+//! a retry), a segment name already taken, and the free disk space the helper watches.
 
 mod common;
 
 use common::{acknowledged_by, config, generate, options};
 use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
-use ringfence_journal::fault::{Failure, FaultStorage};
+use std::time::{Duration, Instant};
+
+use ringfence_journal::datadir::DiskRoom;
+use ringfence_journal::fault::{FAULT_FREE_BYTES, Failure, FaultStorage};
 use ringfence_journal::format::segment_name;
 use ringfence_journal::recovery::recover_from;
-use ringfence_journal::spare::SPARE_NAME;
+use ringfence_journal::spare::{DISK_CHECK_EVERY, SPARE_NAME};
 use ringfence_journal::storage::Storage;
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::Durability;
@@ -17,6 +20,18 @@ use ringfence_journal::writer::Durability;
 fn commands(seed: u64, count: usize) -> Vec<Sequenced> {
     let mut workload = Workload::new(seed, Sequence(1), Timestamp(1_000));
     generate(&mut workload, &mut Engine::new(config()), count)
+}
+
+/// The helper's pace in the tests that watch it retry and look.
+const QUICK_CHECKS: Duration = Duration::from_millis(5);
+
+/// Waits (up to 10 s) until `done` holds, which the helper thread makes true.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 10 s for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn has_spare(storage: &FaultStorage) -> bool {
@@ -33,7 +48,7 @@ fn a_power_loss_at_any_sync_point_of_segments_made_ready_ahead_loses_nothing_dur
     let disk = FaultStorage::new();
     let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
     disk.capture_sync_points();
-    recovered.writer.prepare_segments_ahead().unwrap();
+    recovered.writer.prepare_segments_ahead(DISK_CHECK_EVERY).unwrap();
     let mut acknowledged = Vec::new();
     for batch in commands.chunks(16) {
         for command in batch {
@@ -90,7 +105,7 @@ fn a_spare_left_by_a_killed_process_is_removed_at_start_and_one_never_used_is_re
     let commands = commands(23, 400);
     let disk = FaultStorage::new();
     let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    recovered.writer.prepare_segments_ahead().unwrap();
+    recovered.writer.prepare_segments_ahead(DISK_CHECK_EVERY).unwrap();
     for command in &commands {
         recovered.writer.append_command(Epoch(1), command).unwrap();
     }
@@ -124,7 +139,7 @@ fn a_spare_that_cannot_be_made_leaves_the_writer_creating_segments_itself() {
     let disk = FaultStorage::new();
     disk.fail_matching_with("next-segment", Failure::NoSpace);
     let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    recovered.writer.prepare_segments_ahead().unwrap();
+    recovered.writer.prepare_segments_ahead(DISK_CHECK_EVERY).unwrap();
     for batch in commands.chunks(16) {
         for command in batch {
             recovered.writer.append_command(Epoch(1), command).unwrap();
@@ -150,7 +165,7 @@ fn a_segment_name_already_taken_is_refused_not_overwritten_by_the_spare() {
     let commands = commands(31, 3_000);
     let disk = FaultStorage::new();
     let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    recovered.writer.prepare_segments_ahead().unwrap();
+    recovered.writer.prepare_segments_ahead(DISK_CHECK_EVERY).unwrap();
     let decoy = b"not the journal's".to_vec();
     for command in &commands {
         // A file under the name the next segment would take, if this record starts one.
@@ -173,4 +188,60 @@ fn a_segment_name_already_taken_is_refused_not_overwritten_by_the_spare() {
         }
     }
     panic!("no segment started: the decoy was never in the way");
+}
+
+#[test]
+fn a_spare_refused_for_want_of_space_is_retried_and_used_once_there_is_room() {
+    // Goal: a spare the disk refused is tried again while the current segment fills, so space
+    // freed in the meantime gives the next segment its head start after all; the failure is
+    // counted once, not at every retry. Fails with the retry removed: the writer would create
+    // the segment itself.
+    let commands = commands(37, 3_000);
+    let disk = FaultStorage::new();
+    disk.fail_matching_with("next-segment", Failure::NoSpace);
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    recovered.writer.prepare_segments_ahead(QUICK_CHECKS).unwrap();
+    let dir = recovered.writer.data_dir().clone();
+    wait_until("the failure to be counted", || dir.segment_starts().spares_failed == 1);
+    // Many retries' worth of time: still refused, still counted once.
+    std::thread::sleep(QUICK_CHECKS * 20);
+    assert_eq!(dir.segment_starts().spares_failed, 1, "each retry counted as a failure");
+    assert!(!has_spare(&disk), "a spare made on a disk that refuses it");
+    disk.clear_faults();
+    wait_until("the spare to be made on a retry", || has_spare(&disk));
+    let before = dir.segment_starts();
+    let mut next = commands.iter();
+    while dir.segment_starts().started == before.started {
+        let command = next.next().expect("the commands fill a segment");
+        recovered.writer.append_command(Epoch(1), command).unwrap();
+        recovered.writer.end_batch().unwrap();
+    }
+    let after = dir.segment_starts();
+    assert_eq!(after.from_spare, before.from_spare + 1, "the retried spare was not used");
+    assert_eq!(after.spares_failed, 1, "{after:?}");
+}
+
+#[test]
+fn the_helper_publishes_the_free_disk_space_and_follows_it() {
+    // Goal: the free space `/metrics` shows is read by the helper after it makes a spare and
+    // again every few seconds: it follows a disk that fills and one that is freed.
+    let disk = FaultStorage::new();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let dir = recovered.writer.data_dir().clone();
+    assert_eq!(dir.disk_room(), None, "free space known before the helper looked");
+    recovered.writer.prepare_segments_ahead(QUICK_CHECKS).unwrap();
+    wait_until("a first look at the disk", || dir.disk_room().is_some());
+    let segment_len = options(Durability::Batch).segment_len;
+    let room = dir.disk_room().unwrap();
+    assert_eq!(room, DiskRoom { free_bytes: FAULT_FREE_BYTES, segment_len });
+    let gauges = room.gauges();
+    assert_eq!(gauges[0], ("ringfence_data_dir_free_bytes", gauges[0].1, FAULT_FREE_BYTES));
+    assert_eq!(gauges[1].2, FAULT_FREE_BYTES / segment_len, "segments of room");
+    // Another file's writes failing as a full disk's would: the disk is now full.
+    disk.fail_matching("ballast");
+    wait_until("the full disk to be seen", || dir.disk_room().unwrap().free_bytes == 0);
+    assert_eq!(dir.disk_room().unwrap().gauges()[1].2, 0, "segments of room on a full disk");
+    disk.clear_faults();
+    let freed = || dir.disk_room().unwrap().free_bytes == FAULT_FREE_BYTES;
+    wait_until("the freed disk to be seen", freed);
 }

@@ -14,6 +14,7 @@ use ringfence_core::pipeline::{Framed, Journal, MemoryJournal, SystemClock};
 use ringfence_core::record::RecordBuf;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::recovery::recover_from;
+use ringfence_journal::spare::DISK_CHECK_EVERY;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, JournalWriter, WriterOptions};
@@ -170,7 +171,7 @@ fn starting_segments(
     };
     let mut writer = recover_from(storage, options).expect("writer on a new journal").writer;
     if plan.ahead {
-        writer.prepare_segments_ahead().expect("start the spare segment's helper");
+        writer.prepare_segments_ahead(DISK_CHECK_EVERY).expect("start the spare segment's helper");
     }
     let mut histogram = latency_histogram();
     let mut framing = RecordBuf::default();

@@ -32,6 +32,7 @@ use ringfence_journal::recovery::recover;
 use ringfence_journal::snapshot::{
     SnapshotPolicy, SnapshotStatsHandle, Snapshotter, WriterPriority,
 };
+use ringfence_journal::spare::DISK_CHECK_EVERY;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
 use crate::floor;
@@ -499,7 +500,10 @@ impl BenchServer {
         };
         let mut recovered = recover(&dir, options).map_err(|e| io::Error::other(e.to_string()))?;
         // As `ringfence serve` runs its journal.
-        recovered.writer.prepare_segments_ahead().map_err(|e| io::Error::other(e.to_string()))?;
+        recovered
+            .writer
+            .prepare_segments_ahead(DISK_CHECK_EVERY)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         let policy = SnapshotPolicy { every_commands: snapshot_every, keep: 1, writer };
         let data_dir = recovered.writer.data_dir().clone();
         let snapshotter = Snapshotter::start(data_dir, policy, engine_config.clone())

@@ -42,6 +42,7 @@ use ringfence_ingress::{HashWatch, NodeBackend, ServerConfig};
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::epoch::Epochs;
 use ringfence_journal::recovery::recover;
+use ringfence_journal::spare::DISK_CHECK_EVERY;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
@@ -225,7 +226,10 @@ impl Member {
         };
         let mut recovered = recover(&dir.0, options).expect("a fresh journal recovers");
         // As `ringfence serve` runs its journal.
-        recovered.writer.prepare_segments_ahead().expect("the spare segment's helper starts");
+        recovered
+            .writer
+            .prepare_segments_ahead(DISK_CHECK_EVERY)
+            .expect("the spare segment's helper starts");
         let intake = if following.is_some() { Intake::Replica } else { Intake::Sequencer };
         let mut config = node_config(intake, recovered.epochs.current);
         if following.is_some() {

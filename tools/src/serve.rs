@@ -23,6 +23,7 @@ use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ReplicationContro
 use ringfence_journal::datadir::DataDir;
 use ringfence_journal::recovery::{Recovered, recover_from};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter, WriterPriority};
+use ringfence_journal::spare::DISK_CHECK_EVERY;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::control::{Control, Role, take_office};
@@ -436,7 +437,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         (recovered.engine, recovered.next_sequence, recovered.writer);
     // Starting a segment then waits for its header and listing only, not its creation.
     journal
-        .prepare_segments_ahead()
+        .prepare_segments_ahead(DISK_CHECK_EVERY)
         .map_err(|e| format!("preparing the journal's next segment: {e}"))?;
     let started = match &control {
         Some(control) => {
@@ -489,6 +490,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let metrics: MetricsWriter = Box::new(move |out: &mut String| {
         write_counters(&snapshot_stats.get().counters(), out);
         write_counters(&segments.segment_starts().counters(), out);
+        if let Some(room) = segments.disk_room() {
+            write_counters(&room.gauges(), out);
+        }
     });
     let replication_handle = control.as_ref().map(|control| {
         let handle = ControlHandle(Arc::clone(control), coordination.clone());

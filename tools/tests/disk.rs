@@ -127,6 +127,54 @@ fn a_full_disk_refuses_writes_serves_reads_and_a_restart_recovers() {
     drop(mount);
 }
 
+/// A gauge's value in Prometheus text, if shown.
+fn gauge(metrics: &str, name: &str) -> Option<u64> {
+    let line = metrics.lines().find(|line| line.split(' ').next() == Some(name))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+#[test]
+fn a_disk_running_low_is_logged_and_shown_while_writes_still_succeed() {
+    // Goal: the node watches its disk: `/metrics` shows the free space, a log line warns when
+    // it falls below four segments' worth — while the open segment still takes writes — and
+    // another says when there is room again. Fails without the helper's periodic look: the
+    // ballast arrives after the spare is made, and no segment starts to notice it.
+    let temp = TempDir::new("disk-low");
+    let mount = match Mount::tmpfs(&temp.path().join("mnt"), "2m", "") {
+        Ok(mount) => mount,
+        Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
+    };
+    let dir = mount.point.join("data");
+    let config = temp.path().join("small-segments.toml");
+    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
+    let node = Serve::start_with(&dir, &["--config", config.to_str().unwrap()]);
+    let sku = r#"{"sku":1,"stock":100000,"price_cents":700,"payment_timeout_ms":600000}"#;
+    assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
+    let free = || gauge(&node.get_text("/metrics").1, "ringfence_data_dir_free_bytes");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while free().is_none_or(|bytes| bytes < 4 * 65_536) {
+        assert!(std::time::Instant::now() < deadline, "no free space shown: {:?}", free());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let ballast = mount.point.join("ballast");
+    assert!(fill(&ballast) > 0, "the tmpfs had room for the ballast");
+    let warning = node.wait_for_log("disk is nearly full", Duration::from_secs(10));
+    assert!(warning.contains("room for 0 more journal segments"), "{warning}");
+    let (_, metrics) = node.get_text("/metrics");
+    assert_eq!(gauge(&metrics, "ringfence_data_dir_free_segments"), Some(0), "{metrics}");
+    assert!(gauge(&metrics, "ringfence_data_dir_free_bytes") < Some(65_536), "{metrics}");
+    // Warned ahead: the open segment was allocated in full and still takes reservations.
+    assert_eq!(reserve(&node, 1).0, 201, "a write refused while the segment had room");
+
+    std::fs::remove_file(&ballast).unwrap();
+    node.wait_for_log("has room again", Duration::from_secs(10));
+    let (_, metrics) = node.get_text("/metrics");
+    assert!(gauge(&metrics, "ringfence_data_dir_free_segments") >= Some(4), "{metrics}");
+    drop(node);
+    drop(mount);
+}
+
 #[test]
 fn a_data_directory_that_cannot_be_written_fails_start_with_the_cause() {
     // Goal: `serve` on a read-only file system, or on one without room for the first journal
