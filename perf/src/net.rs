@@ -764,7 +764,7 @@ impl ServerCpu {
 }
 
 /// The CPU time `clock` (a process or thread CPU clock) has counted, in seconds.
-fn cpu_seconds(clock: libc::clockid_t) -> f64 {
+pub(crate) fn cpu_seconds(clock: libc::clockid_t) -> f64 {
     let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `time` is a valid, writable timespec; the call only writes it.
     let status = unsafe { libc::clock_gettime(clock, &mut time) };

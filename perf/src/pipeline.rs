@@ -224,6 +224,18 @@ pub fn bench(report: &mut Report, size: Size) {
             }
         }
     }
+    // What a node costs with nothing to do: the layouts that park (a busy-spinning stage
+    // takes its core by design).
+    let idle_seconds = size.seconds(1.0, 3.0);
+    for layout in layouts().iter().filter(|layout| layout.wait != WaitStrategy::BusySpin) {
+        let share = idle_share(layout, idle_seconds);
+        report.note(&format!(
+            "  idle, {}: {:.2}% of a core over {idle_seconds:.1} s (process CPU time, nothing \
+             offered; goal < 1%)",
+            layout.name(),
+            share * 100.0
+        ));
+    }
     if let Some(watch) = watch {
         report.note(&watch.note());
     }
@@ -328,6 +340,28 @@ fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
         .with("batch_p50", batch_p50(&metrics))
         .with("blp_service_p50_ns", metrics.blp_service_ns.value_at_quantile(0.5));
     (row, run.busy)
+}
+
+/// The share of a core the process uses while a node of `layout`, set up and holding a
+/// session, is offered nothing for `seconds`: its stages and timer waiting.
+fn idle_share(layout: &Layout, seconds: f64) -> f64 {
+    let node =
+        Node::start(layout.config(), NullJournal { last: Sequence(0) }, NoReplicator::default())
+            .expect("benchmark configuration is valid");
+    let mut session = node.session().expect("a fresh node has room for a session");
+    for command in setup_commands() {
+        session.call(command, DRAIN_LIMIT).expect("setup command answered");
+    }
+    // Past the spin and yield phases of the stages that just worked.
+    std::thread::sleep(Duration::from_millis(50));
+    let cpu = crate::net::cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let used = crate::net::cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu;
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(session);
+    node.shutdown().expect("the node drains");
+    used / elapsed
 }
 
 /// The scenario of a row at `rate` (`None`: max).

@@ -44,6 +44,10 @@ pub(crate) trait EgressRun: Send {
     fn pass(&mut self) -> Pass;
     /// Whether a pass would find something to do.
     fn has_work(&self) -> bool;
+    /// Whether answers are held: commands applied whose answers are not yet released. Only
+    /// then can time alone make a pass do something (a lease that expires answers them
+    /// `Unreplicated`); otherwise only a wake-up can.
+    fn holding(&self) -> bool;
     /// Publishes final metrics; called once when egress ends.
     fn finish(&mut self);
 }
@@ -293,6 +297,13 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         self.releasable() > 0 && self.poller.has_available()
     }
 
+    fn holding(&self) -> bool {
+        let applied = self.shared.applied_positions.load(Ordering::Acquire);
+        // Egress releases only what was applied.
+        debug_assert!(self.next <= applied + 1, "released past the applied commands");
+        applied > self.next
+    }
+
     fn finish(&mut self) {
         let cells = &self.shared.stages[self.cells];
         self.recorder.publish(&cells.histograms, Instant::now(), true);
@@ -307,7 +318,12 @@ pub(crate) fn run_thread(mut egress: Box<dyn EgressRun>, shared: &Shared, core: 
     loop {
         match catch_unwind(AssertUnwindSafe(|| egress.pass())) {
             Ok(Pass::Delivered(_)) => idler.reset(),
-            Ok(Pass::Idle) => idler.idle(&shared.egress_parker, || egress.has_work()),
+            // Nothing held: the stages and the acknowledgement watermark wake egress when
+            // answers come, so it may park long; holding answers, it looks again soon.
+            Ok(Pass::Idle) if egress.holding() => {
+                idler.idle(&shared.egress_parker, || egress.has_work());
+            }
+            Ok(Pass::Idle) => idler.idle_quiet(&shared.egress_parker, || egress.has_work()),
             Ok(Pass::Stopped) => break,
             Err(panic) => shared.fail("egress", &panic_message(panic.as_ref())),
         }
