@@ -45,7 +45,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -474,8 +474,9 @@ pub enum WriterPriority {
     /// leaves its core idle, which the writer then gets, so such a wait lasts about as long as
     /// the critical section plus a wake-up. Where other busy processes share the CPUs with no
     /// CPU controller between them, an idle writer gets about 0.3% of a CPU (`SCHED_IDLE`
-    /// weighs 3 against 1,024 for a normal thread), and a stopping node, which joins it,
-    /// waits for the image it is writing at that pace: use `Normal` there.
+    /// weighs 3 against 1,024 for a normal thread), so snapshots fall far behind: use
+    /// `Normal` there. (A stopping node raises the writer to normal priority before joining
+    /// it: [`Snapshotter::stopping`].)
     Idle,
 }
 
@@ -485,17 +486,25 @@ impl WriterPriority {
         if self == WriterPriority::Normal {
             return Ok(());
         }
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is a valid `sched_param`; pid 0 is the calling thread.
-        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_policy(0, libc::SCHED_IDLE)?;
         // SAFETY: pid 0 is the calling thread.
         let policy = unsafe { libc::sched_getscheduler(0) };
         assert_eq!(policy, libc::SCHED_IDLE, "the writer's scheduling policy did not change");
         Ok(())
     }
+}
+
+/// Sets the scheduling `policy` (priority 0) of thread `tid` of this process (0: the calling
+/// thread). Leaving `SCHED_IDLE` for `SCHED_OTHER` needs no privilege at nice 0.
+fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
+    assert!(tid >= 0, "a thread id is never negative");
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param` that outlives the call.
+    let rc = unsafe { libc::sched_setscheduler(tid, policy, &raw const param) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl std::str::FromStr for WriterPriority {
@@ -737,6 +746,8 @@ pub struct Snapshotter<S: Storage> {
     published: Arc<AtomicU64>,
     stats: Arc<Mutex<SnapshotStats>>,
     worker: Option<JoinHandle<()>>,
+    /// The writer thread's id once it has started (0 before, and without a thread).
+    worker_tid: Arc<AtomicI32>,
 }
 
 impl<S: Storage> Snapshotter<S> {
@@ -751,9 +762,12 @@ impl<S: Storage> Snapshotter<S> {
         let (mut snapshotter, writer) =
             Snapshotter::pair(dir, policy, config, Some(RECORD_VISIBLE_WAIT));
         let priority = snapshotter.policy.writer;
+        let worker_tid = Arc::clone(&snapshotter.worker_tid);
         let worker = std::thread::Builder::new()
             .name("ringfence-snapshot".to_owned())
             .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                worker_tid.store(unsafe { libc::gettid() }, Ordering::Release);
                 // Only a hint: a writer left at normal priority still writes every snapshot.
                 if let Err(error) = priority.apply_to_this_thread() {
                     tracing::warn!(
@@ -822,6 +836,7 @@ impl<S: Storage> Snapshotter<S> {
             published,
             stats,
             worker: None,
+            worker_tid: Arc::new(AtomicI32::new(0)),
         };
         (snapshotter, writer)
     }
@@ -852,11 +867,38 @@ impl<S: Storage> Snapshotter<S> {
         engine: &Engine,
         through: Sequence,
     ) -> Result<SnapshotMeta, JournalError> {
-        self.cancel.store(true, Ordering::Release);
+        self.stopping();
         self.stop_worker();
         let meta = write_now(self.dir.storage(), engine, through)?;
         apply_retention(&self.dir, &self.policy)?;
         Ok(meta)
+    }
+
+    /// The node is stopping: the writer abandons the snapshot it is on at its next check, and
+    /// a writer at idle priority is raised to normal, so that stopping, which joins it, waits
+    /// for the writer's work at the pace of any thread — not at the fraction of a CPU an idle
+    /// thread gets on a busy machine (what it is still doing is the image it is writing, past
+    /// its last cancel check, or a record batch). Nothing is served any more to yield to.
+    pub fn stopping(&self) {
+        self.cancel.store(true, Ordering::Release);
+        let tid = self.worker_tid.load(Ordering::Acquire);
+        if self.policy.writer != WriterPriority::Idle || tid == 0 || self.worker.is_none() {
+            return;
+        }
+        // A writer that already ended (ESRCH) needs nothing; any other failure leaves it idle.
+        match set_policy(tid, libc::SCHED_OTHER) {
+            Err(error) if error.raw_os_error() != Some(libc::ESRCH) => tracing::warn!(
+                target: "ringfence",
+                "snapshot writer: cannot raise it to normal priority for the stop ({error}); \
+                 the stop waits for it at idle priority"
+            ),
+            Err(_) => {}
+            Ok(()) => {
+                // SAFETY: no preconditions; a thread that has just ended answers -1.
+                let policy = unsafe { libc::sched_getscheduler(tid) };
+                assert!(policy == libc::SCHED_OTHER || policy == -1, "the writer stayed idle");
+            }
+        }
     }
 
     fn stop_worker(&mut self) {
@@ -1342,7 +1384,7 @@ impl<S: Storage> Drop for Snapshotter<S> {
     /// it is on, so that stopping waits for the next record batch, not for a whole catch-up
     /// and write; the journal holds everything that snapshot would have.
     fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Release);
+        self.stopping();
         self.jobs = None;
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();

@@ -77,6 +77,10 @@ fn snapshots_at(priority: WriterPriority) -> u32 {
     }
     let done = stats.get();
     assert_eq!((done.written, done.failed), (2, 0), "{done:?}");
+    // A stopping node raises an idle writer to normal before it joins it: nothing is served
+    // any more, and the join must not wait at the pace of an idle thread.
+    snapshots.stopping();
+    assert_eq!(writer_policies(), [SCHED_OTHER], "the writer is joined at idle priority");
     drop(snapshots);
     assert!(writer_policies().is_empty(), "the writer thread outlived its hook");
     policies[0]
@@ -85,8 +89,8 @@ fn snapshots_at(priority: WriterPriority) -> u32 {
 #[test]
 fn an_idle_priority_writer_runs_under_sched_idle_and_still_writes_every_snapshot() {
     // Goal: `WriterPriority::Idle` puts the writer's thread, and only it, under `SCHED_IDLE`;
-    // on a machine with time to spare it writes every snapshot due; `Normal` leaves the
-    // thread as other threads are.
+    // on a machine with time to spare it writes every snapshot due; a stopping node raises
+    // it to normal; `Normal` leaves the thread as other threads are.
     assert_eq!(snapshots_at(WriterPriority::Idle), SCHED_IDLE);
     // SAFETY: pid 0 is the calling thread.
     assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER, "the test's thread");

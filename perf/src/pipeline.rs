@@ -298,8 +298,8 @@ struct Run {
     seconds: f64,
 }
 
-/// One row, and how many offered commands were refused `Busy`.
-fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
+/// A node of `layout` with the sale's SKUs created, and the session that created them.
+fn start_set_up(layout: &Layout) -> (Node, Session) {
     let node =
         Node::start(layout.config(), NullJournal { last: Sequence(0) }, NoReplicator::default())
             .expect("benchmark configuration is valid");
@@ -307,6 +307,12 @@ fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
     for command in setup_commands() {
         session.call(command, DRAIN_LIMIT).expect("setup command answered");
     }
+    (node, session)
+}
+
+/// One row, and how many offered commands were refused `Busy`.
+fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
+    let (node, mut session) = start_set_up(layout);
     // The generator runs on a thread of its own, pinned to the first core when the processor
     // is pinned to the last, so the two never share a core.
     let run = std::thread::scope(|scope| {
@@ -345,13 +351,7 @@ fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
 /// The share of a core the process uses while a node of `layout`, set up and holding a
 /// session, is offered nothing for `seconds`: its stages and timer waiting.
 fn idle_share(layout: &Layout, seconds: f64) -> f64 {
-    let node =
-        Node::start(layout.config(), NullJournal { last: Sequence(0) }, NoReplicator::default())
-            .expect("benchmark configuration is valid");
-    let mut session = node.session().expect("a fresh node has room for a session");
-    for command in setup_commands() {
-        session.call(command, DRAIN_LIMIT).expect("setup command answered");
-    }
+    let (node, session) = start_set_up(layout);
     // Past the spin and yield phases of the stages that just worked.
     std::thread::sleep(Duration::from_millis(50));
     let cpu = crate::net::cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID);

@@ -257,8 +257,8 @@ const KEYS: &[Key] = &[
         "idle: the snapshot writer runs only on CPU time nothing else wants (the sale first; on \
         a machine busy without pause snapshots fall behind and the journal is kept longer), or \
         normal (where busy processes share the node's CPUs with no cgroup CPU controller between \
-        them, an idle writer gets a fraction of a percent of a CPU, and a stopping node waits \
-        for the snapshot it is writing).",
+        them, an idle writer gets a fraction of a percent of a CPU and snapshots fall far \
+        behind).",
     ),
     unset(
         "node",

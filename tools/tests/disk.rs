@@ -69,8 +69,7 @@ fn a_full_disk_refuses_writes_serves_reads_and_a_restart_recovers() {
         Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
     };
     let dir = mount.point.join("data");
-    let config = temp.path().join("small-segments.toml");
-    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
+    let config = small_segments(&temp);
     let segment = ["--config", config.to_str().unwrap()];
     let mut node = Serve::start_with(&dir, &segment);
     let sku = r#"{"sku":1,"stock":100000,"price_cents":700,"payment_timeout_ms":600000}"#;
@@ -127,6 +126,13 @@ fn a_full_disk_refuses_writes_serves_reads_and_a_restart_recovers() {
     drop(mount);
 }
 
+/// A configuration file in `temp` for journal segments of 64 KiB, a few to a small disk.
+fn small_segments(temp: &TempDir) -> PathBuf {
+    let config = temp.path().join("small-segments.toml");
+    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
+    config
+}
+
 /// A gauge's value in Prometheus text, if shown.
 fn gauge(metrics: &str, name: &str) -> Option<u64> {
     let line = metrics.lines().find(|line| line.split(' ').next() == Some(name))?;
@@ -145,8 +151,7 @@ fn a_disk_running_low_is_logged_and_shown_while_writes_still_succeed() {
         Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
     };
     let dir = mount.point.join("data");
-    let config = temp.path().join("small-segments.toml");
-    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
+    let config = small_segments(&temp);
     let node = Serve::start_with(&dir, &["--config", config.to_str().unwrap()]);
     let sku = r#"{"sku":1,"stock":100000,"price_cents":700,"payment_timeout_ms":600000}"#;
     assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
