@@ -127,9 +127,10 @@ struct Shared {
     segment_starts: [AtomicU64; 4],
     /// Spares the helper could not make.
     spares_failed: AtomicU64,
-    /// Free bytes on the directory's file system at the spare helper's last look, and the
-    /// journal's segment length then; `u64::MAX` and 0 until it has looked.
-    disk_room: [AtomicU64; 2],
+    /// Free bytes on the directory's file system at the spare helper's last look, the
+    /// journal's segment length and the newest snapshot's size then; `u64::MAX`, 0 and 0 until
+    /// it has looked.
+    disk_room: [AtomicU64; 3],
 }
 
 /// Free space on the data directory's file system, as the spare segment's helper thread last
@@ -140,12 +141,23 @@ pub struct DiskRoom {
     pub free_bytes: u64,
     /// The journal's segment length.
     pub segment_len: u64,
+    /// The newest snapshot's size (0 without one): about what the next one takes.
+    pub snapshot_len: u64,
 }
 
 impl DiskRoom {
+    /// Whether the free space is short of what the node will soon write: the next snapshot
+    /// (about as large as the newest) and [`crate::spare::LOW_DISK_SEGMENTS`] more segments.
+    #[must_use]
+    pub fn low(&self) -> bool {
+        assert!(self.segment_len > 0, "room counted in segments of no length");
+        let segments = crate::spare::LOW_DISK_SEGMENTS.saturating_mul(self.segment_len);
+        self.free_bytes < segments.saturating_add(self.snapshot_len)
+    }
+
     /// Name, help and value of each gauge, for Prometheus text.
     #[must_use]
-    pub fn gauges(&self) -> [(&'static str, &'static str, u64); 2] {
+    pub fn gauges(&self) -> [(&'static str, &'static str, u64); 3] {
         assert!(self.segment_len > 0, "room counted in segments of no length");
         assert_ne!(self.free_bytes, u64::MAX, "the marker of space not yet read, shown as free");
         [
@@ -156,8 +168,14 @@ impl DiskRoom {
             ),
             (
                 "ringfence_data_dir_free_segments",
-                "Journal segments the free space holds; a warning is logged below 4.",
+                "Journal segments the free space holds.",
                 self.free_bytes / self.segment_len,
+            ),
+            (
+                "ringfence_data_dir_low_space",
+                "1 while the free space is short of the next snapshot (as large as the newest) \
+                 and 4 journal segments; logged when it starts and ends.",
+                u64::from(self.low()),
             ),
         ]
     }
@@ -242,7 +260,7 @@ impl<S: Storage> DataDir<S> {
             durable_sequence: AtomicU64::new(0),
             segment_starts: Default::default(),
             spares_failed: AtomicU64::new(0),
-            disk_room: [AtomicU64::new(u64::MAX), AtomicU64::new(0)],
+            disk_room: [AtomicU64::new(u64::MAX), AtomicU64::new(0), AtomicU64::new(0)],
         };
         let dir = DataDir { storage, shared: Arc::new(shared) };
         dir.verify(&dir.state());
@@ -316,17 +334,20 @@ impl<S: Storage> DataDir<S> {
         // The free bytes first: their store releases the length stored before them.
         let free_bytes = self.shared.disk_room[0].load(Ordering::Acquire);
         let segment_len = self.shared.disk_room[1].load(Ordering::Relaxed);
+        let snapshot_len = self.shared.disk_room[2].load(Ordering::Relaxed);
         // The pair of the check as it is stored: a length is a segment's, or not yet stored.
         assert!(segment_len == 0 || segment_len >= SEGMENT_LEN_MIN, "a stored segment length");
-        (segment_len > 0 && free_bytes != u64::MAX).then_some(DiskRoom { free_bytes, segment_len })
+        let room = DiskRoom { free_bytes, segment_len, snapshot_len };
+        (segment_len > 0 && free_bytes != u64::MAX).then_some(room)
     }
 
     /// Records the free space the spare helper saw, for segments of `segment_len` bytes.
     pub(crate) fn note_disk_room(&self, room: DiskRoom) {
         assert!(room.segment_len >= SEGMENT_LEN_MIN, "room counted in segments below the minimum");
-        let [free_bytes, segment_len] = &self.shared.disk_room;
-        // The length first: a reader that sees the free bytes sees a length with them.
+        let [free_bytes, segment_len, snapshot_len] = &self.shared.disk_room;
+        // The lengths first: a reader that sees the free bytes sees lengths with them.
         segment_len.store(room.segment_len, Ordering::Relaxed);
+        snapshot_len.store(room.snapshot_len, Ordering::Relaxed);
         // u64::MAX marks space not yet read (no file system has that much).
         assert_ne!(room.free_bytes, u64::MAX, "free space of u64::MAX bytes");
         free_bytes.store(room.free_bytes, Ordering::Release);

@@ -17,8 +17,9 @@
 //! The helper is also the journal's lookout for disk space. A spare it cannot make is logged
 //! at once and retried every [`DISK_CHECK_EVERY`] until it is made or the writer needs the
 //! segment (and creates it itself). At the same pace, and after each spare, it reads the free
-//! space on the directory's file system ([`DataDir::disk_room`], in `/metrics`) and logs a
-//! warning when it falls below [`LOW_DISK_SEGMENTS`] segments, and again when it recovers.
+//! space on the directory's file system and the newest snapshot's size ([`DataDir::disk_room`],
+//! in `/metrics`), and logs a warning when the space falls short of the next snapshot (about
+//! as large as the newest) and [`LOW_DISK_SEGMENTS`] segments, and again when it recovers.
 
 use std::io;
 use std::sync::mpsc;
@@ -37,7 +38,7 @@ const _: () = assert!(SPARE_NAME.as_bytes()[0] == b'.');
 /// How often the helper reads the free disk space, and retries a spare it could not make.
 pub const DISK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// Free space for fewer journal segments than this is warned about.
+/// Journal segments the free space should hold beyond the next snapshot: less is warned about.
 pub const LOW_DISK_SEGMENTS: u64 = 4;
 
 enum Job<T> {
@@ -130,26 +131,32 @@ impl<S: Storage> Helper<S> {
         }
     }
 
-    /// Reads the free space, publishes it and warns as it crosses [`LOW_DISK_SEGMENTS`]
-    /// segments, either way.
+    /// Reads the free space and the newest snapshot's size, publishes them, and warns as the
+    /// space falls short of the next snapshot and [`LOW_DISK_SEGMENTS`] segments (says so again
+    /// when it no longer is).
     fn check_disk(&mut self) {
         let Some(segment_len) = self.segment_len else { return };
-        let Ok(free_bytes) = self.dir.storage().free_bytes() else { return };
-        let room = DiskRoom { free_bytes, segment_len };
+        let storage = self.dir.storage();
+        let Ok(free_bytes) = storage.free_bytes() else { return };
+        // The newest snapshot, by name; none yet (or none readable) counts as empty.
+        let newest = crate::snapshot::list(storage).ok().and_then(|found| found.last().cloned());
+        let snapshot_len = newest.and_then(|(_, name)| storage.file_len(&name).ok()).unwrap_or(0);
+        let room = DiskRoom { free_bytes, segment_len, snapshot_len };
         self.dir.note_disk_room(room);
-        let segments = free_bytes / segment_len;
-        let low = segments < LOW_DISK_SEGMENTS;
-        let where_ = self.dir.storage().describe("");
+        let low = room.low();
+        let where_ = storage.describe("");
         let mib = |bytes: u64| bytes / (1 << 20);
         match (self.low, low) {
             (false, true) => tracing::warn!(
                 target: "ringfence",
                 "the data directory's disk is nearly full: {} MiB free at {where_}, room for {} \
-                 more journal segments of {} MiB; free space or move the archive before it fills \
-                 (the journal then refuses writes)",
+                 more journal segments of {} MiB, and the next snapshot needs about {} MiB (as \
+                 the newest); free space or move the archive before it fills (the journal then \
+                 refuses writes)",
                 mib(free_bytes),
-                segments,
-                mib(segment_len)
+                free_bytes / segment_len,
+                mib(segment_len),
+                mib(snapshot_len)
             ),
             (true, false) => tracing::info!(
                 target: "ringfence",

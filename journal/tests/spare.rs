@@ -12,6 +12,7 @@ use ringfence_journal::datadir::DiskRoom;
 use ringfence_journal::fault::{FAULT_FREE_BYTES, Failure, FaultStorage};
 use ringfence_journal::format::segment_name;
 use ringfence_journal::recovery::recover_from;
+use ringfence_journal::snapshot::snapshot_name;
 use ringfence_journal::spare::{DISK_CHECK_EVERY, SPARE_NAME};
 use ringfence_journal::storage::Storage;
 use ringfence_journal::workload::Workload;
@@ -233,15 +234,37 @@ fn the_helper_publishes_the_free_disk_space_and_follows_it() {
     wait_until("a first look at the disk", || dir.disk_room().is_some());
     let segment_len = options(Durability::Batch).segment_len;
     let room = dir.disk_room().unwrap();
-    assert_eq!(room, DiskRoom { free_bytes: FAULT_FREE_BYTES, segment_len });
+    assert_eq!(room, DiskRoom { free_bytes: FAULT_FREE_BYTES, segment_len, snapshot_len: 0 });
     let gauges = room.gauges();
     assert_eq!(gauges[0], ("ringfence_data_dir_free_bytes", gauges[0].1, FAULT_FREE_BYTES));
     assert_eq!(gauges[1].2, FAULT_FREE_BYTES / segment_len, "segments of room");
+    assert_eq!(gauges[2], ("ringfence_data_dir_low_space", gauges[2].1, 0));
+    // The newest snapshot's size is read with the free space (a file by a snapshot's name).
+    disk.write_file(&snapshot_name(Sequence(500)), &vec![7; 12_345]).unwrap();
+    disk.write_file(&snapshot_name(Sequence(400)), &vec![7; 99_999]).unwrap();
+    wait_until("the snapshot's size", || dir.disk_room().unwrap().snapshot_len == 12_345);
     // Another file's writes failing as a full disk's would: the disk is now full.
     disk.fail_matching("ballast");
     wait_until("the full disk to be seen", || dir.disk_room().unwrap().free_bytes == 0);
-    assert_eq!(dir.disk_room().unwrap().gauges()[1].2, 0, "segments of room on a full disk");
+    let gauges = dir.disk_room().unwrap().gauges();
+    assert_eq!((gauges[1].2, gauges[2].2), (0, 1), "no room and low: {gauges:?}");
     disk.clear_faults();
     let freed = || dir.disk_room().unwrap().free_bytes == FAULT_FREE_BYTES;
     wait_until("the freed disk to be seen", freed);
+}
+
+#[test]
+fn low_space_is_less_than_the_next_snapshot_and_four_segments() {
+    // Goal: the warning counts what the node will soon write — a snapshot as large as the
+    // newest, and four segments — not segments alone: with a large state, room for many
+    // segments can still be short of the next snapshot.
+    let segment_len = 1 << 20;
+    let room = |free_bytes, snapshot_len| DiskRoom { free_bytes, segment_len, snapshot_len };
+    let needed = 4 * segment_len + (300 << 20);
+    assert!(room(needed - 1, 300 << 20).low(), "short by a byte");
+    assert!(!room(needed, 300 << 20).low(), "exactly enough");
+    assert!(room(100 * segment_len, 300 << 20).low(), "100 segments, short of the snapshot");
+    assert!(!room(4 * segment_len, 0).low(), "no snapshot yet: four segments are enough");
+    assert!(room(4 * segment_len - 1, 0).low(), "fewer than four segments");
+    assert!(room(0, u64::MAX).low(), "no overflow with a snapshot of every byte");
 }

@@ -142,7 +142,8 @@ fn gauge(metrics: &str, name: &str) -> Option<u64> {
 #[test]
 fn a_disk_running_low_is_logged_and_shown_while_writes_still_succeed() {
     // Goal: the node watches its disk: `/metrics` shows the free space, a log line warns when
-    // it falls below four segments' worth — while the open segment still takes writes — and
+    // it falls short of the next snapshot and four segments — while the open segment still
+    // takes writes — and
     // another says when there is room again. Fails without the helper's periodic look: the
     // ballast arrives after the spare is made, and no segment starts to notice it.
     let temp = TempDir::new("disk-low");
@@ -168,6 +169,7 @@ fn a_disk_running_low_is_logged_and_shown_while_writes_still_succeed() {
     assert!(warning.contains("room for 0 more journal segments"), "{warning}");
     let (_, metrics) = node.get_text("/metrics");
     assert_eq!(gauge(&metrics, "ringfence_data_dir_free_segments"), Some(0), "{metrics}");
+    assert_eq!(gauge(&metrics, "ringfence_data_dir_low_space"), Some(1), "{metrics}");
     assert!(gauge(&metrics, "ringfence_data_dir_free_bytes") < Some(65_536), "{metrics}");
     // Warned ahead: the open segment was allocated in full and still takes reservations.
     assert_eq!(reserve(&node, 1).0, 201, "a write refused while the segment had room");
@@ -176,6 +178,7 @@ fn a_disk_running_low_is_logged_and_shown_while_writes_still_succeed() {
     node.wait_for_log("has room again", Duration::from_secs(10));
     let (_, metrics) = node.get_text("/metrics");
     assert!(gauge(&metrics, "ringfence_data_dir_free_segments") >= Some(4), "{metrics}");
+    assert_eq!(gauge(&metrics, "ringfence_data_dir_low_space"), Some(0), "{metrics}");
     drop(node);
     drop(mount);
 }
