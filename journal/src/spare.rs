@@ -24,7 +24,7 @@
 use std::io;
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::datadir::{DataDir, DiskRoom};
 use crate::format::{SEGMENT_LEN_MIN, SEGMENT_MAGIC};
@@ -59,16 +59,19 @@ struct Helper<S: Storage> {
     retrying: Option<(u64, usize, io::Error)>,
     /// The journal's segment length, once a spare was asked for.
     segment_len: Option<u64>,
-    /// The free space was below [`LOW_DISK_SEGMENTS`] at the last look.
+    /// The free space was short at the last look ([`DiskRoom::low`]).
     low: bool,
 }
 
 impl<S: Storage> Helper<S> {
     fn run(mut self, inbox: &mpsc::Receiver<Job<S::Segment>>) {
+        // On a schedule of its own: jobs arriving more often than that do not put it off.
+        let mut next_look = Instant::now() + self.check_every;
         loop {
             // A spare being retried was asked for, so its length is known.
             debug_assert!(self.retrying.is_none() || self.segment_len.is_some());
-            let answered = match inbox.recv_timeout(self.check_every) {
+            let wait = next_look.saturating_duration_since(Instant::now());
+            let answered = match inbox.recv_timeout(wait) {
                 Ok(Job::Prepare { len, prefault }) => {
                     assert!(self.retrying.is_none(), "a spare asked for before the last was taken");
                     self.segment_len = Some(len);
@@ -89,6 +92,7 @@ impl<S: Storage> Helper<S> {
                     let retry = self.retrying.as_ref().map(|&(len, prefault, _)| (len, prefault));
                     let answered = retry.is_none_or(|(len, prefault)| self.attempt(len, prefault));
                     self.check_disk();
+                    next_look = Instant::now() + self.check_every;
                     answered
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
