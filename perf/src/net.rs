@@ -763,8 +763,18 @@ impl ServerCpu {
     }
 }
 
+/// The share of a core this process uses while the calling thread sleeps for `seconds`: what
+/// its other threads cost with nothing to do, when nothing is offered to them.
+pub(crate) fn idle_share_over(seconds: f64) -> f64 {
+    let cpu = cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID);
+    let start = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let used = cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu;
+    used / start.elapsed().as_secs_f64()
+}
+
 /// The CPU time `clock` (a process or thread CPU clock) has counted, in seconds.
-pub(crate) fn cpu_seconds(clock: libc::clockid_t) -> f64 {
+fn cpu_seconds(clock: libc::clockid_t) -> f64 {
     let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `time` is a valid, writable timespec; the call only writes it.
     let status = unsafe { libc::clock_gettime(clock, &mut time) };
@@ -881,6 +891,15 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
             "http ({variant}): loopback keep-alive, pipelined, {} connections, one \
              load-generator thread (mio); server: {}",
             run.connections, server.description
+        ));
+        // What the server costs before any client comes: its event loop, node, snapshot
+        // writer and journal helper, waiting.
+        let idle_seconds = plan.seconds.min(2.0);
+        let idle = idle_share_over(idle_seconds);
+        report.note(&format!(
+            "  {variant}: idle, no client yet: {:.2}% of a core over {idle_seconds:.1} s \
+             (process CPU time; goal < 1%)",
+            idle * 100.0
         ));
         let context = [("server", serde_json::Value::from(server.description.clone()))];
         let mut protocol = HttpReserve { nonce: nonce() };

@@ -354,14 +354,10 @@ fn idle_share(layout: &Layout, seconds: f64) -> f64 {
     let (node, session) = start_set_up(layout);
     // Past the spin and yield phases of the stages that just worked.
     std::thread::sleep(Duration::from_millis(50));
-    let cpu = crate::net::cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID);
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(seconds));
-    let used = crate::net::cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu;
-    let elapsed = start.elapsed().as_secs_f64();
+    let share = crate::net::idle_share_over(seconds);
     drop(session);
     node.shutdown().expect("the node drains");
-    used / elapsed
+    share
 }
 
 /// The scenario of a row at `rate` (`None`: max).
