@@ -27,7 +27,7 @@ pub use command::{Action, Command, CreateCouponBatch, CreateSku, Query, Reserve,
 pub use config::{ConfigError, EngineConfig};
 pub use engine::{
     Engine, EngineImage, EngineMemory, EngineStatus, Event, IMAGE_FORMAT_VERSION, ImageDecodeError,
-    RestoreError,
+    Lookahead, RestoreError,
 };
 pub use outcome::{
     BatchView, CouponState, CouponView, OrderState, OrderView, Outcome, Rejection, SkuView,

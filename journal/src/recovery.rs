@@ -7,7 +7,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
+use ringfence_core::{Engine, EngineConfig, Epoch, Lookahead, Sequence};
 
 use crate::datadir::{self, DataDir, DirCheck};
 use crate::epoch::{EPOCH_FILE, Epochs};
@@ -176,11 +176,19 @@ pub fn recover_from<S: Storage>(
         _ => {}
     }
     let mut replayed = 0;
+    // Each record is hinted as it is read and applied a few records later, as the pipeline's
+    // processor does: the same state, sooner.
+    let mut ahead = Lookahead::default();
     scan::read_pipelined(&mut source, &layout, start, &mut |record| {
-        engine.apply(&record.sequenced());
+        ahead.push(&mut engine, record.sequenced(), |engine, command| {
+            engine.apply(command);
+        });
         replayed += 1;
         ControlFlow::Continue(())
     })?;
+    ahead.finish(&mut engine, |engine, command| {
+        engine.apply(command);
+    });
     // Every record after the snapshot was replayed, and none before it.
     let expected = journal_last.map_or(0, |last| last.0.saturating_sub(through.0));
     assert_eq!(replayed, expected, "replay skipped or repeated records");

@@ -54,7 +54,8 @@ use std::time::{Duration, Instant};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::record;
 use ringfence_core::{
-    Command, Engine, EngineConfig, EngineImage, RestoreError, Sequence, Sequenced, SkuId, Timestamp,
+    Command, Engine, EngineConfig, EngineImage, Lookahead, RestoreError, Sequence, Sequenced,
+    SkuId, Timestamp,
 };
 
 use crate::datadir::{self, DataDir};
@@ -1291,18 +1292,33 @@ impl<S: Storage> Shadow<S> {
 /// Decodes whole records and applies them in order; returns how many.
 fn apply_records(engine: &mut Engine, mut records: &[u8]) -> Result<u64, String> {
     let mut applied = 0;
+    // Hinted as decoded, applied a few records later (as recovery does); all of them applied
+    // before returning, a record that fails to decode or not.
+    let mut ahead = Lookahead::default();
+    let mut next = engine.last_sequence().next();
+    let mut decoded = Ok(());
     while !records.is_empty() {
-        let (header, sequenced, len) = record::decode(records).map_err(|error| {
-            format!("decoding the record after {}: {error}", engine.last_sequence())
-        })?;
+        let (header, sequenced, len) = match record::decode(records) {
+            Ok(record) => record,
+            Err(error) => {
+                decoded = Err(format!("decoding the record after {}: {error}", next.0 - 1));
+                break;
+            }
+        };
         // The tail hands over whole records, in sequence.
         assert!(len <= records.len() && len % record::RECORD_ALIGN == 0, "a part of a record");
-        assert_eq!(header.sequence, engine.last_sequence().next(), "a record out of sequence");
-        engine.apply(&sequenced);
+        assert_eq!(header.sequence, next, "a record out of sequence");
+        ahead.push(engine, sequenced, |engine, command| {
+            engine.apply(command);
+        });
+        next = next.next();
         records = &records[len..];
         applied += 1;
     }
-    Ok(applied)
+    ahead.finish(engine, |engine, command| {
+        engine.apply(command);
+    });
+    decoded.map(|()| applied)
 }
 
 /// What a snapshot job came to, for the stats.

@@ -13,7 +13,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced};
+use ringfence_core::{Engine, EngineConfig, Epoch, Lookahead, Sequence, Sequenced};
 use ringfence_journal::recovery::recover_from;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot;
@@ -71,23 +71,26 @@ pub fn bench(report: &mut Report, size: Size) {
          alternating; histograms are mean ns per command over {CHUNK}-command chunks",
         bytes as f64 / (1 << 20) as f64
     ));
-    let mut best: [Option<Row>; 4] = [None, None, None, None];
+    let mut best: [Option<Row>; 5] = [None, None, None, None, None];
     let mut engine = None;
     for _ in 0..2 {
-        let (row, _) = blp_alone(&commands, &config);
-        keep_best(&mut best[0], row);
-        keep_best(&mut best[1], decode_only(&dir));
+        keep_best(&mut best[0], blp_alone(&commands, &config, false));
+        keep_best(&mut best[1], blp_alone(&commands, &config, true));
+        keep_best(&mut best[2], decode_only(&dir));
         let (row, _) = journal_replay(&dir, &config, false);
-        keep_best(&mut best[2], row);
-        let (row, replayed) = journal_replay(&dir, &config, true);
         keep_best(&mut best[3], row);
+        let (row, replayed) = journal_replay(&dir, &config, true);
+        keep_best(&mut best[4], row);
         engine = Some(replayed);
     }
     for row in best.into_iter().flatten() {
         report.push(row);
     }
+    // Against the same commands applied from memory the same way: what reading the journal
+    // costs; and against applying them one at a time.
+    report.ratio("replay", "journal_replay", "blp_alone_lookahead");
     report.ratio("replay", "journal_replay", "blp_alone");
-    report.ratio("replay", "journal_replay_1_thread", "blp_alone");
+    report.ratio("replay", "journal_replay_1_thread", "blp_alone_lookahead");
     report.ratio("replay", "decode_only", "blp_alone");
     if let Some(engine) = engine {
         snapshot_pause(report, &engine, &dir);
@@ -185,18 +188,34 @@ fn write_journal(dir: &BenchDir, commands: &[Sequenced], config: &EngineConfig) 
     writer.sync_now().expect("sync");
 }
 
-fn blp_alone(commands: &[Sequenced], config: &EngineConfig) -> (Row, Engine) {
+/// The commands applied from memory: one at a time (`blp_alone`), or each hinted eight
+/// commands before it is applied (`blp_alone_lookahead`, as the replay applies them).
+fn blp_alone(commands: &[Sequenced], config: &EngineConfig, lookahead: bool) -> Row {
     let mut engine = Engine::new(config.clone());
     let mut timing = Chunked::new();
     let started = Instant::now();
-    for command in commands {
-        std::hint::black_box(engine.apply(command));
-        timing.tick();
+    if lookahead {
+        let mut ahead = Lookahead::default();
+        for command in commands {
+            ahead.push(&mut engine, *command, |engine, command| {
+                std::hint::black_box(engine.apply(command));
+                timing.tick();
+            });
+        }
+        ahead.finish(&mut engine, |engine, command| {
+            std::hint::black_box(engine.apply(command));
+            timing.tick();
+        });
+    } else {
+        for command in commands {
+            std::hint::black_box(engine.apply(command));
+            timing.tick();
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let row = Row::new("replay", "blp_alone", commands.len() as u64, seconds, timing.histogram)
-        .with("source", "commands in memory");
-    (row, engine)
+    let variant = if lookahead { "blp_alone_lookahead" } else { "blp_alone" };
+    Row::new("replay", variant, commands.len() as u64, seconds, timing.histogram)
+        .with("source", "commands in memory")
 }
 
 fn decode_only(dir: &BenchDir) -> Row {
@@ -225,18 +244,26 @@ fn journal_replay(dir: &BenchDir, config: &EngineConfig, pipelined: bool) -> (Ro
     let layout = scan::scan(&mut source).expect("scan");
     let mut engine = Engine::new(config.clone());
     let mut timing = Chunked::new();
+    // As recovery applies them: each record hinted as it is read, applied a few later.
+    let mut ahead = Lookahead::default();
     let mut apply = |record: &scan::Record| {
-        std::hint::black_box(engine.apply(&record.sequenced()));
-        timing.tick();
+        ahead.push(&mut engine, record.sequenced(), |engine, command| {
+            std::hint::black_box(engine.apply(command));
+            timing.tick();
+        });
         ControlFlow::Continue(())
     };
     let read = if pipelined { scan::read_pipelined } else { scan::read };
     read(&mut source, &layout, Sequence(1), &mut apply).expect("read");
+    ahead.finish(&mut engine, |engine, command| {
+        std::hint::black_box(engine.apply(command));
+        timing.tick();
+    });
     let seconds = started.elapsed().as_secs_f64();
     let (variant, source) = if pipelined {
-        ("journal_replay", "scan + decode on a reader thread, apply on this one")
+        ("journal_replay", "scan + decode on a reader thread, apply (lookahead) on this one")
     } else {
-        ("journal_replay_1_thread", "scan + decode + apply on one thread")
+        ("journal_replay_1_thread", "scan + decode + apply (lookahead) on one thread")
     };
     let row =
         Row::new("replay", variant, timing.count, seconds, timing.histogram).with("source", source);

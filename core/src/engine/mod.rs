@@ -9,6 +9,7 @@
 mod catalog;
 mod image;
 mod layout;
+mod lookahead;
 mod orders;
 mod table;
 #[cfg(test)]
@@ -31,6 +32,7 @@ use crate::types::{
 
 pub use image::{EngineImage, RestoreError};
 pub use layout::{IMAGE_FORMAT_VERSION, ImageDecodeError};
+pub use lookahead::Lookahead;
 
 /// Something that happened without a command asking for it, reported to an observer and
 /// folded into the running hash (canonical encoding in [`crate::codec`]).
