@@ -764,11 +764,10 @@ impl<S: Storage> Snapshotter<S> {
             Snapshotter::pair(dir, policy, config, Some(RECORD_VISIBLE_WAIT));
         let priority = snapshotter.policy.writer;
         let worker_tid = Arc::clone(&snapshotter.worker_tid);
+        let cancel = Arc::clone(&snapshotter.cancel);
         let worker = std::thread::Builder::new()
             .name("ringfence-snapshot".to_owned())
             .spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                worker_tid.store(unsafe { libc::gettid() }, Ordering::Release);
                 // Only a hint: a writer left at normal priority still writes every snapshot.
                 if let Err(error) = priority.apply_to_this_thread() {
                     tracing::warn!(
@@ -776,6 +775,13 @@ impl<S: Storage> Snapshotter<S> {
                         "snapshot writer: cannot run at {priority} priority ({error}); it runs \
                          at normal priority"
                     );
+                }
+                // Published once the priority is set; a stop that began before it could see
+                // the id (`stopping` raises the writer) is seen here: either way it is raised.
+                // SAFETY: gettid has no preconditions.
+                worker_tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+                if priority == WriterPriority::Idle && cancel.load(Ordering::SeqCst) {
+                    let _ = set_policy(0, libc::SCHED_OTHER);
                 }
                 writer.run_until_closed();
             })
@@ -881,8 +887,10 @@ impl<S: Storage> Snapshotter<S> {
     /// thread gets on a busy machine (what it is still doing is the image it is writing, past
     /// its last cancel check, or a record batch). Nothing is served any more to yield to.
     pub fn stopping(&self) {
-        self.cancel.store(true, Ordering::Release);
-        let tid = self.worker_tid.load(Ordering::Acquire);
+        // Sequentially consistent with the writer's publication of its id: one of the two
+        // sees the other's store.
+        self.cancel.store(true, Ordering::SeqCst);
+        let tid = self.worker_tid.load(Ordering::SeqCst);
         if self.policy.writer != WriterPriority::Idle || tid == 0 || self.worker.is_none() {
             return;
         }
