@@ -142,6 +142,8 @@ impl<S: Storage> Helper<S> {
         let Some(segment_len) = self.segment_len else { return };
         let storage = self.dir.storage();
         let Ok(free_bytes) = storage.free_bytes() else { return };
+        // u64::MAX marks space not yet read; a file system that large is counted a byte short.
+        let free_bytes = free_bytes.min(u64::MAX - 1);
         // The newest snapshot, by name; none yet (or none readable) counts as empty.
         let newest = crate::snapshot::list(storage).ok().and_then(|found| found.last().cloned());
         let snapshot_len = newest.and_then(|(_, name)| storage.file_len(&name).ok()).unwrap_or(0);

@@ -26,7 +26,8 @@ const _: () = assert!(Lookahead::DISTANCE >= 1 && Lookahead::DISTANCE <= 64);
 
 impl Default for Lookahead {
     fn default() -> Self {
-        let held = VecDeque::with_capacity(Lookahead::DISTANCE);
+        // One more than the distance: a command is pushed before the oldest leaves.
+        let held = VecDeque::with_capacity(Lookahead::DISTANCE + 1);
         Lookahead { held, pushed: None, applied: None }
     }
 }
