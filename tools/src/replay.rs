@@ -1,6 +1,7 @@
 //! `ringfence replay`: rebuild the engine's state at a sequence or a time from snapshot and
 //! journal, print its state hash and a summary, and optionally export every outcome.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use ringfence_core::{Engine, EngineConfig, Sequence, Timestamp};
+use ringfence_core::{Engine, EngineConfig, Epoch, Lookahead, Sequence, Sequenced, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot::{self, SnapshotMeta};
@@ -75,6 +76,39 @@ struct Tally {
     last_sequence: Option<Sequence>,
 }
 
+/// Applies each record handed over, in order, tallies it and exports its outcome.
+struct Applier {
+    tally: Tally,
+    export: Option<BufWriter<File>>,
+    export_error: Option<std::io::Error>,
+    /// The epochs of the records read and not yet applied, in order.
+    epochs: VecDeque<Epoch>,
+}
+
+impl Applier {
+    fn apply(&mut self, engine: &mut Engine, command: &Sequenced) {
+        let epoch = self.epochs.pop_front().expect("every record read has its epoch");
+        let mut events = Vec::new();
+        let outcome = engine.apply_observed(command, &mut |event| events.push(event));
+        self.tally.replayed += 1;
+        self.tally.last_sequence = Some(command.sequence);
+        let Some(out) = self.export.as_mut().filter(|_| self.export_error.is_none()) else {
+            return;
+        };
+        let mut line = json!({
+            "sequence": command.sequence.0, "timestamp_ms": command.timestamp.0,
+            "epoch": epoch.0, "command": json::command(&command.command),
+            "outcome": json::outcome(&outcome),
+        });
+        if !events.is_empty() {
+            line["events"] = events.iter().map(json::event).collect();
+        }
+        if let Err(error) = writeln!(out, "{line}") {
+            self.export_error = Some(error);
+        }
+    }
+}
+
 /// Runs `ringfence replay`.
 pub fn run(args: &ReplayArgs) -> ExitCode {
     match replay(args) {
@@ -105,8 +139,8 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         }
         _ => {}
     }
-    let mut tally = Tally::default();
-    let mut export = match &args.export {
+    let tally = Tally::default();
+    let export = match &args.export {
         Some(path) => Some(BufWriter::new(
             File::create(path)
                 .map_err(|e| JournalError::io(format!("creating {}", path.display()), e))?,
@@ -119,34 +153,29 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     // The summary is printed after the bar is cleared, so the bar shares the terminal with
     // nothing.
     let progress = progress::records_bar(total, "commands replayed", false);
-    let mut export_error = None;
-    scan::read_pipelined(&mut source, &layout, start, &mut |record| {
+    let mut applier = Applier { tally, export, export_error: None, epochs: VecDeque::new() };
+    // As recovery replays: each record hinted as it is read, applied a few records later.
+    let mut ahead = Lookahead::default();
+    let read = scan::read_pipelined(&mut source, &layout, start, &mut |record| {
         if record.sequence > limits.until_seq || record.timestamp > limits.until_time {
             return ControlFlow::Break(());
         }
-        let mut events = Vec::new();
-        let outcome = engine.apply_observed(&record.sequenced(), &mut |event| events.push(event));
-        tally.replayed += 1;
-        tally.last_sequence = Some(record.sequence);
-        if let Some(out) = export.as_mut() {
-            let mut line = json!({
-                "sequence": record.sequence.0, "timestamp_ms": record.timestamp.0,
-                "epoch": record.epoch.0, "command": json::command(&record.command),
-                "outcome": json::outcome(&outcome),
-            });
-            if !events.is_empty() {
-                line["events"] = events.iter().map(json::event).collect();
-            }
-            if let Err(error) = writeln!(out, "{line}") {
-                export_error = Some(error);
-                return ControlFlow::Break(());
-            }
+        applier.epochs.push_back(record.epoch);
+        ahead.push(&mut engine, record.sequenced(), |engine, command| {
+            applier.apply(engine, command);
+        });
+        if applier.tally.replayed % progress::UPDATE_EVERY == 0 {
+            progress.set_position(applier.tally.replayed);
         }
-        if tally.replayed % progress::UPDATE_EVERY == 0 {
-            progress.set_position(tally.replayed);
+        if applier.export_error.is_some() {
+            return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
-    })?;
+    });
+    // Whatever ended the reading, every record read is applied.
+    ahead.finish(&mut engine, |engine, command| applier.apply(engine, command));
+    read?;
+    let Applier { tally, export, export_error, .. } = applier;
     progress.finish_and_clear();
     if let Some(error) = export_error {
         return Err(JournalError::io("writing the export", error));
