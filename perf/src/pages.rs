@@ -5,7 +5,7 @@
 //! per pass: page faults on first touch, and TLB misses on 4 KiB pages. This global allocator
 //! serves every allocation of at least 2 MiB from its own `mmap` regions and keeps freed ones
 //! in a small cache, so the next engine of the same workload reuses pages already faulted in,
-//! as a node that pre-touches its memory at start would. Each region keeps the page mode in
+//! as a node does (its engine writes every table at start). Each region keeps the page mode in
 //! force when it was mapped: the system's default (no advice; what every benchmark gets unless
 //! it asks), 4 KiB pages (`MADV_NOHUGEPAGE`) or transparent huge pages (`MADV_HUGEPAGE`), so one
 //! run can measure the engine on both sizes.

@@ -423,10 +423,10 @@ fn engine_memory_comment(config: &ringfence_core::EngineConfig) -> String {
     let memory = ringfence_core::Engine::memory(config);
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     format!(
-        "# [engine] tables: {:.0} MiB allocated at start, {:.0} MiB of it (the indexes) written \
-         at start; a node taking snapshots holds a second engine of the same size",
+        "# [engine] tables: {:.0} MiB, allocated and written at start ({:.0} MiB of indexes, the \
+         rest entries); a node taking snapshots holds a second engine of the same size",
         mib(memory.allocated_bytes),
-        mib(memory.written_at_start_bytes)
+        mib(memory.index_bytes)
     )
 }
 

@@ -24,7 +24,6 @@
 //! wait in the heap to be skipped, and two equal states may hold different stale ones.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
@@ -255,7 +254,6 @@ impl Engine {
         engine.skus.extend_from_slice(&image.skus);
         engine.orders.extend_from_slice(&image.orders);
         engine.finished.extend(image.finished.iter().copied());
-        engine.deadlines = BinaryHeap::with_capacity(engine.deadlines.capacity());
         engine.deadlines.extend(image.deadlines.iter().map(|d| Reverse(*d)));
         engine.holdings.extend(image.holdings.iter().map(|&(u, s, n)| ((u, s), n)));
         engine.batches.extend_from_slice(&image.batches);
@@ -274,7 +272,8 @@ impl Engine {
         // The pair of the digest a snapshot records: computed from the image, or from the
         // engine it restored to, it is the same.
         debug_assert_eq!(engine.state_digest(), image.state_digest(), "restore changed state");
-        // The heap was rebuilt: it keeps the room `push_deadline` counts on.
+        // Filled in place: the heap keeps the room, written at start, that `push_deadline`
+        // counts on.
         assert!(engine.deadlines.capacity() > engine.config.orders_max as usize);
         Ok(engine)
     }

@@ -75,11 +75,12 @@ pub struct EngineStatus {
 /// What an engine's tables take, in bytes ([`Engine::memory`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineMemory {
-    /// Everything the tables allocate at start; the engine allocates nothing more.
+    /// Everything the tables allocate at start, all of it written then too, so that no
+    /// command faults a page in later; the engine allocates nothing more.
     pub allocated_bytes: u64,
-    /// The part written at start: the index tables, so that no lookup faults a page in later.
-    /// The rest (order, request-key, coupon and deadline storage) is touched as it fills.
-    pub written_at_start_bytes: u64,
+    /// The part that is index tables; the rest holds the entries (SKUs, orders, request keys,
+    /// deadlines, batches and coupons).
+    pub index_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,20 +258,20 @@ impl Engine {
             last_sequence: Sequence(0),
             running_hash: 0,
             ids: Snowflake::new(config.shard),
-            skus: Vec::with_capacity(config.skus_max as usize),
+            skus: table::written_vec(config.skus_max as usize),
             sku_index: fixed_map(config.skus_max),
-            orders: Vec::with_capacity(orders_max),
+            orders: table::written_vec(orders_max),
             order_index: fixed_map(config.orders_max),
-            finished: VecDeque::with_capacity(orders_max),
-            deadlines: BinaryHeap::with_capacity(2 * orders_max),
+            finished: VecDeque::from(table::written_vec(orders_max)),
+            deadlines: BinaryHeap::from(table::written_vec(2 * orders_max)),
             orders_reserved: 0,
             holdings: fixed_map(config.holdings_max),
-            batches: Vec::with_capacity(config.batches_max as usize),
+            batches: table::written_vec(config.batches_max as usize),
             batch_index: fixed_map(config.batches_max),
-            coupons: Vec::with_capacity(config.coupons_max as usize),
+            coupons: table::written_vec(config.coupons_max as usize),
             coupon_index: fixed_map(config.coupons_max),
             claims: fixed_map(config.coupons_max),
-            keys: VecDeque::with_capacity(config.request_keys_max as usize),
+            keys: VecDeque::from(table::written_vec(config.request_keys_max as usize)),
             keys_head: 0,
             key_index: fixed_map(config.request_keys_max),
             shares: fixed_map(shares_max(&config)),
@@ -285,8 +286,8 @@ impl Engine {
         engine
     }
 
-    /// The memory an engine with `config` allocates at start, computed from the capacities
-    /// without allocating it.
+    /// The memory an engine with `config` allocates and writes at start, computed from the
+    /// capacities without allocating it.
     #[must_use]
     pub fn memory(config: &EngineConfig) -> EngineMemory {
         use std::mem::size_of;
@@ -310,12 +311,12 @@ impl Engine {
             size_of::<Coupon>() * config.coupons_max as usize,
             size_of::<KeyEntry>() * config.request_keys_max as usize,
         ];
-        let written: usize = indexes.iter().sum();
-        let allocated = written + storage.iter().sum::<usize>();
+        let index_bytes: usize = indexes.iter().sum();
+        let allocated = index_bytes + storage.iter().sum::<usize>();
         // Every table has room for at least one entry (`validate`), so every index has slots.
         assert!(indexes.iter().all(|&bytes| bytes > 0), "an index of no slots");
-        assert!(written <= allocated);
-        EngineMemory { allocated_bytes: allocated as u64, written_at_start_bytes: written as u64 }
+        assert!(index_bytes < allocated, "entries take room too");
+        EngineMemory { allocated_bytes: allocated as u64, index_bytes: index_bytes as u64 }
     }
 
     /// The configuration the engine was started with.

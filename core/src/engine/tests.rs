@@ -1720,7 +1720,7 @@ fn memory_is_what_the_tables_allocate() {
             + e.keys.capacity() * size_of::<super::KeyEntry>();
         let written: usize = indexes.iter().sum();
         let memory = Engine::memory(&config);
-        assert_eq!(memory.written_at_start_bytes, written as u64, "{config:?}");
+        assert_eq!(memory.index_bytes, written as u64, "{config:?}");
         assert_eq!(memory.allocated_bytes, (written + vectors) as u64, "{config:?}");
     }
     let without = Engine::memory(&EngineConfig::small());
