@@ -13,6 +13,7 @@ pub mod command;
 pub mod config;
 pub mod engine;
 pub mod hash;
+pub mod memory;
 #[cfg(feature = "mutations")]
 pub mod mutation;
 pub mod outcome;

@@ -232,6 +232,8 @@ fn measure(report: &mut Report, workload: &Workload, context: &Context) {
             continue;
         }
         pages::set_page_mode(if huge_pages { PageMode::Huge } else { PageMode::Small });
+        // The engine advises its own tables onto huge pages, over the region's advice.
+        ringfence_core::memory::set_huge_pages(huge_pages);
         let colds: Vec<Pass> = group.iter().map(|v| engine_pass(workload, v)).collect();
         let mut passes: Vec<Passes> = group.iter().map(|_| Passes::default()).collect();
         for _ in 0..context.sizes.passes {

@@ -61,7 +61,7 @@ pub(super) fn warm<T>(entry: &T, bytes_past: usize) {
 /// command: no command's path takes a page fault. A table filled in order would otherwise fault
 /// a page in every few dozen entries, and each fault clears a page on the BLP's thread.
 pub(super) fn written_vec<T>(capacity: usize) -> Vec<T> {
-    let mut vec = Vec::with_capacity(capacity);
+    let mut vec = crate::memory::table_vec(capacity);
     let spare = vec.spare_capacity_mut();
     let bytes = size_of_val(spare);
     // SAFETY: the pointer and length are the vector's own capacity, which it owns and has not
@@ -190,8 +190,10 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
         assert!(slot_count > max as usize);
         // Probe runs stay short only while at most half the slots are full.
         assert!(slot_count >= 2 * max as usize, "fewer than two slots per entry");
+        let mut slots = crate::memory::table_vec(slot_count);
+        slots.resize(slot_count, None);
         let map = FixedMap {
-            slots: vec![None; slot_count],
+            slots,
             mask: slot_count - 1,
             bits: slot_count.trailing_zeros(),
             len: 0,
