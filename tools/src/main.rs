@@ -9,6 +9,7 @@ mod client_cmd;
 mod config_cmd;
 mod journal_cmd;
 mod json;
+mod memory;
 mod progress;
 mod replay;
 mod replication;

@@ -347,14 +347,22 @@ pub(crate) fn read_config(path: &Path) -> Result<FileConfig, String> {
 }
 
 /// The checks `serve` makes of a config file's values before it touches the data directory
-/// (`ringfence config check`): durability, engine capacities, the node's settings.
+/// (`ringfence config check`): durability, engine capacities, the node's settings, and that
+/// this machine has the memory the engines need.
 pub(crate) fn check_config(file: &FileConfig) -> Result<(), String> {
     file.node.durability.parse::<Durability>().map_err(|e| format!("[node] durability: {e}"))?;
     file.node.snapshot_writer.parse::<WriterPriority>().map_err(|e| format!("[node] {e}"))?;
     let engine = file.engine.to_config();
     engine.validate().map_err(|e| format!("[engine] {e}"))?;
+    crate::memory::check_available(&engine, engines(file))?;
     file.node.to_config(engine, Epoch(1), Intake::Sequencer)?;
     Ok(())
+}
+
+/// Engines a node with this configuration builds: its own, and the snapshot writer's shadow of
+/// the same size under periodic snapshots.
+fn engines(file: &FileConfig) -> u64 {
+    if file.node.snapshot_every_commands.is_some() { 2 } else { 1 }
 }
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
@@ -370,6 +378,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let durability: Durability = durability_text.parse()?;
     let engine_config = file.engine.to_config();
     engine_config.validate().map_err(|e| format!("[engine] {e}"))?;
+    crate::memory::check_available(&engine_config, engines(&file))?;
     let snapshot_writer: WriterPriority =
         file.node.snapshot_writer.parse().map_err(|e| format!("[node] {e}"))?;
     let mut server_config = file.server.clone();

@@ -78,6 +78,34 @@ fn serve_refuses_a_bad_config_file_with_a_clear_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn serve_refuses_capacities_the_machine_cannot_hold_before_recovery() {
+    // Goal: an engine writes every table at start, so capacities beyond the machine's memory
+    // are refused up front with the figures (here about 250 GiB for two engines), not met by
+    // the out-of-memory killer while the tables are written; nothing is created in the data
+    // directory but its lock.
+    let dir = temp_dir("toobig");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("ringfence.toml");
+    let engine = "[engine]\nrequest_keys_max = 1073741824\norders_max = 1048576\n";
+    std::fs::write(&config, format!("data_dir = {:?}\n{engine}", dir.join("data"))).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("[engine] the tables need"), "{stderr}");
+    assert!(stderr.contains("2 engine(s)") && stderr.contains("MiB is available"), "{stderr}");
+    let journal = std::fs::read_dir(dir.join("data")).map_or(0, |entries| {
+        entries.filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "ringfence.lock")).count()
+    });
+    assert_eq!(journal, 0, "refused before recovery wrote anything");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn client(node: &Serve, args: &[&str]) -> (i32, serde_json::Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_ringfence"))
         .args(["client", "--addr", &node.binary.to_string()])

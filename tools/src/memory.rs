@@ -1,0 +1,97 @@
+//! Whether the machine can hold the engines a node is about to build.
+//!
+//! An engine allocates and writes every table when it is built ([`Engine::memory`]), so a node
+//! asks for all of it at start, once for its own engine and once more for the snapshot
+//! writer's shadow engine under periodic snapshots. A configuration the machine cannot hold is
+//! refused before recovery begins, with the figures, rather than met by the kernel's
+//! out-of-memory killer halfway through writing the tables.
+
+use std::fs;
+
+use ringfence_core::{Engine, EngineConfig};
+
+const MIB: u64 = 1 << 20;
+
+/// Memory a process may still take: the kernel's `MemAvailable`, lowered to what the memory
+/// cgroup (v2) leaves below its limit. `None` where neither can be read (not Linux).
+fn available_bytes() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok();
+    let system = meminfo.as_deref().and_then(|text| meminfo_field(text, "MemAvailable"));
+    let read = |name: &str| fs::read_to_string(format!("/sys/fs/cgroup/{name}")).ok();
+    let cgroup = match (read("memory.max"), read("memory.current")) {
+        (Some(max), Some(current)) => {
+            let max = max.trim().parse::<u64>().ok();
+            let current = current.trim().parse::<u64>().ok();
+            max.zip(current).map(|(max, current)| max.saturating_sub(current))
+        }
+        _ => None,
+    };
+    match (system, cgroup) {
+        (Some(system), Some(cgroup)) => Some(system.min(cgroup)),
+        (system, cgroup) => system.or(cgroup),
+    }
+}
+
+/// A `/proc/meminfo` field (`Name:   123 kB`), in bytes.
+fn meminfo_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|line| line.split(':').next() == Some(name))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a node whose `engines` engines of `config` need more memory than `available`
+/// bytes; says what they need, what there is, and what to change.
+fn check(config: &EngineConfig, engines: u64, available: u64) -> Result<(), String> {
+    let each = Engine::memory(config).allocated_bytes;
+    let needed = each.saturating_mul(engines);
+    if needed <= available {
+        return Ok(());
+    }
+    let shadow = if engines > 1 {
+        " (the node's own and the snapshot writer's shadow engine, built under periodic \
+         snapshots)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "[engine] the tables need {} MiB of memory, written at start: {engines} engine(s) of {} \
+         MiB{shadow}, and only {} MiB is available. Lower the [engine] capacities \
+         (`ringfence defaults` prints what each costs), or give the node more memory",
+        needed.div_ceil(MIB),
+        each.div_ceil(MIB),
+        available / MIB
+    ))
+}
+
+/// [`check`] against what this machine has available now; passes where that cannot be read.
+pub fn check_available(config: &EngineConfig, engines: u64) -> Result<(), String> {
+    available_bytes().map_or(Ok(()), |available| check(config, engines, available))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_that_fits_passes_and_one_that_does_not_is_refused_with_the_figures() {
+        // Goal: the check compares what the engines allocate with what is available, counts
+        // the shadow engine, and names both figures.
+        let config = EngineConfig::small();
+        let each = Engine::memory(&config).allocated_bytes;
+        assert_eq!(check(&config, 2, 2 * each), Ok(()));
+        let refusal = check(&config, 2, 2 * each - 1).expect_err("one byte short");
+        assert!(refusal.contains("2 engine(s)"), "{refusal}");
+        assert!(refusal.contains("shadow engine"), "{refusal}");
+        assert!(refusal.contains("is available"), "{refusal}");
+        assert!(check(&config, 1, each).is_ok());
+        assert!(!check(&config, 1, each - 1).expect_err("short").contains("shadow"));
+    }
+
+    #[test]
+    fn meminfo_fields_are_read_in_bytes() {
+        // Goal: `MemAvailable` is found by its name, not by a prefix, and converted from KiB.
+        let text = "MemTotal:       24683236 kB\nMemAvailableX:  1 kB\nMemAvailable:   1000 kB\n";
+        assert_eq!(meminfo_field(text, "MemAvailable"), Some(1_024_000));
+        assert_eq!(meminfo_field(text, "SwapFree"), None);
+    }
+}
