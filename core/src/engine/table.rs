@@ -40,12 +40,13 @@ pub(super) const WARM_AHEAD_BYTES: usize = 384;
 /// Starts loading the cache line `bytes_past` bytes after the start of `entry` into the
 /// nearest cache: 0 for the entry itself, [`WARM_AHEAD_BYTES`] for where a table written in
 /// order puts its next entries. Changes nothing. The address may lie past the table's
-/// allocation, where the hint is wasted but harmless: nothing reads it.
+/// allocation, where the hint is wasted but harmless: nothing reads it; so `entry` is a pointer
+/// (a reference coerces to one), and a caller may compute it without a bounds check.
 #[inline(always)]
-pub(super) fn warm<T>(entry: &T, bytes_past: usize) {
+pub(super) fn warm<T>(entry: *const T, bytes_past: usize) {
     // Looking ahead means looking past the entry just written, not inside it.
     debug_assert!(bytes_past == 0 || bytes_past > size_of::<T>(), "a hint inside the entry");
-    let address = (&raw const *entry).wrapping_byte_add(bytes_past);
+    let address = entry.wrapping_byte_add(bytes_past);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults, whatever the address, and does not change
     // memory.
@@ -389,9 +390,12 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     /// later finds it in cache. Changes nothing.
     pub(super) fn prefetch(&self, key: &K) {
         let home = self.home(key);
-        // A probe often runs one slot on, which may sit on the next cache line.
+        // A probe often runs one slot on, which may sit on the next cache line. The slots'
+        // addresses are computed, not indexed: a hint needs no bounds check (and `home` is
+        // masked, so both are slots anyway).
+        let slots = self.slots.as_ptr();
         for index in [home, (home + 1) & self.mask] {
-            warm(&self.slots[index], 0);
+            warm(slots.wrapping_add(index), 0);
         }
     }
 
