@@ -56,7 +56,7 @@ fn check(config: &EngineConfig, engines: u64, available: u64) -> Result<(), Stri
     Err(format!(
         "[engine] the tables need {} MiB of memory, written at start: {engines} engine(s) of {} \
          MiB{shadow}, and only {} MiB is available. Lower the [engine] capacities \
-         (`ringfence defaults` prints what each costs), or give the node more memory",
+         (`ringfence defaults` prints what the default ones take), or give the node more memory",
         needed.div_ceil(MIB),
         each.div_ceil(MIB),
         available / MIB
