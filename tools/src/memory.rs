@@ -39,9 +39,13 @@ fn meminfo_field(text: &str, name: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Refuses a node whose `engines` engines of `config` need more memory than `available`
-/// bytes; says what they need, what there is, and what to change.
-fn check(config: &EngineConfig, engines: u64, available: u64) -> Result<(), String> {
+/// What a node whose engines do not fit can change.
+pub const LOWER_CAPACITIES: &str = "Lower the [engine] capacities (`ringfence defaults` prints \
+                                    what the default ones take), or give the node more memory";
+
+/// Refuses `engines` engines of `config` when they need more memory than `available` bytes;
+/// says what they need, what there is, and then `remedy`.
+fn check(config: &EngineConfig, engines: u64, available: u64, remedy: &str) -> Result<(), String> {
     let each = Engine::memory(config).allocated_bytes;
     let needed = each.saturating_mul(engines);
     if needed <= available {
@@ -55,8 +59,7 @@ fn check(config: &EngineConfig, engines: u64, available: u64) -> Result<(), Stri
     };
     Err(format!(
         "[engine] the tables need {} MiB of memory, written at start: {engines} engine(s) of {} \
-         MiB{shadow}, and only {} MiB is available. Lower the [engine] capacities \
-         (`ringfence defaults` prints what the default ones take), or give the node more memory",
+         MiB{shadow}, and only {} MiB is available. {remedy}",
         needed.div_ceil(MIB),
         each.div_ceil(MIB),
         available / MIB
@@ -64,8 +67,8 @@ fn check(config: &EngineConfig, engines: u64, available: u64) -> Result<(), Stri
 }
 
 /// [`check`] against what this machine has available now; passes where that cannot be read.
-pub fn check_available(config: &EngineConfig, engines: u64) -> Result<(), String> {
-    available_bytes().map_or(Ok(()), |available| check(config, engines, available))
+pub fn check_available(config: &EngineConfig, engines: u64, remedy: &str) -> Result<(), String> {
+    available_bytes().map_or(Ok(()), |available| check(config, engines, available, remedy))
 }
 
 #[cfg(test)]
@@ -78,13 +81,14 @@ mod tests {
         // the shadow engine, and names both figures.
         let config = EngineConfig::small();
         let each = Engine::memory(&config).allocated_bytes;
-        assert_eq!(check(&config, 2, 2 * each), Ok(()));
-        let refusal = check(&config, 2, 2 * each - 1).expect_err("one byte short");
+        assert_eq!(check(&config, 2, 2 * each, LOWER_CAPACITIES), Ok(()));
+        let refusal = check(&config, 2, 2 * each - 1, LOWER_CAPACITIES).expect_err("one byte");
         assert!(refusal.contains("2 engine(s)"), "{refusal}");
         assert!(refusal.contains("shadow engine"), "{refusal}");
-        assert!(refusal.contains("is available"), "{refusal}");
-        assert!(check(&config, 1, each).is_ok());
-        assert!(!check(&config, 1, each - 1).expect_err("short").contains("shadow"));
+        assert!(refusal.contains("is available") && refusal.ends_with("more memory"), "{refusal}");
+        assert!(check(&config, 1, each, "x").is_ok());
+        let alone = check(&config, 1, each - 1, "Replay elsewhere").expect_err("short");
+        assert!(!alone.contains("shadow") && alone.ends_with("Replay elsewhere"), "{alone}");
     }
 
     #[test]

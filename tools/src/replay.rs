@@ -237,6 +237,13 @@ fn starting_point(
 ) -> Result<(Engine, Option<SnapshotMeta>), JournalError> {
     let config =
         layout.segments.first().map_or_else(EngineConfig::default, |s| s.header.config.clone());
+    // The capacities are the journal's, recorded by the node that wrote it.
+    let remedy = "Replay on a machine with more memory: the capacities are those the journal \
+                  was written with";
+    crate::memory::check_available(&config, 1, remedy).map_err(|refusal| JournalError::Io {
+        context: "building the engine to replay into".into(),
+        source: std::io::Error::new(std::io::ErrorKind::OutOfMemory, refusal),
+    })?;
     if args.from_start {
         return Ok((Engine::new(config), None));
     }

@@ -354,7 +354,7 @@ pub(crate) fn check_config(file: &FileConfig) -> Result<(), String> {
     file.node.snapshot_writer.parse::<WriterPriority>().map_err(|e| format!("[node] {e}"))?;
     let engine = file.engine.to_config();
     engine.validate().map_err(|e| format!("[engine] {e}"))?;
-    crate::memory::check_available(&engine, engines(file))?;
+    crate::memory::check_available(&engine, engines(file), crate::memory::LOWER_CAPACITIES)?;
     file.node.to_config(engine, Epoch(1), Intake::Sequencer)?;
     Ok(())
 }
@@ -378,7 +378,11 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let durability: Durability = durability_text.parse()?;
     let engine_config = file.engine.to_config();
     engine_config.validate().map_err(|e| format!("[engine] {e}"))?;
-    crate::memory::check_available(&engine_config, engines(&file))?;
+    crate::memory::check_available(
+        &engine_config,
+        engines(&file),
+        crate::memory::LOWER_CAPACITIES,
+    )?;
     let snapshot_writer: WriterPriority =
         file.node.snapshot_writer.parse().map_err(|e| format!("[node] {e}"))?;
     let mut server_config = file.server.clone();
