@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ringfence_journal::datadir::DiskRoom;
 use ringfence_journal::fault::{FAULT_FREE_BYTES, Failure, FaultStorage};
 use ringfence_journal::format::segment_name;
-use ringfence_journal::recovery::recover_from;
+use ringfence_journal::recovery::{Recovered, recover_from};
 use ringfence_journal::snapshot::snapshot_name;
 use ringfence_journal::spare::{DISK_CHECK_EVERY, SPARE_NAME};
 use ringfence_journal::storage::Storage;
@@ -33,6 +33,14 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "waited 30 s for {what}");
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// A writer recovered on `disk` (durability `batch`) that makes its segments ready ahead, its
+/// helper looking at the disk every `check_every`.
+fn writer_with_spares(disk: &FaultStorage, check_every: Duration) -> Recovered<FaultStorage> {
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    recovered.writer.prepare_segments_ahead(check_every).unwrap();
+    recovered
 }
 
 fn has_spare(storage: &FaultStorage) -> bool {
@@ -105,8 +113,7 @@ fn a_spare_left_by_a_killed_process_is_removed_at_start_and_one_never_used_is_re
     // its next start, with every record kept; a writer that stops removes its own.
     let commands = commands(23, 400);
     let disk = FaultStorage::new();
-    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    recovered.writer.prepare_segments_ahead(DISK_CHECK_EVERY).unwrap();
+    let mut recovered = writer_with_spares(&disk, DISK_CHECK_EVERY);
     for command in &commands {
         recovered.writer.append_command(Epoch(1), command).unwrap();
     }
@@ -135,8 +142,7 @@ fn a_spare_that_cannot_be_made_leaves_the_writer_creating_segments_itself() {
     let commands = commands(29, 3_000);
     let disk = FaultStorage::new();
     disk.fail_matching_with("next-segment", Failure::NoSpace);
-    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    recovered.writer.prepare_segments_ahead(DISK_CHECK_EVERY).unwrap();
+    let mut recovered = writer_with_spares(&disk, DISK_CHECK_EVERY);
     for batch in commands.chunks(16) {
         for command in batch {
             recovered.writer.append_command(Epoch(1), command).unwrap();
@@ -161,8 +167,7 @@ fn a_segment_name_already_taken_is_refused_not_overwritten_by_the_spare() {
     // (creating it would have failed): the writer refuses instead, and the file stays.
     let commands = commands(31, 3_000);
     let disk = FaultStorage::new();
-    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    recovered.writer.prepare_segments_ahead(DISK_CHECK_EVERY).unwrap();
+    let mut recovered = writer_with_spares(&disk, DISK_CHECK_EVERY);
     let decoy = b"not the journal's".to_vec();
     for command in &commands {
         // A file under the name the next segment would take, if this record starts one.
@@ -196,8 +201,7 @@ fn a_spare_refused_for_want_of_space_is_retried_and_used_once_there_is_room() {
     let commands = commands(37, 3_000);
     let disk = FaultStorage::new();
     disk.fail_matching_with("next-segment", Failure::NoSpace);
-    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
-    recovered.writer.prepare_segments_ahead(QUICK_CHECKS).unwrap();
+    let mut recovered = writer_with_spares(&disk, QUICK_CHECKS);
     let dir = recovered.writer.data_dir().clone();
     wait_until("the failure to be counted", || dir.segment_starts().spares_failed == 1);
     // Many retries' worth of time: still refused, still counted once.

@@ -64,17 +64,14 @@ fn a_full_disk_refuses_writes_serves_reads_and_a_restart_recovers() {
     // /health says degraded, a metric and a log line record it; after space is freed, one
     // restart brings every acknowledged order back and takes writes again.
     let temp = TempDir::new("disk-full");
-    let mount = match Mount::tmpfs(&temp.path().join("mnt"), "1m", "") {
-        Ok(mount) => mount,
+    let disk = match SmallDisk::new(&temp, "1m") {
+        Ok(disk) => disk,
         Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
     };
-    let dir = mount.point.join("data");
-    let config = small_segments(&temp);
-    let segment = ["--config", config.to_str().unwrap()];
-    let mut node = Serve::start_with(&dir, &segment);
+    let mut node = disk.serve();
     let sku = r#"{"sku":1,"stock":100000,"price_cents":700,"payment_timeout_ms":600000}"#;
     assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
-    let ballast = mount.point.join("ballast");
+    let ballast = disk.mount.point.join("ballast");
     assert!(fill(&ballast) > 0, "the tmpfs had room for the ballast");
 
     // The open segment was allocated in full, so the sale goes on until it must rotate.
@@ -114,7 +111,7 @@ fn a_full_disk_refuses_writes_serves_reads_and_a_restart_recovers() {
     // The documented recovery: free space, restart.
     std::fs::remove_file(&ballast).unwrap();
     node.signal("-TERM");
-    let node = Serve::start_with(&dir, &segment);
+    let node = disk.serve();
     let (_, view) = node.call("GET", "/v1/skus/1", "", false);
     assert_eq!(view["reserved"].as_u64(), Some(orders.len() as u64), "{view}");
     for order in [orders.first(), orders.last()].into_iter().flatten() {
@@ -123,14 +120,30 @@ fn a_full_disk_refuses_writes_serves_reads_and_a_restart_recovers() {
     }
     assert_eq!(reserve(&node, 99_999).0, 201, "writes are taken again");
     drop(node);
-    drop(mount);
+    drop(disk);
 }
 
-/// A configuration file in `temp` for journal segments of 64 KiB, a few to a small disk.
-fn small_segments(temp: &TempDir) -> PathBuf {
-    let config = temp.path().join("small-segments.toml");
-    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
-    config
+/// A data directory on a tmpfs of `size`, with journal segments of 64 KiB (a few to such a
+/// disk), for `serve` to start on.
+struct SmallDisk {
+    mount: Mount,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts the tmpfs under `temp` and writes the configuration there, or says why not.
+    fn new(temp: &TempDir, size: &str) -> Result<SmallDisk, String> {
+        let mount = Mount::tmpfs(&temp.path().join("mnt"), size, "")?;
+        let config = temp.path().join("small-segments.toml");
+        std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
+        Ok(SmallDisk { dir: mount.point.join("data"), mount, config })
+    }
+
+    /// Starts `serve` on the directory.
+    fn serve(&self) -> Serve {
+        Serve::start_with(&self.dir, &["--config", self.config.to_str().unwrap()])
+    }
 }
 
 /// A gauge's value in Prometheus text, if shown.
@@ -147,13 +160,11 @@ fn a_disk_running_low_is_logged_and_shown_while_writes_still_succeed() {
     // another says when there is room again. Fails without the helper's periodic look: the
     // ballast arrives after the spare is made, and no segment starts to notice it.
     let temp = TempDir::new("disk-low");
-    let mount = match Mount::tmpfs(&temp.path().join("mnt"), "2m", "") {
-        Ok(mount) => mount,
+    let disk = match SmallDisk::new(&temp, "2m") {
+        Ok(disk) => disk,
         Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
     };
-    let dir = mount.point.join("data");
-    let config = small_segments(&temp);
-    let node = Serve::start_with(&dir, &["--config", config.to_str().unwrap()]);
+    let node = disk.serve();
     let sku = r#"{"sku":1,"stock":100000,"price_cents":700,"payment_timeout_ms":600000}"#;
     assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
     let free = || gauge(&node.get_text("/metrics").1, "ringfence_data_dir_free_bytes");
@@ -163,7 +174,7 @@ fn a_disk_running_low_is_logged_and_shown_while_writes_still_succeed() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let ballast = mount.point.join("ballast");
+    let ballast = disk.mount.point.join("ballast");
     assert!(fill(&ballast) > 0, "the tmpfs had room for the ballast");
     let warning = node.wait_for_log("disk is nearly full", Duration::from_secs(10));
     assert!(warning.contains("room for 0 more journal segments"), "{warning}");
@@ -180,7 +191,7 @@ fn a_disk_running_low_is_logged_and_shown_while_writes_still_succeed() {
     assert!(gauge(&metrics, "ringfence_data_dir_free_segments") >= Some(4), "{metrics}");
     assert_eq!(gauge(&metrics, "ringfence_data_dir_low_space"), Some(0), "{metrics}");
     drop(node);
-    drop(mount);
+    drop(disk);
 }
 
 #[test]
