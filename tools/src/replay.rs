@@ -139,7 +139,6 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         }
         _ => {}
     }
-    let tally = Tally::default();
     let export = match &args.export {
         Some(path) => Some(BufWriter::new(
             File::create(path)
@@ -153,7 +152,8 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     // The summary is printed after the bar is cleared, so the bar shares the terminal with
     // nothing.
     let progress = progress::records_bar(total, "commands replayed", false);
-    let mut applier = Applier { tally, export, export_error: None, epochs: VecDeque::new() };
+    let mut applier =
+        Applier { tally: Tally::default(), export, export_error: None, epochs: VecDeque::new() };
     // As recovery replays: each record hinted as it is read, applied a few records later.
     let mut ahead = Lookahead::default();
     let read = scan::read_pipelined(&mut source, &layout, start, &mut |record| {
