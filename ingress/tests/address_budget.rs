@@ -91,12 +91,15 @@ impl Gate {
         self.held()
     }
 
-    /// Answers every command held.
-    fn release_all(&self) {
+    /// Answers every command held, and returns how many that was: more may have arrived since
+    /// the last `wait_held`.
+    fn release_all(&self) -> usize {
         let mut state = self.0.lock().unwrap();
         let held = std::mem::take(&mut state.held);
+        let count = held.len();
         state.ready.extend(held);
         state.waker.as_ref().expect("the server gave its waker").wake().unwrap();
+        count
     }
 }
 
@@ -256,9 +259,8 @@ fn a_pipelined_burst_is_taken_a_turn_at_a_time_and_served_in_full() {
     stream.shutdown(Shutdown::Write).unwrap();
     let mut released = 0;
     while released < 2_000 {
-        let held = gate.wait_held(1);
-        gate.release_all();
-        released += held;
+        gate.wait_held(1);
+        released += gate.release_all();
     }
     let responses = read_responses(&mut stream, 2_000);
     assert_eq!(responses.len(), 2_000);
