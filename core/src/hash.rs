@@ -22,9 +22,9 @@
 //! - **Entry hash** for the state digests: `XXH3_64(entry bytes)`, with the fixed-size entry
 //!   encodings of the snapshot image; the digests themselves are defined in `engine/image.rs`.
 //!
-//! [`mix64`] is a different thing: the fixed mixing function that places keys in the engine's
-//! index tables. It decides memory layout, which must also be the same on every node, but it is
-//! never compared between nodes.
+//! The engine's index tables place keys with a mixing function of their own (`engine/table.rs`).
+//! It decides memory layout, which must also be the same on every node, but it is never
+//! compared between nodes.
 
 use crate::codec::{self, ACTION_LEN_MAX, EVENT_LEN_MAX, OUTCOME_LEN_MAX, Sink};
 use crate::command::{Action, Reserve};
@@ -301,8 +301,8 @@ fn avalanche(mut h: u64) -> u64 {
     h ^ (h >> 32)
 }
 
-/// SplitMix64's finaliser: every input bit affects every output bit. Places keys in the
-/// engine's index tables (see `engine/table.rs`).
+/// SplitMix64's finaliser: every input bit affects every output bit. Makes well-spread,
+/// reproducible keys for tests and benchmarks.
 #[must_use]
 pub fn mix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn mix64_is_pinned() {
-        // Goal: index-table placement does not drift between builds (SplitMix64 finaliser).
+        // Goal: the keys tests and benchmarks make with it do not drift between builds.
         assert_eq!(mix64(0), 0);
         assert_eq!(mix64(1), 0x5692_161D_100B_05E5);
     }
