@@ -226,6 +226,30 @@ pub struct Engine {
     /// (see [`Engine::set_hinted_ahead`]); if not, `apply` loads its own slots first. Not
     /// state: it never changes an outcome, a hash or a snapshot.
     hinted_ahead: bool,
+    /// The entries the last [`ENTRY_HINT_DELAY`] hinted client commands will read through an
+    /// index (see [`Engine::prefetch`]), the oldest at `entry_hints_made` modulo the delay.
+    /// Hints only, like `hinted_ahead`: never state.
+    entry_hints: [EntryHint; ENTRY_HINT_DELAY],
+    entry_hints_made: u64,
+    /// How many of `entry_hints` are not [`EntryHint::None`].
+    entry_hints_live: u8,
+}
+
+/// How many hinted commands after its own hint a command's entries are hinted: the second
+/// step of [`Engine::prefetch`]. The pipeline applies a command eight hints after its first
+/// step, so its index slots have four commands' time to arrive, and its entries four more.
+const ENTRY_HINT_DELAY: usize = 4;
+// A power of two, so the ring's position is a mask.
+const _: () = assert!(ENTRY_HINT_DELAY.is_power_of_two());
+
+/// An entry a command reads through an index: the second step of its hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryHint {
+    None,
+    /// The order a payment, cancellation, shipment, completion or refund names.
+    Order(OrderId),
+    /// The coupon a reservation applies.
+    Coupon(CouponId),
 }
 
 /// Entries the share table may need: one per user with a counted request key or a live order,
@@ -276,6 +300,9 @@ impl Engine {
             key_index: fixed_map(config.request_keys_max),
             shares: fixed_map(shares_max(&config)),
             hinted_ahead: false,
+            entry_hints: [EntryHint::None; ENTRY_HINT_DELAY],
+            entry_hints_made: 0,
+            entry_hints_live: 0,
             config,
         };
         // `push_deadline` sweeps when the heap is full; a sweep leaves at most `orders_max`
@@ -361,7 +388,7 @@ impl Engine {
                 if !self.hinted_ahead {
                     // The index slots it will probe start loading now, together, rather than
                     // one cache miss after another as the probes reach them.
-                    self.prefetch(sequenced);
+                    self.hint_index_slots(*key, action);
                 }
                 self.advance_time(sequenced.timestamp, events);
                 self.apply_keyed(*key, action)
@@ -484,10 +511,16 @@ impl Engine {
 
     /// A hint that `sequenced` will be applied soon: starts loading the index slots it will
     /// look up (its request key, the buyer's holding, the order it names), so that those
-    /// cache misses overlap with the commands applied before it. Changes nothing, so calling
-    /// it or not never changes an outcome. A processor holding a batch of commands calls it
-    /// a few commands ahead of [`Engine::apply`].
-    pub fn prefetch(&self, sequenced: &Sequenced) {
+    /// cache misses overlap with the commands applied before it. Changes no state: calling it
+    /// or not never changes an outcome, a hash or a snapshot. A processor holding a batch of
+    /// commands calls it a few commands ahead of [`Engine::apply`], in the order it applies
+    /// them.
+    ///
+    /// The hint has a second step. An order or a coupon is found through its index slot, and
+    /// only then can its entry load: a second miss, one after the other. So each hint also
+    /// finishes the hint of the client command hinted [`ENTRY_HINT_DELAY`] hints before: by
+    /// now that command's index slot is in cache, and the entry it points to starts loading.
+    pub fn prefetch(&mut self, sequenced: &Sequenced) {
         // A hint for a command applied already looks behind, not ahead: a caller's mistake that
         // would cost only speed. (A processor hinting a slot before it is sequenced passes 0.)
         debug_assert!(
@@ -499,19 +532,66 @@ impl Engine {
         let Command::Client { key, action } = &sequenced.command else {
             return;
         };
+        let hint = self.hint_index_slots(*key, action);
+        let position = self.entry_hints_made as usize % ENTRY_HINT_DELAY;
+        self.entry_hints_made = self.entry_hints_made.wrapping_add(1);
+        // Most commands of a sale name no order or coupon: with none in the ring either, there
+        // is nothing to write and nothing to finish.
+        if hint == EntryHint::None && self.entry_hints_live == 0 {
+            return;
+        }
+        let earlier = std::mem::replace(&mut self.entry_hints[position], hint);
+        self.entry_hints_live += u8::from(hint != EntryHint::None);
+        self.entry_hints_live -= u8::from(earlier != EntryHint::None);
+        self.hint_entry(earlier);
+    }
+
+    /// The second step of a hint: starts loading the entry that `hint`'s index slot, loaded
+    /// by the first step, points to. A lookup of a slot now in cache, and a hint.
+    #[inline(never)]
+    fn hint_entry(&self, hint: EntryHint) {
+        match hint {
+            EntryHint::None => {}
+            EntryHint::Order(order) => {
+                if let Some(&slot) = self.order_index.get(&order) {
+                    // Indexed slots are kept orders (checked after every command).
+                    debug_assert!((slot as usize) < self.orders.len(), "an order indexed past");
+                    table::warm_entry(self.orders.as_ptr().wrapping_add(slot as usize));
+                }
+            }
+            EntryHint::Coupon(coupon) => {
+                if let Some(&slot) = self.coupon_index.get(&coupon) {
+                    debug_assert!((slot as usize) < self.coupons.len(), "a coupon indexed past");
+                    table::warm_entry(self.coupons.as_ptr().wrapping_add(slot as usize));
+                }
+            }
+        }
+    }
+
+    /// The first step of [`Engine::prefetch`] for a client command: its index slots.
+    fn hint_index_slots(&self, key: RequestKey, action: &Action) -> EntryHint {
         let user = action.user().unwrap_or(UserId(0));
-        self.key_index.prefetch(&(user, *key));
+        self.key_index.prefetch(&(user, key));
         if self.needs_share(user, action) {
             self.shares.prefetch(&sharer(user));
         }
         match *action {
-            Action::Reserve(reserve) => self.holdings.prefetch(&(reserve.user, reserve.sku)),
+            Action::Reserve(reserve) => {
+                self.holdings.prefetch(&(reserve.user, reserve.sku));
+                if let Some(coupon) = reserve.coupon {
+                    self.coupon_index.prefetch(&coupon);
+                    return EntryHint::Coupon(coupon);
+                }
+            }
             Action::Pay { order, .. }
             | Action::Cancel { order, .. }
             | Action::AdminCancel { order }
             | Action::Ship { order }
             | Action::Complete { order, .. }
-            | Action::Refund { order } => self.order_index.prefetch(&order),
+            | Action::Refund { order } => {
+                self.order_index.prefetch(&order);
+                return EntryHint::Order(order);
+            }
             Action::ClaimCoupon { user, batch } => self.claims.prefetch(&(user, batch)),
             Action::CreateSku(_)
             | Action::Restock { .. }
@@ -519,6 +599,7 @@ impl Engine {
             | Action::CloseSale { .. }
             | Action::CreateCouponBatch(_) => {}
         }
+        EntryHint::None
     }
 
     /// Tells the engine whether its caller hints every client command with

@@ -1772,6 +1772,35 @@ fn full_key_table_is_capacity_exhausted_and_the_refusal_is_not_remembered() {
     assert!(matches!(h.run_keyed(refused, act::reserve(BOB, SKU, 1)), Outcome::Reserved { .. }));
 }
 
+#[test]
+fn a_hints_second_step_comes_four_hints_later_and_changes_nothing() {
+    // Goal: `prefetch` keeps the entries of the last four hinted client commands that name an
+    // order or a coupon, finishes each four client hints later (ticks and queries do not
+    // count), and never changes an outcome or the state, whatever the order named.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    let order = h.reserved(ALICE, SKU, 1);
+    let digest = h.engine.state_digest();
+    let hint = |h: &mut Harness, action: Action| {
+        let command = Command::Client { key: RequestKey::from_u128(9), action };
+        h.engine.prefetch(&Sequenced { sequence: Sequence(0), timestamp: T0, command });
+    };
+    hint(&mut h, act::pay(order, PRICE_CENTS));
+    hint(&mut h, act::pay(OrderId(12_345), PRICE_CENTS));
+    assert_eq!(h.engine.entry_hints_live, 2);
+    for _ in 0..2 {
+        hint(&mut h, act::reserve(BOB, SKU, 1));
+        let tick = Sequenced { sequence: Sequence(0), timestamp: T0, command: Command::Tick };
+        h.engine.prefetch(&tick);
+    }
+    assert_eq!(h.engine.entry_hints_live, 2, "only client commands move the hints on");
+    hint(&mut h, act::reserve(BOB, SKU, 1));
+    assert_eq!(h.engine.entry_hints_live, 1, "the first order's entry is hinted");
+    hint(&mut h, act::reserve(BOB, SKU, 1));
+    assert_eq!(h.engine.entry_hints_live, 0, "an unknown order's hint ends too");
+    assert_eq!(h.engine.state_digest(), digest);
+    assert!(matches!(h.run(act::pay(order, PRICE_CENTS)), Outcome::Paid { .. }));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Queries, snapshots, status and the state hash.
 

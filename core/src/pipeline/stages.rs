@@ -116,7 +116,7 @@ pub(crate) trait Work: Send + 'static {
     /// The part of the stage running now, named in a failure report.
     fn phase(&self) -> &'static str;
     /// Hints that `slot` is handled a few slots from now; changes nothing.
-    fn prefetch(&self, _slot: &Slot) {}
+    fn prefetch(&mut self, _slot: &Slot) {}
     /// Handles one slot.
     fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError>;
     /// Ends a batch: flush, then advance the stage's watermarks.
@@ -333,7 +333,7 @@ impl<H: SnapshotHook> Work for Blp<H> {
         self.phase
     }
 
-    fn prefetch(&self, slot: &Slot) {
+    fn prefetch(&mut self, slot: &Slot) {
         if let Command::Client { .. } = slot.command {
             let sequenced = Sequenced {
                 sequence: Sequence(0),
@@ -428,7 +428,7 @@ impl<J: Journal, R: Replicator, H: SnapshotHook> Work for Processor<J, R, H> {
         if self.phase == "blp" { self.blp.phase() } else { self.phase }
     }
 
-    fn prefetch(&self, slot: &Slot) {
+    fn prefetch(&mut self, slot: &Slot) {
         self.blp.prefetch(slot);
     }
 
