@@ -21,9 +21,7 @@
 //! ```
 //!
 //! A deadline is live while its order slot holds that order, still reserved; stale deadlines
-//! wait in the heap to be skipped, and two equal states may hold different stale ones.
-
-use std::cmp::Reverse;
+//! wait in the queue to be skipped, and two equal states may hold different stale ones.
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
@@ -184,8 +182,7 @@ impl Engine {
         refill_from(&mut image.orders, &[&self.orders]);
         let (front, back) = self.finished.as_slices();
         refill_from(&mut image.finished, &[front, back]);
-        let deadlines = self.deadlines.iter().map(|Reverse(deadline)| *deadline);
-        refill(&mut image.deadlines, self.deadlines.len(), deadlines);
+        refill(&mut image.deadlines, self.deadlines.len(), self.deadlines.iter());
         let holdings = self.holdings.iter().map(|(&(user, sku), &units)| (user, sku, units));
         refill(&mut image.holdings, self.holdings.len(), holdings);
         refill_from(&mut image.batches, &[&self.batches]);
@@ -254,7 +251,7 @@ impl Engine {
         engine.skus.extend_from_slice(&image.skus);
         engine.orders.extend_from_slice(&image.orders);
         engine.finished.extend(image.finished.iter().copied());
-        engine.deadlines.extend(image.deadlines.iter().map(|d| Reverse(*d)));
+        engine.deadlines.restore(&image.deadlines);
         engine.holdings.extend(image.holdings.iter().map(|&(u, s, n)| ((u, s), n)));
         engine.batches.extend_from_slice(&image.batches);
         engine.coupons.extend_from_slice(&image.coupons);
@@ -272,7 +269,7 @@ impl Engine {
         // The pair of the digest a snapshot records: computed from the image, or from the
         // engine it restored to, it is the same.
         debug_assert_eq!(engine.state_digest(), image.state_digest(), "restore changed state");
-        // Filled in place: the heap keeps the room, written at start, that `push_deadline`
+        // Filled in place: the queue keeps the room, written at start, that `push_deadline`
         // counts on.
         assert!(engine.deadlines.capacity() > engine.config.orders_max as usize);
         Ok(engine)
@@ -366,7 +363,7 @@ impl Engine {
     pub fn tables_digest(&self) -> u64 {
         let holdings = self.holdings.iter().map(|(&(user, sku), &units)| (user, sku, units));
         let claims = self.claims.iter().map(|(&(user, batch), &count)| (user, batch, count));
-        let deadlines = self.deadlines.iter().map(|Reverse(deadline)| *deadline);
+        let deadlines = self.deadlines.iter();
         TableHashes {
             skus: sum_of(self.skus.iter().copied()),
             orders: sum_of(self.orders.iter().copied()),
@@ -698,24 +695,24 @@ impl Engine {
 
     /// Every live deadline fires at its order's expiry time, and every reserved order has
     /// exactly one: a missing one would never expire the order, and duplicates would survive
-    /// the heap sweep, which counts on at most one live deadline per reserved order.
+    /// the queue sweep, which counts on at most one live deadline per reserved order.
     fn check_deadlines(&self) -> Result<(), RestoreError> {
         let mut live = vec![0_u32; self.orders.len()];
-        for Reverse((expires_at, order, slot)) in self.deadlines.iter() {
-            // Due deadlines fire (and leave the heap) when time reaches them, live or stale,
+        for (expires_at, order, slot) in self.deadlines.iter() {
+            // Due deadlines fire (and leave the queue) when time reaches them, live or stale,
             // so none is left at or before now (unless time is saturated and cannot move).
-            if *expires_at <= self.now && self.now.0 != u64::MAX {
+            if expires_at <= self.now && self.now.0 != u64::MAX {
                 return Err(RestoreError::Inconsistent("a deadline is already due"));
             }
-            if !self.deadline_is_live(*order, *slot) {
+            if !self.deadline_is_live(order, slot) {
                 continue;
             }
-            if self.orders[*slot as usize].expires_at != *expires_at {
+            if self.orders[slot as usize].expires_at != expires_at {
                 return Err(RestoreError::Inconsistent(
                     "a live deadline's time differs from its order's expiry",
                 ));
             }
-            live[*slot as usize] += 1;
+            live[slot as usize] += 1;
         }
         let reserved = self.orders.iter().map(|o| o.state == OrderState::Reserved);
         if reserved.zip(&live).any(|(reserved, &count)| reserved && count != 1) {

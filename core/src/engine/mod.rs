@@ -7,6 +7,7 @@
 //! the same state hash on any node and at any replay.
 
 mod catalog;
+mod deadlines;
 mod image;
 mod layout;
 mod lookahead;
@@ -15,10 +16,10 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::num::NonZeroU64;
 
+use deadlines::{Deadline, DeadlineQueue};
 use table::{FixedMap, Located};
 
 use crate::command::{Action, Command, Query, Sequenced};
@@ -186,10 +187,6 @@ impl KeyPosition {
 
 const _: () = assert!(std::mem::size_of::<Option<((UserId, RequestKey), KeyPosition)>>() == 32);
 
-/// A payment deadline: (when, which order, its slot). Entries whose order has moved on are
-/// skipped when they surface, and swept out when the heap fills.
-type Deadline = (Timestamp, OrderId, u32);
-
 /// The business-logic processor. See the module documentation.
 pub struct Engine {
     config: EngineConfig,
@@ -204,7 +201,9 @@ pub struct Engine {
     order_index: FixedMap<OrderId, u32>,
     /// Slots of finished orders, oldest first.
     finished: VecDeque<u32>,
-    deadlines: BinaryHeap<Reverse<Deadline>>,
+    /// Payment deadlines, (when, which order, its slot). Those whose order has moved on are
+    /// skipped when they come up, and swept out when the queue fills.
+    deadlines: DeadlineQueue,
     orders_reserved: u32,
     /// Units held per (user, SKU) for SKUs with a per-user limit; absent means zero.
     holdings: FixedMap<(UserId, SkuId), u32>,
@@ -287,7 +286,7 @@ impl Engine {
             orders: table::written_vec(orders_max),
             order_index: fixed_map(config.orders_max),
             finished: VecDeque::from(table::written_vec(orders_max)),
-            deadlines: BinaryHeap::from(table::written_vec(2 * orders_max)),
+            deadlines: DeadlineQueue::with_capacity(2 * orders_max, config.skus_max),
             orders_reserved: 0,
             holdings: fixed_map(config.holdings_max),
             batches: table::written_vec(config.batches_max as usize),
@@ -305,9 +304,9 @@ impl Engine {
             entry_hints_live: 0,
             config,
         };
-        // `push_deadline` sweeps when the heap is full; a sweep leaves at most `orders_max`
-        // live deadlines, so the heap must hold more than that or the next push would grow it.
-        assert!(engine.deadlines.capacity() > orders_max, "the deadline heap outgrows a sweep");
+        // `push_deadline` sweeps when the queue is full; a sweep leaves at most `orders_max`
+        // live deadlines, so the queue must hold more than that or the next push would grow it.
+        assert!(engine.deadlines.capacity() > orders_max, "the deadline queue outgrows a sweep");
         assert!(engine.keys.capacity() >= engine.config.request_keys_max as usize);
         assert!(engine.finished.capacity() >= orders_max, "the finished queue is preallocated");
         engine
@@ -333,7 +332,7 @@ impl Engine {
             size_of::<Sku>() * config.skus_max as usize,
             size_of::<Order>() * orders,
             size_of::<u32>() * orders,
-            size_of::<Reverse<Deadline>>() * 2 * orders,
+            DeadlineQueue::bytes_for(2 * orders, config.skus_max),
             size_of::<Batch>() * config.batches_max as usize,
             size_of::<Coupon>() * config.coupons_max as usize,
             size_of::<KeyEntry>() * config.request_keys_max as usize,
@@ -496,10 +495,10 @@ impl Engine {
     /// due journals nothing.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        let next = self.deadlines.peek().map(|Reverse((expires_at, _, _))| *expires_at);
+        let next = self.deadlines.peek().map(|(expires_at, _, _)| expires_at);
         // Due deadlines fire as soon as time reaches them (time saturates at the top).
         let due = next.is_some_and(|at| at <= self.now && self.now.0 != u64::MAX);
-        assert!(!due, "a due deadline was left in the heap");
+        assert!(!due, "a due deadline was left in the queue");
         next
     }
 
@@ -655,7 +654,7 @@ impl Engine {
         }
         self.now = timestamp;
         let mut fired = (Timestamp(0), OrderId(0));
-        while let Some(&Reverse((expires_at, order, slot))) = self.deadlines.peek() {
+        while let Some((expires_at, order, slot)) = self.deadlines.peek() {
             if expires_at > self.now {
                 break;
             }
@@ -702,7 +701,8 @@ impl Engine {
         live
     }
 
-    fn push_deadline(&mut self, deadline: Deadline) {
+    /// Queues the deadline of an order just reserved, made with its SKU's `timeout_ms`.
+    fn push_deadline(&mut self, deadline: Deadline, timeout_ms: u64) {
         let (expires_at, order, slot) = deadline;
         // In the future of now (payment timeouts are never zero), unless time is saturated.
         assert!(expires_at > self.now || expires_at.0 == u64::MAX, "a deadline in the past");
@@ -711,19 +711,18 @@ impl Engine {
         debug_assert_eq!(self.orders[slot as usize].expires_at, expires_at, "not its deadline");
         if self.deadlines.len() == self.deadlines.capacity() {
             // Every live deadline belongs to a reserved order and there are at most
-            // `orders_max` of those, so sweeping stale entries frees at least half the heap.
+            // `orders_max` of those, so sweeping stale entries frees at least half the queue.
             let orders = &self.orders;
-            self.deadlines.retain(|Reverse((_, order, slot))| {
-                let kept = &orders[*slot as usize];
-                kept.id == *order && kept.state == OrderState::Reserved
+            self.deadlines.sweep(|&(_, order, slot)| {
+                let kept = &orders[slot as usize];
+                kept.id == order && kept.state == OrderState::Reserved
             });
             assert!(self.deadlines.len() <= self.config.orders_max as usize);
         }
         // Within capacity, so the push never allocates; within twice `orders_max`, so a
-        // snapshot of the heap passes the restore check on its size.
-        debug_assert!(self.deadlines.len() < self.deadlines.capacity(), "the heap is full");
-        self.deadlines.push(Reverse(deadline));
-        table::warm(self.deadlines.as_slice().last().expect("pushed"), table::WARM_AHEAD_BYTES);
+        // snapshot of the queue passes the restore check on its size.
+        debug_assert!(self.deadlines.len() < self.deadlines.capacity(), "the queue is full");
+        self.deadlines.push(deadline, timeout_ms);
         assert!(self.deadlines.len() <= 2 * self.config.orders_max as usize);
     }
 

@@ -73,7 +73,8 @@ impl Engine {
         let amount_cents = gross.saturating_sub(discount);
         let id = OrderId(self.ids.next_id(self.now));
         let sku = &mut self.skus[sku_slot as usize];
-        let expires_at = self.now.plus_ms(sku.payment_timeout_ms);
+        let timeout_ms = sku.payment_timeout_ms;
+        let expires_at = self.now.plus_ms(timeout_ms);
         #[cfg(not(feature = "mutations"))]
         {
             sku.available -= u64::from(reserve.qty);
@@ -119,7 +120,7 @@ impl Engine {
         // slot of the id eight on, so that a burst of reservations does not wait on the index.
         self.order_index.prefetch(&OrderId(id.0.wrapping_add(8)));
         self.orders_reserved += 1;
-        self.push_deadline((expires_at, id, slot));
+        self.push_deadline((expires_at, id, slot), timeout_ms);
         Ok(Outcome::Reserved { order: id, expires_at, amount_cents })
     }
 

@@ -1714,7 +1714,7 @@ fn memory_is_what_the_tables_allocate() {
         let vectors = e.skus.capacity() * size_of::<super::Sku>()
             + e.orders.capacity() * size_of::<super::Order>()
             + e.finished.capacity() * size_of::<u32>()
-            + e.deadlines.capacity() * size_of::<std::cmp::Reverse<super::Deadline>>()
+            + e.deadlines.bytes()
             + e.batches.capacity() * size_of::<super::Batch>()
             + e.coupons.capacity() * size_of::<super::Coupon>()
             + e.keys.capacity() * size_of::<super::KeyEntry>();
