@@ -214,7 +214,7 @@ impl Load {
     }
 
     /// SKUs with short and very long payment timeouts (the latter let stale deadlines pile up
-    /// until the deadline heap sweeps them), one scarce limited SKU, and two coupon batches.
+    /// until the deadline queue sweeps them), one scarce limited SKU, and two coupon batches.
     fn setup(&mut self) {
         let sku = |id: u64, stock: u32, per_user_limit: u32, payment_timeout_ms: u64| {
             Action::CreateSku(CreateSku {
@@ -448,7 +448,7 @@ fn steady_state_commands_never_touch_the_heap() {
     for (what, count) in exercised {
         assert!(count >= 1_000, "only {count} {what} in the measured window: {tally:?}");
     }
-    // None of the long SKU's deadlines came due, so its entries filled the deadline heap
+    // None of the long SKU's deadlines came due, so its entries filled the deadline queue
     // (twice `orders_max`) and forced at least one sweep of stale entries while measured.
     assert!(elapsed_ms < LONG_TIMEOUT_MS);
     assert!(tally.reserved_long > 2 * u64::from(config().orders_max), "{tally:?}");

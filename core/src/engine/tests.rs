@@ -710,7 +710,7 @@ fn an_evicted_orders_old_deadline_does_not_expire_the_new_order_in_its_slot() {
 
 #[test]
 fn stale_deadlines_are_swept_in_place_without_losing_a_live_one() {
-    // Goal: cancelled orders leave their deadlines behind; when those fill the deadline heap
+    // Goal: cancelled orders leave their deadlines behind; when those fill the deadline queue
     // they are swept without growing it, and the live order's deadline still fires on time.
     let mut h = Harness::with_config(EngineConfig { orders_max: 2, ..EngineConfig::small() });
     h.create_sku(sku_spec(SKU));
