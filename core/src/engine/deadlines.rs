@@ -68,6 +68,8 @@ pub(super) struct DeadlineQueue {
     lanes: Vec<Lane>,
     /// The lane of each payment timeout in use.
     lane_of: FixedMap<u64, u32>,
+    /// The last timeout pushed and its lane: a sale's reservations mostly share one.
+    last_lane: Option<(u64, u32)>,
     /// The head of every lane that has one, earliest first: (deadline, order id, lane).
     heads: BinaryHeap<Reverse<(Timestamp, OrderId, u32)>>,
 }
@@ -86,6 +88,7 @@ impl DeadlineQueue {
             len: 0,
             lanes: table::written_vec(lanes_max),
             lane_of: FixedMap::with_max(timeouts_max),
+            last_lane: None,
             heads: BinaryHeap::from(table::written_vec(lanes_max)),
         };
         assert!(queue.nodes.capacity() >= capacity && queue.heads.capacity() >= lanes_max);
@@ -155,7 +158,19 @@ impl DeadlineQueue {
 
     /// Queues `deadline`, made with `timeout_ms`. The caller makes room first
     /// ([`DeadlineQueue::sweep`]) when the queue is full.
+    #[inline]
     pub(super) fn push(&mut self, deadline: Deadline, timeout_ms: u64) {
+        let lane = match self.last_lane {
+            Some((timeout, lane)) if timeout == timeout_ms => lane,
+            _ => self.lane_for(timeout_ms),
+        };
+        debug_assert_eq!(self.lane_of.get(&timeout_ms), Some(&lane), "a lane cached wrong");
+        self.append(lane, deadline);
+    }
+
+    /// The lane of `timeout_ms`, made if it has none, and remembered as the last one used.
+    #[inline(never)]
+    fn lane_for(&mut self, timeout_ms: u64) -> u32 {
         let located = self.lane_of.locate(timeout_ms);
         let lane = match located.value {
             Some(lane) => lane,
@@ -168,16 +183,32 @@ impl DeadlineQueue {
                 lane
             }
         };
-        debug_assert!((lane as usize) < self.lanes.len(), "a timeout mapped past the lanes");
-        self.append(lane, deadline);
+        assert!((lane as usize) < self.lanes.len(), "a timeout mapped past the lanes");
+        self.last_lane = Some((timeout_ms, lane));
+        lane
     }
 
-    /// Appends `deadline` to `lane`, whose last deadline fires before it.
+    /// Appends `deadline` to `lane`, whose last deadline fires before it. Inlined into its
+    /// callers: every reservation pushes a deadline, and a call's entry and exit cost a fifth of
+    /// the push.
+    #[inline(always)]
     fn append(&mut self, lane: u32, deadline: Deadline) {
-        assert!(self.len < self.capacity, "a deadline pushed to a full queue");
+        // The caller sweeps a full queue first; checked in debug builds (every reservation).
+        debug_assert!(self.len < self.capacity, "a deadline pushed to a full queue");
         let (expires_at, order, slot) = deadline;
-        let index = self.take_node();
-        self.nodes[index as usize] = Node { expires_at, order, slot, next: NONE };
+        let node = Node { expires_at, order, slot, next: NONE };
+        let index = if self.free == NONE {
+            // Within the capacity written at start, so the push never allocates.
+            debug_assert!(self.nodes.len() < self.capacity, "no free node in a queue with room");
+            self.nodes.push(node);
+            (self.nodes.len() - 1) as u32
+        } else {
+            let index = self.free;
+            debug_assert!((index as usize) < self.nodes.len(), "a free node past the pool");
+            self.free = self.nodes[index as usize].next;
+            self.nodes[index as usize] = node;
+            index
+        };
         let tail = self.lanes[lane as usize].tail;
         if tail == NONE {
             self.lanes[lane as usize] = Lane { head: index, tail: index };
@@ -192,26 +223,13 @@ impl DeadlineQueue {
             self.lanes[lane as usize].tail = index;
         }
         self.len += 1;
-        // The node the next push writes: a fresh one in order, or the most recently freed.
-        let next = if self.free == NONE { self.nodes.len() } else { self.free as usize };
-        table::warm(self.nodes.as_ptr().wrapping_add(next), 0);
-    }
-
-    fn take_node(&mut self) -> u32 {
+        // The nodes the next pushes write: fresh ones in order (warmed a few pushes ahead, as
+        // every table written in order), or the most recently freed.
         if self.free == NONE {
-            assert!(self.nodes.len() < self.capacity, "no free node in a queue with room");
-            self.nodes.push(Node {
-                expires_at: Timestamp(0),
-                order: OrderId(0),
-                slot: 0,
-                next: NONE,
-            });
-            return (self.nodes.len() - 1) as u32;
+            table::warm(self.nodes.as_ptr().wrapping_add(index as usize), table::WARM_AHEAD_BYTES);
+        } else {
+            table::warm(self.nodes.as_ptr().wrapping_add(self.free as usize), 0);
         }
-        let index = self.free;
-        debug_assert!((index as usize) < self.nodes.len(), "a free node past the pool");
-        self.free = self.nodes[index as usize].next;
-        index
     }
 
     fn release(&mut self, index: u32) {
@@ -221,7 +239,10 @@ impl DeadlineQueue {
         self.free = index;
     }
 
-    /// Removes every deadline `keep` refuses, keeping the others' order.
+    /// Removes every deadline `keep` refuses, keeping the others' order. Out of line: it runs
+    /// once per capacity's worth of pushes, and inlined it would burden every push.
+    #[cold]
+    #[inline(never)]
     pub(super) fn sweep(&mut self, mut keep: impl FnMut(&Deadline) -> bool) {
         self.heads.clear();
         for lane in 0..self.lanes.len() {

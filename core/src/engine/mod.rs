@@ -723,7 +723,7 @@ impl Engine {
         // snapshot of the queue passes the restore check on its size.
         debug_assert!(self.deadlines.len() < self.deadlines.capacity(), "the queue is full");
         self.deadlines.push(deadline, timeout_ms);
-        assert!(self.deadlines.len() <= 2 * self.config.orders_max as usize);
+        debug_assert!(self.deadlines.len() <= 2 * self.config.orders_max as usize);
     }
 
     /// Whether a command by `user` is counted in the share table: its request key under a
