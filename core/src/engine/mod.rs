@@ -148,6 +148,24 @@ struct KeyEntry {
     outcome: Outcome,
 }
 
+/// Appends a remembered key to the queue, written in place, and warms the lines the next few
+/// will fill. Out of line and small, so that the queue's push is inlined here: inlined into
+/// `apply_keyed`, which is large, the push stayed a call that copied the 144-byte entry
+/// through the stack.
+#[inline(never)]
+fn remember_key(
+    keys: &mut VecDeque<KeyEntry>,
+    (user, key): (UserId, RequestKey),
+    expires_at: Timestamp,
+    fingerprint: u64,
+    outcome: &Outcome,
+) {
+    // The queue was made with room for every key it may hold: the push never allocates.
+    debug_assert!(keys.len() < keys.capacity(), "a key pushed to a full queue");
+    keys.push_back(KeyEntry { user, key, expires_at, fingerprint, outcome: *outcome });
+    table::warm(keys.back().expect("just pushed"), table::WARM_AHEAD_BYTES);
+}
+
 /// What one user holds of the shared tables, counted for the per-user quotas that are on (a
 /// count whose quota is off stays zero): request keys remembered for commands naming them, and
 /// live orders (reserved, paid or shipped). A user holding neither has no entry. Derived from
@@ -849,8 +867,7 @@ impl Engine {
         if outcome != Outcome::Rejected(Rejection::CapacityExhausted) {
             let expires_at = self.now.plus_ms(self.config.request_key_window_ms);
             let position = self.keys_head + self.keys.len() as u64;
-            self.keys.push_back(KeyEntry { user, key, expires_at, fingerprint, outcome });
-            table::warm(self.keys.back().expect("just pushed"), table::WARM_AHEAD_BYTES);
+            remember_key(&mut self.keys, (user, key), expires_at, fingerprint, &outcome);
             self.count_command(user, share, &outcome);
             self.key_index.put_at(located, KeyPosition::new(position));
             // `apply_observed` checks the same after every command, in release builds too.
