@@ -22,10 +22,11 @@ const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 // Odd, so multiplying by it is a bijection and folds no two first words together.
 const _: () = assert!(SPREAD % 2 == 1);
 
-/// A key of a [`FixedMap`]: it names its home slot among `1 << bits` slots.
+/// A key of a [`FixedMap`]: it names its home slot among `1 << (64 - shift)` slots.
 pub(super) trait TableKey: Copy + Eq {
-    /// The home slot, below `1 << bits`; `bits` is between 1 and 63.
-    fn home(&self, bits: u32) -> usize;
+    /// The home slot, below `1 << (64 - shift)`; `shift` is between 1 and 63. (The shift,
+    /// not the slot count's log, is what a map keeps: it is what every lookup shifts by.)
+    fn home(&self, shift: u32) -> usize;
 }
 
 /// How far past the entry just written [`warm`] looks in a table written in order (the
@@ -97,13 +98,13 @@ fn place(word: u64) -> u64 {
     (product as u64) ^ ((product >> 64) as u64)
 }
 
-/// The top `bits` bits of a well-mixed hash.
-fn top(hash: u64, bits: u32) -> usize {
-    // A shift by 64 would overflow, a shift by 0 would index past a two-slot table. Checked
-    // in release builds once, where a map is made; this runs on every lookup.
-    debug_assert!(bits >= 1, "a table of one slot");
-    debug_assert!(bits <= 63, "a table beyond the address space");
-    (hash >> (64 - bits)) as usize
+/// The top `64 - shift` bits of a well-mixed hash.
+fn top(hash: u64, shift: u32) -> usize {
+    // A shift by 64 would overflow, a shift by 0 would index past the table. Checked in
+    // release builds once, where a map is made; this runs on every lookup.
+    debug_assert!(shift >= 1, "a table beyond the address space");
+    debug_assert!(shift <= 63, "a table of one slot");
+    (hash >> shift) as usize
 }
 
 fn pair(first: u64, second: u64) -> u64 {
@@ -114,83 +115,84 @@ fn pair(first: u64, second: u64) -> u64 {
 /// consecutive home slots: a burst of new orders fills a few cache lines instead of touching
 /// one line per order. Blocks land at mixed positions, so the table still fills evenly, and
 /// blocks are small, so a block that lands on a run of full slots moves only a little.
-fn snowflake_home(id: u64, bits: u32) -> usize {
+fn snowflake_home(id: u64, shift: u32) -> usize {
     const BLOCK_BITS: u32 = 3;
-    let block = top(place(id >> BLOCK_BITS), bits);
-    let home = (block + (id & ((1 << BLOCK_BITS) - 1)) as usize) & ((1 << bits) - 1);
+    let block = top(place(id >> BLOCK_BITS), shift);
+    let mask = (u64::MAX >> shift) as usize;
+    let home = (block + (id & ((1 << BLOCK_BITS) - 1)) as usize) & mask;
     // Neighbours stay neighbours: a block wraps at the table's end, nowhere else.
-    debug_assert!(home >= block || block + (1 << BLOCK_BITS) > 1 << bits);
+    debug_assert!(home >= block || block + (1 << BLOCK_BITS) > mask + 1);
     home
 }
 
 impl TableKey for u64 {
-    fn home(&self, bits: u32) -> usize {
-        top(place(*self), bits)
+    fn home(&self, shift: u32) -> usize {
+        top(place(*self), shift)
     }
 }
 
 impl TableKey for UserId {
-    fn home(&self, bits: u32) -> usize {
-        top(place(self.0), bits)
+    fn home(&self, shift: u32) -> usize {
+        top(place(self.0), shift)
     }
 }
 
 /// A user id that is never zero: as a key it leaves the empty slot's tag to the zero it cannot
 /// be, so a slot is no bigger than its key and value.
 impl TableKey for NonZeroU64 {
-    fn home(&self, bits: u32) -> usize {
-        top(place(self.get()), bits)
+    fn home(&self, shift: u32) -> usize {
+        top(place(self.get()), shift)
     }
 }
 
 impl TableKey for SkuId {
-    fn home(&self, bits: u32) -> usize {
-        top(place(self.0), bits)
+    fn home(&self, shift: u32) -> usize {
+        top(place(self.0), shift)
     }
 }
 
 impl TableKey for BatchId {
-    fn home(&self, bits: u32) -> usize {
-        top(place(self.0), bits)
+    fn home(&self, shift: u32) -> usize {
+        top(place(self.0), shift)
     }
 }
 
 impl TableKey for OrderId {
-    fn home(&self, bits: u32) -> usize {
-        snowflake_home(self.0, bits)
+    fn home(&self, shift: u32) -> usize {
+        snowflake_home(self.0, shift)
     }
 }
 
 impl TableKey for CouponId {
-    fn home(&self, bits: u32) -> usize {
-        snowflake_home(self.0, bits)
+    fn home(&self, shift: u32) -> usize {
+        snowflake_home(self.0, shift)
     }
 }
 
 impl TableKey for (UserId, RequestKey) {
-    fn home(&self, bits: u32) -> usize {
+    fn home(&self, shift: u32) -> usize {
         let [low, high] = [&self.1.0[..8], &self.1.0[8..]]
             .map(|half| u64::from_le_bytes(half.try_into().expect("8 bytes")));
         // One mix over the three words, not a pair of pairs: this runs on every keyed command.
-        top(pair(low.wrapping_mul(SPREAD) ^ high, self.0.0), bits)
+        top(pair(low.wrapping_mul(SPREAD) ^ high, self.0.0), shift)
     }
 }
 
 impl TableKey for (UserId, SkuId) {
-    fn home(&self, bits: u32) -> usize {
-        top(pair(self.0.0, self.1.0), bits)
+    fn home(&self, shift: u32) -> usize {
+        top(pair(self.0.0, self.1.0), shift)
     }
 }
 
 impl TableKey for (UserId, BatchId) {
-    fn home(&self, bits: u32) -> usize {
-        top(pair(self.0.0, self.1.0), bits)
+    fn home(&self, shift: u32) -> usize {
+        top(pair(self.0.0, self.1.0), shift)
     }
 }
 
 impl TableKey for (u64, u64) {
-    fn home(&self, bits: u32) -> usize {
-        top(pair(self.0, self.1), bits)
+    fn home(&self, shift: u32) -> usize {
+        top(pair(self.0, self.1), shift)
     }
 }
 
@@ -200,8 +202,8 @@ pub(super) struct FixedMap<K, V> {
     slots: Vec<Option<(K, V)>>,
     /// `slots.len() - 1`; the slot count is a power of two.
     mask: usize,
-    /// `log2(slots.len())`.
-    bits: u32,
+    /// `64 - log2(slots.len())`: what a hash is shifted by to leave a home slot.
+    shift: u32,
     len: usize,
     /// Writes so far (inserts, replacements, removals, mutable borrows of a value): a
     /// [`Located`] slot and the value read with it stay valid only while none happens.
@@ -220,15 +222,15 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
         let map = FixedMap {
             slots,
             mask: slot_count - 1,
-            bits: slot_count.trailing_zeros(),
+            shift: 64 - slot_count.trailing_zeros(),
             len: 0,
             generation: 0,
         };
         assert!(map.slots.len().is_power_of_two(), "home slots are masked, so a power of two");
-        assert_eq!(1 << map.bits, map.slots.len(), "bits is the slot count's log2");
-        // What `top` needs of the bits it shifts by.
-        assert!(map.bits >= 1, "a table of one slot");
-        assert!(map.bits <= 63, "a table beyond the address space");
+        assert_eq!(u64::MAX >> map.shift, map.mask as u64, "the shift leaves the slot count");
+        // What `top` needs of the shift.
+        assert!(map.shift >= 1, "a table beyond the address space");
+        assert!(map.shift <= 63, "a table of one slot");
         map
     }
 
@@ -264,7 +266,7 @@ impl<K: TableKey, V: Copy> FixedMap<K, V> {
     }
 
     fn home(&self, key: &K) -> usize {
-        let home = key.home(self.bits);
+        let home = key.home(self.shift);
         debug_assert!(home <= self.mask, "a home slot outside the table");
         home
     }
@@ -571,7 +573,7 @@ mod tests {
         for n in 0..64u32 {
             map.insert(OrderId(first + u64::from(n)), n);
         }
-        let homes: Vec<_> = (0..8).map(|n| OrderId(first + n).home(map.bits)).collect();
+        let homes: Vec<_> = (0..8).map(|n| OrderId(first + n).home(map.shift)).collect();
         assert!(homes.windows(2).all(|pair| pair[1] == (pair[0] + 1) & map.mask));
         for n in 0..64u32 {
             assert_eq!(map.get(&OrderId(first + u64::from(n))), Some(&n));
