@@ -286,9 +286,10 @@ const SECRET: [u64; 16] = [
     0x6473_78D9_C97E_9FC8,
 ];
 
-/// The 128-bit product of `a` and `b`, its halves xor-ed.
+/// The 128-bit product of `a` and `b`, its halves xor-ed. XXH3's mixing step, and the
+/// engine's index tables' placement (`engine/table.rs`).
 #[inline(always)]
-fn fold_multiply(a: u64, b: u64) -> u64 {
+pub(crate) fn fold_multiply(a: u64, b: u64) -> u64 {
     let product = u128::from(a) * u128::from(b);
     (product as u64) ^ ((product >> 64) as u64)
 }

@@ -94,8 +94,7 @@ const _: () = assert!(PLACE % 2 == 1);
 /// multiplication where a finaliser such as [`crate::hash::mix64`] costs two in a chain: every
 /// command computes several of these before its first probe.
 fn place(word: u64) -> u64 {
-    let product = u128::from(word) * u128::from(PLACE);
-    (product as u64) ^ ((product >> 64) as u64)
+    crate::hash::fold_multiply(word, PLACE)
 }
 
 /// The top `64 - shift` bits of a well-mixed hash.
