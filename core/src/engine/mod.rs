@@ -148,6 +148,22 @@ struct KeyEntry {
     outcome: Outcome,
 }
 
+/// The outcome of a command that ran or was refused. Applied in each arm of
+/// `Engine::execute`, where the variant is known, rather than once after the arms join: at the
+/// join, the refusal's payload was copied out of the result before its tag was tested, and
+/// that load straddled the stores that had just written the result, a stall on every command.
+#[inline(always)]
+fn answer(result: Result<Outcome, Rejection>) -> Outcome {
+    match result {
+        Ok(outcome) => {
+            // A refusal is only ever an `Err`: a command that ran answers with what it did.
+            debug_assert!(!outcome.is_rejected(), "a command ran and answered with a refusal");
+            outcome
+        }
+        Err(rejection) => Outcome::Rejected(rejection),
+    }
+}
+
 /// Appends a remembered key to the queue, written in place, and warms the lines the next few
 /// will fill. Out of line and small, so that the queue's push is inlined here: inlined into
 /// `apply_keyed`, which is large, the push stayed a call that copied the 144-byte entry
@@ -880,44 +896,41 @@ impl Engine {
     fn execute(&mut self, action: &Action, held: Share) -> Outcome {
         // Only a user the command names has a share (user 0, naming nobody, has none).
         debug_assert!(held == Share::default() || action.user().is_some_and(|u| u.0 != 0));
-        let result = match *action {
-            Action::CreateSku(create) => self.create_sku(&create),
-            Action::Restock { sku, qty } => self.restock(sku, qty),
-            Action::OpenSale { sku } => self.set_sale_open(sku, true),
-            Action::CloseSale { sku } => self.set_sale_open(sku, false),
-            Action::Reserve(reserve) => self.reserve(&reserve, held.orders),
+        let outcome = match *action {
+            Action::CreateSku(create) => answer(self.create_sku(&create)),
+            Action::Restock { sku, qty } => answer(self.restock(sku, qty)),
+            Action::OpenSale { sku } => answer(self.set_sale_open(sku, true)),
+            Action::CloseSale { sku } => answer(self.set_sale_open(sku, false)),
+            Action::Reserve(reserve) => answer(self.reserve(&reserve, held.orders)),
             Action::Pay { order, payment_ref, amount_cents } => {
-                self.pay(order, payment_ref, amount_cents)
+                answer(self.pay(order, payment_ref, amount_cents))
             }
-            Action::Cancel { order, user } => self.cancel(order, Some(user)),
-            Action::AdminCancel { order } => self.cancel(order, None),
-            Action::Ship { order } => self.ship(order),
-            Action::Complete { order, user } => self.complete(order, user),
-            Action::Refund { order } => self.refund(order),
-            Action::CreateCouponBatch(create) => self.create_batch(&create),
-            Action::ClaimCoupon { user, batch } => self.claim_coupon(user, batch),
+            Action::Cancel { order, user } => answer(self.cancel(order, Some(user))),
+            Action::AdminCancel { order } => answer(self.cancel(order, None)),
+            Action::Ship { order } => answer(self.ship(order)),
+            Action::Complete { order, user } => answer(self.complete(order, user)),
+            Action::Refund { order } => answer(self.refund(order)),
+            Action::CreateCouponBatch(create) => answer(self.create_batch(&create)),
+            Action::ClaimCoupon { user, batch } => answer(self.claim_coupon(user, batch)),
         };
         // Each command is answered with its own kind of outcome, or refused. A debug assertion:
         // it runs on every command, and the dispatch above makes it hold by construction.
         let answered = matches!(
-            (action, &result),
-            (_, Err(_))
-                | (Action::CreateSku(_), Ok(Outcome::SkuCreated(_)))
-                | (Action::Restock { .. }, Ok(Outcome::Restocked(_)))
-                | (Action::OpenSale { .. } | Action::CloseSale { .. }, Ok(Outcome::SaleChanged(_)))
-                | (Action::Reserve(_), Ok(Outcome::Reserved { .. }))
-                | (Action::Pay { .. }, Ok(Outcome::Paid { .. }))
-                | (
-                    Action::Cancel { .. } | Action::AdminCancel { .. },
-                    Ok(Outcome::Cancelled { .. })
-                )
-                | (Action::Ship { .. }, Ok(Outcome::Shipped { .. }))
-                | (Action::Complete { .. }, Ok(Outcome::Completed { .. }))
-                | (Action::Refund { .. }, Ok(Outcome::Refunded { .. }))
-                | (Action::CreateCouponBatch(_), Ok(Outcome::BatchCreated(_)))
-                | (Action::ClaimCoupon { .. }, Ok(Outcome::CouponClaimed { .. }))
+            (action, &outcome),
+            (_, Outcome::Rejected(_))
+                | (Action::CreateSku(_), Outcome::SkuCreated(_))
+                | (Action::Restock { .. }, Outcome::Restocked(_))
+                | (Action::OpenSale { .. } | Action::CloseSale { .. }, Outcome::SaleChanged(_))
+                | (Action::Reserve(_), Outcome::Reserved { .. })
+                | (Action::Pay { .. }, Outcome::Paid { .. })
+                | (Action::Cancel { .. } | Action::AdminCancel { .. }, Outcome::Cancelled { .. })
+                | (Action::Ship { .. }, Outcome::Shipped { .. })
+                | (Action::Complete { .. }, Outcome::Completed { .. })
+                | (Action::Refund { .. }, Outcome::Refunded { .. })
+                | (Action::CreateCouponBatch(_), Outcome::BatchCreated(_))
+                | (Action::ClaimCoupon { .. }, Outcome::CouponClaimed { .. })
         );
         debug_assert!(answered, "{} answered with another command's outcome", action.name());
-        result.unwrap_or_else(Outcome::Rejected)
+        outcome
     }
 }
