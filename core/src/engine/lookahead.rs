@@ -23,8 +23,9 @@ pub struct Lookahead {
 }
 
 const _: () = assert!(Lookahead::DISTANCE >= 1 && Lookahead::DISTANCE <= 64);
-// A hint's second step comes `ENTRY_HINT_DELAY` hints after its first, before the apply.
-const _: () = assert!(Lookahead::DISTANCE > super::ENTRY_HINT_DELAY);
+// A hint's later steps come up to `ORDER_SKU_HINT_DELAY` hints after its first, before the
+// apply.
+const _: () = assert!(Lookahead::DISTANCE > super::ORDER_SKU_HINT_DELAY);
 
 impl Default for Lookahead {
     fn default() -> Self {

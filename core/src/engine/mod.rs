@@ -259,21 +259,31 @@ pub struct Engine {
     /// (see [`Engine::set_hinted_ahead`]); if not, `apply` loads its own slots first. Not
     /// state: it never changes an outcome, a hash or a snapshot.
     hinted_ahead: bool,
-    /// The entries the last [`ENTRY_HINT_DELAY`] hinted client commands will read through an
-    /// index (see [`Engine::prefetch`]), the oldest at `entry_hints_made` modulo the delay.
+    /// The entries the last [`HINT_RING`] hinted client commands will read through an index
+    /// (see [`Engine::prefetch`]), the oldest at `entry_hints_made` modulo the ring's length.
     /// Hints only, like `hinted_ahead`: never state.
-    entry_hints: [EntryHint; ENTRY_HINT_DELAY],
+    entry_hints: [EntryHint; HINT_RING],
     entry_hints_made: u64,
     /// How many of `entry_hints` are not [`EntryHint::None`].
     entry_hints_live: u8,
+    /// The SKU the last hinted reservation names: a sale's reservations mostly name one, whose
+    /// entry is in cache already, and it is not hinted again. A hint only, like the others.
+    hinted_sku: Option<SkuId>,
 }
 
 /// How many hinted commands after its own hint a command's entries are hinted: the second
 /// step of [`Engine::prefetch`]. The pipeline applies a command eight hints after its first
 /// step, so its index slots have four commands' time to arrive, and its entries four more.
 const ENTRY_HINT_DELAY: usize = 4;
-// A power of two, so the ring's position is a mask.
-const _: () = assert!(ENTRY_HINT_DELAY.is_power_of_two());
+/// How many hinted commands after its own hint the SKU of the order a command names is
+/// hinted: the third step, once the order's entry has arrived. The SKU table is small and
+/// mostly in the outer caches, so one command's time is enough.
+const ORDER_SKU_HINT_DELAY: usize = 7;
+/// The hints kept: enough for the third step.
+const HINT_RING: usize = 8;
+// A power of two, so the ring's position is a mask, and long enough for every step.
+const _: () = assert!(HINT_RING.is_power_of_two());
+const _: () = assert!(ENTRY_HINT_DELAY < ORDER_SKU_HINT_DELAY && ORDER_SKU_HINT_DELAY < HINT_RING);
 
 /// An entry a command reads through an index: the second step of its hint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,6 +293,26 @@ enum EntryHint {
     Order(OrderId),
     /// The coupon a reservation applies.
     Coupon(CouponId),
+    /// The SKU a reservation names, when another reservation named another SKU before it.
+    Sku(SkuId),
+    /// Both of the above.
+    SkuAndCoupon(SkuId, CouponId),
+}
+
+impl EntryHint {
+    /// This hint, and the SKU a reservation names.
+    fn with_sku(self, sku: SkuId) -> EntryHint {
+        let hint = match self {
+            EntryHint::None => EntryHint::Sku(sku),
+            EntryHint::Coupon(coupon) => EntryHint::SkuAndCoupon(sku, coupon),
+            // Only a reservation names a SKU, and its first step hints no order.
+            EntryHint::Order(_) | EntryHint::Sku(_) | EntryHint::SkuAndCoupon(..) => {
+                unreachable!("a SKU hint added to {self:?}")
+            }
+        };
+        assert_ne!(hint, EntryHint::None);
+        hint
+    }
 }
 
 /// Entries the share table may need: one per user with a counted request key or a live order,
@@ -333,9 +363,10 @@ impl Engine {
             key_index: fixed_map(config.request_keys_max),
             shares: fixed_map(shares_max(&config)),
             hinted_ahead: false,
-            entry_hints: [EntryHint::None; ENTRY_HINT_DELAY],
+            entry_hints: [EntryHint::None; HINT_RING],
             entry_hints_made: 0,
             entry_hints_live: 0,
+            hinted_sku: None,
             config,
         };
         // `push_deadline` sweeps when the queue is full; a sweep leaves at most `orders_max`
@@ -549,10 +580,12 @@ impl Engine {
     /// commands calls it a few commands ahead of [`Engine::apply`], in the order it applies
     /// them.
     ///
-    /// The hint has a second step. An order or a coupon is found through its index slot, and
-    /// only then can its entry load: a second miss, one after the other. So each hint also
-    /// finishes the hint of the client command hinted [`ENTRY_HINT_DELAY`] hints before: by
-    /// now that command's index slot is in cache, and the entry it points to starts loading.
+    /// The hint has later steps. An order, a coupon or a SKU is found through its index slot,
+    /// and only then can its entry load: a second miss, one after the other. So each hint also
+    /// takes the hint of the client command hinted [`ENTRY_HINT_DELAY`] hints before a step
+    /// further: by now that command's index slot is in cache, and the entry it points to starts
+    /// loading. The SKU of an order is known only from the order's entry: a third step, for
+    /// the command hinted [`ORDER_SKU_HINT_DELAY`] hints before, starts loading it.
     pub fn prefetch(&mut self, sequenced: &Sequenced) {
         // A hint for a command applied already looks behind, not ahead: a caller's mistake that
         // would cost only speed. (A processor hinting a slot before it is sequenced passes 0.)
@@ -565,23 +598,51 @@ impl Engine {
         let Command::Client { key, action } = &sequenced.command else {
             return;
         };
-        let hint = self.hint_index_slots(*key, action);
-        let position = self.entry_hints_made as usize % ENTRY_HINT_DELAY;
+        let mut hint = self.hint_index_slots(*key, action);
+        if let Action::Reserve(reserve) = action
+            && self.hinted_sku != Some(reserve.sku)
+        {
+            hint = self.hint_sku_index(reserve.sku, hint);
+        }
+        let position = self.entry_hints_made as usize % HINT_RING;
         self.entry_hints_made = self.entry_hints_made.wrapping_add(1);
         // Most commands of a sale name no order or coupon: with none in the ring either, there
         // is nothing to write and nothing to finish.
         if hint == EntryHint::None && self.entry_hints_live == 0 {
             return;
         }
-        let earlier = std::mem::replace(&mut self.entry_hints[position], hint);
+        let dropped = std::mem::replace(&mut self.entry_hints[position], hint);
         self.entry_hints_live += u8::from(hint != EntryHint::None);
-        self.entry_hints_live -= u8::from(earlier != EntryHint::None);
-        self.hint_entry(earlier);
+        self.entry_hints_live -= u8::from(dropped != EntryHint::None);
+        debug_assert_eq!(
+            self.entry_hints.iter().filter(|kept| **kept != EntryHint::None).count(),
+            usize::from(self.entry_hints_live),
+            "the live hints miscounted"
+        );
+        let earlier = |delay: usize| self.entry_hints[(position + HINT_RING - delay) % HINT_RING];
+        self.hint_later_steps(earlier(ENTRY_HINT_DELAY), earlier(ORDER_SKU_HINT_DELAY));
+    }
+
+    /// The later steps of two earlier hints: the entry `second` names, and the SKU of the
+    /// order `third` names.
+    #[inline(never)]
+    fn hint_later_steps(&self, second: EntryHint, third: EntryHint) {
+        self.hint_entry(second);
+        if let EntryHint::Order(order) = third
+            && let Some(&slot) = self.order_index.get(&order)
+        {
+            // Indexed slots are kept orders, and kept orders name a kept SKU (both checked by
+            // the snapshot restore); `get` keeps even a broken index from reading past them.
+            if let Some(kept) = self.orders.get(slot as usize) {
+                debug_assert_eq!(kept.id, order, "the order index points elsewhere");
+                debug_assert!((kept.sku_slot as usize) < self.skus.len(), "an order of no SKU");
+                table::warm_entry(self.skus.as_ptr().wrapping_add(kept.sku_slot as usize));
+            }
+        }
     }
 
     /// The second step of a hint: starts loading the entry that `hint`'s index slot, loaded
     /// by the first step, points to. A lookup of a slot now in cache, and a hint.
-    #[inline(never)]
     fn hint_entry(&self, hint: EntryHint) {
         match hint {
             EntryHint::None => {}
@@ -592,12 +653,38 @@ impl Engine {
                     table::warm_entry(self.orders.as_ptr().wrapping_add(slot as usize));
                 }
             }
-            EntryHint::Coupon(coupon) => {
-                if let Some(&slot) = self.coupon_index.get(&coupon) {
-                    debug_assert!((slot as usize) < self.coupons.len(), "a coupon indexed past");
-                    table::warm_entry(self.coupons.as_ptr().wrapping_add(slot as usize));
-                }
+            EntryHint::Coupon(coupon) => self.hint_coupon(coupon),
+            EntryHint::Sku(sku) => self.hint_sku(sku),
+            EntryHint::SkuAndCoupon(sku, coupon) => {
+                self.hint_sku(sku);
+                self.hint_coupon(coupon);
             }
+        }
+    }
+
+    /// The first step of a hint for a reservation naming another SKU than the last one
+    /// hinted: its index slot. Out of line: a sale's reservations mostly name one SKU.
+    #[inline(never)]
+    fn hint_sku_index(&mut self, sku: SkuId, hint: EntryHint) -> EntryHint {
+        debug_assert_ne!(self.hinted_sku, Some(sku), "the SKU hinted last is hinted again");
+        self.hinted_sku = Some(sku);
+        self.sku_index.prefetch(&sku);
+        hint.with_sku(sku)
+    }
+
+    fn hint_coupon(&self, coupon: CouponId) {
+        if let Some(&slot) = self.coupon_index.get(&coupon) {
+            debug_assert!((slot as usize) < self.coupons.len(), "a coupon indexed past");
+            debug_assert_eq!(self.coupons[slot as usize].id, coupon, "the index points elsewhere");
+            table::warm_entry(self.coupons.as_ptr().wrapping_add(slot as usize));
+        }
+    }
+
+    fn hint_sku(&self, sku: SkuId) {
+        if let Some(&slot) = self.sku_index.get(&sku) {
+            debug_assert!((slot as usize) < self.skus.len(), "a SKU indexed past");
+            debug_assert_eq!(self.skus[slot as usize].id, sku, "the SKU index points elsewhere");
+            table::warm_entry(self.skus.as_ptr().wrapping_add(slot as usize));
         }
     }
 

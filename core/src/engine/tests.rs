@@ -1773,10 +1773,11 @@ fn full_key_table_is_capacity_exhausted_and_the_refusal_is_not_remembered() {
 }
 
 #[test]
-fn a_hints_second_step_comes_four_hints_later_and_changes_nothing() {
-    // Goal: `prefetch` keeps the entries of the last four hinted client commands that name an
-    // order or a coupon, finishes each four client hints later (ticks and queries do not
-    // count), and never changes an outcome or the state, whatever the order named.
+fn a_hints_later_steps_come_from_a_ring_of_eight_and_change_nothing() {
+    // Goal: `prefetch` keeps the entries of the last eight hinted client commands that name an
+    // order, a coupon or a SKU other than the last one hinted, lets each drop out eight client
+    // hints later (ticks and queries do not count), and never changes an outcome or the state,
+    // whatever the order or SKU named.
     let mut h = Harness::with_sku(sku_spec(SKU));
     let order = h.reserved(ALICE, SKU, 1);
     let digest = h.engine.state_digest();
@@ -1787,18 +1788,33 @@ fn a_hints_second_step_comes_four_hints_later_and_changes_nothing() {
     hint(&mut h, act::pay(order, PRICE_CENTS));
     hint(&mut h, act::pay(OrderId(12_345), PRICE_CENTS));
     assert_eq!(h.engine.entry_hints_live, 2);
+    hint(&mut h, act::reserve(BOB, SKU, 1));
+    assert_eq!(h.engine.entry_hints_live, 3, "the first reservation's SKU is hinted");
+    hint(&mut h, act::reserve(BOB, SKU, 1));
+    assert_eq!(h.engine.entry_hints_live, 3, "the same SKU is not hinted again");
+    hint(&mut h, act::reserve(BOB, 99, 1));
+    assert_eq!(h.engine.entry_hints_live, 4, "an unknown SKU is hinted like a known one");
     for _ in 0..2 {
-        hint(&mut h, act::reserve(BOB, SKU, 1));
+        hint(&mut h, act::reserve(BOB, 99, 1));
         let tick = Sequenced { sequence: Sequence(0), timestamp: T0, command: Command::Tick };
         h.engine.prefetch(&tick);
     }
-    assert_eq!(h.engine.entry_hints_live, 2, "only client commands move the hints on");
-    hint(&mut h, act::reserve(BOB, SKU, 1));
-    assert_eq!(h.engine.entry_hints_live, 1, "the first order's entry is hinted");
-    hint(&mut h, act::reserve(BOB, SKU, 1));
-    assert_eq!(h.engine.entry_hints_live, 0, "an unknown order's hint ends too");
+    assert_eq!(h.engine.entry_hints_live, 4, "only client commands move the hints on");
+    hint(&mut h, act::reserve(BOB, 99, 1));
+    assert_eq!(h.engine.entry_hints_live, 4, "eight hints are kept");
+    hint(&mut h, act::reserve(BOB, 99, 1));
+    assert_eq!(h.engine.entry_hints_live, 3, "the first order's hint drops out eight hints on");
+    hint(&mut h, act::reserve(BOB, 99, 1));
+    assert_eq!(h.engine.entry_hints_live, 2, "an unknown order's hint drops out too");
+    for _ in 0..2 {
+        hint(&mut h, act::reserve(BOB, 99, 1));
+    }
+    assert_eq!(h.engine.entry_hints_live, 1);
+    hint(&mut h, act::reserve(BOB, 99, 1));
+    assert_eq!(h.engine.entry_hints_live, 0);
     assert_eq!(h.engine.state_digest(), digest);
     assert!(matches!(h.run(act::pay(order, PRICE_CENTS)), Outcome::Paid { .. }));
+    assert!(matches!(h.run(act::reserve(BOB, SKU, 1)), Outcome::Reserved { .. }));
 }
 
 // ---------------------------------------------------------------------------------------------
