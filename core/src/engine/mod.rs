@@ -266,9 +266,11 @@ pub struct Engine {
     entry_hints_made: u64,
     /// How many of `entry_hints` are not [`EntryHint::None`].
     entry_hints_live: u8,
-    /// The SKU the last hinted reservation names: a sale's reservations mostly name one, whose
-    /// entry is in cache already, and it is not hinted again. A hint only, like the others.
-    hinted_sku: Option<SkuId>,
+    /// The SKU the last hinted reservation names, and the SKUs hinted lately, one per
+    /// [`hinted_sku_slot`]: a sale's reservations mostly name one SKU or a few, whose entries
+    /// stay in cache, and a SKU found here is not hinted again. Hints only, like the others.
+    last_sku: SkuId,
+    hinted_skus: [SkuId; HINTED_SKUS],
 }
 
 /// How many hinted commands after its own hint a command's entries are hinted: the second
@@ -284,6 +286,20 @@ const HINT_RING: usize = 8;
 // A power of two, so the ring's position is a mask, and long enough for every step.
 const _: () = assert!(HINT_RING.is_power_of_two());
 const _: () = assert!(ENTRY_HINT_DELAY < ORDER_SKU_HINT_DELAY && ORDER_SKU_HINT_DELAY < HINT_RING);
+
+/// How many SKUs the hints remember as hinted lately: a flash sale of up to this many SKUs
+/// hints each SKU's entry once, however its reservations interleave.
+const HINTED_SKUS: usize = 16;
+const _: () = assert!(HINTED_SKUS.is_power_of_two());
+
+/// Where [`Engine::prefetch`] remembers `sku` as hinted: its id's top bits after one
+/// multiplication, so that ids in any stride spread over the slots.
+fn hinted_sku_slot(sku: SkuId) -> usize {
+    let slot =
+        (sku.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HINTED_SKUS.trailing_zeros())) as usize;
+    debug_assert!(slot < HINTED_SKUS);
+    slot
+}
 
 /// An entry a command reads through an index: the second step of its hint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,7 +382,8 @@ impl Engine {
             entry_hints: [EntryHint::None; HINT_RING],
             entry_hints_made: 0,
             entry_hints_live: 0,
-            hinted_sku: None,
+            last_sku: SkuId(0),
+            hinted_skus: [SkuId(0); HINTED_SKUS],
             config,
         };
         // `push_deadline` sweeps when the queue is full; a sweep leaves at most `orders_max`
@@ -600,7 +617,7 @@ impl Engine {
         };
         let mut hint = self.hint_index_slots(*key, action);
         if let Action::Reserve(reserve) = action
-            && self.hinted_sku != Some(reserve.sku)
+            && self.last_sku != reserve.sku
         {
             hint = self.hint_sku_index(reserve.sku, hint);
         }
@@ -662,12 +679,18 @@ impl Engine {
         }
     }
 
-    /// The first step of a hint for a reservation naming another SKU than the last one
-    /// hinted: its index slot. Out of line: a sale's reservations mostly name one SKU.
+    /// The first step of a hint for a reservation naming another SKU than the last one: its
+    /// index slot, unless the SKU was hinted lately. Out of line: a sale's reservations mostly
+    /// name one SKU.
     #[inline(never)]
     fn hint_sku_index(&mut self, sku: SkuId, hint: EntryHint) -> EntryHint {
-        debug_assert_ne!(self.hinted_sku, Some(sku), "the SKU hinted last is hinted again");
-        self.hinted_sku = Some(sku);
+        debug_assert_ne!(self.last_sku, sku, "the last SKU is hinted again");
+        self.last_sku = sku;
+        let slot = &mut self.hinted_skus[hinted_sku_slot(sku)];
+        if *slot == sku {
+            return hint;
+        }
+        *slot = sku;
         self.sku_index.prefetch(&sku);
         hint.with_sku(sku)
     }

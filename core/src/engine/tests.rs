@@ -1773,9 +1773,31 @@ fn full_key_table_is_capacity_exhausted_and_the_refusal_is_not_remembered() {
 }
 
 #[test]
+fn a_sale_of_sixteen_consecutive_skus_is_remembered_whole_by_the_hints() {
+    // Goal: SKU ids 1 to 16, the way a sale numbers its SKUs, each get their own slot among
+    // the SKUs the hints remember, so a sale of that many hints each SKU's entry once.
+    let slots: std::collections::BTreeSet<usize> =
+        (1..=16).map(|id| super::hinted_sku_slot(SkuId(id))).collect();
+    assert_eq!(slots.len(), super::HINTED_SKUS);
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    for round in 0..2 {
+        for sku in 1..=16 {
+            let command = Command::Client {
+                key: RequestKey::from_u128(u128::from(sku)),
+                action: act::reserve(BOB, sku, 1),
+            };
+            h.engine.prefetch(&Sequenced { sequence: Sequence(0), timestamp: T0, command });
+        }
+        // The first round hints every SKU; the second, none: its eight latest hints are empty.
+        let expected = if round == 0 { 8 } else { 0 };
+        assert_eq!(h.engine.entry_hints_live, expected, "round {round}");
+    }
+}
+
+#[test]
 fn a_hints_later_steps_come_from_a_ring_of_eight_and_change_nothing() {
     // Goal: `prefetch` keeps the entries of the last eight hinted client commands that name an
-    // order, a coupon or a SKU other than the last one hinted, lets each drop out eight client
+    // order, a coupon or a SKU not hinted lately, lets each drop out eight client
     // hints later (ticks and queries do not count), and never changes an outcome or the state,
     // whatever the order or SKU named.
     let mut h = Harness::with_sku(sku_spec(SKU));
@@ -1794,8 +1816,9 @@ fn a_hints_later_steps_come_from_a_ring_of_eight_and_change_nothing() {
     assert_eq!(h.engine.entry_hints_live, 3, "the same SKU is not hinted again");
     hint(&mut h, act::reserve(BOB, 99, 1));
     assert_eq!(h.engine.entry_hints_live, 4, "an unknown SKU is hinted like a known one");
-    for _ in 0..2 {
-        hint(&mut h, act::reserve(BOB, 99, 1));
+    for sku in [SKU, 99] {
+        // Both hinted lately, so neither is hinted again, whichever came last.
+        hint(&mut h, act::reserve(BOB, sku, 1));
         let tick = Sequenced { sequence: Sequence(0), timestamp: T0, command: Command::Tick };
         h.engine.prefetch(&tick);
     }
