@@ -309,7 +309,7 @@ enum EntryHint {
     Order(OrderId),
     /// The coupon a reservation applies.
     Coupon(CouponId),
-    /// The SKU a reservation names, when another reservation named another SKU before it.
+    /// The SKU a reservation names, when it was not hinted lately.
     Sku(SkuId),
     /// Both of the above.
     SkuAndCoupon(SkuId, CouponId),
@@ -623,8 +623,8 @@ impl Engine {
         }
         let position = self.entry_hints_made as usize % HINT_RING;
         self.entry_hints_made = self.entry_hints_made.wrapping_add(1);
-        // Most commands of a sale name no order or coupon: with none in the ring either, there
-        // is nothing to write and nothing to finish.
+        // Most commands of a sale name no order, no coupon and no SKU not hinted lately: with
+        // none in the ring either, there is nothing to write and nothing to finish.
         if hint == EntryHint::None && self.entry_hints_live == 0 {
             return;
         }
