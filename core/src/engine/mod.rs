@@ -293,10 +293,10 @@ const HINTED_SKUS: usize = 16;
 const _: () = assert!(HINTED_SKUS.is_power_of_two());
 
 /// Where [`Engine::prefetch`] remembers `sku` as hinted: its id's top bits after one
-/// multiplication, so that ids in any stride spread over the slots.
+/// multiplication by the index tables' spreading constant, so that ids in any stride spread
+/// over the slots.
 fn hinted_sku_slot(sku: SkuId) -> usize {
-    let slot =
-        (sku.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HINTED_SKUS.trailing_zeros())) as usize;
+    let slot = table::top(sku.0.wrapping_mul(table::SPREAD), 64 - HINTED_SKUS.trailing_zeros());
     debug_assert!(slot < HINTED_SKUS);
     slot
 }
@@ -317,22 +317,6 @@ enum EntryHint {
 // together), the hint went through memory between `hint_index_slots` and its callers, a
 // 16-byte load over two 8-byte stores, and a stall on every reservation of a sale of a few SKUs.
 const _: () = assert!(size_of::<EntryHint>() <= 16);
-
-impl EntryHint {
-    /// This hint, and the SKU a reservation names: a coupon's entry is hinted before the SKU's.
-    fn with_sku(self, sku: SkuId) -> EntryHint {
-        let hint = match self {
-            EntryHint::None => EntryHint::Sku(sku),
-            EntryHint::Coupon(coupon) => EntryHint::Coupon(coupon),
-            // Only a reservation names a SKU, and its first step hints no order.
-            EntryHint::Order(_) | EntryHint::Sku(_) => {
-                unreachable!("a SKU hint added to {self:?}")
-            }
-        };
-        assert_ne!(hint, EntryHint::None);
-        hint
-    }
-}
 
 /// Entries the share table may need: one per user with a counted request key or a live order,
 /// so at most every key plus every kept order. One slot when no quota is on.
@@ -619,10 +603,14 @@ impl Engine {
             return;
         };
         let mut hint = self.hint_index_slots(*key, action);
+        // A reservation with a coupon hints the coupon's entry instead (a hint is two words).
         if let Action::Reserve(reserve) = action
             && self.last_sku != reserve.sku
+            && reserve.coupon.is_none()
+            && self.hint_sku_index(reserve.sku)
         {
-            hint = self.hint_sku_index(reserve.sku, hint);
+            debug_assert_eq!(hint, EntryHint::None, "a reservation without a coupon hinted");
+            hint = EntryHint::Sku(reserve.sku);
         }
         let position = self.entry_hints_made as usize % HINT_RING;
         self.entry_hints_made = self.entry_hints_made.wrapping_add(1);
@@ -679,19 +667,19 @@ impl Engine {
     }
 
     /// The first step of a hint for a reservation naming another SKU than the last one: its
-    /// index slot, unless the SKU was hinted lately. Out of line: a sale's reservations mostly
-    /// name one SKU.
+    /// index slot, unless the SKU was hinted lately. Whether it hinted: if so, the SKU's entry
+    /// is hinted later. Out of line: a sale's reservations mostly name one SKU.
     #[inline(never)]
-    fn hint_sku_index(&mut self, sku: SkuId, hint: EntryHint) -> EntryHint {
+    fn hint_sku_index(&mut self, sku: SkuId) -> bool {
         debug_assert_ne!(self.last_sku, sku, "the last SKU is hinted again");
         self.last_sku = sku;
         let slot = &mut self.hinted_skus[hinted_sku_slot(sku)];
         if *slot == sku {
-            return hint;
+            return false;
         }
         *slot = sku;
         self.sku_index.prefetch(&sku);
-        hint.with_sku(sku)
+        true
     }
 
     fn hint_coupon(&self, coupon: CouponId) {

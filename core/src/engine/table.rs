@@ -18,7 +18,7 @@ use std::num::NonZeroU64;
 use crate::types::{BatchId, CouponId, OrderId, RequestKey, SkuId, UserId};
 
 /// Multiplier that folds a second word into the first before mixing: 2^64 / golden ratio.
-const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+pub(super) const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 // Odd, so multiplying by it is a bijection and folds no two first words together.
 const _: () = assert!(SPREAD % 2 == 1);
 
@@ -98,7 +98,7 @@ fn place(word: u64) -> u64 {
 }
 
 /// The top `64 - shift` bits of a well-mixed hash.
-fn top(hash: u64, shift: u32) -> usize {
+pub(super) fn top(hash: u64, shift: u32) -> usize {
     // A shift by 64 would overflow, a shift by 0 would index past the table. Checked in
     // release builds once, where a map is made; this runs on every lookup.
     debug_assert!(shift >= 1, "a table beyond the address space");
