@@ -10,6 +10,11 @@ percentiles of each build and the after/before ratio. Figures only; nothing is a
     perf/compare.py --before /tmp/base/target/release/ringfence-perf --after /tmp/after \\
         --bench blp --bench pipeline --rounds 3 --quick
 
+Rows can be filtered on either side with `--before-arg`/`--after-arg`, e.g. only the pipeline's
+maximum-throughput rows of a build that has `pipeline --rate`:
+
+    perf/compare.py ... --bench pipeline --quick --after-arg=--rate --after-arg=max
+
 A row the builds name differently (a variant renamed, or the after build's variant that
 matches what the before build measured) is compared with `--match AFTER_VARIANT=BEFORE_VARIANT`,
 e.g. `--match ringfence_no_quotas=ringfence` against a build from before per-user quotas.
@@ -22,8 +27,8 @@ import subprocess
 import sys
 
 
-def run(binary, bench, quick):
-    args = [binary, bench, "--json"] + (["--quick"] if quick else [])
+def run(binary, bench, quick, extra):
+    args = [binary, bench, "--json"] + (["--quick"] if quick else []) + extra
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     rows = {}
     for line in out.splitlines():
@@ -67,6 +72,12 @@ def main():
     parser.add_argument("--match", action="append", default=[], metavar="AFTER=BEFORE",
                         help="also compare the after build's variant AFTER with the before "
                              "build's variant BEFORE, in every scenario that has both")
+    parser.add_argument("--before-arg", action="append", default=[], metavar="ARG",
+                        help="pass ARG to the before build's benchmark (repeatable)")
+    parser.add_argument("--after-arg", action="append", default=[], metavar="ARG",
+                        help="pass ARG to the after build's benchmark (repeatable), e.g. "
+                             "--after-arg=--rate --after-arg=max for a build whose `pipeline` "
+                             "filters rows")
     args = parser.parse_args()
     matches = []
     for pair in args.match:
@@ -81,7 +92,8 @@ def main():
             for build in ("before", "after"):
                 binary = getattr(args, build)
                 print(f"# {bench} round {round_ + 1}/{args.rounds}: {build}", file=sys.stderr)
-                samples[build].append(run(binary, bench, args.quick))
+                extra = getattr(args, f"{build}_arg")
+                samples[build].append(run(binary, bench, args.quick, extra))
         keys = []
         for rows in samples["before"] + samples["after"]:
             for key in rows:

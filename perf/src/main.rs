@@ -100,7 +100,7 @@ enum Bench {
     Ring(Common),
     /// The node in-process, open loop at fixed offered rates (100k/s, 1M/s, max), both
     /// topologies, latency from each command's intended send time, against the BLP alone.
-    Pipeline(Common),
+    Pipeline(PipelineArgs),
     /// An answer held for the standby's acknowledgement: latency from the acknowledgement
     /// (read on another thread) to the answer, with the watermark's wake-up and without it.
     Ack(Common),
@@ -140,6 +140,22 @@ struct ReportArgs {
     scale: f64,
 }
 
+/// Options of the pipeline benchmark.
+#[derive(Args, Debug, Clone)]
+struct PipelineArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Run only this layout, named as its rows are (e.g. "compact spin polled pin");
+    /// repeatable. The BLP alone always runs: the rows' ratios are to it. Filtered runs skip
+    /// the idle measurement.
+    #[arg(long = "layout", value_name = "NAME")]
+    layouts: Vec<String>,
+    /// Run only this offered rate: `max`, or commands per second of a layout's fixed rates
+    /// (100000, 1000000); repeatable.
+    #[arg(long = "rate", value_name = "RATE", value_parser = pipeline::parse_rate)]
+    rates: Vec<Option<u64>>,
+}
+
 /// Options of the failover benchmark.
 #[derive(Args, Debug, Clone)]
 struct FailoverArgs {
@@ -164,7 +180,7 @@ fn main() {
         Bench::Journal(common) => journal::run(common),
         Bench::Replay(common) => replay::run(common),
         Bench::Ring(common) => ring::run(common),
-        Bench::Pipeline(common) => pipeline::run(common),
+        Bench::Pipeline(args) => pipeline::run(args.common, &args.layouts, &args.rates),
         Bench::Ack(common) => ack::run(common),
         Bench::Replication(common) => replication::run(common),
         Bench::Failover(args) => failover::run(args.common, args.failovers, args.ringfence),

@@ -183,13 +183,69 @@ fn layouts() -> Vec<Layout> {
     ]
 }
 
-/// Runs the pipeline benchmark and prints its rows.
-pub fn run(common: Common) {
-    bench(&mut Report::new(common.json), Size::of(common));
+/// Runs the pipeline benchmark and prints its rows: every layout at every rate, or only the
+/// layouts named in `only_layouts` and the rates in `only_rates` when either is given.
+pub fn run(common: Common, only_layouts: &[String], only_rates: &[Option<u64>]) {
+    let known: Vec<String> = layouts().iter().map(Layout::name).collect();
+    if let Some(unknown) = only_layouts.iter().find(|name| !known.contains(name)) {
+        eprintln!(
+            "error: no pipeline layout is named `{unknown}`; the layouts: {}",
+            known.join(", ")
+        );
+        std::process::exit(2);
+    }
+    let filter = Filter { layouts: only_layouts, rates: only_rates };
+    let rows = layouts()
+        .iter()
+        .map(|layout| layout.rates.iter().filter(|&&rate| filter.keeps(layout, rate)).count())
+        .sum::<usize>();
+    if rows == 0 {
+        eprintln!(
+            "error: no layout named runs at the rates named; a layout's rates: 100000, 1000000, max"
+        );
+        std::process::exit(2);
+    }
+    bench_filtered(&mut Report::new(common.json), Size::of(common), &filter);
+}
+
+/// Reads an offered rate as `--rate` gives it: `max`, or commands per second.
+pub fn parse_rate(text: &str) -> Result<Option<u64>, String> {
+    if text == "max" {
+        return Ok(None);
+    }
+    match text.parse::<u64>() {
+        Ok(rate) if rate > 0 => Ok(Some(rate)),
+        _ => Err(format!("`{text}` is neither `max` nor a positive number of commands per second")),
+    }
+}
+
+/// Which rows a run measures; empty lists select everything.
+struct Filter<'a> {
+    layouts: &'a [String],
+    rates: &'a [Option<u64>],
+}
+
+impl Filter<'_> {
+    const ALL: Filter<'static> = Filter { layouts: &[], rates: &[] };
+
+    fn is_all(&self) -> bool {
+        self.layouts.is_empty() && self.rates.is_empty()
+    }
+
+    fn keeps(&self, layout: &Layout, rate: Option<u64>) -> bool {
+        (self.layouts.is_empty() || self.layouts.contains(&layout.name()))
+            && (self.rates.is_empty() || self.rates.contains(&rate))
+    }
 }
 
 /// Measures the BLP alone and every layout at every rate into `report`.
 pub fn bench(report: &mut Report, size: Size) {
+    bench_filtered(report, size, &Filter::ALL);
+}
+
+/// Measures the BLP alone and the layouts and rates `filter` keeps into `report`, then, for an
+/// unfiltered run, what each parking layout costs idle.
+fn bench_filtered(report: &mut Report, size: Size, filter: &Filter<'_>) {
     let seconds = size.seconds(0.4, 2.0);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     report.note(&machine_load());
@@ -204,7 +260,7 @@ pub fn bench(report: &mut Report, size: Size) {
     let blp_rate = blp.ops_per_sec();
     report.push(blp);
     for layout in layouts() {
-        for &rate in layout.rates {
+        for &rate in layout.rates.iter().filter(|&&rate| filter.keeps(&layout, rate)) {
             let commands =
                 rate.map_or(max_commands, |rate| ((seconds * rate as f64) as u64).max(1));
             let (row, busy) = measure(&layout, rate, commands);
@@ -227,7 +283,8 @@ pub fn bench(report: &mut Report, size: Size) {
     // What a node costs with nothing to do: the layouts that park (a busy-spinning stage
     // takes its core by design).
     let idle_seconds = size.seconds(1.0, 3.0);
-    for layout in layouts().iter().filter(|layout| layout.wait != WaitStrategy::BusySpin) {
+    let idle_layouts = if filter.is_all() { layouts() } else { Vec::new() };
+    for layout in idle_layouts.iter().filter(|layout| layout.wait != WaitStrategy::BusySpin) {
         let share = idle_share(layout, idle_seconds);
         report.note(&format!(
             "  idle, {}: {:.2}% of a core over {idle_seconds:.1} s (process CPU time, nothing \
