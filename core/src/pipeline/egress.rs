@@ -167,7 +167,7 @@ impl<P: RingPoller> Egress<P> {
     /// `Unanswered::Unreplicated` instead (`answer`).
     fn limit(&self) -> Sequence {
         let shared = &self.shared;
-        let local = shared.durable.get().min(shared.applied.get());
+        let local = shared.durable.get().min(shared.applied.sequence());
         if shared.write_hold().is_some() || shared.lease_expired() {
             local
         } else {
@@ -177,15 +177,34 @@ impl<P: RingPoller> Egress<P> {
 
     /// How many slots from `next` may be released now: those the applying stage finished whose
     /// gates are within the limit, and the stop marker once everything before it is.
+    ///
+    /// Gates never decrease along the ring (a slot's gate is its sequence, or the last one
+    /// before it), so the releasable prefix ends at the first gate past the limit. Usually
+    /// nothing waits: the applied sequence, read after the applied positions and so at least
+    /// the last applied slot's gate, is within the limit, and the whole applied span goes
+    /// without reading a gate (the applying stage wrote them on its own core). Otherwise a
+    /// binary search reads a few.
     fn releasable(&self) -> u64 {
         let shared = &self.shared;
         let limit = self.limit();
         let fence = shared.journal_fence();
-        let applied = shared.applied_positions.load(Ordering::Acquire);
-        let mut position = self.next;
-        while position < applied && release_gate(shared.gates.get(position), fence) <= limit {
-            position += 1;
-        }
+        let applied = shared.applied.positions();
+        let within = |gate: Sequence| release_gate(gate, fence) <= limit;
+        let mut position = if applied <= self.next || within(shared.applied.sequence()) {
+            applied.max(self.next)
+        } else {
+            // The first position in `next..applied` whose gate is past the limit.
+            let (mut low, mut high) = (self.next, applied);
+            while low < high {
+                let middle = low + (high - low) / 2;
+                if within(shared.gates.get(middle)) { low = middle + 1 } else { high = middle }
+            }
+            low
+        };
+        debug_assert!(
+            (self.next..position).all(|at| within(shared.gates.get(at))),
+            "a gate past the limit in the releasable prefix"
+        );
         if position == shared.stop_at.load(Ordering::Acquire) {
             position += 1;
         }
@@ -230,7 +249,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         // answers outcomes rather than `Unreplicated`. Past the lease deadline nothing counts
         // as safe: a primary that may have been replaced acknowledges no write.
         let safe = if self.shared.lease_expired() { Sequence(0) } else { self.shared.safe.get() };
-        let applied = self.shared.applied_positions.load(Ordering::Acquire);
+        let applied = self.shared.applied.positions();
         let now_ns = self.shared.clock.now_ns();
         let mut stop = false;
         let Egress { poller, router, recorder, next, sequencer, shared, .. } = self;
@@ -245,10 +264,10 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             // Unless the node failed, only the releasable prefix was taken (`releasable`).
             let released = !failed
                 || (position < applied && release_gate(gates.get(position), fence) <= limit);
-            if released {
-                // The applying stage numbered this slot as egress does.
-                assert_eq!(gates.get(position), sequence, "gate of position {position}");
-            }
+            // The applying stage numbered this slot as egress does. (Checked in debug builds:
+            // reading the gate here would cost a cache miss per slot on the applying core's
+            // line.)
+            debug_assert!(!released || gates.get(position) == sequence, "gate of {position}");
             if slot.reply == Reply::NOBODY {
                 return;
             }
@@ -263,7 +282,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
                 // Released under a write hold (`limit`): applied here, never acknowledged.
                 Err(Unanswered::Unreplicated { sequence })
             } else {
-                // SAFETY: `position < applied_positions`, read with acquire ordering, so the
+                // SAFETY: `position < applied.positions()`, read with acquire ordering, so the
                 // applying stage's write of this outcome happened-before; the producer cannot
                 // reuse the slot until this drain returns and egress's cursor passes it.
                 Ok(unsafe { slot.outcome.read() })
@@ -298,7 +317,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
     }
 
     fn holding(&self) -> bool {
-        let applied = self.shared.applied_positions.load(Ordering::Acquire);
+        let applied = self.shared.applied.positions();
         // Egress releases only what was applied.
         debug_assert!(self.next <= applied + 1, "released past the applied commands");
         applied > self.next

@@ -566,8 +566,8 @@ impl Node {
             durable: shared.durable.get(),
             replicated: shared.sent.get(),
             replication_safe: shared.safe.get(),
-            applied: shared.applied.get(),
-            applied_positions: shared.applied_positions.load(Ordering::Acquire),
+            applied: shared.applied.sequence(),
+            applied_positions: shared.applied.positions(),
             released: shared.released.get(),
             released_positions: shared.released_positions.load(Ordering::Acquire),
         }
@@ -660,7 +660,7 @@ impl Node {
             return Err(NodeError::JournalFailed { fence, cause });
         }
         let engine = engine.expect("the BLP hands back its engine when no stage failed");
-        let last_sequence = shared.applied.get();
+        let last_sequence = shared.applied.sequence();
         assert_eq!(shared.released.get(), last_sequence, "everything applied was answered");
         Ok(ShutdownReport { engine, last_sequence, metrics })
     }

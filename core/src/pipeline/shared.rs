@@ -19,8 +19,9 @@ use crate::types::{Epoch, Sequence};
 /// Metrics cells, one set per stage in pipeline order.
 pub(crate) struct StageCells {
     pub(crate) name: &'static str,
-    /// Ring positions the stage has passed (the next position it reads).
-    pub(crate) positions: AtomicU64,
+    /// Ring positions the stage has passed (the next position it reads). Written per batch,
+    /// so on a line of its own: the cells of the stages sit side by side.
+    pub(crate) positions: CachePadded<AtomicU64>,
     pub(crate) histograms: SharedHistograms,
 }
 
@@ -57,6 +58,44 @@ impl Gates {
     /// cannot reuse the slot, so the applying stage cannot overwrite the entry, before then).
     pub(crate) fn get(&self, position: u64) -> Sequence {
         Sequence(self.gates[(position & self.mask) as usize].load(Ordering::Relaxed))
+    }
+}
+
+/// The applying stage's progress, advanced at the end of each batch: the last journal sequence
+/// it applied, and the ring positions it finished (the next position it reads). Egress reads
+/// both for every pass, so they share one cache line.
+pub(crate) struct Applied(CachePadded<AppliedCells>);
+
+struct AppliedCells {
+    sequence: AtomicU64,
+    positions: AtomicU64,
+}
+
+impl Applied {
+    fn at(sequence: Sequence) -> Applied {
+        let cells =
+            AppliedCells { sequence: AtomicU64::new(sequence.0), positions: AtomicU64::new(0) };
+        Applied(CachePadded::new(cells))
+    }
+
+    /// Records a finished batch: everything before ring position `positions` is applied, the
+    /// last journaled of it being `sequence`. The sequence is stored first, so a reader that
+    /// acquires the positions sees at least the sequence that went with them.
+    pub(crate) fn advance(&self, sequence: Sequence, positions: u64) {
+        assert!(sequence.0 >= self.0.sequence.load(Ordering::Relaxed), "applied moved back");
+        assert!(positions >= self.0.positions.load(Ordering::Relaxed), "positions moved back");
+        self.0.sequence.store(sequence.0, Ordering::Release);
+        self.0.positions.store(positions, Ordering::Release);
+    }
+
+    /// The last journal sequence applied.
+    pub(crate) fn sequence(&self) -> Sequence {
+        Sequence(self.0.sequence.load(Ordering::Acquire))
+    }
+
+    /// The ring positions finished: the slots before it hold their outcomes and gates.
+    pub(crate) fn positions(&self) -> u64 {
+        self.0.positions.load(Ordering::Acquire)
     }
 }
 
@@ -98,10 +137,9 @@ pub(crate) struct Shared {
     /// Replicator: last sent, and what the replicator reports safe.
     pub(crate) sent: Watermark,
     pub(crate) safe: Arc<Watermark>,
-    /// Applying stage: the last journal sequence applied, and the ring positions it has
-    /// finished (the next position it will read), each slot's gate recorded in `gates`.
-    pub(crate) applied: Watermark,
-    pub(crate) applied_positions: CachePadded<AtomicU64>,
+    /// Applying stage: the last journal sequence applied and the ring positions it has
+    /// finished, each slot's gate recorded in `gates`.
+    pub(crate) applied: Applied,
     pub(crate) gates: Gates,
     /// Egress: the last journal sequence delivered, and the ring positions it has passed.
     pub(crate) released: Watermark,
@@ -182,8 +220,7 @@ impl Shared {
             durable: Watermark::at(last),
             sent: Watermark::at(last),
             safe,
-            applied: Watermark::at(last),
-            applied_positions: CachePadded::new(AtomicU64::new(0)),
+            applied: Applied::at(last),
             gates: Gates::new(config.ring_size),
             released: Watermark::at(last),
             released_positions: CachePadded::new(AtomicU64::new(0)),
@@ -201,7 +238,7 @@ impl Shared {
                 .iter()
                 .map(|&name| StageCells {
                     name,
-                    positions: AtomicU64::new(0),
+                    positions: CachePadded::new(AtomicU64::new(0)),
                     histograms: SharedHistograms::new(),
                 })
                 .collect(),

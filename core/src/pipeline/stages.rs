@@ -362,7 +362,7 @@ impl<H: SnapshotHook> Work for Blp<H> {
             self.read(shared, entry)
         };
         // SAFETY: this stage is the only writer of outcomes and is reading `slot` at its
-        // position; egress reads it only after `applied_positions` (release-stored at the end
+        // position; egress reads it only after the applied positions (release-stored at the end
         // of this batch) passes the position.
         unsafe { entry.slot.outcome.write(outcome) };
         shared.gates.set(entry.position, entry.sequence());
@@ -374,8 +374,7 @@ impl<H: SnapshotHook> Work for Blp<H> {
         assert!(applied <= end.sequence, "applied past the last placed");
         // Every journaled slot was applied but those past a journal fence.
         assert!(applied == end.sequence || shared.journal_fence().is_some(), "a slot skipped");
-        shared.applied.advance(applied);
-        shared.applied_positions.store(end.position + 1, Ordering::Release);
+        shared.applied.advance(applied, end.position + 1);
         publish_next_due(&self.engine, shared);
         if std::mem::take(&mut self.ticked) {
             // After the new due time: a timer that sees no tick pending sees the new time too.
