@@ -118,8 +118,10 @@ impl RecordCell {
 ///
 /// Laid out in the order the fields are used, so a command's trip touches as few cache lines
 /// as it can: what every producer writes first, then the outcome egress reads, then what only
-/// records and framing use.
-#[repr(C)]
+/// records and framing use. Aligned to a cache line, so that no line holds both what the
+/// producer writes and what the applying stage writes (of this slot or the next): each line
+/// crosses between cores only as often as the data on it must.
+#[repr(C, align(64))]
 pub(crate) struct Slot {
     pub(crate) kind: SlotKind,
     pub(crate) reply: Reply,
@@ -128,7 +130,7 @@ pub(crate) struct Slot {
     pub(crate) published_ns: u64,
     pub(crate) timestamp: Timestamp,
     pub(crate) command: Command,
-    pub(crate) outcome: OutcomeCell,
+    pub(crate) outcome: Aligned<OutcomeCell>,
     /// For a `Record` slot, the sequence and epoch the primary gave it; unused otherwise.
     pub(crate) sequence: Sequence,
     pub(crate) epoch: Epoch,
@@ -146,10 +148,27 @@ impl Slot {
             record: RecordCell::new(),
             reply: Reply::NOBODY,
             published_ns: 0,
-            outcome: OutcomeCell::new(),
+            outcome: Aligned(OutcomeCell::new()),
         }
     }
 }
+
+/// A field that starts a cache line.
+#[repr(align(64))]
+pub(crate) struct Aligned<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Aligned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+const _: () = {
+    assert!(std::mem::offset_of!(Slot, outcome) % 64 == 0, "the outcome starts a line");
+    assert!(std::mem::size_of::<Slot>() % 64 == 0, "slots are whole lines");
+};
 
 /// How [`RingPoller::drain_ahead`] shows a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
