@@ -145,7 +145,7 @@ fn check_scenario(markdown: &str, dir: &Path, scenario: &str) -> Vec<String> {
         .collect();
     assert_eq!(histograms.len(), rows.len(), "{scenario}: one .hgrm per row");
     for file in &histograms {
-        check_hgrm(&dir.join(file));
+        check_hgrm(&dir.join(file), section);
     }
     histograms.into_iter().chain(charts.into_iter().map(|(_, chart)| chart)).collect()
 }
@@ -166,7 +166,9 @@ fn check_svg(path: &Path, title: &str) {
 
 /// Checks a `.hgrm` file's structure: header, percentile lines (value, percentile rising to 1,
 /// total count, and 1/(1-percentile) on all but the last), then Java's three footer lines.
-fn check_hgrm(path: &Path) {
+/// `section` is the report's text on the scenario, shown when a histogram is empty: its notes
+/// say what the benchmark saw (lost or failed requests).
+fn check_hgrm(path: &Path, section: &str) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let name = path.display();
     let lines: Vec<&str> = text.lines().collect();
@@ -178,7 +180,7 @@ fn check_hgrm(path: &Path) {
         assert!(line.starts_with(prefix) && line.ends_with(']'), "{name}: {line}");
     }
     let body = &lines[2..lines.len() - 3];
-    assert!(!body.is_empty(), "{name}: no samples");
+    assert!(!body.is_empty(), "{name}: no samples; the report's section:\n{section}");
     let (mut previous, mut percentile, mut total) = (0.0f64, 0.0f64, 0u64);
     for (index, line) in body.iter().enumerate() {
         let fields: Vec<&str> = line.split_whitespace().collect();
