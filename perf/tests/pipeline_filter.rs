@@ -1,14 +1,8 @@
 //! `pipeline --layout/--rate`: a filter that selects nothing is refused before anything runs.
 
-use std::process::{Command, Output};
+mod common;
 
-fn perf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ringfence-perf"))
-        .args(args)
-        .env("RINGFENCE_LOG", "warn")
-        .output()
-        .expect("run ringfence-perf")
-}
+use common::perf;
 
 /// Exit code 2, the message on stderr, and no row measured.
 fn assert_refused(args: &[&str], message: &str) {

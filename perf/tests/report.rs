@@ -2,9 +2,12 @@
 //! build finishes in well under a minute, writes every table, chart and `.hgrm` file, and each
 //! parses. Structure only: no figure is ever asserted.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::perf;
 
 /// Shrinks the quick plan for a debug build; `report --quick` runs the same code unscaled.
 const SCALE: &str = "0.01";
@@ -60,14 +63,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn perf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ringfence-perf"))
-        .args(args)
-        .env("RINGFENCE_LOG", "warn")
-        .output()
-        .expect("run ringfence-perf")
 }
 
 #[test]
