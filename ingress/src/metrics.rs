@@ -329,7 +329,8 @@ impl Metrics {
         header(
             out,
             "ringfence_outcomes_total",
-            "Engine outcomes by kind or rejection code.",
+            "Answers by engine outcome kind or rejection code; a retry answered from the \
+             request-key memory counts again.",
             "counter",
         );
         for (name, value) in &self.outcomes {
