@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use ringfence_core::pipeline::{
     CallError, Clock, Completion, EgressDriver, Framed, Journal, MemoryJournal, NoReplicator,
-    NoSnapshots, Node, NodeConfig, NodeError, Refused, Replicator, Session, SnapshotHook,
-    StageError, Topology, Unanswered, Watermark,
+    NoSnapshots, Node, NodeConfig, NodeError, PUBLISH_TO_EGRESS_SAMPLE_EVERY, Refused, Replicator,
+    Session, SnapshotHook, StageError, Topology, Unanswered, Watermark,
 };
 use ringfence_core::{
     Action, Command, CreateSku, Engine, Epoch, OrderState, Outcome, Query, RequestKey, Reserve,
@@ -734,13 +734,15 @@ fn batches_limits_and_metrics_are_observable() {
         let tickets: Vec<u64> = received.iter().map(|c| c.ticket.0).collect();
         assert_eq!(tickets, (last.0 - 7..=last.0).collect::<Vec<_>>(), "one ticket each");
 
+        // Egress samples the first answer and one in every `PUBLISH_TO_EGRESS_SAMPLE_EVERY`.
+        let sampled = 8u64.div_ceil(PUBLISH_TO_EGRESS_SAMPLE_EVERY);
         let deadline = Instant::now() + WAIT;
         let metrics = loop {
             let metrics = node.metrics();
             // Histograms are merged at most `PUBLISH_PERIOD` after they are recorded.
             let caught_up = metrics.stages.iter().all(|s| s.lag == 0 && !s.batch_sizes.is_empty());
             if caught_up
-                && metrics.publish_to_egress_ns.len() >= 8
+                && metrics.publish_to_egress_ns.len() >= sampled
                 && !metrics.blp_service_ns.is_empty()
             {
                 break metrics;
@@ -748,6 +750,7 @@ fn batches_limits_and_metrics_are_observable() {
             assert!(Instant::now() < deadline, "metrics never caught up: {metrics:?}");
             thread::sleep(Duration::from_millis(10));
         };
+        assert_eq!(metrics.publish_to_egress_ns.len(), sampled, "one answer in every few");
         assert_eq!(metrics.topology, topology.name());
         let names: Vec<_> = metrics.stages.iter().map(|stage| stage.name).collect();
         match topology {

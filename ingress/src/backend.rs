@@ -590,7 +590,7 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
         ),
         (
             "ringfence_publish_to_egress_seconds",
-            "Publish to answer release.",
+            "Publish to answer release (sampled).",
             &metrics.publish_to_egress_ns,
         ),
     ];

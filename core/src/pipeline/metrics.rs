@@ -73,7 +73,8 @@ pub struct Metrics {
     pub ring_fill: u64,
     /// Time the BLP spent applying one command (sampled), in nanoseconds.
     pub blp_service_ns: Histogram<u64>,
-    /// From a command's publication to egress handing its answer to the session, in ns.
+    /// From a command's publication to egress handing its answer to the session, in ns
+    /// (sampled: one answer in [`super::PUBLISH_TO_EGRESS_SAMPLE_EVERY`]).
     pub publish_to_egress_ns: Histogram<u64>,
 }
 

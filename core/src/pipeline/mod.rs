@@ -58,6 +58,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     EgressDriver, Intake, NodeConfig, NodeConfigError, Pins, RING_SIZE_MIN, Topology, WaitStrategy,
 };
+pub use egress::PUBLISH_TO_EGRESS_SAMPLE_EVERY;
 pub use messages::{Completion, StageFailure, Ticket, Unanswered};
 pub use metrics::{Metrics, PUBLISH_PERIOD, StageMetrics, batch_histogram, latency_histogram};
 pub use node::{Node, NodeError, NodeParts, Promoter, Sequences, ShutdownReport, StepReport};
