@@ -21,4 +21,4 @@ pub use backend::{
 };
 pub use client::{Client, ClientError};
 pub use roles::Role;
-pub use server::{ServerConfig, ServerHandle, Stopper, start};
+pub use server::{ServerConfig, ServerConfigError, ServerHandle, Stopper, start};

@@ -347,16 +347,56 @@ pub(crate) fn read_config(path: &Path) -> Result<FileConfig, String> {
 }
 
 /// The checks `serve` makes of a config file's values before it touches the data directory
-/// (`ringfence config check`): durability, engine capacities, the node's settings, and that
-/// this machine has the memory the engines need.
+/// (`ringfence config check`): durability, engine capacities and the request-key window, the
+/// node's settings, the journal's segment size, the network front's limits and addresses, and
+/// that this machine has the memory the engines need.
 pub(crate) fn check_config(file: &FileConfig) -> Result<(), String> {
-    file.node.durability.parse::<Durability>().map_err(|e| format!("[node] durability: {e}"))?;
+    let durability = file
+        .node
+        .durability
+        .parse::<Durability>()
+        .map_err(|e| format!("[node] durability: {e}"))?;
     file.node.snapshot_writer.parse::<WriterPriority>().map_err(|e| format!("[node] {e}"))?;
     let engine = file.engine.to_config();
-    engine.validate().map_err(|e| format!("[engine] {e}"))?;
+    check_values(file, &engine, durability)?;
+    file.server.validate().map_err(|e| e.to_string())?;
     crate::memory::check_available(&engine, engines(file), crate::memory::LOWER_CAPACITIES)?;
     file.node.to_config(engine, Epoch(1), Intake::Sequencer)?;
     Ok(())
+}
+
+/// The shortest request-key window `serve` accepts: a client retrying after a timeout must
+/// still find its key, or its retry is applied as a new command.
+const REQUEST_KEY_WINDOW_MS_MIN: u64 = 1_000;
+
+/// The checks of values `serve` and `config check` share beyond each part's own validation:
+/// engine capacities, a request-key window long enough for retries, a snapshot period, and
+/// the journal's segment size.
+fn check_values(
+    file: &FileConfig,
+    engine: &EngineConfig,
+    durability: Durability,
+) -> Result<(), String> {
+    engine.validate().map_err(|e| format!("[engine] {e}"))?;
+    if engine.request_key_window_ms < REQUEST_KEY_WINDOW_MS_MIN {
+        return Err(format!(
+            "[engine] request_key_window_ms = {}: at least {REQUEST_KEY_WINDOW_MS_MIN}; a \
+             shorter window forgets a request id before a client's retry arrives, and the retry \
+             is applied again (a second order)",
+            engine.request_key_window_ms
+        ));
+    }
+    if file.node.snapshot_every_commands == Some(0) {
+        return Err("[node] snapshot_every_commands = 0: at least 1 (a snapshot after that many \
+                    journaled commands)"
+            .to_owned());
+    }
+    let options = WriterOptions {
+        segment_len: file.node.segment_bytes,
+        durability,
+        engine_config: engine.clone(),
+    };
+    options.validate().map_err(|e| format!("[node] segment_bytes: {e}"))
 }
 
 /// Engines a node with this configuration builds: its own, and the snapshot writer's shadow of
@@ -372,12 +412,17 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./ringfence-data"));
-    // Before anything else touches the directory: one writer at a time, held until we exit.
-    let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;
+    // Values first, so a refused configuration leaves no trace in the directory.
     let durability_text = args.durability.clone().unwrap_or(file.node.durability.clone());
     let durability: Durability = durability_text.parse()?;
     let engine_config = file.engine.to_config();
-    engine_config.validate().map_err(|e| format!("[engine] {e}"))?;
+    check_values(&file, &engine_config, durability)?;
+    let mut server_config = file.server.clone();
+    server_config.listen = args.listen.or(server_config.listen);
+    server_config.http = args.http.or(server_config.http);
+    server_config.validate().map_err(|e| e.to_string())?;
+    // Before anything else touches the directory: one writer at a time, held until we exit.
+    let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;
     crate::memory::check_available(
         &engine_config,
         engines(&file),
@@ -385,9 +430,6 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     )?;
     let snapshot_writer: WriterPriority =
         file.node.snapshot_writer.parse().map_err(|e| format!("[node] {e}"))?;
-    let mut server_config = file.server.clone();
-    server_config.listen = args.listen.or(server_config.listen);
-    server_config.http = args.http.or(server_config.http);
     let listeners = [server_config.listen, server_config.http];
     let role_tokens = role_tokens(&file.auth)?;
     let open = args.open_client_commands || file.auth.open_client_commands;

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{TempDir, ringfence, text};
+use std::time::Duration;
+
+use common::{TempDir, ringfence, ringfence_within, text};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Timestamp};
 use ringfence_journal::recovery::recover;
@@ -402,4 +404,47 @@ fn config_example_passes_check_and_a_typo_is_named() {
     assert_eq!(table["engine"]["skus_max"].as_integer(), Some(16_384));
     assert_eq!(table["node"]["snapshot_writer"].as_str(), Some("idle"), "serve's default");
     assert!(["auth", "server", "node", "replication"].iter().all(|s| table.contains_key(*s)));
+}
+
+#[test]
+fn config_check_refuses_what_serve_would_refuse_or_what_would_break_the_node() {
+    // Goal: `config check` refuses, naming the setting, each value `serve` itself refuses and
+    // each that would quietly break a running node: a request-key window too short for a
+    // retry (idempotency off), a zero limit that refuses every client, a snapshot after every
+    // command, a segment size the journal refuses, one address for both listeners. `serve`
+    // refuses the same file before it touches the data directory.
+    let dir = TempDir::new("config-values");
+    let path = dir.path().join("ringfence.toml");
+    let cases = [
+        ("[engine]\nrequest_key_window_ms = 0\n", "[engine] request_key_window_ms = 0"),
+        ("[engine]\nrequest_key_window_ms = 999\n", "[engine] request_key_window_ms = 999"),
+        ("[server]\nin_flight_max = 0\n", "[server] in_flight_max = 0"),
+        ("[server]\nconnections_max = 0\n", "[server] connections_max = 0"),
+        ("[server]\nbody_max = 0\n", "[server] body_max = 0"),
+        ("[server]\nrate_per_sec = 10\nrate_burst = 0\n", "[server] rate_burst = 0"),
+        ("[node]\nsnapshot_every_commands = 0\n", "[node] snapshot_every_commands = 0"),
+        ("[node]\nsegment_bytes = 1\n", "[node] segment_bytes"),
+        (
+            "[server]\nlisten = \"127.0.0.1:7001\"\nhttp = \"127.0.0.1:7001\"\n",
+            "listen and http are both 127.0.0.1:7001",
+        ),
+    ];
+    for (file, named) in cases {
+        std::fs::write(&path, file).unwrap();
+        let refused = ringfence(&["config", "check", path.to_str().unwrap()]);
+        assert_eq!(refused.status.code(), Some(1), "{file}");
+        assert!(text(&refused.stderr).contains(named), "{file}: {}", text(&refused.stderr));
+        let data = dir.path().join("data");
+        let serve = ringfence_within(
+            &["serve", "--config", path.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+            Duration::from_secs(60),
+        );
+        assert_eq!(serve.status.code(), Some(1), "{file}");
+        assert!(text(&serve.stderr).contains(named), "{file}: {}", text(&serve.stderr));
+        assert!(!data.exists(), "{file}: refused before the data directory was made");
+    }
+    // The shortest window allowed passes.
+    std::fs::write(&path, "[engine]\nrequest_key_window_ms = 1000\n").unwrap();
+    let checked = ringfence(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
 }

@@ -209,7 +209,55 @@ impl Default for ServerConfig {
     }
 }
 
+/// A [`ServerConfig`] the server cannot serve with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerConfigError {
+    /// A limit of zero would refuse or cut every client.
+    #[error("[server] {0} = 0 would refuse or cut off every client: it must be at least 1")]
+    Zero(&'static str),
+    /// Both listeners were given one address: the second could never bind.
+    #[error("[server] listen and http are both {0}: give each listener its own port")]
+    SameAddress(SocketAddr),
+}
+
 impl ServerConfig {
+    /// Checks the limits and addresses: every budget that a zero would turn into a refusal of
+    /// every client is at least 1, and the two listeners do not share an address.
+    pub fn validate(&self) -> Result<(), ServerConfigError> {
+        let at_least_one = [
+            ("connections_max", self.connections_max as u64),
+            ("connections_per_address_max", self.connections_per_address_max as u64),
+            ("in_flight_max", self.in_flight_max as u64),
+            ("connection_in_flight_max", self.connection_in_flight_max as u64),
+            ("address_in_flight_max", self.address_in_flight_max as u64),
+            ("outbound_max", self.outbound_max as u64),
+            ("outbound_total_max", self.outbound_total_max as u64),
+            ("header_max", self.header_max as u64),
+            ("body_max", self.body_max as u64),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("idle_timeout_busy_ms", self.idle_timeout_busy_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("auth_addresses_max", self.auth_addresses_max as u64),
+        ];
+        if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            return Err(ServerConfigError::Zero(name));
+        }
+        // A rate with no burst would admit nothing.
+        if self.rate_per_sec > 0 && self.rate_burst == 0 {
+            return Err(ServerConfigError::Zero("rate_burst"));
+        }
+        if self.address_rate_per_sec > 0 && self.address_rate_burst == 0 {
+            return Err(ServerConfigError::Zero("address_rate_burst"));
+        }
+        match (self.listen, self.http) {
+            (Some(listen), Some(http)) if listen == http && listen.port() != 0 => {
+                Err(ServerConfigError::SameAddress(listen))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Listens on ephemeral loopback ports; for tests and benchmarks.
     #[must_use]
     pub fn loopback() -> ServerConfig {
@@ -320,6 +368,7 @@ pub fn start<B: Backend>(
     config: ServerConfig,
     make_backend: impl FnOnce(Arc<Waker>) -> io::Result<B>,
 ) -> io::Result<ServerHandle> {
+    config.validate().map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let mut binary = config.listen.map(TcpListener::bind).transpose()?;
