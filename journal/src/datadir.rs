@@ -596,6 +596,17 @@ pub struct DirCheck {
 }
 
 impl DirCheck {
+    /// Whether the directory holds any of a data directory's files (or damage in one): false
+    /// for an empty or unrelated directory, which a tool should refuse rather than call intact.
+    #[must_use]
+    pub fn holds_data(&self) -> bool {
+        self.manifest.is_some()
+            || self.epochs.is_some()
+            || !self.segments.is_empty()
+            || self.snapshots > 0
+            || !self.problems.is_empty()
+    }
+
     /// What `check` guarantees of what it returns. Recovery deletes the leftovers it names, so
     /// each is asserted to be the kind of file a crash leaves, and nothing to be read.
     fn verify(&self) {

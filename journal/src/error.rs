@@ -287,6 +287,15 @@ pub enum JournalError {
     /// The options given are not usable.
     #[error("invalid journal options: {0}")]
     Options(String),
+    /// A directory with none of a data directory's files, given to a tool.
+    #[error(
+        "{dir} holds no ringfence data (no manifest, epoch file, journal segment or snapshot): \
+         is it the directory `serve --data-dir` names? Nothing was changed"
+    )]
+    NoData {
+        /// The directory.
+        dir: String,
+    },
     /// A truncation that would set aside every snapshot recovery could start from, in a
     /// journal whose oldest records were retired.
     #[error(

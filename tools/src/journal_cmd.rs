@@ -194,6 +194,9 @@ pub fn open(dir: &Path) -> Result<Opened, JournalError> {
         };
         if live.is_none() || settled || attempt >= LIVE_ATTEMPTS {
             let (check, layout) = read?;
+            if !check.holds_data() && live.is_none() {
+                return Err(JournalError::NoData { dir: dir.display().to_string() });
+            }
             let tail_settled = live.is_none() || tail_settled != Some(false);
             return Ok(Opened { source, check, layout, live, tail_settled });
         }
@@ -704,7 +707,10 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
     if args.at_seq == 0 {
         return Err(JournalError::Options("--at-seq must be at least 1".to_owned()));
     }
-    ReadOnlyDir::open(&args.dir)?;
+    let mut source = ReadOnlyDir::open(&args.dir)?;
+    if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
+        return Err(JournalError::NoData { dir: args.dir.display().to_string() });
+    }
     // Exclusive: truncating a journal a node is appending to would cut it under the node.
     let storage = FileStorage::open_exclusive(&args.dir)?;
     let truncation = recovery::truncate(&storage, Sequence(args.at_seq))?;

@@ -164,3 +164,33 @@ fn a_deleted_or_emptied_last_segment_is_refused_naming_the_file() {
         assert_eq!(verify.status.code(), Some(0), "{mode}: {}", text(&verify.stdout));
     }
 }
+
+#[test]
+fn the_tools_refuse_a_directory_that_holds_no_data_and_change_nothing() {
+    // Goal: a mistyped path is not a data directory: `verify` does not call it intact (a backup
+    // check would pass), the reading tools do not show an empty state, and `truncate` writes no
+    // manifest, epoch file or lock into it.
+    let dir = TempDir::new("no-data");
+    let unrelated = dir.path().join("unrelated");
+    std::fs::create_dir(&unrelated).unwrap();
+    std::fs::write(unrelated.join("notes.txt"), "not a journal").unwrap();
+    let path = unrelated.to_str().unwrap();
+    for args in [
+        vec!["journal", "verify", path],
+        vec!["journal", "stats", path],
+        vec!["journal", "dump", path],
+        vec!["replay", path],
+        vec!["journal", "truncate", path, "--at-seq", "1"],
+    ] {
+        let out = ringfence(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out.stdout));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("holds no ringfence data"), "{args:?}: {stderr}");
+    }
+    let mut left: Vec<_> = std::fs::read_dir(&unrelated)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["notes.txt"], "nothing was written into the directory");
+}
