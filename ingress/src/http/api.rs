@@ -159,6 +159,13 @@ pub fn route_as(
         }
         parsed => parsed?,
     };
+    // A page in an operator's browser can send a simple cross-origin request to a loopback
+    // node, no token needed where client commands are open: refused, whatever it asks.
+    if request.from_web_page && !matches!(call, Call::Health | Call::Ready | Call::OpenApi) {
+        let message = "requests from web pages (with an `Origin` header) are refused: the API \
+                       is for services";
+        return Err(Response::error(403, "cross_origin", message));
+    }
     authorize(caller, call_need(&call))?;
     Ok(call)
 }

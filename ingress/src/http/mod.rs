@@ -103,6 +103,9 @@ pub struct Request<'a> {
     pub query: &'a str,
     /// The bearer token from `Authorization: Bearer ...`, if any.
     pub bearer: Option<&'a [u8]>,
+    /// An `Origin` field was sent: the request comes from a web page (browsers send it with
+    /// every cross-origin request and every `POST`; services do not).
+    pub from_web_page: bool,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
     /// The body (`Content-Length` bytes).
@@ -164,6 +167,7 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
         content_length: None,
         transfer_encoding: false,
         bearer: None,
+        from_web_page: false,
         expects_continue: false,
     };
     for header in parsed.headers.iter() {
@@ -187,6 +191,7 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
         path,
         query,
         bearer: head.bearer,
+        from_web_page: head.from_web_page,
         keep_alive: head.keep_alive,
         body: &buffer[head_len..total],
     };
@@ -200,6 +205,7 @@ struct Head<'a> {
     /// A `Transfer-Encoding` field line was present, whatever its value.
     transfer_encoding: bool,
     bearer: Option<&'a [u8]>,
+    from_web_page: bool,
     /// `Expect: 100-continue` on an HTTP/1.1 request; HTTP/1.0 clients cannot be sent the
     /// interim response, so the expectation is ignored for them (RFC 9110, section 10.1.1).
     expects_continue: bool,
@@ -231,6 +237,8 @@ fn read_header<'a>(
     } else if name.eq_ignore_ascii_case("expect") {
         head.expects_continue =
             !http_10 && header.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+    } else if name.eq_ignore_ascii_case("origin") {
+        head.from_web_page = true;
     } else if name.eq_ignore_ascii_case("authorization") {
         let value = header.value;
         if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {

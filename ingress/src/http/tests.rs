@@ -698,3 +698,26 @@ fn every_error_code_the_api_can_answer_is_in_the_document() {
         assert!(listed.contains(&code), "error code {code} is not in ErrorCode");
     }
 }
+
+#[test]
+fn a_request_from_a_web_page_is_refused_whatever_it_asks() {
+    // Goal: a page in an operator's browser cannot use a loopback node where client commands
+    // are open: a request with an `Origin` header (a "simple" cross-origin POST needs no
+    // preflight) is 403 `cross_origin`, token or not; the probes and the document stay open.
+    let body = r#"{"request_id":"r-1","user":7,"sku":1,"qty":1}"#;
+    let from_page = |bytes: Vec<u8>| {
+        let text = String::from_utf8(bytes).unwrap();
+        text.replacen("Host: x\r\n", "Host: x\r\nOrigin: http://evil.example\r\n", 1).into_bytes()
+    };
+    for bearer in [None, Some("secret")] {
+        let refused = call(&from_page(post("/v1/orders", body, bearer)), bearer.is_some());
+        let refused = refused.expect_err("a web page's request is refused");
+        assert_eq!((refused.status, error_code(&refused)), (403, "cross_origin".to_owned()));
+    }
+    let read = from_page(b"GET /v1/skus/1 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    assert_eq!(call(&read, false).expect_err("a read too").status, 403);
+    let health = from_page(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    assert_eq!(call(&health, false).unwrap(), Call::Health);
+    // Without the header the same reservation is routed.
+    assert!(matches!(call(&post("/v1/orders", body, None), false), Ok(Call::Submit(_))));
+}
