@@ -45,6 +45,11 @@ fn a_swarm_prints_its_totals_and_a_text_summary() {
         summary.contains("every checker passed") && summary.contains("trace hash"),
         "{summary}"
     );
+    // Without `--summary` a swarm still says what it ran.
+    let output = ringfence(&["sim", "--seeds", "2", "--first", "10", "--faults-s", "3"]);
+    assert!(output.status.success());
+    let line = text(&output.stdout);
+    assert_eq!(line, "2 seeds run, 0 failed (--summary for the totals)\n");
 }
 
 #[test]

@@ -162,62 +162,67 @@ fn print_text(reports: &[Report], summary: bool) {
             }
         }
     }
-    if summary {
-        let totals = Totals::of(reports);
-        println!("seeds run            {}", totals.seeds);
-        println!("seeds failed         {}", totals.failed);
-        println!("simulated time       {:.1} s", totals.simulated_ms as f64 / 1_000.0);
-        println!("writes acknowledged  {}", totals.writes_acknowledged);
-        println!("answers              {}", totals.answers);
-        let outcomes: Vec<String> =
-            totals.outcomes.iter().map(|(name, count)| format!("{count} {name}")).collect();
-        println!("  by outcome         {}", outcomes.join(", "));
-        let refusals: Vec<String> =
-            totals.refusals.iter().map(|(name, count)| format!("{count} {name}")).collect();
-        println!("refused or unanswered {}", refusals.join(", "));
-        println!("failovers            {}", totals.failovers);
-        let snap = totals.snapshots;
-        println!(
-            "snapshots            {} written, {} failed, {} segments retired, {} fetched from a \
-             primary and installed",
-            snap.written, snap.failed, snap.segments_retired, snap.installed
-        );
-        let struck: Vec<String> =
-            totals.struck_at.iter().map(|(what, count)| format!("{count} {what}")).collect();
-        println!("struck at a sync of  {}", struck.join(", "));
-        let f = totals.faults;
-        println!(
-            "faults               {} kills, {} power losses ({} of them after delivery, {} at a \
-             chosen sync point), {} pauses, {} partitions, {} witness outages, {} switchovers, \
-             {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} bits flipped at rest \
-             ({} journals repaired), {} promotions by hand",
-            f.kills,
-            f.power_losses,
-            f.mid_step_crashes,
-            f.sync_point_crashes,
-            f.pauses,
-            f.partitions,
-            f.witness_outages,
-            f.switchovers,
-            f.disk_failures,
-            f.io_errors,
-            f.bursts,
-            f.bit_flips,
-            f.repairs,
-            f.manual_promotions
-        );
-        let n = totals.network;
-        println!(
-            "network              {} frames: {} held by partitions, {} lost (connection broken), \
-             {} duplicated, {} reordered, {} corrupted; {} connections",
-            n.frames, n.held, n.dropped, n.duplicated, n.reordered, n.corrupted, n.connections
-        );
-        if let [report] = reports {
-            println!("trace hash           {} ({} events)", report.trace_hash, report.events);
-        }
-        let checks = if totals.failed == 0 { "every checker passed" } else { "FAILED" };
-        println!("checkers             {checks}");
+    if !summary {
+        // A swarm without `--summary` still says what it did.
+        let failed = reports.iter().filter(|r| r.failure.is_some()).count();
+        println!("{} seeds run, {failed} failed (--summary for the totals)", reports.len());
+        return;
     }
+    let totals = Totals::of(reports);
+    println!("seeds run            {}", totals.seeds);
+    println!("seeds failed         {}", totals.failed);
+    println!("simulated time       {:.1} s", totals.simulated_ms as f64 / 1_000.0);
+    println!("writes acknowledged  {}", totals.writes_acknowledged);
+    println!("answers              {}", totals.answers);
+    let outcomes: Vec<String> =
+        totals.outcomes.iter().map(|(name, count)| format!("{count} {name}")).collect();
+    println!("  by outcome         {}", outcomes.join(", "));
+    let refusals: Vec<String> =
+        totals.refusals.iter().map(|(name, count)| format!("{count} {name}")).collect();
+    println!("refused or unanswered {}", refusals.join(", "));
+    println!("failovers            {}", totals.failovers);
+    let snap = totals.snapshots;
+    println!(
+        "snapshots            {} written, {} failed, {} segments retired, {} fetched from a \
+         primary and installed",
+        snap.written, snap.failed, snap.segments_retired, snap.installed
+    );
+    let struck: Vec<String> =
+        totals.struck_at.iter().map(|(what, count)| format!("{count} {what}")).collect();
+    let struck = if struck.is_empty() { "none".to_owned() } else { struck.join(", ") };
+    println!("struck at a sync of  {struck}");
+    let f = totals.faults;
+    println!(
+        "faults               {} kills, {} power losses ({} of them after delivery, {} at a \
+         chosen sync point), {} pauses, {} partitions, {} witness outages, {} switchovers, \
+         {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} bits flipped at rest \
+         ({} journals repaired), {} promotions by hand",
+        f.kills,
+        f.power_losses,
+        f.mid_step_crashes,
+        f.sync_point_crashes,
+        f.pauses,
+        f.partitions,
+        f.witness_outages,
+        f.switchovers,
+        f.disk_failures,
+        f.io_errors,
+        f.bursts,
+        f.bit_flips,
+        f.repairs,
+        f.manual_promotions
+    );
+    let n = totals.network;
+    println!(
+        "network              {} frames: {} held by partitions, {} lost (connection broken), \
+         {} duplicated, {} reordered, {} corrupted; {} connections",
+        n.frames, n.held, n.dropped, n.duplicated, n.reordered, n.corrupted, n.connections
+    );
+    if let [report] = reports {
+        println!("trace hash           {} ({} events)", report.trace_hash, report.events);
+    }
+    let checks = if totals.failed == 0 { "every checker passed" } else { "FAILED" };
+    println!("checkers             {checks}");
 }
 
 fn print_json(reports: &[Report], summary: bool) {
