@@ -156,6 +156,14 @@ pub enum WireError {
     /// The magic bytes are wrong: not a ringfence stream.
     #[error("bad magic {0:02x?}: expected \"RF\"; is this an HTTP client on the binary port?")]
     BadMagic([u8; 2]),
+    /// The stream starts as HTTP does: a request on the binary port, or an HTTP listener's
+    /// answer to a binary client pointed at it.
+    #[error(
+        "the peer speaks HTTP (the stream starts `{0}`): the binary protocol and HTTP listen \
+         on different ports (`serve --listen`, default 127.0.0.1:7001, and `--http`, default \
+         127.0.0.1:7080)"
+    )]
+    Http(&'static str),
     /// A version this server does not speak.
     #[error("unsupported protocol version {0}; this server speaks version 1")]
     UnsupportedVersion(u8),
@@ -198,7 +206,9 @@ impl WireError {
             WireError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             WireError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             WireError::UnknownKind(_) | WireError::UnexpectedKind(_) => ErrorCode::UnknownKind,
-            WireError::FrameTooShort(_) | WireError::BadMagic(_) => ErrorCode::MalformedFrame,
+            WireError::FrameTooShort(_) | WireError::BadMagic(_) | WireError::Http(_) => {
+                ErrorCode::MalformedFrame
+            }
             _ => ErrorCode::BadBody,
         }
     }
@@ -371,6 +381,12 @@ pub enum Response {
 pub fn try_frame(buffer: &[u8]) -> Result<Option<(Frame<'_>, usize)>, WireError> {
     if buffer.len() < KIND_OFFSET + 1 {
         return Ok(None);
+    }
+    // No frame starts so: its first bytes would announce a frame far above `FRAME_MAX`.
+    const HTTP_STARTS: [&str; 8] =
+        ["HTTP/", "GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "OPTIONS ", "PATCH "];
+    if let Some(start) = HTTP_STARTS.iter().find(|start| buffer.starts_with(start.as_bytes())) {
+        return Err(WireError::Http(start.trim_end()));
     }
     let length = u32::from_le_bytes(buffer[..4].try_into().expect("4 bytes"));
     if length < HEADER_AFTER_LENGTH {

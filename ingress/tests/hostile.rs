@@ -121,7 +121,7 @@ fn bad_frames_get_an_error_frame_then_close() {
     let cases: [(&[u8], ErrorCode); 3] = [
         (&future, ErrorCode::UnsupportedVersion),
         (&huge, ErrorCode::FrameTooLarge),
-        (b"GET /health HTTP/1.1\r\n\r\n", ErrorCode::FrameTooLarge),
+        (b"GET /health HTTP/1.1\r\n\r\n", ErrorCode::MalformedFrame),
     ];
     for (bytes, code) in cases {
         let mut stream = TcpStream::connect(addr).unwrap();

@@ -63,7 +63,7 @@ fn pipelined_frames_split_one_by_one() {
 #[test]
 fn foreign_and_oversized_streams_are_refused_from_the_header() {
     // Goal: an HTTP request, a huge length, or a future version is refused before buffering.
-    assert!(matches!(try_frame(b"GET / HTTP/1.1\r\n"), Err(WireError::FrameTooLarge { .. })));
+    assert_eq!(try_frame(b"GET / HTTP/1.1\r\n"), Err(WireError::Http("GET")));
     let mut frame = Vec::new();
     encode_empty(&mut frame, Kind::Ping, 1);
     let mut bad = frame.clone();
@@ -245,4 +245,17 @@ fn outcome_of_a_known_rejection_keeps_its_code() {
     let (frame, _) = try_frame(&out).unwrap().unwrap();
     let Response::Outcome(decoded) = decode_response(&frame).unwrap() else { panic!() };
     assert_eq!(decoded.rejection().unwrap().code(), "invalid_state");
+}
+
+#[test]
+fn an_http_stream_is_named_as_http_in_either_direction() {
+    // Goal: a binary client pointed at the HTTP port, or an HTTP client at the binary port,
+    // is told the peer speaks HTTP, not that a frame is billions of bytes long.
+    let answer = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+    assert_eq!(try_frame(answer), Err(WireError::Http("HTTP/")));
+    assert_eq!(try_frame(b"GET /health HTTP/1.1\r\n\r\n"), Err(WireError::Http("GET")));
+    assert_eq!(try_frame(b"POST /v1/orders HTTP/1.1\r\n"), Err(WireError::Http("POST")));
+    let message = WireError::Http("HTTP/").to_string();
+    assert!(message.contains("--listen") && message.contains("--http"), "{message}");
+    assert_eq!(WireError::Http("GET").code(), ErrorCode::MalformedFrame);
 }
