@@ -164,7 +164,8 @@ pub enum ClientCommand {
         #[arg(long)]
         user: u64,
     },
-    /// Admin: refund a paid order before shipping.
+    /// Refund a paid order before shipping (the `payments` role, or admin; with only an admin
+    /// token configured, admin).
     Refund {
         /// Order id.
         order: u64,
