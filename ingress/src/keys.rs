@@ -1,8 +1,8 @@
 //! Stable 128-bit keys for the strings HTTP clients send: `request_id` and `payment_ref`.
 //!
 //! The engine keys idempotency on 16 bytes ([`RequestKey`]) and payments on 16 bytes
-//! ([`PaymentRef`]). HTTP clients send strings of 1–64 bytes instead, so the front end hashes
-//! them with XXH3-128 (seed 0, output as the little-endian bytes of the 128-bit value). XXH3's
+//! ([`PaymentRef`]). HTTP clients send strings of 1–64 characters instead, so the front end
+//! hashes them with XXH3-128 (seed 0, output as the little-endian bytes of the 128-bit value). XXH3's
 //! output is frozen by its specification, so every node and every release maps a string to the
 //! same key, and a retry that arrives at another node after failover is still recognised. The
 //! binary protocol carries the 16 bytes directly; the client library hashes strings the same
@@ -11,7 +11,7 @@
 use ringfence_core::{PaymentRef, RequestKey};
 use xxhash_rust::xxh3::xxh3_128;
 
-/// Longest request id or payment reference accepted, in bytes.
+/// Longest request id or payment reference accepted, in characters.
 pub const KEY_STRING_LEN_MAX: usize = 64;
 
 /// The request key for an HTTP `request_id` (or any client-chosen string).
@@ -26,10 +26,11 @@ pub fn payment_ref(reference: &str) -> PaymentRef {
     PaymentRef(xxh3_128(reference.as_bytes()).to_le_bytes())
 }
 
-/// Whether `value` is a usable request id or payment reference: 1–64 bytes.
+/// Whether `value` is a usable request id or payment reference: 1–64 characters (as the
+/// HTTP API's document counts a string's length).
 #[must_use]
 pub fn is_valid_key_string(value: &str) -> bool {
-    !value.is_empty() && value.len() <= KEY_STRING_LEN_MAX
+    !value.is_empty() && value.chars().count() <= KEY_STRING_LEN_MAX
 }
 
 #[cfg(test)]
@@ -55,5 +56,8 @@ mod tests {
         assert!(is_valid_key_string("a"));
         assert!(is_valid_key_string(&"x".repeat(64)));
         assert!(!is_valid_key_string(&"x".repeat(65)));
+        // Characters, not bytes: 64 two-byte characters are a valid reference.
+        assert!(is_valid_key_string(&"é".repeat(64)));
+        assert!(!is_valid_key_string(&"é".repeat(65)));
     }
 }

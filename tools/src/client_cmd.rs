@@ -325,7 +325,7 @@ fn key(request_id: &str) -> Result<RequestKey, String> {
     if keys::is_valid_key_string(request_id) {
         Ok(keys::request_key(request_id))
     } else {
-        Err("--request-id must be 1 to 64 bytes".into())
+        Err("--request-id must be 1 to 64 characters".into())
     }
 }
 
@@ -389,7 +389,7 @@ fn to_command(command: ClientCommand) -> Result<Command, String> {
         ),
         ClientCommand::Pay { order, request_id, payment_ref, amount_cents } => {
             if !keys::is_valid_key_string(&payment_ref) {
-                return Err("--payment-ref must be 1 to 64 bytes".into());
+                return Err("--payment-ref must be 1 to 64 characters".into());
             }
             let payment_ref = keys::payment_ref(&payment_ref);
             keyed(

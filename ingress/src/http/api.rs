@@ -334,8 +334,7 @@ fn check_request_id(request_id: Option<&str>) -> Result<(), Response> {
 }
 
 fn client_key(request_id: &str) -> Result<RequestKey, Response> {
-    let chars = request_id.chars().count();
-    if chars == 0 || chars > keys::KEY_STRING_LEN_MAX {
+    if !keys::is_valid_key_string(request_id) {
         return Err(invalid("request_id", "`request_id` must be 1 to 64 characters"));
     }
     Ok(keys::request_key(request_id))
@@ -442,7 +441,7 @@ fn order_call(
         "pay" => {
             let body: PayBody = parse_body(body)?;
             if !keys::is_valid_key_string(&body.payment_ref) {
-                return Err(invalid("payment_ref", "`payment_ref` must be 1 to 64 bytes"));
+                return Err(invalid("payment_ref", "`payment_ref` must be 1 to 64 characters"));
             }
             let payment_ref = keys::payment_ref(&body.payment_ref);
             let key = client_key(&body.request_id)?;
