@@ -2,11 +2,11 @@
 //!
 //! The engine keys idempotency on 16 bytes ([`RequestKey`]) and payments on 16 bytes
 //! ([`PaymentRef`]). HTTP clients send strings of 1–64 characters instead, so the front end
-//! hashes them with XXH3-128 (seed 0, output as the little-endian bytes of the 128-bit value). XXH3's
-//! output is frozen by its specification, so every node and every release maps a string to the
-//! same key, and a retry that arrives at another node after failover is still recognised. The
-//! binary protocol carries the 16 bytes directly; the client library hashes strings the same
-//! way, so a request id means the same thing on both ports.
+//! hashes them with XXH3-128 (seed 0, output as the little-endian bytes of the 128-bit value).
+//! XXH3's output is frozen by its specification, so every node and every release maps a string
+//! to the same key, and a retry that arrives at another node after failover is still
+//! recognised. The binary protocol carries the 16 bytes directly; the client library hashes
+//! strings the same way, so a request id means the same thing on both ports.
 
 use ringfence_core::{PaymentRef, RequestKey};
 use xxhash_rust::xxh3::xxh3_128;
