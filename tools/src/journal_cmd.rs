@@ -307,8 +307,8 @@ fn scan_finding(opened: &Opened, to: Sequence) -> Option<Finding> {
             "live directory: node {holder} is writing; last record in progress ({at})"
         )),
         None => Finding::Torn(format!(
-            "torn tail: {at}: {}; a node truncates it on start (the record was never \
-             acknowledged)",
+            "torn tail: {at}: {}; a node truncates it on start (a record cut off by a crash is \
+             never acknowledged; if the node had stopped cleanly, this is damage at rest)",
             problem.damage
         )),
     })

@@ -692,6 +692,23 @@ fn recover_logged(
 ) -> Result<Recovered<FileStorage>, String> {
     let recovered = recover_from(storage.clone(), options).map_err(|e| format!("recovery: {e}"))?;
     log(format_args!("recovered: {}", recovered.report));
+    if let Some(torn) = &recovered.report.torn_tail {
+        // A crash mid-write leaves this, and such a record was never acknowledged; but the
+        // bytes cannot tell a cut-off write from damage at rest to the last record, which may
+        // have been. Say so loudly, once.
+        tracing::warn!(
+            target: "ringfence",
+            "cleared {} bytes after the last intact record, in {} at byte offset {} \
+             (sequence {}, {}): a record cut off by a crash or power loss, never acknowledged. \
+             If this node stopped cleanly before this start, it was damage at rest to an \
+             acknowledged record instead: compare with the standby's journal or a backup",
+            torn.bytes_cleared,
+            torn.file,
+            torn.offset,
+            torn.sequence,
+            torn.damage
+        );
+    }
     log(format_args!(
         "epoch {} (promised {}), from the epoch file",
         recovered.epochs.current, recovered.epochs.promised

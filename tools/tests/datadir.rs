@@ -120,6 +120,12 @@ fn read_only_tools_on_a_live_directory_call_the_last_record_in_progress() {
     assert!(text(&torn.stdout).contains(leftover), "{}", text(&torn.stdout));
 
     let node = Serve::start_with(&data, &["--config", &config]);
+    // The start says what it cleared, and that only a crash makes it harmless.
+    let cleared = node.wait_for_log("bytes after the last intact record", Duration::from_secs(30));
+    assert!(
+        cleared.contains("cut off by a crash") && cleared.contains("damage at rest"),
+        "{cleared}"
+    );
     let (_, view) = node.call("GET", "/v1/skus/1", "", false);
     assert_eq!(view["reserved"], 2, "every acknowledged order is back");
     let verify = ringfence(&["journal", "verify", data_arg]);
