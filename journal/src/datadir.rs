@@ -600,6 +600,16 @@ impl DirCheck {
     /// for an empty or unrelated directory, which a tool should refuse rather than call intact.
     #[must_use]
     pub fn holds_data(&self) -> bool {
+        // `check` reports a manifest whose epoch file is missing or unreadable.
+        assert!(
+            self.manifest.is_none() || self.epochs.is_some() || !self.problems.is_empty(),
+            "a manifest without its epoch file, unreported"
+        );
+        // ... and segments without a usable manifest.
+        assert!(
+            self.segments.is_empty() || self.manifest.is_some() || !self.problems.is_empty(),
+            "segments without a manifest, unreported"
+        );
         self.manifest.is_some()
             || self.epochs.is_some()
             || !self.segments.is_empty()
