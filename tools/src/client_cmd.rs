@@ -24,7 +24,9 @@ pub struct ClientArgs {
     #[arg(long = "addr", value_name = "ADDR", default_value = "127.0.0.1:7001")]
     pub addrs: Vec<SocketAddr>,
     /// Admin token file for admin commands [default: RINGFENCE_ADMIN_TOKEN, else
-    /// ./ringfence-data/admin.token].
+    /// ./ringfence-data/admin.token]. Given explicitly, admin commands use it even with
+    /// --token-file, and without --token-file every command does (the admin role may call
+    /// anything).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// For a node that enforces roles: the file holding this caller's token (`orders`,
@@ -256,8 +258,14 @@ pub fn run(args: ClientArgs) -> ExitCode {
 fn execute(args: ClientArgs) -> Result<ExitCode, String> {
     let mut client = Client::connect(&args.addrs).map_err(|e| e.to_string())?;
     let role_token = caller_token(args.token_file.as_ref())?;
-    if let Some(token) = &role_token {
-        client.authenticate(token).map_err(|e| e.to_string())?;
+    let chosen_admin = args.admin_token_file.as_ref();
+    match (&role_token, chosen_admin) {
+        (Some(token), _) => client.authenticate(token).map_err(|e| e.to_string())?,
+        // An admin token named and no other: the caller is the operator, for every command.
+        (None, Some(file)) => {
+            client.authenticate(&admin_token(Some(file))?).map_err(|e| e.to_string())?;
+        }
+        (None, None) => {}
     }
     match args.command {
         ClientCommand::Node => {
@@ -275,10 +283,12 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
         _ => {}
     }
     let command = to_command(args.command)?;
-    if role_token.is_none() && ringfence_ingress::server::needs_admin(&command) {
-        client
-            .authenticate(&admin_token(args.admin_token_file.as_ref())?)
-            .map_err(|e| e.to_string())?;
+    // An admin command: the admin token, unless the connection has it already, or a role
+    // token was given and no admin token named (the role token may be `admin`).
+    let admin_needed = ringfence_ingress::server::needs_admin(&command);
+    let has_admin = role_token.is_none() && chosen_admin.is_some();
+    if admin_needed && !has_admin && (role_token.is_none() || chosen_admin.is_some()) {
+        client.authenticate(&admin_token(chosen_admin)?).map_err(|e| e.to_string())?;
     }
     match client.call(command) {
         Ok(outcome) => {

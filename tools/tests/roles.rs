@@ -176,3 +176,42 @@ fn role_tokens_from_config_and_environment_are_enforced_on_a_public_listener() {
     assert!(snapshot.starts_with("HTTP/1.1 202"), "{snapshot}");
     drop(child);
 }
+
+#[test]
+fn the_client_uses_an_admin_token_it_was_given_by_name() {
+    // Goal: on a node that enforces roles, `ringfence client` sends the admin token named with
+    // --admin-token-file for admin commands even when a role token is given too, and for
+    // every command when it is the only token; a role token alone is still held to its role.
+    let dir = TempDir::new("roles-client");
+    let admin = write(&dir.path().join("admin.token"), &format!("{ADMIN}\n"));
+    let read = write(&dir.path().join("read.token"), &format!("{READ}\n"));
+    let config = write(
+        &dir.path().join("ringfence.toml"),
+        &format!("[auth]\nread_token_file = \"{read}\"\n"),
+    );
+    let args = [LOOPBACK.as_slice(), &["--admin-token-file", &admin, "--config", &config]].concat();
+    let child = Logged::spawn(&mut serve_command(dir.path(), &args, &[]));
+    let (binary, _) = child.wait_for("ringfence: binary protocol v1 listening on ", DEADLINE);
+    let client = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["client", "--addr", &binary])
+            .args(args)
+            .env_remove("RINGFENCE_ADMIN_TOKEN")
+            .env_remove("RINGFENCE_TOKEN")
+            .output()
+            .unwrap();
+        (output.status.code(), text(&output.stdout), text(&output.stderr))
+    };
+    let create = ["create-sku", "--sku", "5", "--stock", "3", "--price-cents", "100"];
+    let with_read = ["--token-file", read.as_str()];
+    let refused = client(&[with_read.as_slice(), &create].concat());
+    assert_eq!(refused.0, Some(1), "{refused:?}");
+    assert!(refused.1.contains("forbidden"), "the read token alone: {refused:?}");
+    let both = [with_read.as_slice(), &["--admin-token-file", &admin], &create].concat();
+    let created = client(&both);
+    assert_eq!(created.0, Some(0), "{created:?}");
+    assert!(created.1.contains("\"stock\":3"), "{created:?}");
+    let read_back = client(&["--admin-token-file", &admin, "sku", "5"]);
+    assert_eq!(read_back.0, Some(0), "the admin token alone reads: {read_back:?}");
+    assert!(read_back.1.contains("\"available\":3"), "{read_back:?}");
+}
