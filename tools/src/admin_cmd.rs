@@ -23,8 +23,9 @@ const ANSWER_LEN_MAX: u64 = 64 * 1024;
 /// Where to send an admin call, and with which token.
 #[derive(clap::Args, Debug)]
 pub struct AdminTarget {
-    /// The node's HTTP API address, e.g. 127.0.0.1:7080.
-    #[arg(long = "http", value_name = "ADDR")]
+    /// The node's HTTP API address, e.g. 127.0.0.1:7080 or localhost:7080 (an
+    /// `http://` prefix, as `serve` logs the address, is accepted).
+    #[arg(long = "http", value_name = "ADDR", value_parser = http_address)]
     pub http: String,
     /// Admin token file [default: RINGFENCE_ADMIN_TOKEN, else ./ringfence-data/admin.token].
     #[arg(long, value_name = "FILE")]
@@ -120,6 +121,16 @@ fn run(name: &str, target: &AdminTarget, path: &str, body: &str) -> ExitCode {
     }
 }
 
+/// An `--http` address: `host:port`, with or without the `http://` and a trailing `/` that
+/// `serve`'s log line shows.
+fn http_address(text: &str) -> Result<String, String> {
+    let address = text.strip_prefix("http://").unwrap_or(text).trim_end_matches('/');
+    if address.starts_with("https://") || address.contains('/') {
+        return Err(format!("`{text}`: give host:port (e.g. 127.0.0.1:7080); TLS is not served"));
+    }
+    Ok(address.to_owned())
+}
+
 /// Sends one `POST` with a JSON body and the bearer token; returns the status and the body.
 fn post(addr: &str, path: &str, token: &str, body: &str) -> Result<(u16, String), String> {
     let resolved = addr
@@ -165,5 +176,16 @@ mod tests {
         assert_eq!(parse_response(b""), None);
         assert_eq!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n"), None);
         assert_eq!(parse_response(b"HTTP/1.1 2x0 OK\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn an_http_address_is_taken_as_serve_logs_it_or_bare() {
+        // Goal: the address `serve` logs (`http://127.0.0.1:7080`) can be pasted as it is;
+        // a path or TLS is refused with what to give instead.
+        assert_eq!(http_address("127.0.0.1:7080").unwrap(), "127.0.0.1:7080");
+        assert_eq!(http_address("http://127.0.0.1:7080").unwrap(), "127.0.0.1:7080");
+        assert_eq!(http_address("http://localhost:7080/").unwrap(), "localhost:7080");
+        assert!(http_address("https://127.0.0.1:7080").unwrap_err().contains("host:port"));
+        assert!(http_address("http://127.0.0.1:7080/v1").unwrap_err().contains("host:port"));
     }
 }

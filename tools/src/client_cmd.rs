@@ -4,7 +4,7 @@
 //! returns. The exit status is 0 for a success, 1 for a rejection or refusal, 2 for an error
 //! reaching the node.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,8 +20,9 @@ use ringfence_ingress::{Client, ClientError, keys};
 /// Arguments of `ringfence client`.
 #[derive(clap::Args, Debug)]
 pub struct ClientArgs {
-    /// Node address (binary protocol); repeat it to give standbys to fail over to.
-    #[arg(long = "addr", value_name = "ADDR", default_value = "127.0.0.1:7001")]
+    /// Node address (binary protocol), `host:port` (e.g. 127.0.0.1:7001 or
+    /// localhost:7001); repeat it to give standbys to fail over to.
+    #[arg(long = "addr", value_name = "ADDR", default_value = "127.0.0.1:7001", value_parser = node_address)]
     pub addrs: Vec<SocketAddr>,
     /// Admin token file for admin commands [default: RINGFENCE_ADMIN_TOKEN, else
     /// ./ringfence-data/admin.token]. Given explicitly, admin commands use it even with
@@ -253,6 +254,17 @@ pub fn run(args: ClientArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A `--addr`: an IP address and port, or a host name resolved now (its first address).
+fn node_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    text.to_socket_addrs()
+        .map_err(|e| format!("`{text}`: {e} (give host:port, e.g. 127.0.0.1:7001)"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
 fn execute(args: ClientArgs) -> Result<ExitCode, String> {

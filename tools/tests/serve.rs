@@ -138,6 +138,12 @@ fn client_subcommands_drive_a_node() {
     let order = reserved["order_id"].as_str().unwrap();
     assert_eq!(client(&node, &["order", order]).1["user"], "8");
     assert_eq!(client(&node, &["node"]).1["role"], "primary");
+    // `--addr` takes a host name too.
+    let by_name = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["client", "--addr", &format!("localhost:{}", node.binary.port()), "ping"])
+        .output()
+        .unwrap();
+    assert!(by_name.status.success(), "{}", String::from_utf8_lossy(&by_name.stderr));
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
