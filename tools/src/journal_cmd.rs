@@ -550,7 +550,34 @@ fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
     }
     let _ = out.flush();
     drop(out);
-    Ok(report(&findings(&opened, to)))
+    let mut found = findings(&opened, to);
+    found.extend(range_notes(&opened.layout, from, to).into_iter().map(Finding::Note));
+    Ok(report(&found))
+}
+
+/// What a requested range of sequences asks for that the journal does not hold: sequences
+/// retired before its first record, or past its last. Empty when it holds all of them.
+fn range_notes(layout: &Layout, from: Sequence, to: Sequence) -> Vec<String> {
+    let (Some(first), Some(last)) = (layout.first_sequence(), layout.last_sequence()) else {
+        return vec!["the journal holds no records".to_owned()];
+    };
+    assert!(first <= last, "a journal that ends before it starts");
+    let mut notes = Vec::new();
+    if from < first {
+        let end = to.min(Sequence(first.0 - 1));
+        notes.push(format!(
+            "sequences {from}..={end} are not in the journal, which starts at {first} (older \
+             records were retired after snapshots)"
+        ));
+    }
+    // Without `--to` the range is open-ended: it asks past the end only if it starts there.
+    let open_ended = to.0 == u64::MAX;
+    if from > last || (to > last && !open_ended) {
+        let start = from.max(last.next());
+        let range = if open_ended { format!("{start} on") } else { format!("{start}..={to}") };
+        notes.push(format!("sequences {range} are not in the journal, which ends at {last}"));
+    }
+    notes
 }
 
 /// `12  2026-01-01T00:00:00.000Z  epoch 1  reserve user=9 sku=1 qty=1 ...`

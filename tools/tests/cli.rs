@@ -133,6 +133,18 @@ fn dump_prints_a_range_as_text_or_json_lines() {
     assert_eq!(values.len(), 3);
     assert_eq!(values[0]["sequence"], 1);
     assert_eq!(values[0]["command"]["kind"], "create_sku");
+    assert!(text(&json.stderr).is_empty(), "a range the journal holds: {}", text(&json.stderr));
+    // A range past the journal's end says so, and still exits 0 with what there is.
+    let past = ringfence(&["journal", "dump", path, "--from", "499", "--to", "510"]);
+    assert_eq!(past.status.code(), Some(0), "{}", text(&past.stderr));
+    assert_eq!(text(&past.stdout).lines().count(), 2, "499 and 500");
+    let note = text(&past.stderr);
+    assert!(
+        note.contains("sequences 501..=510 are not in the journal, which ends at 500"),
+        "{note}"
+    );
+    let beyond = ringfence(&["journal", "dump", path, "--from", "900"]);
+    assert!(text(&beyond.stderr).contains("sequences 900 on are not in the journal"));
 }
 
 #[test]
