@@ -187,7 +187,16 @@ pub fn drive_up_to(
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let now = Instant::now();
-        let sending = now < stop_sending && sent < total;
+        let sending = sent < total
+            && match load {
+                // Open loop: every request falls due by `stop_sending`, and each is sent, late if
+                // the generator was held up (its lateness is counted in its latency). Stopping
+                // at `stop_sending` instead would drop them: a generator descheduled past a
+                // short run's end sent nothing at all.
+                Load::Rate(_) => true,
+                // A window runs for the duration, and for one window however late it starts.
+                Load::Window(_) => now < stop_sending || sent == 0,
+            };
         if sending {
             let due = match load {
                 Load::Rate(rate) => {

@@ -419,7 +419,12 @@ impl Offer {
         while self.next < self.count {
             let at = match self.load {
                 Some(rate) => self.due(rate),
-                None if self.in_flight < self.window && now < self.stop_submitting => now,
+                // For the duration, and one window however late the generator starts.
+                None if self.in_flight < self.window
+                    && (now < self.stop_submitting || self.next < self.window) =>
+                {
+                    now
+                }
                 None => break,
             };
             if at > now {
@@ -478,8 +483,8 @@ fn generate(node: &Node, plan: &Plan, load: Option<u64>, count: u64, first_index
                 refused += 1;
             }
         }
-        let submitted_all =
-            offer.next == count || (load.is_none() && now() >= offer.stop_submitting);
+        let submitted_all = offer.next == count
+            || (load.is_none() && now() >= offer.stop_submitting && offer.next >= offer.window);
         if (submitted_all && offer.in_flight == 0) || clock.elapsed() > give_up {
             break;
         }
