@@ -295,11 +295,11 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
         _ => {}
     }
     let command = to_command(args.command)?;
-    // An admin command: the admin token, unless the connection has it already, or a role
-    // token was given and no admin token named (the role token may be `admin`).
+    // An admin command sends the admin token when the connection does not carry it yet:
+    // with no token at all (the default admin token), or with a role token beside a named
+    // admin token. A role token alone may be `admin`; a named admin token alone was sent.
     let admin_needed = ringfence_ingress::server::needs_admin(&command);
-    let has_admin = role_token.is_none() && chosen_admin.is_some();
-    if admin_needed && !has_admin && (role_token.is_none() || chosen_admin.is_some()) {
+    if admin_needed && role_token.is_some() == chosen_admin.is_some() {
         client.authenticate(&admin_token(chosen_admin)?).map_err(|e| e.to_string())?;
     }
     match client.call(command) {
