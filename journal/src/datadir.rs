@@ -101,6 +101,102 @@ pub(crate) fn truncation_done<S: Storage>(storage: &S) -> Result<(), JournalErro
     Ok(())
 }
 
+/// Present while the node is stopped after a clean shutdown, naming where its journal ends:
+/// written durably by the journal writer once its last record is synced
+/// ([`crate::writer::JournalWriter::close`]), removed by the next start before anything is
+/// appended, and by every truncation. A crash leaves no mark, and then a last record that
+/// fails its checks is a write the crash cut off, never acknowledged. With the mark, the same
+/// bytes are damage at rest to an acknowledged record, and recovery refuses them; so it does
+/// a journal that ends earlier than the mark says.
+pub const CLEAN_STOP_FILE: &str = "stopped-cleanly";
+
+/// Where the journal ended when the node last stopped cleanly ([`CLEAN_STOP_FILE`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanStop {
+    /// The last record's sequence (the one before the newest segment's first if that segment
+    /// holds no record).
+    pub last: Sequence,
+    /// The newest segment.
+    pub segment: String,
+    /// The byte offset in it where its records end.
+    pub end: u64,
+}
+
+impl CleanStop {
+    /// The marker's text: `last segment end` on the first line, then a line for the operator.
+    fn encode(&self) -> String {
+        // What `decode` accepts: the writer's position, on a record boundary past the header.
+        assert!(self.end >= SEGMENT_HEADER_LEN as u64, "a clean stop inside a segment header");
+        assert_eq!(self.end % format::RECORD_ALIGN as u64, 0, "a clean stop off a boundary");
+        format!(
+            "{} {} {}\nThe node stopped cleanly with its journal ending at sequence {}; its next \
+             start checks that the journal still ends there.\n",
+            self.last.0, self.segment, self.end, self.last.0
+        )
+    }
+
+    /// The marker read back; `None` if its first line is not what [`CleanStop::encode`] writes.
+    fn decode(bytes: &[u8]) -> Option<CleanStop> {
+        let line = std::str::from_utf8(bytes).ok()?.lines().next()?;
+        let mut fields = line.split(' ');
+        let last = Sequence(fields.next()?.parse().ok()?);
+        let segment = fields.next()?.to_owned();
+        let end: u64 = fields.next()?.parse().ok()?;
+        let first = format::parse_segment_name(&segment)?;
+        let fits = fields.next().is_none()
+            && first.0 >= 1
+            && last.0 + 1 >= first.0
+            && end >= SEGMENT_HEADER_LEN as u64
+            && end % format::RECORD_ALIGN as u64 == 0;
+        fits.then_some(CleanStop { last, segment, end })
+    }
+}
+
+/// Writes the clean-stop marker durably.
+pub(crate) fn mark_clean_stop<S: Storage>(
+    storage: &S,
+    stop: &CleanStop,
+) -> Result<(), JournalError> {
+    // The newest segment holds the last record, or starts just after it.
+    let first = format::parse_segment_name(&stop.segment);
+    assert!(first.is_some_and(|first| first <= stop.last.next()), "a segment past the end");
+    write_atomically(storage, CLEAN_STOP_FILE, stop.encode().as_bytes())?;
+    // The pair of the reading below: it names the same place.
+    debug_assert_eq!(clean_stop(storage).ok().flatten().as_ref(), Some(stop), "unreadable");
+    Ok(())
+}
+
+/// Where the journal ended at the last clean stop, if the marker is there; an error naming the
+/// file if it is there but unreadable (a node refuses to guess).
+pub fn clean_stop<R: ReadSource>(source: &R) -> Result<Option<CleanStop>, JournalError> {
+    let bytes = match source.read_file(CLEAN_STOP_FILE) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            let file = source.describe_file(CLEAN_STOP_FILE);
+            return Err(JournalError::io(format!("reading {file}"), e));
+        }
+    };
+    match CleanStop::decode(&bytes) {
+        Some(stop) => Ok(Some(stop)),
+        None => {
+            Err(JournalError::CleanStopUnreadable { file: source.describe_file(CLEAN_STOP_FILE) })
+        }
+    }
+}
+
+/// Removes the clean-stop marker durably, if it is there: the journal is about to change.
+pub(crate) fn clean_stop_cleared<S: Storage>(storage: &S) -> Result<(), JournalError> {
+    if storage.file_len(CLEAN_STOP_FILE).is_err() {
+        return Ok(());
+    }
+    let file = storage.describe(CLEAN_STOP_FILE);
+    storage.remove(CLEAN_STOP_FILE).map_err(|e| JournalError::io(format!("removing {file}"), e))?;
+    sync_dir(storage)?;
+    assert!(storage.file_len(CLEAN_STOP_FILE).is_err(), "the marker is still there");
+    Ok(())
+}
+
 /// Writes the catch-up marker durably.
 pub(crate) fn mark_catching_up<S: Storage>(storage: &S) -> Result<(), JournalError> {
     write_atomically(storage, CATCH_UP_FILE, CATCH_UP_TEXT)?;
@@ -718,6 +814,16 @@ pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
     }
     check.verify();
     Ok(check)
+}
+
+/// The manifest, or the first reason it cannot be read, as an error.
+pub(crate) fn read_listed_manifest<S: Storage>(storage: &S) -> Result<Manifest, JournalError> {
+    let mut source = storage.clone();
+    let mut problems = Vec::new();
+    match read_manifest(&mut source, &mut problems)? {
+        Some(manifest) => Ok(manifest),
+        None => Err(problems.remove(0)),
+    }
 }
 
 fn read_manifest<R: ReadSource>(

@@ -80,7 +80,9 @@ pub enum JournalError {
     #[error(
         "journal corrupt: {file} at byte offset {offset} (sequence {sequence}): {damage}. \
          The journal is not replayed past a damaged record. Restore the segment from the \
-         standby or a backup, or, to drop sequence {sequence} and everything after it, run \
+         standby or a backup; or, if a snapshot covers sequence {sequence}, run \
+         `ringfence journal rebuild {dir}`, which drops nothing; or, to drop sequence \
+         {sequence} and everything after it, run \
          `ringfence journal truncate {dir} --at-seq {sequence}`"
     )]
     Corrupt {
@@ -283,6 +285,41 @@ pub enum JournalError {
         record: Epoch,
         /// The epoch file's current epoch.
         current: Epoch,
+    },
+    /// The node stopped cleanly, and the journal no longer ends where it did then.
+    #[error(
+        "the journal in {dir} no longer ends where it did when the node last stopped cleanly \
+         ({mark} says sequence {last}, {place}): {found}. After a clean stop that is damage at \
+         rest to acknowledged commands, not a write cut off by a crash, so the journal is not \
+         replayed. Restore the segment from the standby or a backup; or, if a snapshot covers \
+         sequence {from}, run `ringfence journal rebuild {dir}`, which drops nothing; or, to \
+         accept losing sequence {from} and everything after it, run \
+         `ringfence journal truncate {dir} --at-seq {from}`"
+    )]
+    EndMoved {
+        /// The data directory.
+        dir: String,
+        /// The clean-stop marker.
+        mark: String,
+        /// The last sequence it names.
+        last: Sequence,
+        /// Where it says the records ended (byte offset and segment), as text.
+        place: String,
+        /// What the journal shows instead.
+        found: String,
+        /// The first sequence the journal lacks or holds damaged.
+        from: Sequence,
+    },
+    /// The clean-stop marker is there but cannot be read.
+    #[error(
+        "{file} is damaged: it should say where the journal ended when the node last stopped \
+         cleanly, so the node cannot tell damage at the journal's end from a write cut off by a \
+         crash. Compare the journal with the standby's (`ringfence journal verify`); to start \
+         anyway, treating damage at the journal's end as a crash's, delete the file"
+    )]
+    CleanStopUnreadable {
+        /// The marker file.
+        file: String,
     },
     /// The options given are not usable.
     #[error("invalid journal options: {0}")]

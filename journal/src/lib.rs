@@ -15,6 +15,7 @@ pub mod lock;
 pub mod manifest;
 #[cfg(feature = "mutations")]
 pub mod mutation;
+pub mod rebuild;
 pub mod recovery;
 pub mod scan;
 pub mod snapshot;

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 
 use ringfence_core::{Engine, EngineConfig, Epoch, Lookahead, Sequence};
 
-use crate::datadir::{self, DataDir, DirCheck};
+use crate::datadir::{self, CLEAN_STOP_FILE, CleanStop, DataDir, DirCheck};
 use crate::epoch::{EPOCH_FILE, Epochs};
 use crate::error::JournalError;
 use crate::format;
 use crate::manifest::{Manifest, ManifestSegment};
+use crate::rebuild;
 use crate::scan::{self, Layout};
 use crate::snapshot::{self, SnapshotMeta};
 use crate::storage::{FileStorage, Retired, Segment, Storage, is_temp_name};
@@ -55,6 +56,12 @@ pub struct RecoveryReport {
     pub retired_leftovers: Vec<(String, Retired)>,
     /// A segment whose creation was cut off before it was listed, removed.
     pub creation_removed: Option<String>,
+    /// The last sequence the clean-stop marker named, if the node had stopped cleanly: the
+    /// journal was found ending there.
+    pub clean_stop: Option<Sequence>,
+    /// The marker named an end the journal has since moved past (it holds later records, so a
+    /// build that does not know the marker wrote them): ignored, the end read as after a crash.
+    pub clean_stop_stale: bool,
 }
 
 impl std::fmt::Display for RecoveryReport {
@@ -72,6 +79,14 @@ impl std::fmt::Display for RecoveryReport {
         }
         for (file, why) in &self.skipped_snapshots {
             write!(f, "; skipped snapshot {}: {why}", file.display())?;
+        }
+        match (self.clean_stop, self.clean_stop_stale) {
+            (Some(last), false) => write!(f, "; stopped cleanly at sequence {last}")?,
+            (Some(last), true) => write!(
+                f,
+                "; ignored a stale clean-stop marker (sequence {last}: the journal runs past it)"
+            )?,
+            (None, _) => {}
         }
         if let Some(torn) = &self.torn_tail {
             write!(
@@ -132,6 +147,12 @@ pub fn recover_from<S: Storage>(
         truncate(&storage, at)?;
         assert!(datadir::truncating(&storage)?.is_none(), "a finished truncation left its marker");
     }
+    if let Some(through) = rebuild::rebuilding(&storage)? {
+        // A rebuild was cut off part way: finished before anything is read.
+        tracing::warn!(target: "ringfence", "finishing the rebuild after snapshot {through}");
+        rebuild::finish(&storage, through)?;
+        assert!(rebuild::rebuilding(&storage)?.is_none(), "a finished rebuild left its marker");
+    }
     let mut source = storage.clone();
     let mut check = datadir::check(&mut source)?;
     if !check.problems.is_empty() {
@@ -153,7 +174,14 @@ pub fn recover_from<S: Storage>(
         }
         return Err(error);
     }
+    let clean_stop = datadir::clean_stop(&storage)?;
+    if let Some(stop) = &clean_stop {
+        report.clean_stop_stale = check_clean_stop(&layout, stop, &|name| storage.describe(name))?;
+    }
+    report.clean_stop = clean_stop.map(|stop| stop.last);
     report.torn_tail = clear_torn_tail(&storage, &layout)?;
+    // After a clean stop there is no torn tail: `check_clean_stop` refused one.
+    assert!(report.torn_tail.is_none() || report.clean_stop.is_none() || report.clean_stop_stale);
     report.journal_range = layout.first_sequence().zip(layout.last_sequence());
     let epochs = dir.epochs();
     check_epochs(&storage, &layout, epochs)?;
@@ -196,6 +224,8 @@ pub fn recover_from<S: Storage>(
     let range = report.journal_range;
     assert!(range.is_none_or(|(first, last)| first <= last), "a journal ending before it starts");
     let last_epoch = layout.last_epoch().unwrap_or(Epoch(0));
+    // The journal is about to change: the mark would name an end it no longer has.
+    datadir::clean_stop_cleared(&storage)?;
     let writer = match layout.segments.last() {
         Some(segment) => {
             let last = segment.last.unwrap_or(Sequence(segment.header.first_sequence.0 - 1));
@@ -325,6 +355,77 @@ fn check_epochs<S: Storage>(
     Ok(())
 }
 
+/// A journal the node stopped cleanly must still end where it did: no torn tail (the node
+/// synced everything and wrote nothing after), no record missing. Returns whether the marker
+/// is stale: the journal holds records past it, which only a build that does not know the
+/// marker writes (it is then ignored, and the end is read as after a crash). `describe` names
+/// a file to the operator. Recovery and the read-only tools judge with this one function.
+pub fn check_clean_stop(
+    layout: &Layout,
+    stop: &CleanStop,
+    describe: &dyn Fn(&str) -> String,
+) -> Result<bool, JournalError> {
+    let last_segment = layout.segments.last();
+    let ends = last_segment.map(|s| s.last.unwrap_or(Sequence(s.header.first_sequence.0 - 1)));
+    let torn = layout.problem.as_ref().filter(|p| p.torn_tail);
+    // The scan finds a torn tail only at the end of the last segment.
+    let newest = layout.segments.len().checked_sub(1);
+    assert!(torn.is_none_or(|p| p.segment.is_some() && p.segment == newest), "a torn tail early");
+    let moved = |found: String, from: Sequence| JournalError::EndMoved {
+        dir: layout.location.clone(),
+        mark: describe(CLEAN_STOP_FILE),
+        last: stop.last,
+        place: format!("byte offset {} of {}", stop.end, describe(&stop.segment)),
+        found,
+        from,
+    };
+    if let Some(problem) = torn.filter(|p| p.sequence <= stop.last) {
+        let found = format!(
+            "record {} in {} at byte offset {} fails its checks ({})",
+            problem.sequence,
+            describe(&problem.name),
+            problem.offset,
+            problem.damage
+        );
+        return Err(moved(found, problem.sequence));
+    }
+    match ends {
+        Some(ends) if ends > stop.last => Ok(true),
+        Some(ends) if ends < stop.last => {
+            let found =
+                format!("it ends at sequence {ends}, so {}..={} are gone", ends.next(), stop.last);
+            Err(moved(found, ends.next()))
+        }
+        // No segment at all: the manifest check reports a missing one.
+        None => Ok(false),
+        Some(ends) => {
+            // Ends at the same sequence, with nothing torn after it: where the mark says.
+            assert_eq!(ends, stop.last);
+            if let Some(problem) = torn {
+                // Bytes after the last record the node wrote: damage, though no record is lost.
+                let found = format!(
+                    "{} holds bytes after its last record, at byte offset {} ({})",
+                    describe(&problem.name),
+                    problem.offset,
+                    problem.damage
+                );
+                return Err(moved(found, problem.sequence));
+            }
+            let segment = last_segment.expect("`ends` is some");
+            if segment.name != stop.segment || segment.end as u64 != stop.end {
+                // The records agree and the place does not: the marker is the damaged one.
+                let found = format!(
+                    "its last record ends at byte offset {} of {}",
+                    segment.end,
+                    describe(&segment.name)
+                );
+                return Err(moved(found, ends.next()));
+            }
+            Ok(false)
+        }
+    }
+}
+
 /// Zeroes a torn tail in the last segment and syncs.
 fn clear_torn_tail<S: Storage>(
     storage: &S,
@@ -452,10 +553,24 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
             problem.sequence, problem.name, problem.offset, problem.sequence
         )));
     }
+    // Where the journal ends: a cut past the next sequence would drop nothing, yet mark the
+    // directory as lacking records.
+    let ends = layout
+        .segments
+        .last()
+        .map_or(Sequence(0), |s| s.last.unwrap_or(Sequence(s.header.first_sequence.0 - 1)));
+    if at > ends.next() {
+        return Err(JournalError::Options(format!(
+            "cannot truncate at sequence {at}: the journal ends at sequence {ends}, so there is \
+             nothing to drop; truncate at {} or lower",
+            ends.next()
+        )));
+    }
     // Before the first cut: where it cuts, so that a crash part way is finished at the next
     // start; and that records this node may have acknowledged are about to go.
     datadir::mark_truncating(storage, at)?;
     datadir::mark_catching_up(storage)?;
+    datadir::clean_stop_cleared(storage)?;
     let mut truncation = Truncation::default();
     for (first, name) in scan::sorted_segments(storage)?.into_iter().rev() {
         if first >= at {

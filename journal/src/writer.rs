@@ -9,7 +9,7 @@ use ringfence_core::pipeline::{Clock, Framed, Journal, StageError, SystemClock};
 use ringfence_core::record::{self, RecordBuf};
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced};
 
-use crate::datadir::DataDir;
+use crate::datadir::{self, CleanStop, DataDir};
 use crate::error::JournalError;
 use crate::format::{self, RECORD_ALIGN, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::manifest::ManifestSegment;
@@ -165,6 +165,8 @@ pub struct JournalWriter<S: Storage> {
     last_sync_ns: Option<u64>,
     /// Makes the next segment ready ahead of need, if asked to.
     spare: Option<SparePreparer<S>>,
+    /// [`JournalWriter::close`] marked the journal stopped cleanly: nothing more is appended.
+    closed: bool,
 }
 
 impl<S: Storage> JournalWriter<S> {
@@ -193,6 +195,7 @@ impl<S: Storage> JournalWriter<S> {
             synced: Sequence(next.0 - 1),
             last_sync_ns: None,
             spare: None,
+            closed: false,
         };
         // The first segment is made now, not at the first record: a disk that cannot hold
         // one fails the start, loudly, instead of the first write; and that write does not
@@ -259,6 +262,7 @@ impl<S: Storage> JournalWriter<S> {
             synced: last,
             last_sync_ns: None,
             spare: None,
+            closed: false,
         };
         writer.verify();
         Ok(writer)
@@ -310,6 +314,7 @@ impl<S: Storage> JournalWriter<S> {
         let sequence = record.sequenced.sequence;
         let epoch = record.epoch;
         assert_eq!(sequence, self.next, "journal sequences are contiguous");
+        assert!(!self.closed, "an append after the journal was marked stopped cleanly");
         assert!(record.sequenced.command.is_mutating(), "reads are never journaled");
         assert!(
             epoch >= self.last_epoch,
@@ -421,6 +426,32 @@ impl<S: Storage> JournalWriter<S> {
         self.dir.note_durable(self.synced);
         self.verify();
         Ok(())
+    }
+
+    /// Ends the writer's life on a clean stop: syncs every appended record, then writes the
+    /// data directory's clean-stop marker ([`crate::datadir::CLEAN_STOP_FILE`]) naming where the
+    /// journal ends, so the next start refuses a journal that no longer ends there (damage at
+    /// rest) instead of clearing it as a crash's torn write. Nothing may be appended after.
+    /// Returns `None`, marking nothing, if no segment is open (a rotation failed: the node fenced
+    /// the journal, and its end is for recovery to find).
+    pub fn close(&mut self) -> Result<Option<CleanStop>, JournalError> {
+        assert!(!self.closed, "a journal is marked stopped cleanly once");
+        if self.current.is_none() {
+            return Ok(None);
+        }
+        self.sync_now()?;
+        let open = self.current.as_ref().expect("checked above");
+        let stop = CleanStop {
+            last: self.last_appended(),
+            segment: open.name.clone(),
+            end: open.write_at as u64,
+        };
+        // Everything named is on disk before the mark says so.
+        assert_eq!(open.synced_to, open.write_at, "marked stopped with unsynced records");
+        assert_eq!(self.synced, stop.last, "marked stopped past the durable sequence");
+        datadir::mark_clean_stop(&self.storage, &stop)?;
+        self.closed = true;
+        Ok(Some(stop))
     }
 
     /// Closes the current segment and starts a new one whose first record is `first`.
@@ -610,6 +641,10 @@ impl<S: Storage> Journal for JournalWriter<S> {
 
     fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {
         self.try_flush(clock).map_err(stage_error)
+    }
+
+    fn close(&mut self) -> Result<(), StageError> {
+        JournalWriter::close(self).map(drop).map_err(stage_error)
     }
 }
 

@@ -11,6 +11,7 @@ use ringfence_core::{
     Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, Engine, Epoch, OrderId,
     PaymentRef, Query, RequestKey, Reserve, Sequence, Sequenced, SkuId, Timestamp, UserId,
 };
+use ringfence_journal::datadir;
 use ringfence_journal::epoch::Epochs;
 use ringfence_journal::error::{Damage, JournalError};
 use ringfence_journal::format;
@@ -275,6 +276,116 @@ fn torn_last_record_is_truncated_and_reported() {
     }
 }
 
+/// Writes `count` commands as [`write_journal`] does, then stops cleanly: the writer syncs and
+/// marks where the journal ends.
+fn write_journal_stopped_cleanly(dir: &std::path::Path, count: usize) -> Vec<Sequenced> {
+    let commands = write_journal(dir, count);
+    let mut recovered = recover(dir, options(Durability::None)).unwrap();
+    let last = commands.last().unwrap().sequence;
+    assert_eq!(recovered.next_sequence, last.next());
+    let stop = recovered.writer.close().unwrap().expect("a segment is open");
+    assert_eq!(stop.last, last);
+    assert!(dir.join(datadir::CLEAN_STOP_FILE).exists());
+    commands
+}
+
+#[test]
+fn after_a_clean_stop_damage_at_the_end_is_refused_not_cleared() {
+    // Goal: once the node stopped cleanly, the journal's last record failing its checks, or
+    // records missing from its end, are damage to acknowledged commands: recovery refuses,
+    // naming the sequence and the repair, and changes nothing. The same bytes after a crash
+    // (no marker) are a torn tail, cleared.
+    for mode in ["flipped byte", "zeroed record", "garbage after"] {
+        let dir = TempDir::new("clean-stop");
+        let commands = write_journal_stopped_cleanly(dir.path(), 2_000);
+        let last = commands.last().unwrap().sequence;
+        let last_file = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&last_file).unwrap();
+        let &(offset, len) = record_offsets(&bytes).last().unwrap();
+        let from = match mode {
+            "flipped byte" => {
+                bytes[offset + len - 9] ^= 0x10;
+                last
+            }
+            "zeroed record" => {
+                bytes[offset..offset + len].fill(0);
+                last
+            }
+            _ => {
+                bytes[offset + len + 8] = 0x77;
+                last.next()
+            }
+        };
+        std::fs::write(&last_file, &bytes).unwrap();
+        let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused");
+        let message = error.to_string();
+        assert!(
+            matches!(&error, JournalError::EndMoved { from: f, last: l, .. } if *f == from && *l == last),
+            "{mode}: {message}"
+        );
+        assert!(message.contains("stopped cleanly"), "{mode}: {message}");
+        assert!(message.contains(&format!("--at-seq {from}")), "{mode}: {message}");
+        assert_eq!(std::fs::read(&last_file).unwrap(), bytes, "{mode}: the refusal changed bytes");
+        assert!(dir.path().join(datadir::CLEAN_STOP_FILE).exists(), "{mode}");
+        // The operator's repair accepts the loss, and the node starts where the journal ends.
+        let storage = FileStorage::open_exclusive(dir.path()).unwrap();
+        recovery::truncate(&storage, from).unwrap();
+        drop(storage);
+        assert!(!dir.path().join(datadir::CLEAN_STOP_FILE).exists(), "{mode}: truncate kept it");
+        let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+        assert_eq!(recovered.next_sequence, from, "{mode}");
+        assert!(recovered.report.torn_tail.is_none(), "{mode}");
+    }
+    // Without the marker (a crash), the same flipped byte is a torn tail, cleared.
+    let dir = TempDir::new("crash-stop");
+    let commands = write_journal(dir.path(), 2_000);
+    let last_file = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&last_file).unwrap();
+    let &(offset, len) = record_offsets(&bytes).last().unwrap();
+    bytes[offset + len - 9] ^= 0x10;
+    std::fs::write(&last_file, &bytes).unwrap();
+    let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    let torn = recovered.report.torn_tail.clone().expect("a torn tail after a crash");
+    assert_eq!(torn.sequence, commands.last().unwrap().sequence);
+    assert_eq!(recovered.report.clean_stop, None);
+}
+
+#[test]
+fn a_clean_stop_is_checked_once_and_its_marker_removed_before_appending() {
+    // Goal: a journal found where the marker says starts normally and reports the clean stop;
+    // the marker goes before anything is appended, so a crash after that start is read as a
+    // crash. A damaged marker is refused; a marker the journal runs past is stale and ignored.
+    let dir = TempDir::new("clean-stop-start");
+    let commands = write_journal_stopped_cleanly(dir.path(), 500);
+    let last = commands.last().unwrap().sequence;
+    let marker = dir.path().join(datadir::CLEAN_STOP_FILE);
+    let kept = std::fs::read(&marker).unwrap();
+    let mut recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.report.clean_stop, Some(last));
+    assert!(!recovered.report.clean_stop_stale);
+    assert!(recovered.report.to_string().contains(&format!("stopped cleanly at sequence {last}")));
+    assert!(!marker.exists(), "the marker outlived the start");
+    let mut workload = Workload::new(4, last.next(), Timestamp(1_000_000));
+    let more = generate(&mut workload, &mut recovered.engine, 20);
+    for command in &more {
+        recovered.writer.append_command(Epoch(1), command).unwrap();
+    }
+    recovered.writer.end_batch().unwrap();
+    drop(recovered);
+    // The old marker put back names an end the journal has since run past.
+    std::fs::write(&marker, &kept).unwrap();
+    let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    assert!(recovered.report.clean_stop_stale, "{}", recovered.report);
+    assert_eq!(recovered.next_sequence, more.last().unwrap().sequence.next());
+    drop(recovered);
+    for damaged in [&b"12x 00000000000000000001.seg 64\n"[..], b"", b"5 notasegment 64\n"] {
+        std::fs::write(&marker, damaged).unwrap();
+        let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused");
+        assert!(matches!(error, JournalError::CleanStopUnreadable { .. }), "{error}");
+        assert!(error.to_string().contains("delete the file"), "{error}");
+    }
+}
+
 /// Where a segment's records end: just past its last intact record.
 fn records_end(bytes: &[u8]) -> usize {
     record_offsets(bytes).last().map_or(format::SEGMENT_HEADER_LEN, |&(at, len)| at + len)
@@ -364,6 +475,11 @@ fn truncate_repairs_corruption_explicitly() {
     let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
     assert_eq!(recovered.next_sequence, Sequence(100));
     assert!(recovered.report.torn_tail.is_none());
+    drop(recovered);
+    // A cut past the end would drop nothing: refused, naming where the journal ends.
+    let past = recovery::truncate(&storage, Sequence(150)).unwrap_err().to_string();
+    assert!(past.contains("ends at sequence 99") && past.contains("nothing to drop"), "{past}");
+    assert!(!dir.path().join("truncating").exists(), "a refused cut left its marker");
 }
 
 #[test]

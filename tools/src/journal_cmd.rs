@@ -71,6 +71,13 @@ pub enum JournalCommand {
     /// the segments if it is missing). The only tool that writes; refused while a node runs.
     /// What is dropped is lost unless the standby or a backup has it.
     Truncate(TruncateArgs),
+    /// Repair without loss: when a snapshot covers the damage (it holds the state through a
+    /// sequence at or after the damaged record) and the records after it are intact, start the
+    /// journal just after the newest such snapshot. Records after it are copied into a new
+    /// segment; the older segments, the damaged one among them, are renamed *.seg.superseded.
+    /// Refused, changing nothing, when no snapshot covers the damage. Refused while a node
+    /// runs.
+    Rebuild(RebuildArgs),
     /// Crash-test child: appends under load and prints `durable N` after every flush.
     #[command(hide = true)]
     LoadTest(LoadTestArgs),
@@ -112,6 +119,13 @@ pub struct TruncateArgs {
     pub at_seq: u64,
 }
 
+/// Options of `journal rebuild`.
+#[derive(Args, Debug)]
+pub struct RebuildArgs {
+    /// The journal directory.
+    pub dir: PathBuf,
+}
+
 /// Options of the hidden crash-test child.
 #[derive(Args, Debug)]
 pub struct LoadTestArgs {
@@ -138,6 +152,7 @@ pub fn run(command: JournalCommand) -> ExitCode {
         JournalCommand::Dump(args) => dump(&args),
         JournalCommand::Stats(args) => stats(&args),
         JournalCommand::Truncate(args) => truncate(&args),
+        JournalCommand::Rebuild(args) => rebuild(&args),
         JournalCommand::LoadTest(args) => load_test(&args),
     };
     result.unwrap_or_else(|error| {
@@ -238,6 +253,12 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
     if let Some(holder) = live {
         found.push(Finding::Note(format!("live directory: node {holder} is writing it")));
     }
+    if let Ok(Some(through)) = ringfence_journal::rebuild::rebuilding(&opened.source) {
+        found.push(Finding::Note(format!(
+            "a rebuild after the snapshot through {through} was cut off part way; the node's next \
+             start (or `journal rebuild`) finishes it"
+        )));
+    }
     if let Some(at) = ringfence_journal::datadir::truncation_under_way(&opened.source) {
         found.push(Finding::Note(format!(
             "a truncation at sequence {at} was cut off part way; the node's next start \
@@ -271,10 +292,41 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
             )),
         });
     }
-    if let Some(finding) = scan_finding(opened, to) {
-        found.push(finding);
+    match clean_stop_finding(opened, to) {
+        Some(refused @ Finding::Refused(_)) => {
+            // The end the node left is gone: what the scan found there is no torn tail.
+            found.push(refused);
+            found.extend(scan_finding(opened, to).filter(|f| matches!(f, Finding::Refused(_))));
+        }
+        note => found.extend(note.into_iter().chain(scan_finding(opened, to))),
     }
     found
+}
+
+/// What the clean-stop marker says of a stopped node's journal: where it stopped, or, if the
+/// journal no longer ends there, the refusal the node's next start would give. Nothing on a
+/// live directory (the node removed the marker as it started) or one damaged before its end
+/// (the scan's finding says that).
+fn clean_stop_finding(opened: &Opened, to: Sequence) -> Option<Finding> {
+    if opened.live.is_some() || opened.layout.problem.as_ref().is_some_and(|p| !p.torn_tail) {
+        return None;
+    }
+    let dir = opened.source.dir();
+    let describe = |name: &str| dir.join(name).display().to_string();
+    let stop = match datadir::clean_stop(&opened.source) {
+        Ok(stop) => stop?,
+        Err(error) => return Some(Finding::Refused(error.to_string())),
+    };
+    Some(match recovery::check_clean_stop(&opened.layout, &stop, &describe) {
+        Ok(false) => Finding::Note(format!("the node stopped cleanly at sequence {}", stop.last)),
+        Ok(true) => Finding::Note(format!(
+            "the clean-stop marker names sequence {}, but the journal runs past it (written by a \
+             build that does not know the marker); a node ignores it",
+            stop.last
+        )),
+        Err(JournalError::EndMoved { from, .. }) if from > to => return None,
+        Err(error) => Finding::Refused(error.to_string()),
+    })
 }
 
 /// The scan's problem, if it lies within the range read.
@@ -307,8 +359,8 @@ fn scan_finding(opened: &Opened, to: Sequence) -> Option<Finding> {
             "live directory: node {holder} is writing; last record in progress ({at})"
         )),
         None => Finding::Torn(format!(
-            "torn tail: {at}: {}; a node truncates it on start (a record cut off by a crash is \
-             never acknowledged; if the node had stopped cleanly, this is damage at rest)",
+            "torn tail: {at}: {}; a node truncates it on start (the node did not stop cleanly, \
+             and a record a crash cut off was never acknowledged)",
             problem.damage
         )),
     })
@@ -766,6 +818,30 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
         );
     }
     outln!("journal now ends before sequence {}", args.at_seq);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {
+    let mut source = ReadOnlyDir::open(&args.dir)?;
+    if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
+        return Err(JournalError::NoData { dir: args.dir.display().to_string() });
+    }
+    // Exclusive: a node appending to the journal would write into segments set aside here.
+    let storage = FileStorage::open_exclusive(&args.dir)?;
+    let rebuilt = ringfence_journal::rebuild::rebuild(&storage)?;
+    outln!("snapshot   {} (through sequence {})", rebuilt.snapshot, rebuilt.through);
+    if let Some(file) = &rebuilt.new_segment {
+        outln!("new        {file}: {} records after the snapshot, copied", rebuilt.copied);
+    }
+    for file in &rebuilt.superseded {
+        outln!("set aside  {file}");
+    }
+    outln!(
+        "journal now holds sequences {}..={} (the state before them is the snapshot's); \
+         nothing was dropped. Delete the *.superseded files once the node runs",
+        rebuilt.through.next(),
+        rebuilt.last
+    );
     Ok(ExitCode::SUCCESS)
 }
 

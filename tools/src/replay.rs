@@ -13,6 +13,7 @@ use ringfence_core::{Engine, EngineConfig, Epoch, Lookahead, Sequence, Sequenced
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot::{self, SnapshotMeta};
+use ringfence_journal::{datadir, recovery};
 use serde_json::json;
 
 use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, open, tail_in_progress};
@@ -184,6 +185,16 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         out.flush().map_err(|e| JournalError::io("writing the export", e))?;
     }
     print_summary(args, &engine, snapshot.as_ref(), &tally, start);
+    let ends = layout.last_sequence().or(snapshot.as_ref().map(|meta| meta.through));
+    if let (Some(until), Some(ends)) = (args.until_seq, ends)
+        && until > ends.0
+        && !in_progress
+    {
+        eprintln!(
+            "note: the journal ends at sequence {ends}, before --until-seq {until}: replayed to \
+             its end"
+        );
+    }
     let torn = layout
         .problem
         .as_ref()
@@ -223,6 +234,21 @@ fn open_for_replay(args: &ReplayArgs, limits: &Limits) -> Result<(Opened, bool),
     }
     if !opened.check.problems.is_empty() {
         return Err(opened.check.problems.remove(0));
+    }
+    // After a clean stop, a journal that no longer ends where it did is damaged, not torn.
+    let stopped = match opened.live {
+        Some(_) => None,
+        None => datadir::clean_stop(&opened.source)?,
+    };
+    if let Some(stop) =
+        stopped.filter(|_| opened.layout.problem.as_ref().is_none_or(|p| p.torn_tail))
+    {
+        let describe = |name: &str| args.dir.join(name).display().to_string();
+        match recovery::check_clean_stop(&opened.layout, &stop, &describe) {
+            Err(JournalError::EndMoved { from, .. }) if from > limits.until_seq => {}
+            Err(error) => return Err(error),
+            Ok(_) => {}
+        }
     }
     Ok((opened, in_progress))
 }

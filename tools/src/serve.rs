@@ -693,15 +693,15 @@ fn recover_logged(
     let recovered = recover_from(storage.clone(), options).map_err(|e| format!("recovery: {e}"))?;
     log(format_args!("recovered: {}", recovered.report));
     if let Some(torn) = &recovered.report.torn_tail {
-        // A crash mid-write leaves this, and such a record was never acknowledged; but the
-        // bytes cannot tell a cut-off write from damage at rest to the last record, which may
-        // have been. Say so loudly, once.
+        // The node had not stopped cleanly (recovery refuses a torn tail after a clean stop),
+        // so this is a write a crash cut off, never acknowledged; but damage at rest to the last
+        // record after a crash reads the same. Say so loudly, once.
         tracing::warn!(
             target: "ringfence",
             "cleared {} bytes after the last intact record, in {} at byte offset {} \
-             (sequence {}, {}): a record cut off by a crash or power loss, never acknowledged. \
-             If this node stopped cleanly before this start, it was damage at rest to an \
-             acknowledged record instead: compare with the standby's journal or a backup",
+             (sequence {}, {}): the node had not stopped cleanly, so this is a record cut off by \
+             a crash or power loss, never acknowledged. Damage at rest to the last record after \
+             a crash reads the same: if in doubt, compare with the standby's journal",
             torn.bytes_cleared,
             torn.file,
             torn.offset,

@@ -191,6 +191,13 @@ fn replay_rebuilds_the_live_state_at_a_sequence_and_exports_outcomes() {
         assert!(full["snapshot"].is_null());
         assert_eq!(value["orders_by_state"], full["orders_by_state"], "until {until}");
     }
+    // Past the end: the state at the end, and a note that says so.
+    let out = ringfence(&["replay", path, "--until-seq", "9999", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["through_sequence"], 5_000);
+    let err = text(&out.stderr);
+    assert!(err.contains("the journal ends at sequence 5000, before --until-seq 9999"), "{err}");
     let dir = TempDir::new("export");
     let digests = write_journal_with(dir.path(), 2_500, None, &[2_000]);
     let path = dir.path().to_str().unwrap();

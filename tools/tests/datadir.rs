@@ -41,6 +41,70 @@ fn journal_end(dir: &Path) -> (std::path::PathBuf, usize) {
 }
 
 #[test]
+fn after_a_clean_stop_a_flipped_byte_in_the_last_record_is_refused_not_cleared() {
+    // Goal: `serve` stopped by SIGTERM marks where its journal ends. A byte flipped in the last
+    // record afterwards is damage to an acknowledged order: the next start and `journal verify`
+    // refuse it (exit 1), naming the sequence and the repairs, instead of clearing it as a
+    // crash's torn write; `journal rebuild` repairs it from the shutdown snapshot, losing
+    // nothing.
+    let dir = TempDir::new("clean-stop");
+    let data = dir.path().join("data");
+    let config = quiet_config(dir.path());
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    sell(&node, 3);
+    assert!(node.signal("-TERM").success(), "a clean stop exits with success");
+    let marker = data.join(ringfence_journal::datadir::CLEAN_STOP_FILE);
+    assert!(marker.exists(), "a clean stop leaves its marker");
+    let data_arg = data.to_str().unwrap();
+    let verify = ringfence(&["journal", "verify", data_arg]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    // The SKU, then three orders: the last record is the third order.
+    assert!(text(&verify.stdout).contains("stopped cleanly at sequence 4"), "{verify:?}");
+
+    let (segment, end) = journal_end(&data);
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&segment).unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, end as u64 - 20).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x04], end as u64 - 20).unwrap();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"];
+    let start = [&args[..], &[data_arg, "--config", &config]].concat();
+    let refused = ringfence_within(&start, REFUSAL_DEADLINE);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(err.contains("stopped cleanly") && err.contains("record 4"), "{err}");
+    assert!(err.contains(&format!("journal truncate {data_arg} --at-seq 4")), "{err}");
+    assert!(err.contains(&format!("journal rebuild {data_arg}")), "{err}");
+    let verify = ringfence(&["journal", "verify", data_arg]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify.stdout));
+    let err = text(&verify.stderr);
+    assert!(err.contains("no longer ends where it did") && !err.contains("torn tail"), "{err}");
+    let replay = ringfence(&["replay", data_arg]);
+    assert_eq!(replay.status.code(), Some(1), "{}", text(&replay.stderr));
+    assert!(text(&replay.stderr).contains("no longer ends where it did"), "{replay:?}");
+
+    // The clean stop took a snapshot through 4, which covers the damage: the rebuild repairs
+    // it without giving up the order.
+    let rebuild = ringfence(&["journal", "rebuild", data_arg]);
+    let out = text(&rebuild.stdout);
+    assert_eq!(rebuild.status.code(), Some(0), "{out}{}", text(&rebuild.stderr));
+    assert!(out.contains("through sequence 4") && out.contains("nothing was dropped"), "{out}");
+    assert!(!marker.exists(), "a rebuild changes the end: the marker goes");
+    let superseded = std::fs::read_dir(&data)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".superseded"))
+        .count();
+    assert_eq!(superseded, 1, "the damaged segment is set aside");
+    let verify = ringfence(&["journal", "verify", data_arg]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    let (_, view) = node.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(view["reserved"], 3, "every acknowledged order is back");
+    assert!(!marker.exists(), "a running node has no marker");
+    node.signal("-KILL");
+    assert!(!marker.exists(), "a crash leaves no marker");
+}
+
+#[test]
 fn a_second_writer_on_a_live_directory_is_refused_naming_the_pid() {
     // Goal: while a node runs, a second `serve` and a `journal truncate` on its directory are
     // refused with the node's pid, and the node and its journal are untouched.
@@ -123,7 +187,7 @@ fn read_only_tools_on_a_live_directory_call_the_last_record_in_progress() {
     // The start says what it cleared, and that only a crash makes it harmless.
     let cleared = node.wait_for_log("bytes after the last intact record", Duration::from_secs(30));
     assert!(
-        cleared.contains("cut off by a crash") && cleared.contains("damage at rest"),
+        cleared.contains("had not stopped cleanly") && cleared.contains("Damage at rest"),
         "{cleared}"
     );
     let (_, view) = node.call("GET", "/v1/skus/1", "", false);

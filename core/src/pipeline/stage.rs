@@ -202,6 +202,15 @@ pub trait Journal: Send + 'static {
     /// durable as the durability policy says and returns the highest sequence that is now
     /// durable (egress releases answers up to it). Time-based policies read `clock`.
     fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError>;
+
+    /// Called once, when the stage stops at the stop marker with the journal whole (neither
+    /// fenced nor failed): makes every record durable and records where the journal ends, so
+    /// that the next start can tell damage at rest to its last record from a write a crash cut
+    /// off. Nothing is appended after it. A failure here loses nothing: the next start then
+    /// reads the journal as it would after a crash.
+    fn close(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
 }
 
 /// The replicator stage: streams every command to the standby and tracks what it holds.

@@ -126,8 +126,9 @@ pub(crate) trait Work: Send + 'static {
     fn idle(&mut self, _shared: &Shared) -> Result<bool, StageError> {
         Ok(false)
     }
-    /// Publishes final metrics; called once when the stage ends.
-    fn finish(&mut self, _shared: &Shared) {}
+    /// Publishes final metrics; called once when the stage ends. `stopped_whole`: the stage
+    /// read the stop marker and never failed.
+    fn finish(&mut self, _shared: &Shared, _stopped_whole: bool) {}
     /// The engine, for the stage that owns it.
     fn into_engine(self) -> Option<Engine>;
 }
@@ -181,6 +182,20 @@ impl<J: Journal> Journaler<J> {
 impl<J: Journal> Work for Journaler<J> {
     fn phase(&self) -> &'static str {
         "journaler"
+    }
+
+    fn finish(&mut self, shared: &Shared, stopped_whole: bool) {
+        if !stopped_whole || shared.journal_fence().is_some() {
+            // A crash's journal, as far as the next start can tell: its end is found by reading.
+            return;
+        }
+        if let Err(error) = self.journal.close() {
+            tracing::warn!(
+                target: "ringfence",
+                "the journal could not be marked stopped cleanly ({error}); the next start reads \
+                 its end as it would after a crash"
+            );
+        }
     }
 
     fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
@@ -389,7 +404,7 @@ impl<H: SnapshotHook> Work for Blp<H> {
         Ok(false)
     }
 
-    fn finish(&mut self, shared: &Shared) {
+    fn finish(&mut self, shared: &Shared, _stopped_whole: bool) {
         self.service.publish(&shared.blp_service, Instant::now(), true);
     }
 
@@ -457,8 +472,9 @@ impl<J: Journal, R: Replicator, H: SnapshotHook> Work for Processor<J, R, H> {
         Ok(moved)
     }
 
-    fn finish(&mut self, shared: &Shared) {
-        self.blp.finish(shared);
+    fn finish(&mut self, shared: &Shared, stopped_whole: bool) {
+        self.journaler.finish(shared, stopped_whole);
+        self.blp.finish(shared, stopped_whole);
     }
 
     fn into_engine(self) -> Option<Engine> {
@@ -490,6 +506,8 @@ pub(crate) struct StageCore<P, W> {
     sequencer: Sequencer,
     /// This stage failed; it reads on without working so the ring drains.
     broken: bool,
+    /// This stage read the stop marker.
+    stopped: bool,
     /// Other stages read behind this one (the journaler in `parallel`): wake them per batch.
     upstream: bool,
     recorder: Recorder,
@@ -506,6 +524,7 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
             next: 0,
             sequencer,
             broken: false,
+            stopped: false,
             upstream: false,
             recorder: Recorder::new(),
         }
@@ -541,6 +560,7 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
                     shared.wake_stages();
                 }
                 shared.wake_egress();
+                self.stopped = stop;
                 return if stop { Step::Stopped } else { Step::Worked(read) };
             }
             Ok(Err(error)) => error.to_string(),
@@ -582,7 +602,7 @@ impl<P: RingPoller, W: Work> StageCore<P, W> {
     pub(crate) fn finish(mut self, shared: &Shared) -> Option<Engine> {
         let cells = &shared.stages[self.cells];
         self.recorder.publish(&cells.histograms, Instant::now(), true);
-        self.work.finish(shared);
+        self.work.finish(shared, self.stopped && !self.broken);
         if self.broken { None } else { self.work.into_engine() }
     }
 }

@@ -1,0 +1,448 @@
+//! The operator's repair for damage a snapshot covers: the journal rebuilt to start just after
+//! the newest intact snapshot at or past the damage.
+//!
+//! `ringfence journal truncate` drops the damaged record and everything after it, and sets
+//! aside every snapshot that holds a dropped record. When a snapshot covers the damage — it
+//! holds the state through a sequence `s` at or after the damaged record — and the records
+//! after `s` are intact, nothing acknowledged need go: the journal can start at `s + 1`, as if
+//! retention had retired everything before it, and recovery starts from that snapshot. A
+//! rebuild:
+//!
+//! 1. writes the `rebuilding` marker durably, naming `s`, and removes the clean-stop marker (the
+//!    journal's newest segment may change);
+//! 2. when the records after `s` start part-way through a segment (or none follow), copies them
+//!    byte for byte into a new segment named `s + 1`, built under a temporary name, synced, then
+//!    renamed into place (empty, if none follow);
+//! 3. rewrites the manifest to list that segment and the ones after it, retired below `s + 1`;
+//! 4. renames every segment before `s + 1` to `*.seg.superseded` (the damaged one among them;
+//!    the operator deletes them once satisfied), syncs the directory and removes the marker.
+//!
+//! A crash part way leaves the marker, and recovery (or a second run) finishes the rebuild from
+//! where it stopped: a new segment already renamed into place is whole (it was synced before
+//! the rename); until the manifest is rewritten the old segments are untouched, so the copy
+//! can be made again; after it, only renames are left.
+
+use std::ops::Range;
+
+use ringfence_core::Sequence;
+
+use crate::datadir::{self, CleanStop};
+use crate::error::JournalError;
+use crate::format::{self, RECORD_ALIGN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::manifest::ManifestSegment;
+use crate::scan::{self, ReadSource};
+use crate::snapshot;
+use crate::storage::{Segment, Storage, temp_name, write_atomically};
+
+/// Present while a rebuild runs: its first line is the sequence of the snapshot the journal is
+/// rebuilt after. Recovery finishes a rebuild it finds under way before it reads anything else.
+pub const REBUILDING_FILE: &str = "rebuilding";
+
+/// What a segment set aside by a rebuild is renamed to end with.
+pub const SUPERSEDED_SUFFIX: &str = ".superseded";
+
+/// What [`rebuild`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebuild {
+    /// The snapshot the journal now starts after.
+    pub snapshot: String,
+    /// Its sequence: the journal holds records from the next one on.
+    pub through: Sequence,
+    /// The new segment made for the records after the snapshot, if one was.
+    pub new_segment: Option<String>,
+    /// Records copied into it.
+    pub copied: u64,
+    /// Segments renamed `*.superseded`, as renamed.
+    pub superseded: Vec<String>,
+    /// The journal's last sequence.
+    pub last: Sequence,
+}
+
+/// Where the records after a snapshot are, and what the rebuilt journal lists.
+#[derive(Debug)]
+struct Located {
+    through: Sequence,
+    snapshot: String,
+    /// The listed segment holding record `through + 1`, or the newest segment if none does.
+    from: usize,
+    /// The bytes in it of records `through + 1` on, when they start part-way through it (or
+    /// none follow: an empty range). `None` when the segment starts at `through + 1`.
+    copy: Option<Range<usize>>,
+    copied: u64,
+    last: Sequence,
+    /// The listed segments, oldest first.
+    segments: Vec<(Sequence, String)>,
+}
+
+/// Rebuilds the journal after the newest snapshot that covers its damage (see the module
+/// documentation), or finishes a rebuild under way. Refused, changing nothing, when the
+/// journal is intact, when its only damage is a torn tail a crash left (recovery clears it),
+/// when the directory has problems a rebuild does not repair (a missing segment: that is
+/// `truncate`'s), or when no snapshot covers the damage with intact records after it.
+pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
+    if let Some(through) = rebuilding(storage)? {
+        return finish(storage, through);
+    }
+    let refuse = |why: String| Err(JournalError::Options(format!("cannot rebuild: {why}")));
+    let mut source = storage.clone();
+    let check = datadir::check(&mut source)?;
+    if let Some(problem) = check.problems.first() {
+        return refuse(problem.to_string());
+    }
+    if !check.holds_data() {
+        return Err(JournalError::NoData { dir: source.location() });
+    }
+    let layout = scan::scan_segments(&mut source, &check.segments)?;
+    let stop = datadir::clean_stop(storage)?;
+    let Some(problem) = layout.problem.as_ref() else {
+        return refuse("the journal is intact; nothing to repair".to_owned());
+    };
+    if problem.torn_tail && stop.is_none() {
+        return refuse(format!(
+            "the only damage is a torn tail at sequence {} (a write a crash cut off); a node \
+             clears it on start",
+            problem.sequence
+        ));
+    }
+    let damaged = problem.sequence;
+    let mut tried = Vec::new();
+    for (through, name) in snapshot::list(storage)?.into_iter().rev() {
+        if through < damaged {
+            break;
+        }
+        if let Err(error) = snapshot::load(storage, &name, None) {
+            tried.push(format!("{}: {error}", storage.describe(&name)));
+            continue;
+        }
+        match locate(&mut source, &check.segments, through, stop.as_ref()) {
+            Ok(mut located) => {
+                located.snapshot = name;
+                write_rebuilding(storage, through)?;
+                return complete(storage, &located);
+            }
+            Err(why) => tried.push(format!("{}: {why}", storage.describe(&name))),
+        }
+    }
+    let tried = if tried.is_empty() { String::new() } else { format!(" ({})", tried.join("; ")) };
+    refuse(format!(
+        "the journal is damaged at sequence {damaged}, and no intact snapshot covers it with \
+         intact records after it{tried}. `ringfence journal truncate {} --at-seq {damaged}` \
+         drops the damaged record and those after it",
+        layout.location
+    ))
+}
+
+/// Where a rebuild under way rebuilds after, if one is.
+pub fn rebuilding<R: ReadSource>(source: &R) -> Result<Option<Sequence>, JournalError> {
+    let Ok(bytes) = source.read_file(REBUILDING_FILE) else { return Ok(None) };
+    let line = std::str::from_utf8(&bytes).ok().and_then(|text| text.lines().next());
+    match line.and_then(|line| line.parse::<u64>().ok()).filter(|&s| s >= 1) {
+        Some(through) => Ok(Some(Sequence(through))),
+        None => Err(JournalError::Options(format!(
+            "{} does not name the snapshot sequence of the rebuild under way; run `ringfence \
+             journal rebuild` again after deleting it",
+            source.describe_file(REBUILDING_FILE)
+        ))),
+    }
+}
+
+fn write_rebuilding<S: Storage>(storage: &S, through: Sequence) -> Result<(), JournalError> {
+    assert!(through.0 >= 1, "a snapshot through sequence 0");
+    let text = format!(
+        "{}\nA rebuild of this journal after snapshot {} was under way; the node's next start \
+         finishes it.\n",
+        through.0,
+        snapshot::snapshot_name(through)
+    );
+    write_atomically(storage, REBUILDING_FILE, text.as_bytes())?;
+    // The pair of the reading: it names the same sequence.
+    debug_assert_eq!(rebuilding(storage).ok().flatten(), Some(through), "unreadable marker");
+    Ok(())
+}
+
+/// Finishes a rebuild after `through` found under way.
+pub(crate) fn finish<S: Storage>(storage: &S, through: Sequence) -> Result<Rebuild, JournalError> {
+    let snapshot = snapshot::snapshot_name(through);
+    let listed = datadir::read_listed_manifest(storage)?;
+    let start = through.next();
+    let rewritten = listed.retired_below >= start
+        && listed.segments.first().is_some_and(|segment| segment.first == start);
+    let segments = listed.segments.iter().map(|s| (s.first, format::segment_name(s.first)));
+    let segments: Vec<_> = segments.collect();
+    let mut source = storage.clone();
+    let located = if rewritten {
+        // Only renames were left: the journal is what the manifest lists.
+        let layout = scan::scan_segments(&mut source, &segments)?;
+        let last = layout.last_sequence().unwrap_or(through);
+        Located { through, snapshot, from: 0, copy: None, copied: 0, last, segments }
+    } else {
+        let mut located = locate(&mut source, &segments, through, None).map_err(|why| {
+            JournalError::Options(format!(
+                "the rebuild after {snapshot} under way cannot be finished: {why}"
+            ))
+        })?;
+        located.snapshot = snapshot;
+        located
+    };
+    complete(storage, &located)
+}
+
+/// Steps 2 to 4, each skipped if a crash came after it.
+fn complete<S: Storage>(storage: &S, located: &Located) -> Result<Rebuild, JournalError> {
+    let start = located.through.next();
+    let new_name = format::segment_name(start);
+    // The journal's end may move to a new segment: a clean-stop marker would misname it.
+    datadir::clean_stop_cleared(storage)?;
+    let describe_io = |verb: &str, name: &str| {
+        let context = format!("{verb} {}", storage.describe(name));
+        move |e| JournalError::io(context, e)
+    };
+    let mut new_segment = None;
+    if let Some(copy) = &located.copy
+        && storage.file_len(&new_name).is_err()
+    {
+        let (_, from_name) = &located.segments[located.from];
+        copy_segment(storage, from_name, copy.clone(), &new_name, located.through)?;
+        new_segment = Some(storage.describe(&new_name));
+    }
+    // The manifest: the new segment (or the one starting at `start`) and those after it.
+    let manifest = datadir::read_listed_manifest(storage)?;
+    if manifest.retired_below < start {
+        let mut next = manifest.next_generation();
+        let kept = located.segments.iter().skip(located.from + 1);
+        let mut segments = vec![(start, new_name.clone())];
+        if located.copy.is_none() {
+            segments.clear();
+            segments.push(located.segments[located.from].clone());
+        }
+        segments.extend(kept.cloned());
+        next.segments.clear();
+        for (first, name) in &segments {
+            let len = storage.file_len(name).map_err(describe_io("reading", name))?;
+            next.segments.push(ManifestSegment { first: *first, len });
+        }
+        let retired = manifest.segments.iter().filter(|s| s.first < start).count() as u64;
+        next.segments_retired += retired;
+        next.retired_below = start;
+        // What the manifest promises: ascending, from the snapshot's next sequence.
+        assert!(next.segments.windows(2).all(|p| p[0].first < p[1].first), "out of order");
+        assert_eq!(next.segments.first().map(|s| s.first), Some(start), "a gap at the start");
+        datadir::write_manifest(storage, &next)?;
+    }
+    let mut superseded = Vec::new();
+    for (first, name) in scan::sorted_segments(storage)? {
+        if first < start {
+            let aside = format!("{name}{SUPERSEDED_SUFFIX}");
+            storage.rename(&name, &aside).map_err(describe_io("renaming", &name))?;
+            superseded.push(storage.describe(&aside));
+        }
+    }
+    datadir::sync_dir(storage)?;
+    storage.remove(REBUILDING_FILE).map_err(describe_io("removing", REBUILDING_FILE))?;
+    datadir::sync_dir(storage)?;
+    assert!(storage.file_len(REBUILDING_FILE).is_err(), "the marker is still there");
+    // The journal holds at least the snapshot's state, and never a record before it.
+    assert!(located.last >= located.through, "a journal ending before its snapshot");
+    let copied = if located.copy.is_some() { located.copied } else { 0 };
+    Ok(Rebuild {
+        snapshot: storage.describe(&located.snapshot),
+        through: located.through,
+        new_segment,
+        copied,
+        superseded,
+        last: located.last,
+    })
+}
+
+/// Makes segment `new_name` holding `range` of segment `from_name`'s bytes after a header of
+/// its own, under a temporary name, synced, then renamed into place.
+fn copy_segment<S: Storage>(
+    storage: &S,
+    from_name: &str,
+    range: Range<usize>,
+    new_name: &str,
+    through: Sequence,
+) -> Result<(), JournalError> {
+    let describe = |name: &str| storage.describe(name);
+    let from = storage
+        .open_segment(from_name)
+        .map_err(|e| JournalError::io(format!("opening {}", describe(from_name)), e))?;
+    let old = format::decode_segment_header(from.bytes()).map_err(|problem| {
+        JournalError::Options(format!(
+            "the header of {} is damaged: {problem}",
+            describe(from_name)
+        ))
+    })?;
+    let temp = temp_name(new_name);
+    // An earlier attempt's temporary, cut off before its rename: made again from the start.
+    if storage.file_len(&temp).is_ok() {
+        storage
+            .remove(&temp)
+            .map_err(|e| JournalError::io(format!("removing {}", describe(&temp)), e))?;
+    }
+    let mut segment = storage
+        .create_segment(&temp, old.segment_len)
+        .map_err(|e| JournalError::io(format!("creating {}", describe(&temp)), e))?;
+    let header = SegmentHeader { first_sequence: through.next(), ..old };
+    let end = SEGMENT_HEADER_LEN + range.len();
+    // Whole records, which fit: they came from a segment of the same length, after its header.
+    assert_eq!(range.len() % RECORD_ALIGN, 0, "a copy of part of a record");
+    assert!(end <= segment.bytes().len(), "records that do not fit the new segment");
+    format::encode_segment_header(&header, segment.bytes_mut());
+    segment.bytes_mut()[SEGMENT_HEADER_LEN..end].copy_from_slice(&from.bytes()[range]);
+    segment
+        .sync(0..end)
+        .map_err(|e| JournalError::io(format!("syncing {}", describe(&temp)), e))?;
+    // The pair of the scan that will read it: the first record is the snapshot's next.
+    let copied = format::check_record(&segment.bytes()[SEGMENT_HEADER_LEN..]);
+    assert!(copied.is_none_or(|(h, _)| h.sequence == through.next()), "a copy from elsewhere");
+    drop(segment);
+    storage.rename(&temp, new_name).map_err(|e| {
+        JournalError::io(format!("renaming {} to {}", describe(&temp), describe(new_name)), e)
+    })?;
+    datadir::sync_dir(storage)
+}
+
+/// Finds the records after `through` in the listed `segments`, checks that they and every
+/// later segment are intact (a torn tail at the very end only when the node did not stop
+/// cleanly), and, after a clean stop, that they end where the node stopped.
+fn locate<R: ReadSource>(
+    source: &mut R,
+    segments: &[(Sequence, String)],
+    through: Sequence,
+    stop: Option<&CleanStop>,
+) -> Result<Located, String> {
+    let start = through.next();
+    let from = segments.iter().rposition(|(first, _)| *first <= start).ok_or_else(|| {
+        format!("the journal starts after sequence {start}, which the snapshot needs")
+    })?;
+    let (first, name) = &segments[from];
+    let is_last = from + 1 == segments.len();
+    let describe = source.describe_file(name);
+    let bytes = source.read_segment(name).map_err(|e| format!("reading {describe}: {e}"))?;
+    let (copy, copied, mut last) = if *first == start {
+        (None, 0, through)
+    } else {
+        let found = records_after(&bytes, *first, start, is_last && stop.is_none())
+            .map_err(|why| format!("{describe}: {why}"))?;
+        match found {
+            Some((range, count, last)) => (Some(range), count, last),
+            None if is_last => (Some(0..0), 0, through),
+            None => return Err(format!("{describe} does not hold sequence {start}")),
+        }
+    };
+    drop(bytes);
+    let rest = if copy.is_some() { &segments[from + 1..] } else { &segments[from..] };
+    if !rest.is_empty() {
+        let layout = scan::scan_segments(source, rest).map_err(|e| e.to_string())?;
+        if rest[0].0 != last.next() {
+            return Err(format!("sequences {}..{} are missing", last.next(), rest[0].0));
+        }
+        if let Some(problem) = layout.problem.as_ref().filter(|p| !p.torn_tail || stop.is_some()) {
+            return Err(format!(
+                "sequence {} in {} is damaged too",
+                problem.sequence,
+                source.describe_file(&problem.name)
+            ));
+        }
+        last = layout.last_sequence().unwrap_or(last).max(last);
+    }
+    if let Some(stop) = stop.filter(|stop| stop.last != last) {
+        return Err(format!(
+            "the records after it end at sequence {last}, but the node stopped cleanly at {}",
+            stop.last
+        ));
+    }
+    // Records counted are bytes to copy; the journal does not end before the snapshot.
+    assert!(copied == 0 || copy.as_ref().is_some_and(|r| !r.is_empty()), "records, no bytes");
+    assert!(last >= through, "the records after the snapshot end before it");
+    let segments = segments.to_vec();
+    Ok(Located { through, snapshot: String::new(), from, copy, copied, last, segments })
+}
+
+/// In a segment's `bytes` (first record `first`): the byte range of records `start` on to the
+/// segment's end, their count and last sequence; `None` if record `start` is not in it and no
+/// later record is either. Records before `start` may be damaged (the snapshot covers them):
+/// past damage, `start` is searched for on every record boundary. From `start` on, every record
+/// must be intact, up to the segment's zeroed end — or, if `torn_allowed`, up to damage with
+/// nothing intact after it (a crash's torn tail, never acknowledged).
+fn records_after(
+    bytes: &[u8],
+    first: Sequence,
+    start: Sequence,
+    torn_allowed: bool,
+) -> Result<Option<(Range<usize>, u64, Sequence)>, String> {
+    assert!(first < start, "the segment starts at `start`: nothing to search");
+    let mut at = SEGMENT_HEADER_LEN;
+    let mut next = first;
+    // Intact records up to `start`, as far as they go.
+    while next < start {
+        match format::check_record(&bytes[at..]) {
+            Some((header, len)) if header.sequence == next => {
+                at += len;
+                next = next.next();
+            }
+            _ => break,
+        }
+    }
+    if next < start {
+        // Damage (or the end) before `start`: look for it on every record boundary after.
+        let found = boundaries(bytes, at).find(|&offset| {
+            format::check_record(&bytes[offset..]).is_some_and(|(h, _)| h.sequence == start)
+        });
+        match found {
+            Some(offset) => at = offset,
+            None => {
+                let later = boundaries(bytes, at).find_map(|offset| {
+                    format::check_record(&bytes[offset..])
+                        .filter(|(h, _)| h.sequence > start)
+                        .map(|(h, _)| h.sequence)
+                });
+                return match later {
+                    Some(later) => Err(format!(
+                        "sequence {start} is damaged too (sequence {later} follows it)"
+                    )),
+                    None => Ok(None),
+                };
+            }
+        }
+    }
+    let begin = at;
+    let mut count = 0;
+    let mut last = Sequence(start.0 - 1);
+    loop {
+        let rest = &bytes[at..];
+        if format::is_end_marker(rest) {
+            if scan::last_nonzero(rest).is_none() {
+                break;
+            }
+        } else if let Some((header, len)) = format::check_record(rest) {
+            if header.sequence == last.next() {
+                at += len;
+                count += 1;
+                last = header.sequence;
+                continue;
+            }
+        }
+        // Damage from here: a torn tail only if nothing intact follows.
+        let intact_after =
+            boundaries(bytes, at).any(|o| format::check_record(&bytes[o..]).is_some());
+        if torn_allowed && !intact_after {
+            break;
+        }
+        return Err(format!("sequence {} at byte offset {at} is damaged too", last.next()));
+    }
+    // Whole records from a boundary: what the copy needs.
+    assert_eq!((at - begin) % RECORD_ALIGN, 0, "records off the 16-byte grid");
+    assert!(count > 0 || begin == at, "bytes without records");
+    Ok(Some((begin..at, count, last)))
+}
+
+/// Record boundaries after `offset` where a record header fits.
+fn boundaries(bytes: &[u8], offset: usize) -> impl Iterator<Item = usize> + '_ {
+    assert_eq!(offset % RECORD_ALIGN, 0, "records start on 16-byte boundaries");
+    (offset + RECORD_ALIGN..)
+        .step_by(RECORD_ALIGN)
+        .take_while(move |at| at + RECORD_HEADER_LEN <= bytes.len())
+        .filter(move |&at| !format::is_end_marker(&bytes[at..]))
+}

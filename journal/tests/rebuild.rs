@@ -1,0 +1,190 @@
+//! `journal rebuild`: damage a snapshot covers is repaired without dropping a record, also when
+//! a power loss cuts the rebuild off part way; damage no snapshot covers is refused untouched.
+
+mod common;
+
+use common::{config, generate, journal_with_snapshots, options};
+use ringfence_core::{Engine, Sequence, Sequenced, Timestamp};
+use ringfence_journal::error::JournalError;
+use ringfence_journal::fault::FaultStorage;
+use ringfence_journal::format;
+use ringfence_journal::rebuild::{self, SUPERSEDED_SUFFIX};
+use ringfence_journal::recovery::recover_from;
+use ringfence_journal::snapshot::{self, SnapshotPolicy};
+use ringfence_journal::storage::Storage;
+use ringfence_journal::workload::Workload;
+use ringfence_journal::writer::Durability;
+
+const COMMANDS: usize = 2_000;
+
+/// A journal of [`COMMANDS`] commands with a snapshot every 300 (the newest three kept), and
+/// the commands.
+fn journal() -> (FaultStorage, Vec<Sequenced>) {
+    let mut workload = Workload::new(53, Sequence(1), Timestamp(1_000));
+    let commands = generate(&mut workload, &mut Engine::new(config()), COMMANDS);
+    let disk = FaultStorage::new();
+    let policy = SnapshotPolicy { every_commands: Some(300), keep: 3, ..SnapshotPolicy::default() };
+    journal_with_snapshots(&disk, &commands, policy);
+    (disk, commands)
+}
+
+/// The segment holding `sequence`, and the byte offset of that record in it.
+fn record_at(disk: &FaultStorage, sequence: Sequence) -> (String, usize) {
+    let mut names: Vec<String> = disk
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| format::parse_segment_name(n).is_some())
+        .collect();
+    names.sort();
+    let name = names
+        .into_iter()
+        .rev()
+        .find(|name| format::parse_segment_name(name).unwrap() <= sequence)
+        .expect("a segment holds it");
+    let bytes = disk.live_bytes(&name).unwrap();
+    let mut at = format::SEGMENT_HEADER_LEN;
+    loop {
+        let (header, len) = format::check_record(&bytes[at..]).expect("intact up to it");
+        if header.sequence == sequence {
+            return (name, at);
+        }
+        at += len;
+    }
+}
+
+/// The digest of the engine after applying `commands`.
+fn digest_of(commands: &[Sequenced]) -> u64 {
+    let mut engine = Engine::new(config());
+    for command in commands {
+        engine.apply(command);
+    }
+    engine.state_digest()
+}
+
+/// The newest snapshot whose next record is not the first of its segment (so a rebuild after
+/// it copies records), and a record three before it in the same segment, damaged.
+fn damage_covered(disk: &FaultStorage) -> (Sequence, Sequence) {
+    let snapshots = snapshot::list(disk).unwrap();
+    for (through, _) in snapshots.into_iter().rev() {
+        let (segment, _) = record_at(disk, through.next());
+        let first = format::parse_segment_name(&segment).unwrap();
+        if first.0 + 3 <= through.0 {
+            let damaged = Sequence(through.0 - 3);
+            let (name, offset) = record_at(disk, damaged);
+            disk.corrupt(&name, offset + 20, 0x5A);
+            return (through, damaged);
+        }
+    }
+    panic!("no snapshot falls mid-segment");
+}
+
+#[test]
+fn a_rebuild_after_a_covering_snapshot_drops_nothing() {
+    // Goal: with a record damaged that the newest snapshot covers, recovery refuses; the
+    // rebuild starts the journal after the snapshot, copying the records after it out of the
+    // damaged segment, and the node then recovers every command, state equal to a replay.
+    let (disk, commands) = journal();
+    let (through, damaged) = damage_covered(&disk);
+    let error = recover_from(disk.clone(), options(Durability::Batch)).err().expect("refused");
+    assert!(
+        matches!(error, JournalError::Corrupt { sequence, .. } if sequence == damaged),
+        "{error}"
+    );
+    assert!(error.to_string().contains("journal rebuild"), "{error}");
+
+    let rebuilt = rebuild::rebuild(&disk).unwrap();
+    assert_eq!(rebuilt.through, through);
+    assert_eq!(rebuilt.last, Sequence(COMMANDS as u64));
+    assert!(rebuilt.new_segment.is_some() && rebuilt.copied > 0, "{rebuilt:?}");
+    let names = disk.list().unwrap();
+    assert!(rebuild::rebuilding(&disk).unwrap().is_none(), "the marker outlived the rebuild");
+    for name in &names {
+        if let Some(first) = format::parse_segment_name(name) {
+            assert!(first > through, "{name} still in the journal");
+        }
+    }
+    let superseded = names.iter().filter(|n| n.ends_with(SUPERSEDED_SUFFIX)).count();
+    assert_eq!(superseded, rebuilt.superseded.len());
+    assert!(superseded >= 1, "the damaged segment is set aside, not deleted");
+
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, Sequence(COMMANDS as u64 + 1));
+    assert_eq!(recovered.report.snapshot.as_ref().map(|meta| meta.through), Some(through));
+    assert_eq!(recovered.report.replayed, COMMANDS as u64 - through.0);
+    assert_eq!(recovered.engine.state_digest(), digest_of(&commands));
+    drop(recovered);
+    // A second rebuild finds nothing left to repair.
+    let again = rebuild::rebuild(&disk).unwrap_err().to_string();
+    assert!(again.contains("intact"), "{again}");
+}
+
+#[test]
+fn a_rebuild_cut_off_at_any_sync_point_is_finished_at_the_next_start() {
+    // Goal: a power loss at any sync point of a rebuild leaves either the damaged journal as it
+    // was (refused, as before) or a directory recovery finishes rebuilding and recovers in
+    // full: never a journal missing a record, never one that refuses after the marker.
+    let (disk, commands) = journal();
+    let (_, damaged) = damage_covered(&disk);
+    let copy = disk.process_crash();
+    copy.capture_sync_points();
+    rebuild::rebuild(&copy).unwrap();
+    let captures = copy.take_captures();
+    assert!(captures.len() >= 5, "{} sync points", captures.len());
+    let digest = digest_of(&commands);
+    let (mut before, mut finished, mut under_way) = (0, 0, 0);
+    for capture in &captures {
+        for torn in [None, Some(capture.point)] {
+            let image = capture.disk.power_loss(torn);
+            let what = format!("sync point {} ({}), torn {torn:?}", capture.point, capture.what);
+            let marked = rebuild::rebuilding(&image).unwrap();
+            under_way += u64::from(marked.is_some());
+            match recover_from(image, options(Durability::Batch)) {
+                Ok(recovered) => {
+                    assert_eq!(recovered.next_sequence, Sequence(COMMANDS as u64 + 1), "{what}");
+                    assert_eq!(recovered.engine.state_digest(), digest, "{what}");
+                    finished += 1;
+                }
+                Err(JournalError::Corrupt { sequence, .. }) if marked.is_none() => {
+                    assert_eq!(sequence, damaged, "{what}");
+                    before += 1;
+                }
+                Err(error) => panic!("{what}: marker {marked:?}: {error}"),
+            }
+        }
+    }
+    assert!(before > 0 && finished > 0 && under_way > 0, "{before} {finished} {under_way}");
+}
+
+#[test]
+fn damage_no_snapshot_covers_is_refused_and_nothing_changes() {
+    // Goal: a rebuild refuses, naming the truncate repair, when the damage lies after every
+    // snapshot, when the journal is intact, and when the only damage is a crash's torn tail;
+    // the directory is untouched each time.
+    let (disk, _) = journal();
+    let intact = rebuild::rebuild(&disk).unwrap_err().to_string();
+    assert!(intact.contains("intact"), "{intact}");
+    let newest = snapshot::list(&disk).unwrap().pop().unwrap().0;
+    let damaged = Sequence(newest.0 + 10);
+    let (name, offset) = record_at(&disk, damaged);
+    disk.corrupt(&name, offset + 20, 0x5A);
+    let files = |disk: &FaultStorage| {
+        let mut names = disk.list().unwrap();
+        names.sort();
+        names.into_iter().map(|n| (disk.live_bytes(&n), n)).collect::<Vec<_>>()
+    };
+    let before = files(&disk);
+    let refused = rebuild::rebuild(&disk).unwrap_err().to_string();
+    assert!(refused.contains(&format!("damaged at sequence {damaged}")), "{refused}");
+    assert!(refused.contains(&format!("--at-seq {damaged}")), "{refused}");
+    assert!(refused.contains("ringfence journal truncate fault:"), "{refused}");
+    assert!(before == files(&disk), "a refused rebuild changed the directory");
+
+    // The last record torn, as a crash leaves it: recovery's to clear, not a rebuild's.
+    let (disk, commands) = journal();
+    let last = commands.last().unwrap().sequence;
+    let (name, offset) = record_at(&disk, last);
+    disk.corrupt(&name, offset + 20, 0x5A);
+    let torn = rebuild::rebuild(&disk).unwrap_err().to_string();
+    assert!(torn.contains("torn tail") && torn.contains("clears it on start"), "{torn}");
+}
