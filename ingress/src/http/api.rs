@@ -213,6 +213,10 @@ fn forbidden(has: Role, needed: Role) -> Response {
 /// a buyer's; whether the caller may make the call is [`authorize`]'s to decide.
 fn parse_call(request: &Request<'_>, is_admin: bool, mint: &mut KeyMint) -> Result<Call, Response> {
     let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').skip(1).collect();
+    if segments.iter().any(|segment| segment.is_empty()) {
+        // `//` inside a path names no endpoint (a trailing `/` is forgiven above).
+        return Err(Response::error(404, "not_found", "no such endpoint"));
+    }
     let body = request.body;
     let call = match (request.method, segments.as_slice()) {
         ("GET", ["health"]) => Call::Health,
@@ -249,28 +253,29 @@ fn parse_call(request: &Request<'_>, is_admin: bool, mint: &mut KeyMint) -> Resu
             Call::Promote { request, force: body.force.unwrap_or(false) }
         }
         ("POST", ["v1", "admin", "replication"]) => replication_mode(body)?,
-        (_, path) if is_known_path(path) => {
-            return Err(Response::error(405, "method_not_allowed", "method not allowed here"));
+        (_, path) if let Some(allowed) = allowed_methods(path) => {
+            let message = format!("method not allowed here; this endpoint takes {allowed}");
+            return Err(Response::error(405, "method_not_allowed", &message).allow(allowed));
         }
         _ => return Err(Response::error(404, "not_found", "no such endpoint")),
     };
     Ok(call)
 }
 
-fn is_known_path(path: &[&str]) -> bool {
-    matches!(
-        path,
-        ["health"]
-            | ["ready"]
-            | ["metrics"]
-            | ["openapi.yaml"]
-            | ["v1", "node"]
-            | ["v1", "skus", ..]
-            | ["v1", "orders", ..]
-            | ["v1", "coupons", ..]
-            | ["v1", "coupon-batches", ..]
-            | ["v1", "admin", "snapshot" | "promote" | "replication"]
-    )
+/// The methods an endpoint of the routing table above takes, for the `Allow` header of a 405;
+/// `None` for a path that is no endpoint (404).
+fn allowed_methods(path: &[&str]) -> Option<&'static str> {
+    Some(match path {
+        ["health" | "ready" | "metrics" | "openapi.yaml"] | ["v1", "node"] => "GET",
+        ["v1", "skus"] => "GET, POST",
+        ["v1", "skus" | "orders" | "coupon-batches", _] => "GET",
+        // `claim` is also read as a coupon id by GET (and refused as one).
+        ["v1", "coupons", "claim"] => "GET, POST",
+        ["v1", "coupons", _] => "GET",
+        ["v1", "skus" | "orders", _, _] | ["v1", "orders" | "coupon-batches"] => "POST",
+        ["v1", "admin", "snapshot" | "promote" | "replication"] => "POST",
+        _ => return None,
+    })
 }
 
 fn query(query: Query) -> Call {
@@ -674,5 +679,6 @@ pub fn openapi_response() -> Response {
         content_type: "application/yaml",
         body: OPENAPI_YAML.as_bytes().to_vec(),
         retry_after_s: None,
+        allow: None,
     }
 }

@@ -159,7 +159,7 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
         return Err(HttpError::HeadersTooLarge(limits.header_max));
     }
     let method = parsed.method.unwrap_or_default();
-    let target = parsed.path.unwrap_or_default();
+    let target = origin_form(parsed.path.unwrap_or_default());
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let http_10 = parsed.version == Some(0);
     let mut head = Head {
@@ -248,6 +248,22 @@ fn read_header<'a>(
     Ok(())
 }
 
+/// The path and query of a request target: an absolute-form target
+/// (`http://host:port/path?query`, which a server must accept: RFC 9112, section 3.2.2) loses
+/// its scheme and authority; an origin-form one (`/path?query`) is returned as it is.
+fn origin_form(target: &str) -> &str {
+    let scheme = ["http://", "https://"].into_iter().find(|prefix| {
+        target.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    });
+    let Some(scheme) = scheme else { return target };
+    let rest = &target[scheme.len()..];
+    // The authority ends where the path starts; with no path, the path is `/`.
+    match rest.find(['/', '?']) {
+        Some(at) if rest.as_bytes()[at] == b'/' => &rest[at..],
+        _ => "/",
+    }
+}
+
 /// The body length the head declares, once every header has been read: a `Transfer-Encoding`
 /// is refused, with 400 when a `Content-Length` says otherwise (RFC 9112, section 6.1), and
 /// no `Content-Length` means no body.
@@ -302,6 +318,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// `Retry-After` in seconds, for 429 and 503.
     pub retry_after_s: Option<u32>,
+    /// `Allow`: the methods the target accepts, for 405.
+    pub allow: Option<&'static str>,
 }
 
 impl Response {
@@ -316,7 +334,13 @@ impl Response {
     pub fn body<T: serde::Serialize + ?Sized>(status: u16, body: &T) -> Response {
         let mut bytes = serde_json::to_vec(body).expect("the API's views always serialize");
         bytes.push(b'\n');
-        Response { status, content_type: "application/json", body: bytes, retry_after_s: None }
+        Response {
+            status,
+            content_type: "application/json",
+            body: bytes,
+            retry_after_s: None,
+            allow: None,
+        }
     }
 
     /// The API's error shape: `{"error": code, "message": message}`.
@@ -338,6 +362,13 @@ impl Response {
         self
     }
 
+    /// Adds an `Allow` header naming the methods the target accepts.
+    #[must_use]
+    pub fn allow(mut self, methods: &'static str) -> Response {
+        self.allow = Some(methods);
+        self
+    }
+
     /// Appends the response, head and body, to `out`.
     pub fn write(&self, out: &mut Vec<u8>, keep_alive: bool) {
         use std::io::Write as _;
@@ -351,6 +382,9 @@ impl Response {
         );
         if let Some(seconds) = self.retry_after_s {
             let _ = write!(out, "retry-after: {seconds}\r\n");
+        }
+        if let Some(methods) = self.allow {
+            let _ = write!(out, "allow: {methods}\r\n");
         }
         if self.status == 401 {
             out.extend_from_slice(b"www-authenticate: Bearer\r\n");

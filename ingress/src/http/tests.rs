@@ -639,6 +639,37 @@ fn is_routed(method: &str, path: &str) -> bool {
 }
 
 #[test]
+fn a_405_names_in_allow_exactly_the_methods_the_path_takes() {
+    // Goal: a 405 carries `Allow` (RFC 9110, section 15.5.6) listing exactly the methods the
+    // router serves on that path, checked against the router itself on every documented path;
+    // a path with an empty segment is no endpoint (404), and an absolute-form target is routed
+    // as its path.
+    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+    let documented = documented_routes();
+    for (_, template) in &documented {
+        let path = concrete(template);
+        let routed: Vec<&str> = methods.iter().copied().filter(|m| is_routed(m, &path)).collect();
+        assert!(!routed.is_empty(), "{path}");
+        for method in methods.iter().filter(|m| !routed.contains(m)) {
+            let request = format!("{method} {path} HTTP/1.1\r\n\r\n");
+            let response = call(request.as_bytes(), true).unwrap_err();
+            assert_eq!(response.status, 405, "{method} {path}");
+            assert_eq!(response.allow, Some(routed.join(", ").as_str()), "{method} {path}");
+            let mut written = Vec::new();
+            response.write(&mut written, true);
+            let head = String::from_utf8_lossy(&written).to_lowercase();
+            assert!(head.contains(&format!("\r\nallow: {}\r\n", routed.join(", ").to_lowercase())));
+        }
+    }
+    assert_eq!(call(b"GET /v1/skus//9 HTTP/1.1\r\n\r\n", false).unwrap_err().status, 404);
+    assert_eq!(call(b"GET //health HTTP/1.1\r\n\r\n", false).unwrap_err().status, 404);
+    let absolute = b"GET http://127.0.0.1:8080/v1/skus/9?x=1 HTTP/1.1\r\n\r\n";
+    assert_eq!(call(absolute, false).unwrap(), Call::Submit(Command::Query(Query::Sku(SkuId(9)))));
+    let no_path = b"GET HTTP://node HTTP/1.1\r\n\r\n";
+    assert_eq!(call(no_path, false).unwrap_err().status, 404);
+}
+
+#[test]
 fn the_router_serves_exactly_the_routes_the_openapi_document_describes() {
     // Goal: every documented operation is routed, and every method on every path the
     // document or a near miss names is routed only if documented: the two cannot drift.

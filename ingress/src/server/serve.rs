@@ -490,6 +490,7 @@ impl<B: Backend> Server<B> {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: text.into_bytes(),
             retry_after_s: None,
+            allow: None,
         }
     }
 }
