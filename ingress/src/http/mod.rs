@@ -69,6 +69,9 @@ pub enum HttpError {
     /// received, quoted and cut short.
     #[error("Content-Length {0} is not a length; send the body's length in bytes as plain digits")]
     InvalidContentLength(String),
+    /// An HTTP/1.1 request with no `Host` field, or more than one (how many).
+    #[error("an HTTP/1.1 request carries exactly one Host header; this one has {0}")]
+    Host(u8),
     /// `Transfer-Encoding` and `Content-Length` together: the two framings could disagree.
     #[error("both Transfer-Encoding and Content-Length; send the body with Content-Length alone")]
     TransferEncodingWithContentLength,
@@ -85,6 +88,7 @@ impl HttpError {
             HttpError::TransferEncoding => (501, "transfer_encoding_not_supported"),
             HttpError::DuplicateContentLength => (400, "duplicate_content_length"),
             HttpError::InvalidContentLength(_) => (400, "invalid_content_length"),
+            HttpError::Host(_) => (400, "invalid_host"),
             HttpError::TransferEncodingWithContentLength => {
                 (400, "transfer_encoding_with_content_length")
             }
@@ -169,9 +173,14 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
         bearer: None,
         from_web_page: false,
         expects_continue: false,
+        hosts: 0,
     };
     for header in parsed.headers.iter() {
         read_header(&mut head, header, http_10)?;
+    }
+    // RFC 9112, section 3.2: an HTTP/1.1 request carries exactly one Host.
+    if !http_10 && head.hosts != 1 {
+        return Err(HttpError::Host(head.hosts));
     }
     let content_length = body_length(&head)?;
     if content_length > limits.body_max as u64 {
@@ -209,6 +218,8 @@ struct Head<'a> {
     /// `Expect: 100-continue` on an HTTP/1.1 request; HTTP/1.0 clients cannot be sent the
     /// interim response, so the expectation is ignored for them (RFC 9110, section 10.1.1).
     expects_continue: bool,
+    /// `Host` field lines seen (saturating).
+    hosts: u8,
 }
 
 fn read_header<'a>(
@@ -239,6 +250,8 @@ fn read_header<'a>(
             !http_10 && header.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
     } else if name.eq_ignore_ascii_case("origin") {
         head.from_web_page = true;
+    } else if name.eq_ignore_ascii_case("host") {
+        head.hosts = head.hosts.saturating_add(1);
     } else if name.eq_ignore_ascii_case("authorization") {
         let value = header.value;
         if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {

@@ -104,7 +104,7 @@ fn bad_json_wrong_types_and_missing_fields_are_400_naming_the_field() {
     }
     let long_id = format!(r#"{{"request_id":"{}","user":7,"sku":1,"qty":1}}"#, "x".repeat(65));
     assert_eq!(call(&post("/v1/orders", &long_id, None), false).unwrap_err().status, 400);
-    let bad_path = call(b"GET /v1/orders/12x HTTP/1.1\r\n\r\n", false).unwrap_err();
+    let bad_path = call(b"GET /v1/orders/12x HTTP/1.1\r\nHost: t\r\n\r\n", false).unwrap_err();
     assert_eq!(error_body(&bad_path)["field"], "order_id");
 }
 
@@ -194,7 +194,7 @@ fn replication_admin_routes_need_the_token_and_a_known_mode() {
     }
     let anonymous = post("/v1/admin/replication", r#"{"mode":"sync"}"#, None);
     assert_eq!(call(&anonymous, true).unwrap_err().status, 401);
-    let get = b"GET /v1/admin/promote HTTP/1.1\r\n\r\n";
+    let get = b"GET /v1/admin/promote HTTP/1.1\r\nHost: t\r\n\r\n";
     assert_eq!(call(get, true).unwrap_err().status, 405);
 }
 
@@ -209,7 +209,7 @@ fn minted_admin_keys_are_unique() {
 #[test]
 fn reads_and_unknown_paths() {
     // Goal: GET routes map to queries; unknown paths are 404, wrong methods 405.
-    let get = |path: &str| format!("GET {path} HTTP/1.1\r\n\r\n").into_bytes();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes();
     assert_eq!(
         call(&get("/v1/skus/9"), false).unwrap(),
         Call::Submit(Command::Query(Query::Sku(SkuId(9))))
@@ -262,19 +262,19 @@ fn reserved_renders_decimal_order_id() {
 #[test]
 fn keep_alive_pipelining_and_limits() {
     // Goal: two pipelined requests frame one after the other; limits give 431 and 413.
-    let mut bytes = b"GET /health HTTP/1.1\r\n\r\n".to_vec();
-    bytes.extend_from_slice(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let mut bytes = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+    bytes.extend_from_slice(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     let (first, used) = try_request(&bytes, LIMITS).unwrap().unwrap();
     assert!(first.keep_alive);
     let (second, _) = try_request(&bytes[used..], LIMITS).unwrap().unwrap();
     assert_eq!(second.path, "/metrics");
     assert!(!second.keep_alive);
-    let huge_head = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(2000));
+    let huge_head = format!("GET / HTTP/1.1\r\nHost: t\r\nX: {}\r\n", "a".repeat(2000));
     let error = try_request(huge_head.as_bytes(), LIMITS).unwrap_err();
     assert_eq!(error.status_and_code().0, 431);
-    let big_body = b"POST /v1/orders HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+    let big_body = b"POST /v1/orders HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n";
     assert_eq!(try_request(big_body, LIMITS).unwrap_err().status_and_code().0, 413);
-    let chunked = b"POST /v1/orders HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunked = b"POST /v1/orders HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
     assert_eq!(try_request(chunked, LIMITS).unwrap_err().status_and_code().0, 501);
     assert_eq!(
         try_request(b"\x00\x01garbage\r\n\r\n", LIMITS).unwrap_err().status_and_code().0,
@@ -285,13 +285,37 @@ fn keep_alive_pipelining_and_limits() {
 }
 
 #[test]
+fn an_http_11_request_carries_exactly_one_host() {
+    // Goal: RFC 9112, section 3.2: an HTTP/1.1 request without a Host, or with two, is a
+    // 400 `invalid_host` (the connection closes); HTTP/1.0 needs none; the name's case is free.
+    let cases: [(&[u8], Result<(), u8>); 5] = [
+        (b"GET /health HTTP/1.1\r\n\r\n", Err(0)),
+        (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Err(2)),
+        (b"GET /health HTTP/1.1\r\nhOsT: a\r\n\r\n", Ok(())),
+        (b"GET /health HTTP/1.1\r\nHost:\r\n\r\n", Ok(())),
+        (b"GET /health HTTP/1.0\r\n\r\n", Ok(())),
+    ];
+    for (bytes, expected) in cases {
+        let text = String::from_utf8_lossy(bytes);
+        match (try_request(bytes, LIMITS), expected) {
+            (Ok(Some((request, _))), Ok(())) => assert_eq!(request.path, "/health", "{text}"),
+            (Err(error), Err(count)) => {
+                assert_eq!(error, HttpError::Host(count), "{text}");
+                assert_eq!(error.status_and_code(), (400, "invalid_host"), "{text}");
+            }
+            (other, _) => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn expect_continue_head_waits_for_continue_until_its_body_starts() {
     // Goal: a complete head with `Expect: 100-continue` and no body yet frames as waiting for
     // `100 Continue`; once body bytes arrive it is partial, then complete; an over-limit body
     // is 413 at once; HTTP/1.0 and bodiless requests never wait.
     let body = r#"{"request_id":"r","user":7,"sku":1,"qty":1}"#;
     let head = format!(
-        "POST /v1/orders HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/orders HTTP/1.1\r\nHost: t\r\nExpect: 100-Continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     assert_eq!(try_frame(&head.as_bytes()[..head.len() - 2], LIMITS), Ok(Framed::Partial));
@@ -303,12 +327,13 @@ fn expect_continue_head_waits_for_continue_until_its_body_starts() {
         panic!("the request with its body is complete")
     };
     assert_eq!((request.body, used), (body.as_bytes(), whole.len()));
-    let over = "POST /v1/orders HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 257\r\n\r\n";
+    let over = "POST /v1/orders HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 257\r\n\r\n";
     let error = try_frame(over.as_bytes(), LIMITS).unwrap_err();
     assert_eq!(error, HttpError::BodyTooLarge { length: 257, max: LIMITS.body_max });
     let http10 = "POST /v1/orders HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
     assert_eq!(try_frame(http10.as_bytes(), LIMITS), Ok(Framed::Partial));
-    let bodiless = "POST /v1/orders HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n";
+    let bodiless =
+        "POST /v1/orders HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n";
     assert!(matches!(try_frame(bodiless.as_bytes(), LIMITS), Ok(Framed::Complete(_, _))));
 }
 
@@ -337,7 +362,7 @@ fn a_single_plain_content_length_frames_the_body() {
     for (fields, body) in cases {
         let mut bytes = post_with(fields, body);
         let head_and_body = bytes.len();
-        bytes.extend_from_slice(b"GET /health HTTP/1.1\r\n\r\n");
+        bytes.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
         let (request, used) = try_request(&bytes, LIMITS).unwrap().unwrap();
         assert_eq!((request.body, used), (body.as_bytes(), head_and_body), "{fields:?}");
         let (next, _) = try_request(&bytes[used..], LIMITS).unwrap().unwrap();
@@ -386,7 +411,7 @@ fn content_length_that_is_not_plain_digits_is_refused() {
         b"99999999999999999999999999999999999999999999",
     ];
     for value in cases {
-        let mut bytes = b"POST /v1/orders HTTP/1.1\r\nContent-Length: ".to_vec();
+        let mut bytes = b"POST /v1/orders HTTP/1.1\r\nHost: t\r\nContent-Length: ".to_vec();
         bytes.extend_from_slice(value);
         bytes.extend_from_slice(b"\r\n\r\nhello");
         let error = refusal(&bytes);
@@ -630,7 +655,7 @@ fn concrete(template: &str) -> String {
 }
 
 fn is_routed(method: &str, path: &str) -> bool {
-    let request = format!("{method} {path} HTTP/1.1\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n");
     let (request, _) = try_request(request.as_bytes(), Limits::default()).unwrap().unwrap();
     match route(&request, Some(&AdminToken::new("secret")), &mut KeyMint::new(0)) {
         Ok(_) => true,
@@ -651,7 +676,7 @@ fn a_405_names_in_allow_exactly_the_methods_the_path_takes() {
         let routed: Vec<&str> = methods.iter().copied().filter(|m| is_routed(m, &path)).collect();
         assert!(!routed.is_empty(), "{path}");
         for method in methods.iter().filter(|m| !routed.contains(m)) {
-            let request = format!("{method} {path} HTTP/1.1\r\n\r\n");
+            let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n");
             let response = call(request.as_bytes(), true).unwrap_err();
             assert_eq!(response.status, 405, "{method} {path}");
             assert_eq!(response.allow, Some(routed.join(", ").as_str()), "{method} {path}");
@@ -661,11 +686,14 @@ fn a_405_names_in_allow_exactly_the_methods_the_path_takes() {
             assert!(head.contains(&format!("\r\nallow: {}\r\n", routed.join(", ").to_lowercase())));
         }
     }
-    assert_eq!(call(b"GET /v1/skus//9 HTTP/1.1\r\n\r\n", false).unwrap_err().status, 404);
-    assert_eq!(call(b"GET //health HTTP/1.1\r\n\r\n", false).unwrap_err().status, 404);
-    let absolute = b"GET http://127.0.0.1:8080/v1/skus/9?x=1 HTTP/1.1\r\n\r\n";
+    assert_eq!(
+        call(b"GET /v1/skus//9 HTTP/1.1\r\nHost: t\r\n\r\n", false).unwrap_err().status,
+        404
+    );
+    assert_eq!(call(b"GET //health HTTP/1.1\r\nHost: t\r\n\r\n", false).unwrap_err().status, 404);
+    let absolute = b"GET http://127.0.0.1:8080/v1/skus/9?x=1 HTTP/1.1\r\nHost: t\r\n\r\n";
     assert_eq!(call(absolute, false).unwrap(), Call::Submit(Command::Query(Query::Sku(SkuId(9)))));
-    let no_path = b"GET HTTP://node HTTP/1.1\r\n\r\n";
+    let no_path = b"GET HTTP://node HTTP/1.1\r\nHost: t\r\n\r\n";
     assert_eq!(call(no_path, false).unwrap_err().status, 404);
 }
 
