@@ -22,6 +22,7 @@ use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Query, Sequence, Sequ
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::format::{SEGMENT_HEADER_LEN, SEGMENT_LEN_MIN};
+use ringfence_journal::rebuild;
 use ringfence_journal::recovery::{self, Recovered};
 use ringfence_journal::snapshot::{
     SnapshotPolicy, SnapshotStatsHandle, SnapshotWriter, Snapshotter,
@@ -309,8 +310,12 @@ pub struct Machine {
     pub observed: Arc<Mutex<Observed>>,
     /// Sequence to truncate the journal after at the next start (a diverged tail).
     pending_truncate: Option<Sequence>,
-    /// Times the operator truncated a journal recovery refused as corrupt.
+    /// Times the operator repaired a journal recovery refused as corrupt (rebuilt or truncated).
     pub repairs: u64,
+    /// Of those, the rebuilds after a snapshot (nothing dropped).
+    pub rebuilds: u64,
+    /// Whether the operator tries `journal rebuild` before a truncation.
+    pub rebuild_first: bool,
     /// A halt is armed on the disk: whether a power loss (else a kill) strikes there.
     halt_power_loss: Option<bool>,
     /// Its primary refused it for lack of retired records: it fetches the primary's snapshot
@@ -337,6 +342,8 @@ impl Machine {
             observed: Arc::default(),
             pending_truncate: None,
             repairs: 0,
+            rebuilds: 0,
+            rebuild_first: true,
             halt_power_loss: None,
             fetch_at_start: false,
             snapshot_counts: SnapshotCounts::default(),
@@ -397,6 +404,30 @@ impl Machine {
         let power_loss = self.halt_power_loss.expect("a halt was armed");
         self.crash_from(&halted.disk, power_loss, restart_ms, net);
         Some((format!("sync point {} ({})", halted.point, halted.what), power_loss))
+    }
+
+    /// Stops the node as SIGTERM does: drains it (what cannot be answered is failed), its
+    /// journal syncs and marks where it ends, and the process is down until `restart_ms`. What
+    /// the shutdown reported.
+    pub fn stop_cleanly(&mut self, restart_ms: u64, net: &mut Network) -> String {
+        assert!(!self.paused, "a paused machine does not take a signal");
+        let process = std::mem::replace(&mut self.process, Process::Down(Down { restart_ms }));
+        let Process::Running(running) = process else {
+            self.process = process;
+            return "not running".to_owned();
+        };
+        let Running { node, clients, follower, .. } = *running;
+        drop((clients, follower));
+        let said = match node.shutdown() {
+            Ok(report) => format!("through {}", report.last_sequence),
+            Err(error) => format!("shutdown: {error}"),
+        };
+        net.reset_node(self.index);
+        // The process is gone; what it wrote stays, as after a kill.
+        self.disk = self.disk.process_crash();
+        assert!(self.disk.halted().is_none(), "a stopped machine's disk is halted");
+        self.halt_power_loss = None;
+        said
     }
 
     fn crash_from(
@@ -492,12 +523,35 @@ impl Machine {
             }
         }
         let mut recovered = recovery::recover_from(self.disk.clone(), Machine::options(settings));
-        if let Err(JournalError::Corrupt { sequence, .. }) = &recovered {
-            // The runbook's repair for a node whose peer holds its records: drop the damaged
-            // record and what follows, and rejoin; the primary streams them again.
-            let sequence = *sequence;
+        let damaged = damaged_at(&recovered);
+        if damaged.is_some() && self.rebuild_first {
             let error = recovered.as_ref().err().map(ToString::to_string).unwrap_or_default();
             trace.event(now_ms, &format!("{}: recovery refused: {error}", self.name));
+            // The runbook's repairs: first the one that drops nothing, where a snapshot covers
+            // the damage.
+            match rebuild::rebuild(&self.disk) {
+                Ok(rebuilt) => {
+                    let what = format!(
+                        "{}: operator rebuilds the journal after snapshot {}, through {}",
+                        self.name, rebuilt.through, rebuilt.last
+                    );
+                    trace.event(now_ms, &what);
+                    self.repairs += 1;
+                    self.rebuilds += 1;
+                    recovered =
+                        recovery::recover_from(self.disk.clone(), Machine::options(settings));
+                }
+                Err(why) => trace.event(now_ms, &format!("{}: cannot rebuild: {why}", self.name)),
+            }
+        }
+        let damaged = damaged_at(&recovered);
+        if let Some(sequence) = damaged {
+            if !self.rebuild_first {
+                let error = recovered.as_ref().err().map(ToString::to_string).unwrap_or_default();
+                trace.event(now_ms, &format!("{}: recovery refused: {error}", self.name));
+            }
+            // Then the one for a node whose peer holds its records: drop the damaged record and
+            // what follows, and rejoin; the primary streams them again.
             let truncated = recovery::truncate(&self.disk, sequence);
             let done = truncated.as_ref().map_or_else(ToString::to_string, |_| "done".to_owned());
             trace
@@ -1430,4 +1484,13 @@ pub fn journal_records(
         }
     }
     Ok(out)
+}
+
+/// The first sequence a refused recovery names as damaged, if it refused for damage.
+fn damaged_at<T>(recovered: &Result<T, JournalError>) -> Option<Sequence> {
+    match recovered {
+        Err(JournalError::Corrupt { sequence, .. }) => Some(*sequence),
+        Err(JournalError::EndMoved { from, .. }) => Some(*from),
+        _ => None,
+    }
 }

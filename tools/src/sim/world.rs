@@ -38,6 +38,9 @@ pub struct RunLength {
     /// Snapshots, retention and snapshot transfers on most seeds. Off only to replay a seed
     /// found before they were simulated.
     pub snapshots: bool,
+    /// Clean stops (SIGTERM) of a running node, and the operator's `journal rebuild` tried
+    /// before a truncation. Off only to replay a seed found before they were simulated.
+    pub clean_stops: bool,
 }
 
 impl Default for RunLength {
@@ -48,6 +51,7 @@ impl Default for RunLength {
             events_kept: 64,
             sync_point_crashes: true,
             snapshots: true,
+            clean_stops: true,
         }
     }
 }
@@ -80,8 +84,10 @@ pub struct FaultCounts {
     pub bursts: u64,
     /// Bits flipped at rest on a stopped node's disk (while its peer is the primary).
     pub bit_flips: u64,
-    /// Journals the operator truncated at the damage recovery named.
+    /// Journals the operator repaired at the damage recovery named (rebuilt or truncated).
     pub repairs: u64,
+    /// Of those, the ones rebuilt after a snapshot that covered the damage (nothing dropped).
+    pub rebuilds: u64,
     /// Promotions by hand in a pair without a witness.
     pub manual_promotions: u64,
     /// Disk failures that were `EIO` rather than `ENOSPC` (counted in `disk_failures` too).
@@ -89,6 +95,8 @@ pub struct FaultCounts {
     /// Crashes (kill or power loss) armed for a chosen sync point and struck there: mid-write,
     /// mid-promotion, mid-snapshot, mid-catch-up.
     pub sync_point_crashes: u64,
+    /// Clean stops (SIGTERM) of a running node, which marks where its journal ends.
+    pub clean_stops: u64,
 }
 
 /// What one seed's run did and found.
@@ -171,6 +179,7 @@ struct Rates {
     burst_ppm: u64,
     rot_ppm: u64,
     halt_ppm: u64,
+    stop_ppm: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -233,7 +242,9 @@ impl World {
                 // A few ms of skew between the machines' wall clocks.
                 let skew = prng.below(5);
                 let clock = Arc::new(ManualClock::new(Timestamp(start.0 + skew)));
-                Machine::new(index, clock, prng.fork())
+                let mut machine = Machine::new(index, clock, prng.fork());
+                machine.rebuild_first = length.clean_stops;
+                machine
             })
             .collect();
         let settings = ClusterSettings {
@@ -268,6 +279,7 @@ impl World {
             burst_ppm: 40 * scale,
             rot_ppm: 100 * scale,
             halt_ppm: 40 * scale,
+            stop_ppm: 30 * scale,
         };
         let witness = Witness(Arc::new(Mutex::new(MemoryCoordinator::new("sim"))));
         World {
@@ -345,6 +357,7 @@ impl World {
     fn report(&self, failure: Option<String>) -> Report {
         let mut faults = self.faults;
         faults.repairs = self.machines.iter().map(|m| m.repairs).sum();
+        faults.rebuilds = self.machines.iter().map(|m| m.rebuilds).sum();
         let writes = self.ledger.answers.iter().filter(|a| is_write(a)).count() as u64;
         Report {
             seed: self.seed,
@@ -668,6 +681,27 @@ impl World {
             );
             self.trace.event(self.now_ms, &what);
         }
+        if self.length.clean_stops && self.extra.chance(rates.stop_ppm, 1_000_000) {
+            let target = self.extra.below(2) as usize;
+            self.stop_fault(target);
+        }
+    }
+
+    /// A running machine is stopped cleanly (SIGTERM): what is in flight is answered or
+    /// failed, its journal syncs and marks where it ends, and it starts again a little later.
+    /// Bit rot while it is down is then damage after a clean stop, which recovery refuses.
+    fn stop_fault(&mut self, target: usize) {
+        let now = self.now_ms;
+        let restart = now + self.extra.range_inclusive(50, 2_500);
+        let machine = &mut self.machines[target];
+        if machine.paused || machine.running().is_none() {
+            return;
+        }
+        let said = machine.stop_cleanly(restart, &mut self.net);
+        let name = &machine.name;
+        self.trace
+            .event(now, &format!("FAULT {name}: stopped cleanly ({said}), back at {restart}"));
+        self.faults.clean_stops += 1;
     }
 
     /// Arms a crash of machine `target` at its `after`-th sync point from now.
