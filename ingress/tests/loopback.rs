@@ -384,6 +384,42 @@ fn client_fails_over_to_the_next_address() {
 }
 
 #[test]
+fn head_answers_a_read_without_its_body_and_the_connection_goes_on() {
+    // Goal: HEAD on a query (answered through the node), on a page of the catalogue and on an
+    // endpoint answered at once, each pipelined on one connection: every response carries the
+    // GET response's status and content-length and no body, so the next response follows
+    // directly; a POST-only endpoint answers HEAD with 405 and `Allow`.
+    let server = start(ServerConfig::loopback());
+    let addr = server.http_addr().unwrap();
+    let mut http = Http::connect(addr);
+    create_sku(&mut http, 1, 10, 0, 600_000);
+    let paths = ["/v1/skus/1", "/v1/skus", "/health"];
+    let mut lengths = Vec::new();
+    for path in paths {
+        let get = http.call("GET", path, None, None);
+        assert_eq!(get.status, 200, "{path}");
+        lengths.push(get.body.len());
+    }
+    let mut bytes = Vec::new();
+    for path in paths {
+        bytes.extend_from_slice(format!("HEAD {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+    }
+    bytes.extend_from_slice(b"HEAD /v1/orders HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    http.send(&bytes);
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(http.stream(), &mut answer).expect("the responses");
+    let answer = String::from_utf8(answer).expect("text");
+    let responses: Vec<&str> = answer.split_terminator("\r\n\r\n").collect();
+    assert_eq!(responses.len(), 4, "{answer}");
+    for ((path, length), head) in paths.iter().zip(&lengths).zip(&responses) {
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {head}");
+        assert!(head.contains(&format!("content-length: {length}\r\n")), "{path}: {head}");
+    }
+    assert!(responses[3].starts_with("HTTP/1.1 405"), "{}", responses[3]);
+    assert!(responses[3].contains("allow: POST\r\n"), "{}", responses[3]);
+}
+
+#[test]
 fn expect_continue_gets_100_before_the_body_and_413_without_it() {
     // Goal: a head with `Expect: 100-continue` is answered `100 Continue` before its body is
     // sent, then with the final response; behind a pipelined request still in flight the 100

@@ -218,7 +218,10 @@ fn parse_call(request: &Request<'_>, is_admin: bool, mint: &mut KeyMint) -> Resu
         return Err(Response::error(404, "not_found", "no such endpoint"));
     }
     let body = request.body;
-    let call = match (request.method, segments.as_slice()) {
+    // HEAD is GET without the body (RFC 9110, section 9.3.2): routed the same; the connection
+    // leaves the body out.
+    let method = if request.method == "HEAD" { "GET" } else { request.method };
+    let call = match (method, segments.as_slice()) {
         ("GET", ["health"]) => Call::Health,
         ("GET", ["ready"]) => Call::Ready,
         ("GET", ["metrics"]) => Call::Metrics,
@@ -266,12 +269,12 @@ fn parse_call(request: &Request<'_>, is_admin: bool, mint: &mut KeyMint) -> Resu
 /// `None` for a path that is no endpoint (404).
 fn allowed_methods(path: &[&str]) -> Option<&'static str> {
     Some(match path {
-        ["health" | "ready" | "metrics" | "openapi.yaml"] | ["v1", "node"] => "GET",
-        ["v1", "skus"] => "GET, POST",
-        ["v1", "skus" | "orders" | "coupon-batches", _] => "GET",
+        ["health" | "ready" | "metrics" | "openapi.yaml"] | ["v1", "node"] => "GET, HEAD",
+        ["v1", "skus"] => "GET, HEAD, POST",
+        ["v1", "skus" | "orders" | "coupon-batches", _] => "GET, HEAD",
         // `claim` is also read as a coupon id by GET (and refused as one).
-        ["v1", "coupons", "claim"] => "GET, POST",
-        ["v1", "coupons", _] => "GET",
+        ["v1", "coupons", "claim"] => "GET, HEAD, POST",
+        ["v1", "coupons", _] => "GET, HEAD",
         ["v1", "skus" | "orders", _, _] | ["v1", "orders" | "coupon-batches"] => "POST",
         ["v1", "admin", "snapshot" | "promote" | "replication"] => "POST",
         _ => return None,

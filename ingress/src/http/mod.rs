@@ -384,6 +384,12 @@ impl Response {
 
     /// Appends the response, head and body, to `out`.
     pub fn write(&self, out: &mut Vec<u8>, keep_alive: bool) {
+        self.write_for(out, keep_alive, false);
+    }
+
+    /// Appends the response to `out`; for a `HEAD` request (`head_only`) without its body, the
+    /// `content-length` still the body's (RFC 9110, section 9.3.2).
+    pub fn write_for(&self, out: &mut Vec<u8>, keep_alive: bool, head_only: bool) {
         use std::io::Write as _;
         let _ = write!(
             out,
@@ -406,7 +412,9 @@ impl Response {
         out.extend_from_slice(b"connection: ");
         out.extend_from_slice(connection);
         out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(&self.body);
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
     }
 }
 

@@ -285,6 +285,22 @@ fn keep_alive_pipelining_and_limits() {
 }
 
 #[test]
+fn a_head_response_is_the_get_response_without_its_body() {
+    // Goal: written for HEAD, a response keeps its status and every header, `content-length`
+    // the body's length included, and leaves the body out (RFC 9110, section 9.3.2).
+    let response = Response::error(404, "unknown_sku", "no such SKU").retry_after(3);
+    let (mut full, mut head) = (Vec::new(), Vec::new());
+    response.write(&mut full, true);
+    response.write_for(&mut head, true, true);
+    assert!(!response.body.is_empty());
+    assert_eq!(full.len(), head.len() + response.body.len());
+    assert_eq!(&full[..head.len()], &head[..]);
+    let text = String::from_utf8(head).unwrap();
+    assert!(text.ends_with("\r\n\r\n"), "{text}");
+    assert!(text.contains(&format!("content-length: {}\r\n", response.body.len())), "{text}");
+}
+
+#[test]
 fn an_http_11_request_carries_exactly_one_host() {
     // Goal: RFC 9112, section 3.2: an HTTP/1.1 request without a Host, or with two, is a
     // 400 `invalid_host` (the connection closes); HTTP/1.0 needs none; the name's case is free.
@@ -669,12 +685,21 @@ fn a_405_names_in_allow_exactly_the_methods_the_path_takes() {
     // router serves on that path, checked against the router itself on every documented path;
     // a path with an empty segment is no endpoint (404), and an absolute-form target is routed
     // as its path.
-    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+    let methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"];
     let documented = documented_routes();
     for (_, template) in &documented {
         let path = concrete(template);
         let routed: Vec<&str> = methods.iter().copied().filter(|m| is_routed(m, &path)).collect();
         assert!(!routed.is_empty(), "{path}");
+        // HEAD goes wherever GET goes, to the same call.
+        assert_eq!(routed.contains(&"GET"), routed.contains(&"HEAD"), "{path}");
+        if routed.contains(&"GET") {
+            let as_call = |method: &str| {
+                let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+                call(request.as_bytes(), true).map_err(|r| r.status)
+            };
+            assert_eq!(as_call("HEAD"), as_call("GET"), "{path}");
+        }
         for method in methods.iter().filter(|m| !routed.contains(m)) {
             let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n");
             let response = call(request.as_bytes(), true).unwrap_err();

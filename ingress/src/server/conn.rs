@@ -112,6 +112,8 @@ pub(super) struct Conn {
     /// When output last made progress (or became pending).
     last_write: Instant,
     http_queue: VecDeque<Option<Vec<u8>>>,
+    /// Response slots of `HEAD` requests still pending: answered without their bodies.
+    head_slots: Vec<u64>,
     /// Bytes of the ready responses in `http_queue`, waiting behind one still pending.
     queued_bytes: usize,
     /// `held_bytes` as last added to the server's outbound total.
@@ -161,6 +163,7 @@ impl Conn {
             partial_since: None,
             last_write: now,
             http_queue: VecDeque::new(),
+            head_slots: Vec::new(),
             queued_bytes: 0,
             counted_bytes: 0,
             http_base: 0,
@@ -379,18 +382,23 @@ impl Conn {
         self.http_base + self.http_queue.len() as u64
     }
 
-    /// Reserves a slot for a response that will come with a completion.
-    pub fn push_http_pending(&mut self) {
+    /// Reserves a slot for a response that will come with a completion; `head_only` for a
+    /// `HEAD` request, whose response leaves its body out.
+    pub fn push_http_pending(&mut self, head_only: bool) {
+        if head_only {
+            self.head_slots.push(self.next_http_seq());
+        }
         self.http_queue.push_back(None);
     }
 
-    /// Queues a response that is ready now, behind any still pending.
-    pub fn push_http_ready(&mut self, response: &Response, keep_alive: bool) {
+    /// Queues a response that is ready now, behind any still pending (`head_only`: for a
+    /// `HEAD` request, without its body).
+    pub fn push_http_ready(&mut self, response: &Response, keep_alive: bool, head_only: bool) {
         if self.http_queue.is_empty() {
-            response.write(self.out_buffer(), keep_alive);
+            response.write_for(self.out_buffer(), keep_alive, head_only);
         } else {
             let mut bytes = Vec::with_capacity(128 + response.body.len());
-            response.write(&mut bytes, keep_alive);
+            response.write_for(&mut bytes, keep_alive, head_only);
             self.queued_bytes += bytes.len();
             self.http_queue.push_back(Some(bytes));
         }
@@ -412,9 +420,9 @@ impl Conn {
     }
 
     /// Reserves a response slot for a catalogue page whose `parts` queries are submitted.
-    pub fn push_http_page(&mut self, cursor: u32, parts: u16) {
+    pub fn push_http_page(&mut self, cursor: u32, parts: u16, head_only: bool) {
         self.pages.push((self.next_http_seq(), Page::new(cursor, parts)));
-        self.push_http_pending();
+        self.push_http_pending(head_only);
     }
 
     /// Delivers a completed command's outcome, at `now`.
@@ -464,8 +472,15 @@ impl Conn {
     fn fill_http_slot(&mut self, seq: u64, response: &Response, keep_alive: bool, now: Instant) {
         let Some(index) = seq.checked_sub(self.http_base) else { return };
         let Some(slot) = self.http_queue.get_mut(index as usize) else { return };
+        let head_only = match self.head_slots.iter().position(|&head| head == seq) {
+            Some(at) => {
+                self.head_slots.swap_remove(at);
+                true
+            }
+            None => false,
+        };
         let mut bytes = Vec::with_capacity(128 + response.body.len());
-        response.write(&mut bytes, keep_alive);
+        response.write_for(&mut bytes, keep_alive, head_only);
         self.queued_bytes += bytes.len();
         *slot = Some(bytes);
         while let Some(Some(_)) = self.http_queue.front() {

@@ -250,7 +250,7 @@ impl<B: Backend> Server<B> {
         let limits = Limits { header_max: self.config.header_max, body_max: self.config.body_max };
         while !(conn.closing || conn.dead || conn.stop_reading || self.held_back(conn, index, now))
         {
-            let (keep_alive, routed) =
+            let (keep_alive, head_only, routed) =
                 match http::try_frame(&conn.input[conn.input_start..conn.input_end], limits) {
                     Ok(Framed::Partial) => return,
                     Ok(Framed::ExpectsContinue) => {
@@ -265,6 +265,7 @@ impl<B: Backend> Server<B> {
                         conn.push_http_ready(
                             &Response::error(status, code, &error.to_string()),
                             false,
+                            false,
                         );
                         // Where the next request would start is unknown, so what follows is
                         // never framed: a request smuggled behind this one is dropped unread,
@@ -278,7 +279,7 @@ impl<B: Backend> Server<B> {
                         let routed = self.route_http(conn.peer, &request, now);
                         conn.input_start += used;
                         conn.continue_sent = false;
-                        (request.keep_alive, routed)
+                        (request.keep_alive, request.method == "HEAD", routed)
                     }
                 };
             self.metrics.request(Protocol::Http);
@@ -302,7 +303,7 @@ impl<B: Backend> Server<B> {
                 }
                 Ok(Call::SetReplicationMode(mode)) => self.replication_mode_response(mode, now),
                 Ok(Call::ListSkus(page)) => {
-                    match self.submit_page(conn, index, page, keep_alive, now) {
+                    match self.submit_page(conn, index, page, (keep_alive, head_only), now) {
                         Ok(()) => continue,
                         Err(refused) => http_refusal(refused),
                     }
@@ -311,14 +312,14 @@ impl<B: Backend> Server<B> {
                     let reply = Reply::Http { seq: conn.next_http_seq(), keep_alive };
                     match self.admit_and_submit(conn, index, command, reply, now) {
                         Ok(()) => {
-                            conn.push_http_pending();
+                            conn.push_http_pending(head_only);
                             continue;
                         }
                         Err(refused) => http_refusal(refused),
                     }
                 }
             };
-            conn.push_http_ready(&response, keep_alive);
+            conn.push_http_ready(&response, keep_alive, head_only);
         }
     }
 
@@ -346,7 +347,7 @@ impl<B: Backend> Server<B> {
         conn: &mut Conn,
         index: usize,
         page: PageRequest,
-        keep_alive: bool,
+        (keep_alive, head_only): (bool, bool),
         now: Instant,
     ) -> Result<(), Refused> {
         let seq = conn.next_http_seq();
@@ -361,7 +362,7 @@ impl<B: Backend> Server<B> {
                 Err(_) => break,
             }
         }
-        conn.push_http_page(page.cursor, parts);
+        conn.push_http_page(page.cursor, parts, head_only);
         Ok(())
     }
 
