@@ -259,6 +259,17 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
              start (or `journal rebuild`) finishes it"
         )));
     }
+    let listed = scan::ReadSource::list_files(&opened.source).unwrap_or_default();
+    let superseded = listed
+        .into_iter()
+        .filter(|name| name.ends_with(ringfence_journal::rebuild::SUPERSEDED_SUFFIX));
+    for file in superseded {
+        found.push(Finding::Note(format!(
+            "{} was set aside by `journal rebuild` and is never read; delete it once the node \
+             runs",
+            name(&file)
+        )));
+    }
     if let Some(at) = ringfence_journal::datadir::truncation_under_way(&opened.source) {
         found.push(Finding::Note(format!(
             "a truncation at sequence {at} was cut off part way; the node's next start \

@@ -96,6 +96,8 @@ fn after_a_clean_stop_a_flipped_byte_in_the_last_record_is_refused_not_cleared()
     assert_eq!(superseded, 1, "the damaged segment is set aside");
     let verify = ringfence(&["journal", "verify", data_arg]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    let out = text(&verify.stdout);
+    assert!(out.contains(".seg.superseded was set aside by `journal rebuild`"), "{out}");
     let mut node = Serve::start_with(&data, &["--config", &config]);
     let (_, view) = node.call("GET", "/v1/skus/1", "", false);
     assert_eq!(view["reserved"], 3, "every acknowledged order is back");

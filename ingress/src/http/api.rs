@@ -467,6 +467,11 @@ fn order_call(
                 ("cancel", None) if is_admin => {
                     (admin_key(body.request_id.as_deref(), mint)?, Action::AdminCancel { order })
                 }
+                ("cancel", None) => {
+                    let message = "missing field `user`: a buyer's cancel names the buyer; an \
+                                   operator's cancel (no `user`) needs the admin token";
+                    return Err(invalid("user", message));
+                }
                 _ => return Err(invalid("user", "missing field `user`")),
             }
         }

@@ -37,6 +37,21 @@ fn error_code(response: &Response) -> String {
 }
 
 #[test]
+fn a_cancel_without_user_is_the_operators_and_says_so_without_the_token() {
+    // Goal: a cancel naming no `user` is an operator's cancel with the admin token; without
+    // it, the refusal names the missing field and says the admin token makes it an operator's.
+    let cancel = post("/v1/orders/77/cancel", r#"{"request_id":"c"}"#, Some("secret"));
+    let Call::Submit(Command::Client { action, .. }) = call(&cancel, true).unwrap() else {
+        panic!("not a command")
+    };
+    assert_eq!(action, Action::AdminCancel { order: OrderId(77) });
+    let refused = call(&cancel, false).unwrap_err();
+    let error = error_body(&refused);
+    assert_eq!((refused.status, error["field"].as_str()), (400, Some("user")));
+    assert!(error["message"].as_str().unwrap().contains("admin token"), "{error}");
+}
+
+#[test]
 fn reserve_maps_to_the_engine_command() {
     // Goal: POST /v1/orders becomes a keyed Reserve with the hashed request id.
     let bytes = post("/v1/orders", r#"{"request_id":"r-1","user":7,"sku":1,"qty":2}"#, None);
