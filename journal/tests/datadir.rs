@@ -4,8 +4,11 @@
 mod common;
 
 use common::{TempDir, config, generate, journal_with_snapshots, options};
-use ringfence_core::pipeline::SnapshotHook;
-use ringfence_core::{Command, Engine, Epoch, Sequence, Timestamp};
+use ringfence_core::pipeline::{Node, SnapshotHook};
+use ringfence_core::{
+    Action, Command, Engine, Epoch, RequestKey, Reserve, Sequence, SkuId, Timestamp, UserId,
+};
+use ringfence_journal::datadir;
 use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::manifest::{MANIFEST_FILE, MANIFEST_VERSION, Manifest};
@@ -648,4 +651,89 @@ fn engine_at(commands: &[ringfence_core::Sequenced], through: Sequence) -> Engin
         engine.apply(c);
     });
     engine
+}
+
+/// A stepped node journaling through `disk`'s writer: a SKU, then `buyers` reservations, each
+/// answered; then `finish` stops it. The journal's last sequence.
+fn run_node(disk: &FaultStorage, buyers: u64, finish: impl FnOnce(Node)) -> Sequence {
+    use ringfence_core::CreateSku;
+    use ringfence_core::pipeline::{NoReplicator, NoSnapshots, NodeConfig, Topology};
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let config = NodeConfig::for_tests(Topology::Stepped);
+    let next = recovered.next_sequence;
+    let node = Node::start_with(
+        config,
+        recovered.engine,
+        next,
+        recovered.writer,
+        NoReplicator::default(),
+        NoSnapshots,
+    )
+    .unwrap();
+    let mut session = node.session().unwrap();
+    let sku = CreateSku {
+        sku: SkuId(1),
+        stock: 100,
+        price_cents: 10,
+        per_user_limit: 0,
+        payment_timeout_ms: 600_000,
+        sale_start: None,
+        sale_end: None,
+    };
+    let mut actions = vec![Action::CreateSku(sku)];
+    let reserve =
+        |user| Action::Reserve(Reserve { user: UserId(user), sku: SkuId(1), qty: 1, coupon: None });
+    actions.extend((1..=buyers).map(reserve));
+    for (i, action) in actions.into_iter().enumerate() {
+        let key = RequestKey::from_u128(u128::from(next.0) * 1_000 + i as u128);
+        session.try_submit(Command::Client { key, action }, 0).unwrap();
+        node.step();
+        assert!(session.poll().is_some(), "command {i} unanswered");
+    }
+    drop(session);
+    finish(node);
+    Sequence(next.0 + buyers)
+}
+
+#[test]
+fn a_node_marks_a_clean_stop_only_when_its_journal_is_whole() {
+    // Goal: `Node::shutdown` of a node whose journal is whole leaves the clean-stop marker
+    // naming its last sequence, which the next recovery checks and removes. A journal fenced by
+    // a failing disk, and a node abandoned as a crash leaves it, mark nothing: their ends are
+    // for recovery to find by reading.
+    let disk = FaultStorage::new();
+    let last = run_node(&disk, 5, |node| {
+        node.shutdown().unwrap();
+    });
+    let stop = datadir::clean_stop(&disk).unwrap().expect("a clean stop is marked");
+    assert_eq!(stop.last, last);
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.report.clean_stop, Some(last));
+    assert_eq!(datadir::clean_stop(&disk).unwrap(), None, "the start removed the marker");
+    drop(recovered);
+
+    // Abandoned: a crash, so no marker.
+    let last = run_node(&disk, 3, Node::abandon);
+    assert_eq!(datadir::clean_stop(&disk).unwrap(), None, "a crash marked a clean stop");
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, last.next());
+    drop(recovered);
+
+    // Fenced: segment writes fail while the node runs; it is shut down, and marks nothing.
+    let _ = run_node(&disk, 2, |node| {
+        disk.fail_matching(".seg");
+        let mut session = node.session().unwrap();
+        let key = RequestKey::from_u128(u128::MAX);
+        let reserve = Reserve { user: UserId(99), sku: SkuId(1), qty: 1, coupon: None };
+        let _ = session.try_submit(Command::Client { key, action: Action::Reserve(reserve) }, 0);
+        node.step();
+        let answer = session.poll().expect("answered");
+        assert!(answer.result.is_err(), "a write on a failing disk was acknowledged");
+        drop(session);
+        // The disk works again by the time the node stops: still no mark, since what the
+        // journal holds after a failed write is not trusted.
+        disk.clear_faults();
+        let _ = node.shutdown();
+    });
+    assert_eq!(datadir::clean_stop(&disk).unwrap(), None, "a fenced journal marked a clean stop");
 }
