@@ -145,7 +145,7 @@ impl CleanStop {
         let first = format::parse_segment_name(&segment)?;
         let fits = fields.next().is_none()
             && first.0 >= 1
-            && last.0 + 1 >= first.0
+            && last.0.saturating_add(1) >= first.0
             && end >= SEGMENT_HEADER_LEN as u64
             && end % format::RECORD_ALIGN as u64 == 0;
         fits.then_some(CleanStop { last, segment, end })

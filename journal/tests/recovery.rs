@@ -378,12 +378,22 @@ fn a_clean_stop_is_checked_once_and_its_marker_removed_before_appending() {
     assert!(recovered.report.clean_stop_stale, "{}", recovered.report);
     assert_eq!(recovered.next_sequence, more.last().unwrap().sequence.next());
     drop(recovered);
-    for damaged in [&b"12x 00000000000000000001.seg 64\n"[..], b"", b"5 notasegment 64\n"] {
+    let huge = format!("{} 00000000000000000001.seg 128\n", u64::MAX);
+    for damaged in [
+        &b"12x 00000000000000000001.seg 64\n"[..],
+        b"",
+        b"5 notasegment 64\n",
+        b"5 00000000000000000001.seg 100\n",
+    ] {
         std::fs::write(&marker, damaged).unwrap();
         let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused");
         assert!(matches!(error, JournalError::CleanStopUnreadable { .. }), "{error}");
         assert!(error.to_string().contains("delete the file"), "{error}");
     }
+    // A readable marker naming an end no journal has is refused as the end moved, not trusted.
+    std::fs::write(&marker, huge).unwrap();
+    let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused");
+    assert!(matches!(error, JournalError::EndMoved { .. }), "{error}");
 }
 
 /// Where a segment's records end: just past its last intact record.
