@@ -587,8 +587,9 @@ impl Machine {
     }
 
     /// Bit rot on a machine that is down: one bit flipped inside the written part of one of
-    /// its segments. What it flipped, if anything.
-    pub fn rot(&mut self, prng: &mut Prng) -> Option<String> {
+    /// its segments, or, `at_end`, inside the journal's last record (which after a crash reads
+    /// as a torn write, and after a clean stop as damage). What it flipped, if anything.
+    pub fn rot(&mut self, prng: &mut Prng, at_end: bool) -> Option<String> {
         if !matches!(self.process, Process::Down(_)) {
             return None;
         }
@@ -597,13 +598,20 @@ impl Machine {
         if segments.is_empty() {
             return None;
         }
-        let name = (*prng.pick(&segments)).clone();
+        let name = match segments.iter().max().filter(|_| at_end) {
+            Some(newest) => (*newest).clone(),
+            None => (*prng.pick(&segments)).clone(),
+        };
         let bytes = self.disk.live_bytes(&name)?;
         let last = bytes.iter().rposition(|&byte| byte != 0)?;
         if last <= SEGMENT_HEADER_LEN {
             return None;
         }
-        let offset = prng.range_inclusive(SEGMENT_HEADER_LEN as u64, last as u64) as usize;
+        let (from, to) = match last_record(&bytes).filter(|_| at_end) {
+            Some(record) => (record.start, record.end - 1),
+            None => (SEGMENT_HEADER_LEN, last),
+        };
+        let offset = prng.range_inclusive(from as u64, to as u64) as usize;
         let mask = 1 << prng.below(8);
         self.disk.corrupt(&name, offset, mask);
         Some(format!("{name} byte {offset} bit mask {mask:#04x}"))
@@ -1493,4 +1501,15 @@ fn damaged_at<T>(recovered: &Result<T, JournalError>) -> Option<Sequence> {
         Err(JournalError::EndMoved { from, .. }) => Some(*from),
         _ => None,
     }
+}
+
+/// The byte range of the last intact record of a segment's `bytes`, if it holds one.
+fn last_record(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut at = SEGMENT_HEADER_LEN;
+    let mut last = None;
+    while let Some((_, len)) = ringfence_journal::format::check_record(&bytes[at..]) {
+        last = Some(at..at + len);
+        at += len;
+    }
+    last
 }

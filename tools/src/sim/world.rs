@@ -750,7 +750,9 @@ impl World {
                 r.control.is_primary() && r.control.epoch().0 >= self.highest_epoch
             })
             && (self.settings.coordinated || self.operator_primary == target ^ 1);
-        if leads && let Some(what) = self.machines[target].rot(&mut self.prng) {
+        // Some of the rot, drawn from the second stream, lands in the journal's last record.
+        let at_end = leads && self.length.clean_stops && self.extra.chance(1, 3);
+        if leads && let Some(what) = self.machines[target].rot(&mut self.prng, at_end) {
             let name = &self.machines[target].name;
             self.trace.event(self.now_ms, &format!("FAULT {name}: bit rot at rest in {what}"));
             self.faults.bit_flips += 1;
