@@ -87,8 +87,13 @@ pub(crate) fn truncating<S: Storage>(storage: &S) -> Result<Option<Sequence>, Jo
 /// Where a truncation cut off part way will cut, as the read-only tools report it: `None`
 /// without a marker, or with one that names no sequence (which recovery refuses).
 pub fn truncation_under_way<R: ReadSource>(source: &R) -> Option<Sequence> {
-    let bytes = source.read_file(TRUNCATING_FILE).ok()?;
-    let line = std::str::from_utf8(&bytes).ok()?.lines().next()?;
+    marker_sequence(&source.read_file(TRUNCATING_FILE).ok()?)
+}
+
+/// The sequence a marker file names on its first line (the truncation and rebuild markers),
+/// or `None` if the line is not a sequence of 1 or more.
+pub(crate) fn marker_sequence(bytes: &[u8]) -> Option<Sequence> {
+    let line = std::str::from_utf8(bytes).ok()?.lines().next()?;
     line.parse::<u64>().ok().filter(|&at| at >= 1).map(Sequence)
 }
 

@@ -135,9 +135,8 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
 /// Where a rebuild under way rebuilds after, if one is.
 pub fn rebuilding<R: ReadSource>(source: &R) -> Result<Option<Sequence>, JournalError> {
     let Ok(bytes) = source.read_file(REBUILDING_FILE) else { return Ok(None) };
-    let line = std::str::from_utf8(&bytes).ok().and_then(|text| text.lines().next());
-    match line.and_then(|line| line.parse::<u64>().ok()).filter(|&s| s >= 1) {
-        Some(through) => Ok(Some(Sequence(through))),
+    match datadir::marker_sequence(&bytes) {
+        Some(through) => Ok(Some(through)),
         None => Err(JournalError::Options(format!(
             "{} does not name the snapshot sequence of the rebuild under way; run `ringfence \
              journal rebuild` again after deleting it",

@@ -15,7 +15,7 @@ use crate::error::JournalError;
 use crate::format;
 use crate::manifest::{Manifest, ManifestSegment};
 use crate::rebuild;
-use crate::scan::{self, Layout};
+use crate::scan::{self, Layout, SegmentLayout};
 use crate::snapshot::{self, SnapshotMeta};
 use crate::storage::{FileStorage, Retired, Segment, Storage, is_temp_name};
 use crate::writer::{JournalWriter, WriterOptions};
@@ -189,8 +189,7 @@ pub fn recover_from<S: Storage>(
     let firsts = layout.segments.iter().map(|s| s.header.first_sequence);
     assert!(firsts.clone().all(|first| first.0 >= 1), "a listed segment before sequence 1");
     // Where the journal ends: the last record, or just before the newest segment's first.
-    let journal_last =
-        layout.segments.last().map(|s| s.last.unwrap_or(Sequence(s.header.first_sequence.0 - 1)));
+    let journal_last = layout.segments.last().map(SegmentLayout::ends_at);
     let config = &options.engine_config;
     let (mut engine, through) = choose_snapshot(&storage, config, journal_last, &mut report)?;
     // Snapshots past the journal's end were set aside.
@@ -228,7 +227,7 @@ pub fn recover_from<S: Storage>(
     datadir::clean_stop_cleared(&storage)?;
     let writer = match layout.segments.last() {
         Some(segment) => {
-            let last = segment.last.unwrap_or(Sequence(segment.header.first_sequence.0 - 1));
+            let last = segment.ends_at();
             JournalWriter::resume(dir, options, &segment.name, segment.end, last, last_epoch)?
         }
         None => JournalWriter::create(dir, options, start)?,
@@ -366,7 +365,7 @@ pub fn check_clean_stop(
     describe: &dyn Fn(&str) -> String,
 ) -> Result<bool, JournalError> {
     let last_segment = layout.segments.last();
-    let ends = last_segment.map(|s| s.last.unwrap_or(Sequence(s.header.first_sequence.0 - 1)));
+    let ends = last_segment.map(SegmentLayout::ends_at);
     let torn = layout.problem.as_ref().filter(|p| p.torn_tail);
     // The scan finds a torn tail only at the end of the last segment.
     let newest = layout.segments.len().checked_sub(1);
@@ -555,10 +554,7 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     }
     // Where the journal ends: a cut past the next sequence would drop nothing, yet mark the
     // directory as lacking records.
-    let ends = layout
-        .segments
-        .last()
-        .map_or(Sequence(0), |s| s.last.unwrap_or(Sequence(s.header.first_sequence.0 - 1)));
+    let ends = layout.segments.last().map_or(Sequence(0), SegmentLayout::ends_at);
     if at > ends.next() {
         return Err(JournalError::Options(format!(
             "cannot truncate at sequence {at}: the journal ends at sequence {ends}, so there is \

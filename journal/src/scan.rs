@@ -182,6 +182,19 @@ pub struct SegmentLayout {
     pub time_range: Option<(Timestamp, Timestamp)>,
 }
 
+impl SegmentLayout {
+    /// Where the journal ends if this is its newest segment: its last record, or the sequence
+    /// just before its first when it holds none.
+    #[must_use]
+    pub fn ends_at(&self) -> Sequence {
+        // The header decoder refuses a segment from sequence 0, so `first - 1` is safe.
+        assert!(self.header.first_sequence.0 >= 1, "a segment from sequence 0");
+        let ends = self.last.unwrap_or(Sequence(self.header.first_sequence.0 - 1));
+        assert!(ends.next() >= self.header.first_sequence, "a record before the segment's first");
+        ends
+    }
+}
+
 /// Where the journal stops being intact.
 #[derive(Clone, Debug)]
 pub struct Problem {
