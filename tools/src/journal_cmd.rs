@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ringfence_core::{Command, Epoch, Sequence, Sequenced, Timestamp};
-use ringfence_journal::datadir::{self, DirCheck};
+use ringfence_journal::datadir::{self, CleanStop, DirCheck};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::lock::{self, Holder};
 use ringfence_journal::recovery::{self, recover};
@@ -319,25 +319,39 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
 /// live directory (the node removed the marker as it started) or one damaged before its end
 /// (the scan's finding says that).
 fn clean_stop_finding(opened: &Opened, to: Sequence) -> Option<Finding> {
-    if opened.live.is_some() || opened.layout.problem.as_ref().is_some_and(|p| !p.torn_tail) {
-        return None;
-    }
-    let dir = opened.source.dir();
-    let describe = |name: &str| dir.join(name).display().to_string();
-    let stop = match datadir::clean_stop(&opened.source) {
-        Ok(stop) => stop?,
-        Err(error) => return Some(Finding::Refused(error.to_string())),
-    };
-    Some(match recovery::check_clean_stop(&opened.layout, &stop, &describe) {
-        Ok(false) => Finding::Note(format!("the node stopped cleanly at sequence {}", stop.last)),
-        Ok(true) => Finding::Note(format!(
+    Some(match clean_stop_check(opened, to) {
+        Ok(None) => return None,
+        Ok(Some((stop, false))) => {
+            Finding::Note(format!("the node stopped cleanly at sequence {}", stop.last))
+        }
+        Ok(Some((stop, true))) => Finding::Note(format!(
             "the clean-stop marker names sequence {}, but the journal runs past it (written by a \
              build that does not know the marker); a node ignores it",
             stop.last
         )),
-        Err(JournalError::EndMoved { from, .. }) if from > to => return None,
         Err(error) => Finding::Refused(error.to_string()),
     })
+}
+
+/// Recovery's judgement of a stopped node's clean-stop marker, for the read-only tools: the
+/// marker and whether it is stale, or the refusal a node's start would give. `Ok(None)` with
+/// no marker, on a live directory (the node removed it as it started), on one damaged before
+/// its end (the scan reports that), or when the end moved only past `to`.
+pub fn clean_stop_check(
+    opened: &Opened,
+    to: Sequence,
+) -> Result<Option<(CleanStop, bool)>, JournalError> {
+    if opened.live.is_some() || opened.layout.problem.as_ref().is_some_and(|p| !p.torn_tail) {
+        return Ok(None);
+    }
+    let Some(stop) = datadir::clean_stop(&opened.source)? else { return Ok(None) };
+    let dir = opened.source.dir();
+    let describe = |name: &str| dir.join(name).display().to_string();
+    match recovery::check_clean_stop(&opened.layout, &stop, &describe) {
+        Ok(stale) => Ok(Some((stop, stale))),
+        Err(JournalError::EndMoved { from, .. }) if from > to => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// The scan's problem, if it lies within the range read.

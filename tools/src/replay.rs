@@ -13,10 +13,9 @@ use ringfence_core::{Engine, EngineConfig, Epoch, Lookahead, Sequence, Sequenced
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot::{self, SnapshotMeta};
-use ringfence_journal::{datadir, recovery};
 use serde_json::json;
 
-use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, open, tail_in_progress};
+use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, clean_stop_check, open, tail_in_progress};
 use crate::json;
 use crate::progress;
 use crate::time::{format_ms, parse_rfc3339};
@@ -236,20 +235,7 @@ fn open_for_replay(args: &ReplayArgs, limits: &Limits) -> Result<(Opened, bool),
         return Err(opened.check.problems.remove(0));
     }
     // After a clean stop, a journal that no longer ends where it did is damaged, not torn.
-    let stopped = match opened.live {
-        Some(_) => None,
-        None => datadir::clean_stop(&opened.source)?,
-    };
-    if let Some(stop) =
-        stopped.filter(|_| opened.layout.problem.as_ref().is_none_or(|p| p.torn_tail))
-    {
-        let describe = |name: &str| args.dir.join(name).display().to_string();
-        match recovery::check_clean_stop(&opened.layout, &stop, &describe) {
-            Err(JournalError::EndMoved { from, .. }) if from > limits.until_seq => {}
-            Err(error) => return Err(error),
-            Ok(_) => {}
-        }
-    }
+    clean_stop_check(&opened, limits.until_seq)?;
     Ok((opened, in_progress))
 }
 
