@@ -386,3 +386,35 @@ fn past_its_lease_deadline_a_primary_acknowledges_no_write() {
     let again = call(&node, &mut session, reserve());
     assert!(matches!(again, Outcome::Reserved { .. }), "a retry learns the outcome: {again:?}");
 }
+
+#[test]
+fn a_primary_whose_writes_are_held_journals_no_tick_of_its_own() {
+    // Goal: a payment deadline passing while writes are held (a restarted primary waiting for
+    // its standby) journals nothing: the sequences after the primary's journal may be held by
+    // the standby, from before a crash. Once the hold lifts, the first step ticks and the
+    // order expires.
+    let clock = Arc::new(ManualClock::new(START));
+    let hold = WriteHold::new();
+    let (safe, held) = (Watermark::new(Sequence(0)), Arc::clone(&hold));
+    let node = start_with_replicator(&clock, TestReplicator { safe, hold: held, local: true });
+    let mut session = node.session().unwrap();
+    assert!(matches!(call(&node, &mut session, create_sku()), Outcome::SkuCreated(_)));
+    let Outcome::Reserved { order, .. } = call(&node, &mut session, reserve()) else {
+        panic!("the reservation was refused");
+    };
+    hold.hold(HoldReason::StandbyLost);
+    clock.advance_ms(PAYMENT_TIMEOUT_MS * 5);
+    for _ in 0..3 {
+        let report = node.step();
+        assert_eq!((report.ticked, report.processed), (false, 0), "a held primary ticked");
+    }
+    let view = call(&node, &mut session, Command::Query(Query::Order(order)));
+    assert!(matches!(view, Outcome::Order(v) if v.state == OrderState::Reserved), "{view:?}");
+    hold.release();
+    let report = node.step();
+    assert!(report.ticked, "no tick once the hold lifted");
+    let view = call(&node, &mut session, Command::Query(Query::Order(order)));
+    assert!(matches!(view, Outcome::Order(v) if v.state == OrderState::Expired), "{view:?}");
+    drop(session);
+    assert_eq!(node.shutdown().expect("a clean stop").last_sequence, Sequence(3));
+}

@@ -96,6 +96,31 @@ pub fn take_office(store: &dyn EpochStore, epoch: Epoch) -> Result<(), String> {
     store.store(Epochs { current: epoch, promised: epoch })
 }
 
+/// A primary started without a witness takes a new epoch for this run: one above every epoch
+/// it stored or promised, stored as current and promised before the node journals anything.
+/// Returns that epoch.
+///
+/// The standby may hold records this primary sent in an earlier run and then lost (written
+/// to the map and streamed before they were synced, when its machine lost power). Same
+/// sequence and epoch must mean the same record, so this run never writes in the epoch those
+/// records carry: the join finds they differ and the standby drops them. They were never
+/// acknowledged under `batch` durability, which syncs before any answer leaves. The markers
+/// stay as they are: a primary a standby was in sync with still holds writes until it is
+/// again.
+///
+/// A promise above the current epoch means a newer primary exists: the node keeps its current
+/// epoch, so that it never claims that primary's, and is deposed when it meets it.
+pub fn start_primary_run(store: &dyn EpochStore) -> Result<Epoch, String> {
+    let epochs = store.epochs();
+    if epochs.promised > epochs.current {
+        return Ok(epochs.current);
+    }
+    let epoch = Epoch(epochs.current.0 + 1);
+    store.store(Epochs { current: epoch, promised: epoch })?;
+    assert_eq!(store.epochs().current, epoch, "the run's epoch is stored before it is used");
+    Ok(epoch)
+}
+
 /// The role a node plays now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -884,6 +909,34 @@ mod tests {
             assert_eq!(dir.epochs(), Epochs { current: next, promised: next });
             assert!(!dir.catching_up() && !dir.standby_in_sync(), "the markers of a primary");
         }
+    }
+
+    #[test]
+    fn every_run_of_a_primary_stores_its_own_epoch_before_it_journals() {
+        // Goal: each run takes `current + 1` as both epochs, the data directory's markers
+        // untouched (a primary whose standby was in sync still holds on the next run), and a
+        // node that promised a newer primary's epoch never takes that epoch for itself.
+        use ringfence_journal::fault::FaultStorage;
+        use ringfence_journal::writer::{Durability, WriterOptions};
+        let disk = FaultStorage::new();
+        let options = WriterOptions {
+            segment_len: ringfence_journal::format::SEGMENT_LEN_MIN,
+            durability: Durability::Batch,
+            engine_config: ringfence_core::EngineConfig::small(),
+        };
+        let recovered = ringfence_journal::recovery::recover_from(disk.clone(), options);
+        let dir = recovered.unwrap().writer.data_dir().clone();
+        take_office(&dir, Epoch(4)).unwrap();
+        dir.set_standby_in_sync(true).unwrap();
+        for run in 5..=6 {
+            assert_eq!(start_primary_run(&dir), Ok(Epoch(run)));
+            let stored = Epochs::decode(&disk.process_crash().read_file("epoch").unwrap());
+            assert_eq!(stored, Ok(Epochs { current: Epoch(run), promised: Epoch(run) }));
+            assert!(dir.standby_in_sync(), "run {run}: the in-sync marker was dropped");
+        }
+        dir.store_epochs(Epochs { current: Epoch(6), promised: Epoch(9) }).unwrap();
+        assert_eq!(start_primary_run(&dir), Ok(Epoch(6)), "took a newer primary's epoch");
+        assert_eq!(dir.epochs().promised, Epoch(9));
     }
 
     #[test]

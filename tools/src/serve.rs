@@ -26,7 +26,7 @@ use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter, WriterPrior
 use ringfence_journal::spare::DISK_CHECK_EVERY;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
-use ringfence_replicator::control::{Control, Role, take_office};
+use ringfence_replicator::control::{Control, Role, start_primary_run, take_office};
 use ringfence_replicator::coordination::driver::{self, Decided};
 use ringfence_replicator::standby::{self, JournalEnd};
 use serde::{Deserialize, Serialize};
@@ -469,6 +469,11 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         // The record it took the key with says no standby is in sync.
         epoch = Epoch(leader.epoch);
         take_office(&dir, epoch).map_err(|e| format!("taking office in epoch {epoch}: {e}"))?;
+    } else if coordinated.is_none() && replication.as_ref().is_some_and(|r| r.role == Role::Primary)
+    {
+        // Without a witness, every run of a primary sequences in an epoch of its own.
+        epoch = start_primary_run(&dir).map_err(|e| format!("storing this run's epoch: {e}"))?;
+        log(format_args!("primary: this run sequences in epoch {epoch}"));
     }
     let standby = replication.as_ref().is_some_and(|r| r.role != Role::Primary);
     let intake = if standby { Intake::Replica } else { Intake::Sequencer };

@@ -22,6 +22,7 @@ use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::message::{Message, Start, records_frame_header};
 use ringfence_replicator::position::EpochList;
 use ringfence_replicator::session::{PrimarySession, PrimaryStep, PrimaryView};
+use ringfence_replicator::standby::{self, Joined, JournalEnd};
 use ringfence_replicator::stream::{FrameReader, write_message, write_records};
 
 const STOCK: u64 = 60;
@@ -173,6 +174,7 @@ fn killed_primary_loses_nothing(name: &str, primary_args: &[&str], layout: Optio
     let new = standby(&dir_b, &secret, old.replication.unwrap());
     create_sale(&old);
     wait_node(&old, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
+    let led = old.call("GET", "/v1/node", "", false).1["epoch"].as_u64().unwrap();
 
     let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
     let http = old.http;
@@ -202,7 +204,7 @@ fn killed_primary_loses_nothing(name: &str, primary_args: &[&str], layout: Optio
     let (status, promoted) = new.call("POST", "/v1/admin/promote", "", true);
     assert_eq!(status, 200, "{promoted}");
     assert_eq!(promoted["role"], "primary");
-    assert_eq!(promoted["epoch"], 2);
+    assert_eq!(promoted["epoch"].as_u64(), Some(led + 1), "one above the old primary's");
     // Every buyer retries every request on the new primary with the same request id.
     let mut per_user: BTreeMap<u64, u64> = BTreeMap::new();
     let mut reserved = 0;
@@ -391,7 +393,7 @@ fn a_restarted_standby_catches_up_without_gap_or_duplicate() {
 #[test]
 fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
     // Goal: the divergence path. In async mode the primary acknowledges writes its dead
-    // standby never receives; the standby is promoted and takes other writes in epoch 2; the
+    // standby never receives; the standby is promoted and takes other writes in a new epoch; the
     // old primary, restarted as its standby, drops exactly its unreplicated tail (and says
     // so), takes the new primary's records, and the two journals agree.
     let root = temp_dir("diverge");
@@ -408,7 +410,7 @@ fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
         );
     }
     let (_, view) = old.call("GET", "/v1/node", "", false);
-    let common = last_sequence(&view);
+    let (common, led) = (last_sequence(&view), view["epoch"].as_u64().unwrap());
     wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= common);
     follower.signal("-KILL");
     for request in 5..12 {
@@ -421,13 +423,14 @@ fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
 
     // The standby restarts (its primary is gone). It cannot know it holds everything the
     // primary acknowledged (it has not caught up since it joined), so a plain promotion is
-    // refused; forced, accepting the loss, it is promoted far above epoch 1 and sells on.
+    // refused; forced, accepting the loss, it is promoted far above its primary's epoch and
+    // sells on.
     let new = standby(&dir_b, &secret, old_replication);
     let (status, refused) = new.call("POST", "/v1/admin/promote", "", true);
     assert_eq!((status, refused["error"].as_str()), (503, Some("promotion_failed")), "{refused}");
     assert!(refused["message"].as_str().unwrap().contains("force"), "{refused}");
     let (status, promoted) = new.call("POST", "/v1/admin/promote", r#"{"force":true}"#, true);
-    let forced = 1 + ringfence_replicator::control::FORCED_EPOCH_STEP;
+    let forced = led + ringfence_replicator::control::FORCED_EPOCH_STEP;
     assert_eq!((status, promoted["epoch"].as_u64()), (200, Some(forced)), "{promoted}");
     for request in 100..103 {
         assert_eq!(
@@ -448,11 +451,64 @@ fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
     let (_, sku_old) = rejoined.call("GET", "/v1/skus/1", "", false);
     let (_, sku_new) = new.call("GET", "/v1/skus/1", "", false);
     assert_eq!(sku_old, sku_new);
-    assert_eq!(sku_new["reserved"], 8, "5 replicated + 3 in epoch 2: {sku_new}");
+    assert_eq!(sku_new["reserved"], 8, "5 replicated + 3 in the new epoch: {sku_new}");
     drop(rejoined);
     drop(new);
     assert_eq!(dump_to(&dir_a, target), dump_to(&dir_b, target), "record for record");
     assert_eq!(hash_at(&dir_a, target), hash_at(&dir_b, target));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn each_run_of_a_primary_has_its_own_epoch_so_records_it_lost_are_never_mistaken_for_its_own() {
+    // Goal: same sequence and epoch mean the same record, across restarts of a primary
+    // without a witness. A standby may hold records its primary streamed and then lost
+    // (written, not yet synced, when its machine lost power). The restarted primary sequences
+    // past those sequences in a new epoch, so a standby claiming one of them in the old epoch
+    // is told to drop back to what the primary kept, never to stream on after records that
+    // are not the primary's.
+    let root = temp_dir("run-epoch");
+    let secret = write_secret(&root, SECRET);
+    let dir = root.join("a");
+    let mut first = primary(&dir, &secret, &[]);
+    create_sale(&first);
+    for request in 0..3 {
+        let (status, body) = try_call(first.http, "POST", "/v1/orders", &reservation(request).0)
+            .expect("the primary answers");
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, view) = first.call("GET", "/v1/node", "", false);
+    let (kept, first_epoch) = (last_sequence(&view), view["epoch"].as_u64().unwrap());
+    first.signal("-KILL");
+    let second = primary(&dir, &secret, &[]);
+    for request in 3..9 {
+        let (status, body) = try_call(second.http, "POST", "/v1/orders", &reservation(request).0)
+            .expect("the restarted primary answers");
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, view) = second.call("GET", "/v1/node", "", false);
+    assert!(last_sequence(&view) >= kept + 6, "{view}");
+
+    // A standby holding records kept+1..=kept+3 of the first run, which the primary lost.
+    let config = ringfence_replicator::config::ReplicationConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        ClusterId::new("ringfence").unwrap(),
+        ClusterSecret::from_bytes(SECRET.as_bytes()).unwrap(),
+        root.join("b"),
+    );
+    let end = JournalEnd { last_sequence: Sequence(kept + 3), last_epoch: Epoch(first_epoch) };
+    let primary_at = second.replication.unwrap().to_string();
+    match standby::join(&config, &primary_at, end, Epoch(first_epoch)) {
+        Ok(Joined::Diverged { keep_through, epoch }) => {
+            assert_eq!((keep_through, epoch), (Sequence(kept), Epoch(first_epoch + 1)));
+        }
+        Ok(Joined::Stream { from, .. }) => panic!("told to stream from {from}"),
+        Err(error) => panic!("the join failed: {error}"),
+    }
+    let (_, view) = second.call("GET", "/v1/node", "", false);
+    assert_eq!(view["epoch"].as_u64(), Some(first_epoch + 1), "{view}");
+    second.wait_for_log(&format!("sequences in epoch {}", first_epoch + 1), Duration::from_secs(5));
+    drop(second);
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -723,8 +723,8 @@ pub(crate) fn run_stage<P: RingPoller, W: Work>(
     stage.finish(shared)
 }
 
-/// Publishes a `Tick` if the clock has reached the engine's earliest payment deadline and no
-/// tick is in flight. An idle node with nothing due publishes nothing, so its journal does not
+/// Publishes a `Tick` if the clock has reached the engine's earliest payment deadline, no
+/// tick is in flight and writes are not held. An idle node with nothing due publishes nothing, so its journal does not
 /// grow. A tick that finds the ring full is skipped (and counted): the next check retries.
 pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) {
     // Pending first: once the BLP cleared it, the due time it stored before is visible.
@@ -737,6 +737,13 @@ pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) 
     }
     if shared.intake() == Intake::Replica {
         // A standby's ticks are its primary's, arriving as records.
+        return;
+    }
+    if shared.write_hold().is_some() {
+        // A primary whose writes are held journals nothing of its own: a restarted primary
+        // may have lost records its standby holds, and its next records must not take their
+        // places before the standby has rejoined and dropped them. Deadlines that pass in the
+        // meantime expire with the first tick after the hold lifts.
         return;
     }
     let due = shared.next_due_ms.load(Ordering::Acquire);

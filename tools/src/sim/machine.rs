@@ -32,7 +32,7 @@ use ringfence_journal::tail::Tail;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret, Nonce};
 use ringfence_replicator::config::ReplicationConfig;
-use ringfence_replicator::control::{self, Control, Role, take_office};
+use ringfence_replicator::control::{self, Control, Role, start_primary_run, take_office};
 use ringfence_replicator::coordination::CoordinationConfig;
 use ringfence_replicator::coordination::driver::{self, Decided, Driver, Startup};
 use ringfence_replicator::coordination::pilot::{Identity, Timing};
@@ -809,6 +809,11 @@ impl Machine {
             let epoch = Epoch(leader.epoch);
             take_office(writer.data_dir(), epoch)
                 .map_err(|e| format!("taking office in epoch {epoch}: {e}"))?;
+            epochs = writer.data_dir().epochs();
+        } else if coordinated.is_none() && role == Role::Primary {
+            // As `serve` does: without a witness, every run of a primary has its own epoch.
+            start_primary_run(writer.data_dir())
+                .map_err(|e| format!("storing this run's epoch: {e}"))?;
             epochs = writer.data_dir().epochs();
         }
         let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
