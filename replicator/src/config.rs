@@ -30,6 +30,11 @@ pub struct ReplicationConfig {
     pub handshake_timeout_ms: u64,
     /// Handshakes served at once; more connections are closed at once.
     pub handshakes_max: usize,
+    /// Whether the node's journal is synced before an answer leaves (`batch` durability).
+    /// Without it a primary that lost power may have acknowledged records only its standby
+    /// still holds, and, restarted after that standby was in sync, it refuses to tell the
+    /// standby to drop them.
+    pub answers_after_sync: bool,
 }
 
 impl ReplicationConfig {
@@ -52,6 +57,7 @@ impl ReplicationConfig {
             catch_up_slack: 1_024,
             handshake_timeout_ms: 2_000,
             handshakes_max: 4,
+            answers_after_sync: true,
         }
     }
 }

@@ -204,6 +204,10 @@ pub struct Control {
     /// Standby: it has held everything its primary reported since it last joined (the
     /// stream's lag reached 0). Cleared when a stream starts.
     in_sync: AtomicBool,
+    /// Primary: restarted after a standby was in sync, with a journal that answers before it
+    /// syncs, and no standby in sync since: records that standby holds past this journal may
+    /// have been acknowledged, and a join is refused rather than told to drop them.
+    standby_tail_acknowledged: AtomicBool,
 }
 
 impl Control {
@@ -220,6 +224,7 @@ impl Control {
         // A primary whose standby was in sync holds writes until it is again: the standby may
         // have been promoted while this node was down.
         let restarted = role == Role::Primary && epochs.standby_in_sync();
+        let answers_after_sync = config.answers_after_sync;
         let policy = if restarted {
             AckPolicy::restarted_in_sync(config.mode, config.timeout_ms, config.catch_up_slack)
         } else {
@@ -252,6 +257,7 @@ impl Control {
             lease_deadline_ms: AtomicU64::new(u64::MAX),
             handover: AtomicBool::new(false),
             in_sync: AtomicBool::new(false),
+            standby_tail_acknowledged: AtomicBool::new(restarted && !answers_after_sync),
         });
         // The gate is in force before the node takes its first write, not at the policy
         // loop's first round: a restarted primary holds from the start.
@@ -312,6 +318,7 @@ impl Control {
             is_primary: self.is_primary(),
             journal,
             journal_last: Sequence(self.link.available()),
+            standby_tail_acknowledged: self.standby_tail_acknowledged.load(Ordering::Acquire),
         }
     }
 
@@ -403,6 +410,8 @@ impl Control {
         state.policy.on_ack(durable, journaled, now);
         if state.policy.state() == PolicyState::InSync && was != PolicyState::InSync {
             self.note_in_sync(true);
+            // The standby holds nothing this journal lacks: it streamed from this journal.
+            self.standby_tail_acknowledged.store(false, Ordering::Release);
         }
         self.apply_gate(&state, now);
     }
@@ -969,6 +978,18 @@ mod tests {
         let control = Control::new(config(), Role::Primary, end, Box::new(InSync), clock);
         assert_eq!(control.link().gate(), Gate::Held);
         assert_eq!(primary().link().gate(), Gate::Local, "without the marker: alone");
+        // A standby's records past this journal were never acknowledged under `batch`; they
+        // may have been when the journal answers before it syncs.
+        let mut index = crate::position::EpochList::default();
+        assert!(!control.primary_view(&mut index).standby_tail_acknowledged);
+        let answering_first = ReplicationConfig { answers_after_sync: false, ..config() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let unsynced =
+            Control::new(answering_first.clone(), Role::Primary, end, Box::new(InSync), clock);
+        assert!(unsynced.primary_view(&mut index).standby_tail_acknowledged);
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let first_run = Control::new(answering_first, Role::Primary, end, memory(false), clock);
+        assert!(!first_run.primary_view(&mut index).standby_tail_acknowledged, "no marker");
     }
 
     fn primary() -> Arc<Control> {

@@ -113,6 +113,11 @@ pub struct PrimaryView<'a> {
     pub journal: &'a mut dyn JournalIndex,
     /// The last sequence its journal holds whole.
     pub journal_last: Sequence,
+    /// Records a standby holds past this journal may have been acknowledged: the primary
+    /// restarted after a standby was in sync, and its journal answers before it syncs, so a
+    /// power loss may have taken records its answers promised. A standby holding records this
+    /// journal lacks is then refused, never told to drop them: promoting it loses nothing.
+    pub standby_tail_acknowledged: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,6 +251,17 @@ impl PrimarySession {
                     from_sequence: from,
                     primary_last: view.journal_last,
                 })
+            }
+            JoinDecision::Diverged { keep_through } if view.standby_tail_acknowledged => {
+                let text = format!(
+                    "the standby holds records {}..={} (last from epoch {}) that this primary \
+                     lost after answering for them, its journal not synced before answers: \
+                     promote the standby, then start this node as its standby",
+                    keep_through.next(),
+                    position.last_sequence,
+                    position.last_epoch
+                );
+                self.refuse(RefuseCode::Busy, epoch, text)
             }
             JoinDecision::Diverged { keep_through } => {
                 self.state = PrimaryState::Closed;
@@ -607,6 +623,7 @@ mod tests {
             is_primary: true,
             journal,
             journal_last,
+            standby_tail_acknowledged: false,
         }
     }
 
@@ -701,6 +718,44 @@ mod tests {
         assert_eq!(following, StandbyStep::Following { epoch: Epoch(1), from: Sequence(4) });
         assert!(pair.primary.is_streaming());
         let _ = &mut pair.journal;
+    }
+
+    #[test]
+    fn a_primary_that_may_have_answered_for_records_it_lost_never_drops_them_from_its_standby() {
+        // Goal: a standby holding records 11..=13 the primary lacks is told to drop them, unless
+        // the primary may have acknowledged them before losing them (restarted after a standby
+        // was in sync, its journal answering before it syncs): then the join is refused,
+        // naming the records and the promotion that keeps them, and nothing is dropped.
+        let key = secret("the-shared-secret-16+");
+        let ours = cluster();
+        for acknowledged in [false, true] {
+            let at = position(13, 1, 1);
+            let (mut standby, hello) =
+                StandbySession::start(ours, [1; 32], Purpose::Join(at), at.promised);
+            let mut primary = PrimarySession::new([2; 32]);
+            let mut journal = EpochList::flat(10, 1);
+            let mut view = view(&ours, &key, &mut journal, 2);
+            view.standby_tail_acknowledged = acknowledged;
+            let mut step = None;
+            wire(&hello, &mut |m| step = Some(primary.on_message(m, &mut view)));
+            let Some(PrimaryStep::Reply(challenge)) = step.take() else { panic!("{step:?}") };
+            let mut reply = None;
+            wire(&challenge, &mut |m| reply = Some(standby.on_message(m, &key, &ours)));
+            let Some(StandbyStep::Reply(join)) = reply else { panic!("{reply:?}") };
+            wire(&join, &mut |m| step = Some(primary.on_message(m, &mut view)));
+            match step.expect("an answer to the join") {
+                PrimaryStep::Close { last: Some(Outgoing::Diverged(diverged)), .. } => {
+                    assert!(!acknowledged, "told to drop records it may have acknowledged");
+                    assert_eq!(diverged.keep_through, Sequence(10));
+                }
+                PrimaryStep::Close { last: Some(Outgoing::Refuse { code, text, .. }), .. } => {
+                    assert!(acknowledged, "refused a standby whose tail was never acknowledged");
+                    assert_eq!(code, RefuseCode::Busy);
+                    assert!(text.contains("11..=13") && text.contains("promote"), "{text}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -448,6 +448,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         engine_config: engine_config.clone(),
     };
     let mut replication = replication::settings(&args.replication, &file.replication, &data_dir)?;
+    if let Some(replication) = replication.as_mut() {
+        replication.config.answers_after_sync = durability == Durability::Batch;
+    }
     let coordinated =
         coordinate(args, &file, (&storage, &options), replication.as_mut(), server_config.http)?;
     let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref())?;

@@ -597,6 +597,7 @@ fn fake_primary_accept(
             is_primary: true,
             journal: &mut journal,
             journal_last: Sequence(3),
+            standby_tail_acknowledged: false,
         };
         match session.on_message(&message, &mut view) {
             PrimaryStep::Reply(reply) => {
