@@ -516,6 +516,21 @@ impl<S: Storage> DataDir<S> {
         self.state().catching_up
     }
 
+    /// The directory may lack records it acknowledged though nothing was cut (a journal that
+    /// answers before it syncs, on a machine that may have lost power): writes the catch-up
+    /// marker durably, as a creation or a truncation does.
+    pub fn mark_catching_up(&self) -> Result<(), JournalError> {
+        let mut state = self.state();
+        if state.catching_up {
+            return Ok(());
+        }
+        assert!(self.storage.file_len(CATCH_UP_FILE).is_err(), "a marker not in force");
+        mark_catching_up(&self.storage)?;
+        state.catching_up = true;
+        assert!(self.storage.file_len(CATCH_UP_FILE).is_ok(), "the marker was not written");
+        Ok(())
+    }
+
     /// The node caught up with a primary, or became one: removes the catch-up marker durably.
     pub fn caught_up(&self) -> Result<(), JournalError> {
         let mut state = self.state();

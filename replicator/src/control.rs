@@ -45,6 +45,8 @@ pub trait EpochStore: Send + Sync + 'static {
     fn catching_up(&self) -> bool;
     /// The node caught up with a primary, or became one: durably no longer catching up.
     fn caught_up(&self) -> Result<(), String>;
+    /// The directory may lack records it acknowledged: durably catching up.
+    fn mark_catching_up(&self) -> Result<(), String>;
     /// Whether a standby was in sync with this node as primary.
     fn standby_in_sync(&self) -> bool;
     /// Records durably whether a standby is in sync with this primary.
@@ -63,6 +65,9 @@ impl<S: Storage + Sync> EpochStore for DataDir<S> {
     }
     fn caught_up(&self) -> Result<(), String> {
         DataDir::caught_up(self).map_err(|e| e.to_string())
+    }
+    fn mark_catching_up(&self) -> Result<(), String> {
+        DataDir::mark_catching_up(self).map_err(|e| e.to_string())
     }
     fn standby_in_sync(&self) -> bool {
         DataDir::standby_in_sync(self)
@@ -119,6 +124,20 @@ pub fn start_primary_run(store: &dyn EpochStore) -> Result<Epoch, String> {
     store.store(Epochs { current: epoch, promised: epoch })?;
     assert_eq!(store.epochs().current, epoch, "the run's epoch is stored before it is used");
     Ok(epoch)
+}
+
+/// Before a node stands as a candidate for the leader key: a former primary whose standby was
+/// in sync, with a journal that answers before it syncs (`answers_after_sync` false), may have
+/// lost records it acknowledged in a power loss, records that standby holds. Its directory is
+/// marked catching up, so it takes the key on the strength of the in-sync record only after
+/// it has caught up with a primary; the standby takes over instead. Returns whether it marked.
+pub fn before_candidacy(store: &dyn EpochStore, answers_after_sync: bool) -> Result<bool, String> {
+    if answers_after_sync || !store.standby_in_sync() || store.catching_up() {
+        return Ok(false);
+    }
+    store.mark_catching_up()?;
+    assert!(store.catching_up(), "marked catching up");
+    Ok(true)
 }
 
 /// The role a node plays now.
@@ -802,6 +821,10 @@ mod tests {
             self.1.store(false, Ordering::Release);
             Ok(())
         }
+        fn mark_catching_up(&self) -> Result<(), String> {
+            self.1.store(true, Ordering::Release);
+            Ok(())
+        }
         fn standby_in_sync(&self) -> bool {
             false
         }
@@ -949,6 +972,32 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_that_answered_before_syncing_stands_for_the_key_only_once_caught_up() {
+        // Goal: a former primary whose standby was in sync is marked catching up before its
+        // candidacy, durably, only when its journal answers before it syncs; so the pilot lets
+        // the standby, which holds what a power loss may have taken, take over first.
+        use ringfence_journal::fault::FaultStorage;
+        use ringfence_journal::writer::{Durability, WriterOptions};
+        let disk = FaultStorage::new();
+        let options = WriterOptions {
+            segment_len: ringfence_journal::format::SEGMENT_LEN_MIN,
+            durability: Durability::None,
+            engine_config: ringfence_core::EngineConfig::small(),
+        };
+        let recovered = ringfence_journal::recovery::recover_from(disk.clone(), options);
+        let dir = recovered.unwrap().writer.data_dir().clone();
+        take_office(&dir, Epoch(2)).unwrap();
+        assert_eq!(before_candidacy(&dir, false), Ok(false), "no standby was in sync");
+        dir.set_standby_in_sync(true).unwrap();
+        assert_eq!(before_candidacy(&dir, true), Ok(false), "batch: nothing acknowledged lost");
+        assert!(!dir.catching_up());
+        assert_eq!(before_candidacy(&dir, false), Ok(true));
+        assert!(dir.catching_up());
+        assert!(disk.process_crash().read_file(ringfence_journal::datadir::CATCH_UP_FILE).is_ok());
+        assert_eq!(before_candidacy(&dir, false), Ok(false), "marked once");
+    }
+
+    #[test]
     fn a_primary_restarted_after_its_standby_was_in_sync_holds_from_the_start() {
         // Goal: the hold of a restarted primary is in the link's gate as soon as its control
         // exists, before any policy round: not a window of writes acknowledged alone.
@@ -964,6 +1013,9 @@ mod tests {
                 false
             }
             fn caught_up(&self) -> Result<(), String> {
+                Ok(())
+            }
+            fn mark_catching_up(&self) -> Result<(), String> {
                 Ok(())
             }
             fn standby_in_sync(&self) -> bool {

@@ -26,7 +26,9 @@ use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter, WriterPrior
 use ringfence_journal::spare::DISK_CHECK_EVERY;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
-use ringfence_replicator::control::{Control, Role, start_primary_run, take_office};
+use ringfence_replicator::control::{
+    Control, Role, before_candidacy, start_primary_run, take_office,
+};
 use ringfence_replicator::coordination::driver::{self, Decided};
 use ringfence_replicator::standby::{self, JournalEnd};
 use serde::{Deserialize, Serialize};
@@ -612,7 +614,18 @@ fn coordinate(
     let recovered = recover_logged(storage, options.clone())?;
     let last = Sequence(recovered.next_sequence.0 - 1);
     let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
-    let catching_up = recovered.writer.data_dir().catching_up();
+    let dir = recovered.writer.data_dir();
+    if before_candidacy(dir, replication.config.answers_after_sync)
+        .map_err(|e| format!("marking the data directory as catching up: {e}"))?
+    {
+        log(format_args!(
+            "a standby was in sync with this node as primary, and its journal answers before it \
+             syncs (durability {}): it may have lost acknowledged records that standby holds, \
+             so it takes over only after catching up with a primary",
+            options.durability
+        ));
+    }
+    let catching_up = dir.catching_up();
     drop(recovered);
     replication::coordinate(config, replication, http, (last, floor, catching_up)).map(Some)
 }
