@@ -402,9 +402,13 @@ fn head_answers_a_read_without_its_body_and_the_connection_goes_on() {
     }
     let mut bytes = Vec::new();
     for path in paths {
-        bytes.extend_from_slice(format!("HEAD {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        bytes.extend_from_slice(
+            format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+        );
     }
-    bytes.extend_from_slice(b"HEAD /v1/orders HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    bytes.extend_from_slice(
+        b"HEAD /v1/orders HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
     http.send(&bytes);
     let mut answer = Vec::new();
     std::io::Read::read_to_end(http.stream(), &mut answer).expect("the responses");
@@ -432,7 +436,7 @@ fn expect_continue_gets_100_before_the_body_and_413_without_it() {
     let padded = |user: u64| format!("{}{}", reserve_body(user), " ".repeat(1_200));
     let head = |body: &str| {
         format!(
-            "POST /v1/orders HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\n\
+            "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
@@ -530,4 +534,63 @@ fn a_retried_admin_call_with_its_request_id_changes_nothing() {
         (refused.status, refused.json()["error"].as_str()),
         (422, Some("request_id_reused"))
     );
+}
+
+/// One request with `host` as its `Host` field, on a connection of its own.
+fn call_as_host(addr: std::net::SocketAddr, host: &str, request: &str) -> common::HttpResponse {
+    let mut http = Http::connect(addr);
+    let (line, rest) = request.split_once("\r\n").expect("a request line");
+    http.send(format!("{line}\r\nHost: {host}\r\n{rest}").as_bytes());
+    http.read_response().expect("a response")
+}
+
+#[test]
+fn where_client_commands_are_open_only_known_host_names_are_answered() {
+    // Goal: DNS rebinding. A page that had its own name resolve to a loopback node sends that
+    // name as `Host` and no `Origin`: without a token, it is refused 403 `host_not_allowed`,
+    // reads and writes alike, the node keeps serving; IP literals, `localhost` and listed names
+    // are answered; `/health` is answered to anyone; the admin token is answered whatever the
+    // name; with role tokens the name does not matter (the token is the defence).
+    let config = ServerConfig {
+        allowed_hosts: vec!["shop-api.internal".into()],
+        ..ServerConfig::loopback()
+    };
+    let server = start(config);
+    let addr = server.http_addr().unwrap();
+    create_sku(&mut Http::connect(addr), 1, 10, 0, 600_000);
+    let read = "GET /v1/skus/1 HTTP/1.1\r\n\r\n";
+    let order = r#"{"request_id":"r-1","user":7,"sku":1,"qty":1}"#;
+    let write =
+        format!("POST /v1/orders HTTP/1.1\r\nContent-Length: {}\r\n\r\n{order}", order.len());
+    for request in [read, &write] {
+        let refused = call_as_host(addr, "rebound.attacker.example:7080", request);
+        let body = refused.json();
+        assert_eq!((refused.status, &body["error"]), (403, &"host_not_allowed".into()), "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("rebound.attacker.example"), "{body}");
+    }
+    let sku = call_as_host(addr, "localhost:7080", read).json();
+    assert_eq!(sku["reserved"], 0, "the refused reservation was taken: {sku}");
+    for host in ["127.0.0.1:7080", "[::1]:7080", "SHOP-API.internal"] {
+        assert_eq!(call_as_host(addr, host, read).status, 200, "{host}");
+    }
+    assert_eq!(
+        call_as_host(addr, "rebound.attacker.example", "GET /health HTTP/1.1\r\n\r\n").status,
+        200
+    );
+    let admin = format!("GET /v1/skus/1 HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    assert_eq!(call_as_host(addr, "rebound.attacker.example", &admin).status, 200);
+    drop(server);
+
+    let read_token = "read-token-of-at-least-thirty-two-chars";
+    let config = ServerConfig {
+        role_tokens: vec![(ringfence_ingress::roles::Role::Read, read_token.into())],
+        ..ServerConfig::loopback()
+    };
+    let server = start(config);
+    let addr = server.http_addr().unwrap();
+    let with_token =
+        format!("GET /v1/skus/1 HTTP/1.1\r\nAuthorization: Bearer {read_token}\r\n\r\n");
+    let answered = call_as_host(addr, "any.name.example", &with_token);
+    assert_eq!(answered.status, 404, "a token is judged, not the name: {}", answered.json());
 }

@@ -137,7 +137,7 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, 
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -326,7 +326,7 @@ fn admin(addr: SocketAddr, token: &str, path: &str, body: &str) -> Option<(u16, 
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
          Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );

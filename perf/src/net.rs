@@ -426,7 +426,7 @@ impl Protocol for HttpReserve {
         );
         let _ = write!(
             out,
-            "POST /v1/orders HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
     }

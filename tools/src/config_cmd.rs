@@ -230,6 +230,13 @@ const KEYS: &[Key] = &[
         "Addresses whose failures are remembered; the least recently seen is forgotten.",
     ),
     key(
+        "server",
+        "allowed_hosts",
+        "Without role tokens: DNS names, besides IP addresses and localhost, that HTTP requests \
+         without a token may carry in Host (\"*\": any); others get 403 host_not_allowed \
+         (DNS rebinding).",
+    ),
+    key(
         "node",
         "topology",
         "auto (inline on two cores or fewer, compact below six, else parallel), compact, \

@@ -64,6 +64,12 @@ pub struct ServeArgs {
     /// `-._~+/` (overrides RINGFENCE_ADMIN_TOKEN and the config).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Where client commands are open (no role token): a DNS name, besides IP addresses and
+    /// `localhost`, that HTTP requests without a token may carry in `Host`, e.g. the name a
+    /// proxy uses (`*`: any); repeatable, added to `[server] allowed_hosts`. Other names are
+    /// refused (403 host_not_allowed), against DNS rebinding.
+    #[arg(long = "http-allowed-host", value_name = "NAME")]
+    pub http_allowed_hosts: Vec<String>,
     /// With only the admin token (no role tokens), listen beyond loopback anyway, leaving
     /// buyer commands and reads open to anyone who reaches the listeners.
     #[arg(long)]
@@ -97,7 +103,9 @@ Tokens and roles:
   or the config file ([auth] orders_token_file, payments_token_file, read_token_file). With
   any of them, every call needs a token whose role allows it (401 unauthorized without one,
   403 forbidden naming the role needed). With none, buyer commands (reserve, cancel, complete,
-  claim, pay) and reads are open and refund and admin calls need the admin token.
+  claim, pay) and reads are open and refund and admin calls need the admin token; such a
+  request must then name the node by IP address, localhost or an --http-allowed-host name
+  (403 host_not_allowed otherwise: DNS rebinding).
   The admin token comes from --admin-token-file, RINGFENCE_ADMIN_TOKEN or the config file
   (admin_token, admin_token_file). Every token must be at least 32 characters of ASCII
   letters, digits and -._~+/ (= padding at the end allowed, not counted), and no two roles
@@ -422,6 +430,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let mut server_config = file.server.clone();
     server_config.listen = args.listen.or(server_config.listen);
     server_config.http = args.http.or(server_config.http);
+    server_config.allowed_hosts.extend(args.http_allowed_hosts.iter().cloned());
     server_config.validate().map_err(|e| e.to_string())?;
     // Before anything else touches the directory: one writer at a time, held until we exit.
     let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;

@@ -155,7 +155,7 @@ fn call(
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );

@@ -126,7 +126,7 @@ fn a_chosen_strong_token_lets_serve_listen_beyond_loopback() {
     assert!(http.ip().is_unspecified(), "{http}");
     assert!(log.iter().all(|line| !line.contains("protected mode")), "{log:?}");
     let request = format!(
-        "POST /v1/skus HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {STRONG}\r\n\
+        "POST /v1/skus HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {STRONG}\r\n\
          Connection: close\r\nContent-Length: {}\r\n\r\n{SKU}",
         SKU.len()
     );

@@ -79,7 +79,7 @@ fn try_call(http: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u
     let mut stream = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).ok()?;
@@ -756,7 +756,7 @@ fn pipelined_reservations(http: SocketAddr, client: u64, count: u64) {
     for request in 0..count {
         let body = reservation(100_000 * (client + 1) + request).0;
         let request = format!(
-            "POST /v1/orders HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).unwrap();

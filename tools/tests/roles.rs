@@ -127,7 +127,7 @@ fn a_public_listener_with_only_the_admin_token_needs_an_acknowledgement() {
 fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> String {
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\
          Content-Length: 0\r\n\r\n"
     );
     let mut stream = TcpStream::connect(("127.0.0.1", addr.port())).unwrap();

@@ -16,6 +16,7 @@
 //! [`CONTINUE`] once; a declared body over the limit is refused with 413 before that, at once.
 
 pub mod api;
+pub mod host;
 pub mod listing;
 pub mod views;
 
@@ -107,6 +108,8 @@ pub struct Request<'a> {
     pub query: &'a str,
     /// The bearer token from `Authorization: Bearer ...`, if any.
     pub bearer: Option<&'a [u8]>,
+    /// The `Host` field's value; `None` only on an HTTP/1.0 request without one.
+    pub host: Option<&'a [u8]>,
     /// An `Origin` field was sent: the request comes from a web page (browsers send it with
     /// every cross-origin request and every `POST`; services do not).
     pub from_web_page: bool,
@@ -174,6 +177,7 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
         from_web_page: false,
         expects_continue: false,
         hosts: 0,
+        host: None,
     };
     for header in parsed.headers.iter() {
         read_header(&mut head, header, http_10)?;
@@ -200,6 +204,7 @@ pub fn try_frame(buffer: &[u8], limits: Limits) -> Result<Framed<'_>, HttpError>
         path,
         query,
         bearer: head.bearer,
+        host: head.host,
         from_web_page: head.from_web_page,
         keep_alive: head.keep_alive,
         body: &buffer[head_len..total],
@@ -220,6 +225,8 @@ struct Head<'a> {
     expects_continue: bool,
     /// `Host` field lines seen (saturating).
     hosts: u8,
+    /// The first `Host` field's value.
+    host: Option<&'a [u8]>,
 }
 
 fn read_header<'a>(
@@ -252,6 +259,7 @@ fn read_header<'a>(
         head.from_web_page = true;
     } else if name.eq_ignore_ascii_case("host") {
         head.hosts = head.hosts.saturating_add(1);
+        head.host = head.host.or(Some(header.value));
     } else if name.eq_ignore_ascii_case("authorization") {
         let value = header.value;
         if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {

@@ -43,6 +43,7 @@ use serde::Deserialize;
 use crate::admission::{AddressLimit, AddressLimits, AddressTable, LogLimiter};
 use crate::backend::{Backend, Refusal};
 use crate::http::api::KeyMint;
+use crate::http::host::AllowedHosts;
 use crate::metrics::{Metrics, Protocol};
 use crate::roles::{self, Caller, Role};
 use auth::Auth;
@@ -168,6 +169,12 @@ pub struct ServerConfig {
     /// Addresses whose failures are remembered; when full, the one seen least recently is
     /// forgotten.
     pub auth_addresses_max: usize,
+    /// Where client commands are open (no role token): the DNS names, besides IP literals and
+    /// `localhost`, that an HTTP request may carry in `Host` (`*`: any). Others are refused
+    /// with 403 `host_not_allowed`, so a page in an operator's browser cannot read a loopback
+    /// node by having its own name resolve to 127.0.0.1 (DNS rebinding). List the name a
+    /// proxy or a service uses to reach the node.
+    pub allowed_hosts: Vec<String>,
     /// Tokens of the other roles (`orders`, `payments`, `read`; `admin` adds admin tokens).
     /// With any non-admin one, roles are enforced: every call needs a token whose role allows
     /// it ([`crate::roles`]). All tokens must differ. `serve` sets them from `[auth]`.
@@ -204,6 +211,7 @@ impl Default for ServerConfig {
             auth_failures_burst: 10,
             auth_failure_refill_ms: 6_000,
             auth_addresses_max: 4_096,
+            allowed_hosts: Vec::new(),
             role_tokens: Vec::new(),
         }
     }
@@ -219,9 +227,18 @@ pub enum ServerConfigError {
     /// Both listeners were given one address: the second could never bind.
     #[error("[server] listen and http are both {0}: give each listener its own port")]
     SameAddress(SocketAddr),
+    /// An entry of `allowed_hosts` is not a host name.
+    #[error("[server] allowed_hosts: {0}")]
+    AllowedHost(String),
 }
 
 impl ServerConfig {
+    /// `allowed_hosts`, checked.
+    pub fn hosts(&self) -> Result<AllowedHosts, ServerConfigError> {
+        AllowedHosts::new(self.allowed_hosts.iter().map(String::as_str))
+            .map_err(ServerConfigError::AllowedHost)
+    }
+
     /// Checks the limits and addresses: every budget that a zero would turn into a refusal of
     /// every client is at least 1, and the two listeners do not share an address.
     pub fn validate(&self) -> Result<(), ServerConfigError> {
@@ -250,6 +267,7 @@ impl ServerConfig {
         if self.address_rate_per_sec > 0 && self.address_rate_burst == 0 {
             return Err(ServerConfigError::Zero("address_rate_burst"));
         }
+        self.hosts()?;
         match (self.listen, self.http) {
             (Some(listen), Some(http)) if listen == http && listen.port() != 0 => {
                 Err(ServerConfigError::SameAddress(listen))
@@ -429,6 +447,8 @@ struct Server<B: Backend> {
     metrics: Metrics,
     log: LogLimiter,
     auth: Auth,
+    /// `Host` names answered where client commands are open.
+    hosts: AllowedHosts,
     mint: KeyMint,
     /// The request id and epoch of the promotion this server made, so a retried promotion
     /// with the same `request_id` gets the same answer.
@@ -457,6 +477,9 @@ impl<B: Backend> Server<B> {
             poll,
             log: LogLimiter::new(config.warnings_per_sec),
             auth: Auth::new(&config),
+            // Checked by `validate` before a server is made; a bad list answers IP literals
+            // and `localhost` only.
+            hosts: config.hosts().unwrap_or_default(),
             config,
             backend,
             binary,

@@ -336,7 +336,15 @@ impl<B: Backend> Server<B> {
         if let Authenticated::Limited { retry_after } = verdict {
             return Err(auth::limited_response(retry_after));
         }
-        route_as(request, self.auth.caller(verdict), &mut self.mint)
+        let caller = self.auth.caller(verdict);
+        let routed = route_as(request, caller, &mut self.mint);
+        // No token where client commands are open: a request under a name the operator did
+        // not list may come from a page that had its name resolve to this node.
+        let exempt = matches!(routed, Ok(Call::Health | Call::Ready | Call::OpenApi));
+        if caller == Caller::Open && !exempt && !self.hosts.allows(request.host) {
+            return Err(host_not_allowed(request.host));
+        }
+        routed
     }
 
     /// Submits one `SkuAt` query per SKU on the page, each a command of its own for the rate
@@ -518,4 +526,18 @@ fn http_refusal(refused: Refused) -> Response {
         }
         Refused::Backend(refusal) => refusal::http_response(&refusal, Stage::Submit),
     }
+}
+
+/// Longest piece of a refused `Host` quoted back.
+const HOST_QUOTED_MAX: usize = 64;
+
+/// 403 `host_not_allowed`, quoting the refused name (cut short).
+fn host_not_allowed(host: Option<&[u8]>) -> Response {
+    let host = host.unwrap_or_default();
+    let shown = String::from_utf8_lossy(&host[..host.len().min(HOST_QUOTED_MAX)]);
+    let message = format!(
+        "Host `{shown}` is not one this node answers without a token: use its IP address or \
+         `localhost`, or list the name in [server] allowed_hosts (serve --http-allowed-host)"
+    );
+    Response::error(403, "host_not_allowed", &message)
 }

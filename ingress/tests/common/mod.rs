@@ -120,7 +120,7 @@ impl Http {
         body: Option<&str>,
         token: Option<&str>,
     ) -> Vec<u8> {
-        let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        let mut text = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
         if let Some(token) = token {
             text.push_str(&format!("Authorization: Bearer {token}\r\n"));
         }
