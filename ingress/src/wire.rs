@@ -423,7 +423,8 @@ pub fn decode_request<'a>(frame: &Frame<'a>) -> Result<Request<'a>, WireError> {
         },
         Kind::Auth => {
             if frame.body.is_empty() || frame.body.len() > TOKEN_LEN_MAX {
-                return Err(WireError::BadText("admin token"));
+                // Any role's token: the server does not know whose it was meant to be.
+                return Err(WireError::BadText("AUTH token (1 to 256 bytes)"));
             }
             Ok(Request::Auth(frame.body))
         }

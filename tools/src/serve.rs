@@ -796,11 +796,23 @@ fn watch_signals(stopper: ringfence_ingress::Stopper) -> Result<(), String> {
 /// Shortest admin token `serve` accepts, in characters, not counting `=` padding.
 const ADMIN_TOKEN_CHARS_MIN: usize = 32;
 
-/// The admin token rule, for messages.
-const ADMIN_TOKEN_RULE: &str = "an admin token must be at least 32 characters of ASCII letters, \
+/// The token rule, for messages about the admin token.
+const ADMIN_TOKEN_RULE: &str = "a token must be at least 32 characters of ASCII letters, \
      digits and `-._~+/` (`=` padding at the end allowed, not counted). This is a length \
      check, not an entropy measurement: make the token from random bytes, e.g. \
      `head -c 32 /dev/urandom | base64 > admin.token`, then pass --admin-token-file admin.token";
+
+/// The token rule, for messages about `role`'s token: where to put a good one.
+fn role_token_rule(role: AccessRole) -> String {
+    let name = role.name();
+    format!(
+        "a token must be at least 32 characters of ASCII letters, digits and `-._~+/` (`=` \
+         padding at the end allowed, not counted). This is a length check, not an entropy \
+         measurement: make the token from random bytes, e.g. `head -c 32 /dev/urandom | base64 \
+         > {name}.token`, then name the file in [auth] {name}_token_file, or set {}",
+        role_token_env(role)
+    )
+}
 
 /// Whether `token` follows the admin token rule: at least [`ADMIN_TOKEN_CHARS_MIN`] characters
 /// of the RFC 6750 bearer-token alphabet (ASCII letters, digits, `-._~+/`), then optional `=`
@@ -898,8 +910,9 @@ fn role_tokens(auth: &AuthSection) -> Result<Vec<(AccessRole, String)>, String> 
         };
         if !admin_token_ok(&token) {
             return Err(format!(
-                "the {} token from {source} is too weak: {ADMIN_TOKEN_RULE}",
-                role.name()
+                "the {} token from {source} is too weak: {}",
+                role.name(),
+                role_token_rule(role)
             ));
         }
         log(format_args!("{} token from {source}", role.name()));

@@ -35,7 +35,8 @@ fn serve_command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
 }
 
 /// Runs a `serve` expected to refuse to start; killed if it has not exited within DEADLINE.
-fn refused(dir: &Path, args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
+/// Runs `serve` expecting a refusal whose log holds every needle; returns the error line.
+fn refused(dir: &Path, args: &[&str], env: &[(&str, &str)], needles: &[&str]) -> String {
     let child = serve_command(dir, args, env)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -59,6 +60,8 @@ fn refused(dir: &Path, args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
     for needle in needles {
         assert!(stderr.contains(needle), "no `{needle}` in: {stderr}");
     }
+    let error = stderr.lines().find(|line| line.contains("ringfence serve: error:"));
+    error.expect("checked above").to_owned()
 }
 
 const LOOPBACK: [&str; 4] = ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
@@ -82,14 +85,16 @@ fn weak_or_shared_role_tokens_are_refused_at_start() {
         dir.path(),
         &args,
         &[("RINGFENCE_ORDERS_TOKEN", "hunter2")],
-        &["orders token", "RINGFENCE_ORDERS_TOKEN", "too weak", rule],
+        &["orders token", "RINGFENCE_ORDERS_TOKEN", "too weak", rule, "orders_token_file"],
     );
     let weak = write(&dir.path().join("read.token"), "short\n");
     let config =
         write(&dir.path().join("weak.toml"), &format!("[auth]\nread_token_file = \"{weak}\"\n"));
     let mut with_config = args.clone();
     with_config.extend(["--config", &config]);
-    refused(dir.path(), &with_config, &[], &["read token", "read.token", "too weak", rule]);
+    let read_rule = ["read token", "read.token", "too weak", rule, "[auth] read_token_file"];
+    let said = refused(dir.path(), &with_config, &[], &read_rule);
+    assert!(!said.contains("admin"), "the read token's rule names the admin token: {said}");
 
     // The admin token reused as the orders token, through the config file.
     let config = write(
@@ -138,30 +143,35 @@ fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> Str
     response
 }
 
+/// A `serve` in `dir` with the admin token from `--admin-token-file` and `role`'s token from
+/// `[auth] <role>_token_file`, listening on `listen` (binary, HTTP), with `env` set. Returns
+/// it with the two token files.
+fn serve_with_role_token(
+    dir: &Path,
+    (role, token): (&str, &str),
+    [binary, http]: [&str; 2],
+    env: &[(&str, &str)],
+) -> (Logged, String, String) {
+    let admin = write(&dir.join("admin.token"), &format!("{ADMIN}\n"));
+    let role_file = write(&dir.join(format!("{role}.token")), &format!("{token}\n"));
+    let config = write(
+        &dir.join("ringfence.toml"),
+        &format!("[auth]\n{role}_token_file = \"{role_file}\"\n"),
+    );
+    let args =
+        ["--listen", binary, "--http", http, "--admin-token-file", &admin, "--config", &config];
+    (Logged::spawn(&mut serve_command(dir, &args, env)), admin, role_file)
+}
+
 #[test]
 fn role_tokens_from_config_and_environment_are_enforced_on_a_public_listener() {
     // Goal: with an orders token from [auth] and a read token from the environment, serve
     // listens on 0.0.0.0 without an acknowledgement and every call needs a token of the right
     // role: no token 401, the orders token may read but not snapshot (403), /health is open.
     let dir = TempDir::new("roles-enforced");
-    let admin = write(&dir.path().join("admin.token"), &format!("{ADMIN}\n"));
-    let orders = write(&dir.path().join("orders.token"), &format!("{ORDERS}\n"));
-    let config = write(
-        &dir.path().join("ringfence.toml"),
-        &format!("[auth]\norders_token_file = \"{orders}\"\n"),
-    );
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "0.0.0.0:0",
-        "--admin-token-file",
-        &admin,
-        "--config",
-        &config,
-    ];
-    let child =
-        Logged::spawn(&mut serve_command(dir.path(), &args, &[("RINGFENCE_READ_TOKEN", READ)]));
+    let listen = ["127.0.0.1:0", "0.0.0.0:0"];
+    let env = [("RINGFENCE_READ_TOKEN", READ)];
+    let (child, ..) = serve_with_role_token(dir.path(), ("orders", ORDERS), listen, &env);
     let (address, log) = child.wait_for(HTTP_LISTENING, DEADLINE);
     let addr: SocketAddr = address.parse().unwrap();
     assert!(log.iter().any(|line| line.contains("roles enforced")), "{log:?}");
@@ -183,14 +193,8 @@ fn the_client_uses_an_admin_token_it_was_given_by_name() {
     // --admin-token-file for admin commands even when a role token is given too, and for
     // every command when it is the only token; a role token alone is still held to its role.
     let dir = TempDir::new("roles-client");
-    let admin = write(&dir.path().join("admin.token"), &format!("{ADMIN}\n"));
-    let read = write(&dir.path().join("read.token"), &format!("{READ}\n"));
-    let config = write(
-        &dir.path().join("ringfence.toml"),
-        &format!("[auth]\nread_token_file = \"{read}\"\n"),
-    );
-    let args = [LOOPBACK.as_slice(), &["--admin-token-file", &admin, "--config", &config]].concat();
-    let child = Logged::spawn(&mut serve_command(dir.path(), &args, &[]));
+    let listen = ["127.0.0.1:0", "127.0.0.1:0"];
+    let (child, admin, read) = serve_with_role_token(dir.path(), ("read", READ), listen, &[]);
     let (binary, _) = child.wait_for("ringfence: binary protocol v1 listening on ", DEADLINE);
     let client = |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_ringfence"))

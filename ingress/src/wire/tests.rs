@@ -259,3 +259,21 @@ fn an_http_stream_is_named_as_http_in_either_direction() {
     assert!(message.contains("--listen") && message.contains("--http"), "{message}");
     assert_eq!(WireError::Http("GET").code(), ErrorCode::MalformedFrame);
 }
+
+#[test]
+fn an_auth_frame_of_the_wrong_length_is_refused_for_any_role() {
+    // Goal: an empty or oversized AUTH is refused naming the token and its bounds, not the
+    // admin token: the server cannot know which role's token it was meant to be.
+    for token in [Vec::new(), vec![b'a'; TOKEN_LEN_MAX + 1]] {
+        let mut out = Vec::new();
+        encode_auth(&mut out, 3, &token);
+        let (frame, _) = try_frame(&out).unwrap().unwrap();
+        let error = decode_request(&frame).unwrap_err();
+        let said = error.to_string();
+        assert!(said.contains("AUTH token (1 to 256 bytes)") && !said.contains("admin"), "{said}");
+    }
+    let mut out = Vec::new();
+    encode_auth(&mut out, 3, &[b'a'; TOKEN_LEN_MAX]);
+    let (frame, _) = try_frame(&out).unwrap().unwrap();
+    assert!(matches!(decode_request(&frame), Ok(Request::Auth(t)) if t.len() == TOKEN_LEN_MAX));
+}
