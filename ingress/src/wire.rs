@@ -256,6 +256,10 @@ pub enum ErrorCode {
     /// refused, reads are served. As the answer to a command: it was not made durable; retry
     /// with the same request key once the node is back. The message names the cause.
     JournalFailed = 19,
+    /// A command argument out of range; the message names the field, as the HTTP API's
+    /// `invalid_argument` does. The command was not submitted (nothing journaled, the request
+    /// key not taken). Not fatal.
+    InvalidArgument = 20,
     /// A code this client does not know.
     Unknown = 0xFFFF,
 }
@@ -280,6 +284,7 @@ impl ErrorCode {
             17 => ErrorCode::ReplicationUnavailable,
             18 => ErrorCode::Forbidden,
             19 => ErrorCode::JournalFailed,
+            20 => ErrorCode::InvalidArgument,
             _ => ErrorCode::Unknown,
         }
     }
@@ -303,6 +308,7 @@ impl ErrorCode {
             ErrorCode::ReplicationUnavailable => "replication_unavailable",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::JournalFailed => "journal_failed",
+            ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -423,3 +423,44 @@ fn a_refusal_reaches_the_client_though_it_sent_more_than_was_read() {
     }
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_binary_argument_out_of_range_is_refused_naming_the_field() {
+    // Goal: as on HTTP, a command the engine would refuse as `invalid_argument` is refused
+    // before it is journaled with `invalid_argument` (code 20) naming the field, and the
+    // connection goes on; a quantity of zero is still the engine's `invalid_qty` outcome.
+    use ringfence_core::{Action, CreateSku, Outcome, Rejection, RequestKey, Reserve, UserId};
+    use ringfence_ingress::ClientError;
+    let server = start(ServerConfig::loopback());
+    let mut client = Client::connect(&[server.binary_addr().unwrap()]).unwrap();
+    client.authenticate(TOKEN).unwrap();
+    let journaled = client.node().unwrap().last_sequence;
+    let key = RequestKey::from_u128;
+    let no_timeout = CreateSku {
+        sku: SkuId(4),
+        stock: 5,
+        price_cents: 100,
+        per_user_limit: 0,
+        payment_timeout_ms: 0,
+        sale_start: None,
+        sale_end: None,
+    };
+    let nobody = Reserve { user: UserId(0), sku: SkuId(4), qty: 1, coupon: None };
+    for (action, field) in [
+        (Action::CreateSku(no_timeout), "`payment_timeout_ms`"),
+        (Action::Reserve(nobody), "`user`"),
+    ] {
+        match client.call(Command::Client { key: key(7), action }) {
+            Err(ClientError::Refused(frame)) => {
+                assert_eq!((frame.code, frame.fatal), (ErrorCode::InvalidArgument, false));
+                assert!(frame.message.contains(field), "{}", frame.message);
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    assert_eq!(client.node().unwrap().last_sequence, journaled, "a refused command was journaled");
+    let zero = Reserve { qty: 0, ..nobody };
+    let outcome = client.call(Command::Client { key: key(8), action: Action::Reserve(zero) });
+    assert!(matches!(outcome, Ok(Outcome::Rejected(Rejection::InvalidQty))), "{outcome:?}");
+    server.shutdown().unwrap();
+}

@@ -17,7 +17,7 @@ use super::refusal::{self, Stage};
 use super::{Server, TURN_REQUESTS_MAX};
 use crate::admission::AddressLimit;
 use crate::backend::{Backend, Refusal};
-use crate::http::api::{Call, route_as};
+use crate::http::api::{Call, invalid_argument, route_as};
 use crate::http::listing::PageRequest;
 use crate::http::views::{NodeJson, PeerJson};
 use crate::http::{self, Framed, Limits, Response};
@@ -186,6 +186,12 @@ impl<B: Backend> Server<B> {
                 if self.binary_refused(conn, index, correlation, roles::command_need(&command)) => {
             }
             Decoded::Command(command) => {
+                if let Some(field) = out_of_range(&command) {
+                    // As on HTTP: refused before it is journaled, naming the field.
+                    let message = format!("`{field}` is out of range (see docs/protocol.md)");
+                    conn.send_error(correlation, ErrorCode::InvalidArgument, 0, message);
+                    return;
+                }
                 let reply = Reply::Binary { correlation };
                 if let Err(refused) = self.admit_and_submit(conn, index, command, reply, now) {
                     let (code, retry_after_ms, message) = match refused {
@@ -540,4 +546,12 @@ fn host_not_allowed(host: Option<&[u8]>) -> Response {
          `localhost`, or list the name in [server] allowed_hosts (serve --http-allowed-host)"
     );
     Response::error(403, "host_not_allowed", &message)
+}
+
+/// The field of a client command's argument the engine would refuse as `invalid_argument`.
+fn out_of_range(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Client { action, .. } => invalid_argument(action),
+        _ => None,
+    }
 }

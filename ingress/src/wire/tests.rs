@@ -122,7 +122,8 @@ fn error_frames_round_trip_and_cut_long_messages() {
 fn error_codes_keep_their_numbers_and_names() {
     // Goal: every code reads back from its number, names are unique, and the replication
     // codes keep the numbers clients were given (16 not_primary, 17 replication_unavailable),
-    // and so do the role refusal (18 forbidden) and the failed journal (19 journal_failed).
+    // and so do the role refusal (18 forbidden), the failed journal (19 journal_failed) and
+    // the argument out of range (20 invalid_argument).
     let codes = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
@@ -139,6 +140,7 @@ fn error_codes_keep_their_numbers_and_names() {
         ErrorCode::ReplicationUnavailable,
         ErrorCode::Forbidden,
         ErrorCode::JournalFailed,
+        ErrorCode::InvalidArgument,
     ];
     for code in codes {
         assert_eq!(ErrorCode::from_u16(code as u16), code);
@@ -149,7 +151,8 @@ fn error_codes_keep_their_numbers_and_names() {
     assert_eq!(ErrorCode::from_u16(17).name(), "replication_unavailable");
     assert_eq!(ErrorCode::from_u16(18).name(), "forbidden");
     assert_eq!(ErrorCode::from_u16(19).name(), "journal_failed");
-    assert_eq!(ErrorCode::from_u16(20), ErrorCode::Unknown);
+    assert_eq!(ErrorCode::from_u16(20).name(), "invalid_argument");
+    assert_eq!(ErrorCode::from_u16(21), ErrorCode::Unknown);
 }
 
 #[test]
