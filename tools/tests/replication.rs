@@ -513,6 +513,71 @@ fn each_run_of_a_primary_has_its_own_epoch_so_records_it_lost_are_never_mistaken
 }
 
 #[test]
+fn a_primary_that_answered_before_syncing_never_makes_its_standby_drop_what_it_lost() {
+    // Goal: the `none` durability pair survives the primary's power loss. With its standby in
+    // sync, the primary acknowledges reservations written but not synced; its machine loses
+    // power, played here by killing it and cutting its journal before the last three
+    // acknowledged records. Restarted as primary, it refuses its standby's join instead of
+    // telling it to drop them, and holds writes; the standby, promoted, gives every
+    // acknowledged reservation its original answer.
+    let root = temp_dir("unsynced");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let listen = format!("127.0.0.1:{}", common::etcd::free_port());
+    let args = [
+        "--cluster-secret-file",
+        &secret,
+        "--replication-listen",
+        &listen,
+        "--replication-timeout-ms",
+        "10000",
+        "--durability",
+        "none",
+    ];
+    let mut old = Serve::start_with(&dir_a, &args);
+    let follower = standby(&dir_b, &secret, old.replication.unwrap());
+    create_sale(&old);
+    wait_node(&old, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
+    let mut answers = BTreeMap::new();
+    for request in 0..6 {
+        let (status, body) =
+            try_call(old.http, "POST", "/v1/orders", &reservation(request).0).unwrap();
+        assert_eq!(status, 201, "{body}");
+        answers.insert(request, body);
+    }
+    let last = last_sequence(&old.call("GET", "/v1/node", "", false).1);
+    wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= last);
+    old.signal("-KILL");
+    let cut_at = (last - 2).to_string();
+    let args_cut = ["journal", "truncate", dir_a.to_str().unwrap(), "--at-seq", &cut_at];
+    let cut = ringfence_within(&args_cut, Duration::from_secs(60));
+    assert!(cut.status.success(), "{}", text(&cut.stderr));
+
+    let restarted = Serve::start_with(&dir_a, &args);
+    let line = restarted.wait_for_log("refused standby", Duration::from_secs(20));
+    let lost = format!("{}..={last}", last - 2);
+    assert!(line.contains(&lost) && line.contains("promote the standby"), "{line}");
+    let (status, body) =
+        try_call(restarted.http, "POST", "/v1/orders", &reservation(100).0).unwrap();
+    assert_eq!(status, 503, "the restarted primary took a write: {body}");
+    let (_, view) = follower.call("GET", "/v1/node", "", false);
+    assert!(last_sequence(&view) >= last, "the standby dropped records: {view}");
+    let told = view["replication"]["state"].as_str().unwrap_or_default();
+    assert!(!told.starts_with("diverged"), "the standby was told to drop its tail: {view}");
+    drop(restarted);
+
+    let (status, promoted) = follower.call("POST", "/v1/admin/promote", "", true);
+    assert_eq!(status, 200, "{promoted}");
+    for (request, before) in &answers {
+        let (status, answer) =
+            try_call(follower.http, "POST", "/v1/orders", &reservation(*request).0).unwrap();
+        assert_eq!((status, &answer), (201, before), "request {request} changed");
+    }
+    drop(follower);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn a_fresh_standby_of_a_primary_that_retired_its_first_records_starts_from_a_snapshot() {
     // Goal: the records a new standby lacks were retired after a snapshot; it fetches the
     // primary's snapshot, starts from it, streams the journal after it without gap or
