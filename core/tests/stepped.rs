@@ -358,18 +358,25 @@ fn a_write_hold_answers_unreplicated_writes_and_keeps_serving_reads() {
     assert!(session.poll().is_none(), "and wait for the standby again");
 }
 
-#[test]
-fn past_its_lease_deadline_a_primary_acknowledges_no_write() {
-    // Goal: a write the replicator marked safe is still not acknowledged once the lease
-    // deadline passed (as for a primary paused past its lease that resumes before its control
-    // thread runs): it is answered `Unreplicated`, the read behind it is answered, new writes
-    // are refused, and a renewed deadline lets writes be acknowledged again.
+/// A stepped primary acknowledging on its own journal, its hold, and a session through which
+/// the SKU was created.
+fn local_primary_with_a_sku() -> (Arc<ManualClock>, Arc<WriteHold>, Node, Session) {
     let clock = Arc::new(ManualClock::new(START));
     let hold = WriteHold::new();
     let (safe, held) = (Watermark::new(Sequence(0)), Arc::clone(&hold));
     let node = start_with_replicator(&clock, TestReplicator { safe, hold: held, local: true });
     let mut session = node.session().unwrap();
     assert!(matches!(call(&node, &mut session, create_sku()), Outcome::SkuCreated(_)));
+    (clock, hold, node, session)
+}
+
+#[test]
+fn past_its_lease_deadline_a_primary_acknowledges_no_write() {
+    // Goal: a write the replicator marked safe is still not acknowledged once the lease
+    // deadline passed (as for a primary paused past its lease that resumes before its control
+    // thread runs): it is answered `Unreplicated`, the read behind it is answered, new writes
+    // are refused, and a renewed deadline lets writes be acknowledged again.
+    let (clock, hold, node, mut session) = local_primary_with_a_sku();
     hold.set_lease_deadline(clock.now_ns() + 3_600 * 1_000_000_000);
     session.try_submit(reserve(), 1).unwrap();
     // The deadline passes on the node's clock with the write in the ring; reads are still
@@ -393,12 +400,7 @@ fn a_primary_whose_writes_are_held_journals_no_tick_of_its_own() {
     // its standby) journals nothing: the sequences after the primary's journal may be held by
     // the standby, from before a crash. Once the hold lifts, the first step ticks and the
     // order expires.
-    let clock = Arc::new(ManualClock::new(START));
-    let hold = WriteHold::new();
-    let (safe, held) = (Watermark::new(Sequence(0)), Arc::clone(&hold));
-    let node = start_with_replicator(&clock, TestReplicator { safe, hold: held, local: true });
-    let mut session = node.session().unwrap();
-    assert!(matches!(call(&node, &mut session, create_sku()), Outcome::SkuCreated(_)));
+    let (clock, hold, node, mut session) = local_primary_with_a_sku();
     let Outcome::Reserved { order, .. } = call(&node, &mut session, reserve()) else {
         panic!("the reservation was refused");
     };

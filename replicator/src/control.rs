@@ -801,6 +801,8 @@ impl Control {
 
 #[cfg(test)]
 mod tests {
+    use ringfence_journal::writer::Durability;
+
     use super::*;
     use crate::auth::{ClusterId, ClusterSecret};
 
@@ -910,23 +912,31 @@ mod tests {
         assert!(!control.epochs.catching_up(), "the new primary's journal is the reference");
     }
 
+    /// A new data directory over an in-memory fault-injecting disk.
+    fn fault_dir(
+        durability: ringfence_journal::writer::Durability,
+    ) -> (ringfence_journal::fault::FaultStorage, DataDir<ringfence_journal::fault::FaultStorage>)
+    {
+        let disk = ringfence_journal::fault::FaultStorage::new();
+        let options = ringfence_journal::writer::WriterOptions {
+            segment_len: ringfence_journal::format::SEGMENT_LEN_MIN,
+            durability,
+            engine_config: ringfence_core::EngineConfig::small(),
+        };
+        let recovered = ringfence_journal::recovery::recover_from(disk.clone(), options);
+        let dir = recovered.expect("a new directory").writer.data_dir().clone();
+        (disk, dir)
+    }
+
     #[test]
     fn a_node_that_cannot_store_its_epoch_stays_in_the_old_one() {
         // Goal: storing the epoch is the commit point of taking office. When the disk fails
         // any step (the new directory's catch-up marker, or the epoch file), the node has
         // promised nothing new, so it cannot depose its primary by an epoch it never led; it
         // takes office once the disk works again.
-        use ringfence_journal::fault::{Failure, FaultStorage};
-        use ringfence_journal::writer::{Durability, WriterOptions};
+        use ringfence_journal::fault::Failure;
         for (file, failure) in [("catch-up", Failure::Io), ("epoch", Failure::NoSpace)] {
-            let disk = FaultStorage::new();
-            let options = WriterOptions {
-                segment_len: ringfence_journal::format::SEGMENT_LEN_MIN,
-                durability: Durability::Batch,
-                engine_config: ringfence_core::EngineConfig::small(),
-            };
-            let recovered = ringfence_journal::recovery::recover_from(disk.clone(), options);
-            let dir = recovered.unwrap().writer.data_dir().clone();
+            let (disk, dir) = fault_dir(Durability::Batch);
             assert!(dir.catching_up(), "a new directory is catching up");
             let before = dir.epochs();
             let next = Epoch(before.current.0 + 1);
@@ -948,16 +958,7 @@ mod tests {
         // Goal: each run takes `current + 1` as both epochs, the data directory's markers
         // untouched (a primary whose standby was in sync still holds on the next run), and a
         // node that promised a newer primary's epoch never takes that epoch for itself.
-        use ringfence_journal::fault::FaultStorage;
-        use ringfence_journal::writer::{Durability, WriterOptions};
-        let disk = FaultStorage::new();
-        let options = WriterOptions {
-            segment_len: ringfence_journal::format::SEGMENT_LEN_MIN,
-            durability: Durability::Batch,
-            engine_config: ringfence_core::EngineConfig::small(),
-        };
-        let recovered = ringfence_journal::recovery::recover_from(disk.clone(), options);
-        let dir = recovered.unwrap().writer.data_dir().clone();
+        let (disk, dir) = fault_dir(Durability::Batch);
         take_office(&dir, Epoch(4)).unwrap();
         dir.set_standby_in_sync(true).unwrap();
         for run in 5..=6 {
@@ -976,16 +977,7 @@ mod tests {
         // Goal: a former primary whose standby was in sync is marked catching up before its
         // candidacy, durably, only when its journal answers before it syncs; so the pilot lets
         // the standby, which holds what a power loss may have taken, take over first.
-        use ringfence_journal::fault::FaultStorage;
-        use ringfence_journal::writer::{Durability, WriterOptions};
-        let disk = FaultStorage::new();
-        let options = WriterOptions {
-            segment_len: ringfence_journal::format::SEGMENT_LEN_MIN,
-            durability: Durability::None,
-            engine_config: ringfence_core::EngineConfig::small(),
-        };
-        let recovered = ringfence_journal::recovery::recover_from(disk.clone(), options);
-        let dir = recovered.unwrap().writer.data_dir().clone();
+        let (disk, dir) = fault_dir(Durability::None);
         take_office(&dir, Epoch(2)).unwrap();
         assert_eq!(before_candidacy(&dir, false), Ok(false), "no standby was in sync");
         dir.set_standby_in_sync(true).unwrap();
