@@ -281,15 +281,18 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u64;
     let mut applied = Applied::at(session_end(control));
+    // The primary's last refusal, shown in `/v1/node` while the follower retries.
+    let mut refused: Option<String> = None;
     while !stop.load(Ordering::Acquire) {
         // Where the journal will end once the node has taken what was submitted: records
         // still in its ring are journaled and applied before anything that follows them.
         let journaled = applied.submitted;
         let promised = control.epochs().promised;
-        control.set_follower("connecting", applied.answered, 0);
+        control.set_follower(refused.as_deref().unwrap_or("connecting"), applied.answered, 0);
         match join(control.config(), primary, journaled, promised) {
             Ok(Joined::Stream { epoch, from, socket, reader, session }) => {
                 failures = 0;
+                refused = None;
                 backoff = Duration::from_millis(50);
                 let link = Link { socket, reader, session };
                 let stream = stream(control, &mut follower, &mut applied, (epoch, from), link);
@@ -330,6 +333,12 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                 return;
             }
             Err(error) => {
+                refused = match &error {
+                    JoinError::Refused { text, .. } => {
+                        Some(format!("refused by the primary, retrying: {text}"))
+                    }
+                    _ => None,
+                };
                 failures += 1;
                 if failures <= 3 || failures % 100 == 0 {
                     log(format_args!("replication: cannot follow {primary}: {error}"));

@@ -564,6 +564,10 @@ fn a_primary_that_answered_before_syncing_never_makes_its_standby_drop_what_it_l
     assert!(last_sequence(&view) >= last, "the standby dropped records: {view}");
     let told = view["replication"]["state"].as_str().unwrap_or_default();
     assert!(!told.starts_with("diverged"), "the standby was told to drop its tail: {view}");
+    // The standby's `/v1/node` says why it does not follow, and what to do.
+    wait_node(&follower, Duration::from_secs(10), |v| {
+        v["replication"]["state"].as_str().is_some_and(|s| s.contains("promote the standby"))
+    });
     drop(restarted);
 
     let (status, promoted) = follower.call("POST", "/v1/admin/promote", "", true);
