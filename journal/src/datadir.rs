@@ -31,6 +31,12 @@ use crate::storage::{Retired, Storage, is_temp_name, write_atomically};
 /// it may not any more.
 pub const CATCH_UP_FILE: &str = "catch-up";
 
+/// The machine boot in which a node last stood for the leader key from this directory (Linux's
+/// `boot_id`). A node whose journal answers before it syncs tells from it whether the page
+/// cache, and with it records it may have acknowledged, could have been lost since: a kill
+/// keeps what was written, a power loss or a reboot does not.
+pub const BOOT_FILE: &str = "boot";
+
 /// Present while a standby has been in sync with this node as primary (every answer waited
 /// for it): a primary that restarts holds writes until that standby is back in sync, since
 /// the standby may have been promoted meanwhile. Removed when the primary goes on alone with
@@ -514,6 +520,20 @@ impl<S: Storage> DataDir<S> {
     #[must_use]
     pub fn catching_up(&self) -> bool {
         self.state().catching_up
+    }
+
+    /// Records that the node runs in machine boot `boot` ([`BOOT_FILE`]); returns whether the
+    /// directory was last used in another boot, or never recorded one.
+    pub fn note_boot(&self, boot: &str) -> Result<bool, JournalError> {
+        assert!(!boot.is_empty(), "an empty boot id tells no boot from another");
+        let before = self.storage.read_file(BOOT_FILE).ok();
+        let changed = before.as_deref() != Some(boot.as_bytes());
+        if changed {
+            write_atomically(&self.storage, BOOT_FILE, boot.as_bytes())?;
+        }
+        let now = self.storage.read_file(BOOT_FILE).ok();
+        assert_eq!(now.as_deref(), Some(boot.as_bytes()), "the boot was not recorded");
+        Ok(changed)
     }
 
     /// The directory may lack records it acknowledged though nothing was cut (a journal that

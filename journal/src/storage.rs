@@ -40,6 +40,12 @@ pub trait Segment: Send + 'static {
     fn bytes_mut(&mut self) -> &mut [u8];
     /// Makes `range` durable: after it returns, a power loss keeps those bytes.
     fn sync(&mut self, range: Range<usize>) -> io::Result<()>;
+    /// Makes the bytes of `range` visible to every other handle of the file, as a shared
+    /// mapping does at once through the page cache. Makes nothing durable. By default it does
+    /// nothing: a mapped segment's bytes are visible as soon as they are written.
+    fn publish(&mut self, range: Range<usize>) {
+        assert!(range.start <= range.end, "a backwards publish range");
+    }
     /// Starts writing `range` back to disk without waiting for it, so that a later
     /// [`Segment::sync`] of it has little left to do. Makes nothing durable. By default it
     /// does nothing: a storage without a page cache has nothing to start.

@@ -396,6 +396,7 @@ impl<S: Storage> JournalWriter<S> {
                 }
             }
         }
+        self.publish_unsynced();
         // Under `batch`, nothing is released that is not on disk.
         let batch = self.options.durability == Durability::Batch;
         assert!(!batch || self.synced == self.last_appended(), "a batch released unsynced");
@@ -621,6 +622,17 @@ impl<S: Storage> JournalWriter<S> {
     /// [`WRITEBACK_EVERY`] bytes. Makes nothing durable, and a failure to start it fails
     /// nothing: it is a hint (a file system may not take it), and a disk that cannot write
     /// fails the sync that follows, which reports it.
+    /// Shows the records appended and not synced to the file's other readers (a tail
+    /// streaming to a standby), as the page cache does: released answers under `none` and
+    /// `interval` do not wait for a sync, and neither does their replication.
+    fn publish_unsynced(&mut self) {
+        let Some(open) = self.current.as_mut() else { return };
+        assert!(open.synced_to <= open.write_at, "synced past the write position");
+        if open.synced_to < open.write_at {
+            open.segment.publish(open.synced_to..open.write_at);
+        }
+    }
+
     fn start_writeback(&mut self) {
         let Some(open) = self.current.as_mut() else { return };
         let from = open.written_back_to.max(open.synced_to);

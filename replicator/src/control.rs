@@ -127,12 +127,18 @@ pub fn start_primary_run(store: &dyn EpochStore) -> Result<Epoch, String> {
 }
 
 /// Before a node stands as a candidate for the leader key: a former primary whose standby was
-/// in sync, with a journal that answers before it syncs (`answers_after_sync` false), may have
-/// lost records it acknowledged in a power loss, records that standby holds. Its directory is
-/// marked catching up, so it takes the key on the strength of the in-sync record only after
-/// it has caught up with a primary; the standby takes over instead. Returns whether it marked.
-pub fn before_candidacy(store: &dyn EpochStore, answers_after_sync: bool) -> Result<bool, String> {
-    if answers_after_sync || !store.standby_in_sync() || store.catching_up() {
+/// in sync, with a journal that answers before it syncs (`answers_after_sync` false), on a
+/// machine that restarted since it last ran (`rebooted`: the page cache is gone), may have lost
+/// records it acknowledged, records that standby holds. Its directory is marked catching up,
+/// so it takes the key on the strength of the in-sync record only after it has caught up with
+/// a primary; the standby takes over instead. A kill loses nothing written, so a node that
+/// was only killed stands as before. Returns whether it marked.
+pub fn before_candidacy(
+    store: &dyn EpochStore,
+    answers_after_sync: bool,
+    rebooted: bool,
+) -> Result<bool, String> {
+    if answers_after_sync || !rebooted || !store.standby_in_sync() || store.catching_up() {
         return Ok(false);
     }
     store.mark_catching_up()?;
@@ -975,18 +981,26 @@ mod tests {
     #[test]
     fn a_primary_that_answered_before_syncing_stands_for_the_key_only_once_caught_up() {
         // Goal: a former primary whose standby was in sync is marked catching up before its
-        // candidacy, durably, only when its journal answers before it syncs; so the pilot lets
-        // the standby, which holds what a power loss may have taken, take over first.
+        // candidacy, durably, only when its journal answers before it syncs and its machine
+        // rebooted since it last ran; so the pilot lets the standby, which holds what a power
+        // loss may have taken, take over first. A kill keeps it eligible.
         let (disk, dir) = fault_dir(Durability::None);
         take_office(&dir, Epoch(2)).unwrap();
-        assert_eq!(before_candidacy(&dir, false), Ok(false), "no standby was in sync");
+        assert_eq!(before_candidacy(&dir, false, true), Ok(false), "no standby was in sync");
         dir.set_standby_in_sync(true).unwrap();
-        assert_eq!(before_candidacy(&dir, true), Ok(false), "batch: nothing acknowledged lost");
+        let batch = before_candidacy(&dir, true, true);
+        assert_eq!(batch, Ok(false), "batch: nothing acknowledged lost");
+        assert_eq!(before_candidacy(&dir, false, false), Ok(false), "killed: nothing lost");
         assert!(!dir.catching_up());
-        assert_eq!(before_candidacy(&dir, false), Ok(true));
+        assert_eq!(before_candidacy(&dir, false, true), Ok(true));
         assert!(dir.catching_up());
         assert!(disk.process_crash().read_file(ringfence_journal::datadir::CATCH_UP_FILE).is_ok());
-        assert_eq!(before_candidacy(&dir, false), Ok(false), "marked once");
+        assert_eq!(before_candidacy(&dir, false, true), Ok(false), "marked once");
+        // The boot the directory was last used in: a restart in the same boot is no reboot.
+        assert!(dir.note_boot("boot-1").unwrap(), "never recorded");
+        assert!(!dir.note_boot("boot-1").unwrap(), "the same boot");
+        assert_eq!(disk.power_loss(None).read_file("boot").unwrap().as_slice(), b"boot-1");
+        assert!(dir.note_boot("boot-2").unwrap(), "another boot");
     }
 
     #[test]

@@ -624,19 +624,35 @@ fn coordinate(
     let last = Sequence(recovered.next_sequence.0 - 1);
     let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
     let dir = recovered.writer.data_dir();
-    if before_candidacy(dir, replication.config.answers_after_sync)
+    // Only a journal that answers before it syncs needs the boot; without the kernel's boot
+    // id every start counts as one after a reboot.
+    let answers_after_sync = replication.config.answers_after_sync;
+    let rebooted = match machine_boot().filter(|_| !answers_after_sync) {
+        Some(boot) => {
+            dir.note_boot(&boot).map_err(|e| format!("recording the machine's boot: {e}"))?
+        }
+        None => true,
+    };
+    if before_candidacy(dir, answers_after_sync, rebooted)
         .map_err(|e| format!("marking the data directory as catching up: {e}"))?
     {
         log(format_args!(
-            "a standby was in sync with this node as primary, and its journal answers before it \
-             syncs (durability {}): it may have lost acknowledged records that standby holds, \
-             so it takes over only after catching up with a primary",
+            "a standby was in sync with this node as primary, its journal answers before it \
+             syncs (durability {}) and the machine restarted since it last ran: it may have \
+             lost acknowledged records that standby holds, so it takes over only after \
+             catching up with a primary",
             options.durability
         ));
     }
     let catching_up = dir.catching_up();
     drop(recovered);
     replication::coordinate(config, replication, http, (last, floor, catching_up)).map(Some)
+}
+
+/// The kernel's id of this boot of the machine, if it can be read.
+fn machine_boot() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
 }
 
 /// Counters and gauges (a name ending in `_total` is a counter) in Prometheus text.

@@ -135,6 +135,8 @@ pub struct ClusterSettings {
     pub coordinated: bool,
     /// Snapshots and retention on every node (`[snapshots]`), or none.
     pub snapshots: Option<SnapshotPolicy>,
+    /// Both nodes' journal durability.
+    pub durability: Durability,
 }
 
 /// A deliberately broken variant of the pair that the checkers must catch; only the tests
@@ -303,6 +305,8 @@ pub struct TickReport {
 pub struct Machine {
     pub index: usize,
     pub name: String,
+    /// Power losses so far: the machine's boot, as the kernel's boot id tells it.
+    boots: u64,
     pub disk: FaultStorage,
     pub clock: Arc<ManualClock>,
     pub process: Process,
@@ -335,6 +339,7 @@ impl Machine {
         Machine {
             index,
             name: ["a", "b"][index].to_owned(),
+            boots: 0,
             disk: FaultStorage::new(),
             clock,
             process: Process::Down(Down { restart_ms: 0 }),
@@ -450,6 +455,7 @@ impl Machine {
         }
         net.reset_node(self.index);
         self.disk = if power_loss {
+            self.boots += 1;
             disk.power_loss(Some(self.prng.next_u64()))
         } else {
             disk.process_crash()
@@ -498,7 +504,7 @@ impl Machine {
     pub(super) fn options(settings: &ClusterSettings) -> WriterOptions {
         WriterOptions {
             segment_len: SEGMENT_LEN_MIN,
-            durability: Durability::Batch,
+            durability: settings.durability,
             engine_config: settings.engine.clone(),
         }
     }
@@ -668,6 +674,25 @@ impl Machine {
         let recovered = candidate.recovered.as_ref().expect("recovered until decided");
         let last = Sequence(recovered.next_sequence.0 - 1);
         let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
+        // As `serve` does before it stands for the key.
+        let answers_after_sync = settings.durability == Durability::Batch;
+        let dir = recovered.writer.data_dir();
+        // Only a journal that answers before it syncs needs the boot (and its file's syncs).
+        let marked = if answers_after_sync {
+            Ok(false)
+        } else {
+            let boot = format!("boot {}", self.boots);
+            let rebooted = dir.note_boot(&boot).map_err(|e| e.to_string());
+            rebooted.and_then(|rebooted| control::before_candidacy(dir, false, rebooted))
+        };
+        match marked {
+            Ok(true) => trace.event(now_ms, &format!("{}: catching up (lost power)", self.name)),
+            Ok(false) => {}
+            Err(error) => {
+                trace.event(now_ms, &format!("{}: marking catching up: {error}", self.name));
+                return;
+            }
+        }
         let catching_up = recovered.writer.data_dir().catching_up();
         let facts = driver::candidate_facts(last, floor, settings.mode, catching_up);
         let decided = match startup.decide_round(&me, &facts, &mut candidate.said) {
@@ -824,6 +849,7 @@ impl Machine {
             std::path::PathBuf::from(format!("/sim/{}", self.name)),
         );
         replication.mode = settings.mode;
+        replication.answers_after_sync = settings.durability == Durability::Batch;
         replication.timeout_ms = 400;
         replication.heartbeat_ms = 100;
         let journal_end =

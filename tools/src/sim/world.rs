@@ -11,6 +11,7 @@ use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{Action, Command, EngineConfig, RequestKey, Reserve, Timestamp, UserId};
 use ringfence_journal::fault::Failure;
 use ringfence_journal::snapshot::SnapshotPolicy;
+use ringfence_journal::writer::Durability;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::coordination::pilot::Timing;
 use ringfence_replicator::coordination::store::MemoryCoordinator;
@@ -41,6 +42,8 @@ pub struct RunLength {
     /// Clean stops (SIGTERM) of a running node, and the operator's `journal rebuild` tried
     /// before a truncation. Off only to replay a seed found before they were simulated.
     pub clean_stops: bool,
+    /// Both nodes journal with durability `none`, and a run has at most one power loss.
+    pub unsynced: bool,
 }
 
 impl Default for RunLength {
@@ -52,6 +55,7 @@ impl Default for RunLength {
             sync_point_crashes: true,
             snapshots: true,
             clean_stops: true,
+            unsynced: false,
         }
     }
 }
@@ -164,6 +168,8 @@ pub struct World {
     operator_primary: usize,
     primary_gone_since: Option<u64>,
     operator_next_try_ms: u64,
+    /// Under `none` durability: the run's one power loss was drawn.
+    power_lost: bool,
 }
 
 /// How often each fault strikes, per simulated ms (parts per million), drawn per seed so that
@@ -257,6 +263,7 @@ impl World {
             mutation: Mutation::None,
             coordinated: prng.chance(3, 4),
             snapshots,
+            durability: if length.unsynced { Durability::None } else { Durability::Batch },
         };
         let stormy = prng.chance(1, 3);
         let net_faults = NetFaults {
@@ -308,6 +315,7 @@ impl World {
             operator_primary: 0,
             primary_gone_since: None,
             operator_next_try_ms: 0,
+            power_lost: false,
         }
     }
 
@@ -441,12 +449,19 @@ impl World {
     }
 
     /// The operator of a pair without a witness, by the runbook: once the primary has been
-    /// unreachable for a while, promote its standby (`ringfence promote`); an old primary
-    /// that comes back is restarted as the new primary's standby.
+    /// unreachable for a while, or has refused its standby for records it may have lost,
+    /// promote its standby (`ringfence promote`); an old primary that comes back, or still
+    /// runs, is restarted as the new primary's standby.
     fn operate(&mut self) {
         let now = self.now_ms;
         let primary = self.operator_primary;
-        let gone = self.machines[primary].paused || self.machines[primary].running().is_none();
+        // The runbook: a primary that refuses its standby because it may have lost records it
+        // acknowledged (its standby's `/v1/node` says to promote it) is as good as gone.
+        let refused = self.machines[primary ^ 1]
+            .running()
+            .is_some_and(|r| r.control.figures().state.contains("promote the standby"));
+        let gone =
+            self.machines[primary].paused || self.machines[primary].running().is_none() || refused;
         self.primary_gone_since = if gone { self.primary_gone_since.or(Some(now)) } else { None };
         let standby = &mut self.machines[primary ^ 1];
         let ready = !standby.paused && standby.running().is_some_and(|r| !r.control.is_primary());
@@ -671,7 +686,8 @@ impl World {
         if self.settings.snapshots.is_some() && self.extra.chance(rates.halt_ppm, 1_000_000) {
             // A snapshot and the retention after it sync up to six times.
             let (target, after) = (self.extra.below(2) as usize, self.extra.range_inclusive(1, 6));
-            let power_loss = self.extra.chance(1, 2);
+            let drawn = self.extra.chance(1, 2);
+            let power_loss = self.power_loss_allowed(drawn);
             let machine = &mut self.machines[target];
             machine.halt_at_next_snapshot = Some((after, power_loss));
             let kind = if power_loss { "power loss" } else { "kill -9" };
@@ -706,9 +722,13 @@ impl World {
 
     /// Arms a crash of machine `target` at its `after`-th sync point from now.
     fn halt_fault(&mut self, target: usize, after: u64) {
-        let power_loss = self.extra.chance(1, 2);
+        let drawn = self.extra.chance(1, 2);
+        if self.machines[target].paused {
+            return;
+        }
+        let power_loss = self.power_loss_allowed(drawn);
         let machine = &mut self.machines[target];
-        if machine.paused || !machine.arm_halt(after, power_loss) {
+        if !machine.arm_halt(after, power_loss) {
             return;
         }
         let kind = if power_loss { "power loss" } else { "kill -9" };
@@ -834,16 +854,28 @@ impl World {
         }
     }
 
+    /// Whether a power loss drawn as `drawn` strikes: under `batch` always; under `none` only
+    /// the run's first (the memory of one machine is all that holds what it acknowledged until
+    /// the other has it, so two power losses are beyond what the pair survives).
+    fn power_loss_allowed(&mut self, drawn: bool) -> bool {
+        if !drawn || !self.length.unsynced {
+            return drawn;
+        }
+        !std::mem::replace(&mut self.power_lost, true)
+    }
+
     /// Kills machine `target` if its process is up (a kill -9 or a power loss, drawn from the
     /// seed), to restart a little later; whether it did.
     fn crash(&mut self, target: usize, when: &str) -> bool {
         let now = self.now_ms;
-        let power_loss = self.prng.chance(1, 2);
+        let drawn = self.prng.chance(1, 2);
         let restart = now + self.prng.range_inclusive(50, 2_500);
         let machine = &mut self.machines[target];
         if matches!(machine.process, Process::Down(_)) {
             return false;
         }
+        let power_loss = self.power_loss_allowed(drawn);
+        let machine = &mut self.machines[target];
         let kind = if power_loss { "power loss" } else { "kill -9" };
         let name = &machine.name;
         self.trace.event(now, &format!("FAULT {name}: {kind} {when}, back at {restart}"));
