@@ -22,7 +22,8 @@
 //! Bytes written through a segment handle that is still open are seen by a capture only once
 //! synced (a capture is a power-loss image; open segments' unsynced bytes count as not yet
 //! written back), and by other handles and a process crash once published
-//! ([`Segment::publish`], the page cache a shared mapping writes through). [`FaultStorage::fail_matching`] makes writes to chosen files fail (a full
+//! ([`Segment::publish`], the page cache a shared mapping writes through).
+//! [`FaultStorage::fail_matching`] makes writes to chosen files fail (a full
 //! disk or an I/O error), and [`FaultStorage::halt_after_sync_points`] stops the machine just
 //! after a chosen sync point: a crash at any sync point of a live run, not only of a scripted
 //! one.

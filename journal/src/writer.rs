@@ -618,10 +618,6 @@ impl<S: Storage> JournalWriter<S> {
         assert!(open.prefaulted_to > open.write_at, "prefaulted behind the write position");
     }
 
-    /// Starts writeback of what was written since it was last started, once that is at least
-    /// [`WRITEBACK_EVERY`] bytes. Makes nothing durable, and a failure to start it fails
-    /// nothing: it is a hint (a file system may not take it), and a disk that cannot write
-    /// fails the sync that follows, which reports it.
     /// Shows the records appended and not synced to the file's other readers (a tail
     /// streaming to a standby), as the page cache does: released answers under `none` and
     /// `interval` do not wait for a sync, and neither does their replication.
@@ -633,6 +629,10 @@ impl<S: Storage> JournalWriter<S> {
         }
     }
 
+    /// Starts writeback of what was written since it was last started, once that is at least
+    /// [`WRITEBACK_EVERY`] bytes. Makes nothing durable, and a failure to start it fails
+    /// nothing: it is a hint (a file system may not take it), and a disk that cannot write
+    /// fails the sync that follows, which reports it.
     fn start_writeback(&mut self) {
         let Some(open) = self.current.as_mut() else { return };
         let from = open.written_back_to.max(open.synced_to);
