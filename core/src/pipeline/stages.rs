@@ -724,8 +724,9 @@ pub(crate) fn run_stage<P: RingPoller, W: Work>(
 }
 
 /// Publishes a `Tick` if the clock has reached the engine's earliest payment deadline, no
-/// tick is in flight and writes are not held. An idle node with nothing due publishes nothing, so its journal does not
-/// grow. A tick that finds the ring full is skipped (and counted): the next check retries.
+/// tick is in flight and writes are not held. An idle node with nothing due publishes
+/// nothing, so its journal does not grow. A tick that finds the ring full is skipped (and
+/// counted): the next check retries.
 pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) {
     // Pending first: once the BLP cleared it, the due time it stored before is visible.
     if shared.tick_pending.load(Ordering::Acquire) || shared.is_closed() {
