@@ -126,6 +126,9 @@ struct OpenSegment<T> {
     synced_to: usize,
     /// Writeback has been started for everything before this offset (at least `synced_to`).
     written_back_to: usize,
+    /// Everything before this offset is shown to the file's other readers
+    /// ([`Segment::publish`]; at least `synced_to` counts too).
+    published_to: usize,
     /// Pages before this offset have been faulted in, writable, ahead of the records.
     prefaulted_to: usize,
 }
@@ -247,6 +250,7 @@ impl<S: Storage> JournalWriter<S> {
             write_at,
             synced_to: write_at,
             written_back_to: write_at,
+            published_to: write_at,
             prefaulted_to: write_at,
         };
         dir.note_durable(last);
@@ -524,6 +528,7 @@ impl<S: Storage> JournalWriter<S> {
             write_at: SEGMENT_HEADER_LEN,
             synced_to: SEGMENT_HEADER_LEN,
             written_back_to: SEGMENT_HEADER_LEN,
+            published_to: SEGMENT_HEADER_LEN,
             // The helper faulted in a spare's first pages.
             prefaulted_to: if from_spare { self.spare_prefault() } else { SEGMENT_HEADER_LEN },
         });
@@ -623,9 +628,11 @@ impl<S: Storage> JournalWriter<S> {
     /// `interval` do not wait for a sync, and neither does their replication.
     fn publish_unsynced(&mut self) {
         let Some(open) = self.current.as_mut() else { return };
-        assert!(open.synced_to <= open.write_at, "synced past the write position");
-        if open.synced_to < open.write_at {
-            open.segment.publish(open.synced_to..open.write_at);
+        let from = open.published_to.max(open.synced_to);
+        assert!(from <= open.write_at, "published past the write position");
+        if from < open.write_at {
+            open.segment.publish(from..open.write_at);
+            open.published_to = open.write_at;
         }
     }
 

@@ -627,12 +627,13 @@ fn coordinate(
     // Only a journal that answers before it syncs needs the boot; without the kernel's boot
     // id every start counts as one after a reboot.
     let answers_after_sync = replication.config.answers_after_sync;
-    let rebooted = match machine_boot().filter(|_| !answers_after_sync) {
-        Some(boot) => {
-            dir.note_boot(&boot).map_err(|e| format!("recording the machine's boot: {e}"))?
-        }
-        None => true,
-    };
+    let rebooted = !answers_after_sync
+        && match machine_boot() {
+            Some(boot) => {
+                dir.note_boot(&boot).map_err(|e| format!("recording the machine's boot: {e}"))?
+            }
+            None => true,
+        };
     if before_candidacy(dir, answers_after_sync, rebooted)
         .map_err(|e| format!("marking the data directory as catching up: {e}"))?
     {

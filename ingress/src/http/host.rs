@@ -60,7 +60,7 @@ impl AllowedHosts {
             return address.parse::<Ipv6Addr>().is_ok() && port_or_nothing(rest);
         }
         let name = match host.rsplit_once(':') {
-            Some((name, port)) if port_or_nothing(&format!(":{port}")) => name,
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
             Some(_) => return false,
             None => host,
         };

@@ -581,6 +581,13 @@ impl Machine {
                     now_ms,
                     &format!("{}: recovered through {last} (torn tail: {torn})", self.name),
                 );
+                if settings.coordinated
+                    && !self.before_candidacy(&recovered, settings, now_ms, trace)
+                {
+                    // As `serve` exits on the error: its supervisor starts it again.
+                    self.process = Process::Down(Down { restart_ms: now_ms + 1_000 });
+                    return;
+                }
                 let candidate =
                     Candidate { recovered: Some(recovered), startup: None, said: String::new() };
                 self.process = Process::Candidate(Box::new(candidate));
@@ -588,6 +595,36 @@ impl Machine {
             Err(error) => {
                 trace.event(now_ms, &format!("{}: RECOVERY REFUSED: {error}", self.name));
                 self.process = Process::Down(Down { restart_ms: u64::MAX });
+            }
+        }
+    }
+
+    /// As `serve` does once before a node stands for the key: a former primary that answered
+    /// before syncing and lost its page cache (this machine's power losses are its boots) is
+    /// marked catching up. Whether the node may go on (a failure to mark ends this start).
+    fn before_candidacy(
+        &self,
+        recovered: &Recovered<FaultStorage>,
+        settings: &ClusterSettings,
+        now_ms: u64,
+        trace: &mut Trace,
+    ) -> bool {
+        if settings.durability == Durability::Batch {
+            // Only a journal that answers before it syncs needs the boot (and its file's syncs).
+            return true;
+        }
+        let dir = recovered.writer.data_dir();
+        let rebooted = dir.note_boot(&format!("boot {}", self.boots)).map_err(|e| e.to_string());
+        match rebooted.and_then(|rebooted| control::before_candidacy(dir, false, rebooted)) {
+            Ok(marked) => {
+                if marked {
+                    trace.event(now_ms, &format!("{}: catching up (lost power)", self.name));
+                }
+                true
+            }
+            Err(error) => {
+                trace.event(now_ms, &format!("{}: marking catching up: {error}", self.name));
+                false
             }
         }
     }
@@ -674,25 +711,6 @@ impl Machine {
         let recovered = candidate.recovered.as_ref().expect("recovered until decided");
         let last = Sequence(recovered.next_sequence.0 - 1);
         let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
-        // As `serve` does before it stands for the key.
-        let answers_after_sync = settings.durability == Durability::Batch;
-        let dir = recovered.writer.data_dir();
-        // Only a journal that answers before it syncs needs the boot (and its file's syncs).
-        let marked = if answers_after_sync {
-            Ok(false)
-        } else {
-            let boot = format!("boot {}", self.boots);
-            let rebooted = dir.note_boot(&boot).map_err(|e| e.to_string());
-            rebooted.and_then(|rebooted| control::before_candidacy(dir, false, rebooted))
-        };
-        match marked {
-            Ok(true) => trace.event(now_ms, &format!("{}: catching up (lost power)", self.name)),
-            Ok(false) => {}
-            Err(error) => {
-                trace.event(now_ms, &format!("{}: marking catching up: {error}", self.name));
-                return;
-            }
-        }
         let catching_up = recovered.writer.data_dir().catching_up();
         let facts = driver::candidate_facts(last, floor, settings.mode, catching_up);
         let decided = match startup.decide_round(&me, &facts, &mut candidate.said) {
