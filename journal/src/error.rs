@@ -17,6 +17,15 @@ pub enum Damage {
     Checksum,
     /// The record's length field is zero, too large, or runs past the end of the segment.
     Length,
+    /// The record fails its checks, and flipping one bit back makes it intact: damage at rest
+    /// (a write cut off by a crash leaves bytes zero; it does not flip bits), so never read as
+    /// a torn tail, even at the very end of the journal after a crash.
+    BitFlip {
+        /// Byte offset of the flipped bit in the segment file.
+        offset: u64,
+        /// The flipped bit, as a mask of that byte.
+        mask: u8,
+    },
     /// An intact record carries the wrong sequence: records are missing or repeated.
     Gap {
         /// The sequence found.
@@ -45,6 +54,12 @@ impl std::fmt::Display for Damage {
         match self {
             Damage::Checksum => write!(f, "the record's CRC32C does not match its bytes"),
             Damage::Length => write!(f, "the record's length field is out of range"),
+            Damage::BitFlip { offset, mask } => write!(
+                f,
+                "one bit (mask {mask:#04x} of the byte at offset {offset}) is flipped: with it \
+                 flipped back the record is intact, so the disk changed it at rest (a write cut \
+                 off by a crash leaves bytes zero; it does not flip bits)"
+            ),
             Damage::Gap { found } => write!(f, "an intact record carries sequence {found}"),
             Damage::EpochWentBack => {
                 write!(f, "the record's epoch is lower than its predecessor's")
@@ -76,7 +91,8 @@ pub enum JournalError {
         /// The underlying error.
         source: io::Error,
     },
-    /// Damage before the end of the journal: records after it exist, so it is not a torn write.
+    /// Damage that is not a torn write: records after it exist, or one flipped bit (at rest)
+    /// explains it.
     #[error(
         "journal corrupt: {file} at byte offset {offset} (sequence {sequence}): {damage}. \
          The journal is not replayed past a damaged record. Restore the segment from the \

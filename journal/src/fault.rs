@@ -14,7 +14,7 @@
 //!   process loses nothing it handed to the kernel). [`FaultStorage::power_loss`] continues
 //!   from the durable ones, optionally with a *torn* write-back: a pseudo-random prefix of
 //!   the queued entry changes applied (in order, a rename whole), and per file a prefix of the
-//!   unsynced bytes.
+//!   unsynced bytes, cut at a [`WRITE_BACK_UNIT`] boundary.
 //!
 //! Every sync is a *sync point*, counted; after [`FaultStorage::capture_sync_points`] each one
 //! also records a frozen copy of the disk, so a test can take the power loss at every sync
@@ -38,6 +38,12 @@ use ringfence_core::prng::Prng;
 use crate::storage::{Retired, Segment, Storage};
 
 type Image = Vec<u8>;
+
+/// The finest unit a torn write-back leaves whole: a cut falls on a multiple of it. Disks
+/// write whole sectors (512 bytes or more); 16 bytes is finer than any, and what the journal's
+/// reading of a torn tail relies on (a cut-off write leaves aligned 16-byte units zero; it
+/// never flips a bit inside one).
+pub const WRITE_BACK_UNIT: usize = 16;
 
 #[derive(Clone)]
 struct Inode {
@@ -398,6 +404,7 @@ fn torn(live: &Arc<Image>, durable: &Arc<Image>, prng: &mut Prng) -> Arc<Image> 
             return Arc::clone(durable);
         }
         let cut = prng.range_inclusive(0, live.len() as u64) as usize;
+        let cut = if cut == live.len() { cut } else { cut / WRITE_BACK_UNIT * WRITE_BACK_UNIT };
         assert!(cut <= live.len(), "torn past the live content");
         let mut content = Image::new();
         content.extend_from_slice(&live[..cut]);
@@ -408,6 +415,9 @@ fn torn(live: &Arc<Image>, durable: &Arc<Image>, prng: &mut Prng) -> Arc<Image> 
     };
     let last = (0..live.len()).rev().find(|&i| live[i] != durable[i]).expect("differs");
     let cut = first + prng.range_inclusive(0, (last + 1 - first) as u64) as usize;
+    // Whole units: a cut inside one moves back to its start (the bytes before `first` are the
+    // same in both contents, so a unit written from `first` on is written whole).
+    let cut = if cut > last { cut } else { (cut / WRITE_BACK_UNIT * WRITE_BACK_UNIT).max(first) };
     // A prefix of the differing range, possibly all of it, possibly none.
     assert!(cut <= last + 1, "torn past the last differing byte");
     let mut content = Image::clone(durable);
@@ -708,18 +718,25 @@ mod tests {
     fn unsynced_contents_are_lost_or_torn_and_a_crash_keeps_everything() {
         // Goal: a file written but not synced comes back empty after a power loss (its entry
         // was synced), as a prefix under torn write-back, and whole after a process crash.
+        // A cut falls on a whole write-back unit, or at the end.
+        let content: Vec<u8> = (0..100).collect();
         let disk = FaultStorage::new();
-        disk.write_file("f", b"0123456789").unwrap();
+        disk.write_file("f", &content).unwrap();
         disk.sync_dir().unwrap();
         assert_eq!(disk.power_loss(None).read_file("f").unwrap().len(), 0);
         let mut lengths = std::collections::BTreeSet::new();
         for seed in 0..64 {
             let torn = disk.power_loss(Some(seed)).read_file("f").unwrap();
-            assert!(b"0123456789".starts_with(&torn), "{torn:?}");
+            assert!(content.starts_with(&torn), "{torn:?}");
+            assert!(
+                torn.len() % WRITE_BACK_UNIT == 0 || torn.len() == 100,
+                "cut at {}",
+                torn.len()
+            );
             lengths.insert(torn.len());
         }
         assert!(lengths.len() > 3, "torn write-back gives varied prefixes: {lengths:?}");
-        assert_eq!(disk.process_crash().read_file("f").unwrap().as_slice(), b"0123456789");
+        assert_eq!(disk.process_crash().read_file("f").unwrap(), content);
     }
 
     #[test]

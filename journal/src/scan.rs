@@ -434,6 +434,9 @@ fn scan_segment(
             return Ok((segment, None));
         }
         let Some((record, len)) = format::check_record(rest) else {
+            if let Some((at, mask)) = flipped_bit(rest, next) {
+                break Damage::BitFlip { offset: (offset + at) as u64, mask };
+            }
             break if format::read_record_header(rest).payload_len > format::RECORD_PAYLOAD_MAX {
                 Damage::Length
             } else {
@@ -522,6 +525,39 @@ fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
         at += RECORD_ALIGN;
     }
     false
+}
+
+/// The one flipped bit in the record at the start of `rest`, which fails its checks, if
+/// flipping it back makes the record intact with the sequence `expected`: damage at rest, which
+/// a write cut off cannot leave. Returns the byte's index in `rest` and the bit's mask.
+///
+/// A write cut off leaves bytes zero, in aligned [`RECORD_ALIGN`]-byte units at the finest: a
+/// disk writes whole sectors, and the writer copies a record (16-byte aligned, a multiple of
+/// 16 long) with aligned stores of 16 bytes or more. So a bit that restoring would *set* inside
+/// a wholly zero unit may be a unit never written, and is left to be read as a torn write.
+fn flipped_bit(rest: &[u8], expected: Sequence) -> Option<(usize, u8)> {
+    assert!(format::check_record(rest).is_none(), "a flipped bit sought in an intact record");
+    let window = &rest[..rest.len().min(format::RECORD_LEN_MAX)];
+    let mut bytes = window.to_vec();
+    for at in 0..bytes.len() {
+        for bit in 0..8 {
+            let mask = 1u8 << bit;
+            bytes[at] ^= mask;
+            let intact = format::check_record(&bytes)
+                .is_some_and(|(header, len)| header.sequence == expected && at < len);
+            bytes[at] ^= mask;
+            if !intact {
+                continue;
+            }
+            let unit = at / RECORD_ALIGN * RECORD_ALIGN;
+            let unwritten =
+                window[unit..(unit + RECORD_ALIGN).min(window.len())].iter().all(|&b| b == 0);
+            // CRC32C detects every two-bit error, so no other single flip makes it intact.
+            return (window[at] & mask != 0 || !unwritten).then_some((at, mask));
+        }
+    }
+    assert_eq!(bytes, window, "the bytes tried are left as found");
+    None
 }
 
 /// Index of the last non-zero byte.

@@ -293,9 +293,9 @@ fn write_journal_stopped_cleanly(dir: &std::path::Path, count: usize) -> Vec<Seq
 fn after_a_clean_stop_damage_at_the_end_is_refused_not_cleared() {
     // Goal: once the node stopped cleanly, the journal's last record failing its checks, or
     // records missing from its end, are damage to acknowledged commands: recovery refuses,
-    // naming the sequence and the repair, and changes nothing. The same bytes after a crash
-    // (no marker) are a torn tail, cleared.
-    for mode in ["flipped byte", "zeroed record", "garbage after"] {
+    // naming the sequence and the repair, and changes nothing. The same cut-off write after a
+    // crash (no marker) is a torn tail, cleared.
+    for mode in ["flipped byte", "cut off", "zeroed record", "garbage after"] {
         let dir = TempDir::new("clean-stop");
         let commands = write_journal_stopped_cleanly(dir.path(), 2_000);
         let last = commands.last().unwrap().sequence;
@@ -304,7 +304,11 @@ fn after_a_clean_stop_damage_at_the_end_is_refused_not_cleared() {
         let &(offset, len) = record_offsets(&bytes).last().unwrap();
         let from = match mode {
             "flipped byte" => {
-                bytes[offset + len - 9] ^= 0x10;
+                bytes[offset + 12] ^= 0x10;
+                last
+            }
+            "cut off" => {
+                bytes[offset + 16..offset + len].fill(0);
                 last
             }
             "zeroed record" => {
@@ -319,11 +323,20 @@ fn after_a_clean_stop_damage_at_the_end_is_refused_not_cleared() {
         std::fs::write(&last_file, &bytes).unwrap();
         let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused");
         let message = error.to_string();
-        assert!(
-            matches!(&error, JournalError::EndMoved { from: f, last: l, .. } if *f == from && *l == last),
-            "{mode}: {message}"
-        );
-        assert!(message.contains("stopped cleanly"), "{mode}: {message}");
+        if mode == "flipped byte" {
+            // Rot at rest is told from a cut-off write, after a clean stop as after a crash.
+            let rot = Damage::BitFlip { offset: offset as u64 + 12, mask: 0x10 };
+            assert!(
+                matches!(&error, JournalError::Corrupt { sequence, damage, .. } if *sequence == last && *damage == rot),
+                "{mode}: {message}"
+            );
+        } else {
+            assert!(
+                matches!(&error, JournalError::EndMoved { from: f, last: l, .. } if *f == from && *l == last),
+                "{mode}: {message}"
+            );
+            assert!(message.contains("stopped cleanly"), "{mode}: {message}");
+        }
         assert!(message.contains(&format!("--at-seq {from}")), "{mode}: {message}");
         assert_eq!(std::fs::read(&last_file).unwrap(), bytes, "{mode}: the refusal changed bytes");
         assert!(dir.path().join(datadir::CLEAN_STOP_FILE).exists(), "{mode}");
@@ -336,18 +349,102 @@ fn after_a_clean_stop_damage_at_the_end_is_refused_not_cleared() {
         assert_eq!(recovered.next_sequence, from, "{mode}");
         assert!(recovered.report.torn_tail.is_none(), "{mode}");
     }
-    // Without the marker (a crash), the same flipped byte is a torn tail, cleared.
+    // Without the marker (a crash), the same cut-off write is a torn tail, cleared.
     let dir = TempDir::new("crash-stop");
     let commands = write_journal(dir.path(), 2_000);
     let last_file = segments(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&last_file).unwrap();
     let &(offset, len) = record_offsets(&bytes).last().unwrap();
-    bytes[offset + len - 9] ^= 0x10;
+    bytes[offset + 16..offset + len].fill(0);
     std::fs::write(&last_file, &bytes).unwrap();
     let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
     let torn = recovered.report.torn_tail.clone().expect("a torn tail after a crash");
     assert_eq!(torn.sequence, commands.last().unwrap().sequence);
     assert_eq!(recovered.report.clean_stop, None);
+}
+
+/// The scan's verdict on the journal in `dir`: the damage, and whether it is a torn tail.
+fn verdict(dir: &std::path::Path) -> Option<(Damage, bool)> {
+    let mut source = ReadOnlyDir::open(dir).unwrap();
+    let layout = scan::scan(&mut source).unwrap();
+    layout.problem.map(|problem| (problem.damage, problem.torn_tail))
+}
+
+#[test]
+fn a_bit_flipped_at_rest_in_the_last_record_is_told_from_a_write_a_crash_cut_off() {
+    // Goal: after a crash, the last record failing its checks is a torn tail (cleared) only if
+    // a cut-off write could have left it: bytes zero in aligned 16-byte units. One flipped bit
+    // anywhere else in it is damage at rest to a record that may have been acknowledged:
+    // corruption, named to the bit, which recovery refuses. Every bit of the last record is
+    // flipped in turn, and every cut and every missing unit a write-back could leave is tried.
+    // The last record a client command with a long payload, not a tick.
+    let (dir, commands) = (60..)
+        .map(|count| {
+            let dir = TempDir::new("rot-or-torn");
+            let commands = write_journal(dir.path(), count);
+            (dir, commands)
+        })
+        .find(|(_, commands)| matches!(commands.last().unwrap().command, Command::Client { .. }))
+        .unwrap();
+    let files = segments(dir.path());
+    assert_eq!(files.len(), 1, "one segment");
+    let original = std::fs::read(&files[0]).unwrap();
+    let &(offset, len) = record_offsets(&original).last().unwrap();
+    let record = &original[offset..offset + len];
+    let unit_of = |at: usize| &record[at / 16 * 16..at / 16 * 16 + 16];
+    let (mut rot, mut torn) = (0, 0);
+    for at in 0..len {
+        for bit in 0..8 {
+            let mask = 1u8 << bit;
+            let mut bytes = original.clone();
+            bytes[offset + at] ^= mask;
+            std::fs::write(&files[0], &bytes).unwrap();
+            // Only a unit that held this one bit and nothing else can read as never written.
+            let one_bit_unit = unit_of(at)
+                .iter()
+                .enumerate()
+                .all(|(i, &byte)| if i == at % 16 { byte == mask } else { byte == 0 });
+            match verdict(dir.path()) {
+                Some((damage, false)) if !one_bit_unit => {
+                    let expected = Damage::BitFlip { offset: (offset + at) as u64, mask };
+                    assert_eq!(damage, expected, "byte {at} mask {mask:#x}");
+                    rot += 1;
+                }
+                Some((Damage::Checksum | Damage::Length, true)) if one_bit_unit => torn += 1,
+                other => panic!("byte {at} mask {mask:#x}: {other:?}"),
+            }
+        }
+    }
+    println!("{rot} flips read as rot, {torn} as a torn write, of a {len}-byte record");
+    assert_eq!(rot + torn, 8 * len);
+    assert!(rot * 10 >= 8 * len * 9, "{rot} of {} flips told from a torn write", 8 * len);
+    // Cut-off writes: every aligned cut inside the record, and every unit left unwritten.
+    for cut in (16..len).step_by(16).filter(|&cut| record[cut..].iter().any(|&b| b != 0)) {
+        let mut bytes = original.clone();
+        bytes[offset + cut..offset + len].fill(0);
+        std::fs::write(&files[0], &bytes).unwrap();
+        let verdict = verdict(dir.path());
+        assert!(matches!(verdict, Some((_, true))), "cut at {cut}: {verdict:?}");
+    }
+    for unit in (0..len).step_by(16).filter(|&unit| record[unit..unit + 16] != [0; 16]) {
+        let mut bytes = original.clone();
+        bytes[offset + unit..offset + unit + 16].fill(0);
+        std::fs::write(&files[0], &bytes).unwrap();
+        let verdict = verdict(dir.path());
+        assert!(matches!(verdict, Some((_, true)) | None), "unit at {unit}: {verdict:?}");
+    }
+    // Recovery refuses the rot, names the bit, the sequence and the repairs, changes nothing.
+    let mut bytes = original.clone();
+    bytes[offset + 9] ^= 0x04;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused");
+    let message = error.to_string();
+    let last = commands.last().unwrap().sequence;
+    assert!(matches!(&error, JournalError::Corrupt { sequence, .. } if *sequence == last));
+    assert!(message.contains(&format!("offset {}", offset + 9)), "{message}");
+    assert!(message.contains("at rest") && message.contains("journal rebuild"), "{message}");
+    assert!(message.contains(&format!("--at-seq {last}")), "{message}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), bytes, "the refusal changed bytes");
 }
 
 #[test]
@@ -457,7 +554,7 @@ fn damage_before_the_tail_refuses_with_file_offset_and_sequence() {
     };
     assert_eq!(*at, offset as u64);
     assert_eq!(*sequence, Sequence(11));
-    assert_eq!(*damage, Damage::Checksum);
+    assert_eq!(*damage, Damage::BitFlip { offset: (offset + 40) as u64, mask: 0x01 });
     assert!(file.ends_with("00000000000000000001.seg"));
     let message = error.to_string();
     assert!(message.contains("ringfence journal truncate"), "{message}");

@@ -741,14 +741,16 @@ fn recover_logged(
     log(format_args!("recovered: {}", recovered.report));
     if let Some(torn) = &recovered.report.torn_tail {
         // The node had not stopped cleanly (recovery refuses a torn tail after a clean stop),
-        // so this is a write a crash cut off, never acknowledged; but damage at rest to the last
-        // record after a crash reads the same. Say so loudly, once.
+        // so this is a write a crash cut off, never acknowledged. Recovery refuses one flipped
+        // bit as rot, but wider damage at rest to the last record after a crash reads the
+        // same. Say so loudly, once.
         tracing::warn!(
             target: "ringfence",
             "cleared {} bytes after the last intact record, in {} at byte offset {} \
              (sequence {}, {}): the node had not stopped cleanly, so this is a record cut off by \
-             a crash or power loss, never acknowledged. Damage at rest to the last record after \
-             a crash reads the same: if in doubt, compare with the standby's journal",
+             a crash or power loss, never acknowledged. Damage at rest to more than one bit of \
+             the last record after a crash reads the same: if in doubt, compare with the \
+             standby's journal",
             torn.bytes_cleared,
             torn.file,
             torn.offset,

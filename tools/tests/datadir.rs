@@ -65,7 +65,8 @@ fn after_a_clean_stop_a_flipped_byte_in_the_last_record_is_refused_not_cleared()
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&segment).unwrap();
     let mut byte = [0u8];
     file.read_exact_at(&mut byte, end as u64 - 20).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x04], end as u64 - 20).unwrap();
+    // Two bits: one alone is told from a torn write after a crash too (the next test).
+    file.write_all_at(&[byte[0] ^ 0x14], end as u64 - 20).unwrap();
     let args = ["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"];
     let start = [&args[..], &[data_arg, "--config", &config]].concat();
     let refused = ringfence_within(&start, REFUSAL_DEADLINE);
@@ -104,6 +105,47 @@ fn after_a_clean_stop_a_flipped_byte_in_the_last_record_is_refused_not_cleared()
     assert!(!marker.exists(), "a running node has no marker");
     node.signal("-KILL");
     assert!(!marker.exists(), "a crash leaves no marker");
+}
+
+#[test]
+fn after_a_crash_a_bit_flipped_at_rest_in_the_last_record_is_refused_not_cleared() {
+    // Goal: `serve` killed leaves no clean-stop marker, yet one bit flipped afterwards in its
+    // last record (an acknowledged order) is not read as a write the crash cut off: the next
+    // start and `journal verify` refuse it (exit 1) naming the bit, the sequence and the
+    // repairs, and the directory is left as it was.
+    let dir = TempDir::new("crash-rot");
+    let data = dir.path().join("data");
+    let config = quiet_config(dir.path());
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    sell(&node, 3);
+    node.signal("-KILL");
+    let data_arg = data.to_str().unwrap();
+    let (segment, end) = journal_end(&data);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut last = ringfence_journal::format::SEGMENT_HEADER_LEN;
+    while let Some((_, len)) = ringfence_journal::format::check_record(&bytes[last..]) {
+        if last + len == end {
+            break;
+        }
+        last += len;
+    }
+    // The low byte of the last record's sequence field (4: the SKU, then three orders).
+    assert_eq!(bytes[last + 8], 4, "the last record is the third order");
+    bytes[last + 8] ^= 0x02;
+    std::fs::write(&segment, &bytes).unwrap();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"];
+    let start = [&args[..], &[data_arg, "--config", &config]].concat();
+    let refused = ringfence_within(&start, REFUSAL_DEADLINE);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(err.contains("journal corrupt") && err.contains("(sequence 4)"), "{err}");
+    assert!(err.contains(&format!("byte at offset {}", last + 8)), "{err}");
+    assert!(err.contains("at rest") && !err.contains("torn"), "{err}");
+    assert!(err.contains(&format!("journal truncate {data_arg} --at-seq 4")), "{err}");
+    let verify = ringfence(&["journal", "verify", data_arg]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify.stdout));
+    assert!(text(&verify.stderr).contains("at rest"), "{verify:?}");
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "refusing changed the segment");
 }
 
 #[test]

@@ -630,8 +630,9 @@ impl Machine {
     }
 
     /// Bit rot on a machine that is down: one bit flipped inside the written part of one of
-    /// its segments, or, `at_end`, inside the journal's last record (which after a crash reads
-    /// as a torn write, and after a clean stop as damage). What it flipped, if anything.
+    /// its segments, or, `at_end`, inside the journal's last record (damage recovery refuses,
+    /// after a crash as after a clean stop, unless the bit reads as a unit a write-back never
+    /// wrote). What it flipped, if anything.
     pub fn rot(&mut self, prng: &mut Prng, at_end: bool) -> Option<String> {
         if !matches!(self.process, Process::Down(_)) {
             return None;
