@@ -459,8 +459,9 @@ fn scan_segment(
         offset += len;
     };
     segment.end = offset;
-    let tail_like = matches!(damage, Damage::Checksum | Damage::Length | Damage::BytesAfterEnd);
-    let torn_tail = is_last && tail_like && !intact_record_after(bytes, offset);
+    let torn_tail = is_last
+        && could_be_cut_off(damage, &bytes[offset..])
+        && !intact_record_after(bytes, offset);
     let garbage_end = offset + last_nonzero(&bytes[offset..]).map_or(0, |i| i + 1);
     assert!(garbage_end > offset, "damage with nothing to clear");
     assert!(garbage_end <= bytes.len(), "garbage past the segment's end");
@@ -525,6 +526,29 @@ fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
         at += RECORD_ALIGN;
     }
     false
+}
+
+/// Whether a write cut off by a crash could have left `damage` at the start of `rest`. Such a
+/// write leaves aligned [`RECORD_ALIGN`]-byte units zero and the others as the writer wrote
+/// them (see [`flipped_bit`]): so the record's first unit, which holds its length, is whole,
+/// and some unit of the record is wholly zero. Bytes after an end marker may be units written
+/// before the one that holds it. Anything else — a length no writer wrote, a record with every
+/// unit written that fails its CRC, garbage — is damage at rest.
+fn could_be_cut_off(damage: Damage, rest: &[u8]) -> bool {
+    // A record's damage starts at a record (an end marker is no record); stray bytes after one.
+    let at_end_marker = format::is_end_marker(rest);
+    assert_eq!(at_end_marker, damage == Damage::BytesAfterEnd, "{damage} at an end marker");
+    match damage {
+        Damage::BytesAfterEnd => true,
+        Damage::Checksum => {
+            let payload_len = format::read_record_header(rest).payload_len;
+            let len = format::record_len(payload_len);
+            payload_len >= 1
+                && len <= rest.len()
+                && rest[..len].chunks(RECORD_ALIGN).any(|unit| unit.iter().all(|&b| b == 0))
+        }
+        _ => false,
+    }
 }
 
 /// The one flipped bit in the record at the start of `rest`, which fails its checks, if

@@ -241,9 +241,10 @@ fn record_offsets(bytes: &[u8]) -> Vec<(usize, usize)> {
 
 #[test]
 fn torn_last_record_is_truncated_and_reported() {
-    // Goal: a partly written last record (zeroed end, or garbage) is cut off, reported with
-    // its file, offset and sequence, and appends continue from that sequence.
-    for mode in ["zeroed", "garbage", "half-header"] {
+    // Goal: a partly written last record (its end, or all but its first 16-byte unit, zero)
+    // is cut off, reported with its file, offset and sequence, and appends continue from that
+    // sequence. Garbage in its place is not what a cut-off write leaves: refused.
+    for mode in ["zeroed", "first unit only", "garbage"] {
         let dir = TempDir::new("torn");
         let commands = write_journal(dir.path(), 2_000);
         let last_file = segments(dir.path()).pop().unwrap();
@@ -252,10 +253,19 @@ fn torn_last_record_is_truncated_and_reported() {
         match mode {
             "zeroed" => bytes[offset + 24..offset + len].fill(0),
             "garbage" => bytes[offset + 20..offset + len + 40].fill(0xA5),
-            _ => bytes[offset + 4..offset + len].fill(0),
+            _ => bytes[offset + 16..offset + len].fill(0),
         }
         std::fs::write(&last_file, &bytes).unwrap();
         let lost = commands.last().unwrap().sequence;
+        if mode == "garbage" {
+            let error = recover(dir.path(), options(Durability::Batch)).err().expect("refused");
+            assert!(
+                matches!(&error, JournalError::Corrupt { sequence, offset: at, .. } if *sequence == lost && *at == offset as u64),
+                "{error}"
+            );
+            assert_eq!(std::fs::read(&last_file).unwrap(), bytes, "the refusal changed bytes");
+            continue;
+        }
         let mut recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
         let torn = recovered
             .report
@@ -433,6 +443,24 @@ fn a_bit_flipped_at_rest_in_the_last_record_is_told_from_a_write_a_crash_cut_off
         let verdict = verdict(dir.path());
         assert!(matches!(verdict, Some((_, true)) | None), "unit at {unit}: {verdict:?}");
     }
+    // Rot of more bits: refused wherever no unit of the record is left wholly zero.
+    let (mut refused, mut cleared) = (0, 0);
+    for first in (0..len).step_by(5) {
+        let second = (first + 23) % len;
+        let mut bytes = original.clone();
+        bytes[offset + first] ^= 0x21;
+        bytes[offset + second] ^= 0x84;
+        std::fs::write(&files[0], &bytes).unwrap();
+        let damaged = &bytes[offset..offset + len];
+        let zero_unit = damaged.chunks(16).any(|unit| unit.iter().all(|&b| b == 0));
+        match verdict(dir.path()) {
+            Some((_, true)) if zero_unit => cleared += 1,
+            Some((Damage::Checksum | Damage::Length, false)) if !zero_unit => refused += 1,
+            other => panic!("bytes {first} and {second}: {other:?}"),
+        }
+    }
+    println!("{refused} four-bit damages refused, {cleared} read as a torn write");
+    assert!(refused * 10 >= (refused + cleared) * 9, "{refused} refused, {cleared} cleared");
     // Recovery refuses the rot, names the bit, the sequence and the repairs, changes nothing.
     let mut bytes = original.clone();
     bytes[offset + 9] ^= 0x04;

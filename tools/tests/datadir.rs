@@ -41,12 +41,12 @@ fn journal_end(dir: &Path) -> (std::path::PathBuf, usize) {
 }
 
 #[test]
-fn after_a_clean_stop_a_flipped_byte_in_the_last_record_is_refused_not_cleared() {
-    // Goal: `serve` stopped by SIGTERM marks where its journal ends. A byte flipped in the last
-    // record afterwards is damage to an acknowledged order: the next start and `journal verify`
-    // refuse it (exit 1), naming the sequence and the repairs, instead of clearing it as a
-    // crash's torn write; `journal rebuild` repairs it from the shutdown snapshot, losing
-    // nothing.
+fn after_a_clean_stop_a_zeroed_unit_of_the_last_record_is_refused_not_cleared() {
+    // Goal: `serve` stopped by SIGTERM marks where its journal ends. A 16-byte unit of the last
+    // record zeroed afterwards — what a write cut off by a crash leaves, so only the marker
+    // tells it from one — is damage to an acknowledged order: the next start and `journal
+    // verify` refuse it (exit 1), naming the sequence and the repairs, instead of clearing it
+    // as a torn write; `journal rebuild` repairs it from the shutdown snapshot, losing nothing.
     let dir = TempDir::new("clean-stop");
     let data = dir.path().join("data");
     let config = quiet_config(dir.path());
@@ -63,10 +63,10 @@ fn after_a_clean_stop_a_flipped_byte_in_the_last_record_is_refused_not_cleared()
 
     let (segment, end) = journal_end(&data);
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&segment).unwrap();
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, end as u64 - 20).unwrap();
-    // Two bits: one alone is told from a torn write after a crash too (the next test).
-    file.write_all_at(&[byte[0] ^ 0x14], end as u64 - 20).unwrap();
+    let mut unit = [0u8; 16];
+    file.read_exact_at(&mut unit, end as u64 - 32).unwrap();
+    assert_ne!(unit, [0; 16], "the unit holds part of the order");
+    file.write_all_at(&[0; 16], end as u64 - 32).unwrap();
     let args = ["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"];
     let start = [&args[..], &[data_arg, "--config", &config]].concat();
     let refused = ringfence_within(&start, REFUSAL_DEADLINE);
@@ -192,9 +192,12 @@ fn read_only_tools_on_a_live_directory_call_the_last_record_in_progress() {
     let mut node = Serve::start_with(&data, &["--config", &config]);
     sell(&node, 2);
     let (segment, end) = journal_end(&data);
-    // Half a record: what a reader sees while the journaler is between two stores.
+    // Half a record: what a reader sees while the journaler is between two stores (its
+    // header's 32 bytes written, its 32-byte payload not yet).
+    let mut half = [0xA5; 32];
+    half[4..8].copy_from_slice(&30_u32.to_le_bytes());
     let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
-    file.write_all_at(&[0xA5; 40], end as u64).unwrap();
+    file.write_all_at(&half, end as u64).unwrap();
     let data_arg = data.to_str().unwrap();
     let in_progress =
         format!("live directory: node pid {} is writing; last record in progress", node.pid());
