@@ -313,16 +313,102 @@ impl Replicator for TestReplicator {
 
 /// A stepped primary with `replicator`.
 fn start_with_replicator(clock: &Arc<ManualClock>, replicator: TestReplicator) -> Node {
+    start_with_journal(clock, replicator, MemoryJournal::new())
+}
+
+/// A stepped primary with `replicator` and `journal`.
+fn start_with_journal<J: Journal>(
+    clock: &Arc<ManualClock>,
+    replicator: TestReplicator,
+    journal: J,
+) -> Node {
     let config = config(Intake::Sequencer);
     let parts = NodeParts {
         engine: Engine::new(config.engine.clone()),
         next_sequence: Sequence(1),
-        journal: MemoryJournal::new(),
+        journal,
         replicator,
         hook: NoSnapshots,
         clock: Arc::clone(clock) as Arc<dyn Clock>,
     };
     Node::start_parts(config, parts).unwrap()
+}
+
+/// A journal that answers before it syncs (as `none` does): `flush` reports everything
+/// appended, `flush_synced` syncs only as far as the test lets it.
+#[derive(Clone, Default)]
+struct AnswersFirst {
+    appended: Arc<Mutex<Sequence>>,
+    /// How far a sync may reach, and how many synced flushes were asked for.
+    syncable: Arc<Mutex<(Sequence, u32)>>,
+}
+
+impl Journal for AnswersFirst {
+    const NEEDS_BYTES: bool = false;
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        *self.appended.lock().unwrap() = record.sequenced.sequence;
+        Ok(())
+    }
+    fn flush(&mut self, _clock: &dyn Clock) -> Result<Sequence, StageError> {
+        Ok(*self.appended.lock().unwrap())
+    }
+    fn flush_synced(&mut self, _clock: &dyn Clock) -> Result<Sequence, StageError> {
+        let mut syncable = self.syncable.lock().unwrap();
+        syncable.1 += 1;
+        Ok(syncable.0.min(*self.appended.lock().unwrap()))
+    }
+}
+
+#[test]
+fn answers_made_safe_while_answering_alone_wait_for_the_journals_sync() {
+    // Goal: on a journal that answers before it syncs, a write the standby never acknowledged
+    // and the gate then made safe alone (the jump when a primary goes on alone) is answered
+    // only once a synced flush covers it; writes made safe while alone too; and once the
+    // primary answers with its standby again, what it made safe alone still waits. A primary
+    // that never answered alone never asks for a sync.
+    let clock = Arc::new(ManualClock::new(START));
+    let (hold, safe) = (WriteHold::new(), Watermark::new(Sequence(0)));
+    let replicator =
+        TestReplicator { safe: Arc::clone(&safe), hold: Arc::clone(&hold), local: false };
+    let journal = AnswersFirst::default();
+    let syncable = Arc::clone(&journal.syncable);
+    let node = start_with_journal(&clock, replicator, journal);
+    let mut session = node.session().unwrap();
+    session.try_submit(create_sku(), 1).unwrap();
+    node.step();
+    assert!(session.poll().is_none(), "waits for the standby");
+    assert_eq!(syncable.lock().unwrap().1, 0, "no sync asked while the standby answers");
+    // The standby is lost: the primary answers alone from here, safe jumps to what it holds.
+    hold.set_answers_alone(true);
+    hold.note_alone_through(Sequence(1));
+    safe.advance(Sequence(1));
+    node.step();
+    assert!(session.poll().is_none(), "made safe alone, not yet synced");
+    assert!(syncable.lock().unwrap().1 >= 1, "the journaling stage was asked to sync");
+    syncable.lock().unwrap().0 = Sequence(1);
+    node.step();
+    assert!(matches!(session.poll().unwrap().result, Ok(Outcome::SkuCreated(_))));
+    // A write while alone: answered after its sync, not before.
+    session.try_submit(reserve(), 2).unwrap();
+    hold.note_alone_through(Sequence(2));
+    safe.advance(Sequence(2));
+    node.step();
+    assert!(session.poll().is_none(), "answered alone before its sync");
+    // The standby is back in sync: what was made safe alone still waits for the sync.
+    hold.set_answers_alone(false);
+    node.step();
+    assert!(session.poll().is_none(), "released unsynced once no longer alone");
+    syncable.lock().unwrap().0 = Sequence(2);
+    node.step();
+    assert!(matches!(session.poll().unwrap().result, Ok(Outcome::Reserved { .. })));
+    // With its standby: answered on its acknowledgement, no sync asked.
+    let asked = syncable.lock().unwrap().1;
+    session.try_submit(reserve(), 3).unwrap();
+    node.step();
+    safe.advance(Sequence(3));
+    node.step();
+    assert!(session.poll().unwrap().result.is_ok(), "answered on the acknowledgement");
+    assert_eq!(syncable.lock().unwrap().1, asked, "a sync asked with the standby answering");
 }
 
 #[test]
@@ -419,4 +505,39 @@ fn a_primary_whose_writes_are_held_journals_no_tick_of_its_own() {
     assert!(matches!(view, Outcome::Order(v) if v.state == OrderState::Expired), "{view:?}");
     drop(session);
     assert_eq!(node.shutdown().expect("a clean stop").last_sequence, Sequence(3));
+}
+
+#[test]
+fn a_replica_about_to_take_office_syncs_every_record_it_was_given() {
+    // Goal: `Promoter::sync_journal` makes every record submitted to a replica synced, on a
+    // journal that otherwise answers before it syncs, stepped or threaded; one whose sync
+    // cannot complete is reported, naming how far it got, rather than waited for forever.
+    let (records, _, _) = primary_run();
+    for topology in [Topology::Stepped, Topology::Compact] {
+        let clock = Arc::new(ManualClock::new(Timestamp(START.0 + 50_000)));
+        let journal = AnswersFirst::default();
+        let (syncable, appended) = (Arc::clone(&journal.syncable), Arc::clone(&journal.appended));
+        let config = NodeConfig { topology: Some(topology), ..config(Intake::Replica) };
+        let replica = start(config, &clock, journal);
+        let mut session = replica.session().unwrap();
+        for (index, bytes) in records.iter().take(3).enumerate() {
+            session.try_submit_record(bytes, index as u64).unwrap();
+        }
+        let promoter = replica.promoter();
+        let stuck = promoter.sync_journal(std::time::Duration::from_millis(50));
+        assert!(
+            matches!(
+                stuck,
+                Err(NodeError::SyncTimedOut { through: Sequence(3), synced: Sequence(0), .. })
+            ),
+            "{topology:?}: {stuck:?}"
+        );
+        syncable.lock().unwrap().0 = Sequence(u64::MAX);
+        let synced = promoter.sync_journal(std::time::Duration::from_secs(10));
+        assert_eq!(synced.unwrap(), Sequence(3), "{topology:?}");
+        assert_eq!(*appended.lock().unwrap(), Sequence(3), "{topology:?}: every record journaled");
+        assert!(syncable.lock().unwrap().1 >= 2, "{topology:?}: synced flushes asked for");
+        drop(session);
+        replica.shutdown().expect("a clean stop");
+    }
 }

@@ -662,6 +662,14 @@ impl<S: Storage> Journal for JournalWriter<S> {
         self.try_flush(clock).map_err(stage_error)
     }
 
+    fn flush_synced(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {
+        self.sync_now().map_err(stage_error)?;
+        assert_eq!(self.synced, self.last_appended(), "a sync stopped short of the appended");
+        let flushed = self.try_flush(clock).map_err(stage_error)?;
+        assert_eq!(self.synced, flushed, "a synced flush left records unsynced");
+        Ok(flushed)
+    }
+
     fn close(&mut self) -> Result<(), StageError> {
         JournalWriter::close(self).map(drop).map_err(stage_error)
     }

@@ -737,3 +737,51 @@ fn a_node_marks_a_clean_stop_only_when_its_journal_is_whole() {
     });
     assert_eq!(datadir::clean_stop(&disk).unwrap(), None, "a fenced journal marked a clean stop");
 }
+
+#[test]
+fn a_replica_syncs_what_it_holds_before_taking_office_so_a_power_loss_keeps_it() {
+    // Goal: a standby journaling with durability `none` acknowledges records as written, not
+    // synced: a power loss loses them. `Promoter::sync_journal`, which a promotion calls
+    // before it takes the new epoch, syncs every record the replica was given, so the same
+    // power loss just after keeps them all.
+    use ringfence_core::pipeline::{Intake, NoReplicator, NoSnapshots, NodeConfig, Topology};
+    use ringfence_core::record::RecordBuf;
+    let mut workload = Workload::new(5, Sequence(1), Timestamp(10));
+    let mut shadow = Engine::new(config());
+    let commands = generate(&mut workload, &mut shadow, 40);
+    for promoted in [false, true] {
+        let disk = FaultStorage::new();
+        let recovered = recover_from(disk.clone(), options(Durability::None)).unwrap();
+        let node_config =
+            NodeConfig { intake: Intake::Replica, ..NodeConfig::for_tests(Topology::Stepped) };
+        let replica = Node::start_with(
+            node_config,
+            recovered.engine,
+            recovered.next_sequence,
+            recovered.writer,
+            NoReplicator::default(),
+            NoSnapshots,
+        )
+        .unwrap();
+        let mut session = replica.session().unwrap();
+        let mut buf = RecordBuf::default();
+        for (index, command) in commands.iter().enumerate() {
+            session.try_submit_record(buf.encode(Epoch(1), command), index as u64).unwrap();
+            replica.step();
+        }
+        assert_eq!(std::iter::from_fn(|| session.poll()).count(), commands.len(), "acknowledged");
+        if promoted {
+            let synced = replica.promoter().sync_journal(std::time::Duration::from_secs(1));
+            assert_eq!(synced.unwrap(), commands.last().unwrap().sequence);
+        }
+        let lost_power = disk.power_loss(None);
+        replica.abandon();
+        let recovered = recover_from(lost_power, options(Durability::None)).unwrap();
+        let kept = recovered.next_sequence.0 - 1;
+        if promoted {
+            assert_eq!(kept, commands.len() as u64, "records lost after a sync before office");
+        } else {
+            assert!(kept < commands.len() as u64, "unsynced records survived a power loss");
+        }
+    }
+}

@@ -26,6 +26,9 @@ use crate::policy::{AckMode, AckPolicy, Gate, PolicyState};
 /// How far a forced promotion raises the epoch past the highest one this node knows.
 pub const FORCED_EPOCH_STEP: u64 = 1_000;
 
+/// How long a standby taking office waits for its journal to sync what it holds.
+const SYNC_BEFORE_OFFICE: Duration = Duration::from_secs(10);
+
 /// How often the policy loop looks at the time.
 const POLICY_TICK: Duration = Duration::from_millis(10);
 
@@ -479,6 +482,7 @@ impl Control {
 
     fn apply_gate(&self, state: &State, now_ms: u64) {
         if state.role != Role::Primary {
+            self.link.set_answers_alone(false);
             self.link.set_gate(Gate::Local);
             self.link.set_lease_deadline(u64::MAX);
             return;
@@ -490,12 +494,18 @@ impl Control {
                 state.policy.state().name(),
                 state.policy.mode().name(),
                 match gate {
+                    Gate::Local if !self.config.answers_after_sync => {
+                        "the local journal only, synced"
+                    }
                     Gate::Local => "the local journal only",
                     Gate::Standby => "the standby's acknowledgement",
                     Gate::Held => why,
                 }
             ));
         }
+        // A journal that answers before it syncs relies on the standby's copy: answering alone,
+        // it syncs first. Set before the gate, which may make answers safe at once.
+        self.link.set_answers_alone(gate == Gate::Local && !self.config.answers_after_sync);
         self.link.set_gate(gate);
         // Egress enforces the deadline itself at each release, so a primary that was paused
         // past it acknowledges nothing on resuming, before this thread runs again. Only while
@@ -755,6 +765,10 @@ impl Control {
 
     /// Promotes this standby into `epoch`, which must be above every epoch it has seen or
     /// promised (coordination chose it above every epoch the witness recorded, too).
+    ///
+    /// Everything the standby journaled is synced first, whatever the durability policy
+    /// ([`Promoter::sync_journal`]), so a power loss after it took office loses none of what
+    /// it acknowledged.
     pub fn promote_to(&self, node: &Promoter, epoch: Epoch) -> Result<Epoch, String> {
         if !matches!(self.role(), Role::Standby { .. }) {
             return Err("this node is already the primary".into());
@@ -764,6 +778,9 @@ impl Control {
             return Err(format!("epoch {epoch} is not above this node's epochs {epochs:?}"));
         }
         self.stop_follower()?;
+        // Under `none` this standby acknowledged records written, not synced: they are made
+        // durable before the epoch that makes this node their keeper.
+        node.sync_journal(SYNC_BEFORE_OFFICE).map_err(|e| e.to_string())?;
         take_office(&*self.epochs, epoch)?;
         node.promote(epoch).map_err(|e| e.to_string())?;
         let now = self.now_ms();
@@ -1058,6 +1075,38 @@ mod tests {
             memory(false),
             Arc::new(ringfence_core::pipeline::SystemClock::new()),
         )
+    }
+
+    #[test]
+    fn a_lone_primary_whose_journal_answers_first_makes_its_answers_wait_for_a_sync() {
+        // Goal: a primary answering on its own journal, when that journal answers before it
+        // syncs, marks the hold "answering alone" before the gate makes anything safe, and
+        // notes how far it made answers safe; a standby, a primary that waits for its standby
+        // or is held, and any primary whose journal syncs first, do not.
+        use ringfence_core::pipeline::Replicator as _;
+        let answering_first = ReplicationConfig { answers_after_sync: false, ..config() };
+        let start = |config: &ReplicationConfig, role: Role| {
+            let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+            let end = (Sequence(9), Epoch(1));
+            let control = Control::new(config.clone(), role, end, memory(false), clock);
+            let hold = control.link().stage().hold().expect("the link holds");
+            (control, hold)
+        };
+        let (control, hold) = start(&answering_first, Role::Primary);
+        assert_eq!(control.link().gate(), Gate::Local);
+        assert!(hold.answers_alone());
+        assert_eq!(hold.alone_through(), Sequence(9), "made safe at once, noted first");
+        control.set_lease_deadline(0);
+        assert_eq!(control.link().gate(), Gate::Held);
+        assert!(!hold.answers_alone(), "held: nothing answers alone");
+        assert_eq!(hold.alone_through(), Sequence(9), "what was made safe still waits");
+        let (_, hold) = start(&config(), Role::Primary);
+        assert!(!hold.answers_alone(), "a journal that syncs first");
+        assert_eq!(hold.alone_through(), Sequence(0));
+        let standby = Role::Standby { primary: "a".into() };
+        let (_, hold) = start(&answering_first, standby);
+        assert!(!hold.answers_alone(), "a standby answers no write");
+        assert_eq!(hold.alone_through(), Sequence(0));
     }
 
     #[test]

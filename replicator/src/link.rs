@@ -91,7 +91,7 @@ impl Link {
         match gate {
             Gate::Local => {
                 self.release_hold();
-                self.safe.advance(Sequence(self.available()));
+                self.advance_alone(Sequence(self.available()));
             }
             Gate::Standby => self.release_hold(),
             Gate::Held => {
@@ -100,6 +100,22 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Sets whether the primary answers alone on a journal that answers before it syncs
+    /// (`WriteHold::set_answers_alone`); set before the gate it goes with, so the first answer
+    /// the `Local` gate makes safe already waits for a sync.
+    pub fn set_answers_alone(&self, alone: bool) {
+        self.hold.set_answers_alone(alone);
+    }
+
+    /// Marks everything through `sequence` safe on the local journal alone; answers a journal
+    /// that answers before it syncs made safe this way wait for its sync.
+    fn advance_alone(&self, sequence: Sequence) {
+        if self.hold.answers_alone() {
+            self.hold.note_alone_through(sequence);
+        }
+        self.safe.advance(sequence);
     }
 
     fn release_hold(&self) {
@@ -205,7 +221,7 @@ impl Replicator for ReplicationStage {
         link.last_epoch.store(self.last_epoch.0, Ordering::Release);
         link.available.store(self.last.0, Ordering::Release);
         if link.gate.load(Ordering::Acquire) == Gate::Local as u8 {
-            link.safe.advance(self.last);
+            link.advance_alone(self.last);
         }
         if link.streaming.load(Ordering::Acquire) > 0 {
             link.notify();

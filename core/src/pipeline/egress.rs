@@ -172,15 +172,22 @@ impl<P: RingPoller> Egress<P> {
 
     /// The highest gate that may be released: the gating rule. While the replicator holds
     /// writes it no longer waits for the standby: what it did not acknowledge is answered
-    /// `Unanswered::Unreplicated` instead (`answer`).
+    /// `Unanswered::Unreplicated` instead (`answer`). Answers made safe while the primary
+    /// answered alone on a journal that answers before it syncs wait for the journal's sync
+    /// (`Shared::sync_limit`; the journaling stage is woken to make it).
     fn limit(&self) -> Sequence {
         let shared = &self.shared;
         let local = shared.durable.get().min(shared.applied.sequence());
-        if shared.write_hold().is_some() || shared.lease_expired() {
+        let limit = if shared.write_hold().is_some() || shared.lease_expired() {
             local
         } else {
             local.min(shared.safe.get())
+        };
+        let synced = shared.sync_limit();
+        if synced < limit {
+            shared.wake_stages();
         }
+        limit.min(synced)
     }
 
     /// How many slots from `next` may be released now: those the applying stage finished whose

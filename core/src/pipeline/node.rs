@@ -81,6 +81,20 @@ pub enum NodeError {
     /// A stage failed and the node stopped (or a shutdown could not drain).
     #[error("{0}")]
     Failed(StageFailure),
+    /// The journal did not sync what the node journaled within the time given
+    /// ([`Promoter::sync_journal`]).
+    #[error(
+        "the journal did not sync through sequence {through} within {waited_ms} ms (synced \
+         through {synced}): a disk this slow, or failing, should not take office"
+    )]
+    SyncTimedOut {
+        /// The sequence the sync had to reach.
+        through: Sequence,
+        /// How far it reached.
+        synced: Sequence,
+        /// How long it was given.
+        waited_ms: u64,
+    },
     /// The journal failed while the node ran (`Refused::JournalFailed`): the shutdown answered
     /// every command, but the engine's state is not handed back, since it may hold commands
     /// the journal never made durable. The journal is what recovery starts from.
@@ -175,9 +189,55 @@ struct Stepped {
 #[derive(Clone)]
 pub struct Promoter {
     shared: Arc<Shared>,
+    /// A stepped node's processor, which [`Promoter::sync_journal`] runs itself.
+    stepped: Option<Arc<Mutex<Stepped>>>,
 }
 
 impl Promoter {
+    /// Makes every record the replica was given durable on its disk, whatever the durability
+    /// policy, before it returns: a standby about to take office then holds everything it
+    /// acknowledged to its primary, even across a power loss right after (under `none` its
+    /// acknowledgements said only "written"). Waits up to `timeout` for the journaling stage
+    /// of a threaded node; a stepped node's is run here, on the caller's thread. Returns the
+    /// last sequence synced.
+    pub fn sync_journal(&self, timeout: Duration) -> Result<Sequence, NodeError> {
+        let shared = &*self.shared;
+        // Every record submitted: the last one the producer let through.
+        let through = Sequence(shared.next_record.load(Ordering::Acquire).saturating_sub(1));
+        shared.sync_requested.advance(through);
+        let deadline = Instant::now() + timeout;
+        while shared.synced.get() < through {
+            if let Some(failure) = shared.failure() {
+                return Err(NodeError::Failed(failure));
+            }
+            match &self.stepped {
+                Some(stepped) => {
+                    let mut stepped =
+                        stepped.lock().expect("a stepped node is not stepped after a panic");
+                    let Some(stage) = stepped.stage.as_mut() else {
+                        return Err(NodeError::ShutDown);
+                    };
+                    match stage.step(shared) {
+                        Step::Idle => stage.idle(shared),
+                        Step::Worked(_) => {}
+                        // Shutting down: `Node::step` finishes the stage.
+                        Step::Stopped => return Err(NodeError::ShutDown),
+                    }
+                }
+                None => {
+                    shared.wake_stages();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            if Instant::now() >= deadline && shared.synced.get() < through {
+                let waited_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                let synced = shared.synced.get();
+                return Err(NodeError::SyncTimedOut { through, synced, waited_ms });
+            }
+        }
+        Ok(through)
+    }
+
     /// [`Node::promote`].
     pub fn promote(&self, epoch: Epoch) -> Result<(), NodeError> {
         if let Some(failure) = self.shared.failure() {
@@ -204,7 +264,7 @@ pub struct Node {
     threads: Vec<StageThread>,
     timer: Option<JoinHandle<()>>,
     egress: Option<Arc<PolledEgress>>,
-    stepped: Option<Mutex<Stepped>>,
+    stepped: Option<Arc<Mutex<Stepped>>>,
     drain_timeout: Duration,
     stopped: bool,
 }
@@ -335,7 +395,8 @@ impl Node {
         if self.shared.topology == Topology::Stepped {
             let stage: Box<dyn StepStage> = Box::new(processor);
             let ticker = producer.clone();
-            self.stepped = Some(Mutex::new(Stepped { stage: Some(stage), engine: None, ticker }));
+            let stepped = Stepped { stage: Some(stage), engine: None, ticker };
+            self.stepped = Some(Arc::new(Mutex::new(stepped)));
         } else {
             self.spawn_stage(processor, 0, config.pins.blp)?;
         }
@@ -541,7 +602,7 @@ impl Node {
     /// owning it; the same checks and rules as [`Node::promote`].
     #[must_use]
     pub fn promoter(&self) -> Promoter {
-        Promoter { shared: Arc::clone(&self.shared) }
+        Promoter { shared: Arc::clone(&self.shared), stepped: self.stepped.clone() }
     }
 
     /// The topology the node runs.

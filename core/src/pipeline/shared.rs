@@ -134,6 +134,12 @@ pub(crate) struct Shared {
     /// Journaler: last appended, and what the journal reported durable.
     pub(crate) appended: Watermark,
     pub(crate) durable: Watermark,
+    /// Journaler: what the journal synced while answers waited for it
+    /// ([`Shared::syncs_every_flush`]); behind otherwise, which only makes egress wait for a
+    /// sync it asks for.
+    pub(crate) synced: Watermark,
+    /// What a caller asked to be synced whatever the policy (`Promoter::sync_journal`).
+    pub(crate) sync_requested: Watermark,
     /// Replicator: last sent, and what the replicator reports safe.
     pub(crate) sent: Watermark,
     pub(crate) safe: Arc<Watermark>,
@@ -218,6 +224,8 @@ impl Shared {
             published: CachePadded::new(AtomicU64::new(0)),
             appended: Watermark::at(last),
             durable: Watermark::at(last),
+            synced: Watermark::at(last),
+            sync_requested: Watermark::at(Sequence(0)),
             sent: Watermark::at(last),
             safe,
             applied: Applied::at(last),
@@ -273,6 +281,33 @@ impl Shared {
     /// Whether the replicator holds writes back (a lost standby, or a deposed primary).
     pub(crate) fn write_hold(&self) -> Option<HoldReason> {
         self.hold.as_ref().and_then(|hold| hold.reason())
+    }
+
+    /// Whether the journaler must sync at its next flush: the primary answers alone on a
+    /// journal that answers before it syncs (`WriteHold::set_answers_alone`), answers made
+    /// safe while it did still wait for a sync (`WriteHold::alone_through`), or a caller asked
+    /// for one (`sync_requested`).
+    pub(crate) fn syncs_every_flush(&self) -> bool {
+        let synced = self.synced.get();
+        synced < self.sync_requested.get()
+            || self
+                .hold
+                .as_ref()
+                .is_some_and(|hold| hold.answers_alone() || synced < hold.alone_through())
+    }
+
+    /// Whether the journaler has appended records it must sync and has not
+    /// ([`Shared::syncs_every_flush`]).
+    pub(crate) fn sync_pending(&self) -> bool {
+        self.syncs_every_flush() && self.synced.get() < self.appended.get()
+    }
+
+    /// The highest sequence egress may release as far as syncing goes: everything, unless
+    /// answers made safe while the primary answered alone wait for the journal's sync.
+    pub(crate) fn sync_limit(&self) -> Sequence {
+        let through = self.hold.as_ref().map_or(Sequence(0), |hold| hold.alone_through());
+        let synced = self.synced.get();
+        if synced < through { synced } else { Sequence(u64::MAX) }
     }
 
     /// Whether the primary's lease deadline passed (`WriteHold::set_lease_deadline`): no write

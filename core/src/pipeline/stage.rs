@@ -6,7 +6,7 @@
 //! but queries and snapshot requests, which change nothing) in order, so journal sequences are
 //! contiguous.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
@@ -121,11 +121,23 @@ pub struct WriteHold {
     /// its lease acknowledges nothing when it resumes, whatever its control thread has
     /// noticed.
     lease_deadline_ns: AtomicU64,
+    /// A primary answers on its own journal alone, and that journal answers before it syncs
+    /// (`none`, `interval`): its answers wait for a sync instead ([`Journal::flush_synced`]).
+    answers_alone: AtomicBool,
+    /// The highest sequence made safe while answering alone (a sequence, `0` for none): no
+    /// answer up to it leaves before the journal synced it, even once the primary no longer
+    /// answers alone.
+    alone_through: AtomicU64,
 }
 
 impl Default for WriteHold {
     fn default() -> WriteHold {
-        WriteHold { reason: AtomicU8::new(0), lease_deadline_ns: AtomicU64::new(u64::MAX) }
+        WriteHold {
+            reason: AtomicU8::new(0),
+            lease_deadline_ns: AtomicU64::new(u64::MAX),
+            answers_alone: AtomicBool::new(false),
+            alone_through: AtomicU64::new(0),
+        }
     }
 }
 
@@ -158,6 +170,35 @@ impl WriteHold {
     pub fn lease_expired(&self, now_ns: u64) -> bool {
         let deadline = self.lease_deadline_ns.load(Ordering::Acquire);
         deadline != u64::MAX && now_ns >= deadline
+    }
+
+    /// Sets whether the primary answers alone on a journal that answers before it syncs: while
+    /// it does, the journaling stage syncs every batch and egress waits for the sync, so no
+    /// answer rests on one machine's page cache alone. A journal that always syncs first never
+    /// needs it.
+    pub fn set_answers_alone(&self, alone: bool) {
+        self.answers_alone.store(alone, Ordering::Release);
+    }
+
+    /// Whether answers wait for a local sync ([`WriteHold::set_answers_alone`]).
+    #[must_use]
+    pub fn answers_alone(&self) -> bool {
+        self.answers_alone.load(Ordering::Acquire)
+    }
+
+    /// Notes that answers up to `sequence` are being made safe while the primary answers alone:
+    /// called before the replicator's safe watermark passes them, so egress, which reads the
+    /// watermark first, sees the note.
+    pub fn note_alone_through(&self, sequence: Sequence) {
+        assert!(self.answers_alone(), "noted alone while answering with the standby");
+        self.alone_through.fetch_max(sequence.0, Ordering::AcqRel);
+    }
+
+    /// The highest sequence made safe while answering alone ([`WriteHold::note_alone_through`]):
+    /// egress releases nothing up to it that the journal has not synced.
+    #[must_use]
+    pub fn alone_through(&self) -> Sequence {
+        Sequence(self.alone_through.load(Ordering::Acquire))
     }
 
     /// Why writes are held, if they are.
@@ -202,6 +243,13 @@ pub trait Journal: Send + 'static {
     /// durable as the durability policy says and returns the highest sequence that is now
     /// durable (egress releases answers up to it). Time-based policies read `clock`.
     fn flush(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError>;
+
+    /// Ends a batch as [`Journal::flush`] does, but with every appended record synced whatever
+    /// the policy: for a primary answering alone ([`WriteHold::answers_alone`]). Returns the
+    /// highest sequence now synced. A journal whose flush always syncs keeps the default.
+    fn flush_synced(&mut self, clock: &dyn Clock) -> Result<Sequence, StageError> {
+        self.flush(clock)
+    }
 
     /// Called once, when the stage stops at the stop marker with the journal whole (neither
     /// fenced nor failed): makes every record durable and records where the journal ends, so

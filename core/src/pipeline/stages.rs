@@ -140,12 +140,23 @@ pub(crate) struct Journaler<J> {
 }
 
 impl<J: Journal> Journaler<J> {
+    /// Flushes up to `last` and advances `durable`; while answers wait for a sync
+    /// ([`Shared::syncs_every_flush`]), syncs and advances `synced` too. Returns whether either
+    /// moved.
     fn flush(&mut self, shared: &Shared, last: Sequence) -> Result<bool, StageError> {
-        let durable = self.journal.flush(&*shared.clock)?;
+        let alone = shared.syncs_every_flush();
+        let durable = if alone {
+            self.journal.flush_synced(&*shared.clock)?
+        } else {
+            self.journal.flush(&*shared.clock)?
+        };
         assert!(durable <= last, "journal reports {durable} durable but was given up to {last}");
-        let before = shared.durable.get();
+        let (before, synced_before) = (shared.durable.get(), shared.synced.get());
         shared.durable.advance(durable);
-        Ok(durable > before)
+        if alone {
+            shared.synced.advance(durable);
+        }
+        Ok(durable > before || shared.synced.get() > synced_before)
     }
 
     /// Ends a batch or an idle spell: flushes up to `last`, or on an I/O error fences the
@@ -707,10 +718,11 @@ pub(crate) fn run_stage<P: RingPoller, W: Work>(
         match stage.step(shared) {
             Step::Idle => {
                 stage.idle(shared);
-                // Only a journal with appended records not yet flushed (`interval`) has work
-                // coming from the clock; otherwise only a producer or an upstream stage can
-                // bring any, and it wakes this thread.
-                if shared.appended.get() > shared.durable.get() {
+                // Only a journal with appended records not yet flushed (`interval`), or not yet
+                // synced by a primary answering alone, has work coming from the clock;
+                // otherwise only a producer or an upstream stage can bring any, and it wakes
+                // this thread.
+                if shared.appended.get() > shared.durable.get() || shared.sync_pending() {
                     idler.idle(parker, || stage.has_available());
                 } else {
                     idler.idle_quiet(parker, || stage.has_available());

@@ -9,6 +9,7 @@ use ringfence_core::pipeline::{Clock, ManualClock, Refused, Unanswered};
 use ringfence_core::prng::Prng;
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{Action, Command, EngineConfig, RequestKey, Reserve, Timestamp, UserId};
+use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
 use ringfence_journal::fault::Failure;
 use ringfence_journal::snapshot::SnapshotPolicy;
 use ringfence_journal::writer::Durability;
@@ -759,15 +760,22 @@ impl World {
     }
 
     /// Bit rot at rest on a stopped machine, only while its peer leads now (not an old
-    /// primary paused before a failover; in a pair without a witness, the one the operator
-    /// calls primary): the peer holds every acknowledged record, so the runbook's repair
+    /// primary paused before a failover, nor one handing over to the stopped machine, which
+    /// promised a higher epoch; in a pair without a witness, the one the operator calls
+    /// primary): the peer holds every acknowledged record, so the runbook's repair
     /// (truncating at the damage) loses nothing.
     fn rot_fault(&mut self) {
         let target = self.prng.below(2) as usize;
+        let promised = self.machines[target].disk.live_bytes(EPOCH_FILE).and_then(|bytes| {
+            Epochs::decode(&bytes).ok().map(|epochs| epochs.current.max(epochs.promised))
+        });
         let peer = &self.machines[target ^ 1];
         let leads = !peer.paused
             && peer.running().is_some_and(|r| {
-                r.control.is_primary() && r.control.epoch().0 >= self.highest_epoch
+                let epoch = r.control.epoch();
+                r.control.is_primary()
+                    && epoch.0 >= self.highest_epoch
+                    && promised.is_none_or(|promised| epoch >= promised)
             })
             && (self.settings.coordinated || self.operator_primary == target ^ 1);
         // Some of the rot, drawn from the second stream, lands in the journal's last record.
