@@ -40,6 +40,26 @@ fn journal_end(dir: &Path) -> (std::path::PathBuf, usize) {
     (dir.join(&last.name), last.end)
 }
 
+/// A `serve` on the quiet config that created a SKU and sold three orders, then got `signal`
+/// (a clean stop must succeed): its temporary directory, data directory and config file.
+fn sold_three_then(name: &str, signal: &str) -> (TempDir, std::path::PathBuf, String) {
+    let dir = TempDir::new(name);
+    let data = dir.path().join("data");
+    let config = quiet_config(dir.path());
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    sell(&node, 3);
+    let status = node.signal(signal);
+    assert!(signal != "-TERM" || status.success(), "a clean stop exits with success");
+    (dir, data, config)
+}
+
+/// `serve` on `data`, which must refuse to start.
+fn start_refused(data: &str, config: &str) -> std::process::Output {
+    let args = ["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"];
+    let start = [&args[..], &[data, "--config", config]].concat();
+    ringfence_within(&start, REFUSAL_DEADLINE)
+}
+
 #[test]
 fn after_a_clean_stop_a_zeroed_unit_of_the_last_record_is_refused_not_cleared() {
     // Goal: `serve` stopped by SIGTERM marks where its journal ends. A 16-byte unit of the last
@@ -47,12 +67,7 @@ fn after_a_clean_stop_a_zeroed_unit_of_the_last_record_is_refused_not_cleared() 
     // tells it from one — is damage to an acknowledged order: the next start and `journal
     // verify` refuse it (exit 1), naming the sequence and the repairs, instead of clearing it
     // as a torn write; `journal rebuild` repairs it from the shutdown snapshot, losing nothing.
-    let dir = TempDir::new("clean-stop");
-    let data = dir.path().join("data");
-    let config = quiet_config(dir.path());
-    let mut node = Serve::start_with(&data, &["--config", &config]);
-    sell(&node, 3);
-    assert!(node.signal("-TERM").success(), "a clean stop exits with success");
+    let (_dir, data, config) = sold_three_then("clean-stop", "-TERM");
     let marker = data.join(ringfence_journal::datadir::CLEAN_STOP_FILE);
     assert!(marker.exists(), "a clean stop leaves its marker");
     let data_arg = data.to_str().unwrap();
@@ -67,9 +82,7 @@ fn after_a_clean_stop_a_zeroed_unit_of_the_last_record_is_refused_not_cleared() 
     file.read_exact_at(&mut unit, end as u64 - 32).unwrap();
     assert_ne!(unit, [0; 16], "the unit holds part of the order");
     file.write_all_at(&[0; 16], end as u64 - 32).unwrap();
-    let args = ["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"];
-    let start = [&args[..], &[data_arg, "--config", &config]].concat();
-    let refused = ringfence_within(&start, REFUSAL_DEADLINE);
+    let refused = start_refused(data_arg, &config);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
     let err = text(&refused.stderr);
     assert!(err.contains("stopped cleanly") && err.contains("record 4"), "{err}");
@@ -113,12 +126,7 @@ fn after_a_crash_a_bit_flipped_at_rest_in_the_last_record_is_refused_not_cleared
     // last record (an acknowledged order) is not read as a write the crash cut off: the next
     // start and `journal verify` refuse it (exit 1) naming the bit, the sequence and the
     // repairs, and the directory is left as it was.
-    let dir = TempDir::new("crash-rot");
-    let data = dir.path().join("data");
-    let config = quiet_config(dir.path());
-    let mut node = Serve::start_with(&data, &["--config", &config]);
-    sell(&node, 3);
-    node.signal("-KILL");
+    let (_dir, data, config) = sold_three_then("crash-rot", "-KILL");
     let data_arg = data.to_str().unwrap();
     let (segment, end) = journal_end(&data);
     let mut bytes = std::fs::read(&segment).unwrap();
@@ -133,9 +141,7 @@ fn after_a_crash_a_bit_flipped_at_rest_in_the_last_record_is_refused_not_cleared
     assert_eq!(bytes[last + 8], 4, "the last record is the third order");
     bytes[last + 8] ^= 0x02;
     std::fs::write(&segment, &bytes).unwrap();
-    let args = ["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"];
-    let start = [&args[..], &[data_arg, "--config", &config]].concat();
-    let refused = ringfence_within(&start, REFUSAL_DEADLINE);
+    let refused = start_refused(data_arg, &config);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
     let err = text(&refused.stderr);
     assert!(err.contains("journal corrupt") && err.contains("(sequence 4)"), "{err}");
