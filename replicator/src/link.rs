@@ -6,7 +6,9 @@
 //! itself (`ringfence_journal::tail`), so catch-up and live streaming are one path and never
 //! touch the processor thread. At the end of each batch the stage publishes how far the
 //! journal has been appended and wakes the sender; when the policy's gate is `Local` it also
-//! marks that far safe, so egress waits for the local journal only.
+//! marks that far safe, so egress waits for the local journal only — and, on a primary
+//! answering alone on a journal that answers before it syncs, notes it first, so egress waits
+//! for that journal's sync.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,7 +30,8 @@ pub struct Link {
     safe: Arc<Watermark>,
     /// The hold on writes (standby lost, or deposed).
     hold: Arc<WriteHold>,
-    /// The policy's gate, as a byte (`Gate`).
+    /// The policy's gate, as a byte (`Gate`, or [`LOCAL_SYNCED`]): one load tells the
+    /// replicator stage both whether it makes answers safe and whether they wait for a sync.
     gate: AtomicU8,
     /// Senders streaming (and wanting to be woken at each batch). A count, not a flag: a
     /// replaced stream's sender may still be finishing while the new one runs.
@@ -37,6 +40,13 @@ pub struct Link {
     wake: Mutex<u64>,
     wakeup: Condvar,
 }
+
+/// The gate byte for `Gate::Local` on a primary answering alone on a journal that answers
+/// before it syncs (`WriteHold::answers_alone`): what it makes safe is noted first
+/// (`WriteHold::note_alone_through`), so those answers wait for the journal's sync.
+const LOCAL_SYNCED: u8 = 3;
+
+const _: () = assert!(LOCAL_SYNCED > Gate::Held as u8);
 
 impl Link {
     /// A link whose journal ends at `last` (the node's next sequence minus one), a record of
@@ -78,7 +88,7 @@ impl Link {
     #[must_use]
     pub fn gate(&self) -> Gate {
         match self.gate.load(Ordering::Acquire) {
-            0 => Gate::Local,
+            0 | LOCAL_SYNCED => Gate::Local,
             1 => Gate::Standby,
             _ => Gate::Held,
         }
@@ -87,11 +97,12 @@ impl Link {
     /// Applies the policy's gate: `Local` marks everything appended safe at once (and at each
     /// batch), `Standby` leaves the watermark to acknowledgements, `Held` puts the hold on.
     pub fn set_gate(&self, gate: Gate) {
-        self.gate.store(gate as u8, Ordering::Release);
+        let synced = gate == Gate::Local && self.hold.answers_alone();
+        self.gate.store(if synced { LOCAL_SYNCED } else { gate as u8 }, Ordering::Release);
         match gate {
             Gate::Local => {
                 self.release_hold();
-                self.advance_alone(Sequence(self.available()));
+                self.advance_alone(synced, Sequence(self.available()));
             }
             Gate::Standby => self.release_hold(),
             Gate::Held => {
@@ -109,10 +120,11 @@ impl Link {
         self.hold.set_answers_alone(alone);
     }
 
-    /// Marks everything through `sequence` safe on the local journal alone; answers a journal
-    /// that answers before it syncs made safe this way wait for its sync.
-    fn advance_alone(&self, sequence: Sequence) {
-        if self.hold.answers_alone() {
+    /// Marks everything through `sequence` safe on the local journal alone; with `synced`
+    /// (the gate byte was [`LOCAL_SYNCED`]) noted first, so those answers wait for the
+    /// journal's sync. The gate may change meanwhile: a note then only costs a sync.
+    fn advance_alone(&self, synced: bool, sequence: Sequence) {
+        if synced {
             self.hold.note_alone_through(sequence);
         }
         self.safe.advance(sequence);
@@ -220,8 +232,10 @@ impl Replicator for ReplicationStage {
         }
         link.last_epoch.store(self.last_epoch.0, Ordering::Release);
         link.available.store(self.last.0, Ordering::Release);
-        if link.gate.load(Ordering::Acquire) == Gate::Local as u8 {
-            link.advance_alone(self.last);
+        match link.gate.load(Ordering::Acquire) {
+            LOCAL_SYNCED => link.advance_alone(true, self.last),
+            gate if gate == Gate::Local as u8 => link.advance_alone(false, self.last),
+            _ => {}
         }
         if link.streaming.load(Ordering::Acquire) > 0 {
             link.notify();
@@ -235,5 +249,46 @@ impl Replicator for ReplicationStage {
 
     fn hold(&self) -> Option<Arc<WriteHold>> {
         Some(Arc::clone(&self.link.hold))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringfence_core::pipeline::Replicator;
+    use ringfence_core::{Command, Sequenced, Timestamp};
+
+    use super::*;
+
+    fn send(stage: &mut ReplicationStage, sequence: u64) {
+        let sequenced = Sequenced {
+            sequence: Sequence(sequence),
+            timestamp: Timestamp(1),
+            command: Command::Tick,
+        };
+        stage.send(&Framed { epoch: Epoch(1), sequenced: &sequenced, bytes: &[] }).unwrap();
+        stage.flush().unwrap();
+    }
+
+    #[test]
+    fn a_primary_answering_alone_notes_what_it_makes_safe_before_making_it_safe() {
+        // Goal: with the hold answering alone, the `Local` gate notes what it makes safe, at once
+        // and at each batch, so those answers wait for a sync; with its standby the stage makes
+        // nothing safe; `Local` on a journal that syncs first makes safe and notes nothing.
+        let link = Link::new(Sequence(4), Epoch(1));
+        let mut stage = link.stage();
+        let hold = stage.hold().expect("the link holds");
+        hold.set_answers_alone(true);
+        link.set_gate(Gate::Local);
+        assert_eq!(link.gate(), Gate::Local);
+        assert_eq!((hold.alone_through(), link.safe.get()), (Sequence(4), Sequence(4)));
+        send(&mut stage, 5);
+        assert_eq!((hold.alone_through(), link.safe.get()), (Sequence(5), Sequence(5)));
+        hold.set_answers_alone(false);
+        link.set_gate(Gate::Standby);
+        send(&mut stage, 6);
+        assert_eq!((hold.alone_through(), link.safe.get()), (Sequence(5), Sequence(5)));
+        link.set_gate(Gate::Local);
+        send(&mut stage, 7);
+        assert_eq!((hold.alone_through(), link.safe.get()), (Sequence(5), Sequence(7)));
     }
 }

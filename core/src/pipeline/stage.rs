@@ -188,9 +188,8 @@ impl WriteHold {
 
     /// Notes that answers up to `sequence` are being made safe while the primary answers alone:
     /// called before the replicator's safe watermark passes them, so egress, which reads the
-    /// watermark first, sees the note.
+    /// watermark first, sees the note. Never lowered.
     pub fn note_alone_through(&self, sequence: Sequence) {
-        assert!(self.answers_alone(), "noted alone while answering with the standby");
         self.alone_through.fetch_max(sequence.0, Ordering::AcqRel);
     }
 
