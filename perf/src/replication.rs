@@ -255,6 +255,9 @@ impl Member {
         let listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut replication = ReplicationConfig::new(listen, cluster, secret, dir.0.clone());
         replication.mode = ack;
+        // As `ringfence serve` sets it: a journal that answers before it syncs makes a primary
+        // answering without its standby sync first.
+        replication.answers_after_sync = mode.durability == Durability::Batch;
         let end = (Sequence(next.0 - 1), recovered.last_epoch);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let epochs = Box::new(data_dir.clone());
