@@ -351,9 +351,9 @@ fn a_paused_primary_acknowledges_nothing_after_it_resumes_and_rejoins() {
             );
         }
     }
-    wait_until(LIVENESS, "a follows b", || a.follows("b"));
+    wait_on(&a, "a follows b", || a.follows("b"));
     let target = b.last_sequence();
-    wait_until(LIVENESS, "a catches up", || a.last_sequence() >= target);
+    wait_on(&a, "a catches up", || a.last_sequence() >= target);
     let log = a.log();
     assert!(log.iter().any(|l| l.contains("restarting as a candidate")), "{log:?}");
     if let Some(dropped) = log.iter().find(|l| l.contains("dropping")) {
