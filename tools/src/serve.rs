@@ -815,20 +815,23 @@ fn watch_signals(stopper: ringfence_ingress::Stopper) -> Result<(), String> {
 /// Shortest admin token `serve` accepts, in characters, not counting `=` padding.
 const ADMIN_TOKEN_CHARS_MIN: usize = 32;
 
-/// The token rule, for messages about the admin token.
-const ADMIN_TOKEN_RULE: &str = "a token must be at least 32 characters of ASCII letters, \
+/// The token rule every role's token follows, up to the file a new token is written to:
+/// messages end it with the token's own file and where to name it.
+const TOKEN_RULE_HEAD: &str = "a token must be at least 32 characters of ASCII letters, \
      digits and `-._~+/` (`=` padding at the end allowed, not counted). This is a length \
      check, not an entropy measurement: make the token from random bytes, e.g. \
-     `head -c 32 /dev/urandom | base64 > admin.token`, then pass --admin-token-file admin.token";
+     `head -c 32 /dev/urandom | base64 > ";
+
+/// The token rule, for messages about the admin token.
+fn admin_token_rule() -> String {
+    format!("{TOKEN_RULE_HEAD}admin.token`, then pass --admin-token-file admin.token")
+}
 
 /// The token rule, for messages about `role`'s token: where to put a good one.
 fn role_token_rule(role: AccessRole) -> String {
     let name = role.name();
     format!(
-        "a token must be at least 32 characters of ASCII letters, digits and `-._~+/` (`=` \
-         padding at the end allowed, not counted). This is a length check, not an entropy \
-         measurement: make the token from random bytes, e.g. `head -c 32 /dev/urandom | base64 \
-         > {name}.token`, then name the file in [auth] {name}_token_file, or set {}",
+        "{TOKEN_RULE_HEAD}{name}.token`, then name the file in [auth] {name}_token_file, or set {}",
         role_token_env(role)
     )
 }
@@ -857,7 +860,10 @@ fn admin_token(
 ) -> Result<String, String> {
     if let Some((token, source)) = operator_token(args, file)? {
         if !admin_token_ok(&token) {
-            return Err(format!("the admin token from {source} is too weak: {ADMIN_TOKEN_RULE}"));
+            return Err(format!(
+                "the admin token from {source} is too weak: {}",
+                admin_token_rule()
+            ));
         }
         log(format_args!("admin token from {source}"));
         return Ok(token);
@@ -870,8 +876,9 @@ fn admin_token(
         if !admin_token_ok(&token) {
             return Err(format!(
                 "the admin token in {} is too weak (delete the file and serve generates a new \
-                 one): {ADMIN_TOKEN_RULE}",
-                path.display()
+                 one): {}",
+                path.display(),
+                admin_token_rule()
             ));
         }
         log(format_args!("admin token in {}", path.display()));
