@@ -646,6 +646,17 @@ impl Control {
         }
     }
 
+    /// A primary behind this standby (it lost records the standby holds, and may have
+    /// answered for them) answered its join: `holds` whether this standby holds the primary's
+    /// whole journal. If so, it holds every record the primary acknowledged and may be
+    /// promoted by hand, as if it had caught up; if not, it may not. The catch-up marker of a
+    /// directory created or truncated stays: the primary cannot vouch for records only this
+    /// directory was to hold.
+    pub fn holds_primary_journal(&self, holds: bool) {
+        assert!(matches!(self.role(), Role::Standby { .. }), "a primary answered a primary");
+        self.in_sync.store(holds, Ordering::Release);
+    }
+
     /// The standby follower's progress, for the figures: its state, what it holds, and how
     /// many records the primary reported beyond that.
     pub fn set_follower(&self, what: &str, held: Sequence, behind: u64) {
@@ -875,12 +886,16 @@ mod tests {
 
     /// A standby's control and its node, a stepped replica.
     fn standby(catching_up: bool) -> (Arc<Control>, Node) {
+        standby_at(catching_up, (Sequence(0), Epoch(0)))
+    }
+
+    /// A standby's control, its journal ending at `end`, and its node.
+    fn standby_at(catching_up: bool, end: (Sequence, Epoch)) -> (Arc<Control>, Node) {
         use ringfence_core::pipeline::{
             Intake, MemoryJournal, NoReplicator, NodeConfig, SystemClock, Topology,
         };
         let role = Role::Standby { primary: "p".into() };
         let clock = Arc::new(SystemClock::new());
-        let end = (Sequence(0), Epoch(0));
         let control = Control::new(config(), role, end, memory(catching_up), clock);
         let node_config =
             NodeConfig { intake: Intake::Replica, ..NodeConfig::for_tests(Topology::Stepped) };
@@ -933,6 +948,87 @@ mod tests {
         assert!(refused.contains("truncated"), "{refused}");
         assert_eq!(control.promote(&node, true), Ok(Epoch(1 + FORCED_EPOCH_STEP)));
         assert!(!control.epochs.catching_up(), "the new primary's journal is the reference");
+    }
+
+    #[test]
+    fn a_standby_holding_the_whole_journal_of_a_primary_behind_it_may_be_promoted_by_hand() {
+        // Goal: a primary that lost records its standby holds (and may have answered for them)
+        // tells the standby where its journal ends. A standby that restarted since it last
+        // caught up, holding that last record, holds every record the primary acknowledged:
+        // `promote` takes it without force, above the primary's epoch. One whose record there
+        // differs, or whose directory is catching up, is still refused.
+        use ringfence_core::{Command, Sequenced, Timestamp};
+        let disk = ringfence_journal::fault::FaultStorage::new();
+        let options = ringfence_journal::writer::WriterOptions {
+            segment_len: ringfence_journal::format::SEGMENT_LEN_MIN,
+            durability: Durability::Batch,
+            engine_config: ringfence_core::EngineConfig::small(),
+        };
+        let mut writer = ringfence_journal::recovery::recover_from(disk.clone(), options)
+            .expect("a new directory")
+            .writer;
+        // Records 1..=13: the standby's journal; 1..=10 in epoch 1, the rest in epoch 2.
+        for sequence in 1..=13 {
+            let epoch = Epoch(if sequence <= 10 { 1 } else { 2 });
+            if sequence == 11 {
+                let dir = writer.data_dir().clone();
+                EpochStore::store(&dir, Epochs { current: epoch, promised: epoch }).unwrap();
+            }
+            let tick = Sequenced {
+                sequence: Sequence(sequence),
+                timestamp: Timestamp(1_000 + sequence),
+                command: Command::Tick,
+            };
+            writer.append_command(epoch, &tick).unwrap();
+        }
+        writer.sync_now().unwrap();
+        let behind = |last_sequence: u64, last_epoch: u64| crate::message::Behind {
+            epoch: Epoch(3),
+            last_sequence: Sequence(last_sequence),
+            last_epoch: Epoch(last_epoch),
+        };
+        let end = (Sequence(13), Epoch(2));
+        let cases = [
+            // (primary's last record, its epoch, catching up, promotable by hand)
+            (10, 1, false, true),
+            (12, 2, false, true),
+            (0, 0, false, true),
+            (10, 2, false, false),
+            (12, 1, false, false),
+            (10, 1, true, false),
+        ];
+        for (last, last_epoch, catching_up, promotable) in cases {
+            let (control, node) = standby_at(catching_up, end);
+            let said = crate::standby::on_behind(
+                &control,
+                Ok(disk.clone()),
+                behind(last, last_epoch),
+                "p",
+            );
+            let case = format!("last {last} in epoch {last_epoch}, catching up {catching_up}");
+            assert_eq!(said.contains("promote the standby"), promotable, "{case}: {said}");
+            assert_eq!(control.epochs().promised, Epoch(3), "{case}: the primary's epoch");
+            if promotable {
+                assert_eq!(control.promote(&node, false), Ok(Epoch(4)), "{case}");
+            } else {
+                assert!(control.promote(&node, false).is_err(), "{case}: promoted");
+                assert!(said.contains("promote --force"), "{case}: {said}");
+            }
+        }
+        // A later answer that says otherwise takes it back.
+        let (control, node) = standby_at(false, end);
+        let said = crate::standby::on_behind(&control, Ok(disk.clone()), behind(10, 1), "p");
+        assert!(said.contains("promote the standby"), "{said}");
+        control.holds_primary_journal(false);
+        assert!(control.promote(&node, false).is_err(), "promoted on an answer taken back");
+        // A journal rebuilt after a snapshot no longer holds record `last`: the first record
+        // it holds after it is compared instead.
+        use crate::position::EpochList;
+        use crate::standby::record_to_compare;
+        let mut rebuilt = EpochList { first: 101, epochs: vec![2; 49] };
+        assert_eq!(record_to_compare(&mut rebuilt, Sequence(19)), (Sequence(101), Some(Epoch(2))));
+        let mut whole = EpochList::flat(149, 2);
+        assert_eq!(record_to_compare(&mut whole, Sequence(19)), (Sequence(19), Some(Epoch(2))));
     }
 
     /// A new data directory over an in-memory fault-injecting disk.

@@ -1,4 +1,4 @@
-//! The replication protocol's messages (version 2): frames, their bodies, encoding, and
+//! The replication protocol's messages (version 3): frames, their bodies, encoding, and
 //! decoding that checks every field and never panics. `docs/replication-protocol.md` is the
 //! long version of this comment.
 //!
@@ -12,7 +12,7 @@
 //!
 //! 1 Hello (standby -> primary, first on a connection)
 //!   0  magic           4  b"RFRP"
-//!   4  version         2  PROTOCOL_VERSION (2)
+//!   4  version         2  PROTOCOL_VERSION (3)
 //!   6  cluster len     1  n, 1 ..= 64
 //!   7  cluster id      n  [A-Za-z0-9._-]
 //!   7+n standby nonce 32
@@ -59,6 +59,10 @@
 //!  16  total len       8  the snapshot file's length in bytes; >= 1
 //!  24  offset          8  where this chunk's bytes go in the file
 //!  32  bytes           n  1 ..= SNAPSHOT_CHUNK_MAX, offset + n <= total len
+//! 12 Behind (primary -> standby, instead of Start; the primary then closes)
+//!   0  epoch           8  the primary's current epoch
+//!   8  last sequence   8  the primary journal's last record; 0 if empty
+//!  16  last epoch      8  that record's epoch; 0 if empty; <= epoch
 //! ```
 //!
 //! Decoding checks everything one frame can show: exact lengths, magic and version, the
@@ -81,7 +85,7 @@ use crate::auth::{
 /// First bytes of a `Hello` body: a ringfence replication peer.
 pub const PROTOCOL_MAGIC: [u8; 4] = *b"RFRP";
 /// The protocol version this build speaks (and the only one it accepts).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 const KIND_LEN: usize = 1;
 const FRAME_LEN_OFFSET: usize = 0;
@@ -134,6 +138,11 @@ const START_BODY_LEN: usize = START_PRIMARY_LAST_OFFSET + 8;
 const DIVERGED_EPOCH_OFFSET: usize = 0;
 const DIVERGED_KEEP_THROUGH_OFFSET: usize = DIVERGED_EPOCH_OFFSET + 8;
 const DIVERGED_BODY_LEN: usize = DIVERGED_KEEP_THROUGH_OFFSET + 8;
+
+const BEHIND_EPOCH_OFFSET: usize = 0;
+const BEHIND_LAST_SEQUENCE_OFFSET: usize = BEHIND_EPOCH_OFFSET + 8;
+const BEHIND_LAST_EPOCH_OFFSET: usize = BEHIND_LAST_SEQUENCE_OFFSET + 8;
+const BEHIND_BODY_LEN: usize = BEHIND_LAST_EPOCH_OFFSET + 8;
 
 const HEARTBEAT_EPOCH_OFFSET: usize = 0;
 const HEARTBEAT_LAST_OFFSET: usize = HEARTBEAT_EPOCH_OFFSET + 8;
@@ -195,6 +204,7 @@ const _: () = assert!(CHALLENGE_BODY_LEN == 64);
 const _: () = assert!(JOIN_LAST_SEQUENCE_OFFSET == 32 && JOIN_BODY_LEN == 56);
 const _: () = assert!(START_BODY_LEN == 24);
 const _: () = assert!(DIVERGED_BODY_LEN == 16);
+const _: () = assert!(BEHIND_BODY_LEN == 24);
 const _: () = assert!(RECORDS_HEADER_LEN == 12 && RECORDS_FRAME_HEADER_LEN == 17);
 const _: () = assert!(HEARTBEAT_BODY_LEN == 25);
 const _: () = assert!(ACK_BODY_LEN == 24);
@@ -230,11 +240,13 @@ pub enum Kind {
     FetchSnapshot = 10,
     /// [`SnapshotChunk`].
     SnapshotChunk = 11,
+    /// [`Behind`].
+    Behind = 12,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Hello,
         Kind::Challenge,
         Kind::Join,
@@ -246,6 +258,7 @@ impl Kind {
         Kind::Refuse,
         Kind::FetchSnapshot,
         Kind::SnapshotChunk,
+        Kind::Behind,
     ];
 
     /// The kind with wire code `code`, if there is one.
@@ -286,6 +299,9 @@ pub enum Message<'a> {
     FetchSnapshot(FetchSnapshot),
     /// Primary → standby, after `FetchSnapshot`: the next piece of a snapshot file.
     SnapshotChunk(SnapshotChunk<'a>),
+    /// Primary → standby, instead of `Start`: the standby holds records past the primary's
+    /// journal that the primary may have acknowledged and lost.
+    Behind(Behind),
 }
 
 impl Message<'_> {
@@ -304,6 +320,7 @@ impl Message<'_> {
             Message::Refuse(_) => Kind::Refuse,
             Message::FetchSnapshot(_) => Kind::FetchSnapshot,
             Message::SnapshotChunk(_) => Kind::SnapshotChunk,
+            Message::Behind(_) => Kind::Behind,
         }
     }
 }
@@ -358,6 +375,22 @@ pub struct Diverged {
     pub epoch: Epoch,
     /// The standby must drop every record after this sequence, then connect again.
     pub keep_through: Sequence,
+}
+
+/// Primary → standby, instead of [`Start`] or [`Diverged`]: the standby holds records past
+/// this primary's journal, and the primary may have acknowledged them before losing them (it
+/// restarted after a standby was in sync, its journal answering before it syncs). It drops
+/// nothing and streams nothing: it holds writes, and the standby, if its own record
+/// `last_sequence` carries `last_epoch`, holds this primary's whole journal and more, and is
+/// the node to promote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Behind {
+    /// The primary's current epoch: a promotion of the standby goes above it.
+    pub epoch: Epoch,
+    /// The primary journal's last record; 0 if the journal is empty.
+    pub last_sequence: Sequence,
+    /// That record's epoch; 0 if the journal is empty; never above `epoch`.
+    pub last_epoch: Epoch,
 }
 
 /// Primary → standby, when there is nothing else to send, and at once when `answering`
@@ -703,6 +736,17 @@ pub enum MessageError {
         /// The promised-epoch field.
         promised: Epoch,
     },
+    /// A `Behind` whose last record's epoch is above the primary's current epoch.
+    #[error(
+        "a behind message whose last record has epoch {last}, above the primary's epoch \
+         {epoch}: a primary never holds a record above its epoch"
+    )]
+    BehindEpochAboveCurrent {
+        /// The last-epoch field.
+        last: Epoch,
+        /// The epoch field.
+        epoch: Epoch,
+    },
     /// A `SnapshotChunk` for a snapshot through sequence 0.
     #[error(
         "a snapshot chunk of a snapshot through sequence 0: a snapshot holds at least one record"
@@ -746,6 +790,7 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
         Message::Join(join) => encode_fixed(join, out),
         Message::Start(start) => encode_fixed(start, out),
         Message::Diverged(diverged) => encode_fixed(diverged, out),
+        Message::Behind(behind) => encode_fixed(behind, out),
         Message::Records(records) => {
             let header = records_frame_header(records.first, records.count, records.bytes.len());
             out.extend_from_slice(&header[FRAME_BODY_OFFSET..]);
@@ -866,6 +911,7 @@ fn decode_body(kind: Kind, body: &[u8]) -> Result<Message<'_>, MessageError> {
         Kind::Join => Message::Join(decode_fixed(body)?),
         Kind::Start => Message::Start(decode_fixed(body)?),
         Kind::Diverged => Message::Diverged(decode_fixed(body)?),
+        Kind::Behind => Message::Behind(decode_fixed(body)?),
         Kind::Records => Message::Records(decode_records(body)?),
         Kind::Heartbeat => Message::Heartbeat(decode_fixed(body)?),
         Kind::Ack => Message::Ack(decode_fixed(body)?),
@@ -1350,6 +1396,27 @@ impl FixedBody for Diverged {
     }
 }
 
+impl FixedBody for Behind {
+    const KIND: Kind = Kind::Behind;
+    const LEN: usize = BEHIND_BODY_LEN;
+
+    fn write(&self, body: &mut [u8]) {
+        put_u64(body, BEHIND_EPOCH_OFFSET, self.epoch.0);
+        put_u64(body, BEHIND_LAST_SEQUENCE_OFFSET, self.last_sequence.0);
+        put_u64(body, BEHIND_LAST_EPOCH_OFFSET, self.last_epoch.0);
+    }
+
+    fn read(body: &[u8]) -> Result<Behind, MessageError> {
+        let epoch = Epoch(get_u64(body, BEHIND_EPOCH_OFFSET));
+        let last_epoch = Epoch(get_u64(body, BEHIND_LAST_EPOCH_OFFSET));
+        if last_epoch > epoch {
+            return Err(MessageError::BehindEpochAboveCurrent { last: last_epoch, epoch });
+        }
+        let last_sequence = Sequence(get_u64(body, BEHIND_LAST_SEQUENCE_OFFSET));
+        Ok(Behind { epoch, last_sequence, last_epoch })
+    }
+}
+
 impl FixedBody for Heartbeat {
     const KIND: Kind = Kind::Heartbeat;
     const LEN: usize = HEARTBEAT_BODY_LEN;
@@ -1459,7 +1526,7 @@ mod tests {
         // hand, so a change to the format cannot pass unnoticed.
         let cluster = ClusterId::new("eu-1").unwrap();
         let hello = Message::Hello(Hello { cluster, standby_nonce: [7; 32] });
-        let expected = frame(1, &[b"RFRP", &[2, 0], &[4], b"eu-1", &[7; 32]]);
+        let expected = frame(1, &[b"RFRP", &[3, 0], &[4], b"eu-1", &[7; 32]]);
         assert_eq!(encoded(&hello), expected);
         assert_eq!(expected.len(), 4 + 1 + 39 + 4);
 
@@ -1481,6 +1548,9 @@ mod tests {
 
         let diverged = Diverged { epoch: Epoch(3), keep_through: Sequence(8) };
         assert_eq!(encoded(&Message::Diverged(diverged)), frame(5, &[&le(3), &le(8)]));
+
+        let behind = Behind { epoch: Epoch(4), last_sequence: Sequence(8), last_epoch: Epoch(3) };
+        assert_eq!(encoded(&Message::Behind(behind)), frame(12, &[&le(4), &le(8), &le(3)]));
     }
 
     #[test]
@@ -1571,7 +1641,7 @@ mod tests {
             assert_eq!(RefuseCode::from_u8(value), Some(code));
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(12), None);
+        assert_eq!(Kind::from_u8(13), None);
         assert_eq!(RefuseCode::from_u8(0), None);
         assert_eq!(RefuseCode::from_u8(10), None);
     }

@@ -12,6 +12,7 @@
 //!   Join(proof, last, epoch, promise)  ──►    AwaitJoin: verify, decide (position.rs)
 //!     or FetchSnapshot(proof)                 ─ Start(epoch, from) → Streaming
 //!                                             ─ Diverged(keep through) → closed
+//!                                             ─ Behind(last, its epoch) → closed
 //!                                             ─ snapshot chunks → closed
 //!                                             ─ Refuse(code, text) → closed
 //!   Streaming: records, heartbeats     ◄──    Streaming: records, heartbeats when idle
@@ -22,8 +23,8 @@ use ringfence_core::{Epoch, Sequence};
 
 use crate::auth::{self, ClusterId, ClusterSecret, Nonce};
 use crate::message::{
-    Ack, Answering, Challenge, Diverged, FetchSnapshot, Heartbeat, Hello, Join, Message, Records,
-    Refuse, RefuseCode, Start,
+    Ack, Answering, Behind, Challenge, Diverged, FetchSnapshot, Heartbeat, Hello, Join, Message,
+    Records, Refuse, RefuseCode, Start,
 };
 use crate::position::{JoinDecision, JournalIndex, StandbyPosition, decide};
 
@@ -42,6 +43,8 @@ pub enum Outgoing {
     Start(Start),
     /// Primary → standby.
     Diverged(Diverged),
+    /// Primary → standby, then the connection closes.
+    Behind(Behind),
     /// Primary → standby.
     Heartbeat(Heartbeat),
     /// Standby → primary.
@@ -68,6 +71,7 @@ impl Outgoing {
             Outgoing::FetchSnapshot(fetch) => Message::FetchSnapshot(*fetch),
             Outgoing::Start(start) => Message::Start(*start),
             Outgoing::Diverged(diverged) => Message::Diverged(*diverged),
+            Outgoing::Behind(behind) => Message::Behind(*behind),
             Outgoing::Heartbeat(heartbeat) => Message::Heartbeat(*heartbeat),
             Outgoing::Ack(ack) => Message::Ack(*ack),
             Outgoing::Refuse { code, epoch, text } => {
@@ -253,15 +257,7 @@ impl PrimarySession {
                 })
             }
             JoinDecision::Diverged { keep_through } if view.standby_tail_acknowledged => {
-                let text = format!(
-                    "the standby holds records {}..={} (last from epoch {}) that this primary \
-                     lost after answering for them, its journal not synced before answers: \
-                     promote the standby, then start this node as its standby",
-                    keep_through.next(),
-                    position.last_sequence,
-                    position.last_epoch
-                );
-                self.refuse(RefuseCode::Busy, epoch, text)
+                self.behind(keep_through, position, view)
             }
             JoinDecision::Diverged { keep_through } => {
                 self.state = PrimaryState::Closed;
@@ -292,6 +288,48 @@ impl PrimarySession {
                 PrimaryStep::Close { last, reason, deposed_by: Some(promised) }
             }
         }
+    }
+
+    /// The standby holds records after `keep_through` that this journal lacks, and this
+    /// primary may have answered for them before losing them: it tells the standby so, with
+    /// its journal's last record, and drops nothing. The standby checks that it holds that
+    /// record too, and so this whole journal: then promoting it loses nothing.
+    fn behind(
+        &mut self,
+        keep_through: Sequence,
+        position: StandbyPosition,
+        view: &mut PrimaryView<'_>,
+    ) -> PrimaryStep {
+        let (epoch, last_sequence) = (view.epoch, view.journal_last);
+        let last_epoch = if last_sequence.0 == 0 {
+            Some(Epoch(0))
+        } else {
+            view.journal.epoch_at(last_sequence)
+        };
+        let lost = format!(
+            "the standby holds records {}..={} (last from epoch {}) that this primary lost after \
+             answering for them, its journal not synced before answers",
+            keep_through.next(),
+            position.last_sequence,
+            position.last_epoch
+        );
+        let last_epoch = last_epoch.filter(|&last_epoch| last_epoch <= epoch);
+        let Some(last_epoch) = last_epoch.filter(|_| last_sequence < position.last_sequence) else {
+            // This journal runs past the standby's (it took records since), or its last record
+            // cannot be read back: the standby cannot hold it whole. It is refused, and retries.
+            let text = format!(
+                "{lost}, and this journal differs from the standby's before its end \
+                 {last_sequence}: compare the two journals before promoting the standby"
+            );
+            return self.refuse(RefuseCode::Busy, epoch, text);
+        };
+        self.state = PrimaryState::Closed;
+        let reason = format!(
+            "{lost}: told it this journal ends at {last_sequence} (epoch {last_epoch}); promote \
+             the standby, then start this node as its standby"
+        );
+        let last = Some(Outgoing::Behind(Behind { epoch, last_sequence, last_epoch }));
+        PrimaryStep::Close { last, reason, deposed_by: None }
     }
 
     /// Checks an acknowledgement against what was sent and acknowledged before.
@@ -382,6 +420,11 @@ pub enum StandbyStep {
         /// The primary's epoch.
         epoch: Epoch,
     },
+    /// The primary lost records this standby holds, and may have answered for them: it
+    /// streams nothing and holds writes. The shell checks whether this journal holds the
+    /// primary's whole journal (`standby::on_behind`: then promoting it loses nothing) and
+    /// retries. The connection is closed.
+    Behind(Behind),
     /// The snapshot transfer may begin (the shell reads the chunks).
     ReceiveSnapshot,
     /// Send this if any, then close: the reason is for the log.
@@ -472,6 +515,7 @@ impl StandbySession {
                 self.on_challenge(challenge, secret, cluster)
             }
             (StandbyState::AwaitStart, Message::Start(start)) => self.on_start(start),
+            (StandbyState::AwaitStart, Message::Behind(behind)) => self.on_behind(*behind),
             (StandbyState::AwaitStart, Message::Diverged(diverged)) => {
                 self.state = StandbyState::Closed;
                 StandbyStep::Diverged { keep_through: diverged.keep_through, epoch: diverged.epoch }
@@ -547,6 +591,29 @@ impl StandbySession {
         self.primary_last = start.primary_last;
         self.state = StandbyState::Streaming { epoch: start.epoch, next: start.from_sequence };
         StandbyStep::Following { epoch: start.epoch, from: start.from_sequence }
+    }
+
+    fn on_behind(&mut self, behind: Behind) -> StandbyStep {
+        let Purpose::Join(position) = self.purpose else {
+            return self.refuse(RefuseCode::BadMessage, "behind when a snapshot was asked".into());
+        };
+        if behind.epoch < self.promised {
+            let text = format!(
+                "epoch {} is below the epoch this standby promised ({})",
+                behind.epoch, self.promised
+            );
+            return self.refuse(RefuseCode::StaleEpoch, text);
+        }
+        if behind.last_sequence >= position.last_sequence {
+            let text = format!(
+                "the primary says it lost records this standby holds, but its journal ends at \
+                 {}, not before this one's {}",
+                behind.last_sequence, position.last_sequence
+            );
+            return self.refuse(RefuseCode::BadMessage, text);
+        }
+        self.state = StandbyState::Closed;
+        StandbyStep::Behind(behind)
     }
 
     fn on_records(&mut self, epoch: Epoch, next: Sequence, records: &Records<'_>) -> StandbyStep {
@@ -724,16 +791,25 @@ mod tests {
     fn a_primary_that_may_have_answered_for_records_it_lost_never_drops_them_from_its_standby() {
         // Goal: a standby holding records 11..=13 the primary lacks is told to drop them, unless
         // the primary may have acknowledged them before losing them (restarted after a standby
-        // was in sync, its journal answering before it syncs): then the join is refused,
-        // naming the records and the promotion that keeps them, and nothing is dropped.
+        // was in sync, its journal answering before it syncs). Then it is told the primary is
+        // behind, with the primary's last record, which the standby's machine hands to its
+        // shell to compare; nothing is dropped. A primary whose journal has since run past the
+        // standby's refuses it instead, naming the records.
         let key = secret("the-shared-secret-16+");
         let ours = cluster();
-        for acknowledged in [false, true] {
-            let at = position(13, 1, 1);
+        // (standby's last record and its epoch, primary's journal, tail acknowledged)
+        let mut grown = EpochList::flat(15, 1);
+        grown.epochs[10..].fill(2);
+        let cases = [
+            ((13, 1), EpochList::flat(10, 1), false),
+            ((13, 1), EpochList::flat(10, 1), true),
+            ((13, 1), grown, true),
+        ];
+        for ((last, last_epoch), mut journal, acknowledged) in cases {
+            let at = position(last, last_epoch, 1);
             let (mut standby, hello) =
                 StandbySession::start(ours, [1; 32], Purpose::Join(at), at.promised);
             let mut primary = PrimarySession::new([2; 32]);
-            let mut journal = EpochList::flat(10, 1);
             let mut view = view(&ours, &key, &mut journal, 2);
             view.standby_tail_acknowledged = acknowledged;
             let mut step = None;
@@ -743,17 +819,75 @@ mod tests {
             wire(&challenge, &mut |m| reply = Some(standby.on_message(m, &key, &ours)));
             let Some(StandbyStep::Reply(join)) = reply else { panic!("{reply:?}") };
             wire(&join, &mut |m| step = Some(primary.on_message(m, &mut view)));
+            let grew = view.journal_last > Sequence(last);
             match step.expect("an answer to the join") {
                 PrimaryStep::Close { last: Some(Outgoing::Diverged(diverged)), .. } => {
                     assert!(!acknowledged, "told to drop records it may have acknowledged");
                     assert_eq!(diverged.keep_through, Sequence(10));
                 }
+                PrimaryStep::Close { last: Some(Outgoing::Behind(behind)), reason, .. } => {
+                    assert!(acknowledged && !grew, "behind a standby holding less: {behind:?}");
+                    let expected = Behind {
+                        epoch: Epoch(2),
+                        last_sequence: Sequence(10),
+                        last_epoch: Epoch(1),
+                    };
+                    assert_eq!(behind, expected);
+                    assert!(reason.contains("11..=13") && reason.contains("promote"), "{reason}");
+                    let mut told = None;
+                    let outgoing = Outgoing::Behind(behind);
+                    wire(&outgoing, &mut |m| told = Some(standby.on_message(m, &key, &ours)));
+                    assert_eq!(told, Some(StandbyStep::Behind(expected)));
+                }
                 PrimaryStep::Close { last: Some(Outgoing::Refuse { code, text, .. }), .. } => {
-                    assert!(acknowledged, "refused a standby whose tail was never acknowledged");
+                    assert!(acknowledged && grew, "refused a standby it could tell it is behind");
                     assert_eq!(code, RefuseCode::Busy);
-                    assert!(text.contains("11..=13") && text.contains("promote"), "{text}");
+                    assert!(text.contains("11..=13") && text.contains("compare"), "{text}");
                 }
                 other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_standby_checks_that_a_primary_behind_it_is_behind() {
+        // Goal: a primary behind this standby must lead in an epoch at least the standby's
+        // promise, and its journal must end before the standby's: otherwise the standby
+        // refuses it, rather than comparing journals on a false premise.
+        let key = secret("the-shared-secret-16+");
+        let ours = cluster();
+        let behind = |epoch: u64, last: u64| Behind {
+            epoch: Epoch(epoch),
+            last_sequence: Sequence(last),
+            last_epoch: Epoch(1),
+        };
+        let cases = [
+            (behind(3, 10), None),
+            (behind(3, 12), None),
+            (behind(1, 10), Some(RefuseCode::StaleEpoch)),
+            (behind(3, 13), Some(RefuseCode::BadMessage)),
+            (behind(3, 20), Some(RefuseCode::BadMessage)),
+        ];
+        for (told, refused) in cases {
+            let at = position(13, 1, 2);
+            let (mut standby, hello) =
+                StandbySession::start(ours, [1; 32], Purpose::Join(at), at.promised);
+            let mut primary = PrimarySession::new([2; 32]);
+            let mut journal = EpochList::flat(10, 1);
+            let mut view = view(&ours, &key, &mut journal, 3);
+            let mut step = None;
+            wire(&hello, &mut |m| step = Some(primary.on_message(m, &mut view)));
+            let Some(PrimaryStep::Reply(challenge)) = step.take() else { panic!("{step:?}") };
+            let mut reply = None;
+            wire(&challenge, &mut |m| reply = Some(standby.on_message(m, &key, &ours)));
+            let mut answer = None;
+            wire(&Outgoing::Behind(told), &mut |m| {
+                answer = Some(standby.on_message(m, &key, &ours))
+            });
+            let answer = answer.expect("an answer");
+            match refused {
+                None => assert_eq!(answer, StandbyStep::Behind(told)),
+                Some(code) => assert_eq!(standby_refusal(&answer), Some(code), "{answer:?}"),
             }
         }
     }

@@ -18,12 +18,15 @@ use mio::{Events, Interest, Poll, Token};
 use ringfence_core::pipeline::{Node, Refused, Session, Unanswered, WakeHook};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::epoch::Epochs;
+use ringfence_journal::error::JournalError;
+use ringfence_journal::scan::{ReadOnlyDir, ReadSource};
 
 use crate::auth;
 use crate::config::ReplicationConfig;
 use crate::control::{self, Control, EpochStore, log};
-use crate::message::{Message, RefuseCode, SnapshotChunk};
-use crate::position::StandbyPosition;
+use crate::index::DirIndex;
+use crate::message::{Behind, Message, RefuseCode, SnapshotChunk};
+use crate::position::{JournalIndex, StandbyPosition};
 use crate::session::{Outgoing, Purpose, StandbySession, StandbyStep};
 use crate::stream::{FrameReader, WireError};
 
@@ -61,6 +64,9 @@ pub enum Joined {
         /// The primary's epoch: store it as the promise before dropping anything.
         epoch: Epoch,
     },
+    /// The primary lost records this standby holds and may have answered for them; it holds
+    /// writes and streams nothing ([`on_behind`]).
+    Behind(Behind),
 }
 
 /// Why a join failed.
@@ -104,6 +110,7 @@ pub fn join(
         StandbyStep::Diverged { keep_through, epoch } => {
             Ok(Joined::Diverged { keep_through, epoch })
         }
+        StandbyStep::Behind(behind) => Ok(Joined::Behind(behind)),
         step => Err(closed(&socket, step)),
     }
 }
@@ -321,6 +328,15 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                 control.set_follower(control::DIVERGED, applied.answered, 0);
                 return;
             }
+            Ok(Joined::Behind(behind)) => {
+                let journal = ReadOnlyDir::open(&control.config().data_dir);
+                let said = on_behind(control, journal, behind, primary);
+                if refused.as_deref() != Some(said.as_str()) {
+                    log(format_args!("replication: {said}"));
+                }
+                refused = Some(said);
+                failures += 1;
+            }
             Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, text, .. }) => {
                 // Retrying cannot help: the records this node lacks are gone from the
                 // primary's journal. A restarted standby fetches the primary's snapshot.
@@ -333,6 +349,11 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                 return;
             }
             Err(error) => {
+                if matches!(error, JoinError::Refused { code: RefuseCode::Busy, .. }) {
+                    // The primary has another standby, or a journal that differs from this
+                    // one: whatever this standby held of it before, it is not its copy now.
+                    control.holds_primary_journal(false);
+                }
                 refused = match &error {
                     JoinError::Refused { text, .. } => {
                         Some(format!("refused by the primary, retrying: {text}"))
@@ -512,6 +533,80 @@ pub fn promise(
     assert_eq!(from, expected, "the session checked the primary streams from our next record");
     control.stream_started();
     Ok(())
+}
+
+/// The primary lost records this standby holds and may have answered for them ([`Behind`]):
+/// stores its epoch as the promise (a promotion of this node goes above the epoch the primary
+/// took when it restarted), and checks whether this node's journal, read from `journal`,
+/// holds the primary's whole journal ([`record_to_compare`]). If it does, this standby holds
+/// every record the primary acknowledged, and may be promoted by hand as if it had caught up
+/// (unless its directory is catching up). Returns the follower's state for `/v1/node` and the
+/// log.
+pub fn on_behind<S: ReadSource>(
+    control: &Control,
+    journal: Result<S, JournalError>,
+    behind: Behind,
+    primary: &str,
+) -> String {
+    if let Err(error) = promise_epoch(control.epoch_store(), behind.epoch) {
+        log(format_args!("replication: storing the promise of epoch {}: {error}", behind.epoch));
+    }
+    let last = behind.last_sequence;
+    let lost = format!(
+        "the primary {primary} lost records this standby holds after {last}, and may have \
+         answered for them; it holds writes"
+    );
+    let index =
+        journal.and_then(|journal| DirIndex::over(journal, session_end(control).last_sequence));
+    let mut index = match index {
+        Ok(index) => index,
+        Err(error) => {
+            control.holds_primary_journal(false);
+            return format!(
+                "{lost}. Reading this journal to compare it with the primary's: {error}"
+            );
+        }
+    };
+    let (at, ours) = record_to_compare(&mut index, last);
+    let holds_all = last.0 == 0 || ours == Some(behind.last_epoch);
+    control.holds_primary_journal(holds_all);
+    let force =
+        "compare the journals (`ringfence journal dump`) before `ringfence promote --force`";
+    if holds_all && control.epoch_store().catching_up() {
+        return format!(
+            "{lost}. This standby holds its whole journal, but its data directory was created or \
+             truncated since it last caught up, so it may lack some of the records after \
+             {last}: {force}"
+        );
+    }
+    if holds_all {
+        return format!(
+            "{lost}. This standby holds its whole journal: promote the standby (`ringfence \
+             promote`), then start the old primary as its standby"
+        );
+    }
+    let ours =
+        ours.map_or_else(|| "cannot be read".to_owned(), |epoch| format!("has epoch {epoch}"));
+    format!(
+        "{lost}. Its last record has epoch {}, this standby's record {at} {ours}, so the \
+         journals may differ before its end: {force}",
+        behind.last_epoch
+    )
+}
+
+/// The record of the journal `index` that tells whether it holds the whole journal of a
+/// primary whose last record is `last`, and its epoch: record `last` itself, or, when that one
+/// is behind a snapshot, the first record held after it. Either carries the epoch of the
+/// primary's record `last` exactly when the journal holds the primary's: the same sequence and
+/// epoch are the same record; and a record of that epoch after `last` was sequenced by the
+/// primary of that epoch, which sequenced `last` too, and the join rule keeps a journal
+/// agreeing with its primary's up to every record it took from it.
+pub fn record_to_compare(
+    index: &mut dyn JournalIndex,
+    last: Sequence,
+) -> (Sequence, Option<Epoch>) {
+    let at = index.first().map_or(last, |first| first.max(last));
+    (at, index.epoch_at(at))
 }
 
 /// The primary this standby rejoins leads in `epoch`: stores it as the promise, so that a

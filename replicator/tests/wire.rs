@@ -7,8 +7,8 @@ use ringfence_core::record::{RECORD_HEADER_LEN, RecordBuf, RecordError};
 use ringfence_core::{Command, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_replicator::auth::ClusterId;
 use ringfence_replicator::message::{
-    Ack, Answering, Challenge, Diverged, FRAME_LEN_MAX, FetchSnapshot, Heartbeat, Hello, Join,
-    Kind, Message, MessageError, PROTOCOL_VERSION, REFUSE_TEXT_LEN_MAX, Records, Refuse,
+    Ack, Answering, Behind, Challenge, Diverged, FRAME_LEN_MAX, FetchSnapshot, Heartbeat, Hello,
+    Join, Kind, Message, MessageError, PROTOCOL_VERSION, REFUSE_TEXT_LEN_MAX, Records, Refuse,
     RefuseCode, SNAPSHOT_CHUNK_MAX, SnapshotChunk, Start, decode, encode,
 };
 
@@ -95,6 +95,11 @@ fn one_of_each(records: &[u8]) -> Vec<Message<'_>> {
             primary_last: Sequence(44),
         }),
         Message::Diverged(Diverged { epoch: Epoch(4), keep_through: Sequence(39) }),
+        Message::Behind(Behind {
+            epoch: Epoch(4),
+            last_sequence: Sequence(39),
+            last_epoch: Epoch(2),
+        }),
         Message::Records(Records::new(Sequence(42), 3, records).unwrap()),
         Message::Heartbeat(Heartbeat {
             epoch: Epoch(4),
@@ -163,14 +168,14 @@ fn a_frame_split_at_every_byte_waits_for_the_rest() {
 #[test]
 fn frame_level_damage_is_refused_by_kind() {
     // Goal: a zero length, a length over the limit (refused from the prefix alone, before the
-    // body arrives) and kinds outside 1..=11 each get their own error.
+    // body arrives) and kinds outside 1..=12 each get their own error.
     assert_eq!(decode_err(&[0, 0, 0, 0]), MessageError::EmptyFrame);
     let too_long = u32::try_from(FRAME_LEN_MAX + 1).unwrap().to_le_bytes();
     assert_eq!(decode_err(&too_long), MessageError::FrameTooLong { len: FRAME_LEN_MAX + 1 });
     assert_eq!(decode_err(&[0xFF; 4]), MessageError::FrameTooLong { len: u32::MAX as usize });
     // An HTTP request is not a frame: its first four bytes are a huge length.
     assert!(matches!(decode_err(b"GET / HTTP/1.1\r\n"), MessageError::FrameTooLong { .. }));
-    for kind in [0, 12, 200, 255] {
+    for kind in [0, 13, 200, 255] {
         assert_eq!(decode_err(&frame(kind, &[0; 24])), MessageError::UnknownKind(kind));
     }
 }
@@ -200,6 +205,7 @@ fn a_fixed_size_body_of_another_size_is_refused() {
         Kind::Join,
         Kind::Start,
         Kind::Diverged,
+        Kind::Behind,
         Kind::Heartbeat,
         Kind::Ack,
         Kind::FetchSnapshot,
@@ -344,6 +350,17 @@ fn fields_that_contradict_each_other_are_refused() {
         Err(MessageError::JoinEpochAbovePromise { last: Epoch(4), promised: Epoch(3) })
     );
     assert!(join(3, 3).is_ok());
+
+    let behind = |epoch: u64, last_epoch: u64| {
+        let body = [epoch.to_le_bytes(), 9u64.to_le_bytes(), last_epoch.to_le_bytes()].concat();
+        decode(&frame(12, &body)).map(|m| assert!(m.is_some(), "a whole frame"))
+    };
+    assert_eq!(
+        behind(3, 4),
+        Err(MessageError::BehindEpochAboveCurrent { last: Epoch(4), epoch: Epoch(3) })
+    );
+    assert!(behind(4, 4).is_ok());
+    assert!(behind(4, 0).is_ok(), "an empty primary");
 }
 
 #[test]
@@ -670,6 +687,10 @@ fn plain() -> impl Strategy<Value = Message<'static>> {
     let diverged = any::<(u64, u64)>().prop_map(|(e, k)| {
         Message::Diverged(Diverged { epoch: Epoch(e), keep_through: Sequence(k) })
     });
+    let behind = (sorted_pair(), any::<u64>()).prop_map(|((l, e), s)| {
+        let (epoch, last_sequence, last_epoch) = (Epoch(e), Sequence(s), Epoch(l));
+        Message::Behind(Behind { epoch, last_sequence, last_epoch })
+    });
     let heartbeat =
         (any::<(u64, u64, u64)>(), 0..Answering::ALL.len()).prop_map(|((e, l, s), a)| {
             let (epoch, last_sequence, answering) = (Epoch(e), Sequence(l), Answering::ALL[a]);
@@ -680,7 +701,7 @@ fn plain() -> impl Strategy<Value = Message<'static>> {
     });
     let fetch = any::<[u8; 32]>()
         .prop_map(|proof| Message::FetchSnapshot(FetchSnapshot { standby_proof: proof }));
-    prop_oneof![hello, challenge, join, start, diverged, heartbeat, ack, fetch]
+    prop_oneof![hello, challenge, join, start, diverged, behind, heartbeat, ack, fetch]
 }
 
 fn message() -> impl Strategy<Value = Owned> {

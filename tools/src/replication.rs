@@ -319,6 +319,15 @@ pub fn check_journal(
         Ok(Joined::Diverged { keep_through, epoch }) => {
             Ok(JournalCheck::Diverged(keep_through, epoch))
         }
+        Ok(Joined::Behind(behind)) => {
+            // Nothing is dropped: the follower compares the journals once the node is up.
+            log(format_args!(
+                "the journal of the primary {primary} ends at {}, before this one, and it may have \
+                 answered for records it lost: keeping them",
+                behind.last_sequence
+            ));
+            Ok(JournalCheck::Agrees)
+        }
         Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, text, .. }) => {
             log(format_args!("the primary {primary}: {text}"));
             Ok(JournalCheck::NeedsSnapshot)

@@ -503,6 +503,7 @@ fn each_run_of_a_primary_has_its_own_epoch_so_records_it_lost_are_never_mistaken
             assert_eq!((keep_through, epoch), (Sequence(kept), Epoch(first_epoch + 1)));
         }
         Ok(Joined::Stream { from, .. }) => panic!("told to stream from {from}"),
+        Ok(Joined::Behind(behind)) => panic!("told the primary is behind: {behind:?}"),
         Err(error) => panic!("the join failed: {error}"),
     }
     let (_, view) = second.call("GET", "/v1/node", "", false);
@@ -517,8 +518,10 @@ fn a_primary_that_answered_before_syncing_never_makes_its_standby_drop_what_it_l
     // Goal: the `none` durability pair survives the primary's power loss. With its standby in
     // sync, the primary acknowledges reservations written but not synced; its machine loses
     // power, played here by killing it and cutting its journal before the last three
-    // acknowledged records. Restarted as primary, it refuses its standby's join instead of
-    // telling it to drop them, and holds writes; the standby, promoted, gives every
+    // acknowledged records. The standby is killed and restarted too, so it has not caught up
+    // with its primary since. Restarted as primary, the old primary tells its standby it is
+    // behind instead of telling it to drop them, and holds writes; the standby finds it holds
+    // the primary's whole journal, and is promoted by hand without force; it gives every
     // acknowledged reservation its original answer.
     let root = temp_dir("unsynced");
     let secret = write_secret(&root, SECRET);
@@ -552,6 +555,8 @@ fn a_primary_that_answered_before_syncing_never_makes_its_standby_drop_what_it_l
     let args_cut = ["journal", "truncate", dir_a.to_str().unwrap(), "--at-seq", &cut_at];
     let cut = ringfence_within(&args_cut, Duration::from_secs(60));
     assert!(cut.status.success(), "{}", text(&cut.stderr));
+    drop(follower);
+    let follower = standby(&dir_b, &secret, old.replication.unwrap());
 
     let restarted = Serve::start_with(&dir_a, &args);
     let line = restarted.wait_for_log("refused standby", Duration::from_secs(20));

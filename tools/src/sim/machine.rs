@@ -1041,7 +1041,7 @@ impl Machine {
             follower.on_message(
                 now_ms,
                 &message,
-                &running.control,
+                (&running.control, &disk),
                 net,
                 index,
                 settings,
@@ -1431,7 +1431,7 @@ impl Follower {
         &mut self,
         now_ms: u64,
         message: &Message<'_>,
-        control: &Control,
+        (control, disk): (&Control, &FaultStorage),
         net: &mut Network,
         me: usize,
         settings: &ClusterSettings,
@@ -1476,6 +1476,13 @@ impl Follower {
                 self.stopped = true;
                 self.close(net, now_ms);
             }
+            StandbyStep::Behind(behind) => {
+                // As `standby.rs` does: check this journal holds the primary's, then retry.
+                let said = standby::on_behind(control, Ok(disk.clone()), behind, "a peer");
+                trace.event(now_ms, &format!("{name}: {said}"));
+                control.set_follower(&said, self.applied.answered, 0);
+                self.close(net, now_ms);
+            }
             StandbyStep::ReceiveSnapshot => self.close(net, now_ms),
             StandbyStep::Close { last, reason, refused } => {
                 if let Some(last) = last {
@@ -1483,6 +1490,9 @@ impl Follower {
                 }
                 trace.event(now_ms, &format!("{name}: follower closed: {reason}"));
                 self.close(net, now_ms);
+                if refused == Some(RefuseCode::Busy) {
+                    control.holds_primary_journal(false);
+                }
                 if refused == Some(RefuseCode::NeedsSnapshot) {
                     // As `standby.rs` does: retrying cannot help; a restart fetches a snapshot.
                     control.set_follower(control::NEEDS_SNAPSHOT, self.applied.answered, 0);
