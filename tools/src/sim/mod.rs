@@ -208,7 +208,7 @@ fn print_text(reports: &[Report], summary: bool) {
          chosen sync point), {} pauses, {} partitions, {} witness outages, {} switchovers, \
          {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot), {} promotions by \
-         hand",
+         hand ({} of a standby ahead of its primary)",
         f.kills,
         f.power_losses,
         f.mid_step_crashes,
@@ -224,7 +224,8 @@ fn print_text(reports: &[Report], summary: bool) {
         f.bit_flips,
         f.repairs,
         f.rebuilds,
-        f.manual_promotions
+        f.manual_promotions,
+        f.promotions_ahead
     );
     let n = totals.network;
     println!(
@@ -303,6 +304,7 @@ impl Totals {
             f.repairs += r.repairs;
             f.rebuilds += r.rebuilds;
             f.manual_promotions += r.manual_promotions;
+            f.promotions_ahead += r.promotions_ahead;
             f.io_errors += r.io_errors;
             f.sync_point_crashes += r.sync_point_crashes;
             f.clean_stops += r.clean_stops;
@@ -495,6 +497,19 @@ mod tests {
         let unsynced = RunLength { unsynced: true, ..RunLength::default() };
         regressions_pass(&[1, 3, 6, 12, 23], unsynced, "no power loss", |r: &Report| {
             r.faults.power_losses == 1
+        });
+    }
+
+    #[test]
+    fn a_standby_ahead_of_a_primary_that_lost_power_is_promoted_by_hand() {
+        // Goal: under durability `none`, the primary loses power and comes back without
+        // records its standby holds, and the standby has restarted since it last caught up.
+        // Told where the primary's journal ends, the standby finds it holds all of it, and
+        // the operator's promotion (no force) succeeds and loses nothing. Before primaries
+        // said so, every promotion by hand on this seed was refused.
+        let unsynced = RunLength { unsynced: true, ..RunLength::default() };
+        regressions_pass(&[309], unsynced, "no promotion of a standby ahead", |r: &Report| {
+            r.faults.promotions_ahead == 1 && r.faults.power_losses == 1
         });
     }
 

@@ -95,6 +95,9 @@ pub struct FaultCounts {
     pub rebuilds: u64,
     /// Promotions by hand in a pair without a witness.
     pub manual_promotions: u64,
+    /// Of those, promotions of a standby its primary had said was ahead of it (it lost
+    /// records it may have acknowledged), the standby holding the primary's whole journal.
+    pub promotions_ahead: u64,
     /// Disk failures that were `EIO` rather than `ENOSPC` (counted in `disk_failures` too).
     pub io_errors: u64,
     /// Crashes (kill or power loss) armed for a chosen sync point and struck there: mid-write,
@@ -478,6 +481,7 @@ impl World {
                 self.operator_primary = primary ^ 1;
                 self.primary_gone_since = None;
                 self.faults.manual_promotions += 1;
+                self.faults.promotions_ahead += u64::from(refused);
             }
         }
         let old = &mut self.machines[self.operator_primary ^ 1];
