@@ -43,6 +43,18 @@ pub const BOOT_FILE: &str = "boot";
 /// the witness's (or the operator's, through `async`) consent, or is promoted anew.
 pub const IN_SYNC_FILE: &str = "standby-in-sync";
 
+/// Present while this node, as a standby, acknowledges records once they are written, before
+/// its journal syncs them (durability `none` or `interval`): a power loss may take records it
+/// acknowledged. Written before the first acknowledgement of a stream, removed when the node
+/// takes office as primary. A node that finds it after its machine restarted marks the
+/// directory catching up ([`CATCH_UP_FILE`]).
+pub const ACKS_WRITTEN_FILE: &str = "standby-acknowledges-written";
+
+/// What the acknowledged-when-written marker says to an operator who finds it.
+const ACKS_WRITTEN_TEXT: &[u8] = b"This node, as a standby, acknowledges records once written, \
+before its journal syncs them: after a power loss it may lack records it acknowledged, and \
+it takes over only after catching up with a primary.\n";
+
 /// What the in-sync marker says to an operator who finds it.
 const IN_SYNC_TEXT: &[u8] = b"A standby was in sync with this node as primary: restarted \
 as primary, it holds writes until that standby is back in sync. To let it acknowledge alone \
@@ -581,23 +593,53 @@ impl<S: Storage> DataDir<S> {
 
     /// Records durably that a standby is in sync with this primary, or that it is not.
     pub fn set_standby_in_sync(&self, on: bool) -> Result<(), JournalError> {
+        self.set_marker(IN_SYNC_FILE, IN_SYNC_TEXT, on)?;
+        assert_eq!(self.standby_in_sync(), on, "the in-sync marker did not change");
+        Ok(())
+    }
+
+    /// Whether this node, as a standby, acknowledges records before they are synced
+    /// ([`ACKS_WRITTEN_FILE`]).
+    #[must_use]
+    pub fn acknowledges_written(&self) -> bool {
+        let present = self.storage.file_len(ACKS_WRITTEN_FILE).is_ok();
+        // Written whole before it is relied on (`set_acknowledges_written`).
+        debug_assert!(
+            !present || self.storage.read_file(ACKS_WRITTEN_FILE).is_ok_and(|b| !b.is_empty())
+        );
+        present
+    }
+
+    /// Records durably that this node, as a standby, acknowledges records before they are
+    /// synced, or that it no longer does.
+    pub fn set_acknowledges_written(&self, on: bool) -> Result<(), JournalError> {
+        self.set_marker(ACKS_WRITTEN_FILE, ACKS_WRITTEN_TEXT, on)?;
+        assert_eq!(self.acknowledges_written(), on, "the marker did not change");
+        Ok(())
+    }
+
+    /// Writes marker file `name` (holding `text`) atomically and durably, or removes it
+    /// durably; nothing if it already stands as asked.
+    fn set_marker(&self, name: &str, text: &[u8], on: bool) -> Result<(), JournalError> {
+        // Presence is read as the marker, and an empty file as one cut off while written.
+        assert!(!name.is_empty() && !text.is_empty(), "a marker is a named file with a text");
         let _state = self.state();
-        if on == self.standby_in_sync() {
+        if on == self.storage.file_len(name).is_ok() {
             return Ok(());
         }
         if on {
-            write_atomically(&self.storage, IN_SYNC_FILE, IN_SYNC_TEXT)?;
+            write_atomically(&self.storage, name, text)?;
             // The pair of the check on restart: the marker is there, whole.
-            let written = self.storage.read_file(IN_SYNC_FILE).ok();
-            debug_assert_eq!(written.as_deref(), Some(IN_SYNC_TEXT), "the marker reads back");
+            let written = self.storage.read_file(name).ok();
+            debug_assert_eq!(written.as_deref(), Some(text), "the marker {name} reads back");
         } else {
-            let file = self.storage.describe(IN_SYNC_FILE);
+            let file = self.storage.describe(name);
             self.storage
-                .remove(IN_SYNC_FILE)
+                .remove(name)
                 .map_err(|e| JournalError::io(format!("removing {file}"), e))?;
             sync_dir(&self.storage)?;
         }
-        assert_eq!(self.standby_in_sync(), on, "the in-sync marker did not change");
+        assert_eq!(self.storage.file_len(name).is_ok(), on, "the marker {name} did not change");
         Ok(())
     }
 

@@ -54,6 +54,11 @@ pub trait EpochStore: Send + Sync + 'static {
     fn standby_in_sync(&self) -> bool;
     /// Records durably whether a standby is in sync with this primary.
     fn set_standby_in_sync(&self, on: bool) -> Result<(), String>;
+    /// Whether this node, as a standby, acknowledges records before its journal syncs them.
+    fn acknowledges_written(&self) -> bool;
+    /// Records durably whether this node, as a standby, acknowledges records before its
+    /// journal syncs them.
+    fn set_acknowledges_written(&self, on: bool) -> Result<(), String>;
 }
 
 impl<S: Storage + Sync> EpochStore for DataDir<S> {
@@ -78,6 +83,12 @@ impl<S: Storage + Sync> EpochStore for DataDir<S> {
     fn set_standby_in_sync(&self, on: bool) -> Result<(), String> {
         DataDir::set_standby_in_sync(self, on).map_err(|e| e.to_string())
     }
+    fn acknowledges_written(&self) -> bool {
+        DataDir::acknowledges_written(self)
+    }
+    fn set_acknowledges_written(&self, on: bool) -> Result<(), String> {
+        DataDir::set_acknowledges_written(self, on).map_err(|e| e.to_string())
+    }
 }
 
 /// The follower's state once its journal diverged from the primary's: it stops, and the node
@@ -101,6 +112,7 @@ pub const NEEDS_SNAPSHOT: &str = "needs a snapshot: restart to rejoin";
 pub fn take_office(store: &dyn EpochStore, epoch: Epoch) -> Result<(), String> {
     store.caught_up()?;
     store.set_standby_in_sync(false)?;
+    store.set_acknowledges_written(false)?;
     store.store(Epochs { current: epoch, promised: epoch })
 }
 
@@ -129,24 +141,33 @@ pub fn start_primary_run(store: &dyn EpochStore) -> Result<Epoch, String> {
     Ok(epoch)
 }
 
-/// Before a node stands as a candidate for the leader key: a former primary whose standby was
-/// in sync, with a journal that answers before it syncs (`answers_after_sync` false), on a
-/// machine that restarted since it last ran (`rebooted`: the page cache is gone), may have lost
-/// records it acknowledged, records that standby holds. Its directory is marked catching up,
-/// so it takes the key on the strength of the in-sync record only after it has caught up with
-/// a primary; the standby takes over instead. A kill loses nothing written, so a node that
-/// was only killed stands as before. Returns whether it marked.
+/// Before a node stands as a candidate for the leader key, and before a standby starts: with
+/// a journal that answers before it syncs (`answers_after_sync` false), on a machine that
+/// restarted since it last ran (`rebooted`: the page cache is gone), a node may have lost
+/// records it acknowledged. A former primary whose standby was in sync may have answered for
+/// records only that standby holds now; a standby acknowledged records once written, not
+/// synced. Its directory is marked catching up, so it takes over (on the strength of an
+/// in-sync record, or promoted by hand without force) only after it has caught up with a
+/// primary. A kill loses nothing written, so a node that was only killed stands as before.
+/// Returns why it marked, if it did.
 pub fn before_candidacy(
     store: &dyn EpochStore,
     answers_after_sync: bool,
     rebooted: bool,
-) -> Result<bool, String> {
-    if answers_after_sync || !rebooted || !store.standby_in_sync() || store.catching_up() {
-        return Ok(false);
+) -> Result<Option<&'static str>, String> {
+    if answers_after_sync || !rebooted || store.catching_up() {
+        return Ok(None);
     }
+    let why = if store.standby_in_sync() {
+        "a standby was in sync with this node as primary"
+    } else if store.acknowledges_written() {
+        "this node, as a standby, acknowledged records once written, before its journal synced them"
+    } else {
+        return Ok(None);
+    };
     store.mark_catching_up()?;
     assert!(store.catching_up(), "marked catching up");
-    Ok(true)
+    Ok(Some(why))
 }
 
 /// The role a node plays now.
@@ -753,7 +774,8 @@ impl Control {
     /// Why this standby may lack acknowledged writes, if it may.
     fn check_promotable(&self) -> Result<(), String> {
         if self.epochs.catching_up() {
-            return Err("this node's data directory was created or truncated since it last \
+            return Err("this node's data directory was created or truncated, or its machine \
+                        restarted while its journal acknowledged before syncing, since it last \
                         caught up with a primary, so it may lack acknowledged writes: let it \
                         catch up as a standby, or promote with force to accept the loss"
                 .into());
@@ -865,6 +887,12 @@ mod tests {
             false
         }
         fn set_standby_in_sync(&self, _on: bool) -> Result<(), String> {
+            Ok(())
+        }
+        fn acknowledges_written(&self) -> bool {
+            false
+        }
+        fn set_acknowledges_written(&self, _on: bool) -> Result<(), String> {
             Ok(())
         }
     }
@@ -1099,21 +1127,67 @@ mod tests {
         // loss may have taken, take over first. A kill keeps it eligible.
         let (disk, dir) = fault_dir(Durability::None);
         take_office(&dir, Epoch(2)).unwrap();
-        assert_eq!(before_candidacy(&dir, false, true), Ok(false), "no standby was in sync");
+        assert_eq!(before_candidacy(&dir, false, true), Ok(None), "no standby was in sync");
         dir.set_standby_in_sync(true).unwrap();
         let batch = before_candidacy(&dir, true, true);
-        assert_eq!(batch, Ok(false), "batch: nothing acknowledged lost");
-        assert_eq!(before_candidacy(&dir, false, false), Ok(false), "killed: nothing lost");
+        assert_eq!(batch, Ok(None), "batch: nothing acknowledged lost");
+        assert_eq!(before_candidacy(&dir, false, false), Ok(None), "killed: nothing lost");
         assert!(!dir.catching_up());
-        assert_eq!(before_candidacy(&dir, false, true), Ok(true));
+        let marked = before_candidacy(&dir, false, true).unwrap();
+        assert!(marked.is_some_and(|why| why.contains("in sync")), "{marked:?}");
         assert!(dir.catching_up());
         assert!(disk.process_crash().read_file(ringfence_journal::datadir::CATCH_UP_FILE).is_ok());
-        assert_eq!(before_candidacy(&dir, false, true), Ok(false), "marked once");
+        assert_eq!(before_candidacy(&dir, false, true), Ok(None), "marked once");
         // The boot the directory was last used in: a restart in the same boot is no reboot.
         assert!(dir.note_boot("boot-1").unwrap(), "never recorded");
         assert!(!dir.note_boot("boot-1").unwrap(), "the same boot");
         assert_eq!(disk.power_loss(None).read_file("boot").unwrap().as_slice(), b"boot-1");
         assert!(dir.note_boot("boot-2").unwrap(), "another boot");
+    }
+
+    #[test]
+    fn a_standby_that_acknowledged_written_records_is_unfit_to_take_over_after_a_power_loss() {
+        // Goal: a standby whose journal answers before it syncs records durably, before the
+        // first record of a stream, that it acknowledges records once written. After its
+        // machine restarted it may lack records it acknowledged: its directory is marked
+        // catching up, so it is promoted (by hand without force, or by the in-sync record)
+        // only once it caught up again. A kill, `batch`, or a node that took office since
+        // keep it as it was.
+        let (disk, dir) = fault_dir(Durability::None);
+        let store: Box<dyn EpochStore> = Box::new(dir.clone());
+        take_office(&dir, Epoch(1)).unwrap();
+        let mut settings = config();
+        settings.answers_after_sync = false;
+        let role = Role::Standby { primary: "p".into() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let control = Control::new(settings, role, (Sequence(0), Epoch(0)), store, clock);
+        let applied = crate::standby::Applied::at(crate::standby::JournalEnd {
+            last_sequence: Sequence(0),
+            last_epoch: Epoch(0),
+        });
+        assert!(!dir.acknowledges_written());
+        crate::standby::promise(&control, &applied, (Epoch(2), Sequence(1))).unwrap();
+        let restarted = disk.power_loss(None);
+        let marker = ringfence_journal::datadir::ACKS_WRITTEN_FILE;
+        assert!(restarted.read_file(marker).is_ok(), "the marker is durable before the stream");
+        assert_eq!(before_candidacy(&dir, false, false), Ok(None), "killed: nothing lost");
+        assert_eq!(before_candidacy(&dir, true, true), Ok(None), "batch: it acknowledged synced");
+        let marked = before_candidacy(&dir, false, true).unwrap();
+        assert!(marked.is_some_and(|why| why.contains("as a standby")), "{marked:?}");
+        assert!(dir.catching_up());
+        let refused = control.check_promotable();
+        assert!(refused.is_err_and(|e| e.contains("truncated")), "promotable by hand");
+        take_office(&dir, Epoch(3)).unwrap();
+        assert!(!dir.acknowledges_written() && !dir.catching_up(), "the markers of a primary");
+        assert_eq!(before_candidacy(&dir, false, true), Ok(None), "a primary's reboot");
+        // A standby whose journal syncs before it acknowledges never writes the marker.
+        let (_, synced) = fault_dir(Durability::Batch);
+        let role = Role::Standby { primary: "p".into() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let store: Box<dyn EpochStore> = Box::new(synced.clone());
+        let control = Control::new(config(), role, (Sequence(0), Epoch(0)), store, clock);
+        crate::standby::promise(&control, &applied, (Epoch(2), Sequence(1))).unwrap();
+        assert!(!synced.acknowledges_written());
     }
 
     #[test]
@@ -1141,6 +1215,12 @@ mod tests {
                 true
             }
             fn set_standby_in_sync(&self, _: bool) -> Result<(), String> {
+                Ok(())
+            }
+            fn acknowledges_written(&self) -> bool {
+                false
+            }
+            fn set_acknowledges_written(&self, _: bool) -> Result<(), String> {
                 Ok(())
             }
         }

@@ -531,6 +531,11 @@ pub fn promise(
     }
     let expected = applied.submitted.last_sequence.next();
     assert_eq!(from, expected, "the session checked the primary streams from our next record");
+    if !control.config().answers_after_sync {
+        // This standby acknowledges what it writes before its journal syncs it: a power loss
+        // from here on may take records it acknowledged, which its next start must know.
+        control.epoch_store().set_acknowledges_written(true)?;
+    }
     control.stream_started();
     Ok(())
 }
@@ -575,8 +580,8 @@ pub fn on_behind<S: ReadSource>(
     if holds_all && control.epoch_store().catching_up() {
         return format!(
             "{lost}. This standby holds its whole journal, but its data directory was created or \
-             truncated since it last caught up, so it may lack some of the records after \
-             {last}: {force}"
+             truncated, or its machine restarted, since it last caught up, so it may lack some \
+             of the records after {last}: {force}"
         );
     }
     if holds_all {

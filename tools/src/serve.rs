@@ -624,9 +624,23 @@ fn coordinate(
     let last = Sequence(recovered.next_sequence.0 - 1);
     let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
     let dir = recovered.writer.data_dir();
+    note_power_loss(dir, replication.config.answers_after_sync, options.durability)?;
+    let catching_up = dir.catching_up();
+    drop(recovered);
+    replication::coordinate(config, replication, http, (last, floor, catching_up)).map(Some)
+}
+
+/// Before a node stands for the leader key, or starts as a standby: on a journal that answers
+/// before it syncs, a machine restart since the directory was last used may have taken records
+/// the node acknowledged; then the directory is marked catching up
+/// (`control::before_candidacy`), and logged.
+fn note_power_loss(
+    dir: &DataDir<FileStorage>,
+    answers_after_sync: bool,
+    durability: Durability,
+) -> Result<(), String> {
     // Only a journal that answers before it syncs needs the boot; without the kernel's boot
     // id every start counts as one after a reboot.
-    let answers_after_sync = replication.config.answers_after_sync;
     let rebooted = !answers_after_sync
         && match machine_boot() {
             Some(boot) => {
@@ -634,20 +648,16 @@ fn coordinate(
             }
             None => true,
         };
-    if before_candidacy(dir, answers_after_sync, rebooted)
-        .map_err(|e| format!("marking the data directory as catching up: {e}"))?
-    {
+    let marked = before_candidacy(dir, answers_after_sync, rebooted)
+        .map_err(|e| format!("marking the data directory as catching up: {e}"))?;
+    if let Some(why) = marked {
         log(format_args!(
-            "a standby was in sync with this node as primary, its journal answers before it \
-             syncs (durability {}) and the machine restarted since it last ran: it may have \
-             lost acknowledged records that standby holds, so it takes over only after \
-             catching up with a primary",
-            options.durability
+            "{why}, its journal answers before it syncs (durability {durability}) and the \
+             machine restarted since it last ran: it may have lost records it acknowledged, so \
+             it takes over only after catching up with a primary"
         ));
     }
-    let catching_up = dir.catching_up();
-    drop(recovered);
-    replication::coordinate(config, replication, http, (last, floor, catching_up)).map(Some)
+    Ok(())
 }
 
 /// The kernel's id of this boot of the machine, if it can be read.
@@ -691,6 +701,7 @@ fn recover_for_role(
     // Each round cuts the journal or replaces it; a few rounds always suffice.
     const ROUNDS_MAX: usize = 8;
     let mut from_snapshot = None;
+    let mut boot_noted = false;
     for _ in 0..ROUNDS_MAX {
         let recovered = recover_logged(storage, options.clone())?;
         let (next, last_epoch) = (recovered.next_sequence, recovered.last_epoch);
@@ -698,6 +709,13 @@ fn recover_for_role(
         let Some(Replication { config, role: Role::Standby { primary }, .. }) = replication else {
             return Ok((recovered, end));
         };
+        if !boot_noted {
+            // A standby under `none` may have lost records it acknowledged (with a witness,
+            // `coordinate` noted this boot already, and this changes nothing).
+            let dir = recovered.writer.data_dir();
+            note_power_loss(dir, config.answers_after_sync, options.durability)?;
+            boot_noted = true;
+        }
         let promised = recovered.epochs.promised;
         let check = replication::check_journal(config, primary, end, promised)?;
         if let JournalCheck::Agrees = check {

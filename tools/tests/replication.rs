@@ -587,6 +587,61 @@ fn a_primary_that_answered_before_syncing_never_makes_its_standby_drop_what_it_l
 }
 
 #[test]
+fn a_standby_journaling_without_sync_is_unfit_to_promote_after_its_machine_restarted() {
+    // Goal: under durability `none` a standby acknowledges records once written, so a power
+    // loss may take records it acknowledged. Restarted on a machine that rebooted since its
+    // last run (played here by another boot id in its data directory), it marks its directory
+    // catching up, and says so: `promote` refuses it without force, though its primary is
+    // gone, until it has caught up with the primary again, which removes the mark.
+    let root = temp_dir("standby-reboot");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let listen = format!("127.0.0.1:{}", common::etcd::free_port());
+    let args =
+        ["--cluster-secret-file", &secret, "--replication-listen", &listen, "--durability", "none"];
+    let unsynced = ["--durability", "none"];
+    let mut old = Serve::start_with(&dir_a, &args);
+    let primary_at = old.replication.unwrap();
+    let follower = standby_with(&dir_b, &secret, primary_at, &unsynced);
+    create_sale(&old);
+    wait_node(&old, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
+    for request in 0..3 {
+        let (status, body) =
+            try_call(old.http, "POST", "/v1/orders", &reservation(request).0).unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    let last = last_sequence(&old.call("GET", "/v1/node", "", false).1);
+    wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= last);
+    let marker = dir_b.join(ringfence_journal::datadir::ACKS_WRITTEN_FILE);
+    assert!(marker.exists(), "the standby never recorded that it acknowledges unsynced");
+    old.signal("-KILL");
+    drop(follower);
+    std::fs::write(dir_b.join("boot"), "a boot before the power loss").unwrap();
+
+    let follower = standby_with(&dir_b, &secret, primary_at, &unsynced);
+    let line = follower.wait_for_log("acknowledged records once written", Duration::from_secs(10));
+    assert!(line.contains("catching up"), "{line}");
+    let catch_up = dir_b.join("catch-up");
+    assert!(catch_up.exists(), "no catch-up marker after the restart");
+    let (status, refused) = follower.call("POST", "/v1/admin/promote", "", true);
+    assert_eq!(refused["error"], "promotion_failed", "{status}: {refused}");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(message.contains("restarted"), "{message}");
+
+    // The primary is back (killed, not rebooted): the standby catches up, and the mark goes.
+    let primary = Serve::start_with(&dir_a, &args);
+    wait_node(&follower, Duration::from_secs(30), |v| v["replication"]["state"] == "following");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while catch_up.exists() {
+        assert!(Instant::now() < deadline, "the catch-up marker stayed after catching up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(primary);
+    drop(follower);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn a_fresh_standby_of_a_primary_that_retired_its_first_records_starts_from_a_snapshot() {
     // Goal: the records a new standby lacks were retired after a snapshot; it fetches the
     // primary's snapshot, starts from it, streams the journal after it without gap or

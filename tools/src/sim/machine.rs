@@ -599,9 +599,11 @@ impl Machine {
         }
     }
 
-    /// As `serve` does once before a node stands for the key: a former primary that answered
-    /// before syncing and lost its page cache (this machine's power losses are its boots) is
-    /// marked catching up. Whether the node may go on (a failure to mark ends this start).
+    /// As `serve` does once before a node stands for the key, or starts as a standby without
+    /// one: a former primary that answered before syncing, or a standby that acknowledged
+    /// records once written, that lost its page cache (this machine's power losses are its
+    /// boots) is marked catching up. Whether the node may go on (a failure to mark ends this
+    /// start).
     fn before_candidacy(
         &self,
         recovered: &Recovered<FaultStorage>,
@@ -617,8 +619,8 @@ impl Machine {
         let rebooted = dir.note_boot(&format!("boot {}", self.boots)).map_err(|e| e.to_string());
         match rebooted.and_then(|rebooted| control::before_candidacy(dir, false, rebooted)) {
             Ok(marked) => {
-                if marked {
-                    trace.event(now_ms, &format!("{}: catching up (lost power)", self.name));
+                if let Some(why) = marked {
+                    trace.event(now_ms, &format!("{}: catching up (lost power; {why})", self.name));
                 }
                 true
             }
@@ -681,6 +683,12 @@ impl Machine {
         } else {
             Role::Standby { primary: ["a", "b"][primary].to_owned() }
         };
+        let standby = matches!(role, Role::Standby { .. });
+        if standby && !self.before_candidacy(&recovered, settings, now_ms, trace) {
+            // As `serve` exits on the error: its supervisor starts it again.
+            self.process = Process::Down(Down { restart_ms: now_ms + 1_000 });
+            return;
+        }
         trace.event(now_ms, &format!("{}: starts as {role:?} (the operator's choice)", self.name));
         self.launch(now_ms, settings, recovered, (role, None), trace);
     }
