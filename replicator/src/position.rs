@@ -80,8 +80,17 @@ pub fn decide(
         // retired. The standby's records are not known to be wrong, so none is dropped.
         return JoinDecision::NeedsSnapshot { first_held: first };
     }
-    // Record `from - 1` just before the first held one cannot be checked; it is behind a
-    // snapshot, far older than any tail a superseded primary could have written.
+    // Record `from - 1` just before the first held one cannot be checked: it is behind a
+    // snapshot. The first held record tells instead: of the standby's last epoch, it was
+    // sequenced by the primary that sequenced the standby's last record, so the two agree up
+    // to it. Of another epoch, nothing says whether the standby's last record is this
+    // journal's (a primary may have retired up to a divergence just after taking office): the
+    // standby takes the snapshot rather than stream on after a record that may not be ours.
+    if let Some(first) = first.filter(|&first| first == from && standby.last_sequence.0 > 0)
+        && journal.epoch_at(first) != Some(standby.last_epoch)
+    {
+        return JoinDecision::NeedsSnapshot { first_held: first };
+    }
     let checkable = first.is_some_and(|first| standby.last_sequence >= first);
     if standby.last_sequence.0 > 0 && (checkable || first.is_none()) {
         let agrees = journal.epoch_at(standby.last_sequence) == Some(standby.last_epoch);
@@ -218,6 +227,22 @@ mod tests {
             decide(&mut primary, Epoch(1), position(99, 1, 1)),
             JoinDecision::Stream { from: Sequence(100) }
         );
+    }
+
+    #[test]
+    fn a_standby_whose_last_record_was_retired_streams_only_if_the_next_is_of_its_epoch() {
+        // Goal: the primary retired its records through 99 after a snapshot; the standby's
+        // last record is 99, which the primary can no longer compare. Its first record, 100,
+        // tells: of the standby's last epoch, the same primary sequenced both, so they agree.
+        // Of a later epoch, the primary may have taken office at 99 and written its own 99
+        // (a promoted standby's first record, then a snapshot and retirement past it): the
+        // standby may hold another 99, so it takes the snapshot instead of streaming from 100.
+        let mut primary = EpochList { first: 100, epochs: vec![2; 10] };
+        let stream = JoinDecision::Stream { from: Sequence(100) };
+        let needs = JoinDecision::NeedsSnapshot { first_held: Sequence(100) };
+        assert_eq!(decide(&mut primary, Epoch(2), position(99, 2, 2)), stream);
+        assert_eq!(decide(&mut primary, Epoch(2), position(99, 1, 1)), needs);
+        assert_eq!(decide(&mut primary, Epoch(3), position(99, 3, 3)), needs, "a later epoch");
     }
 
     #[test]

@@ -272,12 +272,22 @@ impl PrimarySession {
                 PrimaryStep::Close { last, reason, deposed_by: None }
             }
             JoinDecision::NeedsSnapshot { first_held } => {
-                let text = format!(
-                    "the standby needs records from {}, but this journal starts at {first_held} \
-                     (older segments were retired after a snapshot): the standby fetches this \
-                     node's newest snapshot when it starts",
-                    position.last_sequence.next()
-                );
+                let text = if position.last_sequence.next() == first_held {
+                    format!(
+                        "the standby's last record {} (epoch {}) was retired from this journal \
+                         after a snapshot, and the record after it is of another epoch, so \
+                         nothing tells whether the standby's is this journal's: the standby \
+                         fetches this node's newest snapshot when it starts",
+                        position.last_sequence, position.last_epoch
+                    )
+                } else {
+                    format!(
+                        "the standby needs records from {}, but this journal starts at \
+                         {first_held} (older segments were retired after a snapshot): the \
+                         standby fetches this node's newest snapshot when it starts",
+                        position.last_sequence.next()
+                    )
+                };
                 self.refuse(RefuseCode::NeedsSnapshot, epoch, text)
             }
             JoinDecision::Superseded { promised } => {
