@@ -257,6 +257,8 @@ pub struct Control {
     /// syncs, and no standby in sync since: records that standby holds past this journal may
     /// have been acknowledged, and a join is refused rather than told to drop them.
     standby_tail_acknowledged: AtomicBool,
+    /// The node's journal, synced before the in-sync marker goes ([`Control::use_journal`]).
+    journal: std::sync::OnceLock<Promoter>,
 }
 
 impl Control {
@@ -307,6 +309,7 @@ impl Control {
             handover: AtomicBool::new(false),
             in_sync: AtomicBool::new(false),
             standby_tail_acknowledged: AtomicBool::new(restarted && !answers_after_sync),
+            journal: std::sync::OnceLock::new(),
         });
         // The gate is in force before the node takes its first write, not at the policy
         // loop's first round: a restarted primary holds from the start.
@@ -465,6 +468,43 @@ impl Control {
         self.apply_gate(&state, now);
     }
 
+    /// The node whose journal this control syncs before it forgets that a standby was in
+    /// sync (`Control::start` takes it from the node it starts with; a simulated node is given
+    /// it).
+    pub fn use_journal(&self, journal: Promoter) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// This primary no longer counts on a standby (it goes on alone, or the operator chose
+    /// `async`): the in-sync marker goes. On a journal that answers before it syncs, what the
+    /// pair acknowledged rested on the standby's copy and this node's page cache; it is synced
+    /// first, so a power loss after the marker is gone loses nothing acknowledged. If it
+    /// cannot be synced, the marker stays (the node, restarted after a power loss, then
+    /// catches up before it takes over).
+    fn forget_standby_in_sync(&self) {
+        if let Err(error) = self.sync_before_alone() {
+            log(format_args!(
+                "replication: syncing the journal before going on without the standby: {error}; \
+                 the in-sync marker stays"
+            ));
+            return;
+        }
+        self.note_in_sync(false);
+    }
+
+    /// Before this primary stops counting on its standby: on a journal that answers before it
+    /// syncs, syncs every record it journaled, so what the pair acknowledged no longer rests
+    /// on the standby's copy. Coordination calls it before it records "alone" or `async` in
+    /// the witness too, so that a power loss after the record cannot take records the
+    /// witness's record says this node holds.
+    pub fn sync_before_alone(&self) -> Result<(), String> {
+        if self.config.answers_after_sync {
+            return Ok(());
+        }
+        let journal = self.journal.get().ok_or("the journal is not attached")?;
+        journal.sync_journal(SYNC_BEFORE_OFFICE).map(|_| ()).map_err(|e| e.to_string())
+    }
+
     /// Records durably whether a standby is in sync with this primary (see
     /// `journal::datadir::IN_SYNC_FILE`). A failure is logged and replication goes on: the
     /// disk that refuses this small file is failing the journal too.
@@ -581,14 +621,17 @@ impl Control {
     pub fn continue_alone(&self) {
         let now = self.now_ms();
         let mut state = self.state();
-        if state.policy.go_alone() {
-            self.note_in_sync(false);
+        let alone = state.policy.go_alone();
+        self.apply_gate(&state, now);
+        // The journal syncs without the state's lock: the stages never wait on it.
+        drop(state);
+        if alone {
+            self.forget_standby_in_sync();
             log(format_args!(
                 "replication: recorded in the witness that this primary is alone: it \
                  acknowledges on its own journal until a standby catches up"
             ));
         }
-        self.apply_gate(&state, now);
     }
 
     /// What coordination needs to know now: role, policy, gate, positions.
@@ -631,11 +674,12 @@ impl Control {
             mode.name()
         ));
         state.policy.set_mode(mode);
+        self.apply_gate(&state, now);
+        drop(state);
         if mode == AckMode::Async {
             // The operator lets this primary acknowledge alone: after a restart too.
-            self.note_in_sync(false);
+            self.forget_standby_in_sync();
         }
-        self.apply_gate(&state, now);
     }
 
     /// The primary sent records up to `through` on stream `stream` (for the lag figure).
@@ -723,6 +767,7 @@ impl Control {
     /// Starts the listener and the policy loop (both roles), and for a standby the follower
     /// feeding `node` (through a session of its own, opened here).
     pub fn start(self: &Arc<Control>, node: &Node) -> std::io::Result<()> {
+        self.use_journal(node.promoter());
         let listener = TcpListener::bind(self.config.listen)?;
         let bound = listener.local_addr()?;
         *self.listening.lock().expect("never poisoned") = Some(bound);
@@ -1057,6 +1102,32 @@ mod tests {
         assert_eq!(record_to_compare(&mut rebuilt, Sequence(19)), (Sequence(101), Some(Epoch(2))));
         let mut whole = EpochList::flat(149, 2);
         assert_eq!(record_to_compare(&mut whole, Sequence(19)), (Sequence(19), Some(Epoch(2))));
+    }
+
+    #[test]
+    fn a_primary_forgets_its_in_sync_standby_only_after_syncing_its_journal() {
+        // Goal: switching to `async` (as going on alone does) on a journal that answers before
+        // it syncs removes the in-sync marker only once the journal has synced what the pair
+        // acknowledged. With no journal to sync the marker stays, so a power loss after
+        // cannot let this node lead without the records only its standby held.
+        use ringfence_core::pipeline::{MemoryJournal, NoReplicator, NodeConfig, Topology};
+        let (_, dir) = fault_dir(Durability::None);
+        take_office(&dir, Epoch(2)).unwrap();
+        dir.set_standby_in_sync(true).unwrap();
+        let settings = ReplicationConfig { answers_after_sync: false, ..config() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let store = Box::new(dir.clone());
+        let control = Control::new(settings, Role::Primary, (Sequence(0), Epoch(2)), store, clock);
+        assert!(control.sync_before_alone().is_err(), "synced a journal it was never given");
+        control.set_mode(AckMode::Async);
+        assert!(dir.standby_in_sync(), "the standby forgotten with nothing synced");
+        let config = NodeConfig::for_tests(Topology::Stepped);
+        let node = Node::start(config, MemoryJournal::new(), NoReplicator::default()).unwrap();
+        control.use_journal(node.promoter());
+        assert_eq!(control.sync_before_alone(), Ok(()));
+        control.set_mode(AckMode::Sync);
+        control.set_mode(AckMode::Async);
+        assert!(!dir.standby_in_sync(), "the marker stayed after the journal synced");
     }
 
     /// A new data directory over an in-memory fault-injecting disk.

@@ -194,16 +194,19 @@ pub struct Promoter {
 }
 
 impl Promoter {
-    /// Makes every record the replica was given durable on its disk, whatever the durability
-    /// policy, before it returns: a standby about to take office then holds everything it
-    /// acknowledged to its primary, even across a power loss right after (under `none` its
-    /// acknowledgements said only "written"). Waits up to `timeout` for the journaling stage
-    /// of a threaded node; a stepped node's is run here, on the caller's thread. Returns the
-    /// last sequence synced.
+    /// Makes every record the replica was given, and every record the journal has appended,
+    /// durable on its disk, whatever the durability policy, before it returns: a standby
+    /// about to take office then holds everything it acknowledged to its primary, and a
+    /// primary about to stop counting on its standby everything the pair acknowledged, even
+    /// across a power loss right after (under `none` an acknowledgement said only "written").
+    /// Waits up to `timeout` for the journaling stage of a threaded node; a stepped node's is
+    /// run here, on the caller's thread. Returns the last sequence synced.
     pub fn sync_journal(&self, timeout: Duration) -> Result<Sequence, NodeError> {
         let shared = &*self.shared;
-        // Every record submitted: the last one the producer let through.
-        let through = Sequence(shared.next_record.load(Ordering::Acquire).saturating_sub(1));
+        // Every record a replica was given (the last one the producer let through), and every
+        // record a sequencer journaled: nothing is acknowledged before it is appended.
+        let given = Sequence(shared.next_record.load(Ordering::Acquire).saturating_sub(1));
+        let through = given.max(shared.appended.get());
         shared.sync_requested.advance(through);
         let deadline = Instant::now() + timeout;
         while shared.synced.get() < through {

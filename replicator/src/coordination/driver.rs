@@ -525,6 +525,11 @@ impl Driver {
     }
 
     fn record(&mut self, sync: SyncRecord, after: After) {
+        if matches!(after, After::ContinueAlone | After::SetMode(AckMode::Async))
+            && let Err(error) = self.control.sync_before_alone()
+        {
+            return self.note(&format!("syncing the journal before going on alone: {error}"));
+        }
         match self.coordinator.record_sync(self.pilot.leader(), &sync) {
             Ok(true) => {}
             // The key is not ours any more: the next read rejoins.
@@ -564,6 +569,9 @@ impl Driver {
                 Ok(())
             }
             Plan::Record { sync, after } => {
+                if mode == AckMode::Async {
+                    self.control.sync_before_alone()?;
+                }
                 match self.coordinator.record_sync(self.pilot.leader(), &sync) {
                     Ok(true) => {}
                     Ok(false) => return Err("this node no longer holds the leader key".into()),
