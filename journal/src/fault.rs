@@ -263,6 +263,18 @@ impl FaultStorage {
         disk.halt_at = Some(disk.sync_points + after);
     }
 
+    /// Whether the disk reached its armed sync point: the process on it is dead from there on
+    /// (whatever it still does before the machine is crashed reaches nothing).
+    #[must_use]
+    pub fn is_halted(&self) -> bool {
+        let disk = self.disk();
+        let Some(frozen) = disk.halted.as_ref() else { return false };
+        // Frozen as it was at the armed sync point, which the live disk has reached.
+        assert_eq!(Some(frozen.0.sync_points), disk.halt_at, "frozen at another sync point");
+        assert!(frozen.0.sync_points <= disk.sync_points, "halted before its sync point");
+        true
+    }
+
     /// The sync point the machine halted at, with the disk as it left it, if it has halted.
     #[must_use]
     pub fn halted(&self) -> Option<SyncCapture> {

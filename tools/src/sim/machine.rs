@@ -72,12 +72,33 @@ const HANDSHAKE_TIMEOUT_MS: u64 = 500;
 pub struct Witness(pub Arc<Mutex<MemoryCoordinator>>);
 
 impl Witness {
-    fn with<T>(&self, f: impl FnOnce(&mut MemoryCoordinator) -> T) -> T {
-        f(&mut self.0.lock().expect("the witness lock is never poisoned"))
+    /// The witness as the process on `disk` reaches it.
+    fn reached_from(&self, disk: &FaultStorage) -> Reached {
+        Reached { witness: self.clone(), disk: disk.clone() }
     }
 }
 
-impl Coordinator for Witness {
+/// The witness as one process reaches it. A process whose disk reached an armed sync point
+/// died there: the simulator crashes its machine at the end of the step, and nothing it asks
+/// in between reaches the witness (a real process would not have lived to ask).
+struct Reached {
+    witness: Witness,
+    disk: FaultStorage,
+}
+
+impl Reached {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut MemoryCoordinator) -> Result<T, CoordinatorError>,
+    ) -> Result<T, CoordinatorError> {
+        if self.disk.is_halted() {
+            return Err(CoordinatorError::Unreachable("the process died at a sync point".into()));
+        }
+        f(&mut self.witness.0.lock().expect("the witness lock is never poisoned"))
+    }
+}
+
+impl Coordinator for Reached {
     fn grant(&mut self, ttl_s: u64) -> Result<LeaseId, CoordinatorError> {
         self.with(|w| w.grant(ttl_s))
     }
@@ -384,6 +405,12 @@ impl Machine {
     pub fn crash(&mut self, power_loss: bool, restart_ms: u64, net: &mut Network) {
         let disk = self.disk.clone();
         self.crash_from(&disk, power_loss, restart_ms, net);
+    }
+
+    /// Whether a power loss is armed here: at a sync point, or at the next snapshot's.
+    pub fn power_loss_armed(&self) -> bool {
+        self.halt_power_loss == Some(true)
+            || self.halt_at_next_snapshot.is_some_and(|(_, power_loss)| power_loss)
     }
 
     /// Arms a crash at the disk's `after`-th sync point from now (mid-write, mid-promotion,
@@ -711,7 +738,8 @@ impl Machine {
                     node: me.node.clone(),
                     timing: settings.timing,
                 };
-                match Startup::try_connect(config, Box::new(witness.clone()), clock) {
+                let reached = witness.reached_from(&self.disk);
+                match Startup::try_connect(config, Box::new(reached), clock) {
                     Ok(startup) => candidate.startup.insert(startup),
                     Err(_) => return,
                 }
@@ -909,6 +937,8 @@ impl Machine {
         let parts = NodeParts { engine, next_sequence, journal: writer, replicator, hook, clock };
         let node =
             Node::start_parts(config, parts).map_err(|e| format!("starting the node: {e}"))?;
+        // As `Control::start` does in `serve`.
+        control.use_journal(node.promoter());
         let rejoin = Arc::new(Mutex::new(None));
         let asked = Arc::clone(&rejoin);
         let rejoin_fn = Box::new(move |reason: &str| {

@@ -172,8 +172,6 @@ pub struct World {
     operator_primary: usize,
     primary_gone_since: Option<u64>,
     operator_next_try_ms: u64,
-    /// Under `none` durability: the run's one power loss was drawn.
-    power_lost: bool,
 }
 
 /// How often each fault strikes, per simulated ms (parts per million), drawn per seed so that
@@ -319,7 +317,6 @@ impl World {
             operator_primary: 0,
             primary_gone_since: None,
             operator_next_try_ms: 0,
-            power_lost: false,
         }
     }
 
@@ -756,6 +753,7 @@ impl World {
             self.trace.event(now, &format!("{name}: {kind} struck at {at}, back at {restart}"));
             if power_loss {
                 self.faults.power_losses += 1;
+                assert!(!self.length.unsynced || self.faults.power_losses == 1, "two power losses");
             } else {
                 self.faults.kills += 1;
             }
@@ -866,14 +864,16 @@ impl World {
         }
     }
 
-    /// Whether a power loss drawn as `drawn` strikes: under `batch` always; under `none` only
-    /// the run's first (the memory of one machine is all that holds what it acknowledged until
-    /// the other has it, so two power losses are beyond what the pair survives).
-    fn power_loss_allowed(&mut self, drawn: bool) -> bool {
+    /// Whether a power loss drawn as `drawn` strikes (or is armed): under `batch` always;
+    /// under `none` only while none has struck and none is armed (the memory of one machine
+    /// is all that holds what it acknowledged until the other has it, so two power losses are
+    /// beyond what the pair survives). One armed and then dropped (the machine killed first,
+    /// another crash armed in its place) leaves the run's power loss to a later draw.
+    fn power_loss_allowed(&self, drawn: bool) -> bool {
         if !drawn || !self.length.unsynced {
             return drawn;
         }
-        !std::mem::replace(&mut self.power_lost, true)
+        self.faults.power_losses == 0 && !self.machines.iter().any(Machine::power_loss_armed)
     }
 
     /// Kills machine `target` if its process is up (a kill -9 or a power loss, drawn from the
@@ -901,6 +901,7 @@ impl World {
         }
         if power_loss {
             self.faults.power_losses += 1;
+            assert!(!self.length.unsynced || self.faults.power_losses == 1, "two power losses");
         } else {
             self.faults.kills += 1;
         }
