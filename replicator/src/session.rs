@@ -582,12 +582,8 @@ impl StandbySession {
         let Purpose::Join(position) = self.purpose else {
             return self.refuse(RefuseCode::BadMessage, "a start when a snapshot was asked".into());
         };
-        if start.epoch < self.promised {
-            let text = format!(
-                "epoch {} is below the epoch this standby promised ({})",
-                start.epoch, self.promised
-            );
-            return self.refuse(RefuseCode::StaleEpoch, text);
+        if let Some(refused) = self.refuse_below_promise(start.epoch) {
+            return refused;
         }
         if start.from_sequence != position.last_sequence.next() {
             let text = format!(
@@ -603,16 +599,23 @@ impl StandbySession {
         StandbyStep::Following { epoch: start.epoch, from: start.from_sequence }
     }
 
+    /// The refusal of a primary leading in `epoch`, below this standby's promise, if it is.
+    fn refuse_below_promise(&mut self, epoch: Epoch) -> Option<StandbyStep> {
+        (epoch < self.promised).then(|| {
+            let text = format!(
+                "epoch {epoch} is below the epoch this standby promised ({})",
+                self.promised
+            );
+            self.refuse(RefuseCode::StaleEpoch, text)
+        })
+    }
+
     fn on_behind(&mut self, behind: Behind) -> StandbyStep {
         let Purpose::Join(position) = self.purpose else {
             return self.refuse(RefuseCode::BadMessage, "behind when a snapshot was asked".into());
         };
-        if behind.epoch < self.promised {
-            let text = format!(
-                "epoch {} is below the epoch this standby promised ({})",
-                behind.epoch, self.promised
-            );
-            return self.refuse(RefuseCode::StaleEpoch, text);
+        if let Some(refused) = self.refuse_below_promise(behind.epoch) {
+            return refused;
         }
         if behind.last_sequence >= position.last_sequence {
             let text = format!(
