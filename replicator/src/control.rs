@@ -259,6 +259,9 @@ pub struct Control {
     standby_tail_acknowledged: AtomicBool,
     /// The node's journal, synced before the in-sync marker goes ([`Control::use_journal`]).
     journal: std::sync::OnceLock<Promoter>,
+    /// With a witness: whether its in-sync record names this primary's standby
+    /// ([`Control::witness_recorded`]). `None` without a witness.
+    witness_names_standby: Mutex<Option<bool>>,
 }
 
 impl Control {
@@ -310,6 +313,7 @@ impl Control {
             in_sync: AtomicBool::new(false),
             standby_tail_acknowledged: AtomicBool::new(restarted && !answers_after_sync),
             journal: std::sync::OnceLock::new(),
+            witness_names_standby: Mutex::new(None),
         });
         // The gate is in force before the node takes its first write, not at the policy
         // loop's first round: a restarted primary holds from the start.
@@ -461,9 +465,37 @@ impl Control {
         let was = state.policy.state();
         state.policy.on_ack(durable, journaled, now);
         if state.policy.state() == PolicyState::InSync && was != PolicyState::InSync {
-            self.note_in_sync(true);
+            // With a witness, only once its record names the standby (`witness_recorded`):
+            // until then a power loss here must leave a node that may lead alone.
+            if !self.witness_unaware() {
+                self.note_in_sync(true);
+            }
             // The standby holds nothing this journal lacks: it streamed from this journal.
             self.standby_tail_acknowledged.store(false, Ordering::Release);
+        }
+        self.apply_gate(&state, now);
+    }
+
+    /// Whether a witness leads this pair and its in-sync record does not name the standby:
+    /// answers that wait for the standby cannot rest on its copy yet, since after this
+    /// primary's death the witness would not let the standby take over.
+    fn witness_unaware(&self) -> bool {
+        *self.witness_names_standby.lock().expect("never poisoned") == Some(false)
+    }
+
+    /// The witness's in-sync record, as this node's coordination last read or wrote it:
+    /// whether it names a standby of this primary. Once it does, a standby in sync counts as
+    /// holding what the pair acknowledges (the in-sync marker is written, and answers under
+    /// `none` stop waiting for this journal's sync); until then they keep waiting for it.
+    pub fn witness_recorded(&self, standby_named: bool) {
+        let now = self.now_ms();
+        let state = self.state();
+        *self.witness_names_standby.lock().expect("never poisoned") = Some(standby_named);
+        if standby_named
+            && state.role == Role::Primary
+            && state.policy.state() == PolicyState::InSync
+        {
+            self.note_in_sync(true);
         }
         self.apply_gate(&state, now);
     }
@@ -565,8 +597,10 @@ impl Control {
             ));
         }
         // A journal that answers before it syncs relies on the standby's copy: answering alone,
-        // it syncs first. Set before the gate, which may make answers safe at once.
-        self.link.set_answers_alone(gate == Gate::Local && !self.config.answers_after_sync);
+        // or waiting for a standby the witness does not name yet, it syncs first. Set before
+        // the gate, which may make answers safe at once.
+        let alone = gate == Gate::Local || (gate == Gate::Standby && self.witness_unaware());
+        self.link.set_answers_alone(alone && !self.config.answers_after_sync);
         self.link.set_gate(gate);
         // Egress enforces the deadline itself at each release, so a primary that was paused
         // past it acknowledges nothing on resuming, before this thread runs again. Only while
@@ -1354,6 +1388,43 @@ mod tests {
         let (_, hold) = start(&answering_first, standby);
         assert!(!hold.answers_alone(), "a standby answers no write");
         assert_eq!(hold.alone_through(), Sequence(0));
+    }
+
+    #[test]
+    fn a_standby_counts_for_answers_only_once_the_witness_names_it() {
+        // Goal: with a witness, under `none`, a standby that caught up does not yet hold what
+        // the pair acknowledges: were this primary to lose power, the witness, whose record
+        // names no standby, would not let the standby take over. Answers that wait for it keep
+        // waiting for this journal's sync too, and the in-sync marker is written only once the
+        // record names it; then answers rest on the standby's copy.
+        use ringfence_core::pipeline::Replicator as _;
+        let (_, dir) = fault_dir(Durability::None);
+        let answering_first = ReplicationConfig { answers_after_sync: false, ..config() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let end = (Sequence(9), Epoch(1));
+        let store = Box::new(dir.clone());
+        let control = Control::new(answering_first, Role::Primary, end, store, clock);
+        let hold = control.link().stage().hold().expect("the link holds");
+        control.witness_recorded(false);
+        let stream = control.on_connected("b");
+        control.on_ack(stream, Sequence(9), Sequence(9), 0);
+        assert_eq!(control.link().gate(), Gate::Standby, "the standby caught up");
+        assert!(hold.answers_alone(), "answers rested on a standby the witness does not name");
+        assert!(!dir.standby_in_sync(), "marked in sync before the witness named the standby");
+        control.witness_recorded(true);
+        assert!(dir.standby_in_sync(), "named, and in sync: the marker");
+        assert!(!hold.answers_alone(), "named: answers rest on the standby's copy");
+        assert_eq!(control.link().gate(), Gate::Standby);
+        // Without a witness the standby counts as soon as it caught up.
+        let (_, dir) = fault_dir(Durability::None);
+        let answering_first = ReplicationConfig { answers_after_sync: false, ..config() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let store = Box::new(dir.clone());
+        let control = Control::new(answering_first, Role::Primary, end, store, clock);
+        let hold = control.link().stage().hold().expect("the link holds");
+        let stream = control.on_connected("b");
+        control.on_ack(stream, Sequence(9), Sequence(9), 0);
+        assert!(dir.standby_in_sync() && !hold.answers_alone());
     }
 
     #[test]

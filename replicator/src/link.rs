@@ -157,6 +157,11 @@ impl Link {
     pub fn acknowledged(&self, sequence: Sequence) {
         // Never past what the journal holds: a standby cannot hold more than was sent.
         let sequence = Sequence(sequence.0.min(self.available()));
+        if self.hold.answers_alone() {
+            // The standby's copy does not count yet (the witness does not name it): these
+            // answers wait for this journal's sync too, noted before they are made safe.
+            self.hold.note_alone_through(sequence);
+        }
         self.safe.advance(sequence);
     }
 
@@ -290,5 +295,23 @@ mod tests {
         link.set_gate(Gate::Local);
         send(&mut stage, 7);
         assert_eq!((hold.alone_through(), link.safe.get()), (Sequence(5), Sequence(7)));
+    }
+
+    #[test]
+    fn acknowledgements_a_primary_cannot_rest_on_yet_are_noted_to_wait_for_a_sync() {
+        // Goal: with the hold answering alone while answers wait for the standby (a standby
+        // the witness does not name yet), what an acknowledgement makes safe is noted first,
+        // so it waits for this journal's sync; otherwise an acknowledgement notes nothing.
+        let link = Link::new(Sequence(0), Epoch(1));
+        let mut stage = link.stage();
+        let hold = stage.hold().expect("the link holds");
+        link.set_gate(Gate::Standby);
+        send(&mut stage, 1);
+        send(&mut stage, 2);
+        link.acknowledged(Sequence(1));
+        assert_eq!((hold.alone_through(), link.safe.get()), (Sequence(0), Sequence(1)));
+        hold.set_answers_alone(true);
+        link.acknowledged(Sequence(2));
+        assert_eq!((hold.alone_through(), link.safe.get()), (Sequence(2), Sequence(2)));
     }
 }

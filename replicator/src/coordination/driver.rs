@@ -347,6 +347,7 @@ impl Driver {
         if let Some(deadline) = pilot.deadline_ms() {
             control.set_lease_deadline(deadline);
         }
+        control.witness_recorded(pilot.recorded().is_some_and(|sync| sync.standby.is_some()));
         let figures = Arc::new(Mutex::new(CoordinationFigures::default()));
         let mut driver = Driver {
             config,
@@ -515,6 +516,8 @@ impl Driver {
         if let Some(deadline) = self.pilot.deadline_ms() {
             self.control.set_lease_deadline(deadline);
         }
+        let named = self.pilot.recorded().is_some_and(|sync| sync.standby.is_some());
+        self.control.witness_recorded(named);
         self.role_figures();
         self.register();
     }
@@ -549,6 +552,7 @@ impl Driver {
             figures.in_sync_standby.clone_from(&sync.standby);
             figures.recorded_mode = Some(sync.mode.clone());
         }
+        self.control.witness_recorded(sync.standby.is_some());
         self.pilot.recorded_sync(sync);
         match after {
             After::Nothing => {}
