@@ -657,7 +657,8 @@ impl Control {
         let mut state = self.state();
         let alone = state.policy.go_alone();
         self.apply_gate(&state, now);
-        // The journal syncs without the state's lock: the stages never wait on it.
+        // The journal syncs once the state's lock is released: acknowledgements and the policy
+        // loop go on meanwhile.
         drop(state);
         if alone {
             self.forget_standby_in_sync();
