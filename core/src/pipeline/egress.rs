@@ -190,8 +190,9 @@ impl<P: RingPoller> Egress<P> {
         limit.min(synced)
     }
 
-    /// How many slots from `next` may be released now: those the applying stage finished whose
-    /// gates are within the limit, and the stop marker once everything before it is.
+    /// How many slots from `next` may be released now under `limit` (`Egress::limit`): those
+    /// the applying stage finished whose gates are within it, and the stop marker once
+    /// everything before it is.
     ///
     /// Gates never decrease along the ring (a slot's gate is its sequence, or the last one
     /// before it), so the releasable prefix ends at the first gate past the limit. Usually
@@ -199,9 +200,8 @@ impl<P: RingPoller> Egress<P> {
     /// the last applied slot's gate, is within the limit, and the whole applied span goes
     /// without reading a gate (the applying stage wrote them on its own core). Otherwise a
     /// binary search reads a few.
-    fn releasable(&self) -> u64 {
+    fn releasable(&self, limit: Sequence) -> u64 {
         let shared = &self.shared;
-        let limit = self.limit();
         let fence = shared.journal_fence();
         let applied = shared.applied.positions();
         let within = |gate: Sequence| release_gate(gate, fence) <= limit;
@@ -248,7 +248,9 @@ impl<P: RingPoller> EgressRun for Egress<P> {
             self.control_seen = control_sent;
         }
         let failed = self.shared.is_failed();
-        let want = if failed { u64::MAX } else { self.releasable() };
+        // Read once a pass: each watermark is a line the stages write on other cores.
+        let limit = self.limit();
+        let want = if failed { u64::MAX } else { self.releasable(limit) };
         if want == 0 {
             let cells = &self.shared.stages[self.cells];
             self.recorder.publish_idle(&cells.histograms);
@@ -259,7 +261,6 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         // durable and flushes nothing after), so no slot released here is dropped later.
         let fence = self.shared.journal_fence();
         let cause = self.shared.journal_fault();
-        let limit = self.limit();
         // Read after `limit`: an acknowledgement that arrives in between only makes more
         // answers outcomes rather than `Unreplicated`. Past the lease deadline nothing counts
         // as safe: a primary that may have been replaced acknowledges no write.
@@ -335,7 +336,7 @@ impl<P: RingPoller> EgressRun for Egress<P> {
         if self.shared.is_failed() {
             return self.poller.has_available();
         }
-        self.releasable() > 0 && self.poller.has_available()
+        self.releasable(self.limit()) > 0 && self.poller.has_available()
     }
 
     fn holding(&self) -> bool {

@@ -313,7 +313,7 @@ impl Shared {
     /// Whether the primary's lease deadline passed (`WriteHold::set_lease_deadline`): no write
     /// may be acknowledged on the local journal alone any more.
     pub(crate) fn lease_expired(&self) -> bool {
-        self.hold.as_ref().is_some_and(|hold| hold.lease_expired(self.clock.now_ns()))
+        self.hold.as_ref().is_some_and(|hold| hold.lease_expired(|| self.clock.now_ns()))
     }
 
     /// Whether a client write may be published now: not once the journal failed, not on a

@@ -165,11 +165,13 @@ impl WriteHold {
         self.lease_deadline_ns.store(deadline_ns, Ordering::Release);
     }
 
-    /// Whether a lease deadline is set and `now_ns` (the node's clock) has reached it.
+    /// Whether a lease deadline is set and the node's clock, read by `now_ns` only when one
+    /// is, has reached it: egress asks at every pass, and only a primary coordinated through a
+    /// witness holds a lease.
     #[must_use]
-    pub fn lease_expired(&self, now_ns: u64) -> bool {
+    pub fn lease_expired(&self, now_ns: impl FnOnce() -> u64) -> bool {
         let deadline = self.lease_deadline_ns.load(Ordering::Acquire);
-        deadline != u64::MAX && now_ns >= deadline
+        deadline != u64::MAX && now_ns() >= deadline
     }
 
     /// Sets whether the primary answers alone on a journal that answers before it syncs: while
