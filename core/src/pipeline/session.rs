@@ -185,6 +185,7 @@ impl Session {
         let session = self.id;
         let published = self.producer.try_batch_publish(commands.len(), |slots| {
             for (slot, &(command, token)) in slots.zip(commands) {
+                slot.warm_ahead_for_producer();
                 slot.kind = SlotKind::Command;
                 slot.timestamp = timestamp;
                 slot.command = command;
@@ -409,6 +410,7 @@ pub(crate) fn publish_one(
     let ns = shared.clock.now_ns();
     let timestamp = shared.clock.timestamp(ns);
     let published = producer.try_publish(|slot| {
+        slot.warm_ahead_for_producer();
         slot.kind = kind;
         slot.timestamp = timestamp;
         slot.command = command;

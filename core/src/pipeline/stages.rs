@@ -371,6 +371,7 @@ impl<H: SnapshotHook> Work for Blp<H> {
     }
 
     fn command(&mut self, shared: &Shared, entry: &Entry<'_>) -> Result<(), StageError> {
+        entry.slot.warm_ahead_for_outcome();
         let outcome = if entry.journaled && shared.is_dropped(entry.sequence()) {
             // Past the journal fence: never applied, answered `NotDurable` by egress, which
             // reads no outcome for it.
