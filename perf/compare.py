@@ -10,6 +10,9 @@ percentiles of each build and the after/before ratio. Figures only; nothing is a
     perf/compare.py --before /tmp/base/target/release/ringfence-perf --after /tmp/after \\
         --bench blp --bench pipeline --rounds 3 --quick
 
+Beside each median ratio it prints the quartiles of the per-round ratios (with 4 rounds or
+more): a row whose spread straddles 1.00x is not distinguishable from the baseline in that run.
+
 Rows can be filtered on either side with `--before-arg`/`--after-arg`, e.g. only the pipeline's
 maximum-throughput rows of a build that has `pipeline --rate`:
 
@@ -62,6 +65,22 @@ def ratio(after, before):
     return f"{after / before:.2f}x"
 
 
+def round_spread(samples, after_key, before_key):
+    """The quartiles of the per-round throughput ratios: each round runs the two builds back
+    to back, so its ratio is taken under one machine load; the spread says how far a median
+    ratio can be trusted."""
+    ratios = []
+    for before_rows, after_rows in zip(samples["before"], samples["after"]):
+        before = before_rows.get(before_key, {}).get("ops_per_sec")
+        after = after_rows.get(after_key, {}).get("ops_per_sec")
+        if before and after is not None:
+            ratios.append(after / before)
+    if len(ratios) < 4:
+        return "-"
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return f"{q1:.2f}-{q3:.2f}x"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="baseline ringfence-perf binary")
@@ -101,8 +120,8 @@ def main():
                     keys.append(key)
         print(f"\n== {bench}: median of {args.rounds} alternating rounds; ratio = after / before")
         header = (f"{'scenario':<22} {'variant':<34} {'ops/s before':>13} {'after':>13} "
-                  f"{'ratio':>7} {'p50 before':>11} {'after':>9} {'p99 before':>11} "
-                  f"{'after':>9}")
+                  f"{'ratio':>7} {'rounds q1-q3':>13} {'p50 before':>11} {'after':>9} "
+                  f"{'p99 before':>11} {'after':>9}")
         print(header)
         pairs = [(key, key, key[1]) for key in keys]
         for after_variant, before_variant in matches:
@@ -119,6 +138,7 @@ def main():
             print(f"{after_key[0]:<22} {label[:34]:<34} "
                   f"{(before_ops or 0):>13,.0f} {(after_ops or 0):>13,.0f} "
                   f"{ratio(after_ops, before_ops):>7} "
+                  f"{round_spread(samples, after_key, before_key):>13} "
                   f"{fmt_ns(stat('before', 'p50_ns')):>11} {fmt_ns(stat('after', 'p50_ns')):>9} "
                   f"{fmt_ns(stat('before', 'p99_ns')):>11} {fmt_ns(stat('after', 'p99_ns')):>9}")
 
