@@ -893,17 +893,19 @@ impl World {
         self.trace.event(now, &format!("FAULT {name}: {kind} {when}, back at {restart}"));
         let was_primary = machine.is_primary();
         machine.crash(power_loss, restart, &mut self.net);
-        if was_primary && self.length.sync_point_crashes && self.extra.chance(1, 3) {
-            // The standby is about to take over: strike it at one of its next few syncs,
-            // which include storing the epoch it takes office in.
-            let after = self.extra.range_inclusive(1, 3);
-            self.halt_fault(target ^ 1, after);
-        }
+        // Counted before the standby may be armed below, which asks whether a power loss is
+        // still allowed.
         if power_loss {
             self.faults.power_losses += 1;
             assert!(!self.length.unsynced || self.faults.power_losses == 1, "two power losses");
         } else {
             self.faults.kills += 1;
+        }
+        if was_primary && self.length.sync_point_crashes && self.extra.chance(1, 3) {
+            // The standby is about to take over: strike it at one of its next few syncs,
+            // which include storing the epoch it takes office in.
+            let after = self.extra.range_inclusive(1, 3);
+            self.halt_fault(target ^ 1, after);
         }
         true
     }
