@@ -738,6 +738,16 @@ impl World {
         self.trace.event(self.now_ms, &format!("FAULT {name}: {kind} at sync point +{after}"));
     }
 
+    /// Counts a crash that struck: a power loss (at most one in an unsynced run) or a kill.
+    fn count_crash(&mut self, power_loss: bool) {
+        if power_loss {
+            self.faults.power_losses += 1;
+            assert!(!self.length.unsynced || self.faults.power_losses == 1, "two power losses");
+        } else {
+            self.faults.kills += 1;
+        }
+    }
+
     /// Machines whose disks reached their armed sync point die there.
     fn crash_halted(&mut self) {
         let now = self.now_ms;
@@ -751,12 +761,7 @@ impl World {
             let kind = if power_loss { "power loss" } else { "kill -9" };
             let name = &machine.name;
             self.trace.event(now, &format!("{name}: {kind} struck at {at}, back at {restart}"));
-            if power_loss {
-                self.faults.power_losses += 1;
-                assert!(!self.length.unsynced || self.faults.power_losses == 1, "two power losses");
-            } else {
-                self.faults.kills += 1;
-            }
+            self.count_crash(power_loss);
             self.faults.sync_point_crashes += 1;
         }
     }
@@ -895,12 +900,7 @@ impl World {
         machine.crash(power_loss, restart, &mut self.net);
         // Counted before the standby may be armed below, which asks whether a power loss is
         // still allowed.
-        if power_loss {
-            self.faults.power_losses += 1;
-            assert!(!self.length.unsynced || self.faults.power_losses == 1, "two power losses");
-        } else {
-            self.faults.kills += 1;
-        }
+        self.count_crash(power_loss);
         if was_primary && self.length.sync_point_crashes && self.extra.chance(1, 3) {
             // The standby is about to take over: strike it at one of its next few syncs,
             // which include storing the epoch it takes office in.
