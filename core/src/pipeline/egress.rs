@@ -15,12 +15,13 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
+use super::completions::{CompletionSender, PushError};
 use super::messages::{Completion, Control, Reply, Ticket, Unanswered};
 use super::metrics::Recorder;
 use super::shared::{Shared, panic_message};
@@ -53,7 +54,7 @@ pub(crate) trait EgressRun: Send {
 }
 
 struct Endpoint {
-    sender: SyncSender<Completion>,
+    sender: CompletionSender,
     notify: Option<Arc<Parker>>,
     touched: bool,
 }
@@ -62,7 +63,8 @@ struct Endpoint {
 struct Router {
     control: Receiver<Control>,
     sessions: FxHashMap<u64, Endpoint>,
-    /// Sessions with a notify hook that received completions in the current pass.
+    /// Sessions to wake (a notify hook, or a reader that may be parked) that received
+    /// completions in the current pass.
     touched: Vec<u64>,
 }
 
@@ -90,17 +92,18 @@ impl Router {
             self.drain_control();
         }
         let Some(endpoint) = self.sessions.get_mut(&reply.session) else { return };
-        match endpoint.sender.try_send(completion) {
+        match endpoint.sender.push(completion) {
             Ok(()) => {
-                if endpoint.notify.is_some() && !endpoint.touched {
+                let wakes = endpoint.notify.is_some() || endpoint.sender.blocking();
+                if wakes && !endpoint.touched {
                     endpoint.touched = true;
                     self.touched.push(reply.session);
                 }
             }
-            Err(TrySendError::Disconnected(_)) => {
+            Err(PushError::Disconnected) => {
                 self.sessions.remove(&reply.session);
             }
-            Err(TrySendError::Full(_)) => panic!(
+            Err(PushError::Full) => panic!(
                 "session {}'s completion queue overflowed: its pending limit was not enforced",
                 reply.session
             ),
@@ -118,6 +121,9 @@ impl Router {
         for id in self.touched.drain(..) {
             if let Some(endpoint) = self.sessions.get_mut(&id) {
                 endpoint.touched = false;
+                if endpoint.sender.blocking() {
+                    endpoint.sender.wake();
+                }
                 if let Some(notify) = &endpoint.notify {
                     notify.wake();
                 }

@@ -4,8 +4,8 @@
 //! without depending on one another.
 
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
 
+use super::completions::CompletionSender;
 use super::wait::Parker;
 use crate::outcome::Outcome;
 use crate::types::Sequence;
@@ -88,7 +88,7 @@ pub struct Completion {
 /// Messages from sessions to egress, which owns the routing table.
 pub(crate) enum Control {
     /// A new session: where its completions go and how to wake it.
-    Register { id: u64, sender: SyncSender<Completion>, notify: Option<Arc<Parker>> },
+    Register { id: u64, sender: CompletionSender, notify: Option<Arc<Parker>> },
     /// The session was dropped.
     Deregister(u64),
 }

@@ -42,6 +42,7 @@
 //!   so an idle node journals nothing.
 
 mod clock;
+mod completions;
 mod config;
 mod egress;
 mod messages;

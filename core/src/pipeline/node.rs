@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use disruptor::{BusySpin, build_multi_producer};
 
 use super::clock::{Clock, SystemClock};
+use super::completions::completion_queue;
 use super::config::{EgressDriver, Intake, NodeConfig, NodeConfigError, Topology};
 use super::egress::{self, Egress, EgressRun, PolledEgress};
 use super::messages::{Control, Reply, StageFailure};
@@ -535,7 +536,10 @@ impl Node {
             return Err(NodeError::TooManySessions { max: shared.sessions_max });
         }
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-        let (sender, completions) = mpsc::sync_channel(shared.session_pending_max as usize);
+        // Only a session of a node with an egress thread parks waiting for its answers; one
+        // whose egress is polled runs egress itself.
+        let blocking = self.egress.is_none();
+        let (sender, completions) = completion_queue(shared.session_pending_max as usize, blocking);
         let register = Control::Register { id, sender, notify: notify.clone() };
         if !shared.send_control(register) {
             shared.sessions_open.fetch_sub(1, Ordering::AcqRel);

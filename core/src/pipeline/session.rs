@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use disruptor::{MultiProducer, Producer, SingleConsumerBarrier};
 
+use super::completions::{CompletionQueue, RecvError};
 use super::config::Intake;
 use super::egress::PolledEgress;
 use super::messages::{Completion, Control, Reply, StageFailure, Ticket, Unanswered};
@@ -117,7 +117,7 @@ pub enum CallError {
 pub struct Session {
     id: u64,
     producer: RingProducer,
-    completions: Receiver<Completion>,
+    completions: CompletionQueue,
     pending: u32,
     notify: Option<Arc<Parker>>,
     shared: Arc<Shared>,
@@ -130,7 +130,7 @@ impl Session {
     pub(crate) fn new(
         id: u64,
         producer: RingProducer,
-        completions: Receiver<Completion>,
+        completions: CompletionQueue,
         notify: Option<Arc<Parker>>,
         shared: Arc<Shared>,
         egress: Option<Arc<PolledEgress>>,
@@ -326,8 +326,8 @@ impl Session {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.completions.recv_timeout(left) {
                 Ok(completion) => return Some(self.received(completion)),
-                Err(RecvTimeoutError::Timeout) => return None,
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(RecvError::Timeout) => return None,
+                Err(RecvError::Disconnected) => {
                     self.disconnected = true;
                     return None;
                 }
@@ -368,9 +368,9 @@ impl Session {
 
     fn try_recv(&mut self) -> Option<Completion> {
         match self.completions.try_recv() {
-            Ok(completion) => Some(self.received(completion)),
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => {
+            Ok(Some(completion)) => Some(self.received(completion)),
+            Ok(None) => None,
+            Err(RecvError::Disconnected | RecvError::Timeout) => {
                 self.disconnected = true;
                 None
             }
