@@ -144,7 +144,8 @@ impl CompletionQueue {
         *self.signal.waiter.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(std::thread::current());
         loop {
-            self.signal.sleeping.store(true, Ordering::Relaxed);
+            // Release: egress, acquiring the flag in its swap, also sees `waiter` as set above.
+            self.signal.sleeping.store(true, Ordering::Release);
             fence(Ordering::SeqCst);
             let received = self.try_recv();
             let left = deadline.saturating_duration_since(Instant::now());
