@@ -38,7 +38,7 @@ struct Common {
     /// Print one JSON object per result row instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// Smaller workloads so the whole benchmark finishes in under 20 seconds.
+    /// Smaller workloads: most benchmarks finish in under 20 seconds, `http` in about a minute.
     #[arg(long, global = true)]
     quick: bool,
 }
