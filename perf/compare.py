@@ -12,6 +12,10 @@ percentiles of each build and the after/before ratio. Figures only; nothing is a
 
 Beside each median ratio it prints the quartiles of the per-round ratios (with 4 rounds or
 more): a row whose spread straddles 1.00x is not distinguishable from the baseline in that run.
+It also prints in how many rounds the after build was ahead, and `p`: a two-sided permutation
+test of the difference of the medians (the share of 2,000 random relabellings of the pooled
+per-round throughputs whose medians differ at least as much; seeded, so a rerun on the same
+figures prints the same `p`). A small `p` (under 0.05) says the ratio is not the machine's noise.
 
 Rows can be filtered on either side with `--before-arg`/`--after-arg`, e.g. only the pipeline's
 maximum-throughput rows of a build that has `pipeline --rate`:
@@ -25,6 +29,7 @@ e.g. `--match ringfence_no_quotas=ringfence` against a build from before per-use
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -69,16 +74,42 @@ def round_spread(samples, after_key, before_key):
     """The quartiles of the per-round throughput ratios: each round runs the two builds back
     to back, so its ratio is taken under one machine load; the spread says how far a median
     ratio can be trusted."""
-    ratios = []
-    for before_rows, after_rows in zip(samples["before"], samples["after"]):
-        before = before_rows.get(before_key, {}).get("ops_per_sec")
-        after = after_rows.get(after_key, {}).get("ops_per_sec")
-        if before and after is not None:
-            ratios.append(after / before)
+    ratios = [after / before for before, after in throughputs(samples, after_key, before_key)]
     if len(ratios) < 4:
         return "-"
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     return f"{q1:.2f}-{q3:.2f}x"
+
+
+def throughputs(samples, after_key, before_key):
+    """The rounds' (before, after) throughputs of one row, for rounds that measured it in both."""
+    pairs = []
+    for before_rows, after_rows in zip(samples["before"], samples["after"]):
+        before = before_rows.get(before_key, {}).get("ops_per_sec")
+        after = after_rows.get(after_key, {}).get("ops_per_sec")
+        if before and after is not None:
+            pairs.append((before, after))
+    return pairs
+
+
+def significance(samples, after_key, before_key, shuffles=2000):
+    """Rounds the after build was ahead, and the permutation test's p of the medians' difference."""
+    pairs = throughputs(samples, after_key, before_key)
+    if len(pairs) < 4:
+        return "-"
+    ahead = sum(after > before for before, after in pairs)
+    before = [b for b, _ in pairs]
+    after = [a for _, a in pairs]
+    observed = abs(statistics.median(after) - statistics.median(before))
+    pooled = before + after
+    rng = random.Random(0)
+    extreme = 0
+    for _ in range(shuffles):
+        rng.shuffle(pooled)
+        left, right = pooled[:len(before)], pooled[len(before):]
+        if abs(statistics.median(right) - statistics.median(left)) >= observed:
+            extreme += 1
+    return f"{ahead}/{len(pairs)} p={extreme / shuffles:.3f}"
 
 
 def main():
@@ -120,7 +151,7 @@ def main():
                     keys.append(key)
         print(f"\n== {bench}: median of {args.rounds} alternating rounds; ratio = after / before")
         header = (f"{'scenario':<22} {'variant':<34} {'ops/s before':>13} {'after':>13} "
-                  f"{'ratio':>7} {'rounds q1-q3':>13} {'p50 before':>11} {'after':>9} "
+                  f"{'ratio':>7} {'rounds q1-q3':>13} {'ahead, p':>14} {'p50 before':>11} {'after':>9} "
                   f"{'p99 before':>11} {'after':>9}")
         print(header)
         pairs = [(key, key, key[1]) for key in keys]
@@ -139,6 +170,7 @@ def main():
                   f"{(before_ops or 0):>13,.0f} {(after_ops or 0):>13,.0f} "
                   f"{ratio(after_ops, before_ops):>7} "
                   f"{round_spread(samples, after_key, before_key):>13} "
+                  f"{significance(samples, after_key, before_key):>14} "
                   f"{fmt_ns(stat('before', 'p50_ns')):>11} {fmt_ns(stat('after', 'p50_ns')):>9} "
                   f"{fmt_ns(stat('before', 'p99_ns')):>11} {fmt_ns(stat('after', 'p99_ns')):>9}")
 
