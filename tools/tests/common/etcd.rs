@@ -12,15 +12,31 @@ use std::time::{Duration, Instant};
 
 /// A loopback port free right now (bound, then released), never one this test process
 /// handed out before: the ports of one test's processes are distinct.
+///
+/// The port is taken from below the kernel's ephemeral range. Tests stop processes and start
+/// them again on the same port; while a process is down, an ephemeral port may be taken as the
+/// source port of any outgoing connection on the machine (another test's flood of clients, a
+/// standby reconnecting), and the restarted process would fail to bind it.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    const LOWEST: u16 = 10_000;
     let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if given.insert(port) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = u32::from(ephemeral_low - LOWEST);
+    // Each test process starts at its own place, so two at once seldom probe the same ports.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for step in 0..span {
+        let port = LOWEST + ((start + step) % span) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
+    panic!("no free loopback port between {LOWEST} and {ephemeral_low}")
 }
 
 /// An etcd process.

@@ -172,7 +172,14 @@ impl Serve {
         let mut early = Vec::new();
         while binary.is_none() || http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = process.lines.recv_timeout(left).expect("serve logs its addresses in time");
+            let line = match process.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(error) => {
+                    let mut process = process;
+                    let status = process.child.try_wait();
+                    panic!("serve logged no addresses ({error}; exit {status:?}): {early:#?}")
+                }
+            };
             early.push(line.clone());
             if let Some(addr) = line.strip_prefix("ringfence: replication listening on ") {
                 replication = Some(addr.parse().expect("a socket address"));
