@@ -36,8 +36,26 @@ const LOAD_BEFORE_KILL: Duration = Duration::from_millis(300);
 const WAIT_MAX: Duration = Duration::from_secs(60);
 const SECRET: &str = "ringfence-perf-failover-secret-32";
 
+/// A loopback port free now, not handed out before in this run, and below the kernel's
+/// ephemeral range: a killed node restarts on its ports while the load generator keeps opening
+/// connections, and an ephemeral port could meanwhile become one of their source ports.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    const LOWEST: u16 = 10_000;
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = u32::from(ephemeral_low - LOWEST);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    let port = (0..span)
+        .map(|step| LOWEST + ((start + step) % span) as u16)
+        .find(|&port| !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free loopback port below the ephemeral range");
+    given.push(port);
+    port
 }
 
 /// A child process killed on drop.
