@@ -192,17 +192,19 @@ fn wait_on(member: &Member, what: &str, mut ready: impl FnMut() -> bool) {
 
 const LIVENESS: Duration = Duration::from_secs(30);
 
-/// `member`'s answer to the order `body`, sent again (same request id) while the node says
-/// it cannot answer now (503: writes held for a moment, e.g. a lease renewal running late on a
-/// loaded machine), as a client retries.
+/// `member`'s answer to the order `body`, sent again (same request id) while the node does
+/// not answer or says it cannot answer now (503: writes held for a moment, e.g. a lease
+/// renewal running late on a loaded machine), as a client retries.
 fn answered(member: &Member, body: &str) -> (u16, String) {
     let deadline = Instant::now() + LIVENESS;
     loop {
-        let (status, answer) = member.call("POST", "/v1/orders", body).expect("an answer");
-        if status != 503 || Instant::now() >= deadline {
-            return (status, answer);
+        match member.call("POST", "/v1/orders", body) {
+            Some((status, answer)) if status != 503 => return (status, answer),
+            last if Instant::now() >= deadline => {
+                panic!("no answer within {LIVENESS:?} to {body}: {last:?}")
+            }
+            _ => thread::sleep(Duration::from_millis(50)),
         }
-        thread::sleep(Duration::from_millis(50));
     }
 }
 
