@@ -29,7 +29,10 @@
 //!  68  SKU count         4  entries in the SKU catalog
 //!  72  engine config    40  (see format::encode_config)
 //! 112  engine config     2  continued: orders per user (zero before there was a quota)
-//! 114  reserved         10  zero
+//! 114  through epoch     8  the epoch of journal record `through sequence`; zero when not
+//!                           recorded (the journal did not hold that record, or the file
+//!                           was written before snapshots recorded it)
+//! 122  reserved          2  zero
 //! 124  header CRC32C     4  over bytes 0..124
 //! 128  image             n  EngineImage in its explicit layout (`IMAGE_FORMAT_VERSION`),
 //!                           then zero padding to a multiple of 16
@@ -54,8 +57,8 @@ use std::time::{Duration, Instant};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::record;
 use ringfence_core::{
-    Command, Engine, EngineConfig, EngineImage, Lookahead, RestoreError, Sequence, Sequenced,
-    SkuId, Timestamp,
+    Command, Engine, EngineConfig, EngineImage, Epoch, Lookahead, RestoreError, Sequence,
+    Sequenced, SkuId, Timestamp,
 };
 
 use crate::datadir::{self, DataDir};
@@ -81,8 +84,9 @@ const BODY_CRC_OFFSET: usize = IMAGE_LEN_OFFSET + 8;
 const SKU_COUNT_OFFSET: usize = BODY_CRC_OFFSET + 4;
 const CONFIG_OFFSET: usize = SKU_COUNT_OFFSET + 4;
 const CONFIG_MORE_OFFSET: usize = CONFIG_OFFSET + CONFIG_BLOCK_LEN;
+const THROUGH_EPOCH_OFFSET: usize = CONFIG_MORE_OFFSET + CONFIG_MORE_LEN;
 const HEADER_CRC_OFFSET: usize = SNAPSHOT_HEADER_LEN - 4;
-const _: () = assert!(CONFIG_MORE_OFFSET + CONFIG_MORE_LEN <= HEADER_CRC_OFFSET);
+const _: () = assert!(THROUGH_EPOCH_OFFSET + 8 <= HEADER_CRC_OFFSET);
 // The offsets, pinned to the byte diagram.
 const _: () = assert!(LAST_SEQUENCE_OFFSET == 24);
 const _: () = assert!(NOW_OFFSET == 32);
@@ -93,6 +97,7 @@ const _: () = assert!(BODY_CRC_OFFSET == 64);
 const _: () = assert!(SKU_COUNT_OFFSET == 68);
 const _: () = assert!(CONFIG_OFFSET == 72);
 const _: () = assert!(CONFIG_MORE_OFFSET == 112);
+const _: () = assert!(THROUGH_EPOCH_OFFSET == 114);
 const _: () = assert!(HEADER_CRC_OFFSET == 124);
 // The image is padded to 16, so the SKU catalog after it is 8-byte aligned in the file.
 const _: () = assert!(SNAPSHOT_HEADER_LEN % 16 == 0);
@@ -150,6 +155,11 @@ pub struct SnapshotMeta {
     pub file: PathBuf,
     /// Every journal record up to this sequence is included.
     pub through: Sequence,
+    /// The epoch of journal record `through`, when the journal held it as the snapshot was
+    /// written (`None` for files written before snapshots recorded it). A node whose journal
+    /// was retired or rebuilt past `through` still knows from it which primary's history its
+    /// state is: the same sequence and epoch are the same record.
+    pub through_epoch: Option<Epoch>,
     /// The engine's last mutating sequence.
     pub last_sequence: Sequence,
     /// The engine's logical time.
@@ -243,10 +253,13 @@ pub fn write<S: Storage>(
     skus.sort_unstable();
     let payload = encode_image(image)
         .map_err(|reason| SnapshotError::Invalid { file: file.clone(), reason })?;
+    // The record is still in the journal: retention runs after the snapshot is written.
+    let through_epoch = crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten();
     let meta = SnapshotMeta {
         name: name.clone(),
         file,
         through,
+        through_epoch,
         last_sequence: engine.last_sequence(),
         now: engine.now(),
         running_hash: engine.running_hash(),
@@ -316,6 +329,7 @@ fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
     put_u32(header, 8, FORMAT_VERSION);
     put_u32(header, 12, SNAPSHOT_HEADER_LEN as u32);
     put_u64(header, THROUGH_OFFSET, meta.through.0);
+    put_u64(header, THROUGH_EPOCH_OFFSET, meta.through_epoch.map_or(0, |epoch| epoch.0));
     put_u64(header, LAST_SEQUENCE_OFFSET, meta.last_sequence.0);
     put_u64(header, NOW_OFFSET, meta.now.0);
     put_u64(header, RUNNING_HASH_OFFSET, meta.running_hash);
@@ -384,6 +398,7 @@ fn decode_meta(
         name: name.to_owned(),
         file: file.to_path_buf(),
         through: Sequence(get_u64(header, THROUGH_OFFSET)),
+        through_epoch: Some(Epoch(get_u64(header, THROUGH_EPOCH_OFFSET))).filter(|e| e.0 != 0),
         last_sequence: Sequence(get_u64(header, LAST_SEQUENCE_OFFSET)),
         now: Timestamp(get_u64(header, NOW_OFFSET)),
         running_hash: get_u64(header, RUNNING_HASH_OFFSET),

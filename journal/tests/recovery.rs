@@ -851,3 +851,51 @@ fn an_installed_snapshot_starts_an_empty_journal_after_it() {
     assert_eq!(recovered.engine.state_digest(), engine.state_digest());
     assert_eq!(recovered.next_sequence, Sequence(701));
 }
+
+#[test]
+fn a_snapshot_records_the_epoch_of_its_last_record_and_an_installed_one_carries_it() {
+    // Goal: a snapshot names the epoch of the journal record it was taken through, read from
+    // the journal as the snapshot is written, so a node whose journal holds nothing at or
+    // before it (retired, or rebuilt after it) still knows that record's epoch; a standby
+    // installing the file knows it too; a snapshot of a record the journal does not hold
+    // records none.
+    let dir = TempDir::new("through-epoch");
+    let mut recovered = recover(dir.path(), options(Durability::None)).unwrap();
+    let mut workload = Workload::new(5, Sequence(1), Timestamp(10));
+    let mut shadow = Engine::new(config());
+    let commands = generate(&mut workload, &mut shadow, 300);
+    for (i, command) in commands.iter().enumerate() {
+        let epoch = if i < 200 { Epoch(1) } else { Epoch(2) };
+        if i == 200 {
+            let second = Epochs { current: Epoch(2), promised: Epoch(2) };
+            recovered.writer.data_dir().store_epochs(second).unwrap();
+        }
+        recovered.writer.append_command(epoch, command).unwrap();
+    }
+    recovered.writer.end_batch().unwrap();
+    drop(recovered);
+    let storage = FileStorage::open(dir.path()).unwrap();
+    let (mut at_200, mut at_300) = (Engine::new(config()), Engine::new(config()));
+    for (i, command) in commands.iter().enumerate() {
+        if i < 200 {
+            at_200.apply(command);
+        }
+        at_300.apply(command);
+    }
+    let first = snapshot::write_now(&storage, &at_200, Sequence(200)).unwrap();
+    let second = snapshot::write_now(&storage, &at_300, Sequence(300)).unwrap();
+    assert_eq!((first.through_epoch, second.through_epoch), (Some(Epoch(1)), Some(Epoch(2))));
+    let source = ReadOnlyDir::open(dir.path()).unwrap();
+    assert_eq!(snapshot::read_meta(&source, &second.name).unwrap().through_epoch, Some(Epoch(2)));
+    let past_the_end = snapshot::write_now(&storage, &at_300, Sequence(10_000)).unwrap();
+    assert_eq!(past_the_end.through_epoch, None);
+    assert_eq!(snapshot::read_meta(&source, &past_the_end.name).unwrap().through_epoch, None);
+
+    let standby = TempDir::new("through-epoch-standby");
+    drop(recover(standby.path(), options(Durability::Batch)).unwrap());
+    let target = FileStorage::open(standby.path()).unwrap();
+    recovery::truncate(&target, Sequence(1)).unwrap();
+    let bytes = std::fs::read(dir.path().join(&second.name)).unwrap();
+    let installed = snapshot::install(&target, Sequence(300), &bytes).unwrap();
+    assert_eq!(installed.through_epoch, Some(Epoch(2)));
+}
