@@ -38,6 +38,14 @@ pub trait ReadSource {
     fn file_len(&self, name: &str) -> io::Result<u64>;
     /// A whole (small) file.
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// The first `len` bytes of a file (fewer if it is shorter): a snapshot's header, without
+    /// reading the state after it.
+    fn read_head(&self, name: &str, len: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = self.read_file(name)?;
+        bytes.truncate(len);
+        assert!(bytes.len() <= len, "a head longer than asked for");
+        Ok(bytes)
+    }
     /// The bytes of one segment.
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes>;
     /// How to name a file to an operator.
@@ -66,6 +74,9 @@ impl<S: Storage> ReadSource for S {
     }
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
         Storage::read_file(self, name)
+    }
+    fn read_head(&self, name: &str, len: usize) -> io::Result<Vec<u8>> {
+        Storage::read_head(self, name, len)
     }
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
         assert!(name.ends_with(".seg"), "a segment read from a file that is not one: {name}");
@@ -141,6 +152,10 @@ impl ReadSource for ReadOnlyDir {
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
         assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");
         std::fs::read(self.dir.join(name))
+    }
+    fn read_head(&self, name: &str, len: usize) -> io::Result<Vec<u8>> {
+        assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");
+        read_head(&self.dir.join(name), len)
     }
     fn read_segment(&mut self, name: &str) -> io::Result<MappedFile> {
         assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");
@@ -775,4 +790,13 @@ pub fn read_pipelined<S: ReadSource + Send>(
         drop(empty_tx);
         reader.join().expect("the journal reader thread panicked")
     })
+}
+
+/// The first `len` bytes of the file at `path` (fewer if it is shorter).
+pub(crate) fn read_head(path: &Path, len: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::with_capacity(len);
+    File::open(path)?.take(len as u64).read_to_end(&mut bytes)?;
+    assert!(bytes.len() <= len, "a head longer than asked for: {}", path.display());
+    Ok(bytes)
 }

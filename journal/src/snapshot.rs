@@ -255,6 +255,8 @@ pub fn write<S: Storage>(
         .map_err(|reason| SnapshotError::Invalid { file: file.clone(), reason })?;
     // The record is still in the journal: retention runs after the snapshot is written.
     let through_epoch = crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten();
+    // Records are journaled in epoch 1 and later: zero stands for "not recorded".
+    assert!(through_epoch.is_none_or(|epoch| epoch.0 > 0), "a record of epoch 0");
     let meta = SnapshotMeta {
         name: name.clone(),
         file,
@@ -277,6 +279,11 @@ pub fn write<S: Storage>(
         read_meta(storage, &name).is_ok_and(|read| read.state_digest == meta.state_digest),
         "the snapshot written does not read back"
     );
+    debug_assert_eq!(
+        read_through(storage, &name).ok(),
+        Some((through, meta.through_epoch)),
+        "the header's last record does not read back"
+    );
     Ok(SnapshotMeta { bytes: bytes.len() as u64, ..meta })
 }
 
@@ -296,6 +303,8 @@ pub fn install<S: Storage>(
         let reason = format!("covers sequence {}, not {through} as announced", meta.through);
         return Err(SnapshotError::Invalid { file, reason });
     }
+    // The pair of the refusal above: the file installed covers what was announced.
+    assert_eq!(meta.through, through, "a snapshot installed under another sequence");
     write_atomically(storage, &name, bytes)?;
     Ok(meta)
 }
@@ -352,6 +361,40 @@ pub fn read_meta<R: ReadSource>(source: &R, name: &str) -> Result<SnapshotMeta, 
     decode_meta(name, &file, &bytes).map(|(meta, _)| meta)
 }
 
+/// Snapshot `name`'s through sequence and the epoch of that record, if the file recorded it,
+/// read from its header alone (its magic, version and header checksum checked; the state
+/// after it is not read). What a node may say of the history its state holds when its journal
+/// no longer holds the record.
+pub fn read_through<R: ReadSource>(
+    source: &R,
+    name: &str,
+) -> Result<(Sequence, Option<Epoch>), SnapshotError> {
+    let file = PathBuf::from(source.describe_file(name));
+    let header = source
+        .read_head(name, SNAPSHOT_HEADER_LEN)
+        .map_err(io_error(format!("reading {}", file.display())))?;
+    let invalid =
+        |reason: &str| SnapshotError::Invalid { file: file.clone(), reason: reason.into() };
+    if header.len() < SNAPSHOT_HEADER_LEN || header[..8] != SNAPSHOT_MAGIC {
+        return Err(invalid("the file does not start with a snapshot header"));
+    }
+    if crc32c::crc32c(&header[..HEADER_CRC_OFFSET]) != get_u32(&header, HEADER_CRC_OFFSET) {
+        return Err(invalid("the header checksum does not match"));
+    }
+    if get_u32(&header, 8) != FORMAT_VERSION || get_u32(&header, 12) as usize != SNAPSHOT_HEADER_LEN
+    {
+        return Err(invalid("unsupported snapshot version"));
+    }
+    // Read in full: a shorter file was refused above.
+    assert_eq!(header.len(), SNAPSHOT_HEADER_LEN, "a snapshot header of another length");
+    let through = Sequence(get_u64(&header, THROUGH_OFFSET));
+    if parse_snapshot_name(name).is_some_and(|named| named != through) {
+        return Err(invalid("the header covers another sequence than the file's name"));
+    }
+    let epoch = Some(Epoch(get_u64(&header, THROUGH_EPOCH_OFFSET))).filter(|epoch| epoch.0 != 0);
+    Ok((through, epoch))
+}
+
 fn read_file<R: ReadSource>(source: &R, name: &str) -> Result<(Vec<u8>, PathBuf), SnapshotError> {
     let file = PathBuf::from(source.describe_file(name));
     let bytes = source.read_file(name).map_err(io_error(format!("reading {}", file.display())))?;
@@ -398,7 +441,8 @@ fn decode_meta(
         name: name.to_owned(),
         file: file.to_path_buf(),
         through: Sequence(get_u64(header, THROUGH_OFFSET)),
-        through_epoch: Some(Epoch(get_u64(header, THROUGH_EPOCH_OFFSET))).filter(|e| e.0 != 0),
+        through_epoch: Some(Epoch(get_u64(header, THROUGH_EPOCH_OFFSET)))
+            .filter(|epoch| epoch.0 != 0),
         last_sequence: Sequence(get_u64(header, LAST_SEQUENCE_OFFSET)),
         now: Timestamp(get_u64(header, NOW_OFFSET)),
         running_hash: get_u64(header, RUNNING_HASH_OFFSET),

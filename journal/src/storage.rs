@@ -99,6 +99,13 @@ pub trait Storage: Clone + Send + 'static {
     fn file_len(&self, name: &str) -> io::Result<u64>;
     /// A whole file's contents.
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// The first `len` bytes of a file (fewer if it is shorter).
+    fn read_head(&self, name: &str, len: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = self.read_file(name)?;
+        bytes.truncate(len);
+        assert!(bytes.len() <= len, "a head longer than asked for");
+        Ok(bytes)
+    }
     /// Creates a zero-filled, fully allocated segment of `len` bytes; the file and its
     /// directory entry are durable when this returns. Fails if the name exists.
     fn create_segment(&self, name: &str, len: u64) -> io::Result<Self::Segment>;
@@ -370,6 +377,11 @@ impl Storage for FileStorage {
 
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
         std::fs::read(self.path(name))
+    }
+
+    fn read_head(&self, name: &str, len: usize) -> io::Result<Vec<u8>> {
+        assert!(!name.is_empty() && !name.contains('/'), "not a file's name: {name}");
+        crate::scan::read_head(&self.path(name), len)
     }
 
     fn create_segment(&self, name: &str, len: u64) -> io::Result<FileSegment> {

@@ -852,6 +852,9 @@ fn an_installed_snapshot_starts_an_empty_journal_after_it() {
     assert_eq!(recovered.next_sequence, Sequence(701));
 }
 
+/// Where a snapshot's header keeps the epoch of its last record (`docs/journal-format.md`).
+const THROUGH_EPOCH_AT: usize = 114;
+
 #[test]
 fn a_snapshot_records_the_epoch_of_its_last_record_and_an_installed_one_carries_it() {
     // Goal: a snapshot names the epoch of the journal record it was taken through, read from
@@ -887,6 +890,14 @@ fn a_snapshot_records_the_epoch_of_its_last_record_and_an_installed_one_carries_
     assert_eq!((first.through_epoch, second.through_epoch), (Some(Epoch(1)), Some(Epoch(2))));
     let source = ReadOnlyDir::open(dir.path()).unwrap();
     assert_eq!(snapshot::read_meta(&source, &second.name).unwrap().through_epoch, Some(Epoch(2)));
+    // From the header alone, through either kind of source.
+    let through = (Sequence(300), Some(Epoch(2)));
+    assert_eq!(snapshot::read_through(&source, &second.name).unwrap(), through);
+    assert_eq!(snapshot::read_through(&storage, &second.name).unwrap(), through);
+    let mut damaged = std::fs::read(dir.path().join(&second.name)).unwrap();
+    damaged[THROUGH_EPOCH_AT] ^= 1;
+    std::fs::write(dir.path().join("snapshot-damaged.snap"), &damaged).unwrap();
+    assert!(snapshot::read_through(&source, "snapshot-damaged.snap").is_err());
     let past_the_end = snapshot::write_now(&storage, &at_300, Sequence(10_000)).unwrap();
     assert_eq!(past_the_end.through_epoch, None);
     assert_eq!(snapshot::read_meta(&source, &past_the_end.name).unwrap().through_epoch, None);

@@ -1137,6 +1137,35 @@ mod tests {
         assert_eq!(record_to_compare(&mut rebuilt, Sequence(19)), (Sequence(101), Some(Epoch(2))));
         let mut whole = EpochList::flat(149, 2);
         assert_eq!(record_to_compare(&mut whole, Sequence(19)), (Sequence(19), Some(Epoch(2))));
+        // A journal rebuilt after a snapshot, nothing taken since: the snapshot's last record
+        // is compared, if it is at or after `last` and the snapshot recorded its epoch.
+        let mut rebuilt = SnapshotOnly(Some((Sequence(250), Epoch(2))));
+        assert_eq!(record_to_compare(&mut rebuilt, Sequence(72)), (Sequence(250), Some(Epoch(2))));
+        let mut before = SnapshotOnly(Some((Sequence(50), Epoch(2))));
+        assert_eq!(record_to_compare(&mut before, Sequence(72)), (Sequence(72), None));
+        let mut unrecorded = SnapshotOnly(None);
+        assert_eq!(record_to_compare(&mut unrecorded, Sequence(72)), (Sequence(72), None));
+    }
+
+    /// A journal that holds no record, over a snapshot through a sequence with a known epoch.
+    struct SnapshotOnly(Option<(Sequence, Epoch)>);
+
+    impl crate::position::JournalIndex for SnapshotOnly {
+        fn first(&mut self) -> Option<Sequence> {
+            None
+        }
+        fn last(&mut self) -> Option<Sequence> {
+            None
+        }
+        fn epoch_at(&mut self, _: Sequence) -> Option<Epoch> {
+            None
+        }
+        fn last_at_or_below_epoch(&mut self, _: Epoch) -> Option<Sequence> {
+            None
+        }
+        fn snapshot_point(&mut self) -> Option<(Sequence, Epoch)> {
+            self.0
+        }
     }
 
     #[test]

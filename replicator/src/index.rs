@@ -7,7 +7,7 @@ use std::path::Path;
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan::{self, ReadOnlyDir, ReadSource};
-use ringfence_journal::tail;
+use ringfence_journal::{snapshot, tail};
 
 use crate::position::JournalIndex;
 
@@ -55,5 +55,15 @@ impl<S: ReadSource> JournalIndex for DirIndex<S> {
     fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
         let found = tail::last_at_or_below_epoch(&mut self.source, epoch).ok().flatten()?;
         Some(found.min(self.last))
+    }
+
+    fn snapshot_point(&mut self) -> Option<(Sequence, Epoch)> {
+        // A snapshot past what the node reached is one recovery set aside, not its state.
+        let snapshots = snapshot::list(&self.source).ok()?;
+        let (_, name) = snapshots.iter().rev().find(|(through, _)| *through <= self.last)?;
+        match snapshot::read_through(&self.source, name).ok()? {
+            (through, Some(epoch)) => Some((through, epoch)),
+            (_, None) => None,
+        }
     }
 }

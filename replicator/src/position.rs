@@ -24,6 +24,13 @@ pub trait JournalIndex {
     fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch>;
     /// The last sequence whose record has an epoch at most `epoch`.
     fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence>;
+    /// The newest snapshot the node's state holds (through a sequence it reached) and the
+    /// epoch of the record it was taken through, when the snapshot recorded it: the node holds
+    /// that record in its state even where its journal no longer does (retired, or rebuilt
+    /// after the snapshot).
+    fn snapshot_point(&mut self) -> Option<(Sequence, Epoch)> {
+        None
+    }
 }
 
 /// Where the standby stands, as it says in its join message.
@@ -85,9 +92,12 @@ pub fn decide(
     // sequenced by the primary that sequenced the standby's last record, so the two agree up
     // to it. Of another epoch, nothing says whether the standby's last record is this
     // journal's (a primary may have retired up to a divergence just after taking office): the
-    // standby takes the snapshot rather than stream on after a record that may not be ours.
+    // standby takes the snapshot rather than stream on after a record that may not be ours,
+    // unless that record is the one this primary's newest snapshot was taken through, with the
+    // same epoch: then it is ours (a standby that installed that snapshot stands there).
     if let Some(first) = first.filter(|&first| first == from && standby.last_sequence.0 > 0)
         && journal.epoch_at(first) != Some(standby.last_epoch)
+        && journal.snapshot_point() != Some((standby.last_sequence, standby.last_epoch))
     {
         return JoinDecision::NeedsSnapshot { first_held: first };
     }
@@ -243,6 +253,44 @@ mod tests {
         assert_eq!(decide(&mut primary, Epoch(2), position(99, 2, 2)), stream);
         assert_eq!(decide(&mut primary, Epoch(2), position(99, 1, 1)), needs);
         assert_eq!(decide(&mut primary, Epoch(3), position(99, 3, 3)), needs, "a later epoch");
+    }
+
+    /// A journal over a snapshot through `.1`, whose last record's epoch the snapshot recorded.
+    struct OverSnapshot(EpochList, (Sequence, Epoch));
+
+    impl JournalIndex for OverSnapshot {
+        fn first(&mut self) -> Option<Sequence> {
+            self.0.first()
+        }
+        fn last(&mut self) -> Option<Sequence> {
+            self.0.last()
+        }
+        fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {
+            self.0.epoch_at(sequence)
+        }
+        fn last_at_or_below_epoch(&mut self, epoch: Epoch) -> Option<Sequence> {
+            self.0.last_at_or_below_epoch(epoch)
+        }
+        fn snapshot_point(&mut self) -> Option<(Sequence, Epoch)> {
+            Some(self.1)
+        }
+    }
+
+    #[test]
+    fn a_standby_at_the_primarys_snapshot_streams_on_though_the_next_record_is_of_a_new_epoch() {
+        // Goal: a standby that installed this primary's snapshot through 250 (whose record 250
+        // is of epoch 2) stands at (250, 2). The primary, promoted in epoch 4 since, holds
+        // 251.. of epoch 4 only: its snapshot's record tells that the standby's last record is
+        // its own, so the standby streams from 251 rather than fetching the same snapshot
+        // again and again. Another epoch at 250, or none known, still takes the snapshot.
+        let journal = EpochList { first: 251, epochs: vec![4; 10] };
+        let mut primary = OverSnapshot(journal, (Sequence(250), Epoch(2)));
+        let stream = JoinDecision::Stream { from: Sequence(251) };
+        let needs = JoinDecision::NeedsSnapshot { first_held: Sequence(251) };
+        assert_eq!(decide(&mut primary, Epoch(4), position(250, 2, 2)), stream);
+        assert_eq!(decide(&mut primary, Epoch(4), position(250, 1, 2)), needs);
+        assert_eq!(decide(&mut primary, Epoch(4), position(250, 0, 2)), needs, "epoch unknown");
+        assert_eq!(decide(&mut primary, Epoch(4), position(249, 2, 2)), needs, "before it");
     }
 
     #[test]

@@ -198,9 +198,9 @@ pub struct SnapshotToSend {
     pub name: String,
     /// Every record up to this sequence is in it.
     pub through: Sequence,
-    /// Record `through`'s epoch, for the standby's rejoining `Join`; 0 if the journal no
-    /// longer holds it (then the standby's journal starts after `through`, and the join check
-    /// does not need it).
+    /// Record `through`'s epoch, for the standby's rejoining `Join`: from the journal, or,
+    /// where the journal no longer holds the record, as the snapshot recorded it; 0 if neither
+    /// knows it (a snapshot written before snapshots recorded it).
     pub through_epoch: Epoch,
     /// The file.
     pub bytes: Vec<u8>,
@@ -214,8 +214,9 @@ impl SnapshotToSend {
             return Err("this primary has no snapshot to send".into());
         };
         let bytes = source.read_file(&name).map_err(|e| format!("reading {name}: {e}"))?;
-        let through_epoch =
-            ringfence_journal::tail::epoch_at(source, through).ok().flatten().unwrap_or(Epoch(0));
+        let journal = ringfence_journal::tail::epoch_at(source, through).ok().flatten();
+        let recorded = || snapshot::read_through(source, &name).ok().and_then(|(_, epoch)| epoch);
+        let through_epoch = journal.or_else(recorded).unwrap_or(Epoch(0));
         Ok(SnapshotToSend { name, through, through_epoch, bytes })
     }
 

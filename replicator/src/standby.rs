@@ -601,17 +601,26 @@ pub fn on_behind<S: ReadSource>(
 
 /// The record of the journal `index` that tells whether it holds the whole journal of a
 /// primary whose last record is `last`, and its epoch: record `last` itself, or, when that one
-/// is behind a snapshot, the first record held after it. Either carries the epoch of the
-/// primary's record `last` exactly when the journal holds the primary's: the same sequence and
-/// epoch are the same record; and a record of that epoch after `last` was sequenced by the
-/// primary of that epoch, which sequenced `last` too, and the join rule keeps a journal
-/// agreeing with its primary's up to every record it took from it.
+/// is behind a snapshot, the first record held after it; and when the journal holds neither
+/// (rebuilt after a snapshot, nothing taken since), the record the newest snapshot was taken
+/// through, if at or after `last` and its epoch recorded. Each carries the epoch of the
+/// primary's record `last` exactly when the node holds the primary's journal: the same
+/// sequence and epoch are the same record; and a record of that epoch after `last` was
+/// sequenced by the primary of that epoch, which sequenced `last` too, and the join rule keeps
+/// a journal agreeing with its primary's up to every record it took from it (a snapshot's
+/// state is such a journal's, applied).
 pub fn record_to_compare(
     index: &mut dyn JournalIndex,
     last: Sequence,
 ) -> (Sequence, Option<Epoch>) {
     let at = index.first().map_or(last, |first| first.max(last));
-    (at, index.epoch_at(at))
+    if let Some(epoch) = index.epoch_at(at) {
+        return (at, Some(epoch));
+    }
+    match index.snapshot_point() {
+        Some((through, epoch)) if through >= last => (through, Some(epoch)),
+        _ => (at, None),
+    }
 }
 
 /// The primary this standby rejoins leads in `epoch`: stores it as the promise, so that a

@@ -396,6 +396,15 @@ pub fn effective_end(
     }
 }
 
+/// Where the snapshot a node recovered from ends, when it recorded the epoch of its last
+/// record: the end of a journal that holds no record after that snapshot (a standby restarted
+/// after installing its primary's snapshot, a journal rebuilt after one).
+#[must_use]
+pub fn recovered_snapshot_end(report: &recovery::RecoveryReport) -> Option<JournalEnd> {
+    let snapshot = report.snapshot.as_ref()?;
+    Some(JournalEnd { last_sequence: snapshot.through, last_epoch: snapshot.through_epoch? })
+}
+
 /// Drops the standby's records after `keep_through` (the journal must not be open), logging
 /// what it dropped and the snapshots set aside. `Ok(false)` when they cannot be dropped in
 /// place: every snapshot recovery could start from holds some of them, and the records before

@@ -705,7 +705,8 @@ fn recover_for_role(
     for _ in 0..ROUNDS_MAX {
         let recovered = recover_logged(storage, options.clone())?;
         let (next, last_epoch) = (recovered.next_sequence, recovered.last_epoch);
-        let end = replication::effective_end(next, last_epoch, from_snapshot);
+        let snapshot_end = replication::recovered_snapshot_end(&recovered.report);
+        let end = replication::effective_end(next, last_epoch, from_snapshot.or(snapshot_end));
         let Some(Replication { config, role: Role::Standby { primary }, .. }) = replication else {
             return Ok((recovered, end));
         };

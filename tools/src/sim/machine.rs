@@ -882,6 +882,7 @@ impl Machine {
             Role::Standby { primary } => Some(usize::from(primary != "a")),
             Role::Primary => None,
         };
+        let snapshot_end = crate::replication::recovered_snapshot_end(&recovered.report);
         let Recovered { engine, next_sequence, last_epoch, mut epochs, writer, .. } = recovered;
         if let Some((_, _, Decided::Primary { leader, .. })) = &coordinated {
             // As `serve` does: the epoch taken with the leader key is stored before the node
@@ -907,8 +908,11 @@ impl Machine {
         replication.answers_after_sync = settings.durability == Durability::Batch;
         replication.timeout_ms = 400;
         replication.heartbeat_ms = 100;
-        let journal_end =
-            crate::replication::effective_end(next_sequence, last_epoch, from_snapshot);
+        let journal_end = crate::replication::effective_end(
+            next_sequence,
+            last_epoch,
+            from_snapshot.or(snapshot_end),
+        );
         let end = (journal_end.last_sequence, journal_end.last_epoch);
         let dir = Box::new(writer.data_dir().clone());
         let control = Control::new(replication, role, end, dir, Arc::clone(&clock));

@@ -522,6 +522,24 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_rebuilt_after_a_snapshot_vouches_for_its_primary_and_is_followed_on() {
+        // Goal: under durability `none`, the primary loses power and comes back with its
+        // journal ending at 72; the standby's journal, damaged at rest, is rebuilt after its
+        // snapshot through 250, so it holds no record at or after 72 to compare. The epoch
+        // the snapshot recorded for its record 250 (that of the primary's 72) shows it holds
+        // the primary's whole journal: the operator promotes it without force, and the old
+        // primary, which installs its snapshot, streams on after it rather than fetching the
+        // same snapshot again and again. Before snapshots recorded the epoch, the pair was
+        // left without a primary taking writes; and before a primary sent the recorded epoch,
+        // the old primary fetched the snapshot 120 times.
+        let unsynced = RunLength { unsynced: true, ..RunLength::default() };
+        regressions_pass(&[738], unsynced, "not as found", |r: &Report| {
+            let fetched = r.snapshots.installed;
+            r.faults.rebuilds == 1 && r.faults.promotions_ahead == 1 && (1..=2).contains(&fetched)
+        });
+    }
+
+    #[test]
     fn the_snapshot_seeds_that_found_bugs_pass() {
         // Goal: every seed that found a bug in snapshot transfer or repair passes with its
         // fix, and still takes a snapshot from its primary.
