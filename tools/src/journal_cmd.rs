@@ -560,6 +560,7 @@ fn verify_snapshots(source: &ReadOnlyDir) -> Result<(Vec<serde_json::Value>, boo
         match snapshot::load(source, &name, None) {
             Ok((_, meta)) => lines.push(json!({
                 "file": file, "through": through.0, "ok": true,
+                "through_epoch": meta.through_epoch.map(|epoch| epoch.0),
                 "state_digest": format!("{:016x}", meta.state_digest), "bytes": meta.bytes,
             })),
             Err(error) => {
@@ -578,9 +579,12 @@ fn print_snapshot_lines(lines: &[serde_json::Value]) {
     for line in lines {
         match line["ok"].as_bool() {
             Some(true) => outln!(
-                "snapshot   {} through {} digest {}",
+                "snapshot   {} through {} ({}) digest {}",
                 line["file"].as_str().unwrap_or_default(),
                 line["through"],
+                line["through_epoch"]
+                    .as_u64()
+                    .map_or("its epoch not recorded".to_owned(), |epoch| format!("epoch {epoch}")),
                 line["state_digest"].as_str().unwrap_or_default()
             ),
             _ => outln!("snapshot   INVALID {}", line["error"].as_str().unwrap_or_default()),

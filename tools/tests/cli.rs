@@ -81,12 +81,15 @@ fn verify_reports_ok_torn_tail_and_corruption_with_distinct_exit_codes() {
     let out = text(&ok.stdout);
     assert!(out.contains("..=4000)"), "{out}");
     assert!(out.contains("epoch      1"), "{out}");
-    assert!(out.contains("snapshot"), "{out}");
+    // Each snapshot names the epoch of the record it was taken through.
+    assert!(out.contains("through 3000 (epoch 1)"), "{out}");
 
     let json = ringfence(&["journal", "verify", path, "--json"]);
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(value["status"], "ok");
     assert_eq!(value["last_sequence"], 4000);
+    let snapshots = value["snapshots"].as_array().unwrap();
+    assert!(!snapshots.is_empty() && snapshots.iter().all(|s| s["through_epoch"] == 1), "{value}");
 
     let mut segments: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
