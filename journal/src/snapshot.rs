@@ -241,6 +241,19 @@ pub fn write<S: Storage>(
     image: &EngineImage,
     through: Sequence,
 ) -> Result<SnapshotMeta, SnapshotError> {
+    write_recording(storage, config, image, through, None)
+}
+
+/// [`write`], given the epoch of journal record `through` when the caller read it (the
+/// shadow writer applied that record); `None` looks it up in the journal, walking the segment
+/// that holds it.
+fn write_recording<S: Storage>(
+    storage: &S,
+    config: &EngineConfig,
+    image: &EngineImage,
+    through: Sequence,
+    through_epoch: Option<Epoch>,
+) -> Result<SnapshotMeta, SnapshotError> {
     let name = snapshot_name(through);
     let file = PathBuf::from(storage.describe(&name));
     // Restored with tables fitted to the state: the check costs in proportion to what the
@@ -254,7 +267,14 @@ pub fn write<S: Storage>(
     let payload = encode_image(image)
         .map_err(|reason| SnapshotError::Invalid { file: file.clone(), reason })?;
     // The record is still in the journal: retention runs after the snapshot is written.
-    let through_epoch = crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten();
+    // An epoch handed in is the journal's (debug builds: looked up again).
+    debug_assert!(
+        through_epoch.is_none()
+            || through_epoch == crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten(),
+        "the epoch handed in is not record {through}'s"
+    );
+    let through_epoch = through_epoch
+        .or_else(|| crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten());
     // Records are journaled in epoch 1 and later: zero stands for "not recorded".
     assert!(through_epoch.is_none_or(|epoch| epoch.0 > 0), "a record of epoch 0");
     let meta = SnapshotMeta {
@@ -373,25 +393,38 @@ pub fn read_through<R: ReadSource>(
     let header = source
         .read_head(name, SNAPSHOT_HEADER_LEN)
         .map_err(io_error(format!("reading {}", file.display())))?;
+    decode_through(name, &file, &header)
+}
+
+/// [`read_through`] of snapshot `name` whose bytes (its header at least) are in hand.
+pub fn through_in(name: &str, bytes: &[u8]) -> Result<(Sequence, Option<Epoch>), SnapshotError> {
+    let header = &bytes[..bytes.len().min(SNAPSHOT_HEADER_LEN)];
+    decode_through(name, std::path::Path::new(name), header)
+}
+
+fn decode_through(
+    name: &str,
+    file: &std::path::Path,
+    header: &[u8],
+) -> Result<(Sequence, Option<Epoch>), SnapshotError> {
     let invalid =
-        |reason: &str| SnapshotError::Invalid { file: file.clone(), reason: reason.into() };
+        |reason: &str| SnapshotError::Invalid { file: file.to_path_buf(), reason: reason.into() };
     if header.len() < SNAPSHOT_HEADER_LEN || header[..8] != SNAPSHOT_MAGIC {
         return Err(invalid("the file does not start with a snapshot header"));
     }
-    if crc32c::crc32c(&header[..HEADER_CRC_OFFSET]) != get_u32(&header, HEADER_CRC_OFFSET) {
+    if crc32c::crc32c(&header[..HEADER_CRC_OFFSET]) != get_u32(header, HEADER_CRC_OFFSET) {
         return Err(invalid("the header checksum does not match"));
     }
-    if get_u32(&header, 8) != FORMAT_VERSION || get_u32(&header, 12) as usize != SNAPSHOT_HEADER_LEN
-    {
+    if get_u32(header, 8) != FORMAT_VERSION || get_u32(header, 12) as usize != SNAPSHOT_HEADER_LEN {
         return Err(invalid("unsupported snapshot version"));
     }
     // Read in full: a shorter file was refused above.
     assert_eq!(header.len(), SNAPSHOT_HEADER_LEN, "a snapshot header of another length");
-    let through = Sequence(get_u64(&header, THROUGH_OFFSET));
+    let through = Sequence(get_u64(header, THROUGH_OFFSET));
     if parse_snapshot_name(name).is_some_and(|named| named != through) {
         return Err(invalid("the header covers another sequence than the file's name"));
     }
-    let epoch = Some(Epoch(get_u64(&header, THROUGH_EPOCH_OFFSET))).filter(|epoch| epoch.0 != 0);
+    let epoch = Some(Epoch(get_u64(header, THROUGH_EPOCH_OFFSET))).filter(|epoch| epoch.0 != 0);
     Ok((through, epoch))
 }
 
@@ -1129,6 +1162,9 @@ struct Shadow<S: Storage> {
     /// first job, and again after a failure (the next job starts over from the newest
     /// snapshot).
     following: Option<(Engine, Tail<S>)>,
+    /// The last journal record the shadow applied, and its epoch, which the snapshot through
+    /// it records; `None` when following starts over.
+    last_record: Option<(Sequence, Epoch)>,
     /// The previous snapshot's image, copied into for the next one: memory already faulted in.
     image: Option<EngineImage>,
     records: Vec<u8>,
@@ -1150,7 +1186,8 @@ impl<S: Storage> Shadow<S> {
         assert!(config.validate().is_ok(), "a shadow of an invalid configuration");
         let records = Vec::new();
         let image = None;
-        Shadow { dir, config, policy, following: None, image, records, visible_wait, cancel }
+        let (following, last_record) = (None, None);
+        Shadow { dir, config, policy, following, last_record, image, records, visible_wait, cancel }
     }
 
     /// Builds the shadow engine from the newest snapshot, before any job asks for it. A
@@ -1162,6 +1199,7 @@ impl<S: Storage> Shadow<S> {
                 // Following from the snapshot: the reader is past everything its state holds.
                 assert!(engine.last_sequence() < tail.next(), "a reader behind the engine");
                 self.following = Some((engine, tail));
+                self.last_record = None;
             }
             Err(error) => tracing::warn!(
                 target: "ringfence",
@@ -1190,7 +1228,7 @@ impl<S: Storage> Shadow<S> {
                 break;
             }
             budget = budget.saturating_sub(self.records.len());
-            match apply_records(engine, &self.records) {
+            match apply_records(engine, &self.records, &mut self.last_record) {
                 Ok(count) => applied += count,
                 Err(error) => {
                     broken = Some(error);
@@ -1203,6 +1241,8 @@ impl<S: Storage> Shadow<S> {
         assert!(engine.last_sequence() <= through.max(start), "followed past the BLP");
         assert!(applied <= through.0.saturating_sub(start.0), "more records than sequences");
         assert!(tail.next() > engine.last_sequence(), "the reader behind the engine");
+        let last = self.last_record.map(|(at, _)| at);
+        assert!(last.is_none_or(|at| at <= through.max(start)), "a record noted past the BLP");
         if let Some(error) = broken {
             tracing::warn!(target: "ringfence", "the snapshot writer stops following: {error}");
             self.following = None;
@@ -1238,7 +1278,10 @@ impl<S: Storage> Shadow<S> {
             }
             None => engine.to_image_unsorted(),
         };
-        let written = write(self.dir.storage(), &self.config, &image, job.through);
+        let epoch = self.last_record.filter(|(at, _)| *at == job.through).map(|(_, epoch)| epoch);
+        // Records are journaled in epoch 1 and later.
+        assert!(epoch.is_none_or(|epoch| epoch.0 > 0), "record {} of epoch 0", job.through);
+        let written = write_recording(self.dir.storage(), &self.config, &image, job.through, epoch);
         self.image = Some(image);
         let meta = match written {
             Ok(meta) => meta,
@@ -1274,6 +1317,7 @@ impl<S: Storage> Shadow<S> {
     fn catch_up(&mut self, job: &Job) -> Result<u64, String> {
         if self.following.is_none() {
             self.following = Some(self.start_following(job.through)?);
+            self.last_record = None;
         }
         let (engine, tail) = self.following.as_mut().expect("following");
         if engine.last_sequence() > job.through {
@@ -1313,8 +1357,11 @@ impl<S: Storage> Shadow<S> {
                     continue;
                 }
             }
-            applied += apply_records(engine, &self.records)?;
+            applied += apply_records(engine, &self.records, &mut self.last_record)?;
         }
+        // The reader stops at the job's sequence.
+        let last = self.last_record.map(|(at, _)| at);
+        assert!(last.is_none_or(|at| at <= job.through), "a record noted past the job");
         if engine.last_sequence() != job.last_sequence || engine.running_hash() != job.running_hash
         {
             return Err(format!(
@@ -1356,8 +1403,13 @@ impl<S: Storage> Shadow<S> {
     }
 }
 
-/// Decodes whole records and applies them in order; returns how many.
-fn apply_records(engine: &mut Engine, mut records: &[u8]) -> Result<u64, String> {
+/// Decodes whole records and applies them in order; returns how many, and notes the last one
+/// decoded in `last`.
+fn apply_records(
+    engine: &mut Engine,
+    mut records: &[u8],
+    last: &mut Option<(Sequence, Epoch)>,
+) -> Result<u64, String> {
     let mut applied = 0;
     // Hinted as decoded, applied a few records later (as recovery does); all of them applied
     // before returning, a record that fails to decode or not.
@@ -1375,6 +1427,7 @@ fn apply_records(engine: &mut Engine, mut records: &[u8]) -> Result<u64, String>
         // The tail hands over whole records, in sequence.
         assert!(len <= records.len() && len % record::RECORD_ALIGN == 0, "a part of a record");
         assert_eq!(header.sequence, next, "a record out of sequence");
+        *last = Some((header.sequence, header.epoch));
         ahead.push(engine, sequenced, |engine, command| {
             engine.apply(command);
         });
@@ -1385,6 +1438,8 @@ fn apply_records(engine: &mut Engine, mut records: &[u8]) -> Result<u64, String>
     ahead.finish(engine, |engine, command| {
         engine.apply(command);
     });
+    // The record noted is the one before the next expected.
+    debug_assert!(applied == 0 || last.is_some_and(|(at, _)| at.next() == next), "noted another");
     decoded.map(|()| applied)
 }
 

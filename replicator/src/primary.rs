@@ -215,7 +215,7 @@ impl SnapshotToSend {
         };
         let bytes = source.read_file(&name).map_err(|e| format!("reading {name}: {e}"))?;
         let journal = ringfence_journal::tail::epoch_at(source, through).ok().flatten();
-        let recorded = || snapshot::read_through(source, &name).ok().and_then(|(_, epoch)| epoch);
+        let recorded = || snapshot::through_in(&name, &bytes).ok().and_then(|(_, epoch)| epoch);
         let through_epoch = journal.or_else(recorded).unwrap_or(Epoch(0));
         Ok(SnapshotToSend { name, through, through_epoch, bytes })
     }
