@@ -95,8 +95,9 @@ pub enum JournalError {
     /// explains it.
     #[error(
         "journal corrupt: {file} at byte offset {offset} (sequence {sequence}): {damage}. \
-         The journal is not replayed past a damaged record. Restore the segment from the \
-         standby or a backup; or, if a snapshot covers sequence {sequence}, run \
+         The journal is not replayed past a damaged record. If the other node's journal (or a \
+         backup) holds the record, `ringfence journal heal {dir} --from <its directory>` \
+         copies it back, which drops nothing; or, if a snapshot covers sequence {sequence}, run \
          `ringfence journal rebuild {dir}`, which drops nothing; or, to drop sequence \
          {sequence} and everything after it, run \
          `ringfence journal truncate {dir} --at-seq {sequence}`"
@@ -307,9 +308,10 @@ pub enum JournalError {
         "the journal in {dir} no longer ends where it did when the node last stopped cleanly \
          ({mark} says sequence {last}, {place}): {found}. After a clean stop that is damage at \
          rest to acknowledged commands, not a write cut off by a crash, so the journal is not \
-         replayed. Restore the segment from the standby or a backup; or, if a snapshot covers \
-         sequence {from}, run `ringfence journal rebuild {dir}`, which drops nothing; or, to \
-         accept losing sequence {from} and everything after it, run \
+         replayed. If the other node's journal (or a backup) holds the record, `ringfence \
+         journal heal {dir} --from <its directory>` copies it back, which drops nothing; or, if \
+         a snapshot covers sequence {from}, run `ringfence journal rebuild {dir}`, which drops \
+         nothing; or, to accept losing sequence {from} and everything after it, run \
          `ringfence journal truncate {dir} --at-seq {from}`"
     )]
     EndMoved {

@@ -11,6 +11,7 @@ pub mod epoch;
 pub mod error;
 pub mod fault;
 pub mod format;
+pub mod heal;
 pub mod lock;
 pub mod manifest;
 #[cfg(feature = "mutations")]

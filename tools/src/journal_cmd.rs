@@ -78,6 +78,13 @@ pub enum JournalCommand {
     /// Refused, changing nothing, when no snapshot covers the damage. Refused while a node
     /// runs.
     Rebuild(RebuildArgs),
+    /// Repair without loss from another copy: each damaged record is replaced, byte for byte,
+    /// by the same record from the journal in --from (the other node's data directory, a copy
+    /// of it, or a backup), when that copy is intact, has the record's sequence, agrees with
+    /// what is left of the damaged record (its CRC32C or its other bytes) and fits before the
+    /// next record. Every record after it is kept. Refused, changing nothing, when no such copy
+    /// exists. Refused while a node runs on the directory; --from is only read.
+    Heal(HealArgs),
     /// Crash-test child: appends under load and prints `durable N` after every flush.
     #[command(hide = true)]
     LoadTest(LoadTestArgs),
@@ -126,6 +133,16 @@ pub struct RebuildArgs {
     pub dir: PathBuf,
 }
 
+/// Options of `journal heal`.
+#[derive(Args, Debug)]
+pub struct HealArgs {
+    /// The journal directory to repair.
+    pub dir: PathBuf,
+    /// The journal directory holding intact copies of the damaged records (only read).
+    #[arg(long)]
+    pub from: PathBuf,
+}
+
 /// Options of the hidden crash-test child.
 #[derive(Args, Debug)]
 pub struct LoadTestArgs {
@@ -153,6 +170,7 @@ pub fn run(command: JournalCommand) -> ExitCode {
         JournalCommand::Stats(args) => stats(&args),
         JournalCommand::Truncate(args) => truncate(&args),
         JournalCommand::Rebuild(args) => rebuild(&args),
+        JournalCommand::Heal(args) => heal(&args),
         JournalCommand::LoadTest(args) => load_test(&args),
     };
     result.unwrap_or_else(|error| {
@@ -871,6 +889,29 @@ fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {
         rebuilt.through.next(),
         rebuilt.last
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
+    let mut source = ReadOnlyDir::open(&args.dir)?;
+    if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
+        return Err(JournalError::NoData { dir: args.dir.display().to_string() });
+    }
+    let mut peer = ReadOnlyDir::open(&args.from)?;
+    // Exclusive: a node appending to the journal may be writing the segment healed here.
+    let storage = FileStorage::open_exclusive(&args.dir)?;
+    let healed = ringfence_journal::heal::heal(&storage, &mut peer)?;
+    for record in &healed {
+        let part = if record.crc_damaged { "its CRC32C" } else { "its length, fields or payload" };
+        outln!(
+            "healed     sequence {} in {} at byte offset {} ({} bytes; the damage was in {part})",
+            record.sequence,
+            record.file,
+            record.offset,
+            record.len
+        );
+    }
+    outln!("{} record(s) copied from {}; nothing was dropped", healed.len(), args.from.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -155,6 +155,54 @@ fn after_a_crash_a_bit_flipped_at_rest_in_the_last_record_is_refused_not_cleared
 }
 
 #[test]
+fn journal_heal_copies_a_damaged_record_back_from_the_other_journal_dropping_nothing() {
+    // Goal: a bit flipped at rest in the first order, with two orders after it. The start
+    // refuses, naming `journal heal`; heal from a directory without the record is refused and
+    // changes nothing; heal from a copy of the journal (the other node's) puts the record back,
+    // verify passes and the node serves all three orders.
+    let (dir, data, config) = sold_three_then("heal", "-KILL");
+    let peer = dir.path().join("peer");
+    std::fs::create_dir(&peer).unwrap();
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, peer.join(path.file_name().unwrap())).unwrap();
+    }
+    let data_arg = data.to_str().unwrap();
+    let (segment, _) = journal_end(&data);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let start = ringfence_journal::format::SEGMENT_HEADER_LEN;
+    let (first, len) = ringfence_journal::format::check_record(&bytes[start..]).unwrap();
+    assert_eq!(first.sequence.0, 1, "the segment starts with the SKU");
+    let order = start + len;
+    assert_eq!(bytes[order + 8], 2, "the second record is the first order");
+    bytes[order + 40] ^= 0x08;
+    std::fs::write(&segment, &bytes).unwrap();
+    let refused = start_refused(data_arg, &config);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(err.contains(&format!("journal heal {data_arg} --from")), "{err}");
+
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let from = ["journal", "heal", data_arg, "--from"];
+    let refused = ringfence(&[&from[..], &[elsewhere.to_str().unwrap()]].concat());
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+    assert!(text(&refused.stderr).contains("holds no intact record 2"), "{refused:?}");
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "a refused heal changed the segment");
+
+    let healed = ringfence(&[&from[..], &[peer.to_str().unwrap()]].concat());
+    let out = text(&healed.stdout);
+    assert_eq!(healed.status.code(), Some(0), "{out}{}", text(&healed.stderr));
+    assert!(out.contains("healed     sequence 2") && out.contains("nothing was dropped"), "{out}");
+    let verify = ringfence(&["journal", "verify", data_arg]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    let (_, view) = node.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(view["reserved"], 3, "every acknowledged order is back");
+    node.signal("-KILL");
+}
+
+#[test]
 fn a_second_writer_on_a_live_directory_is_refused_naming_the_pid() {
     // Goal: while a node runs, a second `serve` and a `journal truncate` on its directory are
     // refused with the node's pid, and the node and its journal are untouched.

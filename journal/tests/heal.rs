@@ -1,0 +1,130 @@
+//! `journal heal`: damaged records are replaced by the peer's copies and nothing is dropped;
+//! a copy that is missing, or is not shown to be the same record, is refused untouched.
+
+mod common;
+
+use common::{config, generate, journal_with_snapshots, options};
+use ringfence_core::{Engine, Sequence, Sequenced, Timestamp};
+use ringfence_journal::error::JournalError;
+use ringfence_journal::fault::FaultStorage;
+use ringfence_journal::format;
+use ringfence_journal::heal;
+use ringfence_journal::recovery::recover_from;
+use ringfence_journal::snapshot::SnapshotPolicy;
+use ringfence_journal::storage::Storage;
+use ringfence_journal::workload::Workload;
+use ringfence_journal::writer::Durability;
+
+const COMMANDS: usize = 1_500;
+
+/// `count` commands of the workload seeded `seed`.
+fn commands(seed: u64, count: usize) -> Vec<Sequenced> {
+    let mut workload = Workload::new(seed, Sequence(1), Timestamp(1_000));
+    generate(&mut workload, &mut Engine::new(config()), count)
+}
+
+/// A journal of `commands`, without snapshots.
+fn journal(commands: &[Sequenced]) -> FaultStorage {
+    let disk = FaultStorage::new();
+    let policy = SnapshotPolicy { every_commands: None, ..SnapshotPolicy::default() };
+    journal_with_snapshots(&disk, commands, policy);
+    disk
+}
+
+/// The segment holding `sequence`, and the byte offset of that record in it.
+fn record_at(disk: &FaultStorage, sequence: Sequence) -> (String, usize) {
+    let mut names: Vec<String> =
+        disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
+    names.sort();
+    let name = names
+        .into_iter()
+        .rev()
+        .find(|name| format::parse_segment_name(name).unwrap() <= sequence)
+        .expect("a segment holds it");
+    let bytes = disk.live_bytes(&name).unwrap();
+    let mut at = format::SEGMENT_HEADER_LEN;
+    loop {
+        let (header, len) = format::check_record(&bytes[at..]).expect("intact up to it");
+        if header.sequence == sequence {
+            return (name, at);
+        }
+        at += len;
+    }
+}
+
+/// Every segment's bytes, by name.
+fn segments(disk: &FaultStorage) -> Vec<(String, Vec<u8>)> {
+    let mut names: Vec<String> =
+        disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
+    names.sort();
+    names.into_iter().map(|name| (name.clone(), disk.live_bytes(&name).unwrap())).collect()
+}
+
+/// The digest of the engine after applying `commands`.
+fn digest_of(commands: &[Sequenced]) -> u64 {
+    let mut engine = Engine::new(config());
+    for command in commands {
+        engine.apply(command);
+    }
+    engine.state_digest()
+}
+
+#[test]
+fn damaged_records_are_healed_from_the_peers_copies_and_nothing_is_dropped() {
+    // Goal: one record damaged in its payload and a later one in its stored CRC; recovery
+    // refuses at the first. Heal replaces both from the peer's journal of the same commands,
+    // the segments equal the peer's byte for byte, and recovery replays every command.
+    let commands = commands(61, COMMANDS);
+    let (disk, peer) = (journal(&commands), journal(&commands));
+    let (first, second) = (Sequence(400), Sequence(1_100));
+    let (name, offset) = record_at(&disk, first);
+    disk.corrupt(&name, offset + 40, 0x10);
+    let (name, offset) = record_at(&disk, second);
+    disk.corrupt(&name, offset + 1, 0x80);
+    let error = recover_from(disk.clone(), options(Durability::Batch)).err().expect("refused");
+    assert!(
+        matches!(error, JournalError::Corrupt { sequence, .. } if sequence == first),
+        "{error}"
+    );
+    assert!(error.to_string().contains("journal heal"), "{error}");
+
+    let healed = heal::heal(&disk, &mut peer.clone()).unwrap();
+    let found: Vec<(Sequence, bool)> = healed.iter().map(|h| (h.sequence, h.crc_damaged)).collect();
+    assert_eq!(found, [(first, false), (second, true)]);
+    assert_eq!(segments(&disk), segments(&peer), "the healed journal differs from its copy");
+
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, Sequence(COMMANDS as u64 + 1));
+    assert_eq!(recovered.engine.state_digest(), digest_of(&commands));
+    drop(recovered);
+    let again = heal::heal(&disk, &mut peer.clone()).unwrap_err().to_string();
+    assert!(again.contains("intact"), "{again}");
+}
+
+#[test]
+fn a_peer_without_the_record_or_with_another_history_is_refused_untouched() {
+    // Goal: the copy must exist and be the same record. A peer whose journal ends before the
+    // damage, and a peer that journaled other commands at the same sequences, are refused
+    // with the reason, and the damaged journal is left exactly as it was.
+    let commands = commands(62, COMMANDS);
+    let disk = journal(&commands);
+    let damaged = Sequence(900);
+    let (name, offset) = record_at(&disk, damaged);
+    disk.corrupt(&name, offset + 60, 0x04);
+    let before = segments(&disk);
+
+    let short = journal(&commands[..800]);
+    let error = heal::heal(&disk, &mut short.clone()).unwrap_err().to_string();
+    assert!(error.contains("holds no intact record 900") && error.contains("1..=800"), "{error}");
+    assert_eq!(segments(&disk), before, "a refused heal changed the journal");
+
+    let diverged = journal(&self::commands(63, COMMANDS));
+    let error = heal::heal(&disk, &mut diverged.clone()).unwrap_err().to_string();
+    assert!(error.contains("does not match"), "{error}");
+    assert_eq!(segments(&disk), before, "a refused heal changed the journal");
+
+    // The same peer's copy heals it.
+    let peer = journal(&commands);
+    assert_eq!(heal::heal(&disk, &mut peer.clone()).unwrap().len(), 1);
+    assert!(recover_from(disk.clone(), options(Durability::Batch)).is_ok());
+}
