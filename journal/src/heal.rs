@@ -137,6 +137,7 @@ pub fn heal<S: Storage, P: ReadSource>(
 
 /// The sequences of `healed`, for a message.
 fn describe(healed: &[Healed]) -> String {
+    assert!(!healed.is_empty(), "nothing healed to describe");
     let sequences: Vec<String> = healed.iter().map(|h| h.sequence.to_string()).collect();
     format!("sequence {}", sequences.join(", "))
 }
@@ -162,6 +163,9 @@ fn peer_record<P: ReadSource>(peer: &mut P, sequence: Sequence) -> Result<Vec<u8
     let mut at = SEGMENT_HEADER_LEN;
     while let Some((header, len)) = format::check_record(&bytes[at..]) {
         if header.sequence == sequence {
+            // What `replace` relies on: a whole record, on a record boundary.
+            assert_eq!(len % format::RECORD_ALIGN, 0, "a record of a length off the alignment");
+            assert!(len > CRC_LEN, "a record no longer than its CRC");
             return Ok(bytes[at..at + len].to_vec());
         }
         at += len;
@@ -178,6 +182,8 @@ fn replace<S: Storage>(
     sequence: Sequence,
     copy: &[u8],
 ) -> Result<bool, String> {
+    assert!(offset >= SEGMENT_HEADER_LEN, "a damaged record inside the segment header");
+    assert_eq!(offset % format::RECORD_ALIGN, 0, "a damaged record off a record boundary");
     let file = storage.describe(name);
     let mut segment = storage.open_segment(name).map_err(|e| format!("opening {file}: {e}"))?;
     let bytes = segment.bytes();
@@ -210,6 +216,8 @@ fn replace<S: Storage>(
         ));
     }
     segment.bytes_mut()[offset..end].copy_from_slice(copy);
+    let healed = format::check_record(&segment.bytes()[offset..]);
+    assert_eq!(healed.map(|(h, len)| (h.sequence, len)), Some((sequence, copy.len())), "unhealed");
     segment.sync(offset..end).map_err(|e| format!("syncing {file}: {e}"))?;
     Ok(!same_crc)
 }

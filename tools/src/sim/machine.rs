@@ -22,7 +22,6 @@ use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Query, Sequence, Sequ
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::format::{SEGMENT_HEADER_LEN, SEGMENT_LEN_MIN};
-use ringfence_journal::rebuild;
 use ringfence_journal::recovery::{self, Recovered};
 use ringfence_journal::snapshot::{
     SnapshotPolicy, SnapshotStatsHandle, SnapshotWriter, Snapshotter,
@@ -30,6 +29,7 @@ use ringfence_journal::snapshot::{
 use ringfence_journal::storage::Storage as _;
 use ringfence_journal::tail::Tail;
 use ringfence_journal::writer::{Durability, WriterOptions};
+use ringfence_journal::{heal, rebuild};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret, Nonce};
 use ringfence_replicator::config::ReplicationConfig;
 use ringfence_replicator::control::{self, Control, Role, start_primary_run, take_office};
@@ -335,12 +335,17 @@ pub struct Machine {
     pub observed: Arc<Mutex<Observed>>,
     /// Sequence to truncate the journal after at the next start (a diverged tail).
     pending_truncate: Option<Sequence>,
-    /// Times the operator repaired a journal recovery refused as corrupt (rebuilt or truncated).
+    /// Times the operator repaired a journal recovery refused as corrupt (rebuilt, healed or
+    /// truncated).
     pub repairs: u64,
     /// Of those, the rebuilds after a snapshot (nothing dropped).
     pub rebuilds: u64,
+    /// And the heals from the peer's journal (nothing dropped).
+    pub heals: u64,
     /// Whether the operator tries `journal rebuild` before a truncation.
     pub rebuild_first: bool,
+    /// Whether the operator tries `journal heal` from the peer's journal before a truncation.
+    pub heal_first: bool,
     /// A halt is armed on the disk: whether a power loss (else a kill) strikes there.
     halt_power_loss: Option<bool>,
     /// Its primary refused it for lack of retired records: it fetches the primary's snapshot
@@ -369,7 +374,9 @@ impl Machine {
             pending_truncate: None,
             repairs: 0,
             rebuilds: 0,
+            heals: 0,
             rebuild_first: true,
+            heal_first: true,
             halt_power_loss: None,
             fetch_at_start: false,
             snapshot_counts: SnapshotCounts::default(),
@@ -499,12 +506,12 @@ impl Machine {
         now_ms: u64,
         settings: &ClusterSettings,
         (witness, net, trace): (&Witness, &mut Network, &mut Trace),
-        operator_primary: usize,
+        (operator_primary, peer): (usize, &FaultStorage),
     ) -> TickReport {
         assert!(!self.paused, "a paused machine is not ticked");
         match &mut self.process {
             Process::Down(down) if now_ms >= down.restart_ms => {
-                self.boot(now_ms, settings, trace);
+                self.boot(now_ms, settings, peer, trace);
                 TickReport::default()
             }
             Process::Down(_) => TickReport::default(),
@@ -536,9 +543,16 @@ impl Machine {
         }
     }
 
-    /// Starts the process: drops a diverged tail if the primary asked, recovers the journal,
-    /// and becomes a candidate. A journal recovery refuses stays down: the checkers report it.
-    fn boot(&mut self, now_ms: u64, settings: &ClusterSettings, trace: &mut Trace) {
+    /// Starts the process: drops a diverged tail if the primary asked, recovers the journal
+    /// (repairing damage as the runbook says, `peer` being the other machine's disk), and
+    /// becomes a candidate. A journal recovery refuses stays down: the checkers report it.
+    fn boot(
+        &mut self,
+        now_ms: u64,
+        settings: &ClusterSettings,
+        peer: &FaultStorage,
+        trace: &mut Trace,
+    ) {
         if let Some(keep_through) = self.pending_truncate.take() {
             match recovery::truncate(&self.disk, keep_through.next()) {
                 Ok(_) => trace
@@ -575,6 +589,27 @@ impl Machine {
                         recovery::recover_from(self.disk.clone(), Machine::options(settings));
                 }
                 Err(why) => trace.event(now_ms, &format!("{}: cannot rebuild: {why}", self.name)),
+            }
+        }
+        if damaged_at(&recovered).is_some() && self.heal_first {
+            // Then the other that drops nothing: the damaged records copied back from the
+            // peer's journal, which matters when this one holds records the peer lacks.
+            match heal::heal(&self.disk, &mut peer.clone()) {
+                Ok(healed) => {
+                    let sequences: Vec<String> =
+                        healed.iter().map(|h| h.sequence.to_string()).collect();
+                    let what = format!(
+                        "{}: operator heals the journal from its peer's: sequence {}",
+                        self.name,
+                        sequences.join(", ")
+                    );
+                    trace.event(now_ms, &what);
+                    self.repairs += 1;
+                    self.heals += 1;
+                    recovered =
+                        recovery::recover_from(self.disk.clone(), Machine::options(settings));
+                }
+                Err(why) => trace.event(now_ms, &format!("{}: cannot heal: {why}", self.name)),
             }
         }
         let damaged = damaged_at(&recovered);
@@ -661,8 +696,14 @@ impl Machine {
     /// Bit rot on a machine that is down: one bit flipped inside the written part of one of
     /// its segments, or, `at_end`, inside the journal's last record (damage recovery refuses,
     /// after a crash as after a clean stop, unless the bit reads as a unit a write-back never
-    /// wrote). What it flipped, if anything.
-    pub fn rot(&mut self, prng: &mut Prng, at_end: bool) -> Option<String> {
+    /// wrote). With `copied_through`, a record after that sequence is left alone (it has no
+    /// other copy), the draws being the same. What it flipped, if anything.
+    pub fn rot(
+        &mut self,
+        prng: &mut Prng,
+        at_end: bool,
+        copied_through: Option<Sequence>,
+    ) -> Option<String> {
         if !matches!(self.process, Process::Down(_)) {
             return None;
         }
@@ -686,6 +727,11 @@ impl Machine {
         };
         let offset = prng.range_inclusive(from as u64, to as u64) as usize;
         let mask = 1 << prng.below(8);
+        if let Some(through) = copied_through
+            && record_containing(&bytes, offset).is_none_or(|sequence| sequence > through)
+        {
+            return None;
+        }
         self.disk.corrupt(&name, offset, mask);
         Some(format!("{name} byte {offset} bit mask {mask:#04x}"))
     }
@@ -1603,6 +1649,19 @@ fn damaged_at<T>(recovered: &Result<T, JournalError>) -> Option<Sequence> {
         Err(JournalError::EndMoved { from, .. }) => Some(*from),
         _ => None,
     }
+}
+
+/// The sequence of the intact record of a segment's `bytes` that holds byte `offset`, if one
+/// does.
+fn record_containing(bytes: &[u8], offset: usize) -> Option<Sequence> {
+    let mut at = SEGMENT_HEADER_LEN;
+    while let Some((header, len)) = ringfence_journal::format::check_record(&bytes[at..]) {
+        if offset < at + len {
+            return (offset >= at).then_some(header.sequence);
+        }
+        at += len;
+    }
+    None
 }
 
 /// The byte range of the last intact record of a segment's `bytes`, if it holds one.

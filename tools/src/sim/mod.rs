@@ -69,6 +69,10 @@ pub struct SimArgs {
     /// it took then.
     #[arg(long)]
     pub no_clean_stops: bool,
+    /// Leave out the operator's `journal heal` from the peer's journal, to replay a seed found
+    /// before it was in the runbook on the path it took then.
+    #[arg(long)]
+    pub no_heals: bool,
     /// Both nodes journal with durability `none` (answers leave before the journal is
     /// synced; the standby's copy is what survives a power loss). A run then has at most one
     /// power loss: the pair survives one machine's, not two.
@@ -85,6 +89,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         sync_point_crashes: !args.no_sync_point_crashes,
         snapshots: !args.no_snapshots,
         clean_stops: !args.no_clean_stops,
+        heals: !args.no_heals,
         unsynced: args.unsynced,
     };
     let seeds: Vec<u64> = match (args.seed, args.seeds) {
@@ -207,7 +212,8 @@ fn print_text(reports: &[Report], summary: bool) {
         "faults               {} kills, {} power losses ({} of them after delivery, {} at a \
          chosen sync point), {} pauses, {} partitions, {} witness outages, {} switchovers, \
          {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} clean stops, {} bits flipped \
-         at rest ({} journals repaired, {} of them rebuilt after a snapshot), {} promotions by \
+         at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
+         peer's copy), {} promotions by \
          hand ({} of a standby ahead of its primary)",
         f.kills,
         f.power_losses,
@@ -224,6 +230,7 @@ fn print_text(reports: &[Report], summary: bool) {
         f.bit_flips,
         f.repairs,
         f.rebuilds,
+        f.heals,
         f.manual_promotions,
         f.promotions_ahead
     );
@@ -303,6 +310,7 @@ impl Totals {
             f.bit_flips += r.bit_flips;
             f.repairs += r.repairs;
             f.rebuilds += r.rebuilds;
+            f.heals += r.heals;
             f.manual_promotions += r.manual_promotions;
             f.promotions_ahead += r.promotions_ahead;
             f.io_errors += r.io_errors;
@@ -374,7 +382,12 @@ mod tests {
 
     /// The same for the seeds found before clean stops were simulated.
     fn before_clean_stops() -> RunLength {
-        RunLength { clean_stops: false, ..RunLength::default() }
+        RunLength { clean_stops: false, ..before_heals() }
+    }
+
+    /// The same for the seeds found before the operator's runbook healed from the peer.
+    fn before_heals() -> RunLength {
+        RunLength { heals: false, ..RunLength::default() }
     }
 
     fn short() -> RunLength {
@@ -536,6 +549,20 @@ mod tests {
         regressions_pass(&[738], unsynced, "not as found", |r: &Report| {
             let fetched = r.snapshots.installed;
             r.faults.rebuilds == 1 && r.faults.promotions_ahead == 1 && (1..=2).contains(&fetched)
+        });
+    }
+
+    #[test]
+    fn a_standby_holding_the_only_copy_heals_its_damage_from_the_primary_and_loses_nothing() {
+        // Goal: under durability `none`, the primary loses power and comes back behind its
+        // standby, which holds acknowledged records it lost; then a bit flips at rest in the
+        // standby's copy of a record the primary still holds, and no snapshot covers it. The
+        // runbook's truncation at the damage dropped the records only the standby held (both
+        // seeds lost acknowledged writes; `--no-heals` replays that). The operator now heals
+        // the record from the primary's journal, the standby is promoted, nothing is lost.
+        let unsynced = RunLength { unsynced: true, ..RunLength::default() };
+        regressions_pass(&[1537, 1539], unsynced, "no journal healed", |r: &Report| {
+            r.faults.heals >= 1 && r.faults.power_losses == 1 && r.faults.promotions_ahead >= 1
         });
     }
 

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use ringfence_core::pipeline::{Clock, ManualClock, Refused, Unanswered};
 use ringfence_core::prng::Prng;
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
-use ringfence_core::{Action, Command, EngineConfig, RequestKey, Reserve, Timestamp, UserId};
+use ringfence_core::{
+    Action, Command, EngineConfig, RequestKey, Reserve, Sequence, Timestamp, UserId,
+};
 use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
 use ringfence_journal::fault::Failure;
-use ringfence_journal::snapshot::SnapshotPolicy;
+use ringfence_journal::snapshot::{self, SnapshotPolicy};
 use ringfence_journal::writer::Durability;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::coordination::pilot::Timing;
@@ -43,6 +45,9 @@ pub struct RunLength {
     /// Clean stops (SIGTERM) of a running node, and the operator's `journal rebuild` tried
     /// before a truncation. Off only to replay a seed found before they were simulated.
     pub clean_stops: bool,
+    /// The operator's `journal heal` from the peer's journal, tried after a rebuild and before
+    /// a truncation. Off only to replay a seed found before it was in the runbook.
+    pub heals: bool,
     /// Both nodes journal with durability `none`, and a run has at most one power loss.
     pub unsynced: bool,
 }
@@ -56,6 +61,7 @@ impl Default for RunLength {
             sync_point_crashes: true,
             snapshots: true,
             clean_stops: true,
+            heals: true,
             unsynced: false,
         }
     }
@@ -89,10 +95,13 @@ pub struct FaultCounts {
     pub bursts: u64,
     /// Bits flipped at rest on a stopped node's disk (while its peer is the primary).
     pub bit_flips: u64,
-    /// Journals the operator repaired at the damage recovery named (rebuilt or truncated).
+    /// Journals the operator repaired at the damage recovery named (rebuilt, healed or
+    /// truncated).
     pub repairs: u64,
     /// Of those, the ones rebuilt after a snapshot that covered the damage (nothing dropped).
     pub rebuilds: u64,
+    /// And the ones healed from the peer's copies of the damaged records (nothing dropped).
+    pub heals: u64,
     /// Promotions by hand in a pair without a witness.
     pub manual_promotions: u64,
     /// Of those, promotions of a standby its primary had said was ahead of it (it lost
@@ -252,6 +261,7 @@ impl World {
                 let clock = Arc::new(ManualClock::new(Timestamp(start.0 + skew)));
                 let mut machine = Machine::new(index, clock, prng.fork());
                 machine.rebuild_first = length.clean_stops;
+                machine.heal_first = length.heals && length.clean_stops;
                 machine
             })
             .collect();
@@ -367,6 +377,7 @@ impl World {
         let mut faults = self.faults;
         faults.repairs = self.machines.iter().map(|m| m.repairs).sum();
         faults.rebuilds = self.machines.iter().map(|m| m.rebuilds).sum();
+        faults.heals = self.machines.iter().map(|m| m.heals).sum();
         let writes = self.ledger.answers.iter().filter(|a| is_write(a)).count() as u64;
         Report {
             seed: self.seed,
@@ -429,12 +440,14 @@ impl World {
         }
         let mut completions = Vec::new();
         for index in 0..self.machines.len() {
+            // The other machine's disk, for the operator's repair from its copy.
+            let peer = self.machines[index ^ 1].disk.clone();
             let machine = &mut self.machines[index];
             if machine.paused {
                 continue;
             }
             let parts = (&self.witness, &mut self.net, &mut self.trace);
-            let report = machine.tick(now, &self.settings, parts, self.operator_primary);
+            let report = machine.tick(now, &self.settings, parts, (self.operator_primary, &peer));
             completions.extend(report.completions.into_iter().map(|(c, e)| (index, c, e)));
         }
         self.crash_halted();
@@ -787,7 +800,27 @@ impl World {
             && (self.settings.coordinated || self.operator_primary == target ^ 1);
         // Some of the rot, drawn from the second stream, lands in the journal's last record.
         let at_end = leads && self.length.clean_stops && self.extra.chance(1, 3);
-        if leads && let Some(what) = self.machines[target].rot(&mut self.prng, at_end) {
+        // The rot strikes a record only where another copy survives it: the leading peer's,
+        // or a snapshot on this machine that covers it. Under `batch` the peer holds every
+        // record the pair acknowledged; under `none` a peer that lost power may lack some the
+        // target holds, and damage to the only copy of an acknowledged record is a second
+        // failure the pair is not built to survive (it loses the write however it is
+        // repaired, as a power loss of both machines does).
+        let copied_through = if self.length.unsynced {
+            let peer_end = peer.running().map_or(0, |r| r.control.link().available());
+            let snapshot = snapshot::list(&self.machines[target].disk)
+                .ok()
+                .and_then(|list| list.last().map(|s| s.0.0));
+            Some(Sequence(peer_end.max(snapshot.unwrap_or(0))))
+        } else {
+            None
+        };
+        let rotted = if leads {
+            self.machines[target].rot(&mut self.prng, at_end, copied_through)
+        } else {
+            None
+        };
+        if let Some(what) = rotted {
             let name = &self.machines[target].name;
             self.trace.event(self.now_ms, &format!("FAULT {name}: bit rot at rest in {what}"));
             self.faults.bit_flips += 1;
