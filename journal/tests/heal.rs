@@ -3,11 +3,10 @@
 
 mod common;
 
-use common::{config, generate, journal_with_snapshots, options};
+use common::{config, digest_of, generate, journal_with_snapshots, options, record_at};
 use ringfence_core::{Engine, Sequence, Sequenced, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
-use ringfence_journal::format;
 use ringfence_journal::heal;
 use ringfence_journal::recovery::recover_from;
 use ringfence_journal::snapshot::SnapshotPolicy;
@@ -31,42 +30,12 @@ fn journal(commands: &[Sequenced]) -> FaultStorage {
     disk
 }
 
-/// The segment holding `sequence`, and the byte offset of that record in it.
-fn record_at(disk: &FaultStorage, sequence: Sequence) -> (String, usize) {
-    let mut names: Vec<String> =
-        disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
-    names.sort();
-    let name = names
-        .into_iter()
-        .rev()
-        .find(|name| format::parse_segment_name(name).unwrap() <= sequence)
-        .expect("a segment holds it");
-    let bytes = disk.live_bytes(&name).unwrap();
-    let mut at = format::SEGMENT_HEADER_LEN;
-    loop {
-        let (header, len) = format::check_record(&bytes[at..]).expect("intact up to it");
-        if header.sequence == sequence {
-            return (name, at);
-        }
-        at += len;
-    }
-}
-
 /// Every segment's bytes, by name.
 fn segments(disk: &FaultStorage) -> Vec<(String, Vec<u8>)> {
     let mut names: Vec<String> =
         disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
     names.sort();
     names.into_iter().map(|name| (name.clone(), disk.live_bytes(&name).unwrap())).collect()
-}
-
-/// The digest of the engine after applying `commands`.
-fn digest_of(commands: &[Sequenced]) -> u64 {
-    let mut engine = Engine::new(config());
-    for command in commands {
-        engine.apply(command);
-    }
-    engine.state_digest()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, generate, journal_with_snapshots, options};
+use common::{config, digest_of, generate, journal_with_snapshots, options, record_at};
 use ringfence_core::{Engine, Sequence, Sequenced, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
@@ -26,40 +26,6 @@ fn journal() -> (FaultStorage, Vec<Sequenced>) {
     let policy = SnapshotPolicy { every_commands: Some(300), keep: 3, ..SnapshotPolicy::default() };
     journal_with_snapshots(&disk, &commands, policy);
     (disk, commands)
-}
-
-/// The segment holding `sequence`, and the byte offset of that record in it.
-fn record_at(disk: &FaultStorage, sequence: Sequence) -> (String, usize) {
-    let mut names: Vec<String> = disk
-        .list()
-        .unwrap()
-        .into_iter()
-        .filter(|n| format::parse_segment_name(n).is_some())
-        .collect();
-    names.sort();
-    let name = names
-        .into_iter()
-        .rev()
-        .find(|name| format::parse_segment_name(name).unwrap() <= sequence)
-        .expect("a segment holds it");
-    let bytes = disk.live_bytes(&name).unwrap();
-    let mut at = format::SEGMENT_HEADER_LEN;
-    loop {
-        let (header, len) = format::check_record(&bytes[at..]).expect("intact up to it");
-        if header.sequence == sequence {
-            return (name, at);
-        }
-        at += len;
-    }
-}
-
-/// The digest of the engine after applying `commands`.
-fn digest_of(commands: &[Sequenced]) -> u64 {
-    let mut engine = Engine::new(config());
-    for command in commands {
-        engine.apply(command);
-    }
-    engine.state_digest()
 }
 
 /// The newest snapshot whose next record is not the first of its segment (so a rebuild after

@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Sequence, Sequenced};
 use ringfence_journal::fault::FaultStorage;
+use ringfence_journal::format;
 use ringfence_journal::recovery::recover_from;
 use ringfence_journal::snapshot::{SnapshotPolicy, Snapshotter};
+use ringfence_journal::storage::Storage;
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
@@ -89,4 +91,38 @@ pub fn generate(workload: &mut Workload, engine: &mut Engine, count: usize) -> V
 pub fn acknowledged_by(acknowledged: &[(u64, Sequence)], point: u64) -> u64 {
     let by = acknowledged.iter().filter(|(points, _)| *points <= point);
     by.map(|(_, acked)| acked.0).max().unwrap_or(0)
+}
+
+/// The segment holding `sequence`, and the byte offset of that record in it.
+pub fn record_at(disk: &FaultStorage, sequence: Sequence) -> (String, usize) {
+    let mut names: Vec<String> = disk
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| format::parse_segment_name(n).is_some())
+        .collect();
+    names.sort();
+    let name = names
+        .into_iter()
+        .rev()
+        .find(|name| format::parse_segment_name(name).unwrap() <= sequence)
+        .expect("a segment holds it");
+    let bytes = disk.live_bytes(&name).unwrap();
+    let mut at = format::SEGMENT_HEADER_LEN;
+    loop {
+        let (header, len) = format::check_record(&bytes[at..]).expect("intact up to it");
+        if header.sequence == sequence {
+            return (name, at);
+        }
+        at += len;
+    }
+}
+
+/// The digest of the engine after applying `commands`.
+pub fn digest_of(commands: &[Sequenced]) -> u64 {
+    let mut engine = Engine::new(config());
+    for command in commands {
+        engine.apply(command);
+    }
+    engine.state_digest()
 }
