@@ -213,8 +213,7 @@ fn print_text(reports: &[Report], summary: bool) {
          chosen sync point), {} pauses, {} partitions, {} witness outages, {} switchovers, \
          {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
-         peer's copy), {} promotions by \
-         hand ({} of a standby ahead of its primary)",
+         peer's copy), {} promotions by hand ({} of a standby ahead of its primary)",
         f.kills,
         f.power_losses,
         f.mid_step_crashes,
