@@ -112,11 +112,18 @@ pub fn heal<S: Storage, P: ReadSource>(
             );
         }
         let sequence = problem.sequence;
-        // Each pass heals the first damage, so the next one found lies after it.
-        assert!(
-            healed.last().is_none_or(|last| last.sequence < sequence),
-            "healed sequence {sequence} twice",
-        );
+        // Each pass heals the first damage, so the next one found lies after it; if not, what
+        // is wrong there is not in the record's bytes.
+        if healed.last().is_some_and(|last| last.sequence >= sequence) {
+            return refuse(
+                &healed,
+                format!(
+                    "record {sequence} still fails after it was healed ({}): what is wrong is \
+                     not in its bytes",
+                    problem.damage
+                ),
+            );
+        }
         let copy = match peer_record(peer, sequence) {
             Ok(copy) => copy,
             Err(why) => return refuse(&healed, why),
@@ -197,7 +204,12 @@ fn replace<S: Storage>(
     let damaged = &bytes[offset..end];
     let same_crc = damaged[..CRC_LEN] == copy[..CRC_LEN];
     let same_rest = damaged[CRC_LEN..] == copy[CRC_LEN..];
-    assert!(!(same_crc && same_rest), "record {sequence} in {file} is damaged but equals its copy");
+    if same_crc && same_rest {
+        return Err(format!(
+            "record {sequence} in {file} at byte offset {offset} is the same bytes as the copy: \
+             what recovery refuses there is not damage a copy repairs"
+        ));
+    }
     if !same_crc && !same_rest {
         return Err(format!(
             "the copy of record {sequence} does not match what is left of it in {file} at byte \
