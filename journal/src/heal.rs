@@ -177,7 +177,9 @@ fn peer_record<P: ReadSource>(peer: &mut P, sequence: Sequence) -> Result<Vec<u8
         }
         at += len;
     }
-    unreachable!("the scan found record {sequence} intact in {name}");
+    // Found by the scan, gone on the second read: the directory changed under it (a node
+    // running there dropped a diverged tail).
+    Err(format!("record {sequence} of {location}/{name} changed while it was read: try again"))
 }
 
 /// Writes `copy` over the damaged record `sequence` at `offset` in segment `name` and syncs
