@@ -1,5 +1,5 @@
-//! The operator's repair from a peer's copy: a damaged record replaced, byte for byte, by the
-//! same record read from another journal of the same history (the standby's or the primary's
+//! The operator's repair from a peer's copy: damaged records replaced, byte for byte, by the
+//! same records read from another journal of the same history (the standby's or the primary's
 //! data directory, or a backup of either).
 //!
 //! A record is the same bytes on every node that holds it: the node that sequenced it encoded
@@ -10,25 +10,32 @@
 //! primary lost unsynced records to a power loss: `journal truncate` at the damage would drop
 //! them, and `journal rebuild` needs a snapshot that covers the damage.
 //!
-//! The copy replaces the damaged bytes only when it is shown to be the same record:
+//! The peer's records replace the damaged bytes only when they are shown to be the records
+//! that were written there, in one of two ways:
 //!
-//! - it is intact (length, CRC32C) and has the damaged record's sequence;
-//! - either its CRC32C equals the one stored in the damaged header (the damage lies elsewhere
-//!   in the record), or every one of its bytes after the CRC equals the damaged record's (the
-//!   damage lies in the CRC); a record of the same sequence from a journal that diverged, or
-//!   damage reaching both the CRC and the rest, shows neither, and is refused;
-//! - it fits: what follows it in this segment is the next record, intact, or nothing (zeros to
-//!   the segment's end).
+//! 1. **By what is left of the record.** The peer's record `n` (intact, the damaged record's
+//!    sequence) has the CRC32C stored in the damaged header (the damage lies elsewhere in the
+//!    record), or every one of its bytes after the CRC equals the damaged record's (the damage
+//!    lies in the CRC); and it fits: what follows it in this segment is record `n + 1`, intact,
+//!    or nothing (zeros to the segment's end).
+//! 2. **By the next intact record.** The first intact record after the damage in this segment,
+//!    `m`, is byte for byte the peer's record `m`, and the peer's records `n ..= m - 1` fill the
+//!    bytes in between exactly. Two journals that hold the same record `m` (its sequence and
+//!    epoch) hold the same records before it: a standby appends a primary's records only after
+//!    its own last record matched the primary's at that sequence and epoch, and an epoch has one
+//!    primary. This heals damage that spans several records, or a record's CRC and the rest
+//!    together (a zeroed or garbled sector).
 //!
-//! Nothing but the record's bytes is written (no manifest, marker or epoch file changes): the
-//! journal afterwards is the one that was written before the damage. Each damaged record is
-//! healed in turn until the journal is intact or a record cannot be healed.
+//! A record of the same sequence from a journal that diverged shows neither, and is refused.
+//! Nothing but the damaged bytes is written (no manifest, marker or epoch file changes): the
+//! journal afterwards is the one that was written before the damage. Each damaged span is
+//! healed in turn until the journal is intact or one cannot be healed.
 
 use ringfence_core::Sequence;
 
 use crate::datadir;
 use crate::error::JournalError;
-use crate::format::{self, SEGMENT_HEADER_LEN};
+use crate::format::{self, RECORD_ALIGN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::rebuild;
 use crate::scan::{self, ReadSource};
 use crate::storage::{Segment, Storage};
@@ -36,28 +43,43 @@ use crate::storage::{Segment, Storage};
 /// Size of a record's stored CRC32C, at the start of its header.
 const CRC_LEN: usize = 4;
 
-/// One record [`heal`] replaced.
+/// How the peer's copy was shown to be what was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shown {
+    /// The copy's CRC32C equals the one stored in the damaged record: the damage lay in the
+    /// rest of it.
+    ByCrc,
+    /// The copy's bytes after the CRC equal the damaged record's: the damage lay in the CRC.
+    ByRest,
+    /// The next intact record, this sequence, equals the peer's, and the copies of the records
+    /// before it fill the damaged span exactly.
+    ByNextRecord(Sequence),
+}
+
+/// One damaged span [`heal`] replaced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Healed {
     /// The segment file.
     pub file: String,
-    /// Byte offset of the record in it.
+    /// Byte offset of the first record replaced.
     pub offset: u64,
-    /// The record's sequence.
-    pub sequence: Sequence,
-    /// Its length in bytes, padding included.
+    /// The first record's sequence.
+    pub from: Sequence,
+    /// The last record's sequence.
+    pub through: Sequence,
+    /// The bytes written, padding included.
     pub len: usize,
-    /// Whether the damage lay in the stored CRC32C (else in the rest of the record).
-    pub crc_damaged: bool,
+    /// How the copy was shown to be what was written.
+    pub shown: Shown,
 }
 
-/// Heals every damaged record of the journal in `storage` from the intact copies in `peer`
-/// (see the module documentation); returns what it replaced, in journal order. Refused,
-/// changing nothing, when the journal is intact, when its only damage is a torn tail a crash
-/// left (recovery clears it), when the directory has problems other than damaged records (a
-/// missing segment or manifest: that is `truncate`'s), or when the first damaged record has no
-/// copy in `peer` shown to be the same. Records healed before a later one is refused stay
-/// healed (each is the record that was written), and the error says so.
+/// Heals every damaged span of the journal in `storage` from the intact copies in `peer` (see
+/// the module documentation); returns what it replaced, in journal order. Refused, changing
+/// nothing, when the journal is intact, when its only damage is a torn tail a crash left
+/// (recovery clears it), when the directory has problems other than damaged records (a
+/// missing segment or manifest: that is `truncate`'s), or when the first damage has no copy in
+/// `peer` shown to be what was written. Spans healed before a later one is refused stay healed
+/// (each holds the records that were written), and the error says so.
 pub fn heal<S: Storage, P: ReadSource>(
     storage: &S,
     peer: &mut P,
@@ -114,7 +136,7 @@ pub fn heal<S: Storage, P: ReadSource>(
         let sequence = problem.sequence;
         // Each pass heals the first damage, so the next one found lies after it; if not, what
         // is wrong there is not in the record's bytes.
-        if healed.last().is_some_and(|last| last.sequence >= sequence) {
+        if healed.last().is_some_and(|last| last.through >= sequence) {
             return refuse(
                 &healed,
                 format!(
@@ -124,19 +146,9 @@ pub fn heal<S: Storage, P: ReadSource>(
                 ),
             );
         }
-        let copy = match peer_record(peer, sequence) {
-            Ok(copy) => copy,
-            Err(why) => return refuse(&healed, why),
-        };
         let offset = usize::try_from(problem.offset).expect("a segment offset fits in memory");
-        match replace(storage, &problem.name, offset, sequence, &copy) {
-            Ok(crc_damaged) => healed.push(Healed {
-                file: problem.name,
-                offset: problem.offset,
-                sequence,
-                len: copy.len(),
-                crc_damaged,
-            }),
+        match replace(storage, &problem.name, offset, sequence, peer) {
+            Ok(span) => healed.push(span),
             Err(why) => return refuse(&healed, why),
         }
     }
@@ -145,93 +157,202 @@ pub fn heal<S: Storage, P: ReadSource>(
 /// The sequences of `healed`, for a message.
 fn describe(healed: &[Healed]) -> String {
     assert!(!healed.is_empty(), "nothing healed to describe");
-    let sequences: Vec<String> = healed.iter().map(|h| h.sequence.to_string()).collect();
-    format!("sequence {}", sequences.join(", "))
+    let spans: Vec<String> = healed.iter().map(span).collect();
+    format!("sequence {}", spans.join(", "))
 }
 
-/// The intact record `sequence` of the journal in `peer`, its bytes as journaled.
-fn peer_record<P: ReadSource>(peer: &mut P, sequence: Sequence) -> Result<Vec<u8>, String> {
+/// A healed span's sequences: `n`, or `n..=m`.
+#[must_use]
+pub fn span(healed: &Healed) -> String {
+    assert!(healed.from <= healed.through, "a span that ends before it starts");
+    if healed.from == healed.through {
+        healed.from.to_string()
+    } else {
+        format!("{}..={}", healed.from, healed.through)
+    }
+}
+
+/// The intact records `from ..= through` of the journal in `peer`, their bytes as journaled.
+fn peer_records<P: ReadSource>(
+    peer: &mut P,
+    from: Sequence,
+    through: Sequence,
+) -> Result<Vec<Vec<u8>>, String> {
+    assert!(from <= through, "an empty range of records asked for");
     let location = peer.location();
     let unreadable = |e: JournalError| format!("reading the copy in {location}: {e}");
     let check = datadir::check(peer).map_err(unreadable)?;
     let layout = scan::scan_segments(peer, &check.segments).map_err(unreadable)?;
-    let holding = layout.segments.iter().find(|segment| {
-        segment.header.first_sequence <= sequence && segment.last.is_some_and(|l| sequence <= l)
-    });
-    let Some(segment) = holding else {
+    let mut records = Vec::new();
+    let mut next = from;
+    for segment in &layout.segments {
+        let holds = segment.last.is_some_and(|last| next <= last);
+        if !holds || segment.header.first_sequence > through {
+            continue;
+        }
+        let name = &segment.name;
+        let bytes =
+            peer.read_segment(name).map_err(|e| format!("reading {location}/{name}: {e}"))?;
+        let mut at = SEGMENT_HEADER_LEN;
+        while let Some((header, len)) = format::check_record(&bytes[at..]) {
+            if header.sequence == next && next <= through {
+                // What `replace` relies on: whole records, on record boundaries.
+                assert_eq!(len % RECORD_ALIGN, 0, "a record of a length off the alignment");
+                records.push(bytes[at..at + len].to_vec());
+                next = next.next();
+            }
+            at += len;
+        }
+    }
+    if next <= through {
         let holds = match (layout.first_sequence(), layout.last_sequence()) {
             (Some(first), Some(last)) => format!("intact records {first}..={last}"),
             _ => "no intact record".to_owned(),
         };
-        return Err(format!("{location} holds no intact record {sequence} (it holds {holds})"));
-    };
-    let name = segment.name.clone();
-    let bytes = peer.read_segment(&name).map_err(|e| format!("reading {location}/{name}: {e}"))?;
-    let mut at = SEGMENT_HEADER_LEN;
-    while let Some((header, len)) = format::check_record(&bytes[at..]) {
-        if header.sequence == sequence {
-            // What `replace` relies on: a whole record, on a record boundary.
-            assert_eq!(len % format::RECORD_ALIGN, 0, "a record of a length off the alignment");
-            assert!(len > CRC_LEN, "a record no longer than its CRC");
-            return Ok(bytes[at..at + len].to_vec());
-        }
-        at += len;
+        return Err(format!("{location} holds no intact record {next} (it holds {holds})"));
     }
-    // Found by the scan, gone on the second read: the directory changed under it (a node
-    // running there dropped a diverged tail).
-    Err(format!("record {sequence} of {location}/{name} changed while it was read: try again"))
+    assert_eq!(records.len() as u64, through.0 - from.0 + 1, "records missed in the range");
+    Ok(records)
 }
 
-/// Writes `copy` over the damaged record `sequence` at `offset` in segment `name` and syncs
-/// it, once it is shown to be the same record and to fit; whether the damage lay in the CRC.
-fn replace<S: Storage>(
+/// Replaces the damaged record `sequence` at `offset` in segment `name`, and whatever damaged
+/// records follow it up to the next intact one, with the peer's copies, once they are shown to
+/// be what was written; syncs the bytes written.
+fn replace<S: Storage, P: ReadSource>(
     storage: &S,
     name: &str,
     offset: usize,
     sequence: Sequence,
-    copy: &[u8],
-) -> Result<bool, String> {
+    peer: &mut P,
+) -> Result<Healed, String> {
     assert!(offset >= SEGMENT_HEADER_LEN, "a damaged record inside the segment header");
-    assert_eq!(offset % format::RECORD_ALIGN, 0, "a damaged record off a record boundary");
+    assert_eq!(offset % RECORD_ALIGN, 0, "a damaged record off a record boundary");
     let file = storage.describe(name);
     let mut segment = storage.open_segment(name).map_err(|e| format!("opening {file}: {e}"))?;
     let bytes = segment.bytes();
+    let copy = peer_records(peer, sequence, sequence)?.remove(0);
+    let (copies, shown) = match by_what_is_left(bytes, offset, sequence, &copy) {
+        Ok(shown) => (vec![copy], shown),
+        Err(left) => match by_next_record(bytes, offset, sequence, peer) {
+            Ok((copies, next)) => (copies, Shown::ByNextRecord(next)),
+            Err(next) => {
+                return Err(format!(
+                    "the copy of record {sequence} is not shown to be what was written at byte \
+                     offset {offset} of {file}: {left}; and {next}"
+                ));
+            }
+        },
+    };
+    let span: Vec<u8> = copies.concat();
+    let end = offset + span.len();
+    segment.bytes_mut()[offset..end].copy_from_slice(&span);
+    // The records written read back intact, in sequence, filling the span.
+    let mut at = offset;
+    for expected in (sequence.0..).take(copies.len()) {
+        let read = format::check_record(&segment.bytes()[at..]).map(|(h, len)| (h.sequence, len));
+        assert!(read.is_some_and(|(s, _)| s.0 == expected), "record {expected} did not heal");
+        at += read.map_or(0, |(_, len)| len);
+    }
+    assert_eq!(at, end, "the healed records do not fill the span");
+    segment.sync(offset..end).map_err(|e| format!("syncing {file}: {e}"))?;
+    let through = Sequence(sequence.0 + copies.len() as u64 - 1);
+    Ok(Healed {
+        file: name.to_owned(),
+        offset: offset as u64,
+        from: sequence,
+        through,
+        len: end - offset,
+        shown,
+    })
+}
+
+/// Way 1 of the module documentation: whether `copy` is record `sequence` as written at
+/// `offset`, shown by what is left of it there, and fits; else why not.
+fn by_what_is_left(
+    bytes: &[u8],
+    offset: usize,
+    sequence: Sequence,
+    copy: &[u8],
+) -> Result<Shown, String> {
+    assert!(copy.len() > CRC_LEN, "a record no longer than its CRC");
     let end = offset + copy.len();
     if end > bytes.len() {
-        return Err(format!(
-            "the copy of record {sequence} ({} bytes) runs past the end of {file}",
-            copy.len()
-        ));
+        return Err(format!("the copy ({} bytes) runs past the segment's end", copy.len()));
     }
     let damaged = &bytes[offset..end];
     let same_crc = damaged[..CRC_LEN] == copy[..CRC_LEN];
     let same_rest = damaged[CRC_LEN..] == copy[CRC_LEN..];
     if same_crc && same_rest {
-        return Err(format!(
-            "record {sequence} in {file} at byte offset {offset} is the same bytes as the copy: \
-             what recovery refuses there is not damage a copy repairs"
-        ));
+        return Err("the record there is the same bytes as the copy: what recovery refuses \
+                    there is not damage a copy repairs"
+            .to_owned());
     }
     if !same_crc && !same_rest {
-        return Err(format!(
-            "the copy of record {sequence} does not match what is left of it in {file} at byte \
-             offset {offset}: neither its CRC32C nor its other bytes agree, so it may be another \
-             record (the journals diverged), or the damage reaches both"
-        ));
+        return Err("neither its CRC32C nor its other bytes agree with what is left there (the \
+                    journals diverged, or the damage reaches both)"
+            .to_owned());
     }
     let after = &bytes[end..];
     let next_follows =
         format::check_record(after).is_some_and(|(header, _)| header.sequence == sequence.next());
     if !next_follows && after.iter().any(|&byte| byte != 0) {
         return Err(format!(
-            "what follows record {sequence} in {file}, at byte offset {end}, is neither record {} \
-             intact nor the end of the records: more is damaged than this record",
+            "what follows it, at byte offset {end}, is neither record {} intact nor the end of \
+             the records",
             sequence.next()
         ));
     }
-    segment.bytes_mut()[offset..end].copy_from_slice(copy);
-    let healed = format::check_record(&segment.bytes()[offset..]);
-    assert_eq!(healed.map(|(h, len)| (h.sequence, len)), Some((sequence, copy.len())), "unhealed");
-    segment.sync(offset..end).map_err(|e| format!("syncing {file}: {e}"))?;
-    Ok(!same_crc)
+    Ok(if same_crc { Shown::ByCrc } else { Shown::ByRest })
+}
+
+/// Way 2 of the module documentation: the peer's records `sequence ..= m - 1`, and `m`, where
+/// `m` is the first intact record after the damage at `offset`, equal to the peer's record
+/// `m`, and the copies fill the bytes up to it exactly; else why not.
+fn by_next_record<P: ReadSource>(
+    bytes: &[u8],
+    offset: usize,
+    sequence: Sequence,
+    peer: &mut P,
+) -> Result<(Vec<Vec<u8>>, Sequence), String> {
+    let Some((next, at)) = intact_after(bytes, offset, sequence) else {
+        return Err("no intact record follows the damage in its segment to compare".to_owned());
+    };
+    // What the span's bounds rest on: a later record, on a record boundary past the damage.
+    assert!(next > sequence && at > offset, "the next intact record is not after the damage");
+    assert_eq!(at % RECORD_ALIGN, 0, "a record found off a record boundary");
+    let mut copies = peer_records(peer, sequence, next)?;
+    let last = copies.pop().expect("the range holds record m");
+    if bytes.get(at..at + last.len()) != Some(&last[..]) {
+        return Err(format!(
+            "the next intact record, {next} at byte offset {at}, differs from the copy's (the \
+             journals diverged)"
+        ));
+    }
+    let filled: usize = copies.iter().map(Vec::len).sum();
+    if filled != at - offset {
+        return Err(format!(
+            "the copies of records {sequence}..={} take {filled} bytes where the damaged span \
+             before record {next} takes {}",
+            Sequence(next.0 - 1),
+            at - offset
+        ));
+    }
+    Ok((copies, next))
+}
+
+/// The first intact record after byte `offset` with a sequence after `sequence`, and where it
+/// starts: records start on [`RECORD_ALIGN`] boundaries, and a CRC32C over the record tells
+/// one from the damage.
+fn intact_after(bytes: &[u8], offset: usize, sequence: Sequence) -> Option<(Sequence, usize)> {
+    assert_eq!(offset % RECORD_ALIGN, 0, "records start on record boundaries");
+    let mut at = offset + RECORD_ALIGN;
+    while at + RECORD_HEADER_LEN <= bytes.len() {
+        if let Some((header, _)) = format::check_record(&bytes[at..])
+            && header.sequence > sequence
+        {
+            return Some((header.sequence, at));
+        }
+        at += RECORD_ALIGN;
+    }
+    None
 }

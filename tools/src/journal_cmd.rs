@@ -78,12 +78,14 @@ pub enum JournalCommand {
     /// Refused, changing nothing, when no snapshot covers the damage. Refused while a node
     /// runs.
     Rebuild(RebuildArgs),
-    /// Repair without loss from another copy: each damaged record is replaced, byte for byte,
-    /// by the same record from the journal in --from (the other node's data directory, a copy
-    /// of it, or a backup), when that copy is intact, has the record's sequence, agrees with
-    /// what is left of the damaged record (its CRC32C or its other bytes) and fits before the
-    /// next record. Every record after it is kept. Refused, changing nothing, when no such copy
-    /// exists. Refused while a node runs on the directory; --from is only read.
+    /// Repair without loss from another copy: damaged records are replaced, byte for byte, by
+    /// the same records from the journal in --from (the other node's data directory, a copy of
+    /// it, or a backup), once shown to be what was written: the copy agrees with what is left
+    /// of the damaged record (its CRC32C or its other bytes) and fits before the next record;
+    /// or the first intact record after the damage equals the copy's, and the copies of the
+    /// records before it fill the damaged bytes exactly. Every record after the damage is kept.
+    /// Refused, changing nothing, when no copy is shown to be what was written. Refused while a
+    /// node runs on the directory; --from is only read.
     Heal(HealArgs),
     /// Crash-test child: appends under load and prints `durable N` after every flush.
     #[command(hide = true)]
@@ -893,6 +895,7 @@ fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {
 }
 
 fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
+    use ringfence_journal::heal::Shown;
     let mut source = ReadOnlyDir::open(&args.dir)?;
     if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
         return Err(JournalError::NoData { dir: args.dir.display().to_string() });
@@ -901,17 +904,21 @@ fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
     // Exclusive: a node appending to the journal may be writing the segment healed here.
     let storage = FileStorage::open_exclusive(&args.dir)?;
     let healed = ringfence_journal::heal::heal(&storage, &mut peer)?;
-    for record in &healed {
-        let part = if record.crc_damaged { "its CRC32C" } else { "its length, fields or payload" };
+    for span in &healed {
+        let shown = match span.shown {
+            Shown::ByCrc => "the copy's CRC32C matched the damaged record's".to_owned(),
+            Shown::ByRest => "the copy matched all but the damaged CRC32C".to_owned(),
+            Shown::ByNextRecord(next) => format!("record {next}, intact after it, matched"),
+        };
         outln!(
-            "healed     sequence {} in {} at byte offset {} ({} bytes; the damage was in {part})",
-            record.sequence,
-            record.file,
-            record.offset,
-            record.len
+            "healed     sequence {} in {} at byte offset {} ({} bytes; {shown})",
+            ringfence_journal::heal::span(span),
+            span.file,
+            span.offset,
+            span.len
         );
     }
-    outln!("{} record(s) copied from {}; nothing was dropped", healed.len(), args.from.display());
+    outln!("copied from {}; nothing was dropped", args.from.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -596,8 +596,7 @@ impl Machine {
             // peer's journal, which matters when this one holds records the peer lacks.
             match heal::heal(&self.disk, &mut peer.clone()) {
                 Ok(healed) => {
-                    let sequences: Vec<String> =
-                        healed.iter().map(|h| h.sequence.to_string()).collect();
+                    let sequences: Vec<String> = healed.iter().map(heal::span).collect();
                     let what = format!(
                         "{}: operator heals the journal from its peer's: sequence {}",
                         self.name,
