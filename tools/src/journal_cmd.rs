@@ -68,8 +68,9 @@ pub enum JournalCommand {
     Stats(DirArgs),
     /// Repair: drop record --at-seq N and everything after it (even past damage), set aside
     /// snapshots that include dropped records, and rewrite the manifest (rebuilding it from
-    /// the segments if it is missing). The only tool that writes; refused while a node runs.
-    /// What is dropped is lost unless the standby or a backup has it.
+    /// the segments if it is missing). Refused while a node runs. What is dropped is lost
+    /// unless the other node or a backup has it: where one holds the damaged record, `heal`
+    /// repairs without dropping anything.
     Truncate(TruncateArgs),
     /// Repair without loss: when a snapshot covers the damage (it holds the state through a
     /// sequence at or after the damaged record) and the records after it are intact, start the
