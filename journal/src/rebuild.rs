@@ -28,9 +28,9 @@ use ringfence_core::Sequence;
 
 use crate::datadir::{self, CleanStop};
 use crate::error::JournalError;
-use crate::format::{self, RECORD_ALIGN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::format::{self, RECORD_ALIGN, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::manifest::ManifestSegment;
-use crate::scan::{self, ReadSource};
+use crate::scan::{self, ReadSource, boundaries};
 use crate::snapshot;
 use crate::storage::{Segment, Storage, temp_name, write_atomically};
 
@@ -435,13 +435,4 @@ fn records_after(
     assert_eq!((at - begin) % RECORD_ALIGN, 0, "records off the 16-byte grid");
     assert!(count > 0 || begin == at, "bytes without records");
     Ok(Some((begin..at, count, last)))
-}
-
-/// Record boundaries after `offset` where a record header fits.
-fn boundaries(bytes: &[u8], offset: usize) -> impl Iterator<Item = usize> + '_ {
-    assert_eq!(offset % RECORD_ALIGN, 0, "records start on 16-byte boundaries");
-    (offset + RECORD_ALIGN..)
-        .step_by(RECORD_ALIGN)
-        .take_while(move |at| at + RECORD_HEADER_LEN <= bytes.len())
-        .filter(move |&at| !format::is_end_marker(&bytes[at..]))
 }

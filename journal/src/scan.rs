@@ -532,15 +532,17 @@ fn check_header(
 
 /// Whether an intact record starts anywhere after `offset` (at an aligned position).
 fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
+    boundaries(bytes, offset).any(|at| format::check_record(&bytes[at..]).is_some())
+}
+
+/// Record boundaries after `offset` where a record header fits and no end marker stands: where
+/// a record past damage may start (found by its CRC32C).
+pub(crate) fn boundaries(bytes: &[u8], offset: usize) -> impl Iterator<Item = usize> + '_ {
     assert_eq!(offset % RECORD_ALIGN, 0, "records start on 16-byte boundaries");
-    let mut at = offset + RECORD_ALIGN;
-    while at + RECORD_HEADER_LEN <= bytes.len() {
-        if !format::is_end_marker(&bytes[at..]) && format::check_record(&bytes[at..]).is_some() {
-            return true;
-        }
-        at += RECORD_ALIGN;
-    }
-    false
+    (offset + RECORD_ALIGN..)
+        .step_by(RECORD_ALIGN)
+        .take_while(move |at| at + RECORD_HEADER_LEN <= bytes.len())
+        .filter(move |&at| !format::is_end_marker(&bytes[at..]))
 }
 
 /// Whether a write cut off by a crash could have left `damage` at the start of `rest`. Such a
