@@ -476,7 +476,7 @@ fn scan_segment(
     segment.end = offset;
     let torn_tail = is_last
         && could_be_cut_off(damage, &bytes[offset..])
-        && !intact_record_after(bytes, offset);
+        && !boundaries(bytes, offset).any(|at| format::check_record(&bytes[at..]).is_some());
     let garbage_end = offset + last_nonzero(&bytes[offset..]).map_or(0, |i| i + 1);
     assert!(garbage_end > offset, "damage with nothing to clear");
     assert!(garbage_end <= bytes.len(), "garbage past the segment's end");
@@ -528,11 +528,6 @@ fn check_header(
         return Err(problem(Damage::SegmentGap { found: header.first_sequence }, false));
     }
     Ok(header)
-}
-
-/// Whether an intact record starts anywhere after `offset` (at an aligned position).
-fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
-    boundaries(bytes, offset).any(|at| format::check_record(&bytes[at..]).is_some())
 }
 
 /// Record boundaries after `offset` where a record header fits and no end marker stands: where
