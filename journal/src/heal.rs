@@ -35,7 +35,7 @@ use ringfence_core::Sequence;
 
 use crate::datadir;
 use crate::error::JournalError;
-use crate::format::{self, RECORD_ALIGN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{self, RECORD_ALIGN, SEGMENT_HEADER_LEN};
 use crate::rebuild;
 use crate::scan::{self, ReadSource};
 use crate::storage::{Segment, Storage};
@@ -172,7 +172,8 @@ pub fn span(healed: &Healed) -> String {
     }
 }
 
-/// The intact records `from ..= through` of the journal in `peer`, their bytes as journaled.
+/// The intact records of the journal in `peer` from `from` on, up to `through` (fewer if its
+/// journal ends or is damaged before), their bytes as journaled; an error if it lacks `from`.
 fn peer_records<P: ReadSource>(
     peer: &mut P,
     from: Sequence,
@@ -204,14 +205,14 @@ fn peer_records<P: ReadSource>(
             at += len;
         }
     }
-    if next <= through {
+    if records.is_empty() {
         let holds = match (layout.first_sequence(), layout.last_sequence()) {
             (Some(first), Some(last)) => format!("intact records {first}..={last}"),
             _ => "no intact record".to_owned(),
         };
-        return Err(format!("{location} holds no intact record {next} (it holds {holds})"));
+        return Err(format!("{location} holds no intact record {from} (it holds {holds})"));
     }
-    assert_eq!(records.len() as u64, through.0 - from.0 + 1, "records missed in the range");
+    assert_eq!(records.len() as u64, next.0 - from.0, "records missed in the range");
     Ok(records)
 }
 
@@ -230,11 +231,17 @@ fn replace<S: Storage, P: ReadSource>(
     let file = storage.describe(name);
     let mut segment = storage.open_segment(name).map_err(|e| format!("opening {file}: {e}"))?;
     let bytes = segment.bytes();
-    let copy = peer_records(peer, sequence, sequence)?.remove(0);
-    let (copies, shown) = match by_what_is_left(bytes, offset, sequence, &copy) {
-        Ok(shown) => (vec![copy], shown),
-        Err(left) => match by_next_record(bytes, offset, sequence, peer) {
-            Ok((copies, next)) => (copies, Shown::ByNextRecord(next)),
+    // The peer's records from the damaged one up to the first intact one after it here, read
+    // once for both ways.
+    let next = intact_after(bytes, offset, sequence);
+    let mut copies = peer_records(peer, sequence, next.map_or(sequence, |(m, _)| m))?;
+    let shown = match by_what_is_left(bytes, offset, sequence, &copies[0]) {
+        Ok(shown) => {
+            copies.truncate(1);
+            shown
+        }
+        Err(left) => match by_next_record(bytes, offset, sequence, next, &mut copies) {
+            Ok(next) => Shown::ByNextRecord(next),
             Err(next) => {
                 return Err(format!(
                     "the copy of record {sequence} is not shown to be what was written at byte \
@@ -305,22 +312,28 @@ fn by_what_is_left(
     Ok(if same_crc { Shown::ByCrc } else { Shown::ByRest })
 }
 
-/// Way 2 of the module documentation: the peer's records `sequence ..= m - 1`, and `m`, where
-/// `m` is the first intact record after the damage at `offset`, equal to the peer's record
-/// `m`, and the copies fill the bytes up to it exactly; else why not.
-fn by_next_record<P: ReadSource>(
+/// Way 2 of the module documentation: whether the first intact record after the damage at
+/// `offset`, `next` (its sequence `m` and where it starts), equals the peer's record `m`, the
+/// last of `copies` (the peer's records from `sequence` on), and the copies before it fill the
+/// bytes up to it exactly; then `copies` is left holding those and `m` is returned; else why
+/// not.
+fn by_next_record(
     bytes: &[u8],
     offset: usize,
     sequence: Sequence,
-    peer: &mut P,
-) -> Result<(Vec<Vec<u8>>, Sequence), String> {
-    let Some((next, at)) = intact_after(bytes, offset, sequence) else {
+    next: Option<(Sequence, usize)>,
+    copies: &mut Vec<Vec<u8>>,
+) -> Result<Sequence, String> {
+    let Some((next, at)) = next else {
         return Err("no intact record follows the damage in its segment to compare".to_owned());
     };
     // What the span's bounds rest on: a later record, on a record boundary past the damage.
     assert!(next > sequence && at > offset, "the next intact record is not after the damage");
     assert_eq!(at % RECORD_ALIGN, 0, "a record found off a record boundary");
-    let mut copies = peer_records(peer, sequence, next)?;
+    if copies.len() as u64 != next.0 - sequence.0 + 1 {
+        let lacking = Sequence(sequence.0 + copies.len() as u64);
+        return Err(format!("the copy holds no intact record {lacking} to compare with {next}"));
+    }
     let last = copies.pop().expect("the range holds record m");
     if bytes.get(at..at + last.len()) != Some(&last[..]) {
         return Err(format!(
@@ -337,22 +350,15 @@ fn by_next_record<P: ReadSource>(
             at - offset
         ));
     }
-    Ok((copies, next))
+    Ok(next)
 }
 
 /// The first intact record after byte `offset` with a sequence after `sequence`, and where it
 /// starts: records start on [`RECORD_ALIGN`] boundaries, and a CRC32C over the record tells
 /// one from the damage.
 fn intact_after(bytes: &[u8], offset: usize, sequence: Sequence) -> Option<(Sequence, usize)> {
-    assert_eq!(offset % RECORD_ALIGN, 0, "records start on record boundaries");
-    let mut at = offset + RECORD_ALIGN;
-    while at + RECORD_HEADER_LEN <= bytes.len() {
-        if let Some((header, _)) = format::check_record(&bytes[at..])
-            && header.sequence > sequence
-        {
-            return Some((header.sequence, at));
-        }
-        at += RECORD_ALIGN;
-    }
-    None
+    scan::boundaries(bytes, offset).find_map(|at| {
+        let (header, _) = format::check_record(&bytes[at..])?;
+        (header.sequence > sequence).then_some((header.sequence, at))
+    })
 }
