@@ -250,6 +250,9 @@ pub struct Control {
     lease_deadline_ms: AtomicU64,
     /// A planned switchover holds writes until the standby has acknowledged everything.
     handover: AtomicBool,
+    /// With a witness: a new leader holds writes until the witness's record names it as
+    /// primary ([`Control::set_taking_office`]).
+    taking_office: AtomicBool,
     /// Standby: it has held everything its primary reported since it last joined (the
     /// stream's lag reached 0). Cleared when a stream starts.
     in_sync: AtomicBool,
@@ -310,6 +313,7 @@ impl Control {
             listening: Mutex::new(None),
             lease_deadline_ms: AtomicU64::new(u64::MAX),
             handover: AtomicBool::new(false),
+            taking_office: AtomicBool::new(false),
             in_sync: AtomicBool::new(false),
             standby_tail_acknowledged: AtomicBool::new(restarted && !answers_after_sync),
             journal: std::sync::OnceLock::new(),
@@ -621,6 +625,9 @@ impl Control {
     /// it is promoted, so nothing acknowledged can be lost).
     fn gate_now(&self, state: &State, now_ms: u64) -> (Gate, &'static str) {
         let gate = state.policy.gate(now_ms);
+        if self.taking_office.load(Ordering::Acquire) {
+            return (Gate::Held, "nothing: writes are held until the witness records this primary");
+        }
         if self.handover.load(Ordering::Acquire) {
             return (Gate::Held, "nothing: writes are held while the standby takes over");
         }
@@ -641,6 +648,17 @@ impl Control {
     /// The lease deadline in force (`u64::MAX` without coordination).
     pub fn lease_deadline_ms(&self) -> u64 {
         self.lease_deadline_ms.load(Ordering::Acquire)
+    }
+
+    /// Coordination took the leader key for this node and has not yet recorded it as primary
+    /// in the witness (`true`), or has (`false`). Until it has, the record still names the
+    /// nodes that held every acknowledged write before, one of which may lead next if this
+    /// node dies, so this node acknowledges nothing: its writes are held.
+    pub fn set_taking_office(&self, taking: bool) {
+        self.taking_office.store(taking, Ordering::Release);
+        let now = self.now_ms();
+        let state = self.state();
+        self.apply_gate(&state, now);
     }
 
     /// Holds writes for a planned switchover (or releases them).
@@ -1482,5 +1500,24 @@ mod tests {
         control.set_handover(true);
         assert_eq!(control.link().gate(), Gate::Held);
         assert!(control.facts().primary);
+    }
+
+    #[test]
+    fn a_leader_taking_office_holds_writes_whatever_its_policy_allows() {
+        // Goal: until the witness records it as primary, a new leader acknowledges nothing,
+        // alone or with a standby in sync; once recorded, its policy's gate is back.
+        use ringfence_core::pipeline::{HoldReason, Replicator as _};
+        let control = primary();
+        control.set_taking_office(true);
+        assert_eq!(control.link().gate(), Gate::Held);
+        let hold = control.link().stage().hold().expect("the link holds");
+        assert_eq!(hold.reason(), Some(HoldReason::StandbyLost), "client writes are refused");
+        let stream = control.on_connected("standby");
+        control.on_ack(stream, Sequence(0), Sequence(0), 0);
+        control.tick();
+        assert_eq!(control.link().gate(), Gate::Held, "a standby in sync does not open it");
+        control.set_taking_office(false);
+        assert_eq!(control.link().gate(), Gate::Standby);
+        assert_eq!(hold.reason(), None, "released");
     }
 }

@@ -347,7 +347,10 @@ impl Driver {
         if let Some(deadline) = pilot.deadline_ms() {
             control.set_lease_deadline(deadline);
         }
-        control.witness_recorded(pilot.recorded().is_some_and(|sync| sync.standby.is_some()));
+        // A leader acknowledges nothing until the record names it (the driver's first round
+        // writes it): held before any write reaches the node.
+        control.set_taking_office(pilot.office_record(&control.facts()).is_some());
+        control.witness_recorded(false);
         let figures = Arc::new(Mutex::new(CoordinationFigures::default()));
         let mut driver = Driver {
             config,
@@ -489,6 +492,8 @@ impl Driver {
             Err(error) => return self.note(&format!("campaign failed: {error}")),
         }
         let epoch = Epoch(leader.epoch);
+        // Nothing is acknowledged in the new epoch before the record names this node.
+        self.control.set_taking_office(true);
         if let Err(error) = self.control.promote_to(&self.promoter, epoch) {
             // The key is ours but the node cannot sequence: let the lease go and start over.
             let _ = self.coordinator.resign(&leader);
@@ -516,10 +521,14 @@ impl Driver {
         if let Some(deadline) = self.pilot.deadline_ms() {
             self.control.set_lease_deadline(deadline);
         }
-        let named = self.pilot.recorded().is_some_and(|sync| sync.standby.is_some());
-        self.control.witness_recorded(named);
+        self.control.witness_recorded(false);
         self.role_figures();
         self.register();
+        // Takes office at once; if the write fails, each round tries again, writes held.
+        let office = self.pilot.office_record(&self.control.facts());
+        if let Some(sync) = office {
+            self.record(sync, After::TakeOffice);
+        }
     }
 
     fn lease_lapsed(&self) -> bool {
@@ -539,7 +548,14 @@ impl Driver {
             Ok(false) => return,
             Err(error) => return self.note(&format!("writing the in-sync record failed: {error}")),
         }
-        if self.pilot.recorded().map(|r| (&r.standby, &r.mode)) != Some((&sync.standby, &sync.mode))
+        if after == After::TakeOffice {
+            log(format_args!(
+                "coordination: the witness records this node as primary in epoch {} ({} mode, \
+                 no standby yet): writes are acknowledged from now on",
+                sync.epoch, sync.mode
+            ));
+        } else if self.pilot.recorded().map(|r| (&r.standby, &r.mode))
+            != Some((&sync.standby, &sync.mode))
         {
             log(format_args!(
                 "coordination: recorded {} mode, in-sync standby: {}",
@@ -553,9 +569,10 @@ impl Driver {
             figures.recorded_mode = Some(sync.mode.clone());
         }
         self.control.witness_recorded(sync.standby.is_some());
-        self.pilot.recorded_sync(sync);
+        self.pilot.recorded_sync(sync, after);
         match after {
             After::Nothing => {}
+            After::TakeOffice => self.control.set_taking_office(false),
             After::ContinueAlone => self.control.continue_alone(),
             After::SetMode(mode) => self.control.set_mode(mode),
         }
@@ -627,7 +644,10 @@ impl Driver {
         if self.pilot.state() != "leader" {
             return;
         }
-        self.name_standby_before_leaving();
+        // A leader still taking office leaves the record naming the nodes it named before.
+        if self.pilot.in_office() {
+            self.name_standby_before_leaving();
+        }
         if self.coordinator.resign(self.pilot.leader()) == Ok(true) {
             log(format_args!("coordination: gave up the leader key on the way out"));
         }

@@ -16,8 +16,13 @@
 //!
 //! The rules each [`Plan`] keeps (`ARCHITECTURE.md` states them as invariants):
 //! - A node takes the key only when nobody holds it and the in-sync record makes it eligible
-//!   (`SyncRecord::eligible`), in one transaction that also rewrites the record with itself
-//!   as primary and no standby, and an epoch above every epoch recorded or held locally.
+//!   (`SyncRecord::eligible`), in one transaction that also raises the record's epoch above
+//!   every epoch recorded or held locally and leaves whom it names as it was: until the new
+//!   leader has acknowledged something, what was acknowledged is what the nodes named before
+//!   hold, so a leader that never takes office (its promotion fails, it loses power) leaves
+//!   them eligible.
+//! - A new leader acknowledges nothing before it takes office: its writes are held until the
+//!   record names it as primary with no standby ([`After::TakeOffice`]).
 //! - The record names a standby only after the gate waits for it and its acknowledgement has
 //!   reached a mark taken at least one round after that (so everything acknowledged on the
 //!   local journal alone is below its acknowledgement).
@@ -118,6 +123,9 @@ pub struct Facts {
 pub enum After {
     /// Nothing more.
     Nothing,
+    /// The record now names this new leader alone: it takes office, and its writes, held
+    /// since it took the key, are released.
+    TakeOffice,
     /// The record now says "no standby": the primary may acknowledge alone.
     ContinueAlone,
     /// The record now says this mode: switch the policy to it.
@@ -164,8 +172,11 @@ enum Phase {
     Standby {
         leader: LeaderValue,
     },
+    /// Holds the key; `in_office` once the record names it as primary (until then its writes
+    /// are held, and the record still names the nodes eligible before it took the key).
     Primary {
         leader: LeaderValue,
+        in_office: bool,
     },
     /// A planned switchover: writes held since `since_ms`; `resigned` once the key is given.
     Handover {
@@ -208,7 +219,8 @@ impl Pilot {
         }
     }
 
-    /// A node that took the key as `leader` with `sync`, its lease renewed at `renewed_ms`.
+    /// A node that took the key as `leader` with `sync`, its lease renewed at `renewed_ms`. It
+    /// is not in office yet: its first plan records it as primary ([`After::TakeOffice`]).
     #[must_use]
     pub fn primary(
         me: Identity,
@@ -217,9 +229,9 @@ impl Pilot {
         renewed_ms: u64,
     ) -> Pilot {
         assert_eq!(leader.node, me.node, "a primary holds its own key");
-        assert_eq!(sync.primary, me.node, "a new leader's record names it");
+        assert_eq!(sync.epoch, leader.epoch, "the key is taken with the record's epoch");
         let deadline_ms = Some(timing.deadline(renewed_ms, timing.ttl_s));
-        let phase = Phase::Primary { leader };
+        let phase = Phase::Primary { leader, in_office: false };
         Pilot { me, timing, phase, deadline_ms, recorded: Some(sync), mark: None }
     }
 
@@ -233,8 +245,24 @@ impl Pilot {
     #[must_use]
     pub fn leader(&self) -> &LeaderValue {
         match &self.phase {
-            Phase::Standby { leader } | Phase::Primary { leader } => leader,
+            Phase::Standby { leader } | Phase::Primary { leader, .. } => leader,
             Phase::Handover { leader, .. } => leader,
+        }
+    }
+
+    /// Whether this node leads and the record names it as primary: it may acknowledge.
+    #[must_use]
+    pub fn in_office(&self) -> bool {
+        matches!(self.phase, Phase::Primary { in_office: true, .. } | Phase::Handover { .. })
+    }
+
+    /// The record a leader not yet in office writes to take office: itself as primary, no
+    /// standby, its mode. `None` when it is not such a leader.
+    #[must_use]
+    pub fn office_record(&self, facts: &Facts) -> Option<SyncRecord> {
+        match &self.phase {
+            Phase::Primary { leader, in_office: false } => Some(fresh_record(leader, facts)),
+            _ => None,
         }
     }
 
@@ -283,7 +311,9 @@ impl Pilot {
         self.recorded.clone_from(&view.sync);
         match self.phase.clone() {
             Phase::Standby { leader } => self.standby_view(&leader, facts, view),
-            Phase::Primary { leader } => self.primary_view(&leader, facts, view),
+            Phase::Primary { leader, in_office } => {
+                self.primary_view((&leader, in_office), facts, view)
+            }
             Phase::Handover { leader, since_ms, resigned } => {
                 self.handover_view(now_ms, (&leader, since_ms, resigned), facts, view)
             }
@@ -304,9 +334,18 @@ impl Pilot {
         }
     }
 
-    fn primary_view(&mut self, leader: &LeaderValue, facts: &Facts, view: &View) -> Plan {
+    fn primary_view(
+        &mut self,
+        (leader, in_office): (&LeaderValue, bool),
+        facts: &Facts,
+        view: &View,
+    ) -> Plan {
         if let Some(plan) = lost_key(leader, view) {
             return plan;
+        }
+        if !in_office {
+            // Written again until it succeeds; the writes stay held meanwhile.
+            return Plan::Record { sync: fresh_record(leader, facts), after: After::TakeOffice };
         }
         let Some(recorded) = view.sync.clone() else {
             // Someone deleted the record: without it anyone may take over, so it is written
@@ -452,26 +491,38 @@ impl Pilot {
         self.deadline_ms = None;
     }
 
-    /// The campaign won: this standby is now the primary of `leader`, with `sync` recorded.
+    /// The campaign won: this standby now holds the key as `leader`, with `sync` recorded. It
+    /// takes office once the record names it ([`Pilot::office_record`]).
     pub fn became_primary(&mut self, (leader, sync): (LeaderValue, SyncRecord), renewed_ms: u64) {
         assert_eq!(leader.node, self.me.node, "a campaign writes this node's value");
-        self.phase = Phase::Primary { leader };
+        assert_eq!(sync.epoch, leader.epoch, "the key is taken with the record's epoch");
+        self.phase = Phase::Primary { leader, in_office: false };
         self.recorded = Some(sync);
         self.mark = None;
         self.deadline_ms = Some(self.timing.deadline(renewed_ms, self.timing.ttl_s));
     }
 
-    /// The record was written.
-    pub fn recorded_sync(&mut self, sync: SyncRecord) {
+    /// The record was written; with [`After::TakeOffice`], the leader is in office.
+    pub fn recorded_sync(&mut self, sync: SyncRecord, after: After) {
+        if after == After::TakeOffice
+            && let Phase::Primary { in_office, .. } = &mut self.phase
+        {
+            assert_eq!(sync.primary, self.me.node, "a leader takes office on a record naming it");
+            assert_eq!(sync.standby, None, "and naming no standby yet");
+            *in_office = true;
+        }
         self.recorded = Some(sync);
     }
 
     /// The operator asks for `mode`: async is recorded before it is used; sync is used at
     /// once (the record follows as the standby catches up).
     pub fn mode_request(&self, mode: AckMode, facts: &Facts) -> Plan {
-        let Phase::Primary { leader } = &self.phase else {
+        let Phase::Primary { leader, in_office } = &self.phase else {
             return Plan::Wait("only the leader records the mode".into());
         };
+        if !in_office {
+            return Plan::Wait("this leader is taking office: try again in a moment".into());
+        }
         if mode == AckMode::Sync {
             return Plan::Nothing;
         }
@@ -536,14 +587,14 @@ fn leaderless(me: &Identity, view: &View, facts: &Facts) -> Plan {
         replication: me.replication.clone(),
         http: me.http.clone(),
     };
-    let sync = SyncRecord {
-        version: RECORDS_VERSION,
-        epoch,
-        primary: me.node.clone(),
-        standby: None,
-        mode: facts.mode.name().into(),
-        primary_last: facts.available.0,
+    // Until this node acknowledges something, what was acknowledged is held by the nodes the
+    // record names now: it keeps naming them, with the new epoch, until this node takes
+    // office. Without a record anyone may lead, and this node is named.
+    let sync = match &view.sync {
+        Some(sync) => SyncRecord { epoch, ..sync.clone() },
+        None => fresh_record(&leader, facts),
     };
+    assert!(sync.eligible(&me.node), "a campaign keeps its own node eligible");
     Plan::Campaign { leader, sync_revision: view.sync_revision, sync }
 }
 
@@ -619,7 +670,11 @@ mod tests {
         let following = Some((leader.node.clone(), leader.epoch));
         let member = Member { version: RECORDS_VERSION, node: "b".into(), following };
         witness.register(&member, lease_b).unwrap();
-        let a = Pilot::primary(me("a"), timing(), (leader, sync), 0);
+        let mut a = Pilot::primary(me("a"), timing(), (leader, sync), 0);
+        let alone = facts(true, PolicyState::Alone, Gate::Held, (0, 0));
+        let plan = a.on_view(0, &alone, &witness.read().unwrap());
+        assert_eq!(carry_record(witness, &mut a, plan), After::TakeOffice);
+        assert!(a.in_office());
         let b = Pilot::standby(me("b"), timing(), followed);
         (a, b, lease_a, lease_b)
     }
@@ -627,7 +682,7 @@ mod tests {
     fn carry_record(witness: &mut MemoryCoordinator, pilot: &mut Pilot, plan: Plan) -> After {
         let Plan::Record { sync, after } = plan else { panic!("a record write: {plan:?}") };
         assert!(witness.record_sync(pilot.leader(), &sync).unwrap());
-        pilot.recorded_sync(sync);
+        pilot.recorded_sync(sync, after);
         after
     }
 
@@ -698,6 +753,58 @@ mod tests {
         assert_eq!(b.state(), "leader");
         let plan = a.on_view(1_100, &in_sync, &witness.read().unwrap());
         assert!(matches!(plan, Plan::Rejoin(_)), "{plan:?}");
+    }
+
+    #[test]
+    fn a_new_leader_leaves_the_old_nodes_eligible_until_it_takes_office() {
+        // Goal: the campaign raises the record's epoch and keeps naming a and b, so if b dies
+        // before it acknowledged anything (its promotion failed on its disk, it lost power),
+        // a, which holds everything acknowledged, may lead again. b takes office first thing,
+        // with a record naming it alone; from then on a may not, and b's mode waits for it.
+        let mut witness = MemoryCoordinator::new("c");
+        let (a, mut b, lease_b, _) = recorded_pair(&mut witness);
+        witness.now_ms = 900;
+        witness.keep_alive(lease_b).unwrap();
+        witness.now_ms = 1_000;
+        witness.keep_alive(lease_b).unwrap();
+        let follower = candidate(50);
+        let Plan::Campaign { leader, sync_revision, sync } =
+            b.on_view(1_000, &follower, &witness.read().unwrap())
+        else {
+            panic!("the recorded standby campaigns once the lease expired")
+        };
+        assert!(sync.epoch == leader.epoch && leader.epoch > a.leader().epoch);
+        assert_eq!((sync.primary.as_str(), sync.standby.as_deref()), ("a", Some("b")));
+        assert!(witness.campaign(&leader, lease_b, sync_revision, &sync).unwrap());
+        b.became_primary((leader.clone(), sync), 1_000);
+        assert!(!b.in_office());
+        let alone = facts(true, PolicyState::Alone, Gate::Held, (50, 50));
+        let waits = b.mode_request(AckMode::Async, &alone);
+        assert!(matches!(&waits, Plan::Wait(why) if why.contains("taking office")), "{waits:?}");
+        let office = b.office_record(&alone).expect("a leader out of office has a record to write");
+        let plan = b.on_view(5_010, &alone, &witness.read().unwrap());
+        assert_eq!(plan, Plan::Record { sync: office, after: After::TakeOffice });
+
+        // b dies here: its key goes with its lease, and a, a candidate again, may lead.
+        let mut before = witness.read().unwrap();
+        before.leader = None;
+        let plan = start(&me("a"), &before, &candidate(50));
+        let Plan::Campaign { leader: next, sync, .. } = plan else { panic!("{plan:?}") };
+        assert!(next.epoch > leader.epoch, "above the epoch b took");
+        assert!(sync.eligible("a") && sync.eligible("b"));
+
+        // b takes office instead: a may no longer lead, and b's plans are a primary's.
+        let plan = b.on_view(5_020, &alone, &witness.read().unwrap());
+        assert_eq!(carry_record(&mut witness, &mut b, plan), After::TakeOffice);
+        assert!(b.in_office());
+        let recorded = witness.read().unwrap().sync.unwrap();
+        assert_eq!((recorded.primary.as_str(), recorded.standby), ("b", None));
+        let mut after = witness.read().unwrap();
+        after.leader = None;
+        let plan = start(&me("a"), &after, &candidate(50));
+        assert!(matches!(&plan, Plan::Wait(why) if why.contains("does not let a")), "{plan:?}");
+        let alone = Facts { gate: Gate::Local, ..alone };
+        assert_eq!(b.on_view(5_030, &alone, &witness.read().unwrap()), Plan::Nothing);
     }
 
     #[test]

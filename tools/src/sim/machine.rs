@@ -353,6 +353,9 @@ pub struct Machine {
     fetch_at_start: bool,
     /// What its snapshot writers and snapshot fetches did over the run.
     pub snapshot_counts: SnapshotCounts,
+    /// Times it took the leader key as a standby and its promotion failed, so it gave the key
+    /// up without taking office.
+    pub promotions_failed: u64,
     /// A crash to arm when the next snapshot is written: at its `after`-th sync point from
     /// there, a power loss or a kill.
     pub halt_at_next_snapshot: Option<(u64, bool)>,
@@ -380,6 +383,7 @@ impl Machine {
             halt_power_loss: None,
             fetch_at_start: false,
             snapshot_counts: SnapshotCounts::default(),
+            promotions_failed: 0,
             halt_at_next_snapshot: None,
             prng,
         }
@@ -1080,6 +1084,8 @@ impl Machine {
         }
         let rejoin = running.rejoin.lock().expect("never poisoned").take();
         if let Some(reason) = rejoin {
+            // The driver's words when the key was taken and the promotion failed.
+            self.promotions_failed += u64::from(reason.starts_with("promotion into epoch"));
             trace.event(now_ms, &format!("{name}: restarts as a candidate: {reason}"));
             self.crash(false, now_ms + 1, net);
         }

@@ -196,7 +196,10 @@ fn print_text(reports: &[Report], summary: bool) {
     let refusals: Vec<String> =
         totals.refusals.iter().map(|(name, count)| format!("{count} {name}")).collect();
     println!("refused or unanswered {}", refusals.join(", "));
-    println!("failovers            {}", totals.failovers);
+    println!(
+        "failovers            {}; {} promotions failed after the leader key was taken",
+        totals.failovers, totals.promotions_failed
+    );
     let snap = totals.snapshots;
     println!(
         "snapshots            {} written, {} failed, {} segments retired, {} fetched from a \
@@ -267,6 +270,7 @@ struct Totals {
     refusals: std::collections::BTreeMap<String, u64>,
     struck_at: std::collections::BTreeMap<String, u64>,
     failovers: u64,
+    promotions_failed: u64,
     snapshots: machine::SnapshotCounts,
     faults: world::FaultCounts,
     network: net::NetCounts,
@@ -291,6 +295,7 @@ impl Totals {
                 *totals.struck_at.entry(what.clone()).or_default() += count;
             }
             totals.failovers += report.failovers;
+            totals.promotions_failed += report.promotions_failed;
             let (t, r) = (&mut totals.snapshots, &report.snapshots);
             t.written += r.written;
             t.failed += r.failed;
@@ -562,6 +567,20 @@ mod tests {
         let unsynced = RunLength { unsynced: true, ..RunLength::default() };
         regressions_pass(&[1537, 1539], unsynced, "no journal healed", |r: &Report| {
             r.faults.heals >= 1 && r.faults.power_losses == 1 && r.faults.promotions_ahead >= 1
+        });
+    }
+
+    #[test]
+    fn a_leader_that_never_took_office_leaves_the_old_primary_eligible() {
+        // Goal: under durability `none`, the standby takes the leader key, its promotion fails
+        // on its disk, and later it loses power: it may lack what it acknowledged as a
+        // standby. Its campaign left the witness's record naming the old primary, which holds
+        // everything the pair acknowledged, so the old primary leads again and the pair ends
+        // serving with nothing lost. Before a campaign kept the record's names until the new
+        // leader took office, both seeds ended with no primary.
+        let unsynced = RunLength { unsynced: true, ..RunLength::default() };
+        regressions_pass(&[327, 30555], unsynced, "no failed promotion", |r: &Report| {
+            r.promotions_failed >= 1 && r.faults.power_losses == 1
         });
     }
 

@@ -138,6 +138,8 @@ pub struct Report {
     pub struck_at: std::collections::BTreeMap<String, u64>,
     /// Promotions seen (a node starting as, or becoming, primary in a new epoch).
     pub failovers: u64,
+    /// Standbys that took the leader key and failed to take office (their promotion failed).
+    pub promotions_failed: u64,
     /// What the snapshot writers and snapshot transfers did, both machines together.
     pub snapshots: SnapshotCounts,
     /// The first checker that failed, if any.
@@ -235,6 +237,7 @@ impl Report {
             refusals: Default::default(),
             struck_at: Default::default(),
             failovers: 0,
+            promotions_failed: 0,
             snapshots: SnapshotCounts::default(),
             failure: Some(format!("panicked: {message}")),
             last_events: Vec::new(),
@@ -393,6 +396,7 @@ impl World {
                 counts
             }),
             failovers: self.failovers,
+            promotions_failed: self.machines.iter().map(|m| m.promotions_failed).sum(),
             snapshots: self.machines.iter().fold(SnapshotCounts::default(), |sum, m| {
                 let c = m.snapshot_counts;
                 SnapshotCounts {
