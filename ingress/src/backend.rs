@@ -155,7 +155,7 @@ pub struct ReplicationStatus {
 pub struct CoordinationStatus {
     /// This node's name.
     pub node: String,
-    /// `leader`, `standby`, `handing_over` or `candidate`.
+    /// `leader`, `taking_office`, `standby`, `handing_over` or `candidate`.
     pub state: String,
     /// The node holding the leader key, and its epoch.
     pub leader: Option<String>,

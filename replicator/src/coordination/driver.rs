@@ -30,7 +30,8 @@ const TICK_MAX: Duration = Duration::from_millis(100);
 pub struct CoordinationFigures {
     /// This node's name.
     pub node: String,
-    /// `leader`, `standby`, `handing_over` or `candidate`.
+    /// `leader`, `taking_office` (holds the key, writes held until the witness records it as
+    /// primary), `standby`, `handing_over` or `candidate`.
     pub state: String,
     /// The leader this node knows, and its epoch.
     pub leader: Option<(String, u64)>,
@@ -688,13 +689,17 @@ impl Driver {
     fn role_figures(&self) {
         let mut figures = self.figures.lock().expect("never poisoned");
         figures.node.clone_from(&self.config.node);
-        figures.state = self.pilot.state().into();
+        let taking_office = self.pilot.state() == "leader" && !self.pilot.in_office();
+        figures.state = if taking_office { "taking_office" } else { self.pilot.state() }.into();
         let leader = self.pilot.leader();
         figures.leader = Some((leader.node.clone(), leader.epoch));
         let now = self.control.now_ms();
         figures.lease_remaining_ms = self.pilot.deadline_ms().map(|d| d.saturating_sub(now));
         if let Some(record) = self.pilot.recorded() {
-            figures.in_sync_standby.clone_from(&record.standby);
+            // Taking office, the record still names the nodes eligible before: no standby
+            // of this leader yet.
+            let standby = if taking_office { None } else { record.standby.clone() };
+            figures.in_sync_standby = standby;
             figures.recorded_mode = Some(record.mode.clone());
         }
     }
