@@ -80,7 +80,9 @@ pub struct SyncRecord {
     pub version: u32,
     /// The highest epoch any leader took; the next leader's is above it.
     pub epoch: u64,
-    /// The primary that wrote it, which holds every acknowledged write.
+    /// A primary that holds every acknowledged write: the one in office that wrote it, or,
+    /// while the leader that took the key with this record has not taken office, the one the
+    /// record named before (the campaign raises only the epoch).
     pub primary: String,
     /// The standby that holds every acknowledged write too, if any (`None`: the primary is
     /// alone, and only it may take the key).
