@@ -350,7 +350,7 @@ impl Driver {
         }
         // A leader acknowledges nothing until the record names it (the driver's first round
         // writes it): held before any write reaches the node.
-        control.set_taking_office(pilot.office_record(&control.facts()).is_some());
+        control.set_taking_office(pilot.taking_office());
         control.witness_recorded(false);
         let figures = Arc::new(Mutex::new(CoordinationFigures::default()));
         let mut driver = Driver {
@@ -646,7 +646,7 @@ impl Driver {
             return;
         }
         // A leader still taking office leaves the record naming the nodes it named before.
-        if self.pilot.in_office() {
+        if !self.pilot.taking_office() {
             self.name_standby_before_leaving();
         }
         if self.coordinator.resign(self.pilot.leader()) == Ok(true) {
@@ -689,7 +689,7 @@ impl Driver {
     fn role_figures(&self) {
         let mut figures = self.figures.lock().expect("never poisoned");
         figures.node.clone_from(&self.config.node);
-        let taking_office = self.pilot.state() == "leader" && !self.pilot.in_office();
+        let taking_office = self.pilot.taking_office();
         figures.state = if taking_office { "taking_office" } else { self.pilot.state() }.into();
         let leader = self.pilot.leader();
         figures.leader = Some((leader.node.clone(), leader.epoch));

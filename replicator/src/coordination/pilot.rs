@@ -250,10 +250,11 @@ impl Pilot {
         }
     }
 
-    /// Whether this node leads and the record names it as primary: it may acknowledge.
+    /// Whether this node holds the key and the record does not name it as primary yet: its
+    /// writes are held.
     #[must_use]
-    pub fn in_office(&self) -> bool {
-        matches!(self.phase, Phase::Primary { in_office: true, .. } | Phase::Handover { .. })
+    pub fn taking_office(&self) -> bool {
+        matches!(self.phase, Phase::Primary { in_office: false, .. })
     }
 
     /// The record a leader not yet in office writes to take office: itself as primary, no
@@ -674,7 +675,7 @@ mod tests {
         let alone = facts(true, PolicyState::Alone, Gate::Held, (0, 0));
         let plan = a.on_view(0, &alone, &witness.read().unwrap());
         assert_eq!(carry_record(witness, &mut a, plan), After::TakeOffice);
-        assert!(a.in_office());
+        assert!(!a.taking_office());
         let b = Pilot::standby(me("b"), timing(), followed);
         (a, b, lease_a, lease_b)
     }
@@ -777,7 +778,7 @@ mod tests {
         assert_eq!((sync.primary.as_str(), sync.standby.as_deref()), ("a", Some("b")));
         assert!(witness.campaign(&leader, lease_b, sync_revision, &sync).unwrap());
         b.became_primary((leader.clone(), sync), 1_000);
-        assert!(!b.in_office());
+        assert!(b.taking_office());
         let alone = facts(true, PolicyState::Alone, Gate::Held, (50, 50));
         let waits = b.mode_request(AckMode::Async, &alone);
         assert!(matches!(&waits, Plan::Wait(why) if why.contains("taking office")), "{waits:?}");
@@ -796,7 +797,7 @@ mod tests {
         // b takes office instead: a may no longer lead, and b's plans are a primary's.
         let plan = b.on_view(5_020, &alone, &witness.read().unwrap());
         assert_eq!(carry_record(&mut witness, &mut b, plan), After::TakeOffice);
-        assert!(b.in_office());
+        assert!(!b.taking_office());
         let recorded = witness.read().unwrap().sync.unwrap();
         assert_eq!((recorded.primary.as_str(), recorded.standby), ("b", None));
         let mut after = witness.read().unwrap();
