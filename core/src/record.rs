@@ -159,6 +159,7 @@ pub fn read_header(bytes: &[u8]) -> RecordHeader {
 
 /// Checks the record at the start of `bytes`: length in range, CRC and zero padding. Returns
 /// its header and total length. Does not decode the payload.
+#[inline]
 pub fn check(bytes: &[u8]) -> Result<(RecordHeader, usize), RecordError> {
     if bytes.len() < RECORD_HEADER_LEN {
         return Err(RecordError::Short { have: bytes.len(), need: RECORD_HEADER_LEN });
@@ -174,7 +175,10 @@ pub fn check(bytes: &[u8]) -> Result<(RecordHeader, usize), RecordError> {
     if crc32c::crc32c(&bytes[LEN_OFFSET..len]) != header.crc {
         return Err(RecordError::Checksum);
     }
-    if bytes[RECORD_HEADER_LEN + header.payload_len..len].iter().any(|&b| b != 0) {
+    // The padding is the end of the record's last 16-byte unit: one load, not a byte loop.
+    let padding = len - RECORD_HEADER_LEN - header.payload_len;
+    let last_unit = u128::from_le_bytes(bytes[len - RECORD_ALIGN..len].try_into().expect("16"));
+    if padding > 0 && last_unit >> (8 * (RECORD_ALIGN - padding)) != 0 {
         return Err(RecordError::Padding);
     }
     Ok((header, len))
@@ -273,6 +277,42 @@ mod tests {
                 ),
                 "cut at {len} accepted"
             );
+        }
+    }
+
+    /// A record framed around `payload` (any bytes: `check` does not decode it), its CRC good.
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0; record_len(payload.len())];
+        put_u32(&mut bytes, LEN_OFFSET, payload.len() as u32);
+        put_u64(&mut bytes, SEQUENCE_OFFSET, 5);
+        bytes[RECORD_HEADER_LEN..][..payload.len()].copy_from_slice(payload);
+        let crc = crc32c::crc32c(&bytes[LEN_OFFSET..]);
+        put_u32(&mut bytes, CRC_OFFSET, crc);
+        bytes
+    }
+
+    #[test]
+    fn every_padding_byte_is_checked_and_no_payload_byte_is_taken_for_padding() {
+        // Goal: the padding check reads the record's last 16-byte unit at once; for every
+        // payload length modulo 16, a nonzero byte at any padding position is refused, and a
+        // payload whose every byte is nonzero (up to the padding) is not.
+        for payload_len in 1..=3 * RECORD_ALIGN {
+            let bytes = framed(&vec![0xA5; payload_len]);
+            assert_eq!(
+                check(&bytes).map(|(h, len)| (h.payload_len, len)),
+                Ok((payload_len, bytes.len()))
+            );
+            for at in RECORD_HEADER_LEN + payload_len..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[at] = 0x80;
+                let crc = crc32c::crc32c(&bad[LEN_OFFSET..]);
+                put_u32(&mut bad, CRC_OFFSET, crc);
+                assert_eq!(
+                    check(&bad),
+                    Err(RecordError::Padding),
+                    "payload {payload_len}, byte {at}"
+                );
+            }
         }
     }
 

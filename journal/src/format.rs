@@ -335,6 +335,7 @@ pub fn is_end_marker(bytes: &[u8]) -> bool {
 /// Returns its header and total length, or `None` if it is not an intact record. The payload
 /// is decoded separately ([`ringfence_core::record::decode`]).
 #[must_use]
+#[inline]
 pub fn check_record(bytes: &[u8]) -> Option<(RecordHeader, usize)> {
     let (header, len) = ringfence_core::record::check(bytes).ok()?;
     // The payload length the format documents: 1..=RECORD_PAYLOAD_MAX.

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::ops::{ControlFlow, Deref};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use memmap2::Mmap;
 use ringfence_core::{Command, Epoch, Sequence, Timestamp};
@@ -25,7 +26,7 @@ use crate::storage::{Segment, Storage};
 /// snapshots through it.
 pub trait ReadSource {
     /// A segment's bytes.
-    type Bytes: Deref<Target = [u8]>;
+    type Bytes: Deref<Target = [u8]> + Send;
     /// Names of every file in the directory.
     fn list_files(&self) -> io::Result<Vec<String>>;
     /// Names of the files that end in `.seg`.
@@ -368,20 +369,53 @@ pub fn scan<S: ReadSource>(source: &mut S) -> Result<Layout, JournalError> {
 }
 
 /// Checks the structure of the segments `names` (sorted by first sequence), as [`scan`] does.
+/// A journal of large segments is scanned on two threads ([`scan_ahead`]); the layout is the
+/// one a scan of each segment in turn finds.
 pub fn scan_segments<S: ReadSource>(
     source: &mut S,
     names: &[(Sequence, String)],
 ) -> Result<Layout, JournalError> {
+    let large = |(_, name): &(Sequence, String)| {
+        source.file_len(name).is_ok_and(|len| len >= SCAN_AHEAD_SEGMENT_MIN)
+    };
+    let mut ahead =
+        if names.len() >= 2 && large(&names[0]) { scan_ahead(source, names) } else { Vec::new() };
+    join_segments(source, names, &mut ahead)
+}
+
+/// Segments this long or longer are worth a second thread; a smaller one scans in well under
+/// a millisecond. (`serve` writes 64 MiB segments; tests and the simulator small ones.)
+const SCAN_AHEAD_SEGMENT_MIN: u64 = 1 << 20;
+
+/// Segment by segment, in order, checks that each follows on from the one before and stops at
+/// the first problem: with the scan found `ahead` where its guess holds ([`Guess::holds`]),
+/// otherwise scanning the segment now.
+fn join_segments<S: ReadSource>(
+    source: &mut S,
+    names: &[(Sequence, String)],
+    ahead: &mut [Option<io::Result<Guess>>],
+) -> Result<Layout, JournalError> {
     debug_assert!(names.windows(2).all(|pair| pair[0].0 < pair[1].0), "segments out of order");
+    assert!(ahead.is_empty() || ahead.len() == names.len(), "a guess for another journal");
     let mut layout = Layout { location: source.location(), segments: Vec::new(), problem: None };
     let mut expected: Option<Sequence> = None;
     let mut epoch = Epoch(0);
     for (index, (first, name)) in names.iter().enumerate() {
         let is_last = index + 1 == names.len();
-        let bytes = source
-            .read_segment(name)
+        let read = match ahead.get_mut(index).and_then(Option::take) {
+            Some(Ok(guess)) if guess.holds(expected, epoch) => {
+                // Only a scan that found the segment's header holds: this segment's.
+                let named = matches!(&guess.scan, Ok((segment, _)) if segment.name == *name);
+                assert!(named, "a guess taken for another segment");
+                Ok(guess.scan)
+            }
+            Some(Err(error)) => Err(error),
+            _ => source
+                .read_segment(name)
+                .map(|bytes| scan_segment(name, *first, &bytes, expected, epoch, is_last)),
+        };
+        let scanned = read
             .map_err(|e| JournalError::io(format!("reading {}", source.describe_file(name)), e))?;
-        let scanned = scan_segment(name, *first, &bytes, expected, epoch, is_last);
         match scanned {
             Ok((segment, problem)) => {
                 // `check_header` refused a segment that does not follow on, and the record
@@ -413,6 +447,115 @@ pub fn scan_segments<S: ReadSource>(
 }
 
 type SegmentScan = Result<(SegmentLayout, Option<Problem>), Problem>;
+
+/// A segment scanned as if it followed on from whatever came before it: expecting no first
+/// sequence in particular, and any epoch.
+struct Guess {
+    scan: SegmentScan,
+    /// The epoch of its first intact record.
+    first_epoch: Option<Epoch>,
+}
+
+impl Guess {
+    fn of(name: &str, first: Sequence, bytes: &[u8], is_last: bool) -> Guess {
+        let scan = scan_segment(name, first, bytes, None, Epoch(0), is_last);
+        let first_epoch = match &scan {
+            Ok((segment, _)) if segment.records > 0 => {
+                Some(format::read_record_header(&bytes[SEGMENT_HEADER_LEN..]).epoch)
+            }
+            _ => None,
+        };
+        if let Ok((segment, _)) = &scan {
+            // What `holds` compares with: the segment's own header, its epochs in order.
+            assert_eq!(segment.header.first_sequence, first, "a guess for another segment");
+            assert!(first_epoch <= segment.last_epoch, "a segment's epochs went back");
+        }
+        Guess { scan, first_epoch }
+    }
+
+    /// Whether scanning the segment expecting the first sequence `expected` and records of
+    /// `epoch` or later finds what the guess found. Those two are all a segment's scan takes
+    /// from the ones before it: `expected` only decides a gap between segments, which the guess
+    /// would show as a header whose first sequence is another; and an epoch is checked only
+    /// against the record before, so where the first intact record's epoch is `epoch` or later,
+    /// every record meets the same checks both ways. A record that fails a check before its
+    /// epoch's is not intact either way. A header problem names the sequence `expected`, so it
+    /// is scanned again.
+    fn holds(&self, expected: Option<Sequence>, epoch: Epoch) -> bool {
+        match &self.scan {
+            Ok((segment, _)) => {
+                expected.is_none_or(|expected| expected == segment.header.first_sequence)
+                    && self.first_epoch.is_none_or(|first| first >= epoch)
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Scans the segments `names` on two threads: this one reads every segment (a source is read
+/// from one thread) and scans every other one; a helper scans the rest. Each is scanned as a
+/// [`Guess`], for [`join_segments`] to take where it holds. Reading stops at the first segment
+/// that cannot be read or whose guess found a problem: a scan in turn goes no further.
+fn scan_ahead<S: ReadSource>(
+    source: &mut S,
+    names: &[(Sequence, String)],
+) -> Vec<Option<io::Result<Guess>>> {
+    let count = names.len();
+    let mut ahead: Vec<Option<io::Result<Guess>>> = (0..count).map(|_| None).collect();
+    let damaged = |guess: &Guess| !matches!(guess.scan, Ok((_, None)));
+    // One segment waits for the helper at most, so that no more than three are mapped at once.
+    let (to_helper, jobs) = mpsc::sync_channel::<(usize, S::Bytes)>(1);
+    let (done, scanned) = mpsc::channel::<(usize, Guess)>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for (index, bytes) in jobs {
+                let (first, name) = &names[index];
+                let guess = Guess::of(name, *first, &bytes, index + 1 == count);
+                // Dropped here, off the reading thread: unmapping a segment takes time too.
+                drop(bytes);
+                if done.send((index, guess)).is_err() {
+                    break;
+                }
+            }
+        });
+        for (index, (first, name)) in names.iter().enumerate() {
+            let found_damage = scanned.try_iter().fold(false, |found, (at, guess)| {
+                let damaged = damaged(&guess);
+                ahead[at] = Some(Ok(guess));
+                found || damaged
+            });
+            if found_damage {
+                break;
+            }
+            let bytes = match source.read_segment(name) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    ahead[index] = Some(Err(error));
+                    break;
+                }
+            };
+            // The helper's first, so that the two scan side by side from the start.
+            if index % 2 == 0 {
+                to_helper.send((index, bytes)).expect("the helper scans until told to stop");
+                continue;
+            }
+            let guess = Guess::of(name, *first, &bytes, index + 1 == count);
+            let damaged = damaged(&guess);
+            ahead[index] = Some(Ok(guess));
+            if damaged {
+                break;
+            }
+        }
+        drop(to_helper);
+    });
+    for (at, guess) in scanned.try_iter() {
+        ahead[at] = Some(Ok(guess));
+    }
+    // Every segment read was scanned, and reading went in order: the guesses are a prefix.
+    let known = ahead.iter().take_while(|guess| guess.is_some()).count();
+    assert!(ahead[known..].iter().all(Option::is_none), "a segment skipped while scanning ahead");
+    ahead
+}
 
 fn scan_segment(
     name: &str,
@@ -796,4 +939,135 @@ pub(crate) fn read_head(path: &Path, len: usize) -> io::Result<Vec<u8>> {
     File::open(path)?.take(len as u64).read_to_end(&mut bytes)?;
     assert!(bytes.len() <= len, "a head longer than asked for: {}", path.display());
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use ringfence_core::record::RecordBuf;
+    use ringfence_core::{EngineConfig, Sequenced};
+
+    use super::*;
+    use crate::epoch::Epochs;
+    use crate::fault::FaultStorage;
+    use crate::recovery::recover_from;
+    use crate::writer::{Durability, WriterOptions};
+
+    const TICKS: u64 = 8_000;
+    /// Ticks up to this one are written in epoch 1, the rest in epoch 2.
+    const LAST_OF_EPOCH_1: u64 = 100;
+
+    fn tick(sequence: u64) -> Sequenced {
+        Sequenced {
+            sequence: Sequence(sequence),
+            timestamp: Timestamp(sequence),
+            command: Command::Tick,
+        }
+    }
+
+    /// A journal of small segments, the first records in epoch 1 and the rest in epoch 2.
+    fn journal() -> FaultStorage {
+        let disk = FaultStorage::new();
+        let options = WriterOptions {
+            segment_len: 64 * 1024,
+            durability: Durability::None,
+            engine_config: EngineConfig::small(),
+        };
+        let mut writer = recover_from(disk.clone(), options).unwrap().writer;
+        for sequence in 1..=TICKS {
+            let epoch = Epoch(if sequence <= LAST_OF_EPOCH_1 { 1 } else { 2 });
+            if epoch > writer.data_dir().current_epoch() {
+                writer.data_dir().store_epochs(Epochs { current: epoch, promised: epoch }).unwrap();
+            }
+            writer.append_command(epoch, &tick(sequence)).unwrap();
+        }
+        writer.sync_now().unwrap();
+        assert_eq!(writer.last_appended(), Sequence(TICKS), "every tick written");
+        disk
+    }
+
+    /// Writes `bytes` over the segment `name` at `offset`.
+    fn overwrite(disk: &FaultStorage, name: &str, offset: usize, bytes: &[u8]) {
+        let mut segment = disk.open_segment(name).unwrap();
+        // Within the segment's records, never over its header or past its end.
+        assert!(offset >= SEGMENT_HEADER_LEN && offset + bytes.len() <= segment.bytes().len());
+        segment.bytes_mut()[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// The layout scanned in turn, and as scanned ahead on two threads then joined.
+    fn both_ways(disk: &mut FaultStorage) -> (Layout, Layout) {
+        let names = sorted_segments(disk).unwrap();
+        let in_turn = join_segments(disk, &names, &mut []).unwrap();
+        let mut ahead = scan_ahead(disk, &names);
+        assert_eq!(ahead.len(), names.len());
+        (in_turn, join_segments(disk, &names, &mut ahead).unwrap())
+    }
+
+    #[test]
+    fn scanning_ahead_finds_the_layout_a_scan_in_turn_finds() {
+        // Goal: segments scanned on two threads, each as if it followed on, are joined into
+        // exactly the layout of a scan in turn — above all where a segment does not follow on
+        // from the one before (a gap between segments, an epoch that went back across a
+        // boundary), which only the join can see.
+        let names = sorted_segments(&journal()).unwrap();
+        assert!(names.len() >= 5, "{} segments", names.len());
+        let (second, third) = (&names[1], &names[2]);
+        // The first record of the third segment, framed in epoch 1 after records of epoch 2.
+        let epoch_back = RecordBuf::default().encode(Epoch(1), &tick(third.0.0)).to_vec();
+        // The first record of the second segment, with the sequence of the one after it.
+        let misnumbered = RecordBuf::default().encode(Epoch(2), &tick(second.0.0 + 1)).to_vec();
+        type Damaging<'a> = Box<dyn Fn(&FaultStorage) + 'a>;
+        let cases: Vec<(&str, Damaging<'_>, Option<Damage>)> = vec![
+            ("intact", Box::new(|_| {}), None),
+            (
+                "a middle segment gone",
+                Box::new(|disk| disk.delete(&third.1)),
+                Some(Damage::SegmentGap { found: names[3].0 }),
+            ),
+            (
+                "an epoch back across a boundary",
+                Box::new(|disk| overwrite(disk, &third.1, SEGMENT_HEADER_LEN, &epoch_back)),
+                Some(Damage::EpochWentBack),
+            ),
+            (
+                "a gap at a segment's first record",
+                Box::new(|disk| overwrite(disk, &second.1, SEGMENT_HEADER_LEN, &misnumbered)),
+                Some(Damage::Gap { found: second.0.next() }),
+            ),
+            ("a damaged segment header", Box::new(|disk| disk.corrupt(&second.1, 12, 0x10)), None),
+            (
+                "a segment gone, the next one's header damaged",
+                Box::new(|disk| {
+                    disk.delete(&third.1);
+                    disk.corrupt(&names[3].1, 12, 0x10);
+                }),
+                None,
+            ),
+            (
+                "a flipped bit mid-segment",
+                Box::new(|disk| disk.corrupt(&third.1, SEGMENT_HEADER_LEN + 4_800 + 40, 0x04)),
+                None,
+            ),
+            (
+                "a torn tail",
+                Box::new(|disk| {
+                    let last = &names[names.len() - 1].1;
+                    let end = disk.live_bytes(last).unwrap().iter().rposition(|&b| b != 0);
+                    let unit = end.unwrap() / RECORD_ALIGN * RECORD_ALIGN;
+                    overwrite(disk, last, unit, &[0; RECORD_ALIGN]);
+                }),
+                None,
+            ),
+        ];
+        for (case, damage, expected) in &cases {
+            let mut disk = journal();
+            damage(&disk);
+            let (layout, joined) = both_ways(&mut disk);
+            assert_eq!(format!("{joined:?}"), format!("{layout:?}"), "{case}");
+            let found = layout.problem.as_ref().map(|problem| problem.damage);
+            assert_eq!(found.is_some(), *case != "intact", "{case}: {found:?}");
+            if expected.is_some() {
+                assert_eq!(found, *expected, "{case}");
+            }
+        }
+    }
 }
