@@ -507,17 +507,22 @@ fn scan_ahead<S: ReadSource>(
     let (to_helper, jobs) = mpsc::sync_channel::<(usize, S::Bytes)>(1);
     let (done, scanned) = mpsc::channel::<(usize, Guess)>();
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            for (index, bytes) in jobs {
-                let (first, name) = &names[index];
-                let guess = Guess::of(name, *first, &bytes, index + 1 == count);
-                // Dropped here, off the reading thread: unmapping a segment takes time too.
-                drop(bytes);
-                if done.send((index, guess)).is_err() {
-                    break;
+        let helper =
+            std::thread::Builder::new().name("rf-scan".into()).spawn_scoped(scope, move || {
+                for (index, bytes) in jobs {
+                    let (first, name) = &names[index];
+                    let guess = Guess::of(name, *first, &bytes, index + 1 == count);
+                    // Dropped here, off the reading thread: unmapping a segment takes time too.
+                    drop(bytes);
+                    if done.send((index, guess)).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        // Without a helper (no thread to be had), no guesses: the join scans in turn.
+        if helper.is_err() {
+            return;
+        }
         for (index, (first, name)) in names.iter().enumerate() {
             let found_damage = scanned.try_iter().fold(false, |found, (at, guess)| {
                 let damaged = damaged(&guess);
