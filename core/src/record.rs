@@ -177,7 +177,8 @@ pub fn check(bytes: &[u8]) -> Result<(RecordHeader, usize), RecordError> {
     }
     // The padding is the end of the record's last 16-byte unit: one load, not a byte loop.
     let padding = len - RECORD_HEADER_LEN - header.payload_len;
-    let last_unit = u128::from_le_bytes(bytes[len - RECORD_ALIGN..len].try_into().expect("16"));
+    let last_unit =
+        u128::from_le_bytes(bytes[len - RECORD_ALIGN..len].try_into().expect("a 16-byte unit"));
     if padding > 0 && last_unit >> (8 * (RECORD_ALIGN - padding)) != 0 {
         return Err(RecordError::Padding);
     }
