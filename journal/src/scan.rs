@@ -971,14 +971,20 @@ mod tests {
 
     /// A journal of small segments, the first records in epoch 1 and the rest in epoch 2.
     fn journal() -> FaultStorage {
+        journal_of(64 * 1024, TICKS)
+    }
+
+    /// A journal of `ticks` ticks in segments of `segment_len` bytes, the first records in
+    /// epoch 1 and the rest in epoch 2.
+    fn journal_of(segment_len: u64, ticks: u64) -> FaultStorage {
         let disk = FaultStorage::new();
         let options = WriterOptions {
-            segment_len: 64 * 1024,
+            segment_len,
             durability: Durability::None,
             engine_config: EngineConfig::small(),
         };
         let mut writer = recover_from(disk.clone(), options).unwrap().writer;
-        for sequence in 1..=TICKS {
+        for sequence in 1..=ticks {
             let epoch = Epoch(if sequence <= LAST_OF_EPOCH_1 { 1 } else { 2 });
             if epoch > writer.data_dir().current_epoch() {
                 writer.data_dir().store_epochs(Epochs { current: epoch, promised: epoch }).unwrap();
@@ -986,7 +992,7 @@ mod tests {
             writer.append_command(epoch, &tick(sequence)).unwrap();
         }
         writer.sync_now().unwrap();
-        assert_eq!(writer.last_appended(), Sequence(TICKS), "every tick written");
+        assert_eq!(writer.last_appended(), Sequence(ticks), "every tick written");
         disk
     }
 
@@ -1073,6 +1079,31 @@ mod tests {
             if expected.is_some() {
                 assert_eq!(found, *expected, "{case}");
             }
+        }
+    }
+
+    #[test]
+    fn a_journal_of_large_segments_is_scanned_ahead_and_joined_as_in_turn() {
+        // Goal: `scan_segments` takes the two-thread path for segments of 1 MiB, and what it
+        // returns is the layout of a scan in turn, intact and with an epoch that went back at
+        // the start of the third segment.
+        let mut disk = journal_of(SCAN_AHEAD_SEGMENT_MIN, 60_000);
+        let names = sorted_segments(&disk).unwrap();
+        assert!(names.len() >= 3, "{} segments", names.len());
+        assert!(ReadSource::file_len(&disk, &names[0].1).unwrap() >= SCAN_AHEAD_SEGMENT_MIN);
+        let ahead = scan_ahead(&mut disk, &names);
+        assert!(ahead.iter().all(|guess| matches!(guess, Some(Ok(_)))), "every segment guessed");
+        for damaged in [false, true] {
+            if damaged {
+                let third = &names[2];
+                let record = RecordBuf::default().encode(Epoch(1), &tick(third.0.0)).to_vec();
+                overwrite(&disk, &third.1, SEGMENT_HEADER_LEN, &record);
+            }
+            let in_turn = join_segments(&mut disk, &names, &mut []).unwrap();
+            let scanned = scan_segments(&mut disk, &names).unwrap();
+            assert_eq!(format!("{scanned:?}"), format!("{in_turn:?}"), "damaged: {damaged}");
+            let found = scanned.problem.map(|problem| (problem.damage, problem.sequence));
+            assert_eq!(found, damaged.then_some((Damage::EpochWentBack, names[2].0)));
         }
     }
 }
