@@ -756,8 +756,10 @@ fn recover_logged(
     storage: &FileStorage,
     options: WriterOptions,
 ) -> Result<Recovered<FileStorage>, String> {
+    let started = std::time::Instant::now();
     let recovered = recover_from(storage.clone(), options).map_err(|e| format!("recovery: {e}"))?;
-    log(format_args!("recovered: {}", recovered.report));
+    let took = started.elapsed().as_secs_f64();
+    log(format_args!("recovered in {took:.2} s: {}", recovered.report));
     if let Some(torn) = &recovered.report.torn_tail {
         // The node had not stopped cleanly (recovery refuses a torn tail after a clean stop),
         // so this is a write a crash cut off, never acknowledged. Recovery refuses one flipped
