@@ -388,8 +388,8 @@ pub fn scan_segments<S: ReadSource>(
 const SCAN_AHEAD_SEGMENT_MIN: u64 = 1 << 20;
 
 /// Segment by segment, in order, checks that each follows on from the one before and stops at
-/// the first problem: with the scan found `ahead` where its guess holds ([`Guess::holds`]),
-/// otherwise scanning the segment now.
+/// the first problem, taking a segment's scan from `ahead` where its guess holds
+/// ([`Guess::holds`]) and scanning the segment now otherwise.
 fn join_segments<S: ReadSource>(
     source: &mut S,
     names: &[(Sequence, String)],
