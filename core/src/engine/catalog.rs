@@ -1,5 +1,6 @@
 //! SKUs and coupon batches: definitions, restocks, sale windows, coupon claims, and views.
 
+use super::remembered::Stored;
 use super::{Batch, Coupon, Engine, Sku};
 use crate::command::{CreateCouponBatch, CreateSku};
 use crate::outcome::{BatchView, CouponState, CouponView, Outcome, Rejection, SkuView};
@@ -217,6 +218,16 @@ impl Engine {
             sale_start: sku.sale_start,
             sale_end: sku.sale_end,
         }
+    }
+
+    /// The outcome a remembered request key answers with: the one its command gave, read back
+    /// from what the key keeps and the SKU or batch it names (see `remembered.rs`). `None` if
+    /// that SKU or batch is not kept, or the figures kept cannot be a view.
+    pub(super) fn remembered_outcome(&self, stored: Stored) -> Option<Outcome> {
+        stored.outcome(
+            |sku| self.sku_index.get(&sku).map(|&slot| self.sku_view(slot)),
+            |batch| self.batch_index.get(&batch).map(|&slot| self.batch_view(slot)),
+        )
     }
 
     pub(super) fn batch_view(&self, slot: u32) -> BatchView {

@@ -26,7 +26,8 @@
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use super::layout::{Claim, Holding, Scalars, ordered_hash, sum_of};
-use super::{Batch, Coupon, Deadline, Engine, KeyEntry, KeyPosition, Order, Share, Sku, sharer};
+use super::remembered::{KeyEntry, RememberedKey, Stored};
+use super::{Batch, Coupon, Deadline, Engine, KeyPosition, Order, Share, Sku, sharer};
 use crate::config::EngineConfig;
 use crate::outcome::{CouponState, OrderState};
 use crate::snowflake::Snowflake;
@@ -49,7 +50,7 @@ pub struct EngineImage {
     pub(super) batches: Vec<Batch>,
     pub(super) coupons: Vec<Coupon>,
     pub(super) claims: Vec<Claim>,
-    pub(super) keys: Vec<KeyEntry>,
+    pub(super) keys: Vec<RememberedKey>,
     pub(super) keys_head: u64,
 }
 
@@ -74,7 +75,7 @@ pub(super) struct ImageTables<'a> {
     pub batches: &'a mut Vec<Batch>,
     pub coupons: &'a mut Vec<Coupon>,
     pub claims: &'a mut Vec<Claim>,
-    pub keys: &'a mut Vec<KeyEntry>,
+    pub keys: &'a mut Vec<RememberedKey>,
     pub keys_head: &'a mut u64,
 }
 
@@ -189,8 +190,7 @@ impl Engine {
         refill_from(&mut image.coupons, &[&self.coupons]);
         let claims = self.claims.iter().map(|(&(user, batch), &count)| (user, batch, count));
         refill(&mut image.claims, self.claims.len(), claims);
-        let (front, back) = self.keys.as_slices();
-        refill_from(&mut image.keys, &[front, back]);
+        refill(&mut image.keys, self.keys.len(), self.keys.iter().map(|e| self.remembered(e)));
         // The pair of `check_image`: what the engine copies restores under its own settings.
         let config = &self.config;
         assert!(image.skus.len() <= config.skus_max as usize, "too many SKUs to restore");
@@ -203,6 +203,14 @@ impl Engine {
         assert!(image.finished.len() <= image.orders.len(), "more finished than kept orders");
         assert_eq!(image.ids.shard(), image.shard, "the id generator belongs to the shard");
         debug_assert_eq!(image.state_digest(), self.state_digest(), "the copy digests apart");
+    }
+
+    /// A remembered key with its whole outcome, as an image holds it.
+    fn remembered(&self, entry: &KeyEntry) -> RememberedKey {
+        let KeyEntry { user, key, expires_at, fingerprint, outcome } = *entry;
+        // SKUs and batches are never removed, and restored keys were checked to read back.
+        let outcome = self.remembered_outcome(outcome).expect("a remembered SKU or batch is kept");
+        RememberedKey { user, key, expires_at, fingerprint, outcome }
     }
 
     /// The engine `image` restores to under `config`, after every check [`Engine::from_image`]
@@ -256,7 +264,13 @@ impl Engine {
         engine.batches.extend_from_slice(&image.batches);
         engine.coupons.extend_from_slice(&image.coupons);
         engine.claims.extend(image.claims.iter().map(|&(u, b, n)| ((u, b), n)));
-        engine.keys.extend(image.keys.iter().copied());
+        for remembered in &image.keys {
+            let RememberedKey { user, key, expires_at, fingerprint, outcome } = *remembered;
+            let outcome = Stored::of(&outcome).ok_or(RestoreError::Inconsistent(
+                "a request key remembers an answer no keyed command gives",
+            ))?;
+            engine.keys.push_back(KeyEntry { user, key, expires_at, fingerprint, outcome });
+        }
         engine.keys_head = image.keys_head;
         engine.rebuild_indexes()?;
         if engine.holdings.len() != image.holdings.len() {
@@ -266,6 +280,7 @@ impl Engine {
             return Err(RestoreError::Inconsistent("a (user, batch) claim count appears twice"));
         }
         engine.check_cross_tables()?;
+        engine.check_remembered(&image.keys)?;
         // The pair of the digest a snapshot records: computed from the image, or from the
         // engine it restored to, it is the same.
         debug_assert_eq!(engine.state_digest(), image.state_digest(), "restore changed state");
@@ -352,8 +367,8 @@ impl Engine {
     /// O(state): for audits, snapshots and tests, not per command.
     #[must_use]
     pub fn state_digest(&self) -> u64 {
-        let (front, back) = self.keys.as_slices();
-        state_digest(&self.scalars(), self.tables_digest(), front.iter().chain(back))
+        let keys = self.keys.iter().map(|entry| self.remembered(entry));
+        state_digest(&self.scalars(), self.tables_digest(), keys)
     }
 
     /// A digest of the business tables only (SKUs, orders, coupons, batches, holdings, claims,
@@ -371,7 +386,7 @@ impl Engine {
             coupons: sum_of(self.coupons.iter().copied()),
             holdings: sum_of(holdings),
             claims: sum_of(claims),
-            finished: ordered_hash(self.finished.iter()),
+            finished: ordered_hash(self.finished.iter().copied()),
             live_deadlines: sum_of(deadlines.filter(|d| is_live(&self.orders, d))),
         }
         .digest()
@@ -395,7 +410,7 @@ impl EngineImage {
     /// alone: a snapshot can be checked against its recorded digest without restoring it.
     #[must_use]
     pub fn state_digest(&self) -> u64 {
-        state_digest(&self.scalars(), self.tables_digest(), self.keys.iter())
+        state_digest(&self.scalars(), self.tables_digest(), self.keys.iter().copied())
     }
 
     /// [`Engine::tables_digest`] of the engine this image restores to.
@@ -409,7 +424,7 @@ impl EngineImage {
             coupons: sum_of(self.coupons.iter().copied()),
             holdings: sum_of(self.holdings.iter().copied()),
             claims: sum_of(self.claims.iter().copied()),
-            finished: ordered_hash(self.finished.iter()),
+            finished: ordered_hash(self.finished.iter().copied()),
             live_deadlines: sum_of(deadlines.copied()),
         }
         .digest()
@@ -456,10 +471,10 @@ impl TableHashes {
     }
 }
 
-fn state_digest<'a>(
+fn state_digest(
     scalars: &Scalars,
     tables_digest: u64,
-    keys: impl Iterator<Item = &'a KeyEntry>,
+    keys: impl Iterator<Item = RememberedKey>,
 ) -> u64 {
     let mut hasher = Xxh3Default::new();
     hasher.update(&scalars.state_bytes());
@@ -609,6 +624,21 @@ fn spends_coupon(state: OrderState) -> bool {
 /// finished orders are lower bounds; a reserved order is never forgotten, so its totals are
 /// exact. O(state), with scratch vectors and map copies: restore is not on the hot path.
 impl Engine {
+    /// Every restored key answers a retry as the image says: an operator's answer reads back
+    /// from the SKU or batch it names the very view that the image remembers.
+    fn check_remembered(&self, image_keys: &[RememberedKey]) -> Result<(), RestoreError> {
+        assert_eq!(self.keys.len(), image_keys.len(), "keys checked before they are restored");
+        for (entry, remembered) in self.keys.iter().zip(image_keys) {
+            if self.remembered_outcome(entry.outcome) != Some(remembered.outcome) {
+                return Err(RestoreError::Inconsistent(
+                    "a request key remembers a SKU or batch answer that its SKU or batch does \
+                     not give",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_cross_tables(&self) -> Result<(), RestoreError> {
         // The checks look orders up by id: the indexes must be rebuilt first.
         assert_eq!(self.order_index.len(), self.orders.len(), "cross checks before the index");

@@ -55,7 +55,7 @@
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
-use super::{Batch, Coupon, Deadline, EngineImage, KeyEntry, Order, Sku};
+use super::{Batch, Coupon, Deadline, EngineImage, Order, RememberedKey, Sku};
 use crate::codec::{
     self, DecodeError, ENCODING_VERSION, OUTCOME_LEN_MAX, Reader, Sink, Writer, coupon_state_parts,
     order_state_byte, read_coupon_state, read_order_state,
@@ -239,10 +239,10 @@ pub(super) fn sum_of<E: Entry>(entries: impl Iterator<Item = E>) -> u64 {
 }
 
 /// XXH3-64 of the entries' bytes concatenated: for queues, whose order decides the future.
-pub(super) fn ordered_hash<'a, E: Entry + 'a>(entries: impl Iterator<Item = &'a E>) -> u64 {
+pub(super) fn ordered_hash<E: Entry>(entries: impl Iterator<Item = E>) -> u64 {
     let mut hasher = Xxh3Default::new();
     let mut bytes = [0_u8; ENTRY_LEN_MAX];
-    entries.for_each(|entry| hasher.update(entry_bytes(entry, &mut bytes)));
+    entries.for_each(|entry| hasher.update(entry_bytes(&entry, &mut bytes)));
     hasher.digest()
 }
 
@@ -370,7 +370,7 @@ impl EngineImage {
             self.batches.len() * Batch::LEN,
             self.coupons.len() * Coupon::LEN,
             self.claims.len() * Claim::LEN,
-            self.keys.len() * KeyEntry::LEN,
+            self.keys.len() * RememberedKey::LEN,
         ];
         HEADER_LEN + tables.len() * 4 + tables.iter().sum::<usize>()
     }
@@ -724,7 +724,7 @@ impl Entry for Claim {
     }
 }
 
-impl Entry for KeyEntry {
+impl Entry for RememberedKey {
     const TABLE: &'static str = "request-key";
     const LEN: usize = KEY_ENTRY_LEN;
 
@@ -744,7 +744,7 @@ impl Entry for KeyEntry {
         assert_eq!(w.len() - start, Self::LEN, "a request-key entry of another length");
     }
 
-    fn read(r: &mut Reader<'_>) -> Result<KeyEntry, DecodeError> {
+    fn read(r: &mut Reader<'_>) -> Result<RememberedKey, DecodeError> {
         let start = r.offset();
         let user = UserId(r.u64("request key user")?);
         let key = RequestKey(r.array("request key")?);
@@ -764,6 +764,6 @@ impl Entry for KeyEntry {
             return Err(DecodeError::BadPadding { field: "stored outcome", offset });
         }
         assert_eq!(r.offset() - start, Self::LEN, "a request-key entry read at another length");
-        Ok(KeyEntry { user, key, expires_at, fingerprint, outcome })
+        Ok(RememberedKey { user, key, expires_at, fingerprint, outcome })
     }
 }

@@ -12,6 +12,7 @@ mod image;
 mod layout;
 mod lookahead;
 mod orders;
+mod remembered;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,7 @@ use std::collections::VecDeque;
 use std::num::NonZeroU64;
 
 use deadlines::{Deadline, DeadlineQueue};
+use remembered::{KeyEntry, RememberedKey, Stored};
 use table::{FixedMap, Located};
 
 use crate::command::{Action, Command, Query, Sequenced};
@@ -135,19 +137,6 @@ struct Coupon {
     state: CouponState,
 }
 
-/// A remembered request key: the user it is scoped to, its action's fingerprint
-/// ([`hash::fingerprint`]) and original outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct KeyEntry {
-    /// The user the command names (`Action::user`), or `UserId(0)` for one that names none:
-    /// one buyer's request ids never collide with another's.
-    user: UserId,
-    key: RequestKey,
-    expires_at: Timestamp,
-    fingerprint: u64,
-    outcome: Outcome,
-}
-
 /// The outcome of a command that ran or was refused. Applied in each arm of
 /// `Engine::execute`, where the variant is known, rather than once after the arms join: at the
 /// join, the refusal's payload was copied out of the result before its tag was tested, and
@@ -166,8 +155,8 @@ fn answer(result: Result<Outcome, Rejection>) -> Outcome {
 
 /// Appends a remembered key to the queue, written in place, and warms the lines the next few
 /// will fill. Out of line and small, so that the queue's push is inlined here: inlined into
-/// `apply_keyed`, which is large, the push stayed a call that copied the 144-byte entry
-/// through the stack.
+/// `apply_keyed`, which is large, the push stayed a call that copied the entry through the
+/// stack.
 #[inline(never)]
 fn remember_key(
     keys: &mut VecDeque<KeyEntry>,
@@ -178,7 +167,8 @@ fn remember_key(
 ) {
     // The queue was made with room for every key it may hold: the push never allocates.
     debug_assert!(keys.len() < keys.capacity(), "a key pushed to a full queue");
-    keys.push_back(KeyEntry { user, key, expires_at, fingerprint, outcome: *outcome });
+    let outcome = Stored::of(outcome).expect("a keyed command answers as a command does");
+    keys.push_back(KeyEntry { user, key, expires_at, fingerprint, outcome });
     table::warm(keys.back().expect("just pushed"), table::WARM_AHEAD_BYTES);
 }
 
@@ -950,7 +940,8 @@ impl Engine {
             // Expiry ran before this command; keys expire once now reaches their time.
             assert!(entry.expires_at >= self.now, "an expired request key answered");
             if entry.fingerprint == fingerprint {
-                return entry.outcome;
+                let stored = entry.outcome;
+                return self.remembered_outcome(stored).expect("a remembered SKU or batch is kept");
             }
             return Outcome::Rejected(Rejection::RequestKeyReused);
         }

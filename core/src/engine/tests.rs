@@ -2440,6 +2440,153 @@ fn an_image_with_tables_that_disagree_is_refused_as_inconsistent() {
     }
 }
 
+#[test]
+fn a_retried_operator_command_answers_the_view_it_first_gave_after_the_sku_and_batch_moved_on() {
+    // Goal: a request key keeps an operator's answer in part and reads the rest back from its
+    // SKU or batch (`remembered.rs`). A retry still answers the first outcome, bit for bit,
+    // after the units, the sale switch and the batch's coupons have all moved on, and so does
+    // the same retry on an engine restored from an image.
+    let mut h = Harness::new();
+    let sku = SkuId(SKU);
+    let mut first = Vec::new();
+    let mut operator = |h: &mut Harness, action: Action| {
+        let key = h.fresh_key();
+        let outcome = h.run_keyed(key, action);
+        assert!(!outcome.is_rejected(), "{action:?}: {outcome:?}");
+        first.push((key, action, outcome));
+    };
+    operator(&mut h, Action::CreateSku(sku_spec(SKU)));
+    let paid = h.reserved(ALICE, SKU, 2);
+    h.paid(paid);
+    h.reserved(BOB, SKU, 3);
+    operator(&mut h, act::restock(SKU, 4));
+    operator(&mut h, Action::CloseSale { sku });
+    operator(&mut h, Action::CreateCouponBatch(batch_spec(BATCH)));
+    operator(&mut h, Action::OpenSale { sku });
+    h.claimed(ALICE, BATCH);
+    let late = h.reserved(ALICE, SKU, 1);
+    h.paid(late);
+    // Every figure a view takes from what changes has moved since some answer gave it.
+    let (now, batch_now) = (h.sku(SKU), h.batch(BATCH));
+    let views: Vec<SkuView> = first
+        .iter()
+        .filter_map(|(_, _, outcome)| match *outcome {
+            Outcome::SkuCreated(view) | Outcome::Restocked(view) | Outcome::SaleChanged(view) => {
+                Some(view)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(views.len(), 4);
+    for moved in [
+        |v: &SkuView| v.stock,
+        |v: &SkuView| v.available,
+        |v: &SkuView| v.reserved,
+        |v: &SkuView| v.sold,
+        |v: &SkuView| u64::from(v.open),
+    ] {
+        assert!(views.iter().any(|view| moved(view) != moved(&now)), "{views:?} / {now:?}");
+    }
+    assert!(
+        matches!(first[3].2, Outcome::BatchCreated(view) if view.remaining != batch_now.remaining)
+    );
+    let retried = |h: &mut Harness, what: &str| {
+        for &(key, action, outcome) in &first {
+            assert_eq!(h.run_keyed(key, action), outcome, "{what}: retried {action:?}");
+        }
+    };
+    retried(&mut h, "live");
+    let image = h.engine.to_image();
+    h.engine = Engine::from_image(EngineConfig::small(), &image).expect("the image restores");
+    assert_eq!(h.engine.state_digest(), image.state_digest());
+    assert_eq!(h.engine.to_image(), image, "the restored engine images the same");
+    retried(&mut h, "restored");
+}
+
+#[test]
+fn an_image_whose_remembered_operator_answer_its_sku_or_batch_would_not_give_is_refused() {
+    // Goal: a restore keeps an operator's answer only as far as it reads back the same, so an
+    // image whose remembered answer disagrees with its SKU or batch, or that remembers an
+    // answer no keyed command gives, is refused as inconsistent, never restored to answer a
+    // retry with something else.
+    let mut h = Harness::with_sku(sku_spec(SKU));
+    h.create_batch(batch_spec(BATCH));
+    h.reserved(ALICE, SKU, 1);
+    let image = h.engine.to_image();
+    /// Damages the one remembered outcome it matches, saying whether it did.
+    type Damage = dyn Fn(&mut Outcome) -> bool;
+    let damaged = |damage: &Damage| {
+        let mut damaged = image.clone();
+        let tables = damaged.tables_mut();
+        let damaged_keys = tables.keys.iter_mut().map(|key| damage(&mut key.outcome));
+        assert_eq!(damaged_keys.filter(|&hit| hit).count(), 1);
+        damaged
+    };
+    let cases: [(&str, &Damage, &str); 5] = [
+        (
+            "a created SKU's price that is not the SKU's",
+            &|outcome| match outcome {
+                Outcome::SkuCreated(view) => {
+                    view.price_cents += 1;
+                    true
+                }
+                _ => false,
+            },
+            "its SKU or batch does not give",
+        ),
+        (
+            "a created SKU's sold units over its stock",
+            &|outcome| match outcome {
+                Outcome::SkuCreated(view) => {
+                    view.available = view.stock;
+                    view.reserved = 1;
+                    true
+                }
+                _ => false,
+            },
+            "its SKU or batch does not give",
+        ),
+        (
+            "a SKU that is not kept",
+            &|outcome| match outcome {
+                Outcome::SkuCreated(view) => {
+                    view.sku = SkuId(OTHER_SKU);
+                    true
+                }
+                _ => false,
+            },
+            "its SKU or batch does not give",
+        ),
+        (
+            "a created batch that is not kept",
+            &|outcome| match outcome {
+                Outcome::BatchCreated(view) => {
+                    view.batch = BatchId(BATCH + 1);
+                    true
+                }
+                _ => false,
+            },
+            "its SKU or batch does not give",
+        ),
+        (
+            "a tick's answer under a request key",
+            &|outcome| match *outcome {
+                Outcome::Reserved { .. } => {
+                    *outcome = Outcome::Ticked { now: T0 };
+                    true
+                }
+                _ => false,
+            },
+            "no keyed command gives",
+        ),
+    ];
+    Engine::from_image(EngineConfig::small(), &image).expect("the undamaged image restores");
+    for (case, damage, expected) in cases {
+        let reason = refused_as_inconsistent(&damaged(damage), case);
+        assert!(reason.contains(expected), "{case}: refused because {reason}");
+    }
+}
+
 /// The slot of order `id` in an image.
 fn image_order_slot(image: &super::EngineImage, id: OrderId) -> usize {
     let mut image = image.clone();
