@@ -823,6 +823,11 @@ impl Engine {
     }
 
     /// Queues the deadline of an order just reserved, made with its SKU's `timeout_ms`.
+    ///
+    /// Inlined into `reserve`: called, it took the deadline through a stack slot that the
+    /// outcome's copy at the join of `execute`'s arms then read back in wider loads, a stall
+    /// on store forwarding for every reservation.
+    #[inline(always)]
     fn push_deadline(&mut self, deadline: Deadline, timeout_ms: u64) {
         let (expires_at, order, slot) = deadline;
         // In the future of now (payment timeouts are never zero), unless time is saturated.
@@ -831,20 +836,27 @@ impl Engine {
         debug_assert!(self.deadline_is_live(order, slot), "a deadline for an order not reserved");
         debug_assert_eq!(self.orders[slot as usize].expires_at, expires_at, "not its deadline");
         if self.deadlines.len() == self.deadlines.capacity() {
-            // Every live deadline belongs to a reserved order and there are at most
-            // `orders_max` of those, so sweeping stale entries frees at least half the queue.
-            let orders = &self.orders;
-            self.deadlines.sweep(|&(_, order, slot)| {
-                let kept = &orders[slot as usize];
-                kept.id == order && kept.state == OrderState::Reserved
-            });
-            assert!(self.deadlines.len() <= self.config.orders_max as usize);
+            self.sweep_deadlines();
         }
         // Within capacity, so the push never allocates; within twice `orders_max`, so a
         // snapshot of the queue passes the restore check on its size.
         debug_assert!(self.deadlines.len() < self.deadlines.capacity(), "the queue is full");
         self.deadlines.push(deadline, timeout_ms);
         debug_assert!(self.deadlines.len() <= 2 * self.config.orders_max as usize);
+    }
+
+    /// Makes room in a full deadline queue: every live deadline belongs to a reserved order and
+    /// there are at most `orders_max` of those, so sweeping stale entries frees at least half.
+    #[cold]
+    #[inline(never)]
+    fn sweep_deadlines(&mut self) {
+        let orders = &self.orders;
+        self.deadlines.sweep(|&(_, order, slot)| {
+            let kept = &orders[slot as usize];
+            kept.id == order && kept.state == OrderState::Reserved
+        });
+        assert!(self.deadlines.len() <= self.config.orders_max as usize);
+        assert!(self.deadlines.len() < self.deadlines.capacity(), "a sweep made no room");
     }
 
     /// Whether a command by `user` is counted in the share table: its request key under a

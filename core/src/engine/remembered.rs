@@ -168,6 +168,7 @@ impl Stored {
             Stored::Sku { change, open, sku, stock, available, reserved } => {
                 let sold = stock.checked_sub(available.checked_add(reserved)?)?;
                 let now = sku_view(sku)?;
+                debug_assert_eq!(now.sku, sku, "the view of another SKU");
                 let view = SkuView { stock, available, reserved, sold, open, ..now };
                 match change {
                     SkuChange::Created => Outcome::SkuCreated(view),
@@ -176,7 +177,9 @@ impl Stored {
                 }
             }
             Stored::BatchCreated { batch, remaining } => {
-                Outcome::BatchCreated(BatchView { remaining, ..batch_view(batch)? })
+                let now = batch_view(batch)?;
+                debug_assert_eq!(now.batch, batch, "the view of another batch");
+                Outcome::BatchCreated(BatchView { remaining, ..now })
             }
         })
     }
