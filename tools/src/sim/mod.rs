@@ -571,6 +571,20 @@ mod tests {
     }
 
     #[test]
+    fn bit_rot_under_none_strikes_only_a_record_the_peer_holds_durably() {
+        // Goal: under durability `none`, bit rot at rest strikes a stopped machine's record
+        // only where the leading peer holds it durably, or a snapshot covers it. This seed's
+        // rot once struck a record the peer had only written; the peer then lost power, the
+        // record was lost on both machines (two failures, beyond what the pair survives), and
+        // the pair rightly held writes to the end, which the checker reported as a primary
+        // refusing writes after settling. It now passes with its power loss and a bit flip.
+        let unsynced = RunLength { unsynced: true, ..RunLength::default() };
+        regressions_pass(&[130927], unsynced, "no power loss or no rot", |r: &Report| {
+            r.faults.power_losses == 1 && r.faults.bit_flips >= 1
+        });
+    }
+
+    #[test]
     fn a_leader_that_never_took_office_leaves_the_old_primary_eligible() {
         // Goal: under durability `none`, the standby takes the leader key, its promotion fails
         // on its disk, and later it loses power: it may lack what it acknowledged as a

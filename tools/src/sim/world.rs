@@ -809,9 +809,11 @@ impl World {
         // record the pair acknowledged; under `none` a peer that lost power may lack some the
         // target holds, and damage to the only copy of an acknowledged record is a second
         // failure the pair is not built to survive (it loses the write however it is
-        // repaired, as a power loss of both machines does).
+        // repaired, as a power loss of both machines does). So under `none` the peer's copy
+        // counts only as far as it is durable: a record the peer has only written would be
+        // lost on both machines by the peer's power loss later in the run (seed 130927).
         let copied_through = if self.length.unsynced {
-            let peer_end = peer.running().map_or(0, |r| r.control.link().available());
+            let peer_end = peer.durable_end().0;
             let snapshot = snapshot::list(&self.machines[target].disk)
                 .ok()
                 .and_then(|list| list.last().map(|s| s.0.0));
