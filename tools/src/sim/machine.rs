@@ -739,22 +739,12 @@ impl Machine {
         Some(format!("{name} byte {offset} bit mask {mask:#04x}"))
     }
 
-    /// The last record this machine's journal would still hold after a power loss now: the
-    /// newest intact record of the bytes its disk has made durable.
+    /// The last record this machine's journal would still hold after a power loss now: where
+    /// a scan of the bytes its disk has made durable finds the journal's intact records end.
     pub fn durable_end(&self) -> Sequence {
-        let durable = self.disk.power_loss(None);
-        let Ok(files) = durable.list() else { return Sequence(0) };
-        let mut segments: Vec<&String> =
-            files.iter().filter(|name| name.ends_with(".seg")).collect();
-        segments.sort();
-        // Segment names sort in sequence order; the newest that holds a record ends the journal.
-        for name in segments.into_iter().rev() {
-            let Some(bytes) = durable.live_bytes(name) else { continue };
-            if let Some(last) = last_record(&bytes) {
-                return record_containing(&bytes, last.start).expect("the last record is whole");
-            }
-        }
-        Sequence(0)
+        let mut durable = self.disk.power_loss(None);
+        let layout = ringfence_journal::scan::scan(&mut durable).ok();
+        layout.and_then(|layout| layout.last_sequence()).unwrap_or(Sequence(0))
     }
 
     fn identity(&self) -> Identity {
