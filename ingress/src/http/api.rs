@@ -230,7 +230,10 @@ fn parse_call(request: &Request<'_>, is_admin: bool, mint: &mut KeyMint) -> Resu
         ("GET", ["v1", "skus"]) => Call::ListSkus(parse_page_request(request.query)?),
         ("GET", ["v1", "skus", sku]) => query(Query::Sku(SkuId(path_id(sku, "sku")?))),
         ("GET", ["v1", "orders", id]) => query(Query::Order(OrderId(path_id(id, "order_id")?))),
-        ("GET", ["v1", "coupons", id]) => query(Query::Coupon(CouponId(path_id(id, "coupon_id")?))),
+        // `claim` is a literal path, not a coupon id: GET there is a 405, not an id refused.
+        ("GET", ["v1", "coupons", id]) if *id != "claim" => {
+            query(Query::Coupon(CouponId(path_id(id, "coupon_id")?)))
+        }
         ("GET", ["v1", "coupon-batches", id]) => {
             query(Query::Batch(BatchId(path_id(id, "batch")?)))
         }
@@ -272,8 +275,7 @@ fn allowed_methods(path: &[&str]) -> Option<&'static str> {
         ["health" | "ready" | "metrics" | "openapi.yaml"] | ["v1", "node"] => "GET, HEAD",
         ["v1", "skus"] => "GET, HEAD, POST",
         ["v1", "skus" | "orders" | "coupon-batches", _] => "GET, HEAD",
-        // `claim` is also read as a coupon id by GET (and refused as one).
-        ["v1", "coupons", "claim"] => "GET, HEAD, POST",
+        ["v1", "coupons", "claim"] => "POST",
         ["v1", "coupons", _] => "GET, HEAD",
         ["v1", "skus" | "orders", _, _] | ["v1", "orders" | "coupon-batches"] => "POST",
         ["v1", "admin", "snapshot" | "promote" | "replication"] => "POST",

@@ -752,9 +752,7 @@ fn the_router_serves_exactly_the_routes_the_openapi_document_describes() {
     for path in &paths {
         for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
             let is_documented = documented.iter().any(|(m, p)| m == method && concrete(p) == *path);
-            // `/v1/coupons/claim` is a literal path: GET on it reads a coupon id "claim" (400).
-            let literal_shadow = path == "/v1/coupons/claim" && method == "GET";
-            assert_eq!(is_routed(method, path), is_documented || literal_shadow, "{method} {path}");
+            assert_eq!(is_routed(method, path), is_documented, "{method} {path}");
         }
     }
 }
