@@ -37,7 +37,8 @@ macro_rules! outln {
 /// --export, every replayed command's outcome (and every expiry it caused) is written as one
 /// JSON object per line, ready to load into a database: from the first command the retained
 /// journal holds (starting from the snapshot taken just before it, if segments were
-/// retired), or with --since-snapshot only what follows the newest snapshot.
+/// retired), or with --since-snapshot only what follows the newest snapshot, or with
+/// --after-seq only what follows a sequence a consumer has already loaded.
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// The journal directory.
@@ -58,6 +59,12 @@ pub struct ReplayArgs {
     /// --export, only what follows that snapshot is exported (the default without --export).
     #[arg(long)]
     pub since_snapshot: bool,
+    /// With --export, export only the outcomes after this sequence: where a consumer that has
+    /// loaded everything through it picks up (the summary's `through_sequence` is where the
+    /// next run picks up). Replays, without exporting, from the newest snapshot at or before
+    /// it.
+    #[arg(long, requires = "export", conflicts_with = "since_snapshot")]
+    pub after_seq: Option<u64>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -66,6 +73,8 @@ pub struct ReplayArgs {
 struct Limits {
     until_seq: Sequence,
     until_time: Timestamp,
+    /// The last sequence not exported (0: export everything replayed).
+    export_after: Sequence,
 }
 
 /// What replay learned along the way, for the summary. SKUs and orders are not tallied here:
@@ -74,12 +83,15 @@ struct Limits {
 struct Tally {
     replayed: u64,
     last_sequence: Option<Sequence>,
+    exported: u64,
 }
 
 /// Applies each record handed over, in order, tallies it and exports its outcome.
 struct Applier {
     tally: Tally,
     export: Option<BufWriter<File>>,
+    /// Outcomes up to this sequence are applied, not exported.
+    export_after: Sequence,
     export_error: Option<std::io::Error>,
     /// The epochs of the records read and not yet applied, in order.
     epochs: VecDeque<Epoch>,
@@ -92,9 +104,11 @@ impl Applier {
         let outcome = engine.apply_observed(command, &mut |event| events.push(event));
         self.tally.replayed += 1;
         self.tally.last_sequence = Some(command.sequence);
-        let Some(out) = self.export.as_mut().filter(|_| self.export_error.is_none()) else {
+        let exports = command.sequence > self.export_after && self.export_error.is_none();
+        let Some(out) = self.export.as_mut().filter(|_| exports) else {
             return;
         };
+        self.tally.exported += 1;
         let mut line = json!({
             "sequence": command.sequence.0, "timestamp_ms": command.timestamp.0,
             "epoch": epoch.0, "command": json::command(&command.command),
@@ -127,7 +141,15 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
             Some(text) => Timestamp(parse_rfc3339(text).map_err(JournalError::Options)?),
             None => Timestamp(u64::MAX),
         },
+        export_after: Sequence(args.after_seq.unwrap_or(0)),
     };
+    if let (Some(after), Some(until)) = (args.after_seq, args.until_seq)
+        && until < after
+    {
+        let message =
+            format!("--until-seq {until} is before --after-seq {after}: nothing to export");
+        return Err(JournalError::Options(message));
+    }
     let (opened, in_progress) = open_for_replay(args, &limits)?;
     let live = opened.live;
     let (mut source, layout) = (opened.source, opened.layout);
@@ -152,8 +174,13 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     // The summary is printed after the bar is cleared, so the bar shares the terminal with
     // nothing.
     let progress = progress::records_bar(total, "commands replayed", false);
-    let mut applier =
-        Applier { tally: Tally::default(), export, export_error: None, epochs: VecDeque::new() };
+    let mut applier = Applier {
+        tally: Tally::default(),
+        export,
+        export_after: limits.export_after,
+        export_error: None,
+        epochs: VecDeque::new(),
+    };
     // As recovery replays: each record hinted as it is read, applied a few records later.
     let mut ahead = Lookahead::default();
     let read = scan::read_pipelined(&mut source, &layout, start, &mut |record| {
@@ -259,12 +286,49 @@ fn starting_point(
     if args.from_start {
         return Ok((Engine::new(config), None));
     }
+    // A snapshot past the export's start would skip outcomes to export.
     let usable = |through: Sequence| {
-        through <= limits.until_seq && layout.last_sequence().is_none_or(|l| through <= l)
+        through <= limits.until_seq
+            && layout.last_sequence().is_none_or(|l| through <= l)
+            && (args.after_seq.is_none() || through <= limits.export_after)
     };
     let mut snapshots = snapshot::list(source)?;
+    if let (Some(after), Some(first)) = (args.after_seq, layout.first_sequence()) {
+        // The state after `after`: from the start, or a snapshot the retained journal follows.
+        let earliest = if first == Sequence(1) {
+            Some(Sequence(0))
+        } else {
+            snapshots.iter().map(|(through, _)| *through).filter(|t| t.next() >= first).min()
+        };
+        if earliest.is_none_or(|earliest| Sequence(after) < earliest) {
+            let retired = format!(
+                "the journal holds sequences from {first} on (the segments before were retired \
+                 after a snapshot)"
+            );
+            let message = match earliest {
+                Some(earliest) => format!(
+                    "an export after sequence {after} needs the state at {after}, but this \
+                     directory rebuilds the state only from sequence {earliest} on: {retired}. \
+                     Export the outcomes up to {earliest} from a copy that still holds those \
+                     segments, or pass --after-seq {earliest} to export from {}",
+                    earliest.next()
+                ),
+                None => format!(
+                    "an export after sequence {after} needs the state at {after}, but {retired} \
+                     and no snapshot it follows on from is kept"
+                ),
+            };
+            return Err(JournalError::Options(message));
+        }
+    }
     snapshots.retain(|(through, _)| usable(*through));
     match layout.first_sequence() {
+        // Export after a sequence: the newest snapshot up to it (`usable`) that the retained
+        // journal follows on from (the records between an older one and the first are gone).
+        Some(first) if args.after_seq.is_some() => {
+            snapshots.retain(|(through, _)| through.next() >= first);
+            snapshots.reverse();
+        }
         // Export from the retained journal's first record: from sequence 1 no snapshot is
         // needed, and one from before the first record is no start (the records between
         // are gone), so the oldest one after it is the earliest start there is.
@@ -307,6 +371,7 @@ fn print_summary(
             "through_sequence": last.0, "last_mutating_sequence": status.last_sequence.0,
             "now_ms": status.now.0, "snapshot": snapshot.map(|m| m.file.display().to_string()),
             "replayed": tally.replayed, "replayed_from": start.0,
+            "exported": args.export.as_ref().map(|_| tally.exported),
             "skus": views.iter().map(json::sku).collect::<Vec<_>>(),
             "orders_kept": status.orders, "orders_reserved": status.orders_reserved,
             "orders_max": engine.config().orders_max,
@@ -321,6 +386,13 @@ fn print_summary(
         None => outln!("snapshot      none (replayed from sequence 1)"),
     }
     outln!("replayed      {} commands ({}..={})", tally.replayed, start, last);
+    if args.export.is_some() {
+        let first = start.max(Sequence(args.after_seq.unwrap_or(0) + 1));
+        match tally.exported {
+            0 => outln!("exported      nothing"),
+            exported => outln!("exported      {exported} outcomes ({first}..={last})"),
+        }
+    }
     outln!("state at      sequence {last}, time {}", format_ms(status.now.0));
     outln!("state digest  {:016x}", engine.state_digest());
     outln!("running hash  {:016x}", engine.running_hash());

@@ -365,6 +365,23 @@ fn stats_reports_what_retention_keeps_and_retired() {
     let lines = export_lines(dir.path(), &[]);
     assert_eq!((lines.len(), lines[0]["sequence"].as_u64()), (1_000, Some(4_001)));
     assert!(export_lines(dir.path(), &["--since-snapshot"]).is_empty());
+    // A consumer that loaded through a retired sequence is told the outcomes after it are gone
+    // from here, and where the journal can pick up instead; it is not handed a silent gap.
+    let export = dir.path().join("gap.jsonl");
+    let out =
+        ringfence(&["replay", path, "--export", export.to_str().unwrap(), "--after-seq", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("holds sequences from {first} on")), "{err}");
+    // The earliest start is the oldest kept snapshot, not the journal's first record: the
+    // state before that record is gone.
+    assert!(err.contains("pass --after-seq 4000 to export from 4001"), "{err}");
+    let past_first = (first + 1).to_string();
+    let export = export.to_str().unwrap();
+    let out = ringfence(&["replay", path, "--export", export, "--after-seq", &past_first]);
+    assert!(text(&out.stderr).contains("--after-seq 4000"), "{}", text(&out.stderr));
+    let resumed = export_lines(dir.path(), &["--after-seq", "4000"]);
+    assert_eq!(resumed, lines, "the same as an export of the retained journal");
 }
 
 /// Runs `replay DIR --export FILE` with `flags` and reads the exported lines.
@@ -393,6 +410,48 @@ fn replay_exports_the_whole_retained_journal_unless_told_otherwise() {
     let reserved = all.iter().find(|l| l["outcome"]["kind"] == "reserved").unwrap();
     let order = reserved["outcome"]["order_id"].as_str().expect("ids are decimal strings");
     assert!(order.parse::<u64>().is_ok(), "{order}");
+}
+
+#[test]
+fn an_export_after_a_sequence_picks_up_exactly_where_a_consumer_left_off() {
+    // Goal: `--after-seq N` exports exactly the lines a whole export has after N, replaying
+    // from the newest snapshot at or before N (never a later one, whose outcomes it would
+    // skip); past the journal's end it exports nothing; it refuses an end before its start.
+    let dir = TempDir::new("export-after");
+    write_journal_with(dir.path(), 2_500, Some(1_000), &[]);
+    let all = export_lines(dir.path(), &[]);
+    let export = dir.path().join("after.jsonl");
+    let path = dir.path().to_str().unwrap();
+    for (after, replayed_from) in [(0, 1), (999, 1), (1_000, 1_001), (1_500, 1_001), (2_499, 2_001)]
+    {
+        let after_text = after.to_string();
+        let args =
+            ["replay", path, "--export", export.to_str().unwrap(), "--after-seq", &after_text];
+        let out = ringfence(&[&args[..], &["--json"]].concat());
+        assert_eq!(out.status.code(), Some(0), "{after}: {}", text(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["replayed_from"], replayed_from, "{after}: {summary}");
+        assert_eq!(summary["through_sequence"], 2_500, "{after}: {summary}");
+        assert_eq!(summary["exported"], 2_500 - after, "{after}: {summary}");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&export)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines, all[after as usize..], "{after}");
+        let plain = text(&ringfence(&args).stdout);
+        let said = format!("exported      {} outcomes ({}..=2500)", 2_500 - after, after + 1);
+        assert!(plain.contains(&said), "{after}: {plain}");
+    }
+    for after in ["2500", "9999"] {
+        assert!(export_lines(dir.path(), &["--after-seq", after]).is_empty(), "{after}");
+    }
+    let args = ["replay", path, "--export", export.to_str().unwrap(), "--after-seq", "2000"];
+    let backwards = ringfence(&[&args[..], &["--until-seq", "1999"]].concat());
+    assert_eq!(backwards.status.code(), Some(1));
+    assert!(text(&backwards.stderr).contains("--until-seq 1999 is before --after-seq 2000"));
+    let without_export = ringfence(&["replay", path, "--after-seq", "2000"]);
+    assert_eq!(without_export.status.code(), Some(2), "clap refuses it: --export is required");
 }
 
 #[test]
