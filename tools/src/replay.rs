@@ -13,6 +13,7 @@ use ringfence_core::{Engine, EngineConfig, Epoch, Lookahead, Sequence, Sequenced
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot::{self, SnapshotMeta};
+use ringfence_journal::tail;
 use serde_json::json;
 
 use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, clean_stop_check, open, tail_in_progress};
@@ -65,6 +66,13 @@ pub struct ReplayArgs {
     /// it.
     #[arg(long, requires = "export", conflicts_with = "since_snapshot")]
     pub after_seq: Option<u64>,
+    /// With --after-seq, the epoch of the last line the consumer loaded (each line carries
+    /// its `epoch`; the summary's `through_epoch` is the next run's): refused if this
+    /// journal's record at --after-seq is of another epoch. After a failover the new primary
+    /// may hold other records than the old one from some sequence on; a sequence and an
+    /// epoch name one record on every node.
+    #[arg(long, requires = "after_seq")]
+    pub after_epoch: Option<u64>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -83,6 +91,8 @@ struct Limits {
 struct Tally {
     replayed: u64,
     last_sequence: Option<Sequence>,
+    /// The epoch of the last record replayed.
+    last_epoch: Option<Epoch>,
     exported: u64,
 }
 
@@ -104,6 +114,7 @@ impl Applier {
         let outcome = engine.apply_observed(command, &mut |event| events.push(event));
         self.tally.replayed += 1;
         self.tally.last_sequence = Some(command.sequence);
+        self.tally.last_epoch = Some(epoch);
         let exports = command.sequence > self.export_after && self.export_error.is_none();
         let Some(out) = self.export.as_mut().filter(|_| exports) else {
             return;
@@ -155,6 +166,9 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     let (mut source, layout) = (opened.source, opened.layout);
     let (mut engine, snapshot) = starting_point(args, &source, &layout, &limits)?;
     let start = snapshot.as_ref().map_or(Sequence(1), |meta| meta.through.next());
+    if let (Some(after), Some(loaded)) = (args.after_seq, args.after_epoch) {
+        check_after_epoch(&mut source, snapshot.as_ref(), Sequence(after), Epoch(loaded))?;
+    }
     match layout.first_sequence() {
         Some(first) if first > start && layout.last_sequence().is_some_and(|l| l >= start) => {
             return Err(JournalError::MissingStart { first, needed: start });
@@ -352,6 +366,41 @@ fn starting_point(
     Ok((Engine::new(config), None))
 }
 
+/// Refuses an export after record `after` unless this journal's record `after` is of epoch
+/// `loaded`, the epoch of the consumer's copy: then both name the same record, and the same
+/// history up to it. The record is read from the journal, or from the snapshot taken just
+/// after it when the journal no longer holds it.
+fn check_after_epoch(
+    source: &mut ReadOnlyDir,
+    snapshot: Option<&SnapshotMeta>,
+    after: Sequence,
+    loaded: Epoch,
+) -> Result<(), JournalError> {
+    if after.0 == 0 {
+        // Nothing loaded yet: there is no record to agree on.
+        return Ok(());
+    }
+    let held = match tail::epoch_at(source, after)? {
+        Some(epoch) => Some(epoch),
+        None => snapshot.filter(|meta| meta.through == after).and_then(|meta| meta.through_epoch),
+    };
+    match held {
+        Some(epoch) if epoch == loaded => Ok(()),
+        Some(epoch) => Err(JournalError::Options(format!(
+            "record {after} here is of epoch {epoch}, but the consumer's copy is of epoch \
+             {loaded}: the two histories differ (after a failover, the records a primary wrote \
+             but never replicated are replaced by the new primary's). Outcomes the consumer \
+             loaded from this record back to where the histories agree are not this journal's; \
+             export again after an earlier sequence whose epoch both agree on"
+        ))),
+        None => Err(JournalError::Options(format!(
+            "record {after} is not in this journal and no snapshot kept was taken just after \
+             it, so its epoch cannot be checked against {loaded}: run again on a copy that \
+             holds it (a standby that has caught up), or without --after-epoch"
+        ))),
+    }
+}
+
 fn print_summary(
     args: &ReplayArgs,
     engine: &Engine,
@@ -368,7 +417,9 @@ fn print_summary(
         let value = json!({
             "state_digest": format!("{:016x}", engine.state_digest()),
             "running_hash": format!("{:016x}", engine.running_hash()),
-            "through_sequence": last.0, "last_mutating_sequence": status.last_sequence.0,
+            "through_sequence": last.0,
+            "through_epoch": tally.last_epoch.or(snapshot.and_then(|m| m.through_epoch)).map(|e| e.0),
+            "last_mutating_sequence": status.last_sequence.0,
             "now_ms": status.now.0, "snapshot": snapshot.map(|m| m.file.display().to_string()),
             "replayed": tally.replayed, "replayed_from": start.0,
             "exported": args.export.as_ref().map(|_| tally.exported),

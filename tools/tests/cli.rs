@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::{TempDir, ringfence, ringfence_within, text};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Timestamp};
+use ringfence_journal::epoch::Epochs;
 use ringfence_journal::recovery::recover;
 use ringfence_journal::snapshot::{SnapshotPolicy, Snapshotter};
 use ringfence_journal::workload::Workload;
@@ -452,6 +453,65 @@ fn an_export_after_a_sequence_picks_up_exactly_where_a_consumer_left_off() {
     assert!(text(&backwards.stderr).contains("--until-seq 1999 is before --after-seq 2000"));
     let without_export = ringfence(&["replay", path, "--after-seq", "2000"]);
     assert_eq!(without_export.status.code(), Some(2), "clap refuses it: --export is required");
+}
+
+#[test]
+fn an_export_after_a_record_of_another_epoch_is_refused() {
+    // Goal: with --after-epoch, an export goes on only from a record the consumer's copy and
+    // this journal hold in the same epoch; the summary gives the epoch to pass next time.
+    let dir = TempDir::new("export-epoch");
+    let options = WriterOptions {
+        segment_len: 64 * 1024,
+        durability: Durability::None,
+        engine_config: config(),
+    };
+    let mut recovered = recover(dir.path(), options).unwrap();
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(13, Sequence(1), Timestamp(1_700_000_000_000));
+    for n in 1..=200 {
+        let command = workload.next_command();
+        // A failover at 121: the records from there on are the new primary's.
+        let epoch = if n <= 120 { Epoch(1) } else { Epoch(2) };
+        if n == 121 {
+            let epochs = Epochs { current: epoch, promised: epoch };
+            recovered.writer.data_dir().store_epochs(epochs).unwrap();
+        }
+        recovered.writer.append_command(epoch, &command).unwrap();
+        recovered.writer.end_batch().unwrap();
+        workload.observe(&engine.apply(&command));
+    }
+    drop(recovered);
+    let path = dir.path().to_str().unwrap();
+    let export = dir.path().join("out.jsonl");
+    let run = |after: &str, epoch: &str| {
+        let export = export.to_str().unwrap();
+        let args =
+            ["replay", path, "--export", export, "--after-seq", after, "--after-epoch", epoch];
+        ringfence(&[&args[..], &["--json"]].concat())
+    };
+    for (after, epoch, exported) in
+        [("100", "1", 100), ("120", "1", 80), ("150", "2", 50), ("0", "9", 200)]
+    {
+        let out = run(after, epoch);
+        assert_eq!(out.status.code(), Some(0), "{after} {epoch}: {}", text(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["exported"], exported, "{summary}");
+        assert_eq!(summary["through_epoch"], 2, "{summary}");
+        let lines = std::fs::read_to_string(&export).unwrap();
+        let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+        assert_eq!((last["sequence"].as_u64(), last["epoch"].as_u64()), (Some(200), Some(2)));
+    }
+    for (after, epoch, said) in [
+        ("150", "1", "record 150 here is of epoch 2, but the consumer's copy is of epoch 1"),
+        ("120", "2", "record 120 here is of epoch 1, but the consumer's copy is of epoch 2"),
+        ("300", "2", "record 300 is not in this journal"),
+    ] {
+        let out = run(after, epoch);
+        assert_eq!(out.status.code(), Some(1), "{after} {epoch}: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains(said), "{after} {epoch}: {}", text(&out.stderr));
+    }
+    let alone = ringfence(&["replay", path, "--export", "x", "--after-epoch", "1"]);
+    assert_eq!(alone.status.code(), Some(2), "clap refuses it: --after-seq is required");
 }
 
 #[test]
