@@ -21,12 +21,14 @@ use crate::json;
 use crate::progress;
 use crate::time::{format_ms, parse_rfc3339};
 
-/// `println!` that ignores a closed standard output (piped into `head`, say) instead of
-/// panicking: the tools never panic on their environment.
+/// `writeln!` that ignores a closed output (standard output piped into `head`, say) instead
+/// of panicking: the tools never panic on their environment.
 macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+    ($out:expr) => {{
+        let _ = writeln!($out);
+    }};
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
     }};
 }
 
@@ -50,7 +52,8 @@ pub struct ReplayArgs {
     /// Stop before the first command stamped after this RFC 3339 time (e.g. 2026-03-01T12:00:00Z).
     #[arg(long)]
     pub until_time: Option<String>,
-    /// Write every outcome as JSON lines to this file.
+    /// Write every outcome as JSON lines to this file; `-` for standard output (the summary
+    /// then goes to standard error).
     #[arg(long)]
     pub export: Option<PathBuf>,
     /// Ignore snapshots and replay from sequence 1.
@@ -99,7 +102,7 @@ struct Tally {
 /// Applies each record handed over, in order, tallies it and exports its outcome.
 struct Applier {
     tally: Tally,
-    export: Option<BufWriter<File>>,
+    export: Option<BufWriter<Box<dyn Write>>>,
     /// Outcomes up to this sequence are applied, not exported.
     export_after: Sequence,
     export_error: Option<std::io::Error>,
@@ -175,11 +178,12 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         }
         _ => {}
     }
-    let export = match &args.export {
-        Some(path) => Some(BufWriter::new(
+    let export: Option<BufWriter<Box<dyn Write>>> = match &args.export {
+        Some(_) if exports_to_stdout(args) => Some(BufWriter::new(Box::new(std::io::stdout()))),
+        Some(path) => Some(BufWriter::new(Box::new(
             File::create(path)
                 .map_err(|e| JournalError::io(format!("creating {}", path.display()), e))?,
-        )),
+        ))),
         None => None,
     };
     let total = layout
@@ -224,7 +228,25 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     if let Some(mut out) = export {
         out.flush().map_err(|e| JournalError::io("writing the export", e))?;
     }
-    print_summary(args, &engine, snapshot.as_ref(), &tally, start);
+    if exports_to_stdout(args) {
+        print_summary(
+            &mut std::io::stderr().lock(),
+            args,
+            &engine,
+            snapshot.as_ref(),
+            &tally,
+            start,
+        );
+    } else {
+        print_summary(
+            &mut std::io::stdout().lock(),
+            args,
+            &engine,
+            snapshot.as_ref(),
+            &tally,
+            start,
+        );
+    }
     let ends = layout.last_sequence().or(snapshot.as_ref().map(|meta| meta.through));
     if let (Some(until), Some(ends)) = (args.until_seq, ends)
         && until > ends.0
@@ -401,7 +423,14 @@ fn check_after_epoch(
     }
 }
 
+/// Whether the export goes to standard output (`--export -`), leaving the summary to standard
+/// error.
+fn exports_to_stdout(args: &ReplayArgs) -> bool {
+    args.export.as_deref().is_some_and(|path| path.as_os_str() == "-")
+}
+
 fn print_summary(
+    out: &mut dyn Write,
     args: &ReplayArgs,
     engine: &Engine,
     snapshot: Option<&SnapshotMeta>,
@@ -429,28 +458,39 @@ fn print_summary(
             "orders_by_state": by_state.iter().map(|(s, n)| (s.name().to_owned(), json!(n)))
                 .collect::<serde_json::Map<_, _>>(),
         });
-        outln!("{value}");
+        outln!(out, "{value}");
         return;
     }
     match snapshot {
-        Some(meta) => outln!("snapshot      {} (through {})", meta.file.display(), meta.through),
-        None => outln!("snapshot      none (replayed from sequence 1)"),
+        Some(meta) => {
+            outln!(out, "snapshot      {} (through {})", meta.file.display(), meta.through)
+        }
+        None => outln!(out, "snapshot      none (replayed from sequence 1)"),
     }
-    outln!("replayed      {} commands ({}..={})", tally.replayed, start, last);
+    outln!(out, "replayed      {} commands ({}..={})", tally.replayed, start, last);
     if args.export.is_some() {
         let first = start.max(Sequence(args.after_seq.unwrap_or(0) + 1));
         match tally.exported {
-            0 => outln!("exported      nothing"),
-            exported => outln!("exported      {exported} outcomes ({first}..={last})"),
+            0 => outln!(out, "exported      nothing"),
+            exported => outln!(out, "exported      {exported} outcomes ({first}..={last})"),
         }
     }
-    outln!("state at      sequence {last}, time {}", format_ms(status.now.0));
-    outln!("state digest  {:016x}", engine.state_digest());
-    outln!("running hash  {:016x}", engine.running_hash());
-    outln!();
-    outln!("{:>10} {:>12} {:>12} {:>12} {:>12}", "sku", "stock", "available", "reserved", "sold");
+    outln!(out, "state at      sequence {last}, time {}", format_ms(status.now.0));
+    outln!(out, "state digest  {:016x}", engine.state_digest());
+    outln!(out, "running hash  {:016x}", engine.running_hash());
+    outln!(out);
+    outln!(
+        out,
+        "{:>10} {:>12} {:>12} {:>12} {:>12}",
+        "sku",
+        "stock",
+        "available",
+        "reserved",
+        "sold"
+    );
     for view in &views {
         outln!(
+            out,
             "{:>10} {:>12} {:>12} {:>12} {:>12}",
             view.sku,
             view.stock,
@@ -459,18 +499,20 @@ fn print_summary(
             view.sold
         );
     }
-    outln!();
+    outln!(out);
     outln!(
+        out,
         "orders kept {} (reserved, awaiting payment: {})",
         status.orders,
         status.orders_reserved
     );
     outln!(
+        out,
         "orders by state (every order kept; past orders_max = {}, the oldest finished orders \
          are forgotten):",
         engine.config().orders_max
     );
     for (state, count) in by_state {
-        outln!("  {:<10} {count}", state.name());
+        outln!(out, "  {:<10} {count}", state.name());
     }
 }

@@ -447,6 +447,18 @@ fn an_export_after_a_sequence_picks_up_exactly_where_a_consumer_left_off() {
     for after in ["2500", "9999"] {
         assert!(export_lines(dir.path(), &["--after-seq", after]).is_empty(), "{after}");
     }
+    // `--export -` writes the lines to standard output and the summary to standard error.
+    let piped = ringfence(&["replay", path, "--export", "-", "--after-seq", "2400", "--json"]);
+    assert_eq!(piped.status.code(), Some(0), "{}", text(&piped.stderr));
+    let lines: Vec<serde_json::Value> =
+        text(&piped.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines, all[2_400..]);
+    let summary: serde_json::Value = serde_json::from_str(&text(&piped.stderr)).unwrap();
+    assert_eq!(
+        (summary["exported"].as_u64(), summary["through_sequence"].as_u64()),
+        (Some(100), Some(2_500))
+    );
+    assert!(!dir.path().join("-").exists() && !std::path::Path::new("-").exists());
     let args = ["replay", path, "--export", export.to_str().unwrap(), "--after-seq", "2000"];
     let backwards = ringfence(&[&args[..], &["--until-seq", "1999"]].concat());
     assert_eq!(backwards.status.code(), Some(1));
