@@ -359,6 +359,61 @@ impl Journal for AnswersFirst {
     }
 }
 
+/// A journal that answers before it syncs, and whose every sync fails, as a failing disk's
+/// do: it flushes what it appends, and syncs nothing.
+#[derive(Default)]
+struct SyncFails {
+    appended: Sequence,
+}
+
+impl Journal for SyncFails {
+    const NEEDS_BYTES: bool = false;
+    fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+        self.appended = record.sequenced.sequence;
+        Ok(())
+    }
+    fn flush(&mut self, _clock: &dyn Clock) -> Result<Sequence, StageError> {
+        Ok(self.appended)
+    }
+    fn flush_synced(&mut self, _clock: &dyn Clock) -> Result<Sequence, StageError> {
+        let source = std::io::Error::other("the disk refused the sync");
+        Err(StageError::Io { context: "syncing the journal".into(), source })
+    }
+}
+
+#[test]
+fn a_replica_whose_journal_failed_is_refused_its_sync_at_once() {
+    // Goal: a journal fenced after a failed sync syncs nothing more, so `sync_journal` (a
+    // standby about to take office) refuses at once, naming the failure, rather than waiting
+    // out its timeout for records that will never be synced. The stepped replica has flushed
+    // its records before the sync is asked for: the fence falls after them, as a simulated
+    // seed found it (that seed spent ten seconds of real time in each wait).
+    let (records, _, _) = primary_run();
+    for topology in [Topology::Stepped, Topology::Compact] {
+        let clock = Arc::new(ManualClock::new(Timestamp(START.0 + 50_000)));
+        let config = NodeConfig { topology: Some(topology), ..config(Intake::Replica) };
+        let replica = start(config, &clock, SyncFails::default());
+        let mut session = replica.session().unwrap();
+        for (index, bytes) in records.iter().take(3).enumerate() {
+            session.try_submit_record(bytes, index as u64).unwrap();
+        }
+        if topology == Topology::Stepped {
+            replica.step();
+        }
+        // Long enough that a wait for the timeout would be its own failure.
+        let refused = replica.promoter().sync_journal(std::time::Duration::from_secs(600));
+        let Err(NodeError::JournalFailed { fence, cause }) = refused else {
+            panic!("{topology:?}: {refused:?}");
+        };
+        assert!(cause.contains("the disk refused the sync"), "{topology:?}: {cause}");
+        if topology == Topology::Stepped {
+            assert_eq!(fence, Sequence(4), "after the records flushed");
+        }
+        drop(session);
+        let _ = replica.shutdown();
+    }
+}
+
 #[test]
 fn answers_made_safe_while_answering_alone_wait_for_the_journals_sync() {
     // Goal: on a journal that answers before it syncs, a write the standby never acknowledged

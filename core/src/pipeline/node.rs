@@ -201,7 +201,8 @@ impl Promoter {
     /// primary about to stop counting on its standby everything the pair acknowledged, even
     /// across a power loss right after (under `none` an acknowledgement said only "written").
     /// Waits up to `timeout` for the journaling stage of a threaded node; a stepped node's is
-    /// run here, on the caller's thread. Returns the last sequence synced.
+    /// run here, on the caller's thread. Returns the last sequence synced; refuses at once
+    /// with [`NodeError::JournalFailed`] once the journal is fenced, which syncs nothing more.
     pub fn sync_journal(&self, timeout: Duration) -> Result<Sequence, NodeError> {
         let shared = &*self.shared;
         // Every record a replica was given (the last one the producer let through), and every
@@ -213,6 +214,14 @@ impl Promoter {
         while shared.synced.get() < through {
             if let Some(failure) = shared.failure() {
                 return Err(NodeError::Failed(failure));
+            }
+            // A fenced journal flushes and syncs nothing more (its state after a failed write
+            // or sync is not trusted for more): what it has not synced by now it never will,
+            // and a node whose journal failed takes no writes anyway. Waiting out the timeout
+            // would only delay the refusal.
+            if let Some(fence) = shared.journal_fence() {
+                let cause = shared.journal_fault().unwrap_or_else(|| "a write failed".into());
+                return Err(NodeError::JournalFailed { fence, cause });
             }
             match &self.stepped {
                 Some(stepped) => {
