@@ -246,7 +246,10 @@ fn print_text(reports: &[Report], summary: bool) {
         println!("trace hash           {} ({} events)", report.trace_hash, report.events);
     }
     let checks = if totals.failed == 0 { "every checker passed" } else { "FAILED" };
-    println!("checkers             {checks}");
+    println!(
+        "checkers             {checks}; {} records held durably, one per sequence and epoch",
+        totals.durable_records
+    );
 }
 
 fn print_json(reports: &[Report], summary: bool) {
@@ -272,6 +275,7 @@ struct Totals {
     failovers: u64,
     promotions_failed: u64,
     snapshots: machine::SnapshotCounts,
+    durable_records: u64,
     faults: world::FaultCounts,
     network: net::NetCounts,
 }
@@ -284,6 +288,7 @@ impl Totals {
             totals.failed += u64::from(report.failure.is_some());
             totals.simulated_ms += report.simulated_ms;
             totals.writes_acknowledged += report.writes_acknowledged;
+            totals.durable_records += report.durable_records;
             totals.answers += report.answers;
             for (name, count) in &report.outcomes {
                 *totals.outcomes.entry(name.clone()).or_default() += count;

@@ -77,6 +77,8 @@ const OPERATOR_WAIT_MS: u64 = 1_000;
 const QUIET_MS: u64 = 1_000;
 /// After the run, how long the pair at rest may take to hold the same records.
 const CONVERGE_MS: u64 = 2_000;
+/// How often the checker reads what each machine holds durably (`check::durable_records`).
+const DURABLE_LOOK_MS: u64 = 250;
 
 /// Faults injected, by kind.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -142,6 +144,9 @@ pub struct Report {
     pub promotions_failed: u64,
     /// What the snapshot writers and snapshot transfers did, both machines together.
     pub snapshots: SnapshotCounts,
+    /// Records seen held durably, each (sequence, epoch) counted once: held to one record
+    /// per sequence and epoch (`check::durable_records`).
+    pub durable_records: u64,
     /// The first checker that failed, if any.
     pub failure: Option<String>,
     /// The last events, when a checker failed.
@@ -173,6 +178,8 @@ pub struct World {
     heals: Vec<(u64, Heal)>,
     highest_epoch: u64,
     failovers: u64,
+    /// Every record seen held durably, checked against every later look.
+    durable: check::DurableRecords,
     refusals: std::collections::BTreeMap<String, u64>,
     struck_at: std::collections::BTreeMap<String, u64>,
     /// Burst requests in flight, by token.
@@ -235,6 +242,7 @@ impl Report {
             answers: 0,
             outcomes: Default::default(),
             refusals: Default::default(),
+            durable_records: 0,
             struck_at: Default::default(),
             failovers: 0,
             promotions_failed: 0,
@@ -323,6 +331,7 @@ impl World {
             heals: Vec::new(),
             highest_epoch: 0,
             failovers: 0,
+            durable: check::DurableRecords::default(),
             refusals: Default::default(),
             struck_at: Default::default(),
             burst: BTreeMap::new(),
@@ -361,6 +370,9 @@ impl World {
                 failure = Some(broken);
             }
             self.now_ms += 1;
+        }
+        if failure.is_none() {
+            failure = check::durable_records(&self.machines, &mut self.durable).err();
         }
         if failure.is_none() {
             failure = check::at_end(&self.machines, &self.ledger, &self.settings).err();
@@ -407,6 +419,7 @@ impl World {
                 }
             }),
             refusals: self.refusals.clone(),
+            durable_records: self.durable.len() as u64,
             struck_at: self.struck_at.clone(),
             last_events: if failure.is_some() {
                 self.trace.last().map(str::to_owned).collect()
@@ -463,6 +476,9 @@ impl World {
             self.complete(node, completion, epoch)?;
         }
         self.submit();
+        if now % DURABLE_LOOK_MS == 0 {
+            check::durable_records(&self.machines, &mut self.durable)?;
+        }
         check::every_step(&self.machines)
     }
 
