@@ -228,25 +228,14 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     if let Some(mut out) = export {
         out.flush().map_err(|e| JournalError::io("writing the export", e))?;
     }
-    if exports_to_stdout(args) {
-        print_summary(
-            &mut std::io::stderr().lock(),
-            args,
-            &engine,
-            snapshot.as_ref(),
-            &tally,
-            start,
-        );
+    // Standard output holds the export's lines when it is the export.
+    let mut out: Box<dyn Write> = if exports_to_stdout(args) {
+        Box::new(std::io::stderr().lock())
     } else {
-        print_summary(
-            &mut std::io::stdout().lock(),
-            args,
-            &engine,
-            snapshot.as_ref(),
-            &tally,
-            start,
-        );
-    }
+        Box::new(std::io::stdout().lock())
+    };
+    print_summary(&mut out, args, &engine, snapshot.as_ref(), &tally, start);
+    drop(out);
     let ends = layout.last_sequence().or(snapshot.as_ref().map(|meta| meta.through));
     if let (Some(until), Some(ends)) = (args.until_seq, ends)
         && until > ends.0
