@@ -263,6 +263,21 @@ impl FaultStorage {
         disk.halt_at = Some(disk.sync_points + after);
     }
 
+    /// Takes back a halt armed by [`FaultStorage::halt_after_sync_points`] that the disk has
+    /// not reached; whether one was armed and not reached. A halt reached stays: the process
+    /// on the disk is dead from there on.
+    pub fn disarm_halt(&self) -> bool {
+        let mut disk = self.disk();
+        let armed = disk.halt_at.is_some() && disk.halted.is_none();
+        // A halt not reached lies ahead: the sync point that reaches it halts the disk.
+        assert!(!armed || disk.halt_at > Some(disk.sync_points), "an armed halt was passed");
+        if armed {
+            disk.halt_at = None;
+        }
+        assert!(disk.halted.is_some() || disk.halt_at.is_none(), "a halt left armed");
+        armed
+    }
+
     /// Whether the disk reached its armed sync point: the process on it is dead from there on
     /// (whatever it still does before the machine is crashed reaches nothing).
     #[must_use]

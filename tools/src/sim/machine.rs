@@ -436,6 +436,15 @@ impl Machine {
         true
     }
 
+    /// Takes back every crash armed and not yet struck: at a sync point, or at the next
+    /// snapshot's. One that struck (the disk halted) is left for `crash_if_halted`.
+    pub fn disarm_halts(&mut self) {
+        self.halt_at_next_snapshot = None;
+        if self.halt_power_loss.is_some() && self.disk.disarm_halt() {
+            self.halt_power_loss = None;
+        }
+    }
+
     /// If the disk reached the armed sync point, the process dies there: whatever it did
     /// after it (every write failed) is lost with it. What it halted at, if it did.
     pub fn crash_if_halted(

@@ -590,6 +590,20 @@ mod tests {
     }
 
     #[test]
+    fn no_crash_armed_during_the_faults_strikes_after_them() {
+        // Goal: once the faults end, a crash armed at a sync point or at the next snapshot's
+        // is taken back. This seed armed a kill at a's next snapshot at 18.8 s; it struck at
+        // 30.3 s, while the pair settled, and a was still down when the run ended ("not both
+        // running after settling"). It now passes, on its path: a power loss struck while a
+        // stored its epoch, and a promotion by hand refused.
+        let unsynced = RunLength { unsynced: true, ..RunLength::default() };
+        regressions_pass(&[162550], unsynced, "not its path", |r: &Report| {
+            let struck: u64 = r.struck_at.values().sum();
+            r.faults.power_losses == 1 && struck == 1 && r.struck_at.contains_key("epoch")
+        });
+    }
+
+    #[test]
     fn a_leader_that_never_took_office_leaves_the_old_primary_eligible() {
         // Goal: under durability `none`, the standby takes the leader key, its promotion fails
         // on its disk, and later it loses power: it may lack what it acknowledged as a
