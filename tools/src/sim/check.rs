@@ -25,7 +25,8 @@ pub fn every_step(machines: &[Machine]) -> Result<(), String> {
 /// epoch name one record on every node at every time. That is what lets a downstream loader
 /// resume after the record it last loaded (`replay --after-seq N --after-epoch E`): if this
 /// journal's record N is of epoch E, it is the loader's record N. Records not yet durable are
-/// left out: one lost in a power cut is written again in its epoch, as the README says.
+/// left out, as the README asks a loader to leave them: a power cut may take them, and the
+/// node's next run writes others in their place.
 #[derive(Debug, Default)]
 pub struct DurableRecords {
     /// (sequence, epoch) → the record's bytes, and the machine it was first seen on.
