@@ -70,8 +70,7 @@ impl DurableRecords {
 /// any damage: bit rot and torn tails are the other checkers' to judge.
 pub fn durable_records(machines: &[Machine], seen: &mut DurableRecords) -> Result<(), String> {
     for machine in machines {
-        let durable = machine.disk.power_loss(None);
-        let Ok(layout) = ringfence_journal::scan::scan(&mut durable.clone()) else { continue };
+        let (durable, Some(layout)) = machine.durable_journal() else { continue };
         let (Some(first), Some(last)) = (layout.first_sequence(), layout.last_sequence()) else {
             continue;
         };

@@ -748,11 +748,18 @@ impl Machine {
         Some(format!("{name} byte {offset} bit mask {mask:#04x}"))
     }
 
+    /// What this machine's disk has made durable (what a power loss now would leave), and
+    /// the journal a scan of it finds; `None` for the scan when it fails.
+    pub fn durable_journal(&self) -> (FaultStorage, Option<ringfence_journal::scan::Layout>) {
+        let durable = self.disk.power_loss(None);
+        let layout = ringfence_journal::scan::scan(&mut durable.clone()).ok();
+        (durable, layout)
+    }
+
     /// The last record this machine's journal would still hold after a power loss now: where
     /// a scan of the bytes its disk has made durable finds the journal's intact records end.
     pub fn durable_end(&self) -> Sequence {
-        let mut durable = self.disk.power_loss(None);
-        let layout = ringfence_journal::scan::scan(&mut durable).ok();
+        let (_, layout) = self.durable_journal();
         layout.and_then(|layout| layout.last_sequence()).unwrap_or(Sequence(0))
     }
 

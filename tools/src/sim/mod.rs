@@ -594,8 +594,8 @@ mod tests {
         // Goal: once the faults end, a crash armed at a sync point or at the next snapshot's
         // is taken back. This seed armed a kill at a's next snapshot at 18.8 s; it struck at
         // 30.3 s, while the pair settled, and a was still down when the run ended ("not both
-        // running after settling"). It now passes, on its path: a power loss struck while a
-        // stored its epoch, and a promotion by hand refused.
+        // running after settling"). It now passes, on its path: its one power loss, struck
+        // at a sync point while a stored its epoch, and no other crash at a sync point.
         let unsynced = RunLength { unsynced: true, ..RunLength::default() };
         regressions_pass(&[162550], unsynced, "not its path", |r: &Report| {
             let struck: u64 = r.struck_at.values().sum();
