@@ -176,6 +176,11 @@ pub enum Mutation {
     /// the `mutations` feature).
     #[cfg_attr(not(all(test, feature = "mutations")), allow(dead_code))]
     RecoveryIgnoresDamage,
+    /// A node taking office under the witness journals in the epoch it held before, instead
+    /// of the epoch it took with the leader key: its records and its predecessor's unreplicated
+    /// ones share sequences and an epoch.
+    #[cfg_attr(not(test), allow(dead_code))]
+    OfficeKeepsEpoch,
 }
 
 /// What the checkers learn from a node's BLP after every journaled command: its state hash
@@ -961,8 +966,10 @@ impl Machine {
             // As `serve` does: the epoch taken with the leader key is stored before the node
             // journals in it.
             let epoch = Epoch(leader.epoch);
-            take_office(writer.data_dir(), epoch)
-                .map_err(|e| format!("taking office in epoch {epoch}: {e}"))?;
+            if settings.mutation != Mutation::OfficeKeepsEpoch {
+                take_office(writer.data_dir(), epoch)
+                    .map_err(|e| format!("taking office in epoch {epoch}: {e}"))?;
+            }
             epochs = writer.data_dir().epochs();
         } else if coordinated.is_none() && role == Role::Primary {
             // As `serve` does: without a witness, every run of a primary has its own epoch.

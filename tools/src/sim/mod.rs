@@ -659,6 +659,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_node_taking_office_in_its_old_epoch_is_caught_by_the_durable_record_checker() {
+        // Goal: the durable-record checker bites. A node that takes office under the witness
+        // but journals in the epoch it held before writes its records under the sequences and
+        // the epoch of its predecessor's last unreplicated ones, and the checker finds two
+        // machines holding different durable records under one name within a few dozen seeds.
+        // The ledger catches most seeds first (two nodes acknowledged writes in one epoch); the
+        // search is for one the durable records show.
+        let found = (1..80).find_map(|seed| {
+            let world = || World::mutated(seed, short(), Mutation::OfficeKeepsEpoch);
+            let failure = run_world(seed, world).failure?;
+            failure.contains("a sequence and an epoch name two records").then_some(seed)
+        });
+        let seed = found.expect("no seed's durable records showed the reused epoch");
+        eprintln!("caught by seed {seed}");
+        // The product as built passes that seed: the two records are the mutation's.
+        let unmutated = run_seed(seed, short());
+        assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
+    }
+
     #[cfg(feature = "mutations")]
     #[test]
     fn an_engine_that_skips_the_stock_check_is_caught() {
