@@ -120,6 +120,87 @@ impl<S: ReadSource> Tail<S> {
         Ok(count)
     }
 
+    /// [`Tail::read`] for a reader that cannot learn how far the writer got (one in another
+    /// process, such as `replay --follow`): appends the records from `next()` on that are
+    /// complete, up to `max_bytes` as `read` does, and returns how many (0: none yet). Where the
+    /// records stop in the journal's last segment (the end marker, a segment header not yet
+    /// written, or a record failing its checks, which may be the one being written) it stops
+    /// quietly, as [`epoch_at`] does. The same anywhere before the last segment is corruption,
+    /// as is a record out of sequence or whose epoch went back.
+    pub fn read_written(
+        &mut self,
+        out: &mut Vec<u8>,
+        max_bytes: usize,
+    ) -> Result<u32, JournalError> {
+        let (from, len_before) = (self.next, out.len());
+        let count = self.read_complete(out, max_bytes)?;
+        // Whole records only, one per sequence, as `read` hands them over.
+        assert_eq!(self.next.0 - from.0, u64::from(count), "records skipped or repeated");
+        assert_eq!((out.len() - len_before) % RECORD_ALIGN, 0, "a part of a record appended");
+        Ok(count)
+    }
+
+    /// [`Tail::read_written`]'s loop.
+    fn read_complete(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> Result<u32, JournalError> {
+        let everything = Sequence(u64::MAX);
+        let mut count = 0;
+        // A record seen failing while a later segment exists is read once more: the writer may
+        // have finished it and started that segment between the read and the listing.
+        let mut looked_again = false;
+        loop {
+            match self.read(everything, out, max_bytes) {
+                Ok(0) => return Ok(count),
+                Ok(read) => {
+                    assert!(!out.is_empty(), "records read but none appended");
+                    count += read;
+                    looked_again = false;
+                    if out.len() >= max_bytes {
+                        return Ok(count);
+                    }
+                }
+                // Met again, and judged, by the next call.
+                Err(_) if count > 0 => return Ok(count),
+                Err(error) => {
+                    if !self.may_be_in_progress(&error) {
+                        return Err(error);
+                    }
+                    let segments = sorted_segments(&self.source)?;
+                    let later = segments.last().is_some_and(|(first, _)| *first > self.next);
+                    if !later {
+                        return Ok(0);
+                    }
+                    if looked_again {
+                        return Err(error);
+                    }
+                    looked_again = true;
+                }
+            }
+        }
+    }
+
+    /// Whether `error`, met reading record `next`, is what the writer's position looks like
+    /// from another process: nothing written there yet, or a record only partly written.
+    fn may_be_in_progress(&self, error: &JournalError) -> bool {
+        assert!(self.next.0 >= 1, "sequences start at 1");
+        let JournalError::Corrupt { sequence, damage, .. } = error else { return false };
+        *sequence == self.next
+            && matches!(
+                damage,
+                Damage::EndsEarly
+                    | Damage::Checksum
+                    | Damage::Length
+                    | Damage::SegmentHeader(HeaderProblem::Zeroed | HeaderProblem::TooShort)
+            )
+    }
+
+    /// The name of the segment the tail is reading, once a read found it.
+    #[must_use]
+    pub fn segment(&self) -> Option<&str> {
+        let current = self.current.as_ref()?;
+        assert!(current.offset >= SEGMENT_HEADER_LEN, "a tail inside a segment header");
+        Some(current.name.as_str())
+    }
+
     /// Appends record `next` (complete: `next <= through`) to `out`, unless it would take `out`
     /// past `max_bytes` and the record is not `required`; whether it did.
     fn read_one(
@@ -189,7 +270,17 @@ impl<S: ReadSource> Tail<S> {
         let bytes = match map_segment(&mut self.source, &name) {
             Ok(bytes) => bytes,
             Err(error) if is_not_found(&error) => {
-                return Err(self.not_followed(&old_name, old_offset));
+                let error = self.not_followed(&old_name, old_offset);
+                // Back at the old segment's end: a reader that comes back for a segment not
+                // yet started (`read_written`) steps there again instead of walking to it.
+                if let Ok(bytes) = map_segment(&mut self.source, &old_name)
+                    && bytes.len() >= old_offset as usize
+                {
+                    self.current =
+                        Some(Current { name: old_name, bytes, offset: old_offset as usize });
+                }
+                assert!(self.current.as_ref().is_none_or(|c| c.offset > SEGMENT_HEADER_LEN));
+                return Err(error);
             }
             Err(error) => return Err(error),
         };

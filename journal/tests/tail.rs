@@ -708,3 +708,64 @@ fn a_segment_retired_between_listing_and_mapping_counts_as_retired() {
         assert_eq!(found, expected.map(Sequence), "epoch {epoch}");
     }
 }
+
+#[test]
+fn a_reader_in_another_process_reads_what_is_complete_and_waits_at_the_writers_position() {
+    // Goal: `read_written`, which is not told how far the writer got, returns every complete
+    // record once, across segment starts; at the writer's position (nothing written yet, a
+    // segment not yet started, a record half written) it returns nothing and reads on once
+    // the writer does; a record failing its checks before the last segment is corruption.
+    let dir = TempDir::new("tail-written");
+    let mut writer = new_writer(dir.path());
+    let commands = commands(2_000);
+    let mut tail = open_tail(dir.path(), Sequence(1)).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(tail.read_written(&mut out, usize::MAX).unwrap(), 0, "an empty journal");
+    let mut read = Vec::new();
+    for chunk in commands.chunks(150) {
+        append(&mut writer, Epoch(1), chunk);
+        let mut out = Vec::new();
+        let count = tail.read_written(&mut out, 4_096).unwrap();
+        assert!(count > 0, "nothing read after an append");
+        read.extend(split(&out));
+        // A bounded read leaves the rest to the next calls, none of which repeats a record.
+        loop {
+            let mut more = Vec::new();
+            if tail.read_written(&mut more, 4_096).unwrap() == 0 {
+                break;
+            }
+            read.extend(split(&more));
+        }
+        assert_eq!(tail.read_written(&mut Vec::new(), usize::MAX).unwrap(), 0, "read twice");
+    }
+    let stored = stored(dir.path());
+    assert!(segment_files(dir.path()).len() >= 3, "the records span segments");
+    assert_eq!(read, stored.iter().map(|(_, _, bytes)| bytes.clone()).collect::<Vec<_>>());
+    // The writer's next record, half written after the last: not yet there.
+    let last = stored.len() as u64;
+    let (file, offset, bytes) = stored.last().unwrap();
+    let mut half = bytes[..bytes.len() / 2].to_vec();
+    half[8..16].copy_from_slice(&(last + 1).to_le_bytes());
+    patch(file, offset + bytes.len(), &half);
+    assert_eq!(tail.read_written(&mut Vec::new(), usize::MAX).unwrap(), 0, "a half record");
+    assert_eq!(tail.next(), Sequence(last + 1));
+    patch(file, offset + bytes.len(), &vec![0; half.len()]);
+    // Appended for real: read on.
+    let more = {
+        let mut workload = Workload::new(12, Sequence(last + 1), Timestamp(10));
+        generate(&mut workload, &mut Engine::new(config()), 5)
+    };
+    append(&mut writer, Epoch(1), &more);
+    let mut out = Vec::new();
+    assert_eq!(tail.read_written(&mut out, usize::MAX).unwrap(), 5);
+    assert_eq!(split(&out), stored_bytes(dir.path())[last as usize..]);
+    drop(writer);
+    // A flipped byte in the first segment, met by a reader from the start: corruption.
+    let (file, offset, record) = &stored[7];
+    patch(file, offset + 33, &[record[33] ^ 0x01]);
+    let mut tail = open_tail(dir.path(), Sequence(1)).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(tail.read_written(&mut out, usize::MAX).unwrap(), 7, "the records before it");
+    let error = tail.read_written(&mut out, usize::MAX).expect_err("corruption reported");
+    expect_corrupt(&error, file, *offset as u64, Sequence(8));
+}
