@@ -5,15 +5,18 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use ringfence_core::{Engine, EngineConfig, Epoch, Lookahead, Sequence, Sequenced, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot::{self, SnapshotMeta};
-use ringfence_journal::tail;
+use ringfence_journal::tail::{self, Tail};
 use serde_json::json;
 
 use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, clean_stop_check, open, tail_in_progress};
@@ -76,10 +79,28 @@ pub struct ReplayArgs {
     /// epoch name one record on every node.
     #[arg(long, requires = "after_seq")]
     pub after_epoch: Option<u64>,
+    /// With --export, keep exporting as the journal grows, until SIGINT or SIGTERM: each
+    /// record once it is complete and durable (the segments are synced before their outcomes
+    /// are written, whatever the node's durability). Stops with an error, after the summary,
+    /// if this journal is rewritten under it (records it exported replaced after a failover)
+    /// or retention retires records it has not read.
+    #[arg(long, requires = "export", conflicts_with_all = ["until_seq", "until_time"])]
+    pub follow: bool,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
 }
+
+/// How long `--follow` waits before looking for new records when it found none.
+const FOLLOW_POLL: Duration = Duration::from_millis(50);
+
+/// How often `--follow`, finding no new records, checks that the last record it read is
+/// still this journal's: a journal rewritten in place after a failover can look, from where
+/// the follower stands, like a writer that went quiet.
+const FOLLOW_CHECK: Duration = Duration::from_secs(2);
+
+/// The most bytes of records `--follow` reads, syncs and exports at a time.
+const FOLLOW_BATCH_BYTES: usize = 1 << 20;
 
 struct Limits {
     until_seq: Sequence,
@@ -186,6 +207,11 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         ))),
         None => None,
     };
+    // What a follower exports is durable, the records of the first pass included.
+    let mut synced_through_segment = None;
+    if let Some(last) = layout.last_sequence().filter(|last| args.follow && *last >= start) {
+        make_durable(&args.dir, &source, start, last, &mut synced_through_segment)?;
+    }
     let total = layout
         .last_sequence()
         .map_or(0, |last| last.0.min(limits.until_seq.0).saturating_sub(start.0 - 1));
@@ -220,8 +246,12 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     // Whatever ended the reading, every record read is applied.
     ahead.finish(&mut engine, |engine, command| applier.apply(engine, command));
     read?;
-    let Applier { tally, export, export_error, .. } = applier;
     progress.finish_and_clear();
+    if args.follow {
+        let synced = synced_through_segment;
+        return follow(args, (engine, applier, synced), snapshot.as_ref(), start);
+    }
+    let Applier { tally, export, export_error, .. } = applier;
     if let Some(error) = export_error {
         return Err(JournalError::io("writing the export", error));
     }
@@ -262,6 +292,186 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         (false, _) => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--follow`: after the first pass, applies and exports each record the journal's writer
+/// completes, until a signal stops it (exit 0) or something it cannot follow does (exit 1);
+/// either way the summary says where the export got to.
+fn follow(
+    args: &ReplayArgs,
+    (mut engine, mut applier, mut synced): (Engine, Applier, Option<String>),
+    snapshot: Option<&SnapshotMeta>,
+    start: Sequence,
+) -> Result<ExitCode, JournalError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| JournalError::io("installing the signal handlers", e))?;
+    }
+    let next = applier.tally.last_sequence.map_or(start, Sequence::next);
+    let mut tail = Tail::open(ReadOnlyDir::open(&args.dir)?, next)?;
+    let mut looks = ReadOnlyDir::open(&args.dir)?;
+    let reading = (&mut tail, &mut looks, &mut synced);
+    let ended = follow_records(args, &mut engine, &mut applier, reading, &stop);
+    let Applier { tally, export, export_error, .. } = applier;
+    let flushed = export.map_or(Ok(()), |mut out| out.flush());
+    let mut out: Box<dyn Write> = if exports_to_stdout(args) {
+        Box::new(std::io::stderr().lock())
+    } else {
+        Box::new(std::io::stdout().lock())
+    };
+    print_summary(&mut out, args, &engine, snapshot, &tally, start);
+    drop(out);
+    ended?;
+    if let Some(error) = export_error.or(flushed.err()) {
+        return Err(JournalError::io("writing the export", error));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The loop of [`follow`]: reads what the writer completed, makes it durable, applies and
+/// exports it, and flushes the export; waits when there is nothing new.
+fn follow_records(
+    args: &ReplayArgs,
+    engine: &mut Engine,
+    applier: &mut Applier,
+    (tail, looks, synced): (&mut Tail<ReadOnlyDir>, &mut ReadOnlyDir, &mut Option<String>),
+    stop: &AtomicBool,
+) -> Result<(), JournalError> {
+    // The first pass's lines go out before the first wait.
+    if let Some(out) = applier.export.as_mut() {
+        out.flush().map_err(|e| JournalError::io("writing the export", e))?;
+    }
+    let mut bytes = Vec::with_capacity(FOLLOW_BATCH_BYTES);
+    let mut checked = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        bytes.clear();
+        let from = tail.next();
+        let count = match tail.read_written(&mut bytes, FOLLOW_BATCH_BYTES) {
+            Ok(count) => count,
+            Err(JournalError::Retired { first, .. }) => return Err(fell_behind(applier, first)),
+            // Records that are not where the follower left them: a rewrite says more than the
+            // damage it looks like from where the follower stands.
+            Err(error) => {
+                still_this_journal(looks, applier)?;
+                return Err(error);
+            }
+        };
+        if count == 0 {
+            if checked.elapsed() >= FOLLOW_CHECK {
+                still_this_journal(looks, applier)?;
+                checked = Instant::now();
+            }
+            std::thread::sleep(FOLLOW_POLL);
+            continue;
+        }
+        let through = Sequence(tail.next().0 - 1);
+        make_durable(&args.dir, looks, from, through, synced)?;
+        let mut rest = bytes.as_slice();
+        for sequence in from.0..=through.0 {
+            let (header, command, len) = ringfence_core::record::decode(rest).map_err(|e| {
+                let dir = args.dir.display();
+                JournalError::Options(format!("record {sequence} of {dir} does not decode: {e:?}"))
+            })?;
+            rest = &rest[len..];
+            if !command.command.is_mutating() {
+                return Err(JournalError::Options(format!(
+                    "record {} holds a read, which no journal holds",
+                    header.sequence
+                )));
+            }
+            // A new epoch is a failover or a primary's new run; the records before it must
+            // still be the ones exported, or the journal was rewritten where it changed.
+            if applier.tally.last_epoch.is_some_and(|last| header.epoch > last) {
+                still_this_journal(looks, applier)?;
+            }
+            applier.epochs.push_back(header.epoch);
+            applier.apply(engine, &command);
+        }
+        assert!(rest.is_empty(), "records read but not applied");
+        if let Some(error) = applier.export_error.take() {
+            return Err(JournalError::io("writing the export", error));
+        }
+        if let Some(out) = applier.export.as_mut() {
+            out.flush().map_err(|e| JournalError::io("writing the export", e))?;
+        }
+        checked = Instant::now();
+    }
+    Ok(())
+}
+
+/// Refuses to go on unless the last record exported is still this journal's, with the epoch
+/// it had: a rewrite after a failover replaces records from some sequence on.
+fn still_this_journal(looks: &mut ReadOnlyDir, applier: &Applier) -> Result<(), JournalError> {
+    let (Some(last), Some(epoch)) = (applier.tally.last_sequence, applier.tally.last_epoch) else {
+        return Ok(());
+    };
+    let now = match tail::epoch_at(looks, last)? {
+        Some(held) if held == epoch => return Ok(()),
+        Some(held) => format!("is now of epoch {held}"),
+        None => {
+            let first = scan::sorted_segments(looks)?.first().map(|(first, _)| *first);
+            if let Some(first) = first.filter(|first| *first > last) {
+                return Err(fell_behind(applier, first));
+            }
+            "is no longer in it".to_owned()
+        }
+    };
+    Err(JournalError::Options(format!(
+        "record {last} of this journal, exported as of epoch {epoch}, {now}: the journal was \
+         rewritten under the export (after a failover, the records a primary wrote but never \
+         replicated are replaced by the new primary's). Run again with --after-seq {last} \
+         --after-epoch {epoch}: it says whether the outcomes exported are this journal's"
+    )))
+}
+
+/// The refusal of a follower that retention overtook: the journal now starts at `first`,
+/// after records it had not read.
+fn fell_behind(applier: &Applier, first: Sequence) -> JournalError {
+    let last = applier.tally.last_sequence.map_or(0, |last| last.0);
+    let epoch = applier.tally.last_epoch.map_or(String::new(), |e| format!(" --after-epoch {e}"));
+    JournalError::Options(format!(
+        "the journal now holds sequences from {first} on: the segments after record {last}, \
+         the last exported, were retired after a snapshot before the follower read them. Run \
+         again with --after-seq {last}{epoch}: it replays from a snapshot kept, or names the \
+         earliest sequence it can export after"
+    ))
+}
+
+/// Syncs the segments that hold records `from..=through` (and the directory, when they reach
+/// a segment not synced before), so that what is exported survives a power loss whatever the
+/// node's durability: what a downstream system loaded is then never replaced by other
+/// records in the same epoch.
+fn make_durable(
+    dir: &Path,
+    source: &ReadOnlyDir,
+    from: Sequence,
+    through: Sequence,
+    synced_through_segment: &mut Option<String>,
+) -> Result<(), JournalError> {
+    let segments = scan::sorted_segments(source)?;
+    let holding = |index: usize| {
+        let (first, _) = segments[index];
+        let ends_before = segments.get(index + 1).map(|(next, _)| *next);
+        first <= through && ends_before.is_none_or(|next| next > from)
+    };
+    let mut last_synced = None;
+    for (_, (_, name)) in segments.iter().enumerate().filter(|(index, _)| holding(*index)) {
+        let path = dir.join(name);
+        File::open(&path)
+            .and_then(|file| file.sync_data())
+            .map_err(|e| JournalError::io(format!("syncing {}", path.display()), e))?;
+        last_synced = Some(name);
+    }
+    if let Some(name) = last_synced
+        && synced_through_segment.as_deref() != Some(name.as_str())
+    {
+        File::open(dir)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| JournalError::io(format!("syncing {}", dir.display()), e))?;
+        *synced_through_segment = Some(name.clone());
+    }
+    Ok(())
 }
 
 /// Opens the journal and refuses what replay must not read past: corruption within the range,

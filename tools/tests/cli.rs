@@ -322,32 +322,9 @@ fn stats_reports_what_retention_keeps_and_retired() {
     // Goal: stats names the snapshots kept, the sequence the journal must reach back to (one
     // past the oldest kept snapshot) and how many segments retention has retired.
     let dir = TempDir::new("retention-stats");
-    let options = WriterOptions {
-        segment_len: 64 * 1024,
-        durability: Durability::None,
-        engine_config: config(),
-    };
-    let mut recovered = recover(dir.path(), options).unwrap();
-    let policy =
-        SnapshotPolicy { every_commands: Some(1_000), keep: 2, ..SnapshotPolicy::default() };
-    let data_dir = recovered.writer.data_dir().clone();
-    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
     let mut engine = Engine::new(config());
     let mut workload = Workload::new(12, Sequence(1), Timestamp(1_700_000_000_000));
-    for _ in 0..5_000 {
-        let command = workload.next_command();
-        recovered.writer.append_command(Epoch(1), &command).unwrap();
-        recovered.writer.end_batch().unwrap();
-        // Retention trusts only snapshots the journal has synced past.
-        recovered.writer.sync_now().unwrap();
-        workload.observe(&engine.apply(&command));
-        snapshots.after_apply(&engine, &command);
-        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().failed {
-            std::thread::yield_now();
-        }
-    }
-    let stats = snapshots.finish();
-    drop(recovered);
+    let stats = append_with_retention(dir.path(), (&mut workload, &mut engine), 5_000);
     let path = dir.path().to_str().unwrap();
     let out = ringfence(&["journal", "stats", path, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -383,6 +360,38 @@ fn stats_reports_what_retention_keeps_and_retired() {
     assert!(text(&out.stderr).contains("--after-seq 4000"), "{}", text(&out.stderr));
     let resumed = export_lines(dir.path(), &["--after-seq", "4000"]);
     assert_eq!(resumed, lines, "the same as an export of the retained journal");
+}
+
+/// Appends the next `count` commands of `workload` in epoch 1, with a snapshot every 1,000
+/// commands and two kept: retention retires the segments before the older one.
+fn append_with_retention(
+    dir: &std::path::Path,
+    (workload, engine): (&mut Workload, &mut Engine),
+    count: usize,
+) -> ringfence_journal::snapshot::SnapshotStats {
+    let options = WriterOptions {
+        segment_len: 64 * 1024,
+        durability: Durability::None,
+        engine_config: config(),
+    };
+    let mut recovered = recover(dir, options).unwrap();
+    let policy =
+        SnapshotPolicy { every_commands: Some(1_000), keep: 2, ..SnapshotPolicy::default() };
+    let data_dir = recovered.writer.data_dir().clone();
+    let mut snapshots = Snapshotter::start(data_dir, policy, config()).unwrap();
+    for _ in 0..count {
+        let command = workload.next_command();
+        recovered.writer.append_command(Epoch(1), &command).unwrap();
+        recovered.writer.end_batch().unwrap();
+        // Retention trusts only snapshots the journal has synced past.
+        recovered.writer.sync_now().unwrap();
+        workload.observe(&engine.apply(&command));
+        snapshots.after_apply(engine, &command);
+        while snapshots.stats().pauses > snapshots.stats().written + snapshots.stats().failed {
+            std::thread::yield_now();
+        }
+    }
+    snapshots.finish()
 }
 
 /// Runs `replay DIR --export FILE` with `flags` and reads the exported lines.
@@ -602,4 +611,232 @@ fn config_check_refuses_what_serve_would_refuse_or_what_would_break_the_node() {
     std::fs::write(&path, "[engine]\nrequest_key_window_ms = 1000\n").unwrap();
     let checked = ringfence(&["config", "check", path.to_str().unwrap()]);
     assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
+}
+
+/// A `replay --export - --follow --json` process: its lines as they come, its standard error
+/// once it exits. Killed if the test ends with it running.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Follower {
+    fn start(dir: &std::path::Path) -> Follower {
+        use std::io::{BufRead as _, Read as _};
+        use std::process::{Command, Stdio};
+        let path = dir.to_str().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["replay", path, "--export", "-", "--follow", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ringfence");
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Follower { child, lines, stderr }
+    }
+
+    /// The next `count` lines, each within 30 s.
+    fn lines(&self, count: usize) -> Vec<serde_json::Value> {
+        (0..count)
+            .map(|n| {
+                let line = self.lines.recv_timeout(Duration::from_secs(30));
+                let line = line.unwrap_or_else(|e| panic!("line {n} of {count} not exported: {e}"));
+                serde_json::from_str(&line).unwrap()
+            })
+            .collect()
+    }
+
+    /// Waits up to 30 s for the process to exit: its status and standard error.
+    fn exited(self) -> (std::process::ExitStatus, String) {
+        let (status, stderr, _) = self.exited_with_lines();
+        (status, stderr)
+    }
+
+    /// Waits up to 30 s for the process to exit: its status, standard error, and the lines
+    /// it wrote that were not taken yet.
+    fn exited_with_lines(mut self) -> (std::process::ExitStatus, String, Vec<serde_json::Value>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the follower did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        let rest = self.lines.iter().map(|line| serde_json::from_str(&line).unwrap()).collect();
+        (status, stderr.join().unwrap(), rest)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    fn stop(self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        self.exited()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Appends the next `count` commands of `workload` to the journal in `dir` in `epoch` (stored
+/// first, as a primary taking office does), as a node would: a run of the writer each call.
+fn append_in_epoch(
+    dir: &std::path::Path,
+    (workload, engine): (&mut Workload, &mut Engine),
+    count: usize,
+    epoch: Epoch,
+) {
+    let options = WriterOptions {
+        segment_len: 64 * 1024,
+        durability: Durability::None,
+        engine_config: config(),
+    };
+    let mut recovered = recover(dir, options).unwrap();
+    if recovered.writer.data_dir().epochs().current < epoch {
+        let epochs = Epochs { current: epoch, promised: epoch };
+        recovered.writer.data_dir().store_epochs(epochs).unwrap();
+    }
+    for _ in 0..count {
+        let command = workload.next_command();
+        recovered.writer.append_command(epoch, &command).unwrap();
+        recovered.writer.end_batch().unwrap();
+        workload.observe(&engine.apply(&command));
+    }
+}
+
+#[test]
+fn a_follower_exports_each_record_as_the_journal_grows_until_stopped() {
+    // Goal: `replay --export - --follow` writes the lines of what the journal holds, then those
+    // of each record appended later (across segments, and into a new epoch after a
+    // failover): exactly the lines of a whole export made afterwards. SIGTERM ends it with
+    // exit 0 and the summary naming the last record exported.
+    let dir = TempDir::new("follow");
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(17, Sequence(1), Timestamp(1_700_000_000_000));
+    append_in_epoch(dir.path(), (&mut workload, &mut engine), 300, Epoch(1));
+    let follower = Follower::start(dir.path());
+    let mut followed = follower.lines(300);
+    append_in_epoch(dir.path(), (&mut workload, &mut engine), 200, Epoch(1));
+    followed.extend(follower.lines(200));
+    append_in_epoch(dir.path(), (&mut workload, &mut engine), 400, Epoch(2));
+    followed.extend(follower.lines(400));
+    let (status, stderr) = follower.stop();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert_eq!(summary["through_sequence"], 900, "{summary}");
+    assert_eq!(
+        (summary["through_epoch"].as_u64(), summary["exported"].as_u64()),
+        (Some(2), Some(900))
+    );
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(files > 4, "the records span segments");
+    assert_eq!(followed, export_lines(dir.path(), &[]));
+}
+
+#[test]
+fn a_follower_stops_when_the_journal_is_rewritten_under_it() {
+    // Goal: a journal whose records from 201 on are replaced by another history's, in a new
+    // epoch (a failover that dropped this node's unreplicated records), stops the follower
+    // with an error naming the record it last exported and how to check the export: whether
+    // the follower reads on into the other history (it meets the new epoch) or waits at the
+    // end of a segment no longer in the directory (it looks again every 2 s), and whether the
+    // other history is longer or shorter. The summary still says how far it got.
+    let cases = [
+        (450, false, "is now of epoch 2"),
+        (450, true, "is now of epoch 2"),
+        (290, true, "is no longer in it"),
+    ];
+    for (other_len, read_on_first, said) in cases {
+        let dir = TempDir::new("follow-rewritten");
+        let other = TempDir::new("follow-rewritten-other");
+        let mut engine = Engine::new(config());
+        let mut workload = Workload::new(19, Sequence(1), Timestamp(1_700_000_000_000));
+        append_in_epoch(dir.path(), (&mut workload, &mut engine), 300, Epoch(1));
+        let follower = Follower::start(dir.path());
+        let mut followed = follower.lines(300);
+        if read_on_first {
+            append_in_epoch(dir.path(), (&mut workload, &mut engine), 50, Epoch(1));
+            followed.extend(follower.lines(50));
+        }
+        let last = followed.len();
+        assert_eq!(followed[last - 1]["epoch"], 1);
+        let mut engine = Engine::new(config());
+        let mut workload = Workload::new(19, Sequence(1), Timestamp(1_700_000_000_000));
+        append_in_epoch(other.path(), (&mut workload, &mut engine), 200, Epoch(1));
+        append_in_epoch(other.path(), (&mut workload, &mut engine), other_len - 200, Epoch(2));
+        // The other history takes the directory's place, file by file.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        for entry in std::fs::read_dir(other.path()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let (status, stderr) = follower.exited();
+        assert_eq!(status.code(), Some(1), "{other_len}: {stderr}");
+        let record = format!("record {last} of this journal, exported as of epoch 1, {said}");
+        assert!(stderr.contains(&record), "{other_len}: {stderr}");
+        let check = format!("--after-seq {last} --after-epoch 1");
+        assert!(stderr.contains(&check), "{other_len}: {stderr}");
+        let summary: serde_json::Value =
+            serde_json::from_str(stderr.lines().next().unwrap()).unwrap();
+        assert_eq!(summary["through_sequence"], last, "{other_len}: {summary}");
+    }
+}
+
+#[test]
+fn a_follower_that_retention_overtook_says_where_to_pick_up() {
+    // Goal: a follower held up (stopped here with SIGSTOP; in life, a slow consumer) while the
+    // node snapshots and retires the segments it had not read stops with an error naming the
+    // last record it exported and the run that picks up after it, rather than skipping to
+    // the records that are left; that run then exports from there.
+    let dir = TempDir::new("follow-retired");
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(12, Sequence(1), Timestamp(1_700_000_000_000));
+    append_in_epoch(dir.path(), (&mut workload, &mut engine), 300, Epoch(1));
+    let follower = Follower::start(dir.path());
+    let mut followed = follower.lines(300);
+    let pid = follower.child.id().to_string();
+    let signal = |which: &str| {
+        let sent = std::process::Command::new("kill").args([which, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {which}");
+    };
+    signal("-STOP");
+    let stats = append_with_retention(dir.path(), (&mut workload, &mut engine), 5_000);
+    assert!(stats.segments_retired > 0, "{stats:?}");
+    signal("-CONT");
+    let (status, stderr, rest) = follower.exited_with_lines();
+    followed.extend(rest);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = followed.last().unwrap()["sequence"].as_u64().unwrap();
+    assert!(stderr.contains("were retired after a snapshot before the follower read them"));
+    let again = format!("Run again with --after-seq {last} --after-epoch 1");
+    assert!(stderr.contains(&again), "{last}: {stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stderr.lines().next().unwrap()).unwrap();
+    assert_eq!(summary["through_sequence"], last, "{summary}");
+    // Every line is the whole export's, none skipped.
+    let sequences: Vec<u64> = followed.iter().map(|l| l["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(sequences, (1..=last).collect::<Vec<_>>());
 }
