@@ -811,7 +811,8 @@ fn a_follower_that_retention_overtook_says_where_to_pick_up() {
     // Goal: a follower held up (stopped here with SIGSTOP; in life, a slow consumer) while the
     // node snapshots and retires the segments it had not read stops with an error naming the
     // last record it exported and the run that picks up after it, rather than skipping to
-    // the records that are left; that run then exports from there.
+    // the records that are left; that run names the earliest sequence this directory can
+    // still export after.
     let dir = TempDir::new("follow-retired");
     let mut engine = Engine::new(config());
     let mut workload = Workload::new(12, Sequence(1), Timestamp(1_700_000_000_000));
@@ -839,4 +840,13 @@ fn a_follower_that_retention_overtook_says_where_to_pick_up() {
     // Every line is the whole export's, none skipped.
     let sequences: Vec<u64> = followed.iter().map(|l| l["sequence"].as_u64().unwrap()).collect();
     assert_eq!(sequences, (1..=last).collect::<Vec<_>>());
+    let (path, after) = (dir.path().to_str().unwrap(), last.to_string());
+    let export = dir.path().join("again.jsonl");
+    let export = export.to_str().unwrap();
+    let again = ["replay", path, "--export", export, "--after-seq", &after, "--after-epoch", "1"];
+    let out = ringfence(&again);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let refusal = text(&out.stderr);
+    assert!(refusal.contains(&format!("an export after sequence {after} needs the state")));
+    assert!(refusal.contains(" to export from "), "{refusal}");
 }
