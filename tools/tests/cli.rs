@@ -623,11 +623,16 @@ struct Follower {
 
 impl Follower {
     fn start(dir: &std::path::Path) -> Follower {
+        Follower::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, flags: &[&str]) -> Follower {
         use std::io::{BufRead as _, Read as _};
         use std::process::{Command, Stdio};
         let path = dir.to_str().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
             .args(["replay", path, "--export", "-", "--follow", "--json"])
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -752,7 +757,16 @@ fn a_follower_exports_each_record_as_the_journal_grows_until_stopped() {
     );
     let files = std::fs::read_dir(dir.path()).unwrap().count();
     assert!(files > 4, "the records span segments");
-    assert_eq!(followed, export_lines(dir.path(), &[]));
+    let whole = export_lines(dir.path(), &[]);
+    assert_eq!(followed, whole);
+    // A loader that has the first 850 picks up after them, and follows on from there.
+    let follower = Follower::start_with(dir.path(), &["--after-seq", "850", "--after-epoch", "2"]);
+    let mut followed = follower.lines(50);
+    append_in_epoch(dir.path(), (&mut workload, &mut engine), 100, Epoch(2));
+    followed.extend(follower.lines(100));
+    let (status, stderr) = follower.stop();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(followed, export_lines(dir.path(), &["--after-seq", "850"]));
 }
 
 #[test]
