@@ -140,42 +140,35 @@ impl<S: ReadSource> Tail<S> {
         Ok(count)
     }
 
-    /// [`Tail::read_written`]'s loop.
+    /// [`Tail::read_written`]'s work: `read` to the end of what is complete, and a judgement
+    /// of what stopped it when that is the first record asked for.
     fn read_complete(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> Result<u32, JournalError> {
-        let everything = Sequence(u64::MAX);
-        let mut count = 0;
         // A record seen failing while a later segment exists is read once more: the writer may
         // have finished it and started that segment between the read and the listing.
-        let mut looked_again = false;
-        loop {
-            match self.read(everything, out, max_bytes) {
-                Ok(0) => return Ok(count),
-                Ok(read) => {
-                    assert!(!out.is_empty(), "records read but none appended");
-                    count += read;
-                    looked_again = false;
-                    if out.len() >= max_bytes {
-                        return Ok(count);
-                    }
+        for second_look in [false, true] {
+            let error = match self.read(Sequence(u64::MAX), out, max_bytes) {
+                // Stopped by `max_bytes` or by what follows the records read, which the next
+                // call meets first.
+                Ok(count) => {
+                    // Everything is due: a record, or the error that stops the first.
+                    assert!(count > 0, "a read with every record due returned none");
+                    return Ok(count);
                 }
-                // Met again, and judged, by the next call.
-                Err(_) if count > 0 => return Ok(count),
-                Err(error) => {
-                    if !self.may_be_in_progress(&error) {
-                        return Err(error);
-                    }
-                    let segments = sorted_segments(&self.source)?;
-                    let later = segments.last().is_some_and(|(first, _)| *first > self.next);
-                    if !later {
-                        return Ok(0);
-                    }
-                    if looked_again {
-                        return Err(error);
-                    }
-                    looked_again = true;
-                }
+                Err(error) => error,
+            };
+            if !self.may_be_in_progress(&error) {
+                return Err(error);
+            }
+            let segments = sorted_segments(&self.source)?;
+            let later = segments.last().is_some_and(|(first, _)| *first > self.next);
+            if !later {
+                return Ok(0);
+            }
+            if second_look {
+                return Err(error);
             }
         }
+        unreachable!("the second look returns")
     }
 
     /// Whether `error`, met reading record `next`, is what the writer's position looks like
