@@ -1,13 +1,13 @@
-//! JSON for commands, outcomes and events in the tools' exports (`journal dump --json`,
-//! `replay --export`): the API's own view types ([`ringfence_ingress::http::views`]), so an
-//! outcome reads the same in an export as in an HTTP answer, with a snake_case `kind` added.
+//! JSON for commands and SKUs in the tools' output (`journal dump --json`, the summary of
+//! `replay --json`): the API's own view types ([`ringfence_ingress::http::views`]), as
+//! `replay --export` writes its lines, so an outcome reads the same in an export as in an
+//! HTTP answer, with a snake_case `kind` added.
 //!
 //! Ids are decimal strings, 16-byte keys are hex strings, times are milliseconds since the
 //! Unix epoch (`*_ms`) and money is in cents.
 
-use ringfence_core::engine::Event;
-use ringfence_core::{Command, Outcome, SkuView};
-use ringfence_ingress::http::views::{CommandJson, EventJson, SkuJson, outcome_record};
+use ringfence_core::{Command, SkuView};
+use ringfence_ingress::http::views::{CommandJson, SkuJson};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -33,22 +33,16 @@ pub fn sku(view: &SkuView) -> Value {
     value(&SkuJson::from(view))
 }
 
-/// An outcome as a JSON object: its `kind`, then the fields of its HTTP body.
-#[must_use]
-pub fn outcome(outcome: &Outcome) -> Value {
-    value(&outcome_record(outcome))
-}
-
-/// An engine event (an expiry) as a JSON object.
-#[must_use]
-pub fn event(event: &Event) -> Value {
-    value(&EventJson::from(event))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringfence_core::{OrderId, Rejection};
+    use ringfence_core::{OrderId, Outcome, Rejection};
+    use ringfence_ingress::http::views::outcome_record;
+
+    /// An outcome as `replay --export` writes it: its `kind`, then the fields of its HTTP body.
+    fn outcome(outcome: &Outcome) -> Value {
+        value(&outcome_record(outcome))
+    }
 
     #[test]
     fn an_exported_outcome_is_its_http_body_with_a_kind() {

@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use ringfence_core::{Engine, EngineConfig, Epoch, Lookahead, Sequence, Sequenced, Timestamp};
+use ringfence_ingress::http::views::{CommandJson, EventJson, Kinded, OutcomeJson, outcome_record};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::scan::{self, ReadOnlyDir};
 use ringfence_journal::snapshot::{self, SnapshotMeta};
 use ringfence_journal::tail::{self, Tail};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::journal_cmd::{EXIT_TORN_TAIL, Opened, clean_stop_check, open, tail_in_progress};
@@ -97,7 +99,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(50);
 /// How often `--follow`, finding no new records, checks that the last record it read is
 /// still this journal's: a journal rewritten in place after a failover can look, from where
 /// the follower stands, like a writer that went quiet.
-const FOLLOW_CHECK: Duration = Duration::from_secs(2);
+const FOLLOW_CHECK: Duration = Duration::from_secs(5);
 
 /// The most bytes of records `--follow` reads, syncs and exports at a time.
 const FOLLOW_BATCH_BYTES: usize = 1 << 20;
@@ -131,6 +133,19 @@ struct Applier {
     epochs: VecDeque<Epoch>,
 }
 
+/// One line of an export: a journaled command, its outcome and the expiries it caused.
+/// Fields in the order of their names, as the lines have always had them.
+#[derive(Serialize)]
+struct ExportLine {
+    command: CommandJson,
+    epoch: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    events: Vec<EventJson>,
+    outcome: Kinded<OutcomeJson>,
+    sequence: u64,
+    timestamp_ms: u64,
+}
+
 impl Applier {
     fn apply(&mut self, engine: &mut Engine, command: &Sequenced) {
         let epoch = self.epochs.pop_front().expect("every record read has its epoch");
@@ -144,15 +159,19 @@ impl Applier {
             return;
         };
         self.tally.exported += 1;
-        let mut line = json!({
-            "sequence": command.sequence.0, "timestamp_ms": command.timestamp.0,
-            "epoch": epoch.0, "command": json::command(&command.command),
-            "outcome": json::outcome(&outcome),
-        });
-        if !events.is_empty() {
-            line["events"] = events.iter().map(json::event).collect();
-        }
-        if let Err(error) = writeln!(out, "{line}") {
+        let line = ExportLine {
+            command: CommandJson::from(&command.command),
+            epoch: epoch.0,
+            events: events.iter().map(EventJson::from).collect(),
+            outcome: outcome_record(&outcome),
+            sequence: command.sequence.0,
+            timestamp_ms: command.timestamp.0,
+        };
+        // Serialized straight into the buffer, from the API's typed views.
+        let written = serde_json::to_writer(&mut *out, &line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        if let Err(error) = written {
             self.export_error = Some(error);
         }
     }

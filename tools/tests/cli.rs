@@ -775,7 +775,7 @@ fn a_follower_stops_when_the_journal_is_rewritten_under_it() {
     // epoch (a failover that dropped this node's unreplicated records), stops the follower
     // with an error naming the record it last exported and how to check the export: whether
     // the follower reads on into the other history (it meets the new epoch) or waits at the
-    // end of a segment no longer in the directory (it looks again every 2 s), and whether the
+    // end of a segment no longer in the directory (it looks again every 5 s), and whether the
     // other history is longer or shorter. The summary still says how far it got.
     let cases = [
         (450, false, "is now of epoch 2"),
