@@ -186,14 +186,6 @@ impl<S: ReadSource> Tail<S> {
             )
     }
 
-    /// The name of the segment the tail is reading, once a read found it.
-    #[must_use]
-    pub fn segment(&self) -> Option<&str> {
-        let current = self.current.as_ref()?;
-        assert!(current.offset >= SEGMENT_HEADER_LEN, "a tail inside a segment header");
-        Some(current.name.as_str())
-    }
-
     /// Appends record `next` (complete: `next <= through`) to `out`, unless it would take `out`
     /// past `max_bytes` and the record is not `required`; whether it did.
     fn read_one(
