@@ -277,14 +277,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     if let Some(mut out) = export {
         out.flush().map_err(|e| JournalError::io("writing the export", e))?;
     }
-    // Standard output holds the export's lines when it is the export.
-    let mut out: Box<dyn Write> = if exports_to_stdout(args) {
-        Box::new(std::io::stderr().lock())
-    } else {
-        Box::new(std::io::stdout().lock())
-    };
-    print_summary(&mut out, args, &engine, snapshot.as_ref(), &tally, start);
-    drop(out);
+    print_summary(&mut summary_out(args), args, &engine, snapshot.as_ref(), &tally, start);
     let ends = layout.last_sequence().or(snapshot.as_ref().map(|meta| meta.through));
     if let (Some(until), Some(ends)) = (args.until_seq, ends)
         && until > ends.0
@@ -334,13 +327,7 @@ fn follow(
     let ended = follow_records(args, &mut engine, &mut applier, reading, &stop);
     let Applier { tally, export, export_error, .. } = applier;
     let flushed = export.map_or(Ok(()), |mut out| out.flush());
-    let mut out: Box<dyn Write> = if exports_to_stdout(args) {
-        Box::new(std::io::stderr().lock())
-    } else {
-        Box::new(std::io::stdout().lock())
-    };
-    print_summary(&mut out, args, &engine, snapshot, &tally, start);
-    drop(out);
+    print_summary(&mut summary_out(args), args, &engine, snapshot, &tally, start);
     ended?;
     if let Some(error) = export_error.or(flushed.err()) {
         return Err(JournalError::io("writing the export", error));
@@ -475,7 +462,7 @@ fn make_durable(
         first <= through && ends_before.is_none_or(|next| next > from)
     };
     let mut last_synced = None;
-    for (_, (_, name)) in segments.iter().enumerate().filter(|(index, _)| holding(*index)) {
+    for (_, name) in (0..segments.len()).filter(|&index| holding(index)).map(|i| &segments[i]) {
         let path = dir.join(name);
         File::open(&path)
             .and_then(|file| file.sync_data())
@@ -645,6 +632,15 @@ fn check_after_epoch(
 /// error.
 fn exports_to_stdout(args: &ReplayArgs) -> bool {
     args.export.as_deref().is_some_and(|path| path.as_os_str() == "-")
+}
+
+/// Where the summary goes: standard output, unless that holds the export's lines.
+fn summary_out(args: &ReplayArgs) -> Box<dyn Write> {
+    if exports_to_stdout(args) {
+        Box::new(std::io::stderr().lock())
+    } else {
+        Box::new(std::io::stdout().lock())
+    }
 }
 
 fn print_summary(
