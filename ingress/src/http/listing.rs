@@ -66,7 +66,10 @@ pub fn parse_page_request(query: &str) -> Result<PageRequest, Response> {
 }
 
 fn invalid(field: &str, message: &str) -> Response {
-    Response::error_json(400, &ErrorJson::new("invalid_argument", message).with_field(field))
+    Response::error_json(
+        400,
+        &ErrorJson::new("invalid_argument", message.to_owned()).with_field(field),
+    )
 }
 
 /// One page being assembled from its queries' answers, which may arrive in any order.

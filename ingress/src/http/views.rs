@@ -16,6 +16,8 @@
 //! The core types derive no serde: their durable form is the canonical encoding, and these
 //! views are an API with a stability of their own.
 
+use std::borrow::Cow;
+
 use ringfence_core::engine::Event;
 use ringfence_core::{
     Action, BatchView, Command, CouponState, CouponView, OrderView, Outcome, Query, Rejection,
@@ -29,7 +31,8 @@ pub struct Id(pub u64);
 
 impl Serialize for Id {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
+        // Formatted on the stack: every exported line and answer carries several ids.
+        serializer.serialize_str(itoa::Buffer::new().format(self.0))
     }
 }
 
@@ -70,10 +73,35 @@ pub fn parse_decimal(text: &str) -> Result<u64, String> {
     text.parse().map_err(|_| format!("id {text} is out of range (above 2^64 - 1)"))
 }
 
-/// Lowercase hex of 16 bytes (request keys, payment reference hashes).
-#[must_use]
-pub fn hex(bytes: &[u8; 16]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// 16 bytes (a request key, a payment reference's hash), written as 32 lowercase hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hex(pub [u8; 16]);
+
+impl Hex {
+    /// The 32 digits, formatted on the stack.
+    fn digits(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0; 32];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digits = self.digits();
+        f.write_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
+    }
+}
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let digits = self.digits();
+        serializer.serialize_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
+    }
 }
 
 fn opt_ms(time: Option<Timestamp>) -> Option<u64> {
@@ -96,7 +124,7 @@ pub struct ErrorJson {
     /// The snake_case error code.
     pub error: &'static str,
     /// For the person reading it: what was wrong, and what to do.
-    pub message: String,
+    pub message: Cow<'static, str>,
     /// The request field at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
@@ -111,7 +139,7 @@ pub struct ErrorJson {
 impl ErrorJson {
     /// An error with a code and a message only.
     #[must_use]
-    pub fn new(error: &'static str, message: impl Into<String>) -> ErrorJson {
+    pub fn new(error: &'static str, message: impl Into<Cow<'static, str>>) -> ErrorJson {
         ErrorJson {
             error,
             message: message.into(),
@@ -175,7 +203,7 @@ pub struct OrderJson {
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
     pub coupon_id: Option<Id>,
-    pub payment_ref_hash: Option<String>,
+    pub payment_ref_hash: Option<Hex>,
 }
 
 impl From<&OrderView> for OrderJson {
@@ -190,7 +218,7 @@ impl From<&OrderView> for OrderJson {
             created_at_ms: view.created_at.0,
             expires_at_ms: view.expires_at.0,
             coupon_id: view.coupon.map(|c| Id(c.0)),
-            payment_ref_hash: view.payment_ref.map(|r| hex(&r.0)),
+            payment_ref_hash: view.payment_ref.map(|r| Hex(r.0)),
         }
     }
 }
@@ -399,7 +427,7 @@ pub fn rejection_json(rejection: Rejection) -> ErrorJson {
     error
 }
 
-fn rejection_message(rejection: Rejection) -> String {
+fn rejection_message(rejection: Rejection) -> Cow<'static, str> {
     match rejection {
         Rejection::SoldOut => "not enough units (or coupons) left".into(),
         Rejection::LimitExceeded => "the user would hold more than the per-user limit".into(),
@@ -423,17 +451,17 @@ fn rejection_message(rejection: Rejection) -> String {
         Rejection::BatchExists => "a coupon batch with that id already exists".into(),
         Rejection::InvalidArgument => "a field is out of range".into(),
         Rejection::InvalidState { current } => {
-            format!("the order is {} and cannot make this transition", current.name())
+            format!("the order is {} and cannot make this transition", current.name()).into()
         }
         Rejection::PaymentConflict => "the order was paid with a different payment_ref".into(),
         Rejection::WrongAmount { expected_cents } => {
-            format!("amount_cents must equal the order's amount, {expected_cents}")
+            format!("amount_cents must equal the order's amount, {expected_cents}").into()
         }
         Rejection::NotOwner => "the user is not the order's buyer".into(),
         Rejection::RequestKeyReused => {
             "this request_id was already used for a different request".into()
         }
-        other => format!("refused: {}", other.code()),
+        other => format!("refused: {}", other.code()).into(),
     }
 }
 
@@ -459,7 +487,7 @@ pub enum CommandJson {
         position: u32,
     },
     CreateSku {
-        request_key: String,
+        request_key: Hex,
         sku: Id,
         stock: u32,
         price_cents: u64,
@@ -469,55 +497,55 @@ pub enum CommandJson {
         sale_end_ms: Option<u64>,
     },
     Restock {
-        request_key: String,
+        request_key: Hex,
         sku: Id,
         qty: u32,
     },
     OpenSale {
-        request_key: String,
+        request_key: Hex,
         sku: Id,
     },
     CloseSale {
-        request_key: String,
+        request_key: Hex,
         sku: Id,
     },
     Reserve {
-        request_key: String,
+        request_key: Hex,
         user: Id,
         sku: Id,
         qty: u32,
         coupon_id: Option<Id>,
     },
     Pay {
-        request_key: String,
+        request_key: Hex,
         order_id: Id,
-        payment_ref_hash: String,
+        payment_ref_hash: Hex,
         amount_cents: u64,
     },
     Cancel {
-        request_key: String,
+        request_key: Hex,
         order_id: Id,
         user: Id,
     },
     AdminCancel {
-        request_key: String,
+        request_key: Hex,
         order_id: Id,
     },
     Ship {
-        request_key: String,
+        request_key: Hex,
         order_id: Id,
     },
     Complete {
-        request_key: String,
+        request_key: Hex,
         order_id: Id,
         user: Id,
     },
     Refund {
-        request_key: String,
+        request_key: Hex,
         order_id: Id,
     },
     CreateCouponBatch {
-        request_key: String,
+        request_key: Hex,
         batch: Id,
         quantity: u32,
         per_user_limit: u32,
@@ -527,7 +555,7 @@ pub enum CommandJson {
         valid_until_ms: u64,
     },
     ClaimCoupon {
-        request_key: String,
+        request_key: Hex,
         user: Id,
         batch: Id,
     },
@@ -543,12 +571,12 @@ impl From<&Command> for CommandJson {
             Command::Query(Query::Coupon(c)) => CommandJson::QueryCoupon { coupon_id: Id(c.0) },
             Command::Query(Query::Batch(b)) => CommandJson::QueryBatch { batch: Id(b.0) },
             Command::Query(Query::SkuAt(position)) => CommandJson::QuerySkuAt { position },
-            Command::Client { key, ref action } => action_json(hex(&key.0), action),
+            Command::Client { key, ref action } => action_json(Hex(key.0), action),
         }
     }
 }
 
-fn action_json(request_key: String, action: &Action) -> CommandJson {
+fn action_json(request_key: Hex, action: &Action) -> CommandJson {
     match *action {
         Action::CreateSku(c) => CommandJson::CreateSku {
             request_key,
@@ -573,7 +601,7 @@ fn action_json(request_key: String, action: &Action) -> CommandJson {
         Action::Pay { order, payment_ref, amount_cents } => CommandJson::Pay {
             request_key,
             order_id: Id(order.0),
-            payment_ref_hash: hex(&payment_ref.0),
+            payment_ref_hash: Hex(payment_ref.0),
             amount_cents,
         },
         Action::Cancel { order, user } => {
@@ -721,6 +749,24 @@ mod tests {
             (record["kind"].as_str(), record["order_id"].as_str()),
             (Some("paid"), Some(&*id.to_string()))
         );
+    }
+
+    #[test]
+    fn ids_and_keys_are_written_as_the_formatter_writes_them() {
+        // Goal: the stack formatting of ids and 16-byte keys gives the digits `{}` and
+        // `{:02x}` give, at the edges of their ranges and in byte order.
+        for id in [0, 9, 10, 4_294_967_296, (1u64 << 60) + 678_213, u64::MAX] {
+            assert_eq!(serde_json::to_string(&Id(id)).unwrap(), format!("\"{id}\""));
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = (i as u8).wrapping_mul(0x1f) ^ 0xa0;
+        }
+        for key in [[0; 16], [0xff; 16], bytes] {
+            let expected: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(Hex(key).to_string(), expected);
+            assert_eq!(serde_json::to_string(&Hex(key)).unwrap(), format!("\"{expected}\""));
+        }
     }
 
     #[test]
