@@ -96,6 +96,18 @@ pub enum NodeError {
         /// How long it was given.
         waited_ms: u64,
     },
+    /// A stepped node's journal, with nothing left to read, synced short of what it had to
+    /// reach ([`Promoter::sync_journal`]): stepping again would ask the same of the disk.
+    #[error(
+        "the journal did not sync through sequence {through} (synced through {synced}): its \
+         disk completed a sync short of it, and a disk that does so should not take office"
+    )]
+    SyncStalled {
+        /// The sequence the sync had to reach.
+        through: Sequence,
+        /// How far it reached.
+        synced: Sequence,
+    },
     /// The journal failed while the node ran (`Refused::JournalFailed`): the shutdown answered
     /// every command, but the engine's state is not handed back, since it may hold commands
     /// the journal never made durable. The journal is what recovery starts from.
@@ -194,6 +206,51 @@ pub struct Promoter {
     stepped: Option<Arc<Mutex<Stepped>>>,
 }
 
+/// Why a sync asked of the journal will never complete, if it will not: the node failed, or
+/// its journal is fenced. A fenced journal flushes and syncs nothing more (its state after a
+/// failed write or sync is not trusted for more): what it has not synced by now it never
+/// will, and a node whose journal failed takes no writes anyway. Waiting out a timeout would
+/// only delay the refusal.
+fn sync_refusal(shared: &Shared) -> Option<NodeError> {
+    if let Some(failure) = shared.failure() {
+        return Some(NodeError::Failed(failure));
+    }
+    let fence = shared.journal_fence()?;
+    let cause = shared.journal_fault().unwrap_or_else(|| "a write failed".into());
+    Some(NodeError::JournalFailed { fence, cause })
+}
+
+/// [`Promoter::sync_journal`] on a stepped node: steps its processor on this thread until the
+/// journal has synced through `through`. Once nothing is left to read, the idle journal syncs
+/// what was asked; if its disk synced short of it, stepping again would ask the same, so
+/// that is said at once. No clock is read: a stepped run stays a function of its inputs.
+fn sync_stepped(
+    shared: &Shared,
+    stepped: &Mutex<Stepped>,
+    through: Sequence,
+) -> Result<(), NodeError> {
+    while shared.synced.get() < through {
+        if let Some(refusal) = sync_refusal(shared) {
+            return Err(refusal);
+        }
+        let mut stepped = stepped.lock().expect("a stepped node is not stepped after a panic");
+        let Some(stage) = stepped.stage.as_mut() else {
+            return Err(NodeError::ShutDown);
+        };
+        match stage.step(shared) {
+            Step::Worked(_) => continue,
+            Step::Idle => stage.idle(shared),
+            // Shutting down: `Node::step` finishes the stage.
+            Step::Stopped => return Err(NodeError::ShutDown),
+        }
+        let synced = shared.synced.get();
+        if synced < through {
+            return Err(sync_refusal(shared).unwrap_or(NodeError::SyncStalled { through, synced }));
+        }
+    }
+    Ok(())
+}
+
 impl Promoter {
     /// Makes every record the replica was given, and every record the journal has appended,
     /// durable on its disk, whatever the durability policy, before it returns: a standby
@@ -201,8 +258,10 @@ impl Promoter {
     /// primary about to stop counting on its standby everything the pair acknowledged, even
     /// across a power loss right after (under `none` an acknowledgement said only "written").
     /// Waits up to `timeout` for the journaling stage of a threaded node; a stepped node's is
-    /// run here, on the caller's thread. Returns the last sequence synced; refuses at once
-    /// with [`NodeError::JournalFailed`] once the journal is fenced, which syncs nothing more.
+    /// run here, on the caller's thread, and refuses with [`NodeError::SyncStalled`] as soon as
+    /// its journal goes idle short of the sync, without reading a clock. Returns the last
+    /// sequence synced; refuses at once with [`NodeError::JournalFailed`] once the journal is
+    /// fenced, which syncs nothing more.
     pub fn sync_journal(&self, timeout: Duration) -> Result<Sequence, NodeError> {
         let shared = &*self.shared;
         // Every record a replica was given (the last one the producer let through), and every
@@ -210,42 +269,22 @@ impl Promoter {
         let given = Sequence(shared.next_record.load(Ordering::Acquire).saturating_sub(1));
         let through = given.max(shared.appended.get());
         shared.sync_requested.advance(through);
-        let deadline = Instant::now() + timeout;
-        while shared.synced.get() < through {
-            if let Some(failure) = shared.failure() {
-                return Err(NodeError::Failed(failure));
-            }
-            // A fenced journal flushes and syncs nothing more (its state after a failed write
-            // or sync is not trusted for more): what it has not synced by now it never will,
-            // and a node whose journal failed takes no writes anyway. Waiting out the timeout
-            // would only delay the refusal.
-            if let Some(fence) = shared.journal_fence() {
-                let cause = shared.journal_fault().unwrap_or_else(|| "a write failed".into());
-                return Err(NodeError::JournalFailed { fence, cause });
-            }
-            match &self.stepped {
-                Some(stepped) => {
-                    let mut stepped =
-                        stepped.lock().expect("a stepped node is not stepped after a panic");
-                    let Some(stage) = stepped.stage.as_mut() else {
-                        return Err(NodeError::ShutDown);
-                    };
-                    match stage.step(shared) {
-                        Step::Idle => stage.idle(shared),
-                        Step::Worked(_) => {}
-                        // Shutting down: `Node::step` finishes the stage.
-                        Step::Stopped => return Err(NodeError::ShutDown),
+        match &self.stepped {
+            Some(stepped) => sync_stepped(shared, stepped, through)?,
+            None => {
+                let deadline = Instant::now() + timeout;
+                while shared.synced.get() < through {
+                    if let Some(refusal) = sync_refusal(shared) {
+                        return Err(refusal);
                     }
-                }
-                None => {
                     shared.wake_stages();
                     std::thread::sleep(Duration::from_micros(200));
+                    if Instant::now() >= deadline && shared.synced.get() < through {
+                        let waited_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                        let synced = shared.synced.get();
+                        return Err(NodeError::SyncTimedOut { through, synced, waited_ms });
+                    }
                 }
-            }
-            if Instant::now() >= deadline && shared.synced.get() < through {
-                let waited_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-                let synced = shared.synced.get();
-                return Err(NodeError::SyncTimedOut { through, synced, waited_ms });
             }
         }
         Ok(through)
