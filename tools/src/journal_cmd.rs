@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ringfence_core::{Command, Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_ingress::http::views::CommandJson;
 use ringfence_journal::datadir::{self, CleanStop, DirCheck};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::lock::{self, Holder};
@@ -25,6 +26,7 @@ use ringfence_journal::scan::{self, Layout, ReadOnlyDir, Record};
 use ringfence_journal::snapshot;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::writer::{Durability, WriterOptions};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::json;
@@ -613,6 +615,15 @@ fn print_snapshot_lines(lines: &[serde_json::Value]) {
     }
 }
 
+/// One line of `journal dump --json`: a journaled record, its command in the API's view.
+#[derive(Serialize)]
+struct DumpLine {
+    command: CommandJson,
+    epoch: u64,
+    sequence: u64,
+    timestamp_ms: u64,
+}
+
 fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
     let mut opened = open(&args.dir)?;
     let (source, layout) = (&mut opened.source, &opened.layout);
@@ -630,11 +641,16 @@ fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
         }
         tick(&bar, &mut done);
         let written = if args.json {
-            let value = json!({
-                "sequence": record.sequence.0, "timestamp_ms": record.timestamp.0,
-                "epoch": record.epoch.0, "command": json::command(&record.command),
-            });
-            writeln!(out, "{value}")
+            let line = DumpLine {
+                command: CommandJson::from(&record.command),
+                epoch: record.epoch.0,
+                sequence: record.sequence.0,
+                timestamp_ms: record.timestamp.0,
+            };
+            // Serialized straight into the buffer, as `replay --export` writes its lines.
+            serde_json::to_writer(&mut out, &line)
+                .map_err(io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
         } else {
             writeln!(out, "{}", dump_line(record))
         };

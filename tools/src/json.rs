@@ -1,7 +1,8 @@
-//! JSON for commands and SKUs in the tools' output (`journal dump --json`, the summary of
-//! `replay --json`): the API's own view types ([`ringfence_ingress::http::views`]), as
-//! `replay --export` writes its lines, so an outcome reads the same in an export as in an
-//! HTTP answer, with a snake_case `kind` added.
+//! JSON for commands and SKUs in the tools' output (the fields of `journal dump`'s text lines,
+//! the summary of `replay --json`): the API's own view types
+//! ([`ringfence_ingress::http::views`]), as `replay --export` and `journal dump --json` write
+//! their lines, so an outcome reads the same in an export as in an HTTP answer, with a
+//! snake_case `kind` added.
 //!
 //! Ids are decimal strings, 16-byte keys are hex strings, times are milliseconds since the
 //! Unix epoch (`*_ms`) and money is in cents.
