@@ -344,10 +344,9 @@ fn follow_records(
     (tail, looks, synced): (&mut Tail<ReadOnlyDir>, &mut ReadOnlyDir, &mut Option<String>),
     stop: &AtomicBool,
 ) -> Result<(), JournalError> {
-    // The first pass's lines go out before the first wait.
-    if let Some(out) = applier.export.as_mut() {
-        out.flush().map_err(|e| JournalError::io("writing the export", e))?;
-    }
+    // The first pass's lines go out before the first wait (or its write error is said now:
+    // an idle journal would otherwise keep it unsaid).
+    flush_export(applier)?;
     let mut bytes = Vec::with_capacity(FOLLOW_BATCH_BYTES);
     let mut checked = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -395,13 +394,19 @@ fn follow_records(
             applier.apply(engine, &command);
         }
         assert!(rest.is_empty(), "records read but not applied");
-        if let Some(error) = applier.export_error.take() {
-            return Err(JournalError::io("writing the export", error));
-        }
-        if let Some(out) = applier.export.as_mut() {
-            out.flush().map_err(|e| JournalError::io("writing the export", e))?;
-        }
+        flush_export(applier)?;
         checked = Instant::now();
+    }
+    Ok(())
+}
+
+/// Hands the lines exported so far to the output, or says why writing them failed.
+fn flush_export(applier: &mut Applier) -> Result<(), JournalError> {
+    if let Some(error) = applier.export_error.take() {
+        return Err(JournalError::io("writing the export", error));
+    }
+    if let Some(out) = applier.export.as_mut() {
+        out.flush().map_err(|e| JournalError::io("writing the export", e))?;
     }
     Ok(())
 }
