@@ -305,8 +305,12 @@ const FIELD_NAME_ECHO_MAX: usize = 64;
 
 /// Parses a body, naming the field at fault when one is: the path of a value of the wrong
 /// type or range, or the field a message names (missing or unknown).
+///
+/// A body of nothing but JSON's whitespace (RFC 8259: space, tab, line feed, carriage return)
+/// is an empty object; any other byte, a form feed among them, is parsed as JSON.
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    let json_whitespace = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let body = if body.iter().all(json_whitespace) { b"{}".as_slice() } else { body };
     let malformed = |error: &serde_json::Error| {
         Response::error(400, "malformed_json", &format!("body is not JSON: {error}"))
     };

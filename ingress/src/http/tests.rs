@@ -160,6 +160,25 @@ fn arguments_the_engine_refuses_are_named_before_submission() {
 }
 
 #[test]
+fn only_json_whitespace_makes_an_empty_body() {
+    // Goal: a body of JSON's own whitespace is the empty object every field of which is
+    // optional; a body holding any other byte -- a form feed or a vertical tab, which ASCII
+    // calls whitespace and JSON does not -- is malformed, never read as empty.
+    for body in ["", " \t\r\n"] {
+        let routed = call(&post("/v1/admin/snapshot", body, Some("secret")), true);
+        assert!(matches!(routed, Ok(Call::Submit(Command::Snapshot))), "{body:?}");
+    }
+    for body in ["\x0c", " \x0b ", "\r\n\x0c"] {
+        let refused = call(&post("/v1/admin/snapshot", body, Some("secret")), true).unwrap_err();
+        assert_eq!(
+            (refused.status, error_code(&refused)),
+            (400, "malformed_json".into()),
+            "{body:?}"
+        );
+    }
+}
+
+#[test]
 fn admin_routes_need_the_bearer_token() {
     // Goal: SKU creation without the token is 401; with it, a command with a minted key.
     let body =
