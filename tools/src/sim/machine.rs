@@ -418,9 +418,10 @@ impl Machine {
     /// Kills the process where it stands. `power_loss` also loses what the disk had not
     /// synced, with a torn write-back drawn from the seed; otherwise every byte written
     /// survives (a killed process's page cache does).
-    pub fn crash(&mut self, power_loss: bool, restart_ms: u64, net: &mut Network) {
+    pub fn crash(&mut self, power_loss: bool, (now_ms, restart_ms): (u64, u64), net: &mut Network) {
         let disk = self.disk.clone();
-        self.crash_from(&disk, power_loss, restart_ms, net);
+        self.crash_from(&disk, power_loss, restart_ms);
+        net.end_node(self.index, now_ms, false);
     }
 
     /// Whether a power loss is armed here: at a sync point, or at the next snapshot's.
@@ -454,19 +455,21 @@ impl Machine {
     /// after it (every write failed) is lost with it. What it halted at, if it did.
     pub fn crash_if_halted(
         &mut self,
-        restart_ms: u64,
+        (now_ms, restart_ms): (u64, u64),
         net: &mut Network,
     ) -> Option<(String, bool)> {
         let halted = self.disk.halted()?;
         let power_loss = self.halt_power_loss.expect("a halt was armed");
-        self.crash_from(&halted.disk, power_loss, restart_ms, net);
+        self.crash_from(&halted.disk, power_loss, restart_ms);
+        // The process died at the sync point: nothing it did after it left the machine.
+        net.end_node(self.index, now_ms, true);
         Some((format!("sync point {} ({})", halted.point, halted.what), power_loss))
     }
 
     /// Stops the node as SIGTERM does: drains it (what cannot be answered is failed), its
     /// journal syncs and marks where it ends, and the process is down until `restart_ms`. What
     /// the shutdown reported.
-    pub fn stop_cleanly(&mut self, restart_ms: u64, net: &mut Network) -> String {
+    pub fn stop_cleanly(&mut self, (now_ms, restart_ms): (u64, u64), net: &mut Network) -> String {
         assert!(!self.paused, "a paused machine does not take a signal");
         let process = std::mem::replace(&mut self.process, Process::Down(Down { restart_ms }));
         let Process::Running(running) = process else {
@@ -479,7 +482,7 @@ impl Machine {
             Ok(report) => format!("through {}", report.last_sequence),
             Err(error) => format!("shutdown: {error}"),
         };
-        net.reset_node(self.index);
+        net.end_node(self.index, now_ms, false);
         // The process is gone; what it wrote stays, as after a kill.
         self.disk = self.disk.process_crash();
         assert!(self.disk.halted().is_none(), "a stopped machine's disk is halted");
@@ -487,13 +490,7 @@ impl Machine {
         said
     }
 
-    fn crash_from(
-        &mut self,
-        disk: &FaultStorage,
-        power_loss: bool,
-        restart_ms: u64,
-        net: &mut Network,
-    ) {
+    fn crash_from(&mut self, disk: &FaultStorage, power_loss: bool, restart_ms: u64) {
         let process = std::mem::replace(&mut self.process, Process::Down(Down { restart_ms }));
         match process {
             Process::Running(running) => {
@@ -505,7 +502,6 @@ impl Machine {
             // disk is read: what it wrote is the kernel's, as a killed process's is.
             other => drop(other),
         }
-        net.reset_node(self.index);
         self.disk = if power_loss {
             self.boots += 1;
             disk.power_loss(Some(self.prng.next_u64()))
@@ -1118,7 +1114,7 @@ impl Machine {
             // The driver's words when the key was taken and the promotion failed.
             self.promotions_failed += u64::from(reason.starts_with("promotion into epoch"));
             trace.event(now_ms, &format!("{name}: restarts as a candidate: {reason}"));
-            self.crash(false, now_ms + 1, net);
+            self.crash(false, (now_ms, now_ms + 1), net);
         }
         report
     }

@@ -22,6 +22,8 @@ pub struct Packet {
     pub to: usize,
     /// One encoded replication frame.
     pub bytes: Vec<u8>,
+    /// When it was sent (a frame a partition held: when it was released).
+    pub sent_ms: u64,
 }
 
 /// How a connection's frames may go wrong, in parts per million of frames.
@@ -56,6 +58,8 @@ pub struct NetCounts {
     pub corrupted: u64,
     /// Connections made.
     pub connections: u64,
+    /// Frames on the wire when their sender crashed or stopped, which arrived all the same.
+    pub outlived_sender: u64,
 }
 
 struct Conn {
@@ -69,7 +73,8 @@ struct Conn {
     eof_at: [Option<u64>; 2],
     /// An end closed it: frames sent towards that end are lost.
     closed_by: [bool; 2],
-    /// Reset by a crash: everything in flight is lost and both ends see it at once.
+    /// Reset: everything in flight is lost and both ends see it at once (a frame lost in a way
+    /// TCP cannot mask, or a crash on a network losing frames at crashes).
     reset: bool,
 }
 
@@ -99,6 +104,8 @@ pub struct Network {
     /// `parked[from][to]`: frames sent while that direction was blocked, in order.
     parked: [[Vec<Parked>; 2]; 2],
     counts: NetCounts,
+    /// A node's end resets its connections, losing their frames in flight.
+    frames_lost_at_crash: bool,
 }
 
 impl Network {
@@ -116,6 +123,7 @@ impl Network {
             opened: Vec::new(),
             parked: Default::default(),
             counts: NetCounts::default(),
+            frames_lost_at_crash: false,
         }
     }
 
@@ -171,13 +179,46 @@ impl Network {
         c.eof_at[peer] = Some(c.eof_at[peer].map_or(eof, |at| at.min(eof)));
     }
 
-    /// Every connection of `node` is reset (it crashed or was restarted).
-    pub fn reset_node(&mut self, node: usize) {
-        for c in self.conns.values_mut() {
-            if c.ends.contains(&node) {
-                c.reset = true;
-            }
+    /// `node`'s process ended (a crash, a power loss or a clean stop): every connection it had
+    /// ends with it. Frames it sent that are on the wire still arrive, and then its peer sees
+    /// the end, as after a close: the process, even the machine, is gone, not the frames its
+    /// network card already sent. Frames a partition held were still the sender's kernel's, to
+    /// retransmit, and are lost with it, as is everything on its way to it. A process that
+    /// died `mid_step` (at a sync point) sent nothing after it: its frames of this millisecond
+    /// are lost too, those it sent before and after the sync alike. A network built by
+    /// [`Network::losing_frames_at_crash`] resets every such connection instead: nothing in
+    /// flight arrives.
+    pub fn end_node(&mut self, node: usize, now_ms: u64, mid_step: bool) {
+        let ended: Vec<ConnId> =
+            self.conns.iter().filter(|(_, c)| c.ends.contains(&node)).map(|(id, _)| *id).collect();
+        if mid_step && !self.frames_lost_at_crash {
+            self.in_flight
+                .retain(|_, p| p.sent_ms != now_ms || p.to == node || !ended.contains(&p.conn));
         }
+        if self.frames_lost_at_crash {
+            for conn in ended {
+                self.conns.get_mut(&conn).expect("listed above").reset = true;
+            }
+            return;
+        }
+        let on_the_wire =
+            self.in_flight.values().filter(|p| p.to != node && ended.contains(&p.conn));
+        self.counts.outlived_sender += on_the_wire.count() as u64;
+        for conn in ended {
+            self.close(conn, node, now_ms);
+        }
+        for parked in &mut self.parked[node] {
+            parked.clear();
+        }
+    }
+
+    /// A network on which a crash loses the frames its node had in flight (see
+    /// [`Network::end_node`]): as simulated before frames outlived their sender, for a seed
+    /// found then.
+    #[must_use]
+    pub fn losing_frames_at_crash(mut self) -> Network {
+        self.frames_lost_at_crash = true;
+        self
     }
 
     /// Blocks (or heals) the direction `from` → `to` at `now_ms`. Frames sent while it was
@@ -246,7 +287,7 @@ impl Network {
         }
         let order = self.next_order;
         self.next_order += 1;
-        self.in_flight.insert((at, order), Packet { conn, to, bytes });
+        self.in_flight.insert((at, order), Packet { conn, to, bytes, sent_ms: now_ms });
     }
 
     /// Takes every frame due by `now_ms` that its receiver can still read, in delivery order.
@@ -281,4 +322,51 @@ fn corrupt_records(prng: &mut Prng, bytes: &mut [u8]) -> bool {
     let at = RECORDS_AT + prng.below((bytes.len() - RECORDS_AT) as u64) as usize;
     bytes[at] ^= 1 << prng.below(8);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network() -> Network {
+        Network::new(Prng::new(1), NetFaults { delay_ms: (5, 5), ..NetFaults::default() })
+    }
+
+    #[test]
+    fn frames_on_the_wire_outlive_their_crashed_sender_and_nothing_reaches_it() {
+        // Goal: when a node's process ends, what it already sent arrives and then its peer
+        // sees the end; what was on its way to it, and what a partition held back from it,
+        // never arrives; a network losing frames at crashes delivers neither.
+        for losing in [false, true] {
+            let mut net = if losing { network().losing_frames_at_crash() } else { network() };
+            let conn = net.connect(0, 1).expect("no partition");
+            net.send(conn, 0, b"sent".to_vec(), 0);
+            net.send(conn, 1, b"to the dead".to_vec(), 0);
+            net.set_blocked(0, 1, true, 1);
+            net.send(conn, 0, b"held".to_vec(), 1);
+            net.end_node(0, 2, false);
+            net.set_blocked(0, 1, false, 3);
+            let due: Vec<Vec<u8>> = net.due(100).into_iter().map(|p| p.bytes).collect();
+            let expected: Vec<Vec<u8>> = if losing { vec![] } else { vec![b"sent".to_vec()] };
+            assert_eq!(due, expected, "losing: {losing}");
+            assert_eq!(net.counts().outlived_sender, u64::from(!losing));
+            // The peer sees the end once the frame has arrived (at 5), not before.
+            assert_eq!(net.is_open(conn, 1, 4), !losing);
+            assert!(!net.is_open(conn, 1, 7));
+        }
+    }
+
+    #[test]
+    fn a_process_that_died_at_a_sync_point_sent_nothing_in_its_last_millisecond() {
+        // Goal: a crash at a sync point ends the process there, so the frames its step sent
+        // (an acknowledgement of what the crash then lost, say) never leave; what it sent in
+        // earlier steps is on the wire and arrives.
+        let mut net = network();
+        let conn = net.connect(0, 1).expect("no partition");
+        net.send(conn, 0, b"earlier".to_vec(), 1);
+        net.send(conn, 0, b"last step".to_vec(), 2);
+        net.end_node(0, 2, true);
+        let due: Vec<Vec<u8>> = net.due(100).into_iter().map(|p| p.bytes).collect();
+        assert_eq!(due, vec![b"earlier".to_vec()]);
+    }
 }

@@ -50,6 +50,9 @@ pub struct RunLength {
     pub heals: bool,
     /// Both nodes journal with durability `none`, and a run has at most one power loss.
     pub unsynced: bool,
+    /// Frames a node sent before it crashed still arrive (see `Network::end_node`). Off only
+    /// to replay a seed found before they did, on the path it took then.
+    pub frames_after_crash: bool,
 }
 
 impl Default for RunLength {
@@ -63,6 +66,7 @@ impl Default for RunLength {
             clean_stops: true,
             heals: true,
             unsynced: false,
+            frames_after_crash: true,
         }
     }
 }
@@ -297,6 +301,7 @@ impl World {
             delay_ms: (0, prng.range_inclusive(1, 8)),
         };
         let net = Network::new(prng.fork(), net_faults);
+        let net = if length.frames_after_crash { net } else { net.losing_frames_at_crash() };
         let clients = (0..6).map(|index| Client::new(index, start, prng.fork())).collect();
         let scale = prng.range_inclusive(1, 4);
         let rates = Rates {
@@ -522,7 +527,7 @@ impl World {
             // again as a standby; it drops the tail the primary never had at start.
             let name = &old.name;
             self.trace.event(now, &format!("operator: restart {name} as a standby"));
-            old.crash(false, now + 1, &mut self.net);
+            old.crash(false, (now, now + 1), &mut self.net);
         }
     }
 
@@ -748,7 +753,7 @@ impl World {
         if machine.paused || machine.running().is_none() {
             return;
         }
-        let said = machine.stop_cleanly(restart, &mut self.net);
+        let said = machine.stop_cleanly((now, restart), &mut self.net);
         let name = &machine.name;
         self.trace
             .event(now, &format!("FAULT {name}: stopped cleanly ({said}), back at {restart}"));
@@ -787,7 +792,8 @@ impl World {
         for index in 0..self.machines.len() {
             let restart = now + self.extra.range_inclusive(50, 2_500);
             let machine = &mut self.machines[index];
-            let Some((at, power_loss)) = machine.crash_if_halted(restart, &mut self.net) else {
+            let Some((at, power_loss)) = machine.crash_if_halted((now, restart), &mut self.net)
+            else {
                 continue;
             };
             *self.struck_at.entry(sync_point_kind(&at)).or_default() += 1;
@@ -952,7 +958,7 @@ impl World {
         let name = &machine.name;
         self.trace.event(now, &format!("FAULT {name}: {kind} {when}, back at {restart}"));
         let was_primary = machine.is_primary();
-        machine.crash(power_loss, restart, &mut self.net);
+        machine.crash(power_loss, (now, restart), &mut self.net);
         // Counted before the standby may be armed below, which asks whether a power loss is
         // still allowed.
         self.count_crash(power_loss);
@@ -1010,7 +1016,7 @@ impl World {
                     if !matches!(machine.process, Process::Down(_)) {
                         let name = &machine.name;
                         self.trace.event(now, &format!("{name}: disk replaced; restarted"));
-                        machine.crash(false, now + 1, &mut self.net);
+                        machine.crash(false, (now, now + 1), &mut self.net);
                     }
                 }
                 Heal::Witness => {
