@@ -293,7 +293,7 @@ fn path_id(text: &str, field: &'static str) -> Result<u64, Response> {
 }
 
 /// A 400 `invalid_argument` naming the request field at fault.
-fn invalid(field: &str, message: &str) -> Response {
+pub(super) fn invalid(field: &str, message: &str) -> Response {
     Response::error_json(
         400,
         &ErrorJson::new("invalid_argument", message.to_owned()).with_field(field),

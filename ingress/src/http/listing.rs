@@ -13,7 +13,8 @@ use ringfence_core::{Outcome, Rejection};
 use serde::Serialize;
 
 use super::Response;
-use super::views::{ErrorJson, SkuJson};
+use super::api::invalid;
+use super::views::SkuJson;
 use crate::backend::Refusal;
 
 /// Most SKUs on one page: each costs a query through the ring and an in-flight slot.
@@ -63,13 +64,6 @@ pub fn parse_page_request(query: &str) -> Result<PageRequest, Response> {
         }
     }
     Ok(page)
-}
-
-fn invalid(field: &str, message: &str) -> Response {
-    Response::error_json(
-        400,
-        &ErrorJson::new("invalid_argument", message.to_owned()).with_field(field),
-    )
 }
 
 /// One page being assembled from its queries' answers, which may arrive in any order.

@@ -191,15 +191,15 @@ impl Network {
     pub fn end_node(&mut self, node: usize, now_ms: u64, mid_step: bool) {
         let ended: Vec<ConnId> =
             self.conns.iter().filter(|(_, c)| c.ends.contains(&node)).map(|(id, _)| *id).collect();
-        if mid_step && !self.frames_lost_at_crash {
-            self.in_flight
-                .retain(|_, p| p.sent_ms != now_ms || p.to == node || !ended.contains(&p.conn));
-        }
         if self.frames_lost_at_crash {
             for conn in ended {
                 self.conns.get_mut(&conn).expect("listed above").reset = true;
             }
             return;
+        }
+        if mid_step {
+            self.in_flight
+                .retain(|_, p| p.sent_ms != now_ms || p.to == node || !ended.contains(&p.conn));
         }
         let on_the_wire =
             self.in_flight.values().filter(|p| p.to != node && ended.contains(&p.conn));
