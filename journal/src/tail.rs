@@ -10,7 +10,8 @@
 //! The tail finds records as the writer lays them out. Records fill a segment front to back;
 //! a record that does not fit starts a new segment named by its sequence, and the rest of the
 //! old segment stays zero. So where record `next` should be, an end marker means it is the
-//! first record of the segment named `next`. Segments are located by listing the directory,
+//! first record of the segment named `next` (a `journal rebuild` leaves a first segment that
+//! ends early, with room after its records). Segments are located by listing the directory,
 //! not by the manifest: retention rewrites the manifest before it removes the files, so a
 //! listing can show a retired segment for a moment, and its records are still the journal's.
 //! A segment retired while the tail has it mapped stays readable through the map. What is on
@@ -28,7 +29,9 @@ use std::ops::ControlFlow;
 use ringfence_core::{Epoch, Sequence};
 
 use crate::error::{Damage, JournalError};
-use crate::format::{self, HeaderProblem, RECORD_ALIGN, RECORD_PAYLOAD_MAX, SEGMENT_HEADER_LEN};
+use crate::format::{
+    self, HeaderProblem, RECORD_ALIGN, RECORD_LEN_MAX, RECORD_PAYLOAD_MAX, SEGMENT_HEADER_LEN,
+};
 use crate::scan::{ReadSource, sorted_segments};
 
 /// Listings made before a look-up gives up on a segment that vanished between being listed and
@@ -53,6 +56,8 @@ struct Current<B> {
     bytes: B,
     /// Byte offset of record `next`, on a record boundary.
     offset: usize,
+    /// Byte offset of the record before `next`, when this segment holds it.
+    last: Option<usize>,
 }
 
 impl<S: ReadSource> Tail<S> {
@@ -81,6 +86,38 @@ impl<S: ReadSource> Tail<S> {
     pub fn next(&self) -> Sequence {
         assert!(self.next.0 >= 1, "sequences start at 1");
         self.next
+    }
+
+    /// Whether record `next()` is certainly not written yet, as far as one look at the mapped
+    /// segment and one look-up of a name tell: the tail stands at an end marker with room for
+    /// the largest record after it, where the writer puts record `next()` unless a segment is
+    /// named by it (as after a `journal rebuild`), and none is. For a reader in another process
+    /// to poll between calls to [`Tail::read_written`], which it should still make now and
+    /// then: that call also judges what else an end can be (a segment missing, retention, a
+    /// segment replaced under the map).
+    #[must_use]
+    pub fn at_writers_position(&self) -> bool {
+        let Some(current) = self.current.as_ref() else { return false };
+        // A segment's records end inside it.
+        assert!(current.offset <= current.bytes.len(), "the next record past the segment");
+        let room = current.bytes.len() - current.offset >= RECORD_LEN_MAX;
+        room && format::is_end_marker(&current.bytes[current.offset..])
+            && self
+                .source
+                .file_len(&format::segment_name(self.next))
+                .is_err_and(|error| error.kind() == io::ErrorKind::NotFound)
+    }
+
+    /// Where the last record read (record `next() - 1`) lies: its segment's name and its byte
+    /// offset there, for [`epoch_at_place`]. `None` when the tail has not mapped that segment
+    /// (before its first read, or once it moved on to a segment with nothing read yet).
+    #[must_use]
+    pub fn last_place(&self) -> Option<(&str, usize)> {
+        let current = self.current.as_ref()?;
+        let last = current.last?;
+        // The last record read lies before the next one's place.
+        assert!(last < current.offset, "the last record read at or past the next one");
+        Some((current.name.as_str(), last))
     }
 
     /// Appends to `out` the stored bytes of records `next()..=through`, whole records exactly
@@ -207,6 +244,7 @@ impl<S: ReadSource> Tail<S> {
                         return Ok(false);
                     }
                     out.extend_from_slice(&current.bytes[current.offset..current.offset + len]);
+                    current.last = Some(current.offset);
                     current.offset += len;
                     // `check_record` found the whole record inside the segment.
                     assert!(current.offset <= current.bytes.len(), "read past the segment's end");
@@ -246,7 +284,7 @@ impl<S: ReadSource> Tail<S> {
     /// `next`, which the writer started when that record did not fit.
     fn follow(&mut self) -> Result<(), JournalError> {
         let old = self.current.take().expect("following on from a mapped segment");
-        let (old_name, old_offset) = (old.name, old.offset as u64);
+        let (old_name, old_offset, old_last) = (old.name, old.offset as u64, old.last);
         // `read_one` follows on only from a segment that held a record: each is named by one.
         assert!(old.offset > SEGMENT_HEADER_LEN, "followed on from a segment with no record");
         // The old map goes before the new one is made: one segment mapped at a time.
@@ -261,8 +299,8 @@ impl<S: ReadSource> Tail<S> {
                 if let Ok(bytes) = map_segment(&mut self.source, &old_name)
                     && bytes.len() >= old_offset as usize
                 {
-                    self.current =
-                        Some(Current { name: old_name, bytes, offset: old_offset as usize });
+                    let offset = old_offset as usize;
+                    self.current = Some(Current { name: old_name, bytes, offset, last: old_last });
                 }
                 assert!(self.current.as_ref().is_none_or(|c| c.offset > SEGMENT_HEADER_LEN));
                 return Err(error);
@@ -273,7 +311,7 @@ impl<S: ReadSource> Tail<S> {
             .map_err(|damage| corrupt(&self.source, &name, 0, self.next, damage))?;
         // A header checked against its name is a segment long enough to hold records.
         assert!(bytes.len() >= SEGMENT_HEADER_LEN, "a checked segment shorter than its header");
-        self.current = Some(Current { name, bytes, offset: SEGMENT_HEADER_LEN });
+        self.current = Some(Current { name, bytes, offset: SEGMENT_HEADER_LEN, last: None });
         Ok(())
     }
 
@@ -323,7 +361,7 @@ fn position_in<S: ReadSource>(
     // At record `next`'s place, in the segment that holds it.
     assert!(first <= next, "positioned in a segment that starts after the record");
     assert!(walk.offset >= SEGMENT_HEADER_LEN, "positioned inside the segment header");
-    Ok((Current { name, bytes, offset: walk.offset }, walk.epoch))
+    Ok((Current { name, bytes, offset: walk.offset, last: walk.last }, walk.epoch))
 }
 
 /// The epoch of record `sequence`; `None` if the journal does not hold it (retired, not yet
@@ -346,6 +384,42 @@ pub fn epoch_at<S: ReadSource>(
             if found.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })?;
         Ok(found)
+    })
+}
+
+/// The epoch of record `sequence` if the segment named `name` holds it, intact, at byte
+/// `offset` (where [`Tail::last_place`] found it); `None` if that place holds anything else,
+/// or the segment is gone. One record is read, from a fresh map of the file, so a segment
+/// replaced or cut since is seen as it is now. A `Some` answer is [`epoch_at`]'s: a sequence and
+/// an epoch name one record in every journal of a cluster. A `None` says only that this
+/// place no longer shows it: [`epoch_at`] says whether, and where, the journal holds it.
+pub fn epoch_at_place<S: ReadSource>(
+    source: &mut S,
+    name: &str,
+    offset: usize,
+    sequence: Sequence,
+) -> Result<Option<Epoch>, JournalError> {
+    let Some(first) = format::parse_segment_name(name) else { return Ok(None) };
+    let bytes = match map_segment(source, name) {
+        Ok(bytes) => bytes,
+        Err(error) if is_not_found(&error) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    // A header that holds the length the file has: `offset` is then inside it, or refused.
+    let placed = check_header(&bytes, first).is_ok()
+        && offset % RECORD_ALIGN == 0
+        && (SEGMENT_HEADER_LEN..bytes.len()).contains(&offset)
+        && bytes.len() - offset >= RECORD_ALIGN;
+    if !placed || first > sequence {
+        return Ok(None);
+    }
+    Ok(match step(&bytes, offset, sequence, Epoch(0)) {
+        Step::Record { epoch, len } => {
+            // `step` checked the whole record inside the segment, named `sequence`.
+            assert!(offset + len <= bytes.len(), "a record read past the segment's end");
+            Some(epoch)
+        }
+        Step::End | Step::Damaged(_) => None,
     })
 }
 
@@ -543,6 +617,8 @@ enum Ended {
 struct Walk {
     /// Byte offset of the record not consumed.
     offset: usize,
+    /// Byte offset of the last record consumed (`None` if none).
+    last: Option<usize>,
     /// The sequence that belongs there.
     next: Sequence,
     /// Epoch of the last record consumed (`Epoch(0)` if none).
@@ -558,8 +634,13 @@ fn walk(
     first: Sequence,
     visit: &mut dyn FnMut(Sequence, Epoch) -> ControlFlow<()>,
 ) -> Walk {
-    let mut walk =
-        Walk { offset: SEGMENT_HEADER_LEN, next: first, epoch: Epoch(0), ended: Ended::End };
+    let mut walk = Walk {
+        offset: SEGMENT_HEADER_LEN,
+        last: None,
+        next: first,
+        epoch: Epoch(0),
+        ended: Ended::End,
+    };
     loop {
         match step(bytes, walk.offset, walk.next, walk.epoch) {
             Step::Record { epoch, len } => {
@@ -567,6 +648,7 @@ fn walk(
                     walk.ended = Ended::Stopped;
                     break;
                 }
+                walk.last = Some(walk.offset);
                 walk.offset += len;
                 walk.next = walk.next.next();
                 walk.epoch = epoch;
@@ -580,6 +662,7 @@ fn walk(
     }
     // Stepped by whole records, past as many records as sequences.
     assert!(walk.offset <= bytes.len(), "walked past the segment's end");
+    assert!(walk.last.is_none_or(|last| last + RECORD_ALIGN <= walk.offset), "a record overlaps");
     assert!(walk.next >= first, "walked backwards");
     walk
 }

@@ -18,7 +18,7 @@ use ringfence_journal::format::{self, HeaderProblem, SEGMENT_HEADER_LEN};
 use ringfence_journal::recovery::recover;
 use ringfence_journal::scan::{self, MappedFile, ReadOnlyDir, ReadSource};
 use ringfence_journal::storage::FileStorage;
-use ringfence_journal::tail::{Tail, epoch_at, last_at_or_below_epoch};
+use ringfence_journal::tail::{Tail, epoch_at, epoch_at_place, last_at_or_below_epoch};
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, JournalWriter};
 
@@ -768,4 +768,143 @@ fn a_reader_in_another_process_reads_what_is_complete_and_waits_at_the_writers_p
     assert_eq!(tail.read_written(&mut out, usize::MAX).unwrap(), 7, "the records before it");
     let error = tail.read_written(&mut out, usize::MAX).expect_err("corruption reported");
     expect_corrupt(&error, file, *offset as u64, Sequence(8));
+}
+
+/// A directory that counts the segments mapped from it.
+struct CountingMaps {
+    inner: ReadOnlyDir,
+    maps: Arc<AtomicU64>,
+}
+
+impl ReadSource for CountingMaps {
+    type Bytes = MappedFile;
+    fn list_files(&self) -> io::Result<Vec<String>> {
+        self.inner.list_files()
+    }
+    fn file_len(&self, name: &str) -> io::Result<u64> {
+        self.inner.file_len(name)
+    }
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.inner.read_file(name)
+    }
+    fn read_segment(&mut self, name: &str) -> io::Result<MappedFile> {
+        self.maps.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_segment(name)
+    }
+    fn describe_file(&self, name: &str) -> String {
+        self.inner.describe_file(name)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+#[test]
+fn a_reader_at_the_writers_position_knows_it_without_mapping_or_listing() {
+    // Goal: `at_writers_position` is true exactly while the tail waits where the writer will
+    // append, and asking it maps no segment; the map the tail holds shows the writer's next
+    // records, which `read_written` then reads without mapping again.
+    let dir = TempDir::new("tail-waits-in-place");
+    let mut writer = new_writer(dir.path());
+    let commands = commands(120);
+    append(&mut writer, Epoch(1), &commands[..100]);
+    assert_eq!(segment_files(dir.path()).len(), 1, "one segment, far from full");
+    let maps = Arc::new(AtomicU64::new(0));
+    let source = CountingMaps { inner: ReadOnlyDir::open(dir.path()).unwrap(), maps: maps.clone() };
+    let mut tail = Tail::open(source, Sequence(1)).unwrap();
+    assert!(!tail.at_writers_position(), "not positioned yet: a read must look");
+    let mut out = Vec::new();
+    assert_eq!(tail.read_written(&mut out, usize::MAX).unwrap(), 100);
+    let mapped = maps.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        assert!(tail.at_writers_position(), "waiting where the writer appends");
+    }
+    assert_eq!(maps.load(Ordering::Relaxed), mapped, "a look mapped a segment");
+    append(&mut writer, Epoch(1), &commands[100..]);
+    assert!(!tail.at_writers_position(), "a record written where the tail waits");
+    assert_eq!(tail.read_written(&mut out, usize::MAX).unwrap(), 20);
+    assert!(tail.at_writers_position());
+    assert_eq!(split(&out), stored_bytes(dir.path()));
+}
+
+#[test]
+fn a_first_segment_that_ends_early_is_followed_into_the_next() {
+    // Goal: in the layout a `journal rebuild` leaves (a first segment named after a snapshot,
+    // holding the records up to where the next segment starts, with room after them), a tail
+    // reads on into the next segment: an end marker with room is the writer's position only
+    // where no segment is named by the next sequence.
+    let dir = TempDir::new("tail-rebuilt-layout");
+    let writer = journal_in_epochs(dir.path(), &[1; 3_000]);
+    drop(writer);
+    let files = segment_files(dir.path());
+    let firsts = stored_firsts(dir.path());
+    assert!(firsts.len() >= 2, "the journal spans segments");
+    let all = stored_bytes(dir.path());
+    // Segment 1 replaced by one named `start` holding records `start..firsts[1]`.
+    let start = firsts[1] - 40;
+    let old = std::fs::read(&files[0]).unwrap();
+    let mut header = format::decode_segment_header(&old).unwrap();
+    header.first_sequence = Sequence(start);
+    let mut rebuilt = vec![0u8; old.len()];
+    format::encode_segment_header(&header, &mut rebuilt);
+    let records: Vec<u8> = all[start as usize - 1..firsts[1] as usize - 1].concat();
+    rebuilt[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + records.len()].copy_from_slice(&records);
+    std::fs::write(dir.path().join(format::segment_name(Sequence(start))), &rebuilt).unwrap();
+    std::fs::remove_file(&files[0]).unwrap();
+    let mut tail = open_tail(dir.path(), Sequence(start)).unwrap();
+    let mut out = Vec::new();
+    let first_segment = records.len();
+    assert_eq!(tail.read_written(&mut out, first_segment).unwrap(), 40, "the first segment's");
+    assert_eq!(tail.next(), Sequence(firsts[1]));
+    assert!(!tail.at_writers_position(), "a segment is named by the next sequence");
+    while tail.read_written(&mut out, usize::MAX).unwrap() > 0 {}
+    assert_eq!(split(&out), all[start as usize - 1..]);
+    let mut tail = open_tail(dir.path(), Sequence(start)).unwrap();
+    assert_eq!(read_all(&mut tail, Sequence(3_000)), all[start as usize - 1..]);
+}
+
+#[test]
+fn the_last_records_place_answers_for_it_until_it_is_rewritten() {
+    // Goal: `last_place` names the segment and offset of the last record read, across segment
+    // starts and bounded reads; `epoch_at_place` there gives `epoch_at`'s answer for that
+    // record, and nothing (never a wrong epoch) once the place holds something else: the
+    // record damaged or cut, another sequence asked for, an offset off the records, the
+    // segment gone.
+    let dir = TempDir::new("tail-last-place");
+    let epochs: Vec<u64> = (0..3_000).map(|i| 1 + i / 1_100).collect();
+    let writer = journal_in_epochs(dir.path(), &epochs);
+    let stored = stored(dir.path());
+    assert!(segment_files(dir.path()).len() >= 3, "the records span segments");
+    let mut tail = open_tail(dir.path(), Sequence(1)).unwrap();
+    assert!(tail.last_place().is_none(), "nothing read yet");
+    let mut source = ReadOnlyDir::open(dir.path()).unwrap();
+    let mut places_checked = 0;
+    while tail.read(Sequence(3_000), &mut Vec::new(), 1_000).unwrap() > 0 {
+        let last = Sequence(tail.next().0 - 1);
+        let (file, offset, _) = &stored[last.0 as usize - 1];
+        let (name, at) = tail.last_place().expect("the segment holding it is mapped");
+        assert_eq!((name, at), (file.file_name().unwrap().to_str().unwrap(), *offset));
+        let found = epoch_at_place(&mut source, name, at, last).unwrap();
+        assert_eq!(found, Some(Epoch(epochs[last.0 as usize - 1])), "at {last}");
+        assert_eq!(found, epoch_at(&mut source, last).unwrap());
+        assert_eq!(epoch_at_place(&mut source, name, at, last.next()).unwrap(), None);
+        places_checked += 1;
+    }
+    assert!(places_checked > 40, "bounded reads: {places_checked}");
+    let (file, offset, record) = stored.last().unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let last = Sequence(3_000);
+    assert_eq!(epoch_at_place(&mut source, name, offset + 16, last).unwrap(), None, "mid-record");
+    assert_eq!(epoch_at_place(&mut source, name, offset + 3, last).unwrap(), None, "unaligned");
+    assert_eq!(epoch_at_place(&mut source, name, 0, last).unwrap(), None, "the header");
+    assert_eq!(epoch_at_place(&mut source, name, usize::MAX - 15, last).unwrap(), None);
+    let other = format::segment_name(Sequence(1));
+    assert_eq!(epoch_at_place(&mut source, &other, *offset, last).unwrap(), None, "elsewhere");
+    patch(file, offset + 33, &[record[33] ^ 0x01]);
+    assert_eq!(epoch_at_place(&mut source, name, *offset, last).unwrap(), None, "damaged");
+    patch(file, *offset, &vec![0; record.len()]);
+    assert_eq!(epoch_at_place(&mut source, name, *offset, last).unwrap(), None, "cut");
+    drop(writer);
+    std::fs::remove_file(file).unwrap();
+    assert_eq!(epoch_at_place(&mut source, name, *offset, last).unwrap(), None, "gone");
 }

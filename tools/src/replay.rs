@@ -97,8 +97,9 @@ pub struct ReplayArgs {
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
 /// How often `--follow`, finding no new records, checks that the last record it read is
-/// still this journal's: a journal rewritten in place after a failover can look, from where
-/// the follower stands, like a writer that went quiet.
+/// still this journal's (a journal rewritten in place after a failover can look, from where
+/// the follower stands, like a writer that went quiet) and reads as a reader that knows
+/// nothing of the writer's position does (between, it looks only at that position).
 const FOLLOW_CHECK: Duration = Duration::from_secs(5);
 
 /// The most bytes of records `--follow` reads, syncs and exports at a time.
@@ -350,6 +351,11 @@ fn follow_records(
     let mut bytes = Vec::with_capacity(FOLLOW_BATCH_BYTES);
     let mut checked = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        // Between checks, one look at where the writer appends says whether to read.
+        if checked.elapsed() < FOLLOW_CHECK && tail.at_writers_position() {
+            std::thread::sleep(FOLLOW_POLL);
+            continue;
+        }
         bytes.clear();
         let from = tail.next();
         let count = match tail.read_written(&mut bytes, FOLLOW_BATCH_BYTES) {
@@ -358,13 +364,16 @@ fn follow_records(
             // Records that are not where the follower left them: a rewrite says more than the
             // damage it looks like from where the follower stands.
             Err(error) => {
-                still_this_journal(looks, applier)?;
+                still_this_journal(looks, applier, None)?;
                 return Err(error);
             }
         };
         if count == 0 {
             if checked.elapsed() >= FOLLOW_CHECK {
-                still_this_journal(looks, applier)?;
+                // Everything read is applied: the tail's last record is the last exported.
+                let last = applier.tally.last_sequence;
+                assert!(last.is_none_or(|last| last.next() == tail.next()), "read, not applied");
+                still_this_journal(looks, applier, tail.last_place())?;
                 checked = Instant::now();
             }
             std::thread::sleep(FOLLOW_POLL);
@@ -388,7 +397,7 @@ fn follow_records(
             // A new epoch is a failover or a primary's new run; the records before it must
             // still be the ones exported, or the journal was rewritten where it changed.
             if applier.tally.last_epoch.is_some_and(|last| header.epoch > last) {
-                still_this_journal(looks, applier)?;
+                still_this_journal(looks, applier, None)?;
             }
             applier.epochs.push_back(header.epoch);
             applier.apply(engine, &command);
@@ -412,11 +421,22 @@ fn flush_export(applier: &mut Applier) -> Result<(), JournalError> {
 }
 
 /// Refuses to go on unless the last record exported is still this journal's, with the epoch
-/// it had: a rewrite after a failover replaces records from some sequence on.
-fn still_this_journal(looks: &mut ReadOnlyDir, applier: &Applier) -> Result<(), JournalError> {
+/// it had: a rewrite after a failover replaces records from some sequence on. `place`, where
+/// that record was read, is looked at first: it still holds the record in all but a rewrite,
+/// and one record read there spares a walk through its segment.
+fn still_this_journal(
+    looks: &mut ReadOnlyDir,
+    applier: &Applier,
+    place: Option<(&str, usize)>,
+) -> Result<(), JournalError> {
     let (Some(last), Some(epoch)) = (applier.tally.last_sequence, applier.tally.last_epoch) else {
         return Ok(());
     };
+    if let Some((name, offset)) = place
+        && tail::epoch_at_place(looks, name, offset, last)? == Some(epoch)
+    {
+        return Ok(());
+    }
     let now = match tail::epoch_at(looks, last)? {
         Some(held) if held == epoch => return Ok(()),
         Some(held) => format!("is now of epoch {held}"),

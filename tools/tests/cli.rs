@@ -774,15 +774,20 @@ fn a_follower_stops_when_the_journal_is_rewritten_under_it() {
     // Goal: a journal whose records from 201 on are replaced by another history's, in a new
     // epoch (a failover that dropped this node's unreplicated records), stops the follower
     // with an error naming the record it last exported and how to check the export: whether
-    // the follower reads on into the other history (it meets the new epoch) or waits at the
-    // end of a segment no longer in the directory (it looks again every 5 s), and whether the
-    // other history is longer or shorter. The summary still says how far it got.
+    // the follower reads on into the other history (it meets the new epoch) or waits where the
+    // record it last read no longer is (it looks again every 5 s), whether the other history
+    // is longer or shorter, and whether it took the directory's place file by file (as a
+    // standby given its primary's snapshot) or was written in place (as a rejoining node cuts
+    // its journal and writes on). The summary still says how far it got.
     let cases = [
-        (450, false, "is now of epoch 2"),
-        (450, true, "is now of epoch 2"),
-        (290, true, "is no longer in it"),
+        (450, false, Rewrite::Replaced, "is now of epoch 2"),
+        (450, true, Rewrite::Replaced, "is now of epoch 2"),
+        (290, true, Rewrite::Replaced, "is no longer in it"),
+        (450, false, Rewrite::InPlace, "is now of epoch 2"),
+        (290, true, Rewrite::InPlace, "is no longer in it"),
     ];
-    for (other_len, read_on_first, said) in cases {
+    for (other_len, read_on_first, rewrite, said) in cases {
+        let case = format!("{other_len} {read_on_first} {rewrite:?}");
         let dir = TempDir::new("follow-rewritten");
         let other = TempDir::new("follow-rewritten-other");
         let mut engine = Engine::new(config());
@@ -799,25 +804,52 @@ fn a_follower_stops_when_the_journal_is_rewritten_under_it() {
         let mut engine = Engine::new(config());
         let mut workload = Workload::new(19, Sequence(1), Timestamp(1_700_000_000_000));
         append_in_epoch(other.path(), (&mut workload, &mut engine), 200, Epoch(1));
-        append_in_epoch(other.path(), (&mut workload, &mut engine), other_len - 200, Epoch(2));
-        // The other history takes the directory's place, file by file.
-        for entry in std::fs::read_dir(dir.path()).unwrap() {
-            std::fs::remove_file(entry.unwrap().path()).unwrap();
-        }
-        for entry in std::fs::read_dir(other.path()).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        match rewrite {
+            Rewrite::Replaced => {
+                append_in_epoch(
+                    other.path(),
+                    (&mut workload, &mut engine),
+                    other_len - 200,
+                    Epoch(2),
+                );
+                for entry in std::fs::read_dir(dir.path()).unwrap() {
+                    std::fs::remove_file(entry.unwrap().path()).unwrap();
+                }
+                for entry in std::fs::read_dir(other.path()).unwrap() {
+                    let entry = entry.unwrap();
+                    std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+                }
+            }
+            Rewrite::InPlace => {
+                let storage = ringfence_journal::storage::FileStorage::open(dir.path()).unwrap();
+                ringfence_journal::recovery::truncate(&storage, Sequence(201)).unwrap();
+                append_in_epoch(
+                    dir.path(),
+                    (&mut workload, &mut engine),
+                    other_len - 200,
+                    Epoch(2),
+                );
+            }
         }
         let (status, stderr) = follower.exited();
-        assert_eq!(status.code(), Some(1), "{other_len}: {stderr}");
+        assert_eq!(status.code(), Some(1), "{case}: {stderr}");
         let record = format!("record {last} of this journal, exported as of epoch 1, {said}");
-        assert!(stderr.contains(&record), "{other_len}: {stderr}");
+        assert!(stderr.contains(&record), "{case}: {stderr}");
         let check = format!("--after-seq {last} --after-epoch 1");
-        assert!(stderr.contains(&check), "{other_len}: {stderr}");
+        assert!(stderr.contains(&check), "{case}: {stderr}");
         let summary: serde_json::Value =
             serde_json::from_str(stderr.lines().next().unwrap()).unwrap();
-        assert_eq!(summary["through_sequence"], last, "{other_len}: {summary}");
+        assert_eq!(summary["through_sequence"], last, "{case}: {summary}");
     }
+}
+
+/// How [`a_follower_stops_when_the_journal_is_rewritten_under_it`] rewrites the journal.
+#[derive(Clone, Copy, Debug)]
+enum Rewrite {
+    /// Every file removed and the other history's copied in: new files.
+    Replaced,
+    /// Cut at 201 and written on: the same files.
+    InPlace,
 }
 
 #[test]
