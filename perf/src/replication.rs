@@ -506,8 +506,21 @@ fn generate(node: &Node, plan: &Plan, load: Option<u64>, count: u64, first_index
 }
 
 /// One mode in-process: a fresh pair, every load in turn through a session on the primary.
-fn inprocess_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
+/// How long a new pair is left before its idle cost is measured.
+const IDLE_AFTER_START: Duration = Duration::from_secs(1);
+
+/// How long a pair's idle cost is measured.
+fn idle_seconds(plan: &Plan) -> f64 {
+    plan.seconds.clamp(1.0, 2.0)
+}
+
+/// Also returns the share of a core the process used with the pair idle (in sync, where a
+/// standby follows) before the loads.
+fn inprocess_mode(plan: &Plan, mode: Mode) -> (Vec<(Option<u64>, Row)>, f64) {
     let pair = Pair::start(mode);
+    // After what starting leaves running (the spare segment, the snapshot writer's shadow).
+    std::thread::sleep(IDLE_AFTER_START);
+    let idle = crate::net::idle_share_over(idle_seconds(plan));
     let mut rows = Vec::new();
     let mut first_index = 0;
     std::thread::scope(|scope| {
@@ -537,7 +550,7 @@ fn inprocess_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
         generator.join().expect("the generator thread");
     });
     pair.shutdown();
-    rows
+    (rows, idle)
 }
 
 /// The processor batches each node of a pair ran: every batch ends with one journal flush (an
@@ -920,9 +933,23 @@ pub fn bench(report: &mut Report, size: Size) {
     header(report, &plan);
     let watch = CpuWatch::start();
     report.note("-- in-process: reservations through a Session on the primary, open loop");
-    let modes = MODES.iter();
-    let rows = modes.flat_map(|&mode| inprocess_mode(&plan, mode)).collect();
+    let mut idle = Vec::new();
+    let rows = MODES
+        .iter()
+        .flat_map(|&mode| {
+            let (rows, share) = inprocess_mode(&plan, mode);
+            idle.push(format!("{} {:.2}%", mode.name, share * 100.0));
+            rows
+        })
+        .collect();
     push_by_load(report, &plan, rows);
+    report.note(&format!(
+        "-- idle, before the loads ({:.1} s after the pair settled, over {:.1} s): {} of a core \
+         (process CPU time, both nodes of a pair; goal < 1% per node)",
+        IDLE_AFTER_START.as_secs_f64(),
+        idle_seconds(&plan),
+        idle.join(", ")
+    ));
     report.note(&format!(
         "-- loopback TCP: binary protocol through the ingress server (primary's node behind \
          NodeBackend), {} connections, one mio generator thread",

@@ -29,8 +29,11 @@ pub const FORCED_EPOCH_STEP: u64 = 1_000;
 /// How long a standby taking office waits for its journal to sync what it holds.
 const SYNC_BEFORE_OFFICE: Duration = Duration::from_secs(10);
 
-/// How often the policy loop looks at the time.
-const POLICY_TICK: Duration = Duration::from_millis(10);
+/// How often the policy loop looks at the time: a hundredth of the replication timeout (20 ms
+/// at the default 2 s), within these bounds. A standby's silence is noticed at most that long
+/// past the timeout; an idle node's cost is mostly these wake-ups.
+const POLICY_TICK_MIN: Duration = Duration::from_millis(10);
+const POLICY_TICK_MAX: Duration = Duration::from_millis(50);
 
 /// Writes one line to the log, the way `ringfence serve` logs.
 pub(crate) fn log(args: fmt::Arguments<'_>) {
@@ -244,6 +247,8 @@ pub struct Control {
     follower_stop: Arc<AtomicBool>,
     /// Where the listener is bound, once started.
     listening: Mutex<Option<SocketAddr>>,
+    /// Wakes the listener, which waits for connections without a timeout, when it must stop.
+    listener_waker: Mutex<Option<mio::Waker>>,
     /// With coordination: when the primary's lease may expire, minus the margin (ms on this
     /// clock); `u64::MAX` without coordination. Past it, acknowledging on the local journal
     /// alone stops (failsafe: answers that wait for the standby continue).
@@ -311,6 +316,7 @@ impl Control {
             follower_socket: Mutex::new(None),
             follower_stop: Arc::new(AtomicBool::new(false)),
             listening: Mutex::new(None),
+            listener_waker: Mutex::new(None),
             lease_deadline_ms: AtomicU64::new(u64::MAX),
             handover: AtomicBool::new(false),
             taking_office: AtomicBool::new(false),
@@ -832,9 +838,11 @@ impl Control {
             }
         })?;
         let control = Arc::clone(self);
+        let period = Duration::from_millis(self.config.timeout_ms / 100)
+            .clamp(POLICY_TICK_MIN, POLICY_TICK_MAX);
         thread::Builder::new().name("rf-repl-control".into()).spawn(move || {
             while !control.stopping() {
-                thread::sleep(POLICY_TICK);
+                thread::sleep(period);
                 control.tick();
             }
         })?;
@@ -945,9 +953,19 @@ impl Control {
         *self.listening.lock().expect("never poisoned")
     }
 
+    /// Installs the waker [`Control::stop`] uses to interrupt the listener's wait. The listener
+    /// checks [`Control::stopping`] after this, so a stop before it is not missed.
+    pub(crate) fn set_listener_waker(&self, waker: mio::Waker) {
+        *self.listener_waker.lock().expect("never poisoned") = Some(waker);
+    }
+
     /// Stops every replication thread (the node is shutting down).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
+        if let Some(waker) = self.listener_waker.lock().expect("never poisoned").as_ref() {
+            // Failing, the listener sees the flag at its next wake-up (at most a second).
+            let _ = waker.wake();
+        }
         self.link.notify();
         let _ = self.stop_follower();
     }

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use mio::{Events, Interest, Poll, Token};
+
 use ringfence_core::{Epoch, Sequence};
 use ringfence_journal::scan::{ReadOnlyDir, ReadSource};
 use ringfence_journal::snapshot;
@@ -37,37 +39,59 @@ struct Stream {
     socket: TcpStream,
 }
 
-/// Accepts standbys until `control` stops.
+/// Accepts standbys until `control` stops. It waits in `poll` for a connection or for
+/// [`Control::stop`]'s wake-up, so an idle listener costs nothing.
 pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result<()> {
+    const LISTENER: Token = Token(0);
+    const STOP: Token = Token(1);
+    // A backstop only: `stop` wakes the poll.
+    const WAIT_MAX: Duration = Duration::from_secs(1);
     listener.set_nonblocking(true)?;
+    let mut listener = mio::net::TcpListener::from_std(listener);
+    let mut poll = Poll::new()?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    control.set_listener_waker(mio::Waker::new(poll.registry(), STOP)?);
+    let mut events = Events::with_capacity(4);
     let busy = Arc::new(AtomicUsize::new(0));
     let current: Arc<Mutex<Option<Stream>>> = Arc::new(Mutex::new(None));
     while !control.stopping() {
-        let (socket, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            Err(error) => {
-                log(format_args!("replication: accept failed: {error}"));
-                thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        if busy.load(Ordering::Acquire) >= control.config().handshakes_max {
-            control.count_refused(&format!("{peer}: too many handshakes at once"));
-            continue;
+        match poll.poll(&mut events, Some(WAIT_MAX)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
         }
-        let slot = HandshakeSlot::take(&busy);
-        let (control, current) = (Arc::clone(&control), Arc::clone(&current));
-        let spawned = thread::Builder::new().name("rf-repl-handshake".into()).spawn(move || {
-            if let Err(reason) = serve_standby(&control, socket, &current, slot) {
-                control.count_refused(&format!("standby {peer}: {reason}"));
+        // Readiness is edge-triggered: every connection waiting is taken now.
+        while !control.stopping() {
+            let (socket, peer) = match listener.accept() {
+                Ok((socket, peer)) => (TcpStream::from(std::os::fd::OwnedFd::from(socket)), peer),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    log(format_args!("replication: accept failed: {error}"));
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            // The handshake and the stream read and write with blocking calls and deadlines.
+            if let Err(error) = socket.set_nonblocking(false) {
+                control.count_refused(&format!("{peer}: {error}"));
+                continue;
             }
-        });
-        if let Err(error) = spawned {
-            log(format_args!("replication: cannot start a handshake thread: {error}"));
+            if busy.load(Ordering::Acquire) >= control.config().handshakes_max {
+                control.count_refused(&format!("{peer}: too many handshakes at once"));
+                continue;
+            }
+            let slot = HandshakeSlot::take(&busy);
+            let (control, current) = (Arc::clone(&control), Arc::clone(&current));
+            let spawned =
+                thread::Builder::new().name("rf-repl-handshake".into()).spawn(move || {
+                    if let Err(reason) = serve_standby(&control, socket, &current, slot) {
+                        control.count_refused(&format!("standby {peer}: {reason}"));
+                    }
+                });
+            if let Err(error) = spawned {
+                log(format_args!("replication: cannot start a handshake thread: {error}"));
+            }
         }
     }
     if let Some(stream) = current.lock().expect("never poisoned").take() {
