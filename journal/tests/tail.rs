@@ -638,14 +638,23 @@ fn records_that_end_before_the_next_segment_or_an_empty_named_segment_are_corrup
     drop(writer);
 }
 
-/// A directory whose oldest segments retention retires after the reader has listed them and
-/// before it maps the first: the race a reader of a live journal meets.
-struct RetiredWhileListed {
+/// A directory that runs `before_first_map` (if any) when a reader first maps a segment, and
+/// counts the segments mapped: with retention retiring the oldest segments there, after the
+/// reader listed them, the race a reader of a live journal meets.
+struct WatchedDir {
     inner: ReadOnlyDir,
-    retire: Option<Box<dyn FnOnce()>>,
+    before_first_map: Option<Box<dyn FnOnce()>>,
+    maps: Arc<AtomicU64>,
 }
 
-impl ReadSource for RetiredWhileListed {
+impl WatchedDir {
+    fn new(dir: &Path, before_first_map: Option<Box<dyn FnOnce()>>) -> WatchedDir {
+        let inner = ReadOnlyDir::open(dir).unwrap();
+        WatchedDir { inner, before_first_map, maps: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+impl ReadSource for WatchedDir {
     type Bytes = MappedFile;
     fn list_files(&self) -> io::Result<Vec<String>> {
         self.inner.list_files()
@@ -657,9 +666,10 @@ impl ReadSource for RetiredWhileListed {
         self.inner.read_file(name)
     }
     fn read_segment(&mut self, name: &str) -> io::Result<MappedFile> {
-        if let Some(retire) = self.retire.take() {
-            retire();
+        if let Some(hook) = self.before_first_map.take() {
+            hook();
         }
+        self.maps.fetch_add(1, Ordering::Relaxed);
         self.inner.read_segment(name)
     }
     fn describe_file(&self, name: &str) -> String {
@@ -685,10 +695,7 @@ fn a_segment_retired_between_listing_and_mapping_counts_as_retired() {
         let retire = move || {
             data_dir.retire_segments(Sequence(held)).unwrap();
         };
-        RetiredWhileListed {
-            inner: ReadOnlyDir::open(dir.path()).unwrap(),
-            retire: Some(Box::new(retire)),
-        }
+        WatchedDir::new(dir.path(), Some(Box::new(retire)))
     };
     let mut tail = Tail::open(racing(), Sequence(1)).unwrap();
     let error = tail.read(Sequence(5_000), &mut Vec::new(), usize::MAX).expect_err("refused");
@@ -770,35 +777,6 @@ fn a_reader_in_another_process_reads_what_is_complete_and_waits_at_the_writers_p
     expect_corrupt(&error, file, *offset as u64, Sequence(8));
 }
 
-/// A directory that counts the segments mapped from it.
-struct CountingMaps {
-    inner: ReadOnlyDir,
-    maps: Arc<AtomicU64>,
-}
-
-impl ReadSource for CountingMaps {
-    type Bytes = MappedFile;
-    fn list_files(&self) -> io::Result<Vec<String>> {
-        self.inner.list_files()
-    }
-    fn file_len(&self, name: &str) -> io::Result<u64> {
-        self.inner.file_len(name)
-    }
-    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
-        self.inner.read_file(name)
-    }
-    fn read_segment(&mut self, name: &str) -> io::Result<MappedFile> {
-        self.maps.fetch_add(1, Ordering::Relaxed);
-        self.inner.read_segment(name)
-    }
-    fn describe_file(&self, name: &str) -> String {
-        self.inner.describe_file(name)
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-}
-
 #[test]
 fn a_reader_at_the_writers_position_knows_it_without_mapping_or_listing() {
     // Goal: `at_writers_position` is true exactly while the tail waits where the writer will
@@ -809,8 +787,8 @@ fn a_reader_at_the_writers_position_knows_it_without_mapping_or_listing() {
     let commands = commands(120);
     append(&mut writer, Epoch(1), &commands[..100]);
     assert_eq!(segment_files(dir.path()).len(), 1, "one segment, far from full");
-    let maps = Arc::new(AtomicU64::new(0));
-    let source = CountingMaps { inner: ReadOnlyDir::open(dir.path()).unwrap(), maps: maps.clone() };
+    let source = WatchedDir::new(dir.path(), None);
+    let maps = Arc::clone(&source.maps);
     let mut tail = Tail::open(source, Sequence(1)).unwrap();
     assert!(!tail.at_writers_position(), "not positioned yet: a read must look");
     let mut out = Vec::new();
