@@ -457,6 +457,9 @@ impl Protocol for HttpReserve {
 /// snapshot periods as a long-running node's do.
 const SNAPSHOT_EVERY: u64 = 500_000;
 
+/// How long a bench server waits for its snapshot writer's shadow engine before measuring.
+const SHADOW_WAIT_MAX: Duration = Duration::from_secs(120);
+
 /// An in-process ringfence server for benchmarks: journal in a temporary directory with
 /// durability `none` (records written to the map, not synced) unless a row asks for another,
 /// admin token "bench", the hot
@@ -581,11 +584,18 @@ impl BenchServer {
         };
         client.call(create).map_err(io::Error::other)?;
         // The writer builds its shadow engine when it starts: a measurement that began before
-        // would charge that one-off build (an engine's tables written) to the first rows.
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // would charge that one-off build (an engine's tables written) to the first rows. At
+        // idle priority on a machine busy with other work it may not get the CPU: the rows
+        // then go on, saying so, rather than the scenario failing.
+        let waited = Instant::now();
         while snapshot_every.is_some() && !snapshots.get().shadow_ready {
-            if Instant::now() > deadline {
-                return Err(io::Error::other("the snapshot writer's shadow engine was not built"));
+            if waited.elapsed() > SHADOW_WAIT_MAX {
+                description.push_str(&format!(
+                    " (the writer's shadow engine was still being built after {} s, on a \
+                     machine busy with other work: the first rows include its build)",
+                    SHADOW_WAIT_MAX.as_secs()
+                ));
+                break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
