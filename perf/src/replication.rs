@@ -945,7 +945,8 @@ pub fn bench(report: &mut Report, size: Size) {
     push_by_load(report, &plan, rows);
     report.note(&format!(
         "-- idle, before the loads ({:.1} s after the pair settled, over {:.1} s): {} of a core \
-         (process CPU time, both nodes of a pair; goal < 1% per node)",
+         (process CPU time: the primary, and its standby where one follows; goal < 1% per \
+         node)",
         IDLE_AFTER_START.as_secs_f64(),
         idle_seconds(&plan),
         idle.join(", ")
