@@ -261,6 +261,10 @@ pub struct Control {
     /// Standby: it has held everything its primary reported since it last joined (the
     /// stream's lag reached 0). Cleared when a stream starts.
     in_sync: AtomicBool,
+    /// Standby: when it last caught up, its primary's answers did not wait for it (the
+    /// operator's `async`). Such a primary keeps no `standby-in-sync` marker, so once
+    /// restarted it acknowledges alone at once, in epochs this standby never hears of.
+    primary_async: AtomicBool,
     /// Primary: restarted after a standby was in sync, with a journal that answers before it
     /// syncs, and no standby in sync since: records that standby holds past this journal may
     /// have been acknowledged, and a join is refused rather than told to drop them.
@@ -321,6 +325,7 @@ impl Control {
             handover: AtomicBool::new(false),
             taking_office: AtomicBool::new(false),
             in_sync: AtomicBool::new(false),
+            primary_async: AtomicBool::new(false),
             standby_tail_acknowledged: AtomicBool::new(restarted && !answers_after_sync),
             journal: std::sync::OnceLock::new(),
             witness_names_standby: Mutex::new(None),
@@ -476,8 +481,10 @@ impl Control {
         state.policy.on_ack(durable, journaled, now);
         if state.policy.state() == PolicyState::InSync && was != PolicyState::InSync {
             // With a witness, only once its record names the standby (`witness_recorded`):
-            // until then a power loss here must leave a node that may lead alone.
-            if !self.witness_unaware() {
+            // until then a power loss here must leave a node that may lead alone. Under
+            // `async` never: answers do not wait for the standby, and the witness's record
+            // names nobody this node must wait for after a restart.
+            if !self.witness_unaware() && state.policy.mode() == AckMode::Sync {
                 self.note_in_sync(true);
             }
             // The standby holds nothing this journal lacks: it streamed from this journal.
@@ -504,6 +511,7 @@ impl Control {
         if standby_named
             && state.role == Role::Primary
             && state.policy.state() == PolicyState::InSync
+            && state.policy.mode() == AckMode::Sync
         {
             self.note_in_sync(true);
         }
@@ -757,7 +765,9 @@ impl Control {
 
     /// The standby holds everything its primary reported journaled: a directory that was
     /// catching up (created or truncated) holds every acknowledged write again.
-    pub fn caught_up(&self) {
+    /// `primary_async`: the primary's answers do not wait for this standby (`async`).
+    pub fn caught_up(&self, primary_async: bool) {
+        self.primary_async.store(primary_async, Ordering::Release);
         self.in_sync.store(true, Ordering::Release);
         if !self.epochs.catching_up() {
             return;
@@ -866,13 +876,16 @@ impl Control {
     /// that was not created or truncated since. `force` accepts losing what it lacks; the
     /// epoch then jumps by [`FORCED_EPOCH_STEP`], since a primary this node lost track of may
     /// have taken the next epochs without it knowing, and two histories under one epoch would
-    /// look alike to the next join.
+    /// look alike to the next join. So does the epoch of a standby whose primary answered
+    /// under `async` when it caught up: that primary, restarted, acknowledges alone at once in
+    /// an epoch of its own.
     pub fn promote(&self, node: &Node, force: bool) -> Result<Epoch, String> {
         if !force {
             self.check_promotable()?;
         }
         let epochs = self.epochs();
-        let step = if force { FORCED_EPOCH_STEP } else { 1 };
+        let jump = force || self.primary_async.load(Ordering::Acquire);
+        let step = if jump { FORCED_EPOCH_STEP } else { 1 };
         let epoch = Epoch(epochs.current.0.max(epochs.promised.0) + step);
         self.promote_to(&node.promoter(), epoch)
     }
@@ -1056,12 +1069,30 @@ mod tests {
         let refused = control.promote(&node, false).unwrap_err();
         assert!(refused.contains("has not caught up"), "{refused}");
         control.stream_started();
-        control.caught_up();
+        control.caught_up(false);
         control.stream_started();
         assert!(control.promote(&node, false).is_err(), "a new stream starts behind again");
-        control.caught_up();
+        control.caught_up(false);
         assert_eq!(control.promote(&node, false), Ok(Epoch(2)));
         assert!(control.is_primary());
+    }
+
+    #[test]
+    fn a_standby_of_a_primary_under_async_is_promoted_past_the_epochs_that_primary_may_take() {
+        // Goal: a primary under `async` keeps no in-sync marker, so restarted while its
+        // standby is cut off it acknowledges alone at once, in the next epoch. The standby,
+        // caught up on a stream whose heartbeats said `async`, is promoted without force (it
+        // holds all that primary reported) but jumps the epoch as a forced promotion does, so
+        // the two histories never share one. Caught up again with answers waiting for it, it
+        // takes the next epoch as before.
+        let (control, node) = standby(false);
+        control.stream_started();
+        control.caught_up(true);
+        assert_eq!(control.promote(&node, false), Ok(Epoch(1 + FORCED_EPOCH_STEP)));
+        let (control, node) = standby(false);
+        control.caught_up(true);
+        control.caught_up(false);
+        assert_eq!(control.promote(&node, false), Ok(Epoch(2)), "the primary waits for it now");
     }
 
     #[test]
@@ -1491,6 +1522,32 @@ mod tests {
         let stream = control.on_connected("b");
         control.on_ack(stream, Sequence(9), Sequence(9), 0);
         assert!(dir.standby_in_sync() && !hold.answers_alone());
+    }
+
+    #[test]
+    fn under_async_a_standby_that_catches_up_leaves_no_in_sync_marker() {
+        // Goal: the in-sync marker makes a restarted primary hold writes for its standby. Under
+        // `async` answers never waited for that standby and the witness's record names nobody
+        // the primary must wait for, so a standby catching up writes no marker (one written
+        // there left a primary that lost power under `none` waiting to catch up from a
+        // standby the record did not let lead). Back in `sync`, catching up writes it again.
+        let (_, dir) = fault_dir(Durability::None);
+        let answering_first = ReplicationConfig { answers_after_sync: false, ..config() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let end = (Sequence(9), Epoch(1));
+        let control =
+            Control::new(answering_first, Role::Primary, end, Box::new(dir.clone()), clock);
+        control.set_mode(AckMode::Async);
+        control.witness_recorded(true);
+        let stream = control.on_connected("b");
+        control.on_ack(stream, Sequence(9), Sequence(9), 0);
+        assert_eq!(control.figures().state, "in_sync");
+        control.witness_recorded(true);
+        assert!(!dir.standby_in_sync(), "marked in sync under async");
+        control.set_mode(AckMode::Sync);
+        control.on_ack(stream, Sequence(9), Sequence(9), 0);
+        assert_eq!(control.link().gate(), Gate::Standby);
+        assert!(dir.standby_in_sync(), "back in sync and caught up: the marker");
     }
 
     #[test]
