@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ringfence_core::{
-    Command, Engine, OrderState, Outcome, Query, Sequence, Sequenced, SkuId, UserId,
+    Command, Engine, Epoch, OrderState, Outcome, Query, Sequence, Sequenced, SkuId, UserId,
 };
 
 use super::clients::{HOT, HOT_LIMIT, Ledger};
@@ -87,12 +87,13 @@ pub fn durable_records(machines: &[Machine], seen: &mut DurableRecords) -> Resul
 /// both still hold records, and their states hash the same; a recovery of the primary's disk
 /// (its newest snapshot and the journal after it) reproduces its state, and so does a replay
 /// of its whole journal when retention kept it all; every acknowledged write is in that state
-/// with the outcome its client was given; limits held.
+/// with the outcome its client was given, but those acknowledged under `async` whose records a
+/// failover replaced (how many, returned); limits held.
 pub fn at_end(
     machines: &[Machine],
     ledger: &Ledger,
     settings: &ClusterSettings,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let (primary, standby) = converged(machines)?;
     let through = Sequence(primary.running().expect("converged").control.link().available());
     let read = |machine: &Machine, from: Sequence| {
@@ -101,7 +102,9 @@ pub fn at_end(
     };
     let (primary_from, standby_from) = (first_held(primary)?, first_held(standby)?);
     let from = primary_from.max(standby_from);
-    agree(&read(primary, from)?, &read(standby, from)?, from, through)?;
+    let records = read(primary, primary_from)?;
+    let skip = usize::try_from(from.0 - primary_from.0).expect("a journal's length fits");
+    agree(records.get(skip..).unwrap_or_default(), &read(standby, from)?, from, through)?;
     hashes_agree(primary, standby, through)?;
     let observed = primary.observed.lock().expect("never poisoned").hashes.get(&through.0).copied();
     let differs = |engine: &Engine| observed.is_some_and(|hash| hash != engine.running_hash());
@@ -113,7 +116,7 @@ pub fn at_end(
     // still holds its whole journal, every one it made.
     let mut orders = ledger.reserved_orders();
     if primary_from == Sequence(1) {
-        let (replayed, made) = replay(&read(primary, Sequence(1))?, settings)?;
+        let (replayed, made) = replay(&records, settings)?;
         if through.0 > 0 && differs(&replayed) {
             return Err(format!(
                 "a replay of the primary's journal hashes differently at {through}"
@@ -125,7 +128,34 @@ pub fn at_end(
     orders.dedup();
     balanced(&engine, &settings.skus)?;
     limits_held(&engine, &orders)?;
-    acknowledged_writes_hold(&mut engine, ledger)
+    let epoch = primary.running().expect("converged").control.epoch();
+    let held = Held { epoch, from: primary_from, records: &records };
+    acknowledged_writes_hold(&mut engine, ledger, &held)
+}
+
+/// What the final primary's journal holds: its epoch now, and its records from `from`.
+struct Held<'a> {
+    epoch: Epoch,
+    from: Sequence,
+    records: &'a [Vec<u8>],
+}
+
+impl Held<'_> {
+    /// Whether a failover replaced the record of `epoch` at `sequence`: the pair has moved to
+    /// a later epoch, and the journal holds a record of another epoch there, or none yet. A
+    /// record retired from the journal cannot be told; it counts as replaced.
+    fn replaced(&self, sequence: Sequence, epoch: Epoch) -> bool {
+        if epoch >= self.epoch {
+            return false;
+        }
+        let Some(at) = sequence.0.checked_sub(self.from.0) else { return true };
+        let Some(record) = usize::try_from(at).ok().and_then(|at| self.records.get(at)) else {
+            return true;
+        };
+        let (header, _) = ringfence_core::record::check(record).expect("checked when read");
+        assert_eq!(header.sequence, sequence, "one record per sequence from the first held");
+        header.epoch != epoch
+    }
 }
 
 /// The first record a machine's journal holds (retention may have retired the ones before).
@@ -181,7 +211,10 @@ fn describe(machine: &Machine) -> String {
             running.control.epoch(),
             running.node.sequences().journaled
         ),
-        None => format!("{}: not running", machine.name),
+        None => match machine.candidate_said() {
+            Some(said) => format!("{}: not running; a candidate: {said}", machine.name),
+            None => format!("{}: not running", machine.name),
+        },
     }
 }
 
@@ -263,8 +296,14 @@ fn limits_held(engine: &Engine, orders: &[ringfence_core::OrderId]) -> Result<()
 }
 
 /// Every write a client was given an outcome for is in the final state: the same command with
-/// the same key, sent again, gets the same outcome.
-fn acknowledged_writes_hold(engine: &mut Engine, ledger: &Ledger) -> Result<(), String> {
+/// the same key, sent again, gets the same outcome. The exception is a write acknowledged
+/// under `async` whose record a failover replaced: lost, as `async` allows; how many, returned.
+fn acknowledged_writes_hold(
+    engine: &mut Engine,
+    ledger: &Ledger,
+    held: &Held<'_>,
+) -> Result<u64, String> {
+    let mut lost = 0;
     for answer in &ledger.answers {
         if !matches!(answer.command, Command::Client { .. }) || answer.outcome.is_rejected() {
             continue;
@@ -275,26 +314,33 @@ fn acknowledged_writes_hold(engine: &mut Engine, ledger: &Ledger) -> Result<(), 
             command: answer.command,
         };
         let outcome = engine.apply(&retry);
-        if outcome != answer.outcome {
+        if outcome != answer.outcome
+            && answer.at_risk
+            && held.replaced(answer.sequence, answer.epoch)
+        {
+            lost += 1;
+        } else if outcome != answer.outcome {
             return Err(format!(
-                "client {} was told {:?} by node {} in epoch {} at {} ms, but the final state \
-                 answers {outcome:?} to {:?}",
+                "client {} was told {:?} by node {} in epoch {} at {} ms (record {}{}), but the \
+                 final state answers {outcome:?} to {:?}",
                 answer.client,
                 answer.outcome,
                 answer.node,
                 answer.epoch,
                 answer.at_ms,
+                answer.sequence,
+                if answer.at_risk { ", acknowledged under async and still held" } else { "" },
                 answer.command
             ));
         }
     }
-    Ok(())
+    Ok(lost)
 }
 
 #[cfg(test)]
 mod tests {
+    use ringfence_core::Timestamp;
     use ringfence_core::record::RecordBuf;
-    use ringfence_core::{Epoch, Timestamp};
 
     use super::*;
 

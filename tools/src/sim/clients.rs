@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use ringfence_core::prng::Prng;
 use ringfence_core::{
     Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, Epoch, OrderId, Outcome,
-    PaymentRef, RequestKey, Reserve, SkuId, Timestamp, UserId,
+    PaymentRef, Rejection, RequestKey, Reserve, Sequence, SkuId, Timestamp, UserId,
 };
 
 /// The hot SKU: little stock, a per-user limit, a short payment timeout.
@@ -70,6 +70,12 @@ pub struct Answer {
     /// The node that answered, and the epoch it acknowledged the write in.
     pub node: usize,
     pub epoch: Epoch,
+    /// The write's journal sequence (for a read, the last command it saw).
+    pub sequence: Sequence,
+    /// A failover may lose it: acknowledged while the operator's `async` held in that node's
+    /// epoch (from the switch until the standby was in sync again), or before a switch to
+    /// `async`, past what the standby then held (`Ledger::put_at_risk`).
+    pub at_risk: bool,
     pub at_ms: u64,
 }
 
@@ -110,6 +116,8 @@ pub struct Client {
     next_key: u64,
     script: Vec<Command>,
     held: Vec<Held>,
+    /// When the sale started: the admin's setup commands name it.
+    start: Timestamp,
     /// Coupons its buyers claimed and have not used.
     coupons: Vec<(UserId, CouponId)>,
     prng: Prng,
@@ -147,6 +155,7 @@ impl Client {
             next_ms: if admin { 0 } else { 1_500 },
             next_key: 1,
             script,
+            start,
             held: Vec::new(),
             coupons: Vec::new(),
             prng,
@@ -241,6 +250,15 @@ impl Client {
                 Outcome::CouponClaimed { coupon, .. },
                 Command::Client { action: Action::ClaimCoupon { user, .. }, .. },
             ) => self.coupons.push((*user, *coupon)),
+            (
+                Outcome::Rejected(Rejection::UnknownSku),
+                Command::Client { action: Action::Restock { .. }, .. },
+            ) if self.admin && self.script.is_empty() => {
+                // A failover under `async` lost the SKUs: the admin creates them again, with
+                // the same request keys (their first answers were lost with them).
+                self.script = setup(self.start);
+                self.script.reverse();
+            }
             _ => {}
         }
         Some(command)
@@ -316,6 +334,15 @@ impl Ledger {
         reserved.collect()
     }
 
+    /// A primary switched to `async`: any standby may take over from it now, and lose what it
+    /// does not hold. Every write `node` acknowledged past what its standby holds for sure
+    /// (`held`) is at risk from here on, whatever mode it was acknowledged in.
+    pub fn put_at_risk(&mut self, node: usize, held: Sequence) {
+        for answer in self.answers.iter_mut().filter(|a| a.node == node && a.sequence > held) {
+            answer.at_risk = true;
+        }
+    }
+
     /// Records an answer; an error names the broken rule.
     pub fn record(&mut self, answer: Answer) -> Result<(), String> {
         let Command::Client { key, .. } = answer.command else {
@@ -333,7 +360,11 @@ impl Ledger {
         if let Some(&first) = self.first.get(&key) {
             let before = &self.answers[first];
             // A refusal is not remembered (`Engine::apply_keyed`), so a retry may succeed.
-            if !before.outcome.is_rejected() && before.outcome != answer.outcome {
+            // A write acknowledged under `async` may have been lost to a failover, and the
+            // same request then made anew; so may the answer to it reach its client late, from
+            // the old primary (at-risk answers are held to the final state at the end).
+            let lost_maybe = before.at_risk || answer.at_risk;
+            if !before.outcome.is_rejected() && before.outcome != answer.outcome && !lost_maybe {
                 return Err(format!(
                     "request {key:?} was answered {:?} and then {:?}",
                     before.outcome, answer.outcome

@@ -1216,6 +1216,29 @@ impl Machine {
         running.control.promote(&running.node, false)
     }
 
+    /// What a candidate last said it waits for (empty before its first round).
+    pub fn candidate_said(&self) -> Option<&str> {
+        match &self.process {
+            Process::Candidate(candidate) => Some(&candidate.said),
+            _ => None,
+        }
+    }
+
+    /// The operator switches this primary's acknowledgement mode (`ringfence replication
+    /// --mode`): through the witness when the cluster has one (`async` is recorded there
+    /// first), on the node's `Control` otherwise. The epoch it answers in.
+    pub fn set_mode(&mut self, mode: AckMode) -> Result<Epoch, String> {
+        let running = self.running_mut().ok_or("not running")?;
+        if !running.control.is_primary() {
+            return Err("the mode is set on the primary".into());
+        }
+        match running.driver.as_mut() {
+            Some(driver) => driver.set_mode(mode)?,
+            None => running.control.set_mode(mode),
+        }
+        Ok(running.control.epoch())
+    }
+
     /// Asks the witness for a switchover to this (standby) machine, as `ringfence promote`
     /// does under coordination.
     pub fn request_switchover(&mut self) -> Result<(), String> {

@@ -18,7 +18,7 @@ use ringfence_journal::writer::Durability;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::coordination::pilot::Timing;
 use ringfence_replicator::coordination::store::MemoryCoordinator;
-use ringfence_replicator::policy::AckMode;
+use ringfence_replicator::policy::{AckMode, Gate};
 
 use super::check;
 use super::clients::{self, Answer, Client, Ledger};
@@ -53,6 +53,9 @@ pub struct RunLength {
     /// Frames a node sent before it crashed still arrive (see `Network::end_node`). Off only
     /// to replay a seed found before they did, on the path it took then.
     pub frames_after_crash: bool,
+    /// The operator switches the primary between `sync` and `async` now and then; writes
+    /// acknowledged under `async` may be lost to a failover, and only those.
+    pub async_switches: bool,
 }
 
 impl Default for RunLength {
@@ -67,12 +70,19 @@ impl Default for RunLength {
             heals: true,
             unsynced: false,
             frames_after_crash: true,
+            async_switches: false,
         }
     }
 }
 
 /// Mixed into the seed for the stream of the later kinds of fault.
 const EXTRA_STREAM: u64 = 0x005e_ed0f_1a7e_fa17;
+/// Mixed into the seed for the operator's switches of the acknowledgement mode (`--async`).
+const MODE_STREAM: u64 = 0x0a5c_0de5_0f0a_c4ed;
+/// The operator switches the mode every so often (ms), drawn between these.
+const MODE_SWITCH_MS: (u64, u64) = (300, 4_000);
+/// An `async` era that outlives the epoch it began in (see `World::async_eras`).
+const ANY_EPOCH: u64 = u64::MAX;
 
 /// How long the operator of a pair without a witness waits before promoting the standby.
 const OPERATOR_WAIT_MS: u64 = 1_000;
@@ -120,6 +130,11 @@ pub struct FaultCounts {
     pub sync_point_crashes: u64,
     /// Clean stops (SIGTERM) of a running node, which marks where its journal ends.
     pub clean_stops: u64,
+    /// The operator's switches of the primary to `async` (`ringfence replication --mode`)
+    /// that took effect.
+    pub async_switches: u64,
+    /// And back to `sync`.
+    pub sync_switches: u64,
 }
 
 /// What one seed's run did and found.
@@ -133,6 +148,11 @@ pub struct Report {
     pub network: NetCounts,
     /// Writes acknowledged to clients with an outcome (not refusals).
     pub writes_acknowledged: u64,
+    /// Of those, the ones acknowledged under `async` (from the switch until the standby was
+    /// in sync again), which a failover may lose.
+    pub writes_at_risk: u64,
+    /// And the ones a failover did lose: their records were replaced by a later epoch's.
+    pub writes_lost: u64,
     /// Answers of any kind the clients received.
     pub answers: u64,
     /// Answers by outcome (`reserved`, `sold_out`, ...).
@@ -189,6 +209,17 @@ pub struct World {
     /// Burst requests in flight, by token.
     burst: BTreeMap<u64, Command>,
     burst_next: u64,
+    /// The operator's mode switches (`--async`): their own stream, the time of the next one,
+    /// and the (machine, epoch) pairs whose answers may be lost: from a switch to `async`
+    /// until that primary's answers wait for its standby again. Without a witness, in every
+    /// epoch of that machine (`ANY_EPOCH`): a primary switched to `async` keeps no in-sync
+    /// marker, so restarted, it acknowledges alone at once while its standby, caught up under
+    /// `async`, may still be promoted by hand.
+    modes: Prng,
+    next_mode_ms: u64,
+    async_eras: std::collections::BTreeSet<(usize, u64)>,
+    /// Writes acknowledged under `async` that the final state lost (`check::at_end`).
+    writes_lost: u64,
     /// Without a witness: the machine the operator calls primary, and since when it has been
     /// unreachable (down or paused).
     operator_primary: usize,
@@ -243,6 +274,8 @@ impl Report {
             faults: FaultCounts::default(),
             network: NetCounts::default(),
             writes_acknowledged: 0,
+            writes_at_risk: 0,
+            writes_lost: 0,
             answers: 0,
             outcomes: Default::default(),
             refusals: Default::default(),
@@ -262,6 +295,8 @@ impl World {
     pub fn new(seed: u64, length: RunLength) -> World {
         let mut prng = Prng::new(seed);
         let mut extra = Prng::new(seed ^ EXTRA_STREAM);
+        let mut modes = Prng::new(seed ^ MODE_STREAM);
+        let next_mode_ms = modes.range_inclusive(MODE_SWITCH_MS.0, MODE_SWITCH_MS.1);
         // Drawn only when simulated, so that seeds run without them keep their paths.
         let snapshots = (length.snapshots && extra.chance(3, 4)).then(|| SnapshotPolicy {
             every_commands: Some(*extra.pick(&[100, 250, 600])),
@@ -341,6 +376,10 @@ impl World {
             struck_at: Default::default(),
             burst: BTreeMap::new(),
             burst_next: 1,
+            modes,
+            next_mode_ms,
+            async_eras: Default::default(),
+            writes_lost: 0,
             operator_primary: 0,
             primary_gone_since: None,
             operator_next_try_ms: 0,
@@ -380,7 +419,10 @@ impl World {
             failure = check::durable_records(&self.machines, &mut self.durable).err();
         }
         if failure.is_none() {
-            failure = check::at_end(&self.machines, &self.ledger, &self.settings).err();
+            match check::at_end(&self.machines, &self.ledger, &self.settings) {
+                Ok(lost) => self.writes_lost = lost,
+                Err(broken) => failure = Some(broken),
+            }
         }
         let served =
             self.ledger.answers.iter().any(|a| is_write(a) && a.at_ms >= self.length.faults_ms);
@@ -399,6 +441,8 @@ impl World {
         faults.rebuilds = self.machines.iter().map(|m| m.rebuilds).sum();
         faults.heals = self.machines.iter().map(|m| m.heals).sum();
         let writes = self.ledger.answers.iter().filter(|a| is_write(a)).count() as u64;
+        let at_risk =
+            self.ledger.answers.iter().filter(|a| is_write(a) && a.at_risk).count() as u64;
         Report {
             seed: self.seed,
             simulated_ms: self.now_ms,
@@ -407,6 +451,8 @@ impl World {
             faults,
             network: self.net.counts(),
             writes_acknowledged: writes,
+            writes_at_risk: at_risk,
+            writes_lost: self.writes_lost,
             answers: self.ledger.answers.len() as u64,
             outcomes: self.ledger.answers.iter().fold(Default::default(), |mut counts, a| {
                 *counts.entry(a.outcome.name().to_owned()).or_default() += 1;
@@ -484,7 +530,59 @@ impl World {
         if now % DURABLE_LOOK_MS == 0 {
             check::durable_records(&self.machines, &mut self.durable)?;
         }
+        self.close_async_eras();
         check::every_step(&self.machines)
+    }
+
+    /// The operator switches the primary to `async`, or back to `sync` (`ringfence
+    /// replication --mode`), every so often: through the witness, or on the node by hand.
+    fn switch_mode(&mut self) {
+        let now = self.now_ms;
+        self.next_mode_ms = now + self.modes.range_inclusive(MODE_SWITCH_MS.0, MODE_SWITCH_MS.1);
+        let Some(target) = self.machines.iter().position(|m| m.is_primary() && !m.paused) else {
+            return;
+        };
+        let machine = &mut self.machines[target];
+        let facts = machine.running().expect("a primary runs").control.facts();
+        let mode = match facts.mode {
+            AckMode::Sync => AckMode::Async,
+            AckMode::Async => AckMode::Sync,
+        };
+        let switched = machine.set_mode(mode);
+        let name = &machine.name;
+        self.trace.event(now, &format!("operator: {name} to {} mode: {switched:?}", mode.name()));
+        let Ok(epoch) = switched else { return };
+        match mode {
+            AckMode::Async => {
+                self.faults.async_switches += 1;
+                let epoch = if self.settings.coordinated { epoch.0 } else { ANY_EPOCH };
+                self.async_eras.insert((target, epoch));
+                // What the standby holds for sure: acknowledged, and durable on its disk
+                // (under `none` a standby acknowledges records written, not synced).
+                let held = facts.acked.min(self.machines[target ^ 1].durable_end());
+                self.ledger.put_at_risk(target, held);
+            }
+            AckMode::Sync => self.faults.sync_switches += 1,
+        }
+    }
+
+    /// A primary switched to `async` puts its answers at risk until, back in `sync`, they
+    /// wait for its standby again; answers released in the step that sees it are still
+    /// counted at risk.
+    fn close_async_eras(&mut self) {
+        let machines = &self.machines;
+        self.async_eras.retain(|&(index, epoch)| {
+            let Some(running) = machines[index].running() else { return true };
+            let facts = running.control.facts();
+            let waits = facts.primary && facts.mode == AckMode::Sync && facts.gate == Gate::Standby;
+            !(waits && (epoch == ANY_EPOCH || running.control.epoch().0 == epoch))
+        });
+    }
+
+    /// Whether an answer `node` gave in `epoch` is at risk (see `async_eras`).
+    fn at_risk(&self, node: usize, epoch: ringfence_core::Epoch) -> bool {
+        let eras = &self.async_eras;
+        eras.contains(&(node, epoch.0)) || eras.contains(&(node, ANY_EPOCH))
     }
 
     /// The operator of a pair without a witness, by the runbook: once the primary has been
@@ -598,7 +696,17 @@ impl World {
         let Some(command) = client.answered(now, number, outcome) else { return Ok(()) };
         let outcome = outcome.expect("a command is returned only with its outcome");
         let index = client.index;
-        self.ledger.record(Answer { client: index, command, outcome, node, epoch, at_ms: now })
+        let (sequence, at_risk) = (completion.sequence, self.at_risk(node, epoch));
+        self.ledger.record(Answer {
+            client: index,
+            command,
+            outcome,
+            node,
+            epoch,
+            sequence,
+            at_risk,
+            at_ms: now,
+        })
     }
 
     /// A burst's answer: recorded if it is an outcome; a burst does not retry.
@@ -611,7 +719,9 @@ impl World {
         let command = self.burst.remove(&completion.token).expect("a burst request");
         let Ok(outcome) = completion.result else { return Ok(()) };
         let client = self.clients.len();
-        let answer = Answer { client, command, outcome, node, epoch, at_ms: self.now_ms };
+        let (sequence, at_risk) = (completion.sequence, self.at_risk(node, epoch));
+        let at_ms = self.now_ms;
+        let answer = Answer { client, command, outcome, node, epoch, sequence, at_risk, at_ms };
         self.ledger.record(answer)
     }
 
@@ -740,6 +850,9 @@ impl World {
         if self.length.clean_stops && self.extra.chance(rates.stop_ppm, 1_000_000) {
             let target = self.extra.below(2) as usize;
             self.stop_fault(target);
+        }
+        if self.length.async_switches && self.now_ms >= self.next_mode_ms {
+            self.switch_mode();
         }
     }
 
