@@ -23,8 +23,10 @@ use crate::link::Link;
 use crate::message::Answering;
 use crate::policy::{AckMode, AckPolicy, Gate, PolicyState};
 
-/// How far a forced promotion raises the epoch past the highest one this node knows.
-pub const FORCED_EPOCH_STEP: u64 = 1_000;
+/// How far a promotion by hand raises the epoch past the highest one this node knows: past
+/// every epoch its primary may have taken in runs this node never heard of
+/// ([`Control::promote`]).
+pub const PROMOTION_EPOCH_STEP: u64 = 1_000;
 
 /// How long a standby taking office waits for its journal to sync what it holds.
 const SYNC_BEFORE_OFFICE: Duration = Duration::from_secs(10);
@@ -261,10 +263,6 @@ pub struct Control {
     /// Standby: it has held everything its primary reported since it last joined (the
     /// stream's lag reached 0). Cleared when a stream starts.
     in_sync: AtomicBool,
-    /// Standby: when it last caught up, its primary's answers did not wait for it (the
-    /// operator's `async`). Such a primary keeps no `standby-in-sync` marker, so once
-    /// restarted it acknowledges alone at once, in epochs this standby never hears of.
-    primary_async: AtomicBool,
     /// Primary: restarted after a standby was in sync, with a journal that answers before it
     /// syncs, and no standby in sync since: records that standby holds past this journal may
     /// have been acknowledged, and a join is refused rather than told to drop them.
@@ -325,7 +323,6 @@ impl Control {
             handover: AtomicBool::new(false),
             taking_office: AtomicBool::new(false),
             in_sync: AtomicBool::new(false),
-            primary_async: AtomicBool::new(false),
             standby_tail_acknowledged: AtomicBool::new(restarted && !answers_after_sync),
             journal: std::sync::OnceLock::new(),
             witness_names_standby: Mutex::new(None),
@@ -765,9 +762,7 @@ impl Control {
 
     /// The standby holds everything its primary reported journaled: a directory that was
     /// catching up (created or truncated) holds every acknowledged write again.
-    /// `primary_async`: the primary's answers do not wait for this standby (`async`).
-    pub fn caught_up(&self, primary_async: bool) {
-        self.primary_async.store(primary_async, Ordering::Release);
+    pub fn caught_up(&self) {
         self.in_sync.store(true, Ordering::Release);
         if !self.epochs.catching_up() {
             return;
@@ -873,20 +868,21 @@ impl Control {
     ///
     /// Without `force`, only a standby that holds everything its primary acknowledged is
     /// promoted: one that caught up with its primary since it last joined, with a directory
-    /// that was not created or truncated since. `force` accepts losing what it lacks; the
-    /// epoch then jumps by [`FORCED_EPOCH_STEP`], since a primary this node lost track of may
-    /// have taken the next epochs without it knowing, and two histories under one epoch would
-    /// look alike to the next join. So does the epoch of a standby whose primary answered
-    /// under `async` when it caught up: that primary, restarted, acknowledges alone at once in
-    /// an epoch of its own.
+    /// that was not created or truncated since. `force` accepts losing what it lacks.
+    ///
+    /// The epoch jumps by [`PROMOTION_EPOCH_STEP`], forced or not: the primary this node
+    /// lost track of may have restarted meanwhile, and each run of a primary without a
+    /// witness takes the next epoch. In `sync` such a run holds writes until its standby is
+    /// back, but the operator's `async` lets it acknowledge alone; two histories under one
+    /// epoch would look alike to the next join. Above every epoch that primary took, this
+    /// node's history wins when the old primary rejoins it: its records after the fork are
+    /// dropped, which only `async` (or `force`) acknowledged.
     pub fn promote(&self, node: &Node, force: bool) -> Result<Epoch, String> {
         if !force {
             self.check_promotable()?;
         }
         let epochs = self.epochs();
-        let jump = force || self.primary_async.load(Ordering::Acquire);
-        let step = if jump { FORCED_EPOCH_STEP } else { 1 };
-        let epoch = Epoch(epochs.current.0.max(epochs.promised.0) + step);
+        let epoch = Epoch(epochs.current.0.max(epochs.promised.0) + PROMOTION_EPOCH_STEP);
         self.promote_to(&node.promoter(), epoch)
     }
 
@@ -1064,35 +1060,18 @@ mod tests {
     fn a_standby_is_promoted_by_hand_only_once_it_caught_up_with_its_primary() {
         // Goal: a standby that has not held everything its primary reported since it last
         // joined may lack acknowledged writes (and its primary's epoch): `promote` refuses it
-        // and says how to proceed; caught up, it is promoted one epoch up.
+        // and says how to proceed; caught up, it is promoted.
         let (control, node) = standby(false);
         let refused = control.promote(&node, false).unwrap_err();
         assert!(refused.contains("has not caught up"), "{refused}");
         control.stream_started();
-        control.caught_up(false);
+        control.caught_up();
         control.stream_started();
         assert!(control.promote(&node, false).is_err(), "a new stream starts behind again");
-        control.caught_up(false);
-        assert_eq!(control.promote(&node, false), Ok(Epoch(2)));
+        control.caught_up();
+        // Past the epochs its primary may have taken in runs it never heard of.
+        assert_eq!(control.promote(&node, false), Ok(Epoch(1 + PROMOTION_EPOCH_STEP)));
         assert!(control.is_primary());
-    }
-
-    #[test]
-    fn a_standby_of_a_primary_under_async_is_promoted_past_the_epochs_that_primary_may_take() {
-        // Goal: a primary under `async` keeps no in-sync marker, so restarted while its
-        // standby is cut off it acknowledges alone at once, in the next epoch. The standby,
-        // caught up on a stream whose heartbeats said `async`, is promoted without force (it
-        // holds all that primary reported) but jumps the epoch as a forced promotion does, so
-        // the two histories never share one. Caught up again with answers waiting for it, it
-        // takes the next epoch as before.
-        let (control, node) = standby(false);
-        control.stream_started();
-        control.caught_up(true);
-        assert_eq!(control.promote(&node, false), Ok(Epoch(1 + FORCED_EPOCH_STEP)));
-        let (control, node) = standby(false);
-        control.caught_up(true);
-        control.caught_up(false);
-        assert_eq!(control.promote(&node, false), Ok(Epoch(2)), "the primary waits for it now");
     }
 
     #[test]
@@ -1121,7 +1100,7 @@ mod tests {
         control.in_sync.store(true, Ordering::Release);
         let refused = control.promote(&node, false).unwrap_err();
         assert!(refused.contains("truncated"), "{refused}");
-        assert_eq!(control.promote(&node, true), Ok(Epoch(1 + FORCED_EPOCH_STEP)));
+        assert_eq!(control.promote(&node, true), Ok(Epoch(1 + PROMOTION_EPOCH_STEP)));
         assert!(!control.epochs.catching_up(), "the new primary's journal is the reference");
     }
 
@@ -1184,7 +1163,8 @@ mod tests {
             assert_eq!(said.contains("promote the standby"), promotable, "{case}: {said}");
             assert_eq!(control.epochs().promised, Epoch(3), "{case}: the primary's epoch");
             if promotable {
-                assert_eq!(control.promote(&node, false), Ok(Epoch(4)), "{case}");
+                let promoted = Ok(Epoch(3 + PROMOTION_EPOCH_STEP));
+                assert_eq!(control.promote(&node, false), promoted, "{case}");
             } else {
                 assert!(control.promote(&node, false).is_err(), "{case}: promoted");
                 assert!(said.contains("promote --force"), "{case}: {said}");

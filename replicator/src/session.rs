@@ -513,13 +513,6 @@ impl StandbySession {
         waits && held >= self.primary_last
     }
 
-    /// Whether the primary's last heartbeat on this stream said it answers under `async`,
-    /// without waiting for this standby.
-    #[must_use]
-    pub fn primary_answers_async(&self) -> bool {
-        self.answering == Some(Answering::Async)
-    }
-
     /// Handles one message from the primary.
     pub fn on_message(
         &mut self,
@@ -1066,7 +1059,6 @@ mod tests {
         pair.standby.on_message(&Message::Heartbeat(beat), &key, &cluster());
         assert!(!pair.standby.holds_everything_acknowledged(Sequence(5)), "behind the report");
         assert!(pair.standby.holds_everything_acknowledged(Sequence(9)), "async: all there is");
-        assert!(pair.standby.primary_answers_async());
     }
 
     #[test]

@@ -645,7 +645,7 @@ pub fn report_progress(control: &Control, session: &StandbySession, held: Sequen
     // until the primary said its answers wait for this standby.
     control.set_follower(if caught_up { "following" } else { "catching_up" }, held, lag);
     if caught_up {
-        control.caught_up(session.primary_answers_async());
+        control.caught_up();
     }
 }
 

@@ -204,7 +204,8 @@ fn killed_primary_loses_nothing(name: &str, primary_args: &[&str], layout: Optio
     let (status, promoted) = new.call("POST", "/v1/admin/promote", "", true);
     assert_eq!(status, 200, "{promoted}");
     assert_eq!(promoted["role"], "primary");
-    assert_eq!(promoted["epoch"].as_u64(), Some(led + 1), "one above the old primary's");
+    let step = ringfence_replicator::control::PROMOTION_EPOCH_STEP;
+    assert_eq!(promoted["epoch"].as_u64(), Some(led + step), "past the old primary's runs");
     // Every buyer retries every request on the new primary with the same request id.
     let mut per_user: BTreeMap<u64, u64> = BTreeMap::new();
     let mut reserved = 0;
@@ -423,14 +424,14 @@ fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
 
     // The standby restarts (its primary is gone). It cannot know it holds everything the
     // primary acknowledged (it has not caught up since it joined), so a plain promotion is
-    // refused; forced, accepting the loss, it is promoted far above its primary's epoch and
-    // sells on.
+    // refused; forced, accepting the loss, it is promoted past its primary's epochs and sells
+    // on.
     let new = standby(&dir_b, &secret, old_replication);
     let (status, refused) = new.call("POST", "/v1/admin/promote", "", true);
     assert_eq!((status, refused["error"].as_str()), (503, Some("promotion_failed")), "{refused}");
     assert!(refused["message"].as_str().unwrap().contains("force"), "{refused}");
     let (status, promoted) = new.call("POST", "/v1/admin/promote", r#"{"force":true}"#, true);
-    let forced = led + ringfence_replicator::control::FORCED_EPOCH_STEP;
+    let forced = led + ringfence_replicator::control::PROMOTION_EPOCH_STEP;
     assert_eq!((status, promoted["epoch"].as_u64()), (200, Some(forced)), "{promoted}");
     for request in 100..103 {
         assert_eq!(

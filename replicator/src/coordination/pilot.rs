@@ -569,7 +569,20 @@ fn leaderless(me: &Identity, view: &View, facts: &Facts) -> Plan {
             ));
         }
         // The record was true when written; a directory created or truncated since may no
-        // longer hold what the node acknowledged. In async mode losses are accepted.
+        // longer hold what the node acknowledged. In async mode losses are accepted, but not
+        // the whole history: a directory emptied (or made anew) while the primary it followed
+        // holds records waits for a primary to fetch them from.
+        if facts.catching_up
+            && sync.ack_mode() == AckMode::Async
+            && facts.available == Sequence(0)
+            && sync.primary_last > 0
+        {
+            return Plan::Wait(format!(
+                "nobody leads; the in-sync record says async, but {} holds no record while its \
+                 primary {} had {}: it takes over only after catching up with a primary",
+                me.node, sync.primary, sync.primary_last
+            ));
+        }
         if facts.catching_up && sync.ack_mode() == AckMode::Sync {
             return Plan::Wait(format!(
                 "nobody leads; the in-sync record names {}, but its data directory was created \
@@ -829,7 +842,8 @@ mod tests {
     #[test]
     fn under_an_async_record_a_truncated_standby_may_take_over() {
         // Goal: async accepts losing what the standby lacks, so a truncated standby is not
-        // held back by the catch-up marker there.
+        // held back by the catch-up marker there; an emptied one, which lacks everything the
+        // record says its primary held, is (simulator seed 1613 under `--async`).
         let mut witness = MemoryCoordinator::new("c");
         let (mut a, _, _, lease_b) = pair(&mut witness);
         let facts_async =
@@ -841,6 +855,10 @@ mod tests {
         let truncated = Facts { catching_up: true, ..candidate(3) };
         let plan = start(&me("b"), &witness.read().unwrap(), &truncated);
         assert!(matches!(plan, Plan::Campaign { .. }), "{plan:?}");
+        // Not an emptied directory, though: it would lose the whole history.
+        let emptied = Facts { catching_up: true, ..candidate(0) };
+        let plan = start(&me("b"), &witness.read().unwrap(), &emptied);
+        assert!(matches!(&plan, Plan::Wait(why) if why.contains("holds no record")), "{plan:?}");
     }
 
     #[test]

@@ -159,7 +159,7 @@ impl Held<'_> {
 }
 
 /// The first record a machine's journal holds (retention may have retired the ones before).
-fn first_held(machine: &Machine) -> Result<Sequence, String> {
+pub fn first_held(machine: &Machine) -> Result<Sequence, String> {
     let check = ringfence_journal::datadir::check(&mut machine.disk.clone())
         .map_err(|e| format!("{}: checking the directory: {e}", machine.name))?;
     Ok(check.first_held())

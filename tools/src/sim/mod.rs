@@ -702,17 +702,20 @@ mod tests {
         assert!(lost > 0 && lost < at_risk && at_risk < sum(|r| r.writes_acknowledged));
     }
 
-    /// Seeds `--async` found, without a witness: a standby caught up under `async` was
-    /// promoted into the epoch its primary, restarted meanwhile, was acknowledging in alone
-    /// (204, 369, 602: two writers in one epoch; two records under one sequence and epoch).
-    const ASYNC_REGRESSION_SEEDS: [u64; 3] = [204, 369, 602];
+    /// Seeds `--async` found, without a witness: a standby promoted by hand took the epoch
+    /// after its primary's, which that primary, restarted meanwhile under `async` (204, 369,
+    /// 602) or switched to `async` while it held writes for its standby after a restart (542),
+    /// was already acknowledging in: two writers in one epoch, or two records under one
+    /// sequence and epoch.
+    const ASYNC_REGRESSION_SEEDS: [u64; 4] = [204, 369, 542, 602];
 
     #[test]
-    fn a_standby_caught_up_under_async_is_promoted_past_its_primarys_epochs() {
+    fn a_promotion_by_hand_never_shares_an_epoch_with_a_restarted_primary_under_async() {
         // Goal: the seeds where a promotion by hand reused the epoch of a restarted primary
         // under `async` pass, each with a promotion by hand.
         let did = |r: &Report| r.faults.manual_promotions >= 1;
-        regressions_pass(&ASYNC_REGRESSION_SEEDS, with_async(RunLength::default()), "", did);
+        let length = with_async(RunLength::default());
+        regressions_pass(&ASYNC_REGRESSION_SEEDS, length, "no promotion by hand", did);
     }
 
     #[test]
@@ -723,6 +726,17 @@ mod tests {
         // no primary at the end. Under `async` no marker is written now, and the seed passes.
         let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
         regressions_pass(&[311], length, "no power loss", |r| r.faults.power_losses == 1);
+    }
+
+    #[test]
+    fn under_an_async_record_an_emptied_directory_waits_for_a_primary() {
+        // Goal: seed 1613 under `--async`: bit rot nothing could repair left a node whose
+        // operator emptied its data directory; the witness's record said `async`, the
+        // primary was down, and the emptied node took the key, so the old primary dropped its
+        // whole journal on rejoining. It now waits for a primary to fetch from, and the seed
+        // passes.
+        let did = |r: &Report| r.faults.repairs >= 1;
+        regressions_pass(&[1613], with_async(RunLength::default()), "no journal repaired", did);
     }
 
     /// The first seed among `seeds` whose run of `mutation` fails, with its failure.

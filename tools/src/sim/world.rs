@@ -22,7 +22,9 @@ use ringfence_replicator::policy::{AckMode, Gate};
 
 use super::check;
 use super::clients::{self, Answer, Client, Ledger};
-use super::machine::{ClusterSettings, Machine, Mutation, Process, SnapshotCounts, Witness};
+use super::machine::{
+    ClusterSettings, Machine, Mutation, Process, SnapshotCounts, Witness, journal_records,
+};
 use super::net::{NetCounts, NetFaults, Network, Packet};
 use super::trace::Trace;
 use ringfence_replicator::control::Role;
@@ -560,16 +562,38 @@ impl World {
                 // What the standby holds for sure: acknowledged, and durable on its disk
                 // (under `none` a standby acknowledges records written, not synced).
                 let held = facts.acked.min(self.machines[target ^ 1].durable_end());
-                self.ledger.put_at_risk(target, held);
+                let primary = &self.machines[target];
+                let through = Sequence(facts.available.0);
+                // From the first record retention kept; a read that fails marks this node's
+                // own answers only.
+                let from = check::first_held(primary).map_or(held.next(), |f| f.max(held.next()));
+                let records = journal_records(&primary.disk, from, through);
+                let holds = records.unwrap_or_default().into_iter().filter_map(|record| {
+                    let (header, _) = ringfence_core::record::check(&record).ok()?;
+                    Some((header.sequence.0, header.epoch))
+                });
+                self.ledger.put_at_risk(target, held, &holds.collect());
             }
             AckMode::Sync => self.faults.sync_switches += 1,
         }
     }
 
     /// A primary switched to `async` puts its answers at risk until, back in `sync`, they
-    /// wait for its standby again; answers released in the step that sees it are still
-    /// counted at risk.
+    /// wait for its standby again, and, with a witness, the witness's record says `sync`
+    /// again (until then it lets any standby take over, one that lost what it had acknowledged
+    /// too); answers released in the step that sees it are still counted at risk.
     fn close_async_eras(&mut self) {
+        if self.async_eras.is_empty() {
+            return;
+        }
+        if self.settings.coordinated {
+            use ringfence_replicator::coordination::store::Coordinator as _;
+            let view = self.witness.0.lock().expect("never poisoned").read();
+            let recorded = view.ok().and_then(|view| view.sync);
+            if recorded.is_none_or(|sync| sync.ack_mode() == AckMode::Async) {
+                return;
+            }
+        }
         let machines = &self.machines;
         self.async_eras.retain(|&(index, epoch)| {
             let Some(running) = machines[index].running() else { return true };
