@@ -1467,6 +1467,18 @@ mod tests {
         assert_eq!(hold.alone_through(), Sequence(0));
     }
 
+    /// A primary through sequence 9 of epoch 1, on a new directory whose journal answers
+    /// before it syncs (durability `none`), without a witness or a standby yet.
+    fn unsynced_primary() -> (DataDir<ringfence_journal::fault::FaultStorage>, Arc<Control>) {
+        let (_, dir) = fault_dir(Durability::None);
+        let answering_first = ReplicationConfig { answers_after_sync: false, ..config() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let end = (Sequence(9), Epoch(1));
+        let control =
+            Control::new(answering_first, Role::Primary, end, Box::new(dir.clone()), clock);
+        (dir, control)
+    }
+
     #[test]
     fn a_standby_counts_for_answers_only_once_the_witness_names_it() {
         // Goal: with a witness, under `none`, a standby that caught up does not yet hold what
@@ -1475,12 +1487,7 @@ mod tests {
         // waiting for this journal's sync too, and the in-sync marker is written only once the
         // record names it; then answers rest on the standby's copy.
         use ringfence_core::pipeline::Replicator as _;
-        let (_, dir) = fault_dir(Durability::None);
-        let answering_first = ReplicationConfig { answers_after_sync: false, ..config() };
-        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
-        let end = (Sequence(9), Epoch(1));
-        let store = Box::new(dir.clone());
-        let control = Control::new(answering_first, Role::Primary, end, store, clock);
+        let (dir, control) = unsynced_primary();
         let hold = control.link().stage().hold().expect("the link holds");
         control.witness_recorded(false);
         let stream = control.on_connected("b");
@@ -1493,11 +1500,7 @@ mod tests {
         assert!(!hold.answers_alone(), "named: answers rest on the standby's copy");
         assert_eq!(control.link().gate(), Gate::Standby);
         // Without a witness the standby counts as soon as it caught up.
-        let (_, dir) = fault_dir(Durability::None);
-        let answering_first = ReplicationConfig { answers_after_sync: false, ..config() };
-        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
-        let store = Box::new(dir.clone());
-        let control = Control::new(answering_first, Role::Primary, end, store, clock);
+        let (dir, control) = unsynced_primary();
         let hold = control.link().stage().hold().expect("the link holds");
         let stream = control.on_connected("b");
         control.on_ack(stream, Sequence(9), Sequence(9), 0);
@@ -1511,12 +1514,7 @@ mod tests {
         // the primary must wait for, so a standby catching up writes no marker (one written
         // there left a primary that lost power under `none` waiting to catch up from a
         // standby the record did not let lead). Back in `sync`, catching up writes it again.
-        let (_, dir) = fault_dir(Durability::None);
-        let answering_first = ReplicationConfig { answers_after_sync: false, ..config() };
-        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
-        let end = (Sequence(9), Epoch(1));
-        let control =
-            Control::new(answering_first, Role::Primary, end, Box::new(dir.clone()), clock);
+        let (dir, control) = unsynced_primary();
         control.set_mode(AckMode::Async);
         control.witness_recorded(true);
         let stream = control.on_connected("b");

@@ -220,8 +220,6 @@ pub struct World {
     modes: Prng,
     next_mode_ms: u64,
     async_eras: std::collections::BTreeSet<(usize, u64)>,
-    /// Writes acknowledged under `async` that the final state lost (`check::at_end`).
-    writes_lost: u64,
     /// Without a witness: the machine the operator calls primary, and since when it has been
     /// unreachable (down or paused).
     operator_primary: usize,
@@ -381,7 +379,6 @@ impl World {
             modes,
             next_mode_ms,
             async_eras: Default::default(),
-            writes_lost: 0,
             operator_primary: 0,
             primary_gone_since: None,
             operator_next_try_ms: 0,
@@ -400,6 +397,8 @@ impl World {
     pub fn run(mut self) -> Report {
         let end = self.length.faults_ms + self.length.settle_ms;
         let mut failure = None;
+        // Writes acknowledged under `async` that the final state lost (`check::at_end`).
+        let mut writes_lost = 0;
         while self.now_ms < end {
             if let Err(broken) = self.step() {
                 failure = Some(broken);
@@ -422,7 +421,7 @@ impl World {
         }
         if failure.is_none() {
             match check::at_end(&self.machines, &self.ledger, &self.settings) {
-                Ok(lost) => self.writes_lost = lost,
+                Ok(lost) => writes_lost = lost,
                 Err(broken) => failure = Some(broken),
             }
         }
@@ -434,10 +433,10 @@ impl World {
         if let Some(failure) = &failure {
             self.trace.event(self.now_ms, &format!("CHECK FAILED: {failure}"));
         }
-        self.report(failure)
+        self.report(failure, writes_lost)
     }
 
-    fn report(&self, failure: Option<String>) -> Report {
+    fn report(&self, failure: Option<String>, writes_lost: u64) -> Report {
         let mut faults = self.faults;
         faults.repairs = self.machines.iter().map(|m| m.repairs).sum();
         faults.rebuilds = self.machines.iter().map(|m| m.rebuilds).sum();
@@ -454,7 +453,7 @@ impl World {
             network: self.net.counts(),
             writes_acknowledged: writes,
             writes_at_risk: at_risk,
-            writes_lost: self.writes_lost,
+            writes_lost,
             answers: self.ledger.answers.len() as u64,
             outcomes: self.ledger.answers.iter().fold(Default::default(), |mut counts, a| {
                 *counts.entry(a.outcome.name().to_owned()).or_default() += 1;
