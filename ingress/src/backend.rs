@@ -174,6 +174,9 @@ pub struct CoordinationStatus {
     /// After a promotion over an async record: records the old primary had journaled
     /// beyond what this node held (at least), as the record reported them.
     pub failover_loss_records: Option<u64>,
+    /// Under an async record, the most records this node may lose to take over
+    /// (`--max-failover-loss`); absent: any number.
+    pub max_failover_loss: Option<u64>,
 }
 
 /// The replicator's side of the admin API, held by [`NodeBackend`]. Called on the event-loop

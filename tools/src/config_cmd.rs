@@ -396,6 +396,13 @@ const KEYS: &[Key] = &[
          quarter of the TTL.",
         "500",
     ),
+    unset(
+        "coordination",
+        "max_failover_loss",
+        "With the primary gone and the in-sync record at async, take over only if the primary \
+         had journaled at most this many records beyond this node. Default: no bound.",
+        "10000",
+    ),
 ];
 
 /// Runs `ringfence config …`.

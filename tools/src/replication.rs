@@ -79,6 +79,12 @@ pub struct ReplicationArgs {
     /// With --etcd: the leader lease's time to live in seconds [default: 2].
     #[arg(long, value_name = "S")]
     pub lease_ttl_s: Option<u64>,
+    /// With --etcd: when the primary is gone and the in-sync record says async, take over
+    /// only if the primary had journaled at most this many records beyond this node, as the
+    /// record last said (it trails by up to one lease renewal); otherwise wait for that
+    /// primary to return [default: no bound].
+    #[arg(long, value_name = "RECORDS")]
+    pub max_failover_loss: Option<u64>,
 }
 
 /// `[coordination]` in the config file: the same settings as the `--etcd` flags, and the
@@ -91,6 +97,7 @@ pub struct CoordinationSection {
     lease_ttl_s: Option<u64>,
     renew_ms: Option<u64>,
     margin_ms: Option<u64>,
+    max_failover_loss: Option<u64>,
 }
 
 /// Reads the coordination settings: flags over the file. `None` without etcd endpoints.
@@ -100,6 +107,11 @@ pub fn coordination_settings(
 ) -> Result<Option<CoordinationConfig>, String> {
     let endpoints = if args.etcd.is_empty() { file.etcd.clone() } else { args.etcd.clone() };
     if endpoints.is_empty() {
+        if args.max_failover_loss.or(file.max_failover_loss).is_some() {
+            return Err("--max-failover-loss bounds an automatic failover: it needs --etcd \
+                        (a promotion by hand says what it may lose with --force)"
+                .into());
+        }
         return Ok(None);
     }
     if args.role.is_some() || args.primary.is_some() {
@@ -120,7 +132,8 @@ pub fn coordination_settings(
     timing.renew_ms = file.renew_ms.unwrap_or(timing.renew_ms);
     timing.margin_ms = file.margin_ms.unwrap_or(timing.margin_ms);
     timing.validate().map_err(|e| format!("[coordination] {e}"))?;
-    Ok(Some(CoordinationConfig { endpoints, node, timing }))
+    let max_failover_loss = args.max_failover_loss.or(file.max_failover_loss);
+    Ok(Some(CoordinationConfig { endpoints, node, timing, max_failover_loss }))
 }
 
 /// What coordination decided before the node starts.
@@ -152,6 +165,7 @@ pub fn coordinate(
         node: config.node.clone(),
         replication: listen.to_string(),
         http: http.filter(|a| a.port() != 0).map(|a| a.to_string()),
+        max_failover_loss: config.max_failover_loss,
     };
     log(format_args!(
         "coordination: node {} through etcd {} (lease {} s, renewed every {} ms, {} ms margin)",
@@ -464,6 +478,7 @@ impl ControlHandle {
             witness: figures.witness,
             waiting: figures.waiting,
             failover_loss_records: figures.failover_loss_records,
+            max_failover_loss: figures.max_failover_loss,
         })
     }
 
@@ -588,7 +603,8 @@ mod tests {
         // Goal: no endpoints means no coordination; flags override `[coordination]`, whose
         // renewal and margin settings apply.
         let file: CoordinationSection = toml::from_str(
-            "etcd = [\"http://10.0.0.9:2379\"]\nnode_name = \"f\"\nlease_ttl_s = 4\nrenew_ms = 900",
+            "etcd = [\"http://10.0.0.9:2379\"]\nnode_name = \"f\"\nlease_ttl_s = 4\nrenew_ms = 900\n\
+             max_failover_loss = 500",
         )
         .unwrap();
         assert!(
@@ -599,10 +615,17 @@ mod tests {
         let from_file = coordination_settings(&args(&[], None), &file).unwrap().unwrap();
         assert_eq!((from_file.node.as_str(), from_file.timing.ttl_s), ("f", 4));
         assert_eq!(from_file.timing.renew_ms, 900);
-        let flags = args(&["http://127.0.0.1:2379"], Some("a"));
+        assert_eq!(from_file.max_failover_loss, Some(500));
+        let mut flags = args(&["http://127.0.0.1:2379"], Some("a"));
+        flags.max_failover_loss = Some(7);
         let config = coordination_settings(&flags, &file).unwrap().unwrap();
         assert_eq!(config.endpoints, vec!["http://127.0.0.1:2379".to_owned()]);
-        assert_eq!(config.node, "a");
+        assert_eq!((config.node.as_str(), config.max_failover_loss), ("a", Some(7)));
+        let default = coordination_settings(
+            &args(&["http://127.0.0.1:2379"], Some("a")),
+            &CoordinationSection::default(),
+        );
+        assert_eq!(default.unwrap().unwrap().max_failover_loss, None, "no bound unless asked");
     }
 
     #[test]
@@ -613,8 +636,11 @@ mod tests {
         let url = ["http://127.0.0.1:2379"];
         let mut role = args(&url, Some("a"));
         role.role = Some("standby".into());
+        let mut bound_alone = args(&[], None);
+        bound_alone.max_failover_loss = Some(10);
         let cases = [
             (role, "drop --role"),
+            (bound_alone, "needs --etcd"),
             (args(&url, None), "--node-name"),
             (args(&url, Some("a b")), "A-Z a-z 0-9"),
             (args(&["127.0.0.1:2379"], Some("a")), "http://HOST:PORT"),

@@ -389,10 +389,14 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     // Goal: the in-sync record decides. A paused standby is recorded gone before the primary
     // acknowledges alone; when that primary dies the standby does not take over. Back in
     // sync, the operator switches to async (recorded first); the primary dies again with
-    // writes the standby lacks; now the standby takes over and reports the loss window.
+    // writes the standby lacks. The standby's `--max-failover-loss` is below them: it waits
+    // for the primary and says why. Restarted without the bound, it takes over and reports
+    // the loss window.
     let _serial = one_at_a_time();
     let root = TempDir::new("failover-lag");
-    let (etcd, mut a, b) = pair(root.path(), &["--replication-timeout-ms", "1000"]);
+    let bound = ["--replication-timeout-ms", "1000", "--max-failover-loss", "2"];
+    let (etcd, mut a, mut b) = pair(root.path(), &bound);
+    assert_eq!(b.coordination().unwrap()["max_failover_loss"], 2);
     create_skus(&a);
     b.pause();
     wait_until(LIVENESS, "a records itself alone", || {
@@ -436,7 +440,24 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     });
     a.kill();
     b.signal("-CONT");
+    wait_until(LIVENESS, "b sees the loss beyond its bound", || {
+        b.coordination().is_some_and(|c| {
+            c["waiting"].as_str().is_some_and(|w| w.contains("--max-failover-loss"))
+        })
+    });
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(2) {
+        let node = b.node().expect("b answers");
+        assert_eq!(node["role"], "standby", "b took over beyond its loss bound: {node}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The operator accepts the loss: b restarts without the bound.
+    b.kill();
+    let at = b.args.iter().position(|a| a == "--max-failover-loss").unwrap();
+    b.args.drain(at..at + 2);
+    b.start();
     wait_until(LIVENESS, "b takes over in async mode", || b.is_leader());
+    assert!(b.coordination().unwrap()["max_failover_loss"].is_null());
     let loss = b.coordination().unwrap()["failover_loss_records"].as_u64();
     assert!(loss >= Some(5), "the loss window is reported: {loss:?}");
     println!("async failover: loss window reported {loss:?} records");

@@ -47,6 +47,8 @@ pub struct CoordinationFigures {
     pub waiting: Option<String>,
     /// After a promotion over an async record: the loss window reported.
     pub failover_loss_records: Option<u64>,
+    /// Under an async record, the most records this node may lose to take over.
+    pub max_failover_loss: Option<u64>,
 }
 
 /// What a candidate decided at start.
@@ -339,11 +341,12 @@ impl Driver {
         // The lease's remaining time carries over to the control's clock.
         let renewed_ms = (now + remaining_ms + config.timing.margin_ms)
             .saturating_sub(config.timing.ttl_s * 1_000);
-        let pilot = match decided {
+        let (pilot, loss) = match decided {
             Decided::Primary { leader, sync } => {
-                Pilot::primary(me, config.timing, (leader, sync), renewed_ms)
+                let loss = async_loss(&sync, control.facts().available);
+                (Pilot::primary(me, config.timing, (leader, sync), renewed_ms), loss)
             }
-            Decided::Standby { leader } => Pilot::standby(me, config.timing, leader),
+            Decided::Standby { leader } => (Pilot::standby(me, config.timing, leader), None),
         };
         if let Some(deadline) = pilot.deadline_ms() {
             control.set_lease_deadline(deadline);
@@ -352,7 +355,8 @@ impl Driver {
         // writes it): held before any write reaches the node.
         control.set_taking_office(pilot.taking_office());
         control.witness_recorded(false);
-        let figures = Arc::new(Mutex::new(CoordinationFigures::default()));
+        let figures = CoordinationFigures { failover_loss_records: loss, ..Default::default() };
+        let figures = Arc::new(Mutex::new(figures));
         let mut driver = Driver {
             config,
             coordinator,
@@ -369,6 +373,22 @@ impl Driver {
         driver.register();
         driver
     }
+}
+
+/// A node that took the key with `sync` holding `available`: under an `async` record, how
+/// many records the old primary had journaled beyond it at least (acknowledged ones among them
+/// are lost), logged; `None` under a sync record, which let only a node holding everything
+/// acknowledged take the key.
+fn async_loss(sync: &SyncRecord, available: Sequence) -> Option<u64> {
+    if sync.ack_mode() != AckMode::Async {
+        return None;
+    }
+    let loss = sync.primary_last.saturating_sub(available.0);
+    log(format_args!(
+        "coordination: promoted over an async record: the old primary had journaled at least \
+         {loss} records beyond this node's {available} (acknowledged ones among them are lost)"
+    ));
+    Some(loss)
 }
 
 /// Rounds a stopping leader runs to name its in-sync standby: one to take the mark, one to
@@ -501,19 +521,7 @@ impl Driver {
             (self.rejoin)(&format!("promotion into epoch {epoch} failed: {error}"));
             return;
         }
-        let loss = view
-            .sync
-            .as_ref()
-            .filter(|s| s.ack_mode() == AckMode::Async)
-            .map(|s| s.primary_last.saturating_sub(facts.available.0));
-        if let Some(loss) = loss {
-            log(format_args!(
-                "coordination: promoted over an async record: the old primary had journaled at \
-                 least {loss} records beyond this node's {} (acknowledged ones among them are \
-                 lost)",
-                facts.available
-            ));
-        }
+        let loss = view.sync.as_ref().and_then(|sync| async_loss(sync, facts.available));
         self.figures.lock().expect("never poisoned").failover_loss_records = loss;
         log(format_args!("coordination: took the leader key: primary in epoch {epoch}"));
         assert!(self.control.is_primary(), "a promoted node sequences");
@@ -689,6 +697,7 @@ impl Driver {
     fn role_figures(&self) {
         let mut figures = self.figures.lock().expect("never poisoned");
         figures.node.clone_from(&self.config.node);
+        figures.max_failover_loss = self.config.max_failover_loss;
         let taking_office = self.pilot.taking_office();
         figures.state = if taking_office { "taking_office" } else { self.pilot.state() }.into();
         let leader = self.pilot.leader();

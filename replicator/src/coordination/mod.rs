@@ -40,6 +40,9 @@ pub struct CoordinationConfig {
     pub node: String,
     /// Lease TTL, renewal period, margin.
     pub timing: Timing,
+    /// Under an `async` record, the most records this node may lose to take over
+    /// ([`pilot::Identity::max_failover_loss`]); `None`: any number.
+    pub max_failover_loss: Option<u64>,
 }
 
 impl CoordinationConfig {

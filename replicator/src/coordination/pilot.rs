@@ -38,7 +38,7 @@ use crate::coordination::records::{LeaderValue, RECORDS_VERSION, SyncRecord};
 use crate::coordination::store::View;
 use crate::policy::{AckMode, Gate, PolicyState};
 
-/// Who this node is, as the witness shows it.
+/// Who this node is, as the witness shows it, and the loss it accepts to take over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// Its node name (stable across restarts).
@@ -47,6 +47,9 @@ pub struct Identity {
     pub replication: String,
     /// Its HTTP address, for `not_primary` answers.
     pub http: Option<String>,
+    /// Under an `async` record, the most records the recorded primary may have journaled
+    /// beyond this node (as the record last said) for it to take over; `None`: any number.
+    pub max_failover_loss: Option<u64>,
 }
 
 /// The lease's timing.
@@ -583,6 +586,20 @@ fn leaderless(me: &Identity, view: &View, facts: &Facts) -> Plan {
                 me.node, sync.primary, sync.primary_last
             ));
         }
+        // The record's position trails the primary's by up to a renewal, so this bounds
+        // what the record knew, not the loss itself.
+        let behind = sync.primary_last.saturating_sub(facts.available.0);
+        let over = me.max_failover_loss.filter(|&max| behind > max);
+        let bounded = sync.ack_mode() == AckMode::Async && sync.primary != me.node;
+        if let (Some(max), true) = (over, bounded) {
+            return Plan::Wait(format!(
+                "nobody leads; the in-sync record says async, and its primary {} had journaled \
+                 at least {behind} records beyond {}'s {}, more than the {max} this node may \
+                 lose (--max-failover-loss): it takes over once {} leads again, or restarted \
+                 with a larger bound",
+                sync.primary, me.node, facts.available, sync.primary
+            ));
+        }
         if facts.catching_up && sync.ack_mode() == AckMode::Sync {
             return Plan::Wait(format!(
                 "nobody leads; the in-sync record names {}, but its data directory was created \
@@ -641,7 +658,12 @@ mod tests {
     }
 
     fn me(node: &str) -> Identity {
-        Identity { node: node.into(), replication: format!("{node}:7100"), http: None }
+        Identity {
+            node: node.into(),
+            replication: format!("{node}:7100"),
+            http: None,
+            max_failover_loss: None,
+        }
     }
 
     fn facts(
@@ -859,6 +881,51 @@ mod tests {
         let emptied = Facts { catching_up: true, ..candidate(0) };
         let plan = start(&me("b"), &witness.read().unwrap(), &emptied);
         assert!(matches!(&plan, Plan::Wait(why) if why.contains("holds no record")), "{plan:?}");
+    }
+
+    #[test]
+    fn under_an_async_record_a_node_takes_over_only_within_its_loss_bound() {
+        // Goal: `--max-failover-loss`: a standby the record says lags its primary by more than
+        // its bound waits, at start and while running, and says why; one within it campaigns;
+        // the recorded primary, which lost nothing, is never held back; a sync record is
+        // untouched by the bound.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, mut b, _, lease_b) = pair(&mut witness);
+        let facts_async =
+            Facts { mode: AckMode::Async, ..facts(true, PolicyState::Alone, Gate::Local, (0, 9)) };
+        let plan = a.mode_request(AckMode::Async, &facts_async);
+        carry_record(&mut witness, &mut a, plan);
+        assert_eq!(witness.read().unwrap().sync.unwrap().primary_last, 9);
+        witness.now_ms = 5_000;
+        witness.keep_alive(lease_b).unwrap();
+        let view = witness.read().unwrap();
+        let bound = |node: &str, max: u64| Identity { max_failover_loss: Some(max), ..me(node) };
+        // b holds 6 of the 9: 3 behind.
+        let plan = start(&bound("b", 2), &view, &candidate(6));
+        assert!(matches!(&plan, Plan::Wait(why) if why.contains("at least 3 records")), "{plan:?}");
+        b.me = bound("b", 2);
+        let plan = b.on_view(5_000, &candidate(6), &view);
+        assert!(
+            matches!(&plan, Plan::Wait(why) if why.contains("--max-failover-loss")),
+            "{plan:?}"
+        );
+        for within in
+            [start(&bound("b", 3), &view, &candidate(6)), start(&me("b"), &view, &candidate(6))]
+        {
+            assert!(matches!(within, Plan::Campaign { .. }), "{within:?}");
+        }
+        let plan = start(&bound("a", 0), &view, &candidate(0));
+        assert!(matches!(plan, Plan::Campaign { .. }), "the recorded primary: {plan:?}");
+
+        // In sync the record decides alone: the bound never holds back a node it names.
+        let mut witness = MemoryCoordinator::new("c");
+        let (_, _, lease_b, _) = recorded_pair(&mut witness);
+        witness.now_ms = 5_000;
+        witness.keep_alive(lease_b).unwrap();
+        let view = witness.read().unwrap();
+        assert_eq!(view.sync.as_ref().unwrap().ack_mode(), AckMode::Sync);
+        let plan = start(&bound("b", 0), &view, &candidate(0));
+        assert!(matches!(plan, Plan::Campaign { .. }), "{plan:?}");
     }
 
     #[test]

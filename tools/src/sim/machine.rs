@@ -765,7 +765,12 @@ impl Machine {
     }
 
     fn identity(&self) -> Identity {
-        Identity { node: self.name.clone(), replication: self.name.clone(), http: None }
+        Identity {
+            node: self.name.clone(),
+            replication: self.name.clone(),
+            http: None,
+            max_failover_loss: None,
+        }
     }
 
     /// Without a witness: starts in the role the operator gave it — primary if it is the one
@@ -811,6 +816,7 @@ impl Machine {
                     endpoints: Vec::new(),
                     node: me.node.clone(),
                     timing: settings.timing,
+                    max_failover_loss: None,
                 };
                 let reached = witness.reached_from(&self.disk);
                 match Startup::try_connect(config, Box::new(reached), clock) {
