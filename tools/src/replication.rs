@@ -583,6 +583,52 @@ impl ReplicationControl for ControlHandle {
             ringfence_ingress::metrics::header(out, name, help, "counter");
             let _ = writeln!(out, "{name} {value}");
         }
+        if let Some(coordination) = self.coordination_status() {
+            write_coordination_metrics(out, &coordination);
+        }
+    }
+}
+
+/// The witness's view in gauges, for alerts: nobody leading (`waiting`), a record that lets a
+/// failover lose writes (`recorded_async`), etcd out of reach.
+fn write_coordination_metrics(out: &mut String, status: &CoordinationStatus) {
+    use std::fmt::Write as _;
+    let gauges = [
+        (
+            "ringfence_coordination_leader",
+            "1 while this node holds the leader key in office",
+            u64::from(status.state == "leader"),
+        ),
+        (
+            "ringfence_coordination_epoch",
+            "The epoch of the leader this node knows",
+            status.leader_epoch,
+        ),
+        (
+            "ringfence_coordination_waiting",
+            "1 while nobody leads and this node may not take over (see waiting in /v1/node)",
+            u64::from(status.waiting.is_some()),
+        ),
+        (
+            "ringfence_coordination_recorded_async",
+            "1 while the in-sync record says async: a failover may lose acknowledged writes",
+            u64::from(status.recorded_mode.as_deref() == Some("async")),
+        ),
+        (
+            "ringfence_coordination_witness_reachable",
+            "1 while etcd answers",
+            u64::from(status.witness == "reachable"),
+        ),
+        (
+            "ringfence_coordination_failover_loss_records",
+            "After a promotion over an async record: records the old primary had journaled \
+             beyond this node, at least",
+            status.failover_loss_records.unwrap_or(0),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        ringfence_ingress::metrics::header(out, name, help, "gauge");
+        let _ = writeln!(out, "{name} {value}");
     }
 }
 

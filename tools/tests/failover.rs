@@ -123,6 +123,14 @@ impl Member {
         (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
     }
 
+    /// A gauge's value in `/metrics`, when the node answers and shows it.
+    fn metric(&self, name: &str) -> Option<u64> {
+        let (status, body) = self.call("GET", "/metrics", "")?;
+        assert_eq!(status, 200, "{body}");
+        let value = body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' '));
+        value.map(|v| v.parse().unwrap())
+    }
+
     fn coordination(&self) -> Option<Value> {
         Some(self.node()?["replication"]["coordination"].clone())
     }
@@ -451,6 +459,10 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
         assert_eq!(node["role"], "standby", "b took over beyond its loss bound: {node}");
         thread::sleep(Duration::from_millis(100));
     }
+    // What an alert reads: nobody leads, and the record lets a failover lose writes.
+    assert_eq!(b.metric("ringfence_coordination_waiting"), Some(1));
+    assert_eq!(b.metric("ringfence_coordination_recorded_async"), Some(1));
+    assert_eq!(b.metric("ringfence_coordination_leader"), Some(0));
     // The operator accepts the loss: b restarts without the bound.
     b.kill();
     let at = b.args.iter().position(|a| a == "--max-failover-loss").unwrap();
@@ -460,6 +472,9 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     assert!(b.coordination().unwrap()["max_failover_loss"].is_null());
     let loss = b.coordination().unwrap()["failover_loss_records"].as_u64();
     assert!(loss >= Some(5), "the loss window is reported: {loss:?}");
+    assert_eq!(b.metric("ringfence_coordination_failover_loss_records"), loss);
+    assert_eq!(b.metric("ringfence_coordination_leader"), Some(1));
+    assert_eq!(b.metric("ringfence_coordination_waiting"), Some(0));
     println!("async failover: loss window reported {loss:?} records");
 }
 

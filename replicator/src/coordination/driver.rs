@@ -522,7 +522,12 @@ impl Driver {
             return;
         }
         let loss = view.sync.as_ref().and_then(|sync| async_loss(sync, facts.available));
-        self.figures.lock().expect("never poisoned").failover_loss_records = loss;
+        let mut figures = self.figures.lock().expect("never poisoned");
+        figures.failover_loss_records = loss;
+        // It waited for nobody: the view read before the campaign would leave the reason up
+        // until the next round.
+        figures.waiting = None;
+        drop(figures);
         log(format_args!("coordination: took the leader key: primary in epoch {epoch}"));
         assert!(self.control.is_primary(), "a promoted node sequences");
         assert_eq!(self.control.epoch(), epoch, "it sequences in the epoch it took");
