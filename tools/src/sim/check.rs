@@ -7,7 +7,7 @@ use ringfence_core::{
     Command, Engine, Epoch, OrderState, Outcome, Query, Sequence, Sequenced, SkuId, UserId,
 };
 
-use super::clients::{HOT, HOT_LIMIT, Ledger};
+use super::clients::{Answer, HOT, HOT_LIMIT, Ledger};
 use super::machine::{ClusterSettings, Machine, journal_records};
 
 /// After every step: every node's BLP kept every SKU's units balanced.
@@ -165,8 +165,19 @@ pub fn first_held(machine: &Machine) -> Result<Sequence, String> {
     Ok(check.first_held())
 }
 
+/// What `engine` answers to `answer`'s command made again (the same request key): the
+/// outcome it remembers when it holds the write, else the command applied now.
+pub fn retried(engine: &mut Engine, answer: &Answer) -> Outcome {
+    let retry = Sequenced {
+        sequence: engine.last_sequence().next(),
+        timestamp: engine.now(),
+        command: answer.command,
+    };
+    engine.apply(&retry)
+}
+
 /// The state a recovery of a copy of the machine's disk comes to.
-fn recover(machine: &Machine, settings: &ClusterSettings) -> Result<Engine, String> {
+pub fn recover(machine: &Machine, settings: &ClusterSettings) -> Result<Engine, String> {
     let options = Machine::options(settings);
     let recovered =
         ringfence_journal::recovery::recover_from(machine.disk.process_crash(), options)
@@ -308,12 +319,7 @@ fn acknowledged_writes_hold(
         if !matches!(answer.command, Command::Client { .. }) || answer.outcome.is_rejected() {
             continue;
         }
-        let retry = Sequenced {
-            sequence: engine.last_sequence().next(),
-            timestamp: engine.now(),
-            command: answer.command,
-        };
-        let outcome = engine.apply(&retry);
+        let outcome = retried(engine, answer);
         if outcome != answer.outcome
             && answer.at_risk
             && held.replaced(answer.sequence, answer.epoch)

@@ -337,17 +337,15 @@ impl Ledger {
     /// A primary switched to `async`: any standby may take over from it now, and lose what it
     /// does not hold. Every write past what the standby holds for sure (`held`) is at risk
     /// from here on, whatever mode it was acknowledged in: those `node` acknowledged, and
-    /// those whose records it holds (`primary_holds`: sequence → epoch), acknowledged by its
-    /// peer as primary before.
+    /// those it holds (`primary_holds`), acknowledged by its peer as primary before.
     pub fn put_at_risk(
         &mut self,
         node: usize,
         held: Sequence,
-        primary_holds: &BTreeMap<u64, Epoch>,
+        primary_holds: &mut dyn FnMut(&Answer) -> bool,
     ) {
         for answer in self.answers.iter_mut().filter(|a| a.sequence > held) {
-            let its_record = primary_holds.get(&answer.sequence.0) == Some(&answer.epoch);
-            answer.at_risk |= answer.node == node || its_record;
+            answer.at_risk |= answer.node == node || primary_holds(answer);
         }
     }
 

@@ -563,15 +563,31 @@ impl World {
                 let held = facts.acked.min(self.machines[target ^ 1].durable_end());
                 let primary = &self.machines[target];
                 let through = Sequence(facts.available.0);
-                // From the first record retention kept; a read that fails marks this node's
-                // own answers only.
+                // Its records from the first retention kept, by sequence and epoch.
                 let from = check::first_held(primary).map_or(held.next(), |f| f.max(held.next()));
                 let records = journal_records(&primary.disk, from, through);
-                let holds = records.unwrap_or_default().into_iter().filter_map(|record| {
-                    let (header, _) = ringfence_core::record::check(&record).ok()?;
-                    Some((header.sequence.0, header.epoch))
-                });
-                self.ledger.put_at_risk(target, held, &holds.collect());
+                // Below them (retired after a snapshot), or when the read fails: the writes its
+                // state holds, as a retry would find them. A recovery that fails marks this
+                // node's own answers only.
+                let below = if records.is_ok() { from } else { through.next() };
+                let holds: BTreeMap<u64, ringfence_core::Epoch> = records
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|record| {
+                        let (header, _) = ringfence_core::record::check(&record).ok()?;
+                        Some((header.sequence.0, header.epoch))
+                    })
+                    .collect();
+                let mut state =
+                    (below > held.next()).then(|| check::recover(primary, &self.settings).ok());
+                let mut primary_holds = |answer: &Answer| {
+                    if answer.sequence >= below {
+                        return holds.get(&answer.sequence.0) == Some(&answer.epoch);
+                    }
+                    let Some(Some(engine)) = state.as_mut() else { return false };
+                    is_write(answer) && check::retried(engine, answer) == answer.outcome
+                };
+                self.ledger.put_at_risk(target, held, &mut primary_holds);
             }
             AckMode::Sync => self.faults.sync_switches += 1,
         }
