@@ -617,11 +617,24 @@ fn print_snapshot_lines(lines: &[serde_json::Value]) {
 
 /// One line of `journal dump --json`: a journaled record, its command in the API's view.
 #[derive(Serialize)]
-struct DumpLine {
+pub struct DumpLine {
     command: CommandJson,
     epoch: u64,
     sequence: u64,
     timestamp_ms: u64,
+}
+
+impl DumpLine {
+    /// The line of `record`.
+    #[must_use]
+    pub fn of(record: &Record) -> DumpLine {
+        DumpLine {
+            command: CommandJson::from(&record.command),
+            epoch: record.epoch.0,
+            sequence: record.sequence.0,
+            timestamp_ms: record.timestamp.0,
+        }
+    }
 }
 
 fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
@@ -641,14 +654,8 @@ fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
         }
         tick(&bar, &mut done);
         let written = if args.json {
-            let line = DumpLine {
-                command: CommandJson::from(&record.command),
-                epoch: record.epoch.0,
-                sequence: record.sequence.0,
-                timestamp_ms: record.timestamp.0,
-            };
             // Serialized straight into the buffer, as `replay --export` writes its lines.
-            serde_json::to_writer(&mut out, &line)
+            serde_json::to_writer(&mut out, &DumpLine::of(record))
                 .map_err(io::Error::from)
                 .and_then(|()| out.write_all(b"\n"))
         } else {

@@ -476,6 +476,28 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     assert_eq!(b.metric("ringfence_coordination_leader"), Some(1));
     assert_eq!(b.metric("ringfence_coordination_waiting"), Some(0));
     println!("async failover: loss window reported {loss:?} records");
+
+    // The old primary rejoins: it drops what b never received, and keeps it for the operator.
+    a.start();
+    wait_until(LIVENESS, "a follows b", || a.follows("b"));
+    let rollback: Vec<PathBuf> = std::fs::read_dir(a.dir.join("rollback"))
+        .expect("a kept its dropped records")
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    let [kept] = &rollback[..] else { panic!("one file of dropped records: {rollback:?}") };
+    let kept = std::fs::read_to_string(kept).unwrap();
+    let lines: Vec<Value> = kept.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert!(lines.len() as u64 >= loss.unwrap(), "{kept}");
+    let probed = |user: u64| {
+        lines.iter().any(|line| {
+            let command = &line["command"];
+            // Ids are strings in JSON (they may exceed 2^53).
+            command["kind"] == "reserve"
+                && command["user"].as_str().and_then(|u| u.parse().ok()) == Some(user)
+                && command["sku"] == "2"
+        })
+    };
+    assert!((10..15).all(probed), "the writes acknowledged under async are kept: {kept}");
 }
 
 #[test]
