@@ -204,9 +204,12 @@ fn complete<S: Storage>(storage: &S, located: &Located) -> Result<Rebuild, Journ
         copy_segment(storage, from_name, copy.clone(), &new_name, located.through)?;
         new_segment = Some(storage.describe(&new_name));
     }
-    // The manifest: the new segment (or the one starting at `start`) and those after it.
+    // The manifest: the new segment (or the one starting at `start`) and those after it,
+    // unless a crash came after it was rewritten (as `finish` tells).
     let manifest = datadir::read_listed_manifest(storage)?;
-    if manifest.retired_below < start {
+    let rewritten = manifest.retired_below >= start
+        && manifest.segments.first().is_some_and(|segment| segment.first == start);
+    if !rewritten {
         let mut next = manifest.next_generation();
         let kept = located.segments.iter().skip(located.from + 1);
         let mut segments = vec![(start, new_name.clone())];

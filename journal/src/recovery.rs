@@ -671,6 +671,9 @@ fn rewrite_after_truncation<S: Storage>(
     };
     truncation.manifest_rebuilt = check.manifest.is_none();
     assert!(manifest.generation >= 1, "manifest generations start at 1");
+    // Nothing from the cut on is left to have been retired: a journal started anew below the
+    // old mark (from a snapshot a primary sent) must not read as retired already.
+    manifest.retired_below = manifest.retired_below.min(at);
     manifest.segments.clear();
     for (first, name) in scan::sorted_segments(storage)? {
         let len = storage

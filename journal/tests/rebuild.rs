@@ -4,16 +4,17 @@
 mod common;
 
 use common::{config, digest_of, generate, journal_with_snapshots, options, record_at};
-use ringfence_core::{Engine, Sequence, Sequenced, Timestamp};
+use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
-use ringfence_journal::format;
 use ringfence_journal::rebuild::{self, SUPERSEDED_SUFFIX};
-use ringfence_journal::recovery::recover_from;
+use ringfence_journal::recovery::{self, recover_from};
+use ringfence_journal::scan::ReadSource;
 use ringfence_journal::snapshot::{self, SnapshotPolicy};
 use ringfence_journal::storage::Storage;
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::Durability;
+use ringfence_journal::{datadir, format};
 
 const COMMANDS: usize = 2_000;
 
@@ -153,4 +154,51 @@ fn damage_no_snapshot_covers_is_refused_and_nothing_changes() {
     disk.corrupt(&name, offset + 20, 0x5A);
     let torn = rebuild::rebuild(&disk).unwrap_err().to_string();
     assert!(torn.contains("torn tail") && torn.contains("clears it on start"), "{torn}");
+}
+
+#[test]
+fn a_journal_started_anew_from_an_installed_snapshot_can_be_rebuilt() {
+    // Goal: a standby that took its primary's snapshot drops its whole journal first; one
+    // whose retention had retired segments past that snapshot's sequence kept the old
+    // retirement mark in the manifest, above the new journal's first segment, and a rebuild
+    // then set the segment aside without listing its copy (simulator seed 6197 under
+    // `--unsynced --async`: the node could not start again). The truncation lowers the mark
+    // to the cut, and the journal rebuilds and recovers in full.
+    let (disk, commands) = journal();
+    let retired = datadir::check(&mut disk.clone()).unwrap().manifest.unwrap().retired_below;
+    let from = Sequence(600);
+    assert!(retired > from.next(), "retention retired past the snapshot to install: {retired:?}");
+    let primary = FaultStorage::new();
+    let policy = SnapshotPolicy { every_commands: Some(300), ..SnapshotPolicy::default() };
+    journal_with_snapshots(&primary, &commands[..from.0 as usize], policy);
+    let bytes = ReadSource::read_file(&primary, &snapshot::snapshot_name(from)).unwrap();
+
+    recovery::truncate(&disk, Sequence(1)).unwrap();
+    snapshot::install(&disk, from, &bytes).unwrap();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, from.next());
+    let (through, end) = (Sequence(700), 800);
+    for command in &commands[from.0 as usize..end] {
+        recovered.writer.append_command(Epoch(1), command).unwrap();
+        recovered.engine.apply(command);
+        if command.sequence == through {
+            recovered.writer.end_batch().unwrap();
+            snapshot::write_now(&disk, &recovered.engine, through).unwrap();
+        }
+    }
+    recovered.writer.end_batch().unwrap();
+    drop(recovered);
+    let manifest = datadir::check(&mut disk.clone()).unwrap().manifest.unwrap();
+    let first = manifest.segments.first().unwrap().first;
+    assert!(manifest.retired_below <= first, "retired past the journal's start: {manifest:?}");
+
+    let damaged = Sequence(through.0 - 3);
+    let (name, offset) = record_at(&disk, damaged);
+    assert_eq!(record_at(&disk, through.next()).0, name, "the damage and the next record share");
+    disk.corrupt(&name, offset + 20, 0x5A);
+    let rebuilt = rebuild::rebuild(&disk).unwrap();
+    assert_eq!((rebuilt.through, rebuilt.last), (through, Sequence(end as u64)));
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, Sequence(end as u64 + 1));
+    assert_eq!(recovered.engine.state_digest(), digest_of(&commands[..end]));
 }

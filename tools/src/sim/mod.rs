@@ -751,6 +751,18 @@ mod tests {
         regressions_pass(&[3412], length, "no write lost to a failover", did);
     }
 
+    #[test]
+    fn a_journal_started_from_a_primary_snapshot_rebuilds_after_bit_rot() {
+        // Goal: seed 6197 under `--unsynced --async`: a standby took its primary's snapshot,
+        // dropping a journal whose retention had retired past that snapshot; the manifest kept
+        // the old retirement mark, so when bit rot struck the new journal, the operator's
+        // rebuild set the damaged segment aside without listing its copy, and the node never
+        // started again. The truncation now lowers the mark, and the rebuild rewrites a
+        // manifest that does not start at the snapshot (`journal/tests/rebuild.rs`).
+        let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
+        regressions_pass(&[6197], length, "no journal rebuilt", |r| r.faults.rebuilds >= 1);
+    }
+
     /// The first seed among `seeds` whose run of `mutation` fails, with its failure.
     fn caught(mutation: Mutation, seeds: std::ops::Range<u64>) -> Option<(u64, String)> {
         seeds.into_iter().find_map(|seed| {
