@@ -329,7 +329,10 @@ impl PrimarySession {
             // cannot be read back: the standby cannot hold it whole. It is refused, and retries.
             let text = format!(
                 "{lost}, and this journal differs from the standby's before its end \
-                 {last_sequence}: compare the two journals before promoting the standby"
+                 {last_sequence}: each holds records the other lacks. Compare the two \
+                 journals and keep one history: this primary's (move the standby's data \
+                 directory aside and start it with an empty one) or the standby's (promote it \
+                 and start this node as its standby)"
             );
             return self.refuse(RefuseCode::Busy, epoch, text);
         };
@@ -855,7 +858,8 @@ mod tests {
                 PrimaryStep::Close { last: Some(Outgoing::Refuse { code, text, .. }), .. } => {
                     assert!(acknowledged && grew, "refused a standby it could tell it is behind");
                     assert_eq!(code, RefuseCode::Busy);
-                    assert!(text.contains("11..=13") && text.contains("compare"), "{text}");
+                    let split = "each holds records the other lacks";
+                    assert!(text.contains("11..=13") && text.contains(split), "{text}");
                 }
                 other => panic!("{other:?}"),
             }

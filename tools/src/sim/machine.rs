@@ -340,6 +340,9 @@ pub struct Machine {
     pub observed: Arc<Mutex<Observed>>,
     /// Sequence to truncate the journal after at the next start (a diverged tail).
     pending_truncate: Option<Sequence>,
+    /// The operator moves its data directory aside at the next start, which then begins
+    /// empty (a standby whose history it chose to give up).
+    pub start_empty: bool,
     /// Times the operator repaired a journal recovery refused as corrupt (rebuilt, healed or
     /// truncated).
     pub repairs: u64,
@@ -380,6 +383,7 @@ impl Machine {
             paused: false,
             observed: Arc::default(),
             pending_truncate: None,
+            start_empty: false,
             repairs: 0,
             rebuilds: 0,
             heals: 0,
@@ -567,6 +571,13 @@ impl Machine {
         peer: &FaultStorage,
         trace: &mut Trace,
     ) {
+        if std::mem::take(&mut self.start_empty) {
+            let what = "operator moves its data directory aside and starts it empty";
+            trace.event(now_ms, &format!("{}: {what}", self.name));
+            self.disk = FaultStorage::new();
+            self.halt_power_loss = None;
+            self.pending_truncate = None;
+        }
         if let Some(keep_through) = self.pending_truncate.take() {
             match recovery::truncate(&self.disk, keep_through.next()) {
                 Ok(_) => trace
@@ -1641,6 +1652,9 @@ impl Follower {
                 self.close(net, now_ms);
                 if refused == Some(RefuseCode::Busy) {
                     control.holds_primary_journal(false);
+                    // As `standby.rs` shows it in `/v1/node` while it retries.
+                    let said = format!("refused by the primary, retrying: {reason}");
+                    control.set_follower(&said, self.applied.answered, 0);
                 }
                 if refused == Some(RefuseCode::NeedsSnapshot) {
                     // As `standby.rs` does: retrying cannot help; a restart fetches a snapshot.

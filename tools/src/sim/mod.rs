@@ -236,7 +236,8 @@ fn print_text(reports: &[Report], summary: bool) {
          chosen sync point), {} pauses, {} partitions, {} witness outages, {} switchovers, \
          {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
-         peer's copy), {} promotions by hand ({} of a standby ahead of its primary)",
+         peer's copy), {} promotions by hand ({} of a standby ahead of its primary), {} \
+         standbys started anew after a split",
         f.kills,
         f.power_losses,
         f.mid_step_crashes,
@@ -254,7 +255,8 @@ fn print_text(reports: &[Report], summary: bool) {
         f.rebuilds,
         f.heals,
         f.manual_promotions,
-        f.promotions_ahead
+        f.promotions_ahead,
+        f.standbys_emptied
     );
     let n = totals.network;
     println!(
@@ -358,6 +360,7 @@ impl Totals {
             f.sync_point_crashes += r.sync_point_crashes;
             f.clean_stops += r.clean_stops;
             f.async_switches += r.async_switches;
+            f.standbys_emptied += r.standbys_emptied;
             f.sync_switches += r.sync_switches;
             let (n, r) = (&mut totals.network, &report.network);
             n.frames += r.frames;
@@ -761,6 +764,20 @@ mod tests {
         // manifest that does not start at the snapshot (`journal/tests/rebuild.rs`).
         let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
         regressions_pass(&[6197], length, "no journal rebuilt", |r| r.faults.rebuilds >= 1);
+    }
+
+    #[test]
+    fn a_standby_split_from_its_primary_is_started_anew_by_the_runbook() {
+        // Goal: seed 5241 under `--unsynced --async`, without a witness: a primary lost power
+        // with records its paused standby held, restarted, and the operator's `async` let it
+        // acknowledge others alone. Back, the standby held records the primary lacked and
+        // lacked the primary's: refused, as it should be, but the simulated operator had no
+        // step for it, and the pair never converged. The refusal now names the two choices,
+        // the standby shows it in `/v1/node`, and the operator keeps the serving primary's
+        // history and starts the standby anew; only writes `async` put at risk are lost.
+        let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
+        let did = |r: &Report| r.faults.standbys_emptied >= 1 && r.writes_lost > 0;
+        regressions_pass(&[5241], length, "no standby started anew", did);
     }
 
     /// The first seed among `seeds` whose run of `mutation` fails, with its failure.

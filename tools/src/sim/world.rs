@@ -137,6 +137,9 @@ pub struct FaultCounts {
     pub async_switches: u64,
     /// And back to `sync`.
     pub sync_switches: u64,
+    /// Standbys the operator started anew, giving up their history, when their primary
+    /// refused them for holding records it had lost and for holding others since.
+    pub standbys_emptied: u64,
 }
 
 /// What one seed's run did and found.
@@ -523,6 +526,7 @@ impl World {
         if !self.settings.coordinated {
             self.operate();
         }
+        self.resolve_split();
         self.note_epochs();
         for (node, completion, epoch) in completions {
             self.complete(node, completion, epoch)?;
@@ -665,6 +669,28 @@ impl World {
             let name = &old.name;
             self.trace.event(now, &format!("operator: restart {name} as a standby"));
             old.crash(false, (now, now + 1), &mut self.net);
+        }
+    }
+
+    /// The runbook for a standby its primary refuses because each holds records the other
+    /// lacks (the primary lost some it had answered for, then acknowledged others alone, as
+    /// only `async` lets a restarted primary): the operator keeps the primary's history, which
+    /// serves, and starts the standby anew. `async` had put the standby's records at risk.
+    fn resolve_split(&mut self) {
+        let now = self.now_ms;
+        for index in 0..self.machines.len() {
+            let machine = &self.machines[index];
+            let split = machine.running().is_some_and(|r| {
+                !r.control.is_primary()
+                    && r.control.figures().state.contains("each holds records the other lacks")
+            });
+            if !split || machine.paused {
+                continue;
+            }
+            let machine = &mut self.machines[index];
+            machine.start_empty = true;
+            machine.crash(false, (now, now + 1), &mut self.net);
+            self.faults.standbys_emptied += 1;
         }
     }
 
