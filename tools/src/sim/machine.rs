@@ -343,6 +343,9 @@ pub struct Machine {
     /// The operator moves its data directory aside at the next start, which then begins
     /// empty (a standby whose history it chose to give up).
     pub start_empty: bool,
+    /// The operator cut its journal at start: the last sequence it kept (a truncation at
+    /// damage, an emptied directory), until the world notes it.
+    pub cut_to: Option<Sequence>,
     /// Times the operator repaired a journal recovery refused as corrupt (rebuilt, healed or
     /// truncated).
     pub repairs: u64,
@@ -384,6 +387,7 @@ impl Machine {
             observed: Arc::default(),
             pending_truncate: None,
             start_empty: false,
+            cut_to: None,
             repairs: 0,
             rebuilds: 0,
             heals: 0,
@@ -577,6 +581,7 @@ impl Machine {
             self.disk = FaultStorage::new();
             self.halt_power_loss = None;
             self.pending_truncate = None;
+            self.cut_to = Some(Sequence(0));
         }
         if let Some(keep_through) = self.pending_truncate.take() {
             match recovery::truncate(&self.disk, keep_through.next()) {
@@ -648,12 +653,17 @@ impl Machine {
             let done = truncated.as_ref().map_or_else(ToString::to_string, |_| "done".to_owned());
             trace
                 .event(now_ms, &format!("{}: operator truncates at {sequence}: {done}", self.name));
+            let mut kept = truncated.is_ok().then_some(Sequence(sequence.0 - 1));
             if let Err(JournalError::NothingToReplayFrom { .. }) = truncated {
                 // Refused: nothing would be left to replay from. The other repair the message
                 // names: an empty data directory, which fetches the primary's snapshot.
                 trace.event(now_ms, &format!("{}: operator empties its data directory", self.name));
                 self.disk = FaultStorage::new();
                 self.halt_power_loss = None;
+                kept = Some(Sequence(0));
+            }
+            if let Some(kept) = kept {
+                self.cut_to = Some(self.cut_to.map_or(kept, |cut| cut.min(kept)));
             }
             self.repairs += 1;
             recovered = recovery::recover_from(self.disk.clone(), Machine::options(settings));

@@ -527,6 +527,7 @@ impl World {
             self.operate();
         }
         self.resolve_split();
+        self.note_cuts();
         self.note_epochs();
         for (node, completion, epoch) in completions {
             self.complete(node, completion, epoch)?;
@@ -565,35 +566,56 @@ impl World {
                 // What the standby holds for sure: acknowledged, and durable on its disk
                 // (under `none` a standby acknowledges records written, not synced).
                 let held = facts.acked.min(self.machines[target ^ 1].durable_end());
-                let primary = &self.machines[target];
-                let through = Sequence(facts.available.0);
-                // Its records from the first retention kept, by sequence and epoch.
-                let from = check::first_held(primary).map_or(held.next(), |f| f.max(held.next()));
-                let records = journal_records(&primary.disk, from, through);
-                // Below them (retired after a snapshot), or when the read fails: the writes its
-                // state holds, as a retry would find them. A recovery that fails marks this
-                // node's own answers only.
-                let below = if records.is_ok() { from } else { through.next() };
-                let holds: BTreeMap<u64, ringfence_core::Epoch> = records
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|record| {
-                        let (header, _) = ringfence_core::record::check(&record).ok()?;
-                        Some((header.sequence.0, header.epoch))
-                    })
-                    .collect();
-                let mut state =
-                    (below > held.next()).then(|| check::recover(primary, &self.settings).ok());
-                let mut primary_holds = |answer: &Answer| {
-                    if answer.sequence >= below {
-                        return holds.get(&answer.sequence.0) == Some(&answer.epoch);
-                    }
-                    let Some(Some(engine)) = state.as_mut() else { return false };
-                    is_write(answer) && check::retried(engine, answer) == answer.outcome
-                };
-                self.ledger.put_at_risk(target, held, &mut primary_holds);
+                self.put_at_risk(target, held, Sequence(facts.available.0));
             }
             AckMode::Sync => self.faults.sync_switches += 1,
+        }
+    }
+
+    /// Any standby may take over from `target` now, holding only through `held`: the writes
+    /// past it that `target` acknowledged or holds (through `through`) are at risk.
+    fn put_at_risk(&mut self, target: usize, held: Sequence, through: Sequence) {
+        let primary = &self.machines[target];
+        // Its records from the first retention kept, by sequence and epoch.
+        let from = check::first_held(primary).map_or(held.next(), |f| f.max(held.next()));
+        let records = journal_records(&primary.disk, from, through);
+        // Below them (retired after a snapshot), or when the read fails: the writes its state
+        // holds, as a retry would find them. A recovery that fails marks this node's own
+        // answers only.
+        let below = if records.is_ok() { from } else { through.next() };
+        let holds: BTreeMap<u64, ringfence_core::Epoch> = records
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|record| {
+                let (header, _) = ringfence_core::record::check(&record).ok()?;
+                Some((header.sequence.0, header.epoch))
+            })
+            .collect();
+        let mut state = (below > held.next()).then(|| check::recover(primary, &self.settings).ok());
+        let mut primary_holds = |answer: &Answer| {
+            if answer.sequence >= below {
+                return holds.get(&answer.sequence.0) == Some(&answer.epoch);
+            }
+            let Some(Some(engine)) = state.as_mut() else { return false };
+            is_write(answer) && check::retried(engine, answer) == answer.outcome
+        };
+        self.ledger.put_at_risk(target, held, &mut primary_holds);
+    }
+
+    /// While the witness's record says `async`, a node whose journal the operator cut (a
+    /// truncation at damage, an emptied directory) may take over holding only what is left, as
+    /// `async` allows: the writes past the cut that its peer acknowledged or holds are at risk
+    /// too. (Without a witness a cut node is promoted only by force, which the operator never
+    /// uses.)
+    fn note_cuts(&mut self) {
+        for index in 0..self.machines.len() {
+            let Some(cut) = self.machines[index].cut_to.take() else { continue };
+            let peer = index ^ 1;
+            if !self.settings.coordinated || !self.recorded_async() {
+                continue;
+            }
+            // Whatever its journal holds past the cut, to its end.
+            self.put_at_risk(peer, cut, Sequence(u64::MAX >> 1));
         }
     }
 
@@ -605,13 +627,8 @@ impl World {
         if self.async_eras.is_empty() {
             return;
         }
-        if self.settings.coordinated {
-            use ringfence_replicator::coordination::store::Coordinator as _;
-            let view = self.witness.0.lock().expect("never poisoned").read();
-            let recorded = view.ok().and_then(|view| view.sync);
-            if recorded.is_none_or(|sync| sync.ack_mode() == AckMode::Async) {
-                return;
-            }
+        if self.settings.coordinated && self.recorded_async() {
+            return;
         }
         let machines = &self.machines;
         self.async_eras.retain(|&(index, epoch)| {
@@ -692,6 +709,14 @@ impl World {
             machine.crash(false, (now, now + 1), &mut self.net);
             self.faults.standbys_emptied += 1;
         }
+    }
+
+    /// Whether the witness's record says `async` (or holds none, which lets anyone lead).
+    fn recorded_async(&self) -> bool {
+        use ringfence_replicator::coordination::store::Coordinator as _;
+        let view = self.witness.0.lock().expect("never poisoned").read();
+        let recorded = view.ok().and_then(|view| view.sync);
+        recorded.is_none_or(|sync| sync.ack_mode() == AckMode::Async)
     }
 
     fn note_epochs(&mut self) {
