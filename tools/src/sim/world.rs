@@ -602,16 +602,16 @@ impl World {
         self.ledger.put_at_risk(target, held, &mut primary_holds);
     }
 
-    /// While the witness's record says `async`, a node whose journal the operator cut (a
-    /// truncation at damage, an emptied directory) may take over holding only what is left, as
-    /// `async` allows: the writes past the cut that its peer acknowledged or holds are at risk
-    /// too. (Without a witness a cut node is promoted only by force, which the operator never
-    /// uses.)
+    /// While the witness's record says `async`, a node whose journal the operator cut at
+    /// damage may take over holding only what is left, as `async` allows: the writes past the
+    /// cut that its peer acknowledged or holds are at risk too. (An emptied directory waits
+    /// for a primary instead, `pilot::leaderless`; without a witness a cut node is promoted
+    /// only by force, which the operator never uses.)
     fn note_cuts(&mut self) {
         for index in 0..self.machines.len() {
             let Some(cut) = self.machines[index].cut_to.take() else { continue };
             let peer = index ^ 1;
-            if !self.settings.coordinated || !self.recorded_async() {
+            if cut == Sequence(0) || !self.settings.coordinated || !self.recorded_async() {
                 continue;
             }
             // Whatever its journal holds past the cut, to its end.
