@@ -20,7 +20,7 @@ use ringfence_journal::storage::Storage;
 use crate::config::ReplicationConfig;
 use crate::coordination::pilot::Facts;
 use crate::link::Link;
-use crate::message::Answering;
+use crate::message::{Ack, Answering};
 use crate::policy::{AckMode, AckPolicy, Gate, PolicyState};
 
 /// How far a promotion by hand raises the epoch past the highest one this node knows: past
@@ -226,6 +226,9 @@ struct State {
     /// Standby: records the primary reported beyond what this node holds.
     behind: u64,
     follower_state: String,
+    /// Primary: the connected standby's data directory is catching up, as its last
+    /// acknowledgement said (and until its first one on a stream says otherwise).
+    standby_catching_up: bool,
 }
 
 /// Sent frames remembered for the lag figure; beyond this the oldest are merged away.
@@ -304,6 +307,7 @@ impl Control {
             ack_rtt_ms: None,
             behind: 0,
             follower_state: "connecting".into(),
+            standby_catching_up: true,
         };
         let control = Arc::new(Control {
             config,
@@ -452,19 +456,22 @@ impl Control {
         let mut state = self.state();
         state.stream += 1;
         state.peer = Some(peer.to_owned());
+        state.standby_catching_up = true;
         state.policy.on_connected(now);
         self.apply_gate(&state, now);
         state.stream
     }
 
     /// The standby acknowledged.
-    pub fn on_ack(&self, stream: u64, written: Sequence, durable: Sequence, echo_ms: u64) {
-        let _ = written;
+    pub fn on_ack(&self, stream: u64, ack: &Ack) {
+        let Ack { durable, echo_ms, .. } = *ack;
         let now = self.now_ms();
         let mut state = self.state();
         if state.stream != stream {
             return;
         }
+        let marker_due_before = self.in_sync_marker_due(&state);
+        state.standby_catching_up = ack.catching_up;
         self.link.acknowledged(durable);
         state.acked = durable.max(state.acked);
         while state.sent.front().is_some_and(|&(through, _)| through <= durable) {
@@ -477,24 +484,44 @@ impl Control {
         let was = state.policy.state();
         state.policy.on_ack(durable, journaled, now);
         if state.policy.state() == PolicyState::InSync && was != PolicyState::InSync {
-            // With a witness, only once its record names the standby (`witness_recorded`):
-            // until then a power loss here must leave a node that may lead alone. Under
-            // `async` never: answers do not wait for the standby, and the witness's record
-            // names nobody this node must wait for after a restart.
-            if !self.witness_unaware() && state.policy.mode() == AckMode::Sync {
-                self.note_in_sync(true);
-            }
             // The standby holds nothing this journal lacks: it streamed from this journal.
             self.standby_tail_acknowledged.store(false, Ordering::Release);
+        }
+        if self.in_sync_marker_due(&state) && !marker_due_before {
+            self.note_in_sync(true);
         }
         self.apply_gate(&state, now);
     }
 
-    /// Whether a witness leads this pair and its in-sync record does not name the standby:
-    /// answers that wait for the standby cannot rest on its copy yet, since after this
-    /// primary's death the witness would not let the standby take over.
-    fn witness_unaware(&self) -> bool {
-        *self.witness_names_standby.lock().expect("never poisoned") == Some(false)
+    /// Whether the in-sync marker is due: the policy is in sync in `sync` mode, and the
+    /// standby may take over on the strength of it. Without a witness at once: the standby
+    /// is promoted by hand, and one that caught up may be before this primary hears that its
+    /// directory did (a directory still catching up needs force). With a witness only once its
+    /// record names the standby (`witness_recorded`) and the standby's directory has caught
+    /// up: until then a power loss here must leave a node that may lead alone. Under `async`
+    /// never: answers do not wait for the standby, and the witness's record names nobody this
+    /// node must wait for after a restart.
+    fn in_sync_marker_due(&self, state: &State) -> bool {
+        if state.policy.state() != PolicyState::InSync || state.policy.mode() != AckMode::Sync {
+            return false;
+        }
+        match *self.witness_names_standby.lock().expect("never poisoned") {
+            None => true,
+            Some(named) => named && !state.standby_catching_up,
+        }
+    }
+
+    /// Whether the standby's copy counts as holding what the pair acknowledges, as far as its
+    /// directory and the witness go (the policy says whether answers wait for it at all). It
+    /// does not while the standby's directory is catching up: that directory's marker keeps
+    /// the standby from taking over (without force), so a copy only it held could be reached
+    /// by nobody. Nor while a witness leads this pair and its in-sync record does not name the
+    /// standby: after this primary's death the witness would not let the standby take over.
+    /// Answers that wait for such a standby wait for this node's journal too.
+    fn standby_copy_counts(&self, state: &State) -> bool {
+        let witness_unaware =
+            *self.witness_names_standby.lock().expect("never poisoned") == Some(false);
+        !state.standby_catching_up && !witness_unaware
     }
 
     /// The witness's in-sync record, as this node's coordination last read or wrote it:
@@ -505,11 +532,7 @@ impl Control {
         let now = self.now_ms();
         let state = self.state();
         *self.witness_names_standby.lock().expect("never poisoned") = Some(standby_named);
-        if standby_named
-            && state.role == Role::Primary
-            && state.policy.state() == PolicyState::InSync
-            && state.policy.mode() == AckMode::Sync
-        {
+        if standby_named && state.role == Role::Primary && self.in_sync_marker_due(&state) {
             self.note_in_sync(true);
         }
         self.apply_gate(&state, now);
@@ -612,9 +635,10 @@ impl Control {
             ));
         }
         // A journal that answers before it syncs relies on the standby's copy: answering alone,
-        // or waiting for a standby the witness does not name yet, it syncs first. Set before
+        // or waiting for a standby whose copy does not count yet, it syncs first. Set before
         // the gate, which may make answers safe at once.
-        let alone = gate == Gate::Local || (gate == Gate::Standby && self.witness_unaware());
+        let alone =
+            gate == Gate::Local || (gate == Gate::Standby && !self.standby_copy_counts(state));
         self.link.set_answers_alone(alone && !self.config.answers_after_sync);
         self.link.set_gate(gate);
         // Egress enforces the deadline itself at each release, so a primary that was paused
@@ -725,6 +749,7 @@ impl Control {
             },
             epoch_floor: epochs.current.0.max(epochs.promised.0),
             catching_up: self.epochs.catching_up(),
+            standby_catching_up: primary && state.standby_catching_up,
         }
     }
 
@@ -1491,7 +1516,7 @@ mod tests {
         let hold = control.link().stage().hold().expect("the link holds");
         control.witness_recorded(false);
         let stream = control.on_connected("b");
-        control.on_ack(stream, Sequence(9), Sequence(9), 0);
+        control.on_ack(stream, &ack(9, false));
         assert_eq!(control.link().gate(), Gate::Standby, "the standby caught up");
         assert!(hold.answers_alone(), "answers rested on a standby the witness does not name");
         assert!(!dir.standby_in_sync(), "marked in sync before the witness named the standby");
@@ -1503,8 +1528,54 @@ mod tests {
         let (dir, control) = unsynced_primary();
         let hold = control.link().stage().hold().expect("the link holds");
         let stream = control.on_connected("b");
-        control.on_ack(stream, Sequence(9), Sequence(9), 0);
+        control.on_ack(stream, &ack(9, false));
         assert!(dir.standby_in_sync() && !hold.answers_alone());
+    }
+
+    /// The standby's acknowledgement of everything through `through`.
+    fn ack(through: u64, catching_up: bool) -> Ack {
+        Ack { written: Sequence(through), durable: Sequence(through), echo_ms: 0, catching_up }
+    }
+
+    #[test]
+    fn a_standby_whose_directory_is_catching_up_counts_only_once_it_says_it_caught_up() {
+        // Goal: a standby whose directory is catching up holds what it acknowledged, but its
+        // marker keeps it from taking over: its copy must not be the only one of an
+        // acknowledged write, so answers wait for this journal's sync too until the standby's
+        // acknowledgement says it caught up, with or without a witness. With one, no in-sync
+        // marker may make this primary, restarted after a power loss, wait for such a standby
+        // (both nodes then waited forever): the marker waits for both the record naming it
+        // and that acknowledgement, whichever comes last.
+        use ringfence_core::pipeline::Replicator as _;
+        for witness in [None, Some(true)] {
+            let (dir, control) = unsynced_primary();
+            let hold = control.link().stage().hold().expect("the link holds");
+            if let Some(named) = witness {
+                control.witness_recorded(named);
+            }
+            let stream = control.on_connected("b");
+            control.on_ack(stream, &ack(9, true));
+            assert_eq!(control.link().gate(), Gate::Standby, "{witness:?}: answers wait for it");
+            assert!(control.facts().standby_catching_up, "{witness:?}: the pilot is told");
+            assert!(hold.answers_alone(), "{witness:?}: answers rested on a catching-up copy");
+            // Without a witness the marker is written at once: the standby may be promoted by
+            // hand as soon as it has caught up, before this primary hears that it did.
+            let marked = witness.is_none();
+            assert_eq!(dir.standby_in_sync(), marked, "{witness:?}: the in-sync marker");
+            if witness.is_some() {
+                control.witness_recorded(true);
+                assert!(!dir.standby_in_sync(), "a record naming it is not enough");
+            }
+            control.on_ack(stream, &ack(9, false));
+            assert!(!control.facts().standby_catching_up);
+            assert!(dir.standby_in_sync(), "{witness:?}: caught up and in sync: the marker");
+            assert!(!hold.answers_alone(), "{witness:?}: answers rest on the standby's copy");
+            // A new stream starts from not knowing: the standby's directory may be new.
+            let again = control.on_connected("b");
+            assert!(control.facts().standby_catching_up, "{witness:?}: a new stream");
+            control.on_ack(again, &ack(9, false));
+            assert!(!control.facts().standby_catching_up);
+        }
     }
 
     #[test]
@@ -1518,12 +1589,12 @@ mod tests {
         control.set_mode(AckMode::Async);
         control.witness_recorded(true);
         let stream = control.on_connected("b");
-        control.on_ack(stream, Sequence(9), Sequence(9), 0);
+        control.on_ack(stream, &ack(9, false));
         assert_eq!(control.figures().state, "in_sync");
         control.witness_recorded(true);
         assert!(!dir.standby_in_sync(), "marked in sync under async");
         control.set_mode(AckMode::Sync);
-        control.on_ack(stream, Sequence(9), Sequence(9), 0);
+        control.on_ack(stream, &ack(9, false));
         assert_eq!(control.link().gate(), Gate::Standby);
         assert!(dir.standby_in_sync(), "back in sync and caught up: the marker");
     }
@@ -1546,7 +1617,7 @@ mod tests {
         // lease (the standby stops acknowledging once it is promoted); a switchover holds.
         let control = primary();
         let stream = control.on_connected("standby");
-        control.on_ack(stream, Sequence(0), Sequence(0), 0);
+        control.on_ack(stream, &ack(0, false));
         assert_eq!(control.link().gate(), Gate::Standby);
         control.set_lease_deadline(0);
         assert_eq!(control.link().gate(), Gate::Standby);
@@ -1566,7 +1637,7 @@ mod tests {
         let hold = control.link().stage().hold().expect("the link holds");
         assert_eq!(hold.reason(), Some(HoldReason::StandbyLost), "client writes are refused");
         let stream = control.on_connected("standby");
-        control.on_ack(stream, Sequence(0), Sequence(0), 0);
+        control.on_ack(stream, &ack(0, false));
         control.tick();
         assert_eq!(control.link().gate(), Gate::Held, "a standby in sync does not open it");
         control.set_taking_office(false);

@@ -1,4 +1,4 @@
-//! The replication protocol's messages (version 3): frames, their bodies, encoding, and
+//! The replication protocol's messages (version 4): frames, their bodies, encoding, and
 //! decoding that checks every field and never panics. `docs/replication-protocol.md` is the
 //! long version of this comment.
 //!
@@ -12,7 +12,7 @@
 //!
 //! 1 Hello (standby -> primary, first on a connection)
 //!   0  magic           4  b"RFRP"
-//!   4  version         2  PROTOCOL_VERSION (3)
+//!   4  version         2  PROTOCOL_VERSION (4)
 //!   6  cluster len     1  n, 1 ..= 64
 //!   7  cluster id      n  [A-Za-z0-9._-]
 //!   7+n standby nonce 32
@@ -46,6 +46,7 @@
 //!   0  written         8  highest sequence appended to the standby's journal
 //!   8  durable         8  highest durable under its policy; <= written
 //!  16  echo ms         8  the last heartbeat's sent at; 0 if none
+//!  24  catching up     1  1 while the standby's data directory is catching up, else 0
 //! 9 Refuse (either way; the sender then closes the connection)
 //!   0  code            1  RefuseCode: 1 BadMessage .. 9 Internal
 //!   1  epoch           8  the sender's current epoch
@@ -85,7 +86,7 @@ use crate::auth::{
 /// First bytes of a `Hello` body: a ringfence replication peer.
 pub const PROTOCOL_MAGIC: [u8; 4] = *b"RFRP";
 /// The protocol version this build speaks (and the only one it accepts).
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 const KIND_LEN: usize = 1;
 const FRAME_LEN_OFFSET: usize = 0;
@@ -153,7 +154,8 @@ const HEARTBEAT_BODY_LEN: usize = HEARTBEAT_ANSWERING_OFFSET + 1;
 const ACK_WRITTEN_OFFSET: usize = 0;
 const ACK_DURABLE_OFFSET: usize = ACK_WRITTEN_OFFSET + 8;
 const ACK_ECHO_OFFSET: usize = ACK_DURABLE_OFFSET + 8;
-const ACK_BODY_LEN: usize = ACK_ECHO_OFFSET + 8;
+const ACK_CATCHING_UP_OFFSET: usize = ACK_ECHO_OFFSET + 8;
+const ACK_BODY_LEN: usize = ACK_CATCHING_UP_OFFSET + 1;
 
 const REFUSE_CODE_OFFSET: usize = 0;
 const REFUSE_EPOCH_OFFSET: usize = REFUSE_CODE_OFFSET + 1;
@@ -207,7 +209,7 @@ const _: () = assert!(DIVERGED_BODY_LEN == 16);
 const _: () = assert!(BEHIND_BODY_LEN == 24);
 const _: () = assert!(RECORDS_HEADER_LEN == 12 && RECORDS_FRAME_HEADER_LEN == 17);
 const _: () = assert!(HEARTBEAT_BODY_LEN == 25);
-const _: () = assert!(ACK_BODY_LEN == 24);
+const _: () = assert!(ACK_CATCHING_UP_OFFSET == 24 && ACK_BODY_LEN == 25);
 const _: () = assert!(REFUSE_TEXT_LEN_OFFSET == 9 && REFUSE_TEXT_OFFSET == 11);
 const _: () = assert!(FETCH_SNAPSHOT_BODY_LEN == 32);
 const _: () = assert!(CHUNK_THROUGH_EPOCH_OFFSET == 8);
@@ -444,6 +446,12 @@ pub struct Ack {
     pub durable: Sequence,
     /// `sent_at_ms` of the last heartbeat the standby saw; 0 if none.
     pub echo_ms: u64,
+    /// The standby's data directory is catching up: created or truncated, or its machine
+    /// restarted while its journal acknowledged before syncing, since it last caught up with
+    /// a primary. Until an acknowledgement says it no longer is, the primary does not count
+    /// the standby's copy as holding what the pair acknowledges: the directory's marker would
+    /// keep it from taking over on the strength of that copy.
+    pub catching_up: bool,
 }
 
 /// Either way: the sender refuses to go on. It closes the connection after sending this.
@@ -691,6 +699,9 @@ pub enum MessageError {
     /// A `Heartbeat` with an unknown `answering` value.
     #[error("unknown answering value {0} in a heartbeat")]
     Answering(u8),
+    /// An `Ack` whose `catching up` byte is neither 0 nor 1.
+    #[error("a catching-up value of {0} in an acknowledgement (0 or 1)")]
+    AckCatchingUp(u8),
     /// A `Refuse` text above [`REFUSE_TEXT_LEN_MAX`].
     #[error("a refusal text of {len} bytes, above the limit of {REFUSE_TEXT_LEN_MAX}")]
     RefuseTextLength {
@@ -1448,6 +1459,7 @@ impl FixedBody for Ack {
         put_u64(body, ACK_WRITTEN_OFFSET, self.written.0);
         put_u64(body, ACK_DURABLE_OFFSET, self.durable.0);
         put_u64(body, ACK_ECHO_OFFSET, self.echo_ms);
+        body[ACK_CATCHING_UP_OFFSET] = u8::from(self.catching_up);
     }
 
     fn read(body: &[u8]) -> Result<Ack, MessageError> {
@@ -1456,7 +1468,12 @@ impl FixedBody for Ack {
         if durable > written {
             return Err(MessageError::AckDurableAboveWritten { written, durable });
         }
-        Ok(Ack { written, durable, echo_ms: get_u64(body, ACK_ECHO_OFFSET) })
+        let catching_up = match body[ACK_CATCHING_UP_OFFSET] {
+            0 => false,
+            1 => true,
+            other => return Err(MessageError::AckCatchingUp(other)),
+        };
+        Ok(Ack { written, durable, echo_ms: get_u64(body, ACK_ECHO_OFFSET), catching_up })
     }
 }
 
@@ -1526,7 +1543,7 @@ mod tests {
         // hand, so a change to the format cannot pass unnoticed.
         let cluster = ClusterId::new("eu-1").unwrap();
         let hello = Message::Hello(Hello { cluster, standby_nonce: [7; 32] });
-        let expected = frame(1, &[b"RFRP", &[3, 0], &[4], b"eu-1", &[7; 32]]);
+        let expected = frame(1, &[b"RFRP", &[4, 0], &[4], b"eu-1", &[7; 32]]);
         assert_eq!(encoded(&hello), expected);
         assert_eq!(expected.len(), 4 + 1 + 39 + 4);
 
@@ -1572,8 +1589,14 @@ mod tests {
         }
         assert_eq!(Answering::from_u8(3), None);
 
-        let ack = Ack { written: Sequence(20), durable: Sequence(19), echo_ms: 1_000 };
-        assert_eq!(encoded(&Message::Ack(ack)), frame(8, &[&le(20), &le(19), &le(1_000)]));
+        let ack =
+            Ack { written: Sequence(20), durable: Sequence(19), echo_ms: 1_000, catching_up: true };
+        assert_eq!(encoded(&Message::Ack(ack)), frame(8, &[&le(20), &le(19), &le(1_000), &[1]]));
+        let caught_up = Ack { catching_up: false, ..ack };
+        assert_eq!(
+            encoded(&Message::Ack(caught_up)),
+            frame(8, &[&le(20), &le(19), &le(1_000), &[0]])
+        );
 
         let refuse = Message::Refuse(Refuse::new(RefuseCode::NeedsSnapshot, Epoch(3), "retired"));
         assert_eq!(encoded(&refuse), frame(9, &[&[8], &le(3), &[7, 0], b"retired"]));

@@ -402,7 +402,7 @@ fn read_acks(
         let mut view = control.primary_view(&mut journal);
         match lock(session).on_message(&message, &mut view) {
             PrimaryStep::Acknowledged(ack) => {
-                control.on_ack(id, ack.written, ack.durable, ack.echo_ms);
+                control.on_ack(id, &ack);
             }
             PrimaryStep::Close { last, reason, deposed_by } => {
                 if let Some(newer) = deposed_by {

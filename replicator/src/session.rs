@@ -150,7 +150,9 @@ impl PrimarySession {
     /// A connection just accepted; `primary_nonce` is fresh for this handshake.
     #[must_use]
     pub fn new(primary_nonce: Nonce) -> PrimarySession {
-        let acked = Ack { written: Sequence(0), durable: Sequence(0), echo_ms: 0 };
+        // Until an acknowledgement says otherwise, the standby's directory counts as catching up.
+        let acked =
+            Ack { written: Sequence(0), durable: Sequence(0), echo_ms: 0, catching_up: true };
         let state = PrimaryState::AwaitHello;
         PrimarySession {
             state,
@@ -484,7 +486,9 @@ impl StandbySession {
         purpose: Purpose,
         promised: Epoch,
     ) -> (StandbySession, Outgoing) {
-        let acked = Ack { written: Sequence(0), durable: Sequence(0), echo_ms: 0 };
+        // Until an acknowledgement says otherwise, the standby's directory counts as catching up.
+        let acked =
+            Ack { written: Sequence(0), durable: Sequence(0), echo_ms: 0, catching_up: true };
         let session = StandbySession {
             state: StandbyState::AwaitChallenge,
             purpose,
@@ -667,11 +671,14 @@ impl StandbySession {
     }
 
     /// The acknowledgement to send now that the node holds `written` (appended) and
-    /// `durable`, or `None` if it would say nothing new and no heartbeat awaits its echo.
-    pub fn ack(&mut self, written: Sequence, durable: Sequence) -> Option<Ack> {
+    /// `durable`, with its data directory `catching_up` or not, or `None` if it would say
+    /// nothing new and no heartbeat awaits its echo.
+    pub fn ack(&mut self, written: Sequence, durable: Sequence, catching_up: bool) -> Option<Ack> {
         assert!(durable <= written, "durable above written");
         let echo_ms = std::mem::take(&mut self.echo_ms);
-        let moved = written > self.acked.written || durable > self.acked.durable;
+        let moved = written > self.acked.written
+            || durable > self.acked.durable
+            || catching_up != self.acked.catching_up;
         if !moved && echo_ms == 0 {
             return None;
         }
@@ -679,6 +686,7 @@ impl StandbySession {
             written: written.max(self.acked.written),
             durable: durable.max(self.acked.durable),
             echo_ms,
+            catching_up,
         };
         self.acked = ack;
         Some(ack)
@@ -999,8 +1007,10 @@ mod tests {
         let (step, mut pair) = handshake("the-shared-secret-16+", position(3, 1, 1), 1);
         assert!(matches!(step, PrimaryStep::Stream(_)));
         pair.primary.on_sent(Sequence(8), 100);
-        let ack =
-            |w, d| Message::Ack(Ack { written: Sequence(w), durable: Sequence(d), echo_ms: 0 });
+        let ack = |w, d| {
+            let (written, durable) = (Sequence(w), Sequence(d));
+            Message::Ack(Ack { written, durable, echo_ms: 0, catching_up: false })
+        };
         let key = secret("the-shared-secret-16+");
         let cluster = cluster();
         let mut view = view(&cluster, &key, &mut pair.journal, 1);
@@ -1025,13 +1035,13 @@ mod tests {
         let PrimaryStep::Stream(start) = step else { panic!("{step:?}") };
         let key = secret("the-shared-secret-16+");
         pair.standby.on_message(&Message::Start(start), &key, &cluster());
-        let early = pair.standby.ack(Sequence(1), Sequence(1)).unwrap();
+        let early = pair.standby.ack(Sequence(1), Sequence(1), false).unwrap();
         assert_eq!((early.written, early.durable), (Sequence(1), Sequence(1)));
         let cluster = cluster();
         let mut view = view(&cluster, &key, &mut pair.journal, 1);
         let taken = pair.primary.on_message(&Message::Ack(early), &mut view);
         assert_eq!(taken, PrimaryStep::Acknowledged(early));
-        let later = pair.standby.ack(Sequence(3), Sequence(3)).unwrap();
+        let later = pair.standby.ack(Sequence(3), Sequence(3), false).unwrap();
         let taken = pair.primary.on_message(&Message::Ack(later), &mut view);
         assert_eq!(taken, PrimaryStep::Acknowledged(later));
     }
@@ -1083,17 +1093,24 @@ mod tests {
         let start =
             Start { epoch: Epoch(1), from_sequence: Sequence(4), primary_last: Sequence(5) };
         pair.standby.on_message(&Message::Start(start), &key, &cluster());
-        let first = pair.standby.ack(Sequence(3), Sequence(3)).unwrap();
+        let first = pair.standby.ack(Sequence(3), Sequence(3), true).unwrap();
         assert_eq!((first.written, first.durable), (Sequence(3), Sequence(3)), "where it stands");
-        assert_eq!(pair.standby.ack(Sequence(3), Sequence(3)), None, "nothing new");
+        assert_eq!(pair.standby.ack(Sequence(3), Sequence(3), true), None, "nothing new");
         assert_eq!(
             pair.standby.on_message(&Message::Heartbeat(beat), &key, &cluster()),
             StandbyStep::Continue
         );
-        let echoed = pair.standby.ack(Sequence(3), Sequence(3)).unwrap();
+        let echoed = pair.standby.ack(Sequence(3), Sequence(3), true).unwrap();
         assert_eq!(echoed.echo_ms, 1_100);
-        assert_eq!(pair.standby.ack(Sequence(3), Sequence(3)), None, "echoed once");
-        let moved = pair.standby.ack(Sequence(5), Sequence(4)).unwrap();
+        assert_eq!(pair.standby.ack(Sequence(3), Sequence(3), true), None, "echoed once");
+        // A directory that stops catching up says so at once, with nothing else new.
+        let caught_up = pair.standby.ack(Sequence(3), Sequence(3), false).unwrap();
+        assert_eq!(
+            (caught_up.written, caught_up.echo_ms, caught_up.catching_up),
+            (Sequence(3), 0, false)
+        );
+        assert_eq!(pair.standby.ack(Sequence(3), Sequence(3), false), None, "said once");
+        let moved = pair.standby.ack(Sequence(5), Sequence(4), false).unwrap();
         assert_eq!((moved.written, moved.durable, moved.echo_ms), (Sequence(5), Sequence(4), 0));
     }
 }

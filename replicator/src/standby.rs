@@ -474,10 +474,11 @@ fn follow_stream(
         // A record is answered only once journaled (durable under this node's policy) and
         // applied here: what is answered is what this standby holds.
         let held = applied.answered;
-        if let Some(ack) = session.ack(held, held) {
+        // Progress first: a directory that has just caught up says so in this acknowledgement.
+        report_progress(control, session, held);
+        if let Some(ack) = session.ack(held, held, control.epoch_store().catching_up()) {
             send(socket, &Outgoing::Ack(ack)).map_err(|e| e.to_string())?;
         }
-        report_progress(control, session, held);
         let left = silence.saturating_sub(heard.elapsed());
         if left.is_zero() {
             return Err(format!("the primary was silent for {} ms", silence.as_millis()));

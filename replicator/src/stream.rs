@@ -229,7 +229,9 @@ mod tests {
     fn frames_back_to_back_are_read_one_at_a_time_then_closed() {
         // Goal: the reader returns each message in order and says `Closed` at a clean end.
         let refuse = Message::Refuse(Refuse::new(RefuseCode::Busy, Epoch(3), "a standby is on"));
-        let ack = Message::Ack(Ack { written: Sequence(9), durable: Sequence(8), echo_ms: 5 });
+        let ack =
+            Ack { written: Sequence(9), durable: Sequence(8), echo_ms: 5, catching_up: false };
+        let ack = Message::Ack(ack);
         let sent = [heartbeat(1), ack, refuse];
         let mut reader = FrameReader::new(Cursor::new(frames(&sent)));
         for expected in &sent {

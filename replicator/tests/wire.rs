@@ -107,7 +107,12 @@ fn one_of_each(records: &[u8]) -> Vec<Message<'_>> {
             sent_at_ms: 1_700_000_000_000,
             answering: Answering::AfterStandby,
         }),
-        Message::Ack(Ack { written: Sequence(44), durable: Sequence(43), echo_ms: 17 }),
+        Message::Ack(Ack {
+            written: Sequence(44),
+            durable: Sequence(43),
+            echo_ms: 17,
+            catching_up: true,
+        }),
         Message::Refuse(Refuse::new(RefuseCode::StaleEpoch, Epoch(4), "epoch 3 < promised 4")),
         Message::FetchSnapshot(FetchSnapshot { standby_proof: [6; 32] }),
         Message::SnapshotChunk(
@@ -194,6 +199,24 @@ fn a_heartbeat_with_an_unknown_answering_value_is_refused() {
     assert_eq!(bytes[last], 2, "the answering byte ends the heartbeat");
     bytes[last] = 3;
     assert_eq!(decode_err(&bytes), MessageError::Answering(3));
+}
+
+#[test]
+fn an_ack_with_a_catching_up_byte_other_than_0_or_1_is_refused() {
+    // Goal: the catching-up byte is a flag; any other value is a bad message, not "true".
+    let ack = Ack { written: Sequence(9), durable: Sequence(9), echo_ms: 0, catching_up: false };
+    let mut bytes = encoded(&Message::Ack(ack));
+    let last = bytes.len() - 1;
+    assert_eq!(bytes[last], 0, "the catching-up byte ends the ack");
+    for (byte, decoded) in [(1, Ok(true)), (2, Err(2)), (0xFF, Err(0xFF))] {
+        bytes[last] = byte;
+        let got = match decode(&bytes) {
+            Ok(Some((Message::Ack(ack), _))) => Ok(ack.catching_up),
+            Err(MessageError::AckCatchingUp(value)) => Err(value),
+            other => panic!("byte {byte}: {other:?}"),
+        };
+        assert_eq!(got, decoded, "byte {byte}");
+    }
 }
 
 #[test]
@@ -316,7 +339,7 @@ fn fields_that_contradict_each_other_are_refused() {
     // Goal: an ack durable beyond written, a start outside 1..=last+1 and a join above its
     // promise are refused by the decoder, each with its own error; the edges are accepted.
     let ack = |written: u64, durable: u64| {
-        let body = [written.to_le_bytes(), durable.to_le_bytes(), 0u64.to_le_bytes()].concat();
+        let body = [&written.to_le_bytes()[..], &durable.to_le_bytes(), &[0; 8], &[0]].concat();
         decode(&frame(8, &body)).map(|m| assert!(m.is_some(), "a whole frame"))
     };
     assert_eq!(
@@ -696,8 +719,8 @@ fn plain() -> impl Strategy<Value = Message<'static>> {
             let (epoch, last_sequence, answering) = (Epoch(e), Sequence(l), Answering::ALL[a]);
             Message::Heartbeat(Heartbeat { epoch, last_sequence, sent_at_ms: s, answering })
         });
-    let ack = (sorted_pair(), any::<u64>()).prop_map(|((d, w), echo_ms)| {
-        Message::Ack(Ack { written: Sequence(w), durable: Sequence(d), echo_ms })
+    let ack = (sorted_pair(), any::<u64>(), any::<bool>()).prop_map(|((d, w), echo_ms, c)| {
+        Message::Ack(Ack { written: Sequence(w), durable: Sequence(d), echo_ms, catching_up: c })
     });
     let fetch = any::<[u8; 32]>()
         .prop_map(|proof| Message::FetchSnapshot(FetchSnapshot { standby_proof: proof }));

@@ -752,5 +752,6 @@ pub fn candidate_facts(
         must_restart: None,
         epoch_floor,
         catching_up,
+        standby_catching_up: false,
     }
 }

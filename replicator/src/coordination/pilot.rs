@@ -119,6 +119,9 @@ pub struct Facts {
     /// it may lack records it acknowledged, so an in-sync record naming it does not let it
     /// take over.
     pub catching_up: bool,
+    /// Primary: its standby's data directory is catching up, as the standby's last
+    /// acknowledgement said (or none came yet on this stream): the record does not name it.
+    pub standby_catching_up: bool,
 }
 
 /// What the driver does after a sync record write succeeded.
@@ -419,8 +422,8 @@ impl Pilot {
         }
     }
 
-    /// The gate waits for the standby: name it in the record once its acknowledgement passed
-    /// the mark taken a round after the gate closed.
+    /// The gate waits for the standby: name it in the record once its directory has caught up
+    /// and its acknowledgement passed the mark taken a round after the gate closed.
     fn record_standby(
         &mut self,
         leader: &LeaderValue,
@@ -438,6 +441,13 @@ impl Pilot {
             // None registered yet, or several: nobody is named; the primary stays recorded alone.
             return Plan::Nothing;
         };
+        if facts.standby_catching_up {
+            // Named now, a standby whose directory is catching up would be a copy nobody could
+            // take over from: its marker keeps it waiting, and this primary, restarted after a
+            // power loss, would wait for it. It is named once its acknowledgement says it has
+            // caught up; until then answers wait for this journal too.
+            return Plan::Nothing;
+        }
         if recorded.standby.as_deref() == Some(*standby) && recorded.ack_mode() == AckMode::Sync {
             return Plan::Nothing;
         }
@@ -682,6 +692,7 @@ mod tests {
             must_restart: None,
             epoch_floor: 1,
             catching_up: false,
+            standby_catching_up: false,
         }
     }
 
@@ -738,6 +749,29 @@ mod tests {
         let record = witness.read().unwrap().sync.unwrap();
         assert_eq!(record.standby.as_deref(), Some("b"));
         assert!(record.eligible("b"));
+    }
+
+    #[test]
+    fn the_record_names_a_standby_whose_directory_is_catching_up_only_once_it_caught_up() {
+        // Goal: a standby in sync whose acknowledgements say its directory is catching up is
+        // not named, however far its acknowledgements go: named, it could not take over, and
+        // this primary, restarted after a power loss, would wait for it. Once it says it
+        // caught up, the usual mark follows and then the record names it.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let in_sync = |acked, available, standby_catching_up| Facts {
+            standby_catching_up,
+            ..facts(true, PolicyState::InSync, Gate::Standby, (acked, available))
+        };
+        let view = witness.read().unwrap();
+        for at in [10, 20, 30] {
+            let plan = a.on_view(at, &in_sync(100, 100, true), &view);
+            assert_eq!(plan, Plan::Nothing, "named at {at} while catching up");
+        }
+        assert_eq!(a.on_view(40, &in_sync(100, 100, false), &view), Plan::Nothing, "the mark");
+        let plan = a.on_view(50, &in_sync(100, 100, false), &view);
+        carry_record(&mut witness, &mut a, plan);
+        assert_eq!(witness.read().unwrap().sync.unwrap().standby.as_deref(), Some("b"));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use ringfence_replicator::coordination::store::{
     Coordinator, CoordinatorError, LeaseId, MemoryCoordinator, View,
 };
 use ringfence_replicator::index::DirIndex;
-use ringfence_replicator::message::{Message, RefuseCode, decode, encode};
+use ringfence_replicator::message::{Ack, Message, RefuseCode, decode, encode};
 use ringfence_replicator::policy::AckMode;
 use ringfence_replicator::position::{EpochList, JournalIndex, StandbyPosition};
 use ringfence_replicator::primary::SnapshotToSend;
@@ -451,12 +451,15 @@ impl Machine {
     }
 
     /// Takes back every crash armed and not yet struck: at a sync point, or at the next
-    /// snapshot's. One that struck (the disk halted) is left for `crash_if_halted`.
-    pub fn disarm_halts(&mut self) {
-        self.halt_at_next_snapshot = None;
+    /// snapshot's. One that struck (the disk halted) is left for `crash_if_halted`. Returns
+    /// how many it took back.
+    pub fn disarm_halts(&mut self) -> u64 {
+        let at_snapshot = u64::from(self.halt_at_next_snapshot.take().is_some());
         if self.halt_power_loss.is_some() && self.disk.disarm_halt() {
             self.halt_power_loss = None;
+            return at_snapshot + 1;
         }
+        at_snapshot
     }
 
     /// If the disk reached the armed sync point, the process dies there: whatever it did
@@ -1407,7 +1410,7 @@ impl Running {
             }
             PrimaryStep::Acknowledged(ack) => {
                 let stream = accepted.stream.expect("acknowledgements come only when streaming").0;
-                self.control.on_ack(stream, ack.written, ack.durable, ack.echo_ms);
+                self.control.on_ack(stream, &ack);
             }
             PrimaryStep::Close { last, reason, deposed_by } => {
                 if let Some(newer) = deposed_by {
@@ -1465,7 +1468,9 @@ impl Running {
                         accepted.session.on_sent(through, now_ms);
                         self.control.on_sent(*stream, through);
                         if settings.mutation == Mutation::AckUnsent {
-                            self.control.on_ack(*stream, through, through, 0);
+                            let (written, durable) = (through, through);
+                            let ack = Ack { written, durable, echo_ms: 0, catching_up: false };
+                            self.control.on_ack(*stream, &ack);
                         }
                         *next = through.next();
                     }
@@ -1561,10 +1566,11 @@ impl Follower {
             }
             if self.streaming {
                 let held = self.applied.answered;
-                if let Some(ack) = session.ack(held, held) {
+                standby::report_progress(control, session, held);
+                let catching_up = control.epoch_store().catching_up();
+                if let Some(ack) = session.ack(held, held, catching_up) {
                     send(net, conn, me, &Message::Ack(ack), now_ms);
                 }
-                standby::report_progress(control, session, held);
                 if now_ms.saturating_sub(self.heard_ms) > 400 {
                     trace.event(now_ms, &format!("{name}: the primary was silent: reconnecting"));
                     self.close(net, now_ms);
