@@ -491,6 +491,28 @@ impl Control {
             self.note_in_sync(true);
         }
         self.apply_gate(&state, now);
+        // With a witness, a standby whose directory is catching up cannot take over, and the
+        // gate above no longer lets answers rest on its copy. A marker left from when it
+        // counted (it came back truncated, or after its machine restarted, while the record
+        // still names it) goes once this journal is synced: kept, this primary, restarted
+        // after a power loss, would wait for a standby that waits too. Checked only while the
+        // standby says so, which is rare: the check reads the disk.
+        let stale_marker = ack.catching_up && self.witness_names_standby().is_some();
+        drop(state);
+        if stale_marker && self.epochs.standby_in_sync() {
+            log(format_args!(
+                "replication: the standby's data directory is catching up, so its copy does \
+                 not count until it has caught up: syncing the journal, then removing the \
+                 in-sync marker"
+            ));
+            self.forget_standby_in_sync();
+        }
+    }
+
+    /// With a witness: whether its in-sync record names this primary's standby, as this
+    /// node's coordination last read or wrote it. `None` without a witness.
+    fn witness_names_standby(&self) -> Option<bool> {
+        *self.witness_names_standby.lock().expect("never poisoned")
     }
 
     /// Whether the in-sync marker is due: the policy is in sync in `sync` mode, and the
@@ -505,7 +527,7 @@ impl Control {
         if state.policy.state() != PolicyState::InSync || state.policy.mode() != AckMode::Sync {
             return false;
         }
-        match *self.witness_names_standby.lock().expect("never poisoned") {
+        match self.witness_names_standby() {
             None => true,
             Some(named) => named && !state.standby_catching_up,
         }
@@ -519,9 +541,7 @@ impl Control {
     /// standby: after this primary's death the witness would not let the standby take over.
     /// Answers that wait for such a standby wait for this node's journal too.
     fn standby_copy_counts(&self, state: &State) -> bool {
-        let witness_unaware =
-            *self.witness_names_standby.lock().expect("never poisoned") == Some(false);
-        !state.standby_catching_up && !witness_unaware
+        !state.standby_catching_up && self.witness_names_standby() != Some(false)
     }
 
     /// The witness's in-sync record, as this node's coordination last read or wrote it:
@@ -1575,6 +1595,42 @@ mod tests {
             assert!(control.facts().standby_catching_up, "{witness:?}: a new stream");
             control.on_ack(again, &ack(9, false));
             assert!(!control.facts().standby_catching_up);
+        }
+    }
+
+    #[test]
+    fn with_a_witness_a_standby_back_with_its_directory_catching_up_takes_the_marker_away() {
+        // Goal: the record still names a standby that comes back with its directory catching
+        // up (truncated, or its machine restarted). It cannot take over, and this primary's
+        // marker, left from when its copy counted, would make this primary wait after a power
+        // loss too: the marker goes (the journal synced first), and comes back once the
+        // standby has caught up. Without a witness it stays: a promotion by hand is the
+        // operator's, and the marker keeps this primary from answering alone after a restart.
+        use ringfence_core::pipeline::{MemoryJournal, NoReplicator, NodeConfig, Topology};
+        let come_back_catching_up = |control: &Control| {
+            let stream = control.on_connected("b");
+            control.on_ack(stream, &ack(9, true));
+            stream
+        };
+        for witness in [Some(true), None] {
+            let (dir, control) = unsynced_primary();
+            if let Some(named) = witness {
+                control.witness_recorded(named);
+            }
+            let stream = control.on_connected("b");
+            control.on_ack(stream, &ack(9, false));
+            assert!(dir.standby_in_sync(), "{witness:?}: in sync, and its copy counts");
+            control.on_disconnected(stream);
+            come_back_catching_up(&control);
+            assert!(dir.standby_in_sync(), "{witness:?}: forgotten with no journal synced");
+            let config = NodeConfig::for_tests(Topology::Stepped);
+            let node = Node::start(config, MemoryJournal::new(), NoReplicator::default()).unwrap();
+            control.use_journal(node.promoter());
+            let again = come_back_catching_up(&control);
+            let kept = witness.is_none();
+            assert_eq!(dir.standby_in_sync(), kept, "{witness:?}: back catching up");
+            control.on_ack(again, &ack(9, false));
+            assert!(dir.standby_in_sync(), "{witness:?}: caught up again");
         }
     }
 
