@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod mutation;
 pub mod rebuild;
 pub mod recovery;
+pub mod salvage;
 pub mod scan;
 pub mod snapshot;
 pub mod spare;

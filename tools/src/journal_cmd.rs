@@ -22,6 +22,7 @@ use ringfence_journal::datadir::{self, CleanStop, DirCheck};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::lock::{self, Holder};
 use ringfence_journal::recovery::{self, recover};
+use ringfence_journal::salvage::{self, Salvaged};
 use ringfence_journal::scan::{self, Layout, ReadOnlyDir, Record};
 use ringfence_journal::snapshot;
 use ringfence_journal::storage::FileStorage;
@@ -70,9 +71,11 @@ pub enum JournalCommand {
     Stats(DirArgs),
     /// Repair: drop record --at-seq N and everything after it (even past damage), set aside
     /// snapshots that include dropped records, and rewrite the manifest (rebuilding it from
-    /// the segments if it is missing). Refused while a node runs. What is dropped is lost
-    /// unless the other node or a backup has it: where one holds the damaged record, `heal`
-    /// repairs without dropping anything.
+    /// the segments if it is missing). Refused while a node runs. Every intact record dropped,
+    /// past the damage too, is first kept in DIR/rollback/truncated-FIRST-LAST-at-MS.jsonl
+    /// (`dump --json` lines, with request keys); nothing is dropped if that file cannot be
+    /// written. The journal loses them unless the other node or a backup has them: where one
+    /// holds the damaged record, `heal` repairs without dropping anything.
     Truncate(TruncateArgs),
     /// Repair without loss: when a snapshot covers the damage (it holds the state through a
     /// sequence at or after the damaged record) and the records after it are intact, start the
@@ -865,7 +868,45 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
     }
     // Exclusive: truncating a journal a node is appending to would cut it under the node.
     let storage = FileStorage::open_exclusive(&args.dir)?;
-    let truncation = recovery::truncate(&storage, Sequence(args.at_seq))?;
+    let at = Sequence(args.at_seq);
+    // What is cut off may be the only copy of acknowledged writes: kept first, read past any
+    // damage, and nothing is dropped if it cannot be kept.
+    let mut salvaged = Salvaged::default();
+    let kept = crate::rollback::keep(&args.dir, "truncated", |visit| {
+        salvaged = salvage::salvage(&mut storage.clone(), at, visit).map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .map_err(|error| {
+        let context = format!("keeping the records from sequence {at} on (nothing was truncated)");
+        JournalError::io(context, std::io::Error::other(error))
+    })?;
+    let truncation = match recovery::truncate(&storage, at) {
+        Ok(truncation) => truncation,
+        Err(error) => {
+            // Nothing was dropped, so nothing is kept.
+            if let Some((file, _)) = &kept {
+                let _ = std::fs::remove_file(file);
+            }
+            return Err(error);
+        }
+    };
+    match &kept {
+        Some((file, count)) => outln!(
+            "kept      {count} records ({}..={}) in {} (`journal dump --json` lines){}",
+            salvaged.span.map_or(at, |(first, _)| first),
+            salvaged.span.map_or(at, |(_, last)| last),
+            file.display(),
+            if salvaged.unreadable_bytes > 0 {
+                format!(
+                    "; {} bytes at or after the cut held no intact record",
+                    salvaged.unreadable_bytes
+                )
+            } else {
+                String::new()
+            }
+        ),
+        None => outln!("kept      nothing: no intact record at or after sequence {at}"),
+    }
     for file in &truncation.segments_removed {
         outln!("removed   {file}");
     }

@@ -13,6 +13,7 @@ mod memory;
 mod progress;
 mod replay;
 mod replication;
+mod rollback;
 mod serve;
 mod sim;
 mod time;

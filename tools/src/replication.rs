@@ -466,13 +466,9 @@ pub fn drop_tail(
     Ok(true)
 }
 
-/// Where a standby keeps the records it drops: `rollback/` in its data directory.
-pub const ROLLBACK_DIR: &str = "rollback";
-
 /// Copies the records after `keep_through` that the journal holds into a new file of
-/// [`ROLLBACK_DIR`], one `journal dump --json` line each, synced before it returns: dropped
-/// from the journal, they are not lost to the operator. The file and how many it holds;
-/// `None` when the journal holds none of them.
+/// `rollback/` ([`crate::rollback`]): dropped from the journal, they are not lost to the
+/// operator. The file and how many it holds; `None` when the journal holds none of them.
 fn keep_dropped(
     storage: &FileStorage,
     keep_through: Sequence,
@@ -482,57 +478,9 @@ fn keep_dropped(
     let read = |e: JournalError| format!("reading the dropped records: {e}");
     let check = datadir::check(&mut source).map_err(read)?;
     let layout = scan::scan_segments(&mut source, &check.segments).map_err(read)?;
-    let (from, to) = (keep_through.next(), layout.last_sequence().unwrap_or(keep_through));
-    if to < from || layout.first_sequence().is_none_or(|first| first > to) {
-        return Ok(None);
-    }
-    let dir = storage.dir().join(ROLLBACK_DIR);
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let file = dir.join(format!("dropped-{from}-{to}-at-{at_ms}.jsonl"));
-    let kept = write_dropped(&mut source, &layout, from, &file)
-        .map_err(|e| format!("keeping the dropped records in {}: {e}", file.display()))?;
-    Ok(Some((file, kept)))
-}
-
-/// Writes `journal dump --json` lines of the records from `from` on into a new `file`, and
-/// syncs it, its directory, and the data directory that holds that.
-fn write_dropped(
-    source: &mut FileStorage,
-    layout: &ringfence_journal::scan::Layout,
-    from: Sequence,
-    file: &Path,
-) -> std::io::Result<u64> {
-    use std::io::Write as _;
-    use std::ops::ControlFlow;
-    let dir = file.parent().expect("a file in the rollback directory");
-    std::fs::create_dir_all(dir)?;
-    let mut out = std::io::BufWriter::new(std::fs::File::create_new(file)?);
-    let (mut kept, mut failed) = (0, None);
-    let mut line = |record: &ringfence_journal::scan::Record| -> std::io::Result<()> {
-        serde_json::to_writer(&mut out, &crate::journal_cmd::DumpLine::of(record))?;
-        out.write_all(b"\n")
-    };
-    let read =
-        ringfence_journal::scan::read(source, layout, from, &mut |record| match line(record) {
-            Ok(()) => {
-                kept += 1;
-                ControlFlow::Continue(())
-            }
-            Err(error) => {
-                failed = Some(error);
-                ControlFlow::Break(())
-            }
-        });
-    if let Some(error) = failed {
-        return Err(error);
-    }
-    read.map_err(std::io::Error::other)?;
-    out.into_inner().map_err(std::io::IntoInnerError::into_error)?.sync_all()?;
-    ringfence_journal::storage::sync_dir(dir)?;
-    ringfence_journal::storage::sync_dir(dir.parent().expect("in the data directory"))?;
-    Ok(kept)
+    crate::rollback::keep(storage.dir(), "dropped", |visit| {
+        scan::read(&mut source, &layout, keep_through.next(), visit).map_err(read)
+    })
 }
 
 /// A node's replication as the network front sees it: `/v1/node`, `/metrics`, promotion and

@@ -263,7 +263,9 @@ fn replay_until_time_stops_before_later_commands() {
 
 #[test]
 fn truncate_is_the_explicit_repair_for_corruption() {
-    // Goal: after corruption, truncate at the reported sequence makes verify pass again.
+    // Goal: after corruption, truncate at the reported sequence makes verify pass again, and
+    // keeps every intact record it cut off, the ones past the damage included, in
+    // `rollback/` as `journal dump --json` lines. A truncation refused keeps nothing.
     let dir = TempDir::new("truncate");
     write_journal(dir.path(), 3_000, &[]);
     let path = dir.path().to_str().unwrap();
@@ -275,10 +277,35 @@ fn truncate_is_the_explicit_repair_for_corruption() {
     let value: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
     let problem = value["problem"].as_str().unwrap().to_owned();
     let at = problem.split("--at-seq ").nth(1).unwrap().trim_end_matches('`').to_owned();
+    // Past the damage: refused, after the records from there on were kept; they go again.
+    let past = (at.parse::<u64>().unwrap() + 5).to_string();
+    let refused = ringfence(&["journal", "truncate", path, "--at-seq", &past]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+    assert!(text(&refused.stderr).contains("already damaged"), "{}", text(&refused.stderr));
+    assert_eq!(rollback_files(dir.path()), Vec::<std::path::PathBuf>::new());
+
     let out = ringfence(&["journal", "truncate", path, "--at-seq", &at]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let again = ringfence(&["journal", "verify", path]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stdout));
+    let at: u64 = at.parse().unwrap();
+    let [kept] = &rollback_files(dir.path())[..] else { panic!("one rollback file") };
+    let name = kept.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with(&format!("truncated-{}-3000-at-", at + 1)), "{name}");
+    let sequences: Vec<u64> = std::fs::read_to_string(kept)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .map(|record| record["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, (at + 1..=3_000).collect::<Vec<_>>(), "the damaged one alone is lost");
+    let said = text(&out.stdout);
+    assert!(said.contains(&format!("kept      {} records", 3_000 - at)), "{said}");
+}
+
+/// The files in `dir`'s `rollback/`.
+fn rollback_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir.join("rollback")).unwrap().map(|entry| entry.unwrap().path()).collect()
 }
 
 #[test]
