@@ -396,6 +396,13 @@ fn async_loss(sync: &SyncRecord, available: Sequence) -> Option<u64> {
 const ROUNDS_TO_NAME_STANDBY: usize = 3;
 
 impl Driver {
+    /// The figures for `/v1/node` as its last round left them ([`Coordination::figures`] of
+    /// a driver stepped in place, as the simulator steps it).
+    #[must_use]
+    pub fn status(&self) -> CoordinationFigures {
+        self.figures.lock().expect("never poisoned").clone()
+    }
+
     fn run(mut self, inbox: &Receiver<Request>) {
         let tick = Duration::from_millis(self.config.timing.renew_ms).min(TICK_MAX);
         loop {

@@ -181,6 +181,10 @@ pub enum Mutation {
     /// ones share sequences and an epoch.
     #[cfg_attr(not(test), allow(dead_code))]
     OfficeKeepsEpoch,
+    /// Nodes started with `--max-failover-loss` run without it: a node may take the key over
+    /// an `async` record however far behind.
+    #[cfg_attr(not(test), allow(dead_code))]
+    IgnoresFailoverBound,
 }
 
 /// What the checkers learn from a node's BLP after every journaled command: its state hash
@@ -343,6 +347,8 @@ pub struct Machine {
     /// The operator moves its data directory aside at the next start, which then begins
     /// empty (a standby whose history it chose to give up).
     pub start_empty: bool,
+    /// `--max-failover-loss` it starts with, until the operator lifts it.
+    pub max_failover_loss: Option<u64>,
     /// The operator cut its journal at start: the last sequence it kept (a truncation at
     /// damage, an emptied directory), until the world notes it.
     pub cut_to: Option<Sequence>,
@@ -387,6 +393,7 @@ impl Machine {
             observed: Arc::default(),
             pending_truncate: None,
             start_empty: false,
+            max_failover_loss: None,
             cut_to: None,
             repairs: 0,
             rebuilds: 0,
@@ -788,13 +795,20 @@ impl Machine {
         layout.and_then(|layout| layout.last_sequence()).unwrap_or(Sequence(0))
     }
 
-    fn identity(&self) -> Identity {
+    fn identity(&self, settings: &ClusterSettings) -> Identity {
         Identity {
             node: self.name.clone(),
             replication: self.name.clone(),
             http: None,
-            max_failover_loss: None,
+            max_failover_loss: self.bound(settings),
         }
+    }
+
+    /// The `--max-failover-loss` its process runs with: its own, unless the mutation leaves
+    /// it out (the checkers still hold the node to it).
+    fn bound(&self, settings: &ClusterSettings) -> Option<u64> {
+        let ignored = settings.mutation == Mutation::IgnoresFailoverBound;
+        self.max_failover_loss.filter(|_| !ignored)
     }
 
     /// Without a witness: starts in the role the operator gave it — primary if it is the one
@@ -830,7 +844,7 @@ impl Machine {
         witness: &Witness,
         trace: &mut Trace,
     ) {
-        let me = self.identity();
+        let me = self.identity(settings);
         let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
         let Process::Candidate(candidate) = &mut self.process else { unreachable!() };
         let startup = match candidate.startup.as_mut() {
@@ -840,7 +854,7 @@ impl Machine {
                     endpoints: Vec::new(),
                     node: me.node.clone(),
                     timing: settings.timing,
-                    max_failover_loss: None,
+                    max_failover_loss: me.max_failover_loss,
                 };
                 let reached = witness.reached_from(&self.disk);
                 match Startup::try_connect(config, Box::new(reached), clock) {
@@ -1244,6 +1258,22 @@ impl Machine {
     pub fn promote(&mut self) -> Result<Epoch, String> {
         let running = self.running_mut().ok_or("not running")?;
         running.control.promote(&running.node, false)
+    }
+
+    /// What it waits for under coordination: as a candidate, or as a running node whose
+    /// pilot waits (a standby that may not take the key).
+    pub fn waiting(&self) -> Option<String> {
+        match &self.process {
+            Process::Candidate(candidate) => Some(candidate.said.clone()),
+            Process::Running(running) => running.driver.as_ref()?.status().waiting,
+            Process::Down(_) | Process::Fetching(_) => None,
+        }
+    }
+
+    /// How many records its old primary had journaled beyond it, as the witness's `async`
+    /// record said when it took the leader key (`/v1/node`'s `failover_loss_records`).
+    pub fn failover_loss_records(&self) -> Option<u64> {
+        self.running()?.driver.as_ref()?.status().failover_loss_records
     }
 
     /// What a candidate last said it waits for (empty before its first round).

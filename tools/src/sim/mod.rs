@@ -88,6 +88,12 @@ pub struct SimArgs {
     /// those losses, count them, and no others.
     #[arg(long = "async")]
     pub async_switches: bool,
+    /// Both nodes start with `--max-failover-loss N` (with the witness; meaningful with
+    /// --async): the checkers also check that no node took the key over an `async` record
+    /// more than N records behind it, and the operator restarts a node without the bound when
+    /// it waits on it with nobody leading after the faults
+    #[arg(long, value_name = "N")]
+    pub max_failover_loss: Option<u64>,
 }
 
 /// Runs `ringfence sim`.
@@ -103,6 +109,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         unsynced: args.unsynced,
         frames_after_crash: !args.no_frames_after_crash,
         async_switches: args.async_switches,
+        max_failover_loss: args.max_failover_loss,
     };
     let seeds: Vec<u64> = match (args.seed, args.seeds) {
         (Some(seed), _) => vec![seed],
@@ -237,7 +244,8 @@ fn print_text(reports: &[Report], summary: bool) {
          {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
          peer's copy), {} promotions by hand ({} of a standby ahead of its primary), {} \
-         standbys started anew after a split, {} armed crashes taken back when the faults ended",
+         standbys started anew after a split, {} armed crashes taken back when the faults \
+         ended, {} nodes restarted without their --max-failover-loss",
         f.kills,
         f.power_losses,
         f.mid_step_crashes,
@@ -257,7 +265,8 @@ fn print_text(reports: &[Report], summary: bool) {
         f.manual_promotions,
         f.promotions_ahead,
         f.standbys_emptied,
-        f.crashes_taken_back
+        f.crashes_taken_back,
+        f.bounds_lifted
     );
     let n = totals.network;
     println!(
@@ -363,6 +372,7 @@ impl Totals {
             f.async_switches += r.async_switches;
             f.standbys_emptied += r.standbys_emptied;
             f.crashes_taken_back += r.crashes_taken_back;
+            f.bounds_lifted += r.bounds_lifted;
             f.sync_switches += r.sync_switches;
             let (n, r) = (&mut totals.network, &report.network);
             n.frames += r.frames;
@@ -704,6 +714,37 @@ mod tests {
         assert!(sum(|r| r.faults.async_switches) >= 16 && sum(|r| r.faults.sync_switches) >= 8);
         let (at_risk, lost) = (sum(|r| r.writes_at_risk), sum(|r| r.writes_lost));
         assert!(lost > 0 && lost < at_risk && at_risk < sum(|r| r.writes_acknowledged));
+    }
+
+    /// `--async` with both nodes started with `--max-failover-loss 0`.
+    fn with_bound(length: RunLength) -> RunLength {
+        RunLength { max_failover_loss: Some(0), ..with_async(length) }
+    }
+
+    #[test]
+    fn under_a_failover_loss_bound_no_node_takes_the_key_further_behind() {
+        // Goal: with both nodes started with `--max-failover-loss 0` under `--async`, every
+        // checker passes, the bound's among them: no node took the key over an `async` record
+        // naming another primary that said it lagged at all. Failovers still happen.
+        let reports = swarm(&(1..9).collect::<Vec<u64>>(), with_bound(short()), 2, false);
+        for report in &reports {
+            assert!(report.failure.is_none(), "seed {}: {:?}", report.seed, report.failure);
+        }
+        assert!(reports.iter().map(|r| r.failovers).sum::<u64>() >= 8);
+        assert!(reports.iter().map(|r| r.faults.async_switches).sum::<u64>() >= 8);
+    }
+
+    #[test]
+    fn a_node_that_ignores_its_failover_loss_bound_is_caught() {
+        // Goal: the bound's checker bites: nodes that run without the bound they were started
+        // with take the key over `async` records far behind, and a seed shows it within a few.
+        let found = (1..30).find_map(|seed| {
+            let world =
+                || World::mutated(seed, with_bound(short()), Mutation::IgnoresFailoverBound);
+            run_world(seed, world).failure
+        });
+        let failure = found.expect("no seed caught a node ignoring its bound");
+        assert!(failure.contains("under --max-failover-loss 0"), "{failure}");
     }
 
     /// Seeds `--async` found, without a witness: a standby promoted by hand took the epoch

@@ -17,6 +17,7 @@ use ringfence_journal::snapshot::{self, SnapshotPolicy};
 use ringfence_journal::writer::Durability;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::coordination::pilot::Timing;
+use ringfence_replicator::coordination::records::SyncRecord;
 use ringfence_replicator::coordination::store::MemoryCoordinator;
 use ringfence_replicator::policy::{AckMode, Gate};
 
@@ -58,6 +59,11 @@ pub struct RunLength {
     /// The operator switches the primary between `sync` and `async` now and then; writes
     /// acknowledged under `async` may be lost to a failover, and only those.
     pub async_switches: bool,
+    /// Both nodes start with `--max-failover-loss N`: under an `async` record a node the
+    /// record says lags its primary by more than N records waits for that primary. The
+    /// operator restarts a node without the bound once it has waited on it for
+    /// [`BOUND_WAIT_MS`] after the faults, with nobody leading.
+    pub max_failover_loss: Option<u64>,
 }
 
 impl Default for RunLength {
@@ -73,6 +79,7 @@ impl Default for RunLength {
             unsynced: false,
             frames_after_crash: true,
             async_switches: false,
+            max_failover_loss: None,
         }
     }
 }
@@ -95,6 +102,9 @@ const QUIET_MS: u64 = 1_000;
 const CONVERGE_MS: u64 = 2_000;
 /// How often the checker reads what each machine holds durably (`check::durable_records`).
 const DURABLE_LOOK_MS: u64 = 250;
+/// How long after the faults, with nobody leading, the operator lets a node wait on its
+/// `--max-failover-loss` bound before restarting it without ([`World::lift_bound`]).
+const BOUND_WAIT_MS: u64 = 2_000;
 
 /// Faults injected, by kind.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -140,6 +150,9 @@ pub struct FaultCounts {
     /// Standbys the operator started anew, giving up their history, when their primary
     /// refused them for holding records it had lost and for holding others since.
     pub standbys_emptied: u64,
+    /// Nodes the operator restarted without their `--max-failover-loss` bound, after they
+    /// waited on it with nobody leading once the faults were over.
+    pub bounds_lifted: u64,
     /// Crashes armed (at a sync point, or at the next snapshot's) and not yet struck when
     /// the faults ended, taken back so that none strikes while the pair settles.
     pub crashes_taken_back: u64,
@@ -210,6 +223,10 @@ pub struct World {
     heals: Vec<(u64, Heal)>,
     highest_epoch: u64,
     failovers: u64,
+    /// The witness's record as the last step left it: what a node taking the key took it on.
+    record_before: Option<SyncRecord>,
+    /// When the faults were over and nobody led, since when ([`World::lift_bound`]).
+    leaderless_since: Option<u64>,
     /// Every record seen held durably, checked against every later look.
     durable: check::DurableRecords,
     refusals: std::collections::BTreeMap<String, u64>,
@@ -318,6 +335,7 @@ impl World {
                 let mut machine = Machine::new(index, clock, prng.fork());
                 machine.rebuild_first = length.clean_stops;
                 machine.heal_first = length.heals && length.clean_stops;
+                machine.max_failover_loss = length.max_failover_loss;
                 machine
             })
             .collect();
@@ -377,6 +395,8 @@ impl World {
             heals: Vec::new(),
             highest_epoch: 0,
             failovers: 0,
+            record_before: None,
+            leaderless_since: None,
             durable: check::DurableRecords::default(),
             refusals: Default::default(),
             struck_at: Default::default(),
@@ -530,8 +550,9 @@ impl World {
             self.operate();
         }
         self.resolve_split();
+        self.lift_bound();
         self.note_cuts();
-        self.note_epochs();
+        self.note_epochs()?;
         for (node, completion, epoch) in completions {
             self.complete(node, completion, epoch)?;
         }
@@ -716,20 +737,74 @@ impl World {
 
     /// Whether the witness's record says `async` (or holds none, which lets anyone lead).
     fn recorded_async(&self) -> bool {
-        use ringfence_replicator::coordination::store::Coordinator as _;
-        let view = self.witness.0.lock().expect("never poisoned").read();
-        let recorded = view.ok().and_then(|view| view.sync);
-        recorded.is_none_or(|sync| sync.ack_mode() == AckMode::Async)
+        self.read_record().is_none_or(|sync| sync.ack_mode() == AckMode::Async)
     }
 
-    fn note_epochs(&mut self) {
+    /// Counts each new primary's epoch, and checks that a node started with
+    /// `--max-failover-loss N` took the key over an `async` record naming another primary
+    /// only if that record said it lagged by N records or fewer.
+    fn note_epochs(&mut self) -> Result<(), String> {
         for machine in &self.machines {
             let Some(running) = machine.running() else { continue };
             let epoch = running.control.epoch().0;
-            if running.control.is_primary() && epoch > self.highest_epoch {
-                self.highest_epoch = epoch;
-                self.failovers += 1;
+            if !running.control.is_primary() || epoch <= self.highest_epoch {
+                continue;
             }
+            self.highest_epoch = epoch;
+            self.failovers += 1;
+            let Some((max, record)) = machine.max_failover_loss.zip(self.record_before.as_ref())
+            else {
+                continue;
+            };
+            let over_async = record.ack_mode() == AckMode::Async && record.primary != machine.name;
+            let loss = machine.failover_loss_records();
+            if over_async && loss.is_none_or(|loss| loss > max) {
+                return Err(format!(
+                    "{} took the leader key in epoch {epoch} over an async record naming {} as \
+                     primary, {loss:?} records behind it, under --max-failover-loss {max}",
+                    machine.name, record.primary
+                ));
+            }
+        }
+        self.record_before = self.read_record();
+        Ok(())
+    }
+
+    /// The witness's in-sync record now, if it holds one.
+    fn read_record(&self) -> Option<SyncRecord> {
+        use ringfence_replicator::coordination::store::Coordinator as _;
+        let view = self.witness.0.lock().expect("never poisoned").read();
+        view.ok().and_then(|view| view.sync)
+    }
+
+    /// The runbook for a node that waits on its `--max-failover-loss` bound while nobody
+    /// leads (its primary cannot: its directory was emptied, or it is gone): once the faults
+    /// are over and it has waited [`BOUND_WAIT_MS`], the operator restarts it without the
+    /// bound, accepting the loss `async` allows.
+    fn lift_bound(&mut self) {
+        let now = self.now_ms;
+        let leading = self.machines.iter().any(Machine::is_primary);
+        if now < self.length.faults_ms || leading {
+            self.leaderless_since = None;
+            return;
+        }
+        let since = *self.leaderless_since.get_or_insert(now);
+        if now - since < BOUND_WAIT_MS {
+            return;
+        }
+        for index in 0..self.machines.len() {
+            let machine = &self.machines[index];
+            let bound = machine.waiting().is_some_and(|why| why.contains("--max-failover-loss"));
+            if !bound || machine.paused {
+                continue;
+            }
+            let machine = &mut self.machines[index];
+            machine.max_failover_loss = None;
+            machine.crash(false, (now, now + 1), &mut self.net);
+            self.faults.bounds_lifted += 1;
+            let name = machine.name.clone();
+            self.trace.event(now, &format!("{name}: restarted without --max-failover-loss"));
+            self.leaderless_since = None;
         }
     }
 
