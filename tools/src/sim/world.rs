@@ -718,21 +718,34 @@ impl World {
     /// only `async` lets a restarted primary): the operator keeps the primary's history, which
     /// serves, and starts the standby anew. `async` had put the standby's records at risk.
     fn resolve_split(&mut self) {
-        let now = self.now_ms;
-        for index in 0..self.machines.len() {
-            let machine = &self.machines[index];
-            let split = machine.running().is_some_and(|r| {
+        let split = |machine: &Machine| {
+            machine.running().is_some_and(|r| {
                 !r.control.is_primary()
                     && r.control.figures().state.contains("each holds records the other lacks")
-            });
-            if !split || machine.paused {
+            })
+        };
+        let restarted = self.operator_restarts(split, |machine| machine.start_empty = true);
+        self.faults.standbys_emptied += restarted.len() as u64;
+    }
+
+    /// The operator changes, then restarts, every machine `which` picks that is not paused:
+    /// the names of those it restarted.
+    fn operator_restarts(
+        &mut self,
+        which: impl Fn(&Machine) -> bool,
+        change: impl Fn(&mut Machine),
+    ) -> Vec<String> {
+        let now = self.now_ms;
+        let mut restarted = Vec::new();
+        for machine in &mut self.machines {
+            if machine.paused || !which(machine) {
                 continue;
             }
-            let machine = &mut self.machines[index];
-            machine.start_empty = true;
+            change(machine);
             machine.crash(false, (now, now + 1), &mut self.net);
-            self.faults.standbys_emptied += 1;
+            restarted.push(machine.name.clone());
         }
+        restarted
     }
 
     /// Whether the witness's record says `async` (or holds none, which lets anyone lead).
@@ -792,18 +805,13 @@ impl World {
         if now - since < BOUND_WAIT_MS {
             return;
         }
-        for index in 0..self.machines.len() {
-            let machine = &self.machines[index];
-            let bound = machine.waiting().is_some_and(|why| why.contains("--max-failover-loss"));
-            if !bound || machine.paused {
-                continue;
-            }
-            let machine = &mut self.machines[index];
-            machine.max_failover_loss = None;
-            machine.crash(false, (now, now + 1), &mut self.net);
-            self.faults.bounds_lifted += 1;
-            let name = machine.name.clone();
+        let bound = |machine: &Machine| {
+            machine.waiting().is_some_and(|why| why.contains("--max-failover-loss"))
+        };
+        let restarted = self.operator_restarts(bound, |machine| machine.max_failover_loss = None);
+        for name in &restarted {
             self.trace.event(now, &format!("{name}: restarted without --max-failover-loss"));
+            self.faults.bounds_lifted += 1;
             self.leaderless_since = None;
         }
     }
