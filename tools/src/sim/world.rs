@@ -779,7 +779,11 @@ impl World {
                 ));
             }
         }
-        self.record_before = self.read_record();
+        // Read only when a bound is checked: a read expires the witness's leases, as the
+        // nodes' own reads do, and runs without a bound keep the paths they were found on.
+        if self.length.max_failover_loss.is_some() {
+            self.record_before = self.read_record();
+        }
         Ok(())
     }
 
