@@ -18,8 +18,11 @@ use crate::error::JournalError;
 use crate::format::{self, RECORD_ALIGN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::scan::{self, ReadSource, Record};
 
+/// How many runs of missing sequences [`Salvaged::missing_runs`] lists; the rest are counted.
+pub const MISSING_RUNS_LISTED: usize = 16;
+
 /// What [`salvage`] read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Salvaged {
     /// Records visited.
     pub records: u64,
@@ -28,6 +31,31 @@ pub struct Salvaged {
     /// Bytes of the segments searched that held no intact record, up to the last non-zero
     /// byte of each: what the operator may be missing.
     pub unreadable_bytes: u64,
+    /// Sequences no intact record holds, from `from` (or the journal's first sequence, if
+    /// later) up to the last record visited: a journal's sequences follow on, so these were
+    /// lost to the damage. Sequences after the last record visited are not counted: nothing
+    /// shows whether the journal held any.
+    pub missing: u64,
+    /// The first [`MISSING_RUNS_LISTED`] runs of them, in order, first and last sequence.
+    pub missing_runs: Vec<(Sequence, Sequence)>,
+}
+
+impl Salvaged {
+    /// Counts `record` as visited, and the sequences from `expected` up to it as missing. (A
+    /// first record below `expected` is one a segment's name places after it: none missing.)
+    fn visited(&mut self, expected: Sequence, record: Sequence) {
+        debug_assert!(self.span.is_none_or(|(_, last)| record > last), "visited out of order");
+        if record > expected {
+            let last_missing = Sequence(record.0 - 1);
+            self.missing += record.0 - expected.0;
+            if self.missing_runs.len() < MISSING_RUNS_LISTED {
+                self.missing_runs.push((expected, last_missing));
+            }
+        }
+        self.records += 1;
+        let first = self.span.map_or(record, |(first, _)| first);
+        self.span = Some((first, record));
+    }
 }
 
 /// Visits, in sequence order, every intact record with sequence `from` or later that the
@@ -45,6 +73,8 @@ pub fn salvage<S: ReadSource>(
     assert!(from.0 >= 1, "sequences start at 1");
     let segments = scan::sorted_segments(source)?;
     let mut salvaged = Salvaged::default();
+    // Sequences below the journal's first are retired, not missing.
+    let floor = segments.first().map_or(from, |(first, _)| from.max(*first));
     for (index, (_, name)) in segments.iter().enumerate() {
         // A segment whose successor starts at or before `from` ends before it.
         if segments.get(index + 1).is_some_and(|(next, _)| *next <= from) {
@@ -54,20 +84,22 @@ pub fn salvage<S: ReadSource>(
             .read_segment(name)
             .map_err(|e| JournalError::io(format!("reading {}", source.describe_file(name)), e))?;
         let before = salvaged.records;
-        let flow = search_segment(&bytes, from, &mut salvaged, visit);
+        let flow = search_segment(&bytes, from, floor, &mut salvaged, visit);
         assert!(salvaged.records >= before, "records visited went down");
         if flow.is_break() {
             break;
         }
     }
     assert_eq!(salvaged.records == 0, salvaged.span.is_none(), "a span without records");
+    assert!(salvaged.missing_runs.len() as u64 <= salvaged.missing, "a run of nothing missing");
     Ok(salvaged)
 }
 
-/// [`salvage`] within one segment's bytes.
+/// [`salvage`] within one segment's bytes; `floor` is the first sequence not retired.
 fn search_segment(
     bytes: &[u8],
     from: Sequence,
+    floor: Sequence,
     salvaged: &mut Salvaged,
     visit: &mut dyn FnMut(&Record) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
@@ -87,9 +119,8 @@ fn search_segment(
         if record.sequence < from || !after {
             continue;
         }
-        salvaged.records += 1;
-        let first = salvaged.span.map_or(record.sequence, |(first, _)| first);
-        salvaged.span = Some((first, record.sequence));
+        let expected = salvaged.span.map_or(floor, |(_, last)| last.next());
+        salvaged.visited(expected, record.sequence);
         if visit(&record).is_break() {
             return ControlFlow::Break(());
         }

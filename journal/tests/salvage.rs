@@ -9,7 +9,7 @@ use common::{config, generate, journal_with_snapshots, record_at};
 use ringfence_core::{Engine, Sequence, Timestamp};
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::format::SEGMENT_HEADER_LEN;
-use ringfence_journal::salvage::{Salvaged, salvage};
+use ringfence_journal::salvage::{MISSING_RUNS_LISTED, Salvaged, salvage};
 use ringfence_journal::scan::sorted_segments;
 use ringfence_journal::snapshot::SnapshotPolicy;
 use ringfence_journal::workload::Workload;
@@ -46,7 +46,8 @@ fn an_intact_journal_gives_back_every_record_from_the_one_asked_for() {
     let (seen, salvaged) = salvage_from(&disk, 1_234);
     assert_eq!(seen, (1_234..=COMMANDS).collect::<Vec<_>>());
     let span = Some((Sequence(1_234), Sequence(COMMANDS)));
-    assert_eq!(salvaged, Salvaged { records: COMMANDS - 1_233, span, unreadable_bytes: 0 });
+    let expected = Salvaged { records: COMMANDS - 1_233, span, ..Salvaged::default() };
+    assert_eq!(salvaged, expected, "nothing unreadable, nothing missing");
 }
 
 #[test]
@@ -74,12 +75,35 @@ fn records_past_damage_are_found_again_and_only_the_damaged_ones_are_missing() {
     assert!(missing[1..].iter().all(|s| garbled.contains(s)), "missing {missing:?}");
     assert_eq!(salvaged.span, Some((Sequence(500), Sequence(COMMANDS))));
     assert!(salvaged.unreadable_bytes >= 200, "{salvaged:?}");
+    // What is missing is reported as runs: the rotted record alone, then the garbled ones.
+    assert_eq!(salvaged.missing, missing.len() as u64);
+    let garbled_run = (Sequence(missing[1]), Sequence(*missing.last().unwrap()));
+    assert_eq!(salvaged.missing_runs, [(rotted, rotted), garbled_run]);
 
     // From the damaged record on, as `journal truncate` at it asks: the record itself is
     // missing, everything after it that is intact is there.
-    let (seen, _) = salvage_from(&disk, rotted.0);
+    let (seen, salvaged) = salvage_from(&disk, rotted.0);
     assert_eq!(seen.first(), Some(&(rotted.0 + 1)));
     assert_eq!(seen.last(), Some(&COMMANDS));
+    assert_eq!(salvaged.missing_runs[0], (rotted, rotted), "the first record asked for is lost");
+}
+
+#[test]
+fn many_runs_of_missing_sequences_are_all_counted_and_the_first_ones_listed() {
+    // Goal: damage in more places than the report lists: every missing sequence is counted,
+    // the first MISSING_RUNS_LISTED runs are listed in order.
+    let disk = journal();
+    let rotted: Vec<u64> = (0..MISSING_RUNS_LISTED as u64 + 4).map(|i| 100 + 50 * i).collect();
+    // Found before any is damaged: `record_at` reads the journal from its start.
+    let places: Vec<_> = rotted.iter().map(|&s| record_at(&disk, Sequence(s))).collect();
+    for (name, offset) in places {
+        disk.corrupt(&name, offset + 40, 0x10);
+    }
+    let (seen, salvaged) = salvage_from(&disk, 1);
+    assert_eq!(seen.len() as u64 + rotted.len() as u64, COMMANDS);
+    assert_eq!(salvaged.missing, rotted.len() as u64);
+    let listed = rotted[..MISSING_RUNS_LISTED].iter().map(|&s| (Sequence(s), Sequence(s)));
+    assert_eq!(salvaged.missing_runs, listed.collect::<Vec<_>>());
 }
 
 #[test]

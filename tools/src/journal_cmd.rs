@@ -74,7 +74,7 @@ pub enum JournalCommand {
     /// the segments if it is missing). Refused while a node runs. Every intact record dropped,
     /// past the damage too, is first kept in DIR/rollback/truncated-FIRST-LAST-at-MS.jsonl
     /// (`dump --json` lines, with request keys); nothing is dropped if that file cannot be
-    /// written. The journal loses them unless the other node or a backup has them: where one
+    /// written. The sequences no intact record holds are printed as lost. The journal loses them unless the other node or a backup has them: where one
     /// holds the damaged record, `heal` repairs without dropping anything.
     Truncate(TruncateArgs),
     /// Repair without loss: when a snapshot covers the damage (it holds the state through a
@@ -907,6 +907,9 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
         ),
         None => outln!("kept      nothing: no intact record at or after sequence {at}"),
     }
+    if salvaged.missing > 0 {
+        outln!("lost      {}", describe_missing(&salvaged));
+    }
     for file in &truncation.segments_removed {
         outln!("removed   {file}");
     }
@@ -933,6 +936,33 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
     }
     outln!("journal now ends before sequence {}", args.at_seq);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sequences `salvaged` found no intact record of, for the operator to reconcile: their
+/// count and their runs.
+fn describe_missing(salvaged: &Salvaged) -> String {
+    let mut runs: Vec<String> = salvaged
+        .missing_runs
+        .iter()
+        .map(
+            |&(first, last)| {
+                if first == last { first.to_string() } else { format!("{first}..={last}") }
+            },
+        )
+        .collect();
+    let listed: u64 = salvaged.missing_runs.iter().map(|(first, last)| last.0 - first.0 + 1).sum();
+    if listed < salvaged.missing {
+        runs.push(format!("and {} more", salvaged.missing - listed));
+    }
+    let (count, noun) = match salvaged.missing {
+        1 => ("1".to_owned(), "sequence is"),
+        many => (many.to_string(), "sequences are"),
+    };
+    format!(
+        "{count} {noun} in no intact record, from the cut to the last record kept: {} \
+         (damaged; nothing of them is kept)",
+        runs.join(", ")
+    )
 }
 
 fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {

@@ -301,6 +301,11 @@ fn truncate_is_the_explicit_repair_for_corruption() {
     assert_eq!(sequences, (at + 1..=3_000).collect::<Vec<_>>(), "the damaged one alone is lost");
     let said = text(&out.stdout);
     assert!(said.contains(&format!("kept      {} records", 3_000 - at)), "{said}");
+    let lost = format!(
+        "lost      1 sequence is in no intact record, from the cut to the last \
+                        record kept: {at} (damaged"
+    );
+    assert!(said.contains(&lost), "{said}");
 }
 
 /// The files in `dir`'s `rollback/`.
