@@ -51,6 +51,26 @@ pub fn keep(
     kept
 }
 
+/// The files of `data_dir`'s [`ROLLBACK_DIR`] that hold records, by name: those a rejoin or a
+/// truncation kept and the operator has not deleted yet (none if the directory is missing).
+pub fn pending(data_dir: &Path) -> std::io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(data_dir.join(ROLLBACK_DIR)) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        // A temporary file is one a failed or interrupted keep left: it holds no record kept.
+        if name.ends_with(".jsonl") && !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// Writes the lines to `temp` and syncs it: the first and last sequences and the count, or
 /// `None` if there was no record.
 fn write_lines(
@@ -93,4 +113,29 @@ fn publish(temp: &Path, file: &Path) -> std::io::Result<()> {
     let dir = file.parent().expect("a file in the rollback directory");
     ringfence_journal::storage::sync_dir(dir)?;
     ringfence_journal::storage::sync_dir(dir.parent().expect("in the data directory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_lists_the_kept_files_only() {
+        // Goal: a data directory without `rollback/` has nothing pending; in one, the kept
+        // files are listed in order, not the temporary file of a keep cut short nor a stray.
+        let data_dir =
+            std::env::temp_dir().join(format!("ringfence-rollback-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        assert_eq!(pending(&data_dir).unwrap(), Vec::<String>::new());
+        let dir = data_dir.join(ROLLBACK_DIR);
+        std::fs::create_dir(&dir).unwrap();
+        for name in ["truncated-9-12-at-7.jsonl", ".dropped-at-8.jsonl.tmp", "notes.txt"] {
+            std::fs::write(dir.join(name), b"{}\n").unwrap();
+        }
+        std::fs::write(dir.join("dropped-3-4-at-5.jsonl"), b"{}\n").unwrap();
+        let listed = pending(&data_dir).unwrap();
+        std::fs::remove_dir_all(&data_dir).unwrap();
+        assert_eq!(listed, ["dropped-3-4-at-5.jsonl", "truncated-9-12-at-7.jsonl"]);
+    }
 }

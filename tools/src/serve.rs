@@ -465,6 +465,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let coordinated =
         coordinate(args, &file, (&storage, &options), replication.as_mut(), server_config.http)?;
     let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref())?;
+    warn_of_rollback(&data_dir);
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
         keep: file.node.snapshots_kept.max(1),
@@ -750,6 +751,30 @@ fn recover_for_role(
         }
     }
     Err(format!("the journal still disagrees with the primary after {ROUNDS_MAX} rounds"))
+}
+
+/// Warns at every start while `rollback/` holds records dropped from the journal: after an
+/// async failover or a truncation, acknowledged writes may be among them, and only the
+/// operator can reconcile them.
+fn warn_of_rollback(data_dir: &Path) {
+    let dir = data_dir.join(crate::rollback::ROLLBACK_DIR);
+    match crate::rollback::pending(data_dir) {
+        Ok(names) if names.is_empty() => {}
+        Ok(names) => tracing::warn!(
+            target: "ringfence",
+            "{} holds {} of records dropped from this journal ({}): acknowledged writes may be \
+             among them; reconcile them with clients by request id, then delete {}",
+            dir.display(),
+            if names.len() == 1 { "1 file".to_owned() } else { format!("{} files", names.len()) },
+            names.join(", "),
+            if names.len() == 1 { "it" } else { "them" }
+        ),
+        Err(error) => tracing::warn!(
+            target: "ringfence",
+            "could not list {} for records dropped from this journal: {error}",
+            dir.display()
+        ),
+    }
 }
 
 fn recover_logged(

@@ -485,6 +485,10 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
         .map(|entry| entry.unwrap().path())
         .collect();
     let [kept] = &rollback[..] else { panic!("one file of dropped records: {rollback:?}") };
+    // The operator is told at every start until the file is deleted.
+    let name = kept.file_name().unwrap().to_str().unwrap();
+    let warning = format!("holds 1 file of records dropped from this journal ({name})");
+    assert!(a.log().iter().any(|line| line.contains(&warning)), "no warning of {name}");
     let kept = std::fs::read_to_string(kept).unwrap();
     let lines: Vec<Value> = kept.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert!(lines.len() as u64 >= loss.unwrap(), "{kept}");
