@@ -62,8 +62,10 @@ pub enum JournalCommand {
     /// CRC32C, sequence, epoch, payload) and snapshot, and the epoch file; print counts,
     /// first/last sequence, epochs and sizes. Exits 0 if intact, 3 if the only problem is a
     /// torn tail (a node truncates it on start), 1 on corruption or a missing or cut segment,
-    /// naming the file, byte offset and sequence. On a directory a node is writing, the last
-    /// record may be in progress: that is reported, not counted as damage.
+    /// naming the file, byte offset and sequence, and what lies past the damage: the intact
+    /// records `truncate` would keep and the sequences no intact record holds. On a directory
+    /// a node is writing, the last record may be in progress: that is reported, not counted as
+    /// damage.
     Verify(DirArgs),
     /// Print one line per command: sequence, time, epoch, kind and fields (or JSON lines).
     Dump(DumpArgs),
@@ -480,6 +482,11 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
     let mut found = findings(&opened, Sequence(u64::MAX));
     if let Err(error) = read {
         found.push(Finding::Refused(error.to_string()));
+    }
+    // Damage with records after it: what they are decides between the repairs.
+    let damaged = opened.layout.problem.as_ref().filter(|p| !p.torn_tail).map(|p| p.sequence);
+    if let Some(at) = damaged.filter(|_| opened.live.is_none()) {
+        found.extend(past_damage_note(&mut opened.source, at));
     }
     let (snapshots, bad_snapshot) = verify_snapshots(&opened.source)?;
     let refused = found.iter().any(|f| matches!(f, Finding::Refused(_)));
@@ -908,7 +915,11 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
         None => outln!("kept      nothing: no intact record at or after sequence {at}"),
     }
     if salvaged.missing > 0 {
-        outln!("lost      {}", describe_missing(&salvaged));
+        outln!(
+            "lost      {} in no intact record, from the cut to the last record kept \
+             (damaged; nothing of them is kept)",
+            missing_text(&salvaged)
+        );
     }
     for file in &truncation.segments_removed {
         outln!("removed   {file}");
@@ -939,30 +950,44 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
 }
 
 /// The sequences `salvaged` found no intact record of, for the operator to reconcile: their
-/// count and their runs.
-fn describe_missing(salvaged: &Salvaged) -> String {
+/// count and their runs, e.g. `3 sequences (1000, 1402..=1403)`.
+fn missing_text(salvaged: &Salvaged) -> String {
     let mut runs: Vec<String> = salvaged
         .missing_runs
         .iter()
-        .map(
-            |&(first, last)| {
-                if first == last { first.to_string() } else { format!("{first}..={last}") }
-            },
-        )
+        .map(|&(first, last)| match first == last {
+            true => first.to_string(),
+            false => format!("{first}..={last}"),
+        })
         .collect();
     let listed: u64 = salvaged.missing_runs.iter().map(|(first, last)| last.0 - first.0 + 1).sum();
     if listed < salvaged.missing {
         runs.push(format!("and {} more", salvaged.missing - listed));
     }
-    let (count, noun) = match salvaged.missing {
-        1 => ("1".to_owned(), "sequence is"),
-        many => (many.to_string(), "sequences are"),
+    let noun = if salvaged.missing == 1 { "sequence" } else { "sequences" };
+    format!("{} {noun} ({})", salvaged.missing, runs.join(", "))
+}
+
+/// What a damaged journal still holds past the damage at `at`, for `verify` to say before
+/// the operator chooses a repair: the intact records `truncate` would keep in `rollback/`,
+/// and the sequences no intact record holds. `None` if the search itself failed.
+fn past_damage_note(source: &mut ReadOnlyDir, at: Sequence) -> Option<Finding> {
+    let salvaged = salvage::salvage(source, at, &mut |_| ControlFlow::Continue(())).ok()?;
+    let Some((first, last)) = salvaged.span else {
+        return Some(Finding::Note(format!(
+            "past the damage at sequence {at}: no intact record; `journal truncate --at-seq \
+             {at}` would drop nothing the journal still holds intact"
+        )));
     };
-    format!(
-        "{count} {noun} in no intact record, from the cut to the last record kept: {} \
-         (damaged; nothing of them is kept)",
-        runs.join(", ")
-    )
+    let missing = match salvaged.missing {
+        0 => String::new(),
+        _ => format!("; in no intact record: {}", missing_text(&salvaged)),
+    };
+    Some(Finding::Note(format!(
+        "past the damage at sequence {at}: {} intact records ({first}..={last}), which `journal \
+         truncate --at-seq {at}` would keep in rollback/ as it drops them{missing}",
+        salvaged.records
+    )))
 }
 
 fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {

@@ -277,6 +277,15 @@ fn truncate_is_the_explicit_repair_for_corruption() {
     let value: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
     let problem = value["problem"].as_str().unwrap().to_owned();
     let at = problem.split("--at-seq ").nth(1).unwrap().trim_end_matches('`').to_owned();
+    // Before the operator chooses a repair, verify says what lies past the damage.
+    let past = format!(
+        "past the damage at sequence {at}: {} intact records ({}..=3000), which `journal \
+         truncate --at-seq {at}` would keep in rollback/ as it drops them; in no intact record: \
+         1 sequence ({at})",
+        3_000 - at.parse::<u64>().unwrap(),
+        at.parse::<u64>().unwrap() + 1
+    );
+    assert!(value["notes"].as_array().unwrap().contains(&past.clone().into()), "{value}");
     // Past the damage: refused, after the records from there on were kept; they go again.
     let past = (at.parse::<u64>().unwrap() + 5).to_string();
     let refused = ringfence(&["journal", "truncate", path, "--at-seq", &past]);
@@ -301,10 +310,7 @@ fn truncate_is_the_explicit_repair_for_corruption() {
     assert_eq!(sequences, (at + 1..=3_000).collect::<Vec<_>>(), "the damaged one alone is lost");
     let said = text(&out.stdout);
     assert!(said.contains(&format!("kept      {} records", 3_000 - at)), "{said}");
-    let lost = format!(
-        "lost      1 sequence is in no intact record, from the cut to the last \
-                        record kept: {at} (damaged"
-    );
+    let lost = format!("lost      1 sequence ({at}) in no intact record, from the cut");
     assert!(said.contains(&lost), "{said}");
 }
 
