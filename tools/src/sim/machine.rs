@@ -11,6 +11,7 @@
 //! what the node answered.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ringfence_core::pipeline::{
@@ -67,14 +68,31 @@ const SNAPSHOT_WRITER_PERIOD_MS: u64 = 7;
 /// A standby's handshake gives up after this long.
 const HANDSHAKE_TIMEOUT_MS: u64 = 500;
 
-/// The witness both machines share (`MemoryCoordinator` has etcd's semantics).
+/// The witness both machines share (`MemoryCoordinator` has etcd's semantics), and, by
+/// machine, whether the network between that machine and the witness is cut: a partition
+/// from etcd alone, the peer and the clients still reachable.
 #[derive(Clone)]
-pub struct Witness(pub Arc<Mutex<MemoryCoordinator>>);
+pub struct Witness(pub Arc<Mutex<MemoryCoordinator>>, Arc<[AtomicBool; 2]>);
 
 impl Witness {
-    /// The witness as the process on `disk` reaches it.
-    fn reached_from(&self, disk: &FaultStorage) -> Reached {
-        Reached { witness: self.clone(), disk: disk.clone() }
+    /// An empty witness, every machine reaching it.
+    pub fn new() -> Witness {
+        Witness(Arc::new(Mutex::new(MemoryCoordinator::new("sim"))), Arc::default())
+    }
+
+    /// Cuts machine `index` off from the witness, or lets it reach the witness again.
+    pub fn set_cut(&self, index: usize, cut: bool) {
+        self.1[index].store(cut, Ordering::Relaxed);
+    }
+
+    /// Whether machine `index` is cut off from the witness.
+    pub fn is_cut(&self, index: usize) -> bool {
+        self.1[index].load(Ordering::Relaxed)
+    }
+
+    /// The witness as the process of machine `index`, on `disk`, reaches it.
+    fn reached_from(&self, index: usize, disk: &FaultStorage) -> Reached {
+        Reached { witness: self.clone(), index, disk: disk.clone() }
     }
 }
 
@@ -83,6 +101,7 @@ impl Witness {
 /// in between reaches the witness (a real process would not have lived to ask).
 struct Reached {
     witness: Witness,
+    index: usize,
     disk: FaultStorage,
 }
 
@@ -93,6 +112,9 @@ impl Reached {
     ) -> Result<T, CoordinatorError> {
         if self.disk.is_halted() {
             return Err(CoordinatorError::Unreachable("the process died at a sync point".into()));
+        }
+        if self.witness.is_cut(self.index) {
+            return Err(CoordinatorError::Unreachable("this machine is cut off from it".into()));
         }
         f(&mut self.witness.0.lock().expect("the witness lock is never poisoned"))
     }
@@ -856,7 +878,7 @@ impl Machine {
                     timing: settings.timing,
                     max_failover_loss: me.max_failover_loss,
                 };
-                let reached = witness.reached_from(&self.disk);
+                let reached = witness.reached_from(self.index, &self.disk);
                 match Startup::try_connect(config, Box::new(reached), clock) {
                     Ok(startup) => candidate.startup.insert(startup),
                     Err(_) => return,

@@ -25,6 +25,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub use world::{Report, RunLength, World};
 
+/// `--faults-s` unless given.
+const FAULTS_S: u64 = 20;
+/// `--settle-s` unless given.
+const SETTLE_S: u64 = 10;
+
 /// Arguments of `ringfence sim`.
 #[derive(clap::Args, Debug)]
 pub struct SimArgs {
@@ -38,11 +43,11 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 1)]
     pub first: u64,
     /// Simulated seconds with faults injected.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = FAULTS_S)]
     pub faults_s: u64,
     /// Simulated seconds after the faults stop in which the pair must converge and serve
     /// (at least 2: the clients fall quiet for the last second).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(long, default_value_t = SETTLE_S, value_parser = clap::value_parser!(u64).range(2..))]
     pub settle_s: u64,
     /// How many of the last events a failing seed prints.
     #[arg(long, default_value_t = 64)]
@@ -94,6 +99,10 @@ pub struct SimArgs {
     /// it waits on it with nobody leading after the faults
     #[arg(long, value_name = "N")]
     pub max_failover_loss: Option<u64>,
+    /// Leave out cuts between one machine and the witness alone, to replay a seed found
+    /// before they were simulated on the path it took then.
+    #[arg(long)]
+    pub no_witness_cuts: bool,
 }
 
 /// Runs `ringfence sim`.
@@ -110,6 +119,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         frames_after_crash: !args.no_frames_after_crash,
         async_switches: args.async_switches,
         max_failover_loss: args.max_failover_loss,
+        witness_cuts: !args.no_witness_cuts,
     };
     let seeds: Vec<u64> = match (args.seed, args.seeds) {
         (Some(seed), _) => vec![seed],
@@ -123,7 +133,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
     if args.json {
         print_json(&reports, args.summary);
     } else {
-        print_text(&reports, args.summary || seeds.len() == 1);
+        print_text(&reports, args, args.summary || seeds.len() == 1);
     }
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
@@ -186,10 +196,39 @@ fn run_world(seed: u64, make: impl FnOnce() -> World + std::panic::UnwindSafe) -
     }
 }
 
-fn print_text(reports: &[Report], summary: bool) {
+/// The command that runs `seed` again as `args` ran it: the same faults, modes and lengths.
+fn replay_command(args: &SimArgs, seed: u64) -> String {
+    let mut command = format!("ringfence sim --seed {seed}");
+    if args.faults_s != FAULTS_S {
+        command.push_str(&format!(" --faults-s {}", args.faults_s));
+    }
+    if args.settle_s != SETTLE_S {
+        command.push_str(&format!(" --settle-s {}", args.settle_s));
+    }
+    let flags = [
+        (args.no_sync_point_crashes, "--no-sync-point-crashes"),
+        (args.no_snapshots, "--no-snapshots"),
+        (args.no_clean_stops, "--no-clean-stops"),
+        (args.no_heals, "--no-heals"),
+        (args.no_frames_after_crash, "--no-frames-after-crash"),
+        (args.no_witness_cuts, "--no-witness-cuts"),
+        (args.unsynced, "--unsynced"),
+        (args.async_switches, "--async"),
+    ];
+    for (_, flag) in flags.iter().filter(|(on, _)| *on) {
+        command.push(' ');
+        command.push_str(flag);
+    }
+    if let Some(bound) = args.max_failover_loss {
+        command.push_str(&format!(" --max-failover-loss {bound}"));
+    }
+    command
+}
+
+fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
     for report in reports.iter().filter(|r| r.failure.is_some()) {
         println!("seed {} FAILED: {}", report.seed, report.failure.as_deref().unwrap_or(""));
-        println!("  replay it: ringfence sim --seed {}", report.seed);
+        println!("  replay it: {}", replay_command(args, report.seed));
         if !report.last_events.is_empty() {
             println!("  last events:");
             for event in &report.last_events {
@@ -240,7 +279,8 @@ fn print_text(reports: &[Report], summary: bool) {
     let f = totals.faults;
     println!(
         "faults               {} kills, {} power losses ({} of them after delivery, {} at a \
-         chosen sync point), {} pauses, {} partitions, {} witness outages, {} switchovers, \
+         chosen sync point), {} pauses, {} partitions, {} witness outages, {} machines cut off \
+         from the witness alone ({} of a primary its standby replaced meanwhile), {} switchovers, \
          {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
          peer's copy), {} promotions by hand ({} of a standby ahead of its primary), {} \
@@ -253,6 +293,8 @@ fn print_text(reports: &[Report], summary: bool) {
         f.pauses,
         f.partitions,
         f.witness_outages,
+        f.witness_cuts,
+        f.cut_primaries_replaced,
         f.switchovers,
         f.disk_failures,
         f.io_errors,
@@ -356,6 +398,8 @@ impl Totals {
             f.pauses += r.pauses;
             f.partitions += r.partitions;
             f.witness_outages += r.witness_outages;
+            f.witness_cuts += r.witness_cuts;
+            f.cut_primaries_replaced += r.cut_primaries_replaced;
             f.switchovers += r.switchovers;
             f.disk_failures += r.disk_failures;
             f.mid_step_crashes += r.mid_step_crashes;
@@ -451,7 +495,49 @@ mod tests {
 
     /// The same for the seeds found before frames outlived a crashed sender.
     pub(super) fn before_frames_after_crash() -> RunLength {
-        RunLength { frames_after_crash: false, ..RunLength::default() }
+        RunLength { frames_after_crash: false, ..before_witness_cuts() }
+    }
+
+    /// The same for the seeds found before one machine was cut off from the witness alone.
+    pub(super) fn before_witness_cuts() -> RunLength {
+        RunLength { witness_cuts: false, ..RunLength::default() }
+    }
+
+    /// `ringfence sim`'s arguments, parsed as its command line gives them.
+    #[derive(clap::Parser)]
+    struct SimCommand {
+        #[command(flatten)]
+        args: SimArgs,
+    }
+
+    #[test]
+    fn a_failing_seed_is_replayed_with_the_flags_it_ran_with() {
+        // Goal: the command printed to replay a failing seed runs it as the swarm did: its
+        // faults, modes and lengths, not the swarm's seeds, threads or output.
+        use clap::Parser as _;
+        let parse = |argv: &[&str]| SimCommand::parse_from([&["sim"], argv].concat()).args;
+        assert_eq!(replay_command(&parse(&["--seeds", "100"]), 42), "ringfence sim --seed 42");
+        let swarm = parse(&[
+            "--seeds",
+            "100",
+            "--first",
+            "7",
+            "--threads",
+            "2",
+            "--summary",
+            "--unsynced",
+            "--async",
+            "--max-failover-loss",
+            "25",
+            "--faults-s",
+            "12",
+            "--no-witness-cuts",
+        ]);
+        assert_eq!(
+            replay_command(&swarm, 42),
+            "ringfence sim --seed 42 --faults-s 12 --no-witness-cuts --unsynced --async \
+             --max-failover-loss 25"
+        );
     }
 
     fn short() -> RunLength {
@@ -509,6 +595,18 @@ mod tests {
         assert!(struck >= 10, "only {struck} crashes at a chosen sync point");
         let outlived = sum(|r| r.network.outlived_sender);
         assert!(outlived >= 1, "no frame arrived after its sender crashed or stopped");
+        let cuts = sum(|r| r.faults.witness_cuts);
+        assert!(cuts >= 3, "only {cuts} machines cut off from the witness alone");
+    }
+
+    #[test]
+    fn a_primary_cut_off_from_the_witness_alone_is_replaced_and_loses_nothing() {
+        // Goal: seeds where the primary alone lost the witness for longer than its lease,
+        // while it still reached its standby and its clients: the standby took the key and
+        // office in a later epoch during the cut, and every checker passes (no epoch with two
+        // writers, nothing acknowledged lost).
+        let did = |r: &Report| r.faults.cut_primaries_replaced >= 1;
+        regressions_pass(&[38, 45], short(), "no cut primary replaced", did);
     }
 
     #[test]
@@ -759,7 +857,7 @@ mod tests {
         // Goal: the seeds where a promotion by hand reused the epoch of a restarted primary
         // under `async` pass, each with a promotion by hand.
         let did = |r: &Report| r.faults.manual_promotions >= 1;
-        let length = with_async(RunLength::default());
+        let length = with_async(before_witness_cuts());
         regressions_pass(&ASYNC_REGRESSION_SEEDS, length, "no promotion by hand", did);
     }
 
@@ -769,7 +867,7 @@ mod tests {
         // `async` wrote the in-sync marker; back in `sync` and recorded alone, it lost power
         // and restarted marked catching up, while the witness's record let nobody else lead:
         // no primary at the end. Under `async` no marker is written now, and the seed passes.
-        let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
+        let length = RunLength { unsynced: true, ..with_async(before_witness_cuts()) };
         regressions_pass(&[311], length, "no power loss", |r| r.faults.power_losses == 1);
     }
 
@@ -781,7 +879,7 @@ mod tests {
         // whole journal on rejoining. It now waits for a primary to fetch from, and the seed
         // passes.
         let did = |r: &Report| r.faults.repairs >= 1;
-        regressions_pass(&[1613], with_async(RunLength::default()), "no journal repaired", did);
+        regressions_pass(&[1613], with_async(before_witness_cuts()), "no journal repaired", did);
     }
 
     #[test]
@@ -791,7 +889,7 @@ mod tests {
         // held it, led, retired the segment after a snapshot and switched to `async`, so b,
         // back and behind, took over and lost it, as `async` allows. The allowance read only
         // a's journal, so it missed that a held the write; it now asks a's recovered state too.
-        let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
+        let length = RunLength { unsynced: true, ..with_async(before_witness_cuts()) };
         let did = |r: &Report| r.writes_lost > 0 && r.faults.power_losses == 1;
         regressions_pass(&[3412], length, "no write lost to a failover", did);
     }
@@ -804,7 +902,7 @@ mod tests {
         // rebuild set the damaged segment aside without listing its copy, and the node never
         // started again. The truncation now lowers the mark, and the rebuild rewrites a
         // manifest that does not start at the snapshot (`journal/tests/rebuild.rs`).
-        let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
+        let length = RunLength { unsynced: true, ..with_async(before_witness_cuts()) };
         regressions_pass(&[6197], length, "no journal rebuilt", |r| r.faults.rebuilds >= 1);
     }
 
@@ -817,7 +915,7 @@ mod tests {
         // step for it, and the pair never converged. The refusal now names the two choices,
         // the standby shows it in `/v1/node`, and the operator keeps the serving primary's
         // history and starts the standby anew; only writes `async` put at risk are lost.
-        let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
+        let length = RunLength { unsynced: true, ..with_async(before_witness_cuts()) };
         let did = |r: &Report| r.faults.standbys_emptied >= 1 && r.writes_lost > 0;
         regressions_pass(&[5241], length, "no standby started anew", did);
     }
@@ -831,7 +929,7 @@ mod tests {
         // allowance counted only what the standby held at the switch; a cut under an `async`
         // record now puts the writes past it at risk too.
         let did = |r: &Report| r.faults.repairs >= 1 && r.writes_lost > 0;
-        regressions_pass(&[10073], with_async(RunLength::default()), "no write lost", did);
+        regressions_pass(&[10073], with_async(before_witness_cuts()), "no write lost", did);
     }
 
     #[test]
@@ -843,7 +941,7 @@ mod tests {
         // nothing was ever acknowledged. The standby's acknowledgements now say whether its
         // directory is catching up, the primary names it only once it is not, and the seed
         // serves.
-        let length = RunLength { unsynced: true, ..RunLength::default() };
+        let length = RunLength { unsynced: true, ..before_witness_cuts() };
         let did = |r: &Report| r.faults.power_losses == 1 && r.writes_acknowledged > 0;
         regressions_pass(&[10075], length, "no power loss, or nothing acknowledged", did);
     }

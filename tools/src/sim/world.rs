@@ -3,7 +3,7 @@
 //! ends; then the world heals and must converge.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ringfence_core::pipeline::{Clock, ManualClock, Refused, Unanswered};
 use ringfence_core::prng::Prng;
@@ -18,7 +18,6 @@ use ringfence_journal::writer::Durability;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::coordination::pilot::Timing;
 use ringfence_replicator::coordination::records::SyncRecord;
-use ringfence_replicator::coordination::store::MemoryCoordinator;
 use ringfence_replicator::policy::{AckMode, Gate};
 
 use super::check;
@@ -64,6 +63,10 @@ pub struct RunLength {
     /// operator restarts a node without the bound once it has waited on it for
     /// [`BOUND_WAIT_MS`] after the faults, with nobody leading.
     pub max_failover_loss: Option<u64>,
+    /// One machine cut off from the witness alone for a while, its peer and clients still
+    /// reachable. Off only to replay a seed found before they were simulated, on the path it
+    /// took then.
+    pub witness_cuts: bool,
 }
 
 impl Default for RunLength {
@@ -80,12 +83,15 @@ impl Default for RunLength {
             frames_after_crash: true,
             async_switches: false,
             max_failover_loss: None,
+            witness_cuts: true,
         }
     }
 }
 
 /// Mixed into the seed for the stream of the later kinds of fault.
 const EXTRA_STREAM: u64 = 0x005e_ed0f_1a7e_fa17;
+/// Mixed into the seed for the stream of the cuts between one machine and the witness.
+const WITNESS_CUT_STREAM: u64 = 0x00c0_7fe7_0e55_c075;
 /// Mixed into the seed for the operator's switches of the acknowledgement mode (`--async`).
 const MODE_STREAM: u64 = 0x0a5c_0de5_0f0a_c4ed;
 /// The operator switches the mode every so often (ms), drawn between these.
@@ -114,6 +120,10 @@ pub struct FaultCounts {
     pub pauses: u64,
     pub partitions: u64,
     pub witness_outages: u64,
+    /// Times one machine alone was cut off from the witness.
+    pub witness_cuts: u64,
+    /// Of those, cuts of the primary during which its peer took office in a later epoch.
+    pub cut_primaries_replaced: u64,
     pub switchovers: u64,
     /// Disks whose writes and syncs failed (ENOSPC, EIO) until the operator restarted the node.
     pub disk_failures: u64,
@@ -215,6 +225,9 @@ pub struct World {
     /// Draws for the kinds of fault added after the first swarms ran: their own stream, so
     /// that those seeds keep their paths as far as they can.
     extra: Prng,
+    /// Draws for the cuts between one machine and the witness, on a stream of their own: a
+    /// seed's other faults are drawn as they were before cuts were simulated.
+    cuts: Prng,
     faults: FaultCounts,
     rates: Rates,
     /// Frames held for a paused machine, delivered when it resumes.
@@ -222,6 +235,8 @@ pub struct World {
     /// Scheduled ends of faults: (time, what).
     heals: Vec<(u64, Heal)>,
     highest_epoch: u64,
+    /// Primaries cut off from the witness, with the highest epoch when they were cut.
+    cut_primaries: Vec<(usize, u64)>,
     failovers: u64,
     /// The witness's record as the last step left it: what a node taking the key took it on.
     record_before: Option<SyncRecord>,
@@ -258,6 +273,7 @@ struct Rates {
     pause_ppm: u64,
     partition_ppm: u64,
     witness_ppm: u64,
+    witness_cut_ppm: u64,
     switchover_ppm: u64,
     disk_ppm: u64,
     burst_ppm: u64,
@@ -273,6 +289,8 @@ enum Heal {
     Disk(usize),
     Unblock(usize, usize),
     Witness,
+    /// The machine reaches the witness again.
+    WitnessCut(usize),
 }
 
 /// The engine the simulated nodes run: small, with room for every request of a run.
@@ -368,6 +386,7 @@ impl World {
             pause_ppm: 30 * scale,
             partition_ppm: 40 * scale,
             witness_ppm: 20 * scale,
+            witness_cut_ppm: 20 * scale,
             switchover_ppm: 20 * scale,
             disk_ppm: 10 * scale,
             burst_ppm: 40 * scale,
@@ -375,7 +394,7 @@ impl World {
             halt_ppm: 40 * scale,
             stop_ppm: 30 * scale,
         };
-        let witness = Witness(Arc::new(Mutex::new(MemoryCoordinator::new("sim"))));
+        let witness = Witness::new();
         World {
             seed,
             now_ms: 0,
@@ -389,11 +408,13 @@ impl World {
             trace: Trace::keeping(length.events_kept),
             prng,
             extra,
+            cuts: Prng::new(seed ^ WITNESS_CUT_STREAM),
             faults: FaultCounts::default(),
             rates,
             held: Vec::new(),
             heals: Vec::new(),
             highest_epoch: 0,
+            cut_primaries: Vec::new(),
             failovers: 0,
             record_before: None,
             leaderless_since: None,
@@ -1008,6 +1029,10 @@ impl World {
         if self.settings.coordinated && self.prng.chance(rates.switchover_ppm, 1_000_000) {
             self.switchover_fault();
         }
+        let coordinated_cuts = self.settings.coordinated && self.length.witness_cuts;
+        if coordinated_cuts && self.cuts.chance(rates.witness_cut_ppm, 1_000_000) {
+            self.witness_cut_fault();
+        }
         if self.length.sync_point_crashes && self.extra.chance(rates.halt_ppm, 1_000_000) {
             let target = self.extra.below(2) as usize;
             let after = self.extra.range_inclusive(1, 8);
@@ -1211,6 +1236,45 @@ impl World {
         self.faults.witness_outages += 1;
     }
 
+    /// One machine cannot reach the witness for a while; its peer, the clients and the
+    /// other machine's view of the witness are untouched. A primary cut off goes on serving
+    /// its clients and streaming to its standby while its lease runs out and the standby
+    /// takes the key: the split the lease must fence.
+    fn witness_cut_fault(&mut self) {
+        let now = self.now_ms;
+        let target = self.cuts.below(2) as usize;
+        let until = now + self.cuts.range_inclusive(100, 3_000);
+        if self.witness.is_cut(target) {
+            return;
+        }
+        self.witness.set_cut(target, true);
+        if self.machines[target].is_primary() {
+            self.cut_primaries.push((target, self.highest_epoch));
+        }
+        self.heals.push((until, Heal::WitnessCut(target)));
+        let name = &self.machines[target].name;
+        self.trace.event(now, &format!("FAULT {name}: cut off from the witness until {until}"));
+        self.faults.witness_cuts += 1;
+    }
+
+    /// Machine `index` reaches the witness again, if it was cut off; counts a cut primary
+    /// whose peer took office meanwhile.
+    fn end_witness_cut(&mut self, index: usize) {
+        if !self.witness.is_cut(index) {
+            return;
+        }
+        self.witness.set_cut(index, false);
+        let name = &self.machines[index].name;
+        self.trace.event(self.now_ms, &format!("{name} reaches the witness again"));
+        let Some(at) = self.cut_primaries.iter().position(|&(cut, _)| cut == index) else {
+            return;
+        };
+        let (_, epoch_at_cut) = self.cut_primaries.swap_remove(at);
+        let peer_leads = self.machines[index ^ 1].is_primary();
+        self.faults.cut_primaries_replaced +=
+            u64::from(peer_leads && self.highest_epoch > epoch_at_cut);
+    }
+
     /// A standby asks the witness to take over (`ringfence promote` under coordination).
     fn switchover_fault(&mut self) {
         let target = self.prng.below(2) as usize;
@@ -1270,6 +1334,9 @@ impl World {
         self.trace.event(self.now_ms, "faults end: everything heals");
         self.net.heal(self.now_ms);
         self.witness.0.lock().expect("never poisoned").unreachable = false;
+        for index in 0..self.machines.len() {
+            self.end_witness_cut(index);
+        }
         // Failing disks are replaced (and their nodes restarted) as their heals would have.
         let disks: Vec<usize> = self
             .heals
@@ -1315,6 +1382,7 @@ impl World {
                 Heal::Witness => {
                     self.witness.0.lock().expect("never poisoned").unreachable = false;
                 }
+                Heal::WitnessCut(index) => self.end_witness_cut(index),
             }
         }
     }
