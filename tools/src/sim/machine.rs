@@ -398,6 +398,9 @@ pub struct Machine {
     /// A crash to arm when the next snapshot is written: at its `after`-th sync point from
     /// there, a power loss or a kill.
     pub halt_at_next_snapshot: Option<(u64, bool)>,
+    /// Processes that started running a node: a running process is the same one as long as
+    /// this has not changed.
+    pub runs_started: u64,
     prng: Prng,
 }
 
@@ -427,6 +430,7 @@ impl Machine {
             snapshot_counts: SnapshotCounts::default(),
             promotions_failed: 0,
             halt_at_next_snapshot: None,
+            runs_started: 0,
             prng,
         }
     }
@@ -1002,7 +1006,10 @@ impl Machine {
     /// cannot store the epoch it took office in), its supervisor starts it again shortly.
     fn started(&mut self, now_ms: u64, started: Result<Running, String>, trace: &mut Trace) {
         self.process = match started {
-            Ok(running) => Process::Running(Box::new(running)),
+            Ok(running) => {
+                self.runs_started += 1;
+                Process::Running(Box::new(running))
+            }
             Err(error) => {
                 trace.event(now_ms, &format!("{}: exits: {error}", self.name));
                 Process::Down(Down { restart_ms: now_ms + RESTART_AFTER_EXIT_MS })

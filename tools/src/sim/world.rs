@@ -122,7 +122,8 @@ pub struct FaultCounts {
     pub witness_outages: u64,
     /// Times one machine alone was cut off from the witness.
     pub witness_cuts: u64,
-    /// Of those, cuts of the primary during which its peer took office in a later epoch.
+    /// Of those, cuts of a running primary during which its peer took office in a later
+    /// epoch while the cut primary's process ran on.
     pub cut_primaries_replaced: u64,
     pub switchovers: u64,
     /// Disks whose writes and syncs failed (ENOSPC, EIO) until the operator restarted the node.
@@ -235,8 +236,9 @@ pub struct World {
     /// Scheduled ends of faults: (time, what).
     heals: Vec<(u64, Heal)>,
     highest_epoch: u64,
-    /// Primaries cut off from the witness, with the highest epoch when they were cut.
-    cut_primaries: Vec<(usize, u64)>,
+    /// Primaries cut off from the witness: the machine, the highest epoch and the machine's
+    /// `runs_started` when it was cut.
+    cut_primaries: Vec<(usize, u64, u64)>,
     failovers: u64,
     /// The witness's record as the last step left it: what a node taking the key took it on.
     record_before: Option<SyncRecord>,
@@ -1248,8 +1250,9 @@ impl World {
             return;
         }
         self.witness.set_cut(target, true);
-        if self.machines[target].is_primary() {
-            self.cut_primaries.push((target, self.highest_epoch));
+        let machine = &self.machines[target];
+        if machine.is_primary() {
+            self.cut_primaries.push((target, self.highest_epoch, machine.runs_started));
         }
         self.heals.push((until, Heal::WitnessCut(target)));
         let name = &self.machines[target].name;
@@ -1258,7 +1261,8 @@ impl World {
     }
 
     /// Machine `index` reaches the witness again, if it was cut off; counts a cut primary
-    /// whose peer took office meanwhile.
+    /// whose peer took office meanwhile while its own process ran on (not one a crash or a
+    /// restart replaced).
     fn end_witness_cut(&mut self, index: usize) {
         if !self.witness.is_cut(index) {
             return;
@@ -1266,13 +1270,15 @@ impl World {
         self.witness.set_cut(index, false);
         let name = &self.machines[index].name;
         self.trace.event(self.now_ms, &format!("{name} reaches the witness again"));
-        let Some(at) = self.cut_primaries.iter().position(|&(cut, _)| cut == index) else {
+        let Some(at) = self.cut_primaries.iter().position(|&(cut, ..)| cut == index) else {
             return;
         };
-        let (_, epoch_at_cut) = self.cut_primaries.swap_remove(at);
+        let (_, epoch_at_cut, runs_at_cut) = self.cut_primaries.swap_remove(at);
+        let machine = &self.machines[index];
+        let ran_on = machine.running().is_some() && machine.runs_started == runs_at_cut;
         let peer_leads = self.machines[index ^ 1].is_primary();
         self.faults.cut_primaries_replaced +=
-            u64::from(peer_leads && self.highest_epoch > epoch_at_cut);
+            u64::from(ran_on && peer_leads && self.highest_epoch > epoch_at_cut);
     }
 
     /// A standby asks the witness to take over (`ringfence promote` under coordination).
