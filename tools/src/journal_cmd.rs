@@ -76,8 +76,9 @@ pub enum JournalCommand {
     /// the segments if it is missing). Refused while a node runs. Every intact record dropped,
     /// past the damage too, is first kept in DIR/rollback/truncated-FIRST-LAST-at-MS.jsonl
     /// (`dump --json` lines, with request keys); nothing is dropped if that file cannot be
-    /// written. The sequences no intact record holds are printed as lost. The journal loses them unless the other node or a backup has them: where one
-    /// holds the damaged record, `heal` repairs without dropping anything.
+    /// written. The sequences no intact record holds are printed as lost. The journal loses
+    /// them unless the other node or a backup has them: where one holds the damaged record,
+    /// `heal` repairs without dropping anything.
     Truncate(TruncateArgs),
     /// Repair without loss: when a snapshot covers the damage (it holds the state through a
     /// sequence at or after the damaged record) and the records after it are intact, start the
