@@ -43,7 +43,7 @@ use ringfence_replicator::coordination::store::{
 };
 use ringfence_replicator::index::DirIndex;
 use ringfence_replicator::message::{Ack, Message, RefuseCode, decode, encode};
-use ringfence_replicator::policy::AckMode;
+use ringfence_replicator::policy::{AckMode, Gate};
 use ringfence_replicator::position::{EpochList, JournalIndex, StandbyPosition};
 use ringfence_replicator::primary::SnapshotToSend;
 use ringfence_replicator::session::{
@@ -361,6 +361,8 @@ pub struct Machine {
     boots: u64,
     pub disk: FaultStorage,
     pub clock: Arc<ManualClock>,
+    /// How fast `clock` runs against the witness's, in parts per million (negative: slow).
+    pub clock_drift_ppm: i64,
     pub process: Process,
     pub paused: bool,
     pub observed: Arc<Mutex<Observed>>,
@@ -413,6 +415,7 @@ impl Machine {
             boots: 0,
             disk: FaultStorage::new(),
             clock,
+            clock_drift_ppm: 0,
             process: Process::Down(Down { restart_ms: 0 }),
             paused: false,
             observed: Arc::default(),
@@ -452,6 +455,15 @@ impl Machine {
     }
 
     /// Whether this machine's node sequences client writes and is not deposed.
+    /// Whether the machine runs a primary that acknowledges on its own journal (gate
+    /// `Local`), not waiting for its standby.
+    pub fn acknowledges_alone(&self) -> bool {
+        self.running().is_some_and(|running| {
+            let facts = running.control.facts();
+            facts.primary && facts.gate == Gate::Local
+        })
+    }
+
     pub fn is_primary(&self) -> bool {
         self.running().is_some_and(|r| r.control.is_primary())
     }

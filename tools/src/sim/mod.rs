@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use world::{Report, RunLength, World};
+pub use world::{MAX_CLOCK_DRIFT_PPM, Report, RunLength, World};
 
 /// `--faults-s` unless given.
 const FAULTS_S: u64 = 20;
@@ -103,6 +103,18 @@ pub struct SimArgs {
     /// before they were simulated on the path it took then.
     #[arg(long)]
     pub no_witness_cuts: bool,
+    /// How far each machine's clock may run from the witness's, in parts per million: each
+    /// draws its rate at start, up to this slow or fast. The lease's margin (a quarter of its
+    /// TTL) covers clocks up to 250000 slow; past that a primary may acknowledge after its
+    /// lease ran out, which the checkers should catch. 0 replays a seed found before clocks
+    /// drifted on the path it took then.
+    #[arg(
+        long,
+        value_name = "PPM",
+        default_value_t = MAX_CLOCK_DRIFT_PPM,
+        value_parser = clap::value_parser!(u32).range(0..=900_000)
+    )]
+    pub max_clock_drift_ppm: u32,
 }
 
 /// Runs `ringfence sim`.
@@ -120,6 +132,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         async_switches: args.async_switches,
         max_failover_loss: args.max_failover_loss,
         witness_cuts: !args.no_witness_cuts,
+        max_clock_drift_ppm: args.max_clock_drift_ppm,
     };
     let seeds: Vec<u64> = match (args.seed, args.seeds) {
         (Some(seed), _) => vec![seed],
@@ -222,6 +235,9 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
     if let Some(bound) = args.max_failover_loss {
         command.push_str(&format!(" --max-failover-loss {bound}"));
     }
+    if args.max_clock_drift_ppm != MAX_CLOCK_DRIFT_PPM {
+        command.push_str(&format!(" --max-clock-drift-ppm {}", args.max_clock_drift_ppm));
+    }
     command
 }
 
@@ -280,7 +296,8 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
     println!(
         "faults               {} kills, {} power losses ({} of them after delivery, {} at a \
          chosen sync point), {} pauses, {} partitions, {} witness outages, {} machines cut off \
-         from the witness alone ({} of a primary its standby replaced meanwhile), {} switchovers, \
+         from the witness alone ({} of a primary its standby replaced meanwhile), {} clocks \
+         at least 1% slow and {} at least 1% fast, {} switchovers, \
          {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
          peer's copy), {} promotions by hand ({} of a standby ahead of its primary), {} \
@@ -295,6 +312,8 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
         f.witness_outages,
         f.witness_cuts,
         f.cut_primaries_replaced,
+        f.slow_clocks,
+        f.fast_clocks,
         f.switchovers,
         f.disk_failures,
         f.io_errors,
@@ -400,6 +419,8 @@ impl Totals {
             f.witness_outages += r.witness_outages;
             f.witness_cuts += r.witness_cuts;
             f.cut_primaries_replaced += r.cut_primaries_replaced;
+            f.slow_clocks += r.slow_clocks;
+            f.fast_clocks += r.fast_clocks;
             f.switchovers += r.switchovers;
             f.disk_failures += r.disk_failures;
             f.mid_step_crashes += r.mid_step_crashes;
@@ -500,7 +521,12 @@ mod tests {
 
     /// The same for the seeds found before one machine was cut off from the witness alone.
     pub(super) fn before_witness_cuts() -> RunLength {
-        RunLength { witness_cuts: false, ..RunLength::default() }
+        RunLength { witness_cuts: false, ..before_clock_drift() }
+    }
+
+    /// The same for the seeds found before the machines' clocks drifted.
+    pub(super) fn before_clock_drift() -> RunLength {
+        RunLength { max_clock_drift_ppm: 0, ..RunLength::default() }
     }
 
     /// `ringfence sim`'s arguments, parsed as its command line gives them.
@@ -532,11 +558,13 @@ mod tests {
             "--faults-s",
             "12",
             "--no-witness-cuts",
+            "--max-clock-drift-ppm",
+            "0",
         ]);
         assert_eq!(
             replay_command(&swarm, 42),
             "ringfence sim --seed 42 --faults-s 12 --no-witness-cuts --unsynced --async \
-             --max-failover-loss 25"
+             --max-failover-loss 25 --max-clock-drift-ppm 0"
         );
     }
 
@@ -597,6 +625,8 @@ mod tests {
         assert!(outlived >= 1, "no frame arrived after its sender crashed or stopped");
         let cuts = sum(|r| r.faults.witness_cuts);
         assert!(cuts >= 3, "only {cuts} machines cut off from the witness alone");
+        let (slow, fast) = (sum(|r| r.faults.slow_clocks), sum(|r| r.faults.fast_clocks));
+        assert!(slow >= 1 && fast >= 1, "{slow} clocks 1% slow or more, {fast} 1% fast");
     }
 
     #[test]
@@ -608,7 +638,41 @@ mod tests {
         // with two writers, nothing acknowledged lost). The deposed primary rejoins once it
         // reaches the witness, dropping what the new primary never received.
         let did = |r: &Report| r.faults.cut_primaries_replaced >= 1;
-        regressions_pass(&[45, 74], short(), "no cut primary replaced", did);
+        let length = RunLength { max_clock_drift_ppm: 0, ..short() };
+        regressions_pass(&[45, 74], length, "no cut primary replaced", did);
+    }
+
+    #[test]
+    fn a_primary_whose_clock_runs_slower_than_its_lease_margin_allows_is_caught() {
+        // Goal: the checkers bite on the lease's one assumption, a clock that keeps the
+        // witness's time within the margin (a quarter of the TTL). On these seeds, under
+        // `--async`, a primary whose clock runs 60% and 30% slow is cut off from the witness,
+        // its lease runs out while its own clock says it has time left, its standby takes
+        // over, and it goes on acknowledging writes alone: the simulator catches the first.
+        // With clocks within the default 10%, the same seeds pass.
+        let seeds = [300_051, 300_272];
+        let slow = RunLength { max_clock_drift_ppm: 600_000, ..with_async(RunLength::default()) };
+        for report in swarm(&seeds, slow, 2, false) {
+            let failure = report.failure.unwrap_or_default();
+            let caught = failure.contains("alone") && failure.contains("lease deadline");
+            assert!(caught, "seed {}: {failure:?}", report.seed);
+        }
+        let did = |r: &Report| r.failovers >= 2 && r.faults.witness_cuts >= 1;
+        regressions_pass(&seeds, with_async(RunLength::default()), "no failover after a cut", did);
+    }
+
+    #[test]
+    fn a_drifting_clock_reads_its_share_of_the_witness_time() {
+        // Goal: a clock drifting by N ppm reads N millionths more (or less) than the
+        // witness's time, and drifts are drawn within the bound, of both signs, or not at all.
+        assert_eq!(world::drifted_ns(1_000, 0), 1_000_000_000);
+        assert_eq!(world::drifted_ns(1_000, -250_000), 750_000_000);
+        assert_eq!(world::drifted_ns(2_000, 100), 2_000_200_000);
+        let mut prng = ringfence_core::prng::Prng::new(5);
+        let drifts: Vec<i64> = (0..200).map(|_| world::draw_drift(&mut prng, 100_000)).collect();
+        assert!(drifts.iter().all(|d| d.abs() <= 100_000));
+        assert!(drifts.contains(&-100_000) && drifts.contains(&100_000) && drifts.contains(&0));
+        assert_eq!(world::draw_drift(&mut prng, 0), 0);
     }
 
     #[test]

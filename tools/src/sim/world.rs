@@ -67,7 +67,18 @@ pub struct RunLength {
     /// reachable. Off only to replay a seed found before they were simulated, on the path it
     /// took then.
     pub witness_cuts: bool,
+    /// How far each machine's clock may run from the witness's rate, in parts per million:
+    /// each draws its own rate at start, between this slow and this fast (see
+    /// [`MAX_CLOCK_DRIFT_PPM`]). 0 only to replay a seed found before clocks drifted, on the
+    /// path it took then.
+    pub max_clock_drift_ppm: u32,
 }
+
+/// How far a machine's clock runs from the witness's unless told (10%): far past any clock a
+/// time service keeps, and well within the lease's margin, a quarter of its TTL
+/// (`Timing::for_ttl`). A primary's clock slower than the witness's by more than that
+/// quarter lets its lease run out while it still acknowledges on its own.
+pub const MAX_CLOCK_DRIFT_PPM: u32 = 100_000;
 
 impl Default for RunLength {
     fn default() -> RunLength {
@@ -84,6 +95,7 @@ impl Default for RunLength {
             async_switches: false,
             max_failover_loss: None,
             witness_cuts: true,
+            max_clock_drift_ppm: MAX_CLOCK_DRIFT_PPM,
         }
     }
 }
@@ -92,6 +104,8 @@ impl Default for RunLength {
 const EXTRA_STREAM: u64 = 0x005e_ed0f_1a7e_fa17;
 /// Mixed into the seed for the stream of the cuts between one machine and the witness.
 const WITNESS_CUT_STREAM: u64 = 0x00c0_7fe7_0e55_c075;
+/// Mixed into the seed for the stream of the machines' clock rates.
+const CLOCK_DRIFT_STREAM: u64 = 0x0c10_c4d1_1f70_0a7e;
 /// Mixed into the seed for the operator's switches of the acknowledgement mode (`--async`).
 const MODE_STREAM: u64 = 0x0a5c_0de5_0f0a_c4ed;
 /// The operator switches the mode every so often (ms), drawn between these.
@@ -122,6 +136,10 @@ pub struct FaultCounts {
     pub witness_outages: u64,
     /// Times one machine alone was cut off from the witness.
     pub witness_cuts: u64,
+    /// Machines whose clock ran at least 1% slower than the witness's.
+    pub slow_clocks: u64,
+    /// Machines whose clock ran at least 1% faster.
+    pub fast_clocks: u64,
     /// Of those, cuts of a running primary during which its peer took office in a later
     /// epoch while the cut primary's process ran on.
     pub cut_primaries_replaced: u64,
@@ -239,6 +257,8 @@ pub struct World {
     /// Primaries cut off from the witness: the machine, the highest epoch and the machine's
     /// `runs_started` when it was cut.
     cut_primaries: Vec<(usize, u64, u64)>,
+    /// Each epoch a machine was seen leading: which machine, and from when.
+    led_since: BTreeMap<u64, (usize, u64)>,
     failovers: u64,
     /// The witness's record as the last step left it: what a node taking the key took it on.
     record_before: Option<SyncRecord>,
@@ -347,12 +367,14 @@ impl World {
             ..SnapshotPolicy::default()
         });
         let start = Timestamp(EPOCH_UNIX_MS + 86_400_000);
-        let machines = (0..2)
+        let mut drifts = Prng::new(seed ^ CLOCK_DRIFT_STREAM);
+        let machines: Vec<Machine> = (0..2)
             .map(|index| {
                 // A few ms of skew between the machines' wall clocks.
                 let skew = prng.below(5);
                 let clock = Arc::new(ManualClock::new(Timestamp(start.0 + skew)));
                 let mut machine = Machine::new(index, clock, prng.fork());
+                machine.clock_drift_ppm = draw_drift(&mut drifts, length.max_clock_drift_ppm);
                 machine.rebuild_first = length.clean_stops;
                 machine.heal_first = length.heals && length.clean_stops;
                 machine.max_failover_loss = length.max_failover_loss;
@@ -397,6 +419,17 @@ impl World {
             stop_ppm: 30 * scale,
         };
         let witness = Witness::new();
+        let mut trace = Trace::keeping(length.events_kept);
+        let mut faults = FaultCounts::default();
+        for machine in &machines {
+            let drift = machine.clock_drift_ppm;
+            faults.slow_clocks += u64::from(drift <= -10_000);
+            faults.fast_clocks += u64::from(drift >= 10_000);
+            if drift != 0 {
+                let name = &machine.name;
+                trace.event(0, &format!("{name}: its clock runs {drift:+} ppm off the witness's"));
+            }
+        }
         World {
             seed,
             now_ms: 0,
@@ -407,16 +440,17 @@ impl World {
             net,
             clients,
             ledger: Ledger::default(),
-            trace: Trace::keeping(length.events_kept),
+            trace,
             prng,
             extra,
             cuts: Prng::new(seed ^ WITNESS_CUT_STREAM),
-            faults: FaultCounts::default(),
+            faults,
             rates,
             held: Vec::new(),
             heals: Vec::new(),
             highest_epoch: 0,
             cut_primaries: Vec::new(),
+            led_since: BTreeMap::new(),
             failovers: 0,
             record_before: None,
             leaderless_since: None,
@@ -543,7 +577,8 @@ impl World {
         self.heal_due();
         for machine in &mut self.machines {
             if !machine.paused {
-                let behind = (now * 1_000_000).saturating_sub(machine.clock.now_ns());
+                let at = drifted_ns(now, machine.clock_drift_ppm);
+                let behind = at.saturating_sub(machine.clock.now_ns());
                 machine.clock.advance_ns(behind);
             }
         }
@@ -566,7 +601,8 @@ impl World {
             }
             let parts = (&self.witness, &mut self.net, &mut self.trace);
             let report = machine.tick(now, &self.settings, parts, (self.operator_primary, &peer));
-            completions.extend(report.completions.into_iter().map(|(c, e)| (index, c, e)));
+            let alone = machine.acknowledges_alone();
+            completions.extend(report.completions.into_iter().map(|(c, e)| (index, c, e, alone)));
         }
         self.crash_halted();
         if !self.settings.coordinated {
@@ -576,8 +612,8 @@ impl World {
         self.lift_bound();
         self.note_cuts();
         self.note_epochs()?;
-        for (node, completion, epoch) in completions {
-            self.complete(node, completion, epoch)?;
+        for (node, completion, epoch, alone) in completions {
+            self.complete(node, completion, epoch, alone)?;
         }
         self.submit();
         if now % DURABLE_LOOK_MS == 0 {
@@ -783,6 +819,9 @@ impl World {
         for machine in &self.machines {
             let Some(running) = machine.running() else { continue };
             let epoch = running.control.epoch().0;
+            if running.control.is_primary() {
+                self.led_since.entry(epoch).or_insert((machine.index, self.now_ms));
+            }
             if !running.control.is_primary() || epoch <= self.highest_epoch {
                 continue;
             }
@@ -871,11 +910,14 @@ impl World {
         }
     }
 
+    /// Records an answer `node` released in `epoch`, `alone` if it released it on its own
+    /// journal (gate `Local`).
     fn complete(
         &mut self,
         node: usize,
         completion: ringfence_core::pipeline::Completion,
         epoch: ringfence_core::Epoch,
+        alone: bool,
     ) -> Result<(), String> {
         let now = self.now_ms;
         let (client, _) = clients::from_token(completion.token);
@@ -900,16 +942,34 @@ impl World {
         let outcome = outcome.expect("a command is returned only with its outcome");
         let index = client.index;
         let (sequence, at_risk) = (completion.sequence, self.at_risk(node, epoch));
-        self.ledger.record(Answer {
-            client: index,
-            command,
-            outcome,
-            node,
-            epoch,
-            sequence,
-            at_risk,
-            at_ms: now,
-        })
+        let answer =
+            Answer { client: index, command, outcome, node, epoch, sequence, at_risk, at_ms: now };
+        if alone && self.settings.coordinated && is_write(&answer) {
+            self.check_lease_fence(&answer)?;
+        }
+        self.ledger.record(answer)
+    }
+
+    /// A primary acknowledging on its own journal stops at its lease deadline, before the
+    /// witness lets anyone else take the key: so no write it acknowledges alone is released
+    /// once another machine has led a later epoch. (Answers that waited for the standby may
+    /// be: the standby acknowledged them before it was promoted.)
+    fn check_lease_fence(&self, answer: &Answer) -> Result<(), String> {
+        let later = self.led_since.range(answer.epoch.0 + 1..);
+        let Some((epoch, &(leader, since))) =
+            later.into_iter().find(|(_, led)| led.0 != answer.node)
+        else {
+            return Ok(());
+        };
+        Err(format!(
+            "{} acknowledged sequence {} alone in epoch {} at {} ms, after {} led epoch {epoch} \
+             from {since} ms: its lease deadline did not stop it",
+            self.machines[answer.node].name,
+            answer.sequence,
+            answer.epoch.0,
+            answer.at_ms,
+            self.machines[leader].name
+        ))
     }
 
     /// A burst's answer: recorded if it is an outcome; a burst does not retry.
@@ -1408,4 +1468,26 @@ fn sync_point_kind(at: &str) -> String {
 
 fn is_write(answer: &Answer) -> bool {
     matches!(answer.command, Command::Client { .. }) && !answer.outcome.is_rejected()
+}
+
+/// A machine's clock rate, in parts per million off the witness's: none, or a magnitude up to
+/// `max_ppm` (from a thousandth of it to all of it), slow or fast. Nothing is drawn when
+/// `max_ppm` is 0, so seeds run without drift keep their paths.
+pub(super) fn draw_drift(drifts: &mut Prng, max_ppm: u32) -> i64 {
+    if max_ppm == 0 {
+        return 0;
+    }
+    let max = i64::from(max_ppm);
+    let magnitude = *drifts.pick(&[0, max / 1_000, max / 100, max / 10, max / 2, max]);
+    let drift = if drifts.chance(1, 2) { -magnitude } else { magnitude };
+    assert!(drift.abs() <= max && max < 1_000_000, "a clock that stops or runs backwards");
+    drift
+}
+
+/// What a clock running `drift_ppm` off the witness's reads, in nanoseconds since the start,
+/// at the witness's `now_ms`.
+pub(super) fn drifted_ns(now_ms: u64, drift_ppm: i64) -> u64 {
+    let real = i128::from(now_ms) * 1_000_000;
+    let drifted = real + real * i128::from(drift_ppm) / 1_000_000;
+    u64::try_from(drifted).expect("a drifted clock within u64 nanoseconds")
 }
