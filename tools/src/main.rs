@@ -21,10 +21,28 @@ mod time;
 /// ringfence — an exchange-grade flash-sale engine: one deterministic business-logic thread,
 /// a lock-free ring, and a memory-mapped journal with snapshots and crash recovery.
 #[derive(Parser, Debug)]
-#[command(name = "ringfence", version, long_about = None)]
+#[command(name = "ringfence", version = version_text(), long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: TopCommand,
+}
+
+/// The release and the formats and protocols it speaks, as `--version` prints them: what two
+/// releases must share for a rolling upgrade of a pair (`docs/failover.md`, "Upgrading a
+/// pair").
+fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{} (formats: journal and snapshot {}, engine image {}; protocols: replication {}, \
+             client {})",
+            env!("CARGO_PKG_VERSION"),
+            ringfence_journal::format::FORMAT_VERSION,
+            ringfence_core::IMAGE_FORMAT_VERSION,
+            ringfence_replicator::message::PROTOCOL_VERSION,
+            ringfence_ingress::wire::VERSION
+        )
+    })
 }
 
 #[derive(Subcommand, Debug)]

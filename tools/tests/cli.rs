@@ -71,6 +71,25 @@ fn first_segment(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[test]
+fn version_names_the_formats_and_protocols_a_pair_must_share() {
+    // Goal: `--version` tells an operator, before an upgrade, whether the new release reads
+    // the journal and snapshots and speaks the replication protocol of the running one.
+    let out = ringfence(&["--version"]);
+    assert!(out.status.success());
+    let version = text(&out.stdout);
+    let expected = format!(
+        "ringfence {} (formats: journal and snapshot {}, engine image {}; protocols: \
+         replication {}, client {})",
+        env!("CARGO_PKG_VERSION"),
+        ringfence_journal::format::FORMAT_VERSION,
+        ringfence_core::IMAGE_FORMAT_VERSION,
+        ringfence_replicator::message::PROTOCOL_VERSION,
+        ringfence_ingress::wire::VERSION
+    );
+    assert_eq!(version.trim_end(), expected);
+}
+
+#[test]
 fn verify_reports_ok_torn_tail_and_corruption_with_distinct_exit_codes() {
     // Goal: verify exits 0 on a good journal, 3 on a torn tail, 1 on corruption, and names
     // the file, byte offset and sequence, with the repair command.
