@@ -454,7 +454,6 @@ impl Machine {
         }
     }
 
-    /// Whether this machine's node sequences client writes and is not deposed.
     /// Whether the machine runs a primary that acknowledges on its own journal (gate
     /// `Local`), not waiting for its standby.
     pub fn acknowledges_alone(&self) -> bool {
@@ -464,6 +463,7 @@ impl Machine {
         })
     }
 
+    /// Whether this machine's node sequences client writes and is not deposed.
     pub fn is_primary(&self) -> bool {
         self.running().is_some_and(|r| r.control.is_primary())
     }

@@ -136,13 +136,13 @@ pub struct FaultCounts {
     pub witness_outages: u64,
     /// Times one machine alone was cut off from the witness.
     pub witness_cuts: u64,
+    /// Of those, cuts of a running primary during which its peer took office in a later
+    /// epoch while the cut primary's process ran on.
+    pub cut_primaries_replaced: u64,
     /// Machines whose clock ran at least 1% slower than the witness's.
     pub slow_clocks: u64,
     /// Machines whose clock ran at least 1% faster.
     pub fast_clocks: u64,
-    /// Of those, cuts of a running primary during which its peer took office in a later
-    /// epoch while the cut primary's process ran on.
-    pub cut_primaries_replaced: u64,
     pub switchovers: u64,
     /// Disks whose writes and syncs failed (ENOSPC, EIO) until the operator restarted the node.
     pub disk_failures: u64,
@@ -601,6 +601,8 @@ impl World {
             }
             let parts = (&self.witness, &mut self.net, &mut self.trace);
             let report = machine.tick(now, &self.settings, parts, (self.operator_primary, &peer));
+            // The gate as the tick left it: egress checked the lease deadline before each
+            // release in it, so a gate still open on its own journal released them alone.
             let alone = machine.acknowledges_alone();
             completions.extend(report.completions.into_iter().map(|(c, e)| (index, c, e, alone)));
         }
@@ -955,10 +957,8 @@ impl World {
     /// once another machine has led a later epoch. (Answers that waited for the standby may
     /// be: the standby acknowledged them before it was promoted.)
     fn check_lease_fence(&self, answer: &Answer) -> Result<(), String> {
-        let later = self.led_since.range(answer.epoch.0 + 1..);
-        let Some((epoch, &(leader, since))) =
-            later.into_iter().find(|(_, led)| led.0 != answer.node)
-        else {
+        let mut later = self.led_since.range(answer.epoch.0 + 1..);
+        let Some((epoch, &(leader, since))) = later.find(|(_, led)| led.0 != answer.node) else {
             return Ok(());
         };
         Err(format!(
