@@ -30,7 +30,7 @@ struct Cli {
 /// The release and the formats and protocols it speaks, as `--version` prints them: what two
 /// releases must share for a rolling upgrade of a pair (`docs/failover.md`, "Upgrading a
 /// pair").
-fn version_text() -> &'static str {
+pub(crate) fn version_text() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
         format!(

@@ -416,6 +416,7 @@ fn engines(file: &FileConfig) -> u64 {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
+    log(format_args!("ringfence {}", crate::version_text()));
     let mut file = load_config(args)?;
     let data_dir = args
         .data_dir
@@ -563,6 +564,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             final_snapshot(&dir, &policy, engine, through);
         });
     let metrics: MetricsWriter = Box::new(move |out: &mut String| {
+        write_build_info(out);
         write_counters(&snapshot_stats.get().counters(), out);
         write_counters(&segments.segment_starts().counters(), out);
         if let Some(room) = segments.disk_room() {
@@ -665,6 +667,25 @@ fn note_power_loss(
 fn machine_boot() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     Some(id.trim().to_owned()).filter(|id| !id.is_empty())
+}
+
+/// `ringfence_build_info`: the release and the formats and protocols it speaks as labels, for
+/// a dashboard to show and an alert to compare across the nodes of a pair.
+fn write_build_info(out: &mut String) {
+    use std::fmt::Write as _;
+    let name = "ringfence_build_info";
+    let help = "Always 1; the labels name the release and what it reads and speaks.";
+    ringfence_ingress::metrics::header(out, name, help, "gauge");
+    let _ = writeln!(
+        out,
+        "{name}{{version=\"{}\",journal_format=\"{}\",engine_image=\"{}\",\
+         replication_protocol=\"{}\",client_protocol=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        ringfence_journal::format::FORMAT_VERSION,
+        ringfence_core::IMAGE_FORMAT_VERSION,
+        ringfence_replicator::message::PROTOCOL_VERSION,
+        ringfence_ingress::wire::VERSION
+    );
 }
 
 /// Counters and gauges (a name ending in `_total` is a counter) in Prometheus text.

@@ -45,6 +45,10 @@ fn log_lines_carry_a_timestamp_and_a_level() {
         assert!(year >= 2024, "{line}");
     }
     assert!(logged.iter().any(|l| l.contains(" INFO ") && l.contains("data directory")));
+    // The release comes first, with the formats and protocols it speaks.
+    let first = log_message(logged[0]);
+    let release = concat!("ringfence: ringfence ", env!("CARGO_PKG_VERSION"), " (formats: ");
+    assert!(first.starts_with(release) && first.contains("replication "), "{first}");
 }
 
 #[test]

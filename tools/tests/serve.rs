@@ -177,6 +177,12 @@ fn an_idle_node_journals_nothing_but_due_deadlines() {
     let (status, metrics) = node.get_text("/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("ringfence_snapshots_failed_total 0"), "{metrics}");
+    // The release and its protocols, for an alert comparing the nodes of a pair.
+    let build = metrics.lines().find(|l| l.starts_with("ringfence_build_info{")).expect("build");
+    let protocol = ringfence_replicator::message::PROTOCOL_VERSION;
+    assert!(build.contains(&format!("replication_protocol=\"{protocol}\"")), "{build}");
+    assert!(build.contains(concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"")), "{build}");
+    assert!(build.ends_with("} 1"), "{build}");
     let (records_after, bytes_after) = journal_size(&dir);
     let seconds = started.elapsed().as_secs_f64();
     let grown = records_after - records;
