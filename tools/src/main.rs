@@ -27,20 +27,29 @@ struct Cli {
     command: TopCommand,
 }
 
+/// What this release reads and speaks, as `(label, version)`: the journal and snapshot
+/// format, the engine image, the replication and the client protocol. `--version` prints them
+/// and `/metrics` labels `ringfence_build_info` with them.
+pub(crate) fn formats_and_protocols() -> [(&'static str, u32); 4] {
+    [
+        ("journal_format", ringfence_journal::format::FORMAT_VERSION),
+        ("engine_image", ringfence_core::IMAGE_FORMAT_VERSION.into()),
+        ("replication_protocol", ringfence_replicator::message::PROTOCOL_VERSION.into()),
+        ("client_protocol", ringfence_ingress::wire::VERSION.into()),
+    ]
+}
+
 /// The release and the formats and protocols it speaks, as `--version` prints them: what two
 /// releases must share for a rolling upgrade of a pair (`docs/failover.md`, "Upgrading a
 /// pair").
 pub(crate) fn version_text() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
+        let [journal, image, replication, client] = formats_and_protocols().map(|(_, v)| v);
         format!(
-            "{} (formats: journal and snapshot {}, engine image {}; protocols: replication {}, \
-             client {})",
-            env!("CARGO_PKG_VERSION"),
-            ringfence_journal::format::FORMAT_VERSION,
-            ringfence_core::IMAGE_FORMAT_VERSION,
-            ringfence_replicator::message::PROTOCOL_VERSION,
-            ringfence_ingress::wire::VERSION
+            "{} (formats: journal and snapshot {journal}, engine image {image}; protocols: \
+             replication {replication}, client {client})",
+            env!("CARGO_PKG_VERSION")
         )
     })
 }

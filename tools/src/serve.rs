@@ -676,16 +676,11 @@ fn write_build_info(out: &mut String) {
     let name = "ringfence_build_info";
     let help = "Always 1; the labels name the release and what it reads and speaks.";
     ringfence_ingress::metrics::header(out, name, help, "gauge");
-    let _ = writeln!(
-        out,
-        "{name}{{version=\"{}\",journal_format=\"{}\",engine_image=\"{}\",\
-         replication_protocol=\"{}\",client_protocol=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION"),
-        ringfence_journal::format::FORMAT_VERSION,
-        ringfence_core::IMAGE_FORMAT_VERSION,
-        ringfence_replicator::message::PROTOCOL_VERSION,
-        ringfence_ingress::wire::VERSION
-    );
+    let _ = write!(out, "{name}{{version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    for (label, version) in crate::formats_and_protocols() {
+        let _ = write!(out, ",{label}=\"{version}\"");
+    }
+    let _ = writeln!(out, "}} 1");
 }
 
 /// Counters and gauges (a name ending in `_total` is a counter) in Prometheus text.
