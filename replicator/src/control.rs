@@ -250,6 +250,8 @@ pub struct Control {
     /// The follower's connection, shut down to interrupt a blocked read when it must stop.
     follower_socket: Mutex<Option<TcpStream>>,
     follower_stop: Arc<AtomicBool>,
+    /// Wakes the follower from its waits when it must stop.
+    follower_waker: Mutex<Option<Arc<mio::Waker>>>,
     /// Where the listener is bound, once started.
     listening: Mutex<Option<SocketAddr>>,
     /// Wakes the listener, which waits for connections without a timeout, when it must stop.
@@ -321,6 +323,7 @@ impl Control {
             follower: Mutex::new(None),
             follower_socket: Mutex::new(None),
             follower_stop: Arc::new(AtomicBool::new(false)),
+            follower_waker: Mutex::new(None),
             listening: Mutex::new(None),
             listener_waker: Mutex::new(None),
             lease_deadline_ms: AtomicU64::new(u64::MAX),
@@ -428,9 +431,16 @@ impl Control {
         *self.follower_socket.lock().expect("never poisoned") = socket;
     }
 
-    /// Stops the follower: raises its flag, interrupts its connection, joins its thread.
+    /// Stops the follower: raises its flag, wakes it, interrupts its connection, joins its
+    /// thread. None of its waits outlasts this: not the backoff between attempts, not a
+    /// connection to a primary that does not answer.
     fn stop_follower(&self) -> Result<(), String> {
         self.follower_stop.store(true, Ordering::Release);
+        if let Some(waker) = self.follower_waker.lock().expect("never poisoned").as_ref() {
+            // Failing, the follower sees the flag when its socket is shut down below, or at
+            // its next look (`STOP_CHECK`) or timeout.
+            let _ = waker.wake();
+        }
         if let Some(socket) = self.follower_socket.lock().expect("never poisoned").take() {
             let _ = socket.shutdown(Shutdown::Both);
         }
@@ -898,6 +908,7 @@ impl Control {
         })?;
         if let Role::Standby { primary } = self.role() {
             let follower = crate::standby::Follower::open(node)?;
+            *self.follower_waker.lock().expect("never poisoned") = Some(follower.waker());
             let control = Arc::clone(self);
             let handle = thread::Builder::new().name("rf-repl-follow".into()).spawn(move || {
                 crate::standby::follow(&control, &primary, follower);
@@ -1699,5 +1710,95 @@ mod tests {
         control.set_taking_office(false);
         assert_eq!(control.link().gate(), Gate::Standby);
         assert_eq!(hold.reason(), None, "released");
+    }
+
+    /// A standby of the primary at `primary` (force-promotable: it never caught up), with a
+    /// handshake timeout far longer than any test waits, and its node; replication started.
+    fn standby_of(primary: SocketAddr) -> (Arc<Control>, Node) {
+        use ringfence_core::pipeline::{
+            Intake, MemoryJournal, NoReplicator, NodeConfig, SystemClock, Topology,
+        };
+        let mut config = config();
+        config.handshake_timeout_ms = 3_600_000;
+        let role = Role::Standby { primary: primary.to_string() };
+        let end = (Sequence(0), Epoch(0));
+        let control = Control::new(config, role, end, memory(false), Arc::new(SystemClock::new()));
+        let node_config =
+            NodeConfig { intake: Intake::Replica, ..NodeConfig::for_tests(Topology::Stepped) };
+        let node = Node::start(node_config, MemoryJournal::new(), NoReplicator::default()).unwrap();
+        control.start(&node).unwrap();
+        (control, node)
+    }
+
+    /// Whether a socket of this machine waits for `address` to answer its SYN (Linux).
+    fn connecting_to(address: SocketAddr) -> bool {
+        let SocketAddr::V4(v4) = address else { panic!("an IPv4 address") };
+        let ip = u32::from_le_bytes(v4.ip().octets());
+        let remote = format!("{ip:08X}:{:04X}", v4.port());
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // `st` 02 is SYN_SENT.
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"02")
+        })
+    }
+
+    /// Promotes `control` with force on another thread and returns its answer, or `None` if
+    /// there is none within a minute: the follower's wait was not cut short.
+    fn promote_within_a_minute(
+        control: &Arc<Control>,
+        node: Node,
+    ) -> Option<Result<Epoch, String>> {
+        let (sender, answer) = std::sync::mpsc::channel();
+        let promoting = Arc::clone(control);
+        thread::spawn(move || {
+            let _ = sender.send(promoting.promote(&node, true));
+        });
+        answer.recv_timeout(Duration::from_secs(60)).ok()
+    }
+
+    #[test]
+    fn a_promotion_does_not_wait_for_a_primary_that_accepts_but_never_answers() {
+        // Goal: a paused primary's machine still accepts connections for it, and the standby's
+        // follower then waits for the handshake's answer, up to the handshake timeout. A
+        // promotion stops the follower first: it cuts that wait short instead of waiting it
+        // out (an hour here).
+        use std::io::Read as _;
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (control, node) = standby_of(silent.local_addr().unwrap());
+        let (mut accepted, _) = silent.accept().unwrap();
+        let mut hello = [0u8; 1];
+        accepted.read_exact(&mut hello).unwrap();
+        let promoted = promote_within_a_minute(&control, node).expect("the promotion waited");
+        assert_eq!(promoted, Ok(Epoch(1 + PROMOTION_EPOCH_STEP)));
+        accepted.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut rest = Vec::new();
+        let closed = accepted.read_to_end(&mut rest);
+        assert!(closed.is_ok(), "the follower hung up: {closed:?}");
+        control.stop();
+    }
+
+    #[test]
+    fn a_promotion_does_not_wait_for_a_connection_the_primary_never_completes() {
+        // Goal: a primary whose machine is gone drops the standby's connection attempts
+        // unanswered, and a connection waits up to the handshake timeout. A promotion cuts
+        // that short too. The listener's backlog of zero, already filled, drops every
+        // further SYN, as an unreachable machine would.
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        listener.listen(0).unwrap();
+        let address = listener.local_addr().unwrap().as_socket().unwrap();
+        let queued = TcpStream::connect(address).unwrap();
+        let (control, node) = standby_of(address);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !connecting_to(address) {
+            assert!(std::time::Instant::now() < deadline, "the follower never tried to connect");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let promoted = promote_within_a_minute(&control, node).expect("the promotion waited");
+        assert_eq!(promoted, Ok(Epoch(1 + PROMOTION_EPOCH_STEP)));
+        control.stop();
+        drop(queued);
     }
 }

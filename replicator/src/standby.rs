@@ -98,10 +98,21 @@ pub fn join(
     end: JournalEnd,
     promised: Epoch,
 ) -> Result<Joined, JoinError> {
+    join_with(config, primary, end, promised, connect_timeout)
+}
+
+/// [`join`], connecting with `connect` (given the address and the handshake timeout).
+fn join_with(
+    config: &ReplicationConfig,
+    primary: &str,
+    end: JournalEnd,
+    promised: Epoch,
+    connect: impl FnOnce(SocketAddr, Duration) -> io::Result<TcpStream>,
+) -> Result<Joined, JoinError> {
     let position =
         StandbyPosition { last_sequence: end.last_sequence, last_epoch: end.last_epoch, promised };
     let (socket, mut reader, mut session) =
-        handshake(config, primary, Purpose::Join(position), promised)?;
+        handshake(config, primary, Purpose::Join(position), promised, connect)?;
     let message = reader.read_message()?;
     match session.on_message(&message, &config.secret, &config.cluster) {
         StandbyStep::Following { epoch, from } => {
@@ -115,17 +126,19 @@ pub fn join(
     }
 }
 
-/// Connects to `primary` and authenticates both ways; the session then waits for the
-/// primary's answer to the `Join` or `FetchSnapshot` it sent.
+/// Connects to `primary` with `connect` (within the handshake timeout) and authenticates both
+/// ways; the session then waits for the primary's answer to the `Join` or `FetchSnapshot` it
+/// sent.
 fn handshake(
     config: &ReplicationConfig,
     primary: &str,
     purpose: Purpose,
     promised: Epoch,
+    connect: impl FnOnce(SocketAddr, Duration) -> io::Result<TcpStream>,
 ) -> Result<(TcpStream, FrameReader<TcpStream>, StandbySession), JoinError> {
     let timeout = Duration::from_millis(config.handshake_timeout_ms);
     let address = resolve(primary)?;
-    let socket = TcpStream::connect_timeout(&address, timeout)?;
+    let socket = connect(address, timeout)?;
     socket.set_nodelay(true)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.set_write_timeout(Some(timeout))?;
@@ -252,7 +265,7 @@ pub fn fetch_snapshot(
 ) -> Result<FetchedSnapshot, JoinError> {
     let promised = Epoch(0);
     let (socket, mut reader, mut session) =
-        handshake(config, primary, Purpose::FetchSnapshot, promised)?;
+        handshake(config, primary, Purpose::FetchSnapshot, promised, connect_timeout)?;
     socket.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut receiver = SnapshotReceiver::new(len_max);
     loop {
@@ -273,6 +286,11 @@ pub fn fetch_snapshot(
             return Ok(fetched);
         }
     }
+}
+
+/// A blocking connection attempt, for a caller with nothing else to wait for.
+fn connect_timeout(address: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    TcpStream::connect_timeout(&address, timeout)
 }
 
 fn resolve(address: &str) -> io::Result<SocketAddr> {
@@ -296,7 +314,13 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
         let journaled = applied.submitted;
         let promised = control.epochs().promised;
         control.set_follower(refused.as_deref().unwrap_or("connecting"), applied.answered, 0);
-        match join(control.config(), primary, journaled, promised) {
+        let connect =
+            |address, timeout| connect_unless_stopped(control, &mut follower, address, timeout);
+        let joined = join_with(control.config(), primary, journaled, promised, connect);
+        if !matches!(joined, Ok(Joined::Stream { .. })) {
+            control.set_follower_socket(None);
+        }
+        match joined {
             Ok(Joined::Stream { epoch, from, socket, reader, session }) => {
                 failures = 0;
                 refused = None;
@@ -366,16 +390,85 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                 }
             }
         }
-        sleep_unless_stopped(control, backoff);
+        sleep_unless_stopped(control, &mut follower, backoff);
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
-fn sleep_unless_stopped(control: &Control, pause: Duration) {
+/// Waits `pause` before the next connection attempt, or less if the follower is stopped:
+/// stopping wakes the follower's poll, so a promotion does not wait out the backoff.
+fn sleep_unless_stopped(control: &Control, follower: &mut Follower, pause: Duration) {
     let until = Instant::now() + pause;
-    while Instant::now() < until && !control.follower_stop().load(Ordering::Acquire) {
-        thread::sleep(Duration::from_millis(10));
+    while !control.follower_stop().load(Ordering::Acquire) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match follower.poll.poll(&mut follower.events, Some(left)) {
+            // A poll that cannot wait would spin: sleep out the pause instead.
+            Err(error) if error.kind() != io::ErrorKind::Interrupted => {
+                thread::sleep(left);
+                return;
+            }
+            _ => {}
+        }
     }
+}
+
+/// Connects to the primary at `address` within `timeout`, unless the follower is stopped
+/// first: stopping wakes the follower's poll, so a promotion or a shutdown does not wait out
+/// the connection timeout of a primary whose machine is gone. The connection is then the
+/// follower's socket, which stopping shuts down, so the handshake's reads (which wait up to
+/// the same timeout for a primary that accepts but does not answer: one paused, say) are cut
+/// short as well.
+fn connect_unless_stopped(
+    control: &Control,
+    follower: &mut Follower,
+    address: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let stop = control.follower_stop();
+    let stopped = || io::Error::other("the follower was stopped");
+    let deadline = Instant::now() + timeout;
+    let mut stream = mio::net::TcpStream::connect(address)?;
+    let registry = follower.poll.registry();
+    registry.register(&mut stream, CONNECTING, Interest::WRITABLE)?;
+    let connected = loop {
+        if stop.load(Ordering::Acquire) {
+            break Err(stopped());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(io::Error::new(io::ErrorKind::TimedOut, "connection timed out"));
+        }
+        match follower.poll.poll(&mut follower.events, Some(left)) {
+            Err(error) if error.kind() != io::ErrorKind::Interrupted => break Err(error),
+            _ => {}
+        }
+        if !follower.events.iter().any(|event| event.token() == CONNECTING) {
+            continue;
+        }
+        // Writable: connected, or failed (refused, unreachable), or not yet (spurious).
+        match stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(error)) | Err(error) => break Err(error),
+        }
+        match stream.peer_addr() {
+            Ok(_) => break Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotConnected => {}
+            Err(error) => break Err(error),
+        }
+    };
+    let _ = follower.poll.registry().deregister(&mut stream);
+    connected?;
+    let socket = TcpStream::from(std::os::fd::OwnedFd::from(stream));
+    socket.set_nonblocking(false)?;
+    control.set_follower_socket(Some(socket.try_clone()?));
+    // Stopped before the socket was recorded: nothing shuts it down, so give up here.
+    if stop.load(Ordering::Acquire) {
+        return Err(stopped());
+    }
+    Ok(socket)
 }
 
 /// Where this standby's journal ends: the last record its replicator stage saw.
@@ -489,30 +582,42 @@ fn follow_stream(
     Ok(())
 }
 
-/// The longest the follower waits before looking at its stop flag again.
+/// The longest the follower waits before looking at its stop flag again (a backstop: stopping
+/// wakes it).
 const STOP_CHECK: Duration = Duration::from_millis(100);
-/// The follower's poll tokens: the stream's socket, and its node's answers.
+/// The follower's poll tokens: the stream's socket, its node's answers or a stop, and a
+/// connection being opened.
 const SOCKET: Token = Token(0);
-const ANSWERS: Token = Token(1);
+const WAKE: Token = Token(1);
+const CONNECTING: Token = Token(2);
 
 /// A standby's follower: its session on the node and what it waits on. The session wakes the
-/// poll (through a `mio::Waker`) when the node answers a record.
+/// poll (through a `mio::Waker`) when the node answers a record, and so does stopping the
+/// follower ([`Follower::waker`]).
 pub struct Follower {
     node: Session,
     poll: Poll,
     events: Events,
+    waker: Arc<mio::Waker>,
 }
 
 impl Follower {
     /// Opens the follower's session on `node`.
     pub(crate) fn open(node: &Node) -> io::Result<Follower> {
         let poll = Poll::new()?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), ANSWERS)?);
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
+        let answered = Arc::clone(&waker);
         let hook: WakeHook = Arc::new(move || {
-            let _ = waker.wake();
+            let _ = answered.wake();
         });
         let session = node.session_with_notify(hook).map_err(io::Error::other)?;
-        Ok(Follower { node: session, poll, events: Events::with_capacity(8) })
+        Ok(Follower { node: session, poll, events: Events::with_capacity(8), waker })
+    }
+
+    /// What wakes the follower from any of its waits (for the next stream, a connection, the
+    /// primary's handshake or the stream itself) to look at its stop flag.
+    pub(crate) fn waker(&self) -> Arc<mio::Waker> {
+        Arc::clone(&self.waker)
     }
 }
 
