@@ -1,10 +1,13 @@
 //! Automatic failover under load, with real processes: a single-member etcd (the witness) and
 //! two `ringfence serve --etcd` nodes on loopback, lease TTL 1 s. A client thread reserves
-//! one unit at a time (fresh request id each, retrying the other node when one fails); the
-//! leader is killed with SIGKILL; the row is the time from the kill to the first write the
-//! new primary acknowledged. The killed node is restarted (it rejoins as a standby) before
-//! the next round. At the end every acknowledged request is sent again with its request id
-//! to the last primary: an answer that differs is an acknowledged write lost.
+//! one unit at a time (fresh request id each, retrying the other node when one fails or does
+//! not answer within [`CLIENT_TIMEOUT`]); the leader is killed with SIGKILL; the row is the
+//! time from the kill to the first write the new primary acknowledged. The killed node is
+//! restarted (it rejoins as a standby) before the next round. Then as many rounds pause the
+//! leader with SIGSTOP instead, past its lease, and resume it once the other node has
+//! acknowledged a write: it must acknowledge nothing more, and rejoins as a standby. At the
+//! end every acknowledged request is sent again with its request id to the last primary: an
+//! answer that differs is an acknowledged write lost.
 //!
 //! Baseline row: the same client's write round trip against a healthy primary (the harness's
 //! own share of each failover figure). Needs `etcd` (`apt-get install etcd-server`) and the
@@ -32,6 +35,9 @@ use crate::report::{Report, Row, latency_histogram};
 const LEASE_TTL_S: &str = "1";
 /// How long the load runs on a healthy pair before each kill.
 const LOAD_BEFORE_KILL: Duration = Duration::from_millis(300);
+/// How long the client waits for an answer before it tries the other node: a paused node's
+/// machine accepts the connection and the request, and nothing answers.
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(250);
 /// A liveness bound on every wait; a failover slower than this aborts the benchmark.
 const WAIT_MAX: Duration = Duration::from_secs(60);
 const SECRET: &str = "ringfence-perf-failover-secret-32";
@@ -143,6 +149,22 @@ impl Node {
         drop(self.process.take());
     }
 
+    /// Sends `signal` to the node's process (the same process after it re-executes itself).
+    fn signal(&self, signal: libc::c_int) {
+        let child = &self.process.as_ref().expect("the node runs").0;
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) reads no memory of this process; the pid is our own child's, not yet
+        // waited for, so it names no other process.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            sent,
+            0,
+            "signal {signal} to {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
+    }
+
     fn coordination(&self) -> Option<Value> {
         let (status, body) = http(self.http, "GET", "/v1/node", "")?;
         let node: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
@@ -152,8 +174,19 @@ impl Node {
 
 /// One HTTP/1.1 request; `None` when the node cannot be reached or hangs up.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    http_within(addr, method, path, body, Duration::from_secs(5))
+}
+
+/// [`http`], waiting at most `timeout` for each read.
+fn http_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Content-Length: {}\r\n\r\n{body}",
@@ -177,17 +210,22 @@ fn wait(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// Waits until one node leads with the other recorded as its in-sync standby; returns the
-/// leader's index.
+/// Waits until one node leads with the other recorded as its in-sync standby, and the other
+/// follows it (a node just resumed from a pause still says it leads until it learns
+/// otherwise); returns the leader's index.
 fn settled(nodes: &[Node; 2]) -> usize {
     let mut leader = 0;
     wait("a leader with its standby recorded in sync", || {
         for (i, node) in nodes.iter().enumerate() {
-            let other = nodes[1 - i].name;
-            if node
+            let (name, other) = (node.name, nodes[1 - i].name);
+            let leads = node
                 .coordination()
-                .is_some_and(|c| c["state"] == "leader" && c["in_sync_standby"] == other)
-            {
+                .is_some_and(|c| c["state"] == "leader" && c["in_sync_standby"] == other);
+            let followed = leads
+                && nodes[1 - i]
+                    .coordination()
+                    .is_some_and(|c| c["state"] == "standby" && c["leader"] == name);
+            if followed {
                 leader = i;
                 return true;
             }
@@ -218,7 +256,7 @@ fn client(addrs: [SocketAddr; 2], seen: &Mutex<Seen>, stop: &AtomicBool, mut nex
     let mut target = 0;
     while !stop.load(Ordering::Acquire) {
         let started = Instant::now();
-        match http(addrs[target], "POST", "/v1/orders", &reservation(next)) {
+        match http_within(addrs[target], "POST", "/v1/orders", &reservation(next), CLIENT_TIMEOUT) {
             Some((201, body)) => {
                 let mut seen = seen.lock().unwrap();
                 seen.acknowledged.insert(next, body);
@@ -283,7 +321,10 @@ fn rounds(
     report.note(&format!(
         "failover: etcd 3.4 (1 member) + 2 `ringfence serve --etcd` processes on loopback, \
          lease TTL {LEASE_TTL_S} s, sync mode, durability batch; {failovers} SIGKILLs of the \
-         leader under a one-at-a-time HTTP reservation client; binary {}",
+         leader, then {failovers} SIGSTOPs (resumed once the other node acknowledged a write), \
+         under a one-at-a-time HTTP reservation client that tries the other node after {} ms \
+         without an answer; binary {}",
+        CLIENT_TIMEOUT.as_millis(),
         binary.display()
     ));
     let mut nodes = [Node::new(binary, root, "a", etcd), Node::new(binary, root, "b", etcd)];
@@ -299,45 +340,81 @@ fn rounds(
 
     let addrs = [nodes[0].http, nodes[1].http];
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut failover_ns = Vec::new();
+    let (mut failover_ns, mut pause_ns) = (Vec::new(), Vec::new());
     let mut next = 0;
     for _ in 0..failovers {
-        let leader = settled(&nodes);
-        seen.lock().unwrap().kill = None;
-        seen.lock().unwrap().first_after_kill = None;
-        let stop = Arc::new(AtomicBool::new(false));
-        let load = {
-            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
-            thread::spawn(move || client(addrs, &seen, &stop, next))
-        };
-        thread::sleep(LOAD_BEFORE_KILL);
-        let killed = Instant::now();
-        seen.lock().unwrap().kill = Some((leader, killed));
+        let (leader, ns) = failover_round(&nodes, addrs, &seen, &mut next, Fault::Kill);
+        failover_ns.push(ns);
         nodes[leader].kill();
-        wait("the standby acknowledges a write", || {
-            seen.lock().unwrap().first_after_kill.is_some()
-        });
-        stop.store(true, Ordering::Release);
-        next = load.join().expect("the client thread");
-        let first = seen.lock().unwrap().first_after_kill.expect("seen above");
-        failover_ns
-            .push(u64::try_from(first.duration_since(killed).as_nanos()).unwrap_or(u64::MAX));
         nodes[leader].start();
+    }
+    for _ in 0..failovers {
+        let (leader, ns) = failover_round(&nodes, addrs, &seen, &mut next, Fault::Pause);
+        pause_ns.push(ns);
+        // Resumed past its lease, it finds another leader, acknowledges nothing more and
+        // restarts itself as a standby; the next round waits until it is in sync.
+        nodes[leader].signal(libc::SIGCONT);
     }
     let leader = settled(&nodes);
     let seen = seen.lock().unwrap();
     let lost = lost(nodes[leader].http, &seen.acknowledged);
-    push_rows(report, &failover_ns, &seen.latencies_ns);
+    push_rows(report, &failover_ns, &pause_ns, &seen.latencies_ns);
     report.note(&format!(
-        "  acknowledged writes: {}; lost after {failovers} failovers: {lost} (every one re-sent \
-         with its request id to the last primary)",
+        "  acknowledged writes: {}; lost after {failovers} kills and {failovers} pauses: {lost} (every one \
+         re-sent with its request id to the last primary)",
         seen.acknowledged.len()
     ));
-    let each: Vec<String> = failover_ns.iter().map(|ns| format!("{} ms", ns / 1_000_000)).collect();
-    report.note(&format!("  per failover, kill to first acknowledged write: {}", each.join(", ")));
+    for (fault, samples) in [("kill", &failover_ns), ("pause", &pause_ns)] {
+        let each: Vec<String> = samples.iter().map(|ns| format!("{} ms", ns / 1_000_000)).collect();
+        report.note(&format!(
+            "  per failover, {fault} to first acknowledged write: {}",
+            each.join(", ")
+        ));
+    }
     for node in &mut nodes {
         node.kill();
     }
+}
+
+/// What happens to the leader in a round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL: the process is gone.
+    Kill,
+    /// SIGSTOP: the process is frozen, its machine still accepts connections for it.
+    Pause,
+}
+
+/// One round: load on a settled pair, then `fault` on the leader; returns the leader's index
+/// and the time from the fault to the first write the other node acknowledged. The caller
+/// restarts or resumes the leader.
+fn failover_round(
+    nodes: &[Node; 2],
+    addrs: [SocketAddr; 2],
+    seen: &Arc<Mutex<Seen>>,
+    next: &mut u64,
+    fault: Fault,
+) -> (usize, u64) {
+    let leader = settled(nodes);
+    seen.lock().unwrap().kill = None;
+    seen.lock().unwrap().first_after_kill = None;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (seen, stop, first) = (Arc::clone(seen), Arc::clone(&stop), *next);
+        thread::spawn(move || client(addrs, &seen, &stop, first))
+    };
+    thread::sleep(LOAD_BEFORE_KILL);
+    let struck = Instant::now();
+    seen.lock().unwrap().kill = Some((leader, struck));
+    match fault {
+        Fault::Kill => nodes[leader].signal(libc::SIGKILL),
+        Fault::Pause => nodes[leader].signal(libc::SIGSTOP),
+    }
+    wait("the standby acknowledges a write", || seen.lock().unwrap().first_after_kill.is_some());
+    stop.store(true, Ordering::Release);
+    *next = load.join().expect("the client thread");
+    let first = seen.lock().unwrap().first_after_kill.expect("seen above");
+    (leader, u64::try_from(first.duration_since(struck).as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn admin(addr: SocketAddr, token: &str, path: &str, body: &str) -> Option<(u16, String)> {
@@ -369,10 +446,12 @@ fn lost(primary: SocketAddr, acknowledged: &BTreeMap<u64, String>) -> u64 {
     lost
 }
 
-fn push_rows(report: &mut Report, failover_ns: &[u64], healthy_ns: &[u64]) {
-    for (variant, samples) in
-        [("kill_to_first_ack", failover_ns), ("healthy_write_baseline", healthy_ns)]
-    {
+fn push_rows(report: &mut Report, failover_ns: &[u64], pause_ns: &[u64], healthy_ns: &[u64]) {
+    for (variant, samples) in [
+        ("kill_to_first_ack", failover_ns),
+        ("pause_to_first_ack", pause_ns),
+        ("healthy_write_baseline", healthy_ns),
+    ] {
         let mut histogram = latency_histogram();
         for &ns in samples {
             histogram.saturating_record(ns.max(1));

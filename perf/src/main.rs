@@ -110,10 +110,10 @@ enum Bench {
     /// from killing the primary to the promoted standby's first answer. `--quick`: under a
     /// minute.
     Replication(Common),
-    /// Automatic failover with etcd: SIGKILL of the leader under load, 20 times (5 with
-    /// `--quick`): time from the kill to the first write the new primary acknowledged, and
-    /// acknowledged writes lost (re-sent with their request ids at the end). Real processes:
-    /// etcd and the `ringfence` binary next to this one.
+    /// Automatic failover with etcd: SIGKILL of the leader under load, then SIGSTOP of it past
+    /// its lease, 20 times each (5 with `--quick`): time from the fault to the first write the
+    /// new primary acknowledged, and acknowledged writes lost (re-sent with their request ids
+    /// at the end). Real processes: etcd and the `ringfence` binary next to this one.
     Failover(FailoverArgs),
     /// Every benchmark above but `failover` in one run, written to a directory: `report.md`
     /// (the machine, then a table per scenario with ratios to its baselines and peers),
@@ -161,7 +161,7 @@ struct PipelineArgs {
 struct FailoverArgs {
     #[command(flatten)]
     common: Common,
-    /// How many failovers [default: 20; 5 with --quick].
+    /// How many kills, and as many pauses [default: 20; 5 with --quick].
     #[arg(long)]
     failovers: Option<u64>,
     /// The `ringfence` binary [default: next to this one].
