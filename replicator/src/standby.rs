@@ -614,8 +614,9 @@ impl Follower {
         Ok(Follower { node: session, poll, events: Events::with_capacity(8), waker })
     }
 
-    /// What wakes the follower from any of its waits (for the next stream, a connection, the
-    /// primary's handshake or the stream itself) to look at its stop flag.
+    /// What wakes the follower from its waits on its poll (the pause before the next attempt,
+    /// a connection being opened, the stream) to look at its stop flag. The handshake's reads
+    /// do not wait on the poll: stopping shuts their socket down instead.
     pub(crate) fn waker(&self) -> Arc<mio::Waker> {
         Arc::clone(&self.waker)
     }
