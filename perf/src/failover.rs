@@ -1,13 +1,13 @@
 //! Automatic failover under load, with real processes: a single-member etcd (the witness) and
-//! two `ringfence serve --etcd` nodes on loopback, lease TTL 1 s. A client thread reserves
-//! one unit at a time (fresh request id each, retrying the other node when one fails or does
-//! not answer within [`CLIENT_TIMEOUT`]); the leader is killed with SIGKILL; the row is the
-//! time from the kill to the first write the new primary acknowledged. The killed node is
-//! restarted (it rejoins as a standby) before the next round. Then as many rounds pause the
-//! leader with SIGSTOP instead, past its lease, and resume it once the other node has
-//! acknowledged a write: it must acknowledge nothing more, and rejoins as a standby. At the
-//! end every acknowledged request is sent again with its request id to the last primary: an
-//! answer that differs is an acknowledged write lost.
+//! two `ringfence serve --etcd` nodes on loopback, lease TTL 1 s (`--lease-ttl-s`). A client
+//! thread reserves one unit at a time (fresh request id each, retrying the other node when
+//! one fails or does not answer within [`CLIENT_TIMEOUT`]); the leader is killed with SIGKILL;
+//! the row is the time from the kill to the first write the new primary acknowledged. The
+//! killed node is restarted (it rejoins as a standby) before the next round. Then as many
+//! rounds pause the leader with SIGSTOP instead, past its lease, and resume it once the other
+//! node has acknowledged a write: it must acknowledge nothing more, and rejoins as a standby.
+//! At the end every acknowledged request is sent again with its request id to the last
+//! primary: an answer that differs is an acknowledged write lost.
 //!
 //! Baseline row: the same client's write round trip against a healthy primary (the harness's
 //! own share of each failover figure). Needs `etcd` (`apt-get install etcd-server`) and the
@@ -30,9 +30,9 @@ use serde_json::Value;
 use crate::Common;
 use crate::report::{Report, Row, latency_histogram};
 
-/// The lease TTL the nodes run with (etcd runs with a 500 ms election timeout, so it accepts
-/// 1 s).
-const LEASE_TTL_S: &str = "1";
+/// The lease TTL the nodes run with unless told otherwise (etcd runs with a 500 ms election
+/// timeout, so it accepts 1 s).
+pub const LEASE_TTL_S: u64 = 1;
 /// How long the load runs on a healthy pair before each kill.
 const LOAD_BEFORE_KILL: Duration = Duration::from_millis(300);
 /// How long the client waits for an answer before it tries the other node: a paused node's
@@ -111,7 +111,7 @@ struct Node {
 }
 
 impl Node {
-    fn new(binary: &Path, root: &Path, name: &'static str, etcd: &str) -> Node {
+    fn new(binary: &Path, root: &Path, name: &'static str, (etcd, ttl_s): (&str, u64)) -> Node {
         let secret = root.join("secret");
         fs::write(&secret, SECRET).unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -125,7 +125,7 @@ impl Node {
             ("--cluster-id", "perf".into()),
             ("--etcd", etcd.into()),
             ("--node-name", name.into()),
-            ("--lease-ttl-s", LEASE_TTL_S.into()),
+            ("--lease-ttl-s", ttl_s.to_string()),
         ] {
             args.push(flag.into());
             args.push(value);
@@ -286,8 +286,18 @@ fn ringfence_binary(given: Option<PathBuf>) -> PathBuf {
     })
 }
 
-/// Runs `failovers` rounds and prints the figures.
-pub fn run(common: Common, failovers: Option<u64>, ringfence: Option<PathBuf>) {
+/// What a run does beyond the common options.
+pub struct Options {
+    /// Kills, and as many pauses [default: 20; 5 with `--quick`].
+    pub failovers: Option<u64>,
+    /// The `ringfence` binary [default: next to this one].
+    pub ringfence: Option<PathBuf>,
+    /// The nodes' lease TTL in seconds.
+    pub lease_ttl_s: u64,
+}
+
+/// Runs the rounds and prints the figures.
+pub fn run(common: Common, Options { failovers, ringfence, lease_ttl_s }: Options) {
     let failovers = failovers.unwrap_or(if common.quick { 5 } else { 20 });
     let mut report = Report::new(common.json);
     report.note(&crate::pipeline::machine_load());
@@ -304,7 +314,9 @@ pub fn run(common: Common, failovers: Option<u64>, ringfence: Option<PathBuf>) {
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(&root).unwrap();
     match start_etcd(&root) {
-        Ok((etcd, url)) => rounds(&mut report, (&binary, &root, &url), failovers, &etcd),
+        Ok((etcd, url)) => {
+            rounds(&mut report, (&binary, &root, (&url, lease_ttl_s)), failovers, &etcd);
+        }
         Err(error) => report.note(&format!(
             "failover skipped: {error}; install it with `apt-get install -y etcd-server`"
         )),
@@ -314,20 +326,21 @@ pub fn run(common: Common, failovers: Option<u64>, ringfence: Option<PathBuf>) {
 
 fn rounds(
     report: &mut Report,
-    (binary, root, etcd): (&Path, &Path, &str),
+    (binary, root, witness): (&Path, &Path, (&str, u64)),
     failovers: u64,
     _etcd: &Process,
 ) {
+    let ttl_s = witness.1;
     report.note(&format!(
         "failover: etcd 3.4 (1 member) + 2 `ringfence serve --etcd` processes on loopback, \
-         lease TTL {LEASE_TTL_S} s, sync mode, durability batch; {failovers} SIGKILLs of the \
+         lease TTL {ttl_s} s, sync mode, durability batch; {failovers} SIGKILLs of the \
          leader, then {failovers} SIGSTOPs (resumed once the other node acknowledged a write), \
          under a one-at-a-time HTTP reservation client that tries the other node after {} ms \
          without an answer; binary {}",
         CLIENT_TIMEOUT.as_millis(),
         binary.display()
     ));
-    let mut nodes = [Node::new(binary, root, "a", etcd), Node::new(binary, root, "b", etcd)];
+    let mut nodes = [Node::new(binary, root, "a", witness), Node::new(binary, root, "b", witness)];
     nodes[0].start();
     wait("a leads", || nodes[0].coordination().is_some_and(|c| c["state"] == "leader"));
     nodes[1].start();
@@ -358,7 +371,7 @@ fn rounds(
     let leader = settled(&nodes);
     let seen = seen.lock().unwrap();
     let lost = lost(nodes[leader].http, &seen.acknowledged);
-    push_rows(report, &failover_ns, &pause_ns, &seen.latencies_ns);
+    push_rows(report, ttl_s, &failover_ns, &pause_ns, &seen.latencies_ns);
     report.note(&format!(
         "  acknowledged writes: {}; lost after {failovers} kills and {failovers} pauses: {lost} (every one \
          re-sent with its request id to the last primary)",
@@ -446,7 +459,13 @@ fn lost(primary: SocketAddr, acknowledged: &BTreeMap<u64, String>) -> u64 {
     lost
 }
 
-fn push_rows(report: &mut Report, failover_ns: &[u64], pause_ns: &[u64], healthy_ns: &[u64]) {
+fn push_rows(
+    report: &mut Report,
+    ttl_s: u64,
+    failover_ns: &[u64],
+    pause_ns: &[u64],
+    healthy_ns: &[u64],
+) {
     for (variant, samples) in [
         ("kill_to_first_ack", failover_ns),
         ("pause_to_first_ack", pause_ns),
@@ -458,7 +477,7 @@ fn push_rows(report: &mut Report, failover_ns: &[u64], pause_ns: &[u64], healthy
         }
         let seconds = samples.iter().sum::<u64>() as f64 / 1e9;
         let row = Row::new("failover", variant, samples.len() as u64, seconds, histogram)
-            .with("lease_ttl_s", 1)
+            .with("lease_ttl_s", ttl_s)
             .with("ops_per_sec_means", "1 / mean time");
         report.push(row);
     }

@@ -167,6 +167,11 @@ struct FailoverArgs {
     /// The `ringfence` binary [default: next to this one].
     #[arg(long, value_name = "PATH")]
     ringfence: Option<std::path::PathBuf>,
+    /// The nodes' leader lease TTL in seconds (`serve --lease-ttl-s`): the failover takes
+    /// about this long.
+    #[arg(long, value_name = "S", default_value_t = failover::LEASE_TTL_S,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    lease_ttl_s: u64,
 }
 
 fn main() {
@@ -183,7 +188,10 @@ fn main() {
         Bench::Pipeline(args) => pipeline::run(args.common, &args.layouts, &args.rates),
         Bench::Ack(common) => ack::run(common),
         Bench::Replication(common) => replication::run(common),
-        Bench::Failover(args) => failover::run(args.common, args.failovers, args.ringfence),
+        Bench::Failover(args) => {
+            let FailoverArgs { common, failovers, ringfence, lease_ttl_s } = args;
+            failover::run(common, failover::Options { failovers, ringfence, lease_ttl_s });
+        }
         Bench::Report(args) => write_report(args),
     }
 }
