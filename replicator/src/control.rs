@@ -886,6 +886,15 @@ impl Control {
     /// Starts the listener and the policy loop (both roles), and for a standby the follower
     /// feeding `node` (through a session of its own, opened here).
     pub fn start(self: &Arc<Control>, node: &Node) -> std::io::Result<()> {
+        self.start_resolving_with(node, crate::standby::resolve)
+    }
+
+    /// [`Control::start`], the follower looking up the primary's address with `resolver`.
+    pub(crate) fn start_resolving_with(
+        self: &Arc<Control>,
+        node: &Node,
+        resolver: crate::standby::Resolver,
+    ) -> std::io::Result<()> {
         self.use_journal(node.promoter());
         let listener = TcpListener::bind(self.config.listen)?;
         let bound = listener.local_addr()?;
@@ -907,7 +916,7 @@ impl Control {
             }
         })?;
         if let Role::Standby { primary } = self.role() {
-            let follower = crate::standby::Follower::open(node)?;
+            let follower = crate::standby::Follower::open(node, resolver)?;
             *self.follower_waker.lock().expect("never poisoned") = Some(follower.waker());
             let control = Arc::clone(self);
             let handle = thread::Builder::new().name("rf-repl-follow".into()).spawn(move || {
@@ -1715,18 +1724,28 @@ mod tests {
     /// A standby of the primary at `primary` (force-promotable: it never caught up), with a
     /// handshake timeout far longer than any test waits, and its node; replication started.
     fn standby_of(primary: SocketAddr) -> (Arc<Control>, Node) {
+        standby_named(&primary.to_string(), crate::standby::resolve, 3_600_000)
+    }
+
+    /// A standby following `primary` (`host:port`), looking names up with `resolver`, with
+    /// the handshake timeout `handshake_timeout_ms`.
+    fn standby_named(
+        primary: &str,
+        resolver: crate::standby::Resolver,
+        handshake_timeout_ms: u64,
+    ) -> (Arc<Control>, Node) {
         use ringfence_core::pipeline::{
             Intake, MemoryJournal, NoReplicator, NodeConfig, SystemClock, Topology,
         };
         let mut config = config();
-        config.handshake_timeout_ms = 3_600_000;
-        let role = Role::Standby { primary: primary.to_string() };
+        config.handshake_timeout_ms = handshake_timeout_ms;
+        let role = Role::Standby { primary: primary.to_owned() };
         let end = (Sequence(0), Epoch(0));
         let control = Control::new(config, role, end, memory(false), Arc::new(SystemClock::new()));
         let node_config =
             NodeConfig { intake: Intake::Replica, ..NodeConfig::for_tests(Topology::Stepped) };
         let node = Node::start(node_config, MemoryJournal::new(), NoReplicator::default()).unwrap();
-        control.start(&node).unwrap();
+        control.start_resolving_with(&node, resolver).unwrap();
         (control, node)
     }
 
@@ -1800,5 +1819,91 @@ mod tests {
         assert_eq!(promoted, Ok(Epoch(1 + PROMOTION_EPOCH_STEP)));
         control.stop();
         drop(queued);
+    }
+
+    #[test]
+    fn a_promotion_does_not_wait_for_a_lookup_of_the_primary_that_never_answers() {
+        // Goal: a primary named by host (a service name, say) is looked up with the system's
+        // resolver, which cannot be interrupted and, with the primary's machine or its DNS
+        // gone, may wait for seconds. A promotion does not wait for it. The resolver here
+        // never answers at all.
+        static ASKED: AtomicBool = AtomicBool::new(false);
+        fn never_answers(_: &str) -> std::io::Result<SocketAddr> {
+            ASKED.store(true, Ordering::Release);
+            loop {
+                thread::park();
+            }
+        }
+        let (control, node) =
+            standby_named("primary.ringfence.test:7001", never_answers, 3_600_000);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !ASKED.load(Ordering::Acquire) {
+            assert!(std::time::Instant::now() < deadline, "the follower never looked it up");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let promoted = promote_within_a_minute(&control, node).expect("the promotion waited");
+        assert_eq!(promoted, Ok(Epoch(1 + PROMOTION_EPOCH_STEP)));
+        control.stop();
+    }
+
+    #[test]
+    fn a_standby_follows_a_primary_named_by_host() {
+        // Goal: the lookup on its own thread hands its address to the connection: a standby
+        // given `localhost:port` connects to the primary there and starts the handshake.
+        use std::io::Read as _;
+        let primary = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = primary.local_addr().unwrap().port();
+        let (control, node) =
+            standby_named(&format!("localhost:{port}"), crate::standby::resolve, 3_600_000);
+        let (mut accepted, _) = primary.accept().unwrap();
+        accepted.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut hello = [0u8; 1];
+        accepted.read_exact(&mut hello).expect("the standby's hello");
+        control.stop();
+        drop(node);
+    }
+
+    #[test]
+    fn a_slow_lookup_outlasting_the_handshake_timeout_is_waited_for_not_repeated() {
+        // Goal: a lookup still running when an attempt times out is the next attempt's
+        // lookup too, so a resolver that takes longer than the handshake timeout is not
+        // asked again and again (a thread each time). Here each lookup takes 600 ms, ten
+        // times the timeout: no two may run at once, and the answer still gets used.
+        use std::io::Read as _;
+        use std::sync::atomic::AtomicUsize;
+        static PRIMARY: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+        static RUNNING: AtomicUsize = AtomicUsize::new(0);
+        static OVERLAPPED: AtomicBool = AtomicBool::new(false);
+        fn slow(_: &str) -> std::io::Result<SocketAddr> {
+            if RUNNING.fetch_add(1, Ordering::AcqRel) > 0 {
+                OVERLAPPED.store(true, Ordering::Release);
+            }
+            thread::sleep(Duration::from_millis(600));
+            RUNNING.fetch_sub(1, Ordering::AcqRel);
+            Ok(*PRIMARY.get().expect("set before the standby starts"))
+        }
+        let primary = TcpListener::bind("127.0.0.1:0").unwrap();
+        PRIMARY.set(primary.local_addr().unwrap()).unwrap();
+        let (control, node) = standby_named("primary.ringfence.test:7001", slow, 60);
+        // Repeated, each lookup would be given up at the timeout, and none would be used.
+        primary.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut accepted = loop {
+            match primary.accept() {
+                Ok((accepted, _)) => break accepted,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "the standby never connected");
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(error) => panic!("accepting the standby: {error}"),
+            }
+        };
+        accepted.set_nonblocking(false).unwrap();
+        accepted.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut hello = [0u8; 1];
+        accepted.read_exact(&mut hello).expect("the standby's hello");
+        control.stop();
+        drop(node);
+        assert!(!OVERLAPPED.load(Ordering::Acquire), "a second lookup started beside the first");
     }
 }

@@ -9,8 +9,8 @@
 
 use std::io::{self, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -101,13 +101,14 @@ pub fn join(
     join_with(config, primary, end, promised, connect_timeout)
 }
 
-/// [`join`], connecting with `connect` (given the address and the handshake timeout).
+/// [`join`], connecting with `connect` (given the primary's address as written and the
+/// handshake timeout).
 fn join_with(
     config: &ReplicationConfig,
     primary: &str,
     end: JournalEnd,
     promised: Epoch,
-    connect: impl FnOnce(SocketAddr, Duration) -> io::Result<TcpStream>,
+    connect: impl FnOnce(&str, Duration) -> io::Result<TcpStream>,
 ) -> Result<Joined, JoinError> {
     let position =
         StandbyPosition { last_sequence: end.last_sequence, last_epoch: end.last_epoch, promised };
@@ -126,19 +127,18 @@ fn join_with(
     }
 }
 
-/// Connects to `primary` with `connect` (within the handshake timeout) and authenticates both
-/// ways; the session then waits for the primary's answer to the `Join` or `FetchSnapshot` it
-/// sent.
+/// Connects to `primary` with `connect` (which resolves its address and connects, within the
+/// handshake timeout) and authenticates both ways; the session then waits for the primary's
+/// answer to the `Join` or `FetchSnapshot` it sent.
 fn handshake(
     config: &ReplicationConfig,
     primary: &str,
     purpose: Purpose,
     promised: Epoch,
-    connect: impl FnOnce(SocketAddr, Duration) -> io::Result<TcpStream>,
+    connect: impl FnOnce(&str, Duration) -> io::Result<TcpStream>,
 ) -> Result<(TcpStream, FrameReader<TcpStream>, StandbySession), JoinError> {
     let timeout = Duration::from_millis(config.handshake_timeout_ms);
-    let address = resolve(primary)?;
-    let socket = connect(address, timeout)?;
+    let socket = connect(primary, timeout)?;
     socket.set_nodelay(true)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.set_write_timeout(Some(timeout))?;
@@ -288,12 +288,14 @@ pub fn fetch_snapshot(
     }
 }
 
-/// A blocking connection attempt, for a caller with nothing else to wait for.
-fn connect_timeout(address: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    TcpStream::connect_timeout(&address, timeout)
+/// A blocking lookup and connection attempt, for a caller with nothing else to wait for.
+fn connect_timeout(primary: &str, timeout: Duration) -> io::Result<TcpStream> {
+    TcpStream::connect_timeout(&resolve(primary)?, timeout)
 }
 
-fn resolve(address: &str) -> io::Result<SocketAddr> {
+/// The first address `address` (`host:port`) names; a name is looked up with the system's
+/// resolver, which may wait (on DNS) as long as its own configuration allows.
+pub(crate) fn resolve(address: &str) -> io::Result<SocketAddr> {
     address.to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(io::ErrorKind::NotFound, format!("{address} resolves to no address"))
     })
@@ -314,8 +316,11 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
         let journaled = applied.submitted;
         let promised = control.epochs().promised;
         control.set_follower(refused.as_deref().unwrap_or("connecting"), applied.answered, 0);
-        let connect =
-            |address, timeout| connect_unless_stopped(control, &mut follower, address, timeout);
+        let connect = |primary: &str, timeout| {
+            let deadline = Instant::now() + timeout;
+            let address = resolve_unless_stopped(control, &mut follower, primary, deadline)?;
+            connect_unless_stopped(control, &mut follower, address, deadline)
+        };
         let joined = join_with(control.config(), primary, journaled, promised, connect);
         if !matches!(joined, Ok(Joined::Stream { .. })) {
             control.set_follower_socket(None);
@@ -425,17 +430,15 @@ fn connect_unless_stopped(
     control: &Control,
     follower: &mut Follower,
     address: SocketAddr,
-    timeout: Duration,
+    deadline: Instant,
 ) -> io::Result<TcpStream> {
     let stop = control.follower_stop();
-    let stopped = || io::Error::other("the follower was stopped");
-    let deadline = Instant::now() + timeout;
     let mut stream = mio::net::TcpStream::connect(address)?;
     let registry = follower.poll.registry();
     registry.register(&mut stream, CONNECTING, Interest::WRITABLE)?;
     let connected = loop {
         if stop.load(Ordering::Acquire) {
-            break Err(stopped());
+            break Err(follower_stopped());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -466,9 +469,68 @@ fn connect_unless_stopped(
     control.set_follower_socket(Some(socket.try_clone()?));
     // Stopped before the socket was recorded: nothing shuts it down, so give up here.
     if stop.load(Ordering::Acquire) {
-        return Err(stopped());
+        return Err(follower_stopped());
     }
     Ok(socket)
+}
+
+fn follower_stopped() -> io::Error {
+    io::Error::other("the follower was stopped")
+}
+
+/// Resolves `primary` (`host:port`) by `deadline`, unless the follower is stopped first. An
+/// address of numbers needs no lookup. A name is looked up on a thread of its own, which
+/// wakes the follower's poll with the answer: the system's resolver cannot be interrupted,
+/// and a promotion must not wait for the DNS of a primary that is gone. A lookup still
+/// running at the deadline is kept, and the next attempt waits for its answer instead of
+/// starting another, so a follower has at most one lookup running.
+fn resolve_unless_stopped(
+    control: &Control,
+    follower: &mut Follower,
+    primary: &str,
+    deadline: Instant,
+) -> io::Result<SocketAddr> {
+    if let Ok(address) = primary.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let answer = match follower.lookup.take() {
+        Some(lookup) if lookup.name == primary => lookup.answer,
+        _ => {
+            let (send, answer) = mpsc::sync_channel(1);
+            let (name, waker, resolver) = (primary.to_owned(), follower.waker(), follower.resolver);
+            thread::Builder::new().name("rf-repl-resolve".into()).spawn(move || {
+                let _ = send.send(resolver(&name));
+                let _ = waker.wake();
+            })?;
+            answer
+        }
+    };
+    loop {
+        match answer.try_recv() {
+            Ok(resolved) => return resolved,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Err(io::Error::other("the lookup of the primary's address failed"));
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if control.follower_stop().load(Ordering::Acquire) || left.is_zero() {
+            let stopped = control.follower_stop().load(Ordering::Acquire);
+            follower.lookup = Some(Lookup { name: primary.to_owned(), answer });
+            return Err(if stopped {
+                follower_stopped()
+            } else {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("looking up {primary} timed out; still waiting for its answer"),
+                )
+            });
+        }
+        match follower.poll.poll(&mut follower.events, Some(left)) {
+            Err(error) if error.kind() != io::ErrorKind::Interrupted => return Err(error),
+            _ => {}
+        }
+    }
 }
 
 /// Where this standby's journal ends: the last record its replicator stage saw.
@@ -599,11 +661,24 @@ pub struct Follower {
     poll: Poll,
     events: Events,
     waker: Arc<mio::Waker>,
+    /// Looks up the primary's address by name ([`resolve`]; tests wait forever instead).
+    resolver: Resolver,
+    /// A lookup of the primary's address still running ([`resolve_unless_stopped`]).
+    lookup: Option<Lookup>,
+}
+
+/// Turns a `host:port` into the address to connect to.
+pub(crate) type Resolver = fn(&str) -> io::Result<SocketAddr>;
+
+/// A lookup running on its own thread: its name, and where its answer arrives.
+struct Lookup {
+    name: String,
+    answer: mpsc::Receiver<io::Result<SocketAddr>>,
 }
 
 impl Follower {
-    /// Opens the follower's session on `node`.
-    pub(crate) fn open(node: &Node) -> io::Result<Follower> {
+    /// Opens the follower's session on `node`; it looks names up with `resolver`.
+    pub(crate) fn open(node: &Node, resolver: Resolver) -> io::Result<Follower> {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
         let answered = Arc::clone(&waker);
@@ -611,11 +686,13 @@ impl Follower {
             let _ = answered.wake();
         });
         let session = node.session_with_notify(hook).map_err(io::Error::other)?;
-        Ok(Follower { node: session, poll, events: Events::with_capacity(8), waker })
+        let events = Events::with_capacity(8);
+        Ok(Follower { node: session, poll, events, waker, resolver, lookup: None })
     }
 
     /// What wakes the follower from its waits on its poll (the pause before the next attempt,
-    /// a connection being opened, the stream) to look at its stop flag. The handshake's reads
+    /// a lookup of the primary's address, a connection being opened, the stream) to look at
+    /// its stop flag. The handshake's reads
     /// do not wait on the poll: stopping shuts their socket down instead.
     pub(crate) fn waker(&self) -> Arc<mio::Waker> {
         Arc::clone(&self.waker)
