@@ -321,7 +321,8 @@ const KEYS: &[Key] = &[
     unset(
         "replication",
         "primary",
-        "A standby's primary: the primary's replication listen address.",
+        "A standby's primary: the primary's replication listen address, as an IP address and \
+         port or a host name and port (looked up again at each connection attempt).",
         "\"10.0.0.1:7100\"",
     ),
     unset(
