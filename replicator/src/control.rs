@@ -1749,6 +1749,26 @@ mod tests {
         (control, node)
     }
 
+    /// The standby's connection to `listener`, with a minute for its reads; panics if none
+    /// arrives within a minute.
+    fn accept_within_a_minute(listener: &TcpListener) -> TcpStream {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let accepted = loop {
+            match listener.accept() {
+                Ok((accepted, _)) => break accepted,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "the standby never connected");
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(error) => panic!("accepting the standby: {error}"),
+            }
+        };
+        accepted.set_nonblocking(false).unwrap();
+        accepted.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        accepted
+    }
+
     /// Whether a socket of this machine waits for `address` to answer its SYN (Linux).
     fn connecting_to(address: SocketAddr) -> bool {
         let SocketAddr::V4(v4) = address else { panic!("an IPv4 address") };
@@ -1828,7 +1848,7 @@ mod tests {
         // gone, may wait for seconds. A promotion does not wait for it. The resolver here
         // never answers at all.
         static ASKED: AtomicBool = AtomicBool::new(false);
-        fn never_answers(_: &str) -> std::io::Result<SocketAddr> {
+        fn never_answers(_: &str) -> std::io::Result<Vec<SocketAddr>> {
             ASKED.store(true, Ordering::Release);
             loop {
                 thread::park();
@@ -1874,36 +1894,44 @@ mod tests {
         static PRIMARY: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
         static RUNNING: AtomicUsize = AtomicUsize::new(0);
         static OVERLAPPED: AtomicBool = AtomicBool::new(false);
-        fn slow(_: &str) -> std::io::Result<SocketAddr> {
+        fn slow(_: &str) -> std::io::Result<Vec<SocketAddr>> {
             if RUNNING.fetch_add(1, Ordering::AcqRel) > 0 {
                 OVERLAPPED.store(true, Ordering::Release);
             }
             thread::sleep(Duration::from_millis(600));
             RUNNING.fetch_sub(1, Ordering::AcqRel);
-            Ok(*PRIMARY.get().expect("set before the standby starts"))
+            Ok(vec![*PRIMARY.get().expect("set before the standby starts")])
         }
         let primary = TcpListener::bind("127.0.0.1:0").unwrap();
         PRIMARY.set(primary.local_addr().unwrap()).unwrap();
         let (control, node) = standby_named("primary.ringfence.test:7001", slow, 60);
         // Repeated, each lookup would be given up at the timeout, and none would be used.
-        primary.set_nonblocking(true).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let mut accepted = loop {
-            match primary.accept() {
-                Ok((accepted, _)) => break accepted,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(std::time::Instant::now() < deadline, "the standby never connected");
-                    thread::sleep(Duration::from_millis(5));
-                }
-                Err(error) => panic!("accepting the standby: {error}"),
-            }
-        };
-        accepted.set_nonblocking(false).unwrap();
-        accepted.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut accepted = accept_within_a_minute(&primary);
         let mut hello = [0u8; 1];
         accepted.read_exact(&mut hello).expect("the standby's hello");
         control.stop();
         drop(node);
         assert!(!OVERLAPPED.load(Ordering::Acquire), "a second lookup started beside the first");
+    }
+
+    #[test]
+    fn a_primary_named_by_host_is_tried_at_each_of_its_addresses() {
+        // Goal: a name may stand for several addresses (IPv6 and IPv4, say), and the one the
+        // resolver prefers may not be where the primary listens. The follower tries them in
+        // order: the first here refuses, the second is the primary.
+        use std::io::Read as _;
+        static ADDRESSES: std::sync::OnceLock<Vec<SocketAddr>> = std::sync::OnceLock::new();
+        fn both(_: &str) -> std::io::Result<Vec<SocketAddr>> {
+            Ok(ADDRESSES.get().expect("set before the standby starts").clone())
+        }
+        let refusing = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let primary = TcpListener::bind("127.0.0.1:0").unwrap();
+        ADDRESSES.set(vec![refusing, primary.local_addr().unwrap()]).unwrap();
+        let (control, node) = standby_named("primary.ringfence.test:7001", both, 3_600_000);
+        let mut accepted = accept_within_a_minute(&primary);
+        let mut hello = [0u8; 1];
+        accepted.read_exact(&mut hello).expect("the standby's hello");
+        control.stop();
+        drop(node);
     }
 }

@@ -290,15 +290,43 @@ pub fn fetch_snapshot(
 
 /// A blocking lookup and connection attempt, for a caller with nothing else to wait for.
 fn connect_timeout(primary: &str, timeout: Duration) -> io::Result<TcpStream> {
-    TcpStream::connect_timeout(&resolve(primary)?, timeout)
+    let deadline = Instant::now() + timeout;
+    connect_to_any(&resolve(primary)?, deadline, |address, until| {
+        let left = until.saturating_duration_since(Instant::now());
+        TcpStream::connect_timeout(&address, left.max(Duration::from_millis(1)))
+    })
 }
 
-/// The first address `address` (`host:port`) names; a name is looked up with the system's
-/// resolver, which may wait (on DNS) as long as its own configuration allows.
-pub(crate) fn resolve(address: &str) -> io::Result<SocketAddr> {
-    address.to_socket_addrs()?.next().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("{address} resolves to no address"))
-    })
+/// The addresses `address` (`host:port`) names, in the resolver's order of preference (a
+/// name may stand for an IPv6 and an IPv4 address, say); a name is looked up with the
+/// system's resolver, which may wait (on DNS) as long as its own configuration allows.
+pub(crate) fn resolve(address: &str) -> io::Result<Vec<SocketAddr>> {
+    let addresses: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
+    if addresses.is_empty() {
+        let text = format!("{address} resolves to no address");
+        return Err(io::Error::new(io::ErrorKind::NotFound, text));
+    }
+    Ok(addresses)
+}
+
+/// Connects to the first of `addresses` that answers by `deadline`, trying them in order, each
+/// with an equal share of the time left (a refused address fails at once and leaves its share
+/// to the next); the last error when none does.
+fn connect_to_any(
+    addresses: &[SocketAddr],
+    deadline: Instant,
+    mut connect: impl FnMut(SocketAddr, Instant) -> io::Result<TcpStream>,
+) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
+    for (tried, &address) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let untried = u32::try_from(addresses.len() - tried).unwrap_or(u32::MAX);
+        match connect(address, Instant::now() + left / untried) {
+            Ok(socket) => return Ok(socket),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
 }
 
 /// The follower thread: joins the primary and applies its stream, reconnecting with backoff,
@@ -318,8 +346,10 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
         control.set_follower(refused.as_deref().unwrap_or("connecting"), applied.answered, 0);
         let connect = |primary: &str, timeout| {
             let deadline = Instant::now() + timeout;
-            let address = resolve_unless_stopped(control, &mut follower, primary, deadline)?;
-            connect_unless_stopped(control, &mut follower, address, deadline)
+            let addresses = resolve_unless_stopped(control, &mut follower, primary, deadline)?;
+            connect_to_any(&addresses, deadline, |address, until| {
+                connect_unless_stopped(control, &mut follower, address, until)
+            })
         };
         let joined = join_with(control.config(), primary, journaled, promised, connect);
         if !matches!(joined, Ok(Joined::Stream { .. })) {
@@ -489,9 +519,9 @@ fn resolve_unless_stopped(
     follower: &mut Follower,
     primary: &str,
     deadline: Instant,
-) -> io::Result<SocketAddr> {
+) -> io::Result<Vec<SocketAddr>> {
     if let Ok(address) = primary.parse::<SocketAddr>() {
-        return Ok(address);
+        return Ok(vec![address]);
     }
     let answer = match follower.lookup.take() {
         Some(lookup) if lookup.name == primary => lookup.answer,
@@ -667,13 +697,13 @@ pub struct Follower {
     lookup: Option<Lookup>,
 }
 
-/// Turns a `host:port` into the address to connect to.
-pub(crate) type Resolver = fn(&str) -> io::Result<SocketAddr>;
+/// Turns a `host:port` into the addresses to connect to, in order of preference.
+pub(crate) type Resolver = fn(&str) -> io::Result<Vec<SocketAddr>>;
 
 /// A lookup running on its own thread: its name, and where its answer arrives.
 struct Lookup {
     name: String,
-    answer: mpsc::Receiver<io::Result<SocketAddr>>,
+    answer: mpsc::Receiver<io::Result<Vec<SocketAddr>>>,
 }
 
 impl Follower {

@@ -322,7 +322,8 @@ const KEYS: &[Key] = &[
         "replication",
         "primary",
         "A standby's primary: the primary's replication listen address, as an IP address and \
-         port or a host name and port (looked up again at each connection attempt).",
+         port or a host name and port (looked up again at each connection attempt, each of \
+         its addresses tried in turn).",
         "\"10.0.0.1:7100\"",
     ),
     unset(

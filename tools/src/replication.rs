@@ -44,7 +44,8 @@ pub struct ReplicationArgs {
     #[arg(long, value_name = "ROLE")]
     pub role: Option<String>,
     /// A standby's primary: the primary's `--replication-listen` address, as IP:PORT or
-    /// HOST:PORT (a host name is looked up again at each connection attempt).
+    /// HOST:PORT (a host name is looked up again at each connection attempt, and each of its
+    /// addresses tried in turn).
     #[arg(long, value_name = "ADDR")]
     pub primary: Option<String>,
     /// A standby's primary's HTTP address, named in `not_primary` answers so clients know

@@ -59,12 +59,16 @@ fn standby(dir: &Path, secret: &str, primary: SocketAddr) -> Serve {
 }
 
 fn standby_with(dir: &Path, secret: &str, primary: SocketAddr, extra: &[&str]) -> Serve {
-    let primary = primary.to_string();
+    standby_of_named(dir, secret, &primary.to_string(), extra)
+}
+
+/// A standby given its primary as `host:port` (or an address).
+fn standby_of_named(dir: &Path, secret: &str, primary: &str, extra: &[&str]) -> Serve {
     let mut args = vec![
         "--role",
         "standby",
         "--primary",
-        &primary,
+        primary,
         "--cluster-secret-file",
         secret,
         "--replication-listen",
@@ -358,7 +362,8 @@ fn wrong_secrets_and_clusters_are_refused_and_a_flood_leaves_the_stream_alone() 
 #[test]
 fn a_restarted_standby_catches_up_without_gap_or_duplicate() {
     // Goal: a standby stopped mid-sale and restarted resumes where its journal ends: after
-    // more writes, both journals hold the same commands to the same sequence.
+    // more writes, both journals hold the same commands to the same sequence. It is restarted
+    // with its primary named by host, as a deployment behind DNS names it.
     let root = temp_dir("restart");
     let secret = write_secret(&root, SECRET);
     let (dir_a, dir_b) = (root.join("a"), root.join("b"));
@@ -372,7 +377,10 @@ fn a_restarted_standby_catches_up_without_gap_or_duplicate() {
     for request in 20..40 {
         try_call(node.http, "POST", "/v1/orders", &reservation(request).0).unwrap();
     }
-    let follower = standby(&dir_b, &secret, node.replication.unwrap());
+    // Restarted under the primary's host name: the journal check at start and the follower
+    // both look it up.
+    let named = format!("localhost:{}", node.replication.unwrap().port());
+    let follower = standby_of_named(&dir_b, &secret, &named, &[]);
     let (_, view) = node.call("GET", "/v1/node", "", false);
     let target = last_sequence(&view);
     wait_node(&follower, Duration::from_secs(30), |v| last_sequence(v) >= target);
