@@ -240,6 +240,11 @@ impl Coordinator for EtcdCoordinator {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
@@ -257,5 +262,132 @@ mod tests {
         assert_eq!(int(&value, "b"), Ok(7));
         assert_eq!(int(&value, "z"), Ok(0));
         assert!(int(&value, "c").is_err());
+    }
+
+    /// A stand-in for one etcd member's gateway: answers every request with `answer`, and
+    /// counts requests; once `dark` is set it reads requests and never answers them, as a
+    /// member whose machine hangs.
+    struct Gateway {
+        url: String,
+        requests: Arc<AtomicUsize>,
+        dark: Arc<AtomicBool>,
+    }
+
+    impl Gateway {
+        fn start(answer: &'static str) -> Gateway {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let (requests, dark) =
+                (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+            let (counted, darkened) = (Arc::clone(&requests), Arc::clone(&dark));
+            std::thread::spawn(move || {
+                for connection in listener.incoming() {
+                    let Ok(connection) = connection else { return };
+                    let (counted, darkened) = (Arc::clone(&counted), Arc::clone(&darkened));
+                    std::thread::spawn(move || serve(connection, answer, &counted, &darkened));
+                }
+            });
+            Gateway { url, requests, dark }
+        }
+
+        fn requests(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Answers requests on one kept-alive connection until it closes.
+    fn serve(
+        connection: std::net::TcpStream,
+        answer: &str,
+        counted: &AtomicUsize,
+        dark: &AtomicBool,
+    ) {
+        let mut reader = BufReader::new(connection.try_clone().unwrap());
+        let mut writer = connection;
+        loop {
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(value) = lower.strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            while dark.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            if writer.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    const GRANTED: &str = r#"{"ID":"7","TTL":"2","result":{"ID":"7","TTL":"2"}}"#;
+
+    #[test]
+    fn a_member_that_never_answers_passes_the_call_to_the_next_which_keeps_the_calls() {
+        // Goal: the first endpoint hangs (its machine accepts and never answers). The call
+        // times out there and the next member answers it; the calls after go to that member
+        // first, not through the hung one again each time.
+        let hung = Gateway::start(GRANTED);
+        hung.dark.store(true, Ordering::SeqCst);
+        let answering = Gateway::start(GRANTED);
+        let endpoints = vec![hung.url.clone(), answering.url.clone()];
+        let mut witness = EtcdCoordinator::new(endpoints, "c", Duration::from_millis(200));
+        assert_eq!(witness.grant(2), Ok(LeaseId(7)));
+        for _ in 0..5 {
+            assert_eq!(witness.keep_alive(LeaseId(7)), Ok(2));
+        }
+        assert_eq!(hung.requests(), 1, "only the first call went to the hung member");
+        assert_eq!(answering.requests(), 6, "the answering member took every call");
+    }
+
+    #[test]
+    fn a_member_that_goes_dark_mid_run_loses_the_calls_to_another() {
+        // Goal: the member in use stops answering (its machine hangs, the kept-alive
+        // connection stays open). The next call moves to another member within the timeout,
+        // and stays there.
+        let (first, second) = (Gateway::start(GRANTED), Gateway::start(GRANTED));
+        let endpoints = vec![first.url.clone(), second.url.clone()];
+        let mut witness = EtcdCoordinator::new(endpoints, "c", Duration::from_millis(200));
+        assert_eq!(witness.keep_alive(LeaseId(7)), Ok(2));
+        assert_eq!((first.requests(), second.requests()), (1, 0));
+        first.dark.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert_eq!(witness.keep_alive(LeaseId(7)), Ok(2));
+        }
+        assert_eq!(first.requests(), 2, "one call waited on the dark member, then no more");
+        assert_eq!(second.requests(), 3);
+    }
+
+    #[test]
+    fn every_member_unreachable_is_an_unreachable_witness_naming_the_last() {
+        // Goal: when no member answers, the call fails as `Unreachable`, naming the last
+        // member tried, rather than hanging or passing as an answer.
+        let (first, second) = (Gateway::start(GRANTED), Gateway::start(GRANTED));
+        first.dark.store(true, Ordering::SeqCst);
+        second.dark.store(true, Ordering::SeqCst);
+        let endpoints = vec![first.url.clone(), second.url.clone()];
+        let mut witness = EtcdCoordinator::new(endpoints, "c", Duration::from_millis(100));
+        match witness.keep_alive(LeaseId(7)) {
+            Err(CoordinatorError::Unreachable(text)) => {
+                assert!(text.contains(&second.url), "{text}");
+            }
+            other => panic!("expected the witness unreachable, got {other:?}"),
+        }
+        assert_eq!((first.requests(), second.requests()), (1, 1));
     }
 }
