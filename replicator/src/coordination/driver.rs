@@ -139,7 +139,17 @@ impl Startup {
     ) -> Result<Option<Decided>, String> {
         self.renew()?;
         let plan = match self.coordinator.read() {
-            Ok(view) => pilot::start(me, &view, facts),
+            Ok(view) => {
+                if let Some((leader, sync)) = taken_unanswered(&view, me, self.lease) {
+                    log(format_args!(
+                        "coordination: the leader key is this candidate's, bound to its lease: \
+                         its campaign took it and the answer was lost; primary in epoch {}",
+                        leader.epoch
+                    ));
+                    return Ok(Some(Decided::Primary { leader, sync }));
+                }
+                pilot::start(me, &view, facts)
+            }
             Err(error) => Plan::Wait(format!("the witness is unreachable: {error}")),
         };
         match plan {
@@ -210,6 +220,24 @@ impl Startup {
         let timing = self.config.timing;
         timing.deadline(self.renewed_ms, timing.ttl_s).saturating_sub(ms(&*self.clock))
     }
+}
+
+/// The leader value and in-sync record a campaign of this process wrote, when `view` shows
+/// the key held under `me`'s name and bound to `lease`, this process's own: etcd committed the
+/// campaign and its answer was lost (the call timed out, or its connection broke). Only a
+/// campaign writes the leader key, and a lease is one process's, so the key is this process's
+/// to lead with. Not a key of this node's previous run: that one is bound to another lease.
+fn taken_unanswered(
+    view: &View,
+    me: &Identity,
+    lease: LeaseId,
+) -> Option<(LeaderValue, SyncRecord)> {
+    let (leader, held) = view.leader.as_ref()?;
+    if *held != lease || leader.node != me.node {
+        return None;
+    }
+    // The campaign wrote the record with the key, and only the key's holder writes it since.
+    Some((leader.clone(), view.sync.clone()?))
 }
 
 /// A [`Startup`] whose lease a thread keeps alive while the node starts.
@@ -437,8 +465,25 @@ impl Driver {
         match self.coordinator.read() {
             Ok(view) => {
                 let facts = self.control.facts();
-                let plan = self.pilot.on_view(self.control.now_ms(), &facts, &view);
-                self.carry_out(plan, &view, &facts);
+                let me = self.pilot.identity();
+                let taken = taken_unanswered(&view, me, self.lease);
+                match taken {
+                    // A standby whose journal must be dropped first rejoins (the pilot says
+                    // so) rather than lead; the key it holds expires with its lease.
+                    Some(taken)
+                        if self.pilot.state() == "standby" && facts.must_restart.is_none() =>
+                    {
+                        log(format_args!(
+                            "coordination: the leader key is this node's, bound to its lease: \
+                             its campaign took it and the answer was lost"
+                        ));
+                        self.took_key(taken, &view, &facts);
+                    }
+                    _ => {
+                        let plan = self.pilot.on_view(self.control.now_ms(), &facts, &view);
+                        self.carry_out(plan, &view, &facts);
+                    }
+                }
                 self.figures(&view, None);
             }
             Err(error) => self.figures(&View::default(), Some(&error)),
@@ -515,9 +560,20 @@ impl Driver {
             return;
         }
         match self.coordinator.campaign(&leader, self.lease, sync_revision, &sync) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(error) => return self.note(&format!("campaign failed: {error}")),
+            Ok(true) => self.took_key((leader, sync), view, facts),
+            Ok(false) => {}
+            // It may have taken the key all the same: the next round's view says.
+            Err(error) => self.note(&format!("campaign failed: {error}")),
+        }
+    }
+
+    /// This standby holds the key as `leader`, with `sync` recorded (`view` and `facts` are
+    /// the ones the campaign was planned on): promotes the node into the key's epoch, held
+    /// until the record names it.
+    fn took_key(&mut self, (leader, sync): (LeaderValue, SyncRecord), view: &View, facts: &Facts) {
+        if self.lease_lapsed() {
+            // The key goes with the lease; a later round campaigns again.
+            return;
         }
         let epoch = Epoch(leader.epoch);
         // Nothing is acknowledged in the new epoch before the record names this node.
@@ -760,5 +816,111 @@ pub fn candidate_facts(
         epoch_floor,
         catching_up,
         standby_catching_up: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringfence_core::Timestamp;
+    use ringfence_core::pipeline::ManualClock;
+
+    use super::*;
+    use crate::coordination::pilot::Timing;
+    use crate::coordination::store::MemoryCoordinator;
+
+    /// The witness, shared, as one node reaches it: `lose_campaign_answer` makes its next
+    /// campaign take effect and its answer never arrive (etcd committed the transaction and
+    /// the call timed out, or the connection broke before the answer).
+    struct LosingAnswers {
+        witness: Arc<Mutex<MemoryCoordinator>>,
+        lose_campaign_answer: bool,
+    }
+
+    impl Coordinator for LosingAnswers {
+        fn grant(&mut self, ttl_s: u64) -> Result<LeaseId, CoordinatorError> {
+            self.witness.lock().unwrap().grant(ttl_s)
+        }
+        fn keep_alive(&mut self, lease: LeaseId) -> Result<u64, CoordinatorError> {
+            self.witness.lock().unwrap().keep_alive(lease)
+        }
+        fn read(&mut self) -> Result<View, CoordinatorError> {
+            self.witness.lock().unwrap().read()
+        }
+        fn campaign(
+            &mut self,
+            leader: &LeaderValue,
+            lease: LeaseId,
+            sync_revision: i64,
+            sync: &SyncRecord,
+        ) -> Result<bool, CoordinatorError> {
+            let won = self.witness.lock().unwrap().campaign(leader, lease, sync_revision, sync);
+            if std::mem::take(&mut self.lose_campaign_answer) {
+                return Err(CoordinatorError::Unreachable("the answer was lost".into()));
+            }
+            won
+        }
+        fn record_sync(
+            &mut self,
+            leader: &LeaderValue,
+            sync: &SyncRecord,
+        ) -> Result<bool, CoordinatorError> {
+            self.witness.lock().unwrap().record_sync(leader, sync)
+        }
+        fn resign(&mut self, leader: &LeaderValue) -> Result<bool, CoordinatorError> {
+            self.witness.lock().unwrap().resign(leader)
+        }
+        fn register(&mut self, member: &Member, lease: LeaseId) -> Result<(), CoordinatorError> {
+            self.witness.lock().unwrap().register(member, lease)
+        }
+        fn request_switchover(
+            &mut self,
+            request: &Switchover,
+            lease: LeaseId,
+        ) -> Result<(), CoordinatorError> {
+            self.witness.lock().unwrap().request_switchover(request, lease)
+        }
+    }
+
+    fn identity(node: &str) -> Identity {
+        Identity {
+            node: node.into(),
+            replication: "127.0.0.1:7100".into(),
+            http: None,
+            max_failover_loss: None,
+        }
+    }
+
+    #[test]
+    fn a_candidate_whose_campaign_took_the_key_unanswered_starts_as_the_primary() {
+        // Goal: etcd may commit a campaign whose answer never reaches the node. The key then
+        // holds this node's value, bound to the lease it keeps renewing: a candidate that
+        // took that for a leadership left over from before a restart would wait for the lease
+        // to expire while renewing it, and nobody would ever lead. It starts as the primary
+        // of the epoch its campaign took instead, with the record the campaign wrote.
+        let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
+        let coordinator =
+            LosingAnswers { witness: Arc::clone(&witness), lose_campaign_answer: true };
+        let config = CoordinationConfig {
+            endpoints: Vec::new(),
+            node: "a".into(),
+            timing: Timing::for_ttl(2),
+            max_failover_loss: None,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp(0)));
+        let mut startup =
+            Startup::try_connect(config, Box::new(coordinator), clock).map_err(|(_, e)| e).unwrap();
+        let me = identity("a");
+        let facts = candidate_facts(Sequence(0), 0, AckMode::Sync, false);
+        let mut said = String::new();
+        let lost = startup.decide_round(&me, &facts, &mut said).unwrap();
+        assert!(lost.is_none(), "the campaign's answer was lost");
+        let (held, lease) = witness.lock().unwrap().read().unwrap().leader.expect("the key");
+        assert_eq!((held.node.as_str(), lease), ("a", startup.lease), "the campaign took it");
+        let decided = (0..5).find_map(|_| startup.decide_round(&me, &facts, &mut said).unwrap());
+        let Some(Decided::Primary { leader, sync }) = decided else {
+            panic!("the candidate never started as the primary of the key it holds: {said}")
+        };
+        assert_eq!(leader, held);
+        assert_eq!(Some(sync), witness.lock().unwrap().read().unwrap().sync);
     }
 }
