@@ -11,7 +11,7 @@
 //! what the node answered.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ringfence_core::pipeline::{
@@ -72,12 +72,38 @@ const HANDSHAKE_TIMEOUT_MS: u64 = 500;
 /// machine, whether the network between that machine and the witness is cut: a partition
 /// from etcd alone, the peer and the clients still reachable.
 #[derive(Clone)]
-pub struct Witness(pub Arc<Mutex<MemoryCoordinator>>, Arc<[AtomicBool; 2]>);
+pub struct Witness(pub Arc<Mutex<MemoryCoordinator>>, Arc<[AtomicBool; 2]>, Arc<LostAnswers>);
+
+/// By machine, whether the witness's answers to its writes are lost (the write takes effect,
+/// and the call fails as unreachable: etcd was slow to sync it and the call timed out; reads,
+/// which sync nothing, are answered); and how many campaigns took the key with their answer
+/// lost.
+#[derive(Default)]
+struct LostAnswers {
+    lossy: [AtomicBool; 2],
+    campaigns_won: AtomicU64,
+}
 
 impl Witness {
     /// An empty witness, every machine reaching it.
     pub fn new() -> Witness {
-        Witness(Arc::new(Mutex::new(MemoryCoordinator::new("sim"))), Arc::default())
+        let memory = MemoryCoordinator::new("sim");
+        Witness(Arc::new(Mutex::new(memory)), Arc::default(), Arc::default())
+    }
+
+    /// Makes the witness's answers to machine `index` get lost, or arrive again.
+    pub fn set_lossy(&self, index: usize, lossy: bool) {
+        self.2.lossy[index].store(lossy, Ordering::Relaxed);
+    }
+
+    /// Whether the witness's answers to machine `index` are lost.
+    pub fn is_lossy(&self, index: usize) -> bool {
+        self.2.lossy[index].load(Ordering::Relaxed)
+    }
+
+    /// Campaigns that took the leader key and whose answer was lost.
+    pub fn campaigns_won_unanswered(&self) -> u64 {
+        self.2.campaigns_won.load(Ordering::Relaxed)
     }
 
     /// Cuts machine `index` off from the witness, or lets it reach the witness again.
@@ -106,7 +132,20 @@ struct Reached {
 }
 
 impl Reached {
+    /// Asks the witness `f`, a write: its answer is lost while this machine's are.
     fn with<T>(
+        &self,
+        f: impl FnOnce(&mut MemoryCoordinator) -> Result<T, CoordinatorError>,
+    ) -> Result<T, CoordinatorError> {
+        let answer = self.answered(f);
+        if answer.is_ok() && self.witness.is_lossy(self.index) {
+            return Err(CoordinatorError::Unreachable("the answer was lost".into()));
+        }
+        answer
+    }
+
+    /// Asks the witness `f`, answered unless the process died or the machine is cut off.
+    fn answered<T>(
         &self,
         f: impl FnOnce(&mut MemoryCoordinator) -> Result<T, CoordinatorError>,
     ) -> Result<T, CoordinatorError> {
@@ -128,7 +167,7 @@ impl Coordinator for Reached {
         self.with(|w| w.keep_alive(lease))
     }
     fn read(&mut self) -> Result<View, CoordinatorError> {
-        self.with(MemoryCoordinator::read)
+        self.answered(MemoryCoordinator::read)
     }
     fn campaign(
         &mut self,
@@ -137,7 +176,14 @@ impl Coordinator for Reached {
         sync_revision: i64,
         sync: &SyncRecord,
     ) -> Result<bool, CoordinatorError> {
-        self.with(|w| w.campaign(leader, lease, sync_revision, sync))
+        let lost = &self.witness.2;
+        self.with(|w| {
+            let won = w.campaign(leader, lease, sync_revision, sync);
+            if won == Ok(true) && lost.lossy[self.index].load(Ordering::Relaxed) {
+                lost.campaigns_won.fetch_add(1, Ordering::Relaxed);
+            }
+            won
+        })
     }
     fn record_sync(
         &mut self,

@@ -72,6 +72,11 @@ pub struct RunLength {
     /// [`MAX_CLOCK_DRIFT_PPM`]). 0 only to replay a seed found before clocks drifted, on the
     /// path it took then.
     pub max_clock_drift_ppm: u32,
+    /// For a while, the witness's answers to one machine are lost: what it asks takes effect
+    /// and the call fails as unreachable, as a call to etcd that committed and then timed
+    /// out. Off only to replay a seed found before they were simulated, on the path it took
+    /// then.
+    pub lost_answers: bool,
 }
 
 /// How far a machine's clock runs from the witness's unless told (10%): far past any clock a
@@ -96,6 +101,7 @@ impl Default for RunLength {
             max_failover_loss: None,
             witness_cuts: true,
             max_clock_drift_ppm: MAX_CLOCK_DRIFT_PPM,
+            lost_answers: true,
         }
     }
 }
@@ -104,6 +110,8 @@ impl Default for RunLength {
 const EXTRA_STREAM: u64 = 0x005e_ed0f_1a7e_fa17;
 /// Mixed into the seed for the stream of the cuts between one machine and the witness.
 const WITNESS_CUT_STREAM: u64 = 0x00c0_7fe7_0e55_c075;
+/// Mixed into the seed for the stream of the witness's lost answers.
+const LOST_ANSWER_STREAM: u64 = 0x0105_7a45_3e45_0000;
 /// Mixed into the seed for the stream of the machines' clock rates.
 const CLOCK_DRIFT_STREAM: u64 = 0x0c10_c4d1_1f70_0a7e;
 /// Mixed into the seed for the operator's switches of the acknowledgement mode (`--async`).
@@ -139,6 +147,10 @@ pub struct FaultCounts {
     /// Of those, cuts of a running primary during which its peer took office in a later
     /// epoch while the cut primary's process ran on.
     pub cut_primaries_replaced: u64,
+    /// Times the witness's answers to one machine were lost for a while.
+    pub lost_answers: u64,
+    /// Campaigns that took the leader key and whose answer was lost.
+    pub campaigns_won_unanswered: u64,
     /// Machines whose clock ran at least 1% slower than the witness's.
     pub slow_clocks: u64,
     /// Machines whose clock ran at least 1% faster.
@@ -247,6 +259,8 @@ pub struct World {
     /// Draws for the cuts between one machine and the witness, on a stream of their own: a
     /// seed's other faults are drawn as they were before cuts were simulated.
     cuts: Prng,
+    /// Draws for the witness's lost answers, on a stream of their own.
+    losses: Prng,
     faults: FaultCounts,
     rates: Rates,
     /// Frames held for a paused machine, delivered when it resumes.
@@ -296,6 +310,7 @@ struct Rates {
     partition_ppm: u64,
     witness_ppm: u64,
     witness_cut_ppm: u64,
+    lost_answer_ppm: u64,
     switchover_ppm: u64,
     disk_ppm: u64,
     burst_ppm: u64,
@@ -313,6 +328,8 @@ enum Heal {
     Witness,
     /// The machine reaches the witness again.
     WitnessCut(usize),
+    /// The witness's answers reach the machine again.
+    LostAnswers(usize),
 }
 
 /// The engine the simulated nodes run: small, with room for every request of a run.
@@ -411,6 +428,7 @@ impl World {
             partition_ppm: 40 * scale,
             witness_ppm: 20 * scale,
             witness_cut_ppm: 20 * scale,
+            lost_answer_ppm: 20 * scale,
             switchover_ppm: 20 * scale,
             disk_ppm: 10 * scale,
             burst_ppm: 40 * scale,
@@ -444,6 +462,7 @@ impl World {
             prng,
             extra,
             cuts: Prng::new(seed ^ WITNESS_CUT_STREAM),
+            losses: Prng::new(seed ^ LOST_ANSWER_STREAM),
             faults,
             rates,
             held: Vec::new(),
@@ -524,6 +543,7 @@ impl World {
         faults.repairs = self.machines.iter().map(|m| m.repairs).sum();
         faults.rebuilds = self.machines.iter().map(|m| m.rebuilds).sum();
         faults.heals = self.machines.iter().map(|m| m.heals).sum();
+        faults.campaigns_won_unanswered = self.witness.campaigns_won_unanswered();
         let writes = self.ledger.answers.iter().filter(|a| is_write(a)).count() as u64;
         let at_risk =
             self.ledger.answers.iter().filter(|a| is_write(a) && a.at_risk).count() as u64;
@@ -1095,6 +1115,10 @@ impl World {
         if coordinated_cuts && self.cuts.chance(rates.witness_cut_ppm, 1_000_000) {
             self.witness_cut_fault();
         }
+        let losses = self.settings.coordinated && self.length.lost_answers;
+        if losses && self.losses.chance(rates.lost_answer_ppm, 1_000_000) {
+            self.lost_answers_fault();
+        }
         if self.length.sync_point_crashes && self.extra.chance(rates.halt_ppm, 1_000_000) {
             let target = self.extra.below(2) as usize;
             let after = self.extra.range_inclusive(1, 8);
@@ -1320,6 +1344,23 @@ impl World {
         self.faults.witness_cuts += 1;
     }
 
+    /// For a while, what one machine asks the witness takes effect and the answer is lost: a
+    /// lease renewed while its holder does not know it, a campaign that took the key while
+    /// its node does not know it, a record written that its writer will write again.
+    fn lost_answers_fault(&mut self) {
+        let now = self.now_ms;
+        let target = self.losses.below(2) as usize;
+        let until = now + self.losses.range_inclusive(50, 1_500);
+        if self.witness.is_lossy(target) {
+            return;
+        }
+        self.witness.set_lossy(target, true);
+        self.heals.push((until, Heal::LostAnswers(target)));
+        let name = &self.machines[target].name;
+        self.trace.event(now, &format!("FAULT {name}: the witness's answers lost until {until}"));
+        self.faults.lost_answers += 1;
+    }
+
     /// Machine `index` reaches the witness again, if it was cut off; counts a cut primary
     /// whose peer took office meanwhile while its own process ran on (not one a crash or a
     /// restart replaced).
@@ -1402,6 +1443,7 @@ impl World {
         self.witness.0.lock().expect("never poisoned").unreachable = false;
         for index in 0..self.machines.len() {
             self.end_witness_cut(index);
+            self.witness.set_lossy(index, false);
         }
         // Failing disks are replaced (and their nodes restarted) as their heals would have.
         let disks: Vec<usize> = self
@@ -1449,6 +1491,7 @@ impl World {
                     self.witness.0.lock().expect("never poisoned").unreachable = false;
                 }
                 Heal::WitnessCut(index) => self.end_witness_cut(index),
+                Heal::LostAnswers(index) => self.witness.set_lossy(index, false),
             }
         }
     }
