@@ -695,7 +695,14 @@ impl Driver {
             to: self.config.node.clone(),
             epoch: leader.epoch,
         };
-        self.coordinator.request_switchover(&request, self.lease).map_err(|e| e.to_string())?;
+        self.coordinator.request_switchover(&request, self.lease).map_err(|error| match error {
+            // A write whose answer was lost may have taken effect all the same.
+            CoordinatorError::Unreachable(_) => format!(
+                "{error}; the request may have reached it all the same: see /v1/node before \
+                 asking again"
+            ),
+            _ => error.to_string(),
+        })?;
         log(format_args!("coordination: asked {} to hand over the leader key", leader.node));
         Ok(())
     }
