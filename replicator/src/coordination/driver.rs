@@ -329,6 +329,9 @@ pub struct Driver {
     /// When the last successful renewal was sent (ms on the control's clock).
     renewed_ms: u64,
     said: String,
+    /// An in-sync record written whose answer was lost, and what to do once it is known to
+    /// be recorded: the next read that shows it recorded carries that out.
+    unanswered: Option<(SyncRecord, After)>,
 }
 
 /// Starts the driver of a node that decided at start-up, on a thread of its own.
@@ -397,6 +400,7 @@ impl Driver {
             next_renew_ms: now,
             renewed_ms,
             said: String::new(),
+            unanswered: None,
         };
         driver.register();
         driver
@@ -464,6 +468,7 @@ impl Driver {
         }
         match self.coordinator.read() {
             Ok(view) => {
+                self.recorded_unanswered(&view);
                 let facts = self.control.facts();
                 let me = self.pilot.identity();
                 let taken = taken_unanswered(&view, me, self.lease);
@@ -623,8 +628,33 @@ impl Driver {
             Ok(true) => {}
             // The key is not ours any more: the next read rejoins.
             Ok(false) => return,
-            Err(error) => return self.note(&format!("writing the in-sync record failed: {error}")),
+            Err(error) => {
+                // It may have been recorded all the same: the next read says.
+                self.unanswered = Some((sync, after));
+                return self.note(&format!("writing the in-sync record failed: {error}"));
+            }
         }
+        self.recorded(sync, after);
+    }
+
+    /// A record written whose answer was lost: if `view` shows it recorded, under this node's
+    /// key, it is carried out as if answered. Otherwise the pilot plans afresh from `view`.
+    /// Waiting for the pilot's next write instead would leave the witness saying what the
+    /// node does not do for as long as answers are lost: a record naming this primary alone
+    /// while it still kept its standby in sync, say, which after a power loss let neither
+    /// node lead (simulator seed 600531 under `--unsynced`).
+    fn recorded_unanswered(&mut self, view: &View) {
+        let Some((sync, after)) = self.unanswered.take() else { return };
+        let ours = matches!(&view.leader, Some((leader, lease))
+            if leader == self.pilot.leader() && *lease == self.lease);
+        if ours && self.pilot.state() == "leader" && view.sync.as_ref() == Some(&sync) {
+            log(format_args!("coordination: the in-sync record written unanswered is recorded"));
+            self.recorded(sync, after);
+        }
+    }
+
+    /// The witness holds `sync`, written by this leader: acts on it (`after`).
+    fn recorded(&mut self, sync: SyncRecord, after: After) {
         if after == After::TakeOffice {
             log(format_args!(
                 "coordination: the witness records this node as primary in epoch {} ({} mode, \

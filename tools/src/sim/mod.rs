@@ -673,6 +673,19 @@ mod tests {
     }
 
     #[test]
+    fn a_record_written_unanswered_is_acted_on_once_a_read_shows_it() {
+        // Goal: a primary whose standby died wrote "no standby" to the witness and the answer
+        // was lost, so it went on holding writes as if its standby were still in sync, and
+        // kept its marker saying so, while the witness named it alone. It lost power then
+        // (`--unsynced`): it restarted marked catching up (its standby might hold writes it
+        // lost), and the witness let nobody else lead, so nobody led again. It now acts on a
+        // record its next read shows written, as if the write had answered.
+        let did = |r: &Report| r.faults.lost_answers >= 1 && r.faults.power_losses >= 1;
+        let unsynced = RunLength { unsynced: true, ..RunLength::default() };
+        regressions_pass(&[600_531], unsynced, "no record written unanswered", did);
+    }
+
+    #[test]
     fn a_primary_whose_clock_runs_slower_than_its_lease_margin_allows_is_caught() {
         // Goal: the checkers bite on the lease's one assumption, a clock that keeps the
         // witness's time within the margin (a quarter of the TTL). On these seeds, under
