@@ -72,10 +72,10 @@ pub struct RunLength {
     /// [`MAX_CLOCK_DRIFT_PPM`]). 0 only to replay a seed found before clocks drifted, on the
     /// path it took then.
     pub max_clock_drift_ppm: u32,
-    /// For a while, the witness's answers to one machine are lost: what it asks takes effect
-    /// and the call fails as unreachable, as a call to etcd that committed and then timed
-    /// out. Off only to replay a seed found before they were simulated, on the path it took
-    /// then.
+    /// For a while, the witness's answers to one machine's writes are lost: the write takes
+    /// effect and the call fails as unreachable, as a call to etcd that committed and then
+    /// timed out (reads are answered). Off only to replay a seed found before they were
+    /// simulated, on the path it took then.
     pub lost_answers: bool,
 }
 
@@ -1344,9 +1344,10 @@ impl World {
         self.faults.witness_cuts += 1;
     }
 
-    /// For a while, what one machine asks the witness takes effect and the answer is lost: a
-    /// lease renewed while its holder does not know it, a campaign that took the key while
-    /// its node does not know it, a record written that its writer will write again.
+    /// For a while, what one machine writes to the witness takes effect and the answer is lost
+    /// (its reads are answered): a lease renewed while its holder does not know it, a campaign
+    /// that took the key while its node does not know it, a record written that its writer
+    /// learns of only from its next read.
     fn lost_answers_fault(&mut self) {
         let now = self.now_ms;
         let target = self.losses.below(2) as usize;
