@@ -1924,7 +1924,11 @@ mod tests {
         fn both(_: &str) -> std::io::Result<Vec<SocketAddr>> {
             Ok(ADDRESSES.get().expect("set before the standby starts").clone())
         }
-        let refusing = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // Bound and not listening: a connection is refused, and the port stays this test's.
+        let bound =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        bound.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        let refusing = bound.local_addr().unwrap().as_socket().unwrap();
         let primary = TcpListener::bind("127.0.0.1:0").unwrap();
         ADDRESSES.set(vec![refusing, primary.local_addr().unwrap()]).unwrap();
         let (control, node) = standby_named("primary.ringfence.test:7001", both, 3_600_000);
