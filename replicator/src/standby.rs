@@ -434,20 +434,24 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
 /// stopping wakes the follower's poll, so a promotion does not wait out the backoff.
 fn sleep_unless_stopped(control: &Control, follower: &mut Follower, pause: Duration) {
     let until = Instant::now() + pause;
-    while !control.follower_stop().load(Ordering::Acquire) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        match follower.poll.poll(&mut follower.events, Some(left)) {
+    loop {
+        match follower.wait(control, until) {
+            Ok(Waited::Woken) => {}
+            Ok(Waited::Stopped | Waited::TimedOut) => return,
             // A poll that cannot wait would spin: sleep out the pause instead.
-            Err(error) if error.kind() != io::ErrorKind::Interrupted => {
-                thread::sleep(left);
-                return;
-            }
-            _ => {}
+            Err(_) => return thread::sleep(until.saturating_duration_since(Instant::now())),
         }
     }
+}
+
+/// How a wait on the follower's poll ended.
+enum Waited {
+    /// The follower was stopped.
+    Stopped,
+    /// The deadline passed.
+    TimedOut,
+    /// Something woke the poll (its events say what): look again.
+    Woken,
 }
 
 /// Connects to the primary at `address` within `timeout`, unless the follower is stopped
@@ -467,16 +471,13 @@ fn connect_unless_stopped(
     let registry = follower.poll.registry();
     registry.register(&mut stream, CONNECTING, Interest::WRITABLE)?;
     let connected = loop {
-        if stop.load(Ordering::Acquire) {
-            break Err(follower_stopped());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break Err(io::Error::new(io::ErrorKind::TimedOut, "connection timed out"));
-        }
-        match follower.poll.poll(&mut follower.events, Some(left)) {
-            Err(error) if error.kind() != io::ErrorKind::Interrupted => break Err(error),
-            _ => {}
+        match follower.wait(control, deadline) {
+            Ok(Waited::Woken) => {}
+            Ok(Waited::Stopped) => break Err(follower_stopped()),
+            Ok(Waited::TimedOut) => {
+                break Err(io::Error::new(io::ErrorKind::TimedOut, "connection timed out"));
+            }
+            Err(error) => break Err(error),
         }
         if !follower.events.iter().any(|event| event.token() == CONNECTING) {
             continue;
@@ -543,23 +544,16 @@ fn resolve_unless_stopped(
             }
             Err(mpsc::TryRecvError::Empty) => {}
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if control.follower_stop().load(Ordering::Acquire) || left.is_zero() {
-            let stopped = control.follower_stop().load(Ordering::Acquire);
-            follower.lookup = Some(Lookup { name: primary.to_owned(), answer });
-            return Err(if stopped {
-                follower_stopped()
-            } else {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("looking up {primary} timed out; still waiting for its answer"),
-                )
-            });
-        }
-        match follower.poll.poll(&mut follower.events, Some(left)) {
-            Err(error) if error.kind() != io::ErrorKind::Interrupted => return Err(error),
-            _ => {}
-        }
+        let error = match follower.wait(control, deadline)? {
+            Waited::Woken => continue,
+            Waited::Stopped => follower_stopped(),
+            Waited::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("looking up {primary} timed out; still waiting for its answer"),
+            ),
+        };
+        follower.lookup = Some(Lookup { name: primary.to_owned(), answer });
+        return Err(error);
     }
 }
 
@@ -718,6 +712,22 @@ impl Follower {
         let session = node.session_with_notify(hook).map_err(io::Error::other)?;
         let events = Events::with_capacity(8);
         Ok(Follower { node: session, poll, events, waker, resolver, lookup: None })
+    }
+
+    /// Waits on the poll until something wakes it, `deadline` passes, or the follower is
+    /// stopped (looked at first). An interrupted poll counts as woken.
+    fn wait(&mut self, control: &Control, deadline: Instant) -> io::Result<Waited> {
+        if control.follower_stop().load(Ordering::Acquire) {
+            return Ok(Waited::Stopped);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Waited::TimedOut);
+        }
+        match self.poll.poll(&mut self.events, Some(left)) {
+            Err(error) if error.kind() != io::ErrorKind::Interrupted => Err(error),
+            _ => Ok(Waited::Woken),
+        }
     }
 
     /// What wakes the follower from its waits on its poll (the pause before the next attempt,
