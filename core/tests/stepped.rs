@@ -283,6 +283,84 @@ fn a_promoted_replica_sequences_its_own_commands_in_the_new_epoch() {
     assert!(replica.step().ticked, "a promoted node publishes its own ticks");
 }
 
+/// The stamp of the journaled record `bytes`.
+fn stamp_of(bytes: &[u8]) -> Timestamp {
+    ringfence_core::record::decode(bytes).expect("a journaled record decodes").1.timestamp
+}
+
+#[test]
+fn a_promoted_replica_whose_clock_runs_ahead_stamps_on_its_primarys_time_line() {
+    // Goal: a standby whose clock is two hours ahead of its primary's (past the request-key
+    // window), promoted, goes on from the last record by the time since it arrived: a retry
+    // of the primary's reservation gets the original answer, not a second order.
+    let (records, outcomes, _) = primary_run();
+    let hours = |n: u64| n * 3_600_000;
+    let clock = Arc::new(ManualClock::new(Timestamp(START.0 + hours(2))));
+    let journal = BytesJournal::default();
+    let replica = start(config(Intake::Replica), &clock, journal.clone());
+    let mut session = replica.session().unwrap();
+    for (index, bytes) in records.iter().enumerate() {
+        session.try_submit_record(bytes, index as u64).unwrap();
+    }
+    replica.step();
+    let last_stamp = stamp_of(records.last().unwrap());
+    let lead = i64::try_from(START.0 + hours(2) - last_stamp.0).unwrap();
+    assert_eq!(replica.metrics().primary_clock_offset_ms, Some(lead));
+    assert_eq!(replica.metrics().time_shift_ms, 0, "a standby stamps nothing");
+    clock.advance_ms(200);
+    replica.promote(Epoch(2)).unwrap();
+    assert_eq!(replica.metrics().time_shift_ms, -lead);
+    assert_eq!(replica.promoter().time_shift_ms(), -lead);
+    while session.poll().is_some() {}
+    session.try_submit(reserve(), 9).unwrap();
+    replica.step();
+    let retried = session.poll().expect("answered within the step").result.unwrap();
+    assert_eq!(retried, outcomes[1], "the retry is answered as the primary answered it");
+    let journaled = journal.records.lock().unwrap().clone();
+    // The retry, and the tick of the second reservation's deadline, which has passed since.
+    let stamps: Vec<_> = journaled[records.len()..].iter().map(|b| stamp_of(b)).collect();
+    assert_eq!(stamps, [Timestamp(last_stamp.0 + 200); 2]);
+}
+
+#[test]
+fn a_node_whose_clock_reads_before_its_journals_last_command_stamps_from_that_command() {
+    // Goal: a node started on a clock an hour behind its journal stamps from the journal's
+    // last command on, so a payment deadline passes after its timeout, not an hour later.
+    let (records, _, _) = primary_run();
+    let replica = start(config(Intake::Replica), &Arc::new(ManualClock::new(START)), {
+        MemoryJournal::new()
+    });
+    let mut session = replica.session().unwrap();
+    for (index, bytes) in records.iter().enumerate() {
+        session.try_submit_record(bytes, index as u64).unwrap();
+    }
+    replica.step();
+    drop(session);
+    let engine = replica.shutdown().unwrap().engine;
+    let last_stamp = stamp_of(records.last().unwrap());
+    assert_eq!(engine.now(), last_stamp);
+
+    let clock = Arc::new(ManualClock::new(Timestamp(last_stamp.0 - 3_600_000)));
+    let records = Records::default();
+    let parts = NodeParts {
+        next_sequence: engine.last_sequence().next(),
+        engine,
+        journal: MemoryJournal::shared(Arc::clone(&records)),
+        replicator: NoReplicator::default(),
+        hook: NoSnapshots,
+        clock: Arc::clone(&clock) as Arc<dyn Clock>,
+    };
+    let node = Node::start_parts(config(Intake::Sequencer), parts).unwrap();
+    assert_eq!(node.metrics().time_shift_ms, 3_600_000);
+    let mut session = node.session().unwrap();
+    let later = Reserve { user: UserId(12), sku: SKU, qty: 1, coupon: None };
+    let later = Command::Client { key: RequestKey::from_u128(8), action: Action::Reserve(later) };
+    assert!(matches!(call(&node, &mut session, later), Outcome::Reserved { .. }));
+    assert_eq!(records.lock().unwrap().last().unwrap().1.timestamp, last_stamp);
+    clock.advance_ms(PAYMENT_TIMEOUT_MS);
+    assert!(node.step().ticked, "the deadline passes on the journal's time line");
+}
+
 /// A test's replicator: a standby that never acknowledges (`local` false), or a primary
 /// acknowledging on its own journal, every record safe once sent (`local` true). The test
 /// sets its hold.

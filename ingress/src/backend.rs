@@ -573,6 +573,25 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
         header(out, name, help, "counter");
         let _ = writeln!(out, "{name} {value}");
     }
+    let clocks = [
+        (
+            "ringfence_time_shift_ms",
+            "Milliseconds the node's command stamps stand ahead of its clock (negative: behind), \
+             continuing its journal's or its primary's time line.",
+            Some(metrics.time_shift_ms),
+        ),
+        (
+            "ringfence_primary_clock_offset_ms",
+            "Standby: milliseconds its clock stood ahead of the last record's stamp on arrival.",
+            metrics.primary_clock_offset_ms,
+        ),
+    ];
+    for (name, help, value) in clocks {
+        if let Some(value) = value {
+            header(out, name, help, "gauge");
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     header(out, "ringfence_stage_sequence", "Last sequence each stage passed.", "gauge");
     for stage in &metrics.stages {
         let _ = writeln!(

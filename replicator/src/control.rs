@@ -30,6 +30,9 @@ pub const PROMOTION_EPOCH_STEP: u64 = 1_000;
 
 /// How long a standby taking office waits for its journal to sync what it holds.
 const SYNC_BEFORE_OFFICE: Duration = Duration::from_secs(10);
+/// How far a promoted standby's clock may stand from the time line it takes over before the
+/// promotion's log line says so.
+const CLOCK_WARNING_MS: u64 = 1_000;
 
 /// How often the policy loop looks at the time: a hundredth of the replication timeout (20 ms
 /// at the default 2 s), within these bounds. A standby's silence is noticed at most that long
@@ -1009,6 +1012,16 @@ impl Control {
              standby catches up",
             self.link.available()
         ));
+        let shift_ms = node.time_shift_ms();
+        if shift_ms.unsigned_abs() >= CLOCK_WARNING_MS {
+            log(format_args!(
+                "replication: this machine's clock is {} ms {} the time line taken over from the \
+                 old primary; commands are stamped on that time line, so payment deadlines and \
+                 request-key windows keep their length. Check both machines' clocks (NTP)",
+                shift_ms.unsigned_abs(),
+                if shift_ms < 0 { "ahead of" } else { "behind" }
+            ));
+        }
         Ok(epoch)
     }
 

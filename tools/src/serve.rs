@@ -528,6 +528,14 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         }
     };
     let node = started.map_err(|e| format!("starting the node: {e}"))?;
+    let shift_ms = node.metrics().time_shift_ms;
+    if shift_ms >= 1_000 {
+        log(format_args!(
+            "node: this machine's clock reads {shift_ms} ms before the journal's last command; \
+             commands are stamped from that command on, so that time does not stand still \
+             until the clock catches up. Check the clock (NTP)"
+        ));
+    }
     if let Some(control) = &control {
         control.start(&node).map_err(|e| format!("starting replication: {e}"))?;
     }

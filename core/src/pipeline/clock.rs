@@ -3,7 +3,7 @@
 //! its period by [`Clock::now_ns`]. Production nodes use [`SystemClock`]; a test or the
 //! simulator drives a [`ManualClock`] and the node sees exactly the time it is given.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::types::Timestamp;
@@ -89,6 +89,106 @@ impl Clock for ManualClock {
     }
 }
 
+/// A node's time line: the stamps it gives commands, as its clock reads them shifted by a
+/// fixed number of milliseconds. The journal's stamps are the pair's one time line — payment
+/// deadlines and request-key windows are measured on it — and a machine's wall clock can be
+/// minutes off another's, so a node does not jump to its own clock where the time line
+/// already stands elsewhere:
+///
+/// - A node starting from its journal stamps no earlier than the journal's last command: a
+///   clock behind it would hold the engine's time still (deadlines and key windows paused)
+///   until the clock caught up.
+/// - A standby promoted in place goes on from the last record its primary sent, advanced by
+///   the time since that record arrived: a clock ahead of the primary's would otherwise
+///   expire, at the first command, every request key and payment deadline within its lead —
+///   a retried request executed twice, buyers' reservations gone before their time.
+///
+/// The shift is set at start and at a promotion and never changes in between, so stamps
+/// never go back. `shift_ms` is how far the node stands from its own clock: beyond a second
+/// or so, a machine's clock needs looking at.
+#[derive(Debug)]
+pub(crate) struct TimeLine {
+    /// Milliseconds added to the clock's timestamp.
+    shift_ms: AtomicI64,
+    /// The stamp of the last record received from a primary, and the clock's reading (ns)
+    /// when it arrived (`u64::MAX`: none yet).
+    record_ms: AtomicU64,
+    record_arrived_ns: AtomicU64,
+}
+
+impl TimeLine {
+    /// The time line of a node whose journal's last command was stamped `last`: the clock's,
+    /// unless that reads earlier than `last`, then shifted to start at `last`.
+    pub(crate) fn starting_at(clock: &dyn Clock, last: Timestamp) -> TimeLine {
+        let now = clock.timestamp(clock.now_ns());
+        let shift_ms = i64::try_from(last.0.saturating_sub(now.0)).unwrap_or(i64::MAX);
+        TimeLine {
+            shift_ms: AtomicI64::new(shift_ms),
+            record_ms: AtomicU64::new(0),
+            record_arrived_ns: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The stamp of a command published at the clock's reading `ns`.
+    pub(crate) fn stamp(&self, clock: &dyn Clock, ns: u64) -> Timestamp {
+        shifted(clock.timestamp(ns), self.shift_ms.load(Ordering::Acquire))
+    }
+
+    /// Milliseconds between this node's stamps and its clock's (positive: ahead of it).
+    pub(crate) fn shift_ms(&self) -> i64 {
+        self.shift_ms.load(Ordering::Acquire)
+    }
+
+    /// A record stamped `stamp` arrived from the primary at the clock's reading `ns`. Called
+    /// by the one session that feeds a standby its records.
+    pub(crate) fn record_arrived(&self, stamp: Timestamp, ns: u64) {
+        self.record_ms.store(stamp.0, Ordering::Relaxed);
+        self.record_arrived_ns.store(ns, Ordering::Release);
+    }
+
+    /// How far the clock stood ahead of the last record's stamp when it arrived (its trip from
+    /// the primary included), if a record arrived.
+    pub(crate) fn primary_offset_ms(&self, clock: &dyn Clock) -> Option<i64> {
+        let arrived = self.record_arrived_ns.load(Ordering::Acquire);
+        (arrived != u64::MAX).then(|| {
+            let stamp = self.record_ms.load(Ordering::Relaxed);
+            i64::try_from(i128::from(clock.timestamp(arrived).0) - i128::from(stamp))
+                .unwrap_or(i64::MAX)
+        })
+    }
+
+    /// A standby takes over at the clock's reading `ns`: from now on it stamps on its
+    /// primary's time line, continued from the last record by the time since it arrived. A
+    /// standby that received no record keeps the time line it started with. Returns the new
+    /// shift. Called once the records have stopped.
+    pub(crate) fn take_over(&self, clock: &dyn Clock, ns: u64) -> i64 {
+        let arrived = self.record_arrived_ns.load(Ordering::Acquire);
+        #[cfg(feature = "mutations")]
+        let arrived = if crate::mutation::promotion_keeps_clock() { u64::MAX } else { arrived };
+        if arrived != u64::MAX {
+            let stamp = self.record_ms.load(Ordering::Relaxed);
+            let shift = continued_shift(clock, (Timestamp(stamp), arrived), ns);
+            self.shift_ms.store(shift, Ordering::Release);
+        }
+        self.shift_ms()
+    }
+}
+
+/// `stamp` moved by `shift_ms`, within the range of stamps.
+fn shifted(stamp: Timestamp, shift_ms: i64) -> Timestamp {
+    let moved = i128::from(stamp.0) + i128::from(shift_ms);
+    Timestamp(u64::try_from(moved.max(0)).unwrap_or(u64::MAX))
+}
+
+/// The shift that puts the clock's reading `now_ns` at `record`'s stamp plus the time since it
+/// arrived: `record` is a stamp and the clock's reading when it arrived.
+fn continued_shift(clock: &dyn Clock, (stamp, arrived_ns): (Timestamp, u64), now_ns: u64) -> i64 {
+    let since_ms = now_ns.saturating_sub(arrived_ns) / 1_000_000;
+    let target = i128::from(stamp.0) + i128::from(since_ms);
+    let shift = target - i128::from(clock.timestamp(now_ns).0);
+    i64::try_from(shift).unwrap_or(if shift < 0 { i64::MIN } else { i64::MAX })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +218,63 @@ mod tests {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
         let stamped = clock.timestamp(second).0;
         assert!(stamped.abs_diff(wall) < 60_000, "stamped {stamped}, wall {wall}");
+    }
+
+    #[test]
+    fn a_node_starting_behind_its_journal_stamps_from_the_journals_last_command() {
+        // Goal: a clock behind the journal's last stamp does not hold the engine's time still;
+        // a clock ahead of it is used as it is.
+        let clock = ManualClock::new(Timestamp(1_000));
+        let behind = TimeLine::starting_at(&clock, Timestamp(61_000));
+        assert_eq!(behind.shift_ms(), 60_000);
+        assert_eq!(behind.stamp(&clock, clock.now_ns()), Timestamp(61_000));
+        clock.advance_ms(5);
+        assert_eq!(behind.stamp(&clock, clock.now_ns()), Timestamp(61_005));
+        let ahead = TimeLine::starting_at(&clock, Timestamp(400));
+        assert_eq!(ahead.shift_ms(), 0);
+        assert_eq!(ahead.stamp(&clock, clock.now_ns()), Timestamp(1_005));
+    }
+
+    #[test]
+    fn a_promoted_standby_continues_its_primarys_time_line() {
+        // Goal: a standby whose clock runs an hour ahead of its primary's stamps on the
+        // primary's time line once promoted, advanced by the time since the last record.
+        let hour: i64 = 3_600_000;
+        let clock = ManualClock::new(Timestamp(hour as u64 + 10_000));
+        let line = TimeLine::starting_at(&clock, Timestamp(9_000));
+        assert_eq!(line.shift_ms(), 0);
+        assert_eq!(line.primary_offset_ms(&clock), None, "no record yet");
+        clock.advance_ms(100);
+        line.record_arrived(Timestamp(10_098), clock.now_ns());
+        assert_eq!(line.primary_offset_ms(&clock), Some(hour + 2));
+        clock.advance_ms(2_500);
+        let shift = line.take_over(&clock, clock.now_ns());
+        assert_eq!(shift, -(hour + 2));
+        assert_eq!(line.stamp(&clock, clock.now_ns()), Timestamp(12_598));
+        clock.advance_ms(1);
+        assert_eq!(line.stamp(&clock, clock.now_ns()), Timestamp(12_599));
+    }
+
+    #[test]
+    fn a_promoted_standby_behind_its_primary_does_not_go_back() {
+        // Goal: a standby whose clock is behind its primary's continues from the last record
+        // rather than stamping earlier than it; one that received no record keeps its shift.
+        let clock = ManualClock::new(Timestamp(5_000));
+        let line = TimeLine::starting_at(&clock, Timestamp(4_000));
+        line.record_arrived(Timestamp(905_000), clock.now_ns());
+        assert_eq!(line.primary_offset_ms(&clock), Some(-900_000));
+        assert_eq!(line.take_over(&clock, clock.now_ns()), 900_000);
+        assert_eq!(line.stamp(&clock, clock.now_ns()), Timestamp(905_000));
+        let fresh = TimeLine::starting_at(&clock, Timestamp(7_000));
+        assert_eq!(fresh.take_over(&clock, clock.now_ns()), 2_000);
+        assert_eq!(fresh.stamp(&clock, clock.now_ns()), Timestamp(7_000));
+    }
+
+    #[test]
+    fn shifted_stamps_stay_within_the_range_of_stamps() {
+        // Goal: a shift never wraps a stamp below zero or past the top.
+        assert_eq!(shifted(Timestamp(10), -20), Timestamp(0));
+        assert_eq!(shifted(Timestamp(u64::MAX - 1), 5), Timestamp(u64::MAX));
+        assert_eq!(shifted(Timestamp(10), 5), Timestamp(15));
     }
 }

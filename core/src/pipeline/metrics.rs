@@ -69,6 +69,13 @@ pub struct Metrics {
     pub ticks_skipped: u64,
     /// Slots in the ring.
     pub ring_size: u64,
+    /// Milliseconds between the node's command stamps and its clock (positive: ahead of it):
+    /// nonzero where the node continues a time line its clock disagrees with, its journal's
+    /// at start or its primary's once promoted (`TimeLine`).
+    pub time_shift_ms: i64,
+    /// On a standby, how far its clock stood ahead of the last record's stamp when the record
+    /// arrived (the record's trip from the primary included); `None` before the first record.
+    pub primary_clock_offset_ms: Option<i64>,
     /// Slots published and not yet released by egress.
     pub ring_fill: u64,
     /// Time the BLP spent applying one command (sampled), in nanoseconds.

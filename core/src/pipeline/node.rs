@@ -290,6 +290,14 @@ impl Promoter {
         Ok(through)
     }
 
+    /// Milliseconds between the node's command stamps and its clock: after a promotion, how
+    /// far this machine's clock stands from the time line the node took over
+    /// ([`Metrics::time_shift_ms`]).
+    #[must_use]
+    pub fn time_shift_ms(&self) -> i64 {
+        self.shared.time_line.shift_ms()
+    }
+
     /// [`Node::promote`].
     pub fn promote(&self, epoch: Epoch) -> Result<(), NodeError> {
         if let Some(failure) = self.shared.failure() {
@@ -366,7 +374,8 @@ impl Node {
         let (control, control_rx) = mpsc::channel();
         let safe = replicator.safe();
         let hold = replicator.hold();
-        let shared = Arc::new(Shared::new(&config, next_sequence, safe, hold, clock, control));
+        let time = (clock, engine.now());
+        let shared = Arc::new(Shared::new(&config, next_sequence, safe, hold, time, control));
         publish_next_due(&engine, &shared);
         // An acknowledgement read on another thread releases answers at once.
         let parker = Arc::clone(&shared.egress_parker);
@@ -543,7 +552,7 @@ impl Node {
         report.released = self.poll_egress();
         let due_ms = shared.next_due_ms.load(Ordering::Acquire);
         if due_ms != u64::MAX {
-            let now_ms = shared.clock.timestamp(shared.clock.now_ns()).0;
+            let now_ms = shared.stamp(shared.clock.now_ns()).0;
             report.next_due = Some(Duration::from_millis(due_ms.saturating_sub(now_ms)));
         }
         report
@@ -660,6 +669,12 @@ impl Node {
         Promoter { shared: Arc::clone(&self.shared), stepped: self.stepped.clone() }
     }
 
+    /// Milliseconds between the node's command stamps and its clock ([`Metrics::time_shift_ms`]).
+    #[must_use]
+    pub fn time_shift_ms(&self) -> i64 {
+        self.shared.time_line.shift_ms()
+    }
+
     /// The topology the node runs.
     #[must_use]
     pub fn topology(&self) -> Topology {
@@ -727,6 +742,8 @@ impl Node {
             ticks_published: shared.ticks_published.load(Ordering::Relaxed),
             ticks_skipped: shared.ticks_skipped.load(Ordering::Relaxed),
             ring_size: shared.ring_size,
+            time_shift_ms: shared.time_line.shift_ms(),
+            primary_clock_offset_ms: shared.time_line.primary_offset_ms(&*shared.clock),
             ring_fill: published.saturating_sub(sequences.released_positions),
             blp_service_ns: shared.blp_service.latency(),
             publish_to_egress_ns: shared.stage_cells("egress").histograms.latency(),

@@ -181,7 +181,7 @@ impl Session {
         }
         let shared = &*self.shared;
         let ns = shared.clock.now_ns();
-        let timestamp = shared.clock.timestamp(ns);
+        let timestamp = shared.stamp(ns);
         let session = self.id;
         let published = self.producer.try_batch_publish(commands.len(), |slots| {
             for (slot, &(command, token)) in slots.zip(commands) {
@@ -247,6 +247,7 @@ impl Session {
         let Ok(position) = published else { return Err(self.busy()) };
         shared.next_record.store(header.sequence.next().0, Ordering::Release);
         shared.record_epoch.store(header.epoch.0, Ordering::Release);
+        shared.time_line.record_arrived(sequenced.timestamp, ns);
         let position = u64::try_from(position).expect("published ring positions are >= 0");
         shared.published(position);
         shared.wake_stages();
@@ -408,7 +409,7 @@ pub(crate) fn publish_one(
     reply: Reply,
 ) -> Option<u64> {
     let ns = shared.clock.now_ns();
-    let timestamp = shared.clock.timestamp(ns);
+    let timestamp = shared.stamp(ns);
     let published = producer.try_publish(|slot| {
         slot.warm_ahead_for_producer();
         slot.kind = kind;

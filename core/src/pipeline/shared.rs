@@ -7,14 +7,14 @@ use std::sync::{Arc, OnceLock, mpsc};
 
 use crossbeam_utils::CachePadded;
 
-use super::clock::Clock;
+use super::clock::{Clock, TimeLine};
 use super::config::{Intake, NodeConfig, Topology, WaitStrategy};
 use super::messages::{Control, StageFailure};
 use super::metrics::SharedHistograms;
 use super::session::Refused;
 use super::stage::{HoldReason, Watermark, WriteHold};
 use super::wait::Parker;
-use crate::types::{Epoch, Sequence};
+use crate::types::{Epoch, Sequence, Timestamp};
 
 /// Metrics cells, one set per stage in pipeline order.
 pub(crate) struct StageCells {
@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     pub(crate) next_record: AtomicU64,
     pub(crate) record_epoch: AtomicU64,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The stamps commands get, on the clock ([`TimeLine`]).
+    pub(crate) time_line: TimeLine,
 
     closed: AtomicBool,
     failed: AtomicBool,
@@ -190,7 +192,7 @@ impl Shared {
         next_sequence: Sequence,
         safe: Arc<Watermark>,
         hold: Option<Arc<WriteHold>>,
-        clock: Arc<dyn Clock>,
+        (clock, last_stamp): (Arc<dyn Clock>, Timestamp),
         control: mpsc::Sender<Control>,
     ) -> Shared {
         assert!(next_sequence.0 >= 1, "sequences start at 1");
@@ -215,6 +217,7 @@ impl Shared {
             hold,
             next_record: AtomicU64::new(next_sequence.0),
             record_epoch: AtomicU64::new(0),
+            time_line: TimeLine::starting_at(&*clock, last_stamp),
             clock,
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
@@ -268,12 +271,19 @@ impl Shared {
         Epoch(self.epoch.load(Ordering::Acquire))
     }
 
-    /// Makes a replica sequence its own commands in `epoch` from now on. The epoch is stored
-    /// before the intake changes, so the first command a producer publishes after seeing
-    /// the new intake is journaled in the new epoch.
+    /// The stamp of a command published at the clock's reading `ns`.
+    pub(crate) fn stamp(&self, ns: u64) -> Timestamp {
+        self.time_line.stamp(&*self.clock, ns)
+    }
+
+    /// Makes a replica sequence its own commands in `epoch` from now on, stamped on its
+    /// primary's time line ([`TimeLine::take_over`]). The epoch and the time line are set
+    /// before the intake changes, so the first command a producer publishes after seeing the
+    /// new intake is journaled in the new epoch and stamped on the primary's time line.
     pub(crate) fn promote(&self, epoch: Epoch) {
         assert_eq!(self.intake(), Intake::Replica, "only a replica is promoted");
         assert!(epoch > self.epoch(), "a promotion raises the epoch");
+        self.time_line.take_over(&*self.clock, self.clock.now_ns());
         self.epoch.store(epoch.0, Ordering::Release);
         self.intake.store(Intake::Sequencer as u8, Ordering::Release);
     }

@@ -761,7 +761,7 @@ pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) 
         return;
     }
     let due = shared.next_due_ms.load(Ordering::Acquire);
-    if shared.clock.timestamp(shared.clock.now_ns()).0 < due {
+    if shared.stamp(shared.clock.now_ns()).0 < due {
         return;
     }
     shared.tick_pending.store(true, Ordering::Release);
