@@ -351,6 +351,8 @@ pub struct Running {
     next_driver_ms: u64,
     /// Set by the driver's rejoin: restart as a candidate, for this reason.
     rejoin: Arc<Mutex<Option<String>>>,
+    /// Promoted in place: the epoch of the last record it had from its primary.
+    pub followed_epoch: Option<u64>,
     /// The snapshot writer the node's hook hands jobs to, and its counters as last seen.
     snapshots: Option<Snapshots>,
 }
@@ -1169,6 +1171,7 @@ impl Machine {
             driver,
             clients,
             accepted: BTreeMap::new(),
+            followed_epoch: None,
             follower,
             next_driver_ms: now_ms,
             rejoin,
@@ -1206,6 +1209,7 @@ impl Machine {
         {
             // Promoted (by the witness or by hand): the follower stops, as `Control`'s
             // promotion stops its thread.
+            running.followed_epoch = Some(follower.applied.submitted.last_epoch.0);
             if let Some((conn, _)) = follower.conn {
                 net.close(conn, index, now_ms);
             }

@@ -107,6 +107,10 @@ pub struct SimArgs {
     /// effect), to replay a seed found before they were simulated on the path it took then.
     #[arg(long)]
     pub no_lost_answers: bool,
+    /// Leave out the machines' wall clocks set minutes apart (on a third of the seeds), to
+    /// replay a seed found before they were simulated on the path it took then.
+    #[arg(long)]
+    pub no_wall_clock_skew: bool,
     /// How far each machine's clock may run from the witness's, in parts per million: each
     /// draws its rate at start, up to this slow or fast. The lease's margin (a quarter of its
     /// TTL) covers clocks up to 250000 slow; past that a primary may acknowledge after its
@@ -138,6 +142,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         witness_cuts: !args.no_witness_cuts,
         max_clock_drift_ppm: args.max_clock_drift_ppm,
         lost_answers: !args.no_lost_answers,
+        wall_clock_skew: !args.no_wall_clock_skew,
     };
     let seeds: Vec<u64> = match (args.seed, args.seeds) {
         (Some(seed), _) => vec![seed],
@@ -231,6 +236,7 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
         (args.no_frames_after_crash, "--no-frames-after-crash"),
         (args.no_witness_cuts, "--no-witness-cuts"),
         (args.no_lost_answers, "--no-lost-answers"),
+        (args.no_wall_clock_skew, "--no-wall-clock-skew"),
         (args.unsynced, "--unsynced"),
         (args.async_switches, "--async"),
     ];
@@ -304,7 +310,8 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
          chosen sync point), {} pauses, {} partitions, {} witness outages, {} machines cut off \
          from the witness alone ({} of a primary its standby replaced meanwhile), {} spells of \
          the witness's answers lost ({} campaigns that took the key unanswered), {} clocks \
-         at least 1% slow and {} at least 1% fast, {} switchovers, \
+         at least 1% slow and {} at least 1% fast, {} wall clocks set minutes apart, {} \
+         switchovers, \
          {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
          peer's copy), {} promotions by hand ({} of a standby ahead of its primary), {} \
@@ -323,6 +330,7 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
         f.campaigns_won_unanswered,
         f.slow_clocks,
         f.fast_clocks,
+        f.skewed_clocks,
         f.switchovers,
         f.disk_failures,
         f.io_errors,
@@ -432,6 +440,7 @@ impl Totals {
             f.campaigns_won_unanswered += r.campaigns_won_unanswered;
             f.slow_clocks += r.slow_clocks;
             f.fast_clocks += r.fast_clocks;
+            f.skewed_clocks += r.skewed_clocks;
             f.switchovers += r.switchovers;
             f.disk_failures += r.disk_failures;
             f.mid_step_crashes += r.mid_step_crashes;
@@ -542,7 +551,12 @@ mod tests {
 
     /// The same for the seeds found before the witness's answers were lost.
     pub(super) fn before_lost_answers() -> RunLength {
-        RunLength { lost_answers: false, ..RunLength::default() }
+        RunLength { lost_answers: false, ..before_wall_clock_skew() }
+    }
+
+    /// The same for the seeds found before the machines' wall clocks were set apart.
+    pub(super) fn before_wall_clock_skew() -> RunLength {
+        RunLength { wall_clock_skew: false, ..RunLength::default() }
     }
 
     /// `ringfence sim`'s arguments, parsed as its command line gives them.
@@ -645,6 +659,8 @@ mod tests {
         assert!(losses >= 3, "only {losses} spells of the witness's answers lost");
         let (slow, fast) = (sum(|r| r.faults.slow_clocks), sum(|r| r.faults.fast_clocks));
         assert!(slow >= 1 && fast >= 1, "{slow} clocks 1% slow or more, {fast} 1% fast");
+        let skewed = sum(|r| r.faults.skewed_clocks);
+        assert!(skewed >= 3, "only {skewed} wall clocks set minutes apart");
     }
 
     #[test]
@@ -656,7 +672,12 @@ mod tests {
         // with two writers, nothing acknowledged lost). The deposed primary rejoins once it
         // reaches the witness, dropping what the new primary never received.
         let did = |r: &Report| r.faults.cut_primaries_replaced >= 1;
-        let length = RunLength { max_clock_drift_ppm: 0, lost_answers: false, ..short() };
+        let length = RunLength {
+            max_clock_drift_ppm: 0,
+            lost_answers: false,
+            wall_clock_skew: false,
+            ..short()
+        };
         regressions_pass(&[45, 74], length, "no cut primary replaced", did);
     }
 
@@ -669,7 +690,7 @@ mod tests {
         // nobody led again (no primary when these seeds settled). It now knows the key for
         // its own and leads with it.
         let did = |r: &Report| r.faults.campaigns_won_unanswered >= 1;
-        regressions_pass(&[1140, 2103], RunLength::default(), "no campaign unanswered", did);
+        regressions_pass(&[1140, 2103], before_wall_clock_skew(), "no campaign unanswered", did);
     }
 
     #[test]
@@ -681,7 +702,7 @@ mod tests {
         // lost), and the witness let nobody else lead, so nobody led again. It now acts on a
         // record its next read shows written, as if the write had answered.
         let did = |r: &Report| r.faults.lost_answers >= 1 && r.faults.power_losses >= 1;
-        let unsynced = RunLength { unsynced: true, ..RunLength::default() };
+        let unsynced = RunLength { unsynced: true, ..before_wall_clock_skew() };
         regressions_pass(&[600_531], unsynced, "no record written unanswered", did);
     }
 
@@ -1098,6 +1119,27 @@ mod tests {
         let seed = found.expect("no seed's durable records showed the reused epoch");
         eprintln!("caught by seed {seed}");
         // The product as built passes that seed: the two records are the mutation's.
+        let unmutated = run_seed(seed, short());
+        assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
+    }
+
+    #[cfg(feature = "mutations")]
+    #[test]
+    fn a_standby_promoted_on_its_own_clock_is_caught() {
+        // Goal: the time-line checker bites. A standby that stamps by its own clock once
+        // promoted, where the seed set its wall clock minutes off its primary's, is caught
+        // within a few dozen seeds: it took office that far off its primary's time line. Two
+        // hours off (past the request-key window), the same node answered a retried request
+        // with a second order; the checker sees it at the promotion, whatever the lead.
+        ringfence_core::mutation::set_promotion_keeps_clock(true);
+        let found = (1..60).find_map(|seed| {
+            let failure = run_seed(seed, short()).failure?;
+            Some((seed, failure))
+        });
+        ringfence_core::mutation::set_promotion_keeps_clock(false);
+        let (seed, failure) = found.expect("no seed caught a promotion off the time line");
+        eprintln!("caught by seed {seed}: {failure}");
+        assert!(failure.contains("from the time line of epoch"), "seed {seed}: {failure}");
         let unmutated = run_seed(seed, short());
         assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
     }

@@ -77,7 +77,20 @@ pub struct RunLength {
     /// timed out (reads are answered). Off only to replay a seed found before they were
     /// simulated, on the path it took then.
     pub lost_answers: bool,
+    /// On a third of the seeds, one machine's wall clock is set two to thirty minutes off the
+    /// other's, so a promoted standby must stamp on its primary's time line. Off only to replay
+    /// a seed found before clocks were set apart, on the path it took then.
+    pub wall_clock_skew: bool,
 }
+
+/// How far a machine's wall clock is set off the other's when one is (ms), at least and at
+/// most: well past where the time-line checker ([`World::check_time_line`]) looks, and within
+/// the request-key window (an hour here), which a node started cold on the leading clock
+/// jumps the time line by, as after that much downtime.
+const WALL_CLOCK_SKEW_MS: (u64, u64) = (120_000, 1_800_000);
+/// How far behind its primary's time line a promoted standby may stamp in the simulator: it
+/// continues from a record that may have arrived late, held by a partition or a pause.
+const TIME_LINE_BEHIND_MS: i128 = 60_000;
 
 /// How far a machine's clock runs from the witness's unless told (10%): far past any clock a
 /// time service keeps, and well within the lease's margin, a quarter of its TTL
@@ -102,6 +115,7 @@ impl Default for RunLength {
             witness_cuts: true,
             max_clock_drift_ppm: MAX_CLOCK_DRIFT_PPM,
             lost_answers: true,
+            wall_clock_skew: true,
         }
     }
 }
@@ -112,6 +126,8 @@ const EXTRA_STREAM: u64 = 0x005e_ed0f_1a7e_fa17;
 const WITNESS_CUT_STREAM: u64 = 0x00c0_7fe7_0e55_c075;
 /// Mixed into the seed for the stream of the witness's lost answers.
 const LOST_ANSWER_STREAM: u64 = 0x0105_7a45_3e45_0000;
+/// Mixed into the seed for the stream of the machines' wall clocks set apart.
+const WALL_CLOCK_STREAM: u64 = 0x0a11_c10c_5e70_ff00;
 /// Mixed into the seed for the stream of the machines' clock rates.
 const CLOCK_DRIFT_STREAM: u64 = 0x0c10_c4d1_1f70_0a7e;
 /// Mixed into the seed for the operator's switches of the acknowledgement mode (`--async`).
@@ -155,6 +171,8 @@ pub struct FaultCounts {
     pub slow_clocks: u64,
     /// Machines whose clock ran at least 1% faster.
     pub fast_clocks: u64,
+    /// Machines whose wall clock was set minutes off the other's.
+    pub skewed_clocks: u64,
     pub switchovers: u64,
     /// Disks whose writes and syncs failed (ENOSPC, EIO) until the operator restarted the node.
     pub disk_failures: u64,
@@ -268,6 +286,9 @@ pub struct World {
     /// Scheduled ends of faults: (time, what).
     heals: Vec<(u64, Heal)>,
     highest_epoch: u64,
+    /// Where each epoch's primary stamped when last seen running: its stamp and the step it
+    /// was read at ([`World::check_time_line`]).
+    time_lines: BTreeMap<u64, (u64, u64)>,
     /// Primaries cut off from the witness: the machine, the highest epoch and the machine's
     /// `runs_started` when it was cut.
     cut_primaries: Vec<(usize, u64, u64)>,
@@ -385,11 +406,17 @@ impl World {
         });
         let start = Timestamp(EPOCH_UNIX_MS + 86_400_000);
         let mut drifts = Prng::new(seed ^ CLOCK_DRIFT_STREAM);
+        let set_apart = draw_wall_clock_skew(seed, length.wall_clock_skew);
         let machines: Vec<Machine> = (0..2)
             .map(|index| {
-                // A few ms of skew between the machines' wall clocks.
+                // A few ms of skew between the machines' wall clocks, and on some seeds one
+                // set minutes off.
                 let skew = prng.below(5);
-                let clock = Arc::new(ManualClock::new(Timestamp(start.0 + skew)));
+                let wall = match set_apart {
+                    Some((machine, off)) if machine == index => start.0.saturating_add_signed(off),
+                    _ => start.0,
+                };
+                let clock = Arc::new(ManualClock::new(Timestamp(wall + skew)));
                 let mut machine = Machine::new(index, clock, prng.fork());
                 machine.clock_drift_ppm = draw_drift(&mut drifts, length.max_clock_drift_ppm);
                 machine.rebuild_first = length.clean_stops;
@@ -439,6 +466,11 @@ impl World {
         let witness = Witness::new();
         let mut trace = Trace::keeping(length.events_kept);
         let mut faults = FaultCounts::default();
+        if let Some((machine, off)) = set_apart {
+            faults.skewed_clocks += 1;
+            let name = &machines[machine].name;
+            trace.event(0, &format!("{name}: its wall clock is set {off:+} ms off the other's"));
+        }
         for machine in &machines {
             let drift = machine.clock_drift_ppm;
             faults.slow_clocks += u64::from(drift <= -10_000);
@@ -468,6 +500,7 @@ impl World {
             held: Vec::new(),
             heals: Vec::new(),
             highest_epoch: 0,
+            time_lines: BTreeMap::new(),
             cut_primaries: Vec::new(),
             led_since: BTreeMap::new(),
             failovers: 0,
@@ -634,6 +667,7 @@ impl World {
         self.lift_bound();
         self.note_cuts();
         self.note_epochs()?;
+        self.check_time_line()?;
         for (node, completion, epoch, alone) in completions {
             self.complete(node, completion, epoch, alone)?;
         }
@@ -832,6 +866,50 @@ impl World {
     /// Whether the witness's record says `async` (or holds none, which lets anyone lead).
     fn recorded_async(&self) -> bool {
         self.read_record().is_none_or(|sync| sync.ack_mode() == AckMode::Async)
+    }
+
+    /// Follows the time line each epoch's primary stamps on, and checks that a standby
+    /// promoted in place goes on with the line of the records it holds
+    /// (`TimeLine::take_over`): its stamp as it takes office is where the primary of its last
+    /// record would stamp by now, within what the clocks' drift and the records' delays allow.
+    /// A standby that received no record since it started stamps by its own clock, as a node
+    /// started cold does, and is not checked.
+    fn check_time_line(&mut self) -> Result<(), String> {
+        let now = self.now_ms;
+        for machine in &self.machines {
+            // A paused machine's clock stands still, and so do its stamps: its line is read
+            // again once it runs.
+            let Some(running) = machine.running().filter(|r| r.control.is_primary()) else {
+                continue;
+            };
+            if machine.paused {
+                continue;
+            }
+            let epoch = running.control.epoch().0;
+            let clock = machine.clock.timestamp(machine.clock.now_ns()).0;
+            let stamp = clock.saturating_add_signed(running.node.time_shift_ms());
+            let first = self.time_lines.insert(epoch, (stamp, now)).is_none();
+            let Some(followed) = running.followed_epoch.filter(|_| first) else { continue };
+            let Some(&(seen, at)) = self.time_lines.get(&followed) else { continue };
+            if running.node.metrics().primary_clock_offset_ms.is_none() {
+                continue;
+            }
+            let expected = seen + (now - at);
+            let off = i128::from(stamp) - i128::from(expected);
+            // Clocks drift up to 10% apart. A standby continues from the last record it
+            // received as if it had arrived at once: a record a partition or a pause held
+            // sets it behind by as long (the safe side: deadlines and key windows last longer).
+            let (ahead_allowed, behind_allowed) = (200 + i128::from(now / 4), TIME_LINE_BEHIND_MS);
+            if off > ahead_allowed || -off > behind_allowed {
+                return Err(format!(
+                    "{} took office in epoch {epoch} stamping at {stamp}, {off:+} ms from the \
+                     time line of epoch {followed}, its last record's (at {expected} by now): \
+                     a promoted standby goes on with it",
+                    machine.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Counts each new primary's epoch, and checks that a node started with
@@ -1517,6 +1595,19 @@ fn is_write(answer: &Answer) -> bool {
 /// A machine's clock rate, in parts per million off the witness's: none, or a magnitude up to
 /// `max_ppm` (from a thousandth of it to all of it), slow or fast. Nothing is drawn when
 /// `max_ppm` is 0, so seeds run without drift keep their paths.
+/// The machine whose wall clock a seed sets off the other's, and by how much (ms, either
+/// way), on a third of the seeds when `on`; drawn from its own stream.
+fn draw_wall_clock_skew(seed: u64, on: bool) -> Option<(usize, i64)> {
+    let mut draws = Prng::new(seed ^ WALL_CLOCK_STREAM);
+    if !on || !draws.chance(1, 3) {
+        return None;
+    }
+    let machine = draws.below(2) as usize;
+    let magnitude = draws.range_inclusive(WALL_CLOCK_SKEW_MS.0, WALL_CLOCK_SKEW_MS.1);
+    let magnitude = i64::try_from(magnitude).expect("minutes fit");
+    Some((machine, if draws.chance(1, 2) { -magnitude } else { magnitude }))
+}
+
 pub(super) fn draw_drift(drifts: &mut Prng, max_ppm: u32) -> i64 {
     if max_ppm == 0 {
         return 0;
