@@ -311,6 +311,7 @@ fn a_promoted_replica_whose_clock_runs_ahead_stamps_on_its_primarys_time_line() 
     replica.promote(Epoch(2)).unwrap();
     assert_eq!(replica.metrics().time_shift_ms, -lead);
     assert_eq!(replica.promoter().time_shift_ms(), -lead);
+    assert_eq!(replica.metrics().primary_clock_offset_ms, None, "a primary follows nobody");
     while session.poll().is_some() {}
     session.try_submit(reserve(), 9).unwrap();
     replica.step();

@@ -103,9 +103,10 @@ impl Clock for ManualClock {
 ///   expire, at the first command, every request key and payment deadline within its lead —
 ///   a retried request executed twice, buyers' reservations gone before their time.
 ///
-/// The shift is set at start and at a promotion and never changes in between, so stamps
-/// never go back. `shift_ms` is how far the node stands from its own clock: beyond a second
-/// or so, a machine's clock needs looking at.
+/// The shift is set at start and at a promotion, never in between, so the commands a node
+/// stamps never go back: before a promotion it journals its primary's records, stamped there,
+/// and after it goes on from the last of them. `shift_ms` is how far the node stands from its
+/// own clock: beyond a second or so, a machine's clock needs looking at.
 #[derive(Debug)]
 pub(crate) struct TimeLine {
     /// Milliseconds added to the clock's timestamp.

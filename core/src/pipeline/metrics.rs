@@ -74,7 +74,8 @@ pub struct Metrics {
     /// at start or its primary's once promoted (`TimeLine`).
     pub time_shift_ms: i64,
     /// On a standby, how far its clock stood ahead of the last record's stamp when the record
-    /// arrived (the record's trip from the primary included); `None` before the first record.
+    /// arrived (the record's trip from the primary included); `None` before the first record,
+    /// and on a primary.
     pub primary_clock_offset_ms: Option<i64>,
     /// Slots published and not yet released by egress.
     pub ring_fill: u64,

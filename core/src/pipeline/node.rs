@@ -743,7 +743,9 @@ impl Node {
             ticks_skipped: shared.ticks_skipped.load(Ordering::Relaxed),
             ring_size: shared.ring_size,
             time_shift_ms: shared.time_line.shift_ms(),
-            primary_clock_offset_ms: shared.time_line.primary_offset_ms(&*shared.clock),
+            primary_clock_offset_ms: (shared.intake() == Intake::Replica)
+                .then(|| shared.time_line.primary_offset_ms(&*shared.clock))
+                .flatten(),
             ring_fill: published.saturating_sub(sequences.released_positions),
             blp_service_ns: shared.blp_service.latency(),
             publish_to_egress_ns: shared.stage_cells("egress").histograms.latency(),

@@ -351,7 +351,8 @@ pub struct Running {
     next_driver_ms: u64,
     /// Set by the driver's rejoin: restart as a candidate, for this reason.
     rejoin: Arc<Mutex<Option<String>>>,
-    /// Promoted in place: the epoch of the last record it had from its primary.
+    /// Promoted in place after it took a record from its primary in this run: that record's
+    /// epoch.
     pub followed_epoch: Option<u64>,
     /// The snapshot writer the node's hook hands jobs to, and its counters as last seen.
     snapshots: Option<Snapshots>,
@@ -392,6 +393,8 @@ struct Follower {
     needs_snapshot: bool,
     /// The node failed a record; following stops until a restart.
     stopped: bool,
+    /// The node took a record from the primary in this run.
+    received: bool,
 }
 
 /// What a machine reports to the world after a tick.
@@ -1209,7 +1212,8 @@ impl Machine {
         {
             // Promoted (by the witness or by hand): the follower stops, as `Control`'s
             // promotion stops its thread.
-            running.followed_epoch = Some(follower.applied.submitted.last_epoch.0);
+            let last_epoch = follower.applied.submitted.last_epoch.0;
+            running.followed_epoch = follower.received.then_some(last_epoch);
             if let Some((conn, _)) = follower.conn {
                 net.close(conn, index, now_ms);
             }
@@ -1639,6 +1643,7 @@ impl Follower {
             diverged: None,
             needs_snapshot: false,
             stopped: false,
+            received: false,
         }
     }
 
@@ -1810,6 +1815,7 @@ impl Follower {
             match self.node.try_submit_record(bytes, 0) {
                 Ok(_) => {
                     self.applied.submitted(bytes);
+                    self.received = true;
                     self.backlog.pop_front();
                 }
                 Err(Refused::Busy | Refused::SessionFull) => return,

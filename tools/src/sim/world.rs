@@ -891,9 +891,6 @@ impl World {
             let first = self.time_lines.insert(epoch, (stamp, now)).is_none();
             let Some(followed) = running.followed_epoch.filter(|_| first) else { continue };
             let Some(&(seen, at)) = self.time_lines.get(&followed) else { continue };
-            if running.node.metrics().primary_clock_offset_ms.is_none() {
-                continue;
-            }
             let expected = seen + (now - at);
             let off = i128::from(stamp) - i128::from(expected);
             // Clocks drift up to 10% apart. A standby continues from the last record it
