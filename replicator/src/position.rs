@@ -114,6 +114,44 @@ pub fn decide(
     JoinDecision::Stream { from }
 }
 
+/// Where a standby told that its journal diverged cuts it: after `keep_through`, unless it
+/// can see that more is not its primary's. `end` is its journal's last record and epoch, and
+/// `earlier` what it was told the round before, if it joined the same primary a round
+/// before: its last record and epoch then, and the record it was told to keep through.
+///
+/// The primary keeps the standby through the last record of the standby's last epoch or
+/// below in its own journal, and never through the standby's last record. Where its record
+/// at that sequence is of a lower epoch than the standby's, it cannot see where the standby's
+/// epoch begins, and names the record before the last: a standby that wrote many records in
+/// an epoch the primary never held would drop them one a round. Told so twice running for
+/// records of one epoch E, the standby knows better: the first answer says the primary holds
+/// a record of E or below at or past the standby's new last record, the second that the
+/// record there is not of E, so it is below E, and a journal's epochs never go down: the
+/// primary holds no record of E at or below it. None of the standby's records of E is the
+/// primary's, and it cuts before the first of them (before the first it still holds, when the
+/// older ones were retired after a snapshot).
+#[must_use]
+pub fn divergence_cut(
+    earlier: Option<((Sequence, Epoch), Sequence)>,
+    end: (Sequence, Epoch),
+    keep_through: Sequence,
+    journal: &mut dyn JournalIndex,
+) -> Sequence {
+    let (last, epoch) = end;
+    assert!(keep_through < last, "a divergence drops a record");
+    let only_the_last = keep_through.next() == last;
+    let walked = earlier.is_some_and(|((was_last, was_epoch), was_kept)| {
+        was_epoch == epoch && was_kept == last && was_kept.next() == was_last
+    });
+    if !only_the_last || !walked || epoch.0 == 0 {
+        return keep_through;
+    }
+    let below = journal.last_at_or_below_epoch(Epoch(epoch.0 - 1)).unwrap_or(Sequence(0));
+    let first_held = journal.first().unwrap_or(Sequence(1));
+    let cut = below.max(Sequence(first_held.0.saturating_sub(1)));
+    cut.min(keep_through)
+}
+
 /// A journal held as the epoch of each record, from sequence `first` on: the index a test or
 /// the simulator gives a primary instead of a data directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -223,6 +261,73 @@ mod tests {
         let mut old = vec![1, 1, 2, 2, 3, 3];
         let (from, _) = rejoin(&mut primary, &mut old, 4);
         assert_eq!((from, old.len()), (3, 2));
+    }
+
+    /// [`rejoin`], the standby cutting as `divergence_cut` says, remembering the round before.
+    fn rejoin_cutting(primary: &mut EpochList, standby: &mut Vec<u64>, epoch: u64) -> (u64, usize) {
+        let mut earlier = None;
+        for round in 1..10 {
+            let last = standby.len() as u64;
+            let last_epoch = standby.last().copied().unwrap_or(0);
+            match decide(primary, Epoch(epoch), position(last, last_epoch, 1)) {
+                JoinDecision::Stream { from } => return (from.0, round),
+                JoinDecision::Diverged { keep_through } => {
+                    let end = (Sequence(last), Epoch(last_epoch));
+                    let mut own = EpochList { first: 1, epochs: standby.clone() };
+                    let cut = divergence_cut(earlier, end, keep_through, &mut own);
+                    earlier = Some((end, keep_through));
+                    standby.truncate(usize::try_from(cut.0).unwrap());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("the exchange did not end");
+    }
+
+    #[test]
+    fn a_standby_that_led_an_epoch_the_primary_never_held_drops_it_in_two_rounds() {
+        // Goal: the standby led epoch 3 alone (under `async`) and wrote 4..=40; the primary
+        // holds epoch 2 there, then 4. Told one record a round, the standby would take 37
+        // rounds (a restart each); the second answer tells it that none of its epoch-3 records
+        // is the primary's, and the third round streams. Both end at the same prefix.
+        let mut primary = EpochList { first: 1, epochs: [vec![2; 45], vec![4; 5]].concat() };
+        let mut cutting = [vec![2; 3], vec![3; 37]].concat();
+        let one_a_round = JoinDecision::Diverged { keep_through: Sequence(39) };
+        assert_eq!(decide(&mut primary, Epoch(4), position(40, 3, 3)), one_a_round);
+        let (from, rounds) = rejoin_cutting(&mut primary, &mut cutting, 4);
+        assert_eq!((from, cutting.len(), rounds), (4, 3, 3));
+    }
+
+    #[test]
+    fn a_cut_never_drops_a_record_the_primary_holds() {
+        // Goal: the cut goes past the primary's answer only where the standby's records are
+        // not the primary's. An old primary with a one-record tail keeps the rest of its epoch
+        // (the primary holds it); a second one-record answer in another epoch is not a walk;
+        // nor one that does not follow from the round before.
+        let mut primary = EpochList { first: 1, epochs: vec![1, 1, 1, 2, 2] };
+        let mut old = vec![1, 1, 1, 1];
+        assert_eq!(rejoin_cutting(&mut primary, &mut old, 2), (4, 2));
+        assert_eq!(old.len(), 3);
+        let mut own = EpochList { first: 1, epochs: vec![1, 2, 3, 3] };
+        let end = (Sequence(4), Epoch(3));
+        let other_epoch = Some(((Sequence(5), Epoch(4)), Sequence(4)));
+        assert_eq!(divergence_cut(other_epoch, end, Sequence(3), &mut own), Sequence(3));
+        let not_after = Some(((Sequence(7), Epoch(3)), Sequence(6)));
+        assert_eq!(divergence_cut(not_after, end, Sequence(3), &mut own), Sequence(3));
+        let wider = Some(((Sequence(5), Epoch(3)), Sequence(4)));
+        assert_eq!(divergence_cut(wider, end, Sequence(2), &mut own), Sequence(2), "exact already");
+        assert_eq!(divergence_cut(wider, end, Sequence(3), &mut own), Sequence(2), "a walk");
+    }
+
+    #[test]
+    fn a_walk_over_retired_records_cuts_to_before_the_first_held() {
+        // Goal: the standby's journal starts at 10 (older records retired after a snapshot),
+        // every record it holds of the epoch the primary never held: it drops them all, and
+        // the join then asks for the primary's snapshot or streams from the snapshot's end.
+        let mut own = EpochList { first: 10, epochs: vec![3; 6] };
+        let earlier = Some(((Sequence(16), Epoch(3)), Sequence(15)));
+        let cut = divergence_cut(earlier, (Sequence(15), Epoch(3)), Sequence(14), &mut own);
+        assert_eq!(cut, Sequence(9));
     }
 
     #[test]

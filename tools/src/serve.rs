@@ -30,6 +30,8 @@ use ringfence_replicator::control::{
     Control, Role, before_candidacy, start_primary_run, take_office,
 };
 use ringfence_replicator::coordination::driver::{self, Decided};
+use ringfence_replicator::index::DirIndex;
+use ringfence_replicator::position;
 use ringfence_replicator::standby::{self, JournalEnd};
 use serde::{Deserialize, Serialize};
 
@@ -528,7 +530,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         }
     };
     let node = started.map_err(|e| format!("starting the node: {e}"))?;
-    let shift_ms = node.metrics().time_shift_ms;
+    let shift_ms = node.time_shift_ms();
     if shift_ms >= 1_000 {
         log(format_args!(
             "node: this machine's clock reads {shift_ms} ms before the journal's last command; \
@@ -723,9 +725,12 @@ fn recover_for_role(
     options: &WriterOptions,
     replication: Option<&Replication>,
 ) -> Result<(Recovered<FileStorage>, JournalEnd), String> {
-    // Each round cuts the journal or replaces it; a few rounds always suffice.
+    // Each round cuts the journal or replaces it; two rounds drop a diverged epoch
+    // (`position::divergence_cut`), so a few rounds suffice.
     const ROUNDS_MAX: usize = 8;
     let mut from_snapshot = None;
+    // The round before: where the journal ended and what the primary said to keep.
+    let mut told_before = None;
     let mut boot_noted = false;
     for _ in 0..ROUNDS_MAX {
         let recovered = recover_logged(storage, options.clone())?;
@@ -752,9 +757,21 @@ fn recover_for_role(
                 // Promised before anything is dropped: promoted later, this node takes an
                 // epoch above the primary's.
                 standby::promise_epoch(recovered.writer.data_dir(), epoch)?;
+                let at = (end.last_sequence, end.last_epoch);
+                let mut own = DirIndex::over(storage.clone(), end.last_sequence)
+                    .map_err(|e| format!("reading this journal's epochs: {e}"))?;
+                let cut = position::divergence_cut(told_before, at, keep_through, &mut own);
+                told_before = Some((at, keep_through));
+                if cut < keep_through {
+                    log(format_args!(
+                        "the primary holds no record of epoch {} at or below {}: none of this \
+                         journal's records of that epoch is the primary's",
+                        end.last_epoch, end.last_sequence
+                    ));
+                }
                 // The journal is closed before it is cut.
                 drop(recovered);
-                if !replication::drop_tail(storage, end, keep_through)? {
+                if !replication::drop_tail(storage, end, cut)? {
                     // The primary's epoch, promised above, is at least its snapshot's.
                     let fetched = replication::fetch_primary_snapshot(config, primary)?;
                     let installed = replication::install_snapshot(storage, &fetched, end)?;

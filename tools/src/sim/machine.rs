@@ -44,7 +44,7 @@ use ringfence_replicator::coordination::store::{
 use ringfence_replicator::index::DirIndex;
 use ringfence_replicator::message::{Ack, Message, RefuseCode, decode, encode};
 use ringfence_replicator::policy::{AckMode, Gate};
-use ringfence_replicator::position::{EpochList, JournalIndex, StandbyPosition};
+use ringfence_replicator::position::{self, EpochList, JournalIndex, StandbyPosition};
 use ringfence_replicator::primary::SnapshotToSend;
 use ringfence_replicator::session::{
     PrimarySession, PrimaryStep, Purpose, StandbySession, StandbyStep,
@@ -417,8 +417,12 @@ pub struct Machine {
     pub process: Process,
     pub paused: bool,
     pub observed: Arc<Mutex<Observed>>,
-    /// Sequence to truncate the journal after at the next start (a diverged tail).
-    pending_truncate: Option<Sequence>,
+    /// Sequence to truncate the journal after at the next start (a diverged tail), and where
+    /// the journal ended when the primary said so.
+    pending_truncate: Option<(Sequence, (Sequence, Epoch))>,
+    /// The divergence the round before, until the standby streams again: where its journal
+    /// ended and what the primary said to keep (`position::divergence_cut`).
+    told_before: Option<((Sequence, Epoch), Sequence)>,
     /// The operator moves its data directory aside at the next start, which then begins
     /// empty (a standby whose history it chose to give up).
     pub start_empty: bool,
@@ -434,6 +438,8 @@ pub struct Machine {
     pub rebuilds: u64,
     /// And the heals from the peer's journal (nothing dropped).
     pub heals: u64,
+    /// Diverged tails cut before the primary's answer: an epoch the primary never held.
+    pub epochs_dropped: u64,
     /// Whether the operator tries `journal rebuild` before a truncation.
     pub rebuild_first: bool,
     /// Whether the operator tries `journal heal` from the peer's journal before a truncation.
@@ -471,12 +477,14 @@ impl Machine {
             paused: false,
             observed: Arc::default(),
             pending_truncate: None,
+            told_before: None,
             start_empty: false,
             max_failover_loss: None,
             cut_to: None,
             repairs: 0,
             rebuilds: 0,
             heals: 0,
+            epochs_dropped: 0,
             rebuild_first: true,
             heal_first: true,
             halt_power_loss: None,
@@ -680,9 +688,17 @@ impl Machine {
             self.disk = FaultStorage::new();
             self.halt_power_loss = None;
             self.pending_truncate = None;
+            self.told_before = None;
             self.cut_to = Some(Sequence(0));
         }
-        if let Some(keep_through) = self.pending_truncate.take() {
+        if let Some((told, end)) = self.pending_truncate.take() {
+            // As `serve` does: a second answer naming only the last record drops the epoch.
+            let keep_through = match DirIndex::over(self.disk.clone(), end.0) {
+                Ok(mut own) => position::divergence_cut(self.told_before, end, told, &mut own),
+                Err(_) => told,
+            };
+            self.epochs_dropped += u64::from(keep_through < told);
+            self.told_before = Some((end, told));
             match recovery::truncate(&self.disk, keep_through.next()) {
                 Ok(_) => trace
                     .event(now_ms, &format!("{}: dropped records after {keep_through}", self.name)),
@@ -1222,7 +1238,11 @@ impl Machine {
         if let Some(follower) = running.follower.as_mut() {
             follower.tick(now_ms, &running.control, net, (index, nonce), settings, trace, &name);
             if let Some(keep_through) = follower.diverged {
-                self.pending_truncate = Some(keep_through);
+                let end = &follower.applied.submitted;
+                self.pending_truncate = Some((keep_through, (end.last_sequence, end.last_epoch)));
+            }
+            if follower.streaming {
+                self.told_before = None;
             }
             self.fetch_at_start |= follower.needs_snapshot;
         }

@@ -315,7 +315,8 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
          {} disk failures ({} EIO, the rest ENOSPC), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
          peer's copy), {} promotions by hand ({} of a standby ahead of its primary), {} \
-         standbys started anew after a split, {} armed crashes taken back when the faults \
+         standbys started anew after a split, {} diverged epochs dropped at once, {} armed \
+         crashes taken back when the faults \
          ended, {} nodes restarted without their --max-failover-loss",
         f.kills,
         f.power_losses,
@@ -343,6 +344,7 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
         f.manual_promotions,
         f.promotions_ahead,
         f.standbys_emptied,
+        f.epochs_dropped,
         f.crashes_taken_back,
         f.bounds_lifted
     );
@@ -449,6 +451,7 @@ impl Totals {
             f.repairs += r.repairs;
             f.rebuilds += r.rebuilds;
             f.heals += r.heals;
+            f.epochs_dropped += r.epochs_dropped;
             f.manual_promotions += r.manual_promotions;
             f.promotions_ahead += r.promotions_ahead;
             f.io_errors += r.io_errors;
@@ -1040,6 +1043,18 @@ mod tests {
         let length = RunLength { unsynced: true, ..with_async(before_witness_cuts()) };
         let did = |r: &Report| r.faults.rebuilds >= 1 && r.snapshots.installed >= 1;
         regressions_pass(&[6030], length, "no journal rebuilt after a snapshot install", did);
+    }
+
+    #[test]
+    fn a_standby_that_led_an_epoch_its_primary_never_held_rejoins() {
+        // Goal: seed 800303 under `--unsynced --async`: a standby that had led epoch 3 alone
+        // wrote 600 records its new primary, whose records there are of epoch 2, never held.
+        // The primary could not see where that epoch began and named one record a round, and
+        // the standby restarted 441 times, dropping one each, and had not rejoined when the
+        // run ended. The second such answer now tells it to drop the whole epoch.
+        let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
+        let did = |r: &Report| r.faults.epochs_dropped >= 1;
+        regressions_pass(&[800_303], length, "no diverged epoch dropped at once", did);
     }
 
     #[test]

@@ -189,6 +189,9 @@ pub struct FaultCounts {
     pub rebuilds: u64,
     /// And the ones healed from the peer's copies of the damaged records (nothing dropped).
     pub heals: u64,
+    /// Diverged standbys that dropped a whole epoch their primary never held at once, on the
+    /// primary's second answer naming only their last record (`position::divergence_cut`).
+    pub epochs_dropped: u64,
     /// Promotions by hand in a pair without a witness.
     pub manual_promotions: u64,
     /// Of those, promotions of a standby its primary had said was ahead of it (it lost
@@ -576,6 +579,7 @@ impl World {
         faults.repairs = self.machines.iter().map(|m| m.repairs).sum();
         faults.rebuilds = self.machines.iter().map(|m| m.rebuilds).sum();
         faults.heals = self.machines.iter().map(|m| m.heals).sum();
+        faults.epochs_dropped = self.machines.iter().map(|m| m.epochs_dropped).sum();
         faults.campaigns_won_unanswered = self.witness.campaigns_won_unanswered();
         let writes = self.ledger.answers.iter().filter(|a| is_write(a)).count() as u64;
         let at_risk =
