@@ -758,9 +758,15 @@ fn recover_for_role(
                 // epoch above the primary's.
                 standby::promise_epoch(recovered.writer.data_dir(), epoch)?;
                 let at = (end.last_sequence, end.last_epoch);
-                let mut own = DirIndex::over(storage.clone(), end.last_sequence)
-                    .map_err(|e| format!("reading this journal's epochs: {e}"))?;
-                let cut = position::divergence_cut(told_before, at, keep_through, &mut own);
+                let cut = match DirIndex::over(storage.clone(), end.last_sequence) {
+                    Ok(mut own) => {
+                        position::divergence_cut(told_before, at, keep_through, &mut own)
+                    }
+                    Err(error) => {
+                        log(format_args!("reading this journal's epochs: {error}"));
+                        keep_through
+                    }
+                };
                 told_before = Some((at, keep_through));
                 if cut < keep_through {
                     log(format_args!(
