@@ -533,10 +533,7 @@ impl StandbySession {
             }
             (StandbyState::AwaitStart, Message::Start(start)) => self.on_start(start),
             (StandbyState::AwaitStart, Message::Behind(behind)) => self.on_behind(*behind),
-            (StandbyState::AwaitStart, Message::Diverged(diverged)) => {
-                self.state = StandbyState::Closed;
-                StandbyStep::Diverged { keep_through: diverged.keep_through, epoch: diverged.epoch }
-            }
+            (StandbyState::AwaitStart, Message::Diverged(diverged)) => self.on_diverged(*diverged),
             (StandbyState::AwaitStart, Message::SnapshotChunk(_))
                 if self.purpose == Purpose::FetchSnapshot =>
             {
@@ -615,6 +612,22 @@ impl StandbySession {
             );
             self.refuse(RefuseCode::StaleEpoch, text)
         })
+    }
+
+    fn on_diverged(&mut self, diverged: Diverged) -> StandbyStep {
+        let Purpose::Join(position) = self.purpose else {
+            return self
+                .refuse(RefuseCode::BadMessage, "diverged when a snapshot was asked".into());
+        };
+        if diverged.keep_through >= position.last_sequence {
+            let text = format!(
+                "the primary says this journal diverged after {}, but it ends at {}",
+                diverged.keep_through, position.last_sequence
+            );
+            return self.refuse(RefuseCode::BadMessage, text);
+        }
+        self.state = StandbyState::Closed;
+        StandbyStep::Diverged { keep_through: diverged.keep_through, epoch: diverged.epoch }
     }
 
     fn on_behind(&mut self, behind: Behind) -> StandbyStep {
@@ -870,6 +883,40 @@ mod tests {
                     assert!(text.contains("11..=13") && text.contains(split), "{text}");
                 }
                 other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_standby_refuses_to_drop_nothing_or_more_than_it_holds() {
+        // Goal: told its journal diverged after a sequence at or past its own last record (a
+        // primary's bug or a corrupted frame that passed its checks), a standby refuses the
+        // answer rather than cut nothing or fail on it; a cut below its last is taken.
+        let key = secret("the-shared-secret-16+");
+        let ours = cluster();
+        for (keep_through, refused) in [(12, false), (0, false), (13, true), (40, true)] {
+            let at = position(13, 1, 2);
+            let (mut standby, hello) =
+                StandbySession::start(ours, [1; 32], Purpose::Join(at), at.promised);
+            let mut primary = PrimarySession::new([2; 32]);
+            let mut journal = EpochList::flat(10, 1);
+            let mut view = view(&ours, &key, &mut journal, 3);
+            let mut step = None;
+            wire(&hello, &mut |m| step = Some(primary.on_message(m, &mut view)));
+            let Some(PrimaryStep::Reply(challenge)) = step.take() else { panic!("{step:?}") };
+            wire(&challenge, &mut |m| drop(standby.on_message(m, &key, &ours)));
+            let told = Diverged { epoch: Epoch(3), keep_through: Sequence(keep_through) };
+            let mut answer = None;
+            wire(&Outgoing::Diverged(told), &mut |m| {
+                answer = Some(standby.on_message(m, &key, &ours))
+            });
+            let answer = answer.expect("an answer");
+            if refused {
+                assert_eq!(standby_refusal(&answer), Some(RefuseCode::BadMessage), "{answer:?}");
+            } else {
+                let expected =
+                    StandbyStep::Diverged { keep_through: told.keep_through, epoch: told.epoch };
+                assert_eq!(answer, expected);
             }
         }
     }
