@@ -887,24 +887,33 @@ mod tests {
         }
     }
 
+    /// A standby whose journal ends at 13 (epoch 1, promised 2), its join sent to a primary of
+    /// epoch 3 holding 1..=10, awaiting the answer.
+    fn joined_at_13(key: &ClusterSecret) -> StandbySession {
+        let ours = cluster();
+        let at = position(13, 1, 2);
+        let (mut standby, hello) =
+            StandbySession::start(ours, [1; 32], Purpose::Join(at), at.promised);
+        let mut primary = PrimarySession::new([2; 32]);
+        let mut journal = EpochList::flat(10, 1);
+        let mut view = view(&ours, key, &mut journal, 3);
+        let mut step = None;
+        wire(&hello, &mut |m| step = Some(primary.on_message(m, &mut view)));
+        let Some(PrimaryStep::Reply(challenge)) = step.take() else { panic!("{step:?}") };
+        let mut join = None;
+        wire(&challenge, &mut |m| join = Some(standby.on_message(m, key, &ours)));
+        assert!(matches!(join, Some(StandbyStep::Reply(_))), "{join:?}");
+        standby
+    }
+
     #[test]
     fn a_standby_refuses_to_drop_nothing_or_more_than_it_holds() {
         // Goal: told its journal diverged after a sequence at or past its own last record (a
         // primary's bug or a corrupted frame that passed its checks), a standby refuses the
         // answer rather than cut nothing or fail on it; a cut below its last is taken.
-        let key = secret("the-shared-secret-16+");
-        let ours = cluster();
+        let (key, ours) = (secret("the-shared-secret-16+"), cluster());
         for (keep_through, refused) in [(12, false), (0, false), (13, true), (40, true)] {
-            let at = position(13, 1, 2);
-            let (mut standby, hello) =
-                StandbySession::start(ours, [1; 32], Purpose::Join(at), at.promised);
-            let mut primary = PrimarySession::new([2; 32]);
-            let mut journal = EpochList::flat(10, 1);
-            let mut view = view(&ours, &key, &mut journal, 3);
-            let mut step = None;
-            wire(&hello, &mut |m| step = Some(primary.on_message(m, &mut view)));
-            let Some(PrimaryStep::Reply(challenge)) = step.take() else { panic!("{step:?}") };
-            wire(&challenge, &mut |m| drop(standby.on_message(m, &key, &ours)));
+            let mut standby = joined_at_13(&key);
             let told = Diverged { epoch: Epoch(3), keep_through: Sequence(keep_through) };
             let mut answer = None;
             wire(&Outgoing::Diverged(told), &mut |m| {
@@ -941,17 +950,7 @@ mod tests {
             (behind(3, 20), Some(RefuseCode::BadMessage)),
         ];
         for (told, refused) in cases {
-            let at = position(13, 1, 2);
-            let (mut standby, hello) =
-                StandbySession::start(ours, [1; 32], Purpose::Join(at), at.promised);
-            let mut primary = PrimarySession::new([2; 32]);
-            let mut journal = EpochList::flat(10, 1);
-            let mut view = view(&ours, &key, &mut journal, 3);
-            let mut step = None;
-            wire(&hello, &mut |m| step = Some(primary.on_message(m, &mut view)));
-            let Some(PrimaryStep::Reply(challenge)) = step.take() else { panic!("{step:?}") };
-            let mut reply = None;
-            wire(&challenge, &mut |m| reply = Some(standby.on_message(m, &key, &ours)));
+            let mut standby = joined_at_13(&key);
             let mut answer = None;
             wire(&Outgoing::Behind(told), &mut |m| {
                 answer = Some(standby.on_message(m, &key, &ours))
