@@ -27,7 +27,7 @@ use super::stages::{
 use super::wait::{Parker, WakeHook};
 use crate::command::Command;
 use crate::engine::Engine;
-use crate::types::{Epoch, Sequence};
+use crate::types::{Epoch, Sequence, Timestamp};
 
 /// After a drain times out and the node is failed, how long stages get to notice and exit
 /// before `shutdown` gives up on them.
@@ -673,6 +673,13 @@ impl Node {
     #[must_use]
     pub fn time_shift_ms(&self) -> i64 {
         self.shared.time_line.shift_ms()
+    }
+
+    /// The stamp a command published now would get: the clock's reading on the node's time
+    /// line.
+    #[must_use]
+    pub fn stamp_now(&self) -> Timestamp {
+        self.shared.stamp(self.shared.clock.now_ns())
     }
 
     /// The topology the node runs.

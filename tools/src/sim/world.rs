@@ -890,8 +890,7 @@ impl World {
                 continue;
             }
             let epoch = running.control.epoch().0;
-            let clock = machine.clock.timestamp(machine.clock.now_ns()).0;
-            let stamp = clock.saturating_add_signed(running.node.time_shift_ms());
+            let stamp = running.node.stamp_now().0;
             let first = self.time_lines.insert(epoch, (stamp, now)).is_none();
             let Some(followed) = running.followed_epoch.filter(|_| first) else { continue };
             let Some(&(seen, at)) = self.time_lines.get(&followed) else { continue };
