@@ -582,7 +582,7 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
         ),
         (
             "ringfence_primary_clock_offset_ms",
-            "Standby: milliseconds its clock stood ahead of the last record's stamp on arrival.",
+            "Standby: least lead (ms) of its clock over a record's stamp on arrival, over 10-20 s.",
             metrics.primary_clock_offset_ms,
         ),
     ];

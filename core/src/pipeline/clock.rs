@@ -115,7 +115,18 @@ pub(crate) struct TimeLine {
     /// when it arrived (`u64::MAX`: none yet).
     record_ms: AtomicU64,
     record_arrived_ns: AtomicU64,
+    /// The offsets (the clock's reading on arrival less the record's stamp, ms) of the records
+    /// received from a primary: the least of those in the window that began at
+    /// `offset_window_ns`, and of those in the window before it (`i64::MAX`: none). Written by
+    /// the one session that feeds a standby its records.
+    offset_window_ns: AtomicU64,
+    offset_min: AtomicI64,
+    offset_min_before: AtomicI64,
 }
+
+/// How long one window of [`TimeLine::primary_offset_ms`] lasts: the reading is the least
+/// offset over the last one to two windows.
+const OFFSET_WINDOW_NS: u64 = 10_000_000_000;
 
 impl TimeLine {
     /// The time line of a node whose journal's last command was stamped `last`: the clock's,
@@ -127,6 +138,9 @@ impl TimeLine {
             shift_ms: AtomicI64::new(shift_ms),
             record_ms: AtomicU64::new(0),
             record_arrived_ns: AtomicU64::new(u64::MAX),
+            offset_window_ns: AtomicU64::new(0),
+            offset_min: AtomicI64::new(i64::MAX),
+            offset_min_before: AtomicI64::new(i64::MAX),
         }
     }
 
@@ -142,20 +156,36 @@ impl TimeLine {
 
     /// A record stamped `stamp` arrived from the primary at the clock's reading `ns`. Called
     /// by the one session that feeds a standby its records.
-    pub(crate) fn record_arrived(&self, stamp: Timestamp, ns: u64) {
+    pub(crate) fn record_arrived(&self, clock: &dyn Clock, stamp: Timestamp, ns: u64) {
         self.record_ms.store(stamp.0, Ordering::Relaxed);
         self.record_arrived_ns.store(ns, Ordering::Release);
+        let offset = offset_ms(clock, stamp, ns);
+        // One writer: plain loads and stores, no read-modify-write on the record path.
+        let window = self.offset_window_ns.load(Ordering::Relaxed);
+        let since = ns.saturating_sub(window);
+        if since >= OFFSET_WINDOW_NS {
+            let before = if since >= 2 * OFFSET_WINDOW_NS {
+                i64::MAX
+            } else {
+                self.offset_min.load(Ordering::Relaxed)
+            };
+            self.offset_min_before.store(before, Ordering::Relaxed);
+            self.offset_min.store(offset, Ordering::Relaxed);
+            self.offset_window_ns.store(ns, Ordering::Relaxed);
+        } else if offset < self.offset_min.load(Ordering::Relaxed) {
+            self.offset_min.store(offset, Ordering::Relaxed);
+        }
     }
 
-    /// How far the clock stood ahead of the last record's stamp when it arrived (its trip from
-    /// the primary included), if a record arrived.
-    pub(crate) fn primary_offset_ms(&self, clock: &dyn Clock) -> Option<i64> {
-        let arrived = self.record_arrived_ns.load(Ordering::Acquire);
-        (arrived != u64::MAX).then(|| {
-            let stamp = self.record_ms.load(Ordering::Relaxed);
-            i64::try_from(i128::from(clock.timestamp(arrived).0) - i128::from(stamp))
-                .unwrap_or(i64::MAX)
-        })
+    /// How far the clock stands ahead of the primary's, as the records show it: the least,
+    /// over the records that arrived in the last 10–20 s of their arrival, of the clock's
+    /// reading on arrival less the record's stamp. A record's trip from the primary — a
+    /// queue, a partition, a catch-up — only adds to its offset, so the least is the one that
+    /// waited least. `None` until a record arrived.
+    pub(crate) fn primary_offset_ms(&self) -> Option<i64> {
+        let least = self.offset_min.load(Ordering::Relaxed);
+        let least = least.min(self.offset_min_before.load(Ordering::Relaxed));
+        (least != i64::MAX).then_some(least)
     }
 
     /// A standby takes over at the clock's reading `ns`: from now on it stamps on its
@@ -173,6 +203,12 @@ impl TimeLine {
         }
         self.shift_ms()
     }
+}
+
+/// How far the clock's reading `ns` stands ahead of `stamp`, in milliseconds.
+fn offset_ms(clock: &dyn Clock, stamp: Timestamp, ns: u64) -> i64 {
+    let offset = i128::from(clock.timestamp(ns).0) - i128::from(stamp.0);
+    i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX - 1 })
 }
 
 /// `stamp` moved by `shift_ms`, within the range of stamps.
@@ -244,10 +280,10 @@ mod tests {
         let clock = ManualClock::new(Timestamp(hour as u64 + 10_000));
         let line = TimeLine::starting_at(&clock, Timestamp(9_000));
         assert_eq!(line.shift_ms(), 0);
-        assert_eq!(line.primary_offset_ms(&clock), None, "no record yet");
+        assert_eq!(line.primary_offset_ms(), None, "no record yet");
         clock.advance_ms(100);
-        line.record_arrived(Timestamp(10_098), clock.now_ns());
-        assert_eq!(line.primary_offset_ms(&clock), Some(hour + 2));
+        line.record_arrived(&clock, Timestamp(10_098), clock.now_ns());
+        assert_eq!(line.primary_offset_ms(), Some(hour + 2));
         clock.advance_ms(2_500);
         let shift = line.take_over(&clock, clock.now_ns());
         assert_eq!(shift, -(hour + 2));
@@ -262,13 +298,51 @@ mod tests {
         // rather than stamping earlier than it; one that received no record keeps its shift.
         let clock = ManualClock::new(Timestamp(5_000));
         let line = TimeLine::starting_at(&clock, Timestamp(4_000));
-        line.record_arrived(Timestamp(905_000), clock.now_ns());
-        assert_eq!(line.primary_offset_ms(&clock), Some(-900_000));
+        line.record_arrived(&clock, Timestamp(905_000), clock.now_ns());
+        assert_eq!(line.primary_offset_ms(), Some(-900_000));
         assert_eq!(line.take_over(&clock, clock.now_ns()), 900_000);
         assert_eq!(line.stamp(&clock, clock.now_ns()), Timestamp(905_000));
         let fresh = TimeLine::starting_at(&clock, Timestamp(7_000));
         assert_eq!(fresh.take_over(&clock, clock.now_ns()), 2_000);
         assert_eq!(fresh.stamp(&clock, clock.now_ns()), Timestamp(7_000));
+    }
+
+    #[test]
+    fn the_primary_offset_is_the_least_over_the_recent_records() {
+        // Goal: a record held on its way (a queue, a partition, a catch-up) does not read as a
+        // clock ahead while a record that waited less arrived within the window; a reading
+        // older than two windows is forgotten, so a clock that moved shows.
+        let clock = ManualClock::new(Timestamp(100_000));
+        let line = TimeLine::starting_at(&clock, Timestamp(0));
+        let window_ms = OFFSET_WINDOW_NS / 1_000_000;
+        let arrive = |line: &TimeLine, trip_ms: u64| {
+            let now_ns = clock.now_ns();
+            line.record_arrived(&clock, Timestamp(clock.timestamp(now_ns).0 - trip_ms), now_ns);
+        };
+        assert_eq!(line.primary_offset_ms(), None, "no record yet");
+        arrive(&line, 40);
+        assert_eq!(line.primary_offset_ms(), Some(40));
+        clock.advance_ms(1_000);
+        arrive(&line, 3);
+        clock.advance_ms(1_000);
+        arrive(&line, 2_000);
+        assert_eq!(line.primary_offset_ms(), Some(3), "the record held 2 s is not a lead");
+        clock.advance_ms(window_ms);
+        arrive(&line, 20);
+        assert_eq!(line.primary_offset_ms(), Some(3), "the window before still counts");
+        clock.advance_ms(window_ms);
+        arrive(&line, 25);
+        assert_eq!(line.primary_offset_ms(), Some(20), "two windows back is forgotten");
+        clock.advance_ms(3 * window_ms);
+        arrive(&line, 500);
+        assert_eq!(line.primary_offset_ms(), Some(500), "after a silence, only what came since");
+        clock.advance_ms(1);
+        line.record_arrived(
+            &clock,
+            Timestamp(clock.timestamp(clock.now_ns()).0 + 7_000),
+            clock.now_ns(),
+        );
+        assert_eq!(line.primary_offset_ms(), Some(-7_000), "a clock behind reads below zero");
     }
 
     #[test]

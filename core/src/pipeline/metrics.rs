@@ -73,8 +73,10 @@ pub struct Metrics {
     /// nonzero where the node continues a time line its clock disagrees with, its journal's
     /// at start or its primary's once promoted (`TimeLine`).
     pub time_shift_ms: i64,
-    /// On a standby, how far its clock stood ahead of the last record's stamp when the record
-    /// arrived (the record's trip from the primary included); `None` before the first record,
+    /// On a standby, how far its clock stands ahead of its primary's as the records show it:
+    /// the least, over the records that arrived in the last 10–20 s, of the clock's reading on
+    /// arrival less the record's stamp (a record's trip only adds to it, so a record held on
+    /// its way reads no lead while another arrived promptly); `None` before the first record,
     /// and on a primary.
     pub primary_clock_offset_ms: Option<i64>,
     /// Slots published and not yet released by egress.

@@ -751,7 +751,7 @@ impl Node {
             ring_size: shared.ring_size,
             time_shift_ms: shared.time_line.shift_ms(),
             primary_clock_offset_ms: (shared.intake() == Intake::Replica)
-                .then(|| shared.time_line.primary_offset_ms(&*shared.clock))
+                .then(|| shared.time_line.primary_offset_ms())
                 .flatten(),
             ring_fill: published.saturating_sub(sequences.released_positions),
             blp_service_ns: shared.blp_service.latency(),

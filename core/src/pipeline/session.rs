@@ -247,7 +247,7 @@ impl Session {
         let Ok(position) = published else { return Err(self.busy()) };
         shared.next_record.store(header.sequence.next().0, Ordering::Release);
         shared.record_epoch.store(header.epoch.0, Ordering::Release);
-        shared.time_line.record_arrived(sequenced.timestamp, ns);
+        shared.time_line.record_arrived(&*shared.clock, sequenced.timestamp, ns);
         let position = u64::try_from(position).expect("published ring positions are >= 0");
         shared.published(position);
         shared.wake_stages();
