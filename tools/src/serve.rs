@@ -569,6 +569,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     let journal = format!("{} (durability {durability})", data_dir.display());
     let segments = dir.clone();
+    let rollback_of = data_dir.clone();
     let on_stop: ringfence_ingress::OnNodeStop =
         Box::new(move |engine: &Engine, through: Sequence| {
             final_snapshot(&dir, &policy, engine, through);
@@ -579,6 +580,12 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         write_counters(&segments.segment_starts().counters(), out);
         if let Some(room) = segments.disk_room() {
             write_counters(&room.gauges(), out);
+        }
+        // Listed at each scrape: the operator deletes the files once handled.
+        if let Ok(files) = crate::rollback::pending(&rollback_of) {
+            let help = "Files in rollback/ of records dropped from the journal, to reconcile";
+            let files = u64::try_from(files.len()).unwrap_or(u64::MAX);
+            write_counters(&[("ringfence_rollback_files", help, files)], out);
         }
     });
     let replication_handle = control.as_ref().map(|control| {

@@ -489,6 +489,10 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     let name = kept.file_name().unwrap().to_str().unwrap();
     let warning = format!("holds 1 file of records dropped from this journal ({name})");
     assert!(a.log().iter().any(|line| line.contains(&warning)), "no warning of {name}");
+    // And `/metrics` counts it for an alert, until it is deleted.
+    assert_eq!(a.metric("ringfence_rollback_files"), Some(1));
+    assert_eq!(b.metric("ringfence_rollback_files"), Some(0));
+    let kept_path = kept.clone();
     let kept = std::fs::read_to_string(kept).unwrap();
     let lines: Vec<Value> = kept.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert!(lines.len() as u64 >= loss.unwrap(), "{kept}");
@@ -502,6 +506,8 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
         })
     };
     assert!((10..15).all(probed), "the writes acknowledged under async are kept: {kept}");
+    std::fs::remove_file(kept_path).unwrap();
+    assert_eq!(a.metric("ringfence_rollback_files"), Some(0), "reconciled and deleted");
 }
 
 #[test]
