@@ -4,53 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use common::disk::{Mount, fill};
 use common::{Serve, TempDir, ringfence_within, text};
-
-/// A tmpfs mounted for one test, unmounted (lazily: a killed server may still hold files) on
-/// drop.
-struct Mount {
-    point: PathBuf,
-}
-
-impl Mount {
-    /// Mounts a tmpfs of `size` (e.g. `512k`) with extra `options` at `point`, or says why not.
-    fn tmpfs(point: &Path, size: &str, options: &str) -> Result<Mount, String> {
-        std::fs::create_dir_all(point).unwrap();
-        let options = format!("size={size}{options}");
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
-            .arg(point)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !output.status.success() {
-            return Err(format!("mount failed: {}", text(&output.stderr).trim()));
-        }
-        Ok(Mount { point: point.to_owned() })
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.point).status();
-    }
-}
-
-/// Writes `path` until the file system is full; returns the bytes written.
-fn fill(path: &Path) -> u64 {
-    use std::io::Write as _;
-    let mut file = std::fs::File::create(path).unwrap();
-    let block = vec![0xA5_u8; 4096];
-    let mut written = 0;
-    while file.write_all(&block).is_ok() {
-        written += block.len() as u64;
-    }
-    let _ = file.sync_all();
-    written
-}
 
 fn reserve(node: &Serve, user: u64) -> (u16, serde_json::Value) {
     let body = format!(r#"{{"request_id":"disk-{user}","user":{user},"sku":1,"qty":1}}"#);
