@@ -783,6 +783,12 @@ impl Control {
             epoch_floor: epochs.current.0.max(epochs.promised.0),
             catching_up: self.epochs.catching_up(),
             standby_catching_up: primary && state.standby_catching_up,
+            journal_failed: self
+                .journal
+                .get()
+                .filter(|_| primary)
+                .and_then(Promoter::journal_fence)
+                .map(|fence| Sequence(fence.0.saturating_sub(1))),
         }
     }
 

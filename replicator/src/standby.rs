@@ -357,12 +357,23 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
         }
         match joined {
             Ok(Joined::Stream { epoch, from, socket, reader, session }) => {
-                failures = 0;
                 refused = None;
-                backoff = Duration::from_millis(50);
+                let (began, before) = (Instant::now(), applied.submitted.last_sequence);
                 let link = Link { socket, reader, session };
                 let stream = stream(control, &mut follower, &mut applied, (epoch, from), link);
-                if let Err(error) = stream {
+                // A stream that took records, or lasted, was healthy: the next one starts
+                // afresh. One that broke at once — say, the epoch it brings cannot be stored
+                // on a full disk — is retried with backoff and logged a few times, not twenty
+                // times a second.
+                if applied.submitted.last_sequence > before || began.elapsed() >= BACKOFF_MAX {
+                    failures = 0;
+                    backoff = Duration::from_millis(50);
+                } else {
+                    failures += 1;
+                }
+                if let Err(error) = stream
+                    && (failures <= 3 || failures % 100 == 0)
+                {
                     log(format_args!("replication: following {primary}: {error}"));
                 }
                 if applied.journal_failed {

@@ -1,6 +1,7 @@
 //! Automatic failover with etcd as the witness, with real processes on loopback: two
 //! `ringfence serve --etcd` nodes and a single-member etcd with a 1 s lease. Each test tries
-//! to break one guarantee: a killed primary loses no acknowledged order; a paused primary
+//! to break one guarantee: a killed primary loses no acknowledged order; a primary whose disk
+//! fills hands over, losing none; a paused primary
 //! acknowledges nothing after it resumes; a lagging standby is never promoted in sync mode;
 //! losing etcd stops only a primary that would acknowledge alone; any restart order ends
 //! with one primary. The tests run one at a time (they share two busy cores).
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::disk::{Mount, fill};
 use common::etcd::{Etcd, free_port};
 use common::{Logged, TempDir, ringfence_within, text};
 use ringfence_replicator::coordination::etcd::EtcdCoordinator;
@@ -64,6 +66,13 @@ impl Member {
         }
         args.extend(extra.iter().map(|&a| a.to_owned()));
         Member { name, dir, http, args, process: None }
+    }
+
+    /// Keeps its data directory in `dir` instead (before it first starts).
+    fn data_dir(&mut self, dir: PathBuf) {
+        let at = self.args.iter().position(|a| a == "--data-dir").unwrap();
+        self.args[at + 1] = dir.to_str().unwrap().into();
+        self.dir = dir;
     }
 
     fn start(&mut self) {
@@ -343,6 +352,88 @@ fn a_killed_primary_fails_over_to_the_in_sync_standby_losing_nothing() {
     let (a_dir, b_dir) = (a.dir.clone(), b.dir.clone());
     drop((a, b));
     journals_agree(&a_dir, &b_dir, target);
+}
+
+#[test]
+fn a_primary_whose_disk_fills_hands_the_key_to_the_in_sync_standby() {
+    // Goal: the primary's disk fills mid-sale and its journal fails. Rather than refuse
+    // writes until an operator comes, it gives the leader key to its in-sync standby, which
+    // serves writes (the time from the first refusal is printed); every write the primary
+    // acknowledged is on the new primary, and a retry gets its first answer. Once its disk has
+    // room again, the old primary rejoins as a standby and catches up. Fails without the
+    // handover: the standby never leads while the failed primary keeps renewing its lease.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-disk");
+    let mount = match Mount::tmpfs(&root.path().join("a-disk"), "2m", "") {
+        Ok(mount) => mount,
+        Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
+    };
+    let config = root.path().join("small-segments.toml");
+    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
+    let extra = ["--config", config.to_str().unwrap()];
+    let etcd = Etcd::start(root.path());
+    let mut a = Member::new(root.path(), "a", &etcd.url(), &extra);
+    let mut b = Member::new(root.path(), "b", &etcd.url(), &extra);
+    a.data_dir(mount.point.join("a"));
+    a.start();
+    wait_on(&a, "a leads", || a.is_leader());
+    b.start();
+    wait_on(&b, "b is recorded in sync", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
+    });
+    create_skus(&a);
+    let ballast = mount.point.join("ballast");
+    assert!(fill(&ballast) > 0, "the tmpfs had room for the ballast");
+
+    // The open segment (and the spare made ready before the ballast) take writes until the
+    // journal must start a segment the disk has no room for.
+    let mut acknowledged = Vec::new();
+    let refused = loop {
+        let user = acknowledged.len() as u64 + 1;
+        assert!(user < 5_000, "the journal never filled: {}", a.log().join("\n"));
+        match a.call("POST", "/v1/orders", &probe(user)) {
+            Some((201, answer)) => acknowledged.push((user, answer)),
+            other => break other,
+        }
+    };
+    let failed = Instant::now();
+    let (status, error) = refused.expect("a answers");
+    assert_eq!(status, 503, "{error}");
+    assert!(error.contains("journal_failed") || error.contains("not_primary"), "{error}");
+    println!("{} writes acknowledged before a's disk filled", acknowledged.len());
+    wait_on(&b, "b takes the key", || b.is_leader());
+    wait_until(LIVENESS, "b acknowledges a write", || {
+        b.call("POST", "/v1/orders", &probe(100_000)).is_some_and(|(status, _)| status == 201)
+    });
+    println!("disk full: first write acknowledged by the new primary {:?} after", failed.elapsed());
+    let handed_over = "this node's journal failed: it hands over to b";
+    assert!(a.log().iter().any(|line| line.contains(handed_over)), "{}", a.log().join("\n"));
+    for (user, answer) in &acknowledged {
+        assert_eq!(answered(&b, &probe(*user)), (201, answer.clone()), "user {user}");
+    }
+
+    // Restarted as a candidate, it follows b on a disk still full: it cannot store the epoch
+    // b's stream brings, and retries with backoff, saying so a few times, not in a loop.
+    let mut log = Vec::new();
+    let full = |line: &String| line.contains("following") && line.contains("No space left");
+    wait_on(&a, "a tries to follow b", || {
+        log.extend(a.log());
+        log.iter().any(full)
+    });
+    thread::sleep(Duration::from_secs(2));
+    log.extend(a.log());
+    let said = log.iter().filter(|line| full(line)).count();
+    assert!(said <= 3, "logged {said} times:\n{}", log.join("\n"));
+
+    // The operator frees space and restarts it; it follows and catches up.
+    std::fs::remove_file(&ballast).unwrap();
+    a.kill();
+    a.start();
+    wait_on(&a, "a follows b", || a.follows("b"));
+    let target = b.last_sequence();
+    wait_on(&a, "a catches up", || a.last_sequence() >= target);
+    drop((a, b, etcd));
+    drop(mount);
 }
 
 #[test]

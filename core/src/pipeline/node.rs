@@ -290,6 +290,14 @@ impl Promoter {
         Ok(through)
     }
 
+    /// Where the journal failed, once it did: the first command it could not make durable.
+    /// From it on every command is answered `NotDurable` and writes are refused until the
+    /// node is restarted ([`Metrics::journal_fence`]).
+    #[must_use]
+    pub fn journal_fence(&self) -> Option<Sequence> {
+        self.shared.journal_fence()
+    }
+
     /// Milliseconds between the node's command stamps and its clock: after a promotion, how
     /// far this machine's clock stands from the time line the node took over
     /// ([`Metrics::time_shift_ms`]).

@@ -531,17 +531,16 @@ impl Driver {
                 self.campaign((leader, sync), sync_revision, view, facts);
             }
             Plan::Record { sync, after } => self.record(sync, after),
-            Plan::Hold => {
+            Plan::Hold(reason) => {
                 log(format_args!(
-                    "coordination: {} asks to take over: holding writes until it has \
-                     acknowledged everything",
-                    view.switchover.as_ref().map_or("the standby", |s| s.to.as_str())
+                    "coordination: {reason}: holding writes until the standby has acknowledged \
+                     everything, then giving up the leader key"
                 ));
                 self.control.set_handover(true);
             }
             Plan::Resign => match self.coordinator.resign(self.pilot.leader()) {
                 Ok(true) => {
-                    log(format_args!("coordination: gave up the leader key for the switchover"));
+                    log(format_args!("coordination: gave up the leader key to the standby"));
                     self.pilot.resigned();
                 }
                 Ok(false) => {}
@@ -853,6 +852,7 @@ pub fn candidate_facts(
         epoch_floor,
         catching_up,
         standby_catching_up: false,
+        journal_failed: None,
     }
 }
 

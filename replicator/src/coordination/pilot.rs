@@ -122,6 +122,10 @@ pub struct Facts {
     /// Primary: its standby's data directory is catching up, as the standby's last
     /// acknowledgement said (or none came yet on this stream): the record does not name it.
     pub standby_catching_up: bool,
+    /// Primary: its journal failed, and the last record it may have made durable (the one
+    /// before the first it could not): it acknowledges no write until it is restarted, so it
+    /// hands the key to a recorded standby that follows it.
+    pub journal_failed: Option<Sequence>,
 }
 
 /// What the driver does after a sync record write succeeded.
@@ -163,8 +167,9 @@ pub enum Plan {
         /// What to do once written.
         after: After,
     },
-    /// A planned switchover: hold writes until the standby has acknowledged everything.
-    Hold,
+    /// A handover: hold writes until the standby has acknowledged everything, then give it
+    /// the key. Why: a planned switchover, or this primary's failed journal.
+    Hold(String),
     /// Give up the leader key (the standby has everything).
     Resign,
     /// Restart as a candidate: a new leader exists, the lease is gone, or the journal
@@ -184,7 +189,8 @@ enum Phase {
         leader: LeaderValue,
         in_office: bool,
     },
-    /// A planned switchover: writes held since `since_ms`; `resigned` once the key is given.
+    /// A handover (a planned switchover, or a failed journal): writes held since `since_ms`;
+    /// `resigned` once the key is given.
     Handover {
         leader: LeaderValue,
         since_ms: u64,
@@ -361,6 +367,9 @@ impl Pilot {
                 SyncRecord { mode: AckMode::Sync.name().into(), ..fresh_record(leader, facts) };
             return Plan::Record { sync, after: After::Nothing };
         };
+        if facts.journal_failed.is_some() {
+            return self.failed_view(leader, &recorded, view);
+        }
         if let Some(request) = &view.switchover {
             let ours = request.epoch == leader.epoch;
             if ours
@@ -369,10 +378,25 @@ impl Pilot {
             {
                 self.phase =
                     Phase::Handover { leader: leader.clone(), since_ms: 0, resigned: false };
-                return Plan::Hold;
+                return Plan::Hold(format!("{} asks to take over", request.to));
             }
         }
         self.maintain_record(leader, recorded, facts, view)
+    }
+
+    /// This primary's journal failed: it acknowledges no write until it is restarted, and
+    /// the pair would serve none. The standby the record names takes over if it follows this
+    /// leader, as in a switchover: the key is given up once the standby holds everything this
+    /// node may have acknowledged ([`standby_holds_enough`]). With no such standby nobody else
+    /// may take over: the key is kept, and reads are served.
+    fn failed_view(&mut self, leader: &LeaderValue, recorded: &SyncRecord, view: &View) -> Plan {
+        let Some(standby) = recorded.standby.as_deref() else { return Plan::Nothing };
+        let following = Some((leader.node.clone(), leader.epoch));
+        if !view.members.iter().any(|m| m.node == standby && m.following == following) {
+            return Plan::Nothing;
+        }
+        self.phase = Phase::Handover { leader: leader.clone(), since_ms: 0, resigned: false };
+        Plan::Hold(format!("this node's journal failed: it hands over to {standby}"))
     }
 
     /// Keeps the in-sync record true for what the policy does now.
@@ -491,7 +515,7 @@ impl Pilot {
         if let Some(plan) = lost_key(leader, view) {
             return plan;
         }
-        if facts.acked >= facts.available {
+        if standby_holds_enough(facts, view) {
             return Plan::Resign;
         }
         Plan::Nothing
@@ -544,6 +568,18 @@ impl Pilot {
         let sync =
             SyncRecord { mode: mode.name().into(), primary_last: facts.available.0, ..recorded };
         Plan::Record { sync, after: After::SetMode(mode) }
+    }
+}
+
+/// Whether a primary handing over may give up the key: its standby holds everything the
+/// primary may have acknowledged. In a switchover that is the whole journal. Once the journal
+/// failed it is what the journal made durable (nothing after it was acknowledged), and under a
+/// `sync` record nothing is waited for: every write acknowledged is on the standby it names.
+fn standby_holds_enough(facts: &Facts, view: &View) -> bool {
+    match facts.journal_failed {
+        None => facts.acked >= facts.available,
+        Some(_) if view.sync.as_ref().is_some_and(|s| s.ack_mode() == AckMode::Sync) => true,
+        Some(durable) => facts.acked >= durable,
     }
 }
 
@@ -693,6 +729,7 @@ mod tests {
             epoch_floor: 1,
             catching_up: false,
             standby_catching_up: false,
+            journal_failed: None,
         }
     }
 
@@ -1029,12 +1066,53 @@ mod tests {
         assert_eq!(a.on_view(2, &in_sync(40), &witness.read().unwrap()), Plan::Nothing);
         let request = Switchover { to: "b".into(), ..stranger };
         witness.request_switchover(&request, lease_b).unwrap();
-        assert_eq!(a.on_view(3, &in_sync(39), &witness.read().unwrap()), Plan::Hold);
+        let held = a.on_view(3, &in_sync(39), &witness.read().unwrap());
+        assert_eq!(held, Plan::Hold("b asks to take over".into()));
         assert_eq!(a.on_view(4, &in_sync(39), &witness.read().unwrap()), Plan::Nothing);
         assert_eq!(a.on_view(5, &in_sync(40), &witness.read().unwrap()), Plan::Resign);
         assert!(witness.resign(a.leader()).unwrap());
         a.resigned();
         assert_eq!(a.on_view(6, &in_sync(40), &witness.read().unwrap()), Plan::Nothing);
+    }
+
+    #[test]
+    fn a_primary_whose_journal_failed_hands_over_only_to_a_recorded_standby_following_it() {
+        // Goal: a primary whose journal failed acknowledges nothing more, so it gives the key
+        // to the standby the record names: at once under a `sync` record (that standby holds
+        // every acknowledged write), and under `async` once the standby holds what the journal
+        // made durable. With no standby named, or the one named not following it, nobody else
+        // may take over and it keeps the key.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, _) = pair(&mut witness);
+        let in_sync = |acked| facts(true, PolicyState::InSync, Gate::Standby, (acked, 40));
+        a.on_view(0, &in_sync(40), &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync(40), &witness.read().unwrap());
+        carry_record(&mut witness, &mut a, plan);
+        let view = witness.read().unwrap();
+        assert_eq!(view.sync.as_ref().unwrap().standby.as_deref(), Some("b"));
+        // Durable through 35; the standby acknowledged 30.
+        let failed = |acked| Facts { journal_failed: Some(Sequence(35)), ..in_sync(acked) };
+
+        let gone = View { members: Vec::new(), ..view.clone() };
+        let mut lone = a.clone();
+        assert_eq!(lone.on_view(2, &failed(30), &gone), Plan::Nothing);
+        let unnamed = SyncRecord { standby: None, ..view.sync.clone().unwrap() };
+        let unnamed = View { sync: Some(unnamed), ..view.clone() };
+        assert_eq!(lone.on_view(3, &failed(30), &unnamed), Plan::Nothing);
+        assert_eq!(lone.state(), "leader", "nobody else may take over: the key is kept");
+
+        let mut in_async = a.clone();
+        let recorded_async = SyncRecord { mode: "async".into(), ..view.sync.clone().unwrap() };
+        let view_async = View { sync: Some(recorded_async), ..view.clone() };
+        let failed_async = |acked| Facts { mode: AckMode::Async, ..failed(acked) };
+        assert!(matches!(in_async.on_view(2, &failed_async(30), &view_async), Plan::Hold(_)));
+        assert_eq!(in_async.on_view(3, &failed_async(34), &view_async), Plan::Nothing);
+        assert_eq!(in_async.on_view(4, &failed_async(35), &view_async), Plan::Resign);
+
+        let held = a.on_view(2, &failed(30), &view);
+        assert_eq!(held, Plan::Hold("this node's journal failed: it hands over to b".into()));
+        assert_eq!(a.state(), "handing_over");
+        assert_eq!(a.on_view(3, &failed(30), &view), Plan::Resign, "b holds every answer");
     }
 
     #[test]

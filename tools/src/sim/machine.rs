@@ -440,6 +440,8 @@ pub struct Machine {
     pub heals: u64,
     /// Diverged tails cut before the primary's answer: an epoch the primary never held.
     pub epochs_dropped: u64,
+    /// Primaries whose journal failed that began handing the key to their standby.
+    pub failed_handovers: u64,
     /// Whether the operator tries `journal rebuild` before a truncation.
     pub rebuild_first: bool,
     /// Whether the operator tries `journal heal` from the peer's journal before a truncation.
@@ -485,6 +487,7 @@ impl Machine {
             rebuilds: 0,
             heals: 0,
             epochs_dropped: 0,
+            failed_handovers: 0,
             rebuild_first: true,
             heal_first: true,
             halt_power_loss: None,
@@ -1216,7 +1219,16 @@ impl Machine {
             running.next_driver_ms = now_ms + DRIVER_PERIOD_MS;
             let was_primary = running.control.is_primary();
             if let Some(driver) = running.driver.as_mut() {
+                let was_handing_over = driver.pilot().state() == "handing_over";
                 driver.step();
+                if driver.pilot().state() == "handing_over"
+                    && !was_handing_over
+                    && let Some(fence) = running.node.promoter().journal_fence()
+                {
+                    let why = format!("its journal failed at {fence}");
+                    trace.event(now_ms, &format!("{name}: hands over the leader key: {why}"));
+                    self.failed_handovers += 1;
+                }
             }
             if running.control.is_primary() && !was_primary {
                 let epoch = running.control.epoch();
