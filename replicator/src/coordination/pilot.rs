@@ -1083,15 +1083,12 @@ mod tests {
         // made durable. With no standby named, or the one named not following it, nobody else
         // may take over and it keeps the key.
         let mut witness = MemoryCoordinator::new("c");
-        let (mut a, _, _, _) = pair(&mut witness);
-        let in_sync = |acked| facts(true, PolicyState::InSync, Gate::Standby, (acked, 40));
-        a.on_view(0, &in_sync(40), &witness.read().unwrap());
-        let plan = a.on_view(1, &in_sync(40), &witness.read().unwrap());
-        carry_record(&mut witness, &mut a, plan);
+        let (mut a, _, _, in_sync) = recorded_pair(&mut witness);
         let view = witness.read().unwrap();
         assert_eq!(view.sync.as_ref().unwrap().standby.as_deref(), Some("b"));
-        // Durable through 35; the standby acknowledged 30.
-        let failed = |acked| Facts { journal_failed: Some(Sequence(35)), ..in_sync(acked) };
+        // Durable through 35 of 50; the standby acknowledged `acked`.
+        let failed =
+            |acked| Facts { journal_failed: Some(Sequence(35)), acked: Sequence(acked), ..in_sync };
 
         let gone = View { members: Vec::new(), ..view.clone() };
         let mut lone = a.clone();
