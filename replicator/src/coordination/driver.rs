@@ -533,8 +533,8 @@ impl Driver {
             Plan::Record { sync, after } => self.record(sync, after),
             Plan::Hold(reason) => {
                 log(format_args!(
-                    "coordination: {reason}: holding writes until the standby has acknowledged \
-                     everything, then giving up the leader key"
+                    "coordination: {reason}: holding writes; the leader key is given up once the \
+                     standby holds everything this node acknowledged"
                 ));
                 self.control.set_handover(true);
             }

@@ -11,7 +11,8 @@
 //!                     ▼
 //!                  primary ── key lost or held by another ──► rejoin (restart as candidate)
 //!                     │
-//!                     └── in-sync standby asks: hold writes, wait for its ack, resign ──┘
+//!                     └── in-sync standby asks, or the journal failed: hold writes,
+//!                         wait until it holds what was acknowledged, resign ────────────┘
 //! ```
 //!
 //! The rules each [`Plan`] keeps (`ARCHITECTURE.md` states them as invariants):
