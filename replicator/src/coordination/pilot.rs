@@ -369,7 +369,7 @@ impl Pilot {
             return Plan::Record { sync, after: After::Nothing };
         };
         if facts.journal_failed.is_some() {
-            return self.failed_view(leader, &recorded, view);
+            return self.failed_view(leader, &recorded, facts, view);
         }
         if let Some(request) = &view.switchover {
             let ours = request.epoch == leader.epoch;
@@ -387,13 +387,22 @@ impl Pilot {
 
     /// This primary's journal failed: it acknowledges no write until it is restarted, and
     /// the pair would serve none. The standby the record names takes over if it follows this
-    /// leader, as in a switchover: the key is given up once the standby holds everything this
-    /// node may have acknowledged ([`standby_holds_enough`]). With no such standby nobody else
-    /// may take over: the key is kept, and reads are served.
-    fn failed_view(&mut self, leader: &LeaderValue, recorded: &SyncRecord, view: &View) -> Plan {
+    /// leader and its acknowledgements keep it in sync (one whose own disk failed too stops
+    /// acknowledging, and handing it the key would only bounce it between two nodes that
+    /// cannot write), as in a switchover: the key is given up once the standby holds
+    /// everything this node may have acknowledged ([`standby_holds_enough`]). With no such
+    /// standby nobody else may take over: the key is kept, and reads are served.
+    fn failed_view(
+        &mut self,
+        leader: &LeaderValue,
+        recorded: &SyncRecord,
+        facts: &Facts,
+        view: &View,
+    ) -> Plan {
         let Some(standby) = recorded.standby.as_deref() else { return Plan::Nothing };
         let following = Some((leader.node.clone(), leader.epoch));
-        if !view.members.iter().any(|m| m.node == standby && m.following == following) {
+        let follows = view.members.iter().any(|m| m.node == standby && m.following == following);
+        if !follows || facts.policy != PolicyState::InSync {
             return Plan::Nothing;
         }
         self.phase = Phase::Handover { leader: leader.clone(), since_ms: 0, resigned: false };
@@ -1081,8 +1090,8 @@ mod tests {
         // Goal: a primary whose journal failed acknowledges nothing more, so it gives the key
         // to the standby the record names: at once under a `sync` record (that standby holds
         // every acknowledged write), and under `async` once the standby holds what the journal
-        // made durable. With no standby named, or the one named not following it, nobody else
-        // may take over and it keeps the key.
+        // made durable. With no standby named, the one named not following it, or one gone
+        // silent, nobody else may take over and it keeps the key.
         let mut witness = MemoryCoordinator::new("c");
         let (mut a, _, _, in_sync) = recorded_pair(&mut witness);
         let view = witness.read().unwrap();
@@ -1097,6 +1106,12 @@ mod tests {
         let unnamed = SyncRecord { standby: None, ..view.sync.clone().unwrap() };
         let unnamed = View { sync: Some(unnamed), ..view.clone() };
         assert_eq!(lone.on_view(3, &failed(30), &unnamed), Plan::Nothing);
+        let silent = Facts {
+            policy: PolicyState::StandbyLost { since_ms: 1 },
+            gate: Gate::Held,
+            ..failed(30)
+        };
+        assert_eq!(lone.on_view(4, &silent, &view), Plan::Nothing);
         assert_eq!(lone.state(), "leader", "nobody else may take over: the key is kept");
 
         let mut in_async = a.clone();
