@@ -755,6 +755,19 @@ impl Control {
         }
     }
 
+    /// How far a sender streams a journal that ends at `available`: all of it, but once the
+    /// journal failed only what comes before its fence. Nothing from the fence on was
+    /// acknowledged, and a write that failed may have left it unreadable; the stream goes on
+    /// with heartbeats, so a standby in sync stays in sync and can take over
+    /// (`Pilot::failed_view`).
+    #[must_use]
+    pub fn stream_end(&self, available: u64) -> u64 {
+        match self.journal.get().and_then(Promoter::journal_fence) {
+            Some(fence) => available.min(fence.0.saturating_sub(1)),
+            None => available,
+        }
+    }
+
     /// What coordination needs to know now: role, policy, gate, positions.
     pub fn facts(&self) -> Facts {
         let state = self.state();
@@ -1719,6 +1732,65 @@ mod tests {
         control.set_handover(true);
         assert_eq!(control.link().gate(), Gate::Held);
         assert!(control.facts().primary);
+    }
+
+    /// A journal whose appends fail from `fails_at` on, as a full disk's do.
+    struct FailsAt {
+        fails_at: Sequence,
+        appended: Sequence,
+    }
+
+    impl ringfence_core::pipeline::Journal for FailsAt {
+        const NEEDS_BYTES: bool = false;
+        fn append(
+            &mut self,
+            record: &ringfence_core::pipeline::Framed<'_>,
+        ) -> Result<(), ringfence_core::pipeline::StageError> {
+            let sequence = record.sequenced.sequence;
+            if sequence >= self.fails_at {
+                let source = std::io::Error::other("no space left");
+                let context = "starting a segment".into();
+                return Err(ringfence_core::pipeline::StageError::Io { context, source });
+            }
+            self.appended = sequence;
+            Ok(())
+        }
+        fn flush(
+            &mut self,
+            _clock: &dyn Clock,
+        ) -> Result<Sequence, ringfence_core::pipeline::StageError> {
+            Ok(self.appended)
+        }
+    }
+
+    #[test]
+    fn once_the_journal_failed_the_stream_and_the_pilot_stop_before_its_fence() {
+        // Goal: a primary whose journal failed at sequence 3 streams records 1 and 2 and no
+        // further, whatever the journal appended, and tells the pilot it may have acknowledged
+        // through 2; before the failure both see the whole journal.
+        use ringfence_core::pipeline::{NoReplicator, NodeConfig, Topology};
+        use ringfence_core::{Action, Command, RequestKey, Reserve, SkuId, UserId};
+        let control = primary();
+        let config = NodeConfig::for_tests(Topology::Stepped);
+        let journal = FailsAt { fails_at: Sequence(3), appended: Sequence(0) };
+        let node = Node::start(config, journal, NoReplicator::default()).unwrap();
+        control.use_journal(node.promoter());
+        assert_eq!(control.stream_end(7), 7);
+        assert_eq!(control.facts().journal_failed, None);
+        let mut session = node.session().unwrap();
+        let reserve = |key| {
+            let reserve = Reserve { user: UserId(9), sku: SkuId(3), qty: 1, coupon: None };
+            Command::Client { key: RequestKey::from_u128(key), action: Action::Reserve(reserve) }
+        };
+        for key in 1..=3 {
+            session.try_submit(reserve(key), 0).unwrap();
+            node.step();
+        }
+        assert_eq!(node.promoter().journal_fence(), Some(Sequence(3)));
+        assert!(session.try_submit(reserve(4), 0).is_err(), "writes are refused");
+        assert_eq!(control.stream_end(7), 2);
+        assert_eq!(control.stream_end(1), 1);
+        assert_eq!(control.facts().journal_failed, Some(Sequence(2)));
     }
 
     #[test]

@@ -138,7 +138,7 @@ fn serve_standby(
     let mut session = PrimarySession::new(auth::nonce().map_err(|e| e.to_string())?);
     loop {
         let message = reader.read_message().map_err(|e| e.to_string())?;
-        let journal_last = Sequence(control.link().available());
+        let journal_last = Sequence(control.stream_end(control.link().available()));
         // Only a join consults the journal; nothing an unauthenticated peer sends touches it.
         let mut index: Box<dyn JournalIndex> = if matches!(message, Message::Join(_)) {
             Box::new(DirIndex::open(&config.data_dir, journal_last).map_err(|e| e.to_string())?)
@@ -324,8 +324,14 @@ fn send_records(
     let _streaming = link.streaming();
     while !stop.load(Ordering::Acquire) && !control.stopping() {
         let seen = tail.next().0 - 1;
-        let available = link.wait_beyond(seen, Duration::from_millis(period_ms));
+        let appended = link.wait_beyond(seen, Duration::from_millis(period_ms));
+        let available = control.stream_end(appended);
         if available <= seen {
+            if available < appended {
+                // The journal failed: what follows its fence is never streamed, and the
+                // wait above returns at once; heartbeats keep their period.
+                thread::sleep(Duration::from_millis(period_ms));
+            }
             heartbeat(control, &mut socket, session, Sequence(available), &mut scratch)?;
             continue;
         }

@@ -123,9 +123,10 @@ pub struct Facts {
     /// Primary: its standby's data directory is catching up, as the standby's last
     /// acknowledgement said (or none came yet on this stream): the record does not name it.
     pub standby_catching_up: bool,
-    /// Primary: its journal failed, and the last record it may have made durable (the one
-    /// before the first it could not): it acknowledges no write until it is restarted, so it
-    /// hands the key to a recorded standby that follows it.
+    /// Primary: its journal failed, and the last record it flushed (made durable, or written
+    /// on a journal that answers before it syncs), the one before the fence: nothing after it
+    /// was acknowledged. It acknowledges no write until it is restarted, so it hands the key
+    /// to a recorded standby in sync with it.
     pub journal_failed: Option<Sequence>,
 }
 

@@ -1505,7 +1505,7 @@ impl Running {
             net.close(conn, me, now_ms);
             return;
         };
-        let journal_last = Sequence(self.control.link().available());
+        let journal_last = Sequence(self.control.stream_end(self.control.link().available()));
         // Only a join consults the journal (as in `primary.rs`); the others get an empty list
         // the session never reads.
         let mut index: Box<dyn JournalIndex> = if matches!(message, Message::Join(_)) {
@@ -1604,7 +1604,7 @@ impl Running {
                 self.control.on_disconnected(stream);
             }
         }
-        let available = Sequence(self.control.link().available());
+        let available = Sequence(self.control.stream_end(self.control.link().available()));
         let epoch = self.control.epoch();
         for (&conn, accepted) in &mut self.accepted {
             let Some((stream, next)) = accepted.stream.as_mut() else { continue };
