@@ -762,10 +762,14 @@ impl Control {
     /// (`Pilot::failed_view`).
     #[must_use]
     pub fn stream_end(&self, available: u64) -> u64 {
-        match self.journal.get().and_then(Promoter::journal_fence) {
-            Some(fence) => available.min(fence.0.saturating_sub(1)),
-            None => available,
-        }
+        self.before_fence().map_or(available, |last| available.min(last.0))
+    }
+
+    /// Once the journal failed, the record before its fence: the last it flushed, and the
+    /// last this node may have acknowledged.
+    fn before_fence(&self) -> Option<Sequence> {
+        let fence = self.journal.get().and_then(Promoter::journal_fence)?;
+        Some(Sequence(fence.0.saturating_sub(1)))
     }
 
     /// What coordination needs to know now: role, policy, gate, positions.
@@ -796,12 +800,7 @@ impl Control {
             epoch_floor: epochs.current.0.max(epochs.promised.0),
             catching_up: self.epochs.catching_up(),
             standby_catching_up: primary && state.standby_catching_up,
-            journal_failed: self
-                .journal
-                .get()
-                .filter(|_| primary)
-                .and_then(Promoter::journal_fence)
-                .map(|fence| Sequence(fence.0.saturating_sub(1))),
+            journal_failed: self.before_fence().filter(|_| primary),
         }
     }
 
