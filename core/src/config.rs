@@ -102,7 +102,7 @@ pub const CAPACITY_MAX: u32 = 1 << 30;
 impl EngineConfig {
     /// A small configuration for tests and examples.
     #[must_use]
-    pub fn small() -> Self {
+    pub const fn small() -> Self {
         EngineConfig {
             shard: 1,
             skus_max: 64,
@@ -117,6 +117,39 @@ impl EngineConfig {
             orders_per_user_max: 0,
             order_qty_max: 100,
         }
+    }
+
+    /// Every setting by its name in the `[engine]` table, in the order `ringfence defaults`
+    /// prints them.
+    #[must_use]
+    pub fn settings(&self) -> [(&'static str, u64); 11] {
+        [
+            ("shard", u64::from(self.shard)),
+            ("skus_max", u64::from(self.skus_max)),
+            ("orders_max", u64::from(self.orders_max)),
+            ("coupons_max", u64::from(self.coupons_max)),
+            ("batches_max", u64::from(self.batches_max)),
+            ("holdings_max", u64::from(self.holdings_max)),
+            ("request_keys_max", u64::from(self.request_keys_max)),
+            ("request_key_window_ms", self.request_key_window_ms),
+            ("request_keys_per_user_max", u64::from(self.request_keys_per_user_max)),
+            ("orders_per_user_max", u64::from(self.orders_per_user_max)),
+            ("order_qty_max", u64::from(self.order_qty_max)),
+        ]
+    }
+
+    /// The settings that differ from `other`'s, as `name = ours (theirs: value)`, comma
+    /// separated; empty when the two are the same. The settings decide outcomes (order ids
+    /// carry the shard, and every table's size decides a `capacity_exhausted` or which
+    /// finished order is forgotten), so two engines agree on a journal only with all of them
+    /// equal.
+    #[must_use]
+    pub fn differences(&self, other: &EngineConfig, theirs: &str) -> String {
+        let pairs = self.settings().into_iter().zip(other.settings());
+        let differ = pairs.filter(|((_, ours), (_, other))| ours != other);
+        let named =
+            differ.map(|((name, ours), (_, other))| format!("{name} = {ours} ({theirs}: {other})"));
+        named.collect::<Vec<_>>().join(", ")
     }
 
     /// Checks every setting; the engine asserts this passed.
@@ -142,5 +175,44 @@ impl EngineConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_that_differs_is_named_and_only_those() {
+        // Goal: a refusal over engine settings (a journal written with others, a standby of
+        // others) names each that differs: a setting the engine has but `settings` leaves out
+        // would make two configurations unequal with nothing to say why.
+        let base = EngineConfig::default();
+        let changes: [fn(&mut EngineConfig); 11] = [
+            |c| c.shard += 1,
+            |c| c.skus_max += 1,
+            |c| c.orders_max += 1,
+            |c| c.coupons_max += 1,
+            |c| c.batches_max += 1,
+            |c| c.holdings_max += 1,
+            |c| c.request_keys_max += 1,
+            |c| c.request_key_window_ms += 1,
+            |c| c.request_keys_per_user_max += 1,
+            |c| c.orders_per_user_max += 1,
+            |c| c.order_qty_max += 1,
+        ];
+        assert_eq!(base.differences(&base, "theirs"), "");
+        for (change, (name, value)) in changes.iter().zip(base.settings()) {
+            let mut other = base.clone();
+            change(&mut other);
+            assert_ne!(other, base);
+            let expected = format!("{name} = {value} (theirs: {})", value + 1);
+            assert_eq!(base.differences(&other, "theirs"), expected);
+        }
+        let mut both = base.clone();
+        changes[0](&mut both);
+        changes[10](&mut both);
+        let expected = "shard = 0 (theirs: 1), order_qty_max = 1000 (theirs: 1001)";
+        assert_eq!(base.differences(&both, "theirs"), expected);
     }
 }

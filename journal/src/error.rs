@@ -160,6 +160,20 @@ pub enum JournalError {
         /// Why.
         source: RestoreError,
     },
+    /// The node's engine settings differ from those a journal file was written with.
+    #[error(
+        "{file} was written with other [engine] settings than this node's: {differences}. A \
+         journal's records replay only under the settings they were written with (order ids \
+         carry the shard; the tables' sizes decide refusals and which finished orders are \
+         forgotten), so a node does not start on it with others: set [engine] as the journal \
+         has it (`ringfence journal verify` prints it), or start on a new data directory"
+    )]
+    SettingsChanged {
+        /// The segment or snapshot file.
+        file: String,
+        /// The settings that differ, this node's value first.
+        differences: String,
+    },
     /// Another process holds the data directory's lock.
     #[error(
         "data directory {dir} is in use: ringfence {holder} holds its lock {lock_file}. Stop \

@@ -162,6 +162,7 @@ pub fn recover_from<S: Storage>(
     let dir = open_dir(&storage, &check, &mut report)?;
     tidy(&dir, &check, &mut report)?;
     let layout = scan::scan_segments(&mut source, &check.segments)?;
+    check_settings(&layout, &options.engine_config, &|name| storage.describe(name))?;
     if let Some(error) = listed_damage(&layout, &storage) {
         #[cfg(feature = "mutations")]
         if let JournalError::Corrupt { sequence, .. } = &error
@@ -457,6 +458,30 @@ fn clear_torn_tail<S: Storage>(
     }))
 }
 
+/// Refuses a journal written with other engine settings than `config`: its records replay
+/// only under the settings they were written with (order ids carry the shard; the tables'
+/// sizes decide refusals and which finished orders are forgotten), so replaying them under
+/// others would answer differently for commands already answered.
+fn check_settings(
+    layout: &Layout,
+    config: &EngineConfig,
+    describe: &dyn Fn(&str) -> String,
+) -> Result<(), JournalError> {
+    let other = layout.segments.iter().find(|segment| segment.header.config != *config);
+    match other {
+        Some(segment) => {
+            Err(settings_changed(describe(&segment.name), config, &segment.header.config))
+        }
+        None => Ok(()),
+    }
+}
+
+fn settings_changed(file: String, ours: &EngineConfig, written: &EngineConfig) -> JournalError {
+    let differences = ours.differences(written, "written with");
+    assert!(!differences.is_empty(), "the same settings refused");
+    JournalError::SettingsChanged { file, differences }
+}
+
 /// The newest snapshot that loads and does not run past the journal. Snapshots past the end of
 /// the journal (taken before a power loss cut the journal back) are renamed `*.stale`: new
 /// commands will reuse their sequences, so they must never be loaded later.
@@ -478,8 +503,12 @@ fn choose_snapshot<S: Storage>(
             report.skipped_snapshots.push((file, why));
             continue;
         }
-        match snapshot::load(storage, &name, Some(config)) {
+        match snapshot::load(storage, &name, None) {
+            Ok((_, meta)) if meta.config != *config => {
+                return Err(settings_changed(storage.describe(&name), config, &meta.config));
+            }
             Ok((engine, meta)) => {
+                assert_eq!(engine.config(), config, "a snapshot restored under other settings");
                 // `load` checked the state against the header, which names no later sequence.
                 assert!(engine.last_sequence() <= through, "a snapshot past its own name");
                 assert_eq!(meta.through, through, "a snapshot named for another sequence");

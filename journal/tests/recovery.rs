@@ -8,8 +8,8 @@ use common::{TempDir, config, generate, options};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::prng::Prng;
 use ringfence_core::{
-    Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, Engine, Epoch, OrderId,
-    PaymentRef, Query, RequestKey, Reserve, Sequence, Sequenced, SkuId, Timestamp, UserId,
+    Action, BatchId, Command, CouponId, CreateCouponBatch, CreateSku, Engine, EngineConfig, Epoch,
+    OrderId, PaymentRef, Query, RequestKey, Reserve, Sequence, Sequenced, SkuId, Timestamp, UserId,
 };
 use ringfence_journal::datadir;
 use ringfence_journal::epoch::Epochs;
@@ -20,7 +20,7 @@ use ringfence_journal::scan::{self, ReadOnlyDir, Record};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter};
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::workload::Workload;
-use ringfence_journal::writer::Durability;
+use ringfence_journal::writer::{Durability, WriterOptions};
 
 fn every_command_kind() -> Vec<Command> {
     let key = RequestKey::from_u128(7);
@@ -909,4 +909,48 @@ fn a_snapshot_records_the_epoch_of_its_last_record_and_an_installed_one_carries_
     let bytes = std::fs::read(dir.path().join(&second.name)).unwrap();
     let installed = snapshot::install(&target, Sequence(300), &bytes).unwrap();
     assert_eq!(installed.through_epoch, Some(Epoch(2)));
+}
+
+#[test]
+fn a_journal_or_snapshot_of_other_engine_settings_is_refused_not_replayed() {
+    // Goal: records replay only under the settings they were written with. A node configured
+    // otherwise (another shard: other order ids; other table sizes: other refusals) refuses
+    // to start, naming the file and each setting that differs, and changes nothing.
+    let dir = TempDir::new("settings");
+    let commands = write_journal_stopped_cleanly(dir.path(), 300);
+    let with = |engine_config| WriterOptions { engine_config, ..options(Durability::None) };
+    let other_shard = EngineConfig { shard: config().shard + 1, ..config() };
+    let refused = recover(dir.path(), with(other_shard.clone()));
+    let Err(JournalError::SettingsChanged { file, differences }) = refused else {
+        panic!("a journal of shard {} recovered as shard {}", config().shard, other_shard.shard);
+    };
+    assert!(file.ends_with(".seg"), "{file}");
+    let expected = format!("shard = {} (written with: {})", other_shard.shard, config().shard);
+    assert_eq!(differences, expected);
+    let larger = EngineConfig { orders_max: config().orders_max * 2, ..config() };
+    let refused = recover(dir.path(), with(larger.clone())).err().expect("refused");
+    assert!(refused.to_string().contains("orders_max = 16384 (written with: 8192)"), "{refused}");
+    // Nothing was dropped: under its own settings the journal recovers whole.
+    let recovered = recover(dir.path(), options(Durability::None)).unwrap();
+    let last = commands.last().unwrap().sequence;
+    assert_eq!(recovered.next_sequence, last.next());
+    let engine = recovered.engine;
+    let through = recovered.writer.last_appended();
+    drop(recovered.writer);
+    // A snapshot installed alone, as a standby installs its primary's, is checked too.
+    let meta =
+        snapshot::write_now(&FileStorage::open_exclusive(dir.path()).unwrap(), &engine, through)
+            .unwrap();
+    let bytes = std::fs::read(dir.path().join(snapshot::snapshot_name(meta.through))).unwrap();
+    let fresh = TempDir::new("settings-snapshot");
+    drop(recover(fresh.path(), options(Durability::None)).unwrap());
+    let storage = FileStorage::open_exclusive(fresh.path()).unwrap();
+    recovery::truncate(&storage, Sequence(1)).unwrap();
+    snapshot::install(&storage, meta.through, &bytes).unwrap();
+    drop(storage);
+    let refused = recover(fresh.path(), with(larger)).err().expect("refused");
+    let JournalError::SettingsChanged { file, .. } = &refused else { panic!("{refused}") };
+    assert!(file.ends_with(".snap"), "{refused}");
+    let recovered = recover(fresh.path(), options(Durability::None)).unwrap();
+    assert_eq!(recovered.engine.state_digest(), engine.state_digest());
 }

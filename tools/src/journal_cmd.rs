@@ -299,6 +299,18 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
             name(&file)
         )));
     }
+    let newest = opened.layout.segments.last().map(|segment| &segment.header.config);
+    for segment in &opened.layout.segments {
+        let Some(newest) = newest.filter(|&newest| *newest != segment.header.config) else {
+            continue;
+        };
+        found.push(Finding::Note(format!(
+            "{} was written with other [engine] settings than the newest segment: {}; a node \
+             starts on this journal with neither",
+            name(&segment.name),
+            newest.differences(&segment.header.config, "this segment")
+        )));
+    }
     if let Some(at) = ringfence_journal::datadir::truncation_under_way(&opened.source) {
         found.push(Finding::Note(format!(
             "a truncation at sequence {at} was cut off part way; the node's next start \
@@ -536,6 +548,9 @@ fn print_verify_json(args: &DirArgs, verified: &Verified) {
         "first_sequence": layout.first_sequence().map(|s| s.0),
         "last_sequence": layout.last_sequence().map(|s| s.0), "epochs": epochs,
         "bytes_on_disk": size, "bytes_used": used, "snapshots": verified.snapshots,
+        "engine": layout.segments.last().map(|segment| {
+            segment.header.config.settings().into_iter().collect::<BTreeMap<_, _>>()
+        }),
     });
     outln!("{value}");
 }
@@ -553,6 +568,12 @@ fn print_verify_text(args: &DirArgs, verified: &Verified) {
     let size: u64 = layout.segments.iter().map(|s| s.header.segment_len).sum();
     let used: u64 = layout.segments.iter().map(|s| s.end as u64).sum();
     outln!("segments   {} ({} bytes on disk, {} used)", layout.segments.len(), size, used);
+    if let Some(segment) = layout.segments.last() {
+        // The settings a node must run with on this journal.
+        let settings =
+            segment.header.config.settings().map(|(name, value)| format!("{name} = {value}"));
+        outln!("engine     {}", settings.join(", "));
+    }
     match (layout.first_sequence(), layout.last_sequence()) {
         (Some(first), Some(last)) => {
             outln!("records    {} (sequences {first}..={last})", layout.records());

@@ -103,11 +103,20 @@ fn verify_reports_ok_torn_tail_and_corruption_with_distinct_exit_codes() {
     assert!(out.contains("epoch      1"), "{out}");
     // Each snapshot names the epoch of the record it was taken through.
     assert!(out.contains("through 3000 (epoch 1)"), "{out}");
+    // The settings a node must run with on this journal.
+    let engine = format!(
+        "engine     shard = {}, skus_max = {}, orders_max = {},",
+        config().shard,
+        config().skus_max,
+        config().orders_max
+    );
+    assert!(out.contains(&engine), "{out}");
 
     let json = ringfence(&["journal", "verify", path, "--json"]);
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(value["status"], "ok");
     assert_eq!(value["last_sequence"], 4000);
+    assert_eq!(value["engine"]["orders_max"], config().orders_max, "{value}");
     let snapshots = value["snapshots"].as_array().unwrap();
     assert!(!snapshots.is_empty() && snapshots.iter().all(|s| s["through_epoch"] == 1), "{value}");
 
