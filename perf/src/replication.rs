@@ -253,7 +253,8 @@ impl Member {
         let secret = ClusterSecret::from_bytes(SECRET).expect("a 32-byte secret");
         let cluster = ClusterId::new("bench").expect("a valid cluster id");
         let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut replication = ReplicationConfig::new(listen, cluster, secret, dir.0.clone());
+        let mut replication =
+            ReplicationConfig::new(listen, cluster, secret, engine_config(), dir.0.clone());
         replication.mode = ack;
         // As `ringfence serve` sets it: a journal that answers before it syncs makes a primary
         // answering without its standby sync first.

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ringfence_core::EngineConfig;
+
 use crate::auth::{ClusterId, ClusterSecret};
 use crate::policy::AckMode;
 
@@ -15,6 +17,8 @@ pub struct ReplicationConfig {
     pub cluster: ClusterId,
     /// The shared secret both nodes prove they hold (never sent).
     pub secret: ClusterSecret,
+    /// The engine settings both nodes must share: a primary refuses a standby of others.
+    pub engine: EngineConfig,
     /// The data directory whose journal a primary streams.
     pub data_dir: PathBuf,
     /// When answers wait for the standby.
@@ -38,18 +42,21 @@ pub struct ReplicationConfig {
 }
 
 impl ReplicationConfig {
-    /// Settings with the defaults for everything but the addresses, cluster and secret.
+    /// Settings with the defaults for everything but the address, the cluster, its secret,
+    /// the engine's settings and the data directory.
     #[must_use]
     pub fn new(
         listen: SocketAddr,
         cluster: ClusterId,
         secret: ClusterSecret,
+        engine: EngineConfig,
         data_dir: PathBuf,
     ) -> ReplicationConfig {
         ReplicationConfig {
             listen,
             cluster,
             secret,
+            engine,
             data_dir,
             mode: AckMode::Sync,
             timeout_ms: 2_000,

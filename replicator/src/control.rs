@@ -392,6 +392,7 @@ impl Control {
         crate::session::PrimaryView {
             cluster: &self.config.cluster,
             secret: &self.config.secret,
+            engine: &self.config.engine,
             epoch: self.epoch(),
             is_primary: self.is_primary(),
             journal,
@@ -1129,6 +1130,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             ClusterId::new("c").unwrap(),
             secret,
+            ringfence_core::EngineConfig::small(),
             std::env::temp_dir(),
         )
     }

@@ -1,4 +1,4 @@
-//! The replication protocol's messages (version 4): frames, their bodies, encoding, and
+//! The replication protocol's messages (version 5): frames, their bodies, encoding, and
 //! decoding that checks every field and never panics. `docs/replication-protocol.md` is the
 //! long version of this comment.
 //!
@@ -12,10 +12,12 @@
 //!
 //! 1 Hello (standby -> primary, first on a connection)
 //!   0  magic           4  b"RFRP"
-//!   4  version         2  PROTOCOL_VERSION (4)
+//!   4  version         2  PROTOCOL_VERSION (5)
 //!   6  cluster len     1  n, 1 ..= 64
 //!   7  cluster id      n  [A-Za-z0-9._-]
 //!   7+n standby nonce 32
+//!  39+n engine        42  the standby's engine settings: journal::format::encode_config's
+//!                         block (40) and its continuation (2)
 //! 2 Challenge (primary -> standby)
 //!   0  primary nonce  32
 //!  32  primary proof  32  auth::primary_proof
@@ -48,7 +50,7 @@
 //!  16  echo ms         8  the last heartbeat's sent at; 0 if none
 //!  24  catching up     1  1 while the standby's data directory is catching up, else 0
 //! 9 Refuse (either way; the sender then closes the connection)
-//!   0  code            1  RefuseCode: 1 BadMessage .. 9 Internal
+//!   0  code            1  RefuseCode: 1 BadMessage .. 10 Engine
 //!   1  epoch           8  the sender's current epoch
 //!   9  text len        2  <= REFUSE_TEXT_LEN_MAX (512)
 //!  11  text            n  UTF-8, for the operator
@@ -77,7 +79,8 @@
 use std::fmt;
 
 use ringfence_core::record::{self, RECORD_ALIGN, RECORD_LEN_MAX, RecordError, record_len};
-use ringfence_core::{Epoch, Sequence};
+use ringfence_core::{EngineConfig, Epoch, Sequence};
+use ringfence_journal::format::{self, CONFIG_BLOCK_LEN, CONFIG_MORE_LEN};
 
 use crate::auth::{
     CLUSTER_ID_LEN_MAX, ClusterId, ClusterIdError, NONCE_LEN, Nonce, PROOF_LEN, Proof,
@@ -86,7 +89,7 @@ use crate::auth::{
 /// First bytes of a `Hello` body: a ringfence replication peer.
 pub const PROTOCOL_MAGIC: [u8; 4] = *b"RFRP";
 /// The protocol version this build speaks (and the only one it accepts).
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 const KIND_LEN: usize = 1;
 const FRAME_LEN_OFFSET: usize = 0;
@@ -117,9 +120,12 @@ const HELLO_MAGIC_OFFSET: usize = 0;
 const HELLO_VERSION_OFFSET: usize = HELLO_MAGIC_OFFSET + 4;
 const HELLO_CLUSTER_LEN_OFFSET: usize = HELLO_VERSION_OFFSET + 2;
 const HELLO_CLUSTER_OFFSET: usize = HELLO_CLUSTER_LEN_OFFSET + 1;
-// The standby nonce follows the cluster id, at HELLO_CLUSTER_OFFSET + cluster len.
-const HELLO_BODY_LEN_MIN: usize = HELLO_CLUSTER_OFFSET + 1 + NONCE_LEN;
-const HELLO_BODY_LEN_MAX: usize = HELLO_CLUSTER_OFFSET + CLUSTER_ID_LEN_MAX + NONCE_LEN;
+// The standby nonce follows the cluster id, at HELLO_CLUSTER_OFFSET + cluster len, and the
+// engine settings follow the nonce.
+const HELLO_ENGINE_LEN: usize = CONFIG_BLOCK_LEN + CONFIG_MORE_LEN;
+const HELLO_BODY_LEN_MIN: usize = HELLO_CLUSTER_OFFSET + 1 + NONCE_LEN + HELLO_ENGINE_LEN;
+const HELLO_BODY_LEN_MAX: usize =
+    HELLO_CLUSTER_OFFSET + CLUSTER_ID_LEN_MAX + NONCE_LEN + HELLO_ENGINE_LEN;
 
 const CHALLENGE_NONCE_OFFSET: usize = 0;
 const CHALLENGE_PROOF_OFFSET: usize = CHALLENGE_NONCE_OFFSET + NONCE_LEN;
@@ -201,7 +207,7 @@ const _: () = assert!(RECORDS_COUNT_MAX == 21_845);
 const _: () = assert!(SNAPSHOT_CHUNK_MAX == (1 << 20) - 32);
 // The offsets, pinned to the byte diagram: the layout is a format.
 const _: () = assert!(FRAME_BODY_OFFSET == 5);
-const _: () = assert!(HELLO_CLUSTER_OFFSET == 7 && HELLO_BODY_LEN_MIN == 40);
+const _: () = assert!(HELLO_CLUSTER_OFFSET == 7 && HELLO_BODY_LEN_MIN == 82);
 const _: () = assert!(CHALLENGE_BODY_LEN == 64);
 const _: () = assert!(JOIN_LAST_SEQUENCE_OFFSET == 32 && JOIN_BODY_LEN == 56);
 const _: () = assert!(START_BODY_LEN == 24);
@@ -277,7 +283,7 @@ impl fmt::Display for Kind {
 }
 
 /// One message of the replication protocol, borrowing the frame it was decoded from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message<'a> {
     /// Standby → primary: the first message on a connection.
     Hello(Hello),
@@ -329,12 +335,16 @@ impl Message<'_> {
 
 /// Standby → primary, first on every connection. The magic and version are implied: a decoded
 /// `Hello` had [`PROTOCOL_MAGIC`] and [`PROTOCOL_VERSION`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     /// The cluster the standby believes it belongs to.
     pub cluster: ClusterId,
     /// The standby's fresh nonce for this connection.
     pub standby_nonce: Nonce,
+    /// The standby's engine settings: the primary refuses a standby whose settings differ
+    /// from its own (`RefuseCode::Engine`), since the records it streams replay to the same
+    /// state and answers only under the same settings.
+    pub engine: EngineConfig,
 }
 
 /// Primary → standby: the primary's nonce and `auth::primary_proof` over both nonces.
@@ -508,11 +518,13 @@ pub enum RefuseCode {
     NeedsSnapshot = 8,
     /// This node failed (I/O, a bug); the text says how.
     Internal = 9,
+    /// The standby's engine settings differ from the primary's; the text names them.
+    Engine = 10,
 }
 
 impl RefuseCode {
     /// Every code, in code order.
-    pub const ALL: [RefuseCode; 9] = [
+    pub const ALL: [RefuseCode; 10] = [
         RefuseCode::BadMessage,
         RefuseCode::Version,
         RefuseCode::Cluster,
@@ -522,6 +534,7 @@ impl RefuseCode {
         RefuseCode::Busy,
         RefuseCode::NeedsSnapshot,
         RefuseCode::Internal,
+        RefuseCode::Engine,
     ];
 
     /// The code with wire value `code`, if there is one.
@@ -601,6 +614,9 @@ pub enum MessageError {
     /// A `Hello` whose cluster id is not a valid id.
     #[error("the hello's cluster id is invalid: {0}")]
     ClusterId(ClusterIdError),
+    /// A `Hello` whose engine settings are not settings an engine accepts.
+    #[error("the hello's engine settings are invalid")]
+    EngineSettings,
     /// A `Records` frame with a count of zero.
     #[error("a records message with no records")]
     RecordsEmpty,
@@ -826,7 +842,7 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
     let len = out.len() - start - FRAME_PREFIX_LEN;
     assert!(len <= FRAME_LEN_MAX, "a {} frame of {len} bytes", message.kind());
     put_u32(&mut out[start..], FRAME_LEN_OFFSET, u32::try_from(len).expect("below the max"));
-    debug_assert_eq!(decode(&out[start..]), Ok(Some((*message, out.len() - start))));
+    debug_assert_eq!(decode(&out[start..]), Ok(Some((message.clone(), out.len() - start))));
 }
 
 /// The first [`RECORDS_FRAME_HEADER_LEN`] bytes of a `Records` frame whose `count` records,
@@ -940,6 +956,10 @@ fn encode_hello(hello: &Hello, out: &mut Vec<u8>) {
     out.push(u8::try_from(cluster.len()).expect("a cluster id is at most 64 bytes"));
     out.extend_from_slice(cluster);
     out.extend_from_slice(&hello.standby_nonce);
+    let mut engine = [0u8; HELLO_ENGINE_LEN];
+    let (block, more) = engine.split_at_mut(CONFIG_BLOCK_LEN);
+    format::encode_config(&hello.engine, block, more);
+    out.extend_from_slice(&engine);
     assert_eq!(out.len() - start, HELLO_BODY_LEN_MIN - 1 + cluster.len());
 }
 
@@ -966,10 +986,13 @@ fn decode_hello(body: &[u8]) -> Result<Hello, MessageError> {
         return Err(MessageError::ClusterId(ClusterIdError::Length { len: cluster_len }));
     }
     let nonce_offset = HELLO_CLUSTER_OFFSET + cluster_len;
-    check_variable_len(kind, body.len(), nonce_offset + NONCE_LEN)?;
+    let engine_offset = nonce_offset + NONCE_LEN;
+    check_variable_len(kind, body.len(), engine_offset + HELLO_ENGINE_LEN)?;
     let cluster = ClusterId::from_bytes(&body[HELLO_CLUSTER_OFFSET..nonce_offset])
         .map_err(MessageError::ClusterId)?;
-    Ok(Hello { cluster, standby_nonce: get_array(body, nonce_offset) })
+    let (block, more) = body[engine_offset..][..HELLO_ENGINE_LEN].split_at(CONFIG_BLOCK_LEN);
+    let engine = format::decode_config(block, more).ok_or(MessageError::EngineSettings)?;
+    Ok(Hello { cluster, standby_nonce: get_array(body, nonce_offset), engine })
 }
 
 fn encode_refuse(refuse: &Refuse<'_>, out: &mut Vec<u8>) {
@@ -1542,10 +1565,27 @@ mod tests {
         // Goal: the layouts in the byte diagram are the bytes on the wire, written out here by
         // hand, so a change to the format cannot pass unnoticed.
         let cluster = ClusterId::new("eu-1").unwrap();
-        let hello = Message::Hello(Hello { cluster, standby_nonce: [7; 32] });
-        let expected = frame(1, &[b"RFRP", &[4, 0], &[4], b"eu-1", &[7; 32]]);
+        let engine = EngineConfig::small();
+        let hello = Message::Hello(Hello { cluster, standby_nonce: [7; 32], engine });
+        // Shard 1, no key quota; SKUs 64, orders 1,024, coupons 256, batches 16, holdings
+        // 1,024, request keys 4,096, quantity 100; a 60,000 ms window; no live-order quota.
+        let settings: &[&[u8]] = &[
+            &[1, 0],
+            &[0, 0],
+            &[64, 0, 0, 0],
+            &[0, 4, 0, 0],
+            &[0, 1, 0, 0],
+            &[16, 0, 0, 0],
+            &[0, 4, 0, 0],
+            &[0, 16, 0, 0],
+            &[100, 0, 0, 0],
+            &[0x60, 0xEA, 0, 0, 0, 0, 0, 0],
+            &[0, 0],
+        ];
+        let head: &[&[u8]] = &[b"RFRP", &[5, 0], &[4], b"eu-1", &[7; 32]];
+        let expected = frame(1, &[head, settings].concat());
         assert_eq!(encoded(&hello), expected);
-        assert_eq!(expected.len(), 4 + 1 + 39 + 4);
+        assert_eq!(expected.len(), 4 + 1 + 39 + 4 + 42);
 
         let challenge =
             Message::Challenge(Challenge { primary_nonce: [1; 32], primary_proof: [2; 32] });
@@ -1666,7 +1706,7 @@ mod tests {
         assert_eq!(Kind::from_u8(0), None);
         assert_eq!(Kind::from_u8(13), None);
         assert_eq!(RefuseCode::from_u8(0), None);
-        assert_eq!(RefuseCode::from_u8(10), None);
+        assert_eq!(RefuseCode::from_u8(11), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //!   Ack(written, durable, echo)        ──►    acknowledgements into the policy
 //! ```
 
-use ringfence_core::{Epoch, Sequence};
+use ringfence_core::{EngineConfig, Epoch, Sequence};
 
 use crate::auth::{self, ClusterId, ClusterSecret, Nonce};
 use crate::message::{
@@ -65,7 +65,7 @@ impl Outgoing {
     #[must_use]
     pub fn message(&self) -> Message<'_> {
         match self {
-            Outgoing::Hello(hello) => Message::Hello(*hello),
+            Outgoing::Hello(hello) => Message::Hello(hello.clone()),
             Outgoing::Challenge(challenge) => Message::Challenge(*challenge),
             Outgoing::Join(join) => Message::Join(*join),
             Outgoing::FetchSnapshot(fetch) => Message::FetchSnapshot(*fetch),
@@ -109,6 +109,8 @@ pub struct PrimaryView<'a> {
     pub cluster: &'a ClusterId,
     /// The shared secret.
     pub secret: &'a ClusterSecret,
+    /// Its engine settings, which a standby must share.
+    pub engine: &'a EngineConfig,
     /// Its current epoch.
     pub epoch: Epoch,
     /// Whether it is the primary now (a standby refuses joins).
@@ -144,6 +146,8 @@ pub struct PrimarySession {
     sent_at_ms: u64,
     /// What the last heartbeat told the standby about answers; none sent yet.
     answering_sent: Option<Answering>,
+    /// The engine settings the standby's hello named; none before it.
+    standby_engine: Option<EngineConfig>,
 }
 
 impl PrimarySession {
@@ -161,6 +165,7 @@ impl PrimarySession {
             acked,
             sent_at_ms: 0,
             answering_sent: None,
+            standby_engine: None,
         }
     }
 
@@ -204,6 +209,7 @@ impl PrimarySession {
             return self.refuse(RefuseCode::Cluster, view.epoch, text);
         }
         let standby_nonce = hello.standby_nonce;
+        self.standby_engine = Some(hello.engine.clone());
         let (secret, cluster, nonce) = (view.secret, view.cluster, &self.primary_nonce);
         let primary_proof = auth::primary_proof(secret, cluster, &standby_nonce, nonce);
         self.state = PrimaryState::AwaitJoin { standby_nonce };
@@ -223,6 +229,17 @@ impl PrimarySession {
         let (secret, cluster, nonce) = (view.secret, view.cluster, &self.primary_nonce);
         if auth::verify_standby(secret, cluster, &standby_nonce, nonce, proof).is_err() {
             return Some(self.refuse(RefuseCode::Auth, view.epoch, "wrong cluster secret".into()));
+        }
+        let theirs = self.standby_engine.as_ref().expect("a hello came before the proof");
+        if theirs != view.engine {
+            // Told only to a standby that proved it holds the secret.
+            let text = format!(
+                "the standby's [engine] settings differ from this primary's: {}; the records \
+                 replay to the same state and answers only under the same settings, so give \
+                 both nodes the same [engine]",
+                view.engine.differences(theirs, "the standby")
+            );
+            return Some(self.refuse(RefuseCode::Engine, view.epoch, text));
         }
         if !view.is_primary {
             let text = "this node is not the primary".to_owned();
@@ -482,6 +499,7 @@ impl StandbySession {
     #[must_use]
     pub fn start(
         cluster: ClusterId,
+        engine: EngineConfig,
         standby_nonce: Nonce,
         purpose: Purpose,
         promised: Epoch,
@@ -499,7 +517,7 @@ impl StandbySession {
             answering: None,
             acked,
         };
-        (session, Outgoing::Hello(Hello { cluster, standby_nonce }))
+        (session, Outgoing::Hello(Hello { cluster, standby_nonce, engine }))
     }
 
     /// The primary's journal end as it last reported it.
@@ -712,6 +730,9 @@ mod tests {
     use crate::message::{decode, encode};
     use crate::position::EpochList;
 
+    /// Both nodes' engine settings.
+    const ENGINE: EngineConfig = EngineConfig::small();
+
     /// A primary in `epoch` over `journal`.
     fn view<'a>(
         cluster: &'a ClusterId,
@@ -723,6 +744,7 @@ mod tests {
         PrimaryView {
             cluster,
             secret,
+            engine: &ENGINE,
             epoch: Epoch(epoch),
             is_primary: true,
             journal,
@@ -780,8 +802,13 @@ mod tests {
     /// Runs the handshake; returns the primary's answer to the join and the pair.
     fn handshake(standby_secret: &str, at: StandbyPosition, epoch: u64) -> (PrimaryStep, Pair) {
         let key = secret("the-shared-secret-16+");
-        let (mut standby, hello) =
-            StandbySession::start(cluster(), [1; 32], Purpose::Join(at), at.promised);
+        let (mut standby, hello) = StandbySession::start(
+            cluster(),
+            EngineConfig::small(),
+            [1; 32],
+            Purpose::Join(at),
+            at.promised,
+        );
         let mut pair_primary = PrimarySession::new([2; 32]);
         let mut journal = EpochList::flat(10, 1);
         let cluster = cluster();
@@ -844,8 +871,13 @@ mod tests {
         ];
         for ((last, last_epoch), mut journal, acknowledged) in cases {
             let at = position(last, last_epoch, 1);
-            let (mut standby, hello) =
-                StandbySession::start(ours, [1; 32], Purpose::Join(at), at.promised);
+            let (mut standby, hello) = StandbySession::start(
+                ours,
+                EngineConfig::small(),
+                [1; 32],
+                Purpose::Join(at),
+                at.promised,
+            );
             let mut primary = PrimarySession::new([2; 32]);
             let mut view = view(&ours, &key, &mut journal, 2);
             view.standby_tail_acknowledged = acknowledged;
@@ -892,8 +924,13 @@ mod tests {
     fn joined_at_13(key: &ClusterSecret) -> StandbySession {
         let ours = cluster();
         let at = position(13, 1, 2);
-        let (mut standby, hello) =
-            StandbySession::start(ours, [1; 32], Purpose::Join(at), at.promised);
+        let (mut standby, hello) = StandbySession::start(
+            ours,
+            EngineConfig::small(),
+            [1; 32],
+            Purpose::Join(at),
+            at.promised,
+        );
         let mut primary = PrimarySession::new([2; 32]);
         let mut journal = EpochList::flat(10, 1);
         let mut view = view(&ours, key, &mut journal, 3);
@@ -974,7 +1011,7 @@ mod tests {
         let mut journal = EpochList::flat(0, 1);
         let cluster = cluster();
         let mut view = view(&cluster, &key, &mut journal, 1);
-        let hello = Hello { cluster, standby_nonce: [1; 32] };
+        let hello = Hello { cluster, standby_nonce: [1; 32], engine: EngineConfig::small() };
         assert!(matches!(
             primary.on_message(&Message::Hello(hello), &mut view),
             PrimaryStep::Reply(_)
@@ -996,11 +1033,20 @@ mod tests {
         let mut journal = EpochList::flat(0, 1);
         let ours = cluster();
         let mut view = view(&ours, &key, &mut journal, 1);
-        let other = Hello { cluster: ClusterId::new("other").unwrap(), standby_nonce: [1; 32] };
+        let other = Hello {
+            cluster: ClusterId::new("other").unwrap(),
+            standby_nonce: [1; 32],
+            engine: EngineConfig::small(),
+        };
         let step = PrimarySession::new([2; 32]).on_message(&Message::Hello(other), &mut view);
         assert_eq!(primary_refusal(&step), Some(RefuseCode::Cluster), "{step:?}");
-        let (mut standby, hello) =
-            StandbySession::start(ours, [1; 32], Purpose::FetchSnapshot, Epoch(1));
+        let (mut standby, hello) = StandbySession::start(
+            ours,
+            EngineConfig::small(),
+            [1; 32],
+            Purpose::FetchSnapshot,
+            Epoch(1),
+        );
         view.is_primary = false;
         let mut primary = PrimarySession::new([2; 32]);
         let Outgoing::Hello(hello) = hello else { panic!() };
@@ -1019,6 +1065,59 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_of_other_engine_settings_is_refused_once_it_proved_the_secret() {
+        // Goal: records replay to the same answers only under the same settings, so a standby
+        // of another shard or table size never joins nor fetches a snapshot; the refusal names
+        // what differs, and only a standby that proved the secret learns the primary's.
+        let key = secret("the-shared-secret-16+");
+        let mut journal = EpochList::flat(0, 1);
+        let ours = cluster();
+        let mut view = view(&ours, &key, &mut journal, 1);
+        let other = EngineConfig { shard: 7, orders_max: 2_048, ..EngineConfig::small() };
+        for purpose in [Purpose::Join(position(0, 0, 1)), Purpose::FetchSnapshot] {
+            for forged in [false, true] {
+                let (mut standby, hello) =
+                    StandbySession::start(ours, other.clone(), [1; 32], purpose, Epoch(1));
+                let mut primary = PrimarySession::new([2; 32]);
+                let Outgoing::Hello(hello) = hello else { panic!() };
+                let PrimaryStep::Reply(Outgoing::Challenge(challenge)) =
+                    primary.on_message(&Message::Hello(hello), &mut view)
+                else {
+                    panic!("the settings are checked only with the proof")
+                };
+                let proof = match standby.on_message(&Message::Challenge(challenge), &key, &ours) {
+                    StandbyStep::Reply(proof) => proof,
+                    other => panic!("{other:?}"),
+                };
+                // A proof not made with the shared secret fails first.
+                let proof = match proof {
+                    Outgoing::Join(join) if forged => {
+                        Outgoing::Join(Join { standby_proof: [9; 32], ..join })
+                    }
+                    Outgoing::FetchSnapshot(_) if forged => {
+                        Outgoing::FetchSnapshot(FetchSnapshot { standby_proof: [9; 32] })
+                    }
+                    proof => proof,
+                };
+                let step = primary.on_message(&proof.message(), &mut view);
+                let PrimaryStep::Close { last: Some(Outgoing::Refuse { code, text, .. }), .. } =
+                    &step
+                else {
+                    panic!("{step:?}")
+                };
+                if forged {
+                    assert_eq!(*code, RefuseCode::Auth, "{step:?}");
+                    assert!(!text.contains("shard"), "{text}");
+                } else {
+                    assert_eq!(*code, RefuseCode::Engine, "{step:?}");
+                    let named = "shard = 1 (the standby: 7), orders_max = 1024 (the standby: 2048)";
+                    assert!(text.contains(named), "{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_standby_that_promised_a_newer_epoch_deposes_the_primary() {
         // Goal: the fence seen from the old primary: it refuses and learns it must step down.
         let (step, _) = handshake("the-shared-secret-16+", position(10, 1, 3), 2);
@@ -1031,8 +1130,13 @@ mod tests {
         // Goal: the fence seen from the standby: a primary of an older epoch gets no follower.
         let key = secret("the-shared-secret-16+");
         let at = position(5, 2, 3);
-        let (mut standby, _) =
-            StandbySession::start(cluster(), [1; 32], Purpose::Join(at), Epoch(3));
+        let (mut standby, _) = StandbySession::start(
+            cluster(),
+            EngineConfig::small(),
+            [1; 32],
+            Purpose::Join(at),
+            Epoch(3),
+        );
         let challenge = Challenge {
             primary_nonce: [2; 32],
             primary_proof: auth::primary_proof(&key, &cluster(), &[1; 32], &[2; 32]),

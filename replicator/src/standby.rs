@@ -78,8 +78,8 @@ pub enum JoinError {
     /// The connection broke or carried something that is not this protocol.
     #[error("{0}")]
     Wire(#[from] WireError),
-    /// The primary refused, with its reason.
-    #[error("the primary refused: {text}")]
+    /// The primary refused, with its reason (which says the primary refused).
+    #[error("{text}")]
     Refused {
         /// Its code.
         code: RefuseCode,
@@ -144,7 +144,8 @@ fn handshake(
     socket.set_write_timeout(Some(timeout))?;
     let mut reader = FrameReader::new(socket.try_clone()?);
     let nonce = auth::nonce().map_err(|e| JoinError::Protocol(e.to_string()))?;
-    let (mut session, hello) = StandbySession::start(config.cluster, nonce, purpose, promised);
+    let (mut session, hello) =
+        StandbySession::start(config.cluster, config.engine.clone(), nonce, purpose, promised);
     send(&socket, &hello)?;
     let message = reader.read_message()?;
     match session.on_message(&message, &config.secret, &config.cluster) {

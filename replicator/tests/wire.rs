@@ -3,8 +3,10 @@
 //! snapshot chunks are refused, and decoding survives arbitrary bytes.
 
 use proptest::prelude::*;
+use ringfence_core::config::CAPACITY_MAX;
 use ringfence_core::record::{RECORD_HEADER_LEN, RecordBuf, RecordError};
-use ringfence_core::{Command, Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_core::{Command, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_journal::format;
 use ringfence_replicator::auth::ClusterId;
 use ringfence_replicator::message::{
     Ack, Answering, Behind, Challenge, Diverged, FRAME_LEN_MAX, FetchSnapshot, Heartbeat, Hello,
@@ -81,7 +83,7 @@ fn chunk_frame_epoch(
 fn one_of_each(records: &[u8]) -> Vec<Message<'_>> {
     let cluster = ClusterId::new("shop.eu-1_a").unwrap();
     vec![
-        Message::Hello(Hello { cluster, standby_nonce: [9; 32] }),
+        Message::Hello(Hello { cluster, standby_nonce: [9; 32], engine: EngineConfig::small() }),
         Message::Challenge(Challenge { primary_nonce: [1; 32], primary_proof: [2; 32] }),
         Message::Join(Join {
             standby_proof: [3; 32],
@@ -132,7 +134,7 @@ fn every_message_round_trips_and_consumes_exactly_its_frame() {
         let mut bytes = encoded(message);
         let len = bytes.len();
         bytes.extend_from_slice(&[0xEE; 7]);
-        assert_eq!(decode(&bytes), Ok(Some((*message, len))), "{message:?}");
+        assert_eq!(decode(&bytes), Ok(Some((message.clone(), len))), "{message:?}");
         assert_eq!(message.kind() as u8, bytes[4]);
     }
 }
@@ -166,7 +168,7 @@ fn a_frame_split_at_every_byte_waits_for_the_rest() {
         for cut in 0..bytes.len() {
             assert_eq!(decode(&bytes[..cut]), Ok(None), "{:?} cut at {cut}", message.kind());
         }
-        assert_eq!(decode(&bytes), Ok(Some((*message, bytes.len()))));
+        assert_eq!(decode(&bytes), Ok(Some((message.clone(), bytes.len()))));
     }
 }
 
@@ -256,13 +258,18 @@ fn hello_body(magic: &[u8], version: u16, cluster_len: u8, cluster: &[u8]) -> Ve
     body.push(cluster_len);
     body.extend_from_slice(cluster);
     body.extend_from_slice(&[5; 32]);
+    let (mut block, mut more) = ([0; format::CONFIG_BLOCK_LEN], [0; format::CONFIG_MORE_LEN]);
+    format::encode_config(&EngineConfig::small(), &mut block, &mut more);
+    body.extend_from_slice(&block);
+    body.extend_from_slice(&more);
     body
 }
 
 #[test]
 fn a_malformed_hello_is_refused_by_kind() {
-    // Goal: wrong magic, another version, a cluster id of bad length or characters, and a
-    // body cut short or with bytes left over are each told apart.
+    // Goal: wrong magic, another version, a cluster id of bad length or characters, engine
+    // settings no engine accepts, and a body cut short or with bytes left over are each told
+    // apart.
     use ringfence_replicator::auth::ClusterIdError;
     let hello = |body: Vec<u8>| decode_err(&frame(1, &body));
     let v = PROTOCOL_VERSION;
@@ -285,13 +292,20 @@ fn a_malformed_hello_is_refused_by_kind() {
     let kind = Kind::Hello;
     assert_eq!(
         hello(hello_body(b"RFRP", v, 3, b"eu")),
-        MessageError::Truncated { kind, have: 41, need: 42 }
+        MessageError::Truncated { kind, have: 83, need: 84 }
     );
-    assert_eq!(hello(b"RFR".to_vec()), MessageError::Truncated { kind, have: 3, need: 40 });
+    assert_eq!(hello(b"RFR".to_vec()), MessageError::Truncated { kind, have: 3, need: 82 });
     assert_eq!(
         hello(hello_body(b"RFRP", v, 1, b"eu")),
-        MessageError::TrailingBytes { kind, have: 41, need: 40 }
+        MessageError::TrailingBytes { kind, have: 83, need: 82 }
     );
+    // Shard 1024 (snowflake ids have 10 bits for it), then a table of no entries.
+    for (at, bytes) in [(0, [0, 4]), (8, [0, 0])] {
+        let mut body = hello_body(b"RFRP", v, 2, b"eu");
+        let settings = body.len() - format::CONFIG_BLOCK_LEN - format::CONFIG_MORE_LEN;
+        body[settings + at..][..2].copy_from_slice(&bytes);
+        assert_eq!(hello(body), MessageError::EngineSettings);
+    }
 }
 
 fn refuse_body(code: u8, text_len: u16, text: &[u8]) -> Vec<u8> {
@@ -308,7 +322,7 @@ fn a_malformed_refusal_is_refused_by_kind() {
     // bytes left over are each told apart.
     let refuse = |body: Vec<u8>| decode_err(&frame(9, &body));
     assert_eq!(refuse(refuse_body(0, 0, b"")), MessageError::RefuseCode(0));
-    assert_eq!(refuse(refuse_body(10, 0, b"")), MessageError::RefuseCode(10));
+    assert_eq!(refuse(refuse_body(11, 0, b"")), MessageError::RefuseCode(11));
     let long = vec![b'x'; REFUSE_TEXT_LEN_MAX + 1];
     assert_eq!(
         refuse(refuse_body(1, 513, &long)),
@@ -639,7 +653,7 @@ enum Owned {
 impl Owned {
     fn message(&self) -> Message<'_> {
         match self {
-            Owned::Plain(message) => *message,
+            Owned::Plain(message) => message.clone(),
             Owned::Records { first, count, bytes } => {
                 Message::Records(Records::new(Sequence(*first), *count, bytes).unwrap())
             }
@@ -693,9 +707,16 @@ fn sorted_pair() -> impl Strategy<Value = (u64, u64)> {
 }
 
 fn plain() -> impl Strategy<Value = Message<'static>> {
-    let hello = ("[A-Za-z0-9._-]{1,64}", any::<[u8; 32]>()).prop_map(|(id, nonce)| {
-        Message::Hello(Hello { cluster: ClusterId::new(&id).unwrap(), standby_nonce: nonce })
-    });
+    let engine =
+        (0..1024u16, 1..=CAPACITY_MAX, any::<u64>()).prop_map(|(shard, orders, window)| {
+            let small = EngineConfig::small();
+            EngineConfig { shard, orders_max: orders, request_key_window_ms: window, ..small }
+        });
+    let hello =
+        ("[A-Za-z0-9._-]{1,64}", any::<[u8; 32]>(), engine).prop_map(|(id, nonce, engine)| {
+            let cluster = ClusterId::new(&id).unwrap();
+            Message::Hello(Hello { cluster, standby_nonce: nonce, engine })
+        });
     let challenge = any::<([u8; 32], [u8; 32])>()
         .prop_map(|(n, p)| Message::Challenge(Challenge { primary_nonce: n, primary_proof: p }));
     let join = (any::<[u8; 32]>(), any::<u64>(), sorted_pair()).prop_map(|(p, s, (l, h))| {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ringfence_core::pipeline::Node;
-use ringfence_core::{Epoch, Sequence};
+use ringfence_core::{EngineConfig, Epoch, Sequence};
 use ringfence_ingress::{CoordinationStatus, ReplicationControl, ReplicationStatus};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::storage::{FileStorage, Storage};
@@ -246,6 +246,7 @@ pub struct Replication {
 pub fn settings(
     args: &ReplicationArgs,
     file: &ReplicationSection,
+    engine: &EngineConfig,
     data_dir: &Path,
 ) -> Result<Option<Replication>, String> {
     let role_name = args.role.clone().or(file.role.clone()).unwrap_or_else(|| "primary".into());
@@ -276,7 +277,8 @@ pub fn settings(
         .replication_listen
         .or(file.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7100)));
-    let mut config = ReplicationConfig::new(listen, cluster, secret, data_dir.to_path_buf());
+    let mut config =
+        ReplicationConfig::new(listen, cluster, secret, engine.clone(), data_dir.to_path_buf());
     let mode_text = args.replication.clone().or(file.mode.clone()).unwrap_or_else(|| "sync".into());
     config.mode = AckMode::parse(&mode_text)
         .ok_or_else(|| format!("--replication `{mode_text}`: use sync or async"))?;
@@ -348,9 +350,11 @@ pub fn check_journal(
             log(format_args!("the primary {primary}: {text}"));
             Ok(JournalCheck::NeedsSnapshot)
         }
-        Err(JoinError::Refused { code: RefuseCode::Auth | RefuseCode::Cluster, text, .. }) => {
-            Err(format!("the primary {primary} refused this standby: {text}"))
-        }
+        Err(JoinError::Refused {
+            code: RefuseCode::Auth | RefuseCode::Cluster | RefuseCode::Engine,
+            text,
+            ..
+        }) => Err(format!("{text} (the primary at {primary})")),
         Err(error) => {
             log(format_args!(
                 "cannot check this journal against the primary {primary} ({error}); starting \

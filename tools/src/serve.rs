@@ -461,7 +461,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         durability,
         engine_config: engine_config.clone(),
     };
-    let mut replication = replication::settings(&args.replication, &file.replication, &data_dir)?;
+    let mut replication =
+        replication::settings(&args.replication, &file.replication, &engine_config, &data_dir)?;
     if let Some(replication) = replication.as_mut() {
         replication.config.answers_after_sync = durability == Durability::Batch;
     }

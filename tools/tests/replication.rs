@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::{Serve, ringfence_within, text};
 use ringfence_core::record::RecordBuf;
-use ringfence_core::{Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_journal::format;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::message::{Message, Start, records_frame_header};
 use ringfence_replicator::position::EpochList;
@@ -311,6 +312,10 @@ fn bad_handshake(replication: SocketAddr, cluster: &str) -> Vec<u8> {
     hello.push(u8::try_from(cluster.len()).unwrap());
     hello.extend_from_slice(cluster.as_bytes());
     hello.extend_from_slice(&[7; 32]);
+    let (mut block, mut more) = ([0; format::CONFIG_BLOCK_LEN], [0; format::CONFIG_MORE_LEN]);
+    format::encode_config(&EngineConfig::default(), &mut block, &mut more);
+    hello.extend_from_slice(&block);
+    hello.extend_from_slice(&more);
     let mut frame = u32::try_from(hello.len() + 1).unwrap().to_le_bytes().to_vec();
     frame.push(1);
     frame.extend_from_slice(&hello);
@@ -337,6 +342,30 @@ fn wrong_secrets_and_clusters_are_refused_and_a_flood_leaves_the_stream_alone() 
     let intruder = standby(&dir_c, &wrong, replication);
     intruder.wait_for_log("does not hold the cluster secret", Duration::from_secs(20));
     drop(intruder);
+    // A standby of other engine settings would apply the same records to other outcomes
+    // (another shard's order ids): refused at its start, naming what differs.
+    let config = root.join("shard-3.toml");
+    std::fs::write(&config, "[engine]\nshard = 3\n").unwrap();
+    let (config, dir_d, replication_at) =
+        (config.display().to_string(), root.join("d"), replication.to_string());
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    args.extend(["--data-dir", dir_d.to_str().unwrap(), "--config", &config]);
+    args.extend([
+        "--role",
+        "standby",
+        "--primary",
+        &replication_at,
+        "--cluster-secret-file",
+        &secret,
+    ]);
+    args.extend(["--replication-listen", "127.0.0.1:0"]);
+    let refused = ringfence_within(&args, Duration::from_secs(60));
+    assert!(!refused.status.success());
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("engine] settings differ from this primary's: shard = 0 (the standby: 3)"),
+        "{stderr}"
+    );
     let answer = bad_handshake(replication, "some-other-cluster");
     assert!(String::from_utf8_lossy(&answer).contains("some-other-cluster"), "{answer:?}");
     let flood: Vec<_> = (0..4)
@@ -503,6 +532,7 @@ fn each_run_of_a_primary_has_its_own_epoch_so_records_it_lost_are_never_mistaken
         "127.0.0.1:0".parse().unwrap(),
         ClusterId::new("ringfence").unwrap(),
         ClusterSecret::from_bytes(SECRET.as_bytes()).unwrap(),
+        EngineConfig::default(),
         root.join("b"),
     );
     let end = JournalEnd { last_sequence: Sequence(kept + 3), last_epoch: Epoch(first_epoch) };
@@ -692,7 +722,12 @@ fn a_fresh_standby_of_a_primary_that_retired_its_first_records_starts_from_a_sna
     assert!(started >= 2, "{started} segments started: {metrics}");
     let from_spare = value("ringfence_journal_segments_from_spare_total");
     assert_eq!(from_spare, Some(started - 1), "{metrics}");
-    let follower = standby(&dir_b, &secret, node.replication.unwrap());
+    // The standby's tables as the primary's: the same records give the same answers only so.
+    let engine = root.join("engine.toml");
+    std::fs::write(&engine, format!("[engine]{}", settings.split_once("[engine]").unwrap().1))
+        .unwrap();
+    let engine = engine.to_str().unwrap().to_owned();
+    let follower = standby_with(&dir_b, &secret, node.replication.unwrap(), &["--config", &engine]);
     follower.wait_for_log("fetched the primary's snapshot", Duration::from_secs(5));
     for extra in 0..10 {
         let body =
@@ -731,6 +766,7 @@ fn fake_primary_accept(
         let mut view = PrimaryView {
             cluster: &cluster,
             secret: &secret,
+            engine: &EngineConfig::default(),
             epoch: Epoch(epoch),
             is_primary: true,
             journal: &mut journal,

@@ -82,8 +82,9 @@ impl Fetching {
                     return Fetched::Failed("the primary cannot be reached".into());
                 };
                 let purpose = Purpose::FetchSnapshot;
+                let engine = settings.engine.clone();
                 let (session, hello) =
-                    StandbySession::start(settings.cluster, nonce, purpose, Epoch(0));
+                    StandbySession::start(settings.cluster, engine, nonce, purpose, Epoch(0));
                 send(net, conn, me, &hello.message(), now_ms);
                 self.conn = Some((conn, session));
                 Fetched::Waiting

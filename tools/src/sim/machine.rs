@@ -1133,6 +1133,7 @@ impl Machine {
             "127.0.0.1:0".parse().expect("an address"),
             settings.cluster,
             settings.secret.clone(),
+            settings.engine.clone(),
             std::path::PathBuf::from(format!("/sim/{}", self.name)),
         );
         replication.mode = settings.mode;
@@ -1752,8 +1753,10 @@ impl Follower {
             last_epoch: self.applied.submitted.last_epoch,
             promised,
         };
+        let engine = settings.engine.clone();
+        let purpose = Purpose::Join(position);
         let (session, hello) =
-            StandbySession::start(settings.cluster, nonce, Purpose::Join(position), promised);
+            StandbySession::start(settings.cluster, engine, nonce, purpose, promised);
         send(net, conn, me, &hello.message(), now_ms);
         self.conn = Some((conn, session));
         self.heard_ms = now_ms;
