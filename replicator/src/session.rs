@@ -1026,6 +1026,23 @@ mod tests {
         assert_eq!(primary_refusal(&step), Some(RefuseCode::Auth), "{step:?}");
     }
 
+    /// Passes the standby's `hello` to the primary and its challenge back: the standby's
+    /// proof (a `Join` or `FetchSnapshot`), made with the shared secret.
+    fn proof(
+        standby: &mut StandbySession,
+        hello: Outgoing,
+        primary: &mut PrimarySession,
+        view: &mut PrimaryView<'_>,
+    ) -> Outgoing {
+        let Outgoing::Hello(hello) = hello else { panic!("{hello:?}") };
+        let step = primary.on_message(&Message::Hello(hello), view);
+        let PrimaryStep::Reply(Outgoing::Challenge(challenge)) = step else { panic!("{step:?}") };
+        match standby.on_message(&Message::Challenge(challenge), view.secret, view.cluster) {
+            StandbyStep::Reply(proof) => proof,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn another_cluster_and_a_standby_node_refuse_joins() {
         // Goal: the cluster id is checked first; a node that is not primary refuses joins.
@@ -1049,14 +1066,7 @@ mod tests {
         );
         view.is_primary = false;
         let mut primary = PrimarySession::new([2; 32]);
-        let Outgoing::Hello(hello) = hello else { panic!() };
-        let PrimaryStep::Reply(Outgoing::Challenge(challenge)) =
-            primary.on_message(&Message::Hello(hello), &mut view)
-        else {
-            panic!()
-        };
-        let StandbyStep::Reply(Outgoing::FetchSnapshot(fetch)) =
-            standby.on_message(&Message::Challenge(challenge), &key, &ours)
+        let Outgoing::FetchSnapshot(fetch) = proof(&mut standby, hello, &mut primary, &mut view)
         else {
             panic!()
         };
@@ -1079,16 +1089,8 @@ mod tests {
                 let (mut standby, hello) =
                     StandbySession::start(ours, other.clone(), [1; 32], purpose, Epoch(1));
                 let mut primary = PrimarySession::new([2; 32]);
-                let Outgoing::Hello(hello) = hello else { panic!() };
-                let PrimaryStep::Reply(Outgoing::Challenge(challenge)) =
-                    primary.on_message(&Message::Hello(hello), &mut view)
-                else {
-                    panic!("the settings are checked only with the proof")
-                };
-                let proof = match standby.on_message(&Message::Challenge(challenge), &key, &ours) {
-                    StandbyStep::Reply(proof) => proof,
-                    other => panic!("{other:?}"),
-                };
+                // The settings are checked only with the proof, after the challenge.
+                let proof = proof(&mut standby, hello, &mut primary, &mut view);
                 // A proof not made with the shared secret fails first.
                 let proof = match proof {
                     Outgoing::Join(join) if forged => {
