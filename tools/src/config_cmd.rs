@@ -56,8 +56,10 @@ const SECTIONS: &[(&str, &str)] = &[
     ("node", "The pipeline, journal, snapshots and timer."),
     (
         "engine",
-        "Capacities, allocated at start. Changing them for an existing data directory must \
-         keep every recorded state within the new bounds.",
+        "Capacities and limits, allocated at start. The journal's records replay only under \
+         the settings they were written with: a node refuses a data directory written with \
+         others, and a primary a standby of others, so keep them for a data directory's life \
+         and the same on both nodes of a pair.",
     ),
     ("replication", "A hot standby (flags of the same names override these)."),
     (

@@ -280,8 +280,9 @@ impl NodeSection {
     }
 }
 
-/// `[engine]`: capacities, allocated at start. Changing them for an existing data directory
-/// must keep every recorded state within the new bounds.
+/// `[engine]`: capacities and limits, allocated at start; fixed for a data directory's life
+/// and the same on both nodes of a pair (recovery and the replication handshake refuse
+/// others).
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct EngineSection {
