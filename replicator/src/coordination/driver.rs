@@ -702,7 +702,17 @@ impl Driver {
                 match self.coordinator.record_sync(self.pilot.leader(), &sync) {
                     Ok(true) => {}
                     Ok(false) => return Err("this node no longer holds the leader key".into()),
-                    Err(error) => return Err(format!("{error}; the mode is unchanged")),
+                    Err(error) => {
+                        // The write may have taken effect all the same: then the witness lets
+                        // a standby take over as under `async`, and this node switches as
+                        // asked once it reads the record (`recorded_unanswered`).
+                        self.unanswered = Some((sync, after));
+                        return Err(format!(
+                            "{error}; the switch may have been recorded all the same, and this \
+                             node then makes it once it reads the record: see /v1/node before \
+                             asking again"
+                        ));
+                    }
                 }
                 self.record(sync, after);
                 Ok(())

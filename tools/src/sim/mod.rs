@@ -278,9 +278,15 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
     let f = totals.faults;
     if f.async_switches + f.sync_switches > 0 {
         println!(
-            "  under async        {} ({} lost to a failover); {} switches to async, {} back \
-             to sync",
-            totals.writes_at_risk, totals.writes_lost, f.async_switches, f.sync_switches
+            "  under async        {} ({} lost to a failover); {} switches to async ({} \
+             recorded though their answer was lost, {} of them made by the primary once it read \
+             the record), {} back to sync",
+            totals.writes_at_risk,
+            totals.writes_lost,
+            f.async_switches,
+            f.async_switches_unanswered,
+            f.async_switches_made_late,
+            f.sync_switches
         );
     }
     println!("answers              {}", totals.answers);
@@ -460,6 +466,8 @@ impl Totals {
             f.sync_point_crashes += r.sync_point_crashes;
             f.clean_stops += r.clean_stops;
             f.async_switches += r.async_switches;
+            f.async_switches_unanswered += r.async_switches_unanswered;
+            f.async_switches_made_late += r.async_switches_made_late;
             f.standbys_emptied += r.standbys_emptied;
             f.crashes_taken_back += r.crashes_taken_back;
             f.bounds_lifted += r.bounds_lifted;
@@ -1060,6 +1068,23 @@ mod tests {
         let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
         let did = |r: &Report| r.faults.epochs_dropped >= 1;
         regressions_pass(&[800_303], length, "no diverged epoch dropped at once", did);
+    }
+
+    #[test]
+    fn a_switch_to_async_recorded_though_its_answer_was_lost_counts_as_made() {
+        // Goal: the operator's switch to `async` writes the record before the primary uses
+        // it, and the witness may take the write and lose the answer. Seed 3100362: b,
+        // acknowledging alone in sync, was told its switch failed and lost power; the record
+        // said async all the same, so a, behind, took over and lost writes b acknowledged
+        // before the switch, as async allows. The checkers took the switch for not made and
+        // failed the seed. Seed 3100030: the primary lives on, reads the record, and makes
+        // the switch it was asked for (`Driver::set_mode` keeps the record as unanswered),
+        // so what the witness says and what the node does agree.
+        let length = with_async(RunLength::default());
+        let did = |r: &Report| r.faults.async_switches_unanswered >= 1 && r.writes_lost > 0;
+        regressions_pass(&[3_100_362], length, "no unanswered switch, or no write lost", did);
+        let did = |r: &Report| r.faults.async_switches_made_late >= 1;
+        regressions_pass(&[3_100_030], length, "no unanswered switch made once read", did);
     }
 
     #[test]

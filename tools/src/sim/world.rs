@@ -211,6 +211,12 @@ pub struct FaultCounts {
     pub async_switches: u64,
     /// And back to `sync`.
     pub sync_switches: u64,
+    /// Switches to `async` whose answer from the witness was lost but which it recorded
+    /// (counted in `async_switches` too).
+    pub async_switches_unanswered: u64,
+    /// Of those, the ones the primary was seen to make once it read the record: in `async`
+    /// at the operator's next switch, in the same epoch.
+    pub async_switches_made_late: u64,
     /// Standbys the operator started anew, giving up their history, when their primary
     /// refused them for holding records it had lost and for holding others since.
     pub standbys_emptied: u64,
@@ -320,6 +326,9 @@ pub struct World {
     modes: Prng,
     next_mode_ms: u64,
     async_eras: std::collections::BTreeSet<(usize, u64)>,
+    /// A switch to `async` recorded though its answer was lost: the machine and the epoch it
+    /// was asked in, until the operator's next switch looks whether the primary made it.
+    unanswered_switch: Option<(usize, u64)>,
     /// Without a witness: the machine the operator calls primary, and since when it has been
     /// unreachable (down or paused).
     operator_primary: usize,
@@ -519,6 +528,7 @@ impl World {
             modes,
             next_mode_ms,
             async_eras: Default::default(),
+            unanswered_switch: None,
             operator_primary: 0,
             primary_gone_since: None,
             operator_next_try_ms: 0,
@@ -695,15 +705,42 @@ impl World {
             return;
         };
         let machine = &mut self.machines[target];
-        let facts = machine.running().expect("a primary runs").control.facts();
+        let control = &machine.running().expect("a primary runs").control;
+        let (facts, epoch_now) = (control.facts(), control.epoch().0);
+        if let Some(late) = self.unanswered_switch.take()
+            && late == (target, epoch_now)
+            && facts.mode == AckMode::Async
+        {
+            self.faults.async_switches_made_late += 1;
+        }
         let mode = match facts.mode {
             AckMode::Sync => AckMode::Async,
             AckMode::Async => AckMode::Sync,
         };
+        let before = self.read_record();
+        let machine = &mut self.machines[target];
         let switched = machine.set_mode(mode);
-        let name = &machine.name;
+        let name = machine.name.clone();
         self.trace.event(now, &format!("operator: {name} to {} mode: {switched:?}", mode.name()));
-        let Ok(epoch) = switched else { return };
+        // A switch to async whose answer was lost may be recorded all the same: the witness
+        // then lets a standby take over as under async, and the node switches once it reads
+        // the record.
+        let recorded = self.read_record().filter(|sync| {
+            mode == AckMode::Async
+                && sync.ack_mode() == AckMode::Async
+                && sync.primary == name
+                && before.as_ref() != Some(sync)
+        });
+        let switched = match (switched, recorded) {
+            (Ok(epoch), _) => epoch,
+            (Err(_), Some(sync)) => {
+                self.faults.async_switches_unanswered += 1;
+                self.unanswered_switch = Some((target, sync.epoch));
+                ringfence_core::Epoch(sync.epoch)
+            }
+            (Err(_), None) => return,
+        };
+        let epoch = switched;
         match mode {
             AckMode::Async => {
                 self.faults.async_switches += 1;
