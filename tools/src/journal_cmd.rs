@@ -299,17 +299,16 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
             name(&file)
         )));
     }
-    let newest = opened.layout.segments.last().map(|segment| &segment.header.config);
-    for segment in &opened.layout.segments {
-        let Some(newest) = newest.filter(|&newest| *newest != segment.header.config) else {
-            continue;
-        };
-        found.push(Finding::Note(format!(
-            "{} was written with other [engine] settings than the newest segment: {}; a node \
-             starts on this journal with neither",
-            name(&segment.name),
-            newest.differences(&segment.header.config, "this segment")
-        )));
+    let segments = &opened.layout.segments;
+    if let Some(newest) = segments.last().map(|segment| &segment.header.config) {
+        for segment in segments.iter().filter(|segment| segment.header.config != *newest) {
+            found.push(Finding::Note(format!(
+                "{} was written with other [engine] settings than the newest segment: {}; a \
+                 node starts on this journal with neither",
+                name(&segment.name),
+                newest.differences(&segment.header.config, "this segment")
+            )));
+        }
     }
     if let Some(at) = ringfence_journal::datadir::truncation_under_way(&opened.source) {
         found.push(Finding::Note(format!(

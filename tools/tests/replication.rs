@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use common::{Serve, ringfence_within, text};
 use ringfence_core::record::RecordBuf;
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
-use ringfence_journal::format;
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
-use ringfence_replicator::message::{Message, Start, records_frame_header};
+use ringfence_replicator::message::{Hello, Message, Start, encode, records_frame_header};
 use ringfence_replicator::position::EpochList;
 use ringfence_replicator::session::{PrimarySession, PrimaryStep, PrimaryView};
 use ringfence_replicator::standby::{self, Joined, JournalEnd};
@@ -302,23 +301,14 @@ fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// Sends a `Hello` for `cluster`, then garbage, and reads what comes back.
+/// Sends a `Hello` for `cluster` and reads what comes back.
 fn bad_handshake(replication: SocketAddr, cluster: &str) -> Vec<u8> {
     let mut stream = TcpStream::connect(replication).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut hello = Vec::new();
-    hello.extend_from_slice(b"RFRP");
-    hello.extend_from_slice(&ringfence_replicator::message::PROTOCOL_VERSION.to_le_bytes());
-    hello.push(u8::try_from(cluster.len()).unwrap());
-    hello.extend_from_slice(cluster.as_bytes());
-    hello.extend_from_slice(&[7; 32]);
-    let (mut block, mut more) = ([0; format::CONFIG_BLOCK_LEN], [0; format::CONFIG_MORE_LEN]);
-    format::encode_config(&EngineConfig::default(), &mut block, &mut more);
-    hello.extend_from_slice(&block);
-    hello.extend_from_slice(&more);
-    let mut frame = u32::try_from(hello.len() + 1).unwrap().to_le_bytes().to_vec();
-    frame.push(1);
-    frame.extend_from_slice(&hello);
+    let cluster = ClusterId::new(cluster).unwrap();
+    let hello = Hello { cluster, standby_nonce: [7; 32], engine: EngineConfig::default() };
+    let mut frame = Vec::new();
+    encode(&Message::Hello(hello), &mut frame);
     let _ = stream.write_all(&frame);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
