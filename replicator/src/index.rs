@@ -30,8 +30,11 @@ impl<S: ReadSource> DirIndex<S> {
     /// The journal `source` holds, whose writer has appended up to `last`.
     pub fn over(source: S, last: Sequence) -> Result<DirIndex<S>, JournalError> {
         let first = scan::sorted_segments(&source)?.first().map(|(first, _)| *first);
-        // An empty journal has a segment starting past its last record.
-        let first = first.filter(|&first| first <= last);
+        // A journal holding no record has a segment starting just past its last record: at 1
+        // it holds nothing yet; later, the records before it were retired after a snapshot
+        // (a rebuild or a carry-over to new settings with nothing after it), and a standby
+        // that lacks them needs that snapshot.
+        let first = first.filter(|&first| first <= last || first.0 > 1);
         Ok(DirIndex { source, last, first })
     }
 }
@@ -42,7 +45,7 @@ impl<S: ReadSource> JournalIndex for DirIndex<S> {
     }
 
     fn last(&mut self) -> Option<Sequence> {
-        (self.last.0 > 0 && self.first.is_some()).then_some(self.last)
+        self.first.filter(|&first| first <= self.last).map(|_| self.last)
     }
 
     fn epoch_at(&mut self, sequence: Sequence) -> Option<Epoch> {

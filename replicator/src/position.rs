@@ -15,8 +15,9 @@ use ringfence_core::{Epoch, Sequence};
 
 /// What the primary can answer about its own journal.
 pub trait JournalIndex {
-    /// The first sequence still held (older segments may be retired after a snapshot); `None`
-    /// when the journal holds no record.
+    /// The first sequence still held (older segments may be retired after a snapshot); for a
+    /// journal holding no record, the sequence it starts at when the records before it were
+    /// retired, and `None` when there were none.
     fn first(&mut self) -> Option<Sequence>;
     /// The last sequence held; `None` when the journal holds no record.
     fn last(&mut self) -> Option<Sequence>;
@@ -173,7 +174,7 @@ impl EpochList {
 
 impl JournalIndex for EpochList {
     fn first(&mut self) -> Option<Sequence> {
-        (!self.epochs.is_empty()).then_some(Sequence(self.first))
+        (!self.epochs.is_empty() || self.first > 1).then_some(Sequence(self.first))
     }
     fn last(&mut self) -> Option<Sequence> {
         (!self.epochs.is_empty()).then(|| Sequence(self.first + self.epochs.len() as u64 - 1))
@@ -396,6 +397,31 @@ mod tests {
         assert_eq!(decide(&mut primary, Epoch(4), position(250, 1, 2)), needs);
         assert_eq!(decide(&mut primary, Epoch(4), position(250, 0, 2)), needs, "epoch unknown");
         assert_eq!(decide(&mut primary, Epoch(4), position(249, 2, 2)), needs, "before it");
+    }
+
+    #[test]
+    fn a_primary_holding_no_record_after_its_snapshot_sends_a_standby_behind_it_for_it() {
+        // Goal: a journal rebuilt, or carried over to new settings, right after its snapshot
+        // through 250 holds no record and starts at 251. A fresh standby, or one behind 250,
+        // takes the snapshot rather than a stream of records the primary no longer has; one
+        // that stands at the snapshot streams from 251; one past it holds records the primary
+        // never had, and drops them.
+        let journal = EpochList { first: 251, epochs: Vec::new() };
+        assert_eq!((journal.clone().first(), journal.clone().last()), (Some(Sequence(251)), None));
+        let mut primary = OverSnapshot(journal, (Sequence(250), Epoch(2)));
+        let needs = JoinDecision::NeedsSnapshot { first_held: Sequence(251) };
+        assert_eq!(decide(&mut primary, Epoch(3), position(0, 0, 2)), needs, "a fresh standby");
+        assert_eq!(decide(&mut primary, Epoch(3), position(249, 2, 2)), needs, "behind it");
+        let stream = JoinDecision::Stream { from: Sequence(251) };
+        assert_eq!(decide(&mut primary, Epoch(3), position(250, 2, 2)), stream);
+        let past = decide(&mut primary, Epoch(3), position(252, 2, 2));
+        assert!(
+            matches!(past, JoinDecision::Diverged { keep_through } if keep_through < Sequence(252))
+        );
+        // A journal that never held a record has nothing retired: a fresh standby streams.
+        let mut new = EpochList { first: 1, epochs: Vec::new() };
+        let from_one = JoinDecision::Stream { from: Sequence(1) };
+        assert_eq!(decide(&mut new, Epoch(1), position(0, 0, 1)), from_one);
     }
 
     #[test]
