@@ -166,7 +166,9 @@ pub enum JournalError {
          journal's records replay only under the settings they were written with (order ids \
          carry the shard; the tables' sizes decide refusals and which finished orders are \
          forgotten), so a node does not start on it with others: set [engine] as the journal \
-         has it (`ringfence journal verify` prints it), or start on a new data directory"
+         has it (`ringfence journal verify` prints it), carry the directory over to the new \
+         settings with `ringfence journal reconfigure` once the node stopped cleanly, or start \
+         on a new data directory"
     )]
     SettingsChanged {
         /// The segment or snapshot file.

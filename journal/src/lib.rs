@@ -17,6 +17,7 @@ pub mod manifest;
 #[cfg(feature = "mutations")]
 pub mod mutation;
 pub mod rebuild;
+pub mod reconfigure;
 pub mod recovery;
 pub mod salvage;
 pub mod scan;

@@ -24,7 +24,7 @@
 
 use std::ops::Range;
 
-use ringfence_core::Sequence;
+use ringfence_core::{EngineConfig, Sequence};
 
 use crate::datadir::{self, CleanStop};
 use crate::error::JournalError;
@@ -145,7 +145,10 @@ pub fn rebuilding<R: ReadSource>(source: &R) -> Result<Option<Sequence>, Journal
     }
 }
 
-fn write_rebuilding<S: Storage>(storage: &S, through: Sequence) -> Result<(), JournalError> {
+pub(crate) fn write_rebuilding<S: Storage>(
+    storage: &S,
+    through: Sequence,
+) -> Result<(), JournalError> {
     assert!(through.0 >= 1, "a snapshot through sequence 0");
     let text = format!(
         "{}\nA rebuild of this journal after snapshot {} was under way; the node's next start \
@@ -196,14 +199,17 @@ fn complete<S: Storage>(storage: &S, located: &Located) -> Result<Rebuild, Journ
         let context = format!("{verb} {}", storage.describe(name));
         move |e| JournalError::io(context, e)
     };
+    // The rebuilt journal continues the snapshot's state, under the settings it holds.
+    let settings = snapshot::read_meta(storage, &located.snapshot)?.config;
     let mut new_segment = None;
     if let Some(copy) = &located.copy
         && storage.file_len(&new_name).is_err()
     {
         let (_, from_name) = &located.segments[located.from];
-        copy_segment(storage, from_name, copy.clone(), &new_name, located.through)?;
+        copy_segment(storage, from_name, copy.clone(), &new_name, (located.through, &settings))?;
         new_segment = Some(storage.describe(&new_name));
     }
+    settle_settings(storage, &new_name, located.through, &settings)?;
     // The manifest: the new segment (or the one starting at `start`) and those after it,
     // unless a crash came after it was rewritten (as `finish` tells).
     let manifest = datadir::read_listed_manifest(storage)?;
@@ -257,13 +263,14 @@ fn complete<S: Storage>(storage: &S, located: &Located) -> Result<Rebuild, Journ
 }
 
 /// Makes segment `new_name` holding `range` of segment `from_name`'s bytes after a header of
-/// its own, under a temporary name, synced, then renamed into place.
+/// its own (first record `through + 1`, engine `settings`), under a temporary name, synced,
+/// then renamed into place. Refused when records copied were written with other settings.
 fn copy_segment<S: Storage>(
     storage: &S,
     from_name: &str,
     range: Range<usize>,
     new_name: &str,
-    through: Sequence,
+    (through, settings): (Sequence, &EngineConfig),
 ) -> Result<(), JournalError> {
     let describe = |name: &str| storage.describe(name);
     let from = storage
@@ -275,6 +282,9 @@ fn copy_segment<S: Storage>(
             describe(from_name)
         ))
     })?;
+    if !range.is_empty() && old.config != *settings {
+        return Err(other_settings(&describe(from_name), through, settings, &old.config));
+    }
     let temp = temp_name(new_name);
     // An earlier attempt's temporary, cut off before its rename: made again from the start.
     if storage.file_len(&temp).is_ok() {
@@ -285,7 +295,7 @@ fn copy_segment<S: Storage>(
     let mut segment = storage
         .create_segment(&temp, old.segment_len)
         .map_err(|e| JournalError::io(format!("creating {}", describe(&temp)), e))?;
-    let header = SegmentHeader { first_sequence: through.next(), ..old };
+    let header = SegmentHeader { first_sequence: through.next(), config: settings.clone(), ..old };
     let end = SEGMENT_HEADER_LEN + range.len();
     // Whole records, which fit: they came from a segment of the same length, after its header.
     assert_eq!(range.len() % RECORD_ALIGN, 0, "a copy of part of a record");
@@ -303,6 +313,47 @@ fn copy_segment<S: Storage>(
         JournalError::io(format!("renaming {} to {}", describe(&temp), describe(new_name)), e)
     })?;
     datadir::sync_dir(storage)
+}
+
+/// Gives segment `name`, the first of the rebuilt journal, the snapshot's engine `settings`
+/// in its header if it holds other ones and no record: a journal carried over to new settings
+/// (`reconfigure`) whose newest segment was empty. Its records, had it any, were written with
+/// the other settings: refused.
+fn settle_settings<S: Storage>(
+    storage: &S,
+    name: &str,
+    through: Sequence,
+    settings: &EngineConfig,
+) -> Result<(), JournalError> {
+    let describe = storage.describe(name);
+    let segment = storage
+        .open_segment(name)
+        .map_err(|e| JournalError::io(format!("opening {describe}"), e))?;
+    let header = format::decode_segment_header(segment.bytes()).map_err(|problem| {
+        JournalError::Options(format!("the header of {describe} is damaged: {problem}"))
+    })?;
+    if header.config == *settings {
+        return Ok(());
+    }
+    if format::check_record(&segment.bytes()[SEGMENT_HEADER_LEN..]).is_some() {
+        return Err(other_settings(&describe, through, settings, &header.config));
+    }
+    drop(segment);
+    // Made again whole, under a temporary name: the rename replaces it at once.
+    copy_segment(storage, name, 0..0, name, (through, settings))
+}
+
+fn other_settings(
+    file: &str,
+    through: Sequence,
+    settings: &EngineConfig,
+    written: &EngineConfig,
+) -> JournalError {
+    JournalError::Options(format!(
+        "{file} holds records after sequence {through} written with other [engine] settings \
+         than the snapshot through it: {}",
+        settings.differences(written, "the records")
+    ))
 }
 
 /// Finds the records after `through` in the listed `segments`, checks that they and every

@@ -58,8 +58,8 @@ const SECTIONS: &[(&str, &str)] = &[
         "engine",
         "Capacities and limits, allocated at start. The journal's records replay only under \
          the settings they were written with: a node refuses a data directory written with \
-         others, and a primary a standby of others, so keep them for a data directory's life \
-         and the same on both nodes of a pair.",
+         others, and a primary a standby of others: change them at a clean stop with `ringfence \
+         journal reconfigure`, and keep them the same on both nodes of a pair.",
     ),
     ("replication", "A hot standby (flags of the same names override these)."),
     (

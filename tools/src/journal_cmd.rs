@@ -96,6 +96,17 @@ pub enum JournalCommand {
     /// Refused, changing nothing, when no copy is shown to be what was written. Refused while a
     /// node runs on the directory; --from is only read.
     Heal(HealArgs),
+    /// Carry a cleanly stopped node's data directory over to the [engine] settings of --config
+    /// (larger tables for the next sale, other limits): the state through the last record is
+    /// moved into tables of the new settings and written as a snapshot under them, and the
+    /// journal continues after it under them; the old segments and snapshots are renamed
+    /// *.superseded, not deleted. Order ids, stock, live orders and remembered request ids
+    /// carry over. Refused, changing nothing, when the node did not stop cleanly, when the
+    /// journal is damaged, for another shard, and for tables too small for what the node
+    /// holds. A standby of this node starts on an empty data directory with the same settings
+    /// and fetches the snapshot. Cut off part way, run it again (or start the node): it
+    /// finishes. Refused while a node runs.
+    Reconfigure(ReconfigureArgs),
     /// Crash-test child: appends under load and prints `durable N` after every flush.
     #[command(hide = true)]
     LoadTest(LoadTestArgs),
@@ -144,6 +155,17 @@ pub struct RebuildArgs {
     pub dir: PathBuf,
 }
 
+/// Options of `journal reconfigure`.
+#[derive(Args, Debug)]
+pub struct ReconfigureArgs {
+    /// The data directory, of a node stopped cleanly.
+    pub dir: PathBuf,
+    /// The configuration file the node will start with: its [engine] settings are the new
+    /// ones, checked as `serve` checks them.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
 /// Options of `journal heal`.
 #[derive(Args, Debug)]
 pub struct HealArgs {
@@ -182,6 +204,7 @@ pub fn run(command: JournalCommand) -> ExitCode {
         JournalCommand::Truncate(args) => truncate(&args),
         JournalCommand::Rebuild(args) => rebuild(&args),
         JournalCommand::Heal(args) => heal(&args),
+        JournalCommand::Reconfigure(args) => reconfigure(&args),
         JournalCommand::LoadTest(args) => load_test(&args),
     };
     result.unwrap_or_else(|error| {
@@ -294,8 +317,8 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
         .filter(|name| name.ends_with(ringfence_journal::rebuild::SUPERSEDED_SUFFIX));
     for file in superseded {
         found.push(Finding::Note(format!(
-            "{} was set aside by `journal rebuild` and is never read; delete it once the node \
-             runs",
+            "{} was set aside by `journal rebuild` or `journal reconfigure` and is never read; \
+             delete it once the node runs",
             name(&file)
         )));
     }
@@ -1032,6 +1055,43 @@ fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {
         rebuilt.through.next(),
         rebuilt.last
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reconfigure(args: &ReconfigureArgs) -> Result<ExitCode, JournalError> {
+    let file = crate::serve::read_config(&args.config).map_err(JournalError::Options)?;
+    crate::serve::check_config(&file).map_err(JournalError::Options)?;
+    let engine = file.engine_config();
+    let mut source = ReadOnlyDir::open(&args.dir)?;
+    if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
+        return Err(JournalError::NoData { dir: args.dir.display().to_string() });
+    }
+    drop(source);
+    // Exclusive: a node appending to the journal would write into segments set aside here.
+    let storage = FileStorage::open_exclusive(&args.dir)?;
+    let done = ringfence_journal::reconfigure::reconfigure(&storage, &engine)?;
+    if done.differences.is_empty() {
+        outln!(
+            "the journal is already written with these [engine] settings; nothing to carry over"
+        );
+    } else {
+        outln!("settings   {}", done.differences);
+    }
+    if let Some(file) = &done.snapshot {
+        outln!("snapshot   {file}: the state through sequence {}, in the new tables", done.through);
+    }
+    for file in &done.superseded {
+        outln!("set aside  {file}");
+    }
+    if done.snapshot.is_some() {
+        outln!(
+            "the journal continues at sequence {} under the new settings; start the node with \
+             {}. A standby of it starts on an empty data directory with the same [engine] and \
+             fetches the snapshot. Delete the *.superseded files once the node runs",
+            done.through.next(),
+            args.config.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -280,9 +280,15 @@ impl NodeSection {
     }
 }
 
-/// `[engine]`: capacities and limits, allocated at start; fixed for a data directory's life
-/// and the same on both nodes of a pair (recovery and the replication handshake refuse
-/// others).
+impl FileConfig {
+    /// The `[engine]` settings the file gives.
+    pub(crate) fn engine_config(&self) -> EngineConfig {
+        self.engine.to_config()
+    }
+}
+
+/// `[engine]`: capacities and limits, allocated at start; changed only at a clean stop, by
+/// `ringfence journal reconfigure`, and the same on both nodes of a pair (recovery and the replication handshake refuse others).
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct EngineSection {

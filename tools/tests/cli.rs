@@ -348,6 +348,53 @@ fn rollback_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
+fn reconfigure_checks_the_new_settings_and_carries_a_stopped_journal_over_for_replay_too() {
+    // Goal: `journal reconfigure` checks the new settings as `serve` does before it touches
+    // the directory, refuses a journal whose node did not stop cleanly, and carries a stopped
+    // one over: `replay` then reads it under the new settings to the state it had, and
+    // `verify` prints them.
+    let dir = TempDir::new("reconfigure");
+    let digests = write_journal(dir.path(), 2_000, &[2_000]);
+    let path = dir.path().to_str().unwrap();
+    let carry = |file: &std::path::Path| {
+        ringfence(&["journal", "reconfigure", path, "--config", file.to_str().unwrap()])
+    };
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[engine]\nrequest_key_window_ms = 0\n").unwrap();
+    let refused = carry(&bad);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("[engine] request_key_window_ms = 0"), "{refused:?}");
+    let settings = config().settings().map(|(name, value)| match name {
+        "orders_max" => format!("{name} = {}", value * 2),
+        _ => format!("{name} = {value}"),
+    });
+    let next = dir.path().join("next.toml");
+    std::fs::write(&next, format!("[engine]\n{}\n", settings.join("\n"))).unwrap();
+    let refused = carry(&next);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("did not stop cleanly"), "{refused:?}");
+
+    let options = WriterOptions {
+        segment_len: 64 * 1024,
+        durability: Durability::None,
+        engine_config: config(),
+    };
+    recover(dir.path(), options).unwrap().writer.close().unwrap();
+    let carried = carry(&next);
+    assert_eq!(carried.status.code(), Some(0), "{}", text(&carried.stderr));
+    let said = text(&carried.stdout);
+    assert!(said.contains("settings   orders_max = 16384 (before: 8192)\n"), "{said}");
+    assert!(said.contains("continues at sequence 2001"), "{said}");
+    let out = ringfence(&["replay", path, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["state_digest"], format!("{:016x}", digests[0]), "{value}");
+    assert_eq!(value["through_sequence"], 2_000);
+    let verified = text(&ringfence(&["journal", "verify", path]).stdout);
+    assert!(verified.contains("orders_max = 16384,"), "{verified}");
+}
+
+#[test]
 fn bad_input_gives_errors_not_panics_and_help_explains_each_tool() {
     // Goal: missing or garbage directories give clear errors and non-zero exits; every tool
     // has help text.
@@ -375,6 +422,7 @@ fn bad_input_gives_errors_not_panics_and_help_explains_each_tool() {
         (vec!["journal", "dump", "--help"], "--from"),
         (vec!["journal", "stats", "--help"], "segment"),
         (vec!["journal", "truncate", "--help"], "--at-seq"),
+        (vec!["journal", "reconfigure", "--help"], "stopped cleanly"),
         (vec!["replay", "--help"], "--until-time"),
     ] {
         let out = ringfence(&args);

@@ -929,3 +929,94 @@ fn pipelined_reservations(http: SocketAddr, client: u64, count: u64) {
         assert!(read > 0, "the node hung up");
     }
 }
+
+/// `ringfence serve` with `args` after the loopback listeners, expected to exit refusing;
+/// its standard error.
+fn refused_serve(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    all.extend(["--data-dir", dir.to_str().unwrap()]);
+    all.extend_from_slice(args);
+    let refused = ringfence_within(&all, Duration::from_secs(60));
+    assert!(!refused.status.success(), "serve started: {}", text(&refused.stderr));
+    text(&refused.stderr)
+}
+
+#[test]
+fn a_pair_carried_over_to_larger_tables_keeps_every_order_and_a_new_standby_fetches_them() {
+    // Goal: a sale outgrew its order table (`capacity_exhausted`). With both nodes stopped
+    // cleanly, the primary's directory is carried over to larger tables: the primary starts
+    // under them with every order it acknowledged and takes the order it refused before, and
+    // a standby on an empty directory with the same settings fetches its snapshot and holds
+    // the same state. Before the carry-over, and for the old standby's directory, a node
+    // under the new settings refuses, naming the way out.
+    let root = temp_dir("reconfigure");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b, dir_c) = (root.join("a"), root.join("b"), root.join("c"));
+    let tables = "holdings_max = 1024\nrequest_keys_max = 4096\n";
+    let (small, large) = (root.join("small.toml"), root.join("large.toml"));
+    std::fs::write(&small, format!("[engine]\norders_max = 8\n{tables}")).unwrap();
+    std::fs::write(&large, format!("[engine]\norders_max = 64\n{tables}")).unwrap();
+    let (small, large) = (small.to_str().unwrap(), large.to_str().unwrap());
+
+    let mut node = primary(&dir_a, &secret, &["--config", small]);
+    let mut follower =
+        standby_with(&dir_b, &secret, node.replication.unwrap(), &["--config", small]);
+    create_sale(&node);
+    let reserve = |node: &Serve, request| {
+        let (status, body) = try_call(node.http, "POST", "/v1/orders", &reservation(request).0)
+            .expect("the primary answers");
+        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap())
+    };
+    let orders: Vec<String> = (0..8)
+        .map(|request| {
+            let (status, body) = reserve(&node, request);
+            assert_eq!(status, 201, "{body}");
+            body["order_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let (status, body) = reserve(&node, 8);
+    assert_eq!((status, body["error"].as_str()), (503, Some("capacity_exhausted")), "{body}");
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    wait_node(&follower, Duration::from_secs(30), |v| last_sequence(v) >= last_sequence(&view));
+    assert!(follower.signal("-TERM").success());
+    assert!(node.signal("-TERM").success());
+
+    let before = refused_serve(&dir_a, &["--config", large]);
+    assert!(before.contains("orders_max = 64 (written with: 8)"), "{before}");
+    assert!(before.contains("ringfence journal reconfigure"), "{before}");
+    let dir = dir_a.to_str().unwrap();
+    let carried = ringfence_within(
+        &["journal", "reconfigure", dir, "--config", large],
+        Duration::from_secs(60),
+    );
+    let said = text(&carried.stdout);
+    assert!(carried.status.success(), "{said}{}", text(&carried.stderr));
+    assert!(said.contains("settings   orders_max = 64 (before: 8)"), "{said}");
+    let through = last_sequence(&view);
+    assert!(said.contains(&format!("continues at sequence {}", through + 1)), "{said}");
+
+    let node = primary(&dir_a, &secret, &["--config", large]);
+    let at = node.replication.unwrap().to_string();
+    let standby_args = ["--role", "standby", "--primary", &at, "--cluster-secret-file", &secret];
+    let old_standby = refused_serve(&dir_b, &[&["--config", large], &standby_args[..]].concat());
+    assert!(old_standby.contains("written with other [engine] settings"), "{old_standby}");
+    let follower = standby_with(&dir_c, &secret, node.replication.unwrap(), &["--config", large]);
+    follower.wait_for_log("fetched the primary's snapshot", Duration::from_secs(30));
+    wait_node(&node, Duration::from_secs(30), |v| v["replication"]["state"] == "in_sync");
+    let (status, body) = reserve(&node, 8);
+    assert_eq!(status, 201, "the larger table takes the order refused before: {body}");
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    assert_eq!(last_sequence(&view), through + 1, "the journal went on after the carry-over");
+    wait_node(&follower, Duration::from_secs(30), |v| last_sequence(v) > through);
+    let (_, standby_view) = follower.call("GET", "/v1/node", "", false);
+    assert_eq!(standby_view["state_hash"], view["state_hash"]);
+    for order in &orders {
+        for holder in [&node, &follower] {
+            let (status, body) = holder.call("GET", &format!("/v1/orders/{order}"), "", false);
+            assert_eq!((status, body["state"].as_str()), (200, Some("reserved")), "{body}");
+        }
+    }
+    drop(follower);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
