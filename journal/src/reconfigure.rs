@@ -22,8 +22,9 @@
 //! 4. mark the clean stop again, at `L`, and set aside the snapshots of the old settings.
 //!
 //! Cut off after step 2, the directory is refused by a node under either settings (the
-//! snapshot and the segments disagree) and a second run finishes from the snapshot; after the
-//! marker of step 3, the node's next start finishes the rebuild, as a second run does.
+//! snapshot and the segments disagree), and a second run with the new settings finishes from
+//! the snapshot (one with the old settings is refused, naming the new ones); after the marker
+//! of step 3, the node's next start finishes the rebuild, as a second run does.
 
 use std::ops::ControlFlow;
 
@@ -103,9 +104,24 @@ pub fn reconfigure<S: Storage>(
         ));
     }
     let last = newest.ends_at();
+    let start = layout.segments.first().map_or(last, |segment| segment.header.first_sequence);
     if old == *config {
-        // Nothing to carry over, or a carry-over finished but for its last step.
-        superseded.extend(set_aside_snapshots(storage, config)?);
+        // Nothing to carry over, or a carry-over finished but for its last step; or one to
+        // other settings cut off after their snapshot, which only those settings finish.
+        for (through, name) in snapshot::list(storage)?.into_iter().filter(|s| s.0 >= start) {
+            if let Ok(meta) = snapshot::read_meta(storage, &name)
+                && meta.config != *config
+            {
+                return refuse(format!(
+                    "{} holds the state through sequence {through} under other [engine] \
+                     settings: a carry-over to them was cut off; run `ringfence journal \
+                     reconfigure` with them to finish it ({})",
+                    storage.describe(&name),
+                    config.differences(&meta.config, "the snapshot")
+                ));
+            }
+        }
+        superseded.extend(set_aside_snapshots(storage, config, start)?);
         let differences = String::new();
         return Ok(Reconfigured { differences, through: last, snapshot: None, superseded });
     }
@@ -154,11 +170,11 @@ pub fn reconfigure<S: Storage>(
     rebuild::write_rebuilding(storage, last)?;
     superseded.extend(rebuild::finish(storage, last)?.superseded);
     // Step 4: the directory is as clean as the node left it.
-    let start = last.next();
-    let segment = format::segment_name(start);
+    let restart = last.next();
+    let segment = format::segment_name(restart);
     let stop = CleanStop { last, segment, end: SEGMENT_HEADER_LEN as u64 };
     datadir::mark_clean_stop(storage, &stop)?;
-    superseded.extend(set_aside_snapshots(storage, config)?);
+    superseded.extend(set_aside_snapshots(storage, config, restart)?);
     let differences = config.differences(&old, "before");
     assert!(!differences.is_empty(), "carried over to the same settings");
     let snapshot = Some(storage.describe(&name));
@@ -202,14 +218,16 @@ fn state_at<S: Storage>(
     Ok(engine)
 }
 
-/// Renames every snapshot not written with `config` to `*.superseded`: the journal no longer
-/// holds the records that would follow them, and a node would refuse them.
+/// Renames every snapshot not written with `config` and through a sequence before `start`,
+/// where the journal now starts, to `*.superseded`: the journal no longer holds the records
+/// that would follow them, and a node would refuse them.
 fn set_aside_snapshots<S: Storage>(
     storage: &S,
     config: &EngineConfig,
+    start: Sequence,
 ) -> Result<Vec<String>, JournalError> {
     let mut aside = Vec::new();
-    for (_, name) in snapshot::list(storage)? {
+    for (_, name) in snapshot::list(storage)?.into_iter().filter(|(at, _)| *at < start) {
         // A snapshot that does not read is left for `journal verify` to report.
         if !snapshot::read_meta(storage, &name).is_ok_and(|meta| meta.config != *config) {
             continue;

@@ -199,6 +199,11 @@ fn a_carry_over_cut_off_at_any_sync_point_loses_nothing() {
                         }
                         Err(JournalError::SettingsChanged { .. }) => {
                             again += 1;
+                            // Cut off after the new snapshot: only its settings finish it.
+                            let before = files(&image);
+                            let back = reconfigure(&image, &config()).unwrap_err().to_string();
+                            assert!(back.contains("carry-over to them was cut off"), "{back}");
+                            assert!(before == files(&image), "{what}: the refusal changed it");
                             let done = reconfigure(&image, &larger()).unwrap();
                             assert_eq!(done.through, Sequence(COMMANDS as u64), "{what}");
                             recover_from(image, with(&larger())).unwrap()
