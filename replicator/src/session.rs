@@ -232,11 +232,12 @@ impl PrimarySession {
         }
         let theirs = self.standby_engine.as_ref().expect("a hello came before the proof");
         if theirs != view.engine {
-            // Told only to a standby that proved it holds the secret.
+            // Told only to a standby that proved it holds the secret. The advice comes first:
+            // with every setting different, the text's end is cut to fit a refusal.
             let text = format!(
-                "the standby's [engine] settings differ from this primary's: {}; the records \
-                 replay to the same state and answers only under the same settings, so give \
-                 both nodes the same [engine]",
+                "give both nodes the same [engine] settings (the records replay to the same \
+                 state and answers only under the same ones); the standby's differ from this \
+                 primary's: {}",
                 view.engine.differences(theirs, "the standby")
             );
             return Some(self.refuse(RefuseCode::Engine, view.epoch, text));
@@ -1117,6 +1118,23 @@ mod tests {
                 }
             }
         }
+        // Every setting different: the refusal, cut to what a `Refuse` carries, still says
+        // what to do and begins naming them.
+        let every = EngineConfig::default();
+        assert!(every.settings().iter().zip(ENGINE.settings()).all(|(a, b)| a.1 != b.1));
+        let (mut standby, hello) =
+            StandbySession::start(ours, every, [1; 32], Purpose::FetchSnapshot, Epoch(1));
+        let mut primary = PrimarySession::new([2; 32]);
+        let proof = proof(&mut standby, hello, &mut primary, &mut view);
+        let step = primary.on_message(&proof.message(), &mut view);
+        let PrimaryStep::Close { last: Some(Outgoing::Refuse { code, text, epoch }), .. } = &step
+        else {
+            panic!("{step:?}")
+        };
+        assert!(text.len() > crate::message::REFUSE_TEXT_LEN_MAX, "{text}");
+        let sent = Refuse::new(*code, *epoch, text).text;
+        assert!(sent.starts_with("give both nodes the same [engine] settings"), "{sent}");
+        assert!(sent.contains("shard = 1 (the standby: 0), skus_max = 64"), "{sent}");
     }
 
     #[test]
