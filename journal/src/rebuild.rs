@@ -84,15 +84,7 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
         return finish(storage, through);
     }
     let refuse = |why: String| Err(JournalError::Options(format!("cannot rebuild: {why}")));
-    let mut source = storage.clone();
-    let check = datadir::check(&mut source)?;
-    if let Some(problem) = check.problems.first() {
-        return refuse(problem.to_string());
-    }
-    if !check.holds_data() {
-        return Err(JournalError::NoData { dir: source.location() });
-    }
-    let layout = scan::scan_segments(&mut source, &check.segments)?;
+    let (mut source, segments, layout) = scanned(storage, "rebuild")?;
     let stop = datadir::clean_stop(storage)?;
     let Some(problem) = layout.problem.as_ref() else {
         return refuse("the journal is intact; nothing to repair".to_owned());
@@ -114,7 +106,7 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
             tried.push(format!("{}: {error}", storage.describe(&name)));
             continue;
         }
-        match locate(&mut source, &check.segments, through, stop.as_ref()) {
+        match locate(&mut source, &segments, through, stop.as_ref()) {
             Ok(mut located) => {
                 located.snapshot = name;
                 write_rebuilding(storage, through)?;
@@ -130,6 +122,25 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
          drops the damaged record and those after it",
         layout.location
     ))
+}
+
+/// The directory in `storage` for a tool that rewrites it (`cannot {what}` when refused): a
+/// read handle, the segments the manifest lists, and their scan. Refused when the directory
+/// has problems the manifest check reports; `NoData` when it holds nothing.
+pub(crate) fn scanned<S: Storage>(
+    storage: &S,
+    what: &str,
+) -> Result<(S, Vec<(Sequence, String)>, scan::Layout), JournalError> {
+    let mut source = storage.clone();
+    let check = datadir::check(&mut source)?;
+    if let Some(problem) = check.problems.first() {
+        return Err(JournalError::Options(format!("cannot {what}: {problem}")));
+    }
+    if !check.holds_data() {
+        return Err(JournalError::NoData { dir: source.location() });
+    }
+    let layout = scan::scan_segments(&mut source, &check.segments)?;
+    Ok((source, check.segments, layout))
 }
 
 /// Where a rebuild under way rebuilds after, if one is.

@@ -74,15 +74,7 @@ pub fn reconfigure<S: Storage>(
         // A rebuild (this tool's step 3, or `journal rebuild`'s) cut off: finished first.
         superseded.extend(rebuild::finish(storage, through)?.superseded);
     }
-    let mut source = storage.clone();
-    let check = datadir::check(&mut source)?;
-    if let Some(problem) = check.problems.first() {
-        return refuse(problem.to_string());
-    }
-    if !check.holds_data() {
-        return Err(JournalError::NoData { dir: source.location() });
-    }
-    let layout = scan::scan_segments(&mut source, &check.segments)?;
+    let (source, _, layout) = rebuild::scanned(storage, "reconfigure")?;
     if let Some(problem) = &layout.problem {
         return refuse(format!(
             "the journal is damaged at sequence {} in {} ({}); `ringfence journal verify` says \
