@@ -140,6 +140,8 @@ pub(crate) fn scanned<S: Storage>(
         return Err(JournalError::NoData { dir: source.location() });
     }
     let layout = scan::scan_segments(&mut source, &check.segments)?;
+    // The scan reads only what the manifest lists, up to the first problem.
+    assert!(layout.segments.len() <= check.segments.len(), "scanned an unlisted segment");
     Ok((source, check.segments, layout))
 }
 
@@ -343,6 +345,8 @@ fn settle_settings<S: Storage>(
     let header = format::decode_segment_header(segment.bytes()).map_err(|problem| {
         JournalError::Options(format!("the header of {describe} is damaged: {problem}"))
     })?;
+    // The segment the rebuilt journal starts with: the one after the snapshot.
+    assert_eq!(header.first_sequence, through.next(), "settling a segment elsewhere");
     if header.config == *settings {
         return Ok(());
     }
@@ -360,6 +364,7 @@ fn other_settings(
     settings: &EngineConfig,
     written: &EngineConfig,
 ) -> JournalError {
+    assert_ne!(settings, written, "the same settings called other");
     JournalError::Options(format!(
         "{file} holds records after sequence {through} written with other [engine] settings \
          than the snapshot through it: {}",

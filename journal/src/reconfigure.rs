@@ -161,6 +161,7 @@ pub fn reconfigure<S: Storage>(
     // Step 3: the journal restarts after the snapshot, under its settings.
     rebuild::write_rebuilding(storage, last)?;
     superseded.extend(rebuild::finish(storage, last)?.superseded);
+    assert!(rebuild::rebuilding(storage)?.is_none(), "a finished rebuild left its marker");
     // Step 4: the directory is as clean as the node left it.
     let restart = last.next();
     let segment = format::segment_name(restart);
