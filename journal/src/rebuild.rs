@@ -84,7 +84,7 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
         return finish(storage, through);
     }
     let refuse = |why: String| Err(JournalError::Options(format!("cannot rebuild: {why}")));
-    let (mut source, segments, layout) = scanned(storage, "rebuild")?;
+    let Scanned { mut source, segments, layout } = scanned(storage, "rebuild")?;
     let stop = datadir::clean_stop(storage)?;
     let Some(problem) = layout.problem.as_ref() else {
         return refuse("the journal is intact; nothing to repair".to_owned());
@@ -124,13 +124,20 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
     ))
 }
 
-/// The directory in `storage` for a tool that rewrites it (`cannot {what}` when refused): a
-/// read handle, the segments the manifest lists, and their scan. Refused when the directory
-/// has problems the manifest check reports; `NoData` when it holds nothing.
-pub(crate) fn scanned<S: Storage>(
-    storage: &S,
-    what: &str,
-) -> Result<(S, Vec<(Sequence, String)>, scan::Layout), JournalError> {
+/// A directory as a tool that rewrites it first reads it.
+pub(crate) struct Scanned<S> {
+    /// A read handle on it.
+    pub source: S,
+    /// The segments the manifest lists.
+    pub segments: Vec<(Sequence, String)>,
+    /// Their scan.
+    pub layout: scan::Layout,
+}
+
+/// The directory in `storage` for a tool that rewrites it (`cannot {what}` when refused).
+/// Refused when the directory has problems the manifest check reports; `NoData` when it holds
+/// nothing.
+pub(crate) fn scanned<S: Storage>(storage: &S, what: &str) -> Result<Scanned<S>, JournalError> {
     let mut source = storage.clone();
     let check = datadir::check(&mut source)?;
     if let Some(problem) = check.problems.first() {
@@ -142,7 +149,7 @@ pub(crate) fn scanned<S: Storage>(
     let layout = scan::scan_segments(&mut source, &check.segments)?;
     // The scan reads only what the manifest lists, up to the first problem.
     assert!(layout.segments.len() <= check.segments.len(), "scanned an unlisted segment");
-    Ok((source, check.segments, layout))
+    Ok(Scanned { source, segments: check.segments, layout })
 }
 
 /// Where a rebuild under way rebuilds after, if one is.

@@ -74,7 +74,7 @@ pub fn reconfigure<S: Storage>(
         // A rebuild (this tool's step 3, or `journal rebuild`'s) cut off: finished first.
         superseded.extend(rebuild::finish(storage, through)?.superseded);
     }
-    let (source, _, layout) = rebuild::scanned(storage, "reconfigure")?;
+    let rebuild::Scanned { source, layout, .. } = rebuild::scanned(storage, "reconfigure")?;
     if let Some(problem) = &layout.problem {
         return refuse(format!(
             "the journal is damaged at sequence {} in {} ({}); `ringfence journal verify` says \
