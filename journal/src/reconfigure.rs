@@ -57,7 +57,8 @@ pub struct Reconfigured {
 /// module documentation), or finishes a carry-over cut off part way. A directory already
 /// written with `config` is left as it is, but for old settings' snapshots left behind.
 /// Refused, changing nothing, when the node did not stop cleanly, when the journal is damaged
-/// or has a repair under way, and when the state does not fit the new settings.
+/// or has a truncation under way, and when the state does not fit the new settings (a rebuild
+/// under way is finished first, as the node's start would).
 pub fn reconfigure<S: Storage>(
     storage: &S,
     config: &EngineConfig,
