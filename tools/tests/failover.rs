@@ -4,7 +4,7 @@
 //! fills hands over, losing none; a paused primary
 //! acknowledges nothing after it resumes; a lagging standby is never promoted in sync mode;
 //! losing etcd stops only a primary that would acknowledge alone; any restart order ends
-//! with one primary. The tests run one at a time (they share two busy cores).
+//! with one primary; a pair carried over to new settings comes back with one leader. The tests run one at a time (they share two busy cores).
 
 mod common;
 

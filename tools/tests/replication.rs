@@ -2,7 +2,8 @@
 //! the primary and a promotion with nothing acknowledged lost and nothing oversold; the old
 //! primary rejoins as a standby, dropping the tail nobody acknowledged; a silent standby in
 //! sync mode stops the primary acknowledging writes until it is back; handshakes with the
-//! wrong secret or cluster are refused without disturbing the live stream.
+//! wrong secret or cluster are refused without disturbing the live stream; a pair carried over
+//! to larger tables keeps every order, and a new standby fetches them.
 
 mod common;
 
