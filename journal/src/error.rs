@@ -358,6 +358,10 @@ pub enum JournalError {
     /// The options given are not usable.
     #[error("invalid journal options: {0}")]
     Options(String),
+    /// A tool that rewrites the directory (`rebuild`, `reconfigure`) refused, changing
+    /// nothing; the text says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// A directory with none of a data directory's files, given to a tool.
     #[error(
         "{dir} holds no ringfence data (no manifest, epoch file, journal segment or snapshot): \

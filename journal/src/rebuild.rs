@@ -83,7 +83,7 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
     if let Some(through) = rebuilding(storage)? {
         return finish(storage, through);
     }
-    let refuse = |why: String| Err(JournalError::Options(format!("cannot rebuild: {why}")));
+    let refuse = |why: String| Err(JournalError::Refused(format!("cannot rebuild: {why}")));
     let Scanned { mut source, segments, layout } = scanned(storage, "rebuild")?;
     let stop = datadir::clean_stop(storage)?;
     let Some(problem) = layout.problem.as_ref() else {
@@ -141,7 +141,7 @@ pub(crate) fn scanned<S: Storage>(storage: &S, what: &str) -> Result<Scanned<S>,
     let mut source = storage.clone();
     let check = datadir::check(&mut source)?;
     if let Some(problem) = check.problems.first() {
-        return Err(JournalError::Options(format!("cannot {what}: {problem}")));
+        return Err(JournalError::Refused(format!("cannot {what}: {problem}")));
     }
     if !check.holds_data() {
         return Err(JournalError::NoData { dir: source.location() });

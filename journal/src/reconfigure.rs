@@ -28,7 +28,7 @@
 
 use std::ops::ControlFlow;
 
-use ringfence_core::{Engine, EngineConfig, Lookahead, Sequence};
+use ringfence_core::{Engine, EngineConfig, Lookahead, RestoreError, Sequence};
 
 use crate::datadir::{self, CleanStop};
 use crate::error::JournalError;
@@ -63,7 +63,7 @@ pub fn reconfigure<S: Storage>(
     storage: &S,
     config: &EngineConfig,
 ) -> Result<Reconfigured, JournalError> {
-    let refuse = |why: String| Err(JournalError::Options(format!("cannot reconfigure: {why}")));
+    let refuse = |why: String| Err(JournalError::Refused(format!("cannot reconfigure: {why}")));
     if let Some(at) = datadir::truncating(storage)? {
         return refuse(format!(
             "a truncation at sequence {at} is under way; start the node once (it finishes it) \
@@ -148,12 +148,8 @@ pub fn reconfigure<S: Storage>(
     if !carried {
         // Step 1, then 2: nothing is written unless the state fits the new tables.
         let engine = state_at(storage, &layout, &old, last)?;
-        let moved = Engine::from_image(config.clone(), &engine.to_image()).map_err(|why| {
-            JournalError::Options(format!(
-                "cannot reconfigure: the state through sequence {last} does not carry over to \
-                 the new settings: {why}"
-            ))
-        })?;
+        let moved = Engine::from_image(config.clone(), &engine.to_image())
+            .map_err(|why| does_not_fit(last, &why))?;
         drop(engine);
         let meta = snapshot::write(storage, config, &moved.to_image(), last)?;
         // The pair of the move: the state is the same, only the tables around it changed.
@@ -173,6 +169,24 @@ pub fn reconfigure<S: Storage>(
     assert!(!differences.is_empty(), "carried over to the same settings");
     let snapshot = Some(storage.describe(&name));
     Ok(Reconfigured { differences, through: last, snapshot, superseded })
+}
+
+/// Why the state through `last` does not fit the new settings, in the carry-over's terms.
+fn does_not_fit(last: Sequence, why: &RestoreError) -> JournalError {
+    let why = match why {
+        RestoreError::TooLarge { table, len, max } => {
+            format!("the node holds {len} {table}, and the new settings allow {max}")
+        }
+        RestoreError::ShardMismatch { image, config } => format!(
+            "the journal is shard {image}'s and the new settings say shard {config}: order and \
+             coupon ids carry the shard, so a data directory keeps it for life"
+        ),
+        other => other.to_string(),
+    };
+    JournalError::Refused(format!(
+        "cannot reconfigure: the state through sequence {last} does not carry over to the new \
+         settings: {why}"
+    ))
 }
 
 /// The engine after record `last` under the settings `old` the journal was written with: the

@@ -139,13 +139,17 @@ fn what_cannot_be_carried_over_is_refused_and_nothing_changes() {
     // every file as it was; the journal then still recovers under its own settings.
     let (disk, commands) = stopped_journal();
     let before = files(&disk);
+    let shard = format!("is shard 1's and the new settings say shard {}", config().shard + 1);
     let refusals = [
-        (EngineConfig { shard: config().shard + 1, ..config() }, "shard"),
-        (EngineConfig { orders_max: 16, ..config() }, "orders"),
+        (EngineConfig { shard: config().shard + 1, ..config() }, shard.as_str()),
+        (EngineConfig { orders_max: 16, ..config() }, "orders, and the new settings allow 16"),
     ];
     for (settings, named) in refusals {
-        let refused = reconfigure(&disk, &settings).unwrap_err().to_string();
-        assert!(refused.contains("does not carry over") && refused.contains(named), "{refused}");
+        let refused = reconfigure(&disk, &settings).unwrap_err();
+        assert!(matches!(refused, JournalError::Refused(_)), "{refused}");
+        let refused = refused.to_string();
+        assert!(refused.starts_with("cannot reconfigure: the state through sequence"), "{refused}");
+        assert!(refused.contains(named), "{refused}");
         assert!(before == files(&disk), "a refused carry-over changed the directory");
     }
     let recovered = recover_from(disk.clone(), with(&config())).unwrap();

@@ -1059,8 +1059,8 @@ fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {
 }
 
 fn reconfigure(args: &ReconfigureArgs) -> Result<ExitCode, JournalError> {
-    let file = crate::serve::read_config(&args.config).map_err(JournalError::Options)?;
-    crate::serve::check_config(&file).map_err(JournalError::Options)?;
+    let file = crate::serve::read_config(&args.config).map_err(JournalError::Refused)?;
+    crate::serve::check_config(&file).map_err(JournalError::Refused)?;
     let engine = file.engine_config();
     let mut source = ReadOnlyDir::open(&args.dir)?;
     if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
