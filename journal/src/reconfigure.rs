@@ -150,6 +150,8 @@ pub fn reconfigure<S: Storage>(
         let engine = state_at(storage, &layout, &old, last)?;
         let moved = Engine::from_image(config.clone(), &engine.to_image())
             .map_err(|why| does_not_fit(last, &why))?;
+        // The move changes the tables around the state, never the state.
+        assert_eq!(moved.state_digest(), engine.state_digest(), "the state changed in the move");
         drop(engine);
         let meta = snapshot::write(storage, config, &moved.to_image(), last)?;
         // The pair of the move: the state is the same, only the tables around it changed.
@@ -249,5 +251,9 @@ fn set_aside_snapshots<S: Storage>(
     if !aside.is_empty() {
         datadir::sync_dir(storage)?;
     }
+    // Left before `start`: only snapshots of `config`, or ones that do not read.
+    debug_assert!(snapshot::list(storage).is_ok_and(|left| left.iter().all(|(at, name)| {
+        *at >= start || !snapshot::read_meta(storage, name).is_ok_and(|m| m.config != *config)
+    })));
     Ok(aside)
 }
