@@ -337,22 +337,13 @@ fn wrong_secrets_and_clusters_are_refused_and_a_flood_leaves_the_stream_alone() 
     // (another shard's order ids): refused at its start, naming what differs.
     let config = root.join("shard-3.toml");
     std::fs::write(&config, "[engine]\nshard = 3\n").unwrap();
-    let (config, dir_d, replication_at) =
-        (config.display().to_string(), root.join("d"), replication.to_string());
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
-    args.extend(["--data-dir", dir_d.to_str().unwrap(), "--config", &config]);
-    args.extend([
-        "--role",
-        "standby",
-        "--primary",
-        &replication_at,
-        "--cluster-secret-file",
-        &secret,
-    ]);
-    args.extend(["--replication-listen", "127.0.0.1:0"]);
-    let refused = ringfence_within(&args, Duration::from_secs(60));
-    assert!(!refused.status.success());
-    let stderr = text(&refused.stderr);
+    let (config, at) = (config.display().to_string(), replication.to_string());
+    let standby_args = ["--role", "standby", "--primary", &at, "--cluster-secret-file", &secret];
+    let listen = ["--replication-listen", "127.0.0.1:0"];
+    let stderr = refused_serve(
+        &root.join("d"),
+        &[&["--config", &config], &standby_args[..], &listen].concat(),
+    );
     assert!(stderr.contains("differ from this primary's: shard = 0 (the standby: 3)"), "{stderr}");
     let answer = bad_handshake(replication, "some-other-cluster");
     assert!(String::from_utf8_lossy(&answer).contains("some-other-cluster"), "{answer:?}");
