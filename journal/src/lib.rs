@@ -6,6 +6,7 @@
 //! that defends itself (an exclusive lock, a manifest listing the segments, an epoch file);
 //! and crash recovery that replays the journal from the newest valid snapshot.
 
+pub mod backup;
 pub mod datadir;
 pub mod epoch;
 pub mod error;

@@ -54,8 +54,8 @@ macro_rules! outln {
 /// Exit status when the only problem is a torn tail.
 pub const EXIT_TORN_TAIL: u8 = 3;
 
-/// Inspect or repair a journal directory (segments `*.seg`, snapshots `*.snap`, the manifest
-/// and the epoch file).
+/// Inspect, repair or back up a journal directory (segments `*.seg`, snapshots `*.snap`, the
+/// manifest and the epoch file).
 #[derive(Subcommand, Debug)]
 pub enum JournalCommand {
     /// Check the directory against its manifest, every segment header, record (length,
@@ -107,6 +107,16 @@ pub enum JournalCommand {
     /// and fetches the snapshot. Cut off part way, run it again (or start the node): it
     /// finishes. Refused while a node runs.
     Reconfigure(ReconfigureArgs),
+    /// Copy a data directory into the new directory DEST, while its node runs or not: the
+    /// journal's intact records through the last one written (a record in progress is left
+    /// out whole), the snapshots that journal reaches, the epoch file and rollback/; DIR is
+    /// only read. The copy is checked as recovery reads it (every record, each snapshot
+    /// restored) and built in DEST.partial, renamed to DEST once whole and synced. A node
+    /// starts from DEST (disaster recovery, a copy to replay or export at leisure); it lacks
+    /// what the node acknowledged after it, so it is marked catching up and never takes over
+    /// from a standby on the strength of an in-sync record. Refused, changing nothing, when
+    /// DEST exists, and when DIR is damaged or has a repair under way.
+    Backup(BackupArgs),
     /// Crash-test child: appends under load and prints `durable N` after every flush.
     #[command(hide = true)]
     LoadTest(LoadTestArgs),
@@ -176,6 +186,18 @@ pub struct HealArgs {
     pub from: PathBuf,
 }
 
+/// Options of `journal backup`.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// The data directory to copy (only read; its node may be running).
+    pub dir: PathBuf,
+    /// The new directory to copy it into (must not exist).
+    pub dest: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Options of the hidden crash-test child.
 #[derive(Args, Debug)]
 pub struct LoadTestArgs {
@@ -205,6 +227,7 @@ pub fn run(command: JournalCommand) -> ExitCode {
         JournalCommand::Rebuild(args) => rebuild(&args),
         JournalCommand::Heal(args) => heal(&args),
         JournalCommand::Reconfigure(args) => reconfigure(&args),
+        JournalCommand::Backup(args) => backup(&args),
         JournalCommand::LoadTest(args) => load_test(&args),
     };
     result.unwrap_or_else(|error| {
@@ -1044,16 +1067,23 @@ fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {
     let rebuilt = ringfence_journal::rebuild::rebuild(&storage)?;
     outln!("snapshot   {} (through sequence {})", rebuilt.snapshot, rebuilt.through);
     if let Some(file) = &rebuilt.new_segment {
-        outln!("new        {file}: {} records after the snapshot, copied", rebuilt.copied);
+        match rebuilt.copied {
+            0 => outln!("new        {file}: empty (no record follows the snapshot)"),
+            n => outln!("new        {file}: {n} records after the snapshot, copied"),
+        }
     }
     for file in &rebuilt.superseded {
         outln!("set aside  {file}");
     }
+    let next = rebuilt.through.next();
+    let holds = if rebuilt.last < next {
+        format!("no record after the snapshot and continues at sequence {next}")
+    } else {
+        format!("sequences {next}..={} (the state before them is the snapshot's)", rebuilt.last)
+    };
     outln!(
-        "journal now holds sequences {}..={} (the state before them is the snapshot's); \
-         nothing was dropped. Delete the *.superseded files once the node runs",
-        rebuilt.through.next(),
-        rebuilt.last
+        "journal now holds {holds}; nothing was dropped. Delete the *.superseded files once the \
+         node runs"
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -1092,6 +1122,49 @@ fn reconfigure(args: &ReconfigureArgs) -> Result<ExitCode, JournalError> {
             args.config.display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backup(args: &BackupArgs) -> Result<ExitCode, JournalError> {
+    let subdirectories = [crate::rollback::ROLLBACK_DIR];
+    let copied = ringfence_journal::backup::backup_dir(&args.dir, &args.dest, &subdirectories)?;
+    let dest = args.dest.display();
+    if args.json {
+        let value = json!({
+            "dest": dest.to_string(), "first_sequence": copied.first.0,
+            "last_sequence": copied.last.map(|s| s.0), "records": copied.records,
+            "segments": copied.segments,
+            "snapshots_through": copied.snapshots.iter().map(|s| s.0).collect::<Vec<_>>(),
+            "bytes": copied.bytes, "left_out": copied.left_out.map(|s| s.0),
+            "stopped_cleanly": copied.clean_stop,
+        });
+        outln!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let held = match copied.last {
+        Some(last) => format!("{} (sequences {}..={last})", copied.records, copied.first),
+        None => format!("none (the journal continues at sequence {})", copied.first),
+    };
+    outln!("backup     {dest}");
+    outln!("records    {held}, in {} segments", copied.segments.len());
+    let snapshots: Vec<_> = copied.snapshots.iter().map(ToString::to_string).collect();
+    if snapshots.is_empty() {
+        outln!("snapshots  none (the journal starts at sequence 1)");
+    } else {
+        outln!("snapshots  through {}", snapshots.join(", "));
+    }
+    outln!("copied     {} bytes, checked as recovery reads them", copied.bytes);
+    if let Some(left_out) = copied.left_out {
+        outln!("left out   sequence {left_out}, not yet whole when the journal was read");
+    }
+    if copied.clean_stop {
+        outln!("note       the node had stopped cleanly here; the copy says so too");
+    }
+    outln!(
+        "a node started on {dest} recovers this state. It is marked catching up: it lacks what \
+         was acknowledged after the copy, so it never takes over from a standby on an in-sync \
+         record"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

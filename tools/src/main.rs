@@ -70,7 +70,8 @@ enum TopCommand {
     /// Write a commented example configuration file, or check one.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
-    /// Inspect or repair a journal directory: verify, dump, stats, truncate, rebuild, heal.
+    /// Inspect, repair or back up a journal directory: verify, dump, stats, truncate, rebuild,
+    /// heal, reconfigure, backup.
     #[command(subcommand)]
     Journal(journal_cmd::JournalCommand),
     /// Rebuild state at a sequence or time from snapshot + journal; print its hash and a

@@ -423,6 +423,7 @@ fn bad_input_gives_errors_not_panics_and_help_explains_each_tool() {
         (vec!["journal", "stats", "--help"], "segment"),
         (vec!["journal", "truncate", "--help"], "--at-seq"),
         (vec!["journal", "reconfigure", "--help"], "stopped cleanly"),
+        (vec!["journal", "backup", "--help"], "DEST.partial"),
         (vec!["replay", "--help"], "--until-time"),
     ] {
         let out = ringfence(&args);

@@ -102,6 +102,7 @@ fn after_a_clean_stop_a_zeroed_unit_of_the_last_record_is_refused_not_cleared() 
     let out = text(&rebuild.stdout);
     assert_eq!(rebuild.status.code(), Some(0), "{out}{}", text(&rebuild.stderr));
     assert!(out.contains("through sequence 4") && out.contains("nothing was dropped"), "{out}");
+    assert!(out.contains("no record after the snapshot and continues at sequence 5"), "{out}");
     assert!(!marker.exists(), "a rebuild changes the end: the marker goes");
     let superseded = std::fs::read_dir(&data)
         .unwrap()
@@ -364,4 +365,42 @@ fn the_tools_refuse_a_directory_that_holds_no_data_and_change_nothing() {
         .collect();
     left.sort();
     assert_eq!(left, ["notes.txt"], "nothing was written into the directory");
+}
+
+#[test]
+fn a_backup_taken_while_the_node_serves_starts_a_node_with_what_it_copied() {
+    // Goal: `journal backup` copies a running node's directory without stopping it, with
+    // `rollback/`; a node started on the copy serves exactly the orders made before it, and
+    // is marked catching up. The copy is checked (`verify` passes on it), an existing
+    // destination is refused, and the node goes on serving throughout.
+    let dir = TempDir::new("backup");
+    let data = dir.path().join("data");
+    let config = quiet_config(dir.path());
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    sell(&node, 3);
+    std::fs::create_dir_all(data.join("rollback")).unwrap();
+    std::fs::write(data.join("rollback").join("truncated-9-9-at-1.jsonl"), "{}\n").unwrap();
+    let copy = dir.path().join("copy");
+    let (data_arg, copy_arg) = (data.to_str().unwrap(), copy.to_str().unwrap());
+    let backup = ringfence(&["journal", "backup", data_arg, copy_arg]);
+    let out = text(&backup.stdout);
+    assert_eq!(backup.status.code(), Some(0), "{out}{}", text(&backup.stderr));
+    // The SKU, then three orders.
+    assert!(out.contains("records    4 (sequences 1..=4), in 1 segments"), "{out}");
+    assert!(!out.contains("stopped cleanly"), "the node is running: {out}");
+    assert!(copy.join("rollback").join("truncated-9-9-at-1.jsonl").is_file(), "rollback/");
+    assert!(copy.join(ringfence_journal::datadir::CATCH_UP_FILE).is_file(), "not marked");
+    let again = ringfence(&["journal", "backup", data_arg, copy_arg]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("exists: a backup goes to a new directory"), "{again:?}");
+
+    let body = r#"{"request_id":"r-after","user":99,"sku":1,"qty":1}"#;
+    assert_eq!(node.call("POST", "/v1/orders", body, false).0, 201, "the node serves on");
+    let verify = ringfence(&["journal", "verify", copy_arg]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    assert!(node.signal("-TERM").success());
+    let mut restored = Serve::start_with(&copy, &["--config", &config]);
+    let (_, view) = restored.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(view["reserved"], 3, "the orders made before the copy, and not the one after");
+    restored.signal("-TERM");
 }

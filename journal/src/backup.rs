@@ -1,0 +1,446 @@
+//! A copy of a data directory, taken while its node runs, that a node can start from.
+//!
+//! The journal is append-only and a snapshot file never changes once it is in place, so a
+//! reader that takes no lock can copy a live directory: what it scanned stays as it was. Only
+//! retention moves under it: after a snapshot, the node deletes the oldest snapshots and then
+//! retires (deletes or archives) the segments only they needed. A backup:
+//!
+//! 1. compares the directory with its manifest and scans the segments it lists: the copy
+//!    holds the intact records the scan found, through its last, and nothing after (a record
+//!    the node was writing is left out whole);
+//! 2. copies each of those segments, oldest first, byte for byte up to the end of its intact
+//!    records. A segment retired before it was read went because a newer snapshot made it
+//!    unneeded, and so did every segment before it: those copied so far are dropped and the
+//!    copy goes on with the next;
+//! 3. copies the snapshots then present that the copied journal reaches (through a sequence
+//!    from one before its first record to its last). A copy whose journal starts after
+//!    sequence 1 needs one of them; when retention took every one it could use, the copy is
+//!    made again from step 1;
+//! 4. copies the epoch file (read after the records, so its epochs are at least theirs),
+//!    writes a manifest listing the copied segments, the clean-stop marker when the node
+//!    stopped cleanly where the copy ends, and the catch-up marker: the copy lacks whatever
+//!    the node acknowledged after it, so it never takes over on the strength of an in-sync
+//!    record ([`crate::datadir::CATCH_UP_FILE`]);
+//! 5. checks the copy as recovery would: manifest, segments, every record, and each snapshot
+//!    restored and its state digest compared.
+//!
+//! [`backup_dir`] builds the copy under `DEST.partial` and renames it to `DEST` only once it
+//! is whole and synced, so `DEST` either does not exist or is a whole copy. The directory
+//! copied is only read.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ringfence_core::Sequence;
+
+use crate::datadir::{self, DirCheck};
+use crate::epoch::EpochProblem;
+use crate::error::JournalError;
+use crate::format;
+use crate::manifest::{Manifest, ManifestSegment};
+use crate::rebuild::REBUILDING_FILE;
+use crate::scan::{self, Layout, ReadOnlyDir, ReadSource};
+use crate::snapshot;
+use crate::storage::{FileStorage, Segment, Storage};
+
+/// Times the copy is made again from the start when retention took, under it, everything it
+/// could start from.
+const ATTEMPTS: u32 = 5;
+
+/// What the suffix of the directory a backup is built in.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// What [`backup`] copied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackedUp {
+    /// The sequence the copy's journal starts at (its first segment's first).
+    pub first: Sequence,
+    /// The last record copied; `None` when the journal held none.
+    pub last: Option<Sequence>,
+    /// Records copied.
+    pub records: u64,
+    /// Segments copied, oldest first.
+    pub segments: Vec<String>,
+    /// Snapshots copied, by the sequence they hold the state through, oldest first.
+    pub snapshots: Vec<Sequence>,
+    /// Bytes of records, segment headers and snapshots copied.
+    pub bytes: u64,
+    /// The record the node was writing when the journal was scanned (or a write a crash cut
+    /// off), left out.
+    pub left_out: Option<Sequence>,
+    /// Whether the node had stopped cleanly where the copy ends (the copy says so too).
+    pub clean_stop: bool,
+}
+
+/// One try at the copy.
+enum Attempt {
+    Copied(BackedUp),
+    /// Retention moved under the copy; why, for the error if every attempt says so.
+    Raced(String),
+}
+
+/// Copies the data directory `dir` into the new directory `dest` (see the module
+/// documentation). Refused, changing nothing, when `dest` exists, when `dir` holds no journal,
+/// has a repair under way or is damaged before its tail.
+/// `subdirectories` of `dir` (the tools' own, such as `rollback/`) are copied along, file by file.
+pub fn backup_dir(
+    dir: &Path,
+    dest: &Path,
+    subdirectories: &[&str],
+) -> Result<BackedUp, JournalError> {
+    if dest.exists() {
+        return Err(JournalError::Refused(format!(
+            "{} exists: a backup goes to a new directory",
+            dest.display()
+        )));
+    }
+    let partial = partial_path(dest);
+    if partial.exists() {
+        return Err(JournalError::Refused(format!(
+            "{} exists: a backup cut off part way left it; delete it and run the backup again",
+            partial.display()
+        )));
+    }
+    let mut source = ReadOnlyDir::open(dir)?;
+    let storage = FileStorage::open(&partial)
+        .map_err(|e| JournalError::io(format!("creating {}", partial.display()), e))?;
+    let copied = match backup(&mut source, &storage) {
+        Ok(copied) => copied,
+        Err(error) => {
+            // Nothing of a refused or failed copy is left behind.
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(error);
+        }
+    };
+    copy_subdirectories(dir, &partial, subdirectories)?;
+    datadir::sync_dir(&storage)?;
+    std::fs::rename(&partial, dest).map_err(|e| {
+        JournalError::io(format!("renaming {} to {}", partial.display(), dest.display()), e)
+    })?;
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    crate::storage::sync_dir(parent)
+        .map_err(|e| JournalError::io(format!("syncing {}", parent.display()), e))?;
+    assert!(dest.is_dir() && !partial.exists(), "the copy was not renamed into place");
+    Ok(copied)
+}
+
+/// Where [`backup_dir`] builds the copy of `dest`: beside it, named after it.
+#[must_use]
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(PARTIAL_SUFFIX);
+    let partial = dest.with_file_name(name);
+    assert_ne!(partial, dest, "the copy is built where it goes");
+    partial
+}
+
+/// Copies the data directory read through `source` into the empty storage `dest` (see the
+/// module documentation), trying again from the start when retention took, under the copy,
+/// everything it could start from.
+pub fn backup<R: ReadSource, S: Storage>(
+    source: &mut R,
+    dest: &S,
+) -> Result<BackedUp, JournalError> {
+    let listed =
+        dest.list().map_err(|e| JournalError::io(format!("listing {}", dest.describe("")), e))?;
+    assert!(listed.is_empty(), "a backup into a directory that holds files: {listed:?}");
+    let mut why = String::new();
+    // Where the last scan found damage: a record the node was writing, if the next scan
+    // finds the journal whole there.
+    let mut damage = None;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            clear(dest)?;
+            std::thread::sleep(Duration::from_millis(20 << attempt));
+        }
+        match attempt_copy(source, dest, &mut damage)? {
+            Attempt::Copied(copied) => {
+                verify_copy(dest, &copied)?;
+                return Ok(copied);
+            }
+            Attempt::Raced(reason) => why = reason,
+        }
+    }
+    assert!(!why.is_empty(), "every attempt raced, for no reason");
+    Err(JournalError::Refused(format!(
+        "{} changed under every copy of it: {why}; run the backup again",
+        source.location()
+    )))
+}
+
+/// Steps 1 to 4, once.
+fn attempt_copy<R: ReadSource, S: Storage>(
+    source: &mut R,
+    dest: &S,
+    damage: &mut Option<(String, u64)>,
+) -> Result<Attempt, JournalError> {
+    let (check, layout) = match scanned(source, damage)? {
+        Ok(scanned) => scanned,
+        Err(raced) => return Ok(Attempt::Raced(raced)),
+    };
+    let manifest = check.manifest.as_ref().expect("a scanned journal has its manifest");
+    let mut copied: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for segment in &layout.segments {
+        let Some(read) = read_segment(source, &segment.name)? else {
+            // Retired since the scan, with every segment before it: start after it.
+            for name in copied.drain(..) {
+                remove(dest, &name)?;
+            }
+            bytes = 0;
+            continue;
+        };
+        let len = segment.header.segment_len;
+        let mut copy = dest.create_segment(&segment.name, len).map_err(|e| {
+            JournalError::io(format!("creating {}", dest.describe(&segment.name)), e)
+        })?;
+        // The bytes scanned are the node's and no longer change: records are only appended.
+        copy.bytes_mut()[..segment.end].copy_from_slice(&read[..segment.end]);
+        copy.sync(0..segment.end).map_err(|e| {
+            JournalError::io(format!("syncing {}", dest.describe(&segment.name)), e)
+        })?;
+        bytes += segment.end as u64;
+        copied.push(segment.name.clone());
+    }
+    let kept: Vec<_> = layout.segments.iter().filter(|s| copied.contains(&s.name)).collect();
+    let Some(first_kept) = kept.first() else {
+        return Ok(Attempt::Raced("every segment was retired before it was read".to_owned()));
+    };
+    let first = first_kept.header.first_sequence;
+    let last = layout.last_sequence();
+    let end = kept.last().map_or(first, |s| s.ends_at());
+    let snapshots = copy_snapshots(source, dest, first, end, &mut bytes)?;
+    if first.0 > 1 && snapshots.is_empty() {
+        return Ok(Attempt::Raced(format!(
+            "the journal starts at {first}, and retention took every snapshot it reaches"
+        )));
+    }
+    let skipped = layout.segments.len() - kept.len();
+    let retired_below = if skipped == 0 { manifest.retired_below } else { first };
+    let mut listing = Manifest {
+        generation: 1,
+        retired_below,
+        segments_retired: manifest.segments_retired + skipped as u64,
+        segments: Vec::new(),
+    };
+    for segment in &kept {
+        listing.segments.push(ManifestSegment {
+            first: segment.header.first_sequence,
+            len: segment.header.segment_len,
+        });
+    }
+    // The epoch file after the records: epochs only go up, so it is at least as new as theirs.
+    let epochs = read_epochs(source)?;
+    datadir::write_epochs(dest, epochs)?;
+    datadir::write_manifest(dest, &listing)?;
+    let stop = datadir::clean_stop(source)?;
+    let ends = kept.last().map(|s| (s.name.as_str(), s.end as u64));
+    let clean_stop = stop.as_ref().is_some_and(|stop| {
+        layout.problem.is_none()
+            && stop.last == end
+            && ends == Some((stop.segment.as_str(), stop.end))
+    });
+    if let Some(stop) = stop.filter(|_| clean_stop) {
+        datadir::mark_clean_stop(dest, &stop)?;
+    }
+    datadir::mark_catching_up(dest)?;
+    let records = kept.iter().map(|s| s.records).sum();
+    // A journal copied whole holds every record the scan found.
+    assert!(skipped > 0 || records == layout.records(), "records lost in the copy");
+    assert!(last.is_none_or(|last| last == end), "the copy ends elsewhere than the journal");
+    Ok(Attempt::Copied(BackedUp {
+        first,
+        last: (records > 0).then_some(end),
+        records,
+        segments: copied,
+        snapshots,
+        bytes,
+        left_out: layout.problem.as_ref().map(|p| p.sequence),
+        clean_stop,
+    }))
+}
+
+/// The directory compared with its manifest and its listed segments scanned; `Err` with a
+/// reason when what was compared moved under the comparison: retention rewrote the manifest
+/// between the listing and the reading, or the scan met a record the node was writing with
+/// the next one already whole behind it (`damage` remembers where, and the same damage found
+/// twice in a row is damage). Refused when a repair is under way, when there is no journal,
+/// and when the journal is damaged before its tail.
+fn scanned<R: ReadSource>(
+    source: &mut R,
+    damage: &mut Option<(String, u64)>,
+) -> Result<Result<(DirCheck, Layout), String>, JournalError> {
+    let refuse = |why: String| Err(JournalError::Refused(why));
+    let location = source.location();
+    if datadir::truncation_under_way(source).is_some() || source.file_len(REBUILDING_FILE).is_ok() {
+        return refuse(format!(
+            "a repair of {location} is under way (a truncation or a rebuild cut off part way); \
+             the node's next start, or the repair run again, finishes it"
+        ));
+    }
+    let check = datadir::check(source)?;
+    if let Some(problem) = check.problems.first() {
+        return match problem {
+            JournalError::SegmentMissing { .. } | JournalError::SegmentLength { .. } => {
+                Ok(Err(problem.to_string()))
+            }
+            _ => refuse(format!("{problem}; `ringfence journal verify {location}` says more")),
+        };
+    }
+    if check.manifest.is_none() {
+        return refuse(format!("{location} holds no journal to back up"));
+    }
+    let layout = scan::scan_segments(source, &check.segments)?;
+    if let Some(corrupt) = layout.corruption(&|name| source.describe_file(name)) {
+        let problem = layout.problem.as_ref().expect("corruption is a problem");
+        let place = (problem.name.clone(), problem.offset);
+        let in_last = problem.segment.is_some_and(|index| index + 1 == layout.segments.len());
+        if in_last && damage.as_ref() != Some(&place) {
+            *damage = Some(place);
+            return Ok(Err(format!("{corrupt}, which moved on at every read")));
+        }
+        return refuse(format!(
+            "{corrupt}; repair it first (`ringfence journal verify {location}` says how)"
+        ));
+    }
+    // A clean scan, or one that stops at a record not yet whole: the tail is all it leaves out.
+    assert!(layout.problem.as_ref().is_none_or(|p| p.torn_tail), "damage passed over");
+    assert_eq!(layout.segments.len(), check.segments.len().min(layout.segments.len()));
+    Ok(Ok((check, layout)))
+}
+
+/// A segment's bytes, or `None` if it is gone (retired since the scan).
+fn read_segment<R: ReadSource>(
+    source: &mut R,
+    name: &str,
+) -> Result<Option<R::Bytes>, JournalError> {
+    match source.read_segment(name) {
+        Ok(bytes) => {
+            assert!(bytes.len() >= format::SEGMENT_HEADER_LEN, "a scanned segment shrank");
+            Ok(Some(bytes))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JournalError::io(format!("reading {}", source.describe_file(name)), e)),
+    }
+}
+
+/// Copies the snapshots present that the copied journal, from `first` through `end`, reaches;
+/// the sequences they hold the state through, oldest first.
+fn copy_snapshots<R: ReadSource, S: Storage>(
+    source: &R,
+    dest: &S,
+    first: Sequence,
+    end: Sequence,
+    bytes: &mut u64,
+) -> Result<Vec<Sequence>, JournalError> {
+    let reaches = |through: Sequence| through.next() >= first && through <= end;
+    let mut copied = Vec::new();
+    for (through, name) in snapshot::list(source)? {
+        if !reaches(through) {
+            continue;
+        }
+        let contents = match source.read_file(&name) {
+            Ok(contents) => contents,
+            // Deleted by retention since the listing: a newer one took its place.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(JournalError::io(
+                    format!("reading {}", source.describe_file(&name)),
+                    e,
+                ));
+            }
+        };
+        crate::storage::write_atomically(dest, &name, &contents)?;
+        *bytes += contents.len() as u64;
+        copied.push(through);
+    }
+    assert!(copied.windows(2).all(|pair| pair[0] < pair[1]), "snapshots out of order");
+    assert!(copied.iter().all(|&through| reaches(through)), "a snapshot the journal misses");
+    Ok(copied)
+}
+
+fn read_epochs<R: ReadSource>(source: &R) -> Result<crate::epoch::Epochs, JournalError> {
+    let file = source.describe_file(crate::epoch::EPOCH_FILE);
+    let read = source
+        .read_file(crate::epoch::EPOCH_FILE)
+        .map_err(|e| JournalError::io(format!("reading {file}"), e))?;
+    let epochs = crate::epoch::Epochs::decode(&read).map_err(|problem| match problem {
+        EpochProblem::FutureVersion(found) => {
+            JournalError::FutureVersion { file, found, supported: crate::epoch::EPOCH_VERSION }
+        }
+        EpochProblem::Invalid(reason) => JournalError::EpochFile { file, reason },
+    })?;
+    // The decoder's promise: the epochs it reads are possible.
+    assert!(epochs.problem().is_none(), "the decoder accepted impossible epochs");
+    assert!(epochs.promised >= epochs.current, "an epoch file promising less than it leads");
+    Ok(epochs)
+}
+
+/// Step 5: the copy read back as recovery reads it.
+fn verify_copy<S: Storage>(dest: &S, copied: &BackedUp) -> Result<(), JournalError> {
+    let mut read = dest.clone();
+    let check = datadir::check(&mut read)?;
+    if let Some(problem) = check.problems.into_iter().next() {
+        return Err(problem);
+    }
+    let layout = scan::scan_segments(&mut read, &check.segments)?;
+    if let Some(problem) = &layout.problem {
+        return Err(JournalError::Refused(format!(
+            "the copy does not read back: {} at byte {} of {}",
+            problem.damage, problem.offset, problem.name
+        )));
+    }
+    for &through in &copied.snapshots {
+        snapshot::load(dest, &snapshot::snapshot_name(through), None)?;
+    }
+    assert_eq!(layout.records(), copied.records, "the copy holds other records");
+    assert_eq!(layout.last_sequence(), copied.last, "the copy ends elsewhere");
+    Ok(())
+}
+
+/// Removes everything a try at the copy wrote.
+fn clear<S: Storage>(dest: &S) -> Result<(), JournalError> {
+    let names =
+        dest.list().map_err(|e| JournalError::io(format!("listing {}", dest.describe("")), e))?;
+    for name in &names {
+        remove(dest, name)?;
+    }
+    assert!(dest.list().is_ok_and(|left| left.is_empty()), "files left after clearing");
+    Ok(())
+}
+
+fn remove<S: Storage>(dest: &S, name: &str) -> Result<(), JournalError> {
+    dest.remove(name).map_err(|e| JournalError::io(format!("removing {}", dest.describe(name)), e))
+}
+
+/// Copies the files of `dir/sub` into `partial/sub` for each of `subdirectories` that exists.
+fn copy_subdirectories(
+    dir: &Path,
+    partial: &Path,
+    subdirectories: &[&str],
+) -> Result<(), JournalError> {
+    let io = |what: &str, path: &Path| {
+        let context = format!("{what} {}", path.display());
+        move |e| JournalError::io(context, e)
+    };
+    for sub in subdirectories {
+        assert!(!sub.is_empty() && !sub.contains('/'), "not a subdirectory's name: {sub}");
+        let from = dir.join(sub);
+        let Ok(entries) = std::fs::read_dir(&from) else { continue };
+        let to = partial.join(sub);
+        std::fs::create_dir_all(&to).map_err(io("creating", &to))?;
+        for entry in entries {
+            let path = entry.map_err(io("listing", &from))?.path();
+            let Some(name) = path.file_name().filter(|_| path.is_file()) else { continue };
+            let target = to.join(name);
+            std::fs::copy(&path, &target).map_err(io("copying", &path))?;
+            std::fs::File::open(&target)
+                .and_then(|file| file.sync_all())
+                .map_err(io("syncing", &target))?;
+        }
+        crate::storage::sync_dir(&to).map_err(io("syncing", &to))?;
+        assert!(to.is_dir(), "a subdirectory copied nowhere");
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! `journal backup`: a copy of a data directory, taken while its node may be writing it,
+//! recovers to the state of the records it copied; retention retiring segments and snapshots
+//! under the copy does not break it; what cannot be copied is refused, the source untouched.
+
+mod common;
+
+use std::io;
+
+use common::{config, digest_of, generate, journal_with_snapshots, options, record_at};
+use ringfence_core::{Engine, Sequence, Sequenced, Timestamp};
+use ringfence_journal::backup::backup;
+use ringfence_journal::datadir::{CATCH_UP_FILE, TRUNCATING_FILE};
+use ringfence_journal::error::JournalError;
+use ringfence_journal::fault::FaultStorage;
+use ringfence_journal::recovery::recover_from;
+use ringfence_journal::scan::ReadSource;
+use ringfence_journal::snapshot::{self, SnapshotPolicy};
+use ringfence_journal::storage::Storage;
+use ringfence_journal::workload::Workload;
+use ringfence_journal::writer::Durability;
+
+const COMMANDS: usize = 2_000;
+
+/// A journal of [`COMMANDS`] commands in 64 KiB segments with a snapshot every 300 (the
+/// newest three kept, so older segments are retired), and the commands.
+fn journal() -> (FaultStorage, Vec<Sequenced>) {
+    let mut workload = Workload::new(81, Sequence(1), Timestamp(1_000));
+    let commands = generate(&mut workload, &mut Engine::new(config()), COMMANDS);
+    let disk = FaultStorage::new();
+    let policy = SnapshotPolicy { every_commands: Some(300), keep: 3, ..SnapshotPolicy::default() };
+    journal_with_snapshots(&disk, &commands, policy);
+    (disk, commands)
+}
+
+/// The files in the directory with their bytes, sorted: to show the source is only read.
+fn files(disk: &FaultStorage) -> Vec<(Option<Vec<u8>>, String)> {
+    let mut names = disk.list().unwrap();
+    names.sort();
+    names.into_iter().map(|name| (disk.live_bytes(&name), name)).collect()
+}
+
+#[test]
+fn a_backup_recovers_to_the_state_of_every_record_it_copied() {
+    // Goal: the copy of a stopped journal holds every retained record and the snapshots it
+    // reaches, says the node stopped cleanly there, is marked catching up, and recovers to
+    // the digest of every command; the source is not changed by a byte.
+    let (disk, commands) = journal();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    recovered.writer.close().unwrap().expect("a segment is open");
+    let before = files(&disk);
+    let copy = FaultStorage::new();
+    let copied = backup(&mut disk.clone(), &copy).unwrap();
+    assert_eq!(files(&disk), before, "the source was written to");
+
+    let last = Sequence(COMMANDS as u64);
+    assert_eq!(copied.last, Some(last));
+    assert!(copied.first > Sequence(1), "retention retired the oldest segments: {copied:?}");
+    assert_eq!(copied.records, last.0 - copied.first.0 + 1);
+    assert!(copied.clean_stop && copied.left_out.is_none(), "{copied:?}");
+    let kept: Vec<_> = snapshot::list(&disk).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(copied.snapshots, kept, "every snapshot the journal reaches");
+    assert!(
+        Storage::file_len(&copy, CATCH_UP_FILE).is_ok(),
+        "the copy may lack later acknowledgements"
+    );
+    let restored = recover_from(copy.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(restored.report.clean_stop, Some(last));
+    assert_eq!(restored.next_sequence, last.next());
+    assert_eq!(restored.engine.state_digest(), digest_of(&commands));
+    assert!(restored.writer.data_dir().catching_up(), "the marker is in force");
+}
+
+#[test]
+fn a_record_not_yet_whole_is_left_out_and_the_rest_recovers() {
+    // Goal: on a journal whose last record is not whole (a node writing it, or a crash), the
+    // copy ends at the record before, with no clean stop claimed, and recovers to the state
+    // of the records before it; the source keeps its tail.
+    let (disk, commands) = journal();
+    let last = Sequence(COMMANDS as u64);
+    let (segment, offset) = record_at(&disk, last);
+    // What a write not yet whole leaves: a unit of the record still zero.
+    let mut bytes = disk.live_bytes(&segment).unwrap();
+    bytes[offset + 16..offset + 32].fill(0);
+    disk.write_file(&segment, &bytes).unwrap();
+    let before = files(&disk);
+    let copy = FaultStorage::new();
+    let copied = backup(&mut disk.clone(), &copy).unwrap();
+    assert_eq!(files(&disk), before, "the source was written to");
+    assert_eq!((copied.last, copied.left_out), (Some(Sequence(last.0 - 1)), Some(last)));
+    assert!(!copied.clean_stop);
+    let restored = recover_from(copy, options(Durability::Batch)).unwrap();
+    assert_eq!(restored.next_sequence, last);
+    assert!(restored.report.torn_tail.is_none(), "the copy has no torn tail");
+    assert_eq!(restored.engine.state_digest(), digest_of(&commands[..COMMANDS - 1]));
+}
+
+/// A source on which retention runs once, as the node would after a new snapshot, when the
+/// backup first reads a segment to copy it (after `scan_reads` reads of the scan): the oldest
+/// segments and every snapshot but the newest go.
+struct RetiringUnder {
+    disk: FaultStorage,
+    scan_reads: usize,
+    retired: bool,
+}
+
+impl ReadSource for RetiringUnder {
+    type Bytes = <FaultStorage as ReadSource>::Bytes;
+    fn list_files(&self) -> io::Result<Vec<String>> {
+        self.disk.list()
+    }
+    fn file_len(&self, name: &str) -> io::Result<u64> {
+        Storage::file_len(&self.disk, name)
+    }
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        Storage::read_file(&self.disk, name)
+    }
+    fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
+        if self.scan_reads > 0 {
+            self.scan_reads -= 1;
+        } else if !self.retired {
+            self.retired = true;
+            let snapshots = snapshot::list(&self.disk).unwrap();
+            let (newest, _) = snapshots.last().cloned().unwrap();
+            for (_, old) in &snapshots[..snapshots.len() - 1] {
+                self.disk.delete(old);
+            }
+            // The segments every record of which the newest snapshot holds, but the last.
+            let mut segments: Vec<String> =
+                self.disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
+            segments.sort();
+            for pair in segments.windows(2) {
+                let next_first: u64 = pair[1].trim_end_matches(".seg").parse().unwrap();
+                if next_first <= newest.0 + 1 {
+                    self.disk.delete(&pair[0]);
+                }
+            }
+        }
+        ReadSource::read_segment(&mut self.disk, name)
+    }
+    fn describe_file(&self, name: &str) -> String {
+        self.disk.describe(name)
+    }
+    fn location(&self) -> String {
+        ReadSource::location(&self.disk)
+    }
+}
+
+#[test]
+fn segments_retired_under_the_copy_are_passed_over_for_the_newer_snapshot() {
+    // Goal: retention retiring segments (and deleting old snapshots) while the copy runs does
+    // not fail it: the copy starts after the retired segments, from the newest snapshot, and
+    // recovers to the same state.
+    let (disk, commands) = journal();
+    let segments = disk.list().unwrap().iter().filter(|n| n.ends_with(".seg")).count();
+    let mut source = RetiringUnder { disk: disk.clone(), scan_reads: segments, retired: false };
+    let copy = FaultStorage::new();
+    let copied = backup(&mut source, &copy).unwrap();
+    assert!(source.retired, "retention ran under the copy");
+    let mut left: Vec<String> =
+        disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
+    left.sort();
+    assert_eq!(copied.segments, left, "the copy starts with the oldest segment left");
+    let newest = snapshot::list(&disk).unwrap().last().unwrap().0;
+    assert_eq!(copied.snapshots, vec![newest], "only the snapshot retention kept");
+    assert!(copied.first <= newest.next() && copied.first > Sequence(1), "{copied:?}");
+    assert_eq!(copied.last, Some(Sequence(COMMANDS as u64)));
+    let restored = recover_from(copy, options(Durability::Batch)).unwrap();
+    assert_eq!(restored.engine.state_digest(), digest_of(&commands));
+}
+
+#[test]
+fn a_damaged_journal_a_repair_under_way_and_no_journal_are_refused() {
+    // Goal: the copy is refused, naming why, and nothing is written to it, when the journal
+    // is damaged before its tail, when a truncation was cut off part way, and when there is
+    // no journal at all.
+    let (disk, _) = journal();
+    let (segment, offset) = record_at(&disk, Sequence(1_500));
+    disk.corrupt(&segment, offset + 20, 0x40);
+    let copy = FaultStorage::new();
+    let refused = backup(&mut disk.clone(), &copy).unwrap_err();
+    assert!(matches!(refused, JournalError::Refused(_)), "{refused}");
+    assert!(refused.to_string().contains("journal verify"), "{refused}");
+    assert_eq!(copy.list().unwrap(), Vec::<String>::new(), "a refused copy wrote files");
+
+    let (disk, _) = journal();
+    disk.write_file(TRUNCATING_FILE, b"1200\n").unwrap();
+    let refused = backup(&mut disk.clone(), &copy).unwrap_err();
+    assert!(refused.to_string().contains("repair"), "{refused}");
+    assert_eq!(copy.list().unwrap(), Vec::<String>::new());
+
+    let refused = backup(&mut FaultStorage::new(), &copy).unwrap_err();
+    assert!(refused.to_string().contains("holds no journal"), "{refused}");
+    assert_eq!(copy.list().unwrap(), Vec::<String>::new());
+}
