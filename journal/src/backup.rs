@@ -83,11 +83,14 @@ enum Attempt {
 /// Copies the data directory `dir` into the new directory `dest` (see the module
 /// documentation). Refused, changing nothing, when `dest` exists, when `dir` holds no journal,
 /// has a repair under way or is damaged before its tail.
-/// `subdirectories` of `dir` (the tools' own, such as `rollback/`) are copied along, file by file.
+/// `subdirectories` of `dir` (the tools' own, such as `rollback/`) are copied along, file by
+/// file. `progress` is told the records copied so far and the records to copy, after each
+/// segment.
 pub fn backup_dir(
     dir: &Path,
     dest: &Path,
     subdirectories: &[&str],
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackedUp, JournalError> {
     if dest.exists() {
         return Err(JournalError::Refused(format!(
@@ -105,7 +108,7 @@ pub fn backup_dir(
     let mut source = ReadOnlyDir::open(dir)?;
     let storage = FileStorage::open(&partial)
         .map_err(|e| JournalError::io(format!("creating {}", partial.display()), e))?;
-    let copied = match backup(&mut source, &storage) {
+    let copied = match backup(&mut source, &storage, progress) {
         Ok(copied) => copied,
         Err(error) => {
             // Nothing of a refused or failed copy is left behind.
@@ -137,10 +140,12 @@ pub fn partial_path(dest: &Path) -> PathBuf {
 
 /// Copies the data directory read through `source` into the empty storage `dest` (see the
 /// module documentation), trying again from the start when retention took, under the copy,
-/// everything it could start from.
+/// everything it could start from. `progress` is told the records copied so far and the
+/// records to copy, after each segment.
 pub fn backup<R: ReadSource, S: Storage>(
     source: &mut R,
     dest: &S,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackedUp, JournalError> {
     let listed =
         dest.list().map_err(|e| JournalError::io(format!("listing {}", dest.describe("")), e))?;
@@ -154,7 +159,7 @@ pub fn backup<R: ReadSource, S: Storage>(
             clear(dest)?;
             std::thread::sleep(Duration::from_millis(20 << attempt));
         }
-        match attempt_copy(source, dest, &mut damage)? {
+        match attempt_copy(source, dest, &mut damage, progress)? {
             Attempt::Copied(copied) => {
                 verify_copy(dest, &copied)?;
                 return Ok(copied);
@@ -174,6 +179,7 @@ fn attempt_copy<R: ReadSource, S: Storage>(
     source: &mut R,
     dest: &S,
     damage: &mut Option<(String, u64)>,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Attempt, JournalError> {
     let (check, layout) = match scanned(source, damage)? {
         Ok(scanned) => scanned,
@@ -182,7 +188,10 @@ fn attempt_copy<R: ReadSource, S: Storage>(
     let manifest = check.manifest.as_ref().expect("a scanned journal has its manifest");
     let mut copied: Vec<String> = Vec::new();
     let mut bytes = 0;
+    let (mut done, total) = (0, layout.records());
     for segment in &layout.segments {
+        done += segment.records;
+        progress(done, total);
         let Some(read) = read_segment(source, &segment.name)? else {
             // Retired since the scan, with every segment before it: start after it.
             for name in copied.drain(..) {

@@ -49,7 +49,7 @@ fn a_backup_recovers_to_the_state_of_every_record_it_copied() {
     recovered.writer.close().unwrap().expect("a segment is open");
     let before = files(&disk);
     let copy = FaultStorage::new();
-    let copied = backup(&mut disk.clone(), &copy).unwrap();
+    let copied = backup(&mut disk.clone(), &copy, &mut |_, _| {}).unwrap();
     assert_eq!(files(&disk), before, "the source was written to");
 
     let last = Sequence(COMMANDS as u64);
@@ -84,7 +84,7 @@ fn a_record_not_yet_whole_is_left_out_and_the_rest_recovers() {
     disk.write_file(&segment, &bytes).unwrap();
     let before = files(&disk);
     let copy = FaultStorage::new();
-    let copied = backup(&mut disk.clone(), &copy).unwrap();
+    let copied = backup(&mut disk.clone(), &copy, &mut |_, _| {}).unwrap();
     assert_eq!(files(&disk), before, "the source was written to");
     assert_eq!((copied.last, copied.left_out), (Some(Sequence(last.0 - 1)), Some(last)));
     assert!(!copied.clean_stop);
@@ -154,7 +154,7 @@ fn segments_retired_under_the_copy_are_passed_over_for_the_newer_snapshot() {
     let segments = disk.list().unwrap().iter().filter(|n| n.ends_with(".seg")).count();
     let mut source = RetiringUnder { disk: disk.clone(), scan_reads: segments, retired: false };
     let copy = FaultStorage::new();
-    let copied = backup(&mut source, &copy).unwrap();
+    let copied = backup(&mut source, &copy, &mut |_, _| {}).unwrap();
     assert!(source.retired, "retention ran under the copy");
     let mut left: Vec<String> =
         disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
@@ -177,18 +177,18 @@ fn a_damaged_journal_a_repair_under_way_and_no_journal_are_refused() {
     let (segment, offset) = record_at(&disk, Sequence(1_500));
     disk.corrupt(&segment, offset + 20, 0x40);
     let copy = FaultStorage::new();
-    let refused = backup(&mut disk.clone(), &copy).unwrap_err();
+    let refused = backup(&mut disk.clone(), &copy, &mut |_, _| {}).unwrap_err();
     assert!(matches!(refused, JournalError::Refused(_)), "{refused}");
     assert!(refused.to_string().contains("journal verify"), "{refused}");
     assert_eq!(copy.list().unwrap(), Vec::<String>::new(), "a refused copy wrote files");
 
     let (disk, _) = journal();
     disk.write_file(TRUNCATING_FILE, b"1200\n").unwrap();
-    let refused = backup(&mut disk.clone(), &copy).unwrap_err();
+    let refused = backup(&mut disk.clone(), &copy, &mut |_, _| {}).unwrap_err();
     assert!(refused.to_string().contains("repair"), "{refused}");
     assert_eq!(copy.list().unwrap(), Vec::<String>::new());
 
-    let refused = backup(&mut FaultStorage::new(), &copy).unwrap_err();
+    let refused = backup(&mut FaultStorage::new(), &copy, &mut |_, _| {}).unwrap_err();
     assert!(refused.to_string().contains("holds no journal"), "{refused}");
     assert_eq!(copy.list().unwrap(), Vec::<String>::new());
 }

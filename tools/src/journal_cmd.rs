@@ -1127,7 +1127,21 @@ fn reconfigure(args: &ReconfigureArgs) -> Result<ExitCode, JournalError> {
 
 fn backup(args: &BackupArgs) -> Result<ExitCode, JournalError> {
     let subdirectories = [crate::rollback::ROLLBACK_DIR];
-    let copied = ringfence_journal::backup::backup_dir(&args.dir, &args.dest, &subdirectories)?;
+    let mut bar = None;
+    let mut progress = |done: u64, total: u64| {
+        let bar = bar.get_or_insert_with(|| progress::records_bar(total, "records copied", false));
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let copied = ringfence_journal::backup::backup_dir(
+        &args.dir,
+        &args.dest,
+        &subdirectories,
+        &mut progress,
+    )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     let dest = args.dest.display();
     if args.json {
         let value = json!({

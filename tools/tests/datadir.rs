@@ -391,6 +391,17 @@ fn a_backup_taken_while_the_node_serves_starts_a_node_with_what_it_copied() {
     assert!(!out.contains("stopped cleanly"), "the node is running: {out}");
     assert!(copy.join("rollback").join("truncated-9-9-at-1.jsonl").is_file(), "rollback/");
     assert!(copy.join(ringfence_journal::datadir::CATCH_UP_FILE).is_file(), "not marked");
+    let json_copy = dir.path().join("copy-json");
+    let json = ringfence(&["journal", "backup", data_arg, json_copy.to_str().unwrap(), "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        (value["first_sequence"].as_u64(), value["last_sequence"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_eq!(
+        (value["left_out"].is_null(), value["stopped_cleanly"].as_bool()),
+        (true, Some(false))
+    );
     let again = ringfence(&["journal", "backup", data_arg, copy_arg]);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("exists: a backup goes to a new directory"), "{again:?}");
