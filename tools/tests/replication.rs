@@ -1009,3 +1009,43 @@ fn a_pair_carried_over_to_larger_tables_keeps_every_order_and_a_new_standby_fetc
     drop(node);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_standby_seeded_from_a_backup_of_its_primary_streams_only_what_followed_the_backup() {
+    // Goal: a backup of a serving primary, taken as the data directory of a new standby,
+    // joins where the backup ends: the primary streams the records after it, no snapshot is
+    // fetched, and the pair is in sync with the same state.
+    let root = temp_dir("seeded");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let node = primary(&dir_a, &secret, &[]);
+    create_sale(&node);
+    for request in 0..5 {
+        let (status, _) = node.call("POST", "/v1/orders", &reservation(request).0, false);
+        assert_eq!(status, 201);
+    }
+    let backup = ringfence_within(
+        &["journal", "backup", dir_a.to_str().unwrap(), dir_b.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    let through = last_sequence(&view);
+    for request in 5..8 {
+        let (status, _) = node.call("POST", "/v1/orders", &reservation(request).0, false);
+        assert_eq!(status, 201);
+    }
+    let follower = standby(&dir_b, &secret, node.replication.unwrap());
+    let joined = format!("continues this journal at {}", through + 1);
+    follower.wait_for_log(&joined, Duration::from_secs(30));
+    wait_node(&node, Duration::from_secs(30), |v| v["replication"]["state"] == "in_sync");
+    let (_, view) = node.call("GET", "/v1/node", "", false);
+    wait_node(&follower, Duration::from_secs(30), |v| last_sequence(v) == last_sequence(&view));
+    let (_, standby_view) = follower.call("GET", "/v1/node", "", false);
+    assert_eq!(standby_view["state_hash"], view["state_hash"]);
+    let log = follower.drain_log().join("\n");
+    assert!(!log.contains("fetched the primary's snapshot"), "{log}");
+    drop(follower);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
