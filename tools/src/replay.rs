@@ -706,7 +706,11 @@ fn print_summary(
         }
         None => outln!(out, "snapshot      none (replayed from sequence 1)"),
     }
-    outln!(out, "replayed      {} commands ({}..={})", tally.replayed, start, last);
+    match (tally.replayed, snapshot) {
+        (0, Some(_)) => outln!(out, "replayed      nothing: the state is the snapshot's"),
+        (0, None) => outln!(out, "replayed      nothing"),
+        (replayed, _) => outln!(out, "replayed      {replayed} commands ({start}..={last})"),
+    }
     if args.export.is_some() {
         let first = start.max(Sequence(args.after_seq.unwrap_or(0) + 1));
         match tally.exported {

@@ -114,6 +114,8 @@ fn after_a_clean_stop_a_zeroed_unit_of_the_last_record_is_refused_not_cleared() 
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
     let out = text(&verify.stdout);
     assert!(out.contains(".seg.superseded was set aside by `journal rebuild`"), "{out}");
+    let replay = text(&ringfence(&["replay", data_arg]).stdout);
+    assert!(replay.contains("replayed      nothing: the state is the snapshot's"), "{replay}");
     let mut node = Serve::start_with(&data, &["--config", &config]);
     let (_, view) = node.call("GET", "/v1/skus/1", "", false);
     assert_eq!(view["reserved"], 3, "every acknowledged order is back");
