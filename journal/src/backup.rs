@@ -22,7 +22,12 @@
 //!    the node acknowledged after it, so it never takes over on the strength of an in-sync
 //!    record ([`crate::datadir::CATCH_UP_FILE`]);
 //! 5. checks the copy as recovery would: manifest, segments, every record, and each snapshot
-//!    restored and its state digest compared.
+//!    restored and its state digest compared. A snapshot that fails is taken out of the copy,
+//!    as recovery passes over it; a copy left with none to start from is refused.
+//!
+//! A directory whose node stopped cleanly is copied only if its journal still ends where the
+//! clean-stop marker says: a tail that moved while no node ran is damage at rest, which
+//! recovery refuses too.
 //!
 //! [`backup_dir`] builds the copy under `DEST.partial` and renames it to `DEST` only once it
 //! is whole and synced, so `DEST` either does not exist or is a whole copy. The directory
@@ -71,6 +76,9 @@ pub struct BackedUp {
     pub left_out: Option<Sequence>,
     /// Whether the node had stopped cleanly where the copy ends (the copy says so too).
     pub clean_stop: bool,
+    /// Snapshots that did not load, left out of the copy (as recovery passes over them), with
+    /// why.
+    pub damaged_snapshots: Vec<String>,
 }
 
 /// One try at the copy.
@@ -160,8 +168,8 @@ pub fn backup<R: ReadSource, S: Storage>(
             std::thread::sleep(Duration::from_millis(20 << attempt));
         }
         match attempt_copy(source, dest, &mut damage, progress)? {
-            Attempt::Copied(copied) => {
-                verify_copy(dest, &copied)?;
+            Attempt::Copied(mut copied) => {
+                verify_copy(dest, &mut copied)?;
                 return Ok(copied);
             }
             Attempt::Raced(reason) => why = reason,
@@ -181,7 +189,7 @@ fn attempt_copy<R: ReadSource, S: Storage>(
     damage: &mut Option<(String, u64)>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Attempt, JournalError> {
-    let (check, layout) = match scanned(source, damage)? {
+    let Scanned { check, layout, stop } = match scanned(source, damage)? {
         Ok(scanned) => scanned,
         Err(raced) => return Ok(Attempt::Raced(raced)),
     };
@@ -243,14 +251,10 @@ fn attempt_copy<R: ReadSource, S: Storage>(
     let epochs = read_epochs(source)?;
     datadir::write_epochs(dest, epochs)?;
     datadir::write_manifest(dest, &listing)?;
-    let stop = datadir::clean_stop(source)?;
-    let ends = kept.last().map(|s| (s.name.as_str(), s.end as u64));
-    let clean_stop = stop.as_ref().is_some_and(|stop| {
-        layout.problem.is_none()
-            && stop.last == end
-            && ends == Some((stop.segment.as_str(), stop.end))
-    });
-    if let Some(stop) = stop.filter(|_| clean_stop) {
+    // A stopped node's journal ends where its marker says (`scanned`), and so does the copy.
+    let clean_stop = stop.is_some();
+    if let Some(stop) = stop {
+        assert_eq!(stop.last, end, "a clean stop elsewhere than the copy's end");
         datadir::mark_clean_stop(dest, &stop)?;
     }
     datadir::mark_catching_up(dest)?;
@@ -267,6 +271,7 @@ fn attempt_copy<R: ReadSource, S: Storage>(
         bytes,
         left_out: layout.problem.as_ref().map(|p| p.sequence),
         clean_stop,
+        damaged_snapshots: Vec::new(),
     }))
 }
 
@@ -275,11 +280,12 @@ fn attempt_copy<R: ReadSource, S: Storage>(
 /// between the listing and the reading, or the scan met a record the node was writing with
 /// the next one already whole behind it (`damage` remembers where, and the same damage found
 /// twice in a row is damage). Refused when a repair is under way, when there is no journal,
-/// and when the journal is damaged before its tail.
+/// when the journal is damaged before its tail, and when its node stopped cleanly and it no
+/// longer ends there.
 fn scanned<R: ReadSource>(
     source: &mut R,
     damage: &mut Option<(String, u64)>,
-) -> Result<Result<(DirCheck, Layout), String>, JournalError> {
+) -> Result<Result<Scanned, String>, JournalError> {
     let refuse = |why: String| Err(JournalError::Refused(why));
     let location = source.location();
     if datadir::truncation_under_way(source).is_some() || source.file_len(REBUILDING_FILE).is_ok() {
@@ -315,8 +321,30 @@ fn scanned<R: ReadSource>(
     }
     // A clean scan, or one that stops at a record not yet whole: the tail is all it leaves out.
     assert!(layout.problem.as_ref().is_none_or(|p| p.torn_tail), "damage passed over");
-    assert_eq!(layout.segments.len(), check.segments.len().min(layout.segments.len()));
-    Ok(Ok((check, layout)))
+    assert!(layout.segments.len() <= check.segments.len(), "a segment scanned but not listed");
+    let stop = datadir::clean_stop(source)?;
+    if let Some(stop) = &stop {
+        let newest = layout.segments.last();
+        let ends = newest.map(|s| (s.ends_at(), s.name.as_str(), s.end as u64));
+        if layout.problem.is_some() || ends != Some((stop.last, stop.segment.as_str(), stop.end)) {
+            // Stopped, the node writes nothing: a tail that moved is damage at rest.
+            return refuse(format!(
+                "its node stopped cleanly at sequence {}, and the journal no longer ends there \
+                 (damage at rest to what it acknowledged); repair it first (`ringfence journal \
+                 verify {location}` says how)",
+                stop.last
+            ));
+        }
+    }
+    Ok(Ok(Scanned { check, layout, stop }))
+}
+
+/// What [`scanned`] read of the directory.
+struct Scanned {
+    check: DirCheck,
+    layout: Layout,
+    /// The clean-stop marker, if the node stopped cleanly; the journal ends where it says.
+    stop: Option<datadir::CleanStop>,
 }
 
 /// A segment's bytes, or `None` if it is gone (retired since the scan).
@@ -386,8 +414,10 @@ fn read_epochs<R: ReadSource>(source: &R) -> Result<crate::epoch::Epochs, Journa
     Ok(epochs)
 }
 
-/// Step 5: the copy read back as recovery reads it.
-fn verify_copy<S: Storage>(dest: &S, copied: &BackedUp) -> Result<(), JournalError> {
+/// Step 5: the copy read back as recovery reads it. A snapshot that does not load is taken
+/// out of the copy, as recovery passes over it for an older one, and noted in
+/// [`BackedUp::damaged_snapshots`]; a copy left without a snapshot to start from is refused.
+fn verify_copy<S: Storage>(dest: &S, copied: &mut BackedUp) -> Result<(), JournalError> {
     let mut read = dest.clone();
     let check = datadir::check(&mut read)?;
     if let Some(problem) = check.problems.into_iter().next() {
@@ -400,9 +430,26 @@ fn verify_copy<S: Storage>(dest: &S, copied: &BackedUp) -> Result<(), JournalErr
             problem.damage, problem.offset, problem.name
         )));
     }
-    for &through in &copied.snapshots {
-        snapshot::load(dest, &snapshot::snapshot_name(through), None)?;
+    let mut intact = Vec::new();
+    for through in std::mem::take(&mut copied.snapshots) {
+        let name = snapshot::snapshot_name(through);
+        match snapshot::load(dest, &name, None) {
+            Ok(_) => intact.push(through),
+            Err(error) => {
+                remove(dest, &name)?;
+                copied.damaged_snapshots.push(error.to_string());
+            }
+        }
     }
+    copied.snapshots = intact;
+    if copied.first.0 > 1 && copied.snapshots.is_empty() {
+        return Err(JournalError::Refused(format!(
+            "the journal starts at sequence {}, and no snapshot it reaches is intact: {}",
+            copied.first,
+            copied.damaged_snapshots.join("; ")
+        )));
+    }
+    datadir::sync_dir(dest)?;
     assert_eq!(layout.records(), copied.records, "the copy holds other records");
     assert_eq!(layout.last_sequence(), copied.last, "the copy ends elsewhere");
     Ok(())

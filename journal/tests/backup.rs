@@ -192,3 +192,35 @@ fn a_damaged_journal_a_repair_under_way_and_no_journal_are_refused() {
     assert!(refused.to_string().contains("holds no journal"), "{refused}");
     assert_eq!(copy.list().unwrap(), Vec::<String>::new());
 }
+
+#[test]
+fn a_damaged_snapshot_is_left_out_and_a_stopped_journal_that_moved_is_refused() {
+    // Goal: a snapshot that does not load is left out of the copy, reported, and the copy
+    // recovers as the directory itself does, from an older snapshot; a journal whose node
+    // stopped cleanly and whose last record was then damaged is refused, as recovery refuses
+    // it, rather than copied without that record.
+    let (disk, commands) = journal();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    recovered.writer.close().unwrap().expect("a segment is open");
+    let snapshots = snapshot::list(&disk).unwrap();
+    let (newest, name) = snapshots.last().cloned().unwrap();
+    disk.corrupt(&name, 200, 0x01);
+    let copy = FaultStorage::new();
+    let copied = backup(&mut disk.clone(), &copy, &mut |_, _| {}).unwrap();
+    assert_eq!(copied.damaged_snapshots.len(), 1, "{copied:?}");
+    assert!(!copied.snapshots.contains(&newest) && !copied.snapshots.is_empty(), "{copied:?}");
+    assert!(Storage::file_len(&copy, &name).is_err(), "the damaged snapshot was copied");
+    let restored = recover_from(copy, options(Durability::Batch)).unwrap();
+    assert_eq!(restored.engine.state_digest(), digest_of(&commands));
+
+    let last = Sequence(COMMANDS as u64);
+    let (segment, offset) = record_at(&disk, last);
+    let mut bytes = disk.live_bytes(&segment).unwrap();
+    bytes[offset + 16..offset + 32].fill(0);
+    disk.write_file(&segment, &bytes).unwrap();
+    assert!(recover_from(disk.process_crash(), options(Durability::Batch)).is_err());
+    let copy = FaultStorage::new();
+    let refused = backup(&mut disk.clone(), &copy, &mut |_, _| {}).unwrap_err();
+    assert!(refused.to_string().contains("no longer ends there"), "{refused}");
+    assert_eq!(copy.list().unwrap(), Vec::<String>::new());
+}

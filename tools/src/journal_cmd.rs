@@ -1151,6 +1151,7 @@ fn backup(args: &BackupArgs) -> Result<ExitCode, JournalError> {
             "snapshots_through": copied.snapshots.iter().map(|s| s.0).collect::<Vec<_>>(),
             "bytes": copied.bytes, "left_out": copied.left_out.map(|s| s.0),
             "stopped_cleanly": copied.clean_stop,
+            "damaged_snapshots": copied.damaged_snapshots,
         });
         outln!("{value}");
         return Ok(ExitCode::SUCCESS);
@@ -1166,6 +1167,9 @@ fn backup(args: &BackupArgs) -> Result<ExitCode, JournalError> {
         outln!("snapshots  none (the journal starts at sequence 1)");
     } else {
         outln!("snapshots  through {}", snapshots.join(", "));
+    }
+    for damaged in &copied.damaged_snapshots {
+        outln!("left out   {damaged}");
     }
     outln!("copied     {} bytes, checked as recovery reads them", copied.bytes);
     if let Some(left_out) = copied.left_out {
