@@ -155,6 +155,25 @@ pub fn backup<R: ReadSource, S: Storage>(
     dest: &S,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackedUp, JournalError> {
+    copy_trying(source, dest, progress, ATTEMPTS)
+}
+
+/// [`backup`] of a directory no process writes (the simulator's, between its steps): one
+/// try, with no pause; a directory that looks changed under it is refused.
+pub fn backup_still<R: ReadSource, S: Storage>(
+    source: &mut R,
+    dest: &S,
+) -> Result<BackedUp, JournalError> {
+    copy_trying(source, dest, &mut |_, _| {}, 1)
+}
+
+fn copy_trying<R: ReadSource, S: Storage>(
+    source: &mut R,
+    dest: &S,
+    progress: &mut dyn FnMut(u64, u64),
+    attempts: u32,
+) -> Result<BackedUp, JournalError> {
+    assert!((1..=ATTEMPTS).contains(&attempts), "{attempts} tries at a copy");
     let listed =
         dest.list().map_err(|e| JournalError::io(format!("listing {}", dest.describe("")), e))?;
     assert!(listed.is_empty(), "a backup into a directory that holds files: {listed:?}");
@@ -162,7 +181,7 @@ pub fn backup<R: ReadSource, S: Storage>(
     // Where the last scan found damage: a record the node was writing, if the next scan
     // finds the journal whole there.
     let mut damage = None;
-    for attempt in 0..ATTEMPTS {
+    for attempt in 0..attempts {
         if attempt > 0 {
             clear(dest)?;
             std::thread::sleep(Duration::from_millis(20 << attempt));

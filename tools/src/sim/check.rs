@@ -83,6 +83,68 @@ pub fn durable_records(machines: &[Machine], seen: &mut DurableRecords) -> Resul
     Ok(())
 }
 
+/// Backups taken by the checker ([`backup`]).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct BackupCounts {
+    /// Copies that recovered as their directory does.
+    pub taken: u64,
+    /// Directories a backup refused where their own recovery refuses too, or finishes a
+    /// repair cut off part way (which a backup leaves to it).
+    pub refused: u64,
+}
+
+/// Every so often: `journal backup` of a machine's data directory, as it is between two
+/// steps, recovers to what a recovery of the directory itself reaches (the same next sequence
+/// and state digest); a backup is refused only where that recovery refuses too, where a
+/// repair cut off part way is under way, or where the directory holds no journal yet.
+pub fn backup(
+    machine: &Machine,
+    settings: &ClusterSettings,
+    counts: &mut BackupCounts,
+) -> Result<(), String> {
+    use ringfence_journal::{backup, recovery};
+    {
+        let options = Machine::options(settings);
+        let own = recovery::recover_from(machine.disk.process_crash(), options.clone());
+        let copy = ringfence_journal::fault::FaultStorage::new();
+        let backed = backup::backup_still(&mut machine.disk.process_crash(), &copy);
+        let name = &machine.name;
+        match (own, backed) {
+            (Ok(own), Ok(copied)) => {
+                let restored = recovery::recover_from(copy, options)
+                    .map_err(|e| format!("{name}: a backup ({copied:?}) does not recover: {e}"))?;
+                let reached =
+                    |r: &recovery::Recovered<_>| (r.next_sequence, r.engine.state_digest());
+                if reached(&restored) != reached(&own) {
+                    return Err(format!(
+                        "{name}: a backup recovers to {:?}, its directory to {:?} ({copied:?})",
+                        reached(&restored),
+                        reached(&own)
+                    ));
+                }
+                counts.taken += 1;
+            }
+            (Err(_), Err(_)) => counts.refused += 1,
+            (Ok(own), Err(refused)) => {
+                let why = refused.to_string();
+                let expected = (own.report.initialised && why.contains("holds no journal"))
+                    || why.contains("is under way");
+                if !expected {
+                    return Err(format!("{name}: a backup is refused ({why}), but it recovers"));
+                }
+                counts.refused += 1;
+            }
+            (Err(error), Ok(copied)) => {
+                return Err(format!(
+                    "{name}: a backup is taken ({copied:?}), but the directory does not recover: \
+                     {error}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// At the end: the pair converged and serves writes; the journals agree byte for byte where
 /// both still hold records, and their states hash the same; a recovery of the primary's disk
 /// (its newest snapshot and the journal after it) reproduces its state, and so does a replay

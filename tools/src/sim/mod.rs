@@ -374,8 +374,10 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
     }
     let checks = if totals.failed == 0 { "every checker passed" } else { "FAILED" };
     println!(
-        "checkers             {checks}; {} records held durably, one per sequence and epoch",
-        totals.durable_records
+        "checkers             {checks}; {} records held durably, one per sequence and epoch; \
+         {} backups recovered as their directory does ({} refused where it refuses or finishes \
+         a repair)",
+        totals.durable_records, totals.backups.taken, totals.backups.refused
     );
 }
 
@@ -405,6 +407,7 @@ struct Totals {
     promotions_failed: u64,
     snapshots: machine::SnapshotCounts,
     durable_records: u64,
+    backups: check::BackupCounts,
     faults: world::FaultCounts,
     network: net::NetCounts,
 }
@@ -420,6 +423,8 @@ impl Totals {
             totals.writes_at_risk += report.writes_at_risk;
             totals.writes_lost += report.writes_lost;
             totals.durable_records += report.durable_records;
+            totals.backups.taken += report.backups.taken;
+            totals.backups.refused += report.backups.refused;
             totals.answers += report.answers;
             for (name, count) in &report.outcomes {
                 *totals.outcomes.entry(name.clone()).or_default() += count;

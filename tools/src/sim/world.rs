@@ -146,6 +146,8 @@ const QUIET_MS: u64 = 1_000;
 const CONVERGE_MS: u64 = 2_000;
 /// How often the checker reads what each machine holds durably (`check::durable_records`).
 const DURABLE_LOOK_MS: u64 = 250;
+/// How often the checker backs up a machine's data directory, each in turn (`check::backups`).
+const BACKUP_LOOK_MS: u64 = 10_000;
 /// How long after the faults, with nobody leading, the operator lets a node wait on its
 /// `--max-failover-loss` bound before restarting it without ([`World::lift_bound`]).
 const BOUND_WAIT_MS: u64 = 2_000;
@@ -262,6 +264,8 @@ pub struct Report {
     /// Records seen held durably, each (sequence, epoch) counted once: held to one record
     /// per sequence and epoch (`check::durable_records`).
     pub durable_records: u64,
+    /// Backups of each machine's directory that recovered as it does (`check::backups`).
+    pub backups: check::BackupCounts,
     /// The first checker that failed, if any.
     pub failure: Option<String>,
     /// The last events, when a checker failed.
@@ -312,6 +316,8 @@ pub struct World {
     leaderless_since: Option<u64>,
     /// Every record seen held durably, checked against every later look.
     durable: check::DurableRecords,
+    /// Backups the checker took, and refused.
+    backups: check::BackupCounts,
     refusals: std::collections::BTreeMap<String, u64>,
     struck_at: std::collections::BTreeMap<String, u64>,
     /// Burst requests in flight, by token.
@@ -395,6 +401,7 @@ impl Report {
             outcomes: Default::default(),
             refusals: Default::default(),
             durable_records: 0,
+            backups: check::BackupCounts::default(),
             struck_at: Default::default(),
             failovers: 0,
             promotions_failed: 0,
@@ -521,6 +528,7 @@ impl World {
             record_before: None,
             leaderless_since: None,
             durable: check::DurableRecords::default(),
+            backups: check::BackupCounts::default(),
             refusals: Default::default(),
             struck_at: Default::default(),
             burst: BTreeMap::new(),
@@ -625,6 +633,7 @@ impl World {
             }),
             refusals: self.refusals.clone(),
             durable_records: self.durable.len() as u64,
+            backups: self.backups,
             struck_at: self.struck_at.clone(),
             last_events: if failure.is_some() {
                 self.trace.last().map(str::to_owned).collect()
@@ -691,6 +700,10 @@ impl World {
         self.submit();
         if now % DURABLE_LOOK_MS == 0 {
             check::durable_records(&self.machines, &mut self.durable)?;
+        }
+        if now % BACKUP_LOOK_MS == 0 {
+            let machine = &self.machines[(now / BACKUP_LOOK_MS) as usize % self.machines.len()];
+            check::backup(machine, &self.settings, &mut self.backups)?;
         }
         self.close_async_eras();
         check::every_step(&self.machines)
