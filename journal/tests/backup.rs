@@ -6,7 +6,7 @@ mod common;
 
 use std::io;
 
-use common::{config, digest_of, generate, journal_with_snapshots, options, record_at};
+use common::{config, digest_of, files, generate, journal_with_snapshots, options, record_at};
 use ringfence_core::{Engine, Sequence, Sequenced, Timestamp};
 use ringfence_journal::backup::backup;
 use ringfence_journal::datadir::{CATCH_UP_FILE, TRUNCATING_FILE};
@@ -30,13 +30,6 @@ fn journal() -> (FaultStorage, Vec<Sequenced>) {
     let policy = SnapshotPolicy { every_commands: Some(300), keep: 3, ..SnapshotPolicy::default() };
     journal_with_snapshots(&disk, &commands, policy);
     (disk, commands)
-}
-
-/// The files in the directory with their bytes, sorted: to show the source is only read.
-fn files(disk: &FaultStorage) -> Vec<(Option<Vec<u8>>, String)> {
-    let mut names = disk.list().unwrap();
-    names.sort();
-    names.into_iter().map(|name| (disk.live_bytes(&name), name)).collect()
 }
 
 #[test]

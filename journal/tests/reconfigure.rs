@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{config, digest_of, generate, journal_with_snapshots, options, record_at};
+use common::{config, digest_of, files, generate, journal_with_snapshots, options, record_at};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
@@ -13,7 +13,6 @@ use ringfence_journal::rebuild::SUPERSEDED_SUFFIX;
 use ringfence_journal::reconfigure::reconfigure;
 use ringfence_journal::recovery::recover_from;
 use ringfence_journal::snapshot::{self, SnapshotPolicy};
-use ringfence_journal::storage::Storage;
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
@@ -49,13 +48,6 @@ fn larger() -> EngineConfig {
         order_qty_max: config().order_qty_max / 2,
         ..config()
     }
-}
-
-/// The files in the directory with their bytes, sorted: to show a refusal changed nothing.
-fn files(disk: &FaultStorage) -> Vec<(Option<Vec<u8>>, String)> {
-    let mut names = disk.list().unwrap();
-    names.sort();
-    names.into_iter().map(|name| (disk.live_bytes(&name), name)).collect()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Serve, TempDir, ringfence, ringfence_within, text};
+use common::{Serve, TempDir, ringfence, ringfence_within, text, try_call};
 use ringfence_journal::scan::{self, ReadOnlyDir};
 
 /// Long enough for a node to start and refuse on a loaded machine; only a hang reaches it.
@@ -421,20 +421,10 @@ fn a_backup_taken_while_the_node_serves_starts_a_node_with_what_it_copied() {
 
 /// `POST /v1/orders` on its own connection: the order id if the node took it.
 fn order(http: std::net::SocketAddr, user: u64) -> Option<String> {
-    use std::io::{Read as _, Write as _};
     let body = format!(r#"{{"request_id":"load-{user}","user":{user},"sku":1,"qty":1}}"#);
-    let mut stream = std::net::TcpStream::connect(http).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let request = format!(
-        "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let answer: serde_json::Value =
-        serde_json::from_str(response.split("\r\n\r\n").nth(1)?).ok()?;
-    response.starts_with("HTTP/1.1 201").then(|| answer["order_id"].as_str().unwrap().to_owned())
+    let (status, answer) = try_call(http, "POST", "/v1/orders", &body)?;
+    let answer: serde_json::Value = serde_json::from_str(&answer).ok()?;
+    (status == 201).then(|| answer["order_id"].as_str().unwrap().to_owned())
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Serve, ringfence_within, text};
+use common::{Serve, ringfence_within, text, try_call};
 use ringfence_core::record::RecordBuf;
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
@@ -77,21 +77,6 @@ fn standby_of_named(dir: &Path, secret: &str, primary: &str, extra: &[&str]) -> 
     ];
     args.extend_from_slice(extra);
     Serve::start_with(dir, &args)
-}
-
-/// One HTTP request; `None` when the node cannot be reached or hangs up.
-fn try_call(http: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.get(9..12)?.parse().ok()?;
-    Some((status, response.split("\r\n\r\n").nth(1)?.to_owned()))
 }
 
 fn reservation(request: u64) -> (String, u64) {

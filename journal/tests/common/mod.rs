@@ -126,3 +126,11 @@ pub fn digest_of(commands: &[Sequenced]) -> u64 {
     }
     engine.state_digest()
 }
+
+/// The files in the directory with their bytes, sorted: to show a tool that refused, or only
+/// read, changed nothing.
+pub fn files(disk: &FaultStorage) -> Vec<(Option<Vec<u8>>, String)> {
+    let mut names = disk.list().unwrap();
+    names.sort();
+    names.into_iter().map(|name| (disk.live_bytes(&name), name)).collect()
+}

@@ -282,3 +282,18 @@ pub fn connect_from(source: std::net::Ipv4Addr, target: SocketAddr) -> std::io::
     socket.connect(&target.into())?;
     Ok(socket.into())
 }
+
+/// One HTTP request; `None` when the node cannot be reached or hangs up.
+pub fn try_call(http: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    Some((status, response.split("\r\n\r\n").nth(1)?.to_owned()))
+}
