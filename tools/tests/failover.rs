@@ -9,8 +9,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::disk::{Mount, fill};
 use common::etcd::{Etcd, free_port};
-use common::{Logged, TempDir, ringfence_within, text};
+use common::{Logged, TempDir, call, ringfence_within, text};
 use ringfence_replicator::coordination::etcd::EtcdCoordinator;
 use ringfence_replicator::coordination::store::Coordinator as _;
 use serde_json::Value;
@@ -157,30 +156,6 @@ impl Member {
     fn last_sequence(&self) -> u64 {
         self.node().map_or(0, |n| n["last_sequence"].as_u64().unwrap_or(0))
     }
-}
-
-/// One HTTP request with an optional bearer token; `None` when the node cannot be reached,
-/// hangs up, or does not answer within 10 s.
-fn call(
-    http: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-    token: Option<&str>,
-) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.get(9..12)?.parse().ok()?;
-    Some((status, response.split("\r\n\r\n").nth(1)?.to_owned()))
 }
 
 /// Waits (bounded: a liveness bound, not a timing) until `ready` holds.

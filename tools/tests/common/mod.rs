@@ -283,12 +283,27 @@ pub fn connect_from(source: std::net::Ipv4Addr, target: SocketAddr) -> std::io::
     Ok(socket.into())
 }
 
-/// One HTTP request; `None` when the node cannot be reached or hangs up.
+/// One HTTP request; `None` when the node cannot be reached, hangs up, or does not answer
+/// within 10 s.
 pub fn try_call(http: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    call(http, method, path, body, None)
+}
+
+/// One HTTP request with an optional bearer token; `None` when the node cannot be reached,
+/// hangs up, or does not answer within 10 s.
+pub fn call(
+    http: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).ok()?;
