@@ -49,11 +49,12 @@ use crate::scan::{self, Layout, ReadOnlyDir, ReadSource};
 use crate::snapshot;
 use crate::storage::{FileStorage, Segment, Storage};
 
-/// Times the copy is made again from the start when retention took, under it, everything it
-/// could start from.
+/// Tries at the copy, each from the start, while the directory changes under it: retention
+/// took everything the copy could start from, or the scan met a record being written with the
+/// next one already whole.
 const ATTEMPTS: u32 = 5;
 
-/// What the suffix of the directory a backup is built in.
+/// The suffix of the directory a backup is built in, beside its destination.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
 /// What [`backup`] copied.
@@ -149,7 +150,7 @@ pub fn partial_path(dest: &Path) -> PathBuf {
 /// Copies the data directory read through `source` into the empty storage `dest` (see the
 /// module documentation), trying again from the start when retention took, under the copy,
 /// everything it could start from. `progress` is told the records copied so far and the
-/// records to copy, after each segment.
+/// records to copy, after each segment. On an error `dest` may hold part of a copy.
 pub fn backup<R: ReadSource, S: Storage>(
     source: &mut R,
     dest: &S,
@@ -167,6 +168,7 @@ pub fn backup_still<R: ReadSource, S: Storage>(
     copy_trying(source, dest, &mut |_, _| {}, 1)
 }
 
+/// The copy, tried up to `attempts` times while the directory changes under it.
 fn copy_trying<R: ReadSource, S: Storage>(
     source: &mut R,
     dest: &S,
