@@ -190,7 +190,7 @@ fn copy_trying<R: ReadSource, S: Storage>(
         }
         match attempt_copy(source, dest, &mut damage, progress)? {
             Attempt::Copied(mut copied) => {
-                verify_copy(dest, &mut copied)?;
+                verify_copy(source, dest, &mut copied)?;
                 return Ok(copied);
             }
             Attempt::Raced(reason) => why = reason,
@@ -435,10 +435,16 @@ fn read_epochs<R: ReadSource>(source: &R) -> Result<crate::epoch::Epochs, Journa
     Ok(epochs)
 }
 
-/// Step 5: the copy read back as recovery reads it. A snapshot that does not load is taken
-/// out of the copy, as recovery passes over it for an older one, and noted in
-/// [`BackedUp::damaged_snapshots`]; a copy left without a snapshot to start from is refused.
-fn verify_copy<S: Storage>(dest: &S, copied: &mut BackedUp) -> Result<(), JournalError> {
+/// Step 5: the copy read back as recovery reads it. A snapshot whose copy does not load is
+/// loaded from `source`: damaged there too, it is taken out of the copy, as recovery passes
+/// over it for an older one, and noted in [`BackedUp::damaged_snapshots`]; intact there, the
+/// copy failed, and so does the backup. A copy left without a snapshot to start from is
+/// refused.
+fn verify_copy<R: ReadSource, S: Storage>(
+    source: &R,
+    dest: &S,
+    copied: &mut BackedUp,
+) -> Result<(), JournalError> {
     let mut read = dest.clone();
     let check = datadir::check(&mut read)?;
     if let Some(problem) = check.problems.into_iter().next() {
@@ -454,8 +460,17 @@ fn verify_copy<S: Storage>(dest: &S, copied: &mut BackedUp) -> Result<(), Journa
     let mut intact = Vec::new();
     for through in std::mem::take(&mut copied.snapshots) {
         let name = snapshot::snapshot_name(through);
-        match snapshot::load(dest, &name, None) {
-            Ok(_) => intact.push(through),
+        let Err(copy_error) = snapshot::load(dest, &name, None) else {
+            intact.push(through);
+            continue;
+        };
+        match snapshot::load(source, &name, None) {
+            Ok(_) => {
+                return Err(JournalError::Refused(format!(
+                    "the copy of {} does not read back: {copy_error}",
+                    source.describe_file(&name)
+                )));
+            }
             Err(error) => {
                 remove(dest, &name)?;
                 copied.damaged_snapshots.push(error.to_string());

@@ -201,6 +201,7 @@ fn a_damaged_snapshot_is_left_out_and_a_stopped_journal_that_moved_is_refused() 
     let copy = FaultStorage::new();
     let copied = backup(&mut disk.clone(), &copy, &mut |_, _| {}).unwrap();
     assert_eq!(copied.damaged_snapshots.len(), 1, "{copied:?}");
+    assert!(copied.damaged_snapshots[0].contains(&name), "names the source's file: {copied:?}");
     assert!(!copied.snapshots.contains(&newest) && !copied.snapshots.is_empty(), "{copied:?}");
     assert!(Storage::file_len(&copy, &name).is_err(), "the damaged snapshot was copied");
     let restored = recover_from(copy, options(Durability::Batch)).unwrap();

@@ -1173,7 +1173,10 @@ fn backup(args: &BackupArgs) -> Result<ExitCode, JournalError> {
     }
     outln!("copied     {} bytes, checked as recovery reads them", copied.bytes);
     if let Some(left_out) = copied.left_out {
-        outln!("left out   sequence {left_out}, not yet whole when the journal was read");
+        outln!(
+            "left out   sequence {left_out}: not whole when read (the node was writing it, or a \
+             crash cut it off, which a node clears on start)"
+        );
     }
     if copied.clean_stop {
         outln!("note       the node had stopped cleanly here; the copy says so too");
