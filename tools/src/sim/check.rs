@@ -103,43 +103,40 @@ pub fn backup(
     counts: &mut BackupCounts,
 ) -> Result<(), String> {
     use ringfence_journal::{backup, recovery};
-    {
-        let options = Machine::options(settings);
-        let own = recovery::recover_from(machine.disk.process_crash(), options.clone());
-        let copy = ringfence_journal::fault::FaultStorage::new();
-        let backed = backup::backup_still(&mut machine.disk.process_crash(), &copy);
-        let name = &machine.name;
-        match (own, backed) {
-            (Ok(own), Ok(copied)) => {
-                let restored = recovery::recover_from(copy, options)
-                    .map_err(|e| format!("{name}: a backup ({copied:?}) does not recover: {e}"))?;
-                let reached =
-                    |r: &recovery::Recovered<_>| (r.next_sequence, r.engine.state_digest());
-                if reached(&restored) != reached(&own) {
-                    return Err(format!(
-                        "{name}: a backup recovers to {:?}, its directory to {:?} ({copied:?})",
-                        reached(&restored),
-                        reached(&own)
-                    ));
-                }
-                counts.taken += 1;
-            }
-            (Err(_), Err(_)) => counts.refused += 1,
-            (Ok(own), Err(refused)) => {
-                let why = refused.to_string();
-                let expected = (own.report.initialised && why.contains("holds no journal"))
-                    || why.contains("is under way");
-                if !expected {
-                    return Err(format!("{name}: a backup is refused ({why}), but it recovers"));
-                }
-                counts.refused += 1;
-            }
-            (Err(error), Ok(copied)) => {
+    let options = Machine::options(settings);
+    let own = recovery::recover_from(machine.disk.process_crash(), options.clone());
+    let copy = ringfence_journal::fault::FaultStorage::new();
+    let backed = backup::backup_still(&mut machine.disk.process_crash(), &copy);
+    let name = &machine.name;
+    match (own, backed) {
+        (Ok(own), Ok(copied)) => {
+            let restored = recovery::recover_from(copy, options)
+                .map_err(|e| format!("{name}: a backup ({copied:?}) does not recover: {e}"))?;
+            let reached = |r: &recovery::Recovered<_>| (r.next_sequence, r.engine.state_digest());
+            if reached(&restored) != reached(&own) {
                 return Err(format!(
-                    "{name}: a backup is taken ({copied:?}), but the directory does not recover: \
-                     {error}"
+                    "{name}: a backup recovers to {:?}, its directory to {:?} ({copied:?})",
+                    reached(&restored),
+                    reached(&own)
                 ));
             }
+            counts.taken += 1;
+        }
+        (Err(_), Err(_)) => counts.refused += 1,
+        (Ok(own), Err(refused)) => {
+            let why = refused.to_string();
+            let expected = (own.report.initialised && why.contains("holds no journal"))
+                || why.contains("is under way");
+            if !expected {
+                return Err(format!("{name}: a backup is refused ({why}), but it recovers"));
+            }
+            counts.refused += 1;
+        }
+        (Err(error), Ok(copied)) => {
+            return Err(format!(
+                "{name}: a backup is taken ({copied:?}), but the directory does not recover: \
+                 {error}"
+            ));
         }
     }
     Ok(())

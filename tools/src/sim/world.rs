@@ -146,7 +146,7 @@ const QUIET_MS: u64 = 1_000;
 const CONVERGE_MS: u64 = 2_000;
 /// How often the checker reads what each machine holds durably (`check::durable_records`).
 const DURABLE_LOOK_MS: u64 = 250;
-/// How often the checker backs up a machine's data directory, each in turn (`check::backups`).
+/// How often the checker backs up a machine's data directory, each in turn (`check::backup`).
 const BACKUP_LOOK_MS: u64 = 10_000;
 /// How long after the faults, with nobody leading, the operator lets a node wait on its
 /// `--max-failover-loss` bound before restarting it without ([`World::lift_bound`]).
@@ -264,7 +264,7 @@ pub struct Report {
     /// Records seen held durably, each (sequence, epoch) counted once: held to one record
     /// per sequence and epoch (`check::durable_records`).
     pub durable_records: u64,
-    /// Backups of each machine's directory that recovered as it does (`check::backups`).
+    /// Backups of each machine's directory that recovered as it does (`check::backup`).
     pub backups: check::BackupCounts,
     /// The first checker that failed, if any.
     pub failure: Option<String>,
