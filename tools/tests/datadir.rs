@@ -446,22 +446,34 @@ fn backups_taken_under_load_and_retention_hold_every_order_answered_before_them(
     let mut node = Serve::start_with(&data, &["--config", config]);
     let sku = r#"{"sku":1,"stock":100000,"price_cents":700,"payment_timeout_ms":600000}"#;
     assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (http, stopping) = (node.http, stop.clone());
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (stop, count) =
+        (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicU64::new(0)));
+    let (http, stopping, counted) = (node.http, stop.clone(), count.clone());
     let load = std::thread::spawn(move || {
         let mut answered = Vec::new();
         let mut user = 0;
-        while !stopping.load(std::sync::atomic::Ordering::Relaxed) && user < 20_000 {
+        while !stopping.load(Ordering::Relaxed) && user < 10_000 {
             user += 1;
             if let Some(id) = order(http, user) {
                 answered.push((std::time::Instant::now(), id));
+                counted.fetch_add(1, Ordering::Relaxed);
             }
         }
         answered
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Orders, not time, pace the test: a loaded machine takes longer to reach each point.
+    let answered_at_least = |orders: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while count.load(Ordering::Relaxed) < orders {
+            assert!(std::time::Instant::now() < deadline, "fewer than {orders} orders in 120 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     let mut copies = Vec::new();
     for round in 0..3 {
+        // Past a snapshot (every 100 commands) before the first backup, and more between.
+        answered_at_least(300 * (round + 1));
         let copy = dir.path().join(format!("copy-{round}"));
         let began = std::time::Instant::now();
         let backup =
@@ -470,9 +482,10 @@ fn backups_taken_under_load_and_retention_hold_every_order_answered_before_them(
         let said = text(&backup.stdout);
         assert!(said.contains("snapshots  through"), "the journal reaches a snapshot: {said}");
         copies.push((began, copy));
-        std::thread::sleep(Duration::from_millis(300));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Enough 64 KiB segments for retention to have retired some.
+    answered_at_least(2_500);
+    stop.store(true, Ordering::Relaxed);
     let answered = load.join().unwrap();
     assert!(node.signal("-TERM").success());
     let stats = text(&ringfence(&["journal", "stats", data.to_str().unwrap()]).stdout);
