@@ -26,8 +26,8 @@
 //!    as recovery passes over it; a copy left with none to start from is refused.
 //!
 //! A directory whose node stopped cleanly is copied only if its journal still ends where the
-//! clean-stop marker says: a tail that moved while no node ran is damage at rest, which
-//! recovery refuses too.
+//! clean-stop marker says, judged as recovery judges it: a tail that moved while no node ran
+//! is damage at rest, which recovery refuses too.
 //!
 //! [`backup_dir`] builds the copy under `DEST.partial` and renames it to `DEST` only once it
 //! is whole and synced, so `DEST` either does not exist or is a whole copy. The directory
@@ -40,11 +40,11 @@ use std::time::Duration;
 use ringfence_core::Sequence;
 
 use crate::datadir::{self, DirCheck};
-use crate::epoch::EpochProblem;
 use crate::error::JournalError;
 use crate::format;
 use crate::manifest::{Manifest, ManifestSegment};
 use crate::rebuild::REBUILDING_FILE;
+use crate::recovery;
 use crate::scan::{self, Layout, ReadOnlyDir, ReadSource};
 use crate::snapshot;
 use crate::storage::{FileStorage, Segment, Storage};
@@ -269,7 +269,7 @@ fn attempt_copy<R: ReadSource, S: Storage>(
         });
     }
     // The epoch file after the records: epochs only go up, so it is at least as new as theirs.
-    let epochs = read_epochs(source)?;
+    let epochs = datadir::read_epoch_file(source)?;
     datadir::write_epochs(dest, epochs)?;
     datadir::write_manifest(dest, &listing)?;
     // A stopped node's journal ends where its marker says (`scanned`), and so does the copy.
@@ -343,18 +343,22 @@ fn scanned<R: ReadSource>(
     // A clean scan, or one that stops at a record not yet whole: the tail is all it leaves out.
     assert!(layout.problem.as_ref().is_none_or(|p| p.torn_tail), "damage passed over");
     assert!(layout.segments.len() <= check.segments.len(), "a segment scanned but not listed");
-    let stop = datadir::clean_stop(source)?;
-    if let Some(stop) = &stop {
-        let newest = layout.segments.last();
-        let ends = newest.map(|s| (s.ends_at(), s.name.as_str(), s.end as u64));
-        if layout.problem.is_some() || ends != Some((stop.last, stop.segment.as_str(), stop.end)) {
-            // Stopped, the node writes nothing: a tail that moved is damage at rest.
-            return refuse(format!(
-                "its node stopped cleanly at sequence {}, and the journal no longer ends there \
-                 (damage at rest to what it acknowledged); repair it first (`ringfence journal \
-                 verify {location}` says how)",
-                stop.last
-            ));
+    // A stopped node's journal must still end where it stopped, as recovery judges it; a
+    // marker a build that does not know it left behind (records past it) is ignored.
+    let mut stop = datadir::clean_stop(source)?;
+    if let Some(marker) = &stop {
+        match recovery::check_clean_stop(&layout, marker, &|name| source.describe_file(name)) {
+            Ok(stale) => {
+                stop = stop.filter(|_| !stale);
+                // A marker kept names the end of the journal scanned.
+                let ends = layout.segments.last().map(|s| s.ends_at());
+                assert!(stop.as_ref().is_none_or(|s| Some(s.last) == ends), "a clean stop moved");
+            }
+            Err(moved) => {
+                return refuse(format!(
+                    "{moved}; repair it first (`ringfence journal verify {location}` says how)"
+                ));
+            }
         }
     }
     Ok(Ok(Scanned { check, layout, stop }))
@@ -416,23 +420,6 @@ fn copy_snapshots<R: ReadSource, S: Storage>(
     assert!(copied.windows(2).all(|pair| pair[0] < pair[1]), "snapshots out of order");
     assert!(copied.iter().all(|&through| reaches(through)), "a snapshot the journal misses");
     Ok(copied)
-}
-
-fn read_epochs<R: ReadSource>(source: &R) -> Result<crate::epoch::Epochs, JournalError> {
-    let file = source.describe_file(crate::epoch::EPOCH_FILE);
-    let read = source
-        .read_file(crate::epoch::EPOCH_FILE)
-        .map_err(|e| JournalError::io(format!("reading {file}"), e))?;
-    let epochs = crate::epoch::Epochs::decode(&read).map_err(|problem| match problem {
-        EpochProblem::FutureVersion(found) => {
-            JournalError::FutureVersion { file, found, supported: crate::epoch::EPOCH_VERSION }
-        }
-        EpochProblem::Invalid(reason) => JournalError::EpochFile { file, reason },
-    })?;
-    // The decoder's promise: the epochs it reads are possible.
-    assert!(epochs.problem().is_none(), "the decoder accepted impossible epochs");
-    assert!(epochs.promised >= epochs.current, "an epoch file promising less than it leads");
-    Ok(epochs)
 }
 
 /// Step 5: the copy read back as recovery reads it. A snapshot whose copy does not load is

@@ -908,6 +908,18 @@ pub(crate) fn read_listed_manifest<S: Storage>(storage: &S) -> Result<Manifest, 
     }
 }
 
+/// The epoch file, or the reason it cannot be read, as an error.
+pub(crate) fn read_epoch_file<R: ReadSource>(source: &mut R) -> Result<Epochs, JournalError> {
+    let mut problems = Vec::new();
+    let read = read_epochs(source, &mut problems)?;
+    // Either the epochs or the reason they were not read, never both, never neither.
+    assert_eq!(read.is_some(), problems.is_empty(), "an epoch file read and refused");
+    match read {
+        Some(epochs) => Ok(epochs),
+        None => Err(problems.remove(0)),
+    }
+}
+
 fn read_manifest<R: ReadSource>(
     source: &mut R,
     problems: &mut Vec<JournalError>,

@@ -215,6 +215,6 @@ fn a_damaged_snapshot_is_left_out_and_a_stopped_journal_that_moved_is_refused() 
     assert!(recover_from(disk.process_crash(), options(Durability::Batch)).is_err());
     let copy = FaultStorage::new();
     let refused = backup(&mut disk.clone(), &copy, &mut |_, _| {}).unwrap_err();
-    assert!(refused.to_string().contains("no longer ends there"), "{refused}");
+    assert!(refused.to_string().contains("no longer ends where it did"), "{refused}");
     assert_eq!(copy.list().unwrap(), Vec::<String>::new());
 }
