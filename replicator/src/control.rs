@@ -801,7 +801,7 @@ impl Control {
             epoch_floor: epochs.current.0.max(epochs.promised.0),
             catching_up: self.epochs.catching_up(),
             standby_catching_up: primary && state.standby_catching_up,
-            journal_failed: self.before_fence().filter(|_| primary),
+            journal_failed: self.before_fence(),
         }
     }
 
@@ -1078,7 +1078,7 @@ impl Control {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ringfence_journal::writer::Durability;
 
     use super::*;
@@ -1136,7 +1136,7 @@ mod tests {
     }
 
     /// A standby's control and its node, a stepped replica.
-    fn standby(catching_up: bool) -> (Arc<Control>, Node) {
+    pub(crate) fn standby(catching_up: bool) -> (Arc<Control>, Node) {
         standby_at(catching_up, (Sequence(0), Epoch(0)))
     }
 
@@ -1764,34 +1764,48 @@ mod tests {
         }
     }
 
-    #[test]
-    fn once_the_journal_failed_the_stream_and_the_pilot_stop_before_its_fence() {
-        // Goal: a primary whose journal failed at sequence 3 streams records 1 and 2 and no
-        // further, whatever the journal appended, and tells the pilot it may have acknowledged
-        // through 2; before the failure both see the whole journal.
+    /// A stepped node on a journal whose appends fail from `fails_at` on.
+    pub(crate) fn node_failing_at(fails_at: Sequence) -> Node {
         use ringfence_core::pipeline::{NoReplicator, NodeConfig, Topology};
-        use ringfence_core::{Action, Command, RequestKey, Reserve, SkuId, UserId};
-        let control = primary();
         let config = NodeConfig::for_tests(Topology::Stepped);
-        let journal = FailsAt { fails_at: Sequence(3), appended: Sequence(0) };
-        let node = Node::start(config, journal, NoReplicator::default()).unwrap();
-        control.use_journal(node.promoter());
-        assert_eq!(control.stream_end(7), 7);
-        assert_eq!(control.facts().journal_failed, None);
+        let journal = FailsAt { fails_at, appended: Sequence(0) };
+        Node::start(config, journal, NoReplicator::default()).unwrap()
+    }
+
+    /// Submits the reservations `keys` to `node` one at a time, stepping it after each:
+    /// whether each was taken.
+    pub(crate) fn reserve(node: &Node, keys: std::ops::RangeInclusive<u128>) -> Vec<bool> {
+        use ringfence_core::{Action, Command, RequestKey, Reserve, SkuId, UserId};
         let mut session = node.session().unwrap();
-        let reserve = |key| {
-            let reserve = Reserve { user: UserId(9), sku: SkuId(3), qty: 1, coupon: None };
-            Command::Client { key: RequestKey::from_u128(key), action: Action::Reserve(reserve) }
-        };
-        for key in 1..=3 {
-            session.try_submit(reserve(key), 0).unwrap();
+        let reserve = Reserve { user: UserId(9), sku: SkuId(3), qty: 1, coupon: None };
+        let mut taken = Vec::new();
+        for key in keys {
+            let key = RequestKey::from_u128(key);
+            let command = Command::Client { key, action: Action::Reserve(reserve) };
+            taken.push(session.try_submit(command, 0).is_ok());
             node.step();
         }
-        assert_eq!(node.promoter().journal_fence(), Some(Sequence(3)));
-        assert!(session.try_submit(reserve(4), 0).is_err(), "writes are refused");
-        assert_eq!(control.stream_end(7), 2);
-        assert_eq!(control.stream_end(1), 1);
-        assert_eq!(control.facts().journal_failed, Some(Sequence(2)));
+        taken
+    }
+
+    #[test]
+    fn once_the_journal_failed_the_stream_and_the_pilot_stop_before_its_fence() {
+        // Goal: a node whose journal failed at sequence 3 streams records 1 and 2 and no
+        // further, whatever the journal appended, and tells the pilot it may have acknowledged
+        // through 2, as a primary and as a standby; before the failure both see the whole
+        // journal.
+        for control in [primary(), standby(false).0] {
+            let node = node_failing_at(Sequence(3));
+            control.use_journal(node.promoter());
+            assert_eq!(control.stream_end(7), 7);
+            assert_eq!(control.facts().journal_failed, None);
+            assert_eq!(reserve(&node, 1..=3), [true; 3]);
+            assert_eq!(node.promoter().journal_fence(), Some(Sequence(3)));
+            assert_eq!(reserve(&node, 4..=4), [false], "writes are refused");
+            assert_eq!(control.stream_end(7), 2);
+            assert_eq!(control.stream_end(1), 1);
+            assert_eq!(control.facts().journal_failed, Some(Sequence(2)));
+        }
     }
 
     #[test]

@@ -470,13 +470,16 @@ impl Driver {
             Ok(view) => {
                 self.recorded_unanswered(&view);
                 let facts = self.control.facts();
+                self.keep_registered(&view, &facts);
                 let me = self.pilot.identity();
                 let taken = taken_unanswered(&view, me, self.lease);
                 match taken {
-                    // A standby whose journal must be dropped first rejoins (the pilot says
-                    // so) rather than lead; the key it holds expires with its lease.
+                    // A standby whose journal must be dropped first, or failed, rejoins (the
+                    // pilot says so) rather than lead; the key it holds expires with its lease.
                     Some(taken)
-                        if self.pilot.state() == "standby" && facts.must_restart.is_none() =>
+                        if self.pilot.state() == "standby"
+                            && facts.must_restart.is_none()
+                            && facts.journal_failed.is_none() =>
                     {
                         log(format_args!(
                             "coordination: the leader key is this node's, bound to its lease: \
@@ -746,16 +749,46 @@ impl Driver {
         Ok(())
     }
 
-    /// Registers this node and whom it follows, under its lease.
-    fn register(&mut self) {
+    /// This node as the witness should list it: whom it follows, if it does. A standby whose
+    /// journal failed follows nobody, whatever its pilot knows: it takes no record, so a
+    /// primary must not name it in sync, and it must not stand in the way of one that can.
+    fn member(&self, facts: &Facts) -> Member {
         let following = match self.pilot.state() {
-            "standby" => Some((self.pilot.leader().node.clone(), self.pilot.leader().epoch)),
+            "standby" if facts.journal_failed.is_none() => {
+                Some((self.pilot.leader().node.clone(), self.pilot.leader().epoch))
+            }
             _ => None,
         };
-        let member = Member { version: RECORDS_VERSION, node: self.config.node.clone(), following };
-        if let Err(error) = self.coordinator.register(&member, self.lease) {
+        Member { version: RECORDS_VERSION, node: self.config.node.clone(), following }
+    }
+
+    /// Registers this node and whom it follows, under its lease.
+    fn register(&mut self) {
+        let member = self.member(&self.control.facts());
+        self.register_as(&member);
+    }
+
+    fn register_as(&mut self, member: &Member) {
+        if let Err(error) = self.coordinator.register(member, self.lease) {
             self.note(&format!("registering failed: {error}"));
         }
+    }
+
+    /// Registers this node again when the witness does not list it as it is: a registration
+    /// that failed is retried, and a standby whose journal failed stops following.
+    fn keep_registered(&mut self, view: &View, facts: &Facts) {
+        let member = self.member(facts);
+        if view.members.contains(&member) {
+            return;
+        }
+        let listed = view.members.iter().find(|m| m.node == member.node);
+        if facts.journal_failed.is_some() && listed.is_some_and(|m| m.following.is_some()) {
+            log(format_args!(
+                "coordination: this node's journal failed: it registers as following nobody, \
+                 so no primary names it in sync; restart it once its disk is fixed"
+            ));
+        }
+        self.register_as(&member);
     }
 
     /// [`Coordination::stop`]'s last act: a leader gives up the key. The node has stopped by
@@ -881,6 +914,8 @@ mod tests {
     struct LosingAnswers {
         witness: Arc<Mutex<MemoryCoordinator>>,
         lose_campaign_answer: bool,
+        /// Registrations refused (the witness unreachable) before one goes through.
+        refuse_registrations: usize,
     }
 
     impl Coordinator for LosingAnswers {
@@ -917,6 +952,10 @@ mod tests {
             self.witness.lock().unwrap().resign(leader)
         }
         fn register(&mut self, member: &Member, lease: LeaseId) -> Result<(), CoordinatorError> {
+            if self.refuse_registrations > 0 {
+                self.refuse_registrations -= 1;
+                return Err(CoordinatorError::Unreachable("connection refused".into()));
+            }
             self.witness.lock().unwrap().register(member, lease)
         }
         fn request_switchover(
@@ -926,6 +965,17 @@ mod tests {
         ) -> Result<(), CoordinatorError> {
             self.witness.lock().unwrap().request_switchover(request, lease)
         }
+    }
+
+    /// `node`'s start-up on `coordinator`, with a 2 s lease.
+    fn startup(node: &str, coordinator: LosingAnswers, clock: Arc<dyn Clock>) -> Startup {
+        let config = CoordinationConfig {
+            endpoints: Vec::new(),
+            node: node.into(),
+            timing: Timing::for_ttl(2),
+            max_failover_loss: None,
+        };
+        Startup::try_connect(config, Box::new(coordinator), clock).map_err(|(_, e)| e).unwrap()
     }
 
     fn identity(node: &str) -> Identity {
@@ -945,17 +995,12 @@ mod tests {
         // to expire while renewing it, and nobody would ever lead. It starts as the primary
         // of the epoch its campaign took instead, with the record the campaign wrote.
         let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
-        let coordinator =
-            LosingAnswers { witness: Arc::clone(&witness), lose_campaign_answer: true };
-        let config = CoordinationConfig {
-            endpoints: Vec::new(),
-            node: "a".into(),
-            timing: Timing::for_ttl(2),
-            max_failover_loss: None,
+        let coordinator = LosingAnswers {
+            witness: Arc::clone(&witness),
+            lose_campaign_answer: true,
+            refuse_registrations: 0,
         };
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp(0)));
-        let mut startup =
-            Startup::try_connect(config, Box::new(coordinator), clock).map_err(|(_, e)| e).unwrap();
+        let mut startup = startup("a", coordinator, Arc::new(ManualClock::new(Timestamp(0))));
         let me = identity("a");
         let facts = candidate_facts(Sequence(0), 0, AckMode::Sync, false);
         let mut said = String::new();
@@ -969,5 +1014,73 @@ mod tests {
         };
         assert_eq!(leader, held);
         assert_eq!(Some(sync), witness.lock().unwrap().read().unwrap().sync);
+    }
+
+    #[test]
+    fn a_standby_registers_until_listed_and_follows_nobody_once_its_journal_failed() {
+        // Goal: the witness lists a standby as following its leader, or the primary never
+        // names it in sync and the pair has no failover. A registration refused at start is
+        // made at the next round. Once the standby's journal failed it takes no record: it is
+        // listed as following nobody, so no primary names it (or waits on it instead of a
+        // standby that can write), and when the leader's lease expires it does not take the
+        // key, saying why.
+        let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
+        let leader = {
+            let mut witness = witness.lock().unwrap();
+            let lease = witness.grant(2).unwrap();
+            let leader = LeaderValue {
+                version: RECORDS_VERSION,
+                node: "p".into(),
+                epoch: 1,
+                replication: "127.0.0.1:7101".into(),
+                http: None,
+            };
+            let sync = SyncRecord {
+                version: RECORDS_VERSION,
+                epoch: 1,
+                primary: "p".into(),
+                standby: Some("b".into()),
+                mode: AckMode::Sync.name().into(),
+                primary_last: 0,
+            };
+            assert!(witness.campaign(&leader, lease, 0, &sync).unwrap());
+            leader
+        };
+        let coordinator = LosingAnswers {
+            witness: Arc::clone(&witness),
+            lose_campaign_answer: false,
+            refuse_registrations: 1,
+        };
+        let (control, _replica) = crate::control::tests::standby(false);
+        let node = crate::control::tests::node_failing_at(Sequence(3));
+        control.use_journal(node.promoter());
+        let startup =
+            startup("b", coordinator, Arc::new(ringfence_core::pipeline::SystemClock::new()));
+        let decided = Decided::Standby { leader: leader.clone() };
+        let rejoin: Rejoin = Box::new(|why| panic!("no rejoin expected: {why}"));
+        let mut driver =
+            Driver::new(startup, (identity("b"), decided), control, node.promoter(), rejoin);
+        let members = || witness.lock().unwrap().read().unwrap().members;
+        assert_eq!(members(), [], "the registration at start was refused");
+
+        driver.step();
+        let following = |following: Option<(String, u64)>| {
+            [Member { version: RECORDS_VERSION, node: "b".into(), following }]
+        };
+        assert_eq!(members(), following(Some(("p".into(), 1))));
+        driver.step();
+        assert_eq!(members(), following(Some(("p".into(), 1))), "listed, left as it is");
+
+        assert_eq!(crate::control::tests::reserve(&node, 1..=3), [true; 3]);
+        assert_eq!(node.promoter().journal_fence(), Some(Sequence(3)));
+        driver.step();
+        assert_eq!(members(), following(None));
+
+        witness.lock().unwrap().now_ms = 10_000;
+        driver.step();
+        let view = witness.lock().unwrap().read().unwrap();
+        assert_eq!(view.leader, None, "nobody took the key");
+        let waiting = driver.status().waiting.unwrap_or_default();
+        assert!(waiting.contains("b's journal failed after sequence 2"), "{waiting}");
     }
 }

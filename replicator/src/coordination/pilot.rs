@@ -123,10 +123,11 @@ pub struct Facts {
     /// Primary: its standby's data directory is catching up, as the standby's last
     /// acknowledgement said (or none came yet on this stream): the record does not name it.
     pub standby_catching_up: bool,
-    /// Primary: its journal failed, and the last record it flushed (made durable, or written
-    /// on a journal that answers before it syncs), the one before the fence: nothing after it
-    /// was acknowledged. It acknowledges no write until it is restarted, so it hands the key
-    /// to a recorded standby in sync with it.
+    /// Its journal failed, and the last record it flushed (made durable, or written on a
+    /// journal that answers before it syncs), the one before the fence: nothing after it was
+    /// acknowledged. It takes no record until it is restarted. A primary hands the key to a
+    /// recorded standby in sync with it; a standby follows nobody and never takes the key,
+    /// as it could not write as a primary.
     pub journal_failed: Option<Sequence>,
 }
 
@@ -619,6 +620,15 @@ fn fresh_record(leader: &LeaderValue, facts: &Facts) -> SyncRecord {
 
 /// A node that does not lead and sees nobody leading: campaign if eligible, else wait.
 fn leaderless(me: &Identity, view: &View, facts: &Facts) -> Plan {
+    if let Some(durable) = facts.journal_failed {
+        // Promoted, it would hold the key and refuse every write; the record's primary, or a
+        // restart once the disk is fixed, serves instead.
+        return Plan::Wait(format!(
+            "nobody leads, and {}'s journal failed after sequence {durable}: it takes no \
+             write, so it does not take over; restart it once its disk is fixed",
+            me.node
+        ));
+    }
     if let Some(sync) = &view.sync {
         if !sync.eligible(&me.node) {
             let standby = sync.standby.as_deref().unwrap_or("no standby");
@@ -941,6 +951,33 @@ mod tests {
         }
         let caught_up = candidate(50);
         assert!(matches!(b.on_view(5_000, &caught_up, &view), Plan::Campaign { .. }));
+    }
+
+    #[test]
+    fn a_recorded_standby_whose_journal_failed_does_not_take_the_key() {
+        // Goal: the record names b, under sync or async, and the leader's lease expired. b's
+        // journal failed after 40 (its disk filled): promoted, it would hold the key and
+        // refuse every write, and the recorded primary, back, could not take it. It waits
+        // and says why; with its journal working it campaigns.
+        for mode in [AckMode::Sync, AckMode::Async] {
+            let mut witness = MemoryCoordinator::new("c");
+            let (mut a, mut b, lease_b, _) = recorded_pair(&mut witness);
+            if mode == AckMode::Async {
+                let alone = facts(true, PolicyState::Alone, Gate::Local, (0, 50));
+                let plan = a.mode_request(mode, &Facts { mode, ..alone });
+                carry_record(&mut witness, &mut a, plan);
+            }
+            witness.now_ms = 5_000;
+            witness.keep_alive(lease_b).unwrap();
+            let view = witness.read().unwrap();
+            assert_eq!(view.sync.as_ref().map(SyncRecord::ack_mode), Some(mode));
+            let failed = Facts { journal_failed: Some(Sequence(40)), ..candidate(50) };
+            let plan = b.on_view(5_000, &failed, &view);
+            let said = "b's journal failed after sequence 40: it takes no write";
+            assert!(matches!(&plan, Plan::Wait(why) if why.contains(said)), "{mode:?}: {plan:?}");
+            let plan = b.on_view(5_000, &candidate(50), &view);
+            assert!(matches!(plan, Plan::Campaign { .. }), "{mode:?}: {plan:?}");
+        }
     }
 
     #[test]
