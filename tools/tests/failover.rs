@@ -1,10 +1,11 @@
 //! Automatic failover with etcd as the witness, with real processes on loopback: two
 //! `ringfence serve --etcd` nodes and a single-member etcd with a 1 s lease. Each test tries
 //! to break one guarantee: a killed primary loses no acknowledged order; a primary whose disk
-//! fills hands over, losing none; a paused primary
-//! acknowledges nothing after it resumes; a lagging standby is never promoted in sync mode;
-//! losing etcd stops only a primary that would acknowledge alone; any restart order ends
-//! with one primary; a pair carried over to new settings comes back with one leader. The tests run one at a time (they share two busy cores).
+//! fills hands over, losing none; a standby whose disk fills follows nobody and never leads; a
+//! paused primary acknowledges nothing after it resumes; a lagging standby is never promoted
+//! in sync mode; losing etcd stops only a primary that would acknowledge alone; any restart
+//! order ends with one primary; a pair carried over to new settings comes back with one
+//! leader. The tests run one at a time (they share two busy cores).
 
 mod common;
 
@@ -407,6 +408,89 @@ fn a_primary_whose_disk_fills_hands_the_key_to_the_in_sync_standby() {
     wait_on(&a, "a follows b", || a.follows("b"));
     let target = b.last_sequence();
     wait_on(&a, "a catches up", || a.last_sequence() >= target);
+    drop((a, b, etcd));
+    drop(mount);
+}
+
+#[test]
+fn a_standby_whose_disk_fills_follows_nobody_and_never_takes_the_key() {
+    // Goal: the standby's disk fills mid-sale and its journal fails. The primary goes on
+    // alone, recorded so, losing no write; the witness lists the standby as following nobody,
+    // so no primary names it in sync. With the primary killed the standby, which could take no
+    // write, does not take the key and says why; the primary, restarted, leads again with
+    // every write. Given room and restarted, the standby follows and is recorded in sync.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-standby-disk");
+    let mount = match Mount::tmpfs(&root.path().join("b-disk"), "2m", "") {
+        Ok(mount) => mount,
+        Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
+    };
+    let config = root.path().join("small-segments.toml");
+    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
+    let extra = ["--config", config.to_str().unwrap()];
+    let etcd = Etcd::start(root.path());
+    let mut a = Member::new(root.path(), "a", &etcd.url(), &extra);
+    let mut b = Member::new(root.path(), "b", &etcd.url(), &extra);
+    b.data_dir(mount.point.join("b"));
+    a.start();
+    wait_on(&a, "a leads", || a.is_leader());
+    b.start();
+    wait_on(&b, "b is recorded in sync", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
+    });
+    create_skus(&a);
+    let ballast = mount.point.join("ballast");
+    assert!(fill(&ballast) > 0, "the tmpfs had room for the ballast");
+
+    let failed = |b: &Member| {
+        b.node().is_some_and(|n| n["replication"]["state"] == "journal failed: restart to rejoin")
+    };
+    let mut acknowledged = Vec::new();
+    while !failed(&b) {
+        let user = acknowledged.len() as u64 + 1;
+        assert!(user < 5_000, "b's journal never filled: {}", b.log().join("\n"));
+        let (status, answer) = answered(&a, &probe(user));
+        assert_eq!(status, 201, "{answer}");
+        acknowledged.push((user, answer));
+    }
+    println!("{} writes acknowledged before b's disk filled", acknowledged.len());
+    wait_on(&a, "a is recorded alone", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"].is_null())
+    });
+    let (status, answer) = answered(&a, &probe(5_000));
+    assert_eq!(status, 201, "a acknowledges alone: {answer}");
+    acknowledged.push((5_000, answer));
+    let mut witness = EtcdCoordinator::new(vec![etcd.url()], "failover", Duration::from_secs(2));
+    wait_on(&b, "b is listed following nobody", || {
+        witness
+            .read()
+            .is_ok_and(|view| view.members.iter().any(|m| m.node == "b" && m.following.is_none()))
+    });
+    let said = "it registers as following nobody";
+    assert!(b.log().iter().any(|line| line.contains(said)), "{}", b.log().join("\n"));
+
+    a.kill();
+    wait_on(&b, "b says why it does not take over", || {
+        b.coordination().is_some_and(|c| {
+            c["waiting"].as_str().is_some_and(|w| w.contains("b's journal failed after sequence"))
+        })
+    });
+    assert_eq!(b.node().expect("b answers")["role"], "standby", "b took the key");
+    a.start();
+    wait_on(&a, "a leads again", || a.is_leader());
+    for (user, answer) in &acknowledged {
+        assert_eq!(answered(&a, &probe(*user)), (201, answer.clone()), "user {user}");
+    }
+    assert_eq!(answered(&a, &probe(5_001)).0, 201, "a takes new writes");
+
+    std::fs::remove_file(&ballast).unwrap();
+    b.kill();
+    b.start();
+    wait_on(&b, "b is recorded in sync again", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
+    });
+    let target = a.last_sequence();
+    wait_on(&b, "b catches up", || b.last_sequence() >= target);
     drop((a, b, etcd));
     drop(mount);
 }
