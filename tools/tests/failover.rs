@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -831,4 +831,59 @@ fn a_pair_carried_over_to_new_settings_comes_back_with_one_leader_and_every_orde
     };
     wait_on(&b, "b holds a's last write", || b.last_sequence() >= a.last_sequence());
     assert_eq!((reserved(&a), reserved(&b)), (Value::from(11), Value::from(11)));
+}
+
+/// The metric families a Prometheus text exposition declares (its `# TYPE` lines).
+fn families(exposition: &str) -> BTreeSet<String> {
+    let declared = exposition.lines().filter_map(|line| line.strip_prefix("# TYPE "));
+    declared.filter_map(|rest| rest.split(' ').next()).map(str::to_owned).collect()
+}
+
+/// Every `ringfence_…` metric name `text` mentions.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (at, _) in text.match_indices("ringfence_") {
+        let rest = &text[at..];
+        let end = rest.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(rest.len());
+        names.insert(rest[..end].to_owned());
+    }
+    names
+}
+
+#[test]
+fn the_alert_rules_name_only_metrics_a_pair_exports_and_each_is_tested() {
+    // Goal: docs/prometheus/alerts.yml is held to the product. Every metric its rules and
+    // descriptions name is exported by the primary or the standby of a pair under etcd (a
+    // renamed metric would leave an alert that never fires), and every alert has a case in
+    // alerts.test.yml, which CI runs with `promtool test rules`.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-alerts");
+    let (_etcd, a, b) = pair(root.path(), &[]);
+    create_skus(&a);
+    let exposition = |member: &Member| {
+        let (status, body) = member.call("GET", "/metrics", "").expect("the node answers");
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    // A standby shows its clock's offset from its primary's once records reached it.
+    wait_on(&b, "b shows its clock offset", || {
+        families(&exposition(&b)).contains("ringfence_primary_clock_offset_ms")
+    });
+    let exported: BTreeSet<String> =
+        [&a, &b].into_iter().flat_map(|m| families(&exposition(m))).collect();
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus");
+    let rules = std::fs::read_to_string(docs.join("alerts.yml")).unwrap();
+    let named = metric_names(&rules);
+    assert!(named.len() >= 10, "the rules name {named:?}");
+    let unknown: Vec<_> = named.difference(&exported).collect();
+    assert!(unknown.is_empty(), "not exported by either node: {unknown:?}; exported: {exported:?}");
+
+    let tests = std::fs::read_to_string(docs.join("alerts.test.yml")).unwrap();
+    let alerts: Vec<&str> =
+        rules.lines().filter_map(|line| line.trim().strip_prefix("- alert: ")).collect();
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    for alert in alerts {
+        assert!(tests.contains(&format!("alertname: {alert}\n")), "{alert} has no test case");
+    }
+    drop((a, b));
 }
