@@ -544,11 +544,6 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
     let gauges = [
         ("ringfence_ring_size", "Slots in the input ring.", metrics.ring_size),
         ("ringfence_ring_fill", "Commands published and not yet released.", metrics.ring_fill),
-        (
-            "ringfence_published_total",
-            "Ring positions published (commands, reads, ticks).",
-            metrics.published,
-        ),
         ("ringfence_durable_sequence", "Last sequence durable in the journal.", metrics.durable.0),
         (
             "ringfence_journal_failed",
@@ -561,6 +556,11 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
         let _ = writeln!(out, "{name} {value}");
     }
     let counters = [
+        (
+            "ringfence_published_total",
+            "Ring positions published (commands, reads, ticks).",
+            metrics.published,
+        ),
         ("ringfence_node_busy_total", "Publications refused: ring full.", metrics.busy_rejections),
         (
             "ringfence_ticks_total",
@@ -575,21 +575,22 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
     }
     let clocks = [
         (
-            "ringfence_time_shift_ms",
-            "Milliseconds the node's command stamps stand ahead of its clock (negative: behind), \
+            "ringfence_time_shift_seconds",
+            "Seconds the node's command stamps stand ahead of its clock (negative: behind), \
              continuing its journal's or its primary's time line.",
             Some(metrics.time_shift_ms),
         ),
         (
-            "ringfence_primary_clock_offset_ms",
-            "Standby: least lead (ms) of its clock over a record's stamp on arrival, over 10-20 s.",
+            "ringfence_primary_clock_offset_seconds",
+            "Standby: least lead (seconds) of its clock over a record's stamp on arrival, over \
+             10-20 s.",
             metrics.primary_clock_offset_ms,
         ),
     ];
-    for (name, help, value) in clocks {
-        if let Some(value) = value {
+    for (name, help, value_ms) in clocks {
+        if let Some(value_ms) = value_ms {
             header(out, name, help, "gauge");
-            let _ = writeln!(out, "{name} {value}");
+            let _ = writeln!(out, "{name} {}", value_ms as f64 / 1e3);
         }
     }
     header(out, "ringfence_stage_sequence", "Last sequence each stage passed.", "gauge");
@@ -604,7 +605,7 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
     for stage in &metrics.stages {
         let _ = writeln!(out, "ringfence_stage_lag{{stage=\"{}\"}} {}", stage.name, stage.lag);
     }
-    let summaries = [
+    let histograms = [
         (
             "ringfence_blp_service_seconds",
             "BLP service time per command (sampled).",
@@ -616,15 +617,8 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
             &metrics.publish_to_egress_ns,
         ),
     ];
-    for (name, help, histogram) in summaries {
-        header(out, name, help, "summary");
-        for quantile in [0.5, 0.9, 0.99, 0.999] {
-            let seconds = histogram.value_at_quantile(quantile) as f64 / 1e9;
-            let _ = writeln!(out, "{name}{{quantile=\"{quantile}\"}} {seconds:.9}");
-        }
-        let sum = histogram.mean() * histogram.len() as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum:.9}");
-        let _ = writeln!(out, "{name}_count {}", histogram.len());
+    for (name, help, histogram) in histograms {
+        crate::metrics::write_histogram(out, name, help, histogram);
     }
 }
 

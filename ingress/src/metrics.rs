@@ -346,15 +346,8 @@ impl Metrics {
 
     fn write_latency(&self, out: &mut String) {
         let name = "ringfence_request_latency_seconds";
-        header(out, name, "Submit-to-outcome latency seen by the event loop.", "summary");
-        let h = &self.latency_ns;
-        for quantile in [0.5, 0.9, 0.99, 0.999] {
-            let seconds = h.value_at_quantile(quantile) as f64 / 1e9;
-            let _ = writeln!(out, "{name}{{quantile=\"{quantile}\"}} {seconds:.9}");
-        }
-        let sum = h.mean() * h.len() as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum:.9}");
-        let _ = writeln!(out, "{name}_count {}", h.len());
+        let help = "Submit-to-outcome latency seen by the event loop.";
+        write_histogram(out, name, help, &self.latency_ns);
     }
 }
 
@@ -362,6 +355,38 @@ impl Metrics {
 pub fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The upper bounds (`le`) of the latency histograms' buckets, in seconds: 100 ns to 10 s, in
+/// steps of 1, 2.5 and 5, so a BLP's sub-microsecond service time and a request held by a
+/// failing disk both land in a bucket of their own.
+pub const LATENCY_BUCKETS_S: [f64; 25] = [
+    1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3,
+    5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Writes `histogram` (nanoseconds, counted since the node started) as a Prometheus histogram
+/// in seconds: cumulative `_bucket` counters over [`LATENCY_BUCKETS_S`], `_sum` and `_count`.
+/// A quantile over any window is then the scraper's:
+/// `histogram_quantile(0.999, rate(NAME_bucket[5m]))`.
+pub fn write_histogram(out: &mut String, name: &str, help: &str, histogram: &Histogram<u64>) {
+    header(out, name, help, "histogram");
+    let mut counts = [0u64; LATENCY_BUCKETS_S.len()];
+    for recorded in histogram.iter_recorded() {
+        let seconds = recorded.value_iterated_to() as f64 / 1e9;
+        if let Some(bucket) = LATENCY_BUCKETS_S.iter().position(|&le| seconds <= le) {
+            counts[bucket] += recorded.count_at_value();
+        }
+    }
+    let mut below = 0;
+    for (le, count) in LATENCY_BUCKETS_S.iter().zip(counts) {
+        below += count;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {below}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.len());
+    let sum = histogram.mean() * histogram.len() as f64 / 1e9;
+    let _ = writeln!(out, "{name}_sum {sum:.9}");
+    let _ = writeln!(out, "{name}_count {}", histogram.len());
 }
 
 #[cfg(test)]
@@ -389,5 +414,41 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "bad sample line {line}");
         }
+    }
+
+    #[test]
+    fn a_latency_histogram_counts_each_sample_in_every_bucket_at_or_above_it() {
+        // Goal: the buckets are Prometheus's cumulative `le` counters, in seconds: a 150 ns
+        // sample is under 250 ns, two of 3 µs are under 5 µs, one of 20 ms under 25 ms, and
+        // `+Inf` and `_count` hold all four; `_sum` is their total.
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        for ns in [150, 3_000, 3_000, 20_000_000] {
+            histogram.record(ns).unwrap();
+        }
+        let mut out = String::new();
+        write_histogram(&mut out, "t_seconds", "Test.", &histogram);
+        let bucket = |le: &str| {
+            let prefix = format!("t_seconds_bucket{{le=\"{le}\"}} ");
+            let line = out.lines().find_map(|line| line.strip_prefix(&prefix));
+            line.unwrap_or_else(|| panic!("no bucket {le} in {out}")).parse::<u64>().unwrap()
+        };
+        assert!(out.starts_with("# HELP t_seconds Test.\n# TYPE t_seconds histogram\n"));
+        let expected = [
+            ("0.0000001", 0),
+            ("0.00000025", 1),
+            ("0.0000025", 1),
+            ("0.000005", 3),
+            ("0.01", 3),
+            ("0.025", 4),
+            ("10", 4),
+            ("+Inf", 4),
+        ];
+        for (le, count) in expected {
+            assert_eq!(bucket(le), count, "le {le}: {out}");
+        }
+        assert!(out.contains("\nt_seconds_count 4\n"), "{out}");
+        let sum = out.lines().find_map(|l| l.strip_prefix("t_seconds_sum ")).unwrap();
+        let sum: f64 = sum.parse().unwrap();
+        assert!((sum - 0.020_006_15).abs() < 0.000_1, "{sum}");
     }
 }

@@ -319,34 +319,35 @@ pub struct SegmentStarts {
 impl SegmentStarts {
     /// Name, help and value of each, for Prometheus text.
     #[must_use]
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 5] {
+    pub fn counters(&self) -> [(&'static str, &'static str, f64); 5] {
         assert!(self.from_spare <= self.started, "more spares used than segments started");
         assert!(self.ns_last <= self.ns_max, "the last segment start above the costliest");
+        let seconds = |ns: u64| ns as f64 / 1e9;
         [
             (
                 "ringfence_journal_segments_started_total",
                 "Journal segments started since the node started.",
-                self.started,
+                self.started as f64,
             ),
             (
                 "ringfence_journal_segments_from_spare_total",
                 "Of those, segments made ready ahead on the helper thread.",
-                self.from_spare,
+                self.from_spare as f64,
             ),
             (
                 "ringfence_journal_spares_failed_total",
                 "Next segments the helper thread could not make ready (a full disk, say).",
-                self.spares_failed,
+                self.spares_failed as f64,
             ),
             (
-                "ringfence_journal_segment_start_ns_last",
-                "What the last segment start cost the journaling thread (ns).",
-                self.ns_last,
+                "ringfence_journal_segment_start_seconds_last",
+                "What the last segment start cost the journaling thread.",
+                seconds(self.ns_last),
             ),
             (
-                "ringfence_journal_segment_start_ns_max",
-                "What the costliest segment start cost the journaling thread (ns).",
-                self.ns_max,
+                "ringfence_journal_segment_start_seconds_max",
+                "What the costliest segment start cost the journaling thread.",
+                seconds(self.ns_max),
             ),
         ]
     }

@@ -734,60 +734,73 @@ pub struct SnapshotStats {
 impl SnapshotStats {
     /// The counters as (metric name, help text, value), for a Prometheus text endpoint.
     #[must_use]
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 14] {
+    pub fn counters(&self) -> [(&'static str, &'static str, f64); 14] {
         // Both are set under one lock, so a copy never sees them apart. (Written and failed
         // against pauses are counted under separate locks, so they may be seen apart.)
         assert!(self.pause_ns_last <= self.pause_ns_max, "a last pause above the longest");
+        let seconds = |ns: u64| ns as f64 / 1e9;
         [
-            ("ringfence_snapshots_written_total", "Snapshots written.", self.written),
-            ("ringfence_snapshots_failed_total", "Snapshots that failed.", self.failed),
+            ("ringfence_snapshots_written_total", "Snapshots written.", self.written as f64),
+            ("ringfence_snapshots_failed_total", "Snapshots that failed.", self.failed as f64),
             (
                 "ringfence_snapshots_deferred_total",
                 "Due snapshots that waited for the writer.",
-                self.deferred_busy,
+                self.deferred_busy as f64,
             ),
-            ("ringfence_snapshot_pauses_total", "Snapshots the BLP handed over.", self.pauses),
-            ("ringfence_snapshot_pause_ns_max", "Longest BLP hand-off (ns).", self.pause_ns_max),
-            ("ringfence_snapshot_pause_ns_last", "Last BLP hand-off (ns).", self.pause_ns_last),
+            (
+                "ringfence_snapshot_pauses_total",
+                "Snapshots the BLP handed over.",
+                self.pauses as f64,
+            ),
+            (
+                "ringfence_snapshot_pause_seconds_max",
+                "Longest BLP hand-off.",
+                seconds(self.pause_ns_max),
+            ),
+            (
+                "ringfence_snapshot_pause_seconds_last",
+                "Last BLP hand-off.",
+                seconds(self.pause_ns_last),
+            ),
             (
                 "ringfence_snapshot_shadow_records_total",
                 "Journal records the snapshot writer's shadow engine applied.",
-                self.shadow_records,
+                self.shadow_records as f64,
             ),
             (
-                "ringfence_snapshot_writer_ns_last",
-                "Writer time on the last snapshot (ns).",
-                self.writer_ns_last,
+                "ringfence_snapshot_writer_seconds_last",
+                "Writer time on the last snapshot.",
+                seconds(self.writer_ns_last),
             ),
             (
                 "ringfence_snapshot_retention_failed_total",
                 "Retention runs that failed.",
-                self.retention_failed,
+                self.retention_failed as f64,
             ),
             (
                 "ringfence_snapshots_removed_total",
                 "Old snapshots deleted by retention.",
-                self.snapshots_removed,
+                self.snapshots_removed as f64,
             ),
             (
                 "ringfence_segments_retired_total",
                 "Journal segments retired by retention.",
-                self.segments_retired,
+                self.segments_retired as f64,
             ),
             (
                 "ringfence_snapshots_cancelled_total",
                 "Snapshots abandoned because the node stopped during them.",
-                self.cancelled,
+                self.cancelled as f64,
             ),
             (
                 "ringfence_snapshot_shadow_ready",
                 "1 once the snapshot writer's shadow engine follows the journal.",
-                u64::from(self.shadow_ready),
+                f64::from(u8::from(self.shadow_ready)),
             ),
             (
                 "ringfence_snapshot_through",
                 "Journal sequence the newest snapshot covers (0: none); a restart replays the rest.",
-                self.through,
+                self.through as f64,
             ),
         ]
     }

@@ -296,7 +296,7 @@ fn a_failed_snapshot_leaves_no_temporary_file_and_is_counted() {
     assert!(
         counters
             .iter()
-            .any(|(name, _, value)| *name == "ringfence_snapshots_failed_total" && *value == 2)
+            .any(|(name, _, value)| *name == "ringfence_snapshots_failed_total" && *value == 2.0)
     );
 }
 
@@ -396,7 +396,7 @@ fn a_stopping_node_abandons_the_snapshot_in_hand_instead_of_waiting_for_it() {
     assert!(counters.contains(&(
         "ringfence_snapshots_cancelled_total",
         "Snapshots abandoned because the node stopped during them.",
-        1
+        1.0
     )));
 }
 
@@ -424,7 +424,7 @@ fn periodic_snapshots_build_the_shadow_engine_before_the_first_is_due() {
         assert_eq!(stats.pauses, 0, "no snapshot was due");
         let counters = stats.counters();
         let ready = counters.iter().find(|c| c.0 == "ringfence_snapshot_shadow_ready");
-        assert_eq!(ready.map(|c| c.2), Some(u64::from(built)));
+        assert_eq!(ready.map(|c| c.2), Some(f64::from(u8::from(built))));
     }
 }
 
@@ -437,7 +437,7 @@ fn the_through_gauge_names_the_newest_snapshot_found_at_start_then_each_written(
     let (disk, mut recovered, mut snapshots, commands) = snapshotting(100, 16, 150);
     let through = |stats: &snapshot::SnapshotStats| {
         let counters = stats.counters();
-        counters.iter().find(|c| c.0 == "ringfence_snapshot_through").map(|c| c.2)
+        counters.iter().find(|c| c.0 == "ringfence_snapshot_through").map(|c| c.2 as u64)
     };
     assert_eq!(through(&snapshots.stats()), Some(0), "a new directory has no snapshot");
     let stats = snapshots.stats_handle();

@@ -578,24 +578,25 @@ impl ReplicationControl for ControlHandle {
     fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         let figures = self.0.figures();
-        let in_sync = u64::from(figures.state == "in_sync" || figures.state == "following");
+        let in_sync = u8::from(figures.state == "in_sync" || figures.state == "following");
+        let seconds = |ms: Option<u64>| ms.unwrap_or(0) as f64 / 1e3;
         let gauges = [
             (
                 "ringfence_replication_lag_records",
                 "Records the standby is behind",
-                figures.lag_records,
+                figures.lag_records as f64,
             ),
             (
-                "ringfence_replication_lag_ms",
-                "How long the oldest record not yet acknowledged by the standby has waited (ms)",
-                figures.lag_ms.unwrap_or(0),
+                "ringfence_replication_lag_seconds",
+                "How long the oldest record not yet acknowledged by the standby has waited",
+                seconds(figures.lag_ms),
             ),
             (
-                "ringfence_replication_ack_rtt_ms",
-                "Acknowledgement round trip of the last heartbeat to the standby (ms)",
-                figures.ack_rtt_ms.unwrap_or(0),
+                "ringfence_replication_ack_rtt_seconds",
+                "Acknowledgement round trip of the last heartbeat to the standby",
+                seconds(figures.ack_rtt_ms),
             ),
-            ("ringfence_replication_in_sync", "1 while the pair is in sync", in_sync),
+            ("ringfence_replication_in_sync", "1 while the pair is in sync", f64::from(in_sync)),
         ];
         for (name, help, value) in gauges {
             ringfence_ingress::metrics::header(out, name, help, "gauge");

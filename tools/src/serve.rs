@@ -709,9 +709,9 @@ fn write_build_info(out: &mut String) {
 }
 
 /// Counters and gauges (a name ending in `_total` is a counter) in Prometheus text.
-fn write_counters(counters: &[(&str, &str, u64)], out: &mut String) {
+fn write_counters<V: std::fmt::Display>(counters: &[(&str, &str, V)], out: &mut String) {
     use std::fmt::Write as _;
-    for &(name, help, value) in counters {
+    for (name, help, value) in counters {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
         ringfence_ingress::metrics::header(out, name, help, kind);
         let _ = writeln!(out, "{name} {value}");
