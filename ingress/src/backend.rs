@@ -12,7 +12,7 @@
 //! translates the node's refusals (`not_primary`, `replication_unavailable`) into typed ones.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ringfence_core::pipeline::{
@@ -259,7 +259,16 @@ pub type OnNodeStop = Box<dyn FnOnce(&Engine, Sequence) + Send>;
 pub struct HashWatch<H> {
     inner: H,
     watch: Arc<EngineWatch>,
+    /// Commands applied since the table sizes were last published.
+    since_tables: u32,
 }
+
+/// The engine tables `/metrics` shows the size of, in [`EngineWatch`]'s order.
+const TABLES: [&str; 6] = ["skus", "orders", "holdings", "batches", "coupons", "request_keys"];
+
+/// How often (in commands) the table sizes are published: a gauge at most this many rows
+/// behind, for a status read and a few stores in one command of this many.
+const TABLES_EVERY: u32 = 64;
 
 /// The values a [`HashWatch`] publishes, as one consistent triple: a reader never sees the
 /// hash of one sequence paired with another sequence (a sequence lock: the writer makes the
@@ -270,6 +279,11 @@ pub struct EngineWatch {
     running_hash: AtomicU64,
     last_sequence: AtomicU64,
     now_ms: AtomicU64,
+    /// Rows in use in each of [`TABLES`] (orders: the live ones, which keep their slot), as
+    /// of the last publication; each read on its own.
+    rows: [AtomicU32; TABLES.len()],
+    /// Rows each table was allocated with (`[engine]`).
+    capacity: [u32; TABLES.len()],
 }
 
 /// One consistent reading of an [`EngineWatch`].
@@ -285,9 +299,58 @@ pub struct WatchedState {
 
 impl EngineWatch {
     fn new(engine: &Engine) -> EngineWatch {
-        let watch = EngineWatch::default();
+        let config = engine.config();
+        let capacity = [
+            config.skus_max,
+            config.orders_max,
+            config.holdings_max,
+            config.batches_max,
+            config.coupons_max,
+            config.request_keys_max,
+        ];
+        let watch = EngineWatch { capacity, ..EngineWatch::default() };
         watch.publish(engine);
+        watch.publish_tables(engine);
         watch
+    }
+
+    /// Publishes the tables' sizes (the applying stage, every [`TABLES_EVERY`] commands).
+    fn publish_tables(&self, engine: &Engine) {
+        let status = engine.status();
+        let rows = [
+            status.skus,
+            status.orders_live,
+            status.holdings,
+            status.batches,
+            status.coupons,
+            status.request_keys,
+        ];
+        for (cell, (rows, capacity)) in self.rows.iter().zip(rows.into_iter().zip(self.capacity)) {
+            assert!(rows <= capacity, "a table holds more rows than it was allocated");
+            cell.store(rows, Ordering::Relaxed);
+        }
+    }
+
+    /// The tables' sizes and capacities as Prometheus gauges, labelled by table.
+    pub fn write_tables(&self, out: &mut String) {
+        use crate::metrics::header;
+        use std::fmt::Write as _;
+        let name = "ringfence_engine_table_rows";
+        let help = format!(
+            "Rows in use in each engine table (orders: live ones, reserved, paid or shipped, \
+             which keep their slot), published every {TABLES_EVERY} commands."
+        );
+        header(out, name, &help, "gauge");
+        for (table, rows) in TABLES.iter().zip(&self.rows) {
+            let _ = writeln!(out, "{name}{{table=\"{table}\"}} {}", rows.load(Ordering::Relaxed));
+        }
+        let name = "ringfence_engine_table_capacity";
+        let help = "Rows each engine table was allocated with ([engine] *_max); a command that \
+                    needs a row of a full table is refused capacity_exhausted.";
+        header(out, name, help, "gauge");
+        for (table, capacity) in TABLES.iter().zip(self.capacity) {
+            let _ = writeln!(out, "{name}{{table=\"{table}\"}} {capacity}");
+        }
     }
 
     fn publish(&self, engine: &Engine) {
@@ -333,7 +396,7 @@ impl<H: SnapshotHook> HashWatch<H> {
     /// Wraps `inner`; read the published values through the returned watch.
     pub fn new(inner: H, engine: &Engine) -> (HashWatch<H>, Arc<EngineWatch>) {
         let watch = Arc::new(EngineWatch::new(engine));
-        (HashWatch { inner, watch: Arc::clone(&watch) }, watch)
+        (HashWatch { inner, watch: Arc::clone(&watch), since_tables: 0 }, watch)
     }
 }
 
@@ -341,6 +404,11 @@ impl<H: SnapshotHook> SnapshotHook for HashWatch<H> {
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced) {
         self.inner.after_apply(engine, command);
         self.watch.publish(engine);
+        self.since_tables += 1;
+        if self.since_tables == TABLES_EVERY {
+            self.since_tables = 0;
+            self.watch.publish_tables(engine);
+        }
     }
 }
 
@@ -494,6 +562,7 @@ impl Backend for NodeBackend {
         if let Some(node) = &self.node {
             write_node_metrics(&node.metrics(), out);
         }
+        self.watch.write_tables(out);
         if let Some(control) = &self.replication {
             control.write_metrics(out);
         }
@@ -625,6 +694,53 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_gauges_follow_the_engine_every_few_commands() {
+        // Goal: `/metrics` shows each table's rows beside its capacity, as of at most
+        // TABLES_EVERY commands ago: the SKUs made since start appear once that many commands
+        // were applied, not before.
+        use ringfence_core::pipeline::NoSnapshots;
+        use ringfence_core::{Action, CreateSku, EngineConfig, RequestKey, SkuId, Timestamp};
+        let mut engine = Engine::new(EngineConfig::small());
+        let (mut hook, watch) = HashWatch::new(NoSnapshots, &engine);
+        let rows = |watch: &EngineWatch, table: &str| {
+            let mut out = String::new();
+            watch.write_tables(&mut out);
+            let line = format!("ringfence_engine_table_rows{{table=\"{table}\"}} ");
+            out.lines().find_map(|l| l.strip_prefix(&line)?.parse::<u32>().ok()).unwrap()
+        };
+        let mut out = String::new();
+        watch.write_tables(&mut out);
+        assert!(out.contains("ringfence_engine_table_capacity{table=\"skus\"} 64\n"), "{out}");
+        assert!(out.contains("ringfence_engine_table_capacity{table=\"request_keys\"} 4096\n"));
+        for n in 1..=u64::from(TABLES_EVERY) {
+            let spec = CreateSku {
+                sku: SkuId(n),
+                stock: 10,
+                price_cents: 100,
+                per_user_limit: 0,
+                payment_timeout_ms: 60_000,
+                sale_start: None,
+                sale_end: None,
+            };
+            let command = Sequenced {
+                sequence: Sequence(n),
+                timestamp: Timestamp(n),
+                command: Command::Client {
+                    key: RequestKey::from_u128(u128::from(n)),
+                    action: Action::CreateSku(spec),
+                },
+            };
+            let _ = engine.apply(&command);
+            hook.after_apply(&engine, &command);
+            let shown = rows(&watch, "skus");
+            let expected = if n < u64::from(TABLES_EVERY) { 0 } else { n as u32 };
+            assert_eq!(shown, expected, "after {n} commands");
+        }
+        assert_eq!(rows(&watch, "request_keys"), TABLES_EVERY);
+        assert_eq!(rows(&watch, "orders"), 0);
+    }
 
     #[test]
     fn a_reader_never_sees_a_hash_paired_with_another_sequence() {

@@ -468,6 +468,8 @@ fn a_standby_whose_disk_fills_follows_nobody_and_never_takes_the_key() {
     });
     let said = "it registers as following nobody";
     assert!(b.log().iter().any(|line| line.contains(said)), "{}", b.log().join("\n"));
+    let (status, sku) = b.call("GET", "/v1/skus/2", "").expect("b answers");
+    assert_eq!(status, 200, "b serves reads: {sku}");
 
     a.kill();
     wait_on(&b, "b says why it does not take over", || {

@@ -69,8 +69,16 @@ pub struct EngineStatus {
     pub orders: u32,
     /// Orders waiting for payment.
     pub orders_reserved: u32,
+    /// Orders that keep their slot: reserved, paid or shipped. A new order takes a free slot
+    /// or the oldest finished order's; with every slot live it is refused
+    /// `capacity_exhausted`.
+    pub orders_live: u32,
+    /// Coupon batches defined.
+    pub batches: u32,
     /// Coupons claimed.
     pub coupons: u32,
+    /// (user, SKU) pairs holding units under a per-user limit.
+    pub holdings: u32,
     /// Request keys remembered.
     pub request_keys: u32,
 }
@@ -518,7 +526,10 @@ impl Engine {
             skus: self.skus.len() as u32,
             orders: self.orders.len() as u32,
             orders_reserved: self.orders_reserved,
+            orders_live: (self.orders.len() - self.finished.len()) as u32,
+            batches: self.batches.len() as u32,
             coupons: self.coupons.len() as u32,
+            holdings: self.holdings.len() as u32,
             request_keys: self.keys.len() as u32,
         }
     }

@@ -658,6 +658,7 @@ fn reserve_with_the_holdings_table_full_is_capacity_exhausted() {
     h.create_sku(sku_spec(OTHER_SKU));
     let first = h.reserved(ALICE, SKU, 1);
     h.refused(act::reserve(BOB, SKU, 1), Rejection::CapacityExhausted);
+    assert_eq!(h.engine.status().holdings, 1);
     let second = h.reserved(ALICE, SKU, 1);
     h.reserved(BOB, OTHER_SKU, 1);
     h.run(act::cancel(first, ALICE));
@@ -677,6 +678,9 @@ fn full_order_table_evicts_the_oldest_finished_order() {
     let third = h.reserved(BOB, SKU, 1);
     h.run(act::cancel(second, ALICE));
     h.run(act::cancel(first, ALICE));
+    // Three kept, one live: the two cancelled ones give their slots to the next orders.
+    let status = h.engine.status();
+    assert_eq!((status.orders, status.orders_live, status.orders_reserved), (3, 1, 1));
     let fourth = h.reserved(BOB, SKU, 1);
     assert_eq!(h.query(Query::Order(second)), Outcome::Rejected(Rejection::UnknownOrder));
     h.refused(act::pay(second, PRICE_CENTS), Rejection::UnknownOrder);
@@ -687,7 +691,8 @@ fn full_order_table_evicts_the_oldest_finished_order() {
     for order in [third, fourth, fifth] {
         assert_eq!(h.state(order), OrderState::Reserved);
     }
-    assert_eq!(h.engine.status().orders, 3);
+    let status = h.engine.status();
+    assert_eq!((status.orders, status.orders_live), (3, 3), "every slot live: refused");
 }
 
 #[test]
