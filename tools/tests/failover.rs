@@ -330,6 +330,44 @@ fn a_killed_primary_fails_over_to_the_in_sync_standby_losing_nothing() {
     journals_agree(&a_dir, &b_dir, target);
 }
 
+/// A pair under etcd, `b` recorded in sync with `a` and the SKUs made, whose node `on_disk`
+/// keeps its data directory on a 2 MiB tmpfs (64 KiB segments); filling `ballast` fills it.
+struct SmallDiskPair {
+    mount: Mount,
+    etcd: Etcd,
+    a: Member,
+    b: Member,
+    ballast: PathBuf,
+}
+
+/// [`SmallDiskPair`]; `None`, said, where the machine cannot mount a tmpfs.
+fn pair_on_small_disk(root: &TempDir, on_disk: &str) -> Option<SmallDiskPair> {
+    let mount = match Mount::tmpfs(&root.path().join(format!("{on_disk}-disk")), "2m", "") {
+        Ok(mount) => mount,
+        Err(why) => {
+            eprintln!("skipped: this machine cannot mount a small tmpfs: {why}");
+            return None;
+        }
+    };
+    let config = root.path().join("small-segments.toml");
+    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
+    let extra = ["--config", config.to_str().unwrap()];
+    let etcd = Etcd::start(root.path());
+    let mut a = Member::new(root.path(), "a", &etcd.url(), &extra);
+    let mut b = Member::new(root.path(), "b", &etcd.url(), &extra);
+    let on = if on_disk == "a" { &mut a } else { &mut b };
+    on.data_dir(mount.point.join(on_disk));
+    a.start();
+    wait_on(&a, "a leads", || a.is_leader());
+    b.start();
+    wait_on(&b, "b is recorded in sync", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
+    });
+    create_skus(&a);
+    let ballast = mount.point.join("ballast");
+    Some(SmallDiskPair { mount, etcd, a, b, ballast })
+}
+
 #[test]
 fn a_primary_whose_disk_fills_hands_the_key_to_the_in_sync_standby() {
     // Goal: the primary's disk fills mid-sale and its journal fails. Rather than refuse
@@ -340,25 +378,10 @@ fn a_primary_whose_disk_fills_hands_the_key_to_the_in_sync_standby() {
     // handover: the standby never leads while the failed primary keeps renewing its lease.
     let _serial = one_at_a_time();
     let root = TempDir::new("failover-disk");
-    let mount = match Mount::tmpfs(&root.path().join("a-disk"), "2m", "") {
-        Ok(mount) => mount,
-        Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
+    let Some(SmallDiskPair { mount, etcd, mut a, b, ballast }) = pair_on_small_disk(&root, "a")
+    else {
+        return;
     };
-    let config = root.path().join("small-segments.toml");
-    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
-    let extra = ["--config", config.to_str().unwrap()];
-    let etcd = Etcd::start(root.path());
-    let mut a = Member::new(root.path(), "a", &etcd.url(), &extra);
-    let mut b = Member::new(root.path(), "b", &etcd.url(), &extra);
-    a.data_dir(mount.point.join("a"));
-    a.start();
-    wait_on(&a, "a leads", || a.is_leader());
-    b.start();
-    wait_on(&b, "b is recorded in sync", || {
-        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
-    });
-    create_skus(&a);
-    let ballast = mount.point.join("ballast");
     assert!(fill(&ballast) > 0, "the tmpfs had room for the ballast");
 
     // The open segment (and the spare made ready before the ballast) take writes until the
@@ -421,25 +444,10 @@ fn a_standby_whose_disk_fills_follows_nobody_and_never_takes_the_key() {
     // every write. Given room and restarted, the standby follows and is recorded in sync.
     let _serial = one_at_a_time();
     let root = TempDir::new("failover-standby-disk");
-    let mount = match Mount::tmpfs(&root.path().join("b-disk"), "2m", "") {
-        Ok(mount) => mount,
-        Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
+    let Some(SmallDiskPair { mount, etcd, mut a, mut b, ballast }) = pair_on_small_disk(&root, "b")
+    else {
+        return;
     };
-    let config = root.path().join("small-segments.toml");
-    std::fs::write(&config, "[node]\nsegment_bytes = 65536\n").unwrap();
-    let extra = ["--config", config.to_str().unwrap()];
-    let etcd = Etcd::start(root.path());
-    let mut a = Member::new(root.path(), "a", &etcd.url(), &extra);
-    let mut b = Member::new(root.path(), "b", &etcd.url(), &extra);
-    b.data_dir(mount.point.join("b"));
-    a.start();
-    wait_on(&a, "a leads", || a.is_leader());
-    b.start();
-    wait_on(&b, "b is recorded in sync", || {
-        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
-    });
-    create_skus(&a);
-    let ballast = mount.point.join("ballast");
     assert!(fill(&ballast) > 0, "the tmpfs had room for the ballast");
 
     let failed = |b: &Member| {
