@@ -97,7 +97,7 @@ pub fn replication(args: &ReplicationArgs) -> ExitCode {
 
 fn run(name: &str, target: &AdminTarget, path: &str, body: &str) -> ExitCode {
     let answer = admin_token(target.admin_token_file.as_ref())
-        .and_then(|token| post(&target.http, path, &token, body));
+        .and_then(|token| call(&target.http, ("POST", path), Some(&token), body, TIMEOUT));
     match answer {
         Ok((status, body)) if (200..300).contains(&status) => {
             println!("{}", body.trim_end());
@@ -123,7 +123,7 @@ fn run(name: &str, target: &AdminTarget, path: &str, body: &str) -> ExitCode {
 
 /// An `--http` address: `host:port`, with or without the `http://` and a trailing `/` that
 /// `serve`'s log line shows.
-fn http_address(text: &str) -> Result<String, String> {
+pub(crate) fn http_address(text: &str) -> Result<String, String> {
     let address = text.strip_prefix("http://").unwrap_or(text).trim_end_matches('/');
     if address.starts_with("https://") || address.contains('/') {
         return Err(format!("`{text}`: give host:port (e.g. 127.0.0.1:7080); TLS is not served"));
@@ -131,19 +131,28 @@ fn http_address(text: &str) -> Result<String, String> {
     Ok(address.to_owned())
 }
 
-/// Sends one `POST` with a JSON body and the bearer token; returns the status and the body.
-fn post(addr: &str, path: &str, token: &str, body: &str) -> Result<(u16, String), String> {
+/// Sends one request (`method`, `path`), with a JSON body and the bearer token if given, each
+/// step bounded by `timeout`; returns the status and the body.
+pub(crate) fn call(
+    addr: &str,
+    (method, path): (&str, &str),
+    token: Option<&str>,
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let resolved = addr
         .to_socket_addrs()
         .map_err(|e| format!("--http {addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("--http {addr}: no address"))?;
     let unreachable = |e: std::io::Error| format!("reaching the node at {addr}: {e}");
-    let mut stream = TcpStream::connect_timeout(&resolved, TIMEOUT).map_err(unreachable)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(unreachable)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(unreachable)?;
+    let mut stream = TcpStream::connect_timeout(&resolved, timeout).map_err(unreachable)?;
+    stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
+    stream.set_write_timeout(Some(timeout)).map_err(unreachable)?;
+    let authorization =
+        token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );

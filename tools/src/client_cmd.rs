@@ -320,7 +320,7 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
 
 /// This caller's token for a node that enforces roles: `file`, else `RINGFENCE_TOKEN`, else
 /// none.
-fn caller_token(file: Option<&PathBuf>) -> Result<Option<String>, String> {
+pub(crate) fn caller_token(file: Option<&PathBuf>) -> Result<Option<String>, String> {
     if let Some(path) = file {
         let token = std::fs::read_to_string(path)
             .map_err(|e| format!("reading the token from {}: {e}", path.display()))?;

@@ -16,6 +16,7 @@ mod replication;
 mod rollback;
 mod serve;
 mod sim;
+mod status_cmd;
 mod time;
 
 /// ringfence — an exchange-grade flash-sale engine: one deterministic business-logic thread,
@@ -65,6 +66,10 @@ enum TopCommand {
     Promote(admin_cmd::PromoteArgs),
     /// Admin: switch the replication ack mode of the node at --http (sync or async).
     Replication(admin_cmd::ReplicationArgs),
+    /// Show a pair (or a lone node) at a glance and judge it: one primary, its standby in
+    /// sync, both ready, one state at one sequence. Exit 0 healthy, 1 a problem, 2 a node
+    /// could not be read.
+    Status(status_cmd::StatusArgs),
     /// Print every setting's default as TOML (`config example` adds what each one means).
     Defaults,
     /// Write a commented example configuration file, or check one.
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
         TopCommand::Client(args) => client_cmd::run(args),
         TopCommand::Promote(args) => admin_cmd::promote(&args),
         TopCommand::Replication(args) => admin_cmd::replication(&args),
+        TopCommand::Status(args) => status_cmd::status(&args),
         TopCommand::Defaults => config_cmd::defaults(),
         TopCommand::Config(command) => config_cmd::run(&command),
         TopCommand::Journal(command) => journal_cmd::run(command),

@@ -237,7 +237,9 @@ fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
     // Goal: SIGSTOP on the standby: within the timeout the primary refuses writes with
     // `replication_unavailable` and still serves reads; the operator's switch to async lets
     // writes through; after SIGCONT and back in sync, writes are acknowledged again and the
-    // standby holds the same state: nothing was lost or applied twice.
+    // standby holds the same state: nothing was lost or applied twice. `ringfence status`
+    // says healthy (exit 0) while in sync, names the held writes (exit 1), and a stopped node
+    // that accepts connections but never answers (exit 2, within its timeout).
     let root = temp_dir("sigstop");
     let secret = write_secret(&root, SECRET);
     let (dir_a, dir_b) = (root.join("a"), root.join("b"));
@@ -246,6 +248,18 @@ fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
     create_sale(&node);
     wait_node(&node, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
     assert_eq!(try_call(node.http, "POST", "/v1/orders", &reservation(1).0).unwrap().0, 201);
+    let target = last_sequence(&node.call("GET", "/v1/node", "", false).1);
+    wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= target);
+    let (a, b) = (node.http.to_string(), follower.http.to_string());
+    let status = |nodes: &[&str]| {
+        let mut args = vec!["status", "--timeout-ms", "500"];
+        nodes.iter().for_each(|http| args.extend(["--http", http]));
+        let output = ringfence_within(&args, Duration::from_secs(30));
+        (output.status.code(), text(&output.stdout))
+    };
+    let (code, said) = status(&[&a, &b]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.ends_with("healthy\n") && said.contains("following"), "{said}");
     let pid = follower.pid().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -258,6 +272,13 @@ fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
         thread::sleep(Duration::from_millis(50));
     };
     assert!(refused.contains("replication_unavailable"));
+    let (code, said) = status(&[&a]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("its standby went silent: writes are held"), "{said}");
+    assert!(said.contains("not ready: replication_unavailable"), "{said}");
+    let (code, said) = status(&[&a, &b]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains(&format!("problem: {b}: no answer")), "{said}");
     let (status, sku) = try_call(node.http, "GET", "/v1/skus/1", "").unwrap();
     assert_eq!(status, 200, "reads are served: {sku}");
     // The operator chooses to go on without the standby, then back to sync.

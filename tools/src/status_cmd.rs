@@ -1,0 +1,377 @@
+//! `ringfence status`: a pair (or a lone node) at a glance. Each node's `/v1/node` and
+//! `/ready` are read and shown in a few lines (role, epoch, position, state hash, replication,
+//! the witness's view), then judged together: one primary, its standby following and in sync,
+//! both ready, and the same state hash wherever they stand at the same sequence. The exit
+//! status is 0 when healthy, 1 when the verdict names a problem, 2 when a node could not be read
+//! (no answer in time, or it refused the read: give a token).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::admin_cmd::{call, http_address};
+use crate::client_cmd::caller_token;
+
+/// Arguments of `ringfence status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// A node's HTTP API address, e.g. 127.0.0.1:7080 (an `http://` prefix is accepted).
+    /// Give both nodes of a pair: `--http A --http B`.
+    #[arg(long = "http", value_name = "ADDR", value_parser = http_address, required = true)]
+    pub http: Vec<String>,
+    /// For nodes whose reads need a token: the file holding a `read` (or stronger) token
+    /// [default: RINGFENCE_TOKEN; none where reads are open].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// How long each node may take to answer, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2_000)]
+    pub timeout_ms: u64,
+    /// One JSON object: each node's `/v1/node` and `/ready` answers, and the verdict.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one node said, or why it said nothing.
+#[derive(Debug)]
+pub struct Observed {
+    /// Its `--http` address.
+    pub http: String,
+    /// Its `/v1/node` answer and its `/ready` answer (status, body).
+    pub answer: Result<(Value, (u16, Value)), String>,
+}
+
+/// The nodes judged together.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// What is wrong; none when healthy.
+    pub problems: Vec<String>,
+    /// What is worth knowing but not wrong.
+    pub notes: Vec<String>,
+    /// A node could not be read.
+    pub unreachable: bool,
+}
+
+/// Shows the nodes at `--http` and judges them.
+pub fn status(args: &StatusArgs) -> ExitCode {
+    let token = match caller_token(args.token_file.as_ref()) {
+        Ok(token) => token,
+        Err(error) => {
+            eprintln!("ringfence status: error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let observed: Vec<Observed> = args
+        .http
+        .iter()
+        .map(|http| Observed {
+            http: http.clone(),
+            answer: observe(http, token.as_deref(), timeout),
+        })
+        .collect();
+    let verdict = judge(&observed);
+    if args.json {
+        println!("{}", to_json(&observed, &verdict));
+    } else {
+        print!("{}", to_text(&observed, &verdict));
+    }
+    if verdict.unreachable {
+        ExitCode::from(2)
+    } else if verdict.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn observe(
+    http: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(Value, (u16, Value)), String> {
+    let parse = |what: &str, body: &str| {
+        serde_json::from_str::<Value>(body).map_err(|e| format!("{what} is not JSON: {e}"))
+    };
+    let no_answer = |error: String| format!("no answer: {error}");
+    let (status, body) = call(http, ("GET", "/v1/node"), token, "", timeout).map_err(no_answer)?;
+    let node = parse("/v1/node", &body)?;
+    if status != 200 {
+        let error = node["error"].as_str().unwrap_or("error");
+        return Err(format!("/v1/node answered {status} {error}: {}", node["message"]));
+    }
+    let (ready_status, ready) =
+        call(http, ("GET", "/ready"), token, "", timeout).map_err(no_answer)?;
+    Ok((node, (ready_status, parse("/ready", &ready)?)))
+}
+
+/// Judges what the nodes said: the rules in the module's documentation.
+#[must_use]
+pub fn judge(observed: &[Observed]) -> Verdict {
+    let mut verdict = Verdict::default();
+    let mut answered = Vec::new();
+    for node in observed {
+        match &node.answer {
+            Ok((view, ready)) => answered.push((node.http.as_str(), view, ready)),
+            Err(error) => {
+                verdict.unreachable = true;
+                verdict.problems.push(format!("{}: {error}", node.http));
+            }
+        }
+    }
+    let primaries: Vec<_> =
+        answered.iter().filter(|(_, view, _)| view["role"] == "primary").collect();
+    match primaries.as_slice() {
+        [] if !answered.is_empty() => verdict.problems.push("no node is primary".into()),
+        [_, _, ..] => {
+            let named: Vec<String> = primaries
+                .iter()
+                .map(|(http, view, _)| format!("{http} (epoch {})", view["epoch"]))
+                .collect();
+            verdict
+                .problems
+                .push(format!("more than one node says it is primary: {}", named.join(", ")));
+        }
+        _ => {}
+    }
+    for (http, view, (ready_status, ready)) in &answered {
+        let primary = view["role"] == "primary";
+        let error = ready["error"].as_str().unwrap_or("not_ready");
+        if *ready_status != 200 && (primary || error != "not_primary") {
+            let message = ready["message"].as_str().unwrap_or("");
+            verdict.problems.push(format!("{http}: not ready: {error}: {message}"));
+        }
+        judge_replication(http, view, primary, &mut verdict);
+    }
+    // Two nodes at one sequence hold one state.
+    for (i, (a, view_a, _)) in answered.iter().enumerate() {
+        for (b, view_b, _) in &answered[i + 1..] {
+            let (state_a, state_b) = (&view_a["state"], &view_b["state"]);
+            if state_a["sequence"] == state_b["sequence"] {
+                if state_a["hash"] != state_b["hash"] {
+                    verdict.problems.push(format!(
+                        "{a} and {b} hold different states at sequence {}: {} and {}",
+                        state_a["sequence"], state_a["hash"], state_b["hash"]
+                    ));
+                }
+            } else {
+                verdict.notes.push(format!(
+                    "{a} stands at sequence {}, {b} at {}: their states are compared only at \
+                     the same sequence",
+                    state_a["sequence"], state_b["sequence"]
+                ));
+            }
+        }
+    }
+    verdict
+}
+
+fn judge_replication(http: &str, view: &Value, primary: bool, verdict: &mut Verdict) {
+    let replication = &view["replication"];
+    if replication.is_null() {
+        return;
+    }
+    let state = replication["state"].as_str().unwrap_or("unknown");
+    let why = match (primary, state) {
+        (true, "in_sync") | (false, "following") => None,
+        (true, "alone") => Some("no standby is in sync: it acknowledges on its own journal"),
+        (true, "catching_up") => {
+            Some("its standby is catching up: meanwhile it acknowledges on its own journal")
+        }
+        (true, "standby_lost") => Some(
+            "its standby went silent: writes are held until it is back or the primary goes on \
+             alone",
+        ),
+        (true, _) => Some("it does not acknowledge with a standby"),
+        (false, _) => Some("the standby does not follow its primary"),
+    };
+    if let Some(why) = why {
+        verdict.problems.push(format!("{http}: {why} ({state})"));
+    }
+    if replication["mode"] == "async" {
+        verdict.notes.push(format!("{http}: async: a failover may lose acknowledged writes"));
+    }
+    let coordination = &replication["coordination"];
+    if let Some(waiting) = coordination["waiting"].as_str() {
+        verdict.problems.push(format!("{http}: waiting: {waiting}"));
+    }
+    if let Some(witness) = coordination["witness"].as_str().filter(|w| *w != "reachable") {
+        verdict.problems.push(format!("{http}: etcd: {witness}"));
+    }
+    if coordination["recorded_mode"] == "async" {
+        verdict.notes.push(format!("{http}: the in-sync record says async"));
+    }
+}
+
+fn to_text(observed: &[Observed], verdict: &Verdict) -> String {
+    let mut out = String::new();
+    for node in observed {
+        let Ok((view, _)) = &node.answer else {
+            let _ = writeln!(out, "{}  not read", node.http);
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "{}  {}, epoch {}, sequence {} (durable {}), state {}",
+            node.http,
+            view["role"].as_str().unwrap_or("?"),
+            view["epoch"],
+            view["state"]["sequence"],
+            view["journal"]["durable_sequence"],
+            view["state"]["hash"].as_str().unwrap_or("?"),
+        );
+        let replication = &view["replication"];
+        if !replication.is_null() {
+            let _ = writeln!(
+                out,
+                "    replication  {} {}, peer {}, {} records behind",
+                replication["mode"].as_str().unwrap_or("?"),
+                replication["state"].as_str().unwrap_or("?"),
+                replication["peer"].as_str().unwrap_or("none"),
+                replication["lag_records"],
+            );
+        }
+        let coordination = &replication["coordination"];
+        if !coordination.is_null() {
+            let _ = writeln!(
+                out,
+                "    etcd         {} of {} (epoch {}), in-sync standby {}, {} record",
+                coordination["state"].as_str().unwrap_or("?"),
+                coordination["leader"].as_str().unwrap_or("nobody"),
+                coordination["leader_epoch"],
+                coordination["in_sync_standby"].as_str().unwrap_or("none"),
+                coordination["recorded_mode"].as_str().unwrap_or("no"),
+            );
+        }
+    }
+    for note in &verdict.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    if verdict.problems.is_empty() {
+        let _ = writeln!(out, "healthy");
+    }
+    for problem in &verdict.problems {
+        let _ = writeln!(out, "problem: {problem}");
+    }
+    out
+}
+
+fn to_json(observed: &[Observed], verdict: &Verdict) -> Value {
+    let nodes: Vec<Value> = observed
+        .iter()
+        .map(|node| match &node.answer {
+            Ok((view, (status, ready))) => {
+                json!({ "http": node.http, "node": view, "ready": { "status": status, "body": ready } })
+            }
+            Err(error) => json!({ "http": node.http, "error": error }),
+        })
+        .collect();
+    json!({
+        "nodes": nodes,
+        "healthy": verdict.problems.is_empty(),
+        "problems": verdict.problems,
+        "notes": verdict.notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's answers: `role`, replication `state` (none: no replication), state at
+    /// (`sequence`, `hash`), and `/ready`'s status and error.
+    fn node(
+        http: &str,
+        role: &str,
+        state: Option<&str>,
+        (sequence, hash): (u64, &str),
+        (ready, error): (u16, &str),
+    ) -> Observed {
+        let replication =
+            state.map(|state| json!({ "role": role, "mode": "sync", "state": state }));
+        let view = json!({
+            "role": role, "epoch": 2, "state": { "sequence": sequence, "hash": hash },
+            "journal": { "durable_sequence": sequence }, "replication": replication,
+        });
+        let body = if ready == 200 { json!({ "ready": true }) } else { json!({ "error": error }) };
+        Observed { http: http.into(), answer: Ok((view, (ready, body))) }
+    }
+
+    #[test]
+    fn a_pair_in_sync_at_one_state_is_healthy() {
+        // Goal: one primary in sync, its standby following (its /ready says not_primary, as a
+        // standby's does), both at sequence 9 with one hash: no problem, no note.
+        let pair = [
+            node("a", "primary", Some("in_sync"), (9, "ab"), (200, "")),
+            node("b", "standby", Some("following"), (9, "ab"), (503, "not_primary")),
+        ];
+        assert_eq!(judge(&pair), Verdict::default());
+        let text = to_text(&pair, &judge(&pair));
+        assert!(text.ends_with("healthy\n"), "{text}");
+        assert!(text.contains("a  primary, epoch 2, sequence 9 (durable 9), state ab\n"), "{text}");
+    }
+
+    #[test]
+    fn each_way_a_pair_goes_wrong_is_named() {
+        // Goal: a standby lost, two primaries, a failed journal, different states at one
+        // sequence, and a node that does not answer are each a problem naming the node.
+        let cases: [(Vec<Observed>, &str); 5] = [
+            (
+                vec![
+                    node(
+                        "a",
+                        "primary",
+                        Some("standby_lost"),
+                        (9, "ab"),
+                        (503, "replication_unavailable"),
+                    ),
+                    node("b", "standby", Some("catching_up"), (5, "cd"), (503, "not_primary")),
+                ],
+                "a: its standby went silent: writes are held until it is back or the primary goes \
+                 on alone (standby_lost)",
+            ),
+            (
+                vec![
+                    node("a", "primary", Some("alone"), (9, "ab"), (200, "")),
+                    node("b", "primary", Some("alone"), (9, "ab"), (200, "")),
+                ],
+                "more than one node says it is primary: a (epoch 2), b (epoch 2)",
+            ),
+            (
+                vec![node("a", "primary", None, (9, "ab"), (503, "journal_failed"))],
+                "a: not ready: journal_failed",
+            ),
+            (
+                vec![
+                    node("a", "primary", Some("in_sync"), (9, "ab"), (200, "")),
+                    node("b", "standby", Some("following"), (9, "ff"), (503, "not_primary")),
+                ],
+                "a and b hold different states at sequence 9",
+            ),
+            (
+                vec![
+                    node("a", "primary", None, (9, "ab"), (200, "")),
+                    Observed {
+                        http: "b".into(),
+                        answer: Err("no answer: connection refused".into()),
+                    },
+                ],
+                "b: no answer: connection refused",
+            ),
+        ];
+        for (nodes, said) in cases {
+            let verdict = judge(&nodes);
+            assert!(verdict.problems.iter().any(|p| p.contains(said)), "{said}: {verdict:?}");
+            assert_eq!(verdict.unreachable, said.contains("no answer"), "{verdict:?}");
+        }
+        let apart = [
+            node("a", "primary", Some("in_sync"), (9, "ab"), (200, "")),
+            node("b", "standby", Some("following"), (8, "cd"), (503, "not_primary")),
+        ];
+        let verdict = judge(&apart);
+        assert!(verdict.problems.is_empty(), "{verdict:?}");
+        assert!(verdict.notes[0].contains("compared only at the same sequence"), "{verdict:?}");
+    }
+}
