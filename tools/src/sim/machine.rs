@@ -354,6 +354,9 @@ pub struct Running {
     /// Promoted in place after it took a record from its primary in this run: that record's
     /// epoch.
     pub followed_epoch: Option<u64>,
+    /// A standby under the witness whose journal failed in this run stood down: it follows
+    /// nobody and does not stand for the key.
+    stood_down: bool,
     /// The snapshot writer the node's hook hands jobs to, and its counters as last seen.
     snapshots: Option<Snapshots>,
 }
@@ -442,6 +445,8 @@ pub struct Machine {
     pub epochs_dropped: u64,
     /// Primaries whose journal failed that began handing the key to their standby.
     pub failed_handovers: u64,
+    /// Standbys under the witness whose journal failed, which stood down.
+    pub standbys_stood_down: u64,
     /// Whether the operator tries `journal rebuild` before a truncation.
     pub rebuild_first: bool,
     /// Whether the operator tries `journal heal` from the peer's journal before a truncation.
@@ -488,6 +493,7 @@ impl Machine {
             heals: 0,
             epochs_dropped: 0,
             failed_handovers: 0,
+            standbys_stood_down: 0,
             rebuild_first: true,
             heal_first: true,
             halt_power_loss: None,
@@ -1195,6 +1201,7 @@ impl Machine {
             clients,
             accepted: BTreeMap::new(),
             followed_epoch: None,
+            stood_down: false,
             follower,
             next_driver_ms: now_ms,
             rejoin,
@@ -1229,6 +1236,15 @@ impl Machine {
                     let why = format!("its journal failed at {fence}");
                     trace.event(now_ms, &format!("{name}: hands over the leader key: {why}"));
                     self.failed_handovers += 1;
+                }
+                if driver.pilot().state() == "standby"
+                    && !running.stood_down
+                    && let Some(fence) = running.node.promoter().journal_fence()
+                {
+                    running.stood_down = true;
+                    let why = format!("its journal failed at {fence} as a standby");
+                    trace.event(now_ms, &format!("{name}: follows nobody: {why}"));
+                    self.standbys_stood_down += 1;
                 }
             }
             if running.control.is_primary() && !was_primary {

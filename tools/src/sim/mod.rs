@@ -318,7 +318,7 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
          the witness's answers lost ({} campaigns that took the key unanswered), {} clocks \
          at least 1% slow and {} at least 1% fast, {} wall clocks set minutes apart, {} \
          switchovers, \
-         {} disk failures ({} EIO, the rest ENOSPC; {} primaries handed over), {} bursts, {} clean stops, {} bits flipped \
+         {} disk failures ({} EIO, the rest ENOSPC; {} primaries handed over, {} standbys stood down), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
          peer's copy), {} promotions by hand ({} of a standby ahead of its primary), {} \
          standbys started anew after a split, {} diverged epochs dropped at once, {} armed \
@@ -342,6 +342,7 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
         f.disk_failures,
         f.io_errors,
         f.failed_handovers,
+        f.standbys_stood_down,
         f.bursts,
         f.clean_stops,
         f.bit_flips,
@@ -465,6 +466,7 @@ impl Totals {
             f.heals += r.heals;
             f.epochs_dropped += r.epochs_dropped;
             f.failed_handovers += r.failed_handovers;
+            f.standbys_stood_down += r.standbys_stood_down;
             f.manual_promotions += r.manual_promotions;
             f.promotions_ahead += r.promotions_ahead;
             f.io_errors += r.io_errors;
@@ -1099,6 +1101,15 @@ mod tests {
         // operator replaces the disk; the standby takes over, and every checker passes.
         let did = |r: &Report| r.faults.failed_handovers >= 1 && r.failovers >= 1;
         regressions_pass(&[192], RunLength::default(), "no primary handed over", did);
+    }
+
+    #[test]
+    fn a_standby_whose_journal_failed_stands_down_and_every_checker_passes() {
+        // Goal: seeds 59 and 110: a standby's disk fails under the witness. It follows
+        // nobody and does not stand for the key (`Driver::member`, `pilot::leaderless`), the
+        // primary goes on alone, and every checker passes.
+        let did = |r: &Report| r.faults.standbys_stood_down >= 1;
+        regressions_pass(&[59, 110], RunLength::default(), "no standby stood down", did);
     }
 
     #[test]
