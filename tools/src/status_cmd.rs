@@ -99,8 +99,9 @@ fn observe(
     let (status, body) = call(http, ("GET", "/v1/node"), token, "", timeout).map_err(no_answer)?;
     let node = parse("/v1/node", &body)?;
     if status != 200 {
-        let error = node["error"].as_str().unwrap_or("error");
-        return Err(format!("/v1/node answered {status} {error}: {}", node["message"]));
+        let (error, message) = (node["error"].as_str(), node["message"].as_str());
+        let (error, message) = (error.unwrap_or("error"), message.unwrap_or(""));
+        return Err(format!("/v1/node answered {status} {error}: {message}"));
     }
     let (ready_status, ready) =
         call(http, ("GET", "/ready"), token, "", timeout).map_err(no_answer)?;
