@@ -184,6 +184,21 @@ fn role_tokens_from_config_and_environment_are_enforced_on_a_public_listener() {
     assert!(snapshot.contains("`admin` role"), "{snapshot}");
     let snapshot = http(addr, "POST", "/v1/admin/snapshot", Some(ADMIN));
     assert!(snapshot.starts_with("HTTP/1.1 202"), "{snapshot}");
+    // `ringfence status` reads with the token it is given, and says when it was refused.
+    let status = |token_file: Option<&str>| {
+        let node = format!("127.0.0.1:{}", addr.port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringfence"));
+        command.args(["status", "--http", &node]).env_remove("RINGFENCE_TOKEN");
+        command.args(token_file.map(|file| ["--token-file", file]).into_iter().flatten());
+        let output = command.output().unwrap();
+        (output.status.code(), text(&output.stdout))
+    };
+    let (code, said) = status(None);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("/v1/node answered 401 unauthorized"), "{said}");
+    let read = write(&dir.path().join("read.token"), &format!("{READ}\n"));
+    let (code, said) = status(Some(&read));
+    assert_eq!((code, said.ends_with("healthy\n")), (Some(0), true), "{said}");
     drop(child);
 }
 
