@@ -130,6 +130,11 @@ pub struct ReplicationStatus {
     pub role: String,
     /// `sync`, `async` or `replicated-write` (free text from the replicator).
     pub mode: String,
+    /// The cluster this node belongs to: both nodes of a pair name the same one.
+    pub cluster: String,
+    /// The highest epoch this node has promised not to go below: on a primary, at least the
+    /// epoch it leads; on a standby that follows, its primary's epoch.
+    pub promised_epoch: u64,
     /// E.g. `alone`, `catching_up`, `in_sync`, `standby_lost`, `following`, `connecting`,
     /// `deposed`.
     pub state: String,

@@ -541,6 +541,8 @@ impl ReplicationControl for ControlHandle {
         ReplicationStatus {
             role: figures.role.into(),
             mode: figures.mode.into(),
+            cluster: self.0.config().cluster.to_string(),
+            promised_epoch: self.0.epochs().promised.0,
             state: figures.state,
             peer: figures.peer,
             applied_sequence: self.0.link().available(),

@@ -1,7 +1,8 @@
 //! `ringfence status`: a pair (or a lone node) at a glance. Each node's `/v1/node` and
 //! `/ready` are read and shown in a few lines (role, epoch, position, state hash, replication,
-//! the witness's view), then judged together: one primary, its standby following and in sync,
-//! both ready, and the same state hash wherever they stand at the same sequence. The exit
+//! the witness's view), then judged together: one primary, its standby following it (in the
+//! primary's epoch) and in sync, both of one cluster, both ready, and the same state hash
+//! wherever they stand at the same sequence. The exit
 //! status is 0 when healthy, 1 when the verdict names a problem, 2 when a node could not be read
 //! (no answer in time, or it refused the read: give a token).
 
@@ -108,11 +109,14 @@ fn observe(
     Ok((node, (ready_status, parse("/ready", &ready)?)))
 }
 
+/// A node that answered: its address, its `/v1/node` and its `/ready` (status, body).
+type Answered<'a> = (&'a str, &'a Value, &'a (u16, Value));
+
 /// Judges what the nodes said: the rules in the module's documentation.
 #[must_use]
 pub fn judge(observed: &[Observed]) -> Verdict {
     let mut verdict = Verdict::default();
-    let mut answered = Vec::new();
+    let mut answered: Vec<Answered<'_>> = Vec::new();
     for node in observed {
         match &node.answer {
             Ok((view, ready)) => answered.push((node.http.as_str(), view, ready)),
@@ -135,7 +139,20 @@ pub fn judge(observed: &[Observed]) -> Verdict {
                 .problems
                 .push(format!("more than one node says it is primary: {}", named.join(", ")));
         }
+        [(leader, leader_view, _)] => judge_following(leader, leader_view, &answered, &mut verdict),
         _ => {}
+    }
+    let clusters: Vec<(&str, &str)> = answered
+        .iter()
+        .filter_map(|(http, view, _)| Some((*http, view["replication"]["cluster"].as_str()?)))
+        .collect();
+    if clusters.iter().any(|(_, cluster)| *cluster != clusters[0].1) {
+        let named: Vec<String> =
+            clusters.iter().map(|(http, cluster)| format!("{http} in {cluster}")).collect();
+        verdict.problems.push(format!(
+            "the nodes are not of one pair: {}; give the nodes of one cluster",
+            named.join(", ")
+        ));
     }
     for (http, view, (ready_status, ready)) in &answered {
         let primary = view["role"] == "primary";
@@ -167,6 +184,31 @@ pub fn judge(observed: &[Observed]) -> Verdict {
         }
     }
     verdict
+}
+
+/// A standby streaming from its primary (following or catching up) promised that primary's
+/// epoch first: one that promised another streams from another primary, not `leader`.
+fn judge_following(
+    leader: &str,
+    leader_view: &Value,
+    answered: &[Answered<'_>],
+    verdict: &mut Verdict,
+) {
+    for (http, view, _) in answered {
+        let replication = &view["replication"];
+        let promised = &replication["promised_epoch"];
+        let streaming = ["following", "catching_up"].map(Value::from);
+        if streaming.contains(&replication["state"])
+            && !promised.is_null()
+            && *promised != leader_view["epoch"]
+        {
+            verdict.problems.push(format!(
+                "{http} follows a primary of epoch {promised}, but {leader} leads epoch {}: \
+                 {leader} is not its primary",
+                leader_view["epoch"]
+            ));
+        }
+    }
 }
 
 fn judge_replication(http: &str, view: &Value, primary: bool, verdict: &mut Verdict) {
@@ -227,11 +269,13 @@ fn to_text(observed: &[Observed], verdict: &Verdict) -> String {
         if !replication.is_null() {
             let _ = writeln!(
                 out,
-                "    replication  {} {}, peer {}, {} records behind",
+                "    replication  {} {}, peer {}, {} records behind; cluster {}, promised epoch {}",
                 replication["mode"].as_str().unwrap_or("?"),
                 replication["state"].as_str().unwrap_or("?"),
                 replication["peer"].as_str().unwrap_or("none"),
                 replication["lag_records"],
+                replication["cluster"].as_str().unwrap_or("?"),
+                replication["promised_epoch"],
             );
         }
         let coordination = &replication["coordination"];
@@ -290,8 +334,12 @@ mod tests {
         (sequence, hash): (u64, &str),
         (ready, error): (u16, &str),
     ) -> Observed {
-        let replication =
-            state.map(|state| json!({ "role": role, "mode": "sync", "state": state }));
+        let replication = state.map(|state| {
+            json!({
+                "role": role, "mode": "sync", "state": state, "cluster": "shop",
+                "promised_epoch": 2,
+            })
+        });
         let view = json!({
             "role": role, "epoch": 2, "state": { "sequence": sequence, "hash": hash },
             "journal": { "durable_sequence": sequence }, "replication": replication,
@@ -374,5 +422,42 @@ mod tests {
         let verdict = judge(&apart);
         assert!(verdict.problems.is_empty(), "{verdict:?}");
         assert!(verdict.notes[0].contains("compared only at the same sequence"), "{verdict:?}");
+    }
+
+    /// `observed` with its `/v1/node` answer's `replication.field` set to `value`.
+    fn with(mut observed: Observed, field: &str, value: Value) -> Observed {
+        observed.answer.as_mut().expect("an answer").0["replication"][field] = value;
+        observed
+    }
+
+    #[test]
+    fn nodes_of_two_pairs_are_not_taken_for_one() {
+        // Goal: a primary and a node that follows another primary, or belongs to another
+        // cluster, are named as not one pair, though each is healthy alone; a standby in the
+        // primary's epoch of the same cluster is not.
+        let primary = || node("a", "primary", Some("in_sync"), (9, "ab"), (200, ""));
+        let standby = || node("b", "standby", Some("following"), (9, "ab"), (503, "not_primary"));
+        let elsewhere = [primary(), with(standby(), "promised_epoch", json!(5))];
+        let verdict = judge(&elsewhere);
+        assert_eq!(
+            verdict.problems,
+            ["b follows a primary of epoch 5, but a leads epoch 2: a is not its primary"]
+        );
+        let other_cluster = [primary(), with(standby(), "cluster", json!("shop-us"))];
+        assert_eq!(
+            judge(&other_cluster).problems,
+            ["the nodes are not of one pair: a in shop, b in shop-us; give the nodes of one \
+              cluster"]
+        );
+        let text = to_text(&elsewhere, &verdict);
+        assert!(text.contains("records behind; cluster shop, promised epoch 5\n"), "{text}");
+        // Catching up, a standby streams in the epoch it promised, as it does following.
+        let catching_up = with(standby(), "state", json!("catching_up"));
+        let behind = [primary(), with(catching_up, "promised_epoch", json!(1))];
+        assert!(judge(&behind).problems.iter().any(|p| p.contains("a is not its primary")));
+        // Still connecting, it has not yet promised the epoch it will follow in.
+        let connecting = with(standby(), "state", json!("connecting"));
+        let joining = [primary(), with(connecting, "promised_epoch", json!(1))];
+        assert!(judge(&joining).problems.iter().all(|p| !p.contains("is not its primary")));
     }
 }

@@ -223,6 +223,14 @@ fn killed_primary_loses_nothing(name: &str, primary_args: &[&str], layout: Optio
     wait_node(&old, Duration::from_secs(30), |v| last_sequence(v) >= target);
     let (_, old_view) = old.call("GET", "/v1/node", "", false);
     assert_eq!(old_view["role"], "standby");
+    // It follows in the new primary's epoch, which `ringfence status` checks.
+    let promised = &old_view["replication"]["promised_epoch"];
+    assert_eq!(promised, &new.call("GET", "/v1/node", "", false).1["epoch"], "{old_view}");
+    wait_node(&new, Duration::from_secs(20), |v| v["replication"]["state"] == "in_sync");
+    wait_node(&old, Duration::from_secs(20), |v| v["replication"]["state"] == "following");
+    let (code, said) = ringfence_status(&[&new.http.to_string(), &old.http.to_string()]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains(&format!("standby, epoch {}", old_view["epoch"])), "{said}");
     let (status, refused) = old.call("POST", "/v1/orders", &reservation(999).0, false);
     assert_eq!((status, refused["error"].as_str()), (503, Some("not_primary")), "{refused}");
     drop(old);
@@ -251,16 +259,16 @@ fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
     let target = last_sequence(&node.call("GET", "/v1/node", "", false).1);
     wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= target);
     let (a, b) = (node.http.to_string(), follower.http.to_string());
-    // Bounds for a loaded machine: a node that answers does so in milliseconds.
-    let status = |nodes: &[&str]| {
-        let mut args = vec!["status", "--timeout-ms", "5000"];
-        nodes.iter().for_each(|http| args.extend(["--http", http]));
-        let output = ringfence_within(&args, Duration::from_secs(30));
-        (output.status.code(), text(&output.stdout))
-    };
-    let (code, said) = status(&[&a, &b]);
+    let (code, said) = ringfence_status(&[&a, &b]);
     assert_eq!(code, Some(0), "{said}");
     assert!(said.ends_with("healthy\n") && said.contains("following"), "{said}");
+    let epoch = node.call("GET", "/v1/node", "", false).1["epoch"].clone();
+    let following = format!(
+        "following, peer {}, 0 records behind; cluster ringfence, promised \
+                             epoch {epoch}",
+        node.replication.unwrap()
+    );
+    assert!(said.contains(&following), "{following}: {said}");
     let pid = follower.pid().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -273,11 +281,11 @@ fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
         thread::sleep(Duration::from_millis(50));
     };
     assert!(refused.contains("replication_unavailable"));
-    let (code, said) = status(&[&a]);
+    let (code, said) = ringfence_status(&[&a]);
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("its standby went silent: writes are held"), "{said}");
     assert!(said.contains("not ready: replication_unavailable"), "{said}");
-    let (code, said) = status(&[&a, &b]);
+    let (code, said) = ringfence_status(&[&a, &b]);
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains(&format!("problem: {b}: no answer")), "{said}");
     let (status, sku) = try_call(node.http, "GET", "/v1/skus/1", "").unwrap();
@@ -307,6 +315,15 @@ fn a_silent_standby_stops_sync_acknowledgements_until_it_is_back() {
     drop(follower);
     drop(node);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `ringfence status` on the nodes at `nodes` (HTTP addresses): its exit code and its text.
+fn ringfence_status(nodes: &[&str]) -> (Option<i32>, String) {
+    // Bounds for a loaded machine: a node that answers does so in milliseconds.
+    let mut args = vec!["status", "--timeout-ms", "5000"];
+    nodes.iter().for_each(|http| args.extend(["--http", http]));
+    let output = ringfence_within(&args, Duration::from_secs(30));
+    (output.status.code(), text(&output.stdout))
 }
 
 /// Sends a `Hello` for `cluster` and reads what comes back.
