@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::disk::{Mount, fill};
 use common::etcd::{Etcd, free_port};
+use common::prometheus::Prometheus;
 use common::{Logged, TempDir, call, ringfence_within, text};
 use ringfence_replicator::coordination::etcd::EtcdCoordinator;
 use ringfence_replicator::coordination::store::Coordinator as _;
@@ -891,12 +892,14 @@ fn lint(expositions: &[String]) {
 }
 
 #[test]
-fn the_alert_rules_name_only_metrics_a_pair_exports_and_each_is_tested() {
-    // Goal: docs/prometheus/alerts.yml is held to the product. Every metric its rules and
-    // descriptions name is exported by the primary or the standby of a pair under etcd (a
-    // renamed metric would leave an alert that never fires), and every alert has a case in
-    // alerts.test.yml, which CI runs with `promtool test rules`. Both nodes' metrics pass
-    // `promtool check metrics`.
+fn the_alert_rules_and_the_dashboard_name_only_metrics_a_pair_exports() {
+    // Goal: docs/prometheus/alerts.yml and docs/grafana/ringfence.json are held to the
+    // product. Every metric the rules, their descriptions and the dashboard's queries name is
+    // exported by the primary or the standby of a pair under etcd (a renamed metric would
+    // leave an alert that never fires, a panel that stays empty), and every alert has a case
+    // in alerts.test.yml, which CI runs with `promtool test rules`. Both nodes' metrics pass
+    // `promtool check metrics`, and each dashboard query, run by Prometheus scraping the pair,
+    // gives a series.
     let _serial = one_at_a_time();
     let root = TempDir::new("failover-alerts");
     let (_etcd, a, b) = pair(root.path(), &[]);
@@ -927,5 +930,66 @@ fn the_alert_rules_name_only_metrics_a_pair_exports_and_each_is_tested() {
     for alert in alerts {
         assert!(tests.contains(&format!("alertname: {alert}\n")), "{alert} has no test case");
     }
+    dashboard_answers(root.path(), [&a, &b], &exported);
     drop((a, b));
+}
+
+/// Each query of the shipped Grafana dashboard (`docs/grafana/ringfence.json`), its Grafana
+/// variables given values: all nodes (`$instance`) and a one-minute window
+/// (`$__rate_interval`), with the panel it belongs to.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana/ringfence.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    let mut ids = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        assert!(ids.insert(panel["id"].as_u64().expect("an id")), "ids repeat: {panel}");
+        if panel["type"] == "row" {
+            continue;
+        }
+        let title = panel["title"].as_str().expect("a title").to_owned();
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title} picks its source");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} has no query");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("a query");
+            let expr = expr.replace("$__rate_interval", "1m").replace("$instance", ".*");
+            assert!(!expr.contains('$'), "{title}: a Grafana variable left in {expr}");
+            queries.push((title.clone(), expr));
+        }
+    }
+    queries
+}
+
+/// The dashboard's queries name only metrics the pair exports (`exported`), and where
+/// Prometheus is installed (CI installs it), each gives at least one series once it has
+/// scraped `nodes`: a wrong label, a mismatched division or a typo gives none.
+fn dashboard_answers(root: &Path, nodes: [&Member; 2], exported: &BTreeSet<String>) {
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 20, "{queries:?}");
+    for (title, expr) in &queries {
+        let unknown: Vec<_> =
+            metric_names(expr).into_iter().filter(|name| !exported.contains(name)).collect();
+        assert!(unknown.is_empty(), "{title}: {unknown:?} not exported by either node");
+    }
+    let Some(prometheus) = Prometheus::start(root, &nodes.map(|node| node.http)) else {
+        return eprintln!("Prometheus is not installed: the dashboard's queries were not run");
+    };
+    // A liveness bound: a rate needs two scrapes, a second apart.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut empty = Vec::new();
+        for (title, expr) in &queries {
+            match prometheus.query(expr) {
+                Ok(series) if !series.is_empty() => {}
+                Ok(_) => empty.push(format!("{title}: {expr}")),
+                Err(error) => panic!("{title}: {expr}: {error}"),
+            }
+        }
+        if empty.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no series within 60 s: {empty:#?}");
+        thread::sleep(Duration::from_millis(500));
+    }
 }
