@@ -271,8 +271,9 @@ pub struct HashWatch<H> {
 /// The engine tables `/metrics` shows the size of, in [`EngineWatch`]'s order.
 const TABLES: [&str; 6] = ["skus", "orders", "holdings", "batches", "coupons", "request_keys"];
 
-/// How often (in commands) the table sizes are published: a gauge at most this many rows
-/// behind, for a status read and a few stores in one command of this many.
+/// How often (in commands) the table sizes are published while commands keep coming: a gauge
+/// at most this many rows behind, for a status read and a few stores in one command of this
+/// many. They are published too whenever the applying stage runs out of commands.
 const TABLES_EVERY: u32 = 64;
 
 /// The values a [`HashWatch`] publishes, as one consistent triple: a reader never sees the
@@ -343,7 +344,8 @@ impl EngineWatch {
         let name = "ringfence_engine_table_rows";
         let help = format!(
             "Rows in use in each engine table (orders: live ones, reserved, paid or shipped, \
-             which keep their slot), published every {TABLES_EVERY} commands."
+             which keep their slot), published every {TABLES_EVERY} commands and when the node \
+             goes idle."
         );
         header(out, name, &help, "gauge");
         for (table, rows) in TABLES.iter().zip(&self.rows) {
@@ -411,6 +413,14 @@ impl<H: SnapshotHook> SnapshotHook for HashWatch<H> {
         self.watch.publish(engine);
         self.since_tables += 1;
         if self.since_tables == TABLES_EVERY {
+            self.since_tables = 0;
+            self.watch.publish_tables(engine);
+        }
+    }
+
+    fn idle(&mut self, engine: &Engine) {
+        self.inner.idle(engine);
+        if self.since_tables > 0 {
             self.since_tables = 0;
             self.watch.publish_tables(engine);
         }
@@ -704,7 +714,7 @@ mod tests {
     fn the_table_gauges_follow_the_engine_every_few_commands() {
         // Goal: `/metrics` shows each table's rows beside its capacity, as of at most
         // TABLES_EVERY commands ago: the SKUs made since start appear once that many commands
-        // were applied, not before.
+        // were applied, not before; and all of them once the stage goes idle.
         use ringfence_core::pipeline::NoSnapshots;
         use ringfence_core::{Action, CreateSku, EngineConfig, RequestKey, SkuId, Timestamp};
         let mut engine = Engine::new(EngineConfig::small());
@@ -745,6 +755,20 @@ mod tests {
         }
         assert_eq!(rows(&watch, "request_keys"), TABLES_EVERY);
         assert_eq!(rows(&watch, "orders"), 0);
+        // One command more, then nothing: the stage's idle moment publishes it.
+        let command = Sequenced {
+            sequence: Sequence(u64::from(TABLES_EVERY) + 1),
+            timestamp: Timestamp(u64::from(TABLES_EVERY) + 1),
+            command: Command::Client {
+                key: RequestKey::from_u128(0),
+                action: Action::Restock { sku: SkuId(1), qty: 1 },
+            },
+        };
+        let _ = engine.apply(&command);
+        hook.after_apply(&engine, &command);
+        assert_eq!(rows(&watch, "request_keys"), TABLES_EVERY, "not yet");
+        hook.idle(&engine);
+        assert_eq!(rows(&watch, "request_keys"), TABLES_EVERY + 1);
     }
 
     #[test]

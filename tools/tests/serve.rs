@@ -177,6 +177,8 @@ fn an_idle_node_journals_nothing_but_due_deadlines() {
     let (status, metrics) = node.get_text("/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("ringfence_snapshots_failed_total 0"), "{metrics}");
+    // The tables as they stand, though fewer commands were applied than publish them by count.
+    assert!(metrics.contains("ringfence_engine_table_rows{table=\"skus\"} 1\n"), "{metrics}");
     // The release and its protocols, for an alert comparing the nodes of a pair.
     let build = metrics.lines().find(|l| l.starts_with("ringfence_build_info{")).expect("build");
     let protocol = ringfence_replicator::message::PROTOCOL_VERSION;

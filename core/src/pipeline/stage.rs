@@ -291,6 +291,10 @@ pub trait Replicator: Send + 'static {
 pub trait SnapshotHook: Send + 'static {
     /// `engine` has just applied `command` (or, for `Command::Snapshot`, was asked for one).
     fn after_apply(&mut self, engine: &Engine, command: &Sequenced);
+
+    /// The applying stage found nothing to apply and is about to wait: a moment for figures
+    /// that need not follow every command to catch up with `engine`.
+    fn idle(&mut self, _engine: &Engine) {}
 }
 
 /// A copy of journaled records a test can read while the node runs.

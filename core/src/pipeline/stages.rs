@@ -413,6 +413,7 @@ impl<H: SnapshotHook> Work for Blp<H> {
 
     fn idle(&mut self, shared: &Shared) -> Result<bool, StageError> {
         self.service.publish_idle(&shared.blp_service);
+        self.hook.idle(&self.engine);
         Ok(false)
     }
 
