@@ -9,6 +9,7 @@ mod blp;
 mod failover;
 mod floor;
 mod journal;
+mod load;
 mod naive;
 mod net;
 mod pages;
@@ -122,6 +123,13 @@ enum Bench {
     /// shows which benchmark runs. Exits nonzero if a benchmark failed (the report still says
     /// what the others measured).
     Report(ReportArgs),
+    /// Reservations against a node you run (your machines, your network, a pair in sync
+    /// mode): one unit of `--sku` per request, each for a new user, over the binary protocol
+    /// or (`--http`) the HTTP API, at each `--rate` or `max`, after a warm-up that is not
+    /// counted. Latency from intended send time at fixed rates, throughput at `max`. The SKU
+    /// must be open with stock for the whole run (checked first). Exit 0 when every run
+    /// completed, 1 when one failed, 2 when the load could not start.
+    Load(load::LoadArgs),
 }
 
 /// Options of the report.
@@ -193,6 +201,7 @@ fn main() {
             failover::run(common, failover::Options { failovers, ringfence, lease_ttl_s });
         }
         Bench::Report(args) => write_report(args),
+        Bench::Load(args) => std::process::exit(load::run(&args)),
     }
 }
 

@@ -53,17 +53,24 @@ pub trait Protocol {
     fn encode(&mut self, out: &mut Vec<u8>, index: u64);
     /// Splits one response off `input`: bytes used, the request index if the response carries
     /// it, and whether the request succeeded. `Ok(None)` means more bytes are needed.
-    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String>;
+    fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Option<Decoded<'a>>, String>;
+    /// Readies a new connection (still blocking) before any request: e.g. authenticates it.
+    fn handshake(&mut self, _stream: &mut std::net::TcpStream) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-/// One decoded response.
-pub struct Decoded {
+/// One decoded response, borrowing the bytes it was read from.
+pub struct Decoded<'a> {
     /// Bytes it occupied.
     pub used: usize,
     /// The request index, for correlated protocols.
     pub index: Option<u64>,
     /// Whether the request did what the workload wanted.
     pub ok: bool,
+    /// When it did not, the code of the answer, where the protocol names one (`sold_out`,
+    /// `busy`, ...).
+    pub refusal: Option<&'a str>,
 }
 
 /// How one run offers load.
@@ -81,6 +88,8 @@ pub struct Measured {
     pub answered: u64,
     /// Answers that were not successes (rejections, refusals).
     pub failed: u64,
+    /// Those answers by code, where the protocol names one.
+    pub refusals: std::collections::BTreeMap<String, u64>,
     /// Requests never answered before the drain deadline.
     pub lost: u64,
     /// First send to last answer.
@@ -101,11 +110,17 @@ struct Conn {
     in_flight: usize,
 }
 
-/// Connects `connections` sockets to `addr`.
-fn connect_all(poll: &Poll, addr: SocketAddr, connections: usize) -> io::Result<Vec<Conn>> {
+/// Connects `connections` sockets to `addr`, each readied by `protocol`'s handshake.
+fn connect_all(
+    poll: &Poll,
+    addr: SocketAddr,
+    connections: usize,
+    protocol: &mut dyn Protocol,
+) -> io::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(connections);
     for index in 0..connections {
-        let std_stream = std::net::TcpStream::connect(addr)?;
+        let mut std_stream = std::net::TcpStream::connect(addr)?;
+        protocol.handshake(&mut std_stream)?;
         std_stream.set_nodelay(true)?;
         std_stream.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(std_stream);
@@ -164,11 +179,12 @@ pub fn drive_up_to(
     first_index: u64,
 ) -> io::Result<Measured> {
     let mut poll = Poll::new()?;
-    let mut conns = connect_all(&poll, addr, connections)?;
+    let mut conns = connect_all(&poll, addr, connections, protocol)?;
     let mut events = Events::with_capacity(1024);
     let mut histogram = latency_histogram();
     let mut send_lag = latency_histogram();
     let (mut answered, mut failed, mut sent) = (0u64, 0u64, 0u64);
+    let mut refusals = std::collections::BTreeMap::new();
     let total = match load {
         Load::Rate(rate) => (rate as f64 * duration.as_secs_f64()) as u64,
         Load::Window(_) => u64::MAX,
@@ -203,7 +219,7 @@ pub fn drive_up_to(
                     let elapsed = now.saturating_duration_since(t0).as_secs_f64();
                     ((elapsed * rate as f64) as u64 + 1).min(total)
                 }
-                Load::Window(_) => u64::MAX,
+                Load::Window(_) => total,
             };
             let mut next_conn = (sent % connections as u64) as usize;
             while sent < due {
@@ -309,6 +325,12 @@ pub fn drive_up_to(
                 if !decoded.ok {
                     failed += 1;
                 }
+                if let Some(code) = decoded.refusal {
+                    match refusals.get_mut(code) {
+                        Some(count) => *count += 1,
+                        None => drop(refusals.insert(code.to_owned(), 1)),
+                    }
+                }
                 let offset = index.checked_sub(first_index).map(|o| o as usize);
                 let intended = offset
                     .and_then(|o| send_ns.get(o).copied())
@@ -321,7 +343,7 @@ pub fn drive_up_to(
     }
     let lost = sent - answered;
     let seconds = last_answer.saturating_duration_since(t0).as_secs_f64().max(1e-9);
-    Ok(Measured { answered, failed, lost, seconds, histogram, send_lag })
+    Ok(Measured { answered, failed, refusals, lost, seconds, histogram, send_lag })
 }
 
 /// Waits until `poll` has events ready or `timeout` passes, to the microsecond (the epoll
@@ -345,20 +367,58 @@ fn wait_for_events(poll: &Poll, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
+/// What the reservations reserve and for whom: one unit of `sku` each, request `index` for
+/// user `first_user + index`.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The SKU every request reserves from.
+    pub sku: u64,
+    /// The user of request 0.
+    pub first_user: u64,
+    /// A token each connection presents first (binary `AUTH`, or an HTTP `Authorization`
+    /// header on every request).
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// The benchmarks' own server: [`HOT_SKU`], users from 1, no token.
+    #[must_use]
+    pub fn hot() -> Target {
+        Target { sku: HOT_SKU, first_user: 1, token: None }
+    }
+}
+
 /// The binary protocol: reservations of one unit each, correlation id = request index.
 pub struct BinaryReserve {
     /// Distinguishes this process's keys from earlier runs against the same engine.
     pub nonce: u64,
+    /// The SKU, the users and the token.
+    pub target: Target,
 }
 
-/// A reservation command for request `index`: user `index + 1`, key from nonce and index.
+impl BinaryReserve {
+    /// Reservations of [`Target::hot`] keyed by `nonce`.
+    #[must_use]
+    pub fn hot(nonce: u64) -> BinaryReserve {
+        BinaryReserve { nonce, target: Target::hot() }
+    }
+}
+
+/// A reservation command for request `index` of [`Target::hot`]: user `index + 1`, key from
+/// nonce and index.
 #[must_use]
 pub fn reserve_command(nonce: u64, index: u64) -> Command {
+    reserve_of(&Target::hot(), nonce, index)
+}
+
+/// A reservation command for request `index` of `target`, its key from nonce and index.
+#[must_use]
+pub fn reserve_of(target: &Target, nonce: u64, index: u64) -> Command {
     Command::Client {
         key: RequestKey::from_u128(u128::from(nonce) << 64 | u128::from(index)),
         action: Action::Reserve(Reserve {
-            user: UserId(index + 1),
-            sku: SkuId(HOT_SKU),
+            user: UserId(target.first_user.wrapping_add(index)),
+            sku: SkuId(target.sku),
             qty: 1,
             coupon: None,
         }),
@@ -371,18 +431,49 @@ impl Protocol for BinaryReserve {
     }
 
     fn encode(&mut self, out: &mut Vec<u8>, index: u64) {
-        wire::encode_command(out, index, &reserve_command(self.nonce, index));
+        wire::encode_command(out, index, &reserve_of(&self.target, self.nonce, index));
     }
 
-    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+    fn handshake(&mut self, stream: &mut std::net::TcpStream) -> io::Result<()> {
+        let Some(token) = &self.target.token else { return Ok(()) };
+        let mut frame = Vec::new();
+        wire::encode_auth(&mut frame, 0, token.as_bytes());
+        stream.write_all(&frame)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut input = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            if let Some((frame, _)) = wire::try_frame(&input).map_err(io::Error::other)? {
+                return match wire::decode_response(&frame) {
+                    Ok(Response::AuthOk) => Ok(()),
+                    Ok(Response::Error(error)) => {
+                        let (code, message) = (error.code.name(), error.message);
+                        Err(io::Error::other(format!(
+                            "the node refused the token: {code}: {message}"
+                        )))
+                    }
+                    other => Err(io::Error::other(format!("answer to AUTH: {other:?}"))),
+                };
+            }
+            match stream.read(&mut chunk)? {
+                0 => return Err(io::Error::other("the node closed the connection at AUTH")),
+                n => input.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Option<Decoded<'a>>, String> {
         let Some((frame, used)) = wire::try_frame(input).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        let ok = matches!(
-            wire::decode_response(&frame),
-            Ok(Response::Outcome(Outcome::Reserved { .. }))
-        );
-        Ok(Some(Decoded { used, index: Some(frame.correlation), ok }))
+        let (ok, refusal) = match wire::decode_response(&frame) {
+            Ok(Response::Outcome(Outcome::Reserved { .. })) => (true, None),
+            Ok(Response::Outcome(outcome)) => (false, Some(outcome.name())),
+            Ok(Response::Error(error)) => (false, Some(error.code.name())),
+            Ok(_) => (false, Some("unexpected_answer")),
+            Err(_) => (false, Some("undecodable_answer")),
+        };
+        Ok(Some(Decoded { used, index: Some(frame.correlation), ok, refusal }))
     }
 }
 
@@ -398,12 +489,12 @@ impl Protocol for BinaryPing {
         wire::encode_empty(out, Kind::Ping, index);
     }
 
-    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+    fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Option<Decoded<'a>>, String> {
         let Some((frame, used)) = wire::try_frame(input).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         let ok = frame.kind == Kind::Pong;
-        Ok(Some(Decoded { used, index: Some(frame.correlation), ok }))
+        Ok(Some(Decoded { used, index: Some(frame.correlation), ok, refusal: None }))
     }
 }
 
@@ -411,6 +502,16 @@ impl Protocol for BinaryPing {
 pub struct HttpReserve {
     /// Distinguishes this process's request ids from earlier runs.
     pub nonce: u64,
+    /// The SKU, the users and the token.
+    pub target: Target,
+}
+
+impl HttpReserve {
+    /// Reservations of [`Target::hot`] keyed by `nonce`.
+    #[must_use]
+    pub fn hot(nonce: u64) -> HttpReserve {
+        HttpReserve { nonce, target: Target::hot() }
+    }
 }
 
 impl Protocol for HttpReserve {
@@ -419,19 +520,24 @@ impl Protocol for HttpReserve {
     }
 
     fn encode(&mut self, out: &mut Vec<u8>, index: u64) {
+        let Target { sku, first_user, token } = &self.target;
         let body = format!(
-            r#"{{"request_id":"b{}-{index}","user":{},"sku":{HOT_SKU},"qty":1}}"#,
+            r#"{{"request_id":"b{}-{index}","user":{},"sku":{sku},"qty":1}}"#,
             self.nonce,
-            index + 1
+            first_user.wrapping_add(index)
         );
         let _ = write!(
             out,
-            "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         );
+        if let Some(token) = token {
+            let _ = write!(out, "Authorization: Bearer {token}\r\n");
+        }
+        let _ = write!(out, "\r\n{body}");
     }
 
-    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+    fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Option<Decoded<'a>>, String> {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut response = httparse::Response::new(&mut headers);
         let head = match response.parse(input).map_err(|e| e.to_string())? {
@@ -448,8 +554,21 @@ impl Protocol for HttpReserve {
             return Ok(None);
         }
         let ok = response.code == Some(201);
-        Ok(Some(Decoded { used: head + length, index: None, ok }))
+        let refusal = if ok { None } else { Some(error_code(&input[head..head + length])) };
+        Ok(Some(Decoded { used: head + length, index: None, ok, refusal }))
     }
+}
+
+/// The `error` of an HTTP error body (`{"error":"sold_out",...}`), found without parsing the
+/// JSON: the generator reads every answer on one thread.
+fn error_code(body: &[u8]) -> &str {
+    const KEY: &[u8] = b"\"error\":\"";
+    let code = body
+        .windows(KEY.len())
+        .position(|window| window == KEY)
+        .map(|at| &body[at + KEY.len()..])
+        .and_then(|rest| Some(&rest[..rest.iter().position(|&b| b == b'"')?]));
+    code.and_then(|code| std::str::from_utf8(code).ok()).unwrap_or("no_error_code")
 }
 
 /// Commands between two snapshots of a [`BenchServer`] that takes them: `serve` takes one
@@ -827,7 +946,7 @@ pub fn bench_tcp(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
         &mut BinaryPing,
         &context,
     );
-    let mut protocol = BinaryReserve { nonce: nonce() };
+    let mut protocol = BinaryReserve::hot(nonce());
     run_plan(
         report,
         plan,
@@ -842,7 +961,7 @@ pub fn bench_tcp(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
     let server = BenchServer::start_as(Topology::Stepped, None, Durability::None)?;
     report.note(&format!("tcp (ringfence_tcp_inline): server: {}", server.description));
     let context = [("server", serde_json::Value::from(server.description.clone()))];
-    let mut protocol = BinaryReserve { nonce: nonce() };
+    let mut protocol = BinaryReserve::hot(nonce());
     let addr = server.binary_addr();
     let variant = "ringfence_tcp_inline";
     run_plan(report, plan, "hot_sku_reserve", variant, addr, &mut protocol, &context);
@@ -921,7 +1040,7 @@ pub fn bench_http(report: &mut Report, plan: &mut Plan) -> io::Result<()> {
             idle * 100.0
         ));
         let context = [("server", serde_json::Value::from(server.description.clone()))];
-        let mut protocol = HttpReserve { nonce: nonce() };
+        let mut protocol = HttpReserve::hot(nonce());
         let addr = server.http_addr();
         run_plan(report, &mut run, "hot_sku_reserve", variant, addr, &mut protocol, &context);
         plan.next_index = run.next_index;
@@ -953,4 +1072,31 @@ pub fn nonce() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_refusal_is_counted_by_the_code_its_body_names() {
+        // Goal: the generator reads a refusal's code from ringfence's error body without a
+        // JSON parser, and says when there is none rather than inventing one.
+        let mut http = HttpReserve::hot(1);
+        let body = r#"{"error":"sold_out","message":"SKU 1 has no units left"}"#;
+        let answer = format!(
+            "HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let decoded = http.decode(answer.as_bytes()).unwrap().expect("a whole answer");
+        assert_eq!(
+            (decoded.ok, decoded.refusal, decoded.used),
+            (false, Some("sold_out"), answer.len())
+        );
+        assert_eq!(error_code(b"{\"message\":\"no code\"}"), "no_error_code");
+        assert_eq!(error_code(b"{\"error\":\"cut"), "no_error_code");
+        let created = "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}";
+        let decoded = http.decode(created.as_bytes()).unwrap().expect("a whole answer");
+        assert_eq!((decoded.ok, decoded.refusal), (true, None));
+    }
 }

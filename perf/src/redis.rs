@@ -163,11 +163,12 @@ impl Protocol for LuaReserve {
         encode_resp(out, &args);
     }
 
-    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+    fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Option<Decoded<'a>>, String> {
         Ok(parse_reply(input)?.map(|(used, reply)| Decoded {
             used,
             index: None,
             ok: reply.starts_with("reserved:"),
+            refusal: None,
         }))
     }
 }
@@ -184,11 +185,12 @@ impl Protocol for RedisPing {
         out.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
     }
 
-    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded>, String> {
+    fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Option<Decoded<'a>>, String> {
         Ok(parse_reply(input)?.map(|(used, reply)| Decoded {
             used,
             index: None,
             ok: reply == "PONG",
+            refusal: None,
         }))
     }
 }
@@ -233,7 +235,7 @@ pub fn run(common: Common) {
         }
     };
     let context = [("server", serde_json::Value::from(server.description.clone()))];
-    let mut protocol = BinaryReserve { nonce: net::nonce() };
+    let mut protocol = BinaryReserve::hot(net::nonce());
     net::run_plan(
         &mut report,
         &mut plan,

@@ -713,7 +713,7 @@ fn tcp_load(
             .name("generator".into())
             .spawn_scoped(scope, || {
                 tighten_timer_slack();
-                let mut protocol = BinaryReserve { nonce: 1 };
+                let mut protocol = BinaryReserve::hot(1);
                 net::drive_up_to(addr, &mut protocol, plan.connections, run, first_index)
             })
             .expect("the generator thread starts");

@@ -1,0 +1,286 @@
+//! `ringfence-perf load`: reservations against a node that is already running — on your own
+//! machines, across your network, a pair in sync mode — with the generator of the `tcp` and
+//! `http` benchmarks. Each request reserves one unit of the SKU named, for a new user, with a
+//! new request key; at a fixed rate the load is open loop and latency is timed from each
+//! request's intended send time (no coordinated omission); `max` keeps a window of requests in
+//! flight per connection. A warm-up at the first rate runs first and is not counted.
+//!
+//! The SKU is read before and after the runs: a run that would need more units than it has is
+//! refused before it starts (an answer of `sold_out` is not a reservation and would flatter
+//! the figures), and a `max` run stops sending at the units left.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ringfence_core::{Command, Outcome, Query, SkuId};
+use ringfence_ingress::Client;
+
+use crate::Common;
+use crate::net::{self, BinaryReserve, HttpReserve, Load, Measured, Protocol, Target};
+use crate::report::{Report, Row};
+
+/// Options of `load`.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The node's binary-protocol address (`serve --listen`), or its HTTP API's with `--http`;
+    /// a host name is resolved.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: String,
+    /// Send `POST /v1/orders` to the HTTP API instead of the binary protocol.
+    #[arg(long)]
+    http: bool,
+    /// The SKU every request reserves one unit of. Create it first with stock for the whole
+    /// run and a per-user limit of at least 1 (or none): every request is a new user.
+    #[arg(long, value_name = "ID")]
+    sku: u64,
+    /// Offered load in requests per second, or `max` (a window of requests in flight on each
+    /// connection: throughput); repeatable, run in the order given [default: max].
+    #[arg(long = "rate", value_name = "RATE", value_parser = crate::pipeline::parse_rate)]
+    rates: Vec<Option<u64>>,
+    /// Seconds each rate runs.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    duration_s: f64,
+    /// Seconds of load at the first rate before the measured runs; not counted.
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    warmup_s: f64,
+    /// Connections, all driven by one generator thread.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    connections: u64,
+    /// Requests in flight on each connection in a `max` run.
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    window: u64,
+    /// File holding a token of the `orders` role (or stronger), for a node with tokens
+    /// configured [default: RINGFENCE_TOKEN; none on a node that takes orders without one].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The user of the first request; each request is for the next user [default: from the
+    /// clock, so that runs do not meet each other's per-user limits].
+    #[arg(long, value_name = "ID")]
+    first_user: Option<u64>,
+}
+
+/// The figures of one SKU the load needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stock {
+    available: u64,
+    reserved: u64,
+    open: bool,
+}
+
+/// Runs `load`; its exit status: 0 when every run completed, 1 when one failed, 2 when the
+/// load could not start.
+pub fn run(args: &LoadArgs) -> i32 {
+    match load(args) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(error) => {
+            eprintln!("ringfence-perf load: error: {error}");
+            2
+        }
+    }
+}
+
+fn load(args: &LoadArgs) -> Result<bool, String> {
+    let addr = args
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| format!("--addr {}: {e}", args.addr))?
+        .next()
+        .ok_or_else(|| format!("--addr {}: no address", args.addr))?;
+    let token = token(args.token_file.as_ref())?;
+    let rates = if args.rates.is_empty() { vec![None] } else { args.rates.clone() };
+    if !(args.duration_s > 0.0 && args.warmup_s >= 0.0) {
+        return Err("--duration-s must be above 0 and --warmup-s at least 0".into());
+    }
+    let read = |what: &str| {
+        read_stock(addr, args.http, args.sku, token.as_deref())
+            .map_err(|e| format!("reading SKU {} {what}: {e}", args.sku))
+    };
+    let before = read("before the run")?;
+    if !before.open {
+        return Err(format!("SKU {} is closed: open its sale first", args.sku));
+    }
+    let warmup = rates[0].map_or(0, |rate| (rate as f64 * args.warmup_s) as u64);
+    let fixed: u64 =
+        rates.iter().flatten().map(|&rate| (rate as f64 * args.duration_s) as u64).sum();
+    if warmup + fixed > before.available {
+        return Err(format!(
+            "SKU {} has {} units available; the fixed rates reserve up to {} (warm-up \
+             included): restock it or lower the rates or the durations",
+            args.sku,
+            before.available,
+            warmup + fixed
+        ));
+    }
+    let mut report = Report::new(args.common.json);
+    let protocol_name = if args.http { "http" } else { "binary" };
+    report.note(&format!(
+        "load: {protocol_name} protocol to {addr}, SKU {}: {} units available; {} connections, \
+         one generator thread (mio); latency from intended send time at fixed rates, from \
+         send in `max` runs (a window of {} per connection)",
+        args.sku, before.available, args.connections, args.window
+    ));
+    let target = Target {
+        sku: args.sku,
+        first_user: args.first_user.unwrap_or_else(|| (net::nonce() >> 20) << 20),
+        token: token.clone(),
+    };
+    let nonce = net::nonce();
+    let mut protocol: Box<dyn Protocol> = if args.http {
+        Box::new(HttpReserve { nonce, target })
+    } else {
+        Box::new(BinaryReserve { nonce, target })
+    };
+    let connections = args.connections as usize;
+    let load_of = |rate: Option<u64>| rate.map_or(Load::Window(args.window as usize), Load::Rate);
+    // Units left for the `max` runs, which have no count of their own.
+    let mut left = before.available - fixed - warmup;
+    let mut next_index = 0;
+    let mut completed = true;
+    let runs = std::iter::once((rates[0], args.warmup_s, true))
+        .filter(|_| args.warmup_s > 0.0)
+        .chain(rates.iter().map(|&rate| (rate, args.duration_s, false)));
+    for (rate, seconds, warmup) in runs {
+        let duration = Duration::from_secs_f64(seconds);
+        let most = if rate.is_some() { u64::MAX } else { left };
+        let run = (load_of(rate), duration, most);
+        let label = rate.map_or_else(|| "max".to_owned(), |rate| format!("@{rate}/s"));
+        let measured = match net::drive_up_to(addr, protocol.as_mut(), connections, run, next_index)
+        {
+            Ok(measured) => measured,
+            Err(error) => {
+                eprintln!("ringfence-perf load: the run {label} failed: {error}");
+                completed = false;
+                break;
+            }
+        };
+        next_index += measured.answered + measured.lost + 1;
+        if rate.is_none() {
+            left = left.saturating_sub(measured.answered + measured.lost);
+        }
+        if warmup {
+            report.note(&format!(
+                "  warm-up {label}: {} answers in {:.1} s, not counted",
+                measured.answered, measured.seconds
+            ));
+            continue;
+        }
+        if rate.is_some() {
+            let lag = &measured.send_lag;
+            report.note(&format!(
+                "  {protocol_name} {label}: the generator sent late by p50 {:.1} us, p99 {:.1} us, \
+                 max {:.1} us (charged to the latencies)",
+                lag.value_at_quantile(0.5) as f64 / 1e3,
+                lag.value_at_quantile(0.99) as f64 / 1e3,
+                lag.max() as f64 / 1e3
+            ));
+        }
+        if measured.failed > 0 || measured.lost > 0 {
+            let codes: Vec<String> =
+                measured.refusals.iter().map(|(code, n)| format!("{code} {n}")).collect();
+            report.note(&format!(
+                "  {protocol_name} {label}: {} answers were not reservations ({}), {} requests \
+                 unanswered: their latencies are in the row",
+                measured.failed,
+                if codes.is_empty() { "no code".to_owned() } else { codes.join(", ") },
+                measured.lost
+            ));
+        }
+        report.push(row(protocol_name, &label, rate, connections, args.window, measured));
+    }
+    let after = read("after the run")?;
+    report.note(&format!(
+        "SKU {}: {} units available, {} reserved (before: {}, {})",
+        args.sku, after.available, after.reserved, before.available, before.reserved
+    ));
+    Ok(completed)
+}
+
+/// The row of one measured run, with what a reader needs to trust it: answers that were not
+/// reservations, requests never answered, and how late the generator sent.
+fn row(
+    protocol: &str,
+    label: &str,
+    rate: Option<u64>,
+    connections: usize,
+    window: u64,
+    measured: Measured,
+) -> Row {
+    let late = measured.send_lag.value_at_quantile(0.99) as f64 / 1e3;
+    let Measured { answered, failed, refusals, lost, seconds, histogram, .. } = measured;
+    let refusals: serde_json::Map<String, serde_json::Value> =
+        refusals.into_iter().map(|(code, n)| (code, n.into())).collect();
+    let row = Row::new("reserve", &format!("{protocol} {label}"), answered, seconds, histogram)
+        .with("connections", connections as u64)
+        .with("not_reserved", failed)
+        .with("not_reserved_by_code", refusals)
+        .with("lost", lost);
+    match rate {
+        Some(rate) => row
+            .with("offered_per_sec", rate)
+            .with("latency_from", "intended_send")
+            .with("generator_late_p99_us", late),
+        None => row.with("window_per_connection", window).with("latency_from", "send"),
+    }
+}
+
+/// The token in `file`, or in `RINGFENCE_TOKEN`, or none.
+fn token(file: Option<&PathBuf>) -> Result<Option<String>, String> {
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|text| Some(text.trim().to_owned()))
+            .map_err(|e| format!("--token-file {}: {e}", path.display())),
+        None => Ok(std::env::var("RINGFENCE_TOKEN").ok().filter(|token| !token.is_empty())),
+    }
+}
+
+/// The SKU's figures, over the protocol the load uses.
+fn read_stock(
+    addr: SocketAddr,
+    http: bool,
+    sku: u64,
+    token: Option<&str>,
+) -> Result<Stock, String> {
+    if http {
+        return read_stock_http(addr, sku, token);
+    }
+    let mut client = Client::connect(&[addr]).map_err(|e| e.to_string())?;
+    if let Some(token) = token {
+        client.authenticate(token).map_err(|e| e.to_string())?;
+    }
+    match client.call(Command::Query(Query::Sku(SkuId(sku)))).map_err(|e| e.to_string())? {
+        Outcome::Sku(view) => {
+            Ok(Stock { available: view.available, reserved: view.reserved, open: view.open })
+        }
+        other => Err(format!("the node answered `{}`", other.name())),
+    }
+}
+
+fn read_stock_http(addr: SocketAddr, sku: u64, token: Option<&str>) -> Result<Stock, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let auth = token.map_or(String::new(), |token| format!("Authorization: Bearer {token}\r\n"));
+    let request =
+        format!("GET /v1/skus/{sku} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("a response without a body")?;
+    let view: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("{head}: {e}"))?;
+    let status = head.split(' ').nth(1).unwrap_or("?");
+    if status != "200" {
+        return Err(format!("HTTP {status}: {}: {}", view["error"], view["message"]));
+    }
+    match (view["available"].as_u64(), view["reserved"].as_u64(), view["open"].as_bool()) {
+        (Some(available), Some(reserved), Some(open)) => Ok(Stock { available, reserved, open }),
+        _ => Err(format!("not a SKU: {body}")),
+    }
+}
