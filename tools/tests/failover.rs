@@ -326,6 +326,16 @@ fn a_killed_primary_fails_over_to_the_in_sync_standby_losing_nothing() {
     wait_until(LIVENESS, "a catches up", || a.last_sequence() >= target);
     let (status, refused) = a.call("POST", "/v1/orders", &probe(1_001)).unwrap();
     assert_eq!(status, 503, "a standby refuses writes: {refused}");
+    // `ringfence status` sees the pair whole again: b leads, a follows it in b's epoch.
+    let (b_http, a_http) = (b.http.to_string(), a.http.to_string());
+    let mut said = String::new();
+    wait_until(LIVENESS, "ringfence status says healthy", || {
+        let args = ["status", "--http", &b_http, "--http", &a_http, "--timeout-ms", "5000"];
+        let output = ringfence_within(&args, Duration::from_secs(30));
+        said = text(&output.stdout);
+        output.status.code() == Some(0)
+    });
+    assert!(said.contains(&format!("{b_http}  primary")), "{said}");
     let (a_dir, b_dir) = (a.dir.clone(), b.dir.clone());
     drop((a, b));
     journals_agree(&a_dir, &b_dir, target);
