@@ -1034,6 +1034,10 @@ impl<S: Storage> Snapshotter<S> {
             if !self.waiting {
                 self.waiting = true;
                 self.deferred += 1;
+                // Shown while it waits, not only once it is taken: a writer that stays busy
+                // (a shadow engine still being built, a disk that stalls) is seen at once.
+                // Once per wait, so the lock is not taken on every command.
+                self.stats.lock().expect("snapshot stats lock").deferred_busy = self.deferred;
             }
             return false;
         }
