@@ -152,6 +152,10 @@ fn load(args: &LoadArgs) -> Result<bool, String> {
         let most = if rate.is_some() { u64::MAX } else { left };
         let run = (load_of(rate), duration, most);
         let label = rate.map_or_else(|| "max".to_owned(), |rate| format!("@{rate}/s"));
+        if most == 0 {
+            report.note(&format!("  {protocol_name} {label}: skipped, no units left for it"));
+            continue;
+        }
         let measured = match net::drive_up_to(addr, protocol.as_mut(), connections, run, next_index)
         {
             Ok(measured) => measured,

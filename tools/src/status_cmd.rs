@@ -2,9 +2,9 @@
 //! `/ready` are read and shown in a few lines (role, epoch, position, state hash, replication,
 //! the witness's view), then judged together: one primary, its standby following it (in the
 //! primary's epoch) and in sync, both of one cluster, both ready, and the same state hash
-//! wherever they stand at the same sequence. The exit
-//! status is 0 when healthy, 1 when the verdict names a problem, 2 when a node could not be read
-//! (no answer in time, or it refused the read: give a token).
+//! wherever they stand at the same sequence. The exit status is 0 when healthy, 1 when the
+//! verdict names a problem, 2 when a node could not be read (no answer in time, or it refused
+//! the read: give a token).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
