@@ -87,7 +87,94 @@ pub fn run(args: &LoadArgs) -> i32 {
     }
 }
 
+/// What the checks before the first request settled.
+struct Planned {
+    addr: SocketAddr,
+    token: Option<String>,
+    /// The rates in order; `None` is `max`.
+    rates: Vec<Option<u64>>,
+    before: Stock,
+    /// Units the warm-up and the fixed rates reserve at most.
+    counted: u64,
+}
+
 fn load(args: &LoadArgs) -> Result<bool, String> {
+    let planned = plan(args)?;
+    let mut report = Report::new(args.common.json);
+    let protocol_name = if args.http { "http" } else { "binary" };
+    report.note(&format!(
+        "load: {protocol_name} protocol to {}, SKU {}: {} units available; {} connections, \
+         one generator thread (mio); latency from intended send time at fixed rates, from \
+         send in `max` runs (a window of {} per connection)",
+        planned.addr, args.sku, planned.before.available, args.connections, args.window
+    ));
+    let target = Target {
+        sku: args.sku,
+        first_user: args.first_user.unwrap_or_else(|| (net::nonce() >> 20) << 20),
+        token: planned.token.clone(),
+    };
+    let nonce = net::nonce();
+    let mut protocol: Box<dyn Protocol> = if args.http {
+        Box::new(HttpReserve { nonce, target })
+    } else {
+        Box::new(BinaryReserve { nonce, target })
+    };
+    let rates = &planned.rates;
+    let runs = std::iter::once((rates[0], args.warmup_s, true))
+        .filter(|_| args.warmup_s > 0.0)
+        .chain(rates.iter().map(|&rate| (rate, args.duration_s, false)));
+    // Units left for the `max` runs, which have no count of their own.
+    let mut left = planned.before.available - planned.counted;
+    let mut next_index = 0;
+    for (rate, seconds, warmup) in runs {
+        let label = rate.map_or_else(|| "max".to_owned(), |rate| format!("@{rate}/s"));
+        let most = if rate.is_some() { u64::MAX } else { left };
+        if most == 0 {
+            report.note(&format!("  {protocol_name} {label}: skipped, no units left for it"));
+            continue;
+        }
+        let load = rate.map_or(Load::Window(args.window as usize), Load::Rate);
+        let run = (load, Duration::from_secs_f64(seconds), most);
+        let connections = args.connections as usize;
+        let measured =
+            match net::drive_up_to(planned.addr, protocol.as_mut(), connections, run, next_index) {
+                Ok(measured) => measured,
+                Err(error) => {
+                    eprintln!("ringfence-perf load: the run {label} failed: {error}");
+                    return Ok(false);
+                }
+            };
+        next_index += measured.answered + measured.lost + 1;
+        if rate.is_none() {
+            left = left.saturating_sub(measured.answered + measured.lost);
+        }
+        let label = format!("{protocol_name} {label}");
+        if warmup {
+            report.note(&format!(
+                "  warm-up {label}: {} answers in {:.1} s, not counted",
+                measured.answered, measured.seconds
+            ));
+            continue;
+        }
+        note_run(&report, &label, rate, &measured);
+        report.push(row(&label, rate, connections, args.window, measured));
+    }
+    let after = read_stock(planned.addr, args.http, args.sku, planned.token.as_deref())
+        .map_err(|e| format!("reading SKU {} after the run: {e}", args.sku))?;
+    report.note(&format!(
+        "SKU {}: {} units available, {} reserved (before: {}, {})",
+        args.sku,
+        after.available,
+        after.reserved,
+        planned.before.available,
+        planned.before.reserved
+    ));
+    Ok(true)
+}
+
+/// Resolves the address and the token, reads the SKU and refuses a load it cannot carry: a
+/// closed SKU, or fixed rates that need more units than it has.
+fn plan(args: &LoadArgs) -> Result<Planned, String> {
     let addr = args
         .addr
         .to_socket_addrs()
@@ -99,129 +186,59 @@ fn load(args: &LoadArgs) -> Result<bool, String> {
     if !(args.duration_s > 0.0 && args.warmup_s >= 0.0) {
         return Err("--duration-s must be above 0 and --warmup-s at least 0".into());
     }
-    let read = |what: &str| {
-        read_stock(addr, args.http, args.sku, token.as_deref())
-            .map_err(|e| format!("reading SKU {} {what}: {e}", args.sku))
-    };
-    let before = read("before the run")?;
+    let before = read_stock(addr, args.http, args.sku, token.as_deref())
+        .map_err(|e| format!("reading SKU {} before the run: {e}", args.sku))?;
     if !before.open {
         return Err(format!("SKU {} is closed: open its sale first", args.sku));
     }
     let warmup = rates[0].map_or(0, |rate| (rate as f64 * args.warmup_s) as u64);
     let fixed: u64 =
         rates.iter().flatten().map(|&rate| (rate as f64 * args.duration_s) as u64).sum();
-    if warmup + fixed > before.available {
+    let counted = warmup + fixed;
+    if counted > before.available {
         return Err(format!(
-            "SKU {} has {} units available; the fixed rates reserve up to {} (warm-up \
+            "SKU {} has {} units available; the fixed rates reserve up to {counted} (warm-up \
              included): restock it or lower the rates or the durations",
-            args.sku,
-            before.available,
-            warmup + fixed
+            args.sku, before.available
         ));
     }
-    let mut report = Report::new(args.common.json);
-    let protocol_name = if args.http { "http" } else { "binary" };
-    report.note(&format!(
-        "load: {protocol_name} protocol to {addr}, SKU {}: {} units available; {} connections, \
-         one generator thread (mio); latency from intended send time at fixed rates, from \
-         send in `max` runs (a window of {} per connection)",
-        args.sku, before.available, args.connections, args.window
-    ));
-    let target = Target {
-        sku: args.sku,
-        first_user: args.first_user.unwrap_or_else(|| (net::nonce() >> 20) << 20),
-        token: token.clone(),
-    };
-    let nonce = net::nonce();
-    let mut protocol: Box<dyn Protocol> = if args.http {
-        Box::new(HttpReserve { nonce, target })
-    } else {
-        Box::new(BinaryReserve { nonce, target })
-    };
-    let connections = args.connections as usize;
-    let load_of = |rate: Option<u64>| rate.map_or(Load::Window(args.window as usize), Load::Rate);
-    // Units left for the `max` runs, which have no count of their own.
-    let mut left = before.available - fixed - warmup;
-    let mut next_index = 0;
-    let mut completed = true;
-    let runs = std::iter::once((rates[0], args.warmup_s, true))
-        .filter(|_| args.warmup_s > 0.0)
-        .chain(rates.iter().map(|&rate| (rate, args.duration_s, false)));
-    for (rate, seconds, warmup) in runs {
-        let duration = Duration::from_secs_f64(seconds);
-        let most = if rate.is_some() { u64::MAX } else { left };
-        let run = (load_of(rate), duration, most);
-        let label = rate.map_or_else(|| "max".to_owned(), |rate| format!("@{rate}/s"));
-        if most == 0 {
-            report.note(&format!("  {protocol_name} {label}: skipped, no units left for it"));
-            continue;
-        }
-        let measured = match net::drive_up_to(addr, protocol.as_mut(), connections, run, next_index)
-        {
-            Ok(measured) => measured,
-            Err(error) => {
-                eprintln!("ringfence-perf load: the run {label} failed: {error}");
-                completed = false;
-                break;
-            }
-        };
-        next_index += measured.answered + measured.lost + 1;
-        if rate.is_none() {
-            left = left.saturating_sub(measured.answered + measured.lost);
-        }
-        if warmup {
-            report.note(&format!(
-                "  warm-up {label}: {} answers in {:.1} s, not counted",
-                measured.answered, measured.seconds
-            ));
-            continue;
-        }
-        if rate.is_some() {
-            let lag = &measured.send_lag;
-            report.note(&format!(
-                "  {protocol_name} {label}: the generator sent late by p50 {:.1} us, p99 {:.1} us, \
-                 max {:.1} us (charged to the latencies)",
-                lag.value_at_quantile(0.5) as f64 / 1e3,
-                lag.value_at_quantile(0.99) as f64 / 1e3,
-                lag.max() as f64 / 1e3
-            ));
-        }
-        if measured.failed > 0 || measured.lost > 0 {
-            let codes: Vec<String> =
-                measured.refusals.iter().map(|(code, n)| format!("{code} {n}")).collect();
-            report.note(&format!(
-                "  {protocol_name} {label}: {} answers were not reservations ({}), {} requests \
-                 unanswered: their latencies are in the row",
-                measured.failed,
-                if codes.is_empty() { "no code".to_owned() } else { codes.join(", ") },
-                measured.lost
-            ));
-        }
-        report.push(row(protocol_name, &label, rate, connections, args.window, measured));
+    Ok(Planned { addr, token, rates, before, counted })
+}
+
+/// What a reader needs beside a run's row to trust it: how late the generator sent (fixed
+/// rates), and the answers that were not reservations, by code.
+fn note_run(report: &Report, label: &str, rate: Option<u64>, measured: &Measured) {
+    if rate.is_some() {
+        let lag = &measured.send_lag;
+        report.note(&format!(
+            "  {label}: the generator sent late by p50 {:.1} us, p99 {:.1} us, max {:.1} us \
+             (charged to the latencies)",
+            lag.value_at_quantile(0.5) as f64 / 1e3,
+            lag.value_at_quantile(0.99) as f64 / 1e3,
+            lag.max() as f64 / 1e3
+        ));
     }
-    let after = read("after the run")?;
-    report.note(&format!(
-        "SKU {}: {} units available, {} reserved (before: {}, {})",
-        args.sku, after.available, after.reserved, before.available, before.reserved
-    ));
-    Ok(completed)
+    if measured.failed > 0 || measured.lost > 0 {
+        let codes: Vec<String> =
+            measured.refusals.iter().map(|(code, n)| format!("{code} {n}")).collect();
+        report.note(&format!(
+            "  {label}: {} answers were not reservations ({}), {} requests unanswered: their \
+             latencies are in the row",
+            measured.failed,
+            if codes.is_empty() { "no code".to_owned() } else { codes.join(", ") },
+            measured.lost
+        ));
+    }
 }
 
 /// The row of one measured run, with what a reader needs to trust it: answers that were not
 /// reservations, requests never answered, and how late the generator sent.
-fn row(
-    protocol: &str,
-    label: &str,
-    rate: Option<u64>,
-    connections: usize,
-    window: u64,
-    measured: Measured,
-) -> Row {
+fn row(label: &str, rate: Option<u64>, connections: usize, window: u64, measured: Measured) -> Row {
     let late = measured.send_lag.value_at_quantile(0.99) as f64 / 1e3;
     let Measured { answered, failed, refusals, lost, seconds, histogram, .. } = measured;
     let refusals: serde_json::Map<String, serde_json::Value> =
         refusals.into_iter().map(|(code, n)| (code, n.into())).collect();
-    let row = Row::new("reserve", &format!("{protocol} {label}"), answered, seconds, histogram)
+    let row = Row::new("reserve", label, answered, seconds, histogram)
         .with("connections", connections as u64)
         .with("not_reserved", failed)
         .with("not_reserved_by_code", refusals)
