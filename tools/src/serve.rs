@@ -578,6 +578,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let journal = format!("{} (durability {durability})", data_dir.display());
     let segments = dir.clone();
     let rollback_of = data_dir.clone();
+    let snapshot_every = policy.every_commands;
     let on_stop: ringfence_ingress::OnNodeStop =
         Box::new(move |engine: &Engine, through: Sequence| {
             final_snapshot(&dir, &policy, engine, through);
@@ -585,6 +586,12 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let metrics: MetricsWriter = Box::new(move |out: &mut String| {
         write_build_info(out);
         write_counters(&snapshot_stats.get().counters(), out);
+        if let Some(every) = snapshot_every {
+            // Beside `ringfence_snapshot_through`: how far behind the journal the newest
+            // snapshot may fall before it is late.
+            let help = "Commands between periodic snapshots ([node] snapshot_every_commands)";
+            write_counters(&[("ringfence_snapshot_every_commands", help, every)], out);
+        }
         write_counters(&segments.segment_starts().counters(), out);
         if let Some(room) = segments.disk_room() {
             write_counters(&room.gauges(), out);
