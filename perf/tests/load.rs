@@ -12,12 +12,15 @@ use ringfence_core::pipeline::{NodeConfig, Topology};
 use ringfence_core::{
     Action, Command, CreateSku, Engine, EngineConfig, Outcome, Query, RequestKey, Sequence, SkuId,
 };
-use ringfence_ingress::{Client, HashWatch, NodeBackend, ServerConfig, ServerHandle};
+use ringfence_ingress::{Client, HashWatch, NodeBackend, Role, ServerConfig, ServerHandle};
 use serde_json::Value;
 
-const TOKEN: &str = "load-test-admin-token";
+const TOKEN: &str = "load-test-admin-token-of-32-chars";
+const ORDERS: &str = "load-test-orders-token-of-32-chars";
+const READ: &str = "load-test-read-token-of-32-chars!";
 
-/// A node on ephemeral loopback ports (in-memory journal) whose admin token is [`TOKEN`].
+/// A node on ephemeral loopback ports (in-memory journal) that enforces roles: its admin token
+/// is [`TOKEN`], its order service's [`ORDERS`], its readers' [`READ`].
 fn node() -> ServerHandle {
     let (orders_max, holdings_max, request_keys_max) = (16_384, 16_384, 16_384);
     let engine =
@@ -25,6 +28,7 @@ fn node() -> ServerHandle {
     let node_config = NodeConfig { engine, ..NodeConfig::for_tests(Topology::Compact) };
     let mut config = ServerConfig::loopback();
     config.admin_token = Some(TOKEN.to_owned());
+    config.role_tokens = vec![(Role::Orders, ORDERS.to_owned()), (Role::Read, READ.to_owned())];
     ringfence_ingress::start(config, move |waker| {
         let engine = Engine::new(node_config.engine.clone());
         let epoch = node_config.epoch;
@@ -93,13 +97,15 @@ fn load_reserves_on_a_running_node_over_both_protocols_and_counts_what_it_was_re
     // Goal: each fixed rate sends exactly rate × duration reservations, every one reserved
     // (the warm-up's too, not counted in the row); over HTTP as over the binary protocol; a
     // `max` run stops at the units left; answers that are not reservations are counted by
-    // code; a run that needs more units than the SKU has, an unknown SKU and a wrong token are
-    // refused before anything is sent.
+    // code (each request's own refusal: `forbidden` for a read token, over both protocols);
+    // a run that needs more units than the SKU has, an unknown SKU and a wrong token are
+    // refused before anything is sent. The node enforces roles, so every reservation made
+    // carried the orders token (binary AUTH, or the HTTP header).
     let server = node();
     let dir = std::env::temp_dir().join(format!("rf-perf-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let token = dir.join("orders.token");
+    std::fs::write(&token, format!("{ORDERS}\n")).unwrap();
     let (binary, http) = (server.binary_addr().unwrap(), server.http_addr().unwrap());
     create_sku(&server, 7, 3_000);
     let fixed = ["--rate", "1000", "--duration-s", "0.5", "--warmup-s", "0.2", "--first-user", "1"];
@@ -173,6 +179,19 @@ fn load_reserves_on_a_running_node_over_both_protocols_and_counts_what_it_was_re
     let (code, _, stderr) = load(&wrong, binary, &["--sku", "8"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("auth_failed (wrong token)"), "{stderr}");
+    let (code, _, stderr) = load(&wrong, http, &["--sku", "8", "--http"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    // A token that may read the SKU but not reserve: every answer is a refusal, by its code.
+    let read = dir.join("read.token");
+    std::fs::write(&read, READ).unwrap();
+    let fixed = ["--sku", "8", "--rate", "100", "--duration-s", "0.5", "--warmup-s", "0"];
+    for (target, protocol) in [(binary, None), (http, Some("--http"))] {
+        let args: Vec<&str> = fixed.iter().copied().chain(protocol).collect();
+        let (code, rows, stderr) = load(&read, target, &args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert_eq!(rows[0]["not_reserved_by_code"], serde_json::json!({ "forbidden": 50 }));
+    }
     assert_eq!(stock(&server, 8), (100, 0), "nothing was reserved");
     server.shutdown().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
