@@ -187,15 +187,29 @@ pub fn judge(observed: &[Observed]) -> Verdict {
 }
 
 /// A standby streaming from its primary (following or catching up) promised that primary's
-/// epoch first: one that promised another streams from another primary, not `leader`.
+/// epoch first: one that promised another streams from another primary, not `leader`. Under
+/// etcd, a primary in sync has its standby named in the in-sync record, or the standby would
+/// not take over.
 fn judge_following(
     leader: &str,
     leader_view: &Value,
     answered: &[Answered<'_>],
     verdict: &mut Verdict,
 ) {
+    let recorded = &leader_view["replication"]["coordination"]["in_sync_standby"];
+    let leader_in_sync = leader_view["replication"]["state"] == "in_sync";
     for (http, view, _) in answered {
         let replication = &view["replication"];
+        let name = &replication["coordination"]["node"];
+        // Under etcd, only the standby the in-sync record names may take over.
+        if leader_in_sync && view["role"] == "standby" && name.is_string() && recorded != name {
+            let named = recorded.as_str().unwrap_or("nobody");
+            verdict.problems.push(format!(
+                "{leader}: etcd's in-sync record names {named}, not {http} ({}): it would not \
+                 take over",
+                name.as_str().unwrap_or("?")
+            ));
+        }
         let promised = &replication["promised_epoch"];
         let streaming = ["following", "catching_up"].map(Value::from);
         if streaming.contains(&replication["state"])
@@ -455,6 +469,24 @@ mod tests {
         let catching_up = with(standby(), "state", json!("catching_up"));
         let behind = [primary(), with(catching_up, "promised_epoch", json!(1))];
         assert!(judge(&behind).problems.iter().any(|p| p.contains("a is not its primary")));
+        // Under etcd: the in-sync record must name the standby.
+        let under_etcd =
+            |observed: Observed, coordination: Value| with(observed, "coordination", coordination);
+        let pair = |recorded: Value| {
+            [
+                under_etcd(primary(), json!({ "node": "a", "in_sync_standby": recorded })),
+                under_etcd(standby(), json!({ "node": "b", "in_sync_standby": "b" })),
+            ]
+        };
+        assert_eq!(judge(&pair(json!("b"))), Verdict::default());
+        assert_eq!(
+            judge(&pair(json!("c"))).problems,
+            ["a: etcd's in-sync record names c, not b (b): it would not take over"]
+        );
+        assert_eq!(
+            judge(&pair(Value::Null)).problems,
+            ["a: etcd's in-sync record names nobody, not b (b): it would not take over"]
+        );
         // Still connecting, it has not yet promised the epoch it will follow in.
         let connecting = with(standby(), "state", json!("connecting"));
         let joining = [primary(), with(connecting, "promised_epoch", json!(1))];
