@@ -11,7 +11,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -20,6 +20,8 @@ use ringfence_ingress::Client;
 
 use crate::Common;
 use crate::net::{self, BinaryReserve, HttpReserve, Load, Measured, Protocol, Target};
+use crate::report::chart::{self, LatencySeries};
+use crate::report::hgrm::{NS_PER_US, TICKS_PER_HALF_DISTANCE as TICKS, percentile_distribution};
 use crate::report::{Report, Row};
 
 /// Options of `load`.
@@ -64,6 +66,11 @@ pub struct LoadArgs {
     /// clock, so that runs do not meet each other's per-user limits].
     #[arg(long, value_name = "ID")]
     first_user: Option<u64>,
+    /// Also write each measured run's latency histogram to this directory, as an `.hgrm`
+    /// percentile distribution (HdrHistogram's text format, microseconds), and every run on
+    /// one latency-by-percentile chart, `latency.svg`.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 /// The figures of one SKU the load needs.
@@ -159,6 +166,10 @@ fn load(args: &LoadArgs) -> Result<bool, String> {
         note_run(&report, &label, rate, &measured);
         report.push(row(&label, rate, connections, args.window, measured));
     }
+    if let Some(dir) = &args.out {
+        write_files(dir, report.rows(), args.sku)?;
+        report.note(&format!("histograms and latency.svg written to {}", dir.display()));
+    }
     let after = read_stock(planned.addr, args.http, args.sku, planned.token.as_deref())
         .map_err(|e| format!("reading SKU {} after the run: {e}", args.sku))?;
     report.note(&format!(
@@ -249,6 +260,30 @@ fn row(label: &str, rate: Option<u64>, connections: usize, window: u64, measured
             .with("latency_from", "intended_send")
             .with("generator_late_p99_us", late),
         None => row.with("window_per_connection", window).with("latency_from", "send"),
+    }
+}
+
+/// One `.hgrm` file per row, named after its variant, and `latency.svg` with every row.
+fn write_files(dir: &Path, rows: &[Row], sku: u64) -> Result<(), String> {
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for row in rows {
+        let name: String =
+            row.variant.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        write(&format!("{name}.hgrm"), &percentile_distribution(&row.histogram, TICKS, NS_PER_US))?;
+    }
+    let series: Vec<LatencySeries<'_>> = rows
+        .iter()
+        .map(|row| LatencySeries { label: row.variant.clone(), histogram: &row.histogram })
+        .collect();
+    let title = format!("reservations of SKU {sku}: latency by percentile");
+    match chart::latency_by_percentile(&title, &series) {
+        Ok(Some(svg)) => write("latency.svg", &svg),
+        Ok(None) => Ok(()),
+        Err(error) => Err(format!("drawing latency.svg: {error}")),
     }
 }
 

@@ -127,9 +127,27 @@ fn load_reserves_on_a_running_node_over_both_protocols_and_counts_what_it_was_re
     assert_eq!(rows[0]["not_reserved_by_code"], serde_json::json!({ "limit_exceeded": 500 }));
     assert_eq!(stock(&server, 7), (2_300, 700));
 
-    let over_http =
-        ["--http", "--sku", "7", "--rate", "1000", "--duration-s", "0.3", "--warmup-s", "0"];
+    let out = dir.join("out");
+    let over_http = [
+        "--http",
+        "--sku",
+        "7",
+        "--rate",
+        "1000",
+        "--duration-s",
+        "0.3",
+        "--warmup-s",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     let (code, rows, stderr) = load(&token, http, &over_http);
+    // The row's histogram in HdrHistogram's text format, and the chart.
+    let hgrm = std::fs::read_to_string(out.join("http--1000-s.hgrm")).unwrap();
+    assert!(hgrm.contains("Value     Percentile TotalCount 1/(1-Percentile)"), "{hgrm}");
+    assert!(hgrm.contains("Total count    =          300]"), "{hgrm}");
+    let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("http @1000/s"), "{svg}");
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         (rows[0]["variant"].as_str(), rows[0]["ops"].as_u64()),
