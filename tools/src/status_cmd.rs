@@ -2,9 +2,10 @@
 //! `/ready` are read and shown in a few lines (role, epoch, position, state hash, replication,
 //! the witness's view), then judged together: one primary, its standby following it (in the
 //! primary's epoch) and in sync, both of one cluster, both ready, and the same state hash
-//! wherever they stand at the same sequence. The exit status is 0 when healthy, 1 when the
-//! verdict names a problem, 2 when a node could not be read (no answer in time, or it refused
-//! the read: give a token).
+//! wherever they stand at the same sequence. Nodes of several clusters (one pair per shard)
+//! are judged cluster by cluster. The exit status is 0 when healthy, 1 when the verdict names
+//! a problem, 2 when a node could not be read (no answer in time, or it refused the read: give
+//! a token).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -20,7 +21,8 @@ use crate::client_cmd::caller_token;
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
     /// A node's HTTP API address, e.g. 127.0.0.1:7080 (an `http://` prefix is accepted).
-    /// Give both nodes of a pair: `--http A --http B`.
+    /// Give both nodes of a pair: `--http A --http B`; or the nodes of several pairs, which
+    /// are judged cluster by cluster.
     #[arg(long = "http", value_name = "ADDR", value_parser = http_address, required = true)]
     pub http: Vec<String>,
     /// For nodes whose reads need a token: the file holding a `read` (or stronger) token
@@ -36,7 +38,7 @@ pub struct StatusArgs {
 }
 
 /// What one node said, or why it said nothing.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Observed {
     /// Its `--http` address.
     pub http: String,
@@ -112,9 +114,41 @@ fn observe(
 /// A node that answered: its address, its `/v1/node` and its `/ready` (status, body).
 type Answered<'a> = (&'a str, &'a Value, &'a (u16, Value));
 
-/// Judges what the nodes said: the rules in the module's documentation.
+/// Judges what the nodes said: the rules in the module's documentation. Nodes of several
+/// clusters (several pairs, one shard each) are judged pair by pair, each problem and note
+/// naming its cluster; a node that could not be read then counts on its own.
 #[must_use]
 pub fn judge(observed: &[Observed]) -> Verdict {
+    // A node with replication is of its cluster; a lone node is a pair of its own.
+    let cluster = |node: &Observed| {
+        let (view, _) = node.answer.as_ref().ok()?;
+        Some(match view["replication"]["cluster"].as_str() {
+            Some(cluster) => format!("cluster {cluster}"),
+            None => format!("node {}", node.http),
+        })
+    };
+    let mut clusters: Vec<String> = observed.iter().filter_map(cluster).collect();
+    clusters.sort();
+    clusters.dedup();
+    if clusters.len() <= 1 {
+        return judge_pair(observed);
+    }
+    let mut verdict = Verdict::default();
+    let groups = clusters.iter().map(Some).chain([None]);
+    for group in groups {
+        let nodes: Vec<Observed> =
+            observed.iter().filter(|node| cluster(node).as_ref() == group).cloned().collect();
+        let judged = judge_pair(&nodes);
+        let name = group.map_or_else(String::new, |group| format!("{group}: "));
+        verdict.unreachable |= judged.unreachable;
+        verdict.problems.extend(judged.problems.iter().map(|p| format!("{name}{p}")));
+        verdict.notes.extend(judged.notes.iter().map(|n| format!("{name}{n}")));
+    }
+    verdict
+}
+
+/// [`judge`] for the nodes of one pair (or a lone node).
+fn judge_pair(observed: &[Observed]) -> Verdict {
     let mut verdict = Verdict::default();
     let mut answered: Vec<Answered<'_>> = Vec::new();
     for node in observed {
@@ -141,18 +175,6 @@ pub fn judge(observed: &[Observed]) -> Verdict {
         }
         [(leader, leader_view, _)] => judge_following(leader, leader_view, &answered, &mut verdict),
         _ => {}
-    }
-    let clusters: Vec<(&str, &str)> = answered
-        .iter()
-        .filter_map(|(http, view, _)| Some((*http, view["replication"]["cluster"].as_str()?)))
-        .collect();
-    if clusters.iter().any(|(_, cluster)| *cluster != clusters[0].1) {
-        let named: Vec<String> =
-            clusters.iter().map(|(http, cluster)| format!("{http} in {cluster}")).collect();
-        verdict.problems.push(format!(
-            "the nodes are not of one pair: {}; give the nodes of one cluster",
-            named.join(", ")
-        ));
     }
     for (http, view, (ready_status, ready)) in &answered {
         let primary = view["role"] == "primary";
@@ -446,9 +468,10 @@ mod tests {
 
     #[test]
     fn nodes_of_two_pairs_are_not_taken_for_one() {
-        // Goal: a primary and a node that follows another primary, or belongs to another
-        // cluster, are named as not one pair, though each is healthy alone; a standby in the
-        // primary's epoch of the same cluster is not.
+        // Goal: a standby that follows another primary is named; nodes of other clusters are
+        // judged with their own, so two whole pairs are healthy and a node of another cluster
+        // given alone lacks its primary; a standby in the primary's epoch of the same cluster
+        // is healthy.
         let primary = || node("a", "primary", Some("in_sync"), (9, "ab"), (200, ""));
         let standby = || node("b", "standby", Some("following"), (9, "ab"), (503, "not_primary"));
         let elsewhere = [primary(), with(standby(), "promised_epoch", json!(5))];
@@ -457,12 +480,21 @@ mod tests {
             verdict.problems,
             ["b follows a primary of epoch 5, but a leads epoch 2: a is not its primary"]
         );
+        // Given a standby of another cluster, each is judged with its own: b has no primary.
         let other_cluster = [primary(), with(standby(), "cluster", json!("shop-us"))];
-        assert_eq!(
-            judge(&other_cluster).problems,
-            ["the nodes are not of one pair: a in shop, b in shop-us; give the nodes of one \
-              cluster"]
-        );
+        assert_eq!(judge(&other_cluster).problems, ["cluster shop-us: no node is primary"]);
+        // Two pairs, each whole, are healthy; one node of them unread is named on its own.
+        let in_us = |observed: Observed, http: &str| Observed {
+            http: http.into(),
+            ..with(observed, "cluster", json!("shop-us"))
+        };
+        let shards = [primary(), standby(), in_us(primary(), "c"), in_us(standby(), "d")];
+        assert_eq!(judge(&shards), Verdict::default());
+        let mut unread = shards.clone();
+        unread[3].answer = Err("no answer: connection refused".into());
+        let verdict = judge(&unread);
+        assert!(verdict.unreachable, "{verdict:?}");
+        assert_eq!(verdict.problems, ["d: no answer: connection refused"]);
         let text = to_text(&elsewhere, &verdict);
         assert!(text.contains("records behind; cluster shop, promised epoch 5\n"), "{text}");
         // Catching up, a standby streams in the epoch it promised, as it does following.
