@@ -253,7 +253,7 @@ pub enum JournalError {
          ({manifest}): it was deleted, or the directory was written by a ringfence build from \
          before manifests (there has been no release, so such directories are refused, not \
          migrated). Restore the manifest from a backup; or, if every segment is present, \
-         rebuild it from them with `ringfence journal truncate {dir} --at-seq <last sequence + 1>`"
+         rebuild it from them with `ringfence journal truncate {dir} --at-end`"
     )]
     ManifestMissing {
         /// The data directory.
@@ -268,8 +268,7 @@ pub enum JournalError {
     /// The manifest is damaged.
     #[error(
         "manifest {file} is invalid: {reason}. Restore it from a backup; or, if every segment \
-         is present, rebuild it from them with \
-         `ringfence journal truncate {dir} --at-seq <last sequence + 1>`"
+         is present, rebuild it from them with `ringfence journal truncate {dir} --at-end`"
     )]
     ManifestInvalid {
         /// The data directory.

@@ -154,8 +154,31 @@ pub struct TruncateArgs {
     /// The journal directory.
     pub dir: PathBuf,
     /// The first sequence to drop; every record before it must be intact.
-    #[arg(long = "at-seq")]
-    pub at_seq: u64,
+    #[arg(long = "at-seq", required_unless_present = "at_end", conflicts_with = "at_end")]
+    pub at_seq: Option<u64>,
+    /// Drop nothing: cut after the last record, which rebuilds a missing manifest and epoch
+    /// file from the segments present (say, a directory of archived segments). Refused where
+    /// a record before the end is damaged or missing, naming it.
+    #[arg(long)]
+    pub at_end: bool,
+}
+
+/// `truncate --at-end`: one past the journal's last record, where every record before it is
+/// intact; otherwise the damage, which a cut there would drop everything after.
+fn after_the_end(dir: &Path) -> Result<u64, JournalError> {
+    let opened = open(dir)?;
+    let layout = &opened.layout;
+    if let Some(problem) = layout.problem.as_ref().filter(|problem| !problem.torn_tail) {
+        return Err(JournalError::Options(format!(
+            "--at-end drops nothing, but the journal is damaged or has a gap at sequence {} \
+             ({} byte offset {}), with records after it: restore what is missing (or heal it \
+             from the peer), or cut there with --at-seq {}",
+            problem.sequence, problem.name, problem.offset, problem.sequence
+        )));
+    }
+    let last =
+        layout.last_sequence().ok_or(JournalError::NoData { dir: dir.display().to_string() })?;
+    Ok(last.0 + 1)
 }
 
 /// Options of `journal rebuild`.
@@ -933,7 +956,11 @@ fn time_span(layout: &Layout) -> Option<(Timestamp, Timestamp)> {
 }
 
 fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
-    if args.at_seq == 0 {
+    let at_seq = match args.at_seq {
+        Some(at_seq) => at_seq,
+        None => after_the_end(&args.dir)?,
+    };
+    if at_seq == 0 {
         return Err(JournalError::Options("--at-seq must be at least 1".to_owned()));
     }
     let mut source = ReadOnlyDir::open(&args.dir)?;
@@ -942,7 +969,7 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
     }
     // Exclusive: truncating a journal a node is appending to would cut it under the node.
     let storage = FileStorage::open_exclusive(&args.dir)?;
-    let at = Sequence(args.at_seq);
+    let at = Sequence(at_seq);
     // What is cut off may be the only copy of acknowledged writes: kept first, read past any
     // damage, and nothing is dropped if it cannot be kept.
     let mut salvaged = Salvaged::default();
@@ -1012,7 +1039,7 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
             epochs.promised
         );
     }
-    outln!("journal now ends before sequence {}", args.at_seq);
+    outln!("journal now ends before sequence {}", at_seq);
     Ok(ExitCode::SUCCESS)
 }
 

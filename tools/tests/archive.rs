@@ -37,9 +37,9 @@ fn the_archive_and_the_data_directory_rebuild_the_state_at_any_sequence_of_the_s
     // Goal: with small segments, frequent snapshots and one kept, retention moves old segments
     // to the archive and the data directory alone cannot replay the sale's start; a directory
     // of the archive's segments and the data directory's, given a manifest by `journal
-    // truncate` at one past its last record (which `journal verify` prints), replays to any
-    // sequence: the first, one the archive alone holds, and the node's own last, at the
-    // node's own state hash.
+    // truncate --at-end`, replays to any sequence: the first, one the archive alone holds, and
+    // the node's own last, at the node's own state hash. A copy missing a segment in the
+    // middle is refused, not cut.
     let root = TempDir::new("archive");
     let (data, archive) = (root.path().join("data"), root.path().join("archive"));
     let config = root.path().join("ringfence.toml");
@@ -110,16 +110,24 @@ fn the_archive_and_the_data_directory_rebuild_the_state_at_any_sequence_of_the_s
             std::fs::copy(from.join(name), history.join(name)).unwrap();
         }
     }
-    let verified = ringfence(&["journal", "verify", history.to_str().unwrap()]);
-    let said = text(&verified.stdout);
-    let ends = said
-        .lines()
-        .find_map(|line| line.strip_prefix("epoch      1: sequences 1..="))
-        .unwrap_or_else(|| panic!("no epoch line: {said}"));
-    assert_eq!(ends.parse::<u64>().unwrap(), last, "{said}");
-    let at = (last + 1).to_string();
-    let truncated = ringfence(&["journal", "truncate", history.to_str().unwrap(), "--at-seq", &at]);
+    // A copy that lacks a segment in the middle is refused, naming the gap, and kept whole.
+    let gapped = root.path().join("gapped");
+    std::fs::create_dir(&gapped).unwrap();
+    for name in segments(&history).iter().filter(|name| **name != archived[1]) {
+        std::fs::copy(history.join(name), gapped.join(name)).unwrap();
+    }
+    let refused = ringfence(&["journal", "truncate", gapped.to_str().unwrap(), "--at-end"]);
+    let said = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    let gap: u64 = archived[1].trim_end_matches(".seg").parse().unwrap();
+    assert!(said.contains(&format!("has a gap at sequence {gap}")), "{said}");
+    assert_eq!(segments(&gapped).len(), segments(&history).len() - 1, "nothing removed");
+
+    let truncated = ringfence(&["journal", "truncate", history.to_str().unwrap(), "--at-end"]);
     assert!(truncated.status.success(), "{}", text(&truncated.stderr));
+    assert!(
+        text(&truncated.stdout).contains(&format!("journal now ends before sequence {}", last + 1))
+    );
 
     // The last record the archive holds, from the name of the data directory's first segment.
     let archive_ends: u64 = segments(&data)[0].trim_end_matches(".seg").parse::<u64>().unwrap() - 1;
