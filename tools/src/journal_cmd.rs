@@ -154,7 +154,12 @@ pub struct TruncateArgs {
     /// The journal directory.
     pub dir: PathBuf,
     /// The first sequence to drop; every record before it must be intact.
-    #[arg(long = "at-seq", required_unless_present = "at_end", conflicts_with = "at_end")]
+    #[arg(
+        long = "at-seq",
+        value_name = "N",
+        required_unless_present = "at_end",
+        conflicts_with = "at_end"
+    )]
     pub at_seq: Option<u64>,
     /// Drop nothing: cut after the last record, which rebuilds a missing manifest and epoch
     /// file from the segments present (say, a directory of archived segments). Refused where
