@@ -320,7 +320,8 @@ impl EngineWatch {
         watch
     }
 
-    /// Publishes the tables' sizes (the applying stage, every [`TABLES_EVERY`] commands).
+    /// Publishes the tables' sizes (the applying stage, every [`TABLES_EVERY`] commands and
+    /// when it goes idle).
     fn publish_tables(&self, engine: &Engine) {
         let status = engine.status();
         let rows = [

@@ -233,11 +233,8 @@ fn judge_following(
             ));
         }
         let promised = &replication["promised_epoch"];
-        let streaming = ["following", "catching_up"].map(Value::from);
-        if streaming.contains(&replication["state"])
-            && !promised.is_null()
-            && *promised != leader_view["epoch"]
-        {
+        let streaming = matches!(replication["state"].as_str(), Some("following" | "catching_up"));
+        if streaming && !promised.is_null() && *promised != leader_view["epoch"] {
             verdict.problems.push(format!(
                 "{http} follows a primary of epoch {promised}, but {leader} leads epoch {}: \
                  {leader} is not its primary",
