@@ -798,6 +798,35 @@ fn snapshot_requested_while_the_writer_is_busy_is_taken_later() {
 }
 
 #[test]
+fn snapshot_deferred_by_a_busy_writer_is_taken_when_the_node_goes_quiet() {
+    // Goal: a snapshot that fell due while the writer was busy does not wait for the next
+    // command: a node that goes quiet after a burst has it taken once the writer is free.
+    let dir = TempDir::new("deferred-quiet");
+    let mut recovered = recover(dir.path(), options(Durability::None)).unwrap();
+    let policy = SnapshotPolicy { every_commands: Some(100), keep: 5, ..SnapshotPolicy::default() };
+    let data_dir = recovered.writer.data_dir().clone();
+    let (mut snapshots, mut writer) = Snapshotter::stepped(data_dir, policy, config());
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(9, Sequence(1), Timestamp(1));
+    for command in generate(&mut workload, &mut Engine::new(config()), 250) {
+        recovered.writer.append_command(Epoch(1), &command).unwrap();
+        engine.apply(&command);
+        snapshots.after_apply(&engine, &command);
+    }
+    // The first snapshot, through 100, is still in the writer's hands: the one due at 200
+    // waits for it.
+    let waiting = snapshots.stats();
+    assert_eq!((waiting.pauses, waiting.deferred_busy, waiting.written), (1, 1, 0), "{waiting:?}");
+    assert!(writer.step(), "the first snapshot was handed over");
+    // No command follows; the applying stage goes idle.
+    snapshots.idle(&engine);
+    assert!(writer.step(), "the deferred snapshot was not handed over while the node was quiet");
+    let stats = snapshots.finish();
+    assert_eq!((stats.pauses, stats.written, stats.failed), (2, 2, 0), "{stats:?}");
+    assert_eq!(stats.through, 250, "the deferred snapshot covers every command applied");
+}
+
+#[test]
 fn pipelined_read_visits_exactly_what_the_plain_read_does() {
     // Goal: the two-thread reader used by recovery and replay hands over every record, in
     // order, and stops where the visitor stops.
