@@ -133,6 +133,8 @@ fn load(args: &LoadArgs) -> Result<bool, String> {
     // Units left for the `max` runs, which have no count of their own.
     let mut left = planned.before.available - planned.counted;
     let mut next_index = 0;
+    // Across every run, the warm-up's too: what the SKU's figures should have moved by.
+    let (mut acknowledged, mut unanswered) = (0, 0);
     for (rate, seconds, warmup) in runs {
         let label = rate.map_or_else(|| "max".to_owned(), |rate| format!("@{rate}/s"));
         let most = if rate.is_some() { u64::MAX } else { left };
@@ -152,6 +154,8 @@ fn load(args: &LoadArgs) -> Result<bool, String> {
                 }
             };
         next_index += measured.answered + measured.lost + 1;
+        acknowledged += measured.answered - measured.failed;
+        unanswered += measured.lost;
         if rate.is_none() {
             left = left.saturating_sub(measured.answered + measured.lost);
         }
@@ -180,7 +184,29 @@ fn load(args: &LoadArgs) -> Result<bool, String> {
         planned.before.available,
         planned.before.reserved
     ));
+    report.note(&reconcile(planned.before, after, acknowledged, unanswered));
     Ok(true)
+}
+
+/// Whether the SKU's reserved units moved by the reservations the node acknowledged. Where
+/// nothing else acts on the SKU during the runs they are equal; a node that lost an
+/// acknowledged reservation would show fewer.
+fn reconcile(before: Stock, after: Stock, acknowledged: u64, unanswered: u64) -> String {
+    let rose = i128::from(after.reserved) - i128::from(before.reserved);
+    let said = format!("{acknowledged} reservations acknowledged in all, the warm-up's included");
+    if rose == i128::from(acknowledged) {
+        return format!("{said}; the SKU's reserved units rose by as many");
+    }
+    let unanswered = if unanswered > 0 {
+        format!(" some of the {unanswered} requests left unanswered were reserved,")
+    } else {
+        String::new()
+    };
+    format!(
+        "{said}; the SKU's reserved units moved by {rose}: other clients acted on the SKU, \
+         reservations were paid, cancelled or expired meanwhile,{unanswered} or the node lost \
+         reservations it acknowledged"
+    )
 }
 
 /// Resolves the address and the token, reads the SKU and refuses a load it cannot carry: a
@@ -338,5 +364,24 @@ fn read_stock_http(addr: SocketAddr, sku: u64, token: Option<&str>) -> Result<St
     match (view["available"].as_u64(), view["reserved"].as_u64(), view["open"].as_bool()) {
         (Some(available), Some(reserved), Some(open)) => Ok(Stock { available, reserved, open }),
         _ => Err(format!("not a SKU: {body}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_closing_note_says_whether_the_sku_moved_by_what_was_acknowledged() {
+        let before = Stock { available: 100, reserved: 10, open: true };
+        let after = Stock { available: 60, reserved: 50, open: true };
+        assert!(reconcile(before, after, 40, 0).ends_with("rose by as many"));
+        let short = reconcile(before, after, 41, 0);
+        assert!(short.contains("moved by 40: other clients") && short.ends_with("acknowledged"));
+        assert!(!short.contains("unanswered"), "{short}");
+        let paid = Stock { available: 60, reserved: 5, open: true };
+        let with_lost = reconcile(before, paid, 40, 3);
+        assert!(with_lost.contains("moved by -5"), "{with_lost}");
+        assert!(with_lost.contains("some of the 3 requests left unanswered"), "{with_lost}");
     }
 }

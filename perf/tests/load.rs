@@ -99,7 +99,8 @@ fn load_reserves_on_a_running_node_over_both_protocols_and_counts_what_it_was_re
     // `max` run stops at the units left; answers that are not reservations are counted by
     // code (each request's own refusal: `forbidden` for a read token, over both protocols);
     // a run that needs more units than the SKU has, an unknown SKU and a wrong token are
-    // refused before anything is sent. The node enforces roles, so every reservation made
+    // refused before anything is sent; the closing note compares the reservations
+    // acknowledged with what the SKU shows. The node enforces roles, so every reservation made
     // carried the orders token (binary AUTH, or the HTTP header).
     let server = node();
     let dir = std::env::temp_dir().join(format!("rf-perf-load-{}", std::process::id()));
@@ -211,6 +212,17 @@ fn load_reserves_on_a_running_node_over_both_protocols_and_counts_what_it_was_re
         assert_eq!(rows[0]["not_reserved_by_code"], serde_json::json!({ "forbidden": 50 }));
     }
     assert_eq!(stock(&server, 8), (100, 0), "nothing was reserved");
+    // The table's closing note holds the node to what it acknowledged.
+    let addr = binary.to_string();
+    let args = ["load", "--addr", &addr, "--token-file", token.to_str().unwrap(), "--sku", "8"];
+    let timing = ["--rate", "100", "--duration-s", "0.5", "--warmup-s", "0.2"];
+    let output = perf(&args.iter().chain(&timing).copied().collect::<Vec<_>>());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let said = "70 reservations acknowledged in all, the warm-up's included; the SKU's reserved \
+                units rose by as many";
+    assert!(stdout.contains(said), "{stdout}");
+    assert_eq!(stock(&server, 8), (30, 70));
     server.shutdown().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
