@@ -765,6 +765,8 @@ pub struct Plan {
     /// Also run at these fractions of the throughput the `max` row measured, right after it,
     /// in this order.
     pub of_max: Vec<f64>,
+    /// Where the server driven runs, whose CPU time the rows report.
+    pub server: ServerProcess,
 }
 
 impl Plan {
@@ -780,6 +782,7 @@ impl Plan {
                 window: 32,
                 next_index: 0,
                 of_max: Vec::new(),
+                server: ServerProcess::This,
             }
         } else {
             Plan {
@@ -789,6 +792,7 @@ impl Plan {
                 window: 64,
                 next_index: 0,
                 of_max: Vec::new(),
+                server: ServerProcess::This,
             }
         }
     }
@@ -810,7 +814,7 @@ pub fn run_plan(
     let mut fractions_of_max: Vec<(u64, f64)> = Vec::new();
     while let Some(load) = loads.pop_front() {
         let duration = Duration::from_secs_f64(plan.seconds);
-        let cpu = ServerCpu::start();
+        let cpu = ServerCpu::start(plan.server);
         let measured =
             match drive(addr, protocol, plan.connections, load, duration, plan.next_index) {
                 Ok(measured) => measured,
@@ -819,7 +823,7 @@ pub fn run_plan(
                     return;
                 }
             };
-        let server_cpu = cpu.seconds();
+        let server_cpu = cpu.as_ref().and_then(ServerCpu::seconds);
         plan.next_index += measured.answered + measured.lost + 1;
         if let Load::Window(_) = load {
             let throughput = measured.answered as f64 / measured.seconds;
@@ -839,12 +843,17 @@ pub fn run_plan(
             }
             (Load::Rate(rate), None) => format!("{variant} @{}k/s", rate / 1_000),
         };
-        let per_answer_us = server_cpu * 1e6 / measured.answered.max(1) as f64;
-        let cores = server_cpu / measured.seconds;
-        report.note(&format!(
-            "  {label}: server CPU {per_answer_us:.2} us per answer, {:.0}% of a core",
-            cores * 100.0
-        ));
+        // Per answer and in cores; `None` where the server's CPU clock could not be read.
+        let cpu_figures = server_cpu.map(|seconds| {
+            (seconds * 1e6 / measured.answered.max(1) as f64, seconds / measured.seconds)
+        });
+        match cpu_figures {
+            Some((per_answer_us, cores)) => report.note(&format!(
+                "  {label}: server CPU {per_answer_us:.2} us per answer, {:.0}% of a core",
+                cores * 100.0
+            )),
+            None => report.note(&format!("  {label}: server CPU not measured (no CPU clock)")),
+        }
         let lag = &measured.send_lag;
         if let Load::Rate(_) = load {
             report.note(&format!(
@@ -858,9 +867,11 @@ pub fn run_plan(
             Row::new(scenario, &label, measured.answered, measured.seconds, measured.histogram)
                 .with("connections", plan.connections as u64)
                 .with("failed", measured.failed)
-                .with("lost", measured.lost)
-                .with("server_cpu_us_per_answer", per_answer_us)
-                .with("server_cpu_cores", cores);
+                .with("lost", measured.lost);
+        if let Some((per_answer_us, cores)) = cpu_figures {
+            row =
+                row.with("server_cpu_us_per_answer", per_answer_us).with("server_cpu_cores", cores);
+        }
         row = match load {
             Load::Window(window) => {
                 row.with("window_per_connection", window as u64).with("latency_from", "send")
@@ -877,27 +888,54 @@ pub fn run_plan(
     }
 }
 
-/// The CPU time the server's threads use: the process's, less the calling thread's (the load
-/// generator runs on the thread that calls [`drive`]; the server's threads are the process's
-/// only others).
+/// Where the server a plan drives runs, for its CPU time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServerProcess {
+    /// In this process, beside the load generator's thread.
+    #[default]
+    This,
+    /// Another process (a peer such as `redis-server`), by its id.
+    Other(u32),
+}
+
+/// The CPU time the server's threads use. In this process: the process's, less the calling
+/// thread's (the load generator runs on the thread that calls [`drive`]; the server's threads
+/// are the process's only others). In another: that process's.
 struct ServerCpu {
-    process: f64,
-    generator: f64,
+    server: libc::clockid_t,
+    /// The generator's thread clock at the start, where it shares the server's process.
+    generator: Option<f64>,
+    start: f64,
 }
 
 impl ServerCpu {
-    fn start() -> ServerCpu {
-        ServerCpu {
-            process: cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
-            generator: cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID),
+    /// `None` where the server's CPU clock cannot be read (a process that has ended).
+    fn start(server: ServerProcess) -> Option<ServerCpu> {
+        match server {
+            ServerProcess::This => Some(ServerCpu {
+                server: libc::CLOCK_PROCESS_CPUTIME_ID,
+                generator: Some(cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID)),
+                start: cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
+            }),
+            ServerProcess::Other(pid) => {
+                let pid = libc::pid_t::try_from(pid).ok()?;
+                let mut clock: libc::clockid_t = 0;
+                // SAFETY: `clock` is a valid, writable clockid_t; the call only writes it.
+                if unsafe { libc::clock_getcpuclockid(pid, &raw mut clock) } != 0 {
+                    return None;
+                }
+                let start = try_cpu_seconds(clock)?;
+                Some(ServerCpu { server: clock, generator: None, start })
+            }
         }
     }
 
     /// Seconds of CPU the server used since [`ServerCpu::start`].
-    fn seconds(&self) -> f64 {
-        let process = cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID) - self.process;
-        let generator = cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID) - self.generator;
-        (process - generator).max(0.0)
+    fn seconds(&self) -> Option<f64> {
+        let server = try_cpu_seconds(self.server)? - self.start;
+        let generator =
+            self.generator.map_or(0.0, |start| cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID) - start);
+        Some((server - generator).max(0.0))
     }
 }
 
@@ -911,13 +949,18 @@ pub(crate) fn idle_share_over(seconds: f64) -> f64 {
     used / start.elapsed().as_secs_f64()
 }
 
-/// The CPU time `clock` (a process or thread CPU clock) has counted, in seconds.
+/// The CPU time `clock` (this process's or this thread's CPU clock) has counted, in seconds.
 fn cpu_seconds(clock: libc::clockid_t) -> f64 {
+    try_cpu_seconds(clock).expect("this process's CPU-time clocks are always available on Linux")
+}
+
+/// The CPU time `clock` has counted, in seconds; `None` for another process's clock once that
+/// process has ended.
+fn try_cpu_seconds(clock: libc::clockid_t) -> Option<f64> {
     let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `time` is a valid, writable timespec; the call only writes it.
     let status = unsafe { libc::clock_gettime(clock, &mut time) };
-    assert_eq!(status, 0, "CPU-time clocks are always available on Linux");
-    time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9
+    (status == 0).then_some(time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9)
 }
 
 /// `ringfence-perf -- tcp`: the binary protocol against an in-process server.
@@ -1077,6 +1120,30 @@ pub fn nonce() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_process_is_charged_its_own_cpu_time_not_the_generators_process() {
+        // A peer that spins until killed, another that sleeps: each row must read the CPU of
+        // the process that served it (this process's clock would read about zero for both).
+        let mut busy =
+            std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+        let mut idle = std::process::Command::new("sleep").arg("2").spawn().unwrap();
+        let busy_cpu = ServerCpu::start(ServerProcess::Other(busy.id())).unwrap();
+        let idle_cpu = ServerCpu::start(ServerProcess::Other(idle.id())).unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let (spun, slept) = (busy_cpu.seconds().unwrap(), idle_cpu.seconds().unwrap());
+        // Liveness bounds, not timings: a spinning shell gets some CPU, a sleep next to none.
+        assert!(spun > 0.05, "the spinning peer was charged {spun} s");
+        assert!(slept < 0.05, "the sleeping peer was charged {slept} s");
+        busy.kill().unwrap();
+        busy.wait().unwrap();
+        idle.wait().unwrap();
+        // A peer that has ended has no clock left to read.
+        assert!(
+            busy_cpu.seconds().is_none()
+                && ServerCpu::start(ServerProcess::Other(busy.id())).is_none()
+        );
+    }
 
     #[test]
     fn an_http_refusal_is_counted_by_the_code_its_body_names() {
