@@ -311,6 +311,16 @@ fn compare(report: &mut Report, plan: &Plan) {
             crate::report::format_ns(p99),
             crate::report::format_ns(median)
         ));
+        let cpu = |row: &crate::report::Row| {
+            row.context.get("server_cpu_us_per_answer").and_then(serde_json::Value::as_f64)
+        };
+        if let (Some(ours), Some(theirs)) = (cpu(ours), cpu(theirs)) {
+            report.note(&format!(
+                "  at max load: server CPU per reservation, ringfence {ours:.2} us vs redis_lua \
+                 {theirs:.2} us ({:.1}x less)",
+                theirs / ours.max(f64::MIN_POSITIVE)
+            ));
+        }
     }
     for rate in &plan.rates {
         let label = |v: &str| format!("{v} @{}k/s", rate / 1_000);

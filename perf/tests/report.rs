@@ -94,6 +94,11 @@ fn the_quick_report_writes_every_table_chart_and_histogram() {
     assert!(markdown.contains("÷ `local_only`"), "the standby's ratio to the primary alone");
     let redis_ran = markdown.contains("`redis_lua max`");
     assert!(redis_ran || markdown.contains("`redis` skipped: "), "redis neither ran nor skipped");
+    if redis_ran {
+        // The peer is charged its own CPU time (this process's would read about zero).
+        assert!(markdown.contains("server CPU per reservation, ringfence"), "no CPU comparison");
+        assert!(!markdown.contains("redis_lua max: server CPU 0.00 us"), "Redis charged nothing");
+    }
     check_every_file_is_linked(&out.0, &linked);
     check_rows(&out.0, linked.iter().filter(|f| f.ends_with(".hgrm")).count());
 }
