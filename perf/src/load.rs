@@ -9,6 +9,7 @@
 //! refused before it starts (an answer of `sold_out` is not a reservation and would flatter
 //! the figures), and a `max` run stops sending at the units left.
 
+use std::cmp::Ordering;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
@@ -194,19 +195,18 @@ fn load(args: &LoadArgs) -> Result<bool, String> {
 fn reconcile(before: Stock, after: Stock, acknowledged: u64, unanswered: u64) -> String {
     let rose = i128::from(after.reserved) - i128::from(before.reserved);
     let said = format!("{acknowledged} reservations acknowledged in all, the warm-up's included");
-    if rose == i128::from(acknowledged) {
-        return format!("{said}; the SKU's reserved units rose by as many");
-    }
-    let unanswered = if unanswered > 0 {
-        format!(" some of the {unanswered} requests left unanswered were reserved,")
-    } else {
-        String::new()
+    let why = match rose.cmp(&i128::from(acknowledged)) {
+        Ordering::Equal => return format!("{said}; the SKU's reserved units rose by as many"),
+        Ordering::Greater if unanswered > 0 => format!(
+            "other clients reserved, or some of the {unanswered} requests left unanswered were \
+             reserved"
+        ),
+        Ordering::Greater => "other clients reserved".to_owned(),
+        Ordering::Less => "reservations were paid, cancelled or expired meanwhile, or the node \
+                           lost reservations it acknowledged"
+            .to_owned(),
     };
-    format!(
-        "{said}; the SKU's reserved units moved by {rose}: other clients acted on the SKU, \
-         reservations were paid, cancelled or expired meanwhile,{unanswered} or the node lost \
-         reservations it acknowledged"
-    )
+    format!("{said}; the SKU's reserved units moved by {rose}: {why}")
 }
 
 /// Resolves the address and the token, reads the SKU and refuses a load it cannot carry: a
@@ -376,12 +376,15 @@ mod tests {
         let before = Stock { available: 100, reserved: 10, open: true };
         let after = Stock { available: 60, reserved: 50, open: true };
         assert!(reconcile(before, after, 40, 0).ends_with("rose by as many"));
+        // Fewer than acknowledged: payments, cancellations, expiry, or a lost acknowledgement.
         let short = reconcile(before, after, 41, 0);
-        assert!(short.contains("moved by 40: other clients") && short.ends_with("acknowledged"));
-        assert!(!short.contains("unanswered"), "{short}");
+        assert!(short.contains("moved by 40: reservations were paid"), "{short}");
+        assert!(short.ends_with("lost reservations it acknowledged"), "{short}");
         let paid = Stock { available: 60, reserved: 5, open: true };
-        let with_lost = reconcile(before, paid, 40, 3);
-        assert!(with_lost.contains("moved by -5"), "{with_lost}");
-        assert!(with_lost.contains("some of the 3 requests left unanswered"), "{with_lost}");
+        assert!(reconcile(before, paid, 40, 3).contains("moved by -5: reservations were paid"));
+        // More than acknowledged: other clients, or requests that reserved unanswered.
+        let more = reconcile(before, after, 39, 3);
+        assert!(more.ends_with("some of the 3 requests left unanswered were reserved"), "{more}");
+        assert!(reconcile(before, after, 39, 0).ends_with("moved by 40: other clients reserved"));
     }
 }
