@@ -1135,9 +1135,10 @@ mod tests {
         // Liveness bounds, not timings: a spinning shell gets some CPU, a sleep next to none.
         assert!(spun > 0.05, "the spinning peer was charged {spun} s");
         assert!(slept < 0.05, "the sleeping peer was charged {slept} s");
-        busy.kill().unwrap();
-        busy.wait().unwrap();
-        idle.wait().unwrap();
+        for peer in [&mut busy, &mut idle] {
+            peer.kill().unwrap();
+            peer.wait().unwrap();
+        }
         // A peer that has ended has no clock left to read.
         assert!(
             busy_cpu.seconds().is_none()
