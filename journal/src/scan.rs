@@ -3,8 +3,8 @@
 //! [`scan`] checks every segment header and every record's length, CRC, sequence and epoch,
 //! and finds where the journal ends. Damage in the last segment with no intact record after it
 //! is a *torn tail* (a write cut off by a crash); any other damage is corruption. [`read`]
-//! then walks the intact records of a scanned journal, validates each payload with bytecheck
-//! and hands decoded commands to a visitor.
+//! then walks the intact records of a scanned journal, decodes each payload with the canonical
+//! decoder (which refuses any byte out of place) and hands decoded commands to a visitor.
 
 use std::fs::File;
 use std::io;
@@ -163,7 +163,7 @@ impl ReadSource for ReadOnlyDir {
         assert!(name.ends_with(".seg"), "a segment read from a file that is not one: {name}");
         let file = File::open(self.dir.join(name))?;
         // SAFETY: the map is read-only and every byte read from it is validated (CRC, bounds,
-        // bytecheck) before use; if a running node appends concurrently, the bytes seen may be
+        // canonical decoding) before use; if a running node appends concurrently, the bytes seen may be
         // partial, which the checks report as a torn tail rather than misbehaving.
         // Faulted in as it is read, not populated up front: a fault maps the pages around the
         // one touched (64 KiB by default), and populating a 64 MiB segment in one call held

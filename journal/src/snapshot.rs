@@ -415,8 +415,8 @@ fn decode_through(
     if crc32c::crc32c(&header[..HEADER_CRC_OFFSET]) != get_u32(header, HEADER_CRC_OFFSET) {
         return Err(invalid("the header checksum does not match"));
     }
-    if get_u32(header, 8) != FORMAT_VERSION || get_u32(header, 12) as usize != SNAPSHOT_HEADER_LEN {
-        return Err(invalid("unsupported snapshot version"));
+    if let Some(reason) = version_problem(header) {
+        return Err(invalid(&reason));
     }
     // Read in full: a shorter file was refused above.
     assert_eq!(header.len(), SNAPSHOT_HEADER_LEN, "a snapshot header of another length");
@@ -426,6 +426,31 @@ fn decode_through(
     }
     let epoch = Some(Epoch(get_u64(header, THROUGH_EPOCH_OFFSET))).filter(|epoch| epoch.0 != 0);
     Ok((through, epoch))
+}
+
+/// Why a snapshot header's format version (or its header length, which a version fixes) is
+/// not this build's, naming the version and which build wrote it; `None` when it is.
+fn version_problem(header: &[u8]) -> Option<String> {
+    assert!(header.len() >= SNAPSHOT_HEADER_LEN, "a version read from a short header");
+    assert_eq!(header[..8], SNAPSHOT_MAGIC, "a version read from a file that is no snapshot");
+    let (version, header_len) = (get_u32(header, 8), get_u32(header, 12));
+    if version == FORMAT_VERSION && header_len as usize == SNAPSHOT_HEADER_LEN {
+        return None;
+    }
+    Some(match version {
+        FORMAT_VERSION => format!(
+            "a {header_len}-byte header where format version {version} has \
+             {SNAPSHOT_HEADER_LEN}"
+        ),
+        older if older < FORMAT_VERSION => format!(
+            "format version {older} was written by an earlier, unreleased build (this build \
+             reads version {FORMAT_VERSION})"
+        ),
+        newer => format!(
+            "format version {newer} was written by a newer build (this build reads version \
+             {FORMAT_VERSION})"
+        ),
+    })
 }
 
 fn read_file<R: ReadSource>(source: &R, name: &str) -> Result<(Vec<u8>, PathBuf), SnapshotError> {
@@ -453,8 +478,8 @@ fn decode_meta(
     if crc32c::crc32c(&header[..HEADER_CRC_OFFSET]) != get_u32(header, HEADER_CRC_OFFSET) {
         return Err(invalid("the header checksum does not match"));
     }
-    if get_u32(header, 8) != FORMAT_VERSION || get_u32(header, 12) as usize != SNAPSHOT_HEADER_LEN {
-        return Err(invalid("unsupported snapshot version"));
+    if let Some(reason) = version_problem(header) {
+        return Err(invalid(&reason));
     }
     let body = &bytes[SNAPSHOT_HEADER_LEN..];
     if crc32c::crc32c(body) != get_u32(header, BODY_CRC_OFFSET) {

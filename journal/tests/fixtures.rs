@@ -213,7 +213,9 @@ fn a_future_format_version_is_refused_by_number_not_misread() {
     assert!(recovered.report.snapshot.is_none());
     let skipped = &recovered.report.skipped_snapshots;
     assert_eq!(skipped.len(), 1, "{skipped:?}");
-    assert!(skipped[0].1.contains("version"), "{skipped:?}");
+    let reason = &skipped[0].1;
+    assert!(reason.contains("newer build"), "{skipped:?}");
+    assert!(reason.contains(&format!("version {}", format::FORMAT_VERSION + 1)), "{skipped:?}");
     assert_eq!(recovered.engine.state_digest(), Expected::read().hash("state_digest"));
     drop(recovered);
     let _ = std::fs::remove_dir_all(&data);

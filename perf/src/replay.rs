@@ -233,7 +233,7 @@ fn decode_only(dir: &BenchDir) -> Row {
     std::hint::black_box(sink);
     let seconds = started.elapsed().as_secs_f64();
     Row::new("replay", "decode_only", timing.count, seconds, timing.histogram)
-        .with("source", "mmap scan + CRC + bytecheck + decode, no apply")
+        .with("source", "mmap scan + CRC + canonical decode, no apply")
 }
 
 /// Replays the journal as recovery and `ringfence replay` do: pipelined, a reader thread
