@@ -160,7 +160,7 @@ pub struct ReplicationStatus {
 pub struct CoordinationStatus {
     /// This node's name.
     pub node: String,
-    /// `leader`, `taking_office`, `standby`, `handing_over` or `candidate`.
+    /// `leader`, `taking_office`, `standby` or `handing_over`.
     pub state: String,
     /// The node holding the leader key, and its epoch.
     pub leader: Option<String>,

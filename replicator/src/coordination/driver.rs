@@ -31,7 +31,7 @@ pub struct CoordinationFigures {
     /// This node's name.
     pub node: String,
     /// `leader`, `taking_office` (holds the key, writes held until the witness records it as
-    /// primary), `standby`, `handing_over` or `candidate`.
+    /// primary), `standby` or `handing_over`.
     pub state: String,
     /// The leader this node knows, and its epoch.
     pub leader: Option<(String, u64)>,
