@@ -3,8 +3,8 @@
 //! appears here with its default without anyone remembering to add it.
 //!
 //! The values come from serialising `FileConfig::default()`; the comments from [`KEYS`]. A
-//! key that has no default (an optional path, a token) is shown commented out with an example
-//! value. A test fails when a key of the types has no description here.
+//! key without a value of its own there (an optional path, a token, a default worked out at
+//! start, which its description gives) is shown commented out with an example value. A test fails when a key of the types has no description here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,7 +61,12 @@ const SECTIONS: &[(&str, &str)] = &[
          others, and a primary a standby of others: change them at a clean stop with `ringfence \
          journal reconfigure`, and keep them the same on both nodes of a pair.",
     ),
-    ("replication", "A hot standby (flags of the same names override these)."),
+    (
+        "replication",
+        "A hot standby. Flags override these: --role, --primary, --primary-http, \
+         --replication-listen (listen), --cluster-secret-file, --cluster-id, --replication \
+         (mode), --replication-timeout-ms (timeout_ms).",
+    ),
     (
         "coordination",
         "Automatic failover with etcd as the witness (flags --etcd, --node-name, \
@@ -142,7 +147,8 @@ const KEYS: &[Key] = &[
     key(
         "server",
         "in_flight_max",
-        "Commands submitted and not yet answered, all connections together; beyond it: busy.",
+        "Commands submitted and not yet answered, all connections together; beyond it: busy. \
+        At most [node] in_flight_max applies.",
     ),
     key(
         "server",
@@ -202,7 +208,8 @@ const KEYS: &[Key] = &[
     key(
         "server",
         "busy_retry_ms",
-        "Retry hint sent with busy and capacity refusals on the binary port.",
+        "Retry hint sent with busy refusals on the binary port (and with a command the node \
+        could not answer).",
     ),
     key("server", "warnings_per_sec", "Bad-input warnings logged per second at most."),
     key(
@@ -367,8 +374,8 @@ const KEYS: &[Key] = &[
     unset(
         "replication",
         "heartbeat_ms",
-        "How often an idle primary tells its standby it is alive.",
-        "500",
+        "How often an idle primary tells its standby it is alive. Default 100.",
+        "100",
     ),
     key(
         "coordination",
@@ -463,7 +470,8 @@ pub fn example() -> String {
     let defaults = default_values();
     let mut out = String::from(
         "# ringfence configuration: every key with its default (`ringfence config example`).\n\
-         # Keys shown commented out have no default; `ringfence serve` flags override the file.\n\
+         # Keys shown commented out are optional, or take a default worked out at start (each\n\
+         # says which); `ringfence serve` flags override the file.\n\
          # Check a file with `ringfence config check FILE`.\n",
     );
     for (section, about) in SECTIONS {

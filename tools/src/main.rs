@@ -70,7 +70,8 @@ enum TopCommand {
     /// sync, both ready, one state at one sequence. Exit 0 healthy, 1 a problem, 2 a node
     /// could not be read.
     Status(status_cmd::StatusArgs),
-    /// Print every setting's default as TOML (`config example` adds what each one means).
+    /// Print every setting that has a fixed default, as TOML (`config example` adds what each
+    /// one means, and the defaults worked out at start: replication's, coordination's).
     Defaults,
     /// Write a commented example configuration file, or check one.
     #[command(subcommand)]

@@ -150,7 +150,8 @@ pub struct Coordinated {
 
 /// A node started with `--etcd`: connects to the witness, and follows whoever leads or takes
 /// the leader key if nobody does and the in-sync record allows it. Sets `replication`'s role
-/// (and the primary's HTTP address) from the decision.
+/// (and the primary's HTTP address) from the decision. `replication` passed
+/// [`check_coordinated`].
 pub fn coordinate(
     config: CoordinationConfig,
     replication: &mut Replication,
@@ -158,11 +159,7 @@ pub fn coordinate(
     (last, epoch_floor, catching_up): (Sequence, u64, bool),
 ) -> Result<Coordinated, String> {
     let listen = replication.config.listen;
-    if listen.port() == 0 {
-        return Err("with --etcd, --replication-listen needs a fixed port: the leader key \
-                    tells the standby where to connect"
-            .into());
-    }
+    assert_ne!(listen.port(), 0, "a coordinated node's replication address checked first");
     let me = Identity {
         node: config.node.clone(),
         replication: listen.to_string(),
@@ -196,6 +193,25 @@ pub fn coordinate(
     }
     let startup = startup.hold().map_err(|e| format!("starting the lease thread: {e}"))?;
     Ok(Coordinated { startup, me, decided })
+}
+
+/// What coordination needs of replication, checked by `serve` and `config check` alike: etcd
+/// decides between the nodes of a replicated pair, and the leader key names a fixed
+/// replication address for the standby to connect to. Hands back the replication it checked.
+pub fn check_coordinated<R: std::ops::Deref<Target = Replication>>(
+    replication: Option<R>,
+) -> Result<R, String> {
+    let Some(replication) = replication else {
+        return Err("--etcd needs replication: give the cluster secret (--cluster-secret-file \
+                    FILE or RINGFENCE_CLUSTER_SECRET)"
+            .into());
+    };
+    if replication.config.listen.port() == 0 {
+        return Err("with --etcd, --replication-listen needs a fixed port: the leader key \
+                    tells the standby where to connect"
+            .into());
+    }
+    Ok(replication)
 }
 
 fn replication_cluster(replication: &Replication) -> String {

@@ -29,6 +29,7 @@ use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::control::{
     Control, Role, before_candidacy, start_primary_run, take_office,
 };
+use ringfence_replicator::coordination::CoordinationConfig;
 use ringfence_replicator::coordination::driver::{self, Decided};
 use ringfence_replicator::index::DirIndex;
 use ringfence_replicator::position;
@@ -55,11 +56,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address of the binary protocol listener [default: 127.0.0.1:7001]; beyond loopback only
-    /// with a configured admin token and role tokens (protected mode).
+    /// with a configured admin token, and role tokens or --open-client-commands (protected
+    /// mode).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Address of the HTTP listener [default: 127.0.0.1:7080]; beyond loopback only with a
-    /// configured admin token and role tokens (protected mode).
+    /// configured admin token, and role tokens or --open-client-commands (protected mode).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
     /// File holding the admin bearer token, at least 32 characters of letters, digits and
@@ -365,10 +367,11 @@ pub(crate) fn read_config(path: &Path) -> Result<FileConfig, String> {
     toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
-/// The checks `serve` makes of a config file's values before it touches the data directory
-/// (`ringfence config check`): durability, engine capacities and the request-key window, the
-/// node's settings, the journal's segment size, the network front's limits and addresses, and
-/// that this machine has the memory the engines need.
+/// The checks `serve` makes of a config file's values, as `serve` would make them started with
+/// this file and no flags, reading the same environment (`ringfence config check`): durability,
+/// engine capacities and the request-key window, the node's settings, the journal's segment
+/// size, the network front's limits and addresses, the tokens and protected mode, replication
+/// and coordination, and that this machine has the memory the engines need.
 pub(crate) fn check_config(file: &FileConfig) -> Result<(), String> {
     let durability = file
         .node
@@ -379,9 +382,24 @@ pub(crate) fn check_config(file: &FileConfig) -> Result<(), String> {
     let engine = file.engine.to_config();
     check_values(file, &engine, durability)?;
     file.server.validate().map_err(|e| e.to_string())?;
+    let data_dir = data_dir(None, file);
+    let listeners = [file.server.listen, file.server.http];
+    check_tokens(None, file, &listeners, file.auth.open_client_commands, &data_dir)?;
+    let flags = replication::ReplicationArgs::default();
+    let replication = replication::settings(&flags, &file.replication, &engine, &data_dir)?;
+    if replication::coordination_settings(&flags, &file.coordination)?.is_some() {
+        replication::check_coordinated(replication.as_ref())?;
+    }
     crate::memory::check_available(&engine, engines(file), crate::memory::LOWER_CAPACITIES)?;
     file.node.to_config(engine, Epoch(1), Intake::Sequencer)?;
     Ok(())
+}
+
+/// The data directory: `--data-dir` (`flag`), then the config file's, then `./ringfence-data`.
+fn data_dir(flag: Option<&Path>, file: &FileConfig) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./ringfence-data"))
 }
 
 /// The shortest request-key window `serve` accepts: a client retrying after a timeout must
@@ -427,11 +445,7 @@ fn engines(file: &FileConfig) -> u64 {
 fn serve(args: &ServeArgs) -> Result<(), String> {
     log(format_args!("ringfence {}", crate::version_text()));
     let mut file = load_config(args)?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or(file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from("./ringfence-data"));
+    let data_dir = data_dir(args.data_dir.as_deref(), &file);
     // Values first, so a refused configuration leaves no trace in the directory.
     let durability_text = args.durability.clone().unwrap_or(file.node.durability.clone());
     let durability: Durability = durability_text.parse()?;
@@ -442,23 +456,34 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     server_config.http = args.http.or(server_config.http);
     server_config.allowed_hosts.extend(args.http_allowed_hosts.iter().cloned());
     server_config.validate().map_err(|e| e.to_string())?;
-    // Before anything else touches the directory: one writer at a time, held until we exit.
-    let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;
+    let snapshot_writer: WriterPriority =
+        file.node.snapshot_writer.parse().map_err(|e| format!("[node] {e}"))?;
+    let listeners = [server_config.listen, server_config.http];
+    let open = args.open_client_commands || file.auth.open_client_commands;
+    let tokens =
+        check_tokens(args.admin_token_file.as_deref(), &file, &listeners, open, &data_dir)?;
+    let mut replication =
+        replication::settings(&args.replication, &file.replication, &engine_config, &data_dir)?;
+    let coordination = replication::coordination_settings(&args.replication, &file.coordination)?;
+    if coordination.is_some() {
+        replication::check_coordinated(replication.as_ref())?;
+    }
     crate::memory::check_available(
         &engine_config,
         engines(&file),
         crate::memory::LOWER_CAPACITIES,
     )?;
-    let snapshot_writer: WriterPriority =
-        file.node.snapshot_writer.parse().map_err(|e| format!("[node] {e}"))?;
-    let listeners = [server_config.listen, server_config.http];
-    let role_tokens = role_tokens(&file.auth)?;
-    let open = args.open_client_commands || file.auth.open_client_commands;
-    // The admin token first: without a chosen one, protected mode refuses every public
-    // listener, and says so in its own words.
-    let admin = admin_token(args, &file, &data_dir, &listeners)?;
-    client_commands_guard(&listeners, &role_tokens, open)?;
+    // Before anything else touches the directory: one writer at a time, held until we exit.
+    let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;
+    let admin = admin_token(tokens.admin, &data_dir)?;
+    let mut role_tokens = Vec::with_capacity(tokens.roles.len());
+    for (role, token, source) in tokens.roles {
+        log(format_args!("{} token from {source}", role.name()));
+        role_tokens.push((role, token));
+    }
+    // Serve's own admin token is read or made only now: it too must differ from every role's.
     distinct_tokens(&admin, &role_tokens)?;
+    log_roles(&role_tokens, &listeners, open);
     server_config.admin_token = Some(admin);
     server_config.role_tokens = role_tokens;
 
@@ -468,13 +493,11 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         durability,
         engine_config: engine_config.clone(),
     };
-    let mut replication =
-        replication::settings(&args.replication, &file.replication, &engine_config, &data_dir)?;
     if let Some(replication) = replication.as_mut() {
         replication.config.answers_after_sync = durability == Durability::Batch;
     }
     let coordinated =
-        coordinate(args, &file, (&storage, &options), replication.as_mut(), server_config.http)?;
+        coordinate(coordination, (&storage, &options), replication.as_mut(), server_config.http)?;
     let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref())?;
     warn_of_rollback(&data_dir);
     let policy = SnapshotPolicy {
@@ -637,24 +660,18 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// With `--etcd`: reads where the journal ends, then lets the witness decide this node's role
-/// (`replication::coordinate`). `None` without etcd.
+/// With `--etcd` (`config`, its settings): reads where the journal ends, then lets the witness
+/// decide this node's role (`replication::coordinate`). `None` without etcd.
 fn coordinate(
-    args: &ServeArgs,
-    file: &FileConfig,
+    config: Option<CoordinationConfig>,
     (storage, options): (&FileStorage, &WriterOptions),
     replication: Option<&mut Replication>,
     http: Option<SocketAddr>,
 ) -> Result<Option<Coordinated>, String> {
-    let Some(config) = replication::coordination_settings(&args.replication, &file.coordination)?
-    else {
+    let Some(config) = config else {
         return Ok(None);
     };
-    let Some(replication) = replication else {
-        return Err("--etcd needs replication: give the cluster secret (--cluster-secret-file \
-                    FILE or RINGFENCE_CLUSTER_SECRET)"
-            .into());
-    };
+    let replication = replication::check_coordinated(replication)?;
     let recovered = recover_logged(storage, options.clone())?;
     let last = Sequence(recovered.next_sequence.0 - 1);
     let floor = recovered.epochs.current.0.max(recovered.epochs.promised.0);
@@ -962,29 +979,57 @@ fn admin_token_ok(token: &str) -> bool {
         && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
-/// The admin token. An operator's — `--admin-token-file`, then `RINGFENCE_ADMIN_TOKEN`, then
-/// the config file (`admin_token`, `[server] admin_token`, `admin_token_file`) — is used if
-/// set. Otherwise serve's own, `<data-dir>/admin.token`, generated with mode 0600 if it does
-/// not exist; with it serve runs in protected mode: `listeners` must all be loopback. Either
-/// way the token must follow the admin token rule.
-fn admin_token(
-    args: &ServeArgs,
+/// The tokens a node would run with, checked ([`check_tokens`]): the admin token the
+/// operator chose, if any, and each role's token, each with where it came from.
+pub(crate) struct Tokens {
+    admin: Option<(String, String)>,
+    roles: Vec<(AccessRole, String, String)>,
+}
+
+/// The checks of tokens and listeners that `serve` and `config check` share, reading the
+/// environment as `serve` does (`admin_token_file` is `--admin-token-file`'s): the admin token
+/// the operator chose and every role's token follow the token rule; without a chosen admin
+/// token the listeners are loopback (protected mode, checked first: its refusal says what is
+/// missing in its own words); beyond loopback, role tokens or the operator's leave (`open`)
+/// guard client commands; no two roles share a token. Logs nothing.
+pub(crate) fn check_tokens(
+    admin_token_file: Option<&Path>,
     file: &FileConfig,
-    data_dir: &Path,
     listeners: &[Option<SocketAddr>],
-) -> Result<String, String> {
-    if let Some((token, source)) = operator_token(args, file)? {
-        if !admin_token_ok(&token) {
+    open: bool,
+    data_dir: &Path,
+) -> Result<Tokens, String> {
+    let admin = operator_token(admin_token_file, file)?;
+    if let Some((token, source)) = &admin {
+        if !admin_token_ok(token) {
             return Err(format!(
                 "the admin token from {source} is too weak: {}",
                 admin_token_rule()
             ));
         }
+    } else {
+        protected_mode(listeners, data_dir)?;
+    }
+    let roles = role_tokens(&file.auth)?;
+    let bare: Vec<(AccessRole, String)> =
+        roles.iter().map(|(role, token, _)| (*role, token.clone())).collect();
+    client_commands_guard(listeners, &bare, open)?;
+    if let Some((token, _)) = &admin {
+        distinct_tokens(token, &bare)?;
+    }
+    Ok(Tokens { admin, roles })
+}
+
+/// The admin token: the operator's (`chosen`, checked by [`check_tokens`]) if set. Otherwise
+/// serve's own, `<data-dir>/admin.token`, generated with mode 0600 if it does not exist; with
+/// it serve runs in protected mode, which [`check_tokens`] enforced. Either way the token
+/// follows the admin token rule.
+fn admin_token(chosen: Option<(String, String)>, data_dir: &Path) -> Result<String, String> {
+    if let Some((token, source)) = chosen {
+        assert!(admin_token_ok(&token), "an operator's admin token checked before use");
         log(format_args!("admin token from {source}"));
         return Ok(token);
     }
-    // Before a token is generated: a refused start leaves nothing behind.
-    protected_mode(listeners, data_dir)?;
     let path = data_dir.join("admin.token");
     let token = if path.exists() {
         let token = read_token(&path)?;
@@ -1012,9 +1057,14 @@ fn admin_token(
     Ok(token)
 }
 
-/// The token the operator configured, if any, and where it came from.
-fn operator_token(args: &ServeArgs, file: &FileConfig) -> Result<Option<(String, String)>, String> {
-    if let Some(path) = &args.admin_token_file {
+/// The admin token the operator configured, if any, and where it came from:
+/// `--admin-token-file` (`flag`), then `RINGFENCE_ADMIN_TOKEN`, then the config file
+/// (`admin_token`, `[server] admin_token`, `admin_token_file`).
+fn operator_token(
+    flag: Option<&Path>,
+    file: &FileConfig,
+) -> Result<Option<(String, String)>, String> {
+    if let Some(path) = flag {
         return Ok(Some((read_token(path)?, path.display().to_string())));
     }
     if let Ok(token) = std::env::var("RINGFENCE_ADMIN_TOKEN") {
@@ -1037,9 +1087,9 @@ fn role_token_env(role: AccessRole) -> String {
     format!("RINGFENCE_{}_TOKEN", role.name().to_ascii_uppercase())
 }
 
-/// The tokens of the non-admin roles: each from its environment variable, else its file in
-/// `[auth]`; each must follow the token rule.
-fn role_tokens(auth: &AuthSection) -> Result<Vec<(AccessRole, String)>, String> {
+/// The tokens of the non-admin roles, with where each came from: each from its environment
+/// variable, else its file in `[auth]`; each must follow the token rule.
+fn role_tokens(auth: &AuthSection) -> Result<Vec<(AccessRole, String, String)>, String> {
     let mut tokens = Vec::new();
     for role in [AccessRole::Orders, AccessRole::Payments, AccessRole::Read] {
         let env = role_token_env(role);
@@ -1056,8 +1106,7 @@ fn role_tokens(auth: &AuthSection) -> Result<Vec<(AccessRole, String)>, String> 
                 role_token_rule(role)
             ));
         }
-        log(format_args!("{} token from {source}", role.name()));
-        tokens.push((role, token));
+        tokens.push((role, token, source));
     }
     Ok(tokens)
 }
@@ -1077,13 +1126,25 @@ fn distinct_tokens(admin: &str, roles: &[(AccessRole, String)]) -> Result<(), St
             ));
         }
     }
-    if roles.is_empty() {
-        log(format_args!("roles: only the admin token, so buyer commands and reads need no token"));
-    } else {
+    Ok(())
+}
+
+/// Says which calls need a token, and, where client commands are open beyond loopback, to
+/// whom.
+fn log_roles(roles: &[(AccessRole, String)], listeners: &[Option<SocketAddr>], open: bool) {
+    if !roles.is_empty() {
         let names: Vec<&str> = roles.iter().map(|(role, _)| role.name()).collect();
         log(format_args!("roles enforced: every call needs a token (admin, {})", names.join(", ")));
+        return;
     }
-    Ok(())
+    log(format_args!("roles: only the admin token, so buyer commands and reads need no token"));
+    let exposed = exposed(listeners);
+    if open && !exposed.is_empty() {
+        log(format_args!(
+            "buyer commands and reads are open to anyone who reaches {} (--open-client-commands)",
+            exposed.join(", ")
+        ));
+    }
 }
 
 /// A node with only the admin token leaves buyer commands and reads open: beyond loopback
@@ -1101,14 +1162,7 @@ fn client_commands_guard(
             .into());
     }
     let exposed = exposed(listeners);
-    if exposed.is_empty() || !role_tokens.is_empty() {
-        return Ok(());
-    }
-    if open {
-        log(format_args!(
-            "buyer commands and reads are open to anyone who reaches {} (--open-client-commands)",
-            exposed.join(", ")
-        ));
+    if exposed.is_empty() || !role_tokens.is_empty() || open {
         return Ok(());
     }
     Err(format!(
@@ -1157,10 +1211,10 @@ fn protected_mode(listeners: &[Option<SocketAddr>], data_dir: &Path) -> Result<(
 
 fn read_token(path: &Path) -> Result<String, String> {
     let token = fs::read_to_string(path)
-        .map_err(|e| format!("reading admin token file {}: {e}", path.display()))?;
+        .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
     let token = token.trim();
     if token.is_empty() {
-        return Err(format!("admin token file {} is empty", path.display()));
+        return Err(format!("token file {} is empty", path.display()));
     }
     Ok(token.to_owned())
 }

@@ -690,10 +690,27 @@ fn config_check_refuses_what_serve_would_refuse_or_what_would_break_the_node() {
     // Goal: `config check` refuses, naming the setting, each value `serve` itself refuses and
     // each that would quietly break a running node: a request-key window too short for a
     // retry (idempotency off), a zero limit that refuses every client, a snapshot after every
-    // command, a segment size the journal refuses, one address for both listeners. `serve`
-    // refuses the same file before it touches the data directory.
+    // command, a segment size the journal refuses, one address for both listeners, a weak or
+    // missing token, a listener beyond loopback unguarded (protected mode), replication and
+    // coordination settings. `serve` refuses the same file before it touches the data
+    // directory.
     let dir = TempDir::new("config-values");
     let path = dir.path().join("ringfence.toml");
+    let secret = dir.path().join("cluster.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let admin = "admin_token = \"0123456789abcdef0123456789abcdef\"\n";
+    let replicated = format!("[replication]\ncluster_secret_file = {secret:?}\n");
+    let etcd = "[coordination]\netcd = [\"http://127.0.0.1:9\"]\n";
+    let owned = [
+        (format!("{replicated}mode = \"bogus\"\n"), "--replication `bogus`: use sync or async"),
+        (format!("{replicated}timeout_ms = 0\n"), "--replication-timeout-ms must be above 0"),
+        (format!("{replicated}{etcd}node_name = \"bad name!\"\n"), "--node-name `bad name!`"),
+        (
+            format!("{replicated}listen = \"127.0.0.1:0\"\n{etcd}node_name = \"a\"\n"),
+            "a fixed port",
+        ),
+        (format!("{admin}[server]\nhttp = \"0.0.0.0:17080\"\n"), "with only the admin token"),
+    ];
     let cases = [
         ("[engine]\nrequest_key_window_ms = 0\n", "[engine] request_key_window_ms = 0"),
         ("[engine]\nrequest_key_window_ms = 999\n", "[engine] request_key_window_ms = 999"),
@@ -707,9 +724,22 @@ fn config_check_refuses_what_serve_would_refuse_or_what_would_break_the_node() {
             "[server]\nlisten = \"127.0.0.1:7001\"\nhttp = \"127.0.0.1:7001\"\n",
             "listen and http are both 127.0.0.1:7001",
         ),
+        ("admin_token = \"short\"\n", "the admin token from the config file is too weak"),
+        ("[server]\nhttp = \"0.0.0.0:17080\"\n", "without an admin token the operator chose"),
+        (
+            "[auth]\norders_token_file = \"/nonexistent/orders.token\"\n",
+            "/nonexistent/orders.token",
+        ),
+        ("[replication]\nrole = \"leader\"\n", "--role `leader`: use primary or standby"),
+        ("[replication]\nrole = \"standby\"\n", "a standby needs --primary"),
+        (
+            "[coordination]\netcd = [\"http://127.0.0.1:9\"]\nnode_name = \"a\"\n",
+            "--etcd needs replication",
+        ),
     ];
+    let cases = cases.iter().map(|(file, named)| ((*file).to_owned(), *named)).chain(owned);
     for (file, named) in cases {
-        std::fs::write(&path, file).unwrap();
+        std::fs::write(&path, &file).unwrap();
         let refused = ringfence(&["config", "check", path.to_str().unwrap()]);
         assert_eq!(refused.status.code(), Some(1), "{file}");
         assert!(text(&refused.stderr).contains(named), "{file}: {}", text(&refused.stderr));

@@ -61,7 +61,8 @@ const RULE: [&str; 3] = ["too weak", "at least 32 characters", "head -c 32 /dev/
 fn a_weak_token_is_refused_from_every_source_naming_the_rule() {
     // Goal: a token shorter than the rule — from a token file, the environment, the config
     // file or serve's own file in the data directory — stops the start with a message that
-    // names the source, the rule and how to make a good token.
+    // names the source, the rule and how to make a good token; an operator's, before the
+    // data directory is made.
     let dir = TempDir::new("weak-token");
     let data = dir.path().join("data");
     let file = dir.path().join("weak.token");
@@ -80,7 +81,10 @@ fn a_weak_token_is_refused_from_every_source_naming_the_rule() {
     args.extend(["--config", config.to_str().unwrap()]);
     let output = serve_refused(&data, &args, None);
     assert_refused(&output, &[&RULE[..], &["config file"]].concat());
+    // An operator's token is checked before the data directory is made.
+    assert!(!data.exists(), "a refused start made the data directory");
 
+    std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("admin.token"), "0123456789abcdef\n").unwrap();
     let output = serve_refused(&data, &LOOPBACK, None);
     assert_refused(&output, &[&RULE[..], &["admin.token", "delete the file"]].concat());
