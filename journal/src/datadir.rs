@@ -570,12 +570,14 @@ impl<S: Storage> DataDir<S> {
         if !state.catching_up {
             return Ok(());
         }
-        assert!(self.storage.file_len(CATCH_UP_FILE).is_ok(), "a marker in force with no file");
         let file = self.storage.describe(CATCH_UP_FILE);
-        self.storage
-            .remove(CATCH_UP_FILE)
-            .map_err(|e| JournalError::io(format!("removing {file}"), e))?;
-        sync_dir(&self.storage)?;
+        match self.storage.remove(CATCH_UP_FILE) {
+            Ok(()) => sync_dir(&self.storage)?,
+            // An operator deleted the marker while the node ran, to accept the loss (the
+            // marker's own text says to stop the node first): it is gone either way.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(JournalError::io(format!("removing {file}"), error)),
+        }
         state.catching_up = false;
         assert!(self.storage.file_len(CATCH_UP_FILE).is_err(), "the marker is still there");
         Ok(())

@@ -8,7 +8,7 @@ use ringfence_core::pipeline::{Node, SnapshotHook};
 use ringfence_core::{
     Action, Command, Engine, Epoch, RequestKey, Reserve, Sequence, SkuId, Timestamp, UserId,
 };
-use ringfence_journal::datadir;
+use ringfence_journal::datadir::{self, CATCH_UP_FILE};
 use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::manifest::{MANIFEST_FILE, MANIFEST_VERSION, Manifest};
@@ -599,6 +599,16 @@ fn a_new_or_truncated_directory_is_catching_up_until_it_caught_up() {
     let recovered = recover_from(storage.clone(), options(Durability::Batch)).unwrap();
     assert!(!recovered.writer.data_dir().catching_up(), "its removal is durable");
     drop(recovered);
+
+    // An operator who deletes the marker while the node runs (to accept the loss) does not
+    // break the node's own removal once it catches up.
+    let other = FaultStorage::new();
+    let running = recover_from(other.clone(), options(Durability::Batch)).unwrap();
+    assert!(running.writer.data_dir().catching_up());
+    other.remove(CATCH_UP_FILE).unwrap();
+    running.writer.data_dir().caught_up().unwrap();
+    assert!(!running.writer.data_dir().catching_up());
+    drop(running);
 
     // A journal with records, truncated by the operator: catching up again.
     write_journal(dir.path(), 100);

@@ -671,8 +671,8 @@ fn leaderless(me: &Identity, view: &View, facts: &Facts) -> Plan {
             return Plan::Wait(format!(
                 "nobody leads; the in-sync record names {}, but its data directory was created \
                  or truncated since and may lack acknowledged writes: it takes over only after \
-                 catching up with a primary (delete the catch-up file in its data directory to \
-                 accept the loss)",
+                 catching up with a primary (to accept the loss, stop the node, delete the \
+                 catch-up file in its data directory and start it again)",
                 me.node
             ));
         }
