@@ -321,27 +321,27 @@ pub enum JournalError {
     /// The node stopped cleanly, and the journal no longer ends where it did then.
     #[error(
         "the journal in {dir} no longer ends where it did when the node last stopped cleanly \
-         ({mark} says sequence {last}, {place}): {found}. After a clean stop that is damage at \
+         ({marked}): {found}. After a clean stop that is damage at \
          rest to acknowledged commands, not a write cut off by a crash, so the journal is not \
-         replayed. If the other node's journal (or a backup) holds the record, `ringfence \
-         journal heal {dir} --from <its directory>` copies it back, which drops nothing; or, if \
-         a snapshot covers sequence {from}, run `ringfence journal rebuild {dir}`, which drops \
-         nothing; or, to accept losing sequence {from} and everything after it, run \
-         `ringfence journal truncate {dir} --at-seq {from}`"
+         replayed. {}",
+        end_moved_repairs(dir, *last, *from, *damaged)
     )]
     EndMoved {
         /// The data directory.
         dir: String,
-        /// The clean-stop marker.
-        mark: String,
+        /// What the clean-stop marker says, as text: its file, the last sequence and where the
+        /// records ended (byte offset and segment).
+        marked: String,
         /// The last sequence it names.
         last: Sequence,
-        /// Where it says the records ended (byte offset and segment), as text.
-        place: String,
         /// What the journal shows instead.
         found: String,
         /// The first sequence the journal lacks or holds damaged.
         from: Sequence,
+        /// Whether a record the journal holds is damaged (`journal heal` and `journal
+        /// rebuild` repair those), rather than records missing after its end, bytes after
+        /// its last record, or a marker that names another place.
+        damaged: bool,
     },
     /// The clean-stop marker is there but cannot be read.
     #[error(
@@ -406,4 +406,29 @@ impl JournalError {
         assert!(!context.is_empty(), "an I/O error that does not say what was being done");
         JournalError::Io { context, source }
     }
+}
+
+/// The repairs of a journal whose end moved after a clean stop ([`JournalError::EndMoved`]):
+/// copying a damaged record back or rebuilding past it drop nothing; a cut drops what follows.
+fn end_moved_repairs(dir: &str, last: Sequence, from: Sequence, damaged: bool) -> String {
+    // What the journal lacks or holds damaged starts at most one past the marked end.
+    assert!(from <= last.next(), "a repair from past the marked end");
+    assert!(!damaged || from <= last, "a damaged record past the marked end");
+    let cut = format!("`ringfence journal truncate {dir} --at-seq {from}`");
+    if damaged {
+        return format!(
+            "If the other node's journal (or a backup) holds the record, `ringfence journal heal \
+             {dir} --from <its directory>` copies it back, which drops nothing; or, if a \
+             snapshot covers sequence {from}, run `ringfence journal rebuild {dir}`, which \
+             drops nothing; or, to accept losing sequence {from} and everything after it, run \
+             {cut}"
+        );
+    }
+    format!(
+        "No record the journal holds through sequence {last} is damaged, so `journal heal` and \
+         `journal rebuild` have nothing to repair. Where records are missing, restore them \
+         from a backup, or start this node as a standby with an empty data directory to copy \
+         the primary's journal; to go on from what the journal holds, accepting the loss of \
+         anything missing, run {cut} (it keeps anything it cuts in rollback/)"
+    )
 }

@@ -371,13 +371,19 @@ pub fn check_clean_stop(
     // The scan finds a torn tail only at the end of the last segment.
     let newest = layout.segments.len().checked_sub(1);
     assert!(torn.is_none_or(|p| p.segment.is_some() && p.segment == newest), "a torn tail early");
-    let moved = |found: String, from: Sequence| JournalError::EndMoved {
+    let moved = |found: String, from: Sequence, damaged: bool| JournalError::EndMoved {
         dir: layout.location.clone(),
-        mark: describe(CLEAN_STOP_FILE),
+        marked: format!(
+            "{} says sequence {}, byte offset {} of {}",
+            describe(CLEAN_STOP_FILE),
+            stop.last,
+            stop.end,
+            describe(&stop.segment)
+        ),
         last: stop.last,
-        place: format!("byte offset {} of {}", stop.end, describe(&stop.segment)),
         found,
         from,
+        damaged,
     };
     if let Some(problem) = torn.filter(|p| p.sequence <= stop.last) {
         let found = format!(
@@ -387,14 +393,14 @@ pub fn check_clean_stop(
             problem.offset,
             problem.damage
         );
-        return Err(moved(found, problem.sequence));
+        return Err(moved(found, problem.sequence, true));
     }
     match ends {
         Some(ends) if ends > stop.last => Ok(true),
         Some(ends) if ends < stop.last => {
             let found =
                 format!("it ends at sequence {ends}, so {}..={} are gone", ends.next(), stop.last);
-            Err(moved(found, ends.next()))
+            Err(moved(found, ends.next(), false))
         }
         // No segment at all: the manifest check reports a missing one.
         None => Ok(false),
@@ -409,7 +415,7 @@ pub fn check_clean_stop(
                     problem.offset,
                     problem.damage
                 );
-                return Err(moved(found, problem.sequence));
+                return Err(moved(found, problem.sequence, false));
             }
             let segment = last_segment.expect("`ends` is some");
             if segment.name != stop.segment || segment.end as u64 != stop.end {
@@ -419,7 +425,7 @@ pub fn check_clean_stop(
                     segment.end,
                     describe(&segment.name)
                 );
-                return Err(moved(found, ends.next()));
+                return Err(moved(found, ends.next(), false));
             }
             Ok(false)
         }
