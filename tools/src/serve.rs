@@ -238,6 +238,12 @@ impl NodeSection {
         epoch: Epoch,
         intake: Intake,
     ) -> Result<NodeConfig, String> {
+        // Checked here under its own name: the node knows it as the sessions' pending bound.
+        if self.in_flight_max == 0 {
+            return Err("[node] in_flight_max = 0: at least 1 (commands the network front may \
+                        have in flight at once)"
+                .into());
+        }
         let topology = match self.topology.as_str() {
             "auto" if cores <= INLINE_CORES_MAX => Some(Topology::Stepped),
             // The core count decides between compact and parallel when the node starts.
@@ -391,7 +397,6 @@ pub(crate) fn check_config(file: &FileConfig) -> Result<(), String> {
         replication::check_coordinated(replication.as_ref())?;
     }
     crate::memory::check_available(&engine, engines(file), crate::memory::LOWER_CAPACITIES)?;
-    file.node.to_config(engine, Epoch(1), Intake::Sequencer)?;
     Ok(())
 }
 
@@ -407,8 +412,8 @@ fn data_dir(flag: Option<&Path>, file: &FileConfig) -> PathBuf {
 const REQUEST_KEY_WINDOW_MS_MIN: u64 = 1_000;
 
 /// The checks of values `serve` and `config check` share beyond each part's own validation:
-/// engine capacities, a request-key window long enough for retries, a snapshot period, and
-/// the journal's segment size.
+/// engine capacities, a request-key window long enough for retries, the node's settings, a
+/// snapshot period, and the journal's segment size.
 fn check_values(
     file: &FileConfig,
     engine: &EngineConfig,
@@ -423,6 +428,8 @@ fn check_values(
             engine.request_key_window_ms
         ));
     }
+    // The node's own settings (topology, in-flight bound), as a primary would take them.
+    file.node.to_config(engine.clone(), Epoch(1), Intake::Sequencer)?;
     if file.node.snapshot_every_commands == Some(0) {
         return Err("[node] snapshot_every_commands = 0: at least 1 (a snapshot after that many \
                     journaled commands)"
@@ -445,6 +452,9 @@ fn engines(file: &FileConfig) -> u64 {
 fn serve(args: &ServeArgs) -> Result<(), String> {
     log(format_args!("ringfence {}", crate::version_text()));
     let mut file = load_config(args)?;
+    if let Some(topology) = &args.topology {
+        file.node.topology.clone_from(topology);
+    }
     let data_dir = data_dir(args.data_dir.as_deref(), &file);
     // Values first, so a refused configuration leaves no trace in the directory.
     let durability_text = args.durability.clone().unwrap_or(file.node.durability.clone());
@@ -526,9 +536,6 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     let standby = replication.as_ref().is_some_and(|r| r.role != Role::Primary);
     let intake = if standby { Intake::Replica } else { Intake::Sequencer };
-    if let Some(topology) = &args.topology {
-        file.node.topology.clone_from(topology);
-    }
     let node_config = file.node.to_config(engine_config, epoch, intake)?;
     server_config.in_flight_max =
         server_config.in_flight_max.min(node_config.session_pending_max as usize);
@@ -959,12 +966,18 @@ fn admin_token_rule() -> String {
     format!("{TOKEN_RULE_HEAD}admin.token`, then pass --admin-token-file admin.token")
 }
 
-/// The token rule, for messages about `role`'s token: where to put a good one.
-fn role_token_rule(role: AccessRole) -> String {
-    let name = role.name();
+/// The token rule, for messages about `role`'s token: where to put a good one. The
+/// environment variable is read before the file (`from_env`: the weak one came from it).
+fn role_token_rule(role: AccessRole, from_env: bool) -> String {
+    let (name, env) = (role.name(), role_token_env(role));
+    if from_env {
+        return format!(
+            "{TOKEN_RULE_HEAD}{name}.token`, then set {env} to it, or unset {env} (it is read \
+             before [auth] {name}_token_file) and name the file there"
+        );
+    }
     format!(
-        "{TOKEN_RULE_HEAD}{name}.token`, then name the file in [auth] {name}_token_file, or set {}",
-        role_token_env(role)
+        "{TOKEN_RULE_HEAD}{name}.token`, then name the file in [auth] {name}_token_file, or set {env}"
     )
 }
 
@@ -1094,16 +1107,16 @@ fn role_tokens(auth: &AuthSection) -> Result<Vec<(AccessRole, String, String)>, 
     for role in [AccessRole::Orders, AccessRole::Payments, AccessRole::Read] {
         let env = role_token_env(role);
         let from_env = std::env::var(&env).ok().filter(|t| !t.trim().is_empty());
-        let (token, source) = match (from_env, auth.token_file(role)) {
-            (Some(token), _) => (token.trim().to_owned(), env),
-            (None, Some(path)) => (read_token(path)?, path.display().to_string()),
+        let (token, source, env_set) = match (from_env, auth.token_file(role)) {
+            (Some(token), _) => (token.trim().to_owned(), env, true),
+            (None, Some(path)) => (read_token(path)?, path.display().to_string(), false),
             (None, None) => continue,
         };
         if !admin_token_ok(&token) {
             return Err(format!(
                 "the {} token from {source} is too weak: {}",
                 role.name(),
-                role_token_rule(role)
+                role_token_rule(role, env_set)
             ));
         }
         tokens.push((role, token, source));

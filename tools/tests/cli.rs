@@ -719,6 +719,7 @@ fn config_check_refuses_what_serve_would_refuse_or_what_would_break_the_node() {
         ("[server]\nbody_max = 0\n", "[server] body_max = 0"),
         ("[server]\nrate_per_sec = 10\nrate_burst = 0\n", "[server] rate_burst = 0"),
         ("[node]\nsnapshot_every_commands = 0\n", "[node] snapshot_every_commands = 0"),
+        ("[node]\nin_flight_max = 0\n", "[node] in_flight_max = 0"),
         ("[node]\nsegment_bytes = 1\n", "[node] segment_bytes"),
         (
             "[server]\nlisten = \"127.0.0.1:7001\"\nhttp = \"127.0.0.1:7001\"\n",

@@ -85,7 +85,8 @@ fn weak_or_shared_role_tokens_are_refused_at_start() {
         dir.path(),
         &args,
         &[("RINGFENCE_ORDERS_TOKEN", "hunter2")],
-        &["orders token", "RINGFENCE_ORDERS_TOKEN", "too weak", rule, "orders_token_file"],
+        // The variable is read before the file: the advice is to change or unset it.
+        &["orders token", "too weak", rule, "set RINGFENCE_ORDERS_TOKEN to it, or unset"],
     );
     let weak = write(&dir.path().join("read.token"), "short\n");
     let config =

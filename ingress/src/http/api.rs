@@ -185,7 +185,9 @@ fn unauthorized(caller: Caller, need: Need) -> Response {
     // Where client commands are open, the admin token is the only one there is.
     let message = match (caller, need.role()) {
         (Caller::Open, _) | (_, Some(Role::Admin) | None) => {
-            "admin call: send `Authorization: Bearer <token>` (see <data-dir>/admin.token)".into()
+            "admin call: send `Authorization: Bearer <token>` with the node's admin token (the \
+             one it was given, or <data-dir>/admin.token where it made its own)"
+                .into()
         }
         (_, Some(Role::Read)) => "this call needs a token of any role: send `Authorization: \
                                   Bearer <token>`"
