@@ -1,6 +1,6 @@
 //! `serve`'s log: timestamps and levels on every line, a filter from `RINGFENCE_LOG`, and
 //! JSON lines with `RINGFENCE_LOG_FORMAT=json`. Each run is a node that logs its start and
-//! then stops on a bad setting, so every test ends by itself.
+//! then stops on an HTTP address already taken, so every test ends by itself.
 
 mod common;
 
@@ -8,16 +8,15 @@ use std::process::{Command, Output};
 
 use common::{TempDir, log_message, text};
 
-/// `serve` on a fresh directory with a topology it refuses after recovery (so it logs its
-/// start first), with the log environment `env`.
+/// `serve` on a fresh directory with an HTTP address another socket holds, which it finds
+/// only when it opens its listeners after recovery (so it logs its start first), with the log
+/// environment `env`.
 fn refused_start(dir: &TempDir, env: &[(&str, &str)]) -> Output {
-    let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "[node]\ntopology = \"sideways\"\n").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = taken.local_addr().unwrap().to_string();
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringfence"));
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", &http, "--data-dir"])
         .arg(dir.path().join("data"))
         .env_remove("RINGFENCE_LOG")
         .env_remove("RINGFENCE_LOG_FORMAT")
@@ -26,8 +25,9 @@ fn refused_start(dir: &TempDir, env: &[(&str, &str)]) -> Output {
         command.env(name, value);
     }
     let output = command.output().expect("ringfence runs");
+    drop(taken);
     assert!(!output.status.success());
-    assert!(text(&output.stderr).contains("sideways"), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("starting the listeners"), "{}", text(&output.stderr));
     output
 }
 
