@@ -512,6 +512,11 @@ fn decode_meta(
     if meta.last_sequence > meta.through {
         return Err(invalid("the last sequence is past the through sequence"));
     }
+    // A file renamed, or restored under another name: loading goes by the name, replaying
+    // after it by the header.
+    if parse_snapshot_name(name).is_some_and(|named| named != meta.through) {
+        return Err(invalid("the header covers another sequence than the file's name"));
+    }
     // The configuration check above (a snapshot records one the engine accepts).
     assert!(meta.config.validate().is_ok(), "an invalid configuration accepted");
     // The length check above: the image lies inside the body, which `load` slices by.

@@ -220,3 +220,27 @@ fn a_future_format_version_is_refused_by_number_not_misread() {
     drop(recovered);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_snapshot_under_another_sequence_s_name_is_passed_over_not_trusted() {
+    // Goal: a snapshot renamed by hand, or restored under another name, is passed over with
+    // the reason, whichever way the names differ, and recovery replays the journal instead:
+    // its name decides where the replay after it starts, its header what it holds.
+    let through = Expected::read().number("snapshot_through");
+    for renamed in [through - 1, through + 1] {
+        let data = copy_of_data(&format!("renamed-snapshot-{renamed}"));
+        std::fs::rename(
+            data.join(format!("snapshot-{through:020}.snap")),
+            data.join(format!("snapshot-{renamed:020}.snap")),
+        )
+        .unwrap();
+        let recovered = recover(&data, options()).expect("recovery replays the journal instead");
+        assert!(recovered.report.snapshot.is_none(), "{renamed}");
+        let skipped = &recovered.report.skipped_snapshots;
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(skipped[0].1.contains("another sequence than the file's name"), "{skipped:?}");
+        assert_eq!(recovered.engine.state_digest(), Expected::read().hash("state_digest"));
+        drop(recovered);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+}
