@@ -484,6 +484,9 @@ impl<S: Storage> JournalWriter<S> {
         let name = format::segment_name(first);
         let segment_len = self.options.segment_len;
         let spare = self.spare.as_mut().and_then(SparePreparer::take).and_then(Result::ok);
+        // Its file deleted (by an operator taking it for a leftover), the spare's mapping
+        // outlives its name but could not be renamed into place: made here instead.
+        let spare = spare.filter(|_| self.storage.file_len(SPARE_NAME).is_ok());
         let from_spare = spare.is_some();
         if let Some(closed) = closed {
             // Unmapping a segment full of pages takes time: the helper's, if there is one.

@@ -162,6 +162,34 @@ fn a_spare_that_cannot_be_made_leaves_the_writer_creating_segments_itself() {
 }
 
 #[test]
+fn a_spare_whose_file_was_deleted_is_replaced_by_a_segment_made_in_its_stead() {
+    // Goal: an operator who deletes the spare's file (it looks like a leftover) while the node
+    // runs costs the head start of that one segment, not the journal: the writer creates the
+    // segment itself, and nothing is lost.
+    let commands = commands(37, 3_000);
+    let disk = FaultStorage::new();
+    let mut recovered = writer_with_spares(&disk, DISK_CHECK_EVERY);
+    let mut deleted = 0;
+    for batch in commands.chunks(16) {
+        if has_spare(&disk) && deleted < 2 {
+            disk.remove(SPARE_NAME).unwrap();
+            deleted += 1;
+        }
+        for command in batch {
+            recovered.writer.append_command(Epoch(1), command).unwrap();
+        }
+        recovered.writer.end_batch().unwrap();
+    }
+    assert_eq!(deleted, 2, "the helper never made a spare to delete");
+    let starts = recovered.writer.data_dir().segment_starts();
+    assert!(starts.started >= 4, "{starts:?}: too few rotations to test");
+    assert!(starts.from_spare < starts.started - 1, "a deleted spare was used: {starts:?}");
+    drop(recovered);
+    let again = recover_from(disk.process_crash(), options(Durability::Batch)).unwrap();
+    assert_eq!(again.next_sequence, Sequence(3_001), "records lost");
+}
+
+#[test]
 fn a_segment_name_already_taken_is_refused_not_overwritten_by_the_spare() {
     // Goal: renaming the spare into place would silently replace a file of the segment's name
     // (creating it would have failed): the writer refuses instead, and the file stays.
