@@ -70,6 +70,8 @@ struct Disk {
     archive: Option<BTreeMap<String, Arc<Image>>>,
     /// Name fragments whose writes and syncs fail, and how.
     failing: Vec<(String, Failure)>,
+    /// How many operations those failed (a test waits on it to know that they were tried).
+    injected: u64,
     sync_points: u64,
     /// The sync point the machine stops at, once armed.
     halt_at: Option<u64>,
@@ -244,6 +246,12 @@ impl FaultStorage {
     /// fail (as a full disk would), until [`FaultStorage::clear_faults`].
     pub fn fail_matching(&self, fragment: &str) {
         self.fail_matching_with(fragment, Failure::NoSpace);
+    }
+
+    /// How many operations [`FaultStorage::fail_matching`]'s faults have failed so far.
+    #[must_use]
+    pub fn faults_injected(&self) -> u64 {
+        self.disk().injected
     }
 
     /// [`FaultStorage::fail_matching`], failing with `failure`.
@@ -454,10 +462,15 @@ fn torn(live: &Arc<Image>, durable: &Arc<Image>, prng: &mut Prng) -> Arc<Image> 
     Arc::new(content)
 }
 
-fn check_fault(disk: &Disk, name: &str) -> io::Result<()> {
+fn check_fault(disk: &mut Disk, name: &str) -> io::Result<()> {
     check_halted(disk, name)?;
     match disk.failing.iter().find(|(fragment, _)| name.contains(fragment.as_str())) {
-        Some((_, failure)) => Err(failure.error(name)),
+        Some((fragment, failure)) => {
+            // As `fail_matching_with` requires: an empty fragment would fail every file.
+            assert!(!fragment.is_empty(), "an empty fragment failing every file");
+            disk.injected += 1;
+            Err(failure.error(name))
+        }
         None => Ok(()),
     }
 }
@@ -465,7 +478,11 @@ fn check_fault(disk: &Disk, name: &str) -> io::Result<()> {
 /// A halted machine changes nothing more on its disk.
 fn check_halted(disk: &Disk, name: &str) -> io::Result<()> {
     match disk.halted {
-        Some(_) => Err(Failure::Io.error(name)),
+        Some(_) => {
+            // The disk halts only at the sync point a halt was armed for, which it keeps.
+            assert!(disk.halt_at.is_some(), "a disk halted with no halt armed");
+            Err(Failure::Io.error(name))
+        }
         None => Ok(()),
     }
 }
@@ -504,7 +521,7 @@ impl Segment for FaultSegment {
         if let Some((name, _)) = named.filter(|(name, _)| **name != self.name) {
             self.name = name.clone();
         }
-        check_fault(&disk, &self.name)?;
+        check_fault(&mut disk, &self.name)?;
         let inode = disk.inodes.get_mut(&self.inode).expect("inode of an open segment");
         // A segment is written in place: its images never change length.
         assert_eq!(inode.live.len(), inode.durable.len(), "a segment's images differ in length");
@@ -560,7 +577,7 @@ impl Storage for FaultStorage {
         if disk.live.contains_key(name) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_owned()));
         }
-        check_fault(&disk, name)?;
+        check_fault(&mut disk, name)?;
         let image: Image = vec![0; usize::try_from(len).expect("segment length fits memory")];
         let ino = disk.next_inode;
         disk.next_inode += 1;
@@ -599,7 +616,7 @@ impl Storage for FaultStorage {
     fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
-        check_fault(&disk, name)?;
+        check_fault(&mut disk, name)?;
         let mut content = Image::new();
         content.extend_from_slice(bytes);
         if let Some(&ino) = disk.live.get(name) {
@@ -622,7 +639,7 @@ impl Storage for FaultStorage {
     fn sync_file(&self, name: &str) -> io::Result<()> {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
-        check_fault(&disk, name)?;
+        check_fault(&mut disk, name)?;
         let &ino = disk.live.get(name).ok_or_else(|| gone(name))?;
         let inode = disk.inodes.get_mut(&ino).expect("inode");
         inode.durable = Arc::clone(&inode.live);
@@ -637,8 +654,8 @@ impl Storage for FaultStorage {
         assert!(!to.contains('/'), "storage names are plain file names: {to}");
         assert_ne!(from, to, "a rename onto itself");
         let mut disk = self.disk();
-        check_fault(&disk, from)?;
-        check_fault(&disk, to)?;
+        check_fault(&mut disk, from)?;
+        check_fault(&mut disk, to)?;
         let ino = disk.live.remove(from).ok_or_else(|| gone(from))?;
         disk.live.insert(to.to_owned(), ino);
         disk.pending.push(DirOp::Rename { from: from.to_owned(), to: to.to_owned() });
@@ -649,7 +666,7 @@ impl Storage for FaultStorage {
     fn remove(&self, name: &str) -> io::Result<()> {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
         let mut disk = self.disk();
-        check_fault(&disk, name)?;
+        check_fault(&mut disk, name)?;
         disk.live.remove(name).ok_or_else(|| gone(name))?;
         disk.pending.push(DirOp::Unlink { name: name.to_owned() });
         debug_assert!(!disk.live.contains_key(name), "a removed file still listed");

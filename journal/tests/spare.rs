@@ -232,8 +232,9 @@ fn a_spare_refused_for_want_of_space_is_retried_and_used_once_there_is_room() {
     let mut recovered = writer_with_spares(&disk, QUICK_CHECKS);
     let dir = recovered.writer.data_dir().clone();
     wait_until("the failure to be counted", || dir.segment_starts().spares_failed == 1);
-    // Many retries' worth of time: still refused, still counted once.
-    std::thread::sleep(QUICK_CHECKS * 20);
+    // Several retries refused since: still counted once.
+    let refused = disk.faults_injected();
+    wait_until("three more refused retries", || disk.faults_injected() >= refused + 3);
     assert_eq!(dir.segment_starts().spares_failed, 1, "each retry counted as a failure");
     assert!(!has_spare(&disk), "a spare made on a disk that refuses it");
     disk.clear_faults();

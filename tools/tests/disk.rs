@@ -1,13 +1,13 @@
 //! `ringfence serve` on a disk that fails: a data directory on a small tmpfs the test mounts
 //! (full), or mounted read-only. Mounting needs root (CAP_SYS_ADMIN); where the machine
-//! forbids it the tests print why and check nothing else.
+//! forbids it the tests fail, unless told to skip (`common::disk::cannot_mount`).
 
 mod common;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::disk::{Mount, fill};
+use common::disk::{Mount, cannot_mount, fill};
 use common::{Serve, TempDir, ringfence_within, text};
 
 fn reserve(node: &Serve, user: u64) -> (u16, serde_json::Value) {
@@ -24,7 +24,7 @@ fn a_full_disk_refuses_writes_serves_reads_and_a_restart_recovers() {
     let temp = TempDir::new("disk-full");
     let disk = match SmallDisk::new(&temp, "1m") {
         Ok(disk) => disk,
-        Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
+        Err(why) => return cannot_mount(&why),
     };
     let mut node = disk.serve();
     let sku = r#"{"sku":1,"stock":100000,"price_cents":700,"payment_timeout_ms":600000}"#;
@@ -120,7 +120,7 @@ fn a_disk_running_low_is_logged_and_shown_while_writes_still_succeed() {
     let temp = TempDir::new("disk-low");
     let disk = match SmallDisk::new(&temp, "2m") {
         Ok(disk) => disk,
-        Err(why) => return eprintln!("skipped: this machine cannot mount a small tmpfs: {why}"),
+        Err(why) => return cannot_mount(&why),
     };
     let node = disk.serve();
     let sku = r#"{"sku":1,"stock":100000,"price_cents":700,"payment_timeout_ms":600000}"#;
@@ -162,7 +162,7 @@ fn a_data_directory_that_cannot_be_written_fails_start_with_the_cause() {
         let size = if name == "small" { "32k" } else { "1m" };
         let mount = match Mount::tmpfs(&temp.path().join(name), size, options) {
             Ok(mount) => mount,
-            Err(why) => return eprintln!("skipped: this machine cannot mount a tmpfs: {why}"),
+            Err(why) => return cannot_mount(&why),
         };
         let dir = mount.point.join("data");
         let dir = dir.to_str().unwrap();

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::disk::{Mount, fill};
+use common::disk::{Mount, cannot_mount, fill};
 use common::etcd::{Etcd, free_port};
 use common::prometheus::Prometheus;
 use common::{Logged, TempDir, call, ringfence_within, text};
@@ -352,12 +352,13 @@ struct SmallDiskPair {
     ballast: PathBuf,
 }
 
-/// [`SmallDiskPair`]; `None`, said, where the machine cannot mount a tmpfs.
+/// [`SmallDiskPair`]; `None` where the machine cannot mount a tmpfs and the tests are told
+/// to skip ([`cannot_mount`]).
 fn pair_on_small_disk(root: &TempDir, on_disk: &str) -> Option<SmallDiskPair> {
     let mount = match Mount::tmpfs(&root.path().join(format!("{on_disk}-disk")), "2m", "") {
         Ok(mount) => mount,
         Err(why) => {
-            eprintln!("skipped: this machine cannot mount a small tmpfs: {why}");
+            cannot_mount(&why);
             return None;
         }
     };
