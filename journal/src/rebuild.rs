@@ -441,7 +441,7 @@ fn locate<R: ReadSource>(
 /// later record is either. Records before `start` may be damaged (the snapshot covers them):
 /// past damage, `start` is searched for on every record boundary. From `start` on, every record
 /// must be intact, up to the segment's zeroed end — or, if `torn_allowed`, up to damage with
-/// nothing intact after it (a crash's torn tail, never acknowledged).
+/// nothing intact after it that a crash could have left (a torn tail, never acknowledged).
 fn records_after(
     bytes: &[u8],
     first: Sequence,
@@ -500,10 +500,12 @@ fn records_after(
                 continue;
             }
         }
-        // Damage from here: a torn tail only if nothing intact follows.
+        // Damage from here: a torn tail only if nothing intact follows and a crash could
+        // have left it, as recovery judges it (one flipped bit is damage at rest to a record
+        // that may have been acknowledged, never dropped as a torn write).
         let intact_after =
             boundaries(bytes, at).any(|o| format::check_record(&bytes[o..]).is_some());
-        if torn_allowed && !intact_after {
+        if torn_allowed && !intact_after && scan::could_be_torn_write(rest, last.next()) {
             break;
         }
         return Err(format!("sequence {} at byte offset {at} is damaged too", last.next()));

@@ -601,15 +601,7 @@ fn scan_segment(
             return Ok((segment, None));
         }
         let Some((record, len)) = format::check_record(rest) else {
-            if let Some((at, mask)) = flipped_bit(rest, next) {
-                assert_eq!(mask.count_ones(), 1, "a bit flip of more than one bit");
-                break Damage::BitFlip { offset: (offset + at) as u64, mask };
-            }
-            break if format::read_record_header(rest).payload_len > format::RECORD_PAYLOAD_MAX {
-                Damage::Length
-            } else {
-                Damage::Checksum
-            };
+            break record_damage(rest, next, offset);
         };
         if record.sequence != next {
             break Damage::Gap { found: record.sequence };
@@ -693,6 +685,39 @@ pub(crate) fn boundaries(bytes: &[u8], offset: usize) -> impl Iterator<Item = us
         .step_by(RECORD_ALIGN)
         .take_while(move |at| at + RECORD_HEADER_LEN <= bytes.len())
         .filter(move |&at| !format::is_end_marker(&bytes[at..]))
+}
+
+/// What is wrong with the record at the start of `rest` (at byte `offset` of its segment),
+/// which fails its checks where record `expected` is due: one flipped bit, a length out of
+/// range, or a checksum that does not match.
+fn record_damage(rest: &[u8], expected: Sequence, offset: usize) -> Damage {
+    assert!(format::check_record(rest).is_none(), "an intact record judged damaged");
+    if let Some((at, mask)) = flipped_bit(rest, expected) {
+        assert_eq!(mask.count_ones(), 1, "a bit flip of more than one bit");
+        return Damage::BitFlip { offset: (offset + at) as u64, mask };
+    }
+    if format::read_record_header(rest).payload_len > format::RECORD_PAYLOAD_MAX {
+        Damage::Length
+    } else {
+        Damage::Checksum
+    }
+}
+
+/// Whether damage at the start of `rest`, where record `expected` is due, could be a write a
+/// crash cut off, judged as the scan judges a torn tail: bytes after an end marker, or a record
+/// that fails its checks as a cut-off write leaves it (never one flipped bit, damage at rest).
+/// An intact record there is no damage a crash leaves either (a gap). The caller checks that
+/// nothing intact follows.
+pub(crate) fn could_be_torn_write(rest: &[u8], expected: Sequence) -> bool {
+    assert!(expected.0 >= 1, "a record due at sequence 0");
+    let damage = if format::is_end_marker(rest) {
+        Damage::BytesAfterEnd
+    } else if format::check_record(rest).is_some() {
+        return false;
+    } else {
+        record_damage(rest, expected, 0)
+    };
+    could_be_cut_off(damage, rest)
 }
 
 /// Whether a write cut off by a crash could have left `damage` at the start of `rest`. Such a

@@ -157,6 +157,37 @@ fn damage_no_snapshot_covers_is_refused_and_nothing_changes() {
 }
 
 #[test]
+fn a_last_record_rotted_at_rest_is_refused_not_dropped_as_a_torn_write() {
+    // Goal: with damage a snapshot covers, a rebuild copies the records after the snapshot; a
+    // last record with one bit flipped at rest (which recovery refuses, after a crash as after
+    // a clean stop: it may have been acknowledged) is not a crash's torn write for the copy to
+    // stop before. The rebuild refuses, naming it, and changes nothing. Fails with the torn
+    // tail judged by position alone: the record was dropped and the rebuild reported success.
+    let (disk, commands) = journal();
+    let last = commands.last().unwrap().sequence;
+    let (last_segment, last_offset) = record_at(&disk, last);
+    // A snapshot whose next record is in the last segment, past its first record: the copy
+    // runs to the journal's end within that segment.
+    let snapshots = snapshot::list(&disk).unwrap();
+    let first = format::parse_segment_name(&last_segment).unwrap();
+    let (through, _) = snapshots
+        .into_iter()
+        .rev()
+        .find(|(through, _)| first.0 + 3 <= through.0 && through.0 < last.0)
+        .expect("a snapshot inside the last segment");
+    let (name, offset) = record_at(&disk, Sequence(through.0 - 3));
+    assert_eq!(name, last_segment);
+    disk.corrupt(&name, offset + 20, 0x5A);
+    disk.corrupt(&last_segment, last_offset + 20, 0x10);
+    let before: Vec<_> = disk.list().unwrap().into_iter().map(|n| disk.live_bytes(&n)).collect();
+    let refused = rebuild::rebuild(&disk).unwrap_err().to_string();
+    assert!(refused.contains(&format!("sequence {last}")), "{refused}");
+    assert!(refused.contains("damaged too"), "{refused}");
+    let after: Vec<_> = disk.list().unwrap().into_iter().map(|n| disk.live_bytes(&n)).collect();
+    assert!(before == after, "a refused rebuild changed the directory");
+}
+
+#[test]
 fn a_journal_started_anew_from_an_installed_snapshot_can_be_rebuilt() {
     // Goal: a standby that took its primary's snapshot drops its whole journal first; one
     // whose retention had retired segments past that snapshot's sequence kept the old
