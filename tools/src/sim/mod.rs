@@ -819,6 +819,18 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuild_never_drops_a_last_record_rotted_at_rest() {
+        // Goal: seed 7100242: a standby in sync lost power holding its primary's last
+        // acknowledged write as its own last record; bit rot then struck that record and one
+        // a snapshot covers. The rebuild after the snapshot copied the records after it and
+        // took the rotted last one for a crash's torn write, dropping it; the node took over
+        // without a payment its primary had acknowledged. The rebuild now refuses (the last
+        // record is damage at rest), and the runbook's next repairs keep the write.
+        let did = |r: &Report| r.faults.bit_flips >= 2;
+        regressions_pass(&[7_100_242], RunLength::default(), "no bit rot", did);
+    }
+
+    #[test]
     fn a_pair_journaling_without_sync_survives_one_power_loss() {
         // Goal: with durability `none` on both nodes, seeds that strike one machine with a
         // power loss pass every checker: what it acknowledged is taken from the other
