@@ -336,6 +336,15 @@ impl AddressTable {
         self.pinned(slot).in_flight < self.limits.in_flight_max
     }
 
+    /// How many more commands `slot`'s address may have in flight: what a request of several
+    /// commands (a catalogue page) may submit without passing the budget.
+    #[must_use]
+    pub fn room(&self, slot: AddressSlot) -> u32 {
+        let in_flight = self.pinned(slot).in_flight;
+        assert!(in_flight <= self.limits.in_flight_max, "checked by has_room");
+        self.limits.in_flight_max - in_flight
+    }
+
     /// Takes one request from `slot`'s rate budget at `now`; on refusal, returns how long until
     /// the next request would be allowed.
     pub fn try_take(&mut self, slot: AddressSlot, now: Instant) -> Result<(), Duration> {
@@ -783,7 +792,7 @@ mod tests {
     fn an_address_at_its_in_flight_budget_leaves_others_theirs() {
         // Goal: commands in flight count per address, all its connections together: at the
         // budget the address has no room whichever connection asks, another address still
-        // has room, and an answer makes room again.
+        // has room, and an answer makes room again; `room` counts what `has_room` allows.
         let now = Instant::now();
         let mut table = AddressTable::new(limits(2, 0), 16);
         let (a1, a2) = (table.open(v4(1), now), table.open(v4(1), now));
@@ -791,8 +800,10 @@ mod tests {
         assert_eq!(a1, a2, "two connections of one address share its slot");
         table.submitted(a1);
         assert!(table.has_room(a2));
+        assert_eq!((table.room(a1), table.room(b)), (1, 2));
         table.submitted(a2);
         assert!(!table.has_room(a1) && !table.has_room(a2));
+        assert_eq!(table.room(a2), 0, "no room is what has_room refuses");
         assert!(table.has_room(b), "another address keeps its budget");
         assert_eq!(table.in_flight(a1), 2);
         table.answered(a1);

@@ -2,7 +2,8 @@
 //! real sockets: an address at its in-flight budget is paused (nothing refused, nothing lost)
 //! while another address is served; an address over its request rate is refused on both ports
 //! alike while another is not; and one connection pipelining far more than a turn's worth is
-//! served a turn at a time, in full. Clients stand for a second address with 127.0.0.2.
+//! served a turn at a time, in full; a catalogue page, many queries from one request, takes
+//! only the room its budgets leave. Clients stand for a second address with 127.0.0.2.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Http, connect_from, start};
+use common::{Http, HttpResponse, connect_from, create_sku, start};
 use ringfence_core::{Command, Outcome, Query, Rejection, SkuId};
 use ringfence_ingress::server::TURN_REQUESTS_MAX;
 use ringfence_ingress::wire::{self, ErrorCode, ErrorFrame, Response};
@@ -79,6 +80,11 @@ impl Gate {
 
     fn held(&self) -> usize {
         self.0.lock().unwrap().held.len()
+    }
+
+    /// Commands submitted since the server started, answered or not.
+    fn submitted(&self) -> u64 {
+        self.0.lock().unwrap().submitted
     }
 
     /// Waits (bounded) until at least `count` commands are held, and returns how many are.
@@ -273,5 +279,96 @@ fn a_pipelined_burst_is_taken_a_turn_at_a_time_and_served_in_full() {
         state.most_between_polls
     );
     drop(state);
+    server.shutdown().unwrap();
+}
+
+/// The SKU ids on a catalogue page and its `next_cursor`; the page must be a 200.
+fn page_of(response: &HttpResponse) -> (Vec<u64>, Option<u64>) {
+    assert_eq!(response.status, 200, "{}", response.json());
+    let page = response.json();
+    let id = |sku: &serde_json::Value| sku["sku"].as_str().unwrap().parse::<u64>().unwrap();
+    let skus = page["skus"].as_array().unwrap().iter().map(id).collect();
+    let next = page["next_cursor"].as_str().map(|next| next.parse().unwrap());
+    (skus, next)
+}
+
+#[test]
+fn a_catalogue_page_wider_than_the_address_budget_is_served_short_and_the_server_lives() {
+    // Goal: a page of more SKUs than its address has room for in flight — one page wider than
+    // the whole budget, then pipelined pages each read below the budget and wider than what
+    // is left of it — is answered 200 with the SKUs the budget had room for and a cursor that
+    // continues after them (the documented short page), never with a dead event loop; a new
+    // connection is served afterwards and the cursor leads to the rest.
+    let config = ServerConfig { address_in_flight_max: 8, ..ServerConfig::loopback() };
+    let server = start(config);
+    let http = server.http_addr().unwrap();
+    let mut admin = Http::connect(http);
+    for sku in 1..=12 {
+        create_sku(&mut admin, sku, 10, 0, 60_000);
+    }
+    let mut flooder = Http::over(connect_from(FLOODER, http).unwrap());
+    let page = flooder.call("GET", "/v1/skus", None, None);
+    assert_eq!(page_of(&page), ((1..=8).collect(), Some(8)), "8 of the default 20");
+    flooder.send(&Http::request_bytes("GET", "/v1/skus?limit=5", None, None).repeat(3));
+    for n in 0..3 {
+        let page = flooder.read_response().unwrap_or_else(|| panic!("page {n}: no answer"));
+        let (skus, next) = page_of(&page);
+        assert!((1..=5).contains(&skus.len()), "page {n}: {skus:?}");
+        assert_eq!(skus, (1..=skus.len() as u64).collect::<Vec<_>>(), "page {n}");
+        assert_eq!(next, Some(skus.len() as u64), "page {n}");
+    }
+    let mut fresh = Http::connect(http);
+    assert_eq!(fresh.call("GET", "/health", None, None).status, 200);
+    let rest = fresh.call("GET", "/v1/skus?cursor=8", None, None);
+    assert_eq!(page_of(&rest), ((9..=12).collect(), None));
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_catalogue_page_takes_only_the_room_left_in_its_address_budget() {
+    // Goal: two pipelined pages of 5 under an address budget of 8, with nothing answered
+    // meanwhile: the first takes 5 queries, the second the 3 left (counted before any is
+    // submitted, so the budget is never passed), reading then pauses; released, both pages
+    // are answered and nothing more was submitted.
+    let config = ServerConfig {
+        address_in_flight_max: 8,
+        in_flight_max: 64,
+        connection_in_flight_max: 64,
+        ..ServerConfig::loopback()
+    };
+    let (server, gate) = Gate::start(config);
+    let mut flooder = Http::over(connect_from(FLOODER, server.http_addr().unwrap()).unwrap());
+    flooder.send(&Http::request_bytes("GET", "/v1/skus?limit=5", None, None).repeat(2));
+    assert_eq!(gate.wait_held(8), 8);
+    gate.release_all();
+    for n in 0..2 {
+        let page = flooder.read_response().unwrap_or_else(|| panic!("page {n}: no answer"));
+        assert_eq!(page_of(&page), (vec![], None), "page {n}: every query answered unknown_sku");
+    }
+    assert_eq!((gate.submitted(), gate.held()), (8, 0));
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_catalogue_page_takes_only_the_room_left_in_its_connection_budget() {
+    // Goal: a page of 20 on a connection allowed 4 commands in flight submits 4 queries, not
+    // 20: the connection's bound holds for a page as for single commands; the next pipelined
+    // page waits for the first's answers, then takes 4 in its turn.
+    let config = ServerConfig {
+        connection_in_flight_max: 4,
+        in_flight_max: 64,
+        address_in_flight_max: 32,
+        ..ServerConfig::loopback()
+    };
+    let (server, gate) = Gate::start(config);
+    let mut http = Http::connect(server.http_addr().unwrap());
+    http.send(&Http::request_bytes("GET", "/v1/skus?limit=20", None, None).repeat(2));
+    for n in 0..2 {
+        assert_eq!(gate.wait_held(4), 4, "page {n}");
+        gate.release_all();
+        let page = http.read_response().unwrap_or_else(|| panic!("page {n}: no answer"));
+        assert_eq!(page_of(&page), (vec![], None), "page {n}");
+    }
+    assert_eq!(gate.submitted(), 8);
     server.shutdown().unwrap();
 }

@@ -464,3 +464,23 @@ fn a_binary_argument_out_of_range_is_refused_naming_the_field() {
     assert!(matches!(outcome, Ok(Outcome::Rejected(Rejection::InvalidQty))), "{outcome:?}");
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_cursor_at_the_last_catalogue_position_is_answered_not_a_panic() {
+    // Goal: `cursor` 4294967295, the last position a SKU can have (and so a valid
+    // `next_cursor`), reads that one position and answers a page with no next cursor — there
+    // is no position after it — whatever the limit; the server goes on serving.
+    let server = start(ServerConfig::loopback());
+    let mut http = Http::connect(server.http_addr().unwrap());
+    create_sku(&mut http, 1, 1, 0, 60_000);
+    for path in ["/v1/skus?cursor=4294967295", "/v1/skus?cursor=4294967295&limit=1"] {
+        let response = http.call("GET", path, None, None);
+        assert_eq!(response.status, 200, "{path}: {}", response.json());
+        let page = response.json();
+        assert_eq!(page["skus"], serde_json::json!([]), "{path}");
+        assert!(page["next_cursor"].is_null(), "{path}: {page}");
+    }
+    let mut fresh = Http::connect(server.http_addr().unwrap());
+    assert_eq!(fresh.call("GET", "/v1/skus?limit=1", None, None).json()["next_cursor"], "1");
+    server.shutdown().unwrap();
+}

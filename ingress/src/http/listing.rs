@@ -5,9 +5,11 @@
 //! go through the ring like any read, so every SKU on a page is as the engine held it at that
 //! query's place in sequence order; a page is not one atomic picture of the catalogue (the
 //! figures of two SKUs on it may be a few commands apart). The answer is `{"skus": [...],
-//! "next_cursor": "N"}`, with `next_cursor` null after the last SKU. A page may hold fewer
-//! than `limit` SKUs when the node was too busy to take every query; `next_cursor` then
-//! continues where it stopped.
+//! "next_cursor": "N"}`, with `next_cursor` null after the last SKU (and after position
+//! `u32::MAX`, the last a SKU can have). A page may hold fewer than `limit` SKUs when the node
+//! was too busy to take every query, or when the caller's in-flight budgets (per connection,
+//! per source address) had room for fewer queries; `next_cursor` then continues where it
+//! stopped.
 
 use ringfence_core::{Outcome, Rejection};
 use serde::Serialize;
@@ -90,10 +92,12 @@ struct PageJson {
 }
 
 impl Page {
-    /// A page starting at `cursor` whose `parts` queries were submitted.
+    /// A page starting at `cursor` whose `parts` queries, one per position, were submitted.
     #[must_use]
     pub fn new(cursor: u32, parts: u16) -> Page {
         assert!(parts > 0 && parts <= PAGE_LIMIT_MAX, "a page has 1 to {PAGE_LIMIT_MAX} parts");
+        let last = u64::from(cursor) + u64::from(parts) - 1;
+        assert!(last <= u64::from(u32::MAX), "every part of a page is a position");
         Page { cursor, parts: vec![None; usize::from(parts)], missing: usize::from(parts) }
     }
 
@@ -112,7 +116,9 @@ impl Page {
     pub fn answer(&self) -> PageAnswer {
         assert_eq!(self.missing, 0, "a page is answered once complete");
         let mut skus = Vec::with_capacity(self.parts.len());
-        let mut next = Some(self.cursor + self.parts.len() as u32);
+        // After the last position a SKU can have there is no next page.
+        let end = u64::from(self.cursor) + self.parts.len() as u64;
+        let mut next = u32::try_from(end).ok();
         for (index, part) in self.parts.iter().enumerate() {
             match part.as_ref().expect("every part is in") {
                 Ok(Outcome::Sku(view)) => skus.push(SkuJson::from(view)),
@@ -123,7 +129,7 @@ impl Page {
                 Err(refusal) if index == 0 => return PageAnswer::Refused(refusal.clone()),
                 other => {
                     // A refused query (busy, failed): the page stops there, and the next one
-                    // starts at it.
+                    // starts at it, a position (`Page::new`).
                     assert!(other.is_err(), "a catalogue query answered {other:?}");
                     next = Some(self.cursor + index as u32);
                     break;
@@ -188,6 +194,23 @@ mod tests {
         let mut refused = Page::new(5, 1);
         refused.fill(0, Err(Refusal::Busy));
         assert!(matches!(refused.answer(), PageAnswer::Refused(Refusal::Busy)));
+    }
+
+    #[test]
+    fn a_page_at_the_last_position_has_no_next_cursor() {
+        // Goal: a page ending at position `u32::MAX`, the last a SKU can have, answers with
+        // `next_cursor` null whether that position holds a SKU or not, and no arithmetic
+        // overflows; a page stopped by a refusal there still names it as the next cursor.
+        let mut last = Page::new(u32::MAX, 1);
+        assert!(last.fill(0, sku(1)));
+        assert_eq!(body(last.answer())["next_cursor"], serde_json::Value::Null);
+        let mut unknown = Page::new(u32::MAX, 1);
+        unknown.fill(0, Ok(Outcome::Rejected(Rejection::UnknownSku)));
+        assert_eq!(body(unknown.answer())["next_cursor"], serde_json::Value::Null);
+        let mut busy = Page::new(u32::MAX - 1, 2);
+        busy.fill(0, sku(1));
+        busy.fill(1, Err(Refusal::Busy));
+        assert_eq!(body(busy.answer())["next_cursor"], u32::MAX.to_string());
     }
 
     #[test]

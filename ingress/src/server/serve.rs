@@ -354,8 +354,11 @@ impl<B: Backend> Server<B> {
     }
 
     /// Submits one `SkuAt` query per SKU on the page, each a command of its own for the rate
-    /// limit and the in-flight bounds. When one is refused the page stops there (shorter,
-    /// with a cursor to continue from); refused at the first, the request is refused.
+    /// limits and the global in-flight cap. How many it may submit is settled before the
+    /// first: the page's limit cut to the room left in the connection's and the address's
+    /// in-flight budgets, so a page never passes either (reading pauses at them, but a page
+    /// is many commands read as one request). A page cut short, by its budgets or by a refused
+    /// query, carries a cursor to continue from; refused at the first, the request is refused.
     fn submit_page(
         &mut self,
         conn: &mut Conn,
@@ -365,8 +368,9 @@ impl<B: Backend> Server<B> {
         now: Instant,
     ) -> Result<(), Refused> {
         let seq = conn.next_http_seq();
+        let parts_max = page.limit.min(self.page_room(conn));
         let mut parts = 0u16;
-        while parts < page.limit {
+        while parts < parts_max {
             let Some(position) = page.cursor.checked_add(u32::from(parts)) else { break };
             let query = Command::Query(Query::SkuAt(position));
             let reply = Reply::HttpPage { seq, part: parts, keep_alive };
@@ -376,8 +380,20 @@ impl<B: Backend> Server<B> {
                 Err(_) => break,
             }
         }
+        assert!(conn.in_flight <= self.config.connection_in_flight_max);
         conn.push_http_page(page.cursor, parts, head_only);
         Ok(())
+    }
+
+    /// Commands a catalogue page on `conn` may submit now: the room left in the connection's
+    /// in-flight budget and in its address's. `held_back` paused reading at either, so there
+    /// is room for at least one.
+    fn page_room(&self, conn: &Conn) -> u16 {
+        let connection = self.config.connection_in_flight_max.saturating_sub(conn.in_flight);
+        let address = self.addresses.room(conn.address) as usize;
+        let room = connection.min(address);
+        assert!(room > 0, "reading pauses at the connection's and the address's budgets");
+        u16::try_from(room).unwrap_or(u16::MAX)
     }
 
     fn admit_and_submit(
@@ -396,6 +412,7 @@ impl<B: Backend> Server<B> {
             self.address_rate_limited(conn, now);
             return Err(Refused::AddressRateLimited { retry_after_ms: retry_after_ms(wait) });
         }
+        // A page submits no more than `page_room` of its address's budget.
         assert!(self.addresses.has_room(conn.address), "reading pauses at the address budget");
         if self.metrics.in_flight as usize >= self.config.in_flight_max {
             self.metrics.busy += 1;
