@@ -226,7 +226,8 @@ impl Client {
     }
 
     fn exchange_one(&mut self, correlation: u64) -> Result<Response, ClientError> {
-        let result = self.write_output().and_then(|()| self.read_response());
+        let deadline = Instant::now() + self.timeout;
+        let result = self.write_output().and_then(|()| self.read_response(deadline));
         match result {
             Ok((got, response)) if got == correlation => Ok(response),
             Ok((got, _)) => {
@@ -257,9 +258,11 @@ impl Client {
                 wire::encode_command(&mut self.output, base + offset as u64, &commands[index]);
             }
             self.write_output()?;
+            // The window's answers within the timeout, whatever else the node sends meanwhile.
+            let deadline = Instant::now() + self.timeout;
             let mut left = window.len();
             while left > 0 {
-                let (correlation, response) = self.read_response()?;
+                let (correlation, response) = self.read_response(deadline)?;
                 let Some(offset) =
                     correlation.checked_sub(base).filter(|o| *o < window.len() as u64)
                 else {
@@ -292,7 +295,9 @@ impl Client {
         stream.write_all(&self.output).map_err(Failure::Io)
     }
 
-    fn read_response(&mut self) -> Result<(u64, Response), Failure> {
+    /// The next answer, by `deadline`: each read waits only for the time left, so a node that
+    /// trickles bytes, or answers that belong to nothing asked, cannot hold the call past it.
+    fn read_response(&mut self, deadline: Instant) -> Result<(u64, Response), Failure> {
         loop {
             if let Some((frame, used)) = wire::try_frame(&self.input).map_err(ClientError::Wire)? {
                 let correlation = frame.correlation;
@@ -304,6 +309,11 @@ impl Client {
                 .stream
                 .as_mut()
                 .ok_or_else(|| Failure::Io(io::ErrorKind::NotConnected.into()))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Failure::Client(ClientError::TimedOut(self.timeout)));
+            }
+            stream.set_read_timeout(Some(left)).map_err(Failure::Io)?;
             let mut chunk = [0u8; 16 * 1024];
             match stream.read(&mut chunk) {
                 Ok(0) => return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into())),
@@ -369,5 +379,75 @@ enum Failure {
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         Failure::Client(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// A node at a loopback address that reads what it is sent and answers with `answer`
+    /// (called every 20 ms with the bytes to write) until the client hangs up.
+    fn hostile_node(answer: fn(u64) -> Vec<u8>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.set_nonblocking(true).unwrap();
+            let mut sink = [0u8; 4096];
+            for tick in 0.. {
+                let _ = stream.read(&mut sink);
+                if stream.write_all(&answer(tick)).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        addr
+    }
+
+    /// Runs `call` against `addr` with a 300 ms timeout on another thread; what it returned,
+    /// if it returned within 20 s.
+    fn call_within<T: Send + 'static>(
+        addr: SocketAddr,
+        call: fn(&mut Client) -> Result<T, ClientError>,
+    ) -> Option<Result<T, ClientError>> {
+        let (done, result) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&[addr]).unwrap();
+            client.set_timeout(Duration::from_millis(300));
+            let _ = done.send(call(&mut client));
+        });
+        result.recv_timeout(Duration::from_secs(20)).ok()
+    }
+
+    /// The first eight bytes of a PONG frame as long as a frame may be.
+    fn head_of_large_pong() -> Vec<u8> {
+        [&1_020u32.to_le_bytes()[..], b"RF", &[1, Kind::Pong as u8]].concat()
+    }
+
+    #[test]
+    fn a_node_that_trickles_bytes_or_answers_nothing_asked_cannot_hold_a_call() {
+        // Goal: the timeout bounds the whole call, not each read: a node sending one byte of a
+        // frame every 20 ms (a ping), or well-formed answers to correlations never asked (a
+        // pipelined command), makes the call fail as timed out instead of waiting forever.
+        // Fails with the timeout set once per connection: neither call returns.
+        // The head of a frame of 1 020 bytes after its length, then its body a byte at a time.
+        let trickle = hostile_node(|tick| if tick == 0 { head_of_large_pong() } else { vec![0] });
+        let pinged = call_within(trickle, Client::ping).expect("the ping returned");
+        assert!(matches!(pinged, Err(ClientError::TimedOut(_))), "{pinged:?}");
+        let strangers = hostile_node(|tick| {
+            let mut frame = Vec::new();
+            wire::encode_empty(&mut frame, Kind::Pong, 1_000_000 + tick);
+            frame
+        });
+        let query = |client: &mut Client| {
+            client.call(Command::Query(ringfence_core::Query::Sku(ringfence_core::SkuId(1))))
+        };
+        let called = call_within(strangers, query);
+        let called = called.expect("the call returned");
+        assert!(matches!(called, Err(ClientError::TimedOut(_))), "{called:?}");
     }
 }

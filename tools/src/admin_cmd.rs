@@ -131,8 +131,10 @@ pub(crate) fn http_address(text: &str) -> Result<String, String> {
     Ok(address.to_owned())
 }
 
-/// Sends one request (`method`, `path`), with a JSON body and the bearer token if given, each
-/// step bounded by `timeout`; returns the status and the body.
+/// Sends one request (`method`, `path`), with a JSON body and the bearer token if given,
+/// connecting and sending each bounded by `timeout`, and the whole answer read within
+/// `timeout` of the request (a node that trickles its answer cannot hold the call); returns
+/// the status and the body.
 pub(crate) fn call(
     addr: &str,
     (method, path): (&str, &str),
@@ -158,9 +160,31 @@ pub(crate) fn call(
     );
     stream.write_all(request.as_bytes()).map_err(unreachable)?;
     // `Connection: close`: the node closes after its answer, so the answer is all there is.
-    let mut response = Vec::new();
-    stream.take(ANSWER_LEN_MAX).read_to_end(&mut response).map_err(unreachable)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let response = read_answer(&mut stream, deadline).map_err(unreachable)?;
     parse_response(&response).ok_or_else(|| format!("the node at {addr} sent no HTTP answer"))
+}
+
+/// Reads `stream` to its end, at most [`ANSWER_LEN_MAX`] bytes, by `deadline`: each read waits
+/// only for the time left.
+fn read_answer(stream: &mut TcpStream, deadline: std::time::Instant) -> std::io::Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    let mut chunk = [0_u8; 8 * 1024];
+    while (answer.len() as u64) < ANSWER_LEN_MAX {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let room = usize::try_from(ANSWER_LEN_MAX).unwrap_or(usize::MAX) - answer.len();
+        match stream.read(&mut chunk[..room.min(8 * 1024)]) {
+            Ok(0) => break,
+            Ok(read) => answer.extend_from_slice(&chunk[..read]),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(answer)
 }
 
 /// The status and body of a whole HTTP/1.1 response.
@@ -174,6 +198,33 @@ fn parse_response(bytes: &[u8]) -> Option<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_that_trickles_its_answer_cannot_hold_the_call() {
+        // Goal: the timeout bounds reading the whole answer, not each read: a "node" sending
+        // one byte every 20 ms is given up on at the timeout, saying so. Fails with the
+        // timeout set per read: the call waits until the node stops.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            for _ in 0..1_000 {
+                if stream.write_all(b"H").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let timeout = Duration::from_millis(300);
+            let _ = done.send(call(&addr, ("GET", "/v1/node"), None, "", timeout));
+        });
+        // A liveness bound: the node trickles for 20 s.
+        let called = result.recv_timeout(Duration::from_secs(15)).expect("the call returned");
+        let error = called.unwrap_err();
+        assert!(error.contains("timed out"), "{error}");
+    }
 
     #[test]
     fn responses_give_their_status_and_body() {
