@@ -30,7 +30,8 @@ pub struct ReplicationConfig {
     /// How far behind the journal a standby's acknowledgement may be and still count as
     /// caught up (records).
     pub catch_up_slack: u64,
-    /// How long a handshake may take before the connection is dropped.
+    /// How long a handshake may take, as a whole (not each read), before the connection is
+    /// dropped: counted from the accept on the primary, from the connection on the standby.
     pub handshake_timeout_ms: u64,
     /// Handshakes served at once; more connections are closed at once.
     pub handshakes_max: usize,

@@ -2044,4 +2044,122 @@ pub(crate) mod tests {
         control.stop();
         drop(node);
     }
+
+    /// A primary whose journal directory is a new, empty one, its handshakes bounded by
+    /// `handshake_timeout_ms`, and its node; replication started.
+    fn primary_listening(handshake_timeout_ms: u64) -> (Arc<Control>, Node, SocketAddr) {
+        use ringfence_core::pipeline::{MemoryJournal, NoReplicator, NodeConfig, Topology};
+        let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "rf-repl-primary-{}-{}",
+            std::process::id(),
+            unique.as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = ReplicationConfig { handshake_timeout_ms, data_dir: dir, ..config() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let end = (Sequence(0), Epoch(0));
+        let control = Control::new(settings, Role::Primary, end, memory(false), clock);
+        let node_config = NodeConfig::for_tests(Topology::Stepped);
+        let node = Node::start(node_config, MemoryJournal::new(), NoReplicator::default()).unwrap();
+        control.start(&node).unwrap();
+        let address = control.listen_addr().expect("listening once started");
+        (control, node, address)
+    }
+
+    /// Connects to `address` and announces a frame of `len` bytes, then sends one byte of it
+    /// every `gap` until the other side closes the connection. Returns how long after
+    /// connecting it was closed, or `None` if it was still open after `give_up`. Each wait
+    /// for the close is the gap itself: nothing spins.
+    fn drip(address: SocketAddr, len: u32, gap: Duration, give_up: Duration) -> Option<Duration> {
+        use std::io::{ErrorKind, Read as _, Write as _};
+        let mut peer = TcpStream::connect(address).unwrap();
+        let began = std::time::Instant::now();
+        peer.set_read_timeout(Some(gap)).unwrap();
+        let mut sent = peer.write_all(&len.to_le_bytes());
+        while sent.is_ok() && began.elapsed() < give_up {
+            match peer.read(&mut [0u8; 1]) {
+                Ok(0) => break,
+                Ok(_) => panic!("the primary answered a peer that never said hello"),
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    sent = peer.write_all(&[0]);
+                }
+                // Closed with bytes unread, the primary's side resets the connection.
+                Err(_) => break,
+            }
+        }
+        (began.elapsed() < give_up).then(|| began.elapsed())
+    }
+
+    #[test]
+    fn slow_drip_peers_in_every_handshake_slot_are_cut_off_and_a_standby_then_joins() {
+        // Goal: no peer holds a handshake slot past the handshake's deadline, however it
+        // paces its bytes. Peers in every slot each send a byte more often than the timeout
+        // (a gap of a third of it); half of them announce the largest frame the protocol
+        // allows, half a frame of a `Hello`'s size. All are cut off within a bounded time,
+        // after which a real standby's handshake succeeds.
+        const TIMEOUT_MS: u64 = 300;
+        let (control, _node, address) = primary_listening(TIMEOUT_MS);
+        let slots = control.config().handshakes_max;
+        let gap = Duration::from_millis(TIMEOUT_MS / 3);
+        let give_up = Duration::from_millis(TIMEOUT_MS * 10);
+        // The review's trigger, 0x0010000D; and the largest `Hello` (a 64-byte cluster id).
+        let lens = [u32::try_from(crate::message::FRAME_LEN_MAX).unwrap(), 1 + 145];
+        let drips: Vec<_> = (0..slots)
+            .map(|slot| {
+                let len = lens[slot % lens.len()];
+                thread::spawn(move || (len, drip(address, len, gap, give_up)))
+            })
+            .collect();
+        for dripping in drips {
+            let (len, held) = dripping.join().unwrap();
+            assert!(held.is_some(), "a peer announcing {len} bytes held its slot past {give_up:?}");
+        }
+        let standby = ReplicationConfig { handshake_timeout_ms: 60_000, ..config() };
+        let end = crate::standby::JournalEnd { last_sequence: Sequence(0), last_epoch: Epoch(0) };
+        let joined = crate::standby::join(&standby, &address.to_string(), end, Epoch(0));
+        assert!(
+            matches!(joined, Ok(crate::standby::Joined::Stream { from: Sequence(1), .. })),
+            "{:?}",
+            joined.err()
+        );
+        control.stop();
+        let _ = std::fs::remove_dir_all(&control.config().data_dir);
+    }
+
+    #[test]
+    fn a_standby_gives_up_on_a_primary_that_drips_its_challenge_by_the_deadline() {
+        // Goal: whatever answers at the primary's address, the standby's handshake ends by its
+        // deadline: a `Challenge` sent a byte at a time, each gap a third of the timeout,
+        // does not keep it waiting (the whole frame would take 23 timeouts).
+        use std::io::{Read as _, Write as _};
+        const TIMEOUT_MS: u64 = 300;
+        let impostor = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = impostor.local_addr().unwrap();
+        let dripping = thread::spawn(move || {
+            let (mut accepted, _) = impostor.accept().unwrap();
+            accepted.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            accepted.read_exact(&mut [0u8; 4]).expect("the standby's hello");
+            let mut challenge = 65u32.to_le_bytes().to_vec();
+            challenge.push(crate::message::Kind::Challenge as u8);
+            challenge.extend_from_slice(&[0; 64]);
+            for byte in challenge {
+                if accepted.write_all(&[byte]).is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(TIMEOUT_MS / 3));
+            }
+        });
+        let standby = ReplicationConfig { handshake_timeout_ms: TIMEOUT_MS, ..config() };
+        let end = crate::standby::JournalEnd { last_sequence: Sequence(0), last_epoch: Epoch(0) };
+        let began = std::time::Instant::now();
+        let joined = crate::standby::join(&standby, &address.to_string(), end, Epoch(0));
+        let waited = began.elapsed();
+        assert!(joined.is_err(), "joined an impostor");
+        let bound = Duration::from_millis(TIMEOUT_MS * 10);
+        assert!(waited < bound, "waited {waited:?} for a primary dripping its challenge");
+        dripping.join().unwrap();
+    }
 }

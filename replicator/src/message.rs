@@ -188,6 +188,42 @@ pub const SNAPSHOT_CHUNK_FRAME_HEADER_LEN: usize = FRAME_BODY_OFFSET + SNAPSHOT_
 /// so a chunk frame fits the frame limit the records frame sets and the reader's one buffer.
 pub const SNAPSHOT_CHUNK_MAX: usize = RECORDS_BYTES_MAX - 32;
 
+/// The largest len field either side accepts during the handshake, before its peer has proved
+/// it holds the secret: the largest message of the handshake, a `Refuse` with the longest text
+/// (which either side may send in place of its next message), 524 bytes. The others are
+/// smaller: `Hello` with the longest cluster id 146, `Join` 57, `Challenge` 65, `FetchSnapshot`
+/// 33, `Start`, `Diverged` and `Behind` 25 at most. A peer that announces more is not a node of
+/// this version, and is refused after the 4-byte prefix, not waited for through a megabyte.
+pub const HANDSHAKE_FRAME_LEN_MAX: usize = KIND_LEN
+    + len_max(&[
+        HELLO_BODY_LEN_MAX,
+        CHALLENGE_BODY_LEN,
+        JOIN_BODY_LEN,
+        FETCH_SNAPSHOT_BODY_LEN,
+        START_BODY_LEN,
+        DIVERGED_BODY_LEN,
+        BEHIND_BODY_LEN,
+        REFUSE_TEXT_OFFSET + REFUSE_TEXT_LEN_MAX,
+    ]);
+
+/// The largest of `lens`.
+const fn len_max(lens: &[usize]) -> usize {
+    let (mut max, mut at) = (0, 0);
+    while at < lens.len() {
+        if lens[at] > max {
+            max = lens[at];
+        }
+        at += 1;
+    }
+    max
+}
+
+// The handshake's limit is its refusal's, and far below a records frame's.
+const _: () =
+    assert!(HANDSHAKE_FRAME_LEN_MAX == KIND_LEN + REFUSE_TEXT_OFFSET + REFUSE_TEXT_LEN_MAX);
+const _: () = assert!(HANDSHAKE_FRAME_LEN_MAX == 524);
+const _: () = assert!(HANDSHAKE_FRAME_LEN_MAX < FRAME_LEN_MAX);
+
 // The budget: at least 256 KiB of records per frame, whole records only, and every frame's
 // length fits the u32 prefix.
 const _: () = assert!(RECORDS_BYTES_MAX >= 256 * 1024);

@@ -4,17 +4,20 @@
 //! policy (`policy`). Sockets and threads only: every decision is made by those modules.
 //!
 //! Threads: `rf-repl-listen` accepts; each handshake runs on a short-lived thread with a
-//! deadline, at most `handshakes_max` at once (a flood of bad handshakes is closed without
-//! touching the live stream); `rf-repl-send` streams the journal (`ringfence_journal::tail`)
-//! and sends heartbeats; `rf-repl-acks` reads acknowledgements. A newly authenticated standby
-//! replaces the previous one (which is likely dead if it is reconnecting).
+//! deadline, `handshake_timeout_ms` after the connection was accepted for the whole handshake,
+//! not for each read; at most `handshakes_max` at once (a flood of bad handshakes is closed
+//! without touching the live stream, and a peer that sends a byte now and then holds its slot
+//! no longer than one that sends nothing); `rf-repl-send` streams the journal
+//! (`ringfence_journal::tail`) and sends heartbeats; `rf-repl-acks` reads acknowledgements. A
+//! newly authenticated standby replaces the previous one (which is likely dead if it is
+//! reconnecting).
 
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
@@ -83,9 +86,12 @@ pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result
             }
             let slot = HandshakeSlot::take(&busy);
             let (control, current) = (Arc::clone(&control), Arc::clone(&current));
+            // The handshake's time counts from here, not from when its thread starts.
+            let timeout = Duration::from_millis(control.config().handshake_timeout_ms);
+            let handshake = Handshake { socket, deadline: Instant::now() + timeout, slot };
             let spawned =
                 thread::Builder::new().name("rf-repl-handshake".into()).spawn(move || {
-                    if let Err(reason) = serve_standby(&control, socket, &current, slot) {
+                    if let Err(reason) = serve_standby(&control, handshake, &current) {
                         control.count_refused(&format!("standby {peer}: {reason}"));
                     }
                 });
@@ -118,18 +124,28 @@ impl Drop for HandshakeSlot {
     }
 }
 
+/// A connection just accepted, to be served by a handshake thread.
+struct Handshake {
+    socket: TcpStream,
+    /// When the handshake must be over: `handshake_timeout_ms` after the accept.
+    deadline: Instant,
+    slot: HandshakeSlot,
+}
+
 /// Runs the handshake with a standby (`session::PrimarySession`) and whatever it leads to:
 /// streaming, a snapshot transfer, or a refusal.
 fn serve_standby(
     control: &Arc<Control>,
-    socket: TcpStream,
+    handshake: Handshake,
     current: &Arc<Mutex<Option<Stream>>>,
-    slot: HandshakeSlot,
 ) -> Result<(), String> {
+    let Handshake { socket, deadline, slot } = handshake;
     let config = control.config();
-    let deadline = Duration::from_millis(config.handshake_timeout_ms);
-    socket.set_read_timeout(Some(deadline)).map_err(|e| e.to_string())?;
-    socket.set_write_timeout(Some(deadline)).map_err(|e| e.to_string())?;
+    // Reads wait for the time left before the deadline (`read_handshake_message`). The
+    // handshake's writes are a few hundred bytes in all, within any socket's send buffer, so
+    // they do not wait on the peer; the timeout is a backstop.
+    let timeout = Duration::from_millis(config.handshake_timeout_ms);
+    socket.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     socket.set_nodelay(true).map_err(|e| e.to_string())?;
     let peer = socket.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
     let mut reader = FrameReader::new(socket.try_clone().map_err(|e| e.to_string())?);
@@ -137,7 +153,7 @@ fn serve_standby(
     let mut scratch = Vec::new();
     let mut session = PrimarySession::new(auth::nonce().map_err(|e| e.to_string())?);
     loop {
-        let message = reader.read_message().map_err(|e| e.to_string())?;
+        let message = reader.read_handshake_message(deadline).map_err(|e| e.to_string())?;
         let journal_last = Sequence(control.stream_end(control.link().available()));
         // Only a join consults the journal; nothing an unauthenticated peer sends touches it.
         let mut index: Box<dyn JournalIndex> = if matches!(message, Message::Join(_)) {

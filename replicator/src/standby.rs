@@ -112,11 +112,16 @@ fn join_with(
 ) -> Result<Joined, JoinError> {
     let position =
         StandbyPosition { last_sequence: end.last_sequence, last_epoch: end.last_epoch, promised };
-    let (socket, mut reader, mut session) =
+    let Handshake { socket, mut reader, mut session, deadline } =
         handshake(config, primary, Purpose::Join(position), promised, connect)?;
-    let message = reader.read_message()?;
+    // The answer to the join ends the handshake, and comes by its deadline too.
+    let message = reader.read_handshake_message(deadline)?;
     match session.on_message(&message, &config.secret, &config.cluster) {
         StandbyStep::Following { epoch, from } => {
+            // The stream's reads wait the handshake timeout at most, as they did before the
+            // handshake's own reads set what was left of its deadline.
+            let timeout = Duration::from_millis(config.handshake_timeout_ms);
+            socket.set_read_timeout(Some(timeout))?;
             Ok(Joined::Stream { epoch, from, socket, reader, session: Box::new(session) })
         }
         StandbyStep::Diverged { keep_through, epoch } => {
@@ -127,32 +132,47 @@ fn join_with(
     }
 }
 
+/// A connection whose handshake has sent its `Join` or `FetchSnapshot`.
+struct Handshake {
+    socket: TcpStream,
+    reader: FrameReader<TcpStream>,
+    /// Waits for the primary's answer.
+    session: StandbySession,
+    /// When the handshake must be over: `handshake_timeout_ms` after the connection opened.
+    deadline: Instant,
+}
+
 /// Connects to `primary` with `connect` (which resolves its address and connects, within the
 /// handshake timeout) and authenticates both ways; the session then waits for the primary's
 /// answer to the `Join` or `FetchSnapshot` it sent.
+///
+/// Once connected, the handshake as a whole has the handshake timeout, not each read: a peer at
+/// the primary's address that sends a byte now and then cannot keep the follower waiting.
 fn handshake(
     config: &ReplicationConfig,
     primary: &str,
     purpose: Purpose,
     promised: Epoch,
     connect: impl FnOnce(&str, Duration) -> io::Result<TcpStream>,
-) -> Result<(TcpStream, FrameReader<TcpStream>, StandbySession), JoinError> {
+) -> Result<Handshake, JoinError> {
     let timeout = Duration::from_millis(config.handshake_timeout_ms);
     let socket = connect(primary, timeout)?;
+    let deadline = Instant::now() + timeout;
     socket.set_nodelay(true)?;
-    socket.set_read_timeout(Some(timeout))?;
+    // Reads wait for the time left (`read_handshake_message`); the writes are small enough
+    // for any send buffer, so this timeout is a backstop.
     socket.set_write_timeout(Some(timeout))?;
     let mut reader = FrameReader::new(socket.try_clone()?);
     let nonce = auth::nonce().map_err(|e| JoinError::Protocol(e.to_string()))?;
     let (mut session, hello) =
         StandbySession::start(config.cluster, config.engine.clone(), nonce, purpose, promised);
     send(&socket, &hello)?;
-    let message = reader.read_message()?;
+    let message = reader.read_handshake_message(deadline)?;
     match session.on_message(&message, &config.secret, &config.cluster) {
         StandbyStep::Reply(reply) => send(&socket, &reply)?,
         step => return Err(closed(&socket, step)),
     }
-    Ok((socket, reader, session))
+    Ok(Handshake { socket, reader, session, deadline })
 }
 
 fn send(socket: &TcpStream, message: &Outgoing) -> io::Result<()> {
@@ -265,8 +285,9 @@ pub fn fetch_snapshot(
     len_max: u64,
 ) -> Result<FetchedSnapshot, JoinError> {
     let promised = Epoch(0);
-    let (socket, mut reader, mut session) =
+    let Handshake { socket, mut reader, mut session, .. } =
         handshake(config, primary, Purpose::FetchSnapshot, promised, connect_timeout)?;
+    // The primary proved it holds the secret: its chunks may take their time.
     socket.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut receiver = SnapshotReceiver::new(len_max);
     loop {

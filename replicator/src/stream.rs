@@ -7,12 +7,21 @@
 //! `WouldBlock` or `TimedOut` error returns to the caller (to send a heartbeat, say) and the
 //! next call carries on where the last one stopped. Any other error leaves the connection out
 //! of step; close it.
+//!
+//! A handshake reads otherwise ([`FrameReader::read_handshake_message`]): its peer has not yet
+//! proved it holds the secret, so a read timeout, which a byte every so often resets, bounds
+//! nothing. Every read waits only for the time left before one deadline, and a frame longer than
+//! any message of the handshake ([`HANDSHAKE_FRAME_LEN_MAX`]) is refused after its prefix.
 
 use std::io::{self, IoSlice, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use ringfence_core::{Epoch, Sequence};
 
-use crate::message::{self, FRAME_LEN_MAX, FRAME_PREFIX_LEN, Message, MessageError};
+use crate::message::{
+    self, FRAME_LEN_MAX, FRAME_PREFIX_LEN, HANDSHAKE_FRAME_LEN_MAX, Message, MessageError,
+};
 
 /// Why no message was read.
 #[derive(Debug, thiserror::Error)]
@@ -35,17 +44,57 @@ pub enum WireError {
     /// The peer sent something that is not a message of this protocol version.
     #[error("the peer sent a malformed message: {0}")]
     Message(#[from] MessageError),
+    /// During the handshake, the peer announced a frame longer than any handshake message.
+    #[error(
+        "a frame of {len} bytes during the handshake, above its limit of {len_max}: the peer is \
+         not a ringfence replication node of this version"
+    )]
+    HandshakeFrameTooLong {
+        /// The length prefix.
+        len: usize,
+        /// The handshake's limit, [`HANDSHAKE_FRAME_LEN_MAX`].
+        len_max: usize,
+    },
+    /// The handshake's deadline passed before the frame arrived whole.
+    #[error(
+        "the handshake's time ran out with {have} of {need} bytes of a frame received: the peer \
+         is too slow, or is not a ringfence replication node"
+    )]
+    HandshakeDeadline {
+        /// Bytes of the frame received.
+        have: usize,
+        /// Bytes of the whole frame (or of its prefix, while that was incomplete).
+        need: usize,
+    },
 }
 
 impl WireError {
     /// Whether this is a read timeout, after which reading again resumes the frame.
     #[must_use]
     pub fn is_timeout(&self) -> bool {
-        matches!(self, WireError::Io(e) if matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ))
+        matches!(self, WireError::Io(e) if is_timeout(e))
     }
+}
+
+/// A reader whose reads can be told how long to wait at most: a socket.
+pub trait ReadWait: Read {
+    /// Makes each following read wait at most `wait` (which is not zero) for a byte.
+    fn set_read_wait(&mut self, wait: Duration) -> io::Result<()>;
+}
+
+impl ReadWait for TcpStream {
+    fn set_read_wait(&mut self, wait: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(wait))
+    }
+}
+
+/// What bounds the reads of one frame.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    /// The longest len field accepted.
+    len_max: usize,
+    /// When the frame must have arrived whole; `None`: each read waits as the reader does.
+    deadline: Option<Instant>,
 }
 
 /// Reads whole frames from `R` into one buffer, allocated once at the largest frame size.
@@ -68,15 +117,30 @@ impl<R: Read> FrameReader<R> {
     /// Reads the next whole frame and decodes it. A length prefix out of range is refused
     /// before any of the body is read.
     pub fn read_message(&mut self) -> Result<Message<'_>, WireError> {
+        let bounds = Bounds { len_max: FRAME_LEN_MAX, deadline: None };
+        self.read_bounded(bounds, |_, _| unreachable!("no deadline, no wait to set"))
+    }
+
+    /// Reads the next whole frame within `bounds`, setting each read's wait with `set_wait`
+    /// when there is a deadline.
+    fn read_bounded(
+        &mut self,
+        bounds: Bounds,
+        mut set_wait: impl FnMut(&mut R, Duration) -> io::Result<()>,
+    ) -> Result<Message<'_>, WireError> {
+        assert!(bounds.len_max <= FRAME_LEN_MAX, "the buffer holds FRAME_LEN_MAX at most");
         if self.consumed {
             self.filled = 0;
             self.consumed = false;
         }
-        self.fill_to(FRAME_PREFIX_LEN)?;
+        self.fill_to(FRAME_PREFIX_LEN, bounds.deadline, &mut set_wait)?;
         let len =
             message::frame_len(&self.buf[..FRAME_PREFIX_LEN])?.expect("the prefix has arrived");
+        if len > bounds.len_max {
+            return Err(WireError::HandshakeFrameTooLong { len, len_max: bounds.len_max });
+        }
         let frame_len = FRAME_PREFIX_LEN + len;
-        self.fill_to(frame_len)?;
+        self.fill_to(frame_len, bounds.deadline, &mut set_wait)?;
         assert_eq!(self.filled, frame_len, "read past the frame");
         // Refused or not, this frame is done with: the next call reads the one after it.
         self.consumed = true;
@@ -87,15 +151,31 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// Reads until `need` bytes of the frame are in the buffer, keeping what arrived if a
-    /// read fails so that the next call resumes.
-    fn fill_to(&mut self, need: usize) -> Result<(), WireError> {
+    /// read fails so that the next call resumes. With a `deadline`, each read waits only for
+    /// the time left before it (set with `set_wait`), and once it has passed the frame is
+    /// given up: a peer sending a byte now and then cannot stretch the wait.
+    fn fill_to(
+        &mut self,
+        need: usize,
+        deadline: Option<Instant>,
+        set_wait: &mut impl FnMut(&mut R, Duration) -> io::Result<()>,
+    ) -> Result<(), WireError> {
         assert!(need <= self.buf.len());
         while self.filled < need {
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(WireError::HandshakeDeadline { have: self.filled, need });
+                }
+                set_wait(&mut self.reader, left)?;
+            }
             match self.reader.read(&mut self.buf[self.filled..need]) {
                 Ok(0) if self.filled == 0 => return Err(WireError::Closed),
                 Ok(0) => return Err(WireError::ClosedMidFrame { have: self.filled, need }),
                 Ok(n) => self.filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The wait was the time left: the check above ends the frame.
+                Err(e) if deadline.is_some() && is_timeout(&e) => {}
                 Err(e) => return Err(WireError::Io(e)),
             }
         }
@@ -116,6 +196,23 @@ impl<R: Read> FrameReader<R> {
     pub fn into_inner(self) -> R {
         self.reader
     }
+}
+
+impl<R: ReadWait> FrameReader<R> {
+    /// Reads the next whole frame of a handshake, whose peer has not yet proved it holds the
+    /// secret: it must arrive whole by `deadline` (the handshake's, set once when it began),
+    /// and its length must be at most [`HANDSHAKE_FRAME_LEN_MAX`]. Each read waits for the time
+    /// left, so the reader's wait is changed. A frame given up on leaves the connection out of
+    /// step: close it.
+    pub fn read_handshake_message(&mut self, deadline: Instant) -> Result<Message<'_>, WireError> {
+        let bounds = Bounds { len_max: HANDSHAKE_FRAME_LEN_MAX, deadline: Some(deadline) };
+        self.read_bounded(bounds, |reader, left| reader.set_read_wait(left))
+    }
+}
+
+/// Whether a read failed because its wait ran out (a socket's read timeout).
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 /// Encodes `message` into `scratch` (cleared first) and writes the whole frame.
@@ -287,6 +384,89 @@ mod tests {
             Err(WireError::Message(MessageError::FrameTooLong { len })) if len == FRAME_LEN_MAX + 1
         ));
         assert_eq!(reader.get_ref().position(), 4);
+    }
+
+    impl ReadWait for Cursor<Vec<u8>> {
+        fn set_read_wait(&mut self, wait: Duration) -> io::Result<()> {
+            assert!(!wait.is_zero());
+            Ok(())
+        }
+    }
+
+    /// A socket whose peer sends one byte every `pace`: each read waits for the next byte, or
+    /// gives up with `WouldBlock` when its wait is shorter. Notes every wait it was given.
+    struct Drip {
+        bytes: Vec<u8>,
+        at: usize,
+        pace: Duration,
+        wait: Duration,
+        waits: Vec<Duration>,
+    }
+
+    impl Read for Drip {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.wait < self.pace {
+                std::thread::sleep(self.wait);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            std::thread::sleep(self.pace);
+            buf[0] = self.bytes[self.at];
+            self.at += 1;
+            Ok(1)
+        }
+    }
+
+    impl ReadWait for Drip {
+        fn set_read_wait(&mut self, wait: Duration) -> io::Result<()> {
+            self.wait = wait;
+            self.waits.push(wait);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_handshake_frame_longer_than_any_handshake_message_is_refused_after_its_prefix() {
+        // Goal: before the peer has proved it holds the secret, a prefix announcing the largest
+        // frame the protocol allows (0x0010000D) is refused after its 4 bytes; a frame of the
+        // handshake's limit, the longest refusal, still reads.
+        let far = Instant::now() + Duration::from_secs(3_600);
+        let mut bytes = u32::try_from(FRAME_LEN_MAX).unwrap().to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 64]);
+        let mut reader = FrameReader::new(Cursor::new(bytes));
+        assert!(matches!(
+            reader.read_handshake_message(far),
+            Err(WireError::HandshakeFrameTooLong { len: FRAME_LEN_MAX, len_max })
+                if len_max == HANDSHAKE_FRAME_LEN_MAX
+        ));
+        assert_eq!(reader.get_ref().position(), 4);
+        let text = "t".repeat(message::REFUSE_TEXT_LEN_MAX);
+        let refuse = Message::Refuse(Refuse::new(RefuseCode::Engine, Epoch(3), &text));
+        let bytes = frames(std::slice::from_ref(&refuse));
+        assert_eq!(bytes.len(), FRAME_PREFIX_LEN + HANDSHAKE_FRAME_LEN_MAX);
+        let mut reader = FrameReader::new(Cursor::new(bytes));
+        assert_eq!(reader.read_handshake_message(far).unwrap(), refuse);
+    }
+
+    #[test]
+    fn a_handshake_frame_dripping_past_the_deadline_is_given_up() {
+        // Goal: a byte now and then does not stretch a handshake's read: each read waits only
+        // for the time left before the one deadline, and once it has passed the frame is
+        // given up, though every byte came within the 20 ms wait of the last.
+        let pace = Duration::from_millis(20);
+        let bytes = frames(&[heartbeat(1)]);
+        let drip = Drip { bytes, at: 0, pace, wait: Duration::MAX, waits: Vec::new() };
+        let mut reader = FrameReader::new(drip);
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let given_up = reader.read_handshake_message(deadline);
+        assert!(
+            matches!(given_up, Err(WireError::HandshakeDeadline { have, need: 30 }) if have < 30),
+            "{given_up:?}"
+        );
+        assert!(Instant::now() >= deadline);
+        let waits = &reader.get_ref().waits;
+        assert!(waits.len() < 30, "read the whole frame");
+        assert!(waits.windows(2).all(|pair| pair[1] < pair[0]), "a wait grew: {waits:?}");
+        assert!(waits.iter().all(|wait| *wait <= Duration::from_millis(100)));
     }
 
     #[test]

@@ -9,9 +9,10 @@ use ringfence_core::{Command, EngineConfig, Epoch, Sequence, Sequenced, Timestam
 use ringfence_journal::format;
 use ringfence_replicator::auth::ClusterId;
 use ringfence_replicator::message::{
-    Ack, Answering, Behind, Challenge, Diverged, FRAME_LEN_MAX, FetchSnapshot, Heartbeat, Hello,
-    Join, Kind, Message, MessageError, PROTOCOL_VERSION, REFUSE_TEXT_LEN_MAX, Records, Refuse,
-    RefuseCode, SNAPSHOT_CHUNK_MAX, SnapshotChunk, Start, decode, encode,
+    Ack, Answering, Behind, Challenge, Diverged, FRAME_LEN_MAX, FetchSnapshot,
+    HANDSHAKE_FRAME_LEN_MAX, Heartbeat, Hello, Join, Kind, Message, MessageError, PROTOCOL_VERSION,
+    REFUSE_TEXT_LEN_MAX, Records, Refuse, RefuseCode, SNAPSHOT_CHUNK_MAX, SnapshotChunk, Start,
+    decode, encode,
 };
 
 fn tick(sequence: u64) -> Sequenced {
@@ -137,6 +138,30 @@ fn every_message_round_trips_and_consumes_exactly_its_frame() {
         assert_eq!(decode(&bytes), Ok(Some((message.clone(), len))), "{message:?}");
         assert_eq!(message.kind() as u8, bytes[4]);
     }
+}
+
+#[test]
+fn every_handshake_message_at_its_largest_fits_the_handshake_limit() {
+    // Goal: the limit a peer's frames are held to before it has proved it holds the secret
+    // refuses no message of the handshake: each kind at its largest (the longest cluster id,
+    // the longest refusal) fits, and the longest refusal exactly.
+    let records = ticks(42, 3, 4);
+    let longest = ClusterId::new(&"c".repeat(64)).unwrap();
+    let text = "t".repeat(REFUSE_TEXT_LEN_MAX);
+    let mut handshake: Vec<Message<'_>> = one_of_each(&records)
+        .into_iter()
+        .filter(|m| {
+            !matches!(m.kind(), Kind::Records | Kind::Heartbeat | Kind::Ack | Kind::SnapshotChunk)
+        })
+        .collect();
+    let engine = EngineConfig::small();
+    handshake.push(Message::Hello(Hello { cluster: longest, standby_nonce: [9; 32], engine }));
+    handshake.push(Message::Refuse(Refuse::new(RefuseCode::Engine, Epoch(4), &text)));
+    let lens: Vec<usize> = handshake.iter().map(|m| encoded(m).len() - 4).collect();
+    for (message, len) in handshake.iter().zip(&lens) {
+        assert!(*len <= HANDSHAKE_FRAME_LEN_MAX, "{:?}: {len} bytes", message.kind());
+    }
+    assert_eq!(lens.iter().max(), Some(&HANDSHAKE_FRAME_LEN_MAX));
 }
 
 #[test]
