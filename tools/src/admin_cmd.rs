@@ -181,6 +181,15 @@ fn read_answer(stream: &mut TcpStream, deadline: std::time::Instant) -> std::io:
             Ok(0) => break,
             Ok(read) => answer.extend_from_slice(&chunk[..read]),
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            // A read's wait ran out: the deadline has passed, said as such.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
             Err(error) => return Err(error),
         }
     }
