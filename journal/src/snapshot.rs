@@ -318,12 +318,9 @@ pub fn install<S: Storage>(
 ) -> Result<SnapshotMeta, SnapshotError> {
     let name = snapshot_name(through);
     let file = PathBuf::from(storage.describe(&name));
+    // Decoded under the name it is installed as: a header covering another sequence than
+    // the one announced is refused there.
     let (meta, _) = decode_meta(&name, &file, bytes)?;
-    if meta.through != through {
-        let reason = format!("covers sequence {}, not {through} as announced", meta.through);
-        return Err(SnapshotError::Invalid { file, reason });
-    }
-    // The pair of the refusal above: the file installed covers what was announced.
     assert_eq!(meta.through, through, "a snapshot installed under another sequence");
     write_atomically(storage, &name, bytes)?;
     Ok(meta)
@@ -409,8 +406,11 @@ fn decode_through(
 ) -> Result<(Sequence, Option<Epoch>), SnapshotError> {
     let invalid =
         |reason: &str| SnapshotError::Invalid { file: file.to_path_buf(), reason: reason.into() };
-    if header.len() < SNAPSHOT_HEADER_LEN || header[..8] != SNAPSHOT_MAGIC {
-        return Err(invalid("the file does not start with a snapshot header"));
+    if header.len() < SNAPSHOT_HEADER_LEN {
+        return Err(invalid("the file is shorter than a snapshot header"));
+    }
+    if header[..8] != SNAPSHOT_MAGIC {
+        return Err(invalid("the file does not start with the snapshot magic"));
     }
     if crc32c::crc32c(&header[..HEADER_CRC_OFFSET]) != get_u32(header, HEADER_CRC_OFFSET) {
         return Err(invalid("the header checksum does not match"));
@@ -468,19 +468,11 @@ fn decode_meta(
         file: file.to_path_buf(),
         reason: reason.to_owned(),
     };
-    if bytes.len() < SNAPSHOT_HEADER_LEN {
-        return Err(invalid("the file is shorter than a snapshot header"));
-    }
+    // The header's own checks, as a listing makes them: magic, checksum, version, and that it
+    // covers the sequence the file's name gives.
+    let (through, through_epoch) =
+        decode_through(name, file, &bytes[..bytes.len().min(SNAPSHOT_HEADER_LEN)])?;
     let header = &bytes[..SNAPSHOT_HEADER_LEN];
-    if header[..8] != SNAPSHOT_MAGIC {
-        return Err(invalid("the file does not start with the snapshot magic"));
-    }
-    if crc32c::crc32c(&header[..HEADER_CRC_OFFSET]) != get_u32(header, HEADER_CRC_OFFSET) {
-        return Err(invalid("the header checksum does not match"));
-    }
-    if let Some(reason) = version_problem(header) {
-        return Err(invalid(&reason));
-    }
     let body = &bytes[SNAPSHOT_HEADER_LEN..];
     if crc32c::crc32c(body) != get_u32(header, BODY_CRC_OFFSET) {
         return Err(invalid("the body checksum does not match (truncated or damaged)"));
@@ -498,9 +490,8 @@ fn decode_meta(
     let meta = SnapshotMeta {
         name: name.to_owned(),
         file: file.to_path_buf(),
-        through: Sequence(get_u64(header, THROUGH_OFFSET)),
-        through_epoch: Some(Epoch(get_u64(header, THROUGH_EPOCH_OFFSET)))
-            .filter(|epoch| epoch.0 != 0),
+        through,
+        through_epoch,
         last_sequence: Sequence(get_u64(header, LAST_SEQUENCE_OFFSET)),
         now: Timestamp(get_u64(header, NOW_OFFSET)),
         running_hash: get_u64(header, RUNNING_HASH_OFFSET),
@@ -511,11 +502,6 @@ fn decode_meta(
     };
     if meta.last_sequence > meta.through {
         return Err(invalid("the last sequence is past the through sequence"));
-    }
-    // A file renamed, or restored under another name: loading goes by the name, replaying
-    // after it by the header.
-    if parse_snapshot_name(name).is_some_and(|named| named != meta.through) {
-        return Err(invalid("the header covers another sequence than the file's name"));
     }
     // The configuration check above (a snapshot records one the engine accepts).
     assert!(meta.config.validate().is_ok(), "an invalid configuration accepted");
