@@ -7,12 +7,16 @@
 //! it, as recovery starts — applies the records up to that sequence, checks it reached the
 //! BLP's running hash, and snapshots its own state. So a snapshot costs the BLP a hand-off of
 //! a few words however large the state, and costs the machine a second engine's memory and
-//! the CPU to apply each command a second time, on the writer thread. The writer encodes the
-//! image ([`encode_image`]), checks that it restores to an engine with the same running hash,
-//! writes it through the data directory's [`Storage`] to a temporary file, syncs it, renames
-//! it into place and syncs the directory, then applies retention. A snapshot that fails
-//! leaves no temporary file behind, is logged and counted ([`SnapshotStats`]); the journal
-//! still holds every command, so it costs only replay time. The writer keeps the image it
+//! the CPU to apply each command a second time, on the writer thread. The writer copies the
+//! shadow into an image, drops the shadow and restores the image at the configured
+//! capacities, as recovery would: the restored engine, checked to carry the same running hash
+//! and state, is the shadow from then on, so the writer never holds two engines. It encodes
+//! the image into the file's buffer ([`EngineImage::encode_into`]) and writes it through the
+//! data directory's [`Storage`] to a temporary file, syncs it, renames it into place and
+//! syncs the directory, then applies retention. Beside the two engines, a node's memory holds
+//! at most one image and one file's bytes at a time ([`working_bytes_max`]). A snapshot that
+//! fails leaves no temporary file behind, is logged and counted ([`SnapshotStats`]); the
+//! journal still holds every command, so it costs only replay time. The writer keeps the image it
 //! wrote and copies the next snapshot into it ([`Engine::copy_image_into`]). A snapshot file:
 //!
 //! ```text
@@ -218,15 +222,6 @@ pub fn list<R: ReadSource>(source: &R) -> Result<Vec<(Sequence, String)>, Snapsh
     Ok(found)
 }
 
-/// The bytes of an engine image: its explicit, versioned layout
-/// ([`EngineImage::encode_into`], `docs/journal-format.md`).
-pub fn encode_image(image: &EngineImage) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    image.encode_into(&mut bytes);
-    assert_eq!(bytes.len(), image.encoded_len(), "an image of another length than it said");
-    Ok(bytes)
-}
-
 /// Validates every byte of an engine image and decodes it ([`EngineImage::decode`]).
 pub fn decode_image(bytes: &[u8]) -> Result<EngineImage, String> {
     EngineImage::decode(bytes).map_err(|e| e.to_string())
@@ -254,18 +249,31 @@ fn write_recording<S: Storage>(
     through: Sequence,
     through_epoch: Option<Epoch>,
 ) -> Result<SnapshotMeta, SnapshotError> {
-    let name = snapshot_name(through);
-    let file = PathBuf::from(storage.describe(&name));
+    let file = PathBuf::from(storage.describe(&snapshot_name(through)));
     // Restored with tables fitted to the state: the check costs in proportion to what the
     // engine holds, and no third engine of the configured size is allocated beside the BLP's
-    // and the shadow's.
+    // and the shadow's. It is dropped before the file is encoded: one or the other is held.
     let engine = Engine::from_image_sized_to_fit(config, image)
-        .map_err(|source| SnapshotError::Restore { file: file.clone(), source })?;
+        .map_err(|source| SnapshotError::Restore { file, source })?;
+    let meta = restored_meta(storage, config, &engine, through, through_epoch);
+    drop(engine);
+    write_file(storage, meta, image)
+}
+
+/// What the header of the snapshot through `through` records of `engine`, restored from the
+/// image the file will hold: its position, clock, hashes and SKU catalogue.
+fn restored_meta<S: Storage>(
+    storage: &S,
+    config: &EngineConfig,
+    engine: &Engine,
+    through: Sequence,
+    through_epoch: Option<Epoch>,
+) -> SnapshotMeta {
     assert!(engine.last_sequence() <= through, "a snapshot covers the commands it includes");
+    let name = snapshot_name(through);
+    let file = PathBuf::from(storage.describe(&name));
     let mut skus: Vec<SkuId> = engine.sku_views().map(|view| view.sku).collect();
     skus.sort_unstable();
-    let payload = encode_image(image)
-        .map_err(|reason| SnapshotError::Invalid { file: file.clone(), reason })?;
     // The record is still in the journal: retention runs after the snapshot is written.
     // An epoch handed in is the journal's (debug builds: looked up again).
     debug_assert!(
@@ -277,8 +285,8 @@ fn write_recording<S: Storage>(
         .or_else(|| crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten());
     // Records are journaled in epoch 1 and later: zero stands for "not recorded".
     assert!(through_epoch.is_none_or(|epoch| epoch.0 > 0), "a record of epoch 0");
-    let meta = SnapshotMeta {
-        name: name.clone(),
+    SnapshotMeta {
+        name,
         file,
         through,
         through_epoch,
@@ -289,22 +297,47 @@ fn write_recording<S: Storage>(
         config: config.clone(),
         skus,
         bytes: 0,
-    };
+    }
+}
+
+/// Encodes `image` under `meta`'s header into one buffer, the file's bytes, and writes it
+/// atomically under `meta`'s name.
+fn write_file<S: Storage>(
+    storage: &S,
+    meta: SnapshotMeta,
+    image: &EngineImage,
+) -> Result<SnapshotMeta, SnapshotError> {
     // The digest recorded is the image's own, computed without restoring (O(state)).
     debug_assert_eq!(meta.state_digest, image.state_digest(), "the image digests apart");
-    let bytes = encode(&meta, &payload);
-    write_atomically(storage, &name, &bytes)?;
+    let bytes = encode(&meta, image);
+    write_atomically(storage, &meta.name, &bytes)?;
     // The pair of the check on loading: the file's header reads back as written.
     debug_assert!(
-        read_meta(storage, &name).is_ok_and(|read| read.state_digest == meta.state_digest),
+        read_meta(storage, &meta.name).is_ok_and(|read| read.state_digest == meta.state_digest),
         "the snapshot written does not read back"
     );
     debug_assert_eq!(
-        read_through(storage, &name).ok(),
-        Some((through, meta.through_epoch)),
+        read_through(storage, &meta.name).ok(),
+        Some((meta.through, meta.through_epoch)),
         "the header's last record does not read back"
     );
     Ok(SnapshotMeta { bytes: bytes.len() as u64, ..meta })
+}
+
+/// The most bytes a snapshot file of an engine under `config` takes: header, image and SKU
+/// catalogue, every table as full as restoring allows.
+#[must_use]
+pub fn file_len_max(config: &EngineConfig) -> u64 {
+    let image = EngineImage::encoded_len_max(config).next_multiple_of(16);
+    SNAPSHOT_HEADER_LEN as u64 + image + 8 * u64::from(config.skus_max)
+}
+
+/// The most memory a node holds for snapshots beside its engines, at any moment: one image
+/// and one file's bytes, as writing a snapshot (the writer's kept image and the file it
+/// encodes) or loading one (the file, then its image) holds them.
+#[must_use]
+pub fn working_bytes_max(config: &EngineConfig) -> u64 {
+    EngineImage::memory_max(config) + file_len_max(config)
 }
 
 /// Installs a snapshot file received whole from elsewhere (a primary, for a standby whose
@@ -339,18 +372,28 @@ pub fn write_now<S: Storage>(
     Ok(meta)
 }
 
-fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
+/// The snapshot file of `image` under `meta`'s header, encoded in place: the image's bytes
+/// are written once, into the file's buffer ([`EngineImage::encode_into`], its explicit,
+/// versioned layout in `docs/journal-format.md`).
+fn encode(meta: &SnapshotMeta, image: &EngineImage) -> Vec<u8> {
     // What `decode_meta` accepts.
     assert!(meta.last_sequence <= meta.through, "a snapshot past its through sequence");
     assert!(meta.config.validate().is_ok(), "a snapshot of an invalid configuration");
     assert!(meta.skus.windows(2).all(|pair| pair[0] < pair[1]), "a SKU catalog not sorted");
-    let padded = image.len().next_multiple_of(16);
-    let mut bytes = vec![0u8; SNAPSHOT_HEADER_LEN + padded + 8 * meta.skus.len()];
-    let (header, body) = bytes.split_at_mut(SNAPSHOT_HEADER_LEN);
-    body[..image.len()].copy_from_slice(image);
-    for (i, sku) in meta.skus.iter().enumerate() {
-        put_u64(body, padded + 8 * i, sku.0);
+    let image_len = image.encoded_len();
+    let padded = image_len.next_multiple_of(16);
+    let len = SNAPSHOT_HEADER_LEN + padded + 8 * meta.skus.len();
+    let mut bytes = Vec::with_capacity(len);
+    bytes.resize(SNAPSHOT_HEADER_LEN, 0);
+    image.encode_into(&mut bytes);
+    assert_eq!(bytes.len(), SNAPSHOT_HEADER_LEN + image_len, "an image of another length");
+    bytes.resize(SNAPSHOT_HEADER_LEN + padded, 0);
+    for sku in &meta.skus {
+        bytes.extend_from_slice(&sku.0.to_le_bytes());
     }
+    // Sized once: the buffer never grew into a second copy.
+    assert_eq!((bytes.len(), bytes.capacity()), (len, len), "the file's buffer was resized");
+    let (header, body) = bytes.split_at_mut(SNAPSHOT_HEADER_LEN);
     header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
     put_u32(header, 8, FORMAT_VERSION);
     put_u32(header, 12, SNAPSHOT_HEADER_LEN as u32);
@@ -360,7 +403,7 @@ fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
     put_u64(header, NOW_OFFSET, meta.now.0);
     put_u64(header, RUNNING_HASH_OFFSET, meta.running_hash);
     put_u64(header, DIGEST_OFFSET, meta.state_digest);
-    put_u64(header, IMAGE_LEN_OFFSET, image.len() as u64);
+    put_u64(header, IMAGE_LEN_OFFSET, image_len as u64);
     put_u32(header, BODY_CRC_OFFSET, crc32c::crc32c(body));
     put_u32(header, SKU_COUNT_OFFSET, meta.skus.len() as u32);
     let (block, more) = header[CONFIG_OFFSET..].split_at_mut(CONFIG_BLOCK_LEN);
@@ -528,6 +571,8 @@ pub fn load<R: ReadSource>(
         file: file.clone(),
         reason: format!("image: {e}"),
     })?;
+    // The file's bytes are not held while the engine is built: the image or them, beside it.
+    drop(bytes);
     let config = config.cloned().unwrap_or_else(|| meta.config.clone());
     let engine = Engine::from_image(config, &image)
         .map_err(|source| SnapshotError::Restore { file: file.clone(), source })?;
@@ -1300,7 +1345,7 @@ impl<S: Storage> Shadow<S> {
                 return JobDone::Failed(error);
             }
         };
-        let (engine, tail) = self.following.as_ref().expect("caught up");
+        let (engine, tail) = self.following.take().expect("caught up");
         // Caught up exactly: the state the BLP had, and the reader at the next record.
         assert_eq!(engine.last_sequence(), job.last_sequence, "the shadow is not at the job");
         assert_eq!(tail.next(), job.through.next(), "the reader is not after the job");
@@ -1314,7 +1359,7 @@ impl<S: Storage> Shadow<S> {
         let epoch = self.last_record.filter(|(at, _)| *at == job.through).map(|(_, epoch)| epoch);
         // Records are journaled in epoch 1 and later.
         assert!(epoch.is_none_or(|epoch| epoch.0 > 0), "record {} of epoch 0", job.through);
-        let written = write_recording(self.dir.storage(), &self.config, &image, job.through, epoch);
+        let written = self.restore_and_write(engine, tail, &image, job.through, epoch);
         self.image = Some(image);
         let meta = match written {
             Ok(meta) => meta,
@@ -1343,6 +1388,35 @@ impl<S: Storage> Shadow<S> {
         let writer_ns = started.elapsed().as_nanos() as u64;
         let retention = retention.map_err(|error| error.to_string());
         JobDone::Written { meta: Box::new(meta), retention, applied, writer_ns }
+    }
+
+    /// Proves `image`, the shadow's state, restores as recovery would restore it, and writes
+    /// it. The engine it restores to, at the configured capacities, is the shadow from here
+    /// on: the old one is dropped first, so the writer holds one engine and the image (and,
+    /// while writing, the file's bytes), never a second engine beside the BLP's and its own.
+    /// An image that does not restore leaves no shadow: the next job starts over from the
+    /// newest snapshot.
+    fn restore_and_write(
+        &mut self,
+        shadow: Engine,
+        tail: Tail<S>,
+        image: &EngineImage,
+        through: Sequence,
+        epoch: Option<Epoch>,
+    ) -> Result<SnapshotMeta, SnapshotError> {
+        let (running_hash, digest) = (shadow.running_hash(), image.state_digest());
+        drop(shadow);
+        let storage = self.dir.storage();
+        let restored = Engine::from_image(self.config.clone(), image).map_err(|source| {
+            let file = PathBuf::from(storage.describe(&snapshot_name(through)));
+            SnapshotError::Restore { file, source }
+        })?;
+        // The shadow it replaces, to the bit: the same running hash and state.
+        assert_eq!(restored.running_hash(), running_hash, "the restored shadow's hash");
+        assert_eq!(restored.state_digest(), digest, "the restored shadow's state");
+        let meta = restored_meta(storage, &self.config, &restored, through, epoch);
+        self.following = Some((restored, tail));
+        write_file(storage, meta, image)
     }
 
     /// Applies the journal's records up to the job's sequence and checks the shadow reached
@@ -1411,14 +1485,16 @@ impl<S: Storage> Shadow<S> {
 
     /// The newest snapshot at or before `through` that loads, and a reader of the journal
     /// after it; or an empty engine and the journal from its first record.
-    fn start_following(&self, through: Sequence) -> Result<(Engine, Tail<S>), String> {
+    fn start_following(&mut self, through: Sequence) -> Result<(Engine, Tail<S>), String> {
+        // Loading decodes an image of its own: the last snapshot's is not held beside it.
+        self.image = None;
         let storage = self.dir.storage();
         let listed = list(storage).map_err(|error| error.to_string())?;
-        let mut start = (Engine::new(self.config.clone()), Sequence(0));
+        let mut start = None;
         for (taken, name) in listed.into_iter().rev().filter(|(taken, _)| *taken <= through) {
             match load(storage, &name, Some(&self.config)) {
                 Ok((engine, _)) => {
-                    start = (engine, taken);
+                    start = Some((engine, taken));
                     break;
                 }
                 Err(error) => {
@@ -1426,7 +1502,9 @@ impl<S: Storage> Shadow<S> {
                 }
             }
         }
-        let (engine, taken) = start;
+        // An empty engine only where no snapshot restored: never two engines at once.
+        let (engine, taken) =
+            start.unwrap_or_else(|| (Engine::new(self.config.clone()), Sequence(0)));
         // Every journal record up to `taken` is in the snapshot, and they are all mutating.
         assert!(engine.last_sequence() <= taken, "a snapshot past its own name");
         let tail = Tail::open(storage.clone(), taken.next())

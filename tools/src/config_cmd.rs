@@ -446,12 +446,15 @@ pub fn defaults() -> ExitCode {
 /// What the engine's tables take at `config`'s capacities, as a TOML comment line.
 fn engine_memory_comment(config: &ringfence_core::EngineConfig) -> String {
     let memory = ringfence_core::Engine::memory(config);
+    let snapshot = ringfence_journal::snapshot::working_bytes_max(config);
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     format!(
         "# [engine] tables: {:.0} MiB, allocated and written at start ({:.0} MiB of indexes, the \
-         rest entries); a node taking snapshots holds a second engine of the same size",
+         rest entries); a node taking snapshots holds a second engine of the same size, and \
+         writing or loading a snapshot up to {:.0} MiB more (an image of full tables and its file)",
         mib(memory.allocated_bytes),
-        mib(memory.index_bytes)
+        mib(memory.index_bytes),
+        mib(snapshot)
     )
 }
 

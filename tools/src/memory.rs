@@ -2,13 +2,16 @@
 //!
 //! An engine allocates and writes every table when it is built ([`Engine::memory`]), so a node
 //! asks for all of it at start, once for its own engine and once more for the snapshot
-//! writer's shadow engine under periodic snapshots. A configuration the machine cannot hold is
-//! refused before recovery begins, with the figures, rather than met by the kernel's
-//! out-of-memory killer halfway through writing the tables.
+//! writer's shadow engine under periodic snapshots; writing or loading a snapshot holds an
+//! image of the state and the file's bytes beside them. A configuration the machine cannot
+//! hold is refused before recovery begins, with the figures, rather than met by the kernel's
+//! out-of-memory killer halfway through writing the tables, or at the first snapshot of a
+//! full sale.
 
 use std::fs;
 
 use ringfence_core::{Engine, EngineConfig};
+use ringfence_journal::snapshot;
 
 const MIB: u64 = 1 << 20;
 
@@ -43,14 +46,22 @@ fn meminfo_field(text: &str, name: &str) -> Option<u64> {
 pub const LOWER_CAPACITIES: &str = "Lower the [engine] capacities (`ringfence defaults` prints \
                                     what the default ones take), or give the node more memory";
 
+/// What `engines` engines of `config` need, with a snapshot's working memory: one image and
+/// one file's bytes, held beside the engines while a snapshot is written or loaded
+/// ([`snapshot::working_bytes_max`]); a node loads one at start whether it takes them or not.
+fn needed_bytes(config: &EngineConfig, engines: u64) -> u64 {
+    let each = Engine::memory(config).allocated_bytes;
+    each.saturating_mul(engines).saturating_add(snapshot::working_bytes_max(config))
+}
+
 /// Refuses `engines` engines of `config` when they need more memory than `available` bytes;
 /// says what they need, what there is, and then `remedy`.
 fn check(config: &EngineConfig, engines: u64, available: u64, remedy: &str) -> Result<(), String> {
-    let each = Engine::memory(config).allocated_bytes;
-    let needed = each.saturating_mul(engines);
+    let needed = needed_bytes(config, engines);
     if needed <= available {
         return Ok(());
     }
+    let each = Engine::memory(config).allocated_bytes;
     let shadow = if engines > 1 {
         " (the node's own and the snapshot writer's shadow engine, built under periodic \
          snapshots)"
@@ -58,10 +69,12 @@ fn check(config: &EngineConfig, engines: u64, available: u64, remedy: &str) -> R
         ""
     };
     Err(format!(
-        "[engine] the tables need {} MiB of memory, written at start: {engines} engine(s) of {} \
-         MiB{shadow}, and only {} MiB is available. {remedy}",
+        "[engine] the tables need {} MiB of memory: {engines} engine(s) of {} MiB{shadow}, \
+         written at start, and up to {} MiB to write or load a snapshot (its image and its \
+         file), and only {} MiB is available. {remedy}",
         needed.div_ceil(MIB),
         each.div_ceil(MIB),
+        snapshot::working_bytes_max(config).div_ceil(MIB),
         available / MIB
     ))
 }
@@ -78,16 +91,20 @@ mod tests {
     #[test]
     fn an_engine_that_fits_passes_and_one_that_does_not_is_refused_with_the_figures() {
         // Goal: the check compares what the engines allocate with what is available, counts
-        // the shadow engine, and names both figures.
+        // the shadow engine and a snapshot's image and file, and names the figures.
         let config = EngineConfig::small();
         let each = Engine::memory(&config).allocated_bytes;
-        assert_eq!(check(&config, 2, 2 * each, LOWER_CAPACITIES), Ok(()));
-        let refusal = check(&config, 2, 2 * each - 1, LOWER_CAPACITIES).expect_err("one byte");
+        let snapshot = snapshot::working_bytes_max(&config);
+        assert!(snapshot > 0, "a snapshot takes memory");
+        assert_eq!(check(&config, 2, 2 * each + snapshot, LOWER_CAPACITIES), Ok(()));
+        let short = 2 * each + snapshot - 1;
+        let refusal = check(&config, 2, short, LOWER_CAPACITIES).expect_err("one byte");
         assert!(refusal.contains("2 engine(s)"), "{refusal}");
         assert!(refusal.contains("shadow engine"), "{refusal}");
+        assert!(refusal.contains("write or load a snapshot"), "{refusal}");
         assert!(refusal.contains("is available") && refusal.ends_with("more memory"), "{refusal}");
-        assert!(check(&config, 1, each, "x").is_ok());
-        let alone = check(&config, 1, each - 1, "Replay elsewhere").expect_err("short");
+        assert!(check(&config, 1, each + snapshot, "x").is_ok());
+        let alone = check(&config, 1, each + snapshot - 1, "Replay elsewhere").expect_err("short");
         assert!(!alone.contains("shadow") && alone.ends_with("Replay elsewhere"), "{alone}");
     }
 

@@ -62,6 +62,67 @@ impl EngineImage {
         self.claims.sort_unstable();
         self.deadlines.sort_unstable();
     }
+
+    /// Entries in each table, in the image's order: SKUs, orders, finished orders, deadlines,
+    /// holdings, batches, coupons, claims, request keys.
+    pub(super) fn table_lens(&self) -> [usize; 9] {
+        [
+            self.skus.len(),
+            self.orders.len(),
+            self.finished.len(),
+            self.deadlines.len(),
+            self.holdings.len(),
+            self.batches.len(),
+            self.coupons.len(),
+            self.claims.len(),
+            self.keys.len(),
+        ]
+    }
+
+    /// The most entries each table of an image under `config` holds ([`Self::table_lens`]'s
+    /// order): what [`Engine::from_image`] accepts.
+    pub(super) fn table_lens_max(config: &EngineConfig) -> [usize; 9] {
+        assert!(config.validate().is_ok(), "bounds of an invalid configuration");
+        let orders = config.orders_max as usize;
+        let lens = [
+            config.skus_max as usize,
+            orders,
+            orders,
+            2 * orders,
+            config.holdings_max as usize,
+            config.batches_max as usize,
+            config.coupons_max as usize,
+            config.coupons_max as usize,
+            config.request_keys_max as usize,
+        ];
+        // A valid configuration has room for one entry in every table.
+        assert!(lens.iter().all(|&len| len >= 1), "a table bounded at no entry: {lens:?}");
+        lens
+    }
+
+    /// The most memory an image of an engine under `config` takes: every table as full as
+    /// restoring allows. [`Engine::copy_image_into`] sizes each table to the state it copies,
+    /// so an image reused for snapshot after snapshot never holds more.
+    #[must_use]
+    pub fn memory_max(config: &EngineConfig) -> u64 {
+        let entry_sizes = [
+            size_of::<Sku>(),
+            size_of::<Order>(),
+            size_of::<u32>(),
+            size_of::<Deadline>(),
+            size_of::<Holding>(),
+            size_of::<Batch>(),
+            size_of::<Coupon>(),
+            size_of::<Claim>(),
+            size_of::<RememberedKey>(),
+        ];
+        assert!(entry_sizes.iter().all(|&size| size > 0), "an entry of no bytes");
+        let lens = EngineImage::table_lens_max(config);
+        let bytes: usize = lens.iter().zip(entry_sizes).map(|(&len, size)| len * size).sum();
+        // At least the request keys, each with its whole outcome.
+        assert!(bytes >= lens[8] * size_of::<RememberedKey>(), "keys not counted");
+        (size_of::<EngineImage>() + bytes) as u64
+    }
 }
 
 /// Mutable views of an image's tables, so that tests can damage one field at a time.
@@ -485,18 +546,29 @@ fn state_digest(
 
 /// Replaces `table`'s contents with `len` entries, growing its allocation at most once.
 fn refill<T>(table: &mut Vec<T>, len: usize, entries: impl Iterator<Item = T>) {
-    table.clear();
-    table.reserve(len);
+    make_room(table, len);
     table.extend(entries);
     assert_eq!(table.len(), len);
+}
+
+/// Empties `table` with room for exactly `len` entries when it has less: an image's tables
+/// never hold more than the largest state copied into them ([`EngineImage::memory_max`]),
+/// and the old allocation is freed before the new one is made.
+fn make_room<T>(table: &mut Vec<T>, len: usize) {
+    table.clear();
+    if table.capacity() < len {
+        *table = Vec::new();
+        table.reserve_exact(len);
+    }
+    assert!(table.is_empty(), "room made in a table still holding entries");
+    assert!(table.capacity() >= len, "no room made for {len} entries");
 }
 
 /// Replaces `table`'s contents with the concatenated `parts` (a vector, or a ring buffer's two
 /// halves), copied as whole slices.
 fn refill_from<T: Copy>(table: &mut Vec<T>, parts: &[&[T]]) {
     let len = parts.iter().map(|part| part.len()).sum();
-    table.clear();
-    table.reserve(len);
+    make_room(table, len);
     for part in parts {
         table.extend_from_slice(part);
     }

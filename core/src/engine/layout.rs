@@ -60,6 +60,7 @@ use crate::codec::{
     self, DecodeError, ENCODING_VERSION, OUTCOME_LEN_MAX, Reader, Sink, Writer, coupon_state_parts,
     order_state_byte, read_coupon_state, read_order_state,
 };
+use crate::config::EngineConfig;
 use crate::snowflake::{COUNTER_BITS, Snowflake};
 use crate::types::{
     BatchId, CouponId, OrderId, PaymentRef, RequestKey, Sequence, SkuId, Timestamp, UserId,
@@ -361,18 +362,17 @@ impl EngineImage {
     /// Bytes [`EngineImage::encode_into`] appends.
     #[must_use]
     pub fn encoded_len(&self) -> usize {
-        let tables = [
-            self.skus.len() * Sku::LEN,
-            self.orders.len() * Order::LEN,
-            self.finished.len() * u32::LEN,
-            self.deadlines.len() * Deadline::LEN,
-            self.holdings.len() * Holding::LEN,
-            self.batches.len() * Batch::LEN,
-            self.coupons.len() * Coupon::LEN,
-            self.claims.len() * Claim::LEN,
-            self.keys.len() * RememberedKey::LEN,
-        ];
-        HEADER_LEN + tables.len() * 4 + tables.iter().sum::<usize>()
+        encoded_len_of(self.table_lens())
+    }
+
+    /// The most bytes [`EngineImage::encode_into`] appends for an image of an engine under
+    /// `config`: every table as full as restoring allows.
+    #[must_use]
+    pub fn encoded_len_max(config: &EngineConfig) -> u64 {
+        let len = encoded_len_of(EngineImage::table_lens_max(config));
+        // Every table has room for an entry, so the fullest image holds one of each.
+        assert!(len > HEADER_LEN + 9 * 4, "a full image of empty tables");
+        len as u64
     }
 
     /// Appends the image in the layout of the module documentation (version
@@ -766,4 +766,22 @@ impl Entry for RememberedKey {
         assert_eq!(r.offset() - start, Self::LEN, "a request-key entry read at another length");
         Ok(RememberedKey { user, key, expires_at, fingerprint, outcome })
     }
+}
+
+/// Bytes of an encoded image whose tables hold `lens` entries, in the image's table order.
+fn encoded_len_of(lens: [usize; 9]) -> usize {
+    let entry_lens = [
+        Sku::LEN,
+        Order::LEN,
+        u32::LEN,
+        Deadline::LEN,
+        Holding::LEN,
+        Batch::LEN,
+        Coupon::LEN,
+        Claim::LEN,
+        RememberedKey::LEN,
+    ];
+    assert!(entry_lens.iter().all(|&len| len > 0), "an entry encoded in no bytes");
+    let tables: usize = lens.iter().zip(entry_lens).map(|(&len, entry)| len * entry).sum();
+    HEADER_LEN + lens.len() * 4 + tables
 }

@@ -1736,6 +1736,53 @@ fn memory_is_what_the_tables_allocate() {
 }
 
 #[test]
+fn an_image_of_full_tables_takes_what_its_bounds_say() {
+    // Goal: `EngineImage::memory_max` and `encoded_len_max`, which the memory check counts
+    // for a snapshot, are exactly what an image holds and encodes with every table as full
+    // as a restore accepts, and a real image copied into one reused for a larger state and
+    // back never keeps more room than that.
+    use std::mem::size_of_val;
+    let config = EngineConfig::small();
+    let mut h = Harness::new();
+    restore_workload(&mut h);
+    let mut image = h.engine.to_image();
+    let tables = image.tables_mut();
+    let lens = super::EngineImage::table_lens_max(&config);
+    fn fill<T: Clone>(table: &mut Vec<T>, len: usize) -> usize {
+        assert!(!table.is_empty(), "the workload left a table empty");
+        let entry = table[0].clone();
+        *table = vec![entry; len];
+        size_of_val(table.as_slice())
+    }
+    let bytes = fill(tables.skus, lens[0])
+        + fill(tables.orders, lens[1])
+        + fill(tables.finished, lens[2])
+        + fill(tables.deadlines, lens[3])
+        + fill(tables.holdings, lens[4])
+        + fill(tables.batches, lens[5])
+        + fill(tables.coupons, lens[6])
+        + fill(tables.claims, lens[7])
+        + fill(tables.keys, lens[8]);
+    let memory = (size_of_val(&image) + bytes) as u64;
+    assert_eq!(super::EngineImage::memory_max(&config), memory);
+    let mut encoded = Vec::new();
+    image.encode_into(&mut encoded);
+    assert_eq!(super::EngineImage::encoded_len_max(&config), encoded.len() as u64);
+    // Copied into, the full image keeps its room but is never grown past a table's length;
+    // a fresh one is sized to the state exactly.
+    h.engine.copy_image_into(&mut image);
+    assert_eq!(image, h.engine.to_image_unsorted(), "the copy holds the state");
+    let room = |image: &mut super::EngineImage| {
+        let t = image.tables_mut();
+        t.skus.capacity() + t.orders.capacity() + t.keys.capacity() + t.deadlines.capacity()
+    };
+    assert_eq!(room(&mut image), lens[0] + lens[1] + lens[8] + lens[3], "room kept");
+    let mut fresh = h.engine.to_image_unsorted();
+    let t = fresh.tables_mut();
+    assert_eq!((t.keys.capacity(), t.orders.capacity()), (t.keys.len(), t.orders.len()));
+}
+
+#[test]
 fn request_key_is_forgotten_once_its_window_has_passed() {
     // Goal: a key is remembered for `request_key_window_ms` of logical time; a retry at the end
     // of the window executes again as a new command.
