@@ -15,7 +15,8 @@
 //! 3. copies the snapshots then present that the copied journal reaches (through a sequence
 //!    from one before its first record to its last). A copy whose journal starts after
 //!    sequence 1 needs one of them; when retention took every one it could use, the copy is
-//!    made again from step 1;
+//!    made again from step 1. An empty snapshot file, which cannot load, is left out and
+//!    named as damaged, as step 5 does with any other that fails;
 //! 4. copies the epoch file (read after the records, so its epochs are at least theirs),
 //!    writes a manifest listing the copied segments, the clean-stop marker when the node
 //!    stopped cleanly where the copy ends, and the catch-up marker: the copy lacks whatever
@@ -30,7 +31,8 @@
 //! is damage at rest, which recovery refuses too.
 //!
 //! [`backup_dir`] builds the copy under `DEST.partial` and renames it to `DEST` only once it
-//! is whole and synced, so `DEST` either does not exist or is a whole copy. The directory
+//! is whole and synced, so `DEST` either does not exist or is a whole copy; whichever step
+//! fails, `DEST.partial` is removed. The directory
 //! copied is only read.
 
 use std::io;
@@ -114,20 +116,34 @@ pub fn backup_dir(
             partial.display()
         )));
     }
+    let copied = build_and_place(dir, dest, &partial, subdirectories, progress);
+    if copied.is_err() {
+        // Nothing of a refused or failed copy is left behind, whichever step failed.
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    assert!(!partial.exists() || copied.is_err(), "a copy placed and left in {PARTIAL_SUFFIX}");
+    assert!(copied.is_err() || dest.is_dir(), "a copy made and not placed");
+    copied
+}
+
+/// [`backup_dir`]'s steps after its checks: the copy built in `partial`, then renamed to `dest`
+/// and synced there. On an error `partial` may hold part of a copy (the caller removes it).
+fn build_and_place(
+    dir: &Path,
+    dest: &Path,
+    partial: &Path,
+    subdirectories: &[&str],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<BackedUp, JournalError> {
+    assert!(!dest.exists(), "a backup over {}", dest.display());
     let mut source = ReadOnlyDir::open(dir)?;
-    let storage = FileStorage::open(&partial)
+    let storage = FileStorage::open(partial)
         .map_err(|e| JournalError::io(format!("creating {}", partial.display()), e))?;
-    let copied = match backup(&mut source, &storage, progress) {
-        Ok(copied) => copied,
-        Err(error) => {
-            // Nothing of a refused or failed copy is left behind.
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(error);
-        }
-    };
-    copy_subdirectories(dir, &partial, subdirectories)?;
+    let copied = backup(&mut source, &storage, progress)?;
+    copy_subdirectories(dir, partial, subdirectories)?;
     datadir::sync_dir(&storage)?;
-    std::fs::rename(&partial, dest).map_err(|e| {
+    assert!(partial.is_dir(), "the copy was built nowhere");
+    std::fs::rename(partial, dest).map_err(|e| {
         JournalError::io(format!("renaming {} to {}", partial.display(), dest.display()), e)
     })?;
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -248,8 +264,9 @@ fn attempt_copy<R: ReadSource, S: Storage>(
     let first = first_kept.header.first_sequence;
     let last = layout.last_sequence();
     let end = kept.last().map_or(first, |s| s.ends_at());
-    let snapshots = copy_snapshots(source, dest, first, end, &mut bytes)?;
-    if first.0 > 1 && snapshots.is_empty() {
+    let (snapshots, damaged_snapshots) = copy_snapshots(source, dest, first, end, &mut bytes)?;
+    // With only damaged ones to start from, step 5 refuses the copy, naming them.
+    if first.0 > 1 && snapshots.is_empty() && damaged_snapshots.is_empty() {
         return Ok(Attempt::Raced(format!(
             "the journal starts at {first}, and retention took every snapshot it reaches"
         )));
@@ -292,7 +309,7 @@ fn attempt_copy<R: ReadSource, S: Storage>(
         bytes,
         left_out: layout.problem.as_ref().map(|p| p.sequence),
         clean_stop,
-        damaged_snapshots: Vec::new(),
+        damaged_snapshots,
     }))
 }
 
@@ -388,16 +405,20 @@ fn read_segment<R: ReadSource>(
 }
 
 /// Copies the snapshots present that the copied journal, from `first` through `end`, reaches;
-/// the sequences they hold the state through, oldest first.
+/// the sequences they hold the state through, oldest first, and why each empty one (which
+/// cannot load) was left out. Step 5 checks the others.
 fn copy_snapshots<R: ReadSource, S: Storage>(
     source: &R,
     dest: &S,
     first: Sequence,
     end: Sequence,
     bytes: &mut u64,
-) -> Result<Vec<Sequence>, JournalError> {
+) -> Result<(Vec<Sequence>, Vec<String>), JournalError> {
+    // The copied journal's end is its last record, or just before its first (none held).
+    assert!(first <= end.next(), "a journal ending before its first record");
     let reaches = |through: Sequence| through.next() >= first && through <= end;
     let mut copied = Vec::new();
+    let mut damaged = Vec::new();
     for (through, name) in snapshot::list(source)? {
         if !reaches(through) {
             continue;
@@ -413,13 +434,29 @@ fn copy_snapshots<R: ReadSource, S: Storage>(
                 ));
             }
         };
+        if contents.is_empty() {
+            // Damage at rest: left out as recovery passes over it, and said why.
+            damaged.push(empty_snapshot(source, &name));
+            continue;
+        }
         crate::storage::write_atomically(dest, &name, &contents)?;
         *bytes += contents.len() as u64;
         copied.push(through);
     }
     assert!(copied.windows(2).all(|pair| pair[0] < pair[1]), "snapshots out of order");
     assert!(copied.iter().all(|&through| reaches(through)), "a snapshot the journal misses");
-    Ok(copied)
+    Ok((copied, damaged))
+}
+
+/// Why the empty snapshot `name` in `source` is left out, as its load says.
+fn empty_snapshot<R: ReadSource>(source: &R, name: &str) -> String {
+    assert!(name.ends_with(".snap"), "not a snapshot: {name}");
+    let why = match snapshot::load(source, name, None) {
+        Err(error) => error.to_string(),
+        Ok(_) => format!("{}: the file is empty", source.describe_file(name)),
+    };
+    assert!(!why.is_empty(), "a snapshot left out for no reason");
+    why
 }
 
 /// Step 5: the copy read back as recovery reads it. A snapshot whose copy does not load is

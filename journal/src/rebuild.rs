@@ -407,6 +407,10 @@ fn locate<R: ReadSource>(
             None => return Err(format!("{describe} does not hold sequence {start}")),
         }
     };
+    if copy.is_some() {
+        // Checked before the marker is written: `copy_segment` makes the new header from it.
+        source_header(&bytes, *first).map_err(|why| format!("{describe}: {why}"))?;
+    }
     drop(bytes);
     let rest = if copy.is_some() { &segments[from + 1..] } else { &segments[from..] };
     if !rest.is_empty() {
@@ -434,6 +438,28 @@ fn locate<R: ReadSource>(
     assert!(last >= through, "the records after the snapshot end before it");
     let segments = segments.to_vec();
     Ok(Located { through, snapshot: String::new(), from, copy, copied, last, segments })
+}
+
+/// The header of the segment a rebuild copies records from (or, with none after the snapshot,
+/// makes the new segment's header from): it must decode and name the segment's `first`
+/// sequence, or the records' settings and the new segment's length are unknown.
+fn source_header(bytes: &[u8], first: Sequence) -> Result<SegmentHeader, String> {
+    assert!(first.0 >= 1, "a segment before sequence 1");
+    let header = format::decode_segment_header(bytes).map_err(|problem| {
+        format!(
+            "its header is damaged ({problem}): the settings its records were written with are \
+             unknown, and the new segment's header is made from it"
+        )
+    })?;
+    if header.first_sequence != first {
+        return Err(format!(
+            "its header names first sequence {}, not {first} as its name does",
+            header.first_sequence
+        ));
+    }
+    // The pair of the check in `copy_segment`, which decodes the same header again.
+    assert_eq!(header.first_sequence, first, "a header for another segment");
+    Ok(header)
 }
 
 /// In a segment's `bytes` (first record `first`): the byte range of records `start` on to the

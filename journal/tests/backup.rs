@@ -33,6 +33,24 @@ fn journal() -> (FaultStorage, Vec<Sequenced>) {
 }
 
 #[test]
+fn an_empty_snapshot_is_left_out_of_a_backup_as_damaged() {
+    // Goal: a zero-length snapshot (damage at rest, which recovery passes over) is named as
+    // damaged and left out of the copy; the copy starts from the intact ones and recovers.
+    let (disk, commands) = journal();
+    let (newest, name) = snapshot::list(&disk).unwrap().pop().expect("a snapshot");
+    disk.set_len(&name, 0);
+    let copy = FaultStorage::new();
+    let copied = backup(&mut disk.clone(), &copy, &mut |_, _| {}).unwrap();
+    assert!(!copied.snapshots.contains(&newest), "{copied:?}");
+    assert!(!copied.snapshots.is_empty(), "the older snapshots are copied: {copied:?}");
+    let [damaged] = &copied.damaged_snapshots[..] else { panic!("{copied:?}") };
+    assert!(damaged.contains(&name), "{damaged}");
+    assert!(Storage::file_len(&copy, &name).is_err(), "the empty snapshot was copied");
+    let restored = recover_from(copy.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(restored.engine.state_digest(), digest_of(&commands));
+}
+
+#[test]
 fn a_backup_recovers_to_the_state_of_every_record_it_copied() {
     // Goal: the copy of a stopped journal holds every retained record and the snapshots it
     // reaches, says the node stopped cleanly there, is marked catching up, and recovers to

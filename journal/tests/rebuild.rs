@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, digest_of, generate, journal_with_snapshots, options, record_at};
+use common::{config, digest_of, files, generate, journal_with_snapshots, options, record_at};
 use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
@@ -44,6 +44,24 @@ fn damage_covered(disk: &FaultStorage) -> (Sequence, Sequence) {
         }
     }
     panic!("no snapshot falls mid-segment");
+}
+
+#[test]
+fn a_rebuild_refused_for_a_damaged_segment_header_changes_nothing() {
+    // Goal: the new segment's header is made from the header of the segment the records after
+    // the snapshot are copied from; with that header damaged the rebuild is refused before its
+    // marker is written, naming the header, and the directory is left as it was.
+    let (disk, _) = journal();
+    let (through, _) = snapshot::list(&disk).unwrap().pop().expect("a snapshot");
+    let (segment, _) = record_at(&disk, through.next());
+    let first = format::parse_segment_name(&segment).unwrap();
+    assert!(first <= through, "the snapshot's next record starts {segment}");
+    disk.corrupt(&segment, 20, 0xFF);
+    let before = files(&disk);
+    let refused = rebuild::rebuild(&disk).unwrap_err().to_string();
+    assert!(rebuild::rebuilding(&disk).unwrap().is_none(), "a refused rebuild left its marker");
+    assert_eq!(files(&disk), before, "a refused rebuild changed the directory");
+    assert!(refused.contains("header is damaged"), "{refused}");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use clap::{Args, Subcommand};
 use ringfence_core::{Command, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_ingress::http::views::CommandJson;
 use ringfence_journal::datadir::{self, CleanStop, DirCheck};
-use ringfence_journal::error::JournalError;
+use ringfence_journal::error::{Damage, JournalError};
 use ringfence_journal::lock::{self, Holder};
 use ringfence_journal::recovery::{self, recover};
 use ringfence_journal::salvage::{self, Salvaged};
@@ -78,7 +78,10 @@ pub enum JournalCommand {
     /// (`dump --json` lines, with request keys); nothing is dropped if that file cannot be
     /// written. The sequences no intact record holds are printed as lost. The journal loses
     /// them unless the other node or a backup has them: where one holds the damaged record,
-    /// `heal` repairs without dropping anything.
+    /// `heal` repairs without dropping anything. A truncation that fails after it started
+    /// keeps that file and says where; running it again (or the node's next start) finishes
+    /// it. Refused while a rebuild is under way (run `journal rebuild` first) and while a node
+    /// runs.
     Truncate(TruncateArgs),
     /// Repair without loss: when a snapshot covers the damage (it holds the state through a
     /// sequence at or after the damaged record) and the records after it are intact, start the
@@ -357,10 +360,7 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
         found.push(Finding::Note(format!("live directory: node {holder} is writing it")));
     }
     if let Ok(Some(through)) = ringfence_journal::rebuild::rebuilding(&opened.source) {
-        found.push(Finding::Note(format!(
-            "a rebuild after the snapshot through {through} was cut off part way; the node's next \
-             start (or `journal rebuild`) finishes it"
-        )));
+        found.push(rebuild_finding(&opened.source, through));
     }
     let listed = scan::ReadSource::list_files(&opened.source).unwrap_or_default();
     let superseded = listed
@@ -426,6 +426,29 @@ fn findings(opened: &Opened, to: Sequence) -> Vec<Finding> {
         note => found.extend(note.into_iter().chain(scan_finding(opened, to))),
     }
     found
+}
+
+/// What a rebuild under way after the snapshot through `through` calls for: the node's next
+/// start (or `journal rebuild`) finishes it, unless that snapshot is gone, when both refuse.
+fn rebuild_finding(source: &ReadOnlyDir, through: Sequence) -> Finding {
+    let name = snapshot::snapshot_name(through);
+    if scan::ReadSource::file_len(source, &name).is_ok() {
+        return Finding::Note(format!(
+            "a rebuild after the snapshot through {through} was cut off part way; the node's next \
+             start (or `journal rebuild`) finishes it"
+        ));
+    }
+    let stale = snapshot::stale_name(&name);
+    let dir = source.dir();
+    Finding::Refused(format!(
+        "a rebuild after the snapshot through {through} was cut off part way, but {} is gone: \
+         the node refuses to start and `journal rebuild` cannot finish it. Put that snapshot \
+         back (from a backup, or rename {} back if it is there), then run `ringfence journal \
+         rebuild {}`",
+        dir.join(&name).display(),
+        dir.join(&stale).display(),
+        dir.display()
+    ))
 }
 
 /// What the clean-stop marker says of a stopped node's journal: where it stopped, or, if the
@@ -573,6 +596,7 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
     let damaged = opened.layout.problem.as_ref().filter(|p| !p.torn_tail).map(|p| p.sequence);
     if let Some(at) = damaged.filter(|_| opened.live.is_none()) {
         found.extend(past_damage_note(&mut opened.source, at));
+        found.extend(header_damage_note(&opened));
     }
     let (snapshots, bad_snapshot) = verify_snapshots(&opened.source)?;
     let refused = found.iter().any(|f| matches!(f, Finding::Refused(_)));
@@ -745,6 +769,11 @@ impl DumpLine {
 fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
     let mut opened = open(&args.dir)?;
     let (source, layout) = (&mut opened.source, &opened.layout);
+    if args.from == Some(0) {
+        return Err(JournalError::Options(
+            "--from must be at least 1: sequences start at 1".into(),
+        ));
+    }
     let from = Sequence(args.from.unwrap_or(1));
     let to = Sequence(args.to.unwrap_or(u64::MAX));
     let stdout = io::stdout();
@@ -961,19 +990,23 @@ fn time_span(layout: &Layout) -> Option<(Timestamp, Timestamp)> {
 }
 
 fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
+    if args.at_seq == Some(0) {
+        return Err(JournalError::Options("--at-seq must be at least 1".to_owned()));
+    }
+    // First: a cut now could set aside the snapshot the rebuild under way starts after.
+    refuse_while_rebuilding(&ReadOnlyDir::open(&args.dir)?, &args.dir)?;
     let at_seq = match args.at_seq {
         Some(at_seq) => at_seq,
         None => after_the_end(&args.dir)?,
     };
-    if at_seq == 0 {
-        return Err(JournalError::Options("--at-seq must be at least 1".to_owned()));
-    }
     let mut source = ReadOnlyDir::open(&args.dir)?;
     if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
         return Err(JournalError::NoData { dir: args.dir.display().to_string() });
     }
     // Exclusive: truncating a journal a node is appending to would cut it under the node.
     let storage = FileStorage::open_exclusive(&args.dir)?;
+    // Again under the lock: a rebuild may have been cut off since the first look.
+    refuse_while_rebuilding(&storage, &args.dir)?;
     let at = Sequence(at_seq);
     // What is cut off may be the only copy of acknowledged writes: kept first, read past any
     // damage, and nothing is dropped if it cannot be kept.
@@ -988,13 +1021,7 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
     })?;
     let truncation = match recovery::truncate(&storage, at) {
         Ok(truncation) => truncation,
-        Err(error) => {
-            // Nothing was dropped, so nothing is kept.
-            if let Some((file, _)) = &kept {
-                let _ = std::fs::remove_file(file);
-            }
-            return Err(error);
-        }
+        Err(error) => return Err(truncation_failed(args, at, error, kept.as_ref(), &storage)),
     };
     match &kept {
         Some((file, count)) => outln!(
@@ -1048,6 +1075,54 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuses a truncation while a rebuild is under way (its `rebuilding` marker is present): the
+/// cut could set aside the snapshot the rebuild starts the journal after, leaving a marker
+/// that neither the node nor `journal rebuild` can finish. The rebuild is finished first.
+fn refuse_while_rebuilding<R: scan::ReadSource>(
+    source: &R,
+    dir: &Path,
+) -> Result<(), JournalError> {
+    let Some(through) = ringfence_journal::rebuild::rebuilding(source)? else { return Ok(()) };
+    Err(JournalError::Refused(format!(
+        "cannot truncate: a rebuild of {} after the snapshot through {through} is under way (cut \
+         off part way); run `ringfence journal rebuild {}` first to finish it, then truncate if \
+         it is still needed. Nothing was changed",
+        dir.display(),
+        dir.display()
+    )))
+}
+
+/// The error of a truncation that failed at `at`. One that had started (its `truncating`
+/// marker is there) may have removed segments or cut one: the records it was dropping are
+/// kept in the rollback file, and running it again (or the node's next start) finishes it.
+/// One that changed nothing dropped nothing, so the rollback file is removed.
+fn truncation_failed(
+    args: &TruncateArgs,
+    at: Sequence,
+    error: JournalError,
+    kept: Option<&(PathBuf, u64)>,
+    storage: &FileStorage,
+) -> JournalError {
+    if datadir::truncation_under_way(storage).is_none() {
+        if let Some((file, _)) = kept {
+            let _ = std::fs::remove_file(file);
+        }
+        return error;
+    }
+    let where_kept = match kept {
+        Some((file, count)) => {
+            format!("the {count} records from sequence {at} on are kept in {}", file.display())
+        }
+        None => format!("no intact record from sequence {at} on was there to keep"),
+    };
+    JournalError::Refused(format!(
+        "{error}. The truncation at sequence {at} had started and may have dropped records: \
+         {where_kept}. Run `ringfence journal truncate {} --at-seq {at}` again once the cause is \
+         cleared (or start the node) to finish it",
+        args.dir.display()
+    ))
+}
+
 /// The sequences `salvaged` found no intact record of, for the operator to reconcile: their
 /// count and their runs, e.g. `3 sequences (1000, 1402..=1403)`.
 fn missing_text(salvaged: &Salvaged) -> String {
@@ -1086,6 +1161,24 @@ fn past_damage_note(source: &mut ReadOnlyDir, at: Sequence) -> Option<Finding> {
         "past the damage at sequence {at}: {} intact records ({first}..={last}), which `journal \
          truncate --at-seq {at}` would keep in rollback/ as it drops them{missing}",
         salvaged.records
+    )))
+}
+
+/// For damage to a segment's header, which repairs work: `rebuild` makes no header from a
+/// damaged one, so it needs a snapshot whose next record lies in a later segment; `heal`
+/// replaces records only.
+fn header_damage_note(opened: &Opened) -> Option<Finding> {
+    let problem = opened.layout.problem.as_ref()?;
+    let Damage::SegmentHeader(_) = problem.damage else { return None };
+    let file = opened.source.dir().join(&problem.name);
+    Some(Finding::Note(format!(
+        "the damage is to the header of {}, which names the [engine] settings its records were \
+         written with: `journal rebuild` repairs it only from a snapshot whose next record lies \
+         in a later segment (otherwise it refuses, changing nothing), and `journal heal` \
+         replaces records, not headers; `journal truncate --at-seq {}` drops the records from \
+         there on, keeping them in rollback/",
+        file.display(),
+        problem.sequence
     )))
 }
 

@@ -182,6 +182,16 @@ fn dump_prints_a_range_as_text_or_json_lines() {
 }
 
 #[test]
+fn dump_from_zero_is_refused_clearly() {
+    // Goal: sequences start at 1: `dump --from 0` is an error that says so, not a panic.
+    let dir = TempDir::new("dump-from-zero");
+    write_journal(dir.path(), 10, &[]);
+    let out = ringfence(&["journal", "dump", dir.path().to_str().unwrap(), "--from", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--from must be at least 1"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn stats_counts_commands_by_kind() {
     // Goal: stats accounts for every record, by kind and by segment.
     let dir = TempDir::new("stats");
@@ -345,6 +355,113 @@ fn truncate_is_the_explicit_repair_for_corruption() {
 /// The files in `dir`'s `rollback/`.
 fn rollback_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir.join("rollback")).unwrap().map(|entry| entry.unwrap().path()).collect()
+}
+
+/// The files in `dir` whose names end with `suffix`, sorted.
+fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().ends_with(suffix))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_truncation_that_fails_part_way_keeps_what_it_dropped_in_rollback() {
+    // Goal: a truncation that fails after it removed segments (here a directory stands where
+    // the newest snapshot is set aside; a full disk fails the same steps) keeps its rollback
+    // file, the only copy of what it dropped, says so, and a second run finishes it.
+    let dir = TempDir::new("truncate-fails");
+    write_journal(dir.path(), 3_000, &[]);
+    let path = dir.path().to_str().unwrap();
+    let segments = files_ending(dir.path(), ".seg");
+    assert!(segments.len() >= 3, "{segments:?}");
+    let newest = files_ending(dir.path(), ".snap").pop().unwrap();
+    let in_the_way = format!("{}.stale", newest.display());
+    std::fs::create_dir(&in_the_way).unwrap();
+    let failed = ringfence(&["journal", "truncate", path, "--at-seq", "1000"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stdout));
+    assert!(files_ending(dir.path(), ".seg").len() < segments.len(), "nothing was removed");
+    let [kept] = &rollback_files(dir.path())[..] else { panic!("the rollback file is gone") };
+    let lines = std::fs::read_to_string(kept).unwrap().lines().count();
+    assert_eq!(lines, 2_001, "records 1000..=3000 are kept");
+    let said = text(&failed.stderr);
+    assert!(said.contains(&kept.display().to_string()), "{said}");
+    assert!(said.contains("truncate") && said.contains("again"), "{said}");
+
+    std::fs::remove_dir(&in_the_way).unwrap();
+    let again = ringfence(&["journal", "truncate", path, "--at-seq", "1000"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(kept.exists(), "the second run dropped the first one's rollback file");
+    let verify = ringfence(&["journal", "verify", path]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
+}
+
+#[test]
+fn truncate_is_refused_while_a_rebuild_is_under_way() {
+    // Goal: a truncation could set aside the snapshot a rebuild cut off part way starts after,
+    // leaving a marker nothing can finish: it is refused, changing nothing, and says to
+    // finish the rebuild first.
+    let dir = TempDir::new("truncate-over-rebuild");
+    write_journal(dir.path(), 3_000, &[]);
+    let path = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("rebuilding"), "3000\nA rebuild was under way.\n").unwrap();
+    let snapshots = files_ending(dir.path(), ".snap");
+    let refused = ringfence(&["journal", "truncate", path, "--at-seq", "2500"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+    let said = text(&refused.stderr);
+    assert!(said.contains(&format!("ringfence journal rebuild {path}")), "{said}");
+    assert_eq!(files_ending(dir.path(), ".snap"), snapshots, "a snapshot was set aside");
+    assert!(!dir.path().join("rollback").exists(), "a refused truncation kept records");
+    assert!(!dir.path().join("truncating").exists(), "a refused truncation started");
+}
+
+#[test]
+fn verify_reports_a_rebuild_under_way_whose_snapshot_is_gone() {
+    // Goal: a `rebuilding` marker naming a snapshot no longer there is a directory the node
+    // refuses to start on and `journal rebuild` cannot finish: verify says so and exits 1.
+    let dir = TempDir::new("rebuild-snapshot-gone");
+    write_journal(dir.path(), 3_000, &[]);
+    let path = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("rebuilding"), "3000\nA rebuild was under way.\n").unwrap();
+    let under_way = ringfence(&["journal", "verify", path]);
+    assert_eq!(under_way.status.code(), Some(0), "{}", text(&under_way.stderr));
+    let snapshot = dir.path().join("snapshot-00000000000000003000.snap");
+    std::fs::rename(&snapshot, format!("{}.stale", snapshot.display())).unwrap();
+    let gone = ringfence(&["journal", "verify", path]);
+    assert_eq!(gone.status.code(), Some(1), "{}", text(&gone.stdout));
+    let said = text(&gone.stderr);
+    assert!(said.contains(&format!("{} is gone", snapshot.display())), "{said}");
+}
+
+#[test]
+fn verify_advice_and_rebuild_agree_on_a_damaged_segment_header() {
+    // Goal: with the header of the newest segment damaged, verify does not offer `journal
+    // rebuild` from a snapshot inside it, and a rebuild tried anyway is refused before its
+    // marker is written, changing nothing; `truncate` at the segment then repairs it.
+    let dir = TempDir::new("rebuild-header");
+    write_journal(dir.path(), 3_000, &[]);
+    let path = dir.path().to_str().unwrap();
+    let newest = files_ending(dir.path(), ".seg").pop().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[20..24].fill(0xff);
+    std::fs::write(&newest, &bytes).unwrap();
+    let verify = ringfence(&["journal", "verify", path]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify.stdout));
+    let header_note = format!("the damage is to the header of {}", newest.display());
+    assert!(text(&verify.stdout).contains(&header_note), "{}", text(&verify.stdout));
+
+    let before = files_ending(dir.path(), "");
+    let rebuild = ringfence(&["journal", "rebuild", path]);
+    assert_eq!(rebuild.status.code(), Some(1), "{}", text(&rebuild.stdout));
+    assert!(text(&rebuild.stderr).contains("header"), "{}", text(&rebuild.stderr));
+    assert!(!dir.path().join("rebuilding").exists(), "a refused rebuild left its marker");
+    assert_eq!(files_ending(dir.path(), ""), before, "a refused rebuild changed the directory");
+    let first = newest.file_stem().unwrap().to_str().unwrap().trim_start_matches('0').to_owned();
+    let truncate = ringfence(&["journal", "truncate", path, "--at-seq", &first]);
+    assert_eq!(truncate.status.code(), Some(0), "{}", text(&truncate.stderr));
 }
 
 #[test]
