@@ -98,6 +98,9 @@ fn main() -> ExitCode {
     if !quiet {
         ringfence_ingress::logging::init();
     }
+    if !matches!(cli.command, TopCommand::Serve(_)) {
+        end_quietly_on_a_closed_pipe();
+    }
     match cli.command {
         TopCommand::Serve(args) => serve::run(&args),
         TopCommand::Client(args) => client_cmd::run(args),
@@ -110,4 +113,18 @@ fn main() -> ExitCode {
         TopCommand::Replay(args) => replay::run(&args),
         TopCommand::Sim(args) => sim::run(&args),
     }
+}
+
+/// A command whose output is piped into a reader that stops early (`ringfence defaults | head
+/// -1`, `journal dump | head`) ends there, as Unix tools do, rather than panicking on the
+/// next write or reading on for nothing. The Rust runtime ignores `SIGPIPE`; this restores its
+/// default action. Not for `serve`, which must outlive any reader. The other commands write
+/// their sockets with `TcpStream::write` (`send` with `MSG_NOSIGNAL`), so a node that closes
+/// on them is an error they report, never this signal.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: called on the main thread before any other is started; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // Ignored by the runtime before `main`: anything else is a surprise, not a failure.
+    debug_assert_eq!(previous, libc::SIG_IGN, "SIGPIPE was not ignored");
 }

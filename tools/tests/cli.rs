@@ -1159,3 +1159,23 @@ fn a_follower_that_retention_overtook_says_where_to_pick_up() {
     assert!(refusal.contains(&format!("an export after sequence {after} needs the state")));
     assert!(refusal.contains(" to export from "), "{refusal}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_the_command_quietly() {
+    // Goal: a command whose reader has gone (`ringfence defaults | head -1`) ends as Unix
+    // tools do, by SIGPIPE, with nothing on stderr — not with a panic and a backtrace.
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    for args in [&["defaults"][..], &["config", "example"][..]] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run ringfence");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {:?}", out.status);
+        assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
+    }
+}
