@@ -137,7 +137,11 @@ impl Startup {
         facts: &Facts,
         said: &mut String,
     ) -> Result<Option<Decided>, String> {
-        self.renew()?;
+        if let Err(error) = self.renew() {
+            // Waited out as an unreachable witness is: the next round grants a lease again.
+            wait(said, error);
+            return Ok(None);
+        }
         let plan = match self.coordinator.read() {
             Ok(view) => {
                 if let Some((leader, sync)) = taken_unanswered(&view, me, self.lease) {
@@ -173,10 +177,7 @@ impl Startup {
                     Err(error) => log(format_args!("coordination: campaign failed: {error}")),
                 }
             }
-            Plan::Wait(reason) if reason != *said => {
-                log(format_args!("coordination: {reason}"));
-                *said = reason;
-            }
+            Plan::Wait(reason) => wait(said, reason),
             _ => {}
         }
         Ok(None)
@@ -200,13 +201,15 @@ impl Startup {
         Ok(Held { stop, thread })
     }
 
-    /// Renews the lease; a lease that expired while waiting is granted again.
+    /// Renews the lease; a lease that expired while waiting is granted again. A failed grant
+    /// leaves the expired lease in place, so the next renewal grants again.
     fn renew(&mut self) -> Result<(), String> {
         let sent = ms(&*self.clock);
         match self.coordinator.keep_alive(self.lease) {
             Ok(0) => {
-                self.lease =
-                    self.coordinator.grant(self.config.timing.ttl_s).map_err(|e| e.to_string())?;
+                let granted = self.coordinator.grant(self.config.timing.ttl_s);
+                self.lease = granted
+                    .map_err(|e| format!("the lease expired and no new one was granted: {e}"))?;
                 self.renewed_ms = sent;
             }
             Ok(_) => self.renewed_ms = sent,
@@ -254,16 +257,30 @@ impl Held {
     }
 }
 
+/// A candidate waits this round for `reason`, logged once while it stays the same.
+fn wait(said: &mut String, reason: String) {
+    if reason != *said {
+        log(format_args!("coordination: {reason}"));
+        *said = reason;
+    }
+}
+
 fn ms(clock: &dyn Clock) -> u64 {
     clock.now_ns() / 1_000_000
 }
 
 /// What the operator asks of the driver, with where the answer goes.
 enum Request {
-    SetMode(AckMode, Sender<Result<(), String>>),
-    Switchover(Sender<Result<(), String>>),
+    SetMode(AckMode, Reply),
+    Switchover(Reply),
     Stop,
 }
+
+/// Where the answer to an operator's request goes. The driver takes the sender right before it
+/// acts; the asker takes it back when it gives up waiting. Whoever takes it first decides, so
+/// an asker told that nothing changed is told the truth: the driver finds the sender gone and
+/// leaves the request undone.
+type Reply = Arc<Mutex<Option<Sender<Result<(), String>>>>>;
 
 /// Restarts the process as a candidate, with the reason; does not return.
 pub type Rejoin = Box<dyn Fn(&str) + Send>;
@@ -282,16 +299,25 @@ impl Coordination {
         self.figures.lock().expect("never poisoned").clone()
     }
 
-    fn ask(
-        &self,
-        request: impl FnOnce(Sender<Result<(), String>>) -> Request,
-    ) -> Result<(), String> {
-        let (reply, answer) = mpsc::channel();
-        let sent = self.requests.lock().expect("never poisoned").send(request(reply));
+    /// Queues `request` for the driver and waits for its answer. A request the driver has not
+    /// begun when the wait ends is withdrawn, so it is never carried out; one it has begun is
+    /// waited for once more, as long as its calls to the witness may take.
+    fn ask(&self, request: impl FnOnce(Reply) -> Request) -> Result<(), String> {
+        let (sender, answer) = mpsc::channel();
+        let reply: Reply = Arc::new(Mutex::new(Some(sender)));
+        let sent = self.requests.lock().expect("never poisoned").send(request(Arc::clone(&reply)));
         sent.map_err(|_| "the coordination thread has stopped".to_owned())?;
-        answer
-            .recv_timeout(self.timeout)
-            .map_err(|_| "the witness did not answer in time; nothing changed".to_owned())?
+        if let Ok(answered) = answer.recv_timeout(self.timeout) {
+            return answered;
+        }
+        if reply.lock().expect("never poisoned").take().is_some() {
+            return Err("the witness did not answer in time; nothing changed".into());
+        }
+        answer.recv_timeout(self.timeout).unwrap_or_else(|_| {
+            Err("the witness did not answer in time; the change may be made all the same: see \
+                 /v1/node before asking again"
+                .into())
+        })
     }
 
     /// Switches the acknowledgement mode: `async` is written to the witness first.
@@ -439,18 +465,39 @@ impl Driver {
         let tick = Duration::from_millis(self.config.timing.renew_ms).min(TICK_MAX);
         loop {
             self.step();
-            match inbox.recv_timeout(tick) {
-                Ok(Request::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Ok(Request::SetMode(mode, reply)) => {
-                    let _ = reply.send(self.set_mode(mode));
-                }
-                Ok(Request::Switchover(reply)) => {
-                    let _ = reply.send(self.switchover());
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+            let serving = match inbox.recv_timeout(tick) {
+                Ok(request) => self.serve(request),
+                Err(RecvTimeoutError::Timeout) => true,
+                Err(RecvTimeoutError::Disconnected) => false,
+            };
+            if !serving {
+                break;
             }
         }
         self.stop();
+    }
+
+    /// Serves one operator's request; `false` for [`Request::Stop`].
+    fn serve(&mut self, request: Request) -> bool {
+        match request {
+            Request::SetMode(mode, reply) => self.answer(&reply, |d| d.set_mode(mode)),
+            Request::Switchover(reply) => self.answer(&reply, Driver::switchover),
+            Request::Stop => return false,
+        }
+        true
+    }
+
+    /// Carries out an operator's request with `act` and answers it, unless its asker gave up
+    /// waiting first and was told that nothing changed: then it is left undone. A round that
+    /// waited long on the witness leaves requests queued behind it.
+    fn answer(&mut self, reply: &Reply, act: impl FnOnce(&mut Driver) -> Result<(), String>) {
+        let Some(sender) = reply.lock().expect("never poisoned").take() else {
+            return log(format_args!(
+                "coordination: an admin request left undone: it was answered that nothing \
+                 changed when the witness did not answer in time"
+            ));
+        };
+        let _ = sender.send(act(self));
     }
 
     /// The pilot: its state, the leader it knows, its deadline.
@@ -717,7 +764,8 @@ impl Driver {
                         ));
                     }
                 }
-                self.record(sync, after);
+                // Written and answered: acted on as recorded, not written a second time.
+                self.recorded(sync, after);
                 Ok(())
             }
             Plan::Wait(why) => Err(why),
@@ -903,6 +951,7 @@ pub fn candidate_facts(
 mod tests {
     use ringfence_core::Timestamp;
     use ringfence_core::pipeline::ManualClock;
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
     use crate::coordination::pilot::Timing;
@@ -916,10 +965,28 @@ mod tests {
         lose_campaign_answer: bool,
         /// Registrations refused (the witness unreachable) before one goes through.
         refuse_registrations: usize,
+        /// While set, lease grants fail as unreachable (etcd without a leader for a moment).
+        refuse_grants: Arc<AtomicBool>,
+        /// In-sync record writes that go through; later ones fail as unreachable, unwritten.
+        sync_writes_left: Arc<AtomicUsize>,
+    }
+
+    /// The shared `witness`, every call answered.
+    fn reach(witness: &Arc<Mutex<MemoryCoordinator>>) -> LosingAnswers {
+        LosingAnswers {
+            witness: Arc::clone(witness),
+            lose_campaign_answer: false,
+            refuse_registrations: 0,
+            refuse_grants: Arc::new(AtomicBool::new(false)),
+            sync_writes_left: Arc::new(AtomicUsize::new(usize::MAX)),
+        }
     }
 
     impl Coordinator for LosingAnswers {
         fn grant(&mut self, ttl_s: u64) -> Result<LeaseId, CoordinatorError> {
+            if self.refuse_grants.load(Ordering::Acquire) {
+                return Err(CoordinatorError::Unreachable("a grant timed out".into()));
+            }
             self.witness.lock().unwrap().grant(ttl_s)
         }
         fn keep_alive(&mut self, lease: LeaseId) -> Result<u64, CoordinatorError> {
@@ -946,6 +1013,11 @@ mod tests {
             leader: &LeaderValue,
             sync: &SyncRecord,
         ) -> Result<bool, CoordinatorError> {
+            let left = self.sync_writes_left.load(Ordering::Acquire);
+            if left == 0 {
+                return Err(CoordinatorError::Unreachable("the write timed out".into()));
+            }
+            self.sync_writes_left.store(left - 1, Ordering::Release);
             self.witness.lock().unwrap().record_sync(leader, sync)
         }
         fn resign(&mut self, leader: &LeaderValue) -> Result<bool, CoordinatorError> {
@@ -995,11 +1067,7 @@ mod tests {
         // to expire while renewing it, and nobody would ever lead. It starts as the primary
         // of the epoch its campaign took instead, with the record the campaign wrote.
         let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
-        let coordinator = LosingAnswers {
-            witness: Arc::clone(&witness),
-            lose_campaign_answer: true,
-            refuse_registrations: 0,
-        };
+        let coordinator = LosingAnswers { lose_campaign_answer: true, ..reach(&witness) };
         let mut startup = startup("a", coordinator, Arc::new(ManualClock::new(Timestamp(0))));
         let me = identity("a");
         let facts = candidate_facts(Sequence(0), 0, AckMode::Sync, false);
@@ -1046,11 +1114,7 @@ mod tests {
             assert!(witness.campaign(&leader, lease, 0, &sync).unwrap());
             leader
         };
-        let coordinator = LosingAnswers {
-            witness: Arc::clone(&witness),
-            lose_campaign_answer: false,
-            refuse_registrations: 1,
-        };
+        let coordinator = LosingAnswers { refuse_registrations: 1, ..reach(&witness) };
         let (control, _replica) = crate::control::tests::standby(false);
         let node = crate::control::tests::node_failing_at(Sequence(3));
         control.use_journal(node.promoter());
@@ -1082,5 +1146,139 @@ mod tests {
         assert_eq!(view.leader, None, "nobody took the key");
         let waiting = driver.status().waiting.unwrap_or_default();
         assert!(waiting.contains("b's journal failed after sequence 2"), "{waiting}");
+    }
+
+    /// The record of a primary `a` that led in epoch 1 and had no standby in sync.
+    fn a_recorded_alone() -> (LeaderValue, SyncRecord) {
+        let leader = LeaderValue {
+            version: RECORDS_VERSION,
+            node: "a".into(),
+            epoch: 1,
+            replication: "127.0.0.1:7101".into(),
+            http: None,
+        };
+        let sync = SyncRecord {
+            version: RECORDS_VERSION,
+            epoch: 1,
+            primary: "a".into(),
+            standby: None,
+            mode: AckMode::Sync.name().into(),
+            primary_last: 10,
+        };
+        (leader, sync)
+    }
+
+    #[test]
+    fn a_waiting_candidate_whose_lease_expired_waits_out_a_failed_grant() {
+        // Goal: a candidate waits out every witness error at start ("a node waits for etcd").
+        // Here `b` waits, since the record names `a` alone; its lease expires (the process was
+        // paused, or cut off from etcd past the TTL), and the grant of a new one fails once.
+        // `b` goes on waiting, where an error would make `serve` exit, and the next round
+        // grants it a new lease.
+        let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
+        {
+            let mut witness = witness.lock().unwrap();
+            let lease = witness.grant(1).unwrap();
+            let (leader, sync) = a_recorded_alone();
+            assert!(witness.campaign(&leader, lease, 0, &sync).unwrap());
+            witness.now_ms = 5_000;
+        }
+        let coordinator = reach(&witness);
+        let refuse_grants = Arc::clone(&coordinator.refuse_grants);
+        let mut startup = startup("b", coordinator, Arc::new(ManualClock::new(Timestamp(0))));
+        let (me, facts) = (identity("b"), candidate_facts(Sequence(10), 1, AckMode::Sync, false));
+        let mut said = String::new();
+        assert!(startup.decide_round(&me, &facts, &mut said).unwrap().is_none());
+        assert!(said.contains("does not let b take over"), "{said}");
+        let expired = startup.lease;
+
+        witness.lock().unwrap().now_ms = 20_000;
+        refuse_grants.store(true, Ordering::Release);
+        let round = startup.decide_round(&me, &facts, &mut said);
+        assert!(matches!(round, Ok(None)), "b gave up on one failed grant: {:?}", round.err());
+        assert!(said.contains("no new one was granted"), "{said}");
+
+        refuse_grants.store(false, Ordering::Release);
+        assert!(startup.decide_round(&me, &facts, &mut said).unwrap().is_none());
+        assert!(said.contains("does not let b take over"), "{said}");
+        assert_ne!(startup.lease, expired, "granted again");
+        assert!(witness.lock().unwrap().keep_alive(startup.lease).unwrap() > 0);
+    }
+
+    /// The primary `a` on the shared witness `reach` leads to, in office: its driver, not
+    /// running, its control and its node.
+    fn primary(reach: LosingAnswers) -> (Driver, Arc<Control>, ringfence_core::pipeline::Node) {
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let mut startup = startup("a", reach, clock);
+        let (me, facts) = (identity("a"), candidate_facts(Sequence(0), 1, AckMode::Sync, false));
+        let mut said = String::new();
+        let decided = (0..5)
+            .find_map(|_| startup.decide_round(&me, &facts, &mut said).unwrap())
+            .expect("an empty witness lets a lead");
+        let Decided::Primary { leader, .. } = &decided else { panic!("a leads: {said}") };
+        let epoch = Epoch(leader.epoch);
+        let (control, node) = crate::control::tests::standby(false);
+        control.use_journal(node.promoter());
+        assert_eq!(control.promote_to(&node.promoter(), epoch), Ok(epoch));
+        let rejoin: Rejoin = Box::new(|why| panic!("no rejoin expected: {why}"));
+        let decided = (me, decided);
+        let mut driver =
+            Driver::new(startup, decided, Arc::clone(&control), node.promoter(), rejoin);
+        driver.step();
+        assert_eq!(driver.status().state, "leader", "it took office");
+        (driver, control, node)
+    }
+
+    fn recorded_mode(witness: &Arc<Mutex<MemoryCoordinator>>) -> AckMode {
+        witness.lock().unwrap().read().unwrap().sync.expect("a record").ack_mode()
+    }
+
+    #[test]
+    fn a_switch_to_async_is_written_once_and_made_once_the_witness_answered() {
+        // Goal: the primary switches to `async` once the witness answered that it records it.
+        // The record is written once: a second write, whose answer may be lost, would leave
+        // the primary in `sync` while the operator is told the switch was made.
+        let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
+        let coordinator = reach(&witness);
+        let sync_writes_left = Arc::clone(&coordinator.sync_writes_left);
+        let (mut driver, control, _node) = primary(coordinator);
+        assert_eq!(control.facts().mode, AckMode::Sync);
+
+        sync_writes_left.store(1, Ordering::Release);
+        assert_eq!(driver.set_mode(AckMode::Async), Ok(()));
+        assert_eq!(recorded_mode(&witness), AckMode::Async);
+        assert_eq!(control.facts().mode, AckMode::Async, "told it switched, it runs async");
+        assert_eq!(sync_writes_left.load(Ordering::Acquire), 0, "one write");
+    }
+
+    #[test]
+    fn a_mode_switch_answered_nothing_changed_is_never_made() {
+        // Goal: an admin call whose wait ran out (the driver's round hung on a witness whose
+        // members time out) is answered "nothing changed", and that holds: the driver, reaching
+        // the queued request later, leaves it undone, so the witness and the primary stay in
+        // `sync`. A request the driver begins while its asker waits is made and answered.
+        let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
+        let (mut driver, control, _node) = primary(reach(&witness));
+        let (requests, inbox) = mpsc::channel();
+        let figures = Arc::clone(&driver.figures);
+        let coordination = |timeout| Coordination {
+            requests: Mutex::new(requests.clone()),
+            figures: Arc::clone(&figures),
+            thread: Mutex::new(None),
+            timeout,
+        };
+
+        let told = coordination(Duration::from_millis(10)).set_mode(AckMode::Async);
+        assert_eq!(told, Err("the witness did not answer in time; nothing changed".into()));
+        assert!(driver.serve(inbox.try_recv().expect("queued")), "the driver goes on");
+        assert_eq!(recorded_mode(&witness), AckMode::Sync, "told \"nothing changed\"");
+        assert_eq!(control.facts().mode, AckMode::Sync, "told \"nothing changed\"");
+
+        let patient = coordination(Duration::from_secs(60));
+        let asking = thread::spawn(move || patient.set_mode(AckMode::Async));
+        assert!(driver.serve(inbox.recv_timeout(Duration::from_secs(20)).expect("queued")));
+        assert_eq!(asking.join().unwrap(), Ok(()));
+        assert_eq!(recorded_mode(&witness), AckMode::Async);
+        assert_eq!(control.facts().mode, AckMode::Async);
     }
 }

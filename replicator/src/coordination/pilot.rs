@@ -565,7 +565,7 @@ impl Pilot {
     }
 
     /// The operator asks for `mode`: async is recorded before it is used; sync is used at
-    /// once (the record follows as the standby catches up).
+    /// once, and [`Pilot::maintain_record`] rewrites the record at the next round.
     pub fn mode_request(&self, mode: AckMode, facts: &Facts) -> Plan {
         let Phase::Primary { leader, in_office } = &self.phase else {
             return Plan::Wait("only the leader records the mode".into());
