@@ -203,7 +203,8 @@ const KEYS: &[Key] = &[
     key(
         "server",
         "request_timeout_ms",
-        "A request (or a response being written) must complete within this long.",
+        "A request must arrive whole within this long of its first byte, and a response being \
+        written must be taken within it; a pipelining client is timed per request.",
     ),
     key(
         "server",

@@ -246,11 +246,13 @@ fn read_header<'a>(
     } else if name.eq_ignore_ascii_case("transfer-encoding") {
         head.transfer_encoding = true;
     } else if name.eq_ignore_ascii_case("connection") {
-        let value = header.value;
-        if value.eq_ignore_ascii_case(b"close") {
-            head.keep_alive = false;
-        } else if http_10 && value.eq_ignore_ascii_case(b"keep-alive") {
-            head.keep_alive = true;
+        // A comma-separated list of options (RFC 9110 section 7.6.1): `TE, close` closes.
+        for option in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if option.eq_ignore_ascii_case(b"close") {
+                head.keep_alive = false;
+            } else if http_10 && option.eq_ignore_ascii_case(b"keep-alive") {
+                head.keep_alive = true;
+            }
         }
     } else if name.eq_ignore_ascii_case("expect") {
         head.expects_continue =

@@ -268,11 +268,21 @@ impl Conn {
         }
     }
 
+    /// Takes the request framed in the first `used` bytes of the input. The slow-client
+    /// timeout then times the request after it, from the end of this turn: a client that
+    /// keeps pipelining, its writes ending part way into its next request, is never slow.
+    pub fn consume(&mut self, used: usize) {
+        assert!(used > 0, "a request framed in no bytes");
+        assert!(self.input_start + used <= self.input_end, "a request past the input read");
+        self.input_start += used;
+        self.partial_since = None;
+    }
+
     /// Notes whether an incomplete request waits at the end of `input`, for the slow-client
     /// timeout. Input held back while reading is paused, or until the connection's next turn,
-    /// is not the client's slowness.
+    /// is not the client's slowness, nor is input no longer read (the connection closing).
     pub fn note_partial(&mut self, now: Instant) {
-        let held = self.read_paused || self.yielded;
+        let held = self.read_paused || self.yielded || self.stop_reading || self.closing;
         let waiting = self.input_start < self.input_end && !held;
         match (waiting, self.partial_since) {
             (true, None) => self.partial_since = Some(now),
@@ -517,6 +527,24 @@ impl Conn {
             return Some("idle for idle_timeout_ms (idle_timeout_busy_ms while busy)");
         }
         None
+    }
+
+    /// For an HTTP connection whose half-sent request timed out while earlier requests are
+    /// still owed answers: drops that request, reads nothing more, and lets the connection
+    /// close once those answers are written (`is_finished`). A response goes to the oldest
+    /// request unanswered, so a 408 sent first would read as one of theirs. `false` where
+    /// nothing is owed, or nothing is half-sent: the connection closes now.
+    pub fn finish_before_closing(&mut self) -> bool {
+        let owed = self.in_flight > 0 || !self.http_queue.is_empty();
+        let open = !(self.dead || self.closing);
+        if self.protocol != Protocol::Http || !owed || !open || self.partial_since.is_none() {
+            return false;
+        }
+        self.input_start = self.input_end;
+        self.stop_reading = true;
+        self.partial_since = None;
+        assert!(!self.can_read() && !self.is_finished(), "answers owed, nothing more read");
+        true
     }
 
     /// Tells a client with a half-sent request why it is being disconnected.

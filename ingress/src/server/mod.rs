@@ -150,7 +150,10 @@ pub struct ServerConfig {
     /// The idle timeout instead while a listener is busy: more than three quarters of its
     /// `connections_max` open.
     pub idle_timeout_busy_ms: u64,
-    /// A request (or a response being written) must complete within this long.
+    /// A request must arrive whole within this long of its first byte, and a response being
+    /// written must be taken within it. A half-sent request that runs out is answered 408
+    /// (`timeout` on the binary port) and the connection closed; behind requests still owed
+    /// answers it is dropped instead, and the connection closes once they are written.
     pub request_timeout_ms: u64,
     /// Retry hint sent with `busy` and capacity refusals on the binary port.
     pub busy_retry_ms: u32,
@@ -878,6 +881,16 @@ impl<B: Backend> Server<B> {
                 let normal = idle_timeout(false, &self.config);
                 if listener_busy && reason.starts_with("idle") && quiet_for < normal {
                     self.metrics.busy_idle_timeouts += 1;
+                }
+                if conn.finish_before_closing() {
+                    self.log.warn(
+                        now,
+                        format_args!(
+                            "dropping a request: {reason}; the connection closes once the \
+                             answers it is owed are written"
+                        ),
+                    );
+                    continue;
                 }
                 self.log.warn(now, format_args!("closing a connection: {reason}"));
                 conn.write_timeout_notice();

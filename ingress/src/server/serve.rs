@@ -119,6 +119,7 @@ impl<B: Backend> Server<B> {
                     Err(error) => (0, Err(error)),
                     Ok(Some((frame, used))) => {
                         conn.turn_left -= 1;
+                        let correlation = frame.correlation;
                         let decoded = match wire::decode_request(&frame) {
                             Ok(wire::Request::Command(command)) => Ok(Decoded::Command(command)),
                             Ok(wire::Request::Auth(token)) => Ok(Decoded::Auth(self.authenticate(
@@ -131,8 +132,8 @@ impl<B: Backend> Server<B> {
                             Ok(wire::Request::Ping) => Ok(Decoded::Ping),
                             Err(error) => Err(error),
                         };
-                        conn.input_start += used;
-                        (frame.correlation, decoded)
+                        conn.consume(used);
+                        (correlation, decoded)
                     }
                 };
             match decoded {
@@ -283,13 +284,17 @@ impl<B: Backend> Server<B> {
                     Ok(Framed::Complete(request, used)) => {
                         conn.turn_left -= 1;
                         let routed = self.route_http(conn.peer, &request, now);
-                        conn.input_start += used;
+                        let framed = (request.keep_alive, request.method == "HEAD", routed);
+                        conn.consume(used);
                         conn.continue_sent = false;
-                        (request.keep_alive, request.method == "HEAD", routed)
+                        framed
                     }
                 };
             self.metrics.request(Protocol::Http);
             if !keep_alive {
+                // Nothing after a request that closes the connection is served: bytes the
+                // client sent behind it are dropped, never timed as a slow request.
+                conn.input_start = conn.input_end;
                 conn.stop_reading = true;
             }
             let response = match routed {
