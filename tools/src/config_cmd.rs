@@ -174,7 +174,8 @@ const KEYS: &[Key] = &[
     key(
         "server",
         "rate_per_sec",
-        "Requests per second per connection (token bucket); 0 means unlimited.",
+        "Requests per second per connection (token bucket), counting those submitted to the \
+        node, queries included (not /health, /metrics, /v1/node, PING); 0 means unlimited.",
     ),
     key("server", "rate_burst", "Requests a connection may send at once after being quiet."),
     key(

@@ -130,7 +130,10 @@ pub struct ServerConfig {
     /// event loop, connections are cut, the one holding the most first, until the total is
     /// within the budget (`ringfence_outbound_budget_disconnects_total`).
     pub outbound_total_max: usize,
-    /// Requests per second per connection (token bucket); 0 means unlimited.
+    /// Requests per second per connection (token bucket); 0 means unlimited. Counted are the
+    /// requests submitted to the node, queries included; what the event loop answers itself
+    /// (`/health`, `/ready`, `/metrics`, `/v1/node`, the OpenAPI document, `PING`, `NODE`) is
+    /// bounded by the per-turn budget instead.
     pub rate_per_sec: u32,
     /// Requests a connection may send at once after being quiet.
     pub rate_burst: u32,
