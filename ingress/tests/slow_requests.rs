@@ -272,9 +272,19 @@ fn hostile_mixed_clients_never_stop_the_event_loop() {
                         Some(r#"{"request_id":"a","user":1,"sku":1,"qty":1}"#),
                         None,
                     ),
-                    b"POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 44\r\n\r\n".to_vec(),
+                    concat!(
+                        "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\n",
+                        "Expect: 100-continue\r\nContent-Length: 44\r\n\r\n"
+                    )
+                    .as_bytes()
+                    .to_vec(),
                     br#"{"request_id":"b","user":1,"sku":1,"qty":1}"#.to_vec(),
-                    b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_vec(),
+                    concat!(
+                        "GET /health HTTP/1.1\r\nHost: localhost\r\n",
+                        "Connection: close\r\n\r\n"
+                    )
+                    .as_bytes()
+                    .to_vec(),
                     b"GET /health HTTP/1.0\r\n\r\n".to_vec(),
                     b"GET /v1/skus/1 HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n".to_vec(),
                     b"GET /v1/skus HTTP/1.1\r\nHost: evil.example\r\n\r\n".to_vec(),
