@@ -382,6 +382,37 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// Connects to the first of the addresses `address` (`host:port`) names that accepts within
+/// `timeout`, in the resolver's order, each given an equal share of the time left: a name
+/// such as `localhost` may stand for `::1` and `127.0.0.1`, and a node listens on one of them.
+/// The stream and the address it reached; the last address's error when none accepts.
+pub fn connect_first(address: &str, timeout: Duration) -> io::Result<(TcpStream, SocketAddr)> {
+    connect_first_of(&address, timeout)
+}
+
+/// [`connect_first`] over any list of addresses.
+fn connect_first_of(
+    address: &impl std::net::ToSocketAddrs,
+    timeout: Duration,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    let addresses: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
+    let deadline = Instant::now() + timeout;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
+    for (tried, candidate) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / u32::try_from(addresses.len() - tried).unwrap_or(u32::MAX);
+        match TcpStream::connect_timeout(candidate, share.max(Duration::from_millis(1))) {
+            Ok(stream) => {
+                // The stream reached the address it was asked for.
+                debug_assert_eq!(stream.peer_addr().ok(), Some(*candidate));
+                return Ok((stream, *candidate));
+            }
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +457,30 @@ mod tests {
     /// The first eight bytes of a PONG frame as long as a frame may be.
     fn head_of_large_pong() -> Vec<u8> {
         [&1_020u32.to_le_bytes()[..], b"RF", &[1, Kind::Pong as u8]].concat()
+    }
+
+    #[test]
+    fn a_name_reaches_the_address_that_accepts_not_only_its_first() {
+        // Goal: a host name is tried address by address: where `localhost` stands for `::1`
+        // first and the node listens on 127.0.0.1 only, it is reached all the same (as curl
+        // reaches it). Here a name with two addresses, the first refusing.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let closed = {
+            let spare = TcpListener::bind("127.0.0.1:0").unwrap();
+            spare.local_addr().unwrap()
+        };
+        struct Two(SocketAddr, SocketAddr);
+        impl std::net::ToSocketAddrs for Two {
+            type Iter = std::vec::IntoIter<SocketAddr>;
+            fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+                Ok(vec![self.0, self.1].into_iter())
+            }
+        }
+        let (_, reached) = connect_first_of(&Two(closed, open), Duration::from_secs(5)).unwrap();
+        assert_eq!(reached, open);
+        let refused = connect_first_of(&Two(closed, closed), Duration::from_secs(5));
+        assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
     }
 
     #[test]

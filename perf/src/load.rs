@@ -10,10 +10,10 @@
 //! the figures), and a `max` run stops sending at the units left.
 
 use std::cmp::Ordering;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::io::{self, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use ringfence_core::{Command, Outcome, Query, SkuId};
@@ -212,17 +212,23 @@ fn reconcile(before: Stock, after: Stock, acknowledged: u64, unanswered: u64) ->
 /// Resolves the address and the token, reads the SKU and refuses a load it cannot carry: a
 /// closed SKU, or fixed rates that need more units than it has.
 fn plan(args: &LoadArgs) -> Result<Planned, String> {
-    let addr = args
-        .addr
-        .to_socket_addrs()
-        .map_err(|e| format!("--addr {}: {e}", args.addr))?
-        .next()
-        .ok_or_else(|| format!("--addr {}: no address", args.addr))?;
+    // Durations a run can take: finite, and within what a clock can count.
+    let lasts = |seconds: f64| Duration::try_from_secs_f64(seconds).is_ok_and(|d| d < DAY);
+    if !(args.duration_s > 0.0 && lasts(args.duration_s) && lasts(args.warmup_s)) {
+        return Err(
+            "--duration-s must be above 0 and --warmup-s at least 0, each under a day".into()
+        );
+    }
+    // An IP address as it is; of a name's addresses, the first that accepts (`localhost` may
+    // be `::1` first).
+    let addr = match args.addr.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => ringfence_ingress::connect_first(&args.addr, CONNECT_TIMEOUT)
+            .map(|(_, addr)| addr)
+            .map_err(|e| format!("--addr {}: {e}", args.addr))?,
+    };
     let token = token(args.token_file.as_ref())?;
     let rates = if args.rates.is_empty() { vec![None] } else { args.rates.clone() };
-    if !(args.duration_s > 0.0 && args.warmup_s >= 0.0) {
-        return Err("--duration-s must be above 0 and --warmup-s at least 0".into());
-    }
     let before = read_stock(addr, args.http, args.sku, token.as_deref())
         .map_err(|e| format!("reading SKU {} before the run: {e}", args.sku))?;
     if !before.open {
@@ -346,15 +352,14 @@ fn read_stock(
 }
 
 fn read_stock_http(addr: SocketAddr, sku: u64, token: Option<&str>) -> Result<Stock, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| e.to_string())?;
     let auth = token.map_or(String::new(), |token| format!("Authorization: Bearer {token}\r\n"));
     let request =
         format!("GET /v1/skus/{sku} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let response = read_answer(&mut stream, Instant::now() + CONNECT_TIMEOUT)?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or("a response without a body")?;
     let view: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("{head}: {e}"))?;
     let status = head.split(' ').nth(1).unwrap_or("?");
@@ -365,6 +370,35 @@ fn read_stock_http(addr: SocketAddr, sku: u64, token: Option<&str>) -> Result<St
         (Some(available), Some(reserved), Some(open)) => Ok(Stock { available, reserved, open }),
         _ => Err(format!("not a SKU: {body}")),
     }
+}
+
+/// How long `load` waits to reach the node, and for each answer while it sets up and checks.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a run or its warm-up may last.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// The most of an answer `load` reads while it sets up and checks: a SKU's view is small.
+const ANSWER_LEN_MAX: usize = 1 << 20;
+
+/// Reads `stream` to its end by `deadline`, each read waiting only for the time left: a node
+/// that trickles its answer cannot hold the run's setup.
+fn read_answer(stream: &mut TcpStream, deadline: Instant) -> Result<String, String> {
+    let mut answer = Vec::new();
+    let mut chunk = [0_u8; 8 * 1024];
+    while answer.len() <= ANSWER_LEN_MAX {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no whole answer within {} s", CONNECT_TIMEOUT.as_secs()));
+        }
+        stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match stream.read(&mut chunk) {
+            Ok(0) => return String::from_utf8(answer).map_err(|e| e.to_string()),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!("an answer of more than {ANSWER_LEN_MAX} bytes"))
 }
 
 #[cfg(test)]

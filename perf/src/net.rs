@@ -60,6 +60,9 @@ pub trait Protocol {
     }
 }
 
+/// How long a connection may take to open and, where it authenticates, to be answered.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One decoded response, borrowing the bytes it was read from.
 pub struct Decoded<'a> {
     /// Bytes it occupied.
@@ -119,7 +122,7 @@ fn connect_all(
 ) -> io::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(connections);
     for index in 0..connections {
-        let mut std_stream = std::net::TcpStream::connect(addr)?;
+        let mut std_stream = std::net::TcpStream::connect_timeout(&addr, SETUP_TIMEOUT)?;
         protocol.handshake(&mut std_stream)?;
         std_stream.set_nodelay(true)?;
         std_stream.set_nonblocking(true)?;
@@ -439,10 +442,16 @@ impl Protocol for BinaryReserve {
         let mut frame = Vec::new();
         wire::encode_auth(&mut frame, 0, token.as_bytes());
         stream.write_all(&frame)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // The whole answer within the bound: each read waits only for the time left.
+        let deadline = Instant::now() + SETUP_TIMEOUT;
         let mut input = Vec::new();
         let mut chunk = [0u8; 512];
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to AUTH in time"));
+            }
+            stream.set_read_timeout(Some(left))?;
             if let Some((frame, _)) = wire::try_frame(&input).map_err(io::Error::other)? {
                 return match wire::decode_response(&frame) {
                     Ok(Response::AuthOk) => Ok(()),

@@ -182,10 +182,14 @@ fn load_reserves_on_a_running_node_over_both_protocols_and_counts_what_it_was_re
 
     // Refused before anything is sent.
     create_sku(&server, 8, 100);
-    let refusals: [(&[&str], &str); 3] = [
+    let under_a_day = "each under a day";
+    let refusals: [(&[&str], &str); 6] = [
         (&["--sku", "8", "--rate", "1000", "--duration-s", "1"], "SKU 8 has 100 units available"),
         (&["--sku", "9"], "unknown_sku"),
         (&["--sku", "9", "--http"], "HTTP 404: \"unknown_sku\""),
+        (&["--sku", "8", "--duration-s", "inf"], under_a_day),
+        (&["--sku", "8", "--duration-s", "1e20"], under_a_day),
+        (&["--sku", "8", "--warmup-s", "NaN"], under_a_day),
     ];
     for (args, said) in refusals {
         let target = if args.contains(&"--http") { http } else { binary };
@@ -225,4 +229,39 @@ fn load_reserves_on_a_running_node_over_both_protocols_and_counts_what_it_was_re
     assert_eq!(stock(&server, 8), (30, 70));
     server.shutdown().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn load_setup_is_bounded_against_a_node_that_trickles_its_answer() {
+    // Goal: reading the SKU before a run waits for the whole answer within its bound: a peer
+    // that sends a byte every 200 ms (each read answered well within a per-read timeout)
+    // makes `load --http` exit 2 saying so, not wait as long as the peer keeps sending.
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if stream.write_all(b"H").is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let output = perf(&["load", "--http", "--addr", &addr.to_string(), "--sku", "1"]);
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickler.join().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no whole answer within 10 s"), "{stderr}");
+    // A liveness bound: the setup's own bound is 10 s.
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
 }

@@ -7,7 +7,7 @@
 //! the node could not be reached or the token could not be read.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -142,13 +142,9 @@ pub(crate) fn call(
     body: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let resolved = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("--http {addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("--http {addr}: no address"))?;
     let unreachable = |e: std::io::Error| format!("reaching the node at {addr}: {e}");
-    let mut stream = TcpStream::connect_timeout(&resolved, timeout).map_err(unreachable)?;
+    // Each address a name stands for in turn: `localhost` may be `::1` first.
+    let (mut stream, _) = ringfence_ingress::connect_first(addr, timeout).map_err(unreachable)?;
     stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     stream.set_write_timeout(Some(timeout)).map_err(unreachable)?;
     let authorization =

@@ -23,7 +23,7 @@ pub struct ClientArgs {
     /// Node address (binary protocol), `host:port` (e.g. 127.0.0.1:7001 or
     /// localhost:7001); repeat it to give standbys to fail over to.
     #[arg(long = "addr", value_name = "ADDR", default_value = "127.0.0.1:7001", value_parser = node_address)]
-    pub addrs: Vec<SocketAddr>,
+    pub addrs: Vec<NodeAddrs>,
     /// Admin token file for admin commands [default: RINGFENCE_ADMIN_TOKEN, else
     /// ./ringfence-data/admin.token]. Given explicitly, admin commands use it even with
     /// --token-file, and without --token-file every command does (the admin role may call
@@ -256,19 +256,29 @@ pub fn run(args: ClientArgs) -> ExitCode {
     }
 }
 
-/// A `--addr`: an IP address and port, or a host name resolved now (its first address).
-fn node_address(text: &str) -> Result<SocketAddr, String> {
+/// The addresses one `--addr` stands for: an IP address and port, or every address a host
+/// name resolves to now, in the resolver's order (`localhost` may be `::1` first; the client
+/// moves on from an address that refuses).
+#[derive(Clone, Debug)]
+pub struct NodeAddrs(Vec<SocketAddr>);
+
+fn node_address(text: &str) -> Result<NodeAddrs, String> {
     if let Ok(address) = text.parse() {
-        return Ok(address);
+        return Ok(NodeAddrs(vec![address]));
     }
-    text.to_socket_addrs()
+    let addresses: Vec<SocketAddr> = text
+        .to_socket_addrs()
         .map_err(|e| format!("`{text}`: {e} (give host:port, e.g. 127.0.0.1:7001)"))?
-        .next()
-        .ok_or_else(|| format!("`{text}` resolves to no address"))
+        .collect();
+    if addresses.is_empty() {
+        return Err(format!("`{text}` resolves to no address"));
+    }
+    Ok(NodeAddrs(addresses))
 }
 
 fn execute(args: ClientArgs) -> Result<ExitCode, String> {
-    let mut client = Client::connect(&args.addrs).map_err(|e| e.to_string())?;
+    let addrs: Vec<SocketAddr> = args.addrs.iter().flat_map(|node| node.0.clone()).collect();
+    let mut client = Client::connect(&addrs).map_err(|e| e.to_string())?;
     let role_token = caller_token(args.token_file.as_ref())?;
     let chosen_admin = args.admin_token_file.as_ref();
     match (&role_token, chosen_admin) {

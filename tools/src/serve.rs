@@ -1027,10 +1027,31 @@ pub(crate) fn check_tokens(
     let bare: Vec<(AccessRole, String)> =
         roles.iter().map(|(role, token, _)| (*role, token.clone())).collect();
     client_commands_guard(listeners, &bare, open)?;
-    if let Some((token, _)) = &admin {
+    // Without the operator's, serve's own token already in the directory is the admin's.
+    let own = if admin.is_none() { own_admin_token(data_dir)? } else { None };
+    if let Some(token) = admin.as_ref().map(|(token, _)| token).or(own.as_ref()) {
         distinct_tokens(token, &bare)?;
     }
     Ok(Tokens { admin, roles })
+}
+
+/// Serve's own admin token, `<data-dir>/admin.token`, if the file is there: it must follow
+/// the admin token rule (a file the operator wrote by hand may not).
+fn own_admin_token(data_dir: &Path) -> Result<Option<String>, String> {
+    let path = data_dir.join("admin.token");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let token = read_token(&path)?;
+    if !admin_token_ok(&token) {
+        return Err(format!(
+            "the admin token in {} is too weak (delete the file and serve generates a new one): \
+             {}",
+            path.display(),
+            admin_token_rule()
+        ));
+    }
+    Ok(Some(token))
 }
 
 /// The admin token: the operator's (`chosen`, checked by [`check_tokens`]) if set. Otherwise
@@ -1044,16 +1065,7 @@ fn admin_token(chosen: Option<(String, String)>, data_dir: &Path) -> Result<Stri
         return Ok(token);
     }
     let path = data_dir.join("admin.token");
-    let token = if path.exists() {
-        let token = read_token(&path)?;
-        if !admin_token_ok(&token) {
-            return Err(format!(
-                "the admin token in {} is too weak (delete the file and serve generates a new \
-                 one): {}",
-                path.display(),
-                admin_token_rule()
-            ));
-        }
+    let token = if let Some(token) = own_admin_token(data_dir)? {
         log(format_args!("admin token in {}", path.display()));
         token
     } else {

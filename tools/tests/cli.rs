@@ -1179,3 +1179,51 @@ fn output_into_a_closed_pipe_ends_the_command_quietly() {
         assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
     }
 }
+
+/// A config file whose data directory is `dir/data` (made), with `extra` before its
+/// `[server]` and a small `[engine]`.
+fn config_with_data_dir(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let text = format!(
+        "data_dir = \"{}\"\n{extra}\n[server]\nlisten = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\
+         [engine]\nskus_max = 64\norders_max = 1000\ncoupons_max = 64\nbatches_max = 8\n\
+         holdings_max = 1000\nrequest_keys_max = 2000\n",
+        data.display()
+    );
+    let path = dir.join("ringfence.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn config_check_refuses_the_data_directorys_own_admin_token_as_serve_does() {
+    // Goal: `config check` reads serve's own admin token (`<data_dir>/admin.token`) as `serve
+    // --config FILE` does: one too weak, or shared with a role's, is refused by both, and
+    // `serve` refuses before it locks the directory.
+    let deadline = Duration::from_secs(60);
+    let weak = TempDir::new("check-weak-own");
+    let path = config_with_data_dir(weak.path(), "");
+    std::fs::write(weak.path().join("data/admin.token"), "short\n").unwrap();
+    let path = path.to_str().unwrap();
+    let check = ringfence_within(&["config", "check", path], deadline);
+    assert_eq!(check.status.code(), Some(1), "config check: {}", text(&check.stdout));
+    assert!(text(&check.stderr).contains("too weak"), "{}", text(&check.stderr));
+    let serve = ringfence_within(&["serve", "--config", path], deadline);
+    assert!(text(&serve.stderr).contains("too weak"), "{}", text(&serve.stderr));
+
+    let shared = TempDir::new("check-shared-own");
+    let token = "abcdefghijklmnopqrstuvwxyz0123456789ABCD";
+    let orders = shared.path().join("orders.token");
+    std::fs::write(&orders, token).unwrap();
+    let extra = format!("[auth]\norders_token_file = \"{}\"\n", orders.display());
+    let path = config_with_data_dir(shared.path(), &extra);
+    std::fs::write(shared.path().join("data/admin.token"), token).unwrap();
+    let path = path.to_str().unwrap();
+    let check = ringfence_within(&["config", "check", path], deadline);
+    assert_eq!(check.status.code(), Some(1), "config check: {}", text(&check.stdout));
+    assert!(text(&check.stderr).contains("same token"), "{}", text(&check.stderr));
+    let serve = ringfence_within(&["serve", "--config", path], deadline);
+    assert!(text(&serve.stderr).contains("same token"), "{}", text(&serve.stderr));
+    assert!(!shared.path().join("data/ringfence.lock").exists(), "serve locked it first");
+}
