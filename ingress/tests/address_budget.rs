@@ -7,107 +7,21 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::gate::Gate;
 use common::{Http, HttpResponse, connect_from, create_sku, start};
-use ringfence_core::{Command, Outcome, Query, Rejection, SkuId};
+use ringfence_core::{Command, Query, SkuId};
+use ringfence_ingress::ServerConfig;
 use ringfence_ingress::server::TURN_REQUESTS_MAX;
 use ringfence_ingress::wire::{self, ErrorCode, ErrorFrame, Response};
-use ringfence_ingress::{Backend, BackendCompletion, NodeStatus, Refusal, ServerConfig};
 
 const FLOODER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// How long a condition may take to come true on a busy machine before the test calls it a
 /// hang.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// What the gate has seen.
-#[derive(Default)]
-struct GateState {
-    /// Tokens submitted and not yet released.
-    held: Vec<u64>,
-    /// Tokens released, to be answered at the server's next poll.
-    ready: VecDeque<u64>,
-    submitted: u64,
-    /// Submissions since the server last polled, and the most seen between two polls: the
-    /// server polls at least once per turn of its event loop.
-    since_poll: u64,
-    most_between_polls: u64,
-    waker: Option<Arc<mio::Waker>>,
-}
-
-/// A backend that holds every command until the test releases it, then answers it
-/// `unknown_sku`.
-#[derive(Clone, Default)]
-struct Gate(Arc<Mutex<GateState>>);
-
-impl Backend for Gate {
-    fn try_submit(&mut self, _command: Command, token: u64) -> Result<(), Refusal> {
-        let mut state = self.0.lock().unwrap();
-        state.held.push(token);
-        state.submitted += 1;
-        state.since_poll += 1;
-        state.most_between_polls = state.most_between_polls.max(state.since_poll);
-        Ok(())
-    }
-
-    fn poll(&mut self) -> Option<BackendCompletion> {
-        let mut state = self.0.lock().unwrap();
-        state.since_poll = 0;
-        let token = state.ready.pop_front()?;
-        Some(BackendCompletion { token, result: Ok(Outcome::Rejected(Rejection::UnknownSku)) })
-    }
-
-    fn status(&self) -> NodeStatus {
-        NodeStatus::default()
-    }
-}
-
-impl Gate {
-    fn start(config: ServerConfig) -> (ringfence_ingress::ServerHandle, Gate) {
-        let gate = Gate::default();
-        let backend = gate.clone();
-        let server = ringfence_ingress::start(config, move |waker| {
-            backend.0.lock().unwrap().waker = Some(waker);
-            Ok(backend)
-        })
-        .unwrap();
-        (server, gate)
-    }
-
-    fn held(&self) -> usize {
-        self.0.lock().unwrap().held.len()
-    }
-
-    /// Commands submitted since the server started, answered or not.
-    fn submitted(&self) -> u64 {
-        self.0.lock().unwrap().submitted
-    }
-
-    /// Waits (bounded) until at least `count` commands are held, and returns how many are.
-    fn wait_held(&self, count: usize) -> usize {
-        let deadline = Instant::now() + DEADLINE;
-        while self.held() < count {
-            assert!(Instant::now() < deadline, "{} held, waiting for {count}", self.held());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.held()
-    }
-
-    /// Answers every command held, and returns how many that was: more may have arrived since
-    /// the last `wait_held`.
-    fn release_all(&self) -> usize {
-        let mut state = self.0.lock().unwrap();
-        let held = std::mem::take(&mut state.held);
-        let count = held.len();
-        state.ready.extend(held);
-        state.waker.as_ref().expect("the server gave its waker").wake().unwrap();
-        count
-    }
-}
 
 fn query_frames(count: u64) -> Vec<u8> {
     let mut bytes = Vec::new();

@@ -8,85 +8,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use common::gate::Gate;
 use common::{Http, start};
-use ringfence_core::{Command, Outcome, Rejection};
+use ringfence_core::Command;
+use ringfence_ingress::ServerConfig;
 use ringfence_ingress::wire::{self, Kind, Response};
-use ringfence_ingress::{Backend, BackendCompletion, NodeStatus, Refusal, ServerConfig};
-
-/// A backend that holds every command until the test releases it, then answers it
-/// `unknown_sku` (as in address_budget.rs).
-#[derive(Default)]
-struct GateState {
-    held: Vec<u64>,
-    ready: VecDeque<u64>,
-    waker: Option<Arc<mio::Waker>>,
-    /// Answer some commands with refusals (by a counter) instead of an outcome.
-    mixed: bool,
-    answered: u64,
-}
-
-#[derive(Clone, Default)]
-struct Gate(Arc<Mutex<GateState>>);
-
-impl Backend for Gate {
-    fn try_submit(&mut self, _command: Command, token: u64) -> Result<(), Refusal> {
-        self.0.lock().unwrap().held.push(token);
-        Ok(())
-    }
-
-    fn poll(&mut self) -> Option<BackendCompletion> {
-        let mut state = self.0.lock().unwrap();
-        let token = state.ready.pop_front()?;
-        state.answered += 1;
-        let result = match (state.mixed, state.answered % 4) {
-            (true, 1) => Err(Refusal::Busy),
-            (true, 2) => Err(Refusal::Failed("gone".into())),
-            _ => Ok(Outcome::Rejected(Rejection::UnknownSku)),
-        };
-        Some(BackendCompletion { token, result })
-    }
-
-    fn status(&self) -> NodeStatus {
-        NodeStatus::default()
-    }
-}
-
-impl Gate {
-    fn start(config: ServerConfig) -> (ringfence_ingress::ServerHandle, Gate) {
-        let gate = Gate::default();
-        let backend = gate.clone();
-        let server = ringfence_ingress::start(config, move |waker| {
-            backend.0.lock().unwrap().waker = Some(waker);
-            Ok(backend)
-        })
-        .unwrap();
-        (server, gate)
-    }
-
-    fn held(&self) -> usize {
-        self.0.lock().unwrap().held.len()
-    }
-
-    fn wait_held(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.held() < count {
-            assert!(Instant::now() < deadline, "{} held, waiting for {count}", self.held());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn release_all(&self) -> usize {
-        let mut state = self.0.lock().unwrap();
-        let held = std::mem::take(&mut state.held);
-        let count = held.len();
-        state.ready.extend(held);
-        state.waker.as_ref().expect("the server gave its waker").wake().unwrap();
-        count
-    }
-}
 
 /// Reads binary frames from `stream` until `count` arrived or the connection ended / timed out.
 fn read_frames(stream: &mut TcpStream, count: usize, timeout: Duration) -> Vec<Response> {
