@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::coordination::pilot::Facts;
 use crate::link::Link;
 use crate::message::{Ack, Answering};
 use crate::policy::{AckMode, AckPolicy, Gate, PolicyState};
+use crate::standby::Parked;
 
 /// How far a promotion by hand raises the epoch past the highest one this node knows: past
 /// every epoch its primary may have taken in runs this node never heard of
@@ -105,6 +106,9 @@ pub const DIVERGED: &str = "diverged: restart to rejoin";
 /// The follower's state once the primary refused it because the records it lacks were
 /// retired: it stops, and the node must restart (fetching the primary's snapshot) to rejoin.
 pub const NEEDS_SNAPSHOT: &str = "needs a snapshot: restart to rejoin";
+/// The standby's state once a promotion failed where it cannot follow again: its follower
+/// is gone, or the new epoch was stored (a node promising it would depose its primary).
+pub const PROMOTION_FAILED: &str = "promotion failed part way: restart this node";
 
 /// A node takes office as primary in `epoch` (a promotion, or the leader key taken at start):
 /// its journal becomes the reference copy (no longer catching up), no standby is in sync with
@@ -248,13 +252,17 @@ pub struct Control {
     stopping: AtomicBool,
     reconnects: AtomicU64,
     refused: AtomicU64,
-    /// The standby's follower thread, while following.
-    follower: Mutex<Option<JoinHandle<()>>>,
+    /// The standby's follower thread, while following; it hands its follower back once
+    /// stopped ([`crate::standby::follow`]).
+    follower: Mutex<Option<JoinHandle<Option<Parked>>>>,
     /// The follower's connection, shut down to interrupt a blocked read when it must stop.
     follower_socket: Mutex<Option<TcpStream>>,
     follower_stop: Arc<AtomicBool>,
     /// Wakes the follower from its waits when it must stop.
     follower_waker: Mutex<Option<Arc<mio::Waker>>>,
+    /// This control, for the threads it starts after [`Control::start`] (a follower started
+    /// again after a failed promotion).
+    me: std::sync::OnceLock<Weak<Control>>,
     /// Where the listener is bound, once started.
     listening: Mutex<Option<SocketAddr>>,
     /// Wakes the listener, which waits for connections without a timeout, when it must stop.
@@ -327,6 +335,7 @@ impl Control {
             follower_socket: Mutex::new(None),
             follower_stop: Arc::new(AtomicBool::new(false)),
             follower_waker: Mutex::new(None),
+            me: std::sync::OnceLock::new(),
             listening: Mutex::new(None),
             listener_waker: Mutex::new(None),
             lease_deadline_ms: AtomicU64::new(u64::MAX),
@@ -437,8 +446,13 @@ impl Control {
 
     /// Stops the follower: raises its flag, wakes it, interrupts its connection, joins its
     /// thread. None of its waits outlasts this: not the backoff between attempts, not a
-    /// connection to a primary that does not answer.
-    fn stop_follower(&self) -> Result<(), String> {
+    /// connection to a primary that does not answer. Returns the follower, to follow again,
+    /// unless it had stopped on its own (its state says why) or there was none.
+    ///
+    /// The flag is raised under the follower's lock, which [`Control::resume_follower`]
+    /// holds while it lowers it: a stop never finds a follower it cannot stop.
+    fn stop_follower(&self) -> Result<Option<Parked>, String> {
+        let mut follower = self.follower.lock().expect("never poisoned");
         self.follower_stop.store(true, Ordering::Release);
         if let Some(waker) = self.follower_waker.lock().expect("never poisoned").as_ref() {
             // Failing, the follower sees the flag when its socket is shut down below, or at
@@ -448,10 +462,37 @@ impl Control {
         if let Some(socket) = self.follower_socket.lock().expect("never poisoned").take() {
             let _ = socket.shutdown(Shutdown::Both);
         }
-        match self.follower.lock().expect("never poisoned").take() {
+        match follower.take() {
             Some(handle) => handle.join().map_err(|_| "the follower thread panicked".to_owned()),
-            None => Ok(()),
+            None => Ok(None),
         }
+    }
+
+    /// Starts the follower stopped by [`Control::stop_follower`] again, where it stood: the
+    /// records it submitted are still its node's to journal and answer. Refused while the
+    /// node stops.
+    fn resume_follower(&self, parked: Parked) -> Result<(), String> {
+        let Role::Standby { primary } = self.role() else {
+            return Err("this node is no longer a standby".into());
+        };
+        let control = self.me.get().and_then(Weak::upgrade).ok_or("replication never started")?;
+        let mut follower = self.follower.lock().expect("never poisoned");
+        assert!(follower.is_none(), "a follower runs already");
+        if self.stopping() {
+            return Err("the node is stopping".into());
+        }
+        self.follower_stop.store(false, Ordering::Release);
+        let spawned = thread::Builder::new()
+            .name("rf-repl-follow".into())
+            .spawn(move || crate::standby::follow(&control, &primary, parked));
+        match spawned {
+            Ok(handle) => *follower = Some(handle),
+            Err(error) => {
+                self.follower_stop.store(true, Ordering::Release);
+                return Err(format!("starting the follower: {error}"));
+            }
+        }
+        Ok(())
     }
 
     /// Counts and logs a refused handshake.
@@ -795,6 +836,8 @@ impl Control {
                     "the records this standby lacks were retired from the primary's journal: it \
                      fetches the primary's snapshot at start",
                 )
+            } else if state.follower_state == PROMOTION_FAILED {
+                Some("a promotion failed part way and left this standby no longer following")
             } else {
                 None
             },
@@ -918,6 +961,7 @@ impl Control {
         resolver: crate::standby::Resolver,
     ) -> std::io::Result<()> {
         self.use_journal(node.promoter());
+        let _ = self.me.set(Arc::downgrade(self));
         let listener = TcpListener::bind(self.config.listen)?;
         let bound = listener.local_addr()?;
         *self.listening.lock().expect("never poisoned") = Some(bound);
@@ -941,9 +985,10 @@ impl Control {
             let follower = crate::standby::Follower::open(node, resolver)?;
             *self.follower_waker.lock().expect("never poisoned") = Some(follower.waker());
             let control = Arc::clone(self);
-            let handle = thread::Builder::new().name("rf-repl-follow".into()).spawn(move || {
-                crate::standby::follow(&control, &primary, follower);
-            })?;
+            let parked = Parked::new(self, follower);
+            let handle = thread::Builder::new()
+                .name("rf-repl-follow".into())
+                .spawn(move || crate::standby::follow(&control, &primary, parked))?;
             *self.follower.lock().expect("never poisoned") = Some(handle);
         }
         Ok(())
@@ -1004,6 +1049,10 @@ impl Control {
     /// Everything the standby journaled is synced first, whatever the durability policy
     /// ([`Promoter::sync_journal`]), so a power loss after it took office loses none of what
     /// it acknowledged.
+    ///
+    /// A failure after the follower stopped leaves a standby of the old epoch that follows
+    /// again, as if it had lost its connection ([`Control::after_failed_promotion`]); one
+    /// that cannot says so in its state, and that it must be restarted.
     pub fn promote_to(&self, node: &Promoter, epoch: Epoch) -> Result<Epoch, String> {
         if !matches!(self.role(), Role::Standby { .. }) {
             return Err("this node is already the primary".into());
@@ -1012,12 +1061,85 @@ impl Control {
         if epoch.0 <= epochs.current.0.max(epochs.promised.0) {
             return Err(format!("epoch {epoch} is not above this node's epochs {epochs:?}"));
         }
-        self.stop_follower()?;
+        let parked = self.stop_follower().inspect_err(|error| {
+            self.stopped_for_good(&format!("stopping the follower to promote it: {error}"));
+        })?;
+        // Taken once the follower stopped: until then it may raise the promise itself.
+        let before = (self.epochs(), self.epochs.catching_up());
+        if let Err(error) = self.enter_office(node, epoch) {
+            let after = self.after_failed_promotion(parked, before, &error);
+            return Err(format!("{error}; {after}"));
+        }
+        self.become_primary(node, epoch);
+        Ok(epoch)
+    }
+
+    /// The steps of a promotion that may fail, with the follower stopped: the journal synced,
+    /// the epoch stored (the commit point, [`take_office`]), the node sequencing.
+    fn enter_office(&self, node: &Promoter, epoch: Epoch) -> Result<(), String> {
         // Under `none` this standby acknowledged records written, not synced: they are made
         // durable before the epoch that makes this node their keeper.
         node.sync_journal(SYNC_BEFORE_OFFICE).map_err(|e| e.to_string())?;
         take_office(&*self.epochs, epoch)?;
-        node.promote(epoch).map_err(|e| e.to_string())?;
+        node.promote(epoch).map_err(|e| e.to_string())
+    }
+
+    /// A promotion failed after the follower stopped (`parked`: the follower, unless it had
+    /// stopped on its own), from `before` (the epochs, and whether the directory was catching
+    /// up). Returns what became of the standby, for the operator.
+    ///
+    /// Before the epoch is stored the node promised nothing new and its intake still takes
+    /// records (`Node::promote` comes last), so it follows again from where it stood. A
+    /// forced promotion's cleared catch-up marker is put back first: the directory may still
+    /// lack acknowledged writes. Once the epoch is stored (only `Node::promote` failed: the
+    /// node failed or is stopping), joining with that promise would depose the primary over
+    /// an epoch this node never led, so it stays stopped, and says so.
+    fn after_failed_promotion(
+        &self,
+        parked: Option<Parked>,
+        (epochs, catching_up): (Epochs, bool),
+        error: &str,
+    ) -> String {
+        if self.epochs() != epochs {
+            let stored = self.epochs();
+            return self.stopped_for_good(&format!(
+                "the promotion failed after storing epochs {stored:?} ({error})"
+            ));
+        }
+        if catching_up && !self.epochs.catching_up() {
+            if let Err(marking) = self.epochs.mark_catching_up() {
+                log(format_args!("replication: marking the directory catching up: {marking}"));
+            }
+        }
+        let Some(parked) = parked else {
+            return "the follower had stopped before: see this standby's state".into();
+        };
+        match self.resume_follower(parked) {
+            Ok(()) => {
+                log(format_args!(
+                    "replication: the promotion failed ({error}); following the primary again"
+                ));
+                "this standby follows its primary again".into()
+            }
+            Err(why) => self.stopped_for_good(&format!("following again after it failed: {why}")),
+        }
+    }
+
+    /// The follower cannot run again in this process (`why`): the state says so, the metric
+    /// no longer counts the standby in sync, and coordination restarts the node. Returns what
+    /// became of the standby.
+    fn stopped_for_good(&self, why: &str) -> String {
+        log(format_args!(
+            "replication: {why}; this standby no longer follows its primary: restart it"
+        ));
+        self.state().follower_state = PROMOTION_FAILED.to_owned();
+        assert!(self.facts().must_restart.is_some(), "a stopped standby asks for a restart");
+        "this standby no longer follows its primary: restart it".into()
+    }
+
+    /// The promotion succeeded: this node is a primary, alone until a standby catches up.
+    fn become_primary(&self, node: &Promoter, epoch: Epoch) {
+        assert_eq!(self.epochs().current, epoch, "the epoch was stored first");
         let now = self.now_ms();
         let mut state = self.state();
         state.role = Role::Primary;
@@ -1041,7 +1163,6 @@ impl Control {
                 if shift_ms < 0 { "ahead of" } else { "behind" }
             ));
         }
-        Ok(epoch)
     }
 
     /// Lets the policy see the time pass (a standby silent past the timeout is lost) and
@@ -1084,15 +1205,34 @@ pub(crate) mod tests {
     use super::*;
     use crate::auth::{ClusterId, ClusterSecret};
 
-    struct Memory(Mutex<Epochs>, AtomicBool);
+    /// Epochs and the catch-up marker in memory; storing epochs fails as the test says
+    /// ([`StoreFault`]).
+    struct Memory(Mutex<Epochs>, AtomicBool, Arc<Mutex<StoreFault>>);
+
+    /// How storing epochs in a [`Memory`] fails.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum StoreFault {
+        /// It does not.
+        None,
+        /// Refused, nothing stored.
+        Refused,
+        /// Stored, then reported as failed (a disk that failed after the write).
+        StoredThenFailed,
+    }
 
     impl EpochStore for Memory {
         fn epochs(&self) -> Epochs {
             *self.0.lock().unwrap()
         }
         fn store(&self, epochs: Epochs) -> Result<(), String> {
-            *self.0.lock().unwrap() = epochs;
-            Ok(())
+            let fault = *self.2.lock().unwrap();
+            if fault != StoreFault::Refused {
+                *self.0.lock().unwrap() = epochs;
+            }
+            match fault {
+                StoreFault::None => Ok(()),
+                _ => Err(format!("storing epochs {epochs:?}: {fault:?}")),
+            }
         }
         fn catching_up(&self) -> bool {
             self.1.load(Ordering::Acquire)
@@ -1121,7 +1261,8 @@ pub(crate) mod tests {
 
     fn memory(catching_up: bool) -> Box<Memory> {
         let epochs = Epochs { current: Epoch(1), promised: Epoch(1) };
-        Box::new(Memory(Mutex::new(epochs), AtomicBool::new(catching_up)))
+        let fault = Arc::new(Mutex::new(StoreFault::None));
+        Box::new(Memory(Mutex::new(epochs), AtomicBool::new(catching_up), fault))
     }
 
     fn config() -> ReplicationConfig {
@@ -1840,6 +1981,16 @@ pub(crate) mod tests {
         resolver: crate::standby::Resolver,
         handshake_timeout_ms: u64,
     ) -> (Arc<Control>, Node) {
+        standby_over(memory(false), primary, resolver, handshake_timeout_ms)
+    }
+
+    /// [`standby_named`], its epochs and catch-up marker kept in `store`.
+    fn standby_over(
+        store: Box<Memory>,
+        primary: &str,
+        resolver: crate::standby::Resolver,
+        handshake_timeout_ms: u64,
+    ) -> (Arc<Control>, Node) {
         use ringfence_core::pipeline::{
             Intake, MemoryJournal, NoReplicator, NodeConfig, SystemClock, Topology,
         };
@@ -1847,7 +1998,7 @@ pub(crate) mod tests {
         config.handshake_timeout_ms = handshake_timeout_ms;
         let role = Role::Standby { primary: primary.to_owned() };
         let end = (Sequence(0), Epoch(0));
-        let control = Control::new(config, role, end, memory(false), Arc::new(SystemClock::new()));
+        let control = Control::new(config, role, end, store, Arc::new(SystemClock::new()));
         let node_config =
             NodeConfig { intake: Intake::Replica, ..NodeConfig::for_tests(Topology::Stepped) };
         let node = Node::start(node_config, MemoryJournal::new(), NoReplicator::default()).unwrap();
@@ -1858,8 +2009,14 @@ pub(crate) mod tests {
     /// The standby's connection to `listener`, with a minute for its reads; panics if none
     /// arrives within a minute.
     fn accept_within_a_minute(listener: &TcpListener) -> TcpStream {
+        accept_within(listener, Duration::from_secs(60))
+    }
+
+    /// The standby's connection to `listener`, with a minute for its reads; panics if none
+    /// arrives `within`.
+    fn accept_within(listener: &TcpListener, within: Duration) -> TcpStream {
         listener.set_nonblocking(true).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + within;
         let accepted = loop {
             match listener.accept() {
                 Ok((accepted, _)) => break accepted,
@@ -1900,6 +2057,46 @@ pub(crate) mod tests {
             let _ = sender.send(promoting.promote(&node, true));
         });
         answer.recv_timeout(Duration::from_secs(60)).ok()
+    }
+
+    #[test]
+    fn a_promotion_that_fails_before_its_epoch_is_stored_leaves_the_standby_following() {
+        // Goal: a promotion stops the follower first. One that fails before the epoch is
+        // stored (here the epoch file cannot be written) promised nothing new: the standby
+        // follows its primary again (connects to it again), its forced promotion's cleared
+        // catch-up marker put back. One that fails after it was stored stays stopped (its
+        // promise would depose the primary) and says it must be restarted, instead of
+        // showing the state it had while it followed.
+        use std::io::Read as _;
+        for (fault, follows_again) in
+            [(StoreFault::Refused, true), (StoreFault::StoredThenFailed, false)]
+        {
+            let primary = TcpListener::bind("127.0.0.1:0").unwrap();
+            let store = memory(true);
+            let faults = Arc::clone(&store.2);
+            let address = primary.local_addr().unwrap().to_string();
+            let (control, node) = standby_over(store, &address, crate::standby::resolve, 3_600_000);
+            let mut hello = [0u8; 1];
+            accept_within_a_minute(&primary).read_exact(&mut hello).unwrap();
+            *faults.lock().unwrap() = fault;
+            let failed = control.promote(&node, true).unwrap_err();
+            assert!(failed.contains(&format!("{fault:?}")), "{fault:?}: {failed}");
+            assert!(!control.is_primary(), "{fault:?}: promoted");
+            let follower = control.follower.lock().unwrap().is_some();
+            assert_eq!(follower, follows_again, "{fault:?}: {failed}");
+            if follows_again {
+                assert!(control.epoch_store().catching_up(), "the marker was not put back");
+                assert_eq!(control.facts().must_restart, None, "{failed}");
+                let mut again = accept_within(&primary, Duration::from_secs(10));
+                again.read_exact(&mut hello).expect("the standby's hello, again");
+                assert_ne!(control.figures().state, PROMOTION_FAILED);
+            } else {
+                assert_eq!(control.figures().state, PROMOTION_FAILED, "{failed}");
+                let why = control.facts().must_restart.expect("a stopped standby restarts");
+                assert!(why.contains("promotion failed"), "{why}");
+            }
+            control.stop();
+        }
     }
 
     #[test]

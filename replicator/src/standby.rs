@@ -351,13 +351,30 @@ fn connect_to_any(
     Err(last)
 }
 
+/// A follower its control stopped, with the records it submitted to its node: it can follow
+/// again from where it stood ([`follow`]; a promotion that fails part way restarts it).
+pub(crate) struct Parked {
+    follower: Follower,
+    applied: Applied,
+}
+
+impl Parked {
+    /// A follower that has submitted nothing yet: its node's journal ends where `control`'s
+    /// replicator stage last saw it.
+    pub(crate) fn new(control: &Control, follower: Follower) -> Parked {
+        Parked { follower, applied: Applied::at(session_end(control)) }
+    }
+}
+
 /// The follower thread: joins the primary and applies its stream, reconnecting with backoff,
-/// until the control stops it (shutdown or promotion).
-pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
+/// until the control stops it (shutdown or promotion). Returns the follower once stopped, to
+/// follow again; `None` when it stopped on its own because it cannot go on (its state says
+/// why, and that only a restart helps).
+pub(crate) fn follow(control: &Control, primary: &str, parked: Parked) -> Option<Parked> {
     let stop = control.follower_stop();
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u64;
-    let mut applied = Applied::at(session_end(control));
+    let Parked { mut follower, mut applied } = parked;
     // The primary's last refusal, shown in `/v1/node` while the follower retries.
     let mut refused: Option<String> = None;
     while !stop.load(Ordering::Acquire) {
@@ -405,7 +422,7 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                          failed; restart it once the disk is fixed and it rejoins"
                     ));
                     control.set_follower("journal failed: restart to rejoin", applied.answered, 0);
-                    return;
+                    return None;
                 }
             }
             Ok(Joined::Diverged { keep_through, epoch }) => {
@@ -418,7 +435,7 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                      standby; it drops them at start and rejoins"
                 ));
                 control.set_follower(control::DIVERGED, applied.answered, 0);
-                return;
+                return None;
             }
             Ok(Joined::Behind(behind)) => {
                 let journal = ReadOnlyDir::open(&control.config().data_dir);
@@ -438,7 +455,7 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
                      start"
                 ));
                 control.set_follower(control::NEEDS_SNAPSHOT, applied.answered, 0);
-                return;
+                return None;
             }
             Err(error) => {
                 if matches!(error, JoinError::Refused { code: RefuseCode::Busy, .. }) {
@@ -461,6 +478,7 @@ pub(crate) fn follow(control: &Control, primary: &str, mut follower: Follower) {
         sleep_unless_stopped(control, &mut follower, backoff);
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+    Some(Parked { follower, applied })
 }
 
 /// Waits `pause` before the next connection attempt, or less if the follower is stopped:
@@ -646,7 +664,7 @@ fn apply_stream(
     streamed
 }
 
-/// The streaming loop: takes every whole message that has arrived, hands its records to the
+/// The streaming loop: takes the whole messages that have arrived, hands their records to the
 /// node, acknowledges what the node has answered, then waits for more of either.
 fn follow_stream(
     control: &Control,
@@ -663,26 +681,10 @@ fn follow_stream(
     let stop = control.follower_stop();
     let mut heard = Instant::now();
     while !stop.load(Ordering::Acquire) {
-        loop {
-            let message = match reader.read_message() {
-                Ok(message) => message,
-                Err(error) if error.is_timeout() => break,
-                Err(error) => return Err(format!("the stream ended: {error}")),
-            };
-            heard = Instant::now();
-            match session.on_message(&message, &config.secret, &config.cluster) {
-                StandbyStep::Apply { count } => {
-                    let Message::Records(records) = message else { unreachable!("records") };
-                    assert_eq!(records.count(), count);
-                    for bytes in records.iter() {
-                        submit(control, &mut follower.node, bytes, applied)?;
-                    }
-                }
-                StandbyStep::Continue => {}
-                step => return Err(closed(socket, step).to_string()),
-            }
-        }
+        let drained =
+            take_arrived(control, follower, applied, socket, reader, session, &mut heard)?;
         applied.collect(&mut follower.node)?;
+        assert!(applied.answered <= applied.submitted.last_sequence, "answered, not submitted");
         // A record is answered only once journaled (durable under this node's policy) and
         // applied here: what is answered is what this standby holds.
         let held = applied.answered;
@@ -695,10 +697,55 @@ fn follow_stream(
         if left.is_zero() {
             return Err(format!("the primary was silent for {} ms", silence.as_millis()));
         }
+        if !drained {
+            // More has arrived already, and the poll (edge-triggered) would not say so again.
+            continue;
+        }
         let wait = Some(left.min(STOP_CHECK));
         follower.poll.poll(&mut follower.events, wait).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Takes every whole message that has arrived, handing its records to the node, until the
+/// socket runs dry (returns `true`) or `heartbeat_ms` has passed (returns `false`: more may
+/// be waiting). The bound keeps acknowledgements flowing while the primary streams a backlog,
+/// whose socket never runs dry: the primary drops a stream it hears nothing on for its
+/// replication timeout, at least four heartbeats (`tools::replication::settings`). Below it,
+/// the acknowledgements of a burst still go out as one.
+fn take_arrived(
+    control: &Control,
+    follower: &mut Follower,
+    applied: &mut Applied,
+    socket: &TcpStream,
+    reader: &mut FrameReader<TcpStream>,
+    session: &mut StandbySession,
+    heard: &mut Instant,
+) -> Result<bool, String> {
+    let config = control.config();
+    let ack_due = Instant::now() + Duration::from_millis(config.heartbeat_ms.max(1));
+    loop {
+        let message = match reader.read_message() {
+            Ok(message) => message,
+            Err(error) if error.is_timeout() => return Ok(true),
+            Err(error) => return Err(format!("the stream ended: {error}")),
+        };
+        *heard = Instant::now();
+        match session.on_message(&message, &config.secret, &config.cluster) {
+            StandbyStep::Apply { count } => {
+                let Message::Records(records) = message else { unreachable!("records") };
+                assert_eq!(records.count(), count);
+                for bytes in records.iter() {
+                    submit(control, &mut follower.node, bytes, applied)?;
+                }
+            }
+            StandbyStep::Continue => {}
+            step => return Err(closed(socket, step).to_string()),
+        }
+        if Instant::now() >= ack_due {
+            return Ok(false);
+        }
+    }
 }
 
 /// The longest the follower waits before looking at its stop flag again (a backstop: stopping

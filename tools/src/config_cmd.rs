@@ -376,7 +376,8 @@ const KEYS: &[Key] = &[
     unset(
         "replication",
         "heartbeat_ms",
-        "How often an idle primary tells its standby it is alive. Default 100.",
+        "How often an idle primary tells its standby it is alive: at most a quarter of \
+        timeout_ms (serve refuses more). Default 100, or a quarter of timeout_ms if less.",
         "100",
     ),
     key(

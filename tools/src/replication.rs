@@ -304,11 +304,47 @@ pub fn settings(
         }
         config.timeout_ms = timeout;
     }
-    if let Some(heartbeat) = file.heartbeat_ms {
-        config.heartbeat_ms = heartbeat.max(1);
-    }
+    config.heartbeat_ms = heartbeat_ms(file.heartbeat_ms, config.heartbeat_ms, config.timeout_ms)?;
     let primary_http = args.primary_http.clone().or(file.primary_http.clone());
     Ok(Some(Replication { config, role, primary_http }))
+}
+
+/// How many heartbeat periods the replication timeout must hold at least. An idle standby
+/// acknowledges only when a heartbeat reaches it, and a primary that hears nothing from it for
+/// `timeout_ms` drops the stream (in sync mode refusing writes until it is back): at a period
+/// near the timeout, one heartbeat late by a scheduling hiccup drops an idle pair, and at or
+/// above it the pair flaps every timeout. Four leaves three late or lost rounds of margin, as
+/// a standby allows its primary (silence for three heartbeats means it is gone); a standby
+/// catching up a backlog acknowledges at least every `heartbeat_ms` too.
+const HEARTBEATS_PER_TIMEOUT_MIN: u64 = 4;
+
+/// The heartbeat period: `[replication] heartbeat_ms` (`file`) if given, else `default` or a
+/// quarter of `timeout_ms` if that is less. Refused unless at most a quarter of the timeout.
+fn heartbeat_ms(file: Option<u64>, default: u64, timeout_ms: u64) -> Result<u64, String> {
+    assert!(timeout_ms > 0, "the timeout was checked first");
+    let most = timeout_ms / HEARTBEATS_PER_TIMEOUT_MIN;
+    if most == 0 {
+        return Err(format!(
+            "--replication-timeout-ms (timeout_ms) = {timeout_ms} must be at least \
+             {HEARTBEATS_PER_TIMEOUT_MIN}: it must hold four heartbeats (heartbeat_ms) of 1 ms \
+             or more"
+        ));
+    }
+    let heartbeat = file.unwrap_or(default.min(most));
+    if heartbeat == 0 {
+        return Err("[replication] heartbeat_ms must be above 0".into());
+    }
+    if heartbeat > most {
+        return Err(format!(
+            "[replication] heartbeat_ms = {heartbeat} must be at most a quarter of timeout_ms \
+             ({timeout_ms}, --replication-timeout-ms): an idle standby acknowledges only when \
+             a heartbeat reaches it, and the primary drops a standby it has not heard from for \
+             timeout_ms. Lower heartbeat_ms to {most} or less, or raise timeout_ms to {} or more",
+            heartbeat.saturating_mul(HEARTBEATS_PER_TIMEOUT_MIN)
+        ));
+    }
+    assert!(heartbeat * HEARTBEATS_PER_TIMEOUT_MIN <= timeout_ms, "a quarter at most");
+    Ok(heartbeat)
 }
 
 fn secret(
@@ -725,6 +761,41 @@ mod tests {
             &CoordinationSection::default(),
         );
         assert_eq!(default.unwrap().unwrap().max_failover_loss, None, "no bound unless asked");
+    }
+
+    #[test]
+    fn a_heartbeat_period_above_a_quarter_of_the_replication_timeout_is_refused() {
+        // Goal: an idle standby acknowledges only when a heartbeat reaches it, and a primary
+        // drops a standby silent for `timeout_ms`: a heartbeat period near or above it makes
+        // an idle pair flap every timeout. The settings `serve` and `config check` share
+        // refuse one above a quarter of the timeout, naming both settings and the fix; left
+        // unset, the period shrinks to fit a short timeout.
+        let dir = std::env::temp_dir().join(format!("rf-heartbeat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("cluster.secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+        let flags = |timeout_ms: Option<u64>| ReplicationArgs {
+            cluster_secret_file: Some(secret.clone()),
+            replication_timeout_ms: timeout_ms,
+            ..ReplicationArgs::default()
+        };
+        let engine = EngineConfig::small();
+        let read = |file: &str, timeout_ms| {
+            let file: ReplicationSection = toml::from_str(file).unwrap();
+            let settings = settings(&flags(timeout_ms), &file, &engine, &dir);
+            settings.map(|replication| replication.expect("replication on").config.heartbeat_ms)
+        };
+        let refused = read("heartbeat_ms = 1500", Some(1_000)).unwrap_err();
+        for named in ["heartbeat_ms = 1500", "timeout_ms", "(1000", "to 250 or less", "6000"] {
+            assert!(refused.contains(named), "{named}: {refused}");
+        }
+        assert!(read("heartbeat_ms = 251\ntimeout_ms = 1000", None).is_err(), "above a quarter");
+        assert_eq!(read("heartbeat_ms = 250\ntimeout_ms = 1000", None), Ok(250));
+        assert_eq!(read("", None), Ok(100), "the default, a fiftieth of the default timeout");
+        assert_eq!(read("", Some(200)), Ok(50), "the default shrinks to fit the timeout");
+        assert!(read("heartbeat_ms = 0", None).unwrap_err().contains("above 0"));
+        assert!(read("", Some(3)).unwrap_err().contains("at least 4"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

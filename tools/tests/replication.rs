@@ -1073,3 +1073,113 @@ fn a_standby_seeded_from_a_backup_of_its_primary_streams_only_what_followed_the_
     drop(node);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_promotion_by_hand_that_fails_on_the_disk_leaves_the_standby_following_its_primary() {
+    // Goal: a promotion by hand stops the follower first. One that fails before it stored
+    // the new epoch (here the epoch file's temporary name is taken by a directory) leaves a
+    // standby of the old epoch that follows its primary again: it takes the primary's next
+    // records, and its state never says it follows while it does not.
+    let root = temp_dir("promote-fails");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let node = primary(&dir_a, &secret, &["--replication", "async"]);
+    let follower = standby(&dir_b, &secret, node.replication.unwrap());
+    create_sale(&node);
+    let target = last_sequence(&node.call("GET", "/v1/node", "", false).1);
+    wait_node(&follower, Duration::from_secs(30), |v| {
+        last_sequence(v) >= target && v["replication"]["state"] == "following"
+    });
+    let blocker = dir_b.join(".epoch.tmp");
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let (status, answer) = follower.call("POST", "/v1/admin/promote", "", true);
+    assert_eq!(status, 503, "the promotion was meant to fail: {answer}");
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let (_, view) = follower.call("GET", "/v1/node", "", false);
+    assert_eq!(view["role"], "standby", "{view}");
+    for request in 0..3 {
+        let (status, body) = node.call("POST", "/v1/orders", &reservation(request).0, false);
+        assert_eq!(status, 201, "{body}");
+    }
+    let target = last_sequence(&node.call("GET", "/v1/node", "", false).1);
+    wait_node(&follower, Duration::from_secs(30), |v| {
+        last_sequence(v) >= target && v["replication"]["state"] == "following"
+    });
+    assert!(answer.to_string().contains("follows its primary again"), "{answer}");
+    drop(follower);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_standby_catching_up_a_backlog_acknowledges_while_it_reads() {
+    // Goal: while a primary streams a backlog the standby's socket never runs dry. The
+    // standby still acknowledges what its node took every heartbeat period, not only once
+    // the socket is empty: a primary hears nothing for its replication timeout only from a
+    // standby that is gone, so it does not drop and rebuild the stream of a healthy standby
+    // for as long as the catch-up lasts. A fake primary streams 300,000 records at once;
+    // the standby's first acknowledgement comes while most of them are still to be read. Its
+    // heartbeat period is short, so that a machine many times faster than this one still
+    // has most of the backlog to read when the period ends.
+    const BACKLOG: u64 = 300_000;
+    const PER_FRAME: u64 = 1_000;
+    let root = temp_dir("backlog-acks");
+    let secret = write_secret(&root, SECRET);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake = listener.local_addr().unwrap();
+    let (dir, config) = (root.join("b"), root.join("standby.toml"));
+    std::fs::write(&config, "[replication]\nheartbeat_ms = 10\n").unwrap();
+    let starting = thread::spawn(move || {
+        standby_with(&dir, &secret, fake, &["--config", config.to_str().unwrap()])
+    });
+    // The standby's start-up check, then its follower: the first connection is the check.
+    drop(fake_primary_accept(&listener, 1));
+    let follower = starting.join().unwrap();
+    let (socket, mut reader, from) = fake_primary_accept(&listener, 1);
+    assert_eq!(from, Sequence(1));
+    // Every frame of the backlog, written at once: the socket never waits for the writer.
+    let mut backlog = Vec::new();
+    for first in (1..=BACKLOG).step_by(PER_FRAME as usize) {
+        let records: Vec<u8> = (first..first + PER_FRAME).flat_map(|s| record(s, 1)).collect();
+        backlog.extend_from_slice(&records_frame_header(
+            Sequence(first),
+            PER_FRAME as u32,
+            records.len(),
+        ));
+        backlog.extend_from_slice(&records);
+    }
+    let sender = socket.try_clone().unwrap();
+    // The standby gone (the test is over) ends the stream.
+    let streaming = thread::spawn(move || (&sender).write_all(&backlog).is_ok());
+    let first_ack = match reader.read_message() {
+        Ok(Message::Ack(ack)) => ack,
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(error) => panic!("no acknowledgement: {error}"),
+    };
+    assert!(
+        first_ack.written.0 < BACKLOG / 2,
+        "the standby acknowledged only once it had read the backlog: {first_ack:?}"
+    );
+    drop(follower);
+    drop(socket);
+    streaming.join().unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn serve_refuses_a_heartbeat_period_above_a_quarter_of_the_replication_timeout() {
+    // Goal: an idle standby acknowledges only when a heartbeat reaches it, so heartbeats as
+    // rare as the replication timeout make an idle pair flap (standby lost, writes refused,
+    // reconnect) every timeout. `serve` refuses such a period before it starts, naming both
+    // settings (the shared check `config check` runs too).
+    let root = temp_dir("heartbeat-refused");
+    let secret = write_secret(&root, SECRET);
+    let config = root.join("ringfence.toml");
+    std::fs::write(&config, "[replication]\ntimeout_ms = 1000\nheartbeat_ms = 1500\n").unwrap();
+    let config = config.to_str().unwrap();
+    let args = ["--cluster-secret-file", &secret, "--replication-listen", "127.0.0.1:0"];
+    let refused = refused_serve(&root.join("a"), &[&args[..], &["--config", config]].concat());
+    assert!(refused.contains("heartbeat_ms = 1500"), "{refused}");
+    assert!(refused.contains("a quarter of timeout_ms (1000"), "{refused}");
+    let _ = std::fs::remove_dir_all(&root);
+}
