@@ -406,8 +406,8 @@ const KEYS: &[Key] = &[
     unset(
         "coordination",
         "margin_ms",
-        "How long before its lease can expire a primary stops acknowledging alone. Default a \
-         quarter of the TTL.",
+        "How long before its lease can expire a primary stops acknowledging alone: at least a \
+         tenth of the TTL (it covers a clock running slow by that share). Default a quarter.",
         "500",
     ),
     unset(

@@ -800,8 +800,9 @@ mod tests {
 
     #[test]
     fn bad_coordination_settings_are_refused_with_the_fix() {
-        // Goal: a role flag, a missing or odd node name, a non-http URL and a lease that
-        // cannot fit two renewals and the margin are refused, each saying what to change.
+        // Goal: a role flag, a missing or odd node name, a non-http URL, a lease that cannot
+        // fit two renewals and the margin, and a margin below a tenth of the lease (it covers
+        // clock drift) are refused, each saying what to change.
         let none = CoordinationSection::default();
         let url = ["http://127.0.0.1:2379"];
         let mut role = args(&url, Some("a"));
@@ -825,5 +826,16 @@ mod tests {
         .unwrap();
         let error = coordination_settings(&args(&[], None), &tight).unwrap_err();
         assert!(error.contains("does not fit a 1 s TTL"), "{error}");
+        // A margin that covers no clock drift: a slow clock acknowledges past the lease.
+        let section = |margin_ms: u64| -> CoordinationSection {
+            let text =
+                format!("etcd = [\"http://e:1\"]\nnode_name = \"a\"\nmargin_ms = {margin_ms}");
+            toml::from_str(&text).unwrap()
+        };
+        for margin_ms in [0, 199] {
+            let error = coordination_settings(&args(&[], None), &section(margin_ms)).unwrap_err();
+            assert!(error.contains("raise margin_ms to 200 or more"), "{margin_ms}: {error}");
+        }
+        assert!(coordination_settings(&args(&[], None), &section(200)).is_ok(), "a tenth fits");
     }
 }

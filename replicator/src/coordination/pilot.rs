@@ -53,6 +53,10 @@ pub struct Identity {
     pub max_failover_loss: Option<u64>,
 }
 
+/// The margin must be at least the TTL over this: a primary's clock running that share slow
+/// against the witness's (10%) still stops acknowledging alone before its lease expires.
+pub const MARGIN_PER_TTL_MIN: u64 = 10;
+
 /// The lease's timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
@@ -71,10 +75,23 @@ impl Timing {
         Timing { ttl_s, renew_ms: ttl_s * 250, margin_ms: ttl_s * 250 }
     }
 
-    /// Checks that a renewal can fail twice and still leave the margin.
+    /// Checks that a renewal can fail twice and still leave the margin, and that the margin
+    /// covers clocks [`MARGIN_PER_TTL_MIN`] apart.
     pub fn validate(&self) -> Result<(), String> {
         if self.ttl_s == 0 {
             return Err("the lease TTL must be at least 1 s".into());
+        }
+        let ttl_ms = self.ttl_s.saturating_mul(1_000);
+        if self.margin_ms.saturating_mul(MARGIN_PER_TTL_MIN) < ttl_ms {
+            return Err(format!(
+                "a {} ms margin is below a tenth of the {} s lease TTL: the primary stops \
+                 acknowledging alone that long before its lease can expire, which covers its \
+                 clock running slow against etcd's by that share of the TTL; raise margin_ms \
+                 to {} or more (the default is a quarter)",
+                self.margin_ms,
+                self.ttl_s,
+                ttl_ms.div_ceil(MARGIN_PER_TTL_MIN)
+            ));
         }
         if self.renew_ms == 0 || 2 * self.renew_ms + self.margin_ms >= self.ttl_s * 1_000 {
             return Err(format!(
