@@ -390,6 +390,40 @@ pub fn connect_first(address: &str, timeout: Duration) -> io::Result<(TcpStream,
     connect_first_of(&address, timeout)
 }
 
+/// Reads `stream` to its end, at most `len_max` bytes, by `deadline`: each read waits only for
+/// the time left, so a peer that trickles its answer cannot hold the caller. A read whose wait
+/// ran out is `TimedOut`.
+pub fn read_to_end_by(
+    stream: &mut TcpStream,
+    deadline: Instant,
+    len_max: usize,
+) -> io::Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    let mut chunk = [0_u8; 8 * 1024];
+    while answer.len() < len_max {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let room = (len_max - answer.len()).min(chunk.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => break,
+            Ok(read) => answer.extend_from_slice(&chunk[..read]),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            // A read's wait ran out: the deadline has passed, said as such.
+            Err(error)
+                if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    assert!(answer.len() <= len_max, "read past the bound");
+    Ok(answer)
+}
+
 /// [`connect_first`] over any list of addresses.
 fn connect_first_of(
     address: &impl std::net::ToSocketAddrs,

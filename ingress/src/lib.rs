@@ -19,6 +19,6 @@ pub use backend::{
     Backend, BackendCompletion, CoordinationStatus, EngineWatch, HashWatch, MetricsWriter,
     NodeBackend, NodeStatus, NotReady, OnNodeStop, Refusal, ReplicationControl, ReplicationStatus,
 };
-pub use client::{Client, ClientError, connect_first};
+pub use client::{Client, ClientError, connect_first, read_to_end_by};
 pub use roles::Role;
 pub use server::{ServerConfig, ServerConfigError, ServerHandle, Stopper, start};

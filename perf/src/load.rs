@@ -10,7 +10,7 @@
 //! the figures), and a `max` run stops sending at the units left.
 
 use std::cmp::Ordering;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -359,7 +359,14 @@ fn read_stock_http(addr: SocketAddr, sku: u64, token: Option<&str>) -> Result<St
     let request =
         format!("GET /v1/skus/{sku} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let response = read_answer(&mut stream, Instant::now() + CONNECT_TIMEOUT)?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let response = match ringfence_ingress::read_to_end_by(&mut stream, deadline, ANSWER_LEN_MAX) {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|e| e.to_string())?,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            return Err(format!("no whole answer within {} s", CONNECT_TIMEOUT.as_secs()));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let (head, body) = response.split_once("\r\n\r\n").ok_or("a response without a body")?;
     let view: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("{head}: {e}"))?;
     let status = head.split(' ').nth(1).unwrap_or("?");
@@ -378,28 +385,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 /// The most of an answer `load` reads while it sets up and checks: a SKU's view is small.
 const ANSWER_LEN_MAX: usize = 1 << 20;
-
-/// Reads `stream` to its end by `deadline`, each read waiting only for the time left: a node
-/// that trickles its answer cannot hold the run's setup.
-fn read_answer(stream: &mut TcpStream, deadline: Instant) -> Result<String, String> {
-    let mut answer = Vec::new();
-    let mut chunk = [0_u8; 8 * 1024];
-    while answer.len() <= ANSWER_LEN_MAX {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("no whole answer within {} s", CONNECT_TIMEOUT.as_secs()));
-        }
-        stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-        match stream.read(&mut chunk) {
-            Ok(0) => return String::from_utf8(answer).map_err(|e| e.to_string()),
-            Ok(n) => answer.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Err(format!("an answer of more than {ANSWER_LEN_MAX} bytes"))
-}
 
 #[cfg(test)]
 mod tests {

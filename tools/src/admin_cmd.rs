@@ -6,8 +6,7 @@
 //! The exit status is 0 when the node did it, 1 when it refused (the answer says why), 2 when
 //! the node could not be reached or the token could not be read.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use crate::client_cmd::admin_token;
 /// milliseconds; a node that takes this long is not going to answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer read: the admin answers are a line of JSON.
-const ANSWER_LEN_MAX: u64 = 64 * 1024;
+const ANSWER_LEN_MAX: usize = 64 * 1024;
 
 /// Where to send an admin call, and with which token.
 #[derive(clap::Args, Debug)]
@@ -157,39 +156,9 @@ pub(crate) fn call(
     stream.write_all(request.as_bytes()).map_err(unreachable)?;
     // `Connection: close`: the node closes after its answer, so the answer is all there is.
     let deadline = std::time::Instant::now() + timeout;
-    let response = read_answer(&mut stream, deadline).map_err(unreachable)?;
+    let response = ringfence_ingress::read_to_end_by(&mut stream, deadline, ANSWER_LEN_MAX)
+        .map_err(unreachable)?;
     parse_response(&response).ok_or_else(|| format!("the node at {addr} sent no HTTP answer"))
-}
-
-/// Reads `stream` to its end, at most [`ANSWER_LEN_MAX`] bytes, by `deadline`: each read waits
-/// only for the time left.
-fn read_answer(stream: &mut TcpStream, deadline: std::time::Instant) -> std::io::Result<Vec<u8>> {
-    let mut answer = Vec::new();
-    let mut chunk = [0_u8; 8 * 1024];
-    while (answer.len() as u64) < ANSWER_LEN_MAX {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(left))?;
-        let room = usize::try_from(ANSWER_LEN_MAX).unwrap_or(usize::MAX) - answer.len();
-        match stream.read(&mut chunk[..room.min(8 * 1024)]) {
-            Ok(0) => break,
-            Ok(read) => answer.extend_from_slice(&chunk[..read]),
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            // A read's wait ran out: the deadline has passed, said as such.
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(std::io::ErrorKind::TimedOut.into());
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(answer)
 }
 
 /// The status and body of a whole HTTP/1.1 response.

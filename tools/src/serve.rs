@@ -491,7 +491,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         log(format_args!("{} token from {source}", role.name()));
         role_tokens.push((role, token));
     }
-    // Serve's own admin token is read or made only now: it too must differ from every role's.
+    // Read again under the lock (it may have changed since the check), or made only now: it
+    // too must differ from every role's.
     distinct_tokens(&admin, &role_tokens)?;
     log_roles(&role_tokens, &listeners, open);
     server_config.admin_token = Some(admin);

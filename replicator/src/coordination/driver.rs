@@ -1096,21 +1096,7 @@ mod tests {
         let leader = {
             let mut witness = witness.lock().unwrap();
             let lease = witness.grant(2).unwrap();
-            let leader = LeaderValue {
-                version: RECORDS_VERSION,
-                node: "p".into(),
-                epoch: 1,
-                replication: "127.0.0.1:7101".into(),
-                http: None,
-            };
-            let sync = SyncRecord {
-                version: RECORDS_VERSION,
-                epoch: 1,
-                primary: "p".into(),
-                standby: Some("b".into()),
-                mode: AckMode::Sync.name().into(),
-                primary_last: 0,
-            };
+            let (leader, sync) = recorded("p", Some("b"), 0);
             assert!(witness.campaign(&leader, lease, 0, &sync).unwrap());
             leader
         };
@@ -1148,11 +1134,16 @@ mod tests {
         assert!(waiting.contains("b's journal failed after sequence 2"), "{waiting}");
     }
 
-    /// The record of a primary `a` that led in epoch 1 and had no standby in sync.
-    fn a_recorded_alone() -> (LeaderValue, SyncRecord) {
+    /// The leader key and in-sync record of `primary`, leading in epoch 1 with `standby` in
+    /// sync (or none) and its journal at `primary_last`.
+    fn recorded(
+        primary: &str,
+        standby: Option<&str>,
+        primary_last: u64,
+    ) -> (LeaderValue, SyncRecord) {
         let leader = LeaderValue {
             version: RECORDS_VERSION,
-            node: "a".into(),
+            node: primary.into(),
             epoch: 1,
             replication: "127.0.0.1:7101".into(),
             http: None,
@@ -1160,10 +1151,10 @@ mod tests {
         let sync = SyncRecord {
             version: RECORDS_VERSION,
             epoch: 1,
-            primary: "a".into(),
-            standby: None,
+            primary: primary.into(),
+            standby: standby.map(Into::into),
             mode: AckMode::Sync.name().into(),
-            primary_last: 10,
+            primary_last,
         };
         (leader, sync)
     }
@@ -1179,7 +1170,7 @@ mod tests {
         {
             let mut witness = witness.lock().unwrap();
             let lease = witness.grant(1).unwrap();
-            let (leader, sync) = a_recorded_alone();
+            let (leader, sync) = recorded("a", None, 10);
             assert!(witness.campaign(&leader, lease, 0, &sync).unwrap());
             witness.now_ms = 5_000;
         }
