@@ -184,8 +184,35 @@ pub struct CoordinationStatus {
     pub max_failover_loss: Option<u64>,
 }
 
+/// The answer of an admin call that is not an engine command: ready now, or work that waits
+/// on something slower than the node (the witness, for seconds at worst), which the event
+/// loop hands to its admin thread and answers when it ends, serving everyone else meanwhile.
+pub enum AdminCall<T> {
+    /// Carried out already: the answer.
+    Done(Result<T, String>),
+    /// To be carried out off the event loop's thread; returns the answer.
+    Later(Box<dyn FnOnce() -> Result<T, String> + Send>),
+}
+
+impl<T: 'static> AdminCall<T> {
+    /// The same call with its answer mapped by `f`, now or when it ends.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U + Send + 'static) -> AdminCall<U> {
+        match self {
+            AdminCall::Done(result) => AdminCall::Done(result.map(f)),
+            AdminCall::Later(work) => AdminCall::Later(Box::new(move || work().map(f))),
+        }
+    }
+}
+
+impl<T> From<Result<T, String>> for AdminCall<T> {
+    fn from(result: Result<T, String>) -> Self {
+        AdminCall::Done(result)
+    }
+}
+
 /// The replicator's side of the admin API, held by [`NodeBackend`]. Called on the event-loop
-/// thread: every method must return promptly (a promotion may take a few milliseconds).
+/// thread: every method must return promptly (a promotion may take a few milliseconds); what
+/// waits longer is returned as [`AdminCall::Later`].
 pub trait ReplicationControl: Send + Sync + 'static {
     /// How replication stands now.
     fn status(&self) -> ReplicationStatus;
@@ -193,10 +220,10 @@ pub trait ReplicationControl: Send + Sync + 'static {
     /// Promotes this standby: stops following, stores the new epoch durably and calls
     /// [`Node::promote`] on `node`. Returns the new epoch. Without `force` a standby that may
     /// lack acknowledged writes is refused.
-    fn promote(&self, node: &Node, force: bool) -> Result<Epoch, String>;
+    fn promote(&self, node: &Node, force: bool) -> AdminCall<Epoch>;
 
     /// Switches the ack mode (`sync` or `async`); the implementation logs the change.
-    fn set_mode(&self, mode: &str) -> Result<(), String>;
+    fn set_mode(&self, mode: &str) -> AdminCall<()>;
 
     /// Appends replication metrics (lag, ack latency, reconnects) in Prometheus text format.
     fn write_metrics(&self, out: &mut String) {
@@ -236,15 +263,16 @@ pub trait Backend: Send + 'static {
     fn close(&mut self) {}
 
     /// Promotes this standby to primary (`force`: even if it may lack acknowledged writes);
-    /// returns the new epoch. Must return promptly.
-    fn promote(&mut self, _force: bool) -> Result<u64, String> {
-        Err(NO_REPLICATION.to_owned())
+    /// answers the new epoch. Must return promptly: what waits is [`AdminCall::Later`].
+    fn promote(&mut self, _force: bool) -> AdminCall<u64> {
+        AdminCall::Done(Err(NO_REPLICATION.to_owned()))
     }
 
-    /// Switches replication's ack mode to `mode` (`sync` or `async`). Must return promptly.
-    fn set_replication_mode(&mut self, mode: &str) -> Result<(), String> {
+    /// Switches replication's ack mode to `mode` (`sync` or `async`). Must return promptly:
+    /// what waits is [`AdminCall::Later`].
+    fn set_replication_mode(&mut self, mode: &str) -> AdminCall<()> {
         let _ = mode;
-        Err(NO_REPLICATION.to_owned())
+        AdminCall::Done(Err(NO_REPLICATION.to_owned()))
     }
 }
 
@@ -587,19 +615,30 @@ impl Backend for NodeBackend {
         }
     }
 
-    fn promote(&mut self, force: bool) -> Result<u64, String> {
-        let control = self.replication.as_ref().ok_or_else(|| NO_REPLICATION.to_owned())?;
-        let node = self.node.as_ref().ok_or_else(|| "the node is shut down".to_owned())?;
-        let epoch = control.promote(node, force)?;
-        // The control promises a node that now sequences its own writes in the new epoch.
-        assert_eq!(node.intake(), Intake::Sequencer, "a promoted node sequences its writes");
-        assert_eq!(node.epoch(), epoch, "a promoted node journals in the epoch returned");
-        Ok(epoch.0)
+    fn promote(&mut self, force: bool) -> AdminCall<u64> {
+        let Some(control) = self.replication.as_ref() else {
+            return AdminCall::Done(Err(NO_REPLICATION.to_owned()));
+        };
+        let Some(node) = self.node.as_ref() else {
+            return AdminCall::Done(Err("the node is shut down".to_owned()));
+        };
+        match control.promote(node, force) {
+            AdminCall::Done(Ok(epoch)) => {
+                // The control promises a node that now sequences its own writes in the new
+                // epoch.
+                assert_eq!(node.intake(), Intake::Sequencer, "a promoted node sequences writes");
+                assert_eq!(node.epoch(), epoch, "a promoted node journals in the epoch returned");
+                AdminCall::Done(Ok(epoch.0))
+            }
+            call => call.map(|epoch| epoch.0),
+        }
     }
 
-    fn set_replication_mode(&mut self, mode: &str) -> Result<(), String> {
-        let control = self.replication.as_ref().ok_or_else(|| NO_REPLICATION.to_owned())?;
-        control.set_mode(mode)
+    fn set_replication_mode(&mut self, mode: &str) -> AdminCall<()> {
+        match self.replication.as_ref() {
+            Some(control) => control.set_mode(mode),
+            None => AdminCall::Done(Err(NO_REPLICATION.to_owned())),
+        }
     }
 
     fn close(&mut self) {

@@ -16,8 +16,9 @@ pub mod server;
 pub mod wire;
 
 pub use backend::{
-    Backend, BackendCompletion, CoordinationStatus, EngineWatch, HashWatch, MetricsWriter,
-    NodeBackend, NodeStatus, NotReady, OnNodeStop, Refusal, ReplicationControl, ReplicationStatus,
+    AdminCall, Backend, BackendCompletion, CoordinationStatus, EngineWatch, HashWatch,
+    MetricsWriter, NodeBackend, NodeStatus, NotReady, OnNodeStop, Refusal, ReplicationControl,
+    ReplicationStatus,
 };
 pub use client::{Client, ClientError, connect_first, read_to_end_by};
 pub use roles::Role;

@@ -18,8 +18,8 @@ use ringfence_core::{
 };
 use ringfence_ingress::wire::ErrorCode;
 use ringfence_ingress::{
-    Backend, BackendCompletion, Client, ClientError, NodeStatus, Refusal, ReplicationControl,
-    ReplicationStatus, ServerConfig, ServerHandle, keys,
+    AdminCall, Backend, BackendCompletion, Client, ClientError, NodeStatus, Refusal,
+    ReplicationControl, ReplicationStatus, ServerConfig, ServerHandle, keys,
 };
 
 const PRIMARY_HTTP: &str = "10.0.0.1:7080";
@@ -46,15 +46,17 @@ impl ReplicationControl for FakeControl {
         }
     }
 
-    fn promote(&self, node: &Node, _force: bool) -> Result<Epoch, String> {
-        node.promote(Epoch(2)).map_err(|e| e.to_string())?;
+    fn promote(&self, node: &Node, _force: bool) -> AdminCall<Epoch> {
+        if let Err(error) = node.promote(Epoch(2)) {
+            return AdminCall::Done(Err(error.to_string()));
+        }
         self.promoted.store(true, Ordering::Release);
-        Ok(Epoch(2))
+        AdminCall::Done(Ok(Epoch(2)))
     }
 
-    fn set_mode(&self, mode: &str) -> Result<(), String> {
+    fn set_mode(&self, mode: &str) -> AdminCall<()> {
         *self.mode.lock().unwrap() = mode.to_owned();
-        Ok(())
+        AdminCall::Done(Ok(()))
     }
 
     fn write_metrics(&self, out: &mut String) {

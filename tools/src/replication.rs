@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ringfence_core::pipeline::Node;
 use ringfence_core::{EngineConfig, Epoch, Sequence};
-use ringfence_ingress::{CoordinationStatus, ReplicationControl, ReplicationStatus};
+use ringfence_ingress::{AdminCall, CoordinationStatus, ReplicationControl, ReplicationStatus};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::storage::{FileStorage, Storage};
 use ringfence_journal::{recovery, snapshot};
@@ -567,23 +567,23 @@ impl ControlHandle {
             max_failover_loss: figures.max_failover_loss,
         })
     }
+}
 
-    /// A planned switchover through the witness: the standby asks, the primary holds writes
-    /// until this standby has everything, gives up the key, and this standby takes it. Waits
-    /// for it (on the caller's thread, bounded).
-    fn switchover(&self, coordination: &Coordination) -> Result<Epoch, String> {
-        coordination.request_switchover()?;
-        let started = std::time::Instant::now();
-        while started.elapsed() < SWITCHOVER_WAIT {
-            if self.0.is_primary() && coordination.figures().state == "leader" {
-                return Ok(self.0.epoch());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// A planned switchover through the witness: the standby asks, the primary holds writes until
+/// this standby has everything, gives up the key, and this standby takes it. Waits for it
+/// (on the admin thread, bounded).
+fn switchover(control: &Control, coordination: &Coordination) -> Result<Epoch, String> {
+    coordination.request_switchover()?;
+    let started = std::time::Instant::now();
+    while started.elapsed() < SWITCHOVER_WAIT {
+        if control.is_primary() && coordination.figures().state == "leader" {
+            return Ok(control.epoch());
         }
-        Err("the switchover was asked of the primary through etcd but has not completed yet; \
-             see /v1/node"
-            .into())
+        std::thread::sleep(Duration::from_millis(20));
     }
+    Err("the switchover was asked of the primary through etcd but has not completed yet; \
+         see /v1/node"
+        .into())
 }
 
 impl ReplicationControl for ControlHandle {
@@ -606,25 +606,32 @@ impl ReplicationControl for ControlHandle {
         }
     }
 
-    fn promote(&self, node: &Node, force: bool) -> Result<Epoch, String> {
+    fn promote(&self, node: &Node, force: bool) -> AdminCall<Epoch> {
         match &self.1 {
-            Some(_) if force => Err("with --etcd a promotion is a switchover through the \
-                                     witness, which never loses acknowledged writes: force \
-                                     does not apply"
-                .into()),
-            Some(coordination) => self.switchover(coordination),
-            None => self.0.promote(node, force),
+            Some(_) if force => AdminCall::Done(Err("with --etcd a promotion is a switchover \
+                                                     through the witness, which never loses \
+                                                     acknowledged writes: force does not apply"
+                .into())),
+            Some(coordination) => {
+                let (control, coordination) = (Arc::clone(&self.0), Arc::clone(coordination));
+                AdminCall::Later(Box::new(move || switchover(&control, &coordination)))
+            }
+            None => AdminCall::Done(self.0.promote(node, force)),
         }
     }
 
-    fn set_mode(&self, mode: &str) -> Result<(), String> {
-        let mode =
-            AckMode::parse(mode).ok_or_else(|| format!("mode `{mode}`: use sync or async"))?;
+    fn set_mode(&self, mode: &str) -> AdminCall<()> {
+        let Some(mode) = AckMode::parse(mode) else {
+            return AdminCall::Done(Err(format!("mode `{mode}`: use sync or async")));
+        };
         match &self.1 {
-            Some(coordination) => coordination.set_mode(mode),
+            Some(coordination) => {
+                let coordination = Arc::clone(coordination);
+                AdminCall::Later(Box::new(move || coordination.set_mode(mode)))
+            }
             None => {
                 self.0.set_mode(mode);
-                Ok(())
+                AdminCall::Done(Ok(()))
             }
         }
     }

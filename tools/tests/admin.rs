@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{TempDir, ringfence_within, text};
 use ringfence_core::Command;
 use ringfence_ingress::wire::NodeInfo;
-use ringfence_ingress::{Backend, BackendCompletion, NodeStatus, Refusal, ServerConfig};
+use ringfence_ingress::{AdminCall, Backend, BackendCompletion, NodeStatus, Refusal, ServerConfig};
 
 const TOKEN: &str = "admin-cli-token";
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -36,14 +36,14 @@ impl Backend for Replicated {
         NodeStatus { info, ..NodeStatus::default() }
     }
 
-    fn promote(&mut self, _force: bool) -> Result<u64, String> {
+    fn promote(&mut self, _force: bool) -> AdminCall<u64> {
         self.primary = true;
-        Ok(2)
+        AdminCall::Done(Ok(2))
     }
 
-    fn set_replication_mode(&mut self, mode: &str) -> Result<(), String> {
+    fn set_replication_mode(&mut self, mode: &str) -> AdminCall<()> {
         self.modes.lock().unwrap().push(mode.to_owned());
-        Ok(())
+        AdminCall::Done(Ok(()))
     }
 }
 

@@ -1,42 +1,153 @@
 //! The admin calls that are not engine commands: promoting a standby and switching
-//! replication's ack mode. They go to the backend on the event-loop thread (a promotion takes
-//! a few milliseconds), are answered at once, and each one is logged.
+//! replication's ack mode. Each one is logged. What the backend carries out at once (a
+//! promotion without a witness takes a few milliseconds) is answered at once; what waits on
+//! something slower ([`AdminCall::Later`]: a switchover or a mode switch through the witness,
+//! seconds at worst) runs on the `ringfence-admin` thread, one call at a time in the order
+//! asked, while the event loop serves everyone else, and is answered in its HTTP slot when it
+//! ends.
 
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Instant;
 
+use mio::Waker;
 use ringfence_core::RequestKey;
 use serde_json::json;
 
 use super::Server;
-use crate::backend::Backend;
+use super::conn::Conn;
+use crate::backend::{AdminCall, Backend};
 use crate::http::Response;
 use crate::http::api::ReplicationMode;
+
+/// Admin calls waiting for the admin thread or under way on it, all connections together:
+/// enough for an operator's retries; beyond them a call is refused, since each may take
+/// seconds and a long queue would carry out calls long after they were asked.
+pub(super) const ADMIN_WAITING_MAX: usize = 4;
+
+/// Where a call carried out later is answered: an HTTP slot of a connection.
+#[derive(Clone, Copy)]
+struct Slot {
+    conn: usize,
+    conn_id: u64,
+    seq: u64,
+    keep_alive: bool,
+}
+
+/// What a call carried out later asked and answered.
+enum Answer {
+    /// A promotion, with the request id it carried.
+    Promoted(Option<RequestKey>, Result<u64, String>),
+    ModeSet(ReplicationMode, Result<(), String>),
+}
+
+type Job = Box<dyn FnOnce() -> Answer + Send>;
+
+/// The admin thread, started at the first call that waits, and the calls it owes answers.
+pub(super) struct AdminCalls {
+    waker: Arc<Waker>,
+    jobs: Option<Sender<(Slot, Job)>>,
+    answers: Receiver<(Slot, Answer)>,
+    answered: Sender<(Slot, Answer)>,
+    /// Calls handed to the thread and not yet answered.
+    waiting: usize,
+}
+
+impl AdminCalls {
+    pub(super) fn new(waker: Arc<Waker>) -> AdminCalls {
+        let (answered, answers) = mpsc::channel();
+        AdminCalls { waker, jobs: None, answers, answered, waiting: 0 }
+    }
+
+    /// Calls handed to the admin thread and not yet answered.
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Hands `job` to the admin thread, starting it if need be; its answer is delivered to
+    /// `slot`. `false` when the thread cannot be started (nothing was handed over).
+    fn hand_over(&mut self, slot: Slot, job: Job) -> bool {
+        assert!(self.waiting < ADMIN_WAITING_MAX, "callers check the room first");
+        if self.jobs.is_none() {
+            let (jobs, taken) = mpsc::channel::<(Slot, Job)>();
+            let answered = self.answered.clone();
+            let waker = Arc::clone(&self.waker);
+            let spawned =
+                std::thread::Builder::new().name("ringfence-admin".into()).spawn(move || {
+                    // Ends when the server drops its sender; an answer nobody takes any more
+                    // (the server stopped) is dropped.
+                    for (slot, job) in taken {
+                        if answered.send((slot, job())).is_err() {
+                            return;
+                        }
+                        let _ = waker.wake();
+                    }
+                });
+            if spawned.is_err() {
+                return false;
+            }
+            self.jobs = Some(jobs);
+        }
+        let sender = self.jobs.as_ref().expect("started above");
+        if sender.send((slot, job)).is_err() {
+            return false;
+        }
+        self.waiting += 1;
+        true
+    }
+}
 
 impl<B: Backend> Server<B> {
     /// `POST /v1/admin/promote`: 200 with the new epoch, 409 on a node that is already
     /// primary, 503 when the promotion failed or was refused (a standby that may lack
     /// acknowledged writes, without `force`; no replication to promote). A retry with the
-    /// `request_id` of the promotion this server made answers 200 again.
+    /// `request_id` of the promotion this server made answers 200 again. `None`: the answer
+    /// comes later, in the slot reserved on `conn`.
     pub(super) fn promote_response(
         &mut self,
         (request, force): (Option<RequestKey>, bool),
+        (conn, index): (&mut Conn, usize),
+        (keep_alive, head_only): (bool, bool),
         now: Instant,
-    ) -> Response {
+    ) -> Option<Response> {
         let status = self.backend.status();
         if let (Some(request), Some((promoted, epoch))) = (request, self.promoted_by) {
             if request == promoted && status.info.primary && status.info.epoch == epoch {
-                return Response::json(200, &json!({ "role": "primary", "epoch": epoch }));
+                return Some(Response::json(200, &json!({ "role": "primary", "epoch": epoch })));
             }
         }
         if status.info.primary {
             self.log.warn(now, format_args!("admin: promote refused: already the primary"));
-            return Response::error(
+            return Some(Response::error(
                 409,
                 "not_standby",
                 "this node is already the primary; only a standby can be promoted",
-            );
+            ));
         }
-        match self.backend.promote(force) {
+        if self.admin.waiting() >= ADMIN_WAITING_MAX {
+            return Some(Response::error(503, "promotion_failed", &admin_busy_message()));
+        }
+        let answer = match self.backend.promote(force) {
+            AdminCall::Done(result) => result,
+            AdminCall::Later(work) => {
+                let job: Job = Box::new(move || Answer::Promoted(request, work()));
+                match self.defer(conn, index, (keep_alive, head_only), job) {
+                    Ok(()) => return None,
+                    Err(message) => Err(message),
+                }
+            }
+        };
+        Some(self.promoted(request, answer, now))
+    }
+
+    /// The answer to a promotion that ended with `answer`, logged.
+    fn promoted(
+        &mut self,
+        request: Option<RequestKey>,
+        answer: Result<u64, String>,
+        now: Instant,
+    ) -> Response {
+        match answer {
             Ok(epoch) => {
                 self.log.notice(format_args!("admin: promoted to primary in epoch {epoch}"));
                 self.promoted_by = request.map(|request| (request, epoch));
@@ -50,14 +161,40 @@ impl<B: Backend> Server<B> {
     }
 
     /// `POST /v1/admin/replication`: 200 with the mode now in force, 409 when the backend
-    /// refuses the switch (e.g. no replication configured).
+    /// refuses the switch (e.g. no replication configured). `None`: the answer comes later,
+    /// in the slot reserved on `conn`.
     pub(super) fn replication_mode_response(
         &mut self,
         mode: ReplicationMode,
+        (conn, index): (&mut Conn, usize),
+        (keep_alive, head_only): (bool, bool),
+        now: Instant,
+    ) -> Option<Response> {
+        if self.admin.waiting() >= ADMIN_WAITING_MAX {
+            return Some(self.mode_set(mode, Err(admin_busy_message()), now));
+        }
+        let answer = match self.backend.set_replication_mode(mode.name()) {
+            AdminCall::Done(result) => result,
+            AdminCall::Later(work) => {
+                let job: Job = Box::new(move || Answer::ModeSet(mode, work()));
+                match self.defer(conn, index, (keep_alive, head_only), job) {
+                    Ok(()) => return None,
+                    Err(message) => Err(message),
+                }
+            }
+        };
+        Some(self.mode_set(mode, answer, now))
+    }
+
+    /// The answer to a mode switch that ended with `answer`, logged.
+    fn mode_set(
+        &mut self,
+        mode: ReplicationMode,
+        answer: Result<(), String>,
         now: Instant,
     ) -> Response {
         let name = mode.name();
-        match self.backend.set_replication_mode(name) {
+        match answer {
             Ok(()) => {
                 self.log.notice(format_args!("admin: replication mode set to {name}"));
                 Response::json(200, &json!({ "mode": name }))
@@ -69,4 +206,53 @@ impl<B: Backend> Server<B> {
             }
         }
     }
+
+    /// Reserves `conn`'s next HTTP slot for `job`'s answer and hands the job to the admin
+    /// thread; `Err` (nothing reserved) when the thread cannot take it.
+    fn defer(
+        &mut self,
+        conn: &mut Conn,
+        index: usize,
+        (keep_alive, head_only): (bool, bool),
+        job: Job,
+    ) -> Result<(), String> {
+        let slot = Slot { conn: index, conn_id: conn.id, seq: conn.next_http_seq(), keep_alive };
+        if !self.admin.hand_over(slot, job) {
+            return Err("the admin thread could not be started; nothing was done".into());
+        }
+        conn.push_http_pending(head_only);
+        Ok(())
+    }
+
+    /// Answers the admin calls the admin thread has finished, each in its connection's slot
+    /// (a connection closed meanwhile gets nothing; the call was carried out all the same).
+    pub(super) fn drain_admin_answers(&mut self) {
+        let now = Instant::now();
+        while let Ok((slot, answer)) = self.admin.answers.try_recv() {
+            assert!(self.admin.waiting > 0, "an answer to a call handed over");
+            self.admin.waiting -= 1;
+            let response = match answer {
+                Answer::Promoted(request, answer) => self.promoted(request, answer, now),
+                Answer::ModeSet(mode, answer) => self.mode_set(mode, answer, now),
+            };
+            let Some(conn) = self.conns.get_mut(slot.conn).and_then(Option::as_mut) else {
+                continue;
+            };
+            if conn.id != slot.conn_id {
+                continue;
+            }
+            conn.fill_http_slot(slot.seq, &response, slot.keep_alive, now);
+            self.dirty.push(slot.conn);
+            if conn.read_paused {
+                self.resume.push(slot.conn);
+            }
+        }
+    }
+}
+
+fn admin_busy_message() -> String {
+    format!(
+        "{ADMIN_WAITING_MAX} admin calls that wait on the witness are still under way; nothing \
+         was done: see /v1/node, then ask again"
+    )
 }

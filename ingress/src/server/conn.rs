@@ -479,7 +479,14 @@ impl Conn {
         }
     }
 
-    fn fill_http_slot(&mut self, seq: u64, response: &Response, keep_alive: bool, now: Instant) {
+    /// Fills HTTP slot `seq` with `response` and writes out the responses ready in order.
+    pub fn fill_http_slot(
+        &mut self,
+        seq: u64,
+        response: &Response,
+        keep_alive: bool,
+        now: Instant,
+    ) {
         let Some(index) = seq.checked_sub(self.http_base) else { return };
         let Some(slot) = self.http_queue.get_mut(index as usize) else { return };
         let head_only = match self.head_slots.iter().position(|&head| head == seq) {

@@ -46,6 +46,7 @@ use crate::http::api::KeyMint;
 use crate::http::host::AllowedHosts;
 use crate::metrics::{Metrics, Protocol};
 use crate::roles::{self, Caller, Role};
+use admin::AdminCalls;
 use auth::Auth;
 use conn::{Conn, Flight};
 
@@ -407,8 +408,8 @@ pub fn start<B: Backend>(
     }
     let backend = make_backend(Arc::clone(&waker))?;
     let flag = Arc::new(AtomicBool::new(false));
-    let stopper = Stopper { flag: Arc::clone(&flag), waker };
-    let server = Server::new(config, poll, backend, binary, http, flag);
+    let stopper = Stopper { flag: Arc::clone(&flag), waker: Arc::clone(&waker) };
+    let server = Server::new(config, poll, backend, binary, http, (waker, flag));
     let thread =
         std::thread::Builder::new().name("ringfence-ingress".into()).spawn(move || server.run())?;
     Ok(ServerHandle { binary_addr, http_addr, stopper, thread: Some(thread) })
@@ -459,6 +460,8 @@ struct Server<B: Backend> {
     /// The request id and epoch of the promotion this server made, so a retried promotion
     /// with the same `request_id` gets the same answer.
     promoted_by: Option<(ringfence_core::RequestKey, u64)>,
+    /// Admin calls carried out off the event loop's thread.
+    admin: AdminCalls,
     stop: Arc<AtomicBool>,
     stopping_since: Option<Instant>,
 }
@@ -470,7 +473,7 @@ impl<B: Backend> Server<B> {
         backend: B,
         binary: Option<TcpListener>,
         http: Option<TcpListener>,
-        stop: Arc<AtomicBool>,
+        (waker, stop): (Arc<Waker>, Arc<AtomicBool>),
     ) -> Server<B> {
         let nonce = u128::from(crate::backend::now_ms()) << 64
             | u128::from(std::process::id()) << 32
@@ -506,6 +509,7 @@ impl<B: Backend> Server<B> {
             metrics: Metrics::default(),
             mint: KeyMint::new(nonce ^ nonce_entropy()),
             promoted_by: None,
+            admin: AdminCalls::new(waker),
             stop,
             stopping_since: None,
         }
@@ -548,6 +552,7 @@ impl<B: Backend> Server<B> {
             self.serve_yielded(yielded_before, now);
             step_in = self.backend.step();
             self.drain_completions();
+            self.drain_admin_answers();
             self.release_address_waiters();
             self.resume_paused(now);
             self.flush_dirty(now);
@@ -559,7 +564,8 @@ impl<B: Backend> Server<B> {
                 self.begin_stop(now);
             }
             if let Some(since) = self.stopping_since {
-                let drained = self.metrics.in_flight == 0 && self.all_flushed();
+                let drained =
+                    self.metrics.in_flight == 0 && self.admin.waiting() == 0 && self.all_flushed();
                 let drain_timeout = Duration::from_millis(self.config.drain_timeout_ms);
                 if drained || now.duration_since(since) >= drain_timeout {
                     break;

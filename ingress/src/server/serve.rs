@@ -310,9 +310,19 @@ impl<B: Backend> Server<B> {
                 Ok(Call::Metrics) => self.metrics_response(),
                 Ok(Call::OpenApi) => crate::http::api::openapi_response(),
                 Ok(Call::Promote { request, force }) => {
-                    self.promote_response((request, force), now)
+                    let reply = (keep_alive, head_only);
+                    match self.promote_response((request, force), (conn, index), reply, now) {
+                        Some(response) => response,
+                        None => continue,
+                    }
                 }
-                Ok(Call::SetReplicationMode(mode)) => self.replication_mode_response(mode, now),
+                Ok(Call::SetReplicationMode(mode)) => {
+                    let reply = (keep_alive, head_only);
+                    match self.replication_mode_response(mode, (conn, index), reply, now) {
+                        Some(response) => response,
+                        None => continue,
+                    }
+                }
                 Ok(Call::ListSkus(page)) => {
                     match self.submit_page(conn, index, page, (keep_alive, head_only), now) {
                         Ok(()) => continue,
