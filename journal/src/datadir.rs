@@ -500,7 +500,8 @@ impl<S: Storage> DataDir<S> {
 
     /// Stores a new (current, promised) pair durably before returning. Neither may go down,
     /// and the promise may not be below the current epoch: a node that promised an epoch, or
-    /// wrote records in one, never takes that back.
+    /// wrote records in one, never takes that back. After an error the new epochs are in
+    /// force if the file may hold them (a step after its rename failed), the old ones if not.
     pub fn store_epochs(&self, epochs: Epochs) -> Result<(), JournalError> {
         let mut state = self.state();
         let old = state.epochs;
@@ -518,7 +519,19 @@ impl<S: Storage> DataDir<S> {
                 epochs.current, epochs.promised
             )));
         }
-        write_epochs(&self.storage, epochs)?;
+        if let Err(error) = write_epochs(&self.storage, epochs) {
+            // A step after the rename may have failed (the directory's sync): the file then
+            // holds the new epochs, and a restart would take them. What is in force is never
+            // below what the file may hold, so a caller sees them stored, and failed.
+            let on_disk = self.storage.read_file(EPOCH_FILE).ok();
+            if on_disk.is_some_and(|bytes| Epochs::decode(&bytes) == Ok(epochs)) {
+                state.epochs = epochs;
+                self.shared.current_epoch.store(epochs.current.0, Ordering::Release);
+                self.verify(&state);
+            }
+            assert!(state.epochs == old || state.epochs == epochs, "the old epochs or the new");
+            return Err(error);
+        }
         // Never lowered, promise at least the current epoch: what was refused above.
         assert!(epochs.current >= old.current, "the current epoch went down");
         assert!(epochs.promised >= old.promised, "a promise was taken back");
@@ -558,7 +571,12 @@ impl<S: Storage> DataDir<S> {
             return Ok(());
         }
         assert!(self.storage.file_len(CATCH_UP_FILE).is_err(), "a marker not in force");
-        mark_catching_up(&self.storage)?;
+        if let Err(error) = mark_catching_up(&self.storage) {
+            // As for the epochs: a marker renamed into place before a later step failed is
+            // in force, since a restart would find it.
+            state.catching_up = self.storage.file_len(CATCH_UP_FILE).is_ok();
+            return Err(error);
+        }
         state.catching_up = true;
         assert!(self.storage.file_len(CATCH_UP_FILE).is_ok(), "the marker was not written");
         Ok(())

@@ -70,6 +70,8 @@ struct Disk {
     archive: Option<BTreeMap<String, Arc<Image>>>,
     /// Name fragments whose writes and syncs fail, and how.
     failing: Vec<(String, Failure)>,
+    /// Directory syncs fail, and how ([`FaultStorage::fail_directory_syncs`]).
+    failing_dir_syncs: Option<Failure>,
     /// How many operations those failed (a test waits on it to know that they were tried).
     injected: u64,
     sync_points: u64,
@@ -254,6 +256,13 @@ impl FaultStorage {
         self.disk().injected
     }
 
+    /// Makes every directory sync fail with `failure` until [`FaultStorage::clear_faults`]:
+    /// the entry changes made stay live and none becomes durable, as after a failed `fsync`
+    /// of a directory.
+    pub fn fail_directory_syncs(&self, failure: Failure) {
+        self.disk().failing_dir_syncs = Some(failure);
+    }
+
     /// [`FaultStorage::fail_matching`], failing with `failure`.
     pub fn fail_matching_with(&self, fragment: &str, failure: Failure) {
         assert!(!fragment.is_empty(), "an empty fragment would fail every file");
@@ -315,7 +324,9 @@ impl FaultStorage {
 
     /// Stops the failures [`FaultStorage::fail_matching`] set up.
     pub fn clear_faults(&self) {
-        self.disk().failing.clear();
+        let mut disk = self.disk();
+        disk.failing.clear();
+        disk.failing_dir_syncs = None;
     }
 
     /// Flips bits of one byte of a file in both contents (bit rot), for detection tests.
@@ -391,14 +402,26 @@ fn sync_point(shared: &Shared, disk: &mut Disk, what: &str) {
     if disk.halt_at == Some(disk.sync_points) {
         // A halted disk syncs nothing more: it cannot reach its halt twice.
         assert!(disk.halted.is_none(), "a disk halted twice");
-        let frozen = Disk { failing: Vec::new(), halt_at: None, halted: None, ..disk.clone() };
+        let frozen = Disk {
+            failing: Vec::new(),
+            failing_dir_syncs: None,
+            halt_at: None,
+            halted: None,
+            ..disk.clone()
+        };
         disk.halted = Some(Arc::new((frozen, what.to_owned())));
     }
     let mut captures = shared.captures.lock().expect("fault captures lock");
     if let Some(captures) = captures.as_mut() {
         let after = captures.last().is_none_or(|last| last.point < disk.sync_points);
         assert!(after, "a sync point captured twice");
-        let frozen = Disk { failing: Vec::new(), halt_at: None, halted: None, ..disk.clone() };
+        let frozen = Disk {
+            failing: Vec::new(),
+            failing_dir_syncs: None,
+            halt_at: None,
+            halted: None,
+            ..disk.clone()
+        };
         let storage = FaultStorage::new();
         *storage.disk() = frozen;
         captures.push(SyncCapture {
@@ -697,6 +720,11 @@ impl Storage for FaultStorage {
     fn sync_dir(&self) -> io::Result<()> {
         let mut disk = self.disk();
         check_halted(&disk, "the directory")?;
+        if let Some(failure) = disk.failing_dir_syncs {
+            disk.injected += 1;
+            assert!(!disk.pending.is_empty() || disk.durable == disk.live, "changes stay queued");
+            return Err(failure.error("the directory"));
+        }
         let pending = std::mem::take(&mut disk.pending);
         for op in &pending {
             apply(&mut disk.durable, op);

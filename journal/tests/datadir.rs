@@ -223,6 +223,43 @@ fn epochs_round_trip_and_never_go_down() {
 }
 
 #[test]
+fn epochs_and_markers_whose_directory_sync_failed_are_in_force_as_the_files_may_hold_them() {
+    // Goal: a store of epochs that fails after the file was renamed into place (only the
+    // directory's sync failed) leaves the new epochs in force, since a restart may read them;
+    // one that fails before the rename leaves the old ones. Either way it reports the failure.
+    // The catch-up marker, likewise.
+    let disk = FaultStorage::new();
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let data_dir = recovered.writer.data_dir().clone();
+    let first = Epochs { current: Epoch(1), promised: Epoch(3) };
+    data_dir.store_epochs(first).unwrap();
+    data_dir.caught_up().unwrap();
+
+    disk.fail_matching(EPOCH_FILE);
+    let refused = Epochs { current: Epoch(4), promised: Epoch(4) };
+    assert!(data_dir.store_epochs(refused).is_err());
+    assert_eq!(data_dir.epochs(), first, "nothing was renamed: the old epochs stand");
+    disk.clear_faults();
+
+    disk.fail_directory_syncs(ringfence_journal::fault::Failure::Io);
+    let renamed = Epochs { current: Epoch(4), promised: Epoch(5) };
+    let error = data_dir.store_epochs(renamed).unwrap_err();
+    assert!(error.to_string().contains("directory"), "{error}");
+    assert_eq!(data_dir.epochs(), renamed, "the file holds them: they are in force");
+    assert_eq!(data_dir.current_epoch(), Epoch(4));
+    // The catch-up marker likewise: in force once the file stands, so a second mark is no
+    // marker written over one already there.
+    assert!(data_dir.mark_catching_up().is_err());
+    assert!(data_dir.catching_up(), "the marker stands: it is in force");
+    assert!(data_dir.mark_catching_up().is_ok(), "already in force");
+    disk.clear_faults();
+    drop((recovered, data_dir));
+    let again = recover_from(disk.process_crash(), options(Durability::Batch)).unwrap();
+    assert_eq!(again.epochs, renamed, "a restart reads what was in force");
+    assert!(again.writer.data_dir().catching_up(), "and the marker");
+}
+
+#[test]
 fn an_epoch_file_behind_the_journal_or_inconsistent_is_refused() {
     // Goal: recovery refuses a journal whose last record is from an epoch above the file's
     // current one, a file whose promise is below its current epoch, and a missing file.
