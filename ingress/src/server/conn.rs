@@ -29,6 +29,10 @@ pub(super) const READ_CHUNK: usize = 16 * 1024;
 /// returned, so an idle connection never holds more than this for output.
 pub(super) const OUT_RETAIN: usize = 16 * 1024;
 
+/// Bytes a closing connection discards per readable event at most: a client that keeps
+/// sending after the server closed its side is reset instead.
+pub(super) const LINGER_DISCARD_MAX: usize = 256 * 1024;
+
 /// Where a command's outcome goes.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Reply {
@@ -124,6 +128,10 @@ pub(super) struct Conn {
     /// Catalogue pages being assembled, by response slot (a few at most: each holds up to
     /// `PAGE_LIMIT_MAX` of the connection's in-flight commands).
     pages: Vec<(u64, Page)>,
+    /// Since when the connection is closing gracefully: everything it is owed was handed to
+    /// the kernel, its sending side is shut, and what the client still sends is discarded
+    /// until it closes its side ([`Conn::begin_linger`]).
+    lingering_since: Option<Instant>,
 }
 
 impl Conn {
@@ -169,6 +177,7 @@ impl Conn {
             http_base: 0,
             continue_sent: false,
             pages: Vec::new(),
+            lingering_since: None,
         }
     }
 
@@ -216,6 +225,50 @@ impl Conn {
             && self.out_pending() == 0
             && !self.read_paused
             && !self.yielded
+    }
+
+    /// Closes gracefully a connection that is finished ([`Conn::is_finished`]) with its peer
+    /// still sending: shuts its sending side, so the client sees the end of the stream after
+    /// every answer, and discards its input. Closing a socket with unread input instead makes
+    /// the kernel reset the connection, and a reset discards what the client has not yet
+    /// received. `false` when the connection may close at once: it failed, the peer closed
+    /// its side (nothing more can arrive), or it already did during this call.
+    pub fn begin_linger(&mut self, now: Instant) -> bool {
+        assert!(self.is_finished() && self.lingering_since.is_none(), "a finished connection");
+        if self.dead || self.read_closed {
+            return false;
+        }
+        assert_eq!(self.out_pending(), 0, "everything owed was handed to the kernel");
+        if self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return false;
+        }
+        self.lingering_since = Some(now);
+        !self.discard_input()
+    }
+
+    /// Since when the connection lingers, if it does.
+    pub fn lingering_since(&self) -> Option<Instant> {
+        self.lingering_since
+    }
+
+    /// Reads and drops what a lingering connection's client sends; `true` once the
+    /// connection may close: the client closed its side, the socket failed, or the client
+    /// sent more than [`LINGER_DISCARD_MAX`] at once.
+    pub fn discard_input(&mut self) -> bool {
+        assert!(self.lingering_since.is_some(), "only a closing connection discards input");
+        self.input_start = 0;
+        self.input_end = 0;
+        let mut discarded = 0;
+        while discarded <= LINGER_DISCARD_MAX {
+            match self.stream.read(&mut self.input) {
+                Ok(0) => return true,
+                Ok(n) => discarded += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+        true
     }
 
     /// Whether requests may still come from this connection, read or not: what a connection

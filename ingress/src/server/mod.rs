@@ -55,6 +55,9 @@ const HTTP_LISTENER: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 /// How often timeouts are checked; also the longest the loop sleeps.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest a connection the server closed gracefully waits for its client to close too,
+/// discarding what it sends ([`conn::Conn::begin_linger`]); then it is closed outright.
+const LINGER_MAX: Duration = Duration::from_secs(2);
 /// The shortest wait for a node run on the event loop's thread whose deadline is due.
 const STEP_AGAIN_MIN: Duration = Duration::from_millis(1);
 
@@ -682,6 +685,15 @@ impl<B: Backend> Server<B> {
         assert!(self.open_per_listener[protocol_index(protocol)] <= self.config.connections_max);
     }
 
+    /// Closes finished connection `index`: gracefully where its client may still be sending
+    /// (it lingers, [`conn::Conn::begin_linger`]), at once otherwise or while the server stops.
+    fn finish(&mut self, index: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
+        if self.stopping_since.is_some() || !conn.begin_linger(now) {
+            self.close(index);
+        }
+    }
+
     fn close(&mut self, index: usize) {
         let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) else { return };
         let _ = self.poll.registry().deregister(conn.stream_mut());
@@ -738,23 +750,31 @@ impl<B: Backend> Server<B> {
         now: Instant,
     ) {
         let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) else { return };
+        if conn.lingering_since().is_some() {
+            let done = readable && conn.discard_input();
+            self.conns[index] = Some(conn);
+            if done {
+                self.close(index);
+            }
+            return;
+        }
         if writable {
             conn.flush(now);
         }
         if readable && self.stopping_since.is_none() {
             self.read_and_serve(&mut conn, index, now, hang_up);
         }
-        self.put_back(conn, index);
+        self.put_back(conn, index, now);
     }
 
     /// Returns a taken connection to its slot, or closes it if it is finished.
-    fn put_back(&mut self, conn: Conn, index: usize) {
-        let finished = conn.is_finished();
+    fn put_back(&mut self, conn: Conn, index: usize, now: Instant) {
+        let finished = conn.lingering_since().is_none() && conn.is_finished();
         let dirty = conn.out_pending() > 0;
         self.conns[index] = Some(conn);
         self.account(index);
         if finished {
-            self.close(index);
+            self.finish(index, now);
         } else if dirty {
             self.dirty.push(index);
         }
@@ -779,7 +799,7 @@ impl<B: Backend> Server<B> {
                     self.read_and_serve(&mut conn, index, now, true);
                 }
             }
-            self.put_back(conn, index);
+            self.put_back(conn, index, now);
         }
         self.yielded.drain(..carried);
     }
@@ -835,7 +855,7 @@ impl<B: Backend> Server<B> {
                 // event to come for it: read until the socket says it is empty.
                 self.read_and_serve(&mut conn, index, now, true);
             }
-            self.put_back(conn, index);
+            self.put_back(conn, index, now);
         }
         self.resume = resume;
     }
@@ -851,8 +871,8 @@ impl<B: Backend> Server<B> {
                 self.metrics.slow_reader_disconnects += 1;
                 self.log.warn(now, format_args!("closing a connection that does not read"));
                 self.close(index);
-            } else if conn.is_finished() {
-                self.close(index);
+            } else if conn.lingering_since().is_none() && conn.is_finished() {
+                self.finish(index, now);
             } else {
                 if conn.read_paused && conn.held_bytes() <= self.config.outbound_max {
                     // Reading may have paused for output that has now left.
@@ -882,6 +902,12 @@ impl<B: Backend> Server<B> {
         let busy = [self.listener_busy(Protocol::Binary), self.listener_busy(Protocol::Http)];
         for index in 0..self.conns.len() {
             let Some(conn) = self.conns[index].as_mut() else { continue };
+            if let Some(since) = conn.lingering_since() {
+                if now.duration_since(since) >= LINGER_MAX {
+                    self.close(index);
+                }
+                continue;
+            }
             let listener_busy = busy[protocol_index(conn.protocol)];
             let timeout = idle_timeout(listener_busy, &self.config);
             if let Some(reason) = conn.timed_out(now, &self.config, timeout) {
