@@ -7,17 +7,20 @@
 //!
 //! The SKU is read before and after the runs: a run that would need more units than it has is
 //! refused before it starts (an answer of `sold_out` is not a reservation and would flatter
-//! the figures), and a `max` run stops sending at the units left.
+//! the figures), and a `max` run stops sending at the units left. Before the runs, the
+//! connections they need are opened once and each answered: a node closes a connection over
+//! its per-address limit at accept, and the load says so then, not as a run cut short.
 
 use std::cmp::Ordering;
-use std::io::{self, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use ringfence_core::{Command, Outcome, Query, SkuId};
 use ringfence_ingress::Client;
+use ringfence_ingress::wire::{self, Kind, Response};
 
 use crate::Common;
 use crate::net::{self, BinaryReserve, HttpReserve, Load, Measured, Protocol, Target};
@@ -210,7 +213,8 @@ fn reconcile(before: Stock, after: Stock, acknowledged: u64, unanswered: u64) ->
 }
 
 /// Resolves the address and the token, reads the SKU and refuses a load it cannot carry: a
-/// closed SKU, or fixed rates that need more units than it has.
+/// closed SKU, fixed rates that need more units than it has, or more connections than the
+/// node takes.
 fn plan(args: &LoadArgs) -> Result<Planned, String> {
     // Durations a run can take: finite, and within what a clock can count.
     let lasts = |seconds: f64| Duration::try_from_secs_f64(seconds).is_ok_and(|d| d < DAY);
@@ -245,7 +249,138 @@ fn plan(args: &LoadArgs) -> Result<Planned, String> {
             args.sku, before.available
         ));
     }
+    check_connections(addr, args.http, args.connections as usize)?;
     Ok(Planned { addr, token, rates, before, counted })
+}
+
+/// What the node answered one connection's probe.
+enum Probe {
+    /// An answer to the probe: the node took the connection.
+    Taken,
+    /// Closed at accept, with the code and message the node sent first, if any arrived.
+    Refused(Option<String>),
+}
+
+/// Opens the runs' `connections` at once and has each answered (binary `PING`, HTTP `GET
+/// /health`: neither needs a token), then closes them and waits until the node has closed its
+/// side too, so that they no longer count against its limits when a run opens its own. A
+/// connection the node refused at accept stops the load here, saying which limit.
+fn check_connections(addr: SocketAddr, http: bool, connections: usize) -> Result<(), String> {
+    let mut probe = Vec::new();
+    if http {
+        probe.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    } else {
+        wire::encode_empty(&mut probe, Kind::Ping, 1);
+    }
+    let mut streams = Vec::with_capacity(connections);
+    for number in 1..=connections {
+        let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|e| format!("opening connection {number} of {connections} to {addr}: {e}"))?;
+        // A refused connection may be closed already; what the node told it is read below.
+        let _ = stream.write_all(&probe);
+        streams.push(stream);
+    }
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    for (number, stream) in (1..).zip(&mut streams) {
+        let probed = probe_answer(stream, http, deadline)
+            .map_err(|e| format!("connection {number} of {connections} to {addr}: {e}"))?;
+        if let Probe::Refused(said) = probed {
+            return Err(refused_at(number, connections, said));
+        }
+    }
+    for stream in &streams {
+        let _ = stream.shutdown(Shutdown::Write);
+    }
+    for stream in &mut streams {
+        let _ = ringfence_ingress::read_to_end_by(stream, deadline, ANSWER_LEN_MAX);
+    }
+    Ok(())
+}
+
+/// Reads the answer to a connection's probe by `deadline`. A connection that ends, or is
+/// reset, before any answer was refused without a word.
+fn probe_answer(stream: &mut TcpStream, http: bool, deadline: Instant) -> Result<Probe, String> {
+    let mut input = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let answer = if http { http_probe(&input)? } else { binary_probe(&input)? };
+        if let Some(probe) = answer {
+            return Ok(probe);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timed_out = || format!("no answer within {} s", CONNECT_TIMEOUT.as_secs());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(Probe::Refused(None)),
+            Ok(n) => input.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(timed_out());
+            }
+            Err(_) => return Ok(Probe::Refused(None)),
+        }
+    }
+}
+
+/// The binary answer in `input`, if whole: a refusal at accept is an error frame (`busy`).
+fn binary_probe(input: &[u8]) -> Result<Option<Probe>, String> {
+    let Some((frame, _)) = wire::try_frame(input).map_err(|e| format!("not protocol v1: {e}"))?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(match wire::decode_response(&frame) {
+        Ok(Response::Error(error)) => {
+            Probe::Refused(Some(format!("{}: {}", error.code.name(), error.message)))
+        }
+        _ => Probe::Taken,
+    }))
+}
+
+/// The HTTP answer in `input`, if whole: a refusal at accept is a 503 `too_many_connections`.
+/// Any other answer, a failed node's 503 to `/health` too, took the connection.
+fn http_probe(input: &[u8]) -> Result<Option<Probe>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(input).map_err(|e| format!("not HTTP: {e}"))? {
+        httparse::Status::Complete(head) => head,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+        .ok_or("an answer without Content-Length")?;
+    let Some(body) = input.get(head..head.saturating_add(length)) else { return Ok(None) };
+    let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if body["error"] != "too_many_connections" {
+        return Ok(Some(Probe::Taken));
+    }
+    let status = response.code.unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or_default();
+    Ok(Some(Probe::Refused(Some(format!("{status} too_many_connections: {message}")))))
+}
+
+/// Why connection `number` of `connections` was refused, and what to do: the node closes one
+/// over its per-address limit at accept, the likely cause when the others were taken.
+fn refused_at(number: usize, connections: usize, said: Option<String>) -> String {
+    let said =
+        said.map_or_else(|| "closed it without a word".to_owned(), |s| format!("said `{s}`"));
+    let taken = number - 1;
+    let fewer = if taken > 0 {
+        format!("lower --connections to {taken} or fewer")
+    } else {
+        "close other connections from this address".to_owned()
+    };
+    format!(
+        "the node refused connection {number} of {connections} (--connections) at accept: it \
+         {said}. A node takes at most `connections_per_address_max` connections from one \
+         source address (256 by default), counting every client there: raise it in the \
+         node's config file ([server] connections_per_address_max), or {fewer}"
+    )
 }
 
 /// What a reader needs beside a run's row to trust it: how late the generator sent (fixed
@@ -405,5 +540,27 @@ mod tests {
         let more = reconcile(before, after, 39, 3);
         assert!(more.ends_with("some of the 3 requests left unanswered were reserved"), "{more}");
         assert!(reconcile(before, after, 39, 0).ends_with("moved by 40: other clients reserved"));
+    }
+
+    #[test]
+    fn an_http_refusal_at_accept_is_told_from_any_other_answer() {
+        // Goal: only the node's `too_many_connections` refuses a connection: a failed node's
+        // 503 to `/health` took it; a partial answer needs more bytes.
+        let answer = |status: &str, body: &str| {
+            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", body.len());
+            http_probe(format!("{head}{body}").as_bytes()).unwrap()
+        };
+        let refusal = r#"{"error":"too_many_connections","message":"too many from here"}"#;
+        let Some(Probe::Refused(Some(said))) = answer("503 Service Unavailable", refusal) else {
+            panic!("a refusal at accept");
+        };
+        assert_eq!(said, "503 too_many_connections: too many from here");
+        let failed = r#"{"error":"node_failed","message":"the journal failed"}"#;
+        assert!(matches!(answer("503 Service Unavailable", failed), Some(Probe::Taken)));
+        assert!(matches!(answer("200 OK", r#"{"status":"ok"}"#), Some(Probe::Taken)));
+        assert!(http_probe(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{").unwrap().is_none());
+        let said = refused_at(1, 8, None);
+        assert!(said.contains("closed it without a word"), "{said}");
+        assert!(said.ends_with("close other connections from this address"), "{said}");
     }
 }

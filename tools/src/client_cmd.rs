@@ -2,7 +2,11 @@
 //!
 //! Each subcommand sends one command and prints the answer as the same JSON the HTTP API
 //! returns. The exit status is 0 for a success, 1 for a rejection or refusal, 2 for an error
-//! reaching the node.
+//! reaching the node. A refusal is any error frame the node answers with — of the command
+//! (`unauthorized`, `busy`, ...) or of the token (`auth_failed`, or `rate_limited` after too
+//! many wrong tokens) — and is printed as the HTTP API's error JSON; an error reaching the node
+//! (no address accepts, no answer in time, the connection closed, bytes that are not the
+//! protocol) is a line on standard error.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -281,24 +285,32 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
     let mut client = Client::connect(&addrs).map_err(|e| e.to_string())?;
     let role_token = caller_token(args.token_file.as_ref())?;
     let chosen_admin = args.admin_token_file.as_ref();
-    match (&role_token, chosen_admin) {
-        (Some(token), _) => client.authenticate(token).map_err(|e| e.to_string())?,
+    let first_token = match (&role_token, chosen_admin) {
+        (Some(token), _) => Some(token.clone()),
         // An admin token named and no other: the caller is the operator, for every command.
-        (None, Some(file)) => {
-            client.authenticate(&admin_token(Some(file))?).map_err(|e| e.to_string())?;
+        (None, Some(file)) => Some(admin_token(Some(file))?),
+        (None, None) => None,
+    };
+    if let Some(token) = first_token {
+        if let Err(error) = client.authenticate(&token) {
+            return refusal(error);
         }
-        (None, None) => {}
     }
     match args.command {
         ClientCommand::Node => {
-            let info = client.node().map_err(|e| e.to_string())?;
+            let info = match client.node() {
+                Ok(info) => info,
+                Err(error) => return refusal(error),
+            };
             let json = serde_json::to_string(&NodeJson::from_info(&info))
                 .expect("the API's views always serialize");
             println!("{json}");
             return Ok(ExitCode::SUCCESS);
         }
         ClientCommand::Ping => {
-            client.ping().map_err(|e| e.to_string())?;
+            if let Err(error) = client.ping() {
+                return refusal(error);
+            }
             println!("{{\"status\":\"ok\",\"node\":\"{}\"}}", client.peer());
             return Ok(ExitCode::SUCCESS);
         }
@@ -310,7 +322,9 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
     // admin token. A role token alone may be `admin`; a named admin token alone was sent.
     let admin_needed = ringfence_ingress::server::needs_admin(&command);
     if admin_needed && role_token.is_some() == chosen_admin.is_some() {
-        client.authenticate(&admin_token(chosen_admin)?).map_err(|e| e.to_string())?;
+        if let Err(error) = client.authenticate(&admin_token(chosen_admin)?) {
+            return refusal(error);
+        }
     }
     match client.call(command) {
         Ok(outcome) => {
@@ -318,13 +332,22 @@ fn execute(args: ClientArgs) -> Result<ExitCode, String> {
             print!("{}", String::from_utf8_lossy(&response.body));
             Ok(if outcome.is_rejected() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Err(ClientError::Refused(error)) => {
+        Err(error) => refusal(error),
+    }
+}
+
+/// A failed call's exit: the node's refusal — of the command or of the token — printed as the
+/// HTTP API's error JSON, exit 1; anything else is an error reaching the node, returned for
+/// [`run`] to report (exit 2).
+fn refusal(error: ClientError) -> Result<ExitCode, String> {
+    match error {
+        ClientError::Refused(error) => {
             let json = serde_json::to_string(&ErrorJson::new(error.code.name(), error.message))
                 .expect("the API's views always serialize");
             println!("{json}");
             Ok(ExitCode::FAILURE)
         }
-        Err(error) => Err(error.to_string()),
+        error => Err(error.to_string()),
     }
 }
 
