@@ -1043,6 +1043,14 @@ impl Control {
         self.in_sync.store(false, Ordering::Release);
     }
 
+    /// The primary said it answers on its journal alone, in the middle of a stream (switched
+    /// from `async` back to `sync` while this standby was behind): what this standby held
+    /// before no longer makes it a copy of everything acknowledged, until it catches up.
+    pub fn primary_answers_alone(&self) {
+        assert!(matches!(self.role(), Role::Standby { .. }), "a primary heard a primary");
+        self.in_sync.store(false, Ordering::Release);
+    }
+
     /// Promotes this standby into `epoch`, which must be above every epoch it has seen or
     /// promised (coordination chose it above every epoch the witness recorded, too).
     ///
@@ -1299,7 +1307,8 @@ pub(crate) mod tests {
     fn a_standby_is_promoted_by_hand_only_once_it_caught_up_with_its_primary() {
         // Goal: a standby that has not held everything its primary reported since it last
         // joined may lack acknowledged writes (and its primary's epoch): `promote` refuses it
-        // and says how to proceed; caught up, it is promoted.
+        // and says how to proceed; caught up, it is promoted. So does one whose primary said,
+        // mid-stream, that it answers alone again.
         let (control, node) = standby(false);
         let refused = control.promote(&node, false).unwrap_err();
         assert!(refused.contains("has not caught up"), "{refused}");
@@ -1307,6 +1316,12 @@ pub(crate) mod tests {
         control.caught_up();
         control.stream_started();
         assert!(control.promote(&node, false).is_err(), "a new stream starts behind again");
+        control.caught_up();
+        // Caught up under `async`, then its primary switched back to `sync` while it was
+        // behind, answering alone until it catches up: not promotable meanwhile.
+        control.primary_answers_alone();
+        let refused = control.promote(&node, false).unwrap_err();
+        assert!(refused.contains("has not caught up"), "{refused}");
         control.caught_up();
         // Past the epochs its primary may have taken in runs it never heard of.
         assert_eq!(control.promote(&node, false), Ok(Epoch(1 + PROMOTION_EPOCH_STEP)));

@@ -539,6 +539,15 @@ impl StandbySession {
         waits && held >= self.primary_last
     }
 
+    /// Whether the primary's last heartbeat on this stream said it answers on its journal
+    /// alone: then it acknowledges records this standby may never get, whatever the standby
+    /// held before (a primary switched from `async` back to `sync` answers alone until its
+    /// standby has caught up).
+    #[must_use]
+    pub fn primary_answers_alone(&self) -> bool {
+        self.answering == Some(Answering::Alone)
+    }
+
     /// Handles one message from the primary.
     pub fn on_message(
         &mut self,
@@ -1243,6 +1252,12 @@ mod tests {
         pair.standby.on_message(&Message::Heartbeat(beat), &key, &cluster());
         assert!(!pair.standby.holds_everything_acknowledged(Sequence(5)), "behind the report");
         assert!(pair.standby.holds_everything_acknowledged(Sequence(9)), "async: all there is");
+        assert!(!pair.standby.primary_answers_alone());
+        // Switched back to sync while this standby is behind: the primary answers alone again.
+        let back = pair.primary.heartbeat_due(1_300, 100, later, Answering::Alone).unwrap();
+        pair.standby.on_message(&Message::Heartbeat(back), &key, &cluster());
+        assert!(pair.standby.primary_answers_alone());
+        assert!(!pair.standby.holds_everything_acknowledged(Sequence(9)), "answers leave alone");
     }
 
     #[test]

@@ -950,6 +950,8 @@ pub fn report_progress(control: &Control, session: &StandbySession, held: Sequen
     control.set_follower(if caught_up { "following" } else { "catching_up" }, held, lag);
     if caught_up {
         control.caught_up();
+    } else if session.primary_answers_alone() {
+        control.primary_answers_alone();
     }
 }
 
