@@ -6,6 +6,7 @@
 //! asked, while the event loop serves everyone else, and is answered in its HTTP slot when it
 //! ends.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Instant;
@@ -34,21 +35,27 @@ struct Slot {
     keep_alive: bool,
 }
 
-/// What a call carried out later asked and answered.
-enum Answer {
+/// What a call carried out later asked.
+#[derive(Clone, Copy)]
+enum Asked {
     /// A promotion, with the request id it carried.
-    Promoted(Option<RequestKey>, Result<u64, String>),
-    ModeSet(ReplicationMode, Result<(), String>),
+    Promotion(Option<RequestKey>),
+    ModeSwitch(ReplicationMode),
 }
 
-type Job = Box<dyn FnOnce() -> Answer + Send>;
+/// A call's work: the new epoch of a promotion (0 for a mode switch), or why it failed.
+type Work = Box<dyn FnOnce() -> Result<u64, String> + Send>;
+
+/// A call handed to the admin thread, and then its answer.
+type Job = (Slot, Asked, Work);
+type Answer = (Slot, Asked, Result<u64, String>);
 
 /// The admin thread, started at the first call that waits, and the calls it owes answers.
 pub(super) struct AdminCalls {
     waker: Arc<Waker>,
-    jobs: Option<Sender<(Slot, Job)>>,
-    answers: Receiver<(Slot, Answer)>,
-    answered: Sender<(Slot, Answer)>,
+    jobs: Option<Sender<Job>>,
+    answers: Receiver<Answer>,
+    answered: Sender<Answer>,
     /// Calls handed to the thread and not yet answered.
     waiting: usize,
 }
@@ -64,35 +71,61 @@ impl AdminCalls {
         self.waiting
     }
 
-    /// Hands `job` to the admin thread, starting it if need be; its answer is delivered to
-    /// `slot`. `false` when the thread cannot be started (nothing was handed over).
-    fn hand_over(&mut self, slot: Slot, job: Job) -> bool {
+    /// Hands `job` to the admin thread, starting it if need be. `false` when no thread can
+    /// take it (nothing was handed over).
+    fn hand_over(&mut self, job: Job) -> bool {
         assert!(self.waiting < ADMIN_WAITING_MAX, "callers check the room first");
-        if self.jobs.is_none() {
-            let (jobs, taken) = mpsc::channel::<(Slot, Job)>();
-            let answered = self.answered.clone();
-            let waker = Arc::clone(&self.waker);
-            let spawned =
-                std::thread::Builder::new().name("ringfence-admin".into()).spawn(move || {
-                    // Ends when the server drops its sender; an answer nobody takes any more
-                    // (the server stopped) is dropped.
-                    for (slot, job) in taken {
-                        if answered.send((slot, job())).is_err() {
-                            return;
-                        }
-                        let _ = waker.wake();
-                    }
-                });
-            if spawned.is_err() {
+        let mut job = job;
+        // A thread that ended (it never should: a call that panics is answered as failed)
+        // is replaced once.
+        for _ in 0..2 {
+            if self.jobs.is_none() && !self.start() {
                 return false;
             }
-            self.jobs = Some(jobs);
+            let jobs = self.jobs.as_ref().expect("started above");
+            match jobs.send(job) {
+                Ok(()) => {
+                    self.waiting += 1;
+                    return true;
+                }
+                Err(mpsc::SendError(back)) => {
+                    job = back;
+                    self.jobs = None;
+                }
+            }
         }
-        let sender = self.jobs.as_ref().expect("started above");
-        if sender.send((slot, job)).is_err() {
+        false
+    }
+
+    /// Starts the admin thread; `false` when it cannot be started.
+    fn start(&mut self) -> bool {
+        assert!(self.jobs.is_none(), "one admin thread at a time");
+        let (jobs, taken) = mpsc::channel::<Job>();
+        let answered = self.answered.clone();
+        let waker = Arc::clone(&self.waker);
+        let thread = std::thread::Builder::new().name("ringfence-admin".into());
+        let spawned = thread.spawn(move || {
+            // Ends when the server drops its sender; an answer nobody takes any more (the
+            // server stopped) is dropped.
+            for (slot, asked, work) in taken {
+                let result = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(format!("the admin call failed on the node: {why}"))
+                });
+                if answered.send((slot, asked, result)).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            }
+        });
+        if spawned.is_err() {
             return false;
         }
-        self.waiting += 1;
+        self.jobs = Some(jobs);
         true
     }
 }
@@ -110,19 +143,8 @@ impl<B: Backend> Server<B> {
         (keep_alive, head_only): (bool, bool),
         now: Instant,
     ) -> Option<Response> {
-        let status = self.backend.status();
-        if let (Some(request), Some((promoted, epoch))) = (request, self.promoted_by) {
-            if request == promoted && status.info.primary && status.info.epoch == epoch {
-                return Some(Response::json(200, &json!({ "role": "primary", "epoch": epoch })));
-            }
-        }
-        if status.info.primary {
-            self.log.warn(now, format_args!("admin: promote refused: already the primary"));
-            return Some(Response::error(
-                409,
-                "not_standby",
-                "this node is already the primary; only a standby can be promoted",
-            ));
+        if let Some(settled) = self.already_primary(request, now) {
+            return Some(settled);
         }
         if self.admin.waiting() >= ADMIN_WAITING_MAX {
             return Some(Response::error(503, "promotion_failed", &admin_busy_message()));
@@ -130,14 +152,34 @@ impl<B: Backend> Server<B> {
         let answer = match self.backend.promote(force) {
             AdminCall::Done(result) => result,
             AdminCall::Later(work) => {
-                let job: Job = Box::new(move || Answer::Promoted(request, work()));
-                match self.defer(conn, index, (keep_alive, head_only), job) {
+                let asked = Asked::Promotion(request);
+                match self.defer((conn, index), (keep_alive, head_only), asked, work) {
                     Ok(()) => return None,
                     Err(message) => Err(message),
                 }
             }
         };
         Some(self.promoted(request, answer, now))
+    }
+
+    /// The answer to a promotion asked of a node that is already the primary: 200 again to a
+    /// retry of the promotion this server made (same `request_id`), 409 to any other.
+    fn already_primary(&mut self, request: Option<RequestKey>, now: Instant) -> Option<Response> {
+        let status = self.backend.status();
+        if let (Some(request), Some((promoted, epoch))) = (request, self.promoted_by) {
+            if request == promoted && status.info.primary && status.info.epoch == epoch {
+                return Some(Response::json(200, &json!({ "role": "primary", "epoch": epoch })));
+            }
+        }
+        if !status.info.primary {
+            return None;
+        }
+        self.log.warn(now, format_args!("admin: promote refused: already the primary"));
+        Some(Response::error(
+            409,
+            "not_standby",
+            "this node is already the primary; only a standby can be promoted",
+        ))
     }
 
     /// The answer to a promotion that ended with `answer`, logged.
@@ -176,8 +218,9 @@ impl<B: Backend> Server<B> {
         let answer = match self.backend.set_replication_mode(mode.name()) {
             AdminCall::Done(result) => result,
             AdminCall::Later(work) => {
-                let job: Job = Box::new(move || Answer::ModeSet(mode, work()));
-                match self.defer(conn, index, (keep_alive, head_only), job) {
+                let work: Work = Box::new(move || work().map(|()| 0));
+                let asked = Asked::ModeSwitch(mode);
+                match self.defer((conn, index), (keep_alive, head_only), asked, work) {
                     Ok(()) => return None,
                     Err(message) => Err(message),
                 }
@@ -207,17 +250,17 @@ impl<B: Backend> Server<B> {
         }
     }
 
-    /// Reserves `conn`'s next HTTP slot for `job`'s answer and hands the job to the admin
+    /// Reserves `conn`'s next HTTP slot for the answer to `work` and hands it to the admin
     /// thread; `Err` (nothing reserved) when the thread cannot take it.
     fn defer(
         &mut self,
-        conn: &mut Conn,
-        index: usize,
+        (conn, index): (&mut Conn, usize),
         (keep_alive, head_only): (bool, bool),
-        job: Job,
+        asked: Asked,
+        work: Work,
     ) -> Result<(), String> {
         let slot = Slot { conn: index, conn_id: conn.id, seq: conn.next_http_seq(), keep_alive };
-        if !self.admin.hand_over(slot, job) {
+        if !self.admin.hand_over((slot, asked, work)) {
             return Err("the admin thread could not be started; nothing was done".into());
         }
         conn.push_http_pending(head_only);
@@ -228,17 +271,26 @@ impl<B: Backend> Server<B> {
     /// (a connection closed meanwhile gets nothing; the call was carried out all the same).
     pub(super) fn drain_admin_answers(&mut self) {
         let now = Instant::now();
-        while let Ok((slot, answer)) = self.admin.answers.try_recv() {
+        while let Ok((slot, asked, result)) = self.admin.answers.try_recv() {
             assert!(self.admin.waiting > 0, "an answer to a call handed over");
             self.admin.waiting -= 1;
-            let response = match answer {
-                Answer::Promoted(request, answer) => self.promoted(request, answer, now),
-                Answer::ModeSet(mode, answer) => self.mode_set(mode, answer, now),
+            let response = match (asked, result) {
+                // A promotion queued behind another that made this node the primary (a retry
+                // of it, say) is answered as if it had been asked after that one.
+                (Asked::Promotion(request), Err(failed)) => {
+                    match self.already_primary(request, now) {
+                        Some(settled) => settled,
+                        None => self.promoted(request, Err(failed), now),
+                    }
+                }
+                (Asked::Promotion(request), Ok(epoch)) => self.promoted(request, Ok(epoch), now),
+                (Asked::ModeSwitch(mode), result) => self.mode_set(mode, result.map(|_| ()), now),
             };
             let Some(conn) = self.conns.get_mut(slot.conn).and_then(Option::as_mut) else {
                 continue;
             };
-            if conn.id != slot.conn_id {
+            // A connection closing (lingering) owes its client nothing more.
+            if conn.id != slot.conn_id || conn.lingering_since().is_some() {
                 continue;
             }
             conn.fill_http_slot(slot.seq, &response, slot.keep_alive, now);

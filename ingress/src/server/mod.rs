@@ -613,6 +613,12 @@ impl<B: Backend> Server<B> {
                     return;
                 }
             };
+            // A connection that lingers owes its client nothing more: it gives way first.
+            if !self.addresses.may_open(peer.ip()) {
+                if let Some(lingering) = self.oldest_lingering(None, Some(peer.ip())) {
+                    self.close(lingering);
+                }
+            }
             if !self.addresses.may_open(peer.ip()) {
                 self.metrics.address_limited_connections += 1;
                 let key = crate::admission::address_key(peer.ip());
@@ -621,6 +627,11 @@ impl<B: Backend> Server<B> {
                 continue;
             }
             if self.open_per_listener[protocol_index(protocol)] >= self.config.connections_max {
+                if let Some(lingering) = self.oldest_lingering(Some(protocol), None) {
+                    self.close(lingering);
+                    self.register(stream, protocol, peer.ip(), now);
+                    continue;
+                }
                 let Some(idle) = self.oldest_idle(protocol, now) else {
                     self.metrics.refused_connections += 1;
                     conn::refuse(stream, protocol, "connection limit reached");
@@ -631,6 +642,25 @@ impl<B: Backend> Server<B> {
             }
             self.register(stream, protocol, peer.ip(), now);
         }
+    }
+
+    /// The connection lingering longest ([`conn::Conn::begin_linger`]) of `protocol`'s listener
+    /// and from `address`'s key (IPv6: its /64), where given. A scan, run only at a limit.
+    fn oldest_lingering(
+        &self,
+        protocol: Option<Protocol>,
+        address: Option<IpAddr>,
+    ) -> Option<usize> {
+        let key = address.map(crate::admission::address_key);
+        let (index, _) = (self.conns.iter().enumerate())
+            .filter_map(|(index, conn)| Some((index, conn.as_ref()?)))
+            .filter(|(_, conn)| protocol.is_none_or(|protocol| conn.protocol == protocol))
+            .filter(|(_, conn)| {
+                key.is_none_or(|key| crate::admission::address_key(conn.peer) == key)
+            })
+            .filter_map(|(index, conn)| Some((index, conn.lingering_since()?)))
+            .min_by_key(|&(_, since)| since)?;
+        Some(index)
     }
 
     /// The connection of `protocol`'s listener idle longest, if one has been idle for at least
@@ -691,7 +721,11 @@ impl<B: Backend> Server<B> {
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else { return };
         if self.stopping_since.is_some() || !conn.begin_linger(now) {
             self.close(index);
+            return;
         }
+        // Everything it held was handed to the kernel.
+        self.account(index);
+        assert_eq!(self.conns[index].as_ref().map(|conn| conn.counted_bytes), Some(0));
     }
 
     fn close(&mut self, index: usize) {
@@ -957,7 +991,9 @@ impl<B: Backend> Server<B> {
             let Some(conn) = self.conns.get_mut(flight.conn).and_then(Option::as_mut) else {
                 continue;
             };
-            if conn.id != flight.conn_id {
+            // A connection closing (lingering, its sending side shut after a fatal error
+            // with commands still in flight) takes no more answers.
+            if conn.id != flight.conn_id || conn.lingering_since().is_some() {
                 continue;
             }
             conn.complete(&flight, &completion.result, &self.config, now);
