@@ -358,6 +358,11 @@ struct State {
     epochs: Epochs,
     /// The catch-up marker is present.
     catching_up: bool,
+    /// A directory sync failed after a change to the epoch file or a marker was made: the
+    /// change is in force (a restart may find it) but may not be durable. The next change
+    /// syncs the directory first ([`DataDir::settle`]), and until then the journal takes no
+    /// record of a current epoch raised by it.
+    unsettled: bool,
 }
 
 impl<S: Storage> Clone for DataDir<S> {
@@ -375,7 +380,7 @@ impl<S: Storage> DataDir<S> {
         debug_assert!(manifest.segments.windows(2).all(|pair| pair[0].first < pair[1].first));
         let catching_up = storage.file_len(CATCH_UP_FILE).is_ok();
         let shared = Shared {
-            state: Mutex::new(State { manifest, epochs, catching_up }),
+            state: Mutex::new(State { manifest, epochs, catching_up, unsettled: false }),
             current_epoch: AtomicU64::new(epochs.current.0),
             durable_sequence: AtomicU64::new(0),
             segment_starts: Default::default(),
@@ -394,9 +399,10 @@ impl<S: Storage> DataDir<S> {
     /// The shared state's invariants, checked under its lock after every change.
     fn verify(&self, state: &State) {
         assert!(state.epochs.problem().is_none(), "epochs in force that could not be stored");
-        // Readers of the lock-free copy see the epoch in force.
+        // Readers of the lock-free copy see the epoch in force, once it is durable.
         let current = self.shared.current_epoch.load(Ordering::Acquire);
-        assert_eq!(current, state.epochs.current.0, "the current epoch's copy is stale");
+        let settled = current == state.epochs.current.0;
+        assert!(settled || state.unsettled && current < state.epochs.current.0, "a stale copy");
         assert!(state.manifest.generation >= 1, "manifest generations start at 1");
         let sorted = state.manifest.segments.windows(2).all(|pair| pair[0].first < pair[1].first);
         debug_assert!(sorted, "the manifest in force is out of sequence order");
@@ -501,7 +507,10 @@ impl<S: Storage> DataDir<S> {
     /// Stores a new (current, promised) pair durably before returning. Neither may go down,
     /// and the promise may not be below the current epoch: a node that promised an epoch, or
     /// wrote records in one, never takes that back. After an error the new epochs are in
-    /// force if the file may hold them (a step after its rename failed), the old ones if not.
+    /// force if the file may hold them (only the directory's sync failed), the old ones if
+    /// not; the journal takes records of the new current epoch only once they are durable,
+    /// which storing them again (or any other change) makes them ([`DataDir::settle`]).
+    /// Storing the epochs in force changes nothing, but settles them.
     pub fn store_epochs(&self, epochs: Epochs) -> Result<(), JournalError> {
         let mut state = self.state();
         let old = state.epochs;
@@ -519,6 +528,10 @@ impl<S: Storage> DataDir<S> {
                 epochs.current, epochs.promised
             )));
         }
+        self.settle(&mut state)?;
+        if epochs == state.epochs {
+            return Ok(());
+        }
         if let Err(error) = write_epochs(&self.storage, epochs) {
             // A step after the rename may have failed (the directory's sync): the file then
             // holds the new epochs, and a restart would take them. What is in force is never
@@ -526,7 +539,7 @@ impl<S: Storage> DataDir<S> {
             let on_disk = self.storage.read_file(EPOCH_FILE).ok();
             if on_disk.is_some_and(|bytes| Epochs::decode(&bytes) == Ok(epochs)) {
                 state.epochs = epochs;
-                self.shared.current_epoch.store(epochs.current.0, Ordering::Release);
+                state.unsettled = true;
                 self.verify(&state);
             }
             assert!(state.epochs == old || state.epochs == epochs, "the old epochs or the new");
@@ -539,6 +552,21 @@ impl<S: Storage> DataDir<S> {
         state.epochs = epochs;
         self.shared.current_epoch.store(epochs.current.0, Ordering::Release);
         self.verify(&state);
+        Ok(())
+    }
+
+    /// Makes durable a change a failed directory sync left in doubt, if one did (`unsettled`):
+    /// syncs the directory, and lets the journal take records of the current epoch in force.
+    fn settle(&self, state: &mut State) -> Result<(), JournalError> {
+        if !state.unsettled {
+            return Ok(());
+        }
+        let copy = self.shared.current_epoch.load(Ordering::Acquire);
+        assert!(copy <= state.epochs.current.0, "the journal ran ahead of the epochs in force");
+        sync_dir(&self.storage)?;
+        state.unsettled = false;
+        self.shared.current_epoch.store(state.epochs.current.0, Ordering::Release);
+        self.verify(state);
         Ok(())
     }
 
@@ -567,14 +595,16 @@ impl<S: Storage> DataDir<S> {
     /// marker durably, as a creation or a truncation does.
     pub fn mark_catching_up(&self) -> Result<(), JournalError> {
         let mut state = self.state();
+        self.settle(&mut state)?;
         if state.catching_up {
             return Ok(());
         }
         assert!(self.storage.file_len(CATCH_UP_FILE).is_err(), "a marker not in force");
         if let Err(error) = mark_catching_up(&self.storage) {
             // As for the epochs: a marker renamed into place before a later step failed is
-            // in force, since a restart would find it.
+            // in force, since a restart would find it, and settled by the next change.
             state.catching_up = self.storage.file_len(CATCH_UP_FILE).is_ok();
+            state.unsettled = state.catching_up;
             return Err(error);
         }
         state.catching_up = true;
@@ -585,12 +615,21 @@ impl<S: Storage> DataDir<S> {
     /// The node caught up with a primary, or became one: removes the catch-up marker durably.
     pub fn caught_up(&self) -> Result<(), JournalError> {
         let mut state = self.state();
+        self.settle(&mut state)?;
         if !state.catching_up {
             return Ok(());
         }
         let file = self.storage.describe(CATCH_UP_FILE);
         match self.storage.remove(CATCH_UP_FILE) {
-            Ok(()) => sync_dir(&self.storage)?,
+            Ok(()) => {
+                if let Err(error) = sync_dir(&self.storage) {
+                    // Gone from the directory, perhaps not durably: caught up in force (a
+                    // later mark writes the marker again), settled by the next change.
+                    state.catching_up = false;
+                    state.unsettled = true;
+                    return Err(error);
+                }
+            }
             // An operator deleted the marker while the node ran, to accept the loss (the
             // marker's own text says to stop the node first): it is gone either way.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -644,12 +683,18 @@ impl<S: Storage> DataDir<S> {
     fn set_marker(&self, name: &str, text: &[u8], on: bool) -> Result<(), JournalError> {
         // Presence is read as the marker, and an empty file as one cut off while written.
         assert!(!name.is_empty() && !text.is_empty(), "a marker is a named file with a text");
-        let _state = self.state();
+        let mut state = self.state();
+        self.settle(&mut state)?;
         if on == self.storage.file_len(name).is_ok() {
             return Ok(());
         }
         if on {
-            write_atomically(&self.storage, name, text)?;
+            if let Err(error) = write_atomically(&self.storage, name, text) {
+                // Renamed into place before the directory's sync failed: settled by the next
+                // change.
+                state.unsettled = self.storage.file_len(name).is_ok();
+                return Err(error.into());
+            }
             // The pair of the check on restart: the marker is there, whole.
             let written = self.storage.read_file(name).ok();
             debug_assert_eq!(written.as_deref(), Some(text), "the marker {name} reads back");
@@ -658,7 +703,10 @@ impl<S: Storage> DataDir<S> {
             self.storage
                 .remove(name)
                 .map_err(|e| JournalError::io(format!("removing {file}"), e))?;
-            sync_dir(&self.storage)?;
+            if let Err(error) = sync_dir(&self.storage) {
+                state.unsettled = true;
+                return Err(error);
+            }
         }
         assert_eq!(self.storage.file_len(name).is_ok(), on, "the marker {name} did not change");
         Ok(())

@@ -246,17 +246,75 @@ fn epochs_and_markers_whose_directory_sync_failed_are_in_force_as_the_files_may_
     let error = data_dir.store_epochs(renamed).unwrap_err();
     assert!(error.to_string().contains("directory"), "{error}");
     assert_eq!(data_dir.epochs(), renamed, "the file holds them: they are in force");
-    assert_eq!(data_dir.current_epoch(), Epoch(4));
-    // The catch-up marker likewise: in force once the file stands, so a second mark is no
-    // marker written over one already there.
+    assert_eq!(data_dir.current_epoch(), Epoch(1), "the journal waits until they are durable");
+    disk.clear_faults();
+    data_dir.store_epochs(renamed).unwrap();
+    assert_eq!(data_dir.current_epoch(), Epoch(4), "stored again: durable");
+    // The catch-up marker likewise: in force once the file stands, and every change waits
+    // until the directory syncs again.
+    disk.fail_directory_syncs(ringfence_journal::fault::Failure::Io);
     assert!(data_dir.mark_catching_up().is_err());
     assert!(data_dir.catching_up(), "the marker stands: it is in force");
-    assert!(data_dir.mark_catching_up().is_ok(), "already in force");
+    assert!(data_dir.mark_catching_up().is_err(), "in force, not yet durable");
     disk.clear_faults();
+    assert!(data_dir.mark_catching_up().is_ok(), "in force, and now durable");
     drop((recovered, data_dir));
-    let again = recover_from(disk.process_crash(), options(Durability::Batch)).unwrap();
+    let again = recover_from(disk.power_loss(None), options(Durability::Batch)).unwrap();
     assert_eq!(again.epochs, renamed, "a restart reads what was in force");
     assert!(again.writer.data_dir().catching_up(), "and the marker");
+}
+
+#[test]
+fn records_of_an_epoch_whose_directory_sync_failed_wait_until_it_is_durable() {
+    // Goal: a standby stores the epoch its primary streams in before taking its first record.
+    // The store fails at the directory's sync: the epochs are in force (a restart may read
+    // them), but the journal takes no record of the new epoch until storing them again has
+    // made them durable; then records of it survive a power loss.
+    let disk = FaultStorage::new();
+    let mut recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let dir = recovered.writer.data_dir().clone();
+    let before = dir.epochs();
+    let epoch = Epoch(before.current.0.max(before.promised.0) + 1);
+    let raised = Epochs { current: epoch, promised: epoch };
+    let mut workload = Workload::new(7, recovered.next_sequence, Timestamp(10));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 8);
+
+    disk.fail_directory_syncs(ringfence_journal::fault::Failure::Io);
+    assert!(dir.store_epochs(raised).is_err(), "the directory's sync failed");
+    assert_eq!(dir.epochs(), raised, "in force");
+    let refused = recovered.writer.append_command(epoch, &commands[0]).unwrap_err();
+    assert!(refused.to_string().contains("store the new epoch first"), "{refused}");
+    assert!(dir.store_epochs(raised).is_err(), "still failing: still not durable");
+    disk.clear_faults();
+    dir.store_epochs(raised).unwrap();
+    for command in &commands {
+        recovered.writer.append_command(epoch, command).unwrap();
+    }
+    recovered.writer.end_batch().unwrap();
+    drop((recovered, dir));
+    let after = recover_from(disk.power_loss(None), options(Durability::Batch)).unwrap();
+    assert_eq!(after.epochs, raised, "the epochs its records carry");
+    assert_eq!(after.last_epoch, epoch);
+}
+
+#[test]
+fn a_catch_up_marker_whose_removal_was_not_synced_is_written_again_when_marked() {
+    // Goal: `caught_up` removes the marker and the directory's sync fails: caught up is in
+    // force. A later mark (a failed promotion putting its marker back) writes the marker
+    // again, so a restart finds the directory catching up.
+    let disk = FaultStorage::new();
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    let dir = recovered.writer.data_dir().clone();
+    assert!(dir.catching_up(), "a new directory catches up");
+    disk.fail_directory_syncs(ringfence_journal::fault::Failure::Io);
+    assert!(dir.caught_up().is_err(), "the directory's sync failed");
+    assert!(!dir.catching_up(), "the marker is gone from the directory");
+    disk.clear_faults();
+    dir.mark_catching_up().unwrap();
+    assert!(dir.catching_up());
+    drop((recovered, dir));
+    let restarted = recover_from(disk.power_loss(None), options(Durability::Batch)).unwrap();
+    assert!(restarted.writer.data_dir().catching_up(), "a restart finds it catching up");
 }
 
 #[test]

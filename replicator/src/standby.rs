@@ -830,9 +830,9 @@ pub fn promise(
     let epochs = control.epochs();
     let raised =
         Epochs { current: epochs.current.max(epoch), promised: epochs.promised.max(epoch) };
-    if raised != epochs {
-        control.store_epochs(raised)?;
-    }
+    // Stored even when nothing rises: a store whose directory sync failed left the epochs in
+    // force but perhaps not durable, and storing them again makes them so.
+    control.store_epochs(raised)?;
     let expected = applied.submitted.last_sequence.next();
     assert_eq!(from, expected, "the session checked the primary streams from our next record");
     if !control.config().answers_after_sync {
@@ -932,10 +932,8 @@ pub fn record_to_compare(
 /// epoch would look alike to the next join's comparison).
 pub fn promise_epoch(store: &dyn EpochStore, epoch: Epoch) -> Result<(), String> {
     let epochs = store.epochs();
-    if epochs.promised >= epoch {
-        return Ok(());
-    }
-    store.store(Epochs { current: epochs.current, promised: epoch })
+    // Stored even when the promise stands already: see [`promise`].
+    store.store(Epochs { current: epochs.current, promised: epochs.promised.max(epoch) })
 }
 
 /// What the standby shows after taking its node's answers: following or catching up, and by
