@@ -342,24 +342,13 @@ fn binary_probe(input: &[u8]) -> Result<Option<Probe>, String> {
 /// The HTTP answer in `input`, if whole: a refusal at accept is a 503 `too_many_connections`.
 /// Any other answer, a failed node's 503 to `/health` too, took the connection.
 fn http_probe(input: &[u8]) -> Result<Option<Probe>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 16];
-    let mut response = httparse::Response::new(&mut headers);
-    let head = match response.parse(input).map_err(|e| format!("not HTTP: {e}"))? {
-        httparse::Status::Complete(head) => head,
-        httparse::Status::Partial => return Ok(None),
+    let Some(net::HttpAnswer { status, body, .. }) = net::http_answer(input)? else {
+        return Ok(None);
     };
-    let length = response
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-        .ok_or("an answer without Content-Length")?;
-    let Some(body) = input.get(head..head.saturating_add(length)) else { return Ok(None) };
     let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     if body["error"] != "too_many_connections" {
         return Ok(Some(Probe::Taken));
     }
-    let status = response.code.unwrap_or_default();
     let message = body["message"].as_str().unwrap_or_default();
     Ok(Some(Probe::Refused(Some(format!("{status} too_many_connections: {message}")))))
 }

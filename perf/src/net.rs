@@ -547,25 +547,38 @@ impl Protocol for HttpReserve {
     }
 
     fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Option<Decoded<'a>>, String> {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut response = httparse::Response::new(&mut headers);
-        let head = match response.parse(input).map_err(|e| e.to_string())? {
-            httparse::Status::Complete(head) => head,
-            httparse::Status::Partial => return Ok(None),
-        };
-        let length = response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-            .ok_or("response without content-length")?;
-        if input.len() < head + length {
-            return Ok(None);
-        }
-        let ok = response.code == Some(201);
-        let refusal = if ok { None } else { Some(error_code(&input[head..head + length])) };
-        Ok(Some(Decoded { used: head + length, index: None, ok, refusal }))
+        let Some(answer) = http_answer(input)? else { return Ok(None) };
+        let ok = answer.status == 201;
+        let refusal = if ok { None } else { Some(error_code(answer.body)) };
+        Ok(Some(Decoded { used: answer.len, index: None, ok, refusal }))
     }
+}
+
+/// One HTTP answer, read whole.
+pub(crate) struct HttpAnswer<'a> {
+    pub status: u16,
+    pub body: &'a [u8],
+    /// Bytes of the input it takes, head and body.
+    pub len: usize,
+}
+
+/// The whole HTTP answer at the start of `input`, if it has arrived. ringfence always sends
+/// `Content-Length`.
+pub(crate) fn http_answer(input: &[u8]) -> Result<Option<HttpAnswer<'_>>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(input).map_err(|e| format!("not HTTP: {e}"))? {
+        httparse::Status::Complete(head) => head,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+        .ok_or("an answer without Content-Length")?;
+    let Some(body) = input.get(head..head.saturating_add(length)) else { return Ok(None) };
+    Ok(Some(HttpAnswer { status: response.code.unwrap_or_default(), body, len: head + length }))
 }
 
 /// The `error` of an HTTP error body (`{"error":"sold_out",...}`), found without parsing the

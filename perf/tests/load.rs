@@ -22,11 +22,15 @@ const READ: &str = "load-test-read-token-of-32-chars!";
 /// A node on ephemeral loopback ports (in-memory journal) that enforces roles: its admin token
 /// is [`TOKEN`], its order service's [`ORDERS`], its readers' [`READ`].
 fn node() -> ServerHandle {
+    node_with(ServerConfig::loopback())
+}
+
+/// [`node`], its network front set by `config` (ports, limits) but for the tokens.
+fn node_with(mut config: ServerConfig) -> ServerHandle {
     let (orders_max, holdings_max, request_keys_max) = (16_384, 16_384, 16_384);
     let engine =
         EngineConfig { orders_max, holdings_max, request_keys_max, ..EngineConfig::small() };
     let node_config = NodeConfig { engine, ..NodeConfig::for_tests(Topology::Compact) };
-    let mut config = ServerConfig::loopback();
     config.admin_token = Some(TOKEN.to_owned());
     config.role_tokens = vec![(Role::Orders, ORDERS.to_owned()), (Role::Read, READ.to_owned())];
     ringfence_ingress::start(config, move |waker| {
@@ -264,4 +268,42 @@ fn load_setup_is_bounded_against_a_node_that_trickles_its_answer() {
     assert!(stderr.contains("no whole answer within 10 s"), "{stderr}");
     // A liveness bound: the setup's own bound is 10 s.
     assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+}
+
+#[test]
+fn load_names_the_per_address_limit_when_the_node_refuses_its_connections() {
+    // Goal: over either protocol, `--connections` above the node's per-address limit exits 2
+    // before any run, naming `connections_per_address_max` and the most connections that
+    // were taken; exactly the limit runs (the check gives its connections back first).
+    let per_address = ServerConfig { connections_per_address_max: 4, ..ServerConfig::loopback() };
+    let server = node_with(per_address);
+    let dir = std::env::temp_dir().join(format!("rf-perf-load-connections-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("orders.token");
+    std::fs::write(&token, format!("{ORDERS}\n")).unwrap();
+    let token = token.to_str().unwrap();
+    let (binary, http) = (server.binary_addr().unwrap(), server.http_addr().unwrap());
+    create_sku(&server, 7, 1_000);
+    let fixed = ["--sku", "7", "--rate", "100", "--duration-s", "0.2", "--warmup-s", "0"];
+    for (addr, protocol) in [(binary, None), (http, Some("--http"))] {
+        let addr = addr.to_string();
+        let args = ["load", "--addr", &addr, "--token-file", token];
+        let run = |connections: &str| {
+            let extra = ["--connections", connections];
+            let all: Vec<&str> =
+                args.iter().chain(&fixed).chain(&extra).copied().chain(protocol).collect();
+            let output = perf(&all);
+            (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+        };
+        let (code, stderr) = run("7");
+        assert_eq!(code, Some(2), "{protocol:?}: {stderr}");
+        for said in ["connections_per_address_max", "lower --connections to 4", "connection 5 of"] {
+            assert!(stderr.contains(said), "{protocol:?}: no `{said}` in: {stderr}");
+        }
+        assert!(stderr.contains("too many connections from this address"), "{stderr}");
+        let (code, stderr) = run("4");
+        assert_eq!(code, Some(0), "{protocol:?}: {stderr}");
+    }
+    server.shutdown().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
