@@ -570,6 +570,36 @@ impl Drop for FaultSegment {
     }
 }
 
+/// A file being written by [`Storage::write_file_with`]: each write appends to its inode's
+/// live content, under the name it was created with for faults.
+struct FaultFile {
+    shared: Arc<Shared>,
+    name: String,
+    inode: u64,
+    /// Bytes written so far.
+    written: u64,
+}
+
+impl io::Write for FaultFile {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut disk = self.shared.disk.lock().expect("fault disk lock");
+        check_fault(&mut disk, &self.name)?;
+        // Inodes outlive their names, so an open file's is always there.
+        let inode = disk.inodes.get_mut(&self.inode).expect("the inode of an open file");
+        let before = inode.live.len();
+        Arc::make_mut(&mut inode.live).extend_from_slice(bytes);
+        // Live only: durable once synced, like any file's bytes.
+        assert_eq!(inode.live.len(), before + bytes.len(), "a write appended another length");
+        self.written += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Nothing is buffered: every write reached the live content.
+        Ok(())
+    }
+}
+
 impl Storage for FaultStorage {
     type Segment = FaultSegment;
 
@@ -657,6 +687,32 @@ impl Storage for FaultStorage {
         // Linked live at once, durable only once the directory is synced.
         debug_assert!(!disk.durable.contains_key(name) || disk.durable[name] != ino);
         Ok(())
+    }
+
+    /// The file is created empty (or truncated) at once, as `File::create` does, and each
+    /// write appends to its live content: a process crash part way keeps what was written so
+    /// far, a power loss nothing the file's last sync did not, and a failing or halted disk
+    /// fails the write that meets it.
+    fn write_file_with(
+        &self,
+        name: &str,
+        write: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        self.write_file(name, &[])?;
+        let inode = *self.disk().live.get(name).expect("the file just created");
+        let shared = Arc::clone(&self.shared);
+        let mut file = FaultFile { shared, name: name.to_owned(), inode, written: 0 };
+        write(&mut file)?;
+        let written = self.disk().inodes[&inode].live.len() as u64;
+        // Nothing else writes a file being created: it holds what was written, all of it.
+        assert_eq!(written, file.written, "a streamed file of another length: {name}");
+        Ok(written)
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        // A copy of the live content, as `read_file` reads: the model's memory is not the
+        // point; a reader of a real file sees it as it is when read.
+        Ok(Box::new(io::Cursor::new(self.read_file(name)?)))
     }
 
     fn sync_file(&self, name: &str) -> io::Result<()> {
@@ -750,7 +806,7 @@ impl Storage for FaultStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{temp_name, write_atomically};
+    use crate::storage::{temp_name, write_atomically, write_atomically_with};
 
     #[test]
     fn a_rename_is_durable_only_after_the_directory_is_synced() {
@@ -862,6 +918,67 @@ mod tests {
         assert_eq!(lost.list().unwrap(), ["s"], "the epoch file was never linked durably");
         let killed = frozen.process_crash();
         assert_eq!(killed.read_file(&temp_name("epoch")).unwrap(), b"7", "written, not renamed");
+    }
+
+    #[test]
+    fn a_streamed_file_is_written_as_a_whole_one_is() {
+        // Goal: a file written through a writer is the file `write_file` of the same bytes
+        // would be, at every step: live at once, a prefix of it kept by a process crash part
+        // way, durable only once synced (a power loss before keeps none of it, a torn one a
+        // prefix), refused by `fail_matching` and by a halted disk; and an atomic streamed
+        // write that fails, for the disk or for its own writer, leaves no temporary file.
+        use std::io::Read as _;
+        let content: Vec<u8> = (0..=255).collect();
+        let disk = FaultStorage::new();
+        let written = disk
+            .write_file_with("f", &mut |file| {
+                file.write_all(&content[..100])?;
+                assert_eq!(disk.process_crash().read_file("f").unwrap(), &content[..100]);
+                file.write_all(&content[100..])
+            })
+            .unwrap();
+        assert_eq!(written, 256);
+        disk.sync_dir().unwrap();
+        let mut read = Vec::new();
+        disk.open_read("f").unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, content);
+        assert!(disk.power_loss(None).read_file("f").unwrap().is_empty(), "unsynced, yet kept");
+        for seed in 0..16 {
+            let torn = disk.power_loss(Some(seed)).read_file("f").unwrap();
+            assert!(content.starts_with(&torn), "seed {seed}: {torn:?}");
+        }
+        disk.sync_file("f").unwrap();
+        assert_eq!(disk.power_loss(None).read_file("f").unwrap(), content);
+
+        disk.fail_matching("snap");
+        let full = write_atomically_with(&disk, "x.snap", &mut |file| file.write_all(b"1"));
+        assert!(full.is_err() && disk.faults_injected() > 0, "{full:?}");
+        disk.clear_faults();
+        let mut failing = |file: &mut dyn io::Write| {
+            file.write_all(b"12")?;
+            Err(io::Error::other("the encoder failed"))
+        };
+        let failed = write_atomically_with(&disk, "x.snap", &mut failing).unwrap_err();
+        assert!(failed.source.to_string().contains("encoder"), "{}", failed.source);
+        assert!(disk.list().unwrap().iter().all(|name| !name.contains("snap")), "a leftover");
+
+        disk.capture_sync_points();
+        let written = write_atomically_with(&disk, "x.snap", &mut |f| f.write_all(b"123"));
+        assert_eq!(written.unwrap(), 3);
+        let captures = disk.take_captures();
+        let whats: Vec<&str> = captures.iter().map(|capture| capture.what.as_str()).collect();
+        assert_eq!(whats, ["file .x.snap.tmp", "directory"]);
+        assert!(captures[0].disk.power_loss(None).read_file("x.snap").is_err(), "not renamed");
+        assert_eq!(captures[1].disk.power_loss(None).read_file("x.snap").unwrap(), b"123");
+
+        disk.halt_after_sync_points(1);
+        let halted = disk.write_file_with("g", &mut |file| {
+            file.write_all(b"before")?;
+            disk.sync_file("f").unwrap();
+            file.write_all(b"after")
+        });
+        assert!(halted.is_err(), "a write after the halt went through");
+        assert_eq!(disk.halted().unwrap().disk.process_crash().read_file("g").unwrap(), b"before");
     }
 
     #[test]

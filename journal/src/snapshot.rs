@@ -10,11 +10,15 @@
 //! the CPU to apply each command a second time, on the writer thread. The writer copies the
 //! shadow into an image, drops the shadow and restores the image at the configured
 //! capacities, as recovery would: the restored engine, checked to carry the same running hash
-//! and state, is the shadow from then on, so the writer never holds two engines. It encodes
-//! the image into the file's buffer ([`EngineImage::encode_into`]) and writes it through the
-//! data directory's [`Storage`] to a temporary file, syncs it, renames it into place and
-//! syncs the directory, then applies retention. Beside the two engines, a node's memory holds
-//! at most one image and one file's bytes at a time ([`working_bytes_max`]). A snapshot that
+//! and state, is the shadow from then on, so the writer never holds two engines. It streams
+//! the image, a piece at a time ([`EngineImage::encode_pieces`]), through one buffer of
+//! [`SNAPSHOT_BUFFER_BYTES`] into a temporary file of the data directory's [`Storage`]
+//! ([`write_atomically_with`]), syncs it, renames it into place and syncs the directory, then
+//! applies retention: the file's bytes are never held whole. The shadow loads a snapshot the
+//! same way ([`load_streaming`], [`EngineImage::decode_pieces`]), checksumming the file as it
+//! decodes it and refusing it at the end if the checksum fails. A snapshot read through a
+//! [`ReadSource`] ([`load`], [`read_meta`]: recovery, the tools) is still read whole. What a
+//! node holds for snapshots beside its two engines is [`working_bytes_max`]. A snapshot that
 //! fails leaves no temporary file behind, is logged and counted ([`SnapshotStats`]); the
 //! journal still holds every command, so it costs only replay time. The writer keeps the image it
 //! wrote and copies the next snapshot into it ([`Engine::copy_image_into`]). A snapshot file:
@@ -51,7 +55,7 @@
 //! written and can crash a node in the middle of one.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -61,8 +65,8 @@ use std::time::{Duration, Instant};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::record;
 use ringfence_core::{
-    Command, Engine, EngineConfig, EngineImage, Epoch, Lookahead, RestoreError, Sequence,
-    Sequenced, SkuId, Timestamp,
+    Command, DecodeError, Engine, EngineConfig, EngineImage, Epoch, ImageDecodeError, Lookahead,
+    RestoreError, Sequence, Sequenced, SkuId, Timestamp,
 };
 
 use crate::datadir::{self, DataDir};
@@ -71,7 +75,7 @@ use crate::format::{
     self, CONFIG_BLOCK_LEN, CONFIG_MORE_LEN, FORMAT_VERSION, get_u32, get_u64, put_u32, put_u64,
 };
 use crate::scan::ReadSource;
-use crate::storage::{Retired, Storage, StorageError, write_atomically};
+use crate::storage::{Retired, Storage, StorageError, write_atomically, write_atomically_with};
 use crate::tail::Tail;
 
 /// First bytes of every snapshot file.
@@ -300,8 +304,16 @@ fn restored_meta<S: Storage>(
     }
 }
 
-/// Encodes `image` under `meta`'s header into one buffer, the file's bytes, and writes it
-/// atomically under `meta`'s name.
+/// Streams `image` under `meta`'s header into a file written atomically under `meta`'s name
+/// ([`write_atomically_with`]), through one buffer of [`SNAPSHOT_BUFFER_BYTES`]: the file's
+/// bytes are never held whole.
+///
+/// The header comes first in the file but records the body's checksum, known only once the
+/// body is encoded, so the body is encoded twice: once to checksum it, then again to write it.
+/// Writing a placeholder header and going back to fill it in would encode once, but every
+/// storage would need positioned writes, and the file's first bytes would be written last.
+/// Encoding costs CPU on the writer's thread (idle priority under `serve`); memory is what
+/// streaming is for. The second pass checksums as it writes, and must agree with the first.
 fn write_file<S: Storage>(
     storage: &S,
     meta: SnapshotMeta,
@@ -309,11 +321,27 @@ fn write_file<S: Storage>(
 ) -> Result<SnapshotMeta, SnapshotError> {
     // The digest recorded is the image's own, computed without restoring (O(state)).
     debug_assert_eq!(meta.state_digest, image.state_digest(), "the image digests apart");
-    let bytes = encode(&meta, image);
-    write_atomically(storage, &meta.name, &bytes)?;
-    // The pair of the check on loading: the file's header reads back as written.
+    let mut buffer = Vec::with_capacity(SNAPSHOT_BUFFER_BYTES);
+    let (crc, body_len) = stream_body(&meta, image, &mut buffer, &mut |_| Ok(()))
+        .expect("checksumming hands the pieces to nothing that fails");
+    let header = encode_header(&meta, image.encoded_len(), crc);
+    let bytes = write_atomically_with(storage, &meta.name, &mut |file| {
+        file.write_all(&header)?;
+        let written = stream_body(&meta, image, &mut buffer, &mut |piece| file.write_all(piece))?;
+        // The same image encodes to the same bytes: the header's checksum is the body's.
+        assert_eq!(written, (crc, body_len), "the body encoded apart the second time");
+        Ok(())
+    })?;
+    // Gone before the read-back below takes its own.
+    drop(buffer);
+    assert_eq!(bytes, SNAPSHOT_HEADER_LEN as u64 + body_len, "a snapshot file of another length");
+    // What `working_bytes_max` counts a file as: never more.
+    assert!(bytes <= file_len_max(&meta.config), "a snapshot file larger than its largest");
+    // The pair of the check on loading: the file reads back as written, header and body
+    // checksum (debug builds: streamed through a buffer, as it was written).
     debug_assert!(
-        read_meta(storage, &meta.name).is_ok_and(|read| read.state_digest == meta.state_digest),
+        read_meta_streaming(storage, &meta.name)
+            .is_ok_and(|read| read.state_digest == meta.state_digest && read.bytes == bytes),
         "the snapshot written does not read back"
     );
     debug_assert_eq!(
@@ -321,7 +349,47 @@ fn write_file<S: Storage>(
         Some((meta.through, meta.through_epoch)),
         "the header's last record does not read back"
     );
-    Ok(SnapshotMeta { bytes: bytes.len() as u64, ..meta })
+    Ok(SnapshotMeta { bytes, ..meta })
+}
+
+/// Hands `put` the body of the snapshot of `image` under `meta` (the image, its zero padding
+/// to a multiple of 16, the SKU catalogue) in pieces of at most [`SNAPSHOT_BUFFER_BYTES`]
+/// assembled in `buffer`; returns the body's CRC32C and length. Stops at `put`'s first error.
+fn stream_body(
+    meta: &SnapshotMeta,
+    image: &EngineImage,
+    buffer: &mut Vec<u8>,
+    put: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<(u32, u64)> {
+    let room = buffer.capacity();
+    let (mut crc, mut len) = (0_u32, 0_u64);
+    {
+        let mut counted = |piece: &[u8]| -> io::Result<()> {
+            crc = crc32c::crc32c_append(crc, piece);
+            len += piece.len() as u64;
+            put(piece)
+        };
+        image.encode_pieces(buffer, SNAPSHOT_BUFFER_BYTES, &mut counted)?;
+        let image_len = image.encoded_len();
+        buffer.clear();
+        buffer.resize(image_len.next_multiple_of(16) - image_len, 0);
+        for sku in &meta.skus {
+            if buffer.len() + 8 > SNAPSHOT_BUFFER_BYTES {
+                counted(buffer)?;
+                buffer.clear();
+            }
+            buffer.extend_from_slice(&sku.0.to_le_bytes());
+        }
+        if !buffer.is_empty() {
+            counted(buffer)?;
+        }
+    }
+    let padded = image.encoded_len().next_multiple_of(16) as u64;
+    assert_eq!(len, padded + 8 * meta.skus.len() as u64, "a body of another length");
+    assert_eq!(len % 8, 0, "a snapshot file that is not whole words");
+    // One piece at a time: the buffer never grew into a copy of the file.
+    assert!(buffer.capacity() <= room.max(SNAPSHOT_BUFFER_BYTES), "the snapshot buffer grew");
+    Ok((crc, len))
 }
 
 /// The most bytes a snapshot file of an engine under `config` takes: header, image and SKU
@@ -332,12 +400,40 @@ pub fn file_len_max(config: &EngineConfig) -> u64 {
     SNAPSHOT_HEADER_LEN as u64 + image + 8 * u64::from(config.skus_max)
 }
 
-/// The most memory a node holds for snapshots beside its engines, at any moment: one image
-/// and one file's bytes, as writing a snapshot (the writer's kept image and the file it
-/// encodes) or loading one (the file, then its image) holds them.
+/// Bytes of the buffer a snapshot file is written and read through, a piece at a time: the
+/// file is never held whole. Large enough that each piece is one long system call, small
+/// beside an image.
+pub const SNAPSHOT_BUFFER_BYTES: usize = 1 << 20;
+const _: () = assert!(SNAPSHOT_BUFFER_BYTES >= EngineImage::PIECE_LEN_MIN);
+// The image's zero padding (at most 15 bytes) and a SKU id fit a piece beside each other.
+const _: () = assert!(SNAPSHOT_BUFFER_BYTES >= 16 + 8);
+
+/// The most memory a node holds for snapshots beside its engines, at any moment, with every
+/// table full: one image, one file's bytes, the buffer and a SKU catalogue. Its paths:
+///
+/// - The writer holds its image (kept from one snapshot to the next) and streams the file
+///   through [`SNAPSHOT_BUFFER_BYTES`] ([`write()`]); the shadow loads a snapshot the same way,
+///   the image and the buffer ([`load_streaming`]). Each holds the SKU catalogue.
+/// - A snapshot loaded through a [`ReadSource`] ([`load`], [`read_meta`]: recovery at start,
+///   the tools) is read whole before its image is decoded: the file and the image, before its
+///   engine is built. A standby installs a file fetched whole from its primary ([`install`]).
+/// - A primary sending its newest snapshot to a standby reads that file whole (the
+///   replicator's `SnapshotToSend`), on its own thread, while the writer holds its image and
+///   may be streaming the next snapshot. This path sets the figure: the file, the image, the
+///   buffer and the catalogue. Were that file streamed too, and recovery's load (which has a
+///   `Storage`, so could call [`load_streaming`]), what is still read whole would be read
+///   before any engine is built, and the figure could fall to about the image and the buffer.
 #[must_use]
 pub fn working_bytes_max(config: &EngineConfig) -> u64 {
-    EngineImage::memory_max(config) + file_len_max(config)
+    let (image, file) = (EngineImage::memory_max(config), file_len_max(config));
+    // The writer's `SnapshotMeta` and the loader's both list every SKU, 8 bytes each.
+    let catalogue = 8 * u64::from(config.skus_max);
+    // A file holds an image's header and the catalogue at least.
+    assert!(file > (SNAPSHOT_HEADER_LEN as u64) + catalogue, "a file of no image");
+    let bytes = image + file + SNAPSHOT_BUFFER_BYTES as u64 + catalogue;
+    // The writer's own share is the smaller: it never holds the file.
+    assert!(bytes > image + SNAPSHOT_BUFFER_BYTES as u64, "no room counted for a whole file");
+    bytes
 }
 
 /// Installs a snapshot file received whole from elsewhere (a primary, for a standby whose
@@ -353,7 +449,7 @@ pub fn install<S: Storage>(
     let file = PathBuf::from(storage.describe(&name));
     // Decoded under the name it is installed as: a header covering another sequence than
     // the one announced is refused there.
-    let (meta, _) = decode_meta(&name, &file, bytes)?;
+    let (meta, _) = read_snapshot(&name, &file, &mut &bytes[..], false, None)?;
     assert_eq!(meta.through, through, "a snapshot installed under another sequence");
     write_atomically(storage, &name, bytes)?;
     Ok(meta)
@@ -372,53 +468,67 @@ pub fn write_now<S: Storage>(
     Ok(meta)
 }
 
-/// The snapshot file of `image` under `meta`'s header, encoded in place: the image's bytes
-/// are written once, into the file's buffer ([`EngineImage::encode_into`], its explicit,
-/// versioned layout in `docs/journal-format.md`).
-fn encode(meta: &SnapshotMeta, image: &EngineImage) -> Vec<u8> {
-    // What `decode_meta` accepts.
+/// The header of the snapshot of an image of `image_len` bytes under `meta`, whose body
+/// (everything after the header) checksums to `body_crc`.
+fn encode_header(
+    meta: &SnapshotMeta,
+    image_len: usize,
+    body_crc: u32,
+) -> [u8; SNAPSHOT_HEADER_LEN] {
+    // What `checked_meta` accepts.
     assert!(meta.last_sequence <= meta.through, "a snapshot past its through sequence");
     assert!(meta.config.validate().is_ok(), "a snapshot of an invalid configuration");
     assert!(meta.skus.windows(2).all(|pair| pair[0] < pair[1]), "a SKU catalog not sorted");
-    let image_len = image.encoded_len();
-    let padded = image_len.next_multiple_of(16);
-    let len = SNAPSHOT_HEADER_LEN + padded + 8 * meta.skus.len();
-    let mut bytes = Vec::with_capacity(len);
-    bytes.resize(SNAPSHOT_HEADER_LEN, 0);
-    image.encode_into(&mut bytes);
-    assert_eq!(bytes.len(), SNAPSHOT_HEADER_LEN + image_len, "an image of another length");
-    bytes.resize(SNAPSHOT_HEADER_LEN + padded, 0);
-    for sku in &meta.skus {
-        bytes.extend_from_slice(&sku.0.to_le_bytes());
-    }
-    // Sized once: the buffer never grew into a second copy.
-    assert_eq!((bytes.len(), bytes.capacity()), (len, len), "the file's buffer was resized");
-    let (header, body) = bytes.split_at_mut(SNAPSHOT_HEADER_LEN);
+    let mut header = [0_u8; SNAPSHOT_HEADER_LEN];
     header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
-    put_u32(header, 8, FORMAT_VERSION);
-    put_u32(header, 12, SNAPSHOT_HEADER_LEN as u32);
-    put_u64(header, THROUGH_OFFSET, meta.through.0);
-    put_u64(header, THROUGH_EPOCH_OFFSET, meta.through_epoch.map_or(0, |epoch| epoch.0));
-    put_u64(header, LAST_SEQUENCE_OFFSET, meta.last_sequence.0);
-    put_u64(header, NOW_OFFSET, meta.now.0);
-    put_u64(header, RUNNING_HASH_OFFSET, meta.running_hash);
-    put_u64(header, DIGEST_OFFSET, meta.state_digest);
-    put_u64(header, IMAGE_LEN_OFFSET, image_len as u64);
-    put_u32(header, BODY_CRC_OFFSET, crc32c::crc32c(body));
-    put_u32(header, SKU_COUNT_OFFSET, meta.skus.len() as u32);
+    put_u32(&mut header, 8, FORMAT_VERSION);
+    put_u32(&mut header, 12, SNAPSHOT_HEADER_LEN as u32);
+    put_u64(&mut header, THROUGH_OFFSET, meta.through.0);
+    put_u64(&mut header, THROUGH_EPOCH_OFFSET, meta.through_epoch.map_or(0, |epoch| epoch.0));
+    put_u64(&mut header, LAST_SEQUENCE_OFFSET, meta.last_sequence.0);
+    put_u64(&mut header, NOW_OFFSET, meta.now.0);
+    put_u64(&mut header, RUNNING_HASH_OFFSET, meta.running_hash);
+    put_u64(&mut header, DIGEST_OFFSET, meta.state_digest);
+    put_u64(&mut header, IMAGE_LEN_OFFSET, image_len as u64);
+    put_u32(&mut header, BODY_CRC_OFFSET, body_crc);
+    put_u32(&mut header, SKU_COUNT_OFFSET, meta.skus.len() as u32);
     let (block, more) = header[CONFIG_OFFSET..].split_at_mut(CONFIG_BLOCK_LEN);
     format::encode_config(&meta.config, block, &mut more[..CONFIG_MORE_LEN]);
     let crc = crc32c::crc32c(&header[..HEADER_CRC_OFFSET]);
-    put_u32(header, HEADER_CRC_OFFSET, crc);
-    assert_eq!(bytes.len() % 8, 0, "a snapshot file that is not whole words");
-    debug_assert!(decode_meta(&meta.name, &meta.file, &bytes).is_ok(), "does not read back");
-    bytes
+    put_u32(&mut header, HEADER_CRC_OFFSET, crc);
+    // The pair of the listing's check: the header reads back as this snapshot's.
+    debug_assert_eq!(
+        decode_through(&meta.name, &meta.file, &header).ok(),
+        Some((meta.through, meta.through_epoch)),
+        "a header that does not read back"
+    );
+    header
 }
 
-/// Reads and checks a snapshot's header (and body checksum): for listings.
+/// Reads and checks a snapshot's header (and body checksum): for listings. A [`ReadSource`]
+/// hands over whole files, so the file is held whole while it is checked;
+/// [`read_meta_streaming`] reads one from a [`Storage`] through a bounded buffer.
 pub fn read_meta<R: ReadSource>(source: &R, name: &str) -> Result<SnapshotMeta, SnapshotError> {
     let (bytes, file) = read_file(source, name)?;
-    decode_meta(name, &file, &bytes).map(|(meta, _)| meta)
+    let (meta, image) = read_snapshot(name, &file, &mut &bytes[..], false, None)?;
+    // Only the header and the checksum were asked for: no image's memory on top of the file.
+    assert!(image.is_none(), "an image decoded for a listing");
+    Ok(meta)
+}
+
+/// [`read_meta`] of a snapshot in `storage`, read through one buffer of
+/// [`SNAPSHOT_BUFFER_BYTES`] rather than whole.
+pub fn read_meta_streaming<S: Storage>(
+    storage: &S,
+    name: &str,
+) -> Result<SnapshotMeta, SnapshotError> {
+    let file = PathBuf::from(storage.describe(name));
+    let mut reader =
+        storage.open_read(name).map_err(io_error(format!("reading {}", file.display())))?;
+    let (meta, image) = read_snapshot(name, &file, &mut reader, false, None)?;
+    // Only the header and the checksum were asked for.
+    assert!(image.is_none(), "an image decoded for a listing");
+    Ok(meta)
 }
 
 /// Snapshot `name`'s through sequence and the epoch of that record, if the file recorded it,
@@ -502,34 +612,202 @@ fn read_file<R: ReadSource>(source: &R, name: &str) -> Result<(Vec<u8>, PathBuf)
     Ok((bytes, file))
 }
 
-fn decode_meta(
+/// A snapshot's body (everything after its header) read front to back, checksummed and
+/// counted as it passes.
+struct Body<'a> {
+    reader: &'a mut dyn io::Read,
+    crc: u32,
+    len: u64,
+    /// The file ended before a read was filled.
+    ended: bool,
+}
+
+impl Body<'_> {
+    /// Reads into as much of `into` as the file has left; how much.
+    fn fill(&mut self, into: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < into.len() {
+            match self.reader.read(&mut into[filled..]) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        assert!(filled <= into.len(), "a read past its buffer");
+        self.crc = crc32c::crc32c_append(self.crc, &into[..filled]);
+        self.len += filled as u64;
+        self.ended |= filled < into.len();
+        Ok(filled)
+    }
+
+    /// Reads the next `len` bytes (fewer, if the file ends first) through `buffer`.
+    fn skip(&mut self, mut len: u64, buffer: &mut Vec<u8>) -> io::Result<()> {
+        // Grown to a whole piece once; what it held is read over, not zeroed again.
+        buffer.resize(SNAPSHOT_BUFFER_BYTES, 0);
+        while len > 0 && !self.ended {
+            let piece = len.min(SNAPSHOT_BUFFER_BYTES as u64) as usize;
+            len -= self.fill(&mut buffer[..piece])? as u64;
+        }
+        // Skipped in whole, or to the file's end.
+        assert!(len == 0 || self.ended, "{len} bytes left to skip in a file not ended");
+        Ok(())
+    }
+}
+
+/// What a checked snapshot header says of the body after it: the image's length, the image
+/// padded to 16 (`None` past `usize`), the SKU count, and the engine configuration if it is
+/// a valid one.
+struct BodyLens {
+    image: usize,
+    padded: Option<usize>,
+    skus: usize,
+    config: Option<EngineConfig>,
+}
+
+impl BodyLens {
+    fn of(header: &[u8; SNAPSHOT_HEADER_LEN]) -> BodyLens {
+        let image = usize::try_from(get_u64(header, IMAGE_LEN_OFFSET)).unwrap_or(usize::MAX);
+        let padded = image.checked_next_multiple_of(16);
+        let block = &header[CONFIG_OFFSET..][..CONFIG_BLOCK_LEN];
+        let config = format::decode_config(block, &header[CONFIG_MORE_OFFSET..][..CONFIG_MORE_LEN]);
+        // The decoder accepts only what an engine starts with.
+        assert!(config.as_ref().is_none_or(|c| c.validate().is_ok()), "an invalid configuration");
+        assert!(padded.is_none_or(|padded| padded >= image), "padding shortened the image");
+        BodyLens { image, padded, skus: get_u32(header, SKU_COUNT_OFFSET) as usize, config }
+    }
+}
+
+/// What snapshot `name` (`file` to an operator) holds, read front to back from `reader`
+/// through one buffer of [`SNAPSHOT_BUFFER_BYTES`]: its header checked; its image decoded as
+/// it is read if `decode` asks for it, bounded by the capacities of `config` (the header's
+/// when none is given); every byte after the header checksummed. The checks are made in one
+/// order, whatever the damage: the header's own, then the body's checksum, then the lengths
+/// against the file's size, the configuration and the sequences, and only then the image's
+/// decoding. So nothing decoded is returned from a body whose checksum fails. The image is
+/// there when `decode` asked for it.
+fn read_snapshot(
     name: &str,
-    file: &std::path::Path,
-    bytes: &[u8],
-) -> Result<(SnapshotMeta, usize), SnapshotError> {
+    file: &Path,
+    reader: &mut dyn io::Read,
+    decode: bool,
+    config: Option<&EngineConfig>,
+) -> Result<(SnapshotMeta, Option<EngineImage>), SnapshotError> {
+    let failed =
+        |source| SnapshotError::Io { context: format!("reading {}", file.display()), source };
+    let mut header = [0_u8; SNAPSHOT_HEADER_LEN];
+    // Read as the body is, to its end or the file's; its checksum is its own, not the body's.
+    let mut head = Body { reader: &mut *reader, crc: 0, len: 0, ended: false };
+    let got = head.fill(&mut header).map_err(failed)?;
+    decode_through(name, file, &header[..got])?;
+    let lens = BodyLens::of(&header);
+    let config = config.or(lens.config.as_ref());
+    let mut body = Body { reader, crc: 0, len: 0, ended: false };
+    // Zeroed by the allocator, once: each piece read over what the last one left.
+    let mut buffer = vec![0_u8; SNAPSHOT_BUFFER_BYTES];
+    let image = match config {
+        Some(config) if decode => {
+            Some(read_image(&mut body, lens.image, config, &mut buffer).map_err(failed)?)
+        }
+        _ => None,
+    };
+    // Decoding reads no byte past the image, and stops at the first problem in it.
+    assert!(body.len <= lens.image as u64, "the image read past its length");
+    // The rest of the image, if it was not read (or not to its end), and its padding.
+    let to_catalogue = lens.padded.map_or(u64::MAX, |padded| padded as u64 - body.len);
+    body.skip(to_catalogue, &mut buffer).map_err(failed)?;
+    let skus = read_catalogue(&mut body, lens.skus, config, &mut buffer).map_err(failed)?;
+    body.skip(u64::MAX, &mut buffer).map_err(failed)?;
+    assert!(body.ended, "a snapshot read short of its end");
+    let meta = checked_meta(name, file, &header, (body.crc, body.len), skus)?;
+    let image = image.transpose().map_err(|e| SnapshotError::Invalid {
+        file: file.to_path_buf(),
+        reason: format!("image: {e}"),
+    })?;
+    // A valid header's configuration is there to decode the image under.
+    assert!(!decode || image.is_some(), "an image asked for and not decoded");
+    Ok((meta, image))
+}
+
+/// Decodes the `len`-byte image at the start of `body` under `config`'s capacities
+/// ([`EngineImage::decode_pieces`]). An image cut short by the file's end is refused as cut
+/// short; the lengths refuse the file before that is reported.
+fn read_image(
+    body: &mut Body<'_>,
+    len: usize,
+    config: &EngineConfig,
+    buffer: &mut Vec<u8>,
+) -> io::Result<Result<EngineImage, ImageDecodeError>> {
+    // Each piece whole, or the file ended short of it.
+    let mut take = |into: &mut [u8]| match body.fill(into)? {
+        filled if filled == into.len() => Ok(()),
+        _ => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+    };
+    match EngineImage::decode_pieces(len, config, buffer, SNAPSHOT_BUFFER_BYTES, &mut take) {
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+            assert!(body.ended && body.len < len as u64, "an image cut short of a longer file");
+            let offset = body.len as usize;
+            let cut = DecodeError::Truncated { field: "snapshot image", offset };
+            Ok(Err(ImageDecodeError::Bytes(cut)))
+        }
+        Ok(Ok(image)) => {
+            // The pair of the decoder's own check: it took the image's bytes, all of them.
+            assert_eq!(body.len, len as u64, "an image decoded from another length");
+            Ok(Ok(image))
+        }
+        decoded => decoded,
+    }
+}
+
+/// The `count` SKU ids after the image, as many as the file holds, room made for no more
+/// than `config` allows (the count is checked against the file's size afterwards).
+fn read_catalogue(
+    body: &mut Body<'_>,
+    count: usize,
+    config: Option<&EngineConfig>,
+    buffer: &mut Vec<u8>,
+) -> io::Result<Vec<SkuId>> {
+    let allowed = config.map_or(SNAPSHOT_BUFFER_BYTES / 8, |config| config.skus_max as usize);
+    let mut skus = Vec::with_capacity(count.min(allowed));
+    buffer.resize(SNAPSHOT_BUFFER_BYTES, 0);
+    while skus.len() < count && !body.ended {
+        let piece = 8 * (count - skus.len()).min(SNAPSHOT_BUFFER_BYTES / 8);
+        let read = body.fill(&mut buffer[..piece])?;
+        let ids = buffer[..read].chunks_exact(8);
+        skus.extend(ids.map(|id| SkuId(u64::from_le_bytes(id.try_into().expect("8 bytes")))));
+    }
+    // Every id, or every whole one the file holds; never one more.
+    assert!(skus.len() == count || body.ended, "a catalogue read short of a file not ended");
+    assert!(skus.len() <= count, "more SKU ids read than counted");
+    Ok(skus)
+}
+
+/// What snapshot `name`'s checked `header` says, once the body read after it (its `crc`
+/// and `len`, and the SKU ids found where the header puts them) agrees with it.
+fn checked_meta(
+    name: &str,
+    file: &Path,
+    header: &[u8; SNAPSHOT_HEADER_LEN],
+    (crc, len): (u32, u64),
+    skus: Vec<SkuId>,
+) -> Result<SnapshotMeta, SnapshotError> {
     let invalid = |reason: &str| SnapshotError::Invalid {
         file: file.to_path_buf(),
         reason: reason.to_owned(),
     };
-    // The header's own checks, as a listing makes them: magic, checksum, version, and that it
-    // covers the sequence the file's name gives.
-    let (through, through_epoch) =
-        decode_through(name, file, &bytes[..bytes.len().min(SNAPSHOT_HEADER_LEN)])?;
-    let header = &bytes[..SNAPSHOT_HEADER_LEN];
-    let body = &bytes[SNAPSHOT_HEADER_LEN..];
-    if crc32c::crc32c(body) != get_u32(header, BODY_CRC_OFFSET) {
+    // The header's own checks passed before its body was read.
+    let (through, through_epoch) = decode_through(name, file, header)?;
+    if crc != get_u32(header, BODY_CRC_OFFSET) {
         return Err(invalid("the body checksum does not match (truncated or damaged)"));
     }
-    let image_len = usize::try_from(get_u64(header, IMAGE_LEN_OFFSET)).unwrap_or(usize::MAX);
-    let sku_count = get_u32(header, SKU_COUNT_OFFSET) as usize;
-    let padded = image_len.checked_next_multiple_of(16).unwrap_or(usize::MAX);
-    if padded.checked_add(sku_count.saturating_mul(8)) != Some(body.len()) {
+    let lens = BodyLens::of(header);
+    let expected = lens.padded.and_then(|padded| padded.checked_add(lens.skus.checked_mul(8)?));
+    if expected.map(|expected| expected as u64) != Some(len) {
         return Err(invalid("the lengths in the header do not match the file size"));
     }
-    let block = &header[CONFIG_OFFSET..][..CONFIG_BLOCK_LEN];
-    let config = format::decode_config(block, &header[CONFIG_MORE_OFFSET..][..CONFIG_MORE_LEN])
+    let config = lens
+        .config
         .ok_or_else(|| invalid("the engine configuration in the header is not valid"))?;
-    let skus = (0..sku_count).map(|i| SkuId(get_u64(body, padded + 8 * i))).collect();
     let meta = SnapshotMeta {
         name: name.to_owned(),
         file: file.to_path_buf(),
@@ -541,41 +819,89 @@ fn decode_meta(
         state_digest: get_u64(header, DIGEST_OFFSET),
         config,
         skus,
-        bytes: bytes.len() as u64,
+        bytes: SNAPSHOT_HEADER_LEN as u64 + len,
     };
     if meta.last_sequence > meta.through {
         return Err(invalid("the last sequence is past the through sequence"));
     }
-    // The configuration check above (a snapshot records one the engine accepts).
-    assert!(meta.config.validate().is_ok(), "an invalid configuration accepted");
-    // The length check above: the image lies inside the body, which `load` slices by.
-    assert!(image_len <= body.len(), "an image longer than the snapshot's body");
-    assert_eq!(meta.skus.len(), sku_count, "a SKU catalog of another count");
-    Ok((meta, image_len))
+    // The length check above: the image lies inside the body, and the file held every SKU id
+    // the header counts.
+    assert!(lens.image as u64 <= len, "an image longer than the snapshot's body");
+    assert_eq!(meta.skus.len(), lens.skus, "a SKU catalog of another count");
+    Ok(meta)
 }
 
 /// Loads snapshot `name` and restores the engine, with `config` if given (else the one
 /// recorded in the file). Every byte is checked: checksums, validation of the image, the
-/// engine's own consistency checks, and the state digest.
+/// engine's own consistency checks, and the state digest. A [`ReadSource`] hands over whole
+/// files, so the file is held whole while its image is decoded (dropped before the engine is
+/// built); [`load_streaming`] reads one from a [`Storage`] through a bounded buffer.
 pub fn load<R: ReadSource>(
     source: &R,
     name: &str,
     config: Option<&EngineConfig>,
 ) -> Result<(Engine, SnapshotMeta), SnapshotError> {
-    let (bytes, file) = read_file(source, name)?;
-    let (meta, image_len) = decode_meta(name, &file, &bytes)?;
-    // `decode_meta` matched the lengths against the file size.
-    assert!(SNAPSHOT_HEADER_LEN + image_len <= bytes.len(), "an image past the file's end");
-    let image_bytes = &bytes[SNAPSHOT_HEADER_LEN..SNAPSHOT_HEADER_LEN + image_len];
-    let image = decode_image(image_bytes).map_err(|e| SnapshotError::Invalid {
-        file: file.clone(),
-        reason: format!("image: {e}"),
-    })?;
-    // The file's bytes are not held while the engine is built: the image or them, beside it.
-    drop(bytes);
+    let (image, meta) = {
+        let (bytes, file) = read_file(source, name)?;
+        let (meta, image) = read_snapshot(name, &file, &mut &bytes[..], true, config)?;
+        // Read to the end: every byte was checksummed.
+        assert_eq!(meta.bytes, bytes.len() as u64, "a snapshot read to another length");
+        (image.expect("an image asked for"), meta)
+    };
+    let (engine, meta) = restore(image, meta, config)?;
+    // Under the configuration asked for, else the one the snapshot was taken under.
+    assert_eq!(engine.config(), config.unwrap_or(&meta.config), "restored under other settings");
+    Ok((engine, meta))
+}
+
+/// [`load`] of a snapshot in `storage`, read through one buffer of [`SNAPSHOT_BUFFER_BYTES`]
+/// rather than whole: the image and the buffer are held, then the engine built from the image.
+pub fn load_streaming<S: Storage>(
+    storage: &S,
+    name: &str,
+    config: Option<&EngineConfig>,
+) -> Result<(Engine, SnapshotMeta), SnapshotError> {
+    let (image, meta) = read_image_streaming(storage, name, config)?;
+    let (engine, meta) = restore(image, meta, config)?;
+    // Under the configuration asked for, else the one the snapshot was taken under.
+    assert_eq!(engine.config(), config.unwrap_or(&meta.config), "restored under other settings");
+    Ok((engine, meta))
+}
+
+/// The image snapshot `name` in `storage` holds, read through one buffer of
+/// [`SNAPSHOT_BUFFER_BYTES`] and checked as [`load_streaming`] checks it (checksums, the
+/// header, the image's decoding, each table within `config`'s capacities, else the header's)
+/// but not restored: what `load_streaming` restores.
+pub fn read_image_streaming<S: Storage>(
+    storage: &S,
+    name: &str,
+    config: Option<&EngineConfig>,
+) -> Result<(EngineImage, SnapshotMeta), SnapshotError> {
+    let file = PathBuf::from(storage.describe(name));
+    let mut reader =
+        storage.open_read(name).map_err(io_error(format!("reading {}", file.display())))?;
+    let (meta, image) = read_snapshot(name, &file, &mut reader, true, config)?;
+    let image = image.expect("an image asked for");
+    // The header's checks: a state no later than the records it covers, in a file that holds
+    // the image whole.
+    assert!(meta.last_sequence <= meta.through, "a snapshot past its through sequence");
+    let image_end = SNAPSHOT_HEADER_LEN as u64 + image.encoded_len() as u64;
+    assert!(image_end <= meta.bytes, "an image larger than its file");
+    Ok((image, meta))
+}
+
+/// The engine `image`, read from the snapshot `meta` describes, restores to under `config`
+/// (else the snapshot's), once its state digest and sequence are the ones recorded.
+fn restore(
+    image: EngineImage,
+    meta: SnapshotMeta,
+    config: Option<&EngineConfig>,
+) -> Result<(Engine, SnapshotMeta), SnapshotError> {
+    let file = meta.file.clone();
     let config = config.cloned().unwrap_or_else(|| meta.config.clone());
     let engine = Engine::from_image(config, &image)
         .map_err(|source| SnapshotError::Restore { file: file.clone(), source })?;
+    drop(image);
     let digest = engine.state_digest();
     // The header's config or the caller's: either restored the image, so it is valid.
     assert!(engine.config().validate().is_ok(), "an engine of an invalid configuration");
@@ -1393,7 +1719,8 @@ impl<S: Storage> Shadow<S> {
     /// Proves `image`, the shadow's state, restores as recovery would restore it, and writes
     /// it. The engine it restores to, at the configured capacities, is the shadow from here
     /// on: the old one is dropped first, so the writer holds one engine and the image (and,
-    /// while writing, the file's bytes), never a second engine beside the BLP's and its own.
+    /// while writing, the buffer it streams the file through), never a second engine beside
+    /// the BLP's and its own.
     /// An image that does not restore leaves no shadow: the next job starts over from the
     /// newest snapshot.
     fn restore_and_write(
@@ -1492,7 +1819,7 @@ impl<S: Storage> Shadow<S> {
         let listed = list(storage).map_err(|error| error.to_string())?;
         let mut start = None;
         for (taken, name) in listed.into_iter().rev().filter(|(taken, _)| *taken <= through) {
-            match load(storage, &name, Some(&self.config)) {
+            match load_streaming(storage, &name, Some(&self.config)) {
                 Ok((engine, _)) => {
                     start = Some((engine, taken));
                     break;

@@ -1,8 +1,10 @@
 //! Where the data directory lives: a small storage trait, and the real one on files.
 //!
 //! Everything the journal keeps on disk goes through [`Storage`]: segments (preallocated and
-//! written in place through a map), and small whole files written atomically (snapshots, the
-//! manifest, the epoch file). The segment writer, the snapshot writer, retention and recovery
+//! written in place through a map), and whole files written atomically: small ones from a
+//! buffer (the manifest, the epoch file), large ones streamed through a writer and read back
+//! through a reader (snapshots, [`write_atomically_with`]), so that neither is ever held
+//! whole in memory. The segment writer, the snapshot writer, retention and recovery
 //! are generic over it, so the same code runs on [`FileStorage`] (real files, `fsync`, rename,
 //! directory `fsync`) and on the fault-injecting [`crate::fault::FaultStorage`], which keeps a
 //! live and a durable image of every file and of the directory and can lose whatever was not
@@ -15,6 +17,7 @@
 //! | `create_segment`   | on return: the entry, the length and the zero contents        |
 //! | `Segment::sync(r)` | on return: the bytes in `r`                                   |
 //! | `write_file`       | contents after `sync_file`, the entry after `sync_dir`        |
+//! | `write_file_with`  | as `write_file`: the bytes are streamed, not handed over whole |
 //! | `rename`, `remove` | after `sync_dir` (a rename is atomic either way)              |
 //! | `retire`           | the archived copy on return; the removal here after `sync_dir` |
 //! | `sync_dir`         | every entry change made before it                             |
@@ -22,7 +25,7 @@
 //! Every change is live (visible to this process and to a process crash) at once.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io::{self, Seek as _, Write as _};
 use std::ops::Range;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
@@ -114,6 +117,20 @@ pub trait Storage: Clone + Send + 'static {
     /// Creates or replaces a file with `bytes`. Nothing is durable until [`Storage::sync_file`]
     /// (contents) and [`Storage::sync_dir`] (the entry).
     fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Creates or replaces a file with the bytes `write` writes into it, front to back, and
+    /// returns how many: what [`Storage::write_file`] of those bytes does (nothing is durable
+    /// until [`Storage::sync_file`] and [`Storage::sync_dir`]), without the bytes ever being in
+    /// one buffer. The writer is not buffered: every call reaches the file, so write large
+    /// pieces.
+    fn write_file_with(
+        &self,
+        name: &str,
+        write: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> io::Result<u64>;
+    /// A reader of a file's contents, front to back: for a file too large to read whole
+    /// ([`Storage::read_file`]). Not buffered: every call reaches the file, so read large
+    /// pieces.
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>>;
     /// Makes a file's contents durable (not its directory entry).
     fn sync_file(&self, name: &str) -> io::Result<()>;
     /// Renames `from` to `to`, replacing `to` atomically; durable after [`Storage::sync_dir`].
@@ -183,7 +200,7 @@ pub fn write_atomically<S: Storage>(
     // Every file written this way has a header; an empty one could never be read.
     assert!(!bytes.is_empty(), "an atomic write of nothing: {name}");
     let temp = temp_name(name);
-    let result = write_then_rename(storage, &temp, name, bytes);
+    let result = write_then_rename(storage, &temp, name, |temp| storage.write_file(temp, bytes));
     if result.is_err() {
         // The temporary file may or may not exist; either way it must not stay.
         let _ = storage.remove(&temp);
@@ -196,17 +213,47 @@ pub fn write_atomically<S: Storage>(
     result
 }
 
+/// [`write_atomically`] of the bytes `write` writes, streamed into the temporary file
+/// ([`Storage::write_file_with`]) instead of handed over in one buffer: a file too large to
+/// hold whole (a snapshot). Returns how many bytes the file holds. The same steps, so the same
+/// crash states: `name` holds the old contents or all of the new, and a failure (of `write`
+/// too) leaves no temporary file behind.
+pub fn write_atomically_with<S: Storage>(
+    storage: &S,
+    name: &str,
+    write: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+) -> Result<u64, StorageError> {
+    // A temporary file is never itself replaced atomically: recovery removes it.
+    assert!(!is_temp_name(name), "an atomic write of a temporary file: {name}");
+    let temp = temp_name(name);
+    let mut written = 0;
+    let result = write_then_rename(storage, &temp, name, |temp| {
+        written = storage.write_file_with(temp, write)?;
+        Ok(())
+    });
+    if result.is_err() {
+        // The temporary file may or may not exist; either way it must not stay.
+        let _ = storage.remove(&temp);
+    }
+    // Every file written this way has a header; an empty one could never be read.
+    assert!(result.is_err() || written > 0, "an atomic write of nothing: {name}");
+    // The pair of every reader: the file is as long as what was written (debug builds: a stat).
+    debug_assert!(
+        result.is_err() || storage.file_len(name).is_ok_and(|len| len == written),
+        "an atomic write of another length: {name}"
+    );
+    result.map(|()| written)
+}
+
 fn write_then_rename<S: Storage>(
     storage: &S,
     temp: &str,
     name: &str,
-    bytes: &[u8],
+    write_temp: impl FnOnce(&str) -> io::Result<()>,
 ) -> Result<(), StorageError> {
     assert_eq!(temp, temp_name(name), "renamed into place from another file");
     let described = || storage.describe(temp);
-    storage
-        .write_file(temp, bytes)
-        .map_err(|e| StorageError::new(format!("writing {}", described()), e))?;
+    write_temp(temp).map_err(|e| StorageError::new(format!("writing {}", described()), e))?;
     storage
         .sync_file(temp)
         .map_err(|e| StorageError::new(format!("syncing {}", described()), e))?;
@@ -415,6 +462,29 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    fn write_file_with(
+        &self,
+        name: &str,
+        write: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        let mut file = File::create(self.path(name))?;
+        write(&mut file)?;
+        let written = file.stream_position()?;
+        // Written front to back: the file ends where the writing did (debug builds: a stat).
+        debug_assert!(
+            file.metadata().is_ok_and(|m| m.len() == written),
+            "a streamed file that does not end where its writing did: {name}"
+        );
+        Ok(written)
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        let file = File::open(self.path(name))?;
+        // A file's contents, not a directory's (debug builds: a stat).
+        debug_assert!(file.metadata().is_ok_and(|m| m.is_file()), "not a file: {name}");
+        Ok(Box::new(file))
+    }
+
     fn sync_file(&self, name: &str) -> io::Result<()> {
         // fsync through a new descriptor flushes every dirty page of the file, whoever wrote it.
         File::open(self.path(name))?.sync_all()
@@ -539,6 +609,32 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_streamed_atomically_reads_back_and_a_failed_one_leaves_nothing() {
+        // Goal: on real files, a file written piece by piece through `write_atomically_with`
+        // holds every piece, in order, and reads back through `open_read`; one whose writer
+        // fails part way leaves neither its name nor a temporary file behind.
+        use std::io::Read as _;
+        let dir = std::env::temp_dir().join(format!("ringfence-storage-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let storage = FileStorage::open(&dir).unwrap();
+        let pieces: Vec<Vec<u8>> = (0..5_u8).map(|n| vec![n; 1 << 16]).collect();
+        let mut write =
+            |file: &mut dyn io::Write| pieces.iter().try_for_each(|p| file.write_all(p));
+        let written = write_atomically_with(&storage, "big", &mut write).unwrap();
+        assert_eq!(written, 5 << 16);
+        let mut read = Vec::new();
+        storage.open_read("big").unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, pieces.concat());
+        let mut failing = |file: &mut dyn io::Write| {
+            file.write_all(&pieces[0])?;
+            Err(io::Error::other("the encoder failed"))
+        };
+        assert!(write_atomically_with(&storage, "other", &mut failing).is_err());
+        assert_eq!(storage.list().unwrap(), ["big"], "a failed write left a file");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn temporary_names_are_recognised_and_nothing_else_is() {

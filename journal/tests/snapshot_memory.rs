@@ -1,5 +1,6 @@
-//! What writing a snapshot holds in memory beside the node's two engines (the BLP's and the
-//! writer's shadow): one image of the state and one file's bytes, never a third engine.
+//! What writing and loading a snapshot hold in memory beside the node's two engines (the BLP's
+//! and the writer's shadow): one image of the state and the buffer the file is streamed
+//! through, never the file's bytes whole, never a third engine.
 
 mod common;
 
@@ -54,12 +55,15 @@ static GLOBAL: Peak = Peak;
 const MIB: usize = 1 << 20;
 
 #[test]
-fn a_snapshot_holds_an_image_and_a_file_beside_the_two_engines_and_no_third() {
-    // Goal: once the writer's shadow engine is built, writing a snapshot allocates at most
-    // the image and the file's bytes on top of what the node already holds — the check that
-    // the image restores reuses the shadow's room — and the node's whole peak stays within
-    // what `serve`'s memory check asks the machine for. The state nearly fills the request
-    // keys, the largest table, so a third engine, even one fitted to the state, would show.
+fn a_snapshot_streams_through_a_buffer_beside_its_image_and_builds_no_third_engine() {
+    // Goal: once the writer's shadow engine is built, writing a snapshot allocates at most the
+    // image and the buffer the file is streamed through on top of what the node already holds
+    // — not the file's bytes, and no engine: the check that the image restores reuses the
+    // shadow's room — and loading one from the storage, the image and the buffer before its
+    // engine is built. The state nearly fills the request keys, the largest table, so a file
+    // held whole, or a third engine even fitted to the state, would show; a listing read
+    // through a `ReadSource`, which still takes files whole, shows that the count sees one.
+    // The node's whole peak stays within what `serve`'s memory check asks the machine for.
     let config =
         EngineConfig { orders_max: 16_384, request_keys_max: 65_536, ..EngineConfig::small() };
     let mut source = Engine::new(config.clone());
@@ -76,7 +80,8 @@ fn a_snapshot_holds_an_image_and_a_file_beside_the_two_engines_and_no_third() {
     let data_dir = recovered.writer.data_dir().clone();
     let policy =
         SnapshotPolicy { every_commands: Some(50_000), keep: 2, writer: WriterPriority::Normal };
-    let (mut snapshots, mut writer) = Snapshotter::stepped(data_dir, policy, config.clone());
+    let (mut snapshots, mut writer) =
+        Snapshotter::stepped(data_dir.clone(), policy, config.clone());
     let mut engine = Engine::new(config.clone());
     let (mut above_max, mut measured) = (0, 0);
     for batch in commands.chunks(16) {
@@ -87,10 +92,9 @@ fn a_snapshot_holds_an_image_and_a_file_beside_the_two_engines_and_no_third() {
         }
         recovered.writer.end_batch().unwrap();
         let written = snapshots.stats().written;
-        let before = NOW.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
-        writer.step();
-        let above = PEAK.load(Ordering::Relaxed) - before;
+        let (above, ()) = peak_above(|| {
+            writer.step();
+        });
         // The first snapshot builds the shadow itself; the later ones are the steady state.
         if snapshots.stats().written > written && written > 0 {
             above_max = above_max.max(above);
@@ -100,24 +104,59 @@ fn a_snapshot_holds_an_image_and_a_file_beside_the_two_engines_and_no_third() {
     let stats = snapshots.stats();
     assert_eq!((stats.written, stats.failed), (3, 0), "{stats:?}");
     assert_eq!(measured, 2, "the later snapshots were measured");
-    let file_bytes = stats.last.as_ref().expect("a snapshot").bytes as usize;
-    let before = NOW.load(Ordering::Relaxed);
-    let image = engine.to_image_unsorted();
-    let image_bytes = NOW.load(Ordering::Relaxed) - before;
+    let last = stats.last.as_ref().expect("a snapshot");
+    let file_bytes = last.bytes as usize;
+    let (image_bytes, image) = peak_above(|| engine.to_image_unsorted());
     drop(image);
     let engine_bytes = Engine::memory(&config).allocated_bytes as usize;
-    // Room for the writer's record buffer and small allocations, well below what a second
-    // copy of the file or an engine fitted to the state (larger than the file) would take.
-    let slack = 2 * MIB;
-    assert!(file_bytes > 2 * slack, "a state too small to tell: {file_bytes} bytes");
+    let buffer = snapshot::SNAPSHOT_BUFFER_BYTES;
+    // Room for small allocations (the SKU catalogue, the journal reader's records growing),
+    // far below the file or an engine fitted to the state (larger than the file).
+    let slack = MIB;
+    assert!(file_bytes > 2 * (buffer + slack), "a state too small to tell: {file_bytes} bytes");
     assert!(
-        above_max <= image_bytes + file_bytes + slack,
+        above_max <= image_bytes + buffer + slack,
         "a snapshot allocated {above_max} bytes above the two engines; its image takes \
-         {image_bytes}, its file {file_bytes}"
+         {image_bytes}, its buffer {buffer}, its file {file_bytes}"
     );
+
+    // Loading from the storage: the image and the buffer, then the engine beside the image.
+    let storage = data_dir.storage();
+    let (read, (image, _)) = peak_above(|| {
+        snapshot::read_image_streaming(storage, &last.name, Some(&config)).expect("reads")
+    });
+    assert_eq!(image.state_digest(), last.state_digest, "another state read back");
+    drop(image);
+    let (loaded, (restored, _)) =
+        peak_above(|| snapshot::load_streaming(storage, &last.name, Some(&config)).expect("loads"));
+    assert_eq!(restored.state_digest(), last.state_digest, "another state loaded");
+    drop(restored);
+    assert!(
+        read <= image_bytes + buffer + slack,
+        "reading a snapshot's image allocated {read} bytes; its image takes {image_bytes}, \
+         its buffer {buffer}, its file {file_bytes}"
+    );
+    assert!(loaded <= engine_bytes + image_bytes + buffer + slack, "loading took {loaded}");
+    // The count sees a file held whole: a listing through a `ReadSource` reads it so, the
+    // same listing from the storage only streams it.
+    let (whole, _) = peak_above(|| snapshot::read_meta(storage, &last.name).expect("lists"));
+    let (streamed, _) =
+        peak_above(|| snapshot::read_meta_streaming(storage, &last.name).expect("lists"));
+    assert!(whole >= file_bytes, "a file read whole in {whole} bytes");
+    assert!(streamed <= buffer + slack, "a listing streamed in {streamed} bytes");
+
     // What the memory check asks for covers the node's peak: the engines and the snapshot's
     // working memory, both at full tables.
     let engines = 2 * engine_bytes;
     let asked = engines + snapshot::working_bytes_max(&config) as usize;
     assert!(engines + above_max <= asked, "{} above {asked}", engines + above_max);
+}
+
+/// The most bytes allocated at once while `run` runs, above what was allocated before it,
+/// and what it returns.
+fn peak_above<T>(run: impl FnOnce() -> T) -> (usize, T) {
+    let before = NOW.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let result = run();
+    (PEAK.load(Ordering::Relaxed) - before, result)
 }

@@ -2,11 +2,12 @@
 //!
 //! An engine allocates and writes every table when it is built ([`Engine::memory`]), so a node
 //! asks for all of it at start, once for its own engine and once more for the snapshot
-//! writer's shadow engine under periodic snapshots; writing or loading a snapshot holds an
-//! image of the state and the file's bytes beside them. A configuration the machine cannot
-//! hold is refused before recovery begins, with the figures, rather than met by the kernel's
-//! out-of-memory killer halfway through writing the tables, or at the first snapshot of a
-//! full sale.
+//! writer's shadow engine under periodic snapshots. Snapshots hold an image of the state
+//! beside them, streamed to or from its file through a bounded buffer, and a whole file where
+//! one is still read whole: a primary reads the newest whole to send it to a standby, while
+//! its writer holds its image. A configuration the machine cannot hold is refused before
+//! recovery begins, with the figures, rather than met by the kernel's out-of-memory killer
+//! halfway through writing the tables, or at the first snapshot of a full sale.
 
 use std::fs;
 
@@ -46,9 +47,9 @@ fn meminfo_field(text: &str, name: &str) -> Option<u64> {
 pub const LOWER_CAPACITIES: &str = "Lower the [engine] capacities (`ringfence defaults` prints \
                                     what the default ones take), or give the node more memory";
 
-/// What `engines` engines of `config` need, with a snapshot's working memory: one image and
-/// one file's bytes, held beside the engines while a snapshot is written or loaded
-/// ([`snapshot::working_bytes_max`]); a node loads one at start whether it takes them or not.
+/// What `engines` engines of `config` need, with what snapshots hold beside them: an image, a
+/// whole file and the buffer a snapshot is streamed through ([`snapshot::working_bytes_max`]);
+/// a node loads one at start whether it takes them or not.
 fn needed_bytes(config: &EngineConfig, engines: u64) -> u64 {
     let each = Engine::memory(config).allocated_bytes;
     each.saturating_mul(engines).saturating_add(snapshot::working_bytes_max(config))
@@ -70,8 +71,9 @@ fn check(config: &EngineConfig, engines: u64, available: u64, remedy: &str) -> R
     };
     Err(format!(
         "[engine] the tables need {} MiB of memory: {engines} engine(s) of {} MiB{shadow}, \
-         written at start, and up to {} MiB to write or load a snapshot (its image and its \
-         file), and only {} MiB is available. {remedy}",
+         written at start, and up to {} MiB for snapshots (an image of the state, and a file \
+         read whole, as a primary reads the one it sends a standby), and only {} MiB is \
+         available. {remedy}",
         needed.div_ceil(MIB),
         each.div_ceil(MIB),
         snapshot::working_bytes_max(config).div_ceil(MIB),
@@ -91,7 +93,8 @@ mod tests {
     #[test]
     fn an_engine_that_fits_passes_and_one_that_does_not_is_refused_with_the_figures() {
         // Goal: the check compares what the engines allocate with what is available, counts
-        // the shadow engine and a snapshot's image and file, and names the figures.
+        // the shadow engine and what snapshots hold (an image and a file), and names the
+        // figures.
         let config = EngineConfig::small();
         let each = Engine::memory(&config).allocated_bytes;
         let snapshot = snapshot::working_bytes_max(&config);
@@ -101,7 +104,7 @@ mod tests {
         let refusal = check(&config, 2, short, LOWER_CAPACITIES).expect_err("one byte");
         assert!(refusal.contains("2 engine(s)"), "{refusal}");
         assert!(refusal.contains("shadow engine"), "{refusal}");
-        assert!(refusal.contains("write or load a snapshot"), "{refusal}");
+        assert!(refusal.contains("for snapshots (an image"), "{refusal}");
         assert!(refusal.contains("is available") && refusal.ends_with("more memory"), "{refusal}");
         assert!(check(&config, 1, each + snapshot, "x").is_ok());
         let alone = check(&config, 1, each + snapshot - 1, "Replay elsewhere").expect_err("short");

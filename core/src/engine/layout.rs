@@ -51,6 +51,15 @@
 //! canonical (flags, tags, padding, lengths, counts, trailing bytes) and never panics; the
 //! cross-table checks run when the image is restored ([`Engine::from_image`]).
 //!
+//! A snapshot's writer and loader never hold an image's bytes whole. [`EngineImage::encode_pieces`]
+//! hands them over a bounded piece at a time (a table at a time, as many whole entries as fit),
+//! exactly the bytes [`EngineImage::encode_into`] appends; [`EngineImage::decode_pieces`] takes
+//! them back the same way, with [`EngineImage::decode`]'s checks and errors. It is given the
+//! image's length, which a snapshot's header records, so it still checks each table's count
+//! against the bytes left before it allocates; and a configuration, whose capacities bound each
+//! table too, so a decoded image never takes more than [`EngineImage::memory_max`]. Neither
+//! does I/O: the caller's closures hand the pieces to a file and take them from one.
+//!
 //! [`Engine::from_image`]: super::Engine::from_image
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
@@ -106,6 +115,8 @@ const CLAIM_ENTRY_LEN: usize = 8 + 8 + 4;
 const KEY_ENTRY_LEN: usize = 8 + 16 + 8 + 8 + 1 + OUTCOME_LEN_MAX;
 /// The longest entry: a stack buffer this long holds any entry's bytes.
 const ENTRY_LEN_MAX: usize = KEY_ENTRY_LEN;
+/// The shortest piece an image is streamed in: the header, or any one entry, fits in it.
+const PIECE_LEN_MIN: usize = if HEADER_LEN > ENTRY_LEN_MAX { HEADER_LEN } else { ENTRY_LEN_MAX };
 
 // Entry sizes as the byte diagram documents them.
 const _: () = assert!(SKU_ENTRY_LEN == 79);
@@ -121,6 +132,8 @@ const _: () = assert!(KEY_ENTRY_LEN == 121);
 const _: () = assert!(ENTRY_LEN_MAX >= SKU_ENTRY_LEN);
 const _: () = assert!(ENTRY_LEN_MAX >= ORDER_ENTRY_LEN);
 const _: () = assert!(ENTRY_LEN_MAX >= BATCH_ENTRY_LEN);
+// A piece holds the image header, or any one entry; a table's count is shorter than both.
+const _: () = assert!(PIECE_LEN_MIN >= HEADER_LEN && PIECE_LEN_MIN >= ENTRY_LEN_MAX);
 
 /// A snapshot image that cannot be decoded. Every variant names what is wrong and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -210,6 +223,23 @@ pub enum ImageDecodeError {
         offset: usize,
         /// Bytes left after the count.
         remaining: usize,
+    },
+    /// A table's count is more than the configuration allows it: the image could not be
+    /// restored under it, so it is not read further ([`EngineImage::decode_pieces`]).
+    #[error(
+        "snapshot image's {table} table at offset {offset} counts {count} entries, more than \
+         the {max} the configuration allows: restore it under the capacities it was taken \
+         with, or from an older snapshot and replay"
+    )]
+    OverCapacity {
+        /// The table.
+        table: &'static str,
+        /// Entries claimed.
+        count: usize,
+        /// Offset of the count.
+        offset: usize,
+        /// Entries the configuration allows.
+        max: usize,
     },
     /// A field is not canonical.
     #[error("snapshot image is damaged: {0}; restore from an older snapshot and replay")]
@@ -375,8 +405,13 @@ impl EngineImage {
         len as u64
     }
 
+    /// The shortest `piece_len` [`EngineImage::encode_pieces`] and
+    /// [`EngineImage::decode_pieces`] take: the header, or any one entry, fits in it.
+    pub const PIECE_LEN_MIN: usize = PIECE_LEN_MIN;
+
     /// Appends the image in the layout of the module documentation (version
-    /// [`IMAGE_FORMAT_VERSION`]) to `out`, growing it at most once.
+    /// [`IMAGE_FORMAT_VERSION`]) to `out`, growing it at most once. The same bytes as
+    /// [`EngineImage::encode_pieces`] hands over, all in one buffer.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
         let len = self.encoded_len();
@@ -397,6 +432,79 @@ impl EngineImage {
             Ok(self),
             "an image that does not decode to itself"
         );
+    }
+
+    /// Hands `put` the bytes [`EngineImage::encode_into`] appends, front to back, in pieces of
+    /// at most `piece_len` bytes assembled in `buffer`: a table at a time, as many whole
+    /// entries at a time as fit. `buffer` is cleared and grows to `piece_len` at most once, so
+    /// the caller holds the image and one piece, never the whole encoding (a snapshot's writer
+    /// streams its file this way). Stops at the first error `put` returns.
+    pub fn encode_pieces<E>(
+        &self,
+        buffer: &mut Vec<u8>,
+        piece_len: usize,
+        put: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        assert!(piece_len >= PIECE_LEN_MIN, "a piece of {piece_len} bytes holds no entry");
+        buffer.clear();
+        buffer.reserve_exact(piece_len);
+        let room = buffer.capacity();
+        let mut pieces = Pieces { buffer, piece_len, put, handed: 0 };
+        pieces.append(&self.scalars().header())?;
+        pieces.table(&self.skus)?;
+        pieces.table(&self.orders)?;
+        pieces.table(&self.finished)?;
+        pieces.table(&self.deadlines)?;
+        pieces.table(&self.holdings)?;
+        pieces.table(&self.batches)?;
+        pieces.table(&self.coupons)?;
+        pieces.table(&self.claims)?;
+        pieces.table(&self.keys)?;
+        pieces.hand_over()?;
+        // Every byte handed over, through a buffer that never outgrew one piece.
+        assert_eq!(pieces.handed, self.encoded_len(), "pieces of another length than the image");
+        assert_eq!(pieces.buffer.capacity(), room, "the piece buffer grew");
+        Ok(())
+    }
+
+    /// Decodes an image of `len` bytes that `take` hands over front to back, a piece of at
+    /// most `piece_len` bytes at a time through `buffer` (scratch, grown to `piece_len` at
+    /// most once; `take` fills each slice it is given entirely, or fails). The checks and
+    /// errors are [`EngineImage::decode`]'s on the same bytes: `len` tells how many bytes
+    /// follow each table's count, so a count is refused before anything is allocated, as
+    /// there. Each table is also bounded by `config`'s capacity for it
+    /// ([`ImageDecodeError::OverCapacity`]), so the image decoded never takes more than
+    /// [`EngineImage::memory_max`] of `config`. Reads no byte past `len`, and none after the
+    /// first problem. Never panics on bad bytes. The outer result is `take`'s failure; the
+    /// inner one is the image, or why its bytes are not one.
+    pub fn decode_pieces<E>(
+        len: usize,
+        config: &EngineConfig,
+        buffer: &mut Vec<u8>,
+        piece_len: usize,
+        take: &mut dyn FnMut(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Result<EngineImage, ImageDecodeError>, E> {
+        assert!(piece_len >= PIECE_LEN_MIN, "a piece of {piece_len} bytes holds no entry");
+        // Scratch: grown to a piece once, and read over, never zeroed again.
+        if buffer.len() < piece_len {
+            buffer.resize(piece_len, 0);
+        }
+        let room = buffer.capacity();
+        let lens_max = EngineImage::table_lens_max(config);
+        let mut feed = Feed { take, buffer, piece_len, len, offset: 0 };
+        let decoded = feed.image(&lens_max);
+        // Never past the image's end, through a buffer that never outgrew one piece.
+        assert!(feed.offset <= len, "read {} bytes of a {len}-byte image", feed.offset);
+        assert_eq!(feed.buffer.capacity(), room, "the piece buffer grew");
+        match decoded {
+            Ok(image) => {
+                // Every byte was read, and each table's count covered its entries exactly.
+                assert_eq!(image.encoded_len(), len, "decoding consumed a different length");
+                Ok(Ok(image))
+            }
+            Err(Halt::Image(error)) => Ok(Err(error)),
+            Err(Halt::Source(error)) => Err(error),
+        }
     }
 
     /// Decodes an image written by [`EngineImage::encode_into`], validating every byte.
@@ -435,6 +543,11 @@ impl EngineImage {
 fn put_table<E: Entry>(out: &mut Vec<u8>, entries: &[E]) {
     let count = u32::try_from(entries.len()).expect("tables hold fewer than 2^32 entries");
     out.extend_from_slice(&count.to_le_bytes());
+    append_entries(out, entries);
+}
+
+/// Appends `entries`' fixed-size encodings to `out`.
+fn append_entries<E: Entry>(out: &mut Vec<u8>, entries: &[E]) {
     let start = out.len();
     out.resize(start + entries.len() * E::LEN, 0);
     let mut writer = Writer::new(&mut out[start..]);
@@ -442,6 +555,170 @@ fn put_table<E: Entry>(out: &mut Vec<u8>, entries: &[E]) {
         entry.write(&mut writer);
     }
     assert_eq!(writer.len(), entries.len() * E::LEN);
+    assert_eq!(out.len() - start, entries.len() * E::LEN, "entries of another length");
+}
+
+/// An image's bytes assembled into pieces of at most `piece_len` bytes, each handed to `put`
+/// as the next would not fit beside it ([`EngineImage::encode_pieces`]).
+struct Pieces<'a, E> {
+    buffer: &'a mut Vec<u8>,
+    piece_len: usize,
+    put: &'a mut dyn FnMut(&[u8]) -> Result<(), E>,
+    /// Bytes handed to `put` so far.
+    handed: usize,
+}
+
+impl<E> Pieces<'_, E> {
+    /// Hands over the piece so far if `len` more bytes would not fit beside it.
+    fn make_room(&mut self, len: usize) -> Result<(), E> {
+        assert!(len <= self.piece_len, "{len} bytes never fit a {}-byte piece", self.piece_len);
+        if self.buffer.len() + len > self.piece_len {
+            self.hand_over()?;
+        }
+        assert!(self.buffer.len() + len <= self.piece_len, "no room made for {len} bytes");
+        Ok(())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.make_room(bytes.len())?;
+        self.buffer.extend_from_slice(bytes);
+        assert!(self.buffer.len() <= self.piece_len, "a piece past its length");
+        Ok(())
+    }
+
+    /// A table: its count, then its entries, as many to a piece as fit.
+    fn table<T: Entry>(&mut self, entries: &[T]) -> Result<(), E> {
+        let count = u32::try_from(entries.len()).expect("tables hold fewer than 2^32 entries");
+        self.append(&count.to_le_bytes())?;
+        // At least one entry fits a piece: `encode_pieces` took no shorter one.
+        let per_piece = self.piece_len / T::LEN;
+        assert!(per_piece >= 1, "a piece too short for a {} entry", T::TABLE);
+        for chunk in entries.chunks(per_piece) {
+            self.make_room(chunk.len() * T::LEN)?;
+            append_entries(self.buffer, chunk);
+        }
+        Ok(())
+    }
+
+    /// Hands the piece so far to `put`, and starts the next.
+    fn hand_over(&mut self) -> Result<(), E> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        assert!(self.buffer.len() <= self.piece_len, "a piece past its length");
+        (self.put)(self.buffer)?;
+        self.handed += self.buffer.len();
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+/// Why [`EngineImage::decode_pieces`] stopped: its source failed, or the bytes are no image.
+enum Halt<E> {
+    Source(E),
+    Image(ImageDecodeError),
+}
+
+impl<E> From<ImageDecodeError> for Halt<E> {
+    fn from(error: ImageDecodeError) -> Halt<E> {
+        Halt::Image(error)
+    }
+}
+
+impl<E> From<DecodeError> for Halt<E> {
+    fn from(error: DecodeError) -> Halt<E> {
+        Halt::Image(ImageDecodeError::Bytes(error))
+    }
+}
+
+/// An image's bytes taken from a source a piece at a time ([`EngineImage::decode_pieces`]):
+/// the reading side of [`Pieces`], checking what [`EngineImage::decode`] checks.
+struct Feed<'a, E> {
+    take: &'a mut dyn FnMut(&mut [u8]) -> Result<(), E>,
+    buffer: &'a mut Vec<u8>,
+    piece_len: usize,
+    /// The image's length.
+    len: usize,
+    /// Offset in the image of the next byte to take.
+    offset: usize,
+}
+
+impl<E> Feed<'_, E> {
+    /// The next `n` bytes of the image, taken into the buffer.
+    fn next(&mut self, n: usize) -> Result<&[u8], Halt<E>> {
+        assert!(n <= self.piece_len, "{n} bytes taken into a {}-byte piece", self.piece_len);
+        assert!(n <= self.len - self.offset, "{n} bytes taken past the image's end");
+        let piece = &mut self.buffer[..n];
+        (self.take)(piece).map_err(Halt::Source)?;
+        self.offset += n;
+        Ok(piece)
+    }
+
+    fn image(&mut self, lens_max: &[usize; 9]) -> Result<EngineImage, Halt<E>> {
+        if self.len < HEADER_LEN {
+            return Err(ImageDecodeError::TooShort { len: self.len }.into());
+        }
+        let mut header = [0_u8; HEADER_LEN];
+        header.copy_from_slice(self.next(HEADER_LEN)?);
+        let scalars = Scalars::decode(&header)?;
+        let image = EngineImage {
+            shard: scalars.shard,
+            now: scalars.now,
+            last_sequence: scalars.last_sequence,
+            running_hash: scalars.running_hash,
+            ids: scalars.ids,
+            keys_head: scalars.keys_head,
+            skus: self.table(lens_max[0])?,
+            orders: self.table(lens_max[1])?,
+            finished: self.table(lens_max[2])?,
+            deadlines: self.table(lens_max[3])?,
+            holdings: self.table(lens_max[4])?,
+            batches: self.table(lens_max[5])?,
+            coupons: self.table(lens_max[6])?,
+            claims: self.table(lens_max[7])?,
+            keys: self.table(lens_max[8])?,
+        };
+        if self.offset < self.len {
+            let (offset, count) = (self.offset, self.len - self.offset);
+            Err(DecodeError::TrailingBytes { what: "snapshot image", offset, count })?;
+        }
+        // Each table was bounded by the capacity its position in `lens_max` gives.
+        assert!(image.table_lens().iter().zip(lens_max).all(|(len, max)| len <= max));
+        Ok(image)
+    }
+
+    /// One table: its count, checked against the bytes left and the capacity `max` before
+    /// anything is allocated, then its entries a piece at a time.
+    fn table<T: Entry>(&mut self, max: usize) -> Result<Vec<T>, Halt<E>> {
+        let offset = self.offset;
+        if self.len - offset < 4 {
+            return Err(DecodeError::Truncated { field: T::TABLE, offset }.into());
+        }
+        let count = u32::from_le_bytes(self.next(4)?.try_into().expect("four bytes")) as usize;
+        let remaining = self.len - self.offset;
+        if count > remaining / T::LEN {
+            let table = T::TABLE;
+            return Err(ImageDecodeError::TableTooLong { table, count, offset, remaining }.into());
+        }
+        if count > max {
+            return Err(
+                ImageDecodeError::OverCapacity { table: T::TABLE, count, offset, max }.into()
+            );
+        }
+        let mut entries = Vec::with_capacity(count);
+        let per_piece = self.piece_len / T::LEN;
+        while entries.len() < count {
+            let n = per_piece.min(count - entries.len());
+            let base = self.offset;
+            let mut r = Reader::with_base(self.next(n * T::LEN)?, base);
+            for _ in 0..n {
+                entries.push(T::read(&mut r)?);
+            }
+            assert_eq!(r.remaining(), 0, "a piece of entries not read to its end");
+        }
+        assert_eq!(self.offset - offset, 4 + count * T::LEN, "a table read past its entries");
+        Ok(entries)
+    }
 }
 
 fn read_table<E: Entry>(r: &mut Reader<'_>) -> Result<Vec<E>, ImageDecodeError> {
@@ -784,4 +1061,245 @@ fn encoded_len_of(lens: [usize; 9]) -> usize {
     assert!(entry_lens.iter().all(|&len| len > 0), "an entry encoded in no bytes");
     let tables: usize = lens.iter().zip(entry_lens).map(|(&len, entry)| len * entry).sum();
     HEADER_LEN + lens.len() * 4 + tables
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Action, Command, CreateCouponBatch, CreateSku, Reserve, Sequenced};
+    use crate::engine::Engine;
+    use crate::outcome::Outcome;
+
+    /// An engine with entries in every table: two SKUs (one limited per user, so holdings), a
+    /// coupon batch with claims, orders reserved (some with coupons), paid, shipped, cancelled
+    /// and expired (finished orders, deadlines), and the request keys of them all; `users`
+    /// buyers, and a quarter as many again who reserve late.
+    fn populated(users: u64) -> Engine {
+        let mut engine = Engine::new(EngineConfig::small());
+        let mut sequence = Sequence(0);
+        let mut now = Timestamp(1_700_000_000_000);
+        let mut run = |engine: &mut Engine, command: Command, after_ms: u64| {
+            sequence = sequence.next();
+            now = now.plus_ms(after_ms);
+            engine.apply(&Sequenced { sequence, timestamp: now, command })
+        };
+        let key = |n: u64| RequestKey((u128::from(n) << 8 | 0x5A).to_le_bytes());
+        let client = |n: u64, action: Action| Command::Client { key: key(n), action };
+        for (sku, per_user_limit) in [(1, 0), (2, 3)] {
+            let spec = CreateSku {
+                sku: SkuId(sku),
+                stock: 1_000,
+                price_cents: 1_500,
+                per_user_limit,
+                payment_timeout_ms: 60_000,
+                sale_start: None,
+                sale_end: None,
+            };
+            run(&mut engine, client(sku, Action::CreateSku(spec)), 1);
+        }
+        let batch = CreateCouponBatch {
+            batch: BatchId(9),
+            quantity: 50,
+            per_user_limit: 0,
+            discount_cents: 300,
+            min_amount_cents: 1_000,
+            valid_from: Timestamp(0),
+            valid_until: Timestamp(u64::MAX / 2),
+        };
+        run(&mut engine, client(3, Action::CreateCouponBatch(batch)), 1);
+        for user in 1..=users {
+            let n = 1_000 * user;
+            let claim = Action::ClaimCoupon { user: UserId(user), batch: BatchId(9) };
+            let coupon = match run(&mut engine, client(n, claim), 1) {
+                Outcome::CouponClaimed { coupon, .. } if user % 3 == 0 => Some(coupon),
+                _ => None,
+            };
+            let reserve = Reserve { user: UserId(user), sku: SkuId(1 + user % 2), qty: 1, coupon };
+            let Outcome::Reserved { order, amount_cents, .. } =
+                run(&mut engine, client(n + 1, Action::Reserve(reserve)), 1)
+            else {
+                panic!("user {user} could not reserve");
+            };
+            let payment_ref = PaymentRef([user as u8; 16]);
+            let follow_up = match user % 4 {
+                0 => Action::Pay { order, payment_ref, amount_cents },
+                1 => Action::Cancel { order, user: UserId(user) },
+                _ => continue,
+            };
+            run(&mut engine, client(n + 2, follow_up), 1);
+            if user % 8 == 0 {
+                run(&mut engine, client(n + 3, Action::Ship { order }), 1);
+            }
+        }
+        // Half the reservations left unpaid expire; the later ones stay reserved.
+        run(&mut engine, Command::Tick, 40_000);
+        for user in users + 1..=users + users / 4 {
+            let reserve = Reserve { user: UserId(user), sku: SkuId(2), qty: 2, coupon: None };
+            run(&mut engine, client(1_000 * user, Action::Reserve(reserve)), 1);
+        }
+        run(&mut engine, Command::Tick, 30_000);
+        engine
+    }
+
+    /// Decodes `bytes` as an image of `bytes.len()` bytes taken `piece_len` bytes at most at a
+    /// time; the source never runs dry, since no byte past the length is asked for.
+    fn decode_in_pieces(
+        bytes: &[u8],
+        piece_len: usize,
+        config: &EngineConfig,
+    ) -> Result<EngineImage, ImageDecodeError> {
+        let mut rest = bytes;
+        let mut take = |into: &mut [u8]| -> Result<(), ()> {
+            let (head, tail) = rest.split_at_checked(into.len()).ok_or(())?;
+            into.copy_from_slice(head);
+            rest = tail;
+            Ok(())
+        };
+        let mut buffer = Vec::new();
+        EngineImage::decode_pieces(bytes.len(), config, &mut buffer, piece_len, &mut take)
+            .expect("the source holds every byte asked for")
+    }
+
+    fn encode_in_pieces(image: &EngineImage, piece_len: usize) -> (Vec<u8>, usize) {
+        let (mut bytes, mut pieces, mut buffer) = (Vec::new(), 0, Vec::new());
+        let mut put = |piece: &[u8]| -> Result<(), ()> {
+            assert!(!piece.is_empty() && piece.len() <= piece_len, "a piece of {}", piece.len());
+            bytes.extend_from_slice(piece);
+            pieces += 1;
+            Ok(())
+        };
+        image.encode_pieces(&mut buffer, piece_len, &mut put).expect("nothing fails");
+        (bytes, pieces)
+    }
+
+    #[test]
+    fn pieces_of_every_length_are_the_bytes_encode_into_writes() {
+        // Goal: a populated engine's image streamed in pieces of any length, the shortest
+        // included, is byte for byte the one buffer `encode_into` fills, and decodes back to
+        // the image, piece by piece, under the engine's configuration.
+        let engine = populated(120);
+        let image = engine.to_image_unsorted();
+        // The generator bites: every table holds entries.
+        assert!(image.table_lens().iter().all(|&len| len > 0), "{:?}", image.table_lens());
+        let mut whole = Vec::new();
+        image.encode_into(&mut whole);
+        assert!(whole.len() > 20 * PIECE_LEN_MIN, "an image too short to cut: {}", whole.len());
+        for piece_len in [PIECE_LEN_MIN, PIECE_LEN_MIN + 1, 1_000, 4_096, whole.len() + 1] {
+            let (bytes, pieces) = encode_in_pieces(&image, piece_len);
+            assert!(bytes == whole, "pieces of {piece_len} bytes differ from encode_into's");
+            assert!(pieces >= whole.len().div_ceil(piece_len), "{pieces} pieces of {piece_len}");
+            let decoded = decode_in_pieces(&bytes, piece_len, engine.config()).expect("decodes");
+            assert_eq!(decoded, image, "pieces of {piece_len} decode to another image");
+        }
+        let restored = Engine::from_image(EngineConfig::small(), &image).expect("restores");
+        assert_eq!(restored.state_digest(), engine.state_digest());
+    }
+
+    #[test]
+    fn decoding_in_pieces_refuses_what_decode_refuses_with_the_same_error() {
+        // Goal: every cut and every flipped byte of a real image gets the same answer from
+        // the piecewise decoder (the cut's length given as the image's) as from `decode`:
+        // the same image, or the same error at the same offset; pieces short enough that
+        // entries straddle none of them and tables span many.
+        let engine = populated(24);
+        let mut bytes = Vec::new();
+        engine.to_image_unsorted().encode_into(&mut bytes);
+        assert!(engine.to_image().table_lens().iter().all(|&len| len > 0), "an empty table");
+        let config = engine.config();
+        // Room for any count a flip can leave within the image's bytes, so that no count is
+        // refused for the configuration's sake, which `decode` knows nothing of.
+        let roomy = EngineConfig {
+            skus_max: 1 << 20,
+            orders_max: 1 << 20,
+            coupons_max: 1 << 20,
+            batches_max: 1 << 20,
+            holdings_max: 1 << 20,
+            request_keys_max: 1 << 20,
+            ..EngineConfig::small()
+        };
+        assert!(bytes.len() < 1 << 20, "counts a flip makes may pass the roomy capacities");
+        for cut in 0..bytes.len() {
+            let piecewise = decode_in_pieces(&bytes[..cut], PIECE_LEN_MIN, config);
+            assert_eq!(piecewise, EngineImage::decode(&bytes[..cut]), "cut at {cut}");
+            assert!(piecewise.is_err(), "an image cut at {cut} decoded");
+        }
+        let (mut refused, mut decoded) = (0, 0);
+        for at in 0..bytes.len() {
+            for mask in [0x01_u8, 0x80] {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= mask;
+                let piecewise = decode_in_pieces(&damaged, 500, &roomy);
+                assert_eq!(piecewise, EngineImage::decode(&damaged), "flip {mask:#x} at {at}");
+                if piecewise.is_ok() { decoded += 1 } else { refused += 1 }
+            }
+        }
+        assert!(refused > 0 && decoded > 0, "{refused} refused, {decoded} decoded");
+    }
+
+    #[test]
+    fn a_count_past_the_configured_capacity_is_refused_before_it_is_read() {
+        // Goal: a table that holds more entries than the configuration allows (here an image
+        // of the small configuration decoded under one with room for fewer orders) is refused
+        // at its count, with what the configuration allows, and the source is asked for
+        // nothing after it.
+        let engine = populated(24);
+        let image = engine.to_image_unsorted();
+        let mut bytes = Vec::new();
+        image.encode_into(&mut bytes);
+        let orders = image.orders.len();
+        let tight = EngineConfig { orders_max: orders as u32 - 1, ..EngineConfig::small() };
+        let count_at = HEADER_LEN + 4 + image.skus.len() * SKU_ENTRY_LEN;
+        let refused = decode_in_pieces(&bytes, 4_096, &tight);
+        assert_eq!(
+            refused,
+            Err(ImageDecodeError::OverCapacity {
+                table: "order",
+                count: orders,
+                offset: count_at,
+                max: orders - 1
+            })
+        );
+        let mut taken = 0;
+        let mut take = |into: &mut [u8]| -> Result<(), ()> {
+            into.copy_from_slice(&bytes[taken..taken + into.len()]);
+            taken += into.len();
+            Ok(())
+        };
+        let mut buffer = Vec::new();
+        let result = EngineImage::decode_pieces(bytes.len(), &tight, &mut buffer, 4_096, &mut take);
+        assert!(matches!(result, Ok(Err(ImageDecodeError::OverCapacity { .. }))));
+        assert_eq!(taken, count_at + 4, "bytes taken past the refused count");
+        let fits = decode_in_pieces(&bytes, 4_096, &EngineConfig::small()).expect("decodes");
+        assert_eq!(fits, image);
+    }
+
+    #[test]
+    fn a_failing_source_or_sink_stops_the_stream_with_its_error() {
+        // Goal: the closures' own errors (a file that cannot be written or read) come back as
+        // they were, and nothing is handed over or taken after them.
+        let image = populated(24).to_image_unsorted();
+        let (mut handed, mut buffer) = (0, Vec::new());
+        let mut put = |_: &[u8]| -> Result<(), &'static str> {
+            handed += 1;
+            if handed == 3 { Err("disk full") } else { Ok(()) }
+        };
+        assert_eq!(image.encode_pieces(&mut buffer, 1_000, &mut put), Err("disk full"));
+        assert_eq!(handed, 3, "pieces handed over after the failure");
+        let mut bytes = Vec::new();
+        image.encode_into(&mut bytes);
+        let (mut at, mut takes) = (0, 0);
+        let mut take = |into: &mut [u8]| -> Result<(), &'static str> {
+            takes += 1;
+            if takes == 3 {
+                return Err("read failed");
+            }
+            into.copy_from_slice(&bytes[at..at + into.len()]);
+            at += into.len();
+            Ok(())
+        };
+        let (len, config) = (image.encoded_len(), EngineConfig::small());
+        let failed = EngineImage::decode_pieces(len, &config, &mut buffer, 1_000, &mut take);
+        assert_eq!(failed, Err("read failed"));
+        assert_eq!(takes, 3, "bytes taken after the failure");
+    }
 }
