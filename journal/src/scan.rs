@@ -47,6 +47,12 @@ pub trait ReadSource {
         assert!(bytes.len() <= len, "a head longer than asked for");
         Ok(bytes)
     }
+    /// A reader of a file, front to back, for one too large to read whole (a snapshot sent to
+    /// a standby). It reads the file as it was opened, whatever becomes of its name. By
+    /// default the file is read whole first.
+    fn open_file(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(io::Cursor::new(self.read_file(name)?)))
+    }
     /// The bytes of one segment.
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes>;
     /// How to name a file to an operator.
@@ -78,6 +84,11 @@ impl<S: Storage> ReadSource for S {
     }
     fn read_head(&self, name: &str, len: usize) -> io::Result<Vec<u8>> {
         Storage::read_head(self, name, len)
+    }
+    fn open_file(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        // A temporary file is still being written: nothing reads it as a whole one.
+        assert!(!crate::storage::is_temp_name(name), "a temporary file read: {name}");
+        self.open_read(name)
     }
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
         assert!(name.ends_with(".seg"), "a segment read from a file that is not one: {name}");
@@ -157,6 +168,14 @@ impl ReadSource for ReadOnlyDir {
     fn read_head(&self, name: &str, len: usize) -> io::Result<Vec<u8>> {
         assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");
         read_head(&self.dir.join(name), len)
+    }
+    fn open_file(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");
+        // An open file stays readable after retention unlinks its name.
+        let file = File::open(self.dir.join(name))?;
+        // A file's contents, not a directory's (debug builds: a stat).
+        debug_assert!(file.metadata().is_ok_and(|m| m.is_file()), "not a file: {name}");
+        Ok(Box::new(file))
     }
     fn read_segment(&mut self, name: &str) -> io::Result<MappedFile> {
         assert!(is_plain_name(name), "a name that leaves the journal directory: {name}");

@@ -409,30 +409,28 @@ const _: () = assert!(SNAPSHOT_BUFFER_BYTES >= EngineImage::PIECE_LEN_MIN);
 const _: () = assert!(SNAPSHOT_BUFFER_BYTES >= 16 + 8);
 
 /// The most memory a node holds for snapshots beside its engines, at any moment, with every
-/// table full: one image, one file's bytes, the buffer and a SKU catalogue. Its paths:
+/// table full: one image, two buffers and a SKU catalogue. Its paths:
 ///
 /// - The writer holds its image (kept from one snapshot to the next) and streams the file
 ///   through [`SNAPSHOT_BUFFER_BYTES`] ([`write()`]); the shadow loads a snapshot the same way,
 ///   the image and the buffer ([`load_streaming`]). Each holds the SKU catalogue.
-/// - A snapshot loaded through a [`ReadSource`] ([`load`], [`read_meta`]: recovery at start,
-///   the tools) is read whole before its image is decoded: the file and the image, before its
-///   engine is built. A standby installs a file fetched whole from its primary ([`install`]).
-/// - A primary sending its newest snapshot to a standby reads that file whole (the
-///   replicator's `SnapshotToSend`), on its own thread, while the writer holds its image and
-///   may be streaming the next snapshot. This path sets the figure: the file, the image, the
-///   buffer and the catalogue. Were that file streamed too, and recovery's load (which has a
-///   `Storage`, so could call [`load_streaming`]), what is still read whole would be read
-///   before any engine is built, and the figure could fall to about the image and the buffer.
+/// - A primary sends its newest snapshot to a standby a chunk at a time, read from the open
+///   file (the replicator's `SnapshotToSend`, its chunk at most [`SNAPSHOT_BUFFER_BYTES`]), on
+///   its own thread, while the writer may be streaming the next snapshot: the second buffer.
+/// - What still reads a file whole does so before the node's engines are built, and is not
+///   counted here: recovery's load through a [`ReadSource`] ([`load`], [`read_meta`]) holds
+///   the file and then its image ([`file_len_max`] and [`EngineImage::memory_max`]), and a
+///   standby installs a file fetched whole from its primary ([`install`]) at its start.
 #[must_use]
 pub fn working_bytes_max(config: &EngineConfig) -> u64 {
-    let (image, file) = (EngineImage::memory_max(config), file_len_max(config));
+    let image = EngineImage::memory_max(config);
     // The writer's `SnapshotMeta` and the loader's both list every SKU, 8 bytes each.
     let catalogue = 8 * u64::from(config.skus_max);
-    // A file holds an image's header and the catalogue at least.
-    assert!(file > (SNAPSHOT_HEADER_LEN as u64) + catalogue, "a file of no image");
-    let bytes = image + file + SNAPSHOT_BUFFER_BYTES as u64 + catalogue;
-    // The writer's own share is the smaller: it never holds the file.
-    assert!(bytes > image + SNAPSHOT_BUFFER_BYTES as u64, "no room counted for a whole file");
+    let bytes = image + 2 * SNAPSHOT_BUFFER_BYTES as u64 + catalogue;
+    // The fullest image holds every SKU, each more than its id; so does its file.
+    assert!(image > catalogue, "an image smaller than its SKU catalogue");
+    let file = file_len_max(config);
+    assert!(file > SNAPSHOT_HEADER_LEN as u64 + catalogue, "a file of no image");
     bytes
 }
 

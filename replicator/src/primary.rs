@@ -209,27 +209,22 @@ fn serve_standby(
     }
 }
 
+// What the node's memory check counts for a snapshot being sent: one buffer's worth.
+const _: () = assert!(SNAPSHOT_CHUNK_MAX <= snapshot::SNAPSHOT_BUFFER_BYTES);
+
 /// Sends the newest snapshot to a standby that asked for one: its records were retired.
 fn send_snapshot(control: &Control, writer: &mut TcpStream, peer: &str) -> Result<(), String> {
     let config = control.config();
     let mut source = ReadOnlyDir::open(&config.data_dir).map_err(|e| e.to_string())?;
-    let snapshot = SnapshotToSend::newest(&mut source)?;
-    let (name, total) = (&snapshot.name, snapshot.bytes.len() as u64);
+    let mut snapshot = SnapshotToSend::newest(&mut source)?;
+    let (through, epoch, total) = (snapshot.through, snapshot.through_epoch, snapshot.len);
+    let name = snapshot.name.clone();
     log(format_args!("replication: sending snapshot {name} ({total} bytes) to standby {peer}"));
     // The transfer may take a while: the standby reads as fast as it writes.
     let _ = writer.set_write_timeout(Some(Duration::from_secs(30)));
-    for (offset, chunk) in snapshot.chunks() {
-        write_snapshot_chunk(
-            writer,
-            snapshot.through,
-            snapshot.through_epoch,
-            total,
-            offset,
-            chunk,
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    snapshot.send_chunks(&mut |offset, chunk| {
+        write_snapshot_chunk(writer, through, epoch, total, offset, chunk)
+    })
 }
 
 /// The newest snapshot of a primary's data directory, read whole to be sent to a standby.
@@ -242,29 +237,66 @@ pub struct SnapshotToSend {
     /// where the journal no longer holds the record, as the snapshot recorded it; 0 if neither
     /// knows it (a snapshot written before snapshots recorded it).
     pub through_epoch: Epoch,
-    /// The file.
-    pub bytes: Vec<u8>,
+    /// The file's length.
+    pub len: u64,
+    /// The file, opened: read a chunk at a time as it is sent, never whole.
+    file: Box<dyn std::io::Read + Send>,
 }
 
 impl SnapshotToSend {
-    /// Reads the newest snapshot in `source`.
+    /// Opens the newest snapshot in `source`. The file opened is sent whole even if
+    /// retention removes its name meanwhile.
     pub fn newest<R: ReadSource>(source: &mut R) -> Result<SnapshotToSend, String> {
         let snapshots = snapshot::list(source).map_err(|e| e.to_string())?;
         let Some((through, name)) = snapshots.last().cloned() else {
             return Err("this primary has no snapshot to send".into());
         };
-        let bytes = source.read_file(&name).map_err(|e| format!("reading {name}: {e}"))?;
+        let reading = |e: std::io::Error| format!("reading {name}: {e}");
+        let file = source.open_file(&name).map_err(reading)?;
+        let len = source.file_len(&name).map_err(reading)?;
+        let head = source.read_head(&name, snapshot::SNAPSHOT_HEADER_LEN).map_err(reading)?;
         let journal = ringfence_journal::tail::epoch_at(source, through).ok().flatten();
-        let recorded = || snapshot::through_in(&name, &bytes).ok().and_then(|(_, epoch)| epoch);
+        let recorded = || snapshot::through_in(&name, &head).ok().and_then(|(_, epoch)| epoch);
         let through_epoch = journal.or_else(recorded).unwrap_or(Epoch(0));
-        Ok(SnapshotToSend { name, through, through_epoch, bytes })
+        Ok(SnapshotToSend { name, through, through_epoch, len, file })
     }
 
-    /// The file in chunks of at most `SNAPSHOT_CHUNK_MAX` bytes, with their offsets: one
-    /// `SnapshotChunk` frame each.
-    pub fn chunks(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        let chunks = self.bytes.chunks(SNAPSHOT_CHUNK_MAX).enumerate();
-        chunks.map(|(index, chunk)| ((index * SNAPSHOT_CHUNK_MAX) as u64, chunk))
+    /// Hands `send` the file in chunks of at most `SNAPSHOT_CHUNK_MAX` bytes, read one at a
+    /// time, with their offsets: one `SnapshotChunk` frame each. Stops at `send`'s first
+    /// error; fails where the file does not hold the `len` bytes it had when opened.
+    pub fn send_chunks(
+        &mut self,
+        send: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        use std::io::Read as _;
+        let mut chunk = vec![0_u8; SNAPSHOT_CHUNK_MAX];
+        let mut offset = 0_u64;
+        loop {
+            let mut filled = 0;
+            while filled < chunk.len() {
+                match self.file.read(&mut chunk[filled..]) {
+                    Ok(0) => break,
+                    Ok(read) => filled += read,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("reading {}: {e}", self.name)),
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            if offset + filled as u64 > self.len {
+                return Err(format!(
+                    "{} grew past {} bytes while it was sent",
+                    self.name, self.len
+                ));
+            }
+            send(offset, &chunk[..filled]).map_err(|e| e.to_string())?;
+            offset += filled as u64;
+        }
+        if offset != self.len {
+            return Err(format!("{} ended at {offset} of its {} bytes", self.name, self.len));
+        }
+        Ok(())
     }
 }
 

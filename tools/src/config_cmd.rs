@@ -454,7 +454,7 @@ fn engine_memory_comment(config: &ringfence_core::EngineConfig) -> String {
     format!(
         "# [engine] tables: {:.0} MiB, allocated and written at start ({:.0} MiB of indexes, the \
          rest entries); a node taking snapshots holds a second engine of the same size, and \
-         snapshots up to {:.0} MiB more (an image of full tables, and a file read whole)",
+         snapshots up to {:.0} MiB more (an image of full tables, and the buffers its file is streamed through)",
         mib(memory.allocated_bytes),
         mib(memory.index_bytes),
         mib(snapshot)

@@ -3,15 +3,15 @@
 //! An engine allocates and writes every table when it is built ([`Engine::memory`]), so a node
 //! asks for all of it at start, once for its own engine and once more for the snapshot
 //! writer's shadow engine under periodic snapshots. Snapshots hold an image of the state
-//! beside them, streamed to or from its file through a bounded buffer, and a whole file where
-//! one is still read whole: a primary reads the newest whole to send it to a standby, while
-//! its writer holds its image. A configuration the machine cannot hold is refused before
+//! beside them, streamed to or from its file through bounded buffers (a primary sends one to
+//! a standby a chunk at a time too); only recovery at start, before any engine is built, reads
+//! a file whole. A configuration the machine cannot hold is refused before
 //! recovery begins, with the figures, rather than met by the kernel's out-of-memory killer
 //! halfway through writing the tables, or at the first snapshot of a full sale.
 
 use std::fs;
 
-use ringfence_core::{Engine, EngineConfig};
+use ringfence_core::{Engine, EngineConfig, EngineImage};
 use ringfence_journal::snapshot;
 
 const MIB: u64 = 1 << 20;
@@ -47,12 +47,14 @@ fn meminfo_field(text: &str, name: &str) -> Option<u64> {
 pub const LOWER_CAPACITIES: &str = "Lower the [engine] capacities (`ringfence defaults` prints \
                                     what the default ones take), or give the node more memory";
 
-/// What `engines` engines of `config` need, with what snapshots hold beside them: an image, a
-/// whole file and the buffer a snapshot is streamed through ([`snapshot::working_bytes_max`]);
-/// a node loads one at start whether it takes them or not.
+/// What `engines` engines of `config` need, with what snapshots hold beside them: an image and
+/// the buffers snapshots are streamed through ([`snapshot::working_bytes_max`]). Or more, if a
+/// snapshot read whole at start, before any engine is built, with its image, takes more.
 fn needed_bytes(config: &EngineConfig, engines: u64) -> u64 {
     let each = Engine::memory(config).allocated_bytes;
-    each.saturating_mul(engines).saturating_add(snapshot::working_bytes_max(config))
+    let running = each.saturating_mul(engines).saturating_add(snapshot::working_bytes_max(config));
+    let starting = snapshot::file_len_max(config) + EngineImage::memory_max(config);
+    running.max(starting)
 }
 
 /// Refuses `engines` engines of `config` when they need more memory than `available` bytes;
@@ -71,9 +73,8 @@ fn check(config: &EngineConfig, engines: u64, available: u64, remedy: &str) -> R
     };
     Err(format!(
         "[engine] the tables need {} MiB of memory: {engines} engine(s) of {} MiB{shadow}, \
-         written at start, and up to {} MiB for snapshots (an image of the state, and a file \
-         read whole, as a primary reads the one it sends a standby), and only {} MiB is \
-         available. {remedy}",
+         written at start, and up to {} MiB for snapshots (an image of the state, and the \
+         buffers its file is streamed through), and only {} MiB is available. {remedy}",
         needed.div_ceil(MIB),
         each.div_ceil(MIB),
         snapshot::working_bytes_max(config).div_ceil(MIB),

@@ -1563,17 +1563,23 @@ impl Running {
             PrimaryStep::SendSnapshot => {
                 // `primary.rs`'s `send_snapshot`: the newest snapshot in chunks, then close.
                 match SnapshotToSend::newest(&mut disk.clone()) {
-                    Ok(snapshot) => {
-                        let total = snapshot.bytes.len() as u64;
+                    Ok(mut snapshot) => {
+                        let total = snapshot.len;
                         let (through, epoch) = (snapshot.through, snapshot.through_epoch);
-                        for (offset, chunk) in snapshot.chunks() {
+                        let sent = snapshot.send_chunks(&mut |offset, chunk| {
                             let mut frame = Vec::with_capacity(chunk.len() + 64);
-                            write_snapshot_chunk(&mut frame, through, epoch, total, offset, chunk)
-                                .expect("a Vec takes every byte");
+                            write_snapshot_chunk(&mut frame, through, epoch, total, offset, chunk)?;
                             net.send(conn, me, frame, now_ms);
-                        }
-                        let what =
-                            format!("{name}: sent snapshot {} ({total} bytes)", snapshot.name);
+                            Ok(())
+                        });
+                        let what = match sent {
+                            Ok(()) => {
+                                format!("{name}: sent snapshot {} ({total} bytes)", snapshot.name)
+                            }
+                            Err(error) => {
+                                format!("{name}: sending snapshot {}: {error}", snapshot.name)
+                            }
+                        };
                         trace.event(now_ms, &what);
                     }
                     Err(error) => {
