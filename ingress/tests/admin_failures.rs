@@ -159,7 +159,7 @@ fn after_a_call_panicked_on_the_admin_thread_the_next_one_is_carried_out() {
 fn a_shutdown_after_a_call_panicked_on_the_admin_thread_is_not_held_to_the_drain_timeout() {
     // Goal: with nothing in flight and every connection gone, a stop is prompt, whatever became
     // of an admin call that panicked earlier.
-    let setup = Setup::start(5_000);
+    let setup = Setup::start(60_000);
     let mut first = setup.http();
     first.send(&switch("async"));
     setup.wait_started(1);
@@ -168,7 +168,7 @@ fn a_shutdown_after_a_call_panicked_on_the_admin_thread_is_not_held_to_the_drain
     let began = Instant::now();
     setup.server.shutdown().unwrap();
     let took = began.elapsed();
-    assert!(took < Duration::from_secs(2), "the shutdown took {took:?} (drain_timeout_ms 5000)");
+    assert!(took < Duration::from_secs(2), "the shutdown took {took:?} (drain_timeout_ms 60000)");
 }
 
 #[test]

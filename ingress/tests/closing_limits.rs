@@ -138,7 +138,7 @@ fn at_the_connection_limit_a_lingering_binary_connection_gives_way_once_quiet() 
 /// command still in flight; then the command is answered. Returns the server, the gate and
 /// the client's socket (still open).
 fn lingering_with_a_command_answered_after() -> (ringfence_ingress::ServerHandle, Gate, TcpStream) {
-    let config = ServerConfig { drain_timeout_ms: 5_000, ..ServerConfig::loopback() };
+    let config = ServerConfig { drain_timeout_ms: 60_000, ..ServerConfig::loopback() };
     let (server, gate) = Gate::start(config);
     let mut client = TcpStream::connect(server.binary_addr().unwrap()).unwrap();
     let mut frame = Vec::new();

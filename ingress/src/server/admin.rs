@@ -289,10 +289,11 @@ impl<B: Backend> Server<B> {
             let Some(conn) = self.conns.get_mut(slot.conn).and_then(Option::as_mut) else {
                 continue;
             };
-            // A connection closing (lingering) owes its client nothing more.
-            if conn.id != slot.conn_id || conn.lingering_since().is_some() {
+            // A connection whose answer is pending never lingers: its slot keeps it open.
+            if conn.id != slot.conn_id {
                 continue;
             }
+            assert!(conn.lingering_since().is_none(), "a lingering connection owed an answer");
             conn.fill_http_slot(slot.seq, &response, slot.keep_alive, now);
             self.dirty.push(slot.conn);
             if conn.read_paused {
