@@ -110,6 +110,20 @@ pub const NEEDS_SNAPSHOT: &str = "needs a snapshot: restart to rejoin";
 /// is gone, or the new epoch was stored (a node promising it would depose its primary).
 pub const PROMOTION_FAILED: &str = "promotion failed part way: restart this node";
 
+/// Why a follower in `state` must restart, where the start of a standby takes it on.
+fn rejoins_at_start(state: &str) -> Option<&'static str> {
+    if state == DIVERGED {
+        Some("this journal diverged from the primary's")
+    } else if state == NEEDS_SNAPSHOT {
+        Some(
+            "the records this standby lacks were retired from the primary's journal: it fetches \
+             the primary's snapshot at start",
+        )
+    } else {
+        None
+    }
+}
+
 /// A node takes office as primary in `epoch` (a promotion, or the leader key taken at start):
 /// its journal becomes the reference copy (no longer catching up), no standby is in sync with
 /// it yet, and the epoch is stored as current and promised before it journals in it.
@@ -288,7 +302,15 @@ pub struct Control {
     /// With a witness: whether its in-sync record names this primary's standby
     /// ([`Control::witness_recorded`]). `None` without a witness.
     witness_names_standby: Mutex<Option<bool>>,
+    /// Without coordination: restarts this standby once its follower stopped where only a
+    /// start can take it on ([`Control::rejoin_with`]).
+    rejoin: std::sync::OnceLock<Rejoin>,
+    /// The rejoin was asked for (once).
+    rejoining: AtomicBool,
 }
+
+/// Restarts the node, with the reason; a node that rejoins its primary at start.
+pub type Rejoin = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Control {
     /// Replication for a node in `role` whose journal ends at `last`, a record of `last_epoch`,
@@ -345,6 +367,8 @@ impl Control {
             standby_tail_acknowledged: AtomicBool::new(restarted && !answers_after_sync),
             journal: std::sync::OnceLock::new(),
             witness_names_standby: Mutex::new(None),
+            rejoin: std::sync::OnceLock::new(),
+            rejoining: AtomicBool::new(false),
         });
         // The gate is in force before the node takes its first write, not at the policy
         // loop's first round: a restarted primary holds from the start.
@@ -829,13 +853,8 @@ impl Control {
             available: Sequence(self.link.available()),
             must_restart: if primary {
                 None
-            } else if state.follower_state == DIVERGED {
-                Some("this journal diverged from the primary's")
-            } else if state.follower_state == NEEDS_SNAPSHOT {
-                Some(
-                    "the records this standby lacks were retired from the primary's journal: it \
-                     fetches the primary's snapshot at start",
-                )
+            } else if let Some(why) = rejoins_at_start(&state.follower_state) {
+                Some(why)
             } else if state.follower_state == PROMOTION_FAILED {
                 Some("a promotion failed part way and left this standby no longer following")
             } else {
@@ -1177,9 +1196,28 @@ impl Control {
     /// applies its gate: the policy loop's round, called every few milliseconds.
     pub fn tick(&self) {
         let now = self.now_ms();
-        let mut state = self.state();
-        state.policy.on_tick(now);
-        self.apply_gate(&state, now);
+        let rejoin = {
+            let mut state = self.state();
+            state.policy.on_tick(now);
+            self.apply_gate(&state, now);
+            let standby = state.role != Role::Primary;
+            rejoins_at_start(&state.follower_state).filter(|_| standby)
+        };
+        if let (Some(why), Some(restart)) = (rejoin, self.rejoin.get())
+            && !self.rejoining.swap(true, Ordering::AcqRel)
+        {
+            restart(why);
+        }
+    }
+
+    /// Without coordination (whose pilot restarts the node itself): `restart` is called, once,
+    /// when the standby's follower stops where the start of a standby takes it on: its journal
+    /// diverged from the primary's (a start drops the tail, kept in `rollback/`), or the records
+    /// it lacks were retired (a start fetches the primary's snapshot). A failed promotion is
+    /// left to the operator: its new epoch may be promised past the primary's.
+    pub fn rejoin_with(&self, restart: Rejoin) {
+        assert!(matches!(self.role(), Role::Standby { .. }), "a primary rejoins nothing");
+        assert!(self.rejoin.set(restart).is_ok(), "a second rejoin for one standby");
     }
 
     /// Where standbys connect (the bound address, also when configured with port 0), once
@@ -1342,6 +1380,30 @@ pub(crate) mod tests {
         let why = control.facts().must_restart.expect("a diverged standby restarts");
         assert!(why.contains("diverged"), "{why}");
         assert_eq!(primary().facts().must_restart, None);
+    }
+
+    #[test]
+    fn without_coordination_a_standby_that_must_rejoin_restarts_itself_once() {
+        // Goal: the control loop restarts a standby whose follower stopped diverged or behind
+        // retention, once, with the reason; any other state, a failed promotion included,
+        // restarts nothing.
+        let (control, _node) = standby(false);
+        let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let record = Arc::clone(&asked);
+        control.rejoin_with(Box::new(move |why| record.lock().unwrap().push(why.to_owned())));
+        for state in ["connecting", "streaming", PROMOTION_FAILED, "journal failed: restart"] {
+            control.set_follower(state, Sequence(0), 0);
+            control.tick();
+        }
+        assert!(asked.lock().unwrap().is_empty(), "{:?}", asked.lock().unwrap());
+        control.set_follower(NEEDS_SNAPSHOT, Sequence(0), 0);
+        control.tick();
+        control.set_follower(DIVERGED, Sequence(0), 0);
+        control.tick();
+        control.tick();
+        let asked = asked.lock().unwrap();
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        assert!(asked[0].contains("retired"), "{asked:?}");
     }
 
     #[test]

@@ -431,8 +431,8 @@ pub(crate) fn follow(control: &Control, primary: &str, parked: Parked) -> Option
                 }
                 log(format_args!(
                     "replication: this standby holds records after {keep_through} that the \
-                     primary {primary} does not: stop this node and start it again as a \
-                     standby; it drops them at start and rejoins"
+                     primary {primary} does not: it drops them when it starts again as a \
+                     standby (it restarts itself), and rejoins"
                 ));
                 control.set_follower(control::DIVERGED, applied.answered, 0);
                 return None;
@@ -450,9 +450,9 @@ pub(crate) fn follow(control: &Control, primary: &str, parked: Parked) -> Option
                 // Retrying cannot help: the records this node lacks are gone from the
                 // primary's journal. A restarted standby fetches the primary's snapshot.
                 log(format_args!(
-                    "replication: the primary {primary} refused this standby: {text}; stop this \
-                     node and start it again as a standby: it fetches the primary's snapshot at \
-                     start"
+                    "replication: the primary {primary} refused this standby: {text}; it fetches \
+                     the primary's snapshot when it starts again as a standby (it restarts \
+                     itself)"
                 ));
                 control.set_follower(control::NEEDS_SNAPSHOT, applied.answered, 0);
                 return None;

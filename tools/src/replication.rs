@@ -222,8 +222,22 @@ fn replication_cluster(replication: &Replication) -> String {
 /// lost lease, a diverged journal) starts again as a candidate, which follows the leader and
 /// drops any tail it never had acknowledged. The directory lock and the sockets close on exec.
 pub fn restart_as_candidate(reason: &str) {
-    use std::os::unix::process::CommandExt as _;
     log(format_args!("restarting as a candidate ({reason})"));
+    restart();
+}
+
+/// Restarts this process with its own arguments: a standby without coordination that must
+/// rejoin its primary (its journal diverged, or the records it lacks were retired) starts
+/// again, drops its tail (kept in `rollback/`) or fetches the primary's snapshot, and follows.
+pub fn restart_to_rejoin(reason: &str) {
+    log(format_args!("restarting to rejoin the primary ({reason})"));
+    restart();
+}
+
+/// Replaces this process with a new run of its own binary and arguments; exits 75 for a
+/// supervisor if that fails.
+fn restart() {
+    use std::os::unix::process::CommandExt as _;
     let error = match std::env::current_exe() {
         Ok(exe) => std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec(),
         Err(error) => error,

@@ -589,6 +589,15 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             let started = driver::start(startup, (me, decided), control, node.promoter(), rejoin);
             Some(Arc::new(started.map_err(|e| format!("starting coordination: {e}"))?))
         }
+        (None, Some(control)) => {
+            if let Role::Standby { .. } = control.role() {
+                // No pilot restarts it: a standby that diverged, or fell behind retention,
+                // restarts itself and rejoins its primary at start.
+                control
+                    .rejoin_with(Box::new(|reason: &str| replication::restart_to_rejoin(reason)));
+            }
+            None
+        }
         _ => None,
     };
     match node.topology() {
@@ -832,7 +841,18 @@ fn recover_for_role(
                 }
             }
             _ => {
-                let fetched = replication::fetch_primary_snapshot(config, primary)?;
+                let fetched = match replication::fetch_primary_snapshot(config, primary) {
+                    Ok(fetched) => fetched,
+                    Err(error) => {
+                        // The primary answered the join a moment ago, and may be restarting.
+                        // Nothing was dropped: the node starts on this journal as a standby
+                        // that retries, and restarts to fetch again once refused again.
+                        log(format_args!(
+                            "{error}; starting as a standby on this journal and retrying"
+                        ));
+                        return Ok((recovered, end));
+                    }
+                };
                 // The snapshot holds records of its last epoch: promised before they are
                 // taken, as every record is (a join never says it holds an epoch above
                 // its promise).

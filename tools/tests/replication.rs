@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Serve, ringfence_within, text, try_call};
+use common::{HTTP_LISTENING, Serve, ringfence_within, text, try_call};
 use ringfence_core::record::RecordBuf;
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
@@ -102,6 +102,21 @@ fn wait_node(node: &Serve, within: Duration, ready: impl Fn(&serde_json::Value) 
         }
         assert!(Instant::now() < deadline, "node never got there: {view}");
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The next log line of `node` that contains `text`, read from the lines not read yet (where
+/// [`Serve::wait_for_log`] also reads those of its start: a node that restarted itself logs
+/// the same lines again).
+fn next_log(node: &Serve, text: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match node.process.lines.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no new log line containing `{text}` within {within:?}"),
+        }
     }
 }
 
@@ -501,6 +516,71 @@ fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
 }
 
 #[test]
+fn a_running_standby_told_it_diverged_restarts_itself_and_rejoins_without_etcd() {
+    // Goal: with no pilot to restart it, a standby whose journal is found to diverge while it
+    // runs restarts itself: at start it drops its unreplicated tail, keeping it in
+    // `rollback/`, and follows the new primary to the same journal. The old primary of an
+    // `async` pair starts as a standby of its old standby before that one is promoted, so the
+    // divergence is found by its running follower, not at its start.
+    let root = temp_dir("diverge-live");
+    let secret = write_secret(&root, SECRET);
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let mut old = primary(&dir_a, &secret, &["--replication", "async"]);
+    let old_replication = old.replication.unwrap();
+    let mut follower = standby(&dir_b, &secret, old_replication);
+    create_sale(&old);
+    let sell = |node: &Serve, requests: std::ops::Range<u64>| {
+        for request in requests {
+            let (status, body) = try_call(node.http, "POST", "/v1/orders", &reservation(request).0)
+                .expect("the primary answers");
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    sell(&old, 0..5);
+    let (_, view) = old.call("GET", "/v1/node", "", false);
+    let common = last_sequence(&view);
+    wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= common);
+    follower.signal("-KILL");
+    sell(&old, 5..12);
+    old.signal("-KILL");
+
+    // Neither is a primary yet: the old primary cannot check its journal at start, and its
+    // follower retries until its old standby is promoted.
+    let new = standby(&dir_b, &secret, old_replication);
+    let mut rejoined = standby(&dir_a, &secret, new.replication.unwrap());
+    rejoined.wait_for_log("starting as a standby and retrying", Duration::from_secs(10));
+    let (status, promoted) = new.call("POST", "/v1/admin/promote", r#"{"force":true}"#, true);
+    assert_eq!(status, 200, "{promoted}");
+    sell(&new, 100..103);
+    let (_, view) = new.call("GET", "/v1/node", "", false);
+    let target = last_sequence(&view);
+
+    let restart =
+        rejoined.wait_for_log("restarting to rejoin the primary", Duration::from_secs(30));
+    assert!(restart.contains("diverged"), "{restart}");
+    let line = rejoined.wait_for_log("dropping", Duration::from_secs(30));
+    assert!(
+        line.contains(&format!("dropping 7 records ({}..={}", common + 1, common + 7)),
+        "{line}"
+    );
+    let kept = rejoined.wait_for_log("`journal dump --json` lines", Duration::from_secs(5));
+    assert!(kept.contains("kept 7 of them"), "{kept}");
+    // The same process, started again: it listens on new ports (the log before the restart,
+    // which `wait_for_log` also reads, named the old ones).
+    let http = next_log(&rejoined, HTTP_LISTENING, Duration::from_secs(60));
+    rejoined.http = http.strip_prefix(HTTP_LISTENING).unwrap().parse().unwrap();
+    wait_node(&rejoined, Duration::from_secs(30), |v| last_sequence(v) >= target);
+    let (_, sku_old) = rejoined.call("GET", "/v1/skus/1", "", false);
+    let (_, sku_new) = new.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(sku_old, sku_new);
+    assert_eq!(sku_new["reserved"], 8, "5 replicated + 3 in the new epoch: {sku_new}");
+    drop(rejoined);
+    drop(new);
+    assert_eq!(dump_to(&dir_a, target), dump_to(&dir_b, target), "record for record");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn each_run_of_a_primary_has_its_own_epoch_so_records_it_lost_are_never_mistaken_for_its_own() {
     // Goal: same sequence and epoch mean the same record, across restarts of a primary
     // without a witness. A standby may hold records its primary streamed and then lost
@@ -818,6 +898,80 @@ fn fake_primary_accept(
             other => panic!("the standby's handshake failed: {other:?}"),
         }
     }
+}
+
+/// Accepts the standby's next connection and answers it as a primary in epoch 1 whose journal
+/// starts at record 10 (the records before were retired): a join is refused, the standby
+/// needing a snapshot. Returns once the refusal is sent.
+fn fake_primary_refuse_retired(listener: &std::net::TcpListener) {
+    let (socket, _) = listener.accept().unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = FrameReader::new(socket.try_clone().unwrap());
+    let cluster = ClusterId::new("ringfence").unwrap();
+    let secret = ClusterSecret::from_bytes(SECRET.as_bytes()).unwrap();
+    let mut session = PrimarySession::new([5; 32]);
+    let mut journal = EpochList { first: 10, epochs: vec![1; 5] };
+    loop {
+        let message = reader.read_message().unwrap();
+        let mut view = PrimaryView {
+            cluster: &cluster,
+            secret: &secret,
+            engine: &EngineConfig::default(),
+            epoch: Epoch(1),
+            is_primary: true,
+            journal: &mut journal,
+            journal_last: Sequence(14),
+            standby_tail_acknowledged: false,
+        };
+        match session.on_message(&message, &mut view) {
+            PrimaryStep::Reply(reply) => {
+                write_message(&mut &socket, &reply.message(), &mut Vec::new()).unwrap();
+            }
+            PrimaryStep::Close { last: Some(last), reason, .. } => {
+                assert!(reason.contains("retired"), "{reason}");
+                write_message(&mut &socket, &last.message(), &mut Vec::new()).unwrap();
+                return;
+            }
+            other => panic!("the standby's join went elsewhere: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_standby_whose_snapshot_fetch_fails_at_start_starts_on_its_journal_and_retries() {
+    // Goal: a standby refused at start for records its primary retired fetches the primary's
+    // snapshot; when that fetch fails (the primary died, or restarted, in between), the node
+    // still starts, on its journal as it was, and its follower retries the primary rather
+    // than the process exiting. Refused again while running, it restarts itself to fetch.
+    let root = temp_dir("fetch-fails");
+    let secret = write_secret(&root, SECRET);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake = listener.local_addr().unwrap();
+    let dir = root.join("b");
+    let starting = thread::spawn(move || standby(&dir, &secret, fake));
+    // The start's check: refused; then the fetch's connection, closed unanswered.
+    fake_primary_refuse_retired(&listener);
+    drop(listener.accept().unwrap());
+    let mut follower = starting.join().unwrap();
+    let line =
+        follower.wait_for_log("starting as a standby on this journal", Duration::from_secs(10));
+    assert!(line.contains("fetching a snapshot from the primary"), "{line}");
+    let (_, view) = follower.call("GET", "/v1/node", "", false);
+    assert_eq!(last_sequence(&view), 0, "{view}");
+    // Its follower joins, is refused the same way, and the node restarts to fetch again.
+    fake_primary_refuse_retired(&listener);
+    let restart =
+        follower.wait_for_log("restarting to rejoin the primary", Duration::from_secs(10));
+    assert!(restart.contains("retired"), "{restart}");
+    fake_primary_refuse_retired(&listener);
+    let (socket, _) = listener.accept().unwrap();
+    drop(socket);
+    // The restarted node's own log (`wait_for_log` also reads the lines of the first start).
+    next_log(&follower, "starting as a standby on this journal", Duration::from_secs(30));
+    next_log(&follower, HTTP_LISTENING, Duration::from_secs(30));
+    assert!(follower.process.child.try_wait().unwrap().is_none(), "the node runs on");
+    drop(follower);
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Record `sequence` (a tick) as written in `epoch`.

@@ -49,7 +49,7 @@ use ringfence_replicator::primary::SnapshotToSend;
 use ringfence_replicator::session::{
     PrimarySession, PrimaryStep, Purpose, StandbySession, StandbyStep,
 };
-use ringfence_replicator::standby::{self, Applied, JournalEnd};
+use ringfence_replicator::standby::{self, Applied, FetchedSnapshot, JournalEnd};
 use ringfence_replicator::stream::{write_records, write_snapshot_chunk};
 
 use super::fetch::{Fetched, Fetching, Start};
@@ -461,6 +461,11 @@ pub struct Machine {
     /// Times it took the leader key as a standby and its promotion failed, so it gave the key
     /// up without taking office.
     pub promotions_failed: u64,
+    /// Times it restarted itself, without a witness, because its follower stopped diverged or
+    /// behind retention (`Control::rejoin_with`).
+    pub rejoin_restarts: u64,
+    /// Times a snapshot fetch at its start failed and it started on its journal instead.
+    pub fetches_failed: u64,
     /// A crash to arm when the next snapshot is written: at its `after`-th sync point from
     /// there, a power loss or a kill.
     pub halt_at_next_snapshot: Option<(u64, bool)>,
@@ -500,6 +505,8 @@ impl Machine {
             fetch_at_start: false,
             snapshot_counts: SnapshotCounts::default(),
             promotions_failed: 0,
+            rejoin_restarts: 0,
+            fetches_failed: 0,
             halt_at_next_snapshot: None,
             runs_started: 0,
             prng,
@@ -1033,7 +1040,7 @@ impl Machine {
     }
 
     /// What a fetch came to: the snapshot is installed, the journal recovered from it, and
-    /// the node started; a failed fetch exits, to be started again.
+    /// the node started; after a failed fetch the node starts on its journal as it was.
     fn on_fetched(
         &mut self,
         now_ms: u64,
@@ -1042,30 +1049,29 @@ impl Machine {
         net: &mut Network,
         trace: &mut Trace,
     ) {
-        let fetched = match fetched {
-            Fetched::Waiting => return,
-            Fetched::Done(fetched) => Ok(fetched),
-            Fetched::Failed(error) => Err(error),
-        };
+        if let Fetched::Waiting = fetched {
+            return;
+        }
         let down = Process::Down(Down { restart_ms: now_ms + RESTART_AFTER_EXIT_MS });
         let Process::Fetching(mut fetching) = std::mem::replace(&mut self.process, down) else {
             unreachable!("a fetch ends only while fetching")
         };
         fetching.close(net, self.index, now_ms);
         let Fetching { recovered, start, .. } = *fetching;
-        let installed = fetched.and_then(|fetched| {
-            // As `serve` does: the snapshot's epoch is promised before its records are taken,
-            // then the journal is closed and replaced.
-            standby::promise_epoch(recovered.writer.data_dir(), fetched.through_epoch)?;
-            let last_sequence = Sequence(recovered.next_sequence.0 - 1);
-            let end = JournalEnd { last_sequence, last_epoch: recovered.last_epoch };
-            drop(recovered);
-            let end = crate::replication::install_snapshot(&self.disk, &fetched, end)?;
-            let options = Machine::options(settings);
-            let recovered = recovery::recover_from(self.disk.clone(), options)
-                .map_err(|e| format!("recovery after the snapshot: {e}"))?;
-            Ok((recovered, end))
-        });
+        let fetched = match fetched {
+            Fetched::Waiting => unreachable!("returned above"),
+            Fetched::Done(fetched) => fetched,
+            Fetched::Failed(error) => {
+                // As `serve` does: nothing was dropped, and the node starts on its journal as
+                // a standby whose follower retries; refused again, it restarts to fetch.
+                trace.event(now_ms, &format!("{}: {error}; starts on its journal", self.name));
+                self.fetch_at_start = false;
+                self.fetches_failed += 1;
+                let started = self.start_node(now_ms, settings, recovered, start, None);
+                return self.started(now_ms, started, trace);
+            }
+        };
+        let installed = self.install_fetched(settings, recovered, &fetched);
         match installed {
             Ok((recovered, end)) => {
                 self.fetch_at_start = false;
@@ -1088,6 +1094,25 @@ impl Machine {
             }
             Err(error) => trace.event(now_ms, &format!("{}: exits: {error}", self.name)),
         }
+    }
+
+    /// As `serve` does: the snapshot's epoch is promised before its records are taken, then
+    /// the journal is closed and replaced, and recovered from the snapshot.
+    fn install_fetched(
+        &self,
+        settings: &ClusterSettings,
+        recovered: Recovered<FaultStorage>,
+        fetched: &FetchedSnapshot,
+    ) -> Result<(Recovered<FaultStorage>, JournalEnd), String> {
+        standby::promise_epoch(recovered.writer.data_dir(), fetched.through_epoch)?;
+        let last_sequence = Sequence(recovered.next_sequence.0 - 1);
+        let end = JournalEnd { last_sequence, last_epoch: recovered.last_epoch };
+        drop(recovered);
+        let end = crate::replication::install_snapshot(&self.disk, fetched, end)?;
+        let options = Machine::options(settings);
+        let recovered = recovery::recover_from(self.disk.clone(), options)
+            .map_err(|e| format!("recovery after the snapshot: {e}"))?;
+        Ok((recovered, end))
     }
 
     /// The process runs its node, or, if it could not start it (as `serve` exits when it
@@ -1186,9 +1211,20 @@ impl Machine {
         let rejoin_fn = Box::new(move |reason: &str| {
             *asked.lock().expect("never poisoned") = Some(reason.to_owned());
         });
-        let driver = coordinated.map(|(startup, me, decided)| {
-            Driver::new(startup, (me, decided), Arc::clone(&control), node.promoter(), rejoin_fn)
-        });
+        let driver = match coordinated {
+            Some((startup, me, decided)) => {
+                let promoter = node.promoter();
+                Some(Driver::new(startup, (me, decided), Arc::clone(&control), promoter, rejoin_fn))
+            }
+            None => {
+                // As `serve` does without a witness: the control loop restarts a standby that
+                // must rejoin.
+                if let Role::Standby { .. } = control.role() {
+                    control.rejoin_with(rejoin_fn);
+                }
+                None
+            }
+        };
         let clients = node.session().expect("a fresh node opens a session");
         let follower = standby_of.map(|primary| {
             let session = node.session().expect("a fresh node opens a session");
@@ -1301,7 +1337,13 @@ impl Machine {
         if let Some(reason) = rejoin {
             // The driver's words when the key was taken and the promotion failed.
             self.promotions_failed += u64::from(reason.starts_with("promotion into epoch"));
-            trace.event(now_ms, &format!("{name}: restarts as a candidate: {reason}"));
+            let how = if running.driver.is_some() {
+                "as a candidate"
+            } else {
+                self.rejoin_restarts += 1;
+                "to rejoin"
+            };
+            trace.event(now_ms, &format!("{name}: restarts {how}: {reason}"));
             self.crash(false, (now_ms, now_ms + 1), net);
         }
         report
@@ -1389,13 +1431,6 @@ impl Machine {
             .accepted
             .insert(conn, Accepted { session: PrimarySession::new(nonce), stream: None });
         true
-    }
-
-    /// Whether its standby stopped following until a restart: told its journal diverged (it
-    /// drops the tail at start) or that the records it lacks were retired (it fetches the
-    /// primary's snapshot at start).
-    pub fn must_restart(&self) -> bool {
-        self.pending_truncate.is_some() || self.fetch_at_start
     }
 
     /// The operator promotes this standby by hand (`ringfence promote`): its new epoch.

@@ -297,8 +297,10 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
         totals.refusals.iter().map(|(name, count)| format!("{count} {name}")).collect();
     println!("refused or unanswered {}", refusals.join(", "));
     println!(
-        "failovers            {}; {} promotions failed after the leader key was taken",
-        totals.failovers, totals.promotions_failed
+        "failovers            {}; {} promotions failed after the leader key was taken; {} \
+         standbys restarted themselves to rejoin without the witness; {} standbys started on \
+         their journal after a snapshot fetch failed",
+        totals.failovers, totals.promotions_failed, totals.rejoin_restarts, totals.fetches_failed
     );
     let snap = totals.snapshots;
     println!(
@@ -406,6 +408,8 @@ struct Totals {
     struck_at: std::collections::BTreeMap<String, u64>,
     failovers: u64,
     promotions_failed: u64,
+    rejoin_restarts: u64,
+    fetches_failed: u64,
     snapshots: machine::SnapshotCounts,
     durable_records: u64,
     backups: check::BackupCounts,
@@ -438,6 +442,8 @@ impl Totals {
             }
             totals.failovers += report.failovers;
             totals.promotions_failed += report.promotions_failed;
+            totals.rejoin_restarts += report.rejoin_restarts;
+            totals.fetches_failed += report.fetches_failed;
             let (t, r) = (&mut totals.snapshots, &report.snapshots);
             t.written += r.written;
             t.failed += r.failed;

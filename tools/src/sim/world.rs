@@ -261,6 +261,10 @@ pub struct Report {
     pub failovers: u64,
     /// Standbys that took the leader key and failed to take office (their promotion failed).
     pub promotions_failed: u64,
+    /// Standbys that restarted themselves without a witness to rejoin their primary.
+    pub rejoin_restarts: u64,
+    /// Snapshot fetches at a standby's start that failed, the node starting on its journal.
+    pub fetches_failed: u64,
     /// What the snapshot writers and snapshot transfers did, both machines together.
     pub snapshots: SnapshotCounts,
     /// Records seen held durably, each (sequence, epoch) counted once: held to one record
@@ -407,6 +411,8 @@ impl Report {
             struck_at: Default::default(),
             failovers: 0,
             promotions_failed: 0,
+            rejoin_restarts: 0,
+            fetches_failed: 0,
             snapshots: SnapshotCounts::default(),
             failure: Some(format!("panicked: {message}")),
             last_events: Vec::new(),
@@ -625,6 +631,8 @@ impl World {
             }),
             failovers: self.failovers,
             promotions_failed: self.machines.iter().map(|m| m.promotions_failed).sum(),
+            rejoin_restarts: self.machines.iter().map(|m| m.rejoin_restarts).sum(),
+            fetches_failed: self.machines.iter().map(|m| m.fetches_failed).sum(),
             snapshots: self.machines.iter().fold(SnapshotCounts::default(), |sum, m| {
                 let c = m.snapshot_counts;
                 SnapshotCounts {
@@ -878,10 +886,10 @@ impl World {
         }
         let old = &mut self.machines[self.operator_primary ^ 1];
         let sequencing = old.running().is_some_and(|r| r.control.role() == Role::Primary);
-        let diverged = old.running().is_some() && old.must_restart();
-        if (sequencing || diverged) && !old.paused {
-            // The runbook: a deposed primary, or a standby whose journal diverged, is started
-            // again as a standby; it drops the tail the primary never had at start.
+        if sequencing && !old.paused {
+            // The runbook: a deposed primary is started again as a standby; it drops the tail
+            // the primary never had at start. (A standby whose journal diverged restarts
+            // itself.)
             let name = &old.name;
             self.trace.event(now, &format!("operator: restart {name} as a standby"));
             old.crash(false, (now, now + 1), &mut self.net);
