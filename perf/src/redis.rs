@@ -13,6 +13,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ringfence_core::pipeline::Topology;
+use ringfence_journal::writer::Durability;
+
 use crate::net::{self, BenchServer, BinaryReserve, Decoded, HOT_SKU, HOT_STOCK, Plan, Protocol};
 use crate::report::{Ratios, Report};
 use crate::{Common, Size};
@@ -245,6 +248,27 @@ pub fn run(common: Common) {
         &mut protocol,
         &context,
     );
+    drop(server);
+    // `serve`'s own topology on a machine of two cores or fewer, at its maximum only.
+    match BenchServer::start_as(Topology::Stepped, None, Durability::None) {
+        Ok(server) => {
+            let context = [("server", serde_json::Value::from(server.description.clone()))];
+            let mut protocol = BinaryReserve::hot(net::nonce());
+            let addr = server.binary_addr();
+            let mut max_only = Plan { rates: Vec::new(), of_max: Vec::new(), ..plan.clone() };
+            let variant = "ringfence_tcp_inline";
+            net::run_plan(
+                &mut report,
+                &mut max_only,
+                "hot_sku_reserve",
+                variant,
+                addr,
+                &mut protocol,
+                &context,
+            );
+        }
+        Err(error) => report.note(&format!("  ringfence_tcp_inline skipped: {error}")),
+    }
     compare(&mut report, &plan);
 }
 
@@ -289,6 +313,8 @@ fn bench_redis(report: &mut Report, plan: &mut Plan) -> Result<(), Skipped> {
 /// Ratios and the latency goal: ringfence over TCP against Redis + Lua, at max and per rate.
 fn compare(report: &mut Report, plan: &Plan) {
     report.ratio("hot_sku_reserve", "ringfence_tcp max", "redis_lua max");
+    // `serve` runs `inline` on two cores or fewer: the comparison a user of such a machine sees.
+    report.ratio("hot_sku_reserve", "ringfence_tcp_inline max", "redis_lua max");
     if let (Some(ours), Some(theirs)) = (
         report.row("hot_sku_reserve", "ringfence_tcp max"),
         report.row("hot_sku_reserve", "redis_lua max"),

@@ -98,6 +98,11 @@ fn the_quick_report_writes_every_table_chart_and_histogram() {
         // The peer is charged its own CPU time (this process's would read about zero).
         assert!(markdown.contains("server CPU per reservation, ringfence"), "no CPU comparison");
         assert!(!markdown.contains("redis_lua max: server CPU 0.00 us"), "Redis charged nothing");
+        // Against the compact topology, and `serve`'s own on two cores (`inline`).
+        for ours in ["ringfence_tcp max", "ringfence_tcp_inline max"] {
+            let ratio = format!("| `{ours}` ÷ `redis_lua max` |");
+            assert!(markdown.contains(&ratio), "no ratio {ours} to Redis");
+        }
     }
     check_every_file_is_linked(&out.0, &linked);
     check_rows(&out.0, linked.iter().filter(|f| f.ends_with(".hgrm")).count());
