@@ -307,6 +307,13 @@ pub struct Control {
     rejoin: std::sync::OnceLock<Rejoin>,
     /// The rejoin was asked for (once).
     rejoining: AtomicBool,
+    /// No rejoin before this time (ms on the node's clock): restarts in a row back off.
+    rejoin_not_before_ms: AtomicU64,
+    /// The node is stopping ([`Control::hold_rejoin`]): it restarts for nothing.
+    rejoin_held: AtomicBool,
+    /// Held by a promotion, and by the control loop while it restarts the node to rejoin:
+    /// one or the other, never both.
+    office: Mutex<()>,
 }
 
 /// Restarts the node, with the reason; a node that rejoins its primary at start.
@@ -369,6 +376,9 @@ impl Control {
             witness_names_standby: Mutex::new(None),
             rejoin: std::sync::OnceLock::new(),
             rejoining: AtomicBool::new(false),
+            rejoin_not_before_ms: AtomicU64::new(0),
+            rejoin_held: AtomicBool::new(false),
+            office: Mutex::new(()),
         });
         // The gate is in force before the node takes its first write, not at the policy
         // loop's first round: a restarted primary holds from the start.
@@ -1081,6 +1091,12 @@ impl Control {
     /// again, as if it had lost its connection ([`Control::after_failed_promotion`]); one
     /// that cannot says so in its state, and that it must be restarted.
     pub fn promote_to(&self, node: &Promoter, epoch: Epoch) -> Result<Epoch, String> {
+        // Never while the control loop restarts this node to rejoin its primary: the new
+        // process would be a standby that promised an epoch it never led.
+        let _office = self.office.lock().expect("never poisoned");
+        if self.rejoining.load(Ordering::Acquire) {
+            return Err("this standby is restarting to rejoin its primary".into());
+        }
         if !matches!(self.role(), Role::Standby { .. }) {
             return Err("this node is already the primary".into());
         }
@@ -1200,24 +1216,56 @@ impl Control {
             let mut state = self.state();
             state.policy.on_tick(now);
             self.apply_gate(&state, now);
-            let standby = state.role != Role::Primary;
-            rejoins_at_start(&state.follower_state).filter(|_| standby)
+            self.rejoin_reason(&state, now)
         };
-        if let (Some(why), Some(restart)) = (rejoin, self.rejoin.get())
-            && !self.rejoining.swap(true, Ordering::AcqRel)
-        {
-            restart(why);
+        if rejoin.is_some() {
+            self.try_rejoin(now);
         }
+    }
+
+    /// Why this standby restarts to rejoin its primary now, if it does: only without
+    /// coordination, as a standby whose follower stopped where a start takes it on, past its
+    /// back-off, not stopping, not already restarting.
+    fn rejoin_reason(&self, state: &State, now_ms: u64) -> Option<&'static str> {
+        let why =
+            rejoins_at_start(&state.follower_state).filter(|_| state.role != Role::Primary)?;
+        let due = now_ms >= self.rejoin_not_before_ms.load(Ordering::Acquire);
+        let held =
+            self.rejoin_held.load(Ordering::Acquire) || self.rejoining.load(Ordering::Acquire);
+        (self.rejoin.get().is_some() && due && !held).then_some(why)
+    }
+
+    /// Restarts the node to rejoin, unless a promotion holds the office (the next round tries
+    /// again, and finds a primary, or a standby that follows again) or the reason went.
+    fn try_rejoin(&self, now_ms: u64) {
+        let Ok(_office) = self.office.try_lock() else { return };
+        // Checked again with the office held: a promotion may have ended meanwhile.
+        let Some(why) = self.rejoin_reason(&self.state(), now_ms) else { return };
+        if self.rejoining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let restart = self.rejoin.get().expect("a reason only with a rejoin");
+        // Called with the office held: no promotion starts while the node restarts.
+        restart(why);
     }
 
     /// Without coordination (whose pilot restarts the node itself): `restart` is called, once,
     /// when the standby's follower stops where the start of a standby takes it on: its journal
     /// diverged from the primary's (a start drops the tail, kept in `rollback/`), or the records
-    /// it lacks were retired (a start fetches the primary's snapshot). A failed promotion is
-    /// left to the operator: its new epoch may be promised past the primary's.
-    pub fn rejoin_with(&self, restart: Rejoin) {
+    /// it lacks were retired (a start fetches the primary's snapshot), and not within `hold`
+    /// of now (restarts in a row back off). A failed promotion is left to the operator: its new
+    /// epoch may be promised past the primary's. A promotion and the restart exclude each
+    /// other: a promotion asked while the node restarts is refused.
+    pub fn rejoin_with(&self, restart: Rejoin, hold: Duration) {
         assert!(matches!(self.role(), Role::Standby { .. }), "a primary rejoins nothing");
         assert!(self.rejoin.set(restart).is_ok(), "a second rejoin for one standby");
+        let hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+        self.rejoin_not_before_ms.store(self.now_ms().saturating_add(hold_ms), Ordering::Release);
+    }
+
+    /// The node is stopping: it no longer restarts itself to rejoin (the stop wins).
+    pub fn hold_rejoin(&self) {
+        self.rejoin_held.store(true, Ordering::Release);
     }
 
     /// Where standbys connect (the bound address, also when configured with port 0), once
@@ -1390,7 +1438,8 @@ pub(crate) mod tests {
         let (control, _node) = standby(false);
         let asked = Arc::new(Mutex::new(Vec::<String>::new()));
         let record = Arc::clone(&asked);
-        control.rejoin_with(Box::new(move |why| record.lock().unwrap().push(why.to_owned())));
+        let restart = Box::new(move |why: &str| record.lock().unwrap().push(why.to_owned()));
+        control.rejoin_with(restart, Duration::ZERO);
         for state in ["connecting", "streaming", PROMOTION_FAILED, "journal failed: restart"] {
             control.set_follower(state, Sequence(0), 0);
             control.tick();
@@ -1404,6 +1453,39 @@ pub(crate) mod tests {
         let asked = asked.lock().unwrap();
         assert_eq!(asked.len(), 1, "{asked:?}");
         assert!(asked[0].contains("retired"), "{asked:?}");
+    }
+
+    #[test]
+    fn a_standby_restarts_to_rejoin_not_within_its_hold_nor_once_stopping_nor_while_promoted() {
+        // Goal: restarts in a row back off (none within the hold from the run's start), a
+        // stop wins over a restart that comes during it, and a promotion asked once the
+        // restart was asked is refused.
+        let counting = |control: &Control, hold: Duration| {
+            let asked = Arc::new(AtomicU64::new(0));
+            let count = Arc::clone(&asked);
+            let restart = Box::new(move |_: &str| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+            control.rejoin_with(restart, hold);
+            control.set_follower(DIVERGED, Sequence(0), 0);
+            asked
+        };
+        let (held, _node) = standby(false);
+        let asked = counting(&held, Duration::from_secs(3_600));
+        held.tick();
+        assert_eq!(asked.load(Ordering::Relaxed), 0, "restarted within its hold");
+        let (stopping, _node) = standby(false);
+        let asked = counting(&stopping, Duration::ZERO);
+        stopping.hold_rejoin();
+        stopping.tick();
+        assert_eq!(asked.load(Ordering::Relaxed), 0, "restarted while stopping");
+        let (restarting, node) = standby(false);
+        let asked = counting(&restarting, Duration::ZERO);
+        restarting.tick();
+        assert_eq!(asked.load(Ordering::Relaxed), 1);
+        let refused = restarting.promote(&node, true).unwrap_err();
+        assert!(refused.contains("restarting to rejoin"), "{refused}");
+        assert!(!restarting.is_primary());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ringfence_ingress::{AdminCall, CoordinationStatus, ReplicationControl, Repli
 use ringfence_journal::error::JournalError;
 use ringfence_journal::storage::{FileStorage, Storage};
 use ringfence_journal::{recovery, snapshot};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::config::ReplicationConfig;
@@ -223,23 +223,86 @@ fn replication_cluster(replication: &Replication) -> String {
 /// drops any tail it never had acknowledged. The directory lock and the sockets close on exec.
 pub fn restart_as_candidate(reason: &str) {
     log(format_args!("restarting as a candidate ({reason})"));
-    restart();
+    restart(None);
 }
 
-/// Restarts this process with its own arguments: a standby without coordination that must
-/// rejoin its primary (its journal diverged, or the records it lacks were retired) starts
-/// again, drops its tail (kept in `rollback/`) or fetches the primary's snapshot, and follows.
-pub fn restart_to_rejoin(reason: &str) {
-    log(format_args!("restarting to rejoin the primary ({reason})"));
-    restart();
+/// How many runs in a row of a standby without coordination restarted themselves to rejoin
+/// their primary, passed to the next run in its environment.
+const REJOIN_RESTARTS_ENV: &str = "RINGFENCE_REJOIN_RESTARTS";
+/// The longest a run of such a series waits before it restarts again.
+const REJOIN_HOLD_MAX: Duration = Duration::from_secs(60);
+/// A run that lasted this long before it restarted starts a new series: it was not a loop.
+const REJOIN_SERIES_RESET: Duration = Duration::from_secs(300);
+
+/// This run's place in a series of restarts to rejoin: a standby whose restart cannot help
+/// (its primary's snapshot cannot be fetched, say) restarts again, each time after twice as
+/// long (1 s, 2 s, ... up to a minute), not in a loop that hammers its primary and a core.
+pub struct RejoinSeries {
+    restarts: u32,
+    started: Instant,
 }
 
-/// Replaces this process with a new run of its own binary and arguments; exits 75 for a
-/// supervisor if that fails.
-fn restart() {
+impl RejoinSeries {
+    /// This run's place, from the environment its previous run gave it (none: the first).
+    #[must_use]
+    pub fn of_this_run() -> RejoinSeries {
+        let restarts = std::env::var(REJOIN_RESTARTS_ENV).ok().and_then(|n| n.parse().ok());
+        RejoinSeries { restarts: restarts.unwrap_or(0), started: Instant::now() }
+    }
+
+    /// How long this run waits, from its start, before it restarts to rejoin.
+    #[must_use]
+    pub fn hold(&self) -> Duration {
+        RejoinSeries::hold_after(self.restarts)
+    }
+
+    /// How long a run waits, from its start, before it restarts to rejoin, after `restarts`
+    /// such restarts in a row.
+    #[must_use]
+    pub fn hold_after(restarts: u32) -> Duration {
+        match restarts {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(1 << (n - 1).min(6)).min(REJOIN_HOLD_MAX),
+        }
+    }
+
+    /// The restarts in a row after one that ends a run which lasted `ran`, after `restarts`.
+    #[must_use]
+    pub fn next_after(restarts: u32, ran: Duration) -> u32 {
+        if ran < REJOIN_SERIES_RESET { restarts + 1 } else { 1 }
+    }
+
+    /// Restarts this process with its own arguments: a standby without coordination that
+    /// must rejoin its primary (its journal diverged, or the records it lacks were retired)
+    /// starts again, drops its tail (kept in `rollback/`) or fetches the primary's snapshot,
+    /// and follows.
+    pub fn restart(&self, reason: &str) {
+        let restarts = RejoinSeries::next_after(self.restarts, self.started.elapsed());
+        let next = RejoinSeries { restarts, ..*self };
+        log(format_args!(
+            "restarting to rejoin the primary ({reason}); restart {} in a row, the next run \
+             restarts again no sooner than {} s after its start",
+            next.restarts,
+            next.hold().as_secs()
+        ));
+        restart(Some(next.restarts));
+    }
+}
+
+/// Replaces this process with a new run of its own binary and arguments, telling it its place
+/// in a series of restarts to rejoin, if any; exits 75 for a supervisor if that fails.
+fn restart(rejoin_restarts: Option<u32>) {
     use std::os::unix::process::CommandExt as _;
     let error = match std::env::current_exe() {
-        Ok(exe) => std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec(),
+        Ok(exe) => {
+            let mut command = std::process::Command::new(exe);
+            command.args(std::env::args_os().skip(1));
+            match rejoin_restarts {
+                Some(n) => command.env(REJOIN_RESTARTS_ENV, n.to_string()),
+                None => command.env_remove(REJOIN_RESTARTS_ENV),
+            };
+            command.exec()
+        }
         Err(error) => error,
     };
     log(format_args!("could not restart ({error}); exiting so a supervisor restarts this node"));

@@ -593,8 +593,10 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             if let Role::Standby { .. } = control.role() {
                 // No pilot restarts it: a standby that diverged, or fell behind retention,
                 // restarts itself and rejoins its primary at start.
-                control
-                    .rejoin_with(Box::new(|reason: &str| replication::restart_to_rejoin(reason)));
+                // Restarts in a row back off (`RejoinSeries`).
+                let series = replication::RejoinSeries::of_this_run();
+                let hold = series.hold();
+                control.rejoin_with(Box::new(move |reason: &str| series.restart(reason)), hold);
             }
             None
         }
@@ -662,7 +664,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     if let Some(addr) = handle.http_addr() {
         log(format_args!("HTTP API listening on http://{addr}"));
     }
-    watch_signals(handle.stopper())?;
+    // A stop wins over a restart to rejoin that comes during it.
+    let held = control.clone();
+    watch_signals(handle.stopper(), move || held.iter().for_each(|control| control.hold_rejoin()))?;
     let joined = handle.join().map_err(|e| format!("event loop: {e}"));
     if let Some(coordination) = &coordination {
         coordination.stop();
@@ -951,7 +955,12 @@ fn final_snapshot(
     }
 }
 
-fn watch_signals(stopper: ringfence_ingress::Stopper) -> Result<(), String> {
+/// Stops the node at the first SIGINT or SIGTERM (calling `stopping` first), and exits at
+/// the second.
+fn watch_signals(
+    stopper: ringfence_ingress::Stopper,
+    stopping: impl FnOnce() + Send + 'static,
+) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
@@ -961,6 +970,7 @@ fn watch_signals(stopper: ringfence_ingress::Stopper) -> Result<(), String> {
             let mut forever = signals.forever();
             if let Some(signal) = forever.next() {
                 log(format_args!("signal {signal}: stopping (answering requests in flight)"));
+                stopping();
                 stopper.stop();
             }
             if forever.next().is_some() {

@@ -50,6 +50,8 @@ use ringfence_replicator::session::{
     PrimarySession, PrimaryStep, Purpose, StandbySession, StandbyStep,
 };
 use ringfence_replicator::standby::{self, Applied, FetchedSnapshot, JournalEnd};
+
+use crate::replication::RejoinSeries;
 use ringfence_replicator::stream::{write_records, write_snapshot_chunk};
 
 use super::fetch::{Fetched, Fetching, Start};
@@ -466,6 +468,12 @@ pub struct Machine {
     pub rejoin_restarts: u64,
     /// Times a snapshot fetch at its start failed and it started on its journal instead.
     pub fetches_failed: u64,
+    /// Restarts to rejoin in a row, and when the run that ends the series started (ms): as
+    /// `serve` passes them to its next run (`RejoinSeries`), so that restarts back off. A run
+    /// started any other way (by the operator, a supervisor) starts none.
+    rejoin_series: (u32, u64),
+    /// This machine's next run follows a restart to rejoin.
+    rejoin_next_run: bool,
     /// A crash to arm when the next snapshot is written: at its `after`-th sync point from
     /// there, a power loss or a kill.
     pub halt_at_next_snapshot: Option<(u64, bool)>,
@@ -507,6 +515,8 @@ impl Machine {
             promotions_failed: 0,
             rejoin_restarts: 0,
             fetches_failed: 0,
+            rejoin_series: (0, 0),
+            rejoin_next_run: false,
             halt_at_next_snapshot: None,
             runs_started: 0,
             prng,
@@ -1138,6 +1148,10 @@ impl Machine {
         (role, coordinated): Start,
         from_snapshot: Option<JournalEnd>,
     ) -> Result<Running, String> {
+        if !std::mem::take(&mut self.rejoin_next_run) {
+            // Started by the operator or a supervisor: not one of a series of restarts.
+            self.rejoin_series.0 = 0;
+        }
         let standby_of = match &role {
             Role::Standby { primary } => Some(usize::from(primary != "a")),
             Role::Primary => None,
@@ -1220,7 +1234,9 @@ impl Machine {
                 // As `serve` does without a witness: the control loop restarts a standby that
                 // must rejoin.
                 if let Role::Standby { .. } = control.role() {
-                    control.rejoin_with(rejoin_fn);
+                    let hold = RejoinSeries::hold_after(self.rejoin_series.0);
+                    self.rejoin_series.1 = now_ms;
+                    control.rejoin_with(rejoin_fn, hold);
                 }
                 None
             }
@@ -1341,6 +1357,10 @@ impl Machine {
                 "as a candidate"
             } else {
                 self.rejoin_restarts += 1;
+                let (restarts, started_ms) = self.rejoin_series;
+                let ran = std::time::Duration::from_millis(now_ms - started_ms);
+                self.rejoin_series.0 = RejoinSeries::next_after(restarts, ran);
+                self.rejoin_next_run = true;
                 "to rejoin"
             };
             trace.event(now_ms, &format!("{name}: restarts {how}: {reason}"));
