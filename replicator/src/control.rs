@@ -1109,6 +1109,14 @@ impl Control {
         })?;
         // Taken once the follower stopped: until then it may raise the promise itself.
         let before = (self.epochs(), self.epochs.catching_up());
+        let floor = before.0.current.max(before.0.promised);
+        if epoch <= floor {
+            // Its primary told the follower of a newer epoch as it stopped: taking office in
+            // `epoch` would break that promise, and maybe share an epoch with that primary.
+            let error = format!("the follower promised epoch {floor} meanwhile, not below {epoch}");
+            let after = self.after_failed_promotion(parked, before, &error);
+            return Err(format!("{error}; {after}"));
+        }
         if let Err(error) = self.enter_office(node, epoch) {
             let after = self.after_failed_promotion(parked, before, &error);
             return Err(format!("{error}; {after}"));
@@ -1486,6 +1494,72 @@ pub(crate) mod tests {
         let refused = restarting.promote(&node, true).unwrap_err();
         assert!(refused.contains("restarting to rejoin"), "{refused}");
         assert!(!restarting.is_primary());
+    }
+
+    /// A [`Memory`] whose promise rises to `raise` on the `at`-th read of its epochs, as a
+    /// follower's store would when its primary tells it of a newer epoch.
+    struct RaisedOnRead(Memory, AtomicU64, u64, Epoch);
+
+    impl EpochStore for RaisedOnRead {
+        fn epochs(&self) -> Epochs {
+            if self.1.fetch_add(1, Ordering::Relaxed) + 1 == self.2 {
+                self.0.0.lock().unwrap().promised = self.3;
+            }
+            self.0.epochs()
+        }
+        fn store(&self, epochs: Epochs) -> Result<(), String> {
+            self.0.store(epochs)
+        }
+        fn catching_up(&self) -> bool {
+            self.0.catching_up()
+        }
+        fn caught_up(&self) -> Result<(), String> {
+            self.0.caught_up()
+        }
+        fn mark_catching_up(&self) -> Result<(), String> {
+            self.0.mark_catching_up()
+        }
+        fn standby_in_sync(&self) -> bool {
+            self.0.standby_in_sync()
+        }
+        fn set_standby_in_sync(&self, on: bool) -> Result<(), String> {
+            self.0.set_standby_in_sync(on)
+        }
+        fn acknowledges_written(&self) -> bool {
+            self.0.acknowledges_written()
+        }
+        fn set_acknowledges_written(&self, on: bool) -> Result<(), String> {
+            self.0.set_acknowledges_written(on)
+        }
+    }
+
+    #[test]
+    fn a_promise_raised_as_the_follower_stops_refuses_the_promotion_that_would_break_it() {
+        // Goal: `promote` chooses its epoch from the promise before it stops the follower,
+        // which may raise the promise meanwhile (its primary leads a newer epoch): the node
+        // must not take office in an epoch at or below what it promised, nor lower the
+        // promise. The third read of the epochs is the one after the follower stopped.
+        use ringfence_core::pipeline::{
+            Intake, MemoryJournal, NoReplicator, NodeConfig, SystemClock, Topology,
+        };
+        let raised = Epoch(1 + PROMOTION_EPOCH_STEP);
+        let memory = Memory(
+            Mutex::new(Epochs { current: Epoch(1), promised: Epoch(1) }),
+            AtomicBool::new(false),
+            Arc::new(Mutex::new(StoreFault::None)),
+        );
+        let store = RaisedOnRead(memory, AtomicU64::new(0), 3, raised);
+        let role = Role::Standby { primary: "p".into() };
+        let clock = Arc::new(SystemClock::new());
+        let end = (Sequence(0), Epoch(0));
+        let control = Control::new(config(), role, end, Box::new(store), clock);
+        let node_config =
+            NodeConfig { intake: Intake::Replica, ..NodeConfig::for_tests(Topology::Stepped) };
+        let node = Node::start(node_config, MemoryJournal::new(), NoReplicator::default()).unwrap();
+        let refused = control.promote(&node, true).unwrap_err();
+        assert!(refused.contains("promised epoch"), "{refused}");
+        assert!(!control.is_primary());
+        assert_eq!(control.epochs().promised, raised, "the promise stands");
     }
 
     #[test]
