@@ -14,14 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{HTTP_LISTENING, Serve, TempDir};
-use ringfence_core::{EngineConfig, Epoch, Sequence};
-use ringfence_replicator::auth::{ClusterId, ClusterSecret};
+use common::{CLUSTER_SECRET, HTTP_LISTENING, Serve, TempDir, fake_primary_step};
 use ringfence_replicator::position::EpochList;
-use ringfence_replicator::session::{PrimarySession, PrimaryStep, PrimaryView};
+use ringfence_replicator::session::{PrimarySession, PrimaryStep};
 use ringfence_replicator::stream::{FrameReader, write_message};
-
-const SECRET: &str = "a-cluster-secret-of-32-bytes-ok!";
 
 /// What the fake primary did with a connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,8 +36,6 @@ fn serve_one(listener: &TcpListener, hold: Option<&AtomicBool>) -> Served {
     let (socket, _) = listener.accept().unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut reader = FrameReader::new(socket.try_clone().unwrap());
-    let cluster = ClusterId::new("ringfence").unwrap();
-    let secret = ClusterSecret::from_bytes(SECRET.as_bytes()).unwrap();
     let mut session = PrimarySession::new([5; 32]);
     let mut journal = EpochList { first: 10, epochs: vec![1; 5] };
     loop {
@@ -49,17 +43,7 @@ fn serve_one(listener: &TcpListener, hold: Option<&AtomicBool>) -> Served {
         while hold.is_some_and(|hold| hold.load(Ordering::Acquire)) {
             thread::sleep(Duration::from_millis(1));
         }
-        let mut view = PrimaryView {
-            cluster: &cluster,
-            secret: &secret,
-            engine: &EngineConfig::default(),
-            epoch: Epoch(1),
-            is_primary: true,
-            journal: &mut journal,
-            journal_last: Sequence(14),
-            standby_tail_acknowledged: false,
-        };
-        match session.on_message(&message, &mut view) {
+        match fake_primary_step(&mut session, &message, 1, &mut journal) {
             PrimaryStep::Reply(reply) => {
                 write_message(&mut &socket, &reply.message(), &mut Vec::new()).unwrap();
             }
@@ -84,7 +68,7 @@ fn standby(dir: &Path, secret: &Path, primary: SocketAddr) -> Serve {
 /// dropped, started on its empty journal.
 fn started_on_its_journal(root: &TempDir, listener: &TcpListener) -> Serve {
     let secret = root.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::write(&secret, CLUSTER_SECRET).unwrap();
     let (dir, primary) = (root.path().join("b"), listener.local_addr().unwrap());
     let starting = thread::spawn(move || standby(&dir, &secret, primary));
     assert_eq!(serve_one(listener, None), Served::Refused, "the start's check");
@@ -95,20 +79,6 @@ fn started_on_its_journal(root: &TempDir, listener: &TcpListener) -> Serve {
     let (_, view) = node.call("GET", "/v1/node", "", false);
     assert_eq!(view["last_sequence"], 0, "{view}");
     node
-}
-
-/// The next log line of `node` containing `text`, from the lines not read yet (a node that
-/// restarted itself logs its start's lines again).
-fn next_log(node: &Serve, text: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match node.process.lines.recv_timeout(left) {
-            Ok(line) if line.contains(text) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no new log line containing `{text}` within {within:?}"),
-        }
-    }
 }
 
 #[test]
@@ -126,7 +96,7 @@ fn a_standby_whose_fetch_keeps_failing_restarts_itself_each_time_after_twice_as_
     for _ in 0..3 {
         // The follower's join, refused: the node restarts, and its start fetches again.
         assert_eq!(serve_one(&listener, None), Served::Refused, "the follower's join");
-        let restart = next_log(&node, "restarting to rejoin the primary", Duration::from_secs(60));
+        let restart = node.next_log("restarting to rejoin the primary", Duration::from_secs(60));
         let (started, hold) = run;
         assert!(started.elapsed() >= Duration::from_secs(hold), "restarted within its hold");
         assert!(restart.contains("retired"), "{restart}");
@@ -134,9 +104,9 @@ fn a_standby_whose_fetch_keeps_failing_restarts_itself_each_time_after_twice_as_
         holds.push(hold.split(' ').next().unwrap().parse::<u64>().unwrap());
         assert_eq!(serve_one(&listener, None), Served::Refused, "the start's check");
         assert_eq!(serve_one(&listener, None), Served::FetchDropped, "the start's fetch");
-        next_log(&node, "starting as a standby on this journal", Duration::from_secs(30));
+        node.next_log("starting as a standby on this journal", Duration::from_secs(30));
         run = (Instant::now(), *holds.last().unwrap());
-        next_log(&node, HTTP_LISTENING, Duration::from_secs(30));
+        node.next_log(HTTP_LISTENING, Duration::from_secs(30));
     }
     assert_eq!(holds, [1, 2, 4], "each restart in a row waits twice as long");
     assert_eq!(node.pid(), pid, "the same process all along");
@@ -160,7 +130,7 @@ fn a_standby_refused_while_it_stops_stops_rather_than_restart() {
     let pid = node.pid().to_string();
     let status = std::process::Command::new("kill").args(["-TERM", &pid]).status();
     assert!(status.unwrap().success());
-    next_log(&node, "signal 15: stopping", Duration::from_secs(10));
+    node.next_log("signal 15: stopping", Duration::from_secs(10));
     hold.store(false, Ordering::Release);
     assert_eq!(answering.join().unwrap(), Served::Refused);
     let deadline = Instant::now() + Duration::from_secs(30);

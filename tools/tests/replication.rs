@@ -16,13 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{HTTP_LISTENING, Serve, ringfence_within, text, try_call};
+use common::{
+    CLUSTER_SECRET, HTTP_LISTENING, Serve, fake_primary_step, ringfence_within, text, try_call,
+};
 use ringfence_core::record::RecordBuf;
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_replicator::auth::{ClusterId, ClusterSecret};
 use ringfence_replicator::message::{Hello, Message, Start, encode, records_frame_header};
 use ringfence_replicator::position::EpochList;
-use ringfence_replicator::session::{PrimarySession, PrimaryStep, PrimaryView};
+use ringfence_replicator::session::{PrimarySession, PrimaryStep};
 use ringfence_replicator::standby::{self, Joined, JournalEnd};
 use ringfence_replicator::stream::{FrameReader, write_message, write_records};
 
@@ -42,7 +44,7 @@ fn write_secret(dir: &Path, secret: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-const SECRET: &str = "a-cluster-secret-of-32-bytes-ok!";
+const SECRET: &str = CLUSTER_SECRET;
 
 fn primary(dir: &Path, secret: &str, extra: &[&str]) -> Serve {
     let mut args = vec!["--cluster-secret-file", secret, "--replication-listen", "127.0.0.1:0"];
@@ -102,21 +104,6 @@ fn wait_node(node: &Serve, within: Duration, ready: impl Fn(&serde_json::Value) 
         }
         assert!(Instant::now() < deadline, "node never got there: {view}");
         thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The next log line of `node` that contains `text`, read from the lines not read yet (where
-/// [`Serve::wait_for_log`] also reads those of its start: a node that restarted itself logs
-/// the same lines again).
-fn next_log(node: &Serve, text: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match node.process.lines.recv_timeout(left) {
-            Ok(line) if line.contains(text) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no new log line containing `{text}` within {within:?}"),
-        }
     }
 }
 
@@ -446,73 +433,102 @@ fn a_restarted_standby_catches_up_without_gap_or_duplicate() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-#[test]
-fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
-    // Goal: the divergence path. In async mode the primary acknowledges writes its dead
-    // standby never receives; the standby is promoted and takes other writes in a new epoch; the
-    // old primary, restarted as its standby, drops exactly its unreplicated tail (and says
-    // so), takes the new primary's records, and the two journals agree.
-    let root = temp_dir("diverge");
+/// Reservations `requests` on `node`, each acknowledged.
+fn sell(node: &Serve, requests: std::ops::Range<u64>) {
+    for request in requests {
+        let (status, body) = try_call(node.http, "POST", "/v1/orders", &reservation(request).0)
+            .expect("the primary answers");
+        assert_eq!(status, 201, "{body}");
+    }
+}
+
+/// An `async` pair split with an unreplicated tail, both nodes killed: `a` (the primary)
+/// acknowledged 5 reservations its standby `b` holds, then 7 alone after `b` was killed.
+struct SplitPair {
+    root: PathBuf,
+    secret: String,
+    dirs: (PathBuf, PathBuf),
+    /// Where the old primary listened for its standby.
+    old_replication: SocketAddr,
+    /// The last record the two hold alike, and the old primary's epoch.
+    common: u64,
+    led: u64,
+}
+
+fn split_async_pair(name: &str) -> SplitPair {
+    let root = temp_dir(name);
     let secret = write_secret(&root, SECRET);
     let (dir_a, dir_b) = (root.join("a"), root.join("b"));
     let mut old = primary(&dir_a, &secret, &["--replication", "async"]);
     let old_replication = old.replication.unwrap();
     let mut follower = standby(&dir_b, &secret, old_replication);
     create_sale(&old);
-    for request in 0..5 {
-        assert_eq!(
-            try_call(old.http, "POST", "/v1/orders", &reservation(request).0).unwrap().0,
-            201
-        );
-    }
+    sell(&old, 0..5);
     let (_, view) = old.call("GET", "/v1/node", "", false);
     let (common, led) = (last_sequence(&view), view["epoch"].as_u64().unwrap());
     wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= common);
     follower.signal("-KILL");
-    for request in 5..12 {
-        assert_eq!(
-            try_call(old.http, "POST", "/v1/orders", &reservation(request).0).unwrap().0,
-            201
-        );
-    }
+    sell(&old, 5..12);
     old.signal("-KILL");
+    SplitPair { root, secret, dirs: (dir_a, dir_b), old_replication, common, led }
+}
+
+impl SplitPair {
+    /// The old primary, `rejoined` as a standby of the new one, dropped its 7 records and kept
+    /// them in `rollback/`.
+    fn dropped_tail(&self, rejoined: &Serve) {
+        let line = rejoined.wait_for_log("dropping", Duration::from_secs(30));
+        let (first, last) = (self.common + 1, self.common + 7);
+        assert!(line.contains(&format!("dropping 7 records ({first}..={last}")), "{line}");
+        let kept = rejoined.wait_for_log("`journal dump --json` lines", Duration::from_secs(5));
+        assert!(kept.contains("kept 7 of them"), "{kept}");
+    }
+
+    /// The old primary, `rejoined` as a standby of the `new` one, and the new one sold the
+    /// same once it reached the new primary's last record `target`, and their journals agree
+    /// record for record.
+    fn agree(self, rejoined: Serve, new: Serve, target: u64) {
+        wait_node(&rejoined, Duration::from_secs(30), |v| last_sequence(v) >= target);
+        let (_, sku_old) = rejoined.call("GET", "/v1/skus/1", "", false);
+        let (_, sku_new) = new.call("GET", "/v1/skus/1", "", false);
+        assert_eq!(sku_old, sku_new);
+        assert_eq!(sku_new["reserved"], 8, "5 replicated + 3 in the new epoch: {sku_new}");
+        drop(rejoined);
+        drop(new);
+        let (dir_a, dir_b) = &self.dirs;
+        assert_eq!(dump_to(dir_a, target), dump_to(dir_b, target), "record for record");
+        assert_eq!(hash_at(dir_a, target), hash_at(dir_b, target));
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[test]
+fn an_old_primarys_unreplicated_tail_is_dropped_when_it_rejoins() {
+    // Goal: the divergence path. In async mode the primary acknowledges writes its dead
+    // standby never receives; the standby is promoted and takes other writes in a new epoch; the
+    // old primary, restarted as its standby, drops exactly its unreplicated tail (and says
+    // so), takes the new primary's records, and the two journals agree.
+    let pair = split_async_pair("diverge");
+    let (secret, (dir_a, dir_b)) = (&pair.secret, &pair.dirs);
 
     // The standby restarts (its primary is gone). It cannot know it holds everything the
     // primary acknowledged (it has not caught up since it joined), so a plain promotion is
     // refused; forced, accepting the loss, it is promoted past its primary's epochs and sells
     // on.
-    let new = standby(&dir_b, &secret, old_replication);
+    let new = standby(dir_b, secret, pair.old_replication);
     let (status, refused) = new.call("POST", "/v1/admin/promote", "", true);
     assert_eq!((status, refused["error"].as_str()), (503, Some("promotion_failed")), "{refused}");
     assert!(refused["message"].as_str().unwrap().contains("force"), "{refused}");
     let (status, promoted) = new.call("POST", "/v1/admin/promote", r#"{"force":true}"#, true);
-    let forced = led + ringfence_replicator::control::PROMOTION_EPOCH_STEP;
+    let forced = pair.led + ringfence_replicator::control::PROMOTION_EPOCH_STEP;
     assert_eq!((status, promoted["epoch"].as_u64()), (200, Some(forced)), "{promoted}");
-    for request in 100..103 {
-        assert_eq!(
-            try_call(new.http, "POST", "/v1/orders", &reservation(request).0).unwrap().0,
-            201
-        );
-    }
+    sell(&new, 100..103);
     let (_, view) = new.call("GET", "/v1/node", "", false);
     let target = last_sequence(&view);
 
-    let rejoined = standby(&dir_a, &secret, new.replication.unwrap());
-    let line = rejoined.wait_for_log("dropping", Duration::from_secs(5));
-    assert!(
-        line.contains(&format!("dropping 7 records ({}..={}", common + 1, common + 7)),
-        "{line}"
-    );
-    wait_node(&rejoined, Duration::from_secs(30), |v| last_sequence(v) >= target);
-    let (_, sku_old) = rejoined.call("GET", "/v1/skus/1", "", false);
-    let (_, sku_new) = new.call("GET", "/v1/skus/1", "", false);
-    assert_eq!(sku_old, sku_new);
-    assert_eq!(sku_new["reserved"], 8, "5 replicated + 3 in the new epoch: {sku_new}");
-    drop(rejoined);
-    drop(new);
-    assert_eq!(dump_to(&dir_a, target), dump_to(&dir_b, target), "record for record");
-    assert_eq!(hash_at(&dir_a, target), hash_at(&dir_b, target));
-    let _ = std::fs::remove_dir_all(&root);
+    let rejoined = standby(dir_a, secret, new.replication.unwrap());
+    pair.dropped_tail(&rejoined);
+    pair.agree(rejoined, new, target);
 }
 
 #[test]
@@ -522,32 +538,13 @@ fn a_running_standby_told_it_diverged_restarts_itself_and_rejoins_without_etcd()
     // `rollback/`, and follows the new primary to the same journal. The old primary of an
     // `async` pair starts as a standby of its old standby before that one is promoted, so the
     // divergence is found by its running follower, not at its start.
-    let root = temp_dir("diverge-live");
-    let secret = write_secret(&root, SECRET);
-    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
-    let mut old = primary(&dir_a, &secret, &["--replication", "async"]);
-    let old_replication = old.replication.unwrap();
-    let mut follower = standby(&dir_b, &secret, old_replication);
-    create_sale(&old);
-    let sell = |node: &Serve, requests: std::ops::Range<u64>| {
-        for request in requests {
-            let (status, body) = try_call(node.http, "POST", "/v1/orders", &reservation(request).0)
-                .expect("the primary answers");
-            assert_eq!(status, 201, "{body}");
-        }
-    };
-    sell(&old, 0..5);
-    let (_, view) = old.call("GET", "/v1/node", "", false);
-    let common = last_sequence(&view);
-    wait_node(&follower, Duration::from_secs(20), |v| last_sequence(v) >= common);
-    follower.signal("-KILL");
-    sell(&old, 5..12);
-    old.signal("-KILL");
+    let pair = split_async_pair("diverge-live");
+    let (secret, (dir_a, dir_b)) = (&pair.secret, &pair.dirs);
 
     // Neither is a primary yet: the old primary cannot check its journal at start, and its
     // follower retries until its old standby is promoted.
-    let new = standby(&dir_b, &secret, old_replication);
-    let mut rejoined = standby(&dir_a, &secret, new.replication.unwrap());
+    let new = standby(dir_b, secret, pair.old_replication);
+    let mut rejoined = standby(dir_a, secret, new.replication.unwrap());
     rejoined.wait_for_log("starting as a standby and retrying", Duration::from_secs(10));
     let (status, promoted) = new.call("POST", "/v1/admin/promote", r#"{"force":true}"#, true);
     assert_eq!(status, 200, "{promoted}");
@@ -558,26 +555,12 @@ fn a_running_standby_told_it_diverged_restarts_itself_and_rejoins_without_etcd()
     let restart =
         rejoined.wait_for_log("restarting to rejoin the primary", Duration::from_secs(30));
     assert!(restart.contains("diverged"), "{restart}");
-    let line = rejoined.wait_for_log("dropping", Duration::from_secs(30));
-    assert!(
-        line.contains(&format!("dropping 7 records ({}..={}", common + 1, common + 7)),
-        "{line}"
-    );
-    let kept = rejoined.wait_for_log("`journal dump --json` lines", Duration::from_secs(5));
-    assert!(kept.contains("kept 7 of them"), "{kept}");
+    pair.dropped_tail(&rejoined);
     // The same process, started again: it listens on new ports (the log before the restart,
     // which `wait_for_log` also reads, named the old ones).
-    let http = next_log(&rejoined, HTTP_LISTENING, Duration::from_secs(60));
+    let http = rejoined.next_log(HTTP_LISTENING, Duration::from_secs(60));
     rejoined.http = http.strip_prefix(HTTP_LISTENING).unwrap().parse().unwrap();
-    wait_node(&rejoined, Duration::from_secs(30), |v| last_sequence(v) >= target);
-    let (_, sku_old) = rejoined.call("GET", "/v1/skus/1", "", false);
-    let (_, sku_new) = new.call("GET", "/v1/skus/1", "", false);
-    assert_eq!(sku_old, sku_new);
-    assert_eq!(sku_new["reserved"], 8, "5 replicated + 3 in the new epoch: {sku_new}");
-    drop(rejoined);
-    drop(new);
-    assert_eq!(dump_to(&dir_a, target), dump_to(&dir_b, target), "record for record");
-    let _ = std::fs::remove_dir_all(&root);
+    pair.agree(rejoined, new, target);
 }
 
 #[test]
@@ -860,23 +843,11 @@ fn fake_primary_accept(
     let (socket, _) = listener.accept().unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut reader = FrameReader::new(socket.try_clone().unwrap());
-    let cluster = ClusterId::new("ringfence").unwrap();
-    let secret = ClusterSecret::from_bytes(SECRET.as_bytes()).unwrap();
     let mut session = PrimarySession::new([5; 32]);
     let mut journal = EpochList::flat(3, 1);
     loop {
         let message = reader.read_message().unwrap();
-        let mut view = PrimaryView {
-            cluster: &cluster,
-            secret: &secret,
-            engine: &EngineConfig::default(),
-            epoch: Epoch(epoch),
-            is_primary: true,
-            journal: &mut journal,
-            journal_last: Sequence(3),
-            standby_tail_acknowledged: false,
-        };
-        match session.on_message(&message, &mut view) {
+        match fake_primary_step(&mut session, &message, epoch, &mut journal) {
             PrimaryStep::Reply(reply) => {
                 write_message(&mut &socket, &reply.message(), &mut Vec::new()).unwrap();
             }

@@ -203,13 +203,20 @@ impl Serve {
         if let Some(line) = self.early.iter().find(|line| line.contains(text)) {
             return line.clone();
         }
+        self.next_log(text, within)
+    }
+
+    /// Waits (bounded) for a log line containing `text` among the lines not read yet, and
+    /// returns it: unlike [`Serve::wait_for_log`], never one logged at the start, which a node
+    /// that restarted itself in place logs again.
+    pub fn next_log(&self, text: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.process.lines.recv_timeout(left) {
                 Ok(line) if line.contains(text) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("no log line containing `{text}` within {within:?}"),
+                Err(_) => panic!("no new log line containing `{text}` within {within:?}"),
             }
         }
     }
@@ -312,4 +319,32 @@ pub fn call(
     stream.read_to_string(&mut response).ok()?;
     let status = response.get(9..12)?.parse().ok()?;
     Some((status, response.split("\r\n\r\n").nth(1)?.to_owned()))
+}
+
+/// The cluster secret the replication tests' nodes and fake primaries share.
+pub const CLUSTER_SECRET: &str = "a-cluster-secret-of-32-bytes-ok!";
+
+/// A fake primary's step on `message` from a standby: a primary of cluster `ringfence` in
+/// `epoch`, with the default engine, whose journal is `journal`.
+pub fn fake_primary_step(
+    session: &mut ringfence_replicator::session::PrimarySession,
+    message: &ringfence_replicator::message::Message<'_>,
+    epoch: u64,
+    journal: &mut ringfence_replicator::position::EpochList,
+) -> ringfence_replicator::session::PrimaryStep {
+    use ringfence_replicator::auth::{ClusterId, ClusterSecret};
+    let cluster = ClusterId::new("ringfence").unwrap();
+    let secret = ClusterSecret::from_bytes(CLUSTER_SECRET.as_bytes()).unwrap();
+    let journal_last = journal.first + journal.epochs.len() as u64 - 1;
+    let mut view = ringfence_replicator::session::PrimaryView {
+        cluster: &cluster,
+        secret: &secret,
+        engine: &ringfence_core::EngineConfig::default(),
+        epoch: ringfence_core::Epoch(epoch),
+        is_primary: true,
+        journal,
+        journal_last: ringfence_core::Sequence(journal_last),
+        standby_tail_acknowledged: false,
+    };
+    session.on_message(message, &mut view)
 }
