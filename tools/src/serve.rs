@@ -509,7 +509,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     let coordinated =
         coordinate(coordination, (&storage, &options), replication.as_mut(), server_config.http)?;
-    let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref())?;
+    let witnessed = coordinated.is_some();
+    let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref(), witnessed)?;
     warn_of_rollback(&data_dir);
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
@@ -784,6 +785,7 @@ fn recover_for_role(
     storage: &FileStorage,
     options: &WriterOptions,
     replication: Option<&Replication>,
+    witnessed: bool,
 ) -> Result<(Recovered<FileStorage>, JournalEnd), String> {
     // Each round cuts the journal or replaces it; two rounds drop a diverged epoch
     // (`position::divergence_cut`), so a few rounds suffice.
@@ -847,10 +849,14 @@ fn recover_for_role(
             _ => {
                 let fetched = match replication::fetch_primary_snapshot(config, primary) {
                     Ok(fetched) => fetched,
+                    // With etcd the pilot restarts a standby refused again without backing
+                    // off: the process exits, and its supervisor's limits apply.
+                    Err(error) if witnessed => return Err(error),
                     Err(error) => {
                         // The primary answered the join a moment ago, and may be restarting.
                         // Nothing was dropped: the node starts on this journal as a standby
-                        // that retries, and restarts to fetch again once refused again.
+                        // that retries, and restarts to fetch again once refused again
+                        // (`RejoinSeries` backs the restarts off).
                         log(format_args!(
                             "{error}; starting as a standby on this journal and retrying"
                         ));

@@ -1050,7 +1050,8 @@ impl Machine {
     }
 
     /// What a fetch came to: the snapshot is installed, the journal recovered from it, and
-    /// the node started; after a failed fetch the node starts on its journal as it was.
+    /// the node started; after a failed fetch the node starts on its journal as it was, or,
+    /// with a witness, exits.
     fn on_fetched(
         &mut self,
         now_ms: u64,
@@ -1071,9 +1072,14 @@ impl Machine {
         let fetched = match fetched {
             Fetched::Waiting => unreachable!("returned above"),
             Fetched::Done(fetched) => fetched,
+            Fetched::Failed(error) if settings.coordinated => {
+                // As `serve` does with a witness: it exits, to be started again.
+                return trace.event(now_ms, &format!("{}: exits: {error}", self.name));
+            }
             Fetched::Failed(error) => {
-                // As `serve` does: nothing was dropped, and the node starts on its journal as
-                // a standby whose follower retries; refused again, it restarts to fetch.
+                // As `serve` does without a witness: nothing was dropped, and the node starts
+                // on its journal as a standby whose follower retries; refused again, it
+                // restarts to fetch.
                 trace.event(now_ms, &format!("{}: {error}; starts on its journal", self.name));
                 self.fetch_at_start = false;
                 self.fetches_failed += 1;
