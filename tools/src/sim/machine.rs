@@ -1060,9 +1060,11 @@ impl Machine {
         net: &mut Network,
         trace: &mut Trace,
     ) {
-        if let Fetched::Waiting = fetched {
-            return;
-        }
+        let fetched = match fetched {
+            Fetched::Waiting => return,
+            Fetched::Done(fetched) => Ok(fetched),
+            Fetched::Failed(error) => Err(error),
+        };
         let down = Process::Down(Down { restart_ms: now_ms + RESTART_AFTER_EXIT_MS });
         let Process::Fetching(mut fetching) = std::mem::replace(&mut self.process, down) else {
             unreachable!("a fetch ends only while fetching")
@@ -1070,13 +1072,12 @@ impl Machine {
         fetching.close(net, self.index, now_ms);
         let Fetching { recovered, start, .. } = *fetching;
         let fetched = match fetched {
-            Fetched::Waiting => unreachable!("returned above"),
-            Fetched::Done(fetched) => fetched,
-            Fetched::Failed(error) if settings.coordinated => {
+            Ok(fetched) => fetched,
+            Err(error) if settings.coordinated => {
                 // As `serve` does with a witness: it exits, to be started again.
                 return trace.event(now_ms, &format!("{}: exits: {error}", self.name));
             }
-            Fetched::Failed(error) => {
+            Err(error) => {
                 // As `serve` does without a witness: nothing was dropped, and the node starts
                 // on its journal as a standby whose follower retries; refused again, it
                 // restarts to fetch.
