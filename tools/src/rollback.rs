@@ -23,6 +23,10 @@ pub type Visitor<'a> = &'a mut dyn FnMut(&Record) -> ControlFlow<()>;
 /// is given, and fails with what it could not read. The file and how many records it holds;
 /// `None`, with no file left, when `fill` visited none. On any failure no file is left
 /// either: the caller must not drop records it could not keep.
+///
+/// Records kept already are not kept twice: when a file of the same kind and sequences holds
+/// the very same lines (a standby that kept its tail, then failed to fetch the snapshot that
+/// was to replace it, keeps the same tail at every start), that file is the one returned.
 pub fn keep(
     data_dir: &Path,
     kind: &str,
@@ -36,18 +40,26 @@ pub fn keep(
     let written = write_lines(&temp, fill);
     let kept = match written {
         Ok(Some((first, last, count))) => {
-            let file = dir.join(format!("{kind}-{first}-{last}-at-{at_ms}.jsonl"));
-            publish(&temp, &file)
-                .map(|()| Some((file, count)))
-                .map_err(|e| format!("keeping the records in {}: {e}", dir.display()))
+            // A file this cannot read is not taken for a copy: the records are kept anew.
+            // The run that kept it may have stopped before it synced its directories.
+            match kept_already(&temp, &format!("{kind}-{first}-{last}-at-")) {
+                Ok(Some(file)) => sync_dirs(&file)
+                    .map(|()| Some((file, count)))
+                    .map_err(|e| format!("keeping the records in {}: {e}", dir.display())),
+                _ => {
+                    let file = dir.join(format!("{kind}-{first}-{last}-at-{at_ms}.jsonl"));
+                    publish(&temp, &file)
+                        .map(|()| Some((file, count)))
+                        .map_err(|e| format!("keeping the records in {}: {e}", dir.display()))
+                }
+            }
         }
         Ok(None) => Ok(None),
         Err(error) => Err(error),
     };
-    if !matches!(kept, Ok(Some(_))) {
-        // Nothing to keep, or it failed part way: no file, not a partial one.
-        let _ = std::fs::remove_file(&temp);
-    }
+    // Renamed into place already, or the same as a file kept before, or nothing to keep, or it
+    // failed part way: no temporary file stays, and never a partial one.
+    let _ = std::fs::remove_file(&temp);
     kept
 }
 
@@ -106,10 +118,52 @@ fn write_lines(
     Ok(Some((first, last, count)))
 }
 
-/// Renames the synced `temp` to `file`, then syncs the rollback directory and the data
-/// directory that holds it, so the file survives a power loss once this returns.
+/// A published file of `temp`'s directory whose name starts with `prefix` and whose bytes are
+/// `temp`'s.
+fn kept_already(temp: &Path, prefix: &str) -> std::io::Result<Option<PathBuf>> {
+    let dir = temp.parent().expect("a file in the rollback directory");
+    let len = std::fs::metadata(temp)?.len();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(prefix)
+            && name.ends_with(".jsonl")
+            && entry.metadata()?.len() == len
+            && same_bytes(temp, &entry.path())?
+        {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether two files of equal length hold the same bytes, read a block at a time.
+fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read as _;
+    let (mut a, mut b) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let (mut block_a, mut block_b) = (vec![0; 64 * 1024], vec![0; 64 * 1024]);
+    loop {
+        let read = a.read(&mut block_a)?;
+        if read == 0 {
+            return Ok(true);
+        }
+        b.read_exact(&mut block_b[..read])?;
+        if block_a[..read] != block_b[..read] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Renames the synced `temp` to `file`, then syncs the directories that hold it.
 fn publish(temp: &Path, file: &Path) -> std::io::Result<()> {
     std::fs::rename(temp, file)?;
+    sync_dirs(file)
+}
+
+/// Syncs the rollback directory and the data directory that holds it, so `file` survives a
+/// power loss once this returns.
+fn sync_dirs(file: &Path) -> std::io::Result<()> {
     let dir = file.parent().expect("a file in the rollback directory");
     ringfence_journal::storage::sync_dir(dir)?;
     ringfence_journal::storage::sync_dir(dir.parent().expect("in the data directory"))
@@ -137,5 +191,59 @@ mod tests {
         let listed = pending(&data_dir).unwrap();
         std::fs::remove_dir_all(&data_dir).unwrap();
         assert_eq!(listed, ["dropped-3-4-at-5.jsonl", "truncated-9-12-at-7.jsonl"]);
+    }
+
+    /// Ticks at `sequences` of `epoch`, as a journal hands them to a visitor.
+    fn ticks(sequences: std::ops::RangeInclusive<u64>, epoch: u64) -> Vec<Record> {
+        use ringfence_core::{Command, Epoch, Timestamp};
+        let tick = |n| Record {
+            sequence: Sequence(n),
+            epoch: Epoch(epoch),
+            timestamp: Timestamp(1_000 + n),
+            command: Command::Tick,
+            len: 0,
+        };
+        sequences.map(tick).collect()
+    }
+
+    /// Keeps `records` as `dropped` in `data_dir`: the file, and the records it holds.
+    fn keep_all(data_dir: &Path, records: &[Record]) -> (PathBuf, u64) {
+        let kept = keep(data_dir, "dropped", |visit| {
+            for record in records {
+                if visit(record).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        kept.unwrap().expect("records to keep")
+    }
+
+    #[test]
+    fn the_same_records_are_kept_once() {
+        // Goal: a tail kept again at a later start (its snapshot fetch failed, say) is the
+        // file kept the first time, not a copy of it; the same sequences holding other
+        // records, or other sequences, are kept in a file of their own. No temporary file
+        // stays.
+        let data_dir =
+            std::env::temp_dir().join(format!("ringfence-rollback-once-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let tail = ticks(5..=9, 3);
+        let (first, count) = keep_all(&data_dir, &tail);
+        assert_eq!(count, 5);
+        // Kept in a later millisecond, as a restart would.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_eq!(keep_all(&data_dir, &tail), (first.clone(), 5), "kept again");
+        let other_epoch = keep_all(&data_dir, &ticks(5..=9, 4)).0;
+        let longer = keep_all(&data_dir, &ticks(5..=10, 3)).0;
+        let files = std::fs::read_dir(data_dir.join(ROLLBACK_DIR))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect::<std::collections::BTreeSet<_>>();
+        std::fs::remove_dir_all(&data_dir).unwrap();
+        assert_ne!(other_epoch, first);
+        assert_ne!(longer, first);
+        assert_eq!(files, [first, other_epoch, longer].into_iter().collect());
     }
 }
