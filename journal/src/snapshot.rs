@@ -285,8 +285,16 @@ fn restored_meta<S: Storage>(
             || through_epoch == crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten(),
         "the epoch handed in is not record {through}'s"
     );
+    // A journal that starts after `through` (a standby that installed its primary's snapshot
+    // and took no record since) no longer holds it; the snapshot of that name, which this
+    // one replaces, recorded its epoch, and a snapshot without it would make the node's next
+    // join fetch the primary's snapshot again.
     let through_epoch = through_epoch
-        .or_else(|| crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten());
+        .or_else(|| crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten())
+        .or_else(|| match read_through(storage, &name) {
+            Ok((recorded, epoch)) if recorded == through => epoch,
+            _ => None,
+        });
     // Records are journaled in epoch 1 and later: zero stands for "not recorded".
     assert!(through_epoch.is_none_or(|epoch| epoch.0 > 0), "a record of epoch 0");
     SnapshotMeta {
@@ -434,11 +442,11 @@ pub fn working_bytes_max(config: &EngineConfig) -> u64 {
     bytes
 }
 
-/// Installs a snapshot file received whole from elsewhere (a primary, for a standby whose
-/// missing records it retired): checks its header and body checksum and that it covers
-/// `through`, then writes it atomically under its name. Recovery restores and digests it
-/// before use, like any snapshot.
-pub fn install<S: Storage>(
+/// Checks a snapshot file received whole from elsewhere, as [`install`] would install it:
+/// its header and body checksum, and that it covers `through`. Nothing is written. A caller
+/// that must drop what the snapshot replaces checks it first, so that a snapshot refused
+/// drops nothing.
+pub fn check_received<S: Storage>(
     storage: &S,
     through: Sequence,
     bytes: &[u8],
@@ -449,7 +457,22 @@ pub fn install<S: Storage>(
     // the one announced is refused there.
     let (meta, _) = read_snapshot(&name, &file, &mut &bytes[..], false, None)?;
     assert_eq!(meta.through, through, "a snapshot installed under another sequence");
-    write_atomically(storage, &name, bytes)?;
+    assert!(bytes.len() >= SNAPSHOT_HEADER_LEN, "a snapshot accepted shorter than its header");
+    Ok(meta)
+}
+
+/// Installs a snapshot file received whole from elsewhere (a primary, for a standby whose
+/// missing records it retired): checks it ([`check_received`]), then writes it atomically
+/// under its name. Recovery restores and digests it before use, like any snapshot.
+pub fn install<S: Storage>(
+    storage: &S,
+    through: Sequence,
+    bytes: &[u8],
+) -> Result<SnapshotMeta, SnapshotError> {
+    let meta = check_received(storage, through, bytes)?;
+    // What the header check accepts (the pair of `encode_header`'s).
+    assert!(meta.last_sequence <= through, "an installed snapshot past its through sequence");
+    write_atomically(storage, &snapshot_name(through), bytes)?;
     Ok(meta)
 }
 

@@ -508,16 +508,29 @@ pub fn fetch_primary_snapshot(
 }
 
 /// Drops every record and snapshot in `storage` (the journal must not be open) and installs
-/// the primary's snapshot in their place; where the journal now ends. Dropping writes the
-/// catch-up marker first, so a crash part way leaves a directory that does not take over.
+/// the primary's snapshot in their place; where the journal now ends. The snapshot is checked
+/// before anything is dropped: one refused (damaged on the primary's disk, say) leaves the
+/// journal as it was. Dropping writes the catch-up marker first, so a crash part way leaves a
+/// directory that does not take over.
 pub fn install_snapshot<S: Storage>(
     storage: &S,
     fetched: &FetchedSnapshot,
     end: JournalEnd,
 ) -> Result<JournalEnd, String> {
+    snapshot::check_received(storage, fetched.through, &fetched.bytes).map_err(|e| {
+        let why = match e {
+            snapshot::SnapshotError::Invalid { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        format!(
+            "the primary's snapshot through {} was refused ({why}); this journal is left as \
+             it was, and the next start fetches again",
+            fetched.through
+        )
+    })?;
     log(format_args!(
-        "fetched the primary's snapshot through {} ({} bytes); dropping this journal's {} \
-         records, which it supersedes",
+        "fetched the primary's snapshot through {} ({} bytes); dropping this journal, which \
+         ends at sequence {}: the snapshot supersedes it",
         fetched.through,
         fetched.bytes.len(),
         end.last_sequence

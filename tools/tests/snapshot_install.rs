@@ -1,0 +1,340 @@
+//! A standby's start when its primary retired the records it lacks (`needs_snapshot`): it
+//! fetches the primary's snapshot and replaces its journal with it. A fake primary, built on
+//! the production `PrimarySession` as `rejoin.rs`'s is, refuses the join and answers the
+//! fetch with bytes each test chooses: a snapshot refused leaves the journal as it was, and
+//! one installed keeps the epoch it records across a clean stop.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{CLUSTER_SECRET, Serve, TempDir, fake_primary_step, ringfence_within, text};
+use ringfence_core::{Epoch, Sequence};
+use ringfence_replicator::position::EpochList;
+use ringfence_replicator::session::{PrimarySession, PrimaryStep};
+use ringfence_replicator::stream::{FrameReader, write_message, write_snapshot_chunk};
+
+/// The fake primary's epoch: a promoted standby's.
+const PRIMARY_EPOCH: u64 = 1005;
+
+fn create_sale(node: &Serve) {
+    let sku = r#"{"sku":1,"stock":1000,"price_cents":900,"per_user_limit":0,"payment_timeout_ms":600000}"#;
+    let (status, body) = node.call("POST", "/v1/skus", sku, true);
+    assert_eq!(status, 201, "{body}");
+}
+
+fn sell(node: &Serve, tag: &str, count: u64) {
+    for n in 0..count {
+        let body = format!(r#"{{"request_id":"{tag}-{n}","user":{},"sku":1,"qty":1}}"#, n + 1);
+        let (status, answer) = node.call("POST", "/v1/orders", &body, false);
+        assert_eq!(status, 201, "{answer}");
+    }
+}
+
+/// `journal dump DIR --json`: one line a record the journal holds.
+fn dump(dir: &Path) -> Vec<String> {
+    let output = ringfence_within(
+        &["journal", "dump", dir.to_str().unwrap(), "--json"],
+        Duration::from_secs(60),
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout).lines().map(str::to_owned).collect()
+}
+
+/// The lines of every file of `dir/rollback` (none if it does not exist).
+fn rollback_lines(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join("rollback")) else { return Vec::new() };
+    let mut lines = Vec::new();
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            lines.extend(std::fs::read_to_string(path).unwrap().lines().map(str::to_owned));
+        }
+    }
+    lines
+}
+
+/// A node's journal on `dir` holding a sale and `orders` acknowledged orders, killed (no
+/// final snapshot): its records, as `journal dump` shows them.
+fn journal_with_orders(dir: &Path, tag: &str, orders: u64) -> Vec<String> {
+    let mut node = Serve::start(dir);
+    create_sale(&node);
+    sell(&node, tag, orders);
+    node.signal("-KILL");
+    dump(dir)
+}
+
+/// A node's snapshot of a sale and `orders` orders, stopped cleanly: its final snapshot's
+/// sequence and bytes.
+fn snapshot_of_orders(dir: &Path, orders: u64) -> (Sequence, Vec<u8>) {
+    let mut node = Serve::start(dir);
+    create_sale(&node);
+    sell(&node, "p", orders);
+    node.signal("-TERM");
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    snapshots.sort();
+    let newest = snapshots.pop().expect("a final snapshot");
+    let name = newest.file_name().unwrap().to_str().unwrap().to_owned();
+    let bytes = std::fs::read(&newest).unwrap();
+    let (through, _) = ringfence_journal::snapshot::through_in(&name, &bytes).unwrap();
+    (through, bytes)
+}
+
+/// What the fake primary sends for a fetch: the snapshot's announced sequence, epoch and
+/// bytes.
+struct Offer {
+    through: Sequence,
+    through_epoch: Epoch,
+    bytes: Vec<u8>,
+}
+
+/// A fake primary in [`PRIMARY_EPOCH`] on `listener` whose journal starts at `first_held`:
+/// refuses every join that needs retired records (`needs_snapshot`), sends `offer` for
+/// every fetch, and closes every other connection unanswered (the standby then starts on its
+/// journal and retries). Runs until `stop`.
+fn fake_primary(
+    listener: TcpListener,
+    first_held: u64,
+    offer: Offer,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Vec<String>> {
+    listener.set_nonblocking(true).unwrap();
+    thread::spawn(move || {
+        let mut served = Vec::new();
+        while !stop.load(Ordering::Acquire) {
+            let socket = match listener.accept() {
+                Ok((socket, _)) => socket,
+                Err(_) => {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+            };
+            socket.set_nonblocking(false).unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut reader = FrameReader::new(socket.try_clone().unwrap());
+            let mut session = PrimarySession::new([5; 32]);
+            let mut journal = EpochList { first: first_held, epochs: vec![PRIMARY_EPOCH; 5] };
+            loop {
+                let Ok(message) = reader.read_message() else {
+                    served.push("closed".to_owned());
+                    break;
+                };
+                match fake_primary_step(&mut session, &message, PRIMARY_EPOCH, &mut journal) {
+                    PrimaryStep::Reply(reply) => {
+                        write_message(&mut &socket, &reply.message(), &mut Vec::new()).unwrap();
+                    }
+                    PrimaryStep::Close { last, reason, .. } => {
+                        if let Some(last) = last {
+                            let _ = write_message(&mut &socket, &last.message(), &mut Vec::new());
+                        }
+                        served.push(format!("refused: {reason}"));
+                        break;
+                    }
+                    PrimaryStep::SendSnapshot => {
+                        let total = offer.bytes.len() as u64;
+                        let mut offset = 0;
+                        for chunk in offer.bytes.chunks(64 * 1024) {
+                            let _ = write_snapshot_chunk(
+                                &mut &socket,
+                                offer.through,
+                                offer.through_epoch,
+                                total,
+                                offset,
+                                chunk,
+                            );
+                            offset += chunk.len() as u64;
+                        }
+                        served.push("snapshot sent".to_owned());
+                        // The standby closes once it has the whole file.
+                        let _ = reader.read_message();
+                        break;
+                    }
+                    other => {
+                        served.push(format!("dropped: {other:?}"));
+                        break;
+                    }
+                }
+            }
+        }
+        served
+    })
+}
+
+/// Starts `dir` as a standby of the fake primary on `primary`; returns the process (it may
+/// exit at start).
+fn standby_process(dir: &Path, secret: &Path, primary: SocketAddr) -> common::Logged {
+    let (primary, secret) = (primary.to_string(), secret.to_str().unwrap().to_owned());
+    common::Logged::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(["--role", "standby", "--primary", &primary, "--cluster-secret-file", &secret])
+            .args(["--replication-listen", "127.0.0.1:0"])
+            .env_remove("RINGFENCE_ADMIN_TOKEN"),
+    )
+}
+
+/// Runs the standby until it logs a line containing one of `until` or exits; returns its
+/// lines, then kills it.
+fn run_standby_until(mut process: common::Logged, until: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut lines = Vec::new();
+    loop {
+        lines.extend(process.lines.try_iter());
+        if lines.iter().any(|l| until.iter().any(|u| l.contains(u))) {
+            break;
+        }
+        if process.child.try_wait().unwrap().is_some() {
+            thread::sleep(Duration::from_millis(200));
+            lines.extend(process.lines.try_iter());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the standby never got there: {lines:#?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = process.child.kill();
+    let _ = process.child.wait();
+    lines
+}
+
+/// The scenario: a standby holding `standby_orders` orders of its own; its primary refuses its
+/// join (journal from `first_held`) and offers `offer(through, bytes)` of a node holding
+/// `primary_orders`. Returns the standby's records before, its log, its records after and
+/// what `rollback/` holds.
+struct Outcome {
+    before: Vec<String>,
+    log: Vec<String>,
+    after: Vec<String>,
+    rollback: Vec<String>,
+}
+
+fn rejoin(
+    tag: &str,
+    standby_orders: u64,
+    primary_orders: u64,
+    first_held: impl FnOnce(Sequence, u64) -> u64,
+    offer: impl FnOnce(Sequence, Vec<u8>) -> Offer,
+) -> Outcome {
+    let root = TempDir::new(tag);
+    let secret = root.path().join("secret");
+    std::fs::write(&secret, CLUSTER_SECRET).unwrap();
+    let (dir_s, dir_p) = (root.path().join("s"), root.path().join("p"));
+    let before = journal_with_orders(&dir_s, "s", standby_orders);
+    let (through, bytes) = snapshot_of_orders(&dir_p, primary_orders);
+    let first = first_held(through, before.len() as u64);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let primary = fake_primary(listener, first, offer(through, bytes), Arc::clone(&stop));
+    let process = standby_process(&dir_s, &secret, address);
+    let log = run_standby_until(process, &["HTTP API listening"]);
+    stop.store(true, Ordering::Release);
+    let served = primary.join().unwrap();
+    eprintln!("fake primary: {served:#?}");
+    let after = dump(&dir_s);
+    let rollback = rollback_lines(&dir_s);
+    Outcome { before, log, after, rollback }
+}
+
+/// A snapshot that the standby refuses leaves the journal it was to replace as it was.
+fn a_refused_snapshot_leaves_the_journal(
+    tag: &str,
+    tamper: fn(Sequence, &mut Vec<u8>) -> Sequence,
+) {
+    let outcome = rejoin(
+        tag,
+        5,
+        20,
+        |through, _| through.0 + 1,
+        |through, mut bytes| {
+            let through = tamper(through, &mut bytes);
+            Offer { through, through_epoch: Epoch(PRIMARY_EPOCH), bytes }
+        },
+    );
+    let refused = outcome.log.iter().any(|l| {
+        l.contains("the primary's snapshot through")
+            && l.contains("was refused")
+            && l.contains("this journal is left as it was")
+    });
+    assert!(refused, "the snapshot was to be refused: {:#?}", outcome.log);
+    assert!(outcome.before.len() >= 6, "a sale and 5 orders: {:#?}", outcome.before);
+    assert!(
+        outcome.after == outcome.before && outcome.rollback.is_empty(),
+        "a snapshot refused as damaged changed the journal it was to replace \
+         (before {} records, after {}; rollback/: {} lines)\nlog: {:#?}",
+        outcome.before.len(),
+        outcome.after.len(),
+        outcome.rollback.len(),
+        outcome.log
+    );
+}
+
+#[test]
+fn a_snapshot_announced_under_another_sequence_leaves_the_journal() {
+    // Goal: chunks that announce a `through` the file's header does not hold are refused
+    // before the journal is dropped.
+    a_refused_snapshot_leaves_the_journal("wrong-through", |through, _| Sequence(through.0 + 3));
+}
+
+#[test]
+fn a_snapshot_whose_body_is_damaged_leaves_the_journal() {
+    // Goal: a snapshot with one bit of its body flipped (damaged at rest on the primary, which
+    // sends its newest snapshot's bytes as they are) is refused before the journal is dropped.
+    a_refused_snapshot_leaves_the_journal("damaged-body", |through, bytes| {
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x10;
+        through
+    });
+}
+
+#[test]
+fn a_standby_stopped_right_after_installing_keeps_the_snapshots_recorded_epoch() {
+    // Goal: a standby installs its primary's snapshot through T (its header records record T's
+    // epoch), starts, takes no record, and is stopped cleanly. Its final snapshot is through
+    // T too, and the journal holds no record T to read the epoch from: rewritten under the
+    // same name, the installed header's epoch must survive, or the next start joins at
+    // (T, epoch 0) and the primary refuses it (`needs_snapshot`) again.
+    let root = TempDir::new("final-over-installed");
+    let secret = root.path().join("secret");
+    std::fs::write(&secret, CLUSTER_SECRET).unwrap();
+    let (dir_s, dir_p) = (root.path().join("s"), root.path().join("p"));
+    let (through, bytes) = snapshot_of_orders(&dir_p, 3);
+    let name = ringfence_journal::snapshot::snapshot_name(through);
+    let (_, recorded) = ringfence_journal::snapshot::through_in(&name, &bytes).unwrap();
+    assert!(recorded.is_some(), "the primary's snapshot records its last record's epoch");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let offer = Offer { through, through_epoch: Epoch(PRIMARY_EPOCH), bytes };
+    let primary = fake_primary(listener, through.0 + 1, offer, Arc::clone(&stop));
+    let mut process = standby_process(&dir_s, &secret, address);
+    let (_, before) = process.wait_for("ringfence: HTTP API listening", Duration::from_secs(120));
+    assert!(before.iter().any(|l| l.contains("fetched the primary's snapshot")), "{before:#?}");
+    let pid = process.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = process.child.wait().unwrap();
+    let rest: Vec<String> = process.lines.try_iter().collect();
+    let file = std::fs::read(dir_s.join(&name)).unwrap();
+    let (_, after) = ringfence_journal::snapshot::through_in(&name, &file).unwrap();
+    // What the next start does with it.
+    let again = standby_process(&dir_s, &secret, address);
+    let next = run_standby_until(again, &["HTTP API listening"]);
+    stop.store(true, Ordering::Release);
+    let _ = primary.join();
+    let next: Vec<&String> =
+        next.iter().filter(|l| l.contains("primary") || l.contains("recovered")).collect();
+    assert_eq!(
+        after, recorded,
+        "{name} after a clean stop (exit {status:?}) lost the epoch it recorded: {rest:#?}\n\
+         the next start: {next:#?}"
+    );
+}
