@@ -876,14 +876,22 @@ pub fn read<S: ReadSource>(
         let bytes = source.read_segment(&segment.name).map_err(|e| {
             JournalError::io(format!("reading {}", source.describe_file(&segment.name)), e)
         })?;
-        let flow = read_segment(&bytes, segment, from, visit).map_err(|(offset, sequence)| {
-            JournalError::Corrupt {
+        let file = || source.describe_file(&segment.name);
+        let flow = read_segment(&bytes, segment, from, visit).map_err(|problem| match problem {
+            ReadProblem::Payload { offset, sequence } => JournalError::Corrupt {
                 dir: layout.location.clone(),
-                file: source.describe_file(&segment.name),
+                file: file(),
                 offset: offset as u64,
                 sequence,
                 damage: Damage::Payload,
-            }
+            },
+            ReadProblem::Changed(what) => JournalError::io(
+                format!("reading {}", file()),
+                std::io::Error::other(format!(
+                    "{what} since the journal was scanned: the node writing it cut or rewrote \
+                     it meanwhile (a standby dropping a diverged tail, say); read it again"
+                )),
+            ),
         })?;
         if flow.is_break() {
             break;
@@ -892,23 +900,39 @@ pub fn read<S: ReadSource>(
     Ok(())
 }
 
+/// Why a segment's records did not read back as they were scanned.
+enum ReadProblem {
+    /// A record intact on disk holds a payload this build does not decode.
+    Payload { offset: usize, sequence: Sequence },
+    /// The bytes are not those scanned: the directory is live, and its writer cut or
+    /// rewrote them in place since (a tool reading a running node's journal).
+    Changed(&'static str),
+}
+
 fn read_segment(
     bytes: &[u8],
     segment: &SegmentLayout,
     from: Sequence,
     visit: &mut dyn FnMut(&Record) -> ControlFlow<()>,
-) -> Result<ControlFlow<()>, (usize, Sequence)> {
+) -> Result<ControlFlow<()>, ReadProblem> {
     let mut offset = SEGMENT_HEADER_LEN;
     let mut expected = segment.header.first_sequence;
-    assert!(segment.end <= bytes.len(), "segment shrank since it was scanned");
+    assert!(segment.end >= SEGMENT_HEADER_LEN, "a scanned segment ends inside its header");
     // Segments are preallocated and never resized: the file is the length its header says.
-    assert_eq!(bytes.len() as u64, segment.header.segment_len, "segment resized since scanned");
+    if bytes.len() as u64 != segment.header.segment_len || segment.end > bytes.len() {
+        return Err(ReadProblem::Changed("the segment's length changed"));
+    }
     while offset < segment.end {
-        let (header, len) =
-            format::check_record(&bytes[offset..segment.end]).expect("a scanned record is intact");
-        assert!(offset + len <= segment.end);
-        // The scan found these records contiguous; they are read back the same.
-        assert_eq!(header.sequence, expected, "a scanned record changed its sequence");
+        // Records start on the boundaries the scan stepped along.
+        assert_eq!(offset % RECORD_ALIGN, 0, "a record read off a 16-byte boundary");
+        // The scan found these records intact and contiguous; they read back the same unless
+        // they changed.
+        let (header, len) = format::check_record(&bytes[offset..segment.end])
+            .ok_or(ReadProblem::Changed("a record no longer reads back intact"))?;
+        assert!(offset + len <= segment.end, "a record checked past the bytes it was given");
+        if header.sequence != expected {
+            return Err(ReadProblem::Changed("a record's sequence changed"));
+        }
         expected = expected.next();
         if header.sequence >= from {
             let payload = &bytes[offset + RECORD_HEADER_LEN..][..header.payload_len];
@@ -916,7 +940,7 @@ fn read_segment(
                 .ok()
                 // Reads are never journaled: a record holding one is not this format's.
                 .filter(Command::is_mutating)
-                .ok_or((offset, header.sequence))?;
+                .ok_or(ReadProblem::Payload { offset, sequence: header.sequence })?;
             let record = Record {
                 sequence: header.sequence,
                 epoch: header.epoch,
@@ -931,6 +955,9 @@ fn read_segment(
         offset += len;
     }
     assert_eq!(offset, segment.end, "the records read end where the scan ended");
+    // The records read are those the scan counted.
+    let after_last = segment.last.map_or(segment.header.first_sequence, Sequence::next);
+    assert_eq!(expected, after_last, "the records read end at another sequence than scanned");
     Ok(ControlFlow::Continue(()))
 }
 
