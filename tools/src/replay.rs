@@ -559,7 +559,13 @@ fn starting_point(
             && (args.after_seq.is_none() || through <= limits.export_after)
     };
     let mut snapshots = snapshot::list(source)?;
-    if let (Some(after), Some(first)) = (args.after_seq, layout.first_sequence()) {
+    // Where the retained journal starts: its first record, or, holding none yet, where its
+    // first segment starts (a journal rebuilt after a snapshot, a standby's that installed
+    // its primary's): the records before are gone either way.
+    let first_held = layout
+        .first_sequence()
+        .or_else(|| layout.segments.first().map(|segment| segment.header.first_sequence));
+    if let (Some(after), Some(first)) = (args.after_seq, first_held) {
         // The state after `after`: from the start, or a snapshot the retained journal follows.
         let earliest = if first == Sequence(1) {
             Some(Sequence(0))
@@ -588,17 +594,17 @@ fn starting_point(
         }
     }
     snapshots.retain(|(through, _)| usable(*through));
-    match layout.first_sequence() {
+    match (layout.first_sequence(), first_held) {
         // Export after a sequence: the newest snapshot up to it (`usable`) that the retained
         // journal follows on from (the records between an older one and the first are gone).
-        Some(first) if args.after_seq.is_some() => {
+        (_, Some(first)) if args.after_seq.is_some() => {
             snapshots.retain(|(through, _)| through.next() >= first);
             snapshots.reverse();
         }
         // Export from the retained journal's first record: from sequence 1 no snapshot is
         // needed, and one from before the first record is no start (the records between
         // are gone), so the oldest one after it is the earliest start there is.
-        Some(first) if args.export.is_some() && !args.since_snapshot => {
+        (Some(first), _) if args.export.is_some() && !args.since_snapshot => {
             if first == Sequence(1) {
                 return Ok((Engine::new(config), None));
             }
