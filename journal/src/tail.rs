@@ -108,6 +108,16 @@ impl<S: ReadSource> Tail<S> {
                 .is_err_and(|error| error.kind() == io::ErrorKind::NotFound)
     }
 
+    /// Whether something is written where record `next()` goes in the mapped segment: a
+    /// record, one partly written, or damage. A reader that finds no record there for long
+    /// looks for damage ([`crate::scan`]): a writer finishes a record in microseconds.
+    #[must_use]
+    pub fn written_at_next(&self) -> bool {
+        let Some(current) = self.current.as_ref() else { return false };
+        assert!(current.offset <= current.bytes.len(), "the next record past the segment");
+        !format::is_end_marker(&current.bytes[current.offset..])
+    }
+
     /// Where the last record read (record `next() - 1`) lies: its segment's name and its byte
     /// offset there, for [`epoch_at_place`]. `None` when the tail has not mapped that segment
     /// (before its first read, or once it moved on to a segment with nothing read yet).

@@ -374,6 +374,11 @@ fn follow_records(
                 let last = applier.tally.last_sequence;
                 assert!(last.is_none_or(|last| last.next() == tail.next()), "read, not applied");
                 still_this_journal(looks, applier, tail.last_place())?;
+                // Bytes that have not become a record for a whole check: damage, if intact
+                // records follow them, not a record being written.
+                if tail.written_at_next() {
+                    damage_in_last_segment(looks, tail.next())?;
+                }
                 checked = Instant::now();
             }
             std::thread::sleep(FOLLOW_POLL);
@@ -407,6 +412,22 @@ fn follow_records(
         checked = Instant::now();
     }
     Ok(())
+}
+
+/// Scans the journal's last segment, and fails with the corruption it finds at record `next`:
+/// damage with intact records after it. A torn tail (a record a writer left half written as
+/// it died) is not corruption: the node's next start clears it.
+fn damage_in_last_segment(looks: &mut ReadOnlyDir, next: Sequence) -> Result<(), JournalError> {
+    use scan::ReadSource as _;
+    let mut names = scan::sorted_segments(looks)?;
+    let last = names.split_off(names.len().saturating_sub(1));
+    let layout = scan::scan_segments(looks, &last)?;
+    match layout.corruption(&|name| looks.describe_file(name)) {
+        Some(corruption @ JournalError::Corrupt { sequence, .. }) if sequence == next => {
+            Err(corruption)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Hands the lines exported so far to the output, or says why writing them failed.
@@ -451,7 +472,8 @@ fn still_this_journal(
     Err(JournalError::Options(format!(
         "record {last} of this journal, exported as of epoch {epoch}, {now}: the journal was \
          rewritten under the export (after a failover, the records a primary wrote but never \
-         replicated are replaced by the new primary's). Run again with --after-seq {last} \
+         replicated are replaced by the new primary's; after `journal truncate`, the records \
+         dropped by the next run's). Run again with --after-seq {last} \
          --after-epoch {epoch}: it says whether the outcomes exported are this journal's"
     )))
 }
@@ -647,7 +669,8 @@ fn check_after_epoch(
         Some(epoch) => Err(JournalError::Options(format!(
             "record {after} here is of epoch {epoch}, but the consumer's copy is of epoch \
              {loaded}: the two histories differ (after a failover, the records a primary wrote \
-             but never replicated are replaced by the new primary's). Outcomes the consumer \
+             but never replicated are replaced by the new primary's; after `journal truncate`, \
+             the records dropped by the next run's). Outcomes the consumer \
              loaded from this record back to where the histories agree are not this journal's; \
              export again after an earlier sequence whose epoch both agree on"
         ))),

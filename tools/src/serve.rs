@@ -530,11 +530,15 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         // The record it took the key with says no standby is in sync.
         epoch = Epoch(leader.epoch);
         take_office(&dir, epoch).map_err(|e| format!("taking office in epoch {epoch}: {e}"))?;
-    } else if coordinated.is_none() && replication.as_ref().is_some_and(|r| r.role == Role::Primary)
+    } else if coordinated.is_none() && replication.as_ref().is_none_or(|r| r.role == Role::Primary)
     {
-        // Without a witness, every run of a primary sequences in an epoch of its own.
+        // Without a witness, every run of a primary, or of a node alone, sequences in an epoch
+        // of its own: a record lost in a power cut, or dropped by `journal truncate`, is
+        // replaced by one of another epoch, which a downstream loader's `--after-epoch` tells
+        // apart from the one it holds.
         epoch = start_primary_run(&dir).map_err(|e| format!("storing this run's epoch: {e}"))?;
-        log(format_args!("primary: this run sequences in epoch {epoch}"));
+        let who = if replication.is_some() { "primary: " } else { "" };
+        log(format_args!("{who}this run sequences in epoch {epoch}"));
     }
     let standby = replication.as_ref().is_some_and(|r| r.role != Role::Primary);
     let intake = if standby { Intake::Replica } else { Intake::Sequencer };

@@ -1,11 +1,32 @@
-//! Downstream export (`replay --export --after-seq`) from journals whose records before the
-//! loader's N are gone: refused, naming the earliest N the directory serves.
+//! Downstream export (`replay --export --after-seq/--after-epoch/--follow`) where the journal
+//! changed or is damaged under a loader: it is refused or stopped, saying why, and never hands
+//! over a line no journal keeps nor goes back to the start.
 
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
-use common::{TempDir, ringfence, text};
+use common::{Serve, TempDir, ringfence, text};
+
+/// A config whose timer is slow enough that the journal holds only the commands sent.
+fn quiet_config(dir: &Path) -> String {
+    let path = dir.join("quiet.toml");
+    std::fs::write(&path, "[node]\ntick_ms = 600000\nsnapshot_every_commands = 1000000\n").unwrap();
+    path.display().to_string()
+}
+
+fn add_sku(node: &Serve) {
+    let sku =
+        r#"{"sku":1,"stock":500,"price_cents":700,"per_user_limit":1,"payment_timeout_ms":600000}"#;
+    assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
+}
+
+fn order(node: &Serve, tag: &str, user: u64) {
+    let body = format!(r#"{{"request_id":"{tag}-{user}","user":{user},"sku":1,"qty":1}}"#);
+    let (status, answer) = node.call("POST", "/v1/orders", &body, false);
+    assert_eq!(status, 201, "{answer}");
+}
 
 /// `replay DIR --export FILE flags --json`: exit code, lines, summary, stderr.
 fn export(
@@ -25,6 +46,300 @@ fn export(
         .collect();
     let summary = serde_json::from_slice(&out.stdout).ok();
     (out.status.code(), lines, summary, text(&out.stderr))
+}
+
+#[test]
+fn after_epoch_refuses_a_record_replaced_by_truncate_and_a_new_run() {
+    // Goal: a loader whose line N (epoch E) is not this journal's record N is refused. A
+    // node alone, cut with `journal truncate` and run again, writes another record N: in an
+    // epoch of the new run's own, so that E no longer names it.
+    let dir = TempDir::new("truncate");
+    let data = dir.path().join("data");
+    let config = quiet_config(dir.path());
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    add_sku(&node);
+    for user in 1..=10 {
+        order(&node, "first", user);
+    }
+    assert!(node.signal("-TERM").success());
+    // The loader loads everything: through N, of epoch E.
+    let (code, loaded, summary, stderr) = export(&data, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let summary = summary.unwrap();
+    let n = summary["through_sequence"].as_u64().unwrap();
+    let e = summary["through_epoch"].as_u64().unwrap();
+    let cut = n - 4;
+    // The operator cuts the last five records (a mistaken command, say) and the node runs on.
+    let cut_text = cut.to_string();
+    let out = ringfence(&["journal", "truncate", data.to_str().unwrap(), "--at-seq", &cut_text]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    for user in 100..=120 {
+        order(&node, "second", user);
+    }
+    assert!(node.signal("-TERM").success());
+    let (code, now, _, stderr) = export(&data, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let theirs = &loaded[(n - 1) as usize];
+    let ours = &now[(n - 1) as usize];
+    assert_eq!(theirs["sequence"], ours["sequence"]);
+    eprintln!("loader's record {n}: {theirs}\njournal's record {n}: {ours}");
+    assert_ne!(theirs["command"], ours["command"], "the journal's record {n} was replaced");
+    // The loader asks for what follows its line N, naming N's epoch.
+    let (n_text, e_text) = (n.to_string(), e.to_string());
+    let (code, lines, summary, stderr) =
+        export(&data, &["--after-seq", &n_text, "--after-epoch", &e_text]);
+    assert_eq!(
+        code,
+        Some(1),
+        "an export after record {n} of epoch {e} was accepted though this journal's record {n} \
+         is another ({ours} against the loader's {theirs}); it exported {} lines; summary {:?}; \
+         stderr {stderr}",
+        lines.len(),
+        summary
+    );
+    assert!(stderr.contains(&format!("record {n}")), "the refusal names the record: {stderr}");
+}
+
+/// A `replay --export - --follow --json` process: its lines as they come, its standard error
+/// once it exits. Killed if the test ends with it running. (As `cli.rs`'s.)
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Follower {
+    fn start_with(dir: &Path, flags: &[&str]) -> Follower {
+        use std::io::{BufRead as _, Read as _};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["replay", dir.to_str().unwrap(), "--export", "-", "--follow", "--json"])
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ringfence");
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Follower { child, lines, stderr: Some(stderr) }
+    }
+
+    /// Lines until `done` says enough, or `within` passes.
+    fn lines_until(
+        &self,
+        within: Duration,
+        mut done: impl FnMut(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + within;
+        let mut lines = Vec::new();
+        while !done(&lines) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => lines.push(serde_json::from_str(&line).unwrap()),
+                Err(_) => break,
+            }
+        }
+        lines
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM (if still running), then exit status and stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        if self.running() {
+            let pid = self.child.id().to_string();
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the follower did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, self.stderr.take().unwrap().join().unwrap())
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_follower_stops_on_a_journal_truncated_and_rewritten_by_a_new_run() {
+    // Goal: `--follow` stops with exit 1 when the journal is rewritten under it, and never
+    // hands over a wrong line: here a node alone stopped, cut with `journal truncate` and
+    // started again, which rewrites records the follower exported (in its run's own epoch).
+    let dir = TempDir::new("follow-truncate");
+    let data = dir.path().join("data");
+    let config = quiet_config(dir.path());
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    add_sku(&node);
+    for user in 1..=10 {
+        order(&node, "first", user);
+    }
+    let mut follower = Follower::start_with(&data, &[]);
+    let first = follower.lines_until(Duration::from_secs(30), |l| l.len() >= 11);
+    assert_eq!(first.len(), 11, "the first pass");
+    let n = first.last().unwrap()["sequence"].as_u64().unwrap();
+    assert!(node.signal("-TERM").success());
+    let cut = (n - 4).to_string();
+    let out = ringfence(&["journal", "truncate", data.to_str().unwrap(), "--at-seq", &cut]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    for user in 100..=120 {
+        order(&node, "second", user);
+    }
+    // Longer than the follower's 5 s check.
+    let more = follower.lines_until(Duration::from_secs(12), |_| false);
+    assert!(node.signal("-TERM").success());
+    let running = follower.running();
+    let (status, stderr) = follower.stop();
+    let whole = export(&data, &[]).1;
+    let mut followed = first.clone();
+    followed.extend(more.iter().cloned());
+    let differ: Vec<u64> = followed
+        .iter()
+        .filter(|line| {
+            let at = line["sequence"].as_u64().unwrap() as usize;
+            whole.get(at - 1).is_some_and(|w| w["command"] != line["command"])
+        })
+        .map(|line| line["sequence"].as_u64().unwrap())
+        .collect();
+    eprintln!(
+        "follower: {} lines before the cut, {} after (sequences {:?}); running 12 s later: \
+         {running}; exit {status}; lines that are not the journal's record: {differ:?}; \
+         stderr: {stderr}",
+        first.len(),
+        more.len(),
+        more.iter().map(|l| l["sequence"].as_u64().unwrap()).collect::<Vec<_>>()
+    );
+    assert!(
+        !running && status.code() == Some(1),
+        "the follower did not stop on the rewrite: exit {status}, {} lines handed over after \
+         the cut; lines {differ:?} are not this journal's records",
+        more.len()
+    );
+}
+
+mod damaged {
+    use super::*;
+    use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Timestamp};
+    use ringfence_journal::recovery::recover;
+    use ringfence_journal::workload::Workload;
+    use ringfence_journal::writer::{Durability, WriterOptions};
+
+    fn config() -> EngineConfig {
+        EngineConfig { orders_max: 8_192, request_keys_max: 65_536, ..EngineConfig::small() }
+    }
+
+    fn options() -> WriterOptions {
+        WriterOptions {
+            segment_len: 1 << 20,
+            durability: Durability::None,
+            engine_config: config(),
+        }
+    }
+
+    /// The byte offset of record `sequence` in segment `path`.
+    fn record_offset(path: &Path, sequence: u64) -> usize {
+        use ringfence_journal::format::{SEGMENT_HEADER_LEN, check_record};
+        let bytes = std::fs::read(path).unwrap();
+        let mut offset = SEGMENT_HEADER_LEN;
+        loop {
+            let (header, len) = check_record(&bytes[offset..]).expect("an intact record");
+            if header.sequence.0 == sequence {
+                return offset;
+            }
+            offset += len;
+        }
+    }
+
+    #[test]
+    fn a_follower_meeting_damage_in_the_last_segment_stops_with_the_corruption() {
+        // Goal: a record damaged at rest in the last segment, with intact records the writer
+        // appended after it, is corruption, not the record being written: the follower stops
+        // with exit 1 and the journal's error within its 5 s check, not wait there silently.
+        let dir = TempDir::new("follow-damage");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let mut engine = Engine::new(config());
+        let mut workload = Workload::new(23, Sequence(1), Timestamp(1_700_000_000_000));
+        let mut recovered = recover(&data, options()).unwrap();
+        let mut append =
+            |count: usize, recovered: &mut ringfence_journal::recovery::Recovered<_>| {
+                for _ in 0..count {
+                    let command = workload.next_command();
+                    recovered.writer.append_command(Epoch(1), &command).unwrap();
+                    recovered.writer.end_batch().unwrap();
+                    workload.observe(&engine.apply(&command));
+                }
+            };
+        append(300, &mut recovered);
+        let mut follower = Follower::start_with(&data, &[]);
+        let first = follower.lines_until(Duration::from_secs(30), |l| l.len() >= 300);
+        assert_eq!(first.len(), 300);
+        append(100, &mut recovered);
+        // Damage at rest in record 350, then the writer goes on in the same segment.
+        let segment = data.join(ringfence_journal::format::segment_name(Sequence(1)));
+        let at = record_offset(&segment, 350) + 40;
+        {
+            use std::io::{Read as _, Seek as _, Write as _};
+            let mut file =
+                std::fs::OpenOptions::new().read(true).write(true).open(&segment).unwrap();
+            file.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+            let mut byte = [0u8; 1];
+            file.read_exact(&mut byte).unwrap();
+            byte[0] ^= 0x10;
+            file.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+            file.write_all(&byte).unwrap();
+        }
+        append(100, &mut recovered);
+        // Ten seconds, two of the follower's 5 s checks.
+        let more = follower.lines_until(Duration::from_secs(10), |_| false);
+        let running = follower.running();
+        let verify = ringfence(&["journal", "verify", data.to_str().unwrap()]);
+        drop(recovered);
+        let (status, stderr) = follower.stop();
+        let last = more.last().map(|l| l["sequence"].as_u64().unwrap());
+        eprintln!(
+            "follower: after 300, {} more lines (last {last:?}); running 10 s later: {running}; \
+             exit {status}; stderr: {stderr}\njournal verify: exit {:?}: {}",
+            more.len(),
+            verify.status.code(),
+            text(&verify.stderr)
+        );
+        assert!(!running, "the follower waits silently at record 350 instead of stopping");
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("journal corrupt") && stderr.contains("(sequence 350)"),
+            "the journal's own error: {stderr}"
+        );
+        let sequences: Vec<u64> = more.iter().map(|l| l["sequence"].as_u64().unwrap()).collect();
+        assert_eq!(sequences, (301..350).collect::<Vec<_>>(), "up to the damage, once each");
+        assert_eq!(verify.status.code(), Some(1), "`journal verify` calls it corruption too");
+    }
 }
 
 mod rebuilt {
