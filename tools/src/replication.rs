@@ -494,16 +494,17 @@ pub fn check_journal(
     }
 }
 
-/// The largest snapshot a standby accepts from its primary.
-const SNAPSHOT_LEN_MAX: u64 = 64 << 30;
-
 /// Fetches the primary's newest snapshot, for a standby whose missing records were retired.
-/// The caller promises the snapshot's epoch before it installs it ([`install_snapshot`]).
+/// The caller promises the snapshot's epoch before it installs it ([`install_snapshot`]). The
+/// snapshot is gathered whole, so it is refused past the largest an engine under `engine`, the
+/// standby's settings, can take (`snapshot::file_len_max`): what the node's memory check
+/// counts, and all that a snapshot it can restore may hold.
 pub fn fetch_primary_snapshot(
     config: &ReplicationConfig,
     primary: &str,
+    engine: &EngineConfig,
 ) -> Result<FetchedSnapshot, String> {
-    fetch_snapshot(config, primary, SNAPSHOT_LEN_MAX)
+    fetch_snapshot(config, primary, snapshot::file_len_max(engine))
         .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))
 }
 

@@ -845,13 +845,21 @@ fn recover_for_role(
                 drop(recovered);
                 if !replication::drop_tail(storage, end, cut)? {
                     // The primary's epoch, promised above, is at least its snapshot's.
-                    let fetched = replication::fetch_primary_snapshot(config, primary)?;
+                    let fetched = replication::fetch_primary_snapshot(
+                        config,
+                        primary,
+                        &options.engine_config,
+                    )?;
                     let installed = replication::install_snapshot(storage, &fetched, end)?;
                     from_snapshot = Some(installed);
                 }
             }
             _ => {
-                let fetched = match replication::fetch_primary_snapshot(config, primary) {
+                let fetched = match replication::fetch_primary_snapshot(
+                    config,
+                    primary,
+                    &options.engine_config,
+                ) {
                     Ok(fetched) => fetched,
                     // With etcd the pilot restarts a standby refused again without backing
                     // off: the process exits, and its supervisor's limits apply.

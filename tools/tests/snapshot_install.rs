@@ -90,11 +90,12 @@ fn snapshot_of_orders(dir: &Path, orders: u64) -> (Sequence, Vec<u8>) {
 }
 
 /// What the fake primary sends for a fetch: the snapshot's announced sequence, epoch and
-/// bytes.
+/// bytes, and the length its chunks announce when not the bytes'.
 struct Offer {
     through: Sequence,
     through_epoch: Epoch,
     bytes: Vec<u8>,
+    announced_len: Option<u64>,
 }
 
 /// A fake primary in [`PRIMARY_EPOCH`] on `listener` whose journal starts at `first_held`:
@@ -140,7 +141,7 @@ fn fake_primary(
                         break;
                     }
                     PrimaryStep::SendSnapshot => {
-                        let total = offer.bytes.len() as u64;
+                        let total = offer.announced_len.unwrap_or(offer.bytes.len() as u64);
                         let mut offset = 0;
                         for chunk in offer.bytes.chunks(64 * 1024) {
                             let _ = write_snapshot_chunk(
@@ -257,7 +258,7 @@ fn a_refused_snapshot_leaves_the_journal(
         |through, _| through.0 + 1,
         |through, mut bytes| {
             let through = tamper(through, &mut bytes);
-            Offer { through, through_epoch: Epoch(PRIMARY_EPOCH), bytes }
+            Offer { through, through_epoch: Epoch(PRIMARY_EPOCH), bytes, announced_len: None }
         },
     );
     let refused = outcome.log.iter().any(|l| {
@@ -297,6 +298,33 @@ fn a_snapshot_whose_body_is_damaged_leaves_the_journal() {
 }
 
 #[test]
+fn a_snapshot_larger_than_this_standby_can_restore_is_refused_at_its_first_chunk() {
+    // Goal: a standby gathers a fetched snapshot whole in memory, so one announced past the
+    // largest file an engine under its settings takes (a few hundred MiB at the defaults;
+    // 32 GiB here) is refused at its first chunk, before any memory is spent on it; the node
+    // starts on its journal as it was and retries.
+    let outcome = rejoin(
+        "oversize",
+        5,
+        20,
+        |through, _| through.0 + 1,
+        |through, bytes| Offer {
+            through,
+            through_epoch: Epoch(PRIMARY_EPOCH),
+            bytes,
+            announced_len: Some(32 << 30),
+        },
+    );
+    let refused = outcome.log.iter().any(|l| {
+        l.contains("fetching a snapshot from the primary")
+            && l.contains("34359738368 bytes, above the limit of")
+    });
+    assert!(refused, "the snapshot was to be refused: {:#?}", outcome.log);
+    assert!(outcome.before.len() >= 6, "a sale and 5 orders: {:#?}", outcome.before);
+    assert_eq!(outcome.after, outcome.before, "the journal as it was");
+}
+
+#[test]
 fn a_standby_stopped_right_after_installing_keeps_the_snapshots_recorded_epoch() {
     // Goal: a standby installs its primary's snapshot through T (its header records record T's
     // epoch), starts, takes no record, and is stopped cleanly. Its final snapshot is through
@@ -314,7 +342,7 @@ fn a_standby_stopped_right_after_installing_keeps_the_snapshots_recorded_epoch()
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let offer = Offer { through, through_epoch: Epoch(PRIMARY_EPOCH), bytes };
+    let offer = Offer { through, through_epoch: Epoch(PRIMARY_EPOCH), bytes, announced_len: None };
     let primary = fake_primary(listener, through.0 + 1, offer, Arc::clone(&stop));
     let mut process = standby_process(&dir_s, &secret, address);
     let (_, before) = process.wait_for("ringfence: HTTP API listening", Duration::from_secs(120));
