@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::follower::Follower;
 use common::{TempDir, ringfence, ringfence_within, text};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Timestamp};
@@ -876,98 +877,6 @@ fn config_check_refuses_what_serve_would_refuse_or_what_would_break_the_node() {
     assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
 }
 
-/// A `replay --export - --follow --json` process: its lines as they come, its standard error
-/// once it exits. Killed if the test ends with it running.
-struct Follower {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl Follower {
-    fn start(dir: &std::path::Path) -> Follower {
-        Follower::start_with(dir, &[])
-    }
-
-    fn start_with(dir: &std::path::Path, flags: &[&str]) -> Follower {
-        use std::io::{BufRead as _, Read as _};
-        use std::process::{Command, Stdio};
-        let path = dir.to_str().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["replay", path, "--export", "-", "--follow", "--json"])
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run ringfence");
-        let stdout = child.stdout.take().unwrap();
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stderr = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        Follower { child, lines, stderr }
-    }
-
-    /// The next `count` lines, each within 30 s.
-    fn lines(&self, count: usize) -> Vec<serde_json::Value> {
-        (0..count)
-            .map(|n| {
-                let line = self.lines.recv_timeout(Duration::from_secs(30));
-                let line = line.unwrap_or_else(|e| panic!("line {n} of {count} not exported: {e}"));
-                serde_json::from_str(&line).unwrap()
-            })
-            .collect()
-    }
-
-    /// Waits up to 30 s for the process to exit: its status and standard error.
-    fn exited(self) -> (std::process::ExitStatus, String) {
-        let (status, stderr, _) = self.exited_with_lines();
-        (status, stderr)
-    }
-
-    /// Waits up to 30 s for the process to exit: its status, standard error, and the lines
-    /// it wrote that were not taken yet.
-    fn exited_with_lines(mut self) -> (std::process::ExitStatus, String, Vec<serde_json::Value>) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(std::time::Instant::now() < deadline, "the follower did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-        let rest = self.lines.iter().map(|line| serde_json::from_str(&line).unwrap()).collect();
-        (status, stderr.join().unwrap(), rest)
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    fn stop(self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        self.exited()
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Appends the next `count` commands of `workload` to the journal in `dir` in `epoch` (stored
 /// first, as a primary taking office does), as a node would: a run of the writer each call.
 fn append_in_epoch(
@@ -1128,7 +1037,7 @@ fn a_follower_that_retention_overtook_says_where_to_pick_up() {
     append_in_epoch(dir.path(), (&mut workload, &mut engine), 300, Epoch(1));
     let follower = Follower::start(dir.path());
     let mut followed = follower.lines(300);
-    let pid = follower.child.id().to_string();
+    let pid = follower.pid().to_string();
     let signal = |which: &str| {
         let sent = std::process::Command::new("kill").args([which, &pid]).status().unwrap();
         assert!(sent.success(), "kill {which}");

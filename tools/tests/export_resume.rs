@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::follower::Follower;
 use common::{Serve, TempDir, ringfence, text};
 
 /// A config whose timer is slow enough that the journal holds only the commands sent.
@@ -26,6 +27,29 @@ fn order(node: &Serve, tag: &str, user: u64) {
     let body = format!(r#"{{"request_id":"{tag}-{user}","user":{user},"sku":1,"qty":1}}"#);
     let (status, answer) = node.call("POST", "/v1/orders", &body, false);
     assert_eq!(status, 201, "{answer}");
+}
+
+/// A node alone on `data` that sold one SKU to ten users, running.
+fn node_with_ten_orders(data: &Path, config: &str) -> Serve {
+    let node = Serve::start_with(data, &["--config", config]);
+    add_sku(&node);
+    for user in 1..=10 {
+        order(&node, "first", user);
+    }
+    node
+}
+
+/// Cuts the stopped node's journal on `data` at `cut` with `journal truncate`, then runs the
+/// node again and sells to 21 other users: records from `cut` on are written anew.
+fn cut_and_run_again(data: &Path, config: &str, cut: u64) -> Serve {
+    let cut = cut.to_string();
+    let out = ringfence(&["journal", "truncate", data.to_str().unwrap(), "--at-seq", &cut]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let node = Serve::start_with(data, &["--config", config]);
+    for user in 100..=120 {
+        order(&node, "second", user);
+    }
+    node
 }
 
 /// `replay DIR --export FILE flags --json`: exit code, lines, summary, stderr.
@@ -56,11 +80,7 @@ fn after_epoch_refuses_a_record_replaced_by_truncate_and_a_new_run() {
     let dir = TempDir::new("truncate");
     let data = dir.path().join("data");
     let config = quiet_config(dir.path());
-    let mut node = Serve::start_with(&data, &["--config", &config]);
-    add_sku(&node);
-    for user in 1..=10 {
-        order(&node, "first", user);
-    }
+    let mut node = node_with_ten_orders(&data, &config);
     assert!(node.signal("-TERM").success());
     // The loader loads everything: through N, of epoch E.
     let (code, loaded, summary, stderr) = export(&data, &[]);
@@ -68,15 +88,8 @@ fn after_epoch_refuses_a_record_replaced_by_truncate_and_a_new_run() {
     let summary = summary.unwrap();
     let n = summary["through_sequence"].as_u64().unwrap();
     let e = summary["through_epoch"].as_u64().unwrap();
-    let cut = n - 4;
     // The operator cuts the last five records (a mistaken command, say) and the node runs on.
-    let cut_text = cut.to_string();
-    let out = ringfence(&["journal", "truncate", data.to_str().unwrap(), "--at-seq", &cut_text]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let mut node = Serve::start_with(&data, &["--config", &config]);
-    for user in 100..=120 {
-        order(&node, "second", user);
-    }
+    let mut node = cut_and_run_again(&data, &config, n - 4);
     assert!(node.signal("-TERM").success());
     let (code, now, _, stderr) = export(&data, &[]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -101,91 +114,6 @@ fn after_epoch_refuses_a_record_replaced_by_truncate_and_a_new_run() {
     assert!(stderr.contains(&format!("record {n}")), "the refusal names the record: {stderr}");
 }
 
-/// A `replay --export - --follow --json` process: its lines as they come, its standard error
-/// once it exits. Killed if the test ends with it running. (As `cli.rs`'s.)
-struct Follower {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Follower {
-    fn start_with(dir: &Path, flags: &[&str]) -> Follower {
-        use std::io::{BufRead as _, Read as _};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["replay", dir.to_str().unwrap(), "--export", "-", "--follow", "--json"])
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run ringfence");
-        let stdout = child.stdout.take().unwrap();
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stderr = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        Follower { child, lines, stderr: Some(stderr) }
-    }
-
-    /// Lines until `done` says enough, or `within` passes.
-    fn lines_until(
-        &self,
-        within: Duration,
-        mut done: impl FnMut(&[serde_json::Value]) -> bool,
-    ) -> Vec<serde_json::Value> {
-        let deadline = std::time::Instant::now() + within;
-        let mut lines = Vec::new();
-        while !done(&lines) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => lines.push(serde_json::from_str(&line).unwrap()),
-                Err(_) => break,
-            }
-        }
-        lines
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// SIGTERM (if still running), then exit status and stderr.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        if self.running() {
-            let pid = self.child.id().to_string();
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(std::time::Instant::now() < deadline, "the follower did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status, self.stderr.take().unwrap().join().unwrap())
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_follower_stops_on_a_journal_truncated_and_rewritten_by_a_new_run() {
     // Goal: `--follow` stops with exit 1 when the journal is rewritten under it, and never
@@ -194,28 +122,18 @@ fn a_follower_stops_on_a_journal_truncated_and_rewritten_by_a_new_run() {
     let dir = TempDir::new("follow-truncate");
     let data = dir.path().join("data");
     let config = quiet_config(dir.path());
-    let mut node = Serve::start_with(&data, &["--config", &config]);
-    add_sku(&node);
-    for user in 1..=10 {
-        order(&node, "first", user);
-    }
-    let mut follower = Follower::start_with(&data, &[]);
+    let mut node = node_with_ten_orders(&data, &config);
+    let follower = Follower::start_with(&data, &[]);
     let first = follower.lines_until(Duration::from_secs(30), |l| l.len() >= 11);
     assert_eq!(first.len(), 11, "the first pass");
     let n = first.last().unwrap()["sequence"].as_u64().unwrap();
     assert!(node.signal("-TERM").success());
-    let cut = (n - 4).to_string();
-    let out = ringfence(&["journal", "truncate", data.to_str().unwrap(), "--at-seq", &cut]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let mut node = Serve::start_with(&data, &["--config", &config]);
-    for user in 100..=120 {
-        order(&node, "second", user);
-    }
+    let mut node = cut_and_run_again(&data, &config, n - 4);
     // Longer than the follower's 5 s check.
     let more = follower.lines_until(Duration::from_secs(12), |_| false);
+    // It stops on its own (a follower that reads on never exits, and this fails waiting).
+    let (status, stderr) = follower.exited();
     assert!(node.signal("-TERM").success());
-    let running = follower.running();
-    let (status, stderr) = follower.stop();
     let whole = export(&data, &[]).1;
     let mut followed = first.clone();
     followed.extend(more.iter().cloned());
@@ -228,19 +146,19 @@ fn a_follower_stops_on_a_journal_truncated_and_rewritten_by_a_new_run() {
         .map(|line| line["sequence"].as_u64().unwrap())
         .collect();
     eprintln!(
-        "follower: {} lines before the cut, {} after (sequences {:?}); running 12 s later: \
-         {running}; exit {status}; lines that are not the journal's record: {differ:?}; \
-         stderr: {stderr}",
+        "follower: {} lines before the cut, {} after (sequences {:?}); exit {status}; lines \
+         that are not the journal's record: {differ:?}; stderr: {stderr}",
         first.len(),
         more.len(),
         more.iter().map(|l| l["sequence"].as_u64().unwrap()).collect::<Vec<_>>()
     );
     assert!(
-        !running && status.code() == Some(1),
+        status.code() == Some(1) && more.is_empty(),
         "the follower did not stop on the rewrite: exit {status}, {} lines handed over after \
-         the cut; lines {differ:?} are not this journal's records",
+         the cut; lines {differ:?} are no longer this journal's records",
         more.len()
     );
+    assert!(stderr.contains("the journal was rewritten under the export"), "{stderr}");
 }
 
 mod damaged {
@@ -297,7 +215,7 @@ mod damaged {
                 }
             };
         append(300, &mut recovered);
-        let mut follower = Follower::start_with(&data, &[]);
+        let follower = Follower::start_with(&data, &[]);
         let first = follower.lines_until(Duration::from_secs(30), |l| l.len() >= 300);
         assert_eq!(first.len(), 300);
         append(100, &mut recovered);
@@ -318,19 +236,18 @@ mod damaged {
         append(100, &mut recovered);
         // Ten seconds, two of the follower's 5 s checks.
         let more = follower.lines_until(Duration::from_secs(10), |_| false);
-        let running = follower.running();
+        // It stops on its own (one that waits silently never exits, and this fails waiting).
+        let (status, stderr) = follower.exited();
         let verify = ringfence(&["journal", "verify", data.to_str().unwrap()]);
         drop(recovered);
-        let (status, stderr) = follower.stop();
         let last = more.last().map(|l| l["sequence"].as_u64().unwrap());
         eprintln!(
-            "follower: after 300, {} more lines (last {last:?}); running 10 s later: {running}; \
-             exit {status}; stderr: {stderr}\njournal verify: exit {:?}: {}",
+            "follower: after 300, {} more lines (last {last:?}); exit {status}; stderr: \
+             {stderr}\njournal verify: exit {:?}: {}",
             more.len(),
             verify.status.code(),
             text(&verify.stderr)
         );
-        assert!(!running, "the follower waits silently at record 350 instead of stopping");
         assert_eq!(status.code(), Some(1), "{stderr}");
         assert!(
             stderr.contains("journal corrupt") && stderr.contains("(sequence 350)"),

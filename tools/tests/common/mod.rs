@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, channel};
 
 pub mod disk;
 pub mod etcd;
+pub mod follower;
 pub mod prometheus;
 use std::time::{Duration, Instant};
 
