@@ -494,18 +494,41 @@ pub fn check_journal(
     }
 }
 
-/// Fetches the primary's newest snapshot, for a standby whose missing records were retired.
-/// The caller promises the snapshot's epoch before it installs it ([`install_snapshot`]). The
-/// snapshot is gathered whole, so it is refused past the largest an engine under `engine`, the
-/// standby's settings, can take (`snapshot::file_len_max`): what the node's memory check
-/// counts, and all that a snapshot it can restore may hold.
-pub fn fetch_primary_snapshot(
+/// Fetches the primary's newest snapshot, for a standby whose missing records were retired,
+/// and checks it ([`check_fetched`]): one refused is a failed fetch. The caller promises the
+/// snapshot's epoch before it installs it ([`install_snapshot`]). The snapshot is gathered
+/// whole, so it is refused past the largest an engine under `engine`, the standby's settings,
+/// can take (`snapshot::file_len_max`): what the node's memory check counts, and all that a
+/// snapshot it can restore may hold.
+pub fn fetch_primary_snapshot<S: Storage>(
+    storage: &S,
     config: &ReplicationConfig,
     primary: &str,
     engine: &EngineConfig,
 ) -> Result<FetchedSnapshot, String> {
-    fetch_snapshot(config, primary, snapshot::file_len_max(engine))
-        .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))
+    let fetched = fetch_snapshot(config, primary, snapshot::file_len_max(engine))
+        .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))?;
+    check_fetched(storage, &fetched)?;
+    Ok(fetched)
+}
+
+/// Checks a fetched snapshot as `snapshot::install` will (its header, the sequence it was
+/// announced under, its body's checksum), before anything it replaces is dropped.
+fn check_fetched<S: Storage>(storage: &S, fetched: &FetchedSnapshot) -> Result<(), String> {
+    match snapshot::check_received(storage, fetched.through, &fetched.bytes) {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let why = match error {
+                snapshot::SnapshotError::Invalid { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            Err(format!(
+                "the primary's snapshot through {} was refused ({why}); this journal is left \
+                 as it was",
+                fetched.through
+            ))
+        }
+    }
 }
 
 /// Drops every record and snapshot in `storage` (the journal must not be open) and installs
@@ -518,17 +541,7 @@ pub fn install_snapshot<S: Storage>(
     fetched: &FetchedSnapshot,
     end: JournalEnd,
 ) -> Result<JournalEnd, String> {
-    snapshot::check_received(storage, fetched.through, &fetched.bytes).map_err(|e| {
-        let why = match e {
-            snapshot::SnapshotError::Invalid { reason, .. } => reason,
-            other => other.to_string(),
-        };
-        format!(
-            "the primary's snapshot through {} was refused ({why}); this journal is left as \
-             it was, and the next start fetches again",
-            fetched.through
-        )
-    })?;
+    check_fetched(storage, fetched)?;
     log(format_args!(
         "fetched the primary's snapshot through {} ({} bytes); dropping this journal, which \
          ends at sequence {}: the snapshot supersedes it",

@@ -846,6 +846,7 @@ fn recover_for_role(
                 if !replication::drop_tail(storage, end, cut)? {
                     // The primary's epoch, promised above, is at least its snapshot's.
                     let fetched = replication::fetch_primary_snapshot(
+                        storage,
                         config,
                         primary,
                         &options.engine_config,
@@ -856,6 +857,7 @@ fn recover_for_role(
             }
             _ => {
                 let fetched = match replication::fetch_primary_snapshot(
+                    storage,
                     config,
                     primary,
                     &options.engine_config,
@@ -865,8 +867,9 @@ fn recover_for_role(
                     // off: the process exits, and its supervisor's limits apply.
                     Err(error) if witnessed => return Err(error),
                     Err(error) => {
-                        // The primary answered the join a moment ago, and may be restarting.
-                        // Nothing was dropped: the node starts on this journal as a standby
+                        // The primary answered the join a moment ago, and may be restarting,
+                        // or its snapshot was refused (damaged at rest there, say, until a
+                        // newer one replaces it). Nothing was dropped: the node starts on this journal as a standby
                         // that retries, and restarts to fetch again once refused again
                         // (`RejoinSeries` backs the restarts off).
                         log(format_args!(

@@ -267,6 +267,12 @@ fn a_refused_snapshot_leaves_the_journal(
             && l.contains("this journal is left as it was")
     });
     assert!(refused, "the snapshot was to be refused: {:#?}", outcome.log);
+    // Without etcd a refusal is a failed fetch: the node starts on its journal and retries.
+    let started = outcome
+        .log
+        .iter()
+        .any(|l| l.contains("was refused") && l.contains("starting as a standby on this journal"));
+    assert!(started, "{:#?}", outcome.log);
     assert!(outcome.before.len() >= 6, "a sale and 5 orders: {:#?}", outcome.before);
     assert!(
         outcome.after == outcome.before && outcome.rollback.is_empty(),
