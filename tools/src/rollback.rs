@@ -36,6 +36,7 @@ pub fn keep(
     let at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis());
+    remove_leftovers(&dir);
     let temp = dir.join(format!(".{kind}-at-{at_ms}.jsonl.tmp"));
     let written = write_lines(&temp, fill);
     let kept = match written {
@@ -61,6 +62,19 @@ pub fn keep(
     // failed part way: no temporary file stays, and never a partial one.
     let _ = std::fs::remove_file(&temp);
     kept
+}
+
+/// Removes the temporary files of keeps cut short (the process was killed as it wrote): they
+/// hold no record kept, and one process at a time holds a data directory, so none is in use.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".jsonl.tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The files of `data_dir`'s [`ROLLBACK_DIR`] that hold records, by name: those a rejoin or a
@@ -224,11 +238,15 @@ mod tests {
         // Goal: a tail kept again at a later start (its snapshot fetch failed, say) is the
         // file kept the first time, not a copy of it; the same sequences holding other
         // records, or other sequences, are kept in a file of their own. No temporary file
-        // stays.
+        // stays, nor one that a keep killed part way left.
         let data_dir =
             std::env::temp_dir().join(format!("ringfence-rollback-once-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).unwrap();
+        // What a keep killed part way leaves, which the next one clears.
+        let dir = data_dir.join(ROLLBACK_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".dropped-at-1.jsonl.tmp"), b"{}\n").unwrap();
         let tail = ticks(5..=9, 3);
         let (first, count) = keep_all(&data_dir, &tail);
         assert_eq!(count, 5);
