@@ -495,53 +495,65 @@ pub fn check_journal(
 }
 
 /// Fetches the primary's newest snapshot, for a standby whose missing records were retired,
-/// and checks it ([`check_fetched`]): one refused is a failed fetch. The caller promises the
-/// snapshot's epoch before it installs it ([`install_snapshot`]). The snapshot is gathered
-/// whole, so it is refused past the largest an engine under `engine`, the standby's settings,
-/// can take (`snapshot::file_len_max`): what the node's memory check counts, and all that a
-/// snapshot it can restore may hold.
+/// and checks it ([`CheckedSnapshot::check`]): one refused is a failed fetch. The caller
+/// promises the snapshot's epoch before it installs it ([`install_snapshot`]). The snapshot is
+/// gathered whole, so it is refused past the largest an engine under `engine`, the standby's
+/// settings, can take (`snapshot::file_len_max`): what the node's memory check counts, and all
+/// that a snapshot it can restore may hold.
 pub fn fetch_primary_snapshot<S: Storage>(
     storage: &S,
     config: &ReplicationConfig,
     primary: &str,
     engine: &EngineConfig,
-) -> Result<FetchedSnapshot, String> {
+) -> Result<CheckedSnapshot, String> {
     let fetched = fetch_snapshot(config, primary, snapshot::file_len_max(engine))
         .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))?;
-    check_fetched(storage, &fetched)?;
-    Ok(fetched)
+    CheckedSnapshot::check(storage, fetched)
 }
 
-/// Checks a fetched snapshot as `snapshot::install` will (its header, the sequence it was
-/// announced under, its body's checksum), before anything it replaces is dropped.
-fn check_fetched<S: Storage>(storage: &S, fetched: &FetchedSnapshot) -> Result<(), String> {
-    match snapshot::check_received(storage, fetched.through, &fetched.bytes) {
-        Ok(_) => Ok(()),
-        Err(error) => {
-            let why = match error {
-                snapshot::SnapshotError::Invalid { reason, .. } => reason,
-                other => other.to_string(),
-            };
-            Err(format!(
-                "the primary's snapshot through {} was refused ({why}); this journal is left \
-                 as it was",
-                fetched.through
-            ))
+/// A snapshot fetched from the primary that reads back as `snapshot::install` will read it
+/// (its header, the sequence it was announced under, its body's checksum): what
+/// [`install_snapshot`] takes, so that the journal it replaces is never dropped for one that
+/// is then refused.
+pub struct CheckedSnapshot(FetchedSnapshot);
+
+impl CheckedSnapshot {
+    /// Checks `fetched`, or says why it is refused.
+    pub fn check<S: Storage>(storage: &S, fetched: FetchedSnapshot) -> Result<Self, String> {
+        match snapshot::check_received(storage, fetched.through, &fetched.bytes) {
+            Ok(_) => Ok(CheckedSnapshot(fetched)),
+            Err(error) => {
+                let why = match error {
+                    snapshot::SnapshotError::Invalid { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                Err(format!(
+                    "the primary's snapshot through {} was refused ({why}); this journal is \
+                     left as it was",
+                    fetched.through
+                ))
+            }
         }
     }
 }
 
+impl std::ops::Deref for CheckedSnapshot {
+    type Target = FetchedSnapshot;
+
+    fn deref(&self) -> &FetchedSnapshot {
+        &self.0
+    }
+}
+
 /// Drops every record and snapshot in `storage` (the journal must not be open) and installs
-/// the primary's snapshot in their place; where the journal now ends. The snapshot is checked
-/// before anything is dropped: one refused (damaged on the primary's disk, say) leaves the
-/// journal as it was. Dropping writes the catch-up marker first, so a crash part way leaves a
-/// directory that does not take over.
+/// the primary's snapshot in their place; where the journal now ends. The snapshot was checked
+/// before anything is dropped ([`CheckedSnapshot`]). Dropping writes the catch-up marker
+/// first, so a crash part way leaves a directory that does not take over.
 pub fn install_snapshot<S: Storage>(
     storage: &S,
-    fetched: &FetchedSnapshot,
+    fetched: &CheckedSnapshot,
     end: JournalEnd,
 ) -> Result<JournalEnd, String> {
-    check_fetched(storage, fetched)?;
     log(format_args!(
         "fetched the primary's snapshot through {} ({} bytes); dropping this journal, which \
          ends at sequence {}: the snapshot supersedes it",

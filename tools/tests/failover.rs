@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::disk::{Mount, cannot_mount, fill};
 use common::etcd::{Etcd, free_port};
 use common::prometheus::Prometheus;
-use common::{Logged, TempDir, call, ringfence_within, text};
+use common::{Logged, TempDir, call, journal_dump_json, ringfence_within, text};
 use ringfence_replicator::coordination::etcd::EtcdCoordinator;
 use ringfence_replicator::coordination::store::Coordinator as _;
 use serde_json::Value;
@@ -239,10 +239,7 @@ fn pair(root: &Path, extra: &[&str]) -> (Etcd, Member, Member) {
 
 /// `ringfence journal dump DIR --to N --json`: records 1..=n, one JSON line each.
 fn dump_to(dir: &Path, n: u64) -> Vec<String> {
-    let args = ["journal", "dump", dir.to_str().unwrap(), "--to", &n.to_string(), "--json"];
-    let output = ringfence_within(&args, Duration::from_secs(60));
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    let lines: Vec<String> = text(&output.stdout).lines().map(str::to_owned).collect();
+    let lines = journal_dump_json(dir, &["--to", &n.to_string()]);
     assert_eq!(lines.len() as u64, n, "records 1..={n}");
     lines
 }

@@ -17,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    CLUSTER_SECRET, HTTP_LISTENING, Serve, fake_primary_step, ringfence_within, text, try_call,
+    CLUSTER_SECRET, HTTP_LISTENING, Serve, fake_primary_step, journal_dump_json, ringfence_within,
+    text, try_call,
 };
 use ringfence_core::record::RecordBuf;
 use ringfence_core::{EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
@@ -114,10 +115,7 @@ fn last_sequence(view: &serde_json::Value) -> u64 {
 /// `ringfence journal dump DIR --to N --json`: every record up to `n`, one JSON line each
 /// (sequence, time, epoch, command).
 fn dump_to(dir: &Path, n: u64) -> Vec<String> {
-    let args = ["journal", "dump", dir.to_str().unwrap(), "--to", &n.to_string(), "--json"];
-    let output = ringfence_within(&args, Duration::from_secs(60));
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    let lines: Vec<String> = text(&output.stdout).lines().map(str::to_owned).collect();
+    let lines = journal_dump_json(dir, &["--to", &n.to_string()]);
     assert_eq!(lines.len() as u64, n, "records 1..={n}");
     lines
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{CLUSTER_SECRET, Serve, TempDir, fake_primary_step, ringfence_within, text};
+use common::{CLUSTER_SECRET, Serve, TempDir, fake_primary_step, journal_dump_json};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_replicator::position::EpochList;
 use ringfence_replicator::session::{PrimarySession, PrimaryStep};
@@ -36,16 +36,6 @@ fn sell(node: &Serve, tag: &str, count: u64) {
     }
 }
 
-/// `journal dump DIR --json`: one line a record the journal holds.
-fn dump(dir: &Path) -> Vec<String> {
-    let output = ringfence_within(
-        &["journal", "dump", dir.to_str().unwrap(), "--json"],
-        Duration::from_secs(60),
-    );
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    text(&output.stdout).lines().map(str::to_owned).collect()
-}
-
 /// The lines of every file of `dir/rollback` (none if it does not exist).
 fn rollback_lines(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir.join("rollback")) else { return Vec::new() };
@@ -66,7 +56,7 @@ fn journal_with_orders(dir: &Path, tag: &str, orders: u64) -> Vec<String> {
     create_sale(&node);
     sell(&node, tag, orders);
     node.signal("-KILL");
-    dump(dir)
+    journal_dump_json(dir, &[])
 }
 
 /// A node's snapshot of a sale and `orders` orders, stopped cleanly: its final snapshot's
@@ -241,7 +231,7 @@ fn rejoin(
     stop.store(true, Ordering::Release);
     let served = primary.join().unwrap();
     eprintln!("fake primary: {served:#?}");
-    let after = dump(&dir_s);
+    let after = journal_dump_json(&dir_s, &[]);
     let rollback = rollback_lines(&dir_s);
     Outcome { before, log, after, rollback }
 }

@@ -49,9 +49,9 @@ use ringfence_replicator::primary::SnapshotToSend;
 use ringfence_replicator::session::{
     PrimarySession, PrimaryStep, Purpose, StandbySession, StandbyStep,
 };
-use ringfence_replicator::standby::{self, Applied, FetchedSnapshot, JournalEnd};
+use ringfence_replicator::standby::{self, Applied, JournalEnd};
 
-use crate::replication::RejoinSeries;
+use crate::replication::{CheckedSnapshot, RejoinSeries};
 use ringfence_replicator::stream::{write_records, write_snapshot_chunk};
 
 use super::fetch::{Fetched, Fetching, Start};
@@ -1060,9 +1060,10 @@ impl Machine {
         net: &mut Network,
         trace: &mut Trace,
     ) {
+        // As `serve` does, a snapshot refused by its check is a failed fetch.
         let fetched = match fetched {
             Fetched::Waiting => return,
-            Fetched::Done(fetched) => Ok(fetched),
+            Fetched::Done(fetched) => CheckedSnapshot::check(&self.disk, fetched),
             Fetched::Failed(error) => Err(error),
         };
         let down = Process::Down(Down { restart_ms: now_ms + RESTART_AFTER_EXIT_MS });
@@ -1119,7 +1120,7 @@ impl Machine {
         &self,
         settings: &ClusterSettings,
         recovered: Recovered<FaultStorage>,
-        fetched: &FetchedSnapshot,
+        fetched: &CheckedSnapshot,
     ) -> Result<(Recovered<FaultStorage>, JournalEnd), String> {
         standby::promise_epoch(recovered.writer.data_dir(), fetched.through_epoch)?;
         let last_sequence = Sequence(recovered.next_sequence.0 - 1);

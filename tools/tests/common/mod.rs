@@ -49,6 +49,16 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `ringfence journal dump DIR --json` with `flags`: one JSON line a record (sequence, time,
+/// epoch, command), within a minute.
+pub fn journal_dump_json(dir: &Path, flags: &[&str]) -> Vec<String> {
+    let mut args = vec!["journal", "dump", dir.to_str().unwrap(), "--json"];
+    args.extend_from_slice(flags);
+    let output = ringfence_within(&args, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout).lines().map(str::to_owned).collect()
+}
+
 /// Runs the `ringfence` binary with `args`, killing it if it has not exited by `deadline`
 /// (a refusal that fails to refuse must not hang the test).
 pub fn ringfence_within(args: &[&str], deadline: Duration) -> Output {
