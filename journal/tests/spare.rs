@@ -47,6 +47,21 @@ fn has_spare(storage: &FaultStorage) -> bool {
     storage.list().unwrap().iter().any(|name| name == SPARE_NAME)
 }
 
+/// Whether the helper has a spare ready within `within`: it makes one on its own thread, and
+/// a writer that appends without pause may otherwise never be seen between the two.
+fn spare_within(storage: &FaultStorage, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if has_spare(storage) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_power_loss_at_any_sync_point_of_segments_made_ready_ahead_loses_nothing_durable() {
     // Goal: with the next segment created on a helper thread and renamed into place when it is
@@ -171,7 +186,7 @@ fn a_spare_whose_file_was_deleted_is_replaced_by_a_segment_made_in_its_stead() {
     let mut recovered = writer_with_spares(&disk, DISK_CHECK_EVERY);
     let mut deleted = 0;
     for batch in commands.chunks(16) {
-        if has_spare(&disk) && deleted < 2 {
+        if deleted < 2 && spare_within(&disk, std::time::Duration::from_millis(20)) {
             disk.remove(SPARE_NAME).unwrap();
             deleted += 1;
         }
