@@ -13,6 +13,7 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod heal;
+pub mod history;
 pub mod lock;
 pub mod manifest;
 #[cfg(feature = "mutations")]

@@ -25,7 +25,8 @@
 //!
 //! ```text
 //!   0  magic             8  b"RFNCSNAP"
-//!   8  version           4  FORMAT_VERSION
+//!   8  version           4  SNAPSHOT_FORMAT_VERSION (3; version 2, with no epoch history,
+//!                           is still read)
 //!  12  header length     4  128
 //!  16  through sequence  8  every journal record up to here is included
 //!  24  last sequence     8  the engine's last mutating sequence
@@ -45,6 +46,9 @@
 //! 128  image             n  EngineImage in its explicit layout (`IMAGE_FORMAT_VERSION`),
 //!                           then zero padding to a multiple of 16
 //!  ..  SKU catalog   8 * k  SKU ids (u64) defined in the engine, for replay summaries
+//!  ..  history count     8  entries in the epoch history (version 3 on)
+//!  ..  epoch history  16 * h  (epoch u64, first sequence u64) of each epoch of the records
+//!                           up to `through sequence`, in order (`crate::history`)
 //! ```
 //!
 //! Files are named `snapshot-<through sequence, 20 digits>.snap`.
@@ -71,15 +75,20 @@ use ringfence_core::{
 
 use crate::datadir::{self, DataDir};
 use crate::error::JournalError;
-use crate::format::{
-    self, CONFIG_BLOCK_LEN, CONFIG_MORE_LEN, FORMAT_VERSION, get_u32, get_u64, put_u32, put_u64,
-};
+use crate::format::{self, CONFIG_BLOCK_LEN, CONFIG_MORE_LEN, get_u32, get_u64, put_u32, put_u64};
+use crate::history::EpochHistory;
 use crate::scan::ReadSource;
 use crate::storage::{Retired, Storage, StorageError, write_atomically, write_atomically_with};
 use crate::tail::Tail;
 
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RFNCSNAP";
+/// Format version written into every snapshot: version 2 ([`crate::format::FORMAT_VERSION`],
+/// the segments' too) with the epoch history after the SKU catalogue.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// The oldest snapshot format version read: version 2 files read with no history.
+const SNAPSHOT_FORMAT_OLDEST: u32 = 2;
+const _: () = assert!(SNAPSHOT_FORMAT_OLDEST == format::FORMAT_VERSION);
 /// Size of the snapshot header.
 pub const SNAPSHOT_HEADER_LEN: usize = 128;
 const THROUGH_OFFSET: usize = 16;
@@ -180,6 +189,9 @@ pub struct SnapshotMeta {
     pub config: EngineConfig,
     /// SKUs defined in the engine.
     pub skus: Vec<SkuId>,
+    /// The epochs of the journal records up to `through` ([`EpochHistory`]); empty in a file
+    /// of format version 2, written before snapshots carried it.
+    pub history: EpochHistory,
     /// File size in bytes.
     pub bytes: u64,
 }
@@ -259,19 +271,58 @@ fn write_recording<S: Storage>(
     // and the shadow's. It is dropped before the file is encoded: one or the other is held.
     let engine = Engine::from_image_sized_to_fit(config, image)
         .map_err(|source| SnapshotError::Restore { file, source })?;
-    let meta = restored_meta(storage, config, &engine, through, through_epoch);
+    let history = history_through(storage, through);
+    let meta = restored_meta(storage, config, &engine, (through, through_epoch), history);
     drop(engine);
     write_file(storage, meta, image)
 }
 
+/// The epoch history of the journal's records up to `through`: the newest snapshot's at or
+/// before it that reads, then the records after that snapshot. Empty (nothing known) when the
+/// journal does not hold every one of those records: a history is never guessed.
+fn history_through<S: Storage>(storage: &S, through: Sequence) -> EpochHistory {
+    let listed = list(storage).unwrap_or_default();
+    let base = listed
+        .iter()
+        .rev()
+        .filter(|(taken, _)| *taken <= through)
+        .find_map(|(_, name)| read_meta_streaming(storage, name).ok());
+    let (mut history, from) = match base {
+        Some(meta) => (based_history(&meta), meta.through.next()),
+        None => (EpochHistory::default(), Sequence(1)),
+    };
+    let history = match crate::tail::note_epochs(&mut storage.clone(), from, through, &mut history)
+    {
+        _ if from > through => history,
+        Ok(Some(last)) if last == through => history,
+        _ => EpochHistory::default(),
+    };
+    // Of the records the snapshot includes, and no others.
+    let last_start = history.starts().last().map(|&(_, first)| first);
+    assert!(last_start.is_none_or(|first| first <= through), "a history past {through}");
+    history
+}
+
+/// The history a snapshot's state carries: its own, or for a file written before snapshots
+/// carried one, what its header says of its last record.
+fn based_history(meta: &SnapshotMeta) -> EpochHistory {
+    let mut history = meta.history.clone();
+    if let (Some(epoch), None) = (meta.through_epoch, history.known_from()) {
+        history.note(meta.through, epoch);
+    }
+    assert!(history.known_from().is_none_or(|from| from <= meta.through), "a history past its end");
+    history
+}
+
 /// What the header of the snapshot through `through` records of `engine`, restored from the
-/// image the file will hold: its position, clock, hashes and SKU catalogue.
+/// image the file will hold: its position, clock, hashes, SKU catalogue and the `history` of
+/// the records it includes.
 fn restored_meta<S: Storage>(
     storage: &S,
     config: &EngineConfig,
     engine: &Engine,
-    through: Sequence,
-    through_epoch: Option<Epoch>,
+    (through, through_epoch): (Sequence, Option<Epoch>),
+    history: EpochHistory,
 ) -> SnapshotMeta {
     assert!(engine.last_sequence() <= through, "a snapshot covers the commands it includes");
     let name = snapshot_name(through);
@@ -297,6 +348,13 @@ fn restored_meta<S: Storage>(
         });
     // Records are journaled in epoch 1 and later: zero stands for "not recorded".
     assert!(through_epoch.is_none_or(|epoch| epoch.0 > 0), "a record of epoch 0");
+    // The history covers the records up to `through`, and names the same last record.
+    let last_in_history = history.epoch_at(through);
+    assert!(history.starts().last().is_none_or(|&(_, first)| first <= through), "history past");
+    assert!(
+        through_epoch.is_none() || last_in_history.is_none() || last_in_history == through_epoch,
+        "the history names another record {through}"
+    );
     SnapshotMeta {
         name,
         file,
@@ -308,6 +366,7 @@ fn restored_meta<S: Storage>(
         state_digest: engine.state_digest(),
         config: config.clone(),
         skus,
+        history,
         bytes: 0,
     }
 }
@@ -388,24 +447,45 @@ fn stream_body(
             }
             buffer.extend_from_slice(&sku.0.to_le_bytes());
         }
+        let starts = meta.history.starts();
+        if buffer.len() + 8 > SNAPSHOT_BUFFER_BYTES {
+            counted(buffer)?;
+            buffer.clear();
+        }
+        buffer.extend_from_slice(&(starts.len() as u64).to_le_bytes());
+        for &(epoch, first) in starts {
+            if buffer.len() + 16 > SNAPSHOT_BUFFER_BYTES {
+                counted(buffer)?;
+                buffer.clear();
+            }
+            buffer.extend_from_slice(&epoch.0.to_le_bytes());
+            buffer.extend_from_slice(&first.0.to_le_bytes());
+        }
         if !buffer.is_empty() {
             counted(buffer)?;
         }
     }
     let padded = image.encoded_len().next_multiple_of(16) as u64;
-    assert_eq!(len, padded + 8 * meta.skus.len() as u64, "a body of another length");
+    let tables = 8 * meta.skus.len() as u64 + history_len(meta.history.starts().len());
+    assert_eq!(len, padded + tables, "a body of another length");
     assert_eq!(len % 8, 0, "a snapshot file that is not whole words");
     // One piece at a time: the buffer never grew into a copy of the file.
     assert!(buffer.capacity() <= room.max(SNAPSHOT_BUFFER_BYTES), "the snapshot buffer grew");
     Ok((crc, len))
 }
 
-/// The most bytes a snapshot file of an engine under `config` takes: header, image and SKU
-/// catalogue, every table as full as restoring allows.
+/// The most bytes a snapshot file of an engine under `config` takes: header, image, SKU
+/// catalogue and epoch history, every table as full as restoring allows.
 #[must_use]
 pub fn file_len_max(config: &EngineConfig) -> u64 {
     let image = EngineImage::encoded_len_max(config).next_multiple_of(16);
-    SNAPSHOT_HEADER_LEN as u64 + image + 8 * u64::from(config.skus_max)
+    let history = history_len(EpochHistory::MAX);
+    SNAPSHOT_HEADER_LEN as u64 + image + 8 * u64::from(config.skus_max) + history
+}
+
+/// Bytes of an epoch history of `entries` in a file: its count, then the entries.
+const fn history_len(entries: usize) -> u64 {
+    8 + 16 * entries as u64
 }
 
 /// Bytes of the buffer a snapshot file is written and read through, a piece at a time: the
@@ -502,7 +582,7 @@ fn encode_header(
     assert!(meta.skus.windows(2).all(|pair| pair[0] < pair[1]), "a SKU catalog not sorted");
     let mut header = [0_u8; SNAPSHOT_HEADER_LEN];
     header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
-    put_u32(&mut header, 8, FORMAT_VERSION);
+    put_u32(&mut header, 8, SNAPSHOT_FORMAT_VERSION);
     put_u32(&mut header, 12, SNAPSHOT_HEADER_LEN as u32);
     put_u64(&mut header, THROUGH_OFFSET, meta.through.0);
     put_u64(&mut header, THROUGH_EPOCH_OFFSET, meta.through_epoch.map_or(0, |epoch| epoch.0));
@@ -608,21 +688,22 @@ fn version_problem(header: &[u8]) -> Option<String> {
     assert!(header.len() >= SNAPSHOT_HEADER_LEN, "a version read from a short header");
     assert_eq!(header[..8], SNAPSHOT_MAGIC, "a version read from a file that is no snapshot");
     let (version, header_len) = (get_u32(header, 8), get_u32(header, 12));
-    if version == FORMAT_VERSION && header_len as usize == SNAPSHOT_HEADER_LEN {
+    let read = SNAPSHOT_FORMAT_OLDEST..=SNAPSHOT_FORMAT_VERSION;
+    if read.contains(&version) && header_len as usize == SNAPSHOT_HEADER_LEN {
         return None;
     }
     Some(match version {
-        FORMAT_VERSION => format!(
+        known if read.contains(&known) => format!(
             "a {header_len}-byte header where format version {version} has \
              {SNAPSHOT_HEADER_LEN}"
         ),
-        older if older < FORMAT_VERSION => format!(
+        older if older < SNAPSHOT_FORMAT_OLDEST => format!(
             "format version {older} was written by an earlier, unreleased build (this build \
-             reads version {FORMAT_VERSION})"
+             reads versions {SNAPSHOT_FORMAT_OLDEST} to {SNAPSHOT_FORMAT_VERSION})"
         ),
         newer => format!(
-            "format version {newer} was written by a newer build (this build reads version \
-             {FORMAT_VERSION})"
+            "format version {newer} was written by a newer build (this build reads versions \
+             {SNAPSHOT_FORMAT_OLDEST} to {SNAPSHOT_FORMAT_VERSION})"
         ),
     })
 }
@@ -684,6 +765,8 @@ struct BodyLens {
     padded: Option<usize>,
     skus: usize,
     config: Option<EngineConfig>,
+    /// The file carries an epoch history after its SKU catalogue (format version 3 on).
+    history: bool,
 }
 
 impl BodyLens {
@@ -695,7 +778,9 @@ impl BodyLens {
         // The decoder accepts only what an engine starts with.
         assert!(config.as_ref().is_none_or(|c| c.validate().is_ok()), "an invalid configuration");
         assert!(padded.is_none_or(|padded| padded >= image), "padding shortened the image");
-        BodyLens { image, padded, skus: get_u32(header, SKU_COUNT_OFFSET) as usize, config }
+        let skus = get_u32(header, SKU_COUNT_OFFSET) as usize;
+        let history = get_u32(header, 8) >= 3;
+        BodyLens { image, padded, skus, config, history }
     }
 }
 
@@ -738,9 +823,11 @@ fn read_snapshot(
     let to_catalogue = lens.padded.map_or(u64::MAX, |padded| padded as u64 - body.len);
     body.skip(to_catalogue, &mut buffer).map_err(failed)?;
     let skus = read_catalogue(&mut body, lens.skus, config, &mut buffer).map_err(failed)?;
+    let history =
+        if lens.history { read_history(&mut body).map_err(failed)? } else { Some(vec![]) };
     body.skip(u64::MAX, &mut buffer).map_err(failed)?;
     assert!(body.ended, "a snapshot read short of its end");
-    let meta = checked_meta(name, file, &header, (body.crc, body.len), skus)?;
+    let meta = checked_meta(name, file, &header, (body.crc, body.len), skus, history)?;
     let image = image.transpose().map_err(|e| SnapshotError::Invalid {
         file: file.to_path_buf(),
         reason: format!("image: {e}"),
@@ -803,14 +890,40 @@ fn read_catalogue(
     Ok(skus)
 }
 
+/// The epoch history after the SKU catalogue: its entries, or `None` when the file ends
+/// before them or counts more than a history holds (the lengths then refuse the file).
+fn read_history(body: &mut Body<'_>) -> io::Result<Option<Vec<(Epoch, Sequence)>>> {
+    let mut count = [0_u8; 8];
+    if body.fill(&mut count)? < count.len() {
+        return Ok(None);
+    }
+    let count = u64::from_le_bytes(count);
+    if count > EpochHistory::MAX as u64 {
+        return Ok(None);
+    }
+    let mut starts = Vec::with_capacity(count as usize);
+    let mut entry = [0_u8; 16];
+    for _ in 0..count {
+        if body.fill(&mut entry)? < entry.len() {
+            return Ok(None);
+        }
+        let (epoch, first) = (get_u64(&entry, 0), get_u64(&entry, 8));
+        starts.push((Epoch(epoch), Sequence(first)));
+    }
+    assert_eq!(starts.len() as u64, count, "a history read short");
+    Ok(Some(starts))
+}
+
 /// What snapshot `name`'s checked `header` says, once the body read after it (its `crc`
-/// and `len`, and the SKU ids found where the header puts them) agrees with it.
+/// and `len`, and the SKU ids and epoch history found where the header puts them) agrees
+/// with it.
 fn checked_meta(
     name: &str,
     file: &Path,
     header: &[u8; SNAPSHOT_HEADER_LEN],
     (crc, len): (u32, u64),
     skus: Vec<SkuId>,
+    history: Option<Vec<(Epoch, Sequence)>>,
 ) -> Result<SnapshotMeta, SnapshotError> {
     let invalid = |reason: &str| SnapshotError::Invalid {
         file: file.to_path_buf(),
@@ -823,9 +936,17 @@ fn checked_meta(
     }
     let lens = BodyLens::of(header);
     let expected = lens.padded.and_then(|padded| padded.checked_add(lens.skus.checked_mul(8)?));
-    if expected.map(|expected| expected as u64) != Some(len) {
+    let history_bytes = match (&history, lens.history) {
+        (Some(starts), true) => Some(history_len(starts.len())),
+        (Some(_), false) => Some(0),
+        (None, _) => None,
+    };
+    let expected = expected.zip(history_bytes).map(|(tables, history)| tables as u64 + history);
+    if expected != Some(len) {
         return Err(invalid("the lengths in the header do not match the file size"));
     }
+    let history = EpochHistory::from_starts(history.expect("a history the lengths counted"))
+        .map_err(|reason| invalid(&format!("the epoch history: {reason}")))?;
     let config = lens
         .config
         .ok_or_else(|| invalid("the engine configuration in the header is not valid"))?;
@@ -840,10 +961,18 @@ fn checked_meta(
         state_digest: get_u64(header, DIGEST_OFFSET),
         config,
         skus,
+        history,
         bytes: SNAPSHOT_HEADER_LEN as u64 + len,
     };
     if meta.last_sequence > meta.through {
         return Err(invalid("the last sequence is past the through sequence"));
+    }
+    if meta.history.starts().last().is_some_and(|&(_, first)| first > meta.through) {
+        return Err(invalid("the epoch history goes past the through sequence"));
+    }
+    let last_epoch = meta.history.epoch_at(meta.through);
+    if meta.through_epoch.is_some() && last_epoch.is_some() && last_epoch != meta.through_epoch {
+        return Err(invalid("the epoch history disagrees with the through epoch"));
     }
     // The length check above: the image lies inside the body, and the file held every SKU id
     // the header counts.
@@ -1590,6 +1719,9 @@ struct Shadow<S: Storage> {
     /// The last journal record the shadow applied, and its epoch, which the snapshot through
     /// it records; `None` when following starts over.
     last_record: Option<(Sequence, Epoch)>,
+    /// The epochs of the records the shadow's state includes: the snapshot's it started from,
+    /// then each record it applied.
+    history: EpochHistory,
     /// The previous snapshot's image, copied into for the next one: memory already faulted in.
     image: Option<EngineImage>,
     records: Vec<u8>,
@@ -1611,8 +1743,19 @@ impl<S: Storage> Shadow<S> {
         assert!(config.validate().is_ok(), "a shadow of an invalid configuration");
         let records = Vec::new();
         let image = None;
-        let (following, last_record) = (None, None);
-        Shadow { dir, config, policy, following, last_record, image, records, visible_wait, cancel }
+        let (following, last_record, history) = (None, None, EpochHistory::default());
+        Shadow {
+            dir,
+            config,
+            policy,
+            following,
+            last_record,
+            history,
+            image,
+            records,
+            visible_wait,
+            cancel,
+        }
     }
 
     /// Builds the shadow engine from the newest snapshot, before any job asks for it. A
@@ -1653,7 +1796,7 @@ impl<S: Storage> Shadow<S> {
                 break;
             }
             budget = budget.saturating_sub(self.records.len());
-            match apply_records(engine, &self.records, &mut self.last_record) {
+            match apply_records(engine, &self.records, &mut self.last_record, &mut self.history) {
                 Ok(count) => applied += count,
                 Err(error) => {
                     broken = Some(error);
@@ -1762,7 +1905,8 @@ impl<S: Storage> Shadow<S> {
         // The shadow it replaces, to the bit: the same running hash and state.
         assert_eq!(restored.running_hash(), running_hash, "the restored shadow's hash");
         assert_eq!(restored.state_digest(), digest, "the restored shadow's state");
-        let meta = restored_meta(storage, &self.config, &restored, through, epoch);
+        let history = self.history.clone();
+        let meta = restored_meta(storage, &self.config, &restored, (through, epoch), history);
         self.following = Some((restored, tail));
         write_file(storage, meta, image)
     }
@@ -1812,7 +1956,8 @@ impl<S: Storage> Shadow<S> {
                     continue;
                 }
             }
-            applied += apply_records(engine, &self.records, &mut self.last_record)?;
+            applied +=
+                apply_records(engine, &self.records, &mut self.last_record, &mut self.history)?;
         }
         // The reader stops at the job's sequence.
         let last = self.last_record.map(|(at, _)| at);
@@ -1839,9 +1984,11 @@ impl<S: Storage> Shadow<S> {
         let storage = self.dir.storage();
         let listed = list(storage).map_err(|error| error.to_string())?;
         let mut start = None;
+        self.history = EpochHistory::default();
         for (taken, name) in listed.into_iter().rev().filter(|(taken, _)| *taken <= through) {
             match load_streaming(storage, &name, Some(&self.config)) {
-                Ok((engine, _)) => {
+                Ok((engine, meta)) => {
+                    self.history = based_history(&meta);
                     start = Some((engine, taken));
                     break;
                 }
@@ -1853,6 +2000,9 @@ impl<S: Storage> Shadow<S> {
         // An empty engine only where no snapshot restored: never two engines at once.
         let (engine, taken) =
             start.unwrap_or_else(|| (Engine::new(self.config.clone()), Sequence(0)));
+        // The history of the records the starting state includes, none after them.
+        let last_start = self.history.starts().last().map(|&(_, first)| first);
+        assert!(last_start.is_none_or(|first| first <= taken), "a history past {taken}");
         // Every journal record up to `taken` is in the snapshot, and they are all mutating.
         assert!(engine.last_sequence() <= taken, "a snapshot past its own name");
         let tail = Tail::open(storage.clone(), taken.next())
@@ -1863,11 +2013,12 @@ impl<S: Storage> Shadow<S> {
 }
 
 /// Decodes whole records and applies them in order; returns how many, and notes the last one
-/// decoded in `last`.
+/// decoded in `last`, and each one's epoch in `history`.
 fn apply_records(
     engine: &mut Engine,
     mut records: &[u8],
     last: &mut Option<(Sequence, Epoch)>,
+    history: &mut EpochHistory,
 ) -> Result<u64, String> {
     let mut applied = 0;
     // Hinted as decoded, applied a few records later (as recovery does); all of them applied
@@ -1887,6 +2038,7 @@ fn apply_records(
         assert!(len <= records.len() && len % record::RECORD_ALIGN == 0, "a part of a record");
         assert_eq!(header.sequence, next, "a record out of sequence");
         *last = Some((header.sequence, header.epoch));
+        history.note(header.sequence, header.epoch);
         ahead.push(engine, sequenced, |engine, command| {
             engine.apply(command);
         });
@@ -1897,8 +2049,12 @@ fn apply_records(
     ahead.finish(engine, |engine, command| {
         engine.apply(command);
     });
-    // The record noted is the one before the next expected.
+    // The record noted is the one before the next expected, in the history's last epoch.
     debug_assert!(applied == 0 || last.is_some_and(|(at, _)| at.next() == next), "noted another");
+    assert!(
+        applied == 0 || last.is_some_and(|(at, epoch)| history.epoch_at(at) == Some(epoch)),
+        "the history names another epoch for the last record applied"
+    );
     decoded.map(|()| applied)
 }
 

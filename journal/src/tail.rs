@@ -32,6 +32,7 @@ use crate::error::{Damage, JournalError};
 use crate::format::{
     self, HeaderProblem, RECORD_ALIGN, RECORD_LEN_MAX, RECORD_PAYLOAD_MAX, SEGMENT_HEADER_LEN,
 };
+use crate::history::EpochHistory;
 use crate::scan::{ReadSource, sorted_segments};
 
 /// Listings made before a look-up gives up on a segment that vanished between being listed and
@@ -464,6 +465,60 @@ pub fn last_at_or_below_epoch<S: ReadSource>(
             ControlFlow::Continue(())
         })?;
         assert!(last.is_none_or(|last| last >= segments[index].0), "a record before its segment");
+        Ok(last)
+    })
+}
+
+/// Notes in `history` the epoch of every record the journal holds from `from` through
+/// `through`, in order, walking only the segments that hold them; the last sequence noted
+/// (`None` if none was). It stops short where the journal does: records retired before `from`
+/// was reached, or not yet written past the last one held.
+pub fn note_epochs<S: ReadSource>(
+    source: &mut S,
+    from: Sequence,
+    through: Sequence,
+    history: &mut EpochHistory,
+) -> Result<Option<Sequence>, JournalError> {
+    if from > through {
+        return Ok(None);
+    }
+    let noted = history.clone();
+    with_listing(source, |source, segments| {
+        // A listing retried starts the history over from what it was.
+        *history = noted.clone();
+        let start = segments.iter().rposition(|(first, _)| *first <= from).unwrap_or(0);
+        let mut last: Option<Sequence> = None;
+        for index in start..segments.len() {
+            if segments[index].0 > through {
+                break;
+            }
+            let mut gap = false;
+            walk_segment(source, segments, index, &mut |sequence, epoch| {
+                if sequence > through {
+                    return ControlFlow::Break(());
+                }
+                if sequence >= from {
+                    // One record after another: a journal missing some is not walked past them
+                    // (nor past a record of epoch 0, which no writer journals).
+                    gap = last.is_some_and(|last| last.next() != sequence)
+                        || (last.is_none() && sequence != from)
+                        || epoch.0 == 0;
+                    if gap {
+                        return ControlFlow::Break(());
+                    }
+                    history.note(sequence, epoch);
+                    last = Some(sequence);
+                }
+                ControlFlow::Continue(())
+            })?;
+            if gap || last == Some(through) {
+                break;
+            }
+        }
+        assert!(last.is_none_or(|last| (from..=through).contains(&last)), "noted out of range");
+        // The last record noted is in the history's last epoch.
+        let newest = history.starts().last().map(|&(_, first)| first);
+        assert!(last.is_none_or(|last| newest.is_some_and(|first| first <= last)), "not noted");
         Ok(last)
     })
 }

@@ -208,14 +208,17 @@ fn a_future_format_version_is_refused_by_number_not_misread() {
     let data = copy_of_data("future-snapshot");
     let through = Expected::read().number("snapshot_through");
     let snapshot_file = data.join(format!("snapshot-{through:020}.snap"));
-    rewrite_header_u32(&snapshot_file, 8, format::FORMAT_VERSION + 1);
+    rewrite_header_u32(&snapshot_file, 8, snapshot::SNAPSHOT_FORMAT_VERSION + 1);
     let recovered = recover(&data, options()).expect("recovery replays the journal instead");
     assert!(recovered.report.snapshot.is_none());
     let skipped = &recovered.report.skipped_snapshots;
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     let reason = &skipped[0].1;
     assert!(reason.contains("newer build"), "{skipped:?}");
-    assert!(reason.contains(&format!("version {}", format::FORMAT_VERSION + 1)), "{skipped:?}");
+    assert!(
+        reason.contains(&format!("version {}", snapshot::SNAPSHOT_FORMAT_VERSION + 1)),
+        "{skipped:?}"
+    );
     assert_eq!(recovered.engine.state_digest(), Expected::read().hash("state_digest"));
     drop(recovered);
     let _ = std::fs::remove_dir_all(&data);

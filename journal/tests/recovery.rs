@@ -930,7 +930,13 @@ fn a_snapshot_records_the_epoch_of_its_last_record_and_an_installed_one_carries_
     let first = snapshot::write_now(&storage, &at_200, Sequence(200)).unwrap();
     let second = snapshot::write_now(&storage, &at_300, Sequence(300)).unwrap();
     assert_eq!((first.through_epoch, second.through_epoch), (Some(Epoch(1)), Some(Epoch(2))));
+    // Each carries the epochs of the records it includes: the second, the first's history
+    // and the journal's records after it.
+    assert_eq!(first.history.starts(), [(Epoch(1), Sequence(1))]);
+    let both = [(Epoch(1), Sequence(1)), (Epoch(2), Sequence(201))];
+    assert_eq!(second.history.starts(), both);
     let source = ReadOnlyDir::open(dir.path()).unwrap();
+    assert_eq!(snapshot::read_meta(&source, &second.name).unwrap().history.starts(), both);
     assert_eq!(snapshot::read_meta(&source, &second.name).unwrap().through_epoch, Some(Epoch(2)));
     // From the header alone, through either kind of source.
     let through = (Sequence(300), Some(Epoch(2)));
@@ -942,6 +948,8 @@ fn a_snapshot_records_the_epoch_of_its_last_record_and_an_installed_one_carries_
     assert!(snapshot::read_through(&source, "snapshot-damaged.snap").is_err());
     let past_the_end = snapshot::write_now(&storage, &at_300, Sequence(10_000)).unwrap();
     assert_eq!(past_the_end.through_epoch, None);
+    // The journal does not hold the records up to it: no history is guessed.
+    assert_eq!(past_the_end.history.known_from(), None);
     assert_eq!(snapshot::read_meta(&source, &past_the_end.name).unwrap().through_epoch, None);
 
     let standby = TempDir::new("through-epoch-standby");
@@ -951,6 +959,12 @@ fn a_snapshot_records_the_epoch_of_its_last_record_and_an_installed_one_carries_
     let bytes = std::fs::read(dir.path().join(&second.name)).unwrap();
     let installed = snapshot::install(&target, Sequence(300), &bytes).unwrap();
     assert_eq!(installed.through_epoch, Some(Epoch(2)));
+    assert_eq!(installed.history.starts(), both);
+    // A snapshot rewritten through the installed one's sequence, with no record after it in
+    // the journal, keeps its history.
+    let restored = snapshot::load(&ReadOnlyDir::open(standby.path()).unwrap(), &second.name, None);
+    let rewritten = snapshot::write_now(&target, &restored.unwrap().0, Sequence(300)).unwrap();
+    assert_eq!(rewritten.history.starts(), both);
 }
 
 #[test]

@@ -15,10 +15,13 @@ use ringfence_core::{Command, Engine, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::epoch::Epochs;
 use ringfence_journal::error::{Damage, JournalError};
 use ringfence_journal::format::{self, HeaderProblem, SEGMENT_HEADER_LEN};
+use ringfence_journal::history::EpochHistory;
 use ringfence_journal::recovery::recover;
 use ringfence_journal::scan::{self, MappedFile, ReadOnlyDir, ReadSource};
 use ringfence_journal::storage::FileStorage;
-use ringfence_journal::tail::{Tail, epoch_at, epoch_at_place, last_at_or_below_epoch};
+use ringfence_journal::tail::{
+    Tail, epoch_at, epoch_at_place, last_at_or_below_epoch, note_epochs,
+};
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, JournalWriter};
 
@@ -535,6 +538,55 @@ fn epoch_look_ups_answer_at_every_boundary() {
     let s = |n| Some(Sequence(n));
     assert_eq!(below, [None, s(3), s(5), s(5), s(7), s(7)]);
     check_look_ups(dir.path(), &epochs, 1);
+    drop(writer);
+}
+
+/// The history `note_epochs` notes from `from` to `through`, and the last sequence noted.
+fn noted(dir: &Path, from: u64, through: u64) -> (Vec<(u64, u64)>, Option<Sequence>) {
+    let mut source = ReadOnlyDir::open(dir).unwrap();
+    let mut history = EpochHistory::default();
+    let last = note_epochs(&mut source, Sequence(from), Sequence(through), &mut history).unwrap();
+    (history.starts().iter().map(|(epoch, first)| (epoch.0, first.0)).collect(), last)
+}
+
+/// What `noted` must find, computed from the list of epochs.
+fn expected_starts(epochs: &[u64], from: u64, through: u64) -> Vec<(u64, u64)> {
+    let mut starts: Vec<(u64, u64)> = Vec::new();
+    for sequence in from..=through.min(epochs.len() as u64) {
+        let epoch = epochs[sequence as usize - 1];
+        if starts.last().is_none_or(|&(last, _)| last != epoch) {
+            starts.push((epoch, sequence));
+        }
+    }
+    starts
+}
+
+#[test]
+fn epochs_are_noted_across_segments_and_stop_where_the_journal_does() {
+    // Goal: the epoch history noted over a range of the journal starts each epoch at its first
+    // record, across segments; it stops at the journal's end, and notes nothing when the range
+    // starts at a retired record.
+    let dir = TempDir::new("tail-note-epochs");
+    let mut epochs = Vec::new();
+    for (epoch, count) in [(1, 2_500), (2, 1_700), (4, 3_100), (6, 1), (7, 900)] {
+        epochs.extend(std::iter::repeat_n(epoch, count));
+    }
+    let last = epochs.len() as u64;
+    let writer = journal_in_epochs(dir.path(), &epochs);
+    for (from, through) in [(1, last), (1, 4_200), (2_501, 4_201), (4_300, 7_301), (7_302, last)] {
+        let (starts, noted_last) = noted(dir.path(), from, through);
+        assert_eq!(starts, expected_starts(&epochs, from, through), "{from}..={through}");
+        assert_eq!(noted_last, Some(Sequence(through)), "{from}..={through}");
+    }
+    // Past the end: up to the last record held.
+    assert_eq!(noted(dir.path(), 8_000, last + 50).1, Some(Sequence(last)));
+    assert_eq!(noted(dir.path(), last + 1, last + 50), (vec![], None));
+    let firsts = stored_firsts(dir.path());
+    writer.data_dir().retire_segments(Sequence(firsts[3])).unwrap();
+    assert_eq!(noted(dir.path(), 1, last), (vec![], None));
+    let (starts, noted_last) = noted(dir.path(), firsts[3], last);
+    assert_eq!(starts, expected_starts(&epochs, firsts[3], last));
+    assert_eq!(noted_last, Some(Sequence(last)));
     drop(writer);
 }
 

@@ -13,6 +13,7 @@ use ringfence_core::pipeline::Node;
 use ringfence_core::{EngineConfig, Epoch, Sequence};
 use ringfence_ingress::{AdminCall, CoordinationStatus, ReplicationControl, ReplicationStatus};
 use ringfence_journal::error::JournalError;
+use ringfence_journal::history::EpochHistory;
 use ringfence_journal::storage::{FileStorage, Storage};
 use ringfence_journal::{recovery, snapshot};
 use std::time::{Duration, Instant};
@@ -515,13 +516,17 @@ pub fn fetch_primary_snapshot<S: Storage>(
 /// (its header, the sequence it was announced under, its body's checksum): what
 /// [`install_snapshot`] takes, so that the journal it replaces is never dropped for one that
 /// is then refused.
-pub struct CheckedSnapshot(FetchedSnapshot);
+pub struct CheckedSnapshot {
+    fetched: FetchedSnapshot,
+    /// The epochs of the records the snapshot includes, as its file records them.
+    history: EpochHistory,
+}
 
 impl CheckedSnapshot {
     /// Checks `fetched`, or says why it is refused.
     pub fn check<S: Storage>(storage: &S, fetched: FetchedSnapshot) -> Result<Self, String> {
         match snapshot::check_received(storage, fetched.through, &fetched.bytes) {
-            Ok(_) => Ok(CheckedSnapshot(fetched)),
+            Ok(meta) => Ok(CheckedSnapshot { fetched, history: meta.history }),
             Err(error) => {
                 let why = match error {
                     snapshot::SnapshotError::Invalid { reason, .. } => reason,
@@ -541,7 +546,7 @@ impl std::ops::Deref for CheckedSnapshot {
     type Target = FetchedSnapshot;
 
     fn deref(&self) -> &FetchedSnapshot {
-        &self.0
+        &self.fetched
     }
 }
 
@@ -566,6 +571,88 @@ pub fn install_snapshot<S: Storage>(
     snapshot::install(storage, fetched.through, &fetched.bytes)
         .map_err(|e| format!("installing the primary's snapshot: {e}"))?;
     Ok(JournalEnd { last_sequence: fetched.through, last_epoch: fetched.through_epoch })
+}
+
+/// Where this journal (ending at `end`) stops holding the primary's records, by the epoch
+/// history of the primary's snapshot through `through` that is to replace it: every record
+/// the journal holds after the sequence returned was never the primary's, and the snapshot
+/// drops it. Records after `through`, which the history does not cover, count among them.
+///
+/// Records with the same sequence and epoch are the same record, and agreement at one record
+/// is agreement before it. So from the journal's last record back: a record of epoch `e` at
+/// `s` that the history gives another epoch is not the primary's, nor is any record between
+/// it and the primary's last record of epoch `e` or below; and when the primary holds no
+/// record of `e` at or below `s` (its record at `s` is of a lower epoch), none of the
+/// journal's records of `e` is the primary's. Where the history does not reach (a snapshot
+/// written before snapshots carried one), the records are taken as the primary's.
+pub fn agreed_through<R: ringfence_journal::scan::ReadSource>(
+    source: &mut R,
+    history: &EpochHistory,
+    through: Sequence,
+    end: JournalEnd,
+) -> Result<Sequence, String> {
+    use ringfence_journal::tail::{epoch_at, last_at_or_below_epoch};
+    let read = |e: JournalError| format!("reading this journal's epochs: {e}");
+    let mut at = if end.last_sequence <= through {
+        (end.last_sequence, end.last_epoch)
+    } else {
+        match epoch_at(source, through).map_err(read)? {
+            Some(epoch) => (through, epoch),
+            // Nothing held at or before it to compare: what is held is all after `through`.
+            None => return Ok(through),
+        }
+    };
+    loop {
+        let (sequence, epoch) = at;
+        if sequence.0 == 0 {
+            return Ok(sequence);
+        }
+        match history.epoch_at(sequence) {
+            Some(primary) if primary != epoch => {}
+            // The primary's record, or one the history does not reach.
+            _ => return Ok(sequence),
+        }
+        let primary_end = history.last_at_or_below(epoch, through).unwrap_or(Sequence(0));
+        let before = if primary_end >= sequence {
+            // No record of `epoch` at or below `sequence` is the primary's: back to before the
+            // journal's first record of `epoch`.
+            let below = Epoch(epoch.0.saturating_sub(1));
+            last_at_or_below_epoch(source, below).map_err(read)?.unwrap_or(Sequence(0))
+        } else {
+            primary_end
+        };
+        let before = before.min(Sequence(sequence.0 - 1));
+        match epoch_at(source, before).map_err(read)? {
+            Some(epoch) => at = (before, epoch),
+            // Not held (retired, or sequence 0): nothing at or before it to keep.
+            None => return Ok(before),
+        }
+        // Each step goes back at least one record.
+        assert!(at.0 < sequence, "the search did not go back");
+    }
+}
+
+/// Keeps in `rollback/` the records of this journal (ending at `end`) that the primary's
+/// snapshot, about to replace it, shows were never the primary's ([`agreed_through`]): after
+/// an `async` failover, the writes an old primary acknowledged alone, which the snapshot
+/// drops. Called before the journal is dropped; a failure to keep them stops the start.
+pub fn keep_unagreed(
+    storage: &FileStorage,
+    fetched: &CheckedSnapshot,
+    end: JournalEnd,
+) -> Result<(), String> {
+    let history = &fetched.history;
+    let keep_through = agreed_through(&mut storage.clone(), history, fetched.through, end)?;
+    if keep_through >= end.last_sequence {
+        return Ok(());
+    }
+    log(format_args!(
+        "the primary's snapshot shows records {}..={} of this journal were never the \
+         primary's",
+        keep_through.next(),
+        end.last_sequence
+    ));
+    keep_dropped(storage, keep_through)
 }
 
 /// Where a recovered journal ends, for the join: its last record (the recovered writer's
@@ -611,17 +698,7 @@ pub fn drop_tail(
         end.last_sequence,
         end.last_epoch
     ));
-    match keep_dropped(storage, keep_through)? {
-        Some((file, kept)) => log(format_args!(
-            "kept {kept} of them in {} (`journal dump --json` lines): in async mode \
-             acknowledged writes among them are lost, and their request ids are there to \
-             reconcile",
-            file.display()
-        )),
-        None => {
-            log(format_args!("none of them is in the journal any more (retired after a snapshot)"))
-        }
-    }
+    keep_dropped(storage, keep_through)?;
     let truncation = match recovery::truncate(storage, keep_through.next()) {
         Ok(truncation) => truncation,
         Err(JournalError::NothingToReplayFrom { .. }) => {
@@ -641,20 +718,29 @@ pub fn drop_tail(
 }
 
 /// Copies the records after `keep_through` that the journal holds into a new file of
-/// `rollback/` ([`crate::rollback`]): dropped from the journal, they are not lost to the
-/// operator. The file and how many it holds; `None` when the journal holds none of them.
-fn keep_dropped(
-    storage: &FileStorage,
-    keep_through: Sequence,
-) -> Result<Option<(PathBuf, u64)>, String> {
+/// `rollback/` ([`crate::rollback`]), and logs where: dropped from the journal, they are not
+/// lost to the operator.
+fn keep_dropped(storage: &FileStorage, keep_through: Sequence) -> Result<(), String> {
     use ringfence_journal::{datadir, scan};
     let mut source = storage.clone();
     let read = |e: JournalError| format!("reading the dropped records: {e}");
     let check = datadir::check(&mut source).map_err(read)?;
     let layout = scan::scan_segments(&mut source, &check.segments).map_err(read)?;
-    crate::rollback::keep(storage.dir(), "dropped", |visit| {
+    let kept = crate::rollback::keep(storage.dir(), "dropped", |visit| {
         scan::read(&mut source, &layout, keep_through.next(), visit).map_err(read)
-    })
+    })?;
+    match kept {
+        Some((file, kept)) => log(format_args!(
+            "kept {kept} of them in {} (`journal dump --json` lines): in async mode \
+             acknowledged writes among them are lost, and their request ids are there to \
+             reconcile",
+            file.display()
+        )),
+        None => {
+            log(format_args!("none of them is in the journal any more (retired after a snapshot)"))
+        }
+    }
+    Ok(())
 }
 
 /// A node's replication as the network front sees it: `/v1/node`, `/metrics`, promotion and
@@ -847,6 +933,56 @@ fn write_coordination_metrics(out: &mut String, status: &CoordinationStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An in-memory journal of ticks, one record per sequence from 1, in `epochs`.
+    fn journal_in_epochs(epochs: &[u64]) -> ringfence_journal::fault::FaultStorage {
+        use ringfence_core::{Command, Sequenced, Timestamp};
+        use ringfence_journal::epoch::Epochs;
+        use ringfence_journal::writer::{Durability, WriterOptions};
+        let disk = ringfence_journal::fault::FaultStorage::new();
+        let options = WriterOptions {
+            segment_len: 64 * 1024,
+            durability: Durability::None,
+            engine_config: EngineConfig::small(),
+        };
+        let mut writer = recovery::recover_from(disk.clone(), options).unwrap().writer;
+        for (i, &epoch) in epochs.iter().enumerate() {
+            let epoch = Epoch(epoch);
+            if epoch > writer.data_dir().current_epoch() {
+                writer.data_dir().store_epochs(Epochs { current: epoch, promised: epoch }).unwrap();
+            }
+            let sequence = Sequence(i as u64 + 1);
+            let tick = Sequenced { sequence, timestamp: Timestamp(1_000), command: Command::Tick };
+            writer.append_command(epoch, &tick).unwrap();
+        }
+        writer.end_batch().unwrap();
+        disk
+    }
+
+    #[test]
+    fn the_records_a_primary_s_history_never_held_are_found_from_the_end() {
+        // Goal: on a journal of records in epochs 1,1,1,2,2,2,5,5, the last record that is
+        // also the primary's, by the primary's epoch history through 20, for each way the two
+        // can part: a lower epoch of the primary's at the end, a higher one, a history that
+        // agrees, none, one through an earlier sequence, and one sharing no record.
+        let epochs = [1, 1, 1, 2, 2, 2, 5, 5];
+        let disk = journal_in_epochs(&epochs);
+        let end = JournalEnd { last_sequence: Sequence(8), last_epoch: Epoch(5) };
+        let agreed = |starts: &[(u64, u64)], through: u64| {
+            let starts = starts.iter().map(|&(e, s)| (Epoch(e), Sequence(s))).collect();
+            let history = EpochHistory::from_starts(starts).unwrap();
+            agreed_through(&mut disk.clone(), &history, Sequence(through), end).unwrap().0
+        };
+        // The primary took over at 4 in epoch 3: this journal's epochs 2 and 5 are its own.
+        assert_eq!(agreed(&[(1, 1), (3, 4)], 20), 3);
+        // The primary holds epoch 2 through 7, then epoch 6: this journal's epoch 5 is not.
+        assert_eq!(agreed(&[(1, 1), (2, 4), (6, 8)], 20), 6);
+        assert_eq!(agreed(&[(1, 1), (2, 4), (5, 7)], 20), 8);
+        assert_eq!(agreed(&[], 20), 8, "a history that says nothing");
+        // Records after the snapshot are not covered: kept.
+        assert_eq!(agreed(&[(1, 1), (2, 4)], 5), 5);
+        assert_eq!(agreed(&[(7, 1)], 20), 0);
+    }
 
     fn args(etcd: &[&str], node: Option<&str>) -> ReplicationArgs {
         ReplicationArgs {

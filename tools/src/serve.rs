@@ -882,8 +882,10 @@ fn recover_for_role(
                 // taken, as every record is (a join never says it holds an epoch above
                 // its promise).
                 standby::promise_epoch(recovered.writer.data_dir(), fetched.through_epoch)?;
-                // The journal is closed before the snapshot replaces it.
+                // The journal is closed before the snapshot replaces it, and what of it was
+                // never the primary's is kept first.
                 drop(recovered);
+                replication::keep_unagreed(storage, &fetched, end)?;
                 let installed = replication::install_snapshot(storage, &fetched, end)?;
                 from_snapshot = Some(installed);
             }

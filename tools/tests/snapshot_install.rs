@@ -362,3 +362,91 @@ fn a_standby_stopped_right_after_installing_keeps_the_snapshots_recorded_epoch()
          the next start: {next:#?}"
     );
 }
+
+/// Copies the files of data directory `from` into a new directory `to`.
+fn copy_data_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// The `(sequence, epoch)` of each `journal dump --json` line.
+fn positions(lines: &[String]) -> Vec<(u64, u64)> {
+    lines
+        .iter()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            (record["sequence"].as_u64().unwrap(), record["epoch"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn the_records_an_old_primary_wrote_alone_are_kept_when_its_successor_s_snapshot_replaces_them() {
+    // Goal: an old primary acknowledged writes alone (`async`) after its standby took over,
+    // and rejoins after its successor retired past its end: the successor's snapshot replaces
+    // its journal. The records it wrote alone are not the successor's, and the snapshot's
+    // epoch history shows it: they are kept in `rollback/` before the journal is dropped. The
+    // records both held are not.
+    let root = TempDir::new("kept-alone");
+    let secret = root.path().join("secret");
+    std::fs::write(&secret, CLUSTER_SECRET).unwrap();
+    let (dir_s, dir_p) = (root.path().join("s"), root.path().join("p"));
+    // The shared history: a sale and 10 orders, in both journals.
+    let shared = journal_with_orders(&dir_p, "both", 10);
+    copy_data_dir(&dir_p, &dir_s);
+    // The old primary, alone: a run that journals nothing, then one that takes 5 orders.
+    let mut idle = Serve::start(&dir_s);
+    idle.signal("-KILL");
+    let mut alone = Serve::start(&dir_s);
+    sell(&alone, "alone", 5);
+    alone.signal("-KILL");
+    let before = journal_dump_json(&dir_s, &[]);
+    // The successor takes 20 orders in an epoch of its own and stops with a final snapshot.
+    let mut successor = Serve::start(&dir_p);
+    sell(&successor, "successor", 20);
+    successor.signal("-TERM");
+    let successor_records = journal_dump_json(&dir_p, &[]);
+    let (shared_at, before_at) = (positions(&shared), positions(&before));
+    let successor_at = positions(&successor_records);
+    assert_eq!(before_at[..shared_at.len()], shared_at[..], "the shared records");
+    let diverged = &before_at[shared_at.len()..];
+    assert_eq!(diverged.len(), 5, "{before_at:?}");
+    // Other epochs at the same sequences: other records.
+    for (position, successor) in diverged.iter().zip(&successor_at[shared_at.len()..]) {
+        assert_eq!(position.0, successor.0);
+        assert_ne!(position.1, successor.1, "the same record: {before_at:?} {successor_at:?}");
+    }
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(&dir_p)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    snapshots.sort();
+    let newest = snapshots.pop().expect("a final snapshot");
+    let name = newest.file_name().unwrap().to_str().unwrap().to_owned();
+    let bytes = std::fs::read(&newest).unwrap();
+    let (through, epoch) = ringfence_journal::snapshot::through_in(&name, &bytes).unwrap();
+    assert_eq!(through.0, successor_at.last().unwrap().0, "the final snapshot is through the end");
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let offer = Offer { through, through_epoch: epoch.unwrap(), bytes, announced_len: None };
+    let primary = fake_primary(listener, through.0 + 1, offer, Arc::clone(&stop));
+    let log = run_standby_until(standby_process(&dir_s, &secret, address), &["HTTP API listening"]);
+    stop.store(true, Ordering::Release);
+    let _ = primary.join();
+    assert!(log.iter().any(|l| l.contains("fetched the primary's snapshot")), "{log:#?}");
+    let kept = rollback_lines(&dir_s);
+    assert_eq!(
+        kept,
+        before[shared.len()..],
+        "rollback/ holds exactly the records written alone\nlog: {log:#?}"
+    );
+    assert!(journal_dump_json(&dir_s, &[]).is_empty(), "the snapshot replaced the journal");
+}
