@@ -75,6 +75,8 @@ impl EpochHistory {
         }
         self.starts.push((epoch, sequence));
         assert!(self.starts.len() <= Self::MAX, "a history past its bound");
+        // The record noted reads back with its epoch.
+        debug_assert_eq!(self.epoch_at(sequence), Some(epoch), "record {sequence} noted apart");
     }
 
     /// The epoch of record `sequence`, which the history's journal holds up to its end: `None`
@@ -98,6 +100,8 @@ impl EpochHistory {
         let end = self.starts.get(index + 1).map_or(through, |&(_, next)| Sequence(next.0 - 1));
         let end = end.min(through);
         assert!(end >= self.starts[index].1, "an epoch that ends before it starts");
+        // The two look-ups agree: the record found is of the epoch asked or below.
+        debug_assert!(self.epoch_at(end).is_some_and(|at| at <= epoch), "{end} above {epoch}");
         Some(end)
     }
 }

@@ -1,4 +1,4 @@
-//! A deliberately broken variant of recovery, for the simulator's proof that its checkers
+//! Deliberately broken variants of recovery and of the epoch history, for the simulator's proof that its checkers
 //! bite (`ringfence sim`'s mutation tests): compiled only with the `mutations` feature,
 //! switched per thread, and never part of a build of the product.
 
@@ -6,6 +6,20 @@ use std::cell::Cell;
 
 thread_local! {
     static IGNORES_DAMAGE: Cell<bool> = const { Cell::new(false) };
+    static HISTORY_OFF_BY_ONE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes the snapshots written on this thread record each epoch of their history after the
+/// first as starting one record later than it does: the first record of each new epoch is
+/// named with the epoch before.
+pub fn set_history_off_by_one(on: bool) {
+    HISTORY_OFF_BY_ONE.with(|cell| cell.set(on));
+}
+
+/// Whether snapshots written on this thread record their epoch history one record off.
+#[must_use]
+pub fn history_off_by_one() -> bool {
+    HISTORY_OFF_BY_ONE.with(Cell::get)
 }
 
 /// Makes recovery on this thread drop a damaged record and everything after it silently,

@@ -479,6 +479,8 @@ pub fn note_epochs<S: ReadSource>(
     through: Sequence,
     history: &mut EpochHistory,
 ) -> Result<Option<Sequence>, JournalError> {
+    // Sequences start at 1: a range from 0 would read as a gap before record 1.
+    assert!(from.0 > 0, "epochs noted from sequence 0");
     if from > through {
         return Ok(None);
     }

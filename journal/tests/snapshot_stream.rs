@@ -183,3 +183,42 @@ fn a_snapshot_write_that_fails_or_loses_power_leaves_the_old_one_or_the_new_one_
         }
     }
 }
+
+#[test]
+fn an_epoch_history_is_read_back_and_one_out_of_order_or_past_the_snapshot_is_refused() {
+    // Goal: the epoch history at the end of the body (its count, then epoch and first
+    // sequence per entry) reads back as written; one that checksums but is out of order,
+    // names epoch 0, starts past the snapshot's last record or is cut short of its count is
+    // refused, saying why, streamed or whole.
+    let (_, name, bytes) = snapshot_on_disk();
+    // Written with no journal: an empty history, its count the last 8 bytes.
+    assert_eq!(bytes[bytes.len() - 8..], [0; 8]);
+    let with = |count: u64, entries: &[(u64, u64)]| {
+        let mut file = bytes[..bytes.len() - 8].to_vec();
+        file.extend_from_slice(&count.to_le_bytes());
+        for (epoch, first) in entries {
+            file.extend_from_slice(&epoch.to_le_bytes());
+            file.extend_from_slice(&first.to_le_bytes());
+        }
+        reseal(&mut file);
+        file
+    };
+    let good = with(2, &[(1, 1), (3, 500)]);
+    assert!(load_both(&good, &name).is_ok());
+    let disk = FaultStorage::new();
+    disk.write_file(&name, &good).expect("written");
+    let meta = snapshot::read_meta_streaming(&disk, &name).expect("reads");
+    let starts: Vec<(u64, u64)> = meta.history.starts().iter().map(|(e, s)| (e.0, s.0)).collect();
+    assert_eq!(starts, [(1, 1), (3, 500)]);
+    for (count, entries, why) in [
+        (2, &[(3, 5), (1, 1)][..], "the epoch history: entries out of order"),
+        (2, &[(1, 1), (1, 9)][..], "the epoch history: entries out of order"),
+        (1, &[(0, 1)][..], "the epoch history: an entry of epoch or sequence zero"),
+        (1, &[(1, 601)][..], "the epoch history goes past the through sequence"),
+        (2, &[(1, 1)][..], "the lengths in the header do not match the file size"),
+        (1 << 40, &[(1, 1)][..], "the lengths in the header do not match the file size"),
+    ] {
+        let refused = load_both(&with(count, entries), &name).expect_err("a bad history loaded");
+        assert!(refused.contains(why), "{entries:?}: {refused}");
+    }
+}

@@ -710,11 +710,17 @@ fn verify_snapshots(source: &ReadOnlyDir) -> Result<(Vec<serde_json::Value>, boo
     for (through, name) in snapshot::list(source)? {
         let file = source.dir().join(&name).display().to_string();
         match snapshot::load(source, &name, None) {
-            Ok((_, meta)) => lines.push(json!({
-                "file": file, "through": through.0, "ok": true,
-                "through_epoch": meta.through_epoch.map(|epoch| epoch.0),
-                "state_digest": format!("{:016x}", meta.state_digest), "bytes": meta.bytes,
-            })),
+            Ok((_, meta)) => {
+                let history: Vec<serde_json::Value> = (meta.history.starts().iter())
+                    .map(|(epoch, first)| json!({"epoch": epoch.0, "first_sequence": first.0}))
+                    .collect();
+                lines.push(json!({
+                    "file": file, "through": through.0, "ok": true,
+                    "through_epoch": meta.through_epoch.map(|epoch| epoch.0),
+                    "epoch_history": history,
+                    "state_digest": format!("{:016x}", meta.state_digest), "bytes": meta.bytes,
+                }));
+            }
             Err(error) => {
                 bad = true;
                 lines.push(json!({
@@ -731,17 +737,33 @@ fn print_snapshot_lines(lines: &[serde_json::Value]) {
     for line in lines {
         match line["ok"].as_bool() {
             Some(true) => outln!(
-                "snapshot   {} through {} ({}) digest {}",
+                "snapshot   {} through {} ({}) digest {}; {}",
                 line["file"].as_str().unwrap_or_default(),
                 line["through"],
                 line["through_epoch"]
                     .as_u64()
                     .map_or("its epoch not recorded".to_owned(), |epoch| format!("epoch {epoch}")),
-                line["state_digest"].as_str().unwrap_or_default()
+                line["state_digest"].as_str().unwrap_or_default(),
+                history_text(&line["epoch_history"])
             ),
             _ => outln!("snapshot   INVALID {}", line["error"].as_str().unwrap_or_default()),
         }
     }
+}
+
+/// A snapshot's epoch history in a line of text: its newest entries, `epochs 1 from 1, 3 from
+/// 12` (each epoch from its first sequence).
+fn history_text(history: &serde_json::Value) -> String {
+    const SHOWN: usize = 3;
+    let entries = history.as_array().map(Vec::as_slice).unwrap_or_default();
+    if entries.is_empty() {
+        return "no epoch history recorded".to_owned();
+    }
+    let newest = &entries[entries.len().saturating_sub(SHOWN)..];
+    let shown: Vec<String> =
+        newest.iter().map(|e| format!("{} from {}", e["epoch"], e["first_sequence"])).collect();
+    let older = if entries.len() > SHOWN { "..., " } else { "" };
+    format!("epochs {older}{}", shown.join(", "))
 }
 
 /// One line of `journal dump --json`: a journaled record, its command in the API's view.

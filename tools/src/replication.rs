@@ -542,6 +542,14 @@ impl CheckedSnapshot {
     }
 }
 
+impl CheckedSnapshot {
+    /// The epochs of the records the snapshot includes, as its file records them.
+    #[must_use]
+    pub fn history(&self) -> &EpochHistory {
+        &self.history
+    }
+}
+
 impl std::ops::Deref for CheckedSnapshot {
     type Target = FetchedSnapshot;
 

@@ -104,6 +104,8 @@ fn verify_reports_ok_torn_tail_and_corruption_with_distinct_exit_codes() {
     assert!(out.contains("epoch      1"), "{out}");
     // Each snapshot names the epoch of the record it was taken through.
     assert!(out.contains("through 3000 (epoch 1)"), "{out}");
+    // And the epochs of the records it includes: here one, from the first record.
+    assert!(out.contains("; epochs 1 from 1\n"), "{out}");
     // The settings a node must run with on this journal.
     let engine = format!(
         "engine     shard = {}, skus_max = {}, orders_max = {},",
@@ -120,6 +122,8 @@ fn verify_reports_ok_torn_tail_and_corruption_with_distinct_exit_codes() {
     assert_eq!(value["engine"]["orders_max"], config().orders_max, "{value}");
     let snapshots = value["snapshots"].as_array().unwrap();
     assert!(!snapshots.is_empty() && snapshots.iter().all(|s| s["through_epoch"] == 1), "{value}");
+    let history = serde_json::json!([{"epoch": 1, "first_sequence": 1}]);
+    assert!(snapshots.iter().all(|s| s["epoch_history"] == history), "{value}");
 
     let mut segments: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()

@@ -66,6 +66,49 @@ impl DurableRecords {
     }
 }
 
+/// Checks that every snapshot on each machine's disk carries an epoch history that names,
+/// for each record of its journal it covers, the epoch that record has: what a standby whose
+/// journal the snapshot replaces trusts to tell which of its records were never the
+/// primary's. A snapshot or journal that does not read is the other checkers' to judge.
+/// Returns how many records were compared.
+pub fn epoch_histories(machines: &[Machine]) -> Result<u64, String> {
+    use ringfence_journal::history::EpochHistory;
+    use ringfence_journal::{snapshot, tail};
+    let mut compared = 0;
+    for machine in machines {
+        let mut disk = machine.disk.clone();
+        for (through, name) in snapshot::list(&disk).unwrap_or_default() {
+            let Ok(meta) = snapshot::read_meta_streaming(&disk, &name) else { continue };
+            let Some(known_from) = meta.history.known_from() else { continue };
+            // The journal's own history over the records it holds that the snapshot covers.
+            let mut held = EpochHistory::default();
+            let Ok(first) = ringfence_journal::scan::sorted_segments(&disk) else { continue };
+            let from = first.first().map_or(known_from, |(first, _)| (*first).max(known_from));
+            let Ok(Some(last)) = tail::note_epochs(&mut disk, from, through, &mut held) else {
+                continue;
+            };
+            let ends = held.starts().iter().enumerate().map(|(i, &(epoch, start))| {
+                let end = held.starts().get(i + 1).map_or(last, |&(_, next)| Sequence(next.0 - 1));
+                (epoch, start, end)
+            });
+            for (epoch, start, end) in ends {
+                for at in [start, end] {
+                    if meta.history.epoch_at(at) != Some(epoch) {
+                        return Err(format!(
+                            "{}: snapshot {name}'s epoch history names epoch {} for record \
+                             {at}, which its journal holds in epoch {epoch}",
+                            machine.name,
+                            meta.history.epoch_at(at).map_or("none".to_owned(), |e| e.to_string())
+                        ));
+                    }
+                }
+                compared += end.0 - start.0 + 1;
+            }
+        }
+    }
+    Ok(compared)
+}
+
 /// Notes what each machine's disk holds durably (what a power cut now would leave), up to
 /// any damage: bit rot and torn tails are the other checkers' to judge.
 pub fn durable_records(machines: &[Machine], seen: &mut DurableRecords) -> Result<(), String> {

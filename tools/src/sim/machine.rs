@@ -301,6 +301,9 @@ pub struct SnapshotCounts {
     pub segments_retired: u64,
     /// Snapshots fetched from the primary and installed in place of the journal.
     pub installed: u64,
+    /// Records of the journals those snapshots replaced that their epoch histories showed
+    /// were never the primary's: what `serve` keeps in `rollback/`.
+    pub unagreed: u64,
 }
 
 /// A running node's hook: the checkers' observer, and its snapshotter when it takes
@@ -1091,7 +1094,8 @@ impl Machine {
         };
         let installed = self.install_fetched(settings, recovered, &fetched);
         match installed {
-            Ok((recovered, end)) => {
+            Ok((recovered, end, unagreed)) => {
+                self.snapshot_counts.unagreed += unagreed;
                 self.fetch_at_start = false;
                 self.snapshot_counts.installed += 1;
                 // The node's history is the primary's now: what it applied before is gone, and
@@ -1121,16 +1125,26 @@ impl Machine {
         settings: &ClusterSettings,
         recovered: Recovered<FaultStorage>,
         fetched: &CheckedSnapshot,
-    ) -> Result<(Recovered<FaultStorage>, JournalEnd), String> {
+    ) -> Result<(Recovered<FaultStorage>, JournalEnd, u64), String> {
         standby::promise_epoch(recovered.writer.data_dir(), fetched.through_epoch)?;
         let last_sequence = Sequence(recovered.next_sequence.0 - 1);
         let end = JournalEnd { last_sequence, last_epoch: recovered.last_epoch };
         drop(recovered);
+        // What `serve` keeps in `rollback/` first (the simulated disk has no directory for it).
+        let history = fetched.history();
+        let agreed = crate::replication::agreed_through(
+            &mut self.disk.clone(),
+            history,
+            fetched.through,
+            end,
+        )?;
+        assert!(agreed <= end.last_sequence, "agreed past the journal's end");
+        let unagreed = end.last_sequence.0 - agreed.0;
         let end = crate::replication::install_snapshot(&self.disk, fetched, end)?;
         let options = Machine::options(settings);
         let recovered = recovery::recover_from(self.disk.clone(), options)
             .map_err(|e| format!("recovery after the snapshot: {e}"))?;
-        Ok((recovered, end))
+        Ok((recovered, end, unagreed))
     }
 
     /// The process runs its node, or, if it could not start it (as `serve` exits when it
@@ -1564,6 +1578,7 @@ impl Running {
             failed: counts.failed + failed,
             segments_retired: counts.segments_retired + retired_now,
             installed: counts.installed,
+            unagreed: counts.unagreed,
         }
     }
 

@@ -305,8 +305,8 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
     let snap = totals.snapshots;
     println!(
         "snapshots            {} written, {} failed, {} segments retired, {} fetched from a \
-         primary and installed",
-        snap.written, snap.failed, snap.segments_retired, snap.installed
+         primary and installed ({} records they replaced were never the primary's)",
+        snap.written, snap.failed, snap.segments_retired, snap.installed, snap.unagreed
     );
     let struck: Vec<String> =
         totals.struck_at.iter().map(|(what, count)| format!("{count} {what}")).collect();
@@ -378,9 +378,12 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
     let checks = if totals.failed == 0 { "every checker passed" } else { "FAILED" };
     println!(
         "checkers             {checks}; {} records held durably, one per sequence and epoch; \
-         {} backups recovered as their directory does ({} refused where it refuses or finishes \
-         a repair)",
-        totals.durable_records, totals.backups.taken, totals.backups.refused
+         {} records named by snapshots' epoch histories as their journals hold them; {} backups \
+         recovered as their directory does ({} refused where it refuses or finishes a repair)",
+        totals.durable_records,
+        totals.history_records,
+        totals.backups.taken,
+        totals.backups.refused
     );
 }
 
@@ -412,6 +415,7 @@ struct Totals {
     fetches_failed: u64,
     snapshots: machine::SnapshotCounts,
     durable_records: u64,
+    history_records: u64,
     backups: check::BackupCounts,
     faults: world::FaultCounts,
     network: net::NetCounts,
@@ -428,6 +432,7 @@ impl Totals {
             totals.writes_at_risk += report.writes_at_risk;
             totals.writes_lost += report.writes_lost;
             totals.durable_records += report.durable_records;
+            totals.history_records += report.history_records;
             totals.backups.taken += report.backups.taken;
             totals.backups.refused += report.backups.refused;
             totals.answers += report.answers;
@@ -449,6 +454,7 @@ impl Totals {
             t.failed += r.failed;
             t.segments_retired += r.segments_retired;
             t.installed += r.installed;
+            t.unagreed += r.unagreed;
             let (f, r) = (&mut totals.faults, &report.faults);
             f.kills += r.kills;
             f.power_losses += r.power_losses;
@@ -1228,6 +1234,26 @@ mod tests {
         let (seed, failure) = found.expect("no seed caught a promotion off the time line");
         eprintln!("caught by seed {seed}: {failure}");
         assert!(failure.contains("from the time line of epoch"), "seed {seed}: {failure}");
+        let unmutated = run_seed(seed, short());
+        assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
+    }
+
+    #[cfg(feature = "mutations")]
+    #[test]
+    fn a_snapshot_whose_epoch_history_is_one_record_off_is_caught() {
+        // Goal: the epoch-history checker bites. Snapshots whose history starts each epoch
+        // after the first one record late (so a standby replaced by one would misjudge the
+        // record where two histories part) are caught at the end of the first seed whose
+        // journals hold records of two epochs under a snapshot.
+        ringfence_journal::mutation::set_history_off_by_one(true);
+        let found = (1..20).find_map(|seed| {
+            let failure = run_seed(seed, short()).failure?;
+            Some((seed, failure))
+        });
+        ringfence_journal::mutation::set_history_off_by_one(false);
+        let (seed, failure) = found.expect("no seed caught a history one record off");
+        eprintln!("caught by seed {seed}: {failure}");
+        assert!(failure.contains("epoch history names epoch"), "seed {seed}: {failure}");
         let unmutated = run_seed(seed, short());
         assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
     }

@@ -270,6 +270,9 @@ pub struct Report {
     /// Records seen held durably, each (sequence, epoch) counted once: held to one record
     /// per sequence and epoch (`check::durable_records`).
     pub durable_records: u64,
+    /// Journal records whose epoch a snapshot's epoch history was checked to name
+    /// (`check::epoch_histories`).
+    pub history_records: u64,
     /// Backups of each machine's directory that recovered as it does (`check::backup`).
     pub backups: check::BackupCounts,
     /// The first checker that failed, if any.
@@ -322,6 +325,8 @@ pub struct World {
     leaderless_since: Option<u64>,
     /// Every record seen held durably, checked against every later look.
     durable: check::DurableRecords,
+    /// Records the epoch-history check compared at the end.
+    history_records_checked: u64,
     /// Backups the checker took, and refused.
     backups: check::BackupCounts,
     refusals: std::collections::BTreeMap<String, u64>,
@@ -407,6 +412,7 @@ impl Report {
             outcomes: Default::default(),
             refusals: Default::default(),
             durable_records: 0,
+            history_records: 0,
             backups: check::BackupCounts::default(),
             struck_at: Default::default(),
             failovers: 0,
@@ -536,6 +542,7 @@ impl World {
             record_before: None,
             leaderless_since: None,
             durable: check::DurableRecords::default(),
+            history_records_checked: 0,
             backups: check::BackupCounts::default(),
             refusals: Default::default(),
             struck_at: Default::default(),
@@ -584,6 +591,12 @@ impl World {
         }
         if failure.is_none() {
             failure = check::durable_records(&self.machines, &mut self.durable).err();
+        }
+        if failure.is_none() {
+            match check::epoch_histories(&self.machines) {
+                Ok(compared) => self.history_records_checked = compared,
+                Err(broken) => failure = Some(broken),
+            }
         }
         if failure.is_none() {
             match check::at_end(&self.machines, &self.ledger, &self.settings) {
@@ -640,10 +653,12 @@ impl World {
                     failed: sum.failed + c.failed,
                     segments_retired: sum.segments_retired + c.segments_retired,
                     installed: sum.installed + c.installed,
+                    unagreed: sum.unagreed + c.unagreed,
                 }
             }),
             refusals: self.refusals.clone(),
             durable_records: self.durable.len() as u64,
+            history_records: self.history_records_checked,
             backups: self.backups,
             struck_at: self.struck_at.clone(),
             last_events: if failure.is_some() {
