@@ -33,7 +33,7 @@ impl EpochHistory {
         if starts.iter().any(|(epoch, sequence)| epoch.0 == 0 || sequence.0 == 0) {
             return Err("an entry of epoch or sequence zero".to_owned());
         }
-        let ordered = starts.windows(2).all(|pair| pair[0].1 < pair[1].1 && pair[0].0 != pair[1].0);
+        let ordered = starts.windows(2).all(|pair| pair[0].1 < pair[1].1 && pair[0].0 < pair[1].0);
         if !ordered {
             return Err("entries out of order".to_owned());
         }
@@ -61,14 +61,25 @@ impl EpochHistory {
     }
 
     /// Notes record `sequence` of `epoch`, the next record after every one noted so far.
+    ///
+    /// Records are journaled in epoch 1 and later, and a journal's epochs never go down. A
+    /// record that breaks either (a journal put together by hand: its checksums hold, and the
+    /// readers pass it) makes what came before it unknown: the history starts over after it,
+    /// or at it, rather than name a wrong epoch for any record.
     pub fn note(&mut self, sequence: Sequence, epoch: Epoch) {
-        // Records are journaled in epoch 1 and later, in sequence.
-        assert!(epoch.0 > 0 && sequence.0 > 0, "record {sequence} of epoch {epoch}");
+        assert!(sequence.0 > 0, "record {sequence} noted");
         if let Some(&(last, start)) = self.starts.last() {
             assert!(sequence > start, "record {sequence} noted after {start}");
             if last == epoch {
                 return;
             }
+            if epoch < last {
+                self.starts.clear();
+            }
+        }
+        if epoch.0 == 0 {
+            self.starts.clear();
+            return;
         }
         if self.starts.len() == Self::MAX {
             self.starts.remove(0);
@@ -153,6 +164,22 @@ mod tests {
     }
 
     #[test]
+    fn a_record_of_epoch_zero_or_going_back_makes_what_came_before_unknown() {
+        // Goal: a journal put together by hand (its checksums hold) never makes the history
+        // name a wrong epoch, nor panics its writer: what came before such a record is
+        // forgotten.
+        let mut back = history(&[(2, 1), (5, 10)]);
+        back.note(Sequence(12), Epoch(4));
+        assert_eq!(back.starts(), [(Epoch(4), Sequence(12))]);
+        assert_eq!(back.epoch_at(Sequence(11)), None);
+        let mut zero = history(&[(2, 1)]);
+        zero.note(Sequence(5), Epoch(0));
+        assert_eq!(zero.known_from(), None);
+        zero.note(Sequence(6), Epoch(2));
+        assert_eq!(zero.starts(), [(Epoch(2), Sequence(6))]);
+    }
+
+    #[test]
     fn entries_read_back_are_checked() {
         let good = vec![(Epoch(1), Sequence(1)), (Epoch(3), Sequence(8))];
         assert_eq!(EpochHistory::from_starts(good.clone()).map(|h| h.starts().to_vec()), Ok(good));
@@ -160,6 +187,8 @@ mod tests {
         assert!(EpochHistory::from_starts(unordered).is_err());
         let repeated = vec![(Epoch(1), Sequence(1)), (Epoch(1), Sequence(8))];
         assert!(EpochHistory::from_starts(repeated).is_err());
+        let going_down = vec![(Epoch(3), Sequence(1)), (Epoch(2), Sequence(8))];
+        assert!(EpochHistory::from_starts(going_down).is_err());
         assert!(EpochHistory::from_starts(vec![(Epoch(0), Sequence(1))]).is_err());
     }
 }

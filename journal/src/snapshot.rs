@@ -311,6 +311,9 @@ fn based_history(meta: &SnapshotMeta) -> EpochHistory {
         history.note(meta.through, epoch);
     }
     assert!(history.known_from().is_none_or(|from| from <= meta.through), "a history past its end");
+    // Loading refused a history that names another record `through` than the header.
+    let named = history.epoch_at(meta.through);
+    debug_assert!(meta.through_epoch.is_none() || named.is_none() || named == meta.through_epoch);
     history
 }
 
@@ -340,12 +343,16 @@ fn restored_meta<S: Storage>(
     // and took no record since) no longer holds it; the snapshot of that name, which this
     // one replaces, recorded its epoch, and a snapshot without it would make the node's next
     // join fetch the primary's snapshot again.
-    let through_epoch = through_epoch
-        .or_else(|| crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten())
-        .or_else(|| match read_through(storage, &name) {
+    let in_journal = through_epoch
+        .or_else(|| crate::tail::epoch_at(&mut storage.clone(), through).ok().flatten());
+    let through_epoch = match in_journal {
+        // A record of epoch 0 (a journal put together by hand) is recorded as no epoch.
+        Some(epoch) => Some(epoch).filter(|epoch| epoch.0 > 0),
+        None => match read_through(storage, &name) {
             Ok((recorded, epoch)) if recorded == through => epoch,
             _ => None,
-        });
+        },
+    };
     // Records are journaled in epoch 1 and later: zero stands for "not recorded".
     assert!(through_epoch.is_none_or(|epoch| epoch.0 > 0), "a record of epoch 0");
     // The history covers the records up to `through`.
@@ -1864,9 +1871,10 @@ impl<S: Storage> Shadow<S> {
             }
             None => engine.to_image_unsorted(),
         };
-        let epoch = self.last_record.filter(|(at, _)| *at == job.through).map(|(_, epoch)| epoch);
-        // Records are journaled in epoch 1 and later.
-        assert!(epoch.is_none_or(|epoch| epoch.0 > 0), "record {} of epoch 0", job.through);
+        // Records are journaled in epoch 1 and later: one of epoch 0 (a journal put together
+        // by hand) is recorded as no epoch.
+        let last = self.last_record.filter(|&(at, epoch)| at == job.through && epoch.0 > 0);
+        let epoch = last.map(|(_, epoch)| epoch);
         let written = self.restore_and_write(engine, tail, &image, job.through, epoch);
         self.image = Some(image);
         let meta = match written {
@@ -2069,8 +2077,10 @@ fn apply_records(
     });
     // The record noted is the one before the next expected, in the history's last epoch.
     debug_assert!(applied == 0 || last.is_some_and(|(at, _)| at.next() == next), "noted another");
+    let named =
+        |(at, epoch): (Sequence, Epoch)| epoch.0 == 0 || history.epoch_at(at) == Some(epoch);
     assert!(
-        applied == 0 || last.is_some_and(|(at, epoch)| history.epoch_at(at) == Some(epoch)),
+        applied == 0 || last.is_some_and(named),
         "the history names another epoch for the last record applied"
     );
     decoded.map(|()| applied)

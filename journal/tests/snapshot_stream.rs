@@ -8,12 +8,18 @@ mod common;
 
 use std::path::Path;
 
-use common::generate;
-use ringfence_core::{Engine, EngineConfig, EngineImage, Sequence, Timestamp};
+use common::{config, generate, options};
+use ringfence_core::pipeline::SnapshotHook;
+use ringfence_core::{Engine, EngineConfig, EngineImage, Epoch, Sequence, Timestamp};
+use ringfence_journal::epoch::Epochs;
 use ringfence_journal::fault::FaultStorage;
-use ringfence_journal::snapshot::{self, SNAPSHOT_HEADER_LEN, SnapshotError};
+use ringfence_journal::recovery::recover_from;
+use ringfence_journal::snapshot::{
+    self, SNAPSHOT_HEADER_LEN, SnapshotError, SnapshotPolicy, Snapshotter, WriterPriority,
+};
 use ringfence_journal::storage::Storage;
 use ringfence_journal::workload::Workload;
+use ringfence_journal::writer::Durability;
 
 /// Offsets of the snapshot header (the byte diagram of `snapshot.rs`).
 const IMAGE_LEN_OFFSET: usize = 56;
@@ -187,8 +193,8 @@ fn a_snapshot_write_that_fails_or_loses_power_leaves_the_old_one_or_the_new_one_
 #[test]
 fn an_epoch_history_is_read_back_and_one_out_of_order_or_past_the_snapshot_is_refused() {
     // Goal: the epoch history at the end of the body (its count, then epoch and first
-    // sequence per entry) reads back as written; one that checksums but is out of order,
-    // names epoch 0, starts past the snapshot's last record or is cut short of its count is
+    // sequence per entry) reads back as written; one that checksums but is out of order (in
+    // sequence or in epoch), names epoch 0, starts past the snapshot's last record or is cut short of its count is
     // refused, saying why, streamed or whole.
     let (_, name, bytes) = snapshot_on_disk();
     // Written with no journal: an empty history, its count the last 8 bytes.
@@ -213,6 +219,8 @@ fn an_epoch_history_is_read_back_and_one_out_of_order_or_past_the_snapshot_is_re
     for (count, entries, why) in [
         (2, &[(3, 5), (1, 1)][..], "the epoch history: entries out of order"),
         (2, &[(1, 1), (1, 9)][..], "the epoch history: entries out of order"),
+        // A journal's epochs never go down.
+        (2, &[(3, 1), (2, 9)][..], "the epoch history: entries out of order"),
         (1, &[(0, 1)][..], "the epoch history: an entry of epoch or sequence zero"),
         (1, &[(1, 601)][..], "the epoch history goes past the through sequence"),
         (2, &[(1, 1)][..], "the lengths in the header do not match the file size"),
@@ -220,5 +228,44 @@ fn an_epoch_history_is_read_back_and_one_out_of_order_or_past_the_snapshot_is_re
     ] {
         let refused = load_both(&with(count, entries), &name).expect_err("a bad history loaded");
         assert!(refused.contains(why), "{entries:?}: {refused}");
+    }
+}
+
+#[test]
+fn records_of_epoch_zero_leave_the_history_unknown_up_to_them_and_panic_nothing() {
+    // Goal: no writer of ringfence journals a record of epoch 0, but the journal's API takes
+    // one and recovery accepts it (its checksums hold). The snapshot writer's shadow applies
+    // such records without panicking, and its snapshots' epoch history starts after them:
+    // it never names an epoch for them.
+    let disk = FaultStorage::new();
+    let mut workload = Workload::new(5, Sequence(1), Timestamp(10));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 200);
+    {
+        let mut writer = recover_from(disk.clone(), options(Durability::Batch)).unwrap().writer;
+        for command in &commands[..3] {
+            writer.append_command(Epoch(0), command).unwrap();
+        }
+        writer.end_batch().unwrap();
+    }
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, Sequence(4));
+    let (mut writer, mut engine) = (recovered.writer, recovered.engine);
+    writer.data_dir().store_epochs(Epochs { current: Epoch(1), promised: Epoch(1) }).unwrap();
+    let policy =
+        SnapshotPolicy { every_commands: Some(50), keep: 2, writer: WriterPriority::Normal };
+    let (mut snapshots, mut stepper) =
+        Snapshotter::stepped(writer.data_dir().clone(), policy, config());
+    for command in &commands[3..] {
+        writer.append_command(Epoch(1), command).unwrap();
+        engine.apply(command);
+        snapshots.after_apply(&engine, command);
+        writer.end_batch().unwrap();
+        stepper.step();
+    }
+    let stats = snapshots.stats();
+    assert!(stats.written >= 3 && stats.failed == 0, "{stats:?}");
+    for (_, name) in snapshot::list(&disk).unwrap() {
+        let meta = snapshot::read_meta_streaming(&disk, &name).unwrap();
+        assert_eq!(meta.history.starts(), [(Epoch(1), Sequence(4))], "{name}");
     }
 }

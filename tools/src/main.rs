@@ -28,12 +28,13 @@ struct Cli {
     command: TopCommand,
 }
 
-/// What this release reads and speaks, as `(label, version)`: the journal and snapshot
-/// format, the engine image, the replication and the client protocol. `--version` prints them
-/// and `/metrics` labels `ringfence_build_info` with them.
-pub(crate) fn formats_and_protocols() -> [(&'static str, u32); 4] {
+/// What this release reads and speaks, as `(label, version)`: the journal format, the
+/// snapshot format, the engine image, the replication and the client protocol. `--version`
+/// prints them and `/metrics` labels `ringfence_build_info` with them.
+pub(crate) fn formats_and_protocols() -> [(&'static str, u32); 5] {
     [
         ("journal_format", ringfence_journal::format::FORMAT_VERSION),
+        ("snapshot_format", ringfence_journal::snapshot::SNAPSHOT_FORMAT_VERSION),
         ("engine_image", ringfence_core::IMAGE_FORMAT_VERSION.into()),
         ("replication_protocol", ringfence_replicator::message::PROTOCOL_VERSION.into()),
         ("client_protocol", ringfence_ingress::wire::VERSION.into()),
@@ -46,10 +47,11 @@ pub(crate) fn formats_and_protocols() -> [(&'static str, u32); 4] {
 pub(crate) fn version_text() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
-        let [journal, image, replication, client] = formats_and_protocols().map(|(_, v)| v);
+        let [journal, snapshot, image, replication, client] =
+            formats_and_protocols().map(|(_, v)| v);
         format!(
-            "{} (formats: journal and snapshot {journal}, engine image {image}; protocols: \
-             replication {replication}, client {client})",
+            "{} (formats: journal {journal}, snapshot {snapshot}, engine image {image}; \
+             protocols: replication {replication}, client {client})",
             env!("CARGO_PKG_VERSION")
         )
     })

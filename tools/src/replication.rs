@@ -6,6 +6,7 @@
 //! itself as a candidate (`restart_as_candidate`).
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -591,8 +592,11 @@ pub fn install_snapshot<S: Storage>(
 /// `s` that the history gives another epoch is not the primary's, nor is any record between
 /// it and the primary's last record of epoch `e` or below; and when the primary holds no
 /// record of `e` at or below `s` (its record at `s` is of a lower epoch), none of the
-/// journal's records of `e` is the primary's. Where the history does not reach (a snapshot
-/// written before snapshots carried one), the records are taken as the primary's.
+/// journal's records of `e` is the primary's. Before the history's first entry (a snapshot
+/// written before snapshots carried one, or a history that lost its oldest entries) the
+/// primary's epochs are at most that entry's, since a journal's epochs never go down: a
+/// record of a higher epoch there is not the primary's either. Any other record there is
+/// taken as the primary's: nothing says it is not.
 pub fn agreed_through<R: ringfence_journal::scan::ReadSource>(
     source: &mut R,
     history: &EpochHistory,
@@ -610,17 +614,28 @@ pub fn agreed_through<R: ringfence_journal::scan::ReadSource>(
             None => return Ok(through),
         }
     };
+    // The history's first entry: where what it says starts, and the primary's highest epoch
+    // before it.
+    let Some(&(first_epoch, known_from)) = history.starts().first() else {
+        // A history that says nothing: every record is taken as the primary's.
+        return Ok(at.0);
+    };
     loop {
         let (sequence, epoch) = at;
         if sequence.0 == 0 {
             return Ok(sequence);
         }
-        match history.epoch_at(sequence) {
-            Some(primary) if primary != epoch => {}
-            // The primary's record, or one the history does not reach.
-            _ => return Ok(sequence),
+        let not_primary = match history.epoch_at(sequence) {
+            Some(primary) => primary != epoch,
+            None => epoch > first_epoch,
+        };
+        if !not_primary {
+            return Ok(sequence);
         }
-        let primary_end = history.last_at_or_below(epoch, through).unwrap_or(Sequence(0));
+        // The primary's last record of `epoch` or below: where the history says, else (no
+        // entry that low) just before the history starts, as far as anything is known.
+        let unknown = Sequence(known_from.0 - 1);
+        let primary_end = history.last_at_or_below(epoch, through).unwrap_or(unknown);
         let before = if primary_end >= sequence {
             // No record of `epoch` at or below `sequence` is the primary's: back to before the
             // journal's first record of `epoch`.
@@ -643,24 +658,27 @@ pub fn agreed_through<R: ringfence_journal::scan::ReadSource>(
 /// Keeps in `rollback/` the records of this journal (ending at `end`) that the primary's
 /// snapshot, about to replace it, shows were never the primary's ([`agreed_through`]): after
 /// an `async` failover, the writes an old primary acknowledged alone, which the snapshot
-/// drops. Called before the journal is dropped; a failure to keep them stops the start.
+/// drops. Those after `kept_after`, if given, were kept already (a diverged tail that could
+/// not be cut in place). Called before the journal is dropped; a failure to keep them stops
+/// the start.
 pub fn keep_unagreed(
     storage: &FileStorage,
     fetched: &CheckedSnapshot,
     end: JournalEnd,
+    kept_after: Option<Sequence>,
 ) -> Result<(), String> {
     let history = &fetched.history;
     let keep_through = agreed_through(&mut storage.clone(), history, fetched.through, end)?;
-    if keep_through >= end.last_sequence {
+    let upto = kept_after.map_or(end.last_sequence, |kept| kept.min(end.last_sequence));
+    if keep_through >= upto {
         return Ok(());
     }
     log(format_args!(
-        "the primary's snapshot shows records {}..={} of this journal were never the \
+        "the primary's snapshot shows records {}..={upto} of this journal were never the \
          primary's",
         keep_through.next(),
-        end.last_sequence
     ));
-    keep_dropped(storage, keep_through)
+    keep_dropped(storage, keep_through, upto)
 }
 
 /// Where a recovered journal ends, for the join: its last record (the recovered writer's
@@ -706,7 +724,7 @@ pub fn drop_tail(
         end.last_sequence,
         end.last_epoch
     ));
-    keep_dropped(storage, keep_through)?;
+    keep_dropped(storage, keep_through, end.last_sequence)?;
     let truncation = match recovery::truncate(storage, keep_through.next()) {
         Ok(truncation) => truncation,
         Err(JournalError::NothingToReplayFrom { .. }) => {
@@ -725,17 +743,24 @@ pub fn drop_tail(
     Ok(true)
 }
 
-/// Copies the records after `keep_through` that the journal holds into a new file of
-/// `rollback/` ([`crate::rollback`]), and logs where: dropped from the journal, they are not
-/// lost to the operator.
-fn keep_dropped(storage: &FileStorage, keep_through: Sequence) -> Result<(), String> {
+/// Copies the records after `keep_through`, up to `upto`, that the journal holds into a new
+/// file of `rollback/` ([`crate::rollback`]), and logs where: dropped from the journal, they
+/// are not lost to the operator.
+fn keep_dropped(
+    storage: &FileStorage,
+    keep_through: Sequence,
+    upto: Sequence,
+) -> Result<(), String> {
     use ringfence_journal::{datadir, scan};
     let mut source = storage.clone();
     let read = |e: JournalError| format!("reading the dropped records: {e}");
     let check = datadir::check(&mut source).map_err(read)?;
     let layout = scan::scan_segments(&mut source, &check.segments).map_err(read)?;
     let kept = crate::rollback::keep(storage.dir(), "dropped", |visit| {
-        scan::read(&mut source, &layout, keep_through.next(), visit).map_err(read)
+        let mut upto_end = |record: &scan::Record| {
+            if record.sequence > upto { ControlFlow::Break(()) } else { visit(record) }
+        };
+        scan::read(&mut source, &layout, keep_through.next(), &mut upto_end).map_err(read)
     })?;
     match kept {
         Some((file, kept)) => log(format_args!(
@@ -990,6 +1015,14 @@ mod tests {
         // Records after the snapshot are not covered: kept.
         assert_eq!(agreed(&[(1, 1), (2, 4)], 5), 5);
         assert_eq!(agreed(&[(7, 1)], 20), 0);
+        // A history known from 5 only (its oldest entries dropped, or written over a snapshot
+        // that carried none): before it, the primary's epochs are at most its first entry's.
+        // Records 5..=8 differ from it; 1..=4 cannot be told apart, and are taken as the
+        // primary's.
+        assert_eq!(agreed(&[(3, 5)], 20), 4);
+        // Known from 10, first epoch 4: this journal's records of epoch 5 before it were not
+        // the primary's, whose epochs there are at most 4; those of epoch 2 may be.
+        assert_eq!(agreed(&[(4, 10)], 20), 6);
     }
 
     fn args(etcd: &[&str], node: Option<&str>) -> ReplicationArgs {

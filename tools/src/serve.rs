@@ -851,6 +851,9 @@ fn recover_for_role(
                         primary,
                         &options.engine_config,
                     )?;
+                    // The tail after the cut is kept; the snapshot may show more was never
+                    // the primary's (told one record at a time, this is the first round).
+                    replication::keep_unagreed(storage, &fetched, end, Some(cut))?;
                     let installed = replication::install_snapshot(storage, &fetched, end)?;
                     from_snapshot = Some(installed);
                 }
@@ -885,7 +888,7 @@ fn recover_for_role(
                 // The journal is closed before the snapshot replaces it, and what of it was
                 // never the primary's is kept first.
                 drop(recovered);
-                replication::keep_unagreed(storage, &fetched, end)?;
+                replication::keep_unagreed(storage, &fetched, end, None)?;
                 let installed = replication::install_snapshot(storage, &fetched, end)?;
                 from_snapshot = Some(installed);
             }

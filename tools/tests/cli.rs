@@ -79,10 +79,11 @@ fn version_names_the_formats_and_protocols_a_pair_must_share() {
     assert!(out.status.success());
     let version = text(&out.stdout);
     let expected = format!(
-        "ringfence {} (formats: journal and snapshot {}, engine image {}; protocols: \
+        "ringfence {} (formats: journal {}, snapshot {}, engine image {}; protocols: \
          replication {}, client {})",
         env!("CARGO_PKG_VERSION"),
         ringfence_journal::format::FORMAT_VERSION,
+        ringfence_journal::snapshot::SNAPSHOT_FORMAT_VERSION,
         ringfence_core::IMAGE_FORMAT_VERSION,
         ringfence_replicator::message::PROTOCOL_VERSION,
         ringfence_ingress::wire::VERSION

@@ -1223,7 +1223,8 @@ fn a_standby_catching_up_a_backlog_acknowledges_while_it_reads() {
     let first_ack = match reader.read_message() {
         Ok(Message::Ack(ack)) => ack,
         Ok(other) => panic!("unexpected {other:?}"),
-        Err(error) => panic!("no acknowledgement: {error}"),
+        // What the standby said of it, if it closed the connection.
+        Err(error) => panic!("no acknowledgement: {error}\nstandby: {:#?}", follower.drain_log()),
     };
     assert!(
         first_ack.written.0 < BACKLOG / 2,

@@ -183,6 +183,8 @@ fn an_idle_node_journals_nothing_but_due_deadlines() {
     let build = metrics.lines().find(|l| l.starts_with("ringfence_build_info{")).expect("build");
     let protocol = ringfence_replicator::message::PROTOCOL_VERSION;
     assert!(build.contains(&format!("replication_protocol=\"{protocol}\"")), "{build}");
+    let snapshots = ringfence_journal::snapshot::SNAPSHOT_FORMAT_VERSION;
+    assert!(build.contains(&format!("snapshot_format=\"{snapshots}\"")), "{build}");
     assert!(build.contains(concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"")), "{build}");
     assert!(build.ends_with("} 1"), "{build}");
     let (records_after, bytes_after) = journal_size(&dir);
