@@ -3,7 +3,8 @@
 //! diverged path, where the standby cannot cut its tail in place, and where the history does
 //! not reach back to the standby's first records. The journals are written through the
 //! journal's API (records of chosen epochs); a fake primary on the production
-//! `PrimarySession` answers the standby's join from a list of epochs and sends the snapshot.
+//! `PrimarySession` (`common::snapshot_primary`) answers the standby's join from a list of
+//! epochs and sends the snapshot.
 
 mod common;
 
@@ -11,10 +12,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
 
-use common::{CLUSTER_SECRET, TempDir, fake_primary_step, journal_dump_json};
+use common::snapshot_primary::{Offer, run_standby_until, serve, standby_process};
+use common::{CLUSTER_SECRET, TempDir, journal_dump_json};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::epoch::Epochs;
 use ringfence_journal::recovery::recover;
@@ -22,8 +22,6 @@ use ringfence_journal::snapshot;
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, WriterOptions};
 use ringfence_replicator::position::EpochList;
-use ringfence_replicator::session::{PrimarySession, PrimaryStep};
-use ringfence_replicator::stream::{FrameReader, write_message, write_snapshot_chunk};
 
 /// The fake primary's epoch.
 const PRIMARY_EPOCH: u64 = 1005;
@@ -164,90 +162,20 @@ fn rejoin(
     std::fs::write(&secret, CLUSTER_SECRET).unwrap();
     let through = Sequence(epochs.len() as u64);
     let bytes = std::fs::read(dir_p.join(snapshot::snapshot_name(through))).unwrap();
-    let epoch = Epoch(*epochs.last().unwrap());
+    let through_epoch = Epoch(*epochs.last().unwrap());
+    let offer = Offer { through, through_epoch, bytes, announced_len: None };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let stopped = Arc::clone(&stop);
-    let primary = thread::spawn(move || {
-        while !stopped.load(Ordering::Acquire) {
-            let Ok((socket, _)) = listener.accept() else {
-                thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            socket.set_nonblocking(false).unwrap();
-            socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut reader = FrameReader::new(socket.try_clone().unwrap());
-            let mut session = PrimarySession::new([5; 32]);
-            let mut journal = journal.clone();
-            while let Ok(message) = reader.read_message() {
-                match fake_primary_step(&mut session, &message, PRIMARY_EPOCH, &mut journal) {
-                    PrimaryStep::Reply(reply) => {
-                        write_message(&mut &socket, &reply.message(), &mut Vec::new()).unwrap();
-                    }
-                    PrimaryStep::Close { last, .. } => {
-                        if let Some(last) = last {
-                            let _ = write_message(&mut &socket, &last.message(), &mut Vec::new());
-                        }
-                        break;
-                    }
-                    PrimaryStep::SendSnapshot => {
-                        let (total, mut offset) = (bytes.len() as u64, 0);
-                        for chunk in bytes.chunks(64 * 1024) {
-                            let sent = write_snapshot_chunk(
-                                &mut &socket,
-                                through,
-                                epoch,
-                                total,
-                                offset,
-                                chunk,
-                            );
-                            if sent.is_err() {
-                                break;
-                            }
-                            offset += chunk.len() as u64;
-                        }
-                        let _ = reader.read_message();
-                        break;
-                    }
-                    _ => break,
-                }
-            }
-        }
-    });
+    let primary = serve(listener, (PRIMARY_EPOCH, journal), offer, Arc::clone(&stop));
     let config = root.join("node.toml");
     std::fs::write(&config, "[node]\nsegment_bytes = 65536\nsnapshots_kept = 1\n").unwrap();
-    let mut process = common::Logged::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
-            .arg(dir_s)
-            .args(["--config", config.to_str().unwrap()])
-            .args(["--role", "standby", "--primary", &address.to_string()])
-            .args(["--cluster-secret-file", secret.to_str().unwrap()])
-            .args(["--replication-listen", "127.0.0.1:0"])
-            .env_remove("RINGFENCE_ADMIN_TOKEN"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut log = Vec::new();
-    loop {
-        log.extend(process.lines.try_iter());
-        if log.iter().any(|l| l.contains("HTTP API listening")) {
-            break;
-        }
-        if process.child.try_wait().unwrap().is_some() {
-            thread::sleep(Duration::from_millis(200));
-            log.extend(process.lines.try_iter());
-            break;
-        }
-        assert!(Instant::now() < deadline, "the standby never started: {log:#?}");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = process.child.kill();
-    let _ = process.child.wait();
+    let process = standby_process(dir_s, &secret, address, &["--config", config.to_str().unwrap()]);
+    let log = run_standby_until(process, &["HTTP API listening"]);
     stop.store(true, Ordering::Release);
-    primary.join().unwrap();
-    assert!(log.iter().any(|l| l.contains("fetched the primary's snapshot")), "{log:#?}");
+    let served = primary.join().unwrap();
+    let fetched = log.iter().any(|l| l.contains("fetched the primary's snapshot"));
+    assert!(fetched, "{log:#?}\nthe fake primary: {served:#?}");
     log
 }
 

@@ -11,13 +11,30 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{CLUSTER_SECRET, Serve, TempDir, fake_primary_step, journal_dump_json};
+use common::snapshot_primary::{self, Offer, run_standby_until};
+use common::{CLUSTER_SECRET, Serve, TempDir, journal_dump_json};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_replicator::position::EpochList;
-use ringfence_replicator::session::{PrimarySession, PrimaryStep};
-use ringfence_replicator::stream::{FrameReader, write_message, write_snapshot_chunk};
+
+/// A fake primary in [`PRIMARY_EPOCH`] on `listener` whose journal starts at `first_held`:
+/// refuses every join that needs retired records (`needs_snapshot`) and sends `offer` for
+/// every fetch.
+fn fake_primary(
+    listener: TcpListener,
+    first_held: u64,
+    offer: Offer,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Vec<String>> {
+    let journal = EpochList { first: first_held, epochs: vec![PRIMARY_EPOCH; 5] };
+    snapshot_primary::serve(listener, (PRIMARY_EPOCH, journal), offer, stop)
+}
+
+/// Starts `dir` as a standby of the fake primary on `primary`.
+fn standby_process(dir: &Path, secret: &Path, primary: SocketAddr) -> common::Logged {
+    snapshot_primary::standby_process(dir, secret, primary, &[])
+}
 
 /// The fake primary's epoch: a promoted standby's.
 const PRIMARY_EPOCH: u64 = 1005;
@@ -66,6 +83,12 @@ fn snapshot_of_orders(dir: &Path, orders: u64) -> (Sequence, Vec<u8>) {
     create_sale(&node);
     sell(&node, "p", orders);
     node.signal("-TERM");
+    let (through, _, bytes) = newest_snapshot(dir);
+    (through, bytes)
+}
+
+/// The newest snapshot in `dir`: its sequence, the epoch it records, and its bytes.
+fn newest_snapshot(dir: &Path) -> (Sequence, Option<Epoch>, Vec<u8>) {
     let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -75,126 +98,8 @@ fn snapshot_of_orders(dir: &Path, orders: u64) -> (Sequence, Vec<u8>) {
     let newest = snapshots.pop().expect("a final snapshot");
     let name = newest.file_name().unwrap().to_str().unwrap().to_owned();
     let bytes = std::fs::read(&newest).unwrap();
-    let (through, _) = ringfence_journal::snapshot::through_in(&name, &bytes).unwrap();
-    (through, bytes)
-}
-
-/// What the fake primary sends for a fetch: the snapshot's announced sequence, epoch and
-/// bytes, and the length its chunks announce when not the bytes'.
-struct Offer {
-    through: Sequence,
-    through_epoch: Epoch,
-    bytes: Vec<u8>,
-    announced_len: Option<u64>,
-}
-
-/// A fake primary in [`PRIMARY_EPOCH`] on `listener` whose journal starts at `first_held`:
-/// refuses every join that needs retired records (`needs_snapshot`), sends `offer` for
-/// every fetch, and closes every other connection unanswered (the standby then starts on its
-/// journal and retries). Runs until `stop`.
-fn fake_primary(
-    listener: TcpListener,
-    first_held: u64,
-    offer: Offer,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<Vec<String>> {
-    listener.set_nonblocking(true).unwrap();
-    thread::spawn(move || {
-        let mut served = Vec::new();
-        while !stop.load(Ordering::Acquire) {
-            let socket = match listener.accept() {
-                Ok((socket, _)) => socket,
-                Err(_) => {
-                    thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
-            };
-            socket.set_nonblocking(false).unwrap();
-            socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut reader = FrameReader::new(socket.try_clone().unwrap());
-            let mut session = PrimarySession::new([5; 32]);
-            let mut journal = EpochList { first: first_held, epochs: vec![PRIMARY_EPOCH; 5] };
-            loop {
-                let Ok(message) = reader.read_message() else {
-                    served.push("closed".to_owned());
-                    break;
-                };
-                match fake_primary_step(&mut session, &message, PRIMARY_EPOCH, &mut journal) {
-                    PrimaryStep::Reply(reply) => {
-                        write_message(&mut &socket, &reply.message(), &mut Vec::new()).unwrap();
-                    }
-                    PrimaryStep::Close { last, reason, .. } => {
-                        if let Some(last) = last {
-                            let _ = write_message(&mut &socket, &last.message(), &mut Vec::new());
-                        }
-                        served.push(format!("refused: {reason}"));
-                        break;
-                    }
-                    PrimaryStep::SendSnapshot => {
-                        let total = offer.announced_len.unwrap_or(offer.bytes.len() as u64);
-                        let mut offset = 0;
-                        for chunk in offer.bytes.chunks(64 * 1024) {
-                            let _ = write_snapshot_chunk(
-                                &mut &socket,
-                                offer.through,
-                                offer.through_epoch,
-                                total,
-                                offset,
-                                chunk,
-                            );
-                            offset += chunk.len() as u64;
-                        }
-                        served.push("snapshot sent".to_owned());
-                        // The standby closes once it has the whole file.
-                        let _ = reader.read_message();
-                        break;
-                    }
-                    other => {
-                        served.push(format!("dropped: {other:?}"));
-                        break;
-                    }
-                }
-            }
-        }
-        served
-    })
-}
-
-/// Starts `dir` as a standby of the fake primary on `primary`; returns the process (it may
-/// exit at start).
-fn standby_process(dir: &Path, secret: &Path, primary: SocketAddr) -> common::Logged {
-    let (primary, secret) = (primary.to_string(), secret.to_str().unwrap().to_owned());
-    common::Logged::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(["--role", "standby", "--primary", &primary, "--cluster-secret-file", &secret])
-            .args(["--replication-listen", "127.0.0.1:0"])
-            .env_remove("RINGFENCE_ADMIN_TOKEN"),
-    )
-}
-
-/// Runs the standby until it logs a line containing one of `until` or exits; returns its
-/// lines, then kills it.
-fn run_standby_until(mut process: common::Logged, until: &[&str]) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut lines = Vec::new();
-    loop {
-        lines.extend(process.lines.try_iter());
-        if lines.iter().any(|l| until.iter().any(|u| l.contains(u))) {
-            break;
-        }
-        if process.child.try_wait().unwrap().is_some() {
-            thread::sleep(Duration::from_millis(200));
-            lines.extend(process.lines.try_iter());
-            break;
-        }
-        assert!(Instant::now() < deadline, "the standby never got there: {lines:#?}");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = process.child.kill();
-    let _ = process.child.wait();
-    lines
+    let (through, epoch) = ringfence_journal::snapshot::through_in(&name, &bytes).unwrap();
+    (through, epoch, bytes)
 }
 
 /// The scenario: a standby holding `standby_orders` orders of its own; its primary refuses its
@@ -421,16 +326,7 @@ fn the_records_an_old_primary_wrote_alone_are_kept_when_its_successor_s_snapshot
         assert_eq!(position.0, successor.0);
         assert_ne!(position.1, successor.1, "the same record: {before_at:?} {successor_at:?}");
     }
-    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(&dir_p)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
-        .collect();
-    snapshots.sort();
-    let newest = snapshots.pop().expect("a final snapshot");
-    let name = newest.file_name().unwrap().to_str().unwrap().to_owned();
-    let bytes = std::fs::read(&newest).unwrap();
-    let (through, epoch) = ringfence_journal::snapshot::through_in(&name, &bytes).unwrap();
+    let (through, epoch, bytes) = newest_snapshot(&dir_p);
     assert_eq!(through.0, successor_at.last().unwrap().0, "the final snapshot is through the end");
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -13,6 +13,7 @@ pub mod disk;
 pub mod etcd;
 pub mod follower;
 pub mod prometheus;
+pub mod snapshot_primary;
 use std::time::{Duration, Instant};
 
 /// A directory under the system temp dir, removed on drop.
