@@ -541,9 +541,7 @@ impl CheckedSnapshot {
             }
         }
     }
-}
 
-impl CheckedSnapshot {
     /// The epochs of the records the snapshot includes, as its file records them.
     #[must_use]
     pub fn history(&self) -> &EpochHistory {
