@@ -647,6 +647,11 @@ impl StandbySession {
             return self
                 .refuse(RefuseCode::BadMessage, "diverged when a snapshot was asked".into());
         };
+        // A deposed primary does not decide what this journal drops: an honest one answers a
+        // join that promised a newer epoch `Superseded` before it compares journals.
+        if let Some(refused) = self.refuse_below_promise(diverged.epoch) {
+            return refused;
+        }
         if diverged.keep_through >= position.last_sequence {
             let text = format!(
                 "the primary says this journal diverged after {}, but it ends at {}",
@@ -957,18 +962,28 @@ mod tests {
     fn a_standby_refuses_to_drop_nothing_or_more_than_it_holds() {
         // Goal: told its journal diverged after a sequence at or past its own last record (a
         // primary's bug or a corrupted frame that passed its checks), a standby refuses the
-        // answer rather than cut nothing or fail on it; a cut below its last is taken.
+        // answer rather than cut nothing or fail on it; a cut below its last is taken. Told by
+        // a primary of an epoch below its promise (2), it refuses too: a deposed primary does
+        // not cut its journal.
         let (key, ours) = (secret("the-shared-secret-16+"), cluster());
-        for (keep_through, refused) in [(12, false), (0, false), (13, true), (40, true)] {
+        let cases = [
+            (3, 12, None),
+            (3, 0, None),
+            (2, 12, None),
+            (3, 13, Some(RefuseCode::BadMessage)),
+            (3, 40, Some(RefuseCode::BadMessage)),
+            (1, 12, Some(RefuseCode::StaleEpoch)),
+        ];
+        for (epoch, keep_through, refused) in cases {
             let mut standby = joined_at_13(&key);
-            let told = Diverged { epoch: Epoch(3), keep_through: Sequence(keep_through) };
+            let told = Diverged { epoch: Epoch(epoch), keep_through: Sequence(keep_through) };
             let mut answer = None;
             wire(&Outgoing::Diverged(told), &mut |m| {
                 answer = Some(standby.on_message(m, &key, &ours))
             });
             let answer = answer.expect("an answer");
-            if refused {
-                assert_eq!(standby_refusal(&answer), Some(RefuseCode::BadMessage), "{answer:?}");
+            if let Some(code) = refused {
+                assert_eq!(standby_refusal(&answer), Some(code), "{told:?}: {answer:?}");
             } else {
                 let expected =
                     StandbyStep::Diverged { keep_through: told.keep_through, epoch: told.epoch };
