@@ -704,6 +704,11 @@ fn decode_through(
         return Err(invalid("the header covers another sequence than the file's name"));
     }
     let epoch = Some(Epoch(get_u64(header, THROUGH_EPOCH_OFFSET))).filter(|epoch| epoch.0 != 0);
+    if through.0 == 0 && epoch.is_some() {
+        return Err(invalid("the header names the epoch of a record before the first"));
+    }
+    // A snapshot through record `through` names, at most, that record's epoch.
+    assert!(epoch.is_none() || through.0 > 0, "an epoch for record 0");
     Ok((through, epoch))
 }
 

@@ -24,6 +24,7 @@ use ringfence_journal::writer::Durability;
 /// Offsets of the snapshot header (the byte diagram of `snapshot.rs`).
 const IMAGE_LEN_OFFSET: usize = 56;
 const BODY_CRC_OFFSET: usize = 64;
+const THROUGH_EPOCH_OFFSET: usize = 114;
 const HEADER_CRC_OFFSET: usize = 124;
 
 /// A disk holding one snapshot of a workload's state under the small configuration; its name
@@ -268,4 +269,37 @@ fn records_of_epoch_zero_leave_the_history_unknown_up_to_them_and_panic_nothing(
         let meta = snapshot::read_meta_streaming(&disk, &name).unwrap();
         assert_eq!(meta.history.starts(), [(Epoch(1), Sequence(4))], "{name}");
     }
+}
+
+#[test]
+fn a_snapshot_through_0_whose_header_names_an_epoch_is_refused_and_the_next_one_written() {
+    // Goal: a node that took no command writes a snapshot through 0 at its clean stop, its
+    // through epoch 0 (none). One whose header names an epoch (crafted, or damaged and
+    // resealed) names the epoch of a record before the first: it is refused, streamed or
+    // whole, rather than read as the history of record 0 (which panicked every snapshot
+    // written over it, the shadow writer's and a clean stop's), and the next snapshot is
+    // written as if it were not there.
+    let disk = FaultStorage::new();
+    let mut writer = recover_from(disk.clone(), options(Durability::Batch)).unwrap().writer;
+    let meta = snapshot::write_now(&disk, &Engine::new(config()), Sequence(0)).expect("written");
+    assert_eq!((meta.through, meta.through_epoch), (Sequence(0), None));
+    let mut bytes = disk.read_file(&meta.name).expect("read back");
+    bytes[THROUGH_EPOCH_OFFSET..THROUGH_EPOCH_OFFSET + 8].copy_from_slice(&7_u64.to_le_bytes());
+    reseal(&mut bytes);
+    disk.write_file(&meta.name, &bytes).expect("written");
+    let refused = load_both(&bytes, &meta.name).expect_err("an epoch for record 0 loaded");
+    assert!(refused.contains("names the epoch of a record before the first"), "{refused}");
+    assert!(snapshot::read_meta_streaming(&disk, &meta.name).is_err());
+    let mut workload = Workload::new(5, Sequence(1), Timestamp(10));
+    let mut engine = Engine::new(config());
+    let commands = generate(&mut workload, &mut engine, 20);
+    writer.data_dir().store_epochs(Epochs { current: Epoch(7), promised: Epoch(7) }).unwrap();
+    for command in &commands {
+        writer.append_command(Epoch(7), command).unwrap();
+    }
+    writer.end_batch().unwrap();
+    drop(writer);
+    let through = commands.last().expect("commands").sequence;
+    let next = snapshot::write_now(&disk, &engine, through).expect("the next snapshot");
+    assert_eq!(next.history.starts(), [(Epoch(7), Sequence(1))]);
 }

@@ -663,15 +663,16 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         Ok(backend.with_metrics(metrics))
     })
     .map_err(|e| format!("starting the listeners: {e}"))?;
+    // A stop wins over a restart to rejoin that comes during it. Watched before the listeners
+    // are announced: a SIGTERM sent once they are stops the node cleanly.
+    let held = control.clone();
+    watch_signals(handle.stopper(), move || held.iter().for_each(|control| control.hold_rejoin()))?;
     if let Some(addr) = handle.binary_addr() {
         log(format_args!("binary protocol v1 listening on {addr}"));
     }
     if let Some(addr) = handle.http_addr() {
         log(format_args!("HTTP API listening on http://{addr}"));
     }
-    // A stop wins over a restart to rejoin that comes during it.
-    let held = control.clone();
-    watch_signals(handle.stopper(), move || held.iter().for_each(|control| control.hold_rejoin()))?;
     let joined = handle.join().map_err(|e| format!("event loop: {e}"));
     if let Some(coordination) = &coordination {
         coordination.stop();

@@ -301,3 +301,30 @@ fn a_topology_flag_it_does_not_know_is_refused_naming_the_choices() {
     assert!(stderr.contains("`sideways`: use auto, inline, compact or parallel"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_snapshot_through_0_whose_header_names_an_epoch_is_passed_over_and_the_node_stops_cleanly() {
+    // Goal: a snapshot file is data; a node never panics on one. A node that took no command
+    // writes a snapshot through 0 at its clean stop. Given one whose header names an epoch
+    // (crafted, or damaged and resealed), the next run passes it over as damaged, and its own
+    // clean stop writes a snapshot and exits 0: before, the shadow writer and that stop read
+    // it as the history of record 0 and panicked, and the node exited 1 at every stop.
+    const THROUGH_EPOCH_OFFSET: usize = 114;
+    const HEADER_CRC_OFFSET: usize = 124;
+    let dir = temp_dir("snapshot-through-0");
+    let mut first = Serve::start(&dir);
+    assert!(first.signal("-TERM").success(), "{:#?}", first.drain_log());
+    let file = dir.join("snapshot-00000000000000000000.snap");
+    let mut bytes = std::fs::read(&file).expect("the clean stop wrote a snapshot through 0");
+    bytes[THROUGH_EPOCH_OFFSET..THROUGH_EPOCH_OFFSET + 8].copy_from_slice(&1_u64.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]);
+    bytes[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    let mut second = Serve::start(&dir);
+    assert_eq!(reserve(&second, "r-1", 1).0, 404, "no SKU: the node serves");
+    let status = second.signal("-TERM");
+    let log = second.drain_log();
+    let panicked: Vec<_> = log.iter().filter(|line| line.contains("panicked")).collect();
+    assert!(status.success() && panicked.is_empty(), "exit {status}: {panicked:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
