@@ -537,9 +537,11 @@ const _: () = assert!(SNAPSHOT_BUFFER_BYTES >= 16 + 8);
 #[must_use]
 pub fn working_bytes_max(config: &EngineConfig) -> u64 {
     let image = EngineImage::memory_max(config);
-    // The writer's `SnapshotMeta` and the loader's both list every SKU, 8 bytes each.
+    // The writer's `SnapshotMeta` and the loader's both list every SKU, 8 bytes each, and
+    // each holds an epoch history; the shadow keeps its own as it follows the journal.
     let catalogue = 8 * u64::from(config.skus_max);
-    let bytes = image + 2 * SNAPSHOT_BUFFER_BYTES as u64 + catalogue;
+    let histories = 3 * history_len(EpochHistory::MAX);
+    let bytes = image + 2 * SNAPSHOT_BUFFER_BYTES as u64 + catalogue + histories;
     // The fullest image holds every SKU, each more than its id; so does its file.
     assert!(image > catalogue, "an image smaller than its SKU catalogue");
     let file = file_len_max(config);
