@@ -195,7 +195,7 @@ fn starting_segments(
             if started(&writer).started > before {
                 // A batch holds far fewer records than a segment: one start at most.
                 let ns = writer.data_dir().segment_starts().ns_last;
-                let _ = histogram.record(ns);
+                histogram.saturating_record(ns);
                 spent_ns += ns;
                 if started(&writer).started - base >= starts {
                     break 'run;
@@ -247,7 +247,7 @@ fn timed_appends(
             journal.append(&record).expect("append");
         }
         journal.flush(&clock).expect("flush");
-        let _ = histogram.record(t0.elapsed().as_nanos() as u64);
+        histogram.saturating_record(t0.elapsed().as_nanos() as u64);
         ops += chunk.len() as u64;
         if started.elapsed() > budget {
             break;
@@ -314,7 +314,7 @@ fn baseline_encode(
         for command in chunk {
             sink ^= framing.encode(Epoch(1), command)[0];
         }
-        let _ = histogram.record(t0.elapsed().as_nanos() as u64);
+        histogram.saturating_record(t0.elapsed().as_nanos() as u64);
         ops += chunk.len() as u64;
         if started.elapsed() > budget {
             break;

@@ -389,11 +389,12 @@ fn note_run(report: &Report, label: &str, rate: Option<u64>, measured: &Measured
         let codes: Vec<String> =
             measured.refusals.iter().map(|(code, n)| format!("{code} {n}")).collect();
         report.note(&format!(
-            "  {label}: {} answers were not reservations ({}), {} requests unanswered: their \
-             latencies are in the row",
+            "  {label}: {} answers were not reservations ({}), {} requests unanswered {} s \
+             after the run; both are in the latencies, the unanswered at the time they waited",
             measured.failed,
             if codes.is_empty() { "no code".to_owned() } else { codes.join(", ") },
-            measured.lost
+            measured.lost,
+            crate::net::DRAIN_AFTER_RUN.as_secs()
         ));
     }
 }

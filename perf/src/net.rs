@@ -36,7 +36,7 @@ use ringfence_journal::spare::DISK_CHECK_EVERY;
 use ringfence_journal::writer::{Durability, WriterOptions};
 
 use crate::floor;
-use crate::report::{Report, Row, latency_histogram};
+use crate::report::{Report, Row, SETTLED, latency_histogram, record_unanswered};
 use crate::{Common, Size};
 
 /// The hot SKU every benchmark reserves from.
@@ -93,7 +93,8 @@ pub struct Measured {
     pub failed: u64,
     /// Those answers by code, where the protocol names one.
     pub refusals: std::collections::BTreeMap<String, u64>,
-    /// Requests never answered before the drain deadline.
+    /// Requests never answered before the drain deadline ([`DRAIN_AFTER_RUN`]): in the
+    /// histogram at the time they waited, a lower bound of their latency.
     pub lost: u64,
     /// First send to last answer.
     pub seconds: f64,
@@ -172,6 +173,11 @@ pub fn drive(
     drive_up_to(addr, protocol, connections, (load, duration, u64::MAX), first_index)
 }
 
+/// How long a run waits for answers after its last send before it gives up on them: each
+/// request given up on counts in the distribution at the time it waited, and among the
+/// run's `lost`.
+pub const DRAIN_AFTER_RUN: Duration = Duration::from_secs(10);
+
 /// [`drive`], sending at most `requests_max` requests (a server whose engine holds a bounded
 /// number of orders stays within it at any throughput).
 pub fn drive_up_to(
@@ -200,7 +206,7 @@ pub fn drive_up_to(
     // taking no time at all) and counted in a throughput that starts at t0.
     std::thread::sleep(t0.saturating_duration_since(Instant::now()));
     let stop_sending = t0 + duration;
-    let drain_deadline = stop_sending + Duration::from_secs(10);
+    let drain_deadline = stop_sending + DRAIN_AFTER_RUN;
     let mut last_answer = t0;
     let correlated = protocol.correlated();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -246,7 +252,7 @@ pub fn drive_up_to(
                     Load::Rate(rate) => {
                         let due = t0 + Duration::from_secs_f64(sent as f64 / rate as f64);
                         let lag = now.saturating_duration_since(due).as_nanos() as u64;
-                        let _ = send_lag.record(lag.max(1));
+                        send_lag.saturating_record(lag.max(1));
                         due
                     }
                     Load::Window(_) => now,
@@ -335,16 +341,23 @@ pub fn drive_up_to(
                     }
                 }
                 let offset = index.checked_sub(first_index).map(|o| o as usize);
-                let intended = offset
-                    .and_then(|o| send_ns.get(o).copied())
+                let slot = offset
+                    .and_then(|o| send_ns.get_mut(o))
                     .ok_or_else(|| io::Error::other("answer for a request never sent"))?;
-                let _ = histogram.record(now_ns.saturating_sub(intended).max(1));
+                let intended = std::mem::replace(slot, SETTLED);
+                if intended == SETTLED {
+                    return Err(io::Error::other(format!("a second answer for request {index}")));
+                }
+                histogram.saturating_record(now_ns.saturating_sub(intended).max(1));
                 last_answer = now;
             }
             conn.input.drain(..at);
         }
     }
     let lost = sent - answered;
+    // Given up on: each in the distribution at the time it waited.
+    let gave_up_ns = Instant::now().saturating_duration_since(t0).as_nanos() as u64;
+    assert_eq!(record_unanswered(&mut histogram, &send_ns, gave_up_ns), lost);
     let seconds = last_answer.saturating_duration_since(t0).as_secs_f64().max(1e-9);
     Ok(Measured { answered, failed, refusals, lost, seconds, histogram, send_lag })
 }
@@ -883,6 +896,14 @@ pub fn run_plan(
                 lag.value_at_quantile(0.5) as f64 / 1e3,
                 lag.value_at_quantile(0.99) as f64 / 1e3,
                 lag.max() as f64 / 1e3
+            ));
+        }
+        if measured.lost > 0 {
+            report.note(&format!(
+                "  {label}: {} requests unanswered {} s after the run: in the latencies at the \
+                 time they waited",
+                measured.lost,
+                DRAIN_AFTER_RUN.as_secs()
             ));
         }
         let mut row =

@@ -26,7 +26,7 @@ use ringfence_core::{
     SkuId, Timestamp, UserId,
 };
 
-use crate::report::{Ratios, Report, Row, latency_histogram};
+use crate::report::{Ratios, Report, Row, SETTLED, latency_histogram, record_unanswered};
 use crate::{Common, Size};
 
 const SKUS: u64 = 16;
@@ -263,7 +263,7 @@ fn bench_filtered(report: &mut Report, size: Size, filter: &Filter<'_>) {
         for &rate in layout.rates.iter().filter(|&&rate| filter.keeps(&layout, rate)) {
             let commands =
                 rate.map_or(max_commands, |rate| ((seconds * rate as f64) as u64).max(1));
-            let (row, busy) = measure(&layout, rate, commands);
+            let (row, Shortfall { busy, lost }) = measure(&layout, rate, commands);
             let ratio = row.ops_per_sec() / blp_rate;
             let variant = row.variant.clone();
             report.push(row);
@@ -274,6 +274,13 @@ fn bench_filtered(report: &mut Report, size: Size, filter: &Filter<'_>) {
             }
             if busy > 0 {
                 report.note(&format!("  ({busy} of {commands} offered commands refused busy)"));
+            }
+            if lost > 0 {
+                report.note(&format!(
+                    "  ({lost} of {commands} offered commands unanswered after {} s: in the \
+                     latencies at the time they waited)",
+                    DRAIN_LIMIT.as_secs()
+                ));
             }
             if rate.is_none() && blp_rate > 0.0 {
                 report.note(&format!("  pipeline / BLP alone throughput = {ratio:.2}"));
@@ -352,6 +359,8 @@ struct Run {
     histogram: Histogram<u64>,
     completed: u64,
     busy: u64,
+    /// Unanswered at the drain limit: in the histogram at the time they waited.
+    lost: u64,
     seconds: f64,
 }
 
@@ -367,8 +376,15 @@ fn start_set_up(layout: &Layout) -> (Node, Session) {
     (node, session)
 }
 
-/// One row, and how many offered commands were refused `Busy`.
-fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
+/// Offered commands a row did not answer: refused `Busy` at a fixed rate (not timed), or
+/// unanswered at the drain limit (timed at what they waited).
+struct Shortfall {
+    busy: u64,
+    lost: u64,
+}
+
+/// One row, and the offered commands it did not answer.
+fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, Shortfall) {
     let (node, mut session) = start_set_up(layout);
     // The generator runs on a thread of its own, pinned to the first core when the processor
     // is pinned to the last, so the two never share a core.
@@ -400,9 +416,10 @@ fn measure(layout: &Layout, rate: Option<u64>, commands: u64) -> (Row, u64) {
         .with("threads", layout.threads)
         .with("offered_rate", rate.map_or_else(|| "max".into(), serde_json::Value::from))
         .with("busy", run.busy)
+        .with("lost", run.lost)
         .with("batch_p50", batch_p50(&metrics))
         .with("blp_service_p50_ns", metrics.blp_service_ns.value_at_quantile(0.5));
-    (row, run.busy)
+    (row, Shortfall { busy: run.busy, lost: run.lost })
 }
 
 /// The share of a core the process uses while a node of `layout`, set up and holding a
@@ -441,20 +458,24 @@ fn batch_p50(metrics: &Metrics) -> u64 {
 }
 
 /// The generator: submits `commands` at `rate` (or back to back) and records every answer.
+/// A command refused `Busy` at a fixed rate is dropped (counted, not timed); one unanswered
+/// at the drain limit counts at the time it waited, and among `lost`.
 fn generate(session: &mut Session, rate: Option<u64>, commands: u64) -> Run {
     let clock = Instant::now();
     let now = || clock.elapsed().as_nanos() as u64;
-    let mut intended = vec![0u64; commands as usize];
+    let mut intended = vec![SETTLED; commands as usize];
     let mut histogram = latency_histogram();
     let (mut completed, mut busy) = (0u64, 0u64);
-    let mut poll = |session: &mut Session, intended: &[u64], completed: &mut u64| {
+    let mut poll = |session: &mut Session, intended: &mut [u64], completed: &mut u64| {
         while let Some(completion) = session.poll() {
-            let sent = intended[completion.token as usize];
+            let sent = std::mem::replace(&mut intended[completion.token as usize], SETTLED);
+            assert_ne!(sent, SETTLED, "a second answer for command {}", completion.token);
             histogram.saturating_record(now().saturating_sub(sent).max(1));
             *completed += 1;
         }
     };
-    let begin = now() + 1_000_000;
+    // A fixed rate starts a millisecond on; back to back starts at the first submit.
+    let begin = now() + if rate.is_some() { 1_000_000 } else { 0 };
     let mut i = 0;
     let mut first_attempt = None;
     while i < commands {
@@ -463,7 +484,7 @@ fn generate(session: &mut Session, rate: Option<u64>, commands: u64) -> Run {
             None => *first_attempt.get_or_insert_with(now),
         };
         while now() < at {
-            poll(session, &intended, &mut completed);
+            poll(session, &mut intended, &mut completed);
         }
         intended[i as usize] = at;
         match session.try_submit(command(i), i) {
@@ -472,21 +493,25 @@ fn generate(session: &mut Session, rate: Option<u64>, commands: u64) -> Run {
                 first_attempt = None;
             }
             Err(Refused::Busy) if rate.is_some() => {
+                intended[i as usize] = SETTLED;
                 busy += 1;
                 i += 1;
             }
-            Err(Refused::Busy | Refused::SessionFull) => {}
+            Err(Refused::Busy | Refused::SessionFull) => intended[i as usize] = SETTLED,
             Err(other) => panic!("generator refused: {other}"),
         }
-        poll(session, &intended, &mut completed);
+        poll(session, &mut intended, &mut completed);
     }
     let deadline = Instant::now() + DRAIN_LIMIT;
     while completed + busy < commands && Instant::now() < deadline {
-        poll(session, &intended, &mut completed);
+        poll(session, &mut intended, &mut completed);
         std::hint::spin_loop();
     }
-    let seconds = (now() - begin.min(now())) as f64 / 1e9;
-    Run { histogram, completed, busy, seconds }
+    let end = now();
+    let lost = record_unanswered(&mut histogram, &intended, end);
+    assert_eq!(completed + busy + lost, commands, "every command answered, refused or lost");
+    let seconds = end.saturating_sub(begin) as f64 / 1e9;
+    Run { histogram, completed, busy, lost, seconds }
 }
 
 /// CPU time the rest of the machine used while a benchmark ran: these benchmarks spin, so
@@ -546,4 +571,25 @@ pub fn machine_load() -> String {
     let load = std::fs::read_to_string("/proc/loadavg").ok();
     let one_minute = load.as_deref().and_then(|text| text.split_whitespace().next());
     format!("machine load average (1 min) at start: {}", one_minute.unwrap_or("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_max_row_is_timed_from_its_first_submit_and_never_reads_no_time() {
+        // Goal: a back-to-back row's duration runs from its first submit (a fixed rate's
+        // starts a millisecond on, when its first command is due) to when the last answer
+        // was awaited, read once: a run shorter than that millisecond was timed as negative,
+        // which overflowed, and every longer one lost that millisecond from its duration.
+        let layout = &layouts()[1];
+        let (node, mut session) = start_set_up(layout);
+        let run = generate(&mut session, None, 1);
+        drop(session);
+        node.shutdown().expect("the node drains");
+        assert_eq!((run.completed, run.busy, run.lost), (1, 0, 0));
+        assert_eq!(run.histogram.len(), 1);
+        assert!(run.seconds > 0.0, "1 command completed in {} s", run.seconds);
+    }
 }

@@ -43,7 +43,7 @@ impl Chunked {
         self.count += 1;
         if self.count % CHUNK == 0 {
             let ns = self.chunk_start.elapsed().as_nanos() as u64 / CHUNK;
-            let _ = self.histogram.record(ns.max(1));
+            self.histogram.saturating_record(ns.max(1));
             self.chunk_start = Instant::now();
         }
     }
@@ -141,7 +141,7 @@ fn shadow_snapshot(report: &mut Report, engine: &Engine, dir: &BenchDir, config:
         handoff.record(started);
         let stats = snapshots.finish();
         assert_eq!((stats.written, stats.failed), (1, 0), "{stats:?}");
-        let _ = writer.histogram.record(stats.writer_ns_last);
+        writer.histogram.saturating_record(stats.writer_ns_last);
         writer.seconds += stats.writer_ns_last as f64 / 1e9;
         records = stats.shadow_records;
         assert!(stats.last.is_some(), "a snapshot was written");
@@ -335,6 +335,6 @@ impl Timed {
     fn record(&mut self, started: Instant) {
         let elapsed = started.elapsed();
         self.seconds += elapsed.as_secs_f64();
-        let _ = self.histogram.record(elapsed.as_nanos() as u64);
+        self.histogram.saturating_record(elapsed.as_nanos() as u64);
     }
 }

@@ -53,7 +53,9 @@ use ringfence_replicator::policy::AckMode;
 use crate::journal::BenchDir;
 use crate::net::{self, BinaryReserve, HOT_SKU, HOT_STOCK, Load, reserve_command};
 use crate::pipeline::{CpuWatch, machine_load};
-use crate::report::{Ratios, Report, Row, format_ns, latency_histogram};
+use crate::report::{
+    Ratios, Report, Row, SETTLED, format_ns, latency_histogram, record_unanswered,
+};
 use crate::{Common, Size};
 
 /// The pair's shared secret (32 bytes; never sent, the handshake proves it).
@@ -442,6 +444,7 @@ impl Offer {
                     self.in_flight += 1;
                 }
                 Err(Refused::Busy | Refused::SessionFull) if self.load.is_some() => {
+                    self.sent_at[self.next as usize] = SETTLED;
                     busy += 1;
                     self.next += 1;
                 }
@@ -479,7 +482,8 @@ fn generate(node: &Node, plan: &Plan, load: Option<u64>, count: u64, first_index
         busy += offer.submit_due(&mut session, now());
         while let Some(completion) = session.poll() {
             last_answer = now();
-            let sent = offer.sent_at[completion.token as usize];
+            let sent = std::mem::replace(&mut offer.sent_at[completion.token as usize], SETTLED);
+            assert_ne!(sent, SETTLED, "a second answer for command {}", completion.token);
             histogram.saturating_record(last_answer.saturating_sub(sent).max(1));
             offer.in_flight -= 1;
             answered += 1;
@@ -502,8 +506,12 @@ fn generate(node: &Node, plan: &Plan, load: Option<u64>, count: u64, first_index
             std::thread::park_timeout(Duration::from_nanos(pause.min(1_000_000)));
         }
     }
+    // Given up on: each in the distribution at the time it waited.
+    let submitted = &offer.sent_at[..offer.next as usize];
+    let lost = record_unanswered(&mut histogram, submitted, now());
+    assert_eq!(lost, offer.in_flight, "what is in flight is what went unanswered");
     let seconds = last_answer.saturating_sub(begin) as f64 / 1e9;
-    Run { histogram, answered, refused, busy, lost: offer.in_flight, seconds }
+    Run { histogram, answered, refused, busy, lost, seconds }
 }
 
 /// One mode in-process: a fresh pair, every load in turn through a session on the primary.

@@ -20,10 +20,33 @@ use std::cell::RefCell;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
-/// A latency histogram in nanoseconds: 1 ns to 60 s at 3 significant figures.
+/// A latency histogram in nanoseconds: 1 ns to 60 s at 3 significant figures (HdrHistogram
+/// rounds the top up to 2^36 ns, 68.7 s). Record with `saturating_record`: a latency above
+/// the top counts as the top, never dropped from the tail.
 #[must_use]
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// In a generator's table of send times (intended, or actual for a window), by request: the
+/// request was answered, or refused at intake, and waits for nothing more.
+pub const SETTLED: u64 = u64::MAX;
+
+/// Records in `histogram`, for each request whose send time in `sent_at` is not [`SETTLED`]
+/// when the generator gave up waiting at `gave_up` (same clock), the time it had waited then:
+/// a lower bound of its latency. Leaving such requests out would drop a stalled tail from the
+/// percentiles (coordinated omission); with them, the row's max says at least how long. Returns
+/// how many it recorded.
+pub fn record_unanswered(histogram: &mut Histogram<u64>, sent_at: &[u64], gave_up: u64) -> u64 {
+    let before = histogram.len();
+    let waiting = sent_at.iter().filter(|&&sent| sent != SETTLED);
+    let mut recorded = 0;
+    for &sent in waiting {
+        histogram.saturating_record(gave_up.saturating_sub(sent).max(1));
+        recorded += 1;
+    }
+    assert_eq!(histogram.len(), before + recorded, "every unanswered request recorded");
+    recorded
 }
 
 /// One measured variant of one scenario.
@@ -312,6 +335,26 @@ pub fn format_ns(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_still_unanswered_are_recorded_at_the_time_they_waited_however_long() {
+        // Goal: a request the generator gave up on counts in the row's distribution at the
+        // time it had waited (not dropped: coordinated omission); one that waited past the
+        // histogram's top counts at the top; settled ones are not counted again.
+        let mut histogram = latency_histogram();
+        histogram.saturating_record(500);
+        let sent_at = [SETTLED, 1_000, SETTLED, 4_000, 0];
+        assert_eq!(record_unanswered(&mut histogram, &sent_at, 10_000), 3);
+        assert_eq!(histogram.len(), 4);
+        assert!(histogram.equivalent(histogram.max(), 10_000), "{}", histogram.max());
+        assert!(histogram.equivalent(histogram.value_at_quantile(0.5), 6_000));
+        let mut stalled = latency_histogram();
+        let hundred_seconds = 100_000_000_000;
+        assert_eq!(record_unanswered(&mut stalled, &[0, SETTLED], hundred_seconds), 1);
+        assert_eq!(stalled.len(), 1, "a wait past the top is kept");
+        assert!(stalled.max() >= 60_000_000_000, "{}", stalled.max());
+        assert_eq!(record_unanswered(&mut stalled, &[SETTLED; 3], hundred_seconds), 0);
+    }
 
     #[test]
     fn json_row_has_every_documented_field() {
