@@ -578,7 +578,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_max_row_is_timed_from_its_first_submit_and_never_reads_no_time() {
+    fn a_max_row_is_timed_from_its_first_submit_and_never_below_zero() {
         // Goal: a back-to-back row's duration runs from its first submit (a fixed rate's
         // starts a millisecond on, when its first command is due) to when the last answer
         // was awaited, read once: a run shorter than that millisecond was timed as negative,
