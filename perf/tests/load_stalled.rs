@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::perf;
+use common::{TempDir, perf};
 
 const FIRST_USER: u64 = 1_000;
 
@@ -118,24 +118,6 @@ fn serve(mut stream: TcpStream, stop: &AtomicBool) {
                 ) => {}
             Err(_) => return,
         }
-    }
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir()
-            .join(format!("ringfence-perf-stalled-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -5,9 +5,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::perf;
+use common::{TempDir, perf};
 
 /// Shrinks the quick plan for a debug build; `report --quick` runs the same code unscaled.
 const SCALE: &str = "0.01";
@@ -46,24 +46,6 @@ const SCENARIOS: [&str; 26] = [
 /// Scenario families with offered rates: each gets a throughput chart.
 const RATE_FAMILIES: [&str; 6] =
     ["ring_hop", "pipeline", "loopback_ping", "hot_sku_reserve", "inproc", "tcp"];
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir()
-            .join(format!("ringfence-perf-report-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn the_quick_report_writes_every_table_chart_and_histogram() {
