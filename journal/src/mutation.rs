@@ -7,6 +7,7 @@ use std::cell::Cell;
 thread_local! {
     static IGNORES_DAMAGE: Cell<bool> = const { Cell::new(false) };
     static HISTORY_OFF_BY_ONE: Cell<bool> = const { Cell::new(false) };
+    static HISTORY_LOST: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Makes the snapshots written on this thread record each epoch of their history after the
@@ -20,6 +21,18 @@ pub fn set_history_off_by_one(on: bool) {
 #[must_use]
 pub fn history_off_by_one() -> bool {
     HISTORY_OFF_BY_ONE.with(Cell::get)
+}
+
+/// Makes the snapshots written on this thread record no epoch history at all, as if their
+/// writer could never tell which epochs their records were written in.
+pub fn set_history_lost(on: bool) {
+    HISTORY_LOST.with(|cell| cell.set(on));
+}
+
+/// Whether snapshots written on this thread record no epoch history.
+#[must_use]
+pub fn history_lost() -> bool {
+    HISTORY_LOST.with(Cell::get)
 }
 
 /// Makes recovery on this thread drop a damaged record and everything after it silently,

@@ -278,8 +278,10 @@ fn write_recording<S: Storage>(
 }
 
 /// The epoch history of the journal's records up to `through`: the newest snapshot's at or
-/// before it that reads, then the records after that snapshot. Empty (nothing known) when the
-/// journal does not hold every one of those records: a history is never guessed.
+/// before it that reads, then the records after that snapshot. Where the journal no longer
+/// holds the records right after that snapshot (retired, the snapshots after them damaged),
+/// the history of the records it holds, known from its first; empty (nothing known) when it
+/// does not hold every record from there through `through`: a history is never guessed.
 fn history_through<S: Storage>(storage: &S, through: Sequence) -> EpochHistory {
     let listed = list(storage).unwrap_or_default();
     let base = listed
@@ -295,12 +297,34 @@ fn history_through<S: Storage>(storage: &S, through: Sequence) -> EpochHistory {
     {
         _ if from > through => history,
         Ok(Some(last)) if last == through => history,
-        _ => EpochHistory::default(),
+        _ => history_held(storage, from, through),
     };
-    // Of the records the snapshot includes, and no others.
+    // Of the records the snapshot includes, and no others; where it says anything, it names
+    // record `through`'s epoch.
     let last_start = history.starts().last().map(|&(_, first)| first);
     assert!(last_start.is_none_or(|first| first <= through), "a history past {through}");
+    assert!(last_start.is_none() || history.epoch_at(through).is_some(), "short of {through}");
     history
+}
+
+/// The history of the records the journal holds up to `through`, known from the first it
+/// holds, where that is after `from` (the records before it retired) and it holds every one
+/// from there through `through`; else empty.
+fn history_held<S: Storage>(storage: &S, from: Sequence, through: Sequence) -> EpochHistory {
+    let segments = crate::scan::sorted_segments(storage).unwrap_or_default();
+    let Some(&(first, _)) = segments.first().filter(|&&(first, _)| first > from) else {
+        return EpochHistory::default();
+    };
+    let mut history = EpochHistory::default();
+    match crate::tail::note_epochs(&mut storage.clone(), first, through, &mut history) {
+        Ok(Some(last)) if last == through => {
+            // Known from the first record held, through `through`: every one between noted.
+            assert_eq!(history.known_from(), Some(first), "a history from another record");
+            assert!(history.epoch_at(through).is_some(), "a history short of {through}");
+            history
+        }
+        _ => EpochHistory::default(),
+    }
 }
 
 /// The history a snapshot's state carries: its own, or for a file written before snapshots
@@ -407,6 +431,11 @@ fn write_file<S: Storage>(
 ) -> Result<SnapshotMeta, SnapshotError> {
     // The digest recorded is the image's own, computed without restoring (O(state)).
     debug_assert_eq!(meta.state_digest, image.state_digest(), "the image digests apart");
+    #[cfg(feature = "mutations")]
+    let meta = match crate::mutation::history_lost() {
+        true => SnapshotMeta { history: EpochHistory::default(), ..meta },
+        false => meta,
+    };
     let mut buffer = Vec::with_capacity(SNAPSHOT_BUFFER_BYTES);
     let (crc, body_len) = stream_body(&meta, image, &mut buffer, &mut |_| Ok(()))
         .expect("checksumming hands the pieces to nothing that fails");

@@ -18,6 +18,7 @@ use ringfence_journal::format::{self, HeaderProblem, SEGMENT_HEADER_LEN};
 use ringfence_journal::history::EpochHistory;
 use ringfence_journal::recovery::recover;
 use ringfence_journal::scan::{self, MappedFile, ReadOnlyDir, ReadSource};
+use ringfence_journal::snapshot;
 use ringfence_journal::storage::FileStorage;
 use ringfence_journal::tail::{
     Tail, epoch_at, epoch_at_place, last_at_or_below_epoch, note_epochs,
@@ -587,6 +588,40 @@ fn epochs_are_noted_across_segments_and_stop_where_the_journal_does() {
     let (starts, noted_last) = noted(dir.path(), firsts[3], last);
     assert_eq!(starts, expected_starts(&epochs, firsts[3], last));
     assert_eq!(noted_last, Some(Sequence(last)));
+    drop(writer);
+}
+
+#[test]
+fn a_snapshot_over_a_damaged_one_and_retired_records_names_the_epochs_the_journal_holds() {
+    // Goal: a snapshot written on the calling thread (a clean stop) takes its epoch history
+    // from the newest earlier snapshot that reads and the journal's records after it. Where
+    // the newest is damaged and the records after the older one were retired, it carries the
+    // history of the records the journal holds, known from the first of them: not nothing,
+    // and nothing said of the records retired.
+    let dir = TempDir::new("tail-history-held");
+    let mut epochs = Vec::new();
+    for (epoch, count) in [(1, 2_500), (2, 1_700), (4, 3_100)] {
+        epochs.extend(std::iter::repeat_n(epoch, count));
+    }
+    let last = epochs.len() as u64;
+    let writer = journal_in_epochs(dir.path(), &epochs);
+    let storage = FileStorage::open(dir.path()).unwrap();
+    let state = Engine::new(config());
+    snapshot::write_now(&storage, &state, Sequence(100)).unwrap();
+    let newer = snapshot::write_now(&storage, &state, Sequence(5_000)).unwrap();
+    let held = stored_firsts(dir.path())[2];
+    assert!((102..=5_000).contains(&held), "records after the older snapshot retired: {held}");
+    writer.data_dir().retire_segments(Sequence(held)).unwrap();
+    let file = dir.path().join(&newer.name);
+    let mut bytes = std::fs::read(&file).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    assert!(snapshot::read_meta_streaming(&storage, &newer.name).is_err(), "damaged");
+    let written = snapshot::write_now(&storage, &state, Sequence(last)).unwrap();
+    let starts: Vec<(u64, u64)> =
+        written.history.starts().iter().map(|(epoch, first)| (epoch.0, first.0)).collect();
+    assert_eq!(starts, expected_starts(&epochs, held, last));
+    assert_eq!(written.history.known_from(), Some(Sequence(held)));
     drop(writer);
 }
 

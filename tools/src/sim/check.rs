@@ -69,8 +69,10 @@ impl DurableRecords {
 /// Checks that every snapshot on each machine's disk carries an epoch history that names,
 /// for each record of its journal it covers, the epoch that record has: what a standby whose
 /// journal the snapshot replaces trusts to tell which of its records were never the
-/// primary's. A snapshot or journal that does not read is the other checkers' to judge.
-/// Returns how many records were compared.
+/// primary's. It covers every record of its journal the snapshot includes, from the first the
+/// journal holds: its writers had those, and a history is left unknown only where records
+/// were missing, never lost. A snapshot or journal that does not read is the other checkers'
+/// to judge. Returns how many records were compared.
 pub fn epoch_histories(machines: &[Machine]) -> Result<u64, String> {
     use ringfence_journal::history::EpochHistory;
     use ringfence_journal::{snapshot, tail};
@@ -79,11 +81,10 @@ pub fn epoch_histories(machines: &[Machine]) -> Result<u64, String> {
         let mut disk = machine.disk.clone();
         for (through, name) in snapshot::list(&disk).unwrap_or_default() {
             let Ok(meta) = snapshot::read_meta_streaming(&disk, &name) else { continue };
-            let Some(known_from) = meta.history.known_from() else { continue };
+            let Ok(segments) = ringfence_journal::scan::sorted_segments(&disk) else { continue };
+            let Some(&(from, _)) = segments.first() else { continue };
             // The journal's own history over the records it holds that the snapshot covers.
             let mut held = EpochHistory::default();
-            let Ok(first) = ringfence_journal::scan::sorted_segments(&disk) else { continue };
-            let from = first.first().map_or(known_from, |(first, _)| (*first).max(known_from));
             let Ok(Some(last)) = tail::note_epochs(&mut disk, from, through, &mut held) else {
                 continue;
             };
@@ -94,11 +95,12 @@ pub fn epoch_histories(machines: &[Machine]) -> Result<u64, String> {
             for (epoch, start, end) in ends {
                 for at in [start, end] {
                     if meta.history.epoch_at(at) != Some(epoch) {
+                        let named = meta.history.epoch_at(at);
                         return Err(format!(
-                            "{}: snapshot {name}'s epoch history names epoch {} for record \
-                             {at}, which its journal holds in epoch {epoch}",
+                            "{}: snapshot {name}'s epoch history names {} for record {at}, which \
+                             its journal holds in epoch {epoch}",
                             machine.name,
-                            meta.history.epoch_at(at).map_or("none".to_owned(), |e| e.to_string())
+                            named.map_or("no epoch".to_owned(), |e| format!("epoch {e}"))
                         ));
                     }
                 }

@@ -1260,6 +1260,26 @@ mod tests {
 
     #[cfg(feature = "mutations")]
     #[test]
+    fn snapshots_that_lose_their_epoch_history_are_caught() {
+        // Goal: the epoch-history checker bites on a history lost, not only on one that is
+        // wrong: snapshots written with no history (a standby replaced by one would keep
+        // nothing of what was never its primary's) are caught on the first seed that writes
+        // a snapshot over a journal that holds every record from the first.
+        ringfence_journal::mutation::set_history_lost(true);
+        let found = (1..20).find_map(|seed| {
+            let failure = run_seed(seed, short()).failure?;
+            Some((seed, failure))
+        });
+        ringfence_journal::mutation::set_history_lost(false);
+        let (seed, failure) = found.expect("no seed caught a lost history");
+        eprintln!("caught by seed {seed}: {failure}");
+        assert!(failure.contains("epoch history names no epoch"), "seed {seed}: {failure}");
+        let unmutated = run_seed(seed, short());
+        assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
+    }
+
+    #[cfg(feature = "mutations")]
+    #[test]
     fn an_engine_that_skips_the_stock_check_is_caught() {
         // Goal: the checkers bite: an engine that reserves past its stock is caught on the
         // first seed — by the engine's own balance assertion or by the stock balance the
