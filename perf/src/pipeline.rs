@@ -22,8 +22,8 @@ use ringfence_core::pipeline::{
 };
 use ringfence_core::snowflake::EPOCH_UNIX_MS;
 use ringfence_core::{
-    Action, Command, CreateSku, Engine, EngineConfig, RequestKey, Reserve, Sequence, Sequenced,
-    SkuId, Timestamp, UserId,
+    Action, Command, CreateSku, Engine, EngineConfig, Outcome, RequestKey, Reserve, Sequence,
+    Sequenced, SkuId, Timestamp, UserId,
 };
 
 use crate::report::{Ratios, Report, Row, SETTLED, latency_histogram, record_unanswered};
@@ -252,7 +252,8 @@ fn bench_filtered(report: &mut Report, size: Size, filter: &Filter<'_>) {
     let watch = CpuWatch::start();
     report.note(&format!(
         "pipeline in-process on {cores} cores: null journal, no standby, timer checks every 1 ms (nothing due), \
-         ring 16384; latency = answer seen by the generator - intended send time"
+         ring 16384; latency = answer seen by the generator - intended send time; each row's \
+         node first takes {WARM_UP_COMMANDS} reservations of a SKU of their own, not counted"
     ));
     // At least one command per row, however small the scale.
     let max_commands = ((seconds * 1_000_000.0) as u64).max(1);
@@ -364,7 +365,8 @@ struct Run {
     seconds: f64,
 }
 
-/// A node of `layout` with the sale's SKUs created, and the session that created them.
+/// A node of `layout` with the sale's SKUs created and warmed up ([`warm_up`]), and the
+/// session that did it.
 fn start_set_up(layout: &Layout) -> (Node, Session) {
     let node =
         Node::start(layout.config(), NullJournal { last: Sequence(0) }, NoReplicator::default())
@@ -373,7 +375,58 @@ fn start_set_up(layout: &Layout) -> (Node, Session) {
     for command in setup_commands() {
         session.call(command, DRAIN_LIMIT).expect("setup command answered");
     }
+    warm_up(&mut session);
     (node, session)
+}
+
+/// Reservations a node takes before its row, not counted.
+const WARM_UP_COMMANDS: u64 = 10_000;
+/// The SKU they reserve, with stock for each: the row's SKUs and stock stay as they were.
+const WARM_UP_SKU: u64 = SKUS + 1;
+
+/// Runs [`WARM_UP_COMMANDS`] reservations through `session`, back to back, and waits for
+/// their answers: the stages', the session's and the engine's first passes through the
+/// reservation path are not the row's.
+fn warm_up(session: &mut Session) {
+    let spec = CreateSku {
+        sku: SkuId(WARM_UP_SKU),
+        stock: WARM_UP_COMMANDS as u32,
+        price_cents: 999,
+        per_user_limit: 0,
+        payment_timeout_ms: 600_000,
+        sale_start: None,
+        sale_end: None,
+    };
+    let key = RequestKey::from_u128(u128::from(u64::MAX - WARM_UP_SKU));
+    let create = Command::Client { key, action: Action::CreateSku(spec) };
+    session.call(create, DRAIN_LIMIT).expect("the warm-up SKU is created");
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    let (mut submitted, mut reserved) = (0, 0);
+    while reserved < WARM_UP_COMMANDS {
+        assert!(Instant::now() < deadline, "{reserved} of the warm-up answered");
+        while submitted < WARM_UP_COMMANDS {
+            let reserve = Reserve {
+                user: UserId(1 + submitted),
+                sku: SkuId(WARM_UP_SKU),
+                qty: 1,
+                coupon: None,
+            };
+            // Keys above the rows' (theirs count from 1) and below the setup's.
+            let key = RequestKey::from_u128(u128::from(u64::MAX / 2 + submitted));
+            let command = Command::Client { key, action: Action::Reserve(reserve) };
+            match session.try_submit(command, submitted) {
+                Ok(_) => submitted += 1,
+                Err(Refused::Busy | Refused::SessionFull) => break,
+                Err(other) => panic!("the warm-up refused: {other}"),
+            }
+        }
+        while let Some(completion) = session.poll() {
+            let outcome = completion.result.expect("a warm-up reservation answered");
+            assert!(matches!(outcome, Outcome::Reserved { .. }), "{outcome:?}");
+            reserved += 1;
+        }
+        std::hint::spin_loop();
+    }
 }
 
 /// Offered commands a row did not answer: refused `Busy` at a fixed rate (not timed), or
