@@ -152,9 +152,13 @@ impl Plan {
     /// The most commands one mode's pair receives over all loads (plus a margin for setup).
     fn commands_per_mode(&self) -> u64 {
         let rated: f64 = self.rates.iter().map(|&rate| rate as f64 * self.seconds).sum();
-        rated as u64 + self.max_commands + 1_000
+        rated as u64 + self.max_commands + WARM_UP_COMMANDS + 1_000
     }
 }
+
+/// Reservations each pair takes at the `max` rows' window before its loads, not counted: the
+/// first load is not the pair's first pass through the path.
+const WARM_UP_COMMANDS: u64 = 10_000;
 
 fn load_name(load: Option<u64>) -> String {
     match load {
@@ -540,6 +544,10 @@ fn inprocess_mode(plan: &Plan, mode: Mode) -> (Vec<(Option<u64>, Row)>, f64) {
                 let me = std::thread::current();
                 let wake: WakeHook = Arc::new(move || me.unpark());
                 assert!(pair.primary.node().set_egress_waker(wake), "egress is polled");
+                let node = pair.primary.node();
+                generate(node, plan, None, WARM_UP_COMMANDS, first_index);
+                first_index += WARM_UP_COMMANDS;
+                pair.settle();
                 let mut before = Batches::read(&pair);
                 for load in plan.loads() {
                     let count = match load {
@@ -683,6 +691,12 @@ fn tcp_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
     let addr = handle.binary_addr().expect("a binary listener");
     let mut rows = Vec::new();
     let mut next_index = 0;
+    let warm_up = (Load::Window(tcp_window(plan)), plan.seconds, WARM_UP_COMMANDS);
+    match tcp_run(plan, addr, warm_up, next_index) {
+        Ok(warm) => next_index += warm.answered + warm.lost + 1,
+        Err(error) => eprintln!("ringfence-perf replication: tcp {} warm-up: {error}", mode.name),
+    }
+    pair.settle();
     for load in plan.loads() {
         let measured = match tcp_load(plan, addr, load, next_index) {
             Ok(measured) => measured,
@@ -715,7 +729,18 @@ fn tcp_load(
     first_index: u64,
 ) -> std::io::Result<net::Measured> {
     let kind = load.map_or_else(|| Load::Window(tcp_window(plan)), Load::Rate);
-    let run = (kind, Duration::from_secs_f64(plan.seconds), plan.max_commands);
+    tcp_run(plan, addr, (kind, plan.seconds, plan.max_commands), first_index)
+}
+
+/// A run of the `net` generator (`load` for at most `seconds`, at most `count` requests), on a
+/// thread of its own (with a tight timer slack).
+fn tcp_run(
+    plan: &Plan,
+    addr: SocketAddr,
+    (load, seconds, count): (Load, f64, u64),
+    first_index: u64,
+) -> std::io::Result<net::Measured> {
+    let run = (load, Duration::from_secs_f64(seconds), count);
     std::thread::scope(|scope| {
         let generator = std::thread::Builder::new()
             .name("generator".into())
@@ -925,7 +950,8 @@ fn header(report: &Report, plan: &Plan) {
     report.note(&format!(
         "workload: one SKU, stock 2e9, no per-user limit, a new user and key per reservation: \
          every answer is Reserved (others are counted as `refused`/`failed`); engines hold {} \
-         orders; {} s per load; max rows keep {} in flight, latency from the actual submit",
+         orders; {} s per load; max rows keep {} in flight, latency from the actual submit; \
+         each pair first takes {WARM_UP_COMMANDS} reservations at that window, not counted",
         ORDERS_MAX, plan.seconds, plan.window
     ));
 }
