@@ -1184,6 +1184,25 @@ mod tests {
         })
     }
 
+    /// The first seed of `seeds` that fails with the mutation `switch` turns on for this
+    /// thread, and its failure, which must mention `names`; the mutation is off again after,
+    /// and that seed passes without it.
+    #[cfg(feature = "mutations")]
+    fn caught_switched(switch: fn(bool), seeds: std::ops::Range<u64>, names: &str) -> u64 {
+        switch(true);
+        let found = seeds.into_iter().find_map(|seed| {
+            let failure = run_seed(seed, short()).failure?;
+            Some((seed, failure))
+        });
+        switch(false);
+        let (seed, failure) = found.unwrap_or_else(|| panic!("no seed caught it ({names})"));
+        eprintln!("caught by seed {seed}: {failure}");
+        assert!(failure.contains(names), "seed {seed}: {failure}");
+        let unmutated = run_seed(seed, short());
+        assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
+        seed
+    }
+
     #[test]
     fn a_primary_that_counts_sent_records_as_acknowledged_is_caught() {
         // Goal: the checkers bite: a primary that releases answers once records are sent
@@ -1225,17 +1244,8 @@ mod tests {
         // within a few dozen seeds: it took office that far off its primary's time line. Two
         // hours off (past the request-key window), the same node answered a retried request
         // with a second order; the checker sees it at the promotion, whatever the lead.
-        ringfence_core::mutation::set_promotion_keeps_clock(true);
-        let found = (1..60).find_map(|seed| {
-            let failure = run_seed(seed, short()).failure?;
-            Some((seed, failure))
-        });
-        ringfence_core::mutation::set_promotion_keeps_clock(false);
-        let (seed, failure) = found.expect("no seed caught a promotion off the time line");
-        eprintln!("caught by seed {seed}: {failure}");
-        assert!(failure.contains("from the time line of epoch"), "seed {seed}: {failure}");
-        let unmutated = run_seed(seed, short());
-        assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
+        let switch = ringfence_core::mutation::set_promotion_keeps_clock;
+        caught_switched(switch, 1..60, "from the time line of epoch");
     }
 
     #[cfg(feature = "mutations")]
@@ -1245,17 +1255,8 @@ mod tests {
         // after the first one record late (so a standby replaced by one would misjudge the
         // record where two histories part) are caught at the end of the first seed whose
         // journals hold records of two epochs under a snapshot.
-        ringfence_journal::mutation::set_history_off_by_one(true);
-        let found = (1..20).find_map(|seed| {
-            let failure = run_seed(seed, short()).failure?;
-            Some((seed, failure))
-        });
-        ringfence_journal::mutation::set_history_off_by_one(false);
-        let (seed, failure) = found.expect("no seed caught a history one record off");
-        eprintln!("caught by seed {seed}: {failure}");
-        assert!(failure.contains("epoch history names epoch"), "seed {seed}: {failure}");
-        let unmutated = run_seed(seed, short());
-        assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
+        let switch = ringfence_journal::mutation::set_history_off_by_one;
+        caught_switched(switch, 1..20, "epoch history names epoch");
     }
 
     #[cfg(feature = "mutations")]
@@ -1265,17 +1266,8 @@ mod tests {
         // wrong: snapshots written with no history (a standby replaced by one would keep
         // nothing of what was never its primary's) are caught on the first seed that writes
         // a snapshot over a journal that holds every record from the first.
-        ringfence_journal::mutation::set_history_lost(true);
-        let found = (1..20).find_map(|seed| {
-            let failure = run_seed(seed, short()).failure?;
-            Some((seed, failure))
-        });
-        ringfence_journal::mutation::set_history_lost(false);
-        let (seed, failure) = found.expect("no seed caught a lost history");
-        eprintln!("caught by seed {seed}: {failure}");
-        assert!(failure.contains("epoch history names no epoch"), "seed {seed}: {failure}");
-        let unmutated = run_seed(seed, short());
-        assert!(unmutated.failure.is_none(), "seed {seed} fails unmutated: {unmutated:?}");
+        let switch = ringfence_journal::mutation::set_history_lost;
+        caught_switched(switch, 1..20, "epoch history names no epoch");
     }
 
     #[cfg(feature = "mutations")]
