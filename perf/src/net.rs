@@ -173,7 +173,7 @@ pub fn drive(
     drive_up_to(addr, protocol, connections, (load, duration, u64::MAX), first_index)
 }
 
-/// How long a run waits for answers after its last send before it gives up on them: each
+/// How long a run waits for answers after its duration ends before it gives up on them: each
 /// request given up on counts in the distribution at the time it waited, and among the
 /// run's `lost`.
 pub const DRAIN_AFTER_RUN: Duration = Duration::from_secs(10);
@@ -329,7 +329,9 @@ pub fn drive_up_to(
                         .pop_front()
                         .ok_or_else(|| io::Error::other("unrequested answer"))?,
                 };
-                conn.in_flight -= 1;
+                conn.in_flight = conn.in_flight.checked_sub(1).ok_or_else(|| {
+                    io::Error::other(format!("answer {index} on a connection with none in flight"))
+                })?;
                 answered += 1;
                 if !decoded.ok {
                     failed += 1;
@@ -833,15 +835,14 @@ impl Plan {
     }
 }
 
-/// The most a warm-up runs for, and the most requests it sends: enough for the connections,
-/// the server's and the generator's first passes through their paths, and a server's first
-/// touches of the entries its rows use; few enough to leave a bounded engine's tables to the
-/// rows (`BenchServer` holds 8M orders, a full `max` row up to about 7M).
+/// The most a warm-up runs for, and the most requests it sends: enough for the server's and
+/// the generator's first passes through their paths; few enough to take little of a bounded
+/// engine's tables from the rows (`BenchServer` holds 8M orders).
 const WARM_UP: Duration = Duration::from_millis(500);
-const WARM_UP_REQUESTS_MAX: u64 = 100_000;
+const WARM_UP_REQUESTS_MAX: u64 = 20_000;
 
 /// A run before a plan's rows, at the plan's window, not counted: the first row measured
-/// would otherwise pay for the server's and the connections' first moments alone.
+/// would otherwise pay for the server's first moments alone.
 fn warm_up(
     report: &Report,
     plan: &mut Plan,

@@ -156,8 +156,9 @@ impl Plan {
     }
 }
 
-/// Reservations each pair takes at the `max` rows' window before its loads, not counted: the
-/// first load is not the pair's first pass through the path.
+/// Reservations each pair takes at the `max` rows' window before its loads (at most; it also
+/// stops after a load's duration), not counted: the first load is not the pair's first pass
+/// through the path.
 const WARM_UP_COMMANDS: u64 = 10_000;
 
 fn load_name(load: Option<u64>) -> String {
@@ -692,12 +693,18 @@ fn tcp_mode(plan: &Plan, mode: Mode) -> Vec<(Option<u64>, Row)> {
     let mut rows = Vec::new();
     let mut next_index = 0;
     let warm_up = (Load::Window(tcp_window(plan)), plan.seconds, WARM_UP_COMMANDS);
-    match tcp_run(plan, addr, warm_up, next_index) {
-        Ok(warm) => next_index += warm.answered + warm.lost + 1,
-        Err(error) => eprintln!("ringfence-perf replication: tcp {} warm-up: {error}", mode.name),
-    }
+    let loads = match tcp_run(plan, addr, warm_up, next_index) {
+        Ok(warm) => {
+            next_index += warm.answered + warm.lost + 1;
+            plan.loads()
+        }
+        Err(error) => {
+            eprintln!("ringfence-perf replication: tcp {} warm-up failed: {error}", mode.name);
+            Vec::new()
+        }
+    };
     pair.settle();
-    for load in plan.loads() {
+    for load in loads {
         let measured = match tcp_load(plan, addr, load, next_index) {
             Ok(measured) => measured,
             Err(error) => {
@@ -951,7 +958,8 @@ fn header(report: &Report, plan: &Plan) {
         "workload: one SKU, stock 2e9, no per-user limit, a new user and key per reservation: \
          every answer is Reserved (others are counted as `refused`/`failed`); engines hold {} \
          orders; {} s per load; max rows keep {} in flight, latency from the actual submit; \
-         each pair first takes {WARM_UP_COMMANDS} reservations at that window, not counted",
+         each pair first takes up to {WARM_UP_COMMANDS} reservations at that window (for at \
+         most a load's duration), not counted",
         ORDERS_MAX, plan.seconds, plan.window
     ));
 }

@@ -37,8 +37,9 @@ fn header(text: &mut String, meta: &Meta) {
          open loop from each request's intended send time where a row has an offered rate \
          (no coordinated omission; the `machine_wakeup` floor rows time each wake-up from the \
          send that woke it); warm-ups are not counted (`blp`, `pipeline`, `tcp`, `http`, \
-         `redis` and `replication` run one, `replay` keeps the better of two runs; the `ring`, \
-         `journal` and `ack` rows start cold); requests unanswered when a run gave up count at \
+         `redis` and `replication` but its failover rows run one, `replay` keeps the better of \
+         two runs; the `ring`, `journal` and `ack` rows start cold); requests unanswered when \
+         a run gave up count at \
          the time they waited; compare rows of this run as ratios. \
          Percentiles are HdrHistogram's (3 significant digits); each row's full distribution \
          is in its `.hgrm` file, in microseconds.\n"
