@@ -70,21 +70,23 @@ fn engine_config() -> EngineConfig {
 }
 
 fn setup_commands() -> Vec<Command> {
-    (1..=SKUS)
-        .map(|sku| {
-            let spec = CreateSku {
-                sku: SkuId(sku),
-                stock: UNITS_PER_SKU,
-                price_cents: 999,
-                per_user_limit: 0,
-                payment_timeout_ms: 600_000,
-                sale_start: None,
-                sale_end: None,
-            };
-            let key = RequestKey::from_u128(u128::from(u64::MAX - sku));
-            Command::Client { key, action: Action::CreateSku(spec) }
-        })
-        .collect()
+    (1..=SKUS).map(|sku| create_sku(sku, UNITS_PER_SKU)).collect()
+}
+
+/// Creates SKU `sku` with `stock` units, open, with no per-user limit; its request key is the
+/// SKU's own, counted down from the top.
+fn create_sku(sku: u64, stock: u32) -> Command {
+    let spec = CreateSku {
+        sku: SkuId(sku),
+        stock,
+        price_cents: 999,
+        per_user_limit: 0,
+        payment_timeout_ms: 600_000,
+        sale_start: None,
+        sale_end: None,
+    };
+    let key = RequestKey::from_u128(u128::from(u64::MAX - sku));
+    Command::Client { key, action: Action::CreateSku(spec) }
 }
 
 /// The `i`th reservation of the sale.
@@ -388,17 +390,7 @@ const WARM_UP_SKU: u64 = SKUS + 1;
 /// their answers: the stages', the session's and the engine's first passes through the
 /// reservation path are not the row's.
 fn warm_up(session: &mut Session) {
-    let spec = CreateSku {
-        sku: SkuId(WARM_UP_SKU),
-        stock: WARM_UP_COMMANDS as u32,
-        price_cents: 999,
-        per_user_limit: 0,
-        payment_timeout_ms: 600_000,
-        sale_start: None,
-        sale_end: None,
-    };
-    let key = RequestKey::from_u128(u128::from(u64::MAX - WARM_UP_SKU));
-    let create = Command::Client { key, action: Action::CreateSku(spec) };
+    let create = create_sku(WARM_UP_SKU, WARM_UP_COMMANDS as u32);
     session.call(create, DRAIN_LIMIT).expect("the warm-up SKU is created");
     let deadline = Instant::now() + DRAIN_LIMIT;
     let (mut submitted, mut reserved) = (0, 0);

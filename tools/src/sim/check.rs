@@ -79,10 +79,11 @@ pub fn epoch_histories(machines: &[Machine]) -> Result<u64, String> {
     let mut compared = 0;
     for machine in machines {
         let mut disk = machine.disk.clone();
+        // The first record the journal holds: where each snapshot's history is compared from.
+        let segments = ringfence_journal::scan::sorted_segments(&disk).unwrap_or_default();
+        let Some(&(from, _)) = segments.first() else { continue };
         for (through, name) in snapshot::list(&disk).unwrap_or_default() {
             let Ok(meta) = snapshot::read_meta_streaming(&disk, &name) else { continue };
-            let Ok(segments) = ringfence_journal::scan::sorted_segments(&disk) else { continue };
-            let Some(&(from, _)) = segments.first() else { continue };
             // The journal's own history over the records it holds that the snapshot covers.
             let mut held = EpochHistory::default();
             let Ok(Some(last)) = tail::note_epochs(&mut disk, from, through, &mut held) else {
