@@ -171,7 +171,7 @@ fn load(args: &LoadArgs) -> Result<bool, String> {
             ));
             continue;
         }
-        note_run(&report, &label, rate, &measured);
+        net::note_run(&report, &label, rate, &measured);
         report.push(row(&label, rate, connections, args.window, measured));
     }
     if let Some(dir) = &args.out {
@@ -370,33 +370,6 @@ fn refused_at(number: usize, connections: usize, said: Option<String>) -> String
          source address (256 by default), counting every client there: raise it in the \
          node's config file ([server] connections_per_address_max), or {fewer}"
     )
-}
-
-/// What a reader needs beside a run's row to trust it: how late the generator sent (fixed
-/// rates), and the answers that were not reservations, by code.
-fn note_run(report: &Report, label: &str, rate: Option<u64>, measured: &Measured) {
-    if rate.is_some() {
-        let lag = &measured.send_lag;
-        report.note(&format!(
-            "  {label}: the generator sent late by p50 {:.1} us, p99 {:.1} us, max {:.1} us \
-             (charged to the latencies)",
-            lag.value_at_quantile(0.5) as f64 / 1e3,
-            lag.value_at_quantile(0.99) as f64 / 1e3,
-            lag.max() as f64 / 1e3
-        ));
-    }
-    if measured.failed > 0 || measured.lost > 0 {
-        let codes: Vec<String> =
-            measured.refusals.iter().map(|(code, n)| format!("{code} {n}")).collect();
-        report.note(&format!(
-            "  {label}: {} answers were not reservations ({}), {} requests unanswered {} s \
-             after the run; both are in the latencies, the unanswered at the time they waited",
-            measured.failed,
-            if codes.is_empty() { "no code".to_owned() } else { codes.join(", ") },
-            measured.lost,
-            crate::net::DRAIN_AFTER_RUN.as_secs()
-        ));
-    }
 }
 
 /// The row of one measured run, with what a reader needs to trust it: answers that were not

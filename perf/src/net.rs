@@ -58,6 +58,12 @@ pub trait Protocol {
     fn handshake(&mut self, _stream: &mut std::net::TcpStream) -> io::Result<()> {
         Ok(())
     }
+    /// Whether each request leaves an order that the server keeps for the rest of the plan
+    /// (a reservation whose payment window outlasts it): such a plan's rows share the
+    /// server's bounded orders ([`Plan::orders_max`]).
+    fn holds_an_order(&self) -> bool {
+        false
+    }
 }
 
 /// How long a connection may take to open and, where it authenticates, to be answered.
@@ -160,26 +166,20 @@ fn flush(conn: &mut Conn) -> io::Result<()> {
     Ok(())
 }
 
-/// Drives `protocol` against `addr` for `duration` with the given load. Request indices start
-/// at `first_index` so that successive runs use fresh users and keys.
-pub fn drive(
-    addr: SocketAddr,
-    protocol: &mut dyn Protocol,
-    connections: usize,
-    load: Load,
-    duration: Duration,
-    first_index: u64,
-) -> io::Result<Measured> {
-    drive_up_to(addr, protocol, connections, (load, duration, u64::MAX), first_index)
-}
-
 /// How long a run waits for answers after its duration ends before it gives up on them: each
 /// request given up on counts in the distribution at the time it waited, and among the
 /// run's `lost`.
 pub const DRAIN_AFTER_RUN: Duration = Duration::from_secs(10);
 
-/// [`drive`], sending at most `requests_max` requests (a server whose engine holds a bounded
-/// number of orders stays within it at any throughput).
+/// The requests an open-loop run at `rate` for `seconds` sends.
+fn requests_at(rate: u64, seconds: f64) -> u64 {
+    (rate as f64 * seconds) as u64
+}
+
+/// Drives `protocol` against `addr` for `duration` with the given load, sending at most
+/// `requests_max` requests (a server whose engine holds a bounded number of orders stays
+/// within it at any throughput). Request indices start at `first_index` so that successive
+/// runs use fresh users and keys.
 pub fn drive_up_to(
     addr: SocketAddr,
     protocol: &mut dyn Protocol,
@@ -195,7 +195,7 @@ pub fn drive_up_to(
     let (mut answered, mut failed, mut sent) = (0u64, 0u64, 0u64);
     let mut refusals = std::collections::BTreeMap::new();
     let total = match load {
-        Load::Rate(rate) => (rate as f64 * duration.as_secs_f64()) as u64,
+        Load::Rate(rate) => requests_at(rate, duration.as_secs_f64()),
         Load::Window(_) => u64::MAX,
     }
     .min(requests_max);
@@ -448,6 +448,10 @@ impl Protocol for BinaryReserve {
         true
     }
 
+    fn holds_an_order(&self) -> bool {
+        true
+    }
+
     fn encode(&mut self, out: &mut Vec<u8>, index: u64) {
         wire::encode_command(out, index, &reserve_of(&self.target, self.nonce, index));
     }
@@ -543,6 +547,10 @@ impl Protocol for HttpReserve {
         false
     }
 
+    fn holds_an_order(&self) -> bool {
+        true
+    }
+
     fn encode(&mut self, out: &mut Vec<u8>, index: u64) {
         let Target { sku, first_user, token } = &self.target;
         let body = format!(
@@ -616,6 +624,13 @@ const SNAPSHOT_EVERY: u64 = 500_000;
 /// How long a bench server waits for its snapshot writer's shadow engine before measuring.
 const SHADOW_WAIT_MAX: Duration = Duration::from_secs(120);
 
+/// The orders a [`BenchServer`] holds, and as many holdings and request keys.
+pub const BENCH_ORDERS_MAX: u32 = 1 << 23;
+
+/// The reservations one plan may send to a [`BenchServer`]: its request keys, less the key of
+/// the command that created the SKU.
+const BENCH_REQUESTS_MAX: u64 = BENCH_ORDERS_MAX as u64 - 1;
+
 /// An in-process ringfence server for benchmarks: journal in a temporary directory with
 /// durability `none` (records written to the map, not synced) unless a row asks for another,
 /// admin token "bench", the hot
@@ -655,9 +670,9 @@ impl BenchServer {
         // Sized so that a full run's reservations all stay live: no capacity refusals and no
         // mass expiry (which would stall the BLP mid-run) during the measurement.
         let engine_config = EngineConfig {
-            orders_max: 1 << 23,
-            holdings_max: 1 << 23,
-            request_keys_max: 1 << 23,
+            orders_max: BENCH_ORDERS_MAX,
+            holdings_max: BENCH_ORDERS_MAX,
+            request_keys_max: BENCH_ORDERS_MAX,
             request_key_window_ms: 3_600_000,
             ..EngineConfig::default()
         };
@@ -804,6 +819,10 @@ pub struct Plan {
     pub of_max: Vec<f64>,
     /// Where the server driven runs, whose CPU time the rows report.
     pub server: ServerProcess,
+    /// The most requests a plan may send, warm-up included, where each holds an order
+    /// ([`Protocol::holds_an_order`]): every reservation stays live on its server for the
+    /// whole plan, and each such plan runs on a server of its own ([`BENCH_ORDERS_MAX`]).
+    pub orders_max: u64,
 }
 
 impl Plan {
@@ -820,6 +839,7 @@ impl Plan {
                 next_index: 0,
                 of_max: Vec::new(),
                 server: ServerProcess::This,
+                orders_max: BENCH_REQUESTS_MAX,
             }
         } else {
             Plan {
@@ -830,6 +850,7 @@ impl Plan {
                 next_index: 0,
                 of_max: Vec::new(),
                 server: ServerProcess::This,
+                orders_max: BENCH_REQUESTS_MAX,
             }
         }
     }
@@ -837,28 +858,68 @@ impl Plan {
 
 /// The most a warm-up runs for, and the most requests it sends: enough for the server's and
 /// the generator's first passes through their paths; few enough to take little of a bounded
-/// engine's tables from the rows (`BenchServer` holds 8M orders).
+/// engine's tables from the rows ([`Plan::orders_max`]).
 const WARM_UP: Duration = Duration::from_millis(500);
 const WARM_UP_REQUESTS_MAX: u64 = 20_000;
 
 /// A run before a plan's rows, at the plan's window, not counted: the first row measured
-/// would otherwise pay for the server's first moments alone.
+/// would otherwise pay for the server's first moments alone. It sends at most a twentieth of
+/// `orders_left`, the orders the plan may take; returns the requests it sent.
 fn warm_up(
     report: &Report,
     plan: &mut Plan,
     variant: &str,
     addr: SocketAddr,
     protocol: &mut dyn Protocol,
-) -> io::Result<()> {
-    let bounds = (Load::Window(plan.window), WARM_UP, WARM_UP_REQUESTS_MAX);
+    orders_left: u64,
+) -> io::Result<u64> {
+    let requests_max = WARM_UP_REQUESTS_MAX.min(orders_left / 20);
+    let bounds = (Load::Window(plan.window), WARM_UP, requests_max);
     let warm = drive_up_to(addr, protocol, plan.connections, bounds, plan.next_index)?;
-    plan.next_index += warm.answered + warm.lost + 1;
+    let sent = warm.answered + warm.lost;
+    plan.next_index += sent + 1;
     report.note(&format!(
-        "  {variant}: warm-up, not counted: {} requests in {:.2} s",
-        warm.answered + warm.lost,
+        "  {variant}: warm-up, not counted: {sent} requests in {:.2} s",
         warm.seconds
     ));
-    Ok(())
+    Ok(sent)
+}
+
+/// How the rows of a plan whose requests each hold one of the server's orders share them
+/// ([`Plan::orders_max`]): every fixed rate may send all it offers, and what is left is split
+/// between the `max` row and the rows at fractions of its throughput, in proportion. A row
+/// that reaches its share stops sending early.
+struct OrderShare<'a> {
+    plan: &'a Plan,
+    /// The rates set as fractions of the `max` row's throughput, once it has run.
+    fractions_of_max: &'a [(u64, f64)],
+    /// What the `max` row sent, once it has run.
+    max_sent: u64,
+}
+
+impl OrderShare<'_> {
+    /// The most the row at `load` may send, with `left` orders free and the rows `later` to
+    /// run after it.
+    fn of(&self, left: u64, load: Load, later: &VecDeque<Load>) -> u64 {
+        let kept_for_later: u64 = later.iter().map(|&load| self.wants(load)).sum();
+        let free = left.saturating_sub(kept_for_later);
+        match load {
+            // Before the rows at fractions of it exist: their shares are kept too.
+            Load::Window(_) => (free as f64 / (1.0 + self.plan.of_max.iter().sum::<f64>())) as u64,
+            Load::Rate(_) => free,
+        }
+    }
+
+    /// What a row after this one is kept: a fixed rate all it offers, a fraction of the `max`
+    /// row that fraction of what it sent, at most.
+    fn wants(&self, load: Load) -> u64 {
+        let Load::Rate(rate) = load else { return 0 };
+        let offered = requests_at(rate, self.plan.seconds);
+        match self.fractions_of_max.iter().find(|&&(of_max, _)| of_max == rate) {
+            Some(&(_, fraction)) => offered.min((fraction * self.max_sent as f64) as u64),
+            None => offered,
+        }
+    }
 }
 
 /// Runs one protocol through the plan (a warm-up, then max, then each rate) and pushes the
@@ -872,28 +933,67 @@ pub fn run_plan(
     protocol: &mut dyn Protocol,
     context: &[(&str, serde_json::Value)],
 ) {
-    if let Err(error) = warm_up(report, plan, variant, addr, protocol) {
-        report.note(&format!("  {variant}: warm-up failed: {error}"));
-        return;
+    // What the plan may still send, where each request holds one of the server's orders.
+    let mut left = protocol.holds_an_order().then_some(plan.orders_max);
+    match warm_up(report, plan, variant, addr, protocol, left.unwrap_or(u64::MAX)) {
+        Ok(sent) => left = left.map(|left| left.saturating_sub(sent)),
+        Err(error) => {
+            report.note(&format!("  {variant}: warm-up failed: {error}"));
+            return;
+        }
     }
     let mut loads = VecDeque::from([Load::Window(plan.window)]);
     loads.extend(plan.rates.iter().map(|&rate| Load::Rate(rate)));
     // Set once the `max` row has run: the rates that are `of_max` of its throughput.
     let mut fractions_of_max: Vec<(u64, f64)> = Vec::new();
+    // What the `max` row sent, once it has run: the rows at fractions of it send as much.
+    let mut max_sent = 0u64;
     while let Some(load) = loads.pop_front() {
         let duration = Duration::from_secs_f64(plan.seconds);
+        let of_max = fractions_of_max.iter().find(|&&(rate, _)| Load::Rate(rate) == load);
+        let label = match (load, of_max) {
+            (Load::Window(_), _) => format!("{variant} max"),
+            (Load::Rate(rate), Some((_, fraction))) => {
+                format!("{variant} @{}k/s = {:.0}% of max", rate / 1_000, fraction * 100.0)
+            }
+            (Load::Rate(rate), None) => format!("{variant} @{}k/s", rate / 1_000),
+        };
+        let share = OrderShare { plan, fractions_of_max: &fractions_of_max, max_sent };
+        let bound = left.map_or(u64::MAX, |left| share.of(left, load, &loads));
+        if bound == 0 {
+            report.note(&format!(
+                "  {label}: not run: the server's {} orders are taken by the rows before it",
+                plan.orders_max
+            ));
+            continue;
+        }
         let cpu = ServerCpu::start(plan.server);
-        let measured =
-            match drive(addr, protocol, plan.connections, load, duration, plan.next_index) {
-                Ok(measured) => measured,
-                Err(error) => {
-                    report.note(&format!("  {variant}: run failed: {error}"));
-                    return;
-                }
-            };
+        let bounds = (load, duration, bound);
+        let measured = match drive_up_to(addr, protocol, plan.connections, bounds, plan.next_index)
+        {
+            Ok(measured) => measured,
+            Err(error) => {
+                report.note(&format!("  {variant}: run failed: {error}"));
+                return;
+            }
+        };
         let server_cpu = cpu.as_ref().and_then(ServerCpu::seconds);
-        plan.next_index += measured.answered + measured.lost + 1;
+        let sent = measured.answered + measured.lost;
+        plan.next_index += sent + 1;
+        left = left.map(|left| left.saturating_sub(sent));
+        let unbounded = match load {
+            Load::Rate(rate) => requests_at(rate, plan.seconds),
+            Load::Window(_) => u64::MAX,
+        };
+        if sent >= bound && bound < unbounded {
+            report.note(&format!(
+                "  {label}: stopped at {bound} requests, after {:.2} s of {} s: its share of the \
+                 {} orders its server holds for the whole plan (every reservation stays live)",
+                measured.seconds, plan.seconds, plan.orders_max
+            ));
+        }
         if let Load::Window(_) = load {
+            max_sent = sent;
             let throughput = measured.answered as f64 / measured.seconds;
             for &fraction in plan.of_max.iter().rev() {
                 let rate = (throughput * fraction) as u64;
@@ -903,14 +1003,6 @@ pub fn run_plan(
                 }
             }
         }
-        let of_max = fractions_of_max.iter().find(|&&(rate, _)| Load::Rate(rate) == load);
-        let label = match (load, of_max) {
-            (Load::Window(_), _) => format!("{variant} max"),
-            (Load::Rate(rate), Some((_, fraction))) => {
-                format!("{variant} @{}k/s = {:.0}% of max", rate / 1_000, fraction * 100.0)
-            }
-            (Load::Rate(rate), None) => format!("{variant} @{}k/s", rate / 1_000),
-        };
         // Per answer and in cores; `None` where the server's CPU clock could not be read.
         let cpu_figures = server_cpu.map(|seconds| {
             (seconds * 1e6 / measured.answered.max(1) as f64, seconds / measured.seconds)
@@ -922,23 +1014,12 @@ pub fn run_plan(
             )),
             None => report.note(&format!("  {label}: server CPU not measured (no CPU clock)")),
         }
+        let rate = match load {
+            Load::Rate(rate) => Some(rate),
+            Load::Window(_) => None,
+        };
+        note_run(report, &label, rate, &measured);
         let lag = &measured.send_lag;
-        if let Load::Rate(_) = load {
-            report.note(&format!(
-                "  {label}: generator sent late by p50 {:.1} us, p99 {:.1} us, max {:.1} us",
-                lag.value_at_quantile(0.5) as f64 / 1e3,
-                lag.value_at_quantile(0.99) as f64 / 1e3,
-                lag.max() as f64 / 1e3
-            ));
-        }
-        if measured.lost > 0 {
-            report.note(&format!(
-                "  {label}: {} requests unanswered {} s after the run: in the latencies at the \
-                 time they waited",
-                measured.lost,
-                DRAIN_AFTER_RUN.as_secs()
-            ));
-        }
         let mut row =
             Row::new(scenario, &label, measured.answered, measured.seconds, measured.histogram)
                 .with("connections", plan.connections as u64)
@@ -964,6 +1045,33 @@ pub fn run_plan(
     }
 }
 
+/// What a reader needs beside a run's row to trust it: how late the generator sent (fixed
+/// rates), and the answers that were not successes, by code.
+pub(crate) fn note_run(report: &Report, label: &str, rate: Option<u64>, measured: &Measured) {
+    if rate.is_some() {
+        let lag = &measured.send_lag;
+        report.note(&format!(
+            "  {label}: the generator sent late by p50 {:.1} us, p99 {:.1} us, max {:.1} us \
+             (charged to the latencies)",
+            lag.value_at_quantile(0.5) as f64 / 1e3,
+            lag.value_at_quantile(0.99) as f64 / 1e3,
+            lag.max() as f64 / 1e3
+        ));
+    }
+    if measured.failed > 0 || measured.lost > 0 {
+        let codes: Vec<String> =
+            measured.refusals.iter().map(|(code, n)| format!("{code} {n}")).collect();
+        report.note(&format!(
+            "  {label}: {} answers were not successes ({}), {} requests unanswered {} s \
+             after the run; both are in the latencies, the unanswered at the time they waited",
+            measured.failed,
+            if codes.is_empty() { "no code".to_owned() } else { codes.join(", ") },
+            measured.lost,
+            DRAIN_AFTER_RUN.as_secs()
+        ));
+    }
+}
+
 /// Where the server a plan drives runs, for its CPU time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ServerProcess {
@@ -975,7 +1083,7 @@ pub enum ServerProcess {
 }
 
 /// The CPU time the server's threads use. In this process: the process's, less the calling
-/// thread's (the load generator runs on the thread that calls [`drive`]; the server's threads
+/// thread's (the load generator runs on the thread that calls [`drive_up_to`]; the server's threads
 /// are the process's only others). In another: that process's.
 struct ServerCpu {
     server: libc::clockid_t,
@@ -1220,6 +1328,51 @@ mod tests {
             busy_cpu.seconds().is_none()
                 && ServerCpu::start(ServerProcess::Other(busy.id())).is_none()
         );
+    }
+
+    #[test]
+    fn a_plan_of_reservations_sends_no_more_than_its_server_holds() {
+        // Goal: where every reservation stays live for the whole plan, the rows share the
+        // server's orders: the `max` row, the rows at fractions of it and the fixed rates all
+        // run, and together they send at most what the plan may (here far less than the
+        // server could take, so a row that overran would be answered, not refused, and seen).
+        let server = BenchServer::start().unwrap();
+        let mut plan = Plan {
+            rates: vec![1_000],
+            seconds: 0.5,
+            connections: 4,
+            window: 16,
+            next_index: 0,
+            of_max: vec![0.5, 0.8],
+            server: ServerProcess::This,
+            orders_max: 3_000,
+        };
+        let mut report = Report::kept();
+        let mut protocol = BinaryReserve::hot(nonce());
+        let addr = server.binary_addr();
+        run_plan(&mut report, &mut plan, "hot_sku_reserve", "bounded", addr, &mut protocol, &[]);
+        let (rows, notes, _) = report.into_parts();
+        let labels: Vec<&str> = rows.iter().map(|row| row.variant.as_str()).collect();
+        assert_eq!(labels.len(), 4, "max, 50% and 80% of it, 1k/s: {labels:?} {notes:#?}");
+        let warm_up = notes
+            .iter()
+            .find_map(|note| note.strip_prefix("  bounded: warm-up, not counted: "))
+            .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+            .expect("the warm-up's note");
+        let sent: u64 = rows
+            .iter()
+            .map(|row| row.ops + row.context["lost"].as_u64().expect("lost is counted"))
+            .sum();
+        assert!(warm_up + sent <= 3_000, "{warm_up} + {sent} requests sent: {notes:#?}");
+        assert!(rows.iter().all(|row| row.context["failed"] == 0), "{notes:#?}");
+        // The `max` row reached its share well within its half second on any machine that
+        // answers 10,000 reservations a second, and said so.
+        let max = &rows[0];
+        assert_eq!(max.variant, "bounded max");
+        assert!(notes.iter().any(|note| note.starts_with("  bounded max: stopped at ")));
+        // The fixed rate kept all it offers.
+        let fixed = rows.iter().find(|row| row.variant == "bounded @1k/s").expect("1k/s row");
+        assert_eq!(fixed.ops, 500, "{notes:#?}");
     }
 
     #[test]

@@ -156,6 +156,12 @@ impl Protocol for LuaReserve {
         false
     }
 
+    // The same workload as ringfence's rows: Redis keeps its holds, unbounded, but its rows
+    // send what ringfence's may.
+    fn holds_an_order(&self) -> bool {
+        true
+    }
+
     fn encode(&mut self, out: &mut Vec<u8>, index: u64) {
         let user = index + 1;
         let idem = format!("idem:{}:{index}", self.nonce);
