@@ -1,4 +1,4 @@
-//! The replication protocol's messages (version 5): frames, their bodies, encoding, and
+//! The replication protocol's messages (version 6): frames, their bodies, encoding, and
 //! decoding that checks every field and never panics. `docs/replication-protocol.md` is the
 //! long version of this comment.
 //!
@@ -12,7 +12,7 @@
 //!
 //! 1 Hello (standby -> primary, first on a connection)
 //!   0  magic           4  b"RFRP"
-//!   4  version         2  PROTOCOL_VERSION (5)
+//!   4  version         2  PROTOCOL_VERSION (6)
 //!   6  cluster len     1  n, 1 ..= 64
 //!   7  cluster id      n  [A-Za-z0-9._-]
 //!   7+n standby nonce 32
@@ -56,6 +56,7 @@
 //!  11  text            n  UTF-8, for the operator
 //! 10 FetchSnapshot (standby -> primary, instead of Join)
 //!   0  standby proof  32  auth::standby_proof
+//!  32  promised epoch  8  the highest epoch the standby promised
 //! 11 SnapshotChunk (primary -> standby, repeated; the primary closes after the last)
 //!   0  through         8  the snapshot holds every record up to here; >= 1
 //!   8  through epoch   8  record `through`'s epoch; 0 if the primary no longer holds it
@@ -89,7 +90,7 @@ use crate::auth::{
 /// First bytes of a `Hello` body: a ringfence replication peer.
 pub const PROTOCOL_MAGIC: [u8; 4] = *b"RFRP";
 /// The protocol version this build speaks (and the only one it accepts).
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 const KIND_LEN: usize = 1;
 const FRAME_LEN_OFFSET: usize = 0;
@@ -171,7 +172,8 @@ const REFUSE_TEXT_OFFSET: usize = REFUSE_TEXT_LEN_OFFSET + 2;
 pub const REFUSE_TEXT_LEN_MAX: usize = 512;
 
 const FETCH_SNAPSHOT_PROOF_OFFSET: usize = 0;
-const FETCH_SNAPSHOT_BODY_LEN: usize = FETCH_SNAPSHOT_PROOF_OFFSET + PROOF_LEN;
+const FETCH_SNAPSHOT_PROMISED_OFFSET: usize = FETCH_SNAPSHOT_PROOF_OFFSET + PROOF_LEN;
+const FETCH_SNAPSHOT_BODY_LEN: usize = FETCH_SNAPSHOT_PROMISED_OFFSET + 8;
 
 const CHUNK_THROUGH_OFFSET: usize = 0;
 const CHUNK_THROUGH_EPOCH_OFFSET: usize = CHUNK_THROUGH_OFFSET + 8;
@@ -192,7 +194,7 @@ pub const SNAPSHOT_CHUNK_MAX: usize = RECORDS_BYTES_MAX - 32;
 /// it holds the secret: the largest message of the handshake, a `Refuse` with the longest text
 /// (which either side may send in place of its next message), 524 bytes. The others are
 /// smaller: `Hello` with the longest cluster id 146, `Join` 57, `Challenge` 65, `FetchSnapshot`
-/// 33, `Start`, `Diverged` and `Behind` 25 at most. A peer that announces more is not a node of
+/// 41, `Start`, `Diverged` and `Behind` 25 at most. A peer that announces more is not a node of
 /// this version, and is refused after the 4-byte prefix, not waited for through a megabyte.
 pub const HANDSHAKE_FRAME_LEN_MAX: usize = KIND_LEN
     + len_max(&[
@@ -253,7 +255,7 @@ const _: () = assert!(RECORDS_HEADER_LEN == 12 && RECORDS_FRAME_HEADER_LEN == 17
 const _: () = assert!(HEARTBEAT_BODY_LEN == 25);
 const _: () = assert!(ACK_CATCHING_UP_OFFSET == 24 && ACK_BODY_LEN == 25);
 const _: () = assert!(REFUSE_TEXT_LEN_OFFSET == 9 && REFUSE_TEXT_OFFSET == 11);
-const _: () = assert!(FETCH_SNAPSHOT_BODY_LEN == 32);
+const _: () = assert!(FETCH_SNAPSHOT_PROMISED_OFFSET == 32 && FETCH_SNAPSHOT_BODY_LEN == 40);
 const _: () = assert!(CHUNK_THROUGH_EPOCH_OFFSET == 8);
 const _: () = assert!(CHUNK_TOTAL_LEN_OFFSET == 16 && CHUNK_OFFSET_OFFSET == 24);
 const _: () = assert!(SNAPSHOT_CHUNK_HEADER_LEN == 32 && SNAPSHOT_CHUNK_FRAME_HEADER_LEN == 37);
@@ -530,6 +532,9 @@ impl<'a> Refuse<'a> {
 pub struct FetchSnapshot {
     /// The standby's proof that it holds the cluster secret, as in a `Join`.
     pub standby_proof: Proof,
+    /// The highest epoch the standby promised, as in a `Join`: a primary leading in a lower
+    /// one was superseded, and sends no snapshot.
+    pub promised_epoch: Epoch,
 }
 
 /// Why a peer refuses: the first byte of a `Refuse` body.
@@ -1542,10 +1547,14 @@ impl FixedBody for FetchSnapshot {
 
     fn write(&self, body: &mut [u8]) {
         body[FETCH_SNAPSHOT_PROOF_OFFSET..][..PROOF_LEN].copy_from_slice(&self.standby_proof);
+        put_u64(body, FETCH_SNAPSHOT_PROMISED_OFFSET, self.promised_epoch.0);
     }
 
     fn read(body: &[u8]) -> Result<FetchSnapshot, MessageError> {
-        Ok(FetchSnapshot { standby_proof: get_array(body, FETCH_SNAPSHOT_PROOF_OFFSET) })
+        Ok(FetchSnapshot {
+            standby_proof: get_array(body, FETCH_SNAPSHOT_PROOF_OFFSET),
+            promised_epoch: Epoch(get_u64(body, FETCH_SNAPSHOT_PROMISED_OFFSET)),
+        })
     }
 }
 
@@ -1618,7 +1627,7 @@ mod tests {
             &[0x60, 0xEA, 0, 0, 0, 0, 0, 0],
             &[0, 0],
         ];
-        let head: &[&[u8]] = &[b"RFRP", &[5, 0], &[4], b"eu-1", &[7; 32]];
+        let head: &[&[u8]] = &[b"RFRP", &[6, 0], &[4], b"eu-1", &[7; 32]];
         let expected = frame(1, &[head, settings].concat());
         assert_eq!(encoded(&hello), expected);
         assert_eq!(expected.len(), 4 + 1 + 39 + 4 + 42);
@@ -1694,8 +1703,8 @@ mod tests {
     fn the_snapshot_messages_are_the_documented_bytes() {
         // Goal: as above for the snapshot transfer, and a chunk frame is its 37-byte header
         // followed by the file's bytes unchanged.
-        let fetch = Message::FetchSnapshot(FetchSnapshot { standby_proof: [4; 32] });
-        assert_eq!(encoded(&fetch), frame(10, &[&[4; 32]]));
+        let fetch = FetchSnapshot { standby_proof: [4; 32], promised_epoch: Epoch(9) };
+        assert_eq!(encoded(&Message::FetchSnapshot(fetch)), frame(10, &[&[4; 32], &le(9)]));
 
         let chunk = SnapshotChunk::new(Sequence(100), Epoch(7), 10, 6, b"abcd").unwrap();
         assert_eq!(chunk.through_epoch(), Epoch(7));

@@ -184,6 +184,11 @@ impl PrimarySession {
                 .unwrap_or_else(|| self.on_join(join, view)),
             (PrimaryState::AwaitJoin { standby_nonce }, Message::FetchSnapshot(fetch)) => {
                 self.check_proof(standby_nonce, &fetch.standby_proof, view).unwrap_or_else(|| {
+                    // As for a join: a standby that promised a newer epoch follows another
+                    // primary, and this one's snapshot may hold records that one does not.
+                    if fetch.promised_epoch > view.epoch {
+                        return self.superseded(view.epoch, fetch.promised_epoch);
+                    }
                     self.state = PrimaryState::Closed;
                     PrimaryStep::SendSnapshot
                 })
@@ -310,14 +315,17 @@ impl PrimarySession {
                 };
                 self.refuse(RefuseCode::NeedsSnapshot, epoch, text)
             }
-            JoinDecision::Superseded { promised } => {
-                let text =
-                    format!("this primary (epoch {epoch}) was superseded by epoch {promised}");
-                let step = self.refuse(RefuseCode::StaleEpoch, epoch, text);
-                let PrimaryStep::Close { last, reason, .. } = step else { unreachable!() };
-                PrimaryStep::Close { last, reason, deposed_by: Some(promised) }
-            }
+            JoinDecision::Superseded { promised } => self.superseded(epoch, promised),
         }
+    }
+
+    /// The standby promised `promised`, above this primary's `epoch`: a newer primary exists.
+    /// It is refused, and this node steps down.
+    fn superseded(&mut self, epoch: Epoch, promised: Epoch) -> PrimaryStep {
+        let text = format!("this primary (epoch {epoch}) was superseded by epoch {promised}");
+        let step = self.refuse(RefuseCode::StaleEpoch, epoch, text);
+        let PrimaryStep::Close { last, reason, .. } = step else { unreachable!() };
+        PrimaryStep::Close { last, reason, deposed_by: Some(promised) }
     }
 
     /// The standby holds records after `keep_through` that this journal lacks, and this
@@ -606,7 +614,10 @@ impl StandbySession {
                 last_epoch: position.last_epoch,
                 promised_epoch: position.promised,
             }),
-            Purpose::FetchSnapshot => Outgoing::FetchSnapshot(FetchSnapshot { standby_proof }),
+            Purpose::FetchSnapshot => Outgoing::FetchSnapshot(FetchSnapshot {
+                standby_proof,
+                promised_epoch: self.promised,
+            }),
         })
     }
 
@@ -1121,8 +1132,8 @@ mod tests {
                     Outgoing::Join(join) if forged => {
                         Outgoing::Join(Join { standby_proof: [9; 32], ..join })
                     }
-                    Outgoing::FetchSnapshot(_) if forged => {
-                        Outgoing::FetchSnapshot(FetchSnapshot { standby_proof: [9; 32] })
+                    Outgoing::FetchSnapshot(fetch) if forged => {
+                        Outgoing::FetchSnapshot(FetchSnapshot { standby_proof: [9; 32], ..fetch })
                     }
                     proof => proof,
                 };
@@ -1167,6 +1178,45 @@ mod tests {
         let (step, _) = handshake("the-shared-secret-16+", position(10, 1, 3), 2);
         let PrimaryStep::Close { deposed_by, .. } = step else { panic!("{step:?}") };
         assert_eq!(deposed_by, Some(Epoch(3)));
+    }
+
+    #[test]
+    fn a_fetch_from_a_standby_that_promised_a_newer_epoch_gets_no_snapshot() {
+        // Goal: the fence holds for a snapshot as for a join: a primary superseded between a
+        // standby's join and its fetch sends nothing and steps down, while a standby whose
+        // promise is this primary's epoch, or below it, gets the snapshot.
+        let key = secret("the-shared-secret-16+");
+        let mut journal = EpochList::flat(0, 1);
+        let ours = cluster();
+        let mut view = view(&ours, &key, &mut journal, 2);
+        for (promised, superseded) in [(1, false), (2, false), (3, true)] {
+            let engine = EngineConfig::small();
+            let (mut standby, hello) = StandbySession::start(
+                ours,
+                engine,
+                [1; 32],
+                Purpose::FetchSnapshot,
+                Epoch(promised),
+            );
+            let mut primary = PrimarySession::new([2; 32]);
+            let proof = proof(&mut standby, hello, &mut primary, &mut view);
+            let Outgoing::FetchSnapshot(fetch) = proof else { panic!("{proof:?}") };
+            assert_eq!(fetch.promised_epoch, Epoch(promised));
+            let step = primary.on_message(&Message::FetchSnapshot(fetch), &mut view);
+            if superseded {
+                let PrimaryStep::Close {
+                    last: Some(Outgoing::Refuse { code, .. }),
+                    deposed_by,
+                    ..
+                } = &step
+                else {
+                    panic!("{step:?}")
+                };
+                assert_eq!((*code, *deposed_by), (RefuseCode::StaleEpoch, Some(Epoch(3))));
+            } else {
+                assert_eq!(step, PrimaryStep::SendSnapshot, "promised {promised}");
+            }
+        }
     }
 
     #[test]

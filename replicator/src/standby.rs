@@ -276,15 +276,16 @@ impl SnapshotReceiver {
     }
 }
 
-/// Fetches the primary's newest snapshot (for a standby whose missing records were retired).
+/// Fetches the primary's newest snapshot (for a standby whose missing records were retired),
+/// telling it the epoch this standby `promised`: a primary below it refuses and steps down.
 /// Refuses a snapshot above `len_max` bytes, and chunks that are not contiguous from 0 or that
 /// change the snapshot's sequence, epoch or length part way.
 pub fn fetch_snapshot(
     config: &ReplicationConfig,
     primary: &str,
     len_max: u64,
+    promised: Epoch,
 ) -> Result<FetchedSnapshot, JoinError> {
-    let promised = Epoch(0);
     let Handshake { socket, mut reader, mut session, .. } =
         handshake(config, primary, Purpose::FetchSnapshot, promised, connect_timeout)?;
     // The primary proved it holds the secret: its chunks may take their time.

@@ -117,7 +117,7 @@ fn one_of_each(records: &[u8]) -> Vec<Message<'_>> {
             catching_up: true,
         }),
         Message::Refuse(Refuse::new(RefuseCode::StaleEpoch, Epoch(4), "epoch 3 < promised 4")),
-        Message::FetchSnapshot(FetchSnapshot { standby_proof: [6; 32] }),
+        Message::FetchSnapshot(FetchSnapshot { standby_proof: [6; 32], promised_epoch: Epoch(4) }),
         Message::SnapshotChunk(
             SnapshotChunk::new(Sequence(40), Epoch(3), 4_096, 512, b"RFNCSNAP").unwrap(),
         ),
@@ -768,8 +768,12 @@ fn plain() -> impl Strategy<Value = Message<'static>> {
     let ack = (sorted_pair(), any::<u64>(), any::<bool>()).prop_map(|((d, w), echo_ms, c)| {
         Message::Ack(Ack { written: Sequence(w), durable: Sequence(d), echo_ms, catching_up: c })
     });
-    let fetch = any::<[u8; 32]>()
-        .prop_map(|proof| Message::FetchSnapshot(FetchSnapshot { standby_proof: proof }));
+    let fetch = any::<([u8; 32], u64)>().prop_map(|(proof, promised)| {
+        Message::FetchSnapshot(FetchSnapshot {
+            standby_proof: proof,
+            promised_epoch: Epoch(promised),
+        })
+    });
     prop_oneof![hello, challenge, join, start, diverged, behind, heartbeat, ack, fetch]
 }
 

@@ -496,8 +496,9 @@ pub fn check_journal(
     }
 }
 
-/// Fetches the primary's newest snapshot, for a standby whose missing records were retired,
-/// and checks it ([`CheckedSnapshot::check`]): one refused is a failed fetch. The caller
+/// Fetches the primary's newest snapshot, for a standby whose missing records were retired
+/// and that `promised` an epoch (a primary below it refuses, superseded), and checks it
+/// ([`CheckedSnapshot::check`]): one refused is a failed fetch. The caller
 /// promises the snapshot's epoch before it installs it ([`install_snapshot`]). The snapshot is
 /// gathered whole, so it is refused past the largest an engine under `engine`, the standby's
 /// settings, can take (`snapshot::file_len_max`): what the node's memory check counts, and all
@@ -507,8 +508,9 @@ pub fn fetch_primary_snapshot<S: Storage>(
     config: &ReplicationConfig,
     primary: &str,
     engine: &EngineConfig,
+    promised: Epoch,
 ) -> Result<CheckedSnapshot, String> {
-    let fetched = fetch_snapshot(config, primary, snapshot::file_len_max(engine))
+    let fetched = fetch_snapshot(config, primary, snapshot::file_len_max(engine), promised)
         .map_err(|e| format!("fetching a snapshot from the primary {primary}: {e}"))?;
     CheckedSnapshot::check(storage, fetched)
 }

@@ -851,6 +851,7 @@ fn recover_for_role(
                         config,
                         primary,
                         &options.engine_config,
+                        promised.max(epoch),
                     )?;
                     // The tail after the cut is kept; the snapshot may show more was never
                     // the primary's (told one record at a time, this is the first round).
@@ -865,6 +866,7 @@ fn recover_for_role(
                     config,
                     primary,
                     &options.engine_config,
+                    promised,
                 ) {
                     Ok(fetched) => fetched,
                     // With etcd the pilot restarts a standby refused again without backing

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::snapshot_primary::{Offer, run_standby_until, serve, standby_process};
+use common::snapshot_primary::{Leading, Offer, run_standby_until, serve, standby_process};
 use common::{CLUSTER_SECRET, TempDir, journal_dump_json};
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::epoch::Epochs;
@@ -163,11 +163,12 @@ fn rejoin(
     let through = Sequence(epochs.len() as u64);
     let bytes = std::fs::read(dir_p.join(snapshot::snapshot_name(through))).unwrap();
     let through_epoch = Epoch(*epochs.last().unwrap());
-    let offer = Offer { through, through_epoch, bytes, announced_len: None };
+    let offer = Offer::of(through, through_epoch, bytes);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let primary = serve(listener, (PRIMARY_EPOCH, journal), offer, Arc::clone(&stop));
+    let primary =
+        serve(listener, (Leading::in_epoch(PRIMARY_EPOCH), journal), offer, Arc::clone(&stop));
     let config = root.join("node.toml");
     std::fs::write(&config, "[node]\nsegment_bytes = 65536\nsnapshots_kept = 1\n").unwrap();
     let process = standby_process(dir_s, &secret, address, &["--config", config.to_str().unwrap()]);

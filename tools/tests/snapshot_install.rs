@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::snapshot_primary::{self, Offer, run_standby_until};
+use common::snapshot_primary::{self, Leading, Offer, run_standby_until};
 use common::{CLUSTER_SECRET, Serve, TempDir, journal_dump_json};
 use ringfence_core::{Epoch, Sequence};
 use ringfence_replicator::position::EpochList;
@@ -28,7 +28,8 @@ fn fake_primary(
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<Vec<String>> {
     let journal = EpochList { first: first_held, epochs: vec![PRIMARY_EPOCH; 5] };
-    snapshot_primary::serve(listener, (PRIMARY_EPOCH, journal), offer, stop)
+    let leading = Leading::in_epoch(PRIMARY_EPOCH);
+    snapshot_primary::serve(listener, (leading, journal), offer, stop)
 }
 
 /// Starts `dir` as a standby of the fake primary on `primary`.
@@ -153,7 +154,7 @@ fn a_refused_snapshot_leaves_the_journal(
         |through, _| through.0 + 1,
         |through, mut bytes| {
             let through = tamper(through, &mut bytes);
-            Offer { through, through_epoch: Epoch(PRIMARY_EPOCH), bytes, announced_len: None }
+            Offer::of(through, Epoch(PRIMARY_EPOCH), bytes)
         },
     );
     let refused = outcome.log.iter().any(|l| {
@@ -243,7 +244,7 @@ fn a_standby_stopped_right_after_installing_keeps_the_snapshots_recorded_epoch()
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let offer = Offer { through, through_epoch: Epoch(PRIMARY_EPOCH), bytes, announced_len: None };
+    let offer = Offer::of(through, Epoch(PRIMARY_EPOCH), bytes);
     let primary = fake_primary(listener, through.0 + 1, offer, Arc::clone(&stop));
     let mut process = standby_process(&dir_s, &secret, address);
     let (_, before) = process.wait_for("ringfence: HTTP API listening", Duration::from_secs(120));
@@ -332,7 +333,7 @@ fn the_records_an_old_primary_wrote_alone_are_kept_when_its_successor_s_snapshot
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let offer = Offer { through, through_epoch: epoch.unwrap(), bytes, announced_len: None };
+    let offer = Offer::of(through, epoch.unwrap(), bytes);
     let primary = fake_primary(listener, through.0 + 1, offer, Arc::clone(&stop));
     let log = run_standby_until(standby_process(&dir_s, &secret, address), &["HTTP API listening"]);
     stop.store(true, Ordering::Release);
@@ -345,4 +346,53 @@ fn the_records_an_old_primary_wrote_alone_are_kept_when_its_successor_s_snapshot
         "rollback/ holds exactly the records written alone\nlog: {log:#?}"
     );
     assert!(journal_dump_json(&dir_s, &[]).is_empty(), "the snapshot replaced the journal");
+}
+
+#[test]
+fn a_primary_superseded_before_the_fetch_sends_no_snapshot() {
+    // Goal: the standby promised epoch 1010. Its join is answered `needs_snapshot` by a primary
+    // of epoch 1020; its fetch, on a new connection, reaches a primary of epoch 1005 at the
+    // same address (the old one, deposed and not yet aware). The fetch carries the promise,
+    // so that one refuses it and sends nothing: the standby's journal stays as it was, and it
+    // starts on it and retries, as after any failed fetch. Without the promise the old
+    // primary's snapshot, records its successor may never have had, replaced the journal.
+    let root = TempDir::new("fetch-superseded");
+    let secret = root.path().join("secret");
+    std::fs::write(&secret, CLUSTER_SECRET).unwrap();
+    let (dir_s, dir_p) = (root.path().join("s"), root.path().join("p"));
+    journal_with_orders(&dir_s, "s", 5);
+    let options = ringfence_journal::writer::WriterOptions {
+        segment_len: 64 * 1024,
+        durability: ringfence_journal::writer::Durability::Batch,
+        engine_config: ringfence_core::EngineConfig::default(),
+    };
+    let recovered = ringfence_journal::recovery::recover(&dir_s, options).unwrap();
+    let current = recovered.epochs.current;
+    let promised = ringfence_journal::epoch::Epochs { current, promised: Epoch(1010) };
+    recovered.writer.data_dir().store_epochs(promised).unwrap();
+    drop(recovered);
+    let before = journal_dump_json(&dir_s, &[]);
+    let (through, bytes) = snapshot_of_orders(&dir_p, 20);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let journal = EpochList { first: through.0 + 1, epochs: vec![1020; 5] };
+    let leading = Leading { join: 1020, fetch: 1005 };
+    let offer = Offer::of(through, Epoch(1005), bytes);
+    let primary = snapshot_primary::serve(listener, (leading, journal), offer, Arc::clone(&stop));
+    let log = run_standby_until(standby_process(&dir_s, &secret, address), &["HTTP API listening"]);
+    stop.store(true, Ordering::Release);
+    let served = primary.join().unwrap();
+    let refused = served.iter().any(|s| s.contains("(epoch 1005) was superseded by epoch 1010"));
+    assert!(refused, "the old primary was to refuse the fetch: {served:#?}\nlog: {log:#?}");
+    assert!(!served.iter().any(|s| s == "snapshot sent"), "{served:#?}");
+    let started = log.iter().any(|l| {
+        l.contains("fetching a snapshot from the primary")
+            && l.contains("starting as a standby on this journal")
+    });
+    assert!(started, "{log:#?}");
+    assert!(before.len() >= 6, "a sale and 5 orders: {before:#?}");
+    assert_eq!(journal_dump_json(&dir_s, &[]), before, "the journal as it was: {log:#?}");
+    assert!(rollback_lines(&dir_s).is_empty());
 }

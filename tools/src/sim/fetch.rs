@@ -4,7 +4,6 @@
 //! `SnapshotReceiver`, and the machine then installs it (`install_snapshot`) and recovers
 //! again before it starts its node.
 
-use ringfence_core::Epoch;
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::recovery::Recovered;
 use ringfence_replicator::auth::Nonce;
@@ -83,8 +82,10 @@ impl Fetching {
                 };
                 let purpose = Purpose::FetchSnapshot;
                 let engine = settings.engine.clone();
+                // As `serve` fetches: with the promise its data directory holds.
+                let promised = self.recovered.epochs.promised;
                 let (session, hello) =
-                    StandbySession::start(settings.cluster, engine, nonce, purpose, Epoch(0));
+                    StandbySession::start(settings.cluster, engine, nonce, purpose, promised);
                 send(net, conn, me, &hello.message(), now_ms);
                 self.conn = Some((conn, session));
                 Fetched::Waiting

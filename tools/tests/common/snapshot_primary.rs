@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringfence_core::{Epoch, Sequence};
+use ringfence_replicator::message::Message;
 use ringfence_replicator::position::EpochList;
 use ringfence_replicator::session::{PrimarySession, PrimaryStep};
 use ringfence_replicator::stream::{FrameReader, write_message, write_snapshot_chunk};
@@ -25,13 +26,35 @@ pub struct Offer {
     pub announced_len: Option<u64>,
 }
 
-/// A fake primary in `epoch` on `listener` whose journal is `journal`: answers each join as a
-/// primary would (refusing one that needs retired records: `needs_snapshot`), sends `offer`
-/// for every fetch, and closes every other connection unanswered. Runs until `stop`; what it
-/// did with each connection.
+impl Offer {
+    /// `bytes`, announced as a snapshot through `through` of `through_epoch`, whole.
+    pub fn of(through: Sequence, through_epoch: Epoch, bytes: Vec<u8>) -> Offer {
+        Offer { through, through_epoch, bytes, announced_len: None }
+    }
+}
+
+/// The epochs the fake primary leads in: for joins, and for fetches (another node at the same
+/// address, where they differ).
+#[derive(Clone, Copy)]
+pub struct Leading {
+    pub join: u64,
+    pub fetch: u64,
+}
+
+impl Leading {
+    /// One primary, in `epoch`.
+    pub fn in_epoch(epoch: u64) -> Leading {
+        Leading { join: epoch, fetch: epoch }
+    }
+}
+
+/// A fake primary on `listener`, `leading` in its epochs, whose journal is `journal`: answers
+/// each join as a primary would (refusing one that needs retired records: `needs_snapshot`),
+/// each fetch with `offer` (unless a standby's promise supersedes it), and closes every other
+/// connection unanswered. Runs until `stop`; what it did with each connection.
 pub fn serve(
     listener: TcpListener,
-    (epoch, journal): (u64, EpochList),
+    (leading, journal): (Leading, EpochList),
     offer: Offer,
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<Vec<String>> {
@@ -52,6 +75,10 @@ pub fn serve(
                 let Ok(message) = reader.read_message() else {
                     served.push("closed".to_owned());
                     break;
+                };
+                let epoch = match message {
+                    Message::FetchSnapshot(_) => leading.fetch,
+                    _ => leading.join,
                 };
                 match fake_primary_step(&mut session, &message, epoch, &mut journal) {
                     PrimaryStep::Reply(reply) => {
