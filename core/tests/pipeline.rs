@@ -606,6 +606,27 @@ fn a_failing_replicator_and_a_panicking_snapshot_hook_are_named() {
 }
 
 #[test]
+fn an_idle_node_holding_a_far_deadline_wakes_its_timer_a_few_times_a_second() {
+    // Goal: a node whose reservations await payment for ten minutes, with no client traffic,
+    // checks for a due deadline a few times a second, not every period (1 ms): it sleeps until
+    // the deadline comes near. (Once a period, half a second would take about 500 wake-ups.)
+    for topology in [Topology::Parallel, Topology::Compact] {
+        let node =
+            Node::start(config(topology), MemoryJournal::new(), NoReplicator::default()).unwrap();
+        let mut session = node.session().unwrap();
+        session.call(create_sku(10, 600_000), WAIT).unwrap();
+        let reserved = session.call(reserve(1, 1, 1), WAIT);
+        assert!(matches!(reserved, Ok(Outcome::Reserved { .. })), "{reserved:?}");
+        let before = node.metrics().timer_wakeups;
+        thread::sleep(Duration::from_millis(500));
+        let woke = node.metrics().timer_wakeups - before;
+        assert!(woke <= 20, "{woke} timer wake-ups in half a second ({topology:?})");
+        drop(session);
+        node.shutdown().unwrap();
+    }
+}
+
+#[test]
 fn timer_ticks_expire_unpaid_orders_without_client_traffic() {
     // Goal: the timer's `Tick` commands move the BLP's time, so a payment deadline fires while
     // no client sends anything.

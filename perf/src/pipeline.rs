@@ -253,7 +253,7 @@ fn bench_filtered(report: &mut Report, size: Size, filter: &Filter<'_>) {
     report.note(&machine_load());
     let watch = CpuWatch::start();
     report.note(&format!(
-        "pipeline in-process on {cores} cores: null journal, no standby, timer checks every 1 ms (nothing due), \
+        "pipeline in-process on {cores} cores: null journal, no standby, timer period 1 ms (no deadline falls due), \
          ring 16384; latency = answer seen by the generator - intended send time; each row's \
          node first takes {WARM_UP_COMMANDS} reservations of a SKU of their own, not counted"
     ));

@@ -153,9 +153,10 @@ pub struct NodeConfig {
     pub epoch: Epoch,
     /// Whether this node sequences client commands or takes records from a primary.
     pub intake: Intake,
-    /// How often, in milliseconds, the timer checks whether a payment deadline has come due;
-    /// zero starts no timer. A `Tick` is published only when one has (an idle node journals
-    /// nothing), so deadlines fire at most a period late without client traffic.
+    /// How often, in milliseconds, the timer checks whether a payment deadline has come due,
+    /// once the earliest is near (until then it sleeps up to 200 ms at a time); zero starts no
+    /// timer. A `Tick` is published only when one has (an idle node journals nothing), so
+    /// deadlines fire at most a period late without client traffic.
     pub tick_period_ms: u64,
     /// The layout; `None` picks `Parallel` on machines with at least `parallel_cores_min`
     /// cores and `Compact` below.

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub ticks_published: u64,
     /// Due ticks skipped because the ring was full (published at the next check).
     pub ticks_skipped: u64,
+    /// Times the timer thread woke: once a period while a payment deadline is due or near, a
+    /// few times a second otherwise.
+    pub timer_wakeups: u64,
     /// Slots in the ring.
     pub ring_size: u64,
     /// Milliseconds between the node's command stamps and its clock (positive: ahead of it):

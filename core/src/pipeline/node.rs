@@ -756,6 +756,7 @@ impl Node {
             busy_rejections: shared.busy_rejections.load(Ordering::Relaxed),
             ticks_published: shared.ticks_published.load(Ordering::Relaxed),
             ticks_skipped: shared.ticks_skipped.load(Ordering::Relaxed),
+            timer_wakeups: shared.timer_wakeups.load(Ordering::Relaxed),
             ring_size: shared.ring_size,
             time_shift_ms: shared.time_line.shift_ms(),
             primary_clock_offset_ms: (shared.intake() == Intake::Replica)

@@ -167,6 +167,8 @@ pub(crate) struct Shared {
     pub(crate) busy_rejections: AtomicU64,
     pub(crate) ticks_skipped: AtomicU64,
     pub(crate) ticks_published: AtomicU64,
+    /// Times the timer thread woke from a sleep.
+    pub(crate) timer_wakeups: AtomicU64,
 
     /// Threads reading the producer barrier, woken after each publication.
     pub(crate) stage_parkers: Vec<Parker>,
@@ -241,6 +243,7 @@ impl Shared {
             timer_parker: Parker::default(),
             busy_rejections: AtomicU64::new(0),
             ticks_skipped: AtomicU64::new(0),
+            timer_wakeups: AtomicU64::new(0),
             ticks_published: AtomicU64::new(0),
             stage_parkers: (0..producer_readers).map(|_| Parker::default()).collect(),
             egress_parker: Arc::new(Parker::default()),

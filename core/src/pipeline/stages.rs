@@ -775,10 +775,11 @@ pub(crate) fn publish_tick_if_due(producer: &mut RingProducer, shared: &Shared) 
     }
 }
 
-/// The timer thread's body: every `period` while a deadline is set, publish a tick if one is
-/// due, until intake closes. With no deadline set it sleeps up to [`QUIET_PARK_MAX`] at a
-/// time, woken at once when one is set (`publish_next_due`), so an idle node's timer costs
-/// a few wake-ups a second.
+/// The timer thread's body: every `period` while a deadline is due or near, publish a tick if
+/// one is due, until intake closes. Until the earliest deadline comes near, and with none set,
+/// it sleeps up to [`QUIET_PARK_MAX`] at a time, woken at once when an earlier one is set
+/// (`publish_next_due`): an idle node's timer costs a few wake-ups a second, whether or not
+/// it holds reservations awaiting payment.
 pub(crate) fn run_timer(mut producer: RingProducer, shared: &Shared, period: Duration) {
     shared.timer_parker.register_current();
     let mut next_check = Instant::now() + period;
@@ -786,12 +787,23 @@ pub(crate) fn run_timer(mut producer: RingProducer, shared: &Shared, period: Dur
         let now = Instant::now();
         if now < next_check {
             shared.timer_parker.prepare_sleep();
-            let quiet = shared.next_due_ms.load(Ordering::Acquire) == u64::MAX;
-            let wait = if quiet { QUIET_PARK_MAX } else { next_check - now };
+            let due = shared.next_due_ms.load(Ordering::Acquire);
+            let quiet = due == u64::MAX;
+            let wait = if quiet {
+                QUIET_PARK_MAX
+            } else {
+                // Until the deadline, on the node's time line; at most QUIET_PARK_MAX, so a
+                // time line that moves on by more than the timer slept (a manual clock, a
+                // promotion's) is seen within that.
+                let stamp = shared.stamp(shared.clock.now_ns()).0;
+                let until_due = Duration::from_millis(due.saturating_sub(stamp));
+                (next_check - now).max(until_due.min(QUIET_PARK_MAX))
+            };
             if !shared.is_closed() {
                 std::thread::park_timeout(wait);
             }
             shared.timer_parker.awake();
+            shared.timer_wakeups.fetch_add(1, Ordering::Relaxed);
             if quiet && shared.next_due_ms.load(Ordering::Acquire) != u64::MAX {
                 // Woken for a new deadline: check it now, then every period.
                 next_check = Instant::now();
