@@ -962,7 +962,8 @@ pub fn run_plan(
         let bound = left.map_or(u64::MAX, |left| share.of(left, load, &loads));
         if bound == 0 {
             report.note(&format!(
-                "  {label}: not run: the server's {} orders are taken by the rows before it",
+                "  {label}: not run: none of the server's {} orders is left for it, beside the \
+                 rows before it and those kept for the fixed rates after it",
                 plan.orders_max
             ));
             continue;

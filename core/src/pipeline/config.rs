@@ -154,9 +154,12 @@ pub struct NodeConfig {
     /// Whether this node sequences client commands or takes records from a primary.
     pub intake: Intake,
     /// How often, in milliseconds, the timer checks whether a payment deadline has come due,
-    /// once the earliest is near (until then it sleeps up to 200 ms at a time); zero starts no
-    /// timer. A `Tick` is published only when one has (an idle node journals nothing), so
-    /// deadlines fire at most a period late without client traffic.
+    /// once the earliest is near (until then it sleeps up to 200 ms at a time, woken by an
+    /// earlier deadline and by a promotion); zero starts no timer. A `Tick` is published only
+    /// when one has (an idle node journals nothing), so deadlines fire at most a period late
+    /// without client traffic. (A [`ManualClock`](super::ManualClock) moved on while the
+    /// timer sleeps is seen within 200 ms; the simulator and the tests that step a node drive
+    /// no timer thread.)
     pub tick_period_ms: u64,
     /// The layout; `None` picks `Parallel` on machines with at least `parallel_cores_min`
     /// cores and `Compact` below.

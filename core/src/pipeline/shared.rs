@@ -289,6 +289,9 @@ impl Shared {
         self.time_line.take_over(&*self.clock, self.clock.now_ns());
         self.epoch.store(epoch.0, Ordering::Release);
         self.intake.store(Intake::Sequencer as u8, Ordering::Release);
+        // The timer sleeps until the earliest deadline on the time line it last read: on the
+        // primary's, a deadline may be due now.
+        self.timer_parker.wake();
     }
 
     /// Whether the replicator holds writes back (a lost standby, or a deposed primary).
