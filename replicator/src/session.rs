@@ -474,8 +474,8 @@ pub enum StandbyStep {
         last: Option<Outgoing>,
         /// Why.
         reason: String,
-        /// The primary's refusal code, when it refused.
-        refused: Option<RefuseCode>,
+        /// When the primary refused: its code, and the epoch it named (its current one).
+        refused: Option<(RefuseCode, Epoch)>,
     },
 }
 
@@ -583,7 +583,11 @@ impl StandbySession {
             (_, Message::Refuse(refuse)) => {
                 self.state = StandbyState::Closed;
                 let reason = format!("the primary refused: {}", refuse.text);
-                StandbyStep::Close { last: None, reason, refused: Some(refuse.code) }
+                StandbyStep::Close {
+                    last: None,
+                    reason,
+                    refused: Some((refuse.code, refuse.epoch)),
+                }
             }
             (_, other) => {
                 self.refuse(RefuseCode::BadMessage, format!("unexpected {}", other.kind()))

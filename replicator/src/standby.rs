@@ -83,6 +83,8 @@ pub enum JoinError {
     Refused {
         /// Its code.
         code: RefuseCode,
+        /// The epoch it named: its current one.
+        epoch: Epoch,
         /// Its reason.
         text: String,
     },
@@ -208,7 +210,7 @@ fn closed(socket: &TcpStream, step: StandbyStep) -> JoinError {
                 let _ = send(socket, &last);
             }
             match refused {
-                Some(code) => JoinError::Refused { code, text: reason },
+                Some((code, epoch)) => JoinError::Refused { code, epoch, text: reason },
                 None => JoinError::Protocol(reason),
             }
         }
@@ -447,9 +449,15 @@ pub(crate) fn follow(control: &Control, primary: &str, parked: Parked) -> Option
                 refused = Some(said);
                 failures += 1;
             }
-            Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, text, .. }) => {
+            Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, epoch, text }) => {
                 // Retrying cannot help: the records this node lacks are gone from the
-                // primary's journal. A restarted standby fetches the primary's snapshot.
+                // primary's journal. A restarted standby fetches the primary's snapshot. The
+                // primary proved the secret and leads in `epoch`: promised now, as a start
+                // would, so that the fetch carries it and no primary older than this one
+                // (deposed since, reached at the same address) can serve it.
+                if let Err(error) = promise_epoch(control.epoch_store(), epoch) {
+                    log(format_args!("replication: storing the promise: {error}"));
+                }
                 log(format_args!(
                     "replication: the primary {primary} refused this standby: {text}; it fetches \
                      the primary's snapshot when it starts again as a standby (it restarts \

@@ -448,8 +448,9 @@ pub enum JournalCheck {
     Agrees,
     /// The standby holds records after this sequence that the primary does not.
     Diverged(Sequence, Epoch),
-    /// The records the standby lacks were retired from the primary's journal.
-    NeedsSnapshot,
+    /// The records the standby lacks were retired from the primary's journal; the primary
+    /// that said so leads in this epoch.
+    NeedsSnapshot(Epoch),
 }
 
 /// Asks the primary where this standby's journal (ending at `end`) stops agreeing with its
@@ -477,9 +478,9 @@ pub fn check_journal(
             ));
             Ok(JournalCheck::Agrees)
         }
-        Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, text, .. }) => {
+        Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, epoch, text }) => {
             log(format_args!("the primary {primary}: {text}"));
-            Ok(JournalCheck::NeedsSnapshot)
+            Ok(JournalCheck::NeedsSnapshot(epoch))
         }
         Err(JoinError::Refused {
             code: RefuseCode::Auth | RefuseCode::Cluster | RefuseCode::Engine,

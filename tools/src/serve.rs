@@ -815,11 +815,8 @@ fn recover_for_role(
             boot_noted = true;
         }
         let promised = recovered.epochs.promised;
-        let check = replication::check_journal(config, primary, end, promised)?;
-        if let JournalCheck::Agrees = check {
-            return Ok((recovered, end));
-        }
-        match check {
+        match replication::check_journal(config, primary, end, promised)? {
+            JournalCheck::Agrees => return Ok((recovered, end)),
             JournalCheck::Diverged(keep_through, epoch) => {
                 // Promised before anything is dropped: promoted later, this node takes an
                 // epoch above the primary's.
@@ -860,13 +857,17 @@ fn recover_for_role(
                     from_snapshot = Some(installed);
                 }
             }
-            _ => {
+            JournalCheck::NeedsSnapshot(epoch) => {
+                // The primary that answered proved the secret and leads in `epoch`: promised
+                // before the fetch, which carries the promise, so that no older primary
+                // (deposed since, reached at the same address) can serve it.
+                standby::promise_epoch(recovered.writer.data_dir(), epoch)?;
                 let fetched = match replication::fetch_primary_snapshot(
                     storage,
                     config,
                     primary,
                     &options.engine_config,
-                    promised,
+                    promised.max(epoch),
                 ) {
                     Ok(fetched) => fetched,
                     // With etcd the pilot restarts a standby refused again without backing

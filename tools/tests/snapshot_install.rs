@@ -348,15 +348,14 @@ fn the_records_an_old_primary_wrote_alone_are_kept_when_its_successor_s_snapshot
     assert!(journal_dump_json(&dir_s, &[]).is_empty(), "the snapshot replaced the journal");
 }
 
-#[test]
-fn a_primary_superseded_before_the_fetch_sends_no_snapshot() {
-    // Goal: the standby promised epoch 1010. Its join is answered `needs_snapshot` by a primary
-    // of epoch 1020; its fetch, on a new connection, reaches a primary of epoch 1005 at the
-    // same address (the old one, deposed and not yet aware). The fetch carries the promise,
-    // so that one refuses it and sends nothing: the standby's journal stays as it was, and it
-    // starts on it and retries, as after any failed fetch. Without the promise the old
-    // primary's snapshot, records its successor may never have had, replaced the journal.
-    let root = TempDir::new("fetch-superseded");
+/// The standby, having promised `promised`, joins a primary of epoch 1020 that answers
+/// `needs_snapshot`; its fetch, on a new connection, reaches a primary of epoch 1005 at the
+/// same address (the old one, deposed and not yet aware). That one must refuse the fetch and
+/// send nothing: the standby's journal stays as it was, and it starts on it and retries, as
+/// after any failed fetch. Without the fence the old primary's snapshot, records its
+/// successor may never have had, replaced the journal.
+fn a_fetch_reaching_a_superseded_primary_gets_nothing(tag: &str, promised: u64) {
+    let root = TempDir::new(tag);
     let secret = root.path().join("secret");
     std::fs::write(&secret, CLUSTER_SECRET).unwrap();
     let (dir_s, dir_p) = (root.path().join("s"), root.path().join("p"));
@@ -368,8 +367,8 @@ fn a_primary_superseded_before_the_fetch_sends_no_snapshot() {
     };
     let recovered = ringfence_journal::recovery::recover(&dir_s, options).unwrap();
     let current = recovered.epochs.current;
-    let promised = ringfence_journal::epoch::Epochs { current, promised: Epoch(1010) };
-    recovered.writer.data_dir().store_epochs(promised).unwrap();
+    let raised = ringfence_journal::epoch::Epochs { current, promised: Epoch(promised) };
+    recovered.writer.data_dir().store_epochs(raised).unwrap();
     drop(recovered);
     let before = journal_dump_json(&dir_s, &[]);
     let (through, bytes) = snapshot_of_orders(&dir_p, 20);
@@ -384,7 +383,7 @@ fn a_primary_superseded_before_the_fetch_sends_no_snapshot() {
     let log = run_standby_until(standby_process(&dir_s, &secret, address), &["HTTP API listening"]);
     stop.store(true, Ordering::Release);
     let served = primary.join().unwrap();
-    let refused = served.iter().any(|s| s.contains("(epoch 1005) was superseded by epoch 1010"));
+    let refused = served.iter().any(|s| s.contains("(epoch 1005) was superseded by epoch 1020"));
     assert!(refused, "the old primary was to refuse the fetch: {served:#?}\nlog: {log:#?}");
     assert!(!served.iter().any(|s| s == "snapshot sent"), "{served:#?}");
     let started = log.iter().any(|l| {
@@ -395,4 +394,18 @@ fn a_primary_superseded_before_the_fetch_sends_no_snapshot() {
     assert!(before.len() >= 6, "a sale and 5 orders: {before:#?}");
     assert_eq!(journal_dump_json(&dir_s, &[]), before, "the journal as it was: {log:#?}");
     assert!(rollback_lines(&dir_s).is_empty());
+}
+
+#[test]
+fn a_primary_superseded_before_the_fetch_sends_no_snapshot() {
+    // Goal: a standby that promised an epoch between the two primaries'.
+    a_fetch_reaching_a_superseded_primary_gets_nothing("fetch-superseded", 1010);
+}
+
+#[test]
+fn a_standby_that_followed_the_old_primary_fetches_nothing_from_it_once_a_newer_one_answered() {
+    // Goal: the usual case: the standby followed the old primary (its promise is that one's
+    // epoch), and the newer primary's `needs_snapshot` names a higher epoch, which the standby
+    // promises before it fetches.
+    a_fetch_reaching_a_superseded_primary_gets_nothing("fetch-followed-old", 1005);
 }

@@ -1927,14 +1927,18 @@ impl Follower {
                 }
                 trace.event(now_ms, &format!("{name}: follower closed: {reason}"));
                 self.close(net, now_ms);
-                if refused == Some(RefuseCode::Busy) {
+                if matches!(refused, Some((RefuseCode::Busy, _))) {
                     control.holds_primary_journal(false);
                     // As `standby.rs` shows it in `/v1/node` while it retries.
                     let said = format!("refused by the primary, retrying: {reason}");
                     control.set_follower(&said, self.applied.answered, 0);
                 }
-                if refused == Some(RefuseCode::NeedsSnapshot) {
-                    // As `standby.rs` does: retrying cannot help; a restart fetches a snapshot.
+                if let Some((RefuseCode::NeedsSnapshot, epoch)) = refused {
+                    // As `standby.rs` does: retrying cannot help; a restart fetches a snapshot,
+                    // with the answering primary's epoch promised first.
+                    if let Err(error) = standby::promise_epoch(control.epoch_store(), epoch) {
+                        trace.event(now_ms, &format!("{name}: storing the promise: {error}"));
+                    }
                     control.set_follower(control::NEEDS_SNAPSHOT, self.applied.answered, 0);
                     self.needs_snapshot = true;
                     self.stopped = true;
