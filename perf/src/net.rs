@@ -169,6 +169,10 @@ fn flush(conn: &mut Conn) -> io::Result<()> {
 /// Requests a second a window run is given room for up front: above any rate this generator
 /// reaches over loopback (7.9M/s for the binary `PING`); a faster run grows its record.
 const WINDOW_RATE_MAX: f64 = 10e6;
+/// The most send times a run allocates up front (512 MiB), and touches (256 MiB): a long
+/// `load` run beyond them grows its record as it goes.
+const SEND_RECORD_MAX: u64 = 1 << 26;
+const SEND_RECORD_TOUCHED: u64 = 1 << 25;
 
 /// How long a run waits for answers after its duration ends before it gives up on them: each
 /// request given up on counts in the distribution at the time it waited, and among the
@@ -211,8 +215,9 @@ pub fn drive_up_to(
         Load::Rate(_) => total,
         Load::Window(_) => total.min((duration.as_secs_f64() * WINDOW_RATE_MAX) as u64),
     };
-    let mut send_ns: Vec<u64> = Vec::with_capacity(expected as usize);
-    for page in send_ns.spare_capacity_mut().iter_mut().step_by(4096 / 8) {
+    let mut send_ns: Vec<u64> = Vec::with_capacity(expected.min(SEND_RECORD_MAX) as usize);
+    let touched = send_ns.spare_capacity_mut().iter_mut().take(SEND_RECORD_TOUCHED as usize);
+    for page in touched.step_by(4096 / 8) {
         page.write(0);
     }
     let t0 = Instant::now() + Duration::from_millis(5);
