@@ -1043,8 +1043,14 @@ impl Control {
             self.check_promotable()?;
         }
         let epochs = self.epochs();
-        let epoch = Epoch(epochs.current.0.max(epochs.promised.0) + PROMOTION_EPOCH_STEP);
-        self.promote_to(&node.promoter(), epoch)
+        let highest = epochs.current.0.max(epochs.promised.0);
+        let Some(epoch) = highest.checked_add(PROMOTION_EPOCH_STEP) else {
+            return Err(format!(
+                "this node promised epoch {highest}, within {PROMOTION_EPOCH_STEP} of the \
+                 largest there is: it cannot take a higher one"
+            ));
+        };
+        self.promote_to(&node.promoter(), Epoch(epoch))
     }
 
     /// Why this standby may lack acknowledged writes, if it may.
@@ -1574,6 +1580,19 @@ pub(crate) mod tests {
         assert!(refused.contains("truncated"), "{refused}");
         assert_eq!(control.promote(&node, true), Ok(Epoch(1 + PROMOTION_EPOCH_STEP)));
         assert!(!control.epochs.catching_up(), "the new primary's journal is the reference");
+    }
+
+    #[test]
+    fn a_standby_that_promised_the_largest_epoch_is_refused_its_promotion_not_overflowed() {
+        // Goal: an epoch file that holds an epoch within a promotion's step of the largest
+        // (damaged, or written so) makes a promotion fail with a reason, not overflow.
+        let (control, node) = standby(false);
+        control.stream_started();
+        control.caught_up();
+        crate::standby::promise_epoch(control.epoch_store(), Epoch(u64::MAX - 10)).unwrap();
+        let refused = control.promote(&node, true).unwrap_err();
+        assert!(refused.contains("cannot take a higher one"), "{refused}");
+        assert_eq!(control.epochs().promised, Epoch(u64::MAX - 10), "nothing stored");
     }
 
     #[test]

@@ -474,7 +474,8 @@ pub enum StandbyStep {
         last: Option<Outgoing>,
         /// Why.
         reason: String,
-        /// When the primary refused: its code, and the epoch it named (its current one).
+        /// When the primary refused: its code, and the epoch it named (its current one) if it
+        /// had proved it holds the secret, else 0 (an answer to the `Hello` proves nothing).
         refused: Option<(RefuseCode, Epoch)>,
     },
 }
@@ -580,14 +581,24 @@ impl StandbySession {
                 self.on_records(epoch, next, records)
             }
             (StandbyState::Streaming { .. }, Message::Heartbeat(beat)) => self.on_heartbeat(beat),
-            (_, Message::Refuse(refuse)) => {
+            (state, Message::Refuse(refuse)) => {
                 self.state = StandbyState::Closed;
-                let reason = format!("the primary refused: {}", refuse.text);
-                StandbyStep::Close {
-                    last: None,
-                    reason,
-                    refused: Some((refuse.code, refuse.epoch)),
+                // Before the challenge anyone at the address may answer: its refusal is taken
+                // (a peer of another version or cluster says so there), its epoch is not, and
+                // `NeedsSnapshot`, which sends a standby to fetch, only a primary sends, once
+                // it has proved the secret.
+                let proved = state != StandbyState::AwaitChallenge;
+                if !proved && refuse.code == RefuseCode::NeedsSnapshot {
+                    let reason = format!(
+                        "the peer refused with needs_snapshot before proving it holds the \
+                         cluster secret: {}",
+                        refuse.text
+                    );
+                    return StandbyStep::Close { last: None, reason, refused: None };
                 }
+                let epoch = if proved { refuse.epoch } else { Epoch(0) };
+                let reason = format!("the primary refused: {}", refuse.text);
+                StandbyStep::Close { last: None, reason, refused: Some((refuse.code, epoch)) }
             }
             (_, other) => {
                 self.refuse(RefuseCode::BadMessage, format!("unexpected {}", other.kind()))
@@ -1221,6 +1232,41 @@ mod tests {
                 assert_eq!(step, PrimaryStep::SendSnapshot, "promised {promised}");
             }
         }
+    }
+
+    #[test]
+    fn a_refusal_before_the_primary_proved_the_secret_names_no_epoch_and_sends_no_fetch() {
+        // Goal: anyone at the primary's address can answer a `Hello`. A refusal there is taken
+        // (another version or cluster says so before any challenge), but not its epoch, which
+        // a standby would promise; and `NeedsSnapshot`, which sends it to fetch and drop its
+        // journal, is a protocol error there. After the challenge both are the primary's.
+        let key = secret("the-shared-secret-16+");
+        let start = || {
+            let at = position(5, 2, 3);
+            let engine = EngineConfig::small();
+            StandbySession::start(cluster(), engine, [1; 32], Purpose::Join(at), Epoch(3)).0
+        };
+        let refuse = |code| Message::Refuse(Refuse::new(code, Epoch(u64::MAX), "told"));
+        let refused = |step: StandbyStep| match step {
+            StandbyStep::Close { refused, .. } => refused,
+            other => panic!("{other:?}"),
+        };
+        let mut before = start();
+        let step = before.on_message(&refuse(RefuseCode::NeedsSnapshot), &key, &cluster());
+        assert_eq!(refused(step), None);
+        let mut before = start();
+        let step = before.on_message(&refuse(RefuseCode::Version), &key, &cluster());
+        assert_eq!(refused(step), Some((RefuseCode::Version, Epoch(0))));
+        let mut after = start();
+        let challenge = Challenge {
+            primary_nonce: [2; 32],
+            primary_proof: auth::primary_proof(&key, &cluster(), &[1; 32], &[2; 32]),
+        };
+        let joined = after.on_message(&Message::Challenge(challenge), &key, &cluster());
+        assert!(matches!(joined, StandbyStep::Reply(Outgoing::Join(_))), "{joined:?}");
+        let told = Message::Refuse(Refuse::new(RefuseCode::NeedsSnapshot, Epoch(7), "retired"));
+        let step = after.on_message(&told, &key, &cluster());
+        assert_eq!(refused(step), Some((RefuseCode::NeedsSnapshot, Epoch(7))));
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub enum JoinError {
     Refused {
         /// Its code.
         code: RefuseCode,
-        /// The epoch it named: its current one.
+        /// The epoch it named, its current one, if it proved it holds the secret; else 0.
         epoch: Epoch,
         /// Its reason.
         text: String,

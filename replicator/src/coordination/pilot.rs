@@ -694,7 +694,14 @@ fn leaderless(me: &Identity, view: &View, facts: &Facts) -> Plan {
             ));
         }
     }
-    let epoch = view.epoch().max(facts.epoch_floor) + 1;
+    let Some(epoch) = view.epoch().max(facts.epoch_floor).checked_add(1) else {
+        return Plan::Wait(format!(
+            "nobody leads, and {} cannot take a higher epoch than {}: its epoch file or the \
+             leader record holds the largest there is",
+            me.node,
+            view.epoch().max(facts.epoch_floor)
+        ));
+    };
     let leader = LeaderValue {
         version: RECORDS_VERSION,
         node: me.node.clone(),
@@ -898,6 +905,17 @@ mod tests {
         assert_eq!(b.state(), "leader");
         let plan = a.on_view(1_100, &in_sync, &witness.read().unwrap());
         assert!(matches!(plan, Plan::Rejoin(_)), "{plan:?}");
+    }
+
+    #[test]
+    fn a_node_whose_epoch_floor_is_the_largest_waits_instead_of_overflowing() {
+        // Goal: an epoch file holding the largest epoch (damaged, or written so) keeps the
+        // node from campaigning, with a reason, rather than overflowing the next epoch.
+        let mut witness = MemoryCoordinator::new("c");
+        let facts = Facts { epoch_floor: u64::MAX, ..candidate(0) };
+        let plan = start(&me("a"), &witness.read().unwrap(), &facts);
+        let Plan::Wait(why) = plan else { panic!("{plan:?}") };
+        assert!(why.contains("cannot take a higher epoch"), "{why}");
     }
 
     #[test]
