@@ -90,7 +90,7 @@ const NIL: u32 = u32::MAX;
 /// Largest budget settings; beyond them the arithmetic on instants could overflow.
 const AUTH_BURST_MAX: u32 = 10_000;
 const AUTH_REFILL_MAX: Duration = Duration::from_secs(3_600);
-/// Largest table: slot numbers stay below [`NIL`] with room to spare.
+/// Largest table: slot numbers stay below `NIL` with room to spare.
 pub const AUTH_ADDRESSES_MAX: usize = 1 << 20;
 
 impl AuthLimiter {
@@ -268,7 +268,7 @@ struct AddressEntry {
 /// How often a limited address is reported in the log, per limit: enough for an operator to
 /// find the address, and a flood from many addresses still meets the log's own rate limit.
 pub const ADDRESS_REPORT_INTERVAL: Duration = Duration::from_secs(10);
-/// Largest address table: slot numbers stay below [`NIL`] with room to spare.
+/// Largest address table: slot numbers stay below `NIL` with room to spare.
 pub const ADDRESS_SLOTS_MAX: usize = 1 << 22;
 
 impl AddressTable {

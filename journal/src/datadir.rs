@@ -509,7 +509,7 @@ impl<S: Storage> DataDir<S> {
     /// wrote records in one, never takes that back. After an error the new epochs are in
     /// force if the file may hold them (only the directory's sync failed), the old ones if
     /// not; the journal takes records of the new current epoch only once they are durable,
-    /// which storing them again (or any other change) makes them ([`DataDir::settle`]).
+    /// which storing them again (or any other change) makes them (`DataDir::settle`).
     /// Storing the epochs in force changes nothing, but settles them.
     pub fn store_epochs(&self, epochs: Epochs) -> Result<(), JournalError> {
         let mut state = self.state();

@@ -17,7 +17,7 @@
 //!    wrote it (nothing is written before these checks and the move into the new tables pass);
 //! 2. write the snapshot through `L` under the new settings, atomically (it replaces a
 //!    shutdown snapshot through `L` under the old ones);
-//! 3. rebuild the journal after it ([`rebuild`](crate::rebuild)): marker, a new empty segment
+//! 3. rebuild the journal after it ([`rebuild`]): marker, a new empty segment
 //!    `L + 1` whose header carries the new settings, the manifest, the old segments renamed;
 //! 4. mark the clean stop again, at `L`, and set aside the snapshots of the old settings.
 //!

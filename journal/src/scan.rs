@@ -390,7 +390,7 @@ pub fn scan<S: ReadSource>(source: &mut S) -> Result<Layout, JournalError> {
 }
 
 /// Checks the structure of the segments `names` (sorted by first sequence), as [`scan`] does.
-/// A journal of large segments is scanned on two threads ([`scan_ahead`]); the layout is the
+/// A journal of large segments is scanned on two threads (`scan_ahead`); the layout is the
 /// one a scan of each segment in turn finds.
 pub fn scan_segments<S: ReadSource>(
     source: &mut S,

@@ -1428,8 +1428,8 @@ struct Job {
 
 /// The snapshot hook for the pipeline. On the BLP thread it only counts commands and, when a
 /// snapshot is due (an operator's `Command::Snapshot`, or every N commands), hands its writer
-/// thread a [`Job`]: three words, no copy of the state. The writer keeps a shadow engine that
-/// follows the journal ([`Shadow`]): it applies the journal's records up to the job's sequence,
+/// thread a `Job`: three words, no copy of the state. The writer keeps a shadow engine that
+/// follows the journal (`Shadow`): it applies the journal's records up to the job's sequence,
 /// checks that it reached the BLP's running hash, and snapshots its own state. So the BLP never
 /// pauses for a snapshot, whatever the size of its state — the LMAX way: a second copy of the
 /// business logic, fed the same journal, does the slow work. The price is a second engine's

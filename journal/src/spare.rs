@@ -4,7 +4,7 @@
 //! and its mapping, then the header sync and the manifest: a p50 of 2.8–4.4 ms in `perf
 //! journal`'s `segment_start` rows on this project's machine, every 64 MiB of journal, during
 //! which the journaling thread (on two cores, also the processor's) does nothing else. A
-//! [`SparePreparer`] does the first part on a helper thread as soon as a segment starts: it
+//! `SparePreparer` does the first part on a helper thread as soon as a segment starts: it
 //! creates the next segment under the temporary name [`SPARE_NAME`] (zero-filled, allocated,
 //! synced, mapped, its first pages faulted in), and it unmaps the segment the writer moves
 //! past. At the next rotation the writer writes the spare's header, syncs it, renames the

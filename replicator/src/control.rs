@@ -1094,7 +1094,7 @@ impl Control {
     /// it acknowledged.
     ///
     /// A failure after the follower stopped leaves a standby of the old epoch that follows
-    /// again, as if it had lost its connection ([`Control::after_failed_promotion`]); one
+    /// again, as if it had lost its connection (`Control::after_failed_promotion`); one
     /// that cannot says so in its state, and that it must be restarted.
     pub fn promote_to(&self, node: &Promoter, epoch: Epoch) -> Result<Epoch, String> {
         // Never while the control loop restarts this node to rejoin its primary: the new

@@ -768,7 +768,7 @@ const CONNECTING: Token = Token(2);
 
 /// A standby's follower: its session on the node and what it waits on. The session wakes the
 /// poll (through a `mio::Waker`) when the node answers a record, and so does stopping the
-/// follower ([`Follower::waker`]).
+/// follower (`Follower::waker`).
 pub struct Follower {
     node: Session,
     poll: Poll,

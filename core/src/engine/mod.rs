@@ -587,10 +587,10 @@ impl Engine {
     ///
     /// The hint has later steps. An order, a coupon or a SKU is found through its index slot,
     /// and only then can its entry load: a second miss, one after the other. So each hint also
-    /// takes the hint of the client command hinted [`ENTRY_HINT_DELAY`] hints before a step
+    /// takes the hint of the client command hinted `ENTRY_HINT_DELAY` hints before a step
     /// further: by now that command's index slot is in cache, and the entry it points to starts
     /// loading. The SKU of an order is known only from the order's entry: a third step, for
-    /// the command hinted [`ORDER_SKU_HINT_DELAY`] hints before, starts loading it.
+    /// the command hinted `ORDER_SKU_HINT_DELAY` hints before, starts loading it.
     pub fn prefetch(&mut self, sequenced: &Sequenced) {
         // A hint for a command applied already looks behind, not ahead: a caller's mistake that
         // would cost only speed. (A processor hinting a slot before it is sequenced passes 0.)

@@ -582,7 +582,7 @@ impl Pilot {
     }
 
     /// The operator asks for `mode`: async is recorded before it is used; sync is used at
-    /// once, and [`Pilot::maintain_record`] rewrites the record at the next round.
+    /// once, and `Pilot::maintain_record` rewrites the record at the next round.
     pub fn mode_request(&self, mode: AckMode, facts: &Facts) -> Plan {
         let Phase::Primary { leader, in_office } = &self.phase else {
             return Plan::Wait("only the leader records the mode".into());
