@@ -208,9 +208,10 @@ pub fn drive_up_to(
     }
     .min(requests_max);
     // Intended (open loop) or actual (window) send time of each request, by index offset.
-    // Allocated whole and its pages touched before the run, so that the generator never
-    // stops mid-run to grow it (past 16M entries that copied 128 MiB and more: tens of
-    // milliseconds charged to every request in flight) nor to fault its pages in.
+    // Allocated and its first pages touched before the run, up to SEND_RECORD_MAX and
+    // SEND_RECORD_TOUCHED, so that the generator does not stop mid-run to grow it (past 16M
+    // entries that copied 128 MiB and more: tens of milliseconds charged to every request in
+    // flight) nor, within those bounds, to fault its pages in.
     let expected = match load {
         Load::Rate(_) => total,
         Load::Window(_) => total.min((duration.as_secs_f64() * WINDOW_RATE_MAX) as u64),

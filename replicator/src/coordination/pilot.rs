@@ -694,12 +694,12 @@ fn leaderless(me: &Identity, view: &View, facts: &Facts) -> Plan {
             ));
         }
     }
-    let Some(epoch) = view.epoch().max(facts.epoch_floor).checked_add(1) else {
+    let highest = view.epoch().max(facts.epoch_floor);
+    let Some(epoch) = highest.checked_add(1) else {
         return Plan::Wait(format!(
-            "nobody leads, and {} cannot take a higher epoch than {}: its epoch file or the \
-             leader record holds the largest there is",
-            me.node,
-            view.epoch().max(facts.epoch_floor)
+            "nobody leads, and {} cannot take a higher epoch than {highest}: its epoch file or \
+             the leader record holds the largest there is",
+            me.node
         ));
     };
     let leader = LeaderValue {
