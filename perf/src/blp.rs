@@ -108,18 +108,52 @@ struct Variant {
     lookahead: usize,
     /// Whether the per-user quotas are on (as the workload's configuration sets them) or off.
     quotas: bool,
+    /// The engine's tables sized this many times the workload's capacities: the same commands
+    /// probe tables spread over that much more memory. Hot SKU only.
+    tables: u32,
 }
 
-const VARIANTS: [Variant; 5] = [
-    Variant { name: "ringfence_4k_pages", huge_pages: false, lookahead: 0, quotas: true },
-    Variant { name: "ringfence", huge_pages: true, lookahead: 0, quotas: true },
-    Variant { name: "ringfence_lookahead", huge_pages: true, lookahead: LOOKAHEAD, quotas: true },
-    Variant { name: "ringfence_no_quotas", huge_pages: true, lookahead: 0, quotas: false },
+/// How much larger than the sale the `_8x_tables` variant's tables are: about what the network
+/// benchmarks' servers hold ([`crate::net::BENCH_ORDERS_MAX`] orders) against the BLP's 1M
+/// buyers.
+const TABLES_LARGER: u32 = 8;
+
+const VARIANTS: [Variant; 6] = [
+    Variant {
+        name: "ringfence_4k_pages",
+        huge_pages: false,
+        lookahead: 0,
+        quotas: true,
+        tables: 1,
+    },
+    Variant { name: "ringfence", huge_pages: true, lookahead: 0, quotas: true, tables: 1 },
+    Variant {
+        name: "ringfence_lookahead",
+        huge_pages: true,
+        lookahead: LOOKAHEAD,
+        quotas: true,
+        tables: 1,
+    },
+    Variant {
+        name: "ringfence_no_quotas",
+        huge_pages: true,
+        lookahead: 0,
+        quotas: false,
+        tables: 1,
+    },
     Variant {
         name: "ringfence_no_quotas_lookahead",
         huge_pages: true,
         lookahead: LOOKAHEAD,
         quotas: false,
+        tables: 1,
+    },
+    Variant {
+        name: "ringfence_lookahead_8x_tables",
+        huge_pages: true,
+        lookahead: LOOKAHEAD,
+        quotas: true,
+        tables: TABLES_LARGER,
     },
 ];
 
@@ -152,8 +186,9 @@ pub fn bench(report: &mut Report, size: Size) {
     ));
     report.note(&format!(
         "  variants: {}2 MiB pages (madvise); 2 MiB pages + Engine::prefetch {LOOKAHEAD} \
-         commands ahead; the same two with the per-user quotas off (_no_quotas). \
-         naive_baseline: system default pages",
+         commands ahead; the same two with the per-user quotas off (_no_quotas); on the hot \
+         SKU, the lookahead again with tables {TABLES_LARGER}x the sale's capacities \
+         (_{TABLES_LARGER}x_tables). naive_baseline: system default pages",
         if sizes.small_pages { "4 KiB pages; " } else { "" }
     ));
     let quotas = EngineConfig::default();
@@ -180,6 +215,7 @@ pub fn bench(report: &mut Report, size: Size) {
         report.ratio(scenario, "ringfence", "ringfence_no_quotas");
         report.ratio(scenario, "ringfence_lookahead", "ringfence_no_quotas_lookahead");
     }
+    report.ratio("hot_sku", "ringfence_lookahead_8x_tables", "ringfence_lookahead");
     summarize_goal(report);
 }
 
@@ -235,6 +271,7 @@ fn measure(report: &mut Report, workload: &Workload, context: &Context) {
         let group: Vec<Variant> = VARIANTS
             .into_iter()
             .filter(|v| v.huge_pages == huge_pages && (huge_pages || context.sizes.small_pages))
+            .filter(|v| v.tables == 1 || scenario == "hot_sku")
             .collect();
         if group.is_empty() {
             continue;
@@ -255,6 +292,7 @@ fn measure(report: &mut Report, workload: &Workload, context: &Context) {
                 .with("huge_pages", variant.huge_pages)
                 .with("lookahead", variant.lookahead as u64)
                 .with("quotas", variant.quotas)
+                .with("tables_times_workload", u64::from(variant.tables))
                 .with("accepted", cold.accepted)
                 .with("warmup_ops_per_sec", ops as f64 / cold.seconds)
                 .with("best_ops_per_sec", ops as f64 / passes.best_seconds())
@@ -335,7 +373,7 @@ fn median(values: &[f64]) -> f64 {
 /// The percentiles of one pass reading the clock once per command.
 fn timed_engine_pass(workload: &Workload, variant: &Variant) -> Histogram<u64> {
     let commands = &workload.commands;
-    let mut engine = new_engine(workload, variant.quotas);
+    let mut engine = new_engine(workload, variant);
     engine.set_hinted_ahead(variant.lookahead > 0);
     let (_, histogram) = timed_pass(commands.len(), |index| {
         if variant.lookahead > 0
@@ -349,14 +387,18 @@ fn timed_engine_pass(workload: &Workload, variant: &Variant) -> Histogram<u64> {
     histogram
 }
 
-/// A fresh engine with the workload's setup applied; with `quotas` off, its per-user quotas
-/// are switched off.
-fn new_engine(workload: &Workload, quotas: bool) -> Engine {
+/// A fresh engine with the workload's setup applied, configured as `variant` says: its
+/// per-user quotas on or off, its tables sized to the workload or larger.
+fn new_engine(workload: &Workload, variant: &Variant) -> Engine {
     let mut config = workload.config.clone();
-    if !quotas {
+    if !variant.quotas {
         config.request_keys_per_user_max = 0;
         config.orders_per_user_max = 0;
     }
+    let larger = |capacity: u32| capacity.saturating_mul(variant.tables);
+    config.orders_max = larger(config.orders_max);
+    config.holdings_max = larger(config.holdings_max);
+    config.request_keys_max = larger(config.request_keys_max);
     let mut engine = Engine::new(config);
     for command in &workload.setup {
         let outcome = engine.apply(command);
@@ -379,7 +421,7 @@ fn new_naive(workload: &Workload) -> NaiveEngine {
 /// is applied (no hints when zero).
 fn engine_pass(workload: &Workload, variant: &Variant) -> Pass {
     let lookahead = variant.lookahead;
-    let mut engine = new_engine(workload, variant.quotas);
+    let mut engine = new_engine(workload, variant);
     engine.set_hinted_ahead(variant.lookahead > 0);
     let mut accepted = 0u64;
     let commands = &workload.commands;
@@ -752,8 +794,12 @@ mod tests {
     use super::*;
     use crate::naive;
 
-    fn agree(workload: &Workload) -> u64 {
-        let mut engine = new_engine(workload, true);
+    fn variant(name: &str) -> Variant {
+        VARIANTS.into_iter().find(|v| v.name == name).expect("a variant of that name")
+    }
+
+    fn agree(workload: &Workload, variant: &Variant) -> u64 {
+        let mut engine = new_engine(workload, variant);
         let naive = new_naive(workload);
         let mut accepted = 0;
         for command in &workload.commands {
@@ -768,7 +814,11 @@ mod tests {
     fn naive_baseline_and_engine_agree_on_the_hot_sku_sale() {
         // Goal: the baseline implements the same rules: every buyer gets exactly one unit.
         let workload = hot_sku_workload(5_000);
-        assert_eq!(agree(&workload), 5_000);
+        assert_eq!(agree(&workload, &variant("ringfence")), 5_000);
+        // Tables larger than the sale spread the same entries wider and change no outcome.
+        let larger = variant("ringfence_lookahead_8x_tables");
+        assert_eq!(new_engine(&workload, &larger).config().orders_max, 8 * 5_000);
+        assert_eq!(agree(&workload, &larger), 5_000);
         let naive = new_naive(&workload);
         for command in &workload.commands {
             naive.apply(command);
@@ -780,7 +830,7 @@ mod tests {
     fn naive_baseline_and_engine_agree_on_every_mixed_outcome() {
         // Goal: pays, cancels, expiries, coupons and retries answer the same in both.
         let workload = mixed_workload(30_000, 2_000, 10);
-        let accepted = agree(&workload);
+        let accepted = agree(&workload, &variant("ringfence"));
         assert!(accepted > 10_000, "the mixed workload mostly succeeds: {accepted}");
         let ticks = workload.commands.iter().filter(|c| c.command == Command::Tick).count();
         assert!(ticks >= 2_999, "one tick per logical millisecond: {ticks}");
@@ -790,7 +840,7 @@ mod tests {
     fn mixed_workload_exercises_every_path() {
         // Goal: the mixed stream contains expiries, late payments, coupon use and retries.
         let workload = mixed_workload(30_000, 2_000, 10);
-        let mut engine = new_engine(&workload, true);
+        let mut engine = new_engine(&workload, &variant("ringfence"));
         let (mut expired, mut late, mut with_coupon, mut replayed) = (0, 0, 0, 0);
         let mut seen = std::collections::HashSet::new();
         for command in &workload.commands {

@@ -1,4 +1,7 @@
 //! The `ringfence` binary: serve a node, drive it as a client, and inspect or replay journals.
+// The commands' doc comments are their `--help` text, written for a terminal: `[engine]` there
+// names a section of the configuration file and `<ms>` a value, not a link or an HTML tag.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::process::ExitCode;
 
