@@ -18,6 +18,7 @@ mod replay;
 mod replication;
 mod rollback;
 mod serve;
+mod signals;
 mod sim;
 mod status_cmd;
 mod time;

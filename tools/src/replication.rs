@@ -292,9 +292,15 @@ impl RejoinSeries {
 }
 
 /// Replaces this process with a new run of its own binary and arguments, telling it its place
-/// in a series of restarts to rejoin, if any; exits 75 for a supervisor if that fails.
+/// in a series of restarts to rejoin, if any; exits 75 for a supervisor if that fails. Returns
+/// only when a stop was asked (SIGINT or SIGTERM): the node stops instead, and a stop asked
+/// from here on is carried into the new run ([`crate::signals`]).
 fn restart(rejoin_restarts: Option<u32>) {
     use std::os::unix::process::CommandExt as _;
+    if crate::signals::before_exec().is_err() {
+        log(format_args!("not restarting: the node is stopping"));
+        return;
+    }
     let error = match std::env::current_exe() {
         Ok(exe) => {
             let mut command = std::process::Command::new(exe);

@@ -986,12 +986,15 @@ fn final_snapshot(
 }
 
 /// Stops the node at the first SIGINT or SIGTERM (calling `stopping` first), and exits at
-/// the second.
+/// the second. A stop asked while the node restarts itself is carried into the new run, which
+/// takes it here, once its watch is installed ([`crate::signals`]): called on the main thread.
 fn watch_signals(
     stopper: ringfence_ingress::Stopper,
     stopping: impl FnOnce() + Send + 'static,
 ) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
+    crate::signals::carry_stops_across_restarts()
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
     std::thread::Builder::new()
@@ -1009,6 +1012,9 @@ fn watch_signals(
             }
         })
         .map_err(|e| format!("starting the signal thread: {e}"))?;
+    // A run started by a restart inherits the signals blocked, a stop perhaps pending: taken
+    // now. (Threads started before this keep them blocked; this one and later ones take them.)
+    crate::signals::unblock_stop_signals();
     Ok(())
 }
 

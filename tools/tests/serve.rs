@@ -328,3 +328,39 @@ fn a_snapshot_through_0_whose_header_names_an_epoch_is_passed_over_and_the_node_
     assert!(status.success() && panicked.is_empty(), "exit {status}: {panicked:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_run_started_with_a_stop_pending_takes_it_once_its_signal_watch_is_installed() {
+    // Goal: a node that replaced itself (`exec`, to rejoin its primary) while a SIGTERM was on
+    // its way starts as the restarting thread left it: SIGTERM blocked, and pending. It takes
+    // the stop once its signal watch is installed and stops cleanly; it does not run on as a
+    // node nobody asked to stop.
+    use std::os::unix::process::CommandExt as _;
+    let dir = temp_dir("stop-pending");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringfence"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env_remove("RINGFENCE_ADMIN_TOKEN");
+    // SAFETY: between fork and exec the closure makes only async-signal-safe calls
+    // (`sigemptyset`, `sigaddset`, `sigprocmask`, `raise`) on a local set.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, libc::SIGTERM);
+            if libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) != 0
+                || libc::raise(libc::SIGTERM) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut node = common::Logged::spawn(&mut command);
+    node.wait_for("ringfence: signal 15: stopping", Duration::from_secs(120));
+    node.wait_for("ringfence: stopped", Duration::from_secs(60));
+    let status = node.child.wait().unwrap();
+    assert!(status.success(), "a clean stop: {status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
