@@ -13,7 +13,8 @@
 //!    unneeded, and so did every segment before it: those copied so far are dropped and the
 //!    copy goes on with the next;
 //! 3. copies the snapshots then present that the copied journal reaches (through a sequence
-//!    from one before its first record to its last). A copy whose journal starts after
+//!    from one before its first record to its last), each streamed through one buffer, never
+//!    held whole. A copy whose journal starts after
 //!    sequence 1 needs one of them; when retention took every one it could use, the copy is
 //!    made again from step 1. An empty snapshot file, which cannot load, is left out and
 //!    named as damaged, as step 5 does with any other that fails;
@@ -423,29 +424,65 @@ fn copy_snapshots<R: ReadSource, S: Storage>(
         if !reaches(through) {
             continue;
         }
-        let contents = match source.read_file(&name) {
-            Ok(contents) => contents,
+        let reading = |e| JournalError::io(format!("reading {}", source.describe_file(&name)), e);
+        let file = match source.open_file(&name) {
+            Ok(file) => file,
             // Deleted by retention since the listing: a newer one took its place.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(JournalError::io(
-                    format!("reading {}", source.describe_file(&name)),
-                    e,
-                ));
-            }
+            Err(e) => return Err(reading(e)),
         };
-        if contents.is_empty() {
+        // Streamed through one buffer, never held whole: a snapshot is as large as the state.
+        let mut file = io::BufReader::with_capacity(snapshot::SNAPSHOT_BUFFER_BYTES, file);
+        if io::BufRead::fill_buf(&mut file).map_err(reading)?.is_empty() {
             // Damage at rest: left out as recovery passes over it, and said why.
             damaged.push(empty_snapshot(source, &name));
             continue;
         }
-        crate::storage::write_atomically(dest, &name, &contents)?;
-        *bytes += contents.len() as u64;
+        // A failure to read the source is told apart from one to write the copy.
+        let (mut read_failed, mut read) = (None, 0);
+        let written = crate::storage::write_atomically_with(dest, &name, &mut |copy| {
+            read = copy_through(&mut file, copy, &mut read_failed)?;
+            Ok(())
+        });
+        if let Some(e) = read_failed {
+            return Err(reading(e));
+        }
+        let written = written?;
+        // What the copy holds is what was read, every byte of it.
+        assert_eq!(written, read, "a snapshot copied to another length: {name}");
+        *bytes += written;
         copied.push(through);
     }
     assert!(copied.windows(2).all(|pair| pair[0] < pair[1]), "snapshots out of order");
     assert!(copied.iter().all(|&through| reaches(through)), "a snapshot the journal misses");
     Ok((copied, damaged))
+}
+
+/// Copies what `from` holds to `to`, through `from`'s own buffer; how many bytes. A failure to
+/// read is kept in `read_failed` (and returned as an error, so the copy stops), one to write
+/// returned as is.
+fn copy_through(
+    from: &mut dyn io::BufRead,
+    to: &mut dyn io::Write,
+    read_failed: &mut Option<io::Error>,
+) -> io::Result<u64> {
+    let mut copied = 0;
+    loop {
+        let piece = match from.fill_buf() {
+            Ok([]) => return Ok(copied),
+            Ok(piece) => piece,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let kind = e.kind();
+                *read_failed = Some(e);
+                return Err(io::Error::new(kind, "the source could not be read"));
+            }
+        };
+        to.write_all(piece)?;
+        let len = piece.len();
+        from.consume(len);
+        copied += len as u64;
+    }
 }
 
 /// Why the empty snapshot `name` in `source` is left out, as its load says.

@@ -47,9 +47,9 @@ pub trait ReadSource {
         assert!(bytes.len() <= len, "a head longer than asked for");
         Ok(bytes)
     }
-    /// A reader of a file, front to back, for one too large to read whole (a snapshot sent to
-    /// a standby). It reads the file as it was opened, whatever becomes of its name. By
-    /// default the file is read whole first.
+    /// A reader of a file, front to back, for one too large to read whole (a snapshot loaded,
+    /// checked, copied or sent to a standby). It reads the file as it was opened, whatever
+    /// becomes of its name. By default the file is read whole first.
     fn open_file(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
         Ok(Box::new(io::Cursor::new(self.read_file(name)?)))
     }

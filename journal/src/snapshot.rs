@@ -664,12 +664,14 @@ fn encode_header(
     header
 }
 
-/// Reads and checks a snapshot's header (and body checksum): for listings. A [`ReadSource`]
-/// hands over whole files, so the file is held whole while it is checked;
-/// [`read_meta_streaming`] reads one from a [`Storage`] through a bounded buffer.
+/// Reads and checks a snapshot's header (and body checksum): for listings. The file is read
+/// front to back ([`ReadSource::open_file`]: through one buffer of [`SNAPSHOT_BUFFER_BYTES`]
+/// for a directory or a [`Storage`]), never held whole.
 pub fn read_meta<R: ReadSource>(source: &R, name: &str) -> Result<SnapshotMeta, SnapshotError> {
-    let (bytes, file) = read_file(source, name)?;
-    let (meta, image) = read_snapshot(name, &file, &mut &bytes[..], false, None)?;
+    let (mut reader, file) = open_file(source, name)?;
+    let (meta, image) = read_snapshot(name, &file, &mut reader, false, None)?;
+    // A header that checked out was read whole.
+    assert!(meta.bytes >= SNAPSHOT_HEADER_LEN as u64, "a snapshot shorter than its header");
     // Only the header and the checksum were asked for: no image's memory on top of the file.
     assert!(image.is_none(), "an image decoded for a listing");
     Ok(meta)
@@ -771,10 +773,13 @@ fn version_problem(header: &[u8]) -> Option<String> {
     })
 }
 
-fn read_file<R: ReadSource>(source: &R, name: &str) -> Result<(Vec<u8>, PathBuf), SnapshotError> {
+fn open_file<R: ReadSource>(
+    source: &R,
+    name: &str,
+) -> Result<(Box<dyn io::Read + Send>, PathBuf), SnapshotError> {
     let file = PathBuf::from(source.describe_file(name));
-    let bytes = source.read_file(name).map_err(io_error(format!("reading {}", file.display())))?;
-    Ok((bytes, file))
+    let reader = source.open_file(name).map_err(io_error(format!("reading {}", file.display())))?;
+    Ok((reader, file))
 }
 
 /// A snapshot's body (everything after its header) read front to back, checksummed and
@@ -1046,20 +1051,23 @@ fn checked_meta(
 
 /// Loads snapshot `name` and restores the engine, with `config` if given (else the one
 /// recorded in the file). Every byte is checked: checksums, validation of the image, the
-/// engine's own consistency checks, and the state digest. A [`ReadSource`] hands over whole
-/// files, so the file is held whole while its image is decoded (dropped before the engine is
-/// built); [`load_streaming`] reads one from a [`Storage`] through a bounded buffer.
+/// engine's own consistency checks, and the state digest. The file is read front to back
+/// ([`ReadSource::open_file`]: through one buffer of [`SNAPSHOT_BUFFER_BYTES`] for a directory
+/// or a [`Storage`], as [`load_streaming`] reads one), never held whole: the image and the
+/// buffer, then the engine built from the image.
 pub fn load<R: ReadSource>(
     source: &R,
     name: &str,
     config: Option<&EngineConfig>,
 ) -> Result<(Engine, SnapshotMeta), SnapshotError> {
     let (image, meta) = {
-        let (bytes, file) = read_file(source, name)?;
-        let (meta, image) = read_snapshot(name, &file, &mut &bytes[..], true, config)?;
-        // Read to the end: every byte was checksummed.
-        assert_eq!(meta.bytes, bytes.len() as u64, "a snapshot read to another length");
-        (image.expect("an image asked for"), meta)
+        let (mut reader, file) = open_file(source, name)?;
+        let (meta, image) = read_snapshot(name, &file, &mut reader, true, config)?;
+        let image = image.expect("an image asked for");
+        // The lengths were checked against the bytes read: the image lies inside the file.
+        let image_end = SNAPSHOT_HEADER_LEN as u64 + image.encoded_len() as u64;
+        assert!(image_end <= meta.bytes, "an image larger than its file");
+        (image, meta)
     };
     let (engine, meta) = restore(image, meta, config)?;
     // Under the configuration asked for, else the one the snapshot was taken under.

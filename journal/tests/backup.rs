@@ -236,3 +236,120 @@ fn a_damaged_snapshot_is_left_out_and_a_stopped_journal_that_moved_is_refused() 
     assert!(refused.to_string().contains("no longer ends where it did"), "{refused}");
     assert_eq!(copy.list().unwrap(), Vec::<String>::new());
 }
+
+/// A source that streams its snapshots and refuses to hand one over whole.
+struct StreamedSnapshotsOnly {
+    disk: FaultStorage,
+}
+
+impl ReadSource for StreamedSnapshotsOnly {
+    type Bytes = <FaultStorage as ReadSource>::Bytes;
+    fn list_files(&self) -> io::Result<Vec<String>> {
+        self.disk.list()
+    }
+    fn file_len(&self, name: &str) -> io::Result<u64> {
+        Storage::file_len(&self.disk, name)
+    }
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        if name.ends_with(".snap") {
+            return Err(io::Error::other(format!("{name} asked for whole")));
+        }
+        Storage::read_file(&self.disk, name)
+    }
+    fn open_file(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        self.disk.open_read(name)
+    }
+    fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
+        ReadSource::read_segment(&mut self.disk, name)
+    }
+    fn describe_file(&self, name: &str) -> String {
+        self.disk.describe(name)
+    }
+    fn location(&self) -> String {
+        ReadSource::location(&self.disk)
+    }
+}
+
+#[test]
+fn snapshots_are_copied_and_checked_front_to_back_never_read_whole() {
+    // Goal: a snapshot is as large as the state, so a backup taken beside a running node
+    // streams each one into the copy, and checks it, through a bounded buffer: it never asks
+    // its source for a snapshot's bytes whole. The copy holds every snapshot byte for byte
+    // and recovers to the state of every command.
+    let (disk, commands) = journal();
+    let copy = FaultStorage::new();
+    let copied =
+        backup(&mut StreamedSnapshotsOnly { disk: disk.clone() }, &copy, &mut |_, _| {}).unwrap();
+    let kept = snapshot::list(&disk).unwrap();
+    assert!(copied.damaged_snapshots.is_empty(), "{copied:?}");
+    assert_eq!(copied.snapshots, kept.iter().map(|(through, _)| *through).collect::<Vec<_>>());
+    for (_, name) in &kept {
+        let original = Storage::read_file(&disk, name).unwrap();
+        assert_eq!(Storage::read_file(&copy, name).unwrap(), original, "{name} copied as it is");
+    }
+    let restored = recover_from(copy, options(Durability::Batch)).unwrap();
+    assert_eq!(restored.engine.state_digest(), digest_of(&commands));
+}
+
+/// A source whose snapshots fail to read part way.
+struct SnapshotsFailPartWay(StreamedSnapshotsOnly);
+
+/// Reads up to `left` bytes of `inner`, then fails.
+struct FailsAfter {
+    inner: Box<dyn io::Read + Send>,
+    left: usize,
+}
+
+impl io::Read for FailsAfter {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("the disk gave up"));
+        }
+        let len = buf.len().min(self.left);
+        let read = self.inner.read(&mut buf[..len])?;
+        self.left -= read;
+        Ok(read)
+    }
+}
+
+impl ReadSource for SnapshotsFailPartWay {
+    type Bytes = <FaultStorage as ReadSource>::Bytes;
+    fn list_files(&self) -> io::Result<Vec<String>> {
+        self.0.list_files()
+    }
+    fn file_len(&self, name: &str) -> io::Result<u64> {
+        self.0.file_len(name)
+    }
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.0.read_file(name)
+    }
+    fn open_file(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        let inner = self.0.open_file(name)?;
+        Ok(if name.ends_with(".snap") { Box::new(FailsAfter { inner, left: 100 }) } else { inner })
+    }
+    fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
+        self.0.read_segment(name)
+    }
+    fn describe_file(&self, name: &str) -> String {
+        self.0.describe_file(name)
+    }
+    fn location(&self) -> String {
+        self.0.location()
+    }
+}
+
+#[test]
+fn a_snapshot_that_cannot_be_read_fails_the_copy_naming_the_source_file() {
+    // Goal: a read of the source that fails part way through a snapshot fails the backup as a
+    // failure to read that file (not to write the copy), and leaves no part of it in the copy.
+    let (disk, _) = journal();
+    let mut source = SnapshotsFailPartWay(StreamedSnapshotsOnly { disk });
+    let copy = FaultStorage::new();
+    let failed = backup(&mut source, &copy, &mut |_, _| {}).unwrap_err();
+    let text = failed.to_string();
+    assert!(text.starts_with("reading fault:snapshot-"), "{text}");
+    assert!(text.contains("the disk gave up"), "{text}");
+    let left: Vec<String> =
+        copy.list().unwrap().into_iter().filter(|name| name.contains(".snap")).collect();
+    assert!(left.is_empty(), "part of a snapshot was left in the copy: {left:?}");
+}

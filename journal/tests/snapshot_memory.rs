@@ -11,6 +11,7 @@ use common::{TempDir, generate};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Timestamp};
 use ringfence_journal::recovery::recover;
+use ringfence_journal::scan::ReadSource;
 use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter, WriterPriority};
 use ringfence_journal::workload::Workload;
 use ringfence_journal::writer::{Durability, WriterOptions};
@@ -137,12 +138,19 @@ fn a_snapshot_streams_through_a_buffer_beside_its_image_and_builds_no_third_engi
          its buffer {buffer}, its file {file_bytes}"
     );
     assert!(loaded <= engine_bytes + image_bytes + buffer + slack, "loading took {loaded}");
-    // The count sees a file held whole: a listing through a `ReadSource` reads it so, the
-    // same listing from the storage only streams it.
-    let (whole, _) = peak_above(|| snapshot::read_meta(storage, &last.name).expect("lists"));
+    // Through a `ReadSource` (recovery, backups, the tools) the same: the file is streamed.
+    let (sourced, (restored, _)) =
+        peak_above(|| snapshot::load(storage, &last.name, Some(&config)).expect("loads"));
+    assert_eq!(restored.state_digest(), last.state_digest, "another state loaded");
+    drop(restored);
+    assert!(sourced <= engine_bytes + image_bytes + buffer + slack, "loading took {sourced}");
+    // A listing streams it too, either way; the count would see a file read whole.
+    let (whole, _) = peak_above(|| ReadSource::read_file(storage, &last.name).expect("reads"));
+    let (listed, _) = peak_above(|| snapshot::read_meta(storage, &last.name).expect("lists"));
     let (streamed, _) =
         peak_above(|| snapshot::read_meta_streaming(storage, &last.name).expect("lists"));
     assert!(whole >= file_bytes, "a file read whole in {whole} bytes");
+    assert!(listed <= buffer + slack, "a listing through a source took {listed} bytes");
     assert!(streamed <= buffer + slack, "a listing streamed in {streamed} bytes");
 
     // What the memory check asks for covers the node's peak: the engines and the snapshot's

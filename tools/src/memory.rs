@@ -4,8 +4,9 @@
 //! asks for all of it at start, once for its own engine and once more for the snapshot
 //! writer's shadow engine under periodic snapshots. Snapshots hold an image of the state
 //! beside them, streamed to or from its file through bounded buffers (a primary sends one to
-//! a standby a chunk at a time too); only recovery at start, before any engine is built, reads
-//! a file whole. A configuration the machine cannot hold is refused before
+//! a standby a chunk at a time too); only a standby fetching its primary's snapshot at start,
+//! before any engine is built, gathers a file whole. A configuration the machine cannot hold
+//! is refused before
 //! recovery begins, with the figures, rather than met by the kernel's out-of-memory killer
 //! halfway through writing the tables, or at the first snapshot of a full sale.
 
@@ -49,7 +50,7 @@ pub const LOWER_CAPACITIES: &str = "Lower the [engine] capacities (`ringfence de
 
 /// What `engines` engines of `config` need, with what snapshots hold beside them: an image and
 /// the buffers snapshots are streamed through ([`snapshot::working_bytes_max`]). Or more, if a
-/// snapshot read whole at start, before any engine is built, with its image, takes more.
+/// snapshot fetched whole at start, before any engine is built, with its image, takes more.
 fn needed_bytes(config: &EngineConfig, engines: u64) -> u64 {
     let each = Engine::memory(config).allocated_bytes;
     let running = each.saturating_mul(engines).saturating_add(snapshot::working_bytes_max(config));
