@@ -159,6 +159,9 @@ pub fn recover_from<S: Storage>(
         return Err(check.problems.remove(0));
     }
     let mut report = RecoveryReport::default();
+    // Before a new directory's first files are written: their temporaries may have the names
+    // of those a crash during an earlier first start left behind.
+    remove_temporaries(&storage, &check, &mut report)?;
     let dir = open_dir(&storage, &check, &mut report)?;
     tidy(&dir, &check, &mut report)?;
     let layout = scan::scan_segments(&mut source, &check.segments)?;
@@ -273,8 +276,29 @@ fn open_dir<S: Storage>(
     Ok(DataDir::new(storage.clone(), manifest, epochs))
 }
 
-/// Clears what a crash can leave behind: temporary files, retired segments not yet removed,
-/// and a segment whose creation was cut off (after which the manifest is rewritten).
+/// Removes the temporary files a crash left behind (only those: anything else may hold
+/// acknowledged commands), and syncs the directory if there were any.
+fn remove_temporaries<S: Storage>(
+    storage: &S,
+    check: &DirCheck,
+    report: &mut RecoveryReport,
+) -> Result<(), JournalError> {
+    // Leftovers are deleted on the check's word, so only after a check with no problem.
+    assert!(check.problems.is_empty(), "tidying a directory with problems");
+    for name in &check.temporaries {
+        assert!(is_temp_name(name), "removing a file that is not a temporary: {name}");
+        let removing = |e| JournalError::io(format!("removing {}", storage.describe(name)), e);
+        storage.remove(name).map_err(removing)?;
+        report.temporaries_removed.push(storage.describe(name));
+    }
+    if !check.temporaries.is_empty() {
+        datadir::sync_dir(storage)?;
+    }
+    Ok(())
+}
+
+/// Clears the rest of what a crash can leave behind: retired segments not yet removed, and a
+/// segment whose creation was cut off (after which the manifest is rewritten).
 fn tidy<S: Storage>(
     dir: &DataDir<S>,
     check: &DirCheck,
@@ -289,11 +313,6 @@ fn tidy<S: Storage>(
         move |e| JournalError::io(format!("{verb} {file}"), e)
     };
     // Only what a crash leaves is deleted: anything else may hold acknowledged commands.
-    for name in &check.temporaries {
-        assert!(is_temp_name(name), "removing a file that is not a temporary: {name}");
-        storage.remove(name).map_err(describe_io("removing", name))?;
-        report.temporaries_removed.push(storage.describe(name));
-    }
     for name in &check.retired_leftovers {
         assert!(!dir.manifest().lists(segment_first(name)), "retiring a listed segment: {name}");
         let how = storage.retire(name).map_err(describe_io("retiring", name))?;
@@ -304,9 +323,7 @@ fn tidy<S: Storage>(
         storage.remove(name).map_err(describe_io("removing", name))?;
         report.creation_removed = Some(storage.describe(name));
     }
-    let changed = !check.temporaries.is_empty()
-        || !check.retired_leftovers.is_empty()
-        || check.creation_leftover.is_some();
+    let changed = !check.retired_leftovers.is_empty() || check.creation_leftover.is_some();
     if changed {
         datadir::sync_dir(storage)?;
     }

@@ -1010,3 +1010,22 @@ fn a_journal_or_snapshot_of_other_engine_settings_is_refused_not_replayed() {
     let recovered = recover(fresh.path(), options(Durability::None)).unwrap();
     assert_eq!(recovered.engine.state_digest(), engine.state_digest());
 }
+
+#[test]
+fn a_first_start_cut_off_while_it_marked_its_new_directory_starts_again() {
+    // Goal: a node killed during its very first start, while it wrote the catch-up marker of
+    // its new directory, leaves that marker's temporary file behind. The next start removes
+    // it before it writes the marker again (whose temporary has the same name), and starts:
+    // it does not trip over its own write and refuse the directory.
+    use ringfence_journal::storage::{Storage, temp_name};
+    let dir = TempDir::new("first-start-cut-off");
+    let storage = FileStorage::open_exclusive(dir.path()).unwrap();
+    let leftover = temp_name(datadir::CATCH_UP_FILE);
+    storage.write_file(&leftover, b"cut o").unwrap();
+    let recovered = recover_from(storage.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.report.temporaries_removed.len(), 1, "{:?}", recovered.report);
+    assert!(recovered.report.temporaries_removed[0].ends_with(&leftover));
+    assert!(recovered.report.initialised, "a new directory");
+    assert!(recovered.writer.data_dir().catching_up(), "the marker is in force");
+    assert!(storage.file_len(&leftover).is_err(), "the temporary is gone");
+}
