@@ -297,10 +297,11 @@ impl RejoinSeries {
 /// from here on is carried into the new run ([`crate::signals`]).
 fn restart(rejoin_restarts: Option<u32>) {
     use std::os::unix::process::CommandExt as _;
-    if crate::signals::before_exec().is_err() {
+    // Held through the `exec`: a stop signal sent meanwhile is the new run's to take.
+    let Ok(_held) = crate::signals::before_exec() else {
         log(format_args!("not restarting: the node is stopping"));
         return;
-    }
+    };
     let error = match std::env::current_exe() {
         Ok(exe) => {
             let mut command = std::process::Command::new(exe);

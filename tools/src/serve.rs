@@ -352,6 +352,12 @@ impl EngineSection {
 
 /// Runs the node until a signal stops it.
 pub fn run(args: &ServeArgs) -> ExitCode {
+    // First, before any other thread starts: every thread then blocks the stop signals, and
+    // only the signal thread takes them.
+    if let Err(error) = crate::signals::take_stop_signals() {
+        eprintln!("ringfence serve: error: starting the signal thread: {error}");
+        return ExitCode::FAILURE;
+    }
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -666,7 +672,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     // A stop wins over a restart to rejoin that comes during it. Watched before the listeners
     // are announced: a SIGTERM sent once they are stops the node cleanly.
     let held = control.clone();
-    watch_signals(handle.stopper(), move || held.iter().for_each(|control| control.hold_rejoin()))?;
+    watch_signals(handle.stopper(), move || held.iter().for_each(|control| control.hold_rejoin()));
     if let Some(addr) = handle.binary_addr() {
         log(format_args!("binary protocol v1 listening on {addr}"));
     }
@@ -986,36 +992,13 @@ fn final_snapshot(
 }
 
 /// Stops the node at the first SIGINT or SIGTERM (calling `stopping` first), and exits at
-/// the second. A stop asked while the node restarts itself is carried into the new run, which
-/// takes it here, once its watch is installed ([`crate::signals`]): called on the main thread.
-fn watch_signals(
-    stopper: ringfence_ingress::Stopper,
-    stopping: impl FnOnce() + Send + 'static,
-) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    crate::signals::carry_stops_across_restarts()
-        .map_err(|e| format!("installing signal handlers: {e}"))?;
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| format!("installing signal handlers: {e}"))?;
-    std::thread::Builder::new()
-        .name("ringfence-signals".into())
-        .spawn(move || {
-            let mut forever = signals.forever();
-            if let Some(signal) = forever.next() {
-                log(format_args!("signal {signal}: stopping (answering requests in flight)"));
-                stopping();
-                stopper.stop();
-            }
-            if forever.next().is_some() {
-                log(format_args!("second signal: exiting now"));
-                std::process::exit(130);
-            }
-        })
-        .map_err(|e| format!("starting the signal thread: {e}"))?;
-    // A run started by a restart inherits the signals blocked, a stop perhaps pending: taken
-    // now. (Threads started before this keep them blocked; this one and later ones take them.)
-    crate::signals::unblock_stop_signals();
-    Ok(())
+/// the second; before this, a stop signal ends the node as it starts ([`crate::signals`]).
+fn watch_signals(stopper: ringfence_ingress::Stopper, stopping: impl FnOnce() + Send + 'static) {
+    crate::signals::on_stop(move |signal| {
+        log(format_args!("signal {signal}: stopping (answering requests in flight)"));
+        stopping();
+        stopper.stop();
+    });
 }
 
 /// Shortest admin token `serve` accepts, in characters, not counting `=` padding.

@@ -1,149 +1,160 @@
-//! A stop asked while `serve` replaces itself is carried into the new run.
+//! SIGINT and SIGTERM in `serve`: taken on one thread, and never lost to a restart.
 //!
 //! A node that must rejoin its primary restarts by `exec` of its own binary
-//! (`replication::restart`). SIGINT and SIGTERM are taken by `serve`'s signal thread, and a
-//! signal it took in the microseconds between the restart's last look for a stop and the
-//! `exec` would be lost with the old process image: the new run would start as a standby, and
-//! a supervisor waiting for the stop would wait out its timeout.
+//! (`replication::restart`). A stop signal some thread had taken, but not yet acted on, when
+//! the `exec` replaced the process would be lost with the old image: the new run would start
+//! as a standby, and a supervisor waiting for the stop would wait out its timeout.
 //!
-//! So the restarting thread first blocks both signals (for itself) and names itself
-//! ([`before_exec`]), then looks whether a stop was asked. An action on both signals
-//! ([`carry_stops_across_restarts`]), run by whichever thread the signal interrupts before
-//! `serve`'s own handling, marks the stop and, if a thread has named itself, sends the signal
-//! on to it. A thread that blocks a signal keeps it pending, and `exec` keeps a thread's
-//! pending signals and its mask: the new run starts with the stop pending and blocked, and
-//! takes it once its own signal watch is installed ([`unblock_stop_signals`]). The mark and
-//! the name are sequentially consistent, so of a signal and a restart that race at least one
-//! sees the other: the restart does not happen, or the stop follows the new run.
+//! So no thread takes a stop signal asynchronously. `serve` blocks both signals on its main
+//! thread before it starts any other ([`take_stop_signals`]), so every thread of the process
+//! blocks them, and a signal sent to the process stays pending until one thread takes it
+//! synchronously (`sigtimedwait`), holding a lock while it waits. A restart takes the same lock
+//! ([`before_exec`]), and holds it through the `exec`: a stop taken before it refuses the
+//! restart (the node stops instead), and one sent after it stays pending, which `exec` keeps,
+//! for the new run to take at its start. The new run takes it as any run takes a stop before
+//! it serves ([`on_stop`] not yet set): it ends as the signal's default action would.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use libc::{SIGINT, SIGTERM, c_int};
 
-/// A stop was asked (SIGINT or SIGTERM), since [`carry_stops_across_restarts`].
-static STOP_ASKED: AtomicBool = AtomicBool::new(false);
-/// The thread (kernel id) about to replace the process, blocking the stop signals; 0 for none.
-static RESTARTING_THREAD: AtomicI32 = AtomicI32::new(0);
+/// Shared by the thread that takes the stop signals and a restart.
+struct Taking {
+    /// Stop signals taken so far.
+    taken: u32,
+}
 
-/// Installs the action that marks a stop and sends it on to a restarting thread. Call it before
-/// `serve` installs its own handling of the signals, which runs after it.
-pub fn carry_stops_across_restarts() -> io::Result<()> {
-    for signal in [SIGINT, SIGTERM] {
-        // SAFETY: the action is async-signal-safe: it touches two atomics and makes one
-        // system call (`tgkill`), with no allocation and no lock.
-        unsafe { signal_hook::low_level::register(signal, move || on_stop_signal(signal)) }?;
-    }
+/// Held while a stop signal is waited for, and by a restart through its `exec`.
+static TAKING: Mutex<Taking> = Mutex::new(Taking { taken: 0 });
+/// A restart waits for [`TAKING`]: the signal thread lets it go first (the lock is not fair,
+/// and that thread takes it again as soon as it lets it go).
+static RESTART_WAITING: AtomicBool = AtomicBool::new(false);
+
+/// What the first stop signal does, once the node serves (before: the signal's default action).
+type OnStop = Box<dyn FnOnce(c_int) + Send>;
+static ON_STOP: Mutex<Option<OnStop>> = Mutex::new(None);
+
+/// How long the signal thread waits for a signal at a time, holding [`TAKING`]: the most a
+/// restart waits to take it.
+const TAKE_WAIT: Duration = Duration::from_millis(100);
+
+fn lock<T>(mutex: &'static Mutex<T>) -> MutexGuard<'static, T> {
+    // Nothing is left half-changed under these locks: a panic while one was held leaves it
+    // as it was.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Blocks SIGINT and SIGTERM on the calling thread, and so on every thread it starts from now
+/// on, and starts the thread that takes them. Call it first in `serve`, on the main thread,
+/// before any other thread starts. Until [`on_stop`] is set, a stop signal ends the process
+/// as its default action would (a node stopped while it starts); after, the first calls the
+/// action, and the second exits at once (status 130).
+pub fn take_stop_signals() -> io::Result<()> {
+    set_mask(libc::SIG_BLOCK);
+    std::thread::Builder::new().name("ringfence-signals".into()).spawn(take_forever)?;
     Ok(())
 }
 
-/// The action on a stop signal, in signal context.
-fn on_stop_signal(signal: libc::c_int) {
-    STOP_ASKED.store(true, Ordering::SeqCst);
-    let thread = RESTARTING_THREAD.load(Ordering::SeqCst);
-    if thread != 0 {
-        // Pending on the restarting thread, which blocks it (this action never runs there),
-        // so it survives the `exec`.
-        // SAFETY: `tgkill` is a plain system call on this process's own thread id.
-        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), thread, signal) };
+/// Sets what the first stop signal does from now on (it is given the signal's number).
+pub fn on_stop(action: impl FnOnce(c_int) + Send + 'static) {
+    *lock(&ON_STOP) = Some(Box::new(action));
+}
+
+fn take_forever() {
+    loop {
+        if RESTART_WAITING.load(Ordering::Acquire) {
+            // Signals sent meanwhile stay pending: the restart's to carry, or ours after it.
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let (signal, taken) = {
+            let mut taking = lock(&TAKING);
+            let Some(signal) = wait_for_stop(TAKE_WAIT) else { continue };
+            taking.taken += 1;
+            (signal, taking.taken)
+        };
+        if taken > 1 {
+            crate::serve::log(format_args!("second signal: exiting now"));
+            std::process::exit(130);
+        }
+        match lock(&ON_STOP).take() {
+            Some(action) => action(signal),
+            None => end_as_by_default(signal),
+        }
     }
 }
 
-/// A stop was asked before the restart: the node stops instead.
+/// Ends the process as `signal`'s default action does: terminated by it.
+fn end_as_by_default(signal: c_int) -> ! {
+    crate::serve::log(format_args!("signal {signal} while starting: exiting"));
+    // SAFETY: restores the default action of a signal this process never handles otherwise,
+    // then unblocks it for this thread and raises it there: the process is terminated by it.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let set = stop_set();
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+    // Not reached: the default action of both signals is to terminate.
+    std::process::exit(128 + signal);
+}
+
+/// A stop signal pending for the process, taken; `None` after `wait` without one.
+fn wait_for_stop(wait: Duration) -> Option<c_int> {
+    let set = stop_set();
+    let timeout = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(wait.subsec_nanos()),
+    };
+    // SAFETY: both pointers are to locals that outlive the call; no `siginfo` is asked for.
+    let signal = unsafe { libc::sigtimedwait(&raw const set, std::ptr::null_mut(), &timeout) };
+    // -1: the time ran out (EAGAIN) or another signal interrupted the wait (EINTR).
+    (signal > 0).then_some(signal)
+}
+
+/// A stop was taken before the restart: the node stops instead.
 #[derive(Debug, PartialEq, Eq)]
 pub struct StopAsked;
 
-/// Called by the thread about to `exec` a new run: blocks the stop signals for it and names
-/// it, so that a stop from now on is pending in the new run; `Err` if one was asked already
-/// (the node is stopping: do not restart). The signals stay blocked for this thread either
-/// way, so one sent on to it after an `Err` is never taken here.
-pub fn before_exec() -> Result<(), StopAsked> {
-    set_stop_signals(libc::SIG_BLOCK);
-    // SAFETY: `gettid` takes no argument and cannot fail.
-    let me = unsafe { libc::gettid() };
-    RESTARTING_THREAD.store(me, Ordering::SeqCst);
-    if STOP_ASKED.load(Ordering::SeqCst) {
-        RESTARTING_THREAD.store(0, Ordering::SeqCst);
+/// Holds stop signals off until the process is replaced: held through the `exec`.
+pub struct ExecHold {
+    _taking: MutexGuard<'static, Taking>,
+}
+
+/// Called by the thread about to `exec` a new run: waits until no stop signal is being taken
+/// (at most [`TAKE_WAIT`]) and holds them off, so that one sent from now on stays pending for
+/// the new run; `Err` if one was taken already (the node is stopping: do not restart). Hold
+/// what it returns through the `exec`.
+pub fn before_exec() -> Result<ExecHold, StopAsked> {
+    RESTART_WAITING.store(true, Ordering::Release);
+    let taking = lock(&TAKING);
+    RESTART_WAITING.store(false, Ordering::Release);
+    if taking.taken > 0 {
         return Err(StopAsked);
     }
-    Ok(())
+    Ok(ExecHold { _taking: taking })
 }
 
-/// Takes the stop signals on the calling thread again. A run started by a restart inherits
-/// them blocked, with a stop perhaps pending: `serve` calls this on its main thread once its
-/// signal watch is installed, and the pending stop, if any, is taken then.
-pub fn unblock_stop_signals() {
-    set_stop_signals(libc::SIG_UNBLOCK);
-}
-
-/// Blocks or unblocks SIGINT and SIGTERM for the calling thread (`how`).
-fn set_stop_signals(how: libc::c_int) {
-    // SAFETY: `set` is a local `sigset_t`, initialised by `sigemptyset` before use; the calls
-    // change only this thread's signal mask.
-    let result = unsafe {
+/// SIGINT and SIGTERM, as a set.
+fn stop_set() -> libc::sigset_t {
+    // SAFETY: `set` is initialised by `sigemptyset` before the signals are added.
+    unsafe {
         let mut set = std::mem::zeroed::<libc::sigset_t>();
         libc::sigemptyset(&raw mut set);
         libc::sigaddset(&raw mut set, SIGINT);
         libc::sigaddset(&raw mut set, SIGTERM);
-        libc::pthread_sigmask(how, &raw const set, std::ptr::null_mut())
-    };
-    // Fails only for an invalid `how`, and both are constants.
-    assert_eq!(result, 0, "pthread_sigmask refused its arguments");
+        set
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Whether `signal` is pending for the calling thread (or the process).
-    fn pending(signal: libc::c_int) -> bool {
-        // SAFETY: a local set filled by `sigpending`, then read.
-        unsafe {
-            let mut set = std::mem::zeroed::<libc::sigset_t>();
-            assert_eq!(libc::sigpending(&raw mut set), 0);
-            libc::sigismember(&raw const set, signal) == 1
-        }
-    }
-
-    #[test]
-    fn a_stop_during_a_restart_is_left_pending_on_the_restarting_thread_and_one_before_it_refuses_it()
-     {
-        // Goal: a SIGTERM taken by another thread while a thread prepares to `exec` is sent on
-        // to that thread, blocked there, so that `exec` carries it into the new run; a stop
-        // asked before the preparation makes it refuse, and the node stops instead.
-        carry_stops_across_restarts().unwrap();
-        let (ready, restarting) = std::sync::mpsc::channel();
-        let (go, proceed) = std::sync::mpsc::channel::<()>();
-        let restarter = std::thread::spawn(move || {
-            assert_eq!(before_exec(), Ok(()), "no stop asked yet");
-            ready.send(()).unwrap();
-            proceed.recv().unwrap();
-            let carried = pending(SIGTERM);
-            // Taken here, so that the test process is left as it was.
-            if carried {
-                // SAFETY: a local set holding SIGTERM, which this thread blocks and has pending.
-                unsafe {
-                    let mut set = std::mem::zeroed::<libc::sigset_t>();
-                    libc::sigemptyset(&raw mut set);
-                    libc::sigaddset(&raw mut set, SIGTERM);
-                    let mut taken = 0;
-                    assert_eq!(libc::sigwait(&raw const set, &raw mut taken), 0);
-                    assert_eq!(taken, SIGTERM);
-                }
-            }
-            RESTARTING_THREAD.store(0, Ordering::SeqCst);
-            carried
-        });
-        restarting.recv().unwrap();
-        // The signal interrupts another thread, one that does not block it: this one.
-        // SAFETY: a signal to this process's own thread, whose action is installed above.
-        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), SIGTERM) };
-        assert!(STOP_ASKED.load(Ordering::SeqCst), "the action ran and marked the stop");
-        go.send(()).unwrap();
-        assert!(restarter.join().unwrap(), "the stop is pending on the restarting thread");
-        // A stop was asked: the next restart is refused, and its thread names itself nowhere.
-        let refused = std::thread::spawn(before_exec).join().unwrap();
-        assert_eq!(refused, Err(StopAsked));
-        assert_eq!(RESTARTING_THREAD.load(Ordering::SeqCst), 0);
-    }
+/// Blocks or unblocks SIGINT and SIGTERM for the calling thread (`how`).
+fn set_mask(how: c_int) {
+    let set = stop_set();
+    // SAFETY: changes only this thread's signal mask, from a set initialised above.
+    let result = unsafe { libc::pthread_sigmask(how, &raw const set, std::ptr::null_mut()) };
+    // Fails only for an invalid `how`, and both callers pass constants.
+    assert_eq!(result, 0, "pthread_sigmask refused its arguments");
 }

@@ -329,38 +329,77 @@ fn a_snapshot_through_0_whose_header_names_an_epoch_is_passed_over_and_the_node_
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_run_started_with_a_stop_pending_takes_it_once_its_signal_watch_is_installed() {
-    // Goal: a node that replaced itself (`exec`, to rejoin its primary) while a SIGTERM was on
-    // its way starts as the restarting thread left it: SIGTERM blocked, and pending. It takes
-    // the stop once its signal watch is installed and stops cleanly; it does not run on as a
-    // node nobody asked to stop.
+/// Starts `serve` with `extra` arguments as a run that a restart (`exec`) started: SIGINT and
+/// SIGTERM blocked, as the restarting thread left them, and SIGTERM already pending if
+/// `pending` (a stop sent as the `exec` was under way).
+fn start_as_restarted(dir: &Path, extra: &[&str], pending: bool) -> common::Logged {
     use std::os::unix::process::CommandExt as _;
-    let dir = temp_dir("stop-pending");
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringfence"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
+        .arg(dir)
+        .args(extra)
         .env_remove("RINGFENCE_ADMIN_TOKEN");
     // SAFETY: between fork and exec the closure makes only async-signal-safe calls
-    // (`sigemptyset`, `sigaddset`, `sigprocmask`, `raise`) on a local set.
+    // (`sigemptyset`, `sigaddset`, `sigprocmask`, `kill`, `getpid`) on a local set.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             let mut set = std::mem::zeroed::<libc::sigset_t>();
             libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, libc::SIGINT);
             libc::sigaddset(&raw mut set, libc::SIGTERM);
             if libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) != 0
-                || libc::raise(libc::SIGTERM) != 0
+                // Sent to the process, as `kill` and supervisors send it.
+                || (pending && libc::kill(libc::getpid(), libc::SIGTERM) != 0)
             {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         })
     };
-    let mut node = common::Logged::spawn(&mut command);
-    node.wait_for("ringfence: signal 15: stopping", Duration::from_secs(120));
-    node.wait_for("ringfence: stopped", Duration::from_secs(60));
-    let status = node.child.wait().unwrap();
-    assert!(status.success(), "a clean stop: {status:?}");
+    common::Logged::spawn(&mut command)
+}
+
+/// Waits (bounded) for `child` to exit.
+fn exit_within(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stop_carried_into_a_restarted_run_or_sent_while_it_starts_ends_it() {
+    // Goal: a node that replaced itself (`exec`, to rejoin its primary) starts with the stop
+    // signals blocked, as its restarting thread left them, and with SIGTERM pending if one was
+    // sent as the `exec` was under way. It takes that stop at its start and ends as a node
+    // stopped while it starts does: terminated by the signal, not running on. And a SIGTERM
+    // sent to such a run while it waits in its start-up (for an etcd that does not answer)
+    // ends it too, where it would otherwise wait for a watch installed only once it serves.
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = temp_dir("stop-pending");
+    let mut carried = start_as_restarted(&dir, &[], true);
+    let status = exit_within(&mut carried.child, Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "ended by the carried stop: {status:?}");
+    carried.wait_for("ringfence: signal 15 while starting: exiting", Duration::from_secs(5));
+
+    let secret = temp_dir("stop-pending-secret");
+    std::fs::write(&secret, "a cluster secret of the test").unwrap();
+    let secret_flag = format!("--cluster-secret-file={}", secret.display());
+    let witness = ["--etcd=http://127.0.0.1:9", "--node-name=a", &secret_flag];
+    let mut waiting = start_as_restarted(&dir, &witness, false);
+    waiting.wait_for("ringfence: coordination:", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(waiting.child.try_wait().unwrap().is_none(), "still waiting for the witness");
+    let sent =
+        Command::new("kill").args(["-TERM", &waiting.child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let status = exit_within(&mut waiting.child, Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "ended by the stop: {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&secret);
 }
