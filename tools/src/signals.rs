@@ -13,6 +13,10 @@
 //! restart (the node stops instead), and one sent after it stays pending, which `exec` keeps,
 //! for the new run to take at its start. The new run takes it as any run takes a stop before
 //! it serves ([`on_stop`] not yet set): it ends as the signal's default action would.
+//!
+//! Only a signal sent to the process is taken (`kill`, a supervisor, a terminal's Ctrl-C): one
+//! sent to a single thread other than the signal thread (`tgkill`, `pthread_kill`) stays
+//! pending on that thread, which blocks it, until the process ends.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +44,8 @@ static ON_STOP: Mutex<Option<OnStop>> = Mutex::new(None);
 /// How long the signal thread waits for a signal at a time, holding [`TAKING`]: the most a
 /// restart waits to take it.
 const TAKE_WAIT: Duration = Duration::from_millis(100);
+/// The most a node stopped while it starts waits for its last log line to be written.
+const SAY_WAIT: Duration = Duration::from_millis(100);
 
 fn lock<T>(mutex: &'static Mutex<T>) -> MutexGuard<'static, T> {
     // Nothing is left half-changed under these locks: a panic while one was held leaves it
@@ -80,7 +86,8 @@ fn take_forever() {
             crate::serve::log(format_args!("second signal: exiting now"));
             std::process::exit(130);
         }
-        match lock(&ON_STOP).take() {
+        let action = lock(&ON_STOP).take();
+        match action {
             Some(action) => action(signal),
             None => end_as_by_default(signal),
         }
@@ -89,7 +96,16 @@ fn take_forever() {
 
 /// Ends the process as `signal`'s default action does: terminated by it.
 fn end_as_by_default(signal: c_int) -> ! {
-    crate::serve::log(format_args!("signal {signal} while starting: exiting"));
+    // Said on another thread, waited for briefly: a log that cannot be written (a full pipe,
+    // a stalled journal daemon) must not keep a stopped node from ending.
+    let (said, spoken) = std::sync::mpsc::channel();
+    let say = move || {
+        crate::serve::log(format_args!("signal {signal} while starting: exiting"));
+        let _ = said.send(());
+    };
+    if std::thread::Builder::new().spawn(say).is_ok() {
+        let _ = spoken.recv_timeout(SAY_WAIT);
+    }
     // SAFETY: restores the default action of a signal this process never handles otherwise,
     // then unblocks it for this thread and raises it there: the process is terminated by it.
     unsafe {
