@@ -237,9 +237,29 @@ fn a_damaged_snapshot_is_left_out_and_a_stopped_journal_that_moved_is_refused() 
     assert_eq!(copy.list().unwrap(), Vec::<String>::new());
 }
 
-/// A source that streams its snapshots and refuses to hand one over whole.
+/// A source that streams its snapshots and refuses to hand one over whole; with `fail_after`,
+/// each snapshot's reader fails after that many bytes.
 struct StreamedSnapshotsOnly {
     disk: FaultStorage,
+    fail_after: Option<usize>,
+}
+
+/// Reads up to `left` bytes of `inner`, then fails.
+struct FailsAfter {
+    inner: Box<dyn io::Read + Send>,
+    left: usize,
+}
+
+impl io::Read for FailsAfter {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("the disk gave up"));
+        }
+        let len = buf.len().min(self.left);
+        let read = self.inner.read(&mut buf[..len])?;
+        self.left -= read;
+        Ok(read)
+    }
 }
 
 impl ReadSource for StreamedSnapshotsOnly {
@@ -257,7 +277,11 @@ impl ReadSource for StreamedSnapshotsOnly {
         Storage::read_file(&self.disk, name)
     }
     fn open_file(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
-        self.disk.open_read(name)
+        let inner = self.disk.open_read(name)?;
+        Ok(match self.fail_after.filter(|_| name.ends_with(".snap")) {
+            Some(left) => Box::new(FailsAfter { inner, left }),
+            None => inner,
+        })
     }
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
         ReadSource::read_segment(&mut self.disk, name)
@@ -278,8 +302,8 @@ fn snapshots_are_copied_and_checked_front_to_back_never_read_whole() {
     // and recovers to the state of every command.
     let (disk, commands) = journal();
     let copy = FaultStorage::new();
-    let copied =
-        backup(&mut StreamedSnapshotsOnly { disk: disk.clone() }, &copy, &mut |_, _| {}).unwrap();
+    let mut source = StreamedSnapshotsOnly { disk: disk.clone(), fail_after: None };
+    let copied = backup(&mut source, &copy, &mut |_, _| {}).unwrap();
     let kept = snapshot::list(&disk).unwrap();
     assert!(copied.damaged_snapshots.is_empty(), "{copied:?}");
     assert_eq!(copied.snapshots, kept.iter().map(|(through, _)| *through).collect::<Vec<_>>());
@@ -291,59 +315,12 @@ fn snapshots_are_copied_and_checked_front_to_back_never_read_whole() {
     assert_eq!(restored.engine.state_digest(), digest_of(&commands));
 }
 
-/// A source whose snapshots fail to read part way.
-struct SnapshotsFailPartWay(StreamedSnapshotsOnly);
-
-/// Reads up to `left` bytes of `inner`, then fails.
-struct FailsAfter {
-    inner: Box<dyn io::Read + Send>,
-    left: usize,
-}
-
-impl io::Read for FailsAfter {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Err(io::Error::other("the disk gave up"));
-        }
-        let len = buf.len().min(self.left);
-        let read = self.inner.read(&mut buf[..len])?;
-        self.left -= read;
-        Ok(read)
-    }
-}
-
-impl ReadSource for SnapshotsFailPartWay {
-    type Bytes = <FaultStorage as ReadSource>::Bytes;
-    fn list_files(&self) -> io::Result<Vec<String>> {
-        self.0.list_files()
-    }
-    fn file_len(&self, name: &str) -> io::Result<u64> {
-        self.0.file_len(name)
-    }
-    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
-        self.0.read_file(name)
-    }
-    fn open_file(&self, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
-        let inner = self.0.open_file(name)?;
-        Ok(if name.ends_with(".snap") { Box::new(FailsAfter { inner, left: 100 }) } else { inner })
-    }
-    fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
-        self.0.read_segment(name)
-    }
-    fn describe_file(&self, name: &str) -> String {
-        self.0.describe_file(name)
-    }
-    fn location(&self) -> String {
-        self.0.location()
-    }
-}
-
 #[test]
 fn a_snapshot_that_cannot_be_read_fails_the_copy_naming_the_source_file() {
     // Goal: a read of the source that fails part way through a snapshot fails the backup as a
     // failure to read that file (not to write the copy), and leaves no part of it in the copy.
     let (disk, _) = journal();
-    let mut source = SnapshotsFailPartWay(StreamedSnapshotsOnly { disk });
+    let mut source = StreamedSnapshotsOnly { disk, fail_after: Some(100) };
     let copy = FaultStorage::new();
     let failed = backup(&mut source, &copy, &mut |_, _| {}).unwrap_err();
     let text = failed.to_string();
