@@ -106,14 +106,11 @@ fn end_as_by_default(signal: c_int) -> ! {
     if std::thread::Builder::new().spawn(say).is_ok() {
         let _ = spoken.recv_timeout(SAY_WAIT);
     }
-    // SAFETY: restores the default action of a signal this process never handles otherwise,
-    // then unblocks it for this thread and raises it there: the process is terminated by it.
-    unsafe {
-        libc::signal(signal, libc::SIG_DFL);
-        let set = stop_set();
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
-        libc::raise(signal);
-    }
+    // SAFETY: restores the default action of a signal this process never handles otherwise.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+    set_mask(libc::SIG_UNBLOCK);
+    // SAFETY: raised on this thread, which now takes it: the process is terminated by it.
+    unsafe { libc::raise(signal) };
     // Not reached: the default action of both signals is to terminate.
     std::process::exit(128 + signal);
 }
