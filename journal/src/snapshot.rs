@@ -672,7 +672,7 @@ pub fn read_meta<R: ReadSource>(source: &R, name: &str) -> Result<SnapshotMeta, 
     let (meta, image) = read_snapshot(name, &file, &mut reader, false, None)?;
     // A header that checked out was read whole.
     assert!(meta.bytes >= SNAPSHOT_HEADER_LEN as u64, "a snapshot shorter than its header");
-    // Only the header and the checksum were asked for: no image's memory on top of the file.
+    // Only the header and the checksum were asked for: no image's memory beside the buffer.
     assert!(image.is_none(), "an image decoded for a listing");
     Ok(meta)
 }
