@@ -224,8 +224,7 @@ fn replication_cluster(replication: &Replication) -> String {
 /// lost lease, a diverged journal) starts again as a candidate, which follows the leader and
 /// drops any tail it never had acknowledged. The directory lock and the sockets close on exec.
 pub fn restart_as_candidate(reason: &str) {
-    log(format_args!("restarting as a candidate ({reason})"));
-    restart(None);
+    restart(None, &|| log(format_args!("restarting as a candidate ({reason})")));
 }
 
 /// How many runs in a row of a standby without coordination restarted themselves to rejoin
@@ -281,27 +280,33 @@ impl RejoinSeries {
     pub fn restart(&self, reason: &str) {
         let restarts = RejoinSeries::next_after(self.restarts, self.started.elapsed());
         let next = RejoinSeries { restarts, ..*self };
-        log(format_args!(
-            "restarting to rejoin the primary ({reason}); restart {} in a row, the next run \
-             restarts again no sooner than {} s after its start",
-            next.restarts,
-            next.hold().as_secs()
-        ));
-        restart(Some(next.restarts));
+        restart(Some(next.restarts), &|| {
+            log(format_args!(
+                "restarting to rejoin the primary ({reason}); restart {} in a row, the next \
+                 run restarts again no sooner than {} s after its start",
+                next.restarts,
+                next.hold().as_secs()
+            ));
+        });
     }
 }
 
 /// Replaces this process with a new run of its own binary and arguments, telling it its place
-/// in a series of restarts to rejoin, if any; exits 75 for a supervisor if that fails. Returns
-/// only when a stop was asked (SIGINT or SIGTERM): the node stops instead, and a stop asked
-/// from here on is carried into the new run ([`crate::signals`]).
-fn restart(rejoin_restarts: Option<u32>) {
+/// in a series of restarts to rejoin, if any, once `say` has said why; exits 75 for a
+/// supervisor if that fails. Returns only when a stop was asked (SIGINT or SIGTERM): the node
+/// stops instead (said once, however often a restart is asked while it stops), and a stop
+/// asked from here on is carried into the new run ([`crate::signals`]).
+fn restart(rejoin_restarts: Option<u32>, say: &dyn Fn()) {
     use std::os::unix::process::CommandExt as _;
+    static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     // Held through the `exec`: a stop signal sent meanwhile is the new run's to take.
     let Ok(_held) = crate::signals::before_exec() else {
-        log(format_args!("not restarting: the node is stopping"));
+        if !REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log(format_args!("not restarting: the node is stopping"));
+        }
         return;
     };
+    say();
     let error = match std::env::current_exe() {
         Ok(exe) => {
             let mut command = std::process::Command::new(exe);
