@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ringfence_core::pipeline::{
     Clock, EgressDriver, Intake, NoReplicator, Node, NodeConfig, NodeParts, SystemClock, Topology,
@@ -660,6 +660,11 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         let handle = ControlHandle(Arc::clone(control), coordination.clone());
         Arc::new(handle) as Arc<dyn ReplicationControl>
     });
+    // A stop wins over a restart to rejoin that comes during it. Watched before the listeners
+    // open: a SIGTERM sent once anything answers stops the node cleanly, the server's stopper
+    // handed over once it exists.
+    let held = control.clone();
+    let stopper = watch_signals(move || held.iter().for_each(|control| control.hold_rejoin()));
     let handle = ringfence_ingress::start(server_config, move |waker| {
         let backend = NodeBackend::new(node, waker, watch, epoch, journal, Some(on_stop))?;
         let backend = match replication_handle {
@@ -669,10 +674,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         Ok(backend.with_metrics(metrics))
     })
     .map_err(|e| format!("starting the listeners: {e}"))?;
-    // A stop wins over a restart to rejoin that comes during it. Watched before the listeners
-    // are announced: a SIGTERM sent once they are stops the node cleanly.
-    let held = control.clone();
-    watch_signals(handle.stopper(), move || held.iter().for_each(|control| control.hold_rejoin()));
+    stopper.hand_over(handle.stopper());
     if let Some(addr) = handle.binary_addr() {
         log(format_args!("binary protocol v1 listening on {addr}"));
     }
@@ -993,12 +995,35 @@ fn final_snapshot(
 
 /// Stops the node at the first SIGINT or SIGTERM (calling `stopping` first), and exits at
 /// the second; before this, a stop signal ends the node as it starts ([`crate::signals`]).
-fn watch_signals(stopper: ringfence_ingress::Stopper, stopping: impl FnOnce() + Send + 'static) {
+/// The server is stopped once its stopper is handed over, at once if the stop came first.
+fn watch_signals(stopping: impl FnOnce() + Send + 'static) -> StopperSlot {
+    let slot = StopperSlot(Arc::new(Mutex::new((None, false))));
+    let asked = slot.clone();
     crate::signals::on_stop(move |signal| {
         log(format_args!("signal {signal}: stopping (answering requests in flight)"));
         stopping();
-        stopper.stop();
+        let mut slot = asked.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.1 = true;
+        if let Some(stopper) = &slot.0 {
+            stopper.stop();
+        }
     });
+    slot
+}
+
+/// Where the server's stopper goes once the server exists, beside whether a stop was asked
+/// before it did: one lock, so that a stop is never missed between the two.
+#[derive(Clone)]
+struct StopperSlot(Arc<Mutex<(Option<ringfence_ingress::Stopper>, bool)>>);
+
+impl StopperSlot {
+    fn hand_over(&self, stopper: ringfence_ingress::Stopper) {
+        let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.1 {
+            stopper.stop();
+        }
+        slot.0 = Some(stopper);
+    }
 }
 
 /// Shortest admin token `serve` accepts, in characters, not counting `=` padding.

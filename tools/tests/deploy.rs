@@ -116,7 +116,9 @@ fn the_systemd_unit_starts_a_node_and_stops_it_as_systemd_would() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(status.code(), Some(0), "systemd counts only 0 as a clean stop here");
+    // systemd would also take an end by SIGTERM itself as clean; a node that serves stops
+    // with 0, having drained and written its final snapshot.
+    assert_eq!(status.code(), Some(0), "a drained, clean stop: {status:?}");
 
     // A setting serve refuses fails the pre-start check, naming it.
     assert!(config.contains("\nring_size = 16384\n"), "the example's ring size");

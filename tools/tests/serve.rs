@@ -403,3 +403,36 @@ fn a_stop_carried_into_a_restarted_run_or_sent_while_it_starts_ends_it() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&secret);
 }
+
+#[test]
+fn a_sigterm_sent_as_soon_as_the_node_answers_stops_it_cleanly() {
+    // Goal: the stop is watched before the listeners open, so a SIGTERM sent the moment the
+    // HTTP port takes a connection (before the node has said it listens) stops the node
+    // cleanly, exit 0, never as a node stopped while it starts. Five tries: the stop used to
+    // be watched only after the listeners opened, and about two tries in five then ended by
+    // the signal.
+    for attempt in 0..5 {
+        let dir = temp_dir(&format!("early-stop-{attempt}"));
+        let (binary, http) = (common::etcd::free_port(), common::etcd::free_port());
+        let mut node = common::Logged::spawn(
+            Command::new(env!("CARGO_BIN_EXE_ringfence"))
+                .args(["serve", "--data-dir"])
+                .arg(&dir)
+                .args(["--listen", &format!("127.0.0.1:{binary}")])
+                .args(["--http", &format!("127.0.0.1:{http}")])
+                .env_remove("RINGFENCE_ADMIN_TOKEN"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+            assert!(Instant::now() < deadline, "the node never listened");
+            assert!(node.child.try_wait().unwrap().is_none(), "the node exited before listening");
+        }
+        // At once: a `kill` process would take longer to start than the window it is for.
+        let pid = libc::pid_t::try_from(node.child.id()).unwrap();
+        // SAFETY: a signal to the node this test started and has not yet waited for.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = exit_within(&mut node.child, Duration::from_secs(60));
+        assert!(status.success(), "try {attempt}: not a clean stop: {status:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
