@@ -25,14 +25,9 @@ use std::time::Duration;
 
 use libc::{SIGINT, SIGTERM, c_int};
 
-/// Shared by the thread that takes the stop signals and a restart.
-struct Taking {
-    /// Stop signals taken so far.
-    taken: u32,
-}
-
-/// Held while a stop signal is waited for, and by a restart through its `exec`.
-static TAKING: Mutex<Taking> = Mutex::new(Taking { taken: 0 });
+/// The stop signals taken so far: held while one is waited for, and by a restart through its
+/// `exec`.
+static TAKING: Mutex<u32> = Mutex::new(0);
 /// A restart waits for [`TAKING`]: the signal thread lets it go first (the lock is not fair,
 /// and that thread takes it again as soon as it lets it go).
 static RESTART_WAITING: AtomicBool = AtomicBool::new(false);
@@ -77,10 +72,10 @@ fn take_forever() {
             continue;
         }
         let (signal, taken) = {
-            let mut taking = lock(&TAKING);
+            let mut taken = lock(&TAKING);
             let Some(signal) = wait_for_stop(TAKE_WAIT) else { continue };
-            taking.taken += 1;
-            (signal, taking.taken)
+            *taken += 1;
+            (signal, *taken)
         };
         if taken > 1 {
             crate::serve::log(format_args!("second signal: exiting now"));
@@ -129,12 +124,12 @@ fn wait_for_stop(wait: Duration) -> Option<c_int> {
 }
 
 /// A stop was taken before the restart: the node stops instead.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct StopAsked;
 
 /// Holds stop signals off until the process is replaced: held through the `exec`.
 pub struct ExecHold {
-    _taking: MutexGuard<'static, Taking>,
+    _taken: MutexGuard<'static, u32>,
 }
 
 /// Called by the thread about to `exec` a new run: waits until no stop signal is being taken
@@ -143,12 +138,12 @@ pub struct ExecHold {
 /// what it returns through the `exec`.
 pub fn before_exec() -> Result<ExecHold, StopAsked> {
     RESTART_WAITING.store(true, Ordering::Release);
-    let taking = lock(&TAKING);
+    let taken = lock(&TAKING);
     RESTART_WAITING.store(false, Ordering::Release);
-    if taking.taken > 0 {
+    if *taken > 0 {
         return Err(StopAsked);
     }
-    Ok(ExecHold { _taking: taking })
+    Ok(ExecHold { _taken: taken })
 }
 
 /// SIGINT and SIGTERM, as a set.
