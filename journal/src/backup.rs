@@ -351,8 +351,14 @@ fn scanned<R: ReadSource>(
         let place = (problem.name.clone(), problem.offset);
         let in_last = problem.segment.is_some_and(|index| index + 1 == layout.segments.len());
         if in_last && damage.as_ref() != Some(&place) {
+            // Not the repair `corrupt` proposes: the journal may well be whole.
+            let (file, at) = (source.describe_file(&problem.name), problem.offset);
+            let reason = format!(
+                "the records ended at {file} byte offset {at} ({}), somewhere else at each read",
+                problem.damage
+            );
             *damage = Some(place);
-            return Ok(Err(format!("{corrupt}, which moved on at every read")));
+            return Ok(Err(reason));
         }
         return refuse(format!(
             "{corrupt}; repair it first (`ringfence journal verify {location}` says how)"

@@ -605,22 +605,43 @@ fn scan_segment(
     };
     let mut next = header.first_sequence;
     let mut offset = SEGMENT_HEADER_LEN;
+    // Whether a record was found written where the records had ended: the segment is a
+    // running node's, and its writer is appending.
+    let mut live = false;
     let damage = loop {
         // Offsets only grow, by whole records, so they stay on 16-byte boundaries.
         assert_eq!(offset % RECORD_ALIGN, 0, "a record off a 16-byte boundary");
         assert!(offset <= bytes.len(), "the scan stepped past the segment's end");
         let rest = &bytes[offset.min(bytes.len())..];
-        if format::is_end_marker(rest) {
-            if last_nonzero(rest).is_some() {
-                break Damage::BytesAfterEnd;
+        let (record, len) = match format::check_record(rest) {
+            Some(found) => found,
+            // Past the last record the writer of a live segment appends: bytes there are its.
+            None if format::is_end_marker(rest) && (live || last_nonzero(rest).is_none()) => {
+                segment.end = offset;
+                let counted = next.0 - header.first_sequence.0;
+                assert_eq!(segment.records, counted, "records counted apart from their sequences");
+                return Ok((segment, None));
             }
-            segment.end = offset;
-            let counted = next.0 - header.first_sequence.0;
-            assert_eq!(segment.records, counted, "records counted apart from their sequences");
-            return Ok((segment, None));
-        }
-        let Some((record, len)) = format::check_record(rest) else {
-            break record_damage(rest, next, offset);
+            None => {
+                // Read again, into a copy: the last segment may be a running node's (`journal
+                // verify` and `journal backup` read live directories), whose writer appended
+                // here while this scan looked past the end of its records, most of a segment
+                // of zeros. A volatile read, since the compiler may take these bytes for
+                // unchanging; a segment nothing writes reads the same again.
+                let again: Vec<u8> = rest[..rest.len().min(format::RECORD_LEN_MAX)]
+                    .iter()
+                    // SAFETY: a pointer to a byte of `rest`, valid and aligned for reads.
+                    .map(|byte| unsafe { std::ptr::read_volatile(byte) })
+                    .collect();
+                match format::check_record(&again).filter(|_| is_last) {
+                    Some(found) => {
+                        live = true;
+                        found
+                    }
+                    None if format::is_end_marker(&again) => break Damage::BytesAfterEnd,
+                    None => break record_damage(&again, next, offset),
+                }
+            }
         };
         if record.sequence != next {
             break Damage::Gap { found: record.sequence };

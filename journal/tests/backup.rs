@@ -105,16 +105,14 @@ fn a_record_not_yet_whole_is_left_out_and_the_rest_recovers() {
     assert_eq!(restored.engine.state_digest(), digest_of(&commands[..COMMANDS - 1]));
 }
 
-/// A source on which retention runs once, as the node would after a new snapshot, when the
-/// backup first reads a segment to copy it (after `scan_reads` reads of the scan): the oldest
-/// segments and every snapshot but the newest go.
-struct RetiringUnder {
+/// A source that calls `hook` with its disk and the segment's name before every read of a
+/// segment: a node changing its directory under the copy.
+struct OnSegmentRead<F: FnMut(&FaultStorage, &str)> {
     disk: FaultStorage,
-    scan_reads: usize,
-    retired: bool,
+    hook: F,
 }
 
-impl ReadSource for RetiringUnder {
+impl<F: FnMut(&FaultStorage, &str)> ReadSource for OnSegmentRead<F> {
     type Bytes = <FaultStorage as ReadSource>::Bytes;
     fn list_files(&self) -> io::Result<Vec<String>> {
         self.disk.list()
@@ -126,26 +124,7 @@ impl ReadSource for RetiringUnder {
         Storage::read_file(&self.disk, name)
     }
     fn read_segment(&mut self, name: &str) -> io::Result<Self::Bytes> {
-        if self.scan_reads > 0 {
-            self.scan_reads -= 1;
-        } else if !self.retired {
-            self.retired = true;
-            let snapshots = snapshot::list(&self.disk).unwrap();
-            let (newest, _) = snapshots.last().cloned().unwrap();
-            for (_, old) in &snapshots[..snapshots.len() - 1] {
-                self.disk.delete(old);
-            }
-            // The segments every record of which the newest snapshot holds, but the last.
-            let mut segments: Vec<String> =
-                self.disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
-            segments.sort();
-            for pair in segments.windows(2) {
-                let next_first: u64 = pair[1].trim_end_matches(".seg").parse().unwrap();
-                if next_first <= newest.0 + 1 {
-                    self.disk.delete(&pair[0]);
-                }
-            }
-        }
+        (self.hook)(&self.disk, name);
         ReadSource::read_segment(&mut self.disk, name)
     }
     fn describe_file(&self, name: &str) -> String {
@@ -156,6 +135,53 @@ impl ReadSource for RetiringUnder {
     }
 }
 
+/// Retention run once, as the node would after a new snapshot: the oldest segments and every
+/// snapshot but the newest go.
+fn retire(disk: &FaultStorage) {
+    let snapshots = snapshot::list(disk).unwrap();
+    let (newest, _) = snapshots.last().cloned().unwrap();
+    for (_, old) in &snapshots[..snapshots.len() - 1] {
+        disk.delete(old);
+    }
+    // The segments every record of which the newest snapshot holds, but the last.
+    let mut segments: Vec<String> =
+        disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
+    segments.sort();
+    for pair in segments.windows(2) {
+        let next_first: u64 = pair[1].trim_end_matches(".seg").parse().unwrap();
+        if next_first <= newest.0 + 1 {
+            disk.delete(&pair[0]);
+        }
+    }
+}
+
+#[test]
+fn damage_that_moves_at_every_read_fails_the_copy_and_proposes_no_repair() {
+    // Goal: a journal whose records end in damage somewhere else at every read (how a running
+    // node's journal would look to a reader that raced its writer) fails the backup after its
+    // tries, saying where the records ended and that the place moved. It proposes no repair:
+    // the journal may be whole, and a truncation would drop acknowledged records.
+    let (disk, _) = journal();
+    // A record with one intact after it (the last), then the one before it, and so on.
+    let mut due = COMMANDS as u64 - 1;
+    let hook = |disk: &FaultStorage, name: &str| {
+        let (segment, offset) = record_at(disk, Sequence(due));
+        if segment == name {
+            let mut bytes = disk.live_bytes(&segment).unwrap();
+            bytes[offset + 16..offset + 32].fill(0);
+            disk.write_file(&segment, &bytes).unwrap();
+            due -= 1;
+        }
+    };
+    let copy = FaultStorage::new();
+    let mut source = OnSegmentRead { disk: disk.clone(), hook };
+    let refused = backup(&mut source, &copy, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(refused.contains("changed under every copy of it: the records ended at"), "{refused}");
+    assert!(refused.contains("somewhere else at each read; run the backup again"), "{refused}");
+    assert!(!refused.contains("truncate"), "no repair proposed: {refused}");
+    assert_eq!(copy.list().unwrap(), Vec::<String>::new(), "the copy was cleared");
+}
+
 #[test]
 fn segments_retired_under_the_copy_are_passed_over_for_the_newer_snapshot() {
     // Goal: retention retiring segments (and deleting old snapshots) while the copy runs does
@@ -163,10 +189,19 @@ fn segments_retired_under_the_copy_are_passed_over_for_the_newer_snapshot() {
     // recovers to the same state.
     let (disk, commands) = journal();
     let segments = disk.list().unwrap().iter().filter(|n| n.ends_with(".seg")).count();
-    let mut source = RetiringUnder { disk: disk.clone(), scan_reads: segments, retired: false };
+    // When the backup first reads a segment to copy it, after the scan's reads.
+    let (mut scan_reads, retired) = (segments, std::cell::Cell::new(false));
+    let hook = |disk: &FaultStorage, _: &str| {
+        if scan_reads > 0 {
+            scan_reads -= 1;
+        } else if !retired.replace(true) {
+            retire(disk);
+        }
+    };
     let copy = FaultStorage::new();
-    let copied = backup(&mut source, &copy, &mut |_, _| {}).unwrap();
-    assert!(source.retired, "retention ran under the copy");
+    let copied = backup(&mut OnSegmentRead { disk: disk.clone(), hook }, &copy, &mut |_, _| {});
+    assert!(retired.get(), "retention ran under the copy");
+    let copied = copied.unwrap();
     let mut left: Vec<String> =
         disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
     left.sort();
