@@ -1228,7 +1228,9 @@ impl Control {
         let now = self.now_ms();
         let rejoin = {
             let mut state = self.state();
-            state.policy.on_tick(now);
+            // The oldest record sent to the standby that it has not acknowledged.
+            let awaited_since = state.sent.front().map(|&(_, at)| at);
+            state.policy.on_tick(now, awaited_since);
             self.apply_gate(&state, now);
             self.rejoin_reason(&state, now)
         };
@@ -1968,6 +1970,38 @@ pub(crate) mod tests {
         let control =
             Control::new(answering_first, Role::Primary, end, Box::new(dir.clone()), clock);
         (dir, control)
+    }
+
+    #[test]
+    fn a_standby_acknowledging_the_same_record_at_every_heartbeat_is_lost_after_the_timeout() {
+        // Goal: the record sent to the standby and left unacknowledged is what the policy's
+        // tick weighs: a standby that answers every heartbeat with the same acknowledgement
+        // (its journal stopped moving) is lost once that record has waited the replication
+        // timeout, and writes are held, as for a silent one.
+        let clock =
+            Arc::new(ringfence_core::pipeline::ManualClock::new(ringfence_core::Timestamp(1)));
+        let settings = config();
+        let timeout = settings.timeout_ms;
+        let end = (Sequence(9), Epoch(1));
+        let control = Control::new(settings, Role::Primary, end, memory(false), clock.clone());
+        let stream = control.on_connected("b");
+        control.on_ack(stream, &ack(9, false));
+        assert_eq!(control.link().gate(), Gate::Standby, "in sync");
+        control.on_sent(stream, Sequence(10));
+        let step = timeout / 10;
+        for _ in 0..9 {
+            clock.advance_ms(step);
+            control.on_ack(stream, &ack(9, false));
+            control.tick();
+            assert_eq!(control.figures().state, "in_sync", "within the timeout");
+        }
+        clock.advance_ms(step);
+        control.on_ack(stream, &ack(9, false));
+        control.tick();
+        assert_eq!(control.figures().state, "standby_lost");
+        assert_eq!(control.link().gate(), Gate::Held, "writes held");
+        control.on_ack(stream, &ack(10, false));
+        assert_eq!(control.link().gate(), Gate::Standby, "back in sync once it acknowledged 10");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!            standby connects              acked within slack of the journal
 //!   Alone ───────────────────► CatchingUp ───────────────────────────────► InSync
 //!     ▲   ◄─── disconnects ───                                             │  ▲
-//!     │                                         silent or disconnected     │  │ acked within
+//!     │                          silent, stalled or disconnected           │  │ acked within
 //!     │                                                                    ▼  │ slack again
 //!     └────────── operator: async, then sync ──────────────────────── StandbyLost
 //!                                                          (after the timeout: writes held)
@@ -16,8 +16,9 @@
 //!   **CatchingUp**: answers wait for the local journal only, and `/v1/node` says so. The
 //!   operator's promotion or start-up is the decision that nobody else holds newer data.
 //! - **InSync**: an answer leaves only when the standby acknowledged its sequence.
-//! - **StandbyLost**: the standby that was in sync went silent. Answers keep waiting; once it
-//!   has been silent for the replication timeout, writes are held (refused, and what it did
+//! - **StandbyLost**: the standby that was in sync went silent, or left a record sent to it
+//!   unacknowledged. Answers keep waiting; once it has been silent (or that record has waited)
+//!   for the replication timeout, writes are held (refused, and what it did
 //!   not acknowledge is answered `replication_unavailable`) rather than acknowledged
 //!   unreplicated: without a witness a dead standby and a partitioned one look the same, and
 //!   the partitioned one may be promoted. It leaves only when the standby catches up again,
@@ -221,15 +222,20 @@ impl AckPolicy {
         };
     }
 
-    /// Time passes: a connected standby in sync that has not acknowledged anything for the
-    /// timeout counts as lost (a paused or partitioned standby keeps its socket open).
-    pub fn on_tick(&mut self, now_ms: u64) {
+    /// Time passes: a connected standby in sync counts as lost once it has acknowledged
+    /// nothing for the timeout (a paused or partitioned standby keeps its socket open), or
+    /// once the oldest record sent to it and not yet acknowledged, sent at `awaited_since_ms`,
+    /// has waited that long: a standby whose journal stopped moving while its connection
+    /// still answers every heartbeat holds the answers waiting for it no longer than a silent
+    /// one does.
+    pub fn on_tick(&mut self, now_ms: u64, awaited_since_ms: Option<u64>) {
         if self.state != PolicyState::InSync {
             return;
         }
         let heard = self.heard_ms.unwrap_or(now_ms);
-        if now_ms.saturating_sub(heard) >= self.timeout_ms {
-            self.state = PolicyState::StandbyLost { since_ms: heard };
+        let since = awaited_since_ms.map_or(heard, |sent| sent.min(heard));
+        if now_ms.saturating_sub(since) >= self.timeout_ms {
+            self.state = PolicyState::StandbyLost { since_ms: since };
         }
     }
 
@@ -329,10 +335,39 @@ mod tests {
         let mut policy = policy();
         policy.on_connected(0);
         policy.on_ack(Sequence(7), Sequence(7), 100);
-        policy.on_tick(100 + TIMEOUT - 1);
+        policy.on_tick(100 + TIMEOUT - 1, None);
         assert_eq!(policy.state(), PolicyState::InSync);
-        policy.on_tick(100 + TIMEOUT);
+        policy.on_tick(100 + TIMEOUT, None);
         assert_eq!(policy.gate(100 + TIMEOUT), Gate::Held);
+    }
+
+    #[test]
+    fn a_standby_that_answers_heartbeats_but_leaves_a_record_unacknowledged_is_lost_too() {
+        // Goal: a standby whose journal stopped moving while its connection still answers
+        // every heartbeat (the same acknowledgement again) counts as lost once the record
+        // sent to it has waited the timeout, and writes are held, as for a silent one; it is
+        // back in sync once its acknowledgements reach the journal. Before, each heartbeat's
+        // acknowledgement kept it in sync and answers waited for it without end.
+        let mut policy = policy();
+        policy.on_connected(0);
+        policy.on_ack(Sequence(7), Sequence(7), 100);
+        // Record 8 is sent at 200; every heartbeat is answered, acknowledging 7 again.
+        for heartbeat in 0..TIMEOUT / 100 {
+            let now = 200 + heartbeat * 100;
+            policy.on_ack(Sequence(7), Sequence(8), now);
+            policy.on_tick(now, Some(200));
+            assert_eq!(policy.state(), PolicyState::InSync, "{now} ms: within the timeout");
+        }
+        policy.on_ack(Sequence(7), Sequence(8), 200 + TIMEOUT);
+        policy.on_tick(200 + TIMEOUT, Some(200));
+        assert_eq!(policy.state(), PolicyState::StandbyLost { since_ms: 200 });
+        assert_eq!(policy.gate(200 + TIMEOUT), Gate::Held);
+        policy.on_ack(Sequence(8), Sequence(8), 300 + TIMEOUT);
+        assert_eq!(policy.gate(300 + TIMEOUT), Gate::Standby, "caught up again");
+        // Nothing awaited: heartbeats alone keep an idle standby in sync.
+        policy.on_ack(Sequence(8), Sequence(8), 10 * TIMEOUT);
+        policy.on_tick(10 * TIMEOUT, None);
+        assert_eq!(policy.state(), PolicyState::InSync);
     }
 
     #[test]
@@ -391,7 +426,7 @@ mod tests {
         policy.on_connected(0);
         policy.on_ack(Sequence(1), Sequence(1_000), 1);
         policy.on_disconnected(2);
-        policy.on_tick(10 * TIMEOUT);
+        policy.on_tick(10 * TIMEOUT, None);
         assert_eq!(policy.gate(10 * TIMEOUT), Gate::Local);
         assert_eq!(policy.state(), PolicyState::Alone);
     }
