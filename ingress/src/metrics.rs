@@ -330,7 +330,8 @@ impl Metrics {
             out,
             "ringfence_outcomes_total",
             "Answers by engine outcome kind or rejection code; a retry answered from the \
-             request-key memory counts again.",
+             request-key memory counts again, and a catalogue page's positions past the last \
+             SKU do not count.",
             "counter",
         );
         for (name, value) in &self.outcomes {

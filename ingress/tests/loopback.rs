@@ -355,6 +355,13 @@ fn health_node_and_metrics_endpoints() {
     let text = String::from_utf8(metrics.body).unwrap();
     assert!(text.contains("ringfence_outcomes_total{outcome=\"sku_created\"} 1"), "{text}");
     assert!(text.contains("ringfence_request_latency_seconds_count"));
+    // A catalogue page of 100 positions holding one SKU: the positions past its end are no
+    // `unknown_sku` answers; a query for a SKU that does not exist is one.
+    let page = http.call("GET", "/v1/skus?limit=100", None, None).json();
+    assert_eq!(page["skus"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(http.call("GET", "/v1/skus/7", None, None).status, 404);
+    let text = String::from_utf8(http.call("GET", "/metrics", None, None).body).unwrap();
+    assert!(text.contains("ringfence_outcomes_total{outcome=\"unknown_sku\"} 1\n"), "{text}");
     assert!(text.contains("ringfence_ring_size 1024"), "{text}");
     assert!(text.contains("ringfence_stage_lag{stage="), "{text}");
     let snapshot = http.call("POST", "/v1/admin/snapshot", None, Some(TOKEN));

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use ringfence_core::Command;
+use ringfence_core::{Command, Outcome, Rejection};
 use serde::Deserialize;
 
 use crate::admission::{AddressLimit, AddressLimits, AddressTable, LogLimiter};
@@ -982,7 +982,12 @@ impl<B: Backend> Server<B> {
             self.metrics.in_flight -= 1;
             self.addresses.answered(flight.address);
             let latency = now.saturating_duration_since(flight.submitted).as_nanos() as u64;
+            // A catalogue page asks for every position up to its limit, and those past the
+            // catalogue's end answer `unknown_sku`: no caller asked for an unknown SKU there.
+            let past_catalogue = matches!(flight.reply, conn::Reply::HttpPage { .. })
+                && completion.result == Ok(Outcome::Rejected(Rejection::UnknownSku));
             match &completion.result {
+                Ok(_) if past_catalogue => {}
                 Ok(outcome) => self.metrics.outcome(outcome, latency),
                 Err(Refusal::ReplicationUnavailable) => self.metrics.replication_unavailable += 1,
                 Err(Refusal::JournalFailed(_)) => self.metrics.journal_failed += 1,
