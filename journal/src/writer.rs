@@ -41,6 +41,9 @@ impl std::str::FromStr for Durability {
         match text {
             "none" => Ok(Durability::None),
             "batch" => Ok(Durability::Batch),
+            "interval:0" => Err("durability `interval:0`: at least 1 ms (a sync before every \
+                                 batch's answers is `batch`)"
+                .to_owned()),
             _ => text
                 .strip_prefix("interval:")
                 .and_then(|ms| ms.parse().ok())

@@ -441,6 +441,16 @@ fn check_values(
                     journaled commands)"
             .to_owned());
     }
+    if file.node.snapshots_kept == 0 {
+        return Err("[node] snapshots_kept = 0: at least 1 (recovery starts from the newest \
+                    snapshot, which is always kept)"
+            .to_owned());
+    }
+    if file.node.tick_ms == 0 {
+        return Err("[node] tick_ms = 0: at least 1 (how often, in ms, the timer looks for a \
+                    payment deadline come due)"
+            .to_owned());
+    }
     let options = WriterOptions {
         segment_len: file.node.segment_bytes,
         durability,

@@ -842,6 +842,9 @@ fn config_check_refuses_what_serve_would_refuse_or_what_would_break_the_node() {
         ("[server]\nbody_max = 0\n", "[server] body_max = 0"),
         ("[server]\nrate_per_sec = 10\nrate_burst = 0\n", "[server] rate_burst = 0"),
         ("[node]\nsnapshot_every_commands = 0\n", "[node] snapshot_every_commands = 0"),
+        ("[node]\nsnapshots_kept = 0\n", "[node] snapshots_kept = 0: at least 1"),
+        ("[node]\ntick_ms = 0\n", "[node] tick_ms = 0: at least 1"),
+        ("[node]\ndurability = \"interval:0\"\n", "durability `interval:0`: at least 1 ms"),
         ("[node]\nin_flight_max = 0\n", "[node] in_flight_max = 0"),
         ("[node]\nsegment_bytes = 1\n", "[node] segment_bytes"),
         (
