@@ -70,7 +70,8 @@ pub struct Metrics {
     /// Connections closed at accept: their address (IPv6: its /64) had
     /// `connections_per_address_max` open.
     pub address_limited_connections: u64,
-    /// Idle keep-alive connections closed to admit a new one at a listener's limit.
+    /// Idle connections (between requests or holding part of one) closed to admit a new one at
+    /// a listener's limit.
     pub idle_reclaimed: u64,
     /// Idle connections closed by the shorter `idle_timeout_busy_ms` of a busy listener.
     pub busy_idle_timeouts: u64,
@@ -271,7 +272,8 @@ impl Metrics {
             ),
             (
                 "ringfence_idle_connections_reclaimed_total",
-                "Idle keep-alive connections closed to admit a new one at a listener's limit.",
+                "Idle connections (between requests or holding part of one) closed to admit a new one \
+                 at a listener's limit.",
                 "counter",
                 self.idle_reclaimed,
             ),

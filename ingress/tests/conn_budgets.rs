@@ -1,15 +1,17 @@
 //! Connection slots and output memory under a hostile crowd, through real sockets: idle
-//! connections give way to new clients at a listener's limit, one address cannot take every
-//! slot, idle connections of a busy listener time out sooner, and slow readers cannot push the
-//! output buffered for all clients past the global budget. Small limits keep the tests fast.
+//! connections, and connections holding part of a request, give way to new clients at a
+//! listener's limit, one address cannot take every slot, idle connections of a busy listener
+//! time out sooner, and slow readers cannot push the output buffered for all clients past the
+//! global budget. Small limits keep the tests fast.
 
 mod common;
 
-use std::io::Write;
-use std::net::{Ipv4Addr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::{Http, connect_from, start};
+use ringfence_ingress::wire::{self, Kind, Response};
 use ringfence_ingress::{Client, ServerConfig};
 
 fn metrics(http: &mut Http) -> String {
@@ -59,6 +61,116 @@ fn idle_connections_filling_a_listener_give_way_to_a_new_client() {
     assert_eq!(sample(&text, "ringfence_idle_connections_reclaimed_total"), 1);
     assert_eq!(sample(&text, "ringfence_connections_refused_total"), 0);
     assert_eq!(sample(&text, "ringfence_connections_open"), 3);
+    server.shutdown().unwrap();
+}
+
+/// Opens three connections to `addr` that each send the first `cut` bytes of `request` and fall
+/// silent; a while later the first sends one byte more, so the second is the one quiet longest.
+/// Returns once all three have been quiet for 300 ms (past an `idle_reclaim_after_ms` of 100).
+fn part_requests(addr: SocketAddr, request: &[u8], cut: usize) -> Vec<TcpStream> {
+    let mut streams: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.set_nodelay(true).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            stream.write_all(&request[..cut]).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(150));
+    streams[0].write_all(&request[cut..=cut]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    streams
+}
+
+#[test]
+fn connections_holding_part_of_a_request_give_way_to_a_new_http_client() {
+    // Goal: with the HTTP listener full of connections that each sent part of a request and
+    // fell silent, a new client is served once they have been quiet past
+    // idle_reclaim_after_ms; the one quiet longest is closed, the others still complete their
+    // requests, and the metrics count the connection reclaimed.
+    let config =
+        ServerConfig { connections_max: 3, idle_reclaim_after_ms: 100, ..ServerConfig::loopback() };
+    let server = start(config);
+    let request = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let cut = "GET /hea".len();
+    let mut parts: Vec<Http> = part_requests(server.http_addr().unwrap(), request, cut)
+        .into_iter()
+        .map(Http::over)
+        .collect();
+
+    let mut newcomer = Http::connect(server.http_addr().unwrap());
+    assert_eq!(newcomer.call("GET", "/health", None, None).status, 200);
+    assert!(parts[1].closed_by_server(), "the connection quiet longest gave way");
+    parts[0].send(&request[cut + 1..]);
+    parts[2].send(&request[cut..]);
+    for index in [0, 2] {
+        let response = parts[index].read_response().expect("the rest of the request answered");
+        assert_eq!(response.status, 200);
+    }
+    let text = metrics(&mut newcomer);
+    assert_eq!(sample(&text, "ringfence_idle_connections_reclaimed_total"), 1);
+    assert_eq!(sample(&text, "ringfence_connections_refused_total"), 0);
+    assert_eq!(sample(&text, "ringfence_connections_open"), 3);
+    server.shutdown().unwrap();
+}
+
+/// Reads one binary response; `None` when the connection ended first.
+fn read_binary_response(stream: &mut TcpStream) -> Option<(u64, Response)> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((frame, _)) = wire::try_frame(&buffer).expect("a valid frame") {
+            let response = wire::decode_response(&frame).expect("a valid response");
+            return Some((frame.correlation, response));
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Whether the server closed `stream`, read to its end within the stream's read timeout.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error) => return error.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+#[test]
+fn connections_holding_part_of_a_frame_give_way_to_a_new_binary_client() {
+    // Goal: with the binary listener full of connections that each sent part of a frame and
+    // fell silent, a new client is served once they have been quiet past
+    // idle_reclaim_after_ms; the one quiet longest is closed, the others still complete their
+    // frames, and the metrics count the connection reclaimed.
+    let config =
+        ServerConfig { connections_max: 3, idle_reclaim_after_ms: 100, ..ServerConfig::loopback() };
+    let server = start(config);
+    let mut ping = Vec::new();
+    wire::encode_empty(&mut ping, Kind::Ping, 7);
+    let cut = 5;
+    let mut parts = part_requests(server.binary_addr().unwrap(), &ping, cut);
+
+    let mut newcomer = Client::connect(&[server.binary_addr().unwrap()]).unwrap();
+    newcomer.ping().expect("the new client is served");
+    assert!(closed_by_server(&mut parts[1]), "the connection quiet longest gave way");
+    parts[0].write_all(&ping[cut + 1..]).unwrap();
+    parts[2].write_all(&ping[cut..]).unwrap();
+    for index in [0, 2] {
+        let answer = read_binary_response(&mut parts[index]);
+        assert!(matches!(answer, Some((7, Response::Pong))), "{answer:?}");
+    }
+    let text = metrics(&mut Http::connect(server.http_addr().unwrap()));
+    assert_eq!(sample(&text, "ringfence_idle_connections_reclaimed_total"), 1);
+    assert_eq!(sample(&text, "ringfence_connections_refused_total"), 0);
+    // Three binary connections and the one asking for the metrics.
+    assert_eq!(sample(&text, "ringfence_connections_open"), 4);
     server.shutdown().unwrap();
 }
 

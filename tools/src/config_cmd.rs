@@ -131,8 +131,8 @@ const KEYS: &[Key] = &[
     key(
         "server",
         "connections_max",
-        "Connections open at once on each listener; at the limit the longest-idle one gives way, \
-        else the new one is refused.",
+        "Connections open at once on each listener; at the limit the longest-idle one (between \
+        requests or holding part of one) gives way, else the new one is refused.",
     ),
     key(
         "server",
@@ -142,7 +142,8 @@ const KEYS: &[Key] = &[
     key(
         "server",
         "idle_reclaim_after_ms",
-        "How long a connection must have been quiet before it gives way to a new one at the limit.",
+        "How long a connection, idle or holding part of a request, must have been quiet before it \
+        gives way to a new one at the limit.",
     ),
     key(
         "server",

@@ -197,14 +197,19 @@ impl Conn {
         self.out_pending() + self.queued_bytes
     }
 
-    /// Nothing in flight, nothing held, no partial request: closing it loses the client nothing
-    /// but the connection (a keep-alive connection between requests).
-    pub fn is_idle(&self) -> bool {
+    /// Whether the connection may be closed to admit a new client at its listener's limit: it is
+    /// owed nothing (nothing in flight, held for output or queued) and no request it sent waits
+    /// to be served (reading is not paused, its turn not used up). It may hold part of a
+    /// request: closing it then loses the client nothing the server acknowledged, and a client
+    /// that sends part of a request and falls silent would otherwise keep its slot from new
+    /// clients until `request_timeout_ms`, and take it back at once by reconnecting.
+    pub fn may_give_way(&self) -> bool {
         self.in_flight == 0
             && self.held_bytes() == 0
             && self.http_queue.is_empty()
-            && self.input_start == self.input_end
             && !self.read_paused
+            && !self.waits_for_address
+            && !self.yielded
             && !self.closing
     }
 

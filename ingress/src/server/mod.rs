@@ -3,17 +3,17 @@
 //! One thread is the right shape for small machines: it decodes requests, publishes commands
 //! to the node without ever blocking, and writes outcomes back when the node completes them.
 //! Every resource a client can consume is bounded: connections (`connections_max` per listener,
-//! `connections_per_address_max` per source address, idle ones giving way to new ones at the
-//! limit), commands in flight overall (`in_flight_max`, then `busy`), per source address
-//! (`address_in_flight_max`, reading pauses) and per connection (reading pauses), request
-//! rate per connection and per source address (token buckets, then `rate_limited`), failed
-//! authentications per source address (then `auth_rate_limited`, unchecked), request size
-//! (frame, head, body limits), outbound bytes (a client that does not read is disconnected
-//! when its buffer fills; when all clients together hold more than `outbound_total_max`, the
-//! biggest holders are cut), time (idle connections and requests that arrive too slowly are
-//! closed), and the event loop's own time (at most `TURN_REQUESTS_MAX` requests from one
-//! connection per turn of the loop). Bad input costs the sender its connection at worst,
-//! never anyone else's service.
+//! `connections_per_address_max` per source address, idle ones and ones holding part of a
+//! request giving way to new ones at the limit), commands in flight overall (`in_flight_max`,
+//! then `busy`), per source address (`address_in_flight_max`, reading pauses) and per
+//! connection (reading pauses), request rate per connection and per source address (token
+//! buckets, then `rate_limited`), failed authentications per source address (then
+//! `auth_rate_limited`, unchecked), request size (frame, head, body limits), outbound bytes (a
+//! client that does not read is disconnected when its buffer fills; when all clients together
+//! hold more than `outbound_total_max`, the biggest holders are cut), time (idle connections
+//! and requests that arrive too slowly are closed), and the event loop's own time (at most
+//! `TURN_REQUESTS_MAX` requests from one connection per turn of the loop). Bad input costs the
+//! sender its connection at worst, never anyone else's service.
 //!
 //! The per-address budget on commands in flight pauses reading rather than refusing: the
 //! callers are a few storefront and payment services, each behind one address and carrying
@@ -105,15 +105,16 @@ pub struct ServerConfig {
     /// HTTP listener; `None` disables it.
     pub http: Option<SocketAddr>,
     /// Connections open at once on each listener (binary and HTTP each have this many). At the
-    /// limit, the connection idle longest (nothing in flight or buffered, quiet for
-    /// `idle_reclaim_after_ms`) is closed to admit the new one; without one, the new one is
-    /// refused (`too_many_connections`).
+    /// limit, the connection idle longest (owed nothing, with at most part of a request read,
+    /// quiet for `idle_reclaim_after_ms`) is closed to admit the new one; without one, the new
+    /// one is refused (`too_many_connections`).
     pub connections_max: usize,
     /// Connections one source address may have open, both listeners together (IPv6 addresses
     /// count per /64 prefix, as for failed authentications). One more is closed at accept.
     pub connections_per_address_max: usize,
-    /// An idle connection gives way to a new one at the limit only once it has been quiet this
-    /// long, so a flood of connections cannot churn clients between two requests.
+    /// An idle connection (or one holding part of a request) gives way to a new one at the limit
+    /// only once it has been quiet this long, so a flood of connections cannot churn clients
+    /// between two requests or while a request arrives.
     pub idle_reclaim_after_ms: u64,
     /// Commands submitted and not yet answered, all connections together; beyond it: `busy`.
     pub in_flight_max: usize,
@@ -663,7 +664,8 @@ impl<B: Backend> Server<B> {
         Some(index)
     }
 
-    /// The connection of `protocol`'s listener idle longest, if one has been idle for at least
+    /// The connection of `protocol`'s listener that may give way ([`conn::Conn::may_give_way`],
+    /// part of a request read or none) and has been quiet longest, if for at least
     /// `idle_reclaim_after_ms`. A scan, run only at the listener's limit: a list kept in
     /// idleness order would cost every request to save this.
     fn oldest_idle(&self, protocol: Protocol, now: Instant) -> Option<usize> {
@@ -673,7 +675,7 @@ impl<B: Backend> Server<B> {
             .iter()
             .enumerate()
             .filter_map(|(index, conn)| Some((index, conn.as_ref()?)))
-            .filter(|(_, conn)| conn.protocol == protocol && conn.is_idle())
+            .filter(|(_, conn)| conn.protocol == protocol && conn.may_give_way())
             .min_by_key(|(_, conn)| conn.last_activity())?;
         let quiet = now.saturating_duration_since(conn.last_activity()) >= quiet_min;
         quiet.then_some(index)
