@@ -279,6 +279,20 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
         out.flush().map_err(|e| JournalError::io("writing the export", e))?;
     }
     print_summary(&mut summary_out(args), args, &engine, snapshot.as_ref(), &tally, start);
+    // An export from the journal's first record starts after the oldest snapshot it can start
+    // from: the records before it are read by no export, and the operator is told why.
+    let first_held = layout.first_sequence().filter(|&first| first < start);
+    if let Some(first) = first_held
+        .filter(|_| args.export.is_some() && args.after_seq.is_none() && !args.since_snapshot)
+    {
+        eprintln!(
+            "note: records {first}..={} are in the journal but not exported: their outcomes \
+             need the state before {first}, which no kept snapshot holds, so the export starts \
+             after the snapshot through {}",
+            start.0 - 1,
+            start.0 - 1
+        );
+    }
     let ends = layout.last_sequence().or(snapshot.as_ref().map(|meta| meta.through));
     if let (Some(until), Some(ends)) = (args.until_seq, ends)
         && until > ends.0
@@ -751,9 +765,11 @@ fn print_summary(
     outln!(out, "state digest  {:016x}", engine.state_digest());
     outln!(out, "running hash  {:016x}", engine.running_hash());
     outln!(out);
+    // As wide as the longest SKU id (the quick start's are 19 digits), and at least 10.
+    let sku_width = views.iter().map(|view| view.sku.to_string().len()).max().unwrap_or(0).max(10);
     outln!(
         out,
-        "{:>10} {:>12} {:>12} {:>12} {:>12}",
+        "{:>sku_width$} {:>12} {:>12} {:>12} {:>12}",
         "sku",
         "stock",
         "available",
@@ -763,7 +779,7 @@ fn print_summary(
     for view in &views {
         outln!(
             out,
-            "{:>10} {:>12} {:>12} {:>12} {:>12}",
+            "{:>sku_width$} {:>12} {:>12} {:>12} {:>12}",
             view.sku,
             view.stock,
             view.available,

@@ -581,6 +581,11 @@ fn stats_reports_what_retention_keeps_and_retired() {
     let lines = export_lines(dir.path(), &[]);
     assert_eq!((lines.len(), lines[0]["sequence"].as_u64()), (1_000, Some(4_001)));
     assert!(export_lines(dir.path(), &["--since-snapshot"]).is_empty());
+    // The records held before that snapshot are named as not exported, and why.
+    let export = dir.path().join("retained.jsonl");
+    let out = ringfence(&["replay", path, "--export", export.to_str().unwrap()]);
+    let note = format!("records {first}..=4000 are in the journal but not exported");
+    assert_eq!(text(&out.stderr).contains(&note), first < 4_001, "{}", text(&out.stderr));
     // A consumer that loaded through a retired sequence is told the outcomes after it are gone
     // from here, and where the journal can pick up instead; it is not handed a silent gap.
     let export = dir.path().join("gap.jsonl");
