@@ -114,7 +114,11 @@ impl ReadOnlyDir {
         if !dir.is_dir() {
             return Err(JournalError::io(
                 format!("opening journal directory {}", dir.display()),
-                io::Error::new(io::ErrorKind::NotFound, "not a directory"),
+                match dir.try_exists() {
+                    Ok(true) => io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                    Ok(false) => io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+                    Err(error) => error,
+                },
             ));
         }
         Ok(ReadOnlyDir { dir: dir.to_path_buf() })

@@ -798,6 +798,11 @@ fn dump(args: &DumpArgs) -> Result<ExitCode, JournalError> {
     }
     let from = Sequence(args.from.unwrap_or(1));
     let to = Sequence(args.to.unwrap_or(u64::MAX));
+    if from > to {
+        return Err(JournalError::Options(format!(
+            "--from {from} is after --to {to}: the range holds no sequence"
+        )));
+    }
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_error = None;

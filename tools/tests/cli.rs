@@ -188,13 +188,18 @@ fn dump_prints_a_range_as_text_or_json_lines() {
 }
 
 #[test]
-fn dump_from_zero_is_refused_clearly() {
-    // Goal: sequences start at 1: `dump --from 0` is an error that says so, not a panic.
+fn dump_from_zero_or_past_to_is_refused_clearly() {
+    // Goal: sequences start at 1: `dump --from 0` is an error that says so, not a panic; and
+    // a range that ends before it starts is an error, not an empty dump that exits 0.
     let dir = TempDir::new("dump-from-zero");
     write_journal(dir.path(), 10, &[]);
     let out = ringfence(&["journal", "dump", dir.path().to_str().unwrap(), "--from", "0"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--from must be at least 1"), "{}", text(&out.stderr));
+    let path = dir.path().to_str().unwrap();
+    let out = ringfence(&["journal", "dump", path, "--from", "8", "--to", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("--from 8 is after --to 5"), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -523,7 +528,13 @@ fn bad_input_gives_errors_not_panics_and_help_explains_each_tool() {
     // has help text.
     let missing = ringfence(&["journal", "verify", "/nonexistent/ringfence"]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(text(&missing.stderr).contains("/nonexistent/ringfence"));
+    assert!(text(&missing.stderr).contains("/nonexistent/ringfence: no such directory"));
+    let file = TempDir::new("not-a-directory");
+    let file = file.path().join("notes.txt");
+    std::fs::write(&file, "notes").unwrap();
+    let not_dir = ringfence(&["journal", "verify", file.to_str().unwrap()]);
+    assert_eq!(not_dir.status.code(), Some(1));
+    assert!(text(&not_dir.stderr).contains("notes.txt: not a directory"), "{not_dir:?}");
     let dir = TempDir::new("garbage");
     std::fs::write(dir.path().join("00000000000000000001.seg"), vec![0xEE; 100_000]).unwrap();
     std::fs::write(dir.path().join("00000000000000000900.seg"), vec![0x00; 10]).unwrap();
