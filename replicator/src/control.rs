@@ -2613,6 +2613,143 @@ pub(crate) mod tests {
         let _ = std::fs::remove_dir_all(&control.config().data_dir);
     }
 
+    /// Connects to `target` from the address `source` (port chosen by the system): std cannot
+    /// bind a client socket before connecting, so this goes through `socket2`. All of 127/8 is
+    /// loopback on Linux, so a test can stand for a second peer address with 127.0.0.2.
+    fn connect_from(source: std::net::Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+        socket.bind(&SocketAddr::from((source, 0)).into())?;
+        socket.connect(&target.into())?;
+        Ok(socket.into())
+    }
+
+    /// A peer without the secret at `source`: it holds a connection to `target` open, silent,
+    /// and opens another the moment the primary closes it, until `stop`, counting each one it
+    /// opens in `opened`. Each wait for the close or for `stop` is 50 ms: nothing spins.
+    fn hold_silently(
+        source: std::net::Ipv4Addr,
+        target: SocketAddr,
+        opened: &AtomicU64,
+        stop: &AtomicBool,
+    ) {
+        use std::io::{ErrorKind, Read as _};
+        while !stop.load(Ordering::Acquire) {
+            let Ok(mut peer) = connect_from(source, target) else {
+                // Out of ports for a moment, say: the next attempt comes after a wait.
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            opened.fetch_add(1, Ordering::AcqRel);
+            peer.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            while !stop.load(Ordering::Acquire) {
+                match peer.read(&mut [0u8; 1]) {
+                    Err(error)
+                        if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    // Closed (or answered, which a peer that never said hello is not).
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn peers_at_one_address_holding_every_slot_cannot_keep_a_standby_at_another_out() {
+        // Goal: peers without the secret at one address (127.0.0.2) hold every handshake slot,
+        // silently, and reconnect the moment they are closed, for the whole test, as the
+        // audit's did; before, they kept the standby out for as long as they went on. One
+        // address holds at most half the slots in unproven handshakes, and its new connections
+        // close its own oldest, never another address's: a real standby at 127.0.0.1 joins at
+        // its first attempt. (The primary's handshake timeout, a minute, is a liveness bound
+        // for a loaded machine; it never cuts the peers' handshakes off here.)
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2);
+        let bound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .and_then(|socket| socket.bind(&SocketAddr::from((source, 0)).into()));
+        if let Err(error) = bound {
+            println!("skipping: cannot bind a socket to {source}: {error}");
+            return;
+        }
+        let (control, _node, address) = primary_listening(60_000);
+        let slots = control.config().handshakes_max;
+        let (opened, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        // Twice as many peers as slots: every slot is taken, and the rest keep knocking.
+        let peers: Vec<_> = (0..slots * 2)
+            .map(|_| {
+                let (opened, stop) = (Arc::clone(&opened), Arc::clone(&stop));
+                thread::spawn(move || hold_silently(source, address, &opened, &stop))
+            })
+            .collect();
+        // A peer opened a second connection: the primary closed its first, which it does only
+        // once the slots are taken (by this address's share of them, or by all of them).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while opened.load(Ordering::Acquire) <= u64::try_from(slots * 2).unwrap() {
+            assert!(std::time::Instant::now() < deadline, "the peers never filled the slots");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let standby = ReplicationConfig { handshake_timeout_ms: 60_000, ..config() };
+        let end = crate::standby::JournalEnd { last_sequence: Sequence(0), last_epoch: Epoch(0) };
+        let joined = crate::standby::join(&standby, &address.to_string(), end, Epoch(0));
+        stop.store(true, Ordering::Release);
+        for peer in peers {
+            peer.join().unwrap();
+        }
+        assert!(
+            matches!(joined, Ok(crate::standby::Joined::Stream { from: Sequence(1), .. })),
+            "{:?} ({} connections from {source})",
+            joined.err(),
+            opened.load(Ordering::Acquire)
+        );
+        control.stop();
+        let _ = std::fs::remove_dir_all(&control.config().data_dir);
+    }
+
+    #[test]
+    fn a_hello_of_another_version_or_cluster_is_refused_with_its_code_before_the_close() {
+        // Goal: a `Hello`'s magic and version keep their places in every version, so the
+        // primary can tell a standby of another release why it is turned away: `Version` for
+        // another version, `Cluster` for another cluster, `BadMessage` for a hello without the
+        // magic, each sent before the connection closes. Otherwise only the primary's log
+        // would say why.
+        use crate::message::{Hello, Message, RefuseCode};
+        use crate::stream::FrameReader;
+        use std::io::Write as _;
+        let (control, _node, address) = primary_listening(60_000);
+        let hello = |cluster: &str| {
+            let cluster = ClusterId::new(cluster).unwrap();
+            let hello =
+                Hello { cluster, standby_nonce: [1; 32], engine: control.config().engine.clone() };
+            let mut frame = Vec::new();
+            crate::message::encode(&Message::Hello(hello), &mut frame);
+            frame
+        };
+        // The body starts at byte 5: the magic, then the version.
+        let mut older = hello("c");
+        older[9..11].copy_from_slice(&5u16.to_le_bytes());
+        let mut other_magic = hello("c");
+        other_magic[5..9].copy_from_slice(b"RFRX");
+        let cases = [
+            (older, RefuseCode::Version, "version 5"),
+            (hello("other"), RefuseCode::Cluster, "`other`"),
+            (other_magic, RefuseCode::BadMessage, "magic"),
+        ];
+        for (frame, code, names) in cases {
+            let mut peer = TcpStream::connect(address).unwrap();
+            peer.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            peer.write_all(&frame).unwrap();
+            let mut reader = FrameReader::new(peer);
+            let answer = reader.read_message();
+            let Ok(Message::Refuse(refuse)) = answer else {
+                panic!("{code:?}: the primary answered {answer:?}")
+            };
+            assert_eq!(refuse.code, code, "{}", refuse.text);
+            assert!(refuse.text.contains(names), "{code:?}: {}", refuse.text);
+            let closed = reader.read_message();
+            assert!(closed.is_err(), "{code:?}: the connection stayed open: {closed:?}");
+        }
+        control.stop();
+        let _ = std::fs::remove_dir_all(&control.config().data_dir);
+    }
+
     #[test]
     fn a_standby_gives_up_on_a_primary_that_drips_its_challenge_by_the_deadline() {
         // Goal: whatever answers at the primary's address, the standby's handshake ends by its

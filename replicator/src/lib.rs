@@ -12,7 +12,8 @@
 //! - [`auth`]: the shared cluster secret, the cluster id, nonces, and the HMAC-SHA256
 //!   challenge-response of the handshake.
 //! - [`link`]: the state shared with the node's stages, and the replicator stage itself.
-//! - [`control`]: one node's replication: role, policy, figures, promotion.
+//! - [`control`]: one node's replication: role, policy, figures, promotion; `handshakes`: the
+//!   primary's handshakes in progress, and which gives way when a connection finds them full.
 //! - [`coordination`]: automatic failover with etcd as the witness: the leader key, its
 //!   lease, the in-sync record, as a pure pilot behind the `Coordinator` trait.
 //!
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod coordination;
+mod handshakes;
 pub mod index;
 pub mod link;
 pub mod message;

@@ -7,14 +7,16 @@
 //! deadline, `handshake_timeout_ms` after the connection was accepted for the whole handshake,
 //! not for each read; at most `handshakes_max` at once (a flood of bad handshakes is closed
 //! without touching the live stream, and a peer that sends a byte now and then holds its slot
-//! no longer than one that sends nothing); `rf-repl-send` streams the journal
+//! no longer than one that sends nothing), one address holding at most half of them before it
+//! proves the secret (`handshakes`: a peer at one address cannot keep a standby at another
+//! out); `rf-repl-send` streams the journal
 //! (`ringfence_journal::tail`) and sends heartbeats; `rf-repl-acks` reads acknowledgements. A
 //! newly authenticated standby replaces the previous one (which is likely dead if it is
 //! reconnecting).
 
 use std::io;
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,11 +30,12 @@ use ringfence_journal::tail::Tail;
 
 use crate::auth;
 use crate::control::{Control, log};
+use crate::handshakes::{HandshakeSlot, Handshakes};
 use crate::index::DirIndex;
 use crate::message::{Message, Refuse, RefuseCode, SNAPSHOT_CHUNK_MAX};
 use crate::position::JournalIndex;
 use crate::session::{Outgoing, PrimarySession, PrimaryStep};
-use crate::stream::{FrameReader, write_message, write_records, write_snapshot_chunk};
+use crate::stream::{FrameReader, WireError, write_message, write_records, write_snapshot_chunk};
 
 /// Bytes of records per `Records` message.
 const RECORDS_BATCH_BYTES: usize = 256 << 10;
@@ -55,7 +58,7 @@ pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     control.set_listener_waker(mio::Waker::new(poll.registry(), STOP)?);
     let mut events = Events::with_capacity(4);
-    let busy = Arc::new(AtomicUsize::new(0));
+    let handshakes = Handshakes::new(control.config().handshakes_max);
     let current: Arc<Mutex<Option<Stream>>> = Arc::new(Mutex::new(None));
     while !control.stopping() {
         match poll.poll(&mut events, Some(WAIT_MAX)) {
@@ -75,23 +78,17 @@ pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result
                     continue;
                 }
             };
-            // The handshake and the stream read and write with blocking calls and deadlines.
-            if let Err(error) = socket.set_nonblocking(false) {
-                control.count_refused(&format!("{peer}: {error}"));
+            let Some(handshake) = admit(&control, &handshakes, socket, peer) else {
                 continue;
-            }
-            if busy.load(Ordering::Acquire) >= control.config().handshakes_max {
-                control.count_refused(&format!("{peer}: too many handshakes at once"));
-                continue;
-            }
-            let slot = HandshakeSlot::take(&busy);
+            };
             let (control, current) = (Arc::clone(&control), Arc::clone(&current));
-            // The handshake's time counts from here, not from when its thread starts.
-            let timeout = Duration::from_millis(control.config().handshake_timeout_ms);
-            let handshake = Handshake { socket, deadline: Instant::now() + timeout, slot };
+            let gave_way = handshake.slot.gave_way();
             let spawned =
                 thread::Builder::new().name("rf-repl-handshake".into()).spawn(move || {
-                    if let Err(reason) = serve_standby(&control, handshake, &current) {
+                    // One that gave way to a new connection was counted when it did.
+                    if let Err(reason) = serve_standby(&control, handshake, &current)
+                        && !gave_way.load(Ordering::Acquire)
+                    {
                         control.count_refused(&format!("standby {peer}: {reason}"));
                     }
                 });
@@ -106,22 +103,43 @@ pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result
     Ok(())
 }
 
-/// One of the `handshakes_max` handshakes served at once, given back when dropped (when the
-/// handshake ends, or when it turns into a stream).
-struct HandshakeSlot(Arc<AtomicUsize>);
-
-impl HandshakeSlot {
-    fn take(busy: &Arc<AtomicUsize>) -> HandshakeSlot {
-        busy.fetch_add(1, Ordering::AcqRel);
-        HandshakeSlot(Arc::clone(busy))
+/// The handshake of the connection `socket` just accepted from `peer`, in a slot of
+/// `handshakes`; the handshake that gave way to it was closed, and is counted. `None` when the
+/// connection is refused (every slot held by a peer that proved the secret) or cannot be
+/// served, counted too.
+fn admit(
+    control: &Control,
+    handshakes: &Arc<Handshakes>,
+    socket: TcpStream,
+    peer: SocketAddr,
+) -> Option<Handshake> {
+    // The handshake and the stream read and write with blocking calls and deadlines.
+    let clone = socket.set_nonblocking(false).and_then(|()| socket.try_clone());
+    let clone = match clone {
+        Ok(clone) => clone,
+        Err(error) => {
+            control.count_refused(&format!("{peer}: {error}"));
+            return None;
+        }
+    };
+    // The handshake's time counts from here, not from when its thread starts.
+    let accepted = Instant::now();
+    let Some((slot, gave_way)) = handshakes.admit(peer, clone, accepted) else {
+        control.count_refused(&format!(
+            "{peer}: too many handshakes at once, every one from a peer that proved the cluster \
+             secret"
+        ));
+        return None;
+    };
+    if let Some(gave_way) = gave_way {
+        control.count_refused(&format!(
+            "{}: its handshake, unfinished after {} ms, gave way to a new connection from {peer}",
+            gave_way.peer,
+            gave_way.held.as_millis()
+        ));
     }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let before = self.0.fetch_sub(1, Ordering::AcqRel);
-        assert!(before > 0, "a handshake slot given back twice");
-    }
+    let timeout = Duration::from_millis(control.config().handshake_timeout_ms);
+    Some(Handshake { socket, deadline: accepted + timeout, slot })
 }
 
 /// A connection just accepted, to be served by a handshake thread.
@@ -153,7 +171,8 @@ fn serve_standby(
     let mut scratch = Vec::new();
     let mut session = PrimarySession::new(auth::nonce().map_err(|e| e.to_string())?);
     loop {
-        let message = reader.read_handshake_message(deadline).map_err(|e| e.to_string())?;
+        let handshake = (&mut session, &mut writer, &mut scratch);
+        let message = next_message(control, &mut reader, deadline, handshake)?;
         let journal_last = Sequence(control.stream_end(control.link().available()));
         // Only a join consults the journal; nothing an unauthenticated peer sends touches it.
         let mut index: Box<dyn JournalIndex> = if matches!(message, Message::Join(_)) {
@@ -170,18 +189,23 @@ fn serve_standby(
                     .map_err(|e| e.to_string())?;
             }
             PrimaryStep::Stream(start) => {
+                // Streaming is not a handshake: the slot goes back for the next one (unless it
+                // gave way to a new connection meanwhile: then the connection is closed).
+                slot.prove()?;
+                drop(slot);
                 write_message(&mut writer, &Message::Start(start), &mut scratch)
                     .map_err(|e| e.to_string())?;
                 log(format_args!(
                     "replication: standby {peer} joined, streaming from {} (journal at {})",
                     start.from_sequence, start.primary_last
                 ));
-                // Streaming is not a handshake: the slot goes back for the next one.
-                drop(slot);
                 let stream = Streaming { socket, reader, session, peer };
                 return start_stream(control, stream, start.from_sequence, current);
             }
             PrimaryStep::SendSnapshot => {
+                // The transfer keeps its slot, and no new connection takes it from a standby
+                // that proved the secret.
+                slot.prove()?;
                 return send_snapshot(control, &mut writer, &peer).inspect_err(|text| {
                     let refuse =
                         Message::Refuse(Refuse::new(RefuseCode::Internal, view.epoch, text));
@@ -206,6 +230,30 @@ fn serve_standby(
                 return Err(reason);
             }
         }
+    }
+}
+
+/// The handshake's next message, by `deadline`. A whole frame that is no message of this
+/// version (a `Hello` of another version, say) is refused, the peer told why, before the
+/// connection closes; a frame cut off by the deadline or too long is not: the peer is not
+/// listening to frames, or not sending them.
+fn next_message<'r>(
+    control: &Control,
+    reader: &'r mut FrameReader<TcpStream>,
+    deadline: Instant,
+    (session, writer, scratch): (&mut PrimarySession, &mut TcpStream, &mut Vec<u8>),
+) -> Result<Message<'r>, String> {
+    match reader.read_handshake_message(deadline) {
+        Ok(message) => Ok(message),
+        Err(WireError::Message(error)) => {
+            let step = session.on_malformed(&error, control.epoch());
+            let PrimaryStep::Close { last: Some(last), reason, .. } = step else {
+                unreachable!("a malformed message is refused: {step:?}")
+            };
+            let _ = write_message(writer, &last.message(), scratch);
+            Err(reason)
+        }
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -448,7 +496,8 @@ fn read_acks(
             Ok(message) => message,
             Err(error) => {
                 if !stop.load(Ordering::Acquire) {
-                    log(format_args!("replication: standby connection ended: {error}"));
+                    let why = stream_ended(&error, control.config().timeout_ms.max(1));
+                    log(format_args!("replication: standby connection ended: {why}"));
                 }
                 return;
             }
@@ -473,6 +522,17 @@ fn read_acks(
     }
 }
 
+/// Why a stream whose read failed with `error` ended, for the log. The reads wait at most
+/// `timeout_ms`, the replication timeout, so a read that timed out is a standby silent for
+/// that long (not, as the system says, a resource "temporarily unavailable").
+fn stream_ended(error: &WireError, timeout_ms: u64) -> String {
+    if error.is_timeout() {
+        format!("the standby sent nothing for {timeout_ms} ms (the replication timeout)")
+    } else {
+        error.to_string()
+    }
+}
+
 /// The journal for every message but a join: never asked (only a join consults it).
 struct NoIndex;
 
@@ -488,5 +548,24 @@ impl JournalIndex for NoIndex {
     }
     fn last_at_or_below_epoch(&mut self, _: Epoch) -> Option<Sequence> {
         unreachable!("only a join consults the journal")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_that_timed_out_is_logged_as_a_silent_standby() {
+        // Goal: the acknowledgement reader's read timeout is the replication timeout; when it
+        // passes, the log says the standby was silent that long, whichever of the two errors
+        // the system gave, and any other failure keeps its own words.
+        for kind in [io::ErrorKind::WouldBlock, io::ErrorKind::TimedOut] {
+            let why = stream_ended(&WireError::Io(kind.into()), 2_000);
+            assert_eq!(why, "the standby sent nothing for 2000 ms (the replication timeout)");
+        }
+        let reset = WireError::Io(io::ErrorKind::ConnectionReset.into());
+        assert_eq!(stream_ended(&reset, 2_000), reset.to_string());
+        assert_eq!(stream_ended(&WireError::Closed, 2_000), "the peer closed the connection");
     }
 }

@@ -24,7 +24,7 @@ use ringfence_core::{EngineConfig, Epoch, Sequence};
 use crate::auth::{self, ClusterId, ClusterSecret, Nonce};
 use crate::message::{
     Ack, Answering, Behind, Challenge, Diverged, FetchSnapshot, Heartbeat, Hello, Join, Message,
-    Records, Refuse, RefuseCode, Start,
+    MessageError, PROTOCOL_VERSION, Records, Refuse, RefuseCode, Start,
 };
 use crate::position::{JoinDecision, JournalIndex, StandbyPosition, decide};
 
@@ -205,6 +205,22 @@ impl PrimarySession {
                 self.refuse(RefuseCode::BadMessage, view.epoch, text)
             }
         }
+    }
+
+    /// A whole frame arrived that is no message of this version: it is refused, and the
+    /// connection closes. A `Hello` of another version (its magic and version keep their
+    /// places in every version) is refused with `Version`, so a standby of another release
+    /// learns why; anything else with `BadMessage`. `epoch` is the primary's current one.
+    pub fn on_malformed(&mut self, error: &MessageError, epoch: Epoch) -> PrimaryStep {
+        if let MessageError::Version { version } = *error {
+            // Worded for both logs: the standby's shows it as the primary's refusal.
+            let text = format!(
+                "the standby speaks replication protocol version {version}; this primary speaks \
+                 {PROTOCOL_VERSION}: run the same ringfence release on the primary and the standby"
+            );
+            return self.refuse(RefuseCode::Version, epoch, text);
+        }
+        self.refuse(RefuseCode::BadMessage, epoch, error.to_string())
     }
 
     fn on_hello(&mut self, hello: &Hello, view: &PrimaryView<'_>) -> PrimaryStep {
@@ -1092,6 +1108,21 @@ mod tests {
             StandbyStep::Reply(proof) => proof,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_message_of_another_version_is_refused_by_code() {
+        // Goal: a frame that is no message of this version closes the connection with a
+        // refusal the peer can act on: `Version` for a `Hello` of another version, naming
+        // both, and `BadMessage` for anything else.
+        let older = MessageError::Version { version: 5 };
+        let step = PrimarySession::new([2; 32]).on_malformed(&older, Epoch(3));
+        assert_eq!(primary_refusal(&step), Some(RefuseCode::Version), "{step:?}");
+        let PrimaryStep::Close { reason, .. } = step else { unreachable!() };
+        assert!(reason.contains("version 5; this primary speaks 6"), "{reason}");
+        let magic = MessageError::BadMagic { found: *b"HTTP" };
+        let step = PrimarySession::new([2; 32]).on_malformed(&magic, Epoch(3));
+        assert_eq!(primary_refusal(&step), Some(RefuseCode::BadMessage), "{step:?}");
     }
 
     #[test]
