@@ -354,8 +354,9 @@ pub enum JournalError {
         /// The marker file.
         file: String,
     },
-    /// The options given are not usable.
-    #[error("invalid journal options: {0}")]
+    /// Options or a request the journal cannot carry out (a segment size out of range, a
+    /// truncation past damage, an export the journal cannot start); the text says why.
+    #[error("{0}")]
     Options(String),
     /// A tool that rewrites the directory (`rebuild`, `reconfigure`) refused, changing
     /// nothing; the text says why and what to do.
