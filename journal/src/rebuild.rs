@@ -118,8 +118,10 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
     let tried = if tried.is_empty() { String::new() } else { format!(" ({})", tried.join("; ")) };
     refuse(format!(
         "the journal is damaged at sequence {damaged}, and no intact snapshot covers it with \
-         intact records after it{tried}. `ringfence journal truncate {} --at-seq {damaged}` \
-         drops the damaged record and those after it",
+         intact records after it{tried}. If the other node's journal (or a backup) holds the \
+         record, `ringfence journal heal {0} --from <its directory>` copies it back, which \
+         drops nothing; `ringfence journal truncate {0} --at-seq {damaged}` drops the damaged \
+         record and those after it",
         layout.location
     ))
 }

@@ -143,9 +143,9 @@ fn a_rebuild_cut_off_at_any_sync_point_is_finished_at_the_next_start() {
 
 #[test]
 fn damage_no_snapshot_covers_is_refused_and_nothing_changes() {
-    // Goal: a rebuild refuses, naming the truncate repair, when the damage lies after every
-    // snapshot, when the journal is intact, and when the only damage is a crash's torn tail;
-    // the directory is untouched each time.
+    // Goal: a rebuild refuses, naming the heal and truncate repairs, when the damage lies
+    // after every snapshot, when the journal is intact, and when the only damage is a crash's
+    // torn tail; the directory is untouched each time.
     let (disk, _) = journal();
     let intact = rebuild::rebuild(&disk).unwrap_err().to_string();
     assert!(intact.contains("intact"), "{intact}");
@@ -163,6 +163,7 @@ fn damage_no_snapshot_covers_is_refused_and_nothing_changes() {
     assert!(refused.contains(&format!("damaged at sequence {damaged}")), "{refused}");
     assert!(refused.contains(&format!("--at-seq {damaged}")), "{refused}");
     assert!(refused.contains("ringfence journal truncate fault:"), "{refused}");
+    assert!(refused.contains("`ringfence journal heal fault: --from <its directory>`"));
     assert!(before == files(&disk), "a refused rebuild changed the directory");
 
     // The last record torn, as a crash leaves it: recovery's to clear, not a rebuild's.
