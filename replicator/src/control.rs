@@ -571,7 +571,8 @@ impl Control {
         }
         let journaled = Sequence(self.link.available());
         let was = state.policy.state();
-        state.policy.on_ack(durable, journaled, now);
+        let awaited_since = state.sent.front().map(|&(_, at)| at);
+        state.policy.on_ack(durable, journaled, now, awaited_since);
         if state.policy.state() == PolicyState::InSync && was != PolicyState::InSync {
             // The standby holds nothing this journal lacks: it streamed from this journal.
             self.standby_tail_acknowledged.store(false, Ordering::Release);
@@ -2000,6 +2001,11 @@ pub(crate) mod tests {
         control.tick();
         assert_eq!(control.figures().state, "standby_lost");
         assert_eq!(control.link().gate(), Gate::Held, "writes held");
+        // The same acknowledgement again is no catching up, within the slack as it is.
+        clock.advance_ms(step);
+        control.on_ack(stream, &ack(9, false));
+        assert_eq!(control.figures().state, "standby_lost", "no flapping back to in sync");
+        assert_eq!(control.link().gate(), Gate::Held);
         control.on_ack(stream, &ack(10, false));
         assert_eq!(control.link().gate(), Gate::Standby, "back in sync once it acknowledged 10");
     }

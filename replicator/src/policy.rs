@@ -197,10 +197,21 @@ impl AckPolicy {
         }
     }
 
-    /// The standby acknowledged `durable`; the journal holds up to `journaled`.
-    pub fn on_ack(&mut self, durable: Sequence, journaled: Sequence, now_ms: u64) {
+    /// The standby acknowledged `durable`; the journal holds up to `journaled`, and the oldest
+    /// record sent to the standby that it has not acknowledged was sent at `awaited_since_ms`.
+    /// It counts as caught up within the slack of the journal, unless that record has waited
+    /// the timeout: such a standby is lost again at the next tick ([`AckPolicy::on_tick`]),
+    /// and would flap between the two at every heartbeat.
+    pub fn on_ack(
+        &mut self,
+        durable: Sequence,
+        journaled: Sequence,
+        now_ms: u64,
+        awaited_since_ms: Option<u64>,
+    ) {
         self.heard_ms = Some(now_ms);
-        let caught_up = durable.0.saturating_add(self.slack) >= journaled.0;
+        let stalled = self.stalled(now_ms, awaited_since_ms);
+        let caught_up = durable.0.saturating_add(self.slack) >= journaled.0 && !stalled;
         match self.state {
             PolicyState::CatchingUp | PolicyState::StandbyLost { .. } if caught_up => {
                 self.state = PolicyState::InSync;
@@ -237,6 +248,12 @@ impl AckPolicy {
         if now_ms.saturating_sub(since) >= self.timeout_ms {
             self.state = PolicyState::StandbyLost { since_ms: since };
         }
+    }
+
+    /// Whether a record sent to the standby at `awaited_since_ms` has waited the timeout
+    /// unacknowledged.
+    fn stalled(&self, now_ms: u64, awaited_since_ms: Option<u64>) -> bool {
+        awaited_since_ms.is_some_and(|sent| now_ms.saturating_sub(sent) >= self.timeout_ms)
     }
 
     /// The witness now records this primary as alone: a lost standby stops holding writes
@@ -290,9 +307,9 @@ mod tests {
         let mut policy = policy();
         policy.on_connected(0);
         assert_eq!(policy.state(), PolicyState::CatchingUp);
-        policy.on_ack(Sequence(50), Sequence(100), 1);
+        policy.on_ack(Sequence(50), Sequence(100), 1, None);
         assert_eq!(policy.gate(1), Gate::Local, "40 records behind is not caught up");
-        policy.on_ack(Sequence(95), Sequence(100), 2);
+        policy.on_ack(Sequence(95), Sequence(100), 2, None);
         assert_eq!(policy.state(), PolicyState::InSync);
         assert_eq!(policy.gate(2), Gate::Standby);
     }
@@ -305,9 +322,9 @@ mod tests {
         let mut policy = policy();
         assert_eq!(policy.answering(), Answering::Alone);
         policy.on_connected(0);
-        policy.on_ack(Sequence(50), Sequence(100), 1);
+        policy.on_ack(Sequence(50), Sequence(100), 1, None);
         assert_eq!(policy.answering(), Answering::Alone, "catching up: answers leave alone");
-        policy.on_ack(Sequence(100), Sequence(100), 2);
+        policy.on_ack(Sequence(100), Sequence(100), 2, None);
         assert_eq!(policy.answering(), Answering::AfterStandby);
         policy.on_disconnected(3);
         assert_eq!(policy.answering(), Answering::AfterStandby, "lost: answers wait, then held");
@@ -322,7 +339,7 @@ mod tests {
         // Goal: answers wait while the standby may come back; then writes are held.
         let mut policy = policy();
         policy.on_connected(0);
-        policy.on_ack(Sequence(100), Sequence(100), 10);
+        policy.on_ack(Sequence(100), Sequence(100), 10, None);
         policy.on_disconnected(20);
         assert_eq!(policy.state(), PolicyState::StandbyLost { since_ms: 10 });
         assert_eq!(policy.gate(10 + TIMEOUT - 1), Gate::Standby);
@@ -334,7 +351,7 @@ mod tests {
         // Goal: SIGSTOP on the standby keeps its socket open; silence alone must count.
         let mut policy = policy();
         policy.on_connected(0);
-        policy.on_ack(Sequence(7), Sequence(7), 100);
+        policy.on_ack(Sequence(7), Sequence(7), 100, None);
         policy.on_tick(100 + TIMEOUT - 1, None);
         assert_eq!(policy.state(), PolicyState::InSync);
         policy.on_tick(100 + TIMEOUT, None);
@@ -346,26 +363,31 @@ mod tests {
         // Goal: a standby whose journal stopped moving while its connection still answers
         // every heartbeat (the same acknowledgement again) counts as lost once the record
         // sent to it has waited the timeout, and writes are held, as for a silent one; it is
-        // back in sync once its acknowledgements reach the journal. Before, each heartbeat's
-        // acknowledgement kept it in sync and answers waited for it without end.
+        // back in sync once its acknowledgements reach the journal, and not before, however
+        // close to the journal (within the slack) the repeated one is. Before, each
+        // heartbeat's acknowledgement kept it in sync and answers waited for it without end.
         let mut policy = policy();
         policy.on_connected(0);
-        policy.on_ack(Sequence(7), Sequence(7), 100);
+        policy.on_ack(Sequence(7), Sequence(7), 100, None);
         // Record 8 is sent at 200; every heartbeat is answered, acknowledging 7 again.
         for heartbeat in 0..TIMEOUT / 100 {
             let now = 200 + heartbeat * 100;
-            policy.on_ack(Sequence(7), Sequence(8), now);
+            policy.on_ack(Sequence(7), Sequence(8), now, Some(200));
             policy.on_tick(now, Some(200));
             assert_eq!(policy.state(), PolicyState::InSync, "{now} ms: within the timeout");
         }
-        policy.on_ack(Sequence(7), Sequence(8), 200 + TIMEOUT);
         policy.on_tick(200 + TIMEOUT, Some(200));
         assert_eq!(policy.state(), PolicyState::StandbyLost { since_ms: 200 });
         assert_eq!(policy.gate(200 + TIMEOUT), Gate::Held);
-        policy.on_ack(Sequence(8), Sequence(8), 300 + TIMEOUT);
-        assert_eq!(policy.gate(300 + TIMEOUT), Gate::Standby, "caught up again");
+        for heartbeat in 1..=3 {
+            let now = 200 + TIMEOUT + heartbeat * 100;
+            policy.on_ack(Sequence(7), Sequence(8), now, Some(200));
+            assert_eq!(policy.gate(now), Gate::Held, "{now} ms: the same acknowledgement again");
+        }
+        policy.on_ack(Sequence(8), Sequence(8), 600 + TIMEOUT, None);
+        assert_eq!(policy.gate(600 + TIMEOUT), Gate::Standby, "caught up again");
         // Nothing awaited: heartbeats alone keep an idle standby in sync.
-        policy.on_ack(Sequence(8), Sequence(8), 10 * TIMEOUT);
+        policy.on_ack(Sequence(8), Sequence(8), 10 * TIMEOUT, None);
         policy.on_tick(10 * TIMEOUT, None);
         assert_eq!(policy.state(), PolicyState::InSync);
     }
@@ -375,12 +397,12 @@ mod tests {
         // Goal: reconnecting is not enough; the acknowledgements must reach the journal.
         let mut policy = policy();
         policy.on_connected(0);
-        policy.on_ack(Sequence(10), Sequence(10), 0);
+        policy.on_ack(Sequence(10), Sequence(10), 0, None);
         policy.on_disconnected(0);
         policy.on_connected(5_000);
-        policy.on_ack(Sequence(10), Sequence(500), 5_001);
+        policy.on_ack(Sequence(10), Sequence(500), 5_001, None);
         assert_eq!(policy.gate(5_001), Gate::Held, "still 490 behind");
-        policy.on_ack(Sequence(495), Sequence(500), 5_002);
+        policy.on_ack(Sequence(495), Sequence(500), 5_002, None);
         assert_eq!(policy.gate(5_002), Gate::Standby);
     }
 
@@ -389,7 +411,7 @@ mod tests {
         // Goal: the operator's async releases a hold; back to sync requires a fresh catch-up.
         let mut policy = policy();
         policy.on_connected(0);
-        policy.on_ack(Sequence(10), Sequence(10), 0);
+        policy.on_ack(Sequence(10), Sequence(10), 0, None);
         policy.on_disconnected(0);
         assert_eq!(policy.gate(TIMEOUT), Gate::Held);
         policy.set_mode(AckMode::Async);
@@ -408,7 +430,7 @@ mod tests {
         // returning standby must catch up again; a standby in sync is never dropped this way.
         let mut policy = policy();
         policy.on_connected(0);
-        policy.on_ack(Sequence(10), Sequence(10), 0);
+        policy.on_ack(Sequence(10), Sequence(10), 0, None);
         assert!(!policy.go_alone(), "in sync: nothing to do");
         assert_eq!(policy.state(), PolicyState::InSync);
         policy.on_disconnected(1);
@@ -424,7 +446,7 @@ mod tests {
         // Goal: losing a standby that was still catching up does not hold writes.
         let mut policy = policy();
         policy.on_connected(0);
-        policy.on_ack(Sequence(1), Sequence(1_000), 1);
+        policy.on_ack(Sequence(1), Sequence(1_000), 1, None);
         policy.on_disconnected(2);
         policy.on_tick(10 * TIMEOUT, None);
         assert_eq!(policy.gate(10 * TIMEOUT), Gate::Local);
@@ -439,9 +461,9 @@ mod tests {
         let mut policy = AckPolicy::restarted_in_sync(AckMode::Sync, TIMEOUT, 10);
         assert_eq!(policy.gate(0), Gate::Held, "held from the first millisecond");
         policy.on_connected(5);
-        policy.on_ack(Sequence(50), Sequence(100), 6);
+        policy.on_ack(Sequence(50), Sequence(100), 6, None);
         assert_eq!(policy.gate(6), Gate::Held, "still behind");
-        policy.on_ack(Sequence(95), Sequence(100), 7);
+        policy.on_ack(Sequence(95), Sequence(100), 7, None);
         assert_eq!((policy.state(), policy.gate(7)), (PolicyState::InSync, Gate::Standby));
         let mut alone = AckPolicy::restarted_in_sync(AckMode::Sync, TIMEOUT, 10);
         assert!(alone.go_alone());
