@@ -12,8 +12,12 @@
 //! at once can still crowd it out: the replication port belongs on the pair's own network.
 //!
 //! A handshake that proved the secret (a snapshot transfer keeps its slot while it runs) never
-//! gives way: only a node of the cluster holds it. The choice is [`admit`], pure; [`Handshakes`]
-//! keeps the table and closes the handshake that gives way.
+//! gives way: only a node of the cluster holds it. Nor does one held for less than a tenth of
+//! the handshake's timeout: the newcomer is then refused at once, as every connection beyond
+//! the limit used to be. A standby's handshake takes milliseconds, so a peer reconnecting from
+//! its address as fast as it can does not cut it short; and such a peer gets a handshake (a
+//! thread) only as often as one of its own ripens, not at every connection. The choice is
+//! [`admit`], pure; [`Handshakes`] keeps the table and closes the handshake that gives way.
 
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +31,8 @@ pub(crate) struct Held {
     pub from: IpAddr,
     /// Whether the peer proved it holds the cluster secret.
     pub proven: bool,
+    /// Whether it has been held long enough to give way (a tenth of the handshake timeout).
+    pub ripe: bool,
 }
 
 /// What becomes of a new connection.
@@ -37,7 +43,8 @@ pub(crate) enum Admission {
     /// The handshake at this index (of those held, oldest first) is closed, and the new
     /// connection takes its slot.
     Replace(usize),
-    /// Every slot is held by a peer that proved it holds the secret: it is closed.
+    /// No handshake may give way (every slot held by a peer that proved the secret, or the
+    /// one that would give way too young): it is closed.
     Refuse,
 }
 
@@ -53,31 +60,34 @@ pub(crate) fn per_address_max(slots: usize) -> usize {
 /// `from` holds its share; otherwise, with every slot taken, the oldest of those of the
 /// address holding the most (of several holding as many, the one whose oldest is oldest: a
 /// real standby's handshake takes milliseconds, so the longest held is the likeliest idle).
-/// Quadratic in `slots`, a handful.
+/// The victim must be ripe, or the newcomer is refused. Quadratic in `slots`, a handful.
 #[must_use]
 pub(crate) fn admit(held: &[Held], from: IpAddr, slots: usize) -> Admission {
     assert!(held.len() <= slots, "more handshakes than slots");
     let unproven = |address: IpAddr| {
         held.iter().filter(|handshake| !handshake.proven && handshake.from == address).count()
     };
-    if unproven(from) >= per_address_max(slots) {
+    let victim = if unproven(from) >= per_address_max(slots) {
         let oldest = held.iter().position(|handshake| !handshake.proven && handshake.from == from);
-        return Admission::Replace(oldest.expect("the address holds its share"));
-    }
-    if held.len() < slots {
+        oldest.expect("the address holds its share")
+    } else if held.len() < slots {
         return Admission::Take;
-    }
-    let unproven_of = |handshake: &Held| (!handshake.proven).then(|| unproven(handshake.from));
-    let Some(most) = held.iter().filter_map(unproven_of).max() else {
-        return Admission::Refuse;
+    } else {
+        let unproven_of = |handshake: &Held| (!handshake.proven).then(|| unproven(handshake.from));
+        let Some(most) = held.iter().filter_map(unproven_of).max() else {
+            return Admission::Refuse;
+        };
+        let oldest = held.iter().position(|handshake| unproven_of(handshake) == Some(most));
+        oldest.expect("an address holds the most")
     };
-    let oldest = held.iter().position(|handshake| unproven_of(handshake) == Some(most));
-    Admission::Replace(oldest.expect("an address holds the most"))
+    if held[victim].ripe { Admission::Replace(victim) } else { Admission::Refuse }
 }
 
 /// The handshakes in progress, shared by the listener and the handshake threads.
 pub(crate) struct Handshakes {
     slots: usize,
+    /// How long a handshake is held before it may give way.
+    ripe_after: Duration,
     table: Mutex<Table>,
 }
 
@@ -110,15 +120,17 @@ pub(crate) struct GaveWay {
 }
 
 impl Handshakes {
-    /// No handshake in progress, of `slots` at most.
-    pub(crate) fn new(slots: usize) -> Arc<Handshakes> {
+    /// No handshake in progress, of `slots` at most, each giving way to a new connection only
+    /// once held for `ripe_after`.
+    pub(crate) fn new(slots: usize, ripe_after: Duration) -> Arc<Handshakes> {
         let table = Table { next_id: 0, entries: Vec::with_capacity(slots) };
-        Arc::new(Handshakes { slots, table: Mutex::new(table) })
+        Arc::new(Handshakes { slots, ripe_after, table: Mutex::new(table) })
     }
 
     /// A slot for the connection from `peer` accepted at `now`, of which `socket` is a clone,
     /// and the handshake that gave way to it, closed already, if one did; `None` if every slot
-    /// is held by a peer that proved the secret. The one that gave way leaves the table here,
+    /// is held by a peer that proved the secret or the one that would give way is not yet
+    /// ripe. The one that gave way leaves the table here,
     /// not when its thread notices, so the table never holds more than `slots`.
     pub(crate) fn admit(
         self: &Arc<Self>,
@@ -130,7 +142,11 @@ impl Handshakes {
         let held: Vec<Held> = table
             .entries
             .iter()
-            .map(|entry| Held { from: entry.peer.ip(), proven: entry.proven })
+            .map(|entry| Held {
+                from: entry.peer.ip(),
+                proven: entry.proven,
+                ripe: now.saturating_duration_since(entry.accepted) >= self.ripe_after,
+            })
             .collect();
         let gave_way = match admit(&held, peer.ip(), self.slots) {
             Admission::Refuse => return None,
@@ -210,11 +226,15 @@ mod tests {
     }
 
     fn unproven(n: u8) -> Held {
-        Held { from: address(n), proven: false }
+        Held { from: address(n), proven: false, ripe: true }
+    }
+
+    fn young(n: u8) -> Held {
+        Held { from: address(n), proven: false, ripe: false }
     }
 
     fn proven(n: u8) -> Held {
-        Held { from: address(n), proven: true }
+        Held { from: address(n), proven: true, ripe: true }
     }
 
     #[test]
@@ -255,9 +275,23 @@ mod tests {
         assert_eq!(admit(&held, address(3), 4), Admission::Replace(2));
     }
 
-    /// Every table of `len` handshakes from addresses 1..=3, proven or not, oldest first.
+    #[test]
+    fn a_handshake_too_young_to_give_way_refuses_the_newcomer() {
+        // Goal: the handshake that would give way, held for less than its ripening time, is
+        // kept and the newcomer refused: at its address's share, and with every slot taken.
+        let held = [young(2), unproven(2), unproven(1)];
+        assert_eq!(admit(&held, address(2), 4), Admission::Refuse, "its own oldest is young");
+        assert_eq!(admit(&held, address(3), 4), Admission::Take, "a free slot is still free");
+        let full = [young(3), unproven(1), young(3), unproven(2)];
+        assert_eq!(admit(&full, address(4), 4), Admission::Refuse, "address 3's oldest is young");
+        let full = [unproven(3), unproven(1), young(3), unproven(2)];
+        assert_eq!(admit(&full, address(4), 4), Admission::Replace(0));
+    }
+
+    /// Every table of `len` handshakes from addresses 1..=3, proven or not, ripe or not, oldest
+    /// first.
     fn tables(len: usize) -> Vec<Vec<Held>> {
-        let kinds: Vec<Held> = (1..=3).flat_map(|n| [unproven(n), proven(n)]).collect();
+        let kinds: Vec<Held> = (1..=3).flat_map(|n| [unproven(n), young(n), proven(n)]).collect();
         let mut tables = vec![Vec::new()];
         for _ in 0..len {
             tables = tables
@@ -277,10 +311,11 @@ mod tests {
     #[test]
     fn every_table_keeps_the_limits_and_one_address_never_closes_anothers_handshake() {
         // Goal: over every table of up to five slots and three addresses, checked against the
-        // rules stated plainly: the count never passes the slots; a proven handshake never
-        // gives way; an address at its share closes only its own; an address below its share
-        // takes a free slot when there is one; and so a lone peer address never closes another
-        // address's handshake. The counts prove every outcome was reached.
+        // rules stated plainly: the count never passes the slots; a proven or young handshake
+        // never gives way; an address at its share closes only its own; an address below its
+        // share takes a free slot when there is one; a refusal has no ripe handshake it could
+        // have closed instead; and so a lone peer address never closes another address's
+        // handshake. The counts prove every outcome was reached.
         let mut seen = [0u32; 3];
         for slots in 0..=5 {
             for len in 0..=slots {
@@ -299,6 +334,7 @@ mod tests {
                                 seen[1] += 1;
                                 let victim = table[index];
                                 assert!(!victim.proven, "{table:?} {n}: a proven one gave way");
+                                assert!(victim.ripe, "{table:?} {n}: a young one gave way");
                                 assert!(at_share || table.len() == slots, "{table:?} {n}");
                                 if at_share {
                                     assert_eq!(victim.from, from, "{table:?} {n}");
@@ -308,8 +344,19 @@ mod tests {
                             }
                             Admission::Refuse => {
                                 seen[2] += 1;
-                                assert_eq!(table.len(), slots, "{table:?} {n}");
-                                assert!(table.iter().all(|h| h.proven), "{table:?} {n}");
+                                assert!(at_share || table.len() == slots, "{table:?} {n}");
+                                // The one that would give way: `from`'s oldest at its share,
+                                // else the oldest of the addresses holding the most.
+                                let most = table.iter().map(|h| share(h.from)).max().unwrap_or(0);
+                                let candidate = table.iter().find(|h| {
+                                    !h.proven
+                                        && if at_share {
+                                            h.from == from
+                                        } else {
+                                            share(h.from) == most
+                                        }
+                                });
+                                assert!(candidate.is_none_or(|h| !h.ripe), "{table:?} {n}");
                             }
                         }
                     }
@@ -322,34 +369,44 @@ mod tests {
     #[test]
     fn one_address_reconnecting_forever_never_closes_a_standby_at_another() {
         // Goal: the audit's attack, played out on the pure choice, for every slot count of two
-        // or more: one address opens a connection whenever one of its own is closed, a
-        // thousand times. Throughout, a standby arriving from another address takes a free
-        // slot, and one already in its handshake never gives way.
+        // or more: one address opens a connection every millisecond, a thousand times, each
+        // handshake ripe after 10. Throughout, a standby arriving from another address takes a
+        // free slot, one already in its handshake never gives way, and the peer gets a new
+        // handshake only as often as one of its own ripens.
+        const RIPE_MS: u64 = 10;
         for slots in 2..=6 {
             for standby_in in [false, true] {
                 let (peer, standby) = (address(2), address(1));
-                let mut held = Vec::new();
+                // (address, accepted at ms), oldest first.
+                let mut held: Vec<(IpAddr, u64)> = Vec::new();
                 if standby_in {
-                    held.push(Held { from: standby, proven: false });
+                    held.push((standby, 0));
                 }
-                for _ in 0..1_000 {
-                    match admit(&held, peer, slots) {
+                let mut taken = 0;
+                for now in 0..1_000 {
+                    let table: Vec<Held> = (held.iter())
+                        .map(|&(from, at)| Held { from, proven: false, ripe: now - at >= RIPE_MS })
+                        .collect();
+                    match admit(&table, peer, slots) {
                         Admission::Take => {}
                         Admission::Replace(index) => {
-                            assert_eq!(
-                                held[index].from, peer,
-                                "{slots} slots: the standby gave way"
-                            );
+                            assert_eq!(held[index].0, peer, "{slots} slots: the standby gave way");
                             held.remove(index);
                         }
-                        Admission::Refuse => panic!("{slots} slots: refused"),
+                        Admission::Refuse => continue,
                     }
-                    held.push(Held { from: peer, proven: false });
+                    taken += 1;
+                    held.push((peer, now));
                     if !standby_in {
-                        assert_eq!(admit(&held, standby, slots), Admission::Take, "{slots} slots");
+                        let table: Vec<Held> = (held.iter())
+                            .map(|&(from, _)| Held { from, proven: false, ripe: true })
+                            .collect();
+                        assert_eq!(admit(&table, standby, slots), Admission::Take, "{slots} slots");
                     }
                 }
-                assert_eq!(held.contains(&Held { from: standby, proven: false }), standby_in);
+                assert_eq!(held.iter().any(|&(from, _)| from == standby), standby_in);
+                let share = per_address_max(slots) as u64;
+                assert!(taken <= share + 1_000 / RIPE_MS * share, "{slots} slots: {taken} taken");
             }
         }
     }
@@ -363,7 +420,7 @@ mod tests {
         use std::io::Read as _;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let target = listener.local_addr().unwrap();
-        let handshakes = Handshakes::new(1);
+        let handshakes = Handshakes::new(1, Duration::from_millis(5));
         let now = Instant::now();
         let mut first = TcpStream::connect(target).unwrap();
         let (accepted, peer) = listener.accept().unwrap();

@@ -58,7 +58,9 @@ pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     control.set_listener_waker(mio::Waker::new(poll.registry(), STOP)?);
     let mut events = Events::with_capacity(4);
-    let handshakes = Handshakes::new(control.config().handshakes_max);
+    // A handshake gives way to a new connection only once held a tenth of its time.
+    let ripe_after = Duration::from_millis(control.config().handshake_timeout_ms / 10);
+    let handshakes = Handshakes::new(control.config().handshakes_max, ripe_after);
     let current: Arc<Mutex<Option<Stream>>> = Arc::new(Mutex::new(None));
     while !control.stopping() {
         match poll.poll(&mut events, Some(WAIT_MAX)) {
@@ -105,7 +107,8 @@ pub(crate) fn listen(control: Arc<Control>, listener: TcpListener) -> io::Result
 
 /// The handshake of the connection `socket` just accepted from `peer`, in a slot of
 /// `handshakes`; the handshake that gave way to it was closed, and is counted. `None` when the
-/// connection is refused (every slot held by a peer that proved the secret) or cannot be
+/// connection is refused (no handshake may give way to it: every slot held by a peer that
+/// proved the secret, or the one that would give way held too short a time) or cannot be
 /// served, counted too.
 fn admit(
     control: &Control,
@@ -125,10 +128,7 @@ fn admit(
     // The handshake's time counts from here, not from when its thread starts.
     let accepted = Instant::now();
     let Some((slot, gave_way)) = handshakes.admit(peer, clone, accepted) else {
-        control.count_refused(&format!(
-            "{peer}: too many handshakes at once, every one from a peer that proved the cluster \
-             secret"
-        ));
+        control.count_refused(&format!("{peer}: too many handshakes at once"));
         return None;
     };
     if let Some(gave_way) = gave_way {
