@@ -546,6 +546,8 @@ impl Control {
         state.stream += 1;
         state.peer = Some(peer.to_owned());
         state.standby_catching_up = true;
+        // What the stream it replaces sent is no record this one waits for.
+        state.sent.clear();
         state.policy.on_connected(now);
         self.apply_gate(&state, now);
         state.stream
