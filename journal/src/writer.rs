@@ -41,16 +41,16 @@ impl std::str::FromStr for Durability {
         match text {
             "none" => Ok(Durability::None),
             "batch" => Ok(Durability::Batch),
-            "interval:0" => Err("durability `interval:0`: at least 1 ms (a sync before every \
-                                 batch's answers is `batch`)"
-                .to_owned()),
-            _ => text
-                .strip_prefix("interval:")
-                .and_then(|ms| ms.parse().ok())
-                .map(|ms| Durability::Interval { ms })
-                .ok_or_else(|| {
-                    format!("unknown durability `{text}`: use none, batch or interval:<ms>")
-                }),
+            _ => match text.strip_prefix("interval:").and_then(|ms| ms.parse().ok()) {
+                Some(0) => Err(format!(
+                    "durability `{text}`: at least 1 ms (a sync before every batch's answers is \
+                     `batch`)"
+                )),
+                Some(ms) => Ok(Durability::Interval { ms }),
+                None => {
+                    Err(format!("unknown durability `{text}`: use none, batch or interval:<ms>"))
+                }
+            },
         }
     }
 }

@@ -863,6 +863,7 @@ fn config_check_refuses_what_serve_would_refuse_or_what_would_break_the_node() {
         ("[node]\nsnapshots_kept = 0\n", "[node] snapshots_kept = 0: at least 1"),
         ("[node]\ntick_ms = 0\n", "[node] tick_ms = 0: at least 1"),
         ("[node]\ndurability = \"interval:0\"\n", "durability `interval:0`: at least 1 ms"),
+        ("[node]\ndurability = \"interval:+00\"\n", "durability `interval:+00`: at least 1 ms"),
         ("[node]\nin_flight_max = 0\n", "[node] in_flight_max = 0"),
         ("[node]\nsegment_bytes = 1\n", "[node] segment_bytes"),
         (
