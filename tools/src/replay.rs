@@ -287,8 +287,8 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     {
         eprintln!(
             "note: records {first}..={} are in the journal but not exported: their outcomes \
-             need the state before {first}, which no kept snapshot holds, so the export starts \
-             after the snapshot through {}",
+             need the state before {first}, which no snapshot this replay could start from \
+             holds, so the export starts after the snapshot through {}",
             start.0 - 1,
             start.0 - 1
         );
