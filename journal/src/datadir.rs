@@ -1049,6 +1049,7 @@ fn compare<R: ReadSource>(
     let manifest_file = source.describe_file(MANIFEST_FILE);
     assert!(check.segments.is_empty(), "segments chosen before the manifest was read");
     let problems = check.problems.len();
+    let manifest_len = manifest.segments.len();
     for (index, listed) in manifest.segments.iter().enumerate() {
         let name = format::segment_name(listed.first);
         let (dir, file) = (source.location(), source.describe_file(&name));
@@ -1063,7 +1064,9 @@ fn compare<R: ReadSource>(
             source.file_len(&name).map_err(|e| JournalError::io(format!("reading {file}"), e))?;
         // A wrong length with a damaged header is left to the scan, which names the damage.
         if found != listed.len && !header_damaged(source, &name, found)? {
-            let (first, listed) = (listed.first, listed.len);
+            let intact = intact_left(source, &name, listed, found)?;
+            let newest = index + 1 == manifest_len;
+            let (first, listed, held) = (listed.first, listed.len, held.into_boxed_str());
             check.problems.push(JournalError::SegmentLength {
                 dir,
                 file,
@@ -1072,6 +1075,8 @@ fn compare<R: ReadSource>(
                 held,
                 found,
                 listed,
+                intact,
+                newest,
             });
             continue;
         }
@@ -1107,6 +1112,36 @@ fn compare<R: ReadSource>(
     assert!(check.segments.len() <= manifest.segments.len(), "more segments than listed");
     debug_assert!(check.segments.iter().all(|(first, _)| manifest.lists(*first)));
     Ok(())
+}
+
+/// The intact records left at the front of listed segment `name`, cut short to `found` bytes:
+/// none unless its header is whole and names the segment and the length the manifest lists
+/// (the writer synced the header before it listed the segment, so a header naming anything
+/// else is not this segment's). A file longer than listed is not read: nothing was cut off.
+fn intact_left<R: ReadSource>(
+    source: &mut R,
+    name: &str,
+    listed: &ManifestSegment,
+    found: u64,
+) -> Result<u32, JournalError> {
+    if found >= listed.len || found < SEGMENT_HEADER_LEN as u64 {
+        return Ok(0);
+    }
+    let bytes = source
+        .read_segment(name)
+        .map_err(|e| JournalError::io(format!("reading {}", source.describe_file(name)), e))?;
+    let header = match format::decode_segment_header(&bytes) {
+        Ok(header) if header.first_sequence == listed.first && header.segment_len == listed.len => {
+            header
+        }
+        _ => return Ok(0),
+    };
+    let (intact, end) = crate::scan::intact_prefix(&bytes, header.first_sequence);
+    // What is counted lies in the bytes left, after the header.
+    assert!(end as u64 <= found, "records counted past the bytes left");
+    assert!(end >= SEGMENT_HEADER_LEN, "records counted inside the header");
+    // A segment holds at most 16 GiB, in records of 48 bytes or more.
+    Ok(u32::try_from(intact).expect("fewer than 2^32 records in a segment"))
 }
 
 /// Whether a segment's header is present but damaged (not merely short or zeroed).

@@ -212,10 +212,8 @@ pub enum JournalError {
     /// A segment whose length differs from the one the manifest lists: cut short or emptied.
     #[error(
         "segment {file} is {found} bytes long but the manifest {manifest} lists its length as \
-         {listed} bytes (it was cut short or emptied); it held {held}. Acknowledged commands \
-         may be lost with it, so the journal is not replayed. Restore the file from a backup or \
-         the standby; or, to accept losing sequence {first} and everything after it, run \
-         `ringfence journal truncate {dir} --at-seq {first}`"
+         {listed} bytes (it was cut short or emptied); it held {held}. {}",
+        segment_length_repairs(dir, *first, *intact, *newest)
     )]
     SegmentLength {
         /// The data directory.
@@ -226,12 +224,20 @@ pub enum JournalError {
         manifest: String,
         /// The segment's first sequence.
         first: Sequence,
-        /// The sequences it held, as text.
-        held: String,
+        /// The sequences it held, as text (boxed: the counts below fit in the room a
+        /// `String`'s capacity took, so the error stays as small as it was).
+        held: Box<str>,
         /// Its length now.
         found: u64,
         /// Its length in the manifest.
         listed: u64,
+        /// The intact records left at its front, from `first` on: the bytes that remain hold
+        /// them whole, so sequence `first + intact` is the first one lost (0 when the header
+        /// is gone or the file is longer than listed). A segment of at most 16 GiB holds
+        /// fewer than 2^32 records of 48 bytes or more.
+        intact: u32,
+        /// Whether it is the newest segment listed (no later segment is dropped with it).
+        newest: bool,
     },
     /// A segment with records that the manifest does not list.
     #[error(
@@ -407,6 +413,34 @@ impl JournalError {
         assert!(!context.is_empty(), "an I/O error that does not say what was being done");
         JournalError::Io { context, source }
     }
+}
+
+/// The repairs of a listed segment cut short ([`JournalError::SegmentLength`]) whose front
+/// holds `intact` records from `first` on: the file restored whole drops nothing; a cut at the
+/// first sequence lost keeps every record left intact before it.
+fn segment_length_repairs(dir: &str, first: Sequence, intact: u32, newest: bool) -> String {
+    assert!(first.0 >= 1, "a segment from sequence 0");
+    let lost = Sequence(first.0 + u64::from(intact));
+    let later = if newest { "" } else { " (the later segments too, kept in rollback/)" };
+    let cut = format!(
+        "to accept losing sequence {lost} and everything after it{later}, run `ringfence \
+         journal truncate {dir} --at-seq {lost}`"
+    );
+    if intact == 0 {
+        return format!(
+            "No whole record is left in it. Acknowledged commands may be lost with it, so the \
+             journal is not replayed. Restore the file from a backup or the standby; or, {cut}"
+        );
+    }
+    let last = Sequence(lost.0 - 1);
+    format!(
+        "The bytes left hold {intact} intact records (sequences {first}..={last}); sequence \
+         {lost} is the first not whole in them. Acknowledged commands may be lost with the \
+         rest, so the journal is not replayed. Restore the file whole from a backup or the \
+         standby (`journal heal` and `journal rebuild` repair records, not a file cut short); \
+         or, {cut}, which keeps the {intact} intact records before it and puts the segment back \
+         at its listed length"
+    )
 }
 
 /// The repairs of a journal whose end moved after a clean stop ([`JournalError::EndMoved`]):

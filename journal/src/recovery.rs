@@ -17,7 +17,7 @@ use crate::manifest::{Manifest, ManifestSegment};
 use crate::rebuild;
 use crate::scan::{self, Layout, SegmentLayout};
 use crate::snapshot::{self, SnapshotMeta};
-use crate::storage::{FileStorage, Retired, Segment, Storage, is_temp_name};
+use crate::storage::{FileStorage, Retired, Segment, Storage, is_temp_name, temp_name};
 use crate::writer::{JournalWriter, WriterOptions};
 
 /// A torn tail found and cleared by recovery.
@@ -558,6 +558,9 @@ pub struct Truncation {
     pub segments_removed: Vec<String>,
     /// The segment cut short, and the byte offset it now ends at.
     pub cut: Option<(String, u64)>,
+    /// Segments cut short whose intact records the cut keeps, put back at their listed length
+    /// (the bytes cut off read as zero, as in a segment the writer preallocated).
+    pub restored: Vec<String>,
     /// Snapshots renamed to `*.stale` because they include dropped records.
     pub snapshots_invalidated: Vec<String>,
     /// The manifest written, listing the segments that remain.
@@ -572,10 +575,11 @@ pub struct Truncation {
 /// The operator's explicit repair: drops record `at` and everything after it, even past
 /// damage, invalidates snapshots that include any dropped record, and rewrites the manifest to
 /// list exactly the segments that remain (rebuilding it if it was missing or damaged). Records
-/// before `at` must be intact, and `at` may not be past a listed segment that is missing or cut
-/// short (those records are gone already; the repair must say so). Files change first and
-/// the manifest last, so a crash part way leaves a directory recovery refuses and a second
-/// `truncate` finishes.
+/// before `at` must be intact, and `at` may not be past a listed segment that is missing, nor
+/// past the first sequence lost in one cut short (those records are gone already; the repair
+/// must say so). A segment cut short whose intact records the cut keeps is first put back at
+/// its listed length, then cut as any other. Files change first and the manifest last, so a
+/// crash part way leaves a directory recovery refuses and a second `truncate` finishes.
 pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, JournalError> {
     assert!(at.0 >= 1, "sequences start at 1");
     let mut source = storage.clone();
@@ -597,7 +601,13 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
         storage.remove(name).map_err(|e| JournalError::io(format!("removing {name}"), e))?;
     }
     let layout = scan::scan(&mut source)?;
-    if let Some(problem) = layout.problem.as_ref().filter(|p| p.sequence < at) {
+    // Segments cut short that the cut keeps a part of: put back at their listed length below.
+    let restore = cut_short_kept(&check, at);
+    // The scan refuses such a segment's header (it names the listed length); what is left of
+    // it was read by the check, and `refuse_unrepairable` let the cut through.
+    let cut_short = |name: &str| restore.iter().any(|(kept, _)| kept == name);
+    let problem = layout.problem.as_ref().filter(|p| !(p.segment.is_none() && cut_short(&p.name)));
+    if let Some(problem) = problem.filter(|p| p.sequence < at) {
         return Err(JournalError::Options(format!(
             "cannot truncate at sequence {at}: the journal is already damaged at sequence {} \
              ({} byte offset {}); truncate at {} or lower",
@@ -605,9 +615,10 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
         )));
     }
     // Where the journal ends: a cut past the next sequence would drop nothing, yet mark the
-    // directory as lacking records.
+    // directory as lacking records. (A segment cut short ends where its intact records do,
+    // which `refuse_unrepairable` checked.)
     let ends = layout.segments.last().map_or(Sequence(0), SegmentLayout::ends_at);
-    if at > ends.next() {
+    if at > ends.next() && restore.is_empty() {
         return Err(JournalError::Options(format!(
             "cannot truncate at sequence {at}: the journal ends at sequence {ends}, so there is \
              nothing to drop; truncate at {} or lower",
@@ -620,6 +631,21 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     datadir::mark_catching_up(storage)?;
     datadir::clean_stop_cleared(storage)?;
     let mut truncation = Truncation::default();
+    for (name, len) in &restore {
+        restore_length(storage, name, *len)?;
+        truncation.restored.push(storage.describe(name));
+    }
+    let layout = if restore.is_empty() { layout } else { scan::scan(&mut source)? };
+    // Restored, a segment cut short reads as records followed by damage or zeros, at the first
+    // sequence lost or later: nothing before the cut is damaged now.
+    if let Some(problem) = layout.problem.as_ref().filter(|p| p.sequence < at) {
+        return Err(JournalError::Options(format!(
+            "the truncation at sequence {at} found sequence {} damaged ({} byte offset {}) \
+             once the segments cut short were put back at their listed length; truncate at {} \
+             or lower",
+            problem.sequence, problem.name, problem.offset, problem.sequence
+        )));
+    }
     for (first, name) in scan::sorted_segments(storage)?.into_iter().rev() {
         if first >= at {
             storage.remove(&name).map_err(|e| {
@@ -662,14 +688,22 @@ fn refuse_unrepairable(check: &DirCheck, at: Sequence) -> Result<(), JournalErro
     assert!(at.0 >= 1, "sequences start at 1");
     for problem in &check.problems {
         match problem {
-            JournalError::SegmentMissing { first, file, .. }
-            | JournalError::SegmentLength { first, file, .. }
-                if at > *first =>
-            {
+            JournalError::SegmentMissing { first, file, .. } if at > *first => {
                 return Err(JournalError::Options(format!(
                     "cannot truncate at sequence {at}: segment {file}, from sequence {first}, is \
-                     missing or cut short, so the records from {first} on are gone; truncate at \
-                     {first} or lower (or restore the file)"
+                     missing, so the records from {first} on are gone; truncate at {first} or \
+                     lower (or restore the file)"
+                )));
+            }
+            JournalError::SegmentLength { first, intact, file, .. }
+                if at.0 > first.0 + u64::from(*intact) =>
+            {
+                let lost = Sequence(first.0 + u64::from(*intact));
+                return Err(JournalError::Options(format!(
+                    "cannot truncate at sequence {at}: segment {file}, from sequence {first}, is \
+                     cut short, and the bytes left hold no whole record from {lost} on, so the \
+                     records from {lost} on are gone; truncate at {lost} or lower, which keeps \
+                     the {intact} intact records before it (or restore the file)"
                 )));
             }
             JournalError::FutureVersion { .. }
@@ -680,6 +714,58 @@ fn refuse_unrepairable(check: &DirCheck, at: Sequence) -> Result<(), JournalErro
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// The segments cut short of which a cut at `at` keeps records (`at` past their first
+/// sequence), with their listed lengths; `refuse_unrepairable` has let the cut through, so
+/// each holds intact records up to `at`.
+fn cut_short_kept(check: &DirCheck, at: Sequence) -> Vec<(String, u64)> {
+    let mut kept = Vec::new();
+    for problem in &check.problems {
+        if let JournalError::SegmentLength { first, intact, listed, .. } = problem
+            && *first < at
+        {
+            // Only a cut at or before the first sequence lost gets here.
+            assert!(
+                at.0 <= first.0 + u64::from(*intact),
+                "a cut past the records left in a segment"
+            );
+            kept.push((format::segment_name(*first), *listed));
+        }
+    }
+    // The check lists problems in manifest order, and each segment once.
+    debug_assert!(kept.windows(2).all(|pair| pair[0].0 < pair[1].0), "out of order");
+    kept
+}
+
+/// Puts segment `name`, cut short, back at its listed length `len`: its header and the intact
+/// records at its front, then zeros to `len`, as the writer preallocates a segment. Made under
+/// a temporary name, synced, and renamed over the short file (the directory synced), so a
+/// crash leaves the short file or the whole one, and the truncation under way is finished
+/// from either. What follows the intact records (part of the first record lost) is not copied.
+fn restore_length<S: Storage>(storage: &S, name: &str, len: u64) -> Result<(), JournalError> {
+    let first = segment_first(name);
+    let describe_io = |verb: &str, name: &str| {
+        let context = format!("{verb} {}", storage.describe(name));
+        move |e| JournalError::io(context, e)
+    };
+    let short = storage.open_segment(name).map_err(describe_io("opening", name))?;
+    let (_, end) = scan::intact_prefix(short.bytes(), first);
+    assert!((short.bytes().len() as u64) < len, "a segment restored to a shorter length");
+    let temp = temp_name(name);
+    if storage.file_len(&temp).is_ok() {
+        storage.remove(&temp).map_err(describe_io("removing", &temp))?;
+    }
+    let mut whole = storage.create_segment(&temp, len).map_err(describe_io("creating", &temp))?;
+    whole.bytes_mut()[..end].copy_from_slice(&short.bytes()[..end]);
+    whole.sync(0..end).map_err(describe_io("syncing", &temp))?;
+    drop((short, whole));
+    storage.rename(&temp, name).map_err(describe_io("renaming", &temp))?;
+    datadir::sync_dir(storage)?;
+    // The pair of the manifest's check: the file is its listed length again.
+    let restored = storage.file_len(name).map_err(describe_io("reading", name))?;
+    assert_eq!(restored, len, "a segment restored to another length");
     Ok(())
 }
 

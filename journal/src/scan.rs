@@ -828,6 +828,28 @@ fn flipped_bit(rest: &[u8], expected: Sequence) -> Option<(usize, u8)> {
     None
 }
 
+/// The intact records at the front of a segment's bytes, after its header: how many follow on
+/// from `first`, whole and in order (each record's length, CRC32C and sequence checked, epochs
+/// never going back, as the scan checks them), and the byte offset where they end. What is
+/// left of a segment cut short is read this way: the scan refuses such a segment whole (its
+/// header names the longer length), yet `journal truncate` can keep these records.
+pub(crate) fn intact_prefix(bytes: &[u8], first: Sequence) -> (u64, usize) {
+    assert!(first.0 >= 1, "a segment from sequence 0");
+    let mut offset = SEGMENT_HEADER_LEN.min(bytes.len());
+    let (mut next, mut epoch) = (first, Epoch(0));
+    while let Some((record, len)) = format::check_record(&bytes[offset..]) {
+        if record.sequence != next || record.epoch < epoch {
+            break;
+        }
+        (next, epoch) = (next.next(), record.epoch);
+        offset += len;
+    }
+    // Whole records only, each on a 16-byte boundary, inside the bytes there are.
+    assert!(offset <= bytes.len(), "records counted past the bytes left");
+    assert_eq!(offset % RECORD_ALIGN, 0, "records ending off a 16-byte boundary");
+    (next.0 - first.0, offset)
+}
+
 /// Index of the last non-zero byte.
 pub(crate) fn last_nonzero(bytes: &[u8]) -> Option<usize> {
     let chunks = bytes.len() / 8;

@@ -11,6 +11,7 @@ use ringfence_core::{
 use ringfence_journal::datadir::{self, CATCH_UP_FILE};
 use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
 use ringfence_journal::fault::FaultStorage;
+use ringfence_journal::format;
 use ringfence_journal::manifest::{MANIFEST_FILE, MANIFEST_VERSION, Manifest};
 use ringfence_journal::recovery::{self, recover, recover_from};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter};
@@ -59,6 +60,8 @@ fn a_missing_or_cut_segment_is_refused_naming_the_file_and_its_sequences() {
         assert!(names.len() >= 3, "{names:?}");
         let index = if which == 0 { 0 } else { names.len() - 1 };
         let path = dir.path().join(&names[index]);
+        // The records whole in the first 4096 bytes are left, and named.
+        let left = record_ends(&path).iter().filter(|(_, end)| *end <= 4096).count() as u64;
         match mode {
             "deleted" => std::fs::remove_file(&path).unwrap(),
             "emptied" => std::fs::File::create(&path).unwrap().set_len(0).unwrap(),
@@ -69,7 +72,8 @@ fn a_missing_or_cut_segment_is_refused_naming_the_file_and_its_sequences() {
         let message = refusal(dir.path());
         let first: u64 = names[index][..20].parse().unwrap();
         assert!(message.contains(&names[index]), "{mode}: {message}");
-        assert!(message.contains(&format!("--at-seq {first}")), "{mode}: {message}");
+        let lost = if mode == "cut" { first + left } else { first };
+        assert!(message.contains(&format!("--at-seq {lost}")), "{mode}: {message}");
         assert!(message.contains("backup or the standby"), "{mode}: {message}");
         if index == 0 {
             let next: u64 = names[1][..20].parse().unwrap();
@@ -80,6 +84,105 @@ fn a_missing_or_cut_segment_is_refused_naming_the_file_and_its_sequences() {
         }
         let word = if mode == "deleted" { "is missing" } else { "cut short or emptied" };
         assert!(message.contains(word), "{mode}: {message}");
+    }
+}
+
+/// Writes `count` workload commands as [`write_journal`] does; returns them.
+fn write_commands(dir: &std::path::Path, count: usize) -> Vec<ringfence_core::Sequenced> {
+    let mut recovered = recover(dir, options(Durability::None)).unwrap();
+    let mut workload = Workload::new(21, recovered.next_sequence, Timestamp(10));
+    let commands = generate(&mut workload, &mut Engine::new(config()), count);
+    for chunk in commands.chunks(16) {
+        for command in chunk {
+            recovered.writer.append_command(Epoch(1), command).unwrap();
+        }
+        recovered.writer.end_batch().unwrap();
+    }
+    commands
+}
+
+/// Each intact record of segment `path`, in order: its sequence and the byte offset it ends at.
+fn record_ends(path: &std::path::Path) -> Vec<(u64, usize)> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut offset = format::SEGMENT_HEADER_LEN;
+    let mut ends = Vec::new();
+    while let Some((header, len)) = format::check_record(&bytes[offset..]) {
+        offset += len;
+        ends.push((header.sequence.0, offset));
+    }
+    ends
+}
+
+/// Cuts the last segment (or the one before it, when `middle`) of a journal of 3,000 records
+/// 40 bytes into one of its records, as a file system losing its tail leaves it; returns the
+/// segment's name, its listed length, its first sequence and the first sequence not whole in
+/// what is left.
+fn cut_a_segment(dir: &std::path::Path, middle: bool) -> (String, u64, u64, u64) {
+    let names = segment_names(dir);
+    assert!(names.len() >= 3, "{names:?}");
+    let name = names[names.len() - 1 - usize::from(middle)].clone();
+    let path = dir.join(&name);
+    let ends = record_ends(&path);
+    let kept = ends.len() / 2;
+    assert!(kept >= 2, "too few records in {name}: {}", ends.len());
+    let (first, listed) = (ends[0].0, std::fs::metadata(&path).unwrap().len());
+    // Records are 48 bytes or more: 40 bytes in, the next one is not whole.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(ends[kept - 1].1 as u64 + 40).unwrap();
+    (name, listed, first, first + kept as u64)
+}
+
+#[test]
+fn a_segment_cut_short_names_the_records_left_in_it_and_the_cut_that_keeps_them() {
+    // Goal: a segment cut short, last or in the middle, still stops recovery, and the refusal
+    // (and the check the tools report) counts the intact records left in it, names the first
+    // sequence lost, and offers the truncation at that sequence, which keeps them all.
+    for middle in [false, true] {
+        let dir = TempDir::new("cut-short");
+        write_commands(dir.path(), 3_000);
+        let (name, _, first, lost) = cut_a_segment(dir.path(), middle);
+        let message = refusal(dir.path());
+        let left = lost - first;
+        let counted = format!("{left} intact records (sequences {first}..={})", lost - 1);
+        assert!(message.contains(&name) && message.contains(&counted), "{message}");
+        assert!(message.contains(&format!("sequence {lost} is the first not whole")), "{message}");
+        assert!(message.contains(&format!("--at-seq {lost}`, which keeps")), "{message}");
+        assert_eq!(message.contains("the later segments too"), middle, "{message}");
+        let mut source = ringfence_journal::scan::ReadOnlyDir::open(dir.path()).unwrap();
+        let check = datadir::check(&mut source).unwrap();
+        match check.problems.as_slice() {
+            [ringfence_journal::error::JournalError::SegmentLength { intact, newest, .. }] => {
+                assert_eq!((u64::from(*intact), *newest), (left, !middle));
+            }
+            problems => panic!("{problems:?}"),
+        }
+    }
+}
+
+#[test]
+fn truncate_at_the_first_sequence_lost_in_a_cut_segment_keeps_every_record_before_it() {
+    // Goal: on a segment cut short, `truncate` past the first sequence lost is refused naming
+    // it; at it, the segment is put back at its listed length with every intact record kept
+    // (a middle one's later segments dropped), and the node recovers the state of replaying
+    // exactly those records.
+    for middle in [false, true] {
+        let dir = TempDir::new("cut-truncate");
+        let commands = write_commands(dir.path(), 3_000);
+        let (name, listed, _, lost) = cut_a_segment(dir.path(), middle);
+        let storage = FileStorage::open_exclusive(dir.path()).unwrap();
+        let beyond = recovery::truncate(&storage, Sequence(lost + 1)).unwrap_err().to_string();
+        assert!(beyond.contains(&format!("truncate at {lost} or lower")), "{beyond}");
+        let truncation = recovery::truncate(&storage, Sequence(lost)).unwrap();
+        assert_eq!(truncation.restored, vec![storage.describe(&name)]);
+        assert_eq!(truncation.segments_removed.len(), usize::from(middle));
+        let newest = truncation.manifest.segments.last().unwrap();
+        assert_eq!((format::segment_name(newest.first), newest.len), (name.clone(), listed));
+        assert_eq!(std::fs::metadata(dir.path().join(&name)).unwrap().len(), listed);
+        drop(storage);
+        let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+        assert_eq!(recovered.next_sequence, Sequence(lost));
+        let kept = &commands[..usize::try_from(lost - 1).unwrap()];
+        assert_eq!(recovered.engine.state_digest(), common::digest_of(kept));
     }
 }
 

@@ -176,6 +176,14 @@ pub struct TruncateArgs {
 fn after_the_end(dir: &Path) -> Result<u64, JournalError> {
     let opened = open(dir)?;
     let layout = &opened.layout;
+    // The scan read only the segments present at their listed length: the journal's end is
+    // past a segment missing or cut short, whose records a cut there would drop.
+    let lost = opened.check.problems.iter().find(|problem| {
+        matches!(problem, JournalError::SegmentMissing { .. } | JournalError::SegmentLength { .. })
+    });
+    if let Some(problem) = lost {
+        return Err(JournalError::Options(format!("--at-end drops nothing, but {problem}")));
+    }
     if let Some(problem) = layout.problem.as_ref().filter(|problem| !problem.torn_tail) {
         return Err(JournalError::Options(format!(
             "--at-end drops nothing, but the journal is damaged or has a gap at sequence {} \
@@ -481,6 +489,14 @@ pub fn clean_stop_check(
     if opened.live.is_some() || opened.layout.problem.as_ref().is_some_and(|p| !p.torn_tail) {
         return Ok(None);
     }
+    // A listed segment missing or cut short was not scanned, so the journal seems to end
+    // early: the manifest check's finding says what is gone, and which cut keeps the rest.
+    let unread = opened.check.problems.iter().any(|problem| {
+        matches!(problem, JournalError::SegmentMissing { .. } | JournalError::SegmentLength { .. })
+    });
+    if unread {
+        return Ok(None);
+    }
     let Some(stop) = datadir::clean_stop(&opened.source)? else { return Ok(None) };
     let dir = opened.source.dir();
     let describe = |name: &str| dir.join(name).display().to_string();
@@ -630,6 +646,16 @@ fn print_verify_json(args: &DirArgs, verified: &Verified) {
         .iter()
         .map(|(e, a, b)| json!({"epoch": e.0, "first": a.0, "last": b.0}))
         .collect();
+    // Segments cut short, not read with the rest: the intact records left in each.
+    let cut_short: Vec<_> = (check.problems.iter())
+        .filter_map(|problem| match problem {
+            JournalError::SegmentLength { file, first, intact, .. } => Some(json!({
+                "file": file, "first_sequence": first.0, "intact_records": intact,
+                "first_lost": first.0 + u64::from(*intact),
+            })),
+            _ => None,
+        })
+        .collect();
     let value = json!({
         "dir": args.dir.display().to_string(), "status": verified.status,
         "problem": verified.problems.first(), "problems": verified.problems,
@@ -645,6 +671,7 @@ fn print_verify_json(args: &DirArgs, verified: &Verified) {
         "first_sequence": layout.first_sequence().map(|s| s.0),
         "last_sequence": layout.last_sequence().map(|s| s.0), "epochs": epochs,
         "bytes_on_disk": size, "bytes_used": used, "snapshots": verified.snapshots,
+        "cut_short": cut_short,
         "engine": layout.segments.last().map(|segment| {
             segment.header.config.settings().into_iter().collect::<BTreeMap<_, _>>()
         }),
@@ -676,6 +703,13 @@ fn print_verify_text(args: &DirArgs, verified: &Verified) {
             outln!("records    {} (sequences {first}..={last})", layout.records());
         }
         _ => outln!("records    0"),
+    }
+    for problem in &check.problems {
+        if let JournalError::SegmentLength { file, intact, first, .. } = problem {
+            // Not read with the rest: the error below counts them and names the cut keeping them.
+            let lost = Sequence(first.0 + u64::from(*intact));
+            outln!("cut short  {file}: {intact} intact records left in it, lost from {lost} on");
+        }
     }
     for (epoch, first, last) in &verified.epochs {
         outln!("epoch      {epoch}: sequences {first}..={last}");
@@ -1073,6 +1107,9 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
              (damaged; nothing of them is kept)",
             missing_text(&salvaged)
         );
+    }
+    for file in &truncation.restored {
+        outln!("restored  {file} to its listed length (the bytes cut off read as zero)");
     }
     for file in &truncation.segments_removed {
         outln!("removed   {file}");

@@ -341,6 +341,51 @@ fn a_deleted_or_emptied_last_segment_is_refused_naming_the_file() {
 }
 
 #[test]
+fn a_segment_cut_short_is_truncated_at_its_first_lost_sequence_keeping_the_records_left() {
+    // Goal: the operator's flow on a stopped node's segment cut short part way through its
+    // records: `serve` still refuses, `verify` counts the records left and offers the cut at
+    // the first sequence lost, `truncate` past it is refused naming it, and at it keeps every
+    // record left, after which the journal verifies whole.
+    let (_dir, data, config) = sold_three_then("cut-short", "-TERM");
+    let (segment, _) = journal_end(&data);
+    let bytes = std::fs::read(&segment).unwrap();
+    let mut ends = Vec::new();
+    let mut offset = ringfence_journal::format::SEGMENT_HEADER_LEN;
+    while let Some((_, len)) = ringfence_journal::format::check_record(&bytes[offset..]) {
+        offset += len;
+        ends.push(offset);
+    }
+    assert!(ends.len() >= 4, "{} records", ends.len());
+    // 16 bytes into the third record: two are left whole.
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    file.set_len(ends[1] as u64 + 16).unwrap();
+    let data_arg = data.to_str().unwrap();
+    let refused = start_refused(data_arg, &config);
+    assert_eq!(refused.status.code(), Some(1), "serve started on a segment cut short");
+    let err = text(&refused.stderr);
+    assert!(err.contains("2 intact records") && err.contains("--at-seq 3`"), "{err}");
+
+    let verify = ringfence(&["journal", "verify", data_arg]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify.stdout));
+    let out = text(&verify.stdout);
+    assert!(out.contains("2 intact records left in it, lost from 3 on"), "{out}");
+    let err = text(&verify.stderr);
+    assert!(err.contains("sequence 3 is the first not whole"), "{err}");
+    assert!(err.contains("truncate") && err.contains("--at-seq 3`"), "{err}");
+
+    let beyond = ringfence(&["journal", "truncate", data_arg, "--at-seq", "4"]);
+    assert_eq!(beyond.status.code(), Some(1));
+    assert!(text(&beyond.stderr).contains("truncate at 3 or lower"), "{}", text(&beyond.stderr));
+    let truncate = ringfence(&["journal", "truncate", data_arg, "--at-seq", "3"]);
+    assert_eq!(truncate.status.code(), Some(0), "{}", text(&truncate.stderr));
+    assert!(text(&truncate.stdout).contains("restored"), "{}", text(&truncate.stdout));
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), bytes.len() as u64);
+    let verify = ringfence(&["journal", "verify", data_arg]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    assert!(text(&verify.stdout).contains("records    2 (sequences 1..=2)"));
+}
+
+#[test]
 fn the_tools_refuse_a_directory_that_holds_no_data_and_change_nothing() {
     // Goal: a mistyped path is not a data directory: `verify` does not call it intact (a backup
     // check would pass), the reading tools do not show an empty state, and `truncate` writes no
