@@ -87,8 +87,8 @@ fn part_requests(addr: SocketAddr, request: &[u8], cut: usize) -> Vec<TcpStream>
 fn connections_holding_part_of_a_request_give_way_to_a_new_http_client() {
     // Goal: with the HTTP listener full of connections that each sent part of a request and
     // fell silent, a new client is served once they have been quiet past
-    // idle_reclaim_after_ms; the one quiet longest is closed, the others still complete their
-    // requests, and the metrics count the connection reclaimed.
+    // idle_reclaim_after_ms; the one quiet longest is told why (408) and closed, the others
+    // still complete their requests, and the metrics count the connection reclaimed.
     let config =
         ServerConfig { connections_max: 3, idle_reclaim_after_ms: 100, ..ServerConfig::loopback() };
     let server = start(config);
@@ -101,6 +101,8 @@ fn connections_holding_part_of_a_request_give_way_to_a_new_http_client() {
 
     let mut newcomer = Http::connect(server.http_addr().unwrap());
     assert_eq!(newcomer.call("GET", "/health", None, None).status, 200);
+    let told = parts[1].read_response().expect("a notice before the close");
+    assert_eq!((told.status, told.json()["error"].clone()), (408, "request_timeout".into()));
     assert!(parts[1].closed_by_server(), "the connection quiet longest gave way");
     parts[0].send(&request[cut + 1..]);
     parts[2].send(&request[cut..]);
@@ -147,8 +149,8 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
 fn connections_holding_part_of_a_frame_give_way_to_a_new_binary_client() {
     // Goal: with the binary listener full of connections that each sent part of a frame and
     // fell silent, a new client is served once they have been quiet past
-    // idle_reclaim_after_ms; the one quiet longest is closed, the others still complete their
-    // frames, and the metrics count the connection reclaimed.
+    // idle_reclaim_after_ms; the one quiet longest is told why (a `timeout` error) and closed,
+    // the others still complete their frames, and the metrics count the connection reclaimed.
     let config =
         ServerConfig { connections_max: 3, idle_reclaim_after_ms: 100, ..ServerConfig::loopback() };
     let server = start(config);
@@ -159,6 +161,12 @@ fn connections_holding_part_of_a_frame_give_way_to_a_new_binary_client() {
 
     let mut newcomer = Client::connect(&[server.binary_addr().unwrap()]).unwrap();
     newcomer.ping().expect("the new client is served");
+    let told = read_binary_response(&mut parts[1]);
+    let code = match &told {
+        Some((_, Response::Error(error))) => Some(error.code.name()),
+        _ => None,
+    };
+    assert_eq!(code, Some("timeout"), "{told:?}");
     assert!(closed_by_server(&mut parts[1]), "the connection quiet longest gave way");
     parts[0].write_all(&ping[cut + 1..]).unwrap();
     parts[2].write_all(&ping[cut..]).unwrap();

@@ -612,19 +612,16 @@ impl Conn {
         true
     }
 
-    /// Tells a client with a half-sent request why it is being disconnected.
-    pub fn write_timeout_notice(&mut self) {
+    /// Tells a client with a half-sent request why it is being disconnected: `why`, under the
+    /// binary protocol's `timeout` error or HTTP's 408.
+    pub fn write_timeout_notice(&mut self, why: &str) {
         if self.partial_since.is_none() {
             return;
         }
         match self.protocol {
-            Protocol::Binary => {
-                let message = "request not completed in time".to_owned();
-                self.send_error(0, ErrorCode::Timeout, 0, message);
-            }
+            Protocol::Binary => self.send_error(0, ErrorCode::Timeout, 0, why.to_owned()),
             Protocol::Http => {
-                let response =
-                    Response::error(408, "request_timeout", "request not completed in time");
+                let response = Response::error(408, "request_timeout", why);
                 response.write(self.out_buffer(), false);
             }
         }

@@ -639,6 +639,13 @@ impl<B: Backend> Server<B> {
                     continue;
                 };
                 self.metrics.idle_reclaimed += 1;
+                // One holding part of a request is told why, as one too slow to finish it is.
+                if let Some(conn) = self.conns[idle].as_mut() {
+                    conn.write_timeout_notice(
+                        "request not completed in time, and the connection limit was reached",
+                    );
+                    conn.flush(now);
+                }
                 self.close(idle);
             }
             self.register(stream, protocol, peer.ip(), now);
@@ -964,7 +971,7 @@ impl<B: Backend> Server<B> {
                     continue;
                 }
                 self.log.warn(now, format_args!("closing a connection: {reason}"));
-                conn.write_timeout_notice();
+                conn.write_timeout_notice("request not completed in time");
                 conn.flush(now);
                 self.close(index);
             }
