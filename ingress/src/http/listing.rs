@@ -34,11 +34,21 @@ pub struct PageRequest {
     pub limit: u16,
 }
 
-/// Reads `cursor` and `limit` from a query string; other parameters are refused by name.
+/// Reads `cursor` and `limit` from a query string; other parameters, and one given twice, are
+/// refused by name.
 pub fn parse_page_request(query: &str) -> Result<PageRequest, Response> {
     let mut page = PageRequest { cursor: 0, limit: PAGE_LIMIT_DEFAULT };
+    let mut seen = (false, false);
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let twice = match name {
+            "cursor" => std::mem::replace(&mut seen.0, true),
+            "limit" => std::mem::replace(&mut seen.1, true),
+            _ => false,
+        };
+        if twice {
+            return Err(invalid(name, &format!("`{name}` given twice: give it once")));
+        }
         let digits =
             !value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit());
         match name {
@@ -231,6 +241,8 @@ mod tests {
             ("cursor=+1", "cursor"),
             ("cursor=99999999999", "cursor"),
             ("page=2", "page"),
+            ("limit=5&limit=6", "limit"),
+            ("cursor=1&limit=2&cursor=3", "cursor"),
         ] {
             let response = parse_page_request(query).unwrap_err();
             let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
