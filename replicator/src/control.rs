@@ -962,8 +962,13 @@ impl Control {
             }
         };
         let primary = role == "primary";
-        let lag_records =
-            if primary { available.saturating_sub(state.acked.0) } else { state.behind };
+        // A primary measures its lag against the standby it streams or last streamed to; with
+        // none since it became primary there is no standby to be behind (and `acked` is 0).
+        let lag_records = match (primary, &state.peer) {
+            (true, Some(_)) => available.saturating_sub(state.acked.0),
+            (true, None) => 0,
+            (false, _) => state.behind,
+        };
         let oldest = state.sent.front().map(|&(_, at)| self.now_ms().saturating_sub(at));
         let lag_ms = (primary && state.peer.is_some()).then(|| oldest.unwrap_or(0));
         Figures {
@@ -1973,6 +1978,22 @@ pub(crate) mod tests {
         let control =
             Control::new(answering_first, Role::Primary, end, Box::new(dir.clone()), clock);
         (dir, control)
+    }
+
+    #[test]
+    fn a_primary_with_no_standby_yet_reports_no_lag() {
+        // Goal: a primary that has had no standby (started so, or just promoted) reports no
+        // lag, not its whole journal as if a standby held none of it; once a standby streams,
+        // the lag is what it has not acknowledged.
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let end = (Sequence(9), Epoch(1));
+        let control = Control::new(config(), Role::Primary, end, memory(false), clock);
+        assert_eq!((control.figures().lag_records, control.figures().peer), (0, None));
+        let stream = control.on_connected("b");
+        control.on_ack(stream, &ack(4, true));
+        assert_eq!(control.figures().lag_records, 5, "records 5..=9 not acknowledged");
+        control.on_ack(stream, &ack(9, false));
+        assert_eq!(control.figures().lag_records, 0);
     }
 
     #[test]
