@@ -251,6 +251,29 @@ fn journals_agree(a: &Path, b: &Path, n: u64) {
 }
 
 #[test]
+fn a_lease_etcd_lengthens_is_said_in_the_log() {
+    // Goal: etcd raises a lease shorter than its shortest (1.5 election timeouts, rounded up
+    // to whole seconds) without an error, and a failed leader's key then outlives the lease
+    // the node asked for; the node says so, once, naming both. With an election timeout of
+    // 1.4 s, the 1 s lease asked for is granted as 3 s.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-lease");
+    let etcd = Etcd::start_with_election_timeout(root.path(), 1_400);
+    let mut a = Member::new(root.path(), "a", &etcd.url(), &[]);
+    a.start();
+    let said = "etcd granted a lease of 3 s where 1 s was asked";
+    let mut lines = Vec::new();
+    wait_until(LIVENESS, "the lengthened lease is said", || {
+        lines.extend(a.log());
+        lines.iter().any(|line| line.contains(said))
+    });
+    wait_on(&a, "a leads", || a.is_leader());
+    lines.extend(a.log());
+    assert_eq!(lines.iter().filter(|line| line.contains("etcd granted a lease")).count(), 1);
+    a.kill();
+}
+
+#[test]
 fn a_killed_primary_fails_over_to_the_in_sync_standby_losing_nothing() {
     // Goal: kill -9 the primary mid-sale; the in-sync standby takes the key once the lease
     // expires and serves writes (the time to the first acknowledged write is printed);

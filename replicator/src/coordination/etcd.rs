@@ -19,6 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
+use crate::control::log;
 use crate::coordination::records::{LeaderValue, Member, Switchover, SyncRecord, encode};
 use crate::coordination::store::{Coordinator, CoordinatorError, Keys, LeaseId, View};
 
@@ -29,6 +30,8 @@ pub struct EtcdCoordinator {
     current: usize,
     agent: ureq::Agent,
     keys: Keys,
+    /// Whether the log has said that etcd granted longer leases than asked.
+    said_longer_lease: bool,
 }
 
 impl EtcdCoordinator {
@@ -47,6 +50,7 @@ impl EtcdCoordinator {
             current: 0,
             agent: config.into(),
             keys: Keys::new(cluster),
+            said_longer_lease: false,
         }
     }
 
@@ -145,6 +149,19 @@ impl Coordinator for EtcdCoordinator {
         let id = int(&answer, "ID")?;
         if id == 0 {
             return Err(CoordinatorError::Protocol(format!("lease grant without an id: {answer}")));
+        }
+        // etcd raises a lease to its minimum (1.5 election timeouts) without an error. The
+        // node keeps to the lease it asked for (it renews and gives up writes by that), but a
+        // dead leader's key outlives it by the difference: the operator is told, once.
+        let granted = u64::try_from(int(&answer, "TTL")?).unwrap_or(0);
+        if granted > ttl_s && !self.said_longer_lease {
+            self.said_longer_lease = true;
+            log(format_args!(
+                "coordination: etcd granted a lease of {granted} s where {ttl_s} s was asked \
+                 (etcd's shortest lease is 1.5 of its election timeouts): a failed leader is \
+                 replaced only once {granted} s have passed. Set --lease-ttl-s (lease_ttl_s) to \
+                 {granted} or more, or lower etcd's --election-timeout"
+            ));
         }
         Ok(LeaseId(id))
     }

@@ -45,16 +45,25 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
+    election_timeout_ms: u32,
 }
 
 impl Etcd {
-    /// Starts etcd with its data under `dir`, and waits (bounded) until it answers.
+    /// Starts etcd with its data under `dir`, and waits (bounded) until it answers: heartbeats
+    /// every 50 ms, an election timeout of 500 ms (its shortest lease 1 s).
     pub fn start(dir: &Path) -> Etcd {
+        Etcd::start_with_election_timeout(dir, 500)
+    }
+
+    /// [`Etcd::start`] with another election timeout: etcd's shortest lease is 1.5 of them,
+    /// rounded up to whole seconds.
+    pub fn start_with_election_timeout(dir: &Path, election_timeout_ms: u32) -> Etcd {
         let mut etcd = Etcd {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
             data_dir: dir.join("etcd"),
+            election_timeout_ms,
         };
         etcd.restart();
         etcd
@@ -84,7 +93,8 @@ impl Etcd {
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("witness={peer}")])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--heartbeat-interval", "50", "--election-timeout"])
+            .arg(self.election_timeout_ms.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
