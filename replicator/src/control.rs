@@ -46,6 +46,12 @@ pub(crate) fn log(args: fmt::Arguments<'_>) {
     tracing::info!(target: "ringfence", "{args}");
 }
 
+/// Logs what an operator filtering on warnings (`RINGFENCE_LOG=warn`) must still see: writes
+/// held, a lease not renewed, a node restarting or waiting to lead.
+pub(crate) fn warn(args: fmt::Arguments<'_>) {
+    tracing::warn!(target: "ringfence", "{args}");
+}
+
 /// Where a node's epochs are kept: its data directory's epoch file.
 pub trait EpochStore: Send + Sync + 'static {
     /// The epochs in force.
@@ -732,7 +738,8 @@ impl Control {
         }
         let (gate, why) = self.gate_now(state, now_ms);
         if gate != self.link.gate() {
-            log(format_args!(
+            let say = if gate == Gate::Held { warn } else { log };
+            say(format_args!(
                 "replication: {} ({} mode): answers now wait for {}",
                 state.policy.state().name(),
                 state.policy.mode().name(),

@@ -15,7 +15,7 @@ use ringfence_core::pipeline::Clock;
 use ringfence_core::pipeline::Promoter;
 use ringfence_core::{Epoch, Sequence};
 
-use crate::control::{Control, log};
+use crate::control::{Control, log, warn};
 use crate::coordination::CoordinationConfig;
 use crate::coordination::pilot::{self, After, Facts, Identity, Pilot, Plan};
 use crate::coordination::records::{LeaderValue, Member, RECORDS_VERSION, Switchover, SyncRecord};
@@ -95,7 +95,7 @@ impl Startup {
                     coordinator = back;
                     failures += 1;
                     if failures <= 3 || failures % 50 == 0 {
-                        log(format_args!("coordination: waiting for the witness: {error}"));
+                        warn(format_args!("coordination: waiting for the witness: {error}"));
                     }
                     thread::sleep(Duration::from_millis(config.timing.renew_ms.min(200)));
                 }
@@ -257,10 +257,13 @@ impl Held {
     }
 }
 
+/// How a failed lease renewal is said, until one succeeds again.
+const RENEWAL_FAILED: &str = "lease renewal failed";
+
 /// A candidate waits this round for `reason`, logged once while it stays the same.
 fn wait(said: &mut String, reason: String) {
     if reason != *said {
-        log(format_args!("coordination: {reason}"));
+        warn(format_args!("coordination: {reason}"));
         *said = reason;
     }
 }
@@ -551,6 +554,11 @@ impl Driver {
                 if ttl_s > 0 {
                     self.renewed_ms = sent_ms;
                 }
+                if self.said.starts_with(RENEWAL_FAILED) {
+                    // The end of what was warned of, said where the warning was.
+                    warn(format_args!("coordination: the witness renews the lease again"));
+                    self.said.clear();
+                }
                 let plan = self.pilot.renewed(sent_ms, ttl_s);
                 if let Some(deadline) = self.pilot.deadline_ms() {
                     self.control.set_lease_deadline(deadline);
@@ -566,7 +574,7 @@ impl Driver {
                 let (view, facts) = (View::default(), self.control.facts());
                 self.carry_out(plan, &view, &facts);
             }
-            Err(error) => self.note(&format!("lease renewal failed: {error}")),
+            Err(error) => self.note(&format!("{RENEWAL_FAILED}: {error}")),
         }
     }
 
@@ -597,7 +605,7 @@ impl Driver {
                 Err(error) => self.note(&format!("resigning failed: {error}")),
             },
             Plan::Rejoin(reason) => {
-                log(format_args!("coordination: {reason}: restarting as a candidate"));
+                warn(format_args!("coordination: {reason}: restarting as a candidate"));
                 (self.rejoin)(&reason);
             }
         }
@@ -879,11 +887,11 @@ impl Driver {
         }
     }
 
-    /// Logs `what` unless it was the last thing logged (a failure repeating each round is
-    /// said once).
+    /// Logs `what`, a failure or why this node waits, as a warning, unless it was the last
+    /// thing so logged (a failure repeating each round is said once).
     fn note(&mut self, what: &str) {
         if what != self.said {
-            log(format_args!("coordination: {what}"));
+            warn(format_args!("coordination: {what}"));
             self.said = what.to_owned();
         }
     }

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use crate::control::log;
+use crate::control::warn;
 use crate::coordination::records::{LeaderValue, Member, Switchover, SyncRecord, encode};
 use crate::coordination::store::{Coordinator, CoordinatorError, Keys, LeaseId, View};
 
@@ -156,7 +156,7 @@ impl Coordinator for EtcdCoordinator {
         let granted = u64::try_from(int(&answer, "TTL")?).unwrap_or(0);
         if granted > ttl_s && !self.said_longer_lease {
             self.said_longer_lease = true;
-            log(format_args!(
+            warn(format_args!(
                 "coordination: etcd granted a lease of {granted} s where {ttl_s} s was asked \
                  (etcd's shortest lease is 1.5 of its election timeouts): a failed leader is \
                  replaced only once {granted} s have passed. Set --lease-ttl-s (lease_ttl_s) to \
