@@ -119,7 +119,10 @@ impl NotReady {
             Refused::JournalFailed(_) => "journal_failed",
             _ => "not_ready",
         };
-        NotReady { code, message: refused.to_string() }
+        // The code is `error`'s; the message need not start with it again.
+        let text = refused.to_string();
+        let message = text.strip_prefix(code).and_then(|rest| rest.strip_prefix(": "));
+        NotReady { code, message: message.unwrap_or(&text).to_owned() }
     }
 }
 
@@ -749,6 +752,20 @@ pub fn write_node_metrics(metrics: &Metrics, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_names_its_code_once() {
+        // Goal: `/ready` carries the code in `error` and a sentence in `message` that does not
+        // start with the code again (`ringfence status` prints both, one after the other).
+        let held = NotReady::from_refused(Refused::ReplicationUnavailable);
+        assert_eq!(held.code, "replication_unavailable");
+        assert!(held.message.starts_with("writes are held: "), "{}", held.message);
+        let failed = NotReady::from_refused(Refused::JournalFailed("disk full".into()));
+        assert_eq!(failed.code, "journal_failed");
+        assert!(failed.message.starts_with("the journal cannot"), "{}", failed.message);
+        let standby = NotReady::from_refused(Refused::NotPrimary);
+        assert!(standby.message.starts_with("this node is a standby"), "{}", standby.message);
+    }
 
     #[test]
     fn the_table_gauges_follow_the_engine_every_few_commands() {

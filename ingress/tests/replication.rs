@@ -262,7 +262,7 @@ fn replication_unavailable_reads_the_same_on_both_ports() {
         assert_eq!(response.json()["error"], "replication_unavailable");
         assert_eq!(response.header("retry-after"), Some("1"));
         let message = response.json()["message"].as_str().unwrap().to_owned();
-        let expected = if unreplicated { "same request id" } else { "writes are refused" };
+        let expected = if unreplicated { "same request id" } else { "writes are held" };
         assert!(message.contains(expected), "{message}");
         assert_eq!(http.call("GET", "/v1/skus/1", None, None).status, 404);
         let mut client = Client::connect(&[server.binary_addr().unwrap()]).unwrap();

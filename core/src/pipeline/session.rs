@@ -51,11 +51,13 @@ pub enum Refused {
     /// A write sent to a standby: its writes come from its primary; send it to the primary.
     #[error("this node is a standby: writes go to the primary; reads are served here")]
     NotPrimary,
-    /// Sync replication lost its standby: writes are refused until it is back or the operator
-    /// switches to async. Reads are served.
+    /// Writes are held: sync replication lost its standby (until it is back or the operator
+    /// switches to async), the lease was not renewed, or the standby is taking over. Reads are
+    /// served.
     #[error(
-        "replication_unavailable: the standby stopped acknowledging; writes are refused until \
-         it is back or replication is switched to async"
+        "replication_unavailable: writes are held: the standby stopped acknowledging, the \
+         lease could not be renewed, or a switchover or promotion is under way (the \
+         replication state in /v1/node says which)"
     )]
     ReplicationUnavailable,
     /// The journal could not make a command durable (disk full, an I/O error): writes and

@@ -102,8 +102,8 @@ fn journal_message(cause: &str, stage: Stage) -> String {
 fn replication_message(stage: Stage) -> &'static str {
     match stage {
         Stage::Submit => {
-            "writes are refused: sync replication lost its standby; retry once it is back or \
-             replication is switched to async (reads are served)"
+            "writes are held: the standby stopped acknowledging, the lease could not be \
+             renewed, or a switchover is under way; retry shortly (reads are served)"
         }
         Stage::Completion => {
             "the command was applied on this node but the standby did not acknowledge it; \
@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(retry_ms, REPLICATION_RETRY_MS);
         assert!(message.contains("same request id"), "{message}");
         let (_, _, message) = error_frame(&refusal, Stage::Submit, 10);
-        assert!(message.contains("writes are refused"), "{message}");
+        assert!(message.starts_with("writes are held") && !message.contains("same"), "{message}");
         assert_eq!(http_response(&refusal, Stage::Completion).retry_after_s, Some(1));
     }
 }
