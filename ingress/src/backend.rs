@@ -43,9 +43,10 @@ pub enum Refusal {
         /// The primary's HTTP address, if known.
         primary: Option<String>,
     },
-    /// Sync replication lost its standby: writes are refused (reads are served) until it is
-    /// back or replication is switched to async. As a completion: the command was applied
-    /// here but the standby never acknowledged it; retry with the same request id.
+    /// Writes are held (reads are served): sync replication lost its standby (until it is
+    /// back or replication is switched to async), the lease could not be renewed, or a
+    /// switchover or promotion is under way. As a completion: the command was applied here
+    /// but the standby never acknowledged it; retry with the same request id.
     #[error("replication unavailable: the standby is not acknowledging writes")]
     ReplicationUnavailable,
     /// The journal cannot make writes durable (the cause, e.g. a full disk): writes are

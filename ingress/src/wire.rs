@@ -245,9 +245,10 @@ pub enum ErrorCode {
     /// A write sent to a standby or a deposed primary: send it to the primary, which the
     /// message names when this node knows it (`not primary; primary at ADDR`).
     NotPrimary = 16,
-    /// Sync replication lost its standby: writes are refused until it is back or replication
-    /// is switched to async. As the answer to a command: it was applied on this node but the
-    /// standby never acknowledged it; retry with the same request key to learn its outcome.
+    /// Writes are held: sync replication lost its standby (until it is back or replication is
+    /// switched to async), the lease could not be renewed, or a switchover or promotion is
+    /// under way. As the answer to a command: it was applied on this node but the standby
+    /// never acknowledged it; retry with the same request key to learn its outcome.
     ReplicationUnavailable = 17,
     /// The connection's role (from its `AUTH`) does not allow the command; the message names
     /// the role needed. Not fatal: another `AUTH` may give the connection another role.

@@ -738,7 +738,9 @@ impl Control {
         }
         let (gate, why) = self.gate_now(state, now_ms);
         if gate != self.link.gate() {
-            let say = if gate == Gate::Held { warn } else { log };
+            // A hold and its end are warnings, so that a log filtered to them shows both.
+            let held = gate == Gate::Held || self.link.gate() == Gate::Held;
+            let say = if held { warn } else { log };
             say(format_args!(
                 "replication: {} ({} mode): answers now wait for {}",
                 state.policy.state().name(),

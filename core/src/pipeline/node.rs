@@ -649,7 +649,8 @@ impl Node {
     }
 
     /// Whether a client write would be taken now, and if not why: the node failed or is
-    /// shutting down, it is a standby (or deposed), or sync replication lost its standby.
+    /// shutting down, it is a standby (or deposed), or replication holds writes (a lost sync
+    /// standby, a lease not renewed, a switchover or promotion under way).
     /// What a readiness probe reports.
     pub fn check_writable(&self) -> Result<(), Refused> {
         if let Some(failure) = self.shared.failure() {

@@ -103,7 +103,8 @@ fn replication_message(stage: Stage) -> &'static str {
     match stage {
         Stage::Submit => {
             "writes are held: the standby stopped acknowledging, the lease could not be \
-             renewed, or a switchover is under way; retry shortly (reads are served)"
+             renewed, or a switchover or promotion is under way; retry shortly (reads are \
+             served)"
         }
         Stage::Completion => {
             "the command was applied on this node but the standby did not acknowledge it; \

@@ -257,9 +257,6 @@ impl Held {
     }
 }
 
-/// How a failed lease renewal is said, until one succeeds again.
-const RENEWAL_FAILED: &str = "lease renewal failed";
-
 /// A candidate waits this round for `reason`, logged once while it stays the same.
 fn wait(said: &mut String, reason: String) {
     if reason != *said {
@@ -358,6 +355,8 @@ pub struct Driver {
     /// When the last successful renewal was sent (ms on the control's clock).
     renewed_ms: u64,
     said: String,
+    /// Lease renewals have failed since the last that succeeded: the next to succeed says so.
+    renewal_failing: bool,
     /// An in-sync record written whose answer was lost, and what to do once it is known to
     /// be recorded: the next read that shows it recorded carries that out.
     unanswered: Option<(SyncRecord, After)>,
@@ -429,6 +428,7 @@ impl Driver {
             next_renew_ms: now,
             renewed_ms,
             said: String::new(),
+            renewal_failing: false,
             unanswered: None,
         };
         driver.register();
@@ -554,10 +554,9 @@ impl Driver {
                 if ttl_s > 0 {
                     self.renewed_ms = sent_ms;
                 }
-                if self.said.starts_with(RENEWAL_FAILED) {
+                if ttl_s > 0 && std::mem::take(&mut self.renewal_failing) {
                     // The end of what was warned of, said where the warning was.
                     warn(format_args!("coordination: the witness renews the lease again"));
-                    self.said.clear();
                 }
                 let plan = self.pilot.renewed(sent_ms, ttl_s);
                 if let Some(deadline) = self.pilot.deadline_ms() {
@@ -574,7 +573,10 @@ impl Driver {
                 let (view, facts) = (View::default(), self.control.facts());
                 self.carry_out(plan, &view, &facts);
             }
-            Err(error) => self.note(&format!("{RENEWAL_FAILED}: {error}")),
+            Err(error) => {
+                self.renewal_failing = true;
+                self.note(&format!("lease renewal failed: {error}"));
+            }
         }
     }
 
