@@ -539,6 +539,9 @@ fn a_standby_whose_disk_fills_follows_nobody_and_never_takes_the_key() {
             c["waiting"].as_str().is_some_and(|w| w.contains("b's journal failed after sequence"))
         })
     });
+    // Nobody holds the key, and b says so rather than name the leader that died.
+    let coordination = b.coordination().expect("b answers");
+    assert!(coordination["leader"].is_null(), "{coordination}");
     assert_eq!(b.node().expect("b answers")["role"], "standby", "b took the key");
     a.start();
     wait_on(&a, "a leads again", || a.is_leader());

@@ -925,6 +925,10 @@ impl Driver {
             Some(error) => figures.witness = error.to_string(),
             None => {
                 figures.witness = "reachable".into();
+                // Who holds the key is what the witness shows, not the pilot's last leader:
+                // nobody, once the key of a leader that died expired.
+                figures.leader =
+                    view.leader.as_ref().map(|(held, _)| (held.node.clone(), held.epoch));
                 if view.leader.is_some() {
                     figures.waiting = None;
                 }
