@@ -872,6 +872,7 @@ impl Control {
             mode: state.policy.mode(),
             gate: self.link.gate(),
             acked: held,
+            standby_heard_ms: if primary { state.policy.heard_ms() } else { None },
             available: Sequence(self.link.available()),
             must_restart: if primary {
                 None

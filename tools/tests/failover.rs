@@ -22,6 +22,7 @@ use common::etcd::{Etcd, free_port};
 use common::prometheus::Prometheus;
 use common::{Logged, TempDir, call, journal_dump_json, ringfence_within, text};
 use ringfence_replicator::coordination::etcd::EtcdCoordinator;
+use ringfence_replicator::coordination::records::{RECORDS_VERSION, Switchover};
 use ringfence_replicator::coordination::store::Coordinator as _;
 use serde_json::Value;
 
@@ -849,6 +850,63 @@ fn ringfence_promote_on_the_standby_is_a_planned_switchover_through_etcd() {
     let log = b.log();
     assert!(log.iter().any(|l| l.contains("gave up the leader key on the way out")), "{log:?}");
     assert!(log.iter().any(|l| l.contains("in-sync standby: a")), "{log:?}");
+}
+
+#[test]
+fn a_switchover_whose_standby_stops_is_called_off_and_the_primary_writes_on() {
+    // Goal: a switchover is asked for the standby, which is paused just before. The primary
+    // holds writes and hears nothing from it after, so it never gives the key to a node that
+    // could not take it: once the standby counts as lost it calls the switchover off, keeps
+    // the key without restarting, and acknowledges writes again. Resumed and back in sync
+    // while the request stands, the standby is handed the key; nothing acknowledged is lost.
+    let _serial = one_at_a_time();
+    let root = TempDir::new("failover-switchover-stalled");
+    let etcd = Etcd::start(root.path());
+    let [mut a, mut b] = ["a", "b"].map(|name| Member::new(root.path(), name, &etcd.url(), &[]));
+    for member in [&mut a, &mut b] {
+        // Handovers wait 8 s: the standby counts as lost (in 2 s) well before.
+        let at = member.args.iter().position(|arg| arg == "--lease-ttl-s").unwrap();
+        member.args[at + 1] = "4".into();
+    }
+    a.start();
+    wait_on(&a, "a leads", || a.is_leader());
+    b.start();
+    wait_on(&b, "b is recorded in sync", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
+    });
+    create_skus(&a);
+    for user in 1..=5 {
+        assert_eq!(answered(&a, &probe(user)).0, 201);
+    }
+    let mut witness = EtcdCoordinator::new(vec![etcd.url()], "failover", Duration::from_secs(2));
+    let (leader, _) = witness.read().unwrap().leader.unwrap();
+    b.pause();
+    // What `ringfence promote` on b writes, under a lease of the test's own that outlives the
+    // pause: the request stands until the switchover is done.
+    let lease = witness.grant(60).unwrap();
+    let request = Switchover { version: RECORDS_VERSION, to: "b".into(), epoch: leader.epoch };
+    witness.request_switchover(&request, lease).unwrap();
+    let mut log = Vec::new();
+    wait_until(LIVENESS, "a calls the switchover off", || {
+        log.extend(a.log());
+        let called_off = log.iter().any(|l| l.contains("switchover called off: b was lost"));
+        assert!(!log.iter().any(|l| l.contains("gave up the leader key")), "{log:#?}");
+        called_off
+    });
+    assert_eq!(answered(&a, &probe(6)).0, 201, "a acknowledges writes again");
+    assert!(a.is_leader());
+    log.extend(a.log());
+    assert!(log.iter().any(|l| l.contains("b asks to take over: holding writes")), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains("gave up the leader key")), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains("restarting as a candidate")), "{log:#?}");
+
+    // Resumed and back in sync while its request stands, b is handed the key after all.
+    b.signal("-CONT");
+    wait_on(&b, "b leads", || b.is_leader());
+    wait_on(&a, "a follows b", || a.follows("b"));
+    let (_, sku) = b.call("GET", "/v1/skus/2", "").unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&sku).unwrap()["reserved"], 6, "{sku}");
+    assert_eq!(answered(&b, &probe(7)).0, 201);
 }
 
 #[test]

@@ -598,6 +598,13 @@ impl Driver {
                 ));
                 self.control.set_handover(true);
             }
+            Plan::CallOff(why) => {
+                warn(format_args!(
+                    "coordination: switchover called off: {why}; this node stays the primary \
+                     and releases the writes it held"
+                ));
+                self.control.set_handover(false);
+            }
             Plan::Resign => match self.coordinator.resign(self.pilot.leader()) {
                 Ok(true) => {
                     log(format_args!("coordination: gave up the leader key to the standby"));
@@ -952,6 +959,7 @@ pub fn candidate_facts(
         mode,
         gate: Gate::Local,
         acked: available,
+        standby_heard_ms: None,
         available,
         must_restart: None,
         epoch_floor,

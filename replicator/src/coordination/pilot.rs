@@ -13,6 +13,7 @@
 //!                     │
 //!                     └── in-sync standby asks, or the journal failed: hold writes,
 //!                         wait until it holds what was acknowledged, resign ────────────┘
+//!                         (a switchover whose standby is lost first is called off)
 //! ```
 //!
 //! The rules each [`Plan`] keeps (`ARCHITECTURE.md` states them as invariants):
@@ -126,6 +127,10 @@ pub struct Facts {
     pub gate: Gate,
     /// Primary: the standby's durable acknowledgement. Standby: what it holds.
     pub acked: Sequence,
+    /// Primary: when its standby was last heard from (on the clock `Pilot::on_view` is given),
+    /// while one is connected. A handover gives the key only to a standby heard from since
+    /// the writes were held.
+    pub standby_heard_ms: Option<u64>,
     /// The journal's last record.
     pub available: Sequence,
     /// A standby must restart to rejoin, and why: its journal diverged from the primary's, or
@@ -192,6 +197,9 @@ pub enum Plan {
     Hold(String),
     /// Give up the leader key (the standby has everything).
     Resign,
+    /// Call a switchover off: the standby it was for was lost or no longer asks, before the
+    /// key was given up. This node stays the primary and releases the writes it held. Why.
+    CallOff(String),
     /// Restart as a candidate: a new leader exists, the lease is gone, or the journal
     /// diverged. The reason, for the log.
     Rejoin(String),
@@ -345,7 +353,7 @@ impl Pilot {
         match self.phase.clone() {
             Phase::Standby { leader } => self.standby_view(&leader, facts, view),
             Phase::Primary { leader, in_office } => {
-                self.primary_view((&leader, in_office), facts, view)
+                self.primary_view(now_ms, (&leader, in_office), facts, view)
             }
             Phase::Handover { leader, since_ms, resigned } => {
                 self.handover_view(now_ms, (&leader, since_ms, resigned), facts, view)
@@ -369,6 +377,7 @@ impl Pilot {
 
     fn primary_view(
         &mut self,
+        now_ms: u64,
         (leader, in_office): (&LeaderValue, bool),
         facts: &Facts,
         view: &View,
@@ -387,19 +396,19 @@ impl Pilot {
                 SyncRecord { mode: AckMode::Sync.name().into(), ..fresh_record(leader, facts) };
             return Plan::Record { sync, after: After::Nothing };
         };
+        let since_ms = now_ms.max(1);
         if facts.journal_failed.is_some() {
-            return self.failed_view(leader, &recorded, facts, view);
+            return self.failed_view((leader, since_ms), &recorded, facts, view);
         }
-        if let Some(request) = &view.switchover {
-            let ours = request.epoch == leader.epoch;
-            if ours
-                && recorded.standby.as_deref() == Some(&request.to)
-                && facts.mode == AckMode::Sync
-            {
-                self.phase =
-                    Phase::Handover { leader: leader.clone(), since_ms: 0, resigned: false };
-                return Plan::Hold(format!("{} asks to take over", request.to));
-            }
+        if let Some(to) = switchover_asked(leader, view)
+            && facts.mode == AckMode::Sync
+            && facts.policy == PolicyState::InSync
+        {
+            // A standby lost since it asked is not waited for: the request stands until its
+            // lease ends, and is taken up again if it is back in sync before.
+            let reason = format!("{to} asks to take over");
+            self.phase = Phase::Handover { leader: leader.clone(), since_ms, resigned: false };
+            return Plan::Hold(reason);
         }
         self.maintain_record(leader, recorded, facts, view)
     }
@@ -413,7 +422,7 @@ impl Pilot {
     /// standby nobody else may take over: the key is kept, and reads are served.
     fn failed_view(
         &mut self,
-        leader: &LeaderValue,
+        (leader, since_ms): (&LeaderValue, u64),
         recorded: &SyncRecord,
         facts: &Facts,
         view: &View,
@@ -424,7 +433,7 @@ impl Pilot {
         if !follows || facts.policy != PolicyState::InSync {
             return Plan::Nothing;
         }
-        self.phase = Phase::Handover { leader: leader.clone(), since_ms: 0, resigned: false };
+        self.phase = Phase::Handover { leader: leader.clone(), since_ms, resigned: false };
         Plan::Hold(format!("this node's journal failed: it hands over to {standby}"))
     }
 
@@ -527,27 +536,63 @@ impl Pilot {
         facts: &Facts,
         view: &View,
     ) -> Plan {
-        let since_ms = if since_ms == 0 { now_ms.max(1) } else { since_ms };
-        self.phase = Phase::Handover { leader: leader.clone(), since_ms, resigned };
         let waited = now_ms.saturating_sub(since_ms);
-        if waited > HANDOVER_WAIT_TTLS * self.timing.ttl_s * 1_000 {
-            return Plan::Rejoin("the standby did not take over in time".into());
-        }
+        let too_long = waited > HANDOVER_WAIT_TTLS * self.timing.ttl_s * 1_000;
         if resigned {
             return match &view.leader {
                 Some((now, _)) if now.node != self.me.node => {
                     Plan::Rejoin(format!("handed over to {} (epoch {})", now.node, now.epoch))
                 }
+                _ if too_long => Plan::Rejoin("the standby did not take over in time".into()),
                 _ => Plan::Nothing,
             };
         }
         if let Some(plan) = lost_key(leader, view) {
             return plan;
         }
-        if standby_holds_enough(facts, view) {
+        if facts.journal_failed.is_some() {
+            if too_long {
+                return Plan::Rejoin("the standby did not take over in time".into());
+            }
+        } else if let Some(why) = self.switchover_off(leader, too_long, facts, view) {
+            self.phase = Phase::Primary { leader: leader.clone(), in_office: true };
+            return Plan::CallOff(why);
+        }
+        if standby_holds_enough(since_ms, facts, view) {
             return Plan::Resign;
         }
         Plan::Nothing
+    }
+
+    /// Why a switchover not yet carried out is called off, if it is: the standby it is for
+    /// was lost (silent, or its acknowledgements stalled, for the replication timeout), its
+    /// request is gone (its lease ended: it stopped or restarted), or it did not catch up
+    /// within the handover's wait. Giving such a standby the key would leave nobody to take
+    /// it, and the writes held for nothing.
+    fn switchover_off(
+        &self,
+        leader: &LeaderValue,
+        too_long: bool,
+        facts: &Facts,
+        view: &View,
+    ) -> Option<String> {
+        let standby =
+            self.recorded.as_ref().and_then(|r| r.standby.as_deref()).unwrap_or("the standby");
+        if facts.policy != PolicyState::InSync {
+            return Some(format!(
+                "{standby} was lost: nothing acknowledged within the replication timeout"
+            ));
+        }
+        if switchover_asked(leader, view) != Some(standby) {
+            return Some(format!("{standby} no longer asks: its lease ended"));
+        }
+        if too_long {
+            return Some(format!(
+                "{standby} did not confirm it holds everything within {HANDOVER_WAIT_TTLS} lease \
+                 TTLs"
+            ));
+        }
+        None
     }
 
     /// The key was given up.
@@ -600,11 +645,23 @@ impl Pilot {
     }
 }
 
-/// Whether a primary handing over may give up the key: its standby holds everything the
-/// primary may have acknowledged. In a switchover that is the whole journal. Once the journal
-/// failed it is what the journal made durable (nothing after it was acknowledged), and under a
-/// `sync` record nothing is waited for: every write acknowledged is on the standby it names.
-fn standby_holds_enough(facts: &Facts, view: &View) -> bool {
+/// The standby the in-sync record names, when it asks `leader` for a switchover.
+fn switchover_asked<'v>(leader: &LeaderValue, view: &'v View) -> Option<&'v str> {
+    let request = view.switchover.as_ref()?;
+    let standby = view.sync.as_ref()?.standby.as_deref()?;
+    (request.epoch == leader.epoch && request.to == standby).then_some(standby)
+}
+
+/// Whether a primary handing over since `since_ms` may give up the key: its standby was heard
+/// from since then (one that stopped or died just before would never take the key, and the
+/// writes would wait for nobody), and it holds everything the primary may have acknowledged.
+/// In a switchover that is the whole journal. Once the journal failed it is what the journal
+/// made durable (nothing after it was acknowledged), and under a `sync` record nothing is
+/// waited for: every write acknowledged is on the standby it names.
+fn standby_holds_enough(since_ms: u64, facts: &Facts, view: &View) -> bool {
+    if facts.standby_heard_ms.is_none_or(|heard| heard <= since_ms) {
+        return false;
+    }
     match facts.journal_failed {
         None => facts.acked >= facts.available,
         Some(_) if view.sync.as_ref().is_some_and(|s| s.ack_mode() == AckMode::Sync) => true,
@@ -769,6 +826,7 @@ mod tests {
             mode: AckMode::Sync,
             gate,
             acked: Sequence(acked),
+            standby_heard_ms: None,
             available: Sequence(available),
             must_restart: None,
             epoch_floor: 1,
@@ -1135,27 +1193,88 @@ mod tests {
     #[test]
     fn a_switchover_holds_then_resigns_only_once_the_standby_has_everything() {
         // Goal: the recorded standby's request holds writes; the key is given up only when its
-        // acknowledgement reached the journal's end; then the primary rejoins under the new
-        // leader. A request from anyone else is ignored.
+        // acknowledgement reached the journal's end and it was heard from after the writes
+        // were held; then the primary rejoins under the new leader. A request from anyone
+        // else is ignored.
         let mut witness = MemoryCoordinator::new("c");
         let (mut a, _, _, lease_b) = pair(&mut witness);
-        let in_sync = |acked| facts(true, PolicyState::InSync, Gate::Standby, (acked, 40));
-        a.on_view(0, &in_sync(40), &witness.read().unwrap());
-        let plan = a.on_view(1, &in_sync(40), &witness.read().unwrap());
+        let in_sync = |acked, heard| Facts {
+            standby_heard_ms: Some(heard),
+            ..facts(true, PolicyState::InSync, Gate::Standby, (acked, 40))
+        };
+        a.on_view(0, &in_sync(40, 0), &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync(40, 1), &witness.read().unwrap());
         carry_record(&mut witness, &mut a, plan);
         let stranger =
             Switchover { version: RECORDS_VERSION, to: "c".into(), epoch: a.leader().epoch };
         witness.request_switchover(&stranger, lease_b).unwrap();
-        assert_eq!(a.on_view(2, &in_sync(40), &witness.read().unwrap()), Plan::Nothing);
+        assert_eq!(a.on_view(2, &in_sync(40, 2), &witness.read().unwrap()), Plan::Nothing);
         let request = Switchover { to: "b".into(), ..stranger };
         witness.request_switchover(&request, lease_b).unwrap();
-        let held = a.on_view(3, &in_sync(39), &witness.read().unwrap());
+        let held = a.on_view(3, &in_sync(39, 3), &witness.read().unwrap());
         assert_eq!(held, Plan::Hold("b asks to take over".into()));
-        assert_eq!(a.on_view(4, &in_sync(39), &witness.read().unwrap()), Plan::Nothing);
-        assert_eq!(a.on_view(5, &in_sync(40), &witness.read().unwrap()), Plan::Resign);
+        assert_eq!(a.on_view(4, &in_sync(39, 4), &witness.read().unwrap()), Plan::Nothing);
+        let view = witness.read().unwrap();
+        assert_eq!(a.on_view(5, &in_sync(40, 3), &view), Plan::Nothing, "last heard at the hold");
+        assert_eq!(a.on_view(6, &in_sync(40, 6), &witness.read().unwrap()), Plan::Resign);
         assert!(witness.resign(a.leader()).unwrap());
         a.resigned();
-        assert_eq!(a.on_view(6, &in_sync(40), &witness.read().unwrap()), Plan::Nothing);
+        assert_eq!(a.on_view(7, &in_sync(40, 7), &witness.read().unwrap()), Plan::Nothing);
+    }
+
+    #[test]
+    fn a_switchover_whose_standby_is_lost_or_gone_is_called_off_and_writes_go_on() {
+        // Goal: before the key is given up, a standby lost (silent or stalled for the
+        // replication timeout), whose request went with its lease, or that does not catch up
+        // within the handover's wait, calls the switchover off: the node stays the primary,
+        // and then goes on as it would have (alone, once recorded so). A standby back in sync
+        // while its request stands is handed the key after all.
+        let mut witness = MemoryCoordinator::new("c");
+        let (a, in_sync) = asked_pair(&mut witness);
+        let view = witness.read().unwrap();
+        let lost =
+            Facts { policy: PolicyState::StandbyLost { since_ms: 3 }, gate: Gate::Held, ..in_sync };
+
+        let mut silent = a.clone();
+        let plan = silent.on_view(2_500, &lost, &view);
+        let Plan::CallOff(why) = plan else { panic!("called off: {plan:?}") };
+        assert_eq!(why, "b was lost: nothing acknowledged within the replication timeout");
+        assert_eq!(silent.state(), "leader");
+        let Plan::Record { sync, after } = silent.on_view(2_600, &lost, &view) else {
+            panic!("the request stands, but a lost standby is not waited for again")
+        };
+        assert_eq!((sync.standby, after), (None, After::ContinueAlone));
+        let back = Facts { standby_heard_ms: Some(2_700), ..in_sync };
+        assert!(matches!(silent.on_view(2_700, &back, &view), Plan::Hold(_)), "asks again");
+        let back = Facts { standby_heard_ms: Some(2_800), ..in_sync };
+        assert_eq!(silent.on_view(2_800, &back, &view), Plan::Resign);
+
+        let mut forsaken = a.clone();
+        let unasked = View { switchover: None, ..view.clone() };
+        let plan = forsaken.on_view(1_000, &in_sync, &unasked);
+        assert_eq!(plan, Plan::CallOff("b no longer asks: its lease ended".into()));
+        assert_eq!(forsaken.on_view(1_100, &in_sync, &unasked), Plan::Nothing, "in office");
+
+        let mut behind = a;
+        let lagging = Facts { acked: Sequence(49), standby_heard_ms: Some(1_999), ..in_sync };
+        assert_eq!(behind.on_view(1_999, &lagging, &view), Plan::Nothing);
+        let lagging = Facts { standby_heard_ms: Some(2_004), ..lagging };
+        let plan = behind.on_view(2_004, &lagging, &view);
+        let why = "b did not confirm it holds everything within 2 lease TTLs";
+        assert_eq!(plan, Plan::CallOff(why.into()));
+    }
+
+    /// `a` leads with `b` recorded in sync at 50 records, and holds writes at time 3 because
+    /// `b` asks to take over; the facts `a` was in sync with, `b` last heard at 2.
+    fn asked_pair(witness: &mut MemoryCoordinator) -> (Pilot, Facts) {
+        let (mut a, _, lease_b, in_sync) = recorded_pair(witness);
+        let in_sync = Facts { standby_heard_ms: Some(2), ..in_sync };
+        let epoch = a.leader().epoch;
+        let request = Switchover { version: RECORDS_VERSION, to: "b".into(), epoch };
+        witness.request_switchover(&request, lease_b).unwrap();
+        assert!(matches!(a.on_view(3, &in_sync, &witness.read().unwrap()), Plan::Hold(_)));
+        assert_eq!(a.state(), "handing_over");
+        (a, in_sync)
     }
 
     #[test]
@@ -1172,6 +1291,8 @@ mod tests {
         // Durable through 35 of 50; the standby acknowledged `acked`.
         let failed =
             |acked| Facts { journal_failed: Some(Sequence(35)), acked: Sequence(acked), ..in_sync };
+        // Heard from at 4, after the hold at 2 (or 3).
+        let failed = |acked| Facts { standby_heard_ms: Some(4), ..failed(acked) };
 
         let gone = View { members: Vec::new(), ..view.clone() };
         let mut lone = a.clone();
@@ -1198,7 +1319,9 @@ mod tests {
         let held = a.on_view(2, &failed(30), &view);
         assert_eq!(held, Plan::Hold("this node's journal failed: it hands over to b".into()));
         assert_eq!(a.state(), "handing_over");
-        assert_eq!(a.on_view(3, &failed(30), &view), Plan::Resign, "b holds every answer");
+        let unheard = Facts { standby_heard_ms: Some(2), ..failed(30) };
+        assert_eq!(a.on_view(3, &unheard, &view), Plan::Nothing, "b not heard since the hold");
+        assert_eq!(a.on_view(4, &failed(30), &view), Plan::Resign, "b holds every answer");
     }
 
     #[test]
