@@ -769,6 +769,12 @@ impl Driver {
                 match self.coordinator.record_sync(self.pilot.leader(), &sync) {
                     Ok(true) => {}
                     Ok(false) => return Err("this node no longer holds the leader key".into()),
+                    Err(error @ CoordinatorError::Unsent(_)) => {
+                        return Err(format!(
+                            "{error}; nothing was recorded, and the mode stays {}",
+                            facts.mode.name()
+                        ));
+                    }
                     Err(error) => {
                         // The write may have taken effect all the same: then the witness lets
                         // a standby take over as under `async`, and this node switches as
@@ -991,6 +997,8 @@ mod tests {
         refuse_grants: Arc<AtomicBool>,
         /// In-sync record writes that go through; later ones fail as unreachable, unwritten.
         sync_writes_left: Arc<AtomicUsize>,
+        /// In-sync record writes are refused at the connection (nothing sent).
+        refuse_sync_writes: Arc<AtomicBool>,
     }
 
     /// The shared `witness`, every call answered.
@@ -1001,6 +1009,7 @@ mod tests {
             refuse_registrations: 0,
             refuse_grants: Arc::new(AtomicBool::new(false)),
             sync_writes_left: Arc::new(AtomicUsize::new(usize::MAX)),
+            refuse_sync_writes: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -1035,6 +1044,9 @@ mod tests {
             leader: &LeaderValue,
             sync: &SyncRecord,
         ) -> Result<bool, CoordinatorError> {
+            if self.refuse_sync_writes.load(Ordering::Acquire) {
+                return Err(CoordinatorError::Unsent("connection refused".into()));
+            }
             let left = self.sync_writes_left.load(Ordering::Acquire);
             if left == 0 {
                 return Err(CoordinatorError::Unreachable("the write timed out".into()));
@@ -1262,6 +1274,25 @@ mod tests {
         assert_eq!(recorded_mode(&witness), AckMode::Async);
         assert_eq!(control.facts().mode, AckMode::Async, "told it switched, it runs async");
         assert_eq!(sync_writes_left.load(Ordering::Acquire), 0, "one write");
+    }
+
+    #[test]
+    fn a_switch_to_async_never_sent_says_nothing_was_recorded_and_is_never_made() {
+        // Goal: with no witness member taking the connection the write was never sent: the
+        // operator is told nothing was recorded (not that it may have been), and the primary
+        // does not make the switch later when it reads the record.
+        let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
+        let coordinator = reach(&witness);
+        let refuse = Arc::clone(&coordinator.refuse_sync_writes);
+        let (mut driver, control, _node) = primary(coordinator);
+        refuse.store(true, Ordering::Release);
+        let told = driver.set_mode(AckMode::Async).unwrap_err();
+        assert!(told.ends_with("nothing was recorded, and the mode stays sync"), "{told}");
+        assert!(!told.contains("may have been recorded"), "{told}");
+        refuse.store(false, Ordering::Release);
+        driver.step();
+        assert_eq!(recorded_mode(&witness), AckMode::Sync);
+        assert_eq!(control.facts().mode, AckMode::Sync);
     }
 
     #[test]

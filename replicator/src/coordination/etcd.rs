@@ -55,8 +55,10 @@ impl EtcdCoordinator {
     }
 
     /// POSTs `body` to `path` on the first endpoint that answers.
+    /// When none answers, the error is [`CoordinatorError::Unsent`] if none even took the
+    /// connection, else [`CoordinatorError::Unreachable`].
     fn call(&mut self, path: &str, body: &Value) -> Result<Value, CoordinatorError> {
-        let mut last = String::new();
+        let (mut last, mut sent) = (String::new(), false);
         for attempt in 0..self.endpoints.len() {
             let index = (self.current + attempt) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[index]);
@@ -65,10 +67,13 @@ impl EtcdCoordinator {
                     self.current = index;
                     return answer;
                 }
-                Err(error) => last = format!("{url}: {error}"),
+                Err(error) => {
+                    sent |= !never_connected(&error);
+                    last = format!("{url}: {error}");
+                }
             }
         }
-        Err(CoordinatorError::Unreachable(last))
+        Err(if sent { CoordinatorError::Unreachable(last) } else { CoordinatorError::Unsent(last) })
     }
 
     /// One POST: `Err` if the endpoint could not be reached (try another), `Ok(Err)` if it
@@ -95,6 +100,21 @@ impl EtcdCoordinator {
     fn txn(&mut self, body: &Value) -> Result<bool, CoordinatorError> {
         let answer = self.call("/v3/kv/txn", body)?;
         Ok(answer.get("succeeded").and_then(Value::as_bool).unwrap_or(false))
+    }
+}
+
+/// Whether `error` says the request never left: no connection was made to send it on.
+fn never_connected(error: &ureq::Error) -> bool {
+    match error {
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::AddrNotAvailable
+                | std::io::ErrorKind::HostUnreachable
+                | std::io::ErrorKind::NetworkUnreachable
+        ),
+        _ => false,
     }
 }
 
@@ -406,5 +426,27 @@ mod tests {
             other => panic!("expected the witness unreachable, got {other:?}"),
         }
         assert_eq!((first.requests(), second.requests()), (1, 1));
+    }
+
+    #[test]
+    fn members_that_refuse_the_connection_are_a_witness_sent_nothing() {
+        // Goal: with every member refusing the connection nothing was sent, and the error
+        // says so (a write is then known not to have taken effect); one member that took the
+        // connection and did not answer makes it a plain `Unreachable`.
+        let refusing = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let endpoints = vec![refusing(), refusing()];
+        let mut witness = EtcdCoordinator::new(endpoints, "c", Duration::from_secs(2));
+        match witness.keep_alive(LeaseId(7)) {
+            Err(CoordinatorError::Unsent(text)) => assert!(text.contains("127.0.0.1"), "{text}"),
+            other => panic!("expected nothing sent, got {other:?}"),
+        }
+        let dark = Gateway::start(GRANTED);
+        dark.dark.store(true, Ordering::SeqCst);
+        let endpoints = vec![refusing(), dark.url.clone()];
+        let mut witness = EtcdCoordinator::new(endpoints, "c", Duration::from_millis(100));
+        assert!(matches!(witness.keep_alive(LeaseId(7)), Err(CoordinatorError::Unreachable(_))));
     }
 }

@@ -21,9 +21,13 @@ pub struct LeaseId(pub i64);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CoordinatorError {
-    /// It could not be reached, or did not answer in time.
+    /// It could not be reached, or did not answer in time: what was asked may have taken
+    /// effect all the same.
     #[error("the witness is unreachable: {0}")]
     Unreachable(String),
+    /// No member accepted a connection: nothing was sent, so nothing took effect.
+    #[error("the witness is unreachable (nothing was sent): {0}")]
+    Unsent(String),
     /// It answered something this build does not understand.
     #[error("the witness answered something unexpected: {0}")]
     Protocol(String),
