@@ -355,8 +355,10 @@ pub struct Driver {
     /// When the last successful renewal was sent (ms on the control's clock).
     renewed_ms: u64,
     said: String,
-    /// Lease renewals have failed since the last that succeeded: the next to succeed says so.
-    renewal_failing: bool,
+    /// Lease renewals have failed since the last that succeeded, and the failure last logged:
+    /// said once while it repeats (whatever else is noted between), and the next renewal to
+    /// succeed says so.
+    renewal_failing: Option<String>,
     /// An in-sync record written whose answer was lost, and what to do once it is known to
     /// be recorded: the next read that shows it recorded carries that out.
     unanswered: Option<(SyncRecord, After)>,
@@ -428,7 +430,7 @@ impl Driver {
             next_renew_ms: now,
             renewed_ms,
             said: String::new(),
-            renewal_failing: false,
+            renewal_failing: None,
             unanswered: None,
         };
         driver.register();
@@ -554,7 +556,7 @@ impl Driver {
                 if ttl_s > 0 {
                     self.renewed_ms = sent_ms;
                 }
-                if ttl_s > 0 && std::mem::take(&mut self.renewal_failing) {
+                if ttl_s > 0 && self.renewal_failing.take().is_some() {
                     // The end of what was warned of, said where the warning was.
                     warn(format_args!("coordination: the witness renews the lease again"));
                 }
@@ -574,8 +576,11 @@ impl Driver {
                 self.carry_out(plan, &view, &facts);
             }
             Err(error) => {
-                self.renewal_failing = true;
-                self.note(&format!("lease renewal failed: {error}"));
+                let what = format!("lease renewal failed: {error}");
+                if self.renewal_failing.as_ref() != Some(&what) {
+                    warn(format_args!("coordination: {what}"));
+                    self.renewal_failing = Some(what);
+                }
             }
         }
     }
@@ -999,6 +1004,8 @@ mod tests {
         sync_writes_left: Arc<AtomicUsize>,
         /// In-sync record writes are refused at the connection (nothing sent).
         refuse_sync_writes: Arc<AtomicBool>,
+        /// Lease renewals time out.
+        refuse_renewals: Arc<AtomicBool>,
     }
 
     /// The shared `witness`, every call answered.
@@ -1010,6 +1017,7 @@ mod tests {
             refuse_grants: Arc::new(AtomicBool::new(false)),
             sync_writes_left: Arc::new(AtomicUsize::new(usize::MAX)),
             refuse_sync_writes: Arc::new(AtomicBool::new(false)),
+            refuse_renewals: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -1021,6 +1029,9 @@ mod tests {
             self.witness.lock().unwrap().grant(ttl_s)
         }
         fn keep_alive(&mut self, lease: LeaseId) -> Result<u64, CoordinatorError> {
+            if self.refuse_renewals.load(Ordering::Acquire) {
+                return Err(CoordinatorError::Unreachable("the renewal timed out".into()));
+            }
             self.witness.lock().unwrap().keep_alive(lease)
         }
         fn read(&mut self) -> Result<View, CoordinatorError> {
@@ -1274,6 +1285,55 @@ mod tests {
         assert_eq!(recorded_mode(&witness), AckMode::Async);
         assert_eq!(control.facts().mode, AckMode::Async, "told it switched, it runs async");
         assert_eq!(sync_writes_left.load(Ordering::Acquire), 0, "one write");
+    }
+
+    /// The warnings `act` logs on this thread.
+    fn warnings(act: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, act);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_failing_renewal_is_warned_of_once_whatever_else_is_noted_between() {
+        // Goal: renewals failing round after round are said once, and so is another failure
+        // noted between them (each used to displace the other and both came back every
+        // round); the renewal that works again is said.
+        let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
+        let coordinator = reach(&witness);
+        let refuse = Arc::clone(&coordinator.refuse_renewals);
+        let (mut driver, control, _node) = primary(coordinator);
+        refuse.store(true, Ordering::Release);
+        let said = warnings(|| {
+            for _ in 0..3 {
+                driver.renew(control.now_ms());
+                driver.note("writing the in-sync record failed: the write timed out");
+            }
+            refuse.store(false, Ordering::Release);
+            driver.renew(control.now_ms());
+        });
+        let count = |what: &str| said.iter().filter(|line| line.contains(what)).count();
+        assert_eq!(count("lease renewal failed: the witness is unreachable"), 1, "{said:#?}");
+        assert_eq!(count("writing the in-sync record failed"), 1, "{said:#?}");
+        assert_eq!(count("the witness renews the lease again"), 1, "{said:#?}");
     }
 
     #[test]
