@@ -24,7 +24,7 @@ use ringfence_replicator::config::ReplicationConfig;
 use ringfence_replicator::control::{Control, Role};
 use ringfence_replicator::coordination::CoordinationConfig;
 use ringfence_replicator::coordination::driver::{
-    Coordination, Decided, Held, Startup, candidate_facts,
+    Coordination, Decided, Held, SWITCHOVER_REQUEST_TTL_S, Startup, candidate_facts,
 };
 use ringfence_replicator::coordination::etcd::EtcdCoordinator;
 use ringfence_replicator::coordination::pilot::{Identity, Timing};
@@ -793,9 +793,9 @@ fn keep_dropped(
 /// the mode switch.
 pub struct ControlHandle(pub Arc<Control>, pub Option<Arc<Coordination>>);
 
-/// How long a switchover asked of a standby may take before the admin call answers that it is
-/// still under way.
-const SWITCHOVER_WAIT: Duration = Duration::from_secs(10);
+/// How long a switchover asked of a standby may take before the admin call answers that it did
+/// not happen: as long as the request stands.
+const SWITCHOVER_WAIT: Duration = Duration::from_secs(SWITCHOVER_REQUEST_TTL_S);
 
 impl ControlHandle {
     fn coordination_status(&self) -> Option<CoordinationStatus> {
@@ -829,9 +829,12 @@ fn switchover(control: &Control, coordination: &Coordination) -> Result<Epoch, S
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err("the switchover was asked of the primary through etcd but has not completed yet; \
-         see /v1/node"
-        .into())
+    Err(format!(
+        "the switchover asked of the primary through etcd did not complete within {} s, and the \
+         request lapses with this answer: the primary holds writes for a standby only while it \
+         is in sync, and calls the switchover off when it is lost; see /v1/node, and ask again",
+        SWITCHOVER_WAIT.as_secs()
+    ))
 }
 
 impl ReplicationControl for ControlHandle {

@@ -882,7 +882,7 @@ fn a_switchover_whose_standby_stops_is_called_off_and_the_primary_writes_on() {
     let (leader, _) = witness.read().unwrap().leader.unwrap();
     b.pause();
     // What `ringfence promote` on b writes, under a lease of the test's own that outlives the
-    // pause: the request stands until the switchover is done.
+    // pause (promote's lapses in 10 s): the request stands until the switchover is done.
     let lease = witness.grant(60).unwrap();
     let request = Switchover { version: RECORDS_VERSION, to: "b".into(), epoch: leader.epoch };
     witness.request_switchover(&request, lease).unwrap();

@@ -454,6 +454,9 @@ fn async_loss(sync: &SyncRecord, available: Sequence) -> Option<u64> {
     Some(loss)
 }
 
+/// How long a switchover request stands, in seconds: the asker waits that long for it.
+pub const SWITCHOVER_REQUEST_TTL_S: u64 = 10;
+
 /// Rounds a stopping leader runs to name its in-sync standby: one to take the mark, one to
 /// record, one to spare.
 const ROUNDS_TO_NAME_STANDBY: usize = 3;
@@ -801,7 +804,10 @@ impl Driver {
         }
     }
 
-    /// [`Coordination::request_switchover`], on the driver's own thread.
+    /// [`Coordination::request_switchover`], on the driver's own thread. The request is bound
+    /// to a lease of its own, never renewed: it lapses [`SWITCHOVER_REQUEST_TTL_S`] after it
+    /// was asked, so a switchover that could not be made then (this standby behind, or lost
+    /// before it was handed the key) does not surprise anyone later.
     pub fn switchover(&mut self) -> Result<(), String> {
         let facts = self.control.facts();
         if facts.primary {
@@ -813,7 +819,11 @@ impl Driver {
             to: self.config.node.clone(),
             epoch: leader.epoch,
         };
-        self.coordinator.request_switchover(&request, self.lease).map_err(|error| match error {
+        let lease = self
+            .coordinator
+            .grant(SWITCHOVER_REQUEST_TTL_S)
+            .map_err(|error| format!("{error}; nothing was asked"))?;
+        self.coordinator.request_switchover(&request, lease).map_err(|error| match error {
             // A write whose answer was lost may have taken effect all the same.
             CoordinatorError::Unreachable(_) => format!(
                 "{error}; the request may have reached it all the same: see /v1/node before \
@@ -1127,6 +1137,48 @@ mod tests {
         };
         assert_eq!(leader, held);
         assert_eq!(Some(sync), witness.lock().unwrap().read().unwrap().sync);
+    }
+
+    #[test]
+    fn a_switchover_request_lapses_on_its_own_while_the_standby_lives_on() {
+        // Goal: a switchover asked and not made (the standby behind, or lost before it was
+        // handed the key) does not stand for as long as the standby lives, to be made by
+        // surprise once it is in sync again: it goes with a lease of its own, never renewed,
+        // while the standby's own lease is renewed and it stays listed.
+        let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
+        let leader = {
+            let mut witness = witness.lock().unwrap();
+            let lease = witness.grant(2).unwrap();
+            let (leader, sync) = recorded("p", Some("b"), 0);
+            assert!(witness.campaign(&leader, lease, 0, &sync).unwrap());
+            leader
+        };
+        let (control, node) = crate::control::tests::standby(false);
+        control.use_journal(node.promoter());
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let startup = startup("b", reach(&witness), clock);
+        let decided = Decided::Standby { leader: leader.clone() };
+        let rejoin: Rejoin = Box::new(|why| panic!("no rejoin expected: {why}"));
+        let mut driver =
+            Driver::new(startup, (identity("b"), decided), control, node.promoter(), rejoin);
+        assert_eq!(driver.switchover(), Ok(()));
+        let view = || witness.lock().unwrap().read().unwrap();
+        let asked = view().switchover.expect("the request stands");
+        assert_eq!((asked.to.as_str(), asked.epoch), ("b", leader.epoch));
+
+        let ttl_ms = SWITCHOVER_REQUEST_TTL_S * 1_000;
+        for now in (1_000..ttl_ms).step_by(1_000).chain([ttl_ms - 1, ttl_ms]) {
+            let mut witness = witness.lock().unwrap();
+            witness.now_ms = now;
+            // The leader's lease, and the standby's (as its driver renews it).
+            let leases: Vec<LeaseId> = [LeaseId(1), driver.lease].into();
+            for lease in leases {
+                assert!(witness.keep_alive(lease).unwrap() > 0, "{lease:?} lives at {now}");
+            }
+            let request = witness.read().unwrap().switchover;
+            assert_eq!(request.is_some(), now < ttl_ms, "the request at {now} ms: {request:?}");
+        }
+        assert!(view().members.iter().any(|m| m.node == "b"), "the standby is still listed");
     }
 
     #[test]

@@ -404,8 +404,8 @@ impl Pilot {
             && facts.mode == AckMode::Sync
             && facts.policy == PolicyState::InSync
         {
-            // A standby lost since it asked is not waited for: the request stands until its
-            // lease ends, and is taken up again if it is back in sync before.
+            // A standby lost since it asked is not waited for: the request stands until it
+            // lapses, and is taken up again if the standby is back in sync before.
             let reason = format!("{to} asks to take over");
             self.phase = Phase::Handover { leader: leader.clone(), since_ms, resigned: false };
             return Plan::Hold(reason);
@@ -566,8 +566,8 @@ impl Pilot {
 
     /// Why a switchover not yet carried out is called off, if it is: the standby it is for
     /// was lost (silent, or its acknowledgements stalled, for the replication timeout), its
-    /// request is gone (its lease ended: it stopped or restarted), or it did not catch up
-    /// within the handover's wait. Giving such a standby the key would leave nobody to take
+    /// request lapsed (`driver::SWITCHOVER_REQUEST_TTL_S` after it was asked), or it did not
+    /// confirm it holds everything within the handover's wait. Giving such a standby the key would leave nobody to take
     /// it, and the writes held for nothing.
     fn switchover_off(
         &self,
@@ -584,7 +584,7 @@ impl Pilot {
             ));
         }
         if switchover_asked(leader, view) != Some(standby) {
-            return Some(format!("{standby} no longer asks: its lease ended"));
+            return Some(format!("{standby}'s request lapsed"));
         }
         if too_long {
             return Some(format!(
@@ -1252,7 +1252,7 @@ mod tests {
         let mut forsaken = a.clone();
         let unasked = View { switchover: None, ..view.clone() };
         let plan = forsaken.on_view(1_000, &in_sync, &unasked);
-        assert_eq!(plan, Plan::CallOff("b no longer asks: its lease ended".into()));
+        assert_eq!(plan, Plan::CallOff("b's request lapsed".into()));
         assert_eq!(forsaken.on_view(1_100, &in_sync, &unasked), Plan::Nothing, "in office");
 
         let mut behind = a;

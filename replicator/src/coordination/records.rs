@@ -6,7 +6,7 @@
 //! ```text
 //! /ringfence/<cluster>/leader        LeaderValue, bound to the leader's lease
 //! /ringfence/<cluster>/sync          SyncRecord, no lease: it outlives every node
-//! /ringfence/<cluster>/switchover    Switchover, bound to the requesting standby's lease
+//! /ringfence/<cluster>/switchover    Switchover, bound to a lease of its own, never renewed
 //! /ringfence/<cluster>/members/<n>   Member, bound to node n's lease
 //! ```
 

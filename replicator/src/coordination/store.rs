@@ -89,7 +89,7 @@ pub trait Coordinator: Send {
     fn resign(&mut self, leader: &LeaderValue) -> Result<bool, CoordinatorError>;
     /// Writes this node's registration under its lease.
     fn register(&mut self, member: &Member, lease: LeaseId) -> Result<(), CoordinatorError>;
-    /// Writes a switchover request under the requesting standby's lease.
+    /// Writes a switchover request under `lease` (one of its own: the request lapses with it).
     fn request_switchover(
         &mut self,
         request: &Switchover,
