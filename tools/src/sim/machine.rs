@@ -450,6 +450,8 @@ pub struct Machine {
     pub epochs_dropped: u64,
     /// Primaries whose journal failed that began handing the key to their standby.
     pub failed_handovers: u64,
+    /// Switchovers (or handovers) this machine's pilot called off before giving up the key.
+    pub handovers_called_off: u64,
     /// Standbys under the witness whose journal failed, which stood down.
     pub standbys_stood_down: u64,
     /// Whether the operator tries `journal rebuild` before a truncation.
@@ -509,6 +511,7 @@ impl Machine {
             heals: 0,
             epochs_dropped: 0,
             failed_handovers: 0,
+            handovers_called_off: 0,
             standbys_stood_down: 0,
             rebuild_first: true,
             heal_first: true,
@@ -1310,6 +1313,10 @@ impl Machine {
                     let why = format!("its journal failed at {fence}");
                     trace.event(now_ms, &format!("{name}: hands over the leader key: {why}"));
                     self.failed_handovers += 1;
+                }
+                if was_handing_over && driver.pilot().state() == "leader" {
+                    trace.event(now_ms, &format!("{name}: calls the switchover off"));
+                    self.handovers_called_off += 1;
                 }
                 if driver.pilot().state() == "standby"
                     && !running.stood_down

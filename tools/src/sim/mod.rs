@@ -319,7 +319,7 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
          from the witness alone ({} of a primary its standby replaced meanwhile), {} spells of \
          the witness's answers lost ({} campaigns that took the key unanswered), {} clocks \
          at least 1% slow and {} at least 1% fast, {} wall clocks set minutes apart, {} \
-         switchovers, \
+         switchovers asked ({} called off), \
          {} disk failures ({} EIO, the rest ENOSPC; {} primaries handed over, {} standbys stood down), {} bursts, {} clean stops, {} bits flipped \
          at rest ({} journals repaired, {} of them rebuilt after a snapshot, {} healed from the \
          peer's copy), {} promotions by hand ({} of a standby ahead of its primary), {} \
@@ -341,6 +341,7 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
         f.fast_clocks,
         f.skewed_clocks,
         f.switchovers,
+        f.switchovers_called_off,
         f.disk_failures,
         f.io_errors,
         f.failed_handovers,
@@ -478,6 +479,7 @@ impl Totals {
             f.heals += r.heals;
             f.epochs_dropped += r.epochs_dropped;
             f.failed_handovers += r.failed_handovers;
+            f.switchovers_called_off += r.switchovers_called_off;
             f.standbys_stood_down += r.standbys_stood_down;
             f.manual_promotions += r.manual_promotions;
             f.promotions_ahead += r.promotions_ahead;
@@ -1116,6 +1118,15 @@ mod tests {
         regressions_pass(&[3_100_362], length, "no unanswered switch, or no write lost", did);
         let did = |r: &Report| r.faults.async_switches_made_late >= 1;
         regressions_pass(&[3_100_030], length, "no unanswered switch made once read", did);
+    }
+
+    #[test]
+    fn a_switchover_whose_standby_is_lost_is_called_off_and_every_checker_passes() {
+        // Goal: seed 12076: the standby asks for a switchover and is lost before it is handed
+        // the key. The primary, which hears nothing from it after holding the writes, calls
+        // the switchover off and writes on alone; every checker passes.
+        let did = |r: &Report| r.faults.switchovers_called_off >= 1;
+        regressions_pass(&[12_076], RunLength::default(), "no switchover called off", did);
     }
 
     #[test]

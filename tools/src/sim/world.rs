@@ -196,6 +196,9 @@ pub struct FaultCounts {
     pub epochs_dropped: u64,
     /// Primaries whose journal failed that began handing the key to their in-sync standby.
     pub failed_handovers: u64,
+    /// Switchovers the primary called off before giving up the key (the standby lost, its
+    /// request lapsed).
+    pub switchovers_called_off: u64,
     /// Standbys under the witness whose journal failed, which follow nobody from then on.
     pub standbys_stood_down: u64,
     /// Promotions by hand in a pair without a witness.
@@ -622,6 +625,7 @@ impl World {
         faults.heals = self.machines.iter().map(|m| m.heals).sum();
         faults.epochs_dropped = self.machines.iter().map(|m| m.epochs_dropped).sum();
         faults.failed_handovers = self.machines.iter().map(|m| m.failed_handovers).sum();
+        faults.switchovers_called_off = self.machines.iter().map(|m| m.handovers_called_off).sum();
         faults.standbys_stood_down = self.machines.iter().map(|m| m.standbys_stood_down).sum();
         faults.campaigns_won_unanswered = self.witness.campaigns_won_unanswered();
         let writes = self.ledger.answers.iter().filter(|a| is_write(a)).count() as u64;
