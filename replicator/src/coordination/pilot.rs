@@ -567,8 +567,8 @@ impl Pilot {
     /// Why a switchover not yet carried out is called off, if it is: the standby it is for
     /// was lost (silent, or its acknowledgements stalled, for the replication timeout), its
     /// request lapsed (`driver::SWITCHOVER_REQUEST_TTL_S` after it was asked), or it did not
-    /// confirm it holds everything within the handover's wait. Giving such a standby the key would leave nobody to take
-    /// it, and the writes held for nothing.
+    /// confirm it holds everything within the handover's wait. Giving such a standby the key
+    /// would leave nobody to take it, and the writes held for nothing.
     fn switchover_off(
         &self,
         leader: &LeaderValue,
