@@ -315,10 +315,8 @@ fn to_text(observed: &[Observed], verdict: &Verdict) -> String {
         if !coordination.is_null() {
             let _ = writeln!(
                 out,
-                "    etcd         {} of {} (epoch {}), in-sync standby {}, {} record",
-                coordination["state"].as_str().unwrap_or("?"),
-                coordination["leader"].as_str().unwrap_or("nobody"),
-                coordination["leader_epoch"],
+                "    etcd         {}; in-sync standby {}, {} record",
+                etcd_role(coordination),
                 coordination["in_sync_standby"].as_str().unwrap_or("none"),
                 coordination["recorded_mode"].as_str().unwrap_or("no"),
             );
@@ -334,6 +332,33 @@ fn to_text(observed: &[Observed], verdict: &Verdict) -> String {
         let _ = writeln!(out, "problem: {problem}");
     }
     out
+}
+
+/// What etcd makes of a node, from its `/v1/node` `replication.coordination`: what it is
+/// (`state`) and who holds the leader key (`leader`, `leader_epoch`). Said as sentences, since
+/// `state` and `leader` side by side ("leader of b") read as if this node led b.
+fn etcd_role(coordination: &Value) -> String {
+    let node = coordination["node"].as_str().unwrap_or("this node");
+    let state = coordination["state"].as_str().unwrap_or("?");
+    let is = match state {
+        "leader" => "is the leader".to_owned(),
+        "taking_office" => "is taking office as the leader".to_owned(),
+        "handing_over" => "is handing the leader key over".to_owned(),
+        "standby" => "is a standby".to_owned(),
+        other => format!("is {other}"),
+    };
+    let epoch = &coordination["leader_epoch"];
+    match coordination["leader"].as_str() {
+        // A leader's own key: its epoch is the one it leads in.
+        Some(leader) if leader == node && state != "standby" => {
+            format!("{node} {is} (epoch {epoch})")
+        }
+        Some(leader) if state == "standby" => {
+            format!("{node} {is}; the leader is {leader} (epoch {epoch})")
+        }
+        Some(leader) => format!("{node} {is}, but the leader key is {leader}'s (epoch {epoch})"),
+        None => format!("{node} {is}; nobody holds the leader key"),
+    }
 }
 
 fn to_json(observed: &[Observed], verdict: &Verdict) -> Value {
@@ -520,5 +545,56 @@ mod tests {
         let connecting = with(standby(), "state", json!("connecting"));
         let joining = [primary(), with(connecting, "promised_epoch", json!(1))];
         assert!(judge(&joining).problems.iter().all(|p| !p.contains("is not its primary")));
+    }
+
+    #[test]
+    fn the_etcd_line_says_who_this_node_is_and_who_leads() {
+        // Goal: under etcd each node's line names the node, what it is and who holds the
+        // leader key, as sentences: "leader of a" on the primary read as if it led a, and
+        // "standby of a" beside it as if a were a standby.
+        let primary = || node("a", "primary", Some("in_sync"), (9, "ab"), (200, ""));
+        let standby = || node("b", "standby", Some("following"), (9, "ab"), (503, "not_primary"));
+        let coordination = |node: &str, state: &str, leader: Value| {
+            json!({
+                "node": node, "state": state, "leader": leader, "leader_epoch": 2,
+                "in_sync_standby": "b", "recorded_mode": "sync", "witness": "reachable",
+            })
+        };
+        let etcd_line = |observed: Observed| {
+            let text = to_text(&[observed], &Verdict::default());
+            let line = text.lines().find(|line| line.trim_start().starts_with("etcd"));
+            line.expect("an etcd line").trim_start().to_owned()
+        };
+        let cases = [
+            (primary(), "a", "leader", json!("a"), "a is the leader (epoch 2)"),
+            (
+                primary(),
+                "a",
+                "taking_office",
+                json!("a"),
+                "a is taking office as the leader (epoch 2)",
+            ),
+            (
+                primary(),
+                "a",
+                "handing_over",
+                json!("a"),
+                "a is handing the leader key over (epoch 2)",
+            ),
+            (
+                primary(),
+                "a",
+                "leader",
+                json!("c"),
+                "a is the leader, but the leader key is c's (epoch 2)",
+            ),
+            (standby(), "b", "standby", json!("a"), "b is a standby; the leader is a (epoch 2)"),
+            (standby(), "b", "standby", Value::Null, "b is a standby; nobody holds the leader key"),
+        ];
+        for (observed, name, state, leader, said) in cases {
+            let observed = with(observed, "coordination", coordination(name, state, leader));
+            let expected = format!("etcd         {said}; in-sync standby b, sync record");
+            assert_eq!(etcd_line(observed), expected);
+        }
     }
 }
