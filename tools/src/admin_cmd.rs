@@ -40,9 +40,10 @@ pub struct PromoteArgs {
     /// (200) instead of `not_standby`.
     #[arg(long)]
     pub request_id: Option<String>,
-    /// Promote even a standby that may lack acknowledged writes (it has not caught up with
-    /// its primary since it last joined, or its journal was truncated): what it lacks is
-    /// lost. Without it such a promotion is refused.
+    /// Without etcd: promote even a standby that may lack acknowledged writes (it has not
+    /// caught up with its primary since it last joined, or its journal was truncated): what
+    /// it lacks is lost. Without --force such a promotion is refused. With etcd it does not
+    /// apply and is refused: a switchover never loses acknowledged writes.
     #[arg(long)]
     pub force: bool,
 }

@@ -68,7 +68,19 @@ enum TopCommand {
     Serve(Box<serve::ServeArgs>),
     /// Send one command to a node over the binary protocol and print the answer as JSON.
     Client(client_cmd::ClientArgs),
-    /// Admin: promote the standby at --http to primary (after its primary is gone).
+    /// Admin: promote the standby at --http to primary, once its primary is gone; on a pair
+    /// run with --etcd, a planned switchover.
+    ///
+    /// Without etcd: for a primary that is gone (stopped, dead or fenced off). The standby
+    /// takes a new epoch and serves writes at once.
+    ///
+    /// On a pair run with --etcd, where a standby takes over by itself when its primary dies:
+    /// a planned switchover through etcd, asked of the in-sync standby while its primary runs.
+    /// The primary holds writes until this standby has everything, hands it the leader key and
+    /// rejoins as its standby. The answer names the new epoch, or, after 10 s, says the
+    /// switchover is still under way.
+    ///
+    /// docs/failover.md, "Planned switchover", has both.
     Promote(admin_cmd::PromoteArgs),
     /// Admin: switch the replication ack mode of the node at --http (sync or async).
     Replication(admin_cmd::ReplicationArgs),

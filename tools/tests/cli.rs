@@ -561,6 +561,9 @@ fn bad_input_gives_errors_not_panics_and_help_explains_each_tool() {
         (vec!["journal", "reconfigure", "--help"], "stopped cleanly"),
         (vec!["journal", "backup", "--help"], "DEST.partial"),
         (vec!["replay", "--help"], "--until-time"),
+        // Both cases: a primary gone, and under etcd a planned switchover (--force refused).
+        (vec!["promote", "--help"], "a planned switchover through etcd"),
+        (vec!["promote", "--help"], "With etcd it does not apply"),
     ] {
         let out = ringfence(&args);
         assert_eq!(out.status.code(), Some(0));
