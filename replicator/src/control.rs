@@ -702,18 +702,21 @@ impl Control {
         }
     }
 
-    /// The standby's stream ended.
-    pub fn on_disconnected(&self, stream: u64) {
+    /// The standby's stream ended, `why` as the log says it (with the state it leaves this
+    /// primary in, when it was the current stream).
+    pub fn on_disconnected(&self, stream: u64, why: &str) {
         let now = self.now_ms();
         let mut state = self.state();
         if state.stream != stream {
+            // A stream another one replaced: its end changes nothing.
+            log(format_args!("replication: {why}"));
             return;
         }
         state.policy.on_disconnected(now);
         state.sent.clear();
         state.ack_rtt_ms = None;
         self.apply_gate(&state, now);
-        log(format_args!("replication: standby disconnected; now {}", state.policy.state().name()));
+        log(format_args!("replication: {why}; now {}", state.policy.state().name()));
     }
 
     /// A newer primary exists: refuse writes for good.
@@ -2139,7 +2142,7 @@ pub(crate) mod tests {
             let stream = control.on_connected("b");
             control.on_ack(stream, &ack(9, false));
             assert!(dir.standby_in_sync(), "{witness:?}: in sync, and its copy counts");
-            control.on_disconnected(stream);
+            control.on_disconnected(stream, "standby disconnected");
             come_back_catching_up(&control);
             assert!(dir.standby_in_sync(), "{witness:?}: forgotten with no journal synced");
             let config = NodeConfig::for_tests(Topology::Stepped);

@@ -393,11 +393,11 @@ fn start_stream(
             send_stop.store(true, Ordering::Release);
         })
         .map_err(|e| e.to_string())?;
-    read_acks(control, reader, &socket, &session, &stop, id);
+    let why = read_acks(control, (reader, &socket, &peer), &session, &stop, id);
     stop.store(true, Ordering::Release);
     control.link().notify();
     let _ = socket.shutdown(Shutdown::Both);
-    control.on_disconnected(id);
+    control.on_disconnected(id, why.as_deref().unwrap_or("standby disconnected"));
     Ok(())
 }
 
@@ -481,30 +481,29 @@ fn lock(session: &Mutex<PrimarySession>) -> std::sync::MutexGuard<'_, PrimarySes
 }
 
 /// Reads acknowledgements into the policy until the stream stops, fails, goes silent, or the
-/// session refuses one.
+/// session refuses one. Returns why it ended, for the log; `None` when it was stopped here.
 fn read_acks(
     control: &Control,
-    mut reader: FrameReader<TcpStream>,
-    socket: &TcpStream,
+    (mut reader, socket, peer): (FrameReader<TcpStream>, &TcpStream, &str),
     session: &Mutex<PrimarySession>,
     stop: &AtomicBool,
     id: u64,
-) {
+) -> Option<String> {
     let mut journal = NoIndex;
+    let mut acknowledged = false;
     while !stop.load(Ordering::Acquire) && !control.stopping() {
         let message = match reader.read_message() {
             Ok(message) => message,
             Err(error) => {
-                if !stop.load(Ordering::Acquire) {
-                    let why = stream_ended(&error, control.config().timeout_ms.max(1));
-                    log(format_args!("replication: standby connection ended: {why}"));
-                }
-                return;
+                let timeout_ms = control.config().timeout_ms.max(1);
+                let ended = || stream_ended(&error, (peer, acknowledged), timeout_ms);
+                return (!stop.load(Ordering::Acquire)).then(ended);
             }
         };
         let mut view = control.primary_view(&mut journal);
         match lock(session).on_message(&message, &mut view) {
             PrimaryStep::Acknowledged(ack) => {
+                acknowledged = true;
                 control.on_ack(id, &ack);
             }
             PrimaryStep::Close { last, reason, deposed_by } => {
@@ -514,22 +513,31 @@ fn read_acks(
                 if let Some(last) = last {
                     let _ = write_message(&mut &*socket, &last.message(), &mut Vec::new());
                 }
-                log(format_args!("replication: the standby stream ends: {reason}"));
-                return;
+                return Some(format!("the standby stream ends: {reason}"));
             }
             other => unreachable!("a streaming session answers {other:?}"),
         }
     }
+    None
 }
 
-/// Why a stream whose read failed with `error` ended, for the log. The reads wait at most
-/// `timeout_ms`, the replication timeout, so a read that timed out is a standby silent for
-/// that long (not, as the system says, a resource "temporarily unavailable").
-fn stream_ended(error: &WireError, timeout_ms: u64) -> String {
+/// Why a standby's stream ended with `error`, for the log. A standby `peer` that closed it
+/// before acknowledging anything (`acknowledged` false) is, as a rule, one that was starting:
+/// it joins to check its journal against this one, closes once answered, and joins again to
+/// follow. That expected step is said as such, not as a connection lost.
+fn stream_ended(error: &WireError, (peer, acknowledged): (&str, bool), timeout_ms: u64) -> String {
     if error.is_timeout() {
-        format!("the standby sent nothing for {timeout_ms} ms (the replication timeout)")
+        format!(
+            "standby connection ended: the standby sent nothing for {timeout_ms} ms (the \
+             replication timeout)"
+        )
+    } else if matches!(error, WireError::Closed) && !acknowledged {
+        format!(
+            "standby {peer} closed the connection before acknowledging anything, as a standby \
+             does once it has checked its journal against this one at its start"
+        )
     } else {
-        error.to_string()
+        format!("standby connection ended: {error}")
     }
 }
 
@@ -561,11 +569,34 @@ mod tests {
         // passes, the log says the standby was silent that long, whichever of the two errors
         // the system gave, and any other failure keeps its own words.
         for kind in [io::ErrorKind::WouldBlock, io::ErrorKind::TimedOut] {
-            let why = stream_ended(&WireError::Io(kind.into()), 2_000);
-            assert_eq!(why, "the standby sent nothing for 2000 ms (the replication timeout)");
+            let why = stream_ended(&WireError::Io(kind.into()), ("b", true), 2_000);
+            assert_eq!(
+                why,
+                "standby connection ended: the standby sent nothing for 2000 ms (the \
+                 replication timeout)"
+            );
         }
         let reset = WireError::Io(io::ErrorKind::ConnectionReset.into());
-        assert_eq!(stream_ended(&reset, 2_000), reset.to_string());
-        assert_eq!(stream_ended(&WireError::Closed, 2_000), "the peer closed the connection");
+        let said = stream_ended(&reset, ("b", false), 2_000);
+        assert_eq!(said, format!("standby connection ended: {reset}"));
+        let closed = stream_ended(&WireError::Closed, ("b", true), 2_000);
+        assert_eq!(closed, "standby connection ended: the peer closed the connection");
+    }
+
+    #[test]
+    fn a_standby_that_closes_before_acknowledging_is_said_to_have_checked_its_journal() {
+        // Goal: a standby starting up joins, reads the answer and closes, to check its journal
+        // against this one, before it joins to follow: that close is said as the expected
+        // step it is, not as a connection that ended. A close after an acknowledgement, or a
+        // close part way through a frame, is still a connection that ended.
+        let checked = stream_ended(&WireError::Closed, ("127.0.0.1:5", false), 2_000);
+        assert_eq!(
+            checked,
+            "standby 127.0.0.1:5 closed the connection before acknowledging anything, as a \
+             standby does once it has checked its journal against this one at its start"
+        );
+        let cut = WireError::ClosedMidFrame { have: 3, need: 4 };
+        let said = stream_ended(&cut, ("127.0.0.1:5", false), 2_000);
+        assert!(said.starts_with("standby connection ended: "), "{said}");
     }
 }

@@ -431,6 +431,35 @@ fn a_restarted_standby_catches_up_without_gap_or_duplicate() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+#[test]
+fn a_starting_standbys_journal_check_is_logged_by_its_primary_as_the_expected_step() {
+    // Goal: a standby starting up joins its primary once to check its journal, closes, then
+    // joins again to follow. Up to the standby being in sync, the primary's log says that
+    // first close is this expected step, and nothing about a standby connection that ended.
+    let root = temp_dir("check-logged");
+    let secret = write_secret(&root, SECRET);
+    let node = primary(&root.join("a"), &secret, &[]);
+    let follower = standby(&root.join("b"), &secret, node.replication.unwrap());
+    let check = "closed the connection before acknowledging anything, as a standby does once \
+                 it has checked its journal against this one at its start; now alone";
+    let awaited = [check, "replication: in_sync"];
+    let mut lines = node.drain_log();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !awaited.iter().all(|what| lines.iter().any(|line| line.contains(what))) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match node.process.lines.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("not said within 30 s: {awaited:?}: {lines:#?}"),
+        }
+    }
+    let said = |what: &str| lines.iter().any(|line| line.contains(what));
+    assert!(!said("standby connection ended"), "{lines:#?}");
+    assert!(!said("standby disconnected"), "{lines:#?}");
+    drop(follower);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// Reservations `requests` on `node`, each acknowledged.
 fn sell(node: &Serve, requests: std::ops::Range<u64>) {
     for request in requests {

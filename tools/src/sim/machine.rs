@@ -1709,7 +1709,7 @@ impl Running {
             self.accepted.keys().copied().filter(|c| !net.is_open(*c, me, now_ms)).collect();
         for conn in closed {
             if let Some(Accepted { stream: Some((stream, _)), .. }) = self.accepted.remove(&conn) {
-                self.control.on_disconnected(stream);
+                self.control.on_disconnected(stream, "standby disconnected");
             }
         }
         let available = Sequence(self.control.stream_end(self.control.link().available()));
