@@ -2826,4 +2826,79 @@ pub(crate) mod tests {
         assert!(waited < bound, "waited {waited:?} for a primary dripping its challenge");
         dripping.join().unwrap();
     }
+
+    /// The warnings `act` logs on this thread.
+    fn warnings(act: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, act);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_standby_refused_for_its_protocol_version_warns_once_naming_both_and_retries() {
+        // Goal: a primary of another protocol version refuses every join. Retrying cannot help
+        // while the releases differ, so the follower warns, once however often it is refused,
+        // naming both versions and the upgrade to make; it retries all the same (anything at
+        // the primary's address can send that refusal) and `/v1/node` shows it.
+        use crate::message::{Message, PROTOCOL_VERSION, Refuse, RefuseCode};
+        use crate::stream::{FrameReader, write_message};
+        const REFUSALS: usize = 3;
+        let other = PROTOCOL_VERSION + 1;
+        let text = format!(
+            "the standby speaks replication protocol version {PROTOCOL_VERSION}; this primary \
+             speaks {other}: run the same ringfence release on the primary and the standby"
+        );
+        let (control, node) = standby(false);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let stop = Arc::clone(control.follower_stop());
+        let refusing = {
+            let text = text.clone();
+            thread::spawn(move || {
+                for refused in 1..=REFUSALS {
+                    let peer = accept_within_a_minute(&listener);
+                    let mut reader = FrameReader::new(peer.try_clone().unwrap());
+                    let hello = reader.read_message().unwrap();
+                    assert!(matches!(hello, Message::Hello(_)), "{hello:?}");
+                    // Stopped before the last refusal: the follower ends at its next round.
+                    if refused == REFUSALS {
+                        stop.store(true, Ordering::Release);
+                    }
+                    let refuse = Refuse::new(RefuseCode::Version, Epoch(0), &text);
+                    write_message(&mut &peer, &Message::Refuse(refuse), &mut Vec::new()).unwrap();
+                }
+            })
+        };
+        let follower = crate::standby::Follower::open(&node, crate::standby::resolve).unwrap();
+        let parked = crate::standby::Parked::new(&control, follower);
+        let said = warnings(|| {
+            assert!(crate::standby::follow(&control, &address, parked).is_some(), "it retried");
+        });
+        refusing.join().unwrap();
+        assert_eq!(said.len(), 1, "{said:#?}");
+        let ours = format!("this standby (replication protocol version {PROTOCOL_VERSION})");
+        assert!(said[0].contains(&ours) && said[0].contains(&text), "{said:#?}");
+        assert!(said[0].contains("\"Upgrading a pair\""), "{said:#?}");
+        let state = control.figures().state;
+        assert!(state.starts_with("refused by the primary, retrying: "), "{state}");
+        assert!(state.contains(&text), "{state}");
+    }
 }

@@ -23,9 +23,9 @@ use ringfence_journal::scan::{ReadOnlyDir, ReadSource};
 
 use crate::auth;
 use crate::config::ReplicationConfig;
-use crate::control::{self, Control, EpochStore, log};
+use crate::control::{self, Control, EpochStore, log, warn};
 use crate::index::DirIndex;
-use crate::message::{Behind, Message, RefuseCode, SnapshotChunk};
+use crate::message::{Behind, Message, PROTOCOL_VERSION, RefuseCode, SnapshotChunk};
 use crate::position::{JournalIndex, StandbyPosition};
 use crate::session::{Outgoing, Purpose, StandbySession, StandbyStep};
 use crate::stream::{FrameReader, WireError};
@@ -216,6 +216,19 @@ fn closed(socket: &TcpStream, step: StandbyStep) -> JoinError {
         }
         other => JoinError::Protocol(format!("the primary's answer was out of place: {other:?}")),
     }
+}
+
+/// What a standby says when the primary at `primary` refused it for speaking another
+/// replication protocol version, `text` being the primary's reason (which names the version
+/// each speaks). Retrying cannot help: only one release on both nodes does.
+#[must_use]
+pub fn version_refused(primary: &str, text: &str) -> String {
+    format!(
+        "this standby (replication protocol version {PROTOCOL_VERSION}) cannot follow the \
+         primary at {primary}: {text}. Retrying cannot help: across protocol versions a pair \
+         stops for the upgrade. Stop both nodes, install the one release on both, then start \
+         the node that led last, then the other (docs/failover.md, \"Upgrading a pair\")"
+    )
 }
 
 /// The snapshot a primary sent: the sequence it covers, its last record's epoch, and the
@@ -465,6 +478,19 @@ pub(crate) fn follow(control: &Control, primary: &str, parked: Parked) -> Option
                 ));
                 control.set_follower(control::NEEDS_SNAPSHOT, applied.answered, 0);
                 return None;
+            }
+            Err(JoinError::Refused { code: RefuseCode::Version, text, .. }) => {
+                // Retrying cannot help while the two releases differ, so it is a warning, said
+                // once. The follower retries all the same, as it does every refusal that came
+                // before the primary proved the secret: anything at the primary's address can
+                // send one, and a primary put back on this release is followed again. (A
+                // standby refused so at its start stops there: `serve` exits, saying this.)
+                let said = format!("refused by the primary, retrying: {text}");
+                if refused.as_deref() != Some(said.as_str()) {
+                    warn(format_args!("replication: {}", version_refused(primary, &text)));
+                }
+                refused = Some(said);
+                failures += 1;
             }
             Err(error) => {
                 if matches!(error, JoinError::Refused { code: RefuseCode::Busy, .. }) {

@@ -32,7 +32,7 @@ use ringfence_replicator::coordination::records::valid_node_name;
 use ringfence_replicator::message::RefuseCode;
 use ringfence_replicator::policy::AckMode;
 use ringfence_replicator::standby::{
-    FetchedSnapshot, JoinError, Joined, JournalEnd, fetch_snapshot, join,
+    FetchedSnapshot, JoinError, Joined, JournalEnd, fetch_snapshot, join, version_refused,
 };
 use serde::{Deserialize, Serialize};
 
@@ -466,7 +466,9 @@ pub enum JournalCheck {
 }
 
 /// Asks the primary where this standby's journal (ending at `end`) stops agreeing with its
-/// own. A divergence found later, while following, asks for a restart.
+/// own. A divergence found later, while following, asks for a restart. A refusal no retry
+/// mends (the secret, the cluster, the engine settings, the protocol version) is an error:
+/// the node does not start.
 pub fn check_journal(
     config: &ReplicationConfig,
     primary: &str,
@@ -499,6 +501,10 @@ pub fn check_journal(
             text,
             ..
         }) => Err(format!("{text} (the primary at {primary})")),
+        // Retrying cannot help: the node does not start, and says what to do.
+        Err(JoinError::Refused { code: RefuseCode::Version, text, .. }) => {
+            Err(version_refused(primary, &text))
+        }
         Err(error) => {
             log(format_args!(
                 "cannot check this journal against the primary {primary} ({error}); starting \

@@ -1053,6 +1053,43 @@ fn refused_serve(dir: &Path, args: &[&str]) -> String {
 }
 
 #[test]
+fn a_standby_whose_primary_speaks_another_protocol_version_does_not_start() {
+    // Goal: a primary of another replication protocol version refuses the standby's join at
+    // its start (`Refuse { Version }`). Retrying cannot help, so `serve` exits saying which
+    // versions the two speak and how to upgrade, as it does for a wrong secret or cluster,
+    // rather than starting a standby that retries for ever.
+    use ringfence_replicator::message::{PROTOCOL_VERSION, Refuse, RefuseCode};
+    let root = temp_dir("version-refused");
+    let secret = write_secret(&root, SECRET);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let primary = listener.local_addr().unwrap().to_string();
+    let other = PROTOCOL_VERSION + 1;
+    let text = format!(
+        "the standby speaks replication protocol version {PROTOCOL_VERSION}; this primary \
+         speaks {other}: run the same ringfence release on the primary and the standby"
+    );
+    let told = text.clone();
+    // Refuses every connection, as such a primary would (a standby that retried comes back).
+    thread::spawn(move || {
+        for peer in listener.incoming() {
+            let Ok(peer) = peer else { return };
+            let mut reader = FrameReader::new(peer.try_clone().unwrap());
+            if reader.read_message().is_ok() {
+                let refuse = Message::Refuse(Refuse::new(RefuseCode::Version, Epoch(0), &told));
+                let _ = write_message(&mut &peer, &refuse, &mut Vec::new());
+            }
+        }
+    });
+    let dir = root.join("b");
+    let args = ["--role", "standby", "--primary", &primary, "--cluster-secret-file", &secret];
+    let said = refused_serve(&dir, &[&args[..], &["--replication-listen", "127.0.0.1:0"]].concat());
+    let ours = format!("this standby (replication protocol version {PROTOCOL_VERSION})");
+    assert!(said.contains(&ours) && said.contains(&text), "{said}");
+    assert!(said.contains("Retrying cannot help") && said.contains("Upgrading a pair"), "{said}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn a_pair_carried_over_to_larger_tables_keeps_every_order_and_a_new_standby_fetches_them() {
     // Goal: a sale outgrew its order table (`capacity_exhausted`). With both nodes stopped
     // cleanly, the primary's directory is carried over to larger tables: the primary starts
