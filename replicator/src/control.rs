@@ -2828,7 +2828,7 @@ pub(crate) mod tests {
     }
 
     /// The warnings `act` logs on this thread.
-    fn warnings(act: impl FnOnce()) -> Vec<String> {
+    pub(crate) fn warnings(act: impl FnOnce()) -> Vec<String> {
         #[derive(Clone, Default)]
         struct Captured(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Captured {

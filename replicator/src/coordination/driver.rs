@@ -1339,31 +1339,6 @@ mod tests {
         assert_eq!(sync_writes_left.load(Ordering::Acquire), 0, "one write");
     }
 
-    /// The warnings `act` logs on this thread.
-    fn warnings(act: impl FnOnce()) -> Vec<String> {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, act);
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(str::to_owned).collect()
-    }
-
     #[test]
     fn a_failing_renewal_is_warned_of_once_whatever_else_is_noted_between() {
         // Goal: renewals failing round after round are said once, and so is another failure
@@ -1374,7 +1349,7 @@ mod tests {
         let refuse = Arc::clone(&coordinator.refuse_renewals);
         let (mut driver, control, _node) = primary(coordinator);
         refuse.store(true, Ordering::Release);
-        let said = warnings(|| {
+        let said = crate::control::tests::warnings(|| {
             for _ in 0..3 {
                 driver.renew(control.now_ms());
                 driver.note("writing the in-sync record failed: the write timed out");
