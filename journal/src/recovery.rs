@@ -632,7 +632,7 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     datadir::clean_stop_cleared(storage)?;
     let mut truncation = Truncation::default();
     for (name, len) in &restore {
-        restore_length(storage, name, *len)?;
+        restore_length(storage, name, *len, &[])?;
         truncation.restored.push(storage.describe(name));
     }
     let layout = if restore.is_empty() { layout } else { scan::scan(&mut source)? };
@@ -740,11 +740,18 @@ fn cut_short_kept(check: &DirCheck, at: Sequence) -> Vec<(String, u64)> {
 }
 
 /// Puts segment `name`, cut short, back at its listed length `len`: its header and the intact
-/// records at its front, then zeros to `len`, as the writer preallocates a segment. Made under
-/// a temporary name, synced, and renamed over the short file (the directory synced), so a
-/// crash leaves the short file or the whole one, and the truncation under way is finished
-/// from either. What follows the intact records (part of the first record lost) is not copied.
-fn restore_length<S: Storage>(storage: &S, name: &str, len: u64) -> Result<(), JournalError> {
+/// records at its front, then `after` (whole records `journal heal` copied from a peer, or
+/// nothing), then zeros to `len`, as the writer preallocates a segment. Made under a temporary
+/// name, synced, and renamed over the short file (the directory synced), so a crash leaves the
+/// short file or the whole one, and the repair under way is finished from either. What
+/// follows the intact records in the short file (part of the first record lost) is not
+/// copied. Returns the byte offset where the intact records end (and `after` starts).
+pub(crate) fn restore_length<S: Storage>(
+    storage: &S,
+    name: &str,
+    len: u64,
+    after: &[u8],
+) -> Result<usize, JournalError> {
     let first = segment_first(name);
     let describe_io = |verb: &str, name: &str| {
         let context = format!("{verb} {}", storage.describe(name));
@@ -753,20 +760,24 @@ fn restore_length<S: Storage>(storage: &S, name: &str, len: u64) -> Result<(), J
     let short = storage.open_segment(name).map_err(describe_io("opening", name))?;
     let (_, end) = scan::intact_prefix(short.bytes(), first);
     assert!((short.bytes().len() as u64) < len, "a segment restored to a shorter length");
+    // Whole records, which fit: the caller measured them against the listed length.
+    assert_eq!(after.len() % format::RECORD_ALIGN, 0, "part of a record put back");
+    assert!((end + after.len()) as u64 <= len, "records put back past the listed length");
     let temp = temp_name(name);
     if storage.file_len(&temp).is_ok() {
         storage.remove(&temp).map_err(describe_io("removing", &temp))?;
     }
     let mut whole = storage.create_segment(&temp, len).map_err(describe_io("creating", &temp))?;
     whole.bytes_mut()[..end].copy_from_slice(&short.bytes()[..end]);
-    whole.sync(0..end).map_err(describe_io("syncing", &temp))?;
+    whole.bytes_mut()[end..end + after.len()].copy_from_slice(after);
+    whole.sync(0..end + after.len()).map_err(describe_io("syncing", &temp))?;
     drop((short, whole));
     storage.rename(&temp, name).map_err(describe_io("renaming", &temp))?;
     datadir::sync_dir(storage)?;
     // The pair of the manifest's check: the file is its listed length again.
     let restored = storage.file_len(name).map_err(describe_io("reading", name))?;
     assert_eq!(restored, len, "a segment restored to another length");
-    Ok(())
+    Ok(end)
 }
 
 /// A journal whose oldest records were retired can be replayed only from a snapshot at or
