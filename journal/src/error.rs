@@ -416,8 +416,9 @@ impl JournalError {
 }
 
 /// The repairs of a listed segment cut short ([`JournalError::SegmentLength`]) whose front
-/// holds `intact` records from `first` on: the file restored whole drops nothing; a cut at the
-/// first sequence lost keeps every record left intact before it.
+/// holds `intact` records from `first` on: the file restored whole, or the records lost copied
+/// back from the peer's journal (`journal heal`), drop nothing; a cut at the first sequence
+/// lost keeps every record left intact before it.
 fn segment_length_repairs(dir: &str, first: Sequence, intact: u32, newest: bool) -> String {
     assert!(first.0 >= 1, "a segment from sequence 0");
     let lost = Sequence(first.0 + u64::from(intact));
@@ -437,9 +438,11 @@ fn segment_length_repairs(dir: &str, first: Sequence, intact: u32, newest: bool)
         "The bytes left hold {intact} intact records (sequences {first}..={last}); sequence \
          {lost} is the first not whole in them. Acknowledged commands may be lost with the \
          rest, so the journal is not replayed. Restore the file whole from a backup or the \
-         standby (`journal heal` and `journal rebuild` repair records, not a file cut short); \
-         or, {cut}, which keeps the {intact} intact records before it and puts the segment back \
-         at its listed length"
+         standby; or copy the records lost back from the other node's journal (or a backup), \
+         which keeps every record and drops nothing: `ringfence journal heal {dir} --from \
+         <its directory>` (`journal rebuild` does not repair a segment cut short); or, \
+         {cut}, which keeps the {intact} intact records before it and puts the segment back at \
+         its listed length"
     )
 }
 

@@ -30,6 +30,10 @@
 //! Nothing but the damaged bytes is written (no manifest, marker or epoch file changes): the
 //! journal afterwards is the one that was written before the damage. Each damaged span is
 //! healed in turn until the journal is intact or one cannot be healed.
+//!
+//! A segment cut short (its file shorter than the manifest lists) is healed first: its intact
+//! records are kept, the records lost with it are copied back after them once shown to be
+//! this journal's, and the segment is put back at its listed length (`cut_short`).
 
 use ringfence_core::Sequence;
 
@@ -39,6 +43,8 @@ use crate::format::{self, RECORD_ALIGN, SEGMENT_HEADER_LEN};
 use crate::rebuild;
 use crate::scan::{self, ReadSource};
 use crate::storage::{Segment, Storage};
+
+mod cut_short;
 
 /// Size of a record's stored CRC32C, at the start of its header.
 const CRC_LEN: usize = 4;
@@ -54,6 +60,19 @@ pub enum Shown {
     /// The next intact record, this sequence, equals the peer's, and the copies of the records
     /// before it fill the damaged span exactly.
     ByNextRecord(Sequence),
+    /// The segment was cut short: the records lost with it were put back after the intact
+    /// ones left, the segment at its listed length again (`cut_short`'s module documentation).
+    CutShort {
+        /// The record before the first lost, the same bytes in both journals.
+        matched: Sequence,
+        /// The first record of the next segment, the same in both journals: the records lost
+        /// were those before it. `None` for the newest segment.
+        next: Option<Sequence>,
+        /// Whether the copies are shown to reach where this node's records ended: the next
+        /// segment, the clean stop, or the segment full. If not, `--end-at-copy` took them to
+        /// end there, and a record this node held past them, had it any, is not among them.
+        end_known: bool,
+    },
 }
 
 /// One damaged span [`heal`] replaced.
@@ -74,15 +93,35 @@ pub struct Healed {
 }
 
 /// Heals every damaged span of the journal in `storage` from the intact copies in `peer` (see
-/// the module documentation); returns what it replaced, in journal order. Refused, changing
-/// nothing, when the journal is intact, when its only damage is a torn tail a crash left
-/// (recovery clears it), when the directory has problems other than damaged records (a
-/// missing segment or manifest: that is `truncate`'s), or when the first damage has no copy in
-/// `peer` shown to be what was written. Spans healed before a later one is refused stay healed
-/// (each holds the records that were written), and the error says so.
+/// the module documentation); returns what it replaced: segments cut short first, then
+/// damaged records in journal order. Refused, changing nothing, when the journal is intact,
+/// when its only damage is a torn tail a crash left (recovery clears it), when the directory
+/// has problems other than damaged records and segments cut short (a missing segment or
+/// manifest: that is `truncate`'s), or when the first damage has no copy in `peer` shown to be
+/// what was written (for a segment cut short: a copy of every record lost with it). Spans
+/// healed before a later one is refused stay healed (each holds the records that were
+/// written), and the error says so.
 pub fn heal<S: Storage, P: ReadSource>(
     storage: &S,
     peer: &mut P,
+) -> Result<Vec<Healed>, JournalError> {
+    heal_with(storage, peer, HealOptions::default())
+}
+
+/// How far [`heal_with`] may go beyond what [`heal`] does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HealOptions {
+    /// The operator's `--end-at-copy`: the records lost with the newest segment cut short,
+    /// when nothing shows where they ended (no clean stop, the segment not full), are taken to
+    /// end where the copy's records of this node's epoch do. Without it, that is refused.
+    pub end_at_copy: bool,
+}
+
+/// [`heal`], with `options`.
+pub fn heal_with<S: Storage, P: ReadSource>(
+    storage: &S,
+    peer: &mut P,
+    options: HealOptions,
 ) -> Result<Vec<Healed>, JournalError> {
     let mut healed: Vec<Healed> = Vec::new();
     let refuse = |healed: &[Healed], why: String| {
@@ -98,6 +137,12 @@ pub fn heal<S: Storage, P: ReadSource>(
             "a rebuild is under way: `ringfence journal rebuild` finishes it".to_owned(),
         );
     }
+    // Segments cut short first: the manifest check refuses the directory until they are whole.
+    if let Err(why) = heal_cut_short(storage, peer, options, &mut healed) {
+        return refuse(&healed, why);
+    }
+    // Damaged records are healed in journal order from here, after any segment put back.
+    let cut_short = healed.len();
     loop {
         let mut source = storage.clone();
         let check = datadir::check(&mut source)?;
@@ -136,7 +181,7 @@ pub fn heal<S: Storage, P: ReadSource>(
         let sequence = problem.sequence;
         // Each pass heals the first damage, so the next one found lies after it; if not, what
         // is wrong there is not in the record's bytes.
-        if healed.last().is_some_and(|last| last.through >= sequence) {
+        if healed[cut_short..].last().is_some_and(|last| last.through >= sequence) {
             return refuse(
                 &healed,
                 format!(
@@ -152,6 +197,33 @@ pub fn heal<S: Storage, P: ReadSource>(
             Err(why) => return refuse(&healed, why),
         }
     }
+}
+
+/// Puts back every segment cut short, when they are all the manifest check finds, with the
+/// peer's copies of the records lost with them (see `cut_short`); what it healed goes to
+/// `healed`. Other problems are left to the caller's check, which refuses them.
+fn heal_cut_short<S: Storage, P: ReadSource>(
+    storage: &S,
+    peer: &mut P,
+    options: HealOptions,
+    healed: &mut Vec<Healed>,
+) -> Result<(), String> {
+    let mut source = storage.clone();
+    let check = datadir::check(&mut source).map_err(|e| e.to_string())?;
+    let Some(segments) = cut_short::found(&check) else { return Ok(()) };
+    let stop = datadir::clean_stop(storage).map_err(|e| e.to_string())?;
+    let judge = cut_short::Judge {
+        epoch: check.epochs.map(|epochs| epochs.current),
+        stop: stop.as_ref(),
+        end_at_copy: options.end_at_copy,
+    };
+    for segment in &segments {
+        let span = cut_short::heal_cut_short(storage, segment, peer, judge)?;
+        // The records put back follow the intact ones, at the first sequence lost.
+        assert!(span.from <= span.through, "a segment put back with no record");
+        healed.push(span);
+    }
+    Ok(())
 }
 
 /// The sequences of `healed`, for a message.

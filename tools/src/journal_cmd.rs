@@ -96,7 +96,13 @@ pub enum JournalCommand {
     /// of the damaged record (its CRC32C or its other bytes) and fits before the next record;
     /// or the first intact record after the damage equals the copy's, and the copies of the
     /// records before it fill the damaged bytes exactly. Every record after the damage is kept.
-    /// Refused, changing nothing, when no copy is shown to be what was written. Refused while a
+    /// A segment cut short keeps its intact records and gets the ones lost with it back from
+    /// --from, at its listed length again: those before the next segment's first record (which
+    /// must equal the copy's), or for the newest segment those up to the clean stop, or (after
+    /// a crash) as far as the copy holds records of this node's epoch; the record before the
+    /// first lost must equal the copy's. Refused, changing nothing, when no copy is shown to be
+    /// what was written (for a segment cut short: when a record lost is not in the copy, and
+    /// the refusal names the sequences that would stay lost). Refused while a
     /// node runs on the directory; --from is only read.
     Heal(HealArgs),
     /// Carry a cleanly stopped node's data directory over to the [engine] settings of --config
@@ -223,6 +229,12 @@ pub struct HealArgs {
     /// The journal directory holding intact copies of the damaged records (only read).
     #[arg(long)]
     pub from: PathBuf,
+    /// For the newest segment cut short after a crash (no clean stop, so nothing records where
+    /// its records ended): take the records lost to end where --from's records of this node's
+    /// epoch do. Any record this node held after them would stay lost; without this flag heal
+    /// refuses, naming the records it would put back.
+    #[arg(long)]
+    pub end_at_copy: bool,
 }
 
 /// Options of `journal backup`.
@@ -1387,12 +1399,20 @@ fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
     let mut peer = ReadOnlyDir::open(&args.from)?;
     // Exclusive: a node appending to the journal may be writing the segment healed here.
     let storage = FileStorage::open_exclusive(&args.dir)?;
-    let healed = ringfence_journal::heal::heal(&storage, &mut peer)?;
+    let options = ringfence_journal::heal::HealOptions { end_at_copy: args.end_at_copy };
+    let healed = ringfence_journal::heal::heal_with(&storage, &mut peer, options)?;
     for span in &healed {
         let shown = match span.shown {
             Shown::ByCrc => "the copy's CRC32C matched the damaged record's".to_owned(),
             Shown::ByRest => "the copy matched all but the damaged CRC32C".to_owned(),
             Shown::ByNextRecord(next) => format!("record {next}, intact after it, matched"),
+            Shown::CutShort { matched, next, .. } => {
+                let after = next.map_or(String::new(), |m| format!(" and record {m} after them"));
+                format!(
+                    "the segment, cut short, is back at its listed length; record {matched} (the \
+                     last left before them){after} matched the copy's"
+                )
+            }
         };
         outln!(
             "healed     sequence {} in {} at byte offset {} ({} bytes; {shown})",
@@ -1401,6 +1421,18 @@ fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
             span.offset,
             span.len
         );
+    }
+    for span in &healed {
+        if let Shown::CutShort { end_known: false, .. } = span.shown {
+            // Taken, as asked, to end where the copy's records do: say what that assumed.
+            outln!(
+                "note       the records lost with {} are taken to end at sequence {}, where the \
+                 copy's of this node's epoch do (--end-at-copy): a record this node held after \
+                 it, had it any, is not back",
+                span.file,
+                span.through
+            );
+        }
     }
     outln!("copied from {}; nothing was dropped", args.from.display());
     Ok(ExitCode::SUCCESS)

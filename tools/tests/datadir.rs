@@ -207,6 +207,73 @@ fn journal_heal_copies_a_damaged_record_back_from_the_other_journal_dropping_not
 }
 
 #[test]
+fn journal_heal_puts_back_the_records_a_segment_cut_short_lost_from_the_other_journal() {
+    // Goal: a stopped node's segment cut short after two of its four records. The start
+    // refuses, naming `journal heal`; `journal rebuild` refuses naming heal and the
+    // truncation. After a clean stop, heal from a copy of the journal (the other node's) keeps
+    // the two records left and puts back the two lost, up to the clean stop. After a kill,
+    // where the records ended is not recorded: heal refuses, naming `--end-at-copy`, and with
+    // it puts them back and says what it assumed. Either way the segment is as it was, verify
+    // passes and the node serves all three orders.
+    for signal in ["-TERM", "-KILL"] {
+        let (dir, data, config) = sold_three_then("heal-cut-short", signal);
+        let peer = dir.path().join("peer");
+        std::fs::create_dir(&peer).unwrap();
+        for entry in std::fs::read_dir(&data).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, peer.join(path.file_name().unwrap())).unwrap();
+        }
+        let data_arg = data.to_str().unwrap();
+        let (segment, _) = journal_end(&data);
+        let whole = std::fs::read(&segment).unwrap();
+        let mut ends = Vec::new();
+        let mut offset = ringfence_journal::format::SEGMENT_HEADER_LEN;
+        while let Some((_, len)) = ringfence_journal::format::check_record(&whole[offset..]) {
+            offset += len;
+            ends.push(offset);
+        }
+        assert_eq!(ends.len(), 4, "the SKU and three orders");
+        // 16 bytes into the third record: two are left whole.
+        let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+        file.set_len(ends[1] as u64 + 16).unwrap();
+        let refused = start_refused(data_arg, &config);
+        assert_eq!(refused.status.code(), Some(1), "serve started on a segment cut short");
+        let err = text(&refused.stderr);
+        assert!(err.contains(&format!("journal heal {data_arg} --from")), "{err}");
+
+        let rebuild = ringfence(&["journal", "rebuild", data_arg]);
+        assert_eq!(rebuild.status.code(), Some(1), "{}", text(&rebuild.stdout));
+        let err = text(&rebuild.stderr);
+        assert!(err.contains("cannot rebuild") && err.contains("cut short"), "{err}");
+        assert!(err.contains(&format!("journal heal {data_arg} --from")), "{err}");
+        assert!(err.contains(&format!("journal truncate {data_arg} --at-seq 3`")), "{err}");
+
+        let mut heal = vec!["journal", "heal", data_arg, "--from", peer.to_str().unwrap()];
+        if signal == "-KILL" {
+            let refused = ringfence(&heal);
+            assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+            let err = text(&refused.stderr);
+            assert!(err.contains("holds records 3..=4") && err.contains("--end-at-copy`"), "{err}");
+            assert_eq!(std::fs::metadata(&segment).unwrap().len(), ends[1] as u64 + 16);
+            heal.push("--end-at-copy");
+        }
+        let healed = ringfence(&heal);
+        let out = text(&healed.stdout);
+        assert_eq!(healed.status.code(), Some(0), "{out}{}", text(&healed.stderr));
+        assert!(out.contains("healed     sequence 3..=4") && out.contains("cut short"), "{out}");
+        assert!(out.contains("nothing was dropped"), "{out}");
+        assert_eq!(out.contains("taken to end at sequence 4"), signal == "-KILL", "{out}");
+        assert_eq!(std::fs::read(&segment).unwrap(), whole, "the segment is not as it was");
+        let verify = ringfence(&["journal", "verify", data_arg]);
+        assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+        let mut node = Serve::start_with(&data, &["--config", &config]);
+        let (_, view) = node.call("GET", "/v1/skus/1", "", false);
+        assert_eq!(view["reserved"], 3, "every acknowledged order is back");
+        node.signal("-KILL");
+    }
+}
+
+#[test]
 fn a_second_writer_on_a_live_directory_is_refused_naming_the_pid() {
     // Goal: while a node runs, a second `serve` and a `journal truncate` on its directory are
     // refused with the node's pid, and the node and its journal are untouched.
