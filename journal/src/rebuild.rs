@@ -78,12 +78,14 @@ struct Located {
 /// documentation), or finishes a rebuild under way. Refused, changing nothing, when the
 /// journal is intact, when its only damage is a torn tail a crash left (recovery clears it),
 /// when the directory has problems a rebuild does not repair (a missing segment: that is
-/// `truncate`'s), or when no snapshot covers the damage with intact records after it.
+/// `truncate`'s; a segment cut short: `heal`'s or `truncate`'s, which the refusal names), or
+/// when no snapshot covers the damage with intact records after it.
 pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
     if let Some(through) = rebuilding(storage)? {
         return finish(storage, through);
     }
     let refuse = |why: String| Err(JournalError::Refused(format!("cannot rebuild: {why}")));
+    refuse_cut_short(storage)?;
     let Scanned { mut source, segments, layout } = scanned(storage, "rebuild")?;
     let stop = datadir::clean_stop(storage)?;
     let Some(problem) = layout.problem.as_ref() else {
@@ -124,6 +126,25 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
          record and those after it",
         layout.location
     ))
+}
+
+/// Refuses a journal with a segment cut short, naming the repairs that work. A rebuild keeps
+/// the records after a snapshot and sets aside those before it; a segment cut short lost
+/// records no snapshot is known to cover (the newest segment's lost records run to an end
+/// nothing recorded, unless the node stopped cleanly), and the records after the snapshot
+/// would have to be read from a file that lacks them. The records lost are put back by
+/// `journal heal` from the other node's journal, or dropped by `journal truncate`.
+fn refuse_cut_short<S: Storage>(storage: &S) -> Result<(), JournalError> {
+    let mut source = storage.clone();
+    let check = datadir::check(&mut source)?;
+    let cut = check.problems.iter().find(|problem| {
+        matches!(problem, JournalError::SegmentLength { found, listed, .. } if found < listed)
+    });
+    let Some(problem) = cut else { return Ok(()) };
+    Err(JournalError::Refused(format!(
+        "cannot rebuild: a rebuild restarts the journal after a snapshot, and does not put back \
+         the records a segment cut short lost: {problem}"
+    )))
 }
 
 /// A directory as a tool that rewrites it first reads it.

@@ -221,7 +221,8 @@ fn a_segment_cut_short_whose_records_the_peer_lacks_or_diverge_is_left_as_it_was
     assert_eq!(segments(&disk), before, "a refused heal changed the journal");
 
     let error = ringfence_journal::rebuild::rebuild(&disk).unwrap_err().to_string();
-    assert!(error.contains("cut short") && error.contains("journal heal"), "{error}");
+    assert!(error.contains("does not put back the records a segment cut short lost"), "{error}");
+    assert!(error.contains("journal heal"), "{error}");
     assert!(error.contains(&format!("--at-seq {lost}`")), "{error}");
     assert_eq!(segments(&disk), before, "a refused rebuild changed the journal");
 

@@ -87,8 +87,9 @@ pub enum JournalCommand {
     /// sequence at or after the damaged record) and the records after it are intact, start the
     /// journal just after the newest such snapshot. Records after it are copied into a new
     /// segment; the older segments, the damaged one among them, are renamed *.seg.superseded.
-    /// Refused, changing nothing, when no snapshot covers the damage. Refused while a node
-    /// runs.
+    /// Refused, changing nothing, when no snapshot covers the damage, and for a segment cut
+    /// short (the refusal names `heal --from` and the `truncate` that keeps its intact
+    /// records). Refused while a node runs.
     Rebuild(RebuildArgs),
     /// Repair without loss from another copy: damaged records are replaced, byte for byte, by
     /// the same records from the journal in --from (the other node's data directory, a copy of
