@@ -34,8 +34,8 @@ use crate::recovery;
 use crate::scan::{self, ReadSource};
 use crate::storage::{Segment, Storage};
 
-/// The fewest bytes a record takes: its 32-byte header and a payload, padded to 16 bytes.
-const RECORD_LEN_MIN: usize = 48;
+/// The fewest bytes a record takes: its header and a payload of one byte, padded.
+const RECORD_LEN_MIN: usize = ringfence_core::record::record_len(1);
 
 /// A listed segment cut short, as the manifest check found it.
 #[derive(Clone, Debug)]
