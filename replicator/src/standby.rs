@@ -737,7 +737,13 @@ fn follow_stream(
             continue;
         }
         let wait = Some(left.min(STOP_CHECK));
-        follower.poll.poll(&mut follower.events, wait).map_err(|e| e.to_string())?;
+        match follower.poll.poll(&mut follower.events, wait) {
+            // A signal (a stopped process continued, say) ended the wait: look again.
+            Err(error) if error.kind() != io::ErrorKind::Interrupted => {
+                return Err(error.to_string());
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
