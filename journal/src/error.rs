@@ -439,8 +439,9 @@ fn segment_length_repairs(dir: &str, first: Sequence, intact: u32, newest: bool)
          {lost} is the first not whole in them. Acknowledged commands may be lost with the \
          rest, so the journal is not replayed. Restore the file whole from a backup or the \
          standby; or copy the records lost back from the other node's journal (or a backup), \
-         which keeps every record and drops nothing: `ringfence journal heal {dir} --from \
-         <its directory>` (`journal rebuild` does not repair a segment cut short); or, \
+         which keeps every record it shows to be this journal's: `ringfence journal heal \
+         {dir} --from <its directory>` (it says when it cannot tell where the records lost \
+         ended; `journal rebuild` does not repair a segment cut short); or, \
          {cut}, which keeps the {intact} intact records before it and puts the segment back at \
          its listed length"
     )

@@ -256,6 +256,9 @@ struct State {
     /// Primary: the connected standby's data directory is catching up, as its last
     /// acknowledgement said (and until its first one on a stream says otherwise).
     standby_catching_up: bool,
+    /// Primary: the last acknowledgement on the current stream, what it said the standby
+    /// holds durably and when it came (`Facts::standby_last_ack`).
+    last_ack: Option<(Sequence, u64)>,
 }
 
 /// Sent frames remembered for the lag figure; beyond this the oldest are merged away.
@@ -356,6 +359,7 @@ impl Control {
             behind: 0,
             follower_state: "connecting".into(),
             standby_catching_up: true,
+            last_ack: None,
         };
         let control = Arc::new(Control {
             config,
@@ -552,6 +556,7 @@ impl Control {
         state.stream += 1;
         state.peer = Some(peer.to_owned());
         state.standby_catching_up = true;
+        state.last_ack = None;
         // What the stream it replaces sent is no record this one waits for.
         state.sent.clear();
         state.policy.on_connected(now);
@@ -569,6 +574,7 @@ impl Control {
         }
         let marker_due_before = self.in_sync_marker_due(&state);
         state.standby_catching_up = ack.catching_up;
+        state.last_ack = Some((durable, now));
         self.link.acknowledged(durable);
         state.acked = durable.max(state.acked);
         while state.sent.front().is_some_and(|&(through, _)| through <= durable) {
@@ -713,6 +719,7 @@ impl Control {
             return;
         }
         state.policy.on_disconnected(now);
+        state.last_ack = None;
         state.sent.clear();
         state.ack_rtt_ms = None;
         self.apply_gate(&state, now);
@@ -875,7 +882,7 @@ impl Control {
             mode: state.policy.mode(),
             gate: self.link.gate(),
             acked: held,
-            standby_heard_ms: if primary { state.policy.heard_ms() } else { None },
+            standby_last_ack: if primary { state.last_ack } else { None },
             available: Sequence(self.link.available()),
             must_restart: if primary {
                 None
@@ -2112,11 +2119,15 @@ pub(crate) mod tests {
             assert!(!control.facts().standby_catching_up);
             assert!(dir.standby_in_sync(), "{witness:?}: caught up and in sync: the marker");
             assert!(!hold.answers_alone(), "{witness:?}: answers rest on the standby's copy");
-            // A new stream starts from not knowing: the standby's directory may be new.
+            assert_eq!(control.facts().standby_last_ack.map(|(held, _)| held), Some(Sequence(9)));
+            // A new stream starts from not knowing: the standby's directory may be new, and
+            // no acknowledgement has come on it (the last one came on the stream before).
             let again = control.on_connected("b");
             assert!(control.facts().standby_catching_up, "{witness:?}: a new stream");
+            assert_eq!(control.facts().standby_last_ack, None, "{witness:?}: none on it yet");
             control.on_ack(again, &ack(9, false));
             assert!(!control.facts().standby_catching_up);
+            assert_eq!(control.facts().standby_last_ack.map(|(held, _)| held), Some(Sequence(9)));
         }
     }
 

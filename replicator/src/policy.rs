@@ -156,13 +156,6 @@ impl AckPolicy {
         self.state
     }
 
-    /// When the connected standby was last heard from (an acknowledgement, also of a
-    /// heartbeat), on the clock the policy is fed; `None` with no standby connected.
-    #[must_use]
-    pub fn heard_ms(&self) -> Option<u64> {
-        self.heard_ms
-    }
-
     /// When answers leave, as the primary's heartbeats tell its standby: alone (on the
     /// journal) until a standby caught up in `sync` mode, after the standby (or held) once one
     /// did, and as the operator chose under `async`.

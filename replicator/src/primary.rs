@@ -533,8 +533,9 @@ fn stream_ended(error: &WireError, (peer, acknowledged): (&str, bool), timeout_m
         )
     } else if matches!(error, WireError::Closed) && !acknowledged {
         format!(
-            "standby {peer} closed the connection before acknowledging anything, as a standby \
-             does once it has checked its journal against this one at its start"
+            "standby {peer} closed the connection before acknowledging anything, as a starting \
+             standby does once it has checked its journal against this one (if it repeats, \
+             look at the standby)"
         )
     } else {
         format!("standby connection ended: {error}")
@@ -593,7 +594,8 @@ mod tests {
         assert_eq!(
             checked,
             "standby 127.0.0.1:5 closed the connection before acknowledging anything, as a \
-             standby does once it has checked its journal against this one at its start"
+             starting standby does once it has checked its journal against this one (if it \
+             repeats, look at the standby)"
         );
         let cut = WireError::ClosedMidFrame { have: 3, need: 4 };
         let said = stream_ended(&cut, ("127.0.0.1:5", false), 2_000);

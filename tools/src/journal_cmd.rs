@@ -1435,7 +1435,16 @@ fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
             );
         }
     }
-    outln!("copied from {}; nothing was dropped", args.from.display());
+    let assumed =
+        healed.iter().any(|span| matches!(span.shown, Shown::CutShort { end_known: false, .. }));
+    if assumed {
+        outln!(
+            "copied from {}; nothing this journal was shown to hold was dropped (see the note)",
+            args.from.display()
+        );
+    } else {
+        outln!("copied from {}; nothing was dropped", args.from.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -835,6 +835,13 @@ fn switchover(control: &Control, coordination: &Coordination) -> Result<Epoch, S
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let figures = coordination.figures();
+    if figures.state == "taking_office" || figures.leader.is_none() {
+        // The primary gave the key up: this node takes it, or is about to.
+        return Err("the switchover is under way: the primary gave up the leader key and this \
+                    node is taking over; see /v1/node"
+            .into());
+    }
     Err(format!(
         "the switchover asked of the primary through etcd did not complete within {} s, and the \
          request lapses with this answer: the primary holds writes for a standby only while it \

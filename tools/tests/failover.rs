@@ -857,8 +857,9 @@ fn a_switchover_whose_standby_stops_is_called_off_and_the_primary_writes_on() {
     // Goal: a switchover is asked for the standby, which is paused just before. The primary
     // holds writes and hears nothing from it after, so it never gives the key to a node that
     // could not take it: once the standby counts as lost it calls the switchover off, keeps
-    // the key without restarting, and acknowledges writes again. Resumed and back in sync
-    // while the request stands, the standby is handed the key; nothing acknowledged is lost.
+    // the key without restarting, and acknowledges writes again. Resumed and back in sync,
+    // the standby is not handed the key for that request; asked anew, it is. Nothing
+    // acknowledged is lost.
     let _serial = one_at_a_time();
     let root = TempDir::new("failover-switchover-stalled");
     let etcd = Etcd::start(root.path());
@@ -882,7 +883,7 @@ fn a_switchover_whose_standby_stops_is_called_off_and_the_primary_writes_on() {
     let (leader, _) = witness.read().unwrap().leader.unwrap();
     b.pause();
     // What `ringfence promote` on b writes, under a lease of the test's own that outlives the
-    // pause (promote's lapses in 10 s): the request stands until the switchover is done.
+    // pause and the rest of the test (promote's lapses in 10 s).
     let lease = witness.grant(60).unwrap();
     let request = Switchover { version: RECORDS_VERSION, to: "b".into(), epoch: leader.epoch };
     witness.request_switchover(&request, lease).unwrap();
@@ -900,13 +901,27 @@ fn a_switchover_whose_standby_stops_is_called_off_and_the_primary_writes_on() {
     assert!(!log.iter().any(|l| l.contains("gave up the leader key")), "{log:#?}");
     assert!(!log.iter().any(|l| l.contains("restarting as a candidate")), "{log:#?}");
 
-    // Resumed and back in sync while its request stands, b is handed the key after all.
+    // Resumed and back in sync, b is not handed the key for the request called off, which
+    // still stands: it follows a. Asked anew, the switchover is made.
     b.signal("-CONT");
+    wait_on(&b, "b is recorded in sync again", || {
+        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
+    });
+    assert!(witness.read().unwrap().switchover.is_some(), "the request called off stands");
+    assert!(a.is_leader() && b.follows("a"));
+    let token = b.dir.join("admin.token");
+    let http = b.http.to_string();
+    let args = ["promote", "--http", &http, "--admin-token-file", token.to_str().unwrap()];
+    let output = ringfence_within(&args, Duration::from_secs(60));
+    assert!(output.status.success(), "{} {}", text(&output.stdout), text(&output.stderr));
     wait_on(&b, "b leads", || b.is_leader());
     wait_on(&a, "a follows b", || a.follows("b"));
     let (_, sku) = b.call("GET", "/v1/skus/2", "").unwrap();
     assert_eq!(serde_json::from_str::<Value>(&sku).unwrap()["reserved"], 6, "{sku}");
     assert_eq!(answered(&b, &probe(7)).0, 201);
+    // Continued, b's follower took the wait a signal ended as the signal it was.
+    let b_log = b.log();
+    assert!(!b_log.iter().any(|l| l.contains("Interrupted system call")), "{b_log:#?}");
 }
 
 #[test]

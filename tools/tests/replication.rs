@@ -440,8 +440,9 @@ fn a_starting_standbys_journal_check_is_logged_by_its_primary_as_the_expected_st
     let secret = write_secret(&root, SECRET);
     let node = primary(&root.join("a"), &secret, &[]);
     let follower = standby(&root.join("b"), &secret, node.replication.unwrap());
-    let check = "closed the connection before acknowledging anything, as a standby does once \
-                 it has checked its journal against this one at its start; now alone";
+    let check = "closed the connection before acknowledging anything, as a starting standby \
+                 does once it has checked its journal against this one (if it repeats, look at \
+                 the standby); now alone";
     let awaited = [check, "replication: in_sync"];
     let mut lines = node.drain_log();
     let deadline = Instant::now() + Duration::from_secs(30);

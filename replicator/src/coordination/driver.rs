@@ -777,7 +777,8 @@ impl Driver {
                 match self.coordinator.record_sync(self.pilot.leader(), &sync) {
                     Ok(true) => {}
                     Ok(false) => return Err("this node no longer holds the leader key".into()),
-                    Err(error @ CoordinatorError::Unsent(_)) => {
+                    // Nothing sent, and no earlier switch unanswered that may yet be recorded.
+                    Err(error @ CoordinatorError::Unsent(_)) if self.unanswered.is_none() => {
                         return Err(format!(
                             "{error}; nothing was recorded, and the mode stays {}",
                             facts.mode.name()
@@ -980,7 +981,7 @@ pub fn candidate_facts(
         mode,
         gate: Gate::Local,
         acked: available,
-        standby_heard_ms: None,
+        standby_last_ack: None,
         available,
         must_restart: None,
         epoch_floor,

@@ -127,10 +127,11 @@ pub struct Facts {
     pub gate: Gate,
     /// Primary: the standby's durable acknowledgement. Standby: what it holds.
     pub acked: Sequence,
-    /// Primary: when its standby was last heard from (on the clock `Pilot::on_view` is given),
-    /// while one is connected. A handover gives the key only to a standby heard from since
-    /// the writes were held.
-    pub standby_heard_ms: Option<u64>,
+    /// Primary: the last acknowledgement on the current stream: what it said the standby
+    /// holds durably, and when it came (on the clock `Pilot::on_view` is given). A handover
+    /// gives the key only to a standby whose acknowledgement since the writes were held
+    /// covers what it must hold.
+    pub standby_last_ack: Option<(Sequence, u64)>,
     /// The journal's last record.
     pub available: Sequence,
     /// A standby must restart to rejoin, and why: its journal diverged from the primary's, or
@@ -239,6 +240,9 @@ pub struct Pilot {
     /// Primary: the journal position the standby's acknowledgement must reach before the
     /// record may name it.
     mark: Option<Sequence>,
+    /// Primary: the revision of the switchover request it last called off, which it does not
+    /// take up again (a request asked anew has another).
+    called_off: Option<i64>,
 }
 
 /// How long a resigned primary waits for the standby to take the key before it runs again.
@@ -256,6 +260,7 @@ impl Pilot {
             deadline_ms: None,
             recorded: None,
             mark: None,
+            called_off: None,
         }
     }
 
@@ -272,7 +277,7 @@ impl Pilot {
         assert_eq!(sync.epoch, leader.epoch, "the key is taken with the record's epoch");
         let deadline_ms = Some(timing.deadline(renewed_ms, timing.ttl_s));
         let phase = Phase::Primary { leader, in_office: false };
-        Pilot { me, timing, phase, deadline_ms, recorded: Some(sync), mark: None }
+        Pilot { me, timing, phase, deadline_ms, recorded: Some(sync), mark: None, called_off: None }
     }
 
     /// This node's identity.
@@ -401,11 +406,12 @@ impl Pilot {
             return self.failed_view((leader, since_ms), &recorded, facts, view);
         }
         if let Some(to) = switchover_asked(leader, view)
+            && self.called_off != Some(view.switchover_revision)
             && facts.mode == AckMode::Sync
             && facts.policy == PolicyState::InSync
         {
-            // A standby lost since it asked is not waited for: the request stands until it
-            // lapses, and is taken up again if the standby is back in sync before.
+            // A standby lost since it asked is not waited for, and a request called off is not
+            // taken up again: the standby asks anew.
             let reason = format!("{to} asks to take over");
             self.phase = Phase::Handover { leader: leader.clone(), since_ms, resigned: false };
             return Plan::Hold(reason);
@@ -556,6 +562,7 @@ impl Pilot {
             }
         } else if let Some(why) = self.switchover_off(leader, too_long, facts, view) {
             self.phase = Phase::Primary { leader: leader.clone(), in_office: true };
+            self.called_off = Some(view.switchover_revision);
             return Plan::CallOff(why);
         }
         if standby_holds_enough(since_ms, facts, view) {
@@ -611,6 +618,7 @@ impl Pilot {
         self.phase = Phase::Primary { leader, in_office: false };
         self.recorded = Some(sync);
         self.mark = None;
+        self.called_off = None;
         self.deadline_ms = Some(self.timing.deadline(renewed_ms, self.timing.ttl_s));
     }
 
@@ -652,20 +660,22 @@ fn switchover_asked<'v>(leader: &LeaderValue, view: &'v View) -> Option<&'v str>
     (request.epoch == leader.epoch && request.to == standby).then_some(standby)
 }
 
-/// Whether a primary handing over since `since_ms` may give up the key: its standby was heard
-/// from since then (one that stopped or died just before would never take the key, and the
-/// writes would wait for nobody), and it holds everything the primary may have acknowledged.
+/// Whether a primary handing over since `since_ms` may give up the key: an acknowledgement on
+/// the current stream since then (one that stopped or died just before would never take the
+/// key, and the writes would wait for nobody; one that came back catching up could not) says
+/// the standby holds everything the primary may have acknowledged.
 /// In a switchover that is the whole journal. Once the journal failed it is what the journal
 /// made durable (nothing after it was acknowledged), and under a `sync` record nothing is
 /// waited for: every write acknowledged is on the standby it names.
 fn standby_holds_enough(since_ms: u64, facts: &Facts, view: &View) -> bool {
-    if facts.standby_heard_ms.is_none_or(|heard| heard <= since_ms) {
+    let Some((held, at_ms)) = facts.standby_last_ack else { return false };
+    if at_ms <= since_ms || facts.standby_catching_up {
         return false;
     }
     match facts.journal_failed {
-        None => facts.acked >= facts.available,
+        None => held >= facts.available,
         Some(_) if view.sync.as_ref().is_some_and(|s| s.ack_mode() == AckMode::Sync) => true,
-        Some(durable) => facts.acked >= durable,
+        Some(durable) => held >= durable,
     }
 }
 
@@ -826,7 +836,7 @@ mod tests {
             mode: AckMode::Sync,
             gate,
             acked: Sequence(acked),
-            standby_heard_ms: None,
+            standby_last_ack: None,
             available: Sequence(available),
             must_restart: None,
             epoch_floor: 1,
@@ -1198,8 +1208,8 @@ mod tests {
         // else is ignored.
         let mut witness = MemoryCoordinator::new("c");
         let (mut a, _, _, lease_b) = pair(&mut witness);
-        let in_sync = |acked, heard| Facts {
-            standby_heard_ms: Some(heard),
+        let in_sync = |acked, at| Facts {
+            standby_last_ack: Some((Sequence(acked), at)),
             ..facts(true, PolicyState::InSync, Gate::Standby, (acked, 40))
         };
         a.on_view(0, &in_sync(40, 0), &witness.read().unwrap());
@@ -1225,12 +1235,13 @@ mod tests {
     #[test]
     fn a_switchover_whose_standby_is_lost_or_gone_is_called_off_and_writes_go_on() {
         // Goal: before the key is given up, a standby lost (silent or stalled for the
-        // replication timeout), whose request went with its lease, or that does not catch up
-        // within the handover's wait, calls the switchover off: the node stays the primary,
-        // and then goes on as it would have (alone, once recorded so). A standby back in sync
-        // while its request stands is handed the key after all.
+        // replication timeout), whose request lapsed, or that does not confirm it holds
+        // everything within the handover's wait, calls the switchover off: the node stays the
+        // primary, and then goes on as it would have (alone, once recorded so). A request
+        // called off is not taken up again, even with the standby back in sync; asked anew,
+        // it is.
         let mut witness = MemoryCoordinator::new("c");
-        let (a, in_sync) = asked_pair(&mut witness);
+        let (a, in_sync, lease_b) = asked_pair(&mut witness);
         let view = witness.read().unwrap();
         let lost =
             Facts { policy: PolicyState::StandbyLost { since_ms: 3 }, gate: Gate::Held, ..in_sync };
@@ -1240,41 +1251,62 @@ mod tests {
         let Plan::CallOff(why) = plan else { panic!("called off: {plan:?}") };
         assert_eq!(why, "b was lost: nothing acknowledged within the replication timeout");
         assert_eq!(silent.state(), "leader");
-        let Plan::Record { sync, after } = silent.on_view(2_600, &lost, &view) else {
-            panic!("the request stands, but a lost standby is not waited for again")
+        let plan = silent.on_view(2_600, &lost, &view);
+        let Plan::Record { sync, after } = plan.clone() else {
+            panic!("the request stands, but a lost standby is not waited for again: {plan:?}")
         };
-        assert_eq!((sync.standby, after), (None, After::ContinueAlone));
-        let back = Facts { standby_heard_ms: Some(2_700), ..in_sync };
-        assert!(matches!(silent.on_view(2_700, &back, &view), Plan::Hold(_)), "asks again");
-        let back = Facts { standby_heard_ms: Some(2_800), ..in_sync };
-        assert_eq!(silent.on_view(2_800, &back, &view), Plan::Resign);
+        assert_eq!((sync.standby.as_deref(), after), (None, After::ContinueAlone));
+        carry_record(&mut witness, &mut silent, plan);
+        // In sync again and named once more, while the request called off still stands.
+        let named = SyncRecord { standby: Some("b".into()), ..sync };
+        carry_record(
+            &mut witness,
+            &mut silent,
+            Plan::Record { sync: named, after: After::Nothing },
+        );
+        let back = |at| Facts { standby_last_ack: Some((Sequence(50), at)), ..in_sync };
+        let view = witness.read().unwrap();
+        assert!(view.switchover.is_some(), "the request stands");
+        assert_eq!(silent.on_view(2_700, &back(2_700), &view), Plan::Nothing, "not taken up");
+        let request = view.switchover.clone().unwrap();
+        witness.request_switchover(&request, lease_b).unwrap();
+        let view = witness.read().unwrap();
+        assert!(matches!(silent.on_view(2_800, &back(2_800), &view), Plan::Hold(_)), "anew");
+        assert_eq!(silent.on_view(2_900, &back(2_850), &view), Plan::Resign);
 
         let mut forsaken = a.clone();
-        let unasked = View { switchover: None, ..view.clone() };
-        let plan = forsaken.on_view(1_000, &in_sync, &unasked);
+        let view = View { switchover: None, switchover_revision: 0, ..witness.read().unwrap() };
+        let plan = forsaken.on_view(1_000, &in_sync, &view);
         assert_eq!(plan, Plan::CallOff("b's request lapsed".into()));
-        assert_eq!(forsaken.on_view(1_100, &in_sync, &unasked), Plan::Nothing, "in office");
+        assert_eq!(forsaken.on_view(1_100, &in_sync, &view), Plan::Nothing, "in office");
 
         let mut behind = a;
-        let lagging = Facts { acked: Sequence(49), standby_heard_ms: Some(1_999), ..in_sync };
-        assert_eq!(behind.on_view(1_999, &lagging, &view), Plan::Nothing);
-        let lagging = Facts { standby_heard_ms: Some(2_004), ..lagging };
-        let plan = behind.on_view(2_004, &lagging, &view);
+        let view = witness.read().unwrap();
+        let lagging = |at| Facts {
+            acked: Sequence(49),
+            standby_last_ack: Some((Sequence(49), at)),
+            ..in_sync
+        };
+        assert_eq!(behind.on_view(1_999, &lagging(1_999), &view), Plan::Nothing);
+        let plan = behind.on_view(2_004, &lagging(2_004), &view);
         let why = "b did not confirm it holds everything within 2 lease TTLs";
         assert_eq!(plan, Plan::CallOff(why.into()));
+        let plan = behind.on_view(2_100, &lagging(2_100), &view);
+        assert!(!matches!(plan, Plan::Hold(_)), "held again for the request called off: {plan:?}");
     }
 
     /// `a` leads with `b` recorded in sync at 50 records, and holds writes at time 3 because
-    /// `b` asks to take over; the facts `a` was in sync with, `b` last heard at 2.
-    fn asked_pair(witness: &mut MemoryCoordinator) -> (Pilot, Facts) {
+    /// `b` asks to take over; the facts `a` was in sync with (`b`'s last acknowledgement at 2),
+    /// and `b`'s lease.
+    fn asked_pair(witness: &mut MemoryCoordinator) -> (Pilot, Facts, LeaseId) {
         let (mut a, _, lease_b, in_sync) = recorded_pair(witness);
-        let in_sync = Facts { standby_heard_ms: Some(2), ..in_sync };
+        let in_sync = Facts { standby_last_ack: Some((Sequence(50), 2)), ..in_sync };
         let epoch = a.leader().epoch;
         let request = Switchover { version: RECORDS_VERSION, to: "b".into(), epoch };
         witness.request_switchover(&request, lease_b).unwrap();
         assert!(matches!(a.on_view(3, &in_sync, &witness.read().unwrap()), Plan::Hold(_)));
         assert_eq!(a.state(), "handing_over");
-        (a, in_sync)
+        (a, in_sync, lease_b)
     }
 
     #[test]
@@ -1291,8 +1323,9 @@ mod tests {
         // Durable through 35 of 50; the standby acknowledged `acked`.
         let failed =
             |acked| Facts { journal_failed: Some(Sequence(35)), acked: Sequence(acked), ..in_sync };
-        // Heard from at 4, after the hold at 2 (or 3).
-        let failed = |acked| Facts { standby_heard_ms: Some(4), ..failed(acked) };
+        // Acknowledged at 4, after the hold at 2 (or 3).
+        let failed =
+            |acked| Facts { standby_last_ack: Some((Sequence(acked), 4)), ..failed(acked) };
 
         let gone = View { members: Vec::new(), ..view.clone() };
         let mut lone = a.clone();
@@ -1319,7 +1352,7 @@ mod tests {
         let held = a.on_view(2, &failed(30), &view);
         assert_eq!(held, Plan::Hold("this node's journal failed: it hands over to b".into()));
         assert_eq!(a.state(), "handing_over");
-        let unheard = Facts { standby_heard_ms: Some(2), ..failed(30) };
+        let unheard = Facts { standby_last_ack: Some((Sequence(30), 2)), ..failed(30) };
         assert_eq!(a.on_view(3, &unheard, &view), Plan::Nothing, "b not heard since the hold");
         assert_eq!(a.on_view(4, &failed(30), &view), Plan::Resign, "b holds every answer");
     }

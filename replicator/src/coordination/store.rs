@@ -48,6 +48,9 @@ pub struct View {
     pub sync_revision: i64,
     /// A standby's request for a planned switchover.
     pub switchover: Option<Switchover>,
+    /// [`View::switchover`]'s modification revision (0 when there is none): each request
+    /// asked is another, also of the same value.
+    pub switchover_revision: i64,
     /// The nodes that registered, by name.
     pub members: Vec<Member>,
 }
@@ -146,6 +149,7 @@ impl Keys {
                 view.sync_revision = revision;
             } else if key == self.switchover() {
                 view.switchover = Some(records::decode(key, value)?);
+                view.switchover_revision = revision;
             } else if key.starts_with(&members) {
                 view.members.push(records::decode(key, value)?);
             }
