@@ -78,8 +78,8 @@ enum TopCommand {
     /// a planned switchover through etcd, asked of the in-sync standby while its primary runs.
     /// The primary holds writes until this standby has everything, hands it the leader key and
     /// rejoins as its standby. The answer names the new epoch, or, after 10 s, says the
-    /// switchover did not complete and its request lapsed (a standby lost meanwhile is not
-    /// handed the key: the primary calls the switchover off and writes on).
+    /// switchover did not complete and its request was withdrawn (a standby lost meanwhile is
+    /// not handed the key: the primary calls the switchover off and writes on).
     ///
     /// docs/failover.md, "Planned switchover", has both.
     Promote(admin_cmd::PromoteArgs),

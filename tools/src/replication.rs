@@ -835,6 +835,9 @@ fn switchover(control: &Control, coordination: &Coordination) -> Result<Epoch, S
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Not made in time: the request is withdrawn, so that it is not made later by surprise
+    // (etcd may keep a lease past its TTL, across a change of its own leader).
+    let withdrawn = coordination.withdraw_switchover();
     let figures = coordination.figures();
     if figures.state == "taking_office" || figures.leader.is_none() {
         // The primary gave the key up: this node takes it, or is about to.
@@ -842,10 +845,18 @@ fn switchover(control: &Control, coordination: &Coordination) -> Result<Epoch, S
                     node is taking over; see /v1/node"
             .into());
     }
+    let request = match withdrawn {
+        Ok(()) => "its request was withdrawn".to_owned(),
+        Err(error) => format!(
+            "withdrawing its request failed ({error}): it lapses by itself in about {} s",
+            SWITCHOVER_WAIT.as_secs()
+        ),
+    };
     Err(format!(
-        "the switchover asked of the primary through etcd did not complete within {} s, and the \
-         request lapses with this answer: the primary holds writes for a standby only while it \
-         is in sync, and calls the switchover off when it is lost; see /v1/node, and ask again",
+        "the switchover asked of the primary through etcd did not complete within {} s, and \
+         {request}. The primary hands over only in sync mode, to a standby in sync that \
+         acknowledges everything once writes are held, and calls the switchover off when that \
+         standby is lost; see /v1/node, and ask again",
         SWITCHOVER_WAIT.as_secs()
     ))
 }

@@ -909,6 +909,9 @@ fn a_switchover_whose_standby_stops_is_called_off_and_the_primary_writes_on() {
     });
     assert!(witness.read().unwrap().switchover.is_some(), "the request called off stands");
     assert!(a.is_leader() && b.follows("a"));
+    // Withdrawn as `promote` withdraws one not made in time: its lease revoked, it is gone.
+    witness.revoke(lease).unwrap();
+    assert_eq!(witness.read().unwrap().switchover, None);
     let token = b.dir.join("admin.token");
     let http = b.http.to_string();
     let args = ["promote", "--http", &http, "--admin-token-file", token.to_str().unwrap()];

@@ -273,6 +273,7 @@ fn ms(clock: &dyn Clock) -> u64 {
 enum Request {
     SetMode(AckMode, Reply),
     Switchover(Reply),
+    WithdrawSwitchover(Reply),
     Stop,
 }
 
@@ -330,6 +331,12 @@ impl Coordination {
         self.ask(Request::Switchover)
     }
 
+    /// Withdraws the switchover this standby asked for, if it did: its request goes from the
+    /// witness at once, rather than when its lease runs out.
+    pub fn withdraw_switchover(&self) -> Result<(), String> {
+        self.ask(Request::WithdrawSwitchover)
+    }
+
     /// Stops the driver; a primary gives up the leader key so its standby takes over at once.
     pub fn stop(&self) {
         let _ = self.requests.lock().expect("never poisoned").send(Request::Stop);
@@ -362,6 +369,8 @@ pub struct Driver {
     /// An in-sync record written whose answer was lost, and what to do once it is known to
     /// be recorded: the next read that shows it recorded carries that out.
     unanswered: Option<(SyncRecord, After)>,
+    /// The lease of the last switchover request this standby wrote, until withdrawn.
+    switchover_lease: Option<LeaseId>,
 }
 
 /// Starts the driver of a node that decided at start-up, on a thread of its own.
@@ -432,6 +441,7 @@ impl Driver {
             said: String::new(),
             renewal_failing: None,
             unanswered: None,
+            switchover_lease: None,
         };
         driver.register();
         driver
@@ -490,6 +500,9 @@ impl Driver {
         match request {
             Request::SetMode(mode, reply) => self.answer(&reply, |d| d.set_mode(mode)),
             Request::Switchover(reply) => self.answer(&reply, Driver::switchover),
+            Request::WithdrawSwitchover(reply) => {
+                self.answer(&reply, Driver::withdraw_switchover);
+            }
             Request::Stop => return false,
         }
         true
@@ -824,6 +837,7 @@ impl Driver {
             .coordinator
             .grant(SWITCHOVER_REQUEST_TTL_S)
             .map_err(|error| format!("{error}; nothing was asked"))?;
+        self.switchover_lease = Some(lease);
         self.coordinator.request_switchover(&request, lease).map_err(|error| match error {
             // A write whose answer was lost may have taken effect all the same.
             CoordinatorError::Unreachable(_) => format!(
@@ -833,6 +847,16 @@ impl Driver {
             _ => error.to_string(),
         })?;
         log(format_args!("coordination: asked {} to hand over the leader key", leader.node));
+        Ok(())
+    }
+
+    /// [`Coordination::withdraw_switchover`], on the driver's own thread: revokes the lease
+    /// the request was written under.
+    pub fn withdraw_switchover(&mut self) -> Result<(), String> {
+        let Some(lease) = self.switchover_lease else { return Ok(()) };
+        self.coordinator.revoke(lease).map_err(|error| error.to_string())?;
+        self.switchover_lease = None;
+        log(format_args!("coordination: withdrew the switchover request"));
         Ok(())
     }
 
@@ -1093,6 +1117,9 @@ mod tests {
         ) -> Result<(), CoordinatorError> {
             self.witness.lock().unwrap().request_switchover(request, lease)
         }
+        fn revoke(&mut self, lease: LeaseId) -> Result<(), CoordinatorError> {
+            self.witness.lock().unwrap().revoke(lease)
+        }
     }
 
     /// `node`'s start-up on `coordinator`, with a 2 s lease.
@@ -1166,6 +1193,12 @@ mod tests {
         let view = || witness.lock().unwrap().read().unwrap();
         let asked = view().switchover.expect("the request stands");
         assert_eq!((asked.to.as_str(), asked.epoch), ("b", leader.epoch));
+        // Withdrawn (as `promote` does when it was not made in time), it goes at once.
+        assert_eq!(driver.withdraw_switchover(), Ok(()));
+        assert_eq!(view().switchover, None, "withdrawn");
+        assert_eq!(driver.withdraw_switchover(), Ok(()), "nothing left to withdraw");
+        assert_eq!(driver.switchover(), Ok(()));
+        assert!(view().switchover.is_some(), "asked again");
 
         let ttl_ms = SWITCHOVER_REQUEST_TTL_S * 1_000;
         for now in (1_000..ttl_ms).step_by(1_000).chain([ttl_ms - 1, ttl_ms]) {

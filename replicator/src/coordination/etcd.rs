@@ -273,6 +273,10 @@ impl Coordinator for EtcdCoordinator {
         let put = put_op(&self.keys.switchover(), &encode(request), Some(lease));
         self.call("/v3/kv/put", &put["requestPut"]).map(drop)
     }
+
+    fn revoke(&mut self, lease: LeaseId) -> Result<(), CoordinatorError> {
+        self.call("/v3/lease/revoke", &json!({ "ID": lease.0.to_string() })).map(drop)
+    }
 }
 
 #[cfg(test)]

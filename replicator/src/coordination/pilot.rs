@@ -550,6 +550,14 @@ impl Pilot {
                     Plan::Rejoin(format!("handed over to {} (epoch {})", now.node, now.epoch))
                 }
                 _ if too_long => Plan::Rejoin("the standby did not take over in time".into()),
+                // It died or stalled after its last acknowledgement, before it took the key:
+                // nobody else will, so this node takes it back now rather than after the wait
+                // (a standby that took the key ends its stream only after, and is seen above).
+                None if facts.policy != PolicyState::InSync => Plan::Rejoin(
+                    "the standby was lost after the leader key was given to it, and nobody \
+                     holds the key"
+                        .into(),
+                ),
                 _ => Plan::Nothing,
             };
         }
@@ -1230,6 +1238,14 @@ mod tests {
         assert!(witness.resign(a.leader()).unwrap());
         a.resigned();
         assert_eq!(a.on_view(7, &in_sync(40, 7), &witness.read().unwrap()), Plan::Nothing);
+        // The standby lost before it took the key: this node restarts to take it back at once.
+        let lost = Facts {
+            policy: PolicyState::StandbyLost { since_ms: 7 },
+            gate: Gate::Held,
+            ..in_sync(40, 7)
+        };
+        let plan = a.on_view(8, &lost, &witness.read().unwrap());
+        assert!(matches!(&plan, Plan::Rejoin(why) if why.contains("standby was lost")), "{plan:?}");
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub trait Coordinator: Send {
         request: &Switchover,
         lease: LeaseId,
     ) -> Result<(), CoordinatorError>;
+    /// Revokes `lease`: every key bound to it goes at once.
+    fn revoke(&mut self, lease: LeaseId) -> Result<(), CoordinatorError>;
 }
 
 /// The keys of one cluster.
@@ -233,6 +235,13 @@ impl Coordinator for MemoryCoordinator {
         self.next_lease += 1;
         self.leases.insert(id, (ttl_s, self.now_ms + ttl_s * 1_000));
         Ok(id)
+    }
+
+    fn revoke(&mut self, lease: LeaseId) -> Result<(), CoordinatorError> {
+        self.expire()?;
+        self.leases.remove(&lease);
+        self.entries.retain(|_, entry| entry.lease != Some(lease));
+        Ok(())
     }
 
     fn keep_alive(&mut self, lease: LeaseId) -> Result<u64, CoordinatorError> {

@@ -207,6 +207,9 @@ impl Coordinator for Reached {
     ) -> Result<(), CoordinatorError> {
         self.with(|w| w.request_switchover(request, lease))
     }
+    fn revoke(&mut self, lease: LeaseId) -> Result<(), CoordinatorError> {
+        self.with(|w| w.revoke(lease))
+    }
 }
 
 /// The cluster's settings, the same for both machines.
