@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Serve, TempDir, ringfence, ringfence_within, text, try_call};
@@ -39,6 +39,27 @@ fn journal_end(dir: &Path) -> (std::path::PathBuf, usize) {
     let layout = scan::scan(&mut source).unwrap();
     let last = layout.segments.last().expect("a segment");
     (dir.join(&last.name), last.end)
+}
+
+/// Where each intact record of the segment `bytes` ends, from its first on.
+fn record_ends(bytes: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut offset = ringfence_journal::format::SEGMENT_HEADER_LEN;
+    while let Some((_, len)) = ringfence_journal::format::check_record(&bytes[offset..]) {
+        offset += len;
+        ends.push(offset);
+    }
+    ends
+}
+
+/// A copy of the directory `data` at `to` (the other node's journal, for `journal heal`).
+fn copy_of(data: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir(to).unwrap();
+    for entry in std::fs::read_dir(data).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+    to.to_owned()
 }
 
 /// A `serve` on the quiet config that created a SKU and sold three orders, then got `signal`
@@ -165,12 +186,7 @@ fn journal_heal_copies_a_damaged_record_back_from_the_other_journal_dropping_not
     // changes nothing; heal from a copy of the journal (the other node's) puts the record back,
     // verify passes and the node serves all three orders.
     let (dir, data, config) = sold_three_then("heal", "-KILL");
-    let peer = dir.path().join("peer");
-    std::fs::create_dir(&peer).unwrap();
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, peer.join(path.file_name().unwrap())).unwrap();
-    }
+    let peer = copy_of(&data, &dir.path().join("peer"));
     let data_arg = data.to_str().unwrap();
     let (segment, _) = journal_end(&data);
     let mut bytes = std::fs::read(&segment).unwrap();
@@ -217,21 +233,11 @@ fn journal_heal_puts_back_the_records_a_segment_cut_short_lost_from_the_other_jo
     // passes and the node serves all three orders.
     for signal in ["-TERM", "-KILL"] {
         let (dir, data, config) = sold_three_then("heal-cut-short", signal);
-        let peer = dir.path().join("peer");
-        std::fs::create_dir(&peer).unwrap();
-        for entry in std::fs::read_dir(&data).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, peer.join(path.file_name().unwrap())).unwrap();
-        }
+        let peer = copy_of(&data, &dir.path().join("peer"));
         let data_arg = data.to_str().unwrap();
         let (segment, _) = journal_end(&data);
         let whole = std::fs::read(&segment).unwrap();
-        let mut ends = Vec::new();
-        let mut offset = ringfence_journal::format::SEGMENT_HEADER_LEN;
-        while let Some((_, len)) = ringfence_journal::format::check_record(&whole[offset..]) {
-            offset += len;
-            ends.push(offset);
-        }
+        let ends = record_ends(&whole);
         assert_eq!(ends.len(), 4, "the SKU and three orders");
         // 16 bytes into the third record: two are left whole.
         let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
@@ -422,12 +428,7 @@ fn a_segment_cut_short_is_truncated_at_its_first_lost_sequence_keeping_the_recor
     let (_dir, data, config) = sold_three_then("cut-short", "-TERM");
     let (segment, _) = journal_end(&data);
     let bytes = std::fs::read(&segment).unwrap();
-    let mut ends = Vec::new();
-    let mut offset = ringfence_journal::format::SEGMENT_HEADER_LEN;
-    while let Some((_, len)) = ringfence_journal::format::check_record(&bytes[offset..]) {
-        offset += len;
-        ends.push(offset);
-    }
+    let ends = record_ends(&bytes);
     assert!(ends.len() >= 4, "{} records", ends.len());
     // 16 bytes into the third record: two are left whole.
     let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
@@ -588,10 +589,22 @@ fn backups_taken_under_load_and_retention_hold_every_order_answered_before_them(
             std::thread::sleep(Duration::from_millis(10));
         }
     };
+    let snapshot_written = || {
+        std::fs::read_dir(&data).unwrap().any(|entry| {
+            entry.unwrap().file_name().to_str().is_some_and(|name| name.ends_with(".snap"))
+        })
+    };
     let mut copies = Vec::new();
     for round in 0..3 {
         // Past a snapshot (every 100 commands) before the first backup, and more between.
         answered_at_least(300 * (round + 1));
+        // The snapshot writer runs beside the load: on a loaded machine it may lag the
+        // orders.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !snapshot_written() {
+            assert!(std::time::Instant::now() < deadline, "no snapshot written in 120 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let copy = dir.path().join(format!("copy-{round}"));
         let began = std::time::Instant::now();
         let backup =

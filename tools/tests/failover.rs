@@ -234,13 +234,18 @@ fn pair(root: &Path, extra: &[&str]) -> (Etcd, Member, Member) {
     let etcd = Etcd::start(root);
     let mut a = Member::new(root, "a", &etcd.url(), extra);
     let mut b = Member::new(root, "b", &etcd.url(), extra);
+    start_in_sync(&mut a, &mut b);
+    (etcd, a, b)
+}
+
+/// Starts `a`, which takes the key, then `b`, until it is recorded in sync.
+fn start_in_sync(a: &mut Member, b: &mut Member) {
     a.start();
-    wait_on(&a, "a leads", || a.is_leader());
+    wait_on(a, "a leads", || a.is_leader());
     b.start();
-    wait_on(&b, "b is recorded in sync", || {
+    wait_on(b, "b is recorded in sync", || {
         a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
     });
-    (etcd, a, b)
 }
 
 /// `ringfence journal dump DIR --to N --json`: records 1..=n, one JSON line each.
@@ -415,12 +420,7 @@ fn pair_on_small_disk(root: &TempDir, on_disk: &str) -> Option<SmallDiskPair> {
     let mut b = Member::new(root.path(), "b", &etcd.url(), &extra);
     let on = if on_disk == "a" { &mut a } else { &mut b };
     on.data_dir(mount.point.join(on_disk));
-    a.start();
-    wait_on(&a, "a leads", || a.is_leader());
-    b.start();
-    wait_on(&b, "b is recorded in sync", || {
-        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
-    });
+    start_in_sync(&mut a, &mut b);
     create_skus(&a);
     let ballast = mount.point.join("ballast");
     Some(SmallDiskPair { mount, etcd, a, b, ballast })
@@ -869,12 +869,7 @@ fn a_switchover_whose_standby_stops_is_called_off_and_the_primary_writes_on() {
         let at = member.args.iter().position(|arg| arg == "--lease-ttl-s").unwrap();
         member.args[at + 1] = "4".into();
     }
-    a.start();
-    wait_on(&a, "a leads", || a.is_leader());
-    b.start();
-    wait_on(&b, "b is recorded in sync", || {
-        a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
-    });
+    start_in_sync(&mut a, &mut b);
     create_skus(&a);
     for user in 1..=5 {
         assert_eq!(answered(&a, &probe(user)).0, 201);

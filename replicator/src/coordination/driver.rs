@@ -1167,12 +1167,9 @@ mod tests {
         assert_eq!(Some(sync), witness.lock().unwrap().read().unwrap().sync);
     }
 
-    #[test]
-    fn a_switchover_request_lapses_on_its_own_while_the_standby_lives_on() {
-        // Goal: a switchover asked and not made (the standby behind, or lost before it was
-        // handed the key) does not stand for as long as the standby lives, to be made by
-        // surprise once it is in sync again: it goes with a lease of its own, never renewed,
-        // while the standby's own lease is renewed and it stays listed.
+    /// A witness where `p` holds the key (its lease the witness's first) and the record names
+    /// `b` in sync; `p`'s leader value.
+    fn led_by_p_with_b_in_sync() -> (Arc<Mutex<MemoryCoordinator>>, LeaderValue) {
         let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
         let leader = {
             let mut witness = witness.lock().unwrap();
@@ -1181,6 +1178,16 @@ mod tests {
             assert!(witness.campaign(&leader, lease, 0, &sync).unwrap());
             leader
         };
+        (witness, leader)
+    }
+
+    #[test]
+    fn a_switchover_request_lapses_on_its_own_while_the_standby_lives_on() {
+        // Goal: a switchover asked and not made (the standby behind, or lost before it was
+        // handed the key) does not stand for as long as the standby lives, to be made by
+        // surprise once it is in sync again: it goes with a lease of its own, never renewed,
+        // while the standby's own lease is renewed and it stays listed.
+        let (witness, leader) = led_by_p_with_b_in_sync();
         let (control, node) = crate::control::tests::standby(false);
         control.use_journal(node.promoter());
         let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
@@ -1223,14 +1230,7 @@ mod tests {
         // listed as following nobody, so no primary names it (or waits on it instead of a
         // standby that can write), and when the leader's lease expires it does not take the
         // key, saying why.
-        let witness = Arc::new(Mutex::new(MemoryCoordinator::new("c")));
-        let leader = {
-            let mut witness = witness.lock().unwrap();
-            let lease = witness.grant(2).unwrap();
-            let (leader, sync) = recorded("p", Some("b"), 0);
-            assert!(witness.campaign(&leader, lease, 0, &sync).unwrap());
-            leader
-        };
+        let (witness, leader) = led_by_p_with_b_in_sync();
         let coordinator = LosingAnswers { refuse_registrations: 1, ..reach(&witness) };
         let (control, _replica) = crate::control::tests::standby(false);
         let node = crate::control::tests::node_failing_at(Sequence(3));
