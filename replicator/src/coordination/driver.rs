@@ -622,7 +622,7 @@ impl Driver {
             Plan::CallOff(why) => {
                 warn(format_args!(
                     "coordination: switchover called off: {why}; this node stays the primary \
-                     and releases the writes it held"
+                     and ends the switchover's hold on writes"
                 ));
                 self.control.set_handover(false);
             }
