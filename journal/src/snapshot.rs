@@ -132,10 +132,12 @@ pub enum SnapshotError {
         /// The underlying error.
         source: io::Error,
     },
-    /// The file is damaged or not a snapshot.
+    /// The file is damaged or not a snapshot. The message does not say what recovery does
+    /// without it: that depends on the other snapshots and on where the journal starts, and
+    /// the caller that knows them says it.
     #[error(
-        "snapshot {file} is invalid: {reason}; it is skipped in favour of an older snapshot \
-         (delete it, or restore a good copy, to silence this)"
+        "snapshot {file} is invalid: {reason} (restore a good copy of it from a backup or the \
+         standby, or delete it)"
     )]
     Invalid {
         /// The file.

@@ -627,15 +627,18 @@ fn verify(args: &DirArgs) -> Result<ExitCode, JournalError> {
         found.extend(past_damage_note(&mut opened.source, at));
         found.extend(header_damage_note(&opened));
     }
-    let (snapshots, bad_snapshot) = verify_snapshots(&opened.source)?;
+    let (mut snapshots, bad_snapshot) = verify_snapshots(&opened.source)?;
+    let no_start = snapshot_fallbacks(&mut snapshots, &opened.layout);
     let refused = found.iter().any(|f| matches!(f, Finding::Refused(_)));
     let torn = found.iter().any(|f| matches!(f, Finding::Torn(_)));
-    let (status, code) = match (refused, bad_snapshot, torn) {
-        (true, _, _) => ("corrupt", ExitCode::FAILURE),
-        (false, true, _) => ("bad_snapshot", ExitCode::FAILURE),
-        (false, false, true) => ("torn_tail", ExitCode::from(EXIT_TORN_TAIL)),
-        (false, false, false) => ("ok", ExitCode::SUCCESS),
+    let (status, code) = match (refused, no_start.is_some(), bad_snapshot, torn) {
+        (true, _, _, _) => ("corrupt", ExitCode::FAILURE),
+        (false, true, _, _) => ("no_snapshot", ExitCode::FAILURE),
+        (false, false, true, _) => ("bad_snapshot", ExitCode::FAILURE),
+        (false, false, false, true) => ("torn_tail", ExitCode::from(EXIT_TORN_TAIL)),
+        (false, false, false, false) => ("ok", ExitCode::SUCCESS),
     };
+    found.extend(no_start.map(Finding::Refused));
     let texts = |keep: fn(&Finding) -> bool| -> Vec<String> {
         found.iter().filter(|f| keep(f)).map(finding_text).collect()
     };
@@ -733,7 +736,13 @@ fn print_verify_text(args: &DirArgs, verified: &Verified) {
     }
     match verified.status {
         "ok" => outln!("status     ok: every record and snapshot is intact"),
-        "bad_snapshot" => outln!("status     a snapshot is invalid (recovery skips it)"),
+        "bad_snapshot" => outln!("status     a snapshot is invalid (recovery does without it)"),
+        "no_snapshot" => {
+            outln!("status     UNRECOVERABLE: no intact snapshot reaches the journal's start");
+            for text in &verified.problems {
+                eprintln!("error: {text}");
+            }
+        }
         "torn_tail" => outln!("status     {}", verified.problems.join("; ")),
         _ => {
             outln!("status     CORRUPT");
@@ -747,6 +756,64 @@ fn print_verify_text(args: &DirArgs, verified: &Verified) {
 fn finding_text(finding: &Finding) -> String {
     match finding {
         Finding::Refused(text) | Finding::Torn(text) | Finding::Note(text) => text.clone(),
+    }
+}
+
+/// Says in each invalid snapshot's line (`recovery`) what recovery does without it, choosing
+/// as `recovery::choose_snapshot` does: the newest intact snapshot not past the journal's end.
+/// Returns why recovery will refuse when that snapshot (or, with none, sequence 1) does not
+/// reach the journal's first record, because the records before it were retired.
+fn snapshot_fallbacks(lines: &mut [serde_json::Value], layout: &Layout) -> Option<String> {
+    let journal_last = layout.segments.last().map(scan::SegmentLayout::ends_at);
+    let through = |line: &serde_json::Value| Sequence(line["through"].as_u64().unwrap_or(0));
+    let chosen = (lines.iter())
+        .filter(|line| line["ok"].as_bool() == Some(true))
+        .map(through)
+        .filter(|t| journal_last.is_none_or(|last| *t <= last))
+        .max();
+    let start = chosen.map_or(Sequence(1), Sequence::next);
+    // As recovery refuses: records held, but not from where the replay must start.
+    let first = layout.first_sequence().filter(|first| *first > start);
+    for line in lines.iter_mut().filter(|line| line["ok"].as_bool() != Some(true)) {
+        line["recovery"] = json!(fallback_text(through(line), chosen, journal_last, first));
+    }
+    let first = first?;
+    let last = journal_last.expect("a journal holding records ends somewhere");
+    assert!(first.0 > 1, "a journal from sequence 1 replays without a snapshot");
+    Some(format!(
+        "the journal starts at sequence {first} (the records before it were retired after \
+         snapshots) and no intact snapshot reaches it, so recovery will refuse: `serve`, \
+         `replay` and `journal backup` all refuse this directory. Put back an intact snapshot \
+         through a sequence from {} to {last} of this history (a copy from a backup made with \
+         `journal backup`, or from the standby's data directory), or the retired segments from \
+         the archive directory; or, if this node's peer holds the records, move this directory \
+         aside and start the node as a standby with an empty data directory",
+        first.0 - 1
+    ))
+}
+
+/// What recovery does without the invalid snapshot through `through`.
+fn fallback_text(
+    through: Sequence,
+    chosen: Option<Sequence>,
+    journal_last: Option<Sequence>,
+    refused_first: Option<Sequence>,
+) -> String {
+    if journal_last.is_some_and(|last| through > last) {
+        return "it runs past the journal's end, so recovery sets it aside".to_owned();
+    }
+    match (chosen, refused_first) {
+        (Some(newer), _) if newer > through => {
+            format!("recovery does not need it: it starts from the newer snapshot through {newer}")
+        }
+        (_, Some(first)) => format!(
+            "no older intact snapshot reaches the journal's first record {first}, so recovery \
+             cannot do without it"
+        ),
+        (Some(older), None) => {
+            format!("recovery skips it in favour of the older snapshot through {older}")
+        }
+        (None, None) => "recovery skips it and replays the journal from sequence 1".to_owned(),
     }
 }
 
@@ -793,7 +860,11 @@ fn print_snapshot_lines(lines: &[serde_json::Value]) {
                 line["state_digest"].as_str().unwrap_or_default(),
                 history_text(&line["epoch_history"])
             ),
-            _ => outln!("snapshot   INVALID {}", line["error"].as_str().unwrap_or_default()),
+            _ => outln!(
+                "snapshot   INVALID {}; {}",
+                line["error"].as_str().unwrap_or_default(),
+                line["recovery"].as_str().unwrap_or_default()
+            ),
         }
     }
 }

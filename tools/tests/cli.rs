@@ -621,6 +621,51 @@ fn stats_reports_what_retention_keeps_and_retired() {
     assert_eq!(resumed, lines, "the same as an export of the retained journal");
 }
 
+/// Flips one byte in the body of snapshot `through` in `dir`.
+fn damage_snapshot(dir: &std::path::Path, through: u64) {
+    let file = dir.join(ringfence_journal::snapshot::snapshot_name(Sequence(through)));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[1_000] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+}
+
+#[test]
+fn verify_says_recovery_refuses_when_no_intact_snapshot_reaches_a_retired_journal() {
+    // Goal: with the oldest segments retired, verify says an invalid snapshot is skipped for
+    // an older one only when an intact older one reaches the journal's start; with none left
+    // it says recovery will refuse, and what brings the directory back, as replay refuses.
+    let dir = TempDir::new("verify-no-snapshot");
+    let mut engine = Engine::new(config());
+    let mut workload = Workload::new(12, Sequence(1), Timestamp(1_700_000_000_000));
+    append_with_retention(dir.path(), (&mut workload, &mut engine), 5_000);
+    let path = dir.path().to_str().unwrap();
+    let verify = |json: bool| {
+        let flags: &[&str] = if json { &["--json"] } else { &[] };
+        let out = ringfence(&[&["journal", "verify", path][..], flags].concat());
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        out
+    };
+    damage_snapshot(dir.path(), 5_000);
+    let out = text(&verify(false).stdout);
+    assert!(out.contains("in favour of the older snapshot through 4000"), "{out}");
+    assert!(out.contains("status     a snapshot is invalid (recovery does without it)"), "{out}");
+    damage_snapshot(dir.path(), 4_000);
+    let out = verify(false);
+    let (said, err) = (text(&out.stdout), text(&out.stderr));
+    assert!(!said.contains("older snapshot through"), "{said}");
+    assert!(said.contains("no older intact snapshot reaches the journal's first record"), "{said}");
+    assert!(said.contains("UNRECOVERABLE: no intact snapshot reaches the journal's start"));
+    assert!(err.contains("so recovery will refuse"), "{err}");
+    assert!(err.contains("Put back an intact snapshot through a sequence from"), "{err}");
+    let value: serde_json::Value = serde_json::from_slice(&verify(true).stdout).unwrap();
+    assert_eq!(value["status"], "no_snapshot", "{value}");
+    assert!(value["problem"].as_str().unwrap().contains("recovery will refuse"), "{value}");
+    // As verify said: recovery refuses.
+    let replay = ringfence(&["replay", path]);
+    assert_eq!(replay.status.code(), Some(1), "{}", text(&replay.stdout));
+    assert!(text(&replay.stderr).contains("replay must start at 1"), "{}", text(&replay.stderr));
+}
+
 /// Appends the next `count` commands of `workload` in epoch 1, with a snapshot every 1,000
 /// commands and two kept: retention retires the segments before the older one.
 fn append_with_retention(
