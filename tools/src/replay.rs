@@ -208,6 +208,10 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     let (opened, in_progress) = open_for_replay(args, &limits)?;
     let live = opened.live;
     let (mut source, layout) = (opened.source, opened.layout);
+    if let Some(after) = args.after_seq.filter(|_| !args.follow) {
+        // A follower waits for the records up to `after`; a single pass would end short of it.
+        check_after_not_past_end(&source, &layout, Sequence(after))?;
+    }
     let (mut engine, snapshot) = starting_point(args, &source, &layout, &limits)?;
     let start = snapshot.as_ref().map_or(Sequence(1), |meta| meta.through.next());
     if let (Some(after), Some(loaded)) = (args.after_seq, args.after_epoch) {
@@ -691,9 +695,38 @@ fn check_after_epoch(
         None => Err(JournalError::Options(format!(
             "record {after} is not in this journal and no snapshot kept was taken just after \
              it, so its epoch cannot be checked against {loaded}: run again on a copy that \
-             holds it (a standby that has caught up), or without --after-epoch"
+             holds it, or export again after an earlier sequence whose epoch this journal holds"
         ))),
     }
+}
+
+/// Refuses `--after-seq` past the journal's end. A consumer that loaded records this journal
+/// does not hold got them from a copy ahead of this one, or from a history since cut short
+/// (`journal truncate`, a point-in-time restore), whose records after the cut the next run
+/// writes again under the same sequences: an export that ended quietly with a
+/// `through_sequence` below `after` would leave the consumer to resume from the wrong place.
+fn check_after_not_past_end(
+    source: &ReadOnlyDir,
+    layout: &scan::Layout,
+    after: Sequence,
+) -> Result<(), JournalError> {
+    let newest_snapshot = snapshot::list(source)?.last().map(|(through, _)| *through);
+    // The last record, or just before an empty newest segment (rebuilt after a snapshot).
+    let ends = (layout.segments.last().map(scan::SegmentLayout::ends_at))
+        .or(newest_snapshot)
+        .unwrap_or(Sequence(0));
+    if after <= ends {
+        return Ok(());
+    }
+    let epoch = layout.last_epoch().map_or(String::new(), |epoch| format!(" of epoch {epoch}"));
+    Err(JournalError::Options(format!(
+        "--after-seq {after} is past the end of this journal, which ends at sequence {ends}{epoch}: \
+         the consumer holds records this journal does not. If they came from a copy ahead of \
+         this one, export from that copy (the primary's) or once this one has caught up; if \
+         this journal was cut short since (`journal truncate`, a point-in-time restore), the \
+         consumer's records after the cut are not this history: remove them and export again \
+         with --after-seq at most {ends} and --after-epoch the epoch the consumer holds there"
+    )))
 }
 
 /// Whether the export goes to standard output (`--export -`), leaving the summary to standard

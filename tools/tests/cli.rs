@@ -727,10 +727,43 @@ fn replay_exports_the_whole_retained_journal_unless_told_otherwise() {
 }
 
 #[test]
+fn an_export_after_a_sequence_past_the_journals_end_is_refused_naming_the_end() {
+    // Goal: a loader ahead of the journal (here: it loaded everything, then the journal was
+    // cut back to a point in time) is refused with or without --after-epoch, told where the
+    // journal ends, and never told to drop the epoch check or handed a summary behind its N.
+    let dir = TempDir::new("export-past-end");
+    write_journal_with(dir.path(), 2_500, Some(1_000), &[]);
+    let path = dir.path().to_str().unwrap();
+    let cut = ringfence(&["journal", "truncate", path, "--at-seq", "2001"]);
+    assert_eq!(cut.status.code(), Some(0), "{}", text(&cut.stderr));
+    let export = dir.path().join("past.jsonl");
+    let export = export.to_str().unwrap();
+    for epoch in [&["--after-epoch", "1"][..], &[]] {
+        let args = ["replay", path, "--export", export, "--after-seq", "2500", "--json"];
+        let out = ringfence(&[&args[..], epoch].concat());
+        assert_eq!(out.status.code(), Some(1), "{epoch:?}: {}", text(&out.stdout));
+        assert!(out.stdout.is_empty(), "no summary to take a next N from: {}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert!(err.contains("ends at sequence 2000 of epoch 1"), "{epoch:?}: {err}");
+        assert!(err.contains("--after-seq at most 2000"), "{epoch:?}: {err}");
+        assert!(!err.contains("without --after-epoch"), "{epoch:?}: {err}");
+    }
+    // At the journal's end exactly, nothing to export and the summary's N is the loader's.
+    let out = ringfence(&["replay", path, "--export", export, "--after-seq", "2000", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary["through_sequence"].as_u64(), summary["exported"].as_u64()),
+        (Some(2000), Some(0))
+    );
+}
+
+#[test]
 fn an_export_after_a_sequence_picks_up_exactly_where_a_consumer_left_off() {
     // Goal: `--after-seq N` exports exactly the lines a whole export has after N, replaying
     // from the newest snapshot at or before N (never a later one, whose outcomes it would
-    // skip); past the journal's end it exports nothing; it refuses an end before its start.
+    // skip); after the journal's last record it exports nothing; it refuses an end before its
+    // start.
     let dir = TempDir::new("export-after");
     write_journal_with(dir.path(), 2_500, Some(1_000), &[]);
     let all = export_lines(dir.path(), &[]);
@@ -757,9 +790,7 @@ fn an_export_after_a_sequence_picks_up_exactly_where_a_consumer_left_off() {
         let said = format!("exported      {} outcomes ({}..=2500)", 2_500 - after, after + 1);
         assert!(plain.contains(&said), "{after}: {plain}");
     }
-    for after in ["2500", "9999"] {
-        assert!(export_lines(dir.path(), &["--after-seq", after]).is_empty(), "{after}");
-    }
+    assert!(export_lines(dir.path(), &["--after-seq", "2500"]).is_empty());
     // `--export -` writes the lines to standard output and the summary to standard error.
     let piped = ringfence(&["replay", path, "--export", "-", "--after-seq", "2400", "--json"]);
     assert_eq!(piped.status.code(), Some(0), "{}", text(&piped.stderr));
@@ -829,7 +860,7 @@ fn an_export_after_a_record_of_another_epoch_is_refused() {
     for (after, epoch, said) in [
         ("150", "1", "record 150 here is of epoch 2, but the consumer's copy is of epoch 1"),
         ("120", "2", "record 120 here is of epoch 1, but the consumer's copy is of epoch 2"),
-        ("300", "2", "record 300 is not in this journal"),
+        ("300", "2", "--after-seq 300 is past the end of this journal, which ends at sequence 200"),
     ] {
         let out = run(after, epoch);
         assert_eq!(out.status.code(), Some(1), "{after} {epoch}: {}", text(&out.stdout));
