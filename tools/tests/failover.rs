@@ -651,7 +651,9 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
     wait_until(LIVENESS, "b is recorded in sync", || {
         a.coordination().is_some_and(|c| c["in_sync_standby"] == "b")
     });
-    b.pause();
+    // Stopped, not paused: a paused standby's socket still takes what the primary sends, and
+    // continued it reads those records and no longer lags.
+    b.kill();
     let (status, mode) = a.admin("POST", "/v1/admin/replication", r#"{"mode":"async"}"#).unwrap();
     assert_eq!(status, 200, "{mode}");
     assert_eq!(a.coordination().unwrap()["recorded_mode"], "async");
@@ -668,7 +670,7 @@ fn a_lagging_standby_is_never_promoted_but_async_lets_it_and_reports_the_loss() 
         witness.read().ok().and_then(|view| view.sync).is_some_and(|s| s.primary_last >= last)
     });
     a.kill();
-    b.signal("-CONT");
+    b.start();
     wait_until(LIVENESS, "b sees the loss beyond its bound", || {
         b.coordination().is_some_and(|c| {
             c["waiting"].as_str().is_some_and(|w| w.contains("--max-failover-loss"))
