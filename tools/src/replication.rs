@@ -840,9 +840,10 @@ fn switchover(control: &Control, coordination: &Coordination) -> Result<Epoch, S
     let withdrawn = coordination.withdraw_switchover();
     let figures = coordination.figures();
     if figures.state == "taking_office" || figures.leader.is_none() {
-        // The primary gave the key up: this node takes it, or is about to.
-        return Err("the switchover is under way: the primary gave up the leader key and this \
-                    node is taking over; see /v1/node"
+        // Nobody holds the key (the primary gave it up, or its lease ran out): this node
+        // takes it, or is about to.
+        return Err("the switchover is under way: nobody holds the leader key now (the primary \
+                    gave it up, or its lease ran out) and this node is taking it; see /v1/node"
             .into());
     }
     let request = match withdrawn {
