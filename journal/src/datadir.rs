@@ -1136,7 +1136,8 @@ fn intact_left<R: ReadSource>(
         }
         _ => return Ok(0),
     };
-    let (intact, end) = crate::scan::intact_prefix(&bytes, header.first_sequence);
+    let crate::scan::IntactPrefix { records: intact, end, .. } =
+        crate::scan::intact_prefix(&bytes, header.first_sequence);
     // What is counted lies in the bytes left, after the header.
     assert!(end as u64 <= found, "records counted past the bytes left");
     assert!(end >= SEGMENT_HEADER_LEN, "records counted inside the header");

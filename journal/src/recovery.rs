@@ -758,7 +758,7 @@ pub(crate) fn restore_length<S: Storage>(
         move |e| JournalError::io(context, e)
     };
     let short = storage.open_segment(name).map_err(describe_io("opening", name))?;
-    let (_, end) = scan::intact_prefix(short.bytes(), first);
+    let end = scan::intact_prefix(short.bytes(), first).end;
     assert!((short.bytes().len() as u64) < len, "a segment restored to a shorter length");
     // Whole records, which fit: the caller measured them against the listed length.
     assert_eq!(after.len() % format::RECORD_ALIGN, 0, "part of a record put back");

@@ -833,21 +833,32 @@ fn flipped_bit(rest: &[u8], expected: Sequence) -> Option<(usize, u8)> {
 /// never going back, as the scan checks them), and the byte offset where they end. What is
 /// left of a segment cut short is read this way: the scan refuses such a segment whole (its
 /// header names the longer length), yet `journal truncate` can keep these records.
-pub(crate) fn intact_prefix(bytes: &[u8], first: Sequence) -> (u64, usize) {
+pub(crate) fn intact_prefix(bytes: &[u8], first: Sequence) -> IntactPrefix {
     assert!(first.0 >= 1, "a segment from sequence 0");
     let mut offset = SEGMENT_HEADER_LEN.min(bytes.len());
-    let (mut next, mut epoch) = (first, Epoch(0));
+    let (mut next, mut epoch, mut last_at) = (first, Epoch(0), None);
     while let Some((record, len)) = format::check_record(&bytes[offset..]) {
         if record.sequence != next || record.epoch < epoch {
             break;
         }
-        (next, epoch) = (next.next(), record.epoch);
+        (next, epoch, last_at) = (next.next(), record.epoch, Some(offset));
         offset += len;
     }
     // Whole records only, each on a 16-byte boundary, inside the bytes there are.
     assert!(offset <= bytes.len(), "records counted past the bytes left");
     assert_eq!(offset % RECORD_ALIGN, 0, "records ending off a 16-byte boundary");
-    (next.0 - first.0, offset)
+    IntactPrefix { records: next.0 - first.0, end: offset, last_at }
+}
+
+/// The intact records at the front of a segment's bytes ([`intact_prefix`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IntactPrefix {
+    /// How many.
+    pub records: u64,
+    /// The byte offset where they end.
+    pub end: usize,
+    /// Where the last of them starts (`None` with none): its bytes are `last_at..end`.
+    pub last_at: Option<usize>,
 }
 
 /// Index of the last non-zero byte.

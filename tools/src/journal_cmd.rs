@@ -1463,7 +1463,7 @@ fn backup(args: &BackupArgs) -> Result<ExitCode, JournalError> {
 }
 
 fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
-    use ringfence_journal::heal::Shown;
+    use ringfence_journal::heal::{Healed, Shown};
     let mut source = ReadOnlyDir::open(&args.dir)?;
     if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
         return Err(JournalError::NoData { dir: args.dir.display().to_string() });
@@ -1494,28 +1494,25 @@ fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
             span.len
         );
     }
-    for span in &healed {
-        if let Shown::CutShort { end_known: false, .. } = span.shown {
-            // Taken, as asked, to end where the copy's records do: say what that assumed.
-            outln!(
-                "note       the records lost with {} are taken to end at sequence {}, where the \
-                 copy's of this node's epoch do (--end-at-copy): a record this node held after \
-                 it, had it any, is not back",
-                span.file,
-                span.through
-            );
-        }
-    }
-    let assumed =
-        healed.iter().any(|span| matches!(span.shown, Shown::CutShort { end_known: false, .. }));
-    if assumed {
+    // Taken, as asked, to end where the copy's records do: say what that assumed.
+    let assumed: Vec<&Healed> = (healed.iter())
+        .filter(|span| matches!(span.shown, Shown::CutShort { end_known: false, .. }))
+        .collect();
+    for span in &assumed {
         outln!(
-            "copied from {}; nothing this journal was shown to hold was dropped (see the note)",
-            args.from.display()
+            "note       the records lost with {} are taken to end at sequence {}, where the \
+             copy's of this node's epoch do (--end-at-copy): a record this node held after it, \
+             had it any, is not back",
+            span.file,
+            span.through
         );
-    } else {
-        outln!("copied from {}; nothing was dropped", args.from.display());
     }
+    let dropped = if assumed.is_empty() {
+        "nothing was dropped"
+    } else {
+        "nothing this journal was shown to hold was dropped (see the note)"
+    };
+    outln!("copied from {}; {dropped}", args.from.display());
     Ok(ExitCode::SUCCESS)
 }
 

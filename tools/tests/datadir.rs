@@ -41,6 +41,17 @@ fn journal_end(dir: &Path) -> (std::path::PathBuf, usize) {
     (dir.join(&last.name), last.end)
 }
 
+/// The repaired journal in `data` verifies whole, and a node started on it under `config`
+/// serves the three orders `sold_three_then` sold.
+fn verifies_and_serves_three(data: &Path, config: &str) {
+    let verify = ringfence(&["journal", "verify", data.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    let mut node = Serve::start_with(data, &["--config", config]);
+    let (_, view) = node.call("GET", "/v1/skus/1", "", false);
+    assert_eq!(view["reserved"], 3, "every acknowledged order is back");
+    node.signal("-KILL");
+}
+
 /// Where each intact record of the segment `bytes` ends, from its first on.
 fn record_ends(bytes: &[u8]) -> Vec<usize> {
     let mut ends = Vec::new();
@@ -214,12 +225,7 @@ fn journal_heal_copies_a_damaged_record_back_from_the_other_journal_dropping_not
     let out = text(&healed.stdout);
     assert_eq!(healed.status.code(), Some(0), "{out}{}", text(&healed.stderr));
     assert!(out.contains("healed     sequence 2") && out.contains("nothing was dropped"), "{out}");
-    let verify = ringfence(&["journal", "verify", data_arg]);
-    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
-    let mut node = Serve::start_with(&data, &["--config", &config]);
-    let (_, view) = node.call("GET", "/v1/skus/1", "", false);
-    assert_eq!(view["reserved"], 3, "every acknowledged order is back");
-    node.signal("-KILL");
+    verifies_and_serves_three(&data, &config);
 }
 
 #[test]
@@ -276,12 +282,7 @@ fn journal_heal_puts_back_the_records_a_segment_cut_short_lost_from_the_other_jo
         };
         assert!(out.contains(dropped), "{out}");
         assert_eq!(std::fs::read(&segment).unwrap(), whole, "the segment is not as it was");
-        let verify = ringfence(&["journal", "verify", data_arg]);
-        assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
-        let mut node = Serve::start_with(&data, &["--config", &config]);
-        let (_, view) = node.call("GET", "/v1/skus/1", "", false);
-        assert_eq!(view["reserved"], 3, "every acknowledged order is back");
-        node.signal("-KILL");
+        verifies_and_serves_three(&data, &config);
     }
 }
 

@@ -141,11 +141,12 @@ pub(super) fn heal_cut_short<S: Storage, P: ReadSource>(
             fallback(cut)
         ));
     }
-    let (intact, end) = scan::intact_prefix(bytes, cut.first);
+    let prefix = scan::intact_prefix(bytes, cut.first);
     // The pair of the manifest's check, which counted the same bytes.
-    assert_eq!(intact, cut.intact, "the records left counted otherwise");
+    assert_eq!(prefix.records, cut.intact, "the records left counted otherwise");
+    let end = prefix.end;
     let (lost, room) = (cut.lost(), cut.listed - end as u64);
-    let anchor = record_before(&mut source, cut, bytes, end)?;
+    let anchor = record_before(&mut source, cut, bytes, prefix)?;
     let lost_end = lost_end(&mut source, cut, judge.stop)?;
     // The last record that can have been lost; the peer's records are read through it (and
     // for a middle segment through the next one's first, which is compared).
@@ -257,11 +258,11 @@ fn record_before<R: ReadSource>(
     source: &mut R,
     cut: &CutShort,
     bytes: &[u8],
-    end: usize,
+    prefix: scan::IntactPrefix,
 ) -> Result<Vec<u8>, String> {
     let before = Sequence(cut.lost().0 - 1);
-    if cut.intact > 0 {
-        return Ok(last_record(bytes, cut.first, end).expect("an intact record before the end"));
+    if let Some(last_at) = prefix.last_at {
+        return Ok(bytes[last_at..prefix.end].to_vec());
     }
     let none = || {
         format!(
@@ -275,30 +276,16 @@ fn record_before<R: ReadSource>(
     let name = format::segment_name(previous);
     let file = source.describe_file(&name);
     let bytes = source.read_segment(&name).map_err(|e| format!("reading {file}: {e}"))?;
-    let (count, end) = scan::intact_prefix(&bytes, previous);
-    if previous.0 + count != cut.first.0 {
+    let prefix = scan::intact_prefix(&bytes, previous);
+    let Some(last_at) = prefix.last_at.filter(|_| previous.0 + prefix.records == cut.first.0)
+    else {
         return Err(none());
-    }
-    let record = last_record(&bytes, previous, end).ok_or_else(none)?;
+    };
+    let record = bytes[last_at..prefix.end].to_vec();
     // The pair of the count: the last record is the one before the segment cut short.
     let read = format::check_record(&record).map(|(header, _)| header.sequence);
     assert_eq!(read, Some(before), "the record before the segment is another");
     Ok(record)
-}
-
-/// The bytes of the last of the intact records from `first` that end at byte `end`.
-fn last_record(bytes: &[u8], first: Sequence, end: usize) -> Option<Vec<u8>> {
-    let mut at = SEGMENT_HEADER_LEN;
-    let mut last = None;
-    let mut next = first;
-    while at < end {
-        let (header, len) = format::check_record(&bytes[at..])?;
-        assert_eq!(header.sequence, next, "records out of order before the end");
-        last = Some(bytes[at..at + len].to_vec());
-        (at, next) = (at + len, next.next());
-    }
-    assert_eq!(at, end, "records that do not end where counted");
-    last
 }
 
 /// Where the records lost with `cut` ended, as far as this journal tells.
