@@ -230,6 +230,9 @@ impl Client {
         let result = self.write_output().and_then(|()| self.read_response(deadline));
         match result {
             Ok((got, response)) if got == correlation => Ok(response),
+            // A refusal that closes the connection whatever was asked: the node refused it at
+            // accept (correlation 0, at its connection limits) before reading the request.
+            Ok((_, Response::Error(error))) if error.fatal => Err(ClientError::Refused(error)),
             Ok((got, _)) => {
                 Err(ClientError::Unexpected(format!("answer to {got}, not {correlation}")))
             }
@@ -266,6 +269,12 @@ impl Client {
                 let Some(offset) =
                     correlation.checked_sub(base).filter(|o| *o < window.len() as u64)
                 else {
+                    if let Response::Error(error) = response {
+                        if error.fatal {
+                            // The node is closing the connection, refused at accept.
+                            return Err(Failure::Client(ClientError::Refused(error)));
+                        }
+                    }
                     continue; // A late answer to an earlier, abandoned attempt.
                 };
                 let slot = &mut answers[window[offset as usize]];
@@ -538,5 +547,42 @@ mod tests {
         let called = call_within(strangers, query);
         let called = called.expect("the call returned");
         assert!(matches!(called, Err(ClientError::TimedOut(_))), "{called:?}");
+    }
+    #[test]
+    fn a_connection_refused_at_accept_is_a_refusal_not_an_unexpected_answer() {
+        // Goal: a node at its connection limits answers a new connection with one fatal
+        // `busy` frame at correlation 0 and closes it (docs/protocol.md). Every call the client
+        // makes on it returns that refusal, whose message and retry hint reach the caller.
+        // Fails with a fatal frame matched to the request: a ping or an AUTH is "an answer to
+        // 0, not 2", and a command retries its one address until the timeout.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let frame = ErrorFrame {
+                    code: ErrorCode::Busy,
+                    fatal: true,
+                    retry_after_ms: 1_000,
+                    message: "too many connections from this address".into(),
+                };
+                let mut out = Vec::new();
+                wire::encode_error(&mut out, 0, &frame);
+                let _ = stream.write_all(&out);
+            }
+        });
+        fn refused<T>(result: &Option<Result<T, ClientError>>) -> bool {
+            matches!(result, Some(Err(ClientError::Refused(error)))
+                if error.code == ErrorCode::Busy && error.message.contains("too many connections"))
+        }
+        let pinged = call_within(addr, Client::ping);
+        assert!(refused(&pinged), "{pinged:?}");
+        let authenticated = call_within(addr, |client| client.authenticate("token"));
+        assert!(refused(&authenticated), "{authenticated:?}");
+        let query = |client: &mut Client| {
+            client.call(Command::Query(ringfence_core::Query::Sku(ringfence_core::SkuId(1))))
+        };
+        let called = call_within(addr, query);
+        assert!(refused(&called), "{called:?}");
     }
 }
