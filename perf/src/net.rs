@@ -381,7 +381,41 @@ pub fn drive_up_to(
     let gave_up_ns = Instant::now().saturating_duration_since(t0).as_nanos() as u64;
     assert_eq!(record_unanswered(&mut histogram, &send_ns, gave_up_ns), lost);
     let seconds = last_answer.saturating_duration_since(t0).as_secs_f64().max(1e-9);
+    hang_up(&poll, conns);
     Ok(Measured { answered, failed, refusals, lost, seconds, histogram, send_lag })
+}
+
+/// Hangs up a run's connections and waits, up to [`SETUP_TIMEOUT`], until the node has closed
+/// its side of each. A connection the node has not yet closed still counts against its
+/// per-address limit: a run, or a read of the SKU, that follows at once would be refused.
+fn hang_up(poll: &Poll, conns: Vec<Conn>) {
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    let mut streams = Vec::with_capacity(conns.len());
+    for mut conn in conns {
+        let _ = poll.registry().deregister(&mut conn.stream);
+        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        streams.push(std::net::TcpStream::from(conn.stream));
+    }
+    let mut sink = [0u8; 16 * 1024];
+    for mut stream in streams {
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
+        // Answers to requests given up on may still arrive: they are read and dropped.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let read = stream.set_read_timeout(Some(left)).and_then(|()| stream.read(&mut sink));
+            match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// Waits until `poll` has events ready or `timeout` passes, to the microsecond (the epoll
