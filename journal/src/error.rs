@@ -194,8 +194,10 @@ pub enum JournalError {
     #[error(
         "segment {file} is missing: the manifest {manifest} lists it as holding {held}. \
          Acknowledged commands may be in it, so the journal is not replayed without it. Restore \
-         the file from a backup or the standby; or, to accept losing sequence {first} and \
-         everything after it, run `ringfence journal truncate {dir} --at-seq {first}`"
+         the file from a backup or the standby; where a snapshot holds the state through the \
+         last sequence it held, `ringfence journal rebuild {dir}` starts the journal after that \
+         snapshot and drops nothing; or, to accept losing sequence {first} and everything after \
+         it, run `ringfence journal truncate {dir} --at-seq {first}`"
     )]
     SegmentMissing {
         /// The data directory.

@@ -5,8 +5,9 @@
 //! aside every snapshot that holds a dropped record. When a snapshot covers the damage — it
 //! holds the state through a sequence `s` at or after the damaged record — and the records
 //! after `s` are intact, nothing acknowledged need go: the journal can start at `s + 1`, as if
-//! retention had retired everything before it, and recovery starts from that snapshot. A
-//! rebuild:
+//! retention had retired everything before it, and recovery starts from that snapshot. So too
+//! for segments the manifest lists that are gone (deleted by hand, or lost with a disk): a
+//! snapshot holding the state through their last record makes them unneeded. A rebuild:
 //!
 //! 1. writes the `rebuilding` marker durably, naming `s`, and removes the clean-stop marker (the
 //!    journal's newest segment may change);
@@ -77,28 +78,35 @@ struct Located {
 /// Rebuilds the journal after the newest snapshot that covers its damage (see the module
 /// documentation), or finishes a rebuild under way. Refused, changing nothing, when the
 /// journal is intact, when its only damage is a torn tail a crash left (recovery clears it),
-/// when the directory has problems a rebuild does not repair (a missing segment: that is
-/// `truncate`'s; a segment cut short: `heal`'s or `truncate`'s, which the refusal names), or
-/// when no snapshot covers the damage with intact records after it.
+/// when the directory has problems a rebuild does not repair (a segment cut short: `heal`'s or
+/// `truncate`'s, which the refusal names; the newest segment missing), or when no snapshot
+/// covers the damage with intact records after it. Listed segments missing are damage like
+/// any other: a snapshot holding the state through their last record covers them.
 pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
     if let Some(through) = rebuilding(storage)? {
         return finish(storage, through);
     }
     let refuse = |why: String| Err(JournalError::Refused(format!("cannot rebuild: {why}")));
     refuse_cut_short(storage)?;
-    let Scanned { mut source, segments, layout } = scanned(storage, "rebuild")?;
+    let (Scanned { mut source, segments, layout }, missing) = scanned_past_missing(storage)?;
     let stop = datadir::clean_stop(storage)?;
-    let Some(problem) = layout.problem.as_ref() else {
-        return refuse("the journal is intact; nothing to repair".to_owned());
+    // The sequence a snapshot must hold the state through: the last one a missing segment
+    // held, and the first damaged record of those after it.
+    let damaged = match (&missing, layout.problem.as_ref()) {
+        (None, None) => return refuse("the journal is intact; nothing to repair".to_owned()),
+        (None, Some(problem)) if problem.torn_tail && stop.is_none() => {
+            return refuse(format!(
+                "the only damage is a torn tail at sequence {} (a write a crash cut off); a \
+                 node clears it on start",
+                problem.sequence
+            ));
+        }
+        (None, Some(problem)) => problem.sequence,
+        (Some(missing), problem) => {
+            let after = problem.filter(|p| !p.torn_tail || stop.is_some()).map(|p| p.sequence);
+            after.unwrap_or(missing.held_through).max(missing.held_through)
+        }
     };
-    if problem.torn_tail && stop.is_none() {
-        return refuse(format!(
-            "the only damage is a torn tail at sequence {} (a write a crash cut off); a node \
-             clears it on start",
-            problem.sequence
-        ));
-    }
-    let damaged = problem.sequence;
     let mut tried = Vec::new();
     for (through, name) in snapshot::list(storage)?.into_iter().rev() {
         if through < damaged {
@@ -118,6 +126,17 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
         }
     }
     let tried = if tried.is_empty() { String::new() } else { format!(" ({})", tried.join("; ")) };
+    if let Some(missing) = missing {
+        return refuse(format!(
+            "segment {file} is missing, and no intact snapshot holds the state through \
+             sequence {damaged} with intact records after it{tried}. Restore the file from a \
+             backup or the standby; or, to accept losing sequence {oldest} and everything after \
+             it, run `ringfence journal truncate {dir} --at-seq {oldest}`",
+            file = missing.file,
+            dir = layout.location,
+            oldest = missing.oldest,
+        ));
+    }
     refuse(format!(
         "the journal is damaged at sequence {damaged}, and no intact snapshot covers it with \
          intact records after it{tried}. If the other node's journal (or a backup) holds the \
@@ -145,6 +164,57 @@ fn refuse_cut_short<S: Storage>(storage: &S) -> Result<(), JournalError> {
         "cannot rebuild: a rebuild restarts the journal after a snapshot, and does not put back \
          the records a segment cut short lost: {problem}"
     )))
+}
+
+/// Listed segments a rebuild finds missing, the records after them scanned.
+#[derive(Debug)]
+struct Missing {
+    /// The newest missing segment's file.
+    file: String,
+    /// The oldest missing segment's first sequence: the journal's records are whole before it.
+    oldest: Sequence,
+    /// The last sequence the missing segments held: the one before the first record of the
+    /// segment listed after them.
+    held_through: Sequence,
+}
+
+/// The directory as a rebuild reads it: as [`scanned`], except that listed segments missing
+/// (and nothing else wrong with the directory) are let through, the segments after the newest
+/// missing one scanned. A snapshot holding the state through their last record makes them
+/// unneeded, as retention would have retired them; refused when the newest listed segment is
+/// missing (nothing says where its records ended).
+fn scanned_past_missing<S: Storage>(
+    storage: &S,
+) -> Result<(Scanned<S>, Option<Missing>), JournalError> {
+    let mut source = storage.clone();
+    let check = datadir::check(&mut source)?;
+    let is_missing =
+        |problem: &JournalError| matches!(problem, JournalError::SegmentMissing { .. });
+    if check.problems.is_empty() || !check.problems.iter().all(is_missing) {
+        return Ok((scanned(storage, "rebuild")?, None));
+    }
+    let Some(JournalError::SegmentMissing { first, file, .. }) = check.problems.last() else {
+        unreachable!("every problem is a missing segment");
+    };
+    let (newest_missing, file) = (*first, file.clone());
+    let listed = check.manifest.as_ref().expect("a missing segment is one the manifest lists");
+    let Some(next) = listed.segments.iter().find(|s| s.first > newest_missing) else {
+        let problem = check.problems.into_iter().last().expect("a problem");
+        return Err(JournalError::Refused(format!(
+            "cannot rebuild: the newest segment is missing, and nothing says where its records \
+             ended: {problem}"
+        )));
+    };
+    let held_through = Sequence(next.first.0 - 1);
+    let segments: Vec<(Sequence, String)> =
+        check.segments.into_iter().filter(|(first, _)| *first > newest_missing).collect();
+    let layout = scan::scan_segments(&mut source, &segments)?;
+    let oldest = match check.problems.first() {
+        Some(JournalError::SegmentMissing { first, .. }) => *first,
+        _ => unreachable!("every problem is a missing segment"),
+    };
+    let missing = Missing { file, oldest, held_through };
+    Ok((Scanned { source, segments, layout }, Some(missing)))
 }
 
 /// A directory as a tool that rewrites it first reads it.

@@ -252,3 +252,118 @@ fn a_journal_started_anew_from_an_installed_snapshot_can_be_rebuilt() {
     assert_eq!(recovered.next_sequence, Sequence(end as u64 + 1));
     assert_eq!(recovered.engine.state_digest(), digest_of(&commands[..end]));
 }
+
+/// A journal of 4 500 commands with a snapshot every 1 000 (four kept, so that retention keeps
+/// every segment from the first), and the commands.
+fn long_journal() -> (FaultStorage, Vec<Sequenced>) {
+    let mut workload = Workload::new(59, Sequence(1), Timestamp(1_000));
+    let commands = generate(&mut workload, &mut Engine::new(config()), 4_500);
+    let disk = FaultStorage::new();
+    let policy =
+        SnapshotPolicy { every_commands: Some(1_000), keep: 4, ..SnapshotPolicy::default() };
+    journal_with_snapshots(&disk, &commands, policy);
+    (disk, commands)
+}
+
+/// The manifest's segments, oldest first.
+fn listed(disk: &FaultStorage) -> Vec<Sequence> {
+    let manifest = datadir::check(&mut disk.clone()).unwrap().manifest.expect("a manifest");
+    manifest.segments.iter().map(|segment| segment.first).collect()
+}
+
+#[test]
+fn segments_missing_that_a_snapshot_covers_are_rebuilt_past_without_loss() {
+    // Goal: the oldest listed segments gone (deleted by hand, lost with a disk) while a
+    // snapshot holds the state through their last record: recovery refuses, naming the
+    // rebuild; the rebuild starts the journal after the snapshot, and every command is
+    // recovered, state equal to a replay. Fails where a rebuild refuses any missing segment
+    // (it pointed at `truncate`, which drops everything after the missing segment).
+    let (disk, commands) = long_journal();
+    let segments = listed(&disk);
+    let newest = snapshot::list(&disk).unwrap().pop().unwrap().0;
+    // Every listed segment whose records the newest snapshot holds, but the last such one.
+    let covered: Vec<Sequence> =
+        segments.windows(2).filter(|pair| pair[1].0 <= newest.0 + 1).map(|p| p[0]).collect();
+    assert!(covered.len() >= 2, "segments {segments:?}, snapshot through {newest}");
+    let gone = &covered[..2];
+    for first in gone {
+        disk.remove(&format::segment_name(*first)).unwrap();
+    }
+    let error = recover_from(disk.clone(), options(Durability::Batch)).err().expect("refused");
+    assert!(matches!(error, JournalError::SegmentMissing { .. }), "{error}");
+    assert!(error.to_string().contains("`ringfence journal rebuild fault:`"), "{error}");
+
+    let rebuilt = rebuild::rebuild(&disk).unwrap();
+    assert_eq!(rebuilt.through, newest);
+    assert_eq!(rebuilt.last, commands.last().unwrap().sequence);
+    assert!(listed(&disk).iter().all(|first| *first > newest), "{:?}", listed(&disk));
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, commands.last().unwrap().sequence.next());
+    assert_eq!(recovered.report.snapshot.as_ref().map(|meta| meta.through), Some(newest));
+    assert_eq!(recovered.engine.state_digest(), digest_of(&commands));
+}
+
+#[test]
+fn a_missing_segment_no_snapshot_covers_is_refused_and_nothing_changes() {
+    // Goal: a rebuild refuses, changing nothing, when the missing segment held records after
+    // every snapshot (naming the restore and the truncate), and when the newest segment is
+    // missing (nothing says where its records ended).
+    let (disk, _) = long_journal();
+    let segments = listed(&disk);
+    let newest = snapshot::list(&disk).unwrap().pop().unwrap().0;
+    // A segment (not the newest) holding records after the newest snapshot.
+    let after = segments.windows(2).find(|pair| pair[1].0 > newest.0 + 1).map(|pair| pair[0]);
+    let after = after.expect("a segment the newest snapshot does not cover, not the last");
+    disk.remove(&format::segment_name(after)).unwrap();
+    let before = files(&disk);
+    let refused = rebuild::rebuild(&disk).unwrap_err().to_string();
+    assert!(refused.contains("no intact snapshot holds the state through"), "{refused}");
+    assert!(refused.contains(&format!("--at-seq {after}")), "{refused}");
+    assert_eq!(files(&disk), before, "a refused rebuild changed the directory");
+
+    let (disk, _) = long_journal();
+    let last = *listed(&disk).last().unwrap();
+    disk.remove(&format::segment_name(last)).unwrap();
+    let before = files(&disk);
+    let refused = rebuild::rebuild(&disk).unwrap_err().to_string();
+    assert!(refused.contains("the newest segment is missing"), "{refused}");
+    assert_eq!(files(&disk), before, "a refused rebuild changed the directory");
+}
+
+#[test]
+fn a_rebuild_past_missing_segments_cut_off_at_any_sync_point_is_finished_at_the_next_start() {
+    // Goal: as for damage, a power loss at any point of a rebuild past missing segments leaves
+    // the journal refused as before (the segment missing) or one recovery finishes rebuilding
+    // and recovers in full. Fails where finishing reads the segments the manifest still lists.
+    let (disk, commands) = long_journal();
+    let oldest = listed(&disk)[0];
+    disk.remove(&format::segment_name(oldest)).unwrap();
+    let copy = disk.process_crash();
+    copy.capture_sync_points();
+    rebuild::rebuild(&copy).unwrap();
+    let captures = copy.take_captures();
+    assert!(captures.len() >= 3, "{} sync points", captures.len());
+    let (digest, last) = (digest_of(&commands), commands.last().unwrap().sequence);
+    let (mut before, mut finished, mut under_way) = (0, 0, 0);
+    for capture in &captures {
+        for torn in [None, Some(capture.point)] {
+            let image = capture.disk.power_loss(torn);
+            let what = format!("sync point {} ({}), torn {torn:?}", capture.point, capture.what);
+            let marked = rebuild::rebuilding(&image).unwrap();
+            under_way += u64::from(marked.is_some());
+            match recover_from(image, options(Durability::Batch)) {
+                Ok(recovered) => {
+                    assert_eq!(recovered.next_sequence, last.next(), "{what}");
+                    assert_eq!(recovered.engine.state_digest(), digest, "{what}");
+                    finished += 1;
+                }
+                Err(JournalError::SegmentMissing { first, .. }) if marked.is_none() => {
+                    assert_eq!(first, oldest, "{what}");
+                    before += 1;
+                }
+                Err(error) => panic!("{what}: marker {marked:?}: {error}"),
+            }
+        }
+    }
+    assert!(before > 0 && finished > 0 && under_way > 0, "{before} {finished} {under_way}");
+}
