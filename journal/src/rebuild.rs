@@ -1,11 +1,12 @@
 //! The operator's repair for damage a snapshot covers: the journal rebuilt to start just after
-//! the newest intact snapshot at or past the damage.
+//! the oldest intact snapshot at or past the damage with intact records after it.
 //!
 //! `ringfence journal truncate` drops the damaged record and everything after it, and sets
 //! aside every snapshot that holds a dropped record. When a snapshot covers the damage — it
 //! holds the state through a sequence `s` at or after the damaged record — and the records
 //! after `s` are intact, nothing acknowledged need go: the journal can start at `s + 1`, as if
-//! retention had retired everything before it, and recovery starts from that snapshot. So too
+//! retention had retired everything before it, and recovery starts from that snapshot (or a
+//! newer one). So too
 //! for segments the manifest lists that are gone (deleted by hand, or lost with a disk): a
 //! snapshot holding the state through their last record makes them unneeded. A rebuild:
 //!
@@ -75,7 +76,7 @@ struct Located {
     segments: Vec<(Sequence, String)>,
 }
 
-/// Rebuilds the journal after the newest snapshot that covers its damage (see the module
+/// Rebuilds the journal after the oldest snapshot that covers its damage (see the module
 /// documentation), or finishes a rebuild under way. Refused, changing nothing, when the
 /// journal is intact, when its only damage is a torn tail a crash left (recovery clears it),
 /// when the directory has problems a rebuild does not repair (a segment cut short: `heal`'s or
@@ -108,10 +109,10 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
         }
     };
     let mut tried = Vec::new();
-    for (through, name) in snapshot::list(storage)?.into_iter().rev() {
-        if through < damaged {
-            break;
-        }
+    // The oldest snapshot that serves sets aside the fewest records: the journal keeps every
+    // record after it for replay and export, and recovery still starts from the newest.
+    let covering = snapshot::list(storage)?.into_iter().filter(|(through, _)| *through >= damaged);
+    for (through, name) in covering {
         if let Err(error) = snapshot::load(storage, &name, None) {
             tried.push(format!("{}: {error}", storage.describe(&name)));
             continue;

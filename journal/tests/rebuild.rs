@@ -293,10 +293,14 @@ fn segments_missing_that_a_snapshot_covers_are_rebuilt_past_without_loss() {
     assert!(matches!(error, JournalError::SegmentMissing { .. }), "{error}");
     assert!(error.to_string().contains("`ringfence journal rebuild fault:`"), "{error}");
 
+    // The oldest snapshot holding the state through the last record the missing ones held.
+    let held_through = Sequence(segments[2].0 - 1);
+    let snapshots = snapshot::list(&disk).unwrap();
+    let after = snapshots.iter().map(|(through, _)| *through).find(|t| *t >= held_through);
     let rebuilt = rebuild::rebuild(&disk).unwrap();
-    assert_eq!(rebuilt.through, newest);
+    assert_eq!(Some(rebuilt.through), after);
     assert_eq!(rebuilt.last, commands.last().unwrap().sequence);
-    assert!(listed(&disk).iter().all(|first| *first > newest), "{:?}", listed(&disk));
+    assert_eq!(listed(&disk).first(), Some(&rebuilt.through.next()), "{:?}", listed(&disk));
     let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
     assert_eq!(recovered.next_sequence, commands.last().unwrap().sequence.next());
     assert_eq!(recovered.report.snapshot.as_ref().map(|meta| meta.through), Some(newest));
@@ -366,4 +370,25 @@ fn a_rebuild_past_missing_segments_cut_off_at_any_sync_point_is_finished_at_the_
         }
     }
     assert!(before > 0 && finished > 0 && under_way > 0, "{before} {finished} {under_way}");
+}
+
+#[test]
+fn a_rebuild_starts_after_the_oldest_snapshot_that_covers_the_damage() {
+    // Goal: where several intact snapshots cover the damage, the journal is restarted after the
+    // oldest of them, so that it keeps every record after it for replay and export; recovery
+    // still starts from the newest. Fails where the rebuild takes the newest snapshot.
+    let (disk, commands) = long_journal();
+    let snapshots = snapshot::list(&disk).unwrap();
+    assert!(snapshots.len() >= 3, "{snapshots:?}");
+    let (oldest, newest) = (snapshots[0].0, snapshots.last().unwrap().0);
+    let damaged = Sequence(oldest.0 - 3);
+    let (name, offset) = record_at(&disk, damaged);
+    disk.corrupt(&name, offset + 20, 0x5A);
+    let rebuilt = rebuild::rebuild(&disk).unwrap();
+    assert_eq!(rebuilt.through, oldest, "{rebuilt:?}");
+    assert_eq!(listed(&disk).first(), Some(&oldest.next()), "{:?}", listed(&disk));
+    let recovered = recover_from(disk.clone(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.report.snapshot.as_ref().map(|meta| meta.through), Some(newest));
+    assert_eq!(recovered.next_sequence, commands.last().unwrap().sequence.next());
+    assert_eq!(recovered.engine.state_digest(), digest_of(&commands));
 }

@@ -85,7 +85,7 @@ pub enum JournalCommand {
     Truncate(TruncateArgs),
     /// Repair without loss: when a snapshot covers the damage (it holds the state through a
     /// sequence at or after the damaged record, or the last record of segments missing) and
-    /// the records after it are intact, start the journal just after the newest such snapshot. Records after it are copied into a new
+    /// the records after it are intact, start the journal just after the oldest such snapshot (keeping every record after it). Records after it are copied into a new
     /// segment; the older segments, the damaged one among them, are renamed *.seg.superseded.
     /// Refused, changing nothing, when no snapshot covers the damage, and for a segment cut
     /// short (the refusal names `heal --from` and the `truncate` that keeps its intact
