@@ -43,7 +43,8 @@ macro_rules! outln {
 /// hash, per-SKU stock figures and the orders the engine keeps, by state (finished orders whose
 /// slots were reused once the order table was full are forgotten and not counted). With
 /// --export, every replayed command's outcome (and every expiry it caused) is written as one
-/// JSON object per line, ready to load into a database: from the first command the retained
+/// JSON object per line, ready to load into a database (a retry answered with the outcome
+/// first given says `"repeat": true`: it changed nothing): from the first command the retained
 /// journal holds (starting from the snapshot taken just before it, if segments were
 /// retired), or with --since-snapshot only what follows the newest snapshot, or with
 /// --after-seq only what follows a sequence a consumer has already loaded.
@@ -143,6 +144,9 @@ struct ExportLine {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     events: Vec<EventJson>,
     outcome: Kinded<OutcomeJson>,
+    /// A retry answered with the outcome first given: it changed nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    repeat: bool,
     sequence: u64,
     timestamp_ms: u64,
 }
@@ -151,7 +155,8 @@ impl Applier {
     fn apply(&mut self, engine: &mut Engine, command: &Sequenced) {
         let epoch = self.epochs.pop_front().expect("every record read has its epoch");
         let mut events = Vec::new();
-        let outcome = engine.apply_observed(command, &mut |event| events.push(event));
+        let (outcome, repeat) =
+            engine.apply_telling_repeats(command, &mut |event| events.push(event));
         self.tally.replayed += 1;
         self.tally.last_sequence = Some(command.sequence);
         self.tally.last_epoch = Some(epoch);
@@ -165,6 +170,7 @@ impl Applier {
             epoch: epoch.0,
             events: events.iter().map(EventJson::from).collect(),
             outcome: outcome_record(&outcome),
+            repeat,
             sequence: command.sequence.0,
             timestamp_ms: command.timestamp.0,
         };

@@ -283,6 +283,59 @@ fn replay_rebuilds_the_live_state_at_a_sequence_and_exports_outcomes() {
 }
 
 #[test]
+fn an_export_marks_a_retry_answered_with_the_first_outcome_as_a_repeat() {
+    // Goal: a retry (the same request key, user and command) journaled again is exported with
+    // `"repeat": true`, so that a loader applying outcomes skips it; the first command, and a
+    // key reused for another command (refused, not answered from the first), carry no mark.
+    // Fails where the export cannot tell a retry from the command it repeats.
+    use ringfence_core::{
+        Action, Command, CreateSku, RequestKey, Reserve, Sequenced, SkuId, UserId,
+    };
+    let dir = TempDir::new("export-repeat");
+    let options = WriterOptions {
+        segment_len: 64 * 1024,
+        durability: Durability::None,
+        engine_config: config(),
+    };
+    let mut recovered = recover(dir.path(), options).unwrap();
+    let create = CreateSku {
+        sku: SkuId(7),
+        stock: 10,
+        price_cents: 100,
+        per_user_limit: 0,
+        payment_timeout_ms: 60_000,
+        sale_start: None,
+        sale_end: None,
+    };
+    let reserve = |qty| Reserve { user: UserId(5), sku: SkuId(7), qty, coupon: None };
+    let keyed = |key: u128, action| Command::Client { key: RequestKey::from_u128(key), action };
+    let commands = [
+        keyed(1, Action::CreateSku(create)),
+        keyed(2, Action::Reserve(reserve(1))),
+        keyed(2, Action::Reserve(reserve(1))),
+        keyed(2, Action::Reserve(reserve(2))),
+    ];
+    for (n, command) in (1..).zip(commands) {
+        let timestamp = Timestamp(1_700_000_000_000 + n);
+        let sequenced = Sequenced { sequence: Sequence(n), timestamp, command };
+        recovered.writer.append_command(Epoch(1), &sequenced).unwrap();
+    }
+    recovered.writer.end_batch().unwrap();
+    drop(recovered);
+    let path = dir.path().to_str().unwrap();
+    let out = ringfence(&["replay", path, "--from-start", "--export", "-"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["outcome"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["sku_created", "reserved", "reserved", "rejected"], "{lines:?}");
+    assert_eq!(lines[1]["outcome"], lines[2]["outcome"], "the retry repeats the first outcome");
+    let repeats: Vec<bool> = lines.iter().map(|l| l["repeat"] == true).collect();
+    assert_eq!(repeats, [false, false, true, false], "{lines:?}");
+    assert!(lines[1].get("repeat").is_none(), "a line that repeats nothing has no mark");
+}
+
+#[test]
 fn replay_until_time_stops_before_later_commands() {
     // Goal: --until-time applies exactly the commands stamped at or before that time.
     let dir = TempDir::new("until-time");

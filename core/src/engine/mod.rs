@@ -432,6 +432,35 @@ impl Engine {
         sequenced: &Sequenced,
         events: &mut dyn FnMut(Event),
     ) -> Outcome {
+        self.apply_inner(sequenced, events, &mut false)
+    }
+
+    /// [`Engine::apply_observed`], also saying whether the command was a repeat: a keyed
+    /// command whose request key (and user) came before, within the key window, for the same
+    /// command. A repeat is answered with the outcome first given and changes nothing; an
+    /// export marks it, so that a loader applying outcomes skips it.
+    pub fn apply_telling_repeats(
+        &mut self,
+        sequenced: &Sequenced,
+        events: &mut dyn FnMut(Event),
+    ) -> (Outcome, bool) {
+        let mut repeat = false;
+        let outcome = self.apply_inner(sequenced, events, &mut repeat);
+        assert!(
+            !repeat || matches!(sequenced.command, Command::Client { .. }),
+            "only a keyed command repeats"
+        );
+        (outcome, repeat)
+    }
+
+    #[inline]
+    fn apply_inner(
+        &mut self,
+        sequenced: &Sequenced,
+        events: &mut dyn FnMut(Event),
+        repeat: &mut bool,
+    ) -> Outcome {
+        debug_assert!(!*repeat, "a command is told a repeat only by the key table");
         assert!(
             sequenced.sequence > self.last_sequence,
             "sequence {} applied after {}: sequences start at 1 and strictly increase",
@@ -457,7 +486,7 @@ impl Engine {
                     self.hint_index_slots(*key, action);
                 }
                 self.advance_time(sequenced.timestamp, events);
-                self.apply_keyed(*key, action)
+                self.apply_keyed(*key, action, repeat)
             }
         };
         self.last_sequence = sequenced.sequence;
@@ -945,7 +974,9 @@ impl Engine {
 
     /// Idempotency: a known key with the same command returns the original outcome; with a
     /// different command it is refused; a new key is executed and remembered.
-    fn apply_keyed(&mut self, key: RequestKey, action: &Action) -> Outcome {
+    /// Applies a keyed command, or answers a repeat of one (`repeat` set) with the outcome
+    /// first given.
+    fn apply_keyed(&mut self, key: RequestKey, action: &Action, repeat: &mut bool) -> Outcome {
         let fingerprint = hash::fingerprint(action);
         // The key's scope: the user the command names, or user 0 (no user id is 0) for one
         // that names none. The table holds (user, key) pairs, so a buyer who guesses another
@@ -963,6 +994,7 @@ impl Engine {
             // Expiry ran before this command; keys expire once now reaches their time.
             assert!(entry.expires_at >= self.now, "an expired request key answered");
             if entry.fingerprint == fingerprint {
+                *repeat = true;
                 let stored = entry.outcome;
                 return self.remembered_outcome(stored).expect("a remembered SKU or batch is kept");
             }

@@ -145,6 +145,15 @@ impl Harness {
         self.submit(Command::Client { key, action })
     }
 
+    /// [`Harness::run_keyed`], with whether the engine called the command a repeat.
+    fn run_telling_repeats(&mut self, key: RequestKey, action: Action) -> (Outcome, bool) {
+        self.sequence = self.sequence.next();
+        let command = Command::Client { key, action };
+        let sequenced = Sequenced { sequence: self.sequence, timestamp: self.clock, command };
+        let expired = &mut self.expired;
+        self.engine.apply_telling_repeats(&sequenced, &mut |event| expired.push(event))
+    }
+
     fn advance(&mut self, ms: u64) {
         self.clock = self.clock.plus_ms(ms);
     }
@@ -1408,6 +1417,27 @@ fn retry_of_a_refused_command_returns_the_original_refusal() {
     h.run(act::cancel(bobs, BOB));
     h.refused_keyed(key, act::reserve(ALICE, SKU, 1), Rejection::SoldOut);
     h.reserved(ALICE, SKU, 1);
+}
+
+#[test]
+fn a_retry_answered_from_the_key_table_is_told_as_a_repeat() {
+    // Goal: what an export marks as a repeat is exactly a retry answered with the outcome first
+    // given (a refusal too); neither the first command, nor a key reused for another command,
+    // nor a retry after the key window (executed anew) is one.
+    let mut h = Harness::with_sku(CreateSku { stock: 1, ..sku_spec(SKU) });
+    let (key, sold_out) = (client_key(1), client_key(2));
+    let (first, repeat) = h.run_telling_repeats(key, act::reserve(ALICE, SKU, 1));
+    assert!(matches!(first, Outcome::Reserved { .. }) && !repeat, "{first:?}");
+    assert_eq!(h.run_telling_repeats(key, act::reserve(ALICE, SKU, 1)), (first, true));
+    let (reused, repeat) = h.run_telling_repeats(key, act::reserve(ALICE, SKU, 2));
+    assert_eq!((reused, repeat), (Outcome::Rejected(Rejection::RequestKeyReused), false));
+    let refused = h.run_telling_repeats(sold_out, act::reserve(BOB, SKU, 1));
+    assert_eq!(refused, (Outcome::Rejected(Rejection::SoldOut), false));
+    let again = h.run_telling_repeats(sold_out, act::reserve(BOB, SKU, 1));
+    assert_eq!(again, (Outcome::Rejected(Rejection::SoldOut), true));
+    h.advance(h.engine.config().request_key_window_ms + 1);
+    let (anew, repeat) = h.run_telling_repeats(sold_out, act::reserve(BOB, SKU, 1));
+    assert!(!repeat, "a retry after the key window is a new command: {anew:?}");
 }
 
 #[test]
