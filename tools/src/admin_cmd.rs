@@ -97,6 +97,7 @@ pub fn replication(args: &ReplicationArgs) -> ExitCode {
 
 fn run(name: &str, target: &AdminTarget, path: &str, body: &str) -> ExitCode {
     let answer = admin_token(target.admin_token_file.as_ref())
+        .map_err(|message| CallError { message, sent: false })
         .and_then(|token| call(&target.http, ("POST", path), Some(&token), body, TIMEOUT));
     match answer {
         Ok((status, body)) if (200..300).contains(&status) => {
@@ -114,8 +115,16 @@ fn run(name: &str, target: &AdminTarget, path: &str, body: &str) -> ExitCode {
             );
             ExitCode::FAILURE
         }
-        Err(message) => {
-            eprintln!("ringfence {name}: error: {message}");
+        Err(error) if error.sent => {
+            eprintln!(
+                "ringfence {name}: error: {error}; the request was sent, so it may have taken \
+                 effect: `ringfence status --http {}` shows what the node is now",
+                target.http
+            );
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("ringfence {name}: error: {error}");
             ExitCode::from(2)
         }
     }
@@ -131,6 +140,26 @@ pub(crate) fn http_address(text: &str) -> Result<String, String> {
     Ok(address.to_owned())
 }
 
+/// Why [`call`] got no answer: the message, and whether the request was sent first (a
+/// mutation sent and unanswered may have taken effect).
+#[derive(Debug)]
+pub(crate) struct CallError {
+    message: String,
+    sent: bool,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<CallError> for String {
+    fn from(error: CallError) -> String {
+        error.message
+    }
+}
+
 /// Sends one request (`method`, `path`), with a JSON body and the bearer token if given,
 /// connecting and sending each bounded by `timeout`, and the whole answer read within
 /// `timeout` of the request (a node that trickles its answer cannot hold the call); returns
@@ -141,8 +170,11 @@ pub(crate) fn call(
     token: Option<&str>,
     body: &str,
     timeout: Duration,
-) -> Result<(u16, String), String> {
-    let unreachable = |e: std::io::Error| format!("reaching the node at {addr}: {e}");
+) -> Result<(u16, String), CallError> {
+    let unreachable = |e: std::io::Error| CallError {
+        message: format!("reaching the node at {addr}: {e}"),
+        sent: false,
+    };
     // Each address a name stands for in turn: `localhost` may be `::1` first.
     let (mut stream, _) = ringfence_ingress::connect_first(addr, timeout).map_err(unreachable)?;
     stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
@@ -155,11 +187,23 @@ pub(crate) fn call(
         body.len()
     );
     stream.write_all(request.as_bytes()).map_err(unreachable)?;
+    let unanswered = |message: String| CallError { message, sent: true };
     // `Connection: close`: the node closes after its answer, so the answer is all there is.
     let deadline = std::time::Instant::now() + timeout;
     let response = ringfence_ingress::read_to_end_by(&mut stream, deadline, ANSWER_LEN_MAX)
-        .map_err(unreachable)?;
-    parse_response(&response).ok_or_else(|| format!("the node at {addr} sent no HTTP answer"))
+        .map_err(|e| unanswered(format!("no whole answer from the node at {addr}: {e}")))?;
+    if response.is_empty() {
+        return Err(unanswered(format!(
+            "the node at {addr} closed the connection without an answer (it may have stopped \
+             or restarted)"
+        )));
+    }
+    parse_response(&response).ok_or_else(|| {
+        unanswered(format!(
+            "the node at {addr} sent {} bytes that are not an HTTP answer",
+            response.len()
+        ))
+    })
 }
 
 /// The status and body of a whole HTTP/1.1 response.
@@ -198,7 +242,38 @@ mod tests {
         // A liveness bound: the node trickles for 20 s.
         let called = result.recv_timeout(Duration::from_secs(15)).expect("the call returned");
         let error = called.unwrap_err();
-        assert!(error.contains("timed out"), "{error}");
+        assert!(error.message.contains("timed out") && error.sent, "{error:?}");
+    }
+
+    #[test]
+    fn a_request_sent_and_unanswered_is_told_apart_from_a_node_not_reached() {
+        // Goal: a node that reads the request and closes without answering (stopping, or
+        // restarting, as a promotion can make it) is said to have closed the connection, and
+        // the request counts as sent (a promotion may have happened); a node not listening is
+        // not reached and nothing was sent. Fails with both as "sent no HTTP answer".
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // The whole request read (its body, `{}`, ends it), so that the close is a FIN.
+            let (mut request, mut chunk) = (Vec::new(), [0u8; 1024]);
+            while !request.ends_with(b"{}") {
+                match std::io::Read::read(&mut stream, &mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        let timeout = Duration::from_secs(10);
+        let closed = call(&addr, ("POST", "/v1/admin/promote"), None, "{}", timeout).unwrap_err();
+        assert!(closed.sent, "{closed:?}");
+        assert!(closed.message.contains("closed the connection without an answer"), "{closed}");
+        let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nobody = spare.local_addr().unwrap().to_string();
+        drop(spare);
+        let refused = call(&nobody, ("POST", "/v1/admin/promote"), None, "{}", timeout);
+        let refused = refused.unwrap_err();
+        assert!(!refused.sent && refused.message.contains("reaching the node"), "{refused:?}");
     }
 
     #[test]

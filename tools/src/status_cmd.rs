@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::admin_cmd::{call, http_address};
+use crate::admin_cmd::{CallError, call, http_address};
 use crate::client_cmd::caller_token;
 
 /// Arguments of `ringfence status`.
@@ -98,7 +98,7 @@ fn observe(
     let parse = |what: &str, body: &str| {
         serde_json::from_str::<Value>(body).map_err(|e| format!("{what} is not JSON: {e}"))
     };
-    let no_answer = |error: String| format!("no answer: {error}");
+    let no_answer = |error: CallError| format!("no answer: {error}");
     let (status, body) = call(http, ("GET", "/v1/node"), token, "", timeout).map_err(no_answer)?;
     let node = parse("/v1/node", &body)?;
     if status != 200 {
