@@ -93,8 +93,9 @@ enum Attempt {
 }
 
 /// Copies the data directory `dir` into the new directory `dest` (see the module
-/// documentation). Refused, changing nothing, when `dest` exists, when `dir` holds no journal,
-/// has a repair under way or is damaged before its tail.
+/// documentation). Refused, changing nothing, when `dest` lies inside `dir` or `dir` inside
+/// `dest`, when `dest` exists, when `dir` holds no journal, has a repair under way or is
+/// damaged before its tail.
 /// `subdirectories` of `dir` (the tools' own, such as `rollback/`) are copied along, file by
 /// file. `progress` is told the records copied so far and the records to copy, after each
 /// segment.
@@ -104,6 +105,7 @@ pub fn backup_dir(
     subdirectories: &[&str],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackedUp, JournalError> {
+    refuse_nested(dir, dest)?;
     if dest.exists() {
         return Err(JournalError::Refused(format!(
             "{} exists: a backup goes to a new directory",
@@ -125,6 +127,62 @@ pub fn backup_dir(
     assert!(!partial.exists() || copied.is_err(), "a copy placed and left in {PARTIAL_SUFFIX}");
     assert!(copied.is_err() || dest.is_dir(), "a copy made and not placed");
     copied
+}
+
+/// Refuses a destination inside the directory copied, and the directory copied inside the
+/// destination. A copy (and its `DEST.partial`) inside a data directory would leave files there
+/// that are no part of its journal, which the node may refuse at its next start; a directory
+/// copied into itself is no backup. The paths are compared as the file system resolves them
+/// (symbolic links, `..`); `dest` need not exist yet.
+fn refuse_nested(dir: &Path, dest: &Path) -> Result<(), JournalError> {
+    // A directory that cannot be resolved cannot be opened either: the copy says why.
+    let Ok(source) = dir.canonicalize() else { return Ok(()) };
+    let target = resolve_to_be(dest)?;
+    // Both resolved from the root: `starts_with` compares whole components of the same tree.
+    assert!(source.is_absolute(), "{} resolved to a relative path", dir.display());
+    assert!(target.is_absolute(), "{} resolved to a relative path", dest.display());
+    let (inner, outer) = if target.starts_with(&source) {
+        (dest, dir)
+    } else if source.starts_with(&target) {
+        (dir, dest)
+    } else {
+        return Ok(());
+    };
+    Err(JournalError::Refused(format!(
+        "cannot back up {} into {}: {} lies inside {} ({} and {} once resolved); a backup goes to \
+         a new directory outside the data directory it copies. Nothing was changed",
+        dir.display(),
+        dest.display(),
+        inner.display(),
+        outer.display(),
+        source.display(),
+        target.display()
+    )))
+}
+
+/// `path` as the file system will resolve it once created: its nearest existing ancestor
+/// canonicalized, then the components below it, which do not exist yet and so are no links.
+fn resolve_to_be(path: &Path) -> Result<PathBuf, JournalError> {
+    for existing in path.ancestors() {
+        let existing = if existing.as_os_str().is_empty() { Path::new(".") } else { existing };
+        let Ok(mut resolved) = existing.canonicalize() else { continue };
+        assert!(resolved.is_absolute(), "a canonical path that is not absolute");
+        let below = path.strip_prefix(existing).unwrap_or(path);
+        for component in below.components() {
+            match component {
+                std::path::Component::ParentDir => {
+                    resolved.pop();
+                }
+                std::path::Component::Normal(name) => resolved.push(name),
+                _ => {}
+            }
+        }
+        return Ok(resolved);
+    }
+    Err(JournalError::io(
+        format!("resolving {}", path.display()),
+        io::Error::new(io::ErrorKind::NotFound, "no part of the path exists"),
+    ))
 }
 
 /// [`backup_dir`]'s steps after its checks: the copy built in `partial`, then renamed to `dest`

@@ -6,13 +6,15 @@ mod common;
 
 use std::io;
 
-use common::{config, digest_of, files, generate, journal_with_snapshots, options, record_at};
-use ringfence_core::{Engine, Sequence, Sequenced, Timestamp};
-use ringfence_journal::backup::backup;
+use common::{
+    TempDir, config, digest_of, files, generate, journal_with_snapshots, options, record_at,
+};
+use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
+use ringfence_journal::backup::{backup, backup_dir};
 use ringfence_journal::datadir::{CATCH_UP_FILE, TRUNCATING_FILE};
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
-use ringfence_journal::recovery::recover_from;
+use ringfence_journal::recovery::{recover, recover_from};
 use ringfence_journal::scan::ReadSource;
 use ringfence_journal::snapshot::{self, SnapshotPolicy};
 use ringfence_journal::storage::Storage;
@@ -364,4 +366,52 @@ fn a_snapshot_that_cannot_be_read_fails_the_copy_naming_the_source_file() {
     let left: Vec<String> =
         copy.list().unwrap().into_iter().filter(|name| name.contains(".snap")).collect();
     assert!(left.is_empty(), "part of a snapshot was left in the copy: {left:?}");
+}
+
+/// Every path under `dir`, relative to it, sorted: what a refused backup must leave as it was.
+fn tree(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path.clone());
+            }
+            found.push(path.strip_prefix(dir).unwrap().to_path_buf());
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn a_destination_inside_the_directory_copied_or_around_it_is_refused() {
+    // Goal: `backup_dir` refuses a destination inside the data directory (which would leave
+    // the copy, or its `.partial`, among the node's files) and one the data directory lies
+    // inside, however the paths are spelled, naming both and changing nothing; a destination
+    // beside the directory is copied to.
+    let root = TempDir::new("backup-nested");
+    let data = root.path().join("data");
+    let mut writer = recover(&data, options(Durability::Batch)).unwrap().writer;
+    let mut workload = Workload::new(17, Sequence(1), Timestamp(1_000));
+    for command in generate(&mut workload, &mut Engine::new(config()), 100) {
+        writer.append_command(Epoch(1), &command).unwrap();
+    }
+    writer.close().unwrap().expect("a segment is open");
+    drop(writer);
+    let before = tree(root.path());
+    let spelled = data.join("..").join("data").join("new").join("..").join("inner");
+    for dest in [data.join("inner"), spelled, data.clone(), root.path().to_path_buf()] {
+        let refused = backup_dir(&data, &dest, &[], &mut |_, _| {}).unwrap_err();
+        let message = refused.to_string();
+        assert!(matches!(refused, JournalError::Refused(_)), "{dest:?}: {message}");
+        assert!(message.contains("lies inside"), "{dest:?}: {message}");
+        let named = [&data, &dest].map(|path| message.contains(&path.display().to_string()));
+        assert_eq!(named, [true, true], "{message}");
+        assert_eq!(tree(root.path()), before, "{dest:?}: a refused backup changed files");
+    }
+    let beside = root.path().join("copy");
+    let copied = backup_dir(&data, &beside, &[], &mut |_, _| {}).unwrap();
+    assert_eq!(copied.last, Some(Sequence(100)));
 }

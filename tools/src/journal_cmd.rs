@@ -125,7 +125,8 @@ pub enum JournalCommand {
     /// starts from DEST (disaster recovery, a copy to replay or export at leisure); it lacks
     /// what the node acknowledged after it, so it is marked catching up and never takes over
     /// from a standby on the strength of an in-sync record. Refused, changing nothing, when
-    /// DEST exists, and when DIR is damaged or has a repair under way.
+    /// DEST exists, when DEST lies inside DIR or DIR inside DEST, and when DIR is damaged or
+    /// has a repair under way.
     Backup(BackupArgs),
     /// Crash-test child: appends under load and prints `durable N` after every flush.
     #[command(hide = true)]
@@ -243,7 +244,7 @@ pub struct HealArgs {
 pub struct BackupArgs {
     /// The data directory to copy (only read; its node may be running).
     pub dir: PathBuf,
-    /// The new directory to copy it into (must not exist).
+    /// The new directory to copy it into (must not exist, nor lie inside DIR).
     pub dest: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
