@@ -15,7 +15,7 @@ use crate::error::JournalError;
 use crate::format;
 use crate::manifest::{Manifest, ManifestSegment};
 use crate::rebuild;
-use crate::scan::{self, Layout, SegmentLayout};
+use crate::scan::{self, Layout, ReadSource, SegmentLayout};
 use crate::snapshot::{self, SnapshotMeta};
 use crate::storage::{FileStorage, Retired, Segment, Storage, is_temp_name, temp_name};
 use crate::writer::{JournalWriter, WriterOptions};
@@ -583,9 +583,7 @@ pub struct Truncation {
 pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, JournalError> {
     assert!(at.0 >= 1, "sequences start at 1");
     let mut source = storage.clone();
-    let check = datadir::check(&mut source)?;
-    refuse_unrepairable(&check, at)?;
-    refuse_nothing_to_replay_from(&check, &snapshot::list(storage)?, at)?;
+    let TruncationPlan { check, layout, restore } = plan_truncation(&mut source, at)?;
     // Only what a crash leaves is deleted here; the cut below is the operator's.
     for name in &check.temporaries {
         assert!(is_temp_name(name), "removing a file that is not a temporary: {name}");
@@ -599,31 +597,6 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
     if let Some(name) = &check.creation_leftover {
         assert!(!listed(name), "removing a listed segment: {name}");
         storage.remove(name).map_err(|e| JournalError::io(format!("removing {name}"), e))?;
-    }
-    let layout = scan::scan(&mut source)?;
-    // Segments cut short that the cut keeps a part of: put back at their listed length below.
-    let restore = cut_short_kept(&check, at);
-    // The scan refuses such a segment's header (it names the listed length); what is left of
-    // it was read by the check, and `refuse_unrepairable` let the cut through.
-    let cut_short = |name: &str| restore.iter().any(|(kept, _)| kept == name);
-    let problem = layout.problem.as_ref().filter(|p| !(p.segment.is_none() && cut_short(&p.name)));
-    if let Some(problem) = problem.filter(|p| p.sequence < at) {
-        return Err(JournalError::Options(format!(
-            "cannot truncate at sequence {at}: the journal is already damaged at sequence {} \
-             ({} byte offset {}); truncate at {} or lower",
-            problem.sequence, problem.name, problem.offset, problem.sequence
-        )));
-    }
-    // Where the journal ends: a cut past the next sequence would drop nothing, yet mark the
-    // directory as lacking records. (A segment cut short ends where its intact records do,
-    // which `refuse_unrepairable` checked.)
-    let ends = layout.segments.last().map_or(Sequence(0), SegmentLayout::ends_at);
-    if at > ends.next() && restore.is_empty() {
-        return Err(JournalError::Options(format!(
-            "cannot truncate at sequence {at}: the journal ends at sequence {ends}, so there is \
-             nothing to drop; truncate at {} or lower",
-            ends.next()
-        )));
     }
     // Before the first cut: where it cuts, so that a crash part way is finished at the next
     // start; and that records this node may have acknowledged are about to go.
@@ -680,6 +653,69 @@ pub fn truncate<S: Storage>(storage: &S, at: Sequence) -> Result<Truncation, Jou
         "the rebuilt manifest differs from the segments left"
     );
     Ok(truncation)
+}
+
+/// What [`truncate`] found before it changed anything: the directory compared with its
+/// manifest, the segments it works on scanned, and the segments cut short to put back.
+struct TruncationPlan {
+    check: DirCheck,
+    layout: Layout,
+    restore: Vec<(String, u64)>,
+}
+
+/// Refuses a cut at `at` for every reason [`truncate`] refuses one before it changes a file,
+/// reading `source` only. The operator's tool asks first, so that a refused truncation takes
+/// no lock and writes nothing (not even the `rollback/` file it keeps the dropped records in);
+/// [`truncate`] asks again, under the lock.
+pub fn check_truncation<R: ReadSource>(source: &mut R, at: Sequence) -> Result<(), JournalError> {
+    plan_truncation(source, at).map(drop)
+}
+
+/// [`check_truncation`], and what [`truncate`] goes on with. The scan reads the segments left
+/// once the leftovers of a crash are cleared (every segment file but those), as `truncate`
+/// clears them before its first cut.
+fn plan_truncation<R: ReadSource>(
+    source: &mut R,
+    at: Sequence,
+) -> Result<TruncationPlan, JournalError> {
+    assert!(at.0 >= 1, "sequences start at 1");
+    let check = datadir::check(source)?;
+    refuse_unrepairable(&check, at)?;
+    refuse_nothing_to_replay_from(&check, &snapshot::list(source)?, at)?;
+    let leftover = |name: &str| {
+        check.retired_leftovers.iter().any(|left| left == name)
+            || check.creation_leftover.as_deref() == Some(name)
+    };
+    let mut names = scan::sorted_segments(source)?;
+    names.retain(|(_, name)| !leftover(name));
+    let layout = scan::scan_segments(source, &names)?;
+    let scanned_leftover = layout.segments.iter().any(|segment| leftover(&segment.name));
+    assert!(!scanned_leftover, "a leftover of a crash scanned as part of the journal");
+    // Segments cut short that the cut keeps a part of: put back at their listed length.
+    let restore = cut_short_kept(&check, at);
+    // The scan refuses such a segment's header (it names the listed length); what is left of
+    // it was read by the check, and `refuse_unrepairable` let the cut through.
+    let cut_short = |name: &str| restore.iter().any(|(kept, _)| kept == name);
+    let problem = layout.problem.as_ref().filter(|p| !(p.segment.is_none() && cut_short(&p.name)));
+    if let Some(problem) = problem.filter(|p| p.sequence < at) {
+        return Err(JournalError::Options(format!(
+            "cannot truncate at sequence {at}: the journal is already damaged at sequence {} \
+             ({} byte offset {}); truncate at {} or lower",
+            problem.sequence, problem.name, problem.offset, problem.sequence
+        )));
+    }
+    // Where the journal ends: a cut past the next sequence would drop nothing, yet mark the
+    // directory as lacking records. (A segment cut short ends where its intact records do,
+    // which `refuse_unrepairable` checked.)
+    let ends = layout.segments.last().map_or(Sequence(0), SegmentLayout::ends_at);
+    if at > ends.next() && restore.is_empty() {
+        return Err(JournalError::Options(format!(
+            "cannot truncate at sequence {at}: the journal ends at sequence {ends}, so there is \
+             nothing to drop; truncate at {} or lower",
+            ends.next()
+        )));
+    }
+    Ok(TruncationPlan { check, layout, restore })
 }
 
 /// What `truncate` cannot repair: a newer format, files it cannot place, or a cut above

@@ -81,7 +81,7 @@ pub enum JournalCommand {
     /// `heal` repairs without dropping anything. A truncation that fails after it started
     /// keeps that file and says where; running it again (or the node's next start) finishes
     /// it. Refused while a rebuild is under way (run `journal rebuild` first) and while a node
-    /// runs.
+    /// runs. A refused truncation changes nothing: it takes no lock and keeps nothing.
     Truncate(TruncateArgs),
     /// Repair without loss: when a snapshot covers the damage (it holds the state through a
     /// sequence at or after the damaged record, or the last record of segments missing) and
@@ -1149,11 +1149,18 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
     if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
         return Err(JournalError::NoData { dir: args.dir.display().to_string() });
     }
+    let at = Sequence(at_seq);
+    // A refusal changes nothing: a node running and every cut `recovery::truncate` refuses
+    // are refused before the lock file and `rollback/` are made. (A node's directory has its
+    // lock file already; a copy of one may not.)
+    refuse_while_locked(&args.dir)?;
+    recovery::check_truncation(&mut source, at)?;
+    drop(source);
     // Exclusive: truncating a journal a node is appending to would cut it under the node.
     let storage = FileStorage::open_exclusive(&args.dir)?;
     // Again under the lock: a rebuild may have been cut off since the first look.
     refuse_while_rebuilding(&storage, &args.dir)?;
-    let at = Sequence(at_seq);
+    let rollback_existed = args.dir.join(crate::rollback::ROLLBACK_DIR).exists();
     // What is cut off may be the only copy of acknowledged writes: kept first, read past any
     // damage, and nothing is dropped if it cannot be kept.
     let mut salvaged = Salvaged::default();
@@ -1167,7 +1174,10 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
     })?;
     let truncation = match recovery::truncate(&storage, at) {
         Ok(truncation) => truncation,
-        Err(error) => return Err(truncation_failed(args, at, error, kept.as_ref(), &storage)),
+        Err(error) => {
+            let kept = (kept.as_ref(), rollback_existed);
+            return Err(truncation_failed(args, at, error, kept, &storage));
+        }
     };
     match &kept {
         Some((file, count)) => outln!(
@@ -1241,20 +1251,39 @@ fn refuse_while_rebuilding<R: scan::ReadSource>(
     )))
 }
 
+/// Refuses a truncation while a process holds the directory's lock (a node runs), as taking
+/// the lock would, without making the lock file.
+fn refuse_while_locked(dir: &Path) -> Result<(), JournalError> {
+    let lock_file = dir.join(lock::LOCK_FILE);
+    let held = lock::holder(dir)
+        .map_err(|e| JournalError::io(format!("probing the lock of {}", dir.display()), e))?;
+    let Some(holder) = held else { return Ok(()) };
+    Err(JournalError::Locked {
+        dir: dir.display().to_string(),
+        lock_file: lock_file.display().to_string(),
+        holder,
+    })
+}
+
 /// The error of a truncation that failed at `at`. One that had started (its `truncating`
 /// marker is there) may have removed segments or cut one: the records it was dropping are
 /// kept in the rollback file, and running it again (or the node's next start) finishes it.
-/// One that changed nothing dropped nothing, so the rollback file is removed.
+/// One that changed nothing dropped nothing, so the rollback file is removed, and
+/// `rollback/` too when this run made it (`kept`: the file, and whether `rollback/` existed).
 fn truncation_failed(
     args: &TruncateArgs,
     at: Sequence,
     error: JournalError,
-    kept: Option<&(PathBuf, u64)>,
+    (kept, rollback_existed): (Option<&(PathBuf, u64)>, bool),
     storage: &FileStorage,
 ) -> JournalError {
     if datadir::truncation_under_way(storage).is_none() {
         if let Some((file, _)) = kept {
             let _ = std::fs::remove_file(file);
+        }
+        if !rollback_existed {
+            // Only an empty directory is removed: one holding a file is not this run's alone.
+            let _ = std::fs::remove_dir(args.dir.join(crate::rollback::ROLLBACK_DIR));
         }
         return error;
     }

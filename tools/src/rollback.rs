@@ -22,7 +22,8 @@ pub type Visitor<'a> = &'a mut dyn FnMut(&Record) -> ControlFlow<()>;
 /// the directories that hold it before it returns. `fill` hands each record to the visitor it
 /// is given, and fails with what it could not read. The file and how many records it holds;
 /// `None`, with no file left, when `fill` visited none. On any failure no file is left
-/// either: the caller must not drop records it could not keep.
+/// either: the caller must not drop records it could not keep. A [`ROLLBACK_DIR`] this call
+/// created is removed again when it keeps no file.
 ///
 /// Records kept already are not kept twice: when a file of the same kind and sequences holds
 /// the very same lines (a standby that kept its tail, then failed to fetch the snapshot that
@@ -36,6 +37,7 @@ pub fn keep(
     let at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis());
+    let existed = dir.exists();
     remove_leftovers(&dir);
     let temp = dir.join(format!(".{kind}-at-{at_ms}.jsonl.tmp"));
     let written = write_lines(&temp, fill);
@@ -61,6 +63,11 @@ pub fn keep(
     // Renamed into place already, or the same as a file kept before, or nothing to keep, or it
     // failed part way: no temporary file stays, and never a partial one.
     let _ = std::fs::remove_file(&temp);
+    if !existed && !matches!(kept, Ok(Some(_))) {
+        // Made for a file that was not kept: empty, and gone again (`remove_dir` removes no
+        // directory that holds a file).
+        let _ = std::fs::remove_dir(&dir);
+    }
     kept
 }
 

@@ -390,12 +390,12 @@ fn truncate_is_the_explicit_repair_for_corruption() {
         at.parse::<u64>().unwrap() + 1
     );
     assert!(value["notes"].as_array().unwrap().contains(&past.clone().into()), "{value}");
-    // Past the damage: refused, after the records from there on were kept; they go again.
+    // Past the damage: refused before anything is kept.
     let past = (at.parse::<u64>().unwrap() + 5).to_string();
     let refused = ringfence(&["journal", "truncate", path, "--at-seq", &past]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
     assert!(text(&refused.stderr).contains("already damaged"), "{}", text(&refused.stderr));
-    assert_eq!(rollback_files(dir.path()), Vec::<std::path::PathBuf>::new());
+    assert!(!dir.path().join("rollback").exists(), "a refused truncation kept records");
 
     let out = ringfence(&["journal", "truncate", path, "--at-seq", &at]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -416,6 +416,66 @@ fn truncate_is_the_explicit_repair_for_corruption() {
     assert!(said.contains(&format!("kept      {} records", 3_000 - at)), "{said}");
     let lost = format!("lost      1 sequence ({at}) in no intact record, from the cut");
     assert!(said.contains(&lost), "{said}");
+}
+
+/// The names in `dir`, sorted: what a refused repair must leave as it was.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_refused_truncation_changes_nothing_in_the_directory() {
+    // Goal: a truncation refused (past the journal's end, on a directory with a file it cannot
+    // place, past a missing segment) leaves the directory as it found it: no lock file where
+    // there was none (a copied directory has none), no `rollback/`, while an empty one there
+    // before stays. A truncation that goes ahead and keeps nothing makes no `rollback/`.
+    let dir = TempDir::new("truncate-refused");
+    write_journal(dir.path(), 3_000, &[]);
+    std::fs::remove_file(dir.path().join(ringfence_journal::lock::LOCK_FILE)).unwrap();
+    let path = dir.path().to_str().unwrap();
+    let before = listing(dir.path());
+    let past_the_end = ringfence(&["journal", "truncate", path, "--at-seq", "5000"]);
+    assert_eq!(past_the_end.status.code(), Some(1), "{}", text(&past_the_end.stdout));
+    assert!(text(&past_the_end.stderr).contains("nothing to drop"), "{past_the_end:?}");
+    assert_eq!(listing(dir.path()), before, "past the end");
+
+    let stray = dir.path().join("stray.seg");
+    std::fs::write(&stray, "not a segment").unwrap();
+    let before = listing(dir.path());
+    let refused = ringfence(&["journal", "truncate", path, "--at-seq", "2000"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+    assert!(text(&refused.stderr).contains("stray.seg"), "{}", text(&refused.stderr));
+    assert_eq!(listing(dir.path()), before, "a stray file");
+    std::fs::remove_file(&stray).unwrap();
+
+    let segments = files_ending(dir.path(), ".seg");
+    assert!(segments.len() >= 3, "{segments:?}");
+    let missing = std::fs::read(&segments[1]).unwrap();
+    std::fs::remove_file(&segments[1]).unwrap();
+    let name = segments[1].file_name().unwrap().to_str().unwrap();
+    for rollback_before in [false, true] {
+        if rollback_before {
+            std::fs::create_dir(dir.path().join("rollback")).unwrap();
+        }
+        let before = listing(dir.path());
+        let refused = ringfence(&["journal", "truncate", path, "--at-seq", "2500"]);
+        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+        let said = text(&refused.stderr);
+        assert!(said.contains(name) && said.contains("is missing"), "{said}");
+        assert_eq!(listing(dir.path()), before, "past a missing segment");
+    }
+
+    std::fs::remove_dir(dir.path().join("rollback")).unwrap();
+    std::fs::write(&segments[1], missing).unwrap();
+    let at_end = ringfence(&["journal", "truncate", path, "--at-end"]);
+    assert_eq!(at_end.status.code(), Some(0), "{}", text(&at_end.stderr));
+    assert!(text(&at_end.stdout).contains("kept      nothing"), "{}", text(&at_end.stdout));
+    assert!(!dir.path().join("rollback").exists(), "an empty rollback/ was left");
 }
 
 /// The files in `dir`'s `rollback/`.
