@@ -501,7 +501,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     )?;
     // Before anything else touches the directory: one writer at a time, held until we exit.
     let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;
-    let admin = admin_token(tokens.admin, &data_dir)?;
+    let (admin, new_token) = admin_token(tokens.admin, &data_dir)?;
     let mut role_tokens = Vec::with_capacity(tokens.roles.len());
     for (role, token, source) in tokens.roles {
         log(format_args!("{} token from {source}", role.name()));
@@ -527,6 +527,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         coordinate(coordination, (&storage, &options), replication.as_mut(), server_config.http)?;
     let witnessed = coordinated.is_some();
     let (recovered, end) = recover_for_role(&storage, &options, replication.as_ref(), witnessed)?;
+    if let Some(new_token) = new_token {
+        new_token.write()?;
+    }
     warn_of_rollback(&data_dir);
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
@@ -1140,31 +1143,53 @@ fn own_admin_token(data_dir: &Path) -> Result<Option<String>, String> {
 }
 
 /// The admin token: the operator's (`chosen`, checked by [`check_tokens`]) if set. Otherwise
-/// serve's own, `<data-dir>/admin.token`, generated with mode 0600 if it does not exist; with
-/// it serve runs in protected mode, which [`check_tokens`] enforced. Either way the token
-/// follows the admin token rule.
-fn admin_token(chosen: Option<(String, String)>, data_dir: &Path) -> Result<String, String> {
+/// serve's own, `<data-dir>/admin.token`; with it serve runs in protected mode, which
+/// [`check_tokens`] enforced. When that file does not exist, a token is generated and
+/// returned with the [`NewToken`] to write once the node's state is recovered. Either way the
+/// token follows the admin token rule.
+fn admin_token(
+    chosen: Option<(String, String)>,
+    data_dir: &Path,
+) -> Result<(String, Option<NewToken>), String> {
     if let Some((token, source)) = chosen {
         assert!(admin_token_ok(&token), "an operator's admin token checked before use");
         log(format_args!("admin token from {source}"));
-        return Ok(token);
+        return Ok((token, None));
     }
     let path = data_dir.join("admin.token");
-    let token = if let Some(token) = own_admin_token(data_dir)? {
+    let (token, new_token) = if let Some(token) = own_admin_token(data_dir)? {
         log(format_args!("admin token in {}", path.display()));
-        token
+        (token, None)
     } else {
         let token = generate_token()?;
         assert!(admin_token_ok(&token), "a generated token follows the rule");
-        write_private(&path, &token)?;
-        log(format_args!("generated an admin token into {} (mode 0600)", path.display()));
-        token
+        (token.clone(), Some(NewToken { path, token }))
     };
     log(format_args!(
         "protected mode: the admin token is serve's own, so it listens on loopback addresses \
          only (configure a token to listen on others)"
     ));
-    Ok(token)
+    Ok((token, new_token))
+}
+
+/// Serve's own admin token, generated this run, to be written to `<data-dir>/admin.token`
+/// once recovery has accepted the directory (and before the listeners open, so the operator
+/// can read it): a start refused on the directory (damage, a segment missing) leaves no token
+/// behind in it. A token file that was there before is only ever read.
+struct NewToken {
+    path: PathBuf,
+    token: String,
+}
+
+impl NewToken {
+    /// Writes the token with mode 0600; refused if a file appeared there meanwhile (serve
+    /// holds the directory's lock, so only a hand could have put it there).
+    fn write(self) -> Result<(), String> {
+        assert!(admin_token_ok(&self.token), "a generated token follows the rule");
+        write_private(&self.path, &self.token)?;
+        log(format_args!("generated an admin token into {} (mode 0600)", self.path.display()));
+        Ok(())
+    }
 }
 
 /// The admin token the operator configured, if any, and where it came from:

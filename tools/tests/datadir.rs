@@ -385,7 +385,9 @@ fn read_only_tools_on_a_live_directory_call_the_last_record_in_progress() {
 fn a_deleted_or_emptied_last_segment_is_refused_naming_the_file() {
     // Goal: acknowledged orders are never dropped silently: with the last segment deleted or
     // cut to 0 bytes, `serve` refuses to start and `verify` fails, both naming the file and
-    // the sequences it held; the explicit `journal truncate` then accepts the loss.
+    // the sequences it held; the explicit `journal truncate` then accepts the loss. The
+    // refused start writes no admin token into the directory (one is generated only for a
+    // start that goes ahead) and keeps the one that was there.
     for mode in ["deleted", "emptied"] {
         let dir = TempDir::new(mode);
         let data = dir.path().join("data");
@@ -398,6 +400,12 @@ fn a_deleted_or_emptied_last_segment_is_refused_naming_the_file() {
             "deleted" => std::fs::remove_file(&segment).unwrap(),
             _ => std::fs::File::create(&segment).unwrap().set_len(0).unwrap(),
         }
+        // A data directory copied without its admin token, or with the one serve wrote.
+        let token_file = data.join("admin.token");
+        let token = std::fs::read_to_string(&token_file).unwrap();
+        if mode == "deleted" {
+            std::fs::remove_file(&token_file).unwrap();
+        }
         let data_arg = data.to_str().unwrap();
         let serve = ringfence_within(
             &["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", data_arg],
@@ -408,6 +416,9 @@ fn a_deleted_or_emptied_last_segment_is_refused_naming_the_file() {
         assert!(err.contains(&name) && err.contains("sequences from 1 on"), "{mode}: {err}");
         let word = if mode == "deleted" { "is missing" } else { "cut short or emptied" };
         assert!(err.contains(word) && err.contains("--at-seq 1"), "{mode}: {err}");
+        let left = std::fs::read_to_string(&token_file).ok();
+        let expected = (mode == "emptied").then_some(token);
+        assert_eq!(left, expected, "{mode}: the refused start changed admin.token");
 
         let verify = ringfence(&["journal", "verify", data_arg]);
         assert_eq!(verify.status.code(), Some(1), "{mode}: {}", text(&verify.stdout));
