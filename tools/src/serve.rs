@@ -1362,15 +1362,34 @@ fn generate_token() -> Result<String, String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Writes `token` to the new file `path`, mode 0600, whole or not at all: it is written and
+/// synced under a temporary name, then linked into place (refused if `path` exists) and the
+/// directory synced. A crash part way leaves no token file cut short, which the next start
+/// would refuse as too weak.
 fn write_private(path: &Path, token: &str) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = fs::OpenOptions::new()
+    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("token");
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = fs::remove_file(&temp);
+    let written = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("creating {}: {e}", path.display()))?;
-    writeln!(file, "{token}").map_err(|e| format!("writing {}: {e}", path.display()))
+        .open(&temp)
+        .and_then(|mut file| {
+            writeln!(file, "{token}")?;
+            file.sync_all()
+        })
+        .map_err(|e| format!("writing {}: {e}", temp.display()))
+        .and_then(|()| {
+            fs::hard_link(&temp, path).map_err(|e| format!("creating {}: {e}", path.display()))
+        });
+    let _ = fs::remove_file(&temp);
+    written?;
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| format!("syncing {}: {e}", dir.display()))
 }
 
 pub(crate) fn log(message: std::fmt::Arguments<'_>) {
@@ -1380,6 +1399,27 @@ pub(crate) fn log(message: std::fmt::Arguments<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_file_is_written_whole_once_with_owner_access_only() {
+        // Goal: the generated token lands whole, mode 0600, with no temporary file left; a
+        // file already there is refused and left as it was.
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("rf-write-private-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.token");
+        write_private(&path, "first").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "first\n");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        let refused = write_private(&path, "second").unwrap_err();
+        assert!(refused.contains("creating") && refused.contains("admin.token"), "{refused}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "first\n");
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("admin.token")], "a temporary file stayed");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn auto_runs_a_primary_inline_on_two_cores_and_a_standby_never() {
