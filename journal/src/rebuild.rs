@@ -6,9 +6,10 @@
 //! holds the state through a sequence `s` at or after the damaged record — and the records
 //! after `s` are intact, nothing acknowledged need go: the journal can start at `s + 1`, as if
 //! retention had retired everything before it, and recovery starts from that snapshot (or a
-//! newer one). So too
-//! for segments the manifest lists that are gone (deleted by hand, or lost with a disk): a
-//! snapshot holding the state through their last record makes them unneeded. A rebuild:
+//! newer one). So too for segments the manifest lists that are gone (deleted by hand, or lost
+//! with a disk): a snapshot holding the state through their last record makes them unneeded.
+//! The oldest such snapshot is taken, so that the journal keeps every record it can. A
+//! rebuild:
 //!
 //! 1. writes the `rebuilding` marker durably, naming `s`, and removes the clean-stop marker (the
 //!    journal's newest segment may change);
