@@ -548,13 +548,14 @@ mod tests {
         let called = called.expect("the call returned");
         assert!(matches!(called, Err(ClientError::TimedOut(_))), "{called:?}");
     }
+
     #[test]
     fn a_connection_refused_at_accept_is_a_refusal_not_an_unexpected_answer() {
         // Goal: a node at its connection limits answers a new connection with one fatal
         // `busy` frame at correlation 0 and closes it (docs/protocol.md). Every call the client
         // makes on it returns that refusal, whose message and retry hint reach the caller.
-        // Fails with a fatal frame matched to the request: a ping or an AUTH is "an answer to
-        // 0, not 2", and a command retries its one address until the timeout.
+        // Fails where answers are matched by correlation alone: a ping or an AUTH is "an answer
+        // to 0, not 2", and a command retries its one address until the timeout.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
