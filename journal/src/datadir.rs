@@ -1056,8 +1056,9 @@ fn compare<R: ReadSource>(
         let held = manifest.held(index);
         let manifest = manifest_file.clone();
         if !present.contains_key(&listed.first) {
-            let first = listed.first;
-            check.problems.push(JournalError::SegmentMissing { dir, file, manifest, first, held });
+            let (first, newest) = (listed.first, index + 1 == manifest_len);
+            let missing = JournalError::SegmentMissing { dir, file, manifest, first, held, newest };
+            check.problems.push(missing);
             continue;
         }
         let found =

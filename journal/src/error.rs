@@ -194,10 +194,8 @@ pub enum JournalError {
     #[error(
         "segment {file} is missing: the manifest {manifest} lists it as holding {held}. \
          Acknowledged commands may be in it, so the journal is not replayed without it. Restore \
-         the file from a backup or the standby; where a snapshot holds the state through the \
-         last sequence it held, `ringfence journal rebuild {dir}` starts the journal after that \
-         snapshot and drops nothing; or, to accept losing sequence {first} and everything after \
-         it, run `ringfence journal truncate {dir} --at-seq {first}`"
+         the file from a backup or the standby; {}",
+        segment_missing_repairs(dir, *first, *newest)
     )]
     SegmentMissing {
         /// The data directory.
@@ -210,6 +208,8 @@ pub enum JournalError {
         first: Sequence,
         /// The sequences it held, as text (`sequences 42..=97`, `sequences from 42 on`).
         held: String,
+        /// Whether it is the newest listed segment.
+        newest: bool,
     },
     /// A segment whose length differs from the one the manifest lists: cut short or emptied.
     #[error(
@@ -446,6 +446,24 @@ fn segment_length_repairs(dir: &str, first: Sequence, intact: u32, newest: bool)
          ended; `journal rebuild` does not repair a segment cut short); or, \
          {cut}, which keeps the {intact} intact records before it and puts the segment back at \
          its listed length"
+    )
+}
+
+/// The repairs of a journal without listed segment `first` (`newest`: the newest listed) other
+/// than restoring it: a rebuild after a snapshot that holds the state through the last
+/// sequence it held drops nothing (for the newest segment, that end is known only after a
+/// clean stop); a cut at its first sequence drops it and everything after it.
+fn segment_missing_repairs(dir: &str, first: Sequence, newest: bool) -> String {
+    assert!(first.0 >= 1, "a segment from sequence 0");
+    let covered = if newest {
+        "after a clean stop whose snapshot holds the state through the last record"
+    } else {
+        "where a snapshot holds the state through the last sequence it held"
+    };
+    format!(
+        "{covered}, `ringfence journal rebuild {dir}` starts the journal after that snapshot and \
+         drops nothing; otherwise, to accept losing sequence {first} and everything after it, \
+         run `ringfence journal truncate {dir} --at-seq {first}`"
     )
 }
 

@@ -183,8 +183,9 @@ struct Missing {
 /// The directory as a rebuild reads it: as [`scanned`], except that listed segments missing
 /// (and nothing else wrong with the directory) are let through, the segments after the newest
 /// missing one scanned. A snapshot holding the state through their last record makes them
-/// unneeded, as retention would have retired them; refused when the newest listed segment is
-/// missing (nothing says where its records ended).
+/// unneeded, as retention would have retired them. The newest listed segment missing is let
+/// through only after a clean stop, whose marker says where its records ended (the newest
+/// segment left is then what is scanned: no record follows in it).
 fn scanned_past_missing<S: Storage>(
     storage: &S,
 ) -> Result<(Scanned<S>, Option<Missing>), JournalError> {
@@ -200,16 +201,37 @@ fn scanned_past_missing<S: Storage>(
     };
     let (newest_missing, file) = (*first, file.clone());
     let listed = check.manifest.as_ref().expect("a missing segment is one the manifest lists");
-    let Some(next) = listed.segments.iter().find(|s| s.first > newest_missing) else {
-        let problem = check.problems.into_iter().last().expect("a problem");
-        return Err(JournalError::Refused(format!(
-            "cannot rebuild: the newest segment is missing, and nothing says where its records \
-             ended: {problem}"
-        )));
+    let (held_through, segments) = match listed.segments.iter().find(|s| s.first > newest_missing) {
+        Some(next) => {
+            let after = check.segments.iter().filter(|(first, _)| *first > newest_missing);
+            (Sequence(next.first.0 - 1), after.cloned().collect::<Vec<_>>())
+        }
+        // The newest segment missing: its records ended where a clean stop says, and a
+        // snapshot through there is the whole state. The rebuilt journal starts empty,
+        // its header made from the newest segment left.
+        None => {
+            let stop = datadir::clean_stop(storage)?;
+            let ended = stop.filter(|stop| stop.last.next() >= newest_missing);
+            let newest_left = check.segments.last().filter(|(first, _)| *first < newest_missing);
+            match (ended, newest_left) {
+                (Some(stop), Some(left)) => (stop.last, vec![left.clone()]),
+                (stop, _) => {
+                    let why = if stop.is_some() {
+                        "no segment is left to make the new one's header from"
+                    } else {
+                        "the node did not stop cleanly, so nothing says where its records ended"
+                    };
+                    return Err(JournalError::Refused(format!(
+                        "cannot rebuild: the newest segment {file} is missing, and {why}. \
+                             Restore the file from a backup or the standby; or, to accept losing \
+                             sequence {newest_missing} and everything after it, run `ringfence \
+                             journal truncate {} --at-seq {newest_missing}`",
+                        source.location()
+                    )));
+                }
+            }
+        }
     };
-    let held_through = Sequence(next.first.0 - 1);
-    let segments: Vec<(Sequence, String)> =
-        check.segments.into_iter().filter(|(first, _)| *first > newest_missing).collect();
     let layout = scan::scan_segments(&mut source, &segments)?;
     let oldest = match check.problems.first() {
         Some(JournalError::SegmentMissing { first, .. }) => *first,
@@ -285,7 +307,9 @@ pub(crate) fn finish<S: Storage>(storage: &S, through: Sequence) -> Result<Rebui
     let rewritten = listed.retired_below >= start
         && listed.segments.first().is_some_and(|segment| segment.first == start);
     let segments = listed.segments.iter().map(|s| (s.first, format::segment_name(s.first)));
-    let segments: Vec<_> = segments.collect();
+    // Listed segments gone (the damage a rebuild past missing segments repairs) are passed
+    // over: the snapshot covers them, and a rebuild reads only what follows it.
+    let segments: Vec<_> = segments.filter(|(_, name)| storage.file_len(name).is_ok()).collect();
     let mut source = storage.clone();
     let located = if rewritten {
         // Only renames were left: the journal is what the manifest lists.

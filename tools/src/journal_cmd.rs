@@ -1146,10 +1146,23 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
         None => after_the_end(&args.dir)?,
     };
     let mut source = ReadOnlyDir::open(&args.dir)?;
-    if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
+    let check = ringfence_journal::datadir::check(&mut source)?;
+    if !check.holds_data() {
         return Err(JournalError::NoData { dir: args.dir.display().to_string() });
     }
     let at = Sequence(at_seq);
+    // Segments missing at or after the cut: their records are lost with them, whatever the
+    // salvage of the segments left finds.
+    let missing: Vec<(Sequence, String, String)> = check
+        .problems
+        .iter()
+        .filter_map(|problem| match problem {
+            JournalError::SegmentMissing { file, first, held, .. } if *first >= at => {
+                Some((*first, file.clone(), held.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     // A refusal changes nothing: a node running and every cut `recovery::truncate` refuses
     // are refused before the lock file and `rollback/` are made. (A node's directory has its
     // lock file already; a copy of one may not.)
@@ -1202,6 +1215,11 @@ fn truncate(args: &TruncateArgs) -> Result<ExitCode, JournalError> {
              (damaged; nothing of them is kept)",
             missing_text(&salvaged)
         );
+    }
+    // Those before the last record kept are counted in the line above.
+    let counted = |first: Sequence| salvaged.span.is_some_and(|(_, last)| first <= last);
+    for (_, file, held) in missing.iter().filter(|(first, ..)| !counted(*first)) {
+        outln!("lost      {held}, with {file}, which is missing");
     }
     for file in &truncation.restored {
         outln!("restored  {file} to its listed length (the bytes cut off read as zero)");

@@ -426,6 +426,15 @@ fn a_deleted_or_emptied_last_segment_is_refused_naming_the_file() {
 
         let truncate = ringfence(&["journal", "truncate", data_arg, "--at-seq", "1"]);
         assert_eq!(truncate.status.code(), Some(0), "{mode}: {}", text(&truncate.stderr));
+        if mode == "deleted" {
+            // What went with the file is said lost, though no record after the cut was read.
+            let out = text(&truncate.stdout);
+            let said = format!(
+                "lost      sequences from 1 on (the journal's newest records), with {}",
+                segment.display()
+            );
+            assert!(out.contains(&said), "{out}");
+        }
         let verify = ringfence(&["journal", "verify", data_arg]);
         assert_eq!(verify.status.code(), Some(0), "{mode}: {}", text(&verify.stdout));
     }
