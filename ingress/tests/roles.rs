@@ -205,6 +205,15 @@ fn binary_auth_gives_the_connection_a_role() {
     anonymous.ping().unwrap();
     assert_eq!(refused_code(anonymous.call(query_sku())), ErrorCode::Unauthorized);
     assert_eq!(refused_code(anonymous.call(reserve_command(1))), ErrorCode::Unauthorized);
+    // Said as the HTTP API says it: a read takes any role's token, a write its role's or admin's.
+    let said = |result: Result<Outcome, ClientError>| match result {
+        Err(ClientError::Refused(error)) => error.message,
+        other => panic!("not refused: {other:?}"),
+    };
+    let read_refused = said(anonymous.call(query_sku()));
+    assert!(read_refused.contains("a token of any role"), "{read_refused}");
+    let write_refused = said(anonymous.call(reserve_command(10)));
+    assert!(write_refused.contains("the `orders` role (or `admin`)"), "{write_refused}");
     assert!(matches!(
         anonymous.node(),
         Err(ClientError::Refused(error)) if error.code == ErrorCode::Unauthorized

@@ -751,18 +751,18 @@ impl Control {
             // A hold and its end are warnings, so that a log filtered to them shows both.
             let held = gate == Gate::Held || self.link.gate() == Gate::Held;
             let say = if held { warn } else { log };
+            let now = match gate {
+                Gate::Local if !self.config.answers_after_sync => {
+                    "answers now wait for the local journal only, synced"
+                }
+                Gate::Local => "answers now wait for the local journal only",
+                Gate::Standby => "answers now wait for the standby's acknowledgement",
+                Gate::Held => why,
+            };
             say(format_args!(
-                "replication: {} ({} mode): answers now wait for {}",
+                "replication: {} ({} mode): {now}",
                 state.policy.state().name(),
                 state.policy.mode().name(),
-                match gate {
-                    Gate::Local if !self.config.answers_after_sync => {
-                        "the local journal only, synced"
-                    }
-                    Gate::Local => "the local journal only",
-                    Gate::Standby => "the standby's acknowledgement",
-                    Gate::Held => why,
-                }
             ));
         }
         // A journal that answers before it syncs relies on the standby's copy: answering alone,
@@ -792,15 +792,15 @@ impl Control {
     fn gate_now(&self, state: &State, now_ms: u64) -> (Gate, &'static str) {
         let gate = state.policy.gate(now_ms);
         if self.taking_office.load(Ordering::Acquire) {
-            return (Gate::Held, "nothing: writes are held until the witness records this primary");
+            return (Gate::Held, "writes are held until the witness records this primary");
         }
         if self.handover.load(Ordering::Acquire) {
-            return (Gate::Held, "nothing: writes are held while the standby takes over");
+            return (Gate::Held, "writes are held while the standby takes over");
         }
         if gate == Gate::Local && now_ms >= self.lease_deadline_ms.load(Ordering::Acquire) {
-            return (Gate::Held, "nothing: the lease could not be renewed in time");
+            return (Gate::Held, "writes are held: the lease could not be renewed in time");
         }
-        (gate, "nothing: writes are refused until the standby is back")
+        (gate, "writes are refused until the standby is back")
     }
 
     /// Coordination renewed the lease: the primary may acknowledge alone until `deadline_ms`.

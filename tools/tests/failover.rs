@@ -297,7 +297,7 @@ fn what_an_operator_must_see_is_logged_as_warnings() {
     // After etcd stopped: the renewals failing, the writes held for it and given back.
     let said = |what: &str| lines.iter().any(|line| line.contains(what));
     assert!(said("coordination: lease renewal failed"), "{log}");
-    assert!(said("answers now wait for nothing: the lease could not be renewed"), "{log}");
+    assert!(said("writes are held: the lease could not be renewed"), "{log}");
     assert!(said("answers now wait for the local journal"), "{log}");
     assert!(!log.contains("HTTP API listening"), "info lines shown: {log}");
     a.kill();

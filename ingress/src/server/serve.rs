@@ -232,19 +232,25 @@ impl<B: Backend> Server<B> {
             return false;
         }
         let needed = need.role().unwrap_or(Role::Admin);
+        // As the HTTP API says it: reads take any role's token, the others theirs or admin's.
+        let also = if needed == Role::Admin { "" } else { " (or `admin`)" };
         let (code, message) = match caller {
             Caller::Role(has) => (
                 ErrorCode::Forbidden,
                 format!(
-                    "this command needs the `{}` role; this connection's is `{}`",
+                    "this command needs the `{}` role{also}; this connection's is `{}`",
                     needed.name(),
                     has.name()
                 ),
             ),
+            _ if needed == Role::Read => (
+                ErrorCode::Unauthorized,
+                "this command needs a token of any role: send AUTH with one first".to_owned(),
+            ),
             _ => (
                 ErrorCode::Unauthorized,
                 format!(
-                    "this command needs the `{}` role: send AUTH with a token first",
+                    "this command needs the `{}` role{also}: send AUTH with a token first",
                     needed.name()
                 ),
             ),

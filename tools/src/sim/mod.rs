@@ -314,8 +314,8 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
     println!("struck at a sync of  {struck}");
     let f = totals.faults;
     println!(
-        "faults               {} kills, {} power losses ({} of them after delivery, {} at a \
-         chosen sync point), {} pauses, {} partitions, {} witness outages, {} machines cut off \
+        "faults               {} kills, {} power losses (of these crashes, {} struck after \
+         delivery, {} at a chosen sync point), {} pauses, {} partitions, {} witness outages, {} machines cut off \
          from the witness alone ({} of a primary its standby replaced meanwhile), {} spells of \
          the witness's answers lost ({} campaigns that took the key unanswered), {} clocks \
          at least 1% slow and {} at least 1% fast, {} wall clocks set minutes apart, {} \
