@@ -225,6 +225,9 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, JournalError> {
     }
     match layout.first_sequence() {
         Some(first) if first > start && layout.last_sequence().is_some_and(|l| l >= start) => {
+            if let Some(until) = args.until_seq {
+                refuse_until_before_the_earliest_state(&source, first, Sequence(until))?;
+            }
             return Err(JournalError::MissingStart { first, needed: start });
         }
         _ => {}
@@ -668,6 +671,33 @@ fn starting_point(
         }
     }
     Ok((Engine::new(config), None))
+}
+
+/// Refuses an `--until-seq` before the earliest state this directory rebuilds, where its
+/// journal holds records from `first` on: that state is the oldest snapshot the journal follows
+/// on from. (A snapshot older than that is kept, but the records after it are gone.)
+fn refuse_until_before_the_earliest_state(
+    source: &ReadOnlyDir,
+    first: Sequence,
+    until: Sequence,
+) -> Result<(), JournalError> {
+    assert!(first.0 > 1, "a journal from sequence 1 replays to any sequence");
+    let snapshots = snapshot::list(source)?;
+    let Some(earliest) =
+        snapshots.iter().map(|(through, _)| *through).filter(|t| t.next() >= first).min()
+    else {
+        return Ok(());
+    };
+    if until >= earliest {
+        return Ok(());
+    }
+    Err(JournalError::Options(format!(
+        "--until-seq {until} is before the earliest state this directory rebuilds: its journal \
+         holds sequences from {first} on (the records before were retired after a snapshot or \
+         set aside by a rebuild), so the earliest sequence it replays to is {earliest}, from \
+         snapshot {}; replay a copy or an archive that still holds the records up to {until}",
+        snapshot::snapshot_name(earliest)
+    )))
 }
 
 /// Refuses an export after record `after` unless this journal's record `after` is of epoch

@@ -336,6 +336,34 @@ fn an_export_marks_a_retry_answered_with_the_first_outcome_as_a_repeat() {
 }
 
 #[test]
+fn replay_to_a_sequence_before_a_rebuilt_journal_names_the_earliest_it_replays_to() {
+    // Goal: once a rebuild set aside the records before a snapshot (here: the oldest segment
+    // deleted, which snapshot 1500 covers), `--until-seq` before that snapshot is refused
+    // naming the earliest sequence the directory replays to, and that sequence replays.
+    // Fails where the refusal says no snapshot covers the records that snapshot covers.
+    let dir = TempDir::new("replay-rebuilt");
+    write_journal(dir.path(), 5_000, &[]);
+    let path = dir.path().to_str().unwrap();
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    std::fs::remove_file(&segments[0]).unwrap();
+    let rebuilt = ringfence(&["journal", "rebuild", path]);
+    assert_eq!(rebuilt.status.code(), Some(0), "{}", text(&rebuilt.stderr));
+    let refused = ringfence(&["replay", path, "--until-seq", "1000", "--json"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+    let err = text(&refused.stderr);
+    assert!(err.contains("the earliest sequence it replays to is 1500"), "{err}");
+    let replayed = ringfence(&["replay", path, "--until-seq", "1500", "--json"]);
+    assert_eq!(replayed.status.code(), Some(0), "{}", text(&replayed.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&replayed.stdout).unwrap();
+    assert_eq!(value["through_sequence"], 1_500);
+}
+
+#[test]
 fn replay_until_time_stops_before_later_commands() {
     // Goal: --until-time applies exactly the commands stamped at or before that time.
     let dir = TempDir::new("until-time");
