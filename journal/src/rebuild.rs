@@ -88,6 +88,27 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
     if let Some(through) = rebuilding(storage)? {
         return finish(storage, through);
     }
+    let located = plan(storage)?;
+    write_rebuilding(storage, located.through)?;
+    complete(storage, &located)
+}
+
+/// Refuses a rebuild for every reason [`rebuild`] refuses one before it changes a file,
+/// reading `storage` only (a rebuild under way passes: running it again finishes it). The
+/// operator's tool asks first, so that a refused rebuild takes no lock; [`rebuild`] asks
+/// again, under the lock.
+pub fn check<S: Storage>(storage: &S) -> Result<(), JournalError> {
+    if rebuilding(storage)?.is_some() {
+        return Ok(());
+    }
+    let planned = plan(storage).map(drop);
+    debug_assert!(storage.file_len(REBUILDING_FILE).is_err(), "a check wrote the marker");
+    planned
+}
+
+/// Where the records after the oldest snapshot that covers the damage are, or why there is
+/// no such snapshot. Reads only.
+fn plan<S: Storage>(storage: &S) -> Result<Located, JournalError> {
     let refuse = |why: String| Err(JournalError::Refused(format!("cannot rebuild: {why}")));
     refuse_cut_short(storage)?;
     let (Scanned { mut source, segments, layout }, missing) = scanned_past_missing(storage)?;
@@ -120,9 +141,9 @@ pub fn rebuild<S: Storage>(storage: &S) -> Result<Rebuild, JournalError> {
         }
         match locate(&mut source, &segments, through, stop.as_ref()) {
             Ok(mut located) => {
+                assert!(located.through >= damaged, "a snapshot that does not cover the damage");
                 located.snapshot = name;
-                write_rebuilding(storage, through)?;
-                return complete(storage, &located);
+                return Ok(located);
             }
             Err(why) => tried.push(format!("{}: {why}", storage.describe(&name))),
         }

@@ -1383,6 +1383,13 @@ fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {
     if !ringfence_journal::datadir::check(&mut source)?.holds_data() {
         return Err(JournalError::NoData { dir: args.dir.display().to_string() });
     }
+    // A refusal changes nothing: a node running and every rebuild `rebuild` refuses are
+    // refused before the lock file is made (or its pid rewritten).
+    refuse_while_locked(&args.dir)?;
+    let unlocked = FileStorage::open(&args.dir)
+        .map_err(|e| JournalError::io(format!("opening {}", args.dir.display()), e))?;
+    ringfence_journal::rebuild::check(&unlocked)?;
+    drop(unlocked);
     // Exclusive: a node appending to the journal would write into segments set aside here.
     let storage = FileStorage::open_exclusive(&args.dir)?;
     let rebuilt = ringfence_journal::rebuild::rebuild(&storage)?;

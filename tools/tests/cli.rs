@@ -457,6 +457,41 @@ fn listing(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
+fn a_refused_rebuild_changes_nothing_in_the_directory() {
+    // Goal: a rebuild refused (an intact journal; a segment missing that no snapshot covers)
+    // makes no lock file where there was none and leaves one that was there byte for byte.
+    // Fails where the lock is taken before the refusal: the file appears, or takes the
+    // tool's pid.
+    let dir = TempDir::new("rebuild-refused");
+    write_journal_with(dir.path(), 3_000, None, &[]);
+    let path = dir.path().to_str().unwrap();
+    let lock = dir.path().join(ringfence_journal::lock::LOCK_FILE);
+    let contents = |dir: &std::path::Path| {
+        let names = listing(dir);
+        names
+            .into_iter()
+            .map(|name| (std::fs::read(dir.join(&name)).ok(), name))
+            .collect::<Vec<_>>()
+    };
+    std::fs::write(&lock, "1\n").unwrap();
+    let before = contents(dir.path());
+    let intact = ringfence(&["journal", "rebuild", path]);
+    assert_eq!(intact.status.code(), Some(1), "{}", text(&intact.stdout));
+    assert!(text(&intact.stderr).contains("nothing to repair"), "{intact:?}");
+    assert!(contents(dir.path()) == before, "a refused rebuild rewrote the lock file");
+
+    std::fs::remove_file(&lock).unwrap();
+    let segments = files_ending(dir.path(), ".seg");
+    assert!(segments.len() >= 3, "{segments:?}");
+    std::fs::remove_file(&segments[1]).unwrap();
+    let before = contents(dir.path());
+    let missing = ringfence(&["journal", "rebuild", path]);
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing.stdout));
+    assert!(text(&missing.stderr).contains("no intact snapshot holds the state"), "{missing:?}");
+    assert!(contents(dir.path()) == before, "a refused rebuild made a lock file");
+}
+
+#[test]
 fn a_refused_truncation_changes_nothing_in_the_directory() {
     // Goal: a truncation refused (past the journal's end, on a directory with a file it cannot
     // place, past a missing segment) leaves the directory as it found it: no lock file where
