@@ -6,7 +6,7 @@ mod common;
 use common::{config, digest_of, files, generate, journal_with_snapshots, options, record_at};
 use ringfence_core::{Engine, Epoch, Sequence, Sequenced, Timestamp};
 use ringfence_journal::error::JournalError;
-use ringfence_journal::fault::FaultStorage;
+use ringfence_journal::fault::{FaultStorage, SyncCapture};
 use ringfence_journal::rebuild::{self, SUPERSEDED_SUFFIX};
 use ringfence_journal::recovery::{self, recover_from};
 use ringfence_journal::scan::ReadSource;
@@ -44,6 +44,36 @@ fn damage_covered(disk: &FaultStorage) -> (Sequence, Sequence) {
         }
     }
     panic!("no snapshot falls mid-segment");
+}
+
+/// Recovers the image a power loss leaves at each sync point of a rebuild, torn and not: each
+/// either refuses as before the rebuild (`as_before`, the marker not yet written) or recovers
+/// every command, state `digest`, through `last`. How many refused as before, how many
+/// recovered, and how many images held the marker.
+fn recover_at_each_sync_point(
+    captures: &[SyncCapture],
+    (digest, last): (u64, Sequence),
+    as_before: impl Fn(&JournalError) -> bool,
+) -> (u64, u64, u64) {
+    let (mut before, mut finished, mut under_way) = (0, 0, 0);
+    for capture in captures {
+        for torn in [None, Some(capture.point)] {
+            let image = capture.disk.power_loss(torn);
+            let what = format!("sync point {} ({}), torn {torn:?}", capture.point, capture.what);
+            let marked = rebuild::rebuilding(&image).unwrap();
+            under_way += u64::from(marked.is_some());
+            match recover_from(image, options(Durability::Batch)) {
+                Ok(recovered) => {
+                    assert_eq!(recovered.next_sequence, last.next(), "{what}");
+                    assert_eq!(recovered.engine.state_digest(), digest, "{what}");
+                    finished += 1;
+                }
+                Err(error) if marked.is_none() && as_before(&error) => before += 1,
+                Err(error) => panic!("{what}: marker {marked:?}: {error}"),
+            }
+        }
+    }
+    (before, finished, under_way)
 }
 
 #[test]
@@ -116,28 +146,10 @@ fn a_rebuild_cut_off_at_any_sync_point_is_finished_at_the_next_start() {
     rebuild::rebuild(&copy).unwrap();
     let captures = copy.take_captures();
     assert!(captures.len() >= 5, "{} sync points", captures.len());
-    let digest = digest_of(&commands);
-    let (mut before, mut finished, mut under_way) = (0, 0, 0);
-    for capture in &captures {
-        for torn in [None, Some(capture.point)] {
-            let image = capture.disk.power_loss(torn);
-            let what = format!("sync point {} ({}), torn {torn:?}", capture.point, capture.what);
-            let marked = rebuild::rebuilding(&image).unwrap();
-            under_way += u64::from(marked.is_some());
-            match recover_from(image, options(Durability::Batch)) {
-                Ok(recovered) => {
-                    assert_eq!(recovered.next_sequence, Sequence(COMMANDS as u64 + 1), "{what}");
-                    assert_eq!(recovered.engine.state_digest(), digest, "{what}");
-                    finished += 1;
-                }
-                Err(JournalError::Corrupt { sequence, .. }) if marked.is_none() => {
-                    assert_eq!(sequence, damaged, "{what}");
-                    before += 1;
-                }
-                Err(error) => panic!("{what}: marker {marked:?}: {error}"),
-            }
-        }
-    }
+    let last = Sequence(COMMANDS as u64);
+    let as_before = |error: &JournalError| matches!(error, JournalError::Corrupt { sequence, .. } if *sequence == damaged);
+    let (before, finished, under_way) =
+        recover_at_each_sync_point(&captures, (digest_of(&commands), last), as_before);
     assert!(before > 0 && finished > 0 && under_way > 0, "{before} {finished} {under_way}");
 }
 
@@ -366,26 +378,9 @@ fn the_newest_segment_missing_after_a_clean_stop_is_rebuilt_from_the_stop_snapsh
     assert_eq!((rebuilt.through, rebuilt.last, rebuilt.copied), (last, last, 0), "{rebuilt:?}");
     assert_eq!(listed(&copy), [last.next()]);
     let digest = digest_of(&commands);
-    let (mut before, mut finished) = (0, 0);
-    for capture in copy.take_captures() {
-        for torn in [None, Some(capture.point)] {
-            let image = capture.disk.power_loss(torn);
-            let what = format!("sync point {} ({}), torn {torn:?}", capture.point, capture.what);
-            let marked = rebuild::rebuilding(&image).unwrap();
-            match recover_from(image, options(Durability::Batch)) {
-                Ok(recovered) => {
-                    assert_eq!(recovered.next_sequence, last.next(), "{what}");
-                    assert_eq!(recovered.engine.state_digest(), digest, "{what}");
-                    finished += 1;
-                }
-                Err(JournalError::SegmentMissing { first, .. }) if marked.is_none() => {
-                    assert_eq!(first, newest, "{what}");
-                    before += 1;
-                }
-                Err(error) => panic!("{what}: marker {marked:?}: {error}"),
-            }
-        }
-    }
+    let as_before = |error: &JournalError| matches!(error, JournalError::SegmentMissing { first, .. } if *first == newest);
+    let (before, finished, _) =
+        recover_at_each_sync_point(&copy.take_captures(), (digest, last), as_before);
     assert!(before > 0 && finished > 0, "{before} {finished}");
     let recovered = recover_from(copy, options(Durability::Batch)).unwrap();
     assert_eq!(recovered.next_sequence, last.next());
@@ -405,28 +400,10 @@ fn a_rebuild_past_missing_segments_cut_off_at_any_sync_point_is_finished_at_the_
     rebuild::rebuild(&copy).unwrap();
     let captures = copy.take_captures();
     assert!(captures.len() >= 3, "{} sync points", captures.len());
-    let (digest, last) = (digest_of(&commands), commands.last().unwrap().sequence);
-    let (mut before, mut finished, mut under_way) = (0, 0, 0);
-    for capture in &captures {
-        for torn in [None, Some(capture.point)] {
-            let image = capture.disk.power_loss(torn);
-            let what = format!("sync point {} ({}), torn {torn:?}", capture.point, capture.what);
-            let marked = rebuild::rebuilding(&image).unwrap();
-            under_way += u64::from(marked.is_some());
-            match recover_from(image, options(Durability::Batch)) {
-                Ok(recovered) => {
-                    assert_eq!(recovered.next_sequence, last.next(), "{what}");
-                    assert_eq!(recovered.engine.state_digest(), digest, "{what}");
-                    finished += 1;
-                }
-                Err(JournalError::SegmentMissing { first, .. }) if marked.is_none() => {
-                    assert_eq!(first, oldest, "{what}");
-                    before += 1;
-                }
-                Err(error) => panic!("{what}: marker {marked:?}: {error}"),
-            }
-        }
-    }
+    let last = commands.last().unwrap().sequence;
+    let as_before = |error: &JournalError| matches!(error, JournalError::SegmentMissing { first, .. } if *first == oldest);
+    let (before, finished, under_way) =
+        recover_at_each_sync_point(&captures, (digest_of(&commands), last), as_before);
     assert!(before > 0 && finished > 0 && under_way > 0, "{before} {finished} {under_way}");
 }
 
