@@ -972,10 +972,9 @@ impl Engine {
         }
     }
 
-    /// Idempotency: a known key with the same command returns the original outcome; with a
-    /// different command it is refused; a new key is executed and remembered.
-    /// Applies a keyed command, or answers a repeat of one (`repeat` set) with the outcome
-    /// first given.
+    /// Idempotency: a known key with the same command returns the original outcome (a repeat:
+    /// `repeat` is set); with a different command it is refused; a new key is executed and
+    /// remembered.
     fn apply_keyed(&mut self, key: RequestKey, action: &Action, repeat: &mut bool) -> Outcome {
         let fingerprint = hash::fingerprint(action);
         // The key's scope: the user the command names, or user 0 (no user id is 0) for one
