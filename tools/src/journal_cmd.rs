@@ -85,8 +85,9 @@ pub enum JournalCommand {
     Truncate(TruncateArgs),
     /// Repair without loss: when a snapshot covers the damage (it holds the state through a
     /// sequence at or after the damaged record, or the last record of segments missing) and
-    /// the records after it are intact, start the journal just after the oldest such snapshot (keeping every record after it). Records after it are copied into a new
-    /// segment; the older segments, the damaged one among them, are renamed *.seg.superseded.
+    /// the records after it are intact, start the journal just after the oldest such snapshot
+    /// (keeping every record after it). Records after it are copied into a new segment; the
+    /// older segments, the damaged one among them, are renamed *.seg.superseded.
     /// Refused, changing nothing, when no snapshot covers the damage, and for a segment cut
     /// short (the refusal names `heal --from` and the `truncate` that keeps its intact
     /// records). Refused while a node runs.
@@ -1269,8 +1270,8 @@ fn refuse_while_rebuilding<R: scan::ReadSource>(
     )))
 }
 
-/// Refuses a truncation while a process holds the directory's lock (a node runs), as taking
-/// the lock would, without making the lock file.
+/// Refuses a repair (truncate, rebuild) while a process holds the directory's lock (a node
+/// runs), as taking the lock would, without making the lock file.
 fn refuse_while_locked(dir: &Path) -> Result<(), JournalError> {
     let lock_file = dir.join(lock::LOCK_FILE);
     let held = lock::holder(dir)
