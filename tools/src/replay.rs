@@ -695,7 +695,8 @@ fn refuse_until_before_the_earliest_state(
         "--until-seq {until} is before the earliest state this directory rebuilds: its journal \
          holds sequences from {first} on (the records before were retired after a snapshot or \
          set aside by a rebuild), so the earliest sequence it replays to is {earliest}, from \
-         snapshot {}; replay a copy or an archive that still holds the records up to {until}",
+         {}; to replay to {until}, restore the missing segments (from an archive, or \
+         a copy that still holds them)",
         snapshot::snapshot_name(earliest)
     )))
 }
