@@ -106,7 +106,8 @@ pub fn backup_dir(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackedUp, JournalError> {
     refuse_nested(dir, dest)?;
-    if dest.exists() {
+    // A symbolic link counts, dangling or not: the copy would be renamed onto it at the end.
+    if dest.symlink_metadata().is_ok() {
         return Err(JournalError::Refused(format!(
             "{} exists: a backup goes to a new directory",
             dest.display()

@@ -411,6 +411,15 @@ fn a_destination_inside_the_directory_copied_or_around_it_is_refused() {
         assert_eq!(named, [true, true], "{message}");
         assert_eq!(tree(root.path()), before, "{dest:?}: a refused backup changed files");
     }
+    // A dangling symbolic link is there already: refused before anything is copied, not at
+    // the rename after the whole copy.
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(root.path().join("nowhere").join("copy"), &link).unwrap();
+    let before = tree(root.path());
+    let refused = backup_dir(&data, &link, &[], &mut |_, _| {}).unwrap_err().to_string();
+    assert!(refused.contains("exists: a backup goes to a new directory"), "{refused}");
+    assert_eq!(tree(root.path()), before, "a backup refused for a link changed files");
+    std::fs::remove_file(&link).unwrap();
     let beside = root.path().join("copy");
     let copied = backup_dir(&data, &beside, &[], &mut |_, _| {}).unwrap();
     assert_eq!(copied.last, Some(Sequence(100)));
