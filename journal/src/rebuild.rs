@@ -29,7 +29,7 @@ use std::ops::Range;
 
 use ringfence_core::{EngineConfig, Sequence};
 
-use crate::datadir::{self, CleanStop};
+use crate::datadir::{self, CleanStop, DirCheck};
 use crate::error::JournalError;
 use crate::format::{self, RECORD_ALIGN, SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::manifest::ManifestSegment;
@@ -110,7 +110,6 @@ pub fn check<S: Storage>(storage: &S) -> Result<(), JournalError> {
 /// no such snapshot. Reads only.
 fn plan<S: Storage>(storage: &S) -> Result<Located, JournalError> {
     let refuse = |why: String| Err(JournalError::Refused(format!("cannot rebuild: {why}")));
-    refuse_cut_short(storage)?;
     let (Scanned { mut source, segments, layout }, missing) = scanned_past_missing(storage)?;
     let stop = datadir::clean_stop(storage)?;
     // The sequence a snapshot must hold the state through: the last one a missing segment
@@ -176,9 +175,7 @@ fn plan<S: Storage>(storage: &S) -> Result<Located, JournalError> {
 /// nothing recorded, unless the node stopped cleanly), and the records after the snapshot
 /// would have to be read from a file that lacks them. The records lost are put back by
 /// `journal heal` from the other node's journal, or dropped by `journal truncate`.
-fn refuse_cut_short<S: Storage>(storage: &S) -> Result<(), JournalError> {
-    let mut source = storage.clone();
-    let check = datadir::check(&mut source)?;
+fn refuse_cut_short(check: &DirCheck) -> Result<(), JournalError> {
     let cut = check.problems.iter().find(|problem| {
         matches!(problem, JournalError::SegmentLength { found, listed, .. } if found < listed)
     });
@@ -201,7 +198,8 @@ struct Missing {
     held_through: Sequence,
 }
 
-/// The directory as a rebuild reads it: as [`scanned`], except that listed segments missing
+/// The directory as a rebuild reads it, read once: a segment cut short refused first
+/// ([`refuse_cut_short`]); then as [`scanned`], except that listed segments missing
 /// (and nothing else wrong with the directory) are let through, the segments after the newest
 /// missing one scanned. A snapshot holding the state through their last record makes them
 /// unneeded, as retention would have retired them. The newest listed segment missing is let
@@ -212,15 +210,20 @@ fn scanned_past_missing<S: Storage>(
 ) -> Result<(Scanned<S>, Option<Missing>), JournalError> {
     let mut source = storage.clone();
     let check = datadir::check(&mut source)?;
-    let is_missing =
-        |problem: &JournalError| matches!(problem, JournalError::SegmentMissing { .. });
-    if check.problems.is_empty() || !check.problems.iter().all(is_missing) {
-        return Ok((scanned(storage, "rebuild")?, None));
+    refuse_cut_short(&check)?;
+    // Oldest first, as the manifest lists them.
+    let missing: Vec<(Sequence, &String)> = (check.problems.iter())
+        .filter_map(|problem| match problem {
+            JournalError::SegmentMissing { first, file, .. } => Some((*first, file)),
+            _ => None,
+        })
+        .collect();
+    if missing.is_empty() || missing.len() < check.problems.len() {
+        return Ok((scanned_from(source, check, "rebuild")?, None));
     }
-    let Some(JournalError::SegmentMissing { first, file, .. }) = check.problems.last() else {
-        unreachable!("every problem is a missing segment");
-    };
-    let (newest_missing, file) = (*first, file.clone());
+    let ((oldest, _), (newest_missing, file)) = (missing[0], missing[missing.len() - 1]);
+    assert!(oldest <= newest_missing, "missing segments out of the manifest's order");
+    let file = file.clone();
     let listed = check.manifest.as_ref().expect("a missing segment is one the manifest lists");
     let (held_through, segments) = match listed.segments.iter().find(|s| s.first > newest_missing) {
         Some(next) => {
@@ -244,20 +247,18 @@ fn scanned_past_missing<S: Storage>(
                     };
                     return Err(JournalError::Refused(format!(
                         "cannot rebuild: the newest segment {file} is missing, and {why}. \
-                             Restore the file from a backup or the standby; or, to accept losing \
-                             sequence {newest_missing} and everything after it, run `ringfence \
-                             journal truncate {} --at-seq {newest_missing}`",
+                         Restore the file from a backup or the standby; or, to accept losing \
+                         sequence {newest_missing} and everything after it, run `ringfence \
+                         journal truncate {} --at-seq {newest_missing}`",
                         source.location()
                     )));
                 }
             }
         }
     };
+    let gone = |first: &Sequence| missing.iter().any(|(missing, _)| missing == first);
+    assert!(!segments.iter().any(|(first, _)| gone(first)), "a missing segment to be scanned");
     let layout = scan::scan_segments(&mut source, &segments)?;
-    let oldest = match check.problems.first() {
-        Some(JournalError::SegmentMissing { first, .. }) => *first,
-        _ => unreachable!("every problem is a missing segment"),
-    };
     let missing = Missing { file, oldest, held_through };
     Ok((Scanned { source, segments, layout }, Some(missing)))
 }
@@ -278,6 +279,15 @@ pub(crate) struct Scanned<S> {
 pub(crate) fn scanned<S: Storage>(storage: &S, what: &str) -> Result<Scanned<S>, JournalError> {
     let mut source = storage.clone();
     let check = datadir::check(&mut source)?;
+    scanned_from(source, check, what)
+}
+
+/// [`scanned`], the directory's `check` already made through `source`.
+fn scanned_from<S: Storage>(
+    mut source: S,
+    check: DirCheck,
+    what: &str,
+) -> Result<Scanned<S>, JournalError> {
     if let Some(problem) = check.problems.first() {
         return Err(JournalError::Refused(format!("cannot {what}: {problem}")));
     }
