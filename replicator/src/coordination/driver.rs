@@ -537,6 +537,7 @@ impl Driver {
         match self.coordinator.read() {
             Ok(view) => {
                 self.recorded_unanswered(&view);
+                let led_before = self.pilot.leader().clone();
                 let facts = self.control.facts();
                 self.keep_registered(&view, &facts);
                 let me = self.pilot.identity();
@@ -560,9 +561,12 @@ impl Driver {
                         self.carry_out(plan, &view, &facts);
                     }
                 }
-                self.figures(&view, None);
+                // A key this round's campaign took is not in the view read before it.
+                let took_key = self.pilot.leader() != &led_before
+                    && self.pilot.leader().node == self.config.node;
+                self.figures(&view, None, took_key);
             }
-            Err(error) => self.figures(&View::default(), Some(&error)),
+            Err(error) => self.figures(&View::default(), Some(&error), false),
         }
     }
 
@@ -971,11 +975,15 @@ impl Driver {
         }
     }
 
-    fn figures(&self, view: &View, error: Option<&CoordinatorError>) {
+    /// The figures after a round that read `view` (or failed with `error`); `took_key`: the
+    /// round's campaign took the leader key after the view was read.
+    fn figures(&self, view: &View, error: Option<&CoordinatorError>, took_key: bool) {
         self.role_figures();
         let mut figures = self.figures.lock().expect("never poisoned");
         match error {
             Some(error) => figures.witness = error.to_string(),
+            // The pilot's leader, this node, as `role_figures` set it.
+            None if took_key => figures.witness = "reachable".into(),
             None => {
                 figures.witness = "reachable".into();
                 // Who holds the key is what the witness shows, not the pilot's last leader:
@@ -1220,6 +1228,44 @@ mod tests {
             assert_eq!(request.is_some(), now < ttl_ms, "the request at {now} ms: {request:?}");
         }
         assert!(view().members.iter().any(|m| m.node == "b"), "the standby is still listed");
+    }
+
+    #[test]
+    fn a_standby_that_took_the_key_shows_itself_as_the_leader_in_the_same_round() {
+        // Goal: `/v1/node` of a node that took over names it as the leader at once. The
+        // round's view of the witness was read before its campaign, when nobody held the key:
+        // shown as it was, the new primary said `"leader": null` until its next round.
+        let (witness, leader) = led_by_p_with_b_in_sync();
+        let (control, node) = crate::control::tests::standby(false);
+        control.use_journal(node.promoter());
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let startup = startup("b", reach(&witness), clock);
+        let decided = Decided::Standby { leader: leader.clone() };
+        let rejoin: Rejoin = Box::new(|why| panic!("no rejoin expected: {why}"));
+        let mut driver = Driver::new(
+            startup,
+            (identity("b"), decided),
+            Arc::clone(&control),
+            node.promoter(),
+            rejoin,
+        );
+        driver.step();
+        assert_eq!(driver.status().leader, Some(("p".into(), 1)), "p leads");
+        // `p` stops renewing its lease; `b` renews its own until `p`'s expired.
+        for now in (1_000..=3_000).step_by(1_000) {
+            let mut witness = witness.lock().unwrap();
+            witness.now_ms = now;
+            assert!(witness.keep_alive(driver.lease).unwrap() > 0, "b's lease lives at {now}");
+        }
+        assert_eq!(witness.lock().unwrap().read().unwrap().leader, None, "p's key expired");
+
+        driver.step();
+        let (held, _) = witness.lock().unwrap().read().unwrap().leader.expect("b took the key");
+        assert_eq!((held.node.as_str(), held.epoch), ("b", 2));
+        assert!(control.is_primary(), "b sequences");
+        let status = driver.status();
+        assert_eq!(status.leader, Some(("b".into(), 2)), "{status:?}");
+        assert_eq!(status.waiting, None, "{status:?}");
     }
 
     #[test]
