@@ -120,14 +120,37 @@ pub fn backup_dir(
             partial.display()
         )));
     }
+    let made = missing_parents(dest);
     let copied = build_and_place(dir, dest, &partial, subdirectories, progress);
     if copied.is_err() {
-        // Nothing of a refused or failed copy is left behind, whichever step failed.
+        // Nothing of a refused or failed copy is left behind, whichever step failed: neither
+        // the part built nor the directories made to hold it (each removed only if empty).
         let _ = std::fs::remove_dir_all(&partial);
+        for parent in &made {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
     assert!(!partial.exists() || copied.is_err(), "a copy placed and left in {PARTIAL_SUFFIX}");
     assert!(copied.is_err() || dest.is_dir(), "a copy made and not placed");
     copied
+}
+
+/// The directories above `dest` that do not exist yet, the deepest first: the copy makes
+/// them.
+fn missing_parents(dest: &Path) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    let mut parent = dest.parent();
+    while let Some(path) = parent.filter(|p| !p.as_os_str().is_empty()) {
+        if path.symlink_metadata().is_ok() {
+            break;
+        }
+        missing.push(path.to_path_buf());
+        parent = path.parent();
+    }
+    // Each is the one before it, shortened by a component.
+    assert!(missing.windows(2).all(|pair| pair[0].parent() == Some(&*pair[1])), "{missing:?}");
+    assert!(missing.iter().all(|path| dest.starts_with(path)), "{missing:?}");
+    missing
 }
 
 /// Refuses a destination inside the directory copied, and the directory copied inside the

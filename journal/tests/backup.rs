@@ -424,3 +424,22 @@ fn a_destination_inside_the_directory_copied_or_around_it_is_refused() {
     let copied = backup_dir(&data, &beside, &[], &mut |_, _| {}).unwrap();
     assert_eq!(copied.last, Some(Sequence(100)));
 }
+
+#[test]
+fn a_failed_backup_leaves_none_of_the_directories_made_to_hold_it() {
+    // Goal: a backup that fails leaves the file system as it found it: the directories made
+    // above its destination go with the part of the copy built in them, and a directory that
+    // was there already stays, whatever it holds.
+    let root = TempDir::new("backup-parents");
+    let empty = root.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let there = root.path().join("there");
+    std::fs::create_dir(&there).unwrap();
+    let before = tree(root.path());
+    for dest in [root.path().join("new").join("deeper").join("copy"), there.join("a").join("copy")]
+    {
+        let failed = backup_dir(&empty, &dest, &[], &mut |_, _| {}).unwrap_err().to_string();
+        assert!(failed.contains("holds no journal"), "{dest:?}: {failed}");
+        assert_eq!(tree(root.path()), before, "{dest:?}: a failed backup left directories");
+    }
+}
