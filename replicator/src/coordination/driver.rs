@@ -1189,6 +1189,22 @@ mod tests {
         (witness, leader)
     }
 
+    /// The driver of `b`, a standby of `leader` on `witness` whose journal works, not running;
+    /// its control and its node.
+    fn standby_b(
+        witness: &Arc<Mutex<MemoryCoordinator>>,
+        leader: &LeaderValue,
+    ) -> (Driver, Arc<Control>, ringfence_core::pipeline::Node) {
+        let (control, node) = crate::control::tests::standby(false);
+        control.use_journal(node.promoter());
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let startup = startup("b", reach(witness), clock);
+        let decided = (identity("b"), Decided::Standby { leader: leader.clone() });
+        let rejoin: Rejoin = Box::new(|why| panic!("no rejoin expected: {why}"));
+        let driver = Driver::new(startup, decided, Arc::clone(&control), node.promoter(), rejoin);
+        (driver, control, node)
+    }
+
     #[test]
     fn a_switchover_request_lapses_on_its_own_while_the_standby_lives_on() {
         // Goal: a switchover asked and not made (the standby behind, or lost before it was
@@ -1196,14 +1212,7 @@ mod tests {
         // surprise once it is in sync again: it goes with a lease of its own, never renewed,
         // while the standby's own lease is renewed and it stays listed.
         let (witness, leader) = led_by_p_with_b_in_sync();
-        let (control, node) = crate::control::tests::standby(false);
-        control.use_journal(node.promoter());
-        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
-        let startup = startup("b", reach(&witness), clock);
-        let decided = Decided::Standby { leader: leader.clone() };
-        let rejoin: Rejoin = Box::new(|why| panic!("no rejoin expected: {why}"));
-        let mut driver =
-            Driver::new(startup, (identity("b"), decided), control, node.promoter(), rejoin);
+        let (mut driver, _control, _node) = standby_b(&witness, &leader);
         assert_eq!(driver.switchover(), Ok(()));
         let view = || witness.lock().unwrap().read().unwrap();
         let asked = view().switchover.expect("the request stands");
@@ -1236,19 +1245,7 @@ mod tests {
         // round's view of the witness was read before its campaign, when nobody held the key:
         // shown as it was, the new primary said `"leader": null` until its next round.
         let (witness, leader) = led_by_p_with_b_in_sync();
-        let (control, node) = crate::control::tests::standby(false);
-        control.use_journal(node.promoter());
-        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
-        let startup = startup("b", reach(&witness), clock);
-        let decided = Decided::Standby { leader: leader.clone() };
-        let rejoin: Rejoin = Box::new(|why| panic!("no rejoin expected: {why}"));
-        let mut driver = Driver::new(
-            startup,
-            (identity("b"), decided),
-            Arc::clone(&control),
-            node.promoter(),
-            rejoin,
-        );
+        let (mut driver, control, _node) = standby_b(&witness, &leader);
         driver.step();
         assert_eq!(driver.status().leader, Some(("p".into(), 1)), "p leads");
         // `p` stops renewing its lease; `b` renews its own until `p`'s expired.
