@@ -35,6 +35,8 @@
 //! records are kept, the records lost with it are copied back after them once shown to be
 //! this journal's, and the segment is put back at its listed length (`cut_short`).
 
+use std::ops::ControlFlow;
+
 use ringfence_core::Sequence;
 
 use crate::datadir;
@@ -123,6 +125,45 @@ pub fn heal_with<S: Storage, P: ReadSource>(
     peer: &mut P,
     options: HealOptions,
 ) -> Result<Vec<Healed>, JournalError> {
+    let healed = run(storage, peer, options, Pass::Repair)?;
+    // A heal that returns healed something: every other outcome is a refusal.
+    assert!(!healed.is_empty(), "a heal that healed nothing");
+    Ok(healed)
+}
+
+/// Refuses a heal for every reason [`heal_with`] refuses one before it changes a file,
+/// reading `storage` and `peer` only: the same steps up to the first repair, which is shown to
+/// be what was written but not made. The operator's tool asks first, so that a refused heal
+/// takes no lock; [`heal_with`] runs the same steps again under the lock, from the start, and
+/// writes only what it showed there. (A refusal after a first span was healed comes under the
+/// lock, and says what was healed before it.)
+pub fn check<S: Storage, P: ReadSource>(
+    storage: &S,
+    peer: &mut P,
+    options: HealOptions,
+) -> Result<(), JournalError> {
+    let healed = run(storage, peer, options, Pass::Plan)?;
+    // The plan stops before its first write: it has nothing healed to report.
+    assert!(healed.is_empty(), "a plan that healed");
+    Ok(())
+}
+
+/// Which pass of [`run`] this is: the plan reads only, and stops at the first repair it has
+/// shown to be right; the repair makes each one, and goes on to the next damage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Plan,
+    Repair,
+}
+
+/// The steps of a heal, shared by its two passes (see [`Pass`]): each refusal is made the
+/// same way in both, and the plan returns nothing healed where the repair would first write.
+fn run<S: Storage, P: ReadSource>(
+    storage: &S,
+    peer: &mut P,
+    options: HealOptions,
+    pass: Pass,
+) -> Result<Vec<Healed>, JournalError> {
     let mut healed: Vec<Healed> = Vec::new();
     let refuse = |healed: &[Healed], why: String| {
         let done = match healed {
@@ -138,8 +179,10 @@ pub fn heal_with<S: Storage, P: ReadSource>(
         );
     }
     // Segments cut short first: the manifest check refuses the directory until they are whole.
-    if let Err(why) = heal_cut_short(storage, peer, options, &mut healed) {
-        return refuse(&healed, why);
+    match heal_cut_short(storage, peer, options, &mut healed, pass) {
+        Err(why) => return refuse(&healed, why),
+        Ok(ControlFlow::Break(())) => return Ok(healed),
+        Ok(ControlFlow::Continue(())) => {}
     }
     // Damaged records are healed in journal order from here, after any segment put back.
     let cut_short = healed.len();
@@ -192,7 +235,16 @@ pub fn heal_with<S: Storage, P: ReadSource>(
             );
         }
         let offset = usize::try_from(problem.offset).expect("a segment offset fits in memory");
-        match replace(storage, &problem.name, offset, sequence, peer) {
+        let shown = match prove(storage, &problem.name, offset, sequence, peer) {
+            Ok(shown) => shown,
+            Err(why) => return refuse(&healed, why),
+        };
+        if pass == Pass::Plan {
+            // The plan stops where the repair would first write: nothing was healed.
+            assert!(healed.is_empty(), "the plan went past its first repair");
+            return Ok(healed);
+        }
+        match replace(storage, shown) {
             Ok(span) => healed.push(span),
             Err(why) => return refuse(&healed, why),
         }
@@ -201,16 +253,18 @@ pub fn heal_with<S: Storage, P: ReadSource>(
 
 /// Puts back every segment cut short, when they are all the manifest check finds, with the
 /// peer's copies of the records lost with them (see `cut_short`); what it healed goes to
-/// `healed`. Other problems are left to the caller's check, which refuses them.
+/// `healed`. Other problems are left to the caller's check, which refuses them. In the plan
+/// pass, breaks once the first segment's copies are shown to be right, before it is put back.
 fn heal_cut_short<S: Storage, P: ReadSource>(
     storage: &S,
     peer: &mut P,
     options: HealOptions,
     healed: &mut Vec<Healed>,
-) -> Result<(), String> {
+    pass: Pass,
+) -> Result<ControlFlow<()>, String> {
     let mut source = storage.clone();
     let check = datadir::check(&mut source).map_err(|e| e.to_string())?;
-    let Some(segments) = cut_short::found(&check) else { return Ok(()) };
+    let Some(segments) = cut_short::found(&check) else { return Ok(ControlFlow::Continue(())) };
     let stop = datadir::clean_stop(storage).map_err(|e| e.to_string())?;
     let judge = cut_short::Judge {
         epoch: check.epochs.map(|epochs| epochs.current),
@@ -218,12 +272,16 @@ fn heal_cut_short<S: Storage, P: ReadSource>(
         end_at_copy: options.end_at_copy,
     };
     for segment in &segments {
-        let span = cut_short::heal_cut_short(storage, segment, peer, judge)?;
+        let planned = cut_short::plan(storage, segment, peer, judge)?;
+        if pass == Pass::Plan {
+            return Ok(ControlFlow::Break(()));
+        }
+        let span = cut_short::put_back(storage, segment, planned)?;
         // The records put back follow the intact ones, at the first sequence lost.
         assert!(span.from <= span.through, "a segment put back with no record");
         healed.push(span);
     }
-    Ok(())
+    Ok(ControlFlow::Continue(()))
 }
 
 /// The sequences of `healed`, for a message.
@@ -288,21 +346,38 @@ fn peer_records<P: ReadSource>(
     Ok(records)
 }
 
-/// Replaces the damaged record `sequence` at `offset` in segment `name`, and whatever damaged
-/// records follow it up to the next intact one, with the peer's copies, once they are shown to
-/// be what was written; syncs the bytes written.
-fn replace<S: Storage, P: ReadSource>(
+/// A repair [`prove`] showed and [`replace`] makes: the peer's copies of the records from the
+/// damaged one on, to go where it starts.
+#[derive(Debug)]
+struct Proven {
+    /// The segment file.
+    name: String,
+    /// Byte offset of the damaged record.
+    offset: usize,
+    /// Its sequence.
+    sequence: Sequence,
+    /// The copies, from record `sequence` on, as journaled.
+    copies: Vec<Vec<u8>>,
+    /// How they were shown to be what was written.
+    shown: Shown,
+}
+
+/// Shows the peer's copies of the damaged record `sequence` at `offset` in segment `name`,
+/// and of whatever damaged records follow it up to the next intact one, to be what was
+/// written there (see the module documentation), reading only; else says why not.
+fn prove<S: Storage, P: ReadSource>(
     storage: &S,
     name: &str,
     offset: usize,
     sequence: Sequence,
     peer: &mut P,
-) -> Result<Healed, String> {
+) -> Result<Proven, String> {
     assert!(offset >= SEGMENT_HEADER_LEN, "a damaged record inside the segment header");
     assert_eq!(offset % RECORD_ALIGN, 0, "a damaged record off a record boundary");
     let file = storage.describe(name);
-    let mut segment = storage.open_segment(name).map_err(|e| format!("opening {file}: {e}"))?;
-    let bytes = segment.bytes();
+    let mut source = storage.clone();
+    let held = source.read_segment(name).map_err(|e| format!("reading {file}: {e}"))?;
+    let bytes: &[u8] = &held;
     // The peer's records from the damaged one up to the first intact one after it here, read
     // once for both ways.
     let next = intact_after(bytes, offset, sequence);
@@ -322,8 +397,23 @@ fn replace<S: Storage, P: ReadSource>(
             }
         },
     };
+    // What `replace` writes: whole records, within the segment.
+    let len: usize = copies.iter().map(Vec::len).sum();
+    assert!(offset + len <= bytes.len(), "copies that run past the segment's end");
+    Ok(Proven { name: name.to_owned(), offset, sequence, copies, shown })
+}
+
+/// Writes the copies [`prove`] showed over the damaged bytes, and syncs them.
+fn replace<S: Storage>(storage: &S, proven: Proven) -> Result<Healed, String> {
+    let Proven { name, offset, sequence, copies, shown } = proven;
+    let file = storage.describe(&name);
+    let mut segment = storage.open_segment(&name).map_err(|e| format!("opening {file}: {e}"))?;
+    // The pair of `prove`'s checks: whole records from the damaged one on, within the segment.
+    let first = copies.first().and_then(|copy| format::check_record(copy));
+    assert!(first.is_some_and(|(h, _)| h.sequence == sequence), "copies from another record");
     let span: Vec<u8> = copies.concat();
     let end = offset + span.len();
+    assert!(end <= segment.bytes().len(), "copies that run past the segment's end");
     segment.bytes_mut()[offset..end].copy_from_slice(&span);
     // The records written read back intact, in sequence, filling the span.
     let mut at = offset;
@@ -336,7 +426,7 @@ fn replace<S: Storage, P: ReadSource>(
     segment.sync(offset..end).map_err(|e| format!("syncing {file}: {e}"))?;
     let through = Sequence(sequence.0 + copies.len() as u64 - 1);
     Ok(Healed {
-        file: name.to_owned(),
+        file: name,
         offset: offset as u64,
         from: sequence,
         through,

@@ -85,18 +85,26 @@ fn a_peer_without_the_record_or_with_another_history_is_refused_untouched() {
     disk.corrupt(&name, offset + 60, 0x04);
     let before = segments(&disk);
 
+    // The plan the operator's tool asks before it takes the lock refuses each, as heal does.
+    let opts = HealOptions::default();
     let short = journal(&commands[..800]);
     let error = heal::heal(&disk, &mut short.clone()).unwrap_err().to_string();
     assert!(error.contains("holds no intact record 900") && error.contains("1..=800"), "{error}");
+    let planned = heal::check(&disk, &mut short.clone(), opts).unwrap_err().to_string();
+    assert_eq!(planned, error, "the plan and the heal disagree");
     assert_eq!(segments(&disk), before, "a refused heal changed the journal");
 
     let diverged = journal(&self::commands(63, COMMANDS));
     let error = heal::heal(&disk, &mut diverged.clone()).unwrap_err().to_string();
     assert!(error.contains("not shown") && error.contains("diverged"), "{error}");
+    let planned = heal::check(&disk, &mut diverged.clone(), opts).unwrap_err().to_string();
+    assert_eq!(planned, error, "the plan and the heal disagree");
     assert_eq!(segments(&disk), before, "a refused heal changed the journal");
 
-    // The same peer's copy heals it.
+    // The same peer's copy heals it; the plan passes, writing nothing.
     let peer = journal(&commands);
+    heal::check(&disk, &mut peer.clone(), opts).unwrap();
+    assert_eq!(segments(&disk), before, "the plan changed the journal");
     assert_eq!(heal::heal(&disk, &mut peer.clone()).unwrap().len(), 1);
     assert!(recover_from(disk.clone(), options(Durability::Batch)).is_ok());
 }

@@ -1270,8 +1270,8 @@ fn refuse_while_rebuilding<R: scan::ReadSource>(
     )))
 }
 
-/// Refuses a repair (truncate, rebuild) while a process holds the directory's lock (a node
-/// runs), as taking the lock would, without making the lock file.
+/// Refuses a repair (truncate, rebuild, heal, reconfigure) while a process holds the
+/// directory's lock (a node runs), as taking the lock would, without making the lock file.
 fn refuse_while_locked(dir: &Path) -> Result<(), JournalError> {
     let lock_file = dir.join(lock::LOCK_FILE);
     let held = lock::holder(dir)
@@ -1525,9 +1525,17 @@ fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
         return Err(JournalError::NoData { dir: args.dir.display().to_string() });
     }
     let mut peer = ReadOnlyDir::open(&args.from)?;
-    // Exclusive: a node appending to the journal may be writing the segment healed here.
-    let storage = FileStorage::open_exclusive(&args.dir)?;
     let options = ringfence_journal::heal::HealOptions { end_at_copy: args.end_at_copy };
+    // A refusal changes nothing: a node running and every heal `heal` refuses before its
+    // first repair are refused before the lock file is made (or its pid rewritten).
+    refuse_while_locked(&args.dir)?;
+    let unlocked = FileStorage::open(&args.dir)
+        .map_err(|e| JournalError::io(format!("opening {}", args.dir.display()), e))?;
+    ringfence_journal::heal::check(&unlocked, &mut peer, options)?;
+    drop(unlocked);
+    // Exclusive: a node appending to the journal may be writing the segment healed here. The
+    // heal checks again under the lock, from the start, and writes only what it shows there.
+    let storage = FileStorage::open_exclusive(&args.dir)?;
     let healed = ringfence_journal::heal::heal_with(&storage, &mut peer, options)?;
     for span in &healed {
         let shown = match span.shown {

@@ -456,6 +456,11 @@ fn listing(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// The files in `dir` and their bytes (`None` for a directory), sorted by name.
+fn contents(dir: &std::path::Path) -> Vec<(Option<Vec<u8>>, String)> {
+    listing(dir).into_iter().map(|name| (std::fs::read(dir.join(&name)).ok(), name)).collect()
+}
+
 #[test]
 fn a_refused_rebuild_changes_nothing_in_the_directory() {
     // Goal: a rebuild refused (an intact journal; a segment missing that no snapshot covers)
@@ -466,13 +471,6 @@ fn a_refused_rebuild_changes_nothing_in_the_directory() {
     write_journal_with(dir.path(), 3_000, None, &[]);
     let path = dir.path().to_str().unwrap();
     let lock = dir.path().join(ringfence_journal::lock::LOCK_FILE);
-    let contents = |dir: &std::path::Path| {
-        let names = listing(dir);
-        names
-            .into_iter()
-            .map(|name| (std::fs::read(dir.join(&name)).ok(), name))
-            .collect::<Vec<_>>()
-    };
     std::fs::write(&lock, "1\n").unwrap();
     let before = contents(dir.path());
     let intact = ringfence(&["journal", "rebuild", path]);
@@ -489,6 +487,81 @@ fn a_refused_rebuild_changes_nothing_in_the_directory() {
     assert_eq!(missing.status.code(), Some(1), "{}", text(&missing.stdout));
     assert!(text(&missing.stderr).contains("no intact snapshot holds the state"), "{missing:?}");
     assert!(contents(dir.path()) == before, "a refused rebuild made a lock file");
+}
+
+/// Where each intact record of the segment `bytes` ends, from its first on.
+fn record_ends(bytes: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut offset = ringfence_journal::format::SEGMENT_HEADER_LEN;
+    while let Some((_, len)) = ringfence_journal::format::check_record(&bytes[offset..]) {
+        offset += len;
+        ends.push(offset);
+    }
+    ends
+}
+
+#[test]
+fn a_refused_heal_changes_nothing_in_the_directory() {
+    // Goal: a heal refused (an intact journal; a damaged record the copy does not hold; the
+    // newest segment cut short after a crash, without --end-at-copy) says why as it always
+    // did, makes no lock file where there was none and leaves one that was there byte for
+    // byte; the heal that goes ahead still repairs both. Fails where the lock is taken before
+    // the refusal: the file appears, or takes the tool's pid.
+    let dir = TempDir::new("heal-refused");
+    write_journal_with(dir.path(), 3_000, None, &[]);
+    let lock = dir.path().join(ringfence_journal::lock::LOCK_FILE);
+    std::fs::remove_file(&lock).unwrap();
+    let peer = TempDir::new("heal-refused-peer");
+    for (bytes, name) in contents(dir.path()) {
+        std::fs::write(peer.path().join(name), bytes.expect("a file")).unwrap();
+    }
+    let empty = TempDir::new("heal-refused-empty");
+    let path = dir.path().to_str().unwrap();
+    let heal = |from: &TempDir, flags: &[&str]| {
+        let args = ["journal", "heal", path, "--from", from.path().to_str().unwrap()];
+        ringfence(&[&args[..], flags].concat())
+    };
+    std::fs::write(&lock, "1\n").unwrap();
+    let before = contents(dir.path());
+    let intact = heal(&peer, &[]);
+    assert_eq!(intact.status.code(), Some(1), "{}", text(&intact.stdout));
+    let err = text(&intact.stderr);
+    assert!(err.contains("cannot heal: the journal is intact; nothing to repair"), "{err}");
+    assert!(contents(dir.path()) == before, "a refused heal rewrote the lock file");
+
+    std::fs::remove_file(&lock).unwrap();
+    let first = first_segment(dir.path());
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[128 + 1000] ^= 0x80;
+    std::fs::write(&first, &bytes).unwrap();
+    let before = contents(dir.path());
+    let lacking = heal(&empty, &[]);
+    assert_eq!(lacking.status.code(), Some(1), "{}", text(&lacking.stdout));
+    let err = text(&lacking.stderr);
+    assert!(err.contains("cannot heal: ") && err.contains("holds no intact record"), "{err}");
+    assert!(contents(dir.path()) == before, "a refused heal made a lock file");
+
+    let segments = files_ending(dir.path(), ".seg");
+    let newest = segments.last().unwrap();
+    assert_ne!(newest, &first, "the damage and the cut lie in different segments");
+    let ends = record_ends(&std::fs::read(newest).unwrap());
+    assert!(ends.len() >= 4, "{ends:?}");
+    let file = std::fs::OpenOptions::new().write(true).open(newest).unwrap();
+    file.set_len(ends[1] as u64 + 16).unwrap();
+    let before = contents(dir.path());
+    let cut = heal(&peer, &[]);
+    assert_eq!(cut.status.code(), Some(1), "{}", text(&cut.stdout));
+    let err = text(&cut.stderr);
+    assert!(err.contains("cut short") && err.contains("--end-at-copy`"), "{err}");
+    assert!(contents(dir.path()) == before, "a refused heal made a lock file");
+
+    let healed = heal(&peer, &["--end-at-copy"]);
+    let out = text(&healed.stdout);
+    assert_eq!(healed.status.code(), Some(0), "{out}{}", text(&healed.stderr));
+    assert_eq!(out.matches("healed     sequence").count(), 2, "{out}");
+    assert!(lock.exists(), "the heal that went ahead took the lock");
+    let verify = ringfence(&["journal", "verify", path]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
 }
 
 #[test]

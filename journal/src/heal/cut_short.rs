@@ -120,15 +120,30 @@ pub(super) struct Judge<'a> {
     pub end_at_copy: bool,
 }
 
-/// Puts segment `cut` back at its listed length with its intact records and the peer's copies
-/// of those it lost (see the module documentation); what was written, or why not (nothing
-/// changed).
-pub(super) fn heal_cut_short<S: Storage, P: ReadSource>(
+/// What [`plan`] showed and [`put_back`] writes: the peer's copies of the records a segment
+/// cut short lost, to go after its intact records.
+#[derive(Debug)]
+pub(super) struct PutBack {
+    /// The copies, whole records from the first sequence lost on, one after another.
+    span: Vec<u8>,
+    /// How many records they are.
+    records: u64,
+    /// Where the intact records end: the byte offset the copies go at.
+    end: usize,
+    /// How they were shown to be this journal's.
+    shown: Shown,
+    /// What was lost, for a message.
+    prelude: String,
+}
+
+/// Shows the peer's copies of the records segment `cut` lost to be this journal's (see the
+/// module documentation), reading only: what [`put_back`] is to write, or why not.
+pub(super) fn plan<S: Storage, P: ReadSource>(
     storage: &S,
     cut: &CutShort,
     peer: &mut P,
     judge: Judge<'_>,
-) -> Result<Healed, String> {
+) -> Result<PutBack, String> {
     let file = storage.describe(&cut.name);
     let mut source = storage.clone();
     let held = source.read_segment(&cut.name).map_err(|e| format!("reading {file}: {e}"))?;
@@ -203,22 +218,34 @@ pub(super) fn heal_cut_short<S: Storage, P: ReadSource>(
     }
     // What `restore_length` relies on: the copies fit the bytes cut off.
     assert!(span.len() as u64 <= room, "copies past the segment's listed length");
-    drop((held, source));
+    let next = if let LostEnd::NextSegment(m) = lost_end { Some(m) } else { None };
+    let shown = Shown::CutShort { matched: anchor_seq, next, end_known: end_shown };
+    Ok(PutBack { span, records: chosen.len() as u64, end, shown, prelude })
+}
+
+/// Puts segment `cut` back at its listed length with its intact records and the copies
+/// [`plan`] showed to be those it lost: what was written, or why not.
+pub(super) fn put_back<S: Storage>(
+    storage: &S,
+    cut: &CutShort,
+    planned: PutBack,
+) -> Result<Healed, String> {
+    let PutBack { span, records, end, shown, prelude } = planned;
+    assert!(records >= 1, "a segment to put back with no record");
+    assert!(span.len() as u64 <= cut.listed - end as u64, "copies past the listed length");
     let written = recovery::restore_length(storage, &cut.name, cut.listed, &span)
         .map_err(|e| format!("{prelude}; putting it back failed: {e}"))?;
     assert_eq!(written, end, "the intact records end elsewhere once put back");
     let count = read_back(storage, cut, end, span.len())?;
-    assert_eq!(count, chosen.len() as u64, "records put back and read back differ");
-    assert!(count >= 1, "a segment put back with no record");
-    let next = if let LostEnd::NextSegment(m) = lost_end { Some(m) } else { None };
-    let end_known = end_shown;
+    assert_eq!(count, records, "records put back and read back differ");
+    let lost = cut.lost();
     Ok(Healed {
         file: cut.name.clone(),
         offset: end as u64,
         from: lost,
         through: Sequence(lost.0 + count - 1),
         len: span.len(),
-        shown: Shown::CutShort { matched: anchor_seq, next, end_known },
+        shown,
     })
 }
 
