@@ -63,18 +63,88 @@ pub fn reconfigure<S: Storage>(
     storage: &S,
     config: &EngineConfig,
 ) -> Result<Reconfigured, JournalError> {
-    let refuse = |why: String| Err(JournalError::Refused(format!("cannot reconfigure: {why}")));
-    if let Some(at) = datadir::truncating(storage)? {
-        return refuse(format!(
-            "a truncation at sequence {at} is under way; start the node once (it finishes it) \
-             and stop it cleanly first"
-        ));
-    }
+    refuse_truncation(storage)?;
     let mut superseded = Vec::new();
     if let Some(through) = rebuild::rebuilding(storage)? {
         // A rebuild (this tool's step 3, or `journal rebuild`'s) cut off: finished first.
         superseded.extend(rebuild::finish(storage, through)?.superseded);
     }
+    let (old, last, moved) = match plan(storage, config)? {
+        Plan::Same { last, start } => {
+            superseded.extend(set_aside_snapshots(storage, config, start)?);
+            // What is reported set aside is renamed so that nothing reads it again.
+            assert!(superseded.iter().all(|file| file.ends_with(SUPERSEDED_SUFFIX)));
+            let differences = String::new();
+            return Ok(Reconfigured { differences, through: last, snapshot: None, superseded });
+        }
+        Plan::Carry { old, last, moved } => (old, last, moved),
+    };
+    // The pair of the plan's first branch: the journal is written with other settings.
+    assert_ne!(old, *config, "a carry-over to the settings the journal has");
+    let name = snapshot::snapshot_name(last);
+    if let Some(moved) = moved {
+        // Step 2: written only now that the state is known to fit the new tables.
+        let meta = snapshot::write(storage, config, &moved.to_image(), last)?;
+        // The pair of the move: the state is the same, only the tables around it changed.
+        assert_eq!(meta.last_sequence, moved.last_sequence(), "a snapshot of another state");
+    }
+    // Step 3: the journal restarts after the snapshot, under its settings.
+    rebuild::write_rebuilding(storage, last)?;
+    superseded.extend(rebuild::finish(storage, last)?.superseded);
+    assert!(rebuild::rebuilding(storage)?.is_none(), "a finished rebuild left its marker");
+    // Step 4: the directory is as clean as the node left it.
+    let restart = last.next();
+    let segment = format::segment_name(restart);
+    let stop = CleanStop { last, segment, end: SEGMENT_HEADER_LEN as u64 };
+    datadir::mark_clean_stop(storage, &stop)?;
+    superseded.extend(set_aside_snapshots(storage, config, restart)?);
+    let differences = config.differences(&old, "before");
+    assert!(!differences.is_empty(), "carried over to the same settings");
+    let snapshot = Some(storage.describe(&name));
+    Ok(Reconfigured { differences, through: last, snapshot, superseded })
+}
+
+/// Refuses a carry-over for every reason [`reconfigure`] refuses one before it changes a
+/// file, reading `storage` only (a rebuild under way passes: running it again finishes it
+/// first). The operator's tool asks first, so that a refused carry-over takes no lock;
+/// [`reconfigure`] asks again, under the lock. Whether the state fits the new tables is known
+/// only by moving it into them, so the journal is replayed here and again under the lock: a
+/// second read, for a command run between sales, rather than a plan that could disagree with
+/// the directory by the time the lock is taken.
+pub fn check<S: Storage>(storage: &S, config: &EngineConfig) -> Result<(), JournalError> {
+    refuse_truncation(storage)?;
+    if rebuild::rebuilding(storage)?.is_some() {
+        return Ok(());
+    }
+    let planned = plan(storage, config).map(drop);
+    debug_assert!(storage.file_len(rebuild::REBUILDING_FILE).is_err(), "a check wrote it");
+    planned
+}
+
+/// Step 1 of the module documentation, reading only: what the carry-over is to do, or why
+/// it is refused.
+enum Plan {
+    /// The journal is written with the settings asked for already: nothing to carry over but
+    /// old settings' snapshots before `start`, where the journal starts, to set aside.
+    Same { last: Sequence, start: Sequence },
+    /// The state through `last`, written under `old`, goes into tables of the new settings:
+    /// `moved` is it there, or `None` when its snapshot under them is written already.
+    Carry { old: EngineConfig, last: Sequence, moved: Option<Box<Engine>> },
+}
+
+/// Refuses a carry-over while a truncation is under way.
+fn refuse_truncation<S: Storage>(storage: &S) -> Result<(), JournalError> {
+    let Some(at) = datadir::truncating(storage)? else { return Ok(()) };
+    Err(JournalError::Refused(format!(
+        "cannot reconfigure: a truncation at sequence {at} is under way; start the node once (it \
+         finishes it) and stop it cleanly first"
+    )))
+}
+
+/// Step 1 (see [`Plan`]): every refusal of the carry-over, and the state moved into the new
+/// tables, without writing.
+fn plan<S: Storage>(storage: &S, config: &EngineConfig) -> Result<Plan, JournalError> {
+    let refuse = |why: String| Err(JournalError::Refused(format!("cannot reconfigure: {why}")));
     let rebuild::Scanned { source, layout, .. } = rebuild::scanned(storage, "reconfigure")?;
     if let Some(problem) = &layout.problem {
         return refuse(format!(
@@ -98,25 +168,11 @@ pub fn reconfigure<S: Storage>(
     }
     let last = newest.ends_at();
     let start = layout.segments.first().map_or(last, |segment| segment.header.first_sequence);
+    // Its newest segment may be empty, starting one past the last record; none starts later.
+    assert!(start <= last.next(), "a journal that starts past its end");
     if old == *config {
-        // Nothing to carry over, or a carry-over finished but for its last step; or one to
-        // other settings cut off after their snapshot, which only those settings finish.
-        for (through, name) in snapshot::list(storage)?.into_iter().filter(|s| s.0 >= start) {
-            if let Ok(meta) = snapshot::read_meta(storage, &name)
-                && meta.config != *config
-            {
-                return refuse(format!(
-                    "{} holds the state through sequence {through} under other [engine] \
-                     settings: a carry-over to them was cut off; run `ringfence journal \
-                     reconfigure` with them to finish it ({})",
-                    storage.describe(&name),
-                    config.differences(&meta.config, "the snapshot")
-                ));
-            }
-        }
-        superseded.extend(set_aside_snapshots(storage, config, start)?);
-        let differences = String::new();
-        return Ok(Reconfigured { differences, through: last, snapshot: None, superseded });
+        refuse_unfinished(storage, config, start)?;
+        return Ok(Plan::Same { last, start });
     }
     let Some(stop) = datadir::clean_stop(storage)? else {
         return refuse(
@@ -140,37 +196,45 @@ pub fn reconfigure<S: Storage>(
                 .to_owned(),
         );
     }
-    let name = snapshot::snapshot_name(last);
     let carried = matches!(
-        snapshot::read_meta(storage, &name),
+        snapshot::read_meta(storage, &snapshot::snapshot_name(last)),
         Ok(meta) if meta.config == *config && meta.through == last
     );
-    if !carried {
-        // Step 1, then 2: nothing is written unless the state fits the new tables.
-        let engine = state_at(storage, &layout, &old, last)?;
-        let moved = Engine::from_image(config.clone(), &engine.to_image())
-            .map_err(|why| does_not_fit(last, &why))?;
-        // The move changes the tables around the state, never the state.
-        assert_eq!(moved.state_digest(), engine.state_digest(), "the state changed in the move");
-        drop(engine);
-        let meta = snapshot::write(storage, config, &moved.to_image(), last)?;
-        // The pair of the move: the state is the same, only the tables around it changed.
-        assert_eq!(meta.last_sequence, moved.last_sequence(), "a snapshot of another state");
+    if carried {
+        return Ok(Plan::Carry { old, last, moved: None });
     }
-    // Step 3: the journal restarts after the snapshot, under its settings.
-    rebuild::write_rebuilding(storage, last)?;
-    superseded.extend(rebuild::finish(storage, last)?.superseded);
-    assert!(rebuild::rebuilding(storage)?.is_none(), "a finished rebuild left its marker");
-    // Step 4: the directory is as clean as the node left it.
-    let restart = last.next();
-    let segment = format::segment_name(restart);
-    let stop = CleanStop { last, segment, end: SEGMENT_HEADER_LEN as u64 };
-    datadir::mark_clean_stop(storage, &stop)?;
-    superseded.extend(set_aside_snapshots(storage, config, restart)?);
-    let differences = config.differences(&old, "before");
-    assert!(!differences.is_empty(), "carried over to the same settings");
-    let snapshot = Some(storage.describe(&name));
-    Ok(Reconfigured { differences, through: last, snapshot, superseded })
+    // Nothing is written unless the state fits the new tables.
+    let engine = state_at(storage, &layout, &old, last)?;
+    let moved = Engine::from_image(config.clone(), &engine.to_image())
+        .map_err(|why| does_not_fit(last, &why))?;
+    // The move changes the tables around the state, never the state.
+    assert_eq!(moved.state_digest(), engine.state_digest(), "the state changed in the move");
+    assert_eq!(moved.config(), config, "the state moved into tables of other settings");
+    Ok(Plan::Carry { old, last, moved: Some(Box::new(moved)) })
+}
+
+/// For a journal written with `config` already: refuses when a snapshot from `start` on holds
+/// the state under other settings (a carry-over to them cut off after its snapshot, which
+/// only those settings finish).
+fn refuse_unfinished<S: Storage>(
+    storage: &S,
+    config: &EngineConfig,
+    start: Sequence,
+) -> Result<(), JournalError> {
+    for (through, name) in snapshot::list(storage)?.into_iter().filter(|s| s.0 >= start) {
+        if let Ok(meta) = snapshot::read_meta(storage, &name)
+            && meta.config != *config
+        {
+            return Err(JournalError::Refused(format!(
+                "cannot reconfigure: {} holds the state through sequence {through} under other \
+                 [engine] settings: a carry-over to them was cut off; run `ringfence journal \
+                 reconfigure` with them to finish it ({})",
+                storage.describe(&name),
+                config.differences(&meta.config, "the snapshot")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Why the state through `last` does not fit the new settings, in the carry-over's terms.

@@ -10,7 +10,7 @@ use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Sequenced, Timestamp
 use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::rebuild::SUPERSEDED_SUFFIX;
-use ringfence_journal::reconfigure::reconfigure;
+use ringfence_journal::reconfigure::{self, reconfigure};
 use ringfence_journal::recovery::recover_from;
 use ringfence_journal::snapshot::{self, SnapshotPolicy};
 use ringfence_journal::workload::Workload;
@@ -128,7 +128,8 @@ fn a_journal_carried_over_twice_without_a_record_between_rewrites_its_empty_segm
 fn what_cannot_be_carried_over_is_refused_and_nothing_changes() {
     // Goal: another shard (order ids carry it), tables too small for what the node holds, a
     // node that did not stop cleanly, and a damaged journal are each refused, naming why, with
-    // every file as it was; the journal then still recovers under its own settings.
+    // every file as it was, and the check the operator's tool makes before it takes the lock
+    // refuses each the same way; the journal then still recovers under its own settings.
     let (disk, commands) = stopped_journal();
     let before = files(&disk);
     let shard = format!("is shard 1's and the new settings say shard {}", config().shard + 1);
@@ -142,8 +143,12 @@ fn what_cannot_be_carried_over_is_refused_and_nothing_changes() {
         let refused = refused.to_string();
         assert!(refused.starts_with("cannot reconfigure: the state through sequence"), "{refused}");
         assert!(refused.contains(named), "{refused}");
+        let checked = reconfigure::check(&disk, &settings).unwrap_err().to_string();
+        assert_eq!(checked, refused, "the check and the carry-over disagree");
         assert!(before == files(&disk), "a refused carry-over changed the directory");
     }
+    reconfigure::check(&disk, &larger()).unwrap();
+    assert!(before == files(&disk), "a check changed the directory");
     let recovered = recover_from(disk.clone(), with(&config())).unwrap();
     assert_eq!(recovered.engine.state_digest(), digest_of(&commands));
     drop(recovered);
@@ -151,6 +156,8 @@ fn what_cannot_be_carried_over_is_refused_and_nothing_changes() {
     let before = files(&disk);
     let refused = reconfigure(&disk, &larger()).unwrap_err().to_string();
     assert!(refused.contains("did not stop cleanly"), "{refused}");
+    let checked = reconfigure::check(&disk, &larger()).unwrap_err().to_string();
+    assert_eq!(checked, refused, "the check and the carry-over disagree");
     assert!(before == files(&disk), "a refused carry-over changed the directory");
 
     let (disk, _) = stopped_journal();

@@ -1426,6 +1426,13 @@ fn reconfigure(args: &ReconfigureArgs) -> Result<ExitCode, JournalError> {
         return Err(JournalError::NoData { dir: args.dir.display().to_string() });
     }
     drop(source);
+    // A refusal changes nothing: a node running and every carry-over `reconfigure` refuses
+    // before it writes are refused before the lock file is made (or its pid rewritten).
+    refuse_while_locked(&args.dir)?;
+    let unlocked = FileStorage::open(&args.dir)
+        .map_err(|e| JournalError::io(format!("opening {}", args.dir.display()), e))?;
+    ringfence_journal::reconfigure::check(&unlocked, &engine)?;
+    drop(unlocked);
     // Exclusive: a node appending to the journal would write into segments set aside here.
     let storage = FileStorage::open_exclusive(&args.dir)?;
     let done = ringfence_journal::reconfigure::reconfigure(&storage, &engine)?;

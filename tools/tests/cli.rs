@@ -774,6 +774,56 @@ fn reconfigure_checks_the_new_settings_and_carries_a_stopped_journal_over_for_re
 }
 
 #[test]
+fn a_refused_reconfigure_changes_nothing_in_the_directory() {
+    // Goal: a carry-over refused (a node running; the node did not stop cleanly; a state that
+    // does not carry over to the new settings) says why as it always did, makes no lock file
+    // where there was none and leaves one that was there byte for byte. Fails where the lock
+    // is taken before the refusal: the file appears, or takes the tool's pid.
+    let dir = TempDir::new("reconfigure-refused");
+    write_journal_with(dir.path(), 2_000, None, &[]);
+    let lock = dir.path().join(ringfence_journal::lock::LOCK_FILE);
+    std::fs::remove_file(&lock).unwrap();
+    let path = dir.path().to_str().unwrap();
+    let configs = TempDir::new("reconfigure-refused-configs");
+    let settings = |name: &str, changed: u64| {
+        let file = configs.path().join(format!("{name}.toml"));
+        let lines = config().settings().map(|(setting, value)| {
+            format!("{setting} = {}", if setting == name { changed } else { value })
+        });
+        std::fs::write(&file, format!("[engine]\n{}\n", lines.join("\n"))).unwrap();
+        file
+    };
+    let (larger, shard) = (settings("orders_max", 16_384), settings("shard", 7));
+    let carry = |file: &std::path::Path| {
+        ringfence(&["journal", "reconfigure", path, "--config", file.to_str().unwrap()])
+    };
+    let before = contents(dir.path());
+    let unclean = carry(&larger);
+    assert_eq!(unclean.status.code(), Some(1), "{}", text(&unclean.stdout));
+    assert!(text(&unclean.stderr).contains("did not stop cleanly"), "{unclean:?}");
+    assert!(contents(dir.path()) == before, "a refused reconfigure made a lock file");
+
+    let options = WriterOptions {
+        segment_len: 64 * 1024,
+        durability: Durability::None,
+        engine_config: config(),
+    };
+    recover(dir.path(), options).unwrap().writer.close().unwrap();
+    let held = ringfence_journal::lock::DirLock::acquire(dir.path()).unwrap();
+    let before = contents(dir.path());
+    let running = carry(&larger);
+    assert_eq!(running.status.code(), Some(1), "{}", text(&running.stdout));
+    let err = text(&running.stderr);
+    assert!(err.contains(&format!("in use: ringfence pid {}", std::process::id())), "{err}");
+    drop(held);
+    let other_shard = carry(&shard);
+    assert_eq!(other_shard.status.code(), Some(1), "{}", text(&other_shard.stdout));
+    let err = text(&other_shard.stderr);
+    assert!(err.contains("does not carry over") && err.contains("shard"), "{err}");
+    assert!(contents(dir.path()) == before, "a refused reconfigure rewrote the lock file");
+}
+
+#[test]
 fn bad_input_gives_errors_not_panics_and_help_explains_each_tool() {
     // Goal: missing or garbage directories give clear errors and non-zero exits; every tool
     // has help text.
