@@ -335,6 +335,27 @@ impl FileStorage {
         self.inner.lock.is_some()
     }
 
+    /// Lets go of this handle and, when it is the last one holding the directory's lock,
+    /// removes the lock file first if taking the lock made it (the directory had none): for a
+    /// writer that refused to start, so that it leaves no lock file where there was none
+    /// ([`DirLock::remove_created`]). Says whether the file was removed. While another handle
+    /// is left (a thread of this process that may still write the directory), nothing is
+    /// removed: the lock must stay where other processes see it.
+    pub fn release_removing_new_lock(self) -> io::Result<bool> {
+        let Some(lock) = self.inner.lock.as_ref() else { return Ok(false) };
+        assert!(lock.path().starts_with(self.dir()), "the lock of another directory");
+        // No other handle, nor a clone of this one: nothing else of this process can write.
+        let last = Arc::strong_count(&self.inner) == 1 && Arc::strong_count(lock) == 1;
+        if !last {
+            return Ok(false);
+        }
+        let removed = lock.remove_created()?;
+        // A file is removed only where the lock made it.
+        assert!(!removed || lock.created(), "a lock file that was there removed");
+        debug_assert!(!removed || !lock.path().exists(), "the lock file removed is still there");
+        Ok(removed)
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         assert!(!name.contains('/'), "storage names are plain file names: {name}");
         // An empty name would be the directory itself.

@@ -4,7 +4,8 @@
 //! Settings come from built-in defaults that work on a fresh machine, then a TOML file
 //! (`--config`), then flags. The journal, snapshots, manifest and epoch file live in the data
 //! directory, which `serve` locks for its whole life (a second writer is refused, naming this
-//! process's pid); recovery loads the newest valid snapshot and replays the journal after it
+//! process's pid; a start refused removes the lock file it made in a directory that had none);
+//! recovery loads the newest valid snapshot and replays the journal after it
 //! before the listeners open.
 
 use std::fs;
@@ -358,12 +359,42 @@ pub fn run(args: &ServeArgs) -> ExitCode {
         eprintln!("ringfence serve: error: starting the signal thread: {error}");
         return ExitCode::FAILURE;
     }
-    match serve(args) {
+    let mut starting = None;
+    let served = serve(args, &mut starting);
+    if served.is_err()
+        && let Some(storage) = starting.take()
+    {
+        release_refused(storage);
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("ringfence serve: error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets go of the data directory of a start refused after it was locked (recovery refused
+/// the directory, a port in use, ...), removing the lock file if taking the lock made it: a
+/// directory given by mistake (empty, or another program's) is not left holding a
+/// `ringfence.lock`, while one a node ran in keeps its own.
+///
+/// Checking first instead would not cover these refusals: recovery reads the directory only
+/// under the lock, and the ports are bound only once the node has recovered. Removing is safe
+/// against another process taking the lock meanwhile: the file goes while the lock is held,
+/// and a process granted the lock on it afterwards sees it is no longer the directory's file
+/// and takes the lock again on a new one (`lock::DirLock::acquire`). Nothing is removed while
+/// another handle of the directory is left in this process, since it might still write.
+fn release_refused(storage: FileStorage) {
+    let dir = storage.dir().to_path_buf();
+    match storage.release_removing_new_lock() {
+        Ok(true) => log(format_args!(
+            "removed {}: this start made it, and the directory had none",
+            dir.join(ringfence_journal::lock::LOCK_FILE).display()
+        )),
+        Ok(false) => {}
+        Err(error) => log(format_args!("removing the lock file this start made: {error}")),
     }
 }
 
@@ -465,7 +496,10 @@ fn engines(file: &FileConfig) -> u64 {
     if file.node.snapshot_every_commands.is_some() { 2 } else { 1 }
 }
 
-fn serve(args: &ServeArgs) -> Result<(), String> {
+/// Runs the node until it stops. Once the directory is locked, `starting` holds a handle of
+/// it until the listeners are open: a refusal before then is a start refused
+/// ([`release_refused`]), one after it a node that ran.
+fn serve(args: &ServeArgs, starting: &mut Option<FileStorage>) -> Result<(), String> {
     log(format_args!("ringfence {}", crate::version_text()));
     let mut file = load_config(args)?;
     if let Some(topology) = &args.topology {
@@ -501,6 +535,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     )?;
     // Before anything else touches the directory: one writer at a time, held until we exit.
     let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;
+    *starting = Some(storage.clone());
     let (admin, new_token) = admin_token(tokens.admin, &data_dir)?;
     let mut role_tokens = Vec::with_capacity(tokens.roles.len());
     for (role, token, source) in tokens.roles {
@@ -694,6 +729,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     if let Some(addr) = handle.http_addr() {
         log(format_args!("HTTP API listening on http://{addr}"));
     }
+    // The node serves: from here on this is a directory a node ran in.
+    *starting = None;
     let joined = handle.join().map_err(|e| format!("event loop: {e}"));
     if let Some(coordination) = &coordination {
         coordination.stop();

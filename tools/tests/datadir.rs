@@ -188,6 +188,8 @@ fn after_a_crash_a_bit_flipped_at_rest_in_the_last_record_is_refused_not_cleared
     assert_eq!(verify.status.code(), Some(1), "{}", text(&verify.stdout));
     assert!(text(&verify.stderr).contains("at rest"), "{verify:?}");
     assert_eq!(std::fs::read(&segment).unwrap(), bytes, "refusing changed the segment");
+    let lock = data.join(ringfence_journal::lock::LOCK_FILE);
+    assert!(lock.exists(), "a refused start removed the lock file of a directory a node ran in");
 }
 
 #[test]
@@ -284,6 +286,38 @@ fn journal_heal_puts_back_the_records_a_segment_cut_short_lost_from_the_other_jo
         assert_eq!(std::fs::read(&segment).unwrap(), whole, "the segment is not as it was");
         verifies_and_serves_three(&data, &config);
     }
+}
+
+#[test]
+fn a_refused_start_leaves_no_lock_file_where_there_was_none() {
+    // Goal: `serve` refused once it has locked the directory (recovery refusing a directory
+    // that holds no journal it can read; a port in use) says why as before, and removes the
+    // lock file it made in a directory that had none. The lock file of a directory a node ran
+    // in stays (`after_a_crash_a_bit_flipped_at_rest_in_the_last_record_is_refused_not_cleared`).
+    // Fails where a refused start leaves the file it made.
+    let dir = TempDir::new("refused-start");
+    let config = quiet_config(dir.path());
+    let lock_file = ringfence_journal::lock::LOCK_FILE;
+    let wrong = dir.path().join("wrong");
+    std::fs::create_dir(&wrong).unwrap();
+    std::fs::write(wrong.join("00000000000000000001.seg"), vec![0xEE; 100_000]).unwrap();
+    let refused = start_refused(wrong.to_str().unwrap(), &config);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(err.contains("ringfence serve: error: recovery: "), "{err}");
+    assert!(!wrong.join(lock_file).exists(), "a start recovery refused left a lock file");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let fresh = dir.path().join("fresh");
+    let fresh_arg = fresh.to_str().unwrap();
+    let args = ["serve", "--listen", &port, "--http", "127.0.0.1:0", "--data-dir", fresh_arg];
+    let refused = ringfence_within(&[&args[..], &["--config", &config]].concat(), REFUSAL_DEADLINE);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(err.contains("ringfence serve: error: starting the listeners"), "{err}");
+    assert!(!fresh.join(lock_file).exists(), "a start refused its port left a lock file");
+    drop(taken);
 }
 
 #[test]
