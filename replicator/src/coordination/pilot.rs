@@ -1251,6 +1251,33 @@ mod tests {
     }
 
     #[test]
+    fn a_switchover_gives_up_the_key_only_once_the_standbys_directory_has_caught_up() {
+        // Goal: a standby that holds the whole journal but came back on a new stream with its
+        // directory catching up could not take the key (its marker keeps it from standing on
+        // the in-sync record): the primary keeps the key and its writes held, and resigns
+        // once an acknowledgement says the standby's directory caught up.
+        let mut witness = MemoryCoordinator::new("c");
+        let (mut a, _, _, lease_b) = pair(&mut witness);
+        let in_sync = |at, catching_up| Facts {
+            standby_last_ack: Some((Sequence(40), at)),
+            standby_catching_up: catching_up,
+            ..facts(true, PolicyState::InSync, Gate::Standby, (40, 40))
+        };
+        a.on_view(0, &in_sync(0, false), &witness.read().unwrap());
+        let plan = a.on_view(1, &in_sync(1, false), &witness.read().unwrap());
+        carry_record(&mut witness, &mut a, plan);
+        let request =
+            Switchover { version: RECORDS_VERSION, to: "b".into(), epoch: a.leader().epoch };
+        witness.request_switchover(&request, lease_b).unwrap();
+        let held = a.on_view(2, &in_sync(2, false), &witness.read().unwrap());
+        assert_eq!(held, Plan::Hold("b asks to take over".into()));
+        let view = witness.read().unwrap();
+        assert_eq!(a.on_view(3, &in_sync(3, true), &view), Plan::Nothing, "catching up");
+        assert_eq!(a.on_view(4, &in_sync(4, true), &view), Plan::Nothing, "still catching up");
+        assert_eq!(a.on_view(5, &in_sync(5, false), &view), Plan::Resign);
+    }
+
+    #[test]
     fn a_switchover_whose_standby_is_lost_or_gone_is_called_off_and_writes_go_on() {
         // Goal: before the key is given up, a standby lost (silent or stalled for the
         // replication timeout), whose request lapsed, or that does not confirm it holds
