@@ -1327,6 +1327,52 @@ mod tests {
     }
 
     #[test]
+    fn a_following_standby_refuses_a_heartbeat_below_its_promise_and_a_record_above_the_stream() {
+        // Goal: following a primary of epoch 2, the standby takes its heartbeats and records of
+        // epoch 2 and below; a heartbeat of epoch 1 (a deposed primary's) is refused
+        // `StaleEpoch`, and a record of epoch 3, above the stream's, `BadMessage`.
+        let key = secret("the-shared-secret-16+");
+        let following = || {
+            let (step, mut pair) = handshake("the-shared-secret-16+", position(3, 1, 1), 2);
+            let PrimaryStep::Stream(start) = step else { panic!("{step:?}") };
+            let told = pair.standby.on_message(&Message::Start(start), &key, &cluster());
+            assert_eq!(told, StandbyStep::Following { epoch: Epoch(2), from: Sequence(4) });
+            pair.standby
+        };
+        let beat = |epoch| Heartbeat {
+            epoch: Epoch(epoch),
+            last_sequence: Sequence(10),
+            sent_at_ms: 1_000,
+            answering: Answering::AfterStandby,
+        };
+        let mut standby = following();
+        let taken = standby.on_message(&Message::Heartbeat(beat(2)), &key, &cluster());
+        assert_eq!(taken, StandbyStep::Continue);
+        let mut standby = following();
+        let refused = standby.on_message(&Message::Heartbeat(beat(1)), &key, &cluster());
+        assert_eq!(standby_refusal(&refused), Some(RefuseCode::StaleEpoch), "{refused:?}");
+
+        let record = |epoch| {
+            let tick = ringfence_core::Sequenced {
+                sequence: Sequence(4),
+                timestamp: ringfence_core::Timestamp(5),
+                command: ringfence_core::Command::Tick,
+            };
+            ringfence_core::record::RecordBuf::default().encode(Epoch(epoch), &tick).to_vec()
+        };
+        for (epoch, refused) in [(1, None), (2, None), (3, Some(RefuseCode::BadMessage))] {
+            let mut standby = following();
+            let bytes = record(epoch);
+            let records = Message::Records(Records::new(Sequence(4), 1, &bytes).unwrap());
+            let step = standby.on_message(&records, &key, &cluster());
+            match refused {
+                None => assert_eq!(step, StandbyStep::Apply { count: 1 }, "epoch {epoch}"),
+                Some(code) => assert_eq!(standby_refusal(&step), Some(code), "{step:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn acknowledgements_may_not_pass_what_was_sent_or_go_back() {
         // Goal: a standby cannot acknowledge records it was never sent, nor take one back.
         let (step, mut pair) = handshake("the-shared-secret-16+", position(3, 1, 1), 1);
