@@ -2201,6 +2201,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_lone_primary_hands_its_lease_deadline_to_the_hold_egress_checks() {
+        // Goal: egress checks the lease deadline itself at every release, so that a primary
+        // paused past it acknowledges nothing on resuming, before this thread runs again. A
+        // primary answering on its own journal therefore hands the deadline to the hold egress
+        // reads; once answers wait for the in-sync standby it takes it back: they stay safe
+        // past it.
+        use ringfence_core::pipeline::Replicator as _;
+        let control = primary();
+        let hold = control.link().stage().hold().expect("the link holds");
+        let deadline_ms = control.now_ms() + 3_600_000;
+        control.set_lease_deadline(deadline_ms);
+        assert_eq!(control.link().gate(), Gate::Local);
+        let at = |ms: u64| move || ms * 1_000_000;
+        assert!(!hold.lease_expired(at(deadline_ms - 1)), "expired before the deadline");
+        assert!(hold.lease_expired(at(deadline_ms)), "egress releases past the deadline");
+        let stream = control.on_connected("standby");
+        control.on_ack(stream, &ack(0, false));
+        assert_eq!(control.link().gate(), Gate::Standby);
+        assert!(!hold.lease_expired(at(deadline_ms)), "answers waiting for the standby held");
+    }
+
+    #[test]
     fn past_the_lease_deadline_a_primary_in_sync_keeps_waiting_for_its_standby() {
         // Goal: the failsafe rule: answers that wait for the in-sync standby go on without a
         // lease (the standby stops acknowledging once it is promoted); a switchover holds.
