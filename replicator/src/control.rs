@@ -1762,6 +1762,59 @@ pub(crate) mod tests {
         assert!(!dir.standby_in_sync(), "the marker stayed after the journal synced");
     }
 
+    /// A journal that answers before it syncs: a flush makes nothing synced; a synced flush
+    /// syncs everything appended, and says how far in `synced`.
+    struct AnswersFirst {
+        appended: Sequence,
+        synced: Arc<AtomicU64>,
+    }
+
+    impl ringfence_core::pipeline::Journal for AnswersFirst {
+        const NEEDS_BYTES: bool = false;
+        fn append(
+            &mut self,
+            record: &ringfence_core::pipeline::Framed<'_>,
+        ) -> Result<(), ringfence_core::pipeline::StageError> {
+            self.appended = record.sequenced.sequence;
+            Ok(())
+        }
+        fn flush(
+            &mut self,
+            _clock: &dyn Clock,
+        ) -> Result<Sequence, ringfence_core::pipeline::StageError> {
+            Ok(self.appended)
+        }
+        fn flush_synced(
+            &mut self,
+            _clock: &dyn Clock,
+        ) -> Result<Sequence, ringfence_core::pipeline::StageError> {
+            self.synced.store(self.appended.0, Ordering::Release);
+            Ok(self.appended)
+        }
+    }
+
+    #[test]
+    fn before_it_stops_counting_on_its_standby_a_primary_syncs_what_it_journaled() {
+        // Goal: on a journal that answers before it syncs, what the pair acknowledged rested on
+        // the standby's copy and this node's page cache. Before the witness records this
+        // primary alone or `async`, and before its in-sync marker goes, `sync_before_alone`
+        // syncs every record it journaled, so a power loss after cannot take them.
+        use ringfence_core::pipeline::{NoReplicator, NodeConfig, Topology};
+        let settings = ReplicationConfig { answers_after_sync: false, ..config() };
+        let clock = Arc::new(ringfence_core::pipeline::SystemClock::new());
+        let control =
+            Control::new(settings, Role::Primary, (Sequence(0), Epoch(0)), memory(false), clock);
+        let synced = Arc::new(AtomicU64::new(0));
+        let journal = AnswersFirst { appended: Sequence(0), synced: Arc::clone(&synced) };
+        let config = NodeConfig::for_tests(Topology::Stepped);
+        let node = Node::start(config, journal, NoReplicator::default()).unwrap();
+        control.use_journal(node.promoter());
+        assert_eq!(reserve(&node, 1..=3), [true; 3]);
+        assert_eq!(synced.load(Ordering::Acquire), 0, "a flush synced");
+        assert_eq!(control.sync_before_alone(), Ok(()));
+        assert_eq!(synced.load(Ordering::Acquire), 3, "the records journaled are not all synced");
+    }
+
     /// A new data directory over an in-memory fault-injecting disk.
     fn fault_dir(
         durability: ringfence_journal::writer::Durability,
