@@ -90,7 +90,12 @@ impl Client {
     /// Presents `token` — the admin token or a role token — now and after every reconnect.
     pub fn authenticate(&mut self, token: &str) -> Result<(), ClientError> {
         self.admin_token = Some(token.to_owned());
-        self.send_auth()
+        match self.send_auth() {
+            // The node closed the connection (idle, or to admit a client at its limit): a new
+            // one is authenticated as it opens.
+            Err(Failure::Io(_)) => self.reconnect(),
+            result => result.map_err(|failure| self.client_error(failure)),
+        }
     }
 
     /// Sets how long a call waits for its answers, and how long it keeps moving between
@@ -178,7 +183,7 @@ impl Client {
                     self.current = index;
                     self.input.clear();
                     if self.admin_token.is_some() {
-                        self.send_auth()?;
+                        self.send_auth().map_err(|failure| self.client_error(failure))?;
                     }
                     return Ok(());
                 }
@@ -203,41 +208,66 @@ impl Client {
         ClientError::Unreachable { addrs: self.addr_list(), last }
     }
 
-    fn send_auth(&mut self) -> Result<(), ClientError> {
+    fn send_auth(&mut self) -> Result<(), Failure> {
         let token = self.admin_token.clone().unwrap_or_default();
         let correlation = self.correlation();
         self.output.clear();
         wire::encode_auth(&mut self.output, correlation, token.as_bytes());
         match self.exchange_one(correlation)? {
             Response::AuthOk => Ok(()),
-            Response::Error(error) => Err(ClientError::Refused(error)),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            Response::Error(error) => Err(Failure::Client(ClientError::Refused(error))),
+            other => Err(Failure::Client(ClientError::Unexpected(format!("{other:?}")))),
         }
     }
 
+    /// Sends an empty request of `kind` and returns its answer. Where the connection turns out
+    /// broken — the node closes idle connections without a word (`idle_timeout_ms`, or to
+    /// admit a new client at its connection limit) — it is sent once more on a new one:
+    /// `PING` and `NODE` change nothing, so sending one twice is safe.
     fn simple_request(&mut self, kind: Kind) -> Result<Response, ClientError> {
-        let correlation = self.correlation();
-        self.output.clear();
-        wire::encode_empty(&mut self.output, kind, correlation);
-        match self.exchange_one(correlation)? {
+        let response = match self.try_simple_request(kind) {
+            Err(Failure::Io(_)) => {
+                self.reconnect()?;
+                self.try_simple_request(kind)
+            }
+            result => result,
+        };
+        match response.map_err(|failure| self.client_error(failure))? {
             Response::Error(error) => Err(ClientError::Refused(error)),
             other => Ok(other),
         }
     }
 
-    fn exchange_one(&mut self, correlation: u64) -> Result<Response, ClientError> {
+    fn try_simple_request(&mut self, kind: Kind) -> Result<Response, Failure> {
+        let correlation = self.correlation();
+        self.output.clear();
+        wire::encode_empty(&mut self.output, kind, correlation);
+        self.exchange_one(correlation)
+    }
+
+    /// Writes the output and reads the answer to `correlation`; an I/O failure is returned as
+    /// such, for the caller to reconnect.
+    fn exchange_one(&mut self, correlation: u64) -> Result<Response, Failure> {
         let deadline = Instant::now() + self.timeout;
-        let result = self.write_output().and_then(|()| self.read_response(deadline));
-        match result {
-            Ok((got, response)) if got == correlation => Ok(response),
+        let (got, response) = self.write_output().and_then(|()| self.read_response(deadline))?;
+        match (got, response) {
+            (got, response) if got == correlation => Ok(response),
             // A refusal that closes the connection whatever was asked: the node refused it at
             // accept (correlation 0, at its connection limits) before reading the request.
-            Ok((_, Response::Error(error))) if error.fatal => Err(ClientError::Refused(error)),
-            Ok((got, _)) => {
-                Err(ClientError::Unexpected(format!("answer to {got}, not {correlation}")))
+            (_, Response::Error(error)) if error.fatal => {
+                Err(Failure::Client(ClientError::Refused(error)))
             }
-            Err(Failure::Io(error)) => Err(self.unreachable(error)),
-            Err(Failure::Client(error)) => Err(error),
+            (got, _) => Err(Failure::Client(ClientError::Unexpected(format!(
+                "answer to {got}, not {correlation}"
+            )))),
+        }
+    }
+
+    /// The error a caller sees for `failure`: an I/O failure says the node is unreachable.
+    fn client_error(&self, failure: Failure) -> ClientError {
+        match failure {
+            Failure::Io(error) => self.unreachable(error),
+            Failure::Client(error) => error,
         }
     }
 

@@ -601,3 +601,26 @@ fn where_client_commands_are_open_only_known_host_names_are_answered() {
     let answered = call_as_host(addr, "any.name.example", &with_token);
     assert_eq!(answered.status, 404, "a token is judged, not the name: {}", answered.json());
 }
+
+#[test]
+fn a_client_whose_connection_the_node_closed_reconnects_for_ping_node_and_auth() {
+    // Goal: a node closes idle connections without a word (`idle_timeout_ms`, or to admit a
+    // new client at `connections_max`); the client's next `ping`, `node` or `authenticate`
+    // reconnects and is answered, as a command already does. Fails where only `pipeline`
+    // reconnects: every later ping, node or AUTH reports the node unreachable, for good.
+    let config = ServerConfig { idle_timeout_ms: 200, ..ServerConfig::loopback() };
+    let server = start(config);
+    let mut client = Client::connect(&[server.binary_addr().unwrap()]).unwrap();
+    client.ping().unwrap();
+    let idle_closed = Duration::from_millis(600);
+    std::thread::sleep(idle_closed);
+    client.ping().unwrap();
+    std::thread::sleep(idle_closed);
+    assert!(client.node().unwrap().primary);
+    std::thread::sleep(idle_closed);
+    client.authenticate(TOKEN).unwrap();
+    std::thread::sleep(idle_closed);
+    let unknown = client.call(Command::Query(Query::Sku(SkuId(9)))).unwrap();
+    assert_eq!(unknown, Outcome::Rejected(Rejection::UnknownSku));
+    server.shutdown().unwrap();
+}
