@@ -1345,7 +1345,7 @@ pub(crate) mod tests {
 
     /// Epochs and the catch-up marker in memory; storing epochs fails as the test says
     /// ([`StoreFault`]).
-    struct Memory(Mutex<Epochs>, AtomicBool, Arc<Mutex<StoreFault>>);
+    pub(crate) struct Memory(Mutex<Epochs>, AtomicBool, Arc<Mutex<StoreFault>>);
 
     /// How storing epochs in a [`Memory`] fails.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1397,13 +1397,13 @@ pub(crate) mod tests {
         }
     }
 
-    fn memory(catching_up: bool) -> Box<Memory> {
+    pub(crate) fn memory(catching_up: bool) -> Box<Memory> {
         let epochs = Epochs { current: Epoch(1), promised: Epoch(1) };
         let fault = Arc::new(Mutex::new(StoreFault::None));
         Box::new(Memory(Mutex::new(epochs), AtomicBool::new(catching_up), fault))
     }
 
-    fn config() -> ReplicationConfig {
+    pub(crate) fn config() -> ReplicationConfig {
         let secret = ClusterSecret::from_bytes(&[7; 32]).unwrap();
         ReplicationConfig::new(
             "127.0.0.1:0".parse().unwrap(),

@@ -1065,3 +1065,296 @@ fn submit(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicU64;
+
+    use ringfence_core::pipeline::{
+        Clock, Framed, Intake, Journal, NoReplicator, NodeConfig, StageError, SystemClock, Topology,
+    };
+    use ringfence_core::record::RecordBuf;
+    use ringfence_core::{Command, Sequenced, Timestamp};
+
+    use super::*;
+    use crate::control::Role;
+    use crate::control::tests::{config, memory};
+    use crate::message::{Ack, Answering, Heartbeat};
+    use crate::position::EpochList;
+    use crate::session::{PrimarySession, PrimaryStep, PrimaryView};
+    use crate::stream::{write_message, write_records};
+
+    /// The epoch the primary leads in, and its records' epoch.
+    const EPOCH: Epoch = Epoch(1);
+
+    /// A journal that appends every record at once but makes them durable only through
+    /// `through`, as a disk whose syncs lag behind its writes: its node answers no record
+    /// above that.
+    struct DurableThrough {
+        appended: Arc<AtomicU64>,
+        through: Arc<AtomicU64>,
+    }
+
+    impl Journal for DurableThrough {
+        fn append(&mut self, record: &Framed<'_>) -> Result<(), StageError> {
+            self.appended.store(record.sequenced.sequence.0, Ordering::Release);
+            Ok(())
+        }
+        fn flush(&mut self, _clock: &dyn Clock) -> Result<Sequence, StageError> {
+            let appended = self.appended.load(Ordering::Acquire);
+            Ok(Sequence(appended.min(self.through.load(Ordering::Acquire))))
+        }
+    }
+
+    /// Record `sequence`, a tick of epoch [`EPOCH`], framed as the primary journals it.
+    fn record(sequence: u64) -> Vec<u8> {
+        let tick = Sequenced {
+            sequence: Sequence(sequence),
+            timestamp: Timestamp(1_800_000_000_000 + sequence),
+            command: Command::Tick,
+        };
+        RecordBuf::default().encode(EPOCH, &tick).to_vec()
+    }
+
+    /// The primary's end of one stream: the production protocol machine over a loopback
+    /// connection, for a journal of records `1..=last`, all of [`EPOCH`].
+    struct Primary {
+        socket: TcpStream,
+        reader: FrameReader<TcpStream>,
+        session: PrimarySession,
+        journal: EpochList,
+        last: u64,
+        /// The last heartbeat's time, and when it was sent (heartbeats keep the stream alive).
+        beat_ms: u64,
+        beat_at: Instant,
+    }
+
+    impl Primary {
+        /// Accepts the standby on `listener` and answers its handshake until it streams; the
+        /// standby's journal is empty, so it streams from record 1.
+        fn accept(listener: &TcpListener, last: u64) -> Primary {
+            listener.set_nonblocking(true).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let socket = loop {
+                match listener.accept() {
+                    Ok((socket, _)) => break socket,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(Instant::now() < deadline, "the standby never connected");
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(error) => panic!("accepting the standby: {error}"),
+                }
+            };
+            socket.set_nonblocking(false).unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let reader = FrameReader::new(socket.try_clone().unwrap());
+            let journal = EpochList::flat(last, EPOCH.0);
+            let session = PrimarySession::new([5; 32]);
+            let beat_at = Instant::now();
+            let mut primary =
+                Primary { socket, reader, session, journal, last, beat_ms: 0, beat_at };
+            let config = config();
+            loop {
+                let message = primary.reader.read_message().expect("the standby's handshake");
+                let mut view = PrimaryView {
+                    cluster: &config.cluster,
+                    secret: &config.secret,
+                    engine: &config.engine,
+                    epoch: EPOCH,
+                    is_primary: true,
+                    journal: &mut primary.journal,
+                    journal_last: Sequence(last),
+                    standby_tail_acknowledged: false,
+                };
+                let reply = match primary.session.on_message(&message, &mut view) {
+                    PrimaryStep::Reply(reply) => reply,
+                    PrimaryStep::Stream(start) => {
+                        assert_eq!(start.from_sequence, Sequence(1));
+                        Outgoing::Start(start)
+                    }
+                    step => panic!("the handshake ended with {step:?}"),
+                };
+                write_message(&mut &primary.socket, &reply.message(), &mut Vec::new()).unwrap();
+                if matches!(reply, Outgoing::Start(_)) {
+                    break;
+                }
+            }
+            primary.socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            primary
+        }
+
+        /// Streams records `1..=last` in one frame.
+        fn send_records(&mut self) {
+            let records: Vec<u8> = (1..=self.last).flat_map(record).collect();
+            let count = u32::try_from(self.last).unwrap();
+            self.session.on_sent(Sequence(self.last), 1);
+            write_records(&mut &self.socket, Sequence(1), count, &records).unwrap();
+        }
+
+        /// Sends a heartbeat; the time it carries, which the standby's next acknowledgement
+        /// echoes.
+        fn beat(&mut self) -> u64 {
+            self.beat_ms += 1;
+            self.beat_at = Instant::now();
+            let beat = Heartbeat {
+                epoch: EPOCH,
+                last_sequence: Sequence(self.last),
+                sent_at_ms: self.beat_ms,
+                answering: Answering::AfterStandby,
+            };
+            let message = Message::Heartbeat(beat);
+            write_message(&mut &self.socket, &message, &mut Vec::new()).unwrap();
+            self.beat_ms
+        }
+
+        /// The standby's next acknowledgement, as the primary's session takes it; panics if
+        /// none comes by `deadline`. Heartbeats go out every 50 ms meanwhile.
+        fn next_ack(&mut self, deadline: Instant) -> Ack {
+            loop {
+                if self.beat_at.elapsed() >= Duration::from_millis(50) {
+                    self.beat();
+                }
+                let message = match self.reader.read_message() {
+                    Ok(message) => message,
+                    Err(error) if error.is_timeout() => {
+                        assert!(Instant::now() < deadline, "no acknowledgement came");
+                        continue;
+                    }
+                    Err(error) => panic!("the standby ended the stream: {error}"),
+                };
+                let config = config();
+                let mut view = PrimaryView {
+                    cluster: &config.cluster,
+                    secret: &config.secret,
+                    engine: &config.engine,
+                    epoch: EPOCH,
+                    is_primary: true,
+                    journal: &mut self.journal,
+                    journal_last: Sequence(self.last),
+                    standby_tail_acknowledged: false,
+                };
+                match self.session.on_message(&message, &mut view) {
+                    PrimaryStep::Acknowledged(ack) => return ack,
+                    step => panic!("the primary's session refused the standby: {step:?}"),
+                }
+            }
+        }
+    }
+
+    /// The standby under test: its node and the production follower thread of `control`.
+    /// Dropped, it stops the follower (its socket shut down, its poll woken) and joins it,
+    /// lets the journal make every record durable, and stops the node once it has.
+    struct Standby {
+        control: Arc<Control>,
+        waker: Arc<mio::Waker>,
+        thread: Option<thread::JoinHandle<Option<Parked>>>,
+        through: Arc<AtomicU64>,
+        node: Option<Node>,
+    }
+
+    impl Drop for Standby {
+        fn drop(&mut self) {
+            self.control.stop();
+            let _ = self.waker.wake();
+            self.through.store(u64::MAX, Ordering::Release);
+            if let Some(thread) = self.thread.take() {
+                let parked = thread.join();
+                if !thread::panicking() {
+                    assert!(parked.expect("the follower panicked").is_some(), "it stopped");
+                }
+            }
+            let Some(node) = self.node.take() else { return };
+            // A node stops once it has answered what it journaled: records become durable at
+            // the journal's next flush.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while node.sequences().durable < node.sequences().journaled && Instant::now() < deadline
+            {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let stopped = node.shutdown();
+            if !thread::panicking() {
+                stopped.expect("the node stops");
+            }
+        }
+    }
+
+    #[test]
+    fn a_standby_acknowledges_only_the_records_its_journal_holds_durably() {
+        // Goal: in `sync` mode a primary's answer rests on its standby's acknowledgement, so
+        // the standby acknowledges a record only once its node answered it: journaled
+        // durably and applied. Here its journal takes records 1..=8 but makes only 1..=3
+        // durable: every acknowledgement the primary receives covers 3 at most, also once the
+        // whole stream has reached the journal; when the journal makes the rest durable, an
+        // acknowledgement of 8 follows.
+        const LAST: u64 = 8;
+        const DURABLE: u64 = 3;
+        let appended = Arc::new(AtomicU64::new(0));
+        let through = Arc::new(AtomicU64::new(DURABLE));
+        let journal =
+            DurableThrough { appended: Arc::clone(&appended), through: Arc::clone(&through) };
+        let node_config =
+            NodeConfig { intake: Intake::Replica, ..NodeConfig::for_tests(Topology::Compact) };
+        let node = Node::start(node_config, journal, NoReplicator::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let role = Role::Standby { primary: address.clone() };
+        let empty = (Sequence(0), Epoch(0));
+        let clock = Arc::new(SystemClock::new());
+        let control = Control::new(config(), role, empty, memory(false), clock);
+        let follower = Follower::open(&node, resolve).unwrap();
+        let waker = follower.waker();
+        let parked = Parked::new(&control, follower);
+        let thread = {
+            let control = Arc::clone(&control);
+            thread::spawn(move || follow(&control, &address, parked))
+        };
+        let thread = Some(thread);
+        let node = Some(node);
+        let standby = Standby { control, waker, thread, through: Arc::clone(&through), node };
+
+        let mut primary = Primary::accept(&listener, LAST);
+        primary.send_records();
+        let within = || Instant::now() + Duration::from_secs(10);
+        let holds_durably = |ack: &Ack| {
+            assert!(
+                ack.written.0 <= DURABLE && ack.durable.0 <= DURABLE,
+                "the standby acknowledged {ack:?}, but its journal holds only 1..={DURABLE} \
+                 durably"
+            );
+        };
+        // Until the durable records are acknowledged and the whole stream is in the journal.
+        let deadline = within();
+        loop {
+            let ack = primary.next_ack(deadline);
+            holds_durably(&ack);
+            if ack.durable.0 == DURABLE && appended.load(Ordering::Acquire) == LAST {
+                break;
+            }
+        }
+        // A heartbeat sent now is echoed by an acknowledgement of what the standby holds with
+        // every record in its journal.
+        let beat = primary.beat();
+        let deadline = within();
+        loop {
+            let ack = primary.next_ack(deadline);
+            holds_durably(&ack);
+            if ack.echo_ms >= beat {
+                assert_eq!(ack.durable, Sequence(DURABLE), "{ack:?}");
+                break;
+            }
+        }
+        // The journal makes the rest durable: the standby acknowledges them all.
+        through.store(LAST, Ordering::Release);
+        let deadline = within();
+        let ack = loop {
+            let ack = primary.next_ack(deadline);
+            if ack.durable.0 == LAST {
+                break ack;
+            }
+        };
+        assert_eq!(ack.written, Sequence(LAST), "{ack:?}");
+        drop(standby);
+        drop(primary);
+    }
+}
