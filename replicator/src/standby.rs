@@ -1154,20 +1154,11 @@ mod tests {
             let beat_at = Instant::now();
             let mut primary =
                 Primary { socket, reader, session, journal, last, beat_ms: 0, beat_at };
-            let config = config();
             loop {
                 let message = primary.reader.read_message().expect("the standby's handshake");
-                let mut view = PrimaryView {
-                    cluster: &config.cluster,
-                    secret: &config.secret,
-                    engine: &config.engine,
-                    epoch: EPOCH,
-                    is_primary: true,
-                    journal: &mut primary.journal,
-                    journal_last: Sequence(last),
-                    standby_tail_acknowledged: false,
-                };
-                let reply = match primary.session.on_message(&message, &mut view) {
+                let taken =
+                    Primary::take(&mut primary.session, &mut primary.journal, last, &message);
+                let reply = match taken {
                     PrimaryStep::Reply(reply) => reply,
                     PrimaryStep::Stream(start) => {
                         assert_eq!(start.from_sequence, Sequence(1));
@@ -1182,6 +1173,28 @@ mod tests {
             }
             primary.socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
             primary
+        }
+
+        /// The primary's `session` takes the standby's `message`, with `journal` (records
+        /// `1..=last`) in view.
+        fn take(
+            session: &mut PrimarySession,
+            journal: &mut EpochList,
+            last: u64,
+            message: &Message<'_>,
+        ) -> PrimaryStep {
+            let config = config();
+            let mut view = PrimaryView {
+                cluster: &config.cluster,
+                secret: &config.secret,
+                engine: &config.engine,
+                epoch: EPOCH,
+                is_primary: true,
+                journal,
+                journal_last: Sequence(last),
+                standby_tail_acknowledged: false,
+            };
+            session.on_message(message, &mut view)
         }
 
         /// Streams records `1..=last` in one frame.
@@ -1223,18 +1236,7 @@ mod tests {
                     }
                     Err(error) => panic!("the standby ended the stream: {error}"),
                 };
-                let config = config();
-                let mut view = PrimaryView {
-                    cluster: &config.cluster,
-                    secret: &config.secret,
-                    engine: &config.engine,
-                    epoch: EPOCH,
-                    is_primary: true,
-                    journal: &mut self.journal,
-                    journal_last: Sequence(self.last),
-                    standby_tail_acknowledged: false,
-                };
-                match self.session.on_message(&message, &mut view) {
+                match Primary::take(&mut self.session, &mut self.journal, self.last, &message) {
                     PrimaryStep::Acknowledged(ack) => return ack,
                     step => panic!("the primary's session refused the standby: {step:?}"),
                 }

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::follower::Follower;
-use common::{TempDir, ringfence, ringfence_within, text};
+use common::{TempDir, record_ends, ringfence, ringfence_within, text};
 use ringfence_core::pipeline::SnapshotHook;
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence, Timestamp};
 use ringfence_journal::epoch::Epochs;
@@ -487,17 +487,6 @@ fn a_refused_rebuild_changes_nothing_in_the_directory() {
     assert_eq!(missing.status.code(), Some(1), "{}", text(&missing.stdout));
     assert!(text(&missing.stderr).contains("no intact snapshot holds the state"), "{missing:?}");
     assert!(contents(dir.path()) == before, "a refused rebuild made a lock file");
-}
-
-/// Where each intact record of the segment `bytes` ends, from its first on.
-fn record_ends(bytes: &[u8]) -> Vec<usize> {
-    let mut ends = Vec::new();
-    let mut offset = ringfence_journal::format::SEGMENT_HEADER_LEN;
-    while let Some((_, len)) = ringfence_journal::format::check_record(&bytes[offset..]) {
-        offset += len;
-        ends.push(offset);
-    }
-    ends
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Serve, TempDir, ringfence, ringfence_within, text, try_call};
+use common::{Serve, TempDir, record_ends, ringfence, ringfence_within, text, try_call};
 use ringfence_journal::scan::{self, ReadOnlyDir};
 
 /// Long enough for a node to start and refuse on a loaded machine; only a hang reaches it.
@@ -50,17 +50,6 @@ fn verifies_and_serves_three(data: &Path, config: &str) {
     let (_, view) = node.call("GET", "/v1/skus/1", "", false);
     assert_eq!(view["reserved"], 3, "every acknowledged order is back");
     node.signal("-KILL");
-}
-
-/// Where each intact record of the segment `bytes` ends, from its first on.
-fn record_ends(bytes: &[u8]) -> Vec<usize> {
-    let mut ends = Vec::new();
-    let mut offset = ringfence_journal::format::SEGMENT_HEADER_LEN;
-    while let Some((_, len)) = ringfence_journal::format::check_record(&bytes[offset..]) {
-        offset += len;
-        ends.push(offset);
-    }
-    ends
 }
 
 /// A copy of the directory `data` at `to` (the other node's journal, for `journal heal`).

@@ -50,6 +50,17 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Where each intact record of the segment `bytes` ends, from its first on.
+pub fn record_ends(bytes: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut offset = ringfence_journal::format::SEGMENT_HEADER_LEN;
+    while let Some((_, len)) = ringfence_journal::format::check_record(&bytes[offset..]) {
+        offset += len;
+        ends.push(offset);
+    }
+    ends
+}
+
 /// `ringfence journal dump DIR --json` with `flags`: one JSON line a record (sequence, time,
 /// epoch, command), within a minute.
 pub fn journal_dump_json(dir: &Path, flags: &[&str]) -> Vec<String> {
