@@ -43,6 +43,26 @@ const SCENARIOS: [&str; 26] = [
     "failover",
 ];
 
+/// Rows each step alone measures, as (scenario, start of the variant's name): a step that
+/// silently measured nothing, or dropped one of its servers, fails here even where the
+/// scenario's table is filled by another step (`tcp`, `http` and `redis` share theirs).
+const STEP_ROWS: [(&str, &str); 14] = [
+    ("hot_sku", "naive_baseline"),
+    ("hot_sku", "ringfence_lookahead"),
+    ("mixed", "naive_baseline"),
+    ("loopback_ping", "binary_ping_baseline max"),
+    ("hot_sku_reserve", "ringfence_tcp max"),
+    ("hot_sku_reserve", "ringfence_tcp_inline max"),
+    ("hot_sku_reserve", "machine_wakeup @"),
+    ("hot_sku_reserve", "ringfence_http max"),
+    ("hot_sku_reserve", "ringfence_http_inline max"),
+    ("hot_sku_reserve", "ringfence_http_inline_batch max"),
+    ("hot_sku_reserve", "ringfence_http_snapshots max"),
+    ("hot_sku_reserve", "ringfence_http_snapshots_normal max"),
+    ("inproc@max", "sync"),
+    ("tcp@max", "sync"),
+];
+
 /// Scenario families with offered rates: each gets a throughput chart.
 const RATE_FAMILIES: [&str; 6] =
     ["ring_hop", "pipeline", "loopback_ping", "hot_sku_reserve", "inproc", "tcp"];
@@ -66,6 +86,13 @@ fn the_quick_report_writes_every_table_chart_and_histogram() {
     for scenario in SCENARIOS {
         linked.extend(check_scenario(&markdown, &out.0, scenario));
     }
+    for (scenario, variant) in STEP_ROWS {
+        let variants = table_variants(&markdown, scenario);
+        assert!(
+            variants.iter().any(|name| name.starts_with(variant)),
+            "{scenario}: no `{variant}` row among {variants:?}"
+        );
+    }
     for family in RATE_FAMILIES {
         let title = format!("![{family}: throughput by offered rate](");
         let chart = link_after(&markdown, &title).unwrap_or_else(|| panic!("no chart: {family}"));
@@ -77,6 +104,8 @@ fn the_quick_report_writes_every_table_chart_and_histogram() {
     let redis_ran = markdown.contains("`redis_lua max`");
     assert!(redis_ran || markdown.contains("`redis` skipped: "), "redis neither ran nor skipped");
     if redis_ran {
+        let pings = table_variants(&markdown, "loopback_ping");
+        assert!(pings.iter().any(|name| name == "redis_ping_baseline max"), "{pings:?}");
         // The peer is charged its own CPU time (this process's would read about zero).
         assert!(markdown.contains("server CPU per reservation, ringfence"), "no CPU comparison");
         assert!(!markdown.contains("redis_lua max: server CPU 0.00 us"), "Redis charged nothing");
@@ -119,9 +148,27 @@ fn check_scenario(markdown: &str, dir: &Path, scenario: &str) -> Vec<String> {
         .filter(|(title, _)| title.starts_with(scenario))
         .collect();
     assert!(!charts.is_empty(), "{scenario}: no chart");
+    let mut legends = String::new();
     for (title, chart) in &charts {
         assert!(title.ends_with(": latency by percentile"), "{title}");
         check_svg(&dir.join(chart), title);
+        let svg = std::fs::read_to_string(dir.join(chart)).expect("the chart just read");
+        // HdrHistogram's axes: percentiles on the log "nines" axis, latency on a log axis.
+        for label in ["percentile (log scale of 1/(1-p))", "latency (log scale)", "90%", "99%"] {
+            assert!(svg.contains(label), "{chart}: no {label:?}");
+        }
+        legends.push_str(&svg);
+    }
+    // Every row with samples is a curve named in its scenario's charts (peers overlaid).
+    for row in &rows {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        let variant = cells[0].trim_matches('`');
+        if cells[11] != "0" {
+            assert!(
+                legends.contains(&format!("{variant} (max ")),
+                "{scenario}: no curve {variant}"
+            );
+        }
     }
     let histograms: Vec<String> = section
         .split("](")
@@ -131,10 +178,28 @@ fn check_scenario(markdown: &str, dir: &Path, scenario: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect();
     assert_eq!(histograms.len(), rows.len(), "{scenario}: one .hgrm per row");
-    for file in &histograms {
-        check_hgrm(&dir.join(file), section);
+    for (file, row) in histograms.iter().zip(&rows) {
+        // The table's sample count is the histogram's: the file holds that row's distribution.
+        let samples = row.trim_end_matches('|').rsplit('|').next().unwrap().trim();
+        let total = check_hgrm(&dir.join(file), section);
+        assert_eq!(samples.parse::<u64>().ok(), Some(total), "{scenario}: {file} against {row}");
     }
     histograms.into_iter().chain(charts.into_iter().map(|(_, chart)| chart)).collect()
+}
+
+/// The variants of `scenario`'s table in report.md (none when it has no table).
+fn table_variants(markdown: &str, scenario: &str) -> Vec<String> {
+    let heading = format!("\n### `{scenario}`\n");
+    let Some(start) = markdown.find(&heading) else {
+        return Vec::new();
+    };
+    let section = &markdown[start + heading.len()..];
+    let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+    section
+        .lines()
+        .filter(|line| line.starts_with("| `") && !line.contains(" ÷ "))
+        .filter_map(|line| line.split('`').nth(1).map(str::to_owned))
+        .collect()
 }
 
 /// The link target of the Markdown image or link that starts with `prefix`.
@@ -154,8 +219,8 @@ fn check_svg(path: &Path, title: &str) {
 /// Checks a `.hgrm` file's structure: header, percentile lines (value, percentile rising to 1,
 /// total count, and 1/(1-percentile) on all but the last), then Java's three footer lines.
 /// `section` is the report's text on the scenario, shown when a histogram is empty: its notes
-/// say what the benchmark saw (lost or failed requests).
-fn check_hgrm(path: &Path, section: &str) {
+/// say what the benchmark saw (lost or failed requests). Returns the total count.
+fn check_hgrm(path: &Path, section: &str) -> u64 {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let name = path.display();
     let lines: Vec<&str> = text.lines().collect();
@@ -183,6 +248,7 @@ fn check_hgrm(path: &Path, section: &str) {
     assert_eq!(percentile, 1.0, "{name}: the last line is 100%");
     let footer_total = footer[1].trim_end_matches(']').rsplit(' ').next().unwrap();
     assert_eq!(footer_total.parse::<u64>().ok(), Some(total), "{name}: footer count");
+    total
 }
 
 /// Every `.hgrm` and `.svg` written is one report.md links.
