@@ -44,11 +44,19 @@ impl Format {
 /// Installs the process's log from the environment. Call once, first thing in `main`; a
 /// second call does nothing.
 pub fn init() {
+    init_with_default("info");
+}
+
+/// [`init`], with `default` as the filter where `RINGFENCE_LOG` is unset or does not parse
+/// (a tool whose own output would drown in `info` lines passes `warn`).
+pub fn init_with_default(default: &str) {
     let (filter, problem) = match std::env::var(FILTER_ENV) {
-        Err(_) => (EnvFilter::new("info"), None),
+        Err(_) => (EnvFilter::new(default), None),
         Ok(text) => match EnvFilter::try_new(&text) {
             Ok(filter) => (filter, None),
-            Err(error) => (EnvFilter::new("info"), Some(format!("{FILTER_ENV}={text:?}: {error}"))),
+            Err(error) => {
+                (EnvFilter::new(default), Some(format!("{FILTER_ENV}={text:?}: {error}")))
+            }
         },
     };
     let format = Format::from_env_value(std::env::var(FORMAT_ENV).ok().as_deref());
@@ -62,7 +70,7 @@ pub fn init() {
     };
     if installed.is_ok() {
         if let Some(problem) = problem {
-            let message = format!("log filter not understood, using `info`: {problem}");
+            let message = format!("log filter not understood, using `{default}`: {problem}");
             tracing::warn!(target: "ringfence", "{message}");
         }
     }

@@ -116,12 +116,14 @@ enum Bench {
     /// new primary acknowledged, and acknowledged writes lost (re-sent with their request ids
     /// at the end). Real processes: etcd and the `ringfence` binary next to this one.
     Failover(FailoverArgs),
-    /// Every benchmark above but `failover` in one run, written to a directory: `report.md`
-    /// (the machine, then a table per scenario with ratios to its baselines and peers),
-    /// `rows.jsonl`, one `.hgrm` percentile distribution per histogram (microseconds) and SVG
-    /// charts (latency by percentile, throughput by offered rate). A progress line on stderr
-    /// shows which benchmark runs. Exits nonzero if a benchmark failed (the report still says
-    /// what the others measured).
+    /// Every benchmark but `failover` and `load` in one run (`ring`, `blp`, `pipeline`, `ack`,
+    /// `journal`, `replay`, `tcp`, `http`, `redis` when `redis-server` is on the PATH, and
+    /// `replication`), written to a directory: `report.md` (the machine and the build, then a
+    /// table per scenario with ratios to its baselines and peers), `rows.jsonl`, one `.hgrm`
+    /// percentile distribution per histogram (microseconds) and SVG charts (latency by
+    /// percentile, throughput by offered rate). A progress line on stderr shows which
+    /// benchmark runs; logs are at `warn` unless RINGFENCE_LOG says otherwise. Exits nonzero
+    /// if a benchmark failed (the report still says what the others measured).
     Report(ReportArgs),
     /// Reservations against a node you run (your machines, your network, a pair in sync
     /// mode): one unit of `--sku` per request, each for a new user, over the binary protocol
@@ -184,7 +186,9 @@ struct FailoverArgs {
 
 fn main() {
     let cli = Cli::parse();
-    ringfence_ingress::logging::init();
+    // The report's progress line would drown in the nodes' `info` lines.
+    let quiet = matches!(cli.bench, Bench::Report(_));
+    ringfence_ingress::logging::init_with_default(if quiet { "warn" } else { "info" });
     match cli.bench {
         Bench::Blp(common) => blp::run(common),
         Bench::Tcp(common) => net::run_tcp(common),

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{TempDir, perf};
+use common::{TempDir, perf, perf_default_log};
 
 /// Shrinks the quick plan for a debug build; `report --quick` runs the same code unscaled.
 const SCALE: &str = "0.01";
@@ -74,7 +74,7 @@ fn the_quick_report_writes_every_table_chart_and_histogram() {
     // .hgrm file per row, all linked from report.md.
     let out = TempDir::new("quick");
     let dir = out.0.to_str().expect("a UTF-8 temp dir");
-    let output = perf(&["report", "--quick", "--scale", SCALE, "--out", dir]);
+    let output = perf_default_log(&["report", "--quick", "--scale", SCALE, "--out", dir]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "report failed:\n{stderr}");
     assert!(stderr.contains("[ 1/10] ring") && stderr.contains("[10/10] replication"), "{stderr}");
@@ -82,6 +82,12 @@ fn the_quick_report_writes_every_table_chart_and_histogram() {
     for field in ["## Machine", "| CPU | ", "| cores | ", "| kernel | ", "### Wait strategy"] {
         assert!(markdown.contains(field), "report.md lacks {field:?}");
     }
+    // The build names its source and its compiler, so a published report can be traced.
+    let build = markdown.lines().find(|line| line.starts_with("| build | ")).expect("no build");
+    assert!(build.contains("commit ") || build.contains("no git checkout"), "{build}");
+    assert!(build.contains("rustc "), "{build}");
+    // The nodes' `info` lines are left out of the report's progress.
+    assert!(!stderr.contains(" INFO "), "{stderr}");
     let mut linked = BTreeSet::new();
     for scenario in SCENARIOS {
         linked.extend(check_scenario(&markdown, &out.0, scenario));

@@ -73,7 +73,13 @@ fn machine(text: &mut String, meta: &Meta, sections: &[Section]) {
     if let Some(others) = &meta.others_cpu {
         let _ = writeln!(text, "| during the run | {others} |");
     }
-    let _ = writeln!(text, "| build | {build}, ringfence-perf {} |\n", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(
+        text,
+        "| build | {build}, ringfence-perf {}, {}; {} |\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("RINGFENCE_PERF_SOURCE"),
+        env!("RINGFENCE_PERF_RUSTC")
+    );
     let _ = writeln!(text, "### Wait strategy and pinning\n\n| section | threads |\n|---|---|");
     for section in sections {
         let key = section.spec.key;

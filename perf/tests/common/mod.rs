@@ -14,6 +14,16 @@ pub fn perf(args: &[&str]) -> Output {
         .expect("run ringfence-perf")
 }
 
+/// Runs the `ringfence-perf` binary of this build with `args` and no log filter set: logging
+/// as the command does by default.
+pub fn perf_default_log(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringfence-perf"))
+        .args(args)
+        .env_remove("RINGFENCE_LOG")
+        .output()
+        .expect("run ringfence-perf")
+}
+
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
