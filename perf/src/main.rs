@@ -146,8 +146,17 @@ struct ReportArgs {
     /// Multiplies every workload's counts and durations. Below 1 for smoke runs, as the
     /// report's own test does (`--quick --scale 0.01` in a debug build); the figures of a
     /// scaled run are not the plan's, and the report says so.
-    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0, allow_negative_numbers = true,
+          value_parser = parse_scale)]
     scale: f64,
+}
+
+/// `--scale`: a finite number above 0, refused as a usage error otherwise.
+fn parse_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(factor) if factor.is_finite() && factor > 0.0 => Ok(factor),
+        _ => Err("--scale must be a positive number (1 is the plan itself)".to_owned()),
+    }
 }
 
 /// Options of the pipeline benchmark.

@@ -297,9 +297,13 @@ fn a_directory_that_cannot_be_made_is_refused_before_anything_runs() {
 
 #[test]
 fn a_scale_that_is_not_positive_is_refused() {
-    // Goal: `--scale 0` is a usage error with a message, not an empty report.
+    // Goal: `--scale 0` (or a negative, infinite or unparsable factor) is a usage error with
+    // a message, as clap's own are, not an empty report.
     let out = TempDir::new("scale");
-    let output = perf(&["report", "--scale", "0", "--out", out.0.to_str().unwrap()]);
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--scale must be a positive"));
+    for factor in ["0", "-1", "inf", "nan", "x"] {
+        let output = perf(&["report", "--scale", factor, "--out", out.0.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "--scale {factor}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--scale must be a positive"), "--scale {factor}: {stderr}");
+    }
 }
