@@ -41,8 +41,9 @@ fn header(text: &mut String, meta: &Meta) {
          two runs; the `ring`, `journal` and `ack` rows start cold); requests unanswered when \
          a run gave up count at \
          the time they waited; compare rows of this run as ratios. \
-         Percentiles are HdrHistogram's (3 significant digits); each row's full distribution \
-         is in its `.hgrm` file, in microseconds.\n"
+         Percentiles are HdrHistogram's (3 significant digits); a dash where a row has fewer \
+         samples than the percentile needs to differ from the maximum (1 / (1 - p): 1,000 for \
+         p99.9). Each row's full distribution is in its `.hgrm` file, in microseconds.\n"
     );
     if cfg!(debug_assertions) {
         let _ = writeln!(text, "**Debug build: these figures are not benchmarks.**\n");
@@ -148,6 +149,11 @@ fn scenario_text(
         let _ = writeln!(text, "{}", table_row(row));
     }
     text.push('\n');
+    let before = text.len();
+    fell_behind(text, &rows);
+    if text.len() > before {
+        text.push('\n');
+    }
     ratios(text, section, scenario);
     for (title, chart) in charts {
         let _ = writeln!(text, "![{title}]({chart})\n");
@@ -170,8 +176,11 @@ fn table_row(row: &Row) -> String {
         Offered::Max => "max".to_owned(),
         Offered::None => "—".to_owned(),
     };
-    let percentiles: Vec<String> =
-        [0.5, 0.9, 0.99, 0.999, 0.9999].map(|q| format_ns(h.value_at_quantile(q))).to_vec();
+    let percentiles: Vec<String> = [0.5, 0.9, 0.99, 0.999, 0.9999]
+        .map(|q| {
+            if supports(h.len(), q) { format_ns(h.value_at_quantile(q)) } else { "—".to_owned() }
+        })
+        .to_vec();
     format!(
         "| `{}` | {offered} | {} | {:.3} | {} | {} | {} | {} |",
         row.variant,
@@ -182,6 +191,34 @@ fn table_row(row: &Row) -> String {
         format_ns(h.max()),
         h.len()
     )
+}
+
+/// Whether `samples` are enough for the quantile `q` to be told from the maximum: at least
+/// 1 / (1 - q) of them (100 for p99).
+fn supports(samples: u64, q: f64) -> bool {
+    assert!((0.0..1.0).contains(&q), "quantile {q}");
+    // Rounded: 1 / (1 - 0.9999) is a hair above 10,000 in binary floating point.
+    samples >= (1.0 / (1.0 - q)).round() as u64
+}
+
+/// Rows at a fixed offered rate that achieved less than 95% of it: they fell behind, and
+/// their latencies include the queue that built up. Said under the table, as a note.
+fn fell_behind(text: &mut String, rows: &[(usize, &Row)]) {
+    for (_, row) in rows {
+        let Offered::Rate(rate) = offered(row) else { continue };
+        let achieved = row.ops_per_sec();
+        if rate > 0.0 && achieved < 0.95 * rate {
+            let _ = writeln!(
+                text,
+                "- `{}` achieved {} of the {} offered ({:.0}%): it fell behind, and its latencies \
+                 include the queue that built up.",
+                row.variant,
+                format_rate(achieved),
+                format_rate(rate),
+                100.0 * achieved / rate
+            );
+        }
+    }
 }
 
 /// The comparisons whose compared row is in `scenario`, as ratios.
@@ -292,6 +329,34 @@ mod tests {
         assert_eq!(&cells[..5], ["`ringfence_tcp @20k/s`", "20k/s", "40000", "2.000", "20k/s"]);
         assert_eq!(cells[5], "2.0us");
         assert_eq!(cells[11], "4");
+    }
+
+    #[test]
+    fn percentiles_a_row_has_too_few_samples_for_are_dashes_and_a_row_behind_its_rate_noted() {
+        // Goal: with 300 samples p99.9 and p99.99 would read as the maximum: they are dashes,
+        // while p99 (100 samples needed) is shown. A row achieving 90% of its offered rate is
+        // noted as behind it; one at 98% is not.
+        let mut histogram = latency_histogram();
+        for ns in 1..=300 {
+            histogram.record(ns * 1_000).unwrap();
+        }
+        let row = Row::new("s", "behind @20k/s", 18_000, 1.0, histogram.clone())
+            .with("offered_per_sec", 20_000);
+        let line = table_row(&row);
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        assert_ne!(cells[7], "—", "p99 of 300 samples: {line}");
+        assert_eq!(&cells[8..10], ["—", "—"], "{line}");
+        assert_eq!(cells[10], format_ns(histogram.max()), "{line}");
+        let kept =
+            Row::new("s", "kept @20k/s", 19_600, 1.0, histogram).with("offered_per_sec", 20_000);
+        let mut text = String::new();
+        fell_behind(&mut text, &[(0, &row), (1, &kept)]);
+        assert!(
+            text.contains("`behind @20k/s` achieved 18k/s of the 20k/s offered (90%)"),
+            "{text}"
+        );
+        assert!(!text.contains("kept"), "{text}");
+        assert!(supports(10_000, 0.9999) && !supports(9_999, 0.9999));
     }
 
     #[test]
