@@ -1284,6 +1284,13 @@ fn refuse_while_locked(dir: &Path) -> Result<(), JournalError> {
     })
 }
 
+/// `dir` opened without its lock, for a repair's read-only check before it takes the lock;
+/// refused while a node runs ([`refuse_while_locked`]).
+fn unlocked_unless_running(dir: &Path) -> Result<FileStorage, JournalError> {
+    refuse_while_locked(dir)?;
+    FileStorage::open(dir).map_err(|e| JournalError::io(format!("opening {}", dir.display()), e))
+}
+
 /// The error of a truncation that failed at `at`. One that had started (its `truncating`
 /// marker is there) may have removed segments or cut one: the records it was dropping are
 /// kept in the rollback file, and running it again (or the node's next start) finishes it.
@@ -1386,9 +1393,7 @@ fn rebuild(args: &RebuildArgs) -> Result<ExitCode, JournalError> {
     }
     // A refusal changes nothing: a node running and every rebuild `rebuild` refuses are
     // refused before the lock file is made (or its pid rewritten).
-    refuse_while_locked(&args.dir)?;
-    let unlocked = FileStorage::open(&args.dir)
-        .map_err(|e| JournalError::io(format!("opening {}", args.dir.display()), e))?;
+    let unlocked = unlocked_unless_running(&args.dir)?;
     ringfence_journal::rebuild::check(&unlocked)?;
     drop(unlocked);
     // Exclusive: a node appending to the journal would write into segments set aside here.
@@ -1428,9 +1433,7 @@ fn reconfigure(args: &ReconfigureArgs) -> Result<ExitCode, JournalError> {
     drop(source);
     // A refusal changes nothing: a node running and every carry-over `reconfigure` refuses
     // before it writes are refused before the lock file is made (or its pid rewritten).
-    refuse_while_locked(&args.dir)?;
-    let unlocked = FileStorage::open(&args.dir)
-        .map_err(|e| JournalError::io(format!("opening {}", args.dir.display()), e))?;
+    let unlocked = unlocked_unless_running(&args.dir)?;
     ringfence_journal::reconfigure::check(&unlocked, &engine)?;
     drop(unlocked);
     // Exclusive: a node appending to the journal would write into segments set aside here.
@@ -1535,9 +1538,7 @@ fn heal(args: &HealArgs) -> Result<ExitCode, JournalError> {
     let options = ringfence_journal::heal::HealOptions { end_at_copy: args.end_at_copy };
     // A refusal changes nothing: a node running and every heal `heal` refuses before its
     // first repair are refused before the lock file is made (or its pid rewritten).
-    refuse_while_locked(&args.dir)?;
-    let unlocked = FileStorage::open(&args.dir)
-        .map_err(|e| JournalError::io(format!("opening {}", args.dir.display()), e))?;
+    let unlocked = unlocked_unless_running(&args.dir)?;
     ringfence_journal::heal::check(&unlocked, &mut peer, options)?;
     drop(unlocked);
     // Exclusive: a node appending to the journal may be writing the segment healed here. The
