@@ -1,6 +1,6 @@
 //! Connections that linger after the server closed them, against the connection limits (they
-//! give way to new clients at once), and a binary connection that lingers with commands still
-//! in flight (their answers are dropped, not held for a client that cannot get them).
+//! give way to new clients at once), and a binary connection whose fatal error waits for a
+//! command still in flight (it does not linger until that command is answered).
 
 mod common;
 
@@ -133,33 +133,63 @@ fn at_the_connection_limit_a_lingering_binary_connection_gives_way_once_quiet() 
     server.shutdown().unwrap();
 }
 
-/// Starts a gate server, opens a binary connection that has one command in flight and then
-/// sends a bad frame: the server answers a fatal error and the connection lingers with the
-/// command still in flight; then the command is answered. Returns the server, the gate and
-/// the client's socket (still open).
-fn lingering_with_a_command_answered_after() -> (ringfence_ingress::ServerHandle, Gate, TcpStream) {
+/// Starts a gate server and a binary connection that sends, in one write, a command the gate
+/// holds, a `PING` and a bad frame; returns once the `PONG` (which overtakes the held command's
+/// answer) shows the server read them all. The fatal error for the bad frame waits for the
+/// command's answer.
+fn a_fatal_error_behind_a_held_command() -> (ringfence_ingress::ServerHandle, Gate, TcpStream) {
     let config = ServerConfig { drain_timeout_ms: 60_000, ..ServerConfig::loopback() };
     let (server, gate) = Gate::start(config);
     let mut client = TcpStream::connect(server.binary_addr().unwrap()).unwrap();
-    let mut frame = Vec::new();
-    wire::encode_command(&mut frame, 1, &Command::Query(Query::Sku(SkuId(1))));
-    client.write_all(&frame).unwrap();
+    let mut bytes = Vec::new();
+    wire::encode_command(&mut bytes, 1, &Command::Query(Query::Sku(SkuId(1))));
+    wire::encode_empty(&mut bytes, wire::Kind::Ping, 2);
+    bytes.extend_from_slice(&[0xff; 64]);
+    client.write_all(&bytes).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut pong = [0u8; wire::BODY_OFFSET];
+    client.read_exact(&mut pong).unwrap();
+    let (frame, _) = wire::try_frame(&pong).unwrap().expect("one whole frame");
+    assert_eq!((frame.kind, frame.correlation), (wire::Kind::Pong, 2));
     gate.wait_held(1);
-    client.write_all(&[0xff; 64]).unwrap();
-    let error = read_error_frame(&mut client);
-    assert!(error.fatal, "{error:?}");
-    // The connection lingers now (the client reads the end of the stream).
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(gate.release_all(), 1);
-    std::thread::sleep(Duration::from_millis(200));
     (server, gate, client)
 }
 
+/// Reads until the server ends the stream: the frames received, in order.
+fn frames_until_close(stream: &mut TcpStream) -> Vec<(u64, Response)> {
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buffer = Vec::new();
+    stream.read_to_end(&mut buffer).expect("the stream ends, not reset");
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some((frame, used)) = wire::try_frame(&buffer[at..]).unwrap() {
+        at += used;
+        frames.push((frame.correlation, wire::decode_response(&frame).unwrap()));
+    }
+    assert_eq!(at, buffer.len(), "nothing but whole frames");
+    frames
+}
+
+/// Asserts `frames` are the held command's answer, then the fatal error for the bad frame.
+fn assert_answer_then_fatal(frames: &[(u64, Response)]) {
+    let [(1, Response::Outcome(_)), (0, Response::Error(error))] = frames else {
+        panic!("the command's answer, then the fatal error: {frames:?}");
+    };
+    assert!(error.fatal, "{error:?}");
+}
+
 #[test]
-fn a_lingering_connection_holds_no_output_for_answers_that_came_after_it_closed() {
-    // Goal: once a connection has shut its sending side nothing more can reach its client, so
-    // an answer that completes afterwards is not buffered for it.
-    let (server, _gate, client) = lingering_with_a_command_answered_after();
+fn a_fatal_error_waits_for_the_answer_to_a_command_read_before_it() {
+    // Goal: while a command read before a bad frame is unanswered, its connection neither
+    // sends the fatal error nor closes; once the command is answered, the answer, the error
+    // and the end of the stream follow in that order, and nothing stays buffered for it.
+    let (server, gate, mut client) = a_fatal_error_behind_a_held_command();
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut early = [0u8; 1];
+    let read = client.read(&mut early);
+    assert!(read.is_err(), "nothing before the held command's answer: {read:?}");
+    assert_eq!(gate.release_all(), 1);
+    assert_answer_then_fatal(&frames_until_close(&mut client));
     let http = server.http_addr().unwrap();
     let held = metric(http, "ringfence_outbound_buffered_bytes");
     assert_eq!(held, 0, "bytes buffered for a connection whose sending side is shut");
@@ -168,13 +198,19 @@ fn a_lingering_connection_holds_no_output_for_answers_that_came_after_it_closed(
 }
 
 #[test]
-fn a_stop_is_not_held_by_a_lingering_connection_answered_after_it_closed() {
-    // Goal: with nothing in flight, a stop drains at once; a lingering connection whose late
-    // answer could never be written does not hold it up.
-    let (server, _gate, client) = lingering_with_a_command_answered_after();
-    let began = Instant::now();
-    server.shutdown().unwrap();
-    let took = began.elapsed();
-    drop(client);
-    assert!(took < Duration::from_millis(800), "the stop took {took:?}");
+fn a_stop_answers_a_connection_whose_fatal_error_waits_then_sends_the_error() {
+    // Goal: a server stopping drains a connection whose fatal error waits for an answer like
+    // any other: the answer coming during the drain is written, then the error, then the end.
+    let (server, gate, mut client) = a_fatal_error_behind_a_held_command();
+    let http = server.http_addr().unwrap();
+    let stopping = std::thread::spawn(move || server.shutdown());
+    // The listeners close when the stop begins.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(http).is_ok() {
+        assert!(Instant::now() < deadline, "the stop did not begin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(gate.release_all(), 1);
+    assert_answer_then_fatal(&frames_until_close(&mut client));
+    stopping.join().unwrap().unwrap();
 }

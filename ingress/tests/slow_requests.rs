@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use common::gate::Gate;
 use common::{Http, start};
-use ringfence_core::Command;
+use ringfence_core::{Command, Query, SkuId};
 use ringfence_ingress::ServerConfig;
 use ringfence_ingress::wire::{self, Kind, Response};
 
@@ -141,6 +141,44 @@ fn a_408_never_overtakes_the_answer_owed_to_an_earlier_request() {
     let first = http.read_response().expect("the answer owed");
     assert_eq!(first.status, 404, "{:?}", String::from_utf8_lossy(&first.body));
     assert!(http.read_response().is_none(), "the connection closes after the answer owed");
+    server.shutdown().unwrap();
+}
+
+/// `ringfence_timeouts_total` as `/metrics` reports it, asked on a connection of its own.
+fn timeouts(server: &ringfence_ingress::ServerHandle) -> u64 {
+    let mut probe = Http::connect(server.http_addr().unwrap());
+    let text = String::from_utf8(probe.call("GET", "/metrics", None, None).body).unwrap();
+    let line = text.lines().find(|line| line.starts_with("ringfence_timeouts_total ")).unwrap();
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_binary_timeout_never_overtakes_the_answer_owed_to_an_earlier_command() {
+    // Goal: the same on the binary port: a half-sent frame that times out behind a command
+    // still in flight is dropped, and the fatal `timeout` follows that command's answer, then
+    // the connection closes. Without it the answer would be lost with the connection.
+    let config = ServerConfig { request_timeout_ms: 1_000, ..ServerConfig::loopback() };
+    let (server, gate) = Gate::start(config);
+    let mut stream = TcpStream::connect(server.binary_addr().unwrap()).unwrap();
+    let mut frame = Vec::new();
+    wire::encode_command(&mut frame, 1, &Command::Query(Query::Sku(SkuId(1))));
+    stream.write_all(&frame).unwrap();
+    gate.wait_held(1);
+    let mut ping = Vec::new();
+    wire::encode_empty(&mut ping, Kind::Ping, 2);
+    stream.write_all(&ping[..ping.len() - 2]).unwrap();
+    // The half-sent ping times out while the node holds the command.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while timeouts(&server) == 0 {
+        assert!(Instant::now() < deadline, "the half-sent frame never timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    gate.release_all();
+    let frames = read_frames(&mut stream, 3, Duration::from_secs(20));
+    let [Response::Outcome(_), Response::Error(error)] = frames.as_slice() else {
+        panic!("the answer owed, then the timeout: {frames:?}");
+    };
+    assert_eq!((error.code, error.fatal), (wire::ErrorCode::Timeout, true));
     server.shutdown().unwrap();
 }
 

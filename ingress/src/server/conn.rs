@@ -3,7 +3,9 @@
 //! HTTP responses must leave in request order, but commands complete asynchronously, so each
 //! HTTP connection keeps a queue of response slots: a slot is filled when its outcome arrives
 //! and the filled prefix of the queue is moved to the output buffer. Binary responses carry
-//! correlation ids and go out as soon as they are ready.
+//! correlation ids and go out as soon as they are ready, but for a fatal error frame: it is
+//! the connection's last, held until every command read before the frame it refuses is
+//! answered ([`Conn::release_held_fatal`]).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -57,6 +59,14 @@ pub(super) struct Flight {
     pub submitted: Instant,
 }
 
+/// A fatal error frame held back behind answers still owed, and since when.
+#[derive(Debug)]
+struct HeldFatal {
+    correlation: u64,
+    frame: ErrorFrame,
+    since: Instant,
+}
+
 /// What one read from the socket gave.
 pub(super) enum ReadResult {
     /// Bytes arrived; `drained` when they did not fill the space offered, so the socket had
@@ -102,11 +112,14 @@ pub(super) struct Conn {
     pub turn_left: u32,
     /// The peer closed its sending side.
     pub read_closed: bool,
-    /// No more requests are read (HTTP `Connection: close` or a framing error); the
-    /// connection closes once everything read is answered.
+    /// No more requests are read (HTTP `Connection: close` or a framing error, a binary fatal
+    /// error held); the connection closes once everything read is answered.
     pub stop_reading: bool,
     /// A fatal error frame or response was queued: close once it is written.
     pub closing: bool,
+    /// A binary fatal error frame waiting for the answers to the commands read before the
+    /// frame it refuses: queued, and `closing` set, when the last comes in.
+    held_fatal: Option<HeldFatal>,
     /// The socket failed: close now.
     pub dead: bool,
     pub bucket: TokenBucket,
@@ -165,6 +178,7 @@ impl Conn {
             read_closed: false,
             stop_reading: false,
             closing: false,
+            held_fatal: None,
             dead: false,
             bucket: TokenBucket::new(config.rate_per_sec, config.rate_burst, now),
             last_activity: now,
@@ -243,6 +257,7 @@ impl Conn {
         if self.dead || self.read_closed {
             return false;
         }
+        assert_eq!(self.in_flight, 0, "a fatal error frame waits for the answers owed");
         assert_eq!(self.out_pending(), 0, "everything owed was handed to the kernel");
         if self.stream.shutdown(std::net::Shutdown::Write).is_err() {
             return false;
@@ -426,11 +441,36 @@ impl Conn {
         );
     }
 
+    /// Queues a binary error frame. A fatal one is the connection's last frame: with commands
+    /// still in flight it is held until they are answered ([`Conn::release_held_fatal`]), and
+    /// nothing more is read meanwhile; what was read past the refused frame is dropped unparsed.
     fn send_error_frame(&mut self, correlation: u64, frame: ErrorFrame) {
+        if frame.fatal && self.in_flight > 0 {
+            assert!(self.held_fatal.is_none(), "nothing is read after a fatal error");
+            assert!(!self.closing, "nothing is in flight once the last frame is queued");
+            self.input_start = self.input_end;
+            self.stop_reading = true;
+            self.partial_since = None;
+            self.held_fatal = Some(HeldFatal { correlation, frame, since: Instant::now() });
+            return;
+        }
         wire::encode_error(self.out_buffer(), correlation, &frame);
         if frame.fatal {
             self.closing = true;
         }
+    }
+
+    /// Queues the fatal error frame held for answers owed, if one is: when the last of them
+    /// was written, or when the connection gives up on them (they did not come within
+    /// `request_timeout_ms`, or the server's drain ended). Nothing is written after it, and
+    /// the connection closes once it is written. `true` when a frame was queued.
+    pub fn release_held_fatal(&mut self, now: Instant) -> bool {
+        let Some(held) = self.held_fatal.take() else { return false };
+        assert!(held.frame.fatal, "only a fatal error frame is held");
+        assert!(self.stop_reading, "nothing is read while a fatal error frame is held");
+        wire::encode_error(self.out_buffer_at(now), held.correlation, &held.frame);
+        self.closing = true;
+        true
     }
 
     /// Queues a binary frame built by `encode`.
@@ -493,7 +533,8 @@ impl Conn {
         self.push_http_pending(head_only);
     }
 
-    /// Delivers a completed command's outcome, at `now`.
+    /// Delivers a completed command's outcome, at `now`; after the last one owed, a fatal error
+    /// frame held for them.
     pub fn complete(
         &mut self,
         flight: &Flight,
@@ -502,6 +543,19 @@ impl Conn {
         now: Instant,
     ) {
         self.in_flight -= 1;
+        self.deliver(flight, result, config, now);
+        if self.in_flight == 0 {
+            self.release_held_fatal(now);
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        flight: &Flight,
+        result: &Result<Outcome, Refusal>,
+        config: &ServerConfig,
+        now: Instant,
+    ) {
         match (flight.reply, result) {
             (Reply::Binary { correlation }, Ok(outcome)) => {
                 wire::encode_outcome(self.out_buffer_at(now), correlation, outcome);
@@ -509,7 +563,9 @@ impl Conn {
             (Reply::Binary { correlation }, Err(refused)) => {
                 let (code, retry_after_ms, message) =
                     refusal::error_frame(refused, Stage::Completion, config.busy_retry_ms);
-                self.send_error(correlation, code, retry_after_ms, message);
+                // An answer: never fatal, so never held behind the other answers.
+                let frame = ErrorFrame { code, fatal: false, retry_after_ms, message };
+                wire::encode_error(self.out_buffer_at(now), correlation, &frame);
             }
             (Reply::Http { seq, keep_alive }, result) => {
                 let response = match result {
@@ -582,6 +638,10 @@ impl Conn {
         if self.out_pending() > 0 && now.duration_since(self.last_write) >= request_timeout {
             return Some("client did not read its responses within request_timeout_ms");
         }
+        let held_since = self.held_fatal.as_ref().map(|held| held.since);
+        if held_since.is_some_and(|since| now.saturating_duration_since(since) >= request_timeout) {
+            return Some("answers owed before a fatal error not given within request_timeout_ms");
+        }
         // A connection whose reading paused (its address's budget is in use by its other
         // connections, say) waits for the server, not the other way round.
         let idle = self.in_flight == 0
@@ -594,21 +654,28 @@ impl Conn {
         None
     }
 
-    /// For an HTTP connection whose half-sent request timed out while earlier requests are
-    /// still owed answers: drops that request, reads nothing more, and lets the connection
-    /// close once those answers are written (`is_finished`). A response goes to the oldest
+    /// For a connection whose half-sent request timed out while earlier requests are still owed
+    /// answers: drops that request, reads nothing more, and lets the connection close once
+    /// those answers are written (`is_finished`); on the binary port the `timeout` error
+    /// saying `why` follows them, as every fatal error does. A response goes to the oldest HTTP
     /// request unanswered, so a 408 sent first would read as one of theirs. `false` where
     /// nothing is owed, or nothing is half-sent: the connection closes now.
-    pub fn finish_before_closing(&mut self) -> bool {
+    pub fn finish_before_closing(&mut self, why: &str) -> bool {
         let owed = self.in_flight > 0 || !self.http_queue.is_empty();
         let open = !(self.dead || self.closing);
-        if self.protocol != Protocol::Http || !owed || !open || self.partial_since.is_none() {
+        if !owed || !open || self.partial_since.is_none() {
             return false;
         }
-        self.input_start = self.input_end;
-        self.stop_reading = true;
-        self.partial_since = None;
-        assert!(!self.can_read() && !self.is_finished(), "answers owed, nothing more read");
+        match self.protocol {
+            Protocol::Binary => self.send_error(0, ErrorCode::Timeout, 0, why.to_owned()),
+            Protocol::Http => {
+                self.input_start = self.input_end;
+                self.stop_reading = true;
+                self.partial_since = None;
+            }
+        }
+        assert!(!self.can_read(), "nothing more read");
+        assert!(!self.is_finished(), "answers owed");
         true
     }
 

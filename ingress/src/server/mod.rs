@@ -161,13 +161,17 @@ pub struct ServerConfig {
     /// A request must arrive whole within this long of its first byte, and a response being
     /// written must be taken within it. A half-sent request that runs out is answered 408
     /// (`timeout` on the binary port) and the connection closed; behind requests still owed
-    /// answers it is dropped instead, and the connection closes once they are written.
+    /// answers it is dropped instead, and the connection closes once they are written (the
+    /// binary `timeout` after them). A binary fatal error waits this long at most for the
+    /// answers owed before it; then it is sent without them and the connection closed.
     pub request_timeout_ms: u64,
     /// Retry hint sent with `busy` and capacity refusals on the binary port.
     pub busy_retry_ms: u32,
     /// Bad-input warnings printed per second at most.
     pub warnings_per_sec: u32,
-    /// How long a shutdown waits for commands in flight to be answered before closing.
+    /// How long a shutdown waits for commands in flight to be answered before closing. A binary
+    /// fatal error still waiting for answers then is sent without them, as far as the socket
+    /// takes it at once.
     pub drain_timeout_ms: u64,
     /// The admin bearer token; without one, admin calls are refused.
     pub admin_token: Option<String>,
@@ -576,7 +580,15 @@ impl<B: Backend> Server<B> {
                 }
             }
         }
+        let now = Instant::now();
         for index in 0..self.conns.len() {
+            // A fatal error held for answers the drain did not bring goes out without them, as
+            // far as the socket takes it now.
+            if let Some(conn) = self.conns[index].as_mut()
+                && conn.release_held_fatal(now)
+            {
+                conn.flush(now);
+            }
             self.close(index);
         }
         self.backend.close();
@@ -960,7 +972,7 @@ impl<B: Backend> Server<B> {
                 if listener_busy && reason.starts_with("idle") && quiet_for < normal {
                     self.metrics.busy_idle_timeouts += 1;
                 }
-                if conn.finish_before_closing() {
+                if conn.finish_before_closing("request not completed in time") {
                     self.log.warn(
                         now,
                         format_args!(
@@ -971,6 +983,8 @@ impl<B: Backend> Server<B> {
                     continue;
                 }
                 self.log.warn(now, format_args!("closing a connection: {reason}"));
+                // A fatal error held for answers that did not come goes out without them.
+                conn.release_held_fatal(now);
                 conn.write_timeout_notice("request not completed in time");
                 conn.flush(now);
                 self.close(index);
@@ -1005,8 +1019,8 @@ impl<B: Backend> Server<B> {
             let Some(conn) = self.conns.get_mut(flight.conn).and_then(Option::as_mut) else {
                 continue;
             };
-            // A connection closing (lingering, its sending side shut after a fatal error
-            // with commands still in flight) takes no more answers.
+            // An answer for a connection since closed is dropped, as is one for a lingering
+            // connection, though none can be: it was owed nothing when it began to linger.
             if conn.id != flight.conn_id || conn.lingering_since().is_some() {
                 continue;
             }

@@ -112,7 +112,9 @@ impl<B: Backend> Server<B> {
     }
 
     fn serve_binary(&mut self, conn: &mut Conn, index: usize, now: Instant) {
-        while !(conn.closing || conn.dead || self.held_back(conn, index, now)) {
+        // A fatal error stops reading: at once (`closing`) or behind answers (`stop_reading`).
+        while !(conn.closing || conn.dead || conn.stop_reading || self.held_back(conn, index, now))
+        {
             let (correlation, decoded) =
                 match wire::try_frame(&conn.input[conn.input_start..conn.input_end]) {
                     Ok(None) => return,
