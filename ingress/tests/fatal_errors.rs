@@ -1,7 +1,8 @@
 //! A fatal `ERROR` on the binary port is the connection's last frame: the answers to every
 //! command read before the refused frame come first, then the error, then the end of the
 //! stream. A fatal error with nothing owed closes at once, and one whose answers do not come
-//! goes out without them within `request_timeout_ms`, or when the server stops.
+//! goes out without them within `request_timeout_ms`, or when the server stops. HTTP's answer
+//! to a request it cannot frame keeps the same place: after the answers to those before it.
 
 mod common;
 
@@ -215,4 +216,33 @@ fn a_fatal_error_held_at_shutdown_goes_out_when_the_drain_ends() {
         panic!("the fatal error alone, then the end: {frames:?}");
     };
     assert_eq!((error.code, error.fatal), (ErrorCode::MalformedFrame, true));
+}
+
+#[test]
+fn an_http_400_follows_the_answers_to_the_requests_before_it() {
+    // Goal: reservations pipelined over HTTP ahead of a request that cannot be framed are each
+    // answered, in order, then the 400, then the connection closes.
+    let server = start_node(ServerConfig::loopback(), Topology::Compact);
+    let mut http = Http::connect(server.http_addr().unwrap());
+    create_sku(&mut http, 1, 10_000, 0, 600_000);
+    let mut bytes = Vec::new();
+    for user in 1..=RESERVES {
+        // Quantities 1, 2, 3 in turn: each answer's amount names the request it answers.
+        let qty = user % 3 + 1;
+        let body = format!(r#"{{"request_id":"http-{user}","user":{user},"sku":1,"qty":{qty}}}"#);
+        bytes.extend(Http::request_bytes("POST", "/v1/orders", Some(&body), None));
+    }
+    bytes.extend_from_slice(
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: +0\r\n\r\n",
+    );
+    http.send(&bytes);
+    for user in 1..=RESERVES {
+        let response = http.read_response().expect("an answer per reservation");
+        assert_eq!(response.status, 201, "reservation {user}: {:?}", response.json());
+        let amount_cents = (user % 3 + 1) * 500;
+        assert_eq!(response.json()["amount_cents"], amount_cents, "answers in request order");
+    }
+    assert_eq!(http.read_response().expect("the refusal").status, 400);
+    assert!(http.closed_by_server(), "the connection closes after the refusal");
+    server.shutdown().unwrap();
 }
