@@ -23,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod coordination;
+pub mod following;
 mod handshakes;
 pub mod index;
 pub mod link;

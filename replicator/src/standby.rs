@@ -23,15 +23,13 @@ use ringfence_journal::scan::{ReadOnlyDir, ReadSource};
 
 use crate::auth;
 use crate::config::ReplicationConfig;
-use crate::control::{self, Control, EpochStore, log, warn};
+use crate::control::{Control, EpochStore, log};
+use crate::following::{Answer, Following, Next, Step, Turn};
 use crate::index::DirIndex;
 use crate::message::{Behind, Message, PROTOCOL_VERSION, RefuseCode, SnapshotChunk};
 use crate::position::{JournalIndex, StandbyPosition};
 use crate::session::{Outgoing, Purpose, StandbySession, StandbyStep};
 use crate::stream::{FrameReader, WireError};
-
-/// How long to wait between connection attempts, at most.
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Where the standby's journal ends, as it tells the primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,20 +383,14 @@ impl Parked {
 /// The follower thread: joins the primary and applies its stream, reconnecting with backoff,
 /// until the control stops it (shutdown or promotion). Returns the follower once stopped, to
 /// follow again; `None` when it stopped on its own because it cannot go on (its state says
-/// why, and that only a restart helps).
+/// why, and that only a restart helps). The decisions are [`Following`]'s; this loop carries
+/// them out with sockets, the follower's poll and the monotonic clock.
 pub(crate) fn follow(control: &Control, primary: &str, parked: Parked) -> Option<Parked> {
     let stop = control.follower_stop();
-    let mut backoff = Duration::from_millis(50);
-    let mut failures = 0u64;
-    let Parked { mut follower, mut applied } = parked;
-    // The primary's last refusal, shown in `/v1/node` while the follower retries.
-    let mut refused: Option<String> = None;
+    let Parked { mut follower, applied } = parked;
+    let mut following = Following::new(control, primary, applied);
     while !stop.load(Ordering::Acquire) {
-        // Where the journal will end once the node has taken what was submitted: records
-        // still in its ring are journaled and applied before anything that follows them.
-        let journaled = applied.submitted;
-        let promised = control.epochs().promised;
-        control.set_follower(refused.as_deref().unwrap_or("connecting"), applied.answered, 0);
+        let (journaled, promised) = following.attempt(control);
         let connect = |primary: &str, timeout| {
             let deadline = Instant::now() + timeout;
             let addresses = resolve_unless_stopped(control, &mut follower, primary, deadline)?;
@@ -407,113 +399,32 @@ pub(crate) fn follow(control: &Control, primary: &str, parked: Parked) -> Option
             })
         };
         let joined = join_with(control.config(), primary, journaled, promised, connect);
-        if !matches!(joined, Ok(Joined::Stream { .. })) {
-            control.set_follower_socket(None);
-        }
-        match joined {
-            Ok(Joined::Stream { epoch, from, socket, reader, session }) => {
-                refused = None;
-                let (began, before) = (Instant::now(), applied.submitted.last_sequence);
+        let journal = || ReadOnlyDir::open(&control.config().data_dir);
+        let answer = Answer::of_join(&joined);
+        let next = following.on_answer(control, answer, journal, follower.now_ms());
+        let next = match (next, joined) {
+            (Next::Stream, Ok(Joined::Stream { socket, reader, session, .. })) => {
                 let link = Link { socket, reader, session };
-                let stream = stream(control, &mut follower, &mut applied, (epoch, from), link);
-                // A stream that took records, or lasted, was healthy: the next one starts
-                // afresh. One that broke at once — say, the epoch it brings cannot be stored
-                // on a full disk — is retried with backoff and logged a few times, not twenty
-                // times a second.
-                if applied.submitted.last_sequence > before || began.elapsed() >= BACKOFF_MAX {
-                    failures = 0;
-                    backoff = Duration::from_millis(50);
-                } else {
-                    failures += 1;
-                }
-                if let Err(error) = stream
-                    && (failures <= 3 || failures % 100 == 0)
-                {
-                    log(format_args!("replication: following {primary}: {error}"));
-                }
-                if applied.journal_failed {
-                    // Retrying cannot help: the node takes no record until it is restarted.
-                    log(format_args!(
-                        "replication: stopped following {primary}: this standby's journal \
-                         failed; restart it once the disk is fixed and it rejoins"
-                    ));
-                    control.set_follower("journal failed: restart to rejoin", applied.answered, 0);
-                    return None;
-                }
+                let streamed = stream(control, &mut follower, &mut following, link);
+                following.stream_ended(control, streamed, follower.now_ms())
             }
-            Ok(Joined::Diverged { keep_through, epoch }) => {
-                if let Err(error) = promise_epoch(control.epoch_store(), epoch) {
-                    log(format_args!("replication: storing the promise of epoch {epoch}: {error}"));
+            (next, joined) => {
+                if let Ok(Joined::Stream { socket, .. }) = joined {
+                    // The stream ended before it began (its promise could not be stored).
+                    let _ = socket.shutdown(Shutdown::Both);
                 }
-                log(format_args!(
-                    "replication: this standby holds records after {keep_through} that the \
-                     primary {primary} does not: it drops them when it starts again as a \
-                     standby (it restarts itself), and rejoins"
-                ));
-                control.set_follower(control::DIVERGED, applied.answered, 0);
-                return None;
+                control.set_follower_socket(None);
+                next
             }
-            Ok(Joined::Behind(behind)) => {
-                let journal = ReadOnlyDir::open(&control.config().data_dir);
-                let said = on_behind(control, journal, behind, primary);
-                if refused.as_deref() != Some(said.as_str()) {
-                    log(format_args!("replication: {said}"));
-                }
-                refused = Some(said);
-                failures += 1;
-            }
-            Err(JoinError::Refused { code: RefuseCode::NeedsSnapshot, epoch, text }) => {
-                // Retrying cannot help: the records this node lacks are gone from the
-                // primary's journal. A restarted standby fetches the primary's snapshot. The
-                // primary proved the secret and leads in `epoch`: promised now, as a start
-                // would, so that the fetch carries it and no primary older than this one
-                // (deposed since, reached at the same address) can serve it.
-                if let Err(error) = promise_epoch(control.epoch_store(), epoch) {
-                    log(format_args!("replication: storing the promise: {error}"));
-                }
-                log(format_args!(
-                    "replication: the primary {primary} refused this standby: {text}; it fetches \
-                     the primary's snapshot when it starts again as a standby (it restarts \
-                     itself)"
-                ));
-                control.set_follower(control::NEEDS_SNAPSHOT, applied.answered, 0);
-                return None;
-            }
-            Err(JoinError::Refused { code: RefuseCode::Version, text, .. }) => {
-                // Retrying cannot help while the two releases differ, so it is a warning, said
-                // once. The follower retries all the same, as it does every refusal that came
-                // before the primary proved the secret: anything at the primary's address can
-                // send one, and a primary put back on this release is followed again. (A
-                // standby refused so at its start stops there: `serve` exits, saying this.)
-                let said = format!("refused by the primary, retrying: {text}");
-                if refused.as_deref() != Some(said.as_str()) {
-                    warn(format_args!("replication: {}", version_refused(primary, &text)));
-                }
-                refused = Some(said);
-                failures += 1;
-            }
-            Err(error) => {
-                if matches!(error, JoinError::Refused { code: RefuseCode::Busy, .. }) {
-                    // The primary has another standby, or a journal that differs from this
-                    // one: whatever this standby held of it before, it is not its copy now.
-                    control.holds_primary_journal(false);
-                }
-                refused = match &error {
-                    JoinError::Refused { text, .. } => {
-                        Some(format!("refused by the primary, retrying: {text}"))
-                    }
-                    _ => None,
-                };
-                failures += 1;
-                if failures <= 3 || failures % 100 == 0 {
-                    log(format_args!("replication: cannot follow {primary}: {error}"));
-                }
-            }
+        };
+        assert_ne!(next, Next::Stream, "a stream ends before the next attempt");
+        if let Next::Stop(_) = next {
+            return None;
         }
-        sleep_unless_stopped(control, &mut follower, backoff);
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        let pause = Duration::from_millis(following.pause_ms());
+        sleep_unless_stopped(control, &mut follower, pause);
     }
-    Some(Parked { follower, applied })
+    Some(Parked { follower, applied: following.into_applied() })
 }
 
 /// Waits `pause` before the next connection attempt, or less if the follower is stopped:
@@ -661,14 +572,13 @@ struct Link {
 fn stream(
     control: &Control,
     follower: &mut Follower,
-    applied: &mut Applied,
-    start: (Epoch, Sequence),
+    following: &mut Following,
     link: Link,
 ) -> Result<(), String> {
     control.set_follower_socket(link.socket.try_clone().ok());
     let socket = link.socket.try_clone().map_err(|e| e.to_string());
     let result = socket.and_then(|socket| {
-        let result = apply_stream(control, follower, applied, start, link);
+        let result = apply_stream(control, follower, following, link);
         let _ = socket.shutdown(Shutdown::Both);
         result
     });
@@ -679,13 +589,10 @@ fn stream(
 fn apply_stream(
     control: &Control,
     follower: &mut Follower,
-    applied: &mut Applied,
-    (epoch, from): (Epoch, Sequence),
+    following: &mut Following,
     link: Link,
 ) -> Result<(), String> {
     let Link { socket, mut reader, mut session } = link;
-    promise(control, applied, (epoch, from))?;
-    log(format_args!("replication: following the primary in epoch {epoch} from {from}"));
     // From here the socket is read without blocking: the follower waits on the socket and on
     // its node's answers at once (`Follower::poll`), so an acknowledgement leaves as soon as
     // the journal made its records durable, however the primary's messages are batched.
@@ -694,49 +601,36 @@ fn apply_stream(
         mio::net::TcpStream::from_std(socket.try_clone().map_err(|e| e.to_string())?);
     let registry = follower.poll.registry();
     registry.register(&mut readable, SOCKET, Interest::READABLE).map_err(|e| e.to_string())?;
-    let streamed = follow_stream(control, follower, applied, &socket, &mut reader, &mut session);
+    let streamed = follow_stream(control, follower, following, &socket, &mut reader, &mut session);
     let _ = follower.poll.registry().deregister(&mut readable);
     streamed
 }
 
 /// The streaming loop: takes the whole messages that have arrived, hands their records to the
-/// node, acknowledges what the node has answered, then waits for more of either.
+/// node, acknowledges what the node has answered ([`Following::turn`]), then waits for more of
+/// either.
 fn follow_stream(
     control: &Control,
     follower: &mut Follower,
-    applied: &mut Applied,
+    following: &mut Following,
     socket: &TcpStream,
     reader: &mut FrameReader<TcpStream>,
     session: &mut StandbySession,
 ) -> Result<(), String> {
-    let config = control.config();
-    // Silence for three heartbeats (or the replication timeout) means the primary is gone.
-    let silence =
-        Duration::from_millis(config.heartbeat_ms.saturating_mul(3).max(config.timeout_ms));
     let stop = control.follower_stop();
-    let mut heard = Instant::now();
     while !stop.load(Ordering::Acquire) {
-        let drained =
-            take_arrived(control, follower, applied, socket, reader, session, &mut heard)?;
-        applied.collect(&mut follower.node)?;
-        assert!(applied.answered <= applied.submitted.last_sequence, "answered, not submitted");
-        // A record is answered only once journaled (durable under this node's policy) and
-        // applied here: what is answered is what this standby holds.
-        let held = applied.answered;
-        // Progress first: a directory that has just caught up says so in this acknowledgement.
-        report_progress(control, session, held);
-        if let Some(ack) = session.ack(held, held, control.epoch_store().catching_up()) {
+        let drained = take_arrived(control, follower, following, socket, reader, session)?;
+        let now_ms = follower.now_ms();
+        let Turn { ack, next } = following.turn(control, session, &mut follower.node, now_ms)?;
+        if let Some(ack) = ack {
             send(socket, &Outgoing::Ack(ack)).map_err(|e| e.to_string())?;
         }
-        let left = silence.saturating_sub(heard.elapsed());
-        if left.is_zero() {
-            return Err(format!("the primary was silent for {} ms", silence.as_millis()));
-        }
+        let left_ms = next?;
         if !drained {
             // More has arrived already, and the poll (edge-triggered) would not say so again.
             continue;
         }
-        let wait = Some(left.min(STOP_CHECK));
+        let wait = Some(Duration::from_millis(left_ms).min(STOP_CHECK));
         match follower.poll.poll(&mut follower.events, wait) {
             // A signal (a stopped process continued, say) ended the wait: look again.
             Err(error) if error.kind() != io::ErrorKind::Interrupted => {
@@ -757,11 +651,10 @@ fn follow_stream(
 fn take_arrived(
     control: &Control,
     follower: &mut Follower,
-    applied: &mut Applied,
+    following: &mut Following,
     socket: &TcpStream,
     reader: &mut FrameReader<TcpStream>,
     session: &mut StandbySession,
-    heard: &mut Instant,
 ) -> Result<bool, String> {
     let config = control.config();
     let ack_due = Instant::now() + Duration::from_millis(config.heartbeat_ms.max(1));
@@ -771,17 +664,20 @@ fn take_arrived(
             Err(error) if error.is_timeout() => return Ok(true),
             Err(error) => return Err(format!("the stream ended: {error}")),
         };
-        *heard = Instant::now();
-        match session.on_message(&message, &config.secret, &config.cluster) {
-            StandbyStep::Apply { count } => {
-                let Message::Records(records) = message else { unreachable!("records") };
-                assert_eq!(records.count(), count);
+        match following.on_message(control, session, &message, follower.now_ms()) {
+            Step::Submit => {
+                let Message::Records(records) = &message else { unreachable!("records") };
                 for bytes in records.iter() {
-                    submit(control, &mut follower.node, bytes, applied)?;
+                    submit(control, &mut follower.node, bytes, following.applied_mut())?;
                 }
             }
-            StandbyStep::Continue => {}
-            step => return Err(closed(socket, step).to_string()),
+            Step::Continue => {}
+            Step::Close { last, reason } => {
+                if let Some(last) = last {
+                    let _ = send(socket, &last);
+                }
+                return Err(reason);
+            }
         }
         if Instant::now() >= ack_due {
             return Ok(false);
@@ -810,6 +706,8 @@ pub struct Follower {
     resolver: Resolver,
     /// A lookup of the primary's address still running ([`resolve_unless_stopped`]).
     lookup: Option<Lookup>,
+    /// Where [`Follower::now_ms`] counts from.
+    origin: Instant,
 }
 
 /// Turns a `host:port` into the addresses to connect to, in order of preference.
@@ -832,7 +730,14 @@ impl Follower {
         });
         let session = node.session_with_notify(hook).map_err(io::Error::other)?;
         let events = Events::with_capacity(8);
-        Ok(Follower { node: session, poll, events, waker, resolver, lookup: None })
+        let origin = Instant::now();
+        Ok(Follower { node: session, poll, events, waker, resolver, lookup: None, origin })
+    }
+
+    /// Milliseconds since the follower opened, on the monotonic clock: the time [`Following`]
+    /// takes.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Waits on the poll until something wakes it, `deadline` passes, or the follower is
