@@ -3,9 +3,10 @@
 //! and the TCP shell that runs them.
 //!
 //! The protocol's decisions are pure and fed by messages and time — [`position`] (where to
-//! stream from, or what a rejoining node must drop) and [`policy`] (the acknowledgement
-//! policy) — so the simulator can drive them; sockets and threads live in a thin shell
-//! ([`primary`], [`standby`], [`control`]).
+//! stream from, or what a rejoining node must drop), [`policy`] (the acknowledgement policy)
+//! and [`following`] (what a following standby does next, and what it acknowledges) — so the
+//! simulator can drive them; sockets and threads live in a thin shell ([`primary`],
+//! [`standby`], [`control`]).
 //!
 //! - [`message`]: the frames and messages of protocol version 1, their encoding and checked
 //!   decoding; [`stream`]: a blocking frame reader and writers for the socket shell.

@@ -928,6 +928,23 @@ impl Applied {
         self.pending += 1;
     }
 
+    /// Offers record `bytes` to `node`: `Ok(false)` when the node is busy (its ring or the
+    /// session's in-flight records full: take its answers and offer it again), `Err` when it
+    /// refused the record.
+    pub fn try_submit(&mut self, node: &mut Session, bytes: &[u8]) -> Result<bool, String> {
+        match node.try_submit_record(bytes, 0) {
+            Ok(_) => {
+                self.submitted(bytes);
+                Ok(true)
+            }
+            Err(Refused::Busy | Refused::SessionFull) => Ok(false),
+            Err(refused) => {
+                self.journal_failed |= matches!(refused, Refused::JournalFailed(_));
+                Err(format!("the node refused a record: {refused}"))
+            }
+        }
+    }
+
     /// Takes every answer ready, without waiting.
     pub fn collect(&mut self, node: &mut Session) -> Result<(), String> {
         while let Some(completion) = node.poll() {
@@ -950,25 +967,14 @@ fn submit(
     bytes: &[u8],
     applied: &mut Applied,
 ) -> Result<(), String> {
-    loop {
-        match node.try_submit_record(bytes, 0) {
-            Ok(_) => {
-                applied.submitted(bytes);
-                return Ok(());
-            }
-            Err(Refused::Busy | Refused::SessionFull) => {
-                applied.collect(node)?;
-                if control.follower_stop().load(Ordering::Acquire) {
-                    return Err("stopped".into());
-                }
-                thread::sleep(Duration::from_micros(50));
-            }
-            Err(refused) => {
-                applied.journal_failed |= matches!(refused, Refused::JournalFailed(_));
-                return Err(format!("the node refused a record: {refused}"));
-            }
+    while !applied.try_submit(node, bytes)? {
+        applied.collect(node)?;
+        if control.follower_stop().load(Ordering::Acquire) {
+            return Err("stopped".into());
         }
+        thread::sleep(Duration::from_micros(50));
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,17 +6,19 @@
 //!
 //! The shell does what `ringfence_replicator`'s `primary.rs` and `standby.rs` do with sockets
 //! and threads: the primary side answers each frame with `PrimarySession`, streams the journal
-//! with `Tail` and reports to `Control`; the standby side joins with `StandbySession`, stores
-//! the promised epoch before taking a record, submits records to its node and acknowledges
-//! what the node answered.
+//! with `Tail` and reports to `Control`; the standby side joins with `StandbySession` and
+//! drives the production follower, `Following` — which answer leads to a stream, a retry or a
+//! stop, what is acknowledged and when, silence, backoff, the follower's state in `Control` —
+//! with the simulated network and clock, keeping at its edge only a backlog of the records
+//! the node's full ring has not taken yet (the thread waits for room instead).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ringfence_core::pipeline::{
-    Clock, Completion, Intake, ManualClock, Node, NodeConfig, NodeParts, Refused, Session,
-    SnapshotHook, Topology,
+    Clock, Completion, Intake, ManualClock, Node, NodeConfig, NodeParts, Session, SnapshotHook,
+    Topology,
 };
 use ringfence_core::prng::Prng;
 use ringfence_core::{Engine, EngineConfig, Epoch, Outcome, Query, Sequence, Sequenced, SkuId};
@@ -41,14 +43,13 @@ use ringfence_replicator::coordination::records::{LeaderValue, Member, Switchove
 use ringfence_replicator::coordination::store::{
     Coordinator, CoordinatorError, LeaseId, MemoryCoordinator, View,
 };
+use ringfence_replicator::following::{Answer, Following, Handshaking, Next, Step, Stopped, Turn};
 use ringfence_replicator::index::DirIndex;
-use ringfence_replicator::message::{Ack, Message, RefuseCode, decode, encode};
+use ringfence_replicator::message::{Ack, Message, decode, encode};
 use ringfence_replicator::policy::{AckMode, Gate};
 use ringfence_replicator::position::{self, EpochList, JournalIndex, StandbyPosition};
 use ringfence_replicator::primary::SnapshotToSend;
-use ringfence_replicator::session::{
-    PrimarySession, PrimaryStep, Purpose, StandbySession, StandbyStep,
-};
+use ringfence_replicator::session::{PrimarySession, PrimaryStep, Purpose, StandbySession};
 use ringfence_replicator::standby::{self, Applied, JournalEnd};
 
 use crate::replication::{CheckedSnapshot, RejoinSeries};
@@ -380,30 +381,26 @@ struct Accepted {
     stream: Option<(u64, Sequence)>,
 }
 
-/// The standby's side: its connection to the primary and the records in flight to its node.
+/// The standby's side: its connection to the primary, the records waiting for room in its
+/// node's ring, and the production follower's decisions (`Following`, which `standby.rs`'s
+/// thread drives over TCP) driven over the simulated network and clock.
 struct Follower {
     /// This machine.
     me: usize,
     node: Session,
     primary: usize,
     conn: Option<(ConnId, StandbySession)>,
-    streaming: bool,
-    /// The records submitted to the node and answered by it (`standby.rs`'s own books).
-    applied: Applied,
+    /// The decisions: the records submitted to the node and answered by it, the stream in
+    /// progress, the backoff between attempts.
+    following: Following,
     /// Records received but not yet taken by the node (its ring was full); dropped with the
-    /// connection, since the primary streams again from what the node took.
+    /// connection, since the primary streams again from what the node took. (The thread
+    /// waits for room instead.)
     backlog: VecDeque<Vec<u8>>,
-    heard_ms: u64,
     handshake_deadline_ms: u64,
     next_attempt_ms: u64,
-    backoff_ms: u64,
-    /// The primary said this journal diverged after this sequence: drop the rest at restart.
-    diverged: Option<Sequence>,
-    /// The primary refused it because the records it lacks were retired: fetch the primary's
-    /// snapshot at restart.
-    needs_snapshot: bool,
-    /// The node failed a record; following stops until a restart.
-    stopped: bool,
+    /// Following stopped for good: why.
+    stopped: Option<Stopped>,
     /// The node took a record from the primary in this run.
     received: bool,
 }
@@ -1272,7 +1269,7 @@ impl Machine {
         let clients = node.session().expect("a fresh node opens a session");
         let follower = standby_of.map(|primary| {
             let session = node.session().expect("a fresh node opens a session");
-            Follower::new(self.index, session, primary, journal_end, now_ms)
+            Follower::new((self.index, primary), session, &control, journal_end, now_ms)
         });
         Ok(Running {
             node,
@@ -1341,7 +1338,7 @@ impl Machine {
         {
             // Promoted (by the witness or by hand): the follower stops, as `Control`'s
             // promotion stops its thread.
-            let last_epoch = follower.applied.submitted.last_epoch.0;
+            let last_epoch = follower.following.applied().submitted.last_epoch.0;
             running.followed_epoch = follower.received.then_some(last_epoch);
             if let Some((conn, _)) = follower.conn {
                 net.close(conn, index, now_ms);
@@ -1349,15 +1346,16 @@ impl Machine {
         }
         running.serve_standbys(now_ms, settings, net, &self.disk, trace, &name);
         if let Some(follower) = running.follower.as_mut() {
-            follower.tick(now_ms, &running.control, net, (index, nonce), settings, trace, &name);
-            if let Some(keep_through) = follower.diverged {
-                let end = &follower.applied.submitted;
+            let at = (&*running.control, &self.disk);
+            follower.tick(at, net, (index, nonce), settings, (now_ms, trace, &name));
+            if let Some(Stopped::Diverged { keep_through }) = follower.stopped {
+                let end = &follower.following.applied().submitted;
                 self.pending_truncate = Some((keep_through, (end.last_sequence, end.last_epoch)));
             }
-            if follower.streaming {
+            if follower.following.is_streaming() {
                 self.told_before = None;
             }
-            self.fetch_at_start |= follower.needs_snapshot;
+            self.fetch_at_start |= follower.stopped == Some(Stopped::NeedsSnapshot);
         }
         running.node.step();
         if now_ms % SNAPSHOT_WRITER_PERIOD_MS == 0 {
@@ -1440,16 +1438,8 @@ impl Machine {
             .is_some_and(|f| f.conn.as_ref().is_some_and(|(c, _)| *c == conn));
         if is_follower {
             let follower = running.follower.as_mut().expect("checked");
-            follower.on_message(
-                now_ms,
-                &message,
-                (&running.control, &disk),
-                net,
-                index,
-                settings,
-                trace,
-                &name,
-            );
+            let at = (&*running.control, &disk);
+            follower.on_message(&message, at, net, settings, (now_ms, trace, &name));
         } else {
             running.on_standby_message(now_ms, conn, &message, net, &disk, trace, &name);
         }
@@ -1765,102 +1755,128 @@ impl Running {
 
 impl Follower {
     fn new(
-        me: usize,
+        (me, primary): (usize, usize),
         node: Session,
-        primary: usize,
+        control: &Control,
         submitted: JournalEnd,
         now_ms: u64,
     ) -> Follower {
+        let following = Following::new(control, ["a", "b"][primary], Applied::at(submitted));
         Follower {
             me,
             node,
             primary,
             conn: None,
-            streaming: false,
-            applied: Applied::at(submitted),
+            following,
             backlog: VecDeque::new(),
-            heard_ms: now_ms,
             handshake_deadline_ms: 0,
             next_attempt_ms: now_ms,
-            backoff_ms: 50,
-            diverged: None,
-            needs_snapshot: false,
-            stopped: false,
+            stopped: None,
             received: false,
         }
     }
 
-    fn close(&mut self, net: &mut Network, now_ms: u64) {
+    /// Closes the connection and carries out what the follower does next: pause before the
+    /// next attempt, or stop.
+    fn after(&mut self, next: Next, net: &mut Network, (now_ms, trace, name): Said<'_>) {
+        assert_ne!(next, Next::Stream, "a stream goes on over its connection");
         if let Some((conn, _)) = self.conn.take() {
             net.close(conn, self.me, now_ms);
         }
-        self.streaming = false;
         self.backlog.clear();
-        self.next_attempt_ms = now_ms + self.backoff_ms;
-        self.backoff_ms = (self.backoff_ms * 2).min(1_000);
+        match next {
+            Next::Stop(why) => {
+                trace.event(now_ms, &format!("{name}: stopped following: {why:?}"));
+                self.stopped = Some(why);
+            }
+            _ => self.next_attempt_ms = now_ms + self.following.pause_ms(),
+        }
     }
 
-    /// `standby.rs`'s follow loop, one turn: take answers, feed the backlog, acknowledge,
-    /// notice silence, or connect.
-    #[allow(clippy::too_many_arguments)]
+    /// The stream ended, `result` saying why when it broke.
+    fn end_stream(
+        &mut self,
+        control: &Control,
+        result: Result<(), String>,
+        net: &mut Network,
+        (now_ms, trace, name): Said<'_>,
+    ) {
+        if let Err(error) = &result {
+            trace.event(now_ms, &format!("{name}: the stream ended: {error}"));
+        }
+        let next = self.following.stream_ended(control, result, now_ms);
+        self.after(next, net, (now_ms, trace, name));
+    }
+
+    /// The attempt to join came to `answer`.
+    fn answered(
+        &mut self,
+        answer: Answer,
+        (control, disk): (&Control, &FaultStorage),
+        net: &mut Network,
+        (now_ms, trace, name): Said<'_>,
+    ) {
+        let said = format!("{name}: the join came to {answer:?}");
+        let disk = || Ok::<_, JournalError>(disk.clone());
+        match self.following.on_answer(control, answer, disk, now_ms) {
+            Next::Stream => assert!(self.backlog.is_empty(), "a backlog left from a stream"),
+            next => {
+                trace.event(now_ms, &said);
+                self.after(next, net, (now_ms, trace, name));
+            }
+        }
+    }
+
+    /// One turn of the follower: a stream takes what its node answered and acknowledges it; a
+    /// handshake may time out; between connections, the next attempt comes when its pause is
+    /// over.
     fn tick(
         &mut self,
-        now_ms: u64,
-        control: &Control,
+        (control, disk): (&Control, &FaultStorage),
         net: &mut Network,
         (me, nonce): (usize, Nonce),
         settings: &ClusterSettings,
-        trace: &mut Trace,
-        name: &str,
+        said: Said<'_>,
     ) {
-        if self.stopped {
+        let (now_ms, trace, name) = said;
+        if self.stopped.is_some() {
             return;
         }
-        if let Err(error) = self.applied.collect(&mut self.node) {
-            trace.event(now_ms, &format!("{name}: follower: {error}"));
-            self.stopped = true;
-            self.close(net, now_ms);
-            return;
-        }
-        self.submit_backlog(now_ms, net, trace, name);
-        if self.stopped {
-            return;
-        }
-        if let Some((conn, session)) = self.conn.as_mut() {
-            let conn = *conn;
-            if !net.is_open(conn, self.me, now_ms) {
-                trace.event(now_ms, &format!("{name}: the primary's connection closed"));
-                self.close(net, now_ms);
-                return;
+        if let Some((conn, _)) = &self.conn
+            && !net.is_open(*conn, self.me, now_ms)
+        {
+            let closed = "the primary's connection closed".to_owned();
+            if self.following.is_streaming() {
+                return self.end_stream(control, Err(closed), net, (now_ms, trace, name));
             }
-            if self.streaming {
-                let held = self.applied.answered;
-                standby::report_progress(control, session, held);
-                let catching_up = control.epoch_store().catching_up();
-                if let Some(ack) = session.ack(held, held, catching_up) {
-                    send(net, conn, me, &Message::Ack(ack), now_ms);
-                }
-                if now_ms.saturating_sub(self.heard_ms) > 400 {
-                    trace.event(now_ms, &format!("{name}: the primary was silent: reconnecting"));
-                    self.close(net, now_ms);
-                }
-            } else if now_ms >= self.handshake_deadline_ms {
-                self.close(net, now_ms);
+            return self.answered(
+                Answer::Failed(closed),
+                (control, disk),
+                net,
+                (now_ms, trace, name),
+            );
+        }
+        if self.following.is_streaming() {
+            return self.stream_turn(control, net, (now_ms, trace, name));
+        }
+        if self.conn.is_some() {
+            if now_ms >= self.handshake_deadline_ms {
+                let late = Answer::Failed("the handshake timed out".to_owned());
+                self.answered(late, (control, disk), net, (now_ms, trace, name));
             }
             return;
         }
         if now_ms < self.next_attempt_ms {
             return;
         }
+        let (journaled, promised) = self.following.attempt(control);
         let Some(conn) = net.connect(me, self.primary) else {
-            self.next_attempt_ms = now_ms + self.backoff_ms;
-            self.backoff_ms = (self.backoff_ms * 2).min(1_000);
-            return;
+            let refused = Answer::Failed("the connection was refused".to_owned());
+            return self.answered(refused, (control, disk), net, (now_ms, trace, name));
         };
-        let promised = control.epochs().promised;
         let position = StandbyPosition {
-            last_sequence: self.applied.submitted.last_sequence,
-            last_epoch: self.applied.submitted.last_epoch,
+            last_sequence: journaled.last_sequence,
+            last_epoch: journaled.last_epoch,
             promised,
         };
         let engine = settings.engine.clone();
@@ -1869,115 +1885,97 @@ impl Follower {
             StandbySession::start(settings.cluster, engine, nonce, purpose, promised);
         send(net, conn, me, &hello.message(), now_ms);
         self.conn = Some((conn, session));
-        self.heard_ms = now_ms;
         self.handshake_deadline_ms = now_ms + HANDSHAKE_TIMEOUT_MS;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_message(
-        &mut self,
-        now_ms: u64,
-        message: &Message<'_>,
-        (control, disk): (&Control, &FaultStorage),
-        net: &mut Network,
-        me: usize,
-        settings: &ClusterSettings,
-        trace: &mut Trace,
-        name: &str,
-    ) {
-        let Some((conn, session)) = self.conn.as_mut() else { return };
-        let conn = *conn;
-        self.heard_ms = now_ms;
-        match session.on_message(message, &settings.secret, &settings.cluster) {
-            StandbyStep::Reply(reply) => send(net, conn, me, &reply.message(), now_ms),
-            StandbyStep::Following { epoch, from } => {
-                assert!(self.backlog.is_empty(), "a backlog left from an earlier stream");
-                if let Err(error) = standby::promise(control, &self.applied, (epoch, from)) {
-                    trace.event(now_ms, &format!("{name}: storing epochs: {error}"));
-                    self.close(net, now_ms);
-                    return;
-                }
-                self.streaming = true;
-                self.backoff_ms = 50;
-                trace.event(now_ms, &format!("{name}: following in epoch {epoch} from {from}"));
+    /// A turn of the stream: hands the node what its ring takes of the backlog, then
+    /// acknowledges what it answered, unless the primary fell silent.
+    fn stream_turn(&mut self, control: &Control, net: &mut Network, said: Said<'_>) {
+        let (now_ms, ..) = said;
+        let turn = self.submit_backlog().and_then(|()| {
+            let (_, session) = self.conn.as_mut().expect("a stream has its connection");
+            self.following.turn(control, session, &mut self.node, now_ms)
+        });
+        let (conn, _) = self.conn.as_ref().expect("a stream has its connection");
+        let ended = turn.and_then(|Turn { ack, next }| {
+            if let Some(ack) = ack {
+                send(net, *conn, self.me, &Message::Ack(ack), now_ms);
             }
-            StandbyStep::Apply { count } => {
-                let Message::Records(records) = message else { unreachable!("records") };
-                assert_eq!(records.count(), count);
-                for bytes in records.iter() {
-                    self.backlog.push_back(bytes.to_vec());
-                }
-                self.submit_backlog(now_ms, net, trace, name);
-            }
-            StandbyStep::Continue => {}
-            StandbyStep::Diverged { keep_through, epoch } => {
-                if let Err(error) = standby::promise_epoch(control.epoch_store(), epoch) {
-                    trace.event(now_ms, &format!("{name}: storing the promise: {error}"));
-                }
-                trace.event(
-                    now_ms,
-                    &format!("{name}: diverged after {keep_through}: restart to drop the rest"),
-                );
-                control.set_follower(control::DIVERGED, self.applied.answered, 0);
-                self.diverged = Some(keep_through);
-                self.stopped = true;
-                self.close(net, now_ms);
-            }
-            StandbyStep::Behind(behind) => {
-                // As `standby.rs` does: check this journal holds the primary's, then retry.
-                let said = standby::on_behind(control, Ok(disk.clone()), behind, "a peer");
-                trace.event(now_ms, &format!("{name}: {said}"));
-                control.set_follower(&said, self.applied.answered, 0);
-                self.close(net, now_ms);
-            }
-            StandbyStep::ReceiveSnapshot => self.close(net, now_ms),
-            StandbyStep::Close { last, reason, refused } => {
-                if let Some(last) = last {
-                    send(net, conn, me, &last.message(), now_ms);
-                }
-                trace.event(now_ms, &format!("{name}: follower closed: {reason}"));
-                self.close(net, now_ms);
-                if matches!(refused, Some((RefuseCode::Busy, _))) {
-                    control.holds_primary_journal(false);
-                    // As `standby.rs` shows it in `/v1/node` while it retries.
-                    let said = format!("refused by the primary, retrying: {reason}");
-                    control.set_follower(&said, self.applied.answered, 0);
-                }
-                if let Some((RefuseCode::NeedsSnapshot, epoch)) = refused {
-                    // As `standby.rs` does: retrying cannot help; a restart fetches a snapshot,
-                    // with the answering primary's epoch promised first.
-                    if let Err(error) = standby::promise_epoch(control.epoch_store(), epoch) {
-                        trace.event(now_ms, &format!("{name}: storing the promise: {error}"));
-                    }
-                    control.set_follower(control::NEEDS_SNAPSHOT, self.applied.answered, 0);
-                    self.needs_snapshot = true;
-                    self.stopped = true;
-                }
-            }
+            next.map(|_| ())
+        });
+        if let Err(error) = ended {
+            self.end_stream(control, Err(error), net, said);
         }
     }
 
-    /// Submits what the node's ring takes of the backlog; a refusal other than a full ring
-    /// stops following (as `standby.rs`'s `submit` does), reported to the trace.
-    fn submit_backlog(&mut self, now_ms: u64, net: &mut Network, trace: &mut Trace, name: &str) {
-        while let Some(bytes) = self.backlog.front() {
-            match self.node.try_submit_record(bytes, 0) {
-                Ok(_) => {
-                    self.applied.submitted(bytes);
-                    self.received = true;
-                    self.backlog.pop_front();
-                }
-                Err(Refused::Busy | Refused::SessionFull) => return,
-                Err(refused) => {
-                    trace.event(now_ms, &format!("{name}: the node refused a record: {refused}"));
-                    self.stopped = true;
-                    self.close(net, now_ms);
-                    return;
+    /// A message from the primary on the follower's connection.
+    fn on_message(
+        &mut self,
+        message: &Message<'_>,
+        (control, disk): (&Control, &FaultStorage),
+        net: &mut Network,
+        settings: &ClusterSettings,
+        said: Said<'_>,
+    ) {
+        let (now_ms, trace, name) = said;
+        let Some((conn, session)) = self.conn.as_mut() else { return };
+        let conn = *conn;
+        if !self.following.is_streaming() {
+            let step = session.on_message(message, &settings.secret, &settings.cluster);
+            match Answer::of_step(step) {
+                Handshaking::Reply(reply) => send(net, conn, self.me, &reply.message(), now_ms),
+                Handshaking::Answered { answer, last } => {
+                    if let Some(last) = last {
+                        send(net, conn, self.me, &last.message(), now_ms);
+                    }
+                    self.answered(answer, (control, disk), net, (now_ms, trace, name));
                 }
             }
+            return;
+        }
+        let submitted = match self.following.on_message(control, session, message, now_ms) {
+            Step::Submit => {
+                let Message::Records(records) = message else { unreachable!("records") };
+                self.backlog.extend(records.iter().map(<[u8]>::to_vec));
+                self.submit_backlog()
+            }
+            Step::Continue => Ok(()),
+            Step::Close { last, reason } => {
+                if let Some(last) = last {
+                    send(net, conn, self.me, &last.message(), now_ms);
+                }
+                trace.event(now_ms, &format!("{name}: follower closed: {reason}"));
+                Err(reason)
+            }
+        };
+        if let Err(error) = submitted {
+            self.end_stream(control, Err(error), net, (now_ms, trace, name));
         }
     }
+
+    /// Submits what the node's ring takes of the backlog, taking the node's answers once when
+    /// it is full (as `standby.rs`'s `submit` does before it waits); `Err` when the node
+    /// refused a record or failed one.
+    fn submit_backlog(&mut self) -> Result<(), String> {
+        let applied = self.following.applied_mut();
+        let mut collected = false;
+        while let Some(bytes) = self.backlog.front() {
+            if applied.try_submit(&mut self.node, bytes)? {
+                self.received = true;
+                self.backlog.pop_front();
+            } else if collected {
+                return Ok(());
+            } else {
+                applied.collect(&mut self.node)?;
+                collected = true;
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The time, the trace and the machine's name, for a follower's events.
+type Said<'a> = (u64, &'a mut Trace, &'a str);
 
 /// The records `from..=through` as the journal framed them, for the byte comparison of two
 /// journals.

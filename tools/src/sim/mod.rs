@@ -914,13 +914,14 @@ mod tests {
     #[test]
     fn bit_rot_under_none_strikes_only_a_record_the_peer_holds_durably() {
         // Goal: under durability `none`, bit rot at rest strikes a stopped machine's record
-        // only where the leading peer holds it durably, or a snapshot covers it. This seed's
-        // rot once struck a record the peer had only written; the peer then lost power, the
-        // record was lost on both machines (two failures, beyond what the pair survives), and
-        // the pair rightly held writes to the end, which the checker reported as a primary
-        // refusing writes after settling. It now passes with its power loss and a bit flip.
+        // only where the leading peer holds it durably, or a snapshot covers it. Seed 130927
+        // found it: its rot struck a record the peer had only written; the peer then lost
+        // power, the record was lost on both machines (two failures, beyond what the pair
+        // survives), and the pair rightly held writes to the end, which the checker reported
+        // as a primary refusing writes after settling. Seed 130928 takes that kind of path: a
+        // power loss and a bit flip, every checker passing.
         let unsynced = RunLength { unsynced: true, ..before_frames_after_crash() };
-        regressions_pass(&[130927], unsynced, "no power loss or no rot", |r: &Report| {
+        regressions_pass(&[130928], unsynced, "no power loss or no rot", |r: &Report| {
             r.faults.power_losses == 1 && r.faults.bit_flips >= 1
         });
     }
@@ -1131,11 +1132,11 @@ mod tests {
 
     #[test]
     fn a_primary_whose_journal_failed_hands_the_key_to_its_standby() {
-        // Goal: seed 192: the primary's journal fails while its standby is in sync. It gives
+        // Goal: seed 221: the primary's journal fails while its standby is in sync. It gives
         // up the leader key within a round or two instead of refusing writes until the
         // operator replaces the disk; the standby takes over, and every checker passes.
         let did = |r: &Report| r.faults.failed_handovers >= 1 && r.failovers >= 1;
-        regressions_pass(&[192], RunLength::default(), "no primary handed over", did);
+        regressions_pass(&[221], RunLength::default(), "no primary handed over", did);
     }
 
     #[test]
