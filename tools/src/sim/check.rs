@@ -10,9 +10,18 @@ use ringfence_core::{
 use super::clients::{Answer, HOT, HOT_LIMIT, Ledger};
 use super::machine::{ClusterSettings, Machine, journal_records};
 
-/// After every step: every node's BLP kept every SKU's units balanced.
+/// After every step: every node's BLP kept every SKU's units balanced, and every standby
+/// acknowledged only records its journal held durably (under its durability) when it did: a
+/// primary's answer in `sync` mode rests on that acknowledgement.
 pub fn every_step(machines: &[Machine]) -> Result<(), String> {
     for machine in machines {
+        if let Some((acknowledged, durable)) = machine.acknowledged_unheld {
+            return Err(format!(
+                "{}: the standby acknowledged record {acknowledged} with its journal durable \
+                 through {durable} only",
+                machine.name
+            ));
+        }
         let observed = machine.observed.lock().expect("never poisoned");
         if let Some(unbalanced) = &observed.unbalanced {
             return Err(format!("{}: stock out of balance {unbalanced}", machine.name));

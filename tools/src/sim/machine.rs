@@ -403,6 +403,8 @@ struct Follower {
     stopped: Option<Stopped>,
     /// The node took a record from the primary in this run.
     received: bool,
+    /// The highest record it acknowledged to its primary in this run.
+    acknowledged: Sequence,
 }
 
 /// What a machine reports to the world after a tick.
@@ -485,6 +487,9 @@ pub struct Machine {
     /// Processes that started running a node: a running process is the same one as long as
     /// this has not changed.
     pub runs_started: u64,
+    /// Its follower acknowledged a record its journal did not yet hold durably (under its
+    /// durability; checked by `check::every_step`): what it acknowledged, and what it held.
+    pub acknowledged_unheld: Option<(Sequence, Sequence)>,
     prng: Prng,
 }
 
@@ -525,6 +530,7 @@ impl Machine {
             rejoin_next_run: false,
             halt_at_next_snapshot: None,
             runs_started: 0,
+            acknowledged_unheld: None,
             prng,
         }
     }
@@ -1348,6 +1354,13 @@ impl Machine {
         if let Some(follower) = running.follower.as_mut() {
             let at = (&*running.control, &self.disk);
             follower.tick(at, net, (index, nonce), settings, (now_ms, trace, &name));
+            // The node steps before and after the follower, never during: what its journal
+            // holds durably now is what it held when the follower acknowledged.
+            let durable = running.node.sequences().durable;
+            if follower.acknowledged > durable {
+                let unheld = (follower.acknowledged, durable);
+                self.acknowledged_unheld = self.acknowledged_unheld.or(Some(unheld));
+            }
             if let Some(Stopped::Diverged { keep_through }) = follower.stopped {
                 let end = &follower.following.applied().submitted;
                 self.pending_truncate = Some((keep_through, (end.last_sequence, end.last_epoch)));
@@ -1773,6 +1786,7 @@ impl Follower {
             next_attempt_ms: now_ms,
             stopped: None,
             received: false,
+            acknowledged: Sequence(0),
         }
     }
 
@@ -1899,6 +1913,7 @@ impl Follower {
         let (conn, _) = self.conn.as_ref().expect("a stream has its connection");
         let ended = turn.and_then(|Turn { ack, next }| {
             if let Some(ack) = ack {
+                self.acknowledged = self.acknowledged.max(ack.written).max(ack.durable);
                 send(net, *conn, self.me, &Message::Ack(ack), now_ms);
             }
             next.map(|_| ())
