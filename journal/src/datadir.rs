@@ -228,6 +228,103 @@ pub(crate) fn mark_catching_up<S: Storage>(storage: &S) -> Result<(), JournalErr
     Ok(())
 }
 
+/// The admin token `serve` generates when the operator chose none, or the one an operator put
+/// there for it to use.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The subdirectory keeping, for the operator to reconcile, records dropped from the journal
+/// (by `journal truncate`, or a standby's rejoin).
+pub const ROLLBACK_DIR: &str = "rollback";
+
+/// The directory `fsck` keeps at a file system's root: a data directory may be a mount point.
+pub const LOST_AND_FOUND_DIR: &str = "lost+found";
+
+/// The entries of a directory without a journal that a refusal names; the rest are counted.
+pub const FOREIGN_NAMED_MAX: usize = 5;
+
+/// The files a node names for what they are, beside its segments and snapshots.
+const OWN_FILES: [&str; 11] = [
+    MANIFEST_FILE,
+    EPOCH_FILE,
+    crate::lock::LOCK_FILE,
+    ADMIN_TOKEN_FILE,
+    CATCH_UP_FILE,
+    BOOT_FILE,
+    IN_SYNC_FILE,
+    ACKS_WRITTEN_FILE,
+    TRUNCATING_FILE,
+    CLEAN_STOP_FILE,
+    crate::rebuild::REBUILDING_FILE,
+];
+
+/// Whether `entry`, as [`Storage::list_entries`] names it (a subdirectory with a trailing
+/// `/`), is one a node keeps in its data directory: its segments and snapshots, those set
+/// aside, the manifest, epoch file, lock, admin token and markers, the temporaries they are
+/// written under, `rollback/`, and a file system's `lost+found/`. Anything else is someone
+/// else's, and a node makes no new journal beside it ([`foreign_entries`]).
+#[must_use]
+pub fn is_own_entry(entry: &str) -> bool {
+    let name = entry.strip_suffix('/').unwrap_or(entry);
+    assert!(!name.is_empty() && !name.contains('/'), "not the name of an entry: {entry}");
+    match entry.strip_suffix('/') {
+        Some(dir) => dir == ROLLBACK_DIR || dir == LOST_AND_FOUND_DIR,
+        None => is_own_file(entry) || is_own_temporary(entry),
+    }
+}
+
+/// Whether `name` is one of the files a node keeps, under its own name.
+fn is_own_file(name: &str) -> bool {
+    assert!(!name.ends_with('/'), "a subdirectory judged as a file: {name}");
+    let is_snapshot = |name: &str| snapshot::parse_snapshot_name(name).is_some();
+    let journal_file = |name: &str| format::parse_segment_name(name).is_some() || is_snapshot(name);
+    // A rebuild sets segments and snapshots aside; a truncation, snapshots only.
+    let superseded = name.strip_suffix(crate::rebuild::SUPERSEDED_SUFFIX);
+    let stale = name.strip_suffix(snapshot::STALE_SUFFIX);
+    OWN_FILES.contains(&name)
+        || journal_file(name)
+        || superseded.is_some_and(journal_file)
+        || stale.is_some_and(is_snapshot)
+}
+
+/// Whether `name` is a temporary a node writes one of its files under: `.<own file>.tmp`
+/// ([`crate::storage::temp_name`]), the spare segment, or `.admin.token.<pid>.tmp` (`serve`
+/// writes its token so). Recovery removes these, and only these, as a crash's leftovers.
+pub(crate) fn is_own_temporary(name: &str) -> bool {
+    let Some(inner) = name.strip_prefix('.').and_then(|name| name.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let pid = inner.strip_prefix(ADMIN_TOKEN_FILE).and_then(|rest| rest.strip_prefix('.'));
+    let token = pid.is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+    let own = name == crate::spare::SPARE_NAME || is_own_file(inner) || token;
+    // Every temporary of a node's is one recovery may remove.
+    assert!(!own || is_temp_name(name), "a temporary recovery would not remove: {name}");
+    own
+}
+
+/// `foreign` entries for an operator, naming the first [`FOREIGN_NAMED_MAX`]: "2 entries that
+/// ringfence did not put there (notes.txt, photos/)".
+#[must_use]
+pub fn foreign_named(foreign: &[String]) -> String {
+    assert!(!foreign.is_empty(), "no entry to name");
+    let named = &foreign[..foreign.len().min(FOREIGN_NAMED_MAX)];
+    let text = crate::error::entries_named(named, foreign.len());
+    // The operator reads at least the first name.
+    assert!(text.contains(foreign[0].as_str()), "the first entry unnamed: {text}");
+    text
+}
+
+/// The entries of the directory that are not a node's ([`is_own_entry`]), sorted. A directory
+/// with no journal yet is made a data directory only when there are none: a mistyped path (a
+/// home directory, another service's mount point) is refused, not filled with a journal.
+pub fn foreign_entries<S: Storage>(storage: &S) -> Result<Vec<String>, JournalError> {
+    let listing = |e| JournalError::io(format!("listing {}", storage.describe("")), e);
+    let mut foreign = storage.list_entries().map_err(listing)?;
+    foreign.retain(|entry| !is_own_entry(entry));
+    foreign.sort_unstable();
+    debug_assert!(foreign.windows(2).all(|pair| pair[0] < pair[1]), "an entry listed twice");
+    Ok(foreign)
+}
+
 /// The data directory: storage, plus the manifest and epochs in force. Cheap to clone; clones
 /// share everything.
 pub struct DataDir<S: Storage> {
@@ -834,7 +931,8 @@ pub struct DirCheck {
     /// An unlisted segment newer than the journal with nothing after its header: its creation
     /// was cut off before it was listed. Recovery removes it.
     pub creation_leftover: Option<String>,
-    /// Temporary files (a crash's leftovers from atomic writes). Recovery removes them.
+    /// A node's temporary files (a crash's leftovers from atomic writes, [`is_own_temporary`]).
+    /// Recovery removes them; a temporary of another name is not a node's, and stays.
     pub temporaries: Vec<String>,
     /// Snapshot files.
     pub snapshots: usize,
@@ -871,7 +969,7 @@ impl DirCheck {
         let sorted = self.segments.windows(2).all(|pair| pair[0].0 < pair[1].0);
         assert!(sorted, "segments to read out of sequence order");
         debug_assert!(self.segments.iter().all(|(f, name)| *name == format::segment_name(*f)));
-        assert!(self.temporaries.iter().all(|name| is_temp_name(name)), "not a temporary");
+        assert!(self.temporaries.iter().all(|name| is_own_temporary(name)), "not a temporary");
         // Leftovers are judged only against a manifest, and only segments are left over.
         assert!(self.manifest.is_some() || self.retired_leftovers.is_empty());
         assert!(self.manifest.is_some() || self.creation_leftover.is_none());
@@ -924,7 +1022,7 @@ pub fn check<R: ReadSource>(source: &mut R) -> Result<DirCheck, JournalError> {
             }
         } else if snapshot::parse_snapshot_name(&name).is_some() {
             check.snapshots += 1;
-        } else if is_temp_name(&name) {
+        } else if is_own_temporary(&name) {
             check.temporaries.push(name);
         } else {
             has_manifest |= name == MANIFEST_FILE;
@@ -1177,4 +1275,62 @@ fn body_is_empty<R: ReadSource>(source: &mut R, name: &str) -> Result<bool, Jour
         .read_segment(name)
         .map_err(|e| JournalError::io(format!("reading {}", source.describe_file(name)), e))?;
     Ok(crate::scan::last_nonzero(&bytes[SEGMENT_HEADER_LEN.min(bytes.len())..]).is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::temp_name;
+
+    #[test]
+    fn a_nodes_own_entries_are_told_from_anyone_elses() {
+        // Goal: every name a node gives an entry of its data directory is its own, and the
+        // names around them (a user's files, look-alikes, a file where a node keeps a
+        // subdirectory, a temporary of someone else's) are not: the check of a directory with
+        // no journal refuses those.
+        let segment = format::segment_name(Sequence(1));
+        let snapshot = snapshot::snapshot_name(Sequence(9));
+        let mut own: Vec<String> = OWN_FILES.iter().map(|name| (*name).to_owned()).collect();
+        own.extend([
+            segment.clone(),
+            snapshot.clone(),
+            snapshot::stale_name(&snapshot),
+            format!("{segment}{}", crate::rebuild::SUPERSEDED_SUFFIX),
+            format!("{snapshot}{}", crate::rebuild::SUPERSEDED_SUFFIX),
+        ]);
+        // Each file is written under its temporary name first.
+        let temporaries: Vec<String> = own.iter().map(|name| temp_name(name)).collect();
+        own.extend(temporaries);
+        own.extend([
+            crate::spare::SPARE_NAME.to_owned(),
+            ".admin.token.4242.tmp".to_owned(),
+            format!("{ROLLBACK_DIR}/"),
+            format!("{LOST_AND_FOUND_DIR}/"),
+        ]);
+        for name in &own {
+            assert!(is_own_entry(name), "{name} is a node's");
+        }
+        let foreign = [
+            "notes.txt",
+            "Documents/",
+            ".bashrc",
+            ".draft.tmp",
+            ".admin.token.12a.tmp",
+            ".admin.token..tmp",
+            "rollback",
+            "lost+found",
+            "manifest/",
+            "manifest.bak",
+            "admin.token.old",
+            "snapshot-1.snap",
+            "00000000000000000001.seg.bak",
+            "notes.txt.superseded",
+            "00000000000000000001.seg.stale",
+            ".00000000000000000001.seg.stale.tmp",
+        ];
+        for name in foreign {
+            assert!(!is_own_entry(name), "{name} is not a node's");
+        }
+        assert!(foreign.iter().all(|name| !own.iter().any(|own| own == name)), "a name in both");
+    }
 }

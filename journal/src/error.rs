@@ -273,6 +273,25 @@ pub enum JournalError {
         /// Snapshot files found.
         snapshots: usize,
     },
+    /// A directory with no journal yet holds entries that are none of a node's
+    /// ([`crate::datadir::foreign_entries`]): a mistyped path is refused, not made a data
+    /// directory.
+    #[error(
+        "{dir} holds no journal, but {}: a node makes a new journal only in an empty directory, \
+         or one holding nothing but ringfence's own files (and a file system's lost+found), so \
+         that a mistyped path is never filled with one. Name a new or empty directory (`serve \
+         --data-dir`, or data_dir in the config file), or move these out of {dir}",
+        entries_named(named, *count)
+    )]
+    ForeignEntries {
+        /// The directory.
+        dir: String,
+        /// The first few entries that are not a node's, in name order (a subdirectory with a
+        /// trailing `/`).
+        named: Vec<String>,
+        /// How many there are in all.
+        count: usize,
+    },
     /// The manifest is damaged.
     #[error(
         "manifest {file} is invalid: {reason}. Restore it from a backup; or, if every segment \
@@ -415,6 +434,17 @@ impl JournalError {
         assert!(!context.is_empty(), "an I/O error that does not say what was being done");
         JournalError::Io { context, source }
     }
+}
+
+/// `count` entries, of which `named` are the first, for an operator: "2 entries that \
+/// ringfence did not put there (notes.txt, photos/)", the rest counted past the names.
+pub(crate) fn entries_named(named: &[String], count: usize) -> String {
+    assert!(!named.is_empty(), "foreign entries refused without naming one");
+    assert!(named.len() <= count, "more entries named than there are");
+    let noun = if count == 1 { "1 entry" } else { &format!("{count} entries") };
+    let more = count - named.len();
+    let more = if more == 0 { String::new() } else { format!(" and {more} more") };
+    format!("{noun} that ringfence did not put there ({}{more})", named.join(", "))
 }
 
 /// The repairs of a listed segment cut short ([`JournalError::SegmentLength`]) whose front

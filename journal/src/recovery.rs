@@ -59,6 +59,9 @@ pub struct RecoveryReport {
     /// The last sequence the clean-stop marker named, if the node had stopped cleanly: the
     /// journal was found ending there.
     pub clean_stop: Option<Sequence>,
+    /// Entries beside the journal that are not a node's ([`datadir::foreign_entries`]), left
+    /// as they are: the journal is read all the same (without one, recovery refuses them).
+    pub foreign_entries: Vec<String>,
     /// The marker named an end the journal has since moved past (it holds later records, so a
     /// build that does not know the marker wrote them): ignored, the end read as after a crash.
     pub clean_stop_stale: bool,
@@ -158,7 +161,14 @@ pub fn recover_from<S: Storage>(
     if !check.problems.is_empty() {
         return Err(check.problems.remove(0));
     }
-    let mut report = RecoveryReport::default();
+    let foreign = datadir::foreign_entries(&storage)?;
+    if check.is_fresh() && !foreign.is_empty() {
+        // Before anything is written: a directory given by mistake is left as it was.
+        return Err(foreign_refused(&storage, foreign));
+    }
+    let mut report = RecoveryReport { foreign_entries: foreign, ..RecoveryReport::default() };
+    // A new journal is made only where nothing is someone else's.
+    assert!(!check.is_fresh() || report.foreign_entries.is_empty(), "a journal made beside them");
     // Before a new directory's first files are written: their temporaries may have the names
     // of those a crash during an earlier first start left behind.
     remove_temporaries(&storage, &check, &mut report)?;
@@ -244,6 +254,16 @@ pub fn recover_from<S: Storage>(
     // `check_epochs` refused a journal ahead of its epoch file.
     assert!(last_epoch <= epochs.current, "a record ahead of the epoch file");
     Ok(Recovered { engine, next_sequence, last_epoch, epochs, writer, report })
+}
+
+/// The refusal of a directory with no journal that holds `foreign` entries, naming the first
+/// few.
+fn foreign_refused<S: Storage>(storage: &S, foreign: Vec<String>) -> JournalError {
+    assert!(!foreign.is_empty(), "a directory refused for no entry");
+    let count = foreign.len();
+    let named: Vec<String> = foreign.into_iter().take(datadir::FOREIGN_NAMED_MAX).collect();
+    assert!(named.len() <= count, "more entries named than found");
+    JournalError::ForeignEntries { dir: storage.location(), named, count }
 }
 
 /// The directory's manifest and epochs; a new directory gets its epoch file (current and

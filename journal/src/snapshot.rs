@@ -215,12 +215,16 @@ pub(crate) fn parse_snapshot_name(name: &str) -> Option<Sequence> {
         .then(|| digits.parse().ok().map(Sequence))?
 }
 
+/// What a snapshot set aside for good (it includes records the journal no longer has) is
+/// renamed to end with.
+pub const STALE_SUFFIX: &str = ".stale";
+
 /// The name a snapshot is set aside under when it must never be loaded again (it includes
 /// records the journal no longer has).
 #[must_use]
 pub fn stale_name(name: &str) -> String {
     assert!(parse_snapshot_name(name).is_some(), "only a snapshot is set aside: {name}");
-    let stale = format!("{name}.stale");
+    let stale = format!("{name}{STALE_SUFFIX}");
     // Never listed, so never loaded again.
     assert!(parse_snapshot_name(&stale).is_none(), "a stale snapshot still reads as one");
     stale

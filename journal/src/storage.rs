@@ -28,6 +28,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek as _, Write as _};
 use std::ops::Range;
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,6 +99,14 @@ pub trait Storage: Clone + Send + 'static {
     type Segment: Segment;
     /// Names of every file in the directory, in any order.
     fn list(&self) -> io::Result<Vec<String>>;
+    /// Names of every entry in the directory, in any order: subdirectories too, with a trailing
+    /// `/`, and names that are not UTF-8 shown lossily; this storage's own archive directory
+    /// is left out. What a directory with no journal yet is judged by
+    /// ([`crate::datadir::foreign_entries`]). By default the files of [`Storage::list`], for a
+    /// storage that holds no subdirectory.
+    fn list_entries(&self) -> io::Result<Vec<String>> {
+        self.list()
+    }
     /// Length of a file in bytes.
     fn file_len(&self, name: &str) -> io::Result<u64>;
     /// A whole file's contents.
@@ -436,6 +445,28 @@ impl Storage for FileStorage {
                 names.push(name.to_owned());
             }
         }
+        Ok(names)
+    }
+
+    fn list_entries(&self) -> io::Result<Vec<String>> {
+        // The archive is known by its inode: named in the config, it may be spelled otherwise.
+        let archive = self.inner.archive.as_deref().and_then(|dir| fs::metadata(dir).ok());
+        let is_archive = |meta: &fs::Metadata| {
+            archive.as_ref().is_some_and(|a| (a.dev(), a.ino()) == (meta.dev(), meta.ino()))
+        };
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.inner.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(name != "." && name != "..", "the directory listed itself or its parent");
+            // A symbolic link is an entry of its own, whatever it points at.
+            if !entry.file_type()?.is_dir() {
+                names.push(name);
+            } else if !is_archive(&entry.metadata()?) {
+                names.push(format!("{name}/"));
+            }
+        }
+        assert!(names.iter().all(|name| !name.is_empty()), "an entry with no name");
         Ok(names)
     }
 

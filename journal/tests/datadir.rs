@@ -10,6 +10,7 @@ use ringfence_core::{
 };
 use ringfence_journal::datadir::{self, CATCH_UP_FILE};
 use ringfence_journal::epoch::{EPOCH_FILE, Epochs};
+use ringfence_journal::error::JournalError;
 use ringfence_journal::fault::FaultStorage;
 use ringfence_journal::format;
 use ringfence_journal::manifest::{MANIFEST_FILE, MANIFEST_VERSION, Manifest};
@@ -1031,4 +1032,107 @@ fn a_replica_syncs_what_it_holds_before_taking_office_so_a_power_loss_keeps_it()
             assert!(kept < commands.len() as u64, "unsynced records survived a power loss");
         }
     }
+}
+
+/// The entries of `dir`, sorted, subdirectories with a trailing `/`.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if entry.file_type().unwrap().is_dir() { format!("{name}/") } else { name }
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_directory_without_a_journal_holding_anything_else_is_refused_and_left_as_it_was() {
+    // Goal: recovery makes a new journal only in a directory holding nothing but a node's own
+    // entries. Anyone else's file, subdirectory or temporary (a mistyped path) is refused by
+    // name before anything is written or removed, and with the lock file this attempt made let
+    // go the directory lists as before; past a few names the rest are counted.
+    let many: Vec<String> = (1..=7).map(|n| format!("photo-{n}.jpg")).collect();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["notes.txt"], &[]),
+        (&[], &["photos"]),
+        (&[".draft.tmp", datadir::ADMIN_TOKEN_FILE], &[datadir::LOST_AND_FOUND_DIR]),
+        (&many.iter().map(String::as_str).collect::<Vec<_>>(), &[]),
+    ];
+    for (files, dirs) in cases {
+        let dir = TempDir::new("foreign");
+        for file in files {
+            std::fs::write(dir.path().join(file), "someone's").unwrap();
+        }
+        for sub in dirs {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let before = entries(dir.path());
+        let storage = FileStorage::open_exclusive(dir.path()).unwrap();
+        let refused = recover_from(storage.clone(), options(Durability::Batch));
+        let Err(error @ JournalError::ForeignEntries { .. }) = refused else {
+            panic!("{files:?} {dirs:?}: not refused as someone else's")
+        };
+        let message = error.to_string();
+        let first = before.iter().find(|name| !datadir::is_own_entry(name)).unwrap();
+        assert!(message.contains(first.as_str()), "{message}");
+        assert!(message.contains("--data-dir"), "{message}");
+        if files.len() > datadir::FOREIGN_NAMED_MAX {
+            assert!(message.contains("7 entries") && message.contains(" and 2 more"), "{message}");
+            assert!(!message.contains("photo-7.jpg"), "{message}");
+        }
+        assert!(storage.release_removing_new_lock().unwrap(), "the lock file this attempt made");
+        assert_eq!(entries(dir.path()), before, "the directory changed");
+    }
+}
+
+#[test]
+fn a_directory_of_a_nodes_own_entries_alone_is_made_a_data_directory() {
+    // Goal: an empty directory, a file system's root (`lost+found/`), one holding the admin
+    // token an operator put there first or a node's own leftovers, and one holding the archive
+    // directory the storage retires into, are all made data directories.
+    let own_leftovers =
+        [datadir::ADMIN_TOKEN_FILE, ".epoch.tmp", ringfence_journal::lock::LOCK_FILE];
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&[], &[]),
+        (&[], &[datadir::LOST_AND_FOUND_DIR]),
+        (&own_leftovers, &[datadir::ROLLBACK_DIR]),
+        (&[], &["archive"]),
+    ];
+    for (files, dirs) in cases {
+        let dir = TempDir::new("own");
+        for file in files {
+            std::fs::write(dir.path().join(file), "a node's").unwrap();
+        }
+        for sub in dirs {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let archive = dir.path().join("archive");
+        let storage = FileStorage::open_exclusive(dir.path()).unwrap().with_archive(&archive);
+        let recovered = recover_from(storage, options(Durability::Batch))
+            .unwrap_or_else(|e| panic!("{files:?} {dirs:?}: {e}"));
+        assert!(recovered.report.initialised, "{files:?} {dirs:?}");
+        assert!(recovered.report.foreign_entries.is_empty(), "{files:?} {dirs:?}");
+        assert!(dir.path().join(MANIFEST_FILE).exists(), "{files:?} {dirs:?}");
+    }
+}
+
+#[test]
+fn entries_beside_a_journal_are_reported_and_left_alone() {
+    // Goal: a directory that holds a journal is read whatever else is dropped beside it, and
+    // what is not a node's is reported and kept, a temporary of another name included: only a
+    // node's own temporaries are a crash's leftovers to remove.
+    let dir = TempDir::new("beside");
+    write_journal(dir.path(), 100);
+    std::fs::write(dir.path().join("notes.txt"), "someone's").unwrap();
+    std::fs::write(dir.path().join(".draft.tmp"), "someone's").unwrap();
+    std::fs::write(dir.path().join(temp_name(MANIFEST_FILE)), "half written").unwrap();
+    let recovered = recover(dir.path(), options(Durability::Batch)).unwrap();
+    assert_eq!(recovered.next_sequence, Sequence(101), "the journal is read");
+    assert_eq!(recovered.report.foreign_entries, [".draft.tmp", "notes.txt"]);
+    assert_eq!(recovered.report.temporaries_removed.len(), 1, "{}", recovered.report);
+    assert!(dir.path().join(".draft.tmp").exists() && dir.path().join("notes.txt").exists());
+    assert!(!dir.path().join(temp_name(MANIFEST_FILE)).exists(), "a node's leftover is removed");
 }
