@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use ringfence_core::Sequence;
 use ringfence_journal::scan::Record;
 
-/// The directory, inside a data directory.
-pub const ROLLBACK_DIR: &str = "rollback";
+/// The directory, inside a data directory (one of the node's own entries there).
+pub const ROLLBACK_DIR: &str = ringfence_journal::datadir::ROLLBACK_DIR;
 
 /// A visitor of records, as `scan::read` and `salvage::salvage` take one.
 pub type Visitor<'a> = &'a mut dyn FnMut(&Record) -> ControlFlow<()>;

@@ -21,7 +21,7 @@ use ringfence_core::pipeline::{
 use ringfence_core::{Engine, EngineConfig, Epoch, Sequence};
 use ringfence_ingress::roles::Role as AccessRole;
 use ringfence_ingress::{HashWatch, MetricsWriter, NodeBackend, ReplicationControl, ServerConfig};
-use ringfence_journal::datadir::DataDir;
+use ringfence_journal::datadir::{ADMIN_TOKEN_FILE, DataDir};
 use ringfence_journal::recovery::{Recovered, recover_from};
 use ringfence_journal::snapshot::{self, SnapshotPolicy, Snapshotter, WriterPriority};
 use ringfence_journal::spare::DISK_CHECK_EVERY;
@@ -53,7 +53,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for the journal, snapshots, manifest, epoch file and the generated admin
-    /// token; locked while the node runs [default: ./ringfence-data].
+    /// token; locked while the node runs. Without a journal yet it must be empty or hold only
+    /// ringfence's files (and lost+found) [default: ./ringfence-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address of the binary protocol listener [default: 127.0.0.1:7001]; beyond loopback only
@@ -566,6 +567,7 @@ fn serve(args: &ServeArgs, starting: &mut Option<FileStorage>) -> Result<(), Str
         new_token.write()?;
     }
     warn_of_rollback(&data_dir);
+    warn_of_foreign(&data_dir, &recovered.report.foreign_entries);
     let policy = SnapshotPolicy {
         every_commands: file.node.snapshot_every_commands,
         keep: file.node.snapshots_kept.max(1),
@@ -983,6 +985,22 @@ fn warn_of_rollback(data_dir: &Path) {
     }
 }
 
+/// Warns, once a start, of entries beside the journal that are not the node's: the journal is
+/// whole and the node serves, but a data directory shared with other files is one that a
+/// cleanup meant for them may damage. (Without a journal, recovery refuses them instead.)
+fn warn_of_foreign(data_dir: &Path, foreign: &[String]) {
+    if foreign.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        target: "ringfence",
+        "{} holds, beside its journal, {}: the node serves; keep other files out of the data \
+         directory",
+        data_dir.display(),
+        ringfence_journal::datadir::foreign_named(foreign)
+    );
+}
+
 fn recover_logged(
     storage: &FileStorage,
     options: WriterOptions,
@@ -1163,7 +1181,7 @@ pub(crate) fn check_tokens(
 /// Serve's own admin token, `<data-dir>/admin.token`, if the file is there: it must follow
 /// the admin token rule (a file the operator wrote by hand may not).
 fn own_admin_token(data_dir: &Path) -> Result<Option<String>, String> {
-    let path = data_dir.join("admin.token");
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
     if !path.exists() {
         return Ok(None);
     }
@@ -1193,7 +1211,7 @@ fn admin_token(
         log(format_args!("admin token from {source}"));
         return Ok((token, None));
     }
-    let path = data_dir.join("admin.token");
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
     let (token, new_token) = if let Some(token) = own_admin_token(data_dir)? {
         log(format_args!("admin token in {}", path.display()));
         (token, None)
@@ -1366,7 +1384,7 @@ fn protected_mode(listeners: &[Option<SocketAddr>], data_dir: &Path) -> Result<(
     if exposed.is_empty() {
         return Ok(());
     }
-    let own = data_dir.join("admin.token");
+    let own = data_dir.join(ADMIN_TOKEN_FILE);
     let keep = if own.exists() {
         format!("; --admin-token-file {} keeps serve's own", own.display())
     } else {

@@ -309,6 +309,67 @@ fn a_refused_start_leaves_no_lock_file_where_there_was_none() {
     drop(taken);
 }
 
+/// The entries of `dir`, sorted, subdirectories with a trailing `/`.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if entry.file_type().unwrap().is_dir() { format!("{name}/") } else { name }
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn serve_makes_no_journal_in_a_directory_holding_someone_elses_files() {
+    // Goal: `serve` on a directory with no journal that holds a file that is not ringfence's
+    // (a mistyped --data-dir) refuses, exit 1, naming the directory, the file and the flag,
+    // and leaves the directory as it was: no lock file, token or journal file. An empty
+    // directory and a file system's root (`lost+found/`) start; a node's own directory with a
+    // file dropped in beside its journal starts too, and warns of it once.
+    let dir = TempDir::new("foreign-files");
+    let config = quiet_config(dir.path());
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("photos")).unwrap();
+    std::fs::write(home.join("notes.txt"), "someone's").unwrap();
+    let before = listing(&home);
+    let refused = start_refused(home.to_str().unwrap(), &config);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(err.contains("ringfence serve: error: recovery: "), "{err}");
+    assert!(err.contains(&format!("{} holds no journal", home.display())), "{err}");
+    assert!(err.contains("(notes.txt, photos/)") && err.contains("--data-dir"), "{err}");
+    assert_eq!(listing(&home), before, "the refused start changed the directory");
+
+    let mount = dir.path().join("mount");
+    std::fs::create_dir_all(mount.join("lost+found")).unwrap();
+    for data in [dir.path().join("empty"), mount] {
+        std::fs::create_dir_all(&data).unwrap();
+        let mut node = Serve::start_with(&data, &["--config", &config]);
+        assert!(data.join(ringfence_journal::manifest::MANIFEST_FILE).exists(), "{data:?}");
+        let log = node.drain_log();
+        assert!(log.iter().all(|line| !line.contains("did not put there")), "{log:#?}");
+        node.signal("-TERM");
+    }
+
+    let data = dir.path().join("empty");
+    std::fs::write(data.join("notes.txt"), "someone's").unwrap();
+    let mut node = Serve::start_with(&data, &["--config", &config]);
+    sell(&node, 1);
+    let warned: Vec<String> =
+        node.drain_log().into_iter().filter(|line| line.contains("did not put there")).collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(
+        warned[0].contains("1 entry that ringfence did not put there (notes.txt)"),
+        "{warned:?}"
+    );
+    node.signal("-TERM");
+    assert!(data.join("notes.txt").exists(), "a file beside the journal is left alone");
+}
+
 #[test]
 fn a_second_writer_on_a_live_directory_is_refused_naming_the_pid() {
     // Goal: while a node runs, a second `serve` and a `journal truncate` on its directory are
