@@ -278,8 +278,8 @@ pub enum JournalError {
     /// directory.
     #[error(
         "{dir} holds no journal, but {}: a node makes a new journal only in an empty directory, \
-         or one holding nothing but ringfence's own files (and a file system's lost+found), so \
-         that a mistyped path is never filled with one. Name a new or empty directory (`serve \
+         or one holding nothing but ringfence's own files (those its configuration names among \
+         them) and a file system's lost+found, so that a mistyped path is never filled with one. Name a new or empty directory (`serve \
          --data-dir`, or data_dir in the config file), or move these out of {dir}",
         entries_named(named, *count)
     )]

@@ -100,8 +100,9 @@ pub trait Storage: Clone + Send + 'static {
     /// Names of every file in the directory, in any order.
     fn list(&self) -> io::Result<Vec<String>>;
     /// Names of every entry in the directory, in any order: subdirectories too, with a trailing
-    /// `/`, and names that are not UTF-8 shown lossily; this storage's own archive directory
-    /// is left out. What a directory with no journal yet is judged by
+    /// `/`, and names that are not UTF-8 shown lossily; this storage's own archive directory,
+    /// and the files its node's configuration names ([`FileStorage::with_named_files`]), are
+    /// left out. What a directory with no journal yet is judged by
     /// ([`crate::datadir::foreign_entries`]). By default the files of [`Storage::list`], for a
     /// storage that holds no subdirectory.
     fn list_entries(&self) -> io::Result<Vec<String>> {
@@ -287,6 +288,8 @@ pub struct FileStorage {
 struct FileDir {
     dir: PathBuf,
     archive: Option<PathBuf>,
+    /// Files the node's configuration names, wherever they are ([`FileStorage::with_named_files`]).
+    named: Vec<PathBuf>,
     lock: Option<Arc<DirLock>>,
 }
 
@@ -297,7 +300,12 @@ impl FileStorage {
         fs::create_dir_all(dir)?;
         debug_assert!(dir.is_dir(), "the data directory is not a directory");
         Ok(FileStorage {
-            inner: Arc::new(FileDir { dir: dir.to_path_buf(), archive: None, lock: None }),
+            inner: Arc::new(FileDir {
+                dir: dir.to_path_buf(),
+                archive: None,
+                named: Vec::new(),
+                lock: None,
+            }),
         })
     }
 
@@ -311,7 +319,8 @@ impl FileStorage {
         // The lock is the directory's own (debug builds: a stat).
         debug_assert!(lock.path().starts_with(dir), "a lock outside the data directory");
         debug_assert!(lock.path().exists(), "the lock file is not there");
-        let inner = FileDir { dir: dir.to_path_buf(), archive: None, lock: Some(Arc::new(lock)) };
+        let dir = dir.to_path_buf();
+        let inner = FileDir { dir, archive: None, named: Vec::new(), lock: Some(Arc::new(lock)) };
         Ok(FileStorage { inner: Arc::new(inner) })
     }
 
@@ -323,6 +332,17 @@ impl FileStorage {
         assert_ne!(archive, self.dir(), "the archive is the data directory");
         let mut inner = FileDir::clone(&self.inner);
         inner.archive = Some(archive.to_path_buf());
+        FileStorage { inner: Arc::new(inner) }
+    }
+
+    /// The same directory, knowing `files` as its node's own where they lie in it: the files
+    /// the node's configuration names (its config file, token files, cluster secret), which an
+    /// operator may keep in the data directory before its first start.
+    #[must_use]
+    pub fn with_named_files(self, files: &[&Path]) -> FileStorage {
+        assert!(self.inner.named.is_empty(), "a node's configuration names its files once");
+        let mut inner = FileDir::clone(&self.inner);
+        inner.named = files.iter().map(|file| file.to_path_buf()).collect();
         FileStorage { inner: Arc::new(inner) }
     }
 
@@ -449,21 +469,32 @@ impl Storage for FileStorage {
     }
 
     fn list_entries(&self) -> io::Result<Vec<String>> {
-        // The archive is known by its inode: named in the config, it may be spelled otherwise.
+        // The archive and the named files are known by their inodes: named in the config,
+        // they may be spelled otherwise.
+        let identity = |meta: fs::Metadata| (meta.dev(), meta.ino());
         let archive = self.inner.archive.as_deref().and_then(|dir| fs::metadata(dir).ok());
-        let is_archive = |meta: &fs::Metadata| {
-            archive.as_ref().is_some_and(|a| (a.dev(), a.ino()) == (meta.dev(), meta.ino()))
-        };
+        let archive = archive.map(identity);
+        let named: Vec<(u64, u64)> = self
+            .inner
+            .named
+            .iter()
+            .filter_map(|file| fs::metadata(file).ok().map(identity))
+            .collect();
         let mut names = Vec::new();
         for entry in fs::read_dir(&self.inner.dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             assert!(name != "." && name != "..", "the directory listed itself or its parent");
+            assert!(!name.contains('/'), "an entry's name holds a separator: {name}");
             // A symbolic link is an entry of its own, whatever it points at.
-            if !entry.file_type()?.is_dir() {
+            let kind = entry.file_type()?;
+            let id = identity(entry.metadata()?);
+            if kind.is_dir() {
+                if Some(id) != archive {
+                    names.push(format!("{name}/"));
+                }
+            } else if !(kind.is_file() && named.contains(&id)) {
                 names.push(name);
-            } else if !is_archive(&entry.metadata()?) {
-                names.push(format!("{name}/"));
             }
         }
         assert!(names.iter().all(|name| !name.is_empty()), "an entry with no name");

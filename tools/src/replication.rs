@@ -438,11 +438,19 @@ fn heartbeat_ms(file: Option<u64>, default: u64, timeout_ms: u64) -> Result<u64,
     Ok(heartbeat)
 }
 
+/// The cluster secret's file, if one is named (the flag before the config file's).
+pub(crate) fn secret_file<'a>(
+    args: &'a ReplicationArgs,
+    file: &'a ReplicationSection,
+) -> Option<&'a Path> {
+    args.cluster_secret_file.as_deref().or(file.cluster_secret_file.as_deref())
+}
+
 fn secret(
     args: &ReplicationArgs,
     file: &ReplicationSection,
 ) -> Result<Option<ClusterSecret>, String> {
-    if let Some(path) = args.cluster_secret_file.as_ref().or(file.cluster_secret_file.as_ref()) {
+    if let Some(path) = secret_file(args, file) {
         let secret = ClusterSecret::from_file(path).map_err(|e| e.to_string())?;
         log(format_args!("cluster secret from {}", path.display()));
         return Ok(Some(secret));

@@ -54,7 +54,8 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Directory for the journal, snapshots, manifest, epoch file and the generated admin
     /// token; locked while the node runs. Without a journal yet it must be empty or hold only
-    /// ringfence's files (and lost+found) [default: ./ringfence-data].
+    /// ringfence's files, the files the configuration names (config, tokens, cluster secret)
+    /// and lost+found [default: ./ringfence-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address of the binary protocol listener [default: 127.0.0.1:7001]; beyond loopback only
@@ -535,7 +536,8 @@ fn serve(args: &ServeArgs, starting: &mut Option<FileStorage>) -> Result<(), Str
         crate::memory::LOWER_CAPACITIES,
     )?;
     // Before anything else touches the directory: one writer at a time, held until we exit.
-    let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?;
+    let storage = lock_data_dir(&data_dir, file.node.archive_dir.as_deref())?
+        .with_named_files(&named_files(args, &file));
     *starting = Some(storage.clone());
     let (admin, new_token) = admin_token(tokens.admin, &data_dir)?;
     let mut role_tokens = Vec::with_capacity(tokens.roles.len());
@@ -839,6 +841,16 @@ fn lock_data_dir(data_dir: &Path, archive: Option<&Path>) -> Result<FileStorage,
         Some(archive) => storage.with_archive(archive),
         None => storage,
     })
+}
+
+/// The files the node's configuration names: its config file, token files and cluster
+/// secret. One kept in the data directory is the node's own there, not someone else's file.
+fn named_files<'a>(args: &'a ServeArgs, file: &'a FileConfig) -> Vec<&'a Path> {
+    let roles = [AccessRole::Orders, AccessRole::Payments, AccessRole::Read];
+    let admin = args.admin_token_file.as_deref().or(file.admin_token_file.as_deref());
+    let secret = replication::secret_file(&args.replication, &file.replication);
+    let tokens = roles.into_iter().map(|role| file.auth.token_file(role));
+    [args.config.as_deref(), admin, secret].into_iter().chain(tokens).flatten().collect()
 }
 
 /// Recovers the node from the data directory and logs what recovery did and found.

@@ -328,7 +328,8 @@ fn serve_makes_no_journal_in_a_directory_holding_someone_elses_files() {
     // Goal: `serve` on a directory with no journal that holds a file that is not ringfence's
     // (a mistyped --data-dir) refuses, exit 1, naming the directory, the file and the flag,
     // and leaves the directory as it was: no lock file, token or journal file. An empty
-    // directory and a file system's root (`lost+found/`) start; a node's own directory with a
+    // directory, a file system's root (`lost+found/`) and one holding the node's config file
+    // and a token file it names start; a node's own directory with a
     // file dropped in beside its journal starts too, and warns of it once.
     let dir = TempDir::new("foreign-files");
     let config = quiet_config(dir.path());
@@ -354,6 +355,21 @@ fn serve_makes_no_journal_in_a_directory_holding_someone_elses_files() {
         assert!(log.iter().all(|line| !line.contains("did not put there")), "{log:#?}");
         node.signal("-TERM");
     }
+
+    // The files its configuration names are the node's own, there before its first start.
+    let configured = dir.path().join("configured");
+    std::fs::create_dir_all(&configured).unwrap();
+    let token = configured.join("orders.token");
+    std::fs::write(&token, "orders-token-of-at-least-32-characters\n").unwrap();
+    let own_config = configured.join("node.toml");
+    let settings = std::fs::read_to_string(&config).unwrap();
+    let auth = format!("[auth]\norders_token_file = {:?}\n", token.display().to_string());
+    std::fs::write(&own_config, format!("{settings}{auth}")).unwrap();
+    let mut node = Serve::start_with(&configured, &["--config", own_config.to_str().unwrap()]);
+    assert!(configured.join(ringfence_journal::manifest::MANIFEST_FILE).exists());
+    let log = node.drain_log();
+    assert!(log.iter().all(|line| !line.contains("did not put there")), "{log:#?}");
+    node.signal("-TERM");
 
     let data = dir.path().join("empty");
     std::fs::write(data.join("notes.txt"), "someone's").unwrap();

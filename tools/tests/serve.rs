@@ -233,8 +233,8 @@ fn a_flood_under_one_user_leaves_other_buyers_served() {
     let config = dir.join("quota.toml");
     let quotas = "[engine]\nrequest_keys_per_user_max = 20\norders_per_user_max = 10\n";
     std::fs::write(&config, quotas).unwrap();
-    // The config beside the data directory: a node makes no journal among other files.
-    let node = Serve::start_with(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    // The config file in the data directory: a file the node's configuration names is its own.
+    let node = Serve::start_with(&dir, &["--config", config.to_str().unwrap()]);
     let sku = r#"{"sku":1,"stock":1000,"price_cents":700,"per_user_limit":0,"payment_timeout_ms":600000}"#;
     assert_eq!(node.call("POST", "/v1/skus", sku, true).0, 201);
     let mut statuses = std::collections::BTreeMap::new();
