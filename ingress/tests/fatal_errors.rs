@@ -10,11 +10,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Http, create_sku, start_node};
+use common::{Http, Stuck, create_sku, start_node};
 use ringfence_core::pipeline::Topology;
 use ringfence_core::{Action, Command, Reserve, SkuId, UserId};
 use ringfence_ingress::wire::{self, ErrorCode, ErrorFrame, Kind, Response};
-use ringfence_ingress::{Backend, BackendCompletion, NodeStatus, Refusal, ServerConfig, keys};
+use ringfence_ingress::{ServerConfig, keys};
 
 /// Reservations pipelined ahead of the bad frame.
 const RESERVES: u64 = 200;
@@ -149,21 +149,6 @@ fn a_fatal_error_with_nothing_owed_closes_at_once() {
         assert!(clean, "{case}: the stream ends after the error, not reset");
     }
     server.shutdown().unwrap();
-}
-
-/// A node that accepts every command and never answers.
-struct Stuck;
-
-impl Backend for Stuck {
-    fn try_submit(&mut self, _command: Command, _token: u64) -> Result<(), Refusal> {
-        Ok(())
-    }
-    fn poll(&mut self) -> Option<BackendCompletion> {
-        None
-    }
-    fn status(&self) -> NodeStatus {
-        NodeStatus::default()
-    }
 }
 
 /// Sends three reservations, a ping, and a bad frame in one write to `addr`; returns the

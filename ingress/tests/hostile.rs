@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use common::{Http, TOKEN, create_sku, start};
+use common::{Http, Stuck, TOKEN, create_sku, start};
 use ringfence_core::prng::Prng;
 use ringfence_core::{Command, Query, SkuId};
 use ringfence_ingress::wire::{self, ErrorCode, Kind, Response};
@@ -349,21 +349,6 @@ fn full_ring_answers_busy_at_once() {
     let metrics = String::from_utf8(http.call("GET", "/metrics", None, None).body).unwrap();
     assert!(metrics.contains("ringfence_busy_total 2\n"), "{metrics}");
     server.shutdown().unwrap();
-}
-
-/// A node that accepts every command and never answers.
-struct Stuck;
-
-impl Backend for Stuck {
-    fn try_submit(&mut self, _command: Command, _token: u64) -> Result<(), Refusal> {
-        Ok(())
-    }
-    fn poll(&mut self) -> Option<BackendCompletion> {
-        None
-    }
-    fn status(&self) -> NodeStatus {
-        NodeStatus::default()
-    }
 }
 
 #[test]

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use ringfence_core::pipeline::{EgressDriver, MemoryJournal, NoReplicator, NoSnapshots, Node};
 use ringfence_core::pipeline::{NodeConfig, Topology};
-use ringfence_core::{Engine, EngineConfig, Sequence};
+use ringfence_core::{Command, Engine, EngineConfig, Sequence};
+use ringfence_ingress::{Backend, BackendCompletion, NodeStatus, Refusal};
 use ringfence_ingress::{HashWatch, NodeBackend, ReplicationControl, ServerConfig, ServerHandle};
 
 pub const TOKEN: &str = "test-admin-token";
@@ -228,4 +229,19 @@ pub fn connect_from(source: std::net::Ipv4Addr, target: SocketAddr) -> std::io::
     socket.bind(&SocketAddr::from((source, 0)).into())?;
     socket.connect(&target.into())?;
     Ok(socket.into())
+}
+
+/// A node that accepts every command and never answers.
+pub struct Stuck;
+
+impl Backend for Stuck {
+    fn try_submit(&mut self, _command: Command, _token: u64) -> Result<(), Refusal> {
+        Ok(())
+    }
+    fn poll(&mut self) -> Option<BackendCompletion> {
+        None
+    }
+    fn status(&self) -> NodeStatus {
+        NodeStatus::default()
+    }
 }
