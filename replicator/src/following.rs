@@ -395,6 +395,12 @@ impl Following {
         // A record is answered only once journaled (durable under this node's policy) and
         // applied here: what is answered is what this standby holds.
         let held = applied.answered;
+        #[cfg(feature = "mutations")]
+        let held = if crate::mutation::standby_acks_submitted() {
+            applied.submitted.last_sequence
+        } else {
+            held
+        };
         // Progress first: a directory that has just caught up says so in this acknowledgement.
         standby::report_progress(control, session, held);
         let ack = session.ack(held, held, control.epoch_store().catching_up());

@@ -29,6 +29,8 @@ mod handshakes;
 pub mod index;
 pub mod link;
 pub mod message;
+#[cfg(feature = "mutations")]
+pub mod mutation;
 pub mod policy;
 pub mod position;
 pub mod primary;

@@ -1262,6 +1262,17 @@ mod tests {
 
     #[cfg(feature = "mutations")]
     #[test]
+    fn a_standby_acknowledging_records_it_only_submitted_is_caught() {
+        // Goal: the simulator runs the production follower's acknowledgements, and its checker
+        // of them bites. A standby that acknowledges every record handed to its node, before
+        // its journal holds it, lets its primary answer writes the pair may lose; the checker
+        // sees an acknowledgement past what the standby's journal held durably.
+        let switch = ringfence_replicator::mutation::set_standby_acks_submitted;
+        caught_switched(switch, 1..150, "acknowledged record");
+    }
+
+    #[cfg(feature = "mutations")]
+    #[test]
     fn a_snapshot_whose_epoch_history_is_one_record_off_is_caught() {
         // Goal: the epoch-history checker bites. Snapshots whose history starts each epoch
         // after the first one record late (so a standby replaced by one would misjudge the
