@@ -289,7 +289,8 @@ fn is_own_file(name: &str) -> bool {
 /// Whether `name` is a temporary a node writes one of its files under: `.<own file>.tmp`
 /// ([`crate::storage::temp_name`]), the spare segment, or `.admin.token.<pid>.tmp` (`serve`
 /// writes its token so). Recovery removes these, and only these, as a crash's leftovers.
-pub(crate) fn is_own_temporary(name: &str) -> bool {
+#[must_use]
+pub fn is_own_temporary(name: &str) -> bool {
     let Some(inner) = name.strip_prefix('.').and_then(|name| name.strip_suffix(".tmp")) else {
         return false;
     };
