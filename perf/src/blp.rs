@@ -25,7 +25,10 @@
 //!   two again with the quotas off (`_no_quotas`), for their cost as a ratio. The untimed
 //!   passes of the variants on one page size take turns, so that a change in the machine's
 //!   load falls on all of them alike;
-//! - `naive_baseline`: the same commands through [`NaiveEngine`].
+//! - `naive_baseline`: the same commands through [`NaiveEngine`], whose maps grow as they go;
+//! - `naive_presized`: the same naive engine with every map and queue reserved up front for
+//!   the workload ([`naive_capacity`]), so that none grows during the pass: what the baseline's
+//!   ratios owe to its maps' growth. Its passes take turns with the baseline's.
 //!
 //! Large allocations are kept warm between passes ([`crate::pages`]) and a warm-up pass runs
 //! first, so engine tables sit on pages already faulted in, as on a node that has been
@@ -46,7 +49,7 @@ use ringfence_core::{
     UserId,
 };
 
-use crate::naive::NaiveEngine;
+use crate::naive::{NaiveCapacity, NaiveEngine};
 use crate::pages::{self, PageMode};
 use crate::report::{Report, Row, latency_histogram};
 use crate::{Common, Size};
@@ -188,7 +191,8 @@ pub fn bench(report: &mut Report, size: Size) {
         "  variants: {}2 MiB pages (madvise); 2 MiB pages + Engine::prefetch {LOOKAHEAD} \
          commands ahead; the same two with the per-user quotas off (_no_quotas); on the hot \
          SKU, the lookahead again with tables {TABLES_LARGER}x the sale's capacities \
-         (_{TABLES_LARGER}x_tables). naive_baseline: system default pages",
+         (_{TABLES_LARGER}x_tables). naive_baseline and naive_presized (the same with its \
+         maps reserved for the workload up front): system default pages",
         if sizes.small_pages { "4 KiB pages; " } else { "" }
     ));
     let quotas = EngineConfig::default();
@@ -211,7 +215,9 @@ pub fn bench(report: &mut Report, size: Size) {
     for scenario in ["hot_sku", "mixed"] {
         for variant in ["ringfence", "ringfence_lookahead"] {
             report.ratio(scenario, variant, "naive_baseline");
+            report.ratio(scenario, variant, "naive_presized");
         }
+        report.ratio(scenario, "naive_presized", "naive_baseline");
         report.ratio(scenario, "ringfence", "ringfence_no_quotas");
         report.ratio(scenario, "ringfence_lookahead", "ringfence_no_quotas_lookahead");
     }
@@ -256,16 +262,12 @@ fn summarize_goal(report: &Report) {
 fn measure(report: &mut Report, workload: &Workload, context: &Context) {
     let ops = workload.commands.len() as u64;
     let scenario = workload.scenario;
-    let with_context = |row: Row| {
-        row.with("threads", 1)
-            .with("pinned", context.pinned)
-            .with("timing", "clock read per command, back to back; ops/s from untimed passes")
-    };
     let commands = &workload.commands;
     let (seconds, histogram) = timed_pass(commands.len(), |index| {
         black_box(&commands[index]);
     });
-    report.push(with_context(Row::new(scenario, "harness_overhead", ops, seconds, histogram)));
+    let row = Row::new(scenario, "harness_overhead", ops, seconds, histogram);
+    report.push(with_context(row, context));
 
     for huge_pages in [false, true] {
         let group: Vec<Variant> = VARIANTS
@@ -297,33 +299,60 @@ fn measure(report: &mut Report, workload: &Workload, context: &Context) {
                 .with("warmup_ops_per_sec", ops as f64 / cold.seconds)
                 .with("best_ops_per_sec", ops as f64 / passes.best_seconds())
                 .with("cpu_ops_per_sec", ops as f64 / passes.median_cpu_seconds());
-            report.push(with_context(row));
+            report.push(with_context(row, context));
         }
     }
 
-    // The obvious way takes the system's default pages (and huge-page compaction would only
-    // slow its growing tables' first touch).
-    pages::set_page_mode(PageMode::SystemDefault);
-    let mut passes = Passes::default();
-    naive_pass(workload);
-    for _ in 0..context.sizes.naive_passes {
-        passes.add(naive_pass(workload));
-    }
-    let naive = new_naive(workload);
-    let (timed_seconds, histogram) = timed_pass(commands.len(), |index| {
-        black_box(naive.apply(&commands[index]));
-    });
-    drop(naive);
-    let seconds = if passes.is_empty() { timed_seconds } else { passes.median_seconds() };
-    let row = Row::new(scenario, "naive_baseline", ops, seconds, histogram)
-        .with("huge_pages", false)
-        .with("untimed_passes", context.sizes.naive_passes as u64);
-    report.push(with_context(row));
+    measure_naive(report, workload, context);
     let accepted = report.row(scenario, "ringfence").and_then(|row| row.context.get("accepted"));
     report.note(&format!(
         "  {scenario}: {ops} commands, {} accepted by the engine",
         accepted.map_or("?".to_owned(), ToString::to_string)
     ));
+}
+
+/// The naive engine's rows: as written (`naive_baseline`, its maps growing as they go) and
+/// presized for the workload (`naive_presized`), their untimed passes taking turns.
+fn measure_naive(report: &mut Report, workload: &Workload, context: &Context) {
+    // The obvious way takes the system's default pages (and huge-page compaction would only
+    // slow its growing tables' first touch).
+    pages::set_page_mode(PageMode::SystemDefault);
+    let presized = naive_capacity(workload);
+    let variants = [("naive_baseline", NaiveCapacity::default()), ("naive_presized", presized)];
+    let warmups = variants.map(|(_, capacity)| naive_pass(workload, capacity));
+    assert_eq!(warmups[0].accepted, warmups[1].accepted, "presizing changed an outcome");
+    let mut passes = [Passes::default(), Passes::default()];
+    for _ in 0..context.sizes.naive_passes {
+        for ((_, capacity), passes) in variants.iter().zip(&mut passes) {
+            passes.add(naive_pass(workload, *capacity));
+        }
+    }
+    let commands = &workload.commands;
+    let ops = commands.len() as u64;
+    for ((name, capacity), passes) in variants.into_iter().zip(&passes) {
+        let naive = new_naive(workload, capacity);
+        let (timed_seconds, histogram) = timed_pass(commands.len(), |index| {
+            black_box(naive.apply(&commands[index]));
+        });
+        drop(naive);
+        let seconds = if passes.is_empty() { timed_seconds } else { passes.median_seconds() };
+        let row = Row::new(workload.scenario, name, ops, seconds, histogram)
+            .with("huge_pages", false)
+            .with("untimed_passes", context.sizes.naive_passes as u64);
+        report.push(with_context(row, context));
+    }
+    report.note(&format!(
+        "  {}: naive_presized has room for {} orders, holdings and deadlines (one per \
+         reservation), {} request keys (one per client command) and {} coupons (one per claim)",
+        workload.scenario, presized.orders, presized.requests, presized.coupons,
+    ));
+}
+
+/// `row` with the context every row of this benchmark shares.
+fn with_context(row: Row, context: &Context) -> Row {
+    row.with("threads", 1)
+        .with("pinned", context.pinned)
+        .with("timing", "clock read per command, back to back; ops/s from untimed passes")
 }
 
 /// What one untimed pass took.
@@ -407,9 +436,13 @@ fn new_engine(workload: &Workload, variant: &Variant) -> Engine {
     engine
 }
 
-fn new_naive(workload: &Workload) -> NaiveEngine {
+/// A fresh naive engine with the workload's setup applied, its maps and queues reserved for
+/// `capacity` entries (none: they grow as they go).
+fn new_naive(workload: &Workload, capacity: NaiveCapacity) -> NaiveEngine {
     let config = &workload.config;
-    let naive = NaiveEngine::new(config.shard, config.request_key_window_ms, config.order_qty_max);
+    let (shard, window_ms, qty_max) =
+        (config.shard, config.request_key_window_ms, config.order_qty_max);
+    let naive = NaiveEngine::with_capacity(shard, window_ms, qty_max, capacity);
     for command in &workload.setup {
         let outcome = naive.apply(command);
         assert!(!outcome.is_rejected(), "setup command refused: {outcome:?}");
@@ -445,9 +478,37 @@ fn engine_pass(workload: &Workload, variant: &Variant) -> Pass {
     Pass { seconds, cpu_seconds, accepted: black_box(accepted) }
 }
 
-/// One untimed pass over a fresh naive engine.
-fn naive_pass(workload: &Workload) -> Pass {
-    let naive = new_naive(workload);
+/// Room for everything `workload` can add to the naive engine, counted from its commands (setup
+/// included): an order, a holding and a deadline per reservation, a request key per client
+/// command, a coupon and a claim per claim. An upper bound, so no map or queue grows.
+fn naive_capacity(workload: &Workload) -> NaiveCapacity {
+    let mut capacity = NaiveCapacity::default();
+    for sequenced in workload.setup.iter().chain(&workload.commands) {
+        let Command::Client { action, .. } = &sequenced.command else {
+            continue;
+        };
+        capacity.requests += 1;
+        match action {
+            Action::CreateSku(_) => capacity.skus += 1,
+            Action::CreateCouponBatch(_) => capacity.batches += 1,
+            Action::Reserve(_) => {
+                capacity.orders += 1;
+                capacity.holdings += 1;
+                capacity.deadlines += 1;
+            }
+            Action::ClaimCoupon { .. } => {
+                capacity.coupons += 1;
+                capacity.claims += 1;
+            }
+            _ => {}
+        }
+    }
+    capacity
+}
+
+/// One untimed pass over a fresh naive engine with room for `capacity`.
+fn naive_pass(workload: &Workload, capacity: NaiveCapacity) -> Pass {
+    let naive = new_naive(workload, capacity);
     let mut accepted = 0u64;
     let cpu_start = thread_cpu_seconds();
     let start = Instant::now();
@@ -798,13 +859,17 @@ mod tests {
         VARIANTS.into_iter().find(|v| v.name == name).expect("a variant of that name")
     }
 
+    /// Applies the workload to the engine, the naive baseline and the presized naive engine,
+    /// checking every outcome alike; returns how many the engine accepted.
     fn agree(workload: &Workload, variant: &Variant) -> u64 {
         let mut engine = new_engine(workload, variant);
-        let naive = new_naive(workload);
+        let naive = new_naive(workload, NaiveCapacity::default());
+        let presized = new_naive(workload, naive_capacity(workload));
         let mut accepted = 0;
         for command in &workload.commands {
             let expected = engine.apply(command);
             assert_eq!(naive.apply(command), expected, "at {:?}", command.sequence);
+            assert_eq!(presized.apply(command), expected, "presized, at {:?}", command.sequence);
             accepted += u64::from(!expected.is_rejected());
         }
         accepted
@@ -812,14 +877,15 @@ mod tests {
 
     #[test]
     fn naive_baseline_and_engine_agree_on_the_hot_sku_sale() {
-        // Goal: the baseline implements the same rules: every buyer gets exactly one unit.
+        // Goal: the baseline, grown or presized, implements the same rules: every buyer gets
+        // exactly one unit.
         let workload = hot_sku_workload(5_000);
         assert_eq!(agree(&workload, &variant("ringfence")), 5_000);
         // Tables larger than the sale spread the same entries wider and change no outcome.
         let larger = variant("ringfence_lookahead_8x_tables");
         assert_eq!(new_engine(&workload, &larger).config().orders_max, 8 * 5_000);
         assert_eq!(agree(&workload, &larger), 5_000);
-        let naive = new_naive(&workload);
+        let naive = new_naive(&workload, NaiveCapacity::default());
         for command in &workload.commands {
             naive.apply(command);
         }
@@ -828,12 +894,36 @@ mod tests {
 
     #[test]
     fn naive_baseline_and_engine_agree_on_every_mixed_outcome() {
-        // Goal: pays, cancels, expiries, coupons and retries answer the same in both.
+        // Goal: pays, cancels, expiries, coupons and retries answer the same in the engine and
+        // the naive baseline, grown or presized.
         let workload = mixed_workload(30_000, 2_000, 10);
         let accepted = agree(&workload, &variant("ringfence"));
         assert!(accepted > 10_000, "the mixed workload mostly succeeds: {accepted}");
         let ticks = workload.commands.iter().filter(|c| c.command == Command::Tick).count();
         assert!(ticks >= 2_999, "one tick per logical millisecond: {ticks}");
+    }
+
+    #[test]
+    fn the_presized_naive_engine_never_grows() {
+        // Goal: `naive_presized` is the baseline without its maps' growth: the room reserved
+        // before the first command holds everything the workload adds, so no map or queue is
+        // reallocated; the baseline's are, which shows the check can see growth.
+        let hot = hot_sku_workload(5_000);
+        let room = naive_capacity(&hot);
+        assert_eq!((room.orders, room.holdings, room.deadlines), (5_000, 5_000, 5_000));
+        assert_eq!((room.requests, room.skus, room.coupons), (5_001, 1, 0));
+        for workload in [hot, mixed_workload(30_000, 2_000, 10)] {
+            let presized = new_naive(&workload, naive_capacity(&workload));
+            let growing = new_naive(&workload, NaiveCapacity::default());
+            let (presized_before, growing_before) =
+                (naive::capacities(&presized), naive::capacities(&growing));
+            for command in &workload.commands {
+                presized.apply(command);
+                growing.apply(command);
+            }
+            assert_eq!(naive::capacities(&presized), presized_before, "{}", workload.scenario);
+            assert_ne!(naive::capacities(&growing), growing_before, "{}", workload.scenario);
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! with the same [`Outcome`]s as the engine, so the two can be checked against each other.
 //! It is a yardstick, not a second implementation: it has no capacities, no snapshots and no
 //! state hash.
+//!
+//! With the default [`NaiveCapacity`] every map and queue starts empty and grows (rehashing)
+//! as the sale goes on; with room reserved up front for the sale's size, as an author who knows
+//! that size would write it, the same engine gives the same outcomes without the growth.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -50,7 +54,28 @@ struct RequestRow {
     outcome: Outcome,
 }
 
-#[derive(Default)]
+/// Entries each growing map and queue of a [`NaiveEngine`] has room for before its first
+/// command. The default reserves nothing: every map starts empty and grows as it goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NaiveCapacity {
+    /// SKUs defined.
+    pub skus: usize,
+    /// Orders in any state (the naive engine never forgets one).
+    pub orders: usize,
+    /// Units each user holds of each limited SKU.
+    pub holdings: usize,
+    /// Coupon batches defined.
+    pub batches: usize,
+    /// Coupons claimed.
+    pub coupons: usize,
+    /// Coupons each user claimed of each batch.
+    pub claims: usize,
+    /// Remembered request keys, and their queue of expiry times.
+    pub requests: usize,
+    /// Payment deadlines waiting in the heap.
+    pub deadlines: usize,
+}
+
 struct State {
     now: u64,
     ids: Snowflake,
@@ -75,10 +100,29 @@ pub struct NaiveEngine {
 }
 
 impl NaiveEngine {
-    /// An empty naive engine with the engine settings that decide outcomes.
+    /// An empty naive engine with the engine settings that decide outcomes, its maps and
+    /// queues with room for `capacity` entries each (the default: none, so they grow).
     #[must_use]
-    pub fn new(shard: u16, request_key_window_ms: u64, order_qty_max: u32) -> NaiveEngine {
-        let state = State { ids: Snowflake::new(shard), ..State::default() };
+    pub fn with_capacity(
+        shard: u16,
+        request_key_window_ms: u64,
+        order_qty_max: u32,
+        capacity: NaiveCapacity,
+    ) -> NaiveEngine {
+        let state = State {
+            now: 0,
+            ids: Snowflake::new(shard),
+            skus: HashMap::with_capacity(capacity.skus),
+            orders: HashMap::with_capacity(capacity.orders),
+            holdings: HashMap::with_capacity(capacity.holdings),
+            batches: HashMap::with_capacity(capacity.batches),
+            coupons: HashMap::with_capacity(capacity.coupons),
+            claims: HashMap::with_capacity(capacity.claims),
+            requests: HashMap::with_capacity(capacity.requests),
+            request_expiry: VecDeque::with_capacity(capacity.requests),
+            deadlines: BinaryHeap::with_capacity(capacity.deadlines),
+        };
+        assert!(state.capacity_at_least(&capacity));
         NaiveEngine { state: Mutex::new(state), request_key_window_ms, order_qty_max }
     }
 
@@ -132,6 +176,35 @@ impl NaiveEngine {
 }
 
 impl State {
+    /// Whether every map and queue has room for `capacity`'s entries without growing.
+    fn capacity_at_least(&self, capacity: &NaiveCapacity) -> bool {
+        self.skus.capacity() >= capacity.skus
+            && self.orders.capacity() >= capacity.orders
+            && self.holdings.capacity() >= capacity.holdings
+            && self.batches.capacity() >= capacity.batches
+            && self.coupons.capacity() >= capacity.coupons
+            && self.claims.capacity() >= capacity.claims
+            && self.requests.capacity() >= capacity.requests
+            && self.request_expiry.capacity() >= capacity.requests
+            && self.deadlines.capacity() >= capacity.deadlines
+    }
+
+    /// Each map's and queue's room now, by name, to tell whether any grew.
+    #[cfg(test)]
+    fn capacities(&self) -> [(&'static str, usize); 9] {
+        [
+            ("skus", self.skus.capacity()),
+            ("orders", self.orders.capacity()),
+            ("holdings", self.holdings.capacity()),
+            ("batches", self.batches.capacity()),
+            ("coupons", self.coupons.capacity()),
+            ("claims", self.claims.capacity()),
+            ("requests", self.requests.capacity()),
+            ("request_expiry", self.request_expiry.capacity()),
+            ("deadlines", self.deadlines.capacity()),
+        ]
+    }
+
     fn advance_time(&mut self, timestamp: u64) {
         if timestamp <= self.now {
             return;
@@ -382,6 +455,12 @@ impl State {
         *self.claims.entry(claim_key).or_insert(0) += 1;
         Ok(Outcome::CouponClaimed { coupon, batch, valid_until })
     }
+}
+
+/// Each map's and queue's room now, by name, for checks that a presized engine never grew.
+#[cfg(test)]
+pub fn capacities(naive: &NaiveEngine) -> [(&'static str, usize); 9] {
+    naive.state.lock().expect("naive state lock poisoned").capacities()
 }
 
 /// Units of `sku` still available, for checks against the engine.

@@ -46,10 +46,12 @@ const SCENARIOS: [&str; 26] = [
 /// Rows each step alone measures, as (scenario, start of the variant's name): a step that
 /// silently measured nothing, or dropped one of its servers, fails here even where the
 /// scenario's table is filled by another step (`tcp`, `http` and `redis` share theirs).
-const STEP_ROWS: [(&str, &str); 14] = [
+const STEP_ROWS: [(&str, &str); 16] = [
     ("hot_sku", "naive_baseline"),
+    ("hot_sku", "naive_presized"),
     ("hot_sku", "ringfence_lookahead"),
     ("mixed", "naive_baseline"),
+    ("mixed", "naive_presized"),
     ("loopback_ping", "binary_ping_baseline max"),
     ("hot_sku_reserve", "ringfence_tcp max"),
     ("hot_sku_reserve", "ringfence_tcp_inline max"),
@@ -106,6 +108,7 @@ fn the_quick_report_writes_every_table_chart_and_histogram() {
         linked.insert(chart);
     }
     assert!(markdown.contains("÷ `naive_baseline`"), "the BLP's ratio to its baseline");
+    assert!(markdown.contains("÷ `naive_presized`"), "the BLP's ratio to the presized baseline");
     assert!(markdown.contains("÷ `local_only`"), "the standby's ratio to the primary alone");
     let redis_ran = markdown.contains("`redis_lua max`");
     assert!(redis_ran || markdown.contains("`redis` skipped: "), "redis neither ran nor skipped");
