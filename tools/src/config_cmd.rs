@@ -206,7 +206,8 @@ const KEYS: &[Key] = &[
         "server",
         "request_timeout_ms",
         "A request must arrive whole within this long of its first byte, and a response being \
-        written must be taken within it; a pipelining client is timed per request.",
+        written must be taken within it; a pipelining client is timed per request. A binary \
+        fatal error waits at most this long for the answers owed before it.",
     ),
     key(
         "server",
