@@ -907,7 +907,16 @@ mod tests {
     fn the_presized_naive_engine_never_grows() {
         // Goal: `naive_presized` is the baseline without its maps' growth: the room reserved
         // before the first command holds everything the workload adds, so no map or queue is
-        // reallocated; the baseline's are, which shows the check can see growth.
+        // reallocated; the baseline's are, which shows the check can see growth. A map's
+        // `capacity()` also falls as removals leave tombstones, until it is rehashed in place,
+        // so growth is a capacity above the one it started with, which a reallocation always
+        // gives at once; it is checked after every command.
+        fn grown(
+            before: &[(&'static str, usize)],
+            now: &[(&'static str, usize)],
+        ) -> Vec<(&'static str, usize)> {
+            before.iter().zip(now).filter(|(b, n)| n.1 > b.1).map(|(_, n)| *n).collect()
+        }
         let hot = hot_sku_workload(5_000);
         let room = naive_capacity(&hot);
         assert_eq!((room.orders, room.holdings, room.deadlines), (5_000, 5_000, 5_000));
@@ -917,12 +926,14 @@ mod tests {
             let growing = new_naive(&workload, NaiveCapacity::default());
             let (presized_before, growing_before) =
                 (naive::capacities(&presized), naive::capacities(&growing));
-            for command in &workload.commands {
+            for (at, command) in workload.commands.iter().enumerate() {
                 presized.apply(command);
                 growing.apply(command);
+                let grew = grown(&presized_before, &naive::capacities(&presized));
+                assert!(grew.is_empty(), "{} grew at command {at}: {grew:?}", workload.scenario);
             }
-            assert_eq!(naive::capacities(&presized), presized_before, "{}", workload.scenario);
-            assert_ne!(naive::capacities(&growing), growing_before, "{}", workload.scenario);
+            let grew = grown(&growing_before, &naive::capacities(&growing));
+            assert!(!grew.is_empty(), "{}: the baseline's maps grew", workload.scenario);
         }
     }
 
