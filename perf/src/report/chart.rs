@@ -14,6 +14,7 @@
 
 use hdrhistogram::Histogram;
 use plotters::coord::Shift;
+use plotters::coord::combinators::WithKeyPoints;
 use plotters::prelude::*;
 
 use super::{format_rate, hgrm};
@@ -121,8 +122,8 @@ pub fn latency_by_percentile(
         let (root, plot, key) = areas(&mut svg, legend.len())?;
         let key_points: Vec<f64> = (0..=decades).map(|d| 10f64.powi(d)).collect();
         let x_range = (1.0..10f64.powi(decades)).log_scale().with_key_points(key_points);
-        let mut chart =
-            chart_builder(&plot, title).build_cartesian_2d(x_range, (y_min..y_max).log_scale())?;
+        let y_range = (y_min..y_max).log_scale().with_key_points(log_marks(y_min, y_max));
+        let mut chart = chart_builder(&plot, title).build_cartesian_2d(x_range, y_range)?;
         chart
             .configure_mesh()
             .x_desc("percentile (log scale of 1/(1-p))")
@@ -165,8 +166,10 @@ pub fn throughput_by_offered_rate(
     let mut svg = String::new();
     {
         let (root, plot, key) = areas(&mut svg, legend.len())?;
-        let mut chart = chart_builder(&plot, title)
-            .build_cartesian_2d((x_min..x_max).log_scale(), (y_min..y_max).log_scale())?;
+        let mut chart = chart_builder(&plot, title).build_cartesian_2d(
+            (x_min..x_max).log_scale().with_key_points(log_marks(x_min, x_max)),
+            (y_min..y_max).log_scale().with_key_points(log_marks(y_min, y_max)),
+        )?;
         chart
             .configure_mesh()
             .x_desc("offered, requests/s (log scale)")
@@ -186,7 +189,10 @@ pub fn throughput_by_offered_rate(
 }
 
 /// A chart with log-scaled axes on any backend.
-type LogChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<LogCoord<f64>, LogCoord<f64>>>;
+type LogChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<LogAxis, LogAxis>>;
+
+/// A log-scaled axis marked where [`log_marks`] says.
+type LogAxis = WithKeyPoints<LogCoord<f64>>;
 
 /// One variant's open-loop line with its points, and its maximum as a dashed line.
 fn draw_rate_series<'a, DB>(
@@ -256,8 +262,10 @@ fn chart_builder<'a, 'b>(
     builder
 }
 
-/// A log axis's bounds: the decades just below the smallest and just above the largest of
-/// `values` and `more` (positive values only; 1 to 10 when there are none).
+/// A log axis's bounds: the decades below the smallest and above the largest of `values` and
+/// `more` (positive values only; 1 to 10 when there are none). A value on a decade gets the
+/// decade beyond it, so that no point sits on the chart's frame, as a single offered rate of
+/// exactly 1M/s otherwise would.
 fn decade_bounds(values: impl Iterator<Item = f64>, more: impl Iterator<Item = f64>) -> (f64, f64) {
     let (mut low, mut high) = (f64::INFINITY, f64::NEG_INFINITY);
     for value in values.chain(more).filter(|v| *v > 0.0 && v.is_finite()) {
@@ -267,9 +275,25 @@ fn decade_bounds(values: impl Iterator<Item = f64>, more: impl Iterator<Item = f
     if low > high {
         return (1.0, 10.0);
     }
-    let low = 10f64.powf(low.log10().floor());
-    let high = 10f64.powf(high.log10().ceil()).max(low * 10.0);
+    let below = 10f64.powf(low.log10().floor());
+    let above = 10f64.powf(high.log10().ceil());
+    let low = if below < low { below } else { below / 10.0 };
+    let high = if above > high { above } else { above * 10.0 };
     (low, high)
+}
+
+/// Where a log axis from `low` to `high` (decades, as [`decade_bounds`] gives) is marked and
+/// labelled: at every decade when it spans two or more, and at 1, 2 and 5 of the decade when
+/// it spans one. plotters' own marks on a one-decade axis, at 1 to 9 of it, print labels that
+/// run into each other near its top (`8M/s9M/s10M/s`).
+fn log_marks(low: f64, high: f64) -> Vec<f64> {
+    let (first, last) = (low.log10().round() as i32, high.log10().round() as i32);
+    let steps: &[f64] = if last - first >= 2 { &[1.0] } else { &[1.0, 2.0, 5.0] };
+    let mut marks: Vec<f64> = (first..last)
+        .flat_map(|exponent| steps.iter().map(move |step| step * 10f64.powi(exponent)))
+        .collect();
+    marks.push(10f64.powi(last));
+    marks
 }
 
 /// Microseconds as an axis label: `0.1`, `25`, `1.5k`... would hide units, so use the
@@ -300,6 +324,21 @@ mod tests {
         // Goal: decades on the x axis read as HdrHistogram's plots label them.
         let labels: Vec<String> = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5].map(nines_label).to_vec();
         assert_eq!(labels, ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]);
+    }
+
+    #[test]
+    fn log_axes_keep_every_point_off_the_frame_and_mark_one_two_and_five() {
+        // Goal: a single offered rate on a decade is drawn inside the chart, not on its
+        // frame; values between decades get the decades around them; an axis spanning one
+        // decade is marked at 1, 2 and 5 of it, one spanning more at its decades.
+        let none = std::iter::empty;
+        assert_eq!(decade_bounds([1e6].into_iter(), none()), (1e5, 1e7));
+        assert_eq!(decade_bounds([2e4, 5e5].into_iter(), none()), (1e4, 1e6));
+        assert_eq!(decade_bounds([3e4].into_iter(), [1e5].into_iter()), (1e4, 1e6));
+        assert_eq!(decade_bounds(none(), none()), (1.0, 10.0));
+        assert_eq!(log_marks(1e6, 1e7), [1e6, 2e6, 5e6, 1e7]);
+        assert_eq!(log_marks(1e4, 1e6), [1e4, 1e5, 1e6]);
+        assert_eq!(log_marks(0.1, 1e3), [0.1, 1.0, 10.0, 100.0, 1e3]);
     }
 
     #[test]
