@@ -490,6 +490,9 @@ pub struct Machine {
     /// Its follower acknowledged a record its journal did not yet hold durably (under its
     /// durability; checked by `check::every_step`): what it acknowledged, and what it held.
     pub acknowledged_unheld: Option<(Sequence, Sequence)>,
+    /// Draws, each turn of a standby, whether its follower runs before its node steps
+    /// (`RunLength::early_follower_turns`); `None` when they never do.
+    pub early_turns: Option<Prng>,
     prng: Prng,
 }
 
@@ -531,6 +534,7 @@ impl Machine {
             halt_at_next_snapshot: None,
             runs_started: 0,
             acknowledged_unheld: None,
+            early_turns: None,
             prng,
         }
     }
@@ -1304,7 +1308,14 @@ impl Machine {
         let nonce = nonce(&mut self.prng);
         let Process::Running(running) = &mut self.process else { unreachable!() };
         let mut report = TickReport::default();
-        running.node.step();
+        // A standby's follower may take its turn before the node has journaled and answered
+        // what the follower handed it since its last turn, as its threads may run in
+        // production; otherwise the node steps first.
+        let early_turn = running.follower.is_some()
+            && self.early_turns.as_mut().is_some_and(|turns| turns.chance(1, 2));
+        if !early_turn {
+            running.node.step();
+        }
         running.control.tick();
         if now_ms >= running.next_driver_ms {
             running.next_driver_ms = now_ms + DRIVER_PERIOD_MS;

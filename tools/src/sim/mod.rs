@@ -111,6 +111,11 @@ pub struct SimArgs {
     /// replay a seed found before they were simulated on the path it took then.
     #[arg(long)]
     pub no_wall_clock_skew: bool,
+    /// Leave out a standby's follower taking its turn before its node has stepped what the
+    /// follower handed it, to replay a seed found before such turns were simulated on the
+    /// path it took then.
+    #[arg(long)]
+    pub no_early_follower_turns: bool,
     /// How far each machine's clock may run from the witness's, in parts per million: each
     /// draws its rate at start, up to this slow or fast. The lease's margin (a quarter of its
     /// TTL) covers clocks up to 250000 slow; past that a primary may acknowledge after its
@@ -143,6 +148,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         max_clock_drift_ppm: args.max_clock_drift_ppm,
         lost_answers: !args.no_lost_answers,
         wall_clock_skew: !args.no_wall_clock_skew,
+        early_follower_turns: !args.no_early_follower_turns,
     };
     let seeds: Vec<u64> = match (args.seed, args.seeds) {
         (Some(seed), _) => vec![seed],
@@ -237,6 +243,7 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
         (args.no_witness_cuts, "--no-witness-cuts"),
         (args.no_lost_answers, "--no-lost-answers"),
         (args.no_wall_clock_skew, "--no-wall-clock-skew"),
+        (args.no_early_follower_turns, "--no-early-follower-turns"),
         (args.unsynced, "--unsynced"),
         (args.async_switches, "--async"),
     ];
@@ -590,7 +597,12 @@ mod tests {
 
     /// The same for the seeds found before the machines' wall clocks were set apart.
     pub(super) fn before_wall_clock_skew() -> RunLength {
-        RunLength { wall_clock_skew: false, ..RunLength::default() }
+        RunLength { wall_clock_skew: false, ..before_early_follower_turns() }
+    }
+
+    /// The same for the seeds found before a standby's follower took turns ahead of its node.
+    pub(super) fn before_early_follower_turns() -> RunLength {
+        RunLength { early_follower_turns: false, ..RunLength::default() }
     }
 
     /// `ringfence sim`'s arguments, parsed as its command line gives them.
@@ -622,13 +634,15 @@ mod tests {
             "--faults-s",
             "12",
             "--no-witness-cuts",
+            "--no-early-follower-turns",
             "--max-clock-drift-ppm",
             "0",
         ]);
         assert_eq!(
             replay_command(&swarm, 42),
-            "ringfence sim --seed 42 --faults-s 12 --no-witness-cuts --unsynced --async \
-             --max-failover-loss 25 --max-clock-drift-ppm 0"
+            "ringfence sim --seed 42 --faults-s 12 --no-witness-cuts \
+             --no-early-follower-turns --unsynced --async --max-failover-loss 25 \
+             --max-clock-drift-ppm 0"
         );
     }
 
@@ -710,6 +724,7 @@ mod tests {
             max_clock_drift_ppm: 0,
             lost_answers: false,
             wall_clock_skew: false,
+            early_follower_turns: false,
             ..short()
         };
         regressions_pass(&[45, 74], length, "no cut primary replaced", did);
@@ -841,7 +856,7 @@ mod tests {
         // without a payment its primary had acknowledged. The rebuild now refuses (the last
         // record is damage at rest), and the runbook's next repairs keep the write.
         let did = |r: &Report| r.faults.bit_flips >= 2;
-        regressions_pass(&[7_100_242], RunLength::default(), "no bit rot", did);
+        regressions_pass(&[7_100_242], before_early_follower_turns(), "no bit rot", did);
     }
 
     #[test]
@@ -1099,7 +1114,7 @@ mod tests {
         // The primary could not see where that epoch began and named one record a round, and
         // the standby restarted 441 times, dropping one each, and had not rejoined when the
         // run ended. The second such answer now tells it to drop the whole epoch.
-        let length = RunLength { unsynced: true, ..with_async(RunLength::default()) };
+        let length = RunLength { unsynced: true, ..with_async(before_early_follower_turns()) };
         let did = |r: &Report| r.faults.epochs_dropped >= 1;
         regressions_pass(&[800_303], length, "no diverged epoch dropped at once", did);
     }
@@ -1114,7 +1129,7 @@ mod tests {
         // failed the seed. Seed 3100030: the primary lives on, reads the record, and makes
         // the switch it was asked for (`Driver::set_mode` keeps the record as unanswered),
         // so what the witness says and what the node does agree.
-        let length = with_async(RunLength::default());
+        let length = with_async(before_early_follower_turns());
         let did = |r: &Report| r.faults.async_switches_unanswered >= 1 && r.writes_lost > 0;
         regressions_pass(&[3_100_362], length, "no unanswered switch, or no write lost", did);
         let did = |r: &Report| r.faults.async_switches_made_late >= 1;
@@ -1127,7 +1142,7 @@ mod tests {
         // the key. The primary, which hears nothing from it after holding the writes, calls
         // the switchover off and writes on alone; every checker passes.
         let did = |r: &Report| r.faults.switchovers_called_off >= 1;
-        regressions_pass(&[12_076], RunLength::default(), "no switchover called off", did);
+        regressions_pass(&[12_076], before_early_follower_turns(), "no switchover called off", did);
     }
 
     #[test]
@@ -1136,7 +1151,7 @@ mod tests {
         // up the leader key within a round or two instead of refusing writes until the
         // operator replaces the disk; the standby takes over, and every checker passes.
         let did = |r: &Report| r.faults.failed_handovers >= 1 && r.failovers >= 1;
-        regressions_pass(&[221], RunLength::default(), "no primary handed over", did);
+        regressions_pass(&[221], before_early_follower_turns(), "no primary handed over", did);
     }
 
     #[test]
@@ -1145,7 +1160,7 @@ mod tests {
         // nobody and does not stand for the key (`Driver::member`, `pilot::leaderless`), the
         // primary goes on alone, and every checker passes.
         let did = |r: &Report| r.faults.standbys_stood_down >= 1;
-        regressions_pass(&[59, 110], RunLength::default(), "no standby stood down", did);
+        regressions_pass(&[59, 110], before_early_follower_turns(), "no standby stood down", did);
     }
 
     #[test]

@@ -81,6 +81,11 @@ pub struct RunLength {
     /// other's, so a promoted standby must stamp on its primary's time line. Off only to replay
     /// a seed found before clocks were set apart, on the path it took then.
     pub wall_clock_skew: bool,
+    /// On half its turns, a standby's follower runs before its node has stepped the records
+    /// the follower handed it since its last turn, as a standby's threads may interleave in
+    /// production: the follower then holds records submitted and not yet answered. Off only
+    /// to replay a seed found before turns were drawn, on the path it took then.
+    pub early_follower_turns: bool,
 }
 
 /// How far a machine's wall clock is set off the other's when one is (ms), at least and at
@@ -116,6 +121,7 @@ impl Default for RunLength {
             max_clock_drift_ppm: MAX_CLOCK_DRIFT_PPM,
             lost_answers: true,
             wall_clock_skew: true,
+            early_follower_turns: true,
         }
     }
 }
@@ -132,6 +138,8 @@ const WALL_CLOCK_STREAM: u64 = 0x0a11_c10c_5e70_ff00;
 const CLOCK_DRIFT_STREAM: u64 = 0x0c10_c4d1_1f70_0a7e;
 /// Mixed into the seed for the operator's switches of the acknowledgement mode (`--async`).
 const MODE_STREAM: u64 = 0x0a5c_0de5_0f0a_c4ed;
+/// Mixed into the seed for the stream of the standbys' early follower turns.
+const FOLLOWER_TURN_STREAM: u64 = 0x0f01_10e4_7e4b_0000;
 /// The operator switches the mode every so often (ms), drawn between these.
 const MODE_SWITCH_MS: (u64, u64) = (300, 4_000);
 /// An `async` era that outlives the epoch it began in (see `World::async_eras`).
@@ -444,6 +452,7 @@ impl World {
         });
         let start = Timestamp(EPOCH_UNIX_MS + 86_400_000);
         let mut drifts = Prng::new(seed ^ CLOCK_DRIFT_STREAM);
+        let mut turns = Prng::new(seed ^ FOLLOWER_TURN_STREAM);
         let set_apart = draw_wall_clock_skew(seed, length.wall_clock_skew);
         let machines: Vec<Machine> = (0..2)
             .map(|index| {
@@ -460,6 +469,7 @@ impl World {
                 machine.rebuild_first = length.clean_stops;
                 machine.heal_first = length.heals && length.clean_stops;
                 machine.max_failover_loss = length.max_failover_loss;
+                machine.early_turns = length.early_follower_turns.then(|| turns.fork());
                 machine
             })
             .collect();
@@ -1675,9 +1685,6 @@ fn is_write(answer: &Answer) -> bool {
     matches!(answer.command, Command::Client { .. }) && !answer.outcome.is_rejected()
 }
 
-/// A machine's clock rate, in parts per million off the witness's: none, or a magnitude up to
-/// `max_ppm` (from a thousandth of it to all of it), slow or fast. Nothing is drawn when
-/// `max_ppm` is 0, so seeds run without drift keep their paths.
 /// The machine whose wall clock a seed sets off the other's, and by how much (ms, either
 /// way), on a third of the seeds when `on`; drawn from its own stream.
 fn draw_wall_clock_skew(seed: u64, on: bool) -> Option<(usize, i64)> {
@@ -1691,6 +1698,9 @@ fn draw_wall_clock_skew(seed: u64, on: bool) -> Option<(usize, i64)> {
     Some((machine, if draws.chance(1, 2) { -magnitude } else { magnitude }))
 }
 
+/// A machine's clock rate, in parts per million off the witness's: none, or a magnitude up to
+/// `max_ppm` (from a thousandth of it to all of it), slow or fast. Nothing is drawn when
+/// `max_ppm` is 0, so seeds run without drift keep their paths.
 pub(super) fn draw_drift(drifts: &mut Prng, max_ppm: u32) -> i64 {
     if max_ppm == 0 {
         return 0;
