@@ -475,6 +475,10 @@ pub struct Machine {
     pub rejoin_restarts: u64,
     /// Times a snapshot fetch at its start failed and it started on its journal instead.
     pub fetches_failed: u64,
+    /// A standby's stream turns that ended with records handed to its node not yet answered
+    /// (journaled and applied): what an early turn (`RunLength::early_follower_turns`) gives
+    /// the acknowledgement checker to see.
+    pub turns_with_records_unanswered: u64,
     /// Restarts to rejoin in a row, and when the run that ends the series started (ms): as
     /// `serve` passes them to its next run (`RejoinSeries`), so that restarts back off. A run
     /// started any other way (by the operator, a supervisor) starts none.
@@ -529,6 +533,7 @@ impl Machine {
             promotions_failed: 0,
             rejoin_restarts: 0,
             fetches_failed: 0,
+            turns_with_records_unanswered: 0,
             rejoin_series: (0, 0),
             rejoin_next_run: false,
             halt_at_next_snapshot: None,
@@ -1368,6 +1373,12 @@ impl Machine {
             // The node steps before and after the follower, never during: what its journal
             // holds durably now is what it held when the follower acknowledged.
             let durable = running.node.sequences().durable;
+            let applied = follower.following.applied();
+            if follower.following.is_streaming()
+                && applied.submitted.last_sequence > applied.answered
+            {
+                self.turns_with_records_unanswered += 1;
+            }
             if follower.acknowledged > durable {
                 let unheld = (follower.acknowledged, durable);
                 self.acknowledged_unheld = self.acknowledged_unheld.or(Some(unheld));

@@ -309,6 +309,11 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
          their journal after a snapshot fetch failed",
         totals.failovers, totals.promotions_failed, totals.rejoin_restarts, totals.fetches_failed
     );
+    println!(
+        "standbys             {} stream turns ended with records handed to the node and not \
+         yet journaled",
+        totals.turns_with_records_unanswered
+    );
     let snap = totals.snapshots;
     println!(
         "snapshots            {} written, {} failed, {} segments retired, {} fetched from a \
@@ -421,6 +426,7 @@ struct Totals {
     promotions_failed: u64,
     rejoin_restarts: u64,
     fetches_failed: u64,
+    turns_with_records_unanswered: u64,
     snapshots: machine::SnapshotCounts,
     durable_records: u64,
     history_records: u64,
@@ -457,6 +463,7 @@ impl Totals {
             totals.promotions_failed += report.promotions_failed;
             totals.rejoin_restarts += report.rejoin_restarts;
             totals.fetches_failed += report.fetches_failed;
+            totals.turns_with_records_unanswered += report.turns_with_records_unanswered;
             let (t, r) = (&mut totals.snapshots, &report.snapshots);
             t.written += r.written;
             t.failed += r.failed;
@@ -669,7 +676,8 @@ mod tests {
         // Goal: the product survives the fixed seeds' crashes, power losses, pauses,
         // partitions, witness outages and switchovers with every checker passing, and the
         // seeds did inject those faults, fail over, take snapshots, retire segments, start a
-        // standby from its primary's snapshot and crash nodes at chosen sync points.
+        // standby from its primary's snapshot, crash nodes at chosen sync points and end
+        // standbys' turns with records their node had not yet answered.
         let seeds: Vec<u64> = FIXED_SEEDS.collect();
         let reports = swarm(&seeds, short(), 2, false);
         for report in &reports {
@@ -699,6 +707,8 @@ mod tests {
         assert!(written >= 24 && retired >= 10, "{written} snapshots, {retired} segments retired");
         assert!(installed >= 1, "no standby started from its primary's snapshot");
         assert!(struck >= 10, "only {struck} crashes at a chosen sync point");
+        let unanswered = sum(|r| r.turns_with_records_unanswered);
+        assert!(unanswered >= 1_000, "only {unanswered} standby turns with records unanswered");
         let outlived = sum(|r| r.network.outlived_sender);
         assert!(outlived >= 1, "no frame arrived after its sender crashed or stopped");
         let cuts = sum(|r| r.faults.witness_cuts);

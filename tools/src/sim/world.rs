@@ -276,6 +276,8 @@ pub struct Report {
     pub rejoin_restarts: u64,
     /// Snapshot fetches at a standby's start that failed, the node starting on its journal.
     pub fetches_failed: u64,
+    /// Standby stream turns that ended with records handed to the node not yet answered.
+    pub turns_with_records_unanswered: u64,
     /// What the snapshot writers and snapshot transfers did, both machines together.
     pub snapshots: SnapshotCounts,
     /// Records seen held durably, each (sequence, epoch) counted once: held to one record
@@ -430,6 +432,7 @@ impl Report {
             promotions_failed: 0,
             rejoin_restarts: 0,
             fetches_failed: 0,
+            turns_with_records_unanswered: 0,
             snapshots: SnapshotCounts::default(),
             failure: Some(format!("panicked: {message}")),
             last_events: Vec::new(),
@@ -660,6 +663,11 @@ impl World {
             promotions_failed: self.machines.iter().map(|m| m.promotions_failed).sum(),
             rejoin_restarts: self.machines.iter().map(|m| m.rejoin_restarts).sum(),
             fetches_failed: self.machines.iter().map(|m| m.fetches_failed).sum(),
+            turns_with_records_unanswered: self
+                .machines
+                .iter()
+                .map(|m| m.turns_with_records_unanswered)
+                .sum(),
             snapshots: self.machines.iter().fold(SnapshotCounts::default(), |sum, m| {
                 let c = m.snapshot_counts;
                 SnapshotCounts {
