@@ -477,6 +477,24 @@ fn content_length_that_is_not_plain_digits_is_refused() {
 }
 
 #[test]
+fn an_id_is_one_to_twenty_digits_within_u64_and_a_bad_one_is_quoted_cut_short() {
+    // Goal: ids read as the API document's `Id` pattern says: 1 to 20 digits, leading zeros
+    // allowed, at most 2^64 - 1; anything else is refused with a message that quotes at
+    // most the start of what was sent.
+    assert_eq!(views::parse_decimal("007"), Ok(7));
+    assert_eq!(views::parse_decimal("00000000000000000001"), Ok(1));
+    assert_eq!(views::parse_decimal("18446744073709551615"), Ok(u64::MAX));
+    let over = views::parse_decimal("18446744073709551616").unwrap_err();
+    assert!(over.contains("out of range"), "{over}");
+    for bad in ["", "+5", "5 ", "0x5", "\u{1d7d3}", "000000000000000000001"] {
+        let why = views::parse_decimal(bad).unwrap_err();
+        assert!(why.contains("1 to 20 digits") && why.contains(&format!("{bad:?}")), "{why}");
+    }
+    let why = views::parse_decimal(&"9x".repeat(5_000)).unwrap_err();
+    assert!(why.len() < 90 && why.ends_with(r#"9x9x"..."#), "{why}");
+}
+
+#[test]
 fn a_long_bad_content_length_is_quoted_cut_short() {
     // Goal: the message quoting a refused value stays short however long the value is.
     let fields = format!("Content-Length: {}\r\n", "9x".repeat(300));

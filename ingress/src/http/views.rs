@@ -64,11 +64,17 @@ impl serde::de::Visitor<'_> for IdVisitor {
     }
 }
 
+/// Longest piece of a refused id quoted back in its error, so that a hostile path or body
+/// cannot fill the response or the log line.
+const ID_QUOTED_MAX: usize = 24;
+
 /// Reads a decimal id: 1 to 20 ASCII digits (no sign, no space) within `u64`.
 pub fn parse_decimal(text: &str) -> Result<u64, String> {
     // `u64::from_str` accepts a leading '+'; the contract says digits only.
     if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("expected a decimal id (digits only), got {text:?}"));
+        let shown: String = text.chars().take(ID_QUOTED_MAX).collect();
+        let cut = if shown.len() < text.len() { "..." } else { "" };
+        return Err(format!("expected a decimal id of 1 to 20 digits, got {shown:?}{cut}"));
     }
     text.parse().map_err(|_| format!("id {text} is out of range (above 2^64 - 1)"))
 }
