@@ -305,6 +305,24 @@ pub(super) fn invalid(field: &str, message: &str) -> Response {
 /// Longest client-supplied field name echoed back in an error.
 const FIELD_NAME_ECHO_MAX: usize = 64;
 
+/// Longest message about a body's value sent back: serde's messages quote the value or the
+/// field name they refused, which a hostile body makes as long as the body limit allows.
+const MESSAGE_ECHO_MAX: usize = 200;
+
+/// `message`, cut at [`MESSAGE_ECHO_MAX`] bytes (on a character's boundary) and marked `...`
+/// where it was cut.
+fn cut_short(mut message: String) -> String {
+    if message.len() > MESSAGE_ECHO_MAX {
+        let mut end = MESSAGE_ECHO_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
 /// Parses a body, naming the field at fault when one is: the path of a value of the wrong
 /// type or range, or the field a message names (missing or unknown).
 ///
@@ -327,6 +345,7 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
         // Bodies are flat objects: a path that is not one field name names no field.
         let is_field = path.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         let field = if path == "." { backticked(&message) } else { is_field.then_some(path) };
+        let message = cut_short(message);
         match field {
             Some(field) => {
                 invalid(&field.chars().take(FIELD_NAME_ECHO_MAX).collect::<String>(), &message)

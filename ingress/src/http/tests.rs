@@ -160,6 +160,30 @@ fn arguments_the_engine_refuses_are_named_before_submission() {
 }
 
 #[test]
+fn a_refused_value_or_field_name_is_quoted_cut_short() {
+    // Goal: serde's messages quote the value or the field name a body got wrong; a hostile
+    // body makes those as long as the body limit allows, and the error sends back at most
+    // the start of them, still naming the field.
+    let limits = Limits { header_max: 1024, body_max: 16_384 };
+    let (value, name) = ("\u{e9}".repeat(3_000), "q".repeat(3_000));
+    let bodies = [
+        (format!(r#"{{"request_id":"r","user":1,"sku":"1","qty":"{value}"}}"#), "qty", "\u{e9}"),
+        (format!(r#"{{"request_id":"r","user":1,"sku":1,"qty":1,"{name}":1}}"#), "qqq", "q"),
+    ];
+    for (body, field, quoted) in bodies {
+        let bytes = post("/v1/orders", &body, None);
+        let (request, _) = try_request(&bytes, limits).unwrap().unwrap();
+        let refused = route(&request, None, &mut KeyMint::new(1)).unwrap_err();
+        let error = error_body(&refused);
+        let message = error["message"].as_str().unwrap();
+        assert!(message.len() <= 203 && message.ends_with("..."), "{message}");
+        assert!(message.contains(&quoted.repeat(10)), "{message}");
+        assert_eq!(error["error"], "invalid_argument", "{error}");
+        assert!(error["field"].as_str().unwrap().starts_with(field), "{error}");
+    }
+}
+
+#[test]
 fn only_json_whitespace_makes_an_empty_body() {
     // Goal: a body of JSON's own whitespace is the empty object every field of which is
     // optional; a body holding any other byte -- a form feed or a vertical tab, which ASCII
