@@ -311,7 +311,7 @@ fn print_text(reports: &[Report], args: &SimArgs, summary: bool) {
     );
     println!(
         "standbys             {} stream turns ended with records handed to the node and not \
-         yet journaled",
+         yet answered (journaled and applied)",
         totals.turns_with_records_unanswered
     );
     let snap = totals.snapshots;
