@@ -746,6 +746,10 @@ impl Control {
             self.link.set_lease_deadline(u64::MAX);
             return;
         }
+        if self.link.is_deposed() {
+            // Held for good (`Link::depose`): no policy's gate makes another answer safe.
+            return;
+        }
         let (gate, why) = self.gate_now(state, now_ms);
         if gate != self.link.gate() {
             // A hold and its end are warnings, so that a log filtered to them shows both.

@@ -95,8 +95,10 @@ impl Link {
     }
 
     /// Applies the policy's gate: `Local` marks everything appended safe at once (and at each
-    /// batch), `Standby` leaves the watermark to acknowledgements, `Held` puts the hold on.
+    /// batch), `Standby` leaves the watermark to acknowledgements, `Held` puts the hold on. A
+    /// deposed link stays `Held` whatever it is given ([`Link::depose`]).
     pub fn set_gate(&self, gate: Gate) {
+        let gate = if self.is_deposed() { Gate::Held } else { gate };
         let synced = gate == Gate::Local && self.hold.answers_alone();
         self.gate.store(if synced { LOCAL_SYNCED } else { gate as u8 }, Ordering::Release);
         match gate {
@@ -142,9 +144,14 @@ impl Link {
         self.hold.set_lease_deadline(deadline_ns);
     }
 
-    /// A newer primary exists: writes are refused from now on, for good.
+    /// A newer primary exists: writes are refused from now on, for good, and nothing
+    /// journaled from now on is made safe on this journal alone: the gate is `Held` for good,
+    /// so the answers still owed that no acknowledgement covers go out `Unreplicated` — the
+    /// newer primary's history will not hold them. An acknowledgement still makes safe what
+    /// the standby holds.
     pub fn depose(&self) {
         self.hold.hold(HoldReason::Deposed);
+        self.gate.store(Gate::Held as u8, Ordering::Release);
     }
 
     /// Whether this node was deposed.
@@ -295,6 +302,28 @@ mod tests {
         link.set_gate(Gate::Local);
         send(&mut stage, 7);
         assert_eq!((hold.alone_through(), link.safe.get()), (Sequence(5), Sequence(7)));
+    }
+
+    #[test]
+    fn a_deposed_link_makes_nothing_more_safe_on_its_own_journal() {
+        // Goal: once deposed, a primary answering on its own journal alone makes nothing more
+        // safe, at the next batch or when it is given `Local` again (its answers owed go out
+        // `Unreplicated`); a standby's acknowledgement still makes safe what the standby holds.
+        let link = Link::new(Sequence(4), Epoch(1));
+        let mut stage = link.stage();
+        link.set_gate(Gate::Local);
+        send(&mut stage, 5);
+        assert_eq!((link.gate(), link.safe.get()), (Gate::Local, Sequence(5)));
+        link.depose();
+        assert_eq!(link.gate(), Gate::Held);
+        send(&mut stage, 6);
+        link.set_gate(Gate::Local);
+        send(&mut stage, 7);
+        assert_eq!((link.gate(), link.safe.get()), (Gate::Held, Sequence(5)));
+        assert_eq!(stage.hold().expect("the link holds").reason(), Some(HoldReason::Deposed));
+        link.set_gate(Gate::Standby);
+        link.acknowledged(Sequence(6));
+        assert_eq!((link.gate(), link.safe.get()), (Gate::Held, Sequence(6)));
     }
 
     #[test]
