@@ -637,7 +637,7 @@ fn replication_mode(body: &[u8]) -> Result<Call, Response> {
         "async" => ReplicationMode::Async,
         other => {
             let message = format!("`mode` must be \"sync\" or \"async\", got {other:?}");
-            return Err(invalid("mode", &message));
+            return Err(invalid("mode", &cut_short(message)));
         }
     };
     Ok(Call::SetReplicationMode(mode))

@@ -161,19 +161,26 @@ fn arguments_the_engine_refuses_are_named_before_submission() {
 
 #[test]
 fn a_refused_value_or_field_name_is_quoted_cut_short() {
-    // Goal: serde's messages quote the value or the field name a body got wrong; a hostile
-    // body makes those as long as the body limit allows, and the error sends back at most
-    // the start of them, still naming the field.
+    // Goal: serde's messages (and the replication call's for its `mode`) quote the value or
+    // the field name a body got wrong; a hostile body makes those as long as the body limit
+    // allows, and the error sends back at most the start of them, still naming the field.
     let limits = Limits { header_max: 1024, body_max: 16_384 };
     let (value, name) = ("\u{e9}".repeat(3_000), "q".repeat(3_000));
+    let order = |body: String| ("/v1/orders", body);
     let bodies = [
-        (format!(r#"{{"request_id":"r","user":1,"sku":"1","qty":"{value}"}}"#), "qty", "\u{e9}"),
-        (format!(r#"{{"request_id":"r","user":1,"sku":1,"qty":1,"{name}":1}}"#), "qqq", "q"),
+        (
+            order(format!(r#"{{"request_id":"r","user":1,"sku":"1","qty":"{value}"}}"#)),
+            "qty",
+            "\u{e9}",
+        ),
+        (order(format!(r#"{{"request_id":"r","user":1,"sku":1,"qty":1,"{name}":1}}"#)), "qqq", "q"),
+        (("/v1/admin/replication", format!(r#"{{"mode":"{name}"}}"#)), "mode", "q"),
     ];
-    for (body, field, quoted) in bodies {
-        let bytes = post("/v1/orders", &body, None);
+    for ((path, body), field, quoted) in bodies {
+        let bytes = post(path, &body, Some("secret"));
         let (request, _) = try_request(&bytes, limits).unwrap().unwrap();
-        let refused = route(&request, None, &mut KeyMint::new(1)).unwrap_err();
+        let token = AdminToken::new("secret");
+        let refused = route(&request, Some(&token), &mut KeyMint::new(1)).unwrap_err();
         let error = error_body(&refused);
         let message = error["message"].as_str().unwrap();
         assert!(message.len() <= 203 && message.ends_with("..."), "{message}");
