@@ -174,7 +174,9 @@ fn serve_standby(
         let handshake = (&mut session, &mut writer, &mut scratch);
         let message = next_message(control, &mut reader, deadline, handshake)?;
         let journal_last = Sequence(control.stream_end(control.link().available()));
-        // Only a join consults the journal; nothing an unauthenticated peer sends touches it.
+        // Only a join consults the journal. Opening the index lists the data directory, which
+        // any join does, proven or not (bounded by the handshake slots); the records are read
+        // only for a join whose proof checked out.
         let mut index: Box<dyn JournalIndex> = if matches!(message, Message::Join(_)) {
             Box::new(DirIndex::open(&config.data_dir, journal_last).map_err(|e| e.to_string())?)
         } else {

@@ -599,16 +599,23 @@ impl StandbySession {
             (StandbyState::Streaming { .. }, Message::Heartbeat(beat)) => self.on_heartbeat(beat),
             (state, Message::Refuse(refuse)) => {
                 self.state = StandbyState::Closed;
-                // Before the challenge anyone at the address may answer: its refusal is taken
-                // (a peer of another version or cluster says so there), its epoch is not, and
-                // `NeedsSnapshot`, which sends a standby to fetch, only a primary sends, once
-                // it has proved the secret.
+                // Before the challenge anyone at the address may answer. A primary refuses
+                // there only a peer of another version or cluster, or a hello it could not
+                // read: those refusals are taken, their epoch is not. Every other code a
+                // primary sends once it has proved the secret, and each moves the standby
+                // (`NeedsSnapshot` sends it to fetch, `Busy` clears its claim to hold the
+                // primary's journal, `Auth` or `Engine` stops a start): before the proof it
+                // is the peer's protocol error, and changes nothing.
                 let proved = state != StandbyState::AwaitChallenge;
-                if !proved && refuse.code == RefuseCode::NeedsSnapshot {
+                let said_unproven = matches!(
+                    refuse.code,
+                    RefuseCode::Version | RefuseCode::Cluster | RefuseCode::BadMessage
+                );
+                if !proved && !said_unproven {
                     let reason = format!(
-                        "the peer refused with needs_snapshot before proving it holds the \
-                         cluster secret: {}",
-                        refuse.text
+                        "the peer refused ({:?}) before proving it holds the cluster secret, \
+                         which a primary never does: {}",
+                        refuse.code, refuse.text
                     );
                     return StandbyStep::Close { last: None, reason, refused: None };
                 }
@@ -1268,9 +1275,11 @@ mod tests {
     #[test]
     fn a_refusal_before_the_primary_proved_the_secret_names_no_epoch_and_sends_no_fetch() {
         // Goal: anyone at the primary's address can answer a `Hello`. A refusal there is taken
-        // (another version or cluster says so before any challenge), but not its epoch, which
-        // a standby would promise; and `NeedsSnapshot`, which sends it to fetch and drop its
-        // journal, is a protocol error there. After the challenge both are the primary's.
+        // when a primary may send it before any challenge (another version or cluster, a
+        // hello it could not read), but not its epoch, which a standby would promise; every
+        // other code (`NeedsSnapshot`, which sends it to fetch and drop its journal; `Busy`,
+        // which clears its claim to the primary's journal; `Auth` or `Engine`, which stop a
+        // start) is a protocol error there. After the challenge each is the primary's.
         let key = secret("the-shared-secret-16+");
         let start = || {
             let at = position(5, 2, 3);
@@ -1282,12 +1291,13 @@ mod tests {
             StandbyStep::Close { refused, .. } => refused,
             other => panic!("{other:?}"),
         };
-        let mut before = start();
-        let step = before.on_message(&refuse(RefuseCode::NeedsSnapshot), &key, &cluster());
-        assert_eq!(refused(step), None);
-        let mut before = start();
-        let step = before.on_message(&refuse(RefuseCode::Version), &key, &cluster());
-        assert_eq!(refused(step), Some((RefuseCode::Version, Epoch(0))));
+        for code in RefuseCode::ALL {
+            let mut before = start();
+            let step = before.on_message(&refuse(code), &key, &cluster());
+            let unproven = [RefuseCode::Version, RefuseCode::Cluster, RefuseCode::BadMessage];
+            let taken = unproven.contains(&code).then_some((code, Epoch(0)));
+            assert_eq!(refused(step), taken, "{code:?}");
+        }
         let mut after = start();
         let challenge = Challenge {
             primary_nonce: [2; 32],
