@@ -277,6 +277,13 @@ impl PrimarySession {
             promised: join.promised_epoch,
         };
         let epoch = view.epoch;
+        if position.last_sequence == Sequence(u64::MAX) {
+            // No journal reaches the last sequence (the record after it could not be
+            // numbered): a standby that says so is broken, and the decision's arithmetic
+            // would pass the end.
+            let text = format!("the standby says it holds record {}", position.last_sequence);
+            return self.refuse(RefuseCode::BadMessage, epoch, text);
+        }
         match decide(view.journal, epoch, position) {
             JoinDecision::Stream { from } if from > view.journal_last.next() => {
                 let text = format!(
@@ -913,6 +920,17 @@ mod tests {
         assert_eq!(following, StandbyStep::Following { epoch: Epoch(1), from: Sequence(4) });
         assert!(pair.primary.is_streaming());
         let _ = &mut pair.journal;
+    }
+
+    #[test]
+    fn a_standby_that_says_it_holds_the_last_sequence_is_refused() {
+        // Goal: a join naming sequence 2^64 - 1 as the standby's last record (which no journal
+        // reaches) is refused as a bad message, not decided with arithmetic past the end; the
+        // one before it is decided as any record past the primary's journal is.
+        let (step, _) = handshake("the-shared-secret-16+", position(u64::MAX, 1, 1), 1);
+        assert_eq!(primary_refusal(&step), Some(RefuseCode::BadMessage), "{step:?}");
+        let (step, _) = handshake("the-shared-secret-16+", position(u64::MAX - 1, 1, 1), 1);
+        assert!(primary_refusal(&step).is_none(), "{step:?}");
     }
 
     #[test]
