@@ -987,6 +987,55 @@ fn a_primary_syncs_what_it_journaled_before_it_stops_counting_on_its_standby() {
 }
 
 #[test]
+fn an_interval_journal_on_an_idle_node_syncs_once_its_interval_is_up() {
+    // Goal: under `interval:<ms>` a power loss may lose only the records of the last interval,
+    // traffic or none. A node whose traffic stops syncs what it answered at the first idle
+    // step after the interval is up, so a power loss then keeps every record; the same power
+    // loss before the interval is up loses them, as the policy allows.
+    use ringfence_core::pipeline::{
+        Clock, ManualClock, NoReplicator, NoSnapshots, NodeConfig, NodeParts, Topology,
+    };
+    use std::sync::Arc;
+    let mut workload = Workload::new(9, Sequence(1), Timestamp(10));
+    let mut shadow = Engine::new(config());
+    let commands = generate(&mut workload, &mut shadow, 30);
+    for waited in [false, true] {
+        let disk = FaultStorage::new();
+        let durability = Durability::Interval { ms: 50 };
+        let recovered = recover_from(disk.clone(), options(durability)).unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp(10)));
+        let parts = NodeParts {
+            engine: recovered.engine,
+            next_sequence: recovered.next_sequence,
+            journal: recovered.writer,
+            replicator: NoReplicator::default(),
+            hook: NoSnapshots,
+            clock: Arc::clone(&clock) as Arc<dyn Clock>,
+        };
+        let node = Node::start_parts(NodeConfig::for_tests(Topology::Stepped), parts).unwrap();
+        let mut session = node.session().unwrap();
+        for (index, sequenced) in commands.iter().enumerate() {
+            session.try_submit(sequenced.command, index as u64).unwrap();
+            node.step();
+            clock.advance_ms(1);
+        }
+        assert_eq!(std::iter::from_fn(|| session.poll()).count(), commands.len(), "answered");
+        if waited {
+            clock.advance_ms(50);
+            node.step();
+        }
+        let lost_power = disk.power_loss(None);
+        node.abandon();
+        let kept = recover_from(lost_power, options(durability)).unwrap().next_sequence.0 - 1;
+        if waited {
+            assert_eq!(kept, commands.len() as u64, "records lost after an idle interval");
+        } else {
+            assert!(kept < commands.len() as u64, "the interval's records survived a power loss");
+        }
+    }
+}
+
+#[test]
 fn a_replica_syncs_what_it_holds_before_taking_office_so_a_power_loss_keeps_it() {
     // Goal: a standby journaling with durability `none` acknowledges records as written, not
     // synced: a power loss loses them. `Promoter::sync_journal`, which a promotion calls
