@@ -1,6 +1,7 @@
 //! Source tidiness the build enforces: the business-logic processor stays pure (no threads,
-//! clocks, files, sockets, processes or randomly seeded maps), and the modules that change
-//! durable state keep their assertion density.
+//! clocks, files, sockets, processes or randomly seeded maps), so do the replication and
+//! coordination protocol's decisions (no clocks, threads, sockets or files), and the modules
+//! that change durable state keep their assertion density.
 //!
 //! Counting is textual and deliberately simple, so the printed figures can be checked by eye:
 //! comments and `#[cfg(test)]` modules are left out; a *function* is an `fn name` item; an
@@ -32,6 +33,28 @@ const ENGINE_FORBIDDEN: &[(&str, &str)] = &[
     ("rand::", "randomness"),
     ("rand_chacha", "randomness"),
     ("prng", "randomness (the seeded generator is for tests and simulators)"),
+];
+
+/// The replication and coordination protocol's decisions, which the simulator runs on its own
+/// clock and network: no clock, thread, socket or file of their own (time comes in as
+/// arguments; I/O stays in the shells around them).
+const PROTOCOL_PURE: &[&str] = &[
+    "replicator/src/session.rs",
+    "replicator/src/following.rs",
+    "replicator/src/position.rs",
+    "replicator/src/policy.rs",
+    "replicator/src/coordination/pilot.rs",
+];
+
+/// What [`PROTOCOL_PURE`] must not use, with why.
+const PROTOCOL_FORBIDDEN: &[(&str, &str)] = &[
+    ("Instant", "clocks"),
+    ("SystemTime", "clocks"),
+    ("thread::", "threads"),
+    ("std::net", "sockets"),
+    ("TcpStream", "sockets"),
+    ("std::fs", "files"),
+    ("File::", "files"),
 ];
 
 /// Modules held to an assertion density, and the minimum average per function.
@@ -157,6 +180,25 @@ fn the_engine_uses_no_threads_clocks_files_sockets_or_seeded_maps() {
 }
 
 #[test]
+fn the_protocol_decisions_read_no_clock_and_touch_no_thread_socket_or_file() {
+    // Goal: what the simulator checks is what runs: the protocol's state machines take time
+    // as an argument and leave I/O to their shells, so no decision depends on a clock the
+    // simulator does not drive.
+    let root = workspace();
+    let mut found = Vec::new();
+    for file in PROTOCOL_PURE {
+        let code = code(&fs::read_to_string(root.join(file)).expect("source readable"));
+        assert!(code.contains("fn "), "{file} holds no code: moved?");
+        for (name, why) in PROTOCOL_FORBIDDEN {
+            if code.contains(name) {
+                found.push(format!("{file}: uses `{name}` ({why})"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "the protocol's decisions must stay pure:\n{}", found.join("\n"));
+}
+
+#[test]
 fn the_forbidden_list_catches_what_it_names() {
     // Goal: the purity check bites: a line using a clock or a thread is seen, the same words
     // in a comment or a test module are not.
@@ -168,6 +210,12 @@ fn the_forbidden_list_catches_what_it_names() {
     };
     assert!(hits(dirty) >= 3);
     assert_eq!(hits(clean), 0);
+    let protocol_hits = |text: &str| {
+        let code = code(text);
+        PROTOCOL_FORBIDDEN.iter().filter(|(name, _)| code.contains(name)).count()
+    };
+    assert_eq!(protocol_hits(dirty), 2, "Instant and thread::");
+    assert_eq!(protocol_hits(clean), 0);
     let counted = density("fn a() { assert!(x); debug_assert_eq!(1, 1); }\nfn b(f: fn(u8)) {}");
     assert_eq!((counted.functions, counted.assertions), (2, 2));
 }
