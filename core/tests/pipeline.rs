@@ -1040,6 +1040,64 @@ fn a_full_disk_refuses_writes_and_keeps_answering_reads() {
     }
 }
 
+/// A snapshot hook that notes every sequence the node applies, as a snapshot writer sees them.
+struct NotingHook {
+    applied: Arc<Mutex<Vec<u64>>>,
+}
+
+impl SnapshotHook for NotingHook {
+    fn after_apply(&mut self, _engine: &Engine, command: &Sequenced) {
+        self.applied.lock().unwrap().push(command.sequence.0);
+    }
+}
+
+#[test]
+fn writes_past_a_full_disk_are_neither_applied_sent_nor_seen_by_the_snapshot_writer() {
+    // Goal: the journal's fence holds for every write past it, not just the first: with the
+    // disk full at sequence 5, four more writes sent together are each answered `NotDurable`
+    // with its own sequence; none is applied (reads see three units reserved), handed to the
+    // replicator, or shown to the snapshot writer; the read sent behind them is answered.
+    for config in both_topologies() {
+        let topology = config.topology;
+        let (journal, _) = FailingDisk::new(DiskFault::Append, Sequence(5));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let replicator =
+            CapturingReplicator { sent: Arc::clone(&sent), safe: Watermark::new(Sequence(0)) };
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let hook = NotingHook { applied: Arc::clone(&applied) };
+        let engine = Engine::new(config.engine.clone());
+        let node =
+            Node::start_with(config, engine, Sequence(1), journal, replicator, hook).unwrap();
+        let mut session = node.session().unwrap();
+        assert!(matches!(
+            session.call(create_sku(STOCK, 60_000), WAIT),
+            Ok(Outcome::SkuCreated(_))
+        ));
+        for user in 1..=3 {
+            let answer = session.call(reserve(u128::from(user), user, 1), WAIT);
+            assert!(matches!(answer, Ok(Outcome::Reserved { .. })), "{topology:?}: {answer:?}");
+        }
+        for user in 4..=7 {
+            session.try_submit(reserve(u128::from(user), user, 1), user).unwrap();
+        }
+        session.try_submit(Command::Query(Query::Sku(SKU)), 8).unwrap();
+        let mut answers = Vec::new();
+        drain(&mut session, &mut answers);
+        answers.sort_by_key(|answer| answer.token);
+        for (answer, sequence) in answers[..4].iter().zip(5..) {
+            let refused = matches!(answer.result, Err(Unanswered::NotDurable { sequence: s, .. })
+                if s == Sequence(sequence));
+            assert!(refused, "{topology:?}: the write at {sequence}: {answer:?}");
+        }
+        let Ok(Outcome::Sku(view)) = answers[4].result else { panic!("{:?}", answers[4]) };
+        assert_eq!(view.reserved, 3, "{topology:?}: a write past the fence was applied");
+        assert_eq!(sent.lock().unwrap().len(), 4, "{topology:?}: sent past the fence");
+        assert_eq!(*applied.lock().unwrap(), [1, 2, 3, 4], "{topology:?}: the snapshot writer");
+        drop(session);
+        assert!(matches!(node.shutdown(), Err(NodeError::JournalFailed { .. })), "{topology:?}");
+    }
+}
+
 #[test]
 fn a_failed_sync_answers_what_it_did_not_make_durable_as_such() {
     // Goal: when syncing fails, the commands it was syncing are not acknowledged (they are
