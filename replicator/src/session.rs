@@ -197,7 +197,7 @@ impl PrimarySession {
             (PrimaryState::Streaming, Message::Refuse(refuse)) => {
                 self.state = PrimaryState::Closed;
                 let deposed_by = (refuse.code == RefuseCode::StaleEpoch).then_some(refuse.epoch);
-                let reason = format!("the standby refused the stream: {}", refuse.text);
+                let reason = format!("the standby refused the stream: {}", one_line(refuse.text));
                 PrimaryStep::Close { last: None, reason, deposed_by }
             }
             (_, other) => {
@@ -618,16 +618,19 @@ impl StandbySession {
                     refuse.code,
                     RefuseCode::Version | RefuseCode::Cluster | RefuseCode::BadMessage
                 );
+                // The text goes to the log and the node's status: a line of its own, whoever
+                // sent it.
+                let text = one_line(refuse.text);
                 if !proved && !said_unproven {
                     let reason = format!(
                         "the peer refused ({:?}) before proving it holds the cluster secret, \
-                         which a primary never does: {}",
-                        refuse.code, refuse.text
+                         which a primary never does: {text}",
+                        refuse.code
                     );
                     return StandbyStep::Close { last: None, reason, refused: None };
                 }
                 let epoch = if proved { refuse.epoch } else { Epoch(0) };
-                let reason = format!("the primary refused: {}", refuse.text);
+                let reason = format!("the primary refused: {text}");
                 StandbyStep::Close { last: None, reason, refused: Some((refuse.code, epoch)) }
             }
             (_, other) => {
@@ -793,6 +796,12 @@ impl StandbySession {
         self.acked = ack;
         Some(ack)
     }
+}
+
+/// `text` with each control character (a line break, an escape sequence's start) shown as a
+/// space, so that text from a peer stays one line of the log, in whatever format.
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]
@@ -1297,7 +1306,8 @@ mod tests {
         // hello it could not read), but not its epoch, which a standby would promise; every
         // other code (`NeedsSnapshot`, which sends it to fetch and drop its journal; `Busy`,
         // which clears its claim to the primary's journal; `Auth` or `Engine`, which stop a
-        // start) is a protocol error there. After the challenge each is the primary's.
+        // start) is a protocol error there. After the challenge each is the primary's. The
+        // refusal's text, said in the log, stays one line.
         let key = secret("the-shared-secret-16+");
         let start = || {
             let at = position(5, 2, 3);
@@ -1309,6 +1319,13 @@ mod tests {
             StandbyStep::Close { refused, .. } => refused,
             other => panic!("{other:?}"),
         };
+        let mut before = start();
+        let forged = "told\n2026-12-08T00:00:00Z  INFO ringfence: \x1b[2Jpromoted";
+        let told = Message::Refuse(Refuse::new(RefuseCode::Version, Epoch(1), forged));
+        let StandbyStep::Close { reason, .. } = before.on_message(&told, &key, &cluster()) else {
+            panic!("a refusal closes")
+        };
+        assert!(!reason.contains(['\n', '\x1b']) && reason.contains("told 2026"), "{reason}");
         for code in RefuseCode::ALL {
             let mut before = start();
             let step = before.on_message(&refuse(code), &key, &cluster());
