@@ -6,6 +6,7 @@
 //! every node and at every replay. Everything around it (ring pipeline, journal, replication,
 //! network) exists to feed it commands in order and to carry its outcomes back.
 
+pub mod address;
 #[cfg(any(test, feature = "arbitrary"))]
 pub mod arb;
 pub mod codec;

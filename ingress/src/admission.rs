@@ -8,7 +8,7 @@
 //! every decision is a pure function of the calls made.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// A token bucket: `rate_per_sec` tokens a second, at most `burst` saved up. A rate of zero
@@ -539,16 +539,7 @@ impl Recency {
     }
 }
 
-/// Whose budget an address spends: an IPv4 address (IPv4-mapped IPv6 ones included) its own;
-/// an IPv6 address its /64 prefix's, the block one host is normally given, or a single host
-/// could try from 2^64 addresses.
-#[must_use]
-pub fn address_key(address: IpAddr) -> IpAddr {
-    match address.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !(u128::from(u64::MAX)))),
-        v4 => v4,
-    }
-}
+pub use ringfence_core::address::address_key;
 
 /// Lets at most `per_second` lines through each second and counts the rest, so a flood of bad
 /// input cannot turn into a flood of log lines.

@@ -4,8 +4,9 @@
 //! A peer that never proves it holds the cluster secret holds a slot until the handshake's
 //! deadline, and may open another connection the moment that one is closed. Turning every
 //! connection beyond the limit away let such a peer keep every slot, and so the standby, out
-//! for as long as it went on. Instead one source address holds at most half the slots in
-//! handshakes that have not proved the secret ([`per_address_max`]); a connection beyond that
+//! for as long as it went on. Instead one source address (IPv6: one /64, as the client ports
+//! count addresses) holds at most half the slots in handshakes that have not proved the
+//! secret ([`per_address_max`]); a connection beyond that
 //! closes its own address's oldest, and a connection that finds every slot taken closes the
 //! oldest of the address holding the most. A peer at one address then only ever closes its own
 //! handshakes, and a standby at another address always finds a slot. Peers at many addresses
@@ -20,6 +21,8 @@
 //! [`admit`], pure; [`Handshakes`] keeps the table and closes the handshake that gives way.
 
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+
+use ringfence_core::address::address_key;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,7 +30,8 @@ use std::time::{Duration, Instant};
 /// A handshake in progress, as [`admit`] sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Held {
-    /// The peer's address.
+    /// The peer's address, as its budget counts it (`address_key`: an IPv6 address's /64, as
+    /// the client ports count it).
     pub from: IpAddr,
     /// Whether the peer proved it holds the cluster secret.
     pub proven: bool,
@@ -143,12 +147,12 @@ impl Handshakes {
             .entries
             .iter()
             .map(|entry| Held {
-                from: entry.peer.ip(),
+                from: address_key(entry.peer.ip()),
                 proven: entry.proven,
                 ripe: now.saturating_duration_since(entry.accepted) >= self.ripe_after,
             })
             .collect();
-        let gave_way = match admit(&held, peer.ip(), self.slots) {
+        let gave_way = match admit(&held, address_key(peer.ip()), self.slots) {
             Admission::Refuse => return None,
             Admission::Take => None,
             Admission::Replace(index) => {
@@ -409,6 +413,33 @@ mod tests {
                 assert!(taken <= share + 1_000 / RIPE_MS * share, "{slots} slots: {taken} taken");
             }
         }
+    }
+
+    #[test]
+    fn addresses_of_one_ipv6_64_share_one_address_share_of_the_slots() {
+        // Goal: a peer holding an IPv6 /64 counts as one address, as on the client ports: its
+        // third handshake from another address of the block closes its own oldest, though
+        // slots are free, and an address of the next /64 takes a free slot.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap();
+        let handshakes = Handshakes::new(4, Duration::from_millis(5));
+        let now = Instant::now();
+        let admit_from = |peer: &str, at: Instant| {
+            let _client = TcpStream::connect(target).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            let peer: SocketAddr = peer.parse().unwrap();
+            handshakes.admit(peer, accepted, at)
+        };
+        let first = admit_from("[2001:db8::1]:5000", now).expect("a free slot");
+        let second = admit_from("[2001:db8::2]:5000", now).expect("a free slot");
+        assert!(first.1.is_none() && second.1.is_none());
+        let ripe = now + Duration::from_millis(6);
+        let (_third, gave_way) = admit_from("[2001:db8::3]:5000", ripe).expect("its own oldest");
+        let gave_way = gave_way.expect("the block was at its share");
+        assert_eq!(gave_way.peer, "[2001:db8::1]:5000".parse().unwrap());
+        let (_other, gave_way) = admit_from("[2001:db8:0:1::1]:5000", ripe).expect("a slot");
+        assert!(gave_way.is_none(), "another /64 closed a handshake: {gave_way:?}");
+        assert_eq!(handshakes.len(), 3);
     }
 
     #[test]
