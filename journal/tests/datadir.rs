@@ -1097,6 +1097,16 @@ fn entries(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// Puts `files` (a few bytes each) and empty subdirectories `dirs` in `dir`.
+fn fill(dir: &std::path::Path, files: &[&str], dirs: &[&str]) {
+    for file in files {
+        std::fs::write(dir.join(file), "placed").unwrap();
+    }
+    for sub in dirs {
+        std::fs::create_dir(dir.join(sub)).unwrap();
+    }
+}
+
 #[test]
 fn a_directory_without_a_journal_holding_anything_else_is_refused_and_left_as_it_was() {
     // Goal: recovery makes a new journal only in a directory holding nothing but a node's own
@@ -1112,12 +1122,7 @@ fn a_directory_without_a_journal_holding_anything_else_is_refused_and_left_as_it
     ];
     for (files, dirs) in cases {
         let dir = TempDir::new("foreign");
-        for file in files {
-            std::fs::write(dir.path().join(file), "someone's").unwrap();
-        }
-        for sub in dirs {
-            std::fs::create_dir(dir.path().join(sub)).unwrap();
-        }
+        fill(dir.path(), files, dirs);
         let before = entries(dir.path());
         let storage = FileStorage::open_exclusive(dir.path()).unwrap();
         let refused = recover_from(storage.clone(), options(Durability::Batch));
@@ -1152,12 +1157,7 @@ fn a_directory_of_a_nodes_own_entries_alone_is_made_a_data_directory() {
     ];
     for (files, dirs) in cases {
         let dir = TempDir::new("own");
-        for file in files {
-            std::fs::write(dir.path().join(file), "a node's").unwrap();
-        }
-        for sub in dirs {
-            std::fs::create_dir(dir.path().join(sub)).unwrap();
-        }
+        fill(dir.path(), files, dirs);
         let archive = dir.path().join("archive");
         let storage = FileStorage::open_exclusive(dir.path()).unwrap().with_archive(&archive);
         let recovered = recover_from(storage, options(Durability::Batch))
